@@ -1,0 +1,209 @@
+"""Dependency analysis: a plan in, a graph of edges with their reasons out. Pure; no I/O.
+
+Edges come from four sources, and each edge remembers which:
+
+- ``data``: a node's arguments use another node's output (a :class:`~shoal.plan.Ref`);
+- ``after``: an explicit ``after=`` in the plan;
+- ``resource``: two nodes' footprints share a key and at least one writes it; they keep plan
+  order. A key whose template uses an argument that is not known before the run (a ref) becomes
+  a wildcard over its literal prefix (``"file:{path}"`` with a ref path conflicts with every
+  ``file:`` key), because shoal cannot prove the calls touch different resources;
+- ``exclusive``: an exclusive tool is a barrier between everything before and after it.
+
+"Plan order" is the order nodes were added, adjusted only where data or ``after`` edges demand
+otherwise, so resource and barrier edges can never create a cycle.
+"""
+
+from __future__ import annotations
+
+import heapq
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from shoal.plan import Node, Plan, find_refs, hard_predecessors
+
+__all__ = ["Edge", "EdgeKind", "Graph", "analyze", "render_key"]
+
+EdgeKind = Literal["data", "after", "resource", "exclusive"]
+_formatter = string.Formatter()
+
+
+@dataclass(frozen=True, slots=True)
+class Edge:
+    """``source`` must finish before ``target`` starts, because of ``kind`` (see ``detail``)."""
+
+    source: str
+    target: str
+    kind: EdgeKind
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.source} -> {self.target} ({self.kind}: {self.detail})"
+
+
+@dataclass(slots=True)
+class Graph:
+    """The analysed plan: nodes in a topological order, adjacency by position, edge reasons."""
+
+    nodes: list[Node]
+    position: dict[str, int]
+    preds: list[list[int]]
+    succs: list[list[int]]
+    edges: list[Edge]
+
+    def reasons(self, source: str, target: str) -> list[Edge]:
+        """Why ``target`` waits for ``source`` (empty when it does not, directly)."""
+        return [e for e in self.edges if e.source == source and e.target == target]
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    """A rendered resource key; ``wild`` means 'any key starting with ``text``'."""
+
+    text: str
+    wild: bool
+
+    def meets(self, other: _Key) -> bool:
+        if self.wild:
+            return other.text.startswith(self.text)
+        if other.wild:
+            return self.text.startswith(other.text)
+        return self.text == other.text
+
+    def __str__(self) -> str:
+        return f"{self.text}*" if self.wild else self.text
+
+
+def render_key(template: str, args: Mapping[str, Any], defaults: Mapping[str, Any]) -> _Key:
+    """Fill ``template`` from ``args``; stop at the first field whose value is not known yet."""
+    out: list[str] = []
+    values = {**defaults, **args}
+    for literal, field_name, spec, conversion in _formatter.parse(template):
+        out.append(literal)
+        if field_name is None:
+            continue
+        try:
+            value, _ = _formatter.get_field(field_name, (), values)
+        except (KeyError, IndexError, AttributeError, TypeError):
+            return _Key("".join(out), wild=True)
+        if find_refs(value):
+            return _Key("".join(out), wild=True)
+        value = _formatter.convert_field(value, conversion)
+        out.append(_formatter.format_field(value, spec or ""))
+    return _Key("".join(out), wild=False)
+
+
+def _defaults(node: Node) -> dict[str, Any]:
+    model = node.tool._model
+    return {n: f.default for n, f in model.model_fields.items() if not f.is_required()}
+
+
+class _Builder:
+    """Accumulates edges while walking nodes in order."""
+
+    def __init__(self, nodes: list[Node]) -> None:
+        self.nodes = nodes
+        self.position = {n.id: i for i, n in enumerate(nodes)}
+        self.preds: list[list[int]] = [[] for _ in nodes]
+        self.succs: list[list[int]] = [[] for _ in nodes]
+        self.edges: list[Edge] = []
+        self._pairs: set[tuple[int, int]] = set()
+
+    def add(self, source: int, target: int, kind: EdgeKind, detail: str) -> None:
+        if source == target:
+            return
+        self.edges.append(Edge(self.nodes[source].id, self.nodes[target].id, kind, detail))
+        if (source, target) not in self._pairs:
+            self._pairs.add((source, target))
+            self.preds[target].append(source)
+            self.succs[source].append(target)
+
+
+def _topological(plan: Plan) -> list[Node]:
+    """Nodes ordered by hard edges (data, after), ties broken by plan order."""
+    nodes = plan.nodes
+    ids = {n.id for n in nodes}
+    preds = {n.id: hard_predecessors(n) & ids for n in nodes}
+    succs: dict[str, list[Node]] = {n.id: [] for n in nodes}
+    indegree: dict[str, int] = {}
+    for node in nodes:
+        indegree[node.id] = len(preds[node.id])
+        for p in preds[node.id]:
+            succs[p].append(node)
+    heap = [(n.index, n.id) for n in nodes if indegree[n.id] == 0]
+    heapq.heapify(heap)
+    by_id = {n.id: n for n in nodes}
+    order: list[Node] = []
+    while heap:
+        _, nid = heapq.heappop(heap)
+        order.append(by_id[nid])
+        for s in succs[nid]:
+            indegree[s.id] -= 1
+            if indegree[s.id] == 0:
+                heapq.heappush(heap, (s.index, s.id))
+    return order
+
+
+def _data_and_after(b: _Builder) -> None:
+    for i, node in enumerate(b.nodes):
+        for ref in node.refs:
+            b.add(b.position[ref.node], i, "data", f"uses {ref!r}")
+        for dep in node.after:
+            b.add(b.position[dep], i, "after", f"after={dep}")
+
+
+def _footprints(b: _Builder) -> None:
+    last_writer: dict[_Key, int] = {}
+    readers: dict[_Key, list[int]] = {}
+    wild: list[tuple[_Key, int, str]] = []  # wildcard uses, checked against every later key
+    history: list[tuple[_Key, int, str]] = []  # all uses, checked by later wildcards
+    for i, node in enumerate(b.nodes):
+        policy = node.tool.policy
+        if not policy.reads and not policy.writes:
+            continue
+        defaults = _defaults(node)
+        uses = [(render_key(t, node.args, defaults), "reads") for t in policy.reads]
+        uses += [(render_key(t, node.args, defaults), "writes") for t in policy.writes]
+        for key, mode in uses:
+            for other_key, j, other_mode in (history if key.wild else wild):
+                if "writes" in (mode, other_mode) and key.meets(other_key):
+                    b.add(j, i, "resource", f"{other_mode} {other_key} / {mode} {key}")
+            if not key.wild:
+                if key in last_writer:
+                    b.add(last_writer[key], i, "resource", f"writes {key} / {mode} {key}")
+                if mode == "writes":
+                    for r in readers.get(key, ()):
+                        b.add(r, i, "resource", f"reads {key} / writes {key}")
+                    last_writer[key] = i
+                    readers[key] = []
+                else:
+                    readers.setdefault(key, []).append(i)
+            else:
+                wild.append((key, i, mode))
+            history.append((key, i, mode))
+
+
+def _barriers(b: _Builder) -> None:
+    last_barrier: int | None = None
+    since: list[int] = []
+    for i, node in enumerate(b.nodes):
+        if last_barrier is not None:
+            b.add(last_barrier, i, "exclusive", f"{b.nodes[last_barrier].id} is exclusive")
+        if node.tool.policy.exclusive:
+            for j in since:
+                b.add(j, i, "exclusive", f"{node.id} is exclusive")
+            since = []
+            last_barrier = i
+        else:
+            since.append(i)
+
+
+def analyze(plan: Plan) -> Graph:
+    """The dependency graph of a valid plan (call :meth:`Plan.validate` first)."""
+    builder = _Builder(_topological(plan))
+    _data_and_after(builder)
+    _footprints(builder)
+    _barriers(builder)
+    return Graph(builder.nodes, builder.position, builder.preds, builder.succs, builder.edges)

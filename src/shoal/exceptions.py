@@ -1,0 +1,152 @@
+"""Every error shoal raises, in one tree.
+
+::
+
+    ShoalError                      base of everything below
+    ├── PlanError                   a plan is invalid; ``.problems`` lists *every* problem at once
+    ├── ToolDefinitionError         a function cannot become a tool (bad policy, bad signature)
+    ├── ToolArgumentError           arguments do not fit a tool's schema; ``.argument`` names one
+    ├── ToolTimeoutError            a call ran past its timeout (the outcome is ``timed_out``)
+    ├── CallCancelledError          a call was cancelled by a person or by the run ending
+    ├── UpstreamFailedError         a call was skipped because a node it needs did not succeed
+    ├── DeadlineExceededError       the run's deadline passed before this call could finish
+    ├── ExecutorError               a backend could not run a call (not the tool's own error)
+    │   └── SerializationError      arguments or a result could not be moved to the backend
+    ├── ConfigError                 an invalid runtime setting (limits, executors, rates)
+    └── MissingDependencyError      an optional extra is not installed; says what to install
+
+Errors raised *by tools* are never wrapped in this tree: they are recorded as a ``failed``
+outcome whose :class:`~shoal.outcome.ErrorInfo` keeps the original type name, message and
+traceback text. Every class here pickles with its attributes, so errors survive the trip
+back from worker processes and Ray tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "CallCancelledError",
+    "ConfigError",
+    "DeadlineExceededError",
+    "ExecutorError",
+    "MissingDependencyError",
+    "PlanError",
+    "PlanProblem",
+    "SerializationError",
+    "ShoalError",
+    "ToolArgumentError",
+    "ToolDefinitionError",
+    "ToolTimeoutError",
+    "UpstreamFailedError",
+]
+
+
+class ShoalError(Exception):
+    """Base class of every error shoal raises."""
+
+
+@dataclass(frozen=True, slots=True)
+class PlanProblem:
+    """One thing wrong with a plan: where it is (``node``, may be empty), a code, and a message.
+
+    Codes: ``unknown_tool``, ``bad_arguments``, ``dangling_ref``, ``self_ref``, ``cycle``,
+    ``duplicate_id``, ``bad_after``, ``syntax``, ``bad_import``, ``bad_shape``.
+    """
+
+    code: str
+    message: str
+    node: str = ""
+
+    def __str__(self) -> str:
+        where = f"node {self.node!r}: " if self.node else ""
+        return f"[{self.code}] {where}{self.message}"
+
+
+class PlanError(ShoalError):
+    """A plan failed validation; ``problems`` holds every problem found, not only the first."""
+
+    def __init__(self, problems: Sequence[PlanProblem], source: str = "") -> None:
+        self.problems = list(problems)
+        self.source = source
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        head = f"invalid plan{f' {self.source}' if self.source else ''}: "
+        head += f"{len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}"
+        return "\n  - ".join([head, *map(str, self.problems)])
+
+    def __reduce__(self) -> tuple[type[PlanError], tuple[list[PlanProblem], str]]:
+        return (PlanError, (self.problems, self.source))
+
+
+class ToolDefinitionError(ShoalError):
+    """A function or policy cannot be turned into a tool; the message says what to change."""
+
+
+class ToolArgumentError(ShoalError):
+    """Arguments do not fit a tool's schema.
+
+    ``tool`` names the tool, ``argument`` the first offending argument (empty when the problem
+    is not tied to one), and the message lists every problem pydantic found.
+    """
+
+    def __init__(self, tool: str, argument: str, message: str) -> None:
+        self.tool = tool
+        self.argument = argument
+        self.detail = message
+        super().__init__(f"bad arguments for tool {tool!r}: {message}")
+
+    def __reduce__(self) -> tuple[type[ToolArgumentError], tuple[str, str, str]]:
+        return (ToolArgumentError, (self.tool, self.argument, self.detail))
+
+
+class ToolTimeoutError(ShoalError):
+    """A call ran longer than its timeout."""
+
+    def __init__(self, tool: str, timeout: float) -> None:
+        self.tool = tool
+        self.timeout = timeout
+        super().__init__(f"tool {tool!r} did not finish within its timeout of {timeout:g} s")
+
+    def __reduce__(self) -> tuple[type[ToolTimeoutError], tuple[str, float]]:
+        return (ToolTimeoutError, (self.tool, self.timeout))
+
+
+class CallCancelledError(ShoalError):
+    """A call was cancelled (by a person, by ``fail_fast``, or because the run ended)."""
+
+
+class UpstreamFailedError(ShoalError):
+    """A call was skipped because a node it depends on did not succeed."""
+
+
+class DeadlineExceededError(ShoalError):
+    """The run's deadline passed."""
+
+
+class ExecutorError(ShoalError):
+    """A backend failed to run a call for reasons of its own, not the tool's."""
+
+
+class SerializationError(ExecutorError):
+    """Arguments or a result could not be serialised for the backend (e.g. not picklable)."""
+
+
+class ConfigError(ShoalError):
+    """An invalid runtime or tool setting; the message names it and what is accepted."""
+
+
+class MissingDependencyError(ShoalError, ImportError):
+    """An optional dependency is missing; the message gives the ``pip install`` line."""
+
+    def __init__(self, package: str, extra: str) -> None:
+        self.package = package
+        self.extra = extra
+        super().__init__(
+            f"{package} is not installed; install it with: pip install 'shoal[{extra}]'"
+        )
+
+    def __reduce__(self) -> tuple[type[MissingDependencyError], tuple[str, str]]:
+        return (MissingDependencyError, (self.package, self.extra))

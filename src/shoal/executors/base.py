@@ -1,0 +1,54 @@
+"""The executor contract: every backend (inline, thread, process, Ray) implements :class:`Executor`.
+
+An executor runs one :class:`Call` and returns the tool's value or raises the tool's exception.
+Timeouts and cancellation arrive as cancellation of the awaiting task; an executor then stops the
+work where its backend can (cancel a task, kill a process, ``ray.cancel``) and re-raises. Where
+the work cannot be stopped (a thread), it sets ``call.abandoned`` so the outcome says so.
+The scheduler never learns how a backend works, only this contract.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from shoal.tools import Isolation, Tool
+
+__all__ = ["Call", "Executor"]
+
+
+@dataclass(slots=True)
+class Call:
+    """One attempt of one node: what to run, with which (already private) arguments."""
+
+    pos: int
+    node_id: str
+    tool: Tool[..., Any]
+    args: dict[str, Any]
+    attempt: int
+    executor: Isolation
+    timeout: float | None
+    abandoned: bool = False
+
+
+class Executor(ABC):
+    """A backend that runs calls. Create, ``await start()``, ``execute`` many, ``await close()``."""
+
+    name: ClassVar[str]
+
+    async def start(self) -> None:
+        """Acquire resources (pools, connections). Called once before the first call."""
+        return None
+
+    @abstractmethod
+    async def execute(self, call: Call) -> Any:
+        """Run ``call`` and return its value; raise what the tool raised.
+
+        On cancellation, stop the work if the backend can, otherwise set
+        ``call.abandoned = True``; then re-raise the cancellation.
+        """
+
+    async def close(self) -> None:
+        """Release resources; never waits for abandoned work."""
+        return None

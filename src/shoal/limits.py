@@ -1,0 +1,116 @@
+"""Concurrency and rate limits, as pure bookkeeping.
+
+Nothing here sleeps or reads a clock: the scheduler's state machine passes ``now`` in and asks
+*whether* and *when* a call may start. That keeps limits exact (no race between a check and a
+take) and testable without time passing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from shoal.exceptions import ConfigError
+
+__all__ = ["ConcurrencyLimit", "Rate", "RateLimiter", "parse_rate"]
+
+_UNITS = {
+    "ms": 0.001,
+    "s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0,
+    "m": 60.0, "min": 60.0, "minute": 60.0, "minutes": 60.0,
+    "h": 3600.0, "hour": 3600.0, "hours": 3600.0,
+}  # fmt: skip
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)?\s*([a-z]+)\s*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """At most ``count`` starts per ``period`` seconds (a token bucket of size ``count``)."""
+
+    count: float
+    period: float
+
+    def __post_init__(self) -> None:
+        if self.count <= 0 or self.period <= 0:
+            raise ConfigError(f"a rate needs a positive count and period, got {self}")
+
+    def __str__(self) -> str:
+        return f"{self.count:g}/{self.period:g}s"
+
+
+def parse_rate(spec: str | Rate | tuple[float, float]) -> Rate:
+    """Read a rate such as ``"20/s"``, ``"100/min"``, ``"5/10s"`` or ``(20, 1.0)``."""
+    if isinstance(spec, Rate):
+        return spec
+    if isinstance(spec, tuple):
+        return Rate(float(spec[0]), float(spec[1]))
+    match = _RATE.match(spec.lower())
+    if not match or match.group(3) not in _UNITS:
+        raise ConfigError(
+            f"cannot read rate {spec!r}: write it as COUNT/UNIT, e.g. '20/s', '100/min', '5/10s'"
+        )
+    count, multiple, unit = match.groups()
+    return Rate(float(count), float(multiple or 1.0) * _UNITS[unit])
+
+
+class ConcurrencyLimit:
+    """A counter of calls in flight with a fixed capacity (``None`` means unbounded)."""
+
+    __slots__ = ("capacity", "in_use", "name")
+
+    def __init__(self, name: str, capacity: int | None) -> None:
+        if capacity is not None and capacity < 1:
+            raise ConfigError(f"{name}: max_concurrency must be at least 1, got {capacity}")
+        self.name = name
+        self.capacity = capacity
+        self.in_use = 0
+
+    def available(self) -> bool:
+        """Whether one more call fits."""
+        return self.capacity is None or self.in_use < self.capacity
+
+    def acquire(self) -> None:
+        """Take one slot (callers check :meth:`available` first)."""
+        self.in_use += 1
+
+    def release(self) -> None:
+        """Give one slot back."""
+        self.in_use -= 1
+
+
+class RateLimiter:
+    """A token bucket driven by the caller's clock: ``count`` tokens refilled over ``period``."""
+
+    __slots__ = ("_stamp", "_tokens", "name", "rate")
+
+    def __init__(self, name: str, rate: Rate) -> None:
+        self.name = name
+        self.rate = rate
+        self._tokens = rate.count
+        self._stamp: float | None = None
+
+    def _refill(self, now: float) -> None:
+        if self._stamp is not None:
+            gained = (now - self._stamp) * self.rate.count / self.rate.period
+            self._tokens = min(self.rate.count, self._tokens + gained)
+        self._stamp = now
+
+    def wait_time(self, now: float) -> float:
+        """Seconds until one token is available (0 when one is available now)."""
+        self._refill(now)
+        missing = 1.0 - self._tokens
+        return 0.0 if missing <= 1e-12 else missing * self.rate.period / self.rate.count
+
+    def take(self, now: float) -> None:
+        """Spend one token (callers check :meth:`wait_time` first)."""
+        self._refill(now)
+        self._tokens -= 1.0
+
+
+def first_blocked(limits: Iterable[ConcurrencyLimit]) -> ConcurrencyLimit | None:
+    """The first limit in ``limits`` that has no free slot, or ``None`` when all have one."""
+    for limit in limits:
+        if not limit.available():
+            return limit
+    return None

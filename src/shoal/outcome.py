@@ -1,0 +1,162 @@
+"""What a run produces: one :class:`Outcome` per node, gathered in a :class:`RunResult`."""
+
+from __future__ import annotations
+
+import json
+import traceback as tb
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic_core import to_jsonable_python
+
+if TYPE_CHECKING:
+    from shoal.deps import Edge
+    from shoal.plan import Ref
+
+__all__ = ["STATUSES", "ErrorInfo", "Outcome", "RunResult", "Status"]
+
+Status = Literal["ok", "failed", "timed_out", "cancelled", "skipped", "denied"]
+STATUSES: tuple[Status, ...] = ("ok", "failed", "timed_out", "cancelled", "skipped", "denied")
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """An error as data: the exception's type name, its message and the traceback text."""
+
+    type: str
+    message: str
+    traceback: str = ""
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, *, with_traceback: bool = True) -> ErrorInfo:
+        """Describe ``exc``; the type is qualified by module unless it is a builtin."""
+        kind = type(exc)
+        name = kind.__qualname__ if kind.__module__ == "builtins" else (
+            f"{kind.__module__}.{kind.__qualname__}")
+        text = "".join(tb.format_exception(exc)) if with_traceback else ""
+        return cls(name, str(exc), text)
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}" if self.message else self.type
+
+
+@dataclass(slots=True)
+class Outcome:
+    """The recorded end of one node. Times are seconds since the run started.
+
+    ``status`` is one of ``ok`` (``value`` holds the result), ``failed`` (``error``),
+    ``timed_out``, ``cancelled``, ``skipped`` (an upstream node did not succeed; ``reason``
+    names it) or ``denied``. ``abandoned`` is true when a timed-out or cancelled call was
+    running on a thread, which cannot be stopped: it was left to finish and its result dropped.
+    """
+
+    node_id: str
+    tool: str
+    status: Status
+    value: Any = None
+    error: ErrorInfo | None = None
+    reason: str = ""
+    attempts: int = 0
+    queued_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    executor: str = ""
+    abandoned: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """Whether the node succeeded."""
+        return self.status == "ok"
+
+    @property
+    def duration(self) -> float:
+        """Seconds from the first attempt's start to the end (0 if it never started)."""
+        if self.started_at is None or self.finished_at is None:
+            return 0.0
+        return self.finished_at - self.started_at
+
+    def to_dict(self) -> dict[str, Any]:
+        """The outcome as JSON-ready data (values that JSON cannot hold become their repr)."""
+        return {
+            "node_id": self.node_id, "tool": self.tool, "status": self.status,
+            "value": to_jsonable_python(self.value, fallback=repr),
+            "error": None if self.error is None else {
+                "type": self.error.type, "message": self.error.message,
+                "traceback": self.error.traceback},
+            "reason": self.reason, "attempts": self.attempts, "queued_at": self.queued_at,
+            "started_at": self.started_at, "finished_at": self.finished_at,
+            "duration": self.duration, "executor": self.executor, "abandoned": self.abandoned,
+        }  # fmt: skip
+
+
+@dataclass(slots=True)
+class RunResult:
+    """Every node's outcome (in plan order), the makespan and the critical path.
+
+    ``critical_path`` is the chain of nodes, linked by dependency edges, with the largest total
+    measured duration: the floor no scheduler could beat with these durations.
+    ``result[ref]`` (or ``result["node-id"]``) gives one node's outcome.
+    """
+
+    run_id: str
+    outcomes: dict[str, Outcome]
+    makespan: float
+    critical_path: list[str] = field(default_factory=list)
+    critical_path_time: float = 0.0
+    edges: list[Edge] = field(default_factory=list)
+    started_at_epoch: float = 0.0
+    cancelled_reason: str = ""
+
+    def __getitem__(self, key: Ref | str) -> Outcome:
+        node_id = key if isinstance(key, str) else key.node
+        return self.outcomes[node_id]
+
+    def __iter__(self) -> Iterator[Outcome]:
+        return iter(self.outcomes.values())
+
+    def __len__(self) -> int:
+        return len(self.outcomes)
+
+    def value(self, key: Ref | str) -> Any:
+        """The value a ref points at (following its field/item path); raises if not ``ok``."""
+        outcome = self[key]
+        if outcome.status != "ok":
+            raise LookupError(f"node {outcome.node_id!r} ended {outcome.status}: "
+                              f"{outcome.error or outcome.reason}")
+        return outcome.value if isinstance(key, str) else key.pick(outcome.value)
+
+    @property
+    def ok(self) -> bool:
+        """Whether every node succeeded."""
+        return all(o.status == "ok" for o in self.outcomes.values())
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """How many nodes ended in each status."""
+        found = dict.fromkeys(STATUSES, 0)
+        for o in self.outcomes.values():
+            found[o.status] += 1
+        return found
+
+    @property
+    def abandoned(self) -> list[str]:
+        """Ids of nodes whose thread was abandoned after a timeout or cancellation."""
+        return [o.node_id for o in self.outcomes.values() if o.abandoned]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The whole result as JSON-ready data."""
+        return {
+            "run_id": self.run_id, "ok": self.ok, "counts": self.counts,
+            "makespan": self.makespan, "critical_path": self.critical_path,
+            "critical_path_time": self.critical_path_time,
+            "started_at_epoch": self.started_at_epoch, "abandoned": self.abandoned,
+            "cancelled_reason": self.cancelled_reason,
+            "outcomes": [o.to_dict() for o in self.outcomes.values()],
+            "edges": [{"source": e.source, "target": e.target, "kind": e.kind,
+                       "detail": e.detail} for e in self.edges],
+        }  # fmt: skip
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """The whole result as a JSON document."""
+        return json.dumps(self.to_dict(), indent=indent)

@@ -1,0 +1,291 @@
+"""Plans: a DAG of tool calls whose arguments may refer to other calls' outputs.
+
+A :class:`Ref` stands for the output of a node, or a field or item of it (``ref["field"]``,
+``ref[0]``); refs may sit anywhere inside an argument (in lists, tuples and dicts). A
+:class:`Plan` collects nodes in order and :meth:`Plan.validate` reports every problem at once
+as a :class:`~shoal.exceptions.PlanError`. Plan files and LLMCompiler-style plan text are read
+by :mod:`shoal.planfile` and :mod:`shoal.plantext`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from shoal.exceptions import PlanError, PlanProblem
+from shoal.tools import Tool, tool
+
+__all__ = ["Node", "Plan", "Ref", "find_refs", "resolve_refs"]
+
+PathPart = str | int
+
+
+class Ref:
+    """The output of a plan node, or a part of it reached through ``[key]`` steps."""
+
+    __slots__ = ("node", "path")
+
+    def __init__(self, node: str, path: tuple[PathPart, ...] = ()) -> None:
+        self.node = node
+        self.path = path
+
+    def __getitem__(self, key: PathPart) -> Ref:
+        return Ref(self.node, (*self.path, key))
+
+    def __repr__(self) -> str:
+        tail = "".join(f".{p}" if isinstance(p, str) else f"[{p}]" for p in self.path)
+        return f"${self.node}{tail}"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Ref) and (self.node, self.path) == (other.node, other.path)
+
+    def __hash__(self) -> int:
+        return hash((self.node, self.path))
+
+    def __bool__(self) -> bool:
+        raise TypeError(
+            f"{self!r} is a reference to a future result, not a value; it has no truth value "
+            "until the plan runs"
+        )
+
+    def pick(self, value: Any) -> Any:
+        """Follow this ref's path into ``value`` (the node's output)."""
+        for part in self.path:
+            if isinstance(value, Mapping) or (isinstance(part, int) and isinstance(value, Sequence)):
+                value = value[part]
+            elif isinstance(part, str) and hasattr(value, part):
+                value = getattr(value, part)
+            else:
+                raise LookupError(f"{self!r}: no {part!r} in a value of type {type(value).__name__}")
+        return value
+
+
+def find_refs(value: Any) -> list[Ref]:
+    """Every :class:`Ref` inside ``value`` (walking lists, tuples, sets and dict values)."""
+    found: list[Ref] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Ref):
+            found.append(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple | set | frozenset):
+            stack.extend(item)
+    return found
+
+
+def resolve_refs(value: Any, lookup: Callable[[Ref], Any]) -> Any:
+    """A copy of ``value`` with every ref replaced by ``lookup(ref)``.
+
+    Containers are rebuilt, so the result shares no list or dict with the plan.
+    """
+    if isinstance(value, Ref):
+        return lookup(value)
+    if isinstance(value, dict):
+        return {k: resolve_refs(v, lookup) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve_refs(v, lookup) for v in value]
+    if isinstance(value, tuple):
+        return tuple(resolve_refs(v, lookup) for v in value)
+    return value
+
+
+@dataclass(slots=True, eq=False)
+class Node:
+    """One call in a plan: a tool, its arguments (refs allowed), explicit ``after`` ids."""
+
+    id: str
+    tool: Tool[..., Any]
+    args: dict[str, Any]
+    after: tuple[str, ...] = ()
+    index: int = 0
+    refs: tuple[Ref, ...] = field(default=())
+
+    @property
+    def needs(self) -> frozenset[str]:
+        """Ids of the nodes whose outputs this node's arguments use."""
+        return frozenset(r.node for r in self.refs)
+
+
+_wrapped: dict[Callable[..., Any], Tool[..., Any]] = {}
+
+
+def as_tool(obj: Tool[..., Any] | Callable[..., Any]) -> Tool[..., Any]:
+    """``obj`` if it is a tool, else a tool made of the plain function (made once per function)."""
+    if isinstance(obj, Tool):
+        return obj
+    made = _wrapped.get(obj)
+    if made is None:
+        made = _wrapped[obj] = tool(obj)
+    return made
+
+
+class Plan:
+    """An ordered set of nodes forming a DAG; build it with :meth:`call`.
+
+    ``plan.call(tool, **args)`` returns a :class:`Ref` to the new node's output. Reserved
+    keywords: ``after`` (ids or refs that must finish first) and ``node_id`` (a chosen id);
+    a tool whose own arguments use those names can be called with :meth:`add`.
+    """
+
+    def __init__(self, name: str = "") -> None:
+        self.name = name
+        self._nodes: dict[str, Node] = {}
+        self._counts: dict[str, int] = {}
+
+    def call(
+        self,
+        tool: Tool[..., Any] | Callable[..., Any],
+        /,
+        *,
+        after: Iterable[Ref | str] = (),
+        node_id: str | None = None,
+        **args: Any,
+    ) -> Ref:
+        """Add a call of ``tool`` with ``args``; return a ref to its output."""
+        return self.add(tool, args, after=after, node_id=node_id)
+
+    def add(
+        self,
+        tool: Tool[..., Any] | Callable[..., Any],
+        args: Mapping[str, Any] | None = None,
+        *,
+        after: Iterable[Ref | str] = (),
+        node_id: str | None = None,
+    ) -> Ref:
+        """Add a call with arguments given as a mapping; return a ref to its output."""
+        resolved_tool = as_tool(tool)
+        node_id = node_id if node_id is not None else self._next_id(resolved_tool.name)
+        if node_id in self._nodes:
+            raise PlanError([PlanProblem("duplicate_id", "a node with this id exists", node_id)])
+        arguments = dict(args or {})
+        after_ids = tuple(a.node if isinstance(a, Ref) else str(a) for a in after)
+        self._nodes[node_id] = Node(node_id, resolved_tool, arguments, after_ids,
+                                    len(self._nodes), tuple(find_refs(arguments)))
+        return Ref(node_id)
+
+    def _next_id(self, tool_name: str) -> str:
+        count = self._counts.get(tool_name, 0) + 1
+        self._counts[tool_name] = count
+        candidate = f"{tool_name}#{count}"
+        while candidate in self._nodes:
+            count += 1
+            self._counts[tool_name] = count
+            candidate = f"{tool_name}#{count}"
+        return candidate
+
+    @property
+    def nodes(self) -> list[Node]:
+        """The nodes, in the order they were added."""
+        return list(self._nodes.values())
+
+    def node(self, ref: Ref | str) -> Node:
+        """The node behind a ref or id."""
+        return self._nodes[ref.node if isinstance(ref, Ref) else ref]
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(self._nodes.values())
+
+    def __contains__(self, item: object) -> bool:
+        key = item.node if isinstance(item, Ref) else item
+        return key in self._nodes
+
+    def __repr__(self) -> str:
+        return f"<Plan {self.name or ''} with {len(self._nodes)} nodes>".replace("  ", " ")
+
+    def problems(self) -> list[PlanProblem]:
+        """Every problem with the plan (empty when it is valid)."""
+        found: list[PlanProblem] = []
+        for node in self._nodes.values():
+            found += self._node_problems(node)
+        if not found:  # a cycle search over dangling edges would only add noise
+            found += [PlanProblem("cycle", text) for text in find_cycles(self._nodes)]
+        return found
+
+    def _node_problems(self, node: Node) -> list[PlanProblem]:
+        found: list[PlanProblem] = []
+        for ref in node.refs:
+            if ref.node == node.id:
+                found.append(PlanProblem("self_ref", f"argument refers to its own output {ref!r}",
+                                         node.id))
+            elif ref.node not in self._nodes:
+                found.append(PlanProblem("dangling_ref", f"{ref!r} names no node in the plan",
+                                         node.id))
+        for dep in node.after:
+            if dep == node.id:
+                found.append(PlanProblem("self_ref", "a node cannot come after itself", node.id))
+            elif dep not in self._nodes:
+                found.append(PlanProblem("bad_after", f"after={dep!r} names no node in the plan",
+                                         node.id))
+        detail = node.tool.check_static(node.args, lambda v: bool(find_refs(v)))
+        if detail:
+            found.append(PlanProblem("bad_arguments", f"{node.tool.name}: {detail}", node.id))
+        return found
+
+    def validate(self) -> None:
+        """Raise :class:`PlanError` listing every problem, if there is any."""
+        found = self.problems()
+        if found:
+            raise PlanError(found, self.name)
+
+
+def hard_predecessors(node: Node) -> set[str]:
+    """Ids a node must wait for because of data refs and ``after`` (not resource conflicts)."""
+    return {r.node for r in node.refs} | set(node.after)
+
+
+def find_cycles(nodes: Mapping[str, Node]) -> list[str]:
+    """Each dependency cycle among ``nodes``, written ``a -> b -> a`` (empty when acyclic)."""
+    preds = {nid: hard_predecessors(n) & nodes.keys() for nid, n in nodes.items()}
+    remaining = topo_leftovers(preds)
+    cycles: list[str] = []
+    reported: set[str] = set()
+    for start in sorted(remaining, key=lambda nid: nodes[nid].index):
+        if start in reported:
+            continue
+        path = [start]
+        seen = {start: 0}
+        current = start
+        while True:
+            current = min((p for p in preds[current] if p in remaining),
+                          key=lambda nid: nodes[nid].index)
+            if current in seen:
+                loop = path[seen[current]:]
+                break
+            seen[current] = len(path)
+            path.append(current)
+        reported.update(path)
+        loop.reverse()  # walked along predecessors; show it in the direction data flows
+        cycles.append(" -> ".join([*loop, loop[0]]))
+    return cycles
+
+
+def topo_leftovers(preds: Mapping[str, set[str]]) -> set[str]:
+    """Nodes that Kahn's algorithm cannot order (those on or behind a cycle)."""
+    indegree = {nid: len(p) for nid, p in preds.items()}
+    succs: dict[str, list[str]] = {nid: [] for nid in preds}
+    for nid, ps in preds.items():
+        for p in ps:
+            succs[p].append(nid)
+    ready = [nid for nid, d in indegree.items() if d == 0]
+    while ready:
+        nid = ready.pop()
+        for s in succs[nid]:
+            indegree[s] -= 1
+            if indegree[s] == 0:
+                ready.append(s)
+    left = {nid for nid, d in indegree.items() if d > 0}
+    # keep only nodes on a cycle: drop those merely downstream of one
+    changed = True
+    while changed:
+        changed = False
+        for nid in list(left):
+            if not any(s in left for s in succs[nid]):
+                left.discard(nid)
+                changed = True
+    return left

@@ -1,0 +1,443 @@
+"""Plan files: a plan written as JSON or YAML, loaded into a :class:`~shoal.plan.Plan`.
+
+The shape::
+
+    name: research            # optional
+    nodes:
+      - id: a
+        tool: mypkg.tools:search          # import path "module:attr" (attr may be dotted)
+        args: {query: "ray actors"}
+        options: {timeout: 2, retries: 1} # optional, as for Tool.options
+      - id: b
+        tool: search                      # a bare name, looked up in the ``tools`` mapping
+        args: {query: "$a.hits[0].title"}
+        after: [a]                        # optional: ids that must finish first
+
+References. An argument value (at any depth inside lists and dicts) that is a string made
+*entirely* of a reference stands for another node's output:
+
+* ``"$a"`` is the whole output of node ``a``; ``"${a}"`` is the same, and braces let an id
+  hold any character (``"${fetch.v2}.body"``);
+* ``"$a.field"`` is a field, ``"$a[0]"`` an item, ``"$a.hits[2].title"`` both in turn.
+
+A ``$`` inside longer text (``"see $a"``, ``"$a and $b"``) is left alone: references are never
+interpolated into strings. A string that starts with ``$``, holds no whitespace and is not a
+valid reference (``"$a[x]"``) is reported as a problem rather than silently kept, since it is
+almost always a mistyped reference. To start a string with a literal dollar, double it:
+``"$$5"`` is the text ``"$5"``. Dict keys are never references.
+
+Every problem in a file is reported at once, in one :class:`~shoal.exceptions.PlanError`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import importlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shoal.exceptions import PlanError, PlanProblem, ShoalError
+from shoal.plan import Plan, Ref, as_tool
+from shoal.tools import Tool
+
+__all__ = ["convert_refs", "import_object", "load_plan", "parse_ref", "plan_from_dict"]
+
+_REF = re.compile(
+    r"\$(?:\{(?P<braced>[^{}]+)\}|(?P<plain>[\w-]+))(?P<path>(?:\.[\w-]+|\[-?[0-9]+\])*)"
+)
+_STEP = re.compile(r"\.(?P<field>[\w-]+)|\[(?P<item>-?[0-9]+)\]")
+_NODE_KEYS = ("id", "tool", "args", "after", "options")
+_TOP_KEYS = ("name", "nodes")
+_REF_HELP = "write $id, $id.field, $id[0] or ${id}, or start with '$$' for a literal '$'"
+
+
+# --- references ------------------------------------------------------------------------------
+
+
+def parse_ref(text: str) -> Ref | None:
+    """Return the :class:`Ref` that ``text`` spells in full, or ``None`` if it is not one.
+
+    ``"$a"`` -> ``Ref("a")``; ``"$a.items[0]"`` -> ``Ref("a", ("items", 0))``;
+    ``"${a.b}[1]"`` -> ``Ref("a.b", (1,))``. Bracketed integers are items and dotted names
+    are fields. ``"see $a"`` and ``"$$a"`` are not references.
+    """
+    match = _REF.fullmatch(text)
+    if match is None:
+        return None
+    node = match["braced"] if match["braced"] is not None else match["plain"]
+    path = tuple(
+        int(step["item"]) if step["item"] is not None else step["field"]
+        for step in _STEP.finditer(match["path"])
+    )
+    return Ref(node, path)
+
+
+def convert_refs(value: Any, where: str = "") -> tuple[Any, list[str]]:
+    """Copy ``value``, making reference strings :class:`Ref` and unescaping ``$$``.
+
+    Walks lists, tuples and dict values. Also returns a message for each string that looks
+    like a reference but is not one, and for each reference inside a set (refs are not
+    resolved inside sets); ``where`` prefixes those messages (e.g. an argument's name).
+    """
+    errors: list[str] = []
+    return _convert(value, where, errors), errors
+
+
+def _convert(value: Any, where: str, errors: list[str]) -> Any:
+    if isinstance(value, str):
+        return _convert_text(value, where, errors)
+    if isinstance(value, dict):
+        return {k: _convert(v, f"{where}[{k!r}]", errors) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_convert(v, f"{where}[{i}]", errors) for i, v in enumerate(value)]
+    if isinstance(value, tuple):
+        return tuple(_convert(v, f"{where}[{i}]", errors) for i, v in enumerate(value))
+    if isinstance(value, set | frozenset):
+        inner: list[str] = []
+        if any(isinstance(_convert(v, where, inner), Ref) for v in value):
+            errors.append(f"{where}: references cannot sit inside a set; use a list instead")
+        return value
+    return value
+
+
+def _convert_text(text: str, where: str, errors: list[str]) -> Any:
+    if text.startswith("$$"):
+        return text[1:]
+    ref = parse_ref(text)
+    if ref is not None:
+        return ref
+    if text.startswith("$") and not any(c.isspace() for c in text):
+        errors.append(f"{where}: {text!r} starts with '$' but is not a valid reference; "
+                      + _REF_HELP)
+    return text
+
+
+# --- reading files ---------------------------------------------------------------------------
+
+
+def load_plan(path: str | Path, *, tools: Mapping[str, Tool[..., Any]] | None = None) -> Plan:
+    """Read a JSON (``.json``) or YAML (``.yaml``/``.yml``) plan file into a :class:`Plan`.
+
+    Other extensions are read as JSON, then as YAML. ``tools`` maps bare tool names used in
+    the file to tools; other nodes name their tool by import path ``"module:attr"``. The
+    plan's name defaults to the file's stem.
+
+    Raises:
+        PlanError: listing every problem found (missing file, syntax, shape, imports,
+            references, arguments, cycles), with ``source`` set to ``path``.
+    """
+    file = Path(path)
+    data = _read_data(file, str(path))
+    plan = plan_from_dict(data, tools=tools, source=str(path))
+    plan.name = plan.name or file.stem
+    return plan
+
+
+def _read_data(file: Path, source: str) -> Any:
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise _fail("not_found", f"no such file: {file} (relative paths start at "
+                                 f"{Path.cwd()}); check the path", source) from None
+    except UnicodeDecodeError as exc:
+        raise _fail("syntax", f"the file is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                              "save it as UTF-8", source) from None
+    except OSError as exc:
+        raise _fail("unreadable", f"cannot read {file}: {exc.strerror or exc}; check that it "
+                                  "is a readable file", source) from None
+    suffix = file.suffix.lower()
+    if suffix == ".json":
+        return _parse_json(text, source)
+    if suffix in (".yaml", ".yml"):
+        return _parse_yaml(text, source)
+    try:
+        return _parse_json(text, source)
+    except PlanError:  # not JSON: YAML is the more forgiving reading, so its error is reported
+        return _parse_yaml(text, source)
+
+
+def _parse_json(text: str, source: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _fail("syntax", f"invalid JSON at line {exc.lineno}, column {exc.colno}: "
+                              f"{exc.msg}; fix the syntax there", source) from None
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    import yaml  # lazily: plan files are rare and `import shoal` should stay fast
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        context = f" ({exc.context})" if exc.context else ""
+        raise _fail("syntax", f"invalid YAML{where}: {exc.problem}{context}; fix the syntax "
+                              "there", source) from None
+    except yaml.YAMLError as exc:
+        raise _fail("syntax", f"invalid YAML: {exc}", source) from None
+
+
+def _fail(code: str, message: str, source: str) -> PlanError:
+    return PlanError([PlanProblem(code, message)], source)
+
+
+# --- building the plan -----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Spec:
+    """A node read from the file; ``tool`` is None when it could not be resolved."""
+
+    id: str
+    tool: Tool[..., Any] | None
+    args: dict[str, Any]
+    after: tuple[str, ...]
+
+
+def plan_from_dict(
+    data: Any, *, tools: Mapping[str, Tool[..., Any]] | None = None, source: str = ""
+) -> Plan:
+    """Build a :class:`Plan` from already-parsed plan data (see the module docstring).
+
+    Raises:
+        PlanError: listing every problem at once; ``source`` names where the data came from.
+    """
+    problems: list[PlanProblem] = []
+    name, raw_nodes = _read_top(data, problems)
+    plan = Plan(name)
+    specs = _read_nodes(raw_nodes, tools or {}, problems)
+    for spec in specs:
+        # Nodes whose tool is unusable still go in, as placeholders, so that refs to them are
+        # not reported as dangling and cycles through them are still found.
+        plan.add(spec.tool or _placeholder(), spec.args, after=spec.after, node_id=spec.id)
+    problems += plan.problems()
+    if problems:
+        raise PlanError(problems, source)
+    return plan
+
+
+def _read_top(data: Any, problems: list[PlanProblem]) -> tuple[str, list[Any]]:
+    if data is None:
+        problems.append(PlanProblem("bad_shape", "the plan is empty; write a mapping with a "
+                                                 "'nodes' list"))
+        return "", []
+    if not isinstance(data, Mapping):
+        problems.append(PlanProblem("bad_shape", f"the plan must be a mapping with a 'nodes' "
+                                                 f"list, got {_kind(data)}"))
+        return "", []
+    problems += [PlanProblem("bad_shape", _unknown_key(k, _TOP_KEYS, "the plan"))
+                 for k in data if k not in _TOP_KEYS]
+    name = data.get("name", "")
+    if not isinstance(name, str):
+        problems.append(PlanProblem("bad_shape", f"'name' must be a string, got {_kind(name)}"))
+        name = ""
+    nodes = data.get("nodes")
+    if not isinstance(nodes, list):
+        got = "none" if nodes is None else _kind(nodes)
+        problems.append(PlanProblem("bad_shape", f"the plan needs a 'nodes' list (got {got}); "
+                                                 "write nodes: [{id: ..., tool: ...}, ...]"))
+        return name, []
+    return name, nodes
+
+
+def _read_nodes(
+    raw_nodes: list[Any], tools: Mapping[str, Tool[..., Any]], problems: list[PlanProblem]
+) -> list[_Spec]:
+    specs: list[_Spec] = []
+    first_index: dict[str, int] = {}
+    for index, raw in enumerate(raw_nodes):
+        spec = _read_node(index, raw, tools, problems)
+        if spec is None:
+            continue
+        if spec.id in first_index:
+            problems.append(PlanProblem(
+                "duplicate_id", f"nodes[{first_index[spec.id]}] and nodes[{index}] share this "
+                                "id; give every node its own id", spec.id))
+            continue
+        first_index[spec.id] = index
+        specs.append(spec)
+    return specs
+
+
+def _read_node(
+    index: int, raw: Any, tools: Mapping[str, Tool[..., Any]], problems: list[PlanProblem]
+) -> _Spec | None:
+    if not isinstance(raw, Mapping):
+        problems.append(PlanProblem("bad_shape", f"nodes[{index}] must be a mapping with 'id' "
+                                                 f"and 'tool', got {_kind(raw)}"))
+        return None
+    node_id = _read_id(index, raw.get("id"), problems)
+    label = node_id or ""
+    where = f"nodes[{index}]" if node_id is None else "the node"
+    problems += [PlanProblem("bad_shape", _unknown_key(k, _NODE_KEYS, where), label)
+                 for k in raw if k not in _NODE_KEYS]
+    found = _resolve(raw.get("tool"), tools, label, index, problems)
+    args = _read_args(raw.get("args", {}), label, problems)
+    after = _read_after(raw.get("after", []), label, problems)
+    if found is not None and "options" in raw:
+        found = _apply_options(found, raw["options"], label, problems)
+    if node_id is None:
+        return None
+    return _Spec(node_id, found if args is not None else None, args or {}, after)
+
+
+def _read_id(index: int, value: Any, problems: list[PlanProblem]) -> str | None:
+    if value is None:
+        message = f"nodes[{index}] has no 'id'; give it a unique string id"
+    elif not isinstance(value, str) or not value:
+        message = (f"nodes[{index}]: 'id' must be a non-empty string, got {value!r}; "
+                   "quote it (e.g. id: \"1\")")
+    else:
+        return value
+    problems.append(PlanProblem("bad_shape", message))
+    return None
+
+
+def _resolve(
+    value: Any, tools: Mapping[str, Tool[..., Any]], label: str, index: int,
+    problems: list[PlanProblem],
+) -> Tool[..., Any] | None:
+    if value is None or not isinstance(value, str) or not value:
+        got = "no 'tool'" if value is None else f"'tool' {value!r}"
+        problems.append(PlanProblem(
+            "bad_shape", f"nodes[{index}] has {got}; set 'tool' to an import path "
+                         "'package.module:function' or a tool name", label))
+        return None
+    found = _find_tool(value, tools)
+    if isinstance(found, PlanProblem):
+        problems.append(PlanProblem(found.code, found.message, label))
+        return None
+    return found
+
+
+def _find_tool(name: str, tools: Mapping[str, Tool[..., Any]]) -> Tool[..., Any] | PlanProblem:
+    """Return the tool ``name`` stands for, or a problem (without a node) saying why not."""
+    if name in tools:
+        return as_tool(tools[name])
+    if ":" not in name:
+        return PlanProblem("unknown_tool", _unknown_tool(name, tools))
+    try:
+        obj = import_object(name)
+    except ImportError as exc:
+        return PlanProblem("bad_import", str(exc))
+    try:
+        return as_tool(obj)
+    except Exception as exc:  # any user function can fail schema building; report, not crash
+        return PlanProblem("bad_import", f"{name!r} cannot be used as a tool: {exc}")
+
+
+def _unknown_tool(name: str, tools: Mapping[str, Tool[..., Any]]) -> str:
+    hint = ""
+    if "." in name:
+        module, _, attr = name.rpartition(".")
+        hint = f" (did you mean the import path '{module}:{attr}'?)"
+    known = f"known tools: {', '.join(sorted(tools))}" if tools else "no tools were passed in"
+    return (f"no tool named {name!r}{hint}; {known}; or write an import path "
+            "'package.module:function'")
+
+
+def import_object(path: str) -> Any:
+    """Import the callable at ``"package.module:attr"`` (``attr`` may be dotted).
+
+    Raises:
+        ImportError: with a message saying what to fix when the module cannot be imported, an
+            attribute is missing, or the object is not callable.
+    """
+    module_name, _, attr_path = path.partition(":")
+    if not module_name or not attr_path:
+        raise ImportError(f"{path!r} is not an import path; write 'package.module:function'")
+    obj: Any = _import_module(module_name, path)
+    owner = module_name
+    for part in attr_path.split("."):
+        if not hasattr(obj, part):
+            close = difflib.get_close_matches(part, [n for n in dir(obj) if not n.startswith("_")])
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ImportError(f"{owner!r} has no attribute {part!r}{hint}; check the name after "
+                              f"the ':' in {path!r}")
+        obj = getattr(obj, part)
+        owner = f"{owner}.{part}"
+    if not callable(obj):
+        raise ImportError(f"{path!r} is a {type(obj).__name__}, not a function or tool; point "
+                          "it at a callable")
+    return obj
+
+
+def _import_module(module_name: str, path: str) -> Any:
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name == exc.name or module_name.startswith(f"{exc.name}.")):
+            raise ImportError(f"no module named {exc.name!r} (in {path!r}); check the spelling "
+                              "and that the package is installed or on sys.path") from None
+        raise ImportError(f"importing {module_name!r} failed: {exc}; install what it "
+                          "needs") from None
+    except Exception as exc:  # the module's own code failed; the file should still load
+        raise ImportError(f"importing {module_name!r} raised {type(exc).__name__}: {exc}; fix "
+                          "that module") from None
+
+
+def _read_args(value: Any, label: str, problems: list[PlanProblem]) -> dict[str, Any] | None:
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        problems.append(PlanProblem("bad_shape", f"'args' must be a mapping from argument names "
+                                                 f"to values, got {value!r}", label))
+        return None
+    args, errors = convert_refs(dict(value), "args")
+    problems += [PlanProblem("syntax", e, label) for e in errors]
+    result: dict[str, Any] = args
+    return result
+
+
+def _read_after(value: Any, label: str, problems: list[PlanProblem]) -> tuple[str, ...]:
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    problems.append(PlanProblem("bad_shape", f"'after' must be a list of node ids, got "
+                                             f"{value!r}; write after: [id1, id2]", label))
+    return ()
+
+
+def _apply_options(
+    found: Tool[..., Any], options: Any, label: str, problems: list[PlanProblem]
+) -> Tool[..., Any]:
+    if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
+        problems.append(PlanProblem("bad_shape", f"'options' must be a mapping such as "
+                                                 f"{{timeout: 2, retries: 1}}, got {options!r}",
+                                    label))
+        return found
+    if "retry_on" in options or "retry" in options:
+        problems.append(PlanProblem("bad_shape", "'retry_on' and 'retry' take Python objects, "
+                                                 "which a plan file cannot hold; set them on "
+                                                 "the tool in code", label))
+        return found
+    try:
+        return found.options(**options)
+    except (ShoalError, TypeError, ValueError, AttributeError) as exc:
+        # a wrongly typed value (timeout: "2") fails deep in the policy code as a TypeError
+        problems.append(PlanProblem("bad_shape", f"bad 'options': {exc}", label))
+        return found
+
+
+def _unknown_key(key: Any, allowed: tuple[str, ...], where: str) -> str:
+    close = difflib.get_close_matches(str(key), allowed, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"{where} has an unknown key {key!r}; {hint}allowed keys: {', '.join(allowed)}"
+
+
+def _kind(value: Any) -> str:
+    return f"a {type(value).__name__} ({value!r:.40})"
+
+
+@functools.cache
+def _placeholder() -> Tool[..., Any]:
+    """Make the tool that stands in for one that could not be resolved (never run)."""
+
+    def unavailable(**args: Any) -> None:
+        raise RuntimeError("placeholder for a tool that could not be loaded")
+
+    return Tool(unavailable)

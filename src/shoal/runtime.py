@@ -1,0 +1,285 @@
+"""The runtime (the agent manager): validates a plan, analyses it, and runs it under limits.
+
+``Runtime`` holds what outlives one run: settings, backends (thread pools and, later, worker
+processes or a Ray connection) and per-tool duration estimates learned from earlier runs. Each
+run gets its own :class:`~shoal.scheduler.state.SchedulerState` and
+:class:`~shoal.scheduler.driver.Driver`; :meth:`Runtime.start` returns a :class:`RunHandle`
+to watch or cancel the run while it goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+import secrets
+from collections.abc import Callable, Coroutine, Generator, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+from shoal.deps import analyze
+from shoal.events import Event, EventSink
+from shoal.exceptions import ConfigError, ShoalError
+from shoal.executors.base import Executor
+from shoal.executors.inline import InlineExecutor
+from shoal.executors.thread import DEFAULT_THREAD_WORKERS, ThreadExecutor
+from shoal.outcome import RunResult
+from shoal.plan import Plan, Ref
+from shoal.scheduler.driver import Driver, Snapshot
+from shoal.scheduler.state import SchedulerState
+from shoal.tools import ISOLATIONS, Isolation
+
+__all__ = ["DEFAULT_MAX_CONCURRENCY", "RunHandle", "Runtime", "run", "run_sync"]
+
+DEFAULT_MAX_CONCURRENCY = 1000
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id such as ``20261128-184500-3fa2c1``."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{secrets.token_hex(3)}"
+
+
+class RunHandle:
+    """A run in progress: await it for the :class:`RunResult`, or watch and cancel it."""
+
+    def __init__(self, driver: Driver, task: asyncio.Task[RunResult]) -> None:
+        self._driver = driver
+        self._task = task
+
+    @property
+    def run_id(self) -> str:
+        """The run's id."""
+        return self._driver.state.run_id
+
+    def __await__(self) -> Generator[Any, None, RunResult]:
+        return self._task.__await__()
+
+    def done(self) -> bool:
+        """Whether the run has ended."""
+        return self._task.done()
+
+    def cancel(self, node: Ref | str | Iterable[Ref | str] | None = None, *,
+               reason: str = "cancelled by the user") -> None:
+        """Cancel one node, several, or (with no argument) the whole run.
+
+        Running calls are cancelled; queued ones end ``cancelled``; dependents are skipped.
+        Every outcome is still recorded and the awaited result holds them all.
+        """
+        if self._task.done():
+            return
+        ids = None if node is None else _node_ids(node)
+        if ids is not None:
+            unknown = [i for i in ids if i not in self._driver.graph.position]
+            if unknown:
+                raise KeyError(f"no node(s) {unknown} in run {self.run_id}")
+        self._driver.cancel(ids, reason)
+
+    def snapshot(self) -> Snapshot:
+        """Counts per status and the calls in flight, for progress displays."""
+        return self._driver.snapshot()
+
+    def partial_result(self) -> RunResult:
+        """The outcomes recorded so far, without waiting for the run to end."""
+        return self._driver.result()
+
+
+def _node_ids(node: Ref | str | Iterable[Ref | str]) -> list[str]:
+    if isinstance(node, Ref):
+        return [node.node]
+    if isinstance(node, str):
+        return [node]
+    return [n.node if isinstance(n, Ref) else n for n in node]
+
+
+class Runtime:
+    """Runs plans with every call whose inputs are ready running at once, under limits.
+
+    Args:
+        max_concurrency: calls in flight at once across the run (``None``: unbounded).
+        executor: the backend for tools that do not choose one (``"inline"``, ``"thread"``,
+            ...); by default async tools run inline and sync tools on threads. Sync tools never
+            run inline, whatever this says.
+        thread_workers: size of the thread pool (default: enough for ``max_concurrency``
+            calls, and at least 64).
+        resource_limits: per-resource-key concurrency limits, e.g. ``{"host:*": 4}``; each key
+            (rendered from a tool's ``reads``/``writes``) matching a glob pattern gets its own
+            limit of that size.
+        fail_fast: cancel everything else once any call fails (default: keep running what
+            does not depend on the failure).
+        deadline: seconds after which the run stops: running calls time out, the rest are
+            cancelled.
+        on_event: a callable, or several, receiving every :class:`~shoal.events.Event`.
+        seed: seeds retry jitter, for reproducible tests.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_concurrency: int | None = DEFAULT_MAX_CONCURRENCY,
+        executor: Isolation | None = None,
+        thread_workers: int | None = None,
+        resource_limits: Mapping[str, int] | None = None,
+        fail_fast: bool = False,
+        deadline: float | None = None,
+        on_event: EventSink | Sequence[EventSink] | None = None,
+        seed: int | None = None,
+    ) -> None:
+        if max_concurrency is not None and max_concurrency < 1:
+            raise ConfigError(f"max_concurrency must be at least 1, got {max_concurrency}")
+        if executor is not None and executor not in ISOLATIONS:
+            raise ConfigError(f"executor must be one of {ISOLATIONS}, got {executor!r}")
+        if deadline is not None and deadline <= 0:
+            raise ConfigError(f"deadline must be positive, got {deadline}")
+        for key, cap in (resource_limits or {}).items():
+            if cap < 1:
+                raise ConfigError(f"resource limit {key!r} must be at least 1, got {cap}")
+        self.max_concurrency = max_concurrency
+        self.executor = executor
+        self.thread_workers = thread_workers or max(
+            DEFAULT_THREAD_WORKERS, max_concurrency or DEFAULT_MAX_CONCURRENCY)
+        self.resource_limits = dict(resource_limits or {})
+        self.fail_fast = fail_fast
+        self.deadline = deadline
+        self._sinks = _sink_list(on_event)
+        self._rng = random.Random(seed)
+        self._estimates: dict[str, float] = {}
+        self._executors: dict[str, Executor] = {}
+
+    @property
+    def estimates(self) -> Mapping[str, float]:
+        """Per-tool duration estimates learned so far (seconds)."""
+        return dict(self._estimates)
+
+    def executor_for(self, isolation: str) -> Executor:
+        """The backend for ``isolation``, created on first use."""
+        existing = self._executors.get(isolation)
+        if existing is not None:
+            return existing
+        made: Executor
+        if isolation == "inline":
+            made = InlineExecutor()
+        elif isolation == "thread":
+            made = ThreadExecutor(self.thread_workers)
+        else:
+            raise ConfigError(
+                f"no executor for isolation {isolation!r} in this version of shoal; "
+                "use 'inline' or 'thread'"
+            )
+        self._executors[isolation] = made
+        return made
+
+    def start(
+        self,
+        plan: Plan,
+        *,
+        deadline: float | None = None,
+        fail_fast: bool | None = None,
+        on_event: EventSink | Sequence[EventSink] | None = None,
+        run_id: str | None = None,
+    ) -> RunHandle:
+        """Validate and start ``plan`` on the running loop; return its handle at once.
+
+        Raises :class:`~shoal.exceptions.PlanError` (every problem listed) before anything runs.
+        """
+        driver = self._driver(plan, deadline, fail_fast, on_event, run_id)
+        task = asyncio.get_running_loop().create_task(self._drive(driver))
+        return RunHandle(driver, task)
+
+    async def run(
+        self,
+        plan: Plan,
+        *,
+        deadline: float | None = None,
+        fail_fast: bool | None = None,
+        on_event: EventSink | Sequence[EventSink] | None = None,
+        run_id: str | None = None,
+    ) -> RunResult:
+        """Run ``plan`` to the end and return every node's outcome."""
+        driver = self._driver(plan, deadline, fail_fast, on_event, run_id)
+        return await self._drive(driver)
+
+    def run_sync(self, plan: Plan, **options: Any) -> RunResult:
+        """Run ``plan`` from synchronous code (starts and closes an event loop)."""
+        return _run_blocking(self._run_then_close(plan, options))
+
+    async def _run_then_close(self, plan: Plan, options: Mapping[str, Any]) -> RunResult:
+        try:
+            return await self.run(plan, **options)
+        finally:
+            await self.aclose()
+
+    def _driver(
+        self,
+        plan: Plan,
+        deadline: float | None,
+        fail_fast: bool | None,
+        on_event: EventSink | Sequence[EventSink] | None,
+        run_id: str | None,
+    ) -> Driver:
+        plan.validate()
+        graph = analyze(plan)
+        sinks = [*self._sinks, *_sink_list(on_event)]
+        state = SchedulerState(
+            graph,
+            run_id=run_id or new_run_id(),
+            max_concurrency=self.max_concurrency,
+            resource_limits=self.resource_limits,
+            fail_fast=self.fail_fast if fail_fast is None else fail_fast,
+            default_executor=self.executor,
+            estimates=self._estimates,
+            rng=self._rng,
+            record_events=bool(sinks),
+        )
+        executors = {name: self.executor_for(name) for name in {s.executor for s in state.slots}}
+        return Driver(state, executors, sinks=sinks,
+                      deadline=self.deadline if deadline is None else deadline)
+
+    async def _drive(self, driver: Driver) -> RunResult:
+        for executor in {id(e): e for e in self._executors.values()}.values():
+            await executor.start()
+        return await driver.run()
+
+    async def aclose(self) -> None:
+        """Release backends (thread pools, worker processes); abandoned threads are not awaited."""
+        executors, self._executors = self._executors, {}
+        for executor in executors.values():
+            await executor.close()
+
+    async def __aenter__(self) -> Runtime:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
+
+
+def _sink_list(on_event: EventSink | Sequence[EventSink] | None) -> list[Callable[[Event], None]]:
+    if on_event is None:
+        return []
+    if callable(on_event):
+        return [on_event]
+    return list(on_event)
+
+
+def _run_blocking(coro: Coroutine[Any, Any, RunResult]) -> RunResult:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    coro.close()
+    raise ShoalError(
+        "run_sync() was called from inside a running event loop; use 'await shoal.run(plan)' "
+        "(or 'await runtime.run(plan)') there instead"
+    )
+
+
+async def run(plan: Plan, **options: Any) -> RunResult:
+    """Run ``plan`` with a fresh :class:`Runtime`; ``options`` go to ``Runtime(...)``."""
+    async with Runtime(**options) as runtime:
+        return await runtime.run(plan)
+
+
+def run_sync(plan: Plan, **options: Any) -> RunResult:
+    """Run ``plan`` from synchronous code with a fresh :class:`Runtime`."""
+    return Runtime(**options).run_sync(plan)

@@ -1,0 +1,561 @@
+"""The scheduler's state machine: every decision about which call runs when, and no I/O.
+
+The driver (:mod:`shoal.scheduler.driver`) feeds it inputs (``begin``, ``finish``,
+``retry_due``, ``wake``, ``cancel``, ``expire``) with the current run time, and carries out the
+:class:`Decisions` each input returns: attempts to start, running attempts to cancel, timers to
+set, events to publish. Nothing here awaits, sleeps, reads a clock or touches a thread, so each
+transition is exact and every path is testable without time passing.
+
+A node moves through these phases; :data:`TRANSITIONS` is the whole table::
+
+    WAITING --deps done--> READY --slot free--> RUNNING --ok/final error--> DONE
+       |                     |                    |  \\--retryable error--> BACKOFF --due--> READY
+       \\--skip/cancel--------+--cancel/stop-------+---------------------------/--cancel--> DONE
+
+The ready queue is a heap ordered by critical path: the node with the longest chain of
+estimated work still behind it goes first. Estimates start from each tool's ``estimate`` (or
+1 unit) and are learned per tool as calls finish. A node blocked by a per-tool, per-key or rate
+limit is parked on that limit and returns to the heap when the limit frees up, so nothing polls.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import random
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Any, Literal
+
+from shoal.deps import Graph, render_key
+from shoal.events import (
+    Event,
+    NodeCancelled,
+    NodeFinished,
+    NodeQueued,
+    NodeRetrying,
+    NodeSkipped,
+    NodeStarted,
+)
+from shoal.exceptions import ToolArgumentError
+from shoal.executors.base import Call
+from shoal.limits import ConcurrencyLimit, RateLimiter
+from shoal.outcome import STATUSES, ErrorInfo, Outcome, Status
+from shoal.plan import Node, Ref
+from shoal.scheduler.args import resolve_arguments
+from shoal.tools import Isolation, Tool
+
+__all__ = ["TRANSITIONS", "AttemptResult", "Decisions", "Phase", "SchedulerState"]
+
+
+class Phase(enum.Enum):
+    """Where a node is in its life."""
+
+    WAITING = "waiting"
+    READY = "ready"
+    RUNNING = "running"
+    BACKOFF = "backoff"
+    DONE = "done"
+
+
+TRANSITIONS: Mapping[Phase, frozenset[Phase]] = {
+    Phase.WAITING: frozenset({Phase.READY, Phase.DONE}),
+    Phase.READY: frozenset({Phase.RUNNING, Phase.DONE}),
+    Phase.RUNNING: frozenset({Phase.BACKOFF, Phase.DONE}),
+    Phase.BACKOFF: frozenset({Phase.READY, Phase.DONE}),
+    Phase.DONE: frozenset(),
+}
+
+AttemptStatus = Literal["ok", "failed", "timed_out", "cancelled"]
+DEFAULT_ESTIMATE = 1.0
+_RELEARN_FACTOR = 1.5  # re-rank the queue when a tool's estimate moves by more than this
+_LEARN_WEIGHT = 0.3
+
+
+@dataclass(slots=True)
+class AttemptResult:
+    """How an attempt ended, as reported by the driver."""
+
+    status: AttemptStatus
+    value: Any = None
+    error: BaseException | None = None
+    abandoned: bool = False
+
+
+@dataclass(slots=True)
+class Decisions:
+    """What the driver must do after an input."""
+
+    starts: list[Call] = field(default_factory=list)
+    cancels: list[int] = field(default_factory=list)
+    timers: list[tuple[float, str, int]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+
+class _Slot:
+    """The scheduler's record of one node."""
+
+    __slots__ = (
+        "args", "attempts", "cancel_reason", "cancel_status", "executor", "gates", "node",
+        "outcome", "phase", "pos", "priority", "queued_at", "root", "started_at", "waiting",
+    )  # fmt: skip
+
+    def __init__(self, pos: int, node: Node, waiting: int, executor: Isolation) -> None:
+        self.pos = pos
+        self.node = node
+        self.waiting = waiting
+        self.executor = executor
+        self.phase = Phase.WAITING
+        self.priority = 0.0
+        self.attempts = 0
+        self.queued_at: float | None = None
+        self.started_at: float | None = None
+        self.args: dict[str, Any] | None = None
+        self.gates: tuple[ConcurrencyLimit, ...] | None = None
+        self.outcome: Outcome | None = None
+        self.cancel_reason = ""
+        self.cancel_status: Status = "cancelled"
+        self.root = ""  # for a skipped node: the failure at the start of its chain
+
+
+def choose_executor(tool: Tool[..., Any], default: Isolation | None) -> Isolation:
+    """The backend for ``tool``: its own isolation, else the run's default, else by kind.
+
+    A sync tool never runs inline, whatever the default, because it would block the loop.
+    """
+    if tool.policy.isolation is not None:
+        return tool.policy.isolation
+    if default is None or (default == "inline" and not tool.is_async):
+        return tool.default_isolation
+    return default
+
+
+class SchedulerState:
+    """All of a run's scheduling state; see the module docstring."""
+
+    def __init__(
+        self,
+        graph: Graph,
+        *,
+        run_id: str,
+        max_concurrency: int | None,
+        resource_limits: Mapping[str, int] | None = None,
+        fail_fast: bool = False,
+        default_executor: Isolation | None = None,
+        estimates: dict[str, float] | None = None,
+        rng: random.Random | None = None,
+        record_events: bool = False,
+    ) -> None:
+        self.graph = graph
+        self.run_id = run_id
+        self.fail_fast = fail_fast
+        self.record_events = record_events
+        self.estimates = estimates if estimates is not None else {}
+        self._rng = rng or random.Random()
+        self._global = ConcurrencyLimit("run max_concurrency", max_concurrency)
+        self._resource_limits = dict(resource_limits or {})
+        self._tool_limits: dict[tuple[str, int], ConcurrencyLimit] = {}
+        self._key_limits: dict[str, ConcurrencyLimit] = {}
+        self._rates: dict[tuple[str, str], RateLimiter] = {}
+        self._parked: dict[object, list[tuple[float, int]]] = {}
+        self._rate_timer_set: set[object] = set()
+        self._heap: list[tuple[float, int]] = []
+        self._used_estimates: dict[str, float] = {}
+        self._hard = _hard_pairs(graph)
+        self.slots = [
+            _Slot(i, n, len(graph.preds[i]), choose_executor(n.tool, default_executor))
+            for i, n in enumerate(graph.nodes)
+        ]
+        self.done_count = 0
+        self.status_counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
+        self.in_flight: dict[int, float] = {}  # position -> when its current attempt started
+        self.stopping = ""  # the reason, once the run stops dispatching new work
+
+    # ---- inputs -------------------------------------------------------------------------
+
+    def begin(self, now: float) -> Decisions:
+        """Queue every node without dependencies and start what the limits allow."""
+        d = Decisions()
+        self._rank()
+        for slot in self.slots:
+            if slot.waiting == 0:
+                self._make_ready(slot, now, d)
+        self._dispatch(now, d)
+        return d
+
+    def finish(self, pos: int, result: AttemptResult, now: float) -> Decisions:
+        """An attempt ended: retry it, or record the outcome and release its dependents."""
+        d = Decisions()
+        slot = self.slots[pos]
+        self._release(slot)
+        status = self._final_status(slot, result)
+        retry = slot.node.tool.policy.retry
+        if (status in ("failed", "timed_out") and not self.stopping and result.error is not None
+                and retry.should_retry(result.error, slot.attempts)):
+            delay = retry.delay(slot.attempts, self._rng)
+            self._set_phase(slot, Phase.BACKOFF)
+            d.timers.append((now + delay, "retry", pos))
+            if self.record_events:
+                d.events.append(NodeRetrying(
+                    run_id=self.run_id, time=now, node_id=slot.node.id, tool=slot.node.tool.name,
+                    attempt=slot.attempts, delay=delay, error=str(ErrorInfo.from_exception(
+                        result.error, with_traceback=False))))
+        else:
+            self._learn(slot, now)
+            self._record(slot, status, now, d, value=result.value, error=self._error(slot, result),
+                         abandoned=result.abandoned)
+        self._dispatch(now, d)
+        return d
+
+    def retry_due(self, pos: int, now: float) -> Decisions:
+        """A retry's back-off is over: queue the node again."""
+        d = Decisions()
+        slot = self.slots[pos]
+        if slot.phase is Phase.BACKOFF:
+            self._set_phase(slot, Phase.READY)
+            heapq.heappush(self._heap, (slot.priority, pos))
+            self._dispatch(now, d)
+        return d
+
+    def wake(self, now: float) -> Decisions:
+        """A rate-limit timer fired: give parked nodes another look."""
+        d = Decisions()
+        for limiter in list(self._rate_timer_set):
+            self._rate_timer_set.discard(limiter)
+            for item in self._parked.pop(limiter, []):
+                heapq.heappush(self._heap, item)
+        self._dispatch(now, d)
+        return d
+
+    def cancel(self, node_ids: Iterable[str] | None, reason: str, now: float) -> Decisions:
+        """Cancel the named nodes (all when ``None``); dependents of cancelled nodes are skipped.
+
+        Cancelling the whole run also stops dispatching anything new.
+        """
+        d = Decisions()
+        if node_ids is None:
+            self.stopping = self.stopping or reason
+            targets: Iterable[_Slot] = self.slots
+        else:
+            targets = [self.slots[self.graph.position[nid]] for nid in node_ids]
+        for slot in targets:
+            self._cancel_slot(slot, reason, "cancelled", now, d)
+        self._dispatch(now, d)
+        return d
+
+    def expire(self, reason: str, now: float) -> Decisions:
+        """The run's deadline passed: running calls time out, the rest are cancelled."""
+        d = Decisions()
+        self.stopping = self.stopping or reason
+        for slot in self.slots:
+            self._cancel_slot(slot, reason, "timed_out", now, d)
+        return d
+
+    # ---- queries --------------------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        """Whether every node has an outcome."""
+        return self.done_count == len(self.slots)
+
+    def running(self) -> list[tuple[str, str, str, float]]:
+        """(node id, tool, executor, start time) of every attempt in flight."""
+        found = []
+        for pos, since in self.in_flight.items():
+            slot = self.slots[pos]
+            found.append((slot.node.id, slot.node.tool.name, slot.executor, since))
+        return found
+
+    def phase_counts(self) -> dict[str, int]:
+        """How many nodes are in each phase (for progress displays)."""
+        counts = {p.value: 0 for p in Phase}
+        for s in self.slots:
+            counts[s.phase.value] += 1
+        return counts
+
+    def outcomes(self) -> list[Outcome]:
+        """The outcomes recorded so far, in plan order."""
+        done = [s for s in self.slots if s.outcome is not None]
+        done.sort(key=lambda s: s.node.index)
+        return [s.outcome for s in done if s.outcome is not None]
+
+    # ---- transitions --------------------------------------------------------------------------
+
+    def _set_phase(self, slot: _Slot, phase: Phase) -> None:
+        if phase not in TRANSITIONS[slot.phase]:
+            raise AssertionError(f"{slot.node.id}: illegal transition {slot.phase} -> {phase}")
+        slot.phase = phase
+
+    def _make_ready(self, slot: _Slot, now: float, d: Decisions) -> None:
+        if self.stopping:
+            self._record(slot, "cancelled", now, d, reason=self.stopping)
+            return
+        self._set_phase(slot, Phase.READY)
+        slot.queued_at = now
+        heapq.heappush(self._heap, (slot.priority, slot.pos))
+        if self.record_events:
+            d.events.append(NodeQueued(run_id=self.run_id, time=now, node_id=slot.node.id,
+                                       tool=slot.node.tool.name))
+
+    def _dispatch(self, now: float, d: Decisions) -> None:
+        """Start ready nodes, best first, while the run-wide limit has room."""
+        if self._used_estimates and self._stale():
+            self._rank()
+        heap = self._heap
+        while heap and self._global.available() and not self.stopping:
+            _, pos = heapq.heappop(heap)
+            slot = self.slots[pos]
+            if slot.phase is not Phase.READY or not self._prepare(slot, now, d):
+                continue
+            if self._admit(slot, now, d):
+                self._start(slot, now, d)
+
+    def _prepare(self, slot: _Slot, now: float, d: Decisions) -> bool:
+        """Resolve and validate the node's arguments; a node whose inputs do not fit fails here."""
+        if slot.args is not None:
+            return True
+        try:
+            raw = resolve_arguments(slot.node.args, self._lookup)
+            slot.args = slot.node.tool.validate(raw)
+        except (LookupError, TypeError, ToolArgumentError) as exc:
+            self._record(slot, "failed", now, d, error=ErrorInfo.from_exception(exc))
+            return False
+        return True
+
+    def _lookup(self, ref: Ref) -> Any:
+        outcome = self.slots[self.graph.position[ref.node]].outcome
+        assert outcome is not None and outcome.status == "ok"
+        return ref.pick(outcome.value)
+
+    def _admit(self, slot: _Slot, now: float, d: Decisions) -> bool:
+        """Whether every limit on the node has room now; if not, park it where it waits."""
+        if slot.gates is None:
+            slot.gates = self._gates_for(slot)
+        for gate in slot.gates:
+            if not gate.available():
+                self._park(gate, slot)
+                return False
+        limiter = self._rate_for(slot.node.tool)
+        if limiter is not None:
+            wait = limiter.wait_time(now)
+            if wait > 0:
+                self._park(limiter, slot)
+                if limiter not in self._rate_timer_set:
+                    self._rate_timer_set.add(limiter)
+                    d.timers.append((now + wait, "rate", slot.pos))
+                return False
+            limiter.take(now)
+        return True
+
+    def _park(self, gate: object, slot: _Slot) -> None:
+        heapq.heappush(self._parked.setdefault(gate, []), (slot.priority, slot.pos))
+
+    def _start(self, slot: _Slot, now: float, d: Decisions) -> None:
+        assert slot.gates is not None and slot.args is not None
+        self._global.acquire()
+        for gate in slot.gates:
+            gate.acquire()
+        self._set_phase(slot, Phase.RUNNING)
+        slot.attempts += 1
+        if slot.started_at is None:
+            slot.started_at = now
+        args = slot.args
+        slot.args = None  # a retry resolves afresh, so it never sees what this attempt mutated
+        tool = slot.node.tool
+        d.starts.append(Call(slot.pos, slot.node.id, tool, args, slot.attempts, slot.executor,
+                             tool.policy.timeout))
+        self.in_flight[slot.pos] = now
+        if self.record_events:
+            d.events.append(NodeStarted(run_id=self.run_id, time=now, node_id=slot.node.id,
+                                        tool=tool.name, attempt=slot.attempts,
+                                        executor=slot.executor))
+
+    def _release(self, slot: _Slot) -> None:
+        """Give back the slot's limits and return one parked node per freed gate to the heap."""
+        self._global.release()
+        self.in_flight.pop(slot.pos, None)
+        for gate in slot.gates or ():
+            gate.release()
+            waiting = self._parked.get(gate)
+            if waiting:
+                heapq.heappush(self._heap, heapq.heappop(waiting))
+
+    def _final_status(self, slot: _Slot, result: AttemptResult) -> Status:
+        if result.status == "cancelled":
+            return slot.cancel_status
+        return result.status
+
+    def _error(self, slot: _Slot, result: AttemptResult) -> ErrorInfo | None:
+        if result.error is not None:
+            return ErrorInfo.from_exception(result.error)
+        if result.status == "cancelled" and slot.cancel_reason:
+            return ErrorInfo("CallCancelledError", slot.cancel_reason)
+        return None
+
+    def _cancel_slot(self, slot: _Slot, reason: str, status: Status, now: float,
+                     d: Decisions) -> None:
+        if slot.phase is Phase.DONE:
+            return
+        if slot.phase is Phase.RUNNING:
+            slot.cancel_reason, slot.cancel_status = reason, status
+            d.cancels.append(slot.pos)
+        else:
+            final: Status = "cancelled" if slot.phase is not Phase.BACKOFF else status
+            self._record(slot, final, now, d, reason=reason)
+
+    def _record(self, slot: _Slot, status: Status, now: float, d: Decisions, *, value: Any = None,
+                error: ErrorInfo | None = None, reason: str = "", abandoned: bool = False) -> None:
+        """Give ``slot`` its outcome, then release or skip everything that waits for it."""
+        self._store(slot, status, now, d, value, error, reason or slot.cancel_reason, abandoned)
+        stack = [slot]
+        while stack:
+            done = stack.pop()
+            assert done.outcome is not None
+            failed = done.outcome.status != "ok"
+            for succ in self.graph.succs[done.pos]:
+                after = self.slots[succ]
+                if after.phase is Phase.DONE:
+                    continue
+                if failed and (done.pos, succ) in self._hard:
+                    after.root = done.root or _root_cause(done.node.id, done.outcome)
+                    why = f"needs {done.node.id!r}, which " + (
+                        f"was skipped; root cause: {after.root}" if done.root else
+                        f"ended {done.outcome.status}{_detail(done.outcome)}")
+                    self._store(after, "skipped", now, d, None, None, why, False)
+                    stack.append(after)
+                    continue
+                after.waiting -= 1
+                if after.waiting == 0 and after.phase is Phase.WAITING:
+                    self._make_ready(after, now, d)
+        if self.fail_fast and status in ("failed", "timed_out") and not self.stopping:
+            reason = f"fail_fast: {slot.node.id!r} {status}"
+            self.stopping = reason
+            for other in self.slots:
+                self._cancel_slot(other, reason, "cancelled", now, d)
+
+    def _store(self, slot: _Slot, status: Status, now: float, d: Decisions, value: Any,
+               error: ErrorInfo | None, reason: str, abandoned: bool) -> None:
+        self._set_phase(slot, Phase.DONE)
+        self.done_count += 1
+        self.status_counts[status] += 1
+        slot.args = None
+        tool = slot.node.tool.name
+        slot.outcome = Outcome(
+            slot.node.id, tool, status, value if status == "ok" else None, error, reason,
+            slot.attempts, slot.queued_at, slot.started_at,
+            now if slot.started_at is not None else None,
+            slot.executor if slot.attempts else "", abandoned,
+        )
+        if not self.record_events:
+            return
+        nid = slot.node.id
+        if status == "skipped":
+            d.events.append(NodeSkipped(run_id=self.run_id, time=now, node_id=nid, tool=tool,
+                                        reason=reason))
+        elif slot.attempts == 0 and status != "failed":
+            d.events.append(NodeCancelled(run_id=self.run_id, time=now, node_id=nid, tool=tool,
+                                          reason=reason))
+        else:
+            d.events.append(NodeFinished(run_id=self.run_id, time=now, node_id=nid, tool=tool,
+                                         status=status, attempts=slot.attempts,
+                                         duration=slot.outcome.duration,
+                                         error=str(error) if error else reason))
+
+    # ---- limits ---------------------------------------------------------------------------
+
+    def _gates_for(self, slot: _Slot) -> tuple[ConcurrencyLimit, ...]:
+        """The per-tool and per-resource-key limits that apply to this node's call."""
+        tool = slot.node.tool
+        gates: list[ConcurrencyLimit] = []
+        cap = tool.policy.max_concurrency
+        if cap is not None:
+            key = (tool.name, cap)
+            if key not in self._tool_limits:
+                self._tool_limits[key] = ConcurrencyLimit(f"tool {tool.name}", cap)
+            gates.append(self._tool_limits[key])
+        if self._resource_limits:
+            gates += self._key_gates(tool, slot.args or {})
+        return tuple(gates)
+
+    def _key_gates(self, tool: Tool[..., Any], args: Mapping[str, Any]) -> list[ConcurrencyLimit]:
+        gates: list[ConcurrencyLimit] = []
+        for template in (*tool.policy.reads, *tool.policy.writes):
+            key = str(render_key(template, args, {}))
+            for pattern, cap in self._resource_limits.items():
+                if fnmatchcase(key, pattern):
+                    if key not in self._key_limits:
+                        self._key_limits[key] = ConcurrencyLimit(f"resource {key}", cap)
+                    if self._key_limits[key] not in gates:
+                        gates.append(self._key_limits[key])
+                    break
+        return gates
+
+    def _rate_for(self, tool: Tool[..., Any]) -> RateLimiter | None:
+        rate = tool.policy.rate
+        if rate is None:
+            return None
+        key = (tool.name, str(rate))
+        if key not in self._rates:
+            self._rates[key] = RateLimiter(f"tool {tool.name}", rate)
+        return self._rates[key]
+
+    # ---- critical path ----------------------------------------------------------------------
+
+    def _estimate(self, tool: Tool[..., Any]) -> float:
+        learned = self.estimates.get(tool.name)
+        if learned is not None:
+            return learned
+        return tool.policy.estimate if tool.policy.estimate is not None else DEFAULT_ESTIMATE
+
+    def _rank(self) -> None:
+        """Recompute each node's priority (longest estimated path to the end) and re-heap."""
+        cache: dict[str, float] = {}
+        level = [0.0] * len(self.slots)
+        for pos in range(len(self.slots) - 1, -1, -1):  # graph.nodes is in topological order
+            slot = self.slots[pos]
+            name = slot.node.tool.name
+            if name not in cache:
+                cache[name] = self._estimate(slot.node.tool)
+            below = max((level[s] for s in self.graph.succs[pos]), default=0.0)
+            level[pos] = cache[name] + below
+            slot.priority = -level[pos]  # heapq pops the smallest
+        self._used_estimates = {name: value for name, value in cache.items()
+                                if name in self.estimates}
+        self._heap = [(self.slots[p].priority, p) for _, p in self._heap]
+        heapq.heapify(self._heap)
+
+    def _learn(self, slot: _Slot, now: float) -> None:
+        if slot.started_at is None:
+            return
+        name = slot.node.tool.name
+        seen = now - slot.started_at
+        old = self.estimates.get(name)
+        self.estimates[name] = seen if old is None else old + _LEARN_WEIGHT * (seen - old)
+        if name not in self._used_estimates:
+            self._used_estimates.setdefault(name, float("nan"))
+
+    def _stale(self) -> bool:
+        for name, used in self._used_estimates.items():
+            now_value = self.estimates.get(name, used)
+            if used != used or not (used / _RELEARN_FACTOR <= now_value <= used * _RELEARN_FACTOR):
+                return True  # (used != used) is NaN: the tool was never measured when ranked
+        return False
+
+
+def _hard_pairs(graph: Graph) -> set[tuple[int, int]]:
+    """Edges whose source must *succeed* (data and after); resource and barrier edges only order."""
+    pos = graph.position
+    return {(pos[e.source], pos[e.target]) for e in graph.edges if e.kind in ("data", "after")}
+
+
+def _detail(outcome: Outcome) -> str:
+    text = str(outcome.error) if outcome.error else outcome.reason
+    text = text.splitlines()[0] if text else ""
+    return f": {text[:200]}" if text else ""
+
+
+def _root_cause(node_id: str, outcome: Outcome) -> str:
+    """The first node in a chain of skips that did not succeed, and how it ended."""
+    return f"{node_id!r} ended {outcome.status}{_detail(outcome)}"
+
