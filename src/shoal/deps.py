@@ -124,8 +124,10 @@ class _Builder:
 def _topological(plan: Plan) -> list[Node]:
     """Nodes ordered by hard edges (data, after), ties broken by plan order."""
     nodes = plan.nodes
+    if not any(n.refs or n.after for n in nodes):
+        return nodes  # no hard edges: plan order is already topological
     ids = {n.id for n in nodes}
-    preds = {n.id: hard_predecessors(n) & ids for n in nodes}
+    preds = {n.id: (hard_predecessors(n) & ids) if (n.refs or n.after) else set() for n in nodes}
     succs: dict[str, list[Node]] = {n.id: [] for n in nodes}
     indegree: dict[str, int] = {}
     for node in nodes:

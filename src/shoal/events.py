@@ -132,9 +132,11 @@ class JsonlSink:
     """Writes each event as one JSON line to a file (opened on creation, closed by ``close``)."""
 
     def __init__(self, path: str | Path) -> None:
-        self._file: IO[str] = Path(path).open("a", encoding="utf-8")
+        # held open for the run's lifetime; closed by close()
+        self._file: IO[str] = Path(path).open("a", encoding="utf-8")  # noqa: SIM115
 
     def __call__(self, event: Event) -> None:
+        """Append ``event`` as one line."""
         self._file.write(json.dumps(event.to_dict()) + "\n")
 
     def close(self) -> None:

@@ -108,6 +108,10 @@ class RunResult:
     started_at_epoch: float = 0.0
     cancelled_reason: str = ""
 
+    def __repr__(self) -> str:
+        counts = " ".join(f"{k}={v}" for k, v in self.counts.items() if v)
+        return f"<RunResult {self.run_id} {counts or 'empty'} makespan={self.makespan:.3f}s>"
+
     def __getitem__(self, key: Ref | str) -> Outcome:
         node_id = key if isinstance(key, str) else key.node
         return self.outcomes[node_id]
@@ -134,7 +138,7 @@ class RunResult:
     @property
     def counts(self) -> dict[str, int]:
         """How many nodes ended in each status."""
-        found = dict.fromkeys(STATUSES, 0)
+        found: dict[str, int] = dict.fromkeys(STATUSES, 0)
         for o in self.outcomes.values():
             found[o.status] += 1
         return found

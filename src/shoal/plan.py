@@ -52,12 +52,15 @@ class Ref:
     def pick(self, value: Any) -> Any:
         """Follow this ref's path into ``value`` (the node's output)."""
         for part in self.path:
-            if isinstance(value, Mapping) or (isinstance(part, int) and isinstance(value, Sequence)):
+            if isinstance(value, Mapping):
+                value = value[part]
+            elif isinstance(part, int) and isinstance(value, Sequence):
                 value = value[part]
             elif isinstance(part, str) and hasattr(value, part):
                 value = getattr(value, part)
             else:
-                raise LookupError(f"{self!r}: no {part!r} in a value of type {type(value).__name__}")
+                kind = type(value).__name__
+                raise LookupError(f"{self!r}: no {part!r} in a value of type {kind}")
         return value
 
 
@@ -241,7 +244,10 @@ def hard_predecessors(node: Node) -> set[str]:
 
 def find_cycles(nodes: Mapping[str, Node]) -> list[str]:
     """Each dependency cycle among ``nodes``, written ``a -> b -> a`` (empty when acyclic)."""
-    preds = {nid: hard_predecessors(n) & nodes.keys() for nid, n in nodes.items()}
+    preds = {nid: (hard_predecessors(n) & nodes.keys()) if (n.refs or n.after) else set()
+             for nid, n in nodes.items()}
+    if not any(preds.values()):
+        return []
     remaining = topo_leftovers(preds)
     cycles: list[str] = []
     reported: set[str] = set()

@@ -216,7 +216,7 @@ def plan_from_dict(
     for spec in specs:
         # Nodes whose tool is unusable still go in, as placeholders, so that refs to them are
         # not reported as dangling and cycles through them are still found.
-        plan.add(spec.tool or _placeholder(), spec.args, after=spec.after, node_id=spec.id)
+        plan.add(spec.tool or placeholder_tool(), spec.args, after=spec.after, node_id=spec.id)
     problems += plan.problems()
     if problems:
         raise PlanError(problems, source)
@@ -275,16 +275,18 @@ def _read_node(
         return None
     node_id = _read_id(index, raw.get("id"), problems)
     label = node_id or ""
-    where = f"nodes[{index}]" if node_id is None else "the node"
-    problems += [PlanProblem("bad_shape", _unknown_key(k, _NODE_KEYS, where), label)
-                 for k in raw if k not in _NODE_KEYS]
-    found = _resolve(raw.get("tool"), tools, label, index, problems)
-    args = _read_args(raw.get("args", {}), label, problems)
-    after = _read_after(raw.get("after", []), label, problems)
+    own: list[PlanProblem] = []
+    own += [PlanProblem("bad_shape", _unknown_key(k, _NODE_KEYS), label)
+            for k in raw if k not in _NODE_KEYS]
+    found = _resolve(raw.get("tool"), tools, label, own)
+    args = _read_args(raw.get("args", {}), label, own)
+    after = _read_after(raw.get("after", []), label, own)
     if found is not None and "options" in raw:
-        found = _apply_options(found, raw["options"], label, problems)
-    if node_id is None:
+        found = _apply_options(found, raw["options"], label, own)
+    if node_id is None:  # without an id, only its position tells the reader which node it is
+        problems += [PlanProblem(p.code, f"nodes[{index}]: {p.message}") for p in own]
         return None
+    problems += own
     return _Spec(node_id, found if args is not None else None, args or {}, after)
 
 
@@ -301,13 +303,12 @@ def _read_id(index: int, value: Any, problems: list[PlanProblem]) -> str | None:
 
 
 def _resolve(
-    value: Any, tools: Mapping[str, Tool[..., Any]], label: str, index: int,
-    problems: list[PlanProblem],
+    value: Any, tools: Mapping[str, Tool[..., Any]], label: str, problems: list[PlanProblem]
 ) -> Tool[..., Any] | None:
     if value is None or not isinstance(value, str) or not value:
-        got = "no 'tool'" if value is None else f"'tool' {value!r}"
+        got = "no 'tool'" if value is None else f"a bad 'tool' {value!r}"
         problems.append(PlanProblem(
-            "bad_shape", f"nodes[{index}] has {got}; set 'tool' to an import path "
+            "bad_shape", f"the node has {got}; set 'tool' to an import path "
                          "'package.module:function' or a tool name", label))
         return None
     found = _find_tool(value, tools)
@@ -364,8 +365,8 @@ def import_object(path: str) -> Any:
         obj = getattr(obj, part)
         owner = f"{owner}.{part}"
     if not callable(obj):
-        raise ImportError(f"{path!r} is a {type(obj).__name__}, not a function or tool; point "
-                          "it at a callable")
+        raise ImportError(f"{path!r} is not callable (it is {type(obj).__name__} "
+                          f"{obj!r:.40}); point it at a function or tool")
     return obj
 
 
@@ -423,7 +424,7 @@ def _apply_options(
         return found
 
 
-def _unknown_key(key: Any, allowed: tuple[str, ...], where: str) -> str:
+def _unknown_key(key: Any, allowed: tuple[str, ...], where: str = "the node") -> str:
     close = difflib.get_close_matches(str(key), allowed, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
     return f"{where} has an unknown key {key!r}; {hint}allowed keys: {', '.join(allowed)}"
@@ -434,8 +435,12 @@ def _kind(value: Any) -> str:
 
 
 @functools.cache
-def _placeholder() -> Tool[..., Any]:
-    """Make the tool that stands in for one that could not be resolved (never run)."""
+def placeholder_tool() -> Tool[..., Any]:
+    """Return a tool that stands in for one that could not be resolved, in invalid plans.
+
+    It accepts any arguments, so that a node whose tool failed to load can still be added and
+    refs to it are not reported as dangling; such plans raise :class:`PlanError` and never run.
+    """
 
     def unavailable(**args: Any) -> None:
         raise RuntimeError("placeholder for a tool that could not be loaded")

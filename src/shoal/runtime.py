@@ -231,7 +231,8 @@ class Runtime:
             rng=self._rng,
             record_events=bool(sinks),
         )
-        executors = {name: self.executor_for(name) for name in {s.executor for s in state.slots}}
+        executors: dict[str, Executor] = {
+            name: self.executor_for(name) for name in {s.executor for s in state.slots}}
         return Driver(state, executors, sinks=sinks,
                       deadline=self.deadline if deadline is None else deadline)
 

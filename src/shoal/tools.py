@@ -63,8 +63,8 @@ class RetryPolicy:
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         """Seconds to wait before retry number ``attempt`` (1-based)."""
-        raw = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
-        return raw * (1.0 - self.jitter * rng.random())
+        raw = min(self.max_delay, self.base_delay * 2.0 ** (attempt - 1))
+        return float(raw * (1.0 - self.jitter * rng.random()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +121,9 @@ def _summary(doc: str) -> str:
     return "\n".join(kept).strip()
 
 
-def _args_model(name: str, fn: Callable[..., Any], docs: dict[str, str]) -> type[pydantic.BaseModel]:
+def _args_model(
+    name: str, fn: Callable[..., Any], docs: dict[str, str]
+) -> type[pydantic.BaseModel]:
     """A pydantic model of ``fn``'s parameters, used both to validate and to publish a schema."""
     try:
         hints = get_type_hints(fn, include_extras=True)
@@ -192,7 +194,7 @@ class Tool(Generic[P, R]):
             raise ToolDefinitionError(f"a tool wraps a function, got {fn!r}")
         self._fn = fn
         self._is_async = inspect.iscoroutinefunction(fn)
-        self.name = name or getattr(fn, "__name__", type(fn).__name__)
+        self.name: str = name or str(getattr(fn, "__name__", type(fn).__name__))
         doc = inspect.getdoc(fn) or ""
         self.description = description if description is not None else _summary(doc)
         self._model = _model or _args_model(self.name, fn, _param_docs(doc))
@@ -225,6 +227,7 @@ class Tool(Generic[P, R]):
         return self._param_names
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        """Call the wrapped function directly (no runtime, no policy)."""
         return self._fn(*args, **kwargs)
 
     def __repr__(self) -> str:
@@ -279,9 +282,9 @@ class Tool(Generic[P, R]):
         return "; ".join(problems)
 
     def _check_one(self, name: str, value: Any) -> list[str]:
-        field_info = self._model.model_fields[name]
+        annotation: Any = self._model.model_fields[name].annotation
         try:
-            pydantic.TypeAdapter(field_info.annotation,
+            pydantic.TypeAdapter(annotation,
                                  config=ConfigDict(arbitrary_types_allowed=True)).validate_python(value)
         except pydantic.ValidationError as exc:
             return [f"argument {name!r}: {e['msg']} (got {value!r})" for e in exc.errors()[:1]]

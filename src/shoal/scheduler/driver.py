@@ -77,7 +77,7 @@ class Driver:
         return (self._loop.time() - self._t0) if self._loop is not None else 0.0
 
     async def run(self) -> RunResult:
-        """Run until every node has an outcome; on outer cancellation, stop all work and re-raise."""
+        """Run until every node has an outcome; if cancelled from outside, stop all, re-raise."""
         self._loop = asyncio.get_running_loop()
         self._t0 = self._loop.time()
         self._epoch = time.time()

@@ -1,4 +1,4 @@
-"""The scheduler's state machine: every decision about which call runs when, and no I/O.
+r"""The scheduler's state machine: every decision about which call runs when, and no I/O.
 
 The driver (:mod:`shoal.scheduler.driver`) feeds it inputs (``begin``, ``finish``,
 ``retry_due``, ``wake``, ``cancel``, ``expire``) with the current run time, and carries out the
@@ -20,11 +20,10 @@ limit is parked on that limit and returns to the heap when the limit frees up, s
 
 from __future__ import annotations
 
-import enum
 import heapq
 import random
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any, Literal
 
@@ -49,14 +48,30 @@ from shoal.tools import Isolation, Tool
 __all__ = ["TRANSITIONS", "AttemptResult", "Decisions", "Phase", "SchedulerState"]
 
 
-class Phase(enum.Enum):
-    """Where a node is in its life."""
+class Phase:
+    """Where a node is in its life: ``WAITING``, ``READY``, ``RUNNING``, ``BACKOFF``, ``DONE``.
 
-    WAITING = "waiting"
-    READY = "ready"
-    RUNNING = "running"
-    BACKOFF = "backoff"
-    DONE = "done"
+    Plain singletons rather than an ``Enum``: phases are compared and hashed on every transition
+    of every node, and identity hashing is several times cheaper than ``Enum.__hash__``.
+    """
+
+    __slots__ = ("value",)
+    WAITING: Phase
+    READY: Phase
+    RUNNING: Phase
+    BACKOFF: Phase
+    DONE: Phase
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"Phase.{self.value.upper()}"
+
+
+for _name in ("waiting", "ready", "running", "backoff", "done"):
+    setattr(Phase, _name.upper(), Phase(_name))
+PHASES = (Phase.WAITING, Phase.READY, Phase.RUNNING, Phase.BACKOFF, Phase.DONE)
 
 
 TRANSITIONS: Mapping[Phase, frozenset[Phase]] = {
@@ -69,7 +84,8 @@ TRANSITIONS: Mapping[Phase, frozenset[Phase]] = {
 
 AttemptStatus = Literal["ok", "failed", "timed_out", "cancelled"]
 DEFAULT_ESTIMATE = 1.0
-_RELEARN_FACTOR = 1.5  # re-rank the queue when a tool's estimate moves by more than this
+_RELEARN_FACTOR = 2.0  # re-rank the queue when a tool's estimate moves by more than this
+_RERANK_SHARE = 0.1  # ...but at most once per this share of the plan's completions
 _LEARN_WEIGHT = 0.3
 
 
@@ -83,14 +99,16 @@ class AttemptResult:
     abandoned: bool = False
 
 
-@dataclass(slots=True)
 class Decisions:
-    """What the driver must do after an input."""
+    """What the driver must do after an input: start, cancel, set timers, publish events."""
 
-    starts: list[Call] = field(default_factory=list)
-    cancels: list[int] = field(default_factory=list)
-    timers: list[tuple[float, str, int]] = field(default_factory=list)
-    events: list[Event] = field(default_factory=list)
+    __slots__ = ("cancels", "events", "starts", "timers")
+
+    def __init__(self) -> None:
+        self.starts: list[Call] = []
+        self.cancels: list[int] = []
+        self.timers: list[tuple[float, str, int]] = []
+        self.events: list[Event] = []
 
 
 class _Slot:
@@ -162,6 +180,8 @@ class SchedulerState:
         self._rate_timer_set: set[object] = set()
         self._heap: list[tuple[float, int]] = []
         self._used_estimates: dict[str, float] = {}
+        self._next_rank_at = 0
+        self._tool_names = len({n.tool.name for n in graph.nodes})
         self._hard = _hard_pairs(graph)
         self.slots = [
             _Slot(i, n, len(graph.preds[i]), choose_executor(n.tool, default_executor))
@@ -189,10 +209,10 @@ class SchedulerState:
         d = Decisions()
         slot = self.slots[pos]
         self._release(slot)
-        status = self._final_status(slot, result)
+        status = slot.cancel_status if result.status == "cancelled" else result.status
         retry = slot.node.tool.policy.retry
-        if (status in ("failed", "timed_out") and not self.stopping and result.error is not None
-                and retry.should_retry(result.error, slot.attempts)):
+        if (status != "ok" and status != "cancelled" and not self.stopping
+                and result.error is not None and retry.should_retry(result.error, slot.attempts)):
             delay = retry.delay(slot.attempts, self._rng)
             self._set_phase(slot, Phase.BACKOFF)
             d.timers.append((now + delay, "retry", pos))
@@ -202,8 +222,10 @@ class SchedulerState:
                     attempt=slot.attempts, delay=delay, error=str(ErrorInfo.from_exception(
                         result.error, with_traceback=False))))
         else:
-            self._learn(slot, now)
-            self._record(slot, status, now, d, value=result.value, error=self._error(slot, result),
+            if self._tool_names > 1:
+                self._learn(slot, now)
+            error = None if status == "ok" else self._error(slot, result)
+            self._record(slot, status, now, d, value=result.value, error=error,
                          abandoned=result.abandoned)
         self._dispatch(now, d)
         return d
@@ -261,7 +283,7 @@ class SchedulerState:
 
     def running(self) -> list[tuple[str, str, str, float]]:
         """(node id, tool, executor, start time) of every attempt in flight."""
-        found = []
+        found: list[tuple[str, str, str, float]] = []
         for pos, since in self.in_flight.items():
             slot = self.slots[pos]
             found.append((slot.node.id, slot.node.tool.name, slot.executor, since))
@@ -269,7 +291,7 @@ class SchedulerState:
 
     def phase_counts(self) -> dict[str, int]:
         """How many nodes are in each phase (for progress displays)."""
-        counts = {p.value: 0 for p in Phase}
+        counts = {p.value: 0 for p in PHASES}
         for s in self.slots:
             counts[s.phase.value] += 1
         return counts
@@ -283,8 +305,7 @@ class SchedulerState:
     # ---- transitions --------------------------------------------------------------------------
 
     def _set_phase(self, slot: _Slot, phase: Phase) -> None:
-        if phase not in TRANSITIONS[slot.phase]:
-            raise AssertionError(f"{slot.node.id}: illegal transition {slot.phase} -> {phase}")
+        assert phase in TRANSITIONS[slot.phase], f"{slot.node.id}: {slot.phase} -> {phase}"
         slot.phase = phase
 
     def _make_ready(self, slot: _Slot, now: float, d: Decisions) -> None:
@@ -300,10 +321,12 @@ class SchedulerState:
 
     def _dispatch(self, now: float, d: Decisions) -> None:
         """Start ready nodes, best first, while the run-wide limit has room."""
-        if self._used_estimates and self._stale():
+        if self._used_estimates and self.done_count >= self._next_rank_at and self._stale():
             self._rank()
-        heap = self._heap
-        while heap and self._global.available() and not self.stopping:
+        heap, limit = self._heap, self._global
+        while heap and (limit.capacity is None or limit.in_use < limit.capacity):
+            if self.stopping:
+                return
             _, pos = heapq.heappop(heap)
             slot = self.slots[pos]
             if slot.phase is not Phase.READY or not self._prepare(slot, now, d):
@@ -315,9 +338,10 @@ class SchedulerState:
         """Resolve and validate the node's arguments; a node whose inputs do not fit fails here."""
         if slot.args is not None:
             return True
+        node = slot.node
         try:
-            raw = resolve_arguments(slot.node.args, self._lookup)
-            slot.args = slot.node.tool.validate(raw)
+            raw = resolve_arguments(node.args, self._lookup) if node.args else {}
+            slot.args = node.tool.validate(raw)
         except (LookupError, TypeError, ToolArgumentError) as exc:
             self._record(slot, "failed", now, d, error=ErrorInfo.from_exception(exc))
             return False
@@ -336,8 +360,8 @@ class SchedulerState:
             if not gate.available():
                 self._park(gate, slot)
                 return False
-        limiter = self._rate_for(slot.node.tool)
-        if limiter is not None:
+        if slot.node.tool.policy.rate is not None:
+            limiter = self._rate_for(slot.node.tool)
             wait = limiter.wait_time(now)
             if wait > 0:
                 self._park(limiter, slot)
@@ -353,7 +377,7 @@ class SchedulerState:
 
     def _start(self, slot: _Slot, now: float, d: Decisions) -> None:
         assert slot.gates is not None and slot.args is not None
-        self._global.acquire()
+        self._global.in_use += 1
         for gate in slot.gates:
             gate.acquire()
         self._set_phase(slot, Phase.RUNNING)
@@ -373,18 +397,13 @@ class SchedulerState:
 
     def _release(self, slot: _Slot) -> None:
         """Give back the slot's limits and return one parked node per freed gate to the heap."""
-        self._global.release()
-        self.in_flight.pop(slot.pos, None)
+        self._global.in_use -= 1
+        del self.in_flight[slot.pos]
         for gate in slot.gates or ():
             gate.release()
             waiting = self._parked.get(gate)
             if waiting:
                 heapq.heappush(self._heap, heapq.heappop(waiting))
-
-    def _final_status(self, slot: _Slot, result: AttemptResult) -> Status:
-        if result.status == "cancelled":
-            return slot.cancel_status
-        return result.status
 
     def _error(self, slot: _Slot, result: AttemptResult) -> ErrorInfo | None:
         if result.error is not None:
@@ -491,10 +510,9 @@ class SchedulerState:
                     break
         return gates
 
-    def _rate_for(self, tool: Tool[..., Any]) -> RateLimiter | None:
+    def _rate_for(self, tool: Tool[..., Any]) -> RateLimiter:
         rate = tool.policy.rate
-        if rate is None:
-            return None
+        assert rate is not None
         key = (tool.name, str(rate))
         if key not in self._rates:
             self._rates[key] = RateLimiter(f"tool {tool.name}", rate)
@@ -517,11 +535,14 @@ class SchedulerState:
             name = slot.node.tool.name
             if name not in cache:
                 cache[name] = self._estimate(slot.node.tool)
-            below = max((level[s] for s in self.graph.succs[pos]), default=0.0)
-            level[pos] = cache[name] + below
+            succs = self.graph.succs[pos]
+            level[pos] = cache[name] + (max([level[s] for s in succs]) if succs else 0.0)
             slot.priority = -level[pos]  # heapq pops the smallest
+        # Ranking costs O(nodes); allow it again only after a share of the plan has finished,
+        # so learning stays O(1) per node amortised. With one tool, order cannot change.
         self._used_estimates = {name: value for name, value in cache.items()
-                                if name in self.estimates}
+                                if name in self.estimates} if len(cache) > 1 else {}
+        self._next_rank_at = self.done_count + max(1, int(len(self.slots) * _RERANK_SHARE))
         self._heap = [(self.slots[p].priority, p) for _, p in self._heap]
         heapq.heapify(self._heap)
 
@@ -532,8 +553,8 @@ class SchedulerState:
         seen = now - slot.started_at
         old = self.estimates.get(name)
         self.estimates[name] = seen if old is None else old + _LEARN_WEIGHT * (seen - old)
-        if name not in self._used_estimates:
-            self._used_estimates.setdefault(name, float("nan"))
+        if name not in self._used_estimates and self._tool_names > 1:
+            self._used_estimates[name] = float("nan")
 
     def _stale(self) -> bool:
         for name, used in self._used_estimates.items():

@@ -1,0 +1,356 @@
+"""Plan text in the LLMCompiler format, parsed into a :class:`~shoal.plan.Plan`.
+
+A planner model writes numbered calls, optionally between ``Thought:`` lines::
+
+    Thought: I need two searches.
+    1. search("ray actors")
+    2. search(query="asyncio")
+    3. join_text(parts=["$1", "$2"])
+    Thought: done
+    4. join()
+
+Rules:
+
+* ``N. name(args)`` is one call; its node id is ``"N"`` as written. Arguments are Python
+  literals, positional or by keyword; positional ones fill the tool's parameters in order.
+  Nothing is evaluated: each argument goes through :func:`ast.literal_eval`.
+* ``"$1"``, ``"${1}"``, ``"$1.field"``, ``"$1[0]"`` (at any depth inside lists, tuples and
+  dict values) refer to call 1's output, with the path syntax of :mod:`shoal.planfile`. The
+  quotes may be left out (``join_text($1, $2)``). ``"see $1"`` inside longer text stays text.
+* A call whose brackets are still open at the end of a line continues on the next lines.
+* ``Thought:`` lines and blank lines are skipped; any other line is a ``syntax`` problem.
+* ``N. join()`` is LLMCompiler's end marker when no tool is named ``join`` (with one, it is
+  an ordinary call); so is a line ``<END_OF_PLAN>``. Everything after the marker is ignored.
+
+:class:`PlanTextParser` reads text as it streams in and hands out each call as soon as its
+last line is complete, so a planner can start calls while the model is still writing.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from shoal.exceptions import PlanError, PlanProblem
+from shoal.plan import Plan
+from shoal.planfile import convert_refs, placeholder_tool
+from shoal.tools import Tool
+
+__all__ = ["ParsedCall", "PlanTextParser", "parse_plan_text"]
+
+ToolSet = Mapping[str, Tool[..., Any]] | Sequence[Tool[..., Any]]
+
+_NUMBERED = re.compile(r"\s*(\d+)\s*\.\s*(.*)", re.DOTALL)
+_STARTS_CALL = re.compile(r"\s*\d+\s*\.\s*\w+\s*\(")
+_THOUGHT = re.compile(r"\s*thought\s*:", re.IGNORECASE)
+_CALL_NAME = re.compile(r"\s*(\w+)\s*\(")
+_END_OF_PLAN = "<END_OF_PLAN>"
+# unquoted refs: ids and fields without '-', so that "$1-$2" is not read as one ref
+_BARE_REF = re.compile(r"\$(?:\{[^{}]*\}|\w+)(?:\.\w+|\[-?[0-9]+\])*")
+_LITERALS_HELP = ("arguments must be Python literals (strings, numbers, lists, dicts, "
+                  "True/False/None) or $N references")
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedCall:
+    """One call read from plan text: refs in ``args``/``kwargs`` are already :class:`Ref`."""
+
+    id: str
+    tool: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    line: int
+
+    def bind(self, tools: ToolSet) -> tuple[Tool[..., Any], dict[str, Any]]:
+        """Return the tool this call names and its arguments, all by name.
+
+        Raises:
+            PlanError: the tool is unknown, or the positional arguments do not fit it.
+        """
+        found, args, problems = _bind(self, _tool_table(tools))
+        if problems or found is None:
+            raise PlanError(problems)
+        return found, args
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A numbered call whose text may still be growing line by line."""
+
+    id: str
+    line: int
+    text: str
+
+
+class PlanTextParser:
+    """Incremental parser: :meth:`feed` text as it arrives, then :meth:`close`.
+
+    ``tools`` only decides whether ``join`` is the end marker (see the module docstring);
+    tools are checked when calls are bound. Problems with lines that are not calls, or
+    calls that cannot be parsed, collect in :attr:`problems`; a problem about a numbered
+    call names that call's id as its ``node``.
+    """
+
+    def __init__(self, tools: ToolSet = ()) -> None:
+        self._join_ends = "join" not in _tool_names(tools)
+        self._parts: list[str] = []
+        self._line_no = 0
+        self._pending: _Pending | None = None
+        self._done = False
+        self._closed = False
+        self._problems: list[tuple[int, PlanProblem]] = []
+
+    @property
+    def problems(self) -> list[PlanProblem]:
+        """Every problem found so far, in line order."""
+        return [p for _, p in sorted(self._problems, key=lambda item: item[0])]
+
+    @property
+    def done(self) -> bool:
+        """Whether the end marker has been read (later text is ignored)."""
+        return self._done
+
+    def feed(self, chunk: str) -> list[ParsedCall]:
+        """Add streamed text; return the calls completed by it, in order."""
+        if self._closed:
+            raise ValueError("this PlanTextParser is closed; make a new one for new text")
+        if "\n" not in chunk:
+            self._parts.append(chunk)
+            return []
+        *lines, rest = "".join([*self._parts, chunk]).split("\n")
+        self._parts = [rest]
+        return [call for line in lines for call in self._read_line(line)]
+
+    def close(self) -> list[ParsedCall]:
+        """Read what is left after the last newline; return the calls it completes."""
+        rest = "".join(self._parts)
+        self._parts = []
+        calls = self._read_line(rest) if rest else []
+        if self._pending is not None and not self._done:
+            self._fail(self._pending, "the call's brackets or quotes are never closed; close "
+                                      "them")
+        self._pending = None
+        self._closed = True
+        return calls
+
+    def _read_line(self, line: str) -> list[ParsedCall]:
+        self._line_no += 1
+        line = line.rstrip("\r")
+        if self._done:
+            return []
+        pending = self._pending
+        if pending is not None:
+            if not _scan(pending.text).in_string and _starts_over(line):
+                self._fail(pending, "the call's brackets or quotes are not closed before the "
+                                    "next line starts; close them")
+            else:
+                pending.text += "\n" + line
+                return self._try_complete(pending)
+        return self._read_fresh(line)
+
+    def _read_fresh(self, line: str) -> list[ParsedCall]:
+        self._pending = None
+        stripped = line.strip()
+        if not stripped or _THOUGHT.match(stripped):
+            return []
+        if stripped == _END_OF_PLAN:
+            self._done = True
+            return []
+        match = _NUMBERED.fullmatch(line)
+        if match is None:
+            self._problem(self._line_no, PlanProblem(
+                "syntax", f"line {self._line_no}: expected a numbered call such as "
+                          f"'1. search(\"x\")', a 'Thought: ...' line or a blank line, got "
+                          f"{stripped!r:.80}"))
+            return []
+        pending = self._pending = _Pending(match[1], self._line_no, match[2])
+        return self._try_complete(pending)
+
+    def _try_complete(self, pending: _Pending) -> list[ParsedCall]:
+        scan = _scan(pending.text)
+        if scan.depth > 0 or scan.in_string:
+            return []
+        self._pending = None
+        name = _CALL_NAME.match(scan.code)
+        if name and name[1] == "join" and self._join_ends:
+            self._done = True
+            return []
+        call, errors = _parse_call(pending, scan.code)
+        for error in errors:
+            self._fail(pending, error)
+        return [call] if call is not None and not errors else []
+
+    def _fail(self, pending: _Pending, message: str) -> None:
+        self._problem(pending.line, PlanProblem("syntax", f"line {pending.line}: {message}",
+                                                pending.id))
+
+    def _problem(self, line: int, problem: PlanProblem) -> None:
+        self._problems.append((line, problem))
+
+
+def _starts_over(line: str) -> bool:
+    """Whether ``line`` begins a new call or thought (so an open call before it is broken)."""
+    return bool(_STARTS_CALL.match(line) or _THOUGHT.match(line))
+
+
+@dataclass(frozen=True, slots=True)
+class _Scan:
+    code: str  # the text with unquoted refs quoted and comments removed
+    depth: int  # open brackets at the end
+    in_string: bool  # ends inside a triple-quoted string
+
+
+def _scan(text: str) -> _Scan:
+    """Quote bare ``$N`` refs and count brackets, skipping string literals and comments."""
+    out: list[str] = []
+    depth, quote, i = 0, "", 0
+    while i < len(text):
+        ch = text[i]
+        if quote:
+            piece, quote = _string_piece(text, i, quote)
+            out.append(piece)
+            i += len(piece)
+        elif ch in "'\"":
+            quote = ch * 3 if text.startswith(ch * 3, i) else ch
+            out.append(quote)
+            i += len(quote)
+        elif ch == "#":
+            i = len(text) if (nl := text.find("\n", i)) < 0 else nl
+        elif ch == "$" and (ref := _BARE_REF.match(text, i)):
+            out.append(repr(ref.group()))
+            i = ref.end()
+        else:
+            depth += (ch in "([{") - (ch in ")]}")
+            out.append(ch)
+            i += 1
+    # an open one-line string cannot continue on the next line, so only triple quotes count
+    return _Scan("".join(out), depth, len(quote) == 3)
+
+
+def _string_piece(text: str, i: int, quote: str) -> tuple[str, str]:
+    """Take the text at ``i`` in a string opened by ``quote``; say which quote is still open."""
+    if text[i] == "\\":
+        return text[i:i + 2], quote
+    if text.startswith(quote, i):
+        return quote, ""
+    if text[i] == "\n" and len(quote) == 1:
+        # a one-line string left open: Python rejects it and ast will say so; end it here so
+        # that the following lines are not swallowed into it
+        return "\n", ""
+    return text[i], quote
+
+
+def _parse_call(pending: _Pending, code: str) -> tuple[ParsedCall | None, list[str]]:
+    """Read ``name(args)`` without evaluating it; return the call or what is wrong with it."""
+    try:
+        tree = ast.parse(code.strip(), mode="eval")
+    except SyntaxError as exc:
+        at = f" (line {pending.line + (exc.lineno or 1) - 1})" if "\n" in code.strip() else ""
+        return None, [f"cannot parse {pending.text.strip()!r:.80}: {exc.msg}{at}; write "
+                      "N. tool(arg, name=value)"]
+    call = tree.body
+    if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Name):
+        return None, [f"expected a call such as search(\"x\"), got {pending.text.strip()!r:.80}"]
+    errors: list[str] = []
+    args = tuple(_argument(node, f"positional argument {i + 1}", errors)
+                 for i, node in enumerate(call.args))
+    kwargs: dict[str, Any] = {}
+    for keyword in call.keywords:
+        if keyword.arg is None:
+            errors.append(f"'**{ast.unparse(keyword.value)}' is not supported; write name=value")
+        else:
+            kwargs[keyword.arg] = _argument(keyword.value, f"argument {keyword.arg!r}", errors)
+    return ParsedCall(pending.id, call.func.id, args, kwargs, pending.line), errors
+
+
+def _argument(node: ast.expr, where: str, errors: list[str]) -> Any:
+    try:
+        value = ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        errors.append(f"{where} {ast.unparse(node)!r:.60} is not a literal; {_LITERALS_HELP}")
+        return None
+    converted, ref_errors = convert_refs(value, where)
+    errors += ref_errors
+    return converted
+
+
+def _tool_table(tools: ToolSet) -> dict[str, Tool[..., Any]]:
+    if isinstance(tools, Mapping):
+        return dict(tools)
+    return {str(t.name): t for t in tools}  # str(): Tool.name is not typed as str
+
+
+def _tool_names(tools: ToolSet) -> set[str]:
+    return set(tools) if isinstance(tools, Mapping) else {str(t.name) for t in tools}
+
+
+def _bind(
+    call: ParsedCall, tools: Mapping[str, Tool[..., Any]]
+) -> tuple[Tool[..., Any] | None, dict[str, Any], list[PlanProblem]]:
+    """Name every argument of ``call``; the tool is None when it is unknown."""
+    found = tools.get(call.tool)
+    if found is None:
+        known = ", ".join(sorted(tools)) or "none were given"
+        message = f"line {call.line}: no tool named {call.tool!r}; known tools: {known}"
+        # keep positional values (under names no tool uses) so refs in them are still checked
+        args = {f"_positional_{i}": v for i, v in enumerate(call.args)} | call.kwargs
+        return None, args, [PlanProblem("unknown_tool", message, call.id)]
+    names = _positional_names(found)
+    args = dict(zip(names, call.args, strict=False))
+    problems: list[str] = []
+    if len(call.args) > len(names):
+        problems.append(f"{found.name} takes at most {len(names)} positional argument(s) "
+                        f"({', '.join(names) or 'none'}), got {len(call.args)}; pass the "
+                        "others by name")
+    problems += [f"argument {k!r} is given both by position and by name; give it once"
+                 for k in call.kwargs if k in args]
+    args.update(call.kwargs)
+    return found, args, [PlanProblem("bad_arguments", f"line {call.line}: {p}", call.id)
+                         for p in problems]
+
+
+def _positional_names(found: Tool[..., Any]) -> list[str]:
+    """List the tool's parameters that can be passed by position, in signature order."""
+    params = inspect.signature(found.fn).parameters.values()
+    return [p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+
+
+def parse_plan_text(text: str, tools: ToolSet) -> Plan:
+    """Parse LLMCompiler-style plan text (see the module docstring) into a :class:`Plan`.
+
+    Raises:
+        PlanError: listing every problem at once: lines that are not calls, calls that
+            cannot be parsed, unknown tools, positional arguments that do not fit, and the
+            plan's own problems (dangling refs, bad arguments, cycles).
+    """
+    table = _tool_table(tools)
+    parser = PlanTextParser(table)
+    calls = parser.feed(text) + parser.close()
+    located = list(parser._problems)  # (line, problem) pairs, to list problems in line order
+    plan = Plan()
+    for call in calls:
+        located += [(call.line, p) for p in _add_call(plan, call, table)]
+    problems = [p for _, p in sorted(located, key=lambda item: item[0])]
+    # A call that failed to parse still gets a placeholder node, so that refs to it are not
+    # also reported as dangling; the parser names such calls as its problems' nodes.
+    for node_id in dict.fromkeys(p.node for p in parser.problems if p.node):
+        if node_id not in plan:
+            plan.add(placeholder_tool(), {}, node_id=node_id)
+    problems += plan.problems()
+    if problems:
+        raise PlanError(problems)
+    return plan
+
+
+def _add_call(plan: Plan, call: ParsedCall, tools: Mapping[str, Tool[..., Any]]) -> list[
+        PlanProblem]:
+    if call.id in plan:
+        return [PlanProblem("duplicate_id", f"line {call.line}: step {call.id} is numbered "
+                                            "twice; number each step once", call.id)]
+    found, args, problems = _bind(call, tools)
+    plan.add(found or placeholder_tool(), args, node_id=call.id)
+    return problems
