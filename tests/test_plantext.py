@@ -166,7 +166,7 @@ def test_stray_line_is_a_syntax_problem_with_its_line_number() -> None:
 
 
 @pytest.mark.parametrize(("call", "fragment"), [
-    ('search("a"', "not closed"),
+    ('search("a"', "never closed"),
     ("search(query=)", "cannot parse"),
     ('search("a") + 1', "expected a call"),
     ('tools.search("a")', "expected a call"),
@@ -235,11 +235,12 @@ def test_every_problem_at_once_in_line_order() -> None:
         "6. join()\n"
     )
     error = problems_of(text)
-    assert codes(error) == ["unknown_tool", "bad_arguments", "syntax", "syntax",
+    # problems tied to a line come in line order, then the plan's own (arguments, refs)
+    assert codes(error) == ["unknown_tool", "syntax", "bad_arguments", "syntax",
                             "bad_arguments", "dangling_ref"]
     messages = [p.message for p in error.problems]
-    assert messages[0].startswith("line 3:")
-    assert messages[2].startswith("line 4:") and messages[3].startswith("line 6:")
+    assert [m[:7] for m in messages[:4]] == ["line 3:", "line 4:", "line 5:", "line 6:"]
+    assert error.problems[4].node == "1"
     assert "$9" in messages[5]
     # $2 (unknown tool) and $4 (unparseable) are not reported again as dangling refs
     assert not any("$2 " in m or "$4 " in m for m in messages)

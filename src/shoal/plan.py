@@ -52,7 +52,8 @@ class Ref:
     def pick(self, value: Any) -> Any:
         """Follow this ref's path into ``value`` (the node's output)."""
         for part in self.path:
-            if isinstance(value, Mapping) or (isinstance(part, int) and isinstance(value, Sequence)):
+            indexable = isinstance(part, int) and isinstance(value, Sequence)
+            if isinstance(value, Mapping) or indexable:
                 value = value[part]  # type: ignore[index]  # a str part only reaches a Mapping
             elif isinstance(part, str) and hasattr(value, part):
                 value = getattr(value, part)
