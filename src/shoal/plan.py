@@ -54,7 +54,7 @@ class Ref:
         for part in self.path:
             indexable = isinstance(part, int) and isinstance(value, Sequence)
             if isinstance(value, Mapping) or indexable:
-                value = value[part]  # type: ignore[index]  # a str part only reaches a Mapping
+                value = value[part]
             elif isinstance(part, str) and hasattr(value, part):
                 value = getattr(value, part)
             else:
