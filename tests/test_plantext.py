@@ -184,14 +184,9 @@ def test_unparseable_calls(call: str, fragment: str) -> None:
 
 
 def test_arguments_are_never_evaluated() -> None:
-    calls: list[str] = []
-
-    @tool
-    def spy(value: Any) -> None:
-        """Record nothing."""
-
-    error = problems_of("1. spy(value=__import__('sys').exit(3))\n", [spy])
-    assert codes(error) == ["syntax"] and calls == []
+    # were the argument evaluated, SystemExit would end the test run
+    error = problems_of("1. anything(value=__import__('sys').exit(3))\n")
+    assert codes(error) == ["syntax"]
 
 
 def test_too_many_positional_arguments() -> None:
