@@ -20,7 +20,7 @@ import heapq
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from shoal.plan import Node, Plan, find_refs, hard_predecessors
 
@@ -30,9 +30,12 @@ EdgeKind = Literal["data", "after", "resource", "exclusive"]
 _formatter = string.Formatter()
 
 
-@dataclass(frozen=True, slots=True)
-class Edge:
-    """``source`` must finish before ``target`` starts, because of ``kind`` (see ``detail``)."""
+class Edge(NamedTuple):
+    """``source`` must finish before ``target`` starts, because of ``kind`` (see ``detail``).
+
+    A named tuple rather than a dataclass: large plans have one per dependency, and tuples are
+    the cheapest records Python builds.
+    """
 
     source: str
     target: str

@@ -53,6 +53,7 @@ _REF = re.compile(
 _STEP = re.compile(r"\.(?P<field>[\w-]+)|\[(?P<item>-?[0-9]+)\]")
 _NODE_KEYS = ("id", "tool", "args", "after", "options")
 _TOP_KEYS = ("name", "nodes")
+_TOO_DEEP = "the data is nested too deeply to read; flatten it"
 _REF_HELP = "write $id, $id.field, $id[0] or ${id}, or start with '$$' for a literal '$'"
 
 
@@ -167,6 +168,8 @@ def _parse_json(text: str, source: str) -> Any:
     except json.JSONDecodeError as exc:
         raise _fail("syntax", f"invalid JSON at line {exc.lineno}, column {exc.colno}: "
                               f"{exc.msg}; fix the syntax there", source) from None
+    except RecursionError:
+        raise _fail("syntax", _TOO_DEEP, source) from None
 
 
 def _parse_yaml(text: str, source: str) -> Any:
@@ -182,6 +185,8 @@ def _parse_yaml(text: str, source: str) -> Any:
                               "there", source) from None
     except yaml.YAMLError as exc:
         raise _fail("syntax", f"invalid YAML: {exc}", source) from None
+    except RecursionError:
+        raise _fail("syntax", _TOO_DEEP, source) from None
 
 
 def _fail(code: str, message: str, source: str) -> PlanError:
@@ -279,9 +284,10 @@ def _read_node(
     own += [PlanProblem("bad_shape", _unknown_key(k, _NODE_KEYS), label)
             for k in raw if k not in _NODE_KEYS]
     found = _resolve(raw.get("tool"), tools, label, own)
-    args = _read_args(raw.get("args", {}), label, own)
-    after = _read_after(raw.get("after", []), label, own)
-    if found is not None and "options" in raw:
+    # an optional key left empty (YAML "args:" reads as null) means the same as leaving it out
+    args = _read_args(_or(raw.get("args"), {}), label, own)
+    after = _read_after(_or(raw.get("after"), []), label, own)
+    if found is not None and raw.get("options") is not None:
         found = _apply_options(found, raw["options"], label, own)
     if node_id is None:  # without an id, only its position tells the reader which node it is
         problems += [PlanProblem(p.code, f"nodes[{index}]: {p.message}") for p in own]
@@ -428,6 +434,10 @@ def _unknown_key(key: Any, allowed: tuple[str, ...], where: str = "the node") ->
     close = difflib.get_close_matches(str(key), allowed, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
     return f"{where} has an unknown key {key!r}; {hint}allowed keys: {', '.join(allowed)}"
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
 
 
 def _kind(value: Any) -> str:

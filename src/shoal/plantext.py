@@ -29,6 +29,7 @@ last line is complete, so a planner can start calls while the model is still wri
 from __future__ import annotations
 
 import ast
+import difflib
 import inspect
 import re
 from collections.abc import Mapping, Sequence
@@ -44,8 +45,8 @@ __all__ = ["ParsedCall", "PlanTextParser", "parse_plan_text"]
 
 ToolSet = Mapping[str, Tool[..., Any]] | Sequence[Tool[..., Any]]
 
-_NUMBERED = re.compile(r"\s*(\d+)\s*\.\s*(.*)", re.DOTALL)
-_STARTS_CALL = re.compile(r"\s*\d+\s*\.\s*\w+\s*\(")
+_NUMBERED = re.compile(r"\s*([0-9]+)\s*\.\s*(.*)", re.DOTALL)
+_STARTS_CALL = re.compile(r"\s*[0-9]+\s*\.\s*\w+\s*\(")
 _THOUGHT = re.compile(r"\s*thought\s*:", re.IGNORECASE)
 _CALL_NAME = re.compile(r"\s*(\w+)\s*\(")
 _END_OF_PLAN = "<END_OF_PLAN>"
@@ -252,6 +253,8 @@ def _parse_call(pending: _Pending, code: str) -> tuple[ParsedCall | None, list[s
         at = f" (line {pending.line + (exc.lineno or 1) - 1})" if "\n" in code.strip() else ""
         return None, [f"cannot parse {pending.text.strip()!r:.80}: {exc.msg}{at}; write "
                       "N. tool(arg, name=value)"]
+    except (ValueError, RecursionError, MemoryError) as exc:  # null bytes, absurd nesting
+        return None, [f"cannot parse {pending.text.strip()!r:.80}: {exc}"]
     call = tree.body
     if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Name):
         return None, [f"expected a call such as search(\"x\"), got {pending.text.strip()!r:.80}"]
@@ -281,11 +284,11 @@ def _argument(node: ast.expr, where: str, errors: list[str]) -> Any:
 def _tool_table(tools: ToolSet) -> dict[str, Tool[..., Any]]:
     if isinstance(tools, Mapping):
         return dict(tools)
-    return {str(t.name): t for t in tools}  # str(): Tool.name is not typed as str
+    return {t.name: t for t in tools}
 
 
 def _tool_names(tools: ToolSet) -> set[str]:
-    return set(tools) if isinstance(tools, Mapping) else {str(t.name) for t in tools}
+    return set(tools) if isinstance(tools, Mapping) else {t.name for t in tools}
 
 
 def _bind(
@@ -294,8 +297,10 @@ def _bind(
     """Name every argument of ``call``; the tool is None when it is unknown."""
     found = tools.get(call.tool)
     if found is None:
+        close = difflib.get_close_matches(call.tool, list(tools), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         known = ", ".join(sorted(tools)) or "none were given"
-        message = f"line {call.line}: no tool named {call.tool!r}; known tools: {known}"
+        message = f"line {call.line}: no tool named {call.tool!r}{hint}; known tools: {known}"
         # keep positional values (under names no tool uses) so refs in them are still checked
         args = {f"_positional_{i}": v for i, v in enumerate(call.args)} | call.kwargs
         return None, args, [PlanProblem("unknown_tool", message, call.id)]

@@ -8,6 +8,7 @@ be overridden for one call with :meth:`Tool.options`.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import random
 import re
@@ -262,34 +263,41 @@ class Tool(Generic[P, R]):
         """Problems with ``args`` that can be seen before the run ('' when none).
 
         Values for which ``is_pending`` is true (refs to other calls' outputs) are not known
-        yet; only their presence is checked.
+        yet; only their presence is checked, and the other arguments are checked one by one.
         """
-        known = {k: v for k, v in args.items() if not is_pending(v)}
-        if len(known) == len(args):
+        pending = [name for name, value in args.items() if is_pending(value)]
+        if not pending:
             try:
                 self.validate(args)
             except ToolArgumentError as exc:
                 return exc.detail
             return ""
-        problems: list[str] = []
-        required = {n for n, f in self._model.model_fields.items() if f.is_required()}
-        problems += [f"argument {n!r}: Field required" for n in sorted(required - set(args))]
-        if self._model.model_config.get("extra") != "allow":
+        problems = [f"argument {n!r}: Field required" for n in sorted(self._required - set(args))]
+        if not self._accepts_extra:
             problems += [f"unexpected argument {n!r}" for n in args if n not in self._param_names]
-        for name, value in known.items():
-            if name in self._param_names:
+        for name, value in args.items():
+            if name in self._param_names and name not in pending:
                 problems += self._check_one(name, value)
         return "; ".join(problems)
+
+    @functools.cached_property
+    def _required(self) -> frozenset[str]:
+        return frozenset(n for n, f in self._model.model_fields.items() if f.is_required())
+
+    @functools.cached_property
+    def _accepts_extra(self) -> bool:
+        return self._model.model_config.get("extra") == "allow"
 
     def _check_one(self, name: str, value: Any) -> list[str]:
         annotation: Any = self._model.model_fields[name].annotation
         try:
-            pydantic.TypeAdapter(annotation,
-                                 config=ConfigDict(arbitrary_types_allowed=True)).validate_python(value)
-        except pydantic.ValidationError as exc:
-            return [f"argument {name!r}: {e['msg']} (got {value!r})" for e in exc.errors()[:1]]
+            adapter = _adapter(annotation)
         except pydantic.PydanticSchemaGenerationError:
             return []
+        try:
+            adapter.validate_python(value)
+        except pydantic.ValidationError as exc:
+            return [f"argument {name!r}: {e['msg']} (got {value!r})" for e in exc.errors()[:1]]
         return []
 
     def json_schema(self) -> dict[str, Any]:
@@ -310,6 +318,12 @@ class Tool(Generic[P, R]):
         """The tool as an Anthropic messages ``tools`` entry."""
         return {"name": self.name, "description": self.description,
                 "input_schema": self.json_schema()}
+
+
+@functools.lru_cache(maxsize=512)
+def _adapter(annotation: Any) -> pydantic.TypeAdapter[Any]:
+    """A (cached) validator for one annotation, to check one argument on its own."""
+    return pydantic.TypeAdapter(annotation, config=ConfigDict(arbitrary_types_allowed=True))
 
 
 _POLICY_KEYS = frozenset({

@@ -1,0 +1,5 @@
+"""The ``shoal`` command line (``shoal run PLAN_FILE``).
+
+Kept apart from the core: nothing in :mod:`shoal` imports this package, so ``import shoal``
+never pays for typer or rich. The entry point is :func:`shoal.cli.app.main`.
+"""

@@ -1,0 +1,259 @@
+"""The ``shoal`` command: ``shoal run PLAN_FILE`` runs a plan file and shows how it goes.
+
+Exit codes: 0 every node ok; 1 some node did not succeed; 2 a bad plan or bad options;
+130 interrupted by Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from shoal import __version__
+from shoal.cli.interrupt import EXIT_INTERRUPTED, CtrlC
+from shoal.cli.live import SHOW_CURSOR, follow
+from shoal.cli.render import render_result
+from shoal.events import JsonlSink
+from shoal.exceptions import ConfigError, PlanError, ToolDefinitionError
+from shoal.outcome import RunResult
+from shoal.plan import Plan
+from shoal.planfile import load_plan
+from shoal.runtime import Runtime
+
+__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_OK", "RunOptions", "app", "main", "run_plan"]
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+PLAIN_WIDTH = 120  # when stdout is not a terminal, rich would otherwise squeeze tables to 80
+
+app = typer.Typer(
+    name="shoal",
+    help="Run DAGs of tool calls with all the parallelism their dependencies allow.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+class ExecutorName(str, Enum):
+    """Backends a run can default to (sync tools always run on threads)."""
+
+    inline = "inline"
+    thread = "thread"
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """What ``shoal run`` was asked to do."""
+
+    plan_file: Path
+    as_json: bool = False
+    max_concurrency: int | None = None
+    executor: str | None = None
+    deadline: float | None = None
+    fail_fast: bool = False
+    events: Path | None = None
+
+    def runtime(self) -> Runtime:
+        """A runtime with these settings; unset ones keep the runtime's defaults."""
+        settings: dict[str, Any] = {"executor": self.executor, "deadline": self.deadline,
+                                    "fail_fast": self.fail_fast}
+        if self.max_concurrency is not None:  # None would mean unbounded, not "default"
+            settings["max_concurrency"] = self.max_concurrency
+        return Runtime(**settings)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"shoal {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_show_version, is_eager=True, help="Print the version and exit.",
+    )] = False,
+) -> None:
+    """Run DAGs of tool calls with all the parallelism their dependencies allow."""
+
+
+RUN_HELP = "\n\n".join([
+    "Run the plan in PLAN_FILE, with every call whose inputs are ready running at once.",
+    "Tools are named by import path ('package.module:function'). The current directory is put "
+    "first on sys.path (as 'python -m' does), so run shoal from the directory that holds your "
+    "tools' package, e.g. from the repository root: shoal run examples/site_report/plan.yaml",
+    "On a terminal a live view shows progress; piped, only the final table is printed.",
+    "Exit codes: 0 every node ok; 1 some node did not succeed; 2 bad plan or options; "
+    "130 interrupted (Ctrl-C once cancels the run and still prints every outcome; twice quits "
+    "at once).",
+])
+
+
+@app.command("run", help=RUN_HELP)
+def run_command(
+    plan_file: Annotated[Path, typer.Argument(
+        metavar="PLAN_FILE", show_default=False,
+        help="A plan file (.yaml, .yml or .json) listing nodes: id, tool, args, after, options.",
+    )],
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print the result as JSON on stdout (nothing else goes there).",
+    )] = False,
+    max_concurrency: Annotated[int | None, typer.Option(
+        "--max-concurrency", metavar="N", min=1, show_default=False,
+        help="Calls in flight at once across the run (default 1000).",
+    )] = None,
+    executor: Annotated[ExecutorName | None, typer.Option(
+        "--executor", show_default=False,
+        help="Backend for tools that do not choose one (default: inline for async tools); "
+             "sync tools always run on threads.",
+    )] = None,
+    deadline: Annotated[float | None, typer.Option(
+        "--deadline", metavar="SECONDS", show_default=False,
+        help="Stop the run after this long: running calls time out, the rest are cancelled.",
+    )] = None,
+    fail_fast: Annotated[bool, typer.Option(
+        "--fail-fast", help="Cancel everything else as soon as one call fails.",
+    )] = False,
+    events: Annotated[Path | None, typer.Option(
+        "--events", metavar="FILE.jsonl", show_default=False,
+        help="Append every event (queued, started, finished, ...) to this file as JSON lines.",
+    )] = None,
+) -> None:
+    """Run a plan file (see RUN_HELP)."""
+    options = RunOptions(plan_file, as_json, max_concurrency,
+                         executor.value if executor is not None else None,
+                         deadline, fail_fast, events)
+    raise typer.Exit(run_plan(options))
+
+
+def run_plan(options: RunOptions) -> int:
+    """Run ``options.plan_file`` as ``shoal run`` does, print the result; return the exit code.
+
+    Does not return when calls were abandoned on threads (it exits the process instead).
+    """
+    try:
+        return _run_checked(options)
+    except PlanError as exc:
+        return _bad_plan(exc, options.as_json)
+    except (ConfigError, ToolDefinitionError) as exc:
+        return _bad_input("options", str(exc), options.as_json)
+
+
+def _run_checked(options: RunOptions) -> int:
+    _put_cwd_on_path()
+    runtime = options.runtime()
+    plan = load_plan(options.plan_file)
+    sink = _open_events(options.events)
+    if isinstance(sink, str):
+        return _bad_input("events", sink, options.as_json)
+    live = not options.as_json and sys.stdout.isatty()
+    console = Console(highlight=False, width=None if live else _plain_width())
+    try:
+        result, interrupted = asyncio.run(_drive(runtime, plan, sink, console if live else None))
+    finally:
+        if sink is not None:
+            sink.close()
+    _print_result(result, options.as_json, console)
+    code = EXIT_INTERRUPTED if interrupted else (EXIT_OK if result.ok else EXIT_FAILED)
+    if result.abandoned:
+        _exit_leaving_threads(result, code)
+    return code
+
+
+def _put_cwd_on_path() -> None:
+    """Make modules under the current directory importable, as ``python -m`` does."""
+    cwd = os.getcwd()
+    if not sys.path or sys.path[0] != cwd:
+        sys.path.insert(0, cwd)
+
+
+def _plain_width() -> int:
+    try:
+        return int(os.environ.get("COLUMNS", "")) or PLAIN_WIDTH
+    except ValueError:
+        return PLAIN_WIDTH
+
+
+def _open_events(path: Path | None) -> JsonlSink | str | None:
+    """The events file's sink, or a message saying why it cannot be opened."""
+    if path is None:
+        return None
+    try:
+        return JsonlSink(path)
+    except OSError as exc:
+        return f"cannot open the events file {str(path)!r}: {exc.strerror or exc}"
+
+
+async def _drive(runtime: Runtime, plan: Plan, sink: JsonlSink | None,
+                 live: Console | None) -> tuple[RunResult, bool]:
+    """Run ``plan``; return its result and whether Ctrl-C stopped it."""
+    try:
+        handle = runtime.start(plan, on_event=sink)
+        with CtrlC(handle, on_hard_exit=_show_cursor if live else _nothing) as ctrl_c:
+            title = f"shoal · {plan.name}" if plan.name else "shoal"
+            result = await (follow(handle, live, title) if live is not None else handle)
+        return result, ctrl_c.interrupted
+    finally:
+        await runtime.aclose()
+
+
+def _show_cursor() -> None:
+    os.write(sys.stdout.fileno(), SHOW_CURSOR)
+
+
+def _nothing() -> None:
+    pass
+
+
+def _print_result(result: RunResult, as_json: bool, console: Console) -> None:
+    if as_json:
+        sys.stdout.write(result.to_json() + "\n")
+    else:
+        console.print(render_result(result))
+    sys.stdout.flush()
+
+
+def _exit_leaving_threads(result: RunResult, code: int) -> None:
+    """Exit now: abandoned tool threads cannot be stopped and would hold the process open."""
+    count = len(result.abandoned)
+    sys.stderr.write(f"warning: {count} call{'s' if count != 1 else ''} abandoned on threads "
+                     f"that cannot be stopped ({', '.join(result.abandoned[:5])}"
+                     f"{', ...' if count > 5 else ''}); exiting without waiting for them\n")
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _bad_plan(exc: PlanError, as_json: bool) -> int:
+    sys.stderr.write(f"error: {exc}\n")
+    if as_json:
+        problems = [{"code": p.code, "node": p.node, "message": p.message} for p in exc.problems]
+        sys.stdout.write(json.dumps({"error": "plan", "problems": problems}, indent=2) + "\n")
+    return EXIT_BAD_INPUT
+
+
+def _bad_input(kind: str, message: str, as_json: bool) -> int:
+    sys.stderr.write(f"error: {message}\n")
+    if as_json:
+        sys.stdout.write(json.dumps({"error": kind, "message": message}, indent=2) + "\n")
+    return EXIT_BAD_INPUT
+
+
+def main() -> None:
+    """Entry point of the ``shoal`` console script."""
+    try:
+        app()
+    except KeyboardInterrupt:  # Ctrl-C outside a run (e.g. while importing tools)
+        sys.stderr.write("\ninterrupted\n")
+        sys.exit(EXIT_INTERRUPTED)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""A virtual-time asyncio event loop: ``asyncio.sleep(3600)`` returns at once, an hour later.
+
+:class:`VirtualClockLoop` keeps its own clock. Whenever the loop has nothing ready to run and
+would block until its next timer, the clock jumps forward to that timer instead of the thread
+sleeping. Timers, ``asyncio.sleep``, ``asyncio.timeout`` and ``loop.call_later`` all follow the
+virtual clock, and so does everything shoal measures (``Outcome.started_at``, ``makespan``):
+code costs no virtual time, so a run's timings are exactly what its sleeps and its scheduling
+make them, with no noise and no timer resolution to blur them.
+
+Only pure-asyncio code belongs on this loop. Work on real threads or processes
+(``run_in_executor``, ``asyncio.to_thread``, shoal's thread executor for sync tools, subprocesses)
+is invisible to the virtual clock: while the loop waits for such work with any timer pending,
+virtual time leaps past that timer as if the work took no time, so timeouts fire early and
+measured durations are wrong. Results still arrive (the loop keeps polling real I/O), but their
+timings mean nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import selectors
+from collections.abc import Coroutine, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import FileDescriptorLike
+
+__all__ = ["VirtualClockLoop", "run_virtual"]
+
+T = TypeVar("T")
+
+
+class _Clock:
+    """The virtual time shared by a loop and its selector."""
+
+    __slots__ = ("now",)
+
+    def __init__(self, start: float) -> None:
+        self.now = start
+
+
+class _JumpingSelector(selectors.BaseSelector):
+    """A selector that advances the virtual clock instead of blocking for a timeout.
+
+    asyncio calls ``select(timeout)`` with ``timeout`` equal to the wait until its next timer
+    (``0`` when callbacks are ready, ``None`` when there is no timer at all). Real I/O is always
+    polled first without blocking, so sockets and cross-thread wake-ups still get through.
+    """
+
+    def __init__(self, clock: _Clock) -> None:
+        self._clock = clock
+        self._real = selectors.DefaultSelector()
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        """Ready I/O now; if there is none, jump to the next timer rather than waiting for it."""
+        if timeout is None:
+            # No timer at all: only real I/O (or another thread) can wake the loop, so wait
+            # for it in real time; jumping would leave nothing to jump to.
+            return self._real.select(None)
+        events = self._real.select(0)
+        if not events and timeout > 0:
+            self._clock.now += timeout
+        return events
+
+    def register(self, fileobj: FileDescriptorLike, events: int,
+                 data: Any = None) -> selectors.SelectorKey:
+        """Watch ``fileobj`` on the real selector."""
+        return self._real.register(fileobj, events, data)
+
+    def unregister(self, fileobj: FileDescriptorLike) -> selectors.SelectorKey:
+        """Stop watching ``fileobj``."""
+        return self._real.unregister(fileobj)
+
+    def modify(self, fileobj: FileDescriptorLike, events: int,
+               data: Any = None) -> selectors.SelectorKey:
+        """Change what is watched on ``fileobj``."""
+        return self._real.modify(fileobj, events, data)
+
+    def get_map(self) -> Mapping[FileDescriptorLike, selectors.SelectorKey]:
+        """The real selector's registrations."""
+        return self._real.get_map()
+
+    def close(self) -> None:
+        """Close the real selector."""
+        self._real.close()
+
+
+class VirtualClockLoop(asyncio.SelectorEventLoop):
+    """An event loop whose ``time()`` is virtual and which never sleeps waiting for a timer.
+
+    Args:
+        start: the virtual time the loop starts at (``loop.time()`` before anything waits).
+
+    Only for pure-asyncio code; see the module docstring for why threads do not mix.
+    """
+
+    def __init__(self, start: float = 0.0) -> None:
+        self._clock = _Clock(start)
+        super().__init__(_JumpingSelector(self._clock))
+
+    def time(self) -> float:
+        """The virtual time in seconds: the start, plus every wait the loop skipped."""
+        return self._clock.now
+
+
+def run_virtual(coro: Coroutine[Any, Any, T], *, debug: bool | None = None) -> T:
+    """Run ``coro`` to completion on a fresh :class:`VirtualClockLoop`, like :func:`asyncio.run`.
+
+    The loop is closed afterwards, after async generators and the default executor are shut
+    down, exactly as :func:`asyncio.run` does it.
+    """
+    with asyncio.Runner(debug=debug, loop_factory=VirtualClockLoop) as runner:
+        return runner.run(coro)
