@@ -433,3 +433,11 @@ def test_refs_to_unimportable_nodes_still_take_part_in_cycles() -> None:
         node("b", T + "anything", args={"value": "$a"}),
     ]})
     assert codes(error) == ["bad_import", "cycle"]
+
+
+def test_empty_optional_keys_mean_absent(tmp_path: Path) -> None:
+    path = tmp_path / "sparse.yaml"
+    path.write_text(f"nodes:\n  - id: a\n    tool: {T}anything\n    args:\n    after:\n"
+                    "    options:\n")
+    plan = load_plan(path)
+    assert plan.node("a").args == {} and plan.node("a").after == ()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -11,10 +12,10 @@ from hypothesis import strategies as st
 from shoal.exceptions import PlanError
 from shoal.plan import Plan, Ref
 from shoal.plantext import ParsedCall, PlanTextParser, parse_plan_text
-from shoal.tools import tool
+from shoal.tools import Tool, tool
 from tests.plan_tools import add, anything, merge, scale, search
 
-TOOLS = [search, merge, add, scale, anything]
+TOOLS: list[Tool[..., Any]] = [search, merge, add, scale, anything]
 
 EXAMPLE = """\
 Thought: I need two searches.
@@ -157,6 +158,7 @@ def test_unknown_tool_lists_known_tools() -> None:
     assert codes(error) == ["unknown_tool"]
     assert error.problems[0].node == "1"
     assert "add, anything, merge, scale, search" in error.problems[0].message
+    assert "did you mean 'search'" in error.problems[0].message
 
 
 def test_stray_line_is_a_syntax_problem_with_its_line_number() -> None:
@@ -295,7 +297,7 @@ def test_streaming_in_any_chunks_matches_whole_text(text: str, cuts: list[int]) 
     bounds = sorted({min(c, len(text)) for c in cuts} | {0, len(text)})
     parser = PlanTextParser(TOOLS)
     got: list[ParsedCall] = []
-    for start, end in zip(bounds, bounds[1:], strict=False):
+    for start, end in itertools.pairwise(bounds):
         got += parser.feed(text[start:end])
     got += parser.close()
     assert got == expected

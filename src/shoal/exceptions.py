@@ -52,7 +52,8 @@ class PlanProblem:
     """One thing wrong with a plan: where it is (``node``, may be empty), a code, and a message.
 
     Codes: ``unknown_tool``, ``bad_arguments``, ``dangling_ref``, ``self_ref``, ``cycle``,
-    ``duplicate_id``, ``bad_after``, ``syntax``, ``bad_import``, ``bad_shape``.
+    ``duplicate_id``, ``bad_after``, ``syntax``, ``bad_import``, ``bad_shape`` (including bad
+    ``options``), ``not_found`` and ``unreadable`` (plan files).
     """
 
     code: str

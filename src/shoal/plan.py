@@ -16,7 +16,7 @@ from typing import Any
 from shoal.exceptions import PlanError, PlanProblem
 from shoal.tools import Tool, tool
 
-__all__ = ["Node", "Plan", "Ref", "find_refs", "resolve_refs"]
+__all__ = ["Node", "Plan", "Ref", "find_refs"]
 
 PathPart = str | int
 
@@ -76,22 +76,6 @@ def find_refs(value: Any) -> list[Ref]:
         elif isinstance(item, list | tuple | set | frozenset):
             stack.extend(item)
     return found
-
-
-def resolve_refs(value: Any, lookup: Callable[[Ref], Any]) -> Any:
-    """A copy of ``value`` with every ref replaced by ``lookup(ref)``.
-
-    Containers are rebuilt, so the result shares no list or dict with the plan.
-    """
-    if isinstance(value, Ref):
-        return lookup(value)
-    if isinstance(value, dict):
-        return {k: resolve_refs(v, lookup) for k, v in value.items()}
-    if isinstance(value, list):
-        return [resolve_refs(v, lookup) for v in value]
-    if isinstance(value, tuple):
-        return tuple(resolve_refs(v, lookup) for v in value)
-    return value
 
 
 @dataclass(slots=True, eq=False)

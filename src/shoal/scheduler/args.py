@@ -21,6 +21,7 @@ from shoal.plan import Ref
 __all__ = ["isolate", "resolve_arguments"]
 
 _IMMUTABLE = frozenset({str, int, float, bool, bytes, complex, type(None), range, frozenset})
+_SCALARS = _IMMUTABLE - {frozenset}  # a frozenset may still hold refs to resolve
 
 
 def isolate(value: Any) -> Any:
@@ -52,7 +53,7 @@ def resolve_arguments(args: dict[str, Any], lookup: Callable[[Ref], Any]) -> dic
 
 def _resolve(value: Any, lookup: Callable[[Ref], Any]) -> Any:
     kind = type(value)
-    if kind in _IMMUTABLE:
+    if kind in _SCALARS:
         return value
     if kind is Ref:
         return isolate(lookup(value))
@@ -62,4 +63,6 @@ def _resolve(value: Any, lookup: Callable[[Ref], Any]) -> Any:
         return [_resolve(v, lookup) for v in value]
     if kind is tuple:
         return tuple(_resolve(v, lookup) for v in value)
+    if kind is set or kind is frozenset:
+        return kind(_resolve(v, lookup) for v in value)
     return isolate(value)
