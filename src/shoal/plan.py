@@ -189,8 +189,7 @@ class Plan:
         found: list[PlanProblem] = []
         for node in self._nodes.values():
             found += self._node_problems(node)
-        if not found:  # a cycle search over dangling edges would only add noise
-            found += [PlanProblem("cycle", text) for text in find_cycles(self._nodes)]
+        found += [PlanProblem("cycle", text) for text in find_cycles(self._nodes)]
         return found
 
     def _node_problems(self, node: Node) -> list[PlanProblem]:
@@ -227,7 +226,8 @@ def hard_predecessors(node: Node) -> set[str]:
 
 def find_cycles(nodes: Mapping[str, Node]) -> list[str]:
     """Each dependency cycle among ``nodes``, written ``a -> b -> a`` (empty when acyclic)."""
-    preds = {nid: (hard_predecessors(n) & nodes.keys()) if (n.refs or n.after) else set()
+    # dangling and self edges are reported as problems of their own, not as cycles
+    preds = {nid: (hard_predecessors(n) & nodes.keys()) - {nid} if (n.refs or n.after) else set()
              for nid, n in nodes.items()}
     if not any(preds.values()):
         return []

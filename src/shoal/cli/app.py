@@ -11,7 +11,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,7 +21,7 @@ from rich.console import Console
 from shoal import __version__
 from shoal.cli.interrupt import EXIT_INTERRUPTED, CtrlC
 from shoal.cli.live import SHOW_CURSOR, follow
-from shoal.cli.render import render_result
+from shoal.cli.render import plan_problems, render_result
 from shoal.events import JsonlSink
 from shoal.exceptions import ConfigError, PlanError, ToolDefinitionError
 from shoal.outcome import RunResult
@@ -42,7 +42,7 @@ app = typer.Typer(
 )
 
 
-class ExecutorName(str, Enum):
+class ExecutorName(StrEnum):
     """Backends a run can default to (sync tools always run on threads)."""
 
     inline = "inline"
@@ -144,7 +144,7 @@ def run_plan(options: RunOptions) -> int:
     except PlanError as exc:
         return _bad_plan(exc, options.as_json)
     except (ConfigError, ToolDefinitionError) as exc:
-        return _bad_input("options", str(exc), options.as_json)
+        return _bad_input("config", str(exc), options.as_json)
 
 
 def _run_checked(options: RunOptions) -> int:
@@ -232,7 +232,7 @@ def _exit_leaving_threads(result: RunResult, code: int) -> None:
 
 
 def _bad_plan(exc: PlanError, as_json: bool) -> int:
-    sys.stderr.write(f"error: {exc}\n")
+    sys.stderr.write(f"error: {plan_problems(exc)}\n")
     if as_json:
         problems = [{"code": p.code, "node": p.node, "message": p.message} for p in exc.problems]
         sys.stdout.write(json.dumps({"error": "plan", "problems": problems}, indent=2) + "\n")
@@ -247,12 +247,12 @@ def _bad_input(kind: str, message: str, as_json: bool) -> int:
 
 
 def main() -> None:
-    """Entry point of the ``shoal`` console script."""
-    try:
-        app()
-    except KeyboardInterrupt:  # Ctrl-C outside a run (e.g. while importing tools)
-        sys.stderr.write("\ninterrupted\n")
-        sys.exit(EXIT_INTERRUPTED)
+    """Entry point of the ``shoal`` console script.
+
+    Ctrl-C outside a run (say, while a slow tool module imports) needs nothing here: typer
+    turns the KeyboardInterrupt into exit code 130 itself.
+    """
+    app()
 
 
 if __name__ == "__main__":

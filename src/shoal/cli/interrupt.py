@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 from collections.abc import Callable
 from types import FrameType, TracebackType
+from typing import Any
 
 from shoal.runtime import RunHandle
 
@@ -19,47 +21,57 @@ INTERRUPT_REASON = "interrupted (Ctrl-C)"
 class CtrlC:
     """Context manager handling SIGINT for one run on the running event loop.
 
-    First press: ``handle.cancel(...)``; the run still ends normally with every outcome
-    recorded, and ``interrupted`` becomes true. Second press: ``on_hard_exit()`` then
+    First press: ``handle.cancel(...)`` on the loop; the run still ends normally with every
+    outcome recorded, and ``interrupted`` becomes true. Second press: ``on_hard_exit()``, then
     ``os._exit(130)`` without waiting for anything.
+
+    This is a plain ``signal.signal`` handler rather than ``loop.add_signal_handler``: a loop
+    handler only runs when the loop gets control, so a tool that blocks the loop (an async
+    tool calling ``time.sleep``) would make Ctrl-C do nothing at all. The plain handler runs
+    between bytecodes whatever the loop is doing; it only counts presses, hands the cancel to
+    the loop with ``call_soon_threadsafe`` (signal-safe: it writes to the loop's self-pipe, as
+    asyncio's own signal support does) or exits.
     """
 
     def __init__(self, handle: RunHandle, on_hard_exit: Callable[[], None] = lambda: None):
         self._handle = handle
         self._on_hard_exit = on_hard_exit
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.interrupted = False
+        self._previous: Any = None
+        self._presses = 0
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether Ctrl-C was pressed during the run."""
+        return self._presses > 0
 
     def __enter__(self) -> CtrlC:
         loop = asyncio.get_running_loop()
         try:
-            loop.add_signal_handler(signal.SIGINT, self._first)
-        except (NotImplementedError, RuntimeError, ValueError):
-            return self  # no loop signal support (Windows, not the main thread): plain Ctrl-C
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        except ValueError:
+            return self  # not the main thread: Ctrl-C keeps its usual meaning
         self._loop = loop
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if self._loop is None:
-            return
-        if self.interrupted:
-            # the printing that follows may still be stopped by Ctrl-C (KeyboardInterrupt)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-        else:
-            self._loop.remove_signal_handler(signal.SIGINT)
+        if self._loop is not None:  # None: the old handler was not installed from Python
+            signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
 
-    def _first(self) -> None:
+    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
         assert self._loop is not None
-        self.interrupted = True
-        os.write(2, b"\ninterrupted: cancelling the run; press Ctrl-C again to quit at once\n")
-        self._loop.remove_signal_handler(signal.SIGINT)
-        # A plain handler, unlike a loop one, still runs if a misbehaving tool blocks the loop.
-        signal.signal(signal.SIGINT, self._second)
-        self._handle.cancel(reason=INTERRUPT_REASON)
-
-    def _second(self, signum: int, frame: FrameType | None) -> None:
-        # os.write, not print: a signal handler may interrupt a print already in progress
+        self._presses += 1
+        if self._presses == 1:
+            self._loop.call_soon_threadsafe(self._cancel)
+            return
         self._on_hard_exit()
+        # os.write, not print: the handler may have interrupted a print in progress
         os.write(2, b"\ninterrupted twice: exiting without waiting for running calls\n")
         os._exit(EXIT_INTERRUPTED)
+
+    def _cancel(self) -> None:
+        # on the loop, so printing is safe, and a live view shows the message above itself
+        print("\ninterrupted: cancelling the run; press Ctrl-C again to quit at once",
+              file=sys.stderr, flush=True)
+        self._handle.cancel(reason=INTERRUPT_REASON)

@@ -60,6 +60,7 @@ def _in_flight(snap: Snapshot) -> Table:
     hidden = len(longest) - MAX_RUNNING_ROWS
     if hidden > 0:
         table.caption = f"… and {hidden} more running"
+        table.caption_justify = "left"
     return table
 
 

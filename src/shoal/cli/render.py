@@ -1,15 +1,21 @@
-"""The end of a run as text: a table of outcomes and a one-line summary."""
+"""Results as text: the final table of outcomes, a summary, and the problems of a bad plan."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from rich import box
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from shoal.exceptions import PlanError
 from shoal.outcome import Outcome, RunResult
 
-__all__ = ["STATUS_STYLES", "detail", "outcome_table", "render_result", "seconds", "summary"]
+__all__ = [
+    "STATUS_STYLES", "detail", "errors", "outcome_table", "plan_problems", "render_result",
+    "seconds", "summary",
+]
 
 STATUS_STYLES = {
     "ok": "green",
@@ -21,6 +27,8 @@ STATUS_STYLES = {
 }
 FULL_TABLE_LIMIT = 50  # above this many nodes, ok rows are only counted: failures stay visible
 PREVIEW_WIDTH = 70
+ERRORS_SHOWN = 5  # errors printed in full below the table
+ERROR_WIDTH = 300
 PATH_SHOWN = 6  # longest critical path printed in full
 
 
@@ -41,7 +49,13 @@ def detail(outcome: Outcome, width: int = PREVIEW_WIDTH) -> str:
     """The value's preview for an ok node, else its error or the reason it did not run."""
     if outcome.status == "ok":
         return _one_line(repr(outcome.value), width)
-    text = str(outcome.error) if outcome.error is not None else outcome.reason
+    if outcome.status in ("cancelled", "skipped") and outcome.reason:
+        text = outcome.reason  # the error would only repeat it, prefixed with a type name
+    elif outcome.error is not None:  # the module path of the type is noise in a one-line view
+        short_type = outcome.error.type.rpartition(".")[2]
+        text = f"{short_type}: {outcome.error.message}" if outcome.error.message else short_type
+    else:
+        text = outcome.reason
     if outcome.abandoned:
         text += " (thread abandoned)"
     return _one_line(text, width)
@@ -54,22 +68,26 @@ def _status(outcome: Outcome) -> Text:
 def outcome_table(result: RunResult) -> Table:
     """One row per node; for large plans only the nodes that did not succeed get a row."""
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
-    table.add_column("node")
-    table.add_column("tool", style="cyan")
-    table.add_column("status")
-    table.add_column("tries", justify="right")
-    table.add_column("time", justify="right")
-    table.add_column("value / error", no_wrap=True, overflow="ellipsis")
+    # Only the last column is wrappable, so rich narrows it (not ids) when space runs out;
+    # its cells are single-line texts that end in an ellipsis instead of wrapping.
+    table.add_column("node", no_wrap=True)
+    table.add_column("tool", style="cyan", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("tries", justify="right", no_wrap=True)
+    table.add_column("time", justify="right", no_wrap=True)
+    table.add_column("result")
     compact = len(result) > FULL_TABLE_LIMIT
     for outcome in result:
         if compact and outcome.ok:
             continue
         took = seconds(outcome.duration) if outcome.started_at is not None else "-"
         table.add_row(Text(outcome.node_id), Text(outcome.tool), _status(outcome),
-                      str(outcome.attempts), took, Text(detail(outcome)))
+                      str(outcome.attempts), took,
+                      Text(detail(outcome), no_wrap=True, overflow="ellipsis"))
     if compact:
         ok = result.counts["ok"]
         table.caption = f"{ok} ok node{'s' if ok != 1 else ''} not shown"
+        table.caption_justify = "left"
     return table
 
 
@@ -80,7 +98,7 @@ def _path(nodes: list[str]) -> str:
 
 
 def summary(result: RunResult) -> Text:
-    """Counts per status, makespan, parallelism and the critical path, as one line."""
+    """Counts per status, makespan and parallelism; then the critical path on its own line."""
     text = Text(f"{len(result)} node{'s' if len(result) != 1 else ''}: ")
     counts = [(n, s) for s, n in result.counts.items() if n]
     for i, (n, status) in enumerate(counts):
@@ -91,14 +109,69 @@ def summary(result: RunResult) -> Text:
     if result.makespan > 0 and busy > result.makespan * 1.05:  # only worth saying when true
         text.append(f" ({busy / result.makespan:.1f}x parallel)")
     if result.critical_path:
-        text.append(f" · critical path {seconds(result.critical_path_time)}: ")
+        text.append(f"\ncritical path {seconds(result.critical_path_time)}: ")
         text.append(_path(result.critical_path), style="bold")
     return text
 
 
+def errors(result: RunResult, limit: int = ERRORS_SHOWN) -> Text | None:
+    """The full error of each node that failed or timed out (the table cuts them short)."""
+    failed = [o for o in result if o.status in ("failed", "timed_out")]
+    if not failed:
+        return None
+    lines = [Text.assemble((o.node_id, STATUS_STYLES[o.status]), f": {detail(o, ERROR_WIDTH)}")
+             for o in failed[:limit]]
+    if len(failed) > limit:
+        lines.append(Text(f"... and {len(failed) - limit} more (--json shows all)", style="dim"))
+    return Text("\n").join(lines)
+
+
 def render_result(result: RunResult) -> RenderableType:
-    """The final table, the summary line and, if the run was stopped, why."""
-    parts: list[RenderableType] = [outcome_table(result), summary(result)]
+    """The final table, the errors in full, the summary and, if the run was stopped, why."""
+    if not len(result):
+        return Text("the plan has no nodes; nothing ran")
+    failures = errors(result)
+    parts: list[RenderableType] = [outcome_table(result)]
+    parts += [failures, summary(result)] if failures is not None else [summary(result)]
     if result.cancelled_reason:
         parts.append(Text(f"run stopped: {result.cancelled_reason}", style="yellow"))
     return Group(*parts)
+
+
+def _where(nodes: list[str]) -> str:
+    named = [n for n in nodes if n]
+    if not named:
+        return ""
+    if len(named) == 1:
+        return f"node {named[0]!r}: "
+    shown = ", ".join(repr(n) for n in named[:3])
+    more = f" and {len(named) - 3} more" if len(named) > 3 else ""
+    return f"nodes {shown}{more}: "
+
+
+def plan_problems(error: PlanError) -> str:
+    """Every problem of an invalid plan, one line each; identical ones share a line.
+
+    A file whose 80 nodes all name a module that cannot be imported gets one line, not 80.
+    """
+    groups: dict[tuple[str, str], list[str]] = {}
+    for problem in error.problems:
+        groups.setdefault((problem.code, problem.message), []).append(problem.node)
+    count = len(error.problems)
+    lines = [f"invalid plan{f' {error.source}' if error.source else ''}: "
+             f"{count} problem{'s' if count != 1 else ''}"]
+    lines += [f"  - [{code}] {_where(nodes)}{message}" for (code, message), nodes in groups.items()]
+    return "\n".join(lines + _hints(set(groups)))
+
+
+def _hints(problems: set[tuple[str, str]]) -> list[str]:
+    """What to do about problems the core words for library users, not command-line ones."""
+    hints = []
+    if any(code == "bad_import" and "no module named" in text for code, text in problems):
+        hints.append(f"hint: tool modules are imported from the current directory ({Path.cwd()}) "
+                     "and installed packages; run shoal from the directory that holds your "
+                     "tools' package, or add that directory to PYTHONPATH")
+    if any(code == "unknown_tool" for code, _ in problems):
+        hints.append("hint: the shoal command knows no tools by bare name; name each tool by "
+                     "its import path, e.g. tool: mypackage.tools:search")
+    return hints

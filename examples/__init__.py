@@ -1,0 +1,1 @@
+"""Runnable examples; each sub-package holds its tools, plan files and data."""
