@@ -206,7 +206,11 @@ def _barriers(b: _Builder) -> None:
 
 
 def analyze(plan: Plan) -> Graph:
-    """The dependency graph of a valid plan (call :meth:`Plan.validate` first)."""
+    """The dependency graph of a valid plan (call :meth:`Plan.validate` first); cached per plan."""
+    return plan.memo("graph", lambda: _analyze(plan))
+
+
+def _analyze(plan: Plan) -> Graph:
     builder = _Builder(_topological(plan))
     _data_and_after(builder)
     _footprints(builder)

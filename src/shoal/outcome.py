@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import json
 import traceback as tb
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic_core import to_jsonable_python
 
 if TYPE_CHECKING:
-    from shoal.deps import Edge
+    from shoal.deps import Edge, Graph
     from shoal.plan import Ref
 
-__all__ = ["STATUSES", "ErrorInfo", "Outcome", "RunResult", "Status"]
+__all__ = ["STATUSES", "ErrorInfo", "Outcome", "RunResult", "Status", "measured_critical_path"]
 
 Status = Literal["ok", "failed", "timed_out", "cancelled", "skipped", "denied"]
 STATUSES: tuple[Status, ...] = ("ok", "failed", "timed_out", "cancelled", "skipped", "denied")
@@ -90,23 +90,51 @@ class Outcome:
         }  # fmt: skip
 
 
-@dataclass(slots=True)
 class RunResult:
     """Every node's outcome (in plan order), the makespan and the critical path.
 
     ``critical_path`` is the chain of nodes, linked by dependency edges, with the largest total
-    measured duration: the floor no scheduler could beat with these durations.
-    ``result[ref]`` (or ``result["node-id"]``) gives one node's outcome.
+    measured duration: the floor no scheduler could beat with these durations (computed on
+    first access). ``result[ref]`` (or ``result["node-id"]``) gives one node's outcome.
     """
 
-    run_id: str
-    outcomes: dict[str, Outcome]
-    makespan: float
-    critical_path: list[str] = field(default_factory=list)
-    critical_path_time: float = 0.0
-    edges: list[Edge] = field(default_factory=list)
-    started_at_epoch: float = 0.0
-    cancelled_reason: str = ""
+    def __init__(
+        self,
+        run_id: str,
+        outcomes: dict[str, Outcome],
+        makespan: float,
+        graph: Graph | None = None,
+        started_at_epoch: float = 0.0,
+        cancelled_reason: str = "",
+    ) -> None:
+        self.run_id = run_id
+        self.outcomes = outcomes
+        self.makespan = makespan
+        self.graph = graph
+        self.started_at_epoch = started_at_epoch
+        self.cancelled_reason = cancelled_reason
+        self._critical: tuple[list[str], float] | None = None
+
+    @property
+    def edges(self) -> list[Edge]:
+        """Every dependency edge of the plan, with its reason."""
+        return self.graph.edges if self.graph is not None else []
+
+    @property
+    def critical_path(self) -> list[str]:
+        """Node ids of the measured critical path, first to last."""
+        return self._critical_path()[0]
+
+    @property
+    def critical_path_time(self) -> float:
+        """The summed duration of the measured critical path (seconds)."""
+        return self._critical_path()[1]
+
+    def _critical_path(self) -> tuple[list[str], float]:
+        if self._critical is None:
+            self._critical = ([], 0.0) if self.graph is None else measured_critical_path(
+                self.graph, self.outcomes)
+        return self._critical
 
     def __repr__(self) -> str:
         counts = " ".join(f"{k}={v}" for k, v in self.counts.items() if v)
@@ -164,3 +192,29 @@ class RunResult:
     def to_json(self, indent: int | None = 2) -> str:
         """The whole result as a JSON document."""
         return json.dumps(self.to_dict(), indent=indent)
+
+
+def measured_critical_path(
+    graph: Graph, outcomes: Mapping[str, Outcome]
+) -> tuple[list[str], float]:
+    """The dependency chain with the largest total measured duration, and that total."""
+    if not graph.nodes:
+        return [], 0.0
+    best = [0.0] * len(graph.nodes)
+    via = [-1] * len(graph.nodes)
+    for pos, node in enumerate(graph.nodes):
+        outcome = outcomes.get(node.id)
+        own = outcome.duration if outcome is not None else 0.0
+        for p in graph.preds[pos]:
+            if best[p] > best[pos]:
+                best[pos], via[pos] = best[p], p
+        best[pos] += own
+    end = max(range(len(best)), key=best.__getitem__)
+    path: list[str] = []
+    cursor = end
+    while cursor != -1:
+        path.append(graph.nodes[cursor].id)
+        cursor = via[cursor]
+    path.reverse()
+    return path, best[end]
+

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
-from shoal.exceptions import PlanError, PlanProblem
+from shoal.exceptions import PlanError, PlanProblem, ToolArgumentError
 from shoal.tools import Tool, tool
 
 __all__ = ["Node", "Plan", "Ref", "find_refs"]
 
 PathPart = str | int
+T = TypeVar("T")
 
 
 class Ref:
@@ -88,6 +89,7 @@ class Node:
     after: tuple[str, ...] = ()
     index: int = 0
     refs: tuple[Ref, ...] = field(default=())
+    checked: dict[str, Any] | None = None  # validated args of a ref-free node, set by validation
 
     @property
     def needs(self) -> frozenset[str]:
@@ -120,6 +122,7 @@ class Plan:
         self.name = name
         self._nodes: dict[str, Node] = {}
         self._counts: dict[str, int] = {}
+        self._memo: dict[str, tuple[int, Any]] = {}
 
     def call(
         self,
@@ -207,16 +210,31 @@ class Plan:
             elif dep not in self._nodes:
                 found.append(PlanProblem("bad_after", f"after={dep!r} names no node in the plan",
                                          node.id))
-        detail = node.tool.check_static(node.args, lambda v: bool(find_refs(v)))
+        if node.refs:
+            detail = node.tool.check_static(node.args, lambda v: bool(find_refs(v)))
+        else:  # fully known now: validate once and keep the result for dispatch
+            try:
+                node.checked, detail = node.tool.validate(node.args), ""
+            except ToolArgumentError as exc:
+                detail = exc.detail
         if detail:
             found.append(PlanProblem("bad_arguments", f"{node.tool.name}: {detail}", node.id))
         return found
 
     def validate(self) -> None:
         """Raise :class:`PlanError` listing every problem, if there is any."""
-        found = self.problems()
+        found = self.memo("problems", self.problems)
         if found:
             raise PlanError(found, self.name)
+
+    def memo(self, key: str, compute: Callable[[], T]) -> T:
+        """``compute()``, cached until a node is added (plans only grow, so size is a version)."""
+        hit = self._memo.get(key)
+        if hit is not None and hit[0] == len(self._nodes):
+            return cast(T, hit[1])
+        value = compute()
+        self._memo[key] = (len(self._nodes), value)
+        return value
 
 
 def hard_predecessors(node: Node) -> set[str]:

@@ -10,6 +10,7 @@ The scheduler never learns how a backend works, only this contract.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -30,6 +31,7 @@ class Call:
     executor: Isolation
     timeout: float | None
     abandoned: bool = False
+    began_at: float | None = None
 
 
 class Executor(ABC):
@@ -42,11 +44,14 @@ class Executor(ABC):
         return None
 
     @abstractmethod
-    async def execute(self, call: Call) -> Any:
-        """Run ``call`` and return its value; raise what the tool raised.
+    def execute(self, call: Call) -> Awaitable[Any]:
+        """An awaitable that runs ``call`` and returns its value, raising what the tool raised.
 
         On cancellation, stop the work if the backend can, otherwise set
-        ``call.abandoned = True``; then re-raise the cancellation.
+        ``call.abandoned = True``; then re-raise the cancellation. Backends that know when the
+        work really began (a pool thread picking it up) set ``call.began_at``
+        (``time.monotonic()``), so reported timings exclude time spent waiting for a worker.
+        (Plain ``async def`` implementations fit this signature.)
         """
 
     async def close(self) -> None:

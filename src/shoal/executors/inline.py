@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 from shoal.exceptions import ExecutorError
@@ -15,10 +16,11 @@ class InlineExecutor(Executor):
 
     name = "inline"
 
-    async def execute(self, call: Call) -> Any:
-        """Await the tool's coroutine."""
+    def execute(self, call: Call) -> Awaitable[Any]:
+        """The tool's own coroutine: awaiting it directly saves a frame on the hottest path."""
         if not call.tool.is_async:
             raise ExecutorError(
                 f"tool {call.tool.name!r} is sync and cannot run inline without blocking the loop"
             )
-        return await call.tool.fn(**call.args)
+        coro: Awaitable[Any] = call.tool.fn(**call.args)
+        return coro

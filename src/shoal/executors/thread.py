@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -70,7 +71,10 @@ class ThreadExecutor(Executor):
 
 
 def _target(call: Call) -> Callable[[], Any]:
-    fn, args = call.tool.fn, call.args
-    if call.tool.is_async:
-        return lambda: asyncio.run(fn(**args))
-    return lambda: fn(**args)
+    fn, args, is_async = call.tool.fn, call.args, call.tool.is_async
+
+    def work() -> Any:
+        call.began_at = time.monotonic()  # when a thread really picked the call up
+        return asyncio.run(fn(**args)) if is_async else fn(**args)
+
+    return work

@@ -18,7 +18,7 @@ import pydantic
 
 from shoal.plan import Ref
 
-__all__ = ["isolate", "resolve_arguments"]
+__all__ = ["isolate", "isolate_all", "resolve_arguments"]
 
 _IMMUTABLE = frozenset({str, int, float, bool, bytes, complex, type(None), range, frozenset})
 _SCALARS = _IMMUTABLE - {frozenset}  # a frozenset may still hold refs to resolve
@@ -44,6 +44,11 @@ def isolate(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return copy.deepcopy(value)
     return value
+
+
+def isolate_all(args: dict[str, Any]) -> dict[str, Any]:
+    """A new argument dict whose values are private copies (see :func:`isolate`)."""
+    return {name: isolate(value) for name, value in args.items()} if args else {}
 
 
 def resolve_arguments(args: dict[str, Any], lookup: Callable[[Ref], Any]) -> dict[str, Any]:

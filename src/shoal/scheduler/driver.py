@@ -24,7 +24,7 @@ from shoal.deps import Graph
 from shoal.events import Event, RunFinished, RunStarted
 from shoal.exceptions import ToolTimeoutError
 from shoal.executors.base import Call, Executor
-from shoal.outcome import Outcome, RunResult
+from shoal.outcome import RunResult
 from shoal.scheduler.state import AttemptResult, Decisions, SchedulerState
 
 __all__ = ["Driver", "Snapshot"]
@@ -63,6 +63,7 @@ class Driver:
         self._timers: set[asyncio.TimerHandle] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._t0 = 0.0
+        self._mono_t0 = 0.0
         self._epoch = 0.0
         self._finished: asyncio.Future[None] | None = None
         self.cancelled_reason = ""
@@ -80,6 +81,7 @@ class Driver:
         """Run until every node has an outcome; if cancelled from outside, stop all, re-raise."""
         self._loop = asyncio.get_running_loop()
         self._t0 = self._loop.time()
+        self._mono_t0 = time.monotonic()  # backends report when work began on this clock
         self._epoch = time.time()
         self._finished = self._loop.create_future()
         self._publish([RunStarted(run_id=self.state.run_id, time=0.0,
@@ -118,9 +120,8 @@ class Driver:
         """The outcomes so far (all of them once the run is over)."""
         outcomes = self.state.outcomes()
         makespan = max((o.finished_at or 0.0 for o in outcomes), default=0.0)
-        path, length = critical_path(self.graph, {o.node_id: o for o in outcomes})
-        return RunResult(self.state.run_id, {o.node_id: o for o in outcomes}, makespan, path,
-                         length, self.graph.edges, self._epoch, self.cancelled_reason)
+        return RunResult(self.state.run_id, {o.node_id: o for o in outcomes}, makespan,
+                         self.graph, self._epoch, self.cancelled_reason)
 
     # ---- carrying out decisions ---------------------------------------------------------
 
@@ -162,10 +163,11 @@ class Driver:
             return AttemptResult("failed", error=exc)
 
     def _attempt_done(self, call: Call, task: asyncio.Task[AttemptResult]) -> None:
-        if self._tasks.get(call.pos) is task:
-            del self._tasks[call.pos]
+        del self._tasks[call.pos]  # one attempt per node at a time: this is the one
         # a task cancelled before its first step never entered _attempt's try block
         result = AttemptResult("cancelled") if task.cancelled() else task.result()
+        if call.began_at is not None:
+            result.began = call.began_at - self._mono_t0
         self._apply(self.state.finish(call.pos, result, self.now()))
 
     def _set_timer(self, when: float, kind: str, pos: int) -> None:
@@ -206,27 +208,3 @@ class Driver:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-
-
-def critical_path(graph: Graph, outcomes: Mapping[str, Outcome]) -> tuple[list[str], float]:
-    """The dependency chain with the largest total measured duration, and that total."""
-    if not graph.nodes:
-        return [], 0.0
-    best = [0.0] * len(graph.nodes)
-    via = [-1] * len(graph.nodes)
-    for pos, node in enumerate(graph.nodes):
-        outcome = outcomes.get(node.id)
-        own = outcome.duration if outcome is not None else 0.0
-        for p in graph.preds[pos]:
-            if best[p] > best[pos]:
-                best[pos], via[pos] = best[p], p
-        best[pos] += own
-    end = max(range(len(best)), key=best.__getitem__)
-    path: list[str] = []
-    cursor = end
-    while cursor != -1:
-        path.append(graph.nodes[cursor].id)
-        cursor = via[cursor]
-    path.reverse()
-    return path, best[end]
-

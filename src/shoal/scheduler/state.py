@@ -42,7 +42,7 @@ from shoal.executors.base import Call
 from shoal.limits import ConcurrencyLimit, RateLimiter
 from shoal.outcome import STATUSES, ErrorInfo, Outcome, Status
 from shoal.plan import Node, Ref
-from shoal.scheduler.args import resolve_arguments
+from shoal.scheduler.args import isolate_all, resolve_arguments
 from shoal.tools import Isolation, Tool
 
 __all__ = ["TRANSITIONS", "AttemptResult", "Decisions", "Phase", "SchedulerState"]
@@ -97,6 +97,7 @@ class AttemptResult:
     value: Any = None
     error: BaseException | None = None
     abandoned: bool = False
+    began: float | None = None  # run time at which a worker really started (if known)
 
 
 class Decisions:
@@ -209,6 +210,8 @@ class SchedulerState:
         d = Decisions()
         slot = self.slots[pos]
         self._release(slot)
+        if result.began is not None and slot.attempts == 1 and slot.started_at is not None:
+            slot.started_at = max(slot.started_at, result.began)  # exclude waiting for a worker
         status = slot.cancel_status if result.status == "cancelled" else result.status
         retry = slot.node.tool.policy.retry
         if (status != "ok" and status != "cancelled" and not self.stopping
@@ -321,27 +324,37 @@ class SchedulerState:
 
     def _dispatch(self, now: float, d: Decisions) -> None:
         """Start ready nodes, best first, while the run-wide limit has room."""
-        if self._used_estimates and self.done_count >= self._next_rank_at and self._stale():
+        heap, limit, slots = self._heap, self._global, self.slots
+        # order only matters when more nodes are ready than can start; ranking costs O(nodes)
+        if (self._used_estimates and self.done_count >= self._next_rank_at
+                and limit.capacity is not None and len(heap) > limit.capacity - limit.in_use
+                and self._stale()):
             self._rank()
-        heap, limit = self._heap, self._global
         while heap and (limit.capacity is None or limit.in_use < limit.capacity):
             if self.stopping:
                 return
-            _, pos = heapq.heappop(heap)
-            slot = self.slots[pos]
-            if slot.phase is not Phase.READY or not self._prepare(slot, now, d):
+            slot = slots[heapq.heappop(heap)[1]]
+            if slot.phase is not Phase.READY:
+                continue  # cancelled or skipped while queued: its heap entry is stale
+            if slot.args is None and not self._prepare(slot, now, d):
                 continue
-            if self._admit(slot, now, d):
-                self._start(slot, now, d)
+            if slot.gates is None:
+                slot.gates = self._gates_for(slot)
+            if (slot.gates or slot.node.tool.policy.rate is not None) and not self._admit(
+                    slot, now, d):
+                continue
+            self._start(slot, now, d)
 
     def _prepare(self, slot: _Slot, now: float, d: Decisions) -> bool:
         """Resolve and validate the node's arguments; a node whose inputs do not fit fails here."""
-        if slot.args is not None:
-            return True
         node = slot.node
         try:
-            raw = resolve_arguments(node.args, self._lookup) if node.args else {}
-            slot.args = node.tool.validate(raw)
+            if node.refs:
+                slot.args = node.tool.validate(resolve_arguments(node.args, self._lookup))
+            elif node.checked is not None:  # validated with the plan: only copy
+                slot.args = isolate_all(node.checked)
+            else:
+                slot.args = node.tool.validate(isolate_all(node.args))
         except (LookupError, TypeError, ToolArgumentError) as exc:
             self._record(slot, "failed", now, d, error=ErrorInfo.from_exception(exc))
             return False
@@ -354,9 +367,7 @@ class SchedulerState:
 
     def _admit(self, slot: _Slot, now: float, d: Decisions) -> bool:
         """Whether every limit on the node has room now; if not, park it where it waits."""
-        if slot.gates is None:
-            slot.gates = self._gates_for(slot)
-        for gate in slot.gates:
+        for gate in slot.gates or ():
             if not gate.available():
                 self._park(gate, slot)
                 return False

@@ -1,0 +1,244 @@
+"""AsyncHow: 1598 how-to plans as DAGs of timed steps; does shoal reach the optimal makespan?
+
+Each step is a call of one async tool ``step(seconds)`` that sleeps its scaled duration (one
+day of the step's ``duration_seconds[step][0]`` = 1 ms); ``step_deps`` become ``after=`` edges.
+The optimal makespan is the critical path of the DAG with those durations (unlimited
+parallelism), computed here and cross-checked with the dataset's ``optimal_makespan_seconds``.
+
+Two modes, because most scaled plans are far shorter than the event loop's timer resolution
+(median optimal ~0.03 ms, while epoll waits in whole milliseconds):
+
+(a) virtual clock (``shoal.testing.clock``), all plans: code costs no time, so makespan /
+    optimal isolates scheduling quality: 1.0 exactly iff every step starts the moment its
+    last dependency finishes.
+(b) real time, one plan at a time: shoal (plan built and run, end to end) against a floor
+    measured in the same run on the same plan, a minimal hand-written asyncio DAG executor
+    (a task per step awaiting its predecessors' events, then sleeping). By default only plans
+    whose scaled optimal is >= 20 ms; ``--all`` runs every plan.
+
+Targets: makespan / optimal median <= 1.05 and p95 <= 1.10.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import shoal
+from bench.common import BenchResult, Target, cli, dataset_file, median, percentile
+from shoal.testing import run_virtual
+
+NAME = "asynchow"
+SCALE = 1e-3 / 86400  # one day of plan time = one millisecond of run time
+REAL_MIN_OPTIMAL = 0.020
+MEDIAN_TARGET = Target("value", "<=", 1.05)
+P95_TARGET = Target("value", "<=", 1.10)
+
+
+@shoal.tool
+async def step(seconds: float) -> float:
+    """Carry out one how-to step: wait its scaled duration."""
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+@dataclass
+class HowPlan:
+    idx: int
+    order: list[str]  # step ids, each after its predecessors
+    preds: dict[str, list[str]]
+    seconds: dict[str, float]  # scaled durations
+    optimal: float  # critical path of the scaled DAG
+    listed: float  # the dataset's optimal_makespan_seconds[0], scaled
+
+
+def load(path: Path) -> list[HowPlan]:
+    plans = []
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        ids = [str(i) for i in range(1, record["step_nums"] + 1)]
+        preds: dict[str, list[str]] = {i: [] for i in ids}
+        for before, after in record["step_deps"]:
+            preds[after].append(before)
+        seconds = {i: record["duration_seconds"][i][0] * SCALE for i in ids}
+        order = topological(preds)
+        plans.append(HowPlan(record["idx"], order, preds, seconds,
+                             critical_path(order, preds, seconds),
+                             record["optimal_makespan_seconds"][0] * SCALE))
+    return plans
+
+
+def topological(preds: dict[str, list[str]]) -> list[str]:
+    order: list[str] = []
+    placed: set[str] = set()
+    while len(order) < len(preds):  # plans have at most 17 steps: quadratic is fine
+        ready = [s for s in preds if s not in placed and all(p in placed for p in preds[s])]
+        if not ready:
+            raise ValueError("cycle in step_deps")
+        order += ready
+        placed.update(ready)
+    return order
+
+
+def critical_path(order: list[str], preds: dict[str, list[str]],
+                  seconds: dict[str, float]) -> float:
+    finish: dict[str, float] = {}
+    for s in order:
+        finish[s] = max((finish[p] for p in preds[s]), default=0.0) + seconds[s]
+    return max(finish.values(), default=0.0)
+
+
+def build(plan_spec: HowPlan) -> shoal.Plan:
+    plan = shoal.Plan(f"asynchow-{plan_spec.idx}")
+    refs: dict[str, shoal.Ref] = {}
+    for s in plan_spec.order:
+        refs[s] = plan.call(step, seconds=plan_spec.seconds[s],
+                            after=[refs[p] for p in plan_spec.preds[s]], node_id=s)
+    return plan
+
+
+def start_lag(plan_spec: HowPlan, result: shoal.RunResult) -> float:
+    """The longest wait between a step's last dependency finishing and the step starting."""
+    worst = 0.0
+    for s in plan_spec.order:
+        ready = max((result[p].finished_at or 0.0 for p in plan_spec.preds[s]), default=0.0)
+        started = result[s].started_at
+        worst = max(worst, math.inf if started is None else started - ready)
+    return worst
+
+
+# ---- (a) virtual clock ---------------------------------------------------------------------
+
+
+def virtual_mode(plans: list[HowPlan], result: BenchResult) -> None:
+    result.header(f"(a) virtual clock, {len(plans)} plans: makespan / optimal")
+
+    async def run_all() -> tuple[list[float], float, float, int]:
+        ratios, worst_lag, worst_gap, bad = [], 0.0, 0.0, 0
+        for spec in plans:
+            run = await shoal.run(build(spec))
+            bad += not run.ok
+            if spec.optimal > 0:
+                ratios.append(run.makespan / spec.optimal)
+            worst_lag = max(worst_lag, start_lag(spec, run))
+            worst_gap = max(worst_gap, abs(run.makespan - spec.optimal))
+        return ratios, worst_lag, worst_gap, bad
+
+    wall = time.perf_counter()
+    ratios, worst_lag, worst_gap, bad = run_virtual(run_all())
+    wall = time.perf_counter() - wall
+    result.add("virtual makespan / optimal, median", median(ratios), target=MEDIAN_TARGET)
+    result.add("virtual makespan / optimal, p95", percentile(ratios, 0.95), target=P95_TARGET)
+    result.add("virtual makespan / optimal, max", max(ratios))
+    result.add("worst |makespan - optimal|", worst_gap, "s")
+    result.add("worst start lag after last dependency", worst_lag, "s")
+    result.add("real time for the virtual runs", wall, "s")
+    result.check("virtual: every step ok", bad == 0, f"{bad} plans with failures")
+    # Absolute tolerance: the virtual clock keeps growing across plans, so float rounding of
+    # (clock - run start) is ~1e-14 s, which is a large *relative* error on a 2e-8 s plan.
+    result.check("virtual: |makespan - optimal| <= 1 ns", worst_gap <= 1e-9)
+
+
+# ---- (b) real time -------------------------------------------------------------------------
+
+
+async def floor_once(spec: HowPlan) -> float:
+    """A minimal asyncio DAG executor: each step a task awaiting its predecessors' events."""
+    done = {s: asyncio.Event() for s in spec.order}
+
+    async def run_step(s: str) -> None:
+        for p in spec.preds[s]:
+            await done[p].wait()
+        await step.fn(spec.seconds[s])
+        done[s].set()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(run_step(s) for s in spec.order))
+    return time.perf_counter() - start
+
+
+async def shoal_once(spec: HowPlan) -> tuple[float, shoal.RunResult]:
+    start = time.perf_counter()
+    run = await shoal.run(build(spec))
+    return time.perf_counter() - start, run
+
+
+@dataclass
+class RealRow:
+    optimal: float
+    floor: float
+    shoal: float
+    makespan: float  # shoal's own makespan (run start to last finish)
+    measured_cp: float  # critical path of the durations shoal measured
+    ok: bool
+
+
+def real_mode(plans: list[HowPlan], result: BenchResult, all_plans: bool, quick: bool) -> None:
+    chosen = plans if all_plans else [p for p in plans if p.optimal >= REAL_MIN_OPTIMAL]
+    if quick:
+        chosen = sorted(chosen, key=lambda p: p.optimal)[:2]
+    which = ("all plans" if all_plans
+             else f"plans with scaled optimal >= {REAL_MIN_OPTIMAL * 1e3:g} ms")
+    expected = 2 * sum(p.optimal for p in chosen)
+    result.header(f"(b) real time, {which}: {len(chosen)} of {len(plans)} plans, one at a time, "
+                  f"floor then shoal; expect ~{expected:.3g} s of sleeping")
+    rows = asyncio.run(run_real(chosen))
+    report_real(rows, result)
+
+
+async def run_real(chosen: list[HowPlan]) -> list[RealRow]:
+    await shoal_once(chosen[0])  # warm-up, untimed
+    rows = []
+    for spec in chosen:
+        floor = await floor_once(spec)
+        elapsed, run = await shoal_once(spec)
+        rows.append(RealRow(spec.optimal, floor, elapsed, run.makespan, run.critical_path_time,
+                            run.ok))
+    return rows
+
+
+def report_real(rows: list[RealRow], result: BenchResult) -> None:
+    series: dict[str, Callable[[RealRow], float]] = {
+        "shoal / floor": lambda r: r.shoal / r.floor,
+        "shoal / optimal": lambda r: r.shoal / r.optimal,
+        "floor / optimal": lambda r: r.floor / r.optimal,
+        "shoal makespan / measured critical path": lambda r: r.makespan / r.measured_cp,
+    }
+    for label, ratio in series.items():
+        values = [ratio(r) for r in rows if r.optimal > 0]
+        targeted = label.startswith("shoal /")
+        result.add(f"{label}, median", median(values),
+                   target=MEDIAN_TARGET if targeted else None)
+        result.add(f"{label}, p95", percentile(values, 0.95),
+                   target=P95_TARGET if targeted else None)
+    result.add("total shoal time / total floor time", sum(r.shoal for r in rows),
+               "s", floor=sum(r.floor for r in rows))
+    result.check("real: every step ok", all(r.ok for r in rows))
+
+
+def main(quick: bool = False, all_plans: bool = False) -> BenchResult:
+    path = dataset_file(NAME, "asynchow", "asynchow_async.jsonl")
+    if path is None:
+        return BenchResult(NAME, skipped="dataset not found", echo=False)
+    plans = load(path)
+    result = BenchResult(NAME)
+    differ = [p.idx for p in plans if not math.isclose(p.optimal, p.listed, rel_tol=1e-9)]
+    result.header(f"{len(plans)} plans from {path.name}; 1 day = 1 ms; optimal = critical path")
+    result.note(f"computed critical path agrees with optimal_makespan_seconds for "
+                f"{len(plans) - len(differ)}/"
+                f"{len(plans)} plans (differ: idx {differ}); the computed one is used")
+    optimal = sorted(p.optimal for p in plans)
+    result.note(f"scaled optimal makespan: median {median(optimal) * 1e3:.4g} ms, "
+                f"p95 {percentile(optimal, 0.95) * 1e3:.4g} ms, max {optimal[-1]:.4g} s")
+    virtual_mode(plans[:20] if quick else plans, result)
+    real_mode(plans, result, all_plans, quick)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli(main, __doc__ or "", all_flag=True))

@@ -1,0 +1,98 @@
+"""Smoke tests: every benchmark runs in its tiny ``quick`` configuration and is correct.
+
+Timing targets are not asserted here (a loaded CI machine would make them flaky); only the
+correctness fields are: every call ok, refs resolved, no ordering violations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from bench import asynchow, fanout_async, fanout_sync, large_plan, nestools, trivial
+from bench.common import BenchResult, dataset_file, datasets_dir
+
+import shoal
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def assert_correct(result: BenchResult) -> None:
+    if result.skipped:
+        pytest.skip(f"{result.name}: {result.skipped}")
+    assert result.checks, "a benchmark must check something"
+    assert result.correct, result.checks
+    assert result.metrics
+
+
+@pytest.mark.parametrize("module", [fanout_async, fanout_sync, trivial, large_plan],
+                         ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+def test_synthetic_benchmarks_are_correct(module: ModuleType) -> None:
+    assert_correct(module.main(quick=True))
+
+
+def test_asynchow_quick() -> None:
+    result = asynchow.main(quick=True)
+    assert_correct(result)
+    virtual = {m.name: m.value for m in result.metrics if m.name.startswith("virtual")}
+    assert virtual["virtual makespan / optimal, max"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_nestools_quick() -> None:
+    result = nestools.main(quick=True)
+    assert_correct(result)
+    values = {m.name.split(" (")[0]: m.value for m in result.metrics}
+    assert values["plans passed"] == 50
+    assert values["ordering violations"] == 0
+
+
+def test_nestools_checker_catches_a_miswired_ref() -> None:
+    path = dataset_file("test", "nestools", "test_data.jsonl")
+    if path is None:
+        pytest.skip("nestools dataset not found")
+    record = next(r for r in nestools.load(path) if r["test_id"] == 1)
+    replay = nestools.Replay(record, random.Random(0))
+    # Wire the last call's "exact_location" to call 0's "book_details" (also a str) instead of
+    # call 1's "location_desc": a valid plan, wrongly wired.
+    right = replay.producers["API_call_2"]
+    replay.producers["API_call_2"] = (0, "book_details")
+    plan, ids = nestools.build(replay)
+    replay.producers["API_call_2"] = right
+    report = nestools.check(replay, ids, asyncio.run(shoal.run(plan)))
+    assert not report.ok
+    assert report.resolved < report.refs
+    assert any("call 2" in p for p in report.problems)
+
+
+def test_missing_datasets_skip_with_a_message(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SHOAL_DATASETS", str(tmp_path))
+    assert datasets_dir() == tmp_path
+    for module in (asynchow, nestools):
+        result = module.main(quick=True)
+        assert result.skipped
+    out = capsys.readouterr().out
+    assert "SKIPPED" in out and "SHOAL_DATASETS" in out
+
+
+def test_default_dataset_path_is_beside_the_repo(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SHOAL_DATASETS", raising=False)
+    assert datasets_dir() == ROOT.parent / "shared" / "datasets"
+
+
+def test_run_all_script_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run_all.py"), "--quick", "--only", "trivial",
+         "--json", str(out)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode in (0, 1), proc.stderr  # 1: a timing target missed, not a crash
+    (result,) = json.loads(out.read_text())
+    assert result["name"] == "trivial" and result["correct"]
+    assert "summary" in proc.stdout
