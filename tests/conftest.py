@@ -1,0 +1,143 @@
+"""Shared helpers for the core runtime tests.
+
+pytest-asyncio is not used: async tests build a coroutine and hand it to :func:`arun`, which runs
+it on a fresh event loop under a hard timeout (so a scheduler bug shows up as a failure, never as
+a hung test run) and checks that no asyncio task outlived the run.
+"""
+
+import asyncio
+import gc
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, Self, TypeVar
+
+import psutil
+import pytest
+
+T = TypeVar("T")
+
+#: Upper bound for one run in a test: far above what any healthy run here needs.
+HANG_TIMEOUT = 5.0
+
+
+class Hung(AssertionError):
+    """The run did not finish within :data:`HANG_TIMEOUT`: the scheduler stalled."""
+
+
+def leftover_tasks() -> list[asyncio.Task[Any]]:
+    """Tasks on the running loop other than the current one."""
+    me = asyncio.current_task()
+    return [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+
+
+def arun(coro: Coroutine[Any, Any, T], *, timeout: float = HANG_TIMEOUT,
+         check_tasks: bool = True) -> T:
+    """Run ``coro`` on a fresh loop; fail (instead of hanging) when it takes over ``timeout``."""
+
+    async def main() -> T:
+        scope = asyncio.timeout(timeout)  # in this task, so leftover_tasks() stays exact
+        try:
+            async with scope:
+                value = await coro
+        except TimeoutError:
+            if scope.expired():
+                raise Hung(f"the run did not finish within {timeout} s") from None
+            raise
+        if check_tasks:
+            await asyncio.sleep(0)  # let done-callbacks of just-finished tasks run
+            left = leftover_tasks()
+            assert not left, f"asyncio tasks left running after the run: {left}"
+        return value
+
+    return asyncio.run(main())
+
+
+class Gauge:
+    """Counts how many callers are inside at once and remembers the maximum (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.now = 0
+        self.peak = 0
+        self.total = 0
+
+    def __enter__(self) -> Self:
+        with self._lock:
+            self.now += 1
+            self.total += 1
+            self.peak = max(self.peak, self.now)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self.now -= 1
+
+
+class Stamps:
+    """Records (label, moment) pairs on a monotonic clock, relative to its creation."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.t0 = time.perf_counter()
+        self.items: list[tuple[str, float]] = []
+
+    def mark(self, label: str) -> float:
+        moment = time.perf_counter() - self.t0
+        with self._lock:
+            self.items.append((label, moment))
+        return moment
+
+    def of(self, label: str) -> float:
+        return next(t for name, t in self.items if name == label)
+
+    def labels(self) -> list[str]:
+        return [name for name, _ in self.items]
+
+
+@pytest.fixture
+def gauge() -> Gauge:
+    return Gauge()
+
+
+@pytest.fixture
+def stamps() -> Stamps:
+    return Stamps()
+
+
+@pytest.fixture
+def no_child_process_leak() -> Iterator[None]:
+    """Fail if a test leaves child processes of this interpreter running."""
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    yield
+    deadline = time.monotonic() + 2.0
+    while True:
+        extra = [p for p in me.children(recursive=True)
+                 if p.pid not in before and p.is_running()
+                 and p.status() != psutil.STATUS_ZOMBIE]
+        if not extra or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not extra, f"child processes left behind: {[p.cmdline() for p in extra]}"
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 3.0) -> bool:
+    """Poll ``predicate`` (in real time, blocking) until it holds or ``timeout`` passes."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+@pytest.fixture
+def collect_garbage() -> Iterator[None]:
+    """Collect the garbage a stalled run leaves (futures holding errors) before moving on.
+
+    Their finalizers log through asyncio's exception handler; run late, inside an unrelated
+    import, they can trip CPython 3.11's shared AST recursion counter (SystemError in ast.parse).
+    """
+    yield
+    gc.collect()

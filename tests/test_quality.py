@@ -1,0 +1,48 @@
+"""Lint, strict typing and import time, checked as part of the suite."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def test_ruff_is_clean() -> None:
+    targets = [p for p in ("src", "tests", "bench", "examples") if (ROOT / p).exists()]
+    done = run("-m", "ruff", "check", *targets)
+    print(done.stdout, done.stderr)
+    assert done.returncode == 0, f"ruff found problems:\n{done.stdout}{done.stderr}"
+
+
+@pytest.mark.slow
+def test_mypy_strict_is_clean() -> None:
+    done = run("-m", "mypy")  # settings (strict, files=src/shoal) come from pyproject.toml
+    print(done.stdout, done.stderr)
+    assert done.returncode == 0, f"mypy found problems:\n{done.stdout}{done.stderr}"
+    assert "Success" in done.stdout
+
+
+def test_import_is_quick() -> None:
+    probe = ("import time; t = time.perf_counter(); import shoal; "
+             "print(time.perf_counter() - t)")
+    times = []
+    for _ in range(3):
+        done = run("-c", probe, timeout=60)
+        assert done.returncode == 0, done.stderr
+        times.append(float(done.stdout.strip()))
+    assert min(times) < 0.3, f"'import shoal' took {min(times):.3f} s at best (of {times})"
+
+
+def test_import_does_not_pull_in_heavy_optional_modules() -> None:
+    probe = ("import sys, shoal; heavy = [m for m in ('ray', 'numpy', 'pandas', 'rich', "
+             "'typer', 'hypothesis') if m in sys.modules]; print(','.join(heavy))")
+    done = run("-c", probe, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ""

@@ -1,0 +1,624 @@
+"""The runtime end to end: parallelism, ordering, events and results (real time, wide margins)."""
+
+import asyncio
+import contextvars
+import gc
+import itertools
+import json
+import threading
+import time
+import warnings
+from typing import Annotated, Any
+
+import pytest
+
+import shoal
+from shoal import ConfigError, Plan, RunResult, Runtime, ShoalError, tool
+from shoal.events import (
+    Event,
+    NodeCancelled,
+    NodeFinished,
+    NodeRetrying,
+    NodeSkipped,
+    NodeStarted,
+    RunFinished,
+    RunStarted,
+)
+from tests.conftest import Gauge, Stamps, arun
+
+pytestmark = pytest.mark.usefixtures("no_child_process_leak")
+
+
+@tool
+async def nap(seconds: float, value: Any = None) -> Any:
+    await asyncio.sleep(seconds)
+    return value
+
+
+@tool
+def sync_nap(seconds: float, value: Any = None) -> Any:
+    time.sleep(seconds)
+    return value
+
+
+@tool
+async def boom(message: str = "boom") -> None:
+    raise ValueError(message)
+
+
+def timed_run(plan: Plan, **options: Any) -> tuple[RunResult, float]:
+    start = time.perf_counter()
+    result = shoal.run_sync(plan, **options)
+    return result, time.perf_counter() - start
+
+
+# ---- parallelism --------------------------------------------------------------------------------
+
+
+def test_independent_calls_overlap() -> None:
+    plan = Plan()
+    refs = [plan.call(nap, seconds=0.2, value=i) for i in range(10)]
+    result, wall = timed_run(plan)
+    assert result.ok
+    assert [result[r].value for r in refs] == list(range(10))
+    assert wall < 0.6
+    assert result.makespan < 0.6
+    assert max(result[r].started_at for r in refs) < 0.1  # all started at once
+
+
+@pytest.mark.slow
+def test_a_slow_branch_does_not_hold_back_an_unrelated_chain(stamps: Stamps) -> None:
+    @tool
+    async def link(index: int, previous: Any = None) -> int:
+        await asyncio.sleep(0.1)
+        stamps.mark(f"b{index}")
+        return index
+
+    plan = Plan()
+    plan.call(nap, seconds=1.0, node_id="A")
+    ref = None
+    for i in range(5):
+        ref = plan.call(link, index=i, previous=ref)
+    start = time.perf_counter()
+    result = shoal.run_sync(plan)
+    assert result.ok
+    last = stamps.of("b4") - (start - stamps.t0)
+    assert last < 0.8, f"the chain's last call ended at {last:.2f} s: it waited for the 1 s branch"
+    assert result["A"].finished_at >= 0.95
+
+
+def test_a_dependent_starts_as_soon_as_its_input_is_ready() -> None:
+    plan = Plan()
+    a = plan.call(nap, seconds=0.05, value=1)
+    plan.call(nap, seconds=0.5, value=2)
+    b = plan.call(nap, seconds=0.0, value=a)
+    result = shoal.run_sync(plan)
+    assert result[b].value == 1
+    assert result[b].started_at - result[a].finished_at < 0.05
+
+
+@pytest.mark.slow
+def test_sync_tools_never_block_the_event_loop() -> None:
+    plan = Plan()
+    for i in range(50):
+        plan.call(sync_nap, seconds=0.3, value=i)
+
+    async def main() -> tuple[RunResult, list[float]]:
+        ticks: list[float] = []
+        stop = asyncio.Event()
+
+        async def heartbeat() -> None:
+            while not stop.is_set():
+                ticks.append(time.perf_counter())
+                await asyncio.sleep(0.01)
+
+        beat = asyncio.create_task(heartbeat())
+        try:
+            async with Runtime() as runtime:
+                result = await runtime.run(plan)
+        finally:
+            stop.set()
+            await beat
+        return result, ticks
+
+    result, ticks = arun(main())
+    assert result.ok
+    gaps = [b - a for a, b in itertools.pairwise(ticks)]
+    assert len(ticks) >= 15, f"the loop ticked only {len(ticks)} times in a 0.3 s run"
+    assert max(gaps) < 0.15, f"the loop stalled for {max(gaps):.3f} s"
+    assert {o.executor for o in result} == {"thread"}
+
+
+@pytest.mark.slow
+def test_the_thread_pool_is_sized_for_waiting_not_for_cpus(gauge: Gauge) -> None:
+    @tool
+    def blocking(i: int) -> int:
+        with gauge:
+            time.sleep(0.2)
+        return i
+
+    plan = Plan()
+    for i in range(100):
+        plan.call(blocking, i=i)
+    result, wall = timed_run(plan)
+    assert result.ok
+    assert wall < 1.0, f"100 sync calls of 0.2 s took {wall:.2f} s"
+    assert gauge.peak >= 50
+
+
+def test_async_tools_run_on_threads_when_asked() -> None:
+    @tool
+    async def where() -> str:
+        await asyncio.sleep(0)
+        return threading.current_thread().name
+
+    plan = Plan()
+    a = plan.call(where)
+    b = plan.call(where.options(isolation="thread"))
+    result = shoal.run_sync(plan)
+    assert result[a].executor == "inline"
+    assert result[a].value == threading.main_thread().name
+    assert result[b].executor == "thread"
+    assert result[b].value.startswith("shoal")
+    everything_on_threads = shoal.run_sync(plan, executor="thread")
+    assert {o.executor for o in everything_on_threads} == {"thread"}
+
+
+def test_sync_tools_never_run_inline_even_when_inline_is_the_default() -> None:
+    plan = Plan()
+    ref = plan.call(sync_nap, seconds=0, value=1)
+    result = shoal.run_sync(plan, executor="inline")
+    assert result[ref].executor == "thread"
+
+
+def test_context_variables_reach_sync_tools() -> None:
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+
+    @tool
+    def read_var() -> str:
+        return var.get()
+
+    async def main() -> RunResult:
+        var.set("from the caller")
+        plan = Plan()
+        plan.call(read_var, node_id="r")
+        return await shoal.run(plan)
+
+    assert arun(main())["r"].value == "from the caller"
+
+
+# ---- ordering -----------------------------------------------------------------------------------
+
+
+def test_critical_path_first_under_max_concurrency_one() -> None:
+    order: list[str] = []
+
+    @tool(estimate=0.05)
+    async def small(name: str, previous: Any = None) -> str:
+        order.append(name)
+        await asyncio.sleep(0.01)
+        return name
+
+    @tool(estimate=2.0)
+    async def big(name: str, previous: Any = None) -> str:
+        order.append(name)
+        await asyncio.sleep(0.01)
+        return name
+
+    plan = Plan()
+    plan.call(small, name="lone1")
+    plan.call(small, name="lone2")
+    head = plan.call(small, name="head")
+    body = plan.call(big, name="body", previous=head)
+    plan.call(big, name="tail", previous=body)
+    result = shoal.run_sync(plan, max_concurrency=1)
+    assert result.ok
+    assert order[0] == "head", order
+    assert order.index("body") < order.index("lone1") or order.index("head") == 0
+
+
+def test_max_concurrency_one_runs_everything_one_after_another(gauge: Gauge) -> None:
+    @tool
+    async def probe(i: int) -> int:
+        with gauge:
+            await asyncio.sleep(0.005)
+        return i
+
+    plan = Plan()
+    for i in range(10):
+        plan.call(probe, i=i)
+    assert shoal.run_sync(plan, max_concurrency=1).ok
+    assert gauge.peak == 1 and gauge.total == 10
+
+
+def test_the_runtime_learns_durations_across_runs() -> None:
+    @tool
+    async def measured() -> None:
+        await asyncio.sleep(0.05)
+
+    @tool
+    async def other() -> None:
+        return None
+
+    plan = Plan()
+    plan.call(measured)
+    plan.call(other)
+    runtime = Runtime()
+    runtime.run_sync(plan)
+    assert runtime.estimates["measured"] == pytest.approx(0.05, abs=0.04)
+    runtime.run_sync(plan)
+    assert set(runtime.estimates) >= {"measured", "other"}
+
+
+@pytest.mark.xfail(reason="BUG: SchedulerState.finish (state.py) calls _learn only when the "
+                   "plan uses more than one tool name, so a Runtime never learns a tool's "
+                   "duration from a run of that tool alone, though estimates are meant to be "
+                   "kept across runs", strict=True)
+def test_the_runtime_learns_from_a_single_tool_run() -> None:
+    @tool
+    async def alone() -> None:
+        await asyncio.sleep(0.02)
+
+    plan = Plan()
+    plan.call(alone)
+    runtime = Runtime()
+    runtime.run_sync(plan)
+    assert "alone" in runtime.estimates
+
+
+# ---- events -------------------------------------------------------------------------------------
+
+
+def check_event_stream(events: list[Event], plan: Plan) -> dict[str, list[str]]:
+    """The per-node event sequences, after checking the stream's overall shape."""
+    assert isinstance(events[0], RunStarted)
+    assert isinstance(events[-1], RunFinished)
+    assert sum(isinstance(e, RunStarted | RunFinished) for e in events) == 2
+    times = [e.time for e in events]
+    assert times == sorted(times), f"event times go backwards: {times}"
+    run_ids = {e.run_id for e in events}
+    assert len(run_ids) == 1
+    per_node: dict[str, list[str]] = {n.id: [] for n in plan}
+    for e in events[1:-1]:
+        per_node[e.node_id].append(e.kind)  # type: ignore[attr-defined]
+    return per_node
+
+
+def test_every_node_gets_its_events_in_order() -> None:
+    @tool(retries=1, backoff=0.01)
+    async def flaky(fail: bool) -> str:
+        if fail:
+            raise ValueError("nope")
+        return "fine"
+
+    events: list[Event] = []
+    plan = Plan()
+    a = plan.call(nap, seconds=0.01, value=1, node_id="a")
+    plan.call(nap, seconds=0.0, value=a, node_id="b")
+    f = plan.call(flaky, fail=True, node_id="f")
+    plan.call(nap, seconds=0, value=f, node_id="skipped")
+    result = shoal.run_sync(plan, on_event=events.append)
+    per_node = check_event_stream(events, plan)
+    assert per_node["a"] == ["NodeQueued", "NodeStarted", "NodeFinished"]
+    assert per_node["b"] == ["NodeQueued", "NodeStarted", "NodeFinished"]
+    assert per_node["f"] == ["NodeQueued", "NodeStarted", "NodeRetrying", "NodeStarted",
+                             "NodeFinished"]
+    assert per_node["skipped"] == ["NodeSkipped"]
+    finished = {e.node_id: e for e in events if isinstance(e, NodeFinished)}
+    assert finished["f"].status == "failed" and finished["f"].attempts == 2
+    assert "nope" in finished["f"].error
+    assert finished["a"].duration == pytest.approx(result["a"].duration)
+    started = [e for e in events if isinstance(e, NodeStarted)]
+    assert {e.executor for e in started} == {"inline"}
+    retry = next(e for e in events if isinstance(e, NodeRetrying))
+    assert retry.attempt == 1 and 0 < retry.delay <= 0.01
+    skip = next(e for e in events if isinstance(e, NodeSkipped))
+    assert "'f'" in skip.reason
+    done = events[-1]
+    assert isinstance(done, RunFinished)
+    assert done.counts == result.counts
+    assert events[0].nodes == 4  # type: ignore[attr-defined]
+
+
+def test_cancelled_nodes_get_a_cancel_event() -> None:
+    events: list[Event] = []
+    plan = Plan()
+    running = plan.call(nap, seconds=0.3, node_id="running")  # has more behind it: goes first
+    plan.call(nap, seconds=0.3, node_id="queued")
+    plan.call(nap, seconds=0.0, value=running, node_id="after_running")
+
+    async def main() -> RunResult:
+        async with Runtime(max_concurrency=1, on_event=events.append) as runtime:
+            handle = runtime.start(plan)
+            await asyncio.sleep(0.05)
+            handle.cancel()
+            return await handle
+
+    result = arun(main())
+    per_node = check_event_stream(events, plan)
+    assert per_node["running"] == ["NodeQueued", "NodeStarted", "NodeFinished"]
+    assert per_node["queued"] == ["NodeQueued", "NodeCancelled"]
+    assert per_node["after_running"] == ["NodeCancelled"]
+    finished = next(e for e in events if isinstance(e, NodeFinished))
+    assert finished.status == "cancelled"
+    assert next(e for e in events if isinstance(e, NodeCancelled)).reason
+    assert result.counts["cancelled"] == 3
+
+
+def test_a_sink_that_raises_does_not_break_the_run(caplog: pytest.LogCaptureFixture) -> None:
+    seen: list[Event] = []
+
+    def broken(event: Event) -> None:
+        raise RuntimeError("observer bug")
+
+    plan = Plan()
+    a = plan.call(nap, seconds=0.01, value=1)
+    plan.call(nap, seconds=0.0, value=a)
+    result = shoal.run_sync(plan, on_event=[broken, seen.append])
+    assert result.ok
+    assert isinstance(seen[-1], RunFinished)
+    assert len(seen) == 2 + 3 * 2
+    assert "observer bug" in caplog.text or "sink" in caplog.text
+
+
+def test_events_serialise() -> None:
+    events: list[Event] = []
+    plan = Plan()
+    plan.call(nap, seconds=0, value={"x": 1})
+    shoal.run_sync(plan, on_event=events.append)
+    for event in events:
+        data = json.loads(json.dumps(event.to_dict()))
+        assert data["kind"] == event.kind
+        assert data["run_id"] == event.run_id
+
+
+def test_jsonl_sink_writes_one_line_per_event(tmp_path: Any) -> None:
+    path = tmp_path / "events.jsonl"
+    sink = shoal.JsonlSink(path)
+    plan = Plan()
+    plan.call(nap, seconds=0)
+    try:
+        shoal.run_sync(plan, on_event=sink)
+    finally:
+        sink.close()
+    kinds = [json.loads(line)["kind"] for line in path.read_text().splitlines()]
+    assert kinds == ["RunStarted", "NodeQueued", "NodeStarted", "NodeFinished", "RunFinished"]
+
+
+@pytest.mark.xfail(reason="BUG: Driver.run publishes RunFinished with time=result.makespan, "
+                   "and Driver.result computes makespan as the latest finished_at; nodes "
+                   "cancelled or skipped without starting have none, so when the run ends with "
+                   "such nodes RunFinished (and makespan) lie before the last events",
+                   strict=True)
+def test_run_finished_is_the_last_moment_of_the_run() -> None:
+    @tool(rate="1/10s")
+    async def rationed(i: int) -> int:
+        return i
+
+    events: list[Event] = []
+    plan = Plan()
+    plan.call(rationed, i=1)
+    plan.call(rationed, i=2)  # no token for 10 s: still waiting when the deadline passes
+    result = shoal.run_sync(plan, deadline=0.2, on_event=events.append)
+    assert result.counts["cancelled"] == 1
+    check_event_stream(events, plan)
+    assert result.makespan >= 0.15
+
+
+# ---- results ------------------------------------------------------------------------------------
+
+
+def test_result_accessors() -> None:
+    plan = Plan()
+    a = plan.call(nap, seconds=0, value={"hits": [{"title": "t"}]})
+    f = plan.call(boom, node_id="f")
+    result = shoal.run_sync(plan)
+    assert result[a] is result[a.node]
+    assert result.value(a["hits"][0]["title"]) == "t"
+    assert result.value(a.node) == {"hits": [{"title": "t"}]}
+    with pytest.raises(LookupError, match="failed"):
+        result.value(f)
+    assert not result.ok
+    assert result.counts == {"ok": 1, "failed": 1, "timed_out": 0, "cancelled": 0,
+                             "skipped": 0, "denied": 0}
+    assert len(result) == 2 and [o.node_id for o in result] == [a.node, "f"]
+    assert result[a].ok and not result[f].ok
+    assert result[a].attempts == 1
+    assert result[a].queued_at is not None
+    assert result[a].started_at is not None and result[a].finished_at is not None
+    assert "ok=1" in repr(result) and "failed=1" in repr(result)
+
+
+def test_to_json_round_trips() -> None:
+    class Opaque:
+        def __repr__(self) -> str:
+            return "<opaque>"
+
+    @tool
+    async def odd() -> Any:
+        return {"set": {1, 2}, "tuple": (1, "a"), "obj": Opaque(), "none": None}
+
+    plan = Plan()
+    a = plan.call(nap, seconds=0, value=[1, "two", {"three": 3.0}])
+    b = plan.call(odd)
+    f = plan.call(boom, message="bad\nthings")
+    plan.call(nap, seconds=0, value=f, node_id="skipped")
+    result = shoal.run_sync(plan)
+    data = json.loads(result.to_json())
+    assert data["run_id"] == result.run_id
+    assert data["ok"] is False
+    assert data["counts"] == result.counts
+    outcomes = {o["node_id"]: o for o in data["outcomes"]}
+    assert list(outcomes) == [a.node, b.node, f.node, "skipped"]
+    assert outcomes[a.node]["value"] == [1, "two", {"three": 3.0}]
+    assert outcomes[b.node]["value"]["obj"] == "<opaque>"
+    assert sorted(outcomes[b.node]["value"]["set"]) == [1, 2]
+    assert outcomes[f.node]["error"]["type"] == "ValueError"
+    assert outcomes[f.node]["error"]["message"] == "bad\nthings"
+    assert "Traceback" in outcomes[f.node]["error"]["traceback"]
+    assert outcomes["skipped"]["status"] == "skipped" and outcomes["skipped"]["reason"]
+    assert {(e["source"], e["target"], e["kind"]) for e in data["edges"]} == {
+        (f.node, "skipped", "data")}
+    assert json.loads(result.to_json(indent=None)) == data
+
+
+@pytest.mark.xfail(reason="BUG: Outcome.to_dict (outcome.py) relies on to_jsonable_python(..., "
+                   "fallback=repr), but the fallback only covers unknown types: bytes that are "
+                   "not UTF-8 raise UnicodeDecodeError, so to_json fails for a tool that "
+                   "returns binary data", strict=True)
+def test_to_json_survives_binary_values() -> None:
+    plan = Plan()
+    ref = plan.call(nap, seconds=0, value=b"\x89PNG\xff\x00")
+    result = shoal.run_sync(plan)
+    data = json.loads(result.to_json())
+    assert data["outcomes"][0]["node_id"] == ref.node
+
+
+def test_critical_path_is_a_real_dependency_chain() -> None:
+    plan = Plan()
+    a = plan.call(nap, seconds=0.02, value=1, node_id="a")
+    slow = plan.call(nap, seconds=0.25, value=a, node_id="slow")
+    fast = plan.call(nap, seconds=0.01, value=a, node_id="fast")
+    plan.call(nap, seconds=0.02, value=[slow, fast], node_id="d")
+    plan.call(nap, seconds=0.05, node_id="alone")
+    result = shoal.run_sync(plan)
+    path = result.critical_path
+    assert path == ["a", "slow", "d"]
+    edges = {(e.source, e.target) for e in result.edges}
+    for source, target in itertools.pairwise(path):
+        assert (source, target) in edges
+    total = sum(result[n].duration for n in path)
+    assert result.critical_path_time == pytest.approx(total)
+    assert result.critical_path_time <= result.makespan + 1e-9
+
+
+def test_empty_plan_runs() -> None:
+    result = shoal.run_sync(Plan())
+    assert len(result) == 0 and result.ok and result.critical_path == []
+
+
+def test_snapshot_and_partial_result_while_running() -> None:
+    plan = Plan()
+    a = plan.call(nap, seconds=0.01, value=1)
+    plan.call(nap, seconds=0.3, value=2, node_id="long")
+
+    async def main() -> tuple[Any, RunResult, RunResult]:
+        async with Runtime() as runtime:
+            handle = runtime.start(plan)
+            assert handle.run_id
+            await asyncio.sleep(0.1)
+            snap = handle.snapshot()
+            partial = handle.partial_result()
+            assert not handle.done()
+            return snap, partial, await handle
+
+    snap, partial, final = arun(main())
+    assert snap.total == 2 and not snap.finished
+    assert snap.counts["ok"] == 1
+    assert [r[0] for r in snap.running] == ["long"]
+    assert 0.05 < snap.elapsed < 0.3
+    assert list(partial.outcomes) == [a.node]
+    assert final.ok and len(final) == 2
+
+
+@pytest.mark.xfail(reason="BUG: since 'validate once', Plan._node_problems (plan.py) keeps "
+                   "node.checked, the arguments validated with the plan, and SchedulerState."
+                   "_prepare (state.py) only copies them: a default_factory (a request id, a "
+                   "timestamp) runs once per plan, so every run of the plan gets the same value",
+                   strict=True)
+def test_default_factories_run_for_each_run() -> None:
+    import itertools
+
+    import pydantic
+
+    counter = itertools.count()
+
+    @tool
+    async def stamp(tag: str,
+                    seq: Annotated[int, pydantic.Field(default_factory=lambda: next(counter))],
+                    ) -> int:
+        return seq
+
+    plan = Plan()
+    ref = plan.call(stamp, tag="x")
+    first = shoal.run_sync(plan)[ref].value
+    second = shoal.run_sync(plan)[ref].value
+    assert first != second
+
+
+# ---- entry points and settings ------------------------------------------------------------------
+
+
+def test_run_sync_inside_a_running_loop_is_a_clear_error() -> None:
+    plan = Plan()
+    plan.call(nap, seconds=0)
+
+    async def main() -> None:
+        with pytest.raises(ShoalError, match="await"):
+            shoal.run_sync(plan)
+        with pytest.raises(ShoalError, match="running event loop"):
+            Runtime().run_sync(plan)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        arun(main())
+        gc.collect()
+    assert not [w for w in caught if "never awaited" in str(w.message)]
+
+
+def test_await_run_and_runtime_context() -> None:
+    plan = Plan()
+    ref = plan.call(nap, seconds=0, value="v")
+
+    async def main() -> tuple[RunResult, RunResult]:
+        first = await shoal.run(plan, max_concurrency=2)
+        async with Runtime() as runtime:
+            second = await runtime.run(plan, run_id="fixed-id")
+        return first, second
+
+    first, second = arun(main())
+    assert first[ref].value == second[ref].value == "v"
+    assert second.run_id == "fixed-id"
+    assert first.run_id != second.run_id
+
+
+def test_a_runtime_can_run_again_after_closing() -> None:
+    plan = Plan()
+    ref = plan.call(sync_nap, seconds=0, value=3)
+    runtime = Runtime()
+    assert runtime.run_sync(plan)[ref].value == 3
+    assert runtime.run_sync(plan)[ref].value == 3
+
+
+@pytest.mark.parametrize("options", [
+    {"max_concurrency": 0},
+    {"executor": "gpu"},
+    {"deadline": 0},
+    {"resource_limits": {"host:*": 0}},
+])
+def test_bad_runtime_settings_are_config_errors(options: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError):
+        Runtime(**options)
+
+
+def test_an_unavailable_backend_is_refused_before_anything_runs() -> None:
+    ran: list[int] = []
+
+    @tool
+    def record() -> None:
+        ran.append(1)
+
+    plan = Plan()
+    plan.call(record)
+    plan.call(record.options(isolation="process"))
+    with pytest.raises(ConfigError, match="process"):
+        shoal.run_sync(plan)
+    assert ran == []
+
+
+def test_run_ids_are_unique_and_sortable() -> None:
+    plan = Plan()
+    plan.call(nap, seconds=0)
+    ids = [shoal.run_sync(plan).run_id for _ in range(3)]
+    assert len(set(ids)) == 3
+    assert all(len(i.split("-")) == 3 for i in ids)
