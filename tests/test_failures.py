@@ -115,10 +115,6 @@ def test_a_tool_raising_timeout_error_itself_failed_rather_than_timed_out() -> N
     assert out.error is not None and out.error.type == "TimeoutError"
 
 
-@pytest.mark.xfail(reason="BUG: the state machine counts a thread call as started when it is "
-                   "handed to the pool, and Driver._attempt starts the timeout then; with "
-                   "thread_workers below the calls in flight (Runtime(thread_workers=2)) calls "
-                   "that wait for a free thread time out without ever running", strict=True)
 def test_waiting_for_a_free_thread_does_not_eat_the_timeout() -> None:
     @tool(timeout=0.3)
     def job(i: int) -> int:
@@ -560,10 +556,6 @@ def test_a_per_run_deadline_overrides_the_runtime_one() -> None:
 # ---- bugs: the run must end, whatever a tool does -----------------------------------------------
 
 
-@pytest.mark.xfail(reason="BUG: Driver._attempt (driver.py) catches only Exception and "
-                   "SystemExit; a tool raising another BaseException (pytest.fail's Failed, a "
-                   "custom BaseException) makes task.result() raise inside _attempt_done, the "
-                   "node never finishes and the run hangs forever", strict=True)
 @pytest.mark.usefixtures("collect_garbage")
 def test_a_tool_raising_a_base_exception_does_not_hang_the_run() -> None:
     class Abort(BaseException):
@@ -616,10 +608,6 @@ def test_an_exception_that_cannot_be_printed_does_not_hang_the_run() -> None:
     assert result[ref].error is not None and "Unprintable" in result[ref].error.type
 
 
-@pytest.mark.xfail(reason="BUG: RunHandle.cancel before the run's task has had a turn: "
-                   "Driver._apply asserts self._loop is not None (driver.py), so cancel raises "
-                   "AssertionError after the state already recorded every node; the run then "
-                   "dies in begin() with 'DONE -> DONE'", strict=True)
 @pytest.mark.usefixtures("collect_garbage")
 def test_cancelling_right_after_start_cancels_every_node() -> None:
     plan = Plan()
@@ -639,10 +627,6 @@ def test_cancelling_right_after_start_cancels_every_node() -> None:
     assert [o.status for o in result] == ["cancelled", "cancelled"]
 
 
-@pytest.mark.xfail(reason="BUG: SchedulerState.finish (state.py) ignores a cancel that reached a "
-                   "running node whose attempt then fails (the cancel came too late to interrupt "
-                   "it): the node is retried and can end 'ok' although the user cancelled it",
-                   strict=True)
 def test_a_node_cancelled_as_its_attempt_fails_is_not_retried() -> None:
     handles: list[shoal.RunHandle] = []
     attempts: list[int] = []
@@ -669,11 +653,6 @@ def test_a_node_cancelled_as_its_attempt_fails_is_not_retried() -> None:
     assert attempts == [1]
 
 
-@pytest.mark.xfail(reason="BUG: when one dispatch both starts a call and (fail_fast, after a "
-                   "later node's inputs fail to validate) cancels it, Decisions holds it in "
-                   "starts and cancels; Driver._apply (driver.py) handles cancels before it "
-                   "creates the tasks, so the cancel finds no task and the call runs to the end",
-                   strict=True)
 def test_fail_fast_cancels_a_call_started_in_the_same_turn() -> None:
     @tool
     async def source() -> Any:

@@ -255,11 +255,6 @@ class CopyRefuser:
 
 
 @pytest.mark.usefixtures("collect_garbage")
-@pytest.mark.xfail(reason="BUG: SchedulerState._prepare (state.py) turns only LookupError, "
-                   "TypeError and ToolArgumentError from copying/validating arguments into a "
-                   "failed outcome; any other error (a __deepcopy__ or a validator raising "
-                   "RuntimeError) escapes finish() inside Driver._attempt_done and the run "
-                   "hangs forever", strict=True)
 def test_an_output_that_cannot_be_copied_fails_its_consumer_without_hanging() -> None:
     @tool
     async def make() -> Any:
@@ -273,9 +268,6 @@ def test_an_output_that_cannot_be_copied_fails_its_consumer_without_hanging() ->
     assert result[ref].status == "failed"
 
 
-@pytest.mark.xfail(reason="BUG: the same escape from SchedulerState._prepare (state.py) during "
-                   "begin() aborts the whole run with the RuntimeError: no node gets an "
-                   "outcome, not even the independent ones", strict=True)
 def test_a_literal_that_cannot_be_copied_fails_only_its_node() -> None:
     plan = Plan()
     bad = plan.call(produce, value=CopyRefuser(1))

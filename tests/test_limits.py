@@ -234,10 +234,6 @@ def test_a_rate_limit_applies_to_sync_tools(stamps: Stamps) -> None:
 # ---- bugs ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(reason="BUG: a node parked on a per-tool limit and then cancelled through the "
-                   "handle stays in the limit's parked heap; SchedulerState._release (state.py) "
-                   "hands the freed slot to that dead entry, _dispatch drops it, and the other "
-                   "parked nodes never start: the run hangs", strict=True)
 def test_cancelling_a_queued_node_behind_a_tool_limit_does_not_hang_the_run() -> None:
     @tool(max_concurrency=1)
     async def one_at_a_time(i: int) -> int:
@@ -257,11 +253,6 @@ def test_cancelling_a_queued_node_behind_a_tool_limit_does_not_hang_the_run() ->
     assert [o.status for o in result] == ["ok", "cancelled", "ok"]
 
 
-@pytest.mark.xfail(reason="BUG: SchedulerState._dispatch (state.py) pops from the heap list it "
-                   "bound before self._rank() replaced self._heap, so nodes it parks on a limit "
-                   "stay queued too, get parked twice, and the stale entry swallows the limit's "
-                   "wake-up: with two tools, a run-wide max_concurrency and a resource limit, "
-                   "this five-node run hangs (regression of commit 0134444)", strict=True)
 def test_a_rerank_does_not_hang_a_run_with_limits() -> None:
     @tool
     async def plain(seconds: float, data: Any = None) -> str:
@@ -285,10 +276,6 @@ def test_a_rerank_does_not_hang_a_run_with_limits() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="BUG: SchedulerState._release (state.py) wakes one parked node per "
-                   "freed gate; if it then parks on a busy resource key the free per-tool slot "
-                   "is left idle until that key frees up, while a node that could use the slot "
-                   "waits", strict=True)
 def test_a_free_tool_slot_is_not_left_idle_behind_a_busy_key() -> None:
     @tool(max_concurrency=1, reads="k:{key}")
     async def t(key: str) -> str:

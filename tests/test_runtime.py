@@ -250,10 +250,6 @@ def test_the_runtime_learns_durations_across_runs() -> None:
     assert set(runtime.estimates) >= {"measured", "other"}
 
 
-@pytest.mark.xfail(reason="BUG: SchedulerState.finish (state.py) calls _learn only when the "
-                   "plan uses more than one tool name, so a Runtime never learns a tool's "
-                   "duration from a run of that tool alone, though estimates are meant to be "
-                   "kept across runs", strict=True)
 def test_the_runtime_learns_from_a_single_tool_run() -> None:
     @tool
     async def alone() -> None:
@@ -385,11 +381,6 @@ def test_jsonl_sink_writes_one_line_per_event(tmp_path: Any) -> None:
     assert kinds == ["RunStarted", "NodeQueued", "NodeStarted", "NodeFinished", "RunFinished"]
 
 
-@pytest.mark.xfail(reason="BUG: Driver.run publishes RunFinished with time=result.makespan, "
-                   "and Driver.result computes makespan as the latest finished_at; nodes "
-                   "cancelled or skipped without starting have none, so when the run ends with "
-                   "such nodes RunFinished (and makespan) lie before the last events",
-                   strict=True)
 def test_run_finished_is_the_last_moment_of_the_run() -> None:
     @tool(rate="1/10s")
     async def rationed(i: int) -> int:

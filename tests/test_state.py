@@ -561,10 +561,6 @@ def test_events_are_only_built_when_asked_for() -> None:
 # ---- bugs ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(reason="BUG: SchedulerState.finish (state.py) retries a failed attempt "
-                   "without looking at slot.cancel_reason, so a node cancelled while running "
-                   "whose attempt then reports a failure (the cancel came too late to "
-                   "interrupt it) is retried instead of ending cancelled", strict=True)
 def test_a_node_cancelled_while_running_is_not_retried() -> None:
     plan = Plan()
     a = plan.call(flaky)
@@ -577,10 +573,6 @@ def test_a_node_cancelled_while_running_is_not_retried() -> None:
     assert outcome_of(state, a).status in ("cancelled", "failed")
 
 
-@pytest.mark.xfail(reason="BUG: SchedulerState._release (state.py) moves exactly one parked "
-                   "entry back to the heap per freed gate; if that entry's node was cancelled "
-                   "while parked it is dropped by _dispatch and the wake-up is lost: the other "
-                   "parked nodes never start (the run hangs)", strict=True)
 def test_cancelling_a_parked_node_does_not_strand_the_others() -> None:
     @tool(max_concurrency=1)
     async def one_at_a_time(value: Any = None) -> Any:
@@ -597,10 +589,6 @@ def test_cancelling_a_parked_node_does_not_strand_the_others() -> None:
     assert started(d) == [c.node]
 
 
-@pytest.mark.xfail(reason="BUG: SchedulerState._release (state.py) wakes one node per freed "
-                   "gate; when that node then parks on another gate (a busy resource key) the "
-                   "wake-up is not passed on, so a free per-tool slot stays unused while other "
-                   "nodes wait for it", strict=True)
 def test_a_freed_slot_goes_to_a_node_that_can_use_it() -> None:
     @tool(max_concurrency=1, reads="k:{key}")
     async def t(key: str) -> str:
@@ -622,10 +610,6 @@ def test_a_freed_slot_goes_to_a_node_that_can_use_it() -> None:
     assert phase_of(state, hog) is Phase.RUNNING
 
 
-@pytest.mark.xfail(reason="BUG: SchedulerState._rank (state.py) caches estimates by tool name, "
-                   "so a per-call override tool.options(estimate=...) takes the estimate of "
-                   "whichever same-named node it meets first: critical-path order ignores it",
-                   strict=True)
 def test_a_per_call_estimate_override_orders_the_queue() -> None:
     plan = Plan()
     plan.call(step, value="plain", node_id="plain")  # default estimate: 1 unit
@@ -802,7 +786,6 @@ RERANK_BUG = ("BUG: SchedulerState._dispatch (state.py) binds heap = self._heap 
               "of commit 0134444)")
 
 
-@pytest.mark.xfail(reason=RERANK_BUG, strict=True)
 @example((_rerank_stall_plan(), []))
 @settings(max_examples=150, deadline=None)
 @given(machines(gates=True))
@@ -811,7 +794,6 @@ def test_random_inputs_keep_the_invariants_under_limits_and_a_run_cap(
     fuzz(*case, resource_limits={"k:*": 1})
 
 
-@pytest.mark.xfail(reason=RERANK_BUG, strict=True)
 def test_a_rerank_does_not_leave_dispatched_nodes_in_the_queue() -> None:
     state = make_state(_rerank_stall_plan(), max_concurrency=3, resource_limits={"k:*": 1})
     assert started(state.begin(0.0)) == ["n0", "n3", "n4"]

@@ -225,6 +225,7 @@ class Runtime:
             run_id=run_id or new_run_id(),
             max_concurrency=self.max_concurrency,
             resource_limits=self.resource_limits,
+            executor_limits={"thread": self.thread_workers},
             fail_fast=self.fail_fast if fail_fast is None else fail_fast,
             default_executor=self.executor,
             estimates=self._estimates,

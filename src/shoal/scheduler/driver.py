@@ -66,6 +66,7 @@ class Driver:
         self._mono_t0 = 0.0
         self._epoch = 0.0
         self._finished: asyncio.Future[None] | None = None
+        self._before_start: list[Decisions] = []
         self.cancelled_reason = ""
 
     @property
@@ -86,6 +87,9 @@ class Driver:
         self._finished = self._loop.create_future()
         self._publish([RunStarted(run_id=self.state.run_id, time=0.0,
                                   nodes=len(self.state.slots), epoch=self._epoch)])
+        for early in self._before_start:  # cancellations asked for before the run's first turn
+            self._publish(early.events)
+        self._before_start.clear()
         if self._deadline is not None:
             self._set_timer(self._deadline, "deadline", -1)
         self._apply(self.state.begin(0.0))
@@ -96,12 +100,15 @@ class Driver:
             self._apply(self.state.cancel(None, self.cancelled_reason, self.now()))
             await self._drain()
             raise
+        except BaseException:  # an internal error surfaced by _attempt_done: stop, then raise it
+            await self._drain()
+            raise
         finally:
             for handle in self._timers:
                 handle.cancel()
             self._timers.clear()
         result = self.result()
-        self._publish([RunFinished(run_id=self.state.run_id, time=result.makespan,
+        self._publish([RunFinished(run_id=self.state.run_id, time=max(self.now(), result.makespan),
                                    counts=result.counts, makespan=result.makespan)])
         return result
 
@@ -109,7 +116,11 @@ class Driver:
         """Cancel some nodes, or the whole run (``None``); outcomes are recorded as usual."""
         if node_ids is None:
             self.cancelled_reason = self.cancelled_reason or reason
-        self._apply(self.state.cancel(node_ids, reason, self.now()))
+        decisions = self.state.cancel(node_ids, reason, self.now())
+        if self._loop is None:  # not started: nothing runs yet, so only events are pending
+            self._before_start.append(decisions)
+        else:
+            self._apply(decisions)
 
     def snapshot(self) -> Snapshot:
         """Counts and in-flight calls now."""
@@ -126,15 +137,16 @@ class Driver:
     # ---- carrying out decisions ---------------------------------------------------------
 
     def _apply(self, d: Decisions) -> None:
-        for pos in d.cancels:
-            task = self._tasks.get(pos)
-            if task is not None:
-                task.cancel()
         assert self._loop is not None
+        # Starts before cancels: one decision can start a call and (fail_fast) cancel it.
         for call in d.starts:
             task = self._loop.create_task(self._attempt(call))
             self._tasks[call.pos] = task
             task.add_done_callback(partial(self._attempt_done, call))
+        for pos in d.cancels:
+            running = self._tasks.get(pos)
+            if running is not None:
+                running.cancel()
         for when, kind, pos in d.timers:
             self._set_timer(when, kind, pos)
         if d.events:
@@ -159,7 +171,9 @@ class Driver:
             return AttemptResult("failed", error=exc)
         except asyncio.CancelledError:
             return AttemptResult("cancelled", abandoned=call.abandoned)
-        except (Exception, SystemExit) as exc:  # a tool calling sys.exit() fails; the run lives
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # incl. SystemExit: a tool's exit fails it; the run lives
             return AttemptResult("failed", error=exc)
 
     def _attempt_done(self, call: Call, task: asyncio.Task[AttemptResult]) -> None:
@@ -168,7 +182,12 @@ class Driver:
         result = AttemptResult("cancelled") if task.cancelled() else task.result()
         if call.began_at is not None:
             result.began = call.began_at - self._mono_t0
-        self._apply(self.state.finish(call.pos, result, self.now()))
+        try:
+            self._apply(self.state.finish(call.pos, result, self.now()))
+        except Exception as exc:  # a bug in shoal itself: end the run loudly rather than hang
+            log.exception("internal error while recording %s", call.node_id)
+            if self._finished is not None and not self._finished.done():
+                self._finished.set_exception(exc)
 
     def _set_timer(self, when: float, kind: str, pos: int) -> None:
         assert self._loop is not None

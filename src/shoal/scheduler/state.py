@@ -37,7 +37,6 @@ from shoal.events import (
     NodeSkipped,
     NodeStarted,
 )
-from shoal.exceptions import ToolArgumentError
 from shoal.executors.base import Call
 from shoal.limits import ConcurrencyLimit, RateLimiter
 from shoal.outcome import STATUSES, ErrorInfo, Outcome, Status
@@ -160,6 +159,7 @@ class SchedulerState:
         run_id: str,
         max_concurrency: int | None,
         resource_limits: Mapping[str, int] | None = None,
+        executor_limits: Mapping[str, int] | None = None,
         fail_fast: bool = False,
         default_executor: Isolation | None = None,
         estimates: dict[str, float] | None = None,
@@ -174,6 +174,10 @@ class SchedulerState:
         self._rng = rng or random.Random()
         self._global = ConcurrencyLimit("run max_concurrency", max_concurrency)
         self._resource_limits = dict(resource_limits or {})
+        # A call waiting for a worker (a pool thread) waits here, in the queue, rather than
+        # inside the backend where its timeout would already be running.
+        self._executor_gates = {name: ConcurrencyLimit(f"{name} workers", cap)
+                                for name, cap in (executor_limits or {}).items()}
         self._tool_limits: dict[tuple[str, int], ConcurrencyLimit] = {}
         self._key_limits: dict[str, ConcurrencyLimit] = {}
         self._rates: dict[tuple[str, str], RateLimiter] = {}
@@ -200,7 +204,7 @@ class SchedulerState:
         d = Decisions()
         self._rank()
         for slot in self.slots:
-            if slot.waiting == 0:
+            if slot.waiting == 0 and slot.phase is Phase.WAITING:
                 self._make_ready(slot, now, d)
         self._dispatch(now, d)
         return d
@@ -215,7 +219,8 @@ class SchedulerState:
         status = slot.cancel_status if result.status == "cancelled" else result.status
         retry = slot.node.tool.policy.retry
         if (status != "ok" and status != "cancelled" and not self.stopping
-                and result.error is not None and retry.should_retry(result.error, slot.attempts)):
+                and not slot.cancel_reason and result.error is not None
+                and retry.should_retry(result.error, slot.attempts)):
             delay = retry.delay(slot.attempts, self._rng)
             self._set_phase(slot, Phase.BACKOFF)
             d.timers.append((now + delay, "retry", pos))
@@ -225,8 +230,7 @@ class SchedulerState:
                     attempt=slot.attempts, delay=delay, error=str(ErrorInfo.from_exception(
                         result.error, with_traceback=False))))
         else:
-            if self._tool_names > 1:
-                self._learn(slot, now)
+            self._learn(slot, now)
             error = None if status == "ok" else self._error(slot, result)
             self._record(slot, status, now, d, value=result.value, error=error,
                          abandoned=result.abandoned)
@@ -261,7 +265,8 @@ class SchedulerState:
         d = Decisions()
         if node_ids is None:
             self.stopping = self.stopping or reason
-            targets: Iterable[_Slot] = self.slots
+            # dependents first, so each is cancelled in its own right, not skipped for its input
+            targets: Iterable[_Slot] = reversed(self.slots)
         else:
             targets = [self.slots[self.graph.position[nid]] for nid in node_ids]
         for slot in targets:
@@ -273,7 +278,7 @@ class SchedulerState:
         """The run's deadline passed: running calls time out, the rest are cancelled."""
         d = Decisions()
         self.stopping = self.stopping or reason
-        for slot in self.slots:
+        for slot in reversed(self.slots):
             self._cancel_slot(slot, reason, "timed_out", now, d)
         return d
 
@@ -324,12 +329,13 @@ class SchedulerState:
 
     def _dispatch(self, now: float, d: Decisions) -> None:
         """Start ready nodes, best first, while the run-wide limit has room."""
-        heap, limit, slots = self._heap, self._global, self.slots
+        limit, slots = self._global, self.slots
         # order only matters when more nodes are ready than can start; ranking costs O(nodes)
         if (self._used_estimates and self.done_count >= self._next_rank_at
-                and limit.capacity is not None and len(heap) > limit.capacity - limit.in_use
+                and limit.capacity is not None and len(self._heap) > limit.capacity - limit.in_use
                 and self._stale()):
             self._rank()
+        heap = self._heap  # bound after _rank, which replaces the list
         while heap and (limit.capacity is None or limit.in_use < limit.capacity):
             if self.stopping:
                 return
@@ -355,7 +361,7 @@ class SchedulerState:
                 slot.args = isolate_all(node.checked)
             else:
                 slot.args = node.tool.validate(isolate_all(node.args))
-        except (LookupError, TypeError, ToolArgumentError) as exc:
+        except Exception as exc:  # refs that do not fit, invalid args, a failing __deepcopy__
             self._record(slot, "failed", now, d, error=ErrorInfo.from_exception(exc))
             return False
         return True
@@ -385,6 +391,20 @@ class SchedulerState:
 
     def _park(self, gate: object, slot: _Slot) -> None:
         heapq.heappush(self._parked.setdefault(gate, []), (slot.priority, slot.pos))
+        # This node may have been woken by another of its gates, which now has a free slot
+        # nobody uses: pass that wake-up on, or the slot idles while this node waits here.
+        for other in slot.gates or ():
+            if other is not gate and other.available():
+                self._wake_one(other)
+
+    def _wake_one(self, gate: object) -> None:
+        """Return the best node parked on ``gate`` that still waits to the ready heap."""
+        waiting = self._parked.get(gate)
+        while waiting:
+            item = heapq.heappop(waiting)
+            if self.slots[item[1]].phase is Phase.READY:  # not cancelled while it waited
+                heapq.heappush(self._heap, item)
+                return
 
     def _start(self, slot: _Slot, now: float, d: Decisions) -> None:
         assert slot.gates is not None and slot.args is not None
@@ -412,9 +432,7 @@ class SchedulerState:
         del self.in_flight[slot.pos]
         for gate in slot.gates or ():
             gate.release()
-            waiting = self._parked.get(gate)
-            if waiting:
-                heapq.heappush(self._heap, heapq.heappop(waiting))
+            self._wake_one(gate)
 
     def _error(self, slot: _Slot, result: AttemptResult) -> ErrorInfo | None:
         if result.error is not None:
@@ -461,7 +479,7 @@ class SchedulerState:
         if self.fail_fast and status in ("failed", "timed_out") and not self.stopping:
             reason = f"fail_fast: {slot.node.id!r} {status}"
             self.stopping = reason
-            for other in self.slots:
+            for other in reversed(self.slots):
                 self._cancel_slot(other, reason, "cancelled", now, d)
 
     def _store(self, slot: _Slot, status: Status, now: float, d: Decisions, value: Any,
@@ -473,8 +491,7 @@ class SchedulerState:
         tool = slot.node.tool.name
         slot.outcome = Outcome(
             slot.node.id, tool, status, value if status == "ok" else None, error, reason,
-            slot.attempts, slot.queued_at, slot.started_at,
-            now if slot.started_at is not None else None,
+            slot.attempts, slot.queued_at, slot.started_at, now,
             slot.executor if slot.attempts else "", abandoned,
         )
         if not self.record_events:
@@ -504,6 +521,8 @@ class SchedulerState:
             if key not in self._tool_limits:
                 self._tool_limits[key] = ConcurrencyLimit(f"tool {tool.name}", cap)
             gates.append(self._tool_limits[key])
+        if slot.executor in self._executor_gates:
+            gates.append(self._executor_gates[slot.executor])
         if self._resource_limits:
             gates += self._key_gates(tool, slot.args or {})
         return tuple(gates)
@@ -539,20 +558,21 @@ class SchedulerState:
 
     def _rank(self) -> None:
         """Recompute each node's priority (longest estimated path to the end) and re-heap."""
-        cache: dict[str, float] = {}
+        cache: dict[tuple[str, float | None], float] = {}  # per-call options may set estimate=
         level = [0.0] * len(self.slots)
         for pos in range(len(self.slots) - 1, -1, -1):  # graph.nodes is in topological order
             slot = self.slots[pos]
-            name = slot.node.tool.name
-            if name not in cache:
-                cache[name] = self._estimate(slot.node.tool)
+            tool = slot.node.tool
+            key = (tool.name, tool.policy.estimate)
+            if key not in cache:
+                cache[key] = self._estimate(tool)
             succs = self.graph.succs[pos]
-            level[pos] = cache[name] + (max([level[s] for s in succs]) if succs else 0.0)
+            level[pos] = cache[key] + (max([level[s] for s in succs]) if succs else 0.0)
             slot.priority = -level[pos]  # heapq pops the smallest
         # Ranking costs O(nodes); allow it again only after a share of the plan has finished,
         # so learning stays O(1) per node amortised. With one tool, order cannot change.
-        self._used_estimates = {name: value for name, value in cache.items()
-                                if name in self.estimates} if len(cache) > 1 else {}
+        self._used_estimates = {name: self.estimates[name] for name, _ in cache
+                                if name in self.estimates} if self._tool_names > 1 else {}
         self._next_rank_at = self.done_count + max(1, int(len(self.slots) * _RERANK_SHARE))
         self._heap = [(self.slots[p].priority, p) for _, p in self._heap]
         heapq.heapify(self._heap)
