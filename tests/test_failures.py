@@ -571,10 +571,6 @@ def test_a_tool_raising_a_base_exception_does_not_hang_the_run() -> None:
     assert result[ref].status == "failed"
 
 
-@pytest.mark.xfail(reason="BUG: retry_on=[ValueError] is stored as a list (tools.py "
-                   "_policy_from); at the first failure RetryPolicy.should_retry raises "
-                   "TypeError inside Driver._attempt_done, the node never finishes and the run "
-                   "hangs forever", strict=True)
 @pytest.mark.usefixtures("collect_garbage")
 def test_retry_on_given_as_a_list_does_not_hang_the_run() -> None:
     @tool(retries=2, retry_on=[ValueError], backoff=0.001)
@@ -587,10 +583,6 @@ def test_retry_on_given_as_a_list_does_not_hang_the_run() -> None:
     assert result[ref].attempts == 3
 
 
-@pytest.mark.xfail(reason="BUG: ErrorInfo.from_exception (outcome.py) calls str(exc) "
-                   "unguarded; an exception whose __str__ raises makes SchedulerState.finish "
-                   "raise inside Driver._attempt_done, the node never finishes and the run "
-                   "hangs forever", strict=True)
 @pytest.mark.usefixtures("collect_garbage")
 def test_an_exception_that_cannot_be_printed_does_not_hang_the_run() -> None:
     class Unprintable(Exception):

@@ -183,10 +183,6 @@ def test_refs_inside_sets_resolve() -> None:
 # ---- bugs ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(reason="BUG: isolate (scheduler/args.py) copies only exact dict/list/tuple/set "
-                   "types (type(v) is dict ...); dict subclasses such as defaultdict and "
-                   "OrderedDict are passed shared, so consumers see each other's changes and "
-                   "corrupt the recorded upstream output", strict=True)
 @pytest.mark.parametrize("make", [
     lambda: collections.defaultdict(list, {"items": [{"seen_by": None}]}),
     lambda: collections.OrderedDict(items=[{"seen_by": None}]),
@@ -202,10 +198,6 @@ def test_dict_subclasses_are_copied_too(make: Any) -> None:
     assert dict(result[up].value) == fresh()
 
 
-@pytest.mark.xfail(reason="BUG: isolate (scheduler/args.py) deep-copies every dataclass with "
-                   "copy.deepcopy and no fallback; a dataclass holding a lock, a client or a "
-                   "connection raises TypeError and the call fails instead of receiving the "
-                   "object as it is", strict=True)
 def test_a_dataclass_holding_an_uncopyable_object_is_still_passed() -> None:
     @dataclasses.dataclass
     class Settings:
@@ -228,10 +220,6 @@ class Pair(NamedTuple):
     right: Any
 
 
-@pytest.mark.xfail(reason="BUG: find_refs (plan.py) walks any dict/tuple by isinstance, so refs "
-                   "inside a NamedTuple or an OrderedDict become dependencies, but _resolve "
-                   "(scheduler/args.py) rebuilds only exact dict/list/tuple types: the tool "
-                   "receives the Ref objects themselves instead of the values", strict=True)
 @pytest.mark.parametrize("wrap", [
     lambda r: Pair(r, 2),
     lambda r: collections.OrderedDict(key=r),

@@ -67,10 +67,6 @@ def test_ref_pick_follows_attributes_and_sequences() -> None:
         Ref("a")["nope"].pick(42)
 
 
-@pytest.mark.xfail(reason="BUG: Ref.pick (plan.py) falls back to getattr for any str step on "
-                   "a non-mapping, so $a.count on a list output yields the bound method "
-                   "list.count (and $a.upper on a str, str.upper) instead of a LookupError; "
-                   "the consumer gets a method object as its argument", strict=True)
 def test_a_field_step_into_a_list_is_a_lookup_error() -> None:
     with pytest.raises(LookupError):
         Ref("a")["count"].pick([1, 2, 3])
@@ -192,9 +188,6 @@ def test_plain_functions_are_wrapped_once() -> None:
     assert shoal.run_sync(plan)[b].value == 8
 
 
-@pytest.mark.xfail(reason="BUG: Plan.add (plan.py) iterates after= as given, so the single id "
-                   "after='fetch' becomes after=('f','e','t','c','h') and validation reports "
-                   "five bad_after problems", strict=True)
 def test_after_accepts_a_single_id() -> None:
     plan = Plan()
     plan.call(search, query="x", node_id="fetch")
@@ -203,19 +196,12 @@ def test_after_accepts_a_single_id() -> None:
     plan.validate()
 
 
-@pytest.mark.xfail(reason="BUG: Ref defines __getitem__ but not __iter__ (plan.py), so Python's "
-                   "legacy iteration protocol makes every Ref an endless iterator "
-                   "($a[0], $a[1], ...): list(ref), `x in ref` or after=ref never return",
-                   strict=True)
 def test_a_ref_is_not_iterable() -> None:
     ref = Ref("a")
     with pytest.raises(TypeError):
         list(itertools.islice(iter(ref), 3))
 
 
-@pytest.mark.xfail(reason="BUG: plan.call(tool, after=ref) with one Ref (not a list) loops "
-                   "forever in Plan.add (plan.py) because iterating a Ref never ends",
-                   strict=True)
 @pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs SIGALRM")
 def test_after_with_a_single_ref_does_not_hang() -> None:
     class Stuck(Exception):
@@ -377,11 +363,6 @@ def test_field_constraints_are_checked_when_all_arguments_are_known() -> None:
     assert "greater than or equal to 1" in found[("bad_arguments", "p")]
 
 
-@pytest.mark.xfail(reason="BUG: Tool._check_one (tools.py) checks one argument against "
-                   "model_fields[name].annotation, the bare type: pydantic keeps Annotated "
-                   "constraints (Field(ge=1), max_length ...) in FieldInfo.metadata, so when "
-                   "another argument is a ref a violated constraint passes Plan.validate and "
-                   "only fails at run time", strict=True)
 def test_field_constraints_are_checked_when_another_argument_is_a_ref() -> None:
     @tool
     async def page(number: Annotated[int, pydantic.Field(ge=1)], source: Any = None) -> int:

@@ -453,10 +453,6 @@ def test_to_json_round_trips() -> None:
     assert json.loads(result.to_json(indent=None)) == data
 
 
-@pytest.mark.xfail(reason="BUG: Outcome.to_dict (outcome.py) relies on to_jsonable_python(..., "
-                   "fallback=repr), but the fallback only covers unknown types: bytes that are "
-                   "not UTF-8 raise UnicodeDecodeError, so to_json fails for a tool that "
-                   "returns binary data", strict=True)
 def test_to_json_survives_binary_values() -> None:
     plan = Plan()
     ref = plan.call(nap, seconds=0, value=b"\x89PNG\xff\x00")
@@ -512,11 +508,6 @@ def test_snapshot_and_partial_result_while_running() -> None:
     assert final.ok and len(final) == 2
 
 
-@pytest.mark.xfail(reason="BUG: since 'validate once', Plan._node_problems (plan.py) keeps "
-                   "node.checked, the arguments validated with the plan, and SchedulerState."
-                   "_prepare (state.py) only copies them: a default_factory (a request id, a "
-                   "timestamp) runs once per plan, so every run of the plan gets the same value",
-                   strict=True)
 def test_default_factories_run_for_each_run() -> None:
     import itertools
 

@@ -98,11 +98,6 @@ def render_key(template: str, args: Mapping[str, Any], defaults: Mapping[str, An
     return _Key("".join(out), wild=False)
 
 
-def _defaults(node: Node) -> dict[str, Any]:
-    model = node.tool._model
-    return {n: f.default for n, f in model.model_fields.items() if not f.is_required()}
-
-
 class _Builder:
     """Accumulates edges while walking nodes in order."""
 
@@ -168,7 +163,7 @@ def _footprints(b: _Builder) -> None:
         policy = node.tool.policy
         if not policy.reads and not policy.writes:
             continue
-        defaults = _defaults(node)
+        defaults = node.tool.defaults
         uses = [(render_key(t, node.args, defaults), "reads") for t in policy.reads]
         uses += [(render_key(t, node.args, defaults), "writes") for t in policy.writes]
         for key, mode in uses:

@@ -7,6 +7,8 @@ take) and testable without time passing.
 
 from __future__ import annotations
 
+import math
+import numbers
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -32,24 +34,41 @@ class Rate:
     period: float
 
     def __post_init__(self) -> None:
-        if self.count <= 0 or self.period <= 0:
-            raise ConfigError(f"a rate needs a positive count and period, got {self}")
+        if not all(_positive(v) for v in (self.count, self.period)):
+            raise ConfigError(f"a rate needs a positive, finite count and period, "
+                              f"got count={self.count!r}, period={self.period!r}")
 
     def __str__(self) -> str:
         return f"{self.count:g}/{self.period:g}s"
 
 
+def _positive(value: object) -> bool:
+    """Whether ``value`` is a positive, finite real number (``bool`` is not taken for one)."""
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isfinite(value) and float(value) > 0)
+
+
+_FORMS = ("write it as COUNT/UNIT, e.g. '20/s', '100/min', '5/10s', or as a (count, seconds) "
+          "pair such as (20, 1.0)")
+
+
 def parse_rate(spec: str | Rate | tuple[float, float]) -> Rate:
-    """Read a rate such as ``"20/s"``, ``"100/min"``, ``"5/10s"`` or ``(20, 1.0)``."""
+    """Read a rate such as ``"20/s"``, ``"100/min"``, ``"5/10s"`` or ``(20, 1.0)``.
+
+    A (count, seconds) pair may also be a two-item list (as plan files write it).
+    """
     if isinstance(spec, Rate):
         return spec
-    if isinstance(spec, tuple):
+    if isinstance(spec, tuple | list):
+        if len(spec) != 2 or not all(_positive(v) for v in spec):
+            raise ConfigError(f"cannot read rate {spec!r}: a pair needs a positive count and a "
+                              f"positive number of seconds; {_FORMS}")
         return Rate(float(spec[0]), float(spec[1]))
+    if not isinstance(spec, str):
+        raise ConfigError(f"cannot read rate {spec!r}: {_FORMS}")
     match = _RATE.match(spec.lower())
     if not match or match.group(3) not in _UNITS:
-        raise ConfigError(
-            f"cannot read rate {spec!r}: write it as COUNT/UNIT, e.g. '20/s', '100/min', '5/10s'"
-        )
+        raise ConfigError(f"cannot read rate {spec!r}: {_FORMS}")
     count, multiple, unit = match.groups()
     return Rate(float(count), float(multiple or 1.0) * _UNITS[unit])
 

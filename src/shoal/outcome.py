@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import traceback as tb
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -14,10 +14,44 @@ if TYPE_CHECKING:
     from shoal.deps import Edge, Graph
     from shoal.plan import Ref
 
-__all__ = ["STATUSES", "ErrorInfo", "Outcome", "RunResult", "Status", "measured_critical_path"]
+__all__ = [
+    "STATUSES", "ErrorInfo", "Outcome", "RunResult", "Status", "jsonable", "measured_critical_path",
+]  # fmt: skip
 
 Status = Literal["ok", "failed", "timed_out", "cancelled", "skipped", "denied"]
 STATUSES: tuple[Status, ...] = ("ok", "failed", "timed_out", "cancelled", "skipped", "denied")
+
+
+def _safe_repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except Exception:  # a __repr__ that raises must not break a report
+        return f"<unrepresentable {type(value).__qualname__}>"
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as JSON-ready data; never raises.
+
+    Types JSON cannot hold become their ``repr``. Bytes are text when they are UTF-8; a value
+    holding bytes that are not is converted again with every bytes object in it as (URL-safe)
+    base64. A value that still cannot be converted (a reference cycle, say) becomes its repr.
+    """
+    try:
+        return to_jsonable_python(value, fallback=_safe_repr)
+    except Exception:
+        pass
+    try:
+        return to_jsonable_python(value, fallback=_safe_repr, bytes_mode="base64")
+    except Exception:
+        return _safe_repr(value)
+
+
+def _safe(render: Callable[[], str], fallback: str) -> str:
+    """``render()``, or ``fallback`` if it raises (a broken ``__str__`` must not stop a run)."""
+    try:
+        return render()
+    except Exception:
+        return fallback
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,8 +68,8 @@ class ErrorInfo:
         kind = type(exc)
         name = kind.__qualname__ if kind.__module__ == "builtins" else (
             f"{kind.__module__}.{kind.__qualname__}")
-        text = "".join(tb.format_exception(exc)) if with_traceback else ""
-        return cls(name, str(exc), text)
+        return cls(name, _safe(lambda: str(exc), f"<unprintable {kind.__qualname__}>"),
+                   _safe(lambda: "".join(tb.format_exception(exc)), "") if with_traceback else "")
 
     def __str__(self) -> str:
         return f"{self.type}: {self.message}" if self.message else self.type
@@ -77,10 +111,10 @@ class Outcome:
         return self.finished_at - self.started_at
 
     def to_dict(self) -> dict[str, Any]:
-        """The outcome as JSON-ready data (values that JSON cannot hold become their repr)."""
+        """The outcome as JSON-ready data (see :func:`jsonable` for how the value is converted)."""
         return {
             "node_id": self.node_id, "tool": self.tool, "status": self.status,
-            "value": to_jsonable_python(self.value, fallback=repr),
+            "value": jsonable(self.value),
             "error": None if self.error is None else {
                 "type": self.error.type, "message": self.error.message,
                 "traceback": self.error.traceback},

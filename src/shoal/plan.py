@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Any, NoReturn, TypeVar, cast
 
 from shoal.exceptions import PlanError, PlanProblem, ToolArgumentError
 from shoal.tools import Tool, tool
@@ -34,6 +34,11 @@ class Ref:
     def __getitem__(self, key: PathPart) -> Ref:
         return Ref(self.node, (*self.path, key))
 
+    def __iter__(self) -> NoReturn:
+        # Without this, __getitem__ would make every Ref an endless iterator ($a[0], $a[1] ...)
+        raise TypeError(f"{self!r} is not iterable: it stands for a future result; index it "
+                        f"instead ({self!r}[0], {self!r}['field'])")
+
     def __repr__(self) -> str:
         tail = "".join(f".{p}" if isinstance(p, str) else f"[{p}]" for p in self.path)
         return f"${self.node}{tail}"
@@ -51,12 +56,19 @@ class Ref:
         )
 
     def pick(self, value: Any) -> Any:
-        """Follow this ref's path into ``value`` (the node's output)."""
+        """Follow this ref's path into ``value`` (the node's output).
+
+        A step is a key of a mapping, an index of a sequence, or a field of another object
+        (a pydantic model, a dataclass, a plain object's attribute); methods and names starting
+        with ``_`` are not fields, so ``$a.count`` on a list is an error, not ``list.count``.
+        Raises :class:`LookupError` naming the ref when a step leads nowhere.
+        """
         for part in self.path:
-            indexable = isinstance(part, int) and isinstance(value, Sequence)
-            if isinstance(value, Mapping) or indexable:
-                value = value[part]
-            elif isinstance(part, str) and hasattr(value, part):
+            if isinstance(value, Mapping):
+                value = value[part]  # a KeyError is a LookupError
+            elif isinstance(part, int) and isinstance(value, Sequence):
+                value = value[part]  # so is an IndexError
+            elif isinstance(part, str) and _has_field(value, part):
                 value = getattr(value, part)
             else:
                 kind = type(value).__name__
@@ -64,8 +76,32 @@ class Ref:
         return value
 
 
+def _has_field(value: Any, name: str) -> bool:
+    """Whether ``name`` is a data attribute of ``value`` that a ref may step into."""
+    if name.startswith("_") or isinstance(value, (Sequence, Mapping, str, bytes, bytearray)):
+        return False
+    try:
+        found = getattr(value, name)
+    except AttributeError:
+        return False
+    if not callable(found):
+        return True
+    # a callable is a field only when declared as one (a dataclass or pydantic field)
+    declared = getattr(type(value), "__dataclass_fields__", None) or getattr(
+        type(value), "__pydantic_fields__", None) or {}
+    return name in declared
+
+
+_WALKED = (list, tuple, set, frozenset)  # a tuple, not a union: isinstance is twice as fast
+_ONE_NODE = (Ref, str)
+
+
 def find_refs(value: Any) -> list[Ref]:
-    """Every :class:`Ref` inside ``value`` (walking lists, tuples, sets and dict values)."""
+    """Every :class:`Ref` inside ``value`` (walking lists, tuples, sets and dict values).
+
+    Subclasses (``OrderedDict``, ``defaultdict``, named tuples ...) are walked too; the
+    scheduler's ``resolve_arguments`` rebuilds exactly the containers walked here.
+    """
     found: list[Ref] = []
     stack = [value]
     while stack:
@@ -74,7 +110,7 @@ def find_refs(value: Any) -> list[Ref]:
             found.append(item)
         elif isinstance(item, dict):
             stack.extend(item.values())
-        elif isinstance(item, list | tuple | set | frozenset):
+        elif isinstance(item, _WALKED):
             stack.extend(item)
     return found
 
@@ -129,11 +165,14 @@ class Plan:
         tool: Tool[..., Any] | Callable[..., Any],
         /,
         *,
-        after: Iterable[Ref | str] = (),
+        after: Ref | str | Iterable[Ref | str] = (),
         node_id: str | None = None,
         **args: Any,
     ) -> Ref:
-        """Add a call of ``tool`` with ``args``; return a ref to its output."""
+        """Add a call of ``tool`` with ``args``; return a ref to its output.
+
+        ``after`` is one node (a ref or an id) or several that must finish first.
+        """
         return self.add(tool, args, after=after, node_id=node_id)
 
     def add(
@@ -141,16 +180,20 @@ class Plan:
         tool: Tool[..., Any] | Callable[..., Any],
         args: Mapping[str, Any] | None = None,
         *,
-        after: Iterable[Ref | str] = (),
+        after: Ref | str | Iterable[Ref | str] = (),
         node_id: str | None = None,
     ) -> Ref:
-        """Add a call with arguments given as a mapping; return a ref to its output."""
+        """Add a call with arguments given as a mapping; return a ref to its output.
+
+        ``after`` is one node (a ref or an id) or several that must finish first.
+        """
         resolved_tool = as_tool(tool)
         node_id = node_id if node_id is not None else self._next_id(resolved_tool.name)
         if node_id in self._nodes:
             raise PlanError([PlanProblem("duplicate_id", "a node with this id exists", node_id)])
         arguments = dict(args or {})
-        after_ids = tuple(a.node if isinstance(a, Ref) else str(a) for a in after)
+        steps: Iterable[Ref | str] = (after,) if isinstance(after, _ONE_NODE) else after
+        after_ids = tuple(a.node if isinstance(a, Ref) else str(a) for a in steps)
         self._nodes[node_id] = Node(node_id, resolved_tool, arguments, after_ids,
                                     len(self._nodes), tuple(find_refs(arguments)))
         return Ref(node_id)
@@ -212,11 +255,13 @@ class Plan:
                                          node.id))
         if node.refs:
             detail = node.tool.check_static(node.args, lambda v: bool(find_refs(v)))
-        else:  # fully known now: validate once and keep the result for dispatch
+        else:  # fully known now: validate once and keep the result for dispatch ...
             try:
-                node.checked, detail = node.tool.validate(node.args), ""
+                checked, detail = node.tool.validate(node.args), ""
             except ToolArgumentError as exc:
                 detail = exc.detail
+            else:  # ... unless validation makes new values (default_factory): redo it per run
+                node.checked = None if node.tool.has_default_factory else checked
         if detail:
             found.append(PlanProblem("bad_arguments", f"{node.tool.name}: {detail}", node.id))
         return found

@@ -10,14 +10,28 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
+import numbers
 import random
 import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Generic, Literal, ParamSpec, TypeVar, cast, get_type_hints, overload
+from typing import (
+    Annotated,
+    Any,
+    Generic,
+    Literal,
+    ParamSpec,
+    TypeVar,
+    cast,
+    get_type_hints,
+    overload,
+)
 
 import pydantic
 from pydantic import ConfigDict
+from pydantic.fields import FieldInfo
 
 from shoal.exceptions import ToolArgumentError, ToolDefinitionError
 from shoal.limits import Rate, parse_rate
@@ -30,6 +44,35 @@ R = TypeVar("R")
 Isolation = Literal["inline", "thread", "process", "ray"]
 ISOLATIONS: tuple[Isolation, ...] = ("inline", "thread", "process", "ray")
 ApprovalRule = bool | Callable[[Mapping[str, Any]], bool]
+
+
+def _is_number(value: object) -> bool:
+    """Whether ``value`` is a finite real number (``bool`` is not taken for one)."""
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _is_int(value: object) -> bool:
+    """Whether ``value`` is a whole number of type int (``bool`` is not taken for one)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _exception_types(value: object) -> tuple[type[BaseException], ...]:
+    """``retry_on`` as a tuple: one exception class, or any iterable of them."""
+    items: tuple[object, ...]
+    if isinstance(value, type):
+        items = (value,)
+    elif isinstance(value, Iterable) and not isinstance(value, str | bytes):
+        items = tuple(value)
+    else:
+        items = (value,)
+    bad = [v for v in items if not (isinstance(v, type) and issubclass(v, BaseException))]
+    if bad:
+        raise ToolDefinitionError(
+            f"retry_on takes an exception class or a list/tuple of them (e.g. "
+            f"retry_on=[TimeoutError, ConnectionError]), got {value!r}"
+        )
+    return cast(tuple[type[BaseException], ...], items)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,10 +92,18 @@ class RetryPolicy:
     jitter: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.retries < 0:
-            raise ToolDefinitionError(f"retries must be 0 or more, got {self.retries}")
-        if not 0.0 <= self.jitter <= 1.0:
-            raise ToolDefinitionError(f"jitter must be within [0, 1], got {self.jitter}")
+        if not _is_int(self.retries) or self.retries < 0:
+            raise ToolDefinitionError(f"retries must be a whole number, 0 or more, "
+                                      f"got {self.retries!r}")
+        object.__setattr__(self, "on", _exception_types(self.on))
+        for what, value in (("backoff (base_delay)", self.base_delay),
+                            ("max_backoff (max_delay)", self.max_delay)):
+            if not _is_number(value) or value < 0:
+                raise ToolDefinitionError(f"{what} must be a finite number of seconds, 0 or "
+                                          f"more, got {value!r}")
+        if not _is_number(self.jitter) or not 0.0 <= self.jitter <= 1.0:
+            raise ToolDefinitionError(f"jitter must be a number within [0, 1], "
+                                      f"got {self.jitter!r}")
 
     def should_retry(self, error: BaseException, attempt: int) -> bool:
         """Whether attempt number ``attempt`` (1-based), which raised ``error``, gets another."""
@@ -122,17 +173,73 @@ def _summary(doc: str) -> str:
     return "\n".join(kept).strip()
 
 
+def _needs_alias(name: str) -> bool:
+    """Whether ``name`` cannot be a pydantic field name as it is.
+
+    pydantic drops names with a leading underscore (they become private attributes) and warns
+    about, or refuses, names that shadow ``BaseModel`` attributes (``schema``, ``json``,
+    ``copy``, ``dict``, ``model_config``, ``model_dump`` ...).
+    """
+    return name.startswith("_") or hasattr(pydantic.BaseModel, name)
+
+
+def _field_name(name: str, taken: set[str]) -> str:
+    """A safe field name for parameter ``name``, distinct from every name in ``taken``."""
+    candidate = (name.strip("_") or "arg") + "_"
+    while candidate in taken or _needs_alias(candidate):
+        candidate += "_"
+    return candidate
+
+
+def _field_spec(annotation: Any, default: Any, description: str | None,
+                alias: str | None) -> tuple[Any, Any]:
+    """(annotation, FieldInfo) for one parameter; ``default`` may itself be a ``Field(...)``."""
+    if isinstance(default, FieldInfo):  # the idiom `x: int = Field(ge=1, description=...)`
+        extras: dict[str, Any] = {}
+        if description is not None and default.description is None:
+            extras["description"] = description
+        if alias is not None and default.alias is None and default.validation_alias is None:
+            extras["alias"] = alias
+        if not extras:
+            return annotation, default
+        # pydantic merges the Field in the Annotated metadata with the one assigned
+        return Annotated[annotation, default], pydantic.Field(**extras)
+    return annotation, pydantic.Field(default, description=description, alias=alias)
+
+
+def _hint_source(fn: Callable[..., Any]) -> Any:
+    """The object whose annotations describe calling ``fn``.
+
+    That is a partial's function, or the ``__call__`` of a callable object.
+    """
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.isroutine(fn) or isinstance(fn, type):
+        return fn
+    call = getattr(type(fn), "__call__", None)  # noqa: B004 - the class's, not the instance's
+    return call if inspect.isfunction(call) else fn
+
+
 def _args_model(
     name: str, fn: Callable[..., Any], docs: dict[str, str]
 ) -> type[pydantic.BaseModel]:
-    """A pydantic model of ``fn``'s parameters, used both to validate and to publish a schema."""
+    """A pydantic model of ``fn``'s parameters, used both to validate and to publish a schema.
+
+    A parameter whose name pydantic cannot use as a field name (see :func:`_needs_alias`)
+    becomes a field with a safe name and the parameter's name as its alias: callers, error
+    messages and the JSON schema all use the parameter's name, and :meth:`Tool.validate`
+    maps the field back to it.
+    """
     try:
-        hints = get_type_hints(fn, include_extras=True)
+        hints = get_type_hints(_hint_source(fn), include_extras=True)
     except Exception:  # unresolvable forward references: fall back to raw annotations
         hints = {}
+    params = list(inspect.signature(fn).parameters.values())
+    taken = {p.name for p in params}
     fields: dict[str, Any] = {}
+    renames: dict[str, str] = {}
     extra: Literal["forbid", "allow"] = "forbid"
-    for param in inspect.signature(fn).parameters.values():
+    for param in params:
         if param.kind is param.VAR_POSITIONAL:
             raise ToolDefinitionError(
                 f"tool {name!r}: *{param.name} is not supported; tools take named arguments"
@@ -149,11 +256,99 @@ def _args_model(
         if annotation is inspect.Parameter.empty:
             annotation = Any
         default = ... if param.default is inspect.Parameter.empty else param.default
-        fields[param.name] = (annotation, pydantic.Field(default, description=docs.get(param.name)))
+        key, alias = param.name, None
+        if _needs_alias(param.name):
+            key, alias = _field_name(param.name, taken), param.name
+            taken.add(key)
+            renames[key] = param.name
+        fields[key] = _field_spec(annotation, default, docs.get(param.name), alias)
     config = ConfigDict(arbitrary_types_allowed=True, extra=extra)
     model_name = re.sub(r"\W", "_", name) + "_args"
     model: type[pydantic.BaseModel] = pydantic.create_model(model_name, __config__=config, **fields)
+    _FACTS[model] = _ModelFacts.of(model, renames)
     return model
+
+
+@dataclass(slots=True, eq=False)
+class _ModelFacts:
+    """What a tool needs to know about its argument model, worked out once per model."""
+
+    inputs: dict[str, str]  # argument name a caller uses -> model field name
+    renames: dict[str, str]  # model field name -> function parameter name, where they differ
+    required: frozenset[str]  # argument names that must be given
+    accepts_extra: bool
+    fresh_defaults: bool | None  # a default_factory anywhere (None: the schema is not built)
+    adapters: dict[str, pydantic.TypeAdapter[Any] | None] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, model: type[pydantic.BaseModel], renames: Mapping[str, str]) -> _ModelFacts:
+        inputs: dict[str, str] = {}
+        required: set[str] = set()
+        for key, info in model.model_fields.items():
+            given = info.validation_alias if isinstance(info.validation_alias, str) else None
+            outside = given or info.alias or key
+            inputs[outside] = key
+            if info.is_required():
+                required.add(outside)
+        return cls(inputs, dict(renames), frozenset(required),
+                   model.model_config.get("extra") == "allow",
+                   _has_default_factory(model.__pydantic_core_schema__))
+
+
+_FACTS: weakref.WeakKeyDictionary[type[pydantic.BaseModel], _ModelFacts] = (
+    weakref.WeakKeyDictionary())
+
+
+def _facts(model: type[pydantic.BaseModel]) -> _ModelFacts:
+    found = _FACTS.get(model)
+    if found is None:  # a model not made by _args_model
+        found = _FACTS[model] = _ModelFacts.of(model, {})
+    return found
+
+
+def _has_default_factory(schema: Any) -> bool | None:
+    """Whether a pydantic core schema uses a ``default_factory`` anywhere (nested models too).
+
+    ``None`` when the schema is not built yet (a mock, for unresolved forward references).
+    """
+    if not isinstance(schema, dict):
+        return None
+    stack: list[Any] = [schema]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if "default_factory" in item:
+                return True
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return False
+
+
+def _is_async_callable(fn: Any) -> bool:
+    """Whether calling ``fn`` returns an awaitable coroutine.
+
+    Sees through ``functools.partial``, looks at the ``__call__`` of callable objects, and
+    follows ``__wrapped__`` only for callables that cannot tell by themselves (such as the C
+    wrapper of ``functools.lru_cache``): a Python function's own code decides for it, so a
+    sync wrapper made with ``functools.wraps`` around an async function stays sync.
+    """
+    for _ in range(100):  # a bound on the unwrapping, against __wrapped__ loops
+        if inspect.iscoroutinefunction(fn):
+            return True
+        if isinstance(fn, functools.partial):
+            fn = fn.func
+            continue
+        if inspect.isfunction(fn) or inspect.ismethod(fn) or isinstance(fn, type):
+            return False
+        call = getattr(type(fn), "__call__", None)  # noqa: B004 - the class's, not the instance's
+        if inspect.isfunction(call):
+            return inspect.iscoroutinefunction(call)
+        wrapped = getattr(fn, "__wrapped__", None)
+        if wrapped is None:
+            return False
+        fn = wrapped
+    return False
 
 
 def _describe(errors: Sequence[Any]) -> tuple[str, str]:
@@ -179,7 +374,8 @@ class Tool(Generic[P, R]):
     """
 
     __slots__ = (
-        "__dict__", "_fn", "_is_async", "_model", "_param_names", "description", "name", "policy",
+        "__dict__", "_facts", "_fn", "_is_async", "_model", "_param_names", "_renames",
+        "description", "has_default_factory", "name", "policy",
     )  # fmt: skip
 
     def __init__(
@@ -194,16 +390,25 @@ class Tool(Generic[P, R]):
         if not callable(fn):
             raise ToolDefinitionError(f"a tool wraps a function, got {fn!r}")
         self._fn = fn
-        self._is_async = inspect.iscoroutinefunction(fn)
-        self.name: str = name or str(getattr(fn, "__name__", type(fn).__name__))
-        doc = inspect.getdoc(fn) or ""
+        self._is_async = _is_async_callable(fn)
+        base: Any = fn
+        while isinstance(base, functools.partial):  # name and docs come from the function
+            base = base.func
+        self.name: str = name or str(getattr(base, "__name__", type(base).__name__))
+        doc = inspect.getdoc(base) or ""
         self.description = description if description is not None else _summary(doc)
         self._model = _model or _args_model(self.name, fn, _param_docs(doc))
-        self._param_names = frozenset(self._model.model_fields)
+        self._facts = _facts(self._model)
+        self._param_names = frozenset(self._facts.inputs)
+        self._renames = self._facts.renames  # empty unless a parameter name needed an alias
+        # Whether validating arguments may create new values (a default_factory, here or in a
+        # nested model): then a plan's validated arguments are not reused, each run validates
+        # afresh and gets its own generated ids and timestamps. True when it cannot be known.
+        self.has_default_factory: bool = self._facts.fresh_defaults is not False
         self.policy = policy or ToolPolicy()
-        self.__doc__ = fn.__doc__
-        self.__module__ = getattr(fn, "__module__", __name__)
-        self.__qualname__ = getattr(fn, "__qualname__", self.name)
+        self.__doc__ = base.__doc__
+        self.__module__ = getattr(base, "__module__", __name__)
+        self.__qualname__ = getattr(base, "__qualname__", self.name)
         self.__wrapped__ = fn
         _check_policy(self)
 
@@ -214,8 +419,15 @@ class Tool(Generic[P, R]):
 
     @property
     def is_async(self) -> bool:
-        """Whether the wrapped function is a coroutine function."""
+        """Whether calling the wrapped callable returns a coroutine (see ``_is_async_callable``)."""
         return self._is_async
+
+    @functools.cached_property
+    def defaults(self) -> dict[str, Any]:
+        """Each optional argument's default value, by argument name (not default factories)."""
+        return {outside: self._model.model_fields[key].default
+                for outside, key in self._facts.inputs.items()
+                if not self._model.model_fields[key].is_required()}
 
     @property
     def default_isolation(self) -> Isolation:
@@ -254,7 +466,9 @@ class Tool(Generic[P, R]):
         except pydantic.ValidationError as exc:
             argument, message = _describe(exc.errors())
             raise ToolArgumentError(self.name, argument, message) from None
-        values = dict(instance.__dict__)
+        renames = self._renames
+        values = ({renames.get(k, k): v for k, v in instance.__dict__.items()} if renames
+                  else dict(instance.__dict__))
         if instance.__pydantic_extra__:
             values.update(instance.__pydantic_extra__)
         return values
@@ -272,27 +486,23 @@ class Tool(Generic[P, R]):
             except ToolArgumentError as exc:
                 return exc.detail
             return ""
-        problems = [f"argument {n!r}: Field required" for n in sorted(self._required - set(args))]
-        if not self._accepts_extra:
+        facts = self._facts
+        problems = [f"argument {n!r}: Field required" for n in sorted(facts.required - set(args))]
+        if not facts.accepts_extra:
             problems += [f"unexpected argument {n!r}" for n in args if n not in self._param_names]
         for name, value in args.items():
             if name in self._param_names and name not in pending:
                 problems += self._check_one(name, value)
         return "; ".join(problems)
 
-    @functools.cached_property
-    def _required(self) -> frozenset[str]:
-        return frozenset(n for n, f in self._model.model_fields.items() if f.is_required())
-
-    @functools.cached_property
-    def _accepts_extra(self) -> bool:
-        return self._model.model_config.get("extra") == "allow"
-
     def _check_one(self, name: str, value: Any) -> list[str]:
-        annotation: Any = self._model.model_fields[name].annotation
-        try:
-            adapter = _adapter(annotation)
-        except pydantic.PydanticSchemaGenerationError:
+        adapters = self._facts.adapters
+        if name in adapters:
+            adapter = adapters[name]
+        else:
+            adapter = adapters[name] = _field_adapter(
+                self._model.model_fields[self._facts.inputs[name]])
+        if adapter is None:
             return []
         try:
             adapter.validate_python(value)
@@ -320,10 +530,20 @@ class Tool(Generic[P, R]):
                 "input_schema": self.json_schema()}
 
 
-@functools.lru_cache(maxsize=512)
-def _adapter(annotation: Any) -> pydantic.TypeAdapter[Any]:
-    """A (cached) validator for one annotation, to check one argument on its own."""
-    return pydantic.TypeAdapter(annotation, config=ConfigDict(arbitrary_types_allowed=True))
+def _field_adapter(info: FieldInfo) -> pydantic.TypeAdapter[Any] | None:
+    """A validator for one field on its own, constraints included (``None`` if none fits).
+
+    pydantic keeps ``Annotated`` constraints (``Field(ge=1)``, ``max_length``...) in
+    ``FieldInfo.metadata`` and a union's discriminator apart, not in ``annotation``.
+    """
+    extras: list[Any] = list(info.metadata)
+    if info.discriminator is not None:
+        extras.append(pydantic.Field(discriminator=info.discriminator))
+    annotation: Any = Annotated[(info.annotation, *extras)] if extras else info.annotation
+    try:
+        return pydantic.TypeAdapter(annotation, config=ConfigDict(arbitrary_types_allowed=True))
+    except pydantic.PydanticSchemaGenerationError:
+        return None
 
 
 _POLICY_KEYS = frozenset({
@@ -336,7 +556,15 @@ _POLICY_KEYS = frozenset({
 def _as_keys(value: str | Sequence[str] | None) -> tuple[str, ...]:
     if value is None:
         return ()
-    return (value,) if isinstance(value, str) else tuple(value)
+    if isinstance(value, str):
+        return (value,)
+    keys = tuple(value) if isinstance(value, Iterable) else (value,)
+    if not all(isinstance(k, str) for k in keys):
+        raise ToolDefinitionError(
+            f"reads/writes take a resource key or a list of them, such as 'file:{{path}}', "
+            f"got {value!r}"
+        )
+    return keys
 
 
 def _policy_from(base: ToolPolicy, opts: Mapping[str, Any]) -> ToolPolicy:
@@ -347,15 +575,15 @@ def _policy_from(base: ToolPolicy, opts: Mapping[str, Any]) -> ToolPolicy:
             f"unknown tool option(s) {sorted(unknown)}; known: {sorted(_POLICY_KEYS)}"
         )
     retry = opts.get("retry", base.retry)
+    if not isinstance(retry, RetryPolicy):
+        raise ToolDefinitionError(f"retry takes a RetryPolicy, got {retry!r}")
     retry_fields = {
         "retries": opts.get("retries"), "on": opts.get("retry_on"),
         "base_delay": opts.get("backoff"), "max_delay": opts.get("max_backoff"),
         "jitter": opts.get("jitter"),
     }  # fmt: skip
     changes = {k: v for k, v in retry_fields.items() if v is not None}
-    if isinstance(changes.get("on"), type):
-        changes["on"] = (changes["on"],)
-    if changes:
+    if changes:  # RetryPolicy checks the values (and makes retry_on a tuple)
         retry = replace(retry, **changes)
     updates: dict[str, Any] = {"retry": retry}
     for key in ("timeout", "isolation", "max_concurrency", "exclusive", "approval",
@@ -381,12 +609,30 @@ def _check_policy(t: Tool[Any, Any]) -> None:
             f"tool {t.name!r} is a sync function: running it inline would block the event "
             "loop; use isolation='thread' (the default for sync tools) or 'process'"
         )
-    if p.timeout is not None and p.timeout <= 0:
-        raise ToolDefinitionError(f"tool {t.name!r}: timeout must be positive, got {p.timeout}")
-    if p.max_concurrency is not None and p.max_concurrency < 1:
+    if p.timeout is not None and not (_is_number(p.timeout) and p.timeout > 0):
         raise ToolDefinitionError(
-            f"tool {t.name!r}: max_concurrency must be at least 1, got {p.max_concurrency}"
+            f"tool {t.name!r}: timeout must be positive: a finite number of seconds, or None; "
+            f"got {p.timeout!r}"
         )
+    if p.max_concurrency is not None and not (_is_int(p.max_concurrency)
+                                              and p.max_concurrency >= 1):
+        raise ToolDefinitionError(
+            f"tool {t.name!r}: max_concurrency must be at least 1: a whole number, or None; "
+            f"got {p.max_concurrency!r}"
+        )
+    if p.estimate is not None and not (_is_number(p.estimate) and p.estimate >= 0):
+        raise ToolDefinitionError(
+            f"tool {t.name!r}: estimate must be a finite number of seconds, 0 or more, or "
+            f"None, got {p.estimate!r}"
+        )
+    if not isinstance(p.retry, RetryPolicy):
+        raise ToolDefinitionError(f"tool {t.name!r}: retry takes a RetryPolicy, got {p.retry!r}")
+    if p.rate is not None and not isinstance(p.rate, Rate):
+        raise ToolDefinitionError(f"tool {t.name!r}: rate must be a Rate, got {p.rate!r}")
+    for flag in ("exclusive", "idempotent"):
+        if not isinstance(getattr(p, flag), bool):
+            raise ToolDefinitionError(
+                f"tool {t.name!r}: {flag} must be True or False, got {getattr(p, flag)!r}")
     if not (isinstance(p.approval, bool) or callable(p.approval)):
         raise ToolDefinitionError(f"tool {t.name!r}: approval must be a bool or a predicate")
 

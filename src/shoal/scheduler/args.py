@@ -1,18 +1,24 @@
 """Building one call's arguments: refs replaced by upstream outputs, and everything copied.
 
 Each call gets its own copy of its arguments (guarantee 5), so a tool that mutates a list it was
-given cannot change what a sibling, a retry or the recorded outcome sees. Plain data (dicts,
-lists, tuples, sets, bytearrays, pydantic models and dataclasses) is copied; other objects such as
-clients, connections and locks are passed as they are, because copying those is usually wrong
-(a copied connection pool is not the pool) and often impossible.
+given cannot change what a sibling, a retry or the recorded outcome sees. Plain data is copied:
+dicts, lists, tuples, sets and bytearrays, their subclasses too (``defaultdict``,
+``OrderedDict``, named tuples ... rebuilt as the same type, keeping a ``default_factory``),
+pydantic models and dataclasses. Other objects such as clients, connections and locks are passed
+as they are, because copying those is usually wrong (a copied connection pool is not the pool)
+and often impossible. So is a model or dataclass that ``copy.deepcopy`` cannot copy (one that
+holds a lock, say, fails with ``TypeError``): it is passed as it is, shared, rather than failing
+the call. An object whose ``__deepcopy__`` raises anything else refuses on purpose, and that
+error fails the call.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import pydantic
 
@@ -22,6 +28,14 @@ __all__ = ["isolate", "isolate_all", "resolve_arguments"]
 
 _IMMUTABLE = frozenset({str, int, float, bool, bytes, complex, type(None), range, frozenset})
 _SCALARS = _IMMUTABLE - {frozenset}  # a frozenset may still hold refs to resolve
+_UNCOPYABLE = (TypeError, copy.Error)  # what deepcopy raises for locks, sockets, modules ...
+# tuples rather than unions, as isinstance checks them about twice as fast
+_COPIED = (dict, list, tuple, set)  # container subclasses isolate rebuilds (frozensets are kept)
+_WALKED = (dict, list, tuple, set, frozenset)  # the containers find_refs walks for refs
+
+
+class _Unbuildable(Exception):
+    """A container subclass could not be rebuilt with new items."""
 
 
 def isolate(value: Any) -> Any:
@@ -39,11 +53,76 @@ def isolate(value: Any) -> Any:
         return {isolate(v) for v in value}
     if kind is bytearray:
         return bytearray(value)
+    # the exact builtins above are the fast path; subclasses and other objects from here on
+    if isinstance(value, _COPIED):
+        try:
+            return _rebuild(value, isolate)
+        except _Unbuildable:
+            return value  # a container type that cannot be rebuilt: passed as it is
+    if isinstance(value, bytearray):
+        try:
+            return copy.copy(value)
+        except Exception:
+            return value
     if isinstance(value, pydantic.BaseModel):
-        return value.model_copy(deep=True)
+        try:
+            return value.model_copy(deep=True)
+        except _UNCOPYABLE:
+            return value
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return copy.deepcopy(value)
+        try:
+            return copy.deepcopy(value)
+        except _UNCOPYABLE:
+            return value
     return value
+
+
+def _rebuild(value: Any, each: Callable[[Any], Any]) -> Any:
+    """A container of ``value``'s type holding ``each(item)`` for its items (dict values).
+
+    ``each`` runs outside the guarded part, so its own errors (a ref that cannot be looked up,
+    a refusing ``__deepcopy__``) propagate; raises :class:`_Unbuildable` when the type cannot be
+    rebuilt.
+    """
+    kind = type(value)
+    if isinstance(value, dict):
+        items = [(k, each(v)) for k, v in value.items()]
+        if kind is defaultdict:
+            return defaultdict(cast("defaultdict[Any, Any]", value).default_factory, items)
+        if kind is OrderedDict:
+            return OrderedDict(items)
+        try:  # a shallow copy keeps the type, a default_factory and instance attributes
+            new: Any = copy.copy(value)
+            for k, v in items:
+                new[k] = v
+        except Exception as exc:
+            raise _Unbuildable from exc
+        return new
+    if isinstance(value, list):
+        values = [each(v) for v in value]
+        try:
+            new_list: Any = copy.copy(value)
+            new_list[:] = values
+        except Exception as exc:
+            raise _Unbuildable from exc
+        return new_list
+    if isinstance(value, tuple):
+        values = [each(v) for v in value]
+        make = getattr(kind, "_make", None)  # named tuples take their fields one by one
+        try:
+            return make(values) if callable(make) else kind(values)
+        except Exception as exc:
+            raise _Unbuildable from exc
+    values = [each(v) for v in value]  # set or frozenset
+    try:
+        if isinstance(value, set):
+            new_set: Any = copy.copy(value)
+            new_set.clear()
+            new_set.update(values)
+            return new_set
+        return kind(values)
+    except Exception as exc:
+        raise _Unbuildable from exc
 
 
 def isolate_all(args: dict[str, Any]) -> dict[str, Any]:
@@ -52,7 +131,11 @@ def isolate_all(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def resolve_arguments(args: dict[str, Any], lookup: Callable[[Ref], Any]) -> dict[str, Any]:
-    """``args`` with every ref replaced by ``isolate(lookup(ref))``, all plain data copied."""
+    """``args`` with every ref replaced by ``isolate(lookup(ref))``, all plain data copied.
+
+    Refs are replaced inside exactly the containers :func:`shoal.plan.find_refs` walks: dicts
+    (their values), lists, tuples, sets and frozensets, subclasses included.
+    """
     return {name: _resolve(value, lookup) for name, value in args.items()}
 
 
@@ -70,4 +153,12 @@ def _resolve(value: Any, lookup: Callable[[Ref], Any]) -> Any:
         return tuple(_resolve(v, lookup) for v in value)
     if kind is set or kind is frozenset:
         return kind(_resolve(v, lookup) for v in value)
+    if isinstance(value, _WALKED):
+        try:
+            return _rebuild(value, lambda v: _resolve(v, lookup))
+        except _Unbuildable as exc:
+            raise TypeError(
+                f"cannot rebuild a {kind.__qualname__} with the values of the refs inside it; "
+                f"pass a plain dict, list, tuple or set instead"
+            ) from exc.__cause__
     return isolate(value)
