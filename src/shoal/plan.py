@@ -191,11 +191,15 @@ class Plan:
         node_id = node_id if node_id is not None else self._next_id(resolved_tool.name)
         if node_id in self._nodes:
             raise PlanError([PlanProblem("duplicate_id", "a node with this id exists", node_id)])
-        arguments = dict(args or {})
-        steps: Iterable[Ref | str] = (after,) if isinstance(after, _ONE_NODE) else after
-        after_ids = tuple(a.node if isinstance(a, Ref) else str(a) for a in steps)
+        arguments = dict(args) if args else {}
+        if after != ():  # not truthiness: a Ref has none
+            steps: Iterable[Ref | str] = (after,) if isinstance(after, _ONE_NODE) else after
+            after_ids = tuple(a.node if isinstance(a, Ref) else str(a) for a in steps)
+        else:
+            after_ids = ()
+        refs = tuple(find_refs(arguments)) if arguments else ()
         self._nodes[node_id] = Node(node_id, resolved_tool, arguments, after_ids,
-                                    len(self._nodes), tuple(find_refs(arguments)))
+                                    len(self._nodes), refs)
         return Ref(node_id)
 
     def _next_id(self, tool_name: str) -> str:

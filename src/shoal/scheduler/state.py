@@ -202,7 +202,9 @@ class SchedulerState:
     def begin(self, now: float) -> Decisions:
         """Queue every node without dependencies and start what the limits allow."""
         d = Decisions()
-        self._rank()
+        cap = self._global.capacity
+        if cap is not None and len(self.slots) > cap:  # otherwise every node starts once ready
+            self._rank()
         for slot in self.slots:
             if slot.waiting == 0 and slot.phase is Phase.WAITING:
                 self._make_ready(slot, now, d)
