@@ -15,7 +15,14 @@ from dataclasses import dataclass
 
 from shoal.exceptions import ConfigError
 
-__all__ = ["ConcurrencyLimit", "Rate", "RateLimiter", "parse_rate"]
+__all__ = [
+    "ConcurrencyLimit",
+    "ProcessLimits",
+    "Rate",
+    "RateLimiter",
+    "parse_process_limits",
+    "parse_rate",
+]
 
 _UNITS = {
     "ms": 0.001,
@@ -133,3 +140,59 @@ def first_blocked(limits: Iterable[ConcurrencyLimit]) -> ConcurrencyLimit | None
         if not limit.available():
             return limit
     return None
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$")
+_SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6,
+               "g": 10**9, "gb": 10**9, "t": 10**12, "tb": 10**12, "kib": 2**10,
+               "mib": 2**20, "gib": 2**30, "tib": 2**40, "ki": 2**10, "mi": 2**20,
+               "gi": 2**30, "ti": 2**40}
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessLimits:
+    """Operating-system limits on the worker process that runs a call (``isolation="process"``).
+
+    ``memory`` is the address-space limit in bytes (``RLIMIT_AS``): allocations past it fail with
+    ``MemoryError``; ``cpu_seconds`` is CPU time (``RLIMIT_CPU``), past which the worker is
+    killed; ``open_files`` caps file descriptors (``RLIMIT_NOFILE``). ``None`` means no limit.
+    """
+
+    memory: int | None = None
+    cpu_seconds: int | None = None
+    open_files: int | None = None
+
+
+def _size(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ConfigError(f"memory takes bytes or a size such as '512MB', got {value!r}")
+    if isinstance(value, int | float):
+        return int(value)
+    match = _SIZE.match(value.lower())
+    if not match or (match.group(2) or "") not in _SIZE_UNITS:
+        raise ConfigError(f"cannot read size {value!r}: write e.g. '512MB', '2GiB' or bytes")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2) or ""])
+
+
+def parse_process_limits(spec: ProcessLimits | dict[str, object] | None) -> ProcessLimits | None:
+    """Read ``{"memory": "512MB", "cpu_seconds": 10, "open_files": 64}`` (any subset)."""
+    if spec is None or isinstance(spec, ProcessLimits):
+        return spec
+    if not isinstance(spec, dict):
+        raise ConfigError(f"limits takes a mapping of memory/cpu_seconds/open_files, got {spec!r}")
+    unknown = set(spec) - {"memory", "cpu_seconds", "open_files"}
+    if unknown:
+        raise ConfigError(f"unknown process limit(s) {sorted(unknown)}; "
+                          "known: memory, cpu_seconds, open_files")
+    values: dict[str, int | None] = {"memory": None, "cpu_seconds": None, "open_files": None}
+    if spec.get("memory") is not None:
+        values["memory"] = _size(spec["memory"])
+    for key in ("cpu_seconds", "open_files"):
+        raw = spec.get(key)
+        if raw is not None:
+            if isinstance(raw, bool) or not isinstance(raw, int | float) or raw < 1:
+                raise ConfigError(f"{key} takes a positive number, got {raw!r}")
+            values[key] = int(raw)
+    if any(v is not None and v < 1 for v in values.values()):
+        raise ConfigError(f"process limits must be positive, got {spec!r}")
+    return ProcessLimits(**values)

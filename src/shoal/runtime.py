@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import random
 import secrets
 from collections.abc import Callable, Coroutine, Generator, Iterable, Mapping, Sequence
@@ -102,6 +103,12 @@ class Runtime:
             run inline, whatever this says.
         thread_workers: size of the thread pool (default: enough for ``max_concurrency``
             calls, and at least 64).
+        process_workers: worker processes for ``isolation="process"`` (default: one per CPU).
+        pass_env: environment variables (by name) that process workers may see, besides the
+            allow-list (``PATH``, ``HOME``, locale, ...); everything else, secrets included,
+            is scrubbed.
+        ray_address: the Ray cluster to use for ``isolation="ray"`` (default: ``RAY_ADDRESS``
+            if set, else a local Ray started on first use).
         resource_limits: per-resource-key concurrency limits, e.g. ``{"host:*": 4}``; each key
             (rendered from a tool's ``reads``/``writes``) matching a glob pattern gets its own
             limit of that size.
@@ -119,6 +126,9 @@ class Runtime:
         max_concurrency: int | None = DEFAULT_MAX_CONCURRENCY,
         executor: Isolation | None = None,
         thread_workers: int | None = None,
+        process_workers: int | None = None,
+        pass_env: Sequence[str] = (),
+        ray_address: str | None = None,
         resource_limits: Mapping[str, int] | None = None,
         fail_fast: bool = False,
         deadline: float | None = None,
@@ -138,6 +148,11 @@ class Runtime:
         self.executor = executor
         self.thread_workers = thread_workers or max(
             DEFAULT_THREAD_WORKERS, max_concurrency or DEFAULT_MAX_CONCURRENCY)
+        self.process_workers = process_workers or os.cpu_count() or 1
+        if self.process_workers < 1 or self.thread_workers < 1:
+            raise ConfigError("thread_workers and process_workers must be at least 1")
+        self.pass_env = tuple(pass_env)
+        self.ray_address = ray_address
         self.resource_limits = dict(resource_limits or {})
         self.fail_fast = fail_fast
         self.deadline = deadline
@@ -161,11 +176,16 @@ class Runtime:
             made = InlineExecutor()
         elif isolation == "thread":
             made = ThreadExecutor(self.thread_workers)
+        elif isolation == "process":
+            from shoal.executors.process import ProcessExecutor  # spawns workers: load on use
+
+            made = ProcessExecutor(self.process_workers, pass_env=self.pass_env)
+        elif isolation == "ray":
+            from shoal.executors.ray import RayExecutor  # optional dependency: load on use
+
+            made = RayExecutor(address=self.ray_address)
         else:
-            raise ConfigError(
-                f"no executor for isolation {isolation!r} in this version of shoal; "
-                "use 'inline' or 'thread'"
-            )
+            raise ConfigError(f"no executor for isolation {isolation!r}; use one of {ISOLATIONS}")
         self._executors[isolation] = made
         return made
 
@@ -225,7 +245,7 @@ class Runtime:
             run_id=run_id or new_run_id(),
             max_concurrency=self.max_concurrency,
             resource_limits=self.resource_limits,
-            executor_limits={"thread": self.thread_workers},
+            executor_limits={"thread": self.thread_workers, "process": self.process_workers},
             fail_fast=self.fail_fast if fail_fast is None else fail_fast,
             default_executor=self.executor,
             estimates=self._estimates,

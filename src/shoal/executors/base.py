@@ -30,6 +30,7 @@ class Call:
     attempt: int
     executor: Isolation
     timeout: float | None
+    run_id: str = ""
     abandoned: bool = False
     began_at: float | None = None
 

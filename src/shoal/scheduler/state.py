@@ -421,7 +421,7 @@ class SchedulerState:
         slot.args = None  # a retry resolves afresh, so it never sees what this attempt mutated
         tool = slot.node.tool
         d.starts.append(Call(slot.pos, slot.node.id, tool, args, slot.attempts, slot.executor,
-                             tool.policy.timeout))
+                             tool.policy.timeout, self.run_id))
         self.in_flight[slot.pos] = now
         if self.record_events:
             d.events.append(NodeStarted(run_id=self.run_id, time=now, node_id=slot.node.id,

@@ -1,0 +1,248 @@
+"""Tool policies: how a tool's calls run (timeouts, retries, isolation, limits, footprints ...).
+
+A :class:`ToolPolicy` is frozen and travels with its tool; :func:`policy_from` applies the
+user-facing keyword options of ``@tool(...)`` and ``Tool.options(...)`` to one, and
+:func:`check_policy` rejects values that cannot work, with a message that says what can.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import random
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, cast
+
+from shoal.exceptions import ToolArgumentError, ToolDefinitionError
+from shoal.limits import ProcessLimits, Rate, parse_process_limits, parse_rate
+
+__all__ = [
+    "ISOLATIONS",
+    "ApprovalRule",
+    "Isolation",
+    "RetryPolicy",
+    "ToolPolicy",
+    "check_policy",
+    "policy_from",
+]
+
+Isolation = Literal["inline", "thread", "process", "ray"]
+ISOLATIONS: tuple[Isolation, ...] = ("inline", "thread", "process", "ray")
+ApprovalRule = bool | Callable[[Mapping[str, Any]], bool]
+
+
+def _is_number(value: object) -> bool:
+    """Whether ``value`` is a finite real number (``bool`` is not taken for one)."""
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _is_int(value: object) -> bool:
+    """Whether ``value`` is a whole number of type int (``bool`` is not taken for one)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _exception_types(value: object) -> tuple[type[BaseException], ...]:
+    """``retry_on`` as a tuple: one exception class, or any iterable of them."""
+    items: tuple[object, ...]
+    if isinstance(value, type):
+        items = (value,)
+    elif isinstance(value, Iterable) and not isinstance(value, str | bytes):
+        items = tuple(value)
+    else:
+        items = (value,)
+    bad = [v for v in items if not (isinstance(v, type) and issubclass(v, BaseException))]
+    if bad:
+        raise ToolDefinitionError(
+            f"retry_on takes an exception class or a list/tuple of them (e.g. "
+            f"retry_on=[TimeoutError, ConnectionError]), got {value!r}"
+        )
+    return cast(tuple[type[BaseException], ...], items)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often and on which errors a call is tried again.
+
+    ``retries`` extra attempts follow a failed one when the error is an instance of one of
+    ``on``. The wait before attempt ``n`` (counting from 1 for the first retry) is
+    ``min(max_delay, base_delay * 2 ** (n - 1))``, scaled by a random factor in
+    ``[1 - jitter, 1]`` so that many failing calls do not retry in lock-step.
+    """
+
+    retries: int = 0
+    on: tuple[type[BaseException], ...] = (Exception,)
+    base_delay: float = 0.1
+    max_delay: float = 10.0
+    jitter: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.retries) or self.retries < 0:
+            raise ToolDefinitionError(f"retries must be a whole number, 0 or more, "
+                                      f"got {self.retries!r}")
+        object.__setattr__(self, "on", _exception_types(self.on))
+        for what, value in (("backoff (base_delay)", self.base_delay),
+                            ("max_backoff (max_delay)", self.max_delay)):
+            if not _is_number(value) or value < 0:
+                raise ToolDefinitionError(f"{what} must be a finite number of seconds, 0 or "
+                                          f"more, got {value!r}")
+        if not _is_number(self.jitter) or not 0.0 <= self.jitter <= 1.0:
+            raise ToolDefinitionError(f"jitter must be a number within [0, 1], "
+                                      f"got {self.jitter!r}")
+
+    def should_retry(self, error: BaseException, attempt: int) -> bool:
+        """Whether attempt number ``attempt`` (1-based), which raised ``error``, gets another."""
+        return (
+            attempt <= self.retries
+            and isinstance(error, self.on)
+            and not isinstance(error, ToolArgumentError)
+        )
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        """Seconds to wait before retry number ``attempt`` (1-based)."""
+        raw = min(self.max_delay, self.base_delay * 2.0 ** (attempt - 1))
+        return float(raw * (1.0 - self.jitter * rng.random()))
+
+
+@dataclass(frozen=True, slots=True)
+class ToolPolicy:
+    """How a tool's calls run; every field can be overridden per call via ``Tool.options``.
+
+    ``reads`` / ``writes`` are resource keys, templated from arguments (``"file:{path}"``): two
+    calls whose keys meet, one of them writing, run in plan order. ``exclusive`` makes a call a
+    barrier: it runs alone, after everything before it and before everything after it.
+    ``estimate`` is a guess of the duration in seconds used for critical-path ordering until
+    the run has measured the tool. ``isolation=None`` lets the runtime choose: its ``executor``
+    setting if given, else ``inline`` for async and ``thread`` for sync tools.
+    ``resources`` are what a call needs on a Ray cluster (``num_cpus``, ``num_gpus``,
+    ``memory``, or custom resources); ``limits`` are OS limits on a process worker; ``env``
+    names environment variables a process worker may see besides the runtime's allow-list.
+    """
+
+    timeout: float | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    isolation: Isolation | None = None
+    max_concurrency: int | None = None
+    rate: Rate | None = None
+    reads: tuple[str, ...] = ()
+    writes: tuple[str, ...] = ()
+    exclusive: bool = False
+    approval: ApprovalRule = False
+    idempotent: bool = False
+    estimate: float | None = None
+    resources: tuple[tuple[str, float], ...] = ()
+    limits: ProcessLimits | None = None
+    env: tuple[str, ...] = ()
+
+
+_POLICY_KEYS = frozenset({
+    "timeout", "retries", "retry_on", "backoff", "max_backoff", "jitter", "isolation",
+    "max_concurrency", "rate", "reads", "writes", "exclusive", "approval", "idempotent",
+    "estimate", "retry", "resources", "limits", "env",
+})  # fmt: skip
+
+
+def _as_keys(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    keys = tuple(value) if isinstance(value, Iterable) else (value,)
+    if not all(isinstance(k, str) for k in keys):
+        raise ToolDefinitionError(
+            f"reads/writes take a resource key or a list of them, such as 'file:{{path}}', "
+            f"got {value!r}"
+        )
+    return keys
+
+
+def policy_from(base: ToolPolicy, opts: Mapping[str, Any]) -> ToolPolicy:
+    """``base`` with the user-facing options in ``opts`` applied."""
+    unknown = set(opts) - _POLICY_KEYS
+    if unknown:
+        raise ToolDefinitionError(
+            f"unknown tool option(s) {sorted(unknown)}; known: {sorted(_POLICY_KEYS)}"
+        )
+    retry = opts.get("retry", base.retry)
+    if not isinstance(retry, RetryPolicy):
+        raise ToolDefinitionError(f"retry takes a RetryPolicy, got {retry!r}")
+    retry_fields = {
+        "retries": opts.get("retries"), "on": opts.get("retry_on"),
+        "base_delay": opts.get("backoff"), "max_delay": opts.get("max_backoff"),
+        "jitter": opts.get("jitter"),
+    }  # fmt: skip
+    changes = {k: v for k, v in retry_fields.items() if v is not None}
+    if changes:  # RetryPolicy checks the values (and makes retry_on a tuple)
+        retry = replace(retry, **changes)
+    updates: dict[str, Any] = {"retry": retry}
+    for key in ("timeout", "isolation", "max_concurrency", "exclusive", "approval",
+                "idempotent", "estimate"):
+        if key in opts:
+            updates[key] = opts[key]
+    if "rate" in opts:
+        updates["rate"] = None if opts["rate"] is None else parse_rate(opts["rate"])
+    for key in ("reads", "writes", "env"):
+        if key in opts:
+            updates[key] = _as_keys(opts[key])
+    if "limits" in opts:
+        updates["limits"] = parse_process_limits(opts["limits"])
+    if "resources" in opts:
+        updates["resources"] = _resources(opts["resources"])
+    return replace(base, **updates)
+
+
+def _resources(spec: Any) -> tuple[tuple[str, float], ...]:
+    """``{"num_cpus": 1, "GPU": 1}`` as a sorted tuple (policies are frozen and hashable)."""
+    if spec is None:
+        return ()
+    if not isinstance(spec, Mapping):
+        raise ToolDefinitionError(f"resources takes a mapping such as {{'num_cpus': 2}}, "
+                                  f"got {spec!r}")
+    items: list[tuple[str, float]] = []
+    for key, value in spec.items():
+        if (not isinstance(key, str) or isinstance(value, bool)
+                or not isinstance(value, int | float) or not math.isfinite(value) or value < 0):
+            raise ToolDefinitionError(f"resource {key!r} needs a number of 0 or more, "
+                                      f"got {value!r}")
+        items.append((key, float(value)))
+    return tuple(sorted(items))
+
+
+def check_policy(name: str, is_async: bool, p: ToolPolicy) -> None:
+    """Raise :class:`ToolDefinitionError` for a policy value that cannot work."""
+    if p.isolation is not None and p.isolation not in ISOLATIONS:
+        raise ToolDefinitionError(
+            f"tool {name!r}: isolation must be one of {ISOLATIONS}, got {p.isolation!r}"
+        )
+    if p.isolation == "inline" and not is_async:
+        raise ToolDefinitionError(
+            f"tool {name!r} is a sync function: running it inline would block the event "
+            "loop; use isolation='thread' (the default for sync tools) or 'process'"
+        )
+    if p.timeout is not None and not (_is_number(p.timeout) and p.timeout > 0):
+        raise ToolDefinitionError(
+            f"tool {name!r}: timeout must be positive: a finite number of seconds, or None; "
+            f"got {p.timeout!r}"
+        )
+    if p.max_concurrency is not None and not (_is_int(p.max_concurrency)
+                                              and p.max_concurrency >= 1):
+        raise ToolDefinitionError(
+            f"tool {name!r}: max_concurrency must be at least 1: a whole number, or None; "
+            f"got {p.max_concurrency!r}"
+        )
+    if p.estimate is not None and not (_is_number(p.estimate) and p.estimate >= 0):
+        raise ToolDefinitionError(
+            f"tool {name!r}: estimate must be a finite number of seconds, 0 or more, or "
+            f"None, got {p.estimate!r}"
+        )
+    if not isinstance(p.retry, RetryPolicy):
+        raise ToolDefinitionError(f"tool {name!r}: retry takes a RetryPolicy, got {p.retry!r}")
+    if p.rate is not None and not isinstance(p.rate, Rate):
+        raise ToolDefinitionError(f"tool {name!r}: rate must be a Rate, got {p.rate!r}")
+    for flag in ("exclusive", "idempotent"):
+        if not isinstance(getattr(p, flag), bool):
+            raise ToolDefinitionError(
+                f"tool {name!r}: {flag} must be True or False, got {getattr(p, flag)!r}")
+    if not (isinstance(p.approval, bool) or callable(p.approval)):
+        raise ToolDefinitionError(f"tool {name!r}: approval must be a bool or a predicate")

@@ -1,0 +1,274 @@
+"""Argument schemas from function signatures: pydantic models, docs, validation messages.
+
+A tool's arguments become a pydantic model built from the signature and the docstring's
+``Args:`` section; it validates calls and publishes the JSON schema. Parameter names pydantic
+cannot use as fields (``schema``, ``json``, leading underscores ...) are aliased, so users
+always see their own names.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import re
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, get_type_hints
+
+import pydantic
+from pydantic import ConfigDict
+from pydantic.fields import FieldInfo
+
+from shoal.exceptions import ToolDefinitionError
+
+__all__ = [
+    "ModelFacts",
+    "args_model",
+    "describe_errors",
+    "field_adapter",
+    "is_async_callable",
+    "model_facts",
+    "param_docs",
+    "summary",
+]
+
+
+_ARG_DOC = re.compile(r"^\s{2,}(\*{0,2}\w+)\s*(?:\([^)]*\))?\s*:\s*(.+)$")
+
+
+def param_docs(doc: str) -> dict[str, str]:
+    """Argument descriptions from a Google-style ``Args:`` section of a docstring."""
+    found: dict[str, str] = {}
+    in_args = False
+    for line in doc.splitlines():
+        header = line.strip().lower()
+        if header in ("args:", "arguments:", "parameters:"):
+            in_args = True
+        elif in_args and line.strip() and not line.startswith(" "):
+            in_args = False
+        elif in_args and (match := _ARG_DOC.match(line)):
+            found[match.group(1)] = match.group(2).strip()
+    return found
+
+
+def summary(doc: str) -> str:
+    """The docstring up to its first section header (``Args:``, ``Returns:`` ...)."""
+    kept: list[str] = []
+    for line in doc.splitlines():
+        if re.match(r"^\s*(args|arguments|parameters|returns?|raises|yields|examples?):\s*$",
+                    line, re.IGNORECASE):
+            break
+        kept.append(line)
+    return "\n".join(kept).strip()
+
+
+def _needs_alias(name: str) -> bool:
+    """Whether ``name`` cannot be a pydantic field name as it is.
+
+    pydantic drops names with a leading underscore (they become private attributes) and warns
+    about, or refuses, names that shadow ``BaseModel`` attributes (``schema``, ``json``,
+    ``copy``, ``dict``, ``model_config``, ``model_dump`` ...).
+    """
+    return name.startswith("_") or hasattr(pydantic.BaseModel, name)
+
+
+def _field_name(name: str, taken: set[str]) -> str:
+    """A safe field name for parameter ``name``, distinct from every name in ``taken``."""
+    candidate = (name.strip("_") or "arg") + "_"
+    while candidate in taken or _needs_alias(candidate):
+        candidate += "_"
+    return candidate
+
+
+def _field_spec(annotation: Any, default: Any, description: str | None,
+                alias: str | None) -> tuple[Any, Any]:
+    """(annotation, FieldInfo) for one parameter; ``default`` may itself be a ``Field(...)``."""
+    if isinstance(default, FieldInfo):  # the idiom `x: int = Field(ge=1, description=...)`
+        extras: dict[str, Any] = {}
+        if description is not None and default.description is None:
+            extras["description"] = description
+        if alias is not None and default.alias is None and default.validation_alias is None:
+            extras["alias"] = alias
+        if not extras:
+            return annotation, default
+        # pydantic merges the Field in the Annotated metadata with the one assigned
+        return Annotated[annotation, default], pydantic.Field(**extras)
+    return annotation, pydantic.Field(default, description=description, alias=alias)
+
+
+def _hint_source(fn: Callable[..., Any]) -> Any:
+    """The object whose annotations describe calling ``fn``.
+
+    That is a partial's function, or the ``__call__`` of a callable object.
+    """
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.isroutine(fn) or isinstance(fn, type):
+        return fn
+    call = getattr(type(fn), "__call__", None)  # noqa: B004 - the class's, not the instance's
+    return call if inspect.isfunction(call) else fn
+
+
+def args_model(
+    name: str, fn: Callable[..., Any], docs: dict[str, str]
+) -> type[pydantic.BaseModel]:
+    """A pydantic model of ``fn``'s parameters, used both to validate and to publish a schema.
+
+    A parameter whose name pydantic cannot use as a field name (see :func:`_needs_alias`)
+    becomes a field with a safe name and the parameter's name as its alias: callers, error
+    messages and the JSON schema all use the parameter's name, and :meth:`Tool.validate`
+    maps the field back to it.
+    """
+    try:
+        hints = get_type_hints(_hint_source(fn), include_extras=True)
+    except Exception:  # unresolvable forward references: fall back to raw annotations
+        hints = {}
+    params = list(inspect.signature(fn).parameters.values())
+    taken = {p.name for p in params}
+    fields: dict[str, Any] = {}
+    renames: dict[str, str] = {}
+    extra: Literal["forbid", "allow"] = "forbid"
+    for param in params:
+        if param.kind is param.VAR_POSITIONAL:
+            raise ToolDefinitionError(
+                f"tool {name!r}: *{param.name} is not supported; tools take named arguments"
+            )
+        if param.kind is param.VAR_KEYWORD:
+            extra = "allow"
+            continue
+        if param.kind is param.POSITIONAL_ONLY:
+            raise ToolDefinitionError(
+                f"tool {name!r}: positional-only parameter {param.name!r} cannot be passed "
+                "by name; remove the '/' from the signature"
+            )
+        annotation = hints.get(param.name, param.annotation)
+        if annotation is inspect.Parameter.empty:
+            annotation = Any
+        default = ... if param.default is inspect.Parameter.empty else param.default
+        key, alias = param.name, None
+        if _needs_alias(param.name):
+            key, alias = _field_name(param.name, taken), param.name
+            taken.add(key)
+            renames[key] = param.name
+        fields[key] = _field_spec(annotation, default, docs.get(param.name), alias)
+    config = ConfigDict(arbitrary_types_allowed=True, extra=extra)
+    model_name = re.sub(r"\W", "_", name) + "_args"
+    model: type[pydantic.BaseModel] = pydantic.create_model(model_name, __config__=config, **fields)
+    _FACTS[model] = ModelFacts.of(model, renames)
+    return model
+
+
+@dataclass(slots=True, eq=False)
+class ModelFacts:
+    """What a tool needs to know about its argument model, worked out once per model."""
+
+    inputs: dict[str, str]  # argument name a caller uses -> model field name
+    renames: dict[str, str]  # model field name -> function parameter name, where they differ
+    required: frozenset[str]  # argument names that must be given
+    accepts_extra: bool
+    fresh_defaults: bool | None  # a default_factory anywhere (None: the schema is not built)
+    adapters: dict[str, pydantic.TypeAdapter[Any] | None] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, model: type[pydantic.BaseModel], renames: Mapping[str, str]) -> ModelFacts:
+        """Read the facts off ``model``; ``renames`` maps aliased field names back."""
+        inputs: dict[str, str] = {}
+        required: set[str] = set()
+        for key, info in model.model_fields.items():
+            given = info.validation_alias if isinstance(info.validation_alias, str) else None
+            outside = given or info.alias or key
+            inputs[outside] = key
+            if info.is_required():
+                required.add(outside)
+        return cls(inputs, dict(renames), frozenset(required),
+                   model.model_config.get("extra") == "allow",
+                   _has_default_factory(model.__pydantic_core_schema__))
+
+
+_FACTS: weakref.WeakKeyDictionary[type[pydantic.BaseModel], ModelFacts] = (
+    weakref.WeakKeyDictionary())
+
+
+def model_facts(model: type[pydantic.BaseModel]) -> ModelFacts:
+    """The (cached) facts of an argument model."""
+    found = _FACTS.get(model)
+    if found is None:  # a model not made by args_model
+        found = _FACTS[model] = ModelFacts.of(model, {})
+    return found
+
+
+def _has_default_factory(schema: Any) -> bool | None:
+    """Whether a pydantic core schema uses a ``default_factory`` anywhere (nested models too).
+
+    ``None`` when the schema is not built yet (a mock, for unresolved forward references).
+    """
+    if not isinstance(schema, dict):
+        return None
+    stack: list[Any] = [schema]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if "default_factory" in item:
+                return True
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return False
+
+
+def is_async_callable(fn: Any) -> bool:
+    """Whether calling ``fn`` returns an awaitable coroutine.
+
+    Sees through ``functools.partial``, looks at the ``__call__`` of callable objects, and
+    follows ``__wrapped__`` only for callables that cannot tell by themselves (such as the C
+    wrapper of ``functools.lru_cache``): a Python function's own code decides for it, so a
+    sync wrapper made with ``functools.wraps`` around an async function stays sync.
+    """
+    for _ in range(100):  # a bound on the unwrapping, against __wrapped__ loops
+        if inspect.iscoroutinefunction(fn):
+            return True
+        if isinstance(fn, functools.partial):
+            fn = fn.func
+            continue
+        if inspect.isfunction(fn) or inspect.ismethod(fn) or isinstance(fn, type):
+            return False
+        call = getattr(type(fn), "__call__", None)  # noqa: B004 - the class's, not the instance's
+        if inspect.isfunction(call):
+            return inspect.iscoroutinefunction(call)
+        wrapped = getattr(fn, "__wrapped__", None)
+        if wrapped is None:
+            return False
+        fn = wrapped
+    return False
+
+
+def describe_errors(errors: Sequence[Any]) -> tuple[str, str]:
+    """(first offending argument, every problem as text) from pydantic's error list."""
+    parts: list[str] = []
+    first = ""
+    for err in errors:
+        loc = ".".join(str(p) for p in err["loc"])
+        first = first or str(err["loc"][0] if err["loc"] else "")
+        got = f" (got {err['input']!r})" if err["type"] != "missing" else ""
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unexpected argument {loc!r}")
+        else:
+            parts.append(f"argument {loc!r}: {err['msg']}{got}")
+    return first, "; ".join(parts)
+
+
+def field_adapter(info: FieldInfo) -> pydantic.TypeAdapter[Any] | None:
+    """A validator for one field on its own, constraints included (``None`` if none fits).
+
+    pydantic keeps ``Annotated`` constraints (``Field(ge=1)``, ``max_length``...) in
+    ``FieldInfo.metadata`` and a union's discriminator apart, not in ``annotation``.
+    """
+    extras: list[Any] = list(info.metadata)
+    if info.discriminator is not None:
+        extras.append(pydantic.Field(discriminator=info.discriminator))
+    annotation: Any = Annotated[(info.annotation, *extras)] if extras else info.annotation
+    try:
+        return pydantic.TypeAdapter(annotation, config=ConfigDict(arbitrary_types_allowed=True))
+    except pydantic.PydanticSchemaGenerationError:
+        return None
