@@ -24,10 +24,9 @@ import heapq
 import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 from typing import Any, Literal
 
-from shoal.deps import Graph, render_key
+from shoal.deps import Graph
 from shoal.events import (
     Event,
     NodeCancelled,
@@ -38,10 +37,12 @@ from shoal.events import (
     NodeStarted,
 )
 from shoal.executors.base import Call
-from shoal.limits import ConcurrencyLimit, RateLimiter
+from shoal.limits import ConcurrencyLimit
 from shoal.outcome import STATUSES, ErrorInfo, Outcome, Status
 from shoal.plan import Node, Ref
 from shoal.scheduler.args import isolate_all, resolve_arguments
+from shoal.scheduler.gates import Gates
+from shoal.scheduler.priority import CriticalPath
 from shoal.tools import Isolation, Tool
 
 __all__ = ["TRANSITIONS", "AttemptResult", "Decisions", "Phase", "SchedulerState"]
@@ -82,10 +83,6 @@ TRANSITIONS: Mapping[Phase, frozenset[Phase]] = {
 }
 
 AttemptStatus = Literal["ok", "failed", "timed_out", "cancelled"]
-DEFAULT_ESTIMATE = 1.0
-_RELEARN_FACTOR = 2.0  # re-rank the queue when a tool's estimate moves by more than this
-_RERANK_SHARE = 0.1  # ...but at most once per this share of the plan's completions
-_LEARN_WEIGHT = 0.3
 
 
 @dataclass(slots=True)
@@ -170,23 +167,11 @@ class SchedulerState:
         self.run_id = run_id
         self.fail_fast = fail_fast
         self.record_events = record_events
-        self.estimates = estimates if estimates is not None else {}
+        self._critical = CriticalPath(graph, estimates if estimates is not None else {})
         self._rng = rng or random.Random()
         self._global = ConcurrencyLimit("run max_concurrency", max_concurrency)
-        self._resource_limits = dict(resource_limits or {})
-        # A call waiting for a worker (a pool thread) waits here, in the queue, rather than
-        # inside the backend where its timeout would already be running.
-        self._executor_gates = {name: ConcurrencyLimit(f"{name} workers", cap)
-                                for name, cap in (executor_limits or {}).items()}
-        self._tool_limits: dict[tuple[str, int], ConcurrencyLimit] = {}
-        self._key_limits: dict[str, ConcurrencyLimit] = {}
-        self._rates: dict[tuple[str, str], RateLimiter] = {}
-        self._parked: dict[object, list[tuple[float, int]]] = {}
-        self._rate_timer_set: set[object] = set()
+        self._gates = Gates(resource_limits, executor_limits)
         self._heap: list[tuple[float, int]] = []
-        self._used_estimates: dict[str, float] = {}
-        self._next_rank_at = 0
-        self._tool_names = len({n.tool.name for n in graph.nodes})
         self._hard = _hard_pairs(graph)
         self.slots = [
             _Slot(i, n, len(graph.preds[i]), choose_executor(n.tool, default_executor))
@@ -232,7 +217,8 @@ class SchedulerState:
                     attempt=slot.attempts, delay=delay, error=str(ErrorInfo.from_exception(
                         result.error, with_traceback=False))))
         else:
-            self._learn(slot, now)
+            if slot.started_at is not None:
+                self._critical.learn(slot.node.tool.name, now - slot.started_at)
             error = None if status == "ok" else self._error(slot, result)
             self._record(slot, status, now, d, value=result.value, error=error,
                          abandoned=result.abandoned)
@@ -252,10 +238,8 @@ class SchedulerState:
     def wake(self, now: float) -> Decisions:
         """A rate-limit timer fired: give parked nodes another look."""
         d = Decisions()
-        for limiter in list(self._rate_timer_set):
-            self._rate_timer_set.discard(limiter)
-            for item in self._parked.pop(limiter, []):
-                heapq.heappush(self._heap, item)
+        for item in self._gates.take_rate_waiters():
+            heapq.heappush(self._heap, item)
         self._dispatch(now, d)
         return d
 
@@ -333,9 +317,8 @@ class SchedulerState:
         """Start ready nodes, best first, while the run-wide limit has room."""
         limit, slots = self._global, self.slots
         # order only matters when more nodes are ready than can start; ranking costs O(nodes)
-        if (self._used_estimates and self.done_count >= self._next_rank_at
-                and limit.capacity is not None and len(self._heap) > limit.capacity - limit.in_use
-                and self._stale()):
+        if (limit.capacity is not None and len(self._heap) > limit.capacity - limit.in_use
+                and self._critical.stale(self.done_count)):
             self._rank()
         heap = self._heap  # bound after _rank, which replaces the list
         while heap and (limit.capacity is None or limit.in_use < limit.capacity):
@@ -347,7 +330,7 @@ class SchedulerState:
             if slot.args is None and not self._prepare(slot, now, d):
                 continue
             if slot.gates is None:
-                slot.gates = self._gates_for(slot)
+                slot.gates = self._gates.for_call(slot.node.tool, slot.executor, slot.args or {})
             if (slot.gates or slot.node.tool.policy.rate is not None) and not self._admit(
                     slot, now, d):
                 continue
@@ -380,19 +363,19 @@ class SchedulerState:
                 self._park(gate, slot)
                 return False
         if slot.node.tool.policy.rate is not None:
-            limiter = self._rate_for(slot.node.tool)
+            limiter = self._gates.rate_for(slot.node.tool)
             wait = limiter.wait_time(now)
             if wait > 0:
                 self._park(limiter, slot)
-                if limiter not in self._rate_timer_set:
-                    self._rate_timer_set.add(limiter)
+                if limiter not in self._gates.rate_waits:  # one timer per limiter
+                    self._gates.rate_waits.add(limiter)
                     d.timers.append((now + wait, "rate", slot.pos))
                 return False
             limiter.take(now)
         return True
 
     def _park(self, gate: object, slot: _Slot) -> None:
-        heapq.heappush(self._parked.setdefault(gate, []), (slot.priority, slot.pos))
+        self._gates.park(gate, (slot.priority, slot.pos))
         # This node may have been woken by another of its gates, which now has a free slot
         # nobody uses: pass that wake-up on, or the slot idles while this node waits here.
         for other in slot.gates or ():
@@ -401,12 +384,12 @@ class SchedulerState:
 
     def _wake_one(self, gate: object) -> None:
         """Return the best node parked on ``gate`` that still waits to the ready heap."""
-        waiting = self._parked.get(gate)
-        while waiting:
-            item = heapq.heappop(waiting)
-            if self.slots[item[1]].phase is Phase.READY:  # not cancelled while it waited
-                heapq.heappush(self._heap, item)
-                return
+        item = self._gates.pop_live(gate, self._is_ready)
+        if item is not None:
+            heapq.heappush(self._heap, item)
+
+    def _is_ready(self, pos: int) -> bool:
+        return self.slots[pos].phase is Phase.READY  # not cancelled while it was parked
 
     def _start(self, slot: _Slot, now: float, d: Decisions) -> None:
         assert slot.gates is not None and slot.args is not None
@@ -511,90 +494,12 @@ class SchedulerState:
                                          duration=slot.outcome.duration,
                                          error=str(error) if error else reason))
 
-    # ---- limits ---------------------------------------------------------------------------
-
-    def _gates_for(self, slot: _Slot) -> tuple[ConcurrencyLimit, ...]:
-        """The per-tool and per-resource-key limits that apply to this node's call."""
-        tool = slot.node.tool
-        gates: list[ConcurrencyLimit] = []
-        cap = tool.policy.max_concurrency
-        if cap is not None:
-            key = (tool.name, cap)
-            if key not in self._tool_limits:
-                self._tool_limits[key] = ConcurrencyLimit(f"tool {tool.name}", cap)
-            gates.append(self._tool_limits[key])
-        if slot.executor in self._executor_gates:
-            gates.append(self._executor_gates[slot.executor])
-        if self._resource_limits:
-            gates += self._key_gates(tool, slot.args or {})
-        return tuple(gates)
-
-    def _key_gates(self, tool: Tool[..., Any], args: Mapping[str, Any]) -> list[ConcurrencyLimit]:
-        gates: list[ConcurrencyLimit] = []
-        for template in (*tool.policy.reads, *tool.policy.writes):
-            key = str(render_key(template, args, {}))
-            for pattern, cap in self._resource_limits.items():
-                if fnmatchcase(key, pattern):
-                    if key not in self._key_limits:
-                        self._key_limits[key] = ConcurrencyLimit(f"resource {key}", cap)
-                    if self._key_limits[key] not in gates:
-                        gates.append(self._key_limits[key])
-                    break
-        return gates
-
-    def _rate_for(self, tool: Tool[..., Any]) -> RateLimiter:
-        rate = tool.policy.rate
-        assert rate is not None
-        key = (tool.name, str(rate))
-        if key not in self._rates:
-            self._rates[key] = RateLimiter(f"tool {tool.name}", rate)
-        return self._rates[key]
-
-    # ---- critical path ----------------------------------------------------------------------
-
-    def _estimate(self, tool: Tool[..., Any]) -> float:
-        learned = self.estimates.get(tool.name)
-        if learned is not None:
-            return learned
-        return tool.policy.estimate if tool.policy.estimate is not None else DEFAULT_ESTIMATE
-
     def _rank(self) -> None:
-        """Recompute each node's priority (longest estimated path to the end) and re-heap."""
-        cache: dict[tuple[str, float | None], float] = {}  # per-call options may set estimate=
-        level = [0.0] * len(self.slots)
-        for pos in range(len(self.slots) - 1, -1, -1):  # graph.nodes is in topological order
-            slot = self.slots[pos]
-            tool = slot.node.tool
-            key = (tool.name, tool.policy.estimate)
-            if key not in cache:
-                cache[key] = self._estimate(tool)
-            succs = self.graph.succs[pos]
-            level[pos] = cache[key] + (max([level[s] for s in succs]) if succs else 0.0)
-            slot.priority = -level[pos]  # heapq pops the smallest
-        # Ranking costs O(nodes); allow it again only after a share of the plan has finished,
-        # so learning stays O(1) per node amortised. With one tool, order cannot change.
-        self._used_estimates = {name: self.estimates[name] for name, _ in cache
-                                if name in self.estimates} if self._tool_names > 1 else {}
-        self._next_rank_at = self.done_count + max(1, int(len(self.slots) * _RERANK_SHARE))
+        """Re-rank every node by critical path and rebuild the ready heap."""
+        for slot, priority in zip(self.slots, self._critical.rank(self.done_count), strict=True):
+            slot.priority = priority
         self._heap = [(self.slots[p].priority, p) for _, p in self._heap]
         heapq.heapify(self._heap)
-
-    def _learn(self, slot: _Slot, now: float) -> None:
-        if slot.started_at is None:
-            return
-        name = slot.node.tool.name
-        seen = now - slot.started_at
-        old = self.estimates.get(name)
-        self.estimates[name] = seen if old is None else old + _LEARN_WEIGHT * (seen - old)
-        if name not in self._used_estimates and self._tool_names > 1:
-            self._used_estimates[name] = float("nan")
-
-    def _stale(self) -> bool:
-        for name, used in self._used_estimates.items():
-            now_value = self.estimates.get(name, used)
-            if used != used or not (used / _RELEARN_FACTOR <= now_value <= used * _RELEARN_FACTOR):
-                return True  # (used != used) is NaN: the tool was never measured when ranked
-        return False
 
 
 def _hard_pairs(graph: Graph) -> set[tuple[int, int]]:

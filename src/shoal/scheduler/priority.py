@@ -1,0 +1,78 @@
+"""Critical-path priorities: which ready node goes first when not all of them can start.
+
+A node's priority is the longest chain of estimated work from it to the end of the plan
+(its *bottom level*). Estimates start from each tool's ``estimate`` (or one unit) and are
+learned per tool, as an exponential moving average of measured durations, while calls finish.
+Re-ranking costs O(nodes), so it happens only when an estimate has moved by more than
+``RELEARN_FACTOR`` since the last ranking, and at most once per ``RERANK_SHARE`` of the plan's
+completions: learning stays O(1) per node, amortised. With a single tool the order cannot
+change, so nothing is ever re-ranked.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from shoal.deps import Graph
+from shoal.tools import Tool
+
+__all__ = ["DEFAULT_ESTIMATE", "CriticalPath"]
+
+DEFAULT_ESTIMATE = 1.0
+RELEARN_FACTOR = 2.0
+RERANK_SHARE = 0.1
+LEARN_WEIGHT = 0.3
+
+
+class CriticalPath:
+    """Per-tool duration estimates and the bottom-level ranking they imply."""
+
+    def __init__(self, graph: Graph, estimates: dict[str, float]) -> None:
+        self.graph = graph
+        self.estimates = estimates  # shared with the Runtime, so later runs start informed
+        self._used: dict[str, float] = {}  # estimate per tool at the last ranking (nan: none)
+        self._next_at = 0  # completions before which no re-ranking happens
+        self._multi_tool = len({n.tool.name for n in graph.nodes}) > 1
+
+    def estimate(self, tool: Tool[..., Any]) -> float:
+        """Seconds one call of ``tool`` is expected to take."""
+        learned = self.estimates.get(tool.name)
+        if learned is not None:
+            return learned
+        return tool.policy.estimate if tool.policy.estimate is not None else DEFAULT_ESTIMATE
+
+    def rank(self, done_count: int) -> list[float]:
+        """Each node's priority, by position (lower pops first from a heap: the negated level)."""
+        cache: dict[tuple[str, float | None], float] = {}  # per-call options may set estimate=
+        nodes, succs = self.graph.nodes, self.graph.succs
+        level = [0.0] * len(nodes)
+        for pos in range(len(nodes) - 1, -1, -1):  # graph.nodes is in topological order
+            tool = nodes[pos].tool
+            key = (tool.name, tool.policy.estimate)
+            if key not in cache:
+                cache[key] = self.estimate(tool)
+            below = succs[pos]
+            level[pos] = cache[key] + (max([level[s] for s in below]) if below else 0.0)
+        self._used = {name: self.estimates[name] for name, _ in cache
+                      if name in self.estimates} if self._multi_tool else {}
+        self._next_at = done_count + max(1, int(len(nodes) * RERANK_SHARE))
+        return [-value for value in level]
+
+    def learn(self, tool_name: str, seconds: float) -> None:
+        """Fold one measured duration into the tool's estimate."""
+        old = self.estimates.get(tool_name)
+        self.estimates[tool_name] = seconds if old is None else old + LEARN_WEIGHT * (seconds - old)
+        if self._multi_tool and tool_name not in self._used:
+            self._used[tool_name] = math.nan
+
+    def stale(self, done_count: int) -> bool:
+        """Whether a re-ranking is due: allowed by now, and some estimate moved enough."""
+        if not self._used or done_count < self._next_at:
+            return False
+        for name, used in self._used.items():
+            current = self.estimates.get(name, used)
+            if math.isnan(used) or not used / RELEARN_FACTOR <= current <= used * RELEARN_FACTOR:
+                return True
+        return False
+
