@@ -5,6 +5,7 @@ import contextvars
 import gc
 import itertools
 import json
+import sys
 import threading
 import time
 import warnings
@@ -13,7 +14,7 @@ from typing import Annotated, Any
 import pytest
 
 import shoal
-from shoal import ConfigError, Plan, RunResult, Runtime, ShoalError, tool
+from shoal import ConfigError, MissingDependencyError, Plan, RunResult, Runtime, ShoalError, tool
 from shoal.events import (
     Event,
     NodeCancelled,
@@ -583,17 +584,19 @@ def test_bad_runtime_settings_are_config_errors(options: dict[str, Any]) -> None
         Runtime(**options)
 
 
-def test_an_unavailable_backend_is_refused_before_anything_runs() -> None:
+def test_an_unavailable_backend_is_refused_before_anything_runs(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     ran: list[int] = []
 
     @tool
     def record() -> None:
         ran.append(1)
 
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if the 'ray' extra were not installed
     plan = Plan()
     plan.call(record)
-    plan.call(record.options(isolation="process"))
-    with pytest.raises(ConfigError, match="process"):
+    plan.call(record.options(isolation="ray"))
+    with pytest.raises(MissingDependencyError, match=r"pip install 'shoal\[ray\]'"):
         shoal.run_sync(plan)
     assert ran == []
 

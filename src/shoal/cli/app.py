@@ -23,7 +23,7 @@ from shoal.cli.interrupt import EXIT_INTERRUPTED, CtrlC
 from shoal.cli.live import SHOW_CURSOR, follow
 from shoal.cli.render import plan_problems, render_result
 from shoal.events import JsonlSink
-from shoal.exceptions import ConfigError, PlanError, ToolDefinitionError
+from shoal.exceptions import ConfigError, MissingDependencyError, PlanError, ToolDefinitionError
 from shoal.outcome import RunResult
 from shoal.plan import Plan
 from shoal.planfile import load_plan
@@ -47,6 +47,8 @@ class ExecutorName(StrEnum):
 
     inline = "inline"
     thread = "thread"
+    process = "process"
+    ray = "ray"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +114,10 @@ def run_command(
     )] = None,
     executor: Annotated[ExecutorName | None, typer.Option(
         "--executor", show_default=False,
-        help="Backend for tools that do not choose one (default: inline for async tools); "
-             "sync tools always run on threads.",
+        help="Backend for tools that do not choose one: inline (async tools on the event "
+             "loop), thread, process (worker processes: crash isolation, OS limits, scrubbed "
+             "environment) or ray (RAY_ADDRESS, else a local Ray). Default: inline for async "
+             "and thread for sync tools; sync tools never run inline.",
     )] = None,
     deadline: Annotated[float | None, typer.Option(
         "--deadline", metavar="SECONDS", show_default=False,
@@ -143,7 +147,7 @@ def run_plan(options: RunOptions) -> int:
         return _run_checked(options)
     except PlanError as exc:
         return _bad_plan(exc, options.as_json)
-    except (ConfigError, ToolDefinitionError) as exc:
+    except (ConfigError, ToolDefinitionError, MissingDependencyError) as exc:
         return _bad_input("config", str(exc), options.as_json)
 
 

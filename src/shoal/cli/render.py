@@ -73,6 +73,7 @@ def outcome_table(result: RunResult) -> Table:
     table.add_column("node", no_wrap=True)
     table.add_column("tool", style="cyan", no_wrap=True)
     table.add_column("status", no_wrap=True)
+    table.add_column("on", style="dim", no_wrap=True)  # the backend it ran on
     table.add_column("tries", justify="right", no_wrap=True)
     table.add_column("time", justify="right", no_wrap=True)
     table.add_column("result")
@@ -82,7 +83,7 @@ def outcome_table(result: RunResult) -> Table:
             continue
         took = seconds(outcome.duration) if outcome.started_at is not None else "-"
         table.add_row(Text(outcome.node_id), Text(outcome.tool), _status(outcome),
-                      str(outcome.attempts), took,
+                      outcome.executor or "-", str(outcome.attempts), took,
                       Text(detail(outcome), no_wrap=True, overflow="ellipsis"))
     if compact:
         ok = result.counts["ok"]
