@@ -11,7 +11,10 @@
     ├── UpstreamFailedError         a call was skipped because a node it needs did not succeed
     ├── DeadlineExceededError       the run's deadline passed before this call could finish
     ├── ExecutorError               a backend could not run a call (not the tool's own error)
-    │   └── SerializationError      arguments or a result could not be moved to the backend
+    │   ├── SerializationError      arguments or a result could not be moved to the backend
+    │   ├── WorkerCrashedError      the worker process died during the call; ``.cause`` says how
+    │   └── ToolQuarantinedError    a tool crashed its workers too often in this run: not started
+    ├── RemoteToolError             stands in for a tool's exception that could not be pickled
     ├── ConfigError                 an invalid runtime setting (limits, executors, rates)
     └── MissingDependencyError      an optional extra is not installed; says what to install
 
@@ -34,12 +37,15 @@ __all__ = [
     "MissingDependencyError",
     "PlanError",
     "PlanProblem",
+    "RemoteToolError",
     "SerializationError",
     "ShoalError",
     "ToolArgumentError",
     "ToolDefinitionError",
+    "ToolQuarantinedError",
     "ToolTimeoutError",
     "UpstreamFailedError",
+    "WorkerCrashedError",
 ]
 
 
@@ -133,6 +139,49 @@ class ExecutorError(ShoalError):
 
 class SerializationError(ExecutorError):
     """Arguments or a result could not be serialised for the backend (e.g. not picklable)."""
+
+
+class WorkerCrashedError(ExecutorError):
+    """The worker process running a call died (exit code, signal) before it replied."""
+
+    def __init__(self, tool: str, cause: str, returncode: int | None = None) -> None:
+        self.tool = tool
+        self.cause = cause
+        self.returncode = returncode
+        super().__init__(f"the worker process running tool {tool!r} died: {cause}")
+
+    def __reduce__(self) -> tuple[type[WorkerCrashedError], tuple[str, str, int | None]]:
+        return (WorkerCrashedError, (self.tool, self.cause, self.returncode))
+
+
+class ToolQuarantinedError(ExecutorError):
+    """A tool's calls killed their worker process ``crashes`` times in this run; no more tries."""
+
+    def __init__(self, tool: str, crashes: int) -> None:
+        self.tool = tool
+        self.crashes = crashes
+        super().__init__(f"tool {tool!r} is quarantined for the rest of this run: its calls "
+                         f"crashed their worker process {crashes} times")
+
+    def __reduce__(self) -> tuple[type[ToolQuarantinedError], tuple[str, int]]:
+        return (ToolQuarantinedError, (self.tool, self.crashes))
+
+
+class RemoteToolError(ShoalError):
+    """A tool's exception, raised in a worker process, that could not be sent back as itself.
+
+    ``type_name`` is the original exception's type (``module.QualName``), ``message`` its
+    text and ``traceback_text`` the traceback as the worker formatted it.
+    """
+
+    def __init__(self, type_name: str, message: str, traceback_text: str = "") -> None:
+        self.type_name = type_name
+        self.message = message
+        self.traceback_text = traceback_text
+        super().__init__(f"{type_name}: {message}" if message else type_name)
+
+    def __reduce__(self) -> tuple[type[RemoteToolError], tuple[str, str, str]]:
+        return (RemoteToolError, (self.type_name, self.message, self.traceback_text))
 
 
 class ConfigError(ShoalError):

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic_core import to_jsonable_python
 
+from shoal.exceptions import RemoteToolError
+
 if TYPE_CHECKING:
     from shoal.deps import Edge, Graph
     from shoal.plan import Ref
@@ -64,7 +66,14 @@ class ErrorInfo:
 
     @classmethod
     def from_exception(cls, exc: BaseException, *, with_traceback: bool = True) -> ErrorInfo:
-        """Describe ``exc``; the type is qualified by module unless it is a builtin."""
+        """Describe ``exc``; the type is qualified by module unless it is a builtin.
+
+        A :class:`~shoal.exceptions.RemoteToolError` (a worker's exception that could not
+        travel as itself) is described as the original exception it stands for.
+        """
+        if isinstance(exc, RemoteToolError):
+            return cls(exc.type_name, exc.message,
+                       exc.traceback_text if with_traceback else "")
         kind = type(exc)
         name = kind.__qualname__ if kind.__module__ == "builtins" else (
             f"{kind.__module__}.{kind.__qualname__}")

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, cast
 
-from shoal.exceptions import ToolArgumentError, ToolDefinitionError
+from shoal.exceptions import ToolArgumentError, ToolDefinitionError, ToolQuarantinedError
 from shoal.limits import ProcessLimits, Rate, parse_process_limits, parse_rate
 
 __all__ = [
@@ -61,6 +61,10 @@ def _exception_types(value: object) -> tuple[type[BaseException], ...]:
     return cast(tuple[type[BaseException], ...], items)
 
 
+# Retrying cannot help: the arguments will not fit any better, a quarantined tool stays so.
+_NEVER_RETRIED = (ToolArgumentError, ToolQuarantinedError)
+
+
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """How often and on which errors a call is tried again.
@@ -96,7 +100,7 @@ class RetryPolicy:
         return (
             attempt <= self.retries
             and isinstance(error, self.on)
-            and not isinstance(error, ToolArgumentError)
+            and not isinstance(error, _NEVER_RETRIED)
         )
 
     def delay(self, attempt: int, rng: random.Random) -> float:

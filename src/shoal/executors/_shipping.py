@@ -8,6 +8,7 @@ cloudpickle's by-value pickling of the function (closures, ``__main__``, noteboo
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pickle
 from collections.abc import Callable
@@ -21,10 +22,10 @@ from shoal.tools import Tool
 __all__ = ["dumps", "dumps_callable", "loads", "loads_callable"]
 
 
-def _reference(tool: Tool[..., Any]) -> tuple[str, str] | None:
-    """(module, qualname) under which importing finds this tool's function, if there is one."""
-    module_name = getattr(tool.fn, "__module__", None)
-    qualname = getattr(tool.fn, "__qualname__", "")
+def _reference(fn: Callable[..., Any]) -> tuple[str, str] | None:
+    """(module, qualname) under which importing finds this tool function, if there is one."""
+    module_name = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", "")
     if not module_name or module_name == "__main__" or "<locals>" in qualname:
         return None
     try:
@@ -34,21 +35,38 @@ def _reference(tool: Tool[..., Any]) -> tuple[str, str] | None:
     except (ImportError, AttributeError):
         return None
     target = found.fn if isinstance(found, Tool) else found
-    return (module_name, qualname) if target is tool.fn else None
+    return (module_name, qualname) if target is fn else None
 
 
 def dumps_callable(tool: Tool[..., Any]) -> bytes:
     """Bytes from which :func:`loads_callable` rebuilds the tool's function elsewhere."""
-    ref = _reference(tool)
-    if ref is not None:
-        return pickle.dumps(("ref", *ref))
+    fn = tool.fn
     try:
-        return pickle.dumps(("value", cloudpickle.dumps(tool.fn)))
+        return _cached_blob(fn) if _hashable(fn) else _function_blob(fn)
     except Exception as exc:
         raise SerializationError(
             f"tool {tool.name!r} cannot be sent to another process: {exc}; define it at the top "
             "level of an importable module"
         ) from exc
+
+
+def _function_blob(fn: Callable[..., Any]) -> bytes:
+    ref = _reference(fn)
+    if ref is not None:
+        return pickle.dumps(("ref", *ref))
+    return pickle.dumps(("value", cloudpickle.dumps(fn)))
+
+
+# needed for every call, and tool functions live long: compute each once
+_cached_blob = functools.lru_cache(maxsize=1024)(_function_blob)
+
+
+def _hashable(fn: Callable[..., Any]) -> bool:
+    try:
+        hash(fn)
+    except TypeError:  # a callable object with __eq__ and no __hash__
+        return False
+    return True
 
 
 def loads_callable(blob: bytes) -> Callable[..., Any]:

@@ -33,15 +33,27 @@ class Call:
     run_id: str = ""
     abandoned: bool = False
     began_at: float | None = None
+    lease: Any = None  # what prepare() reserved for this attempt (a worker, ...)
 
 
 class Executor(ABC):
     """A backend that runs calls. Create, ``await start()``, ``execute`` many, ``await close()``."""
 
     name: ClassVar[str]
+    #: Whether :meth:`prepare` does anything (the driver skips the await when it does not).
+    prepares: ClassVar[bool] = False
 
     async def start(self) -> None:
         """Acquire resources (pools, connections). Called once before the first call."""
+        return None
+
+    async def prepare(self, call: Call) -> None:
+        """Get ready to run ``call`` (e.g. reserve or start a worker) before its timeout starts.
+
+        Waiting for a worker is not the call's own time, so the driver awaits this outside the
+        timeout. A backend that reserves something here keeps it in ``call.lease`` and must
+        release it in :meth:`execute`, whatever happens there.
+        """
         return None
 
     @abstractmethod

@@ -158,6 +158,8 @@ class Driver:
         executor = self._executors[call.executor]
         scope: asyncio.Timeout | None = None
         try:
+            if executor.prepares:  # outside the timeout: waiting for a worker is not the call's
+                await executor.prepare(call)
             if call.timeout is None:
                 value = await executor.execute(call)
             else:

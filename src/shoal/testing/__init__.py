@@ -1,10 +1,38 @@
-"""Helpers for testing and simulating shoal runs without waiting in real time.
+"""Helpers for testing and simulating shoal runs, and for testing shoal backends.
 
 :class:`VirtualClockLoop` is an asyncio event loop whose clock jumps to the next timer instead
 of sleeping, and :func:`run_virtual` runs a coroutine on one (like :func:`asyncio.run`). Only
 pure-asyncio code belongs on it: see :mod:`shoal.testing.clock` for why threads do not mix.
+
+:class:`ExecutorConformance` is the pytest suite every executor must pass (see
+:mod:`shoal.testing.conformance`). It is loaded on first access, because it imports pytest,
+which an application importing ``shoal.testing`` for the clock should not pay for or need.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from shoal.testing.clock import VirtualClockLoop, run_virtual
 
-__all__ = ["VirtualClockLoop", "run_virtual"]
+if TYPE_CHECKING:
+    from shoal.testing.conformance import ExecutorConformance
+
+__all__ = ["ExecutorConformance", "VirtualClockLoop", "run_virtual"]
+
+_LAZY = {"ExecutorConformance": "shoal.testing.conformance"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -1,0 +1,233 @@
+"""The worker program of the process backend: ``python -m shoal.executors._worker CMD_FD REPLY_FD``.
+
+The parent (:mod:`shoal.executors.process`) starts it with two pipes of its own: commands arrive
+on ``CMD_FD`` and replies leave on ``REPLY_FD``, so whatever a tool prints to stdout or stderr
+cannot corrupt the protocol. Every message is an 8-byte big-endian length followed by that many
+bytes of a pickled tuple:
+
+* parent -> worker, once: ``("config", sys_path, (memory, cpu_seconds, open_files))``;
+  the worker answers ``("ready", pid)`` or ``("error", None, type, message, traceback)``;
+* parent -> worker, per call: ``("call", tool_name, is_async, function_blob, args)``, where
+  ``function_blob`` comes from :func:`~shoal.executors._shipping.dumps_callable`;
+* worker -> parent, per call: ``("ok", value)`` or ``("error", exception_blob | None, type,
+  message, traceback)`` (the blob is ``None`` when the exception cannot be pickled).
+
+Calls and ``ok`` replies are cloudpickled whole rather than holding separately pickled blobs:
+with tens of megabytes of arguments or results, every copy counts.
+
+The worker runs one call at a time, for as long as the parent keeps its end of the command pipe
+open: end of file there (the parent closed the pool, or died) ends the worker, even mid-call.
+
+Imports stay few on purpose: starting a worker is paid for by the call that needs one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import os
+import pickle
+import struct
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from typing import IO, Any
+
+# Importing the package runs shoal/__init__; tools import it anyway, and paying for it here,
+# before "ready", keeps it out of the first call's measured time.
+from shoal.exceptions import SerializationError
+from shoal.executors._shipping import dumps, loads, loads_callable
+
+HEADER = struct.Struct(">Q")
+
+
+def read_message(stream: IO[bytes]) -> bytes | None:
+    """The next message's bytes, or ``None`` at end of file (the parent is gone)."""
+    header = stream.read(HEADER.size)
+    if len(header) < HEADER.size:
+        return None
+    (size,) = HEADER.unpack(header)
+    body = stream.read(size)
+    return body if len(body) == size else None
+
+
+def write_message(stream: IO[bytes], body: bytes) -> None:
+    """Send one message; exit quietly if the parent stopped listening."""
+    try:
+        stream.write(HEADER.pack(len(body)))
+        stream.write(body)
+        stream.flush()
+    except BrokenPipeError:
+        os._exit(0)
+
+
+def type_name(exc: BaseException) -> str:
+    """``module.QualName`` of the exception's type (just the name for builtins)."""
+    kind = type(exc)
+    return kind.__qualname__ if kind.__module__ == "builtins" else (
+        f"{kind.__module__}.{kind.__qualname__}")
+
+
+def error_reply(exc: BaseException) -> bytes:
+    """Describe ``exc`` for the parent, with the exception itself when it can be pickled."""
+    try:
+        message = str(exc)
+    except Exception:  # a broken __str__ must not lose the error
+        message = f"<unprintable {type(exc).__qualname__}>"
+    text = "".join(traceback.format_exception(exc))
+    try:
+        blob: bytes | None = dumps(exc, "the exception")
+    except Exception:  # the parent sends a RemoteToolError naming the type instead
+        blob = None
+    return pickle.dumps(("error", blob, type_name(exc), message, text), pickle.HIGHEST_PROTOCOL)
+
+
+def apply_limits(memory: int | None, open_files: int | None) -> None:
+    """Lower this process's memory and file limits (soft = hard, so a tool cannot lift them)."""
+    import resource  # POSIX only, and only needed when a tool has limits
+
+    for which, value in ((resource.RLIMIT_AS, memory), (resource.RLIMIT_NOFILE, open_files)):
+        if value is not None:
+            _, hard = resource.getrlimit(which)
+            if hard != resource.RLIM_INFINITY:
+                value = min(value, hard)  # a hard limit can be lowered, never raised
+            resource.setrlimit(which, (value, value))
+
+
+def cpu_budget(seconds: int | None) -> None:
+    """Let the next call use ``seconds`` of CPU time from now (``None``: no limit).
+
+    ``RLIMIT_CPU`` counts the process's whole life, and a worker serves many calls, so the
+    limit is a soft one moved forward per call: past it the kernel sends SIGXCPU, whose default
+    action ends the process. The hard limit stays open so that it can be moved again.
+    """
+    import resource
+
+    if seconds is None:
+        return
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    used = int(usage.ru_utime + usage.ru_stime) + 1
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    resource.setrlimit(resource.RLIMIT_CPU, (used + seconds, hard))
+
+
+MAX_FUNCTIONS = 256  # loaded tool functions kept per worker (they are few in practice)
+_functions: dict[bytes, Callable[..., Any]] = {}
+
+
+def function_for(fn_blob: bytes) -> Callable[..., Any]:
+    """The tool function behind ``fn_blob``, loaded (importing its module) once per worker."""
+    fn = _functions.get(fn_blob)
+    if fn is None:
+        if len(_functions) >= MAX_FUNCTIONS:
+            _functions.clear()
+        fn = _functions[fn_blob] = loads_callable(fn_blob)
+    return fn
+
+
+def handle(body: bytes, cpu_seconds: int | None) -> bytes:
+    """Answer one message: ``("load", fn_blob)`` ahead of calls, or ``("call", ...)``."""
+    try:
+        message = loads(body)
+    except BaseException as exc:
+        return error_reply(SerializationError(
+            f"a call could not be unpickled in the worker process: {type(exc).__name__}: {exc}"))
+    if message[0] == "load":
+        try:
+            function_for(message[1])
+        except BaseException as exc:  # the tool's module failed to import here
+            return error_reply(exc)
+        return pickle.dumps(("ok", None), pickle.HIGHEST_PROTOCOL)
+    return run_call(message, cpu_seconds)
+
+
+def run_call(message: tuple[Any, ...], cpu_seconds: int | None) -> bytes:
+    """Run one call; every outcome, including an unpicklable result, becomes a reply."""
+    _, name, is_async, fn_blob, args = message
+    del message  # the args are referenced once, so they can be freed before the reply
+    try:
+        fn = function_for(fn_blob)
+        cpu_budget(cpu_seconds)
+        if is_async:
+            import asyncio
+
+            value = asyncio.run(fn(**args))
+        else:
+            value = fn(**args)
+    except BaseException as exc:  # SystemExit too: the tool failed, the worker lives on
+        return error_reply(exc)
+    del args  # free large arguments before the result is pickled
+    try:
+        return dumps(("ok", value), f"the result of tool {name!r}")
+    except Exception as exc:
+        return error_reply(exc)
+
+
+def flush_output() -> None:
+    """Flush what the tool printed: a worker killed later would lose buffered output."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a tool closed or replaced it: nothing to save
+            stream.flush()
+
+
+def watch_parent(cmd_fd: int) -> None:
+    """Exit as soon as the command pipe hangs up, even while a tool is running.
+
+    Polling for POLLHUP alone (no POLLIN) leaves the data for the main thread to read.
+    """
+    import select
+
+    poller = select.poll()
+    poller.register(cmd_fd, 0)
+    while True:
+        for _, events in poller.poll():
+            if events & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                os._exit(0)
+
+
+def start_watchdog(cmd_fd: int) -> None:
+    """Run :func:`watch_parent` on a small daemon thread (started after the limits apply)."""
+    previous = threading.stack_size(256 * 1024)  # it only waits: keep its address space small
+    try:
+        threading.Thread(target=watch_parent, args=(cmd_fd,), name="shoal-watchdog",
+                         daemon=True).start()
+    finally:
+        threading.stack_size(previous)
+
+
+def configure(body: bytes) -> int | None:
+    """Adopt the parent's import path and apply the limits; return the per-call CPU budget."""
+    _, parent_path, (memory, cpu_seconds, open_files) = pickle.loads(body)
+    sys.path[:] = parent_path  # import exactly what the parent would
+    apply_limits(memory, open_files)
+    return cpu_seconds  # type: ignore[no-any-return]
+
+
+def main(argv: list[str]) -> int:
+    """Serve calls until the parent closes the command pipe."""
+    faulthandler.enable()  # a crash prints the Python stack to stderr before the worker dies
+    cmd_fd, reply_fd = int(argv[1]), int(argv[2])
+    commands = os.fdopen(cmd_fd, "rb")
+    replies = os.fdopen(reply_fd, "wb")
+    config = read_message(commands)
+    if config is None:
+        return 0
+    try:
+        cpu_seconds = configure(config)
+    except Exception as exc:
+        write_message(replies, error_reply(exc))
+        return 1
+    start_watchdog(cmd_fd)
+    write_message(replies, pickle.dumps(("ready", os.getpid())))
+    while (body := read_message(commands)) is not None:
+        reply = handle(body, cpu_seconds)
+        del body  # free a large call before sending a large reply
+        flush_output()
+        write_message(replies, reply)
+        del reply
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

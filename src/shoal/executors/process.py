@@ -1,0 +1,615 @@
+"""The process backend: each call runs in a worker process from a pool that shoal manages itself.
+
+Why not :class:`concurrent.futures.ProcessPoolExecutor`: when one of its workers dies (a
+segfault, ``os._exit``, the kernel's OOM killer) the whole pool is marked broken and every call
+in it fails, and there is no way to kill the single worker running a call that timed out. Here
+every worker is a subprocess of its own, so one can be killed, or die, without touching the rest.
+
+**Workers.** A worker is ``python -m shoal.executors._worker``, started with
+:func:`asyncio.create_subprocess_exec` (a fresh interpreter: never a fork of this threaded
+parent), lazily when a call needs one. It runs one call at a time and is reused; idle workers
+are kept until :meth:`ProcessExecutor.close`. Calls travel over two pipes of their own (never
+stdin/stdout, so a tool's prints cannot corrupt them) as length-prefixed pickles; see
+:mod:`shoal.executors._worker` for the messages. The parent reads and writes them through
+asyncio pipe transports, never blocking the event loop. Sync and async tools both run there
+(async ones under ``asyncio.run``); module state a tool keeps lasts as long as its worker.
+
+**Profiles.** Limits lowered in a process cannot be raised again, so workers are pooled by
+*profile*: the tool's :class:`~shoal.limits.ProcessLimits` and the environment variable names it
+may see. At most ``max_workers`` workers live at once across all profiles; when a profile needs
+one and the cap is reached, an idle worker of another profile is stopped to make room.
+
+**Environment.** A worker sees only an allow-list of the parent's environment,
+:data:`ALLOWED_ENV` (``PATH``, ``HOME``, ``USER``, ``LOGNAME``, ``LANG``, ``LANGUAGE``, ``LC_*``,
+``TZ``, ``TMPDIR``, ``TEMP``, ``TMP``, ``PYTHONPATH``, ``PYTHONHASHSEED``, ``VIRTUAL_ENV``,
+``SYSTEMROOT``), plus the names the runtime passes (``Runtime(pass_env=[...])``) and those the
+tool asks for (``@tool(env=[...])``). Everything else, API keys and cloud credentials included,
+is absent. Workers import from the parent's ``sys.path``.
+
+**Limits.** ``memory`` is ``RLIMIT_AS`` (address space: an allocation past it raises
+``MemoryError`` in the tool; an idle worker already takes about 100 MB of it, so leave room),
+``open_files`` is ``RLIMIT_NOFILE``; both are set once, when the worker starts.
+``cpu_seconds`` (``RLIMIT_CPU``) is granted afresh to each call, since the kernel counts a
+process's whole life: a call past it is killed by ``SIGXCPU`` (a soft limit, so that it can be
+moved per call: it guards against runaway code, not against a tool that catches the signal).
+
+**Crashes.** A worker that dies during a call fails that call with
+:class:`~shoal.exceptions.WorkerCrashedError` naming the cause (``exit code 1``, ``killed by
+signal SIGSEGV (segmentation fault)``...) and is replaced on demand. A tool whose calls killed
+their worker :data:`QUARANTINE_AFTER` times in one run is quarantined: its further calls in that
+run fail at once with :class:`~shoal.exceptions.ToolQuarantinedError`.
+
+**Timeouts and cancellation** kill the worker (``SIGKILL`` to its process group, so processes
+the tool started go too), reap it and re-raise. Workers run in sessions of their own, out of
+reach of a terminal's Ctrl-C, which is the parent's to handle. Workers also
+exit on their own when their command pipe closes, so a parent that dies leaves no orphans, and
+a finalizer kills the workers of a pool that was never closed. POSIX only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import pickle
+import signal
+import site
+import struct
+import sys
+import time
+import weakref
+from collections import deque
+from collections.abc import Iterable, Sequence
+from contextlib import suppress
+from pathlib import Path
+from typing import IO, Any
+
+from shoal.exceptions import (
+    ConfigError,
+    ExecutorError,
+    RemoteToolError,
+    SerializationError,
+    ToolQuarantinedError,
+    WorkerCrashedError,
+)
+from shoal.executors._shipping import dumps, dumps_callable, loads
+from shoal.executors.base import Call, Executor
+from shoal.limits import ProcessLimits
+
+__all__ = ["ALLOWED_ENV", "QUARANTINE_AFTER", "ProcessExecutor", "describe_exit", "worker_env"]
+
+#: Environment variables a worker inherits without being asked (plus every ``LC_*``).
+ALLOWED_ENV: frozenset[str] = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP",
+    "PYTHONPATH", "PYTHONHASHSEED", "VIRTUAL_ENV", "SYSTEMROOT",
+})  # fmt: skip
+
+#: Crashes of one tool's workers within one run after which the tool is quarantined.
+QUARANTINE_AFTER = 3
+
+_HEADER = struct.Struct(">Q")
+_PIPE_SIZE = 1 << 20  # bytes of pipe buffer asked for (Linux's default maximum)
+_REAP_GRACE = 2.0  # seconds a worker whose pipe closed gets to exit before it is killed
+_SHOAL_ROOT = str(Path(__file__).resolve().parents[2])  # the directory holding the package
+
+#: What a worker is pooled by: its limits and the extra environment variable names it sees.
+Profile = tuple[ProcessLimits | None, tuple[str, ...]]
+
+_SIGNAL_CAUSES = {
+    "SIGSEGV": "segmentation fault", "SIGKILL": "killed; out of memory?",
+    "SIGXCPU": "CPU time limit exceeded", "SIGABRT": "aborted", "SIGBUS": "bus error",
+    "SIGFPE": "floating-point exception", "SIGILL": "illegal instruction",
+    "SIGTERM": "terminated",
+}  # fmt: skip
+
+
+@functools.cache
+def _is_site_dir(path: str) -> bool:
+    dirs = {*site.getsitepackages(), site.getusersitepackages()}
+    return path in {str(Path(d).resolve()) for d in dirs}
+
+
+def worker_env(names: Iterable[str] = ()) -> dict[str, str]:
+    """The environment a worker starts with: :data:`ALLOWED_ENV`, ``LC_*`` and ``names``.
+
+    ``PYTHONPATH`` also gets the directory shoal was imported from, so that ``python -m
+    shoal.executors._worker`` finds it, unless that is a site-packages directory (putting one
+    ahead of the standard library could shadow it with backports).
+    """
+    wanted = ALLOWED_ENV | set(names)
+    env = {k: v for k, v in os.environ.items() if k in wanted or k.startswith("LC_")}
+    if not _is_site_dir(_SHOAL_ROOT):
+        paths = [_SHOAL_ROOT, *env.get("PYTHONPATH", "").split(os.pathsep)]
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in paths if p))
+    return env
+
+
+def describe_exit(returncode: int, limits: ProcessLimits | None = None) -> str:
+    """How a worker ended, for an error message: ``exit code 1``, ``killed by signal ...``."""
+    if returncode >= 0:
+        return f"exit code {returncode}"
+    number = -returncode
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        name = f"signal {number}"
+    what = _SIGNAL_CAUSES.get(name) or (signal.strsignal(number) or "unknown").lower()
+    if name == "SIGXCPU" and limits is not None and limits.cpu_seconds is not None:
+        what += f": over its limit of cpu_seconds={limits.cpu_seconds}"
+    return f"killed by signal {name} ({what})"
+
+
+class _WorkerDied(Exception):
+    """The reply pipe ended before a reply came: the worker is gone."""
+
+
+class _RemoteTraceback(Exception):
+    """Carries the worker's traceback, shown as the cause of the error raised here."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f"traceback in the worker process:\n{self.text}"
+
+
+class _MessageReader(asyncio.Protocol):
+    """Assembles length-prefixed messages from a worker's reply pipe, as data arrives.
+
+    Each body is filled in place into a buffer of its announced size: one copy, however large.
+    """
+
+    def __init__(self) -> None:
+        self._header = bytearray()
+        self._body: bytearray | None = None
+        self._filled = 0
+        self._messages: deque[bytearray] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self.eof = False
+
+    def data_received(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            if self._body is None:
+                need = _HEADER.size - len(self._header)
+                self._header += view[:need]
+                view = view[need:]
+                if len(self._header) == _HEADER.size:
+                    self._body = bytearray(_HEADER.unpack(self._header)[0])
+                    self._header.clear()
+                    self._filled = 0
+            else:
+                take = min(len(view), len(self._body) - self._filled)
+                self._body[self._filled:self._filled + take] = view[:take]
+                self._filled += take
+                view = view[take:]
+            if self._body is not None and self._filled == len(self._body):
+                self._messages.append(self._body)
+                self._body = None
+                self._wake()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.eof = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def receive(self) -> bytearray:
+        """The next message's body; :class:`_WorkerDied` if the pipe ends first."""
+        while not self._messages:
+            if self.eof:
+                raise _WorkerDied
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        return self._messages.popleft()
+
+
+class _Worker:
+    """One worker process and the parent's ends of its two pipes."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, profile: Profile) -> None:
+        self.proc = proc
+        self.profile = profile
+        self.reader = _MessageReader()
+        self._read_pipe: asyncio.ReadTransport | None = None
+        self._write_pipe: asyncio.WriteTransport | None = None
+        self.retired = False  # stopped by the pool itself (close), not by a crash
+        self.loaded: set[bytes] = set()  # tool functions this worker has imported already
+
+    async def connect(self, cmd_fd: int, reply_fd: int) -> None:
+        """Attach the parent's pipe ends to the event loop; the transports own them from here."""
+        loop = asyncio.get_running_loop()
+        files: list[IO[bytes]] = [open(reply_fd, "rb", buffering=0)]  # noqa: SIM115
+        try:
+            files.append(open(cmd_fd, "wb", buffering=0))  # noqa: SIM115
+            self._read_pipe, _ = await loop.connect_read_pipe(lambda: self.reader, files[0])
+            self._write_pipe, _ = await loop.connect_write_pipe(asyncio.Protocol, files[1])
+        except BaseException:
+            self.close_pipes()  # a transport made already closes its own file
+            owned = {t.get_extra_info("pipe") for t in (self._read_pipe, self._write_pipe) if t}
+            for file in files:
+                if file not in owned:
+                    file.close()
+            if len(files) < 2:
+                os.close(cmd_fd)
+            raise
+
+    @property
+    def pid(self) -> int:
+        """The worker's process id."""
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        """Whether the worker still runs, as far as the event loop has seen."""
+        return self.proc.returncode is None and not self.reader.eof
+
+    def send(self, body: bytes) -> None:
+        """Queue one message; the transport writes it as the pipe drains (never blocking)."""
+        assert self._write_pipe is not None
+        self._write_pipe.write(_HEADER.pack(len(body)))
+        self._write_pipe.write(body)
+
+    async def receive(self) -> tuple[Any, ...]:
+        """The next reply, unpickled; :class:`_WorkerDied` if the pipe ends first."""
+        body = await self.reader.receive()
+        reply: tuple[Any, ...] = pickle.loads(body)
+        return reply
+
+    def kill(self) -> None:
+        """SIGKILL the worker and whatever it started (its process group), unless reaped.
+
+        Until it is reaped its pid, which is also its group's id, cannot be reused.
+        """
+        if self.proc.returncode is None:
+            with suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+    async def reap(self) -> int:
+        """Wait for the process to end (killing it if it lingers); close the pipes."""
+        try:
+            try:
+                return await asyncio.wait_for(self.proc.wait(), _REAP_GRACE)
+            except TimeoutError:  # closed its reply pipe yet lives on: not ours to wait for
+                self.kill()
+                return await self.proc.wait()
+        finally:
+            self.close_pipes()
+
+    def close_pipes(self) -> None:
+        """Close the parent's ends of both pipes (the worker sees end of file)."""
+        for transport in (self._write_pipe, self._read_pipe):
+            if transport is None:
+                continue
+            try:
+                transport.close()
+            except RuntimeError:  # its event loop is closed already: close the file itself
+                pipe = transport.get_extra_info("pipe")
+                if pipe is not None:
+                    pipe.close()
+
+
+def _widen(*fds: int) -> None:
+    """Enlarge pipe buffers where the OS allows (Linux): big messages need fewer wake-ups."""
+    import fcntl  # POSIX only, like the rest of this module
+
+    size = getattr(fcntl, "F_SETPIPE_SZ", None)
+    for fd in fds:
+        if size is not None:
+            with suppress(OSError):  # above the system's maximum: keep the default
+                fcntl.fcntl(fd, size, _PIPE_SIZE)
+
+
+def _kill_pids(pids: set[int]) -> None:
+    """The safety net of an unclosed pool: kill its workers (at collection or at exit)."""
+    for pid in list(pids):
+        with suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)
+    pids.clear()
+
+
+class ProcessExecutor(Executor):
+    """Runs each call in a worker process: crash-safe, killable, with limits and a clean env.
+
+    Args:
+        max_workers: the most worker processes alive at once, across all profiles.
+        pass_env: environment variable names every worker may see besides :data:`ALLOWED_ENV`.
+    """
+
+    name = "process"
+
+    def __init__(self, max_workers: int, *, pass_env: Sequence[str] = ()) -> None:
+        if os.name != "posix":
+            raise ConfigError("isolation='process' needs a POSIX system (Linux, macOS); "
+                              "use 'thread' or 'ray' here")
+        self.max_workers = max(1, max_workers)
+        self.pass_env = tuple(pass_env)
+        self._idle: dict[Profile, list[_Worker]] = {}
+        self._live: set[_Worker] = set()  # idle and busy
+        self._starting = 0  # workers being started (they count against max_workers)
+        self._crashes: dict[tuple[str, str], int] = {}  # (run id, tool name) -> crashes
+        self._pids: set[int] = set()  # every worker not yet reaped, for the finalizer
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._freed = asyncio.Event()  # a worker became idle or went away
+        self.workers_started = 0
+        self.workers_crashed = 0
+        weakref.finalize(self, _kill_pids, self._pids)
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """Process ids of the live workers, idle or busy."""
+        return sorted(w.pid for w in self._live)
+
+    async def start(self) -> None:
+        """Bind to the running event loop (workers themselves start when calls need them)."""
+        self._bind_loop()
+
+    prepares = True
+
+    async def prepare(self, call: Call) -> None:
+        """Reserve a worker of the call's profile.
+
+        Starting one may take a fraction of a second, which must not count against the call's
+        timeout; the driver awaits this before the timeout starts.
+        """
+        self._bind_loop()
+        self._check_quarantine(call)
+        worker = await self._acquire(_profile(call))
+        fn_blob = dumps_callable(call.tool)
+        if fn_blob not in worker.loaded:  # importing the tool's module is warm-up, not the call
+            await self._load(call, worker, fn_blob)
+        call.lease = worker
+
+    async def _load(self, call: Call, worker: _Worker, fn_blob: bytes) -> None:
+        try:
+            worker.send(pickle.dumps(("load", fn_blob), pickle.HIGHEST_PROTOCOL))
+            body = await worker.reader.receive()
+        except _WorkerDied:
+            raise await self._crash_error(call, worker) from None
+        except BaseException:
+            await self._discard(worker)
+            raise
+        try:
+            _unwrap(call, body)  # raises the import error, if the module failed to load
+        except BaseException:
+            self._release(worker)
+            raise
+        worker.loaded.add(fn_blob)
+
+    async def execute(self, call: Call) -> Any:
+        """Run ``call`` in its reserved worker; on cancellation kill the worker, re-raise."""
+        if call.lease is None:  # a caller that skipped prepare()
+            await self.prepare(call)
+        worker: _Worker = call.lease
+        call.lease = None
+        try:
+            message = _call_message(call)
+        except BaseException:
+            self._release(worker)  # nothing was sent: the worker is still clean
+            raise
+        try:
+            call.began_at = time.monotonic()
+            worker.send(message)
+            body = await worker.reader.receive()
+        except _WorkerDied:
+            raise await self._crash_error(call, worker) from None
+        except BaseException:  # cancelled (a timeout too): the worker still runs the call
+            await self._discard(worker)
+            raise
+        self._release(worker)
+        return _unwrap(call, body)
+
+    async def close(self) -> None:
+        """Kill every worker and reap it; the pool can start afresh afterwards."""
+        if self._loop is not asyncio.get_running_loop():
+            self._bind_loop()  # workers of another loop: killed there, reaped by its watcher
+            return
+        workers = list(self._live)
+        for worker in workers:
+            worker.retired = True
+        await asyncio.gather(*(self._discard(w) for w in workers))
+
+    # ---- the pool ------------------------------------------------------------------------
+
+    def _bind_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        if loop is self._loop:
+            return
+        for worker in list(self._live):  # made on another loop: their pipes cannot serve here
+            self._drop(worker)  # that loop's child watcher reaps them
+        self._loop = loop
+        self._freed = asyncio.Event()
+
+    def _check_quarantine(self, call: Call) -> None:
+        crashes = self._crashes.get((call.run_id, call.tool.name), 0)
+        if crashes >= QUARANTINE_AFTER:
+            raise ToolQuarantinedError(call.tool.name, crashes)
+
+    async def _acquire(self, profile: Profile) -> _Worker:
+        """An idle worker of ``profile``, or a new one when the cap allows (evicting if need be)."""
+        while True:
+            worker = self._take_idle(profile)
+            if worker is not None:
+                return worker
+            if len(self._live) + self._starting < self.max_workers:
+                return await self._start_worker(profile, None)
+            victim = self._idle_victim()
+            if victim is not None:
+                return await self._start_worker(profile, victim)
+            # Every worker is busy: the scheduler's limit makes this rare (only when the pool is
+            # shared with callers outside it), so waking every waiter to retry is good enough.
+            self._freed.clear()
+            await self._freed.wait()
+
+    def _take_idle(self, profile: Profile) -> _Worker | None:
+        idle = self._idle.get(profile)
+        while idle:
+            worker = idle.pop()  # the most recently used one: its caches are warm
+            if worker.alive():
+                return worker
+            self._drop(worker)  # died while idle (killed from outside)
+        return None
+
+    def _idle_victim(self) -> _Worker | None:
+        """The longest-idle worker of any profile (the asking one has none idle)."""
+        for workers in self._idle.values():
+            if workers:
+                return workers[0]
+        return None
+
+    async def _start_worker(self, profile: Profile, victim: _Worker | None) -> _Worker:
+        if victim is not None:
+            self._forget(victim)
+        self._starting += 1  # taken before any await, so concurrent callers respect the cap
+        try:
+            if victim is not None:
+                await self._discard(victim)
+            worker = await self._spawn(profile)
+        finally:
+            self._starting -= 1
+        self._live.add(worker)
+        self.workers_started += 1
+        return worker
+
+    async def _spawn(self, profile: Profile) -> _Worker:
+        """Start a worker, hand it the import path and limits, and wait until it is ready."""
+        limits, env_names = profile
+        cmd_read, cmd_write = os.pipe()
+        reply_read, reply_write = os.pipe()
+        _widen(cmd_write, reply_write)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "shoal.executors._worker", str(cmd_read), str(reply_write),
+                stdin=asyncio.subprocess.DEVNULL, env=worker_env((*self.pass_env, *env_names)),
+                pass_fds=(cmd_read, reply_write),
+                # A session of its own: a terminal's Ctrl-C reaches the parent only (which
+                # decides what stops), and killing the group stops what a tool started too.
+                start_new_session=True)
+        except BaseException:
+            os.close(cmd_write)
+            os.close(reply_read)
+            raise
+        finally:  # only the worker may hold these: end of file must mean it is gone
+            os.close(cmd_read)
+            os.close(reply_write)
+        self._pids.add(proc.pid)
+        worker = _Worker(proc, profile)
+        try:
+            await worker.connect(cmd_write, reply_read)
+            await self._handshake(worker, limits)
+        except BaseException:
+            await self._discard(worker)
+            raise
+        return worker
+
+    async def _handshake(self, worker: _Worker, limits: ProcessLimits | None) -> None:
+        given = limits or ProcessLimits()
+        worker.send(pickle.dumps(("config", list(sys.path),
+                                  (given.memory, given.cpu_seconds, given.open_files))))
+        try:
+            reply = await worker.receive()
+        except _WorkerDied:
+            code = await worker.reap()
+            raise ExecutorError(f"a worker process failed to start ({describe_exit(code)}); "
+                                "its error output says why") from None
+        if reply[0] != "ready":
+            raise ExecutorError(f"a worker process could not apply its limits {limits}: "
+                                f"{reply[2]}: {reply[3]}")
+
+    def _release(self, worker: _Worker) -> None:
+        if worker in self._live:  # not retired by close() meanwhile
+            self._idle.setdefault(worker.profile, []).append(worker)
+            self._freed.set()
+
+    def _forget(self, worker: _Worker) -> None:
+        """Take a worker out of the pool's books (it is about to be killed or is dead)."""
+        self._live.discard(worker)
+        idle = self._idle.get(worker.profile)
+        if idle is not None and worker in idle:
+            idle.remove(worker)
+        self._freed.set()
+
+    def _drop(self, worker: _Worker) -> None:
+        """Kill a worker without waiting for it (the event loop's child watcher reaps it)."""
+        self._forget(worker)
+        worker.kill()
+        worker.close_pipes()
+        self._pids.discard(worker.pid)
+
+    async def _discard(self, worker: _Worker) -> None:
+        """Kill and reap a worker; a second cancellation cannot stop the reaping."""
+        self._forget(worker)
+        worker.kill()  # at once: whatever happens to this task, the process stops now
+        await asyncio.shield(self._reap(worker))
+
+    async def _reap(self, worker: _Worker) -> int:
+        try:
+            return await worker.reap()
+        finally:
+            self._pids.discard(worker.pid)
+
+    async def _crash_error(self, call: Call, worker: _Worker) -> ExecutorError:
+        """Reap a worker that died during ``call``; count the crash against the tool."""
+        retired = worker.retired
+        self._forget(worker)
+        code = await asyncio.shield(self._reap(worker))
+        if retired:
+            return ExecutorError(f"the process pool was closed while tool {call.tool.name!r} "
+                                 "was running")
+        key = (call.run_id, call.tool.name)
+        self._crashes[key] = self._crashes.get(key, 0) + 1
+        self.workers_crashed += 1
+        return WorkerCrashedError(call.tool.name, describe_exit(code, worker.profile[0]), code)
+
+
+def _profile(call: Call) -> Profile:
+    policy = call.tool.policy
+    return (policy.limits, tuple(sorted(set(policy.env))))
+
+
+def _call_message(call: Call) -> bytes:
+    """The call as a message; :class:`SerializationError` names what could not be pickled."""
+    name = call.tool.name
+    fn_blob = dumps_callable(call.tool)
+    try:
+        return dumps(("call", name, call.tool.is_async, fn_blob, call.args),
+                     f"the arguments of tool {name!r}")
+    except SerializationError:
+        for key, value in call.args.items():  # say which argument, when one alone fails
+            dumps(value, f"argument {key!r} of tool {name!r}")
+        raise
+
+
+def _unwrap(call: Call, body: bytearray) -> Any:
+    """The value of an ``ok`` reply; raise the error of an ``error`` reply."""
+    try:
+        # pickle reads the bytearray in place (cloudpickle output is plain pickle): no copy
+        reply = pickle.loads(body)
+    except Exception as exc:  # only an ``ok`` reply holds objects of the tool's making
+        raise SerializationError(f"the result of tool {call.tool.name!r} cannot be "
+                                 f"unpickled here: {type(exc).__name__}: {exc}") from exc
+    if reply[0] == "ok":
+        return reply[1]
+    _, blob, type_name, message, text = reply
+    raise _rebuild_error(blob, type_name, message, text)
+
+
+def _rebuild_error(blob: bytes | None, type_name: str, message: str,
+                   text: str) -> BaseException:
+    """The tool's own exception when it unpickles here, else a :class:`RemoteToolError`.
+
+    Exceptions that are not errors of the call (``KeyboardInterrupt``, ``CancelledError``
+    raised inside the tool) are substituted too: raised here they would stop the run, or look
+    like the cancellation of the awaiting task.
+    """
+    error: BaseException | None = None
+    if blob is not None:
+        with suppress(Exception):
+            error = loads(blob)
+    if not isinstance(error, Exception | SystemExit):
+        error = RemoteToolError(type_name, message, text)
+    if error.__cause__ is None:
+        error.__cause__ = _RemoteTraceback(text)
+    return error

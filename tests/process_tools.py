@@ -1,0 +1,180 @@
+"""Tools for the process backend tests; worker processes import them as ``tests.process_tools``."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from shoal.tools import tool
+
+
+class QuotaError(Exception):
+    """A typed error with an extra attribute, to check it comes back as itself."""
+
+    def __init__(self, message: str, quota: int = 0) -> None:
+        super().__init__(message)
+        self.quota = quota
+
+
+class LockedError(Exception):
+    """An error that cannot be pickled: it holds a lock."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+class PickyError(Exception):
+    """An error that pickles but does not unpickle (``args`` do not fit ``__init__``)."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+
+
+@tool(isolation="process")
+def noop() -> None:
+    """Do nothing (overhead measurements)."""
+
+
+@tool(isolation="process")
+def square(x: int) -> int:
+    """Return ``x * x`` and nothing else."""
+    return x * x
+
+
+@tool(isolation="process")
+async def async_square(x: int) -> int:
+    """Return ``x * x`` after yielding to the worker's own event loop."""
+    await asyncio.sleep(0)
+    return x * x
+
+
+@tool(isolation="process")
+def pid() -> int:
+    """The worker's process id."""
+    return os.getpid()
+
+
+@tool(isolation="process")
+def environment() -> dict[str, str]:
+    """The worker's whole environment."""
+    return dict(os.environ)
+
+
+@tool(isolation="process")
+def exit_now(code: int = 1) -> None:
+    """End the worker at once, without cleanup."""
+    os._exit(code)
+
+
+@tool(isolation="process")
+def segfault() -> None:
+    """Read address 0: the worker dies of SIGSEGV."""
+    ctypes.string_at(0)
+
+
+@tool(isolation="process")
+def sleep_forever(pid_file: str) -> None:
+    """Write the worker's pid to ``pid_file``, then sleep (practically) forever."""
+    Path(pid_file).write_text(str(os.getpid()))
+    time.sleep(1000)
+
+
+@tool(isolation="process")
+def busy_forever() -> None:
+    """Burn CPU until killed."""
+    while True:
+        pass
+
+
+@tool(isolation="process")
+def allocate(megabytes: int) -> int:
+    """Allocate ``megabytes`` MB at once; return the size."""
+    return len(bytearray(megabytes * 2**20))
+
+
+@tool(isolation="process")
+def open_many(count: int) -> int:
+    """Open ``count`` files at once; return how many were opened."""
+    files = [open(os.devnull) for _ in range(count)]  # noqa: SIM115
+    for f in files:
+        f.close()
+    return len(files)
+
+
+@tool(isolation="process")
+def raise_quota(quota: int) -> None:
+    """Raise the typed error."""
+    raise QuotaError("over quota", quota=quota)
+
+
+@tool(isolation="process")
+def raise_locked() -> None:
+    """Raise the unpicklable error."""
+    raise LockedError("cannot travel")
+
+
+@tool(isolation="process")
+def raise_picky() -> None:
+    """Raise the error that does not unpickle."""
+    raise PickyError(7, "picky")
+
+
+@tool(isolation="process")
+def raise_keyboard_interrupt() -> None:
+    """Raise KeyboardInterrupt inside the worker (must not stop the parent's run)."""
+    raise KeyboardInterrupt
+
+
+@tool(isolation="process")
+def make_lock() -> Any:
+    """Return something that cannot be pickled."""
+    return threading.Lock()
+
+
+@tool(isolation="process")
+def identity(value: Any = None) -> Any:
+    """Return ``value`` (any picklable value)."""
+    return value
+
+
+@tool(isolation="process")
+def blob(data: bytes, size: int) -> bytes:
+    """Check ``data`` arrived whole; return ``size`` fresh bytes derived from it."""
+    pattern = data[:16] or b"x"
+    return (pattern * (size // len(pattern) + 1))[:size]
+
+
+@tool(isolation="process")
+def chatty(lines: int) -> int:
+    """Print a lot to stdout and stderr (the protocol has its own pipes)."""
+    import sys
+
+    for i in range(lines):
+        print(f"line {i} " + "x" * 100)
+        print(f"err {i}", file=sys.stderr)
+    return lines
+
+
+@tool(isolation="process")
+def burn(seconds: float) -> int:
+    """Use ``seconds`` of CPU time; return the worker's pid."""
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+    return os.getpid()
+
+
+@tool(isolation="process")
+def spawn_and_sleep(pid_file: str) -> None:
+    """Start a long ``sleep`` subprocess, write its pid to ``pid_file``, then wait for it."""
+    import subprocess
+
+    child = subprocess.Popen(["sleep", "1000"])
+    Path(pid_file).write_text(str(child.pid))
+    child.wait()

@@ -1,0 +1,90 @@
+"""The executor conformance suite (shoal.testing.conformance) on each of shoal's own backends.
+
+Backends that cannot run here are skipped with the reason: ``process`` until its module imports,
+``ray`` when Ray is not installed. With ``RAY_ADDRESS`` set (CI starts a Ray head) the Ray tests
+use that cluster; otherwise one local Ray serves the whole module and is shut down after it.
+"""
+
+import os
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import pytest
+
+from shoal.testing import ExecutorConformance
+
+
+def _import_error(module: str) -> str:
+    """Why ``module`` cannot be imported ("" when it can)."""
+    try:
+        __import__(module)
+    except Exception as exc:  # any failure to import means the backend cannot be tested
+        return f"{type(exc).__name__}: {exc}"
+    return ""
+
+
+PROCESS_MISSING = _import_error("shoal.executors.process")
+RAY_MISSING = _import_error("ray") or _import_error("shoal.executors.ray")
+
+
+class TestInlineConformance(ExecutorConformance):
+    executor = "inline"
+    runs_sync_tools = False  # shoal sends sync tools to threads, never inline
+
+
+class TestThreadConformance(ExecutorConformance):
+    executor = "thread"
+    kills_on_timeout = False  # a thread cannot be stopped: its call is marked abandoned
+
+
+@pytest.mark.skipif(bool(PROCESS_MISSING),
+                    reason=f"shoal.executors.process does not import: {PROCESS_MISSING}")
+class TestProcessConformance(ExecutorConformance):
+    executor = "process"
+    serializes = True
+    isolates_crashes = True
+    # two workers even on a one-CPU machine, so the overlap and limit tests mean something
+    runtime_options: ClassVar[dict[str, Any]] = {"process_workers": 2}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[None]:
+    """Connect to ``RAY_ADDRESS`` if set, else start one local Ray for this module.
+
+    Module scope rather than session: the Ray tests all live here, so Ray starts once either
+    way, and shutting it down right after them keeps its worker processes out of the
+    child-process leak checks of the test modules that run later.
+    """
+    import ray
+
+    if ray.is_initialized():  # someone else's Ray: use it, leave it running
+        yield
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
+    else:  # four CPUs whatever the machine has: the overlap and limit tests need two at once
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.skipif(bool(RAY_MISSING), reason=f"Ray backend unavailable: {RAY_MISSING}")
+class TestRayConformance(ExecutorConformance):
+    executor = "ray"
+    serializes = True
+    isolates_crashes = True
+    check_child_processes = False  # a local Ray keeps a pool of worker processes on purpose
+
+    @pytest.fixture(autouse=True)
+    def _on_ray(self, ray_cluster: None) -> None:
+        """Every test here runs with Ray up."""
+
+
+class TestRayActorPoolConformance(TestRayConformance):
+    """Calls that reserve no CPU run on shoal's long-lived Ray actors instead of Ray tasks."""
+
+    tool_options: ClassVar[dict[str, Any]] = {"resources": {"num_cpus": 0}}
+    kills_on_timeout = frozenset({"async"})  # sync tools run on actor threads: abandoned
+    isolates_crashes = False  # a crash takes the node's actor, and its other calls, with it

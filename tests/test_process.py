@@ -1,0 +1,684 @@
+"""The process backend: crash safety, timeouts that kill, scrubbed environments, OS limits.
+
+Every test checks (through ``no_child_process_leak``) that no worker process outlives it.
+Tools live in :mod:`tests.process_tools` so that workers can import them; a few are defined here
+on purpose, to show tools from a test module and from closures travel too.
+"""
+
+import asyncio
+import gc
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+import shoal
+from shoal import (
+    Plan,
+    RemoteToolError,
+    Runtime,
+    SerializationError,
+    Tool,
+    ToolQuarantinedError,
+    WorkerCrashedError,
+    tool,
+)
+from shoal.executors.base import Call
+from shoal.executors.process import (
+    ALLOWED_ENV,
+    QUARANTINE_AFTER,
+    ProcessExecutor,
+    describe_exit,
+    worker_env,
+)
+from shoal.limits import ProcessLimits
+from tests import process_tools as pt
+from tests.conftest import arun, wait_until
+
+pytestmark = pytest.mark.usefixtures("no_child_process_leak")
+
+ROOT = Path(__file__).resolve().parents[1]
+SLOW = 60.0  # arun's limit for tests that start many workers (a worker takes ~0.2-0.4 s)
+
+
+class BudgetError(Exception):
+    """A typed error defined in the test module itself, with an extra attribute."""
+
+    def __init__(self, message: str, budget: float = 0.0) -> None:
+        super().__init__(message)
+        self.budget = budget
+
+
+@tool(isolation="process")
+def triple_here(x: int) -> int:
+    return 3 * x
+
+
+@tool(isolation="process")
+def over_budget(budget: float) -> None:
+    raise BudgetError("over budget", budget=budget)
+
+
+def a_call(target: Tool[..., Any], run_id: str = "run", **args: Any) -> Call:
+    return Call(0, "node", target, args, 1, "process", None, run_id)
+
+
+def renamed(target: Tool[..., Any], name: str) -> Tool[..., Any]:
+    """The same function under another tool name (quarantine counts per name)."""
+    return Tool(target.fn, name=name, policy=target.policy)
+
+
+def live_workers() -> list[psutil.Process]:
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if (child.status() != psutil.STATUS_ZOMBIE
+                    and "shoal.executors._worker" in " ".join(child.cmdline())):
+                found.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+# ---- the pieces ----------------------------------------------------------------------------------
+
+
+def test_exit_causes_are_named() -> None:
+    assert describe_exit(1) == "exit code 1"
+    assert describe_exit(-signal.SIGSEGV) == "killed by signal SIGSEGV (segmentation fault)"
+    assert describe_exit(-signal.SIGKILL) == "killed by signal SIGKILL (killed; out of memory?)"
+    limited = ProcessLimits(cpu_seconds=2)
+    assert describe_exit(-signal.SIGXCPU, limited) == (
+        "killed by signal SIGXCPU (CPU time limit exceeded: over its limit of cpu_seconds=2)")
+
+
+def test_the_new_errors_pickle_with_their_attributes() -> None:
+    for error in (WorkerCrashedError("t", "exit code 1", 1), ToolQuarantinedError("t", 3),
+                  RemoteToolError("m.E", "boom", "Traceback ...")):
+        back = pickle.loads(pickle.dumps(error))
+        assert type(back) is type(error) and str(back) == str(error)
+        assert vars(back) == vars(error)
+
+
+def test_worker_env_keeps_only_the_allow_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-123")
+    monkeypatch.setenv("LC_TIME", "C")
+    monkeypatch.setenv("TZ", "UTC")
+    env = worker_env()
+    assert "OPENAI_API_KEY" not in env
+    assert env["LC_TIME"] == "C" and env["TZ"] == "UTC"
+    assert set(env) <= ALLOWED_ENV | {"LC_TIME"} | {k for k in env if k.startswith("LC_")}
+    assert worker_env(["OPENAI_API_KEY"])["OPENAI_API_KEY"] == "sk-test-123"
+
+
+# ---- (1) crash safety ----------------------------------------------------------------------------
+
+
+def test_crashing_workers_fail_only_their_own_calls() -> None:
+    plan = Plan()
+    # Distinct names: quarantine is per tool, and this test is about crashes alone.
+    crashing = ([renamed(pt.exit_now, f"exit_now_{i}") for i in range(10)]
+                + [renamed(pt.segfault, f"segfault_{i}") for i in range(2)])
+    kinds = ["ok"] * 88 + crashing
+    random.Random(7).shuffle(kinds)
+    refs = []
+    for i, kind in enumerate(kinds):
+        if kind == "ok":
+            refs.append(("ok", i, plan.call(pt.square, x=i)))
+        else:
+            refs.append((kind.name, i, plan.call(kind)))
+
+    async def main() -> None:
+        async with Runtime(process_workers=4) as runtime:
+            t0 = time.perf_counter()
+            result = await runtime.run(plan)
+            elapsed = time.perf_counter() - t0
+            assert result.counts["ok"] == 88 and result.counts["failed"] == 12, result.counts
+            for kind, i, ref in refs:
+                outcome = result[ref]
+                if kind == "ok":
+                    assert outcome.value == i * i
+                    continue
+                assert outcome.status == "failed"
+                assert outcome.error is not None
+                assert outcome.error.type == "shoal.exceptions.WorkerCrashedError"
+                expected = ("exit code 1" if kind.startswith("exit_now")
+                            else "killed by signal SIGSEGV (segmentation fault)")
+                assert expected in outcome.error.message, outcome.error.message
+            executor = runtime.executor_for("process")
+            assert isinstance(executor, ProcessExecutor)
+            assert executor.workers_crashed == 12
+            assert len(executor.worker_pids) <= 4
+            print(f"\n100 calls, 12 crashes, 4 workers: {elapsed:.2f} s, "
+                  f"{executor.workers_started} workers started")
+            again = Plan()
+            more = [again.call(pt.square, x=i) for i in range(10)]
+            after = await runtime.run(again)  # the runtime, and the pool, live on
+            assert [after[r].value for r in more] == [i * i for i in range(10)]
+        assert live_workers() == []
+
+    arun(main(), timeout=SLOW)
+
+
+def test_a_crash_with_another_exit_code_names_it() -> None:
+    plan = Plan()
+    ref = plan.call(pt.exit_now, code=3)
+    result = shoal.run_sync(plan, process_workers=1)
+    assert result[ref].error is not None
+    assert result[ref].error.message == (
+        "the worker process running tool 'exit_now' died: exit code 3")
+
+
+# ---- (2) timeouts --------------------------------------------------------------------------------
+
+
+def test_a_sync_tool_that_never_returns_is_timed_out_and_its_process_killed(
+        tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+
+    async def main() -> None:
+        async with Runtime(process_workers=1) as runtime:
+            warm = Plan()
+            warm.call(pt.noop)
+            await runtime.run(warm)  # the worker exists now: the timeout is the tool's alone
+            plan = Plan()
+            ref = plan.call(pt.sleep_forever.options(timeout=0.5), pid_file=str(pid_file))
+            t0 = time.perf_counter()
+            result = await runtime.run(plan)
+            elapsed = time.perf_counter() - t0
+            assert result[ref].status == "timed_out"
+            assert not result[ref].abandoned  # a process can be stopped, unlike a thread
+            assert elapsed < 1.5, elapsed
+            pid = int(pid_file.read_text())
+            assert gone(pid)  # killed and reaped before the outcome was recorded
+            executor = runtime.executor_for("process")
+            assert isinstance(executor, ProcessExecutor)
+            assert executor.workers_crashed == 0  # a timeout is not a crash
+            assert executor.worker_pids == []
+
+    arun(main())
+
+
+def test_cancellation_while_a_worker_starts_leaves_no_process() -> None:
+    async def main() -> None:
+        executor = ProcessExecutor(1)
+        task = asyncio.ensure_future(executor.execute(a_call(pt.noop)))
+        await asyncio.sleep(0.05)  # inside the worker's start
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert executor.worker_pids == []
+        await executor.close()
+
+    arun(main())
+
+
+# ---- (3) the environment -------------------------------------------------------------------------
+
+
+def test_secrets_in_the_parent_never_reach_a_worker_unless_named(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0123456789abcdef")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-test-wJalrXUtnFEMI")
+    plan = Plan()
+    plain = plan.call(pt.environment)
+    asked = plan.call(pt.environment.options(env=["AWS_SECRET_ACCESS_KEY"]))
+
+    result = shoal.run_sync(plan, process_workers=2)
+    env = result[plain].value
+    assert "OPENAI_API_KEY" not in env and "AWS_SECRET_ACCESS_KEY" not in env
+    assert not any("sk-test" in v or "aws-test" in v for v in env.values())
+    assert env["PATH"] == os.environ["PATH"]
+    assert result[asked].value["AWS_SECRET_ACCESS_KEY"] == "aws-test-wJalrXUtnFEMI"
+    assert "OPENAI_API_KEY" not in result[asked].value
+
+    passed = shoal.run_sync(plan, process_workers=2, pass_env=["OPENAI_API_KEY"])
+    assert passed[plain].value["OPENAI_API_KEY"] == "sk-test-0123456789abcdef"
+    assert "AWS_SECRET_ACCESS_KEY" not in passed[plain].value
+
+
+# ---- (4) limits ----------------------------------------------------------------------------------
+
+
+def test_a_memory_limit_makes_a_big_allocation_fail_with_memory_error() -> None:
+    limited = pt.allocate.options(limits={"memory": "1GiB"})
+    plan = Plan()
+    small = plan.call(limited, megabytes=16)
+    big = plan.call(limited, megabytes=4096, after=small)
+    result = shoal.run_sync(plan, process_workers=1)
+    assert result[small].value == 16 * 2**20
+    assert result[big].status == "failed"
+    assert result[big].error is not None and result[big].error.type == "MemoryError"
+
+
+def test_an_open_files_limit_makes_opening_many_files_fail() -> None:
+    limited = pt.open_many.options(limits={"open_files": 32})
+    plan = Plan()
+    few = plan.call(limited, count=5)
+    many = plan.call(limited, count=100, after=few)
+    result = shoal.run_sync(plan, process_workers=1)
+    assert result[few].value == 5
+    assert result[many].status == "failed"
+    assert result[many].error is not None
+    assert result[many].error.type == "OSError"
+    assert "Too many open files" in result[many].error.message
+
+
+def test_a_cpu_limit_kills_a_busy_loop() -> None:
+    plan = Plan()
+    ref = plan.call(pt.busy_forever.options(limits={"cpu_seconds": 1}))
+    t0 = time.perf_counter()
+    result = shoal.run_sync(plan, process_workers=1)
+    elapsed = time.perf_counter() - t0
+    error = result[ref].error
+    assert result[ref].status == "failed" and error is not None
+    assert error.type == "shoal.exceptions.WorkerCrashedError"
+    assert "SIGXCPU" in error.message or "SIGKILL" in error.message, error.message
+    assert elapsed < 10
+
+
+def test_each_call_gets_its_own_cpu_budget() -> None:
+    burn = pt.burn.options(limits={"cpu_seconds": 1})
+
+    async def main() -> None:
+        executor = ProcessExecutor(1)
+        try:  # three calls on one worker use more CPU than one budget, none more than its own
+            pids = {await executor.execute(a_call(burn, seconds=0.6)) for _ in range(3)}
+            assert len(pids) == 1 and executor.workers_crashed == 0
+        finally:
+            await executor.close()
+
+    arun(main(), timeout=SLOW)
+
+
+def test_workers_are_pooled_by_profile_under_one_cap() -> None:
+    profiles = [pt.pid.options(limits={"open_files": n}) for n in (500, 600, 700)]
+
+    async def main() -> None:
+        executor = ProcessExecutor(2)
+        try:
+            seen = []
+            for target in profiles * 2:
+                seen.append(await executor.execute(a_call(target)))
+                assert len(executor.worker_pids) <= 2
+            assert len(live_workers()) <= 2
+            same = [await executor.execute(a_call(profiles[0])) for _ in range(3)]
+            assert len(set(same)) == 1  # one profile, one call at a time: one reused worker
+            together = await asyncio.gather(*(executor.execute(a_call(t)) for t in profiles))
+            assert len(together) == 3 and len(executor.worker_pids) <= 2
+        finally:
+            await executor.close()
+
+    arun(main(), timeout=SLOW)
+
+
+# ---- (5) quarantine ------------------------------------------------------------------------------
+
+
+def test_a_tool_that_keeps_crashing_its_workers_is_quarantined_for_the_run() -> None:
+    async def main() -> None:
+        async with Runtime(process_workers=1) as runtime:
+            plan = Plan()
+            crashes = [plan.call(pt.exit_now) for _ in range(QUARANTINE_AFTER + 2)]
+            fine = plan.call(pt.square, x=4)
+            result = await runtime.run(plan)
+            types = sorted(result[r].error.type for r in crashes)  # type: ignore[union-attr]
+            assert types == (["shoal.exceptions.ToolQuarantinedError"] * 2
+                             + ["shoal.exceptions.WorkerCrashedError"] * QUARANTINE_AFTER)
+            quarantined = [result[r].error for r in crashes
+                           if "Quarantined" in result[r].error.type]  # type: ignore[union-attr]
+            assert "'exit_now'" in quarantined[0].message  # type: ignore[union-attr]
+            assert f"{QUARANTINE_AFTER} times" in quarantined[0].message  # type: ignore[union-attr]
+            assert result[fine].value == 16
+            executor = runtime.executor_for("process")
+            assert isinstance(executor, ProcessExecutor)
+            assert executor.workers_crashed == QUARANTINE_AFTER
+            # quarantined calls started no worker: one per crash, at most one for `square`
+            assert executor.workers_started <= QUARANTINE_AFTER + 1
+            again = Plan()  # quarantine lasts one run
+            one = again.call(pt.exit_now)
+            later = await runtime.run(again)
+            assert later[one].error is not None
+            assert later[one].error.type == "shoal.exceptions.WorkerCrashedError"
+            assert executor.workers_crashed == QUARANTINE_AFTER + 1
+
+    arun(main(), timeout=SLOW)
+
+
+def test_quarantine_is_reported_without_starting_a_worker() -> None:
+    async def main() -> None:
+        executor = ProcessExecutor(1)
+        try:
+            for _ in range(QUARANTINE_AFTER):
+                with pytest.raises(WorkerCrashedError, match="exit code 1"):
+                    await executor.execute(a_call(pt.exit_now))
+            started = executor.workers_started
+            with pytest.raises(ToolQuarantinedError, match="'exit_now'") as info:
+                await executor.execute(a_call(pt.exit_now))
+            assert info.value.crashes == QUARANTINE_AFTER
+            assert executor.workers_started == started
+            assert await executor.execute(a_call(pt.square, run_id="other", x=3)) == 9
+        finally:
+            await executor.close()
+
+    arun(main(), timeout=SLOW)
+
+
+# ---- (6) where tools come from -------------------------------------------------------------------
+
+
+def test_tools_from_the_test_module_closures_and_async_tools_all_run() -> None:
+    factor = 5
+
+    @tool(isolation="process")
+    def scaled(x: int) -> int:
+        return factor * x
+
+    @tool(isolation="process")
+    async def async_scaled(x: int) -> int:
+        await asyncio.sleep(0.01)
+        return factor * x
+
+    plan = Plan()
+    refs = {
+        "module": plan.call(triple_here, x=2),
+        "closure": plan.call(scaled, x=2),
+        "async closure": plan.call(async_scaled, x=3),
+        "async module": plan.call(pt.async_square, x=5),
+        "sync": plan.call(pt.square, x=6),
+    }
+    result = shoal.run_sync(plan, process_workers=2)
+    assert {k: result[r].value for k, r in refs.items()} == {
+        "module": 6, "closure": 10, "async closure": 15, "async module": 25, "sync": 36}
+    assert all(result[r].executor == "process" for r in refs.values())
+
+
+def test_prints_do_not_disturb_the_protocol(capfd: pytest.CaptureFixture[str]) -> None:
+    plan = Plan()
+    ref = plan.call(pt.chatty, lines=2000)
+    after = plan.call(pt.square, x=3, after=ref)
+    result = shoal.run_sync(plan, process_workers=1)
+    assert result[ref].value == 2000 and result[after].value == 9
+    assert "line 1999" in capfd.readouterr().out
+
+
+def test_workers_are_reused_and_timings_exclude_waiting_for_one() -> None:
+    async def main() -> None:
+        executor = ProcessExecutor(1)
+        try:
+            call = a_call(pt.pid)
+            before = time.monotonic()
+            first = await executor.execute(call)
+            assert call.began_at is not None and call.began_at > before + 0.05  # after start-up
+            assert await executor.execute(a_call(pt.pid)) == first
+            assert executor.workers_started == 1
+        finally:
+            await executor.close()
+
+    arun(main())
+
+
+# ---- (7) errors keep their types -----------------------------------------------------------------
+
+
+def test_a_typed_error_comes_back_as_itself_with_its_attributes() -> None:
+    async def main() -> None:
+        executor = ProcessExecutor(1)
+        try:
+            with pytest.raises(BudgetError) as here:
+                await executor.execute(a_call(over_budget, budget=2.5))
+            assert here.value.budget == 2.5 and str(here.value) == "over budget"
+            with pytest.raises(pt.QuotaError) as there:
+                await executor.execute(a_call(pt.raise_quota, quota=7))
+            assert there.value.quota == 7
+            text = "".join(traceback.format_exception(there.value))
+            assert "traceback in the worker process" in text and "raise QuotaError" in text
+        finally:
+            await executor.close()
+
+    arun(main())
+
+
+def test_errors_that_cannot_travel_come_back_by_type_name_and_message() -> None:
+    async def main() -> None:
+        executor = ProcessExecutor(1)
+        try:
+            for target, type_name, message in (
+                (pt.raise_locked, "tests.process_tools.LockedError", "cannot travel"),
+                (pt.raise_picky, "tests.process_tools.PickyError", "7: picky"),
+                (pt.raise_keyboard_interrupt, "KeyboardInterrupt", ""),
+            ):
+                with pytest.raises(RemoteToolError) as info:
+                    await executor.execute(a_call(target))
+                assert info.value.type_name == type_name
+                assert info.value.message == message
+                assert "Traceback" in info.value.traceback_text
+            assert executor.workers_crashed == 0 and executor.workers_started == 1
+        finally:
+            await executor.close()
+
+    arun(main())
+
+
+def test_outcomes_name_the_original_error_type() -> None:
+    plan = Plan()
+    typed = plan.call(over_budget, budget=1.0)
+    locked = plan.call(pt.raise_locked)
+    result = shoal.run_sync(plan, process_workers=1)
+    assert result[typed].error is not None and result[locked].error is not None
+    assert result[typed].error.type == "tests.test_process.BudgetError"
+    assert "raise BudgetError" in result[typed].error.traceback
+    # could not travel as itself, yet the outcome names the original type and message
+    assert result[locked].error.type == "tests.process_tools.LockedError"
+    assert result[locked].error.message == "cannot travel"
+
+
+# ---- (8) what cannot be pickled ------------------------------------------------------------------
+
+
+def test_unpicklable_arguments_and_results_fail_with_serialization_error() -> None:
+    plan = Plan()
+    argument = plan.call(pt.identity, value={"lock": threading.Lock()})
+    value = plan.call(pt.make_lock)
+    fine = plan.call(pt.square, x=2)
+    result = shoal.run_sync(plan, process_workers=1)
+    for ref, what in ((argument, "argument 'value' of tool 'identity'"),
+                      (value, "the result of tool 'make_lock'")):
+        error = result[ref].error
+        assert result[ref].status == "failed" and error is not None
+        assert error.type == "shoal.exceptions.SerializationError"
+        assert what in error.message and "lock" in error.message, error.message
+    assert result[fine].value == 4
+
+
+def test_an_unpicklable_result_does_not_cost_the_worker() -> None:
+    async def main() -> None:
+        executor = ProcessExecutor(1)
+        try:
+            first = await executor.execute(a_call(pt.pid))
+            with pytest.raises(SerializationError):
+                await executor.execute(a_call(pt.make_lock))
+            assert await executor.execute(a_call(pt.pid)) == first
+        finally:
+            await executor.close()
+
+    arun(main())
+
+
+# ---- (9) big data --------------------------------------------------------------------------------
+
+
+def test_fifty_megabytes_in_and_out() -> None:
+    size = 50 * 2**20
+    data = os.urandom(4096) * (size // 4096)
+    plan = Plan()
+    echoed = plan.call(pt.identity, value=data)
+    made = plan.call(pt.blob, data=data, size=size)
+    result = shoal.run_sync(plan, process_workers=2)
+    assert result[echoed].value == data
+    assert len(result[made].value) == size and result[made].value[:16] == data[:16]
+
+
+# ---- (10) cancellation ---------------------------------------------------------------------------
+
+
+def test_cancelling_a_run_kills_every_busy_worker(tmp_path: Path) -> None:
+    count = 20
+
+    async def main() -> None:
+        async with Runtime(process_workers=count) as runtime:
+            plan = Plan()
+            for i in range(count):
+                plan.call(pt.sleep_forever, pid_file=str(tmp_path / f"{i}.pid"))
+            handle = runtime.start(plan)
+            files = [tmp_path / f"{i}.pid" for i in range(count)]
+            while not all(f.exists() and f.read_text() for f in files):
+                await asyncio.sleep(0.05)
+            pids = [int(f.read_text()) for f in files]
+            t0 = time.perf_counter()
+            handle.cancel()
+            result = await handle
+            assert result.counts["cancelled"] == count
+            while not all(gone(p) for p in pids) and time.perf_counter() - t0 < 2.0:
+                await asyncio.sleep(0.02)
+            assert all(gone(p) for p in pids), time.perf_counter() - t0
+            print(f"\ncancel of {count} busy workers: all gone in {time.perf_counter() - t0:.3f} s")
+            assert live_workers() == []
+
+    arun(main(), timeout=SLOW)
+
+
+def test_a_terminals_ctrl_c_cannot_reach_workers() -> None:
+    async def main() -> None:
+        executor = ProcessExecutor(1)
+        try:
+            worker = await executor.execute(a_call(pt.pid))
+            # Ctrl-C goes to the terminal's foreground process group; workers are elsewhere,
+            # so only the parent hears it, and it decides what to cancel.
+            assert os.getpgid(worker) == worker != os.getpgid(0)
+            assert os.getsid(worker) != os.getsid(0)
+        finally:
+            await executor.close()
+
+    arun(main())
+
+
+def test_a_timeout_also_kills_the_processes_the_tool_started(tmp_path: Path) -> None:
+    pid_file = tmp_path / "sleep.pid"
+
+    async def main() -> None:
+        executor = ProcessExecutor(1)
+        try:
+            task = asyncio.ensure_future(executor.execute(a_call(pt.spawn_and_sleep,
+                                                                 pid_file=str(pid_file))))
+            while not (pid_file.exists() and pid_file.read_text()):
+                await asyncio.sleep(0.02)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        finally:
+            await executor.close()
+
+    arun(main(), timeout=SLOW)
+    grandchild = int(pid_file.read_text())
+    # The sleep was the worker's child: once orphaned, init reaps it (no zombie check needed).
+    assert wait_until(lambda: not psutil.pid_exists(grandchild) or gone(grandchild))
+
+
+# ---- lifetime ------------------------------------------------------------------------------------
+
+
+def test_close_kills_idle_workers_and_the_pool_starts_afresh() -> None:
+    async def main() -> None:
+        executor = ProcessExecutor(2)
+        first = await executor.execute(a_call(pt.pid))
+        await executor.close()
+        assert gone(first) and executor.worker_pids == []
+        second = await executor.execute(a_call(pt.pid))
+        assert second != first
+        await executor.close()
+
+    arun(main())
+
+
+def test_an_unclosed_pool_is_cleaned_up_when_collected() -> None:
+    async def main() -> int:
+        executor = ProcessExecutor(1)
+        pid: int = await executor.execute(a_call(pt.pid))
+        del executor
+        gc.collect()
+        return pid
+
+    pid = arun(main())
+    assert wait_until(lambda: gone(pid), timeout=3.0)
+
+
+# The first loop closes with its worker idle; asyncio then warns about that worker's transports.
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+def test_a_runtime_used_on_two_event_loops_starts_new_workers() -> None:
+    runtime = Runtime(process_workers=1)
+    plan = Plan()
+    ref = plan.call(pt.pid)
+    first = asyncio.run(runtime.run(plan))[ref].value
+    second = asyncio.run(runtime.run(plan))[ref].value
+    asyncio.run(runtime.aclose())
+    assert first != second
+    assert wait_until(lambda: gone(first))
+
+
+def test_workers_exit_when_their_parent_is_killed(tmp_path: Path) -> None:
+    busy_file, idle_file = tmp_path / "busy.pid", tmp_path / "idle.pid"
+    script = textwrap.dedent(f"""
+        import asyncio, os, signal, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from shoal import Plan, Runtime
+        from tests import process_tools as pt
+
+        async def main():
+            runtime = Runtime(process_workers=2)
+            plan = Plan()
+            plan.call(pt.sleep_forever, pid_file={str(busy_file)!r})  # stays busy
+            idle = plan.call(pt.pid)  # idle once done
+            handle = runtime.start(plan)
+            while (not os.path.exists({str(busy_file)!r}) or not open({str(busy_file)!r}).read()
+                   or idle.node not in handle.partial_result().outcomes):
+                await asyncio.sleep(0.02)
+            with open({str(idle_file)!r}, "w") as f:
+                f.write(str(handle.partial_result()[idle].value))
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        asyncio.run(main())
+    """)
+    parent = subprocess.run([sys.executable, "-c", script], cwd=ROOT, timeout=60,
+                            capture_output=True, text=True)
+    assert parent.returncode == -signal.SIGKILL, parent.stderr
+    workers = [int(busy_file.read_text()), int(idle_file.read_text())]
+    assert wait_until(lambda: all(gone(w) for w in workers), timeout=3.0)
+
+
+def test_starting_a_cold_worker_does_not_count_against_the_timeout() -> None:
+    # A fresh worker takes ~0.2 s (much more under load) to start, mostly importing Python
+    # packages; an instant call with a 0.1 s timeout must not time out because of that: the
+    # timeout starts once a worker is ready.
+    plan = Plan()
+    refs = [plan.call(pt.square.options(timeout=0.1), x=i) for i in range(4)]
+    result = shoal.run_sync(plan, process_workers=4)
+    assert [result[r].status for r in refs] == ["ok"] * 4
