@@ -13,46 +13,117 @@ The public namespace. Everything a user needs is importable from here::
     result[a].status, result[a].value
 """
 
-from shoal.deps import Edge, Graph, analyze
-from shoal.events import (
-    Event,
-    EventSink,
-    JsonlSink,
-    NodeCancelled,
-    NodeFinished,
-    NodeQueued,
-    NodeRetrying,
-    NodeSkipped,
-    NodeStarted,
-    RunFinished,
-    RunStarted,
-)
-from shoal.exceptions import (
-    CallCancelledError,
-    ConfigError,
-    DeadlineExceededError,
-    ExecutorError,
-    MissingDependencyError,
-    PlanError,
-    PlanProblem,
-    RemoteToolError,
-    SerializationError,
-    ShoalError,
-    ToolArgumentError,
-    ToolDefinitionError,
-    ToolQuarantinedError,
-    ToolTimeoutError,
-    UpstreamFailedError,
-    WorkerCrashedError,
-)
-from shoal.limits import Rate, parse_rate
-from shoal.outcome import ErrorInfo, Outcome, RunResult, Status
-from shoal.plan import Node, Plan, Ref
-from shoal.runtime import RunHandle, Runtime, run, run_sync
-from shoal.scheduler.driver import Snapshot
-from shoal.tools import RetryPolicy, Tool, ToolPolicy, tool
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time names load on first use
+    from shoal.deps import Edge, Graph, analyze
+    from shoal.events import (
+        Event,
+        EventSink,
+        JsonlSink,
+        NodeCancelled,
+        NodeFinished,
+        NodeQueued,
+        NodeRetrying,
+        NodeSkipped,
+        NodeStarted,
+        RunFinished,
+        RunStarted,
+    )
+    from shoal.exceptions import (
+        CallCancelledError,
+        ConfigError,
+        DeadlineExceededError,
+        ExecutorError,
+        MissingDependencyError,
+        PlanError,
+        PlanProblem,
+        RemoteToolError,
+        SerializationError,
+        ShoalError,
+        ToolArgumentError,
+        ToolDefinitionError,
+        ToolQuarantinedError,
+        ToolTimeoutError,
+        UpstreamFailedError,
+        WorkerCrashedError,
+    )
+    from shoal.limits import Rate, parse_rate
+    from shoal.outcome import ErrorInfo, Outcome, RunResult, Status
+    from shoal.plan import Node, Plan, Ref
+    from shoal.runtime import RunHandle, Runtime, run, run_sync
+    from shoal.scheduler.driver import Snapshot
+    from shoal.tools import RetryPolicy, Tool, ToolPolicy, tool
 
 __version__ = "0.1.0"
+
+# Each public name and the module that defines it. Loading modules on first use (PEP 562) keeps
+# `import shoal` cheap for the CLI and for worker processes that need only part of the package.
+_EXPORTS = {
+    "analyze": "shoal.deps",
+    "CallCancelledError": "shoal.exceptions",
+    "ConfigError": "shoal.exceptions",
+    "DeadlineExceededError": "shoal.exceptions",
+    "Edge": "shoal.deps",
+    "ErrorInfo": "shoal.outcome",
+    "Event": "shoal.events",
+    "EventSink": "shoal.events",
+    "ExecutorError": "shoal.exceptions",
+    "Graph": "shoal.deps",
+    "JsonlSink": "shoal.events",
+    "MissingDependencyError": "shoal.exceptions",
+    "Node": "shoal.plan",
+    "NodeCancelled": "shoal.events",
+    "NodeFinished": "shoal.events",
+    "NodeQueued": "shoal.events",
+    "NodeRetrying": "shoal.events",
+    "NodeSkipped": "shoal.events",
+    "NodeStarted": "shoal.events",
+    "Outcome": "shoal.outcome",
+    "parse_rate": "shoal.limits",
+    "Plan": "shoal.plan",
+    "PlanError": "shoal.exceptions",
+    "PlanProblem": "shoal.exceptions",
+    "Rate": "shoal.limits",
+    "Ref": "shoal.plan",
+    "RemoteToolError": "shoal.exceptions",
+    "RetryPolicy": "shoal.tools",
+    "run": "shoal.runtime",
+    "run_sync": "shoal.runtime",
+    "RunFinished": "shoal.events",
+    "RunHandle": "shoal.runtime",
+    "RunResult": "shoal.outcome",
+    "RunStarted": "shoal.events",
+    "Runtime": "shoal.runtime",
+    "SerializationError": "shoal.exceptions",
+    "ShoalError": "shoal.exceptions",
+    "Snapshot": "shoal.scheduler.driver",
+    "Status": "shoal.outcome",
+    "Tool": "shoal.tools",
+    "tool": "shoal.tools",
+    "ToolArgumentError": "shoal.exceptions",
+    "ToolDefinitionError": "shoal.exceptions",
+    "ToolPolicy": "shoal.tools",
+    "ToolQuarantinedError": "shoal.exceptions",
+    "ToolTimeoutError": "shoal.exceptions",
+    "UpstreamFailedError": "shoal.exceptions",
+    "WorkerCrashedError": "shoal.exceptions",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'shoal' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "CallCancelledError",
