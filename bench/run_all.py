@@ -15,7 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-BENCHMARKS = ("fanout_async", "fanout_sync", "trivial", "large_plan", "asynchow", "nestools")
+BENCHMARKS = ("fanout_async", "fanout_sync", "trivial", "large_plan", "asynchow", "nestools",
+              "ray_overhead")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

@@ -5,7 +5,7 @@ Backends that cannot run here are skipped with the reason: ``process`` until its
 use that cluster; otherwise one local Ray serves the whole module and is shut down after it.
 """
 
-import os
+import asyncio
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -49,25 +49,22 @@ class TestProcessConformance(ExecutorConformance):
 
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[None]:
-    """Connect to ``RAY_ADDRESS`` if set, else start one local Ray for this module.
+    """Ray up for this module, the way shoal itself connects: ``RAY_ADDRESS`` if set, else a
+    private local Ray bound to 127.0.0.1 only (a plain ``ray.init`` would bind the machine's
+    network address).
 
     Module scope rather than session: the Ray tests all live here, so Ray starts once either
     way, and shutting it down right after them keeps its worker processes out of the
     child-process leak checks of the test modules that run later.
     """
-    import ray
+    from shoal.executors.ray import RayExecutor
 
-    if ray.is_initialized():  # someone else's Ray: use it, leave it running
-        yield
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
-    else:  # four CPUs whatever the machine has: the overlap and limit tests need two at once
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    holder = RayExecutor()  # holds the connection, so every runtime below reuses it
+    asyncio.run(holder.start())
     try:
         yield
     finally:
-        ray.shutdown()
+        asyncio.run(holder.close())  # shuts down only a Ray that shoal started
 
 
 @pytest.mark.skipif(bool(RAY_MISSING), reason=f"Ray backend unavailable: {RAY_MISSING}")

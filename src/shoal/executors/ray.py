@@ -1,0 +1,561 @@
+"""The Ray backend: calls run on a Ray cluster, local or remote (``isolation="ray"``).
+
+**Connecting.** :meth:`RayExecutor.start` connects to ``address`` (``Runtime(ray_address=...)``),
+else to ``$RAY_ADDRESS``, else starts a private single-node Ray on this machine, bound to the
+loopback interface (as is this driver when the address given is a loopback one). If Ray is
+already initialised in this process (``ray.init`` by the user), that connection is used as it
+is. Starting a local Ray blocks the event loop for a few seconds, once: ``ray.init`` must run
+on a thread that outlives it (Ray's processes die with the thread that started them). One
+connection serves every executor of the process (Ray allows one per process); it is counted,
+and the last executor to close shuts Ray down, but only if shoal started or connected it: an
+external cluster, and a Ray the user initialised, are left running. ``ray`` is imported here,
+on first use (``pip install 'shoal[ray]'``).
+
+**Imports in workers.** A tool travels to the cluster as a reference (module and name, see
+:mod:`shoal.executors._shipping`), which a worker imports. When shoal starts or connects Ray,
+it sets the job's ``runtime_env`` so that workers see the driver's own source directories:
+``PYTHONPATH`` is the driver's ``sys.path`` without the interpreter's standard library and
+site-packages (the workers' Python has its own). On a remote cluster, shoal and the tool's
+dependencies must be installed there; the tool modules themselves can be local files.
+
+**Two routes.** A call's ``ToolPolicy.resources`` decide where it runs:
+
+* *A Ray task per call* when the call reserves something: ``num_cpus`` (default 1, as in Ray),
+  ``num_gpus``, ``memory`` or a custom resource (``{"GPU": 1}``, ``{"accelerator": 1}``). Ray
+  places it on a node with those resources free; with the default of one CPU, at most as many
+  calls run at once as the cluster has CPUs. Timeouts and cancellation stop it: first
+  ``ray.cancel`` (a ``KeyboardInterrupt`` in the tool), then, after :data:`CANCEL_GRACE`
+  seconds, ``ray.cancel(force=True)``, which kills the worker process.
+* *shoal's actor pool* when the call reserves nothing (``resources={"num_cpus": 0}``): I/O-bound
+  tools. Ray runs each task in a worker process of its own, so 1000 concurrent sleeping tasks
+  need 1000 processes, which Ray starts a few at a time: 1000 x 50 ms tasks take several
+  seconds even with ``num_cpus=0``. Instead, one long-lived async actor per node (reserving no
+  CPU) runs such calls side by side: async tools on its event loop, sync tools on its thread
+  pool. That is as fast as a hand-written async actor. The price: calls share a process, so a
+  tool that kills it (``os._exit``) fails the other calls on that node too (each with
+  :class:`~shoal.exceptions.WorkerCrashedError`, which shoal's retry policy retries; Ray
+  restarts the actor), and a sync tool cannot be stopped: cancelled, it is left to finish on
+  its thread and its outcome says ``abandoned``. Async tools are cancelled at their next
+  ``await``.
+
+**Errors.** Ray's own retries are off (``max_retries=0``): shoal's retry policy decides. A
+tool's exception comes back as itself, its traceback in the worker attached as the cause; one
+that cannot be pickled becomes a :class:`~shoal.exceptions.RemoteToolError` naming it.
+Arguments or results that cannot be pickled fail the call with
+:class:`~shoal.exceptions.SerializationError`. A worker, actor or node that dies during a call
+fails it with :class:`~shoal.exceptions.WorkerCrashedError` (retried like any error when the
+tool has ``retries``); other failures of Ray itself raise
+:class:`~shoal.exceptions.ExecutorError`.
+
+Arguments and results are pickled by shoal (into bytes that Ray passes on), not by Ray, so that
+a pickling failure is told apart from the tool's own ``TypeError``. Calls are submitted without
+blocking (``.remote()`` only queues them) and awaited as Ray futures on the event loop, so a
+large fan-out costs one submission per call, never one round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import pickle
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+from shoal.exceptions import (
+    ExecutorError,
+    MissingDependencyError,
+    RemoteToolError,
+    SerializationError,
+    WorkerCrashedError,
+)
+from shoal.executors._shipping import dumps, dumps_callable, loads, loads_callable
+from shoal.executors.base import Call, Executor
+from shoal.tools import Tool
+
+__all__ = ["CANCEL_GRACE", "POOL_CONCURRENCY", "RayExecutor", "ray_options", "worker_path"]
+
+#: Seconds between the polite ``ray.cancel`` of a timed-out task and killing its worker.
+CANCEL_GRACE = 1.0
+#: Calls one pool actor runs at once (the run's ``max_concurrency`` is usually the real bound).
+POOL_CONCURRENCY = 10_000
+#: Threads a pool actor may start for sync tools (started only as calls need them).
+POOL_THREADS = 1_000
+
+# Ray exceptions meaning the process that ran the call is gone, not that the tool failed.
+_CRASHES = ("WorkerCrashedError", "RayActorError", "NodeDiedError", "LocalRayletDiedError",
+            "OutOfMemoryError", "ObjectLostError", "TaskCancelledError")
+_TOP_LEVEL = {"num_cpus": "num_cpus", "cpu": "num_cpus", "num_gpus": "num_gpus",
+              "gpu": "num_gpus", "memory": "memory"}
+
+
+# ---- worker side: runs inside Ray workers, which import this module ------------------------
+
+
+class _RemoteTraceback(Exception):
+    """Carries the worker's traceback, shown as the cause of the error raised in the driver."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f"traceback in the Ray worker:\n{self.text}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _function(blob: bytes) -> Callable[..., Any]:
+    """The tool function shipped as ``blob``, loaded once per worker process."""
+    return loads_callable(blob)
+
+
+def _type_name(exc: BaseException) -> str:
+    kind = type(exc)
+    return kind.__qualname__ if kind.__module__ == "builtins" else (
+        f"{kind.__module__}.{kind.__qualname__}")
+
+
+def _error_reply(exc: BaseException) -> bytes:
+    """``exc`` for the driver: pickled when it can be, always with its type, message, traceback."""
+    try:
+        message = str(exc)
+    except Exception:  # a broken __str__ must not lose the error
+        message = f"<unprintable {type(exc).__qualname__}>"
+    text = "".join(traceback.format_exception(exc))
+    try:
+        blob: bytes | None = dumps(exc, "the exception")
+    except Exception:  # the driver raises a RemoteToolError naming the type instead
+        blob = None
+    return pickle.dumps(("error", blob, _type_name(exc), message, text), pickle.HIGHEST_PROTOCOL)
+
+
+def _unpack(call: bytes) -> tuple[str, bool, Callable[..., Any], Any]:
+    """A call's tool name, kind, function and arguments; SerializationError if they won't load."""
+    name, is_async, fn_blob, args_blob = pickle.loads(call)
+    try:
+        return name, is_async, _function(fn_blob), loads(args_blob)
+    except Exception as exc:
+        raise SerializationError(
+            f"tool {name!r} could not be loaded in the Ray worker: {type(exc).__name__}: {exc} "
+            "(is its module importable there? see shoal.executors.ray on PYTHONPATH)") from exc
+
+
+def _ok_reply(name: str, value: Any) -> bytes:
+    try:
+        return _dumps(("ok", value), f"the result of tool {name!r}")
+    except SerializationError as exc:
+        return _error_reply(exc)
+
+
+def _dumps(value: Any, what: str) -> bytes:
+    """Plain pickle where it does the job alone, else cloudpickle (SerializationError if neither).
+
+    For small values pickle is several times faster, and this runs twice per call. Pickle
+    refers to classes and functions by module and name, which fails for those of ``__main__``
+    (a worker's ``__main__`` is not the driver's): values that mention it go to cloudpickle,
+    which sends such things by value.
+    """
+    try:
+        blob = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+    except Exception:  # closures, lambdas, local classes: cloudpickle's job
+        return dumps(value, what)
+    return dumps(value, what) if b"__main__" in blob else blob
+
+
+def run_task(call: bytes) -> bytes:
+    """One call (from :func:`_pack`) as a Ray task: every outcome becomes a reply (bytes).
+
+    ``KeyboardInterrupt`` (how ``ray.cancel`` stops a task) and cancellation propagate.
+    """
+    try:
+        name, is_async, fn, args = _unpack(call)
+        value = asyncio.run(fn(**args)) if is_async else fn(**args)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        raise
+    except BaseException as exc:  # SystemExit too: the tool failed, the worker lives on
+        return _error_reply(exc)
+    return _ok_reply(name, value)
+
+
+class PoolWorker:
+    """shoal's long-lived async actor: runs calls that reserve no resources, many at once."""
+
+    def __init__(self) -> None:
+        self._threads = ThreadPoolExecutor(POOL_THREADS, thread_name_prefix="shoal-ray")
+
+    async def run(self, call: bytes) -> bytes:
+        """One call (from :func:`_pack`): async tools on this loop, sync tools on threads."""
+        try:
+            name, is_async, fn, args = _unpack(call)
+            if is_async:
+                value = await fn(**args)
+            else:
+                loop = asyncio.get_running_loop()
+                value = await loop.run_in_executor(self._threads, functools.partial(fn, **args))
+        except asyncio.CancelledError:  # ray.cancel of this call
+            raise
+        except BaseException as exc:
+            return _error_reply(exc)
+        return _ok_reply(name, value)
+
+
+# ---- driver side --------------------------------------------------------------------------
+
+
+def ray_options(resources: tuple[tuple[str, float], ...]) -> tuple[dict[str, Any], bool]:
+    """Ray task options for a tool's ``resources``, and whether the call reserves nothing.
+
+    ``num_cpus`` (default 1), ``num_gpus`` and ``memory`` (bytes) are Ray's own options, also
+    accepted as ``CPU`` / ``GPU``; any other name is a custom resource. Ray's retries are off.
+    """
+    options: dict[str, Any] = {"num_cpus": 1.0, "max_retries": 0, "retry_exceptions": False}
+    custom: dict[str, float] = {}
+    for name, amount in resources:
+        key = _TOP_LEVEL.get(name.lower())
+        if key is None:
+            custom[name] = amount
+        else:
+            options[key] = int(amount) if key == "memory" else amount
+    if custom:
+        options["resources"] = custom
+    reserves = any(options.get(k) for k in ("num_cpus", "num_gpus", "memory"))
+    return options, not (reserves or any(custom.values()))
+
+
+def worker_path() -> str:
+    """``PYTHONPATH`` for workers: the driver's ``sys.path`` less the interpreter's own dirs.
+
+    The standard library and site-packages are left out: a worker's Python has its own (on
+    another machine, possibly another version), and mixing them in would break it.
+    """
+    own = {Path(p).resolve() for p in {sys.prefix, sys.base_prefix, sys.exec_prefix}}
+    kept: list[str] = []
+    for entry in sys.path:
+        path = Path(entry or os.getcwd()).resolve()
+        if any(path == root or root in path.parents for root in own):
+            continue
+        if str(path) not in kept and path.exists():
+            kept.append(str(path))
+    return os.pathsep.join(kept)
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError as exc:
+        raise MissingDependencyError("ray", "ray") from exc
+    return ray
+
+
+@contextmanager
+def _loopback_only(ray: Any) -> Iterator[None]:
+    """While Ray starts or connects, take 127.0.0.1 as this node's address.
+
+    By default Ray binds to the machine's network address so that other nodes can join; a Ray
+    that shoal starts for itself is single-node, and nothing outside needs to reach it. And a
+    driver connecting to a head on loopback must register on loopback too, or Ray finds no
+    local node for it. Ray reads this switch (the constant behind the environment variable
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``) when it looks up the node's address; it is put back
+    once Ray is up.
+    """
+    constants = getattr(getattr(ray, "_private", None), "ray_constants", None)
+    if constants is None or not hasattr(constants, "ENABLE_RAY_CLUSTER"):
+        yield  # another Ray version: keep its default
+        return
+    before = constants.ENABLE_RAY_CLUSTER
+    constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        constants.ENABLE_RAY_CLUSTER = before
+
+
+class _Pool:
+    """shoal's actors for calls that reserve nothing: one per node, made on first use.
+
+    Ray restarts an actor whose process died, and calls sent while it restarts fail at once
+    (``ActorUnavailableError``, since Ray's retries are off). So after a crash, calls for that
+    actor first wait until it answers again (a retry comes right after the crash it retries).
+    """
+
+    def __init__(self, ray: Any) -> None:
+        self.ray = ray
+        self.actors: list[Any] = []
+        self.nodes: list[str | None] = []
+        self.pending: list[int] = []  # calls in flight per actor
+        self.restarting: set[int] = set()
+
+    def pick(self) -> int:
+        """The actor with the fewest calls in flight."""
+        if not self.actors:
+            alive = [n["NodeID"] for n in self.ray.nodes() if n.get("Alive")]
+            for node in alive or [None]:
+                self.nodes.append(node)
+                self.actors.append(self._make(node))
+                self.pending.append(0)
+        return min(range(len(self.actors)), key=self.pending.__getitem__)
+
+    def _make(self, node: str | None) -> Any:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        placement = NodeAffinitySchedulingStrategy(node, soft=True) if node else "DEFAULT"
+        return self.ray.remote(PoolWorker).options(
+            num_cpus=0, max_concurrency=POOL_CONCURRENCY, max_restarts=-1, max_task_retries=0,
+            scheduling_strategy=placement).remote()
+
+    async def ready(self, index: int) -> None:
+        """Return once actor ``index`` answers, if it crashed (replace it if Ray gave up)."""
+        errors = self.ray.exceptions
+        unavailable = getattr(errors, "ActorUnavailableError", ())  # Ray >= 2.10; () = none
+        while index in self.restarting:
+            try:
+                await self.actors[index].__ray_ready__.remote()
+            except unavailable:  # still restarting
+                await asyncio.sleep(0.05)
+                continue
+            except errors.RayActorError:  # dead for good: start another in its place
+                self.actors[index] = self._make(self.nodes[index])
+            self.restarting.discard(index)
+
+    def kill(self) -> None:
+        for actor in self.actors:
+            with suppress(Exception):
+                self.ray.kill(actor)
+        self.actors.clear()
+        self.pending.clear()
+
+
+class _Session:
+    """The process's Ray connection as shoal uses it: counted users, remote functions, pool."""
+
+    def __init__(self, ray: Any, owned: bool) -> None:
+        self.ray = ray
+        self.owned = owned  # shoal called ray.init, so shoal calls ray.shutdown
+        self.users = 0
+        self.task = ray.remote(run_task)
+        self.pool = _Pool(ray)
+        self._options: dict[tuple[tuple[tuple[str, float], ...], str], tuple[Any, bool]] = {}
+
+    def route(self, tool: Tool[..., Any]) -> tuple[Any, bool]:
+        """The remote function for ``tool``'s calls (options applied), and whether pooled."""
+        key = (tool.policy.resources, tool.name)
+        found = self._options.get(key)
+        if found is None:  # .options() builds a new wrapper: once per tool and resources
+            options, pooled = ray_options(tool.policy.resources)
+            found = (None if pooled else self.task.options(name=f"shoal:{tool.name}", **options),
+                     pooled)
+            self._options[key] = found
+        return found
+
+    def release(self) -> None:
+        """Kill the pool; shut Ray down if shoal started or connected it."""
+        self.pool.kill()
+        if self.owned and self.ray.is_initialized():
+            self.ray.shutdown()
+
+
+_SESSION: _Session | None = None
+
+
+def _connect(ray: Any, address: str | None) -> bool:
+    """``ray.init`` unless Ray is up already; return whether this call initialised it."""
+    if ray.is_initialized():
+        return False
+    target = address or os.environ.get("RAY_ADDRESS") or "local"
+    options: dict[str, Any] = {
+        "address": target, "logging_level": logging.WARNING, "log_to_driver": False,
+        "ignore_reinit_error": True, "runtime_env": {"env_vars": {"PYTHONPATH": worker_path()}},
+    }
+    if target == "local":  # a new Ray of our own ("local": never one found in /tmp/ray)
+        options["include_dashboard"] = False
+    if target == "local" or _is_loopback(target):
+        with _loopback_only(ray):  # a cluster on loopback sees this driver there, too
+            ray.init(**options)
+    else:
+        ray.init(**options)
+    return True
+
+
+def _is_loopback(address: str) -> bool:
+    """Whether ``host:port`` (``ray://`` or not) names this machine's loopback interface."""
+    host = address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
+    return host == "localhost" or host == "::1" or host.startswith("127.")
+
+
+def _acquire(address: str | None) -> _Session:
+    global _SESSION
+    ray = _import_ray()
+    if _SESSION is None or not ray.is_initialized():  # first use, or Ray shut down meanwhile
+        _SESSION = _Session(ray, _connect(ray, address))
+    _SESSION.users += 1
+    return _SESSION
+
+
+def _release(session: _Session) -> None:
+    global _SESSION
+    session.users -= 1
+    if session.users <= 0 and session is _SESSION:
+        _SESSION = None
+        session.release()
+
+
+class RayExecutor(Executor):
+    """Runs calls on a Ray cluster: one Ray task per call, or shoal's actors (see module doc)."""
+
+    name = "ray"
+
+    def __init__(self, *, address: str | None = None) -> None:
+        self.address = address
+        self._session: _Session | None = None
+        self._reapers: dict[asyncio.Task[None], Any] = {}  # force-cancels due, by their ref
+
+    async def start(self) -> None:
+        """Connect to Ray, or start a local one (this blocks the loop for a few seconds, once)."""
+        if self._session is None:
+            self._session = _acquire(self.address)
+
+    async def execute(self, call: Call) -> Any:
+        """Submit the call, await its reply without blocking the loop, and unpack it."""
+        if self._session is None:
+            await self.start()
+        session = self._session
+        assert session is not None
+        payload = _pack(call)
+        task, pooled = session.route(call.tool)
+        if pooled:
+            return await self._on_pool(session, call, payload)
+        ref = task.remote(payload)  # one bytes argument: each argument costs the worker time
+        call.began_at = time.monotonic()  # submitted: Ray queues and starts it from here
+        try:
+            reply = await ref
+        except asyncio.CancelledError:
+            self._stop(session, ref, call, pooled=False)
+            raise
+        except Exception as exc:
+            raise _ray_failure(session.ray, call.tool.name, exc) from None
+        return _unpack_reply(call.tool.name, reply)
+
+    async def _on_pool(self, session: _Session, call: Call, payload: bytes) -> Any:
+        """:meth:`execute` for a call on the actor pool."""
+        pool = session.pool
+        index = pool.pick()
+        if index in pool.restarting:
+            await pool.ready(index)
+        ref = pool.actors[index].run.remote(payload)
+        call.began_at = time.monotonic()
+        pool.pending[index] += 1
+        try:
+            reply = await ref
+        except asyncio.CancelledError:
+            self._stop(session, ref, call, pooled=True)
+            raise
+        except Exception as exc:
+            error = _ray_failure(session.ray, call.tool.name, exc)
+            if isinstance(error, WorkerCrashedError):
+                pool.restarting.add(index)
+            raise error from None
+        finally:
+            if index < len(pool.pending):
+                pool.pending[index] -= 1
+        return _unpack_reply(call.tool.name, reply)
+
+    def _stop(self, session: _Session, ref: Any, call: Call, pooled: bool) -> None:
+        """Cancel the call's Ray work; kill a task's worker if it is still running later."""
+        with suppress(Exception):  # already finished, or Ray going down: nothing to stop
+            session.ray.cancel(ref)
+        if pooled:
+            call.abandoned = not call.tool.is_async  # a thread in the actor cannot be stopped
+            return
+        reaper = asyncio.get_running_loop().create_task(self._force_cancel(session, ref))
+        self._reapers[reaper] = ref
+        reaper.add_done_callback(self._reaped)
+
+    def _reaped(self, reaper: asyncio.Task[None]) -> None:
+        self._reapers.pop(reaper, None)
+
+    @staticmethod
+    async def _force_cancel(session: _Session, ref: Any) -> None:
+        await asyncio.sleep(CANCEL_GRACE)
+        _kill(session, ref)
+
+    async def close(self) -> None:
+        """Kill tasks still awaiting their force-cancel; release the Ray connection."""
+        reapers, self._reapers = self._reapers, {}
+        for reaper, ref in reapers.items():
+            reaper.cancel()
+            if self._session is not None:
+                _kill(self._session, ref)
+        if reapers:
+            await asyncio.gather(*reapers, return_exceptions=True)
+        if self._session is not None:
+            session, self._session = self._session, None
+            _release(session)
+
+
+def _kill(session: _Session, ref: Any) -> None:
+    """``ray.cancel(force=True)`` if the task has not ended (which kills its worker)."""
+    with suppress(Exception):
+        done, _ = session.ray.wait([ref], timeout=0)
+        if not done:
+            session.ray.cancel(ref, force=True)
+
+
+_BLOBS: dict[Callable[..., Any], bytes] = {}
+
+
+def _blob(tool: Tool[..., Any]) -> bytes:
+    """:func:`dumps_callable` of the tool, computed once per function."""
+    try:
+        return _BLOBS[tool.fn]
+    except (KeyError, TypeError):  # TypeError: an unhashable callable, not cached
+        blob = dumps_callable(tool)
+    with suppress(TypeError):
+        if len(_BLOBS) >= 4096:
+            _BLOBS.clear()
+        _BLOBS[tool.fn] = blob
+    return blob
+
+
+def _pack(call: Call) -> bytes:
+    """The call as one bytes object: tool name, kind, function reference, pickled arguments."""
+    tool = call.tool
+    args = _dumps(call.args, f"the arguments of tool {tool.name!r}")
+    return pickle.dumps((tool.name, tool.is_async, _blob(tool), args), pickle.HIGHEST_PROTOCOL)
+
+
+def _unpack_reply(name: str, reply: bytes) -> Any:
+    """The tool's value, or raise its error (rebuilt here, with the worker's traceback)."""
+    try:
+        kind, *rest = loads(reply)
+    except Exception as exc:
+        raise SerializationError(f"the result of tool {name!r} could not be unpickled here: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+    if kind == "ok":
+        return rest[0]
+    blob, type_name, message, text = rest
+    error: BaseException | None = None
+    if blob is not None:
+        with suppress(Exception):
+            error = loads(blob)
+    if not isinstance(error, Exception | SystemExit):  # not raisable here as the tool's own
+        error = RemoteToolError(type_name, message, text)
+    if error.__cause__ is None:
+        error.__cause__ = _RemoteTraceback(text)
+    raise error
+
+
+def _ray_failure(ray: Any, tool: str, exc: Exception) -> ExecutorError:
+    """The shoal error for a failure of Ray itself (tools' own errors arrive as replies)."""
+    summary = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
+    crashes = tuple(getattr(ray.exceptions, n) for n in _CRASHES
+                    if hasattr(ray.exceptions, n))
+    if isinstance(exc, crashes):
+        return WorkerCrashedError(tool, f"Ray reported {summary}")
+    return ExecutorError(f"Ray could not run tool {tool!r}: {summary}")

@@ -1,0 +1,158 @@
+"""Tools for tests/test_ray.py, in an importable module: Ray workers load tools by reference.
+
+Ray workers share no memory with the test process, so tools report through return values
+(process ids, wall-clock spans) and through files in a directory the test passes in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from shoal.tools import Tool, tool
+
+
+class ToolFailure(Exception):
+    """A tool's own error whose attributes must survive the trip back from a Ray worker."""
+
+    def __init__(self, message: str, code: int, detail: dict[str, Any]) -> None:
+        super().__init__(message, code, detail)
+        self.message = message
+        self.code = code
+        self.detail = detail
+
+    def __reduce__(self) -> tuple[type[ToolFailure], tuple[str, int, dict[str, Any]]]:
+        return (ToolFailure, (self.message, self.code, self.detail))
+
+    def __str__(self) -> str:  # built from the attributes: the recorded message proves them
+        return f"{self.message} [code={self.code}, detail={self.detail}]"
+
+
+def pick(sync: Tool[..., Any], async_: Tool[..., Any], kind: str) -> Tool[..., Any]:
+    """The sync or the async tool of a pair."""
+    return sync if kind == "sync" else async_
+
+
+@tool
+def echo(value: Any) -> Any:
+    """Return the argument."""
+    return value
+
+
+@tool
+async def echo_async(value: Any) -> Any:
+    """Return the argument."""
+    await asyncio.sleep(0)
+    return value
+
+
+@tool
+def where() -> int:
+    """The id of the process the call ran in."""
+    return os.getpid()
+
+
+@tool
+async def where_async() -> int:
+    """The id of the process the call ran in."""
+    return os.getpid()
+
+
+@tool
+def fail(message: str, code: int) -> None:
+    """Raise a :class:`ToolFailure`."""
+    raise ToolFailure(message, code, {"code": code, "tags": ["x"]})
+
+
+@tool
+async def fail_async(message: str, code: int) -> None:
+    """Raise a :class:`ToolFailure`."""
+    await asyncio.sleep(0)
+    raise ToolFailure(message, code, {"code": code, "tags": ["x"]})
+
+
+@tool
+def span(seconds: float) -> tuple[float, float]:
+    """Sleep; return the (start, end) wall-clock times, for overlap checks."""
+    start = time.time()
+    time.sleep(seconds)
+    return start, time.time()
+
+
+@tool
+def nap(seconds: float) -> float:
+    """Block for ``seconds``."""
+    time.sleep(seconds)
+    return seconds
+
+
+@tool
+async def nap_async(seconds: float) -> float:
+    """Await for ``seconds``."""
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+@tool
+def slow_then_mark(directory: str, name: str, seconds: float) -> str:
+    """Write ``name.started``, sleep, then write ``name.done`` (only if not stopped)."""
+    Path(directory, f"{name}.started").touch()
+    time.sleep(seconds)
+    Path(directory, f"{name}.done").touch()
+    return name
+
+
+@tool
+async def slow_then_mark_async(directory: str, name: str, seconds: float) -> str:
+    """Write ``name.started``, sleep, then write ``name.done`` (only if not stopped)."""
+    Path(directory, f"{name}.started").touch()
+    await asyncio.sleep(seconds)
+    Path(directory, f"{name}.done").touch()
+    return name
+
+
+@tool
+def die(code: int) -> None:
+    """End the worker process at once, as a crash would."""
+    os._exit(code)
+
+
+@tool
+def die_once(directory: str) -> int:
+    """End the worker process on the first attempt; on a later one return the attempt number."""
+    attempts = Path(directory, "attempts")
+    with attempts.open("a") as f:
+        f.write(f"{os.getpid()}\n")
+    count = len(attempts.read_text().splitlines())
+    if count == 1:
+        os._exit(3)
+    return count
+
+
+@tool
+def returns_lock() -> Any:
+    """Return something that cannot be pickled."""
+    import threading
+
+    return threading.Lock()
+
+
+@tool
+def takes_anything(value: Any) -> str:
+    """Accept any argument."""
+    return type(value).__name__
+
+
+@tool
+async def add(a: int, b: int) -> int:
+    """Add two numbers (an async tool: inline by default)."""
+    return a + b
+
+
+@tool
+async def join(parts: list[Any], sep: str = "-") -> str:
+    """Join ``parts`` as text."""
+    return sep.join(map(str, parts))
