@@ -117,3 +117,13 @@ def test_page_stats_and_csv_stats() -> None:
     table = tools.csv_stats("bookings.csv", "amount", by="tour")
     assert table["rows"] == 60
     assert sum(total for _, total in table["groups"]) == pytest.approx(table["total"])
+
+
+def test_the_example_runs_unchanged_on_the_process_backend(tmp_path: Path) -> None:
+    # `shoal run --executor process`: the same plan, every call in a worker process
+    proc = run_example("plan.yaml", tmp_path, "--json", "--executor", "process")
+    assert proc.returncode == 0, proc.stderr
+    outcomes = by_id(proc.stdout)
+    assert {o["status"] for o in outcomes.values()} == {"ok"}
+    assert {o["executor"] for o in outcomes.values()} == {"process"}
+    assert (tmp_path / "site_report.md").read_text().count("\n") > 10
