@@ -6,8 +6,9 @@ exactly 100,000 nodes. Tools are trivial async functions, so this measures shoal
 
 Pass 1 (timings and RSS): build, ``plan.validate()``, ``shoal.analyze(plan)``, then
 ``Runtime().run(plan)`` (which reuses the validation and analysis, cached on the plan). RSS
-growth is process RSS (psutil) after the run minus before the build, and the growth of the peak RSS (ru_maxrss), which
-stays 0 if an earlier benchmark in the same process already peaked higher.
+growth is process RSS (psutil) after the run minus before the build, and the growth of the
+peak RSS (ru_maxrss), which stays 0 if an earlier benchmark in the same process already peaked
+higher.
 Pass 2 repeats everything under tracemalloc for the peak of Python allocations (tracemalloc
 slows code down, hence two passes). Target: it completes, with the right answer.
 """
