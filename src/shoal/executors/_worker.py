@@ -30,13 +30,13 @@ import pickle
 import struct
 import sys
 import threading
-import traceback
 from collections.abc import Callable
 from typing import IO, Any
 
 # Importing the package runs shoal/__init__; tools import it anyway, and paying for it here,
 # before "ready", keeps it out of the first call's measured time.
 from shoal.exceptions import SerializationError
+from shoal.executors._errors import error_reply
 from shoal.executors._shipping import dumps, loads, loads_callable
 
 HEADER = struct.Struct(">Q")
@@ -60,27 +60,6 @@ def write_message(stream: IO[bytes], body: bytes) -> None:
         stream.flush()
     except BrokenPipeError:
         os._exit(0)
-
-
-def type_name(exc: BaseException) -> str:
-    """``module.QualName`` of the exception's type (just the name for builtins)."""
-    kind = type(exc)
-    return kind.__qualname__ if kind.__module__ == "builtins" else (
-        f"{kind.__module__}.{kind.__qualname__}")
-
-
-def error_reply(exc: BaseException) -> bytes:
-    """Describe ``exc`` for the parent, with the exception itself when it can be pickled."""
-    try:
-        message = str(exc)
-    except Exception:  # a broken __str__ must not lose the error
-        message = f"<unprintable {type(exc).__qualname__}>"
-    text = "".join(traceback.format_exception(exc))
-    try:
-        blob: bytes | None = dumps(exc, "the exception")
-    except Exception:  # the parent sends a RemoteToolError naming the type instead
-        blob = None
-    return pickle.dumps(("error", blob, type_name(exc), message, text), pickle.HIGHEST_PROTOCOL)
 
 
 def apply_limits(memory: int | None, open_files: int | None) -> None:

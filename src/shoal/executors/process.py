@@ -67,12 +67,12 @@ from typing import IO, Any
 from shoal.exceptions import (
     ConfigError,
     ExecutorError,
-    RemoteToolError,
     SerializationError,
     ToolQuarantinedError,
     WorkerCrashedError,
 )
-from shoal.executors._shipping import dumps, dumps_callable, loads
+from shoal.executors._errors import rebuild_error
+from shoal.executors._shipping import dumps, dumps_callable
 from shoal.executors.base import Call, Executor
 from shoal.limits import ProcessLimits
 
@@ -141,17 +141,6 @@ def describe_exit(returncode: int, limits: ProcessLimits | None = None) -> str:
 
 class _WorkerDied(Exception):
     """The reply pipe ended before a reply came: the worker is gone."""
-
-
-class _RemoteTraceback(Exception):
-    """Carries the worker's traceback, shown as the cause of the error raised here."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.text = text
-
-    def __str__(self) -> str:
-        return f"traceback in the worker process:\n{self.text}"
 
 
 class _MessageReader(asyncio.Protocol):
@@ -593,23 +582,4 @@ def _unwrap(call: Call, body: bytearray) -> Any:
     if reply[0] == "ok":
         return reply[1]
     _, blob, type_name, message, text = reply
-    raise _rebuild_error(blob, type_name, message, text)
-
-
-def _rebuild_error(blob: bytes | None, type_name: str, message: str,
-                   text: str) -> BaseException:
-    """The tool's own exception when it unpickles here, else a :class:`RemoteToolError`.
-
-    Exceptions that are not errors of the call (``KeyboardInterrupt``, ``CancelledError``
-    raised inside the tool) are substituted too: raised here they would stop the run, or look
-    like the cancellation of the awaiting task.
-    """
-    error: BaseException | None = None
-    if blob is not None:
-        with suppress(Exception):
-            error = loads(blob)
-    if not isinstance(error, Exception | SystemExit):
-        error = RemoteToolError(type_name, message, text)
-    if error.__cause__ is None:
-        error.__cause__ = _RemoteTraceback(text)
-    return error
+    raise rebuild_error(blob, type_name, message, text)

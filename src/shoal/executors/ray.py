@@ -62,7 +62,6 @@ import os
 import pickle
 import sys
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
@@ -72,10 +71,10 @@ from typing import Any
 from shoal.exceptions import (
     ExecutorError,
     MissingDependencyError,
-    RemoteToolError,
     SerializationError,
     WorkerCrashedError,
 )
+from shoal.executors._errors import error_reply, rebuild_error
 from shoal.executors._shipping import dumps, dumps_callable, loads, loads_callable
 from shoal.executors.base import Call, Executor
 from shoal.tools import Tool
@@ -99,41 +98,10 @@ _TOP_LEVEL = {"num_cpus": "num_cpus", "cpu": "num_cpus", "num_gpus": "num_gpus",
 # ---- worker side: runs inside Ray workers, which import this module ------------------------
 
 
-class _RemoteTraceback(Exception):
-    """Carries the worker's traceback, shown as the cause of the error raised in the driver."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.text = text
-
-    def __str__(self) -> str:
-        return f"traceback in the Ray worker:\n{self.text}"
-
-
 @functools.lru_cache(maxsize=1024)
 def _function(blob: bytes) -> Callable[..., Any]:
     """The tool function shipped as ``blob``, loaded once per worker process."""
     return loads_callable(blob)
-
-
-def _type_name(exc: BaseException) -> str:
-    kind = type(exc)
-    return kind.__qualname__ if kind.__module__ == "builtins" else (
-        f"{kind.__module__}.{kind.__qualname__}")
-
-
-def _error_reply(exc: BaseException) -> bytes:
-    """``exc`` for the driver: pickled when it can be, always with its type, message, traceback."""
-    try:
-        message = str(exc)
-    except Exception:  # a broken __str__ must not lose the error
-        message = f"<unprintable {type(exc).__qualname__}>"
-    text = "".join(traceback.format_exception(exc))
-    try:
-        blob: bytes | None = dumps(exc, "the exception")
-    except Exception:  # the driver raises a RemoteToolError naming the type instead
-        blob = None
-    return pickle.dumps(("error", blob, _type_name(exc), message, text), pickle.HIGHEST_PROTOCOL)
 
 
 def _unpack(call: bytes) -> tuple[str, bool, Callable[..., Any], Any]:
@@ -151,7 +119,7 @@ def _ok_reply(name: str, value: Any) -> bytes:
     try:
         return _dumps(("ok", value), f"the result of tool {name!r}")
     except SerializationError as exc:
-        return _error_reply(exc)
+        return error_reply(exc)
 
 
 def _dumps(value: Any, what: str) -> bytes:
@@ -180,7 +148,7 @@ def run_task(call: bytes) -> bytes:
     except (KeyboardInterrupt, asyncio.CancelledError):
         raise
     except BaseException as exc:  # SystemExit too: the tool failed, the worker lives on
-        return _error_reply(exc)
+        return error_reply(exc)
     return _ok_reply(name, value)
 
 
@@ -202,7 +170,7 @@ class PoolWorker:
         except asyncio.CancelledError:  # ray.cancel of this call
             raise
         except BaseException as exc:
-            return _error_reply(exc)
+            return error_reply(exc)
         return _ok_reply(name, value)
 
 
@@ -539,16 +507,7 @@ def _unpack_reply(name: str, reply: bytes) -> Any:
                                  f"{type(exc).__name__}: {exc}") from exc
     if kind == "ok":
         return rest[0]
-    blob, type_name, message, text = rest
-    error: BaseException | None = None
-    if blob is not None:
-        with suppress(Exception):
-            error = loads(blob)
-    if not isinstance(error, Exception | SystemExit):  # not raisable here as the tool's own
-        error = RemoteToolError(type_name, message, text)
-    if error.__cause__ is None:
-        error.__cause__ = _RemoteTraceback(text)
-    raise error
+    raise rebuild_error(*rest)
 
 
 def _ray_failure(ray: Any, tool: str, exc: Exception) -> ExecutorError:

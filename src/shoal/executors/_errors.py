@@ -1,0 +1,68 @@
+"""A tool's exception on its way back from another process (a worker, a Ray task).
+
+The far side sends the exception pickled when it can be, and always its type name, message and
+traceback text (:func:`error_reply`); this side raises the tool's own exception when it
+unpickles, else a :class:`~shoal.exceptions.RemoteToolError` naming the original type
+(:func:`rebuild_error`). Both process backends share this, so errors read the same on each.
+"""
+
+from __future__ import annotations
+
+import pickle
+import traceback
+from contextlib import suppress
+
+from shoal.exceptions import RemoteToolError
+from shoal.executors._shipping import dumps, loads
+
+__all__ = ["RemoteTraceback", "error_reply", "rebuild_error", "type_name"]
+
+
+def type_name(exc: BaseException) -> str:
+    """``module.QualName`` of the exception's type (just the name for builtins)."""
+    kind = type(exc)
+    return kind.__qualname__ if kind.__module__ == "builtins" else (
+        f"{kind.__module__}.{kind.__qualname__}")
+
+
+def error_reply(exc: BaseException) -> bytes:
+    """``("error", pickled exception or None, type name, message, traceback)``, pickled."""
+    try:
+        message = str(exc)
+    except Exception:  # a broken __str__ must not lose the error
+        message = f"<unprintable {type(exc).__qualname__}>"
+    text = "".join(traceback.format_exception(exc))
+    try:
+        blob: bytes | None = dumps(exc, "the exception")
+    except Exception:  # the other side raises a RemoteToolError naming the type instead
+        blob = None
+    return pickle.dumps(("error", blob, type_name(exc), message, text), pickle.HIGHEST_PROTOCOL)
+
+
+class RemoteTraceback(Exception):
+    """Carries the far side's traceback, shown as the cause of the error raised here."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f"traceback in the worker process:\n{self.text}"
+
+
+def rebuild_error(blob: bytes | None, name: str, message: str, text: str) -> BaseException:
+    """The tool's own exception when it unpickles here, else a :class:`RemoteToolError`.
+
+    Exceptions that are not errors of the call (``KeyboardInterrupt``, ``CancelledError``
+    raised inside the tool) are substituted too: raised here they would stop the run, or look
+    like the cancellation of the awaiting task.
+    """
+    error: BaseException | None = None
+    if blob is not None:
+        with suppress(Exception):
+            error = loads(blob)
+    if not isinstance(error, Exception | SystemExit):
+        error = RemoteToolError(name, message, text)
+    if error.__cause__ is None:
+        error.__cause__ = RemoteTraceback(text)
+    return error
