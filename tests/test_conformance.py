@@ -11,7 +11,11 @@ from typing import Any, ClassVar
 
 import pytest
 
+from shoal import Runtime
+from shoal.executors.base import Call
+from shoal.executors.thread import ThreadExecutor
 from shoal.testing import ExecutorConformance
+from shoal.testing.conformance import Route
 
 
 def _import_error(module: str) -> str:
@@ -35,6 +39,29 @@ class TestInlineConformance(ExecutorConformance):
 class TestThreadConformance(ExecutorConformance):
     executor = "thread"
     kills_on_timeout = False  # a thread cannot be stopped: its call is marked abandoned
+
+
+class CountingThreadExecutor(ThreadExecutor):
+    """Stands in for a third party's backend: shoal's thread pool, counting the calls it runs."""
+
+    runs = 0
+
+    async def execute(self, call: Call) -> Any:
+        CountingThreadExecutor.runs += 1
+        return await super().execute(call)
+
+
+class TestPluggedInBackendConformance(TestThreadConformance):
+    """A backend handed over with ``Runtime(executors=...)`` runs the suite, as documented."""
+
+    def make_runtime(self, route: Route, **options: Any) -> Runtime:
+        return super().make_runtime(route, executors={"thread": CountingThreadExecutor()},
+                                    **options)
+
+    def test_the_plugged_in_backend_ran_the_calls(self) -> None:
+        before = CountingThreadExecutor.runs
+        self.test_values_come_back_intact("sync", "tool")
+        assert CountingThreadExecutor.runs > before
 
 
 @pytest.mark.skipif(bool(PROCESS_MISSING),

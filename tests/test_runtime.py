@@ -607,3 +607,10 @@ def test_run_ids_are_unique_and_sortable() -> None:
     ids = [shoal.run_sync(plan).run_id for _ in range(3)]
     assert len(set(ids)) == 3
     assert all(len(i.split("-")) == 3 for i in ids)
+
+
+def test_executors_may_only_replace_known_backends() -> None:
+    from shoal.executors.thread import ThreadExecutor
+
+    with pytest.raises(ConfigError, match="may replace"):
+        Runtime(executors={"gpu": ThreadExecutor()})

@@ -109,6 +109,8 @@ class Runtime:
             is scrubbed.
         ray_address: the Ray cluster to use for ``isolation="ray"`` (default: ``RAY_ADDRESS``
             if set, else a local Ray started on first use).
+        executors: backends of your own, by the isolation name they serve in place of shoal's
+            (e.g. ``{"process": MyProcessExecutor()}``); the runtime starts and closes them.
         resource_limits: per-resource-key concurrency limits, e.g. ``{"host:*": 4}``; each key
             (rendered from a tool's ``reads``/``writes``) matching a glob pattern gets its own
             limit of that size.
@@ -129,6 +131,7 @@ class Runtime:
         process_workers: int | None = None,
         pass_env: Sequence[str] = (),
         ray_address: str | None = None,
+        executors: Mapping[str, Executor] | None = None,
         resource_limits: Mapping[str, int] | None = None,
         fail_fast: bool = False,
         deadline: float | None = None,
@@ -153,6 +156,10 @@ class Runtime:
             raise ConfigError("thread_workers and process_workers must be at least 1")
         self.pass_env = tuple(pass_env)
         self.ray_address = ray_address
+        unknown = set(executors or {}) - set(ISOLATIONS)
+        if unknown:
+            raise ConfigError(f"executors may replace {ISOLATIONS}; got {sorted(unknown)}")
+        self._custom: dict[str, Executor] = dict(executors or {})
         self.resource_limits = dict(resource_limits or {})
         self.fail_fast = fail_fast
         self.deadline = deadline
@@ -172,7 +179,9 @@ class Runtime:
         if existing is not None:
             return existing
         made: Executor
-        if isolation == "inline":
+        if isolation in self._custom:
+            made = self._custom[isolation]
+        elif isolation == "inline":
             made = InlineExecutor()
         elif isolation == "thread":
             made = ThreadExecutor(self.thread_workers)

@@ -166,25 +166,17 @@ class ExecutorConformance:
       (off for backends whose cluster keeps a worker pool on purpose, such as a local Ray).
 
     Your own backend serves one of shoal's isolation names in place of shoal's (tools and
-    runtimes accept no other names). Every test builds its runtime with :meth:`make_runtime`;
-    override it to return a runtime that hands out your executor::
-
-        class MyRuntime(Runtime):
-            def executor_for(self, isolation: str) -> Executor:
-                if isolation == "process" and isolation not in self._executors:
-                    # registered here, the runtime starts and closes it like its own
-                    self._executors[isolation] = MyProcessExecutor()
-                return super().executor_for(isolation)
+    runtimes accept no other names), handed to the runtime with ``Runtime(executors=...)``.
+    Every test builds its runtime with :meth:`make_runtime`; override it to pass a fresh
+    instance of your executor::
 
         class TestMyProcessConformance(ExecutorConformance):
             executor = "process"
             serializes = True
 
             def make_runtime(self, route, **options):
-                settings = {**self.runtime_options, **options}
-                if route == "runtime":
-                    settings["executor"] = self.executor
-                return MyRuntime(**settings)
+                return super().make_runtime(
+                    route, executors={"process": MyProcessExecutor()}, **options)
 
     Tools come from :mod:`shoal.testing.conformance_tools`, an installed module, so workers in
     other processes (and on other machines with shoal installed) import them by reference. The
