@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import traceback as tb
 from collections.abc import Callable, Iterator, Mapping
@@ -38,10 +39,8 @@ def jsonable(value: Any) -> Any:
     holding bytes that are not is converted again with every bytes object in it as (URL-safe)
     base64. A value that still cannot be converted (a reference cycle, say) becomes its repr.
     """
-    try:
+    with contextlib.suppress(Exception):  # bytes that are not UTF-8: base64 below
         return to_jsonable_python(value, fallback=_safe_repr)
-    except Exception:
-        pass
     try:
         return to_jsonable_python(value, fallback=_safe_repr, bytes_mode="base64")
     except Exception:

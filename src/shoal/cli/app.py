@@ -214,7 +214,7 @@ def _show_cursor() -> None:
 
 
 def _nothing() -> None:
-    pass
+    """Without a live view there is no cursor to restore on a forced exit."""
 
 
 def _print_result(result: RunResult, as_json: bool, console: Console) -> None:
