@@ -12,6 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from shoal.testing.conformance_tools import add_async as add  # noqa: F401 - shared with the suite
+from shoal.testing.conformance_tools import echo as echo
+from shoal.testing.conformance_tools import echo_async as echo_async
 from shoal.tools import Tool, tool
 
 
@@ -34,19 +37,6 @@ class ToolFailure(Exception):
 def pick(sync: Tool[..., Any], async_: Tool[..., Any], kind: str) -> Tool[..., Any]:
     """The sync or the async tool of a pair."""
     return sync if kind == "sync" else async_
-
-
-@tool
-def echo(value: Any) -> Any:
-    """Return the argument."""
-    return value
-
-
-@tool
-async def echo_async(value: Any) -> Any:
-    """Return the argument."""
-    await asyncio.sleep(0)
-    return value
 
 
 @tool
@@ -144,12 +134,6 @@ def returns_lock() -> Any:
 def takes_anything(value: Any) -> str:
     """Accept any argument."""
     return type(value).__name__
-
-
-@tool
-async def add(a: int, b: int) -> int:
-    """Add two numbers (an async tool: inline by default)."""
-    return a + b
 
 
 @tool

@@ -400,15 +400,19 @@ class RayExecutor(Executor):
         if pooled:
             return await self._on_pool(session, call, payload)
         ref = task.remote(payload)  # one bytes argument: each argument costs the worker time
+        return _unpack_reply(call.tool.name, await self._reply(session, ref, call, pooled=False))
+
+    async def _reply(self, session: _Session, ref: Any, call: Call, pooled: bool) -> bytes:
+        """Await a submitted call's reply; stop its work if cancelled; translate Ray's errors."""
         call.began_at = time.monotonic()  # submitted: Ray queues and starts it from here
         try:
-            reply = await ref
+            reply: bytes = await ref
         except asyncio.CancelledError:
-            self._stop(session, ref, call, pooled=False)
+            self._stop(session, ref, call, pooled=pooled)
             raise
         except Exception as exc:
             raise _ray_failure(session.ray, call.tool.name, exc) from None
-        return _unpack_reply(call.tool.name, reply)
+        return reply
 
     async def _on_pool(self, session: _Session, call: Call, payload: bytes) -> Any:
         """:meth:`execute` for a call on the actor pool."""
@@ -417,18 +421,12 @@ class RayExecutor(Executor):
         if index in pool.restarting:
             await pool.ready(index)
         ref = pool.actors[index].run.remote(payload)
-        call.began_at = time.monotonic()
         pool.pending[index] += 1
         try:
-            reply = await ref
-        except asyncio.CancelledError:
-            self._stop(session, ref, call, pooled=True)
+            reply = await self._reply(session, ref, call, pooled=True)
+        except WorkerCrashedError:
+            pool.restarting.add(index)  # later calls wait until Ray has restarted the actor
             raise
-        except Exception as exc:
-            error = _ray_failure(session.ray, call.tool.name, exc)
-            if isinstance(error, WorkerCrashedError):
-                pool.restarting.add(index)
-            raise error from None
         finally:
             if index < len(pool.pending):
                 pool.pending[index] -= 1
