@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from shoal import Plan, Ref, ToolTimeoutError, analyze, tool
 from shoal.events import NodeCancelled, NodeFinished, NodeQueued, NodeRetrying, NodeSkipped
-from shoal.exceptions import ToolArgumentError
+from shoal.exceptions import ToolArgumentError, ToolQuarantinedError
 from shoal.scheduler.state import TRANSITIONS, AttemptResult, Decisions, Phase, SchedulerState
 
 PHASES = (Phase.WAITING, Phase.READY, Phase.RUNNING, Phase.BACKOFF, Phase.DONE)
@@ -571,6 +571,19 @@ def test_a_node_cancelled_while_running_is_not_retried() -> None:
     assert d.timers == []
     assert outcome_of(state, a) is not None
     assert outcome_of(state, a).status in ("cancelled", "failed")
+
+
+def test_errors_no_retry_can_help_are_never_retried() -> None:
+    # arguments that do not fit will not fit better; a quarantined tool stays quarantined
+    for error in (ToolArgumentError("flaky", "value", "bad"), ToolQuarantinedError("flaky", 3)):
+        plan = Plan()
+        a = plan.call(flaky)  # retries=2, on any Exception
+        state = make_state(plan)
+        state.begin(0.0)
+        d = state.finish(0, AttemptResult("failed", error=error), 0.1)
+        assert d.timers == [], f"{type(error).__name__} was retried"
+        assert outcome_of(state, a).status == "failed"
+        assert outcome_of(state, a).attempts == 1
 
 
 def test_cancelling_a_parked_node_does_not_strand_the_others() -> None:
