@@ -17,11 +17,18 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time names load on first use
+    from shoal.agents.agent import Agent, AgentHandle
+    from shoal.agents.budget import Budget
+    from shoal.agents.result import AgentResult
+    from shoal.agents.toolcalls import CallRecord, execute_calls
     from shoal.deps import Edge, Graph, analyze
     from shoal.events import (
+        AgentFinished,
+        AgentStarted,
         Event,
         EventSink,
         JsonlSink,
+        ModelResponded,
         NodeCancelled,
         NodeFinished,
         NodeQueued,
@@ -30,16 +37,25 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time names load on 
         NodeStarted,
         RunFinished,
         RunStarted,
+        ToolCallRejected,
     )
     from shoal.exceptions import (
+        AgentError,
+        BudgetExceeded,
         CallCancelledError,
         ConfigError,
         DeadlineExceededError,
         ExecutorError,
+        MaxTurnsExceeded,
         MissingDependencyError,
+        ModelConnectionError,
+        ModelError,
+        ModelHTTPError,
+        OutputValidationError,
         PlanError,
         PlanProblem,
         RemoteToolError,
+        ScriptError,
         SerializationError,
         ShoalError,
         ToolArgumentError,
@@ -50,6 +66,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time names load on 
         WorkerCrashedError,
     )
     from shoal.limits import Rate, parse_rate
+    from shoal.models.base import Model, ModelRequest, ModelResponse, ModelSettings, ToolCall, Usage
     from shoal.outcome import ErrorInfo, Outcome, RunResult, Status
     from shoal.plan import Node, Plan, Ref
     from shoal.runtime import RunHandle, Runtime, run, run_sync
@@ -61,6 +78,30 @@ __version__ = "0.1.0"
 # Each public name and the module that defines it. Loading modules on first use (PEP 562) keeps
 # `import shoal` cheap for the CLI and for worker processes that need only part of the package.
 _EXPORTS = {
+    "Agent": "shoal.agents.agent",
+    "AgentHandle": "shoal.agents.agent",
+    "AgentResult": "shoal.agents.result",
+    "Budget": "shoal.agents.budget",
+    "execute_calls": "shoal.agents.toolcalls",
+    "CallRecord": "shoal.agents.toolcalls",
+    "AgentError": "shoal.exceptions",
+    "BudgetExceeded": "shoal.exceptions",
+    "MaxTurnsExceeded": "shoal.exceptions",
+    "ModelError": "shoal.exceptions",
+    "ModelHTTPError": "shoal.exceptions",
+    "ModelConnectionError": "shoal.exceptions",
+    "OutputValidationError": "shoal.exceptions",
+    "ScriptError": "shoal.exceptions",
+    "AgentStarted": "shoal.events",
+    "AgentFinished": "shoal.events",
+    "ModelResponded": "shoal.events",
+    "ToolCallRejected": "shoal.events",
+    "Model": "shoal.models.base",
+    "ModelRequest": "shoal.models.base",
+    "ModelResponse": "shoal.models.base",
+    "ModelSettings": "shoal.models.base",
+    "ToolCall": "shoal.models.base",
+    "Usage": "shoal.models.base",
     "analyze": "shoal.deps",
     "CallCancelledError": "shoal.exceptions",
     "ConfigError": "shoal.exceptions",
@@ -126,6 +167,30 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "Agent",
+    "AgentHandle",
+    "AgentResult",
+    "Budget",
+    "execute_calls",
+    "CallRecord",
+    "AgentError",
+    "BudgetExceeded",
+    "MaxTurnsExceeded",
+    "ModelError",
+    "ModelHTTPError",
+    "ModelConnectionError",
+    "OutputValidationError",
+    "ScriptError",
+    "AgentStarted",
+    "AgentFinished",
+    "ModelResponded",
+    "ToolCallRejected",
+    "Model",
+    "ModelRequest",
+    "ModelResponse",
+    "ModelSettings",
+    "ToolCall",
+    "Usage",
     "CallCancelledError",
     "ConfigError",
     "DeadlineExceededError",

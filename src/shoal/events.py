@@ -17,9 +17,12 @@ from typing import IO, Any
 from pydantic_core import to_jsonable_python
 
 __all__ = [
+    "AgentFinished",
+    "AgentStarted",
     "Event",
     "EventSink",
     "JsonlSink",
+    "ModelResponded",
     "NodeCancelled",
     "NodeFinished",
     "NodeQueued",
@@ -28,15 +31,22 @@ __all__ = [
     "NodeStarted",
     "RunFinished",
     "RunStarted",
+    "ToolCallRejected",
 ]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Event:
-    """Base of all events: which run, and when (seconds since the run started)."""
+    """Base of all events: which run, and when (seconds since the run started).
+
+    ``lineage`` says where in an agent tree the event happened, e.g.
+    ``"lead/researcher#2/search#1"`` (the second ``researcher`` subagent the lead started, and
+    that subagent's first ``search`` call); empty for plans run outside an agent.
+    """
 
     run_id: str
     time: float
+    lineage: str = ""
 
     @property
     def kind(self) -> str:
@@ -123,6 +133,58 @@ class RunFinished(Event):
 
     counts: dict[str, int]
     makespan: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentStarted(Event):
+    """An agent (the lead or a subagent, see ``lineage``) began work on ``prompt``."""
+
+    agent: str
+    prompt: str
+    depth: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelResponded(Event):
+    """A model turn ended: how much text, which tool calls, and the tokens it cost."""
+
+    agent: str
+    model: str
+    turn: int
+    text: str
+    tool_calls: tuple[str, ...]
+    input_tokens: int
+    output_tokens: int
+    duration: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ToolCallRejected(Event):
+    """A tool call the model asked for did not run (malformed, unknown, over a budget).
+
+    The model gets ``error`` as the call's result.
+    """
+
+    agent: str
+    call_id: str
+    tool: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentFinished(Event):
+    """An agent ended, with a ``status`` and a short preview of its ``output``.
+
+    ``status`` is ``ok``, ``failed``, ``cancelled``, ``max_turns`` or ``budget_exceeded``.
+    """
+
+    agent: str
+    status: str
+    output: str
+    turns: int
+    total_tokens: int
+    duration: float
+    error: str = ""
 
 
 EventSink = Callable[[Event], None]

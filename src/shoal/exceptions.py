@@ -16,7 +16,21 @@
     │   └── ToolQuarantinedError    a tool crashed its workers too often in this run: not started
     ├── RemoteToolError             stands in for a tool's exception that could not be pickled
     ├── ConfigError                 an invalid runtime setting (limits, executors, rates)
-    └── MissingDependencyError      an optional extra is not installed; says what to install
+    ├── MissingDependencyError      an optional extra is not installed; says what to install
+    ├── StoreError                  the journal cannot be opened, read or written
+    │   ├── StoreVersionError       the journal file is newer than this shoal; names both versions
+    │   └── RunNotFoundError        the journal has no run with that id
+    ├── PlanChangedError            resume: the plan differs from the one the run started with;
+    │                               ``.differences`` lists what changed; nothing runs
+    ├── ModelError                  a model request failed (after shoal's retries, if transient)
+    │   ├── ModelHTTPError          the provider answered with an error status; ``.status``
+    │   └── ModelConnectionError    the provider could not be reached, or did not answer in time
+    ├── ScriptError                 a ScriptedModel got a request it has no step for, or has
+    │                               steps left unused
+    └── AgentError                  an agent run could not finish; ``.result`` holds it so far
+        ├── BudgetExceeded          a budget of the run's tree ran out; ``.limit`` names it
+        ├── MaxTurnsExceeded        the agent used all its turns without a final answer
+        └── OutputValidationError   the final answer did not fit ``output_type``, after retries
 
 Errors raised *by tools* are never wrapped in this tree: they are recorded as a ``failed``
 outcome whose :class:`~shoal.outcome.ErrorInfo` keeps the original type name, message and
@@ -28,18 +42,31 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "CallCancelledError",
     "ConfigError",
     "DeadlineExceededError",
+    "AgentError",
+    "BudgetExceeded",
     "ExecutorError",
+    "MaxTurnsExceeded",
     "MissingDependencyError",
+    "ModelConnectionError",
+    "ModelError",
+    "ModelHTTPError",
+    "OutputValidationError",
+    "PlanChangedError",
     "PlanError",
     "PlanProblem",
     "RemoteToolError",
+    "RunNotFoundError",
+    "ScriptError",
     "SerializationError",
     "ShoalError",
+    "StoreError",
+    "StoreVersionError",
     "ToolArgumentError",
     "ToolDefinitionError",
     "ToolQuarantinedError",
@@ -200,3 +227,151 @@ class MissingDependencyError(ShoalError, ImportError):
 
     def __reduce__(self) -> tuple[type[MissingDependencyError], tuple[str, str]]:
         return (MissingDependencyError, (self.package, self.extra))
+
+
+class StoreError(ShoalError):
+    """The journal could not be opened, read or written (a locked or corrupt file, a full disk)."""
+
+
+class StoreVersionError(StoreError):
+    """The journal file was written by a newer shoal, with a schema this code does not know."""
+
+    def __init__(self, path: str, found: int, supported: int) -> None:
+        self.path = path
+        self.found = found
+        self.supported = supported
+        super().__init__(
+            f"the journal {path!r} has schema version {found}, but this shoal knows only up to "
+            f"version {supported}; upgrade shoal to read it (or use another --store file)")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (StoreVersionError, (self.path, self.found, self.supported))
+
+
+class RunNotFoundError(StoreError, KeyError):
+    """The journal has no run with this id."""
+
+    def __init__(self, run_id: str, where: str = "") -> None:
+        self.run_id = run_id
+        self.where = where
+        super().__init__(f"no run {run_id!r} in the journal{f' {where}' if where else ''}")
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0])
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (RunNotFoundError, (self.run_id, self.where))
+
+
+class PlanChangedError(ShoalError):
+    """Resume was asked with a plan (or agent) that differs from the one the run started with.
+
+    ``differences`` lists each change (``node 'b': arguments changed``, ``node 'x' added`` ...);
+    nothing was run.
+    """
+
+    def __init__(self, run_id: str, differences: Sequence[str]) -> None:
+        self.run_id = run_id
+        self.differences = list(differences)
+        shown = "\n  - ".join(self.differences[:20])
+        hidden = len(self.differences) - 20
+        more = f"\n  ... and {hidden} more" if hidden > 0 else ""
+        super().__init__(f"cannot resume run {run_id!r}: the plan changed since it started "
+                         f"(nothing was run):\n  - {shown}{more}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (PlanChangedError, (self.run_id, self.differences))
+
+class ModelError(ShoalError):
+    """A model request failed; ``model`` names the model.
+
+    Transient failures (429, 5xx, timeouts) are retried by shoal first; this is raised once
+    the retries are spent.
+    """
+
+    def __init__(self, model: str, message: str) -> None:
+        self.model = model
+        self.detail = message
+        super().__init__(f"model {model!r}: {message}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.model, self.detail))
+
+
+class ModelHTTPError(ModelError):
+    """The provider answered with an error status.
+
+    ``status`` is the HTTP status, ``retry_after`` the seconds the provider asked us to wait
+    (from ``Retry-After``; ``None`` when it did not say), and ``transient`` whether another
+    try may succeed (429 and 5xx).
+    """
+
+    def __init__(self, model: str, message: str, status: int,
+                 retry_after: float | None = None) -> None:
+        self.status = status
+        self.retry_after = retry_after
+        super().__init__(model, f"HTTP {status}: {message}")
+        self.detail = message
+
+    @property
+    def transient(self) -> bool:
+        """Whether the request may succeed if sent again (rate limits, server errors)."""
+        return self.status in (408, 409, 429) or self.status >= 500
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ModelHTTPError, (self.model, self.detail, self.status, self.retry_after))
+
+
+class ModelConnectionError(ModelError):
+    """The provider could not be reached or did not answer in time (always transient)."""
+
+    transient = True
+
+
+class ScriptError(ShoalError):
+    """A :class:`~shoal.testing.ScriptedModel` was asked what its script does not cover.
+
+    Raised for a request it has no step for, and by ``check()`` for steps never used.
+    """
+
+
+class AgentError(ShoalError):
+    """An agent run could not finish.
+
+    ``result`` is the run so far (an ``AgentResult``): every outcome recorded before the
+    error, the messages and the usage.
+    """
+
+    result: Any = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), self.args)
+
+
+class BudgetExceeded(AgentError):
+    """A budget of the agent tree ran out; ``limit`` names it.
+
+    ``limit`` is one of ``tokens``, ``cost``, ``turns``, ``subagents``, ``depth``,
+    ``fan_out``, ``wall_clock``; ``used`` and ``allowed`` give the figures. New calls stop at
+    once.
+    """
+
+    def __init__(self, limit: str, used: float, allowed: float, where: str = "") -> None:
+        self.limit = limit
+        self.used = used
+        self.allowed = allowed
+        self.where = where
+        at = f" (at {where})" if where else ""
+        super().__init__(f"budget exceeded: {limit} limit is {allowed:g}, "
+                         f"{'reached' if used <= allowed else f'used {used:g}'}{at}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (BudgetExceeded, (self.limit, self.used, self.allowed, self.where))
+
+
+class MaxTurnsExceeded(AgentError):
+    """The agent used ``max_turns`` model turns without giving a final answer."""
+
+
+class OutputValidationError(AgentError):
+    """The model's final answer did not fit the agent's ``output_type`` after every retry."""

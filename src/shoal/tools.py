@@ -142,6 +142,13 @@ class Tool(Generic[P, R]):
         return Tool(self._fn, name=self.name, description=self.description, policy=policy,
                     _model=self._model)
 
+    def bound_to(self, fn: Callable[..., Any]) -> Tool[..., Any]:
+        """The same tool (name, schema, policy) calling ``fn`` instead: for per-call state,
+        such as a subagent bound to its place in an agent tree. ``fn`` must take the same
+        arguments; the schema is reused, not rebuilt."""
+        return Tool(fn, name=self.name, description=self.description, policy=self.policy,
+                    _model=self._model)
+
     def validate(self, args: Mapping[str, Any]) -> dict[str, Any]:
         """Check and coerce ``args`` against the schema; raise :class:`ToolArgumentError`."""
         if not self._param_names and not args and self._model.model_config.get("extra") != "allow":

@@ -4,6 +4,9 @@
 of sleeping, and :func:`run_virtual` runs a coroutine on one (like :func:`asyncio.run`). Only
 pure-asyncio code belongs on it: see :mod:`shoal.testing.clock` for why threads do not mix.
 
+:class:`ScriptedModel` plays back scripted model turns, for agent tests and offline examples
+(see :mod:`shoal.testing.scripted`).
+
 :class:`ExecutorConformance` is the pytest suite every executor must pass (see
 :mod:`shoal.testing.conformance`). It is loaded on first access, because it imports pytest,
 which an application importing ``shoal.testing`` for the clock should not pay for or need.
@@ -17,10 +20,12 @@ from shoal.testing.clock import VirtualClockLoop, run_virtual
 
 if TYPE_CHECKING:
     from shoal.testing.conformance import ExecutorConformance
+    from shoal.testing.scripted import ScriptedModel, call
 
-__all__ = ["ExecutorConformance", "VirtualClockLoop", "run_virtual"]
+__all__ = ["ExecutorConformance", "ScriptedModel", "VirtualClockLoop", "call", "run_virtual"]
 
-_LAZY = {"ExecutorConformance": "shoal.testing.conformance"}
+_LAZY = {"ExecutorConformance": "shoal.testing.conformance",
+         "ScriptedModel": "shoal.testing.scripted", "call": "shoal.testing.scripted"}
 
 
 def __getattr__(name: str) -> Any:

@@ -1,0 +1,280 @@
+"""``Agent``: a model, instructions, tools and subagents, run with every tool call in parallel.
+
+An :class:`Agent` is an immutable definition; each :meth:`Agent.run` makes its own run state
+(:class:`~shoal.agents.run.AgentRun` inside a :class:`~shoal.agents.context.TreeContext`), so
+one agent can run many times at once and serve as a subagent of many parents.
+
+A subagent becomes a tool of its parent named after it, taking one argument, ``task``; the
+parent's model may call several in one turn and they run in parallel, each in a fresh context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import re
+from collections.abc import Callable, Coroutine, Generator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from shoal.agents.budget import Budget
+from shoal.agents.context import TreeContext
+from shoal.agents.output import OutputSpec
+from shoal.agents.result import AgentResult
+from shoal.agents.run import AgentRun
+from shoal.events import EventSink
+from shoal.exceptions import AgentError, ConfigError, ShoalError
+from shoal.models.base import Model, ModelSettings, ToolSpec
+from shoal.models.retry import ModelGates
+from shoal.plan import as_tool
+from shoal.policy import ToolPolicy
+from shoal.tools import Tool
+
+__all__ = ["Agent", "AgentHandle"]
+
+T = TypeVar("T")
+
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # what OpenAI and Anthropic accept as tool names
+
+
+async def _subagent_entry(task: str) -> str:
+    """Run the subagent on a task and return its final answer.
+
+    Args:
+        task: the task for the subagent, with everything it needs to know: it sees nothing
+            else of this conversation.
+    """
+    raise AssertionError("a subagent's tool is bound to its run before it is called")
+
+
+@dataclass(frozen=True, eq=False)
+class Agent(Generic[T]):
+    """A model that calls tools and subagents, with every call of a turn running in parallel.
+
+    Args:
+        name: the agent's name (letters, digits, ``_``, ``-``); a subagent is offered to its
+            parent's model as a tool of this name.
+        model: a :class:`~shoal.models.base.Model`, or a string: ``"local"`` (a small model
+            run on this machine; the ``local`` extra), ``"openai:gpt-4.1-mini"``,
+            ``"anthropic:claude-sonnet-4-5"``.
+        instructions: the system prompt.
+        tools: tools (or plain functions) the model may call.
+        subagents: agents the model may delegate to, as tools taking a ``task``.
+        description: what a parent's model is told this agent does (default: the first line
+            of the instructions).
+        output_type: the type of the final answer (a pydantic model, dataclass, ...); the
+            model is asked for JSON, which is validated, and asked again when it does not fit.
+        max_turns: model requests this agent may make in one run.
+        output_retries: how often an answer that does not fit ``output_type`` is sent back.
+        settings: sampling settings (temperature, max_tokens, ...).
+        budget: the default budget when this agent is the root of a run.
+    """
+
+    name: str
+    model: str | Model = "local"
+    instructions: str = ""
+    tools: Sequence[Tool[..., Any] | Callable[..., Any]] = ()
+    subagents: Sequence[Agent[Any]] = ()
+    description: str = ""
+    output_type: type[T] | None = None
+    max_turns: int = 10
+    output_retries: int = 2
+    settings: ModelSettings = field(default_factory=ModelSettings)
+    budget: Budget | None = None
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ConfigError(f"agent name {self.name!r} must be 1-64 letters, digits, '_' or "
+                              "'-' (it becomes a tool name for parent agents)")
+        if self.max_turns < 1:
+            raise ConfigError(f"max_turns must be at least 1, got {self.max_turns}")
+        object.__setattr__(self, "tools", tuple(as_tool(t) for t in self.tools))
+        object.__setattr__(self, "subagents", tuple(self.subagents))
+        names = [t.name for t in self._tools] + [a.name for a in self.subagents]
+        clashes = sorted({n for n in names if names.count(n) > 1})
+        if clashes:
+            raise ConfigError(f"agent {self.name!r} has several tools or subagents named "
+                              f"{clashes}; names must be unique")
+
+    # -- derived, cached once per definition -------------------------------------------
+
+    @functools.cached_property
+    def output_spec(self) -> OutputSpec | None:
+        """How the final answer is checked (``None``: plain text)."""
+        if self.output_type is None or self.output_type is str:
+            return None
+        return OutputSpec.of(self.output_type)
+
+    @functools.cached_property
+    def full_instructions(self) -> str:
+        """The instructions, plus the output format when there is an ``output_type``."""
+        spec = self.output_spec
+        if spec is None:
+            return self.instructions
+        return f"{self.instructions}\n\n{spec.instructions()}".strip()
+
+    @functools.cached_property
+    def subagent_tool(self) -> Tool[..., Any]:
+        """The tool a parent's model sees for this agent: it takes a ``task``."""
+        about = self.description or (self.instructions.strip().splitlines() or [""])[0]
+        description = (f"Delegate a task to the {self.name} agent"
+                       + (f": {about}" if about else "")
+                       + ". Several calls run in parallel, each with a fresh context.")
+        return Tool(_subagent_entry, name=self.name, description=description,
+                    policy=ToolPolicy(isolation="inline"))
+
+    @functools.cached_property
+    def subagents_by_name(self) -> Mapping[str, Agent[Any]]:
+        """Subagents by name."""
+        return {a.name: a for a in self.subagents}
+
+    @functools.cached_property
+    def tools_by_name(self) -> Mapping[str, Tool[..., Any]]:
+        """Every tool the model may call, subagents included, by name."""
+        found: dict[str, Tool[..., Any]] = {t.name: t for t in self._tools}
+        found.update({a.name: a.subagent_tool for a in self.subagents})
+        return found
+
+    @functools.cached_property
+    def tool_specs(self) -> tuple[ToolSpec, ...]:
+        """The tools as the model sees them."""
+        return tuple(ToolSpec(t.name, t.description, t.json_schema())
+                     for t in self.tools_by_name.values())
+
+    @property
+    def _tools(self) -> tuple[Tool[..., Any], ...]:
+        return tuple(t for t in self.tools if isinstance(t, Tool))
+
+    # -- running ----------------------------------------------------------------------
+
+    def start(
+        self,
+        prompt: str,
+        *,
+        runtime: Any = None,
+        model: str | Model | None = None,
+        budget: Budget | None = None,
+        on_event: EventSink | Sequence[EventSink] | None = None,
+        run_id: str | None = None,
+        gates: ModelGates | None = None,
+    ) -> AgentHandle[T]:
+        """Start a run on the running loop and return its handle at once (see :meth:`run`)."""
+        from shoal.runtime import Runtime, new_run_id
+
+        own_runtime = runtime is None
+        active = runtime if runtime is not None else Runtime()
+        override = None
+        if model is not None:
+            from shoal.models import resolve_model
+
+            override = model if isinstance(model, Model) else resolve_model(model)
+        sinks = [] if on_event is None else [on_event] if callable(on_event) else list(on_event)
+        ctx = TreeContext(run_id=run_id or new_run_id(), runtime=active,
+                          budget=budget or self.budget, sinks=sinks, gates=gates,
+                          model_override=override)
+        root = AgentRun(self, ctx, lineage=self.name, depth=0, prompt=prompt)
+        close_override = override is not None and not isinstance(model, Model)
+        task = asyncio.get_running_loop().create_task(
+            _run_root(root, own_runtime, override if close_override else None))
+        return AgentHandle(ctx, root, task)
+
+    async def run(self, prompt: str, **options: Any) -> AgentResult[T]:
+        """Run the agent on ``prompt`` and return its result.
+
+        Options: ``runtime`` (a :class:`~shoal.Runtime` for the tool calls; default a fresh
+        one), ``model`` (overrides the model of every agent in the tree, e.g. to run an example
+        on a hosted model), ``budget`` (a :class:`Budget` for the whole tree), ``on_event``
+        (event sinks; every event carries its lineage), ``run_id``, ``gates`` (share model
+        rate limits with other runs).
+
+        Raises :class:`~shoal.exceptions.BudgetExceeded`,
+        :class:`~shoal.exceptions.MaxTurnsExceeded`,
+        :class:`~shoal.exceptions.OutputValidationError`,
+        :class:`~shoal.exceptions.ModelError` or :class:`~shoal.exceptions.AgentError` (when
+        cancelled); each carries the run so far as ``.result``.
+        """
+        return await self.start(prompt, **options)
+
+    def run_sync(self, prompt: str, **options: Any) -> AgentResult[T]:
+        """:meth:`run` from synchronous code (starts and closes an event loop)."""
+        return _blocking(self.run(prompt, **options))
+
+    def __repr__(self) -> str:
+        model = self.model if isinstance(self.model, str) else self.model.name
+        return (f"<Agent {self.name} model={model} tools={[t.name for t in self._tools]} "
+                f"subagents={[a.name for a in self.subagents]}>")
+
+
+class AgentHandle(Generic[T]):
+    """A running agent tree: await it for the result, or cancel all or part of it."""
+
+    def __init__(self, ctx: TreeContext, root: AgentRun,
+                 task: asyncio.Task[AgentResult[Any]]) -> None:
+        self._ctx = ctx
+        self._root = root
+        self._task = task
+
+    @property
+    def run_id(self) -> str:
+        """The tree's run id."""
+        return self._ctx.run_id
+
+    def __await__(self) -> Generator[Any, None, AgentResult[T]]:
+        return self._task.__await__()
+
+    def done(self) -> bool:
+        """Whether the run has ended."""
+        return self._task.done()
+
+    def cancel(self, lineage: str | None = None, *, reason: str = "cancelled by the user") -> None:
+        """Cancel the whole tree, or one agent (by ``lineage``) and everything below it.
+
+        With ``lineage`` (e.g. ``"lead/researcher#2"``) only that subtree stops; its parent
+        gets an error result for the subagent's call and goes on.
+        """
+        self._ctx.cancel(lineage or self._root.lineage, reason)
+
+    def results(self) -> Mapping[str, AgentResult[Any]]:
+        """Every agent's result so far (finished or still running), by lineage."""
+        return dict(self._ctx.results)
+
+    @property
+    def result(self) -> AgentResult[T]:
+        """The lead's result so far (its ``status`` is ``running`` until it ends)."""
+        return self._root.result
+
+
+async def _run_root(root: AgentRun, own_runtime: bool, own_model: Model | None) -> AgentResult[Any]:
+    ctx = root.ctx
+    ctx.start_clock()
+    try:
+        result = await root.run()
+    except asyncio.CancelledError:
+        result = root.result
+        current = asyncio.current_task()
+        if result.status == "running" or (current is not None and current.cancelling()):
+            raise  # this task itself was cancelled (not the tree through its handle)
+    finally:
+        ctx.stop_clock()
+        await ctx.close_models()
+        if own_model is not None:
+            await own_model.aclose()
+        if own_runtime:
+            await ctx.runtime.aclose()
+    if result.status == "ok":
+        return result
+    error = result.error
+    if not isinstance(error, ShoalError):
+        error = AgentError(f"agent {root.lineage} ended {result.status}: {error}")
+    error.result = result  # type: ignore[attr-defined]  # also on ModelError: the run so far
+    raise error
+
+
+def _blocking(coro: Coroutine[Any, Any, AgentResult[T]]) -> AgentResult[T]:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    coro.close()
+    raise ShoalError("run_sync() was called from inside a running event loop; use "
+                     "'await agent.run(prompt)' there instead")

@@ -1,0 +1,117 @@
+"""Budgets shared by a whole agent tree, and the tracker that enforces them.
+
+A :class:`Budget` states limits; one :class:`BudgetTracker` per root run counts what every
+agent of the tree uses. All agents of a tree run on one event loop, so the counts need no
+locks: each check-and-charge happens without an ``await`` in between, which is what makes
+the limits exact under bursts (ten subagent calls in one turn with a limit of three: exactly
+three get a slot, whatever order the loop runs them in).
+
+Two kinds of breach:
+
+* **Per call** (``subagents``, ``depth``, ``fan_out``): the call over the limit is refused and
+  the model gets an error result naming the limit; the rest of the tree goes on.
+* **Tree-wide** (``tokens``, ``cost``, ``turns``, ``wall_clock``): the tree stops at once:
+  no new model request or tool call starts, calls in flight are cancelled, and the root raises
+  :class:`~shoal.exceptions.BudgetExceeded` carrying every outcome recorded so far.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from shoal.exceptions import BudgetExceeded, ConfigError
+from shoal.models.base import Usage
+
+__all__ = ["Budget", "BudgetTracker"]
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """Limits for a whole agent tree (``None``: no limit).
+
+    Args:
+        tokens: input plus output tokens of every model request in the tree.
+        cost: US dollars, for models with a known price.
+        turns: model requests across the tree.
+        subagents: subagent runs across the tree.
+        depth: how deep subagents may nest (the lead is depth 0; ``depth=1`` allows
+            subagents but not sub-subagents).
+        fan_out: tool calls (subagents included) one model turn may start; calls beyond it get
+            an error result.
+        wall_clock: seconds from the root's start until the tree stops.
+    """
+
+    tokens: int | None = None
+    cost: float | None = None
+    turns: int | None = None
+    subagents: int | None = None
+    depth: int | None = None
+    fan_out: int | None = None
+    wall_clock: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("tokens", "cost", "turns", "subagents", "fan_out", "wall_clock"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"budget {name} must be positive, got {value}")
+        if self.depth is not None and self.depth < 0:
+            raise ConfigError(f"budget depth must be 0 or more, got {self.depth}")
+
+
+class BudgetTracker:
+    """Counts a tree's usage against its :class:`Budget`; the first tree-wide breach sticks."""
+
+    def __init__(self, budget: Budget | None, on_breach: Callable[[BudgetExceeded], None]) -> None:
+        self.budget = budget or Budget()
+        self.usage = Usage()
+        self.turns = 0
+        self.subagents = 0
+        self.breach: BudgetExceeded | None = None
+        self._on_breach = on_breach
+
+    def check_tree(self, where: str) -> None:
+        """Raise the tree's breach if there is one (every agent checks before it acts)."""
+        if self.breach is not None:
+            raise self.breach
+
+    def start_turn(self, where: str) -> None:
+        """Charge one model request; breaching the ``turns`` limit stops the tree."""
+        self.check_tree(where)
+        limit = self.budget.turns
+        if limit is not None and self.turns >= limit:
+            self.stop(BudgetExceeded("turns", self.turns, limit, where))
+        self.turns += 1
+
+    def add_usage(self, usage: Usage, where: str) -> None:
+        """Record a response's usage; going over ``tokens`` or ``cost`` stops the tree."""
+        self.usage = self.usage + usage
+        tokens, cost = self.budget.tokens, self.budget.cost
+        if tokens is not None and self.usage.total_tokens > tokens:
+            self.stop(BudgetExceeded("tokens", self.usage.total_tokens, tokens, where))
+        if cost is not None and (self.usage.cost or 0.0) > cost:
+            self.stop(BudgetExceeded("cost", self.usage.cost or 0.0, cost, where))
+
+    def fan_out_refusal(self, index: int, where: str) -> BudgetExceeded | None:
+        """The error for the ``index``-th call (0-based) of one turn, if over ``fan_out``."""
+        limit = self.budget.fan_out
+        if limit is not None and index >= limit:
+            return BudgetExceeded("fan_out", index + 1, limit, where)
+        return None
+
+    def take_subagent(self, depth: int, where: str) -> BudgetExceeded | None:
+        """Reserve one subagent run at ``depth``; return the refusal instead if over a limit."""
+        if self.budget.depth is not None and depth > self.budget.depth:
+            return BudgetExceeded("depth", depth, self.budget.depth, where)
+        limit = self.budget.subagents
+        if limit is not None and self.subagents >= limit:
+            return BudgetExceeded("subagents", self.subagents, limit, where)
+        self.subagents += 1
+        return None
+
+    def stop(self, breach: BudgetExceeded) -> None:
+        """Record a tree-wide breach (the first one wins), tell the tree, and raise it."""
+        if self.breach is None:
+            self.breach = breach
+            self._on_breach(breach)
+        raise self.breach

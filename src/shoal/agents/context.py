@@ -1,0 +1,175 @@
+"""What every agent of one run tree shares: the runtime, budgets, model gates, events, control.
+
+One :class:`TreeContext` is made per root run (``Agent.run``) and handed down to every subagent.
+It is the only shared thing in a tree, and it holds no conversation state: each agent's
+messages live in its own run, so siblings can neither see nor change each other's context.
+
+It also keeps what is *in flight* per lineage (tool-phase run handles and model requests), so
+that a budget breach or a person can stop the whole tree, or one agent's subtree, at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from shoal.agents.budget import Budget, BudgetTracker
+from shoal.events import Event, EventSink
+from shoal.exceptions import BudgetExceeded
+from shoal.models.base import Model
+from shoal.models.retry import ModelGates
+
+if TYPE_CHECKING:
+    from shoal.agents.result import AgentResult
+    from shoal.runtime import RunHandle, Runtime
+
+__all__ = ["TreeContext", "is_within"]
+
+
+def is_within(lineage: str, root: str) -> bool:
+    """Whether ``lineage`` is ``root`` itself or below it (``lead/a#1`` is within ``lead``)."""
+    return lineage == root or lineage.startswith(root + "/")
+
+
+class TreeContext:
+    """The state one agent tree shares (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        runtime: Runtime,
+        budget: Budget | None,
+        sinks: Sequence[EventSink],
+        gates: ModelGates | None = None,
+        model_override: Model | None = None,
+    ) -> None:
+        self.run_id = run_id
+        self.runtime = runtime
+        self.tracker = BudgetTracker(budget, self._stop_everything)
+        self.gates = gates or ModelGates()
+        self.model_override = model_override
+        self._sinks = list(sinks)
+        self._t0 = time.monotonic()
+        self._models: dict[str, Model] = {}
+        self._handles: dict[str, set[RunHandle]] = {}  # lineage -> tool phases in flight
+        self._requests: dict[str, set[asyncio.Task[Any]]] = {}  # lineage -> model requests
+        self._cancelled: dict[str, str] = {}  # lineage root -> reason
+        self.results: dict[str, AgentResult[Any]] = {}  # every agent's result, by lineage
+        self._deadline: asyncio.TimerHandle | None = None
+
+    # -- time and events ----------------------------------------------------------------
+
+    def now(self) -> float:
+        """Seconds since the root started."""
+        return time.monotonic() - self._t0
+
+    @property
+    def observed(self) -> bool:
+        """Whether anyone listens to events (they are only built when someone does)."""
+        return bool(self._sinks)
+
+    def emit(self, event: Event) -> None:
+        """Send ``event`` to every sink."""
+        for sink in self._sinks:
+            sink(event)
+
+    def relay(self, lineage_of: Callable[[Event], str]) -> EventSink:
+        """A sink for a tool phase's runtime events that stamps each with its lineage."""
+
+        def forward(event: Event) -> None:
+            self.emit(replace(event, lineage=lineage_of(event)))
+
+        return forward
+
+    # -- models -------------------------------------------------------------------------
+
+    def model_for(self, spec: str | Model) -> Model:
+        """The model an agent asked for: the run's override, or one instance per spec."""
+        if self.model_override is not None:
+            return self.model_override
+        if isinstance(spec, Model):
+            return spec
+        if spec not in self._models:
+            from shoal.models import resolve_model  # adapters load their SDKs on use
+
+            self._models[spec] = resolve_model(spec)
+        return self._models[spec]
+
+    async def close_models(self) -> None:
+        """Close the models this tree created from strings (not ones the user passed in)."""
+        models, self._models = self._models, {}
+        for model in models.values():
+            await model.aclose()
+
+    # -- control: what runs, and stopping it --------------------------------------------
+
+    def start_clock(self) -> None:
+        """Arm the ``wall_clock`` budget, if there is one."""
+        limit = self.tracker.budget.wall_clock
+        if limit is not None:
+            loop = asyncio.get_running_loop()
+            self._deadline = loop.call_later(limit, self._wall_clock_over, limit)
+
+    def _wall_clock_over(self, limit: float) -> None:
+        # stop() records and broadcasts the breach, then raises it; the agents raise it
+        # again where they stand, so here it is only swallowed
+        with contextlib.suppress(BudgetExceeded):
+            self.tracker.stop(BudgetExceeded("wall_clock", self.now(), limit, "the whole tree"))
+
+    def stop_clock(self) -> None:
+        """Disarm the ``wall_clock`` timer (the root ended)."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+
+    def check(self, lineage: str) -> None:
+        """Raise if the tree's budget broke or this agent (or an ancestor) was cancelled."""
+        self.tracker.check_tree(lineage)
+        for root, reason in self._cancelled.items():
+            if is_within(lineage, root):
+                raise asyncio.CancelledError(reason)
+
+    def cancelled_reason(self, lineage: str) -> str | None:
+        """Why ``lineage`` was cancelled, or ``None`` if it was not."""
+        for root, reason in self._cancelled.items():
+            if is_within(lineage, root):
+                return reason
+        return None
+
+    def track_handle(self, lineage: str, handle: RunHandle) -> None:
+        """Remember a tool phase in flight, so it can be cancelled with its agent."""
+        self._handles.setdefault(lineage, set()).add(handle)
+
+    def untrack_handle(self, lineage: str, handle: RunHandle) -> None:
+        """Forget a finished tool phase."""
+        self._handles.get(lineage, set()).discard(handle)
+
+    def track_request(self, lineage: str, task: asyncio.Task[Any]) -> None:
+        """Remember a model request in flight; it forgets itself when done."""
+        tasks = self._requests.setdefault(lineage, set())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    def cancel(self, lineage: str, reason: str) -> None:
+        """Cancel the agent at ``lineage`` and everything below it: tool calls and requests."""
+        self._cancelled.setdefault(lineage, reason)
+        self._cancel_within(lineage, reason)
+
+    def _stop_everything(self, breach: BudgetExceeded) -> None:
+        self._cancel_within("", str(breach))
+
+    def _cancel_within(self, root: str, reason: str) -> None:
+        # Deepest agents first, so each call's outcome gets this reason rather than the
+        # "parent was cancelled" that a parent's cancellation would give it a moment later.
+        for where in sorted(self._handles, key=lambda w: -w.count("/")):
+            if not root or is_within(where, root):
+                for handle in list(self._handles[where]):
+                    handle.cancel(reason=reason)
+        for where, tasks in self._requests.items():
+            if not root or is_within(where, root):
+                for task in list(tasks):
+                    task.cancel(reason)

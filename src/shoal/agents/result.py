@@ -1,0 +1,78 @@
+"""What an agent run gives back: the answer, and everything that happened on the way."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, TypeVar
+
+from shoal.agents.toolcalls import CallRecord
+from shoal.models.base import Message, Usage
+from shoal.outcome import jsonable
+
+__all__ = ["AgentResult", "AgentStatus"]
+
+T = TypeVar("T")
+
+AgentStatus = Literal["ok", "failed", "cancelled", "max_turns", "budget_exceeded", "running"]
+
+
+@dataclass(slots=True)
+class AgentResult(Generic[T]):
+    """One agent's run: its answer, usage, messages, every tool call's outcome, its subagents.
+
+    ``usage`` covers this agent and every subagent below it (for the lead: the whole tree);
+    ``own_usage`` only this agent's own model requests. ``calls`` holds every tool call the
+    agent's model asked for, in order, with its outcome; ``children`` the results of its
+    subagents in the order they were started. A run stopped early (budget, cancellation,
+    ``max_turns``) still holds everything recorded until then; ``error`` says why it stopped.
+    """
+
+    agent: str
+    lineage: str
+    run_id: str
+    prompt: str
+    output: T | None = None
+    status: AgentStatus = "running"
+    error: BaseException | None = None
+    usage: Usage = field(default_factory=Usage)
+    own_usage: Usage = field(default_factory=Usage)
+    turns: int = 0
+    messages: list[Message] = field(default_factory=list)
+    calls: list[CallRecord] = field(default_factory=list)
+    children: list[AgentResult[Any]] = field(default_factory=list)
+    duration: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """Whether the agent gave a final answer."""
+        return self.status == "ok"
+
+    def walk(self) -> list[AgentResult[Any]]:
+        """Every result of the subtree, depth first, starting with this one."""
+        found: list[AgentResult[Any]] = [self]
+        for child in self.children:
+            found += child.walk()
+        return found
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result as JSON-ready data (the tree of subagents included)."""
+        return {
+            "agent": self.agent, "lineage": self.lineage, "run_id": self.run_id,
+            "prompt": self.prompt, "status": self.status, "output": jsonable(self.output),
+            "error": None if self.error is None else f"{type(self.error).__name__}: {self.error}",
+            "turns": self.turns, "duration": self.duration,
+            "usage": _usage(self.usage), "own_usage": _usage(self.own_usage),
+            "calls": [{"lineage": c.lineage, "tool": c.call.name, "status": c.status,
+                       "arguments": c.call.arguments, "result": c.message.content}
+                      for c in self.calls],
+            "children": [c.to_dict() for c in self.children],
+        }  # fmt: skip
+
+    def __repr__(self) -> str:
+        return (f"<AgentResult {self.lineage} {self.status} turns={self.turns} "
+                f"tokens={self.usage.total_tokens} output={str(self.output)[:40]!r}>")
+
+
+def _usage(usage: Usage) -> dict[str, Any]:
+    return {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
+            "requests": usage.requests, "cost": usage.cost}

@@ -1,0 +1,215 @@
+"""The turn loop of one agent run (the lead's, or one subagent's).
+
+Each turn: ask the model (through the tree's shared gate for that model), append its reply,
+and if it asked for tool calls run *all of them as one plan* through the runtime, then send
+the results back in the order it asked. A reply without tool calls is the final answer
+(checked against ``output_type`` when there is one). Subagent calls are tool calls whose tool
+runs another :class:`AgentRun` with a fresh message list: a sibling can neither see nor change
+it. Everything an agent run owns lives here; the :class:`~shoal.agents.agent.Agent` it runs
+is an immutable definition, so one agent can run many times at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import TYPE_CHECKING, Any
+
+from shoal.agents.context import TreeContext
+from shoal.agents.result import AgentResult, AgentStatus
+from shoal.agents.toolcalls import CallRecord, execute_calls
+from shoal.events import AgentFinished, AgentStarted, ModelResponded, ToolCallRejected
+from shoal.exceptions import (
+    AgentError,
+    BudgetExceeded,
+    MaxTurnsExceeded,
+    ModelError,
+    OutputValidationError,
+)
+from shoal.models.base import ModelRequest, ModelResponse, ToolCall, Usage, UserMessage
+from shoal.outcome import jsonable
+from shoal.runtime import RunHandle
+from shoal.tools import Tool
+
+if TYPE_CHECKING:
+    from shoal.agents.agent import Agent
+
+__all__ = ["AgentRun"]
+
+
+class AgentRun:
+    """One run of one agent inside a tree: its messages, counters and result."""
+
+    def __init__(self, agent: Agent[Any], ctx: TreeContext, *, lineage: str, depth: int,
+                 prompt: str) -> None:
+        self.agent = agent
+        self.ctx = ctx
+        self.lineage = lineage
+        self.depth = depth
+        self.model = ctx.model_for(agent.model)
+        self.result: AgentResult[Any] = AgentResult(agent.name, lineage, ctx.run_id, prompt)
+        self._counts: dict[str, int] = {}  # per-tool call counters, for lineage names
+        self._started = 0.0
+
+    async def run(self) -> AgentResult[Any]:
+        """Run turns until a final answer or a stop; the result records which.
+
+        Never raises, except ``CancelledError``, which is re-raised after recording.
+        """
+        self._started = self.ctx.now()
+        self.ctx.results[self.lineage] = self.result
+        self._emit_started()
+        try:
+            self.result.output = await self._turns()
+            self._end("ok")
+        except BudgetExceeded as exc:
+            self._end("budget_exceeded", exc)
+        except (MaxTurnsExceeded, OutputValidationError, ModelError) as exc:
+            self._end("max_turns" if isinstance(exc, MaxTurnsExceeded) else "failed", exc)
+        except asyncio.CancelledError:
+            breach = self.ctx.tracker.breach
+            if breach is not None:
+                self._end("budget_exceeded", breach)
+            else:
+                reason = self.ctx.cancelled_reason(self.lineage) or "cancelled"
+                self._end("cancelled", AgentError(f"agent {self.lineage} was {reason}"))
+            raise
+        return self.result
+
+    async def _turns(self) -> Any:
+        agent, messages = self.agent, self.result.messages
+        messages.append(UserMessage(self.result.prompt))
+        output_retries = 0
+        while True:
+            self.ctx.check(self.lineage)
+            if self.result.turns >= agent.max_turns:
+                raise MaxTurnsExceeded(f"agent {self.lineage} used all {agent.max_turns} turns "
+                                       "without a final answer; raise max_turns or simplify")
+            response = await self._ask()
+            messages.append(response.as_message())
+            if response.tool_calls:
+                records = await self._tool_phase(response.tool_calls)
+                messages.extend(record.message for record in records)
+                continue
+            spec = agent.output_spec
+            if spec is None:
+                return response.text
+            try:
+                return spec.parse(response.text)
+            except ValueError as exc:
+                output_retries += 1
+                if output_retries > agent.output_retries:
+                    raise OutputValidationError(
+                        f"agent {self.lineage}'s answer did not fit {agent.output_type!r} after "
+                        f"{agent.output_retries} retries: {exc}") from None
+                messages.append(UserMessage(spec.retry_prompt(str(exc))))
+
+    async def _ask(self) -> ModelResponse:
+        ctx, agent = self.ctx, self.agent
+        ctx.tracker.start_turn(self.lineage)
+        self.result.turns += 1
+        request = ModelRequest(
+            instructions=agent.full_instructions, messages=tuple(self.result.messages),
+            tools=agent.tool_specs, settings=agent.settings,
+            output_schema=agent.output_spec.schema if agent.output_spec else None,
+            lineage=self.lineage)
+        began = ctx.now()
+        task = asyncio.ensure_future(ctx.gates.for_model(self.model).request(self.model, request))
+        ctx.track_request(self.lineage, task)
+        response = await task
+        usage = response.usage if response.usage.requests else _one_request(response.usage)
+        self.result.own_usage = self.result.own_usage + usage
+        if ctx.observed:
+            ctx.emit(ModelResponded(
+                run_id=ctx.run_id, time=ctx.now(), lineage=self.lineage, agent=agent.name,
+                model=self.model.name, turn=self.result.turns, text=response.text[:500],
+                tool_calls=tuple(c.name for c in response.tool_calls),
+                input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+                duration=ctx.now() - began))
+        ctx.tracker.add_usage(usage, self.lineage)
+        return response
+
+    async def _tool_phase(self, calls: tuple[ToolCall, ...]) -> list[CallRecord]:
+        ctx = self.ctx
+        handles: list[RunHandle] = []
+
+        def on_start(handle: RunHandle) -> None:
+            handles.append(handle)
+            ctx.track_handle(self.lineage, handle)
+
+        try:
+            records = await execute_calls(
+                calls, self.agent.tools_by_name, runtime=ctx.runtime, lineage=self.lineage,
+                counts=self._counts, prepare=self._prepare,
+                on_event=ctx.emit if ctx.observed else None, on_reject=self._rejected,
+                on_start=on_start, on_records=self.result.calls.extend,
+                run_id=f"{ctx.run_id}/{self.lineage}/turn-{self.result.turns}")
+        finally:
+            for handle in handles:
+                ctx.untrack_handle(self.lineage, handle)
+        return records
+
+    def _prepare(self, index: int, call: ToolCall, tool: Tool[..., Any],
+                 where: str) -> Tool[..., Any] | BaseException:
+        """Refuse calls over the turn's fan-out; bind subagent calls to this tree."""
+        refusal = self.ctx.tracker.fan_out_refusal(index, self.lineage)
+        if refusal is not None:
+            return refusal
+        child = self.agent.subagents_by_name.get(tool.name)
+        if child is None:
+            return tool
+        refusal = self.ctx.tracker.take_subagent(self.depth + 1, where)
+        if refusal is not None:
+            return refusal
+        return self._bind_subagent(child, tool, where)
+
+    def _bind_subagent(self, child: Agent[Any], template: Tool[..., Any],
+                       where: str) -> Tool[..., Any]:
+        ctx, parent = self.ctx, self
+
+        async def run_subagent(task: str) -> Any:
+            child_run = AgentRun(child, ctx, lineage=where, depth=parent.depth + 1, prompt=task)
+            parent.result.children.append(child_run.result)
+            result = await child_run.run()
+            if result.status != "ok":
+                assert result.error is not None
+                raise result.error
+            output = result.output
+            return output if isinstance(output, str) else json.dumps(jsonable(output))
+
+        return template.bound_to(run_subagent)
+
+    def _rejected(self, record: CallRecord) -> None:
+        if self.ctx.observed:
+            self.ctx.emit(ToolCallRejected(
+                run_id=self.ctx.run_id, time=self.ctx.now(), lineage=record.lineage,
+                agent=self.agent.name, call_id=record.call.id, tool=record.call.name,
+                error=record.message.content))
+
+    def _emit_started(self) -> None:
+        if self.ctx.observed:
+            self.ctx.emit(AgentStarted(
+                run_id=self.ctx.run_id, time=self.ctx.now(), lineage=self.lineage,
+                agent=self.agent.name, prompt=self.result.prompt, depth=self.depth))
+
+    def _end(self, status: AgentStatus, error: BaseException | None = None) -> None:
+        result = self.result
+        result.status = status
+        result.error = error
+        if error is not None and isinstance(error, AgentError) and error.result is None:
+            error.result = result
+        result.duration = self.ctx.now() - self._started
+        total = result.own_usage
+        for child in result.children:
+            total = total + child.usage
+        result.usage = total
+        if self.ctx.observed:
+            self.ctx.emit(AgentFinished(
+                run_id=self.ctx.run_id, time=self.ctx.now(), lineage=self.lineage,
+                agent=self.agent.name, status=status, output=str(result.output)[:200],
+                turns=result.turns, total_tokens=total.total_tokens, duration=result.duration,
+                error="" if error is None else str(error)))
+
+
+def _one_request(usage: Usage) -> Usage:
+    return Usage(usage.input_tokens, usage.output_tokens, 1, usage.cost)

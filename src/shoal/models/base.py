@@ -1,0 +1,220 @@
+"""The model contract: what an agent sends a model and what comes back, provider-neutral.
+
+A :class:`Model` takes a :class:`ModelRequest` (instructions, the conversation as
+:data:`Message` records, tool specs, an optional output schema) and returns a
+:class:`ModelResponse` (text, tool calls, :class:`Usage`). :meth:`Model.stream` yields
+:class:`TextDelta` pieces and ends with a :class:`ResponseDone` carrying the same response.
+
+Adapters (``shoal.models.openai``, ``shoal.models.anthropic``) translate to and from a
+provider's wire format and translate its errors into :class:`~shoal.exceptions.ModelError`.
+They do **not** retry: shoal retries transient errors itself (see :mod:`shoal.models.retry`)
+so one rate limit per model is shared by every agent of a run.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "AssistantMessage",
+    "Message",
+    "Model",
+    "ModelRequest",
+    "ModelResponse",
+    "ModelSettings",
+    "ResponseDone",
+    "StreamEvent",
+    "TextDelta",
+    "ToolCall",
+    "ToolResultMessage",
+    "ToolSpec",
+    "Usage",
+    "UserMessage",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Tokens and cost of one or more model requests; add two with ``+``.
+
+    ``cost`` is in US dollars, ``None`` when no price is known for the model.
+    """
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    requests: int = 0
+    cost: float | None = None
+
+    @property
+    def total_tokens(self) -> int:
+        """Input plus output tokens."""
+        return self.input_tokens + self.output_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        cost = (None if self.cost is None and other.cost is None
+                else (self.cost or 0.0) + (other.cost or 0.0))
+        return Usage(self.input_tokens + other.input_tokens,
+                     self.output_tokens + other.output_tokens,
+                     self.requests + other.requests, cost)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One tool call a model asked for.
+
+    ``arguments`` is the raw JSON text the model wrote: it may be invalid, which the agent
+    reports back to the model as an error result rather than crashing.
+    """
+
+    id: str
+    name: str
+    arguments: str = "{}"
+
+    def parsed_arguments(self) -> dict[str, Any]:
+        """The arguments as a dict; raises ``ValueError`` saying what is wrong with them."""
+        text = self.arguments.strip() or "{}"
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"the arguments are not valid JSON ({exc.msg} at position "
+                             f"{exc.pos}): {text[:200]!r}") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"the arguments must be a JSON object, got {text[:200]!r}")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class UserMessage:
+    """A message from the user (or a retry prompt from shoal)."""
+
+    content: str
+    role: Literal["user"] = "user"
+
+
+@dataclass(frozen=True, slots=True)
+class AssistantMessage:
+    """A model's reply: text and the tool calls it asked for, in the order it asked."""
+
+    content: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    role: Literal["assistant"] = "assistant"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResultMessage:
+    """The result of one tool call, sent back to the model; ``is_error`` marks failures."""
+
+    call_id: str
+    name: str
+    content: str
+    is_error: bool = False
+    role: Literal["tool"] = "tool"
+
+
+Message = UserMessage | AssistantMessage | ToolResultMessage
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A tool as a model sees it: name, description and the JSON schema of its arguments."""
+
+    name: str
+    description: str
+    parameters: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSettings:
+    """Sampling settings passed through to the provider (``None``: the provider's default)."""
+
+    temperature: float | None = None
+    max_tokens: int | None = None
+    parallel_tool_calls: bool | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRequest:
+    """Everything one model turn needs.
+
+    ``output_schema`` is the JSON schema the final answer must fit (from an agent's
+    ``output_type``); adapters may pass it to providers that support structured output, and
+    the agent validates the answer either way.
+    """
+
+    instructions: str
+    messages: Sequence[Message]
+    tools: Sequence[ToolSpec] = ()
+    settings: ModelSettings = ModelSettings()
+    output_schema: Mapping[str, Any] | None = None
+    lineage: str = ""  # which agent asks (for logs and scripted models); not sent to providers
+
+
+@dataclass(frozen=True, slots=True)
+class ModelResponse:
+    """A model's answer: text, tool calls in the order asked, usage, and why it stopped."""
+
+    text: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    usage: Usage = Usage()
+    model: str = ""
+    stop_reason: str = ""
+
+    def as_message(self) -> AssistantMessage:
+        """The response as the assistant message that goes into the conversation."""
+        return AssistantMessage(self.text, self.tool_calls)
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """A piece of streamed text."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseDone:
+    """The end of a stream: the whole response, as :meth:`Model.request` would return it."""
+
+    response: ModelResponse
+
+
+StreamEvent = TextDelta | ResponseDone
+
+
+class Model(ABC):
+    """A chat model that can call tools. Subclass it to plug in a provider.
+
+    Implementations must be safe to call concurrently from many agents, must not retry
+    (shoal does, see :mod:`shoal.models.retry`), and must raise
+    :class:`~shoal.exceptions.ModelHTTPError` / :class:`~shoal.exceptions.ModelConnectionError`
+    for provider errors so shoal can tell transient ones apart.
+    """
+
+    #: The model's name as shown in events and used to share one rate limit per model,
+    #: e.g. ``"openai:gpt-4.1-mini"``.
+    name: str = "model"
+
+    @abstractmethod
+    async def request(self, request: ModelRequest) -> ModelResponse:
+        """Send one request and return the whole response."""
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
+        """Yield text as it arrives, then a :class:`ResponseDone`.
+
+        The default sends a plain request and yields its text in one piece.
+        """
+        response = await self.request(request)
+        if response.text:
+            yield TextDelta(response.text)
+        yield ResponseDone(response)
+
+    async def aclose(self) -> None:  # noqa: B027 - most models hold nothing to release
+        """Release connections or servers the model holds."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"

@@ -1,0 +1,152 @@
+"""Retries for model requests, and one shared gate per model so a fan-out stays polite.
+
+Every agent of one run tree reaches a model through the same :class:`ModelGate` (one per
+model name, kept in :class:`ModelGates`). The gate caps requests in flight, and when the
+provider answers 429 (or 503) with ``Retry-After`` it *closes for everyone* until that time
+has passed: fifty subagents that share a model then wait once, together, instead of each
+hammering the provider and turning one 429 into fifty. Transient errors (429, 5xx,
+connection errors and timeouts) are retried with jittered exponential backoff, never less
+than what ``Retry-After`` asked for; other errors are raised at once.
+
+The SDK adapters are created with their own retries off, so this is the only retry layer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from shoal.exceptions import ModelConnectionError, ModelError, ModelHTTPError
+from shoal.models.base import Model, ModelRequest, ModelResponse, ResponseDone, StreamEvent
+
+__all__ = ["ModelGate", "ModelGates", "ModelRetry"]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRetry:
+    """How transient model errors are retried.
+
+    ``attempts`` counts every try (1 means no retry); waits grow from ``backoff`` doubling up to
+    ``max_backoff`` seconds, each multiplied by a random factor in ``1 ± jitter``; a
+    ``Retry-After`` longer than that wins.
+    """
+
+    attempts: int = 8
+    backoff: float = 0.5
+    max_backoff: float = 30.0
+    jitter: float = 0.25
+
+    def delay(self, failures: int, retry_after: float | None, rng: random.Random) -> float:
+        """Seconds to wait after the ``failures``-th failed try."""
+        base = min(self.max_backoff, self.backoff * 2 ** (failures - 1))
+        wait = base * rng.uniform(1 - self.jitter, 1 + self.jitter)
+        return float(max(wait, retry_after or 0.0))
+
+
+def _transient(exc: ModelError) -> bool:
+    if isinstance(exc, ModelHTTPError):
+        return exc.transient
+    return isinstance(exc, ModelConnectionError)
+
+
+class ModelGate:
+    """The one way into a model for every agent in a run tree: a cap and a shared pause."""
+
+    def __init__(self, name: str, *, max_concurrency: int | None = None,
+                 retry: ModelRetry | None = None, rng: random.Random | None = None) -> None:
+        self.name = name
+        self.retry = retry or ModelRetry()
+        self._slots = asyncio.Semaphore(max_concurrency) if max_concurrency else None
+        self._open_at = 0.0  # loop time before which nobody sends (set by Retry-After)
+        self._rng = rng or random.Random()
+        self.retries = 0  # transient failures retried so far, for reports and tests
+
+    async def request(self, model: Model, request: ModelRequest) -> ModelResponse:
+        """Send ``request``, retrying transient errors; raise the last error when spent."""
+        failures = 0
+        while True:
+            try:
+                return await self._once(model, request)
+            except ModelError as exc:
+                failures += 1
+                if not _transient(exc) or failures >= self.retry.attempts:
+                    raise
+                await asyncio.sleep(self._back_off(exc, failures))
+
+    async def stream(self, model: Model, request: ModelRequest) -> AsyncIterator[StreamEvent]:
+        """Stream ``request``; a transient error before any text arrived is retried."""
+        failures = 0
+        while True:
+            sent_text = False
+            try:
+                await self._wait_open()
+                async with self._slot():
+                    async for event in model.stream(request):
+                        sent_text = sent_text or not isinstance(event, ResponseDone)
+                        yield event
+                return
+            except ModelError as exc:
+                failures += 1
+                if sent_text or not _transient(exc) or failures >= self.retry.attempts:
+                    raise
+                await asyncio.sleep(self._back_off(exc, failures))
+
+    async def _once(self, model: Model, request: ModelRequest) -> ModelResponse:
+        await self._wait_open()
+        async with self._slot():
+            return await model.request(request)
+
+    def _back_off(self, exc: ModelError, failures: int) -> float:
+        """Record a transient failure; return this caller's own wait before trying again."""
+        self.retries += 1
+        retry_after = exc.retry_after if isinstance(exc, ModelHTTPError) else None
+        if retry_after is not None:  # the provider spoke for the whole model: pause everyone
+            loop = asyncio.get_running_loop()
+            self._open_at = max(self._open_at, loop.time() + retry_after)
+        return self.retry.delay(failures, retry_after, self._rng)
+
+    async def _wait_open(self) -> None:
+        loop = asyncio.get_running_loop()
+        while (wait := self._open_at - loop.time()) > 0:
+            await asyncio.sleep(wait)
+
+    def _slot(self) -> asyncio.Semaphore | _NoSlot:
+        return self._slots if self._slots is not None else _NO_SLOT
+
+
+class _NoSlot:
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+_NO_SLOT = _NoSlot()
+
+
+class ModelGates:
+    """One :class:`ModelGate` per model name, shared by every agent of a run tree."""
+
+    def __init__(self, *, retry: ModelRetry | None = None,
+                 max_concurrency: int | None = None, seed: int | None = None) -> None:
+        self._retry = retry
+        self._max_concurrency = max_concurrency
+        self._rng = random.Random(seed)
+        self._gates: dict[str, ModelGate] = {}
+
+    def for_model(self, model: Model) -> ModelGate:
+        """The gate for ``model`` (by name), created on first use."""
+        gate = self._gates.get(model.name)
+        if gate is None:
+            gate = ModelGate(model.name, max_concurrency=self._max_concurrency,
+                             retry=self._retry, rng=self._rng)
+            self._gates[model.name] = gate
+        return gate
+
+    @property
+    def retries(self) -> int:
+        """Transient failures retried so far across every model."""
+        return sum(g.retries for g in self._gates.values())

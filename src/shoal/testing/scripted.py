@@ -1,0 +1,194 @@
+"""``ScriptedModel``: a deterministic model for tests and offline examples.
+
+Give it the turns to play, in order::
+
+    from shoal.testing import ScriptedModel, call
+
+    model = ScriptedModel([
+        [call("search", query="ray"), call("search", query="asyncio")],  # two parallel calls
+        "Ray and asyncio both ...",                                       # the final answer
+    ])
+
+A step is a string (a text answer), a list of :func:`call` (tool calls, optionally with a
+text as the first item), a :class:`~shoal.models.base.ModelResponse`, or a function of the
+:class:`~shoal.models.base.ModelRequest` returning one of those.
+
+When several agents share one scripted model and run at once (parallel subagents, one agent
+run twenty times), the order of their requests is up to the event loop. Then give one script
+per conversation with :meth:`ScriptedModel.per_prompt`: each request is answered from the
+script of its conversation's first user message, at the step matching how many turns that
+conversation has had, so the answers do not depend on timing.
+
+It fails loudly: a request beyond the script raises :class:`~shoal.exceptions.ScriptError`
+at once, and :meth:`ScriptedModel.check` (or leaving a ``with`` block) raises if any step was
+never used or any request went unanswered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, NoReturn
+
+from shoal.exceptions import ScriptError
+from shoal.models.base import (
+    AssistantMessage,
+    Model,
+    ModelRequest,
+    ModelResponse,
+    ToolCall,
+    Usage,
+    UserMessage,
+)
+
+__all__ = ["ScriptedModel", "Step", "call"]
+
+Step = str | ModelResponse | Sequence[ToolCall | str] | Callable[[ModelRequest], Any]
+
+_ids = itertools.count(1)
+
+
+def call(name: str, /, *, raw_arguments: str | None = None, call_id: str | None = None,
+         **arguments: Any) -> ToolCall:
+    """A tool call for a script: ``call("search", query="x")``.
+
+    ``raw_arguments`` sends exactly that text instead (to test malformed JSON).
+    """
+    text = raw_arguments if raw_arguments is not None else json.dumps(arguments)
+    return ToolCall(call_id or f"call_{next(_ids)}", name, text)
+
+
+class ScriptedModel(Model):
+    """A model that plays back a script (see the module docstring).
+
+    Args:
+        steps: the turns, in order, for a single conversation (or any order of requests).
+        name: the model's name in events and results.
+        latency: seconds each request takes (to make turns overlap in tests).
+        usage: the usage reported per request (default: a rough count of characters / 4); a
+            ``ModelResponse`` step with its own usage (``requests`` > 0) reports that instead.
+    """
+
+    def __init__(self, steps: Sequence[Step] = (), *, name: str = "scripted",
+                 latency: float = 0.0, usage: Usage | None = None) -> None:
+        self.name = name
+        self.latency = latency
+        self._usage = usage
+        self._steps = list(steps)
+        self._next = 0
+        self._scripts: dict[str, list[Step]] | None = None
+        self._used: dict[str, set[int]] = {}
+        self.requests: list[ModelRequest] = []
+        self.errors: list[ScriptError] = []
+
+    @classmethod
+    def per_prompt(cls, scripts: Mapping[str, Sequence[Step]], **options: Any) -> ScriptedModel:
+        """One script per conversation, chosen by its first user message (``"*"``: any other).
+
+        The n-th request of a conversation (counted by the assistant turns it already has)
+        gets step n of its script, so concurrent conversations are answered deterministically.
+        """
+        model = cls(**options)
+        model._scripts = {prompt: list(steps) for prompt, steps in scripts.items()}
+        return model
+
+    async def request(self, request: ModelRequest) -> ModelResponse:
+        """Answer ``request`` with the next step of the script."""
+        self.requests.append(request)
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        step = self._step_for(request)
+        return self._response(step(request) if callable(step) else step, request)
+
+    def _step_for(self, request: ModelRequest) -> Step:
+        if self._scripts is None:
+            return self._take("", self._steps, self._next, request, advance=True)
+        prompt = _first_prompt(request)
+        key = prompt if prompt in self._scripts else "*"
+        script = self._scripts.get(key)
+        if script is None:
+            self._fail(f"no script for a conversation starting {prompt[:80]!r} "
+                       "(and no '*')")
+        turn = sum(isinstance(m, AssistantMessage) for m in request.messages)
+        return self._take(key, script, turn, request, advance=False)
+
+    def _take(self, key: str, script: list[Step], index: int, request: ModelRequest, *,
+              advance: bool) -> Step:
+        if index >= len(script):
+            where = f" for the conversation {key!r}" if key else ""
+            self._fail(f"request {len(self.requests)} ({request.lineage or 'no lineage'}) has no "
+                       f"step{where}: the script has {len(script)} step(s); last message: "
+                       f"{_last(request)}")
+        if advance:
+            self._next += 1
+        self._used.setdefault(key, set()).add(index)
+        return script[index]
+
+    def _fail(self, message: str) -> NoReturn:
+        error = ScriptError(f"{self.name}: unexpected request: {message}")
+        self.errors.append(error)
+        raise error
+
+    def _response(self, step: Any, request: ModelRequest) -> ModelResponse:
+        if isinstance(step, ModelResponse):
+            response = step
+        elif isinstance(step, str):
+            response = ModelResponse(text=step)
+        elif isinstance(step, Sequence):
+            text = "".join(s for s in step if isinstance(s, str))
+            calls = tuple(s for s in step if isinstance(s, ToolCall))
+            response = ModelResponse(text=text, tool_calls=calls)
+        else:
+            raise ScriptError(f"{self.name}: a step must be a str, a list of call(...), a "
+                              f"ModelResponse or a function returning one; got {step!r}")
+        usage = (response.usage if response.usage.requests else
+                 self._usage or _estimate(request, response))
+        return ModelResponse(response.text, response.tool_calls, usage, self.name,
+                             response.stop_reason or ("tool_calls" if response.tool_calls
+                                                      else "stop"))
+
+    def unused(self) -> list[str]:
+        """The steps never played, described (``conversation: step n``)."""
+        if self._scripts is None:
+            return [f"step {i + 1}" for i in range(self._next, len(self._steps))]
+        return [f"{key!r}: step {i + 1}" for key, script in self._scripts.items()
+                for i in range(len(script)) if i not in self._used.get(key, set())]
+
+    def check(self) -> None:
+        """Raise :class:`ScriptError` if a request was unexpected or a step was never used."""
+        problems = [str(e) for e in self.errors]
+        left = self.unused()
+        if left:
+            problems.append(f"{self.name}: {len(left)} step(s) never used: {', '.join(left)}")
+        if problems:
+            raise ScriptError("; ".join(problems))
+
+    def __enter__(self) -> ScriptedModel:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is None:
+            self.check()
+
+
+def _first_prompt(request: ModelRequest) -> str:
+    for message in request.messages:
+        if isinstance(message, UserMessage):
+            return message.content
+    return ""
+
+
+def _last(request: ModelRequest) -> str:
+    if not request.messages:
+        return "(none)"
+    return repr(request.messages[-1])[:160]
+
+
+def _estimate(request: ModelRequest, response: ModelResponse) -> Usage:
+    sent = len(request.instructions) + sum(len(getattr(m, "content", "")) for m in request.messages)
+    said = len(response.text) + sum(len(c.arguments) + len(c.name) for c in response.tool_calls)
+    return Usage(input_tokens=sent // 4 + 1, output_tokens=said // 4 + 1, requests=1)
