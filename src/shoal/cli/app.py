@@ -19,6 +19,8 @@ import typer
 from rich.console import Console
 
 from shoal import __version__
+from shoal.agents.budget import Budget
+from shoal.cli.agents import AgentOptions, is_agent_target, model_option, run_agent_target
 from shoal.cli.interrupt import EXIT_INTERRUPTED, CtrlC
 from shoal.cli.live import SHOW_CURSOR, follow
 from shoal.cli.render import plan_problems, render_result
@@ -29,7 +31,8 @@ from shoal.plan import Plan
 from shoal.planfile import load_plan
 from shoal.runtime import Runtime
 
-__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_OK", "RunOptions", "app", "main", "run_plan"]
+__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_OK", "RunOptions", "app", "main", "run_agent",
+           "run_plan"]
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 PLAIN_WIDTH = 120  # when stdout is not a terminal, rich would otherwise squeeze tables to 80
@@ -88,7 +91,9 @@ def _root(
 
 
 RUN_HELP = "\n\n".join([
-    "Run the plan in PLAN_FILE, with every call whose inputs are ready running at once.",
+    "Run the plan in PLAN_FILE, with every call whose inputs are ready running at once; or "
+    "run an agent: shoal run package.module:agent \"PROMPT\" (or path/file.py:agent), with a "
+    "live tree of agents and their calls; --model overrides the model of every agent.",
     "Tools are named by import path ('package.module:function'). The current directory is put "
     "first on sys.path (as 'python -m' does), so run shoal from the directory that holds your "
     "tools' package, e.g. from the repository root: shoal run examples/site_report/plan.yaml",
@@ -102,9 +107,18 @@ RUN_HELP = "\n\n".join([
 @app.command("run", help=RUN_HELP)
 def run_command(
     plan_file: Annotated[Path, typer.Argument(
-        metavar="PLAN_FILE", show_default=False,
-        help="A plan file (.yaml, .yml or .json) listing nodes: id, tool, args, after, options.",
+        metavar="PLAN_FILE|MODULE:AGENT", show_default=False,
+        help="A plan file (.yaml, .yml or .json) listing nodes: id, tool, args, after, options; "
+             "or an agent as package.module:name or path/file.py:name.",
     )],
+    prompt: Annotated[str | None, typer.Argument(
+        metavar="[PROMPT]", show_default=False, help="The task, when running an agent.",
+    )] = None,
+    model: Annotated[str | None, typer.Option(
+        "--model", metavar="MODEL", show_default=False,
+        help="Agents only: run every agent of the tree on this model instead, e.g. "
+             "openai:gpt-4.1-mini, anthropic:claude-sonnet-4-5 or local.",
+    )] = None,
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print the result as JSON on stdout (nothing else goes there).",
     )] = False,
@@ -131,11 +145,47 @@ def run_command(
         help="Append every event (queued, started, finished, ...) to this file as JSON lines.",
     )] = None,
 ) -> None:
-    """Run a plan file (see RUN_HELP)."""
+    """Run a plan file or an agent (see RUN_HELP)."""
+    if is_agent_target(str(plan_file)):
+        raise typer.Exit(run_agent(str(plan_file), prompt, model, as_json, max_concurrency,
+                                   executor.value if executor is not None else None,
+                                   deadline, events))
+    if prompt is not None or model is not None:
+        raise typer.Exit(_bad_input(
+            "usage", f"a PROMPT and --model are for agents (module:agent); {str(plan_file)!r} "
+                     "is a plan file", as_json))
     options = RunOptions(plan_file, as_json, max_concurrency,
                          executor.value if executor is not None else None,
                          deadline, fail_fast, events)
     raise typer.Exit(run_plan(options))
+
+
+def run_agent(target: str, prompt: str | None, model: str | None, as_json: bool,
+              max_concurrency: int | None, executor: str | None, deadline: float | None,
+              events: Path | None) -> int:
+    """Run the agent ``target`` names on ``prompt`` as ``shoal run`` does; return the exit code.
+
+    ``deadline`` becomes the tree's wall-clock budget.
+    """
+    _put_cwd_on_path()
+    sink = _open_events(events)
+    if isinstance(sink, str):
+        return _bad_input("events", sink, as_json)
+    live = not as_json and sys.stdout.isatty()
+    console = Console(highlight=False, width=None if live else _plain_width())
+    try:
+        settings: dict[str, Any] = {"executor": executor}
+        if max_concurrency is not None:
+            settings["max_concurrency"] = max_concurrency
+        chosen = model_option(model) if model is not None else None
+        options = AgentOptions(target, prompt, chosen, as_json, Runtime(**settings),
+                               Budget(wall_clock=deadline) if deadline else None, sink)
+        return run_agent_target(options, console, live)
+    except (ConfigError, ToolDefinitionError, MissingDependencyError) as exc:
+        return _bad_input("config", str(exc), as_json)
+    finally:
+        if sink is not None:
+            sink.close()
 
 
 def run_plan(options: RunOptions) -> int:

@@ -8,14 +8,19 @@ import signal
 import sys
 from collections.abc import Callable
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, Protocol
 
-from shoal.runtime import RunHandle
-
-__all__ = ["EXIT_INTERRUPTED", "INTERRUPT_REASON", "CtrlC"]
+__all__ = ["EXIT_INTERRUPTED", "INTERRUPT_REASON", "Cancellable", "CtrlC"]
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a process stopped by Ctrl-C
 INTERRUPT_REASON = "interrupted (Ctrl-C)"
+
+
+class Cancellable(Protocol):
+    """A run the first Ctrl-C cancels: a plan's ``RunHandle`` or an agent's ``AgentHandle``."""
+
+    def cancel(self, *, reason: str = ...) -> None:
+        """Cancel the whole run, recording ``reason``."""
 
 
 class CtrlC:
@@ -33,7 +38,7 @@ class CtrlC:
     asyncio's own signal support does) or exits.
     """
 
-    def __init__(self, handle: RunHandle, on_hard_exit: Callable[[], None] = lambda: None):
+    def __init__(self, handle: Cancellable, on_hard_exit: Callable[[], None] = lambda: None):
         self._handle = handle
         self._on_hard_exit = on_hard_exit
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -1,0 +1,87 @@
+"""A small literature review: a lead agent fans out reader subagents over the papers shipped
+in ``papers/``, in parallel, then writes the review from their summaries.
+
+Run it on the local model (the ``local`` extra) or on a hosted one::
+
+    shoal run examples/literature_review/agents.py:lead "Review what these papers say about running agent tool calls in parallel"
+    shoal run examples/literature_review/agents.py:lead "..." --model openai:gpt-4.1-mini
+
+The papers are short made-up abstracts written for this example.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import shoal
+
+PAPERS = Path(__file__).parent / "papers"
+
+
+def _paper(paper_id: str) -> Path:
+    path = PAPERS / f"{paper_id.strip().removesuffix('.md')}.md"
+    if not re.fullmatch(r"p\d+", path.stem) or not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PAPERS.glob("*.md")))
+        raise ValueError(f"no paper {paper_id!r}; the papers are: {known}")
+    return path
+
+
+@shoal.tool(timeout=5)
+def list_papers() -> list[dict[str, str]]:
+    """List the papers in the collection: id, title, year and topic of each."""
+    found = []
+    for path in sorted(PAPERS.glob("*.md")):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        fields = dict(line.split(": ", 1) for line in lines[1:3])
+        found.append({"id": path.stem, "title": lines[0].lstrip("# "), **fields})
+    return found
+
+
+@shoal.tool(timeout=5, reads="paper:{paper_id}")
+def read_paper(paper_id: str) -> str:
+    """Read the full text of one paper.
+
+    Args:
+        paper_id: the paper's id, such as "p1" (list_papers gives them).
+    """
+    return _paper(paper_id).read_text(encoding="utf-8")
+
+
+@shoal.tool(timeout=5)
+def search_papers(query: str) -> list[str]:
+    """Find papers whose text mentions every word of the query; returns their ids.
+
+    Args:
+        query: one or more words, e.g. "retry".
+    """
+    words = [w.lower() for w in query.split()]
+    return [p.stem for p in sorted(PAPERS.glob("*.md"))
+            if all(w in p.read_text(encoding="utf-8").lower() for w in words)]
+
+
+reader = shoal.Agent(
+    name="reader",
+    model="local",
+    description="reads one paper (give its id, e.g. 'p3') and summarises its findings",
+    instructions=("You summarise one research paper. Call read_paper with the paper id from "
+                  "the task, then answer with two sentences: the paper's main finding and "
+                  "its key number."),
+    tools=[read_paper],
+    max_turns=3,
+    settings=shoal.ModelSettings(temperature=0.2, max_tokens=200),
+)
+
+lead = shoal.Agent(
+    name="lead",
+    model="local",
+    instructions=("You write short literature reviews. Call list_papers first. Then call the "
+                  "reader agent once for each relevant paper, all in the same turn, giving the "
+                  "paper id as the task. Finally write a review of one paragraph that cites the "
+                  "papers by id."),
+    tools=[list_papers, search_papers],
+    subagents=[reader],
+    max_turns=4,
+    settings=shoal.ModelSettings(temperature=0.2, max_tokens=400),
+    budget=shoal.Budget(subagents=8, depth=1, fan_out=8, tokens=200_000, wall_clock=600),
+)

@@ -1,0 +1,43 @@
+"""Scripted models for tests that run agents through the ``shoal`` command (``--model``)."""
+
+from __future__ import annotations
+
+from shoal.models.base import ModelRequest, ToolResultMessage, UserMessage
+from shoal.testing import ScriptedModel, call
+
+REVIEW_PROMPT = "Review the papers"
+
+
+def _prompt(request: ModelRequest) -> str:
+    return next(m.content for m in request.messages if isinstance(m, UserMessage))
+
+
+def _results(request: ModelRequest) -> list[str]:
+    return [m.content for m in request.messages if isinstance(m, ToolResultMessage)]
+
+
+def _review(request: ModelRequest) -> str:
+    return "Review: " + " | ".join(_results(request)[1:])
+
+
+def _summary(request: ModelRequest) -> str:
+    title = _results(request)[-1].splitlines()[0].lstrip("# ")
+    return f"{_prompt(request)} is '{title}'"
+
+
+def review_model() -> ScriptedModel:
+    """The lead lists the papers, sends six readers at once, then writes the review."""
+    return ScriptedModel.per_prompt({
+        REVIEW_PROMPT: [
+            [call("list_papers")],
+            [call("reader", task=f"p{i}") for i in range(1, 7)],
+            _review,
+        ],
+        "*": [
+            lambda request: [call("read_paper", paper_id=_prompt(request))],
+            _summary,
+        ],
+    }, latency=0.05)
+
+
+scripted_review = review_model()

@@ -1,0 +1,69 @@
+"""``shoal run module:agent "prompt"``: the example agent on a scripted model, and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = "examples/literature_review/agents.py:lead"
+SCRIPTED = "tests/agent_models.py:review_model"
+
+
+def shoal(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "shoal.cli.app", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_the_example_agent_runs_with_readers_in_parallel() -> None:
+    done = shoal("run", EXAMPLE, "Review the papers", "--model", SCRIPTED)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "lead  ok" in out and out.count("reader#") == 6
+    assert "Review: p1 is 'Parallel Function Calling" in out
+    assert "15 model requests" in out
+
+
+def test_json_output_holds_the_whole_tree() -> None:
+    done = shoal("run", EXAMPLE, "Review the papers", "--model", SCRIPTED, "--json")
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["status"] == "ok" and data["output"].startswith("Review:")
+    assert [c["lineage"] for c in data["children"]] == [f"lead/reader#{i}" for i in range(1, 7)]
+    assert data["children"][0]["calls"][0]["tool"] == "read_paper"
+    assert data["usage"]["requests"] == 15
+
+
+def test_events_file_carries_lineage(tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    done = shoal("run", EXAMPLE, "Review the papers", "--model", SCRIPTED, "--events",
+                 str(events))
+    assert done.returncode == 0, done.stderr
+    lineages = {json.loads(line)["lineage"] for line in events.read_text().splitlines()}
+    assert {"lead", "lead/reader#3", "lead/reader#3/read_paper#1"} <= lineages
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ((EXAMPLE,), "give the prompt"),
+    (("examples/literature_review/agents.py:nobody", "hi"), "no attribute 'nobody'"),
+    (("examples/literature_review/agents.py:PAPERS", "hi"), "not a shoal.Agent"),
+    (("no_such_module:agent", "hi"), "cannot import 'no_such_module'"),
+    (("examples/site_report/plan.yaml", "hi"), "PROMPT and --model are for agents"),
+    ((EXAMPLE, "hi", "--model", "tests/agent_models.py:REVIEW_PROMPT"), "neither a model"),
+])
+def test_bad_input_is_a_clear_error_with_exit_code_2(args: tuple[str, ...], message: str) -> None:
+    done = shoal("run", *args)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_budget_stop_exits_1_and_still_prints_the_tree() -> None:
+    done = shoal("run", EXAMPLE, "Review the papers", "--model", SCRIPTED, "--deadline", "0.08")
+    assert done.returncode == 1, done.stderr
+    assert "wall_clock" in done.stderr
+    assert "lead  budget_exceeded" in done.stdout
