@@ -6,7 +6,8 @@ provider answers 429 (or 503) with ``Retry-After`` it *closes for everyone* unti
 has passed: fifty subagents that share a model then wait once, together, instead of each
 hammering the provider and turning one 429 into fifty. Transient errors (429, 5xx,
 connection errors and timeouts) are retried with jittered exponential backoff, never less
-than what ``Retry-After`` asked for; other errors are raised at once.
+than what ``Retry-After`` asked for (exactly that, when it is given); other errors are raised
+at once.
 
 The SDK adapters are created with their own retries off, so this is the only retry layer.
 """
@@ -29,8 +30,9 @@ class ModelRetry:
     """How transient model errors are retried.
 
     ``attempts`` counts every try (1 means no retry); waits grow from ``backoff`` doubling up to
-    ``max_backoff`` seconds, each multiplied by a random factor in ``1 ± jitter``; a
-    ``Retry-After`` longer than that wins.
+    ``max_backoff`` seconds, each multiplied by a random factor in ``1 ± jitter``. When the
+    provider sent ``Retry-After`` (up to ``max_backoff``), that is the wait instead, stretched
+    by up to ``jitter``; a longer ``Retry-After`` is still honoured, never shortened.
     """
 
     attempts: int = 8
@@ -40,6 +42,10 @@ class ModelRetry:
 
     def delay(self, failures: int, retry_after: float | None, rng: random.Random) -> float:
         """Seconds to wait after the ``failures``-th failed try."""
+        if retry_after is not None and retry_after <= self.max_backoff:
+            # The provider said when to come back: do that (a little later, spread out so
+            # the callers it paused do not all return in the same millisecond).
+            return float(retry_after * rng.uniform(1.0, 1.0 + self.jitter))
         base = min(self.max_backoff, self.backoff * 2 ** (failures - 1))
         wait = base * rng.uniform(1 - self.jitter, 1 + self.jitter)
         return float(max(wait, retry_after or 0.0))
