@@ -124,6 +124,14 @@ class Tool(Generic[P, R]):
         """The names of the tool's arguments."""
         return self._param_names
 
+    @property
+    def injected(self) -> Mapping[str, str]:
+        """Parameters the runtime fills in (name -> what, e.g. ``"idempotency_key"``).
+
+        They are not arguments: the schema leaves them out (see ``shoal.IdempotencyKey``).
+        """
+        return self.model_facts.injected
+
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
         """Call the wrapped function directly (no runtime, no policy)."""
         return self._fn(*args, **kwargs)
@@ -143,9 +151,11 @@ class Tool(Generic[P, R]):
                     _model=self._model)
 
     def bound_to(self, fn: Callable[..., Any]) -> Tool[..., Any]:
-        """The same tool (name, schema, policy) calling ``fn`` instead: for per-call state,
-        such as a subagent bound to its place in an agent tree. ``fn`` must take the same
-        arguments; the schema is reused, not rebuilt."""
+        """The same tool (name, schema, policy) calling ``fn`` instead.
+
+        For per-call state, such as a subagent bound to its place in an agent tree. ``fn``
+        must take the same arguments; the schema is reused, not rebuilt.
+        """
         return Tool(fn, name=self.name, description=self.description, policy=self.policy,
                     _model=self._model)
 

@@ -87,8 +87,8 @@ class ModelGate:
         while True:
             sent_text = False
             try:
-                await self._wait_open()
                 async with self._slot():
+                    await self._wait_open()
                     async for event in model.stream(request):
                         sent_text = sent_text or not isinstance(event, ResponseDone)
                         yield event
@@ -100,8 +100,10 @@ class ModelGate:
                 await asyncio.sleep(self._back_off(exc, failures))
 
     async def _once(self, model: Model, request: ModelRequest) -> ModelResponse:
-        await self._wait_open()
         async with self._slot():
+            # Checked after the slot is ours: a caller that queued for it while another one
+            # drew a 429 must not go out during the pause that 429 started.
+            await self._wait_open()
             return await model.request(request)
 
     def _back_off(self, exc: ModelError, failures: int) -> float:

@@ -1,0 +1,109 @@
+"""Models: the provider-neutral contract, the provider adapters, retries and prices.
+
+An agent names its model with a string or passes a :class:`Model`::
+
+    resolve_model("openai:gpt-4.1-mini")           # OpenAIModel (pip install 'shoal[openai]')
+    resolve_model("anthropic:claude-sonnet-4-5")   # AnthropicModel (pip install 'shoal[anthropic]')
+    resolve_model("local")                         # LocalModel, a small model on this machine
+
+The adapters load on first use, so ``import shoal.models`` imports no SDK; a missing SDK is a
+:class:`~shoal.exceptions.MissingDependencyError` with the install line, raised when the model
+is created.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from shoal.exceptions import ConfigError
+from shoal.models.base import (
+    AssistantMessage,
+    Message,
+    Model,
+    ModelRequest,
+    ModelResponse,
+    ModelSettings,
+    ResponseDone,
+    StreamEvent,
+    TextDelta,
+    ToolCall,
+    ToolResultMessage,
+    ToolSpec,
+    Usage,
+    UserMessage,
+)
+from shoal.models.prices import PRICES, Price, cost
+from shoal.models.retry import ModelGate, ModelGates, ModelRetry
+
+if TYPE_CHECKING:
+    from shoal.models.anthropic import AnthropicModel
+    from shoal.models.openai import OpenAIModel
+
+__all__ = [
+    "PRICES",
+    "AnthropicModel",
+    "AssistantMessage",
+    "Message",
+    "Model",
+    "ModelGate",
+    "ModelGates",
+    "ModelRequest",
+    "ModelResponse",
+    "ModelRetry",
+    "ModelSettings",
+    "OpenAIModel",
+    "Price",
+    "ResponseDone",
+    "StreamEvent",
+    "TextDelta",
+    "ToolCall",
+    "ToolResultMessage",
+    "ToolSpec",
+    "Usage",
+    "UserMessage",
+    "cost",
+    "resolve_model",
+]
+
+_LAZY = {"OpenAIModel": "shoal.models.openai", "AnthropicModel": "shoal.models.anthropic"}
+
+_FORMS = ("'openai:<model id>' (e.g. 'openai:gpt-4.1-mini'), "
+          "'anthropic:<model id>' (e.g. 'anthropic:claude-sonnet-4-5'), "
+          "'local', or a shoal.models.Model instance")
+
+
+def resolve_model(spec: str | Model) -> Model:
+    """The model a spec names; a :class:`Model` is returned as it is.
+
+    Raises:
+        ConfigError: the spec has none of the accepted forms (the message lists them).
+        MissingDependencyError: the provider's SDK is not installed.
+        ModelError: no API key is configured for a remote provider.
+    """
+    if isinstance(spec, Model):
+        return spec
+    if not isinstance(spec, str):
+        raise ConfigError(f"a model must be a string or a Model, got {type(spec).__name__}; "
+                          f"accepted: {_FORMS}")
+    provider, _, model_id = spec.strip().partition(":")
+    model_id = model_id.strip()
+    if provider == "local" and not model_id:
+        from shoal.models.local import LocalModel
+
+        return LocalModel()
+    if provider == "openai" and model_id:
+        from shoal.models.openai import OpenAIModel
+
+        return OpenAIModel(model_id)
+    if provider == "anthropic" and model_id:
+        from shoal.models.anthropic import AnthropicModel
+
+        return AnthropicModel(model_id)
+    raise ConfigError(f"unknown model {spec!r}; accepted: {_FORMS}")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

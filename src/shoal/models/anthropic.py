@@ -1,0 +1,345 @@
+"""Anthropic's messages API through the official ``anthropic`` SDK.
+
+:class:`AnthropicModel` sends a :class:`~shoal.models.base.ModelRequest` as a messages request
+(``pip install 'shoal[anthropic]'``): instructions as ``system``, tools with their
+``input_schema``, the model's tool calls as ``tool_use`` blocks and results as ``tool_result``
+blocks, all results of one turn in one user message. Streaming reads the raw event stream. The
+SDK's own retries are off: :class:`~shoal.models.retry.ModelGate` retries, once per model.
+
+``output_schema`` is not sent: structured output is not available on every Claude model or SDK
+version, and the agent validates the final answer (and asks again) either way.
+
+Credentials: ``api_key`` or ``ANTHROPIC_API_KEY``; ``base_url`` or ``ANTHROPIC_BASE_URL``. A
+server on this machine or a private network needs no key.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from shoal.exceptions import (
+    MissingDependencyError,
+    ModelConnectionError,
+    ModelError,
+    ModelHTTPError,
+)
+from shoal.models._common import (
+    PerLoop,
+    describe_cause,
+    http_error,
+    resolve_credentials,
+    transport_error,
+)
+from shoal.models.base import (
+    AssistantMessage,
+    Message,
+    Model,
+    ModelRequest,
+    ModelResponse,
+    ResponseDone,
+    StreamEvent,
+    TextDelta,
+    ToolCall,
+    ToolResultMessage,
+    ToolSpec,
+    Usage,
+    UserMessage,
+)
+from shoal.models.prices import Price, cost
+
+if TYPE_CHECKING:
+    from anthropic import AsyncAnthropic
+    from anthropic.types import Message as AnthropicMessage
+    from anthropic.types import RawMessageStreamEvent
+
+__all__ = ["AnthropicModel", "anthropic_messages", "anthropic_tools", "tool_result_block"]
+
+#: ``max_tokens`` is required by the API; this is sent when the settings do not say.
+DEFAULT_MAX_TOKENS = 4096
+
+# An error event inside a stream arrives on a 200 response; its type says what the status
+# would have been, which decides whether shoal retries it.
+_ERROR_STATUS = {
+    "invalid_request_error": 400, "authentication_error": 401, "permission_error": 403,
+    "not_found_error": 404, "request_too_large": 413, "rate_limit_error": 429,
+    "api_error": 500, "overloaded_error": 529,
+}
+
+
+def _require_sdk() -> None:
+    try:
+        import anthropic  # noqa: F401
+    except ImportError:
+        raise MissingDependencyError("anthropic", "anthropic") from None
+
+
+class AnthropicModel(Model):
+    """A Claude model behind the Anthropic messages API.
+
+    Args:
+        model: the model id, e.g. ``"claude-sonnet-4-5"``.
+        base_url: the API root without ``/v1`` (default ``ANTHROPIC_BASE_URL``, else
+            Anthropic's).
+        api_key: the key (default ``ANTHROPIC_API_KEY``; a local ``base_url`` needs none).
+        name: how shoal names the model in events and rate limits (``"anthropic:<model>"``).
+        timeout: seconds for one request, streamed or not.
+        max_tokens: the answer's token cap when the request's settings give none.
+        client: an ``anthropic.AsyncAnthropic`` to use instead of making one; its retries are
+            turned off for shoal's requests. ``base_url`` and ``api_key`` are then ignored.
+        prices: a price table that replaces :data:`shoal.models.prices.PRICES` for ``Usage.cost``.
+
+    Raises:
+        MissingDependencyError: the ``anthropic`` package is not installed.
+        ModelError: no API key for a non-local server.
+    """
+
+    def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
+                 name: str | None = None, timeout: float = 120.0,
+                 max_tokens: int = DEFAULT_MAX_TOKENS, client: AsyncAnthropic | None = None,
+                 prices: Mapping[str, Price] | None = None) -> None:
+        _require_sdk()
+        self.model = model
+        self.name = name or f"anthropic:{model}"
+        self.timeout = timeout
+        self.max_tokens = max_tokens
+        self._prices = prices
+        self._given = client.with_options(max_retries=0) if client is not None else None
+        self._api_key, self._base_url = ("", None) if client is not None else resolve_credentials(
+            self.name, api_key=api_key, base_url=base_url,
+            key_env="ANTHROPIC_API_KEY", url_env="ANTHROPIC_BASE_URL")
+        self._clients = PerLoop(self._new_client)
+
+    def _client(self) -> AsyncAnthropic:
+        """The SDK client to use on the running event loop."""
+        return self._given if self._given is not None else self._clients.get()
+
+    def _new_client(self) -> AsyncAnthropic:
+        import anthropic
+
+        # Our own HTTP client, not the SDK's default one: that one closes itself from __del__
+        # by starting a task on whatever loop is running then, which fails on a foreign loop.
+        return anthropic.AsyncAnthropic(api_key=self._api_key, base_url=self._base_url,
+                                        timeout=self.timeout, max_retries=0,
+                                        http_client=anthropic.DefaultAsyncHttpxClient())
+
+    async def request(self, request: ModelRequest) -> ModelResponse:
+        """Send one messages request and return the whole response."""
+        client = self._client()
+        with self._sdk_errors():
+            message: AnthropicMessage = await client.messages.create(
+                **self._params(request))
+        return self._response(message)
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
+        """Stream a messages request: text pieces as they arrive, then the whole response."""
+        client = self._client()
+        state = _StreamState()
+        with self._sdk_errors():
+            events = await client.messages.create(**self._params(request), stream=True)
+            async with events:
+                async for event in events:
+                    if text := state.add(event):
+                        yield TextDelta(text)
+        yield ResponseDone(self._finish(state))
+
+    async def aclose(self) -> None:
+        """Close this loop's connections of the client this model made (never one passed in)."""
+        client = self._clients.pop()
+        if client is not None:
+            await client.close()
+
+    def _params(self, request: ModelRequest) -> dict[str, Any]:
+        settings = request.settings
+        params: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": settings.max_tokens or self.max_tokens,
+            "messages": anthropic_messages(request.messages),
+        }
+        if request.instructions:
+            params["system"] = request.instructions
+        if request.tools:
+            params["tools"] = anthropic_tools(request.tools)
+            if settings.parallel_tool_calls is False:
+                params["tool_choice"] = {"type": "auto", "disable_parallel_tool_use": True}
+        # temperature goes in the raw body: newer SDKs no longer accept it as an argument,
+        # while the API still does for the models that support it
+        extra = {} if settings.temperature is None else {"temperature": settings.temperature}
+        extra.update(settings.extra)
+        if extra:
+            params["extra_body"] = extra
+        return params
+
+    def _response(self, message: AnthropicMessage) -> ModelResponse:
+        texts: list[str] = []
+        calls: list[ToolCall] = []
+        for block in message.content:
+            if block.type == "text":
+                texts.append(block.text)
+            elif block.type == "tool_use":
+                calls.append(ToolCall(block.id, block.name, json.dumps(block.input)))
+        usage = message.usage
+        tokens_in = (usage.input_tokens + (usage.cache_creation_input_tokens or 0)
+                     + (usage.cache_read_input_tokens or 0))
+        return ModelResponse(text="".join(texts), tool_calls=tuple(calls),
+                             usage=self._usage(tokens_in, usage.output_tokens, message.model),
+                             model=message.model or self.model,
+                             stop_reason=message.stop_reason or "")
+
+    def _finish(self, state: _StreamState) -> ModelResponse:
+        calls = tuple(ToolCall(c.id, c.name, "".join(c.arguments) or "{}")
+                      for _, c in sorted(state.calls.items()))
+        return ModelResponse(text="".join(state.text), tool_calls=calls,
+                             usage=self._usage(state.input_tokens, state.output_tokens,
+                                               state.model),
+                             model=state.model or self.model, stop_reason=state.stop_reason)
+
+    def _usage(self, tokens_in: int, tokens_out: int, served_by: str) -> Usage:
+        price = cost(self.model, tokens_in, tokens_out, self._prices)
+        if price is None and served_by:
+            price = cost(served_by, tokens_in, tokens_out, self._prices)
+        return Usage(tokens_in, tokens_out, 1, price)
+
+    @contextmanager
+    def _sdk_errors(self) -> Iterator[None]:
+        """Turn the SDK's errors into shoal's, so ModelGate can tell transient ones apart."""
+        import anthropic
+
+        try:
+            yield
+        except anthropic.APIStatusError as exc:
+            error = http_error(self.name, exc.status_code, exc.response.headers, exc.body,
+                               exc.message)
+            if exc.status_code < 400:  # an error event inside a 200 stream
+                error = ModelHTTPError(self.name, error.detail, _stream_error_status(exc.body),
+                                       error.retry_after)
+            raise error from exc
+        except anthropic.APITimeoutError as exc:
+            raise ModelConnectionError(
+                self.name, f"no answer within {self.timeout:g} s") from exc
+        except anthropic.APIConnectionError as exc:
+            raise ModelConnectionError(
+                self.name, f"cannot reach {exc.request.url} ({describe_cause(exc)})") from exc
+        except anthropic.AnthropicError as exc:
+            raise ModelError(self.name, str(exc)) from exc
+        except Exception as exc:
+            if (lost := transport_error(self.name, exc)) is not None:
+                raise lost from exc
+            raise
+
+
+def _stream_error_status(body: object) -> int:
+    error = body.get("error", body) if isinstance(body, Mapping) else None
+    kind = error.get("type") if isinstance(error, Mapping) else None
+    return _ERROR_STATUS.get(kind, 500) if isinstance(kind, str) else 500
+
+
+@dataclass(slots=True)
+class _PartialCall:
+    id: str
+    name: str
+    arguments: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _StreamState:
+    """A streamed message put back together from its raw events."""
+
+    text: list[str] = field(default_factory=list)
+    calls: dict[int, _PartialCall] = field(default_factory=dict)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    model: str = ""
+    stop_reason: str = ""
+
+    def add(self, event: RawMessageStreamEvent) -> str:
+        """Take in one event; return its text (empty when it carries none)."""
+        if event.type == "message_start":
+            usage = event.message.usage
+            self.model = event.message.model
+            self.input_tokens = (usage.input_tokens + (usage.cache_creation_input_tokens or 0)
+                                 + (usage.cache_read_input_tokens or 0))
+            self.output_tokens = usage.output_tokens
+        elif event.type == "content_block_start":
+            block = event.content_block
+            if block.type == "tool_use":
+                self.calls[event.index] = _PartialCall(block.id, block.name)
+            elif block.type == "text":
+                return self._text(block.text)
+        elif event.type == "content_block_delta":
+            delta = event.delta
+            if delta.type == "text_delta":
+                return self._text(delta.text)
+            if delta.type == "input_json_delta" and event.index in self.calls:
+                self.calls[event.index].arguments.append(delta.partial_json)
+        elif event.type == "message_delta":
+            self.stop_reason = event.delta.stop_reason or self.stop_reason
+            self.output_tokens = event.usage.output_tokens  # cumulative, not an increment
+        return ""
+
+    def _text(self, text: str) -> str:
+        if text:
+            self.text.append(text)
+        return text
+
+
+def anthropic_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
+    """The conversation as Messages API messages.
+
+    Consecutive messages of one role become one message of content blocks, so every result of
+    a turn goes back in the single user message the API expects after ``tool_use`` blocks.
+    """
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        role, blocks = _blocks(message)
+        if not blocks:
+            continue  # the API rejects empty content
+        if out and out[-1]["role"] == role:
+            out[-1]["content"].extend(blocks)
+        else:
+            out.append({"role": role, "content": blocks})
+    return out
+
+
+def _blocks(message: Message) -> tuple[str, list[dict[str, Any]]]:
+    if isinstance(message, UserMessage):
+        return "user", _text_blocks(message.content)
+    if isinstance(message, AssistantMessage):
+        uses = [{"type": "tool_use", "id": c.id, "name": c.name, "input": _input(c)}
+                for c in message.tool_calls]
+        return "assistant", _text_blocks(message.content) + uses
+    return "user", [tool_result_block(message)]
+
+
+def tool_result_block(result: ToolResultMessage) -> dict[str, Any]:
+    """A tool result as a ``tool_result`` content block (``is_error`` marks failures)."""
+    return {"type": "tool_result", "tool_use_id": result.call_id, "content": result.content,
+            "is_error": result.is_error}
+
+
+def _text_blocks(text: str) -> list[dict[str, Any]]:
+    return [{"type": "text", "text": text}] if text else []
+
+
+def _input(call: ToolCall) -> dict[str, Any]:
+    # The API wants an object back; arguments that never parsed were answered with an error
+    # result already, so an empty input keeps the conversation valid without hiding anything.
+    try:
+        return call.parsed_arguments()
+    except ValueError:
+        return {}
+
+
+def anthropic_tools(tools: Sequence[ToolSpec]) -> list[dict[str, Any]]:
+    """Tool specs as Messages API tools."""
+    out: list[dict[str, Any]] = []
+    for spec in tools:
+        tool: dict[str, Any] = {"name": spec.name, "input_schema": dict(spec.parameters)}
+        if spec.description:
+            tool["description"] = spec.description
+        out.append(tool)
+    return out
+

@@ -1,0 +1,348 @@
+"""OpenAI chat completions, and every server that speaks them (llama.cpp, vLLM, Ollama, ...).
+
+:class:`OpenAIModel` sends a :class:`~shoal.models.base.ModelRequest` through the official
+``openai`` SDK (``pip install 'shoal[openai]'``) as a chat completion with function tools, and
+reads back text, parallel tool calls and usage, whole or streamed. The SDK's own retries are
+off: :class:`~shoal.models.retry.ModelGate` retries, once per model for every agent.
+
+Credentials: ``api_key`` or ``OPENAI_API_KEY``; ``base_url`` or ``OPENAI_BASE_URL``. A server on
+this machine or a private network needs no key.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from shoal.exceptions import (
+    MissingDependencyError,
+    ModelConnectionError,
+    ModelError,
+    ModelHTTPError,
+)
+from shoal.models._common import (
+    PerLoop,
+    describe_cause,
+    http_error,
+    resolve_credentials,
+    transport_error,
+)
+from shoal.models.base import (
+    AssistantMessage,
+    Message,
+    Model,
+    ModelRequest,
+    ModelResponse,
+    ResponseDone,
+    StreamEvent,
+    TextDelta,
+    ToolCall,
+    ToolResultMessage,
+    ToolSpec,
+    Usage,
+    UserMessage,
+)
+from shoal.models.prices import Price, cost
+
+if TYPE_CHECKING:
+    from openai import AsyncOpenAI
+    from openai.types.chat import ChatCompletion
+
+__all__ = ["OpenAIModel", "openai_messages", "openai_tools", "tool_message"]
+
+
+def _require_sdk() -> None:
+    try:
+        import openai  # noqa: F401
+    except ImportError:
+        raise MissingDependencyError("openai", "openai") from None
+
+
+class OpenAIModel(Model):
+    """A chat model behind the OpenAI chat completions API.
+
+    Args:
+        model: the provider's model id, e.g. ``"gpt-4.1-mini"``.
+        base_url: the API root including ``/v1`` (default ``OPENAI_BASE_URL``, else OpenAI's).
+        api_key: the key (default ``OPENAI_API_KEY``; a local ``base_url`` needs none).
+        name: how shoal names the model in events and rate limits (``"openai:<model>"``).
+        timeout: seconds for one request, streamed or not.
+        client: an ``openai.AsyncOpenAI`` to use instead of making one; its retries are turned
+            off for shoal's requests. ``base_url`` and ``api_key`` are then ignored.
+        prices: a price table that replaces :data:`shoal.models.prices.PRICES` for ``Usage.cost``.
+
+    Raises:
+        MissingDependencyError: the ``openai`` package is not installed.
+        ModelError: no API key for a non-local server.
+    """
+
+    def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
+                 name: str | None = None, timeout: float = 120.0,
+                 client: AsyncOpenAI | None = None,
+                 prices: Mapping[str, Price] | None = None) -> None:
+        _require_sdk()
+        self.model = model
+        self.name = name or f"openai:{model}"
+        self.timeout = timeout
+        self._prices = prices
+        self._given = client.with_options(max_retries=0) if client is not None else None
+        if client is None:
+            self._api_key, self._base_url = resolve_credentials(
+                self.name, api_key=api_key, base_url=base_url,
+                key_env="OPENAI_API_KEY", url_env="OPENAI_BASE_URL")
+        else:
+            self._api_key, self._base_url = "", str(client.base_url)
+        # OpenAI's own API wants max_completion_tokens (reasoning models reject max_tokens);
+        # the servers that copy the API have long understood max_tokens, not always the other.
+        host = urlsplit(self._base_url or "https://api.openai.com").hostname
+        self._max_tokens_key = "max_completion_tokens" if host == "api.openai.com" else "max_tokens"
+        self._clients = PerLoop(self._new_client)
+
+    def _client(self) -> AsyncOpenAI:
+        """The SDK client to use on the running event loop."""
+        return self._given if self._given is not None else self._clients.get()
+
+    def _new_client(self) -> AsyncOpenAI:
+        import openai
+
+        # Our own HTTP client, not the SDK's default one: that one closes itself from __del__
+        # by starting a task on whatever loop is running then, which fails on a foreign loop.
+        return openai.AsyncOpenAI(api_key=self._api_key, base_url=self._base_url,
+                                  timeout=self.timeout, max_retries=0,
+                                  http_client=openai.DefaultAsyncHttpxClient())
+
+    async def request(self, request: ModelRequest) -> ModelResponse:
+        """Send one chat completion and return the whole response."""
+        client = self._client()
+        with self._sdk_errors():
+            completion: ChatCompletion = await client.chat.completions.create(
+                **self._params(request))
+        return self._response(completion)
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
+        """Stream a chat completion: text pieces as they arrive, then the whole response."""
+        client = self._client()
+        state = _StreamState()
+        with self._sdk_errors():
+            # The SDK's own stream iterator stops at [DONE] and leaves its inner generators to
+            # the garbage collector, whose finalizer then starts cleanup tasks on this loop;
+            # reading the SSE lines to the end ourselves leaves nothing behind.
+            async with client.chat.completions.with_streaming_response.create(
+                    **self._params(request), stream=True,
+                    stream_options={"include_usage": True}) as raw:
+                async for line in raw.iter_lines():
+                    chunk = self._sse_chunk(line, state)
+                    if chunk is not None and (text := state.add(chunk)):
+                        yield TextDelta(text)
+        yield ResponseDone(self._finish(state))
+
+    async def aclose(self) -> None:
+        """Close this loop's connections of the client this model made (never one passed in)."""
+        client = self._clients.pop()
+        if client is not None:
+            await client.close()
+
+    def _sse_chunk(self, line: str, state: _StreamState) -> dict[str, Any] | None:
+        """The chunk one SSE line carries, or ``None`` (blank lines, comments, ``[DONE]``).
+
+        Chat completion servers put each chunk on one ``data:`` line; an ``error`` object in
+        place of a chunk is a failure the server hit after it had started answering.
+        """
+        if state.done or not line.startswith("data:"):
+            return None
+        payload = line[5:].strip()
+        if payload == "[DONE]":
+            state.done = True
+            return None
+        try:
+            chunk = json.loads(payload)
+        except ValueError:
+            raise ModelError(self.name, f"malformed stream data: {payload[:200]!r}") from None
+        if not isinstance(chunk, dict):
+            raise ModelError(self.name, f"malformed stream data: {payload[:200]!r}")
+        if isinstance(error := chunk.get("error"), dict):
+            code = error.get("code")
+            raise ModelHTTPError(self.name, str(error.get("message") or error),
+                                 code if isinstance(code, int) else 500)
+        return chunk
+
+    def _params(self, request: ModelRequest) -> dict[str, Any]:
+        params: dict[str, Any] = {"model": self.model, "messages": openai_messages(request)}
+        settings = request.settings
+        if request.tools:
+            params["tools"] = openai_tools(request.tools)
+            if settings.parallel_tool_calls is not None:
+                params["parallel_tool_calls"] = settings.parallel_tool_calls
+        elif request.output_schema is not None:
+            # Only without tools: servers that enforce the schema with a grammar (llama.cpp,
+            # vLLM) would otherwise forbid tool calls. The agent validates the answer anyway.
+            params["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": "output", "schema": dict(request.output_schema), "strict": False}}
+        if settings.temperature is not None:
+            params["temperature"] = settings.temperature
+        if settings.max_tokens is not None:
+            params[self._max_tokens_key] = settings.max_tokens
+        if settings.extra:
+            params["extra_body"] = dict(settings.extra)
+        return params
+
+    def _response(self, completion: ChatCompletion) -> ModelResponse:
+        if not completion.choices:
+            raise ModelError(self.name, "the response has no choices")
+        choice, usage = completion.choices[0], completion.usage
+        calls = tuple(ToolCall(call.id or _call_id(), call.function.name,
+                               call.function.arguments or "{}")
+                      for call in choice.message.tool_calls or () if call.type == "function")
+        # a refusal (structured outputs) is the model's answer too: show it, do not drop it
+        text = choice.message.content or choice.message.refusal or ""
+        return ModelResponse(text=text, tool_calls=calls,
+                             usage=self._usage(usage.prompt_tokens if usage else None,
+                                               usage.completion_tokens if usage else None,
+                                               completion.model),
+                             model=completion.model or self.model,
+                             stop_reason=choice.finish_reason or "")
+
+    def _finish(self, state: _StreamState) -> ModelResponse:
+        calls = tuple(ToolCall(c.id or _call_id(), c.name, "".join(c.arguments) or "{}")
+                      for _, c in sorted(state.calls.items()))
+        usage = state.usage or {}
+        return ModelResponse(text="".join(state.text), tool_calls=calls,
+                             usage=self._usage(usage.get("prompt_tokens"),
+                                               usage.get("completion_tokens"), state.model),
+                             model=state.model or self.model, stop_reason=state.finish_reason)
+
+    def _usage(self, prompt: int | None, completion: int | None, served_by: str) -> Usage:
+        # some compatible servers report no usage (or nulls): count the request regardless
+        tokens_in, tokens_out = prompt or 0, completion or 0
+        price = cost(self.model, tokens_in, tokens_out, self._prices)
+        if price is None and served_by:
+            price = cost(served_by, tokens_in, tokens_out, self._prices)
+        return Usage(tokens_in, tokens_out, 1, price)
+
+    @contextmanager
+    def _sdk_errors(self) -> Iterator[None]:
+        """Turn the SDK's errors into shoal's, so ModelGate can tell transient ones apart."""
+        import openai
+
+        try:
+            yield
+        except openai.APIStatusError as exc:
+            raise http_error(self.name, exc.status_code, exc.response.headers, exc.body,
+                             exc.message) from exc
+        except openai.APITimeoutError as exc:
+            raise ModelConnectionError(
+                self.name, f"no answer within {self.timeout:g} s") from exc
+        except openai.APIConnectionError as exc:
+            raise ModelConnectionError(
+                self.name, f"cannot reach {exc.request.url} ({describe_cause(exc)})") from exc
+        except openai.OpenAIError as exc:
+            raise ModelError(self.name, str(exc)) from exc
+        except Exception as exc:
+            if (lost := transport_error(self.name, exc)) is not None:
+                raise lost from exc
+            raise
+
+
+@dataclass(slots=True)
+class _PartialCall:
+    id: str = ""
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _StreamState:
+    """A streamed completion put back together from its chunks (plain JSON objects)."""
+
+    text: list[str] = field(default_factory=list)
+    calls: dict[int, _PartialCall] = field(default_factory=dict)
+    usage: dict[str, Any] | None = None
+    model: str = ""
+    finish_reason: str = ""
+    done: bool = False  # [DONE] seen
+
+    def add(self, chunk: dict[str, Any]) -> str:
+        """Take in one chunk; return its text (empty when it carries none)."""
+        self.model = self.model or str(chunk.get("model") or "")
+        if isinstance(usage := chunk.get("usage"), dict):  # the last chunk, with include_usage
+            self.usage = usage
+        choices = chunk.get("choices") or []
+        if not choices:
+            return ""
+        choice = choices[0]
+        self.finish_reason = choice.get("finish_reason") or self.finish_reason
+        delta = choice.get("delta") or {}
+        for part in delta.get("tool_calls") or ():
+            self._add_call(part)
+        text = delta.get("content") or delta.get("refusal") or ""
+        if text:
+            self.text.append(text)
+        return str(text)
+
+    def _add_call(self, part: dict[str, Any]) -> None:
+        # Index is required by the API, but not every compatible server sends it.
+        index = part.get("index")
+        call = self.calls.setdefault(index if isinstance(index, int) else len(self.calls),
+                                     _PartialCall())
+        call.id = call.id or part.get("id") or ""
+        function = part.get("function") or {}
+        # The name comes whole in the first delta; some servers repeat it in later ones.
+        call.name = call.name or function.get("name") or ""
+        call.arguments.append(function.get("arguments") or "")
+
+
+def openai_messages(request: ModelRequest) -> list[dict[str, Any]]:
+    """The request's instructions and conversation as chat completion messages."""
+    messages: list[dict[str, Any]] = []
+    if request.instructions:
+        messages.append({"role": "system", "content": request.instructions})
+    messages.extend(_message(m) for m in request.messages)
+    return messages
+
+
+def _message(message: Message) -> dict[str, Any]:
+    if isinstance(message, UserMessage):
+        return {"role": "user", "content": message.content}
+    if isinstance(message, AssistantMessage):
+        return _assistant(message)
+    return tool_message(message)
+
+
+def _assistant(message: AssistantMessage) -> dict[str, Any]:
+    if not message.tool_calls:
+        return {"role": "assistant", "content": message.content}
+    calls = [{"id": c.id, "type": "function",
+              "function": {"name": c.name, "arguments": c.arguments}}
+             for c in message.tool_calls]
+    # null, not "", is the API's "no text": some servers render "" as an empty turn
+    return {"role": "assistant", "content": message.content or None, "tool_calls": calls}
+
+
+def tool_message(result: ToolResultMessage) -> dict[str, Any]:
+    """A tool result as a ``role: tool`` message.
+
+    Chat completions have no error flag, so a failed call's text is marked ``Error:`` unless
+    it already says so.
+    """
+    content = result.content
+    if result.is_error and not content.lower().startswith("error"):
+        content = f"Error: {content}"
+    return {"role": "tool", "tool_call_id": result.call_id, "content": content}
+
+
+def openai_tools(tools: Sequence[ToolSpec]) -> list[dict[str, Any]]:
+    """Tool specs as chat completion function tools."""
+    return [{"type": "function", "function": {"name": t.name, "description": t.description,
+                                              "parameters": dict(t.parameters)}}
+            for t in tools]
+
+
+def _call_id() -> str:
+    # Some compatible servers omit ids; the conversation still needs one to pair results.
+    return f"call_{uuid.uuid4().hex[:24]}"
+
