@@ -1,0 +1,1 @@
+"""A literature review by a lead agent and parallel reader subagents."""

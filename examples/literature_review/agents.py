@@ -1,10 +1,12 @@
-"""A small literature review: a lead agent fans out reader subagents over the papers shipped
-in ``papers/``, in parallel, then writes the review from their summaries.
+"""A small literature review: a lead agent and reader subagents over the shipped papers.
 
-Run it on the local model (the ``local`` extra) or on a hosted one::
+The lead lists the papers in ``papers/``, starts one reader subagent per paper (all in one
+turn, so they run in parallel), then writes the review from their summaries. Run it on the
+local model (the ``local`` extra) or on a hosted one::
 
-    shoal run examples/literature_review/agents.py:lead "Review what these papers say about running agent tool calls in parallel"
-    shoal run examples/literature_review/agents.py:lead "..." --model openai:gpt-4.1-mini
+    shoal run examples/literature_review/agents.py:lead "Review these papers"
+    shoal run examples/literature_review/agents.py:lead "Review these papers" \
+        --model openai:gpt-4.1-mini
 
 The papers are short made-up abstracts written for this example.
 """
