@@ -17,7 +17,7 @@ def _results(request: ModelRequest) -> list[str]:
 
 
 def _review(request: ModelRequest) -> str:
-    return "Review: " + " | ".join(_results(request)[1:])
+    return "Review: " + " | ".join(_results(request))
 
 
 def _summary(request: ModelRequest) -> str:
@@ -26,10 +26,9 @@ def _summary(request: ModelRequest) -> str:
 
 
 def review_model() -> ScriptedModel:
-    """The lead lists the papers, sends six readers at once, then writes the review."""
+    """The lead sends six readers at once, then writes the review."""
     return ScriptedModel.per_prompt({
         REVIEW_PROMPT: [
-            [call("list_papers")],
             [call("reader", task=f"p{i}") for i in range(1, 7)],
             _review,
         ],

@@ -25,7 +25,7 @@ def test_the_example_agent_runs_with_readers_in_parallel() -> None:
     out = done.stdout
     assert "lead  ok" in out and out.count("reader#") == 6
     assert "Review: p1 is 'Parallel Function Calling" in out
-    assert "15 model requests" in out
+    assert "14 model requests" in out
 
 
 def test_json_output_holds_the_whole_tree() -> None:
@@ -35,7 +35,7 @@ def test_json_output_holds_the_whole_tree() -> None:
     assert data["status"] == "ok" and data["output"].startswith("Review:")
     assert [c["lineage"] for c in data["children"]] == [f"lead/reader#{i}" for i in range(1, 7)]
     assert data["children"][0]["calls"][0]["tool"] == "read_paper"
-    assert data["usage"]["requests"] == 15
+    assert data["usage"]["requests"] == 14
 
 
 def test_events_file_carries_lineage(tmp_path: Path) -> None:

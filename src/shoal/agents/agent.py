@@ -41,8 +41,7 @@ async def _subagent_entry(task: str) -> str:
     """Run the subagent on a task and return its final answer.
 
     Args:
-        task: the task for the subagent, with everything it needs to know: it sees nothing
-            else of this conversation.
+        task: what the subagent should do; it sees nothing else of this conversation.
     """
     raise AssertionError("a subagent's tool is bound to its run before it is called")
 
