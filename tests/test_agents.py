@@ -385,3 +385,40 @@ def test_bad_agent_definitions_get_clear_errors() -> None:
         shoal.Agent(name="lead", max_turns=0)
     with pytest.raises(shoal.ConfigError, match="budget tokens"):
         shoal.Budget(tokens=0)
+
+
+# -- approvals reach the runtime's approver with the call's lineage ---------------------------
+
+
+def test_gated_calls_of_subagents_reach_the_approver_with_lineage_and_denials_go_back() -> None:
+    sent: list[str] = []
+
+    @shoal.tool(approval=lambda args: args["amount"] > 100)
+    async def pay(to: str, amount: int) -> str:
+        """Pay someone."""
+        sent.append(f"{to}:{amount}")
+        return f"paid {amount} to {to}"
+
+    seen: list[shoal.ApprovalRequest] = []
+
+    def approver(request: shoal.ApprovalRequest) -> shoal.Decision:
+        seen.append(request)
+        return shoal.Decision.deny("too much") if request.args["amount"] > 500 else \
+            shoal.Decision.approve()
+
+    sub = shoal.Agent(name="payer", tools=[pay], model=ScriptedModel.per_prompt({
+        "*": [lambda req: [call("pay", to=_prompt(req), amount=int(_prompt(req)[1:]))], "ok"]}))
+    lead = shoal.Agent(name="lead", subagents=[sub], model=ScriptedModel(
+        [[call("payer", task="a50"), call("payer", task="b200"), call("payer", task="c900")],
+         "done"]))
+
+    async def main() -> shoal.AgentResult[Any]:
+        async with shoal.Runtime(approver=approver) as runtime:
+            return await lead.run("pay everyone", runtime=runtime)
+
+    result = arun(main())
+    assert sorted(sent) == ["a50:50", "b200:200"]  # the small one needed no approval
+    assert sorted(r.lineage for r in seen) == ["lead/payer#2/pay#1", "lead/payer#3/pay#1"]
+    denied = result.children[2].calls[0]
+    assert denied.status == "denied"
+    assert denied.message.is_error and "too much" in denied.message.content

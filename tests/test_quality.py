@@ -39,7 +39,9 @@ def test_import_is_quick() -> None:
         done = run("-c", probe, timeout=60)
         assert done.returncode == 0, done.stderr
         times.append(float(done.stdout.strip()))
-    assert min(times) < 0.3, f"'import shoal' took {min(times):.3f} s at best (of {times})"
+    # 0.2 s before agents, models, approvals and the journal joined the namespace; asyncio and
+    # pydantic are most of it (``import shoal`` alone, lazily, takes about 0.02 s)
+    assert min(times) < 0.45, f"'import shoal' took {min(times):.3f} s at best (of {times})"
 
 
 def test_import_does_not_pull_in_heavy_optional_modules() -> None:

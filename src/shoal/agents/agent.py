@@ -119,8 +119,10 @@ class Agent(Generic[T]):
         description = (f"Delegate a task to the {self.name} agent"
                        + (f": {about}" if about else "")
                        + ". Several calls run in parallel, each with a fresh context.")
+        # Idempotent: on resume a subagent that was running at the crash runs again, and its
+        # own journaled steps replay, so nothing it finished is asked or done twice.
         return Tool(_subagent_entry, name=self.name, description=description,
-                    policy=ToolPolicy(isolation="inline"))
+                    policy=ToolPolicy(isolation="inline", idempotent=True))
 
     @functools.cached_property
     def subagents_by_name(self) -> Mapping[str, Agent[Any]]:
@@ -156,6 +158,7 @@ class Agent(Generic[T]):
         on_event: EventSink | Sequence[EventSink] | None = None,
         run_id: str | None = None,
         gates: ModelGates | None = None,
+        resume: bool = False,
     ) -> AgentHandle[T]:
         """Start a run on the running loop and return its handle at once (see :meth:`run`)."""
         from shoal.runtime import Runtime, new_run_id
@@ -170,7 +173,7 @@ class Agent(Generic[T]):
         sinks = [] if on_event is None else [on_event] if callable(on_event) else list(on_event)
         ctx = TreeContext(run_id=run_id or new_run_id(), runtime=active,
                           budget=budget or self.budget, sinks=sinks, gates=gates,
-                          model_override=override)
+                          model_override=override, resuming=resume)
         root = AgentRun(self, ctx, lineage=self.name, depth=0, prompt=prompt)
         close_override = override is not None and not isinstance(model, Model)
         task = asyncio.get_running_loop().create_task(
@@ -197,6 +200,24 @@ class Agent(Generic[T]):
     def run_sync(self, prompt: str, **options: Any) -> AgentResult[T]:
         """:meth:`run` from synchronous code (starts and closes an event loop)."""
         return _blocking(self.run(prompt, **options))
+
+    async def resume(self, run_id: str, prompt: str, *, runtime: Any, **options: Any,
+                     ) -> AgentResult[T]:
+        """Continue the run ``run_id`` from the journal of ``runtime`` (a durable store).
+
+        Every model turn and tool phase the journal finished is replayed, not asked or run
+        again; the rest runs as usual. Give the same prompt and agent definition: a changed
+        instruction, tool or prompt makes a different first request, which resume's change
+        check refuses with :class:`~shoal.exceptions.PlanChangedError` before anything runs.
+        """
+        if runtime is None or runtime.store is None:
+            raise ConfigError("resuming an agent needs the runtime whose journal holds the run: "
+                              "Runtime(store='sqlite:///runs.db')")
+        return await self.start(prompt, runtime=runtime, run_id=run_id, resume=True, **options)
+
+    def resume_sync(self, run_id: str, prompt: str, **options: Any) -> AgentResult[T]:
+        """:meth:`resume` from synchronous code."""
+        return _blocking(self.resume(run_id, prompt, **options))
 
     def __repr__(self) -> str:
         model = self.model if isinstance(self.model, str) else self.model.name

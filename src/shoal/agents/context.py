@@ -47,12 +47,15 @@ class TreeContext:
         sinks: Sequence[EventSink],
         gates: ModelGates | None = None,
         model_override: Model | None = None,
+        resuming: bool = False,
     ) -> None:
         self.run_id = run_id
         self.runtime = runtime
         self.tracker = BudgetTracker(budget, self._stop_everything)
         self.gates = gates or ModelGates()
         self.model_override = model_override
+        #: whether this tree continues a journaled run: steps the journal knows are resumed
+        self.resuming = resuming
         self._sinks = list(sinks)
         self._t0 = time.monotonic()
         self._models: dict[str, Model] = {}

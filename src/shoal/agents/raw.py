@@ -28,9 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from shoal.agents.toolcalls import execute_calls
 from shoal.events import EventSink
 from shoal.exceptions import ShoalError
-from shoal.models.anthropic import tool_result_block
 from shoal.models.base import ToolCall, ToolResultMessage
-from shoal.models.openai import tool_message
 from shoal.tools import Tool, tool
 
 if TYPE_CHECKING:
@@ -95,6 +93,8 @@ async def openai_tool_messages(source: Any, tools: Tools, *, runtime: Runtime | 
     ``runtime`` runs the calls (default: a fresh one); ``on_event`` receives its events.
     """
     results = await _run(openai_calls(source), tools, runtime, on_event)
+    from shoal.models.openai import tool_message  # the adapters load on use: cheap imports
+
     return [tool_message(result) for result in results]
 
 
@@ -108,6 +108,8 @@ async def anthropic_tool_results(source: Any, tools: Tools, *,
     ``source`` asked for no tools (the API would reject it: check ``stop_reason`` first).
     """
     results = await _run(anthropic_calls(source), tools, runtime, on_event)
+    from shoal.models.anthropic import tool_result_block
+
     return {"role": "user", "content": [tool_result_block(result) for result in results]}
 
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from shoal.agents.context import TreeContext
 from shoal.agents.result import AgentResult, AgentStatus
-from shoal.agents.toolcalls import CallRecord, execute_calls
-from shoal.events import AgentFinished, AgentStarted, ModelResponded, ToolCallRejected
+from shoal.agents.toolcalls import CallRecord, execute_calls, settle
+from shoal.events import AgentFinished, AgentStarted, EventSink, ModelResponded, ToolCallRejected
 from shoal.exceptions import (
     AgentError,
     BudgetExceeded,
@@ -27,7 +27,9 @@ from shoal.exceptions import (
     OutputValidationError,
 )
 from shoal.models.base import ModelRequest, ModelResponse, ToolCall, Usage, UserMessage
-from shoal.outcome import jsonable
+from shoal.outcome import RunResult, jsonable
+from shoal.plan import Plan
+from shoal.policy import ToolPolicy
 from shoal.runtime import RunHandle
 from shoal.tools import Tool
 
@@ -35,6 +37,18 @@ if TYPE_CHECKING:
     from shoal.agents.agent import Agent
 
 __all__ = ["AgentRun"]
+
+
+async def _model_turn(request: Any) -> Any:
+    """One model request (bound, per turn, to the agent's model and the tree's gate)."""
+    del request
+    raise AssertionError("a model turn is bound to its agent before it runs")
+
+
+# Idempotent: asking a model again has no side effect, so a turn in flight at a crash is
+# simply asked again on resume.
+_MODEL_TURN: Tool[..., Any] = Tool(
+    _model_turn, name="model", policy=ToolPolicy(isolation="inline", idempotent=True))
 
 
 class AgentRun:
@@ -114,9 +128,7 @@ class AgentRun:
             output_schema=agent.output_spec.schema if agent.output_spec else None,
             lineage=self.lineage)
         began = ctx.now()
-        task = asyncio.ensure_future(ctx.gates.for_model(self.model).request(self.model, request))
-        ctx.track_request(self.lineage, task)
-        response = await task
+        response = await self._model_step(request)
         usage = response.usage if response.usage.requests else _one_request(response.usage)
         self.result.own_usage = self.result.own_usage + usage
         if ctx.observed:
@@ -129,25 +141,78 @@ class AgentRun:
         ctx.tracker.add_usage(usage, self.lineage)
         return response
 
+    async def _model_step(self, request: ModelRequest) -> ModelResponse:
+        """Ask the model, as a one-node run through the runtime.
+
+        Running the request as a node puts it in the runtime's journal: a resumed agent gets
+        its finished turns replayed instead of asked again, and a changed definition (other
+        instructions, tools or prompt make another request) is caught by resume's change
+        check before anything runs.
+        """
+        ctx, turn = self.ctx, self.result.turns
+        gate, model = ctx.gates.for_model(self.model), self.model
+        raised: list[BaseException] = []
+
+        async def ask(request: Any) -> ModelResponse:
+            try:
+                return await gate.request(model, request)
+            except Exception as exc:  # kept whole: the outcome only keeps its type name
+                raised.append(exc)
+                raise
+
+        plan = Plan(name=f"{self.lineage} model turn {turn}")
+        node = plan.add(_MODEL_TURN.bound_to(ask), {"request": request}, node_id=f"model#{turn}")
+        outcome = (await self._step(plan, f"model-{turn}"))[node]
+        if outcome.status == "ok":
+            return cast(ModelResponse, outcome.value)
+        if raised:
+            raise raised[-1]
+        if outcome.status in ("cancelled", "skipped"):
+            raise asyncio.CancelledError(outcome.reason)
+        raise ModelError(model.name, str(outcome.error or outcome.reason or outcome.status))
+
+    async def _step(self, plan: Plan, step: str) -> RunResult:
+        """Run one step of this agent through the runtime and wait for it."""
+        handle = self._start_step(plan, step, None)
+        try:
+            return await settle(handle)
+        finally:
+            self.ctx.untrack_handle(self.lineage, handle)
+
+    def _start_step(self, plan: Plan, step: str, on_event: EventSink | None) -> RunHandle:
+        """Start a step (a model turn or a tool phase) as its own journaled run.
+
+        When the tree is resumed and the journal knows the step, it is continued instead:
+        finished calls replay their recorded results.
+        """
+        ctx = self.ctx
+        run_id = f"{ctx.run_id}/{self.lineage}/{step}"
+        store = ctx.runtime.store
+        resume = ctx.resuming and store is not None and store.get_run(run_id) is not None
+        handle = ctx.runtime.start(plan, run_id=None if resume else run_id,
+                                   resume=run_id if resume else None, lineage=self.lineage,
+                                   on_event=on_event)
+        ctx.track_handle(self.lineage, handle)
+        return handle
+
     async def _tool_phase(self, calls: tuple[ToolCall, ...]) -> list[CallRecord]:
         ctx = self.ctx
+        step = f"turn-{self.result.turns}"
         handles: list[RunHandle] = []
 
-        def on_start(handle: RunHandle) -> None:
-            handles.append(handle)
-            ctx.track_handle(self.lineage, handle)
+        def start(plan: Plan, on_event: EventSink | None) -> RunHandle:
+            handles.append(self._start_step(plan, step, on_event))
+            return handles[-1]
 
         try:
-            records = await execute_calls(
+            return await execute_calls(
                 calls, self.agent.tools_by_name, runtime=ctx.runtime, lineage=self.lineage,
                 counts=self._counts, prepare=self._prepare,
                 on_event=ctx.emit if ctx.observed else None, on_reject=self._rejected,
-                on_start=on_start, on_records=self.result.calls.extend,
-                run_id=f"{ctx.run_id}/{self.lineage}/turn-{self.result.turns}")
+                start=start, on_records=self.result.calls.extend)
         finally:
             for handle in handles:
                 ctx.untrack_handle(self.lineage, handle)
-        return records
 
     def _prepare(self, index: int, call: ToolCall, tool: Tool[..., Any],
                  where: str) -> Tool[..., Any] | BaseException:

@@ -27,12 +27,16 @@ from shoal.tools import Tool
 if TYPE_CHECKING:
     from shoal.runtime import RunHandle, Runtime
 
-__all__ = ["CallRecord", "Preparer", "execute_calls", "result_text", "tool_map"]
+__all__ = ["CallRecord", "Preparer", "Starter", "execute_calls", "result_text", "settle",
+           "tool_map"]
 
 #: Called for each well-formed call before it joins the plan, with the call's position in
 #: the turn, the call, its tool and its lineage; returns the tool to run (possibly bound to
 #: per-call state, as subagents are) or an exception that refuses the call.
 Preparer = Callable[[int, ToolCall, Tool[..., Any], str], "Tool[..., Any] | BaseException"]
+
+#: Starts a turn's plan with the given event sink and returns its handle.
+Starter = Callable[[Plan, "EventSink | None"], "RunHandle"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +104,7 @@ async def execute_calls(
     on_event: EventSink | None = None,
     on_reject: Callable[[CallRecord], None] | None = None,
     on_start: Callable[[RunHandle], None] | None = None,
+    start: Starter | None = None,
     on_records: Callable[[list[CallRecord]], None] | None = None,
     run_id: str | None = None,
 ) -> list[CallRecord]:
@@ -115,6 +120,8 @@ async def execute_calls(
         on_event: receives the runtime's events, each stamped with its call's lineage.
         on_reject: told about every call that did not run.
         on_start: receives the run handle once the plan started (to cancel it from elsewhere).
+        start: starts the plan instead of ``runtime.start`` (the agent layer uses it to give
+            each tool phase its own journaled run, and to continue it on resume).
         on_records: receives the records before they are returned, and also when the caller
             is cancelled meanwhile: the calls are then cancelled, their outcomes collected and
             passed here, and ``CancelledError`` is raised.
@@ -142,8 +149,8 @@ async def execute_calls(
         lineages[node_id] = where
     try:
         if planned:
-            await _run_plan(plan, runtime, lineage, lineages, on_event, on_start, run_id, calls,
-                            planned, records)
+            await _run_plan(plan, runtime, lineage, lineages, on_event, on_start, start,
+                            run_id, calls, planned, records)
     finally:
         if on_records is not None:
             on_records([r for r in records if r is not None])
@@ -185,8 +192,8 @@ def _rejected(call: ToolCall, where: str, text: str) -> CallRecord:
 async def _run_plan(
     plan: Plan, runtime: Runtime | None, lineage: str, lineages: Mapping[str, str],
     on_event: EventSink | None, on_start: Callable[[RunHandle], None] | None,
-    run_id: str | None, calls: Sequence[ToolCall], planned: Mapping[str, int],
-    records: list[CallRecord | None],
+    start: Starter | None, run_id: str | None, calls: Sequence[ToolCall],
+    planned: Mapping[str, int], records: list[CallRecord | None],
 ) -> None:
     from shoal.runtime import Runtime  # the runtime imports executors: load on use
 
@@ -200,28 +207,45 @@ async def _run_plan(
         def sink(event: Event) -> None:
             forward(_stamped(event, lineage_of(event)))
 
-    own = runtime is None
+    own = runtime is None and start is None
     active = runtime if runtime is not None else Runtime()
-    cancelled = False
     try:
-        handle = active.start(plan, on_event=sink, run_id=run_id)
+        if start is not None:
+            handle = start(plan, sink)
+        else:
+            handle = active.start(plan, on_event=sink, run_id=run_id, lineage=lineage)
         if on_start is not None:
             on_start(handle)
-        waiting = asyncio.ensure_future(handle)
-        try:
-            result = await asyncio.shield(waiting)
-        except asyncio.CancelledError:
-            # Our caller was cancelled: cancel the calls through the runtime, so each one
-            # still ends with a recorded outcome, collect them, then let the cancellation on.
-            cancelled = True
-            handle.cancel(reason="the agent running these calls was cancelled")
-            result = await waiting
+        result, cancelled = await _settled(handle)
     finally:
         if own:
             await active.aclose()
     _fill(result, planned, lineages, calls, records)
     if cancelled:
         raise asyncio.CancelledError
+
+
+async def settle(handle: RunHandle) -> RunResult:
+    """Wait for a run and return its result.
+
+    If the waiter is cancelled meanwhile, the run is cancelled, every outcome is recorded, and
+    then ``CancelledError`` is raised.
+    """
+    result, cancelled = await _settled(handle)
+    if cancelled:
+        raise asyncio.CancelledError
+    return result
+
+
+async def _settled(handle: RunHandle) -> tuple[RunResult, bool]:
+    waiting = asyncio.ensure_future(handle)
+    try:
+        return await asyncio.shield(waiting), False
+    except asyncio.CancelledError:
+        # Our caller was cancelled: cancel the calls through the runtime, so each one still
+        # ends with a recorded outcome, collect them, then let the cancellation go on.
+        handle.cancel(reason="the agent running these calls was cancelled")
+        return await waiting, True
 
 
 def _fill(result: RunResult, planned: Mapping[str, int], lineages: Mapping[str, str],

@@ -1,0 +1,66 @@
+"""Agents resume from the journal: finished model turns and tool results are not asked again."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import shoal
+from shoal.testing import ScriptedModel, call
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def crash_script(store: Path, log: Path, mode: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tests.agent_crash", str(store), "tree-1", mode,
+                           str(log)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def test_a_killed_agent_tree_resumes_without_asking_or_doing_anything_twice(
+        tmp_path: Path) -> None:
+    store, log = tmp_path / "runs.db", tmp_path / "log.txt"
+    crashed = crash_script(store, log, "crash")
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    assert sorted(log.read_text().split()) == ["a", "b", "x1"]
+    resumed = crash_script(store, log, "resume")
+    assert resumed.returncode == 0, resumed.stderr
+    report = json.loads(resumed.stdout)
+    assert report["output"] == "final answer"
+    assert report["lead_requests"] == 1 and report["sub_requests"] == 0  # only the last turn
+    assert report["calls"] == ["ok", "ok", "ok", "ok"]
+    assert sorted(log.read_text().split()) == ["a", "b", "x1"]  # no note ran twice
+    with sqlite3.connect(store) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_resuming_with_a_changed_agent_runs_nothing(tmp_path: Path) -> None:
+    @shoal.tool
+    def echo(text: str) -> str:
+        """Echo."""
+        return text
+
+    runtime = shoal.Runtime(store=f"sqlite:///{tmp_path / 'runs.db'}")
+    first = shoal.Agent(name="lead", instructions="Be brief.", tools=[echo],
+                        model=ScriptedModel([[call("echo", text="hi")], "done"]))
+    first.run_sync("go", runtime=runtime, run_id="r1")
+    changed = ScriptedModel(["never"])
+    other = shoal.Agent(name="lead", instructions="Be verbose.", tools=[echo], model=changed)
+    with pytest.raises(shoal.PlanChangedError):
+        other.resume_sync("r1", "go", runtime=runtime)
+    assert changed.requests == []
+    same = ScriptedModel([])
+    replay = shoal.Agent(name="lead", instructions="Be brief.", tools=[echo], model=same)
+    assert replay.resume_sync("r1", "go", runtime=runtime).output == "done"
+    assert same.requests == []  # a finished run replays entirely from the journal
+
+
+def test_resume_needs_a_journal() -> None:
+    agent = shoal.Agent(name="lead", model=ScriptedModel([]))
+    with pytest.raises(shoal.ConfigError, match="journal"):
+        agent.resume_sync("r1", "go", runtime=shoal.Runtime(store=None))
