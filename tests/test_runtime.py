@@ -412,7 +412,7 @@ def test_result_accessors() -> None:
         result.value(f)
     assert not result.ok
     assert result.counts == {"ok": 1, "failed": 1, "timed_out": 0, "cancelled": 0,
-                             "skipped": 0, "denied": 0}
+                             "skipped": 0, "denied": 0, "in_doubt": 0}
     assert len(result) == 2 and [o.node_id for o in result] == [a.node, "f"]
     assert result[a].ok and not result[f].ok
     assert result[a].attempts == 1

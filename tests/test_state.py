@@ -121,7 +121,8 @@ def drive(state: SchedulerState, results: dict[str, AttemptResult] | None = None
 
 
 def test_the_transition_table() -> None:
-    assert TRANSITIONS[Phase.WAITING] == {Phase.READY, Phase.DONE}
+    assert TRANSITIONS[Phase.WAITING] == {Phase.READY, Phase.APPROVAL, Phase.DONE}
+    assert TRANSITIONS[Phase.APPROVAL] == {Phase.READY, Phase.DONE}
     assert TRANSITIONS[Phase.READY] == {Phase.RUNNING, Phase.DONE}
     assert TRANSITIONS[Phase.RUNNING] == {Phase.BACKOFF, Phase.DONE}
     assert TRANSITIONS[Phase.BACKOFF] == {Phase.READY, Phase.DONE}
@@ -546,8 +547,8 @@ def test_phase_counts_and_running() -> None:
     plan.call(step, value=a)
     state = make_state(plan)
     state.begin(0.0)
-    assert state.phase_counts() == {"waiting": 1, "ready": 0, "running": 1, "backoff": 0,
-                                    "done": 0}
+    assert state.phase_counts() == {"waiting": 1, "approval": 0, "ready": 0, "running": 1,
+                                    "backoff": 0, "done": 0}
     assert state.running() == [(a.node, "step", "inline", 0.0)]
 
 

@@ -19,12 +19,29 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time names load on first use
     from shoal.agents.agent import Agent, AgentHandle
     from shoal.agents.budget import Budget
+    from shoal.agents.raw import (
+        anthropic_tool_results,
+        anthropic_tool_results_sync,
+        openai_tool_messages,
+        openai_tool_messages_sync,
+    )
     from shoal.agents.result import AgentResult
     from shoal.agents.toolcalls import CallRecord, execute_calls
+    from shoal.approvals import (
+        ApprovalRequest,
+        Approver,
+        CallbackApprover,
+        ConsoleApprover,
+        Decision,
+        Rule,
+        RulesApprover,
+    )
     from shoal.deps import Edge, Graph, analyze
     from shoal.events import (
         AgentFinished,
         AgentStarted,
+        ApprovalDecided,
+        ApprovalRequested,
         Event,
         EventSink,
         JsonlSink,
@@ -52,12 +69,16 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time names load on 
         ModelError,
         ModelHTTPError,
         OutputValidationError,
+        PlanChangedError,
         PlanError,
         PlanProblem,
         RemoteToolError,
+        RunNotFoundError,
         ScriptError,
         SerializationError,
         ShoalError,
+        StoreError,
+        StoreVersionError,
         ToolArgumentError,
         ToolDefinitionError,
         ToolQuarantinedError,
@@ -71,6 +92,10 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time names load on 
     from shoal.plan import Node, Plan, Ref
     from shoal.runtime import RunHandle, Runtime, run, run_sync
     from shoal.scheduler.driver import Snapshot
+    from shoal.schema import IdempotencyKey
+    from shoal.store.base import Store
+    from shoal.store.memory import MemoryStore
+    from shoal.store.sqlite import SQLiteStore
     from shoal.tools import RetryPolicy, Tool, ToolPolicy, tool
 
 __version__ = "0.1.0"
@@ -78,6 +103,10 @@ __version__ = "0.1.0"
 # Each public name and the module that defines it. Loading modules on first use (PEP 562) keeps
 # `import shoal` cheap for the CLI and for worker processes that need only part of the package.
 _EXPORTS = {
+    "openai_tool_messages": "shoal.agents.raw",
+    "openai_tool_messages_sync": "shoal.agents.raw",
+    "anthropic_tool_results": "shoal.agents.raw",
+    "anthropic_tool_results_sync": "shoal.agents.raw",
     "Agent": "shoal.agents.agent",
     "AgentHandle": "shoal.agents.agent",
     "AgentResult": "shoal.agents.result",
@@ -103,6 +132,15 @@ _EXPORTS = {
     "ToolCall": "shoal.models.base",
     "Usage": "shoal.models.base",
     "analyze": "shoal.deps",
+    "ApprovalRequest": "shoal.approvals",
+    "Approver": "shoal.approvals",
+    "CallbackApprover": "shoal.approvals",
+    "ConsoleApprover": "shoal.approvals",
+    "Decision": "shoal.approvals",
+    "Rule": "shoal.approvals",
+    "RulesApprover": "shoal.approvals",
+    "ApprovalDecided": "shoal.events",
+    "ApprovalRequested": "shoal.events",
     "CallCancelledError": "shoal.exceptions",
     "ConfigError": "shoal.exceptions",
     "DeadlineExceededError": "shoal.exceptions",
@@ -150,6 +188,15 @@ _EXPORTS = {
     "ToolTimeoutError": "shoal.exceptions",
     "UpstreamFailedError": "shoal.exceptions",
     "WorkerCrashedError": "shoal.exceptions",
+    # the journal and resume
+    "IdempotencyKey": "shoal.schema",
+    "MemoryStore": "shoal.store.memory",
+    "PlanChangedError": "shoal.exceptions",
+    "RunNotFoundError": "shoal.exceptions",
+    "SQLiteStore": "shoal.store.sqlite",
+    "Store": "shoal.store.base",
+    "StoreError": "shoal.exceptions",
+    "StoreVersionError": "shoal.exceptions",
 }
 
 
@@ -167,6 +214,19 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "openai_tool_messages",
+    "openai_tool_messages_sync",
+    "anthropic_tool_results",
+    "anthropic_tool_results_sync",
+    "ApprovalRequest",
+    "Approver",
+    "CallbackApprover",
+    "ConsoleApprover",
+    "Decision",
+    "Rule",
+    "RulesApprover",
+    "ApprovalDecided",
+    "ApprovalRequested",
     "Agent",
     "AgentHandle",
     "AgentResult",
@@ -234,6 +294,14 @@ __all__ = [
     "ToolTimeoutError",
     "UpstreamFailedError",
     "WorkerCrashedError",
+    "IdempotencyKey",
+    "MemoryStore",
+    "PlanChangedError",
+    "RunNotFoundError",
+    "SQLiteStore",
+    "Store",
+    "StoreError",
+    "StoreVersionError",
     "__version__",
     "analyze",
     "parse_rate",

@@ -17,6 +17,8 @@ from typing import IO, Any
 from pydantic_core import to_jsonable_python
 
 __all__ = [
+    "ApprovalDecided",
+    "ApprovalRequested",
     "AgentFinished",
     "AgentStarted",
     "Event",
@@ -185,6 +187,31 @@ class AgentFinished(Event):
     total_tokens: int
     duration: float
     error: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApprovalRequested(Event):
+    """A node needs approval (``reason`` says why) and waits for its approver's decision."""
+
+    node_id: str
+    tool: str
+    request_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApprovalDecided(Event):
+    """A decision on a node's request.
+
+    ``verdict`` is ``approve``, ``deny`` or ``edit``; ``by`` says who decided (an approver's
+    name, ``timeout``, ``budget``, ``no approver``, ``journal``).
+    """
+
+    node_id: str
+    tool: str
+    verdict: str
+    reason: str
+    by: str
 
 
 EventSink = Callable[[Event], None]

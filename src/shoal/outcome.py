@@ -21,8 +21,9 @@ __all__ = [
     "STATUSES", "ErrorInfo", "Outcome", "RunResult", "Status", "jsonable", "measured_critical_path",
 ]  # fmt: skip
 
-Status = Literal["ok", "failed", "timed_out", "cancelled", "skipped", "denied"]
-STATUSES: tuple[Status, ...] = ("ok", "failed", "timed_out", "cancelled", "skipped", "denied")
+Status = Literal["ok", "failed", "timed_out", "cancelled", "skipped", "denied", "in_doubt"]
+STATUSES: tuple[Status, ...] = (
+    "ok", "failed", "timed_out", "cancelled", "skipped", "denied", "in_doubt")
 
 
 def _safe_repr(value: Any) -> str:
@@ -89,7 +90,9 @@ class Outcome:
 
     ``status`` is one of ``ok`` (``value`` holds the result), ``failed`` (``error``),
     ``timed_out``, ``cancelled``, ``skipped`` (an upstream node did not succeed; ``reason``
-    names it) or ``denied``. ``abandoned`` is true when a timed-out or cancelled call was
+    names it), ``denied`` or ``in_doubt`` (resume: a call that was in flight when the run
+    stopped, whose tool is not idempotent, so shoal cannot know whether it took effect; it
+    waits for a decision). ``abandoned`` is true when a timed-out or cancelled call was
     running on a thread, which cannot be stopped: it was left to finish and its result dropped.
     """
 

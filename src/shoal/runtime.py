@@ -1,10 +1,11 @@
 """The runtime (the agent manager): validates a plan, analyses it, and runs it under limits.
 
 ``Runtime`` holds what outlives one run: settings, backends (thread pools and, later, worker
-processes or a Ray connection) and per-tool duration estimates learned from earlier runs. Each
-run gets its own :class:`~shoal.scheduler.state.SchedulerState` and
-:class:`~shoal.scheduler.driver.Driver`; :meth:`Runtime.start` returns a :class:`RunHandle`
-to watch or cancel the run while it goes.
+processes or a Ray connection), the journal (a :class:`~shoal.store.base.Store`) and per-tool
+duration estimates learned from earlier runs. Each run gets its own
+:class:`~shoal.scheduler.state.SchedulerState` and :class:`~shoal.scheduler.driver.Driver`;
+:meth:`Runtime.start` returns a :class:`RunHandle` to watch or cancel the run while it goes,
+and :meth:`Runtime.resume` continues a journaled run that stopped.
 """
 
 from __future__ import annotations
@@ -14,20 +15,29 @@ import datetime as dt
 import os
 import random
 import secrets
-from collections.abc import Callable, Coroutine, Generator, Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Collection, Coroutine, Generator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from shoal.deps import analyze
+from shoal.approvals import ApprovalRequest, Approver, Callback, as_approver
+from shoal.deps import Graph, analyze
 from shoal.events import Event, EventSink
 from shoal.exceptions import ConfigError, ShoalError
 from shoal.executors.base import Executor
 from shoal.executors.inline import InlineExecutor
 from shoal.executors.thread import DEFAULT_THREAD_WORKERS, ThreadExecutor
+from shoal.limits import Rate, parse_rate
 from shoal.outcome import RunResult
 from shoal.plan import Plan, Ref
+from shoal.scheduler.approval_desk import ApprovalDesk
 from shoal.scheduler.driver import Driver, Snapshot
 from shoal.scheduler.state import SchedulerState
+from shoal.store.base import RunRecord, Store
+from shoal.store.fingerprint import LazyDescription, describe_plan, fingerprint
+from shoal.store.open import StoreLike, open_store
+from shoal.store.resume import Resumption, prepare_resume
 from shoal.tools import ISOLATIONS, Isolation
 
 __all__ = ["DEFAULT_MAX_CONCURRENCY", "RunHandle", "Runtime", "run", "run_sync"]
@@ -80,6 +90,10 @@ class RunHandle:
         """Counts per status and the calls in flight, for progress displays."""
         return self._driver.snapshot()
 
+    def pending_approvals(self) -> list[ApprovalRequest]:
+        """The requests of this run's calls that wait for an approver's decision."""
+        return self._driver.pending_approvals()
+
     def partial_result(self) -> RunResult:
         """The outcomes recorded so far, without waiting for the run to end."""
         return self._driver.result()
@@ -120,6 +134,19 @@ class Runtime:
             cancelled.
         on_event: a callable, or several, receiving every :class:`~shoal.events.Event`.
         seed: seeds retry jitter, for reproducible tests.
+        approver: who decides on calls that need approval (``@tool(approval=...)``): an
+            :class:`~shoal.approvals.Approver` or a function (see
+            :class:`~shoal.approvals.CallbackApprover`). Without one, such calls are denied.
+        approval_timeout: seconds from a request to its denial if nobody decided meanwhile
+            (default: wait as long as it takes).
+        approval_rate: at most this many requests passed to the approver per period
+            (``"5/s"``, ``"30/min"``); the rest wait their turn.
+        approval_budget: at most this many requests passed to the approver by this runtime,
+            ever; later ones are denied at once (a runaway agent cannot flood a person).
+        store: the journal: a :class:`~shoal.store.base.Store`, ``"memory"`` (the default:
+            an in-memory store, kept by this runtime), a SQLite URL or path
+            (``"sqlite:///runs.db"``, ``"runs.db"``: durable, for resume after a crash), or
+            ``None`` for no journal at all.
     """
 
     def __init__(
@@ -137,6 +164,11 @@ class Runtime:
         deadline: float | None = None,
         on_event: EventSink | Sequence[EventSink] | None = None,
         seed: int | None = None,
+        store: StoreLike | None = "memory",
+        approver: Approver | Callback | None = None,
+        approval_timeout: float | None = None,
+        approval_rate: str | Rate | tuple[float, float] | None = None,
+        approval_budget: int | None = None,
     ) -> None:
         if max_concurrency is not None and max_concurrency < 1:
             raise ConfigError(f"max_concurrency must be at least 1, got {max_concurrency}")
@@ -167,6 +199,9 @@ class Runtime:
         self._rng = random.Random(seed)
         self._estimates: dict[str, float] = {}
         self._executors: dict[str, Executor] = {}
+        self.store: Store | None = None if store is None else open_store(store)
+        self.approvals = _approval_desk(approver, approval_timeout, approval_rate,
+                                        approval_budget)
 
     @property
     def estimates(self) -> Mapping[str, float]:
@@ -206,12 +241,22 @@ class Runtime:
         fail_fast: bool | None = None,
         on_event: EventSink | Sequence[EventSink] | None = None,
         run_id: str | None = None,
+        resume: str | None = None,
+        rerun_in_doubt: Collection[str] = (),
+        mark_done: Mapping[str, Any] | None = None,
+        source: Mapping[str, Any] | None = None,
+        lineage: str = "",
     ) -> RunHandle:
         """Validate and start ``plan`` on the running loop; return its handle at once.
 
+        With ``resume=RUN_ID`` it continues that journaled run instead (see :meth:`resume`).
+        ``source`` says where the plan came from and is kept in the journal (``shoal run``
+        keeps the plan file's path, hash and text there, for ``shoal resume``).
         Raises :class:`~shoal.exceptions.PlanError` (every problem listed) before anything runs.
         """
-        driver = self._driver(plan, deadline, fail_fast, on_event, run_id)
+        driver = self._driver(plan, deadline, fail_fast, on_event, run_id,
+                              _Journaling(resume, tuple(rerun_in_doubt), mark_done, source),
+                              lineage)
         task = asyncio.get_running_loop().create_task(self._drive(driver))
         return RunHandle(driver, task)
 
@@ -223,10 +268,55 @@ class Runtime:
         fail_fast: bool | None = None,
         on_event: EventSink | Sequence[EventSink] | None = None,
         run_id: str | None = None,
+        source: Mapping[str, Any] | None = None,
+        lineage: str = "",
     ) -> RunResult:
-        """Run ``plan`` to the end and return every node's outcome."""
-        driver = self._driver(plan, deadline, fail_fast, on_event, run_id)
+        """Run ``plan`` to the end and return every node's outcome.
+
+        ``lineage`` says whose calls these are (an agent layer passes ``"lead/researcher#2"``):
+        approval requests carry ``f"{lineage}/{node_id}"``.
+        """
+        driver = self._driver(plan, deadline, fail_fast, on_event, run_id,
+                              _Journaling(source=source), lineage)
         return await self._drive(driver)
+
+    async def resume(
+        self,
+        run_id: str,
+        plan: Plan,
+        *,
+        rerun_in_doubt: Collection[str] = (),
+        mark_done: Mapping[str, Any] | None = None,
+        deadline: float | None = None,
+        fail_fast: bool | None = None,
+        on_event: EventSink | Sequence[EventSink] | None = None,
+    ) -> RunResult:
+        """Continue run ``run_id`` from this runtime's store, with the plan it started with.
+
+        Completed nodes replay their recorded results and never run again; failed, cancelled
+        and skipped ones run again; calls that were in flight when the run stopped run again
+        if their tool is idempotent, otherwise they end ``in_doubt`` (and what needs them is
+        skipped). A person settles those: ``rerun_in_doubt`` (node ids) runs them again,
+        ``mark_done`` (node id -> value) records them ``ok`` with that value. The result holds
+        every node's outcome, replayed ones included. Raises
+        :class:`~shoal.exceptions.RunNotFoundError`, or
+        :class:`~shoal.exceptions.PlanChangedError` (saying what differs) before anything runs
+        if the plan is not the one the run started with.
+        """
+        driver = self._driver(plan, deadline, fail_fast, on_event, None,
+                              _Journaling(run_id, tuple(rerun_in_doubt), mark_done))
+        return await self._drive(driver)
+
+    def resume_sync(self, run_id: str, plan: Plan, **options: Any) -> RunResult:
+        """:meth:`resume` from synchronous code (starts and closes an event loop)."""
+        return _run_blocking(self._resume_then_close(run_id, plan, options))
+
+    async def _resume_then_close(self, run_id: str, plan: Plan,
+                                 options: Mapping[str, Any]) -> RunResult:
+        try:
+            return await self.resume(run_id, plan, **options)
+        finally:
+            await self.aclose()
 
     def run_sync(self, plan: Plan, **options: Any) -> RunResult:
         """Run ``plan`` from synchronous code (starts and closes an event loop)."""
@@ -245,13 +335,16 @@ class Runtime:
         fail_fast: bool | None,
         on_event: EventSink | Sequence[EventSink] | None,
         run_id: str | None,
+        journaling: _Journaling,
+        lineage: str = "",
     ) -> Driver:
         plan.validate()
         graph = analyze(plan)
         sinks = [*self._sinks, *_sink_list(on_event)]
+        run_id, record, resumption = self._journal_for(plan, graph, run_id, journaling)
         state = SchedulerState(
             graph,
-            run_id=run_id or new_run_id(),
+            run_id=run_id,
             max_concurrency=self.max_concurrency,
             resource_limits=self.resource_limits,
             executor_limits={"thread": self.thread_workers, "process": self.process_workers},
@@ -259,12 +352,50 @@ class Runtime:
             default_executor=self.executor,
             estimates=self._estimates,
             rng=self._rng,
-            record_events=bool(sinks),
+            record_events=bool(sinks) or (self.store is not None and self.store.keeps_events),
         )
         executors: dict[str, Executor] = {
             name: self.executor_for(name) for name in {s.executor for s in state.slots}}
         return Driver(state, executors, sinks=sinks,
-                      deadline=self.deadline if deadline is None else deadline)
+                      deadline=self.deadline if deadline is None else deadline,
+                      store=self.store, run_record=record, resume=resumption,
+                      approvals=self.approvals, lineage=lineage)
+
+    def _journal_for(self, plan: Plan, graph: Graph, run_id: str | None,
+                     journaling: _Journaling) -> tuple[str, RunRecord | None, Resumption | None]:
+        """The run's id, its journal record, and (resuming) what to replay; checks first."""
+        store = self.store
+        if journaling.resume is not None:
+            if store is None:
+                raise ConfigError("resuming needs a journal: Runtime(store=...), not store=None")
+            description, _ = self._describe(plan, graph)
+            resumption = prepare_resume(store, journaling.resume, graph, description,
+                                        rerun_in_doubt=journaling.rerun_in_doubt,
+                                        mark_done=journaling.mark_done)
+            return journaling.resume, resumption.record, resumption
+        if journaling.rerun_in_doubt or journaling.mark_done:
+            raise ConfigError("rerun_in_doubt and mark_done apply only when resuming a run")
+        if store is None:
+            return run_id or new_run_id(), None, None
+        if run_id is not None and store.get_run(run_id) is not None:
+            raise ConfigError(f"run {run_id!r} is in the journal already; continue it with "
+                              f"Runtime.resume({run_id!r}, plan) or choose another run_id")
+        if store.durable:
+            description, digest = self._describe(plan, graph)
+        else:  # resumed, if ever, in this process: describe the plan only then
+            description, digest = LazyDescription(graph), ""
+        record = RunRecord(run_id or new_run_id(), time.time(), len(graph.nodes), digest,
+                           description, dict(journaling.source or {}), plan.name)
+        return record.run_id, record, None
+
+    @staticmethod
+    def _describe(plan: Plan, graph: Graph) -> tuple[Mapping[str, Any], str]:
+        """The plan's description for resume's change check, and its fingerprint (cached)."""
+        def compute() -> tuple[Mapping[str, Any], str]:
+            description = describe_plan(graph)
+            return description, fingerprint(description)
+
+        return plan.memo("journal", compute)
 
     async def _drive(self, driver: Driver) -> RunResult:
         for executor in {id(e): e for e in self._executors.values()}.values():
@@ -273,6 +404,7 @@ class Runtime:
 
     async def aclose(self) -> None:
         """Release backends (thread pools, worker processes); abandoned threads are not awaited."""
+        await self.approvals.aclose()
         executors, self._executors = self._executors, {}
         for executor in executors.values():
             await executor.close()
@@ -283,6 +415,29 @@ class Runtime:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         await self.aclose()
+
+
+@dataclass(frozen=True, slots=True)
+class _Journaling:
+    """How a run meets the journal: a fresh run (with where its plan came from) or a resume."""
+
+    resume: str | None = None
+    rerun_in_doubt: tuple[str, ...] = ()
+    mark_done: Mapping[str, Any] | None = None
+    source: Mapping[str, Any] | None = None
+
+
+def _approval_desk(approver: Approver | Callback | None, timeout: float | None,
+                   rate: str | Rate | tuple[float, float] | None,
+                   budget: int | None) -> ApprovalDesk:
+    """The runtime's approval desk, from its checked settings."""
+    if timeout is not None and not timeout > 0:
+        raise ConfigError(f"approval_timeout must be positive seconds, got {timeout!r}")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int)
+                               or budget < 0):
+        raise ConfigError(f"approval_budget must be a whole number, 0 or more, got {budget!r}")
+    return ApprovalDesk(as_approver(approver), timeout=timeout,
+                        rate=None if rate is None else parse_rate(rate), budget=budget)
 
 
 def _sink_list(on_event: EventSink | Sequence[EventSink] | None) -> list[Callable[[Event], None]]:

@@ -14,7 +14,7 @@ import re
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, get_type_hints
+from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 
 import pydantic
 from pydantic import ConfigDict
@@ -23,6 +23,9 @@ from pydantic.fields import FieldInfo
 from shoal.exceptions import ToolDefinitionError
 
 __all__ = [
+    "IDEMPOTENCY_KEY",
+    "IdempotencyKey",
+    "Injected",
     "ModelFacts",
     "args_model",
     "describe_errors",
@@ -32,6 +35,37 @@ __all__ = [
     "param_docs",
     "summary",
 ]
+
+
+class Injected:
+    """Marks a parameter that the runtime fills in itself, such as :data:`IdempotencyKey`.
+
+    Such a parameter is left out of the tool's schema: callers and models never see or set it.
+    """
+
+    __slots__ = ("what",)
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __repr__(self) -> str:
+        return f"Injected({self.what!r})"
+
+
+IDEMPOTENCY_KEY = Injected("idempotency_key")
+IdempotencyKey = Annotated[str, IDEMPOTENCY_KEY]
+"""Annotate a tool parameter with this to receive an idempotency key: ``"<run id>:<node id>"``,
+the same for every attempt of the call, and after a crash and resume too, so a remote service
+can tell a repeat from a new request. Not part of the tool's schema."""
+
+
+def _injected(annotation: Any) -> str | None:
+    """What the runtime injects into a parameter with this annotation (``None``: nothing)."""
+    if get_origin(annotation) is Annotated:
+        for extra in get_args(annotation)[1:]:
+            if isinstance(extra, Injected):
+                return extra.what
+    return None
 
 
 _ARG_DOC = re.compile(r"^\s{2,}(\*{0,2}\w+)\s*(?:\([^)]*\))?\s*:\s*(.+)$")
@@ -128,6 +162,7 @@ def args_model(
     taken = {p.name for p in params}
     fields: dict[str, Any] = {}
     renames: dict[str, str] = {}
+    injected: dict[str, str] = {}
     extra: Literal["forbid", "allow"] = "forbid"
     for param in params:
         if param.kind is param.VAR_POSITIONAL:
@@ -145,6 +180,9 @@ def args_model(
         annotation = hints.get(param.name, param.annotation)
         if annotation is inspect.Parameter.empty:
             annotation = Any
+        if (what := _injected(annotation)) is not None:  # filled in by the runtime: no field
+            injected[param.name] = what
+            continue
         default = ... if param.default is inspect.Parameter.empty else param.default
         key, alias = param.name, None
         if _needs_alias(param.name):
@@ -156,6 +194,7 @@ def args_model(
     model_name = re.sub(r"\W", "_", name) + "_args"
     model: type[pydantic.BaseModel] = pydantic.create_model(model_name, __config__=config, **fields)
     _FACTS[model] = ModelFacts.of(model, renames)
+    _FACTS[model].injected = injected
     return model
 
 
@@ -169,6 +208,7 @@ class ModelFacts:
     accepts_extra: bool
     fresh_defaults: bool | None  # a default_factory anywhere (None: the schema is not built)
     adapters: dict[str, pydantic.TypeAdapter[Any] | None] = field(default_factory=dict)
+    injected: dict[str, str] = field(default_factory=dict)  # parameter -> what the runtime puts
 
     @classmethod
     def of(cls, model: type[pydantic.BaseModel], renames: Mapping[str, str]) -> ModelFacts:

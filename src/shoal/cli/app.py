@@ -1,5 +1,9 @@
 """The ``shoal`` command: ``shoal run PLAN_FILE`` runs a plan file and shows how it goes.
 
+``shoal run`` journals to ``.shoal/runs.db`` (``--store PATH``, ``--no-store``); ``shoal runs``,
+``shoal show``, ``shoal resume`` and ``shoal cancel`` work on that journal
+(:mod:`shoal.cli.journal`).
+
 Exit codes: 0 every node ok; 1 some node did not succeed; 2 a bad plan or bad options;
 130 interrupted by Ctrl-C.
 """
@@ -7,9 +11,11 @@ Exit codes: 0 every node ok; 1 some node did not succeed; 2 a bad plan or bad op
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -20,19 +26,29 @@ from rich.console import Console
 
 from shoal import __version__
 from shoal.agents.budget import Budget
+from shoal.approvals import Approver, ConsoleApprover, Rule, RulesApprover
 from shoal.cli.agents import AgentOptions, is_agent_target, model_option, run_agent_target
 from shoal.cli.interrupt import EXIT_INTERRUPTED, CtrlC
-from shoal.cli.live import SHOW_CURSOR, follow
+from shoal.cli.journal import register as register_journal_commands
+from shoal.cli.live import SHOW_CURSOR, LivePause, follow
 from shoal.cli.render import plan_problems, render_result
 from shoal.events import JsonlSink
-from shoal.exceptions import ConfigError, MissingDependencyError, PlanError, ToolDefinitionError
+from shoal.exceptions import (
+    ConfigError,
+    MissingDependencyError,
+    PlanChangedError,
+    PlanError,
+    StoreError,
+    ToolDefinitionError,
+)
 from shoal.outcome import RunResult
 from shoal.plan import Plan
 from shoal.planfile import load_plan
 from shoal.runtime import Runtime
+from shoal.store.sqlite import DEFAULT_PATH, SQLiteStore
 
-__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_OK", "RunOptions", "app", "main", "run_agent",
-           "run_plan"]
+__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_OK", "RunOptions", "app", "approver_for", "main",
+           "run_agent", "run_plan"]
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 PLAIN_WIDTH = 120  # when stdout is not a terminal, rich would otherwise squeeze tables to 80
@@ -65,14 +81,64 @@ class RunOptions:
     deadline: float | None = None
     fail_fast: bool = False
     events: Path | None = None
+    approve: str | None = None
+    approval_timeout: float | None = None
+    process_workers: int | None = None
+    store: Path | None = None  # the journal file (None: no journal)
+    resume: str | None = None  # the run to resume (plan_file is the one it started with)
+    rerun_in_doubt: tuple[str, ...] = ()
+    mark_done: Mapping[str, Any] | None = None
 
-    def runtime(self) -> Runtime:
-        """A runtime with these settings; unset ones keep the runtime's defaults."""
+    def start_options(self) -> dict[str, Any]:
+        """What ``Runtime.start`` needs besides the plan: where it came from, or the resume."""
+        if self.resume is not None:
+            return {"resume": self.resume, "rerun_in_doubt": self.rerun_in_doubt,
+                    "mark_done": self.mark_done}
+        if self.store is None:
+            return {}
+        text = self.plan_file.read_text(encoding="utf-8")
+        settings = {"executor": self.executor, "max_concurrency": self.max_concurrency,
+                    "process_workers": self.process_workers}
+        return {"source": {"path": str(self.plan_file.resolve()), "cwd": os.getcwd(),
+                           "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+                           "text": text, "settings": settings}}
+
+    def runtime(self, pause: LivePause | None = None) -> Runtime:
+        """A runtime with these settings; unset ones keep the runtime's defaults.
+
+        ``pause`` lets a console approver stop the live view while it asks.
+        """
         settings: dict[str, Any] = {"executor": self.executor, "deadline": self.deadline,
-                                    "fail_fast": self.fail_fast}
+                                    "fail_fast": self.fail_fast,
+                                    "process_workers": self.process_workers,
+                                    "approver": approver_for(self.approve, pause),
+                                    "approval_timeout": self.approval_timeout,
+                                    "store": None if self.store is None else SQLiteStore(
+                                        self.store, keep_events=True)}
         if self.max_concurrency is not None:  # None would mean unbounded, not "default"
             settings["max_concurrency"] = self.max_concurrency
         return Runtime(**settings)
+
+
+def approver_for(mode: str | None, pause: LivePause | None = None) -> Approver | None:
+    """The approver ``--approve MODE`` names; without one, the console when stdin is a terminal.
+
+    ``console`` asks on the terminal, ``deny`` refuses every gated call, ``allow`` approves
+    every one (say so explicitly: it is the same as not gating), anything else is a rules
+    file (YAML or JSON; ``otherwise: ask`` passes unmatched calls to the console).
+    """
+    if mode is None:
+        mode = "console" if sys.stdin.isatty() else None
+    if mode is None:
+        return None  # gated calls are denied, saying how to approve them
+    console = ConsoleApprover(pause=pause)
+    if mode == "console":
+        return console
+    if mode == "deny":
+        return RulesApprover([Rule("deny", reason="denied by --approve deny")])
+    if mode == "allow":
+        return RulesApprover([Rule("allow", reason="approved by --approve allow")])
+    return RulesApprover.from_file(mode, ask=console)
 
 
 def _show_version(value: bool) -> None:
@@ -144,28 +210,57 @@ def run_command(
         "--events", metavar="FILE.jsonl", show_default=False,
         help="Append every event (queued, started, finished, ...) to this file as JSON lines.",
     )] = None,
+    approve: Annotated[str | None, typer.Option(
+        "--approve", metavar="console|deny|allow|RULES", show_default=False,
+        help="Who decides on calls that need approval: console (ask here; the default when "
+             "stdin is a terminal), deny, allow, or a rules file (YAML/JSON: rules of "
+             "allow/deny patterns, otherwise: deny|allow|ask). Without an approver such calls "
+             "are denied.",
+    )] = None,
+    approval_timeout: Annotated[float | None, typer.Option(
+        "--approval-timeout", metavar="SECONDS", min=0.001, show_default=False,
+        help="Deny a call nobody decided on within this long.",
+    )] = None,
+    process_workers: Annotated[int | None, typer.Option(
+        "--process-workers", metavar="N", min=1, show_default=False,
+        help="Worker processes for the process backend (default: one per CPU).",
+    )] = None,
+    store: Annotated[Path, typer.Option(
+        "--store", metavar="PATH",
+        help="Journal the run here (SQLite), for shoal runs / show / resume / cancel.",
+    )] = DEFAULT_PATH,
+    no_store: Annotated[bool, typer.Option(
+        "--no-store", help="Do not journal the run (it cannot be resumed).",
+    )] = False,
 ) -> None:
     """Run a plan file or an agent (see RUN_HELP)."""
     if is_agent_target(str(plan_file)):
         raise typer.Exit(run_agent(str(plan_file), prompt, model, as_json, max_concurrency,
                                    executor.value if executor is not None else None,
-                                   deadline, events))
+                                   deadline, events, approve=approve,
+                                   approval_timeout=approval_timeout))
     if prompt is not None or model is not None:
         raise typer.Exit(_bad_input(
             "usage", f"a PROMPT and --model are for agents (module:agent); {str(plan_file)!r} "
                      "is a plan file", as_json))
     options = RunOptions(plan_file, as_json, max_concurrency,
                          executor.value if executor is not None else None,
-                         deadline, fail_fast, events)
+                         deadline, fail_fast, events, approve, approval_timeout, process_workers,
+                         None if no_store else store)
     raise typer.Exit(run_plan(options))
+
+
+register_journal_commands(app)  # runs, show, resume, cancel
 
 
 def run_agent(target: str, prompt: str | None, model: str | None, as_json: bool,
               max_concurrency: int | None, executor: str | None, deadline: float | None,
-              events: Path | None) -> int:
+              events: Path | None, *, approve: str | None = None,
+              approval_timeout: float | None = None) -> int:
     """Run the agent ``target`` names on ``prompt`` as ``shoal run`` does; return the exit code.
 
-    ``deadline`` becomes the tree's wall-clock budget.
+    ``deadline`` becomes the tree's wall-clock budget. ``approve`` names the approver as
+    ``--approve`` does (for agents only when given: the live tree cannot pause for prompts).
     """
     _put_cwd_on_path()
     sink = _open_events(events)
@@ -174,7 +269,9 @@ def run_agent(target: str, prompt: str | None, model: str | None, as_json: bool,
     live = not as_json and sys.stdout.isatty()
     console = Console(highlight=False, width=None if live else _plain_width())
     try:
-        settings: dict[str, Any] = {"executor": executor}
+        settings: dict[str, Any] = {"executor": executor, "approval_timeout": approval_timeout}
+        if approve is not None:
+            settings["approver"] = approver_for(approve)
         if max_concurrency is not None:
             settings["max_concurrency"] = max_concurrency
         chosen = model_option(model) if model is not None else None
@@ -199,19 +296,25 @@ def run_plan(options: RunOptions) -> int:
         return _bad_plan(exc, options.as_json)
     except (ConfigError, ToolDefinitionError, MissingDependencyError) as exc:
         return _bad_input("config", str(exc), options.as_json)
+    except PlanChangedError as exc:
+        return _bad_input("plan_changed", str(exc), options.as_json)
+    except StoreError as exc:
+        return _bad_input("journal", str(exc), options.as_json)
 
 
 def _run_checked(options: RunOptions) -> int:
     _put_cwd_on_path()
-    runtime = options.runtime()
+    live = not options.as_json and sys.stdout.isatty()
+    pause = LivePause() if live else None
+    runtime = options.runtime(pause)
     plan = load_plan(options.plan_file)
     sink = _open_events(options.events)
     if isinstance(sink, str):
         return _bad_input("events", sink, options.as_json)
-    live = not options.as_json and sys.stdout.isatty()
     console = Console(highlight=False, width=None if live else _plain_width())
     try:
-        result, interrupted = asyncio.run(_drive(runtime, plan, sink, console if live else None))
+        result, interrupted = asyncio.run(_drive(runtime, plan, sink, console if live else None,
+                                                 pause, options.start_options()))
     finally:
         if sink is not None:
             sink.close()
@@ -247,13 +350,18 @@ def _open_events(path: Path | None) -> JsonlSink | str | None:
 
 
 async def _drive(runtime: Runtime, plan: Plan, sink: JsonlSink | None,
-                 live: Console | None) -> tuple[RunResult, bool]:
+                 live: Console | None, pause: LivePause | None = None,
+                 start: Mapping[str, Any] | None = None) -> tuple[RunResult, bool]:
     """Run ``plan``; return its result and whether Ctrl-C stopped it."""
     try:
-        handle = runtime.start(plan, on_event=sink)
+        handle = runtime.start(plan, on_event=sink, **(start or {}))
+        if runtime.store is not None:  # the id that shoal show / resume / cancel take
+            doing = "resuming" if (start or {}).get("resume") else "journaling"
+            sys.stderr.write(f"shoal: run {handle.run_id} ({doing} in "
+                             f"{getattr(runtime.store, 'path', 'the store')})\n")
         with CtrlC(handle, on_hard_exit=_show_cursor if live else _nothing) as ctrl_c:
             title = f"shoal · {plan.name}" if plan.name else "shoal"
-            result = await (follow(handle, live, title) if live is not None else handle)
+            result = await (follow(handle, live, title, pause) if live is not None else handle)
         return result, ctrl_c.interrupted
     finally:
         await runtime.aclose()

@@ -8,6 +8,8 @@ own refresh thread is off; this loop redraws).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -20,11 +22,45 @@ from shoal.outcome import RunResult
 from shoal.runtime import RunHandle
 from shoal.scheduler.driver import Snapshot
 
-__all__ = ["MAX_RUNNING_ROWS", "REFRESH_PER_SECOND", "SHOW_CURSOR", "follow", "render_snapshot"]
+__all__ = [
+    "MAX_RUNNING_ROWS", "REFRESH_PER_SECOND", "SHOW_CURSOR", "LivePause", "follow",
+    "render_snapshot",
+]  # fmt: skip
 
 REFRESH_PER_SECOND = 8
 MAX_RUNNING_ROWS = 15
 SHOW_CURSOR = b"\x1b[?25h"  # Live hides the cursor; a hard exit must give it back
+
+
+class LivePause:
+    """Lets a prompt (a :class:`~shoal.approvals.ConsoleApprover`) borrow the terminal.
+
+    Pass it as the approver's ``pause``; the live view attaches its display. While a prompt
+    holds it, the display is stopped (its frame erased) and not redrawn; afterwards it resumes.
+    """
+
+    def __init__(self) -> None:
+        self._live: Live | None = None
+        self.paused = False
+
+    def attach(self, live: Live | None) -> None:
+        """The display to pause (``None``: none any more)."""
+        self._live = live
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        """Hold the terminal: the display stops until the block ends."""
+        live = self._live
+        if live is None or self.paused:
+            yield
+            return
+        self.paused = True
+        live.stop()
+        try:
+            yield
+        finally:
+            self.paused = False
+            live.start(refresh=True)
 
 
 def _counts(snap: Snapshot) -> Text:
@@ -35,7 +71,11 @@ def _counts(snap: Snapshot) -> Text:
         text.append(f"{status} {n}", style=style if n else "dim")
         text.append("  ")
     text.append(f"running {len(snap.running)}", style="bold cyan")
-    text.append(f"  waiting {snap.total - done - len(snap.running)}  total {snap.total}")
+    awaiting = len(snap.awaiting_approval)
+    if awaiting:
+        text.append(f"  awaiting approval {awaiting}", style="bold yellow")
+    text.append(f"  waiting {snap.total - done - len(snap.running) - awaiting}  "
+                f"total {snap.total}")
     return text
 
 
@@ -73,15 +113,24 @@ def render_snapshot(snap: Snapshot, title: str) -> RenderableType:
     return Group(*parts)
 
 
-async def follow(handle: RunHandle, console: Console, title: str) -> RunResult:
+async def follow(handle: RunHandle, console: Console, title: str,
+                 pause: LivePause | None = None) -> RunResult:
     """Show the run live on ``console`` until it ends; return its result.
 
-    The frame is transient: it is erased at the end so the final table replaces it.
+    The frame is transient: it is erased at the end so the final table replaces it. While
+    ``pause`` is held (by a prompt), the frame is not redrawn.
     """
     waiter = asyncio.ensure_future(handle)
     frame = render_snapshot(handle.snapshot(), title)
     with Live(frame, console=console, auto_refresh=False, transient=True) as live:
-        while not waiter.done():
-            await asyncio.wait({waiter}, timeout=1 / REFRESH_PER_SECOND)
-            live.update(render_snapshot(handle.snapshot(), title), refresh=True)
+        if pause is not None:
+            pause.attach(live)
+        try:
+            while not waiter.done():
+                await asyncio.wait({waiter}, timeout=1 / REFRESH_PER_SECOND)
+                if pause is None or not pause.paused:
+                    live.update(render_snapshot(handle.snapshot(), title), refresh=True)
+        finally:
+            if pause is not None:
+                pause.attach(None)
     return waiter.result()

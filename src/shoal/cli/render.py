@@ -24,6 +24,7 @@ STATUS_STYLES = {
     "cancelled": "yellow",
     "skipped": "dim yellow",
     "denied": "magenta",
+    "in_doubt": "bold magenta",
 }
 FULL_TABLE_LIMIT = 50  # above this many nodes, ok rows are only counted: failures stay visible
 PREVIEW_WIDTH = 70

@@ -162,7 +162,22 @@ def watch_parent(cmd_fd: int) -> None:
     while True:
         for _, events in poller.poll():
             if events & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
-                os._exit(0)
+                exit_with_group()
+
+
+def exit_with_group() -> None:
+    """Exit now, taking along whatever the running tool started.
+
+    The parent is gone (a forced exit, ``kill -9``): nobody else will kill this worker's
+    process group, so processes a tool started would otherwise outlive it. Only a worker that
+    leads its own group (the parent starts it in a session of its own) may kill the group.
+    """
+    import signal
+
+    if os.getpgrp() == os.getpid():
+        with contextlib.suppress(OSError):
+            os.killpg(os.getpid(), signal.SIGKILL)  # this process included: the exit
+    os._exit(0)
 
 
 def start_watchdog(cmd_fd: int) -> None:

@@ -42,8 +42,11 @@ run fail at once with :class:`~shoal.exceptions.ToolQuarantinedError`.
 **Timeouts and cancellation** kill the worker (``SIGKILL`` to its process group, so processes
 the tool started go too), reap it and re-raise. Workers run in sessions of their own, out of
 reach of a terminal's Ctrl-C, which is the parent's to handle. Workers also
-exit on their own when their command pipe closes, so a parent that dies leaves no orphans, and
-a finalizer kills the workers of a pool that was never closed. POSIX only.
+exit on their own when their command pipe closes, killing their process group as they go, so a
+parent that dies (``kill -9``, a forced exit) leaves no orphans, not even processes a tool
+started; a finalizer kills the workers of a pool that was never closed. Workers start one at a
+time (each start blocks the event loop until the child has exec'd), so a Ctrl-C or a
+cancellation is handled between starts rather than after all of them. POSIX only.
 """
 
 from __future__ import annotations
@@ -322,6 +325,7 @@ class ProcessExecutor(Executor):
         self._pids: set[int] = set()  # every worker not yet reaped, for the finalizer
         self._loop: asyncio.AbstractEventLoop | None = None
         self._freed = asyncio.Event()  # a worker became idle or went away
+        self._spawning = asyncio.Lock()  # one fork/exec at a time: see _spawn
         self.workers_started = 0
         self.workers_crashed = 0
         weakref.finalize(self, _kill_pids, self._pids)
@@ -410,6 +414,7 @@ class ProcessExecutor(Executor):
             self._drop(worker)  # that loop's child watcher reaps them
         self._loop = loop
         self._freed = asyncio.Event()
+        self._spawning = asyncio.Lock()
 
     def _check_quarantine(self, call: Call) -> None:
         crashes = self._crashes.get((call.run_id, call.tool.name), 0)
@@ -469,13 +474,18 @@ class ProcessExecutor(Executor):
         reply_read, reply_write = os.pipe()
         _widen(cmd_write, reply_write)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "shoal.executors._worker", str(cmd_read), str(reply_write),
-                stdin=asyncio.subprocess.DEVNULL, env=worker_env((*self.pass_env, *env_names)),
-                pass_fds=(cmd_read, reply_write),
-                # A session of its own: a terminal's Ctrl-C reaches the parent only (which
-                # decides what stops), and killing the group stops what a tool started too.
-                start_new_session=True)
+            # fork/exec blocks the loop until the child has exec'd (slow when many workers
+            # start on few cores); one at a time, the loop runs in between, so a Ctrl-C or a
+            # cancel is handled at once instead of after every pending start.
+            async with self._spawning:
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "shoal.executors._worker", str(cmd_read),
+                    str(reply_write), stdin=asyncio.subprocess.DEVNULL,
+                    env=worker_env((*self.pass_env, *env_names)),
+                    pass_fds=(cmd_read, reply_write),
+                    # A session of its own: a terminal's Ctrl-C reaches the parent only (which
+                    # decides what stops), and killing the group stops what a tool started too.
+                    start_new_session=True)
         except BaseException:
             os.close(cmd_write)
             os.close(reply_read)

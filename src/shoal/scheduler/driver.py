@@ -9,23 +9,64 @@ Attempts never raise into the driver: a tool's error, a timeout and a cancellati
 as an :class:`~shoal.scheduler.state.AttemptResult`. That is why the driver keeps its own set of
 tasks instead of an ``asyncio.TaskGroup`` (which would cancel every sibling on one error); it
 still never leaves a task behind: on every exit path it cancels and awaits whatever is running.
+
+With a store, the driver journals the run (:mod:`shoal.store.journal`): each input's outcomes
+and the attempts it starts go to the journal before the attempts are created, and each
+attempt awaits the journal's barrier before it runs, so with a durable store an outcome is
+committed before anything that depends on it starts. A resumed run first restores the
+outcomes the journal replays and holds in doubt what may not run twice.
+
+Approvals: the state machine says which nodes to ask about (:class:`~shoal.scheduler.state.Ask`);
+the driver stores each request in the ledger (the store, else the runtime's in-memory ledger),
+hands it to the runtime's :class:`~shoal.scheduler.approval_desk.ApprovalDesk`, and turns the
+answer into ``state.approve`` or ``state.deny``, storing the decision and marking it used first:
+a decision that cannot be stored, or was used already, denies the call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
+from typing import Any
 
+from shoal.approvals import ApprovalRequest, Decision, request_id
 from shoal.deps import Graph
 from shoal.events import Event, RunFinished, RunStarted
-from shoal.exceptions import ToolTimeoutError
+from shoal.exceptions import StoreError, ToolTimeoutError
 from shoal.executors.base import Call, Executor
-from shoal.outcome import RunResult
-from shoal.scheduler.state import AttemptResult, Decisions, SchedulerState
+from shoal.outcome import ErrorInfo, RunResult, jsonable
+from shoal.scheduler.approval_desk import ApprovalDesk, ApprovalLedger
+from shoal.scheduler.state import (
+    ApprovalAction,
+    Ask,
+    AttemptResult,
+    Decisions,
+    Phase,
+    SchedulerState,
+    Withdraw,
+)
+from shoal.store.base import (
+    ApprovalRecord,
+    AttemptEnded,
+    AttemptStarted,
+    CancelRequest,
+    EventRecord,
+    OutcomeRecord,
+    RunEnded,
+    RunRecord,
+    RunStatus,
+    Store,
+    approval_hash,
+    idempotency_key,
+)
+from shoal.store.journal import Journal
+from shoal.store.resume import Resumption
 
 __all__ = ["Driver", "Snapshot"]
 
@@ -42,6 +83,14 @@ class Snapshot:
     counts: Mapping[str, int]
     running: Sequence[tuple[str, str, str, float]]  # (node id, tool, executor, started at)
     finished: bool
+    awaiting_approval: Sequence[tuple[str, str, float]] = ()  # (node id, tool, waiting since)
+
+
+def _inject(call: Call) -> None:
+    """Fill in the parameters the runtime provides (see ``shoal.IdempotencyKey``)."""
+    for name, what in call.tool.injected.items():
+        if what == "idempotency_key":
+            call.args[name] = idempotency_key(call.run_id, call.node_id)
 
 
 class Driver:
@@ -54,11 +103,33 @@ class Driver:
         *,
         sinks: Sequence[Callable[[Event], None]] = (),
         deadline: float | None = None,
+        store: Store | None = None,
+        run_record: RunRecord | None = None,
+        resume: Resumption | None = None,
+        approvals: ApprovalDesk | None = None,
+        lineage: str = "",
     ) -> None:
         self.state = state
+        self.lineage = lineage
+        self._desk = approvals if approvals is not None else ApprovalDesk(None)
+        # one place decides where decisions are kept: the run's store, if it has one
+        self._ledger: ApprovalLedger = store if store is not None else self._desk.ledger
+        self._asked: dict[int, ApprovalRequest] = {}  # position -> its request at the desk
         self._executors = executors
         self._sinks = list(sinks)
         self._deadline = deadline
+        self._resume = resume
+        self._run_record = run_record
+        self._session = resume.session if resume is not None else 1
+        self._journal: Journal | None = None
+        # A durable journal gets every outcome and attempt as it happens; a memory store,
+        # which dies with the process anyway, gets the outcomes once, when the session ends.
+        self._streaming = store is not None and store.durable
+        if store is not None:
+            self._journal = Journal(store, state.run_id, on_cancel=self._cancel_request,
+                                    on_failure=self._journal_failed)
+            if store.keeps_events:
+                self._sinks.append(self._journal_event)
         self._tasks: dict[int, asyncio.Task[AttemptResult]] = {}
         self._timers: set[asyncio.TimerHandle] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -81,35 +152,47 @@ class Driver:
     async def run(self) -> RunResult:
         """Run until every node has an outcome; if cancelled from outside, stop all, re-raise."""
         self._loop = asyncio.get_running_loop()
-        self._t0 = self._loop.time()
-        self._mono_t0 = time.monotonic()  # backends report when work began on this clock
         self._epoch = time.time()
+        # a resumed run keeps the clock of its first session: replayed times stay comparable
+        offset = 0.0 if self._resume is None else self._epoch - self._resume.record.started_at
+        self._epoch -= offset
+        self._t0 = self._loop.time() - offset
+        self._mono_t0 = time.monotonic() - offset  # backends report when work began on this clock
         self._finished = self._loop.create_future()
-        self._publish([RunStarted(run_id=self.state.run_id, time=0.0,
+        self._open_journal()
+        self._publish([RunStarted(run_id=self.state.run_id, time=self.now(),
                                   nodes=len(self.state.slots), epoch=self._epoch)])
         for early in self._before_start:  # cancellations asked for before the run's first turn
+            if self._streaming:
+                self._journal_decisions(early)
             self._publish(early.events)
         self._before_start.clear()
         if self._deadline is not None:
-            self._set_timer(self._deadline, "deadline", -1)
-        self._apply(self.state.begin(0.0))
+            self._set_timer(self.now() + self._deadline, "deadline", -1)
+        if self._resume is not None:
+            self._restore(self._resume)
+        self._apply(self.state.begin(self.now()))
         try:
             await self._finished
         except asyncio.CancelledError:
             self.cancelled_reason = self.cancelled_reason or "the run was cancelled"
             self._apply(self.state.cancel(None, self.cancelled_reason, self.now()))
             await self._drain()
+            await self._close_journal(quiet=True)
             raise
         except BaseException:  # an internal error surfaced by _attempt_done: stop, then raise it
             await self._drain()
+            await self._close_journal(quiet=True)
             raise
         finally:
             for handle in self._timers:
                 handle.cancel()
             self._timers.clear()
+        await self._desk.drain(self.state.run_id)
         result = self.result()
         self._publish([RunFinished(run_id=self.state.run_id, time=max(self.now(), result.makespan),
                                    counts=result.counts, makespan=result.makespan)])
+        await self._close_journal()  # after RunFinished: a journal that keeps events has it too
         return result
 
     def cancel(self, node_ids: Iterable[str] | None, reason: str) -> None:
@@ -125,7 +208,12 @@ class Driver:
     def snapshot(self) -> Snapshot:
         """Counts and in-flight calls now."""
         return Snapshot(self.state.run_id, len(self.state.slots), self.now(),
-                        dict(self.state.status_counts), self.state.running(), self.state.finished)
+                        dict(self.state.status_counts), self.state.running(), self.state.finished,
+                        self.state.awaiting_approval())
+
+    def pending_approvals(self) -> list[ApprovalRequest]:
+        """The requests of this run waiting for a decision."""
+        return list(self._asked.values())
 
     def result(self) -> RunResult:
         """The outcomes so far (all of them once the run is over)."""
@@ -138,9 +226,10 @@ class Driver:
 
     def _apply(self, d: Decisions) -> None:
         assert self._loop is not None
+        barrier = self._journal_decisions(d) if self._streaming else None
         # Starts before cancels: one decision can start a call and (fail_fast) cancel it.
         for call in d.starts:
-            task = self._loop.create_task(self._attempt(call))
+            task = self._loop.create_task(self._attempt(call, barrier))
             self._tasks[call.pos] = task
             task.add_done_callback(partial(self._attempt_done, call))
         for pos in d.cancels:
@@ -151,13 +240,21 @@ class Driver:
             self._set_timer(when, kind, pos)
         if d.events:
             self._publish(d.events)
+        if d.approvals:
+            self._approvals(d.approvals)
         if self.state.finished and self._finished is not None and not self._finished.done():
             self._finished.set_result(None)
 
-    async def _attempt(self, call: Call) -> AttemptResult:
+    async def _attempt(self, call: Call, barrier: asyncio.Future[None] | None) -> AttemptResult:
         executor = self._executors[call.executor]
         scope: asyncio.Timeout | None = None
         try:
+            if barrier is not None:  # the journal holds what released this call, and its start
+                await barrier
+                if self._journal is not None and self._journal.failed is not None:
+                    return AttemptResult("cancelled")  # the run is stopping: never run it
+            if call.tool.injected:
+                _inject(call)
             if executor.prepares:  # outside the timeout: waiting for a worker is not the call's
                 await executor.prepare(call)
             if call.timeout is None:
@@ -184,6 +281,11 @@ class Driver:
         result = AttemptResult("cancelled") if task.cancelled() else task.result()
         if call.began_at is not None:
             result.began = call.began_at - self._mono_t0
+        if self._streaming and self._journal is not None:
+            error = "" if result.error is None else str(ErrorInfo.from_exception(
+                result.error, with_traceback=False))
+            self._journal.add(AttemptEnded(self.state.run_id, self._session, call.node_id,
+                                           call.attempt, result.status, self.now(), error))
         try:
             self._apply(self.state.finish(call.pos, result, self.now()))
         except Exception as exc:  # a bug in shoal itself: end the run loudly rather than hang
@@ -222,6 +324,90 @@ class Driver:
                 except Exception:  # an observer's bug must not break the run it observes
                     log.exception("event sink %r failed on %s; continuing", sink, event.kind)
 
+    # ---- the journal --------------------------------------------------------------------
+
+    def _open_journal(self) -> None:
+        if self._journal is None or self._run_record is None:
+            return
+        assert self._loop is not None
+        self._journal.open(self._loop)
+        self._journal.add(replace(
+            self._run_record, started_at=self._epoch, status="running", sessions=self._session,
+            finished_at=None, heartbeat=time.time(), pid=os.getpid(), host=socket.gethostname()))
+
+    def _journal_decisions(self, d: Decisions) -> asyncio.Future[None] | None:
+        """Journal ``d``'s outcomes and starts; return what the starts must wait for."""
+        journal = self._journal
+        if journal is None:
+            return None
+        run_id, slots, now = self.state.run_id, self.state.slots, self.now()
+        for pos in d.done:
+            slot = slots[pos]
+            assert slot.outcome is not None
+            journal.add(OutcomeRecord(run_id, slot.outcome, slot.node.index))
+        for call in d.starts:
+            journal.add(AttemptStarted(run_id, self._session, call.node_id, call.attempt,
+                                       call.tool.name, call.executor, now))
+        return journal.barrier() if d.starts else None
+
+    def _restore(self, resume: Resumption) -> None:
+        """Resume: hold what is in doubt, replay what completed, record what a person settled."""
+        now = self.now()
+        # first: replaying releases nodes, and a call in doubt must not be released as ready.
+        # With an approver, a person decides whether each call in doubt runs again.
+        self._apply(self.state.hold_in_doubt(resume.in_doubt, now,
+                                             ask=self._desk.approver is not None))
+        self.state.restore([*resume.replay, *resume.settled], now)
+        if self._streaming and self._journal is not None:
+            for outcome in resume.settled:  # new to the journal, unlike the replayed ones
+                index = self.graph.nodes[self.graph.position[outcome.node_id]].index
+                self._journal.add(OutcomeRecord(self.state.run_id, outcome, index))
+
+    def _journal_event(self, event: Event) -> None:
+        if self._journal is not None:
+            self._journal.add(EventRecord(self.state.run_id, event))
+
+    async def _close_journal(self, *, quiet: bool = False) -> None:
+        """Record how this session ended and wait until everything is committed."""
+        journal, self._journal = self._journal, None
+        if journal is None:
+            return
+        result = self.result()
+        status: RunStatus = "cancelled" if self.cancelled_reason else "finished"
+        if not self._streaming:
+            run_id = self.state.run_id
+            journal.add_many([OutcomeRecord(run_id, slot.outcome, slot.node.index)
+                              for slot in self.state.slots if slot.outcome is not None])
+        if journal.failed is None:
+            journal.add(RunEnded(self.state.run_id, status, time.time(), result.counts,
+                                 result.makespan))
+        try:
+            await journal.close()
+        except StoreError:
+            if not quiet:
+                raise
+
+    def _cancel_request(self, request: CancelRequest) -> None:
+        """A cancel request from the journal (``shoal cancel`` in another process)."""
+        if self.state.finished:
+            return
+        if not request.node_ids:
+            self.cancel(None, request.reason)
+            return
+        known = [n for n in request.node_ids if n in self.graph.position]
+        if len(known) < len(request.node_ids):
+            log.warning("cancel request for run %s names unknown nodes %s", self.state.run_id,
+                        sorted(set(request.node_ids) - set(known)))
+        if known:
+            self.cancel(known, request.reason)
+
+    def _journal_failed(self, error: BaseException) -> None:
+        """The journal cannot be written: stop the run, since durability is no longer kept."""
+        if self._finished is not None and not self._finished.done():
+            self._finished.set_exception(StoreError(
+                f"the journal of run {self.state.run_id} could not be written, so the run "
+                f"stopped: {error}"))
+
     async def _drain(self) -> None:
         """Wait for cancelled attempts to end, so no task outlives the run."""
         while self._tasks:
@@ -229,3 +415,103 @@ class Driver:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        await self._desk.drain(self.state.run_id)
+
+    # ---- approvals ----------------------------------------------------------------------
+
+    def _approvals(self, actions: list[ApprovalAction]) -> None:
+        asks: list[Ask] = []
+        for action in actions:
+            if isinstance(action, Withdraw):
+                request = self._asked.pop(action.pos, None)
+                if request is not None:  # the ledger keeps it pending: a resume asks again
+                    self._desk.withdraw(request.id)
+            else:
+                asks.append(action)
+        if not asks:
+            return
+        barrier = self._journal.barrier() if self._journal is not None else None
+        if barrier is None:
+            self._ask(asks)
+        else:  # the run's record must be in the store before its requests are
+            barrier.add_done_callback(lambda _: self._ask(asks))
+
+    def _ask(self, asks: list[Ask]) -> None:
+        run_id = self.state.run_id
+        for ask in asks:
+            slot = self.state.slots[ask.pos]
+            if slot.phase is not Phase.APPROVAL:
+                continue  # cancelled while its request was being stored
+            request = ApprovalRequest(
+                request_id(run_id, ask.node_id, ask.args_hash), run_id, ask.node_id, ask.tool,
+                ask.args, ask.args_hash, f"{self.lineage}/{ask.node_id}" if self.lineage
+                else ask.node_id, ask.reason, time.time(), slot.node.tool.description)
+            try:
+                known = self._ledger.request_approval(ApprovalRecord(
+                    run_id, ask.node_id, ask.tool, ask.args_hash, arguments=ask.args,
+                    kind=ask.kind, requested_at=request.requested_at))
+            except Exception as exc:  # unstored, it could not be used once: deny
+                self._deny(ask.pos, request, f"the request could not be stored: {exc}", "journal")
+                continue
+            if known.decision != "pending":  # decided before the run stopped (resume)
+                earlier = (Decision.approve(known.reason) if known.decision == "approved"
+                           else Decision.deny(known.reason or "denied"))
+                self._ruled(ask.pos, request, earlier, known.decided_by or "journal")
+                continue
+            self._asked[ask.pos] = request
+            self._desk.submit(request, partial(self._ruled, ask.pos, request))
+
+    def _ruled(self, pos: int, request: ApprovalRequest, decision: Decision, by: str) -> None:
+        """Store ``decision``, use it (once), and let the state machine act on it."""
+        self._asked.pop(pos, None)
+        if self.state.slots[pos].phase is not Phase.APPROVAL:
+            return  # cancelled or ended meanwhile: nothing to act on
+        if decision.verdict == "deny":
+            self._deny(pos, request, decision.reason, by)
+            return
+        try:
+            args, args_hash = self._final_args(pos, request, decision, by)
+            self._ledger.decide(request.run_id, request.node_id, args_hash, "approved",
+                                decided_by=by, reason=decision.reason)
+            used = self._ledger.use_decision(request.run_id, request.node_id, args_hash)
+        except Exception as exc:  # bad edited arguments, or a store that cannot be written
+            self._deny(pos, request, str(exc), by)
+            return
+        if used is None or used.decision != "approved":
+            self._deny(pos, request, "the approval was already used (a decision is used once)",
+                       by)
+            return
+        self._apply(self.state.approve(pos, args_hash, self.now(), args=args, by=by,
+                                       reason=decision.reason, verdict=decision.verdict))
+
+    def _final_args(self, pos: int, request: ApprovalRequest, decision: Decision,
+                    by: str) -> tuple[dict[str, Any] | None, str]:
+        """The arguments a decision approves (``None``: as asked) and their hash.
+
+        An edit is validated against the tool's schema; the request it replaces is closed in
+        the ledger as denied, and the edited call gets a request of its own.
+        """
+        if decision.verdict != "edit" or decision.args is None:
+            return None, request.args_hash
+        tool = self.state.slots[pos].node.tool
+        try:
+            args = tool.validate(decision.args)
+        except Exception as exc:
+            raise ValueError(f"the edited arguments do not fit tool {tool.name!r}: {exc}") from exc
+        args_hash = approval_hash(tool.name, args)
+        if args_hash != request.args_hash:
+            self._ledger.decide(request.run_id, request.node_id, request.args_hash, "denied",
+                                decided_by=by, reason=f"replaced by edited arguments "
+                                f"({args_hash[:12]})")
+            self._ledger.request_approval(ApprovalRecord(
+                request.run_id, request.node_id, tool.name, args_hash, arguments=jsonable(args),
+                requested_at=time.time()))
+        return args, args_hash
+
+    def _deny(self, pos: int, request: ApprovalRequest, reason: str, by: str) -> None:
+        try:
+            self._ledger.decide(request.run_id, request.node_id, request.args_hash, "denied",
+                                decided_by=by, reason=reason)
+        except Exception:  # a denial needs no stored record to be safe
+            log.exception("could not store the denial of %s", request.id)
+        self._apply(self.state.deny(pos, reason, self.now(), by=by))

@@ -1,0 +1,742 @@
+r"""The scheduler's state machine: every decision about which call runs when, and no I/O.
+
+The driver (:mod:`shoal.scheduler.driver`) feeds it inputs (``begin``, ``finish``,
+``retry_due``, ``wake``, ``cancel``, ``expire``, ``approve``, ``deny``; on resume first
+``hold_in_doubt`` and ``restore``) with the current run time, and carries out the
+:class:`Decisions` each input returns: attempts to start, running attempts to cancel, timers
+to set, approvals to ask for, events to publish, outcomes to journal. Nothing here
+awaits, sleeps, reads a clock or touches a thread, so each transition is exact and every path
+is testable without time passing.
+
+A node moves through these phases; :data:`TRANSITIONS` is the whole table::
+
+    WAITING --deps done--> READY --slot free--> RUNNING --ok/final error--> DONE
+       |                     |                    |  \\--retryable error--> BACKOFF --due--> READY
+       \\--skip/cancel--------+--cancel/stop-------+---------------------------/--cancel--> DONE
+       |                     ^
+       \\--needs approval--> APPROVAL --approved/edited   (denied/cancelled --> DONE)
+
+A node whose tool needs approval waits in ``APPROVAL`` (holding no limit, so nothing else
+waits for it) once its arguments are resolved: the state machine emits an :class:`Ask`, the
+driver asks and feeds back :meth:`SchedulerState.approve` or :meth:`SchedulerState.deny`.
+An approval is bound to the hash of the exact arguments; the hash is checked again right
+before every attempt starts, so an approval for some arguments can never start others.
+
+The ready queue is a heap ordered by critical path: the node with the longest chain of
+estimated work still behind it goes first. Estimates start from each tool's ``estimate`` (or
+1 unit) and are learned per tool as calls finish. A node blocked by a per-tool, per-key or rate
+limit is parked on that limit and returns to the heap when the limit frees up, so nothing polls.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from shoal.approvals import request_id
+from shoal.deps import Graph
+from shoal.events import (
+    ApprovalDecided,
+    ApprovalRequested,
+    Event,
+    NodeCancelled,
+    NodeFinished,
+    NodeQueued,
+    NodeRetrying,
+    NodeSkipped,
+    NodeStarted,
+)
+from shoal.executors.base import Call
+from shoal.limits import ConcurrencyLimit
+from shoal.outcome import STATUSES, ErrorInfo, Outcome, Status, jsonable
+from shoal.plan import Node, Ref
+from shoal.scheduler.args import isolate_all, resolve_arguments
+from shoal.scheduler.gates import Gates
+from shoal.scheduler.priority import CriticalPath
+from shoal.store.base import approval_hash
+from shoal.tools import Isolation, Tool
+
+__all__ = [
+    "TRANSITIONS", "ApprovalAction", "Ask", "AttemptResult", "Decisions", "Phase",
+    "SchedulerState", "Withdraw",
+]  # fmt: skip
+
+
+class Phase:
+    """Where a node is in its life: ``WAITING``, ``APPROVAL``, ``READY``, ``RUNNING``, ...
+
+    The phases are ``WAITING``, ``APPROVAL``, ``READY``, ``RUNNING``, ``BACKOFF``, ``DONE``.
+
+    Plain singletons rather than an ``Enum``: phases are compared and hashed on every transition
+    of every node, and identity hashing is several times cheaper than ``Enum.__hash__``.
+    """
+
+    __slots__ = ("value",)
+    WAITING: Phase
+    APPROVAL: Phase
+    READY: Phase
+    RUNNING: Phase
+    BACKOFF: Phase
+    DONE: Phase
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"Phase.{self.value.upper()}"
+
+
+for _name in ("waiting", "approval", "ready", "running", "backoff", "done"):
+    setattr(Phase, _name.upper(), Phase(_name))
+PHASES = (Phase.WAITING, Phase.APPROVAL, Phase.READY, Phase.RUNNING, Phase.BACKOFF, Phase.DONE)
+
+
+TRANSITIONS: Mapping[Phase, frozenset[Phase]] = {
+    Phase.WAITING: frozenset({Phase.READY, Phase.APPROVAL, Phase.DONE}),
+    Phase.APPROVAL: frozenset({Phase.READY, Phase.DONE}),
+    Phase.READY: frozenset({Phase.RUNNING, Phase.DONE}),
+    Phase.RUNNING: frozenset({Phase.BACKOFF, Phase.DONE}),
+    Phase.BACKOFF: frozenset({Phase.READY, Phase.DONE}),
+    Phase.DONE: frozenset(),
+}
+
+AttemptStatus = Literal["ok", "failed", "timed_out", "cancelled"]
+
+
+@dataclass(slots=True)
+class AttemptResult:
+    """How an attempt ended, as reported by the driver."""
+
+    status: AttemptStatus
+    value: Any = None
+    error: BaseException | None = None
+    abandoned: bool = False
+    began: float | None = None  # run time at which a worker really started (if known)
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """Ask the approver about a node: its resolved arguments (JSON-ready), their hash, and why."""
+
+    pos: int
+    node_id: str
+    tool: str
+    args: dict[str, Any]
+    args_hash: str
+    reason: str
+    kind: str = "approval"  # or "in_doubt": resume asks whether to run a call in doubt again
+
+
+@dataclass(frozen=True, slots=True)
+class Withdraw:
+    """A node that was waiting for a decision no longer needs one (it was cancelled)."""
+
+    pos: int
+    node_id: str
+    args_hash: str
+
+
+ApprovalAction = Ask | Withdraw
+
+
+class _Approval:
+    """What a gated node was asked about, and what it may run once approved."""
+
+    __slots__ = ("args", "args_hash")
+
+    def __init__(self, args_hash: str) -> None:
+        self.args_hash = args_hash
+        self.args: dict[str, Any] | None = None  # a private copy of the approved arguments
+
+
+class Decisions:
+    """What the driver must do after an input: start, cancel, set timers, publish events.
+
+    ``done`` lists the nodes that got their outcome in this input: the driver journals them
+    before it starts anything (a node's outcome is committed before its dependents start).
+    """
+
+    __slots__ = ("approvals", "cancels", "done", "events", "starts", "timers")
+
+    def __init__(self) -> None:
+        self.starts: list[Call] = []
+        self.cancels: list[int] = []
+        self.timers: list[tuple[float, str, int]] = []
+        self.events: list[Event] = []
+        self.done: list[int] = []
+        self.approvals: list[ApprovalAction] = []
+
+
+class _Slot:
+    """The scheduler's record of one node."""
+
+    __slots__ = (
+        "approval", "args", "attempts", "cancel_reason", "cancel_status", "executor", "gates",
+        "node", "outcome", "phase", "pos", "priority", "queued_at", "root", "started_at",
+        "waiting",
+    )  # fmt: skip
+
+    def __init__(self, pos: int, node: Node, waiting: int, executor: Isolation) -> None:
+        self.pos = pos
+        self.node = node
+        self.waiting = waiting
+        self.executor = executor
+        self.phase = Phase.WAITING
+        self.priority = 0.0
+        self.attempts = 0
+        self.queued_at: float | None = None
+        self.started_at: float | None = None
+        self.args: dict[str, Any] | None = None
+        self.gates: tuple[ConcurrencyLimit, ...] | None = None
+        self.outcome: Outcome | None = None
+        self.cancel_reason = ""
+        self.cancel_status: Status = "cancelled"
+        self.root = ""  # for a skipped node: the failure at the start of its chain
+        self.approval: _Approval | None = None  # set once the node was asked about
+
+
+def choose_executor(tool: Tool[..., Any], default: Isolation | None) -> Isolation:
+    """The backend for ``tool``: its own isolation, else the run's default, else by kind.
+
+    A sync tool never runs inline, whatever the default, because it would block the loop.
+    """
+    if tool.policy.isolation is not None:
+        return tool.policy.isolation
+    if default is None or (default == "inline" and not tool.is_async):
+        return tool.default_isolation
+    return default
+
+
+class SchedulerState:
+    """All of a run's scheduling state; see the module docstring."""
+
+    def __init__(
+        self,
+        graph: Graph,
+        *,
+        run_id: str,
+        max_concurrency: int | None,
+        resource_limits: Mapping[str, int] | None = None,
+        executor_limits: Mapping[str, int] | None = None,
+        fail_fast: bool = False,
+        default_executor: Isolation | None = None,
+        estimates: dict[str, float] | None = None,
+        rng: random.Random | None = None,
+        record_events: bool = False,
+    ) -> None:
+        self.graph = graph
+        self.run_id = run_id
+        self.fail_fast = fail_fast
+        self.record_events = record_events
+        self._critical = CriticalPath(graph, estimates if estimates is not None else {})
+        self._rng = rng or random.Random()
+        self._global = ConcurrencyLimit("run max_concurrency", max_concurrency)
+        self._gates = Gates(resource_limits, executor_limits)
+        self._heap: list[tuple[float, int]] = []
+        self._hard = _hard_pairs(graph)
+        self.slots = [
+            _Slot(i, n, len(graph.preds[i]), choose_executor(n.tool, default_executor))
+            for i, n in enumerate(graph.nodes)
+        ]
+        self.done_count = 0
+        self.status_counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
+        self.in_flight: dict[int, float] = {}  # position -> when its current attempt started
+        self.stopping = ""  # the reason, once the run stops dispatching new work
+        self._asking: list[_Slot] = []  # gated nodes whose inputs are ready, not yet asked about
+        self._doubt: dict[int, str] = {}  # resume: calls in doubt that an approver settles
+
+    # ---- inputs -------------------------------------------------------------------------
+
+    def begin(self, now: float) -> Decisions:
+        """Queue every node without dependencies and start what the limits allow."""
+        d = Decisions()
+        cap = self._global.capacity
+        if cap is not None and len(self.slots) > cap:  # otherwise every node starts once ready
+            self._rank()
+        for slot in self.slots:
+            if slot.waiting == 0 and slot.phase is Phase.WAITING:
+                self._make_ready(slot, now, d)
+        self._dispatch(now, d)
+        return d
+
+    def finish(self, pos: int, result: AttemptResult, now: float) -> Decisions:
+        """An attempt ended: retry it, or record the outcome and release its dependents."""
+        d = Decisions()
+        slot = self.slots[pos]
+        self._release(slot)
+        if result.began is not None and slot.attempts == 1 and slot.started_at is not None:
+            slot.started_at = max(slot.started_at, result.began)  # exclude waiting for a worker
+        status = slot.cancel_status if result.status == "cancelled" else result.status
+        retry = slot.node.tool.policy.retry
+        if (status != "ok" and status != "cancelled" and not self.stopping
+                and not slot.cancel_reason and result.error is not None
+                and retry.should_retry(result.error, slot.attempts)):
+            delay = retry.delay(slot.attempts, self._rng)
+            self._set_phase(slot, Phase.BACKOFF)
+            d.timers.append((now + delay, "retry", pos))
+            if self.record_events:
+                d.events.append(NodeRetrying(
+                    run_id=self.run_id, time=now, node_id=slot.node.id, tool=slot.node.tool.name,
+                    attempt=slot.attempts, delay=delay, error=str(ErrorInfo.from_exception(
+                        result.error, with_traceback=False))))
+        else:
+            if slot.started_at is not None:
+                self._critical.learn(slot.node.tool.name, now - slot.started_at)
+            error = None if status == "ok" else self._error(slot, result)
+            self._record(slot, status, now, d, value=result.value, error=error,
+                         abandoned=result.abandoned)
+        self._dispatch(now, d)
+        return d
+
+    def retry_due(self, pos: int, now: float) -> Decisions:
+        """A retry's back-off is over: queue the node again."""
+        d = Decisions()
+        slot = self.slots[pos]
+        if slot.phase is Phase.BACKOFF:
+            self._set_phase(slot, Phase.READY)
+            heapq.heappush(self._heap, (slot.priority, pos))
+            self._dispatch(now, d)
+        return d
+
+    def wake(self, now: float) -> Decisions:
+        """A rate-limit timer fired: give parked nodes another look."""
+        d = Decisions()
+        for item in self._gates.take_rate_waiters():
+            heapq.heappush(self._heap, item)
+        self._dispatch(now, d)
+        return d
+
+    def cancel(self, node_ids: Iterable[str] | None, reason: str, now: float) -> Decisions:
+        """Cancel the named nodes (all when ``None``); dependents of cancelled nodes are skipped.
+
+        Cancelling the whole run also stops dispatching anything new.
+        """
+        d = Decisions()
+        if node_ids is None:
+            self.stopping = self.stopping or reason
+            # dependents first, so each is cancelled in its own right, not skipped for its input
+            targets: Iterable[_Slot] = reversed(self.slots)
+        else:
+            targets = [self.slots[self.graph.position[nid]] for nid in node_ids]
+        for slot in targets:
+            self._cancel_slot(slot, reason, "cancelled", now, d)
+        self._dispatch(now, d)
+        return d
+
+    def expire(self, reason: str, now: float) -> Decisions:
+        """The run's deadline passed: running calls time out, the rest are cancelled."""
+        d = Decisions()
+        self.stopping = self.stopping or reason
+        for slot in reversed(self.slots):
+            self._cancel_slot(slot, reason, "timed_out", now, d)
+        return d
+
+    def approve(self, pos: int, args_hash: str, now: float, *, args: dict[str, Any] | None = None,
+                by: str = "", reason: str = "", verdict: str = "approve") -> Decisions:
+        """The node waiting for approval may run, with exactly the arguments it was approved for.
+
+        Those are the arguments hashed ``args_hash``: the ones it was asked about, or ``args``
+        (an edit, already validated). A hash that does not match the arguments denies the
+        node instead: an approval for some arguments never lets others run. Ignored unless the
+        node is still waiting.
+        """
+        d = Decisions()
+        slot = self.slots[pos]
+        if slot.phase is not Phase.APPROVAL or slot.approval is None:
+            return d
+        if args is not None:
+            slot.args = args
+        assert slot.args is not None
+        asked = slot.approval.args_hash  # the hash of slot.args, unless they were edited
+        if (args_hash != asked if args is None
+                else approval_hash(slot.node.tool.name, slot.args) != args_hash):
+            return self.deny(pos, "the approval was given for other arguments", now, by=by)
+        self._decided(slot, verdict, reason, by, now, d)
+        slot.approval.args_hash = args_hash
+        slot.approval.args = isolate_all(slot.args)  # what retries run: pristine, approved
+        self._set_phase(slot, Phase.READY)
+        heapq.heappush(self._heap, (slot.priority, slot.pos))
+        self._dispatch(now, d)
+        return d
+
+    def deny(self, pos: int, reason: str, now: float, *, by: str = "") -> Decisions:
+        """The node waiting for approval ends ``denied`` with ``reason``; it never runs.
+
+        A call in doubt (see :meth:`hold_in_doubt`) stays ``in_doubt`` instead: a person said
+        not to run it again, which says nothing about whether it took effect.
+        """
+        d = Decisions()
+        slot = self.slots[pos]
+        if slot.phase is Phase.APPROVAL:
+            self._decided(slot, "deny", reason, by, now, d)
+            status: Status = "in_doubt" if slot.pos in self._doubt else "denied"
+            self._record(slot, status, now, d, reason=reason)
+            self._dispatch(now, d)
+        return d
+
+    def restore(self, outcomes: Iterable[Outcome], now: float) -> None:
+        """Resume: nodes that completed before the run stopped keep their recorded outcome.
+
+        They never run again; what waits for them is released (or skipped) as if they had
+        just ended. Call before :meth:`begin`. Nothing is returned: these outcomes are in the
+        journal already, and nothing starts before ``begin``.
+        """
+        d = Decisions()
+        for outcome in outcomes:
+            slot = self.slots[self.graph.position[outcome.node_id]]
+            if slot.phase is Phase.DONE:
+                continue
+            slot.attempts, slot.queued_at = outcome.attempts, outcome.queued_at
+            slot.started_at = outcome.started_at
+            self._record(slot, outcome.status, now, d, value=outcome.value,
+                         error=outcome.error, reason=outcome.reason, abandoned=outcome.abandoned)
+            slot.outcome = outcome  # exactly as recorded: times, executor, attempts
+
+    def hold_in_doubt(self, reasons: Mapping[str, str], now: float, *,
+                      ask: bool = False) -> Decisions:
+        """Resume: calls that were in flight when the run stopped and may not run twice.
+
+        Without ``ask`` they end ``in_doubt`` (with the reason) and what needs them is skipped.
+        With ``ask`` each goes to the approver once its inputs are ready: approved, it runs
+        again; denied, it ends ``in_doubt``. Call before :meth:`begin`.
+        """
+        d = Decisions()
+        for node_id, reason in reasons.items():
+            slot = self.slots[self.graph.position[node_id]]
+            if slot.phase is Phase.DONE:
+                continue
+            if ask:
+                self._doubt[slot.pos] = reason
+            else:
+                self._record(slot, "in_doubt", now, d, reason=reason)
+        return d
+
+    # ---- queries --------------------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        """Whether every node has an outcome."""
+        return self.done_count == len(self.slots)
+
+    def running(self) -> list[tuple[str, str, str, float]]:
+        """(node id, tool, executor, start time) of every attempt in flight."""
+        found: list[tuple[str, str, str, float]] = []
+        for pos, since in self.in_flight.items():
+            slot = self.slots[pos]
+            found.append((slot.node.id, slot.node.tool.name, slot.executor, since))
+        return found
+
+    def awaiting_approval(self) -> list[tuple[str, str, float]]:
+        """(node id, tool, since) of every node waiting for an approver's decision."""
+        return [(s.node.id, s.node.tool.name, s.queued_at or 0.0) for s in self.slots
+                if s.phase is Phase.APPROVAL and s.approval is not None]
+
+    def phase_counts(self) -> dict[str, int]:
+        """How many nodes are in each phase (for progress displays)."""
+        counts = {p.value: 0 for p in PHASES}
+        for s in self.slots:
+            counts[s.phase.value] += 1
+        return counts
+
+    def outcomes(self) -> list[Outcome]:
+        """The outcomes recorded so far, in plan order."""
+        done = [s for s in self.slots if s.outcome is not None]
+        done.sort(key=lambda s: s.node.index)
+        return [s.outcome for s in done if s.outcome is not None]
+
+    # ---- transitions --------------------------------------------------------------------------
+
+    def _set_phase(self, slot: _Slot, phase: Phase) -> None:
+        assert phase in TRANSITIONS[slot.phase], f"{slot.node.id}: {slot.phase} -> {phase}"
+        slot.phase = phase
+
+    def _make_ready(self, slot: _Slot, now: float, d: Decisions) -> None:
+        if self.stopping:
+            self._record(slot, "cancelled", now, d, reason=self.stopping)
+            return
+        if slot.node.tool.policy.approval is not False or (
+                self._doubt and slot.pos in self._doubt):  # asked about in _dispatch, once
+            self._set_phase(slot, Phase.APPROVAL)  # its arguments are resolved with the others
+            slot.queued_at = now
+            self._asking.append(slot)
+            return
+        self._set_phase(slot, Phase.READY)
+        slot.queued_at = now
+        heapq.heappush(self._heap, (slot.priority, slot.pos))
+        if self.record_events:
+            d.events.append(NodeQueued(run_id=self.run_id, time=now, node_id=slot.node.id,
+                                       tool=slot.node.tool.name))
+
+    def _dispatch(self, now: float, d: Decisions) -> None:
+        """Start ready nodes, best first, while the run-wide limit has room."""
+        if self._asking:
+            self._ask(now, d)
+        limit, slots = self._global, self.slots
+        # order only matters when more nodes are ready than can start; ranking costs O(nodes)
+        if (limit.capacity is not None and len(self._heap) > limit.capacity - limit.in_use
+                and self._critical.stale(self.done_count)):
+            self._rank()
+        heap = self._heap  # bound after _rank, which replaces the list
+        while heap and (limit.capacity is None or limit.in_use < limit.capacity):
+            if self.stopping:
+                return
+            slot = slots[heapq.heappop(heap)[1]]
+            if slot.phase is not Phase.READY:
+                continue  # cancelled or skipped while queued: its heap entry is stale
+            if slot.args is None and not self._prepare(slot, now, d):
+                continue
+            if slot.gates is None:
+                slot.gates = self._gates.for_call(slot.node.tool, slot.executor, slot.args or {})
+            if (slot.gates or slot.node.tool.policy.rate is not None) and not self._admit(
+                    slot, now, d):
+                continue
+            if slot.approval is not None and not self._still_approved(slot, now, d):
+                continue
+            self._start(slot, now, d)
+
+    def _ask(self, now: float, d: Decisions) -> None:
+        """Resolve the arguments of gated nodes and ask about those that need approval."""
+        asking, self._asking = self._asking, []
+        for slot in asking:
+            if slot.phase is not Phase.APPROVAL or not self._prepare(slot, now, d):
+                continue  # cancelled meanwhile, or its inputs do not fit (failed)
+            assert slot.args is not None
+            tool = slot.node.tool
+            doubt = self._doubt.get(slot.pos) if self._doubt else None
+            why = (f"in doubt after a crash ({doubt}); approve to run it again" if doubt
+                   else _approval_reason(tool, slot.args))
+            if not why:  # the tool's predicate says these arguments need no approval
+                self._set_phase(slot, Phase.READY)
+                heapq.heappush(self._heap, (slot.priority, slot.pos))
+                continue
+            args_hash = approval_hash(tool.name, slot.args)
+            slot.approval = _Approval(args_hash)
+            d.approvals.append(Ask(slot.pos, slot.node.id, tool.name, jsonable(slot.args),
+                                   args_hash, why, "in_doubt" if doubt else "approval"))
+            if self.record_events:
+                d.events.append(ApprovalRequested(
+                    run_id=self.run_id, time=now, node_id=slot.node.id, tool=tool.name,
+                    request_id=request_id(self.run_id, slot.node.id, args_hash), reason=why))
+
+    def _still_approved(self, slot: _Slot, now: float, d: Decisions) -> bool:
+        """Whether the arguments about to run are exactly the approved ones (else: denied)."""
+        assert slot.approval is not None and slot.args is not None
+        if approval_hash(slot.node.tool.name, slot.args) == slot.approval.args_hash:
+            return True
+        self._record(slot, "denied", now, d,
+                     reason="its arguments are not the ones that were approved")
+        return False
+
+    def _decided(self, slot: _Slot, verdict: str, reason: str, by: str, now: float,
+                 d: Decisions) -> None:
+        if self.record_events:
+            d.events.append(ApprovalDecided(
+                run_id=self.run_id, time=now, node_id=slot.node.id, tool=slot.node.tool.name,
+                verdict=verdict, reason=reason, by=by))
+
+    def _prepare(self, slot: _Slot, now: float, d: Decisions) -> bool:
+        """Resolve and validate the node's arguments; a node whose inputs do not fit fails here."""
+        node = slot.node
+        if slot.approval is not None and slot.approval.args is not None:
+            slot.args = isolate_all(slot.approval.args)  # a retry runs what was approved
+            return True
+        try:
+            if node.refs:
+                slot.args = node.tool.validate(resolve_arguments(node.args, self._lookup))
+            elif node.checked is not None:  # validated with the plan: only copy
+                slot.args = isolate_all(node.checked)
+            else:
+                slot.args = node.tool.validate(isolate_all(node.args))
+        except Exception as exc:  # refs that do not fit, invalid args, a failing __deepcopy__
+            self._record(slot, "failed", now, d, error=ErrorInfo.from_exception(exc))
+            return False
+        return True
+
+    def _lookup(self, ref: Ref) -> Any:
+        outcome = self.slots[self.graph.position[ref.node]].outcome
+        assert outcome is not None and outcome.status == "ok"
+        return ref.pick(outcome.value)
+
+    def _admit(self, slot: _Slot, now: float, d: Decisions) -> bool:
+        """Whether every limit on the node has room now; if not, park it where it waits."""
+        for gate in slot.gates or ():
+            if not gate.available():
+                self._park(gate, slot)
+                return False
+        if slot.node.tool.policy.rate is not None:
+            limiter = self._gates.rate_for(slot.node.tool)
+            wait = limiter.wait_time(now)
+            if wait > 0:
+                self._park(limiter, slot)
+                if limiter not in self._gates.rate_waits:  # one timer per limiter
+                    self._gates.rate_waits.add(limiter)
+                    d.timers.append((now + wait, "rate", slot.pos))
+                return False
+            limiter.take(now)
+        return True
+
+    def _park(self, gate: object, slot: _Slot) -> None:
+        self._gates.park(gate, (slot.priority, slot.pos))
+        # This node may have been woken by another of its gates, which now has a free slot
+        # nobody uses: pass that wake-up on, or the slot idles while this node waits here.
+        for other in slot.gates or ():
+            if other is not gate and other.available():
+                self._wake_one(other)
+
+    def _wake_one(self, gate: object) -> None:
+        """Return the best node parked on ``gate`` that still waits to the ready heap."""
+        item = self._gates.pop_live(gate, self._is_ready)
+        if item is not None:
+            heapq.heappush(self._heap, item)
+
+    def _is_ready(self, pos: int) -> bool:
+        return self.slots[pos].phase is Phase.READY  # not cancelled while it was parked
+
+    def _start(self, slot: _Slot, now: float, d: Decisions) -> None:
+        assert slot.gates is not None and slot.args is not None
+        self._global.in_use += 1
+        for gate in slot.gates:
+            gate.acquire()
+        self._set_phase(slot, Phase.RUNNING)
+        slot.attempts += 1
+        if slot.started_at is None:
+            slot.started_at = now
+        args = slot.args
+        slot.args = None  # a retry resolves afresh, so it never sees what this attempt mutated
+        tool = slot.node.tool
+        d.starts.append(Call(slot.pos, slot.node.id, tool, args, slot.attempts, slot.executor,
+                             tool.policy.timeout, self.run_id))
+        self.in_flight[slot.pos] = now
+        if self.record_events:
+            d.events.append(NodeStarted(run_id=self.run_id, time=now, node_id=slot.node.id,
+                                        tool=tool.name, attempt=slot.attempts,
+                                        executor=slot.executor))
+
+    def _release(self, slot: _Slot) -> None:
+        """Give back the slot's limits and return one parked node per freed gate to the heap."""
+        self._global.in_use -= 1
+        del self.in_flight[slot.pos]
+        for gate in slot.gates or ():
+            gate.release()
+            self._wake_one(gate)
+
+    def _error(self, slot: _Slot, result: AttemptResult) -> ErrorInfo | None:
+        if result.error is not None:
+            return ErrorInfo.from_exception(result.error)
+        if result.status == "cancelled" and slot.cancel_reason:
+            return ErrorInfo("CallCancelledError", slot.cancel_reason)
+        return None
+
+    def _cancel_slot(self, slot: _Slot, reason: str, status: Status, now: float,
+                     d: Decisions) -> None:
+        if slot.phase is Phase.DONE:
+            return
+        if slot.phase is Phase.RUNNING:
+            if not slot.cancel_reason:  # the first reason is the one that stopped it
+                slot.cancel_reason, slot.cancel_status = reason, status
+            d.cancels.append(slot.pos)
+        else:
+            if slot.phase is Phase.APPROVAL and slot.approval is not None:
+                d.approvals.append(Withdraw(slot.pos, slot.node.id, slot.approval.args_hash))
+            final: Status = "cancelled" if slot.phase is not Phase.BACKOFF else status
+            self._record(slot, final, now, d, reason=reason)
+
+    def _record(self, slot: _Slot, status: Status, now: float, d: Decisions, *, value: Any = None,
+                error: ErrorInfo | None = None, reason: str = "", abandoned: bool = False) -> None:
+        """Give ``slot`` its outcome, then release or skip everything that waits for it."""
+        self._store(slot, status, now, d, value, error, reason or slot.cancel_reason, abandoned)
+        stack = [slot]
+        while stack:
+            done = stack.pop()
+            assert done.outcome is not None
+            failed = done.outcome.status != "ok"
+            for succ in self.graph.succs[done.pos]:
+                after = self.slots[succ]
+                if after.phase is Phase.DONE:
+                    continue
+                if failed and (done.pos, succ) in self._hard:
+                    after.root = done.root or _root_cause(done.node.id, done.outcome)
+                    why = f"needs {done.node.id!r}, which " + (
+                        f"was skipped; root cause: {after.root}" if done.root else
+                        f"ended {done.outcome.status}{_detail(done.outcome)}")
+                    self._store(after, "skipped", now, d, None, None, why, False)
+                    stack.append(after)
+                    continue
+                after.waiting -= 1
+                if after.waiting == 0 and after.phase is Phase.WAITING:
+                    self._make_ready(after, now, d)
+        if self.fail_fast and status in ("failed", "timed_out") and not self.stopping:
+            reason = f"fail_fast: {slot.node.id!r} {status}"
+            self.stopping = reason
+            for other in reversed(self.slots):
+                self._cancel_slot(other, reason, "cancelled", now, d)
+
+    def _store(self, slot: _Slot, status: Status, now: float, d: Decisions, value: Any,
+               error: ErrorInfo | None, reason: str, abandoned: bool) -> None:
+        self._set_phase(slot, Phase.DONE)
+        self.done_count += 1
+        self.status_counts[status] += 1
+        d.done.append(slot.pos)
+        slot.args = None
+        tool = slot.node.tool.name
+        slot.outcome = Outcome(
+            slot.node.id, tool, status, value if status == "ok" else None, error, reason,
+            slot.attempts, slot.queued_at, slot.started_at, now,
+            slot.executor if slot.attempts else "", abandoned,
+        )
+        if not self.record_events:
+            return
+        nid = slot.node.id
+        if status == "skipped":
+            d.events.append(NodeSkipped(run_id=self.run_id, time=now, node_id=nid, tool=tool,
+                                        reason=reason))
+        elif slot.attempts == 0 and status not in ("failed", "in_doubt", "denied"):
+            d.events.append(NodeCancelled(run_id=self.run_id, time=now, node_id=nid, tool=tool,
+                                          reason=reason))
+        else:
+            d.events.append(NodeFinished(run_id=self.run_id, time=now, node_id=nid, tool=tool,
+                                         status=status, attempts=slot.attempts,
+                                         duration=slot.outcome.duration,
+                                         error=str(error) if error else reason))
+
+    def _rank(self) -> None:
+        """Re-rank every node by critical path and rebuild the ready heap."""
+        for slot, priority in zip(self.slots, self._critical.rank(self.done_count), strict=True):
+            slot.priority = priority
+        self._heap = [(self.slots[p].priority, p) for _, p in self._heap]
+        heapq.heapify(self._heap)
+
+
+def _hard_pairs(graph: Graph) -> set[tuple[int, int]]:
+    """Edges whose source must *succeed* (data and after); resource and barrier edges only order."""
+    pos = graph.position
+    return {(pos[e.source], pos[e.target]) for e in graph.edges if e.kind in ("data", "after")}
+
+
+def _detail(outcome: Outcome) -> str:
+    text = str(outcome.error) if outcome.error else outcome.reason
+    text = text.splitlines()[0] if text else ""
+    return f": {text[:200]}" if text else ""
+
+
+def _root_cause(node_id: str, outcome: Outcome) -> str:
+    """The first node in a chain of skips that did not succeed, and how it ended."""
+    return f"{node_id!r} ended {outcome.status}{_detail(outcome)}"
+
+
+def _approval_reason(tool: Tool[..., Any], args: Mapping[str, Any]) -> str:
+    """Why a call of ``tool`` with ``args`` needs approval ("" when it does not)."""
+    rule = tool.policy.approval
+    if rule is True:
+        return f"tool {tool.name!r} always needs approval"
+    if not callable(rule):
+        return ""
+    try:
+        needed = rule(args)
+    except Exception as exc:  # a failing rule cannot say "no need": ask, to be safe
+        return (f"the approval rule of tool {tool.name!r} raised "
+                f"{type(exc).__name__}: {exc}")
+    return f"the approval rule of tool {tool.name!r} matched these arguments" if needed else ""

@@ -1,0 +1,432 @@
+"""The journal on the command line: ``shoal runs``, ``show``, ``resume`` and ``cancel``.
+
+All four read ``.shoal/runs.db`` (where ``shoal run`` journals) unless ``--store`` names
+another file. ``runs`` and ``show`` take ``--json``. ``resume`` runs the recorded plan file
+again under the same run id (see :meth:`shoal.runtime.Runtime.resume`), with ``shoal run``'s
+live view and exit codes. ``cancel`` writes a cancel request into the journal; the process
+running the run polls for requests and acts within a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from shoal.cli.render import STATUS_STYLES, detail, seconds
+from shoal.exceptions import ShoalError
+from shoal.outcome import STATUSES, jsonable
+from shoal.store.base import ApprovalRecord, AttemptRecord, RunRecord, StoredOutcome
+from shoal.store.journal import STALE_AFTER
+from shoal.store.sqlite import DEFAULT_PATH, SQLiteStore
+
+__all__ = ["DEFAULT_PATH", "live_status", "open_journal", "parse_mark_done", "register"]
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+WIDTH = 120  # rich squeezes tables to 80 columns when stdout is not a terminal
+
+StoreOption = Annotated[Path, typer.Option(
+    "--store", metavar="PATH", help="The journal file.", show_default=True,
+)]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout, nothing else.")]
+
+
+def live_status(record: RunRecord, now: float | None = None) -> str:
+    """The run's status as people mean it.
+
+    A ``running`` run whose process is gone (on this machine: its pid no longer exists;
+    anywhere: no heartbeat for a while) was killed or crashed: it is ``interrupted``.
+    """
+    if record.status != "running":
+        return record.status
+    now = time.time() if now is None else now
+    if now - max(record.heartbeat, record.started_at) > STALE_AFTER:
+        return "interrupted"
+    if record.host == socket.gethostname() and record.pid and not _alive(record.pid):
+        return "interrupted"
+    return record.status
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def open_journal(path: Path, *, must_exist: bool = True) -> SQLiteStore:
+    """The journal at ``path``; raises :class:`ShoalError` when there is none or it is unusable."""
+    if must_exist and not path.exists():
+        raise ShoalError(f"no journal at {str(path)!r} (shoal run writes one there; "
+                         f"--store names another)")
+    return SQLiteStore(path, keep_events=True)
+
+
+def parse_mark_done(items: Sequence[str]) -> dict[str, Any]:
+    """``NODE=JSON`` pairs (``--mark-done``) as a mapping; a value that is not JSON is text."""
+    found: dict[str, Any] = {}
+    for item in items:
+        node, sep, text = item.partition("=")
+        if not sep or not node:
+            raise ShoalError(f"--mark-done takes NODE=VALUE (VALUE as JSON), got {item!r}")
+        try:
+            found[node] = json.loads(text)
+        except json.JSONDecodeError:
+            found[node] = text
+    return found
+
+
+def _fail(message: str, as_json: bool, kind: str = "journal") -> int:
+    sys.stderr.write(f"error: {message}\n")
+    if as_json:
+        sys.stdout.write(json.dumps({"error": kind, "message": message}, indent=2) + "\n")
+    return EXIT_BAD_INPUT
+
+
+def _console() -> Console:
+    return Console(highlight=False, width=None if sys.stdout.isatty() else WIDTH)
+
+
+def _when(epoch: float | None) -> str:
+    if not epoch:
+        return "-"
+    return dt.datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _duration(record: RunRecord) -> float:
+    return record.makespan if record.finished_at else max(0.0, time.time() - record.started_at)
+
+
+def _status_text(status: str) -> Text:
+    styles = {**STATUS_STYLES, "finished": "green", "running": "cyan", "interrupted": "red"}
+    return Text(status, style=styles.get(status, ""))
+
+
+# ---- shoal runs -----------------------------------------------------------------------------
+
+
+def _run_dict(record: RunRecord) -> dict[str, Any]:
+    return {
+        "run_id": record.run_id, "name": record.name, "status": live_status(record),
+        "nodes": record.nodes, "counts": {k: v for k, v in record.counts.items() if v},
+        "started_at": record.started_at, "finished_at": record.finished_at,
+        "duration": _duration(record), "sessions": record.sessions,
+        "plan_file": record.source.get("path", ""),
+    }  # fmt: skip
+
+
+def runs_command(store: StoreOption = DEFAULT_PATH, as_json: JsonOption = False,
+                 limit: Annotated[int, typer.Option("--limit", "-n", min=1, metavar="N",
+                                                    help="Show at most N runs.")] = 20) -> None:
+    """List runs from the journal, newest first: status, nodes, duration."""
+    try:
+        records = open_journal(store).list_runs(limit)
+    except ShoalError as exc:
+        raise typer.Exit(_fail(str(exc), as_json)) from None
+    if as_json:
+        sys.stdout.write(json.dumps([_run_dict(r) for r in records], indent=2) + "\n")
+        return
+    if not records:
+        _console().print(f"no runs in {store}")
+        return
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for name, justify in (("run", "left"), ("status", "left"), ("nodes", "right"),
+                          ("outcomes", "left"), ("started", "left"), ("took", "right"),
+                          ("plan", "left")):
+        table.add_column(name, justify=justify, no_wrap=name != "plan")  # type: ignore[arg-type]
+    for r in records:
+        table.add_row(r.run_id, _status_text(live_status(r)), str(r.nodes), _counts(r.counts),
+                      _when(r.started_at), seconds(_duration(r)),
+                      r.name or Path(str(r.source.get("path", ""))).name or "-")
+    _console().print(table)
+
+
+def _counts(counts: Mapping[str, int]) -> Text:
+    text = Text()
+    for status in STATUSES:
+        if counts.get(status):
+            text.append(" " if text else "")
+            text.append(f"{counts[status]} {status}", style=STATUS_STYLES.get(status, ""))
+    return text or Text("-", style="dim")
+
+
+# ---- shoal show -----------------------------------------------------------------------------
+
+
+def show_command(run_id: Annotated[str, typer.Argument(metavar="RUN_ID", show_default=False)],
+                 store: StoreOption = DEFAULT_PATH, as_json: JsonOption = False) -> None:
+    """Show one run: outcomes, timings, edges and their reasons, approvals and who decided."""
+    try:
+        journal = open_journal(store)
+        record = journal.get_run(run_id)
+        if record is None:
+            raise ShoalError(f"no run {run_id!r} in {str(store)!r} (shoal runs lists them)")
+        outcomes = journal.outcomes(run_id, decode=False)  # never unpickle for a display
+        attempts = journal.attempts(run_id)
+        approvals = journal.approvals(run_id)
+    except ShoalError as exc:
+        raise typer.Exit(_fail(str(exc), as_json)) from None
+    if as_json:
+        data = _show_dict(record, outcomes, attempts, approvals)
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        return
+    _console().print(_show_view(record, outcomes, attempts, approvals))
+
+
+def _edges(record: RunRecord) -> list[dict[str, str]]:
+    return [{"source": s, "target": t, "kind": k, "detail": d}
+            for s, t, k, d in record.plan.get("edge_list", [])]
+
+
+def _show_dict(record: RunRecord, outcomes: Mapping[str, StoredOutcome],
+               attempts: Sequence[AttemptRecord],
+               approvals: Sequence[ApprovalRecord]) -> dict[str, Any]:
+    nodes = []
+    for node_id in record.plan.get("nodes", {}) or outcomes:
+        stored = outcomes.get(node_id)
+        entry = (stored.outcome.to_dict() | {"encoding": stored.encoding}) if stored else {
+            "node_id": node_id, "status": "not run"}
+        entry["attempt_log"] = [_attempt_dict(a) for a in attempts if a.node_id == node_id]
+        nodes.append(entry)
+    return {**_run_dict(record), "outcomes": nodes, "edges": _edges(record),
+            "approvals": [_approval_dict(a) for a in approvals]}
+
+
+def _attempt_dict(a: AttemptRecord) -> dict[str, Any]:
+    return {"session": a.session, "attempt": a.attempt, "executor": a.executor,
+            "started_at": a.started_at, "ended_at": a.ended_at,
+            "status": a.status or ("in flight" if a.ended_at is None else ""), "error": a.error}
+
+
+def _approval_dict(a: ApprovalRecord) -> dict[str, Any]:
+    return {"node_id": a.node_id, "tool": a.tool, "kind": a.kind,
+            "arguments": jsonable(a.arguments), "decision": a.decision,
+            "decided_by": a.decided_by, "reason": a.reason, "requested_at": a.requested_at,
+            "decided_at": a.decided_at, "used": a.used}
+
+
+def _show_view(record: RunRecord, outcomes: Mapping[str, StoredOutcome],
+               attempts: Sequence[AttemptRecord],
+               approvals: Sequence[ApprovalRecord]) -> RenderableType:
+    status = live_status(record)
+    head = Text.assemble(("run ", "bold"), (record.run_id, "bold"), "  ", _status_text(status))
+    where = record.source.get("path") or record.name
+    head.append(f"\n{record.nodes} nodes · started {_when(record.started_at)} · took "
+                f"{seconds(_duration(record))} · {record.sessions} session"
+                f"{'s' if record.sessions != 1 else ''}{f' · {where}' if where else ''}")
+    parts: list[RenderableType] = [head, _node_table(record, outcomes, attempts)]
+    edges = _edges(record)
+    if edges:
+        parts.append(_edge_table(edges))
+    if approvals:
+        parts.append(_approval_table(approvals))
+    if status == "interrupted":
+        parts.append(Text(f"the process running it stopped; continue with: shoal resume "
+                          f"{record.run_id}", style="yellow"))
+    return Group(*parts)
+
+
+def _node_table(record: RunRecord, outcomes: Mapping[str, StoredOutcome],
+                attempts: Sequence[AttemptRecord]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, title="outcomes",
+                  title_justify="left")
+    for name in ("node", "tool", "status", "tries", "started", "time", "result"):
+        table.add_column(name, no_wrap=name != "result",
+                         justify="right" if name in ("tries", "started", "time") else "left")
+    flying = {a.node_id for a in attempts if a.ended_at is None}
+    for node_id, facts in (record.plan.get("nodes") or {n: [""] for n in outcomes}).items():
+        stored = outcomes.get(node_id)
+        if stored is None:
+            state = "in flight" if node_id in flying else "not run"
+            table.add_row(node_id, str(facts[0]), Text(state, style="dim"), "-", "-", "-", "")
+            continue
+        o = stored.outcome
+        started = f"{o.started_at:.2f}s" if o.started_at is not None else "-"
+        took = seconds(o.duration) if o.started_at is not None else "-"
+        table.add_row(o.node_id, o.tool, Text(o.status, style=STATUS_STYLES.get(o.status, "")),
+                      str(o.attempts), started, took,
+                      Text(detail(o), no_wrap=True, overflow="ellipsis"))
+    return table
+
+
+def _edge_table(edges: Sequence[Mapping[str, str]]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, title="edges",
+                  title_justify="left")
+    for name in ("from", "to", "why", "detail"):
+        table.add_column(name, no_wrap=name != "detail")
+    for e in edges:
+        table.add_row(e["source"], e["target"], e["kind"], e["detail"])
+    return table
+
+
+def _approval_table(approvals: Sequence[ApprovalRecord]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, title="approvals",
+                  title_justify="left")
+    for name in ("node", "tool", "decision", "by", "reason", "arguments"):
+        table.add_column(name, no_wrap=name not in ("reason", "arguments"))
+    for a in approvals:
+        style = {"approved": "green", "denied": "magenta", "pending": "yellow"}[a.decision]
+        table.add_row(a.node_id, a.tool or "-", Text(a.decision, style=style),
+                      a.decided_by or "-", a.reason or "", json.dumps(jsonable(a.arguments)))
+    return table
+
+
+# ---- shoal cancel ---------------------------------------------------------------------------
+
+
+def cancel_command(
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", show_default=False)],
+    nodes: Annotated[list[str] | None, typer.Argument(
+        metavar="[NODE]...", show_default=False,
+        help="Cancel only these nodes (their dependents are skipped); default: the whole run.",
+    )] = None,
+    store: StoreOption = DEFAULT_PATH,
+    reason: Annotated[str, typer.Option("--reason", help="Recorded with the cancellation.")] = (
+        "cancelled with shoal cancel"),
+    wait: Annotated[float, typer.Option(
+        "--wait", metavar="SECONDS", min=0, help="Wait this long for the run to take the request "
+        "(0: do not wait).")] = 5.0,
+) -> None:
+    """Cancel a run going on in another process, or some of its nodes.
+
+    The request is written into the journal; the running process polls for requests every
+    0.2 s, cancels, and records every outcome as usual. Exit codes: 0 the run took the
+    request, 1 the run is not running (finished or its process stopped) or did not take the
+    request in time, 2 no such run or node.
+    """
+    try:
+        journal = open_journal(store)
+        record = journal.get_run(run_id)
+        if record is None:
+            raise ShoalError(f"no run {run_id!r} in {str(store)!r} (shoal runs lists them)")
+        unknown = sorted(set(nodes or ()) - set(record.plan.get("nodes", {})))
+        if unknown:
+            raise ShoalError(f"run {run_id!r} has no node(s) {unknown}")
+    except ShoalError as exc:
+        raise typer.Exit(_fail(str(exc), False)) from None
+    status = live_status(record)
+    if status != "running":
+        hint = f"; resume it with: shoal resume {run_id}" if status == "interrupted" else ""
+        sys.stderr.write(f"run {run_id} is not running (it is {status}){hint}\n")
+        raise typer.Exit(EXIT_FAILED)
+    journal.request_cancel(run_id, nodes or (), reason=reason)
+    what = f"node(s) {', '.join(nodes)}" if nodes else "the run"
+    if wait and not _taken(journal, run_id, wait):
+        sys.stderr.write(f"asked to cancel {what} of {run_id}, but the run has not taken the "
+                         f"request within {wait:g} s; it will when it next looks\n")
+        raise typer.Exit(EXIT_FAILED)
+    sys.stderr.write(f"cancelled {what} of run {run_id}\n" if wait else
+                     f"asked to cancel {what} of run {run_id}\n")
+
+
+def _taken(journal: SQLiteStore, run_id: str, wait: float) -> bool:
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if not journal.open_cancel_requests(run_id):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+# ---- shoal resume ---------------------------------------------------------------------------
+
+
+def resume_command(
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", show_default=False)],
+    store: StoreOption = DEFAULT_PATH,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print the result as JSON on stdout (nothing else goes there).")] = False,
+    rerun_in_doubt: Annotated[list[str] | None, typer.Option(
+        "--rerun-in-doubt", metavar="NODE", show_default=False,
+        help="A call in doubt (in flight at the crash, not idempotent) did NOT take effect: "
+             "run it again. Repeat for several.")] = None,
+    mark_done: Annotated[list[str] | None, typer.Option(
+        "--mark-done", metavar="NODE=VALUE", show_default=False,
+        help="A call in doubt DID take effect: record it ok with VALUE (JSON, else text). "
+             "Repeat for several.")] = None,
+    max_concurrency: Annotated[int | None, typer.Option(
+        "--max-concurrency", metavar="N", min=1, show_default=False,
+        help="Calls in flight at once (default: as the run started).")] = None,
+    deadline: Annotated[float | None, typer.Option(
+        "--deadline", metavar="SECONDS", show_default=False,
+        help="Stop this session after this long.")] = None,
+    events: Annotated[Path | None, typer.Option(
+        "--events", metavar="FILE.jsonl", show_default=False,
+        help="Append every event of this session to this file as JSON lines.")] = None,
+    approve: Annotated[str | None, typer.Option(
+        "--approve", metavar="console|deny|allow|RULES", show_default=False,
+        help="Who decides on calls that need approval (as for shoal run).")] = None,
+) -> None:
+    """Continue a run that stopped (crashed, killed, cancelled, or with failures).
+
+    The plan file recorded in the journal is loaded again; it must describe the same plan.
+    Completed calls replay their recorded results and never run again; failed, cancelled and
+    skipped ones run again; calls in flight at a crash run again if their tool is idempotent,
+    else they end in_doubt until you settle them with --rerun-in-doubt or --mark-done.
+    Exit codes as for shoal run; 2 also for an unknown run or a changed plan.
+    """
+    from shoal.cli.app import RunOptions, run_plan  # the app imports this module
+
+    try:
+        record = open_journal(store).get_run(run_id)
+        if record is None:
+            raise ShoalError(f"no run {run_id!r} in {str(store)!r} (shoal runs lists them)")
+        plan_file = _recorded_plan(record, store)
+        done = parse_mark_done(mark_done or [])
+    except ShoalError as exc:
+        raise typer.Exit(_fail(str(exc), as_json)) from None
+    settings = record.source.get("settings") or {}
+    options = RunOptions(
+        plan_file, as_json, max_concurrency or settings.get("max_concurrency"),
+        settings.get("executor"), deadline, False, events, approve, None,
+        settings.get("process_workers"), store, run_id, tuple(rerun_in_doubt or ()), done)
+    raise typer.Exit(run_plan(options))
+
+
+def _recorded_plan(record: RunRecord, store: Path) -> Path:
+    """The run's plan file; if it is gone, a copy of the text the journal kept."""
+    source = record.source
+    if not source.get("path"):
+        raise ShoalError(f"run {record.run_id!r} was not started from a plan file; resume it "
+                         f"from Python with Runtime.resume")
+    recorded_cwd = str(source.get("cwd") or "")
+    if recorded_cwd and recorded_cwd not in sys.path:  # its tools import from there
+        sys.path.append(recorded_cwd)
+    path = Path(str(source["path"]))
+    if path.exists():
+        text = path.read_text(encoding="utf-8")
+        if hashlib.sha256(text.encode("utf-8")).hexdigest() != source.get("sha256"):
+            sys.stderr.write(f"note: {path} changed since the run started; resuming only if "
+                             f"it still describes the same plan\n")
+        return path
+    if "text" not in source:
+        raise ShoalError(f"the plan file {str(path)!r} of run {record.run_id!r} is gone")
+    copy = store.parent / f"plan-{record.run_id}{path.suffix}"
+    copy.write_text(str(source["text"]), encoding="utf-8")
+    sys.stderr.write(f"note: {path} is gone; resuming with the copy kept in the journal "
+                     f"({copy})\n")
+    return copy
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``runs``, ``show``, ``resume`` and ``cancel`` to the ``shoal`` command."""
+    app.command("runs")(runs_command)
+    app.command("show")(show_command)
+    app.command("resume")(resume_command)
+    app.command("cancel")(cancel_command)

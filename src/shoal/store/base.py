@@ -1,0 +1,307 @@
+"""The journal's contract: the :class:`Store` protocol and the records it keeps.
+
+A store keeps, per run: the run itself (:class:`RunRecord`), every attempt that started and
+how it ended (:class:`AttemptRecord`), each node's latest outcome (:class:`StoredOutcome`),
+approval requests and decisions (:class:`ApprovalRecord`), cancel requests from other
+processes (:class:`CancelRequest`) and, when the store keeps them, the run's events.
+
+The runtime writes through :meth:`Store.write`: one call is one transaction, so a batch of
+records (say every outcome of one loop iteration plus the starts it decided) is either stored
+whole or not at all. Everything else is a small direct call. Methods are synchronous; a
+durable store is written from a writer thread of its own (:mod:`shoal.store.journal`), so the
+event loop never waits on a disk.
+
+Approvals: a decision is bound to :func:`approval_hash` of the tool's name and its canonical
+JSON arguments, so a decision for other arguments never matches, and it is used once
+(:meth:`Store.use_decision` marks it used). Pending requests are stored too, so a run killed
+while a person was deciding is still waiting for them after resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
+
+from shoal.events import Event
+from shoal.outcome import Outcome, jsonable
+
+__all__ = [
+    "ApprovalRecord",
+    "AttemptEnded",
+    "AttemptRecord",
+    "AttemptStarted",
+    "CancelRequest",
+    "Decision",
+    "EventRecord",
+    "OutcomeRecord",
+    "Record",
+    "RunEnded",
+    "RunRecord",
+    "RunStatus",
+    "Store",
+    "StoredOutcome",
+    "approval_hash",
+    "canonical_json",
+    "idempotency_key",
+]
+
+RunStatus = Literal["running", "finished", "cancelled", "interrupted"]
+Decision = Literal["pending", "approved", "denied"]
+
+
+def canonical_json(value: Any) -> str:
+    """``value`` as JSON with sorted keys and no spaces: equal data gives equal text."""
+    return json.dumps(jsonable(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def idempotency_key(run_id: str, node_id: str) -> str:
+    """The key a tool asking for one (``shoal.IdempotencyKey``) gets.
+
+    Stable across attempts, crashes and resumes of the same call; different for every other.
+    """
+    return f"{run_id}:{node_id}"
+
+
+def approval_hash(tool: str, arguments: Mapping[str, Any]) -> str:
+    """The hash a decision is bound to: the tool's name and its canonical JSON arguments."""
+    text = f"{tool}\n{canonical_json(dict(arguments))}"
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# ---- what the runtime writes (one Store.write call = one transaction) ---------------------
+# Named tuples rather than frozen dataclasses: a run writes several per call, and tuples are
+# the cheapest immutable records Python builds.
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """A run as the journal knows it.
+
+    ``plan`` describes the plan for resume's change check (per-node digests and edges, see
+    :mod:`shoal.store.fingerprint`); ``fingerprint`` hashes it. ``source`` says where the plan
+    came from (for a plan file: ``path``, ``sha256`` and ``text``). ``sessions`` counts how
+    often the run was started or resumed; ``heartbeat`` is the last time (epoch seconds) a live
+    runtime said it was still running the run, so a run whose process died reads as
+    ``interrupted`` rather than ``running``.
+    """
+
+    run_id: str
+    started_at: float  # epoch seconds
+    nodes: int
+    fingerprint: str
+    plan: Mapping[str, Any] = field(default_factory=dict)
+    source: Mapping[str, Any] = field(default_factory=dict)
+    name: str = ""
+    status: RunStatus = "running"
+    finished_at: float | None = None
+    counts: Mapping[str, int] = field(default_factory=dict)
+    makespan: float = 0.0
+    sessions: int = 1
+    heartbeat: float = 0.0
+    pid: int = 0
+    host: str = ""
+
+
+class RunEnded(NamedTuple):
+    """A session of a run ended: how, when (epoch), with how many nodes in each status."""
+
+    run_id: str
+    status: RunStatus
+    finished_at: float
+    counts: Mapping[str, int]
+    makespan: float
+
+
+class AttemptStarted(NamedTuple):
+    """An attempt began (``at``: seconds on the run's clock). Written ahead of the call."""
+
+    run_id: str
+    session: int
+    node_id: str
+    attempt: int
+    tool: str
+    executor: str
+    at: float
+
+
+class AttemptEnded(NamedTuple):
+    """An attempt ended, with the attempt's status and error text (if any)."""
+
+    run_id: str
+    session: int
+    node_id: str
+    attempt: int
+    status: str
+    at: float
+    error: str = ""
+
+
+class OutcomeRecord(NamedTuple):
+    """A node's outcome; the store serialises the value (see :mod:`shoal.store.codec`)."""
+
+    run_id: str
+    outcome: Outcome
+    position: int = 0  # the node's place in the plan, so outcomes read back in plan order
+
+
+class EventRecord(NamedTuple):
+    """One event of the run; the store keeps it as ``event.to_dict()`` (``kind`` included)."""
+
+    run_id: str
+    event: Event
+
+
+Record = RunRecord | RunEnded | AttemptStarted | AttemptEnded | OutcomeRecord | EventRecord
+
+
+# ---- what the store gives back ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One attempt: started, and ended unless ``ended_at`` is ``None`` (in flight or lost)."""
+
+    node_id: str
+    session: int
+    attempt: int
+    tool: str
+    executor: str
+    started_at: float
+    ended_at: float | None = None
+    status: str = ""
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredOutcome:
+    """An outcome read back from the store.
+
+    ``replayable`` is false when the value could be stored neither as JSON nor pickled: the
+    outcome then holds the value's JSON view (often its ``repr``), not the value itself.
+    ``encoding`` says how the value was stored: ``json``, ``pickle`` or ``repr``.
+    """
+
+    outcome: Outcome
+    replayable: bool = True
+    encoding: str = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalRecord:
+    """A request for a person's decision about one call, and the decision once made.
+
+    ``args_hash`` is :func:`approval_hash` of ``tool`` and the call's arguments; a decision
+    only ever applies to exactly those arguments. ``kind`` is ``approval`` for a tool that
+    needs approval, or ``in_doubt`` for a call that was in flight at a crash (approve = run it
+    again). ``used`` turns true when the runtime acts on the decision, which it does once.
+    """
+
+    run_id: str
+    node_id: str
+    tool: str
+    args_hash: str
+    arguments: Any = None  # JSON-ready, for people to read
+    kind: str = "approval"
+    requested_at: float = 0.0  # epoch seconds
+    decision: Decision = "pending"
+    decided_by: str = ""
+    decided_at: float | None = None
+    reason: str = ""
+    used: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequest:
+    """A request (usually from ``shoal cancel`` in another process) to cancel a run or nodes.
+
+    ``node_ids`` empty means the whole run.
+    """
+
+    id: int
+    run_id: str
+    node_ids: tuple[str, ...]
+    reason: str
+    requested_at: float
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Where runs are journaled; a store of your own can implement this too.
+
+    :class:`~shoal.store.memory.MemoryStore` and :class:`~shoal.store.sqlite.SQLiteStore`
+    implement it.
+
+    ``durable`` says whether written records survive the process (the runtime then waits for
+    a batch's commit before starting the calls that depend on it); ``keeps_events`` whether
+    the runtime should also journal every event.
+    """
+
+    durable: bool
+    keeps_events: bool
+
+    def write(self, records: Sequence[Record]) -> None:
+        """Store ``records`` in one transaction, in order."""
+        ...
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        """One run, or ``None`` if the store does not know it."""
+        ...
+
+    def list_runs(self, limit: int = 50) -> list[RunRecord]:
+        """The most recently started runs first."""
+        ...
+
+    def outcomes(self, run_id: str, *, decode: bool = True) -> dict[str, StoredOutcome]:
+        """Each node's latest outcome, by node id.
+
+        With ``decode=False`` values are their JSON view (no unpickling), for display.
+        """
+        ...
+
+    def attempts(self, run_id: str) -> list[AttemptRecord]:
+        """Every attempt of the run, in the order they started."""
+        ...
+
+    def events(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's journaled events (empty when the store does not keep them)."""
+        ...
+
+    def request_approval(self, record: ApprovalRecord) -> ApprovalRecord:
+        """Store a pending request; if one for the same run, node and hash exists, return it."""
+        ...
+
+    def decide(self, run_id: str, node_id: str, args_hash: str, decision: Decision, *,
+               decided_by: str = "", reason: str = "", at: float | None = None) -> None:
+        """Record a person's decision on a request (creating the request if need be)."""
+        ...
+
+    def use_decision(self, run_id: str, node_id: str, args_hash: str) -> ApprovalRecord | None:
+        """The unused decision for exactly this call, marked used; ``None`` if there is none.
+
+        Atomic: of two callers, only one gets the decision.
+        """
+        ...
+
+    def approvals(self, run_id: str, *, pending_only: bool = False) -> list[ApprovalRecord]:
+        """The run's approval requests and decisions, oldest first."""
+        ...
+
+    def request_cancel(self, run_id: str, node_ids: Sequence[str] = (), *,
+                       reason: str = "cancelled by the user") -> None:
+        """Ask the process running ``run_id`` to cancel it (or only ``node_ids``)."""
+        ...
+
+    def take_cancel_requests(self, run_id: str) -> list[CancelRequest]:
+        """Cancel requests for ``run_id`` not taken yet; taking them marks them taken."""
+        ...
+
+    def heartbeat(self, run_id: str, at: float) -> None:
+        """Say that a live runtime is still running ``run_id`` (``at``: epoch seconds)."""
+        ...
+
+    def close(self) -> None:
+        """Release the store's resources (connections, files)."""
+        ...

@@ -1,0 +1,165 @@
+"""A plan's fingerprint, so resume can tell that the plan changed since the run started.
+
+:func:`describe_plan` records, per node, its tool's name, a digest of the tool's argument
+schema, a digest of its arguments (refs included) and its ``after`` list, plus a digest of
+every dependency edge. The tools' code is deliberately left out: fixing the bug that made a
+call fail and resuming is what resume is for. :func:`plan_differences` compares two
+descriptions and says what differs, in words.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from pydantic_core import to_jsonable_python
+
+from shoal.deps import Graph
+from shoal.plan import Ref
+from shoal.tools import Tool
+
+__all__ = [
+    "FORMAT", "LazyDescription", "canonical", "describe_plan", "fingerprint", "plan_differences",
+]
+
+FORMAT = 1  # bump when the description's shape changes
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))  # made once: dumps() is slow
+_FLAT = (str, int, float, bool, type(None))
+
+
+def _digest(data: Any) -> str:
+    return _hash(_ENCODER.encode(data))
+
+
+def _hash(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+
+
+def _args_digest(args: Mapping[str, Any]) -> str:
+    """A digest of a node's arguments; flat arguments (the common case) skip JSON."""
+    if all(type(v) in _FLAT for v in args.values()):
+        return _hash(repr(sorted(args.items())))  # reprs of these types are stable
+    return _digest(canonical(args))
+
+
+def canonical(value: Any) -> Any:
+    """``value`` as JSON data that is equal across processes for equal values.
+
+    Sets are sorted (their order changes with string hashing), refs become ``"$ref:$a.b"``,
+    and objects JSON cannot hold become their type's name: a repr often holds a memory
+    address, which would make every process see a different plan.
+    """
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, Ref):
+        return f"$ref:{value!r}"
+    if isinstance(value, Mapping):
+        return {str(k): canonical(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [canonical(v) for v in value]
+    if isinstance(value, set | frozenset):
+        items = [canonical(v) for v in value]
+        return sorted(items, key=lambda v: json.dumps(v, sort_keys=True))
+    try:
+        converted = to_jsonable_python(value, fallback=_type_name)
+    except Exception:
+        return _type_name(value)
+    return converted if isinstance(converted, str) else canonical(converted)
+
+
+def _type_name(value: Any) -> str:
+    kind = type(value)
+    return f"<{kind.__module__}.{kind.__qualname__}>"
+
+
+def describe_plan(graph: Graph) -> dict[str, Any]:
+    """What resume compares: each node's tool, signature, arguments and ``after``; the edges.
+
+    ``nodes`` maps each id to ``[tool, schema digest, arguments digest, after]``, in plan
+    order; ``edge_list`` holds every edge as ``[source, target, kind, detail]``.
+    """
+    schemas: dict[int, str] = {}
+    nodes: dict[str, list[Any]] = {}
+    for node in graph.nodes:
+        nodes[node.id] = [node.tool.name, _schema_digest(node.tool, schemas),
+                          _args_digest(node.args), sorted(node.after) if node.after else []]
+    edges = sorted((e.source, e.target, e.kind, e.detail) for e in graph.edges)
+    # the digest leaves out the reasons' wording, which may change between shoal versions
+    return {"format": FORMAT, "nodes": nodes, "edges": _digest([e[:3] for e in edges]),
+            "edge_list": edges}
+
+
+class LazyDescription(Mapping[str, Any]):
+    """:func:`describe_plan` worked out on first use.
+
+    For stores that never leave the process (a memory store): most runs are never resumed,
+    so they need not pay for describing their plan.
+    """
+
+    def __init__(self, graph: Graph) -> None:
+        self._graph = graph
+        self._data: dict[str, Any] | None = None
+
+    def _described(self) -> dict[str, Any]:
+        if self._data is None:
+            self._data = describe_plan(self._graph)
+        return self._data
+
+    def __getitem__(self, key: str) -> Any:
+        return self._described()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._described())
+
+    def __len__(self) -> int:
+        return len(self._described())
+
+
+def _schema_digest(tool: Tool[..., Any], cache: dict[int, str]) -> str:
+    known = cache.get(id(tool))
+    if known is None:
+        try:
+            schema: Any = tool.json_schema()
+        except Exception:  # a schema pydantic cannot render: its parameter names still count
+            schema = sorted(tool.parameters)
+        known = cache[id(tool)] = _digest(schema)
+    return known
+
+
+def fingerprint(description: Mapping[str, Any]) -> str:
+    """One hash of a whole plan description."""
+    return _digest(description)
+
+
+def plan_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """What changed from ``old`` to ``new`` (empty when nothing did), one line per change."""
+    if old.get("format") != new.get("format"):
+        return [f"the run was journaled by a shoal with plan format {old.get('format')}, this "
+                f"one writes format {new.get('format')}"]
+    before: Mapping[str, list[Any]] = old.get("nodes", {})
+    after: Mapping[str, list[Any]] = new.get("nodes", {})
+    found = [f"node {nid!r} was removed" for nid in before if nid not in after]
+    found += [f"node {nid!r} was added" for nid in after if nid not in before]
+    for nid, was in before.items():
+        now = after.get(nid)
+        if now is not None and list(now) != list(was):
+            found.append(f"node {nid!r}: {_node_change(list(was), list(now))}")
+    if not found and old.get("edges") != new.get("edges"):
+        found.append("the dependency edges changed (resource footprints, exclusive tools)")
+    return found
+
+
+def _node_change(was: list[Any], now: list[Any]) -> str:
+    tool, schema, args, after = was
+    if now[0] != tool:
+        return f"tool changed from {tool!r} to {now[0]!r}"
+    parts = []
+    if now[1] != schema:
+        parts.append(f"tool {tool!r} takes different arguments now")
+    if now[2] != args:
+        parts.append("arguments changed")
+    if now[3] != after:
+        parts.append(f"'after' changed from {after} to {now[3]}")
+    return "; ".join(parts)

@@ -1,0 +1,250 @@
+"""An in-memory store: the library's default journal (fast, gone when the process ends).
+
+Nothing in it survives the process, so the runtime does not journal calls one by one here:
+it records the run when it starts and every outcome when the run (or a resumed session of it)
+ends, as the objects the run produced (no serialising). That is enough for
+``Runtime.resume`` in the same process (say, after a cancelled run) and costs about a
+microsecond per call; attempts are not recorded. It keeps the most recent ``max_runs`` runs;
+older finished runs are dropped, so a long-lived ``Runtime`` does not grow without bound.
+Safe to use from several threads.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from shoal.exceptions import RunNotFoundError
+from shoal.outcome import Outcome
+from shoal.store.base import (
+    ApprovalRecord,
+    AttemptEnded,
+    AttemptRecord,
+    AttemptStarted,
+    CancelRequest,
+    Decision,
+    EventRecord,
+    OutcomeRecord,
+    Record,
+    RunEnded,
+    RunRecord,
+    StoredOutcome,
+)
+
+__all__ = ["DEFAULT_MAX_RUNS", "MemoryStore"]
+
+DEFAULT_MAX_RUNS = 100
+
+
+@dataclass(slots=True)
+class _Run:
+    record: RunRecord
+    attempts: dict[tuple[int, str, int], AttemptRecord] = field(default_factory=dict)
+    outcomes: dict[str, tuple[int, Outcome]] = field(default_factory=dict)  # id -> (position, _)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    cancels: list[CancelRequest] = field(default_factory=list)
+    taken: int = 0  # cancel requests handed out so far
+
+
+class MemoryStore:
+    """A :class:`~shoal.store.base.Store` in this process's memory.
+
+    Args:
+        max_runs: runs kept; when a new run would exceed it, the oldest finished ones go.
+        keep_events: also journal every event (costs building events for every run).
+    """
+
+    durable = False
+
+    def __init__(self, *, max_runs: int = DEFAULT_MAX_RUNS, keep_events: bool = False) -> None:
+        self.max_runs = max_runs
+        self.keeps_events = keep_events
+        self._runs: dict[str, _Run] = {}
+        # kept apart from runs: a request may come before its run's first record is written
+        self._approvals: dict[str, list[ApprovalRecord]] = {}
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._write: dict[type, Callable[[Any], None]] = {
+            RunRecord: self._put_run, RunEnded: self._end_run, AttemptStarted: self._start,
+            AttemptEnded: self._end, OutcomeRecord: self._outcome, EventRecord: self._event,
+        }  # fmt: skip
+
+    def __repr__(self) -> str:
+        return f"<MemoryStore {len(self._runs)} runs>"
+
+    # ---- writing ------------------------------------------------------------------------
+
+    def write(self, records: Sequence[Record]) -> None:
+        """Store ``records`` (at once: no other thread sees half of them)."""
+        with self._lock:
+            for record in records:
+                self._write[type(record)](record)
+
+    def _put_run(self, record: RunRecord) -> None:
+        known = self._runs.get(record.run_id)
+        if known is not None:
+            known.record = record
+            return
+        self._runs[record.run_id] = _Run(record)
+        self._evict()
+
+    def _evict(self) -> None:
+        excess = len(self._runs) - self.max_runs
+        if excess <= 0:
+            return
+        old = [rid for rid, run in self._runs.items() if run.record.status != "running"]
+        for rid in old[:excess]:
+            del self._runs[rid]
+            self._approvals.pop(rid, None)
+
+    def _end_run(self, r: RunEnded) -> None:
+        run = self._runs.get(r.run_id)
+        if run is not None:
+            run.record = replace(run.record, status=r.status, finished_at=r.finished_at,
+                                 counts=dict(r.counts), makespan=r.makespan)
+
+    def _start(self, r: AttemptStarted) -> None:
+        run = self._runs.get(r.run_id)
+        if run is not None:
+            run.attempts[(r.session, r.node_id, r.attempt)] = AttemptRecord(
+                r.node_id, r.session, r.attempt, r.tool, r.executor, r.at)
+
+    def _end(self, r: AttemptEnded) -> None:
+        run = self._runs.get(r.run_id)
+        if run is None:
+            return
+        key = (r.session, r.node_id, r.attempt)
+        started = run.attempts.get(key)
+        if started is not None:
+            run.attempts[key] = replace(started, ended_at=r.at, status=r.status, error=r.error)
+
+    def _outcome(self, r: OutcomeRecord) -> None:
+        run = self._runs.get(r.run_id)
+        if run is not None:
+            run.outcomes[r.outcome.node_id] = (r.position, r.outcome)
+
+    def _event(self, r: EventRecord) -> None:
+        run = self._runs.get(r.run_id)
+        if run is not None:
+            run.events.append(r.event.to_dict())
+
+    def heartbeat(self, run_id: str, at: float) -> None:
+        """Note that a live runtime still runs ``run_id``."""
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is not None:
+                run.record = replace(run.record, heartbeat=at)
+
+    # ---- reading ------------------------------------------------------------------------
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        """One run, or ``None``."""
+        run = self._runs.get(run_id)
+        return None if run is None else run.record
+
+    def list_runs(self, limit: int = 50) -> list[RunRecord]:
+        """The most recently started runs first."""
+        with self._lock:
+            records = [run.record for run in self._runs.values()]
+        records.sort(key=lambda r: r.started_at, reverse=True)
+        return records[:limit]
+
+    def outcomes(self, run_id: str, *, decode: bool = True) -> dict[str, StoredOutcome]:
+        """Each node's latest outcome, in plan order (values are the objects the run produced)."""
+        with self._lock:
+            run = self._runs.get(run_id)
+            found = sorted(run.outcomes.values(), key=lambda item: item[0]) if run else []
+        return {o.node_id: StoredOutcome(o) for _, o in found}
+
+    def attempts(self, run_id: str) -> list[AttemptRecord]:
+        """Every attempt of the run, in the order they started."""
+        with self._lock:
+            run = self._runs.get(run_id)
+            return list(run.attempts.values()) if run is not None else []
+
+    def events(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's events, if this store keeps them."""
+        with self._lock:
+            run = self._runs.get(run_id)
+            return list(run.events) if run is not None else []
+
+    # ---- approvals ------------------------------------------------------------------------
+
+    def request_approval(self, record: ApprovalRecord) -> ApprovalRecord:
+        """Store a pending request, or return the one already stored for the same call."""
+        with self._lock:
+            records = self._approvals.setdefault(record.run_id, [])
+            for known in records:
+                if _same_call(known, record.node_id, record.args_hash) and not known.used:
+                    return known
+            stored = replace(record, requested_at=record.requested_at or time.time())
+            records.append(stored)
+            return stored
+
+    def decide(self, run_id: str, node_id: str, args_hash: str, decision: Decision, *,
+               decided_by: str = "", reason: str = "", at: float | None = None) -> None:
+        """Record a decision on the open request for this call (creating one if need be)."""
+        with self._lock:
+            records = self._approvals.setdefault(run_id, [])
+            when = time.time() if at is None else at
+            for i, known in enumerate(records):
+                if _same_call(known, node_id, args_hash) and not known.used:
+                    records[i] = replace(known, decision=decision, decided_by=decided_by,
+                                         decided_at=when, reason=reason)
+                    return
+            records.append(ApprovalRecord(
+                run_id, node_id, "", args_hash, requested_at=when, decision=decision,
+                decided_by=decided_by, decided_at=when, reason=reason))
+
+    def use_decision(self, run_id: str, node_id: str, args_hash: str) -> ApprovalRecord | None:
+        """The unused decision for exactly this call, now marked used (or ``None``)."""
+        with self._lock:
+            records = self._approvals.get(run_id, [])
+            for i, known in enumerate(records):
+                if (_same_call(known, node_id, args_hash) and not known.used
+                        and known.decision != "pending"):
+                    records[i] = used = replace(known, used=True)
+                    return used
+            return None
+
+    def approvals(self, run_id: str, *, pending_only: bool = False) -> list[ApprovalRecord]:
+        """The run's approval requests and decisions, oldest first."""
+        with self._lock:
+            found = list(self._approvals.get(run_id, []))
+        return [a for a in found if a.decision == "pending"] if pending_only else found
+
+    # ---- cancel requests ------------------------------------------------------------------
+
+    def request_cancel(self, run_id: str, node_ids: Sequence[str] = (), *,
+                       reason: str = "cancelled by the user") -> None:
+        """Queue a cancel request for ``run_id``."""
+        with self._lock:
+            self._run(run_id).cancels.append(
+                CancelRequest(next(self._ids), run_id, tuple(node_ids), reason, time.time()))
+
+    def take_cancel_requests(self, run_id: str) -> list[CancelRequest]:
+        """Cancel requests not handed out yet."""
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is None:
+                return []
+            fresh = run.cancels[run.taken:]
+            run.taken = len(run.cancels)
+            return fresh
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def _run(self, run_id: str) -> _Run:
+        run = self._runs.get(run_id)
+        if run is None:
+            raise RunNotFoundError(run_id, "(an in-memory store)")
+        return run
+
+
+def _same_call(record: ApprovalRecord, node_id: str, args_hash: str) -> bool:
+    return record.node_id == node_id and record.args_hash == args_hash

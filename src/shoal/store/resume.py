@@ -1,0 +1,137 @@
+"""Working out, from the journal, what a resumed run replays, runs again or holds in doubt.
+
+For each node of the run, by what the journal says:
+
+* an ``ok`` or ``denied`` outcome: **replayed** (the recorded value or decision); it never
+  runs again. An ``ok`` value the journal could not store (see :mod:`shoal.store.codec`)
+  cannot be replayed: the node runs again if its tool is idempotent, else it is in doubt;
+* a ``failed``, ``timed_out``, ``cancelled`` or ``skipped`` outcome: runs again;
+* no outcome, but an attempt that started and never ended: the call was **in flight** when
+  the run stopped. It runs again if its tool is idempotent; otherwise shoal cannot know
+  whether it took effect, so it is **in doubt** (outcome ``in_doubt``, dependents skipped)
+  until someone decides to run it again (``rerun_in_doubt``);
+* an ``in_doubt`` outcome from an earlier resume: still in doubt, unless named in
+  ``rerun_in_doubt``;
+* nothing at all: runs as it would have.
+
+A node in doubt is settled by a person: ``rerun_in_doubt`` runs it again (it did not take
+effect), ``mark_done`` records it ``ok`` with a value the person gives (it did); either way
+its dependents then run.
+
+Before any of that the plan is compared with the one the run started with; any difference
+raises :class:`~shoal.exceptions.PlanChangedError` and nothing runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from shoal.deps import Graph
+from shoal.exceptions import ConfigError, PlanChangedError, RunNotFoundError
+from shoal.outcome import Outcome
+from shoal.plan import Node
+from shoal.store.base import RunRecord, Store, StoredOutcome
+from shoal.store.fingerprint import plan_differences
+
+__all__ = ["Resumption", "prepare_resume"]
+
+_REPLAYED = ("ok", "denied")
+
+
+@dataclass(frozen=True, slots=True)
+class Resumption:
+    """What a resumed session does with each node.
+
+    ``replay`` these outcomes (plan order), record the ``settled`` ones (in-doubt nodes a
+    person marked done; new to the journal), hold ``in_doubt`` nodes (id -> why), and run the
+    rest; ``rerun`` says why each node that ran before runs again.
+    """
+
+    record: RunRecord
+    replay: list[Outcome] = field(default_factory=list)
+    settled: list[Outcome] = field(default_factory=list)
+    in_doubt: dict[str, str] = field(default_factory=dict)
+    rerun: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def session(self) -> int:
+        """The number of this session of the run (the first run was session 1)."""
+        return self.record.sessions + 1
+
+
+def prepare_resume(store: Store, run_id: str, graph: Graph, description: Mapping[str, Any], *,
+                   rerun_in_doubt: Collection[str] = (),
+                   mark_done: Mapping[str, Any] | None = None) -> Resumption:
+    """Read the journal of ``run_id`` and decide each node's fate (see the module doc).
+
+    Raises :class:`RunNotFoundError`, :class:`PlanChangedError`, or :class:`ConfigError`
+    when ``rerun_in_doubt`` or ``mark_done`` names a node that is not in doubt.
+    """
+    record = store.get_run(run_id)
+    if record is None:
+        raise RunNotFoundError(run_id, _where(store))
+    changes = plan_differences(record.plan, description)
+    if changes:
+        raise PlanChangedError(run_id, changes)
+    stored = store.outcomes(run_id)
+    open_attempts = {a.node_id: a for a in store.attempts(run_id) if a.ended_at is None}
+    wanted, done = set(rerun_in_doubt), dict(mark_done or {})
+    both = sorted(wanted & done.keys())
+    if both:
+        raise ConfigError(f"{both} cannot be both run again and marked done")
+    result = Resumption(record)
+    doubtful: set[str] = set()
+    for node in sorted(graph.nodes, key=lambda n: n.index):
+        why = _doubt(node, stored.get(node.id), node.id in open_attempts, result)
+        if not why:
+            continue
+        doubtful.add(node.id)
+        if node.id in wanted:
+            result.rerun[node.id] = f"was in doubt ({why}); run again as asked"
+        elif node.id in done:
+            result.settled.append(Outcome(
+                node.id, node.tool.name, "ok", done[node.id],
+                reason="it was in doubt and was marked done on resume, with the value given"))
+        else:
+            result.in_doubt[node.id] = why
+    unknown = sorted((wanted | done.keys()) - doubtful)
+    if unknown:
+        raise ConfigError(f"{unknown} are not in doubt in run {run_id!r}, so they cannot be "
+                          f"run again or marked done; in doubt: {sorted(doubtful) or 'none'}")
+    return result
+
+
+def _doubt(node: Node, stored: StoredOutcome | None, in_flight: bool,
+           into: Resumption) -> str:
+    """Why ``node`` is in doubt ('' if it is not); fills ``into``'s replay and rerun."""
+    tool = node.tool
+    if stored is not None:
+        status = stored.outcome.status
+        if status in _REPLAYED and stored.replayable:
+            into.replay.append(stored.outcome)
+            return ""
+        if status == "in_doubt":
+            return stored.outcome.reason
+        if status not in _REPLAYED:
+            into.rerun[node.id] = f"ended {status}"
+            return ""
+        if tool.policy.idempotent:
+            into.rerun[node.id] = "its result could not be stored; the tool is idempotent"
+            return ""
+        return (f"it completed, but its result ({stored.encoding}) could not be stored for "
+                f"replay, and tool {tool.name!r} is not idempotent")
+    if not in_flight:
+        return ""
+    if tool.policy.idempotent:
+        into.rerun[node.id] = "was in flight when the run stopped; the tool is idempotent"
+        return ""
+    return (f"in flight when the run stopped, and tool {tool.name!r} is not idempotent: it may "
+            f"or may not have taken effect (run it again with rerun_in_doubt=[{node.id!r}] or "
+            f"shoal resume --rerun-in-doubt {node.id})")
+
+
+def _where(store: Store) -> str:
+    path = getattr(store, "path", None)
+    return f"in {path!r}" if path else f"in {type(store).__name__}"

@@ -1,0 +1,451 @@
+"""The SQLite journal: one file (``.shoal/runs.db`` for the CLI) that survives ``kill -9``.
+
+The file is in WAL mode with ``synchronous=FULL``: a committed transaction is on disk before
+``commit`` returns, and readers (``shoal runs`` in another terminal) never block the writer.
+Each :meth:`SQLiteStore.write` is one transaction. The schema has a version (table ``meta``);
+opening a file written by a newer shoal raises :class:`~shoal.exceptions.StoreVersionError`
+naming both versions, rather than misreading it.
+
+Values are stored as described in :mod:`shoal.store.codec` (JSON where exact, else a pickle
+plus a JSON view, else the view alone). The connection is shared by the threads of one
+process under a lock; other processes use their own (SQLite serialises writers, and waits up
+to ``timeout`` seconds for a lock).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from shoal import __version__
+from shoal.events import Event
+from shoal.exceptions import RunNotFoundError, StoreError, StoreVersionError
+from shoal.outcome import ErrorInfo, Outcome, jsonable
+from shoal.store.base import (
+    ApprovalRecord,
+    AttemptEnded,
+    AttemptRecord,
+    AttemptStarted,
+    CancelRequest,
+    Decision,
+    EventRecord,
+    OutcomeRecord,
+    Record,
+    RunEnded,
+    RunRecord,
+    StoredOutcome,
+)
+from shoal.store.codec import decode_value, encode_value, view_value
+
+__all__ = ["DEFAULT_PATH", "SCHEMA_VERSION", "SQLiteStore"]
+
+DEFAULT_PATH = Path(".shoal") / "runs.db"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL,
+    started_at REAL NOT NULL, finished_at REAL, nodes INTEGER NOT NULL,
+    fingerprint TEXT NOT NULL, plan TEXT NOT NULL, source TEXT NOT NULL,
+    counts TEXT NOT NULL, makespan REAL NOT NULL, sessions INTEGER NOT NULL,
+    heartbeat REAL NOT NULL, pid INTEGER NOT NULL, host TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS runs_by_start ON runs (started_at);
+CREATE TABLE IF NOT EXISTS attempts (
+    run_id TEXT NOT NULL, session INTEGER NOT NULL, node_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL, tool TEXT NOT NULL, executor TEXT NOT NULL,
+    started_at REAL NOT NULL, ended_at REAL, status TEXT NOT NULL DEFAULT '',
+    error TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (run_id, session, node_id, attempt));
+CREATE TABLE IF NOT EXISTS outcomes (
+    run_id TEXT NOT NULL, node_id TEXT NOT NULL, position INTEGER NOT NULL,
+    tool TEXT NOT NULL, status TEXT NOT NULL, encoding TEXT NOT NULL, value BLOB,
+    view TEXT, error TEXT, reason TEXT NOT NULL, attempts INTEGER NOT NULL,
+    queued_at REAL, started_at REAL, finished_at REAL, executor TEXT NOT NULL,
+    abandoned INTEGER NOT NULL,
+    PRIMARY KEY (run_id, node_id));
+CREATE TABLE IF NOT EXISTS approvals (
+    id INTEGER PRIMARY KEY, run_id TEXT NOT NULL, node_id TEXT NOT NULL, tool TEXT NOT NULL,
+    args_hash TEXT NOT NULL, arguments TEXT NOT NULL, kind TEXT NOT NULL,
+    requested_at REAL NOT NULL, decision TEXT NOT NULL, decided_by TEXT NOT NULL,
+    decided_at REAL, reason TEXT NOT NULL, used INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS approvals_by_call ON approvals (run_id, node_id, args_hash);
+CREATE TABLE IF NOT EXISTS cancels (
+    id INTEGER PRIMARY KEY, run_id TEXT NOT NULL, node_ids TEXT NOT NULL,
+    reason TEXT NOT NULL, requested_at REAL NOT NULL, taken INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS cancels_by_run ON cancels (run_id, taken);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY, run_id TEXT NOT NULL, data TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS events_by_run ON events (run_id);
+"""
+
+_RUN_COLUMNS = ("run_id, name, status, started_at, finished_at, nodes, fingerprint, plan, "
+                "source, counts, makespan, sessions, heartbeat, pid, host")
+_OUTCOME_COLUMNS = ("node_id, tool, status, encoding, value, view, error, reason, attempts, "
+                    "queued_at, started_at, finished_at, executor, abandoned")
+_APPROVAL_COLUMNS = ("run_id, node_id, tool, args_hash, arguments, kind, requested_at, "
+                     "decision, decided_by, decided_at, reason, used")
+
+
+class SQLiteStore:
+    """A :class:`~shoal.store.base.Store` in a SQLite file (WAL, ``synchronous=FULL``).
+
+    Args:
+        path: the database file (its directory is created); ``":memory:"`` for a private,
+            non-persistent database (tests).
+        keep_events: also journal every event of every run. Off by default: attempts and
+            outcomes already hold what resume and ``shoal show`` need, and events roughly
+            double the journal's cost per call (``shoal run`` turns them on).
+        timeout: seconds to wait for another process's lock before failing.
+    """
+
+    durable = True
+
+    def __init__(self, path: str | Path = DEFAULT_PATH, *, keep_events: bool = False,
+                 timeout: float = 30.0) -> None:
+        self.path = str(path)
+        self.keeps_events = keep_events
+        self._lock = threading.RLock()
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None,
+                                         check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the journal {self.path!r}: {exc}") from exc
+        try:
+            self._setup()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def __repr__(self) -> str:
+        return f"<SQLiteStore {self.path!r}>"
+
+    def _setup(self) -> None:
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            with self._tx() as db:
+                found = self._schema_version(db)
+                if found is None:
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            db.execute(statement)
+                    db.executemany("INSERT INTO meta VALUES (?, ?)", [
+                        ("schema_version", str(SCHEMA_VERSION)), ("created_by", __version__)])
+                elif found > SCHEMA_VERSION:
+                    raise StoreVersionError(self.path, found, SCHEMA_VERSION)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path!r} is not a usable shoal journal: {exc}") from exc
+
+    def _schema_version(self, db: sqlite3.Connection) -> int | None:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not tables:
+            return None
+        if "meta" not in tables:
+            raise StoreError(f"{self.path!r} is a SQLite database but not a shoal journal "
+                             f"(it has tables {sorted(tables)[:5]})")
+        row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is None:
+            raise StoreError(f"{self.path!r} has no schema version; it is not a shoal journal")
+        return int(row[0])
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (taking the write lock at once, so it cannot deadlock)."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        try:
+            with self._lock:
+                return self._conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the journal {self.path!r}: {exc}") from exc
+
+    @contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction whose SQLite errors become :class:`StoreError`."""
+        try:
+            with self._tx() as db:
+                yield db
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write to the journal {self.path!r}: {exc}") from exc
+
+    # ---- writing ------------------------------------------------------------------------
+
+    def write(self, records: Sequence[Record]) -> None:
+        """Store ``records`` in one transaction: run rows, attempts, outcomes, events, ends."""
+        runs, starts, ends, outcomes, events, finished = _split(records)
+        with self._writing() as db:
+            if runs:
+                db.executemany(
+                    f"INSERT OR REPLACE INTO runs ({_RUN_COLUMNS}) VALUES "
+                    f"({', '.join('?' * 15)})", [_run_row(r) for r in runs])
+            if starts:
+                db.executemany(
+                    "INSERT OR REPLACE INTO attempts (run_id, session, node_id, attempt, tool, "
+                    "executor, started_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(s.run_id, s.session, s.node_id, s.attempt, s.tool, s.executor, s.at)
+                     for s in starts])
+            if ends:
+                db.executemany(
+                    "UPDATE attempts SET ended_at = ?, status = ?, error = ? WHERE run_id = ? "
+                    "AND session = ? AND node_id = ? AND attempt = ?",
+                    [(e.at, e.status, e.error, e.run_id, e.session, e.node_id, e.attempt)
+                     for e in ends])
+            if outcomes:
+                db.executemany(
+                    f"INSERT OR REPLACE INTO outcomes (run_id, position, {_OUTCOME_COLUMNS}) "
+                    f"VALUES ({', '.join('?' * 16)})", [_outcome_row(o) for o in outcomes])
+            if events:
+                db.executemany("INSERT INTO events (run_id, data) VALUES (?, ?)",
+                               [(e.run_id, _event_json(e.event)) for e in events])
+            if finished:
+                db.executemany(
+                    "UPDATE runs SET status = ?, finished_at = ?, counts = ?, makespan = ? "
+                    "WHERE run_id = ?",
+                    [(f.status, f.finished_at, json.dumps(dict(f.counts)), f.makespan, f.run_id)
+                     for f in finished])
+
+    def heartbeat(self, run_id: str, at: float) -> None:
+        """Note that a live runtime still runs ``run_id``."""
+        with self._writing() as db:
+            db.execute("UPDATE runs SET heartbeat = ? WHERE run_id = ?", (at, run_id))
+
+    # ---- reading ------------------------------------------------------------------------
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        """One run, or ``None``."""
+        rows = self._read(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,))
+        return _run_record(rows[0]) if rows else None
+
+    def list_runs(self, limit: int = 50) -> list[RunRecord]:
+        """The most recently started runs first (without their plan and source, for speed)."""
+        columns = _RUN_COLUMNS.replace("plan, source", "'{}', '{}'")
+        rows = self._read(f"SELECT {columns} FROM runs ORDER BY started_at DESC LIMIT ?",
+                          (limit,))
+        return [_run_record(row) for row in rows]
+
+    def outcomes(self, run_id: str, *, decode: bool = True) -> dict[str, StoredOutcome]:
+        """Each node's latest outcome, in plan order; ``decode=False`` never unpickles."""
+        rows = self._read(f"SELECT {_OUTCOME_COLUMNS} FROM outcomes WHERE run_id = ? "
+                          "ORDER BY position", (run_id,))
+        return {row[0]: _stored_outcome(row, decode) for row in rows}
+
+    def attempts(self, run_id: str) -> list[AttemptRecord]:
+        """Every attempt of the run, in the order they started."""
+        rows = self._read(
+            "SELECT node_id, session, attempt, tool, executor, started_at, ended_at, status, "
+            "error FROM attempts WHERE run_id = ? ORDER BY session, started_at, node_id",
+            (run_id,))
+        return [AttemptRecord(*row) for row in rows]
+
+    def events(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's journaled events, in order."""
+        rows = self._read("SELECT data FROM events WHERE run_id = ? ORDER BY id", (run_id,))
+        return [json.loads(row[0]) for row in rows]
+
+    # ---- approvals ------------------------------------------------------------------------
+
+    def request_approval(self, record: ApprovalRecord) -> ApprovalRecord:
+        """Store a pending request, or return the one already stored for the same call."""
+        with self._writing() as db:  # no check that the run exists: its row may be in flight
+            known = self._open_request(db, record.run_id, record.node_id, record.args_hash)
+            if known is not None:
+                return _approval(known[1:])
+            row = _approval_row(record)
+            if not row[6]:
+                row = (*row[:6], time.time(), *row[7:])
+            db.execute(f"INSERT INTO approvals ({_APPROVAL_COLUMNS}) VALUES "
+                       f"({', '.join('?' * 12)})", row)
+            return _approval(row)
+
+    def decide(self, run_id: str, node_id: str, args_hash: str, decision: Decision, *,
+               decided_by: str = "", reason: str = "", at: float | None = None) -> None:
+        """Record a decision on the open request for this call (creating one if need be)."""
+        when = time.time() if at is None else at
+        with self._writing() as db:
+            known = self._open_request(db, run_id, node_id, args_hash)
+            if known is not None:
+                db.execute("UPDATE approvals SET decision = ?, decided_by = ?, decided_at = ?, "
+                           "reason = ? WHERE id = ?",
+                           (decision, decided_by, when, reason, known[0]))
+                return
+            db.execute(f"INSERT INTO approvals ({_APPROVAL_COLUMNS}) VALUES "
+                       f"({', '.join('?' * 12)})",
+                       (run_id, node_id, "", args_hash, "null", "approval", when, decision,
+                        decided_by, when, reason, 0))
+
+    def use_decision(self, run_id: str, node_id: str, args_hash: str) -> ApprovalRecord | None:
+        """The unused decision for exactly this call, now marked used (or ``None``)."""
+        with self._writing() as db:
+            row = db.execute(
+                f"SELECT id, {_APPROVAL_COLUMNS} FROM approvals WHERE run_id = ? AND "
+                "node_id = ? AND args_hash = ? AND used = 0 AND decision != 'pending' "
+                "ORDER BY id LIMIT 1", (run_id, node_id, args_hash)).fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE approvals SET used = 1 WHERE id = ?", (row[0],))
+            return _approval((*row[1:-1], 1))
+
+    def approvals(self, run_id: str, *, pending_only: bool = False) -> list[ApprovalRecord]:
+        """The run's approval requests and decisions, oldest first."""
+        where = " AND decision = 'pending'" if pending_only else ""
+        rows = self._read(f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE run_id = ?{where} "
+                          "ORDER BY id", (run_id,))
+        return [_approval(row) for row in rows]
+
+    def _open_request(self, db: sqlite3.Connection, run_id: str, node_id: str,
+                      args_hash: str) -> Any:
+        return db.execute(
+            f"SELECT id, {_APPROVAL_COLUMNS} FROM approvals WHERE run_id = ? AND node_id = ? "
+            "AND args_hash = ? AND used = 0 ORDER BY id LIMIT 1",
+            (run_id, node_id, args_hash)).fetchone()
+
+    def _need_run(self, db: sqlite3.Connection, run_id: str) -> None:
+        if db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:
+            raise RunNotFoundError(run_id, f"in {self.path!r}")
+
+    # ---- cancel requests ------------------------------------------------------------------
+
+    def request_cancel(self, run_id: str, node_ids: Sequence[str] = (), *,
+                       reason: str = "cancelled by the user") -> None:
+        """Queue a cancel request; the process running ``run_id`` picks it up within 0.2 s."""
+        with self._writing() as db:
+            self._need_run(db, run_id)
+            db.execute("INSERT INTO cancels (run_id, node_ids, reason, requested_at) "
+                       "VALUES (?, ?, ?, ?)",
+                       (run_id, json.dumps(list(node_ids)), reason, time.time()))
+
+    def take_cancel_requests(self, run_id: str) -> list[CancelRequest]:
+        """Cancel requests not taken yet, now marked taken."""
+        # a cheap read first: this runs several times a second for every journaled run
+        if not self._read("SELECT 1 FROM cancels WHERE run_id = ? AND taken = 0 LIMIT 1",
+                          (run_id,)):
+            return []
+        with self._writing() as db:
+            rows = db.execute("SELECT id, run_id, node_ids, reason, requested_at FROM cancels "
+                              "WHERE run_id = ? AND taken = 0 ORDER BY id", (run_id,)).fetchall()
+            db.executemany("UPDATE cancels SET taken = 1 WHERE id = ?", [(r[0],) for r in rows])
+        return [CancelRequest(r[0], r[1], tuple(json.loads(r[2])), r[3], r[4]) for r in rows]
+
+    def open_cancel_requests(self, run_id: str) -> int:
+        """How many cancel requests for ``run_id`` wait to be taken (``shoal cancel --wait``)."""
+        rows = self._read("SELECT count(*) FROM cancels WHERE run_id = ? AND taken = 0",
+                          (run_id,))
+        return int(rows[0][0])
+
+    # ---- upkeep ---------------------------------------------------------------------------
+
+    def integrity_check(self) -> str:
+        """``PRAGMA integrity_check``: ``"ok"`` for a sound file, else SQLite's findings."""
+        return "\n".join(str(row[0]) for row in self._read("PRAGMA integrity_check"))
+
+    def close(self) -> None:
+        """Close the connection (checkpointing the WAL into the main file)."""
+        with self._lock:
+            self._conn.close()
+
+
+def _split(records: Sequence[Record]) -> tuple[list[RunRecord], list[AttemptStarted],
+                                                 list[AttemptEnded], list[OutcomeRecord],
+                                                 list[EventRecord], list[RunEnded]]:
+    """Records by kind, so each kind is one ``executemany`` (order within a kind is kept)."""
+    runs: list[RunRecord] = []
+    starts: list[AttemptStarted] = []
+    ends: list[AttemptEnded] = []
+    outcomes: list[OutcomeRecord] = []
+    events: list[EventRecord] = []
+    finished: list[RunEnded] = []
+    sort: dict[type, list[Any]] = {RunRecord: runs, AttemptStarted: starts, AttemptEnded: ends,
+                                   OutcomeRecord: outcomes, EventRecord: events,
+                                   RunEnded: finished}
+    for record in records:
+        sort[type(record)].append(record)
+    return runs, starts, ends, outcomes, events, finished
+
+
+_EVENT_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _event_json(event: Event) -> str:
+    """``event.to_dict()`` as JSON, the quick way for events of plain fields (nearly all)."""
+    kind = type(event)
+    names = _EVENT_FIELDS.get(kind)
+    if names is None:
+        names = _EVENT_FIELDS[kind] = tuple(f.name for f in dataclasses.fields(event))
+    data = {name: getattr(event, name) for name in names}
+    data["kind"] = kind.__name__
+    try:
+        return json.dumps(data)
+    except (TypeError, ValueError):  # a field JSON cannot hold as it is
+        return json.dumps(event.to_dict())
+
+
+def _run_row(r: RunRecord) -> tuple[Any, ...]:
+    return (r.run_id, r.name, r.status, r.started_at, r.finished_at, r.nodes, r.fingerprint,
+            json.dumps(dict(r.plan)), json.dumps(dict(r.source)), json.dumps(dict(r.counts)),
+            r.makespan, r.sessions, r.heartbeat, r.pid, r.host)
+
+
+def _run_record(row: Sequence[Any]) -> RunRecord:
+    (run_id, name, status, started_at, finished_at, nodes, fingerprint, plan, source, counts,
+     makespan, sessions, heartbeat, pid, host) = row
+    return RunRecord(run_id, started_at, nodes, fingerprint, json.loads(plan),
+                     json.loads(source), name, status, finished_at, json.loads(counts),
+                     makespan, sessions, heartbeat, pid, host)
+
+
+def _outcome_row(record: OutcomeRecord) -> tuple[Any, ...]:
+    o = record.outcome
+    if o.status == "ok":
+        encoded = encode_value(o.value)
+        encoding, payload, view = encoded.encoding, encoded.payload, encoded.view
+    else:
+        encoding, payload, view = "json", b"null", None
+    error = None if o.error is None else json.dumps(
+        {"type": o.error.type, "message": o.error.message, "traceback": o.error.traceback})
+    return (record.run_id, record.position, o.node_id, o.tool, o.status, encoding, payload,
+            view, error, o.reason, o.attempts, o.queued_at, o.started_at, o.finished_at,
+            o.executor, int(o.abandoned))
+
+
+def _stored_outcome(row: Sequence[Any], decode: bool) -> StoredOutcome:
+    (node_id, tool, status, encoding, payload, view, error, reason, attempts, queued_at,
+     started_at, finished_at, executor, abandoned) = row
+    if decode:
+        value, real = decode_value(encoding, payload, view)
+    else:
+        value = view_value(view) if view is not None else json.loads(payload)
+        real = encoding != "repr"
+    info = None if error is None else ErrorInfo(**json.loads(error))
+    outcome = Outcome(node_id, tool, status, value, info, reason, attempts, queued_at,
+                      started_at, finished_at, executor, bool(abandoned))
+    return StoredOutcome(outcome, real, encoding)
+
+
+def _approval_row(r: ApprovalRecord) -> tuple[Any, ...]:
+    return (r.run_id, r.node_id, r.tool, r.args_hash, json.dumps(jsonable(r.arguments)), r.kind,
+            r.requested_at, r.decision, r.decided_by, r.decided_at, r.reason, int(r.used))
+
+
+def _approval(row: Sequence[Any]) -> ApprovalRecord:
+    (run_id, node_id, tool, args_hash, arguments, kind, requested_at, decision, decided_by,
+     decided_at, reason, used) = row
+    return ApprovalRecord(run_id, node_id, tool, args_hash, json.loads(arguments), kind,
+                          requested_at, decision, decided_by, decided_at, reason, bool(used))

@@ -1,0 +1,270 @@
+"""``shoal run``'s journal; ``shoal runs``, ``show``, ``resume``, ``cancel`` (as subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TOOLS = textwrap.dedent('''
+    import os
+    import signal
+    import time
+    from pathlib import Path
+
+    from shoal import tool
+
+
+    @tool
+    def work(name: str, fail: bool = False) -> str:
+        Path("ran").open("a").write(name + "\\n")
+        if fail and not Path("fixed").exists():
+            raise RuntimeError(f"{name} broke")
+        return name.upper()
+
+
+    @tool
+    def nap(seconds: float, marker: str = "") -> float:
+        if marker:
+            Path(marker).touch()
+        time.sleep(seconds)
+        return seconds
+
+
+    @tool
+    def crash(name: str) -> str:
+        """Kills its own process the first time (a power cut in the middle of a call)."""
+        Path("ran").open("a").write(name + "\\n")
+        if not Path("fixed").exists():
+            os.kill(os.getpid(), signal.SIGKILL)
+        return name
+
+
+    @tool(approval=True)
+    def pay(amount: int) -> str:
+        return f"paid {amount}"
+''')
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "jtools.py").write_text(TOOLS)
+    return tmp_path
+
+
+def write_plan(where: Path, nodes: list[dict[str, Any]], name: str = "plan.json") -> Path:
+    path = where / name
+    path.write_text(json.dumps({"name": "demo", "nodes": nodes}))
+    return path
+
+
+def shoal(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "shoal.cli.app", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout, check=False,
+                          stdin=subprocess.DEVNULL)
+
+
+def run_id_of(proc: subprocess.CompletedProcess[str]) -> str:
+    for line in proc.stderr.splitlines():
+        if line.startswith("shoal: run "):
+            return line.split()[2]
+    raise AssertionError(f"no run id in stderr: {proc.stderr}")
+
+
+def ran(workdir: Path) -> list[str]:
+    path = workdir / "ran"
+    return path.read_text().split() if path.exists() else []
+
+
+SIBLINGS = [{"id": f"s{i}", "tool": "jtools:work",
+             "args": {"name": f"s{i}", "fail": i in (2, 5, 7)}} for i in range(10)]
+SIBLINGS.append({"id": "total", "tool": "jtools:work", "args": {"name": "$s9"},
+                 "after": [f"s{i}" for i in range(9)]})
+
+
+def test_run_journals_by_default_and_resume_reruns_only_what_failed(workdir: Path) -> None:
+    plan = write_plan(workdir, SIBLINGS)
+    first = shoal("run", str(plan), "--json", cwd=workdir)
+    assert first.returncode == 1
+    run_id = run_id_of(first)
+    assert json.loads(first.stdout)["run_id"] == run_id
+    assert (workdir / ".shoal" / "runs.db").exists()
+
+    (workdir / "fixed").touch()
+    (workdir / "ran").unlink()
+    again = shoal("resume", run_id, "--json", cwd=workdir)
+    assert again.returncode == 0, again.stderr
+    assert sorted(ran(workdir)) == ["S9", "s2", "s5", "s7"]  # total is work(name=$s9)
+    result = json.loads(again.stdout)
+    assert result["run_id"] == run_id and result["ok"]
+
+
+def test_no_store_and_another_store(workdir: Path) -> None:
+    plan = write_plan(workdir, SIBLINGS[:1])
+    assert shoal("run", str(plan), "--no-store", cwd=workdir).returncode == 0
+    assert not (workdir / ".shoal").exists()
+    other = workdir / "elsewhere" / "j.db"
+    proc = shoal("run", str(plan), "--store", str(other), cwd=workdir)
+    assert proc.returncode == 0 and other.exists()
+    listed = json.loads(shoal("runs", "--store", str(other), "--json", cwd=workdir).stdout)
+    assert [r["run_id"] for r in listed] == [run_id_of(proc)]
+
+
+def test_runs_and_show(workdir: Path) -> None:
+    plan = write_plan(workdir, SIBLINGS)
+    run_id = run_id_of(shoal("run", str(plan), cwd=workdir))
+
+    listed = json.loads(shoal("runs", "--json", cwd=workdir).stdout)
+    assert listed[0]["run_id"] == run_id and listed[0]["status"] == "finished"
+    assert listed[0]["nodes"] == 11 and listed[0]["counts"] == {"ok": 7, "failed": 3,
+                                                                 "skipped": 1}
+    table = shoal("runs", cwd=workdir).stdout
+    assert run_id in table and "finished" in table and "7 ok 3 failed 1 skipped" in table
+
+    shown = json.loads(shoal("show", run_id, "--json", cwd=workdir).stdout)
+    by_id = {o["node_id"]: o for o in shown["outcomes"]}
+    assert by_id["s2"]["status"] == "failed" and "s2 broke" in by_id["s2"]["error"]["message"]
+    assert by_id["s0"]["value"] == "S0" and by_id["s0"]["attempt_log"][0]["status"] == "ok"
+    assert by_id["total"]["status"] == "skipped"
+    edges = {(e["source"], e["target"], e["kind"]) for e in shown["edges"]}
+    assert ("s9", "total", "data") in edges and ("s0", "total", "after") in edges
+    assert shown["plan_file"] == str(plan.resolve())
+    text = shoal("show", run_id, cwd=workdir).stdout
+    assert "RuntimeError: s2 broke" in text and "uses $s9" in text
+
+    missing = shoal("show", "nope", cwd=workdir)
+    assert missing.returncode == 2 and "no run 'nope'" in missing.stderr
+
+
+def test_show_lists_approvals_and_who_decided(workdir: Path) -> None:
+    plan = write_plan(workdir, [{"id": "p", "tool": "jtools:pay", "args": {"amount": 5}}])
+    run_id = run_id_of(shoal("run", str(plan), "--approve", "allow", cwd=workdir))
+    shown = json.loads(shoal("show", run_id, "--json", cwd=workdir).stdout)
+    [approval] = shown["approvals"]
+    assert approval["node_id"] == "p" and approval["decision"] == "approved"
+    assert approval["decided_by"] and approval["arguments"] == {"amount": 5}
+    assert "approved" in shoal("show", run_id, cwd=workdir).stdout
+
+
+def test_resume_refuses_a_changed_plan_and_unknown_runs(workdir: Path) -> None:
+    plan = write_plan(workdir, SIBLINGS)
+    run_id = run_id_of(shoal("run", str(plan), cwd=workdir))
+    changed = [dict(n) for n in SIBLINGS]
+    changed[0] = {**changed[0], "args": {"name": "other"}}
+    write_plan(workdir, changed)
+    (workdir / "ran").unlink()
+    proc = shoal("resume", run_id, cwd=workdir)
+    assert proc.returncode == 2
+    assert "the plan changed" in proc.stderr and "node 's0': arguments changed" in proc.stderr
+    assert ran(workdir) == []
+    unknown = shoal("resume", "nope", "--json", cwd=workdir)
+    assert unknown.returncode == 2 and json.loads(unknown.stdout)["error"] == "journal"
+
+
+def test_resume_uses_the_journaled_copy_when_the_plan_file_is_gone(workdir: Path) -> None:
+    plan = write_plan(workdir, SIBLINGS)
+    run_id = run_id_of(shoal("run", str(plan), cwd=workdir))
+    plan.unlink()
+    (workdir / "fixed").touch()
+    proc = shoal("resume", run_id, cwd=workdir)
+    assert proc.returncode == 0 and "copy kept in the journal" in proc.stderr
+
+
+def test_a_crash_leaves_an_interrupted_run_and_resume_settles_the_call_in_doubt(
+        workdir: Path) -> None:
+    plan = write_plan(workdir, [
+        {"id": "before", "tool": "jtools:work", "args": {"name": "before"}},
+        {"id": "boom", "tool": "jtools:crash", "args": {"name": "boom"}, "after": ["before"]},
+        {"id": "after", "tool": "jtools:work", "args": {"name": "$boom"}},
+    ])
+    crashed = shoal("run", str(plan), cwd=workdir)
+    assert crashed.returncode == -signal.SIGKILL
+    run_id = run_id_of(crashed)
+    listed = json.loads(shoal("runs", "--json", cwd=workdir).stdout)
+    assert listed[0]["status"] == "interrupted"
+    assert "shoal resume" in shoal("show", run_id, cwd=workdir).stdout
+
+    held = shoal("resume", run_id, "--json", cwd=workdir)
+    assert held.returncode == 1
+    outcomes = {o["node_id"]: o for o in json.loads(held.stdout)["outcomes"]}
+    assert outcomes["before"]["status"] == "ok"
+    assert outcomes["boom"]["status"] == "in_doubt"
+    assert "--rerun-in-doubt boom" in outcomes["boom"]["reason"]
+    assert outcomes["after"]["status"] == "skipped"
+    assert ran(workdir) == ["before", "boom"]  # nothing ran twice
+
+    done = shoal("resume", run_id, "--json", "--mark-done", 'boom="BOOM"', cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    outcomes = {o["node_id"]: o for o in json.loads(done.stdout)["outcomes"]}
+    assert outcomes["boom"]["value"] == "BOOM" and outcomes["after"]["value"] == "BOOM"
+    assert ran(workdir) == ["before", "boom", "BOOM"]  # after is work(name=$boom)
+
+
+def test_rerun_in_doubt_from_the_command_line(workdir: Path) -> None:
+    plan = write_plan(workdir, [{"id": "boom", "tool": "jtools:crash", "args": {"name": "b"}}])
+    run_id = run_id_of(shoal("run", str(plan), cwd=workdir))
+    (workdir / "fixed").touch()
+    bad = shoal("resume", run_id, "--rerun-in-doubt", "nope", cwd=workdir)
+    assert bad.returncode == 2 and "not in doubt" in bad.stderr
+    proc = shoal("resume", run_id, "--rerun-in-doubt", "boom", cwd=workdir)
+    assert proc.returncode == 0, proc.stderr
+    assert ran(workdir) == ["b", "b"]
+
+
+def test_cancel_a_run_going_on_in_another_process(workdir: Path) -> None:
+    plan = write_plan(workdir, [
+        {"id": "quick", "tool": "jtools:nap", "args": {"seconds": 0}},
+        {"id": "long", "tool": "jtools:nap", "args": {"seconds": 30, "marker": "started"}},
+        {"id": "later", "tool": "jtools:nap", "args": {"seconds": 30}, "after": ["quick"]},
+    ])
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    running = subprocess.Popen([sys.executable, "-m", "shoal.cli.app", "run", str(plan),
+                                "--json"], cwd=workdir, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (workdir / "started").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        run_id = json.loads(shoal("runs", "--json", cwd=workdir).stdout)[0]["run_id"]
+        bad = shoal("cancel", run_id, "nope", cwd=workdir)
+        assert bad.returncode == 2 and "no node(s) ['nope']" in bad.stderr
+        one = shoal("cancel", run_id, "long", cwd=workdir)
+        assert one.returncode == 0, one.stderr
+        rest = shoal("cancel", run_id, "--reason", "enough for today", cwd=workdir)
+        assert rest.returncode == 0, rest.stderr
+        out, _ = running.communicate(timeout=30)
+    finally:
+        running.kill()
+    outcomes = {o["node_id"]: o for o in json.loads(out)["outcomes"]}
+    assert outcomes["quick"]["status"] == "ok"
+    assert outcomes["long"]["status"] == "cancelled"
+    assert "cancelled with shoal cancel" in outcomes["long"]["error"]["message"]
+    assert outcomes["later"]["status"] == "cancelled"
+    assert "enough for today" in outcomes["later"]["error"]["message"]
+    finished = shoal("cancel", run_id, cwd=workdir)
+    assert finished.returncode == 1 and "not running" in finished.stderr
+    assert json.loads(shoal("runs", "--json", cwd=workdir).stdout)[0]["status"] == "cancelled"
+
+
+def test_a_journal_from_a_newer_shoal_is_a_clear_error(workdir: Path) -> None:
+    plan = write_plan(workdir, SIBLINGS[:1])
+    assert shoal("run", str(plan), cwd=workdir).returncode == 0
+    with closing(sqlite3.connect(workdir / ".shoal" / "runs.db")) as conn, conn:
+        conn.execute("UPDATE meta SET value = '999' WHERE key = 'schema_version'")
+    for args in (("runs",), ("run", str(plan))):
+        proc = shoal(*args, cwd=workdir)
+        assert proc.returncode == 2
+        assert "schema version 999" in proc.stderr and "upgrade shoal" in proc.stderr

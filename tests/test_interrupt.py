@@ -1,0 +1,324 @@
+"""Ctrl-C and cancellation (guarantee 7): a run stops quickly, records every outcome, and leaves
+no process or thread behind, on the thread and the process backends.
+
+``shoal run`` runs as a real subprocess here; psutil watches what it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from shoal import Plan, Runtime
+from tests.conftest import arun, wait_until
+
+ROOT = Path(__file__).resolve().parents[1]
+CALLS = 50
+EXIT_WITHIN = 2.0  # seconds from Ctrl-C to the process having exited
+
+TOOLS = textwrap.dedent('''
+    import asyncio
+    import os
+    import subprocess
+    import time
+    from pathlib import Path
+
+    from shoal import tool
+
+
+    def _mark(marker, text=""):
+        Path(marker).write_text(text or str(os.getpid()))
+
+
+    @tool
+    def nap(seconds: float, marker: str) -> float:
+        _mark(marker)
+        time.sleep(seconds)
+        return seconds
+
+
+    @tool
+    def spawn_nap(seconds: float, marker: str) -> float:
+        """Starts a process of its own, which must not outlive the run either."""
+        child = subprocess.Popen(["sleep", str(seconds)])
+        _mark(marker, f"{os.getpid()} {child.pid}")
+        child.wait()
+        return seconds
+
+
+    @tool(isolation="inline")
+    async def stubborn(seconds: float, marker: str) -> float:
+        """Ignores cancellation: only a forced exit ends a run waiting for it."""
+        _mark(marker)
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                await asyncio.sleep(end - time.monotonic())
+            except asyncio.CancelledError:
+                pass
+        return seconds
+
+
+    @tool(approval=True)
+    def gated(marker: str) -> str:
+        _mark(marker)
+        return "ran"
+''')
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "cc_tools.py").write_text(TOOLS)
+    (tmp_path / "markers").mkdir()
+    return tmp_path
+
+
+def write_plan(where: Path, nodes: list[dict[str, Any]]) -> Path:
+    path = where / "plan.json"
+    path.write_text(json.dumps({"nodes": nodes}))
+    return path
+
+
+def sleepers(workdir: Path, tool: str | list[str], count: int = CALLS) -> list[dict[str, Any]]:
+    tools = [tool] if isinstance(tool, str) else tool
+    return [{"id": f"n{i:02d}", "tool": f"cc_tools:{tools[i % len(tools)]}",
+             "args": {"seconds": 60, "marker": str(workdir / "markers" / f"n{i:02d}")}}
+            for i in range(count)]
+
+
+def start(workdir: Path, *args: str, stdin: int | None = subprocess.DEVNULL,
+          ) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "shoal.cli.app", "run", "plan.json", "--json", *args],
+        cwd=workdir, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "COLUMNS": "200"})
+
+
+def marked(workdir: Path) -> list[Path]:
+    return [m for m in (workdir / "markers").iterdir() if m.read_text()]
+
+
+def wait_for_markers(workdir: Path, count: int, proc: subprocess.Popen[str],
+                     timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while len(marked(workdir)) < count:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"only {len(marked(workdir))} calls started"
+        time.sleep(0.02)
+
+
+def descendants(proc: subprocess.Popen[str]) -> list[psutil.Process]:
+    """Every process ``proc`` started, directly or not, and the pids the tools wrote down."""
+    found = {p.pid: p for p in psutil.Process(proc.pid).children(recursive=True)}
+    return list(found.values())
+
+
+def alive(processes: list[psutil.Process]) -> list[str]:
+    left = []
+    for p in processes:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                left.append(" ".join(p.cmdline()) or str(p.pid))
+        except psutil.NoSuchProcess:
+            continue
+    return left
+
+
+def interrupt(proc: subprocess.Popen[str]) -> tuple[float, str, str]:
+    """Ctrl-C; the seconds until the process exited, and its output."""
+    proc.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    out, err = proc.communicate(timeout=30)
+    return time.monotonic() - sent, out, err
+
+
+def check_outcomes(out: str, count: int) -> dict[str, dict[str, Any]]:
+    outcomes = {o["node_id"]: o for o in json.loads(out)["outcomes"]}
+    assert len(outcomes) == count  # every outcome recorded
+    assert {o["status"] for o in outcomes.values()} <= {"cancelled", "ok"}
+    return outcomes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_ctrl_c_with_50_calls_in_flight(workdir: Path, backend: str) -> None:
+    tools = ["nap"] if backend == "thread" else ["nap", "spawn_nap"]
+    write_plan(workdir, sleepers(workdir, tools))
+    proc = start(workdir, "--executor", backend, "--process-workers", str(CALLS))
+    try:
+        wait_for_markers(workdir, CALLS, proc)
+        started = descendants(proc)
+        threads = psutil.Process(proc.pid).num_threads()
+        took, out, err = interrupt(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert took < EXIT_WITHIN, f"exit took {took:.2f} s"
+    outcomes = check_outcomes(out, CALLS)
+    assert outcomes["n00"]["reason"] == "interrupted (Ctrl-C)"
+    assert "Traceback" not in err
+    if backend == "process":
+        assert len(started) >= CALLS + CALLS // 2  # 50 workers and the tools' 25 sleeps
+    else:
+        assert threads > CALLS  # the calls ran on threads of the shoal process ...
+    assert not psutil.pid_exists(proc.pid) or psutil.Process(proc.pid).status() == (
+        psutil.STATUS_ZOMBIE)  # ... which ended with it
+    assert wait_until(lambda: not alive(started), timeout=2.0), alive(started)
+    print(f"\nCtrl-C with {CALLS} calls in flight on {backend}: exited in {took:.3f} s")
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_process_workers_are_still_starting(workdir: Path) -> None:
+    write_plan(workdir, sleepers(workdir, ["nap", "spawn_nap"]))
+    proc = start(workdir, "--executor", "process", "--process-workers", str(CALLS))
+    try:
+        wait_for_markers(workdir, 1, proc)  # the first call runs; most workers are starting
+        started = descendants(proc)
+        took, out, err = interrupt(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert took < EXIT_WITHIN, f"exit took {took:.2f} s"
+    check_outcomes(out, CALLS)
+    assert wait_until(lambda: not alive(started), timeout=2.0), alive(started)
+    print(f"\nCtrl-C while workers start: exited in {took:.3f} s")
+
+
+def test_a_second_ctrl_c_forces_and_leaves_no_process(workdir: Path) -> None:
+    nodes = sleepers(workdir, "spawn_nap", count=4)
+    nodes.append({"id": "stubborn", "tool": "cc_tools:stubborn",
+                  "args": {"seconds": 60, "marker": str(workdir / "markers" / "stubborn")}})
+    write_plan(workdir, nodes)
+    proc = start(workdir, "--executor", "process", "--process-workers", "4")
+    try:
+        wait_for_markers(workdir, 5, proc)
+        started = descendants(proc)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        assert proc.poll() is None  # the stubborn call keeps the graceful stop waiting
+        proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        _, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert time.monotonic() - sent < EXIT_WITHIN
+    assert proc.returncode == 130 and "interrupted twice" in err
+    assert wait_until(lambda: not alive(started), timeout=2.0), alive(started)
+
+
+def test_killing_shoal_leaves_no_worker_or_tool_process(workdir: Path) -> None:
+    write_plan(workdir, sleepers(workdir, "spawn_nap", count=4))
+    proc = start(workdir, "--executor", "process", "--process-workers", "4")
+    try:
+        wait_for_markers(workdir, 4, proc)
+        started = descendants(proc)
+        assert len(started) == 8  # four workers, each with the sleep its tool started
+    finally:
+        proc.kill()  # SIGKILL: shoal cannot clean up; the workers see their pipe close
+        # a tool's process still alive would hold shoal's output pipes open
+        proc.communicate(timeout=10)
+    assert wait_until(lambda: not alive(started), timeout=2.0), alive(started)
+
+
+def test_ctrl_c_while_a_call_waits_for_approval(workdir: Path) -> None:
+    nodes = sleepers(workdir, "nap", count=3)
+    nodes.append({"id": "gated", "tool": "cc_tools:gated",
+                  "args": {"marker": str(workdir / "markers" / "gated")}})
+    write_plan(workdir, nodes)
+    read, write = os.pipe()  # a console nobody answers
+    try:
+        proc = start(workdir, "--approve", "console", stdin=read)
+        try:
+            wait_for_markers(workdir, 3, proc)
+            time.sleep(0.2)
+            took, out, err = interrupt(proc)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    finally:
+        os.close(read)
+        os.close(write)
+    assert proc.returncode == 130 and took < EXIT_WITHIN
+    outcomes = check_outcomes(out, 4)
+    assert outcomes["gated"]["status"] == "cancelled"
+    assert "1 call need approval" in err
+    assert not (workdir / "markers" / "gated").exists()
+
+
+# ---- in-process: nothing left after a cancelled run ------------------------------------------
+
+
+def import_tools(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The test's tools, importable here and (through ``sys.path``) in worker processes."""
+    monkeypatch.syspath_prepend(str(workdir))
+    monkeypatch.delitem(sys.modules, "cc_tools", raising=False)
+    import cc_tools  # type: ignore[import-not-found]
+
+    return cc_tools
+
+
+def test_a_cancelled_process_run_leaves_no_process_or_thread(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cc_tools = import_tools(workdir, monkeypatch)
+    threads_before = set(threading.enumerate())
+    me = psutil.Process()
+    plan = Plan()
+    for i in range(8):
+        plan.call(cc_tools.spawn_nap, seconds=60, marker=str(workdir / "markers" / str(i)))
+
+    async def main() -> None:
+        async with Runtime(executor="process", process_workers=8) as runtime:
+            handle = runtime.start(plan)
+            while len(marked(workdir)) < 8:
+                assert not handle.done(), handle.partial_result().outcomes
+                await asyncio.sleep(0.02)
+            started = me.children(recursive=True)
+            assert len(started) == 16
+            handle.cancel()
+            result = await handle
+            assert result.counts["cancelled"] == 8
+        assert not alive(started)
+
+    arun(main(), timeout=60)
+    assert me.children(recursive=True) == []
+    assert wait_until(lambda: set(threading.enumerate()) <= threads_before, timeout=2.0), (
+        set(threading.enumerate()) - threads_before)
+
+
+def test_a_cancelled_thread_run_leaves_no_thread(workdir: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    cc_tools = import_tools(workdir, monkeypatch)
+    threads_before = set(threading.enumerate())
+    plan = Plan()
+    for i in range(CALLS):
+        plan.call(cc_tools.nap, seconds=0.3, marker=str(workdir / "markers" / str(i)))
+
+    async def main() -> None:
+        async with Runtime(executor="thread") as runtime:
+            handle = runtime.start(plan)
+            while len(marked(workdir)) < CALLS:
+                await asyncio.sleep(0.01)
+            handle.cancel()
+            result = await handle
+            assert result.counts["cancelled"] == CALLS
+            assert len(result.abandoned) == CALLS  # threads cannot be killed: they say so
+
+    arun(main())
+    # abandoned calls end on their own; the pool's threads go with the runtime
+    assert wait_until(lambda: set(threading.enumerate()) <= threads_before, timeout=2.0), (
+        set(threading.enumerate()) - threads_before)
