@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shoal
 from shoal.models.base import ModelRequest, ToolResultMessage, UserMessage
 from shoal.testing import ScriptedModel, call
 
@@ -40,3 +41,13 @@ def review_model() -> ScriptedModel:
 
 
 scripted_review = review_model()
+
+
+@shoal.tool(approval=True)
+def pay(to: str, amount: int) -> str:
+    """Pay someone (needs a person's approval)."""
+    return f"paid {amount} to {to}"
+
+
+payer = shoal.Agent(name="payer", tools=[pay], model=ScriptedModel.per_prompt({
+    "*": [[call("pay", to="ann", amount=5)], lambda request: _results(request)[-1]]}))

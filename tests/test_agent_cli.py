@@ -67,3 +67,15 @@ def test_a_budget_stop_exits_1_and_still_prints_the_tree() -> None:
     assert done.returncode == 1, done.stderr
     assert "wall_clock" in done.stderr
     assert "lead  budget_exceeded" in done.stdout
+
+
+@pytest.mark.parametrize(("mode", "status", "answer"), [
+    ("deny", "denied", "Denied: denied by --approve deny"),
+    ("allow", "ok", "paid 5 to ann"),
+])
+def test_approve_decides_an_agents_gated_calls(mode: str, status: str, answer: str) -> None:
+    done = shoal("run", "tests/agent_models.py:payer", "pay ann", "--approve", mode, "--json")
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert [c["status"] for c in data["calls"]] == [status]
+    assert data["output"] == answer

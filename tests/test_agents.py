@@ -422,3 +422,16 @@ def test_gated_calls_of_subagents_reach_the_approver_with_lineage_and_denials_go
     denied = result.children[2].calls[0]
     assert denied.status == "denied"
     assert denied.message.is_error and "too much" in denied.message.content
+
+
+def test_a_cost_budget_counts_every_agent_of_the_tree() -> None:
+    priced = shoal.Usage(input_tokens=10, output_tokens=10, requests=1, cost=0.004)
+    sub = shoal.Agent(name="sub", model=ScriptedModel.per_prompt({"*": ["sub done"]},
+                                                                  usage=priced))
+    lead = shoal.Agent(name="lead", subagents=[sub], model=ScriptedModel(
+        [[call("sub", task="a"), call("sub", task="b")], "never"], usage=priced))
+    with pytest.raises(BudgetExceeded, match="cost limit is 0.01") as caught:
+        lead.run_sync("go", budget=shoal.Budget(cost=0.01))
+    assert caught.value.limit == "cost" and caught.value.used == pytest.approx(0.012)
+    result = caught.value.result
+    assert result.usage.cost == pytest.approx(0.012)

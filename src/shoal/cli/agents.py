@@ -27,6 +27,7 @@ from shoal.agents.agent import Agent, AgentHandle
 from shoal.agents.budget import Budget
 from shoal.agents.result import AgentResult
 from shoal.cli.interrupt import EXIT_INTERRUPTED, CtrlC
+from shoal.cli.live import LivePause
 from shoal.cli.tree import AgentTree, render_tree
 from shoal.events import JsonlSink
 from shoal.exceptions import AgentError, ConfigError, ModelError, ShoalError
@@ -50,6 +51,7 @@ class AgentOptions:
     runtime: Runtime | None = None
     budget: Budget | None = None
     events: JsonlSink | None = None
+    pause: LivePause | None = None  # lets a console approver stop the live tree while it asks
 
 
 def is_agent_target(target: str) -> bool:
@@ -146,7 +148,8 @@ async def _drive(agent: Agent[Any], options: AgentOptions, sinks: list[Any], con
                              budget=options.budget, on_event=sinks)
         with CtrlC(handle) as ctrl_c:
             try:
-                result = await (_follow(handle, console, view) if live else handle)
+                result = await (_follow(handle, console, view, options.pause) if live
+                                else handle)
                 return result, None, ctrl_c.interrupted
             except (AgentError, ModelError) as exc:
                 return getattr(exc, "result", None), exc, ctrl_c.interrupted
@@ -154,15 +157,22 @@ async def _drive(agent: Agent[Any], options: AgentOptions, sinks: list[Any], con
         await runtime.aclose()
 
 
-async def _follow(handle: AgentHandle[Any], console: Console,
-                  view: AgentTree) -> AgentResult[Any]:
+async def _follow(handle: AgentHandle[Any], console: Console, view: AgentTree,
+                  pause: LivePause | None) -> AgentResult[Any]:
     waiter = asyncio.ensure_future(handle)
     title = f"shoal · agent run {handle.run_id}"
     with Live(render_tree(view, title), console=console, auto_refresh=False,
               transient=True) as display:
-        while not waiter.done():
-            await asyncio.wait({waiter}, timeout=1 / REFRESH_PER_SECOND)
-            display.update(render_tree(view, title), refresh=True)
+        if pause is not None:
+            pause.attach(display)
+        try:
+            while not waiter.done():
+                await asyncio.wait({waiter}, timeout=1 / REFRESH_PER_SECOND)
+                if pause is None or not pause.paused:  # a prompt holds the terminal
+                    display.update(render_tree(view, title), refresh=True)
+        finally:
+            if pause is not None:
+                pause.attach(None)
     return waiter.result()
 
 

@@ -260,7 +260,7 @@ def run_agent(target: str, prompt: str | None, model: str | None, as_json: bool,
     """Run the agent ``target`` names on ``prompt`` as ``shoal run`` does; return the exit code.
 
     ``deadline`` becomes the tree's wall-clock budget. ``approve`` names the approver as
-    ``--approve`` does (for agents only when given: the live tree cannot pause for prompts).
+    ``--approve`` does (console by default on a terminal; the live tree pauses while it asks).
     """
     _put_cwd_on_path()
     sink = _open_events(events)
@@ -268,15 +268,15 @@ def run_agent(target: str, prompt: str | None, model: str | None, as_json: bool,
         return _bad_input("events", sink, as_json)
     live = not as_json and sys.stdout.isatty()
     console = Console(highlight=False, width=None if live else _plain_width())
+    pause = LivePause() if live else None
     try:
-        settings: dict[str, Any] = {"executor": executor, "approval_timeout": approval_timeout}
-        if approve is not None:
-            settings["approver"] = approver_for(approve)
+        settings: dict[str, Any] = {"executor": executor, "approval_timeout": approval_timeout,
+                                    "approver": approver_for(approve, pause)}
         if max_concurrency is not None:
             settings["max_concurrency"] = max_concurrency
         chosen = model_option(model) if model is not None else None
         options = AgentOptions(target, prompt, chosen, as_json, Runtime(**settings),
-                               Budget(wall_clock=deadline) if deadline else None, sink)
+                               Budget(wall_clock=deadline) if deadline else None, sink, pause)
         return run_agent_target(options, console, live)
     except (ConfigError, ToolDefinitionError, MissingDependencyError) as exc:
         return _bad_input("config", str(exc), as_json)
