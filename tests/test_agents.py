@@ -430,7 +430,7 @@ def test_a_cost_budget_counts_every_agent_of_the_tree() -> None:
                                                                   usage=priced))
     lead = shoal.Agent(name="lead", subagents=[sub], model=ScriptedModel(
         [[call("sub", task="a"), call("sub", task="b")], "never"], usage=priced))
-    with pytest.raises(BudgetExceeded, match="cost limit is 0.01") as caught:
+    with pytest.raises(BudgetExceeded, match=r"cost limit is 0\.01") as caught:
         lead.run_sync("go", budget=shoal.Budget(cost=0.01))
     assert caught.value.limit == "cost" and caught.value.used == pytest.approx(0.012)
     result = caught.value.result

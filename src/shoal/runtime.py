@@ -33,6 +33,7 @@ from shoal.outcome import RunResult
 from shoal.plan import Plan, Ref
 from shoal.scheduler.approval_desk import ApprovalDesk
 from shoal.scheduler.driver import Driver, Snapshot
+from shoal.scheduler.gates import SharedLimits
 from shoal.scheduler.state import SchedulerState
 from shoal.store.base import RunRecord, Store
 from shoal.store.fingerprint import LazyDescription, describe_plan, fingerprint
@@ -199,6 +200,9 @@ class Runtime:
         self._rng = random.Random(seed)
         self._estimates: dict[str, float] = {}
         self._executors: dict[str, Executor] = {}
+        # Per-tool, per-resource-key and per-backend limits hold across every run of this
+        # runtime at once: an agent's parallel subagents share them (see scheduler/gates.py).
+        self._limits = SharedLimits()
         self.store: Store | None = None if store is None else open_store(store)
         self.approvals = _approval_desk(approver, approval_timeout, approval_rate,
                                         approval_budget)
@@ -352,6 +356,7 @@ class Runtime:
             default_executor=self.executor,
             estimates=self._estimates,
             rng=self._rng,
+            shared_limits=self._limits,
             record_events=bool(sinks) or (self.store is not None and self.store.keeps_events),
         )
         executors: dict[str, Executor] = {

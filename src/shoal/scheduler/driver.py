@@ -158,6 +158,7 @@ class Driver:
         self._epoch -= offset
         self._t0 = self._loop.time() - offset
         self._mono_t0 = time.monotonic() - offset  # backends report when work began on this clock
+        self.state.clock_origin = self._t0  # rate limiters shared across runs use the loop's clock
         self._finished = self._loop.create_future()
         self._open_journal()
         self._publish([RunStarted(run_id=self.state.run_id, time=self.now(),
@@ -188,6 +189,7 @@ class Driver:
             for handle in self._timers:
                 handle.cancel()
             self._timers.clear()
+            self.state.shared_limits.forget(self)
         await self._desk.drain(self.state.run_id)
         result = self.result()
         self._publish([RunFinished(run_id=self.state.run_id, time=max(self.now(), result.makespan),
@@ -242,8 +244,31 @@ class Driver:
             self._publish(d.events)
         if d.approvals:
             self._approvals(d.approvals)
+        if d.parked or d.freed:
+            self._share_gates(d)
         if self.state.finished and self._finished is not None and not self._finished.done():
             self._finished.set_result(None)
+
+    def _share_gates(self, d: Decisions) -> None:
+        """Pass wake-ups between the runtime's runs that share gates.
+
+        Ask to hear when gates this run waits on free up; tell the runs that wait on the gates
+        this run freed.
+        """
+        shared = self.state.shared_limits
+        for gate in d.parked:
+            shared.wait_on(gate, self, self._gate_freed)
+        for gate in d.freed:
+            shared.freed(gate, self)
+
+    def _gate_freed(self, gate: object) -> None:
+        """Another run freed ``gate``; look again on the next loop turn (never re-entrantly)."""
+        if self._loop is not None and not self.state.finished:
+            self._loop.call_soon(self._recheck_gate, gate)
+
+    def _recheck_gate(self, gate: object) -> None:
+        if not self.state.finished:
+            self._apply(self.state.wake_gate(gate, self.now()))
 
     async def _attempt(self, call: Call, barrier: asyncio.Future[None] | None) -> AttemptResult:
         executor = self._executors[call.executor]

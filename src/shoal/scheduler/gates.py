@@ -4,6 +4,13 @@ A *gate* is a per-tool, per-resource-key or per-backend concurrency limit; a rat
 gate whose room comes back with time. A node that finds a gate full is *parked* on it (in a
 heap, best priority first) and returns to the ready queue when the gate frees up, so nothing
 polls. Pure bookkeeping, like the state machine that uses it: no I/O, no clock.
+
+The gates themselves live in :class:`SharedLimits`, one per :class:`~shoal.runtime.Runtime`,
+so every run of a runtime counts against the same limits: a tool's ``max_concurrency`` of 2
+means 2 calls in flight across the lead and all its subagents' tool phases, not 2 per phase.
+Parked nodes stay with their own run; when a call of one run frees a gate that nodes of
+another run wait on, the freeing run's driver tells the other one (see
+:meth:`SharedLimits.freed`), which gives its parked nodes another look.
 """
 
 from __future__ import annotations
@@ -17,24 +24,62 @@ from shoal.deps import render_key
 from shoal.limits import ConcurrencyLimit, RateLimiter
 from shoal.tools import Tool
 
-__all__ = ["Gates", "Parked"]
+__all__ = ["Gates", "Parked", "SharedLimits"]
 
 Parked = tuple[float, int]  # (priority, node position), as in the ready heap
+
+
+class SharedLimits:
+    """The concurrency gates and rate limiters every run of one runtime counts against."""
+
+    def __init__(self) -> None:
+        self.tool_limits: dict[tuple[str, int], ConcurrencyLimit] = {}
+        self.key_limits: dict[str, ConcurrencyLimit] = {}
+        self.executor_limits: dict[str, ConcurrencyLimit] = {}
+        self.rates: dict[tuple[str, str], RateLimiter] = {}
+        # gate -> the runs with nodes parked on it, and how to tell each that it freed up
+        self._waiting: dict[object, dict[object, Callable[[object], None]]] = {}
+
+    def executor_gate(self, name: str, cap: int) -> ConcurrencyLimit:
+        """The worker-count gate of one backend."""
+        gate = self.executor_limits.get(name)
+        if gate is None:
+            gate = self.executor_limits[name] = ConcurrencyLimit(f"{name} workers", cap)
+        return gate
+
+    def wait_on(self, gate: object, run: object, wake: Callable[[object], None]) -> None:
+        """Remember that ``run`` has nodes parked on ``gate``; ``wake(gate)`` when it frees."""
+        self._waiting.setdefault(gate, {})[run] = wake
+
+    def freed(self, gate: object, by: object) -> None:
+        """``by`` released ``gate``: tell every other run waiting on it."""
+        waiting = self._waiting.get(gate)
+        if waiting:
+            for run, wake in list(waiting.items()):
+                if run is not by:
+                    wake(gate)
+
+    def forget(self, run: object) -> None:
+        """``run`` ended: it waits on nothing any more."""
+        for waiting in self._waiting.values():
+            waiting.pop(run, None)
 
 
 class Gates:
     """Creates gates on first use and keeps the nodes parked on each."""
 
     def __init__(self, resource_limits: Mapping[str, int] | None = None,
-                 executor_limits: Mapping[str, int] | None = None) -> None:
+                 executor_limits: Mapping[str, int] | None = None,
+                 shared: SharedLimits | None = None) -> None:
         self._resource_limits = dict(resource_limits or {})
+        self.shared = shared if shared is not None else SharedLimits()
         # A call waiting for a worker (a pool thread, a process) waits here, in the queue,
         # rather than inside the backend where its timeout would already be running.
-        self._executor_gates = {name: ConcurrencyLimit(f"{name} workers", cap)
+        self._executor_gates = {name: self.shared.executor_gate(name, cap)
                                 for name, cap in (executor_limits or {}).items()}
-        self._tool_limits: dict[tuple[str, int], ConcurrencyLimit] = {}
-        self._key_limits: dict[str, ConcurrencyLimit] = {}
-        self._rates: dict[tuple[str, str], RateLimiter] = {}
+        self._tool_limits = self.shared.tool_limits
+        self._key_limits = self.shared.key_limits
+        self._rates = self.shared.rates
         self._parked: dict[object, list[Parked]] = {}
         self.rate_waits: set[RateLimiter] = set()  # rate limiters with a wake-up timer set
 

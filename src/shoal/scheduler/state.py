@@ -54,7 +54,7 @@ from shoal.limits import ConcurrencyLimit
 from shoal.outcome import STATUSES, ErrorInfo, Outcome, Status, jsonable
 from shoal.plan import Node, Ref
 from shoal.scheduler.args import isolate_all, resolve_arguments
-from shoal.scheduler.gates import Gates
+from shoal.scheduler.gates import Gates, SharedLimits
 from shoal.scheduler.priority import CriticalPath
 from shoal.store.base import approval_hash
 from shoal.tools import Isolation, Tool
@@ -159,9 +159,13 @@ class Decisions:
     before it starts anything (a node's outcome is committed before its dependents start).
     """
 
-    __slots__ = ("approvals", "cancels", "done", "events", "starts", "timers")
+    __slots__ = ("approvals", "cancels", "done", "events", "freed", "parked", "starts", "timers")
 
     def __init__(self) -> None:
+        # ``parked`` / ``freed``: gates (shared with the runtime's other runs) that a node of
+        # this run now waits on / that this run released, so the driver can pass wake-ups on.
+        self.parked: list[object] = []
+        self.freed: list[object] = []
         self.starts: list[Call] = []
         self.cancels: list[int] = []
         self.timers: list[tuple[float, str, int]] = []
@@ -226,6 +230,7 @@ class SchedulerState:
         estimates: dict[str, float] | None = None,
         rng: random.Random | None = None,
         record_events: bool = False,
+        shared_limits: SharedLimits | None = None,
     ) -> None:
         self.graph = graph
         self.run_id = run_id
@@ -234,7 +239,10 @@ class SchedulerState:
         self._critical = CriticalPath(graph, estimates if estimates is not None else {})
         self._rng = rng or random.Random()
         self._global = ConcurrencyLimit("run max_concurrency", max_concurrency)
-        self._gates = Gates(resource_limits, executor_limits)
+        self._gates = Gates(resource_limits, executor_limits, shared_limits)
+        # Where this run's clock starts on the shared clock (the loop's), so rate limiters
+        # shared with other runs see one time line; the driver sets it when the run starts.
+        self.clock_origin = 0.0
         self._heap: list[tuple[float, int]] = []
         self._hard = _hard_pairs(graph)
         self.slots = [
@@ -266,7 +274,7 @@ class SchedulerState:
         """An attempt ended: retry it, or record the outcome and release its dependents."""
         d = Decisions()
         slot = self.slots[pos]
-        self._release(slot)
+        self._release(slot, d)
         if result.began is not None and slot.attempts == 1 and slot.started_at is not None:
             slot.started_at = max(slot.started_at, result.began)  # exclude waiting for a worker
         status = slot.cancel_status if result.status == "cancelled" else result.status
@@ -299,6 +307,18 @@ class SchedulerState:
             self._set_phase(slot, Phase.READY)
             heapq.heappush(self._heap, (slot.priority, pos))
             self._dispatch(now, d)
+        return d
+
+    @property
+    def shared_limits(self) -> SharedLimits:
+        """The gates this run shares with the other runs of its runtime."""
+        return self._gates.shared
+
+    def wake_gate(self, gate: object, now: float) -> Decisions:
+        """Another run freed ``gate``: give this run's best node parked on it another look."""
+        d = Decisions()
+        self._wake_one(gate)
+        self._dispatch(now, d)
         return d
 
     def wake(self, now: float) -> Decisions:
@@ -565,17 +585,19 @@ class SchedulerState:
         for gate in slot.gates or ():
             if not gate.available():
                 self._park(gate, slot)
+                d.parked.append(gate)
                 return False
         if slot.node.tool.policy.rate is not None:
             limiter = self._gates.rate_for(slot.node.tool)
-            wait = limiter.wait_time(now)
+            shared_now = now + self.clock_origin
+            wait = limiter.wait_time(shared_now)
             if wait > 0:
                 self._park(limiter, slot)
                 if limiter not in self._gates.rate_waits:  # one timer per limiter
                     self._gates.rate_waits.add(limiter)
                     d.timers.append((now + wait, "rate", slot.pos))
                 return False
-            limiter.take(now)
+            limiter.take(shared_now)
         return True
 
     def _park(self, gate: object, slot: _Slot) -> None:
@@ -615,13 +637,14 @@ class SchedulerState:
                                         tool=tool.name, attempt=slot.attempts,
                                         executor=slot.executor))
 
-    def _release(self, slot: _Slot) -> None:
+    def _release(self, slot: _Slot, d: Decisions) -> None:
         """Give back the slot's limits and return one parked node per freed gate to the heap."""
         self._global.in_use -= 1
         del self.in_flight[slot.pos]
         for gate in slot.gates or ():
             gate.release()
             self._wake_one(gate)
+            d.freed.append(gate)  # other runs of the runtime may wait on it too
 
     def _error(self, slot: _Slot, result: AttemptResult) -> ErrorInfo | None:
         if result.error is not None:

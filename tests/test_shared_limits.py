@@ -1,0 +1,84 @@
+"""Per-tool limits hold across every run of one runtime: parallel plans and agent trees."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import shoal
+from shoal.testing import ScriptedModel, call
+from tests.conftest import Gauge, arun
+
+
+def test_two_concurrent_runs_share_a_tools_max_concurrency() -> None:
+    gauge = Gauge()
+
+    @shoal.tool(max_concurrency=2)
+    async def fetch(i: int) -> int:
+        """Fetch one item."""
+        with gauge:
+            await asyncio.sleep(0.02)
+        return i
+
+    def plan(n: int) -> shoal.Plan:
+        p = shoal.Plan()
+        for i in range(n):
+            p.call(fetch, i=i)
+        return p
+
+    async def main() -> list[shoal.RunResult]:
+        async with shoal.Runtime() as runtime:
+            return await asyncio.gather(*(runtime.run(plan(8)) for _ in range(3)))
+
+    results = arun(main())
+    assert all(r.ok for r in results)
+    assert gauge.total == 24
+    assert gauge.peak == 2  # not 2 per run
+
+
+def test_a_subagent_tree_shares_a_tools_max_concurrency() -> None:
+    gauge = Gauge()
+
+    @shoal.tool(max_concurrency=2)
+    async def search(query: str) -> str:
+        """Search (the API allows two requests at a time)."""
+        with gauge:
+            await asyncio.sleep(0.03)
+        return f"hits for {query}"
+
+    sub = shoal.Agent(name="researcher", tools=[search], model=ScriptedModel.per_prompt({
+        "*": [lambda req: [call("search", query=f"{req.messages[0].content}/{k}")  # type: ignore[union-attr]
+                           for k in range(3)], "done"]}))
+    lead = shoal.Agent(name="lead", subagents=[sub], model=ScriptedModel(
+        [[call("researcher", task=f"t{i}") for i in range(4)], "report"]))
+
+    result = lead.run_sync("go")
+    assert result.output == "report"
+    assert [c.status for child in result.children for c in child.calls] == ["ok"] * 12
+    assert gauge.peak == 2  # across the four subagents' tool phases together
+
+
+def test_a_rate_limit_is_shared_by_concurrent_runs() -> None:
+    @shoal.tool(rate="10/s")
+    async def ping(i: int) -> int:
+        """Ping."""
+        return i
+
+    def plan() -> shoal.Plan:
+        p = shoal.Plan()
+        for i in range(10):
+            p.call(ping, i=i)
+        return p
+
+    async def main() -> tuple[float, list[Any]]:
+        async with shoal.Runtime() as runtime:
+            began = time.perf_counter()
+            results = await asyncio.gather(runtime.run(plan()), runtime.run(plan()))
+            return time.perf_counter() - began, results
+
+    elapsed, results = arun(main())
+    assert all(r.ok for r in results)
+    # 10 tokens at once, then 10 per second: the second run's ten wait about a second,
+    # where per-run buckets would let all twenty through at once
+    assert elapsed > 0.7, elapsed
