@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Collection, Coroutine, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from shoal.approvals import ApprovalRequest, Approver, Callback, as_approver
 from shoal.deps import Graph, analyze
@@ -41,7 +41,9 @@ from shoal.store.open import StoreLike, open_store
 from shoal.store.resume import Resumption, prepare_resume
 from shoal.tools import ISOLATIONS, Isolation
 
-__all__ = ["DEFAULT_MAX_CONCURRENCY", "RunHandle", "Runtime", "run", "run_sync"]
+__all__ = ["DEFAULT_MAX_CONCURRENCY", "RunHandle", "Runtime", "run", "run_blocking", "run_sync"]
+
+T = TypeVar("T")
 
 DEFAULT_MAX_CONCURRENCY = 1000
 
@@ -313,7 +315,7 @@ class Runtime:
 
     def resume_sync(self, run_id: str, plan: Plan, **options: Any) -> RunResult:
         """:meth:`resume` from synchronous code (starts and closes an event loop)."""
-        return _run_blocking(self._resume_then_close(run_id, plan, options))
+        return run_blocking(self._resume_then_close(run_id, plan, options))
 
     async def _resume_then_close(self, run_id: str, plan: Plan,
                                  options: Mapping[str, Any]) -> RunResult:
@@ -324,7 +326,7 @@ class Runtime:
 
     def run_sync(self, plan: Plan, **options: Any) -> RunResult:
         """Run ``plan`` from synchronous code (starts and closes an event loop)."""
-        return _run_blocking(self._run_then_close(plan, options))
+        return run_blocking(self._run_then_close(plan, options))
 
     async def _run_then_close(self, plan: Plan, options: Mapping[str, Any]) -> RunResult:
         try:
@@ -453,16 +455,20 @@ def _sink_list(on_event: EventSink | Sequence[EventSink] | None) -> list[Callabl
     return list(on_event)
 
 
-def _run_blocking(coro: Coroutine[Any, Any, RunResult]) -> RunResult:
+def run_blocking(coro: Coroutine[Any, Any, T],
+                 instead: str = "'await shoal.run(plan)' (or 'await runtime.run(plan)')") -> T:
+    """Run ``coro`` on a fresh event loop, for the ``*_sync`` functions.
+
+    Inside a running loop that would deadlock, so it raises instead, naming the ``await`` to
+    use there (``instead``).
+    """
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         return asyncio.run(coro)
     coro.close()
-    raise ShoalError(
-        "run_sync() was called from inside a running event loop; use 'await shoal.run(plan)' "
-        "(or 'await runtime.run(plan)') there instead"
-    )
+    raise ShoalError(f"a *_sync function was called from inside a running event loop; use "
+                     f"{instead} there instead")
 
 
 async def run(plan: Plan, **options: Any) -> RunResult:

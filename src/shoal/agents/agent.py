@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
-from collections.abc import Callable, Coroutine, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -28,6 +28,7 @@ from shoal.models.base import Model, ModelSettings, ToolSpec
 from shoal.models.retry import ModelGates
 from shoal.plan import as_tool
 from shoal.policy import ToolPolicy
+from shoal.runtime import run_blocking
 from shoal.tools import Tool
 
 __all__ = ["Agent", "AgentHandle"]
@@ -199,7 +200,7 @@ class Agent(Generic[T]):
 
     def run_sync(self, prompt: str, **options: Any) -> AgentResult[T]:
         """:meth:`run` from synchronous code (starts and closes an event loop)."""
-        return _blocking(self.run(prompt, **options))
+        return run_blocking(self.run(prompt, **options), "'await agent.run(prompt)'")
 
     async def resume(self, run_id: str, prompt: str, *, runtime: Any, **options: Any,
                      ) -> AgentResult[T]:
@@ -217,7 +218,8 @@ class Agent(Generic[T]):
 
     def resume_sync(self, run_id: str, prompt: str, **options: Any) -> AgentResult[T]:
         """:meth:`resume` from synchronous code."""
-        return _blocking(self.resume(run_id, prompt, **options))
+        return run_blocking(self.resume(run_id, prompt, **options),
+                            "'await agent.resume(run_id, prompt, ...)'")
 
     def __repr__(self) -> str:
         model = self.model if isinstance(self.model, str) else self.model.name
@@ -289,12 +291,3 @@ async def _run_root(root: AgentRun, own_runtime: bool, own_model: Model | None) 
     error.result = result  # type: ignore[attr-defined]  # also on ModelError: the run so far
     raise error
 
-
-def _blocking(coro: Coroutine[Any, Any, AgentResult[T]]) -> AgentResult[T]:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    coro.close()
-    raise ShoalError("run_sync() was called from inside a running event loop; use "
-                     "'await agent.run(prompt)' there instead")

@@ -20,19 +20,15 @@ error result the model can read, and a tool that fails gets one too: every call 
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from shoal.agents.toolcalls import execute_calls
 from shoal.events import EventSink
-from shoal.exceptions import ShoalError
 from shoal.models.base import ToolCall, ToolResultMessage
+from shoal.runtime import Runtime, run_blocking
 from shoal.tools import Tool, tool
-
-if TYPE_CHECKING:
-    from shoal.runtime import Runtime
 
 __all__ = [
     "Tools",
@@ -116,13 +112,15 @@ async def anthropic_tool_results(source: Any, tools: Tools, *,
 def openai_tool_messages_sync(source: Any, tools: Tools, *,
                               on_event: EventSink | None = None) -> list[dict[str, Any]]:
     """:func:`openai_tool_messages` for synchronous code (runs its own event loop)."""
-    return _blocking(openai_tool_messages(source, tools, on_event=on_event))
+    return run_blocking(openai_tool_messages(source, tools, on_event=on_event),
+                        "'await shoal.openai_tool_messages(...)'")
 
 
 def anthropic_tool_results_sync(source: Any, tools: Tools, *,
                                 on_event: EventSink | None = None) -> dict[str, Any]:
     """:func:`anthropic_tool_results` for synchronous code (runs its own event loop)."""
-    return _blocking(anthropic_tool_results(source, tools, on_event=on_event))
+    return run_blocking(anthropic_tool_results(source, tools, on_event=on_event),
+                        "'await shoal.anthropic_tool_results(...)'")
 
 
 async def _run(calls: Sequence[ToolCall], tools: Tools, runtime: Runtime | None,
@@ -138,15 +136,6 @@ def _as_tools(tools: Tools) -> list[Tool[..., Any]] | Mapping[str, Tool[..., Any
         return tools
     return [t if isinstance(t, Tool) else tool(t) for t in tools]
 
-
-def _blocking(coro: Coroutine[Any, Any, T]) -> T:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    coro.close()
-    raise ShoalError("a *_sync function was called inside a running event loop; await the "
-                     "async one (without _sync) there instead")
 
 
 def _has(obj: Any, key: str) -> bool:
