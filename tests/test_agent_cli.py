@@ -79,3 +79,21 @@ def test_approve_decides_an_agents_gated_calls(mode: str, status: str, answer: s
     data = json.loads(done.stdout)
     assert [c["status"] for c in data["calls"]] == [status]
     assert data["output"] == answer
+
+
+def test_agent_runs_are_journaled_listed_and_resumed(tmp_path: Path) -> None:
+    store = str(tmp_path / "runs.db")
+    stopped = shoal("run", EXAMPLE, "Review the papers", "--model", SCRIPTED, "--store", store,
+                    "--deadline", "0.08")
+    assert stopped.returncode == 1, stopped.stderr
+    run_id = stopped.stderr.split("shoal: run ", 1)[1].split()[0]
+    listed = json.loads(shoal("runs", "--store", store, "--json").stdout)
+    assert [r["run_id"] for r in listed] == [run_id]  # its steps are hidden ...
+    steps = json.loads(shoal("runs", "--store", store, "--json", "--steps").stdout)
+    assert f"{run_id}/lead/model-1" in {r["run_id"] for r in steps}  # ... unless asked for
+    resumed = shoal("resume", run_id, "--store", store, "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    data = json.loads(resumed.stdout)
+    assert data["output"].startswith("Review: p1 is") and data["output"].count(" is '") == 6
+    again = shoal("resume", run_id, "--store", store, "--json")  # all finished: pure replay
+    assert again.returncode == 0 and json.loads(again.stdout)["output"] == data["output"]

@@ -26,6 +26,7 @@ from rich.text import Text
 from shoal.agents.agent import Agent, AgentHandle
 from shoal.agents.budget import Budget
 from shoal.agents.result import AgentResult
+from shoal.cli.agent_journal import AgentJournal
 from shoal.cli.interrupt import EXIT_INTERRUPTED, CtrlC
 from shoal.cli.live import LivePause
 from shoal.cli.tree import AgentTree, render_tree
@@ -52,6 +53,9 @@ class AgentOptions:
     budget: Budget | None = None
     events: JsonlSink | None = None
     pause: LivePause | None = None  # lets a console approver stop the live tree while it asks
+    journal: AgentJournal | None = None  # the run's root record in a durable journal
+    model_spec: str | None = None  # --model as given, for the journal
+    resume: bool = False  # continue journal.run_id instead of starting a new run
 
 
 def is_agent_target(target: str) -> bool:
@@ -143,17 +147,32 @@ async def _drive(agent: Agent[Any], options: AgentOptions, sinks: list[Any], con
                  view: AgentTree, live: bool,
                  ) -> tuple[AgentResult[Any] | None, BaseException | None, bool]:
     runtime = options.runtime or Runtime()
+    journal = options.journal
+    if journal is not None and not options.resume:
+        journal.begin(options.target, options.prompt or "", options.model_spec)
+    beating = asyncio.ensure_future(journal.beat()) if journal is not None else None
+    result: AgentResult[Any] | None = None
+    interrupted = False
     try:
         handle = agent.start(options.prompt or "", runtime=runtime, model=options.model,
-                             budget=options.budget, on_event=sinks)
+                             budget=options.budget, on_event=sinks,
+                             run_id=journal.run_id if journal is not None else None,
+                             resume=options.resume)
         with CtrlC(handle) as ctrl_c:
             try:
                 result = await (_follow(handle, console, view, options.pause) if live
                                 else handle)
-                return result, None, ctrl_c.interrupted
+                interrupted = ctrl_c.interrupted
+                return result, None, interrupted
             except (AgentError, ModelError) as exc:
-                return getattr(exc, "result", None), exc, ctrl_c.interrupted
+                result, interrupted = getattr(exc, "result", None), ctrl_c.interrupted
+                return result, exc, interrupted
     finally:
+        if beating is not None:
+            beating.cancel()
+            await asyncio.gather(beating, return_exceptions=True)
+        if journal is not None:
+            journal.end(result, interrupted)
         await runtime.aclose()
 
 

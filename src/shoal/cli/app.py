@@ -27,6 +27,7 @@ from rich.console import Console
 from shoal import __version__
 from shoal.agents.budget import Budget
 from shoal.approvals import Approver, ConsoleApprover, Rule, RulesApprover
+from shoal.cli.agent_journal import AgentJournal
 from shoal.cli.agents import AgentOptions, is_agent_target, model_option, run_agent_target
 from shoal.cli.interrupt import EXIT_INTERRUPTED, CtrlC
 from shoal.cli.journal import register as register_journal_commands
@@ -44,7 +45,7 @@ from shoal.exceptions import (
 from shoal.outcome import RunResult
 from shoal.plan import Plan
 from shoal.planfile import load_plan
-from shoal.runtime import Runtime
+from shoal.runtime import Runtime, new_run_id
 from shoal.store.sqlite import DEFAULT_PATH, SQLiteStore
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_OK", "RunOptions", "app", "approver_for", "main",
@@ -238,7 +239,8 @@ def run_command(
         raise typer.Exit(run_agent(str(plan_file), prompt, model, as_json, max_concurrency,
                                    executor.value if executor is not None else None,
                                    deadline, events, approve=approve,
-                                   approval_timeout=approval_timeout))
+                                   approval_timeout=approval_timeout,
+                                   store=None if no_store else store))
     if prompt is not None or model is not None:
         raise typer.Exit(_bad_input(
             "usage", f"a PROMPT and --model are for agents (module:agent); {str(plan_file)!r} "
@@ -256,11 +258,13 @@ register_journal_commands(app)  # runs, show, resume, cancel
 def run_agent(target: str, prompt: str | None, model: str | None, as_json: bool,
               max_concurrency: int | None, executor: str | None, deadline: float | None,
               events: Path | None, *, approve: str | None = None,
-              approval_timeout: float | None = None) -> int:
+              approval_timeout: float | None = None, store: Path | None = None,
+              resume: str | None = None) -> int:
     """Run the agent ``target`` names on ``prompt`` as ``shoal run`` does; return the exit code.
 
     ``deadline`` becomes the tree's wall-clock budget. ``approve`` names the approver as
     ``--approve`` does (console by default on a terminal; the live tree pauses while it asks).
+    With ``store`` the run is journaled there; ``resume`` continues that journaled run.
     """
     _put_cwd_on_path()
     sink = _open_events(events)
@@ -274,12 +278,23 @@ def run_agent(target: str, prompt: str | None, model: str | None, as_json: bool,
                                     "approver": approver_for(approve, pause)}
         if max_concurrency is not None:
             settings["max_concurrency"] = max_concurrency
+        journal = None
+        if store is not None:
+            settings["store"] = SQLiteStore(store, keep_events=True)
+            journal = AgentJournal(settings["store"], resume or new_run_id())
+            sys.stderr.write(f"shoal: run {journal.run_id} ("
+                             f"{'resuming' if resume else 'journaling'} in {store})\n")
         chosen = model_option(model) if model is not None else None
         options = AgentOptions(target, prompt, chosen, as_json, Runtime(**settings),
-                               Budget(wall_clock=deadline) if deadline else None, sink, pause)
+                               Budget(wall_clock=deadline) if deadline else None, sink, pause,
+                               journal, model, resume is not None)
         return run_agent_target(options, console, live)
     except (ConfigError, ToolDefinitionError, MissingDependencyError) as exc:
         return _bad_input("config", str(exc), as_json)
+    except PlanChangedError as exc:
+        return _bad_input("agent_changed", str(exc), as_json)
+    except StoreError as exc:
+        return _bad_input("journal", str(exc), as_json)
     finally:
         if sink is not None:
             sink.close()

@@ -26,6 +26,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from shoal.cli.agent_journal import is_agent_record
 from shoal.cli.render import STATUS_STYLES, detail, seconds
 from shoal.exceptions import ShoalError
 from shoal.outcome import STATUSES, jsonable
@@ -133,10 +134,16 @@ def _run_dict(record: RunRecord) -> dict[str, Any]:
 
 def runs_command(store: StoreOption = DEFAULT_PATH, as_json: JsonOption = False,
                  limit: Annotated[int, typer.Option("--limit", "-n", min=1, metavar="N",
-                                                    help="Show at most N runs.")] = 20) -> None:
+                                                    help="Show at most N runs.")] = 20,
+                 steps: Annotated[bool, typer.Option(
+                     "--steps", help="Also list agent runs' steps (each model turn and tool "
+                                     "phase is a run of its own: RUN/lead/turn-1, ...).")] = False,
+                 ) -> None:
     """List runs from the journal, newest first: status, nodes, duration."""
     try:
-        records = open_journal(store).list_runs(limit)
+        # an agent run's steps have ids below the run's ("RUN/lead/model-1"): hidden by default
+        found = open_journal(store).list_runs(limit if steps else limit * 50)
+        records = [r for r in found if steps or "/" not in r.run_id][:limit]
     except ShoalError as exc:
         raise typer.Exit(_fail(str(exc), as_json)) from None
     if as_json:
@@ -381,12 +388,19 @@ def resume_command(
     else they end in_doubt until you settle them with --rerun-in-doubt or --mark-done.
     Exit codes as for shoal run; 2 also for an unknown run or a changed plan.
     """
-    from shoal.cli.app import RunOptions, run_plan  # the app imports this module
+    from shoal.cli.app import RunOptions, run_agent, run_plan  # the app imports this module
 
     try:
         record = open_journal(store).get_run(run_id)
         if record is None:
             raise ShoalError(f"no run {run_id!r} in {str(store)!r} (shoal runs lists them)")
+        if is_agent_record(record):
+            source = record.source
+            _on_path(str(source.get("cwd") or ""))
+            raise typer.Exit(run_agent(
+                str(source["target"]), str(source["prompt"]), source.get("model"), as_json,
+                max_concurrency, None, deadline, events, approve=approve, store=store,
+                resume=run_id))
         plan_file = _recorded_plan(record, store)
         done = parse_mark_done(mark_done or [])
     except ShoalError as exc:
@@ -405,9 +419,7 @@ def _recorded_plan(record: RunRecord, store: Path) -> Path:
     if not source.get("path"):
         raise ShoalError(f"run {record.run_id!r} was not started from a plan file; resume it "
                          f"from Python with Runtime.resume")
-    recorded_cwd = str(source.get("cwd") or "")
-    if recorded_cwd and recorded_cwd not in sys.path:  # its tools import from there
-        sys.path.append(recorded_cwd)
+    _on_path(str(source.get("cwd") or ""))
     path = Path(str(source["path"]))
     if path.exists():
         text = path.read_text(encoding="utf-8")
@@ -422,6 +434,12 @@ def _recorded_plan(record: RunRecord, store: Path) -> Path:
     sys.stderr.write(f"note: {path} is gone; resuming with the copy kept in the journal "
                      f"({copy})\n")
     return copy
+
+
+def _on_path(recorded_cwd: str) -> None:
+    """Make the run's modules importable: they were imported from where it started."""
+    if recorded_cwd and recorded_cwd not in sys.path:
+        sys.path.append(recorded_cwd)
 
 
 def register(app: typer.Typer) -> None:
