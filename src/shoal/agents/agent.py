@@ -17,6 +17,8 @@ from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+import pydantic
+
 from shoal.agents.budget import Budget
 from shoal.agents.context import TreeContext
 from shoal.agents.output import OutputSpec
@@ -90,6 +92,11 @@ class Agent(Generic[T]):
             raise ConfigError(f"max_turns must be at least 1, got {self.max_turns}")
         object.__setattr__(self, "tools", tuple(as_tool(t) for t in self.tools))
         object.__setattr__(self, "subagents", tuple(self.subagents))
+        try:
+            self.output_spec  # noqa: B018 - built now, so a type pydantic cannot use fails here
+        except pydantic.PydanticUserError as exc:  # schema generation and similar
+            raise ConfigError(f"agent {self.name!r}: output_type {self.output_type!r} cannot be "
+                              f"checked: {exc}") from None
         names = [t.name for t in self._tools] + [a.name for a in self.subagents]
         clashes = sorted({n for n in names if names.count(n) > 1})
         if clashes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from shoal.runtime import RunHandle, Runtime
 
 __all__ = ["TreeContext", "is_within"]
+
+log = logging.getLogger("shoal")
 
 
 def is_within(lineage: str, root: str) -> bool:
@@ -77,9 +80,12 @@ class TreeContext:
         return bool(self._sinks)
 
     def emit(self, event: Event) -> None:
-        """Send ``event`` to every sink."""
+        """Send ``event`` to every sink; a sink that fails is logged, never fatal."""
         for sink in self._sinks:
-            sink(event)
+            try:
+                sink(event)
+            except Exception:  # an observer's bug must not break the tree it observes
+                log.exception("event sink %r failed on %s; continuing", sink, event.kind)
 
     def relay(self, lineage_of: Callable[[Event], str]) -> EventSink:
         """A sink for a tool phase's runtime events that stamps each with its lineage."""
@@ -135,6 +141,12 @@ class TreeContext:
         for root, reason in self._cancelled.items():
             if is_within(lineage, root):
                 raise asyncio.CancelledError(reason)
+
+    def stop_reason(self, lineage: str) -> str | None:
+        """Why ``lineage`` must stop (a budget breach, or a cancellation), or ``None``."""
+        if self.tracker.breach is not None:
+            return str(self.tracker.breach)
+        return self.cancelled_reason(lineage)
 
     def cancelled_reason(self, lineage: str) -> str | None:
         """Why ``lineage`` was cancelled, or ``None`` if it was not."""

@@ -63,6 +63,7 @@ class AgentRun:
         self.model = ctx.model_for(agent.model)
         self.result: AgentResult[Any] = AgentResult(agent.name, lineage, ctx.run_id, prompt)
         self._counts: dict[str, int] = {}  # per-tool call counters, for lineage names
+        self._started_this_turn = 0  # calls of the current turn past their checks (fan_out)
         self._started = 0.0
 
     async def run(self) -> AgentResult[Any]:
@@ -80,6 +81,8 @@ class AgentRun:
             self._end("budget_exceeded", exc)
         except (MaxTurnsExceeded, OutputValidationError, ModelError) as exc:
             self._end("max_turns" if isinstance(exc, MaxTurnsExceeded) else "failed", exc)
+        except Exception as exc:  # a model adapter's bug, a ScriptError, a changed definition
+            self._end("failed", exc)
         except asyncio.CancelledError:
             breach = self.ctx.tracker.breach
             if breach is not None:
@@ -101,6 +104,7 @@ class AgentRun:
                                        "without a final answer; raise max_turns or simplify")
             response = await self._ask()
             messages.append(response.as_message())
+            self.ctx.check(self.lineage)  # cancelled or over budget while the model answered
             if response.tool_calls:
                 records = await self._tool_phase(response.tool_calls)
                 messages.extend(record.message for record in records)
@@ -200,9 +204,15 @@ class AgentRun:
         step = f"turn-{self.result.turns}"
         handles: list[RunHandle] = []
 
+        self._started_this_turn = 0
+
         def start(plan: Plan, on_event: EventSink | None) -> RunHandle:
-            handles.append(self._start_step(plan, step, on_event))
-            return handles[-1]
+            handle = self._start_step(plan, step, on_event)
+            handles.append(handle)
+            stop = ctx.stop_reason(self.lineage)  # the last moment before the calls start
+            if stop is not None:  # every call still gets its (cancelled) outcome
+                handle.cancel(reason=stop)
+            return handle
 
         try:
             return await execute_calls(
@@ -217,9 +227,11 @@ class AgentRun:
     def _prepare(self, index: int, call: ToolCall, tool: Tool[..., Any],
                  where: str) -> Tool[..., Any] | BaseException:
         """Refuse calls over the turn's fan-out; bind subagent calls to this tree."""
-        refusal = self.ctx.tracker.fan_out_refusal(index, self.lineage)
+        # fan_out counts the calls this turn starts: malformed or unknown ones do not count
+        refusal = self.ctx.tracker.fan_out_refusal(self._started_this_turn, self.lineage)
         if refusal is not None:
             return refusal
+        self._started_this_turn += 1
         child = self.agent.subagents_by_name.get(tool.name)
         if child is None:
             return tool

@@ -239,13 +239,16 @@ async def settle(handle: RunHandle) -> RunResult:
 
 async def _settled(handle: RunHandle) -> tuple[RunResult, bool]:
     waiting = asyncio.ensure_future(handle)
-    try:
-        return await asyncio.shield(waiting), False
-    except asyncio.CancelledError:
-        # Our caller was cancelled: cancel the calls through the runtime, so each one still
-        # ends with a recorded outcome, collect them, then let the cancellation go on.
-        handle.cancel(reason="the agent running these calls was cancelled")
-        return await waiting, True
+    cancelled = False
+    while True:
+        try:
+            return await asyncio.shield(waiting), cancelled
+        except asyncio.CancelledError:
+            # Our caller was cancelled (maybe again): cancel the calls through the runtime, so
+            # each one still ends with a recorded outcome, collect them, then let it go on.
+            if not cancelled:
+                handle.cancel(reason="the agent running these calls was cancelled")
+            cancelled = True
 
 
 def _fill(result: RunResult, planned: Mapping[str, int], lineages: Mapping[str, str],

@@ -82,6 +82,8 @@ class ToolCall:
         except json.JSONDecodeError as exc:
             raise ValueError(f"the arguments are not valid JSON ({exc.msg} at position "
                              f"{exc.pos}): {text[:200]!r}") from None
+        except RecursionError:
+            raise ValueError("the arguments are nested too deeply to read") from None
         if not isinstance(value, dict):
             raise ValueError(f"the arguments must be a JSON object, got {text[:200]!r}")
         return value

@@ -199,6 +199,8 @@ class Driver:
 
     def cancel(self, node_ids: Iterable[str] | None, reason: str) -> None:
         """Cancel some nodes, or the whole run (``None``); outcomes are recorded as usual."""
+        if self.state.finished:  # every outcome is in: a late cancel changes nothing
+            return
         if node_ids is None:
             self.cancelled_reason = self.cancelled_reason or reason
         decisions = self.state.cancel(node_ids, reason, self.now())
@@ -343,6 +345,10 @@ class Driver:
 
     def _publish(self, events: Iterable[Event]) -> None:
         for event in events:
+            if self.lineage and not event.lineage:  # an agent's step: say whose calls these are
+                node_id = getattr(event, "node_id", "")
+                event = replace(event, lineage=f"{self.lineage}/{node_id}" if node_id
+                                else self.lineage)
             for sink in self._sinks:
                 try:
                     sink(event)

@@ -664,8 +664,22 @@ class SchedulerState:
         else:
             if slot.phase is Phase.APPROVAL and slot.approval is not None:
                 d.approvals.append(Withdraw(slot.pos, slot.node.id, slot.approval.args_hash))
+            if slot.phase is Phase.READY and slot.gates:
+                self._pass_wakeups_on(slot, d)
             final: Status = "cancelled" if slot.phase is not Phase.BACKOFF else status
             self._record(slot, final, now, d, reason=reason)
+
+    def _pass_wakeups_on(self, slot: _Slot, d: Decisions) -> None:
+        """Hand on the wake-ups a queued node that will never start may hold.
+
+        It may have been woken by one of its gates, then waited for the run's own limit: give
+        each of its gates with room to the next node waiting on it, here or in another run,
+        or that room idles and they wait forever.
+        """
+        for gate in slot.gates or ():
+            if gate.available():
+                self._wake_one(gate)
+                d.freed.append(gate)
 
     def _record(self, slot: _Slot, status: Status, now: float, d: Decisions, *, value: Any = None,
                 error: ErrorInfo | None = None, reason: str = "", abandoned: bool = False) -> None:

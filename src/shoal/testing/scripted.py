@@ -137,13 +137,14 @@ class ScriptedModel(Model):
             response = step
         elif isinstance(step, str):
             response = ModelResponse(text=step)
-        elif isinstance(step, Sequence):
+        elif isinstance(step, Sequence) and not isinstance(step, (bytes, bytearray)) and all(
+                isinstance(s, (str, ToolCall)) for s in step):
             text = "".join(s for s in step if isinstance(s, str))
             calls = tuple(s for s in step if isinstance(s, ToolCall))
             response = ModelResponse(text=text, tool_calls=calls)
         else:
-            raise ScriptError(f"{self.name}: a step must be a str, a list of call(...), a "
-                              f"ModelResponse or a function returning one; got {step!r}")
+            self._fail(f"a step must be a str, a list of call(...) (and text), a ModelResponse "
+                       f"or a function returning one; got {step!r}")
         usage = (response.usage if response.usage.requests else
                  self._usage or _estimate(request, response))
         return ModelResponse(response.text, response.tool_calls, usage, self.name,
