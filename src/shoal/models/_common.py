@@ -19,6 +19,8 @@ from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 from shoal.exceptions import ModelConnectionError, ModelError, ModelHTTPError
+from shoal.models.base import Usage
+from shoal.models.prices import Price, cost
 
 __all__ = [
     "LOCAL_API_KEY",
@@ -27,6 +29,7 @@ __all__ = [
     "http_error",
     "is_local_url",
     "parse_retry_after",
+    "priced_usage",
     "resolve_credentials",
     "transport_error",
 ]
@@ -162,3 +165,16 @@ class PerLoop(Generic[T]):
     def pop(self) -> T | None:
         """Forget the running loop's value and return it (``None`` if there was none)."""
         return self._values.pop(asyncio.get_running_loop(), None)
+
+
+def priced_usage(model: str, served_by: str, tokens_in: int | None, tokens_out: int | None,
+                 prices: Mapping[str, Price] | None) -> Usage:
+    """One request's usage, with its cost where the model (or the id that served it) is known.
+
+    Some compatible servers report no usage, or nulls: the request still counts.
+    """
+    tokens_in, tokens_out = tokens_in or 0, tokens_out or 0
+    price = cost(model, tokens_in, tokens_out, prices)
+    if price is None and served_by:
+        price = cost(served_by, tokens_in, tokens_out, prices)
+    return Usage(tokens_in, tokens_out, 1, price)

@@ -31,6 +31,7 @@ from shoal.models._common import (
     PerLoop,
     describe_cause,
     http_error,
+    priced_usage,
     resolve_credentials,
     transport_error,
 )
@@ -49,7 +50,7 @@ from shoal.models.base import (
     Usage,
     UserMessage,
 )
-from shoal.models.prices import Price, cost
+from shoal.models.prices import Price
 
 if TYPE_CHECKING:
     from anthropic import AsyncAnthropic
@@ -198,10 +199,7 @@ class AnthropicModel(Model):
                              model=state.model or self.model, stop_reason=state.stop_reason)
 
     def _usage(self, tokens_in: int, tokens_out: int, served_by: str) -> Usage:
-        price = cost(self.model, tokens_in, tokens_out, self._prices)
-        if price is None and served_by:
-            price = cost(served_by, tokens_in, tokens_out, self._prices)
-        return Usage(tokens_in, tokens_out, 1, price)
+        return priced_usage(self.model, served_by, tokens_in, tokens_out, self._prices)
 
     @contextmanager
     def _sdk_errors(self) -> Iterator[None]:

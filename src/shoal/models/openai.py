@@ -29,6 +29,7 @@ from shoal.models._common import (
     PerLoop,
     describe_cause,
     http_error,
+    priced_usage,
     resolve_credentials,
     transport_error,
 )
@@ -47,7 +48,7 @@ from shoal.models.base import (
     Usage,
     UserMessage,
 )
-from shoal.models.prices import Price, cost
+from shoal.models.prices import Price
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
@@ -217,12 +218,7 @@ class OpenAIModel(Model):
                              model=state.model or self.model, stop_reason=state.finish_reason)
 
     def _usage(self, prompt: int | None, completion: int | None, served_by: str) -> Usage:
-        # some compatible servers report no usage (or nulls): count the request regardless
-        tokens_in, tokens_out = prompt or 0, completion or 0
-        price = cost(self.model, tokens_in, tokens_out, self._prices)
-        if price is None and served_by:
-            price = cost(served_by, tokens_in, tokens_out, self._prices)
-        return Usage(tokens_in, tokens_out, 1, price)
+        return priced_usage(self.model, served_by, prompt, completion, self._prices)
 
     @contextmanager
     def _sdk_errors(self) -> Iterator[None]:
