@@ -151,6 +151,8 @@ def test_replies_become_tool_calls_or_text() -> None:
     assert _parse_reply('{"answer": "cut off in the mid', structured=False) == (
         "cut off in the mid", ())
     assert _parse_reply("plain words", structured=False) == ("plain words", ())
+    # small models write raw newlines inside JSON strings
+    assert _parse_reply('{"answer": "two\nlines" }', structured=False) == ("two\nlines", ())
 
 
 def test_the_conversation_is_rewritten_in_the_protocol() -> None:

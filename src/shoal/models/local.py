@@ -806,7 +806,8 @@ def _arguments(call: ToolCall) -> Any:
 def _parse_reply(text: str, *, structured: bool) -> tuple[str, tuple[ToolCall, ...]]:
     """Text and tool calls from a reply; text that is not the protocol's JSON is the answer."""
     try:
-        data = json.loads(text)
+        # strict=False: a small model writes raw newlines inside JSON strings
+        data = json.loads(text, strict=False)
     except ValueError:
         return _salvage(text), ()
     if not isinstance(data, dict):
@@ -831,7 +832,7 @@ def _salvage(text: str) -> str:
     if head.startswith('{"answer": "') or head.startswith('{"answer":"'):
         for tail in ('"}', '}', ''):
             with contextlib.suppress(ValueError):
-                data = json.loads(head + tail)
+                data = json.loads(head + tail, strict=False)
                 if isinstance(data, dict) and isinstance(data.get("answer"), str):
                     return str(data["answer"])
     return text
