@@ -70,14 +70,14 @@ class BudgetTracker:
         self.breach: BudgetExceeded | None = None
         self._on_breach = on_breach
 
-    def check_tree(self, where: str) -> None:
+    def check_tree(self) -> None:
         """Raise the tree's breach if there is one (every agent checks before it acts)."""
         if self.breach is not None:
             raise self.breach
 
     def start_turn(self, where: str) -> None:
         """Charge one model request; breaching the ``turns`` limit stops the tree."""
-        self.check_tree(where)
+        self.check_tree()
         limit = self.budget.turns
         if limit is not None and self.turns >= limit:
             self.stop(BudgetExceeded("turns", self.turns, limit, where))

@@ -4,8 +4,9 @@ One :class:`TreeContext` is made per root run (``Agent.run``) and handed down to
 It is the only shared thing in a tree, and it holds no conversation state: each agent's
 messages live in its own run, so siblings can neither see nor change each other's context.
 
-It also keeps what is *in flight* per lineage (tool-phase run handles and model requests), so
-that a budget breach or a person can stop the whole tree, or one agent's subtree, at once.
+It also keeps what is *in flight* per lineage (the run handles of its model turns and tool
+phases), so that a budget breach or a person can stop the whole tree, or one agent's subtree,
+at once.
 """
 
 from __future__ import annotations
@@ -62,8 +63,8 @@ class TreeContext:
         self._sinks = list(sinks)
         self._t0 = time.monotonic()
         self._models: dict[str, Model] = {}
-        self._handles: dict[str, set[RunHandle]] = {}  # lineage -> tool phases in flight
-        self._requests: dict[str, set[asyncio.Task[Any]]] = {}  # lineage -> model requests
+        # lineage -> its steps in flight (model turns and tool phases, each a run)
+        self._handles: dict[str, set[RunHandle]] = {}
         self._cancelled: dict[str, str] = {}  # lineage root -> reason
         self.results: dict[str, AgentResult[Any]] = {}  # every agent's result, by lineage
         self._deadline: asyncio.TimerHandle | None = None
@@ -137,7 +138,7 @@ class TreeContext:
 
     def check(self, lineage: str) -> None:
         """Raise if the tree's budget broke or this agent (or an ancestor) was cancelled."""
-        self.tracker.check_tree(lineage)
+        self.tracker.check_tree()
         for root, reason in self._cancelled.items():
             if is_within(lineage, root):
                 raise asyncio.CancelledError(reason)
@@ -156,21 +157,15 @@ class TreeContext:
         return None
 
     def track_handle(self, lineage: str, handle: RunHandle) -> None:
-        """Remember a tool phase in flight, so it can be cancelled with its agent."""
+        """Remember a step in flight, so it can be cancelled with its agent."""
         self._handles.setdefault(lineage, set()).add(handle)
 
     def untrack_handle(self, lineage: str, handle: RunHandle) -> None:
-        """Forget a finished tool phase."""
+        """Forget a finished step."""
         self._handles.get(lineage, set()).discard(handle)
 
-    def track_request(self, lineage: str, task: asyncio.Task[Any]) -> None:
-        """Remember a model request in flight; it forgets itself when done."""
-        tasks = self._requests.setdefault(lineage, set())
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-
     def cancel(self, lineage: str, reason: str) -> None:
-        """Cancel the agent at ``lineage`` and everything below it: tool calls and requests."""
+        """Cancel the agent at ``lineage`` and everything below it: model turns and calls."""
         self._cancelled.setdefault(lineage, reason)
         self._cancel_within(lineage, reason)
 
@@ -184,7 +179,3 @@ class TreeContext:
             if not root or is_within(where, root):
                 for handle in list(self._handles[where]):
                     handle.cancel(reason=reason)
-        for where, tasks in self._requests.items():
-            if not root or is_within(where, root):
-                for task in list(tasks):
-                    task.cancel(reason)

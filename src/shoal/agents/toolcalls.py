@@ -103,7 +103,6 @@ async def execute_calls(
     prepare: Preparer | None = None,
     on_event: EventSink | None = None,
     on_reject: Callable[[CallRecord], None] | None = None,
-    on_start: Callable[[RunHandle], None] | None = None,
     start: Starter | None = None,
     on_records: Callable[[list[CallRecord]], None] | None = None,
     run_id: str | None = None,
@@ -119,7 +118,6 @@ async def execute_calls(
         prepare: a last check or binding per call (see :data:`Preparer`).
         on_event: receives the runtime's events, each stamped with its call's lineage.
         on_reject: told about every call that did not run.
-        on_start: receives the run handle once the plan started (to cancel it from elsewhere).
         start: starts the plan instead of ``runtime.start`` (the agent layer uses it to give
             each tool phase its own journaled run, and to continue it on resume).
         on_records: receives the records before they are returned, and also when the caller
@@ -149,7 +147,7 @@ async def execute_calls(
         lineages[node_id] = where
     try:
         if planned:
-            await _run_plan(plan, runtime, lineage, lineages, on_event, on_start, start,
+            await _run_plan(plan, runtime, lineage, lineages, on_event, start,
                             run_id, calls, planned, records)
     finally:
         if on_records is not None:
@@ -191,7 +189,7 @@ def _rejected(call: ToolCall, where: str, text: str) -> CallRecord:
 
 async def _run_plan(
     plan: Plan, runtime: Runtime | None, lineage: str, lineages: Mapping[str, str],
-    on_event: EventSink | None, on_start: Callable[[RunHandle], None] | None,
+    on_event: EventSink | None,
     start: Starter | None, run_id: str | None, calls: Sequence[ToolCall],
     planned: Mapping[str, int], records: list[CallRecord | None],
 ) -> None:
@@ -214,8 +212,6 @@ async def _run_plan(
             handle = start(plan, sink)
         else:
             handle = active.start(plan, on_event=sink, run_id=run_id, lineage=lineage)
-        if on_start is not None:
-            on_start(handle)
         result, cancelled = await _settled(handle)
     finally:
         if own:
