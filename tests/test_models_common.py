@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from shoal.exceptions import ConfigError, ModelError
+from shoal.exceptions import ConfigError, MissingDependencyError, ModelError
 from shoal.models import Model, resolve_model
 from shoal.models._common import is_local_url, parse_retry_after
 from shoal.models.anthropic import AnthropicModel
@@ -124,10 +124,16 @@ def test_a_spec_for_a_remote_model_needs_a_key(monkeypatch: pytest.MonkeyPatch) 
         resolve_model("openai:gpt-4.1-mini")
 
 
-def test_local_spec_makes_a_local_model() -> None:
-    local = pytest.importorskip("shoal.models.local")
-    model = resolve_model("local")
-    assert isinstance(model, local.LocalModel) and isinstance(model, Model)
+def test_local_spec_makes_a_local_model_or_names_the_extra() -> None:
+    from shoal.models.local import LocalModel
+
+    try:
+        model = resolve_model("local")
+    except MissingDependencyError as exc:  # the local extra is not installed here
+        assert exc.extra == "local" and "shoal[local]" in str(exc)
+        assert "llama-cpp-python" in exc.package
+        return
+    assert isinstance(model, LocalModel) and isinstance(model, Model)
 
 
 def test_importing_models_imports_no_sdk() -> None:

@@ -25,6 +25,9 @@ __all__ = [
     "EventSink",
     "JsonlSink",
     "ModelResponded",
+    "ModelRetrying",
+    "ModelServerStarted",
+    "ModelServerStarting",
     "NodeCancelled",
     "NodeFinished",
     "NodeQueued",
@@ -158,6 +161,44 @@ class ModelResponded(Event):
     input_tokens: int
     output_tokens: int
     duration: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelRetrying(Event):
+    """A model request failed in a way worth another try, which follows after ``delay`` s.
+
+    ``attempt`` is the try that failed and ``attempts`` how many are allowed; ``error`` says
+    what went wrong (``cannot reach api.openai.com: connection refused``, ``HTTP 429: ...``).
+    :meth:`describe` gives the line shoal's command line shows.
+    """
+
+    model: str
+    attempt: int
+    attempts: int
+    delay: float
+    error: str
+
+    def describe(self) -> str:
+        """``retrying (3/8) in 4 s: <error>``."""
+        wait = f"{self.delay:.1f}" if self.delay < 10 else f"{self.delay:.0f}"
+        return f"retrying ({self.attempt + 1}/{self.attempts}) in {wait} s: {self.error}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelServerStarting(Event):
+    """A model began starting a server of its own (the local model); requests wait for it."""
+
+    model: str
+    detail: str = "starting local model server"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelServerStarted(Event):
+    """The model's server is up after ``duration`` seconds, or, with an ``error``, is not."""
+
+    model: str
+    duration: float
+    error: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -24,6 +24,7 @@
     │                               ``.differences`` lists what changed; nothing runs
     ├── ModelError                  a model request failed (after shoal's retries, if transient)
     │   ├── ModelHTTPError          the provider answered with an error status; ``.status``
+    │   ├── MissingAPIKeyError      a hosted model has no API key; ``.env_var`` names it
     │   └── ModelConnectionError    the provider could not be reached, or did not answer in time
     ├── ScriptError                 a ScriptedModel got a request it has no step for, or has
     │                               steps left unused
@@ -52,6 +53,7 @@ __all__ = [
     "BudgetExceeded",
     "ExecutorError",
     "MaxTurnsExceeded",
+    "MissingAPIKeyError",
     "MissingDependencyError",
     "ModelConnectionError",
     "ModelError",
@@ -73,6 +75,8 @@ __all__ = [
     "ToolTimeoutError",
     "UpstreamFailedError",
     "WorkerCrashedError",
+    "install_hint",
+    "source_checkout",
 ]
 
 
@@ -216,17 +220,69 @@ class ConfigError(ShoalError):
 
 
 class MissingDependencyError(ShoalError, ImportError):
-    """An optional dependency is missing; the message gives the ``pip install`` line."""
+    """An optional dependency is missing; the message gives the ``pip install`` line.
+
+    ``package`` names what is missing (one package, or several joined by commas), ``extra``
+    the shoal extra that installs it. Running from a source checkout (an editable install, or
+    the ``src`` tree on the path), the line is the checkout's ``pip install -e '.[extra]'``,
+    with the PyPI form given too.
+    """
 
     def __init__(self, package: str, extra: str) -> None:
         self.package = package
         self.extra = extra
-        super().__init__(
-            f"{package} is not installed; install it with: pip install 'shoal[{extra}]'"
-        )
+        several = "," in package
+        super().__init__(f"{package} {'are' if several else 'is'} not installed; install "
+                         f"{'them' if several else 'it'} with: {install_hint(extra)}")
 
     def __reduce__(self) -> tuple[type[MissingDependencyError], tuple[str, str]]:
         return (MissingDependencyError, (self.package, self.extra))
+
+
+def install_hint(extra: str, checkout: str | None = None) -> str:
+    """The command that installs shoal's ``extra``.
+
+    ``pip install 'shoal[extra]'``; for shoal run from a source checkout (``checkout``, found
+    by :func:`source_checkout` when not given), the checkout's editable install instead.
+    """
+    checkout = checkout if checkout is not None else source_checkout()
+    pypi = f"pip install 'shoal[{extra}]'"
+    if not checkout:
+        return pypi
+    return (f"pip install -e '.[{extra}]' in {checkout} (the source checkout this shoal runs "
+            f"from; from PyPI it would be {pypi})")
+
+
+def source_checkout() -> str:
+    """The source checkout this shoal runs from, or ``""`` for an installed wheel.
+
+    An editable install says so in its ``direct_url.json`` (PEP 610); shoal imported straight
+    from a ``src`` tree has the project's ``pyproject.toml`` two folders up.
+    """
+    import json
+    from importlib import metadata
+    from pathlib import Path
+    from urllib.parse import unquote, urlsplit
+
+    here = Path(__file__).resolve().parent  # .../src/shoal
+    try:
+        text = metadata.distribution("shoal").read_text("direct_url.json")
+        info = json.loads(text) if text else {}
+    except (metadata.PackageNotFoundError, ValueError):
+        info = {}
+    if isinstance(info, dict) and (info.get("dir_info") or {}).get("editable"):
+        url = urlsplit(str(info.get("url", "")))
+        if url.scheme == "file" and Path(unquote(url.path)).is_dir():
+            return str(Path(unquote(url.path)))
+    project = here.parent.parent
+    pyproject = project / "pyproject.toml"
+    if here.parent.name == "src" and pyproject.is_file():
+        try:
+            if 'name = "shoal"' in pyproject.read_text(encoding="utf-8"):
+                return str(project)
+        except OSError:
+            return ""
+    return ""
 
 
 class StoreError(ShoalError):
@@ -320,6 +376,22 @@ class ModelHTTPError(ModelError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (ModelHTTPError, (self.model, self.detail, self.status, self.retry_after))
+
+
+class MissingAPIKeyError(ModelError):
+    """A hosted model has no API key: ``env_var`` names the variable to set.
+
+    Raised when the model is created (for an agent: when its run starts, or a subagent's), so
+    no work starts without one.
+    """
+
+    def __init__(self, model: str, env_var: str) -> None:
+        self.env_var = env_var
+        super().__init__(model, f"{env_var} is not set: export it, or pass api_key=... (or "
+                                "use the model 'local', which needs no key)")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (MissingAPIKeyError, (self.model, self.env_var))
 
 
 class ModelConnectionError(ModelError):

@@ -47,6 +47,14 @@ class AgentResult(Generic[T]):
         """Whether the agent gave a final answer."""
         return self.status == "ok"
 
+    @property
+    def failed_calls(self) -> int:
+        """How many of this agent's own tool calls did not succeed (failed, rejected, ...).
+
+        An agent can answer ``ok`` although every call it made failed; this says so.
+        """
+        return sum(1 for call in self.calls if not call.ok)
+
     def walk(self) -> list[AgentResult[Any]]:
         """Every result of the subtree, depth first, starting with this one."""
         found: list[AgentResult[Any]] = [self]

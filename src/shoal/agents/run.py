@@ -13,12 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
 from shoal.agents.context import TreeContext
 from shoal.agents.result import AgentResult, AgentStatus
 from shoal.agents.toolcalls import CallRecord, execute_calls, settle
-from shoal.events import AgentFinished, AgentStarted, EventSink, ModelResponded, ToolCallRejected
+from shoal.events import (
+    AgentFinished,
+    AgentStarted,
+    Event,
+    EventSink,
+    ModelResponded,
+    ToolCallRejected,
+)
 from shoal.exceptions import (
     AgentError,
     BudgetExceeded,
@@ -159,7 +167,7 @@ class AgentRun:
 
         async def ask(request: Any) -> ModelResponse:
             try:
-                return await gate.request(model, request)
+                return await gate.request(model, request, on_event=self._model_event)
             except Exception as exc:  # kept whole: the outcome only keeps its type name
                 raised.append(exc)
                 raise
@@ -255,6 +263,12 @@ class AgentRun:
             return output if isinstance(output, str) else json.dumps(jsonable(output))
 
         return template.bound_to(run_subagent)
+
+    def _model_event(self, event: Event) -> None:
+        """A retry or a starting server, from the gate or the model: on the tree's sinks."""
+        if self.ctx.observed:
+            self.ctx.emit(replace(event, run_id=self.ctx.run_id, time=self.ctx.now(),
+                                  lineage=self.lineage))
 
     def _rejected(self, record: CallRecord) -> None:
         if self.ctx.observed:

@@ -4,58 +4,263 @@ The agent's steps (each model turn and tool phase, ``<run id>/lead/model-1``, ..
 themselves as runs of their own. This adds the *root* record: which agent, which prompt and
 model, so ``shoal resume RUN_ID`` can load the agent again and replay what the steps finished;
 a heartbeat while the tree runs (so a killed run reads as ``interrupted``); and how it ended.
+
+It is also an event sink: the tree's events (agents starting and ending, model turns, calls)
+are journaled under the root's id, a batch with every heartbeat, so ``shoal show`` can draw the
+tree of a run that is still going or was killed. When the run ends, the root record's
+``source`` gets a ``result``: the whole tree as :func:`summary` gives it (agents with status,
+turns, tokens; every call with its arguments, outcome and duration; the answer), and its
+counts are the calls of the whole tree by status.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime as dt
+import json
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
-from shoal.agents.result import AgentResult
-from shoal.store.base import RunEnded, RunRecord, RunStatus, Store
+from rich.console import Group, RenderableType
+from rich.panel import Panel
+from rich.text import Text
 
-__all__ = ["HEARTBEAT_SECONDS", "AgentJournal", "is_agent_record"]
+from shoal import events as events_module
+from shoal.agents.result import AgentResult
+from shoal.cli.render import seconds
+from shoal.cli.tree import AgentTree, agent_status, render_tree
+from shoal.events import Event
+from shoal.outcome import jsonable
+from shoal.store.base import EventRecord, RunEnded, RunRecord, RunStatus, Store
+
+__all__ = ["HEARTBEAT_SECONDS", "AgentJournal", "agent_status_text", "call_counts",
+           "event_from_dict", "headline", "is_agent_record", "show_dict", "show_view", "summary",
+           "tree_of"]
 
 HEARTBEAT_SECONDS = 1.0
 KIND = "agent"
+RESULT_PREVIEW = 2000  # characters of a call's result kept in the summary
 
 
 def is_agent_record(record: RunRecord) -> bool:
-    """Whether ``record`` is the root of an agent run started by ``shoal run``."""
-    return record.source.get("kind") == KIND
+    """Whether ``record`` is the root of an agent run started by ``shoal run``.
+
+    Also for a record from ``list_runs``, which leaves ``source`` out: an agent run's root has
+    no plan fingerprint and is named ``agent <target>``.
+    """
+    if record.source:
+        return record.source.get("kind") == KIND
+    return not record.fingerprint and record.name.startswith(f"{KIND} ")
+
+
+def summary(result: AgentResult[Any]) -> dict[str, Any]:
+    """One agent's run as JSON-ready data for people: status, turns, tokens, calls, subagents.
+
+    Each call has its ``tool``, ``arguments`` (JSON text), ``status``, ``duration`` and
+    ``result`` (what the model read, cut to a preview); ``failed_calls`` counts this agent's
+    calls that did not succeed, ``calls_failed_in_tree`` those of the whole subtree.
+    """
+    calls = []
+    for record in result.calls:
+        outcome = record.outcome
+        content = record.message.content
+        calls.append({
+            "lineage": record.lineage, "tool": record.call.name,
+            "arguments": record.call.arguments, "status": record.status,
+            "duration": outcome.duration if outcome is not None else 0.0,
+            "result": content if len(content) <= RESULT_PREVIEW
+            else content[:RESULT_PREVIEW] + "…",
+        })  # fmt: skip
+    children = [summary(child) for child in result.children]
+    failed = result.failed_calls
+    return {
+        "agent": result.agent, "lineage": result.lineage, "status": result.status,
+        "turns": result.turns, "tokens": result.usage.total_tokens,
+        "duration": result.duration, "output": jsonable(result.output),
+        "error": None if result.error is None else str(result.error),
+        "calls_total": len(result.calls), "failed_calls": failed,
+        "calls_failed_in_tree": failed + sum(c["calls_failed_in_tree"] for c in children),
+        "calls": calls, "children": children,
+    }  # fmt: skip
+
+
+def call_counts(tree: Mapping[str, Any]) -> dict[str, int]:
+    """The calls of a summary's whole tree, by status."""
+    counts: dict[str, int] = {}
+    for call in tree.get("calls", ()):
+        counts[call["status"]] = counts.get(call["status"], 0) + 1
+    for child in tree.get("children", ()):
+        for status, n in call_counts(child).items():
+            counts[status] = counts.get(status, 0) + n
+    return counts
 
 
 class AgentJournal:
-    """The root record of one agent run in a durable store."""
+    """The root record of one agent run in a durable store, and a sink for its events."""
 
     def __init__(self, store: Store, run_id: str) -> None:
         self.store = store
         self.run_id = run_id
         self._began = time.time()
+        self._events: list[EventRecord] = []
 
     def begin(self, target: str, prompt: str, model: str | None) -> None:
         """Record a new agent run (for a resume, the record exists already)."""
         source: Mapping[str, Any] = {"kind": KIND, "target": target, "prompt": prompt,
                                      "model": model, "cwd": os.getcwd()}
         self.store.write([RunRecord(self.run_id, self._began, 0, "", {}, source,
-                                    f"agent {target}", pid=os.getpid(),
+                                    f"{KIND} {target}", pid=os.getpid(),
                                     host=socket.gethostname(), heartbeat=self._began)])
 
+    def __call__(self, event: Event) -> None:
+        """Keep an event of the tree for the next batch (the agent stamps its own run id)."""
+        if event.lineage:
+            self._events.append(EventRecord(self.run_id, replace(event, run_id=self.run_id)))
+
+    def flush(self) -> None:
+        """Write the events kept so far."""
+        batch, self._events = self._events, []
+        if batch:
+            self.store.write(batch)
+
     async def beat(self) -> None:
-        """Say the run is alive, every second, until cancelled."""
+        """Say the run is alive and write its events, every second, until cancelled."""
         while True:
-            await asyncio.to_thread(self.store.heartbeat, self.run_id, time.time())
+            await asyncio.to_thread(self._beat_once)
             await asyncio.sleep(HEARTBEAT_SECONDS)
 
+    def _beat_once(self) -> None:
+        self.flush()
+        self.store.heartbeat(self.run_id, time.time())
+
     def end(self, result: AgentResult[Any] | None, interrupted: bool) -> None:
-        """Record how the run ended, with the lead's calls counted by status."""
-        counts: dict[str, int] = {}
-        for record in result.calls if result is not None else ():
-            counts[record.status] = counts.get(record.status, 0) + 1
+        """Record how the run ended: the tree's summary, and its calls counted by status."""
+        self.flush()
+        tree = summary(result) if result is not None else None
+        counts = call_counts(tree) if tree is not None else {}
         status: RunStatus = "cancelled" if interrupted else "finished"
-        self.store.write([RunEnded(self.run_id, status, time.time(), counts,
-                                   time.time() - self._began)])
+        records: list[Any] = []
+        record = self.store.get_run(self.run_id)
+        if record is not None and tree is not None:
+            records.append(replace(record, source={**record.source, "result": tree}))
+        records.append(RunEnded(self.run_id, status, time.time(), counts,
+                                time.time() - self._began))
+        self.store.write(records)
+
+
+# ---- shoal runs / shoal show for agent runs ------------------------------------------------
+
+
+def event_from_dict(data: Mapping[str, Any]) -> Event | None:
+    """A journaled event (``Event.to_dict()``) as its event again; ``None`` for unknown kinds."""
+    cls = getattr(events_module, str(data.get("kind", "")), None)
+    if not (isinstance(cls, type) and issubclass(cls, Event)):
+        return None
+    names = {f.name for f in dataclasses.fields(cls)}
+    try:
+        return cls(**{k: v for k, v in data.items() if k in names})
+    except TypeError:  # a field missing: written by another version of shoal
+        return None
+
+
+def tree_of(record: RunRecord, events: Sequence[Mapping[str, Any]]) -> AgentTree:
+    """The run's tree: from its summary once it ended, else from its journaled events."""
+    result = record.source.get("result")
+    if isinstance(result, Mapping) and record.status != "running":
+        return AgentTree.from_summary(result)
+    tree = AgentTree.replay(e for e in map(event_from_dict, events) if e is not None)
+    return tree
+
+
+def headline(record: RunRecord) -> dict[str, Any]:
+    """What ``shoal runs`` says of an agent run: the lead's status, its calls and tokens."""
+    result = record.source.get("result")
+    if not isinstance(result, Mapping):
+        return {"target": record.source.get("target", record.name.removeprefix(f"{KIND} "))}
+    calls = sum(record.counts.values())
+    failed = sum(n for status, n in record.counts.items() if status != "ok")
+    return {"target": record.source.get("target", ""), "status": result.get("status"),
+            "agents": _count_agents(result), "turns": result.get("turns", 0),
+            "tokens": result.get("tokens", 0), "calls": calls, "failed_calls": failed}
+
+
+def _count_agents(tree: Mapping[str, Any]) -> int:
+    return 1 + sum(_count_agents(c) for c in tree.get("children", ()))
+
+
+def agent_status_text(record: RunRecord, status: str) -> Text:
+    """The status of an agent run for a listing: the lead's (``ok, 2/2 calls failed``)."""
+    facts = headline(record)
+    if status != "finished" or facts.get("status") is None:
+        return Text(status)
+    shown = agent_status(str(facts["status"]), facts["calls"], facts["failed_calls"])
+    style = ("green" if shown == "ok" else "yellow" if facts["status"] == "ok" else "red")
+    return Text(shown, style=style)
+
+
+def show_dict(record: RunRecord, events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """``shoal show --json`` of an agent run: the tree, with every call, and the answer."""
+    result = record.source.get("result")
+    data: dict[str, Any] = {"kind": KIND, "target": record.source.get("target"),
+                            "prompt": record.source.get("prompt"),
+                            "model": record.source.get("model")}
+    if isinstance(result, Mapping) and record.status != "running":
+        data["agent"] = dict(result)
+        data["answer"] = result.get("output") if result.get("status") == "ok" else None
+    else:  # still running, or killed: what the events say so far
+        tree = tree_of(record, events)
+        data["agent"] = [_row_dict(tree, root) for root in tree.roots]
+        data["answer"] = None
+    return data
+
+
+def _row_dict(tree: AgentTree, lineage: str) -> dict[str, Any]:
+    row = tree.rows[lineage]
+    data: dict[str, Any] = {"lineage": row.lineage, "status": row.status,
+                            "duration": (row.ended if row.ended is not None else tree.now)
+                            - row.started, "detail": row.detail}
+    if row.is_agent:
+        calls, failed = tree.calls_of(lineage)
+        data |= {"agent": row.label, "turns": row.turns, "tokens": row.tokens,
+                 "calls_ended": calls, "failed_calls": failed,
+                 "children": [_row_dict(tree, c) for c in row.children
+                              if not tree.rows[c].is_server]}
+    return data
+
+
+def show_view(record: RunRecord, events: Sequence[Mapping[str, Any]],
+              status: str) -> RenderableType:
+    """``shoal show`` of an agent run: the tree of agents and calls, the answer, a summary."""
+    source = record.source
+    head = Text.assemble(("run ", "bold"), (record.run_id, "bold"), "  ")
+    head.append_text(agent_status_text(record, status))
+    head.append(f"\nagent {source.get('target', '?')} · model "
+                f"{source.get('model') or 'as defined'} · started "
+                f"{_when(record.started_at)} · took {seconds(record.makespan)}")
+    head.append(f"\nprompt: {source.get('prompt', '')}", style="dim")
+    tree = tree_of(record, events)
+    parts: list[RenderableType] = [head, render_tree(tree, "agents and calls")]
+    result = source.get("result")
+    if isinstance(result, Mapping) and record.status != "running":
+        if result.get("status") == "ok":
+            output = result.get("output")
+            text = output if isinstance(output, str) else json.dumps(output, indent=2)
+            parts.append(Panel(Text(text), title="answer", title_align="left"))
+        facts = headline(record)
+        parts.append(Text(f"{facts['agents']} agent{'s' if facts['agents'] != 1 else ''}, "
+                          f"{facts['turns']} turns by the lead, {facts['calls']} tool calls"
+                          + (f" ({facts['failed_calls']} failed)" if facts["failed_calls"]
+                             else "") + f", {facts['tokens']} tokens", style="dim"))
+    if status == "interrupted":
+        parts.append(Text(f"the process running it stopped; continue with: shoal resume "
+                          f"{record.run_id}", style="yellow"))
+    return Group(*parts)
+
+
+def _when(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S") if epoch else "-"

@@ -26,16 +26,18 @@ from rich.text import Text
 from shoal.agents.agent import Agent, AgentHandle
 from shoal.agents.budget import Budget
 from shoal.agents.result import AgentResult
-from shoal.cli.agent_journal import AgentJournal
+from shoal.cli.agent_journal import AgentJournal, summary
 from shoal.cli.interrupt import EXIT_INTERRUPTED, CtrlC
 from shoal.cli.live import LivePause
 from shoal.cli.tree import AgentTree, render_tree
-from shoal.events import JsonlSink
-from shoal.exceptions import AgentError, ConfigError, ModelError, ShoalError
+from shoal.events import Event, JsonlSink, ModelRetrying, ModelServerStarted, ModelServerStarting
+from shoal.exceptions import AgentError, ConfigError, MissingAPIKeyError, ModelError, ShoalError
+from shoal.models import resolve_model
 from shoal.models.base import Model
 from shoal.runtime import Runtime
 
-__all__ = ["AgentOptions", "is_agent_target", "load_agent", "model_option", "run_agent_target"]
+__all__ = ["AgentOptions", "check_models", "is_agent_target", "load_agent", "model_option",
+           "notice_lines", "run_agent_target"]
 
 REFRESH_PER_SECOND = 8
 PLAN_SUFFIXES = (".yaml", ".yml", ".json")
@@ -134,13 +136,68 @@ def run_agent_target(options: AgentOptions, console: Console, live: bool) -> int
         raise ConfigError(f"give the prompt after the agent: shoal run {options.target} "
                           "\"your question\"")
     agent = load_agent(options.target)
+    check_models(agent, options.model)
     view = AgentTree()
     sinks: list[Any] = [view] + ([options.events] if options.events is not None else [])
+    if options.journal is not None:
+        sinks.append(options.journal)
+    if not live:  # nobody watches a tree: say on stderr what the models are waiting for
+        sinks.append(notice_lines)
     result, error, interrupted = asyncio.run(_drive(agent, options, sinks, console, view, live))
     _print(result, error, options.as_json, console, view)
     if interrupted:
         return EXIT_INTERRUPTED
     return 0 if error is None else 1
+
+
+def check_models(agent: Agent[Any], override: str | Model | None) -> None:
+    """Make every model the run will use, so a missing key or SDK stops it before it starts.
+
+    Raises :class:`ConfigError` with one line to act on (the key to export, ``--model
+    local``), or :class:`~shoal.exceptions.MissingDependencyError` with the install line.
+    """
+    specs = {override} if override is not None else {a.model for a in _tree(agent)}
+    for spec in specs:
+        if isinstance(spec, Model):
+            continue
+        try:
+            resolve_model(spec)
+        except MissingAPIKeyError as exc:
+            raise ConfigError(f"{exc.env_var} is not set (the model {exc.model!r} needs it): "
+                              "export it, or pass --model local") from None
+        except ModelError as exc:
+            raise ConfigError(str(exc)) from None
+
+
+def _tree(agent: Agent[Any]) -> list[Agent[Any]]:
+    """The agent and every subagent below it, each once (a cycle would be a definition bug)."""
+    found: dict[int, Agent[Any]] = {}
+    todo = [agent]
+    while todo:
+        current = todo.pop()
+        if id(current) not in found:
+            found[id(current)] = current
+            todo.extend(current.subagents)
+    return list(found.values())
+
+
+def notice_lines(event: Event) -> None:
+    """What a model waits for (a retry, a server starting), as a line on stderr.
+
+    The sink used when no live tree shows it.
+    """
+    if isinstance(event, ModelRetrying):
+        line = f"{event.model} {event.describe()}"
+    elif isinstance(event, ModelServerStarting):
+        line = f"{event.model}: {event.detail}…"
+    elif isinstance(event, ModelServerStarted):
+        line = (f"{event.model}: the server did not start: {event.error}" if event.error
+                else f"{event.model}: the server is up after {event.duration:.1f} s")
+    else:
+        return
+    sys.stderr.write(f"shoal: {event.lineage}: {line}\n" if event.lineage else
+                     f"shoal: {line}\n")
+    sys.stderr.flush()
 
 
 async def _drive(agent: Agent[Any], options: AgentOptions, sinks: list[Any], console: Console,
@@ -198,7 +255,7 @@ async def _follow(handle: AgentHandle[Any], console: Console, view: AgentTree,
 def _print(result: AgentResult[Any] | None, error: BaseException | None, as_json: bool,
            console: Console, view: AgentTree) -> None:
     if as_json:
-        data: dict[str, Any] = result.to_dict() if result is not None else {}
+        data: dict[str, Any] = _json(result) if result is not None else {}
         if error is not None:
             data["error"] = {"type": type(error).__name__, "message": str(error)}
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
@@ -209,12 +266,37 @@ def _print(result: AgentResult[Any] | None, error: BaseException | None, as_json
     if result is not None and result.status == "ok":
         parts.append(Panel(Text(str(result.output)), title="answer", title_align="left"))
     if result is not None:
-        usage = result.usage
-        parts.append(Text(f"{result.turns} turns by the lead, {usage.requests} model requests, "
-                          f"{usage.total_tokens} tokens"
-                          + (f", ${usage.cost:.4f}" if usage.cost is not None else "")
-                          + f", {result.duration:.2f} s", style="dim"))
+        parts.append(Text(_summary_line(result), style="dim"))
     console.print(Group(*parts))
     if error is not None:
         sys.stderr.write(f"error: {error}\n")
 
+
+def _summary_line(result: AgentResult[Any]) -> str:
+    usage = result.usage
+    agents = result.walk()
+    calls = sum(len(a.calls) for a in agents)
+    failed = sum(a.failed_calls for a in agents)
+    return (f"{result.turns} turn{'s' if result.turns != 1 else ''} by the lead, "
+            f"{usage.requests} model request{'s' if usage.requests != 1 else ''}, "
+            f"{calls} tool call{'s' if calls != 1 else ''}"
+            + (f" ({failed} failed)" if failed else "")
+            + f", {usage.total_tokens} tokens"
+            + (f", ${usage.cost:.4f}" if usage.cost is not None else "")
+            + f", {result.duration:.2f} s")
+
+
+def _json(result: AgentResult[Any]) -> dict[str, Any]:
+    """The result as JSON, each agent with ``failed_calls`` and each call's ``duration``."""
+    data = result.to_dict()
+    _add_counts(data, summary(result))
+    return data
+
+
+def _add_counts(data: dict[str, Any], tree: dict[str, Any]) -> None:
+    data["failed_calls"] = tree["failed_calls"]
+    data["calls_failed_in_tree"] = tree["calls_failed_in_tree"]
+    for call, summed in zip(data.get("calls", ()), tree["calls"], strict=False):
+        call.setdefault("duration", summed["duration"])
+    for child, summed in zip(data.get("children", ()), tree["children"], strict=False):
+        _add_counts(child, summed)

@@ -26,6 +26,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from shoal.cli import agent_journal
 from shoal.cli.agent_journal import is_agent_record
 from shoal.cli.render import STATUS_STYLES, detail, seconds
 from shoal.exceptions import ShoalError
@@ -123,13 +124,22 @@ def _status_text(status: str) -> Text:
 
 
 def _run_dict(record: RunRecord) -> dict[str, Any]:
-    return {
+    data = {
         "run_id": record.run_id, "name": record.name, "status": live_status(record),
         "nodes": record.nodes, "counts": {k: v for k, v in record.counts.items() if v},
         "started_at": record.started_at, "finished_at": record.finished_at,
         "duration": _duration(record), "sessions": record.sessions,
         "plan_file": record.source.get("path", ""),
     }  # fmt: skip
+    if agent_journal.is_agent_record(record):  # counts are its tree's calls; no nodes
+        data |= {"kind": "agent", "nodes": None, "agent": agent_journal.headline(record)}
+    return data
+
+
+def _with_source(journal: SQLiteStore, records: Sequence[RunRecord]) -> list[RunRecord]:
+    """The records, agent runs read whole (a listing leaves out the summary they keep)."""
+    return [(journal.get_run(r.run_id) or r) if agent_journal.is_agent_record(r) else r
+            for r in records]
 
 
 def runs_command(store: StoreOption = DEFAULT_PATH, as_json: JsonOption = False,
@@ -142,8 +152,9 @@ def runs_command(store: StoreOption = DEFAULT_PATH, as_json: JsonOption = False,
     """List runs from the journal, newest first: status, nodes, duration."""
     try:
         # an agent run's steps have ids below the run's ("RUN/lead/model-1"): hidden by default
-        found = open_journal(store).list_runs(limit if steps else limit * 50)
-        records = [r for r in found if steps or "/" not in r.run_id][:limit]
+        journal = open_journal(store)
+        found = journal.list_runs(limit if steps else limit * 50)
+        records = _with_source(journal, [r for r in found if steps or "/" not in r.run_id][:limit])
     except ShoalError as exc:
         raise typer.Exit(_fail(str(exc), as_json)) from None
     if as_json:
@@ -158,19 +169,24 @@ def runs_command(store: StoreOption = DEFAULT_PATH, as_json: JsonOption = False,
                           ("plan", "left")):
         table.add_column(name, justify=justify, no_wrap=name != "plan")  # type: ignore[arg-type]
     for r in records:
+        if agent_journal.is_agent_record(r):  # the lead's status; its tree's calls
+            table.add_row(r.run_id, agent_journal.agent_status_text(r, live_status(r)),
+                          "-", _counts(r.counts, " calls"), _when(r.started_at),
+                          seconds(_duration(r)), r.name)
+            continue
         table.add_row(r.run_id, _status_text(live_status(r)), str(r.nodes), _counts(r.counts),
                       _when(r.started_at), seconds(_duration(r)),
                       r.name or Path(str(r.source.get("path", ""))).name or "-")
     _console().print(table)
 
 
-def _counts(counts: Mapping[str, int]) -> Text:
+def _counts(counts: Mapping[str, int], what: str = "") -> Text:
     text = Text()
-    for status in STATUSES:
+    for status in (*STATUSES, "rejected"):
         if counts.get(status):
             text.append(" " if text else "")
             text.append(f"{counts[status]} {status}", style=STATUS_STYLES.get(status, ""))
-    return text or Text("-", style="dim")
+    return text.append(what) if text else Text("-", style="dim")
 
 
 # ---- shoal show -----------------------------------------------------------------------------
@@ -184,6 +200,14 @@ def show_command(run_id: Annotated[str, typer.Argument(metavar="RUN_ID", show_de
         record = journal.get_run(run_id)
         if record is None:
             raise ShoalError(f"no run {run_id!r} in {str(store)!r} (shoal runs lists them)")
+        if agent_journal.is_agent_record(record):
+            events = journal.events(run_id)
+            if as_json:
+                data = _run_dict(record) | agent_journal.show_dict(record, events)
+                sys.stdout.write(json.dumps(data, indent=2) + "\n")
+            else:
+                _console().print(agent_journal.show_view(record, events, live_status(record)))
+            return
         outcomes = journal.outcomes(run_id, decode=False)  # never unpickle for a display
         attempts = journal.attempts(run_id)
         approvals = journal.approvals(run_id)

@@ -1,13 +1,22 @@
-"""The live view of an agent run: a tree of agents and their calls, built from events.
+"""The tree of an agent run: agents and their calls, built from events or from a result.
 
 :class:`AgentTree` is an event sink that keeps one small record per lineage (an agent, or a
 tool call); :func:`render_tree` draws them as a rich ``Tree``. A subagent is both a call of
-its parent (``lead/researcher#2``) and an agent: the two share a lineage and one row.
+its parent (``lead/researcher#2``) and an agent: the two share a lineage and one row. The same
+rows come from a finished run's result (:meth:`AgentTree.from_summary`), so ``shoal show``
+draws the tree the live view drew.
+
+While a run goes on, elapsed times tick with the clock, not only when an event arrives: a
+model turn or a local model server starting can take many seconds without one. A retrying
+model request and a starting model server show on their agent's row.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from rich.console import RenderableType
 from rich.text import Text
@@ -19,6 +28,9 @@ from shoal.events import (
     AgentStarted,
     Event,
     ModelResponded,
+    ModelRetrying,
+    ModelServerStarted,
+    ModelServerStarting,
     NodeCancelled,
     NodeFinished,
     NodeSkipped,
@@ -26,16 +38,17 @@ from shoal.events import (
     ToolCallRejected,
 )
 
-__all__ = ["AgentTree", "MAX_CALLS_SHOWN", "render_tree"]
+__all__ = ["MAX_CALLS_SHOWN", "AgentTree", "Row", "agent_status", "render_tree"]
 
 MAX_CALLS_SHOWN = 8  # per agent: the most recent; the rest are summed up in one line
 _STYLES = {**STATUS_STYLES, "running": "bold cyan", "rejected": "magenta",
            "budget_exceeded": "red", "max_turns": "red"}
+_SERVER = "~server"  # the lineage tail of a model server's row (not a name a call can have)
 
 
 @dataclass(slots=True)
 class Row:
-    """One agent or call in the tree."""
+    """One agent, call or starting model server in the tree."""
 
     lineage: str
     label: str
@@ -46,7 +59,28 @@ class Row:
     turns: int = 0
     tokens: int = 0
     detail: str = ""
+    arguments: str = ""  # a call's arguments (JSON text), when known
+    notice: str = ""  # what a running agent waits for now (a retry)
+    is_server: bool = False
     children: list[str] = field(default_factory=list)
+
+    @property
+    def is_call(self) -> bool:
+        """Whether the row is a call of its parent (a tool call, or a subagent)."""
+        return not self.is_server and "/" in self.lineage
+
+
+def agent_status(status: str, calls: int, failed: int) -> str:
+    """An agent's status as shown: ``ok, 2/2 calls failed`` when an ok agent's calls failed."""
+    if failed and status == "ok":
+        return f"ok, {failed}/{calls} call{'s' if calls != 1 else ''} failed"
+    return status
+
+
+# Events whose time is on the tree's clock; a tool phase's node events count from the start
+# of their phase (a run of its own), so calls are placed by when their events arrive instead.
+_TREE_TIMED = (AgentStarted, ModelResponded, AgentFinished, ToolCallRejected, ModelRetrying,
+               ModelServerStarting, ModelServerStarted)
 
 
 class AgentTree:
@@ -55,11 +89,23 @@ class AgentTree:
     def __init__(self) -> None:
         self.rows: dict[str, Row] = {}
         self.roots: list[str] = []
-        self.now = 0.0
+        self.now = 0.0  # the latest event's time
+        self._seen_at: float | None = None  # time.monotonic() when the latest event came
+        self._live = True
+
+    def clock(self) -> float:
+        """Seconds since the run started: the latest event's time, plus the wall clock since.
+
+        Stops with the lead (after its ``AgentFinished``) and for a tree read from a journal.
+        """
+        if self._seen_at is None or not self._live:
+            return self.now
+        return self.now + (time.monotonic() - self._seen_at)
 
     def __call__(self, event: Event) -> None:
         """Take one event."""
-        self.now = max(self.now, event.time)
+        if isinstance(event, _TREE_TIMED) and event.time >= self.now:
+            self.now, self._seen_at = event.time, time.monotonic()
         if not event.lineage:
             return
         row = self._row(event.lineage)
@@ -69,17 +115,42 @@ class AgentTree:
         elif isinstance(event, ModelResponded):
             row.turns = event.turn
             row.tokens += event.input_tokens + event.output_tokens
+            row.notice = ""
         elif isinstance(event, AgentFinished):
-            row.status, row.ended = event.status, event.time
+            row.status, row.ended, row.notice = event.status, event.time, ""
             row.detail = event.error or event.output
+            self._live = self._live and "/" in event.lineage  # the lead ended: stop the clock
+        elif isinstance(event, (ModelRetrying, ModelServerStarting, ModelServerStarted)):
+            self._model(row, event)
         elif isinstance(event, NodeStarted) and not row.is_agent:
-            row.started = row.started or event.time
+            row.started = row.started or self.clock()
         elif isinstance(event, NodeFinished) and not row.is_agent:
-            row.status, row.ended, row.detail = event.status, event.time, event.error
+            row.started = row.started or self.clock() - event.duration
+            row.status, row.ended = event.status, row.started + event.duration
+            row.detail = event.error
         elif isinstance(event, (NodeCancelled, NodeSkipped)) and not row.is_agent:
-            row.status, row.ended, row.detail = event.kind[4:].lower(), event.time, event.reason
+            row.status, row.ended, row.detail = event.kind[4:].lower(), self.clock(), event.reason
+            row.started = row.started or row.ended
         elif isinstance(event, ToolCallRejected):
             row.status, row.ended, row.detail = "rejected", event.time, event.error
+            row.started = row.started or event.time
+
+    def _model(self, row: Row, event: ModelRetrying | ModelServerStarting | ModelServerStarted,
+               ) -> None:
+        """What an agent's model is doing besides answering: retrying, starting a server."""
+        if isinstance(event, ModelRetrying):
+            row.notice = event.describe()
+            return
+        server = self._row(f"{row.lineage}/{_SERVER}")
+        server.is_server = True
+        if isinstance(event, ModelServerStarting):
+            server.label, server.started, server.status = f"{event.detail}…", event.time, "running"
+            server.ended = None
+        else:
+            server.label = server.label.rstrip("…").removeprefix("starting ").removeprefix(
+                "restarting ")
+            server.status = "failed" if event.error else "ok"
+            server.ended, server.detail = event.time, event.error
 
     def _row(self, lineage: str) -> Row:
         row = self.rows.get(lineage)
@@ -93,16 +164,65 @@ class AgentTree:
                 self.roots.append(lineage)
         return row
 
+    def calls_of(self, lineage: str) -> tuple[int, int]:
+        """An agent's calls that ended, and how many of those did not succeed."""
+        ended = [c for c in (self.rows[n] for n in self.rows[lineage].children)
+                 if c.is_call and c.status != "running"]
+        return len(ended), sum(1 for c in ended if c.status != "ok")
 
-def _label(row: Row, now: float) -> Text:
+    @classmethod
+    def replay(cls, events: Iterable[Event]) -> AgentTree:
+        """The tree journaled events describe, as of the last of them (no clock running)."""
+        tree = cls()
+        for event in events:
+            tree(event)
+        tree._live = False
+        return tree
+
+    @classmethod
+    def from_summary(cls, summary: Mapping[str, Any]) -> AgentTree:
+        """The tree of a finished run, from its journaled summary (see ``agent_journal``)."""
+        tree = cls()
+        tree._live = False
+        tree._add_summary(summary)
+        return tree
+
+    def _add_summary(self, agent: Mapping[str, Any]) -> None:
+        row = self._row(str(agent["lineage"]))
+        row.is_agent, row.label, row.status = True, str(agent["agent"]), str(agent["status"])
+        row.ended = row.started + float(agent.get("duration") or 0.0)
+        row.turns, row.tokens = int(agent.get("turns", 0)), int(agent.get("tokens", 0))
+        row.detail = str(agent.get("error") or agent.get("output") or "")
+        self.now = max(self.now, row.ended)
+        children = {str(c["lineage"]): c for c in agent.get("children", ())}
+        for call in agent.get("calls", ()):
+            lineage = str(call["lineage"])
+            if lineage in children:
+                self._add_summary(children[lineage])
+                continue
+            child = self._row(lineage)
+            child.status, child.arguments = str(call["status"]), str(call.get("arguments", ""))
+            child.ended = child.started + float(call.get("duration") or 0.0)
+            child.detail = str(call.get("result", ""))
+
+
+def _label(view: AgentTree, row: Row, now: float) -> Text:
     text = Text()
-    name = row.lineage.rsplit("/", 1)[-1]
-    text.append(name, style="bold" if row.is_agent else "")
-    text.append(f"  {row.status}", style=_STYLES.get(row.status, ""))
+    name = row.label if row.is_server else row.lineage.rsplit("/", 1)[-1]
+    text.append(name, style="bold" if row.is_agent else "dim" if row.is_server else "")
+    status = row.status
+    if row.is_agent and status != "running":
+        status = agent_status(status, *view.calls_of(row.lineage))
+    style = "yellow" if status != row.status else _STYLES.get(row.status, "")
+    text.append(f"  {status}", style=style)
     took = (row.ended if row.ended is not None else now) - row.started
     text.append(f"  {seconds(max(took, 0.0))}", style="dim")
     if row.is_agent:
         text.append(f"  turns {row.turns}  tokens {row.tokens}", style="dim")
+    if row.arguments and not row.is_agent:
+        text.append(f"  {_short(row.arguments, 40)}", style="dim")
+    if row.notice and row.status == "running":
+        text.append(f"  {_short(row.notice, 110)}", style="yellow")
     if row.detail and row.status != "running":
         text.append(f"  {_short(row.detail)}", style="dim" if row.status == "ok" else "red")
     return text
@@ -113,11 +233,11 @@ def _short(text: str, width: int = 70) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
-def _add(tree: Tree, view: AgentTree, lineage: str) -> None:
+def _add(tree: Tree, view: AgentTree, lineage: str, now: float) -> None:
     row = view.rows[lineage]
-    branch = tree.add(_label(row, view.now))
+    branch = tree.add(_label(view, row, now))
     children = [view.rows[c] for c in row.children]
-    calls = [c for c in children if not c.is_agent]
+    calls = [c for c in children if not c.is_agent and not c.is_server]
     hidden = calls[:-MAX_CALLS_SHOWN] if len(calls) > MAX_CALLS_SHOWN else []
     if hidden:
         counts: dict[str, int] = {}
@@ -128,12 +248,13 @@ def _add(tree: Tree, view: AgentTree, lineage: str) -> None:
     skipped = {c.lineage for c in hidden}
     for child in children:
         if child.lineage not in skipped:
-            _add(branch, view, child.lineage)
+            _add(branch, view, child.lineage, now)
 
 
 def render_tree(view: AgentTree, title: str) -> RenderableType:
-    """The tree of agents and calls as it stands."""
+    """The tree of agents and calls as it stands (times as of now, while the run goes on)."""
     tree = Tree(Text(title, style="bold"), guide_style="dim")
+    now = view.clock()
     for root in view.roots:
-        _add(tree, view, root)
+        _add(tree, view, root, now)
     return tree

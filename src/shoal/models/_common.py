@@ -8,31 +8,47 @@ connection error, a timeout); this module turns them into shoal's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
+import logging
 import math
 import os
+import socket
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 from email.utils import parsedate_to_datetime
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
-from shoal.exceptions import ModelConnectionError, ModelError, ModelHTTPError
+from shoal.events import Event
+from shoal.exceptions import (
+    ConfigError,
+    MissingAPIKeyError,
+    ModelConnectionError,
+    ModelHTTPError,
+)
 from shoal.models.base import Usage
 from shoal.models.prices import Price, cost
 
 __all__ = [
     "LOCAL_API_KEY",
     "PerLoop",
+    "check_base_url",
     "describe_cause",
     "http_error",
     "is_local_url",
+    "notices_to",
+    "notify",
     "parse_retry_after",
     "priced_usage",
     "resolve_credentials",
     "transport_error",
+    "unreachable",
 ]
+
+log = logging.getLogger("shoal")
 
 T = TypeVar("T")
 
@@ -61,16 +77,33 @@ def resolve_credentials(name: str, *, api_key: str | None, base_url: str | None,
     """The API key and base URL to use: arguments first, then the environment.
 
     A local server with no key gets :data:`LOCAL_API_KEY`; anywhere else a missing key is a
-    :class:`ModelError` that says which variable to set.
+    :class:`~shoal.exceptions.MissingAPIKeyError` that says which variable to set. A base URL
+    that is not an ``http(s)://`` URL is a :class:`~shoal.exceptions.ConfigError`.
     """
     url = base_url or os.environ.get(url_env) or None
+    if url is not None:
+        check_base_url(url, "base_url" if base_url else url_env)
     key = api_key or os.environ.get(key_env) or None
     if key is None:
         if not is_local_url(url):
-            raise ModelError(name, f"no API key: set the {key_env} environment variable or "
-                                   "pass api_key=...")
+            raise MissingAPIKeyError(name, key_env)
         key = LOCAL_API_KEY
     return key, url
+
+
+def check_base_url(url: str, where: str) -> None:
+    """Raise :class:`ConfigError` unless ``url`` is an ``http://`` or ``https://`` URL.
+
+    ``where`` says where it came from (``base_url``, or the environment variable).
+    """
+    parts = urlsplit(url.strip())
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        parts = parts._replace(netloc="")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{where} {url!r} is not a URL: give the API root as "
+                          "http(s)://host[:port][/path], e.g. http://localhost:8080/v1")
 
 
 def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
@@ -105,10 +138,19 @@ def _number(text: str | None) -> float | None:
 
 
 def http_error(name: str, status: int, headers: Mapping[str, str], body: object,
-               fallback: str) -> ModelHTTPError:
-    """A :class:`ModelHTTPError` for an SDK status error, with the provider's own message."""
-    return ModelHTTPError(name, _error_message(body) or fallback, status,
-                          parse_retry_after(headers))
+               fallback: str, *, model_id: str = "", key_env: str = "") -> ModelHTTPError:
+    """A :class:`ModelHTTPError` for an SDK status error, with the provider's own message.
+
+    A refused key (401) and an unknown model (404) say so first, and what to check.
+    """
+    message = _error_message(body) or fallback
+    if status == 401:
+        message = (f"the API key was refused"
+                   f"{f' (check {key_env})' if key_env else ''}: {message}")
+    elif status == 404:
+        message = (f"no model {model_id!r} here (check the model name, and the base URL): "
+                   f"{message}" if model_id else f"not found: {message}")
+    return ModelHTTPError(name, message, status, parse_retry_after(headers))
 
 
 def _error_message(body: object) -> str:
@@ -136,9 +178,64 @@ def transport_error(name: str, exc: BaseException) -> ModelConnectionError | Non
 
 
 def describe_cause(exc: BaseException) -> str:
-    """What lies under an SDK's generic "Connection error.": the transport's own error."""
-    cause = exc.__cause__ or exc.__context__
-    return f"{type(cause).__name__}: {cause}" if cause is not None else "no detail"
+    """What lies under an SDK's generic "Connection error.", in a few words.
+
+    The innermost cause decides: ``connection refused``, ``name not resolved``, or the
+    transport's own error.
+    """
+    cause: BaseException | None = exc.__cause__ or exc.__context__
+    seen = 0
+    while cause is not None and seen < 10:
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, socket.gaierror):
+            return "name not resolved (no network, or a wrong host name)"
+        if isinstance(cause, TimeoutError):
+            return "timed out"
+        inner = cause.__cause__ or cause.__context__
+        if inner is None:
+            text = str(cause)
+            if "refused" in text.lower() or "all connection attempts failed" in text.lower():
+                return "connection refused"
+            return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
+        cause, seen = inner, seen + 1
+    return "no detail"
+
+
+def unreachable(name: str, url: object, exc: BaseException) -> ModelConnectionError:
+    """``cannot reach api.openai.com: connection refused`` for a request that got nowhere."""
+    parts = urlsplit(str(url))
+    where = parts.netloc.rpartition("@")[2] or str(url)
+    return ModelConnectionError(name, f"cannot reach {where}: {describe_cause(exc)}")
+
+
+_notices: ContextVar[Callable[[Event], None] | None] = ContextVar("shoal_model_notices",
+                                                                  default=None)
+
+
+@contextlib.contextmanager
+def notices_to(sink: Callable[[Event], None] | None) -> Iterator[None]:
+    """Within the block, :func:`notify` from this task's model calls goes to ``sink``."""
+    token = _notices.set(sink)
+    try:
+        yield
+    finally:
+        _notices.reset(token)
+
+
+def notify(event: Event) -> None:
+    """Tell whoever sent the current request about the model (say, its server is starting).
+
+    The event's ``run_id``, ``time`` and ``lineage`` are filled in by the receiver. A sink
+    that fails is logged, never fatal.
+    """
+    sink = _notices.get()
+    if sink is None:
+        return
+    try:
+        sink(event)
+    except Exception:  # an observer's bug must not fail the request it observes
+        log.exception("a model event sink failed on %s; continuing", event.kind)
 
 
 class PerLoop(Generic[T]):

@@ -29,11 +29,11 @@ from shoal.exceptions import (
 )
 from shoal.models._common import (
     PerLoop,
-    describe_cause,
     http_error,
     priced_usage,
     resolve_credentials,
     transport_error,
+    unreachable,
 )
 from shoal.models.base import (
     AssistantMessage,
@@ -95,7 +95,8 @@ class AnthropicModel(Model):
 
     Raises:
         MissingDependencyError: the ``anthropic`` package is not installed.
-        ModelError: no API key for a non-local server.
+        MissingAPIKeyError: no API key for a non-local server.
+        ConfigError: ``base_url`` (or the environment's) is not an ``http(s)://`` URL.
     """
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
@@ -210,7 +211,7 @@ class AnthropicModel(Model):
             yield
         except anthropic.APIStatusError as exc:
             error = http_error(self.name, exc.status_code, exc.response.headers, exc.body,
-                               exc.message)
+                               exc.message, model_id=self.model, key_env="ANTHROPIC_API_KEY")
             if exc.status_code < 400:  # an error event inside a 200 stream
                 error = ModelHTTPError(self.name, error.detail, _stream_error_status(exc.body),
                                        error.retry_after)
@@ -219,8 +220,7 @@ class AnthropicModel(Model):
             raise ModelConnectionError(
                 self.name, f"no answer within {self.timeout:g} s") from exc
         except anthropic.APIConnectionError as exc:
-            raise ModelConnectionError(
-                self.name, f"cannot reach {exc.request.url} ({describe_cause(exc)})") from exc
+            raise unreachable(self.name, exc.request.url, exc) from exc
         except anthropic.AnthropicError as exc:
             raise ModelError(self.name, str(exc)) from exc
         except Exception as exc:

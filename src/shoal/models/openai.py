@@ -27,11 +27,11 @@ from shoal.exceptions import (
 )
 from shoal.models._common import (
     PerLoop,
-    describe_cause,
     http_error,
     priced_usage,
     resolve_credentials,
     transport_error,
+    unreachable,
 )
 from shoal.models.base import (
     AssistantMessage,
@@ -79,7 +79,8 @@ class OpenAIModel(Model):
 
     Raises:
         MissingDependencyError: the ``openai`` package is not installed.
-        ModelError: no API key for a non-local server.
+        MissingAPIKeyError: no API key for a non-local server.
+        ConfigError: ``base_url`` (or the environment's) is not an ``http(s)://`` URL.
     """
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
@@ -229,13 +230,12 @@ class OpenAIModel(Model):
             yield
         except openai.APIStatusError as exc:
             raise http_error(self.name, exc.status_code, exc.response.headers, exc.body,
-                             exc.message) from exc
+                             exc.message, model_id=self.model, key_env="OPENAI_API_KEY") from exc
         except openai.APITimeoutError as exc:
             raise ModelConnectionError(
                 self.name, f"no answer within {self.timeout:g} s") from exc
         except openai.APIConnectionError as exc:
-            raise ModelConnectionError(
-                self.name, f"cannot reach {exc.request.url} ({describe_cause(exc)})") from exc
+            raise unreachable(self.name, exc.request.url, exc) from exc
         except openai.OpenAIError as exc:
             raise ModelError(self.name, str(exc)) from exc
         except Exception as exc:

@@ -10,19 +10,32 @@ than what ``Retry-After`` asked for (exactly that, when it is given); other erro
 at once.
 
 The SDK adapters are created with their own retries off, so this is the only retry layer.
+Each retry is announced before its wait: a :class:`~shoal.events.ModelRetrying` event to the
+caller's ``on_event`` (an agent puts it on its tree's sinks, where the live view shows it) and
+a line on the ``shoal`` logger at INFO. ``on_event`` also receives what the model itself
+reports while it works, such as a local model's server starting.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from shoal.events import Event, ModelRetrying
 from shoal.exceptions import ModelConnectionError, ModelError, ModelHTTPError
+from shoal.models._common import notices_to
 from shoal.models.base import Model, ModelRequest, ModelResponse, ResponseDone, StreamEvent
 
-__all__ = ["ModelGate", "ModelGates", "ModelRetry"]
+__all__ = ["EventCallback", "ModelGate", "ModelGates", "ModelRetry"]
+
+log = logging.getLogger("shoal")
+
+#: Receives the events of one request (retries, a server starting); their ``run_id`` and
+#: ``time`` are left empty for the receiver to fill in.
+EventCallback = Callable[[Event], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,19 +82,26 @@ class ModelGate:
         self._rng = rng or random.Random()
         self.retries = 0  # transient failures retried so far, for reports and tests
 
-    async def request(self, model: Model, request: ModelRequest) -> ModelResponse:
-        """Send ``request``, retrying transient errors; raise the last error when spent."""
+    async def request(self, model: Model, request: ModelRequest, *,
+                      on_event: EventCallback | None = None) -> ModelResponse:
+        """Send ``request``, retrying transient errors; raise the last error when spent.
+
+        ``on_event`` gets a :class:`~shoal.events.ModelRetrying` before each retry's wait, and
+        what the model reports while it works.
+        """
         failures = 0
         while True:
             try:
-                return await self._once(model, request)
+                with notices_to(on_event):
+                    return await self._once(model, request)
             except ModelError as exc:
                 failures += 1
                 if not _transient(exc) or failures >= self.retry.attempts:
                     raise
-                await asyncio.sleep(self._back_off(exc, failures))
+                await asyncio.sleep(self._back_off(model, exc, failures, on_event))
 
-    async def stream(self, model: Model, request: ModelRequest) -> AsyncIterator[StreamEvent]:
+    async def stream(self, model: Model, request: ModelRequest, *,
+                     on_event: EventCallback | None = None) -> AsyncIterator[StreamEvent]:
         """Stream ``request``; a transient error before any text arrived is retried."""
         failures = 0
         while True:
@@ -89,7 +109,7 @@ class ModelGate:
             try:
                 async with self._slot():
                     await self._wait_open()
-                    async for event in model.stream(request):
+                    async for event in self._events(model, request, on_event):
                         sent_text = sent_text or not isinstance(event, ResponseDone)
                         yield event
                 return
@@ -97,7 +117,24 @@ class ModelGate:
                 failures += 1
                 if sent_text or not _transient(exc) or failures >= self.retry.attempts:
                     raise
-                await asyncio.sleep(self._back_off(exc, failures))
+                await asyncio.sleep(self._back_off(model, exc, failures, on_event))
+
+    @staticmethod
+    async def _events(model: Model, request: ModelRequest,
+                      on_event: EventCallback | None) -> AsyncIterator[StreamEvent]:
+        """The model's stream, with its notices going to ``on_event`` between our yields.
+
+        The context variable is set around each step only: a generator's context must not
+        stay changed for its consumer while it is suspended.
+        """
+        stream = aiter(model.stream(request))
+        while True:
+            with notices_to(on_event):
+                try:
+                    event = await anext(stream)
+                except StopAsyncIteration:
+                    return
+            yield event
 
     async def _once(self, model: Model, request: ModelRequest) -> ModelResponse:
         async with self._slot():
@@ -106,14 +143,26 @@ class ModelGate:
             await self._wait_open()
             return await model.request(request)
 
-    def _back_off(self, exc: ModelError, failures: int) -> float:
-        """Record a transient failure; return this caller's own wait before trying again."""
+    def _back_off(self, model: Model, exc: ModelError, failures: int,
+                  on_event: EventCallback | None) -> float:
+        """Record a transient failure, say so; return this caller's wait before trying again."""
         self.retries += 1
         retry_after = exc.retry_after if isinstance(exc, ModelHTTPError) else None
         if retry_after is not None:  # the provider spoke for the whole model: pause everyone
             loop = asyncio.get_running_loop()
             self._open_at = max(self._open_at, loop.time() + retry_after)
-        return self.retry.delay(failures, retry_after, self._rng)
+        delay = self.retry.delay(failures, retry_after, self._rng)
+        error = (f"HTTP {exc.status}: {exc.detail}" if isinstance(exc, ModelHTTPError)
+                 else exc.detail)
+        event = ModelRetrying(run_id="", time=0.0, model=model.name, attempt=failures,
+                              attempts=self.retry.attempts, delay=delay, error=error)
+        log.info("model %s: %s", model.name, event.describe())
+        if on_event is not None:
+            try:
+                on_event(event)
+            except Exception:  # an observer's bug must not stop the retries
+                log.exception("a model event sink failed on %s; continuing", event.kind)
+        return delay
 
     async def _wait_open(self) -> None:
         loop = asyncio.get_running_loop()
