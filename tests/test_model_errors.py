@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,9 @@ from shoal.exceptions import (
     source_checkout,
 )
 from shoal.models import ModelGates, ModelRetry, resolve_model
+from shoal.models._common import describe_cause
 from shoal.models.anthropic import AnthropicModel
-from shoal.models.base import Model, ModelRequest, UserMessage
+from shoal.models.base import Model, ModelRequest, ModelResponse, UserMessage
 from shoal.models.openai import OpenAIModel
 from shoal.models.retry import ModelGate
 from tests.conftest import arun
@@ -253,3 +255,38 @@ def test_this_source_checkout_is_detected() -> None:
     assert f"pip install -e '.[ray]' in {ROOT}" in str(error)
     copy = pickle.loads(pickle.dumps(error))
     assert str(copy) == str(error)
+
+
+def test_a_subagents_missing_key_stops_the_run_before_the_lead_works(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    monkeypatch.delenv("ANTHROPIC_BASE_URL", raising=False)
+    asked: list[str] = []
+
+    class Lead(Model):
+        name = "test:lead"
+
+        async def request(self, request: ModelRequest) -> ModelResponse:
+            asked.append("lead")
+            return ModelResponse(text="done")
+
+    writer = shoal.Agent(name="writer", model="anthropic:claude-haiku-4-5")
+    lead = shoal.Agent(name="lead", model=Lead(), subagents=[writer])
+    with pytest.raises(MissingAPIKeyError, match="ANTHROPIC_API_KEY is not set"):
+        lead.run_sync("hi")
+    assert asked == []
+
+
+def test_connection_causes_are_said_in_a_few_words() -> None:
+    def chained(cause: BaseException) -> Exception:
+        outer = Exception("Connection error.")
+        outer.__cause__ = cause
+        return outer
+
+    assert describe_cause(chained(ConnectionRefusedError(111, "refused"))) == (
+        "connection refused")
+    assert describe_cause(chained(socket.gaierror(-2, "Name or service not known"))) == (
+        "name not resolved (no network, or a wrong host name)")
+    assert describe_cause(chained(OSError("TLS handshake failed"))) == (
+        "OSError: TLS handshake failed")
+    assert describe_cause(Exception("Connection error.")) == "no detail"

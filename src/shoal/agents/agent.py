@@ -182,6 +182,8 @@ class Agent(Generic[T]):
         ctx = TreeContext(run_id=run_id or new_run_id(), runtime=active,
                           budget=budget or self.budget, sinks=sinks, gates=gates,
                           model_override=override, resuming=resume)
+        for agent in self._with_subagents():  # a missing key or SDK stops the run here, not
+            ctx.model_for(agent.model)          # when a subagent first runs
         root = AgentRun(self, ctx, lineage=self.name, depth=0, prompt=prompt)
         close_override = override is not None and not isinstance(model, Model)
         task = asyncio.get_running_loop().create_task(
@@ -227,6 +229,17 @@ class Agent(Generic[T]):
         """:meth:`resume` from synchronous code."""
         return run_blocking(self.resume(run_id, prompt, **options),
                             "'await agent.resume(run_id, prompt, ...)'")
+
+    def _with_subagents(self) -> list[Agent[Any]]:
+        """The agent itself and every subagent below it, each once."""
+        found: dict[int, Agent[Any]] = {}
+        todo: list[Agent[Any]] = [self]
+        while todo:
+            agent = todo.pop()
+            if id(agent) not in found:
+                found[id(agent)] = agent
+                todo.extend(agent.subagents)
+        return list(found.values())
 
     def __repr__(self) -> str:
         model = self.model if isinstance(self.model, str) else self.model.name
