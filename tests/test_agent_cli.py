@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -131,6 +132,17 @@ def test_no_api_key_is_one_line_saying_what_to_do() -> None:
                                               "ANTHROPIC_BASE_URL": None})
     assert overridden.returncode == 2
     assert overridden.stderr.startswith("error: ANTHROPIC_API_KEY is not set")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is not None,
+                    reason="the local extra is installed")
+def test_the_local_model_without_its_extra_is_one_line_with_the_install_command() -> None:
+    done = shoal("run", EXAMPLE, "hi", "--no-store")  # the example's agents default to local
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("error: llama-cpp-python")
+    assert "not installed; install them with: " in done.stderr
+    assert "shoal[local]" in done.stderr
 
 
 def test_a_base_url_that_is_not_a_url_is_one_line() -> None:

@@ -232,6 +232,15 @@ def test_an_unknown_model_says_so(server: WireServer) -> None:
     assert len(server.requests) == 1
 
 
+def test_a_key_without_the_right_is_not_retried(server: WireServer) -> None:
+    server.responder = ErrorReply(403, "Project does not have access to model")
+    assert isinstance(server, OpenAIWireServer | AnthropicWireServer)
+    with pytest.raises(ModelHTTPError) as info:
+        arun(ModelGate("m", retry=QUICK).request(server.model(), ask()))
+    assert info.value.status == 403 and "the API key may not do this" in str(info.value)
+    assert len(server.requests) == 1
+
+
 def test_a_working_server_still_answers(server: WireServer) -> None:
     server.responder = text_reply("fine")
     assert isinstance(server, OpenAIWireServer | AnthropicWireServer)

@@ -33,7 +33,7 @@ from rich.text import Text
 from shoal import events as events_module
 from shoal.agents.result import AgentResult
 from shoal.cli.render import seconds
-from shoal.cli.tree import AgentTree, agent_status, render_tree
+from shoal.cli.tree import TREE_EVENTS, AgentTree, agent_status, render_tree
 from shoal.events import Event
 from shoal.outcome import jsonable
 from shoal.store.base import EventRecord, RunEnded, RunRecord, RunStatus, Store
@@ -118,8 +118,8 @@ class AgentJournal:
                                     host=socket.gethostname(), heartbeat=self._began)])
 
     def __call__(self, event: Event) -> None:
-        """Keep an event of the tree for the next batch (the agent stamps its own run id)."""
-        if event.lineage:
+        """Keep an event the tree needs for the next batch, under the root's run id."""
+        if event.lineage and isinstance(event, TREE_EVENTS):
             self._events.append(EventRecord(self.run_id, replace(event, run_id=self.run_id)))
 
     def flush(self) -> None:

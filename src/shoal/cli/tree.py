@@ -38,7 +38,7 @@ from shoal.events import (
     ToolCallRejected,
 )
 
-__all__ = ["MAX_CALLS_SHOWN", "AgentTree", "Row", "agent_status", "render_tree"]
+__all__ = ["MAX_CALLS_SHOWN", "TREE_EVENTS", "AgentTree", "Row", "agent_status", "render_tree"]
 
 MAX_CALLS_SHOWN = 8  # per agent: the most recent; the rest are summed up in one line
 _STYLES = {**STATUS_STYLES, "running": "bold cyan", "rejected": "magenta",
@@ -81,6 +81,10 @@ def agent_status(status: str, calls: int, failed: int) -> str:
 # of their phase (a run of its own), so calls are placed by when their events arrive instead.
 _TREE_TIMED = (AgentStarted, ModelResponded, AgentFinished, ToolCallRejected, ModelRetrying,
                ModelServerStarting, ModelServerStarted)
+
+
+#: Every kind of event the tree reads (what a journal keeps to draw it again later).
+TREE_EVENTS = (*_TREE_TIMED, NodeStarted, NodeFinished, NodeCancelled, NodeSkipped)
 
 
 class AgentTree:

@@ -141,12 +141,15 @@ def http_error(name: str, status: int, headers: Mapping[str, str], body: object,
                fallback: str, *, model_id: str = "", key_env: str = "") -> ModelHTTPError:
     """A :class:`ModelHTTPError` for an SDK status error, with the provider's own message.
 
-    A refused key (401) and an unknown model (404) say so first, and what to check.
+    A refused key (401), a key without the right (403) and an unknown model (404) say so
+    first, and what to check.
     """
     message = _error_message(body) or fallback
     if status == 401:
         message = (f"the API key was refused"
                    f"{f' (check {key_env})' if key_env else ''}: {message}")
+    elif status == 403:
+        message = f"the API key may not do this (check its project and permissions): {message}"
     elif status == 404:
         message = (f"no model {model_id!r} here (check the model name, and the base URL): "
                    f"{message}" if model_id else f"not found: {message}")
