@@ -271,4 +271,6 @@ def test_show_draws_a_killed_agent_run_from_its_events(tmp_path: Path) -> None:
     assert f"continue with: shoal resume {run_id}" in shown
     data = json.loads(shoal("show", run_id, "--store", store, "--json").stdout)
     assert data["status"] == "interrupted" and data["answer"] is None
-    assert data["agent"][0]["children"][0]["lineage"] == "doomed/note#1"
+    lead = data["agent"]
+    assert (lead["agent"], lead["status"], lead["turns"]) == ("doomed", "running", 2)
+    assert [(c["tool"], c["status"]) for c in lead["calls"]] == [("note", "ok"), ("die", "running")]

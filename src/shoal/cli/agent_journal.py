@@ -33,7 +33,7 @@ from rich.text import Text
 from shoal import events as events_module
 from shoal.agents.result import AgentResult
 from shoal.cli.render import seconds
-from shoal.cli.tree import TREE_EVENTS, AgentTree, agent_status, render_tree
+from shoal.cli.tree import TREE_EVENTS, AgentTree, Row, agent_status, render_tree
 from shoal.events import Event
 from shoal.outcome import jsonable
 from shoal.store.base import EventRecord, RunEnded, RunRecord, RunStatus, Store
@@ -214,23 +214,30 @@ def show_dict(record: RunRecord, events: Sequence[Mapping[str, Any]]) -> dict[st
         data["answer"] = result.get("output") if result.get("status") == "ok" else None
     else:  # still running, or killed: what the events say so far
         tree = tree_of(record, events)
-        data["agent"] = [_row_dict(tree, root) for root in tree.roots]
+        data["agent"] = _row_dict(tree, tree.roots[0]) if tree.roots else None
         data["answer"] = None
     return data
 
 
 def _row_dict(tree: AgentTree, lineage: str) -> dict[str, Any]:
+    """An agent's row (and those below it) in the shape :func:`summary` gives, as known."""
     row = tree.rows[lineage]
-    data: dict[str, Any] = {"lineage": row.lineage, "status": row.status,
-                            "duration": (row.ended if row.ended is not None else tree.now)
-                            - row.started, "detail": row.detail}
-    if row.is_agent:
-        calls, failed = tree.calls_of(lineage)
-        data |= {"agent": row.label, "turns": row.turns, "tokens": row.tokens,
-                 "calls_ended": calls, "failed_calls": failed,
-                 "children": [_row_dict(tree, c) for c in row.children
-                              if not tree.rows[c].is_server]}
-    return data
+    below = [tree.rows[c] for c in row.children if not tree.rows[c].is_server]
+    calls = [{"lineage": c.lineage, "tool": c.lineage.rsplit("/", 1)[-1].split("#")[0],
+              "arguments": c.arguments, "status": c.status,
+              "duration": _took(tree, c), "result": c.detail} for c in below]
+    ended, failed = tree.calls_of(lineage)
+    return {"agent": row.label, "lineage": row.lineage, "status": row.status,
+            "turns": row.turns, "tokens": row.tokens, "duration": _took(tree, row),
+            "output": row.detail if row.status == "ok" else None,
+            "error": row.detail if row.status not in ("ok", "running") else None,
+            "calls_total": len(calls), "failed_calls": failed, "calls_ended": ended,
+            "calls": calls, "children": [_row_dict(tree, c.lineage) for c in below
+                                         if c.is_agent]}
+
+
+def _took(tree: AgentTree, row: Row) -> float:
+    return (row.ended if row.ended is not None else tree.now) - row.started
 
 
 def show_view(record: RunRecord, events: Sequence[Mapping[str, Any]],
