@@ -23,6 +23,7 @@ import psutil
 import pytest
 
 import shoal
+from shoal.events import Event, ModelServerStarted, ModelServerStarting
 from shoal.exceptions import ConfigError, MissingDependencyError, ModelError
 from shoal.models.base import (
     AssistantMessage,
@@ -43,6 +44,7 @@ from shoal.models.local import (
     _reply_schema,
     smollm2_path,
 )
+from shoal.models.retry import ModelGate
 from tests.conftest import arun, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -361,3 +363,27 @@ def test_an_agent_runs_end_to_end_on_the_local_model(no_child_process_leak: None
     assert all(record.status == "ok" for record in result.calls)
     # the run resolved "local" itself, so it stopped its server when it ended
     assert not [p for p in servers_of_this_process() if p.pid not in others]
+
+
+def test_a_starting_server_is_announced_and_so_is_its_failure(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # The parent believes llama-cpp-python is there; the server process finds out it is not
+    # (here, where the extra is missing) and exits while starting: a real failed start.
+    real = importlib.util.find_spec
+    if real("llama_cpp") is not None:
+        pytest.skip("llama-cpp-python is installed: its server would really start")
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: real(name, *a) or ModuleSpec(name, None))
+    gguf = tmp_path / "fake.gguf"
+    gguf.write_bytes(b"GGUF")
+    model = LocalModel(gguf, startup_timeout=60)
+    seen: list[Event] = []
+    request = ModelRequest("", [UserMessage("hi")])
+    with pytest.raises(ModelError, match="exited while starting"):
+        arun(ModelGate(model.name).request(model, request, on_event=seen.append))
+    assert [type(e) for e in seen] == [ModelServerStarting, ModelServerStarted]
+    starting, started = seen
+    assert isinstance(starting, ModelServerStarting) and isinstance(started, ModelServerStarted)
+    assert starting.model == "local:fake" and starting.detail == "starting local model server"
+    assert "exited while starting" in started.error and started.duration > 0
+    assert not model.server.running
