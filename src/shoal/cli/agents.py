@@ -195,8 +195,10 @@ def notice_lines(event: Event) -> None:
                 else f"{event.model}: the server is up after {event.duration:.1f} s")
     else:
         return
-    sys.stderr.write(f"shoal: {event.lineage}: {line}\n" if event.lineage else
-                     f"shoal: {line}\n")
+    where = f"{event.lineage}: " if event.lineage else ""
+    # a provider's error text is not ours: no terminal control sequences from it
+    sys.stderr.write("shoal: " + "".join(ch if ch.isprintable() else "?"
+                                         for ch in where + line) + "\n")
     sys.stderr.flush()
 
 

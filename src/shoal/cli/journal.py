@@ -172,7 +172,7 @@ def runs_command(store: StoreOption = DEFAULT_PATH, as_json: JsonOption = False,
         if agent_journal.is_agent_record(r):  # the lead's status; its tree's calls
             table.add_row(r.run_id, agent_journal.agent_status_text(r, live_status(r)),
                           "-", _counts(r.counts, " calls"), _when(r.started_at),
-                          seconds(_duration(r)), r.name)
+                          seconds(_duration(r)), Text(r.name))
             continue
         table.add_row(r.run_id, _status_text(live_status(r)), str(r.nodes), _counts(r.counts),
                       _when(r.started_at), seconds(_duration(r)),
