@@ -32,11 +32,11 @@ unlucky = shoal.Agent(name="unlucky", tools=[flaky_lookup], model=ScriptedModel.
     "*": [[call("flaky_lookup", key="a"), call("flaky_lookup", key="b")],
           "I could not look anything up."]}))
 
-helper = shoal.Agent(name="helper", tools=[flaky_lookup], model=ScriptedModel.per_prompt({
+clerk = shoal.Agent(name="clerk", tools=[flaky_lookup], model=ScriptedModel.per_prompt({
     "*": [[call("flaky_lookup", key="c")], "nothing found"]}))
 
-manager = shoal.Agent(name="manager", subagents=[helper], model=ScriptedModel.per_prompt({
-    "*": [[call("helper", task="find c")], "the helper found nothing"]}))
+manager = shoal.Agent(name="manager", subagents=[clerk], model=ScriptedModel.per_prompt({
+    "*": [[call("clerk", task="find c")], "the clerk found nothing"]}))
 
 
 class ServerModel(Model):
