@@ -189,7 +189,7 @@ class AgentRun:
 
     async def _ask(self) -> ModelResponse:
         ctx, agent = self.ctx, self.agent
-        ctx.tracker.start_turn(self.lineage)
+        ctx.tracker.start_request(self.lineage)
         self.result.turns += 1
         request = ModelRequest(
             instructions=agent.full_instructions, messages=tuple(self.result.messages),
@@ -289,7 +289,8 @@ class AgentRun:
                 calls, self.agent.tools_by_name, runtime=ctx.runtime, lineage=self.lineage,
                 counts=self._counts, prepare=self._prepare,
                 on_event=ctx.emit if ctx.observed else None, on_reject=self._rejected,
-                start=start, on_records=self.result.calls.extend)
+                start=start, on_records=self.result.calls.extend,
+                error_format=self.agent.tool_error_format)
         finally:
             for handle in handles:
                 ctx.untrack_handle(self.lineage, handle)

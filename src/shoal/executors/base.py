@@ -9,22 +9,14 @@ The scheduler never learns how a backend works, only this contract.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable
-from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from shoal.exceptions import ToolDefinitionError
 from shoal.tools import Isolation, Tool
 
-__all__ = ["Call", "Executor", "unawaited_result"]
-
-# results that are certainly not awaitables: checked by exact type first, as most are these
-_PLAIN = frozenset({str, int, float, bool, bytes, type(None), dict, list, tuple})
+__all__ = ["Call", "Executor"]
 
 
 @dataclass(slots=True)
@@ -78,38 +70,3 @@ class Executor(ABC):
     async def close(self) -> None:
         """Release resources; never waits for abandoned work."""
         return None
-
-
-def unawaited_result(tool: str, value: Any) -> ToolDefinitionError | None:
-    """The error for a result that is work still to be awaited, or ``None`` for a real result.
-
-    A tool that forgets an ``await`` returns a coroutine (or a task, a future, an async
-    generator) instead of its value; recorded as ``ok``, a model would be sent
-    ``<coroutine object ...>``. Every backend's result passes through here, so such a call
-    fails with a message that says what went wrong. The coroutine is closed (so Python does
-    not warn that it was never awaited) and a task or future is cancelled.
-    """
-    if type(value) in _PLAIN:
-        return None
-    what = _unawaited(value)
-    if what is None:
-        return None
-    return ToolDefinitionError(f"tool {tool!r} returned {what}")
-
-
-def _unawaited(value: Any) -> str | None:
-    """What kind of unfinished work ``value`` is (closing or cancelling it), or ``None``."""
-    if inspect.iscoroutine(value):
-        value.close()
-        return "a coroutine; did you forget 'await'?"
-    if isinstance(value, asyncio.Future | concurrent.futures.Future):
-        with suppress(RuntimeError):  # a future of a loop that is closed by now
-            value.cancel()
-        kind = "an asyncio task" if isinstance(value, asyncio.Task) else "a future"
-        return f"{kind}; did you forget 'await'?"
-    if inspect.isasyncgen(value):
-        return ("an async generator; return a list instead (e.g. "
-                "[item async for item in ...])")
-    if inspect.isawaitable(value):
-        return f"an awaitable ({type(value).__qualname__}); did you forget 'await'?"
-    return None

@@ -39,7 +39,8 @@ from shoal.approvals import ApprovalRequest, Decision, request_id
 from shoal.deps import Graph
 from shoal.events import Event, RunFinished, RunStarted
 from shoal.exceptions import StoreError, ToolTimeoutError
-from shoal.executors.base import Call, Executor, unawaited_result
+from shoal.executors._results import unawaited_result
+from shoal.executors.base import Call, Executor
 from shoal.outcome import ErrorInfo, RunResult, jsonable
 from shoal.scheduler.approval_desk import ApprovalDesk, ApprovalLedger
 from shoal.scheduler.state import (
