@@ -13,7 +13,6 @@ is created.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from typing import TYPE_CHECKING, Any
 
@@ -112,6 +111,8 @@ def _close_match(spec: str, provider: str, model_id: str, colon: bool) -> str:
             return f"openai:{spec}"
         if lowered.startswith("claude"):
             return f"anthropic:{spec}"
+    import difflib  # only for a mistake: not worth loading with every import
+
     close = difflib.get_close_matches(provider.lower(), list(_PROVIDERS), n=1, cutoff=0.6)
     if not close:
         return ""
