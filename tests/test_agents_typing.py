@@ -6,12 +6,16 @@ a returned result's ``output`` is that type, not ``T | None``.
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+import shoal
 
 USER_PROGRAM = '''
 import asyncio
@@ -104,3 +108,20 @@ def test_typical_agent_programs_pass_mypy_strict(tmp_path: Path) -> None:
                 if "Revealed type is" in line]
     assert revealed == ['"shoal.agents.agent.Agent[str]"', '"str"', '"user_program.Report"',
                         '"shoal.agents.result.AgentResult[user_program.Report]"'], done.stdout
+
+
+@pytest.mark.timeout(600)
+def test_typical_agent_programs_pass_pyright_strict(tmp_path: Path) -> None:
+    pyright = shutil.which("pyright")
+    if pyright is None:
+        pytest.skip("pyright is not installed (npm install -g pyright)")
+    program = tmp_path / "user_program.py"
+    program.write_text(textwrap.dedent(USER_PROGRAM))
+    config = {"pythonVersion": f"{sys.version_info.major}.{sys.version_info.minor}",
+              "typeCheckingMode": "strict", "extraPaths": [str(Path(shoal.__file__).parents[1])]}
+    (tmp_path / "pyrightconfig.json").write_text(json.dumps(config))
+    done = subprocess.run([pyright, "--pythonpath", sys.executable, str(program)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=580)
+    assert " - error:" not in done.stdout, done.stdout
+    assert 'Type of "agent" is "Agent[str]"' in done.stdout
+    assert 'Type of "report" is "Report"' in done.stdout
