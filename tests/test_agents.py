@@ -273,6 +273,13 @@ def test_the_old_turns_budget_still_works_with_a_deprecation_warning() -> None:
                     tools=[add]).run_sync("go", budget=budget)
     with pytest.warns(DeprecationWarning), pytest.raises(ConfigError, match="disagree"):
         shoal.Budget(turns=2, requests=3)
+    from shoal.agents.budget import BudgetTracker
+
+    tracker = BudgetTracker(shoal.Budget(requests=3), lambda breach: None)
+    with pytest.warns(DeprecationWarning, match="start_request"):
+        tracker.start_turn("lead")
+    with pytest.warns(DeprecationWarning, match="requests"):
+        assert tracker.turns == tracker.requests == 1
 
 
 def test_a_wall_clock_budget_cancels_calls_in_flight() -> None:

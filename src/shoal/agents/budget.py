@@ -98,6 +98,19 @@ class BudgetTracker:
             self.stop(BudgetExceeded("requests", self.requests, limit, where))
         self.requests += 1
 
+    @property
+    def turns(self) -> int:
+        """The old name of :attr:`requests` (deprecated)."""
+        warnings.warn("BudgetTracker.turns is now BudgetTracker.requests", DeprecationWarning,
+                      stacklevel=2)
+        return self.requests
+
+    def start_turn(self, where: str) -> None:
+        """The old name of :meth:`start_request` (deprecated)."""
+        warnings.warn("BudgetTracker.start_turn is now BudgetTracker.start_request",
+                      DeprecationWarning, stacklevel=2)
+        self.start_request(where)
+
     def add_usage(self, usage: Usage, where: str) -> None:
         """Record a response's usage; going over ``tokens`` or ``cost`` stops the tree."""
         self.usage = self.usage + usage
