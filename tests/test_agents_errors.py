@@ -164,3 +164,21 @@ def test_a_forgotten_model_says_the_default_was_used() -> None:
     with pytest.raises(MissingDependencyError) as explicit:
         shoal.Agent(name="lead", model="local").run_sync("go")
     assert "no model= given" not in str(explicit.value)
+
+
+@pytest.mark.parametrize(("options", "problem"), [
+    ({"tools": fetch}, "tools must be a list, got <Tool fetch"),
+    ({"subagents": shoal.Agent(name="sub", model="openai:gpt-4.1-mini")},
+     "subagents must be a list"),
+    ({"subagents": [fetch]}, "subagents must be Agents"),
+    ({"max_turns": "3"}, "max_turns must be a whole number, 1 or more, got '3'"),
+    ({"max_turns": True}, "max_turns must be a whole number"),
+    ({"output_retries": -1}, "output_retries must be a whole number, 0 or more"),
+    ({"tool_error_format": "short"}, "tool_error_format must be a function"),
+    ({"name": 7}, "agent name 7"),
+])
+def test_new_users_mistakes_in_a_definition_fail_when_the_agent_is_made(
+        options: dict[str, object], problem: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        shoal.Agent(**{"name": "lead", "model": "openai:gpt-4.1-mini", **options})  # type: ignore[arg-type]
+    assert problem in str(caught.value)

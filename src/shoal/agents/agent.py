@@ -110,10 +110,16 @@ class Agent(Generic[T]):
             check_model_spec(self.model)  # a misspelt model fails here, not when a run starts
         except ConfigError as exc:
             raise ConfigError(f"agent {self.name!r}: {exc}") from None
-        if self.max_turns < 1:
-            raise ConfigError(f"max_turns must be at least 1, got {self.max_turns}")
-        object.__setattr__(self, "tools", tuple(as_tool(t) for t in self.tools))
-        object.__setattr__(self, "subagents", tuple(self.subagents))
+        self._check_counts()
+        object.__setattr__(self, "tools", tuple(as_tool(t) for t in self._listed("tools")))
+        object.__setattr__(self, "subagents", self._listed("subagents"))
+        strays = [a for a in self.subagents if not isinstance(a, Agent)]
+        if strays:
+            raise ConfigError(f"agent {self.name!r}: subagents must be Agents, got {strays[0]!r}"
+                              " (a function the model may call belongs in tools=)")
+        if self.tool_error_format is not None and not callable(self.tool_error_format):
+            raise ConfigError(f"agent {self.name!r}: tool_error_format must be a function of a "
+                              f"CallRecord, got {self.tool_error_format!r}")
         try:
             self.output_spec  # noqa: B018 - built now, so a type pydantic cannot use fails here
         except pydantic.PydanticUserError as exc:  # schema generation and similar
@@ -124,6 +130,22 @@ class Agent(Generic[T]):
         if clashes:
             raise ConfigError(f"agent {self.name!r} has several tools or subagents named "
                               f"{clashes}; names must be unique")
+
+    def _check_counts(self) -> None:
+        for name, least in (("max_turns", 1), ("output_retries", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigError(f"agent {self.name!r}: {name} must be a whole number, "
+                                  f"{least} or more, got {value!r}")
+
+    def _listed(self, field_name: str) -> tuple[Any, ...]:
+        """The ``tools`` or ``subagents`` as a tuple; one item given bare is a mistake."""
+        value = getattr(self, field_name)
+        if isinstance(value, Tool | Agent | str | bytes) or callable(value) or not isinstance(
+                value, Sequence | set | frozenset):
+            raise ConfigError(f"agent {self.name!r}: {field_name} must be a list, got "
+                              f"{value!r}; write {field_name}=[...]")
+        return tuple(value)
 
     # -- derived, cached once per definition -------------------------------------------
 
