@@ -10,17 +10,33 @@
 4. 50 subagents through the real ``openai`` SDK against a local server speaking the OpenAI
    protocol, answering 429 (``Retry-After: 0.05``) to every third request, against the same
    run without failures. Check: all 50 finish, none fails for a 429.
+5. Per-turn overhead against conversation length: an agent with a 10,000-message history
+   runs turns (each one model request and one tool call, on a model that answers at once)
+   against the same agent with a 10-message history, measured in the same run. Target: the
+   difference per turn is under 2 ms (a turn's cost must not grow with the conversation).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import shoal
 from bench.common import BenchResult, Target, cli
+from shoal.agents.context import TreeContext
+from shoal.agents.run import AgentRun
 from shoal.events import Event, NodeFinished, NodeQueued
+from shoal.models.base import (
+    AssistantMessage,
+    Message,
+    ModelRequest,
+    ModelResponse,
+    ToolResultMessage,
+    Usage,
+    UserMessage,
+)
 from shoal.testing import ScriptedModel, call
 
 NAME = "agents"
@@ -112,6 +128,81 @@ def wire_fifty(fail_every: int | None) -> tuple[float, int, bool]:
     return elapsed, refused, ok
 
 
+@shoal.tool
+async def noop(key: str) -> str:
+    """Answer at once."""
+    return key
+
+
+class _Instant(shoal.Model):
+    """Asks for one ``noop`` call per request until the last, then answers; costs nothing.
+
+    Unlike ``ScriptedModel`` it never looks at the conversation, so what is measured is the
+    agent's own per-turn cost.
+    """
+
+    name = "instant"
+
+    def __init__(self, turns: int) -> None:
+        self.left = turns
+        self.first_answered = 0.0
+
+    async def request(self, request: ModelRequest) -> ModelResponse:
+        if not self.first_answered:
+            self.first_answered = time.perf_counter()
+        self.left -= 1
+        if self.left <= 0:
+            return ModelResponse(text="done", usage=Usage(1, 1, 1))
+        return ModelResponse(tool_calls=(call("noop", key=str(self.left)),), usage=Usage(1, 1, 1))
+
+
+def history(messages: int) -> list[Message]:
+    """A plausible conversation of ``messages`` messages (user, tool call, tool result ...)."""
+    made: list[Message] = []
+    while len(made) < messages:
+        n = len(made)
+        made.append(UserMessage(f"question {n}: " + "words " * 15))
+        made.append(AssistantMessage("", (call("noop", key=f"k{n}"),)))
+        made.append(ToolResultMessage(f"call_{n}", "noop", "a result " * 12))
+    return made[:messages]
+
+
+async def turns_with_history(past: Sequence[Message], turns: int, store: Any) -> float:
+    """Seconds per turn of an agent whose conversation starts with ``past``.
+
+    Timed from the first request on: before it, the run takes in the ``past`` it was handed
+    (each message once, as a run that grew the conversation itself would have, turn by turn).
+    """
+    model = _Instant(turns)
+    async with shoal.Runtime(store=store) as runtime:
+        agent = shoal.Agent(name="lead", model=model, tools=[noop], max_turns=turns)
+        ctx = TreeContext(run_id=f"history-{len(past)}-{time.monotonic_ns()}", runtime=runtime,
+                          budget=None, sinks=[])
+        run = AgentRun(agent, ctx, lineage="lead", depth=0, prompt="go on")
+        run.result.messages.extend(past)
+        result = await run.run()
+        elapsed = time.perf_counter() - model.first_answered
+    if not result.ok or result.turns != turns:
+        raise RuntimeError(f"history run ended {result.status} after {result.turns} turns")
+    return elapsed / (turns - 1)
+
+
+def history_overhead(result: BenchResult, quick: bool) -> None:
+    """Workload 5: a turn with 10,000 messages of history against one with 10."""
+    turns, reps = (20, 2) if quick else (50, 5)
+    long_past, short_past = history(10_000), history(10)
+    for store, label in (("memory", "in-memory journal"), (None, "no journal")):
+        asyncio.run(turns_with_history(short_past, 5, store))  # warm-up
+        short = min(asyncio.run(turns_with_history(short_past, turns, store))
+                    for _ in range(reps))
+        long = min(asyncio.run(turns_with_history(long_past, turns, store))
+                   for _ in range(reps))
+        result.add(f"turn with 10,000-message history ({label})", long, "s", floor=short)
+        result.add(f"  difference per turn vs 10 messages ({label})", long - short, "s",
+                   target=Target("value", "<=", 0.002))
+    result.check("history turns ok", True)
+
+
 def main(quick: bool = False) -> BenchResult:
     reps = 1 if quick else 3
     result = BenchResult(NAME)
@@ -140,6 +231,8 @@ def main(quick: bool = False) -> BenchResult:
     result.add("50 subagents over HTTP, 429 on every 3rd request", stormy, "s", floor=clean)
     result.note(f"{refused} requests answered 429 and retried after Retry-After")
     result.check("50 subagents over HTTP ok (no 429 leaked)", clean_ok and stormy_ok)
+
+    history_overhead(result, quick)
     return result
 
 

@@ -75,7 +75,7 @@ def test_a_budget_stop_exits_1_and_still_prints_the_tree() -> None:
 
 
 @pytest.mark.parametrize(("mode", "status", "answer"), [
-    ("deny", "denied", "Denied: denied by --approve deny"),
+    ("deny", "denied", "pay was denied: denied by --approve deny"),
     ("allow", "ok", "paid 5 to ann"),
 ])
 def test_approve_decides_an_agents_gated_calls(mode: str, status: str, answer: str) -> None:

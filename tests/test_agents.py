@@ -13,6 +13,7 @@ import shoal
 from shoal.events import AgentFinished, AgentStarted, Event, NodeStarted, ToolCallRejected
 from shoal.exceptions import (
     BudgetExceeded,
+    ConfigError,
     MaxTurnsExceeded,
     OutputValidationError,
     ScriptError,
@@ -249,15 +250,36 @@ def test_a_token_budget_stops_the_tree_and_keeps_every_outcome() -> None:
     assert "tokens" in (slow.calls[0].outcome.reason if slow.calls[0].outcome else "")
 
 
-def test_a_turns_budget_and_max_turns_stop_with_the_limit_named() -> None:
+def test_a_requests_budget_and_max_turns_stop_with_the_limit_named() -> None:
     loop_model = ScriptedModel([[call("add", a=1, b=1)]] * 3)
     agent = shoal.Agent(name="lead", model=loop_model, tools=[add], max_turns=3)
     with pytest.raises(MaxTurnsExceeded) as caught:
         agent.run_sync("go")
     assert caught.value.result is not None and caught.value.result.turns == 3
-    with pytest.raises(BudgetExceeded, match="turns limit is 2"):
+    with pytest.raises(BudgetExceeded, match="requests limit is 2") as stopped:
         shoal.Agent(name="lead", model=ScriptedModel([[call("add", a=1, b=1)]] * 2),
-                    tools=[add]).run_sync("go", budget=shoal.Budget(turns=2))
+                    tools=[add]).run_sync("go", budget=shoal.Budget(requests=2))
+    assert stopped.value.limit == "requests"
+    assert stopped.value.result is not None
+    assert stopped.value.result.usage.requests == 2  # the same count, the same name
+
+
+def test_the_old_turns_budget_still_works_with_a_deprecation_warning() -> None:
+    with pytest.warns(DeprecationWarning, match=r"Budget\(requests=\)"):
+        budget = shoal.Budget(turns=2)
+    assert budget.requests == 2
+    with pytest.raises(BudgetExceeded, match="requests limit is 2"):
+        shoal.Agent(name="lead", model=ScriptedModel([[call("add", a=1, b=1)]] * 2),
+                    tools=[add]).run_sync("go", budget=budget)
+    with pytest.warns(DeprecationWarning), pytest.raises(ConfigError, match="disagree"):
+        shoal.Budget(turns=2, requests=3)
+    from shoal.agents.budget import BudgetTracker
+
+    tracker = BudgetTracker(shoal.Budget(requests=3), lambda breach: None)
+    with pytest.warns(DeprecationWarning, match="start_request"):
+        tracker.start_turn("lead")
+    with pytest.warns(DeprecationWarning, match="requests"):
+        assert tracker.turns == tracker.requests == 1
 
 
 def test_a_wall_clock_budget_cancels_calls_in_flight() -> None:

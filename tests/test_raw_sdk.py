@@ -61,14 +61,17 @@ IDS = [f"c{i}" for i in range(1, 10)]
 ERRORS = {"c4", "c5", "c6", "c8"}
 
 
-def check_contents(by_id: dict[str, str]) -> None:
+def check_contents(by_id: dict[str, str], *, prefixed: bool = True) -> None:
+    """``prefixed``: errors read ``Error: ...`` (chat completions have no error flag)."""
     assert by_id["c1"] == "done a" and by_id["c3"] == "done b" and by_id["c7"] == "done c"
     assert by_id["c2"] == "3" and by_id["c9"] == "HI"
     assert "not valid JSON" in by_id["c4"]
     assert "no tool named 'nope'" in by_id["c5"]
     assert "ValueError: boom" in by_id["c6"]
     assert "'a'" in by_id["c8"] or "a:" in by_id["c8"]
-    assert all(by_id[i].startswith("Error") for i in ERRORS)
+    assert by_id["c6"] == ("Error: " if prefixed else "") + "explode failed: ValueError: boom"
+    if prefixed:
+        assert all(by_id[i].startswith("Error") for i in ERRORS)
 
 
 def test_openai_completion_tool_calls_run_in_parallel() -> None:
@@ -132,7 +135,7 @@ def test_anthropic_message_tool_uses_run_in_parallel() -> None:
         assert all(b["type"] == "tool_result" for b in blocks)
         assert {b["tool_use_id"] for b in blocks if b["is_error"]} == ERRORS - {"c4"}
         contents = {b["tool_use_id"]: b["content"] for b in blocks}
-        check_contents({**contents, "c4": "Error: not valid JSON"})
+        check_contents({**contents, "c4": "Error: not valid JSON"}, prefixed=False)
 
         final = client.messages.create(
             model="claude-haiku-4-5", max_tokens=512, tools=specs,

@@ -423,7 +423,7 @@ class AgentError(ShoalError):
 class BudgetExceeded(AgentError):
     """A budget of the agent tree ran out; ``limit`` names it.
 
-    ``limit`` is one of ``tokens``, ``cost``, ``turns``, ``subagents``, ``depth``,
+    ``limit`` is one of ``tokens``, ``cost``, ``requests``, ``subagents``, ``depth``,
     ``fan_out``, ``wall_clock``; ``used`` and ``allowed`` give the figures. New calls stop at
     once.
     """

@@ -15,17 +15,21 @@ import functools
 import re
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic
 
 import pydantic
+from typing_extensions import TypeVar
 
 from shoal.agents.budget import Budget
-from shoal.agents.context import TreeContext
+from shoal.agents.context import DEFAULT_MODEL, TreeContext
 from shoal.agents.output import OutputSpec
 from shoal.agents.result import AgentResult
 from shoal.agents.run import AgentRun
+from shoal.agents.toolcalls import ToolErrorFormat
+from shoal.approvals import Approver, Callback
 from shoal.events import EventSink
 from shoal.exceptions import AgentError, ConfigError, ShoalError
+from shoal.models import check_model_spec
 from shoal.models.base import Model, ModelSettings, ToolSpec
 from shoal.models.retry import ModelGates
 from shoal.plan import as_tool
@@ -33,9 +37,15 @@ from shoal.policy import ToolPolicy
 from shoal.runtime import run_blocking
 from shoal.tools import Tool
 
+if TYPE_CHECKING:
+    from shoal.runtime import Runtime
+
 __all__ = ["Agent", "AgentHandle"]
 
-T = TypeVar("T")
+#: The type of an agent's answer: ``str`` unless ``output_type`` says otherwise, so
+#: ``agent = shoal.Agent(...)`` needs no annotation under a strict type checker.
+T = TypeVar("T", default=str)
+
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # what OpenAI and Anthropic accept as tool names
 
@@ -57,8 +67,9 @@ class Agent(Generic[T]):
         name: the agent's name (letters, digits, ``_``, ``-``); a subagent is offered to its
             parent's model as a tool of this name.
         model: a :class:`~shoal.models.base.Model`, or a string: ``"local"`` (a small model
-            run on this machine; the ``local`` extra), ``"openai:gpt-4.1-mini"``,
-            ``"anthropic:claude-sonnet-4-5"``.
+            run on this machine; the ``local`` extra; the default), ``"openai:gpt-4.1-mini"``,
+            ``"anthropic:claude-sonnet-4-5"``. A string of another form is a
+            :class:`~shoal.exceptions.ConfigError` here, naming the close match.
         instructions: the system prompt.
         tools: tools (or plain functions) the model may call.
         subagents: agents the model may delegate to, as tools taking a ``task``.
@@ -66,14 +77,20 @@ class Agent(Generic[T]):
             of the instructions).
         output_type: the type of the final answer (a pydantic model, dataclass, ...); the
             model is asked for JSON, which is validated, and asked again when it does not fit.
-        max_turns: model requests this agent may make in one run.
+        max_turns: model turns (requests) this agent may make in one run, on its own; the whole
+            tree's requests are bounded by ``Budget(requests=)``. Each counts one in
+            ``Usage.requests``.
         output_retries: how often an answer that does not fit ``output_type`` is sent back.
         settings: sampling settings (temperature, max_tokens, ...).
         budget: the default budget when this agent is the root of a run.
+        tool_error_format: words what the model reads about a call that did not succeed:
+            a function of the call's :class:`~shoal.agents.toolcalls.CallRecord` (whose
+            ``message.content`` is shoal's sentence, e.g. ``fetch timed out after 1 s``, and
+            ``outcome`` the full error) returning the text to send instead.
     """
 
     name: str
-    model: str | Model = "local"
+    model: str | Model = DEFAULT_MODEL
     instructions: str = ""
     tools: Sequence[Tool[..., Any] | Callable[..., Any]] = ()
     subagents: Sequence[Agent[Any]] = ()
@@ -83,15 +100,26 @@ class Agent(Generic[T]):
     output_retries: int = 2
     settings: ModelSettings = field(default_factory=ModelSettings)
     budget: Budget | None = None
+    tool_error_format: ToolErrorFormat | None = None
 
     def __post_init__(self) -> None:
-        if not _NAME.match(self.name):
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
             raise ConfigError(f"agent name {self.name!r} must be 1-64 letters, digits, '_' or "
                               "'-' (it becomes a tool name for parent agents)")
-        if self.max_turns < 1:
-            raise ConfigError(f"max_turns must be at least 1, got {self.max_turns}")
-        object.__setattr__(self, "tools", tuple(as_tool(t) for t in self.tools))
-        object.__setattr__(self, "subagents", tuple(self.subagents))
+        try:
+            check_model_spec(self.model)  # a misspelt model fails here, not when a run starts
+        except ConfigError as exc:
+            raise ConfigError(f"agent {self.name!r}: {exc}") from None
+        self._check_counts()
+        object.__setattr__(self, "tools", tuple(as_tool(t) for t in self._listed("tools")))
+        object.__setattr__(self, "subagents", self._listed("subagents"))
+        strays = [a for a in self.subagents if not isinstance(a, Agent)]
+        if strays:
+            raise ConfigError(f"agent {self.name!r}: subagents must be Agents, got {strays[0]!r}"
+                              " (a function the model may call belongs in tools=)")
+        if self.tool_error_format is not None and not callable(self.tool_error_format):
+            raise ConfigError(f"agent {self.name!r}: tool_error_format must be a function of a "
+                              f"CallRecord, got {self.tool_error_format!r}")
         try:
             self.output_spec  # noqa: B018 - built now, so a type pydantic cannot use fails here
         except pydantic.PydanticUserError as exc:  # schema generation and similar
@@ -102,6 +130,22 @@ class Agent(Generic[T]):
         if clashes:
             raise ConfigError(f"agent {self.name!r} has several tools or subagents named "
                               f"{clashes}; names must be unique")
+
+    def _check_counts(self) -> None:
+        for name, least in (("max_turns", 1), ("output_retries", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigError(f"agent {self.name!r}: {name} must be a whole number, "
+                                  f"{least} or more, got {value!r}")
+
+    def _listed(self, field_name: str) -> tuple[Any, ...]:
+        """The ``tools`` or ``subagents`` as a tuple; one item given bare is a mistake."""
+        value = getattr(self, field_name)
+        if isinstance(value, Tool | Agent | str | bytes) or callable(value) or not isinstance(
+                value, Sequence | set | frozenset):
+            raise ConfigError(f"agent {self.name!r}: {field_name} must be a list, got "
+                              f"{value!r}; write {field_name}=[...]")
+        return tuple(value)
 
     # -- derived, cached once per definition -------------------------------------------
 
@@ -160,19 +204,24 @@ class Agent(Generic[T]):
         self,
         prompt: str,
         *,
-        runtime: Any = None,
+        runtime: Runtime | None = None,
         model: str | Model | None = None,
         budget: Budget | None = None,
         on_event: EventSink | Sequence[EventSink] | None = None,
         run_id: str | None = None,
         gates: ModelGates | None = None,
+        approver: Approver | Callback | None = None,
         resume: bool = False,
     ) -> AgentHandle[T]:
         """Start a run on the running loop and return its handle at once (see :meth:`run`)."""
         from shoal.runtime import Runtime, new_run_id
 
+        if approver is not None and runtime is not None:
+            raise ConfigError("approver= applies to the runtime an agent run makes; you passed "
+                              "your own runtime, so give it the approver: "
+                              "Runtime(approver=...)")
         own_runtime = runtime is None
-        active = runtime if runtime is not None else Runtime()
+        active = runtime if runtime is not None else Runtime(approver=approver)
         override = None
         if model is not None:
             from shoal.models import resolve_model
@@ -190,28 +239,65 @@ class Agent(Generic[T]):
             _run_root(root, own_runtime, override if close_override else None))
         return AgentHandle(ctx, root, task)
 
-    async def run(self, prompt: str, **options: Any) -> AgentResult[T]:
+    async def run(
+        self,
+        prompt: str,
+        *,
+        runtime: Runtime | None = None,
+        model: str | Model | None = None,
+        budget: Budget | None = None,
+        on_event: EventSink | Sequence[EventSink] | None = None,
+        run_id: str | None = None,
+        gates: ModelGates | None = None,
+        approver: Approver | Callback | None = None,
+    ) -> AgentResult[T]:
         """Run the agent on ``prompt`` and return its result.
 
-        Options: ``runtime`` (a :class:`~shoal.Runtime` for the tool calls; default a fresh
-        one), ``model`` (overrides the model of every agent in the tree, e.g. to run an example
-        on a hosted model), ``budget`` (a :class:`Budget` for the whole tree), ``on_event``
-        (event sinks; every event carries its lineage), ``run_id``, ``gates`` (share model
-        rate limits with other runs).
+        Args:
+            prompt: the task, as the first user message.
+            runtime: a :class:`~shoal.Runtime` for the tool calls (default: a fresh one,
+                closed at the end).
+            model: overrides the model of every agent in the tree (e.g. to run an example on
+                a hosted model).
+            budget: a :class:`Budget` for the whole tree (default: the agent's ``budget``).
+            on_event: event sinks; every event carries its lineage.
+            run_id: the tree's run id (default: a new one).
+            gates: share model rate limits with other runs.
+            approver: decides on calls of tools that need approval
+                (``@shoal.tool(approval=...)``): an :class:`~shoal.approvals.Approver` or a
+                function of an :class:`~shoal.approvals.ApprovalRequest`. Without one, such
+                calls are denied. With your own ``runtime``, give it the approver instead.
 
         Raises :class:`~shoal.exceptions.BudgetExceeded`,
         :class:`~shoal.exceptions.MaxTurnsExceeded`,
         :class:`~shoal.exceptions.OutputValidationError`,
         :class:`~shoal.exceptions.ModelError` or :class:`~shoal.exceptions.AgentError` (when
-        cancelled); each carries the run so far as ``.result``.
+        cancelled); each carries the run so far as ``.result``. So a returned result always
+        holds an answer: ``result.output`` is a ``T``.
         """
-        return await self.start(prompt, **options)
+        return await self.start(prompt, runtime=runtime, model=model, budget=budget,
+                                on_event=on_event, run_id=run_id, gates=gates,
+                                approver=approver)
 
-    def run_sync(self, prompt: str, **options: Any) -> AgentResult[T]:
+    def run_sync(
+        self,
+        prompt: str,
+        *,
+        runtime: Runtime | None = None,
+        model: str | Model | None = None,
+        budget: Budget | None = None,
+        on_event: EventSink | Sequence[EventSink] | None = None,
+        run_id: str | None = None,
+        gates: ModelGates | None = None,
+        approver: Approver | Callback | None = None,
+    ) -> AgentResult[T]:
         """:meth:`run` from synchronous code (starts and closes an event loop)."""
-        return run_blocking(self.run(prompt, **options), "'await agent.run(prompt)'")
+        return run_blocking(
+            self.run(prompt, runtime=runtime, model=model, budget=budget, on_event=on_event,
+                     run_id=run_id, gates=gates, approver=approver),
+            "'await agent.run(prompt)'")
 
-    async def resume(self, run_id: str, prompt: str, *, runtime: Any, **options: Any,
+    async def resume(self, run_id: str, prompt: str, *, runtime: Runtime, **options: Any,
                      ) -> AgentResult[T]:
         """Continue the run ``run_id`` from the journal of ``runtime`` (a durable store).
 

@@ -10,13 +10,14 @@ Two kinds of breach:
 
 * **Per call** (``subagents``, ``depth``, ``fan_out``): the call over the limit is refused and
   the model gets an error result naming the limit; the rest of the tree goes on.
-* **Tree-wide** (``tokens``, ``cost``, ``turns``, ``wall_clock``): the tree stops at once:
+* **Tree-wide** (``tokens``, ``cost``, ``requests``, ``wall_clock``): the tree stops at once:
   no new model request or tool call starts, calls in flight are cancelled, and the root raises
   :class:`~shoal.exceptions.BudgetExceeded` carrying every outcome recorded so far.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,28 +31,42 @@ __all__ = ["Budget", "BudgetTracker"]
 class Budget:
     """Limits for a whole agent tree (``None``: no limit).
 
+    ``tokens``, ``cost`` and ``requests`` limit what :class:`~shoal.models.base.Usage`
+    counts under the same names, summed over the whole tree.
+
     Args:
         tokens: input plus output tokens of every model request in the tree.
         cost: US dollars, for models with a known price.
-        turns: model requests across the tree.
+        requests: model requests across the tree (each agent turn is one request; an agent's
+            own ``max_turns`` bounds its requests alone).
         subagents: subagent runs across the tree.
         depth: how deep subagents may nest (the lead is depth 0; ``depth=1`` allows
             subagents but not sub-subagents).
         fan_out: tool calls (subagents included) one model turn may start; calls beyond it get
             an error result.
         wall_clock: seconds from the root's start until the tree stops.
+        turns: the old name of ``requests`` (deprecated: it warns, and sets ``requests``).
     """
 
     tokens: int | None = None
     cost: float | None = None
-    turns: int | None = None
+    requests: int | None = None
     subagents: int | None = None
     depth: int | None = None
     fan_out: int | None = None
     wall_clock: float | None = None
+    turns: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("tokens", "cost", "turns", "subagents", "fan_out", "wall_clock"):
+        if self.turns is not None:
+            warnings.warn("Budget(turns=) is now Budget(requests=): it counts model requests "
+                          "across the tree, as Usage.requests does", DeprecationWarning,
+                          stacklevel=3)
+            if self.requests is not None and self.requests != self.turns:
+                raise ConfigError(f"budget requests={self.requests} and turns={self.turns} "
+                                  "disagree; give only requests")
+            object.__setattr__(self, "requests", self.turns)
+        for name in ("tokens", "cost", "requests", "subagents", "fan_out", "wall_clock"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"budget {name} must be positive, got {value}")
@@ -65,7 +80,7 @@ class BudgetTracker:
     def __init__(self, budget: Budget | None, on_breach: Callable[[BudgetExceeded], None]) -> None:
         self.budget = budget or Budget()
         self.usage = Usage()
-        self.turns = 0
+        self.requests = 0
         self.subagents = 0
         self.breach: BudgetExceeded | None = None
         self._on_breach = on_breach
@@ -75,13 +90,26 @@ class BudgetTracker:
         if self.breach is not None:
             raise self.breach
 
-    def start_turn(self, where: str) -> None:
-        """Charge one model request; breaching the ``turns`` limit stops the tree."""
+    def start_request(self, where: str) -> None:
+        """Charge one model request; breaching the ``requests`` limit stops the tree."""
         self.check_tree()
-        limit = self.budget.turns
-        if limit is not None and self.turns >= limit:
-            self.stop(BudgetExceeded("turns", self.turns, limit, where))
-        self.turns += 1
+        limit = self.budget.requests
+        if limit is not None and self.requests >= limit:
+            self.stop(BudgetExceeded("requests", self.requests, limit, where))
+        self.requests += 1
+
+    @property
+    def turns(self) -> int:
+        """The old name of :attr:`requests` (deprecated)."""
+        warnings.warn("BudgetTracker.turns is now BudgetTracker.requests", DeprecationWarning,
+                      stacklevel=2)
+        return self.requests
+
+    def start_turn(self, where: str) -> None:
+        """The old name of :meth:`start_request` (deprecated)."""
+        warnings.warn("BudgetTracker.start_turn is now BudgetTracker.start_request",
+                      DeprecationWarning, stacklevel=2)
+        self.start_request(where)
 
     def add_usage(self, usage: Usage, where: str) -> None:
         """Record a response's usage; going over ``tokens`` or ``cost`` stops the tree."""

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from shoal.agents.budget import Budget, BudgetTracker
 from shoal.events import Event, EventSink
-from shoal.exceptions import BudgetExceeded
+from shoal.exceptions import BudgetExceeded, MissingDependencyError
 from shoal.models.base import Model
 from shoal.models.retry import ModelGates
 
@@ -29,9 +29,21 @@ if TYPE_CHECKING:
     from shoal.agents.result import AgentResult
     from shoal.runtime import RunHandle, Runtime
 
-__all__ = ["TreeContext", "is_within"]
+__all__ = ["DEFAULT_MODEL", "DefaultModel", "TreeContext", "is_within"]
 
 log = logging.getLogger("shoal")
+
+
+class DefaultModel(str):
+    """``"local"``, as the model of an agent given no ``model=``.
+
+    Told apart from an explicit ``model="local"``, so that errors can say the default was used.
+    """
+
+    __slots__ = ()
+
+
+DEFAULT_MODEL = DefaultModel("local")
 
 
 def is_within(lineage: str, root: str) -> bool:
@@ -107,7 +119,15 @@ class TreeContext:
         if spec not in self._models:
             from shoal.models import resolve_model  # adapters load their SDKs on use
 
-            self._models[spec] = resolve_model(spec)
+            try:
+                self._models[spec] = resolve_model(spec)
+            except MissingDependencyError as exc:
+                if isinstance(spec, DefaultModel):
+                    exc.msg = (f"no model= given, so the default 'local' model was used: "
+                               f"{exc}, or pass a hosted model, e.g. "
+                               "Agent(..., model='openai:gpt-4.1-mini')")
+                    exc.args = (exc.msg,)  # ImportError shows msg, pickling uses args
+                raise
         return self._models[spec]
 
     async def close_models(self) -> None:

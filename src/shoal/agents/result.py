@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal
+
+from typing_extensions import TypeVar
 
 from shoal.agents.toolcalls import CallRecord
 from shoal.models.base import Message, Usage
@@ -11,7 +13,7 @@ from shoal.outcome import jsonable
 
 __all__ = ["AgentResult", "AgentStatus"]
 
-T = TypeVar("T")
+T = TypeVar("T", default=str)  # the answer's type: str unless the agent has an output_type
 
 AgentStatus = Literal["ok", "failed", "cancelled", "max_turns", "budget_exceeded", "running"]
 
@@ -20,18 +22,26 @@ AgentStatus = Literal["ok", "failed", "cancelled", "max_turns", "budget_exceeded
 class AgentResult(Generic[T]):
     """One agent's run: its answer, usage, messages, every tool call's outcome, its subagents.
 
+    ``output`` is the answer: an ``output_type`` instance, or the text. ``Agent.run`` returns
+    a result only when there is one (it raises otherwise), so its ``output`` is typed ``T``;
+    a result without an answer (``status`` other than ``ok``: the ``.result`` of an error, a
+    handle's result while running) has ``output`` ``None``.
+
     ``usage`` covers this agent and every subagent below it (for the lead: the whole tree);
-    ``own_usage`` only this agent's own model requests. ``calls`` holds every tool call the
-    agent's model asked for, in order, with its outcome; ``children`` the results of its
-    subagents in the order they were started. A run stopped early (budget, cancellation,
-    ``max_turns``) still holds everything recorded until then; ``error`` says why it stopped.
+    ``own_usage`` only this agent's own model requests; ``turns`` counts those requests.
+    ``messages`` is the conversation (immutable messages, oldest first). ``calls`` holds
+    every tool call the agent's model asked for, in order, each a
+    :class:`~shoal.agents.toolcalls.CallRecord` with its outcome; ``children`` the results
+    of its subagents in the order they were started. A run stopped early (budget,
+    cancellation, ``max_turns``) still holds everything recorded until then; ``error`` says
+    why it stopped.
     """
 
     agent: str
     lineage: str
     run_id: str
     prompt: str
-    output: T | None = None
+    output: T = None  # type: ignore[assignment]  # None only until (and unless) there is an answer
     status: AgentStatus = "running"
     error: BaseException | None = None
     usage: Usage = field(default_factory=Usage)

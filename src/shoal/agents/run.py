@@ -12,6 +12,8 @@ is an immutable definition, so one agent can run many times at once.
 from __future__ import annotations
 
 import asyncio
+import copy
+import hashlib
 import json
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
@@ -34,11 +36,21 @@ from shoal.exceptions import (
     ModelError,
     OutputValidationError,
 )
-from shoal.models.base import ModelRequest, ModelResponse, ToolCall, Usage, UserMessage
+from shoal.models.base import (
+    AssistantMessage,
+    Message,
+    ModelRequest,
+    ModelResponse,
+    ToolCall,
+    ToolResultMessage,
+    Usage,
+    UserMessage,
+)
 from shoal.outcome import RunResult, jsonable
 from shoal.plan import Plan
 from shoal.policy import ToolPolicy
 from shoal.runtime import RunHandle
+from shoal.store.fingerprint import canonical
 from shoal.tools import Tool
 
 if TYPE_CHECKING:
@@ -47,10 +59,62 @@ if TYPE_CHECKING:
 __all__ = ["AgentRun"]
 
 
-async def _model_turn(request: Any) -> Any:
-    """One model request (bound, per turn, to the agent's model and the tree's gate)."""
-    del request
+async def _model_turn(request_digest: str) -> Any:
+    """One model request (bound, per turn, to the request, the agent's model and its gate).
+
+    The node's only argument is a digest of the request, not the request: the journal keeps
+    it for resume's change check, and neither the digest nor argument isolation then costs
+    more as the conversation grows (see :class:`ConversationDigest`).
+    """
+    del request_digest
     raise AssertionError("a model turn is bound to its agent before it runs")
+
+
+class ConversationDigest:
+    """A digest of each model request, updated with each new message only.
+
+    Hashing the whole conversation on every turn would make a turn's cost grow with the
+    conversation; here each message is hashed once, when it is first asked about, and the
+    parts that stay the same for a run (instructions, tools, settings, schema, lineage) are
+    hashed once per run. Equal requests give equal digests in any process (canonical JSON).
+    """
+
+    def __init__(self) -> None:
+        self._messages = hashlib.blake2b(digest_size=16)
+        self._hashed = 0  # how many messages of the conversation are in the hash
+        self._fixed: bytes | None = None
+
+    def of(self, request: ModelRequest) -> str:
+        """The request's digest; ``request.messages`` extends the previous request's."""
+        if self._fixed is None:
+            fixed = canonical({"instructions": request.instructions, "tools": request.tools,
+                               "settings": request.settings,
+                               "output_schema": request.output_schema,
+                               "lineage": request.lineage})
+            self._fixed = _encoded(fixed)
+        messages = request.messages
+        for message in messages[self._hashed:]:
+            self._messages.update(_message_bytes(message))
+        self._hashed = len(messages)
+        whole = hashlib.blake2b(self._fixed, digest_size=16)
+        whole.update(self._messages.digest())
+        return whole.hexdigest()
+
+
+_PLAIN_MESSAGES = frozenset({UserMessage, AssistantMessage, ToolResultMessage})
+
+
+def _message_bytes(message: Message) -> bytes:
+    # The repr of shoal's own (frozen, str-only) messages is exact and the same in every
+    # process, and ten times quicker than JSON; anything else goes through canonical JSON.
+    # Neither holds a raw newline, so it separates messages safely.
+    text = repr(message) if type(message) in _PLAIN_MESSAGES else _encoded(canonical(message))
+    return (text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")) + b"\n"
+
+
+def _encoded(data: Any) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode(
+        "utf-8", "surrogatepass")
 
 
 # Idempotent: asking a model again has no side effect, so a turn in flight at a crash is
@@ -73,6 +137,7 @@ class AgentRun:
         self._counts: dict[str, int] = {}  # per-tool call counters, for lineage names
         self._started_this_turn = 0  # calls of the current turn past their checks (fan_out)
         self._started = 0.0
+        self._digest = ConversationDigest()
 
     async def run(self) -> AgentResult[Any]:
         """Run turns until a final answer or a stop; the result records which.
@@ -132,7 +197,7 @@ class AgentRun:
 
     async def _ask(self) -> ModelResponse:
         ctx, agent = self.ctx, self.agent
-        ctx.tracker.start_turn(self.lineage)
+        ctx.tracker.start_request(self.lineage)
         self.result.turns += 1
         request = ModelRequest(
             instructions=agent.full_instructions, messages=tuple(self.result.messages),
@@ -156,24 +221,30 @@ class AgentRun:
     async def _model_step(self, request: ModelRequest) -> ModelResponse:
         """Ask the model, as a one-node run through the runtime.
 
-        Running the request as a node puts it in the runtime's journal: a resumed agent gets
-        its finished turns replayed instead of asked again, and a changed definition (other
-        instructions, tools or prompt make another request) is caught by resume's change
-        check before anything runs.
+        Running the request as a node puts the turn in the runtime's journal (the request's
+        digest as the node's argument, the response as its outcome): a resumed agent gets its
+        finished turns replayed instead of asked again, and a changed definition (other
+        instructions, tools or prompt make another request, so another digest) is caught by
+        resume's change check before anything runs.
         """
         ctx, turn = self.ctx, self.result.turns
         gate, model = ctx.gates.for_model(self.model), self.model
         raised: list[BaseException] = []
 
-        async def ask(request: Any) -> ModelResponse:
+        async def ask(request_digest: str) -> ModelResponse:
+            del request_digest
             try:
-                return await gate.request(model, request, on_event=self._model_event)
+                # a private copy per attempt, as the runtime gives any call: the model may
+                # change it freely; the messages inside are immutable, shared, never copied
+                return await gate.request(model, copy.deepcopy(request),
+                                          on_event=self._model_event)
             except Exception as exc:  # kept whole: the outcome only keeps its type name
                 raised.append(exc)
                 raise
 
         plan = Plan(name=f"{self.lineage} model turn {turn}")
-        node = plan.add(_MODEL_TURN.bound_to(ask), {"request": request}, node_id=f"model#{turn}")
+        node = plan.add(_MODEL_TURN.bound_to(ask), {"request_digest": self._digest.of(request)},
+                        node_id=f"model#{turn}")
         outcome = (await self._step(plan, f"model-{turn}"))[node]
         if outcome.status == "ok":
             return cast(ModelResponse, outcome.value)
@@ -227,7 +298,8 @@ class AgentRun:
                 calls, self.agent.tools_by_name, runtime=ctx.runtime, lineage=self.lineage,
                 counts=self._counts, prepare=self._prepare,
                 on_event=ctx.emit if ctx.observed else None, on_reject=self._rejected,
-                start=start, on_records=self.result.calls.extend)
+                start=start, on_records=self.result.calls.extend,
+                error_format=self.agent.tool_error_format)
         finally:
             for handle in handles:
                 ctx.untrack_handle(self.lineage, handle)

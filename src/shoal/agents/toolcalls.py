@@ -12,23 +12,28 @@ whose inputs are ready runs at once.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
+import logging
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from shoal.events import Event, EventSink
 from shoal.exceptions import ToolArgumentError
 from shoal.models.base import ToolCall, ToolResultMessage
-from shoal.outcome import Outcome, RunResult, jsonable
+from shoal.outcome import ErrorInfo, Outcome, RunResult, jsonable
 from shoal.plan import Plan
 from shoal.tools import Tool
 
 if TYPE_CHECKING:
     from shoal.runtime import RunHandle, Runtime
 
-__all__ = ["CallRecord", "Preparer", "Starter", "execute_calls", "result_text", "settle",
-           "tool_map"]
+__all__ = ["CallRecord", "Preparer", "Starter", "ToolErrorFormat", "error_text", "execute_calls",
+           "result_text", "settle", "tool_map"]
+
+log = logging.getLogger("shoal")
 
 #: Called for each well-formed call before it joins the plan, with the call's position in
 #: the turn, the call, its tool and its lineage; returns the tool to run (possibly bound to
@@ -43,9 +48,20 @@ Starter = Callable[[Plan, "EventSink | None"], "RunHandle"]
 class CallRecord:
     """One tool call a model asked for and how it ended.
 
-    ``status`` is the outcome's status, or ``rejected`` for a call that never ran (bad JSON,
-    unknown tool, arguments that do not fit, a budget refusal); ``message`` is what the model
-    receives.
+    Attributes:
+        call: the call as the model wrote it (``id``, tool ``name``, raw JSON ``arguments``).
+        lineage: where it ran, e.g. ``"lead/reader#2/read_paper#1"``: the lead's second
+            ``reader`` subagent's first ``read_paper`` call; a call of an unknown tool ends
+            in ``?`` (``"lead/nosuch?"``).
+        status: the outcome's status (``ok``, ``failed``, ``timed_out``, ``cancelled``,
+            ``skipped``, ``denied``, ``in_doubt``), or ``rejected`` for a call that never ran
+            (arguments that are not JSON, an unknown tool, arguments that do not fit, a budget
+            refusal).
+        message: what the model receives: the result, or one short sentence saying what went
+            wrong (``fetch timed out after 1 s``; see :func:`error_text`, and an agent's
+            ``tool_error_format`` to word it yourself).
+        outcome: the runtime's full record of the call (value, ``error`` with type, message
+            and traceback, times, attempts); ``None`` for a rejected call.
     """
 
     call: ToolCall
@@ -69,17 +85,58 @@ def tool_map(
     return {t.name: t for t in tools}
 
 
-def result_text(outcome: Outcome) -> tuple[str, bool]:
-    """What the model reads for an outcome, and whether it is an error."""
+#: Words a call that did not succeed for its model: gets the call's :class:`CallRecord`
+#: (``message.content`` holds shoal's own sentence, ``outcome`` the full error) and returns
+#: the text the model reads instead. Given as ``Agent(..., tool_error_format=...)``.
+ToolErrorFormat = Callable[[CallRecord], str]
+
+_TIMEOUT = re.compile(r"timeout of ([0-9.e+-]+) s")
+_NEEDS = re.compile(r"^needs '([^']+)', which (?:ended (\w+)|was (skipped))")
+_ENDED = {"failed": "failed", "timed_out": "timed out", "cancelled": "was cancelled",
+          "denied": "was denied", "skipped": "was skipped", "in_doubt": "was in doubt"}
+
+
+def result_text(outcome: Outcome, name: str | None = None) -> tuple[str, bool]:
+    """What the model reads for an outcome, and whether it is an error (see :func:`error_text`).
+
+    ``name`` is the tool's name as the model called it (default: the outcome's tool).
+    """
     if outcome.status == "ok":
         value = outcome.value
         return (value if isinstance(value, str) else json.dumps(jsonable(value))), False
-    if outcome.status == "failed" and outcome.error is not None:
-        return f"Error: {outcome.error.type}: {outcome.error.message}", True
-    if outcome.status == "denied":
-        return f"Denied: {outcome.reason or 'a person declined this call'}", True
-    detail = outcome.reason or (str(outcome.error) if outcome.error else "")
-    return f"Error: the call ended {outcome.status}" + (f": {detail}" if detail else ""), True
+    return error_text(name or outcome.tool, outcome), True
+
+
+def error_text(name: str, outcome: Outcome) -> str:
+    """One short sentence for a model about a call that did not succeed.
+
+    ``fetch failed: ValueError: bad url``, ``fetch timed out after 1 s``, ``fetch was denied:
+    <reason>``, ``fetch was skipped because search failed``, ``fetch was cancelled: <reason>``
+    (a budget that ran out is such a reason). Module paths and tracebacks stay on the outcome.
+    """
+    status, reason, error = outcome.status, outcome.reason, outcome.error
+    if status == "failed":
+        if error is None:
+            return f"{name} failed" + (f": {reason}" if reason else "")
+        kind = error.type.rsplit(".", 1)[-1]
+        return f"{name} failed: {kind}" + (f": {error.message}" if error.message else "")
+    if status == "timed_out":
+        found = _TIMEOUT.search(error.message) if error is not None else None
+        return f"{name} timed out" + (f" after {found.group(1)} s" if found else "")
+    if status == "denied":
+        return f"{name} was denied: {reason or 'a person declined this call'}"
+    if status == "skipped":
+        needs = _NEEDS.match(reason)
+        if needs is not None:
+            upstream = needs.group(1).rsplit("#", 1)[0]
+            ended = _ENDED.get(needs.group(2) or needs.group(3), "did not succeed")
+            return f"{name} was skipped because {upstream} {ended}"
+        return f"{name} was skipped" + (f": {reason}" if reason else "")
+    if status == "in_doubt":
+        return (f"{name} was interrupted and may or may not have taken effect"
+                + (f": {reason}" if reason else ""))
+    detail = reason or (str(error) if error is not None else "")
+    return f"{name} {_ENDED.get(status, 'ended ' + status)}" + (f": {detail}" if detail else "")
 
 
 class _Counter:
@@ -106,6 +163,7 @@ async def execute_calls(
     start: Starter | None = None,
     on_records: Callable[[list[CallRecord]], None] | None = None,
     run_id: str | None = None,
+    error_format: ToolErrorFormat | None = None,
 ) -> list[CallRecord]:
     """Run ``calls`` in parallel as one plan; return a record per call, in the calls' order.
 
@@ -124,6 +182,8 @@ async def execute_calls(
             is cancelled meanwhile: the calls are then cancelled, their outcomes collected and
             passed here, and ``CancelledError`` is raised.
         run_id: the tool phase's run id.
+        error_format: words the message of each call that did not succeed (see
+            :data:`ToolErrorFormat`); default: shoal's own sentence (:func:`error_text`).
     """
     by_name = tool_map(tools)
     counter = _Counter(counts)
@@ -150,9 +210,25 @@ async def execute_calls(
             await _run_plan(plan, runtime, lineage, lineages, on_event, start,
                             run_id, calls, planned, records)
     finally:
+        if error_format is not None:
+            _reword(records, error_format)
         if on_records is not None:
             on_records([r for r in records if r is not None])
     return [r for r in records if r is not None]
+
+
+def _reword(records: list[CallRecord | None], error_format: ToolErrorFormat) -> None:
+    """Replace the message of each call that did not succeed with ``error_format``'s text."""
+    for index, record in enumerate(records):
+        if record is None or record.ok:
+            continue
+        try:
+            text = error_format(record)
+        except Exception:  # a formatter's bug must not lose the results of a whole turn
+            log.exception("tool_error_format failed on %s; the model gets shoal's wording",
+                          record.lineage)
+            continue
+        records[index] = replace(record, message=replace(record.message, content=str(text)))
 
 
 def _child(lineage: str, name: str) -> str:
@@ -250,11 +326,22 @@ async def _settled(handle: RunHandle) -> tuple[RunResult, bool]:
 def _fill(result: RunResult, planned: Mapping[str, int], lineages: Mapping[str, str],
           calls: Sequence[ToolCall], records: list[CallRecord | None]) -> None:
     for node_id, index in planned.items():
-        outcome = result[node_id]
-        text, is_error = result_text(outcome)
         call = calls[index]
+        outcome = _unsendable(result[node_id], call.name)
+        text, is_error = result_text(outcome, call.name)
         message = ToolResultMessage(call.id, call.name, text, is_error=is_error)
         records[index] = CallRecord(call, lineages[node_id], outcome.status, message, outcome)
+
+
+def _unsendable(outcome: Outcome, name: str) -> Outcome:
+    """A generator cannot go to a model (it would read ``<generator object ...>``): fail it."""
+    if outcome.status != "ok" or not inspect.isgenerator(outcome.value):
+        return outcome
+    outcome.value.close()
+    message = (f"tool {name!r} returned a generator; return a list instead (e.g. "
+               "list(...)), since its result is sent to a model")
+    return replace(outcome, status="failed", value=None,
+                   error=ErrorInfo("shoal.exceptions.ToolDefinitionError", message))
 
 
 def _stamped(event: Event, lineage: str) -> Event:

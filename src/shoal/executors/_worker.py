@@ -37,6 +37,7 @@ from typing import IO, Any
 # before "ready", keeps it out of the first call's measured time.
 from shoal.exceptions import SerializationError
 from shoal.executors._errors import error_reply
+from shoal.executors._results import unawaited_result
 from shoal.executors._shipping import dumps, loads, loads_callable
 
 HEADER = struct.Struct(">Q")
@@ -137,6 +138,9 @@ def run_call(message: tuple[Any, ...], cpu_seconds: int | None) -> bytes:
     except BaseException as exc:  # SystemExit too: the tool failed, the worker lives on
         return error_reply(exc)
     del args  # free large arguments before the result is pickled
+    unawaited = unawaited_result(name, value)  # a coroutine would not even pickle
+    if unawaited is not None:
+        return error_reply(unawaited)
     try:
         return dumps(("ok", value), f"the result of tool {name!r}")
     except Exception as exc:

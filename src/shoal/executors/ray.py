@@ -75,6 +75,7 @@ from shoal.exceptions import (
     WorkerCrashedError,
 )
 from shoal.executors._errors import error_reply, rebuild_error
+from shoal.executors._results import unawaited_result
 from shoal.executors._shipping import dumps, dumps_callable, loads, loads_callable
 from shoal.executors.base import Call, Executor
 from shoal.tools import Tool
@@ -116,6 +117,9 @@ def _unpack(call: bytes) -> tuple[str, bool, Callable[..., Any], Any]:
 
 
 def _ok_reply(name: str, value: Any) -> bytes:
+    unawaited = unawaited_result(name, value)  # a coroutine would not even pickle
+    if unawaited is not None:
+        return error_reply(unawaited)
     try:
         return _dumps(("ok", value), f"the result of tool {name!r}")
     except SerializationError as exc:

@@ -62,6 +62,7 @@ __all__ = [
     "ToolSpec",
     "Usage",
     "UserMessage",
+    "check_model_spec",
     "cost",
     "resolve_model",
 ]
@@ -71,6 +72,51 @@ _LAZY = {"OpenAIModel": "shoal.models.openai", "AnthropicModel": "shoal.models.a
 _FORMS = ("'openai:<model id>' (e.g. 'openai:gpt-4.1-mini'), "
           "'anthropic:<model id>' (e.g. 'anthropic:claude-sonnet-4-5'), "
           "'local', or a shoal.models.Model instance")
+
+
+_PROVIDERS = {"openai": "gpt-4.1-mini", "anthropic": "claude-sonnet-4-5", "local": ""}
+
+
+def check_model_spec(spec: object) -> None:
+    """Check that ``spec`` names a model in an accepted form, without loading any SDK.
+
+    Raises:
+        ConfigError: it does not; the message lists the accepted forms and, for a misspelt
+            provider, the close match (``'opnai:gpt-4.1'``: did you mean ``'openai:gpt-4.1'``?).
+    """
+    if isinstance(spec, Model):
+        return
+    if not isinstance(spec, str):
+        raise ConfigError(f"a model must be a string or a Model, got {type(spec).__name__}; "
+                          f"accepted: {_FORMS}")
+    provider, colon, model_id = spec.strip().partition(":")
+    model_id = model_id.strip()
+    if provider == "local" and not model_id:
+        return
+    if provider in ("openai", "anthropic"):
+        if model_id:
+            return
+        raise ConfigError(f"model {spec!r} names no model: write '{provider}:<model id>', "
+                          f"e.g. '{provider}:{_PROVIDERS[provider]}' (accepted: {_FORMS})")
+    fixed = _close_match(spec.strip(), provider, model_id, bool(colon))
+    hint = f": did you mean {fixed!r}?" if fixed else "."
+    raise ConfigError(f"unknown model {spec!r}{hint} Accepted: {_FORMS}")
+
+
+def _close_match(spec: str, provider: str, model_id: str, colon: bool) -> str:
+    """The accepted spec a mistyped one most likely meant, or ``""``."""
+    if not colon:  # a bare model id: whose is it?
+        lowered = spec.lower()
+        if lowered.startswith(("gpt-", "o1", "o3", "o4", "chatgpt")):
+            return f"openai:{spec}"
+        if lowered.startswith("claude"):
+            return f"anthropic:{spec}"
+    import difflib  # only for a mistake: not worth loading with every import
+
+    close = difflib.get_close_matches(provider.lower(), list(_PROVIDERS), n=1, cutoff=0.6)
+    if not close:
+        return ""
+    return close[0] if close[0] == "local" else f"{close[0]}:{model_id or _PROVIDERS[close[0]]}"
 
 
 def resolve_model(spec: str | Model) -> Model:
@@ -83,9 +129,7 @@ def resolve_model(spec: str | Model) -> Model:
     """
     if isinstance(spec, Model):
         return spec
-    if not isinstance(spec, str):
-        raise ConfigError(f"a model must be a string or a Model, got {type(spec).__name__}; "
-                          f"accepted: {_FORMS}")
+    check_model_spec(spec)
     provider, _, model_id = spec.strip().partition(":")
     model_id = model_id.strip()
     if provider == "local" and not model_id:
@@ -100,7 +144,7 @@ def resolve_model(spec: str | Model) -> Model:
         from shoal.models.anthropic import AnthropicModel
 
         return AnthropicModel(model_id)
-    raise ConfigError(f"unknown model {spec!r}; accepted: {_FORMS}")
+    raise AssertionError(f"check_model_spec let {spec!r} through")
 
 
 def __getattr__(name: str) -> Any:

@@ -13,10 +13,11 @@ so one rate limit per model is shared by every agent of a run.
 
 from __future__ import annotations
 
+import copy
 import json
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 __all__ = [
@@ -89,9 +90,20 @@ class ToolCall:
         return value
 
 
+def _frozen_tuple(obj: object, name: str) -> None:
+    """Make the sequence field ``name`` of a frozen dataclass a tuple (a list could change)."""
+    value = getattr(obj, name)
+    if type(value) is not tuple:
+        object.__setattr__(obj, name, tuple(value))
+
+
 @dataclass(frozen=True, slots=True)
 class UserMessage:
-    """A message from the user (or a retry prompt from shoal)."""
+    """A message from the user (or a retry prompt from shoal).
+
+    Messages are immutable (frozen, their sequences tuples), so one conversation is shared by
+    every turn and every request that holds it, never copied.
+    """
 
     content: str
     role: Literal["user"] = "user"
@@ -104,6 +116,9 @@ class AssistantMessage:
     content: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
     role: Literal["assistant"] = "assistant"
+
+    def __post_init__(self) -> None:
+        _frozen_tuple(self, "tool_calls")
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,9 +158,24 @@ class ModelSettings:
 class ModelRequest:
     """Everything one model turn needs.
 
-    ``output_schema`` is the JSON schema the final answer must fit (from an agent's
-    ``output_type``); adapters may pass it to providers that support structured output, and
-    the agent validates the answer either way.
+    Attributes:
+        instructions: the system prompt (with the output format appended when the agent has
+            an ``output_type``).
+        messages: the conversation so far, oldest first, as a tuple (a list given here is
+            made one). The messages are immutable and shared: an agent's next request holds
+            the same message objects plus the new ones, so a turn costs the same however long
+            the conversation is.
+        tools: the tools the model may call.
+        settings: sampling settings.
+        output_schema: the JSON schema the final answer must fit (from an agent's
+            ``output_type``); adapters may pass it to providers that support structured
+            output, and the agent validates the answer either way.
+        lineage: which agent asks, e.g. ``"lead/reader#2"`` (the lead's second ``reader``
+            subagent); for logs and scripted models, never sent to a provider.
+
+    ``copy.deepcopy`` of a request copies the mutable parts (tool schemas, settings, output
+    schema) and shares the immutable messages, so a model that changes its request cannot
+    change another's, and copying does not grow with the conversation.
     """
 
     instructions: str
@@ -153,7 +183,16 @@ class ModelRequest:
     tools: Sequence[ToolSpec] = ()
     settings: ModelSettings = ModelSettings()
     output_schema: Mapping[str, Any] | None = None
-    lineage: str = ""  # which agent asks (for logs and scripted models); not sent to providers
+    lineage: str = ""
+
+    def __post_init__(self) -> None:
+        _frozen_tuple(self, "messages")
+        _frozen_tuple(self, "tools")
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ModelRequest:
+        return replace(self, tools=copy.deepcopy(self.tools, memo),
+                       settings=copy.deepcopy(self.settings, memo),
+                       output_schema=copy.deepcopy(self.output_schema, memo))
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +204,9 @@ class ModelResponse:
     usage: Usage = Usage()
     model: str = ""
     stop_reason: str = ""
+
+    def __post_init__(self) -> None:
+        _frozen_tuple(self, "tool_calls")
 
     def as_message(self) -> AssistantMessage:
         """The response as the assistant message that goes into the conversation."""

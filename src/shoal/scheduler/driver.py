@@ -39,6 +39,7 @@ from shoal.approvals import ApprovalRequest, Decision, request_id
 from shoal.deps import Graph
 from shoal.events import Event, RunFinished, RunStarted
 from shoal.exceptions import StoreError, ToolTimeoutError
+from shoal.executors._results import unawaited_result
 from shoal.executors.base import Call, Executor
 from shoal.outcome import ErrorInfo, RunResult, jsonable
 from shoal.scheduler.approval_desk import ApprovalDesk, ApprovalLedger
@@ -289,6 +290,9 @@ class Driver:
             else:
                 async with asyncio.timeout(call.timeout) as scope:
                     value = await executor.execute(call)
+            unawaited = unawaited_result(call.tool.name, value)  # every backend's result
+            if unawaited is not None:
+                return AttemptResult("failed", error=unawaited)
             return AttemptResult("ok", value)
         except TimeoutError as exc:
             if scope is not None and scope.expired():

@@ -1,0 +1,56 @@
+"""A check every backend's result passes: a tool must return its value, not work to await.
+
+Used where results come back (the driver, for inline and thread calls) and where they are sent
+back from another process (the process and Ray workers, before pickling, since a coroutine
+does not pickle). Only the standard library and shoal's exceptions: workers import it cheaply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+from contextlib import suppress
+from typing import Any
+
+from shoal.exceptions import ToolDefinitionError
+
+__all__ = ["unawaited_result"]
+
+# results that are certainly not awaitables: checked by exact type first, as most are these
+_PLAIN = frozenset({str, int, float, bool, bytes, type(None), dict, list, tuple})
+
+
+def unawaited_result(tool: str, value: Any) -> ToolDefinitionError | None:
+    """The error for a result that is work still to be awaited, or ``None`` for a real result.
+
+    A tool that forgets an ``await`` returns a coroutine (or a task, a future, an async
+    generator) instead of its value; recorded as ``ok``, a model would be sent
+    ``<coroutine object ...>``. Such a call fails instead, with a message that says what went
+    wrong. The coroutine is closed (so Python does not warn that it was never awaited) and a
+    task or future is cancelled.
+    """
+    if type(value) in _PLAIN:
+        return None
+    what = _unawaited(value)
+    if what is None:
+        return None
+    return ToolDefinitionError(f"tool {tool!r} returned {what}")
+
+
+def _unawaited(value: Any) -> str | None:
+    """What kind of unfinished work ``value`` is (closing or cancelling it), or ``None``."""
+    if inspect.iscoroutine(value):
+        value.close()
+        return "a coroutine; did you forget 'await'?"
+    if isinstance(value, asyncio.Future | concurrent.futures.Future):
+        with suppress(RuntimeError):  # a future of a loop that is closed by now
+            value.cancel()
+        kind = "an asyncio task" if isinstance(value, asyncio.Task) else "a future"
+        return f"{kind}; did you forget 'await'?"
+    if inspect.isasyncgen(value):
+        return ("an async generator; return a list instead (e.g. "
+                "[item async for item in ...])")
+    if inspect.isawaitable(value):
+        return f"an awaitable ({type(value).__qualname__}); did you forget 'await'?"
+    return None

@@ -1,0 +1,135 @@
+"""A tool that hands back work still to be awaited fails, on every backend, saying so.
+
+A forgotten ``await`` used to be recorded ``ok`` and a model was sent ``<coroutine object
+...>``. The coroutine is closed (no "never awaited" warning), a task or future cancelled.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import shoal
+from shoal import Plan, Runtime
+from shoal.testing import ScriptedModel, call
+from tests import unawaited_tools as ut
+from tests.conftest import arun
+
+FORGOT = "returned a coroutine; did you forget 'await'?"
+
+
+def run_one(fn: Callable[..., Any], isolation: str, **options: Any) -> shoal.Outcome:
+    plan = Plan()
+    node = plan.add(shoal.tool(fn, isolation=isolation), {"url": "u"})  # type: ignore[call-overload]
+
+    async def go() -> shoal.RunResult:
+        async with Runtime(**options) as runtime:
+            return await runtime.run(plan)
+
+    return arun(go(), timeout=120)[node]
+
+
+def assert_fails_with(outcome: shoal.Outcome, text: str) -> None:
+    assert outcome.status == "failed", outcome
+    assert outcome.error is not None
+    assert outcome.error.type == "shoal.exceptions.ToolDefinitionError"
+    assert text in outcome.error.message, outcome.error.message
+    assert repr(outcome.tool) in outcome.error.message  # names the tool
+
+
+@pytest.mark.parametrize(("fn", "isolation"), [
+    (ut.forgot_await, "inline"),
+    (ut.forgot_await, "thread"),
+    (ut.sync_returns_coroutine, "thread"),
+    (ut.forgot_await, "process"),
+    (ut.sync_returns_coroutine, "process"),
+])
+def test_a_returned_coroutine_fails_the_call_without_a_never_awaited_warning(
+        fn: Callable[..., Any], isolation: str) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        outcome = run_one(fn, isolation)
+        gc.collect()  # an unclosed coroutine warns when it is collected
+    assert_fails_with(outcome, FORGOT)
+    assert not [w for w in caught if "never awaited" in str(w.message)]
+
+
+@pytest.mark.parametrize(("fn", "isolation", "text"), [
+    (ut.returns_task, "inline", "returned an asyncio task; did you forget 'await'?"),
+    (ut.returns_future, "inline", "returned a future; did you forget 'await'?"),
+    (ut.returns_awaitable, "thread", "returned an awaitable (Pending); did you forget 'await'?"),
+    (ut.stream, "thread", "returned an async generator; return a list instead"),
+    (ut.stream, "process", "returned an async generator; return a list instead"),
+])
+def test_other_unfinished_work_fails_the_call_too(fn: Callable[..., Any], isolation: str,
+                                                  text: str) -> None:
+    assert_fails_with(run_one(fn, isolation), text)
+
+
+def test_a_returned_task_is_cancelled_not_left_running() -> None:
+    seen: list[Any] = []
+
+    async def starts_task(url: str) -> Any:
+        import asyncio
+
+        task = asyncio.get_running_loop().create_task(asyncio.sleep(30, url))
+        seen.append(task)
+        return task
+
+    assert_fails_with(run_one(starts_task, "inline"), "asyncio task")
+    assert seen[0].cancelled() or seen[0].cancelling()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs ray")
+@pytest.mark.timeout(300)
+def test_a_returned_coroutine_fails_on_ray_as_well() -> None:
+    plan = Plan()
+    node = plan.add(shoal.tool(ut.forgot_await, isolation="ray"), {"url": "u"})
+
+    async def go() -> shoal.RunResult:
+        async with Runtime() as runtime:
+            return await runtime.run(plan)
+
+    outcome = arun(go(), timeout=280)[node]
+    assert outcome.status == "failed", outcome
+    assert outcome.error is not None and FORGOT in outcome.error.message
+
+
+def test_real_results_pass_untouched() -> None:
+    def plain(url: str) -> dict[str, Any]:
+        return {"url": url, "items": (1, 2)}
+
+    outcome = run_one(plain, "thread")
+    assert outcome.ok and outcome.value == {"url": "u", "items": (1, 2)}
+
+
+def test_an_agent_is_told_about_the_forgotten_await_never_a_coroutine_repr() -> None:
+    model = ScriptedModel([[call("forgot_await", url="x")], "done"])
+    agent = shoal.Agent(name="lead", model=model, tools=[shoal.tool(ut.forgot_await)])
+    result = agent.run_sync("go")
+    record = result.calls[0]
+    assert record.status == "failed"
+    assert record.message.is_error
+    assert record.message.content == (
+        f"forgot_await failed: ToolDefinitionError: tool 'forgot_await' {FORGOT}")
+    assert "<coroutine" not in record.message.content
+
+
+def test_a_generator_is_not_sent_to_a_model() -> None:
+    model = ScriptedModel([[call("pages", url="x")], "done"])
+    result = shoal.Agent(name="lead", model=model, tools=[ut.pages]).run_sync("go")
+    record = result.calls[0]
+    assert record.status == "failed" and record.message.is_error
+    assert "returned a generator; return a list instead" in record.message.content
+    assert "<generator" not in record.message.content
+    assert record.outcome is not None and record.outcome.status == "failed"
+    # in a plan (no model reads it) a generator is a value like any other
+    plan = Plan()
+    node = plan.add(shoal.tool(ut.pages), {"url": "u"})
+    value = shoal.run_sync(plan)[node].value
+    assert list(value) == ["u"]
