@@ -14,6 +14,7 @@ from contextlib import suppress
 
 from shoal.exceptions import RemoteToolError
 from shoal.executors._shipping import dumps, loads
+from shoal.executors.results import load_result
 
 __all__ = ["RemoteTraceback", "error_reply", "rebuild_error", "type_name"]
 
@@ -50,17 +51,23 @@ class RemoteTraceback(Exception):
         return f"traceback in the worker process:\n{self.text}"
 
 
-def rebuild_error(blob: bytes | None, name: str, message: str, text: str) -> BaseException:
+def rebuild_error(blob: bytes | None, name: str, message: str, text: str, *,
+                  trusted: bool = False) -> BaseException:
     """The tool's own exception when it unpickles here, else a :class:`RemoteToolError`.
 
+    The far side is untrusted: the exception is loaded with
+    :func:`~shoal.executors.results.load_result` (allowed types only) unless ``trusted``; one
+    it refuses comes back as a :class:`RemoteToolError` naming the type, like one that cannot
+    be pickled at all.
     Exceptions that are not errors of the call (``KeyboardInterrupt``, ``CancelledError``
     raised inside the tool) are substituted too: raised here they would stop the run, or look
     like the cancellation of the awaiting task.
     """
+    name, message, text = str(name), str(message), str(text)  # whatever the far side sent
     error: BaseException | None = None
-    if blob is not None:
+    if isinstance(blob, bytes | bytearray):
         with suppress(Exception):
-            error = loads(blob)
+            error = loads(blob) if trusted else load_result(blob, "the exception")
     if not isinstance(error, Exception | SystemExit):
         error = RemoteToolError(name, message, text)
     if error.__cause__ is None:

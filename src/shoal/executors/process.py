@@ -75,11 +75,14 @@ from shoal.exceptions import (
     WorkerCrashedError,
 )
 from shoal.executors._errors import rebuild_error
+from shoal.executors._reaper import kill_tree
 from shoal.executors._shipping import dumps, dumps_callable
 from shoal.executors.base import Call, Executor
+from shoal.executors.results import load_result
 from shoal.limits import ProcessLimits
 
-__all__ = ["ALLOWED_ENV", "QUARANTINE_AFTER", "ProcessExecutor", "describe_exit", "worker_env"]
+__all__ = ["ALLOWED_ENV", "QUARANTINE_AFTER", "SANDBOXES", "ProcessExecutor", "check_sandbox",
+           "describe_exit", "worker_env"]
 
 #: Environment variables a worker inherits without being asked (plus every ``LC_*``).
 ALLOWED_ENV: frozenset[str] = frozenset({
@@ -244,20 +247,17 @@ class _Worker:
         self._write_pipe.write(_HEADER.pack(len(body)))
         self._write_pipe.write(body)
 
-    async def receive(self) -> tuple[Any, ...]:
-        """The next reply, unpickled; :class:`_WorkerDied` if the pipe ends first."""
-        body = await self.reader.receive()
-        reply: tuple[Any, ...] = pickle.loads(body)
-        return reply
+    async def receive(self) -> Any:
+        """The next reply, loaded with the restricted loader; :class:`_WorkerDied` at its end."""
+        return load_result(await self.reader.receive(), "a reply from a worker process")
 
     def kill(self) -> None:
-        """SIGKILL the worker and whatever it started (its process group), unless reaped.
+        """SIGKILL the worker and whatever it started (all its descendants), unless reaped.
 
         Until it is reaped its pid, which is also its group's id, cannot be reused.
         """
         if self.proc.returncode is None:
-            with suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+            kill_tree(self.proc.pid)
 
     async def reap(self) -> int:
         """Wait for the process to end (killing it if it lingers); close the pipes."""
@@ -297,8 +297,7 @@ def _widen(*fds: int) -> None:
 def _kill_pids(pids: set[int]) -> None:
     """The safety net of an unclosed pool: kill its workers (at collection or at exit)."""
     for pid in list(pids):
-        with suppress(OSError):
-            os.killpg(pid, signal.SIGKILL)
+        kill_tree(pid)
     pids.clear()
 
 
@@ -308,14 +307,18 @@ class ProcessExecutor(Executor):
     Args:
         max_workers: the most worker processes alive at once, across all profiles.
         pass_env: environment variable names every worker may see besides :data:`ALLOWED_ENV`.
+        sandbox: ``"none"``, or ``"namespace"`` to run each worker in user, PID and mount
+            namespaces of its own (Linux): see :mod:`shoal.executors._sandbox`.
     """
 
     name = "process"
 
-    def __init__(self, max_workers: int, *, pass_env: Sequence[str] = ()) -> None:
+    def __init__(self, max_workers: int, *, pass_env: Sequence[str] = (),
+                 sandbox: str = "none") -> None:
         if os.name != "posix":
             raise ConfigError("isolation='process' needs a POSIX system (Linux, macOS); "
                               "use 'thread' or 'ray' here")
+        self.sandbox = check_sandbox(sandbox)
         self.max_workers = max(1, max_workers)
         self.pass_env = tuple(pass_env)
         self._idle: dict[Profile, list[_Worker]] = {}
@@ -506,16 +509,22 @@ class ProcessExecutor(Executor):
     async def _handshake(self, worker: _Worker, limits: ProcessLimits | None) -> None:
         given = limits or ProcessLimits()
         worker.send(pickle.dumps(("config", list(sys.path),
-                                  (given.memory, given.cpu_seconds, given.open_files))))
+                                  (given.memory, given.cpu_seconds, given.open_files),
+                                  self.sandbox)))
         try:
             reply = await worker.receive()
         except _WorkerDied:
             code = await worker.reap()
             raise ExecutorError(f"a worker process failed to start ({describe_exit(code)}); "
                                 "its error output says why") from None
-        if reply[0] != "ready":
+        if not (isinstance(reply, tuple) and reply[:1] == ("ready",)):
+            if isinstance(reply, tuple) and len(reply) == 5 and reply[2].endswith(
+                    "SandboxError"):
+                raise ExecutorError(f"a worker process could not start: {reply[3]}")
+            detail = (f"{reply[2]}: {reply[3]}" if isinstance(reply, tuple) and len(reply) == 5
+                      else "it sent a malformed reply")
             raise ExecutorError(f"a worker process could not apply its limits {limits}: "
-                                f"{reply[2]}: {reply[3]}")
+                                f"{detail}")
 
     def _release(self, worker: _Worker) -> None:
         if worker in self._live:  # not retired by close() meanwhile
@@ -563,6 +572,20 @@ class ProcessExecutor(Executor):
         return WorkerCrashedError(call.tool.name, describe_exit(code, worker.profile[0]), code)
 
 
+#: The values of ``Runtime(process_sandbox=...)``.
+SANDBOXES = ("none", "namespace")
+
+
+def check_sandbox(sandbox: str) -> str:
+    """``sandbox`` if this platform can have it; else :class:`ConfigError` saying why not."""
+    if sandbox not in SANDBOXES:
+        raise ConfigError(f"process_sandbox must be one of {SANDBOXES}, got {sandbox!r}")
+    if sandbox == "namespace" and not sys.platform.startswith("linux"):
+        raise ConfigError("process_sandbox='namespace' needs Linux (user, PID and mount "
+                          "namespaces); use process_sandbox='none' here")
+    return sandbox
+
+
 def _profile(call: Call) -> Profile:
     policy = call.tool.policy
     return (policy.limits, tuple(sorted(set(policy.env))))
@@ -582,14 +605,27 @@ def _call_message(call: Call) -> bytes:
 
 
 def _unwrap(call: Call, body: bytearray) -> Any:
-    """The value of an ``ok`` reply; raise the error of an ``error`` reply."""
-    try:
-        # pickle reads the bytearray in place (cloudpickle output is plain pickle): no copy
-        reply = pickle.loads(body)
-    except Exception as exc:  # only an ``ok`` reply holds objects of the tool's making
-        raise SerializationError(f"the result of tool {call.tool.name!r} cannot be "
-                                 f"unpickled here: {type(exc).__name__}: {exc}") from exc
-    if reply[0] == "ok":
+    """The value of an ``ok`` reply; raise the error of an ``error`` reply.
+
+    The worker runs the tool's code, so its reply is untrusted: it is loaded with
+    :func:`~shoal.executors.results.load_result` (allowed types only, nothing runs here),
+    unless the tool is marked ``trust_results``.
+    """
+    name = call.tool.name
+    trusted = call.tool.policy.trust_results
+    if trusted:
+        try:
+            # pickle reads the bytearray in place (cloudpickle output is plain pickle): no copy
+            reply = pickle.loads(body)
+        except Exception as exc:  # only an ``ok`` reply holds objects of the tool's making
+            raise SerializationError(f"the result of tool {name!r} cannot be unpickled here: "
+                                     f"{type(exc).__name__}: {exc}") from exc
+    else:
+        reply = load_result(body, f"the result of tool {name!r}")
+    if isinstance(reply, tuple) and len(reply) == 2 and reply[0] == "ok":
         return reply[1]
-    _, blob, type_name, message, text = reply
-    raise rebuild_error(blob, type_name, message, text)
+    if isinstance(reply, tuple) and len(reply) == 5 and reply[0] == "error":
+        _, blob, type_name, message, text = reply
+        raise rebuild_error(blob, type_name, message, text, trusted=trusted)
+    raise SerializationError(f"the worker process running tool {name!r} sent a malformed "
+                             "reply")
