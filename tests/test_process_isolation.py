@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,7 +29,7 @@ import shoal
 from shoal import Plan, Runtime
 from shoal.exceptions import ConfigError
 from shoal.executors import process as process_module
-from shoal.executors._sandbox import problem
+from shoal.executors.process import sandbox_problem as problem
 from shoal.executors.results import allow_result_types
 from tests import process_tools as pt
 from tests import test_conformance
@@ -284,6 +285,37 @@ def test_a_crash_in_the_sandbox_is_reported_as_usual() -> None:
     assert result[crash].error.type == "shoal.exceptions.WorkerCrashedError"  # type: ignore[union-attr]
     assert "SIGSEGV" in result[crash].error.message  # type: ignore[union-attr]
     assert result[fine].value == 16
+
+
+@needs_sandbox
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux's unshare")
+def test_where_the_kernel_refuses_the_sandbox_calls_fail_saying_why() -> None:
+    # A user namespace of our own whose limit on nested user namespaces is 0 stands in for a
+    # kernel that forbids them (the limit is per namespace: the machine's is untouched).
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(ROOT)!r})
+        import shoal
+        from shoal.executors.process import sandbox_problem
+        from tests import process_tools as pt
+
+        print("problem:", sandbox_problem())
+        plan = shoal.Plan()
+        ref = plan.call(pt.square, x=2)
+        error = shoal.run_sync(plan, process_workers=1, process_sandbox="namespace")[ref].error
+        print("error:", error.type, error.message)
+    """)
+    done = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "sh", "-c",
+         'echo 0 > /proc/sys/user/max_user_namespaces && exec "$0" -c "$1"', sys.executable,
+         script], cwd=ROOT, timeout=60, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    lines = dict(line.split(": ", 1) for line in done.stdout.splitlines())
+    for said in (lines["problem"], lines["error"]):
+        assert "process_sandbox='namespace' is not available here: unshare(" in said
+        assert "No space left on device" in said and "user.max_user_namespaces" in said
+    assert lines["error"].startswith("shoal.exceptions.ExecutorError a worker process could "
+                                     "not start")
 
 
 def test_bad_sandbox_settings_are_config_errors(monkeypatch: pytest.MonkeyPatch) -> None:

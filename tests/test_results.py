@@ -158,7 +158,7 @@ def test_the_state_of_a_class_is_never_set() -> None:
     blob = (b"\x80\x02" + G + b"tests.test_results\nPoint\n"
             + b"N}X\x06\x00\x00\x00__eq__K\x01s\x86b.")
     assert "sets the state of" in refusal(blob)
-    assert Point.__eq__ is not 1  # type: ignore[comparison-overlap]  # noqa: F632
+    assert callable(Point.__eq__)
     assert Point(1) == Point(1)
 
 

@@ -76,13 +76,14 @@ from shoal.exceptions import (
 )
 from shoal.executors._errors import rebuild_error
 from shoal.executors._reaper import kill_tree
+from shoal.executors._sandbox import problem as sandbox_problem
 from shoal.executors._shipping import dumps, dumps_callable
 from shoal.executors.base import Call, Executor
 from shoal.executors.results import load_result
 from shoal.limits import ProcessLimits
 
 __all__ = ["ALLOWED_ENV", "QUARANTINE_AFTER", "SANDBOXES", "ProcessExecutor", "check_sandbox",
-           "describe_exit", "worker_env"]
+           "describe_exit", "sandbox_problem", "worker_env"]
 
 #: Environment variables a worker inherits without being asked (plus every ``LC_*``).
 ALLOWED_ENV: frozenset[str] = frozenset({
