@@ -289,3 +289,13 @@ def find_secret(parent: int, secret: str, unmount: bool = False) -> dict[str, An
                 pass
     return {"found": found, "unmounted": unmounted, "sees_parent": Path(f"/proc/{parent}").exists(),
             "pid": os.getpid()}
+
+
+@tool(isolation="process")
+def spawn_then_crash(pid_file: str) -> None:
+    """Start a long ``sleep`` in the worker's process group, then end the worker at once."""
+    import subprocess
+
+    child = subprocess.Popen(["sleep", "1000"])
+    Path(pid_file).write_text(str(child.pid))
+    os._exit(3)

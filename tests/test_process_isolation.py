@@ -213,6 +213,17 @@ def test_killing_the_parent_ends_what_the_tools_started(how: str, sandbox: str, 
     assert wait_until(lambda: not sleeps(token), timeout=5.0), sleeps(token)
 
 
+def test_a_crash_ends_what_the_tool_started_in_the_workers_group(tmp_path: Path) -> None:
+    pid_file = tmp_path / "sleep.pid"
+    plan = Plan()
+    ref = plan.call(pt.spawn_then_crash, pid_file=str(pid_file))
+    result = shoal.run_sync(plan, process_workers=1)
+    assert result[ref].error.type == "shoal.exceptions.WorkerCrashedError"  # type: ignore[union-attr]
+    pid = int(pid_file.read_text())
+    assert wait_until(lambda: not psutil.pid_exists(pid)
+                      or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+
+
 def test_a_tool_holding_the_callers_pipe_does_not_keep_it_open(token: str) -> None:
     # A detached process inherits the worker's stdout, the caller's pipe: until it ends, a
     # caller reading that pipe to its end (subprocess.run, a shell pipeline) would wait.
@@ -332,3 +343,15 @@ class TestSandboxedProcessConformance(test_conformance.TestProcessConformance):
 
     runtime_options: ClassVar[dict[str, Any]] = {"process_workers": 2,
                                                  "process_sandbox": "namespace"}
+
+
+@pytest.mark.parametrize("option", [{"trust_results": True}, {"env": ["API_KEY"]}])
+def test_a_plan_file_cannot_widen_what_a_tool_reaches(option: dict[str, Any],
+                                                      tmp_path: Path) -> None:
+    from shoal.planfile import load_plan
+
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"nodes": [{"id": "a", "tool": "tests.process_tools:make_function",
+                                           "args": {"offset": 1}, "options": option}]}))
+    with pytest.raises(shoal.PlanError, match="a plan file cannot grant"):
+        load_plan(path)

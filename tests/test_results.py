@@ -13,6 +13,7 @@ import pathlib
 import pickle
 import subprocess
 import sys
+import time
 import uuid
 import zoneinfo
 from pathlib import Path
@@ -80,6 +81,7 @@ VALUES = [
     pathlib.PurePosixPath("a/b"), pathlib.Path("/tmp/x"), pathlib.PureWindowsPath("c:/x"),
     collections.OrderedDict(a=1), collections.deque([1, 2], maxlen=5),
     collections.Counter("abca"), collections.defaultdict(list, {"a": [1]}),
+    os.stat("."), time.gmtime(0),
     Point(1, 2), Frozen("f"), Pair(1, "r"), Colour.RED, Model(name="m", tags=["t"]),
     {"nested": [Point(3), Pair(2, "x"), {Colour.RED: Model(name="n")}]},
 ]

@@ -563,7 +563,11 @@ class ProcessExecutor(Executor):
         """Reap a worker that died during ``call``; count the crash against the tool."""
         retired = worker.retired
         self._forget(worker)
-        code = await asyncio.shield(self._reap(worker))
+        code = await asyncio.shield(self._reap(worker))  # first: it reports how it ended
+        # What its tool started in the worker's group outlives it: end those now. The group's
+        # id stays reserved while any member lives (an empty group is gone: ESRCH).
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(worker.pid, signal.SIGKILL)
         if retired:
             return ExecutorError(f"the process pool was closed while tool {call.tool.name!r} "
                                  "was running")

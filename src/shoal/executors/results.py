@@ -10,7 +10,8 @@ here with a restricted unpickler that builds only values of allowed types:
 * ``datetime`` (``date``, ``time``, ``datetime``, ``timedelta``, ``timezone``),
   ``zoneinfo.ZoneInfo``, ``decimal.Decimal``, ``fractions.Fraction``, ``uuid.UUID``,
   :mod:`pathlib` paths, ``collections`` ``OrderedDict``, ``deque``, ``Counter`` and
-  ``defaultdict`` (whose factory must itself be allowed);
+  ``defaultdict`` (whose factory must itself be allowed), ``os.stat_result``,
+  ``time.struct_time``;
 * classes of the kinds tools return, found in a module this process has imported already:
   dataclasses, pydantic models, ``NamedTuple`` classes, enums and exception classes;
 * whatever the application registers with :func:`allow_result_types` (say, ``numpy.ndarray``
@@ -43,10 +44,12 @@ import decimal
 import enum
 import fractions
 import io
+import os
 import pathlib
 import pickle
 import sys
 import threading
+import time
 import types
 import uuid
 import zoneinfo
@@ -65,7 +68,7 @@ _IMMUTABLE_TYPES: tuple[type, ...] = (
     object, bool, int, float, complex, str, bytes, bytearray, list, tuple, dict, set,
     frozenset, slice, range, datetime.date, datetime.time, datetime.datetime,
     datetime.timedelta, datetime.timezone, decimal.Decimal, collections.OrderedDict,
-    collections.deque, collections.defaultdict,
+    collections.deque, collections.defaultdict, os.stat_result, time.struct_time,
 )  # fmt: skip
 _PYTHON_TYPES: tuple[type, ...] = (
     fractions.Fraction, uuid.UUID, collections.Counter, pathlib.PurePath,
