@@ -355,3 +355,36 @@ def test_a_plan_file_cannot_widen_what_a_tool_reaches(option: dict[str, Any],
                                            "args": {"offset": 1}, "options": option}]}))
     with pytest.raises(shoal.PlanError, match="a plan file cannot grant"):
         load_plan(path)
+
+
+def test_a_worker_announcing_a_huge_reply_costs_only_what_it_sends(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The length prefix comes from the untrusted side: allocating it up front would let a
+    # tool exhaust the parent's memory with eight bytes.
+    import struct
+    import tracemalloc
+
+    monkeypatch.setattr(process_module, "_PREALLOCATE", 1 << 20)
+    reader = process_module._MessageReader()
+    tracemalloc.start()
+    try:
+        reader.data_received(struct.pack(">Q", 1 << 40) + b"x" * 1000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < (1 << 21)
+    reader.data_received(struct.pack(">Q", 3))  # too short a body: still waiting, no message
+    assert not reader._messages
+
+
+def test_messages_larger_than_the_preallocation_arrive_whole(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import struct
+
+    monkeypatch.setattr(process_module, "_PREALLOCATE", 10)
+    reader = process_module._MessageReader()
+    body = bytes(range(256)) * 3
+    data = struct.pack(">Q", len(body)) + body + struct.pack(">Q", 2) + b"ok"
+    for start in range(0, len(data), 7):  # in odd-sized pieces
+        reader.data_received(data[start:start + 7])
+    assert list(reader._messages) == [bytearray(body), bytearray(b"ok")]

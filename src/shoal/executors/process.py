@@ -96,6 +96,7 @@ QUARANTINE_AFTER = 3
 
 _HEADER = struct.Struct(">Q")
 _PIPE_SIZE = 1 << 20  # bytes of pipe buffer asked for (Linux's default maximum)
+_PREALLOCATE = 1 << 26  # bytes of a message allocated before they arrive, at most
 _REAP_GRACE = 2.0  # seconds a worker whose pipe closed gets to exit before it is killed
 _SHOAL_ROOT = str(Path(__file__).resolve().parents[2])  # the directory holding the package
 
@@ -153,12 +154,15 @@ class _WorkerDied(Exception):
 class _MessageReader(asyncio.Protocol):
     """Assembles length-prefixed messages from a worker's reply pipe, as data arrives.
 
-    Each body is filled in place into a buffer of its announced size: one copy, however large.
+    Each body is filled in place into a buffer of its announced size, allocated up front (one
+    copy, however large) up to :data:`_PREALLOCATE`; past that it grows as data arrives, so
+    that a worker announcing a terabyte costs only what it actually sends.
     """
 
     def __init__(self) -> None:
         self._header = bytearray()
         self._body: bytearray | None = None
+        self._size = 0  # the announced size of the body being filled
         self._filled = 0
         self._messages: deque[bytearray] = deque()
         self._waiter: asyncio.Future[None] | None = None
@@ -172,15 +176,17 @@ class _MessageReader(asyncio.Protocol):
                 self._header += view[:need]
                 view = view[need:]
                 if len(self._header) == _HEADER.size:
-                    self._body = bytearray(_HEADER.unpack(self._header)[0])
+                    self._size = _HEADER.unpack(self._header)[0]
+                    self._body = bytearray(min(self._size, _PREALLOCATE))
                     self._header.clear()
                     self._filled = 0
             else:
-                take = min(len(view), len(self._body) - self._filled)
+                take = min(len(view), self._size - self._filled)
+                # in place within the buffer; past its end, the assignment appends
                 self._body[self._filled:self._filled + take] = view[:take]
                 self._filled += take
                 view = view[take:]
-            if self._body is not None and self._filled == len(self._body):
+            if self._body is not None and self._filled == self._size:
                 self._messages.append(self._body)
                 self._body = None
                 self._wake()
