@@ -69,6 +69,8 @@ def test_an_exception_that_would_run_code_comes_back_by_name_only(tmp_path: Path
     error = result[bad].error
     assert result[bad].status == "failed" and error is not None
     assert error.type == "tests.process_tools.TrapError" and f"touch {marker}" in error.message
+    assert "(the exception was refused: it names posix.system" in error.traceback.replace(
+        os.system.__module__, "posix")
     assert not marker.exists()
 
 

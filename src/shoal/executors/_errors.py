@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import pickle
 import traceback
-from contextlib import suppress
 
-from shoal.exceptions import RemoteToolError
+from shoal.exceptions import RemoteToolError, SerializationError
 from shoal.executors._shipping import dumps, loads
 from shoal.executors.results import load_result
 
@@ -66,8 +65,12 @@ def rebuild_error(blob: bytes | None, name: str, message: str, text: str, *,
     name, message, text = str(name), str(message), str(text)  # whatever the far side sent
     error: BaseException | None = None
     if isinstance(blob, bytes | bytearray):
-        with suppress(Exception):
+        try:
             error = loads(blob) if trusted else load_result(blob, "the exception")
+        except SerializationError as exc:  # say why the tool's own type did not come back
+            text = f"{text.rstrip()}\n({exc})\n"
+        except Exception:
+            error = None
     if not isinstance(error, Exception | SystemExit):
         error = RemoteToolError(name, message, text)
     if error.__cause__ is None:
