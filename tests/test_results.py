@@ -78,7 +78,7 @@ VALUES = [
     datetime.time(3, 4), datetime.timedelta(days=2),
     datetime.datetime(2026, 1, 2, tzinfo=zoneinfo.ZoneInfo("Europe/Paris")),
     decimal.Decimal("1.10"), fractions.Fraction(1, 3), uuid.UUID(int=7),
-    pathlib.PurePosixPath("a/b"), pathlib.Path("/tmp/x"), pathlib.PureWindowsPath("c:/x"),
+    pathlib.PurePosixPath("a/b"), pathlib.Path("/srv/x"), pathlib.PureWindowsPath("c:/x"),
     collections.OrderedDict(a=1), collections.deque([1, 2], maxlen=5),
     collections.Counter("abca"), collections.defaultdict(list, {"a": [1]}),
     os.stat("."), time.gmtime(0),
