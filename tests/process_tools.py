@@ -178,3 +178,124 @@ def spawn_and_sleep(pid_file: str) -> None:
     child = subprocess.Popen(["sleep", "1000"])
     Path(pid_file).write_text(str(child.pid))
     child.wait()
+
+
+# ---- isolation and secrets -----------------------------------------------------------------
+
+
+class Trap:
+    """Unpickles into ``os.system(command)``: a result that would run code where it is loaded."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (self.command,))
+
+
+class TrapError(Exception):
+    """An error that unpickles into ``os.system(command)``."""
+
+    def __init__(self, command: str) -> None:
+        super().__init__(command)
+        self.command = command
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (self.command,))
+
+
+class Plain:
+    """A plain class: not of a kind results may hold unless it is allowed."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Plain) and other.value == self.value
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@tool(isolation="process")
+def trap(command: str) -> Any:
+    """Return a :class:`Trap` for ``command``."""
+    return Trap(command)
+
+
+@tool(isolation="process")
+def trap_error(command: str) -> None:
+    """Raise a :class:`TrapError` for ``command``."""
+    raise TrapError(command)
+
+
+@tool(isolation="process")
+def plain(value: int) -> Any:
+    """Return a :class:`Plain`."""
+    return Plain(value)
+
+
+@tool(isolation="process")
+def make_function(offset: int) -> Any:
+    """Return a closure (a function pickled by value)."""
+    return lambda x: x + offset
+
+
+def _start_detached(how: str, seconds: str) -> None:
+    """Start ``sleep seconds`` out of the worker's process group, in a session of its own."""
+    import subprocess
+    import sys
+
+    if how == "session":
+        subprocess.Popen(["sleep", seconds], start_new_session=True,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return
+    # double fork: a middle process starts it in a new session and exits at once
+    subprocess.run(
+        [sys.executable, "-c", "import subprocess, sys; subprocess.Popen(['sleep', sys.argv[1]], "
+         "start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)",
+         seconds], check=True)
+
+
+@tool(isolation="process")
+def spawn_detached(seconds: str, how: str, ready_file: str, stay: bool) -> None:
+    """Start a detached ``sleep seconds`` (``how``: ``session`` or ``double_fork``), then
+    create ``ready_file`` and return, or sleep on (``stay``). Tests find the sleep by its
+    unique ``seconds``: inside a PID namespace the worker does not know its outside pid."""
+    _start_detached(how, seconds)
+    Path(ready_file).write_text("started")
+    if stay:
+        time.sleep(1000)
+
+
+@tool(isolation="process")
+def find_secret(parent: int, secret: str, unmount: bool = False) -> dict[str, Any]:
+    """Look for ``secret`` in every ``/proc/*/environ`` this worker can read.
+
+    With ``unmount``, and only as process 1 of a PID namespace (in a sandbox: never the
+    machine's own ``/proc``), first try to unmount ``/proc``, as a tool would to uncover the
+    host's ``/proc`` below the sandbox's.
+    """
+    unmounted = False
+    if unmount and os.getpid() == 1:
+        libc = ctypes.CDLL(None, use_errno=True)
+        unmounted = libc.umount2(b"/proc", 2) == 0  # MNT_DETACH
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if secret.encode() in Path(f"/proc/{name}/environ").read_bytes():
+                    found.append(int(name))
+            except OSError:
+                pass
+    return {"found": found, "unmounted": unmounted, "sees_parent": Path(f"/proc/{parent}").exists(),
+            "pid": os.getpid()}
+
+
+@tool(isolation="process")
+def spawn_then_crash(pid_file: str) -> None:
+    """Start a long ``sleep`` in the worker's process group, then end the worker at once."""
+    import subprocess
+
+    child = subprocess.Popen(["sleep", "1000"])
+    Path(pid_file).write_text(str(child.pid))
+    os._exit(3)

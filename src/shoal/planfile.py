@@ -409,6 +409,10 @@ def _read_after(value: Any, label: str, problems: list[PlanProblem]) -> tuple[st
     return ()
 
 
+# Options that widen what a tool's code may reach: the application grants them, not the plan.
+_CODE_ONLY_OPTIONS = frozenset({"trust_results", "env"})
+
+
 def _apply_options(
     found: Tool[..., Any], options: Any, label: str, problems: list[PlanProblem]
 ) -> Tool[..., Any]:
@@ -421,6 +425,13 @@ def _apply_options(
         problems.append(PlanProblem("bad_shape", "'retry_on' and 'retry' take Python objects, "
                                                  "which a plan file cannot hold; set them on "
                                                  "the tool in code", label))
+        return found
+    granted = sorted(set(options) & _CODE_ONLY_OPTIONS)
+    if granted:
+        problems.append(PlanProblem("bad_shape", f"{granted} decide what a tool may reach in "
+                                                 "this process (secrets, trusted loading of "
+                                                 "its results), which a plan file cannot grant; "
+                                                 "set them on the tool in code", label))
         return found
     try:
         return found.options(**options)

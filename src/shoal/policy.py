@@ -122,6 +122,9 @@ class ToolPolicy:
     ``resources`` are what a call needs on a Ray cluster (``num_cpus``, ``num_gpus``,
     ``memory``, or custom resources); ``limits`` are OS limits on a process worker; ``env``
     names environment variables a process worker may see besides the runtime's allow-list.
+    ``trust_results=True`` loads the replies of the tool's process workers with plain pickle
+    instead of :mod:`shoal.executors.results`' restricted loading: only for tools whose code
+    is as trusted as the application's own (a pickle can run any code where it is loaded).
     """
 
     timeout: float | None = None
@@ -138,12 +141,13 @@ class ToolPolicy:
     resources: tuple[tuple[str, float], ...] = ()
     limits: ProcessLimits | None = None
     env: tuple[str, ...] = ()
+    trust_results: bool = False
 
 
 _POLICY_KEYS = frozenset({
     "timeout", "retries", "retry_on", "backoff", "max_backoff", "jitter", "isolation",
     "max_concurrency", "rate", "reads", "writes", "exclusive", "approval", "idempotent",
-    "estimate", "retry", "resources", "limits", "env",
+    "estimate", "retry", "resources", "limits", "env", "trust_results",
 })  # fmt: skip
 
 
@@ -181,7 +185,7 @@ def policy_from(base: ToolPolicy, opts: Mapping[str, Any]) -> ToolPolicy:
         retry = replace(retry, **changes)
     updates: dict[str, Any] = {"retry": retry}
     for key in ("timeout", "isolation", "max_concurrency", "exclusive", "approval",
-                "idempotent", "estimate"):
+                "idempotent", "estimate", "trust_results"):
         if key in opts:
             updates[key] = opts[key]
     if "rate" in opts:
@@ -244,7 +248,7 @@ def check_policy(name: str, is_async: bool, p: ToolPolicy) -> None:
         raise ToolDefinitionError(f"tool {name!r}: retry takes a RetryPolicy, got {p.retry!r}")
     if p.rate is not None and not isinstance(p.rate, Rate):
         raise ToolDefinitionError(f"tool {name!r}: rate must be a Rate, got {p.rate!r}")
-    for flag in ("exclusive", "idempotent"):
+    for flag in ("exclusive", "idempotent", "trust_results"):
         if not isinstance(getattr(p, flag), bool):
             raise ToolDefinitionError(
                 f"tool {name!r}: {flag} must be True or False, got {getattr(p, flag)!r}")

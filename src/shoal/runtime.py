@@ -124,6 +124,11 @@ class Runtime:
         pass_env: environment variables (by name) that process workers may see, besides the
             allow-list (``PATH``, ``HOME``, locale, ...); everything else, secrets included,
             is scrubbed.
+        process_sandbox: ``"none"`` (the default) or ``"namespace"``: each process worker
+            runs in user, PID and mount namespaces of its own (Linux), so that its tools
+            cannot read this process's memory or environment through ``/proc``, and all they
+            started dies with the worker. Where the kernel does not allow it, the calls fail
+            saying why. See the README's "Security model".
         ray_address: the Ray cluster to use for ``isolation="ray"`` (default: ``RAY_ADDRESS``
             if set, else a local Ray started on first use).
         executors: backends of your own, by the isolation name they serve in place of shoal's
@@ -160,6 +165,7 @@ class Runtime:
         thread_workers: int | None = None,
         process_workers: int | None = None,
         pass_env: Sequence[str] = (),
+        process_sandbox: str = "none",
         ray_address: str | None = None,
         executors: Mapping[str, Executor] | None = None,
         resource_limits: Mapping[str, int] | None = None,
@@ -190,6 +196,10 @@ class Runtime:
         if self.process_workers < 1 or self.thread_workers < 1:
             raise ConfigError("thread_workers and process_workers must be at least 1")
         self.pass_env = tuple(pass_env)
+        if process_sandbox not in ("none", "namespace"):
+            raise ConfigError(f"process_sandbox must be 'none' or 'namespace', "
+                              f"got {process_sandbox!r}")
+        self.process_sandbox = process_sandbox
         self.ray_address = ray_address
         unknown = set(executors or {}) - set(ISOLATIONS)
         if unknown:
@@ -229,7 +239,8 @@ class Runtime:
         elif isolation == "process":
             from shoal.executors.process import ProcessExecutor  # spawns workers: load on use
 
-            made = ProcessExecutor(self.process_workers, pass_env=self.pass_env)
+            made = ProcessExecutor(self.process_workers, pass_env=self.pass_env,
+                                   sandbox=self.process_sandbox)
         elif isolation == "ray":
             from shoal.executors.ray import RayExecutor  # optional dependency: load on use
 

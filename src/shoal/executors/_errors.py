@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import pickle
 import traceback
-from contextlib import suppress
 
-from shoal.exceptions import RemoteToolError
+from shoal.exceptions import RemoteToolError, SerializationError
 from shoal.executors._shipping import dumps, loads
+from shoal.executors.results import load_result
 
 __all__ = ["RemoteTraceback", "error_reply", "rebuild_error", "type_name"]
 
@@ -50,17 +50,27 @@ class RemoteTraceback(Exception):
         return f"traceback in the worker process:\n{self.text}"
 
 
-def rebuild_error(blob: bytes | None, name: str, message: str, text: str) -> BaseException:
+def rebuild_error(blob: bytes | None, name: str, message: str, text: str, *,
+                  trusted: bool = False) -> BaseException:
     """The tool's own exception when it unpickles here, else a :class:`RemoteToolError`.
 
+    The far side is untrusted: the exception is loaded with
+    :func:`~shoal.executors.results.load_result` (allowed types only) unless ``trusted``; one
+    it refuses comes back as a :class:`RemoteToolError` naming the type, like one that cannot
+    be pickled at all.
     Exceptions that are not errors of the call (``KeyboardInterrupt``, ``CancelledError``
     raised inside the tool) are substituted too: raised here they would stop the run, or look
     like the cancellation of the awaiting task.
     """
+    name, message, text = str(name), str(message), str(text)  # whatever the far side sent
     error: BaseException | None = None
-    if blob is not None:
-        with suppress(Exception):
-            error = loads(blob)
+    if isinstance(blob, bytes | bytearray):
+        try:
+            error = loads(blob) if trusted else load_result(blob, "the exception")
+        except SerializationError as exc:  # say why the tool's own type did not come back
+            text = f"{text.rstrip()}\n({exc})\n"
+        except Exception:
+            error = None
     if not isinstance(error, Exception | SystemExit):
         error = RemoteToolError(name, message, text)
     if error.__cause__ is None:

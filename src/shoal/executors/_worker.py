@@ -5,8 +5,10 @@ on ``CMD_FD`` and replies leave on ``REPLY_FD``, so whatever a tool prints to st
 cannot corrupt the protocol. Every message is an 8-byte big-endian length followed by that many
 bytes of a pickled tuple:
 
-* parent -> worker, once: ``("config", sys_path, (memory, cpu_seconds, open_files))``;
-  the worker answers ``("ready", pid)`` or ``("error", None, type, message, traceback)``;
+* parent -> worker, once: ``("config", sys_path, (memory, cpu_seconds, open_files),
+  sandbox)``, where ``sandbox`` is ``"none"`` or ``"namespace"`` (see
+  :mod:`shoal.executors._sandbox`); the worker answers ``("ready", pid)`` or ``("error",
+  None, type, message, traceback)``;
 * parent -> worker, per call: ``("call", tool_name, is_async, function_blob, args)``, where
   ``function_blob`` comes from :func:`~shoal.executors._shipping.dumps_callable`;
 * worker -> parent, per call: ``("ok", value)`` or ``("error", exception_blob | None, type,
@@ -16,7 +18,12 @@ Calls and ``ok`` replies are cloudpickled whole rather than holding separately p
 with tens of megabytes of arguments or results, every copy counts.
 
 The worker runs one call at a time, for as long as the parent keeps its end of the command pipe
-open: end of file there (the parent closed the pool, or died) ends the worker, even mid-call.
+open: end of file there (the parent closed the pool, or died) ends the worker, even mid-call,
+and with it every process its tools started (it is their subreaper, see
+:mod:`shoal.executors._reaper`).
+
+The parent loads the replies with :func:`shoal.executors.results.load_result`: this side runs
+the tools' code and is not trusted to run code there.
 
 Imports stay few on purpose: starting a worker is paid for by the call that needs one.
 """
@@ -178,6 +185,9 @@ def exit_with_group() -> None:
     """
     import signal
 
+    from shoal.executors._reaper import kill_tree
+
+    kill_tree(os.getpid(), include_root=False)  # those that left the group too
     if os.getpgrp() == os.getpid():
         with contextlib.suppress(OSError):
             os.killpg(os.getpid(), signal.SIGKILL)  # this process included: the exit
@@ -194,9 +204,20 @@ def start_watchdog(cmd_fd: int) -> None:
         threading.stack_size(previous)
 
 
-def configure(body: bytes) -> int | None:
-    """Adopt the parent's import path and apply the limits; return the per-call CPU budget."""
-    _, parent_path, (memory, cpu_seconds, open_files) = pickle.loads(body)
+def configure(body: bytes, pipes: tuple[int, int]) -> int | None:
+    """Enter the sandbox if asked, adopt the parent's import path and apply the limits.
+
+    Returns the per-call CPU budget. Runs while the worker has a single thread (entering a
+    user namespace requires it).
+    """
+    from shoal.executors._reaper import become_subreaper
+
+    _, parent_path, (memory, cpu_seconds, open_files), sandbox = pickle.loads(body)
+    if sandbox == "namespace":
+        from shoal.executors._sandbox import enter
+
+        enter(pipes)  # from here on, this is process 1 of the sandbox's PID namespace
+    become_subreaper()  # orphans of the tools' processes stay below this worker
     sys.path[:] = parent_path  # import exactly what the parent would
     apply_limits(memory, open_files)
     return cpu_seconds  # type: ignore[no-any-return]
@@ -212,7 +233,7 @@ def main(argv: list[str]) -> int:
     if config is None:
         return 0
     try:
-        cpu_seconds = configure(config)
+        cpu_seconds = configure(config, (cmd_fd, reply_fd))
     except Exception as exc:
         write_message(replies, error_reply(exc))
         return 1

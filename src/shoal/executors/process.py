@@ -75,11 +75,15 @@ from shoal.exceptions import (
     WorkerCrashedError,
 )
 from shoal.executors._errors import rebuild_error
+from shoal.executors._reaper import kill_tree
+from shoal.executors._sandbox import problem as sandbox_problem
 from shoal.executors._shipping import dumps, dumps_callable
 from shoal.executors.base import Call, Executor
+from shoal.executors.results import load_result
 from shoal.limits import ProcessLimits
 
-__all__ = ["ALLOWED_ENV", "QUARANTINE_AFTER", "ProcessExecutor", "describe_exit", "worker_env"]
+__all__ = ["ALLOWED_ENV", "QUARANTINE_AFTER", "SANDBOXES", "ProcessExecutor", "check_sandbox",
+           "describe_exit", "sandbox_problem", "worker_env"]
 
 #: Environment variables a worker inherits without being asked (plus every ``LC_*``).
 ALLOWED_ENV: frozenset[str] = frozenset({
@@ -92,6 +96,7 @@ QUARANTINE_AFTER = 3
 
 _HEADER = struct.Struct(">Q")
 _PIPE_SIZE = 1 << 20  # bytes of pipe buffer asked for (Linux's default maximum)
+_PREALLOCATE = 1 << 26  # bytes of a message allocated before they arrive, at most
 _REAP_GRACE = 2.0  # seconds a worker whose pipe closed gets to exit before it is killed
 _SHOAL_ROOT = str(Path(__file__).resolve().parents[2])  # the directory holding the package
 
@@ -149,12 +154,15 @@ class _WorkerDied(Exception):
 class _MessageReader(asyncio.Protocol):
     """Assembles length-prefixed messages from a worker's reply pipe, as data arrives.
 
-    Each body is filled in place into a buffer of its announced size: one copy, however large.
+    Each body is filled in place into a buffer of its announced size, allocated up front (one
+    copy, however large) up to :data:`_PREALLOCATE`; past that it grows as data arrives, so
+    that a worker announcing a terabyte costs only what it actually sends.
     """
 
     def __init__(self) -> None:
         self._header = bytearray()
         self._body: bytearray | None = None
+        self._size = 0  # the announced size of the body being filled
         self._filled = 0
         self._messages: deque[bytearray] = deque()
         self._waiter: asyncio.Future[None] | None = None
@@ -168,15 +176,17 @@ class _MessageReader(asyncio.Protocol):
                 self._header += view[:need]
                 view = view[need:]
                 if len(self._header) == _HEADER.size:
-                    self._body = bytearray(_HEADER.unpack(self._header)[0])
+                    self._size = _HEADER.unpack(self._header)[0]
+                    self._body = bytearray(min(self._size, _PREALLOCATE))
                     self._header.clear()
                     self._filled = 0
             else:
-                take = min(len(view), len(self._body) - self._filled)
+                take = min(len(view), self._size - self._filled)
+                # in place within the buffer; past its end, the assignment appends
                 self._body[self._filled:self._filled + take] = view[:take]
                 self._filled += take
                 view = view[take:]
-            if self._body is not None and self._filled == len(self._body):
+            if self._body is not None and self._filled == self._size:
                 self._messages.append(self._body)
                 self._body = None
                 self._wake()
@@ -244,20 +254,17 @@ class _Worker:
         self._write_pipe.write(_HEADER.pack(len(body)))
         self._write_pipe.write(body)
 
-    async def receive(self) -> tuple[Any, ...]:
-        """The next reply, unpickled; :class:`_WorkerDied` if the pipe ends first."""
-        body = await self.reader.receive()
-        reply: tuple[Any, ...] = pickle.loads(body)
-        return reply
+    async def receive(self) -> Any:
+        """The next reply, loaded with the restricted loader; :class:`_WorkerDied` at its end."""
+        return load_result(await self.reader.receive(), "a reply from a worker process")
 
     def kill(self) -> None:
-        """SIGKILL the worker and whatever it started (its process group), unless reaped.
+        """SIGKILL the worker and whatever it started (all its descendants), unless reaped.
 
         Until it is reaped its pid, which is also its group's id, cannot be reused.
         """
         if self.proc.returncode is None:
-            with suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+            kill_tree(self.proc.pid)
 
     async def reap(self) -> int:
         """Wait for the process to end (killing it if it lingers); close the pipes."""
@@ -297,8 +304,7 @@ def _widen(*fds: int) -> None:
 def _kill_pids(pids: set[int]) -> None:
     """The safety net of an unclosed pool: kill its workers (at collection or at exit)."""
     for pid in list(pids):
-        with suppress(OSError):
-            os.killpg(pid, signal.SIGKILL)
+        kill_tree(pid)
     pids.clear()
 
 
@@ -308,14 +314,18 @@ class ProcessExecutor(Executor):
     Args:
         max_workers: the most worker processes alive at once, across all profiles.
         pass_env: environment variable names every worker may see besides :data:`ALLOWED_ENV`.
+        sandbox: ``"none"``, or ``"namespace"`` to run each worker in user, PID and mount
+            namespaces of its own (Linux): see :mod:`shoal.executors._sandbox`.
     """
 
     name = "process"
 
-    def __init__(self, max_workers: int, *, pass_env: Sequence[str] = ()) -> None:
+    def __init__(self, max_workers: int, *, pass_env: Sequence[str] = (),
+                 sandbox: str = "none") -> None:
         if os.name != "posix":
             raise ConfigError("isolation='process' needs a POSIX system (Linux, macOS); "
                               "use 'thread' or 'ray' here")
+        self.sandbox = check_sandbox(sandbox)
         self.max_workers = max(1, max_workers)
         self.pass_env = tuple(pass_env)
         self._idle: dict[Profile, list[_Worker]] = {}
@@ -506,16 +516,22 @@ class ProcessExecutor(Executor):
     async def _handshake(self, worker: _Worker, limits: ProcessLimits | None) -> None:
         given = limits or ProcessLimits()
         worker.send(pickle.dumps(("config", list(sys.path),
-                                  (given.memory, given.cpu_seconds, given.open_files))))
+                                  (given.memory, given.cpu_seconds, given.open_files),
+                                  self.sandbox)))
         try:
             reply = await worker.receive()
         except _WorkerDied:
             code = await worker.reap()
             raise ExecutorError(f"a worker process failed to start ({describe_exit(code)}); "
                                 "its error output says why") from None
-        if reply[0] != "ready":
+        if not (isinstance(reply, tuple) and reply[:1] == ("ready",)):
+            if isinstance(reply, tuple) and len(reply) == 5 and reply[2].endswith(
+                    "SandboxError"):
+                raise ExecutorError(f"a worker process could not start: {reply[3]}")
+            detail = (f"{reply[2]}: {reply[3]}" if isinstance(reply, tuple) and len(reply) == 5
+                      else "it sent a malformed reply")
             raise ExecutorError(f"a worker process could not apply its limits {limits}: "
-                                f"{reply[2]}: {reply[3]}")
+                                f"{detail}")
 
     def _release(self, worker: _Worker) -> None:
         if worker in self._live:  # not retired by close() meanwhile
@@ -553,7 +569,11 @@ class ProcessExecutor(Executor):
         """Reap a worker that died during ``call``; count the crash against the tool."""
         retired = worker.retired
         self._forget(worker)
-        code = await asyncio.shield(self._reap(worker))
+        code = await asyncio.shield(self._reap(worker))  # first: it reports how it ended
+        # What its tool started in the worker's group outlives it: end those now. The group's
+        # id stays reserved while any member lives (an empty group is gone: ESRCH).
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(worker.pid, signal.SIGKILL)
         if retired:
             return ExecutorError(f"the process pool was closed while tool {call.tool.name!r} "
                                  "was running")
@@ -561,6 +581,20 @@ class ProcessExecutor(Executor):
         self._crashes[key] = self._crashes.get(key, 0) + 1
         self.workers_crashed += 1
         return WorkerCrashedError(call.tool.name, describe_exit(code, worker.profile[0]), code)
+
+
+#: The values of ``Runtime(process_sandbox=...)``.
+SANDBOXES = ("none", "namespace")
+
+
+def check_sandbox(sandbox: str) -> str:
+    """``sandbox`` if this platform can have it; else :class:`ConfigError` saying why not."""
+    if sandbox not in SANDBOXES:
+        raise ConfigError(f"process_sandbox must be one of {SANDBOXES}, got {sandbox!r}")
+    if sandbox == "namespace" and not sys.platform.startswith("linux"):
+        raise ConfigError("process_sandbox='namespace' needs Linux (user, PID and mount "
+                          "namespaces); use process_sandbox='none' here")
+    return sandbox
 
 
 def _profile(call: Call) -> Profile:
@@ -582,14 +616,27 @@ def _call_message(call: Call) -> bytes:
 
 
 def _unwrap(call: Call, body: bytearray) -> Any:
-    """The value of an ``ok`` reply; raise the error of an ``error`` reply."""
-    try:
-        # pickle reads the bytearray in place (cloudpickle output is plain pickle): no copy
-        reply = pickle.loads(body)
-    except Exception as exc:  # only an ``ok`` reply holds objects of the tool's making
-        raise SerializationError(f"the result of tool {call.tool.name!r} cannot be "
-                                 f"unpickled here: {type(exc).__name__}: {exc}") from exc
-    if reply[0] == "ok":
+    """The value of an ``ok`` reply; raise the error of an ``error`` reply.
+
+    The worker runs the tool's code, so its reply is untrusted: it is loaded with
+    :func:`~shoal.executors.results.load_result` (allowed types only, nothing runs here),
+    unless the tool is marked ``trust_results``.
+    """
+    name = call.tool.name
+    trusted = call.tool.policy.trust_results
+    if trusted:
+        try:
+            # pickle reads the bytearray in place (cloudpickle output is plain pickle): no copy
+            reply = pickle.loads(body)
+        except Exception as exc:  # only an ``ok`` reply holds objects of the tool's making
+            raise SerializationError(f"the result of tool {name!r} cannot be unpickled here: "
+                                     f"{type(exc).__name__}: {exc}") from exc
+    else:
+        reply = load_result(body, f"the result of tool {name!r}")
+    if isinstance(reply, tuple) and len(reply) == 2 and reply[0] == "ok":
         return reply[1]
-    _, blob, type_name, message, text = reply
-    raise rebuild_error(blob, type_name, message, text)
+    if isinstance(reply, tuple) and len(reply) == 5 and reply[0] == "error":
+        _, blob, type_name, message, text = reply
+        raise rebuild_error(blob, type_name, message, text, trusted=trusted)
+    raise SerializationError(f"the worker process running tool {name!r} sent a malformed "
+                             "reply")

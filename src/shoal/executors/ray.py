@@ -78,6 +78,7 @@ from shoal.executors._errors import error_reply, rebuild_error
 from shoal.executors._results import unawaited_result
 from shoal.executors._shipping import dumps, dumps_callable, loads, loads_callable
 from shoal.executors.base import Call, Executor
+from shoal.executors.results import load_result
 from shoal.tools import Tool
 
 __all__ = ["CANCEL_GRACE", "POOL_CONCURRENCY", "RayExecutor", "ray_options", "worker_path"]
@@ -503,7 +504,7 @@ def _pack(call: Call) -> bytes:
 def _unpack_reply(name: str, reply: bytes) -> Any:
     """The tool's value, or raise its error (rebuilt here, with the worker's traceback)."""
     try:
-        kind, *rest = loads(reply)
+        kind, *rest = load_result(reply, "the reply")
     except Exception as exc:
         raise SerializationError(f"the result of tool {name!r} could not be unpickled here: "
                                  f"{type(exc).__name__}: {exc}") from exc

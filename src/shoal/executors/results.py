@@ -1,0 +1,293 @@
+"""Loading what an isolated worker sends back, without letting it run code in this process.
+
+A pickle is a small program: loading one calls whatever functions it names (``os.system``,
+``eval``, ``subprocess.Popen``...). Tool code running in a process worker or a Ray task is the
+untrusted side, so everything such a worker sends back (results, errors, replies) is loaded
+here with a restricted unpickler that builds only values of allowed types:
+
+* plain data: ``None``, bools, numbers, ``str``, ``bytes``, ``bytearray``, lists, tuples,
+  dicts, sets, frozensets, ``slice``, ``range``; the builtin exceptions;
+* ``datetime`` (``date``, ``time``, ``datetime``, ``timedelta``, ``timezone``),
+  ``zoneinfo.ZoneInfo``, ``decimal.Decimal``, ``fractions.Fraction``, ``uuid.UUID``,
+  :mod:`pathlib` paths, ``collections`` ``OrderedDict``, ``deque``, ``Counter`` and
+  ``defaultdict`` (whose factory must itself be allowed), ``os.stat_result``,
+  ``time.struct_time``;
+* classes of the kinds tools return, found in a module this process has imported already:
+  dataclasses, pydantic models, ``NamedTuple`` classes, enums and exception classes;
+* whatever the application registers with :func:`allow_result_types` (say, ``numpy.ndarray``
+  and the reconstructor function it pickles with).
+
+Everything else is refused with a :class:`~shoal.exceptions.SerializationError` naming it:
+functions, code objects, modules, ``type``, ``getattr``, ``eval`` and every other callable that
+is not an allowed class, classes pickled by value (cloudpickle's classes of ``__main__`` or of a
+closure), and any name from a module that is not imported here: loading a reply never imports
+anything (a worker shares the file system, so it could write a module for the parent to
+import). Allowed classes are only ever called (``cls(*args)``, ``cls.__new__``) or given their
+state; instances are never called, and a class's attributes are never set.
+
+A tool whose code is as trusted as the application's own can opt out:
+``@tool(trust_results=True)`` makes the process backend load its replies with plain pickle.
+
+Loading has two stages, for speed: the C unpickler loads data that names only immutable builtin
+types (most replies); a reply that names anything else is loaded again by the pure-Python
+unpickler, which checks each call and each state it applies.
+"""
+
+from __future__ import annotations
+
+import builtins
+import collections
+import copyreg
+import dataclasses
+import datetime
+import decimal
+import enum
+import fractions
+import io
+import os
+import pathlib
+import pickle
+import sys
+import threading
+import time
+import types
+import uuid
+import zoneinfo
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import pydantic
+
+from shoal.exceptions import SerializationError
+
+__all__ = ["allow_result_types", "load_result"]
+
+_Global = tuple[str, str]
+
+_IMMUTABLE_TYPES: tuple[type, ...] = (
+    object, bool, int, float, complex, str, bytes, bytearray, list, tuple, dict, set,
+    frozenset, slice, range, datetime.date, datetime.time, datetime.datetime,
+    datetime.timedelta, datetime.timezone, decimal.Decimal, collections.OrderedDict,
+    collections.deque, collections.defaultdict, os.stat_result, time.struct_time,
+)  # fmt: skip
+_PYTHON_TYPES: tuple[type, ...] = (
+    fractions.Fraction, uuid.UUID, collections.Counter, pathlib.PurePath,
+    pathlib.PurePosixPath, pathlib.PureWindowsPath, pathlib.Path, pathlib.PosixPath,
+    pathlib.WindowsPath, zoneinfo.ZoneInfo,
+)  # fmt: skip
+
+
+def _name(obj: Any) -> _Global:
+    return (obj.__module__, obj.__qualname__)
+
+
+def _builtin_exceptions() -> dict[_Global, Any]:
+    return {("builtins", k): v for k, v in vars(builtins).items()
+            if isinstance(v, type) and issubclass(v, BaseException)}
+
+
+# Names the fast stage resolves: types implemented in C, whose attributes cannot be set.
+_FAST: dict[_Global, Any] = {
+    **{_name(t): t for t in _IMMUTABLE_TYPES}, **_builtin_exceptions()}
+
+
+def _reconstructor(cls: Any, base: Any, state: Any) -> Any:
+    """``copyreg._reconstructor`` (protocols 0 and 1), for allowed classes only."""
+    _check_class(cls)
+    _check_class(base)
+    return copyreg._reconstructor(cls, base, state)  # type: ignore[attr-defined]
+
+
+def _newobj(cls: Any, *args: Any) -> Any:
+    """``copyreg.__newobj__``, for allowed classes only."""
+    _check_class(cls)
+    return cls.__new__(cls, *args)
+
+
+def _newobj_ex(cls: Any, args: Any, kwargs: Any) -> Any:
+    """``copyreg.__newobj_ex__``, for allowed classes only."""
+    _check_class(cls)
+    return cls.__new__(cls, *args, **kwargs)
+
+
+_unpickle_zone: Any = zoneinfo.ZoneInfo._unpickle  # type: ignore[attr-defined]
+# Bound methods pickle as getattr(owner, name): these are the only ones results may name.
+_METHODS: dict[tuple[int, str], Any] = {(id(zoneinfo.ZoneInfo), "_unpickle"): _unpickle_zone}
+
+
+def _getattr(owner: Any, name: Any) -> Any:
+    """``getattr`` as pickles of bound methods use it, for the few methods in :data:`_METHODS`."""
+    found = _METHODS.get((id(owner), name)) if isinstance(name, str) else None
+    if found is None:
+        raise SerializationError(f"it looks up attribute {name!r} of {owner!r}, which results "
+                                 "may not")
+    return found
+
+
+# Names the careful stage resolves to something other than a class (or to a checked stand-in).
+_FUNCTIONS: dict[_Global, Any] = {
+    ("copyreg", "_reconstructor"): _reconstructor,
+    ("copyreg", "__newobj__"): _newobj,
+    ("copyreg", "__newobj_ex__"): _newobj_ex,
+    ("zoneinfo", "ZoneInfo._unpickle"): _unpickle_zone,
+    ("builtins", "getattr"): _getattr,
+}
+_SAFE_CALLABLES: frozenset[int] = frozenset(id(f) for f in _FUNCTIONS.values())
+
+_lock = threading.Lock()
+_registered: dict[int, Any] = {}  # id -> class or function the application allowed
+
+
+def allow_result_types(*objects: type | Callable[..., Any]) -> None:
+    """Let results from process and Ray workers contain these classes (and their instances).
+
+    Pass classes, and, for libraries whose objects pickle through a reconstructor function,
+    that function too (the error that refused a result names what it needs), e.g.
+    ``allow_result_types(numpy.ndarray, numpy.dtype, numpy.core.multiarray._reconstruct)``.
+    An allowed class may be called with arguments of the worker's choosing and have its
+    ``__setstate__`` run, so allow only classes for which that is harmless. Applies to every
+    runtime of this process, from now on.
+    """
+    for obj in objects:
+        if not isinstance(obj, type | types.FunctionType | types.MethodType
+                          | types.BuiltinFunctionType):
+            raise TypeError(f"allow_result_types takes classes and functions, got {obj!r}")
+    with _lock:
+        for obj in objects:
+            _registered[id(obj)] = obj
+
+
+def _refused(module: str, name: str, why: str) -> SerializationError:
+    return SerializationError(
+        f"it names {module}.{name}, {why}; only plain data and allowed classes come back from "
+        "worker processes (see shoal.executors.results: allow a class with "
+        "allow_result_types(...), or trust a tool fully with @tool(trust_results=True))")
+
+
+def _class_allowed(cls: type) -> bool:
+    """Whether instances of ``cls`` may be built from a worker's reply."""
+    if id(cls) in _registered or cls in _IMMUTABLE_TYPES or cls in _PYTHON_TYPES:
+        return True
+    return (issubclass(cls, BaseException | enum.Enum | pydantic.BaseModel)
+            or dataclasses.is_dataclass(cls)
+            or (issubclass(cls, tuple) and "_fields" in vars(cls)))  # a NamedTuple
+
+
+def _check_class(cls: Any) -> None:
+    if not (isinstance(cls, type) and _class_allowed(cls)):
+        raise SerializationError(f"it builds an object of {cls!r}, which is not an allowed "
+                                 "class")
+
+
+def _lookup(module: str, name: str) -> Any:
+    """``module.name`` as this process has it, found without importing or running anything."""
+    found: Any = sys.modules.get(module)
+    if found is None:
+        raise _refused(module, name, f"from module {module!r}, which is not imported in this "
+                                     "process (loading a result never imports a module)")
+    for part in name.split("."):
+        try:
+            namespace = vars(found)
+        except TypeError:
+            namespace = {}
+        if part not in namespace:
+            raise _refused(module, name, "which does not exist here")
+        found = namespace[part]
+    return found
+
+
+def _resolve(module: str, name: str) -> Any:
+    """What the careful stage lets a pickle name, or raise naming what it refused."""
+    special = _FUNCTIONS.get((module, name))
+    if special is not None:
+        return special
+    found = _lookup(module, name)
+    if id(found) in _registered:
+        return found
+    if isinstance(found, type) and _class_allowed(found):
+        return found
+    what = ("a class that is not allowed" if isinstance(found, type)
+            else f"a {type(found).__name__}, which results may not contain")
+    raise _refused(module, name, what)
+
+
+class _NeedsCare(Exception):
+    """The fast stage met a name it does not resolve: load again, carefully."""
+
+
+class _FastUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str, /) -> Any:
+        found = _FAST.get((module, name))
+        if found is None:
+            raise _NeedsCare
+        return found
+
+
+_PyUnpickler: Any = pickle._Unpickler  # the pure-Python one
+_BASE: dict[int, Callable[[Any], None]] = _PyUnpickler.dispatch
+
+
+class _CarefulUnpickler(_PyUnpickler):  # type: ignore[misc]
+    """The pure-Python unpickler, checking every name, call, new object and state it applies."""
+
+    dispatch: ClassVar[dict[int, Callable[[Any], None]]] = dict(_BASE)
+    stack: list[Any]
+
+    def find_class(self, module: str, name: str) -> Any:
+        return _resolve(module, name)
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise SerializationError("it holds a persistent id, which results may not")
+
+    def get_extension(self, code: int) -> Any:
+        raise SerializationError(f"it names copyreg extension {code}, which results may not")
+
+    def _instantiate(self, klass: Any, args: Any) -> None:
+        _check_class(klass)
+        _PyUnpickler._instantiate(self, klass, args)
+
+    def load_reduce(self) -> None:
+        func = self.stack[-2]
+        if id(func) not in _SAFE_CALLABLES and id(func) not in _registered:
+            _check_class(func)  # an instance of an allowed class is never called
+        _BASE[pickle.REDUCE[0]](self)
+
+    def load_newobj(self) -> None:
+        _check_class(self.stack[-2])
+        _BASE[pickle.NEWOBJ[0]](self)
+
+    def load_newobj_ex(self) -> None:
+        _check_class(self.stack[-3])
+        _BASE[pickle.NEWOBJ_EX[0]](self)
+
+    def load_build(self) -> None:
+        target = self.stack[-2]
+        if isinstance(target, type) or not _class_allowed(type(target)):
+            # classes, modules, functions: setting their attributes would change this process
+            raise SerializationError(f"it sets the state of {target!r}, which results may not")
+        _BASE[pickle.BUILD[0]](self)
+
+    dispatch[pickle.REDUCE[0]] = load_reduce
+    dispatch[pickle.NEWOBJ[0]] = load_newobj
+    dispatch[pickle.NEWOBJ_EX[0]] = load_newobj_ex
+    dispatch[pickle.BUILD[0]] = load_build
+
+
+def load_result(blob: bytes | bytearray, what: str) -> Any:
+    """Unpickle a reply from an isolated worker, building only allowed types.
+
+    ``what`` names the reply in the error (``"the result of tool 'fetch'"``): a
+    :class:`~shoal.exceptions.SerializationError` says what was refused, or why the bytes do
+    not load.
+    """
+    data = blob if isinstance(blob, bytes) else bytes(blob)
+    try:
+        try:
+            return _FastUnpickler(io.BytesIO(data)).load()
+        except _NeedsCare:
+            return _CarefulUnpickler(io.BytesIO(data)).load()
+    except SerializationError as exc:
+        raise SerializationError(f"{what} was refused: {exc}") from None
+    except Exception as exc:
+        raise SerializationError(f"{what} cannot be unpickled here: {type(exc).__name__}: "
+                                 f"{exc}") from exc
