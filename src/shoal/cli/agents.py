@@ -29,6 +29,8 @@ from shoal.agents.result import AgentResult
 from shoal.cli.agent_journal import AgentJournal
 from shoal.cli.interrupt import EXIT_INTERRUPTED, CtrlC
 from shoal.cli.live import LivePause
+from shoal.cli.render import announce
+from shoal.cli.safe import safe_str
 from shoal.cli.tree import AgentTree, render_tree
 from shoal.events import JsonlSink
 from shoal.exceptions import AgentError, ConfigError, ModelError, ShoalError
@@ -38,6 +40,7 @@ from shoal.runtime import Runtime
 __all__ = ["AgentOptions", "is_agent_target", "load_agent", "model_option", "run_agent_target"]
 
 REFRESH_PER_SECOND = 8
+ANSWER_WIDTH = 20_000  # characters of the answer shown (--json has it whole)
 PLAN_SUFFIXES = (".yaml", ".yml", ".json")
 
 
@@ -148,8 +151,10 @@ async def _drive(agent: Agent[Any], options: AgentOptions, sinks: list[Any], con
                  ) -> tuple[AgentResult[Any] | None, BaseException | None, bool]:
     runtime = options.runtime or Runtime()
     journal = options.journal
-    if journal is not None and not options.resume:
-        journal.begin(options.target, options.prompt or "", options.model_spec)
+    if journal is not None:
+        if not options.resume:
+            journal.begin(options.target, options.prompt or "", options.model_spec)
+        announce(journal.run_id, options.resume, getattr(journal.store, "path", "the store"))
     beating = asyncio.ensure_future(journal.beat()) if journal is not None else None
     result: AgentResult[Any] | None = None
     interrupted = False
@@ -207,7 +212,8 @@ def _print(result: AgentResult[Any] | None, error: BaseException | None, as_json
     title = f"shoal · agent run {result.run_id}" if result is not None else "shoal"
     parts: list[Any] = [render_tree(view, title)]
     if result is not None and result.status == "ok":
-        parts.append(Panel(Text(str(result.output)), title="answer", title_align="left"))
+        answer = safe_str(result.output, ANSWER_WIDTH)
+        parts.append(Panel(Text(answer), title="answer", title_align="left"))
     if result is not None:
         usage = result.usage
         parts.append(Text(f"{result.turns} turns by the lead, {usage.requests} model requests, "
@@ -216,5 +222,5 @@ def _print(result: AgentResult[Any] | None, error: BaseException | None, as_json
                           + f", {result.duration:.2f} s", style="dim"))
     console.print(Group(*parts))
     if error is not None:
-        sys.stderr.write(f"error: {error}\n")
+        sys.stderr.write(f"error: {safe_str(error, ANSWER_WIDTH)}\n")
 

@@ -27,7 +27,10 @@ from rich.table import Table
 from rich.text import Text
 
 from shoal.cli.agent_journal import is_agent_record
-from shoal.cli.render import STATUS_STYLES, detail, seconds
+from shoal.cli.render import ID_WIDTH, STATUS_STYLES, detail, seconds
+from shoal.cli.safe import clean, one_line
+from shoal.cli.safe import console as safe_console
+from shoal.cli.safe import text as safe_text
 from shoal.exceptions import ShoalError
 from shoal.outcome import STATUSES, jsonable
 from shoal.store.base import ApprovalRecord, AttemptRecord, RunRecord, StoredOutcome
@@ -37,7 +40,7 @@ from shoal.store.sqlite import DEFAULT_PATH, SQLiteStore
 __all__ = ["DEFAULT_PATH", "live_status", "open_journal", "parse_mark_done", "register"]
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
-WIDTH = 120  # rich squeezes tables to 80 columns when stdout is not a terminal
+ARGUMENTS_WIDTH = 300  # of an approval's arguments and reason (--json has them whole)
 
 StoreOption = Annotated[Path, typer.Option(
     "--store", metavar="PATH", help="The journal file.", show_default=True,
@@ -94,14 +97,14 @@ def parse_mark_done(items: Sequence[str]) -> dict[str, Any]:
 
 
 def _fail(message: str, as_json: bool, kind: str = "journal") -> int:
-    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.write(f"error: {clean(message, newlines=True)}\n")
     if as_json:
         sys.stdout.write(json.dumps({"error": kind, "message": message}, indent=2) + "\n")
     return EXIT_BAD_INPUT
 
 
 def _console() -> Console:
-    return Console(highlight=False, width=None if sys.stdout.isatty() else WIDTH)
+    return safe_console()
 
 
 def _when(epoch: float | None) -> str:
@@ -116,7 +119,7 @@ def _duration(record: RunRecord) -> float:
 
 def _status_text(status: str) -> Text:
     styles = {**STATUS_STYLES, "finished": "green", "running": "cyan", "interrupted": "red"}
-    return Text(status, style=styles.get(status, ""))
+    return safe_text(status, styles.get(status, ""), width=ID_WIDTH)
 
 
 # ---- shoal runs -----------------------------------------------------------------------------
@@ -142,8 +145,9 @@ def runs_command(store: StoreOption = DEFAULT_PATH, as_json: JsonOption = False,
     """List runs from the journal, newest first: status, nodes, duration."""
     try:
         # an agent run's steps have ids below the run's ("RUN/lead/model-1"): hidden by default
-        found = open_journal(store).list_runs(limit if steps else limit * 50)
-        records = [r for r in found if steps or "/" not in r.run_id][:limit]
+        journal = open_journal(store)
+        found = journal.list_runs(limit if steps else limit * 50)
+        records = _with_source(journal, [r for r in found if steps or "/" not in r.run_id][:limit])
     except ShoalError as exc:
         raise typer.Exit(_fail(str(exc), as_json)) from None
     if as_json:
@@ -158,10 +162,18 @@ def runs_command(store: StoreOption = DEFAULT_PATH, as_json: JsonOption = False,
                           ("plan", "left")):
         table.add_column(name, justify=justify, no_wrap=name != "plan")  # type: ignore[arg-type]
     for r in records:
-        table.add_row(r.run_id, _status_text(live_status(r)), str(r.nodes), _counts(r.counts),
-                      _when(r.started_at), seconds(_duration(r)),
-                      r.name or Path(str(r.source.get("path", ""))).name or "-")
+        table.add_row(safe_text(r.run_id, width=ID_WIDTH), _status_text(live_status(r)),
+                      str(r.nodes), _counts(r.counts), _when(r.started_at),
+                      seconds(_duration(r)), safe_text(
+                          r.name or Path(str(r.source.get("path", ""))).name or "-",
+                          width=ID_WIDTH))
     _console().print(table)
+
+
+def _with_source(journal: SQLiteStore, records: list[RunRecord]) -> list[RunRecord]:
+    """The records with their ``source`` (``list_runs`` leaves it out: it can be large)."""
+    full = [journal.get_run(r.run_id) for r in records]
+    return [f if f is not None else r for f, r in zip(full, records, strict=True)]
 
 
 def _counts(counts: Mapping[str, int]) -> Text:
@@ -232,8 +244,9 @@ def _show_view(record: RunRecord, outcomes: Mapping[str, StoredOutcome],
                attempts: Sequence[AttemptRecord],
                approvals: Sequence[ApprovalRecord]) -> RenderableType:
     status = live_status(record)
-    head = Text.assemble(("run ", "bold"), (record.run_id, "bold"), "  ", _status_text(status))
-    where = record.source.get("path") or record.name
+    head = Text.assemble(("run ", "bold"), safe_text(record.run_id, "bold", width=ID_WIDTH), "  ",
+                         _status_text(status))
+    where = one_line(str(record.source.get("path") or record.name or ""), ID_WIDTH * 4)
     head.append(f"\n{record.nodes} nodes · started {_when(record.started_at)} · took "
                 f"{seconds(_duration(record))} · {record.sessions} session"
                 f"{'s' if record.sessions != 1 else ''}{f' · {where}' if where else ''}")
@@ -245,7 +258,7 @@ def _show_view(record: RunRecord, outcomes: Mapping[str, StoredOutcome],
         parts.append(_approval_table(approvals))
     if status == "interrupted":
         parts.append(Text(f"the process running it stopped; continue with: shoal resume "
-                          f"{record.run_id}", style="yellow"))
+                          f"{clean(record.run_id)}", style="yellow"))
     return Group(*parts)
 
 
@@ -261,12 +274,15 @@ def _node_table(record: RunRecord, outcomes: Mapping[str, StoredOutcome],
         stored = outcomes.get(node_id)
         if stored is None:
             state = "in flight" if node_id in flying else "not run"
-            table.add_row(node_id, str(facts[0]), Text(state, style="dim"), "-", "-", "-", "")
+            table.add_row(safe_text(node_id, width=ID_WIDTH),
+                          safe_text(str(facts[0]), width=ID_WIDTH), Text(state, style="dim"),
+                          "-", "-", "-", "")
             continue
         o = stored.outcome
         started = f"{o.started_at:.2f}s" if o.started_at is not None else "-"
         took = seconds(o.duration) if o.started_at is not None else "-"
-        table.add_row(o.node_id, o.tool, Text(o.status, style=STATUS_STYLES.get(o.status, "")),
+        table.add_row(safe_text(o.node_id, width=ID_WIDTH), safe_text(o.tool, width=ID_WIDTH),
+                      safe_text(o.status, STATUS_STYLES.get(o.status, ""), width=ID_WIDTH),
                       str(o.attempts), started, took,
                       Text(detail(o), no_wrap=True, overflow="ellipsis"))
     return table
@@ -278,7 +294,8 @@ def _edge_table(edges: Sequence[Mapping[str, str]]) -> Table:
     for name in ("from", "to", "why", "detail"):
         table.add_column(name, no_wrap=name != "detail")
     for e in edges:
-        table.add_row(e["source"], e["target"], e["kind"], e["detail"])
+        table.add_row(*(safe_text(str(e[k]), width=ID_WIDTH) for k in ("source", "target", "kind")),
+                      Text(one_line(str(e["detail"]), ID_WIDTH * 4)))
     return table
 
 
@@ -288,9 +305,13 @@ def _approval_table(approvals: Sequence[ApprovalRecord]) -> Table:
     for name in ("node", "tool", "decision", "by", "reason", "arguments"):
         table.add_column(name, no_wrap=name not in ("reason", "arguments"))
     for a in approvals:
-        style = {"approved": "green", "denied": "magenta", "pending": "yellow"}[a.decision]
-        table.add_row(a.node_id, a.tool or "-", Text(a.decision, style=style),
-                      a.decided_by or "-", a.reason or "", json.dumps(jsonable(a.arguments)))
+        style = {"approved": "green", "denied": "magenta", "pending": "yellow"}.get(a.decision, "")
+        table.add_row(safe_text(a.node_id, width=ID_WIDTH),
+                      safe_text(a.tool or "-", width=ID_WIDTH),
+                      safe_text(a.decision, style, width=ID_WIDTH),
+                      safe_text(a.decided_by or "-", width=ID_WIDTH),
+                      Text(one_line(a.reason or "", ARGUMENTS_WIDTH)),
+                      Text(one_line(json.dumps(jsonable(a.arguments)), ARGUMENTS_WIDTH)))
     return table
 
 
@@ -330,16 +351,16 @@ def cancel_command(
     status = live_status(record)
     if status != "running":
         hint = f"; resume it with: shoal resume {run_id}" if status == "interrupted" else ""
-        sys.stderr.write(f"run {run_id} is not running (it is {status}){hint}\n")
+        sys.stderr.write(clean(f"run {run_id} is not running (it is {status}){hint}") + "\n")
         raise typer.Exit(EXIT_FAILED)
     journal.request_cancel(run_id, nodes or (), reason=reason)
     what = f"node(s) {', '.join(nodes)}" if nodes else "the run"
     if wait and not _taken(journal, run_id, wait):
-        sys.stderr.write(f"asked to cancel {what} of {run_id}, but the run has not taken the "
-                         f"request within {wait:g} s; it will when it next looks\n")
+        sys.stderr.write(clean(f"asked to cancel {what} of {run_id}, but the run has not taken "
+                               f"the request within {wait:g} s; it will when it next looks") + "\n")
         raise typer.Exit(EXIT_FAILED)
-    sys.stderr.write(f"cancelled {what} of run {run_id}\n" if wait else
-                     f"asked to cancel {what} of run {run_id}\n")
+    sys.stderr.write(clean(f"cancelled {what} of run {run_id}" if wait else
+                           f"asked to cancel {what} of run {run_id}") + "\n")
 
 
 def _taken(journal: SQLiteStore, run_id: str, wait: float) -> bool:
@@ -424,15 +445,15 @@ def _recorded_plan(record: RunRecord, store: Path) -> Path:
     if path.exists():
         text = path.read_text(encoding="utf-8")
         if hashlib.sha256(text.encode("utf-8")).hexdigest() != source.get("sha256"):
-            sys.stderr.write(f"note: {path} changed since the run started; resuming only if "
-                             f"it still describes the same plan\n")
+            sys.stderr.write(f"note: {clean(str(path))} changed since the run started; resuming "
+                             f"only if it still describes the same plan\n")
         return path
     if "text" not in source:
         raise ShoalError(f"the plan file {str(path)!r} of run {record.run_id!r} is gone")
     copy = store.parent / f"plan-{record.run_id}{path.suffix}"
     copy.write_text(str(source["text"]), encoding="utf-8")
-    sys.stderr.write(f"note: {path} is gone; resuming with the copy kept in the journal "
-                     f"({copy})\n")
+    sys.stderr.write(f"note: {clean(str(path))} is gone; resuming with the copy kept in the "
+                     f"journal ({clean(str(copy))})\n")
     return copy
 
 

@@ -13,7 +13,9 @@ from rich.console import RenderableType
 from rich.text import Text
 from rich.tree import Tree
 
-from shoal.cli.render import STATUS_STYLES, seconds
+from shoal.cli.render import ID_WIDTH, STATUS_STYLES, seconds
+from shoal.cli.safe import one_line
+from shoal.cli.safe import text as safe_text
 from shoal.events import (
     AgentFinished,
     AgentStarted,
@@ -97,8 +99,8 @@ class AgentTree:
 def _label(row: Row, now: float) -> Text:
     text = Text()
     name = row.lineage.rsplit("/", 1)[-1]
-    text.append(name, style="bold" if row.is_agent else "")
-    text.append(f"  {row.status}", style=_STYLES.get(row.status, ""))
+    text.append(one_line(name, ID_WIDTH), style="bold" if row.is_agent else "")
+    text.append(f"  {one_line(row.status, ID_WIDTH)}", style=_STYLES.get(row.status, ""))
     took = (row.ended if row.ended is not None else now) - row.started
     text.append(f"  {seconds(max(took, 0.0))}", style="dim")
     if row.is_agent:
@@ -109,8 +111,7 @@ def _label(row: Row, now: float) -> Text:
 
 
 def _short(text: str, width: int = 70) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
+    return one_line(text, width)
 
 
 def _add(tree: Tree, view: AgentTree, lineage: str) -> None:
@@ -123,7 +124,8 @@ def _add(tree: Tree, view: AgentTree, lineage: str) -> None:
         counts: dict[str, int] = {}
         for call in hidden:
             counts[call.status] = counts.get(call.status, 0) + 1
-        summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        summary = ", ".join(f"{n} {one_line(status, ID_WIDTH)}"
+                            for status, n in sorted(counts.items()))
         branch.add(Text(f"… {len(hidden)} earlier calls: {summary}", style="dim"))
     skipped = {c.lineage for c in hidden}
     for child in children:
@@ -133,7 +135,7 @@ def _add(tree: Tree, view: AgentTree, lineage: str) -> None:
 
 def render_tree(view: AgentTree, title: str) -> RenderableType:
     """The tree of agents and calls as it stands."""
-    tree = Tree(Text(title, style="bold"), guide_style="dim")
+    tree = Tree(safe_text(title, "bold", width=ID_WIDTH * 2), guide_style="dim")
     for root in view.roots:
         _add(tree, view, root)
     return tree

@@ -51,14 +51,19 @@ def is_plain_json(value: Any) -> bool:
     """Whether ``value`` survives a JSON round trip unchanged: exact JSON types all the way down.
 
     Subclasses (``IntEnum``, ``OrderedDict``, ``str`` enums) and tuples are not plain: JSON
-    would hand them back as their base types.
+    would hand them back as their base types. A list or dict met twice (one that contains
+    itself, or one shared) is not plain either: JSON would copy it, or never end.
     """
     stack = [value]
+    seen: set[int] = set()
     while stack:
         item = stack.pop()
         kind = type(item)
         if kind in _SCALARS:
             continue
+        if id(item) in seen:
+            return False
+        seen.add(id(item))
         if kind is list:
             stack.extend(item)
         elif kind is dict:
