@@ -37,7 +37,8 @@ from shoal.store.base import ApprovalRecord, AttemptRecord, RunRecord, StoredOut
 from shoal.store.journal import STALE_AFTER
 from shoal.store.sqlite import DEFAULT_PATH, SQLiteStore
 
-__all__ = ["DEFAULT_PATH", "live_status", "open_journal", "parse_mark_done", "register"]
+__all__ = ["DEFAULT_PATH", "live_status", "open_journal", "parse_mark_done", "register",
+           "runs_table"]
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 ARGUMENTS_WIDTH = 300  # of an approval's arguments and reason (--json has them whole)
@@ -154,8 +155,13 @@ def runs_command(store: StoreOption = DEFAULT_PATH, as_json: JsonOption = False,
         sys.stdout.write(json.dumps([_run_dict(r) for r in records], indent=2) + "\n")
         return
     if not records:
-        _console().print(f"no runs in {store}")
+        _console().print(Text(f"no runs in {clean(str(store))}"))
         return
+    _console().print(runs_table(records))
+
+
+def runs_table(records: Sequence[RunRecord]) -> Table:
+    """The runs as ``shoal runs`` lists them: every field from the journal shown as text."""
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     for name, justify in (("run", "left"), ("status", "left"), ("nodes", "right"),
                           ("outcomes", "left"), ("started", "left"), ("took", "right"),
@@ -167,7 +173,7 @@ def runs_command(store: StoreOption = DEFAULT_PATH, as_json: JsonOption = False,
                       seconds(_duration(r)), safe_text(
                           r.name or Path(str(r.source.get("path", ""))).name or "-",
                           width=ID_WIDTH))
-    _console().print(table)
+    return table
 
 
 def _with_source(journal: SQLiteStore, records: list[RunRecord]) -> list[RunRecord]:

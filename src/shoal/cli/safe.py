@@ -23,6 +23,7 @@ JSON output (``--json``, ``--events``) needs none of this: ``json.dumps`` with i
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import reprlib
@@ -35,7 +36,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_HEIGHT", "MAX_WIDTH", "MIN_HEIGHT", "MIN_WIDTH", "PLAIN_WIDTH", "clean", "console",
-    "console_size", "is_safe", "one_line", "safe_repr", "safe_str", "shorten", "text",
+    "SPACE_RUN", "console_size", "is_safe", "json_view", "one_line", "safe_repr", "safe_str",
+    "shorten", "text", "view_text",
 ]
 
 PLAIN_WIDTH = 120  # when not a terminal: rich would otherwise squeeze tables to 80 columns
@@ -147,6 +149,73 @@ def text(value: str, style: str = "", *, newlines: bool = False,
 
     cleaned = clean(value, newlines=newlines)
     return Text(cleaned if width is None else shorten(cleaned, width), style=style)
+
+
+# Shown as \uXXXX in a JSON view so that the marker of a run of spaces cannot be faked.
+_MARKER_OPEN, _MARKER_CLOSE = "\u27e8", "\u27e9"
+SPACE_RUN = 4  # this many spaces in a row or more are shown as a counted marker
+_SPACES = re.compile(f" {{{SPACE_RUN},}}")
+
+
+def _json_escape(char: str) -> str:
+    code = ord(char)
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # astral: a surrogate pair, as JSON writes them
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
+def json_view(value: Any) -> str:
+    r"""``value`` (JSON-ready data) as one line of JSON with nothing hidden in it.
+
+    Strings are JSON strings, so a backslash is always ``\\`` and every ``\u`` escape
+    stands for a real character: controls, bidi overrides, zero-width characters, spaces
+    other than U+0020, lone surrogates (all escaped here), and the marker brackets of
+    :func:`view_text`. The result is valid JSON for the same value.
+    """
+    try:
+        found = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):  # not JSON-ready after all: its repr
+        return json.dumps(safe_repr(value, 10_000), ensure_ascii=True)
+    if found.isprintable() and _INVISIBLE.search(found) is None and _MARKER_OPEN not in found \
+            and _MARKER_CLOSE not in found:
+        return found
+    return "".join(char if is_safe(char) and char not in (_MARKER_OPEN, _MARKER_CLOSE)
+                   else _json_escape(char) for char in found)
+
+
+def view_text(view: str, limit: int | None = None) -> tuple[Text, int]:
+    """A :func:`json_view` for people: escapes highlighted, long runs of spaces counted.
+
+    ``ls -la`` followed by 240 spaces reads ``"ls -la⟨240 spaces⟩; curl ..."``, so what
+    follows the spaces is in plain sight. With ``limit``, at most that many characters of
+    ``view`` are shown; returns the text and how many characters were left out.
+    """
+    from rich.text import Text
+
+    shown = view if limit is None else view[:limit]
+    out = Text()
+    at = 0
+    for match in _SPACES.finditer(shown):
+        _append_escaped(out, shown[at:match.start()])
+        out.append(f"{_MARKER_OPEN}{len(match.group())} spaces{_MARKER_CLOSE}", style="reverse")
+        at = match.end()
+    _append_escaped(out, shown[at:])
+    return out, len(view) - len(shown)
+
+
+_ESCAPES = re.compile(r"\\\\|\\u[0-9a-fA-F]{4}|\\[nrtbf\"/]")
+
+
+def _append_escaped(out: Text, part: str) -> None:
+    """Append ``part``, highlighting the escapes that stand for unusual characters."""
+    at = 0
+    for match in _ESCAPES.finditer(part):
+        out.append(part[at:match.start()])
+        token = match.group()
+        out.append(token, style="" if token in ("\\\\", '\\"', "\\/") else "bold reverse")
+        at = match.end()
+    out.append(part[at:])
 
 
 def _size_from_env(name: str, low: int, high: int) -> int | None:
