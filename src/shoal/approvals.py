@@ -540,8 +540,7 @@ class ConsoleApprover(Approver):
         from shoal.cli.safe import text
 
         count = len(calls)
-        title = f"{count} call{'s need' if count != 1 else ' needs'} approval"
-        table = Table(title=title,
+        table = Table(title=f"{count} call{'s' if count != 1 else ''} need approval",
                       title_justify="left", show_lines=count > 1, header_style="bold")
         for name in ("#", "call", "from", "why"):
             table.add_column(name, overflow="fold")
