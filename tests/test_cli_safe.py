@@ -492,3 +492,30 @@ def test_console_approver_on_a_terminal_shows_the_hidden_tail(tmp_path: Path) ->
     assert code == 0, out
     assert "ran" in out
 
+
+
+def test_log_records_are_escaped() -> None:
+    import logging
+
+    from shoal.cli.safe import SafeFormatter
+
+    record = logging.LogRecord("shoal", logging.ERROR, "f", 1, "node %s failed:\n%s", (
+        "a\x1b[2J", "\x1b]0;t\x07\u202e"), None)
+    shown = SafeFormatter("%(message)s").format(record)
+    assert shown == "node a\\x1b[2J failed:\n\\x1b]0;t\\x07\\u202e"
+
+
+@pytest.mark.parametrize(("columns", "lines", "term"), [
+    ("0", "0", "xterm"), ("-5", "abc", "dumb"), ("99999999", "99999999", "xterm"),
+])
+def test_live_view_on_a_terminal_with_odd_sizes(workdir: Path, columns: str, lines: str,
+                                                 term: str) -> None:
+    session = Terminal(["run", "plan.json", "--no-store"], workdir, COLUMNS=columns,
+                       LINES=lines, TERM=term)
+    try:
+        out = session.wait_for("critical path")
+    finally:
+        code = session.close()
+    assert code == 1, out
+    assert "4 nodes" in out and "esc[/INST]" in out
+    assert "\x1b]0;" not in out and "\x9b" not in out  # the tool's sequences stayed text

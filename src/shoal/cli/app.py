@@ -33,7 +33,7 @@ from shoal.cli.interrupt import EXIT_INTERRUPTED, CtrlC
 from shoal.cli.journal import register as register_journal_commands
 from shoal.cli.live import SHOW_CURSOR, LivePause, follow
 from shoal.cli.render import announce, plan_problems, render_result
-from shoal.cli.safe import clean, one_line
+from shoal.cli.safe import clean, install_log_handler, one_line
 from shoal.cli.safe import console as safe_console
 from shoal.events import JsonlSink
 from shoal.exceptions import (
@@ -421,6 +421,7 @@ def main() -> None:
     Ctrl-C outside a run (say, while a slow tool module imports) needs nothing here: typer
     turns the KeyboardInterrupt into exit code 130 itself.
     """
+    install_log_handler()  # the library's warnings quote node ids and errors: escape them
     app()
 
 

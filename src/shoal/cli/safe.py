@@ -14,6 +14,7 @@ ids, tool names, values, errors, reasons, arguments) goes through this module:
   recurses forever, or is huge; a list that contains itself) within a bound, never raising.
 - :func:`text` wraps the result in a rich :class:`~rich.text.Text`, which rich never parses
   as markup (``[/INST]`` stays text); table cells built from plain ``str`` would be parsed.
+- :class:`SafeFormatter` (installed by :func:`install_log_handler`) escapes log records.
 - :func:`console` makes a rich console whose size stays sane whatever ``COLUMNS`` and
   ``LINES`` say (negative, zero, huge, not a number).
 
@@ -24,6 +25,7 @@ JSON output (``--json``, ``--events``) needs none of this: ``json.dumps`` with i
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import reprlib
@@ -35,7 +37,8 @@ if TYPE_CHECKING:
     from rich.text import Text
 
 __all__ = [
-    "MAX_HEIGHT", "MAX_WIDTH", "MIN_HEIGHT", "MIN_WIDTH", "PLAIN_WIDTH", "clean", "console",
+    "MAX_HEIGHT", "MAX_WIDTH", "MIN_HEIGHT", "MIN_WIDTH", "PLAIN_WIDTH", "SafeFormatter",
+    "clean", "console", "install_log_handler",
     "SPACE_RUN", "console_size", "is_safe", "json_view", "one_line", "safe_repr", "safe_str",
     "shorten", "text", "view_text",
 ]
@@ -218,6 +221,30 @@ def _append_escaped(out: Text, part: str) -> None:
     out.append(part[at:])
 
 
+class SafeFormatter(logging.Formatter):
+    """A log formatter whose output is escaped (see :func:`clean`; line feeds are kept)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as usual, then escaped: messages and tracebacks quote untrusted text."""
+        return clean(super().format(record), newlines=True)
+
+
+def install_log_handler(stream: IO[str] | None = None) -> logging.Handler | None:
+    """Send the ``shoal`` logger's warnings and errors to standard error, escaped.
+
+    Without a handler, Python's last-resort one would print them raw. Does nothing (returns
+    ``None``) when the application configured the ``shoal`` logger or the root logger already.
+    """
+    logger = logging.getLogger("shoal")
+    if logger.handlers or logging.getLogger().handlers:
+        return None
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(SafeFormatter("shoal: %(levelname)s: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    logger.addHandler(handler)
+    return handler
+
+
 def _size_from_env(name: str, low: int, high: int) -> int | None:
     """``$name`` as a size clamped to ``[low, high]``; ``None`` when unset or not a count."""
     raw = os.environ.get(name)
@@ -246,8 +273,8 @@ def console_size(stream: IO[str]) -> tuple[int | None, int | None]:
         tty = False
     if tty:
         try:
-            real = os.get_terminal_size(stream.fileno())
-            fallback_width, fallback_height = real.columns, real.lines
+            real = os.get_terminal_size(stream.fileno())  # 0 x 0 for a fresh pseudo-terminal
+            fallback_width, fallback_height = real.columns or PLAIN_WIDTH, real.lines or 25
         except (OSError, ValueError):
             fallback_width, fallback_height = PLAIN_WIDTH, 25
         # rich itself reads COLUMNS / LINES when given None, and takes "0" at its word
