@@ -88,10 +88,23 @@ class ApprovalRequest:
     description: str = ""  # the tool's description, for people deciding
 
     def describe(self, width: int = 200) -> str:
-        """``tool(arg=value, ...)`` on one line, cut to ``width`` characters."""
-        inner = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in self.args.items())
-        text = f"{self.tool}({inner})"
-        return text if len(text) <= width else text[: width - 1] + "…"
+        r"""``tool(arg=value, ...)`` on one line, at most about ``width`` characters.
+
+        Names and values are JSON with every non-ASCII character escaped (``\u202e``), so
+        nothing in them can act on a terminal or hide; a cut description ends saying how much
+        is left out (``… 4,812 more characters``), never silently.
+        """
+        inner = ", ".join(f"{_ascii(k)}={json.dumps(v)}" for k, v in self.args.items())
+        text = f"{_ascii(self.tool)}({inner})"
+        if len(text) <= width:
+            return text
+        keep = max(width - 30, 1)
+        return f"{text[:keep]}… {len(text) - keep:,} more characters"
+
+
+def _ascii(name: str) -> str:
+    """``name`` with whatever is not printable ASCII escaped as JSON would."""
+    return json.dumps(str(name))[1:-1]
 
 
 @dataclass(frozen=True, slots=True)
