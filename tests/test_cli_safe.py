@@ -557,3 +557,14 @@ def test_an_agent_run_prints_model_and_tool_text_as_text(tmp_path: Path) -> None
     run_id = re.search(r"shoal: run (\S+) \(journaling", proc.stderr).group(1)  # type: ignore[union-attr]
     shown = shoal("show", run_id, cwd=tmp_path)
     assert shown.returncode == 0 and no_control(shown.stdout), shown.stderr
+
+
+def test_arguments_that_cannot_be_shown_whole_cannot_be_approved() -> None:
+    deep: list[Any] = []
+    for _ in range(100_000):  # deeper than the JSON encoder goes
+        deep = [deep]
+    verdicts, out = ask("y\nv\ny\ne\n\nn\n\n", request({"x": deep}))
+    assert verdicts == ["deny"]
+    assert out.count("cannot be shown in full") == 3  # y, y after v, Enter in the edit
+    verdicts, _ = ask('e\n{"x": 1}\n', request({"x": deep}))
+    assert verdicts == ["edit"]

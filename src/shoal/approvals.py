@@ -612,9 +612,13 @@ class ConsoleApprover(Approver):
 
     def _view_all(self, call: _Shown) -> None:
         self.console.print(call.text(full=True))
-        call.whole = True
+        call.whole = call.exact
 
     def _must_view(self, call: _Shown) -> None:
+        if not call.exact:
+            self.console.print("these arguments are not JSON and cannot be shown in full: deny "
+                               "the call or edit its arguments", markup=False)
+            return
         self.console.print(f"{call.hidden:,} characters of this call are not shown yet: "
                            "view it all (v) before approving it", markup=False)
 
@@ -665,13 +669,15 @@ class _Shown:
     """One request as the console shows it: its JSON view, and whether all of it was shown."""
 
     def __init__(self, request: ApprovalRequest, shown: int) -> None:
-        from shoal.cli.safe import json_view
+        from shoal.cli.safe import exact_json_view
 
         self.request = request
-        self.view = json_view(dict(request.args))
+        self.view, self.exact = exact_json_view(dict(request.args))
         self.shown = shown
         self.hidden = max(len(self.view) - shown, 0)
-        self.whole = self.hidden == 0  # the person has had every character in front of them
+        # whether the person has had every character in front of them (a value JSON cannot
+        # hold is shown as a repr, cut short: it never counts as seen)
+        self.whole = self.hidden == 0 and self.exact
 
     def tool_name(self) -> str:
         from shoal.cli.safe import one_line

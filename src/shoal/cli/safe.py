@@ -38,9 +38,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_HEIGHT", "MAX_WIDTH", "MIN_HEIGHT", "MIN_WIDTH", "PLAIN_WIDTH", "SafeFormatter",
-    "clean", "console", "install_log_handler",
-    "SPACE_RUN", "console_size", "is_safe", "json_view", "one_line", "safe_repr", "safe_str",
-    "shorten", "text", "view_text",
+    "SPACE_RUN", "clean", "console", "console_size", "exact_json_view", "install_log_handler",
+    "is_safe", "json_view", "one_line", "safe_repr", "safe_str", "shorten", "text", "view_text",
 ]
 
 PLAIN_WIDTH = 120  # when not a terminal: rich would otherwise squeeze tables to 80 columns
@@ -174,12 +173,26 @@ def json_view(value: Any) -> str:
     Strings are JSON strings, so a backslash is always ``\\`` and every ``\u`` escape
     stands for a real character: controls, bidi overrides, zero-width characters, spaces
     other than U+0020, lone surrogates (all escaped here), and the marker brackets of
-    :func:`view_text`. The result is valid JSON for the same value.
+    :func:`view_text`. The result is valid JSON for the same value (for a value JSON cannot
+    hold, a JSON string holding its repr: see :func:`exact_json_view`).
+    """
+    return exact_json_view(value)[0]
+
+
+def exact_json_view(value: Any) -> tuple[str, bool]:
+    """:func:`json_view`, and whether it is the value itself (``False``: only a repr of it).
+
+    A value JSON cannot hold (nested deeper than the encoder goes, say) is shown as a bounded
+    repr, which is not all of it: a person must not approve it as if they had seen it whole.
     """
     try:
         found = json.dumps(value, ensure_ascii=False)
     except (TypeError, ValueError, RecursionError):  # not JSON-ready after all: its repr
-        return json.dumps(safe_repr(value, 10_000), ensure_ascii=True)
+        return json.dumps(f"<not JSON: {safe_repr(value, 10_000)}>", ensure_ascii=True), False
+    return _escape_view(found), True
+
+
+def _escape_view(found: str) -> str:
     if found.isprintable() and _INVISIBLE.search(found) is None and _MARKER_OPEN not in found \
             and _MARKER_CLOSE not in found:
         return found
