@@ -123,6 +123,12 @@ def test_one_line_is_bounded_and_single_line(value: str, width: int) -> None:
     assert len(line) <= width and "\n" not in line and unsafe_in(line) == []
 
 
+def test_one_line_never_looks_complete_when_it_is_not() -> None:
+    assert one_line(" " * 50_000 + "rm -rf ~", 70) == "…"
+    assert one_line("a" + " " * 500 + "b", 70) == "a b"
+    assert one_line("x" * 100, 10) == "x" * 9 + "…"
+
+
 @given(odd_values, st.integers(min_value=1, max_value=500))
 @settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
 def test_safe_repr_never_raises_and_is_bounded(value: Any, width: int) -> None:

@@ -92,7 +92,10 @@ def shorten(value: str, width: int) -> str:
 
 def one_line(value: str, width: int) -> str:
     """``value`` on one line, whitespace runs squeezed, escaped, at most ``width`` long."""
-    flat = " ".join(value[: width * 4].split())  # a prefix: a huge value costs no more
+    prefix = value[: max(width * 4, 10_000)]  # a huge value costs no more than this
+    flat = " ".join(prefix.split())
+    if len(prefix) < len(value):  # never look complete when it is not
+        flat = f"{flat} {ELLIPSIS}" if flat else ELLIPSIS
     return shorten(clean(flat), width)
 
 
