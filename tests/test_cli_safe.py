@@ -574,3 +574,28 @@ def test_arguments_that_cannot_be_shown_whole_cannot_be_approved() -> None:
     assert out.count("cannot be shown in full") == 3  # y, y after v, Enter in the edit
     verdicts, _ = ask('e\n{"x": 1}\n', request({"x": deep}))
     assert verdicts == ["edit"]
+
+
+SURROGATES = textwrap.dedent('''
+    from shoal import tool
+
+    class Odd:
+        def __repr__(self):
+            return "Odd(\\ud800)"
+
+    @tool(approval=True)
+    def gated(x: str) -> object:
+        return Odd()
+''')
+
+
+def test_lone_surrogates_in_arguments_and_values_are_journaled(tmp_path: Path) -> None:
+    (tmp_path / "sur.py").write_text(SURROGATES)
+    plan = '{"nodes": [{"id": "s", "tool": "sur:gated", "args": {"x": "a\\ud800b"}}]}'
+    (tmp_path / "plan.json").write_text(plan)
+    proc = shoal("run", "plan.json", "--approve", "allow", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "Odd(\\ud800)" in proc.stdout and "Traceback" not in proc.stderr
+    run_id = re.search(r"shoal: run (\S+) \(journaling", proc.stderr).group(1)  # type: ignore[union-attr]
+    shown = shoal("show", run_id, cwd=tmp_path)
+    assert shown.returncode == 0 and "\\ud800" in shown.stdout and no_control(shown.stdout)

@@ -99,7 +99,12 @@ def encode_value(value: Any) -> Encoded:
 def _view(value: Any) -> str:
     """The value's JSON view, for people; never raises."""
     try:
-        return json.dumps(jsonable(value), ensure_ascii=False)
+        view = json.dumps(jsonable(value), ensure_ascii=False)
+        if not view.isascii():  # a lone surrogate cannot be stored as text: escape it all
+            view.encode("utf-8")
+        return view
+    except UnicodeEncodeError:
+        return json.dumps(jsonable(value))
     except Exception:  # jsonable gave something JSON still refuses (a 5000-digit int)
         return json.dumps(f"<unrepresentable {type(value).__qualname__}>")
 
