@@ -930,7 +930,7 @@ def test_console_approve_all() -> None:
     got = review(approver, request(path="a"), request(path="b"))
     assert [d.verdict for d in got] == ["approve", "approve"]
     text = out.getvalue()
-    assert "2 calls need approval" in text and 'delete(path="a")' in text
+    assert "2 calls need approval" in text and 'delete {"path": "a"}' in text
     assert "lead/delete#1" in text and "why" in text
     assert "[a]ll" in text  # prompts are not taken for markup
     assert pause.entered == 1 and pause.held == 0

@@ -43,6 +43,7 @@ from shoal.store.base import canonical_json
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.text import Text
 
 __all__ = [
     "ApprovalRequest",
@@ -87,10 +88,23 @@ class ApprovalRequest:
     description: str = ""  # the tool's description, for people deciding
 
     def describe(self, width: int = 200) -> str:
-        """``tool(arg=value, ...)`` on one line, cut to ``width`` characters."""
-        inner = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in self.args.items())
-        text = f"{self.tool}({inner})"
-        return text if len(text) <= width else text[: width - 1] + "…"
+        r"""``tool(arg=value, ...)`` on one line, at most about ``width`` characters.
+
+        Names and values are JSON with every non-ASCII character escaped (``\u202e``), so
+        nothing in them can act on a terminal or hide; a cut description ends saying how much
+        is left out (``… 4,812 more characters``), never silently.
+        """
+        inner = ", ".join(f"{_ascii(k)}={json.dumps(v)}" for k, v in self.args.items())
+        text = f"{_ascii(self.tool)}({inner})"
+        if len(text) <= width:
+            return text
+        keep = max(width - 30, 1)
+        return f"{text[:keep]}… {len(text) - keep:,} more characters"
+
+
+def _ascii(name: str) -> str:
+    """``name`` with whatever is not printable ASCII escaped as JSON would."""
+    return json.dumps(str(name))[1:-1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -470,34 +484,46 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 
 class ConsoleApprover(Approver):
-    """Asks a person on the terminal; works alongside ``shoal run``'s live view.
+    r"""Asks a person on the terminal; works alongside ``shoal run``'s live view.
 
-    A batch is shown as a table (tool and arguments, lineage, why approval is needed). With
-    more than one request the person may approve all (``a``), deny all (``d``) or go one by one
-    (``o``); per request: ``y`` approve, ``n`` deny (a reason is asked), ``e`` edit (new
-    arguments as a JSON object). End of input denies whatever is left.
+    A batch is shown as a table: the tool and its arguments, the lineage, why approval is
+    needed. With more than one request the person may approve all (``a``), deny all (``d``)
+    or go one by one (``o``); per request: ``y`` approve, ``n`` deny (a reason is asked),
+    ``e`` edit (new arguments as a JSON object), ``v`` view the whole call. End of input
+    denies whatever is left.
+
+    Nothing is hidden from the person deciding. Arguments are shown as JSON in which every
+    control, bidi, zero-width or other invisible character is a visible ``\uXXXX`` escape
+    (highlighted) and a run of spaces is counted (``⟨240 spaces⟩``), so ``"ls -la"`` followed
+    by spaces cannot hide a ``; curl ... | sh`` after them. A call longer than
+    :attr:`shown` characters is cut with a marker saying how much more there is; it cannot
+    be approved (``y``, ``a``, or keeping it unchanged in an edit) until ``v`` has shown it
+    in full. Denying never needs the full view.
 
     Args:
         console: a rich console to write to (default: standard error).
         input: where answers are read from (default: standard input).
         pause: a function returning a context manager held while prompting; a live display
             passes one that stops redrawing (``shoal run`` does this for you).
+        shown: characters of a call's arguments shown before the rest waits for ``v``.
     """
 
     def __init__(self, console: Console | None = None, input: TextIO | None = None, *,
-                 pause: Callable[[], AbstractContextManager[None]] | None = None) -> None:
+                 pause: Callable[[], AbstractContextManager[None]] | None = None,
+                 shown: int = 1000) -> None:
         self._console = console
         self._lines = _Lines(input if input is not None else sys.stdin)
         self.pause = pause
+        self.shown = max(int(shown), 1)
         self._busy: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
 
     @property
     def console(self) -> Console:
         """The console prompts are written to."""
         if self._console is None:
-            from rich.console import Console  # the UI library: loaded only when prompting
+            from shoal.cli.safe import console  # the UI: loaded only when prompting
 
-            self._console = Console(stderr=True, highlight=False)
+            self._console = console(stderr=True)
         return self._console
 
     def _lock(self) -> asyncio.Lock:
@@ -512,60 +538,100 @@ class ConsoleApprover(Approver):
         async with self._lock():
             with self._paused():
                 self._lines.discard_typed_ahead()
-                self._show(batch)
-                return await self._ask(batch)
+                calls = [_Shown(r, self.shown) for r in batch]
+                self._show(calls)
+                return await self._ask(calls)
 
     @contextmanager
     def _paused(self) -> Iterator[None]:
         with self.pause() if self.pause is not None else nullcontext():
             yield
 
-    def _show(self, batch: Sequence[ApprovalRequest]) -> None:
+    def _show(self, calls: Sequence[_Shown]) -> None:
         from rich.table import Table
-        from rich.text import Text
 
-        table = Table(title=f"{len(batch)} call{'s' if len(batch) != 1 else ''} need approval",
-                      title_justify="left", show_lines=False, header_style="bold")
+        from shoal.cli.safe import text
+
+        count = len(calls)
+        table = Table(title=f"{count} call{'s' if count != 1 else ''} need approval",
+                      title_justify="left", show_lines=count > 1, header_style="bold")
         for name in ("#", "call", "from", "why"):
             table.add_column(name, overflow="fold")
-        for i, request in enumerate(batch, 1):
-            table.add_row(str(i), Text(request.describe()), Text(request.lineage, style="dim"),
-                          Text(request.reason, style="dim"))
+        for i, call in enumerate(calls, 1):
+            table.add_row(str(i), call.text(), text(call.request.lineage, "dim", width=200),
+                          text(call.request.reason, "dim", width=500))
         self.console.print(table)
 
-    async def _ask(self, batch: Sequence[ApprovalRequest]) -> list[Decision]:
-        if len(batch) > 1:
-            choice = await self._choose("approve [a]ll, [d]eny all, or one by [o]ne? ",
-                                        ("a", "d", "o"))
+    async def _ask(self, calls: Sequence[_Shown]) -> list[Decision]:
+        if len(calls) > 1:
+            choice = await self._choose_batch(calls)
             if choice == "a":
-                return [Decision.approve("approved by a person (all)") for _ in batch]
+                return [Decision.approve("approved by a person (all)") for _ in calls]
             if choice != "o":  # "d", or end of input
                 reason = "denied by a person (all)" if choice == "d" else _NO_INPUT
-                return [Decision.deny(reason) for _ in batch]
+                return [Decision.deny(reason) for _ in calls]
         decisions: list[Decision] = []
-        for i, request in enumerate(batch, 1):
-            decisions.append(await self._ask_one(i, request))
+        for i, call in enumerate(calls, 1):
+            if len(calls) > 1:  # the table may have scrolled away: show this call again
+                self.console.print(call.text(title=f"#{i} "))
+            decisions.append(await self._ask_one(i, call))
         return decisions
 
-    async def _ask_one(self, number: int, request: ApprovalRequest) -> Decision:
-        prompt = f"#{number} {request.describe(80)}: [y]es, [n]o, [e]dit? "
-        choice = await self._choose(prompt, ("y", "n", "e"))
-        if choice == "y":
-            return Decision.approve("approved by a person")
-        if choice == "e":
-            return await self._edit(request)
-        if choice is None:
-            return Decision.deny(_NO_INPUT)
-        reason = await self._prompt("reason (optional): ")
-        return Decision.deny(f"denied by a person: {reason}" if reason else "denied by a person")
+    async def _choose_batch(self, calls: Sequence[_Shown]) -> str | None:
+        cut = [str(i) for i, call in enumerate(calls, 1) if not call.whole]
+        if not cut:
+            return await self._choose("approve [a]ll, [d]eny all, or one by [o]ne? ",
+                                      ("a", "d", "o"))
+        self.console.print(f"call{'s' if len(cut) > 1 else ''} #{', #'.join(cut)} "
+                           f"{'are' if len(cut) > 1 else 'is'} cut short: go one by one to "
+                           "view and decide", markup=False)
+        return await self._choose("[d]eny all, or one by [o]ne? ", ("d", "o"))
 
-    async def _edit(self, request: ApprovalRequest) -> Decision:
-        current = json.dumps(dict(request.args), ensure_ascii=False)
+    async def _ask_one(self, number: int, call: _Shown) -> Decision:
         while True:
-            text = await self._prompt(f"new arguments as JSON (Enter keeps {current}): ")
+            name = call.tool_name()
+            view = "" if call.whole else ", [v]iew all"
+            choice = await self._choose(f"#{number} {name}: [y]es, [n]o, [e]dit{view}? ",
+                                        ("y", "n", "e", "v"))
+            if choice == "v":
+                self._view_all(call)
+            elif choice == "y" and not call.whole:
+                self._must_view(call)
+            elif choice == "y":
+                return Decision.approve("approved by a person")
+            elif choice == "e":
+                decision = await self._edit(call)
+                if decision is not None:
+                    return decision
+            elif choice is None:
+                return Decision.deny(_NO_INPUT)
+            else:
+                reason = await self._prompt("reason (optional): ")
+                return Decision.deny(f"denied by a person: {reason}" if reason
+                                     else "denied by a person")
+
+    def _view_all(self, call: _Shown) -> None:
+        self.console.print(call.text(full=True))
+        call.whole = call.exact
+
+    def _must_view(self, call: _Shown) -> None:
+        if not call.exact:
+            self.console.print("these arguments are not JSON and cannot be shown in full: deny "
+                               "the call or edit its arguments", markup=False)
+            return
+        self.console.print(f"{call.hidden:,} characters of this call are not shown yet: "
+                           "view it all (v) before approving it", markup=False)
+
+    async def _edit(self, call: _Shown) -> Decision | None:
+        """The edited call; ``None`` to ask again (keeping a call not yet seen in full)."""
+        while True:
+            text = await self._prompt("new arguments as a JSON object (Enter keeps them): ")
             if text is None:
                 return Decision.deny(_NO_INPUT)
             if not text.strip():
+                if not call.whole:
+                    self._must_view(call)
+                    return None
                 return Decision.approve("approved by a person")
             try:
                 args = json.loads(text)
@@ -592,11 +658,46 @@ class ConsoleApprover(Approver):
 
     def withdrawn(self, requests: Sequence[ApprovalRequest]) -> None:
         """Say which calls no longer need an answer."""
-        from rich.text import Text
+        from shoal.cli.safe import one_line, text
 
         for request in requests:
-            self.console.print(Text(f"no longer needed: {request.describe(80)} "
-                                    f"({request.lineage})", style="dim"))
+            self.console.print(text(f"no longer needed: {one_line(request.tool, 80)} "
+                                    f"({one_line(request.lineage, 200)})", "dim"))
+
+
+class _Shown:
+    """One request as the console shows it: its JSON view, and whether all of it was shown."""
+
+    def __init__(self, request: ApprovalRequest, shown: int) -> None:
+        from shoal.cli.safe import exact_json_view
+
+        self.request = request
+        self.view, self.exact = exact_json_view(dict(request.args))
+        self.shown = shown
+        self.hidden = max(len(self.view) - shown, 0)
+        # whether the person has had every character in front of them (a value JSON cannot
+        # hold is shown as a repr, cut short: it never counts as seen)
+        self.whole = self.hidden == 0 and self.exact
+
+    def tool_name(self) -> str:
+        from shoal.cli.safe import one_line
+
+        return one_line(self.request.tool, 80)
+
+    def text(self, *, full: bool = False, title: str = "") -> Text:
+        """``tool {arguments}`` as a rich Text; cut to ``shown`` characters unless ``full``."""
+        from rich.text import Text
+
+        from shoal.cli.safe import view_text
+
+        arguments, left = view_text(self.view, None if full else self.shown)
+        out = Text(title, style="bold")
+        out.append(self.tool_name(), style="bold")
+        out.append(" ")
+        out.append_text(arguments)
+        if left:
+            out.append(f" … {left:,} more characters: answer v to view all", style="bold yellow")
+        return out
 
 
 _NO_INPUT = "no answer: the input ended"

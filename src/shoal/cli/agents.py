@@ -29,6 +29,8 @@ from shoal.agents.result import AgentResult
 from shoal.cli.agent_journal import AgentJournal, summary
 from shoal.cli.interrupt import EXIT_INTERRUPTED, CtrlC
 from shoal.cli.live import LivePause
+from shoal.cli.render import announce
+from shoal.cli.safe import safe_str
 from shoal.cli.tree import AgentTree, render_tree
 from shoal.events import Event, JsonlSink, ModelRetrying, ModelServerStarted, ModelServerStarting
 from shoal.exceptions import AgentError, ConfigError, MissingAPIKeyError, ModelError, ShoalError
@@ -40,6 +42,7 @@ __all__ = ["AgentOptions", "check_models", "is_agent_target", "load_agent", "mod
            "notice_lines", "run_agent_target"]
 
 REFRESH_PER_SECOND = 8
+ANSWER_WIDTH = 20_000  # characters of the answer shown (--json has it whole)
 PLAN_SUFFIXES = (".yaml", ".yml", ".json")
 
 
@@ -207,8 +210,10 @@ async def _drive(agent: Agent[Any], options: AgentOptions, sinks: list[Any], con
                  ) -> tuple[AgentResult[Any] | None, BaseException | None, bool]:
     runtime = options.runtime or Runtime()
     journal = options.journal
-    if journal is not None and not options.resume:
-        journal.begin(options.target, options.prompt or "", options.model_spec)
+    if journal is not None:
+        if not options.resume:
+            journal.begin(options.target, options.prompt or "", options.model_spec)
+        announce(journal.run_id, options.resume, getattr(journal.store, "path", "the store"))
     beating = asyncio.ensure_future(journal.beat()) if journal is not None else None
     result: AgentResult[Any] | None = None
     interrupted = False
@@ -266,12 +271,13 @@ def _print(result: AgentResult[Any] | None, error: BaseException | None, as_json
     title = f"shoal · agent run {result.run_id}" if result is not None else "shoal"
     parts: list[Any] = [render_tree(view, title)]
     if result is not None and result.status == "ok":
-        parts.append(Panel(Text(str(result.output)), title="answer", title_align="left"))
+        answer = safe_str(result.output, ANSWER_WIDTH)
+        parts.append(Panel(Text(answer), title="answer", title_align="left"))
     if result is not None:
         parts.append(Text(_summary_line(result), style="dim"))
     console.print(Group(*parts))
     if error is not None:
-        sys.stderr.write(f"error: {error}\n")
+        sys.stderr.write(f"error: {safe_str(error, ANSWER_WIDTH)}\n")
 
 
 def _summary_line(result: AgentResult[Any]) -> str:

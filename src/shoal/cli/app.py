@@ -32,7 +32,9 @@ from shoal.cli.agents import AgentOptions, is_agent_target, model_option, run_ag
 from shoal.cli.interrupt import EXIT_INTERRUPTED, CtrlC
 from shoal.cli.journal import register as register_journal_commands
 from shoal.cli.live import SHOW_CURSOR, LivePause, follow
-from shoal.cli.render import plan_problems, render_result
+from shoal.cli.render import announce, plan_problems, render_result
+from shoal.cli.safe import clean, install_log_handler, one_line
+from shoal.cli.safe import console as safe_console
 from shoal.events import JsonlSink
 from shoal.exceptions import (
     ConfigError,
@@ -52,7 +54,6 @@ __all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_OK", "RunOptions", "app", "app
            "run_agent", "run_plan"]
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
-PLAIN_WIDTH = 120  # when stdout is not a terminal, rich would otherwise squeeze tables to 80
 
 app = typer.Typer(
     name="shoal",
@@ -271,7 +272,7 @@ def run_agent(target: str, prompt: str | None, model: str | None, as_json: bool,
     if isinstance(sink, str):
         return _bad_input("events", sink, as_json)
     live = not as_json and sys.stdout.isatty()
-    console = Console(highlight=False, width=None if live else _plain_width())
+    console = safe_console()  # a sane size whatever COLUMNS and LINES say
     pause = LivePause() if live else None
     try:
         settings: dict[str, Any] = {"executor": executor, "approval_timeout": approval_timeout,
@@ -279,11 +280,9 @@ def run_agent(target: str, prompt: str | None, model: str | None, as_json: bool,
         if max_concurrency is not None:
             settings["max_concurrency"] = max_concurrency
         journal = None
-        if store is not None:
+        if store is not None:  # the run id is printed once the run is journaled
             settings["store"] = SQLiteStore(store, keep_events=True)
             journal = AgentJournal(settings["store"], resume or new_run_id())
-            sys.stderr.write(f"shoal: run {journal.run_id} ("
-                             f"{'resuming' if resume else 'journaling'} in {store})\n")
         chosen = model_option(model) if model is not None else None
         options = AgentOptions(target, prompt, chosen, as_json, Runtime(**settings),
                                Budget(wall_clock=deadline) if deadline else None, sink, pause,
@@ -326,7 +325,7 @@ def _run_checked(options: RunOptions) -> int:
     sink = _open_events(options.events)
     if isinstance(sink, str):
         return _bad_input("events", sink, options.as_json)
-    console = Console(highlight=False, width=None if live else _plain_width())
+    console = safe_console()  # a sane size whatever COLUMNS and LINES say
     try:
         result, interrupted = asyncio.run(_drive(runtime, plan, sink, console if live else None,
                                                  pause, options.start_options()))
@@ -347,13 +346,6 @@ def _put_cwd_on_path() -> None:
         sys.path.insert(0, cwd)
 
 
-def _plain_width() -> int:
-    try:
-        return int(os.environ.get("COLUMNS", "")) or PLAIN_WIDTH
-    except ValueError:
-        return PLAIN_WIDTH
-
-
 def _open_events(path: Path | None) -> JsonlSink | str | None:
     """The events file's sink, or a message saying why it cannot be opened."""
     if path is None:
@@ -371,9 +363,8 @@ async def _drive(runtime: Runtime, plan: Plan, sink: JsonlSink | None,
     try:
         handle = runtime.start(plan, on_event=sink, **(start or {}))
         if runtime.store is not None:  # the id that shoal show / resume / cancel take
-            doing = "resuming" if (start or {}).get("resume") else "journaling"
-            sys.stderr.write(f"shoal: run {handle.run_id} ({doing} in "
-                             f"{getattr(runtime.store, 'path', 'the store')})\n")
+            announce(handle.run_id, bool((start or {}).get("resume")),
+                     getattr(runtime.store, "path", "the store"))
         with CtrlC(handle, on_hard_exit=_show_cursor if live else _nothing) as ctrl_c:
             title = f"shoal · {plan.name}" if plan.name else "shoal"
             result = await (follow(handle, live, title, pause) if live is not None else handle)
@@ -401,8 +392,9 @@ def _print_result(result: RunResult, as_json: bool, console: Console) -> None:
 def _exit_leaving_threads(result: RunResult, code: int) -> None:
     """Exit now: abandoned tool threads cannot be stopped and would hold the process open."""
     count = len(result.abandoned)
+    shown = ", ".join(one_line(n, 60) for n in result.abandoned[:5])
     sys.stderr.write(f"warning: {count} call{'s' if count != 1 else ''} abandoned on threads "
-                     f"that cannot be stopped ({', '.join(result.abandoned[:5])}"
+                     f"that cannot be stopped ({shown}"
                      f"{', ...' if count > 5 else ''}); exiting without waiting for them\n")
     sys.stderr.flush()
     os._exit(code)
@@ -417,7 +409,7 @@ def _bad_plan(exc: PlanError, as_json: bool) -> int:
 
 
 def _bad_input(kind: str, message: str, as_json: bool) -> int:
-    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.write(f"error: {clean(message, newlines=True)}\n")
     if as_json:
         sys.stdout.write(json.dumps({"error": kind, "message": message}, indent=2) + "\n")
     return EXIT_BAD_INPUT
@@ -429,6 +421,7 @@ def main() -> None:
     Ctrl-C outside a run (say, while a slow tool module imports) needs nothing here: typer
     turns the KeyboardInterrupt into exit code 130 itself.
     """
+    install_log_handler()  # the library's warnings quote node ids and errors: escape them
     app()
 
 

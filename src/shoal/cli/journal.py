@@ -28,17 +28,21 @@ from rich.text import Text
 
 from shoal.cli import agent_journal
 from shoal.cli.agent_journal import is_agent_record
-from shoal.cli.render import STATUS_STYLES, detail, seconds
+from shoal.cli.render import ID_WIDTH, STATUS_STYLES, detail, seconds
+from shoal.cli.safe import clean, one_line
+from shoal.cli.safe import console as safe_console
+from shoal.cli.safe import text as safe_text
 from shoal.exceptions import ShoalError
 from shoal.outcome import STATUSES, jsonable
 from shoal.store.base import ApprovalRecord, AttemptRecord, RunRecord, StoredOutcome
 from shoal.store.journal import STALE_AFTER
 from shoal.store.sqlite import DEFAULT_PATH, SQLiteStore
 
-__all__ = ["DEFAULT_PATH", "live_status", "open_journal", "parse_mark_done", "register"]
+__all__ = ["DEFAULT_PATH", "live_status", "open_journal", "parse_mark_done", "register",
+           "runs_table"]
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
-WIDTH = 120  # rich squeezes tables to 80 columns when stdout is not a terminal
+ARGUMENTS_WIDTH = 300  # of an approval's arguments and reason (--json has them whole)
 
 StoreOption = Annotated[Path, typer.Option(
     "--store", metavar="PATH", help="The journal file.", show_default=True,
@@ -95,14 +99,14 @@ def parse_mark_done(items: Sequence[str]) -> dict[str, Any]:
 
 
 def _fail(message: str, as_json: bool, kind: str = "journal") -> int:
-    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.write(f"error: {clean(message, newlines=True)}\n")
     if as_json:
         sys.stdout.write(json.dumps({"error": kind, "message": message}, indent=2) + "\n")
     return EXIT_BAD_INPUT
 
 
 def _console() -> Console:
-    return Console(highlight=False, width=None if sys.stdout.isatty() else WIDTH)
+    return safe_console()
 
 
 def _when(epoch: float | None) -> str:
@@ -117,7 +121,7 @@ def _duration(record: RunRecord) -> float:
 
 def _status_text(status: str) -> Text:
     styles = {**STATUS_STYLES, "finished": "green", "running": "cyan", "interrupted": "red"}
-    return Text(status, style=styles.get(status, ""))
+    return safe_text(status, styles.get(status, ""), width=ID_WIDTH)
 
 
 # ---- shoal runs -----------------------------------------------------------------------------
@@ -134,12 +138,6 @@ def _run_dict(record: RunRecord) -> dict[str, Any]:
     if agent_journal.is_agent_record(record):  # counts are its tree's calls; no nodes
         data |= {"kind": "agent", "nodes": None, "agent": agent_journal.headline(record)}
     return data
-
-
-def _with_source(journal: SQLiteStore, records: Sequence[RunRecord]) -> list[RunRecord]:
-    """The records, agent runs read whole (a listing leaves out the summary they keep)."""
-    return [(journal.get_run(r.run_id) or r) if agent_journal.is_agent_record(r) else r
-            for r in records]
 
 
 def runs_command(store: StoreOption = DEFAULT_PATH, as_json: JsonOption = False,
@@ -161,8 +159,13 @@ def runs_command(store: StoreOption = DEFAULT_PATH, as_json: JsonOption = False,
         sys.stdout.write(json.dumps([_run_dict(r) for r in records], indent=2) + "\n")
         return
     if not records:
-        _console().print(f"no runs in {store}")
+        _console().print(Text(f"no runs in {clean(str(store))}"))
         return
+    _console().print(runs_table(records))
+
+
+def runs_table(records: Sequence[RunRecord]) -> Table:
+    """The runs as ``shoal runs`` lists them: every field from the journal shown as text."""
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     for name, justify in (("run", "left"), ("status", "left"), ("nodes", "right"),
                           ("outcomes", "left"), ("started", "left"), ("took", "right"),
@@ -170,14 +173,26 @@ def runs_command(store: StoreOption = DEFAULT_PATH, as_json: JsonOption = False,
         table.add_column(name, justify=justify, no_wrap=name != "plan")  # type: ignore[arg-type]
     for r in records:
         if agent_journal.is_agent_record(r):  # the lead's status; its tree's calls
-            table.add_row(r.run_id, agent_journal.agent_status_text(r, live_status(r)),
+            table.add_row(safe_text(r.run_id, width=ID_WIDTH),
+                          agent_journal.agent_status_text(r, live_status(r)),
                           "-", _counts(r.counts, " calls"), _when(r.started_at),
-                          seconds(_duration(r)), Text(r.name))
+                          seconds(_duration(r)), safe_text(r.name, width=ID_WIDTH))
             continue
-        table.add_row(r.run_id, _status_text(live_status(r)), str(r.nodes), _counts(r.counts),
-                      _when(r.started_at), seconds(_duration(r)),
-                      r.name or Path(str(r.source.get("path", ""))).name or "-")
-    _console().print(table)
+        table.add_row(safe_text(r.run_id, width=ID_WIDTH), _status_text(live_status(r)),
+                      str(r.nodes), _counts(r.counts), _when(r.started_at),
+                      seconds(_duration(r)), safe_text(
+                          r.name or Path(str(r.source.get("path", ""))).name or "-",
+                          width=ID_WIDTH))
+    return table
+
+
+def _with_source(journal: SQLiteStore, records: Sequence[RunRecord]) -> list[RunRecord]:
+    """The records with their ``source`` (``list_runs`` leaves it out: it can be large).
+
+    The source holds a plan run's file and an agent run's journaled tree.
+    """
+    full = [journal.get_run(r.run_id) for r in records]
+    return [f if f is not None else r for f, r in zip(full, records, strict=True)]
 
 
 def _counts(counts: Mapping[str, int], what: str = "") -> Text:
@@ -256,8 +271,9 @@ def _show_view(record: RunRecord, outcomes: Mapping[str, StoredOutcome],
                attempts: Sequence[AttemptRecord],
                approvals: Sequence[ApprovalRecord]) -> RenderableType:
     status = live_status(record)
-    head = Text.assemble(("run ", "bold"), (record.run_id, "bold"), "  ", _status_text(status))
-    where = record.source.get("path") or record.name
+    head = Text.assemble(("run ", "bold"), safe_text(record.run_id, "bold", width=ID_WIDTH), "  ",
+                         _status_text(status))
+    where = one_line(str(record.source.get("path") or record.name or ""), ID_WIDTH * 4)
     head.append(f"\n{record.nodes} nodes · started {_when(record.started_at)} · took "
                 f"{seconds(_duration(record))} · {record.sessions} session"
                 f"{'s' if record.sessions != 1 else ''}{f' · {where}' if where else ''}")
@@ -269,7 +285,7 @@ def _show_view(record: RunRecord, outcomes: Mapping[str, StoredOutcome],
         parts.append(_approval_table(approvals))
     if status == "interrupted":
         parts.append(Text(f"the process running it stopped; continue with: shoal resume "
-                          f"{record.run_id}", style="yellow"))
+                          f"{clean(record.run_id)}", style="yellow"))
     return Group(*parts)
 
 
@@ -285,12 +301,15 @@ def _node_table(record: RunRecord, outcomes: Mapping[str, StoredOutcome],
         stored = outcomes.get(node_id)
         if stored is None:
             state = "in flight" if node_id in flying else "not run"
-            table.add_row(node_id, str(facts[0]), Text(state, style="dim"), "-", "-", "-", "")
+            table.add_row(safe_text(node_id, width=ID_WIDTH),
+                          safe_text(str(facts[0]), width=ID_WIDTH), Text(state, style="dim"),
+                          "-", "-", "-", "")
             continue
         o = stored.outcome
         started = f"{o.started_at:.2f}s" if o.started_at is not None else "-"
         took = seconds(o.duration) if o.started_at is not None else "-"
-        table.add_row(o.node_id, o.tool, Text(o.status, style=STATUS_STYLES.get(o.status, "")),
+        table.add_row(safe_text(o.node_id, width=ID_WIDTH), safe_text(o.tool, width=ID_WIDTH),
+                      safe_text(o.status, STATUS_STYLES.get(o.status, ""), width=ID_WIDTH),
                       str(o.attempts), started, took,
                       Text(detail(o), no_wrap=True, overflow="ellipsis"))
     return table
@@ -302,7 +321,8 @@ def _edge_table(edges: Sequence[Mapping[str, str]]) -> Table:
     for name in ("from", "to", "why", "detail"):
         table.add_column(name, no_wrap=name != "detail")
     for e in edges:
-        table.add_row(e["source"], e["target"], e["kind"], e["detail"])
+        table.add_row(*(safe_text(str(e[k]), width=ID_WIDTH) for k in ("source", "target", "kind")),
+                      Text(one_line(str(e["detail"]), ID_WIDTH * 4)))
     return table
 
 
@@ -312,9 +332,13 @@ def _approval_table(approvals: Sequence[ApprovalRecord]) -> Table:
     for name in ("node", "tool", "decision", "by", "reason", "arguments"):
         table.add_column(name, no_wrap=name not in ("reason", "arguments"))
     for a in approvals:
-        style = {"approved": "green", "denied": "magenta", "pending": "yellow"}[a.decision]
-        table.add_row(a.node_id, a.tool or "-", Text(a.decision, style=style),
-                      a.decided_by or "-", a.reason or "", json.dumps(jsonable(a.arguments)))
+        style = {"approved": "green", "denied": "magenta", "pending": "yellow"}.get(a.decision, "")
+        table.add_row(safe_text(a.node_id, width=ID_WIDTH),
+                      safe_text(a.tool or "-", width=ID_WIDTH),
+                      safe_text(a.decision, style, width=ID_WIDTH),
+                      safe_text(a.decided_by or "-", width=ID_WIDTH),
+                      Text(one_line(a.reason or "", ARGUMENTS_WIDTH)),
+                      Text(one_line(json.dumps(jsonable(a.arguments)), ARGUMENTS_WIDTH)))
     return table
 
 
@@ -354,16 +378,16 @@ def cancel_command(
     status = live_status(record)
     if status != "running":
         hint = f"; resume it with: shoal resume {run_id}" if status == "interrupted" else ""
-        sys.stderr.write(f"run {run_id} is not running (it is {status}){hint}\n")
+        sys.stderr.write(clean(f"run {run_id} is not running (it is {status}){hint}") + "\n")
         raise typer.Exit(EXIT_FAILED)
     journal.request_cancel(run_id, nodes or (), reason=reason)
     what = f"node(s) {', '.join(nodes)}" if nodes else "the run"
     if wait and not _taken(journal, run_id, wait):
-        sys.stderr.write(f"asked to cancel {what} of {run_id}, but the run has not taken the "
-                         f"request within {wait:g} s; it will when it next looks\n")
+        sys.stderr.write(clean(f"asked to cancel {what} of {run_id}, but the run has not taken "
+                               f"the request within {wait:g} s; it will when it next looks") + "\n")
         raise typer.Exit(EXIT_FAILED)
-    sys.stderr.write(f"cancelled {what} of run {run_id}\n" if wait else
-                     f"asked to cancel {what} of run {run_id}\n")
+    sys.stderr.write(clean(f"cancelled {what} of run {run_id}" if wait else
+                           f"asked to cancel {what} of run {run_id}") + "\n")
 
 
 def _taken(journal: SQLiteStore, run_id: str, wait: float) -> bool:
@@ -448,15 +472,15 @@ def _recorded_plan(record: RunRecord, store: Path) -> Path:
     if path.exists():
         text = path.read_text(encoding="utf-8")
         if hashlib.sha256(text.encode("utf-8")).hexdigest() != source.get("sha256"):
-            sys.stderr.write(f"note: {path} changed since the run started; resuming only if "
-                             f"it still describes the same plan\n")
+            sys.stderr.write(f"note: {clean(str(path))} changed since the run started; resuming "
+                             f"only if it still describes the same plan\n")
         return path
     if "text" not in source:
         raise ShoalError(f"the plan file {str(path)!r} of run {record.run_id!r} is gone")
     copy = store.parent / f"plan-{record.run_id}{path.suffix}"
     copy.write_text(str(source["text"]), encoding="utf-8")
-    sys.stderr.write(f"note: {path} is gone; resuming with the copy kept in the journal "
-                     f"({copy})\n")
+    sys.stderr.write(f"note: {clean(str(path))} is gone; resuming with the copy kept in the "
+                     f"journal ({clean(str(copy))})\n")
     return copy
 
 

@@ -17,7 +17,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from shoal.cli.render import STATUS_STYLES, seconds
+from shoal.cli.render import ID_WIDTH, STATUS_STYLES, seconds
+from shoal.cli.safe import text as safe_text
 from shoal.outcome import RunResult
 from shoal.runtime import RunHandle
 from shoal.scheduler.driver import Snapshot
@@ -95,7 +96,8 @@ def _in_flight(snap: Snapshot) -> Table:
     table.add_column("running for", justify="right")
     longest = sorted(snap.running, key=lambda call: call[3])
     for node_id, tool, executor, since in longest[:MAX_RUNNING_ROWS]:
-        table.add_row(Text(node_id), Text(tool, style="cyan"), executor,
+        table.add_row(safe_text(node_id, width=ID_WIDTH), safe_text(tool, "cyan", width=ID_WIDTH),
+                      safe_text(executor),
                       seconds(max(0.0, snap.elapsed - since)))
     hidden = len(longest) - MAX_RUNNING_ROWS
     if hidden > 0:
@@ -106,7 +108,8 @@ def _in_flight(snap: Snapshot) -> Table:
 
 def render_snapshot(snap: Snapshot, title: str) -> RenderableType:
     """One frame: title, counts per status, a progress bar and the calls in flight."""
-    head = Text.assemble((title, "bold"), (f"  run {snap.run_id}", "dim"))
+    head = Text.assemble(safe_text(title, "bold", width=ID_WIDTH * 2),
+                         safe_text(f"  run {snap.run_id}", "dim", width=ID_WIDTH * 2))
     parts: list[RenderableType] = [head, _counts(snap), _bar(snap)]
     if snap.running:
         parts.append(_in_flight(snap))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from rich import box
@@ -9,12 +10,14 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from shoal.cli.safe import clean, one_line, safe_repr, shorten
+from shoal.cli.safe import text as safe_text
 from shoal.exceptions import PlanError
 from shoal.outcome import Outcome, RunResult
 
 __all__ = [
-    "STATUS_STYLES", "detail", "errors", "outcome_table", "plan_problems", "render_result",
-    "seconds", "summary",
+    "ID_WIDTH", "STATUS_STYLES", "announce", "detail", "errors", "outcome_table", "plan_problems",
+    "render_result", "seconds", "summary",
 ]
 
 STATUS_STYLES = {
@@ -31,6 +34,14 @@ PREVIEW_WIDTH = 70
 ERRORS_SHOWN = 5  # errors printed in full below the table
 ERROR_WIDTH = 300
 PATH_SHOWN = 6  # longest critical path printed in full
+MESSAGE_WIDTH = 2000  # a problem's message, which may quote the plan file
+ID_WIDTH = 60  # node ids and tool names longer than this are cut (--json has them whole)
+
+
+def announce(run_id: str, resuming: bool, where: object) -> None:
+    """Say which run id ``shoal show`` / ``resume`` / ``cancel`` take (once it is journaled)."""
+    sys.stderr.write(f"shoal: run {clean(run_id)} ({'resuming' if resuming else 'journaling'} "
+                     f"in {clean(str(where))})\n")
 
 
 def seconds(value: float) -> str:
@@ -41,15 +52,14 @@ def seconds(value: float) -> str:
     return f"{value:.2f}s" if value < 10 else f"{value:.1f}s"
 
 
-def _one_line(text: str, width: int = PREVIEW_WIDTH) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
-
-
 def detail(outcome: Outcome, width: int = PREVIEW_WIDTH) -> str:
-    """The value's preview for an ok node, else its error or the reason it did not run."""
+    """The value's preview for an ok node, else its error or the reason it did not run.
+
+    On one line, escaped and at most ``width`` long: safe to print whatever the tool returned
+    (a value whose ``__repr__`` raises or never ends included).
+    """
     if outcome.status == "ok":
-        return _one_line(repr(outcome.value), width)
+        return one_line(safe_repr(outcome.value, width * 2), width)
     if outcome.status in ("cancelled", "skipped") and outcome.reason:
         text = outcome.reason  # the error would only repeat it, prefixed with a type name
     elif outcome.error is not None:  # the module path of the type is noise in a one-line view
@@ -59,11 +69,11 @@ def detail(outcome: Outcome, width: int = PREVIEW_WIDTH) -> str:
         text = outcome.reason
     if outcome.abandoned:
         text += " (thread abandoned)"
-    return _one_line(text, width)
+    return one_line(text, width)
 
 
 def _status(outcome: Outcome) -> Text:
-    return Text(outcome.status, style=STATUS_STYLES.get(outcome.status, ""))
+    return safe_text(outcome.status, STATUS_STYLES.get(outcome.status, ""))
 
 
 def outcome_table(result: RunResult) -> Table:
@@ -83,8 +93,9 @@ def outcome_table(result: RunResult) -> Table:
         if compact and outcome.ok:
             continue
         took = seconds(outcome.duration) if outcome.started_at is not None else "-"
-        table.add_row(Text(outcome.node_id), Text(outcome.tool), _status(outcome),
-                      outcome.executor or "-", str(outcome.attempts), took,
+        table.add_row(safe_text(outcome.node_id, width=ID_WIDTH),
+                      safe_text(outcome.tool, width=ID_WIDTH), _status(outcome),
+                      safe_text(outcome.executor or "-"), str(outcome.attempts), took,
                       Text(detail(outcome), no_wrap=True, overflow="ellipsis"))
     if compact:
         ok = result.counts["ok"]
@@ -96,7 +107,7 @@ def outcome_table(result: RunResult) -> Table:
 def _path(nodes: list[str]) -> str:
     if len(nodes) > PATH_SHOWN:
         nodes = [*nodes[:3], f"…{len(nodes) - 5} more…", *nodes[-2:]]
-    return " → ".join(nodes)
+    return " → ".join(one_line(n, ID_WIDTH) for n in nodes)
 
 
 def summary(result: RunResult) -> Text:
@@ -121,7 +132,8 @@ def errors(result: RunResult, limit: int = ERRORS_SHOWN) -> Text | None:
     failed = [o for o in result if o.status in ("failed", "timed_out")]
     if not failed:
         return None
-    lines = [Text.assemble((o.node_id, STATUS_STYLES[o.status]), f": {detail(o, ERROR_WIDTH)}")
+    lines = [Text.assemble((one_line(o.node_id, ID_WIDTH), STATUS_STYLES[o.status]),
+                           f": {detail(o, ERROR_WIDTH)}")
              for o in failed[:limit]]
     if len(failed) > limit:
         lines.append(Text(f"... and {len(failed) - limit} more (--json shows all)", style="dim"))
@@ -136,7 +148,8 @@ def render_result(result: RunResult) -> RenderableType:
     parts: list[RenderableType] = [outcome_table(result)]
     parts += [failures, summary(result)] if failures is not None else [summary(result)]
     if result.cancelled_reason:
-        parts.append(Text(f"run stopped: {result.cancelled_reason}", style="yellow"))
+        parts.append(Text(f"run stopped: {one_line(result.cancelled_reason, ERROR_WIDTH)}",
+                          style="yellow"))
     return Group(*parts)
 
 
@@ -145,8 +158,8 @@ def _where(nodes: list[str]) -> str:
     if not named:
         return ""
     if len(named) == 1:
-        return f"node {named[0]!r}: "
-    shown = ", ".join(repr(n) for n in named[:3])
+        return f"node {one_line(repr(named[0]), ID_WIDTH)}: "
+    shown = ", ".join(one_line(repr(n), ID_WIDTH) for n in named[:3])
     more = f" and {len(named) - 3} more" if len(named) > 3 else ""
     return f"nodes {shown}{more}: "
 
@@ -160,10 +173,15 @@ def plan_problems(error: PlanError) -> str:
     for problem in error.problems:
         groups.setdefault((problem.code, problem.message), []).append(problem.node)
     count = len(error.problems)
-    lines = [f"invalid plan{f' {error.source}' if error.source else ''}: "
-             f"{count} problem{'s' if count != 1 else ''}"]
-    lines += [f"  - [{code}] {_where(nodes)}{message}" for (code, message), nodes in groups.items()]
+    source = f" {one_line(str(error.source), ERROR_WIDTH)}" if error.source else ""
+    lines = [f"invalid plan{source}: {count} problem{'s' if count != 1 else ''}"]
+    lines += [f"  - [{one_line(code, ID_WIDTH)}] {_where(nodes)}{_message(message)}"
+              for (code, message), nodes in groups.items()]
     return "\n".join(lines + _hints(set(groups)))
+
+
+def _message(message: str) -> str:
+    return shorten(clean(message, newlines=True), MESSAGE_WIDTH)
 
 
 def _hints(problems: set[tuple[str, str]]) -> list[str]:

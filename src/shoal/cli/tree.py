@@ -22,7 +22,9 @@ from rich.console import RenderableType
 from rich.text import Text
 from rich.tree import Tree
 
-from shoal.cli.render import STATUS_STYLES, seconds
+from shoal.cli.render import ID_WIDTH, STATUS_STYLES, seconds
+from shoal.cli.safe import one_line
+from shoal.cli.safe import text as safe_text
 from shoal.events import (
     AgentFinished,
     AgentStarted,
@@ -213,12 +215,13 @@ class AgentTree:
 def _label(view: AgentTree, row: Row, now: float) -> Text:
     text = Text()
     name = row.label if row.is_server else row.lineage.rsplit("/", 1)[-1]
-    text.append(name, style="bold" if row.is_agent else "dim" if row.is_server else "")
+    text.append(one_line(name, ID_WIDTH),
+                style="bold" if row.is_agent else "dim" if row.is_server else "")
     status = row.status
     if row.is_agent and status != "running":
         status = agent_status(status, *view.calls_of(row.lineage))
     style = "yellow" if status != row.status else _STYLES.get(row.status, "")
-    text.append(f"  {status}", style=style)
+    text.append(f"  {one_line(status, ID_WIDTH)}", style=style)
     took = (row.ended if row.ended is not None else now) - row.started
     text.append(f"  {seconds(max(took, 0.0))}", style="dim")
     if row.is_agent:
@@ -233,8 +236,7 @@ def _label(view: AgentTree, row: Row, now: float) -> Text:
 
 
 def _short(text: str, width: int = 70) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
+    return one_line(text, width)
 
 
 def _add(tree: Tree, view: AgentTree, lineage: str, now: float) -> None:
@@ -247,7 +249,8 @@ def _add(tree: Tree, view: AgentTree, lineage: str, now: float) -> None:
         counts: dict[str, int] = {}
         for call in hidden:
             counts[call.status] = counts.get(call.status, 0) + 1
-        summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        summary = ", ".join(f"{n} {one_line(status, ID_WIDTH)}"
+                            for status, n in sorted(counts.items()))
         branch.add(Text(f"… {len(hidden)} earlier calls: {summary}", style="dim"))
     skipped = {c.lineage for c in hidden}
     for child in children:
@@ -257,7 +260,7 @@ def _add(tree: Tree, view: AgentTree, lineage: str, now: float) -> None:
 
 def render_tree(view: AgentTree, title: str) -> RenderableType:
     """The tree of agents and calls as it stands (times as of now, while the run goes on)."""
-    tree = Tree(Text(title, style="bold"), guide_style="dim")
+    tree = Tree(safe_text(title, "bold", width=ID_WIDTH * 2), guide_style="dim")
     now = view.clock()
     for root in view.roots:
         _add(tree, view, root, now)

@@ -68,7 +68,9 @@ def idempotency_key(run_id: str, node_id: str) -> str:
 def approval_hash(tool: str, arguments: Mapping[str, Any]) -> str:
     """The hash a decision is bound to: the tool's name and its canonical JSON arguments."""
     text = f"{tool}\n{canonical_json(dict(arguments))}"
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    # surrogatepass: a lone surrogate in an argument (JSON allows "\ud800") hashes instead of
+    # raising; text without one hashes exactly as plain UTF-8
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 # ---- what the runtime writes (one Store.write call = one transaction) ---------------------

@@ -51,14 +51,19 @@ def is_plain_json(value: Any) -> bool:
     """Whether ``value`` survives a JSON round trip unchanged: exact JSON types all the way down.
 
     Subclasses (``IntEnum``, ``OrderedDict``, ``str`` enums) and tuples are not plain: JSON
-    would hand them back as their base types.
+    would hand them back as their base types. A list or dict met twice (one that contains
+    itself, or one shared) is not plain either: JSON would copy it, or never end.
     """
     stack = [value]
+    seen: set[int] = set()
     while stack:
         item = stack.pop()
         kind = type(item)
         if kind in _SCALARS:
             continue
+        if id(item) in seen:
+            return False
+        seen.add(id(item))
         if kind is list:
             stack.extend(item)
         elif kind is dict:
@@ -94,7 +99,12 @@ def encode_value(value: Any) -> Encoded:
 def _view(value: Any) -> str:
     """The value's JSON view, for people; never raises."""
     try:
-        return json.dumps(jsonable(value), ensure_ascii=False)
+        view = json.dumps(jsonable(value), ensure_ascii=False)
+        if not view.isascii():  # a lone surrogate cannot be stored as text: escape it all
+            view.encode("utf-8")
+        return view
+    except UnicodeEncodeError:
+        return json.dumps(jsonable(value))
     except Exception:  # jsonable gave something JSON still refuses (a 5000-digit int)
         return json.dumps(f"<unrepresentable {type(value).__qualname__}>")
 

@@ -1,0 +1,310 @@
+r"""Untrusted text on a terminal: shown as text, never as terminal control or rich markup.
+
+Everything ``shoal`` prints that came from a tool, a model, a plan file or the journal (node
+ids, tool names, values, errors, reasons, arguments) goes through this module:
+
+- :func:`clean` escapes every character that could control the terminal or hide text:
+  C0 controls (ESC, CR, backspace, bell ...), DEL, C1 controls (U+0080-U+009F), bidi
+  overrides and isolates (U+202A-U+202E, U+2066-U+2069), zero-width and other invisible
+  characters, line and paragraph separators, spaces other than the ASCII one, and lone
+  surrogates (which cannot even be encoded). Each becomes a visible ASCII escape
+  (``\x1b``, ``\r``, ``\u202e``, ``\U000e0041``), so nothing is hidden behind a look-alike.
+- :func:`one_line` and :func:`shorten` bound what a table cell or a message can hold.
+- :func:`safe_repr` renders any value (a ``__repr__`` that raises, returns a non-string,
+  recurses forever, or is huge; a list that contains itself) within a bound, never raising.
+- :func:`text` wraps the result in a rich :class:`~rich.text.Text`, which rich never parses
+  as markup (``[/INST]`` stays text); table cells built from plain ``str`` would be parsed.
+- :class:`SafeFormatter` (installed by :func:`install_log_handler`) escapes log records.
+- :func:`console` makes a rich console whose size stays sane whatever ``COLUMNS`` and
+  ``LINES`` say (negative, zero, huge, not a number).
+
+JSON output (``--json``, ``--events``) needs none of this: ``json.dumps`` with its default
+``ensure_ascii=True`` writes pure ASCII, every control character escaped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import reprlib
+import sys
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.text import Text
+
+__all__ = [
+    "MAX_HEIGHT", "MAX_WIDTH", "MIN_HEIGHT", "MIN_WIDTH", "PLAIN_WIDTH", "SafeFormatter",
+    "SPACE_RUN", "clean", "console", "console_size", "exact_json_view", "install_log_handler",
+    "is_safe", "json_view", "one_line", "safe_repr", "safe_str", "shorten", "text", "view_text",
+]
+
+PLAIN_WIDTH = 120  # when not a terminal: rich would otherwise squeeze tables to 80 columns
+MIN_WIDTH, MAX_WIDTH = 20, 1000
+MIN_HEIGHT, MAX_HEIGHT = 5, 1000
+ELLIPSIS = "…"
+
+# Printable to Python (``str.isprintable``) yet drawn as nothing, or as a plain space: they
+# would let text hide. Everything Python calls unprintable (controls, format characters such
+# as bidi overrides and zero-width spaces, separators, surrogates, unassigned and private-use
+# code points, spaces other than U+0020) is escaped anyway.
+_INVISIBLE = re.compile(
+    "[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u2800\u3164\ufe00-\ufe0f\uffa0"
+    "\U000e0100-\U000e01ef]"
+)
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if char in _NAMED:
+        return _NAMED[char]
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+def is_safe(char: str) -> bool:
+    """Whether one character may reach the terminal as it is."""
+    return char.isprintable() and _INVISIBLE.match(char) is None
+
+
+def clean(value: str, *, newlines: bool = False) -> str:
+    """``value`` with every character that could control the terminal or hide escaped.
+
+    ``newlines=True`` keeps line feeds (for a value shown on several lines on purpose);
+    carriage returns are always escaped, as they would let a line overwrite itself.
+    """
+    if value.isprintable() and _INVISIBLE.search(value) is None:
+        return value  # the common case, at C speed
+    return "".join(char if is_safe(char) or (newlines and char == "\n") else _escape(char)
+                   for char in value)
+
+
+def shorten(value: str, width: int) -> str:
+    """``value`` cut to ``width`` characters, the last one an ellipsis when it was cut."""
+    width = max(width, 1)
+    return value if len(value) <= width else value[: width - 1] + ELLIPSIS
+
+
+def one_line(value: str, width: int) -> str:
+    """``value`` on one line, whitespace runs squeezed, escaped, at most ``width`` long."""
+    prefix = value[: max(width * 4, 10_000)]  # a huge value costs no more than this
+    flat = " ".join(prefix.split())
+    if len(prefix) < len(value):  # never look complete when it is not
+        flat = f"{flat} {ELLIPSIS}" if flat else ELLIPSIS
+    return shorten(clean(flat), width)
+
+
+class _BoundedRepr(reprlib.Repr):
+    """``reprlib`` with roomier limits; a failing ``__repr__`` becomes a placeholder."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.maxstring = self.maxother = max(width, 20)
+        self.maxlist = self.maxtuple = self.maxset = self.maxfrozenset = self.maxdeque = 20
+        self.maxdict = 10
+        self.maxlevel = 4
+
+    def repr_instance(self, x: Any, level: int) -> str:
+        try:
+            found = repr(x)  # raises TypeError itself when __repr__ returns a non-string
+        except Exception as exc:
+            return _unrepresentable(x, exc)
+        return found if len(found) <= self.maxother else found[: self.maxother] + "..."
+
+
+def _unrepresentable(value: Any, exc: BaseException) -> str:
+    return f"<{type(value).__qualname__}: repr failed with {type(exc).__name__}>"
+
+
+def safe_repr(value: Any, width: int = 200) -> str:
+    """A repr of ``value`` of at most ``width`` characters, escaped; never raises.
+
+    Containers are shown in part (a few levels, a few items each), so a value that contains
+    itself, or a million items, costs little; a ``__repr__`` that raises, recurses without
+    end or returns a non-string gives a placeholder naming the type and the error.
+    """
+    try:
+        found = _BoundedRepr(width).repr(value)
+    except Exception as exc:  # a container whose items misbehave in ways reprlib misses
+        found = _unrepresentable(value, exc)
+    return shorten(clean(found), width)
+
+
+def safe_str(value: Any, width: int, *, newlines: bool = True) -> str:
+    """``str(value)`` escaped and cut to ``width``; a ``__str__`` that fails gives a placeholder.
+
+    Line feeds are kept unless ``newlines=False`` (then they are escaped too).
+    """
+    try:
+        found = value if isinstance(value, str) else str(value)  # TypeError if not a str
+    except Exception as exc:
+        found = f"<{type(value).__qualname__}: str failed with {type(exc).__name__}>"
+    return shorten(clean(found[: width + 1], newlines=newlines), width)
+
+
+def text(value: str, style: str = "", *, newlines: bool = False,
+         width: int | None = None) -> Text:
+    """``value`` escaped (see :func:`clean`) as a rich ``Text``: never parsed as markup."""
+    from rich.text import Text
+
+    cleaned = clean(value, newlines=newlines)
+    return Text(cleaned if width is None else shorten(cleaned, width), style=style)
+
+
+# Shown as \uXXXX in a JSON view so that the marker of a run of spaces cannot be faked.
+_MARKER_OPEN, _MARKER_CLOSE = "\u27e8", "\u27e9"
+SPACE_RUN = 4  # this many spaces in a row or more are shown as a counted marker
+_SPACES = re.compile(f" {{{SPACE_RUN},}}")
+
+
+def _json_escape(char: str) -> str:
+    code = ord(char)
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # astral: a surrogate pair, as JSON writes them
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
+def json_view(value: Any) -> str:
+    r"""``value`` (JSON-ready data) as one line of JSON with nothing hidden in it.
+
+    Strings are JSON strings, so a backslash is always ``\\`` and every ``\u`` escape
+    stands for a real character: controls, bidi overrides, zero-width characters, spaces
+    other than U+0020, lone surrogates (all escaped here), and the marker brackets of
+    :func:`view_text`. The result is valid JSON for the same value (for a value JSON cannot
+    hold, a JSON string holding its repr: see :func:`exact_json_view`).
+    """
+    return exact_json_view(value)[0]
+
+
+def exact_json_view(value: Any) -> tuple[str, bool]:
+    """:func:`json_view`, and whether it is the value itself (``False``: only a repr of it).
+
+    A value JSON cannot hold (nested deeper than the encoder goes, say) is shown as a bounded
+    repr, which is not all of it: a person must not approve it as if they had seen it whole.
+    """
+    try:
+        found = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):  # not JSON-ready after all: its repr
+        return json.dumps(f"<not JSON: {safe_repr(value, 10_000)}>", ensure_ascii=True), False
+    return _escape_view(found), True
+
+
+def _escape_view(found: str) -> str:
+    if found.isprintable() and _INVISIBLE.search(found) is None and _MARKER_OPEN not in found \
+            and _MARKER_CLOSE not in found:
+        return found
+    return "".join(char if is_safe(char) and char not in (_MARKER_OPEN, _MARKER_CLOSE)
+                   else _json_escape(char) for char in found)
+
+
+def view_text(view: str, limit: int | None = None) -> tuple[Text, int]:
+    """A :func:`json_view` for people: escapes highlighted, long runs of spaces counted.
+
+    ``ls -la`` followed by 240 spaces reads ``"ls -la⟨240 spaces⟩; curl ..."``, so what
+    follows the spaces is in plain sight. With ``limit``, at most that many characters of
+    ``view`` are shown; returns the text and how many characters were left out.
+    """
+    from rich.text import Text
+
+    shown = view if limit is None else view[:limit]
+    out = Text()
+    at = 0
+    for match in _SPACES.finditer(shown):
+        _append_escaped(out, shown[at:match.start()])
+        out.append(f"{_MARKER_OPEN}{len(match.group())} spaces{_MARKER_CLOSE}", style="reverse")
+        at = match.end()
+    _append_escaped(out, shown[at:])
+    return out, len(view) - len(shown)
+
+
+_ESCAPES = re.compile(r"\\\\|\\u[0-9a-fA-F]{4}|\\[nrtbf\"/]")
+
+
+def _append_escaped(out: Text, part: str) -> None:
+    """Append ``part``, highlighting the escapes that stand for unusual characters."""
+    at = 0
+    for match in _ESCAPES.finditer(part):
+        out.append(part[at:match.start()])
+        token = match.group()
+        out.append(token, style="" if token in ("\\\\", '\\"', "\\/") else "bold reverse")
+        at = match.end()
+    out.append(part[at:])
+
+
+class SafeFormatter(logging.Formatter):
+    """A log formatter whose output is escaped (see :func:`clean`; line feeds are kept)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as usual, then escaped: messages and tracebacks quote untrusted text."""
+        return clean(super().format(record), newlines=True)
+
+
+def install_log_handler(stream: IO[str] | None = None) -> logging.Handler | None:
+    """Send the ``shoal`` logger's warnings and errors to standard error, escaped.
+
+    Without a handler, Python's last-resort one would print them raw. Does nothing (returns
+    ``None``) when the application configured the ``shoal`` logger or the root logger already.
+    """
+    logger = logging.getLogger("shoal")
+    if logger.handlers or logging.getLogger().handlers:
+        return None
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(SafeFormatter("shoal: %(levelname)s: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    logger.addHandler(handler)
+    return handler
+
+
+def _size_from_env(name: str, low: int, high: int) -> int | None:
+    """``$name`` as a size clamped to ``[low, high]``; ``None`` when unset or not a count."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return None
+    try:
+        found = int(raw.strip())
+    except ValueError:
+        return None
+    return min(max(found, low), high) if found > 0 else None
+
+
+def console_size(stream: IO[str]) -> tuple[int | None, int | None]:
+    """The width and height a console on ``stream`` should use; ``None``: let rich follow.
+
+    ``COLUMNS`` and ``LINES`` win when they hold a positive count (clamped to sane bounds);
+    a bad value (``-5``, ``0``, ``abc``) is ignored. On a terminal an unset value is left to
+    rich, which follows the window as it is resized; elsewhere the width is
+    :data:`PLAIN_WIDTH`.
+    """
+    width = _size_from_env("COLUMNS", MIN_WIDTH, MAX_WIDTH)
+    height = _size_from_env("LINES", MIN_HEIGHT, MAX_HEIGHT)
+    try:
+        tty = stream.isatty()
+    except (OSError, ValueError):
+        tty = False
+    if tty:
+        try:
+            real = os.get_terminal_size(stream.fileno())  # 0 x 0 for a fresh pseudo-terminal
+            fallback_width, fallback_height = real.columns or PLAIN_WIDTH, real.lines or 25
+        except (OSError, ValueError):
+            fallback_width, fallback_height = PLAIN_WIDTH, 25
+        # rich itself reads COLUMNS / LINES when given None, and takes "0" at its word
+        if width is None and "COLUMNS" in os.environ:
+            width = min(max(fallback_width, MIN_WIDTH), MAX_WIDTH)
+        if height is None and "LINES" in os.environ:
+            height = min(max(fallback_height, MIN_HEIGHT), MAX_HEIGHT)
+        return width, height
+    return width or PLAIN_WIDTH, height or 25
+
+
+def console(*, stderr: bool = False) -> Console:
+    """A rich console on standard output (or error) with a sane size and no highlighting."""
+    from rich.console import Console
+
+    width, height = console_size(sys.stderr if stderr else sys.stdout)
+    return Console(stderr=stderr, highlight=False, width=width, height=height)
