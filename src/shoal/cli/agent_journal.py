@@ -33,6 +33,7 @@ from rich.text import Text
 from shoal import events as events_module
 from shoal.agents.result import AgentResult
 from shoal.cli.render import seconds
+from shoal.cli.safe import clean
 from shoal.cli.tree import TREE_EVENTS, AgentTree, Row, agent_status, render_tree
 from shoal.events import Event
 from shoal.outcome import jsonable
@@ -244,12 +245,12 @@ def show_view(record: RunRecord, events: Sequence[Mapping[str, Any]],
               status: str) -> RenderableType:
     """``shoal show`` of an agent run: the tree of agents and calls, the answer, a summary."""
     source = record.source
-    head = Text.assemble(("run ", "bold"), (record.run_id, "bold"), "  ")
+    head = Text.assemble(("run ", "bold"), (clean(record.run_id), "bold"), "  ")
     head.append_text(agent_status_text(record, status))
-    head.append(f"\nagent {source.get('target', '?')} · model "
-                f"{source.get('model') or 'as defined'} · started "
+    head.append(f"\nagent {clean(str(source.get('target', '?')))} · model "
+                f"{clean(str(source.get('model') or 'as defined'))} · started "
                 f"{_when(record.started_at)} · took {seconds(record.makespan)}")
-    head.append(f"\nprompt: {source.get('prompt', '')}", style="dim")
+    head.append(f"\nprompt: {clean(str(source.get('prompt', '')), newlines=True)}", style="dim")
     tree = tree_of(record, events)
     parts: list[RenderableType] = [head, render_tree(tree, "agents and calls")]
     result = source.get("result")
@@ -257,7 +258,8 @@ def show_view(record: RunRecord, events: Sequence[Mapping[str, Any]],
         if result.get("status") == "ok":
             output = result.get("output")
             text = output if isinstance(output, str) else json.dumps(output, indent=2)
-            parts.append(Panel(Text(text), title="answer", title_align="left"))
+            parts.append(Panel(Text(clean(text, newlines=True)), title="answer",
+                               title_align="left"))
         facts = headline(record)
         parts.append(Text(f"{facts['agents']} agent{'s' if facts['agents'] != 1 else ''}, "
                           f"{facts['turns']} turns by the lead, {facts['calls']} tool calls"
@@ -265,7 +267,7 @@ def show_view(record: RunRecord, events: Sequence[Mapping[str, Any]],
                              else "") + f", {facts['tokens']} tokens", style="dim"))
     if status == "interrupted":
         parts.append(Text(f"the process running it stopped; continue with: shoal resume "
-                          f"{record.run_id}", style="yellow"))
+                          f"{clean(record.run_id)}", style="yellow"))
     return Group(*parts)
 
 
