@@ -34,7 +34,6 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from typing import Any
 
 from shoal.exceptions import PlanError, PlanProblem, ShoalError
 from shoal.plan import Plan, Ref, as_tool
+from shoal.plandata import MAX_BYTES, DataError, check_value, parse_json, parse_yaml
 from shoal.tools import Tool
 
 __all__ = ["convert_refs", "import_object", "load_plan", "parse_ref", "plan_from_dict"]
@@ -53,7 +53,6 @@ _REF = re.compile(
 _STEP = re.compile(r"\.(?P<field>[\w-]+)|\[(?P<item>-?[0-9]+)\]")
 _NODE_KEYS = ("id", "tool", "args", "after", "options")
 _TOP_KEYS = ("name", "nodes")
-_TOO_DEEP = "the data is nested too deeply to read; flatten it"
 _REF_HELP = "write $id, $id.field, $id[0] or ${id}, or start with '$$' for a literal '$'"
 
 
@@ -140,53 +139,44 @@ def load_plan(path: str | Path, *, tools: Mapping[str, Tool[..., Any]] | None = 
 
 
 def _read_data(file: Path, source: str) -> Any:
+    text = _read_text(file, source)
+    suffix = file.suffix.lower()
     try:
-        text = file.read_text(encoding="utf-8")
+        if suffix == ".json":
+            return parse_json(text)
+        if suffix in (".yaml", ".yml"):
+            return parse_yaml(text)
+        try:
+            return parse_json(text)
+        except DataError as exc:
+            if exc.code != "syntax" or not exc.message.startswith("invalid JSON"):
+                raise  # it is JSON, with a problem of its own: YAML would only hide it
+            # not JSON: YAML is the more forgiving reading, so its error is reported
+            return parse_yaml(text)
+    except DataError as exc:
+        raise _fail(exc.code, exc.message, source) from None
+
+
+def _read_text(file: Path, source: str) -> str:
+    """The file's text; at most MAX_BYTES are read, so /dev/zero or a FIFO cannot fill memory."""
+    try:
+        with file.open("rb") as stream:
+            data = stream.read(MAX_BYTES + 1)
     except FileNotFoundError:
         raise _fail("not_found", f"no such file: {file} (relative paths start at "
                                  f"{Path.cwd()}); check the path", source) from None
-    except UnicodeDecodeError as exc:
-        raise _fail("syntax", f"the file is not UTF-8 text ({exc.reason} at byte {exc.start}); "
-                              "save it as UTF-8", source) from None
     except OSError as exc:
         raise _fail("unreadable", f"cannot read {file}: {exc.strerror or exc}; check that it "
                                   "is a readable file", source) from None
-    suffix = file.suffix.lower()
-    if suffix == ".json":
-        return _parse_json(text, source)
-    if suffix in (".yaml", ".yml"):
-        return _parse_yaml(text, source)
+    if len(data) > MAX_BYTES:
+        raise _fail("too_large", f"the file is larger than {MAX_BYTES // 2**20} MiB, the limit "
+                                 "for a plan file; split the plan", source)
     try:
-        return _parse_json(text, source)
-    except PlanError:  # not JSON: YAML is the more forgiving reading, so its error is reported
-        return _parse_yaml(text, source)
-
-
-def _parse_json(text: str, source: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise _fail("syntax", f"invalid JSON at line {exc.lineno}, column {exc.colno}: "
-                              f"{exc.msg}; fix the syntax there", source) from None
-    except RecursionError:
-        raise _fail("syntax", _TOO_DEEP, source) from None
-
-
-def _parse_yaml(text: str, source: str) -> Any:
-    import yaml  # lazily: plan files are rare and `import shoal` should stay fast
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        context = f" ({exc.context})" if exc.context else ""
-        raise _fail("syntax", f"invalid YAML{where}: {exc.problem}{context}; fix the syntax "
-                              "there", source) from None
-    except yaml.YAMLError as exc:
-        raise _fail("syntax", f"invalid YAML: {exc}", source) from None
-    except RecursionError:
-        raise _fail("syntax", _TOO_DEEP, source) from None
+        return data.decode("utf-8-sig")  # a byte order mark, as some editors write, is skipped
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise _fail("syntax", f"the file is not UTF-8 text ({exc.reason} at byte {exc.start}, "
+                              f"line {line}); save it as UTF-8", source) from None
 
 
 def _fail(code: str, message: str, source: str) -> PlanError:
@@ -214,6 +204,9 @@ def plan_from_dict(
     Raises:
         PlanError: listing every problem at once; ``source`` names where the data came from.
     """
+    bad = check_value(data)
+    if bad is not None:  # nothing further can be read safely from such data
+        raise PlanError([PlanProblem(bad.code, bad.message)], source)
     problems: list[PlanProblem] = []
     name, raw_nodes = _read_top(data, problems)
     plan = Plan(name)
@@ -222,7 +215,8 @@ def plan_from_dict(
         # Nodes whose tool is unusable still go in, as placeholders, so that refs to them are
         # not reported as dangling and cycles through them are still found.
         plan.add(spec.tool or placeholder_tool(), spec.args, after=spec.after, node_id=spec.id)
-    problems += plan.problems()
+    # duplicate ids were reported above, with the positions that share them
+    problems += [p for p in plan.problems() if p.code != "duplicate_id"]
     if problems:
         raise PlanError(problems, source)
     return plan
@@ -261,12 +255,11 @@ def _read_nodes(
         spec = _read_node(index, raw, tools, problems)
         if spec is None:
             continue
-        if spec.id in first_index:
+        if spec.id in first_index:  # still added: the plan checks its refs and arguments too
             problems.append(PlanProblem(
                 "duplicate_id", f"nodes[{first_index[spec.id]}] and nodes[{index}] share this "
                                 "id; give every node its own id", spec.id))
-            continue
-        first_index[spec.id] = index
+        first_index.setdefault(spec.id, index)
         specs.append(spec)
     return specs
 

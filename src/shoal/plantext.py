@@ -345,7 +345,8 @@ def parse_plan_text(text: str, tools: ToolSet) -> Plan:
     for node_id in dict.fromkeys(p.node for p in parser.problems if p.node):
         if node_id not in plan:
             plan.add(placeholder_tool(), {}, node_id=node_id)
-    problems += plan.problems()
+    # duplicate numbers were reported above, with their lines
+    problems += [p for p in plan.problems() if p.code != "duplicate_id"]
     if problems:
         raise PlanError(problems)
     return plan
@@ -353,9 +354,11 @@ def parse_plan_text(text: str, tools: ToolSet) -> Plan:
 
 def _add_call(plan: Plan, call: ParsedCall, tools: Mapping[str, Tool[..., Any]]) -> list[
         PlanProblem]:
-    if call.id in plan:
-        return [PlanProblem("duplicate_id", f"line {call.line}: step {call.id} is numbered "
-                                            "twice; number each step once", call.id)]
-    found, args, problems = _bind(call, tools)
+    problems = []
+    if call.id in plan:  # still added: the plan checks its refs and arguments too
+        problems.append(PlanProblem("duplicate_id", f"line {call.line}: step {call.id} is "
+                                                    "numbered twice; number each step once",
+                                    call.id))
+    found, args, bind_problems = _bind(call, tools)
     plan.add(found or placeholder_tool(), args, node_id=call.id)
-    return problems
+    return problems + bind_problems
