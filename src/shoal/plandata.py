@@ -48,6 +48,7 @@ MAX_INT_DIGITS = 1000
 # which costs nothing, instead of by converting them to text, which is quadratic
 _MAX_INT_BITS = int(MAX_INT_DIGITS * math.log2(10))
 
+_TOO_MANY_DIGITS = f"an integer has more than {MAX_INT_DIGITS} digits; pass such a number as text"
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _JSON_STRING = r'"[^"\\]*(?:\\.[^"\\]*)*"'
 _JSON_BRACKETS = re.compile(_JSON_STRING + r"|[\[\]{}]")
@@ -79,16 +80,18 @@ class _Frame:
     height: int = 1  # 1 + the height of its highest child container seen so far
 
 
-def check_value(value: Any, where: str = "") -> DataError | None:
+def check_value(value: Any, where: str = "", *, allow_infinity: bool = True) -> DataError | None:
     """Say what is wrong with parsed plan data ``value``, or return ``None`` when nothing is.
 
     Checks the limits and rules of this module's docstring: depth, the number of values (a
     value reached twice, as YAML aliases and shared Python objects are, counts twice), integer
     size, lone surrogates, and containers that contain themselves. Walks without recursion and
     visits each distinct container once, so it is fast on any input. ``where`` starts the path
-    named in the message (``"args"`` gives ``args['x'][0]``).
+    named in the message (``"args"`` gives ``args['x'][0]``). Without ``allow_infinity``, an
+    infinite float is a problem too (in Python literals it can only come from an overflow such
+    as ``1e999``).
     """
-    found = _Walk(_python_children, where).run(value)
+    found = _Walk(_python_children, where, None if allow_infinity else _finite_leaf).run(value)
     if found is None:
         return None
     message = found[0]
@@ -147,8 +150,8 @@ class _Walk:
             depth = len(self.stack)
             problem = self.enter(obj, label)
             if problem is not None:
-                pushed = len(self.stack) > depth
-                return f"{problem} (at {self.path('' if pushed else label)})", obj
+                where = self.path("" if len(self.stack) > depth else label)
+                return f"{problem} (at {where})" if where else problem, obj
             step = self.next_child()
             if step is None:
                 return None
@@ -197,9 +200,9 @@ class _Walk:
     def path(self, last: str) -> str:
         """Where the walk is: ``where``, then the labels of the open containers and ``last``."""
         labels = [self.where, *(f.label for f in self.stack[1:]), last]
-        if len(labels) > 8:  # a path 100 deep helps nobody; its two ends say where it is
-            labels = [*labels[:4], "...", *labels[-3:]]
-        return "".join(labels) or "the top level"
+        if len(labels) > 10:  # a path 100 deep helps nobody; its two ends say where it is
+            labels = [*labels[:6], "...", *labels[-2:]]
+        return "".join(labels)
 
 
 def _depth_problem(depth: int) -> str | None:
@@ -209,16 +212,32 @@ def _depth_problem(depth: int) -> str | None:
             "pass it another way")
 
 
+def _finite_leaf(value: Any) -> str | None:
+    if isinstance(value, float) and math.isinf(value):
+        return "a number is too large for a float (it overflows to infinity); pass it as text"
+    return _leaf_problem(value)
+
+
 def _leaf_problem(value: Any) -> str | None:
     if isinstance(value, str):
         found = _SURROGATE.search(value)
         if found:
             return (f"the text holds a lone surrogate \\u{ord(found.group()):04x}, which is not "
                     "a character; write the character itself")
-    elif isinstance(value, int) and abs(value).bit_length() > _MAX_INT_BITS:
-        return (f"an integer has more than {MAX_INT_DIGITS} digits; pass such a number as "
-                "text")
+    elif isinstance(value, int) and too_many_digits(value):
+        return _TOO_MANY_DIGITS
     return None
+
+
+def too_many_digits(value: int) -> bool:
+    """Whether ``value`` has more than :data:`MAX_INT_DIGITS` decimal digits.
+
+    Decided by its bit length, which costs nothing, except near the limit, where a number of
+    about a thousand digits is cheap to write out.
+    """
+    bits = abs(value).bit_length()
+    return bits > _MAX_INT_BITS + 8 or (bits > _MAX_INT_BITS - 8
+                                        and len(str(abs(value))) > MAX_INT_DIGITS)
 
 
 # --- JSON ------------------------------------------------------------------------------------
@@ -289,8 +308,7 @@ def _short(key: str) -> str:
 
 def _parse_int(literal: str) -> int:
     if len(literal.lstrip("-")) > MAX_INT_DIGITS:  # before int(), which is slow on these
-        raise _Refused("too_large", f"an integer has more than {MAX_INT_DIGITS} digits; pass "
-                                    "such a number as text", literal)
+        raise _Refused("too_large", _TOO_MANY_DIGITS, literal)
     return int(literal)
 
 
@@ -499,7 +517,6 @@ def _loader_class() -> type[Any]:
 
 _YAML_INT = "tag:yaml.org,2002:int"
 _YAML_MERGE = "tag:yaml.org,2002:merge"
-_TOO_MANY_DIGITS = f"an integer has more than {MAX_INT_DIGITS} digits; pass such a number as text"
 
 
 def _yaml_children(node: Any) -> Iterator[tuple[str, Any]] | None:
@@ -519,7 +536,7 @@ def _no_problem(node: Any) -> str | None:
 def _scalar_problem(value: Any, written: str) -> tuple[str, str] | None:
     if isinstance(value, float) and math.isinf(value) and "inf" not in written.lower():
         return "too_large", f"the number {written[:40]} is too large for a float; pass it as text"
-    if isinstance(value, int) and abs(value).bit_length() > _MAX_INT_BITS:
+    if isinstance(value, int) and too_many_digits(value):
         return "too_large", _TOO_MANY_DIGITS
     if isinstance(value, str):
         problem = _leaf_problem(value)
