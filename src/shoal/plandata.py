@@ -5,8 +5,9 @@ clear message, whatever the bytes are. The limits (see ``MAX_*``):
 
 * a file of at most :data:`MAX_BYTES`;
 * lists and mappings nested at most :data:`MAX_DEPTH` deep;
-* at most :data:`MAX_ITEMS` values in all, counting each use of a YAML alias in full, so that
-  an "alias bomb" (aliases of aliases of aliases ...) is refused instead of filling memory;
+* at most :data:`MAX_ITEMS` values in all, of which at most :data:`MAX_ALIASED` come from
+  reusing a value (each use of a YAML alias counts in full), so that an "alias bomb" (aliases
+  of aliases of aliases ...) is refused instead of filling memory;
 * integers of at most :data:`MAX_INT_DIGITS` decimal digits, and no float that overflows
   (``1e999``).
 
@@ -32,6 +33,7 @@ from typing import Any
 __all__ = [
     "MAX_BYTES",
     "MAX_DEPTH",
+    "MAX_ALIASED",
     "MAX_INT_DIGITS",
     "MAX_ITEMS",
     "DataError",
@@ -43,6 +45,7 @@ __all__ = [
 MAX_BYTES = 16 * 1024 * 1024
 MAX_DEPTH = 100
 MAX_ITEMS = 1_000_000
+MAX_ALIASED = 100_000
 MAX_INT_DIGITS = 1000
 # an int of this many bits may have more than MAX_INT_DIGITS digits; ints are checked by bits,
 # which costs nothing, instead of by converting them to text, which is quadratic
@@ -84,7 +87,8 @@ def check_value(value: Any, where: str = "", *, allow_infinity: bool = True) -> 
     """Say what is wrong with parsed plan data ``value``, or return ``None`` when nothing is.
 
     Checks the limits and rules of this module's docstring: depth, the number of values (a
-    value reached twice, as YAML aliases and shared Python objects are, counts twice), integer
+    value reached twice, as YAML aliases and shared Python objects are, counts twice, and
+    counts against :data:`MAX_ALIASED` too), integer
     size, lone surrogates, and containers that contain themselves. Walks without recursion and
     visits each distinct container once, so it is fast on any input. ``where`` starts the path
     named in the message (``"args"`` gives ``args['x'][0]``). Without ``allow_infinity``, an
@@ -139,6 +143,7 @@ class _Walk:
         self.where = where
         self.leaf = leaf or _leaf_problem
         self.seen = 0
+        self.reused = 0  # values counted again because a container was reached again
         self.done: dict[int, tuple[int, int]] = {}  # id -> (values inside, height)
         self.open: set[int] = set()
         self.stack: list[_Frame] = []
@@ -187,11 +192,12 @@ class _Walk:
         if key in self.done:  # reached again (an alias): count its values again, walk it once
             size, height = self.done[key]
             self.seen += size
+            self.reused += size
             if self.stack:
                 self.stack[-1].height = max(self.stack[-1].height, height + 1)
-            if self.seen > MAX_ITEMS:
-                return (f"the data holds more than {MAX_ITEMS:,} values once its aliases are "
-                        "expanded (each use of an alias counts in full); make it smaller")
+            if self.reused > MAX_ALIASED:
+                return (f"aliases expand the data by more than {MAX_ALIASED:,} values (each "
+                        "use of an alias counts in full); use fewer aliases")
             return _depth_problem(len(self.stack) + height)
         self.open.add(key)
         self.stack.append(_Frame(obj, children, label, self.seen))
@@ -339,6 +345,12 @@ def _at(text: str, offset: int) -> str:
     return f" (at {_line_column(text, offset)})" if offset >= 0 else ""
 
 
+def _line_column_of_byte(text: str, offset: int) -> str:
+    """Line and column of byte ``offset`` of ``text`` in UTF-8 (libyaml counts bytes)."""
+    before = text.encode("utf-8", "surrogatepass")[:offset].decode("utf-8", "replace")
+    return _line_column(before, len(before))
+
+
 def _line_column(text: str, offset: int) -> str:
     line = text.count("\n", 0, offset) + 1
     column = offset - (text.rfind("\n", 0, offset) + 1) + 1
@@ -415,16 +427,22 @@ def parse_yaml(text: str) -> Any:
         code = getattr(exc, "code", None)
         if code is not None:  # one of this module's rules, not a syntax error
             raise DataError(code, f"{exc.problem} ({where[1:]})") from None
+        if "nesting depth" in (exc.problem or ""):  # libyaml's own limit, reached looking ahead
+            raise DataError("too_large", f"{_depth_problem(MAX_DEPTH + 1)} ({where[1:]})") from None
         context = f" ({exc.context})" if exc.context else ""
         raise DataError("syntax", f"invalid YAML{where}: {exc.problem}{context}; fix the "
                                   "syntax there") from None
     except yaml.reader.ReaderError as exc:  # a character YAML forbids; it has no mark
-        where = _line_column(text, exc.position) if exc.position <= len(text) else ""
+        where = _line_column_of_byte(text, exc.position)
         raise DataError("syntax", f"invalid YAML at {where}: the character "
                                   f"#x{exc.character:04x} is not allowed ({exc.reason}); "
                                   "remove it") from None
     except yaml.YAMLError as exc:
         raise DataError("syntax", f"invalid YAML: {' '.join(str(exc).split())}") from None
+    except UnicodeEncodeError as exc:  # libyaml reads UTF-8: a lone surrogate has none
+        where = _line_column(text, exc.start)
+        raise DataError("syntax", f"the text holds a lone surrogate at {where}, which is not a "
+                                  "character; remove it") from None
     except RecursionError:  # the limits are meant to prevent this; a clear message if not
         raise DataError("too_large", _depth_problem(MAX_DEPTH + 1) or "") from None
     finally:
@@ -446,7 +464,7 @@ def _loader_class() -> type[Any]:
             super().__init__(problem=problem, problem_mark=mark)
             self.code = code
 
-    class Loader(yaml.SafeLoader):
+    class Loader(_base_loader()):  # type: ignore[misc]
         """SafeLoader that also enforces depth, alias expansion, duplicate keys and numbers."""
 
         depth = 0
@@ -457,8 +475,9 @@ def _loader_class() -> type[Any]:
             try:
                 if self.depth > MAX_DEPTH:
                     raise Refused("too_large", _depth_problem(self.depth) or "",
-                                  self.peek_event().start_mark)  # type: ignore[no-untyped-call]
-                return super().compose_node(parent, index)  # type: ignore[return-value]
+                                  self.peek_event().start_mark)
+                node: Node = super().compose_node(parent, index)
+                return node
             finally:
                 self.depth -= 1
 
@@ -480,7 +499,7 @@ def _loader_class() -> type[Any]:
                 value = super().construct_object(node, deep)
             except yaml.YAMLError:
                 raise
-            except (ValueError, TypeError, ArithmeticError) as exc:
+            except (ValueError, TypeError, ArithmeticError, LookupError, AttributeError) as exc:
                 # a tagged scalar that its type rejects (!!int x, !!timestamp 2024-13-45)
                 raise ConstructorError(None, None, f"cannot read this value: {exc}",
                                        node.start_mark) from None
@@ -493,7 +512,8 @@ def _loader_class() -> type[Any]:
         def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
             if isinstance(node, MappingNode):
                 self.refuse_duplicates(node)
-            return super().construct_mapping(node, deep)
+            mapping: dict[Any, Any] = super().construct_mapping(node, deep)
+            return mapping
 
         def refuse_duplicates(self, node: MappingNode) -> None:
             seen: set[Any] = set()
@@ -513,6 +533,33 @@ def _loader_class() -> type[Any]:
                                   key_node.start_mark)
 
     return Loader
+
+
+def _base_loader() -> type[Any]:
+    """The SafeLoader of yaml, with libyaml's scanner and parser (in C) when yaml has them.
+
+    Only the scanner and parser come from libyaml: composing nodes and building values stay in
+    Python, where this module checks depth, aliases, keys and numbers as it goes. That keeps
+    each check and its line numbers, and reads a file several times faster than pure Python.
+    """
+    import yaml
+    from yaml.composer import Composer
+    from yaml.constructor import SafeConstructor
+    from yaml.resolver import Resolver
+
+    try:
+        from yaml._yaml import CParser
+    except ImportError:  # yaml built without libyaml
+        return yaml.SafeLoader
+
+    class FastSafeLoader(Composer, SafeConstructor, Resolver, CParser):
+        def __init__(self, stream: str) -> None:
+            CParser.__init__(self, stream)
+            Composer.__init__(self)
+            SafeConstructor.__init__(self)
+            Resolver.__init__(self)
+
+    return FastSafeLoader
 
 
 _YAML_INT = "tag:yaml.org,2002:int"
