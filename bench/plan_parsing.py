@@ -44,6 +44,12 @@ def merge(parts: list[str]) -> str:
     return "".join(parts)
 
 
+@tool
+def add(a: int, b: int) -> int:
+    """The sum (never called: only loaded from plan files)."""
+    return a + b
+
+
 def long_call(lines: int) -> str:
     return "1. merge(parts=[\n" + "".join(f'  "part {i}",\n' for i in range(lines)) + "])\n"
 
@@ -96,7 +102,7 @@ def main(quick: bool = False) -> BenchResult:
     parts = parse_plan_text(large, [merge]).node("1").args["parts"]
     result.check("the long call is read whole", len(parts) == 4 * lines)
 
-    data = {"nodes": [{"id": f"n{i}", "tool": "tests.plan_tools:add",
+    data = {"nodes": [{"id": f"n{i}", "tool": "bench.plan_parsing:add",
                        "args": {"a": i, "b": f"$n{i - 1}" if i else 0}} for i in range(nodes)]}
     with tempfile.TemporaryDirectory() as folder:
         base = Path(folder)

@@ -27,6 +27,9 @@ almost always a mistyped reference. To start a string with a literal dollar, dou
 ``"$$5"`` is the text ``"$5"``. Dict keys are never references.
 
 Every problem in a file is reported at once, in one :class:`~shoal.exceptions.PlanError`.
+Files are read as untrusted input, within the limits and rules of :mod:`shoal.plandata`
+(size, depth, YAML aliases, duplicate keys, numbers, text): a file that breaks one is reported
+as that one problem, with its line and column.
 """
 
 from __future__ import annotations
