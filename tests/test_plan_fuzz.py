@@ -190,7 +190,10 @@ def test_nesting_of_any_depth(depth: int, brackets: str, suffix: str) -> None:
         text = f'{{"nodes": [{{"id": "a", "tool": "{T}anything", "args": {{"value": {inner}}}}}]}}'
     result = load_bytes(text.encode(), suffix)
     levels = min(depth, 400) if brackets == "yaml-block" else depth
-    if levels < 90:  # with the four levels above 'value', within the limit: it loads
+    if suffix == ".json" and brackets == "yaml-block":  # YAML in a .json file: not JSON
+        assert isinstance(result, PlanError)
+        assert [p.code for p in result.problems] == ["syntax"]
+    elif levels < 90:  # with the four levels above 'value', within the limit: it loads
         assert isinstance(result, Plan), result
     elif levels > 100:
         assert isinstance(result, PlanError)

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from shoal import plandata
 from shoal.exceptions import PlanError
 from shoal.plan import Ref
 from shoal.plandata import (
@@ -48,6 +49,21 @@ nodes: []
 """
 
 
+@pytest.fixture(params=["libyaml", "python"])
+def yaml_parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Read YAML with libyaml's parser (when yaml has it), then with the pure-Python one."""
+    if request.param == "python":
+        monkeypatch.setitem(sys.modules, "yaml._yaml", None)  # as if built without libyaml
+    plandata._loader_class.cache_clear()
+    bases = {cls.__name__ for cls in plandata._loader_class().__mro__}
+    if request.param == "python":
+        assert "CParser" not in bases
+    elif "CParser" not in bases:
+        pytest.skip("yaml was built without libyaml")
+    yield request.param
+    plandata._loader_class.cache_clear()
+
+
 def load_text(tmp_path: Path, text: str | bytes, suffix: str = ".yaml") -> PlanError:
     path = tmp_path / f"plan{suffix}"
     if isinstance(text, bytes):
@@ -71,7 +87,7 @@ def nested_json(depth: int) -> str:
 # --- YAML aliases ----------------------------------------------------------------------------
 
 
-def test_alias_bomb_is_refused_fast_in_little_memory(tmp_path: Path) -> None:
+def test_alias_bomb_is_refused_fast_in_little_memory(tmp_path: Path, yaml_parser: str) -> None:
     assert len(ALIAS_BOMB.encode()) < 600
     tracemalloc.start()
     began = time.perf_counter()
@@ -89,7 +105,7 @@ def test_alias_bomb_is_refused_fast_in_little_memory(tmp_path: Path) -> None:
     assert peak < 50 * 2**20
 
 
-def test_shared_args_through_an_alias_load(tmp_path: Path) -> None:
+def test_shared_args_through_an_alias_load(tmp_path: Path, yaml_parser: str) -> None:
     path = tmp_path / "plan.yaml"
     path.write_text(f"""\
 nodes:
@@ -100,7 +116,7 @@ nodes:
     assert plan.node("b").args == {"value": [1, 2, 3]}
 
 
-def test_alias_inside_its_own_anchor_is_refused(tmp_path: Path) -> None:
+def test_alias_inside_its_own_anchor_is_refused(tmp_path: Path, yaml_parser: str) -> None:
     code, message = only(load_text(tmp_path, f"""\
 nodes:
   - id: a
@@ -111,7 +127,7 @@ nodes:
     assert "contains itself" in message and "line 4" in message
 
 
-def test_merge_keys_work_and_may_override(tmp_path: Path) -> None:
+def test_merge_keys_work_and_may_override(tmp_path: Path, yaml_parser: str) -> None:
     path = tmp_path / "plan.yaml"
     path.write_text(f"""\
 nodes:
@@ -128,7 +144,8 @@ nodes:
 
 @pytest.mark.parametrize("depth", [MAX_DEPTH + 1, 600, 100_000])
 @pytest.mark.parametrize("suffix", [".json", ".yaml", ".plan"])
-def test_deep_nesting_is_refused_with_its_place(tmp_path: Path, depth: int, suffix: str) -> None:
+def test_deep_nesting_is_refused_with_its_place(tmp_path: Path, depth: int, suffix: str,
+                                                yaml_parser: str) -> None:
     value = nested_json(depth)
     text = f'{{"nodes": [{{"id": "a", "tool": "{T}anything",\n "args": {{"value": {value}}}}}]}}'
     code, message = only(load_text(tmp_path, text, suffix))
@@ -146,7 +163,7 @@ def test_nesting_up_to_the_limit_loads(tmp_path: Path) -> None:
     assert len(load_plan(path)) == 1
 
 
-def test_deep_block_yaml_is_refused(tmp_path: Path) -> None:
+def test_deep_block_yaml_is_refused(tmp_path: Path, yaml_parser: str) -> None:
     text = "nodes:\n" + "".join("  " * i + "- \n" for i in range(1, 400)) + "  " * 400 + "- x\n"
     code, message = only(load_text(tmp_path, text))
     assert code == "too_large" and "nested more than" in message
@@ -184,7 +201,7 @@ def test_duplicate_args_in_a_json_node(tmp_path: Path) -> None:
     assert "'args' appears twice" in message and "line 2, column 3" in message
 
 
-def test_duplicate_keys_in_yaml_name_their_line(tmp_path: Path) -> None:
+def test_duplicate_keys_in_yaml_name_their_line(tmp_path: Path, yaml_parser: str) -> None:
     text = f"nodes: []\nname: x\nnodes:\n  - {{id: a, tool: '{T}anything'}}\n"
     code, message = only(load_text(tmp_path, text))
     assert code == "duplicate_key"
@@ -194,7 +211,7 @@ def test_duplicate_keys_in_yaml_name_their_line(tmp_path: Path) -> None:
     assert code == "duplicate_key" and "'args'" in message and "line 5" in message
 
 
-def test_duplicate_keys_that_yaml_reads_alike(tmp_path: Path) -> None:
+def test_duplicate_keys_that_yaml_reads_alike(tmp_path: Path, yaml_parser: str) -> None:
     code, message = only(load_text(tmp_path, "nodes: []\nx: {1: a, 0x1: b}\n"))
     assert code == "duplicate_key" and "line 2" in message
 
@@ -215,7 +232,7 @@ def test_duplicate_keys_that_yaml_reads_alike(tmp_path: Path) -> None:
     ("-Infinity", ".json", "-Infinity is not JSON"),
 ])
 def test_numbers_json_and_yaml_cannot_hold(tmp_path: Path, value: str, suffix: str,
-                                          fragment: str) -> None:
+                                          fragment: str, yaml_parser: str) -> None:
     text = f'{{"nodes": [{{"id": "a", "tool": "{T}anything", "args": {{"value": {value}}}}}]}}'
     began = time.perf_counter()
     code, message = only(load_text(tmp_path, text, suffix))
@@ -224,7 +241,7 @@ def test_numbers_json_and_yaml_cannot_hold(tmp_path: Path, value: str, suffix: s
     assert code in ("too_large", "syntax")
 
 
-def test_big_but_printable_numbers_and_yaml_infinity_load(tmp_path: Path) -> None:
+def test_big_but_printable_numbers_and_yaml_infinity_load(tmp_path: Path, yaml_parser: str) -> None:
     path = tmp_path / "plan.yaml"
     big = "9" * MAX_INT_DIGITS
     path.write_text(f"nodes:\n  - {{id: a, tool: '{T}anything', args: {{value: [{big}, .inf]}}}}\n")
@@ -232,7 +249,7 @@ def test_big_but_printable_numbers_and_yaml_infinity_load(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("suffix", [".json", ".yaml"])
-def test_lone_surrogate_escape_is_refused(tmp_path: Path, suffix: str) -> None:
+def test_lone_surrogate_escape_is_refused(tmp_path: Path, suffix: str, yaml_parser: str) -> None:
     text = f'{{"nodes": [{{"id": "a", "tool": "{T}anything", "args": {{"value": "x\\ud800"}}}}]}}'
     code, message = only(load_text(tmp_path, text, suffix))
     # libyaml, when yaml has it, refuses the escape itself; otherwise the value is refused
@@ -264,20 +281,21 @@ def test_surrogate_pairs_are_characters(tmp_path: Path) -> None:
     (b"nodes: []\nx: !!int twelve", ".yaml", "cannot read this value"),
     (b"nodes: []\n---\nnodes: []", ".yaml", "expected a single document"),
 ])
-def test_bad_bytes_and_shapes(tmp_path: Path, text: bytes, suffix: str, fragment: str) -> None:
+def test_bad_bytes_and_shapes(tmp_path: Path, text: bytes, suffix: str, fragment: str,
+                              yaml_parser: str) -> None:
     error = load_text(tmp_path, text, suffix)
     assert fragment in str(error)
     assert all("\n" not in p.message for p in error.problems)
 
 
 @pytest.mark.parametrize("suffix", [".json", ".yaml"])
-def test_byte_order_mark_is_skipped(tmp_path: Path, suffix: str) -> None:
+def test_byte_order_mark_is_skipped(tmp_path: Path, suffix: str, yaml_parser: str) -> None:
     path = tmp_path / f"plan{suffix}"
     path.write_bytes(b"\xef\xbb\xbf" + f'{{"nodes": [{GOOD_NODE}]}}'.encode())
     assert len(load_plan(path)) == 1
 
 
-def test_python_tags_never_build_objects(tmp_path: Path) -> None:
+def test_python_tags_never_build_objects(tmp_path: Path, yaml_parser: str) -> None:
     marker = tmp_path / "ran"
     text = f"nodes: []\nx: !!python/object/apply:os.system ['touch {marker}']\n"
     load_text(tmp_path, text)
