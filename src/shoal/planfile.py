@@ -38,6 +38,7 @@ import difflib
 import functools
 import importlib
 import re
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,18 +89,39 @@ def convert_refs(value: Any, where: str = "") -> tuple[Any, list[str]]:
     resolved inside sets); ``where`` prefixes those messages (e.g. an argument's name).
     """
     errors: list[str] = []
-    return _convert(value, where, errors), errors
+    return _convert(value, _Where(None, where), errors), errors
 
 
-def _convert(value: Any, where: str, errors: list[str]) -> Any:
+@dataclass(frozen=True, slots=True)
+class _Where:
+    """The path of a value, rendered only for a message: building each value's path as text
+    would copy its parent's path, which costs the square of a long key's length."""
+
+    parent: _Where | None
+    step: str
+
+    def __str__(self) -> str:
+        steps: list[str] = []
+        at: _Where | None = self
+        while at is not None:
+            steps.append(at.step)
+            at = at.parent
+        return "".join(reversed(steps))
+
+
+def _key_step(key: Any) -> str:
+    return f"[{_show(key)}]"
+
+
+def _convert(value: Any, where: _Where, errors: list[str]) -> Any:
     if isinstance(value, str):
         return _convert_text(value, where, errors)
     if isinstance(value, dict):
-        return {k: _convert(v, f"{where}[{k!r}]", errors) for k, v in value.items()}
+        return {k: _convert(v, _Where(where, _key_step(k)), errors) for k, v in value.items()}
     if isinstance(value, list):
-        return [_convert(v, f"{where}[{i}]", errors) for i, v in enumerate(value)]
+        return [_convert(v, _Where(where, f"[{i}]"), errors) for i, v in enumerate(value)]
     if isinstance(value, tuple):
-        return tuple(_convert(v, f"{where}[{i}]", errors) for i, v in enumerate(value))
+        return tuple(_convert(v, _Where(where, f"[{i}]"), errors) for i, v in enumerate(value))
     if isinstance(value, set | frozenset):
         inner: list[str] = []
         if any(isinstance(_convert(v, where, inner), Ref) for v in value):
@@ -108,16 +130,26 @@ def _convert(value: Any, where: str, errors: list[str]) -> Any:
     return value
 
 
-def _convert_text(text: str, where: str, errors: list[str]) -> Any:
+def _convert_text(text: str, where: _Where, errors: list[str]) -> Any:
     if text.startswith("$$"):
         return text[1:]
     ref = parse_ref(text)
     if ref is not None:
         return ref
     if text.startswith("$") and not any(c.isspace() for c in text):
-        errors.append(f"{where}: {text!r} starts with '$' but is not a valid reference; "
+        errors.append(f"{where}: {_show(text)} starts with '$' but is not a valid reference; "
                       + _REF_HELP)
     return text
+
+
+def _show(value: Any) -> str:
+    """A short repr of ``value`` for a message, costing little however big the value is."""
+    return _SHORT.repr(value)
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 60
+_SHORT.maxlevel = 3
 
 
 # --- reading files ---------------------------------------------------------------------------
@@ -296,7 +328,7 @@ def _read_id(index: int, value: Any, problems: list[PlanProblem]) -> str | None:
     if value is None:
         message = f"nodes[{index}] has no 'id'; give it a unique string id"
     elif not isinstance(value, str) or not value:
-        message = (f"nodes[{index}]: 'id' must be a non-empty string, got {value!r}; "
+        message = (f"nodes[{index}]: 'id' must be a non-empty string, got {_show(value)}; "
                    "quote it (e.g. id: \"1\")")
     else:
         return value
@@ -308,7 +340,7 @@ def _resolve(
     value: Any, tools: Mapping[str, Tool[..., Any]], label: str, problems: list[PlanProblem]
 ) -> Tool[..., Any] | None:
     if value is None or not isinstance(value, str) or not value:
-        got = "no 'tool'" if value is None else f"a bad 'tool' {value!r}"
+        got = "no 'tool'" if value is None else f"a bad 'tool' {_show(value)}"
         problems.append(PlanProblem(
             "bad_shape", f"the node has {got}; set 'tool' to an import path "
                          "'package.module:function' or a tool name", label))
@@ -389,7 +421,7 @@ def _import_module(module_name: str, path: str) -> Any:
 def _read_args(value: Any, label: str, problems: list[PlanProblem]) -> dict[str, Any] | None:
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
         problems.append(PlanProblem("bad_shape", f"'args' must be a mapping from argument names "
-                                                 f"to values, got {value!r}", label))
+                                                 f"to values, got {_show(value)}", label))
         return None
     args, errors = convert_refs(dict(value), "args")
     problems += [PlanProblem("syntax", e, label) for e in errors]
@@ -401,7 +433,7 @@ def _read_after(value: Any, label: str, problems: list[PlanProblem]) -> tuple[st
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return tuple(value)
     problems.append(PlanProblem("bad_shape", f"'after' must be a list of node ids, got "
-                                             f"{value!r}; write after: [id1, id2]", label))
+                                             f"{_show(value)}; write after: [id1, id2]", label))
     return ()
 
 
@@ -410,7 +442,7 @@ def _apply_options(
 ) -> Tool[..., Any]:
     if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
         problems.append(PlanProblem("bad_shape", f"'options' must be a mapping such as "
-                                                 f"{{timeout: 2, retries: 1}}, got {options!r}",
+                                                 f"{{timeout: 2, retries: 1}}, got {_show(options)}",
                                     label))
         return found
     if "retry_on" in options or "retry" in options:
@@ -427,9 +459,9 @@ def _apply_options(
 
 
 def _unknown_key(key: Any, allowed: tuple[str, ...], where: str = "the node") -> str:
-    close = difflib.get_close_matches(str(key), allowed, n=1)
+    close = difflib.get_close_matches(str(key)[:100], allowed, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
-    return f"{where} has an unknown key {key!r}; {hint}allowed keys: {', '.join(allowed)}"
+    return f"{where} has an unknown key {_show(key)}; {hint}allowed keys: {', '.join(allowed)}"
 
 
 def _or(value: Any, default: Any) -> Any:
@@ -437,7 +469,7 @@ def _or(value: Any, default: Any) -> Any:
 
 
 def _kind(value: Any) -> str:
-    return f"a {type(value).__name__} ({value!r:.40})"
+    return f"a {type(value).__name__} ({_show(value)})"
 
 
 @functools.cache

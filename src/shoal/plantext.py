@@ -360,7 +360,7 @@ def _bind(
     """Name every argument of ``call``; the tool is None when it is unknown."""
     found = tools.get(call.tool)
     if found is None:
-        close = difflib.get_close_matches(call.tool, list(tools), n=1)
+        close = difflib.get_close_matches(call.tool[:100], list(tools), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         known = ", ".join(sorted(tools)) or "none were given"
         message = f"line {call.line}: no tool named {call.tool!r}{hint}; known tools: {known}"
