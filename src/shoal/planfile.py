@@ -94,8 +94,11 @@ def convert_refs(value: Any, where: str = "") -> tuple[Any, list[str]]:
 
 @dataclass(frozen=True, slots=True)
 class _Where:
-    """The path of a value, rendered only for a message: building each value's path as text
-    would copy its parent's path, which costs the square of a long key's length."""
+    """The path of a value, rendered as text only for a message.
+
+    Building each value's path as text would copy its parent's path, which costs the square
+    of a long key's length.
+    """
 
     parent: _Where | None
     step: str
