@@ -444,9 +444,9 @@ def _apply_options(
     found: Tool[..., Any], options: Any, label: str, problems: list[PlanProblem]
 ) -> Tool[..., Any]:
     if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
-        problems.append(PlanProblem("bad_shape", f"'options' must be a mapping such as "
-                                                 f"{{timeout: 2, retries: 1}}, got {_show(options)}",
-                                    label))
+        problems.append(PlanProblem(
+            "bad_shape", f"'options' must be a mapping such as {{timeout: 2, retries: 1}}, got "
+                         f"{_show(options)}", label))
         return found
     if "retry_on" in options or "retry" in options:
         problems.append(PlanProblem("bad_shape", "'retry_on' and 'retry' take Python objects, "
