@@ -212,8 +212,30 @@ def test_duplicate_keys_in_yaml_name_their_line(tmp_path: Path, yaml_parser: str
 
 
 def test_duplicate_keys_that_yaml_reads_alike(tmp_path: Path, yaml_parser: str) -> None:
-    code, message = only(load_text(tmp_path, "nodes: []\nx: {1: a, 0x1: b}\n"))
-    assert code == "duplicate_key" and "line 2" in message
+    error = load_text(tmp_path, "nodes: []\nx: {1: a, 0x1: b}\n")
+    assert [p.code for p in error.problems] == ["duplicate_key", "bad_shape"]
+    assert "the key 1 appears twice" in error.problems[0].message
+    assert "line 2, column 11" in error.problems[0].message
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_duplicate_keys_come_with_every_other_problem(tmp_path: Path, suffix: str,
+                                                       yaml_parser: str) -> None:
+    text = f"""{{"nodes": [
+  {{"id": "a", "tool": "{T}anything", "args": {{"value": "$gone"}}, "id": "a"}},
+  {{"id": "b", "tool": "{T}add", "args": {{"a": 1}}, "args": {{"a": "x", "b": 2}}}}],
+ "name": "one", "name": "two"}}"""
+    error = load_text(tmp_path, text, suffix)
+    found = [(p.code, p.node) for p in error.problems]
+    assert found[:3] == [("duplicate_key", "")] * 3
+    assert sorted(found[3:]) == [("bad_arguments", "b"), ("dangling_ref", "a")]
+    messages = [p.message for p in error.problems[:3]]
+    assert all("appears twice" in m and "line" in m for m in messages)
+    assert "'id'" in messages[0] and "line 2" in messages[0]
+    assert "'args'" in messages[1] and "line 3" in messages[1]
+    assert "'name'" in messages[2]
+    # the last value wins, as it would have silently: b's args are the second ones
+    assert "'a'" in str(error) and "Input should be a valid integer" in str(error)
 
 
 # --- numbers, text and encodings -------------------------------------------------------------

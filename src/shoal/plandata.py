@@ -259,21 +259,34 @@ class _Refused(Exception):
         self.literal = literal
 
 
-def parse_json(text: str) -> Any:
+def parse_json(text: str, duplicates: list[DataError] | None = None) -> Any:
     """Parse JSON text with this module's rules and limits.
+
+    A key twice in one object raises, unless ``duplicates`` is given: then each one is added
+    to it (the last value is kept), so that the caller can report it with other problems.
 
     Raises:
         DataError: the text is not JSON, breaks a rule or passes a limit; the message says
             where (line and column, or the path of the value).
     """
+    found: list[str] = []
+
+    def note_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        result = dict(pairs)
+        if len(result) < len(pairs):
+            if duplicates is None:
+                raise _Refused("duplicate_key", _duplicate_message(pairs))
+            found.append(_duplicate_message(pairs))
+        return result
+
     try:
-        data = _decoder(_refuse_duplicates).decode(text)
+        data = _decoder(note_duplicates).decode(text)
     except json.JSONDecodeError as exc:
         raise DataError("syntax", f"invalid JSON at line {exc.lineno}, column {exc.colno}: "
                                   f"{exc.msg}; fix the syntax there") from None
     except _Refused as exc:
         if exc.code == "duplicate_key":
-            raise DataError(exc.code, _locate_duplicate(text, exc.message)) from None
+            raise DataError(exc.code, _locate_duplicates(text, [exc.message])[0]) from None
         raise DataError(exc.code, f"{exc.message}{_at(text, _find_literal(text, exc.literal))}"
                         ) from None
     except RecursionError:
@@ -283,6 +296,8 @@ def parse_json(text: str) -> Any:
         if problem.message.startswith("lists and mappings are nested"):  # say where in the text
             raise DataError(problem.code, _too_deep_json(text))
         raise problem
+    if found and duplicates is not None:
+        duplicates += [DataError("duplicate_key", m) for m in _locate_duplicates(text, found)]
     return data
 
 
@@ -290,13 +305,6 @@ def _decoder(pairs_hook: Callable[[list[tuple[str, Any]]], dict[str, Any]]
              ) -> json.JSONDecoder:
     return json.JSONDecoder(object_pairs_hook=pairs_hook, parse_int=_parse_int,
                             parse_float=_parse_float, parse_constant=_parse_constant)
-
-
-def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)
-    if len(result) < len(pairs):
-        raise _Refused("duplicate_key", _duplicate_message(pairs))
-    return result
 
 
 def _duplicate_message(pairs: list[tuple[str, Any]]) -> str:
@@ -370,13 +378,14 @@ def _too_deep_json(text: str) -> str:
     return f"{_depth_problem(MAX_DEPTH + 1)}"
 
 
-def _locate_duplicate(text: str, message: str) -> str:
-    """``message`` with the line and column of the object holding the duplicate key.
+def _locate_duplicates(text: str, messages: list[str]) -> list[str]:
+    """``messages`` about duplicate keys, each with the line and column of its object.
 
     The fast C decoder cannot tell where an object starts, so the text is decoded again,
     only when a duplicate was found, with the Python decoder told to note object starts.
     """
     starts: list[int] = []
+    located: list[str] = []
 
     def parse_object(s_and_end: tuple[str, int], *args: Any, **kwargs: Any) -> Any:
         starts.append(s_and_end[1] - 1)
@@ -386,7 +395,9 @@ def _locate_duplicate(text: str, message: str) -> str:
 
     def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         if len(dict(pairs)) < len(pairs):
-            raise _Refused("duplicate_key", _duplicate_message(pairs), str(starts[-1]))
+            where = _line_column(text, starts[-1])
+            located.append(f"{_duplicate_message(pairs)} (the object at {where}); the last "
+                           "value would silently win: keep one")
         return dict(pairs)
 
     decoder = _decoder(pairs_hook)
@@ -394,21 +405,21 @@ def _locate_duplicate(text: str, message: str) -> str:
     decoder.scan_once = json.scanner.py_make_scanner(decoder)  # type: ignore[attr-defined]
     try:
         decoder.decode(text)
-    except _Refused as exc:
-        if exc.code == "duplicate_key":
-            where = _line_column(text, int(exc.literal))
-            return (f"{exc.message} (the object at {where}); the last value would silently "
-                    "win: keep one")
-    except (ValueError, RecursionError):
-        pass
-    return f"{message}; the last value would silently win: keep one"
+    except (ValueError, RecursionError, _Refused):
+        located = []
+    if len(located) < len(messages):  # cannot happen; the messages alone still say enough
+        return [f"{m}; the last value would silently win: keep one" for m in messages]
+    return located[:len(messages)]
 
 
 # --- YAML ------------------------------------------------------------------------------------
 
 
-def parse_yaml(text: str) -> Any:
+def parse_yaml(text: str, duplicates: list[DataError] | None = None) -> Any:
     """Parse YAML text with this module's rules and limits (safe types only).
+
+    A key twice in one mapping raises, unless ``duplicates`` is given: then each one is added
+    to it (the last value is kept), so that the caller can report it with other problems.
 
     Raises:
         DataError: the text is not YAML, breaks a rule or passes a limit; the message says
@@ -420,7 +431,12 @@ def parse_yaml(text: str) -> Any:
     loader = None
     try:
         loader = _loader_class()(text)  # the reader checks every character here already
-        return loader.get_single_data()
+        if duplicates is not None:
+            loader.duplicates = []
+        data = loader.get_single_data()
+        if duplicates is not None:  # noted as mappings were built (outer first): list by line
+            duplicates += [error for _, error in sorted(loader.duplicates, key=lambda d: d[0])]
+        return data
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -468,6 +484,8 @@ def _loader_class() -> type[Any]:
         """SafeLoader that also enforces depth, alias expansion, duplicate keys and numbers."""
 
         depth = 0
+        # duplicate keys with their place in the text, noted here when not raised
+        duplicates: list[tuple[tuple[int, int], DataError]] | None = None
 
         def compose_node(self, parent: Node | None, index: Any) -> Node:
             # the composer recurses once per level: stop well before Python's recursion limit
@@ -527,10 +545,17 @@ def _loader_class() -> type[Any]:
                 except TypeError:
                     continue  # unhashable: construct_mapping says so with its own message
                 if duplicate:
-                    shown = _short(key) if isinstance(key, str) else f"{key!r:.40}"
-                    raise Refused("duplicate_key", f"the key {shown} appears twice in one "
-                                  "mapping; the last value would silently win: keep one",
-                                  key_node.start_mark)
+                    self.duplicate(key, key_node.start_mark)
+
+        def duplicate(self, key: Any, mark: Any) -> None:
+            shown = _short(key) if isinstance(key, str) else f"{key!r:.40}"
+            message = (f"the key {shown} appears twice in one mapping; the last value would "
+                       "silently win: keep one")
+            if self.duplicates is None:
+                raise Refused("duplicate_key", message, mark)
+            where = f"line {mark.line + 1}, column {mark.column + 1}"
+            self.duplicates.append(((mark.line, mark.column),
+                                    DataError("duplicate_key", f"{message} ({where})")))
 
     return Loader
 

@@ -166,31 +166,39 @@ def load_plan(path: str | Path, *, tools: Mapping[str, Tool[..., Any]] | None = 
     plan's name defaults to the file's stem.
 
     Raises:
-        PlanError: listing every problem found (missing file, syntax, shape, imports,
-            references, arguments, cycles), with ``source`` set to ``path``.
+        PlanError: listing every problem found (missing file, syntax, limits, duplicate keys,
+            shape, imports, references, arguments, cycles), with ``source`` set to ``path``.
     """
     file = Path(path)
-    data = _read_data(file, str(path))
-    plan = plan_from_dict(data, tools=tools, source=str(path))
+    duplicates: list[DataError] = []
+    data = _read_data(file, str(path), duplicates)
+    # a duplicate key is not fatal: the plan is still built, so that its problems come too
+    found = [PlanProblem(d.code, d.message) for d in duplicates]
+    try:
+        plan = plan_from_dict(data, tools=tools, source=str(path))
+    except PlanError as exc:
+        raise PlanError(found + exc.problems, str(path)) from None
+    if found:
+        raise PlanError(found, str(path))
     plan.name = plan.name or file.stem
     return plan
 
 
-def _read_data(file: Path, source: str) -> Any:
+def _read_data(file: Path, source: str, duplicates: list[DataError]) -> Any:
     text = _read_text(file, source)
     suffix = file.suffix.lower()
     try:
         if suffix == ".json":
-            return parse_json(text)
+            return parse_json(text, duplicates)
         if suffix in (".yaml", ".yml"):
-            return parse_yaml(text)
+            return parse_yaml(text, duplicates)
         try:
-            return parse_json(text)
+            return parse_json(text, duplicates)
         except DataError as exc:
             if exc.code != "syntax" or not exc.message.startswith("invalid JSON"):
                 raise  # it is JSON, with a problem of its own: YAML would only hide it
             # not JSON: YAML is the more forgiving reading, so its error is reported
-            return parse_yaml(text)
+            return parse_yaml(text, duplicates)
     except DataError as exc:
         raise _fail(exc.code, exc.message, source) from None
 
