@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 BENCHMARKS = ("fanout_async", "fanout_sync", "trivial", "large_plan", "asynchow", "nestools",
-              "ray_overhead", "agents")
+              "ray_overhead", "agents", "plan_parsing")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

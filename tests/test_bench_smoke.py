@@ -15,7 +15,16 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from bench import agents, asynchow, fanout_async, fanout_sync, large_plan, nestools, trivial
+from bench import (
+    agents,
+    asynchow,
+    fanout_async,
+    fanout_sync,
+    large_plan,
+    nestools,
+    plan_parsing,
+    trivial,
+)
 from bench.common import BenchResult, dataset_file, datasets_dir
 
 import shoal
@@ -31,7 +40,8 @@ def assert_correct(result: BenchResult) -> None:
     assert result.metrics
 
 
-@pytest.mark.parametrize("module", [fanout_async, fanout_sync, trivial, large_plan, agents],
+@pytest.mark.parametrize("module", [fanout_async, fanout_sync, trivial, large_plan, agents,
+                                    plan_parsing],
                          ids=lambda m: m.__name__.rsplit(".", 1)[-1])
 def test_synthetic_benchmarks_are_correct(module: ModuleType) -> None:
     assert_correct(module.main(quick=True))

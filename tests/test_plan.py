@@ -145,13 +145,37 @@ def test_chosen_ids_and_plan_order() -> None:
     assert "demo" in repr(plan)
 
 
-def test_duplicate_id_is_rejected() -> None:
+def test_duplicate_id_is_rejected_by_validation() -> None:
     plan = Plan()
     plan.call(search, query="x", node_id="dup")
+    plan.call(search, query="y", node_id="dup")  # not raised here: validation lists it
+    assert [n.id for n in plan] == ["dup"]  # the first node keeps the id
     with pytest.raises(PlanError) as info:
-        plan.call(search, query="y", node_id="dup")
+        plan.validate()
     assert [p.code for p in info.value.problems] == ["duplicate_id"]
     assert info.value.problems[0].node == "dup"
+
+
+def test_duplicate_id_is_reported_with_every_other_problem() -> None:
+    plan = Plan()
+    plan.call(search, query="x", node_id="dup")
+    plan.call(search, query=Ref("nowhere"), node_id="dup")  # its own refs are checked too
+    plan.call(search, query=Ref("missing"), node_id="other")
+    plan.call(search, query=3, node_id="typed")
+    with pytest.raises(PlanError) as info:
+        plan.validate()
+    found = sorted((p.code, p.node) for p in info.value.problems)
+    assert found == [("bad_arguments", "typed"), ("dangling_ref", "dup"),
+                     ("dangling_ref", "other"), ("duplicate_id", "dup")]
+
+
+def test_validation_is_redone_after_a_duplicate_is_added() -> None:
+    plan = Plan()
+    plan.call(search, query="x", node_id="dup")
+    plan.validate()
+    plan.call(search, query="y", node_id="dup")
+    with pytest.raises(PlanError, match="duplicate_id"):
+        plan.validate()
 
 
 def test_after_accepts_refs_and_ids() -> None:

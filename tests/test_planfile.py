@@ -414,9 +414,10 @@ def test_every_problem_in_a_file_is_listed_once(tmp_path: Path) -> None:
         load_plan(path)
     error = info.value
     assert error.source == str(path)
+    # the second 'a' is checked too: it lacks the required query
     assert sorted(codes(error)) == sorted([
         "duplicate_id", "bad_import", "syntax", "bad_shape", "bad_import", "bad_shape",
-        "dangling_ref", "bad_arguments",
+        "dangling_ref", "bad_arguments", "bad_arguments",
     ])
     text = str(error)
     for fragment in ["nodes[0] and nodes[1]", "did you mean 'search'", "'$a[x]'",

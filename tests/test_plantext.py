@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import sys
+import time
 from typing import Any
 
 import pytest
@@ -302,3 +304,84 @@ def test_streaming_in_any_chunks_matches_whole_text(text: str, cuts: list[int]) 
     got += parser.close()
     assert got == expected
     assert parser.problems == whole.problems
+
+
+# --- cost grows linearly with the text -------------------------------------------------------
+
+
+def long_call(lines: int) -> str:
+    """One call spread over ``lines`` lines, as a planner streaming a long list writes it."""
+    return "1. merge(parts=[\n" + "".join(f'  "part {i}",  # note\n' for i in range(lines)) + "])\n"
+
+
+def long_string(lines: int) -> str:
+    """One call whose triple-quoted argument spans ``lines`` lines."""
+    return '1. search("""\n' + "".join(f"line {i} with 'quotes' and $1\n" for i in range(lines)) \
+        + '""")\n'
+
+
+def one_long_line(lines: int) -> str:
+    return "1. merge(parts=[" + "".join(f'"part {i}", ${i % 7 + 2}, ' for i in range(lines)) \
+        + "])\n" + "".join(f"{n}. search('x')\n" for n in range(2, 9))
+
+
+def feed_all(text: str, step: int) -> list[ParsedCall]:
+    parser = PlanTextParser(TOOLS)
+    calls = [call for i in range(0, len(text), step) for call in parser.feed(text[i:i + step])]
+    calls += parser.close()
+    assert not parser.problems, parser.problems
+    return calls
+
+
+def counted_calls(action: Any) -> int:
+    """How many Python and builtin function calls ``action()`` makes: a measure of work that,
+    unlike wall time, does not depend on the machine's load."""
+    count = 0
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        nonlocal count
+        if event in ("call", "c_call"):
+            count += 1
+
+    sys.setprofile(profile)
+    try:
+        action()
+    finally:
+        sys.setprofile(None)
+    return count
+
+
+SHAPES = [long_call, long_string, one_long_line]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("step", [1, 7, 1 << 30])
+def test_parsing_work_grows_linearly(shape: Any, step: int) -> None:
+    small, large = shape(500), shape(2000)
+    assert len(feed_all(large, step)) >= 1
+    work_small = counted_calls(lambda: feed_all(small, step))
+    work_large = counted_calls(lambda: feed_all(large, step))
+    # four times the text: four times the work, give or take; a rescan per line would be 16x
+    assert work_large < 6 * work_small, (work_small, work_large)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_parsing_time_grows_linearly(shape: Any) -> None:
+    def best_time(text: str) -> float:
+        times = []
+        for _ in range(3):
+            began = time.perf_counter()
+            parse_plan_text(text, TOOLS)
+            times.append(time.perf_counter() - began)
+        return min(times)
+
+    small, large = best_time(shape(1000)), best_time(shape(8000))
+    # eight times the text: linear is ~8x, quadratic ~64x; the margin absorbs a busy machine
+    assert large < 24 * small + 0.05, (small, large)
+
+
+def test_a_call_over_2500_lines_parses_fast() -> None:
+    began = time.perf_counter()
+    plan = parse_plan_text(long_call(2500), TOOLS)
+    assert time.perf_counter() - began < 2  # took 20 s when every line rescanned the call
+    assert len(plan.node("1").args["parts"]) == 2500

@@ -90,7 +90,8 @@ class PlanProblem:
 
     Codes: ``unknown_tool``, ``bad_arguments``, ``dangling_ref``, ``self_ref``, ``cycle``,
     ``duplicate_id``, ``bad_after``, ``syntax``, ``bad_import``, ``bad_shape`` (including bad
-    ``options``), ``not_found`` and ``unreadable`` (plan files).
+    ``options``), and for plan files ``not_found``, ``unreadable``, ``duplicate_key`` (a key
+    twice in one mapping) and ``too_large`` (past a limit of :mod:`shoal.plandata`).
     """
 
     code: str

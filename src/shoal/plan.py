@@ -157,6 +157,9 @@ class Plan:
     def __init__(self, name: str = "") -> None:
         self.name = name
         self._nodes: dict[str, Node] = {}
+        # nodes added under an id already taken: kept aside (not run, not in ``nodes``) so that
+        # validation reports them along with every other problem instead of add() raising
+        self._duplicates: list[Node] = []
         self._counts: dict[str, int] = {}
         self._memo: dict[str, tuple[int, Any]] = {}
 
@@ -185,12 +188,12 @@ class Plan:
     ) -> Ref:
         """Add a call with arguments given as a mapping; return a ref to its output.
 
-        ``after`` is one node (a ref or an id) or several that must finish first.
+        ``after`` is one node (a ref or an id) or several that must finish first. A ``node_id``
+        already in the plan is not an error yet: :meth:`validate` reports it together with
+        every other problem (the first node keeps the id; the plan cannot run).
         """
         resolved_tool = as_tool(tool)
         node_id = node_id if node_id is not None else self._next_id(resolved_tool.name)
-        if node_id in self._nodes:
-            raise PlanError([PlanProblem("duplicate_id", "a node with this id exists", node_id)])
         arguments = dict(args) if args else {}
         if after != ():  # not truthiness: a Ref has none
             steps: Iterable[Ref | str] = (after,) if isinstance(after, _ONE_NODE) else after
@@ -198,8 +201,11 @@ class Plan:
         else:
             after_ids = ()
         refs = tuple(find_refs(arguments)) if arguments else ()
-        self._nodes[node_id] = Node(node_id, resolved_tool, arguments, after_ids,
-                                    len(self._nodes), refs)
+        node = Node(node_id, resolved_tool, arguments, after_ids, len(self._nodes), refs)
+        if node_id in self._nodes:
+            self._duplicates.append(node)
+        else:
+            self._nodes[node_id] = node
         return Ref(node_id)
 
     def _next_id(self, tool_name: str) -> str:
@@ -238,6 +244,10 @@ class Plan:
         """Every problem with the plan (empty when it is valid)."""
         found: list[PlanProblem] = []
         for node in self._nodes.values():
+            found += self._node_problems(node)
+        for node in self._duplicates:  # checked too, so that none of its problems is hidden
+            found.append(PlanProblem("duplicate_id", "another node already has this id; give "
+                                                     "every node its own id", node.id))
             found += self._node_problems(node)
         found += [PlanProblem("cycle", text) for text in find_cycles(self._nodes)]
         return found
@@ -278,11 +288,12 @@ class Plan:
 
     def memo(self, key: str, compute: Callable[[], T]) -> T:
         """``compute()``, cached until a node is added (plans only grow, so size is a version)."""
+        version = len(self._nodes) + len(self._duplicates)
         hit = self._memo.get(key)
-        if hit is not None and hit[0] == len(self._nodes):
+        if hit is not None and hit[0] == version:
             return cast(T, hit[1])
         value = compute()
-        self._memo[key] = (len(self._nodes), value)
+        self._memo[key] = (version, value)
         return value
 
 

@@ -27,6 +27,9 @@ almost always a mistyped reference. To start a string with a literal dollar, dou
 ``"$$5"`` is the text ``"$5"``. Dict keys are never references.
 
 Every problem in a file is reported at once, in one :class:`~shoal.exceptions.PlanError`.
+Files are read as untrusted input, within the limits and rules of :mod:`shoal.plandata`
+(size, depth, YAML aliases, duplicate keys, numbers, text): a file that breaks one is reported
+as that one problem, with its line and column.
 """
 
 from __future__ import annotations
@@ -34,8 +37,8 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib
-import json
 import re
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +46,7 @@ from typing import Any
 
 from shoal.exceptions import PlanError, PlanProblem, ShoalError
 from shoal.plan import Plan, Ref, as_tool
+from shoal.plandata import MAX_BYTES, DataError, check_value, parse_json, parse_yaml
 from shoal.tools import Tool
 
 __all__ = ["convert_refs", "import_object", "load_plan", "parse_ref", "plan_from_dict"]
@@ -53,7 +57,6 @@ _REF = re.compile(
 _STEP = re.compile(r"\.(?P<field>[\w-]+)|\[(?P<item>-?[0-9]+)\]")
 _NODE_KEYS = ("id", "tool", "args", "after", "options")
 _TOP_KEYS = ("name", "nodes")
-_TOO_DEEP = "the data is nested too deeply to read; flatten it"
 _REF_HELP = "write $id, $id.field, $id[0] or ${id}, or start with '$$' for a literal '$'"
 
 
@@ -86,18 +89,42 @@ def convert_refs(value: Any, where: str = "") -> tuple[Any, list[str]]:
     resolved inside sets); ``where`` prefixes those messages (e.g. an argument's name).
     """
     errors: list[str] = []
-    return _convert(value, where, errors), errors
+    return _convert(value, _Where(None, where), errors), errors
 
 
-def _convert(value: Any, where: str, errors: list[str]) -> Any:
+@dataclass(frozen=True, slots=True)
+class _Where:
+    """The path of a value, rendered as text only for a message.
+
+    Building each value's path as text would copy its parent's path, which costs the square
+    of a long key's length.
+    """
+
+    parent: _Where | None
+    step: str
+
+    def __str__(self) -> str:
+        steps: list[str] = []
+        at: _Where | None = self
+        while at is not None:
+            steps.append(at.step)
+            at = at.parent
+        return "".join(reversed(steps))
+
+
+def _key_step(key: Any) -> str:
+    return f"[{_show(key)}]"
+
+
+def _convert(value: Any, where: _Where, errors: list[str]) -> Any:
     if isinstance(value, str):
         return _convert_text(value, where, errors)
     if isinstance(value, dict):
-        return {k: _convert(v, f"{where}[{k!r}]", errors) for k, v in value.items()}
+        return {k: _convert(v, _Where(where, _key_step(k)), errors) for k, v in value.items()}
     if isinstance(value, list):
-        return [_convert(v, f"{where}[{i}]", errors) for i, v in enumerate(value)]
+        return [_convert(v, _Where(where, f"[{i}]"), errors) for i, v in enumerate(value)]
     if isinstance(value, tuple):
-        return tuple(_convert(v, f"{where}[{i}]", errors) for i, v in enumerate(value))
+        return tuple(_convert(v, _Where(where, f"[{i}]"), errors) for i, v in enumerate(value))
     if isinstance(value, set | frozenset):
         inner: list[str] = []
         if any(isinstance(_convert(v, where, inner), Ref) for v in value):
@@ -106,16 +133,26 @@ def _convert(value: Any, where: str, errors: list[str]) -> Any:
     return value
 
 
-def _convert_text(text: str, where: str, errors: list[str]) -> Any:
+def _convert_text(text: str, where: _Where, errors: list[str]) -> Any:
     if text.startswith("$$"):
         return text[1:]
     ref = parse_ref(text)
     if ref is not None:
         return ref
     if text.startswith("$") and not any(c.isspace() for c in text):
-        errors.append(f"{where}: {text!r} starts with '$' but is not a valid reference; "
+        errors.append(f"{where}: {_show(text)} starts with '$' but is not a valid reference; "
                       + _REF_HELP)
     return text
+
+
+def _show(value: Any) -> str:
+    """A short repr of ``value`` for a message, costing little however big the value is."""
+    return _SHORT.repr(value)
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 60
+_SHORT.maxlevel = 3
 
 
 # --- reading files ---------------------------------------------------------------------------
@@ -129,64 +166,63 @@ def load_plan(path: str | Path, *, tools: Mapping[str, Tool[..., Any]] | None = 
     plan's name defaults to the file's stem.
 
     Raises:
-        PlanError: listing every problem found (missing file, syntax, shape, imports,
-            references, arguments, cycles), with ``source`` set to ``path``.
+        PlanError: listing every problem found (missing file, syntax, limits, duplicate keys,
+            shape, imports, references, arguments, cycles), with ``source`` set to ``path``.
     """
     file = Path(path)
-    data = _read_data(file, str(path))
-    plan = plan_from_dict(data, tools=tools, source=str(path))
+    duplicates: list[DataError] = []
+    data = _read_data(file, str(path), duplicates)
+    # a duplicate key is not fatal: the plan is still built, so that its problems come too
+    found = [PlanProblem(d.code, d.message) for d in duplicates]
+    try:
+        plan = plan_from_dict(data, tools=tools, source=str(path))
+    except PlanError as exc:
+        raise PlanError(found + exc.problems, str(path)) from None
+    if found:
+        raise PlanError(found, str(path))
     plan.name = plan.name or file.stem
     return plan
 
 
-def _read_data(file: Path, source: str) -> Any:
+def _read_data(file: Path, source: str, duplicates: list[DataError]) -> Any:
+    text = _read_text(file, source)
+    suffix = file.suffix.lower()
     try:
-        text = file.read_text(encoding="utf-8")
+        if suffix == ".json":
+            return parse_json(text, duplicates)
+        if suffix in (".yaml", ".yml"):
+            return parse_yaml(text, duplicates)
+        try:
+            return parse_json(text, duplicates)
+        except DataError as exc:
+            if exc.code != "syntax" or not exc.message.startswith("invalid JSON"):
+                raise  # it is JSON, with a problem of its own: YAML would only hide it
+            # not JSON: YAML is the more forgiving reading, so its error is reported
+            return parse_yaml(text, duplicates)
+    except DataError as exc:
+        raise _fail(exc.code, exc.message, source) from None
+
+
+def _read_text(file: Path, source: str) -> str:
+    """The file's text; at most MAX_BYTES are read, so /dev/zero or a FIFO cannot fill memory."""
+    try:
+        with file.open("rb") as stream:
+            data = stream.read(MAX_BYTES + 1)
     except FileNotFoundError:
         raise _fail("not_found", f"no such file: {file} (relative paths start at "
                                  f"{Path.cwd()}); check the path", source) from None
-    except UnicodeDecodeError as exc:
-        raise _fail("syntax", f"the file is not UTF-8 text ({exc.reason} at byte {exc.start}); "
-                              "save it as UTF-8", source) from None
     except OSError as exc:
         raise _fail("unreadable", f"cannot read {file}: {exc.strerror or exc}; check that it "
                                   "is a readable file", source) from None
-    suffix = file.suffix.lower()
-    if suffix == ".json":
-        return _parse_json(text, source)
-    if suffix in (".yaml", ".yml"):
-        return _parse_yaml(text, source)
+    if len(data) > MAX_BYTES:
+        raise _fail("too_large", f"the file is larger than {MAX_BYTES // 2**20} MiB, the limit "
+                                 "for a plan file; split the plan", source)
     try:
-        return _parse_json(text, source)
-    except PlanError:  # not JSON: YAML is the more forgiving reading, so its error is reported
-        return _parse_yaml(text, source)
-
-
-def _parse_json(text: str, source: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise _fail("syntax", f"invalid JSON at line {exc.lineno}, column {exc.colno}: "
-                              f"{exc.msg}; fix the syntax there", source) from None
-    except RecursionError:
-        raise _fail("syntax", _TOO_DEEP, source) from None
-
-
-def _parse_yaml(text: str, source: str) -> Any:
-    import yaml  # lazily: plan files are rare and `import shoal` should stay fast
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        context = f" ({exc.context})" if exc.context else ""
-        raise _fail("syntax", f"invalid YAML{where}: {exc.problem}{context}; fix the syntax "
-                              "there", source) from None
-    except yaml.YAMLError as exc:
-        raise _fail("syntax", f"invalid YAML: {exc}", source) from None
-    except RecursionError:
-        raise _fail("syntax", _TOO_DEEP, source) from None
+        return data.decode("utf-8-sig")  # a byte order mark, as some editors write, is skipped
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise _fail("syntax", f"the file is not UTF-8 text ({exc.reason} at byte {exc.start}, "
+                              f"line {line}); save it as UTF-8", source) from None
 
 
 def _fail(code: str, message: str, source: str) -> PlanError:
@@ -214,6 +250,9 @@ def plan_from_dict(
     Raises:
         PlanError: listing every problem at once; ``source`` names where the data came from.
     """
+    bad = check_value(data)
+    if bad is not None:  # nothing further can be read safely from such data
+        raise PlanError([PlanProblem(bad.code, bad.message)], source)
     problems: list[PlanProblem] = []
     name, raw_nodes = _read_top(data, problems)
     plan = Plan(name)
@@ -222,7 +261,8 @@ def plan_from_dict(
         # Nodes whose tool is unusable still go in, as placeholders, so that refs to them are
         # not reported as dangling and cycles through them are still found.
         plan.add(spec.tool or placeholder_tool(), spec.args, after=spec.after, node_id=spec.id)
-    problems += plan.problems()
+    # duplicate ids were reported above, with the positions that share them
+    problems += [p for p in plan.problems() if p.code != "duplicate_id"]
     if problems:
         raise PlanError(problems, source)
     return plan
@@ -261,12 +301,11 @@ def _read_nodes(
         spec = _read_node(index, raw, tools, problems)
         if spec is None:
             continue
-        if spec.id in first_index:
+        if spec.id in first_index:  # still added: the plan checks its refs and arguments too
             problems.append(PlanProblem(
                 "duplicate_id", f"nodes[{first_index[spec.id]}] and nodes[{index}] share this "
                                 "id; give every node its own id", spec.id))
-            continue
-        first_index[spec.id] = index
+        first_index.setdefault(spec.id, index)
         specs.append(spec)
     return specs
 
@@ -300,7 +339,7 @@ def _read_id(index: int, value: Any, problems: list[PlanProblem]) -> str | None:
     if value is None:
         message = f"nodes[{index}] has no 'id'; give it a unique string id"
     elif not isinstance(value, str) or not value:
-        message = (f"nodes[{index}]: 'id' must be a non-empty string, got {value!r}; "
+        message = (f"nodes[{index}]: 'id' must be a non-empty string, got {_show(value)}; "
                    "quote it (e.g. id: \"1\")")
     else:
         return value
@@ -312,7 +351,7 @@ def _resolve(
     value: Any, tools: Mapping[str, Tool[..., Any]], label: str, problems: list[PlanProblem]
 ) -> Tool[..., Any] | None:
     if value is None or not isinstance(value, str) or not value:
-        got = "no 'tool'" if value is None else f"a bad 'tool' {value!r}"
+        got = "no 'tool'" if value is None else f"a bad 'tool' {_show(value)}"
         problems.append(PlanProblem(
             "bad_shape", f"the node has {got}; set 'tool' to an import path "
                          "'package.module:function' or a tool name", label))
@@ -393,7 +432,7 @@ def _import_module(module_name: str, path: str) -> Any:
 def _read_args(value: Any, label: str, problems: list[PlanProblem]) -> dict[str, Any] | None:
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
         problems.append(PlanProblem("bad_shape", f"'args' must be a mapping from argument names "
-                                                 f"to values, got {value!r}", label))
+                                                 f"to values, got {_show(value)}", label))
         return None
     args, errors = convert_refs(dict(value), "args")
     problems += [PlanProblem("syntax", e, label) for e in errors]
@@ -405,7 +444,7 @@ def _read_after(value: Any, label: str, problems: list[PlanProblem]) -> tuple[st
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return tuple(value)
     problems.append(PlanProblem("bad_shape", f"'after' must be a list of node ids, got "
-                                             f"{value!r}; write after: [id1, id2]", label))
+                                             f"{_show(value)}; write after: [id1, id2]", label))
     return ()
 
 
@@ -417,9 +456,9 @@ def _apply_options(
     found: Tool[..., Any], options: Any, label: str, problems: list[PlanProblem]
 ) -> Tool[..., Any]:
     if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
-        problems.append(PlanProblem("bad_shape", f"'options' must be a mapping such as "
-                                                 f"{{timeout: 2, retries: 1}}, got {options!r}",
-                                    label))
+        problems.append(PlanProblem(
+            "bad_shape", f"'options' must be a mapping such as {{timeout: 2, retries: 1}}, got "
+                         f"{_show(options)}", label))
         return found
     if "retry_on" in options or "retry" in options:
         problems.append(PlanProblem("bad_shape", "'retry_on' and 'retry' take Python objects, "
@@ -442,9 +481,9 @@ def _apply_options(
 
 
 def _unknown_key(key: Any, allowed: tuple[str, ...], where: str = "the node") -> str:
-    close = difflib.get_close_matches(str(key), allowed, n=1)
+    close = difflib.get_close_matches(str(key)[:100], allowed, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
-    return f"{where} has an unknown key {key!r}; {hint}allowed keys: {', '.join(allowed)}"
+    return f"{where} has an unknown key {_show(key)}; {hint}allowed keys: {', '.join(allowed)}"
 
 
 def _or(value: Any, default: Any) -> Any:
@@ -452,7 +491,7 @@ def _or(value: Any, default: Any) -> Any:
 
 
 def _kind(value: Any) -> str:
-    return f"a {type(value).__name__} ({value!r:.40})"
+    return f"a {type(value).__name__} ({_show(value)})"
 
 
 @functools.cache

@@ -38,6 +38,7 @@ from typing import Any
 
 from shoal.exceptions import PlanError, PlanProblem
 from shoal.plan import Plan
+from shoal.plandata import check_value
 from shoal.planfile import convert_refs, placeholder_tool
 from shoal.tools import Tool
 
@@ -78,13 +79,31 @@ class ParsedCall:
         return found, args
 
 
-@dataclass(slots=True)
 class _Pending:
-    """A numbered call whose text may still be growing line by line."""
+    """A numbered call whose text may still be growing line by line.
 
-    id: str
-    line: int
-    text: str
+    Its text is scanned once, as it arrives, so a call spread over many lines costs time in
+    proportion to its length, not to the square of it.
+    """
+
+    __slots__ = ("id", "line", "lines", "scanner")
+
+    def __init__(self, node_id: str, line: int, text: str) -> None:
+        self.id = node_id
+        self.line = line
+        self.lines = [text]
+        self.scanner = _Scanner()
+        self.scanner.feed(text)
+
+    def add_line(self, line: str) -> None:
+        """Append the next line of the call."""
+        self.lines.append(line)
+        self.scanner.feed("\n" + line)
+
+    @property
+    def text(self) -> str:
+        """The call as written so far."""
+        return "\n".join(self.lines)
 
 
 class PlanTextParser:
@@ -145,11 +164,11 @@ class PlanTextParser:
             return []
         pending = self._pending
         if pending is not None:
-            if not _scan(pending.text).in_string and _starts_over(line):
+            if not pending.scanner.in_string and _starts_over(line):
                 self._fail(pending, "the call's brackets or quotes are not closed before the "
                                     "next line starts; close them")
             else:
-                pending.text += "\n" + line
+                pending.add_line(line)
                 return self._try_complete(pending)
         return self._read_fresh(line)
 
@@ -172,15 +191,16 @@ class PlanTextParser:
         return self._try_complete(pending)
 
     def _try_complete(self, pending: _Pending) -> list[ParsedCall]:
-        scan = _scan(pending.text)
-        if scan.depth > 0 or scan.in_string:
+        scanner = pending.scanner
+        if scanner.depth > 0 or scanner.in_string:
             return []
         self._pending = None
-        name = _CALL_NAME.match(scan.code)
+        code = scanner.code()
+        name = _CALL_NAME.match(code)
         if name and name[1] == "join" and self._join_ends:
             self._done = True
             return []
-        call, errors = _parse_call(pending, scan.code)
+        call, errors = _parse_call(pending, code)
         for error in errors:
             self._fail(pending, error)
         return [call] if call is not None and not errors else []
@@ -198,51 +218,90 @@ def _starts_over(line: str) -> bool:
     return bool(_STARTS_CALL.match(line) or _THOUGHT.match(line))
 
 
-@dataclass(frozen=True, slots=True)
-class _Scan:
-    code: str  # the text with unquoted refs quoted and comments removed
-    depth: int  # open brackets at the end
-    in_string: bool  # ends inside a triple-quoted string
+# runs of characters that change nothing: outside strings, and inside each kind of string
+_CODE_RUN = re.compile(r"[^'\"#$()\[\]{}]+")
+_STRING_RUN = {
+    "'": re.compile(r"[^'\\\n]+"),
+    '"': re.compile(r'[^"\\\n]+'),
+    "'''": re.compile(r"[^'\\]+"),
+    '"""': re.compile(r'[^"\\]+'),
+}
 
 
-def _scan(text: str) -> _Scan:
-    """Quote bare ``$N`` refs and count brackets, skipping string literals and comments."""
-    out: list[str] = []
-    depth, quote, i = 0, "", 0
-    while i < len(text):
+class _Scanner:
+    """Quote bare ``$N`` refs and count brackets, skipping string literals and comments.
+
+    Text is fed in pieces (the lines of a call) and each character is looked at once; the
+    state between pieces is the open string's quote, a pending backslash, and the depth.
+    """
+
+    __slots__ = ("_escape", "_out", "_quote", "depth")
+
+    def __init__(self) -> None:
+        self._out: list[str] = []  # the text with unquoted refs quoted and comments removed
+        self._quote = ""
+        self._escape = False
+        self.depth = 0  # open brackets
+
+    @property
+    def in_string(self) -> bool:
+        """Whether the text ends inside a triple-quoted string.
+
+        An open one-line string cannot continue on the next line, so only triple quotes count.
+        """
+        return len(self._quote) == 3
+
+    def code(self) -> str:
+        """The text so far, with refs quoted and comments removed."""
+        return "".join(self._out)
+
+    def feed(self, text: str) -> None:
+        """Scan the next piece of text."""
+        i = 0
+        if self._escape and text:  # a backslash ended the last piece: it escapes this char
+            self._out.append(text[0])
+            self._escape, i = False, 1
+        while i < len(text):
+            i = self._in_string(text, i) if self._quote else self._in_code(text, i)
+
+    def _in_string(self, text: str, i: int) -> int:
+        run = _STRING_RUN[self._quote].match(text, i)
+        if run:
+            self._out.append(run.group())
+            return run.end()
+        if text[i] == "\\":
+            piece = text[i:i + 2]
+            self._escape = len(piece) == 1
+        elif text.startswith(self._quote, i):
+            piece, self._quote = self._quote, ""
+        elif text[i] == "\n":
+            # a one-line string left open: Python rejects it and ast will say so; end it here
+            # so that the following lines are not swallowed into it
+            piece, self._quote = "\n", ""
+        else:  # a lone quote inside a triple-quoted string
+            piece = text[i]
+        self._out.append(piece)
+        return i + len(piece)
+
+    def _in_code(self, text: str, i: int) -> int:
+        run = _CODE_RUN.match(text, i)
+        if run:
+            self._out.append(run.group())
+            return run.end()
         ch = text[i]
-        if quote:
-            piece, quote = _string_piece(text, i, quote)
-            out.append(piece)
-            i += len(piece)
-        elif ch in "'\"":
-            quote = ch * 3 if text.startswith(ch * 3, i) else ch
-            out.append(quote)
-            i += len(quote)
-        elif ch == "#":
-            i = len(text) if (nl := text.find("\n", i)) < 0 else nl
-        elif ch == "$" and (ref := _BARE_REF.match(text, i)):
-            out.append(repr(ref.group()))
-            i = ref.end()
-        else:
-            depth += (ch in "([{") - (ch in ")]}")
-            out.append(ch)
-            i += 1
-    # an open one-line string cannot continue on the next line, so only triple quotes count
-    return _Scan("".join(out), depth, len(quote) == 3)
-
-
-def _string_piece(text: str, i: int, quote: str) -> tuple[str, str]:
-    """Take the text at ``i`` in a string opened by ``quote``; say which quote is still open."""
-    if text[i] == "\\":
-        return text[i:i + 2], quote
-    if text.startswith(quote, i):
-        return quote, ""
-    if text[i] == "\n" and len(quote) == 1:
-        # a one-line string left open: Python rejects it and ast will say so; end it here so
-        # that the following lines are not swallowed into it
-        return "\n", ""
-    return text[i], quote
+        if ch in "'\"":
+            self._quote = ch * 3 if text.startswith(ch * 3, i) else ch
+            self._out.append(self._quote)
+            return i + len(self._quote)
+        if ch == "#":  # a comment runs to the end of its line
+            end = text.find("\n", i)
+            return len(text) if end < 0 else end
+        if ch == "$" and (ref := _BARE_REF.match(text, i)):
+            self._out.append(repr(ref.group()))
+            return ref.end()
+        self.depth += (ch in "([{") - (ch in ")]}")
+        self._out.append(ch)
+        return i + 1
 
 
 def _parse_call(pending: _Pending, code: str) -> tuple[ParsedCall | None, list[str]]:
@@ -276,6 +335,10 @@ def _argument(node: ast.expr, where: str, errors: list[str]) -> Any:
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         errors.append(f"{where} {ast.unparse(node)!r:.60} is not a literal; {_LITERALS_HELP}")
         return None
+    bad = check_value(value, allow_infinity=False)
+    if bad is not None:  # too deep, too big or not text: unsafe to walk or to run
+        errors.append(f"{where}: {bad.message}")
+        return None
     converted, ref_errors = convert_refs(value, where)
     errors += ref_errors
     return converted
@@ -297,7 +360,7 @@ def _bind(
     """Name every argument of ``call``; the tool is None when it is unknown."""
     found = tools.get(call.tool)
     if found is None:
-        close = difflib.get_close_matches(call.tool, list(tools), n=1)
+        close = difflib.get_close_matches(call.tool[:100], list(tools), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         known = ", ".join(sorted(tools)) or "none were given"
         message = f"line {call.line}: no tool named {call.tool!r}{hint}; known tools: {known}"
@@ -345,7 +408,8 @@ def parse_plan_text(text: str, tools: ToolSet) -> Plan:
     for node_id in dict.fromkeys(p.node for p in parser.problems if p.node):
         if node_id not in plan:
             plan.add(placeholder_tool(), {}, node_id=node_id)
-    problems += plan.problems()
+    # duplicate numbers were reported above, with their lines
+    problems += [p for p in plan.problems() if p.code != "duplicate_id"]
     if problems:
         raise PlanError(problems)
     return plan
@@ -353,9 +417,11 @@ def parse_plan_text(text: str, tools: ToolSet) -> Plan:
 
 def _add_call(plan: Plan, call: ParsedCall, tools: Mapping[str, Tool[..., Any]]) -> list[
         PlanProblem]:
-    if call.id in plan:
-        return [PlanProblem("duplicate_id", f"line {call.line}: step {call.id} is numbered "
-                                            "twice; number each step once", call.id)]
-    found, args, problems = _bind(call, tools)
+    problems = []
+    if call.id in plan:  # still added: the plan checks its refs and arguments too
+        problems.append(PlanProblem("duplicate_id", f"line {call.line}: step {call.id} is "
+                                                    "numbered twice; number each step once",
+                                    call.id))
+    found, args, bind_problems = _bind(call, tools)
     plan.add(found or placeholder_tool(), args, node_id=call.id)
-    return problems
+    return problems + bind_problems
