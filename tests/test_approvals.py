@@ -868,7 +868,13 @@ def test_rules_from_a_file(tmp_path: Path) -> None:
     ("otherwise: maybe", "otherwise is 'deny', 'allow' or 'ask'"),
     ("colour: red", "unknown key"),
     ("[1, 2]", "holds a mapping"),
-    ("rules: [", "not valid YAML"),
+    ("rules: [", "not a usable YAML rules file: invalid YAML"),
+    ("rules: [{deny: '*'}]\nrules: [{allow: '*'}]", "the key 'rules' appears twice"),
+    ("rules: [{deny: 'x', args: {p: a}, args: {p: b}}]", "the key 'args' appears twice"),
+    ("a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n"
+        for i in range(8)), "alias"),
+    ("rules: [{deny: \"\\ud800\"}]", "invalid Unicode character escape"),
 ])
 def test_bad_rules_files_say_what_is_wrong(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "rules.yaml"

@@ -442,3 +442,30 @@ def test_empty_optional_keys_mean_absent(tmp_path: Path) -> None:
                     "    options:\n")
     plan = load_plan(path)
     assert plan.node("a").args == {} and plan.node("a").after == ()
+
+
+# --- a plan file may ask for more care than the code, never for less --------------------------
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"approval": False}, "asks for approval in code"),
+    ({"isolation": "thread"}, "runs with isolation='process' in code"),
+    ({"isolation": "inline"}, "runs with isolation='process' in code"),
+])
+def test_a_plan_file_cannot_loosen_the_safeguards_set_in_code(options: dict[str, Any],
+                                                               message: str) -> None:
+    guarded = plan_tools.add.options(approval=True, isolation="process")
+    error = problems_of({"nodes": [node("a", "add", args={"a": 1, "b": 2}, options=options)]},
+                        tools={"add": guarded})
+    assert message in str(error) and "a plan file cannot undo" in str(error)
+
+
+def test_a_plan_file_may_ask_for_more_care() -> None:
+    plan = plan_from_dict({"nodes": [node("a", T + "add", args={"a": 1, "b": 2},
+                                          options={"approval": True, "isolation": "process"})]})
+    policy = plan.node("a").tool.policy
+    assert policy.approval is True and policy.isolation == "process"
+    kept = plan_from_dict({"nodes": [node("a", "add", args={"a": 1, "b": 2},
+                                          options={"approval": True, "timeout": 2})]},
+                          tools={"add": plan_tools.add.options(approval=True)})
+    assert kept.node("a").tool.policy.approval is True

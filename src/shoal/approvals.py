@@ -378,17 +378,19 @@ class RulesApprover(Approver):
 
 
 def _parse_rules(text: str, source: Path) -> Any:
-    if source.suffix.lower() == ".json":
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{source}: not valid JSON: {exc}") from None
-    import yaml  # a dependency of plan files already
+    """A rules file's data, read with the limits of plan files.
 
+    So no alias bombs, and no duplicate keys: a rule written twice must not silently mean
+    its last copy.
+    """
+    from shoal.plandata import DataError, parse_json, parse_yaml
+
+    json_file = source.suffix.lower() == ".json"
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+        return parse_json(text) if json_file else parse_yaml(text)
+    except DataError as exc:
+        kind = "JSON" if json_file else "YAML"
+        raise ConfigError(f"{source}: not a usable {kind} rules file: {exc.message}") from None
 
 
 def _rule(item: Any, number: int) -> Rule:

@@ -472,12 +472,36 @@ def _apply_options(
                                                  "its results), which a plan file cannot grant; "
                                                  "set them on the tool in code", label))
         return found
+    weakened = _weakened(found, options)
+    if weakened:
+        problems.append(PlanProblem("bad_shape", f"{weakened}, which a plan file cannot undo; "
+                                                 "change it on the tool in code", label))
+        return found
     try:
         return found.options(**options)
     except (ShoalError, TypeError, ValueError, AttributeError) as exc:
         # a wrongly typed value (timeout: "2") fails deep in the policy code as a TypeError
         problems.append(PlanProblem("bad_shape", f"bad 'options': {exc}", label))
         return found
+
+
+# Isolation levels that keep a tool's code out of this process: a plan may not move it back in.
+_OUT_OF_PROCESS = frozenset({"process", "ray"})
+
+
+def _weakened(found: Tool[..., Any], options: Mapping[str, Any]) -> str:
+    """What ``options`` would loosen of the safeguards the tool's code set ("" if nothing).
+
+    A plan file may come from a model or another person: it can ask for more care
+    (``approval: true``, ``isolation: process``), never for less than the code decided.
+    """
+    policy = found.policy
+    if "approval" in options and policy.approval is not False and options["approval"] is not True:
+        return f"tool {found.name!r} asks for approval in code"
+    isolation = options.get("isolation", policy.isolation)
+    if policy.isolation in _OUT_OF_PROCESS and isolation != policy.isolation:
+        return f"tool {found.name!r} runs with isolation={policy.isolation!r} in code"
+    return ""
 
 
 def _unknown_key(key: Any, allowed: tuple[str, ...], where: str = "the node") -> str:
