@@ -20,7 +20,10 @@ SCRIPTED = "tests/agent_models.py:review_model"
 
 
 def shoal(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "shoal.cli.app", *args], cwd=ROOT,
+    # a wide, fixed width: tables are read here (readline, once imported by any test, puts
+    # COLUMNS=80 into the environment that child processes inherit)
+    env = {**os.environ, "COLUMNS": "160"}
+    return subprocess.run([sys.executable, "-m", "shoal.cli.app", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -585,6 +585,10 @@ SURROGATES = textwrap.dedent('''
         def __repr__(self):
             return "Odd(\\ud800)"
 
+    @tool
+    def make() -> str:
+        return "a\\ud800b"
+
     @tool(approval=True)
     def gated(x: str) -> object:
         return Odd()
@@ -593,8 +597,15 @@ SURROGATES = textwrap.dedent('''
 
 def test_lone_surrogates_in_arguments_and_values_are_journaled(tmp_path: Path) -> None:
     (tmp_path / "sur.py").write_text(SURROGATES)
-    plan = '{"nodes": [{"id": "s", "tool": "sur:gated", "args": {"x": "a\\ud800b"}}]}'
+    # a plan file refuses a lone surrogate (not a character), so a tool makes one instead
+    plan = ('{"nodes": [{"id": "m", "tool": "sur:make"}, '
+            '{"id": "s", "tool": "sur:gated", "args": {"x": "$m"}}]}')
     (tmp_path / "plan.json").write_text(plan)
+    refused = tmp_path / "refused.json"
+    refused.write_text('{"nodes": [{"id": "s", "tool": "sur:gated", "args": {"x": "a\\ud800"}}]}')
+    bad = shoal("run", "refused.json", cwd=tmp_path)
+    assert bad.returncode == 2 and "lone surrogate" in bad.stderr, bad.stderr
+    assert "Traceback" not in bad.stderr
     proc = shoal("run", "plan.json", "--approve", "allow", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "Odd(\\ud800)" in proc.stdout and "Traceback" not in proc.stderr

@@ -167,10 +167,14 @@ def runs_command(store: StoreOption = DEFAULT_PATH, as_json: JsonOption = False,
 def runs_table(records: Sequence[RunRecord]) -> Table:
     """The runs as ``shoal runs`` lists them: every field from the journal shown as text."""
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    # a run id is what a person copies into the next command: never cut, however narrow
+    id_width = max((len(one_line(r.run_id, ID_WIDTH)) for r in records), default=3)
     for name, justify in (("run", "left"), ("status", "left"), ("nodes", "right"),
                           ("outcomes", "left"), ("started", "left"), ("took", "right"),
                           ("plan", "left")):
-        table.add_column(name, justify=justify, no_wrap=name != "plan")  # type: ignore[arg-type]
+        table.add_column(name, justify=justify,  # type: ignore[arg-type]
+                         no_wrap=name not in ("started", "plan"),
+                         min_width=id_width if name == "run" else None)
     for r in records:
         if agent_journal.is_agent_record(r):  # the lead's status; its tree's calls
             table.add_row(safe_text(r.run_id, width=ID_WIDTH),
