@@ -152,9 +152,10 @@ def _take_sigint() -> None:
 
     Ray's polite cancel raises ``KeyboardInterrupt`` through ``_thread.interrupt_main()``,
     which does nothing while SIGINT is ignored; and a Python process that starts with SIGINT
-    ignored keeps it so. Ray workers inherit that from a head started by a shell without job
-    control (``ray start ... &`` in a script, a CI runner), so there the polite cancel never
-    arrives. Tasks run on the worker's main thread, where the handler can be set.
+    ignored keeps it so. Ray workers inherit that from a head started in the background by a
+    script (``ray start --head ... &``: a shell without job control ignores SIGINT there) or by
+    any process that ignores it, and there the polite cancel never arrives. Tasks run on the
+    worker's main thread, where the handler can be set.
     """
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         with suppress(ValueError):  # not the main thread: nothing to do from here
