@@ -154,7 +154,7 @@ async def per_node(result: BenchResult, ray: Any, n: int, reps: int, bad: list[s
 
 
 async def fan_out(result: BenchResult, ray: Any, n: int, seconds: float, reps: int,
-                  bad: list[str]) -> None:
+                  bad: list[str], raw_tasks: bool = True) -> None:
     result.header(f"{n} calls of {seconds * 1e3:g} ms with num_cpus=0: shoal on Ray vs a raw "
                   f"async actor (interleaved, {reps} reps), then raw Ray tasks")
     runtime = shoal.Runtime(executor="ray")
@@ -185,6 +185,8 @@ async def fan_out(result: BenchResult, ray: Any, n: int, seconds: float, reps: i
     result.add(f"raw async actor (the floor), best of {reps}", floor_best, "s")
     result.add(f"raw actor, blocking sleep on its threads, best of {reps}", min(threads), "s",
                floor=floor_best)
+    if not raw_tasks:  # a quick run: Ray starting a worker per task takes seconds
+        return
     # Apart, and after: a thousand task workers take a while to go away, and would slow down
     # whatever ran next.
     for name, fn in (("sync", nap_sync.fn), ("async", _run_async_fn)):
@@ -211,7 +213,7 @@ def main(quick: bool = False) -> BenchResult:
         await connection.start()
         try:
             await per_node(result, ray, per_node_n, reps, bad)
-            await fan_out(result, ray, fan_n, 0.05, reps, bad)
+            await fan_out(result, ray, fan_n, 0.05, reps, bad, raw_tasks=not quick)
         finally:
             await connection.close()
 

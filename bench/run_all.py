@@ -2,7 +2,9 @@
 
 Usage: ``python bench/run_all.py [--quick] [--only NAME ...] [--json out.json] [--all]``
 (``--all``: asynchow's real-time mode runs every plan). Exit status 1 if any correctness check
-or timing target failed, 0 otherwise (skipped benchmarks do not fail the run).
+failed, or in a full run any timing target; 0 otherwise (skipped benchmarks do not fail the
+run). A ``--quick`` run prints its ratios but judges no target: its trials are too small for
+that, and a busy machine would fail it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from pathlib import Path
 
 BENCHMARKS = ("fanout_async", "fanout_sync", "trivial", "large_plan", "asynchow", "nestools",
               "ray_overhead", "agents", "plan_parsing")
+#: Left out of a ``--quick`` run unless named with ``--only``: starting Ray alone takes several
+#: seconds, more than the rest of the quick run together.
+SLOW_TO_START = ("ray_overhead",)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -38,12 +43,18 @@ def main(argv: list[str] | None = None) -> int:
     if root not in sys.path:
         sys.path.insert(0, root)
     import shoal
+    from bench.common import judge_targets, passed
 
+    judge_targets(not args.quick)
     print(f"shoal {shoal.__version__} | Python {platform.python_version()} | "
           f"{platform.platform()} | {'quick' if args.quick else 'full'} run")
     results = []
     started = time.perf_counter()
-    for name in args.only or BENCHMARKS:
+    names = args.only or [n for n in BENCHMARKS if not (args.quick and n in SLOW_TO_START)]
+    if args.quick and not args.only:
+        print(f"quick run: {', '.join(SLOW_TO_START)} left out (starting Ray takes seconds); "
+              f"add --only ray_overhead to run it")
+    for name in names:
         module = importlib.import_module(f"bench.{name}")
         options = {"all_plans": args.all_plans} if name == "asynchow" else {}
         results.append(module.main(quick=args.quick, **options))
@@ -54,13 +65,15 @@ def main(argv: list[str] | None = None) -> int:
         else:
             failed = [m.name for m in result.metrics if m.passed is False]
             status = ("correct" if result.correct else "INCORRECT") + (
-                f", targets missed: {failed}" if failed else ", all targets met")
+                ", targets not judged (quick run)" if args.quick
+                else f", targets missed: {failed}" if failed else ", all targets met")
         print(f"  {result.name:<14} {status}")
     if args.json:
         args.json.write_text(json.dumps([r.to_dict() for r in results], indent=2))
         print(f"results written to {args.json}")
-    bad = [r for r in results if not r.skipped and not (r.correct and r.targets_met)]
-    return 1 if bad else 0
+    if args.quick:
+        print("quick run: ratios only; timing targets are judged in full runs")
+    return 0 if all(passed(r) for r in results) else 1
 
 
 if __name__ == "__main__":

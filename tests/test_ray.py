@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -190,42 +191,75 @@ def test_one_cpu_per_call_limits_concurrency_to_the_cluster_cpus() -> None:
 # ---- timeouts, cancellation, crashes ------------------------------------------------------------
 
 
+def warm_up() -> None:
+    """Have a worker ready for each cluster CPU, and the pool actor, before a timing test.
+
+    A Ray worker takes a second or more to start (several on a busy machine), and a call's
+    timeout counts from its submission: without this, a short timeout can end a call before
+    it ever started, and the test would prove nothing about stopping running work.
+    """
+    plan = Plan()
+    for _ in range(cluster_cpus()):
+        plan.call(on_ray(rt.span), seconds=0.3)  # side by side: one worker each
+    plan.call(on_ray(rt.where, resources=FREE))
+    assert run(plan).ok
+
+
+def cpus_freed_by(deadline: float) -> bool:
+    """Whether every cluster CPU is free again before ``deadline`` (``time.monotonic()``).
+
+    A Ray task holds its CPU until it really ends, so this tells a stopped task from one that
+    was only told to stop (a ``KeyboardInterrupt`` reaches ``time.sleep`` when it returns).
+    """
+    while time.monotonic() < deadline:
+        if ray.available_resources().get("CPU") == ray.cluster_resources().get("CPU"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def test_timeouts_stop_tasks_and_pooled_async_calls(tmp_path: Path) -> None:
-    seconds = 2.5
+    timeout, seconds = 1.0, 4.0
     plan = Plan()
     cases = {
-        "task-sync": on_ray(rt.slow_then_mark, timeout=0.5),
-        "task-async": on_ray(rt.slow_then_mark_async, timeout=0.5),
-        "pool-async": on_ray(rt.slow_then_mark_async, timeout=0.5, resources=FREE),
-        "pool-sync": on_ray(rt.slow_then_mark, timeout=0.5, resources=FREE),
+        "task-sync": on_ray(rt.slow_then_mark, timeout=timeout),
+        "task-async": on_ray(rt.slow_then_mark_async, timeout=timeout),
+        "pool-async": on_ray(rt.slow_then_mark_async, timeout=timeout, resources=FREE),
+        "pool-sync": on_ray(rt.slow_then_mark, timeout=timeout, resources=FREE),
     }
     refs = {name: plan.call(t, directory=str(tmp_path), name=name, seconds=seconds)
             for name, t in cases.items()}
+    warm_up()
     start = time.monotonic()
     result = run(plan)
-    assert time.monotonic() - start < 0.5 + 2.0, "timing out took too long"
+    assert time.monotonic() - start < timeout + 2.0, "timing out took too long"
     for name, ref in refs.items():
         assert result[ref].status == "timed_out", result[ref]
         assert (tmp_path / f"{name}.started").exists(), f"{name} never started"
     # a thread in the pool actor cannot be stopped: the outcome says so
     assert [n for n, r in refs.items() if result[r].abandoned] == ["pool-sync"]
-    time.sleep(seconds + 0.5)  # past when the work would have finished
+    # the tasks' workers were killed, well before their work would have ended
+    assert cpus_freed_by(start + seconds - 1.0), "a timed-out task still holds its CPU"
+    time.sleep(max(0.0, start + seconds + 0.5 - time.monotonic()))  # past its natural end
     done = sorted(p.stem for p in tmp_path.glob("*.done"))
     assert done == ["pool-sync"], f"stopped work finished anyway: {done}"
 
 
 def test_cancelling_a_call_through_the_handle(tmp_path: Path) -> None:
+    seconds = 4.0
     plan = Plan()
     target = plan.call(on_ray(rt.slow_then_mark), directory=str(tmp_path), name="target",
-                       seconds=3.0)
+                       seconds=seconds)
     sibling = plan.call(on_ray(rt.echo, resources=FREE), value="fine")
     after = plan.call(rt.echo.options(isolation="ray"), value=target)
+    cancelled_at: list[float] = []
 
     async def go() -> RunResult:
         async with Runtime() as runtime:
             handle = runtime.start(plan)
             while not (tmp_path / "target.started").exists():
                 await asyncio.sleep(0.02)
+            cancelled_at.append(time.monotonic())
             handle.cancel(target)
             return await handle
 
@@ -234,8 +268,27 @@ def test_cancelling_a_call_through_the_handle(tmp_path: Path) -> None:
     assert not result[target].abandoned
     assert result.value(sibling) == "fine"
     assert result[after].status == "skipped"
-    time.sleep(3.5)
+    assert cpus_freed_by(cancelled_at[0] + seconds - 1.0), "the cancelled task holds its CPU"
+    time.sleep(max(0.0, cancelled_at[0] + seconds + 0.5 - time.monotonic()))
     assert not (tmp_path / "target.done").exists(), "the cancelled task ran to the end"
+
+
+def test_workers_that_ignore_sigint_take_it_back_for_ray_cancel() -> None:
+    """A head started from a script's background job gives its workers SIGINT ignored.
+
+    Ray's polite cancel (``KeyboardInterrupt`` through ``_thread.interrupt_main``) does
+    nothing in such a worker; tasks put Python's handler back first.
+    """
+    script = ("import signal\n"
+              "from shoal.executors.ray import _take_sigint\n"
+              "assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN\n"
+              "_take_sigint()\n"
+              "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, check=False,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "True"
 
 
 def test_a_dying_worker_is_an_executor_error_and_retried(tmp_path: Path) -> None:

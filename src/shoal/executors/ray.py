@@ -23,9 +23,12 @@ dependencies must be installed there; the tool modules themselves can be local f
 * *A Ray task per call* when the call reserves something: ``num_cpus`` (default 1, as in Ray),
   ``num_gpus``, ``memory`` or a custom resource (``{"GPU": 1}``, ``{"accelerator": 1}``). Ray
   places it on a node with those resources free; with the default of one CPU, at most as many
-  calls run at once as the cluster has CPUs. Timeouts and cancellation stop it: first
-  ``ray.cancel`` (a ``KeyboardInterrupt`` in the tool), then, after :data:`CANCEL_GRACE`
-  seconds, ``ray.cancel(force=True)``, which kills the worker process.
+  calls run at once as the cluster has CPUs. A call's timeout counts from its submission, so
+  it includes waiting for a free CPU and a worker. Timeouts and cancellation stop it: first
+  ``ray.cancel`` (a ``KeyboardInterrupt`` in the tool, which a blocking call such as
+  ``time.sleep`` only sees when it returns), then, after :data:`CANCEL_GRACE` seconds (at once
+  when the executor closes), ``ray.cancel(force=True)``, which kills the worker process,
+  repeated until Ray reports the task ended (see :func:`_kill`).
 * *shoal's actor pool* when the call reserves nothing (``resources={"num_cpus": 0}``): I/O-bound
   tools. Ray runs each task in a worker process of its own, so 1000 concurrent sleeping tasks
   need 1000 processes, which Ray starts a few at a time: 1000 x 50 ms tasks take several
@@ -60,6 +63,7 @@ import functools
 import logging
 import os
 import pickle
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -85,6 +89,10 @@ __all__ = ["CANCEL_GRACE", "POOL_CONCURRENCY", "RayExecutor", "ray_options", "wo
 
 #: Seconds between the polite ``ray.cancel`` of a timed-out task and killing its worker.
 CANCEL_GRACE = 1.0
+#: Seconds that killing a cancelled task may take before shoal gives up on it (and logs it).
+KILL_TIMEOUT = 10.0
+#: Seconds between checks (and repeats of the forced cancel) while a task is being killed.
+KILL_POLL = 0.05
 #: Calls one pool actor runs at once (the run's ``max_concurrency`` is usually the real bound).
 POOL_CONCURRENCY = 10_000
 #: Threads a pool actor may start for sync tools (started only as calls need them).
@@ -95,6 +103,8 @@ _CRASHES = ("WorkerCrashedError", "RayActorError", "NodeDiedError", "LocalRaylet
             "OutOfMemoryError", "ObjectLostError", "TaskCancelledError")
 _TOP_LEVEL = {"num_cpus": "num_cpus", "cpu": "num_cpus", "num_gpus": "num_gpus",
               "gpu": "num_gpus", "memory": "memory"}
+
+log = logging.getLogger("shoal")
 
 
 # ---- worker side: runs inside Ray workers, which import this module ------------------------
@@ -142,11 +152,27 @@ def _dumps(value: Any, what: str) -> bytes:
     return dumps(value, what) if b"__main__" in blob else blob
 
 
+def _take_sigint() -> None:
+    """Let ``ray.cancel`` interrupt this worker even if it was started with SIGINT ignored.
+
+    Ray's polite cancel raises ``KeyboardInterrupt`` through ``_thread.interrupt_main()``,
+    which does nothing while SIGINT is ignored; and a Python process that starts with SIGINT
+    ignored keeps it so. Ray workers inherit that from a head started in the background by a
+    script (``ray start --head ... &``: a shell without job control ignores SIGINT there) or by
+    any process that ignores it, and there the polite cancel never arrives. Tasks run on the
+    worker's main thread, where the handler can be set.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        with suppress(ValueError):  # not the main thread: nothing to do from here
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def run_task(call: bytes) -> bytes:
     """One call (from :func:`_pack`) as a Ray task: every outcome becomes a reply (bytes).
 
     ``KeyboardInterrupt`` (how ``ray.cancel`` stops a task) and cancellation propagate.
     """
+    _take_sigint()
     try:
         name, is_async, fn, args = _unpack(call)
         value = asyncio.run(fn(**args)) if is_async else fn(**args)
@@ -454,28 +480,50 @@ class RayExecutor(Executor):
     @staticmethod
     async def _force_cancel(session: _Session, ref: Any) -> None:
         await asyncio.sleep(CANCEL_GRACE)
-        _kill(session, ref)
+        await _kill(session, ref)
 
     async def close(self) -> None:
-        """Kill tasks still awaiting their force-cancel; release the Ray connection."""
+        """Kill cancelled tasks that still run (without their grace); release the connection."""
         reapers, self._reapers = self._reapers, {}
-        for reaper, ref in reapers.items():
+        for reaper in reapers:
             reaper.cancel()
-            if self._session is not None:
-                _kill(self._session, ref)
         if reapers:
             await asyncio.gather(*reapers, return_exceptions=True)
+            if self._session is not None:
+                session = self._session
+                await asyncio.gather(*(_kill(session, ref) for ref in reapers.values()))
         if self._session is not None:
             session, self._session = self._session, None
             _release(session)
 
 
-def _kill(session: _Session, ref: Any) -> None:
-    """``ray.cancel(force=True)`` if the task has not ended (which kills its worker)."""
-    with suppress(Exception):
-        done, _ = session.ray.wait([ref], timeout=0)
-        if not done:
+async def _kill(session: _Session, ref: Any) -> None:
+    """``ray.cancel(force=True)`` until the task has ended (which kills its worker).
+
+    One forced cancel is not enough: while an earlier cancel request for the same task is in
+    flight (the polite one, sent moments before when the executor closes right after a
+    timeout), Ray drops the new one without a word, and the task runs to its end. So the
+    request is repeated until Ray reports the task ended, for :data:`KILL_TIMEOUT` seconds at
+    most.
+    """
+    deadline = time.monotonic() + KILL_TIMEOUT
+    while not _ended(session.ray, ref):
+        if time.monotonic() >= deadline:
+            log.warning("a cancelled Ray task still runs %.0f s after shoal began killing it "
+                        "(ray.cancel(force=True) had no effect): %s", KILL_TIMEOUT, ref)
+            return
+        with suppress(Exception):  # Ray going down: _ended says so next
             session.ray.cancel(ref, force=True)
+        await asyncio.sleep(KILL_POLL)
+
+
+def _ended(ray: Any, ref: Any) -> bool:
+    """Whether the task behind ``ref`` has ended (or Ray can no longer tell: nothing to stop)."""
+    try:
+        done, _ = ray.wait([ref], timeout=0, fetch_local=False)
+    except Exception:
+        return True
+    return bool(done)
 
 
 _BLOBS: dict[Callable[..., Any], bytes] = {}
