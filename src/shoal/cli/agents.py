@@ -56,6 +56,7 @@ class AgentOptions:
     journal: AgentJournal | None = None  # the run's root record in a durable journal
     model_spec: str | None = None  # --model as given, for the journal
     resume: bool = False  # continue journal.run_id instead of starting a new run
+    force: bool = False  # resume even if another process seems to run it (--force)
 
 
 def is_agent_target(target: str) -> bool:
@@ -150,14 +151,18 @@ async def _drive(agent: Agent[Any], options: AgentOptions, sinks: list[Any], con
     journal = options.journal
     if journal is not None and not options.resume:
         journal.begin(options.target, options.prompt or "", options.model_spec)
+    try:  # refused (the run is live elsewhere) before anything runs or is written
+        handle = agent.start(options.prompt or "", runtime=runtime, model=options.model,
+                             budget=options.budget, on_event=sinks,
+                             run_id=journal.run_id if journal is not None else None,
+                             resume=options.resume, force=options.force)
+    except BaseException:
+        await runtime.aclose()
+        raise
     beating = asyncio.ensure_future(journal.beat()) if journal is not None else None
     result: AgentResult[Any] | None = None
     interrupted = False
     try:
-        handle = agent.start(options.prompt or "", runtime=runtime, model=options.model,
-                             budget=options.budget, on_event=sinks,
-                             run_id=journal.run_id if journal is not None else None,
-                             resume=options.resume)
         with CtrlC(handle) as ctrl_c:
             try:
                 result = await (_follow(handle, console, view, options.pause) if live

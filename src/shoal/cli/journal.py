@@ -28,7 +28,7 @@ from rich.text import Text
 
 from shoal.cli.agent_journal import is_agent_record
 from shoal.cli.render import STATUS_STYLES, detail, seconds
-from shoal.exceptions import ShoalError
+from shoal.exceptions import RunActiveError, ShoalError
 from shoal.outcome import STATUSES, jsonable
 from shoal.store.base import ApprovalRecord, AttemptRecord, RunRecord, StoredOutcome
 from shoal.store.journal import STALE_AFTER
@@ -51,6 +51,8 @@ def live_status(record: RunRecord, now: float | None = None) -> str:
     A ``running`` run whose process is gone (on this machine: its pid no longer exists;
     anywhere: no heartbeat for a while) was killed or crashed: it is ``interrupted``.
     """
+    if record.damaged:
+        return "damaged"
     if record.status != "running":
         return record.status
     now = time.time() if now is None else now
@@ -115,7 +117,8 @@ def _duration(record: RunRecord) -> float:
 
 
 def _status_text(status: str) -> Text:
-    styles = {**STATUS_STYLES, "finished": "green", "running": "cyan", "interrupted": "red"}
+    styles = {**STATUS_STYLES, "finished": "green", "running": "cyan", "interrupted": "red",
+              "damaged": "bold red"}
     return Text(status, style=styles.get(status, ""))
 
 
@@ -129,7 +132,7 @@ def _run_dict(record: RunRecord) -> dict[str, Any]:
         "started_at": record.started_at, "finished_at": record.finished_at,
         "duration": _duration(record), "sessions": record.sessions,
         "plan_file": record.source.get("path", ""),
-    }  # fmt: skip
+    } | ({"damaged": record.damaged} if record.damaged else {})  # fmt: skip
 
 
 def runs_command(store: StoreOption = DEFAULT_PATH, as_json: JsonOption = False,
@@ -160,7 +163,8 @@ def runs_command(store: StoreOption = DEFAULT_PATH, as_json: JsonOption = False,
     for r in records:
         table.add_row(r.run_id, _status_text(live_status(r)), str(r.nodes), _counts(r.counts),
                       _when(r.started_at), seconds(_duration(r)),
-                      r.name or Path(str(r.source.get("path", ""))).name or "-")
+                      Text(f"damaged: {r.damaged}", style="red") if r.damaged else
+                      Text(r.name or Path(str(r.source.get("path", ""))).name or "-"))
     _console().print(table)
 
 
@@ -209,6 +213,8 @@ def _show_dict(record: RunRecord, outcomes: Mapping[str, StoredOutcome],
         stored = outcomes.get(node_id)
         entry = (stored.outcome.to_dict() | {"encoding": stored.encoding}) if stored else {
             "node_id": node_id, "status": "not run"}
+        if stored is not None and stored.damaged:
+            entry |= {"status": "damaged", "damaged": stored.damaged}
         entry["attempt_log"] = [_attempt_dict(a) for a in attempts if a.node_id == node_id]
         nodes.append(entry)
     return {**_run_dict(record), "outcomes": nodes, "edges": _edges(record),
@@ -246,6 +252,11 @@ def _show_view(record: RunRecord, outcomes: Mapping[str, StoredOutcome],
     if status == "interrupted":
         parts.append(Text(f"the process running it stopped; continue with: shoal resume "
                           f"{record.run_id}", style="yellow"))
+    damage = [record.damaged, *(s.damaged for s in outcomes.values()),
+              *(a.damaged for a in attempts)]
+    if any(damage):
+        parts.append(Text("damaged in the journal (it cannot be resumed):\n  "
+                          + "\n  ".join(d for d in damage if d), style="red"))
     return Group(*parts)
 
 
@@ -264,6 +275,10 @@ def _node_table(record: RunRecord, outcomes: Mapping[str, StoredOutcome],
             table.add_row(node_id, str(facts[0]), Text(state, style="dim"), "-", "-", "-", "")
             continue
         o = stored.outcome
+        if stored.damaged:
+            table.add_row(Text(node_id), Text(o.tool), Text("damaged", style="bold red"),
+                          "-", "-", "-", Text(stored.damaged, no_wrap=True, overflow="ellipsis"))
+            continue
         started = f"{o.started_at:.2f}s" if o.started_at is not None else "-"
         took = seconds(o.duration) if o.started_at is not None else "-"
         table.add_row(o.node_id, o.tool, Text(o.status, style=STATUS_STYLES.get(o.status, "")),
@@ -379,6 +394,10 @@ def resume_command(
     approve: Annotated[str | None, typer.Option(
         "--approve", metavar="console|deny|allow|RULES", show_default=False,
         help="Who decides on calls that need approval (as for shoal run).")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Resume even though another process still seems to run the run "
+             "(it holds the run's lock). Only if you are sure that process can no longer run "
+             "anything: else calls may run twice.")] = False,
 ) -> None:
     """Continue a run that stopped (crashed, killed, cancelled, or with failures).
 
@@ -386,30 +405,39 @@ def resume_command(
     Completed calls replay their recorded results and never run again; failed, cancelled and
     skipped ones run again; calls in flight at a crash run again if their tool is idempotent,
     else they end in_doubt until you settle them with --rerun-in-doubt or --mark-done.
+    A run that is still running in another process is refused (exit 2), since resuming it
+    would run its calls in flight a second time; --force overrides that. So is a run whose
+    journal rows are damaged.
     Exit codes as for shoal run; 2 also for an unknown run or a changed plan.
     """
     from shoal.cli.app import RunOptions, run_agent, run_plan  # the app imports this module
 
     try:
-        record = open_journal(store).get_run(run_id)
+        journal = open_journal(store)
+        record = journal.get_run(run_id)
         if record is None:
             raise ShoalError(f"no run {run_id!r} in {str(store)!r} (shoal runs lists them)")
+        if not force:  # say so before loading anything; the resume itself claims the run
+            journal.claim_run(run_id).release()
         if is_agent_record(record):
             source = record.source
             _on_path(str(source.get("cwd") or ""))
             raise typer.Exit(run_agent(
                 str(source["target"]), str(source["prompt"]), source.get("model"), as_json,
                 max_concurrency, None, deadline, events, approve=approve, store=store,
-                resume=run_id))
+                resume=run_id, force=force))
         plan_file = _recorded_plan(record, store)
         done = parse_mark_done(mark_done or [])
+    except RunActiveError as exc:
+        raise typer.Exit(_fail(str(exc), as_json, "run_active")) from None
     except ShoalError as exc:
         raise typer.Exit(_fail(str(exc), as_json)) from None
     settings = record.source.get("settings") or {}
     options = RunOptions(
         plan_file, as_json, max_concurrency or settings.get("max_concurrency"),
         settings.get("executor"), deadline, False, events, approve, None,
-        settings.get("process_workers"), store, run_id, tuple(rerun_in_doubt or ()), done)
+        settings.get("process_workers"), store, run_id, tuple(rerun_in_doubt or ()), done,
+        force)
     raise typer.Exit(run_plan(options))
 
 

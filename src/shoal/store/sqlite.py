@@ -49,6 +49,7 @@ from shoal.store.base import (
     RunRecord,
     StoredOutcome,
 )
+from shoal.store.claims import FileClaim, LocalClaims, RunClaim
 from shoal.store.codec import DamagedValueError, decode_value, encode_value, view_value
 
 __all__ = ["DEFAULT_PATH", "SCHEMA_VERSION", "SQLiteStore"]
@@ -137,6 +138,7 @@ class SQLiteStore:
         self.path = str(path)
         self.keeps_events = keep_events
         self._lock = threading.RLock()
+        self._claims = LocalClaims()  # for ":memory:", which no other process can open
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -250,6 +252,16 @@ class SQLiteStore:
                     "WHERE run_id = ?",
                     [(f.status, f.finished_at, json.dumps(dict(f.counts)), f.makespan, f.run_id)
                      for f in finished])
+
+    def claim_run(self, run_id: str) -> RunClaim:
+        """Claim ``run_id`` for this process (see :mod:`shoal.store.claims`).
+
+        Raises :class:`~shoal.exceptions.RunActiveError` if a live process holds it: the lock
+        is a file in ``<journal>-locks/``, released by the OS when its holder ends.
+        """
+        if self.path == ":memory:":
+            return self._claims.claim(run_id)
+        return FileClaim.take(Path(f"{self.path}-locks"), run_id)
 
     def heartbeat(self, run_id: str, at: float) -> None:
         """Note that a live runtime still runs ``run_id``."""
@@ -447,7 +459,7 @@ def _run_record(row: Sequence[Any]) -> RunRecord:
     try:
         return RunRecord(
             _text(run_id, "run_id"), _number(started_at, "started_at"), _int(nodes, "nodes"),
-            _text(fingerprint, "fingerprint"), _json(plan, "plan", dict),
+            _text(fingerprint, "fingerprint"), _plan(plan),
             _json(source, "source", dict), _text(name, "name"),
             _choice(status, "status", RUN_STATUSES),
             _number(finished_at, "finished_at", optional=True), _json(counts, "counts", dict),
@@ -610,6 +622,20 @@ def _json(cell: Any, column: str, kind: type) -> Any:
     if not isinstance(value, kind):
         raise _Damaged(f"{column}: expected a JSON {kind.__name__}, found {_shown(cell)}")
     return value
+
+
+def _plan(cell: Any) -> dict[str, Any]:
+    """The plan description (see :mod:`shoal.store.fingerprint`), its shape checked."""
+    plan: dict[str, Any] = _json(cell, "plan", dict)
+    nodes, edges = plan.get("nodes", {}), plan.get("edge_list", [])
+    if not isinstance(nodes, dict) or not all(
+            isinstance(k, str) and isinstance(v, list) and v for k, v in nodes.items()):
+        raise _Damaged("plan: its nodes are not a mapping of node ids to lists")
+    if not isinstance(edges, list) or not all(
+            isinstance(e, list) and len(e) == 4 and all(isinstance(x, str) for x in e)
+            for e in edges):
+        raise _Damaged("plan: its edge_list is not a list of [source, target, kind, detail]")
+    return plan
 
 
 def _choice(cell: Any, column: str, allowed: Sequence[str]) -> Any:
