@@ -28,7 +28,7 @@ from rich.text import Text
 
 from shoal.cli.agent_journal import is_agent_record
 from shoal.cli.render import STATUS_STYLES, detail, seconds
-from shoal.exceptions import RunActiveError, ShoalError
+from shoal.exceptions import JournalDamagedError, RunActiveError, ShoalError
 from shoal.outcome import STATUSES, jsonable
 from shoal.store.base import ApprovalRecord, AttemptRecord, RunRecord, StoredOutcome
 from shoal.store.journal import STALE_AFTER
@@ -224,7 +224,8 @@ def _show_dict(record: RunRecord, outcomes: Mapping[str, StoredOutcome],
 def _attempt_dict(a: AttemptRecord) -> dict[str, Any]:
     return {"session": a.session, "attempt": a.attempt, "executor": a.executor,
             "started_at": a.started_at, "ended_at": a.ended_at,
-            "status": a.status or ("in flight" if a.ended_at is None else ""), "error": a.error}
+            "status": a.status or ("in flight" if a.ended_at is None else ""), "error": a.error,
+            } | ({"damaged": a.damaged} if a.damaged else {})
 
 
 def _approval_dict(a: ApprovalRecord) -> dict[str, Any]:
@@ -417,6 +418,9 @@ def resume_command(
         record = journal.get_run(run_id)
         if record is None:
             raise ShoalError(f"no run {run_id!r} in {str(store)!r} (shoal runs lists them)")
+        if record.damaged:
+            raise JournalDamagedError(f"run {run_id!r} in {str(store)!r}; it cannot be resumed",
+                                      [record.damaged])
         if not force:  # say so before loading anything; the resume itself claims the run
             journal.claim_run(run_id).release()
         if is_agent_record(record):

@@ -78,18 +78,16 @@ def prepare_resume(store: Store, run_id: str, graph: Graph, description: Mapping
     record = store.get_run(run_id)
     if record is None:
         raise RunNotFoundError(run_id, _where(store))
-    if record.damaged:
-        raise JournalDamagedError(f"run {run_id!r} {_where(store)}", [record.damaged])
-    changes = plan_differences(record.plan, description)
-    if changes:
-        raise PlanChangedError(run_id, changes)
     stored = store.outcomes(run_id)
     attempts = store.attempts(run_id)
-    damage = [getattr(o, "damaged", "") for o in stored.values()]
-    damage += [getattr(a, "damaged", "") for a in attempts]
+    damage = [record.damaged, *(getattr(o, "damaged", "") for o in stored.values()),
+              *(getattr(a, "damaged", "") for a in attempts)]
     if any(damage):  # what the damaged rows said is unknown: a call could run twice
         raise JournalDamagedError(f"run {run_id!r} {_where(store)}; it cannot be resumed",
                                   [d for d in damage if d])
+    changes = plan_differences(record.plan, description)
+    if changes:
+        raise PlanChangedError(run_id, changes)
     open_attempts = {a.node_id: a for a in attempts if a.ended_at is None}
     wanted, done = set(rerun_in_doubt), dict(mark_done or {})
     both = sorted(wanted & done.keys())

@@ -277,7 +277,10 @@ class SQLiteStore:
 
     def list_runs(self, limit: int = 50) -> list[RunRecord]:
         """The most recently started runs first (without their plan and source, for speed)."""
-        columns = _RUN_COLUMNS.replace("plan, source", "'{}', '{}'")
+        # plan and source are big: each is read only when it is not JSON (so damage shows)
+        columns = _RUN_COLUMNS.replace(
+            "plan, source", "CASE WHEN json_valid(plan) THEN '{}' ELSE plan END, "
+                            "CASE WHEN json_valid(source) THEN '{}' ELSE source END")
         rows = self._read(f"SELECT {columns} FROM runs ORDER BY started_at DESC LIMIT ?",
                           (limit,))
         return [_run_record(row) for row in rows]
@@ -286,7 +289,8 @@ class SQLiteStore:
         """Each node's latest outcome, in plan order; ``decode=False`` never unpickles."""
         rows = self._read(f"SELECT {_OUTCOME_COLUMNS} FROM outcomes WHERE run_id = ? "
                           "ORDER BY position", (run_id,))
-        return {row[0]: _stored_outcome(row, decode) for row in rows}
+        stored = (_stored_outcome(row, decode) for row in rows)
+        return {s.outcome.node_id: s for s in stored}
 
     def attempts(self, run_id: str) -> list[AttemptRecord]:
         """Every attempt of the run, in the order they started."""
