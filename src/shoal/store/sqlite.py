@@ -261,7 +261,12 @@ class SQLiteStore:
         """
         if self.path == ":memory:":
             return self._claims.claim(run_id)
-        return FileClaim.take(Path(f"{self.path}-locks"), run_id)
+        # resolved: two paths to one journal (a symlink, another cwd) must meet at one lock
+        folder = Path(f"{Path(self.path).resolve()}-locks")
+        try:
+            return FileClaim.take(folder, run_id)
+        except OSError as exc:
+            raise StoreError(f"cannot lock run {run_id!r} in {str(folder)!r}: {exc}") from exc
 
     def heartbeat(self, run_id: str, at: float) -> None:
         """Note that a live runtime still runs ``run_id``."""
