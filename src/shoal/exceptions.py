@@ -19,6 +19,10 @@
     ├── MissingDependencyError      an optional extra is not installed; says what to install
     ├── StoreError                  the journal cannot be opened, read or written
     │   ├── StoreVersionError       the journal file is newer than this shoal; names both versions
+    │   ├── JournalDamagedError     part of the journal is not what shoal wrote; ``.damage``
+    │   │                           says where (a run cannot be resumed from damaged rows)
+    │   ├── RunActiveError          resume: the run is still running in another process (or
+    │   │                           being resumed); ``.pid`` and ``.host`` name it; ``force``
     │   └── RunNotFoundError        the journal has no run with that id
     ├── PlanChangedError            resume: the plan differs from the one the run started with;
     │                               ``.differences`` lists what changed; nothing runs
@@ -52,6 +56,7 @@ __all__ = [
     "AgentError",
     "BudgetExceeded",
     "ExecutorError",
+    "JournalDamagedError",
     "MaxTurnsExceeded",
     "MissingAPIKeyError",
     "MissingDependencyError",
@@ -63,6 +68,7 @@ __all__ = [
     "PlanError",
     "PlanProblem",
     "RemoteToolError",
+    "RunActiveError",
     "RunNotFoundError",
     "ScriptError",
     "SerializationError",
@@ -303,6 +309,50 @@ class StoreVersionError(StoreError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (StoreVersionError, (self.path, self.found, self.supported))
+
+
+class JournalDamagedError(StoreError):
+    """Part of the journal does not hold what shoal wrote there (a damaged file, a hand edit).
+
+    ``where`` names the journal (or the run); ``damage`` lists each damaged cell as
+    ``table.column: what is wrong``. Listing and showing runs go on and mark what is damaged;
+    a damaged run cannot be resumed, since shoal cannot know what its damaged rows said.
+    """
+
+    def __init__(self, where: str, damage: Sequence[str]) -> None:
+        self.where = where
+        self.damage = list(damage)
+        shown = "\n  - ".join(self.damage[:10])
+        more = f"\n  ... and {len(self.damage) - 10} more" if len(self.damage) > 10 else ""
+        super().__init__(f"the journal is damaged ({where}):\n  - {shown}{more}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (JournalDamagedError, (self.where, self.damage))
+
+
+class RunActiveError(StoreError):
+    """Resume was asked for a run that a live process is running (or resuming) right now.
+
+    Running it here too could run a call twice. ``pid`` and ``host`` name that process (0 and
+    ``""`` when unknown). If you are sure it can no longer run anything (it is stuck, or its
+    machine is gone), resume with ``force=True`` (``shoal resume RUN --force``).
+    """
+
+    def __init__(self, run_id: str, pid: int = 0, host: str = "", how: str = "") -> None:
+        self.run_id = run_id
+        self.pid = pid
+        self.host = host
+        self.how = how
+        who = f"process {pid}" if pid else "another process"
+        where = f" on {host}" if host else ""
+        super().__init__(
+            f"run {run_id!r} is still running in {who}{where}{f' ({how})' if how else ''}; "
+            f"resuming it now could run its calls twice. Wait for it to end, or stop it "
+            f"(shoal cancel {run_id}); if you are sure that process can no longer run anything, "
+            f"resume anyway with: shoal resume {run_id} --force (Python: force=True)")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (RunActiveError, (self.run_id, self.pid, self.host, self.how))
 
 
 class RunNotFoundError(StoreError, KeyError):

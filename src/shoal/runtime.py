@@ -36,6 +36,7 @@ from shoal.scheduler.driver import Driver, Snapshot
 from shoal.scheduler.gates import SharedLimits
 from shoal.scheduler.state import SchedulerState
 from shoal.store.base import RunRecord, Store
+from shoal.store.claims import RunClaim, claim_run, claim_run_nothing
 from shoal.store.fingerprint import LazyDescription, describe_plan, fingerprint
 from shoal.store.open import StoreLike, open_store
 from shoal.store.resume import Resumption, prepare_resume
@@ -263,18 +264,20 @@ class Runtime:
         mark_done: Mapping[str, Any] | None = None,
         source: Mapping[str, Any] | None = None,
         lineage: str = "",
+        force: bool = False,
     ) -> RunHandle:
         """Validate and start ``plan`` on the running loop; return its handle at once.
 
-        With ``resume=RUN_ID`` it continues that journaled run instead (see :meth:`resume`).
+        With ``resume=RUN_ID`` it continues that journaled run instead (see :meth:`resume`;
+        ``force`` as there).
         ``source`` says where the plan came from and is kept in the journal (``shoal run``
         keeps the plan file's path, hash and text there, for ``shoal resume``).
         Raises :class:`~shoal.exceptions.PlanError` (every problem listed) before anything runs.
         """
-        driver = self._driver(plan, deadline, fail_fast, on_event, run_id,
-                              _Journaling(resume, tuple(rerun_in_doubt), mark_done, source),
-                              lineage)
-        task = asyncio.get_running_loop().create_task(self._drive(driver))
+        driver, claim = self._driver(
+            plan, deadline, fail_fast, on_event, run_id,
+            _Journaling(resume, tuple(rerun_in_doubt), mark_done, source, force), lineage)
+        task = asyncio.get_running_loop().create_task(self._drive(driver, claim))
         return RunHandle(driver, task)
 
     async def run(
@@ -293,9 +296,9 @@ class Runtime:
         ``lineage`` says whose calls these are (an agent layer passes ``"lead/researcher#2"``):
         approval requests carry ``f"{lineage}/{node_id}"``.
         """
-        driver = self._driver(plan, deadline, fail_fast, on_event, run_id,
-                              _Journaling(source=source), lineage)
-        return await self._drive(driver)
+        driver, claim = self._driver(plan, deadline, fail_fast, on_event, run_id,
+                                     _Journaling(source=source), lineage)
+        return await self._drive(driver, claim)
 
     async def resume(
         self,
@@ -307,6 +310,7 @@ class Runtime:
         deadline: float | None = None,
         fail_fast: bool | None = None,
         on_event: EventSink | Sequence[EventSink] | None = None,
+        force: bool = False,
     ) -> RunResult:
         """Continue run ``run_id`` from this runtime's store, with the plan it started with.
 
@@ -319,10 +323,17 @@ class Runtime:
         :class:`~shoal.exceptions.RunNotFoundError`, or
         :class:`~shoal.exceptions.PlanChangedError` (saying what differs) before anything runs
         if the plan is not the one the run started with.
+
+        A run that a live process is still running (or resuming) is refused with
+        :class:`~shoal.exceptions.RunActiveError`, naming that process: resuming it would run
+        its calls in flight a second time. ``force=True`` resumes it anyway, for when you know
+        that process can no longer run anything. A run whose journal rows are damaged is
+        refused with :class:`~shoal.exceptions.JournalDamagedError`.
         """
-        driver = self._driver(plan, deadline, fail_fast, on_event, None,
-                              _Journaling(run_id, tuple(rerun_in_doubt), mark_done))
-        return await self._drive(driver)
+        driver, claim = self._driver(plan, deadline, fail_fast, on_event, None,
+                                     _Journaling(run_id, tuple(rerun_in_doubt), mark_done,
+                                                 force=force))
+        return await self._drive(driver, claim)
 
     def resume_sync(self, run_id: str, plan: Plan, **options: Any) -> RunResult:
         """:meth:`resume` from synchronous code (starts and closes an event loop)."""
@@ -354,11 +365,22 @@ class Runtime:
         run_id: str | None,
         journaling: _Journaling,
         lineage: str = "",
-    ) -> Driver:
+    ) -> tuple[Driver, RunClaim]:
         plan.validate()
         graph = analyze(plan)
+        run_id, record, resumption, claim = self._journal_for(plan, graph, run_id, journaling)
+        try:
+            return self._make_driver(graph, run_id, record, resumption, deadline, fail_fast,
+                                     on_event, lineage), claim
+        except BaseException:
+            claim.release()
+            raise
+
+    def _make_driver(self, graph: Graph, run_id: str, record: RunRecord | None,
+                     resumption: Resumption | None, deadline: float | None,
+                     fail_fast: bool | None,
+                     on_event: EventSink | Sequence[EventSink] | None, lineage: str) -> Driver:
         sinks = [*self._sinks, *_sink_list(on_event)]
-        run_id, record, resumption = self._journal_for(plan, graph, run_id, journaling)
         state = SchedulerState(
             graph,
             run_id=run_id,
@@ -379,32 +401,52 @@ class Runtime:
                       store=self.store, run_record=record, resume=resumption,
                       approvals=self.approvals, lineage=lineage)
 
-    def _journal_for(self, plan: Plan, graph: Graph, run_id: str | None,
-                     journaling: _Journaling) -> tuple[str, RunRecord | None, Resumption | None]:
-        """The run's id, its journal record, and (resuming) what to replay; checks first."""
+    def _journal_for(
+        self, plan: Plan, graph: Graph, run_id: str | None, journaling: _Journaling,
+    ) -> tuple[str, RunRecord | None, Resumption | None, RunClaim]:
+        """The run's id, its journal record, (resuming) what to replay, and its claim.
+
+        The run id is claimed (:mod:`shoal.store.claims`) before the journal is read, and held
+        until the session ends: a resume of a run that a live process runs is refused.
+        """
         store = self.store
         if journaling.resume is not None:
             if store is None:
                 raise ConfigError("resuming needs a journal: Runtime(store=...), not store=None")
             description, _ = self._describe(plan, graph)
-            resumption = prepare_resume(store, journaling.resume, graph, description,
-                                        rerun_in_doubt=journaling.rerun_in_doubt,
-                                        mark_done=journaling.mark_done)
-            return journaling.resume, resumption.record, resumption
+            claim = claim_run(store, journaling.resume, force=journaling.force)
+            try:
+                resumption = prepare_resume(store, journaling.resume, graph, description,
+                                            rerun_in_doubt=journaling.rerun_in_doubt,
+                                            mark_done=journaling.mark_done)
+            except BaseException:
+                claim.release()
+                raise
+            return journaling.resume, resumption.record, resumption, claim
         if journaling.rerun_in_doubt or journaling.mark_done:
             raise ConfigError("rerun_in_doubt and mark_done apply only when resuming a run")
         if store is None:
-            return run_id or new_run_id(), None, None
-        if run_id is not None and store.get_run(run_id) is not None:
+            return run_id or new_run_id(), None, None, claim_run_nothing()
+        run_id = run_id or new_run_id()
+        claim = claim_run(store, run_id)
+        try:
+            record = self._new_record(store, plan, graph, run_id, journaling)
+        except BaseException:
+            claim.release()
+            raise
+        return run_id, record, None, claim
+
+    def _new_record(self, store: Store, plan: Plan, graph: Graph, run_id: str,
+                    journaling: _Journaling) -> RunRecord:
+        if store.get_run(run_id) is not None:
             raise ConfigError(f"run {run_id!r} is in the journal already; continue it with "
                               f"Runtime.resume({run_id!r}, plan) or choose another run_id")
         if store.durable:
             description, digest = self._describe(plan, graph)
         else:  # resumed, if ever, in this process: describe the plan only then
             description, digest = LazyDescription(graph), ""
-        record = RunRecord(run_id or new_run_id(), time.time(), len(graph.nodes), digest,
-                           description, dict(journaling.source or {}), plan.name)
-        return record.run_id, record, None
+        return RunRecord(run_id, time.time(), len(graph.nodes), digest, description,
+                         dict(journaling.source or {}), plan.name)
 
     @staticmethod
     def _describe(plan: Plan, graph: Graph) -> tuple[Mapping[str, Any], str]:
@@ -415,10 +457,13 @@ class Runtime:
 
         return plan.memo("journal", compute)
 
-    async def _drive(self, driver: Driver) -> RunResult:
-        for executor in {id(e): e for e in self._executors.values()}.values():
-            await executor.start()
-        return await driver.run()
+    async def _drive(self, driver: Driver, claim: RunClaim) -> RunResult:
+        try:
+            for executor in {id(e): e for e in self._executors.values()}.values():
+                await executor.start()
+            return await driver.run()
+        finally:  # the session's journal is closed: another may take the run now
+            claim.release()
 
     async def aclose(self) -> None:
         """Release backends (thread pools, worker processes); abandoned threads are not awaited."""
@@ -443,6 +488,7 @@ class _Journaling:
     rerun_in_doubt: tuple[str, ...] = ()
     mark_done: Mapping[str, Any] | None = None
     source: Mapping[str, Any] | None = None
+    force: bool = False  # resume even if another process seems to run the run
 
 
 def _approval_desk(approver: Approver | Callback | None, timeout: float | None,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic
 
@@ -39,6 +39,7 @@ from shoal.tools import Tool
 
 if TYPE_CHECKING:
     from shoal.runtime import Runtime
+    from shoal.store.claims import RunClaim
 
 __all__ = ["Agent", "AgentHandle"]
 
@@ -212,9 +213,16 @@ class Agent(Generic[T]):
         gates: ModelGates | None = None,
         approver: Approver | Callback | None = None,
         resume: bool = False,
+        force: bool = False,
     ) -> AgentHandle[T]:
-        """Start a run on the running loop and return its handle at once (see :meth:`run`)."""
+        """Start a run on the running loop and return its handle at once (see :meth:`run`).
+
+        With a journal, the tree claims its run id first (see :mod:`shoal.store.claims`): a
+        run that a live process is running is refused with
+        :class:`~shoal.exceptions.RunActiveError` (``force=True``: go on regardless).
+        """
         from shoal.runtime import Runtime, new_run_id
+        from shoal.store.claims import claim_run, claim_run_nothing
 
         if approver is not None and runtime is not None:
             raise ConfigError("approver= applies to the runtime an agent run makes; you passed "
@@ -230,13 +238,16 @@ class Agent(Generic[T]):
         sinks = [] if on_event is None else [on_event] if callable(on_event) else list(on_event)
         ctx = TreeContext(run_id=run_id or new_run_id(), runtime=active,
                           budget=budget or self.budget, sinks=sinks, gates=gates,
-                          model_override=override, resuming=resume)
+                          model_override=override, resuming=resume, force=force)
         for agent in self._with_subagents():  # a missing key or SDK stops the run here, not
             ctx.model_for(agent.model)          # when a subagent first runs
+        # the whole tree's claim: its steps are runs of their own, claimed one by one
+        claim = (claim_run_nothing() if active.store is None
+                 else claim_run(active.store, ctx.run_id, force=force))
         root = AgentRun(self, ctx, lineage=self.name, depth=0, prompt=prompt)
         close_override = override is not None and not isinstance(model, Model)
         task = asyncio.get_running_loop().create_task(
-            _run_root(root, own_runtime, override if close_override else None))
+            _claimed(claim, _run_root(root, own_runtime, override if close_override else None)))
         return AgentHandle(ctx, root, task)
 
     async def run(
@@ -305,6 +316,8 @@ class Agent(Generic[T]):
         again; the rest runs as usual. Give the same prompt and agent definition: a changed
         instruction, tool or prompt makes a different first request, which resume's change
         check refuses with :class:`~shoal.exceptions.PlanChangedError` before anything runs.
+        A run that a live process is still running is refused with
+        :class:`~shoal.exceptions.RunActiveError`; ``force=True`` resumes it anyway.
         """
         if runtime is None or runtime.store is None:
             raise ConfigError("resuming an agent needs the runtime whose journal holds the run: "
@@ -370,6 +383,15 @@ class AgentHandle(Generic[T]):
     def result(self) -> AgentResult[T]:
         """The lead's result so far (its ``status`` is ``running`` until it ends)."""
         return self._root.result
+
+
+async def _claimed(claim: RunClaim, tree: Coroutine[Any, Any, AgentResult[Any]],
+                   ) -> AgentResult[Any]:
+    """Run the tree, then let its claim go."""
+    try:
+        return await tree
+    finally:
+        claim.release()
 
 
 async def _run_root(root: AgentRun, own_runtime: bool, own_model: Model | None) -> AgentResult[Any]:

@@ -64,6 +64,7 @@ class TreeContext:
         gates: ModelGates | None = None,
         model_override: Model | None = None,
         resuming: bool = False,
+        force: bool = False,
     ) -> None:
         self.run_id = run_id
         self.runtime = runtime
@@ -72,6 +73,8 @@ class TreeContext:
         self.model_override = model_override
         #: whether this tree continues a journaled run: steps the journal knows are resumed
         self.resuming = resuming
+        #: resume even steps that another process seems to run (``Agent.resume(force=True)``)
+        self.force = force
         self._sinks = list(sinks)
         self._t0 = time.monotonic()
         self._models: dict[str, Model] = {}

@@ -61,6 +61,7 @@ class AgentOptions:
     journal: AgentJournal | None = None  # the run's root record in a durable journal
     model_spec: str | None = None  # --model as given, for the journal
     resume: bool = False  # continue journal.run_id instead of starting a new run
+    force: bool = False  # resume even if another process seems to run it (--force)
 
 
 def is_agent_target(target: str) -> bool:
@@ -210,18 +211,24 @@ async def _drive(agent: Agent[Any], options: AgentOptions, sinks: list[Any], con
                  ) -> tuple[AgentResult[Any] | None, BaseException | None, bool]:
     runtime = options.runtime or Runtime()
     journal = options.journal
+    if journal is not None and not options.resume:
+        journal.begin(options.target, options.prompt or "", options.model_spec)
+    try:  # refused (the run is live elsewhere, a key is missing) before anything runs
+        handle = agent.start(options.prompt or "", runtime=runtime, model=options.model,
+                             budget=options.budget, on_event=sinks,
+                             run_id=journal.run_id if journal is not None else None,
+                             resume=options.resume, force=options.force)
+    except BaseException:
+        if journal is not None and not options.resume:  # never end a live run's record
+            journal.end(None, False)
+        await runtime.aclose()
+        raise
     if journal is not None:
-        if not options.resume:
-            journal.begin(options.target, options.prompt or "", options.model_spec)
         announce(journal.run_id, options.resume, getattr(journal.store, "path", "the store"))
     beating = asyncio.ensure_future(journal.beat()) if journal is not None else None
     result: AgentResult[Any] | None = None
     interrupted = False
     try:
-        handle = agent.start(options.prompt or "", runtime=runtime, model=options.model,
-                             budget=options.budget, on_event=sinks,
-                             run_id=journal.run_id if journal is not None else None,
-                             resume=options.resume)
         with CtrlC(handle) as ctrl_c:
             try:
                 result = await (_follow(handle, console, view, options.pause) if live

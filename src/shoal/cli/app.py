@@ -41,6 +41,7 @@ from shoal.exceptions import (
     MissingDependencyError,
     PlanChangedError,
     PlanError,
+    RunActiveError,
     StoreError,
     ToolDefinitionError,
 )
@@ -90,12 +91,13 @@ class RunOptions:
     resume: str | None = None  # the run to resume (plan_file is the one it started with)
     rerun_in_doubt: tuple[str, ...] = ()
     mark_done: Mapping[str, Any] | None = None
+    force: bool = False  # resume even if another process seems to run the run
 
     def start_options(self) -> dict[str, Any]:
         """What ``Runtime.start`` needs besides the plan: where it came from, or the resume."""
         if self.resume is not None:
             return {"resume": self.resume, "rerun_in_doubt": self.rerun_in_doubt,
-                    "mark_done": self.mark_done}
+                    "mark_done": self.mark_done, "force": self.force}
         if self.store is None:
             return {}
         text = self.plan_file.read_text(encoding="utf-8")
@@ -260,7 +262,7 @@ def run_agent(target: str, prompt: str | None, model: str | None, as_json: bool,
               max_concurrency: int | None, executor: str | None, deadline: float | None,
               events: Path | None, *, approve: str | None = None,
               approval_timeout: float | None = None, store: Path | None = None,
-              resume: str | None = None) -> int:
+              resume: str | None = None, force: bool = False) -> int:
     """Run the agent ``target`` names on ``prompt`` as ``shoal run`` does; return the exit code.
 
     ``deadline`` becomes the tree's wall-clock budget. ``approve`` names the approver as
@@ -286,12 +288,14 @@ def run_agent(target: str, prompt: str | None, model: str | None, as_json: bool,
         chosen = model_option(model) if model is not None else None
         options = AgentOptions(target, prompt, chosen, as_json, Runtime(**settings),
                                Budget(wall_clock=deadline) if deadline else None, sink, pause,
-                               journal, model, resume is not None)
+                               journal, model, resume is not None, force)
         return run_agent_target(options, console, live)
     except (ConfigError, ToolDefinitionError, MissingDependencyError) as exc:
         return _bad_input("config", str(exc), as_json)
     except PlanChangedError as exc:
         return _bad_input("agent_changed", str(exc), as_json)
+    except RunActiveError as exc:
+        return _bad_input("run_active", str(exc), as_json)
     except StoreError as exc:
         return _bad_input("journal", str(exc), as_json)
     finally:
@@ -312,6 +316,8 @@ def run_plan(options: RunOptions) -> int:
         return _bad_input("config", str(exc), options.as_json)
     except PlanChangedError as exc:
         return _bad_input("plan_changed", str(exc), options.as_json)
+    except RunActiveError as exc:
+        return _bad_input("run_active", str(exc), options.as_json)
     except StoreError as exc:
         return _bad_input("journal", str(exc), options.as_json)
 

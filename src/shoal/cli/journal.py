@@ -32,7 +32,7 @@ from shoal.cli.render import ID_WIDTH, STATUS_STYLES, detail, seconds
 from shoal.cli.safe import clean, one_line
 from shoal.cli.safe import console as safe_console
 from shoal.cli.safe import text as safe_text
-from shoal.exceptions import ShoalError
+from shoal.exceptions import JournalDamagedError, RunActiveError, ShoalError
 from shoal.outcome import STATUSES, jsonable
 from shoal.store.base import ApprovalRecord, AttemptRecord, RunRecord, StoredOutcome
 from shoal.store.journal import STALE_AFTER
@@ -56,6 +56,8 @@ def live_status(record: RunRecord, now: float | None = None) -> str:
     A ``running`` run whose process is gone (on this machine: its pid no longer exists;
     anywhere: no heartbeat for a while) was killed or crashed: it is ``interrupted``.
     """
+    if record.damaged:
+        return "damaged"
     if record.status != "running":
         return record.status
     now = time.time() if now is None else now
@@ -120,7 +122,8 @@ def _duration(record: RunRecord) -> float:
 
 
 def _status_text(status: str) -> Text:
-    styles = {**STATUS_STYLES, "finished": "green", "running": "cyan", "interrupted": "red"}
+    styles = {**STATUS_STYLES, "finished": "green", "running": "cyan", "interrupted": "red",
+              "damaged": "bold red"}
     return safe_text(status, styles.get(status, ""), width=ID_WIDTH)
 
 
@@ -134,7 +137,7 @@ def _run_dict(record: RunRecord) -> dict[str, Any]:
         "started_at": record.started_at, "finished_at": record.finished_at,
         "duration": _duration(record), "sessions": record.sessions,
         "plan_file": record.source.get("path", ""),
-    }  # fmt: skip
+    } | ({"damaged": record.damaged} if record.damaged else {})  # fmt: skip
     if agent_journal.is_agent_record(record):  # counts are its tree's calls; no nodes
         data |= {"kind": "agent", "nodes": None, "agent": agent_journal.headline(record)}
     return data
@@ -176,17 +179,20 @@ def runs_table(records: Sequence[RunRecord]) -> Table:
                          no_wrap=name not in ("started", "plan"),
                          min_width=id_width if name == "run" else None)
     for r in records:
-        if agent_journal.is_agent_record(r):  # the lead's status; its tree's calls
+        if r.damaged:
+            plan: Text = safe_text(f"damaged: {r.damaged}", "red")
+        else:
+            plan = safe_text(r.name or Path(str(r.source.get("path", ""))).name or "-",
+                             width=ID_WIDTH)
+        if agent_journal.is_agent_record(r) and not r.damaged:  # the lead's status; its calls
             table.add_row(safe_text(r.run_id, width=ID_WIDTH),
                           agent_journal.agent_status_text(r, live_status(r)),
                           "-", _counts(r.counts, " calls"), _when(r.started_at),
-                          seconds(_duration(r)), safe_text(r.name, width=ID_WIDTH))
+                          seconds(_duration(r)), plan)
             continue
         table.add_row(safe_text(r.run_id, width=ID_WIDTH), _status_text(live_status(r)),
                       str(r.nodes), _counts(r.counts), _when(r.started_at),
-                      seconds(_duration(r)), safe_text(
-                          r.name or Path(str(r.source.get("path", ""))).name or "-",
-                          width=ID_WIDTH))
+                      seconds(_duration(r)), plan)
     return table
 
 
@@ -252,6 +258,8 @@ def _show_dict(record: RunRecord, outcomes: Mapping[str, StoredOutcome],
         stored = outcomes.get(node_id)
         entry = (stored.outcome.to_dict() | {"encoding": stored.encoding}) if stored else {
             "node_id": node_id, "status": "not run"}
+        if stored is not None and stored.damaged:
+            entry |= {"status": "damaged", "damaged": stored.damaged}
         entry["attempt_log"] = [_attempt_dict(a) for a in attempts if a.node_id == node_id]
         nodes.append(entry)
     return {**_run_dict(record), "outcomes": nodes, "edges": _edges(record),
@@ -261,7 +269,8 @@ def _show_dict(record: RunRecord, outcomes: Mapping[str, StoredOutcome],
 def _attempt_dict(a: AttemptRecord) -> dict[str, Any]:
     return {"session": a.session, "attempt": a.attempt, "executor": a.executor,
             "started_at": a.started_at, "ended_at": a.ended_at,
-            "status": a.status or ("in flight" if a.ended_at is None else ""), "error": a.error}
+            "status": a.status or ("in flight" if a.ended_at is None else ""), "error": a.error,
+            } | ({"damaged": a.damaged} if a.damaged else {})
 
 
 def _approval_dict(a: ApprovalRecord) -> dict[str, Any]:
@@ -290,6 +299,11 @@ def _show_view(record: RunRecord, outcomes: Mapping[str, StoredOutcome],
     if status == "interrupted":
         parts.append(Text(f"the process running it stopped; continue with: shoal resume "
                           f"{clean(record.run_id)}", style="yellow"))
+    damage = [record.damaged, *(s.damaged for s in outcomes.values()),
+              *(a.damaged for a in attempts)]
+    if any(damage):
+        parts.append(safe_text("damaged in the journal (it cannot be resumed):\n  "
+                               + "\n  ".join(d for d in damage if d), "red", newlines=True))
     return Group(*parts)
 
 
@@ -310,6 +324,11 @@ def _node_table(record: RunRecord, outcomes: Mapping[str, StoredOutcome],
                           "-", "-", "-", "")
             continue
         o = stored.outcome
+        if stored.damaged:
+            table.add_row(safe_text(node_id, width=ID_WIDTH), safe_text(o.tool, width=ID_WIDTH),
+                          Text("damaged", style="bold red"), "-", "-", "-",
+                          safe_text(stored.damaged, width=200))
+            continue
         started = f"{o.started_at:.2f}s" if o.started_at is not None else "-"
         took = seconds(o.duration) if o.started_at is not None else "-"
         table.add_row(safe_text(o.node_id, width=ID_WIDTH), safe_text(o.tool, width=ID_WIDTH),
@@ -431,6 +450,10 @@ def resume_command(
     approve: Annotated[str | None, typer.Option(
         "--approve", metavar="console|deny|allow|RULES", show_default=False,
         help="Who decides on calls that need approval (as for shoal run).")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Resume even though another process still seems to run the run "
+             "(it holds the run's lock). Only if you are sure that process can no longer run "
+             "anything: else calls may run twice.")] = False,
 ) -> None:
     """Continue a run that stopped (crashed, killed, cancelled, or with failures).
 
@@ -438,30 +461,42 @@ def resume_command(
     Completed calls replay their recorded results and never run again; failed, cancelled and
     skipped ones run again; calls in flight at a crash run again if their tool is idempotent,
     else they end in_doubt until you settle them with --rerun-in-doubt or --mark-done.
+    A run that is still running in another process is refused (exit 2), since resuming it
+    would run its calls in flight a second time; --force overrides that. So is a run whose
+    journal rows are damaged.
     Exit codes as for shoal run; 2 also for an unknown run or a changed plan.
     """
     from shoal.cli.app import RunOptions, run_agent, run_plan  # the app imports this module
 
     try:
-        record = open_journal(store).get_run(run_id)
+        journal = open_journal(store)
+        record = journal.get_run(run_id)
         if record is None:
             raise ShoalError(f"no run {run_id!r} in {str(store)!r} (shoal runs lists them)")
+        if record.damaged:
+            raise JournalDamagedError(f"run {run_id!r} in {str(store)!r}; it cannot be resumed",
+                                      [record.damaged])
+        if not force:  # say so before loading anything; the resume itself claims the run
+            journal.claim_run(run_id).release()
         if is_agent_record(record):
             source = record.source
             _on_path(str(source.get("cwd") or ""))
             raise typer.Exit(run_agent(
                 str(source["target"]), str(source["prompt"]), source.get("model"), as_json,
                 max_concurrency, None, deadline, events, approve=approve, store=store,
-                resume=run_id))
+                resume=run_id, force=force))
         plan_file = _recorded_plan(record, store)
         done = parse_mark_done(mark_done or [])
+    except RunActiveError as exc:
+        raise typer.Exit(_fail(str(exc), as_json, "run_active")) from None
     except ShoalError as exc:
         raise typer.Exit(_fail(str(exc), as_json)) from None
     settings = record.source.get("settings") or {}
     options = RunOptions(
         plan_file, as_json, max_concurrency or settings.get("max_concurrency"),
         settings.get("executor"), deadline, False, events, approve, None,
-        settings.get("process_workers"), store, run_id, tuple(rerun_in_doubt or ()), done)
+        settings.get("process_workers"), store, run_id, tuple(rerun_in_doubt or ()), done,
+        force)
     raise typer.Exit(run_plan(options))
 
 

@@ -38,6 +38,8 @@ __all__ = [
     "EventRecord",
     "OutcomeRecord",
     "Record",
+    "DECISIONS",
+    "RUN_STATUSES",
     "RunEnded",
     "RunRecord",
     "RunStatus",
@@ -50,6 +52,8 @@ __all__ = [
 
 RunStatus = Literal["running", "finished", "cancelled", "interrupted"]
 Decision = Literal["pending", "approved", "denied"]
+RUN_STATUSES: tuple[RunStatus, ...] = ("running", "finished", "cancelled", "interrupted")
+DECISIONS: tuple[Decision, ...] = ("pending", "approved", "denied")
 
 
 def canonical_json(value: Any) -> str:
@@ -66,10 +70,13 @@ def idempotency_key(run_id: str, node_id: str) -> str:
 
 
 def approval_hash(tool: str, arguments: Mapping[str, Any]) -> str:
-    """The hash a decision is bound to: the tool's name and its canonical JSON arguments."""
+    r"""The hash a decision is bound to: the tool's name and its canonical JSON arguments.
+
+    Text is hashed as UTF-8 with lone surrogates (``"\ud800"``, valid JSON from a model)
+    kept as their own bytes (``surrogatepass``): any text hashes, the same arguments always
+    give the same hash, and arguments that differ only there give different ones.
+    """
     text = f"{tool}\n{canonical_json(dict(arguments))}"
-    # surrogatepass: a lone surrogate in an argument (JSON allows "\ud800") hashes instead of
-    # raising; text without one hashes exactly as plain UTF-8
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
@@ -105,6 +112,7 @@ class RunRecord:
     heartbeat: float = 0.0
     pid: int = 0
     host: str = ""
+    damaged: str = ""  # what of the stored row is damaged (then the rest is a best guess)
 
 
 class RunEnded(NamedTuple):
@@ -175,6 +183,7 @@ class AttemptRecord:
     ended_at: float | None = None
     status: str = ""
     error: str = ""
+    damaged: str = ""  # what of the stored row is damaged
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,12 +192,15 @@ class StoredOutcome:
 
     ``replayable`` is false when the value could be stored neither as JSON nor pickled: the
     outcome then holds the value's JSON view (often its ``repr``), not the value itself.
-    ``encoding`` says how the value was stored: ``json``, ``pickle`` or ``repr``.
+    ``encoding`` says how the value was stored: ``json``, ``pickle`` or ``repr``. A row that
+    does not hold what shoal wrote (a damaged file, a hand edit) reads back as an ``in_doubt``
+    outcome with ``damaged`` saying which column and why.
     """
 
     outcome: Outcome
     replayable: bool = True
     encoding: str = "json"
+    damaged: str = ""  # what of the stored row is damaged (the outcome is then in_doubt)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,38 +1,71 @@
-"""How the journal stores result values, so that resume gets back what the tool returned.
+r"""How the journal stores result values, so that resume gets back what the tool returned.
 
 Three encodings, tried in this order:
 
 ``json``
     The value is plain JSON data (``dict`` with ``str`` keys, ``list``, ``str``, ``int``,
-    ``float``, ``bool``, ``None``, nested in any way, exact types only): stored as JSON text,
-    and read back equal and of the same types.
+    ``float`` (``NaN`` and infinities included), ``bool``, ``None``, nested in any way, exact
+    types only, no container twice): stored as JSON text, and read back equal and of the same
+    types. Lone surrogates in strings (``"\ud800"``) are kept, escaped.
 ``pickle``
-    Anything else that pickles (tuples, sets, datetimes, pydantic models, dataclasses, your
-    own classes): stored as a pickle, plus its JSON view (:func:`shoal.outcome.jsonable`) for
-    ``shoal show``, which never unpickles. Reading it back needs the value's classes to be
-    importable; a journal is trusted like your own code, since unpickling can run code.
+    Anything else that pickles (tuples, sets, bytes, datetimes, pydantic models, dataclasses,
+    your own classes, subclasses of ``str``/``int``/``dict``, lists that contain themselves):
+    stored as a pickle, plus a JSON view for ``shoal show``, which never unpickles. Reading it
+    back needs the value's classes to be importable; a journal is trusted like your own code,
+    since unpickling can run code.
 ``repr``
-    A value that cannot be pickled (a lock, a generator, an open connection): only its JSON
-    view is stored, and the outcome is marked not replayable. On resume such a node runs again
-    if its tool is idempotent, otherwise it is reported ``in_doubt``.
+    A value that cannot be stored for replay: it does not pickle (a lock, a generator, an open
+    connection), its pickle would exceed :data:`MAX_VALUE_BYTES`, or encoding it did not finish
+    within :data:`ENCODE_TIMEOUT` seconds (a ``__reduce__`` that loops). Only its JSON view is
+    stored (for a value too big or too slow, a line saying so), and the outcome is marked not
+    replayable. On resume such a node runs again if its tool is idempotent, otherwise it is
+    reported ``in_doubt``.
+
+:func:`encode_value` never raises and never hangs: exact built-in values are encoded where it
+is called, without running any code of the value's own; anything else (whose ``__reduce__``,
+``__getstate__`` or ``__repr__`` is user code) is encoded on a guard thread and given up after
+:data:`ENCODE_TIMEOUT` seconds. Views are bounded (:data:`VIEW_ITEMS` items, strings cut at
+:data:`VIEW_TEXT` characters); iterators and generators are shown by their ``repr`` and never
+consumed.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
+import queue
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
 from typing import Any, Literal
 
+from pydantic_core import to_jsonable_python
+
 from shoal.outcome import jsonable
 
-__all__ = ["Encoded", "Encoding", "decode_value", "encode_value", "is_plain_json", "view_value"]
+__all__ = [
+    "ENCODE_TIMEOUT", "MAX_VALUE_BYTES", "VIEW_ITEMS", "VIEW_TEXT", "DamagedValueError",
+    "Encoded", "Encoding",
+    "decode_value", "encode_value", "is_plain_json", "view_value",
+]  # fmt: skip
 
 Encoding = Literal["json", "pickle", "repr"]
+
+MAX_VALUE_BYTES = 64 * 2**20  # a stored value's limit: bigger ones are kept as a note only
+ENCODE_TIMEOUT = 10.0  # seconds a value's own code (pickling, its view) may take
+VIEW_ITEMS = 2000  # items (containers and scalars) a view shows at most
+VIEW_TEXT = 2000  # characters of a string a view shows at most
+VIEW_DEPTH = 40  # nesting a view shows at most
+
 _SCALARS = (str, int, float, bool, type(None))
 _CONSTANTS = {None: b"null", True: b"true", False: b"false"}
-_BIG = 10**4000
+_BIG = 10**4000  # json and str() refuse ints of over 4300 digits
+# exact types whose pickling and repr run no code of the value's own
+_CONTAINERS = (list, dict, tuple, set, frozenset)
+_BUILTIN = frozenset({str, int, float, bool, type(None), bytes, bytearray, complex,
+                      *_CONTAINERS})
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,62 +84,279 @@ def is_plain_json(value: Any) -> bool:
     """Whether ``value`` survives a JSON round trip unchanged: exact JSON types all the way down.
 
     Subclasses (``IntEnum``, ``OrderedDict``, ``str`` enums) and tuples are not plain: JSON
-    would hand them back as their base types. A list or dict met twice (one that contains
-    itself, or one shared) is not plain either: JSON would copy it, or never end.
+    would hand them back as their base types. Nor is a value holding one list or dict twice
+    (JSON would copy it; a list holding itself would never end).
     """
-    stack = [value]
+    return _scan(value)[0] == "json"
+
+
+def _scan(value: Any) -> tuple[str, int]:
+    """(``json``, ``builtin``, ``other`` or ``big``, a lower bound of its size in bytes).
+
+    ``builtin``: exact built-in types only, but not plain JSON; ``other``: some value of
+    another type; ``big``: over :data:`MAX_VALUE_BYTES` even as JSON. Each container is
+    visited once, so a self-containing value ends the walk rather than looping.
+    """
+    plain, size = True, 0
     seen: set[int] = set()
+    stack = [value]
     while stack:
         item = stack.pop()
         kind = type(item)
-        if kind in _SCALARS:
-            continue
-        if id(item) in seen:
-            return False
-        seen.add(id(item))
-        if kind is list:
-            stack.extend(item)
-        elif kind is dict:
-            if any(type(k) is not str for k in item):
-                return False
-            stack.extend(item.values())
+        if kind is str:
+            size += len(item) + 2
+        elif kind is int:
+            size += 2
+            plain = plain and -_BIG < item < _BIG
+        elif kind in (float, bool, type(None)):
+            size += 4
+        elif kind in _BUILTIN:
+            if id(item) in seen:  # a container met twice: shared, or holding itself
+                plain = False
+                continue
+            seen.add(id(item))
+            size += _add(item, kind, stack)
+            plain = plain and (kind is list or (kind is dict and all(
+                type(k) is str for k in item)))
         else:
-            return False
-    return True
+            return "other", size
+        if size > MAX_VALUE_BYTES:
+            return "big", size
+    return ("json" if plain else "builtin"), size
+
+
+def _add(item: Any, kind: type, stack: list[Any]) -> int:
+    """Push ``item``'s contents for :func:`_scan`; the bytes its own frame takes."""
+    if kind is dict:
+        stack.extend(item.keys())
+        stack.extend(item.values())
+        return 2 + 2 * len(item)
+    if kind in _CONTAINERS:
+        stack.extend(item)
+        return 2 + len(item)
+    return len(item) if kind is not complex else 16
 
 
 def encode_value(value: Any) -> Encoded:
     """Encode ``value`` as ``json`` if plain, else ``pickle``, else ``repr``; never raises."""
     kind = type(value)
     if kind is str:  # the common results first, without json.dumps's per-call set-up
-        return Encoded("json", encode_basestring_ascii(value).encode("ascii"))
-    if kind is int and -_BIG < value < _BIG:  # str() refuses ints of over 4300 digits
+        return _capped(Encoded("json", encode_basestring_ascii(value).encode("ascii")), value)
+    if kind is int and -_BIG < value < _BIG:
         return Encoded("json", str(value).encode("ascii"))
     if value is None or kind is bool:
         return Encoded("json", _CONSTANTS[value])
-    if is_plain_json(value):
-        try:
-            return Encoded("json", json.dumps(value).encode("utf-8"))
-        except (ValueError, RecursionError):  # a self-containing list or dict
+    found, size = _scan(value)
+    if found == "big":
+        return _note(value, f"over {_mb(MAX_VALUE_BYTES)} (at least {_mb(size)})")
+    if found == "json":
+        try:  # ensure_ascii: lone surrogates are escaped, so the text is valid UTF-8
+            return _capped(Encoded("json", json.dumps(value).encode("ascii")), value)
+        except (ValueError, RecursionError):  # nested deeper than JSON goes
             pass
+    if found != "other":
+        return _encode_object(value)
+    return _GUARD.run(_encode_object, value) or _note(
+        value, f"encoding it took over {ENCODE_TIMEOUT:g} s")
+
+
+def _encode_object(value: Any) -> Encoded:
+    """A pickle of ``value`` with its view; ``repr`` if it does not pickle or is too big."""
     view = _view(value)
+    buffer = _CappedBuffer()
     try:
-        return Encoded("pickle", pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL), view)
-    except Exception:  # unpicklable (locks, generators, lambdas ...): keep what can be shown
+        pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(value)
+    except _TooBig:
+        return _note(value, f"over {_mb(MAX_VALUE_BYTES)} pickled")
+    except Exception:  # unpicklable (locks, generators, lambdas, too deep ...): keep the view
         return Encoded("repr", view.encode("utf-8"), view)
+    return Encoded("pickle", buffer.getvalue(), view)
+
+
+def _capped(encoded: Encoded, value: Any) -> Encoded:
+    if len(encoded.payload) <= MAX_VALUE_BYTES:
+        return encoded
+    return _note(value, f"over {_mb(MAX_VALUE_BYTES)} ({_mb(len(encoded.payload))})")
+
+
+def _note(value: Any, why: str) -> Encoded:
+    """A ``repr`` encoding that only says what the value was and why it is not stored."""
+    text = json.dumps(f"<{_type_name(value)}: not journaled: {why}>")
+    return Encoded("repr", text.encode("ascii"), text)
+
+
+def _mb(size: int) -> str:
+    return f"{size / 2**20:.1f} MB"
+
+
+def _type_name(value: Any) -> str:
+    try:
+        return type(value).__qualname__
+    except Exception:  # a metaclass whose __qualname__ raises
+        return "value"
+
+
+class _TooBig(Exception):
+    """A pickle grew past :data:`MAX_VALUE_BYTES`."""
+
+
+class _CappedBuffer(io.BytesIO):
+    """A buffer that refuses to grow past :data:`MAX_VALUE_BYTES` (a pickle that explodes)."""
+
+    def write(self, data: Any) -> int:
+        if self.tell() + len(data) > MAX_VALUE_BYTES:
+            raise _TooBig
+        return super().write(data)
+
+
+# ---- views ---------------------------------------------------------------------------------
 
 
 def _view(value: Any) -> str:
-    """The value's JSON view, for people; never raises."""
+    """The value's JSON view, for people: bounded in size; never raises."""
     try:
-        view = json.dumps(jsonable(value), ensure_ascii=False)
-        if not view.isascii():  # a lone surrogate cannot be stored as text: escape it all
-            view.encode("utf-8")
-        return view
-    except UnicodeEncodeError:
-        return json.dumps(jsonable(value))
-    except Exception:  # jsonable gave something JSON still refuses (a 5000-digit int)
-        return json.dumps(f"<unrepresentable {type(value).__qualname__}>")
+        # ensure_ascii: lone surrogates stay escaped, so the view is valid UTF-8 for SQLite
+        return json.dumps(_viewable(value, 0, [VIEW_ITEMS], set()))
+    except Exception:  # a view that JSON still refuses
+        return json.dumps(f"<unrepresentable {_type_name(value)}>")
+
+
+def _viewable(value: Any, depth: int, left: list[int], path: set[int]) -> Any:
+    """``value`` as JSON-ready data within ``left[0]`` items and :data:`VIEW_DEPTH` levels."""
+    left[0] -= 1
+    if left[0] < 0:
+        return "…"
+    kind = type(value)
+    if kind is str:
+        return value if len(value) <= VIEW_TEXT else (
+            f"{value[:VIEW_TEXT]}… ({len(value)} characters)")
+    if kind in (bool, float, type(None)):
+        return value
+    if kind is int:
+        return value if -_BIG < value < _BIG else f"<int of {value.bit_length()} bits>"
+    if kind in (bytes, bytearray):
+        return jsonable(bytes(value[:VIEW_TEXT]))
+    if kind in _CONTAINERS:
+        if depth >= VIEW_DEPTH:
+            return "…"
+        if id(value) in path:
+            return f"<the {kind.__name__} itself>"
+        path.add(id(value))
+        try:
+            return _container_view(value, depth, left, path)
+        finally:
+            path.discard(id(value))
+    if isinstance(value, Iterator):  # a generator or iterator: never consume it for a view
+        return _short_repr(value)
+    try:  # dataclasses, pydantic models, dates ...; anything else is shown by its repr
+        data = to_jsonable_python(value, fallback=_Unknown.raise_for(value),
+                                  bytes_mode="base64")
+    except _Unknown:
+        return _short_repr(value)
+    except Exception:  # a model whose serialiser fails
+        return _short_repr(value)
+    return _viewable(data, depth, left, path) if depth < VIEW_DEPTH else "…"
+
+
+def _container_view(value: Any, depth: int, left: list[int], path: set[int]) -> Any:
+    if type(value) is dict:
+        shown: dict[str, Any] = {}
+        for key, item in value.items():
+            if left[0] <= 0:
+                shown["…"] = f"{len(value) - len(shown)} more"
+                break
+            name = key if type(key) is str else _short_repr(key)
+            shown[name] = _viewable(item, depth + 1, left, path)
+        return shown
+    items: list[Any] = []
+    for item in value:
+        if left[0] <= 0:
+            items.append(f"… {len(value) - len(items)} more")
+            break
+        items.append(_viewable(item, depth + 1, left, path))
+    return items
+
+
+class _Unknown(Exception):
+    """pydantic does not know how to show the value itself (so its repr will)."""
+
+    @classmethod
+    def raise_for(cls, top: Any) -> Callable[[Any], str]:
+        """A pydantic fallback: raise for ``top``; name the type of anything inside it.
+
+        Inside a model or dataclass, no ``repr`` is called: pydantic runs the fallback from
+        native code, where a ``__repr__`` that never returns could not be left behind safely.
+        """
+        def fallback(value: Any) -> str:
+            if value is top:
+                raise cls
+            return f"<{_type_name(value)}>"
+
+        return fallback
+
+
+def _short_repr(value: Any) -> str:
+    try:
+        text = repr(value)
+    except Exception:  # a __repr__ that raises must not stop the journal
+        return f"<unrepresentable {_type_name(value)}>"
+    return text if len(text) <= VIEW_TEXT else f"{text[:VIEW_TEXT]}…"
+
+
+# ---- the guard thread ----------------------------------------------------------------------
+
+
+class _Guard:
+    """Runs a value's own code on daemon threads, giving up on it after a timeout.
+
+    Idle threads are reused; a thread stuck in a loop is left behind (it is a daemon, so it
+    never holds up the interpreter's exit) and a new one takes the next value.
+    """
+
+    def __init__(self) -> None:
+        self._tasks: queue.SimpleQueue[tuple[Callable[[Any], Encoded], Any, _Slot]] = (
+            queue.SimpleQueue())
+        self._lock = threading.Lock()
+        self._idle = 0
+
+    def run(self, fn: Callable[[Any], Encoded], value: Any) -> Encoded | None:
+        """``fn(value)``, or ``None`` if it did not finish within :data:`ENCODE_TIMEOUT`."""
+        slot = _Slot()
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+            else:
+                threading.Thread(target=self._work, daemon=True, name="shoal-encode").start()
+        self._tasks.put((fn, value, slot))
+        if not slot.done.wait(ENCODE_TIMEOUT):
+            return None
+        return slot.result
+
+    def _work(self) -> None:
+        while True:
+            fn, value, slot = self._tasks.get()
+            try:
+                slot.result = fn(value)
+            except BaseException:  # fn never raises; a stray KeyboardInterrupt still ends here
+                slot.result = None
+            del value
+            with self._lock:
+                self._idle += 1
+            slot.done.set()
+
+
+class _Slot:
+    __slots__ = ("done", "result")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: Encoded | None = None
+
+
+_GUARD = _Guard()
+
+
+# ---- reading back --------------------------------------------------------------------------
 
 
 def decode_value(encoding: str, payload: bytes, view: str | None) -> tuple[Any, bool]:
@@ -120,9 +370,16 @@ def decode_value(encoding: str, payload: bytes, view: str | None) -> tuple[Any, 
     if encoding == "pickle":
         try:
             return pickle.loads(payload), True  # the journal is trusted: see the module doc
-        except Exception:
+        except (ImportError, AttributeError):  # its class is gone or renamed: show the view
             return view_value(view), False
+        except Exception as exc:  # a truncated or overwritten pickle
+            raise DamagedValueError(f"the pickle does not load ({type(exc).__name__}: "
+                                    f"{str(exc)[:200]})") from None
     return view_value(view if view is not None else payload.decode("utf-8")), False
+
+
+class DamagedValueError(ValueError):
+    """A stored value that cannot be what shoal wrote: the journal is damaged there."""
 
 
 def view_value(view: str | None) -> Any:

@@ -34,6 +34,7 @@ from shoal.store.base import (
     RunRecord,
     StoredOutcome,
 )
+from shoal.store.claims import LocalClaims, RunClaim
 
 __all__ = ["DEFAULT_MAX_RUNS", "MemoryStore"]
 
@@ -68,6 +69,7 @@ class MemoryStore:
         self._approvals: dict[str, list[ApprovalRecord]] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
+        self._claims = LocalClaims()
         self._write: dict[type, Callable[[Any], None]] = {
             RunRecord: self._put_run, RunEnded: self._end_run, AttemptStarted: self._start,
             AttemptEnded: self._end, OutcomeRecord: self._outcome, EventRecord: self._event,
@@ -131,6 +133,13 @@ class MemoryStore:
         run = self._runs.get(r.run_id)
         if run is not None:
             run.events.append(r.event.to_dict())
+
+    def claim_run(self, run_id: str) -> RunClaim:
+        """Claim ``run_id`` for a session; refused while another session holds it.
+
+        Raises :class:`~shoal.exceptions.RunActiveError` then.
+        """
+        return self._claims.claim(run_id)
 
     def heartbeat(self, run_id: str, at: float) -> None:
         """Note that a live runtime still runs ``run_id``."""

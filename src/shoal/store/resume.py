@@ -19,7 +19,8 @@ effect), ``mark_done`` records it ``ok`` with a value the person gives (it did);
 its dependents then run.
 
 Before any of that the plan is compared with the one the run started with; any difference
-raises :class:`~shoal.exceptions.PlanChangedError` and nothing runs.
+raises :class:`~shoal.exceptions.PlanChangedError` and nothing runs. A run with damaged journal
+rows raises :class:`~shoal.exceptions.JournalDamagedError`: what they said cannot be known.
 """
 
 from __future__ import annotations
@@ -29,7 +30,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shoal.deps import Graph
-from shoal.exceptions import ConfigError, PlanChangedError, RunNotFoundError
+from shoal.exceptions import (
+    ConfigError,
+    JournalDamagedError,
+    PlanChangedError,
+    RunNotFoundError,
+)
 from shoal.outcome import Outcome
 from shoal.plan import Node
 from shoal.store.base import RunRecord, Store, StoredOutcome
@@ -72,11 +78,17 @@ def prepare_resume(store: Store, run_id: str, graph: Graph, description: Mapping
     record = store.get_run(run_id)
     if record is None:
         raise RunNotFoundError(run_id, _where(store))
+    stored = store.outcomes(run_id)
+    attempts = store.attempts(run_id)
+    damage = [record.damaged, *(getattr(o, "damaged", "") for o in stored.values()),
+              *(getattr(a, "damaged", "") for a in attempts)]
+    if any(damage):  # what the damaged rows said is unknown: a call could run twice
+        raise JournalDamagedError(f"run {run_id!r} {_where(store)}; it cannot be resumed",
+                                  [d for d in damage if d])
     changes = plan_differences(record.plan, description)
     if changes:
         raise PlanChangedError(run_id, changes)
-    stored = store.outcomes(run_id)
-    open_attempts = {a.node_id: a for a in store.attempts(run_id) if a.ended_at is None}
+    open_attempts = {a.node_id: a for a in attempts if a.ended_at is None}
     wanted, done = set(rerun_in_doubt), dict(mark_done or {})
     both = sorted(wanted & done.keys())
     if both:

@@ -19,16 +19,23 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from shoal import __version__
 from shoal.events import Event
-from shoal.exceptions import RunNotFoundError, StoreError, StoreVersionError
-from shoal.outcome import ErrorInfo, Outcome, jsonable
+from shoal.exceptions import (
+    JournalDamagedError,
+    RunNotFoundError,
+    StoreError,
+    StoreVersionError,
+)
+from shoal.outcome import STATUSES, ErrorInfo, Outcome, jsonable
 from shoal.store.base import (
+    DECISIONS,
+    RUN_STATUSES,
     ApprovalRecord,
     AttemptEnded,
     AttemptRecord,
@@ -42,7 +49,8 @@ from shoal.store.base import (
     RunRecord,
     StoredOutcome,
 )
-from shoal.store.codec import decode_value, encode_value, view_value
+from shoal.store.claims import FileClaim, LocalClaims, RunClaim
+from shoal.store.codec import DamagedValueError, decode_value, encode_value, view_value
 
 __all__ = ["DEFAULT_PATH", "SCHEMA_VERSION", "SQLiteStore"]
 
@@ -94,6 +102,23 @@ _APPROVAL_COLUMNS = ("run_id, node_id, tool, args_hash, arguments, kind, request
                      "decision, decided_by, decided_at, reason, used")
 
 
+class _Bound:
+    """The connection, binding every parameter as SQLite can store it (see :func:`_bind`)."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        """``conn.execute`` with bound parameters."""
+        return self.conn.execute(sql, _bind(params))
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> sqlite3.Cursor:
+        """``conn.executemany`` with bound parameters."""
+        return self.conn.executemany(sql, (_bind(row) for row in rows))
+
+
 class SQLiteStore:
     """A :class:`~shoal.store.base.Store` in a SQLite file (WAL, ``synchronous=FULL``).
 
@@ -113,6 +138,7 @@ class SQLiteStore:
         self.path = str(path)
         self.keeps_events = keep_events
         self._lock = threading.RLock()
+        self._claims = LocalClaims()  # for ":memory:", which no other process can open
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -146,7 +172,7 @@ class SQLiteStore:
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path!r} is not a usable shoal journal: {exc}") from exc
 
-    def _schema_version(self, db: sqlite3.Connection) -> int | None:
+    def _schema_version(self, db: _Bound) -> int | None:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if not tables:
             return None
@@ -156,15 +182,20 @@ class SQLiteStore:
         row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if row is None:
             raise StoreError(f"{self.path!r} has no schema version; it is not a shoal journal")
-        return int(row[0])
+        try:
+            return int(row[0])
+        except (TypeError, ValueError):
+            raise JournalDamagedError(
+                self.path, [f"meta.schema_version: {_shown(row[0])} is not a version number"],
+            ) from None
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self) -> Iterator[_Bound]:
         """One write transaction (taking the write lock at once, so it cannot deadlock)."""
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                yield self._conn
+                yield _Bound(self._conn)
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
@@ -173,17 +204,17 @@ class SQLiteStore:
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         try:
             with self._lock:
-                return self._conn.execute(sql, params).fetchall()
+                return self._conn.execute(sql, _bind(params)).fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read the journal {self.path!r}: {exc}") from exc
 
     @contextmanager
-    def _writing(self) -> Iterator[sqlite3.Connection]:
+    def _writing(self) -> Iterator[_Bound]:
         """A write transaction whose SQLite errors become :class:`StoreError`."""
         try:
             with self._tx() as db:
                 yield db
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, ValueError, OverflowError) as exc:  # a value SQLite cannot hold
             raise StoreError(f"cannot write to the journal {self.path!r}: {exc}") from exc
 
     # ---- writing ------------------------------------------------------------------------
@@ -222,6 +253,21 @@ class SQLiteStore:
                     [(f.status, f.finished_at, json.dumps(dict(f.counts)), f.makespan, f.run_id)
                      for f in finished])
 
+    def claim_run(self, run_id: str) -> RunClaim:
+        """Claim ``run_id`` for this process (see :mod:`shoal.store.claims`).
+
+        Raises :class:`~shoal.exceptions.RunActiveError` if a live process holds it: the lock
+        is a file in ``<journal>-locks/``, released by the OS when its holder ends.
+        """
+        if self.path == ":memory:":
+            return self._claims.claim(run_id)
+        # resolved: two paths to one journal (a symlink, another cwd) must meet at one lock
+        folder = Path(f"{Path(self.path).resolve()}-locks")
+        try:
+            return FileClaim.take(folder, run_id)
+        except OSError as exc:
+            raise StoreError(f"cannot lock run {run_id!r} in {str(folder)!r}: {exc}") from exc
+
     def heartbeat(self, run_id: str, at: float) -> None:
         """Note that a live runtime still runs ``run_id``."""
         with self._writing() as db:
@@ -236,7 +282,10 @@ class SQLiteStore:
 
     def list_runs(self, limit: int = 50) -> list[RunRecord]:
         """The most recently started runs first (without their plan and source, for speed)."""
-        columns = _RUN_COLUMNS.replace("plan, source", "'{}', '{}'")
+        # plan and source are big: each is read only when it is not JSON (so damage shows)
+        columns = _RUN_COLUMNS.replace(
+            "plan, source", "CASE WHEN json_valid(plan) THEN '{}' ELSE plan END, "
+                            "CASE WHEN json_valid(source) THEN '{}' ELSE source END")
         rows = self._read(f"SELECT {columns} FROM runs ORDER BY started_at DESC LIMIT ?",
                           (limit,))
         return [_run_record(row) for row in rows]
@@ -245,7 +294,8 @@ class SQLiteStore:
         """Each node's latest outcome, in plan order; ``decode=False`` never unpickles."""
         rows = self._read(f"SELECT {_OUTCOME_COLUMNS} FROM outcomes WHERE run_id = ? "
                           "ORDER BY position", (run_id,))
-        return {row[0]: _stored_outcome(row, decode) for row in rows}
+        stored = (_stored_outcome(row, decode) for row in rows)
+        return {s.outcome.node_id: s for s in stored}
 
     def attempts(self, run_id: str) -> list[AttemptRecord]:
         """Every attempt of the run, in the order they started."""
@@ -253,12 +303,12 @@ class SQLiteStore:
             "SELECT node_id, session, attempt, tool, executor, started_at, ended_at, status, "
             "error FROM attempts WHERE run_id = ? ORDER BY session, started_at, node_id",
             (run_id,))
-        return [AttemptRecord(*row) for row in rows]
+        return [_attempt(row) for row in rows]
 
     def events(self, run_id: str) -> list[dict[str, Any]]:
         """The run's journaled events, in order."""
         rows = self._read("SELECT data FROM events WHERE run_id = ? ORDER BY id", (run_id,))
-        return [json.loads(row[0]) for row in rows]
+        return [_event_dict(row[0]) for row in rows]
 
     # ---- approvals ------------------------------------------------------------------------
 
@@ -310,14 +360,14 @@ class SQLiteStore:
                           "ORDER BY id", (run_id,))
         return [_approval(row) for row in rows]
 
-    def _open_request(self, db: sqlite3.Connection, run_id: str, node_id: str,
+    def _open_request(self, db: _Bound, run_id: str, node_id: str,
                       args_hash: str) -> Any:
         return db.execute(
             f"SELECT id, {_APPROVAL_COLUMNS} FROM approvals WHERE run_id = ? AND node_id = ? "
             "AND args_hash = ? AND used = 0 ORDER BY id LIMIT 1",
             (run_id, node_id, args_hash)).fetchone()
 
-    def _need_run(self, db: sqlite3.Connection, run_id: str) -> None:
+    def _need_run(self, db: _Bound, run_id: str) -> None:
         if db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:
             raise RunNotFoundError(run_id, f"in {self.path!r}")
 
@@ -342,7 +392,8 @@ class SQLiteStore:
             rows = db.execute("SELECT id, run_id, node_ids, reason, requested_at FROM cancels "
                               "WHERE run_id = ? AND taken = 0 ORDER BY id", (run_id,)).fetchall()
             db.executemany("UPDATE cancels SET taken = 1 WHERE id = ?", [(r[0],) for r in rows])
-        return [CancelRequest(r[0], r[1], tuple(json.loads(r[2])), r[3], r[4]) for r in rows]
+        return [CancelRequest(r[0], _str(r[1]), tuple(json.loads(r[2])), _str(r[3]), r[4])
+                for r in rows]
 
     def open_cancel_requests(self, run_id: str) -> int:
         """How many cancel requests for ``run_id`` wait to be taken (``shoal cancel --wait``)."""
@@ -397,6 +448,13 @@ def _event_json(event: Event) -> str:
         return json.dumps(event.to_dict())
 
 
+def _event_dict(cell: Any) -> dict[str, Any]:
+    try:
+        return _json(cell, "data", dict)  # type: ignore[no-any-return]
+    except _Damaged as exc:
+        return {"kind": "Damaged", "damaged": f"events.{exc}"}
+
+
 def _run_row(r: RunRecord) -> tuple[Any, ...]:
     return (r.run_id, r.name, r.status, r.started_at, r.finished_at, r.nodes, r.fingerprint,
             json.dumps(dict(r.plan)), json.dumps(dict(r.source)), json.dumps(dict(r.counts)),
@@ -404,11 +462,21 @@ def _run_row(r: RunRecord) -> tuple[Any, ...]:
 
 
 def _run_record(row: Sequence[Any]) -> RunRecord:
+    """The run of ``row``; a damaged row gives a record saying what is damaged."""
     (run_id, name, status, started_at, finished_at, nodes, fingerprint, plan, source, counts,
      makespan, sessions, heartbeat, pid, host) = row
-    return RunRecord(run_id, started_at, nodes, fingerprint, json.loads(plan),
-                     json.loads(source), name, status, finished_at, json.loads(counts),
-                     makespan, sessions, heartbeat, pid, host)
+    try:
+        return RunRecord(
+            _text(run_id, "run_id"), _number(started_at, "started_at"), _int(nodes, "nodes"),
+            _text(fingerprint, "fingerprint"), _plan(plan),
+            _json(source, "source", dict), _text(name, "name"),
+            _choice(status, "status", RUN_STATUSES),
+            _number(finished_at, "finished_at", optional=True), _json(counts, "counts", dict),
+            _number(makespan, "makespan"), _int(sessions, "sessions"),
+            _number(heartbeat, "heartbeat"), _int(pid, "pid"), _text(host, "host"))
+    except _Damaged as exc:
+        return RunRecord(_loose_text(run_id), _loose_number(started_at), 0, "", {}, {},
+                         _loose_text(name), damaged=f"runs.{exc}")
 
 
 def _outcome_row(record: OutcomeRecord) -> tuple[Any, ...]:
@@ -426,17 +494,45 @@ def _outcome_row(record: OutcomeRecord) -> tuple[Any, ...]:
 
 
 def _stored_outcome(row: Sequence[Any], decode: bool) -> StoredOutcome:
+    """The outcome of ``row``; a damaged row gives an ``in_doubt`` one saying what is damaged."""
     (node_id, tool, status, encoding, payload, view, error, reason, attempts, queued_at,
      started_at, finished_at, executor, abandoned) = row
-    if decode:
-        value, real = decode_value(encoding, payload, view)
-    else:
-        value = view_value(view) if view is not None else json.loads(payload)
-        real = encoding != "repr"
-    info = None if error is None else ErrorInfo(**json.loads(error))
-    outcome = Outcome(node_id, tool, status, value, info, reason, attempts, queued_at,
-                      started_at, finished_at, executor, bool(abandoned))
+    try:
+        encoding = _choice(encoding, "encoding", ("json", "pickle", "repr"))
+        value, real = _value(encoding, payload, view, decode)
+        info = None if error is None else ErrorInfo(**_json(error, "error", dict))
+        outcome = Outcome(
+            _text(node_id, "node_id"), _text(tool, "tool"), _choice(status, "status", STATUSES),
+            value, info, _text(reason, "reason"), _int(attempts, "attempts"),
+            _number(queued_at, "queued_at", optional=True),
+            _number(started_at, "started_at", optional=True),
+            _number(finished_at, "finished_at", optional=True), _text(executor, "executor"),
+            bool(_int(abandoned, "abandoned")))
+    except (_Damaged, TypeError) as exc:  # TypeError: an error cell with other keys
+        what = f"outcomes.{exc}" if isinstance(exc, _Damaged) else f"outcomes.error: {exc}"
+        name = _loose_text(node_id)
+        return StoredOutcome(Outcome(name, _loose_text(tool), "in_doubt",
+                                     reason=f"damaged in the journal: {what}"),
+                             False, "repr", damaged=what)
     return StoredOutcome(outcome, real, encoding)
+
+
+def _value(encoding: str, payload: Any, view: Any, decode: bool) -> tuple[Any, bool]:
+    if not isinstance(payload, bytes | str):
+        raise _Damaged(f"value: missing ({payload!r})")
+    if view is not None:
+        _json(view, "view", object)  # a view that is not JSON is damage, even unread
+    try:
+        if decode:
+            return decode_value(encoding, payload if isinstance(payload, bytes)
+                                else payload.encode("utf-8", "surrogatepass"), _str(view))
+        if view is not None:
+            return view_value(_str(view)), encoding != "repr"
+        return json.loads(payload), True
+    except DamagedValueError as exc:
+        raise _Damaged(f"value: {exc}") from exc
+    except (ValueError, UnicodeError) as exc:
+        raise _Damaged(f"value: not JSON ({exc})") from exc
 
 
 def _approval_row(r: ApprovalRecord) -> tuple[Any, ...]:
@@ -447,5 +543,126 @@ def _approval_row(r: ApprovalRecord) -> tuple[Any, ...]:
 def _approval(row: Sequence[Any]) -> ApprovalRecord:
     (run_id, node_id, tool, args_hash, arguments, kind, requested_at, decision, decided_by,
      decided_at, reason, used) = row
-    return ApprovalRecord(run_id, node_id, tool, args_hash, json.loads(arguments), kind,
-                          requested_at, decision, decided_by, decided_at, reason, bool(used))
+    try:
+        shown = _json(arguments, "arguments", object)
+    except _Damaged as exc:  # the arguments are for people to read: say they are damaged
+        shown = f"<damaged: {exc}>"
+    return ApprovalRecord(_loose_text(run_id), _loose_text(node_id), _loose_text(tool),
+                          _loose_text(args_hash), shown, _loose_text(kind),
+                          _loose_number(requested_at), decision if decision in DECISIONS
+                          else "denied", _loose_text(decided_by), decided_at,
+                          _loose_text(reason), bool(used))
+
+
+def _attempt(row: Sequence[Any]) -> AttemptRecord:
+    node_id, session, attempt, tool, executor, started_at, ended_at, status, error = row
+    try:
+        return AttemptRecord(_text(node_id, "node_id"), _int(session, "session"),
+                             _int(attempt, "attempt"), _text(tool, "tool"),
+                             _text(executor, "executor"), _number(started_at, "started_at"),
+                             _number(ended_at, "ended_at", optional=True),
+                             _text(status, "status"), _text(error, "error"))
+    except _Damaged as exc:
+        return AttemptRecord(_loose_text(node_id), 0, 0, _loose_text(tool), "", 0.0,
+                             damaged=f"attempts.{exc}")
+
+
+# ---- text SQLite can hold, and cells read back with care -----------------------------------
+
+
+def _bind(params: Sequence[Any]) -> tuple[Any, ...]:
+    r"""``params`` as SQLite can bind them: text with lone surrogates goes as a BLOB.
+
+    SQLite text must be valid UTF-8, and a model or a tool can hand shoal a lone surrogate
+    (``"\ud800"`` is valid JSON). Such text is kept exactly, as the bytes of
+    ``surrogatepass``; lookups bind the same bytes, so they still match, and reading turns
+    them back into the same text (:func:`_str`).
+    """
+    return tuple(_sql_text(p) if type(p) is str else p for p in params)
+
+
+def _sql_text(text: str) -> str | bytes:
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
+    return text
+
+
+def _str(cell: Any) -> Any:
+    """A text cell as written: bytes (text with lone surrogates) back to text."""
+    if type(cell) is bytes:
+        return cell.decode("utf-8", "surrogatepass")
+    return cell
+
+
+class _Damaged(Exception):
+    """A cell does not hold what shoal wrote there; the message names the column and why."""
+
+
+def _text(cell: Any, column: str) -> str:
+    cell = _str(cell)
+    if type(cell) is not str:
+        raise _Damaged(f"{column}: expected text, found {_shown(cell)}")
+    return cell
+
+
+def _number(cell: Any, column: str, *, optional: bool = False) -> Any:
+    if cell is None and optional:
+        return None
+    if type(cell) not in (int, float):
+        raise _Damaged(f"{column}: expected a number, found {_shown(cell)}")
+    return float(cell)
+
+
+def _int(cell: Any, column: str) -> int:
+    if type(cell) is not int:
+        raise _Damaged(f"{column}: expected a whole number, found {_shown(cell)}")
+    return cell
+
+
+def _json(cell: Any, column: str, kind: type) -> Any:
+    try:
+        value = json.loads(_str(cell))
+    except (TypeError, ValueError) as exc:
+        raise _Damaged(f"{column}: not JSON ({_shown(cell)}: {exc})") from None
+    if not isinstance(value, kind):
+        raise _Damaged(f"{column}: expected a JSON {kind.__name__}, found {_shown(cell)}")
+    return value
+
+
+def _plan(cell: Any) -> dict[str, Any]:
+    """The plan description (see :mod:`shoal.store.fingerprint`), its shape checked."""
+    plan: dict[str, Any] = _json(cell, "plan", dict)
+    nodes, edges = plan.get("nodes", {}), plan.get("edge_list", [])
+    if not isinstance(nodes, dict) or not all(
+            isinstance(k, str) and isinstance(v, list) and v for k, v in nodes.items()):
+        raise _Damaged("plan: its nodes are not a mapping of node ids to lists")
+    if not isinstance(edges, list) or not all(
+            isinstance(e, list) and len(e) == 4 and all(isinstance(x, str) for x in e)
+            for e in edges):
+        raise _Damaged("plan: its edge_list is not a list of [source, target, kind, detail]")
+    return plan
+
+
+def _choice(cell: Any, column: str, allowed: Sequence[str]) -> Any:
+    if _str(cell) not in allowed:
+        raise _Damaged(f"{column}: {_shown(cell)} is none of {', '.join(allowed)}")
+    return _str(cell)
+
+
+def _shown(cell: Any) -> str:
+    text = repr(cell)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def _loose_text(cell: Any) -> str:
+    """Text for a label, whatever the cell holds (a damaged row still needs a name)."""
+    cell = _str(cell)
+    return cell if type(cell) is str else ("" if cell is None else repr(cell))
+
+
+def _loose_number(cell: Any) -> float:
+    return float(cell) if type(cell) in (int, float) else 0.0

@@ -1,0 +1,219 @@
+"""Who is running a run right now: a claim, held by the process that runs (or resumes) it.
+
+Resuming a run that another process is still running would treat its calls in flight as
+crashed and run them again: a payment made twice. So every journaled run, and every resume,
+first *claims* its run id, and holds the claim until its session's journal is closed:
+
+* :class:`~shoal.store.sqlite.SQLiteStore` claims with an OS file lock (``flock``) on a small
+  file per run beside the journal (``runs.db-locks/``). The operating system releases it
+  when the process ends in any way, ``kill -9`` included, so a crashed run is never mistaken
+  for a live one, and a live one never for a crashed one, however loaded the machine (unlike a
+  heartbeat). A SQLite journal is on one machine anyway (WAL needs shared memory), so one
+  machine's locks are all there is to ask. The lock file holds the holder's pid and host, for
+  the message.
+* :class:`~shoal.store.memory.MemoryStore` claims in the store itself (it lives in one
+  process).
+* A store of your own may offer ``claim_run(run_id) -> RunClaim``; without it, a run whose
+  record says ``running`` with a live process (by pid on this machine, else by heartbeat)
+  counts as claimed.
+
+A second claim of a claimed run raises :class:`~shoal.exceptions.RunActiveError`, naming the
+process. ``force=True`` (``shoal resume RUN --force``) goes on without the claim: for a person
+who knows that process can no longer run anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import weakref
+from pathlib import Path
+from typing import Any, Protocol
+
+from shoal.exceptions import RunActiveError
+from shoal.store.base import RunRecord, Store
+
+try:  # POSIX; elsewhere the record's pid and heartbeat are the only signs of life
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["HEARTBEAT_STALE", "FileClaim", "LocalClaims", "RunClaim", "claim_run",
+           "claim_run_nothing", "record_is_live"]
+
+log = logging.getLogger("shoal")
+
+HEARTBEAT_STALE = 5.0  # seconds without a heartbeat after which a run's process is taken as gone
+
+
+class RunClaim(Protocol):
+    """A held claim on a run; :meth:`release` lets it go (calling it twice is harmless)."""
+
+    def release(self) -> None:
+        """Let the claim go."""
+        ...
+
+
+class _NoClaim:
+    """Stands for a claim that was not needed or not possible (``force``)."""
+
+    def release(self) -> None:
+        """Nothing to let go."""
+
+
+def claim_run_nothing() -> RunClaim:
+    """A claim that holds nothing (a run without a journal)."""
+    return _NoClaim()
+
+
+def claim_run(store: Store, run_id: str, *, force: bool = False) -> RunClaim:
+    """Claim ``run_id`` in ``store`` for this process; raises :class:`RunActiveError` if taken.
+
+    With ``force`` a run claimed by another process is not refused: a warning is logged and
+    the caller goes on without the claim.
+    """
+    claim = getattr(store, "claim_run", None)
+    try:
+        if callable(claim):
+            held: RunClaim = claim(run_id)
+            return held
+        _check_record(store, run_id)
+    except RunActiveError as exc:
+        if not force:
+            raise
+        log.warning("resuming run %s by force, although %s", run_id, exc)
+    return _NoClaim()
+
+
+def _check_record(store: Store, run_id: str) -> None:
+    record = store.get_run(run_id)
+    if record is not None and record_is_live(record):
+        raise RunActiveError(run_id, record.pid, record.host, "its record says it is running")
+
+
+def record_is_live(record: RunRecord, now: float | None = None) -> bool:
+    """Whether ``record`` says a live process runs it (pid on this machine, else heartbeat)."""
+    if record.status != "running" or record.damaged:
+        return False
+    if record.host == socket.gethostname() and record.pid:
+        return _alive(record.pid)
+    now = time.time() if now is None else now
+    return now - max(record.heartbeat, record.started_at) <= HEARTBEAT_STALE
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+class LocalClaims:
+    """Claims kept in this process (a memory store, a private SQLite database)."""
+
+    def __init__(self) -> None:
+        self._held: set[str] = set()
+        self._lock = threading.Lock()
+
+    def claim(self, run_id: str) -> RunClaim:
+        """Claim ``run_id``; raises :class:`RunActiveError` if this process holds it already."""
+        with self._lock:
+            if run_id in self._held:
+                raise RunActiveError(run_id, os.getpid(), socket.gethostname(),
+                                     "this very process is running it")
+            self._held.add(run_id)
+        return _LocalClaim(self, run_id)
+
+    def held(self, run_id: str) -> bool:
+        """Whether ``run_id`` is claimed here."""
+        return run_id in self._held
+
+    def _release(self, run_id: str) -> None:
+        with self._lock:
+            self._held.discard(run_id)
+
+
+class _LocalClaim:
+    def __init__(self, claims: LocalClaims, run_id: str) -> None:
+        self._release = weakref.finalize(self, claims._release, run_id)
+
+    def release(self) -> None:
+        """Let the claim go."""
+        self._release()
+
+
+class FileClaim:
+    """A claim held as an exclusive ``flock`` on the run's lock file in ``folder``.
+
+    The file is removed when the claim is released; a claimant that opened it just before
+    checks, once it holds the lock, that the file it locked is still the one at the path.
+    Should the claim never be released (a run's task dropped unawaited), the lock goes with
+    the object, or at the latest with the process.
+    """
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._closer = weakref.finalize(self, _unlock, str(path), fd)
+
+    @classmethod
+    def take(cls, folder: Path, run_id: str) -> RunClaim:
+        """Claim ``run_id``; raises :class:`RunActiveError` if another claimant holds it."""
+        if fcntl is None:  # pragma: no cover - Windows
+            return _NoClaim()
+        folder.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256(run_id.encode("utf-8", "surrogatepass")).hexdigest()
+        path = folder / f"{digest[:32]}.lock"  # run ids hold slashes and any other text
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by children
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                holder = _holder(path)
+                raise RunActiveError(run_id, int(holder.get("pid") or 0),
+                                     str(holder.get("host") or ""),
+                                     "it holds the run's lock") from None
+            if _same_file(fd, path):
+                break
+            os.close(fd)  # the holder before us removed it meanwhile: lock the new one
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"run_id": run_id, "pid": os.getpid(),
+                                 "host": socket.gethostname(), "since": time.time()},
+                                ensure_ascii=True).encode("ascii"))
+        return cls(path, fd)
+
+    def release(self) -> None:
+        """Remove the lock file and let the lock go."""
+        self._closer()
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _unlock(path: str, fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)  # while still holding it: see FileClaim
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+def _holder(path: Path) -> dict[str, Any]:
+    """Who holds the lock, as its file says (empty if it has not written it yet)."""
+    try:
+        data = json.loads(path.read_text(encoding="ascii") or "{}")
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

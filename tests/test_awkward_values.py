@@ -1,0 +1,150 @@
+"""Any value a tool returns journals, or is recorded as not journaled: never a hang, never a
+lost sibling. Every awkward kind of :mod:`tests.awkward_values`, through every store (memory,
+SQLite, none) and backend (inline, thread, process). Ray runs the same results through the
+conformance suite (``tests/test_ray.py``); starting Ray for each of these cases would cost
+minutes, so it is left there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import shoal
+import shoal.store.codec as codec
+from shoal.store.codec import decode_value, encode_value
+from shoal.store.sqlite import SQLiteStore
+from tests.awkward_values import KINDS, REPLAYABLE, after, awkward, sibling
+
+# a worker process cannot make Looping's result travel back: its pickling never ends there
+# either, and only a tool timeout stops it (see the process backend)
+PROCESS_KINDS = [k for k in KINDS if k != "looping"]
+BOUND = 60.0  # seconds any one run may take on a loaded machine
+
+
+@pytest.fixture(autouse=True)
+def quick_guard(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(codec, "ENCODE_TIMEOUT", 1.0)
+
+
+def _plan(kind: str) -> tuple[shoal.Plan, shoal.Ref, shoal.Ref, shoal.Ref]:
+    plan = shoal.Plan()
+    odd = plan.call(awkward, kind=kind, node_id="odd")
+    twin = plan.call(sibling, n=21, node_id="twin")
+    then = plan.call(after, value="-", node_id="then", after=odd)
+    return plan, odd, twin, then
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal and of the same type, sharing included; without ``==``, which would walk a DAG's
+    every path (2**60 of them) or recurse forever into a list that holds itself."""
+    return type(a) is type(b) and pickle.dumps(a) == pickle.dumps(b)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("store", ["memory", "sqlite", "none"])
+@pytest.mark.parametrize("executor", ["inline", "thread"])
+def test_every_awkward_result_ends_in_a_recorded_outcome(kind: str, store: str, executor: str,
+                                                         tmp_path: Path) -> None:
+    where: Any = {"memory": "memory", "none": None}.get(store, tmp_path / "runs.db")
+    runtime = shoal.Runtime(store=where, executor=executor)
+    plan, odd, twin, then = _plan(kind)
+    began = time.monotonic()
+    result = runtime.run_sync(plan)
+    assert time.monotonic() - began < BOUND
+    assert result[twin].status == "ok" and result[twin].value == 42  # never lost
+    assert result[odd].status == "ok" and result[then].status == "ok"
+    if store != "sqlite":
+        return
+    stored = SQLiteStore(tmp_path / "runs.db").outcomes(result.run_id)
+    assert set(stored) == {"odd", "twin", "then"} and stored["twin"].outcome.value == 42
+    json.dumps(SQLiteStore(tmp_path / "runs.db").outcomes(result.run_id, decode=False)[
+        "odd"].outcome.value)  # shoal show's view is JSON, whatever the value
+    assert stored["odd"].replayable == (kind in REPLAYABLE), stored["odd"].outcome.value
+    if kind in REPLAYABLE:
+        assert _same(stored["odd"].outcome.value, result[odd].value)
+    # resume: a replayable value replays as itself; the others run again (idempotent tool)
+    again = shoal.Runtime(store=tmp_path / "runs.db", executor=executor).resume_sync(
+        result.run_id, _plan(kind)[0])
+    assert again.ok and again[twin].value == 42
+    if kind in REPLAYABLE:
+        assert _same(again[odd].value, result[odd].value)
+
+
+@pytest.mark.parametrize("kind", PROCESS_KINDS)
+def test_awkward_results_from_worker_processes(kind: str, tmp_path: Path) -> None:
+    runtime = shoal.Runtime(store=tmp_path / "runs.db", executor="process", process_workers=1)
+    plan, odd, twin, then = _plan(kind)
+    began = time.monotonic()
+    result = runtime.run_sync(plan)
+    assert time.monotonic() - began < BOUND
+    assert result[twin].value == 42
+    # what cannot travel back from a worker (a generator) fails there, with a reason
+    assert result[odd].status in ("ok", "failed")
+    if result[odd].status == "failed":
+        assert result[odd].error is not None and result[then].status == "skipped"
+    stored = SQLiteStore(tmp_path / "runs.db").outcomes(result.run_id)
+    assert stored["twin"].outcome.value == 42
+    assert stored["odd"].outcome.status == result[odd].status
+
+
+# ---- the codec on its own: any value, bounded time ----------------------------------------
+
+
+json_leaves = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True),
+    st.text(alphabet=st.characters(codec="utf-8") | st.sampled_from(["\ud800", "\udfff"])),
+    st.binary(max_size=20), st.tuples(st.integers()),
+)
+values = st.recursive(json_leaves, lambda inner: st.one_of(
+    st.lists(inner, max_size=5),
+    st.dictionaries(st.one_of(st.text(max_size=5), st.integers()), inner, max_size=5),
+    st.frozensets(st.integers(), max_size=3)), max_leaves=30)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(values)
+def test_any_value_encodes_and_comes_back(value: Any) -> None:
+    encoded = encode_value(value)
+    assert encoded.encoding in ("json", "pickle")
+    back, real = decode_value(encoded.encoding, encoded.payload, encoded.view)
+    assert real and _deep_same(back, value)
+    encoded.payload.decode("utf-8") if encoded.encoding == "json" else None
+    if encoded.view is not None:
+        encoded.view.encode("utf-8")  # valid UTF-8 for SQLite, lone surrogates escaped
+        json.loads(encoded.view)
+
+
+def _deep_same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return (math.isnan(a) and math.isnan(b)) or a == b
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(_deep_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_deep_same(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+def test_a_value_over_the_size_limit_is_a_note_not_a_failed_write(tmp_path: Path) -> None:
+    encoded = encode_value(["x" * 2**20] * 70)
+    assert encoded.encoding == "repr" and "over 64.0 MB" in str(json.loads(encoded.view or ""))
+
+
+def test_a_view_never_consumes_a_generator() -> None:
+    def numbers() -> Any:
+        yield from range(3)
+
+    made = numbers()
+    encoded = encode_value({"gen": made})
+    assert encoded.encoding == "repr" and "generator" in (encoded.view or "")
+    assert list(made) == [0, 1, 2]
