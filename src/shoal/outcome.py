@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import reprlib
 import traceback as tb
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -26,11 +27,51 @@ STATUSES: tuple[Status, ...] = (
     "ok", "failed", "timed_out", "cancelled", "skipped", "denied", "in_doubt")
 
 
+#: Values that expand to more than this many JSON items (shared parts count each time they
+#: appear, as JSON copies them) are shown by a bounded repr instead of being converted.
+JSON_ITEMS = 1_000_000
+_SCALAR_TYPES = (str, int, float, bool, type(None), bytes)
+
+
+def _bounded_repr() -> reprlib.Repr:
+    shown = reprlib.Repr()
+    shown.maxlevel, shown.maxstring, shown.maxother = 6, 2_000, 10_000
+    shown.maxlist = shown.maxtuple = shown.maxdict = shown.maxset = shown.maxfrozenset = 100
+    return shown
+
+
+_REPR = _bounded_repr()
+
+
 def _safe_repr(value: Any) -> str:
     try:
-        return repr(value)
+        return _REPR.repr(value)
     except Exception:  # a __repr__ that raises must not break a report
         return f"<unrepresentable {type(value).__qualname__}>"
+
+
+def _converts_in_bounds(value: Any) -> bool:
+    """Whether converting ``value`` to JSON ends soon and consumes nothing.
+
+    Not so for values whose JSON would exceed :data:`JSON_ITEMS` (a list made of shared parts
+    doubles with each level; one that holds itself never ends) or that hold an iterator or
+    generator (converting would use it up, or never end).
+    """
+    stack, left = [value], JSON_ITEMS
+    while stack:
+        item = stack.pop()
+        left -= 1
+        if left < 0:
+            return False
+        if isinstance(item, _SCALAR_TYPES):
+            continue
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend(item)
+        elif isinstance(item, (Iterator, AsyncIterator)):
+            return False
+    return True
 
 
 def jsonable(value: Any) -> Any:
@@ -38,8 +79,11 @@ def jsonable(value: Any) -> Any:
 
     Types JSON cannot hold become their ``repr``. Bytes are text when they are UTF-8; a value
     holding bytes that are not is converted again with every bytes object in it as (URL-safe)
-    base64. A value that still cannot be converted (a reference cycle, say) becomes its repr.
+    base64. A value that still cannot be converted, or that would be too large as JSON, holds
+    itself or holds an iterator (see :data:`JSON_ITEMS`), becomes a bounded repr.
     """
+    if not _converts_in_bounds(value):
+        return _safe_repr(value)
     with contextlib.suppress(Exception):  # bytes that are not UTF-8: base64 below
         return to_jsonable_python(value, fallback=_safe_repr)
     try:

@@ -39,24 +39,54 @@ class _Unbuildable(Exception):
 
 
 def isolate(value: Any) -> Any:
-    """A private copy of the plain data in ``value`` (see the module docstring for the rule)."""
+    """A private copy of the plain data in ``value`` (see the module docstring for the rule).
+
+    Like ``copy.deepcopy``, a container met twice is copied once and shared in the copy as in
+    the original: a value made of shared parts (``x = [x, x]`` twenty times) costs its size,
+    not two to the twenty, and a list or dict that holds itself is copied as one that does.
+    """
     kind = type(value)
     if kind in _IMMUTABLE:
         return value
+    return _isolate(value, {})
+
+
+def _isolate(value: Any, memo: dict[int, Any]) -> Any:
+    kind = type(value)
+    if kind in _IMMUTABLE:
+        return value
+    found = memo.get(id(value), memo)  # the memo itself: "not seen" (None is a value)
+    if found is not memo:
+        return found
+    # lists and dicts enter the memo before their items, so one that holds itself ends
     if kind is dict:
-        return {k: isolate(v) for k, v in value.items()}
+        new_dict: dict[Any, Any] = {}
+        memo[id(value)] = new_dict
+        for k, v in value.items():
+            new_dict[k] = _isolate(v, memo)
+        return new_dict
     if kind is list:
-        return [isolate(v) for v in value]
+        new_list: list[Any] = []
+        memo[id(value)] = new_list
+        new_list.extend([_isolate(v, memo) for v in value])
+        return new_list
+    copied = _isolate_other(value, kind, memo)
+    memo[id(value)] = copied
+    return copied
+
+
+def _isolate_other(value: Any, kind: type, memo: dict[int, Any]) -> Any:
+    """:func:`_isolate` of anything but an exact list or dict."""
     if kind is tuple:
-        return tuple(isolate(v) for v in value)
+        return tuple([_isolate(v, memo) for v in value])
     if kind is set:
-        return {isolate(v) for v in value}
+        return {_isolate(v, memo) for v in value}
     if kind is bytearray:
         return bytearray(value)
     # the exact builtins above are the fast path; subclasses and other objects from here on
     if isinstance(value, _COPIED):
         try:
-            return _rebuild(value, isolate)
+            return _rebuild(value, lambda item: _isolate(item, memo))
         except _Unbuildable:
             return value  # a container type that cannot be rebuilt: passed as it is
     if isinstance(value, bytearray):
