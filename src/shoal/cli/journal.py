@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import socket
 import sys
 import time
@@ -35,6 +34,7 @@ from shoal.cli.safe import text as safe_text
 from shoal.exceptions import JournalDamagedError, RunActiveError, ShoalError
 from shoal.outcome import STATUSES, jsonable
 from shoal.store.base import ApprovalRecord, AttemptRecord, RunRecord, StoredOutcome
+from shoal.store.claims import process_alive as _alive
 from shoal.store.journal import STALE_AFTER
 from shoal.store.sqlite import DEFAULT_PATH, SQLiteStore
 
@@ -67,15 +67,6 @@ def live_status(record: RunRecord, now: float | None = None) -> str:
         return "interrupted"
     return record.status
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, under another user
-        return True
-    return True
 
 
 def open_journal(path: Path, *, must_exist: bool = True) -> SQLiteStore:

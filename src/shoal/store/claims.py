@@ -45,7 +45,7 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 __all__ = ["HEARTBEAT_STALE", "FileClaim", "LocalClaims", "RunClaim", "claim_run",
-           "claim_run_nothing", "record_is_live"]
+           "claim_run_nothing", "process_alive", "record_is_live"]
 
 log = logging.getLogger("shoal")
 
@@ -102,12 +102,13 @@ def record_is_live(record: RunRecord, now: float | None = None) -> bool:
     if record.status != "running" or record.damaged:
         return False
     if record.host == socket.gethostname() and record.pid:
-        return _alive(record.pid)
+        return process_alive(record.pid)
     now = time.time() if now is None else now
     return now - max(record.heartbeat, record.started_at) <= HEARTBEAT_STALE
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine (under any user)."""
     try:
         os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
