@@ -105,10 +105,14 @@ class Metric:
         if self.floor is not None:
             parts.append(f"floor {fmt(self.floor, self.unit):>11}")
             parts.append(f"ratio {self.ratio:7.3f}" if self.ratio is not None else "ratio     n/a")
-        if self.target is not None and not JUDGED:
-            parts.append(f"target {self.target}: not judged (quick run)")
-        elif self.target is not None:
-            parts.append(f"target {self.target}: {'PASS' if self.passed else 'FAIL'}")
+        if self.target is not None:
+            target = self.target
+            # a bound on the value reads in the value's own unit (2 ms, not 0.002)
+            shown = (f"{target.on} {target.op} {fmt(target.bound, self.unit)}"
+                     if target.on == "value" else str(target))
+            verdict = "not judged (quick run)" if not JUDGED else (
+                "PASS" if self.passed else "FAIL")
+            parts.append(f"target {shown}: {verdict}")
         return " | ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
