@@ -1,8 +1,7 @@
 """Any value a tool returns journals, or is recorded as not journaled: never a hang, never a
 lost sibling. Every awkward kind of :mod:`tests.awkward_values`, through every store (memory,
-SQLite, none) and backend (inline, thread, process). Ray runs the same results through the
-conformance suite (``tests/test_ray.py``); starting Ray for each of these cases would cost
-minutes, so it is left there.
+SQLite, none) and backend (inline, thread, process, Ray: on Ray all kinds share one plan per
+route, since a Ray connection per case would cost minutes).
 """
 
 from __future__ import annotations
@@ -148,3 +147,28 @@ def test_a_view_never_consumes_a_generator() -> None:
     encoded = encode_value({"gen": made})
     assert encoded.encoding == "repr" and "generator" in (encoded.view or "")
     assert list(made) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("route", ["pool", "task"])
+def test_awkward_results_from_ray_workers(route: str, tmp_path: Path) -> None:
+    """All kinds in one plan (a Ray connection per case would cost minutes): each ends in an
+    outcome, the journal keeps every sibling's result, and nothing hangs."""
+    pytest.importorskip("ray")
+    extra: dict[str, Any] = {"resources": {"num_cpus": 0}} if route == "pool" else {}
+    on_ray = awkward.options(isolation="ray", **extra)
+    plan = shoal.Plan()
+    odd = {kind: plan.call(on_ray, kind=kind, node_id=kind) for kind in PROCESS_KINDS}
+    twin = plan.call(sibling.options(isolation="ray", **extra), n=21, node_id="twin")
+    runtime = shoal.Runtime(store=tmp_path / "runs.db")
+    began = time.monotonic()
+    result = runtime.run_sync(plan)
+    assert time.monotonic() - began < 2 * BOUND
+    assert result[twin].value == 42
+    for kind, ref in odd.items():
+        assert result[ref].status in ("ok", "failed"), (kind, result[ref])
+        if result[ref].status == "failed":
+            assert result[ref].error is not None and result[ref].error.message, kind
+    stored = SQLiteStore(tmp_path / "runs.db").outcomes(result.run_id)
+    assert stored["twin"].outcome.value == 42
+    assert {k: stored[k].outcome.status for k in odd} == {k: result[r].status
+                                                           for k, r in odd.items()}
