@@ -126,7 +126,9 @@ def test_sync_tools_never_block_the_event_loop() -> None:
     assert result.ok
     gaps = [b - a for a, b in itertools.pairwise(ticks)]
     assert len(ticks) >= 15, f"the loop ticked only {len(ticks)} times in a 0.3 s run"
-    assert max(gaps) < 0.15, f"the loop stalled for {max(gaps):.3f} s"
+    # one sync call run on the loop would stall it for its whole 0.3 s; starting the pool's
+    # threads takes a few ms each on a busy machine, so the bound stays clear of both
+    assert max(gaps) < 0.25, f"the loop stalled for {max(gaps):.3f} s"
     assert {o.executor for o in result} == {"thread"}
 
 

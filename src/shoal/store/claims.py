@@ -179,7 +179,7 @@ class FileClaim:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                holder = _holder(path)
+                holder = _written_holder(path)
                 raise RunActiveError(run_id, int(holder.get("pid") or 0),
                                      str(holder.get("host") or ""),
                                      "it holds the run's lock") from None
@@ -209,6 +209,16 @@ def _unlock(path: str, fd: int) -> None:
         os.unlink(path)  # while still holding it: see FileClaim
     with contextlib.suppress(OSError):
         os.close(fd)
+
+
+def _written_holder(path: Path, wait: float = 0.5) -> dict[str, Any]:
+    """:func:`_holder`, given a moment to write itself: it locks the file, then writes."""
+    deadline = time.monotonic() + wait
+    holder = _holder(path)
+    while not holder and time.monotonic() < deadline:
+        time.sleep(0.01)
+        holder = _holder(path)
+    return holder
 
 
 def _holder(path: Path) -> dict[str, Any]:
