@@ -45,7 +45,7 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 __all__ = ["HEARTBEAT_STALE", "FileClaim", "LocalClaims", "RunClaim", "claim_run",
-           "claim_run_nothing", "process_alive", "record_is_live"]
+           "claim_run_nothing", "process_alive", "record_beats", "record_is_live"]
 
 log = logging.getLogger("shoal")
 
@@ -105,6 +105,19 @@ def record_is_live(record: RunRecord, now: float | None = None) -> bool:
         return process_alive(record.pid)
     now = time.time() if now is None else now
     return now - max(record.heartbeat, record.started_at) <= HEARTBEAT_STALE
+
+
+def record_beats(record: RunRecord, now: float | None = None) -> bool:
+    """Whether another live process runs ``record`` and keeps its heartbeat fresh.
+
+    The second sign of life beside a run's lock: should the lock file be taken from under its
+    holder (its folder deleted), the holder is still known by its pid and heartbeat.
+    """
+    if record.pid == os.getpid() and record.host == socket.gethostname():
+        return False  # this process: its own claims say whether it runs the run
+    now = time.time() if now is None else now
+    fresh = now - max(record.heartbeat, record.started_at) <= HEARTBEAT_STALE
+    return fresh and record_is_live(record, now)
 
 
 def process_alive(pid: int) -> bool:

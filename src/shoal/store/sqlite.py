@@ -28,6 +28,7 @@ from shoal import __version__
 from shoal.events import Event
 from shoal.exceptions import (
     JournalDamagedError,
+    RunActiveError,
     RunNotFoundError,
     StoreError,
     StoreVersionError,
@@ -49,7 +50,7 @@ from shoal.store.base import (
     RunRecord,
     StoredOutcome,
 )
-from shoal.store.claims import FileClaim, LocalClaims, RunClaim
+from shoal.store.claims import FileClaim, LocalClaims, RunClaim, record_beats
 from shoal.store.codec import DamagedValueError, decode_value, encode_value, view_value
 
 __all__ = ["DEFAULT_PATH", "SCHEMA_VERSION", "SQLiteStore"]
@@ -264,9 +265,26 @@ class SQLiteStore:
         # resolved: two paths to one journal (a symlink, another cwd) must meet at one lock
         folder = Path(f"{Path(self.path).resolve()}-locks")
         try:
-            return FileClaim.take(folder, run_id)
+            claim = FileClaim.take(folder, run_id)
         except OSError as exc:
             raise StoreError(f"cannot lock run {run_id!r} in {str(folder)!r}: {exc}") from exc
+        try:
+            self._refuse_if_beating(run_id)
+        except BaseException:
+            claim.release()
+            raise
+        return claim
+
+    def _refuse_if_beating(self, run_id: str) -> None:
+        """Refuse a run whose record shows a live holder although its lock file was free.
+
+        The lock file can be deleted under its holder (someone removed ``<journal>-locks/``);
+        the holder's pid and fresh heartbeat still say it runs.
+        """
+        record = self.get_run(run_id)
+        if record is not None and record_beats(record):
+            raise RunActiveError(run_id, record.pid, record.host,
+                                 "its heartbeat is fresh, though its lock file is gone")
 
     def heartbeat(self, run_id: str, at: float) -> None:
         """Note that a live runtime still runs ``run_id``."""
