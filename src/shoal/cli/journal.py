@@ -31,7 +31,13 @@ from shoal.cli.render import ID_WIDTH, STATUS_STYLES, detail, seconds
 from shoal.cli.safe import clean, one_line
 from shoal.cli.safe import console as safe_console
 from shoal.cli.safe import text as safe_text
-from shoal.exceptions import JournalDamagedError, RunActiveError, ShoalError
+from shoal.exceptions import (
+    JournalDamagedError,
+    RunActiveError,
+    ShoalError,
+    StoreError,
+    StoreVersionError,
+)
 from shoal.outcome import STATUSES, jsonable
 from shoal.store.base import ApprovalRecord, AttemptRecord, RunRecord, StoredOutcome
 from shoal.store.claims import process_alive as _alive
@@ -69,12 +75,28 @@ def live_status(record: RunRecord, now: float | None = None) -> str:
 
 
 
-def open_journal(path: Path, *, must_exist: bool = True) -> SQLiteStore:
-    """The journal at ``path``; raises :class:`ShoalError` when there is none or it is unusable."""
+def open_journal(path: Path, *, must_exist: bool = True,
+                 read_only: bool = False) -> SQLiteStore:
+    """The journal at ``path``; raises :class:`ShoalError` when there is none or it is unusable.
+
+    With ``read_only``, a journal that cannot be opened for writing (a read-only file or file
+    system) is opened for reading.
+    """
     if must_exist and not path.exists():
         raise ShoalError(f"no journal at {str(path)!r} (shoal run writes one there; "
                          f"--store names another)")
-    return SQLiteStore(path, keep_events=True)
+    try:
+        return SQLiteStore(path, keep_events=True)
+    except (StoreVersionError, JournalDamagedError):
+        raise
+    except StoreError:
+        if not read_only:
+            raise
+        try:
+            return SQLiteStore(path, keep_events=True, read_only=True)
+        except StoreError:
+            pass
+        raise  # the first error says best why the file cannot be used
 
 
 def parse_mark_done(items: Sequence[str]) -> dict[str, Any]:
@@ -144,7 +166,7 @@ def runs_command(store: StoreOption = DEFAULT_PATH, as_json: JsonOption = False,
     """List runs from the journal, newest first: status, nodes, duration."""
     try:
         # an agent run's steps have ids below the run's ("RUN/lead/model-1"): hidden by default
-        journal = open_journal(store)
+        journal = open_journal(store, read_only=True)
         found = journal.list_runs(limit if steps else limit * 50)
         records = _with_source(journal, [r for r in found if steps or "/" not in r.run_id][:limit])
     except ShoalError as exc:
@@ -212,7 +234,7 @@ def show_command(run_id: Annotated[str, typer.Argument(metavar="RUN_ID", show_de
                  store: StoreOption = DEFAULT_PATH, as_json: JsonOption = False) -> None:
     """Show one run: outcomes, timings, edges and their reasons, approvals and who decided."""
     try:
-        journal = open_journal(store)
+        journal = open_journal(store, read_only=True)
         record = journal.get_run(run_id)
         if record is None:
             raise ShoalError(f"no run {run_id!r} in {str(store)!r} (shoal runs lists them)")
