@@ -5,11 +5,14 @@ Every case runs the real ``shoal`` command in a subprocess on a real SQLite file
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +20,7 @@ import pytest
 
 import shoal
 from shoal.exceptions import StoreError
+from shoal.store.claims import process_alive
 from shoal.store.sqlite import SQLiteStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,3 +103,83 @@ def test_read_only_opening_refuses_what_is_not_a_journal(tmp_path: Path) -> None
         SQLiteStore(tmp_path / "junk.db", read_only=True)
     with pytest.raises(StoreError, match="cannot open"):
         SQLiteStore(tmp_path / "missing.db", read_only=True)
+
+
+def test_resuming_a_step_of_an_agent_run_names_the_agent_run(tmp_path: Path) -> None:
+    store = str(tmp_path / "runs.db")
+    done = shoal_cli("run", str(ROOT / "tests/newcomer_agents.py:unlucky"), "look up a and b",
+                     "--store", store, cwd=ROOT)
+    assert done.returncode in (0, 1), done.stderr
+    runs = json.loads(shoal_cli("runs", "--store", store, "--json", cwd=ROOT).stdout)
+    root = runs[0]["run_id"]
+    steps = json.loads(shoal_cli("runs", "--steps", "--store", store, "--json", cwd=ROOT).stdout)
+    step = next(r["run_id"] for r in steps if r["run_id"].endswith("/turn-1"))
+    refused = shoal_cli("resume", step, "--store", store, "--json", cwd=ROOT)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr == (f"error: run {step!r} is a step of agent run {root!r}; resume "
+                              f"the agent run: shoal resume {root}\n")
+    assert json.loads(refused.stdout)["error"] == "journal"
+
+
+@shoal.tool
+def flaky(marker: str, seconds: float) -> str:
+    """Fail until ``marker`` exists, then take ``seconds`` and succeed."""
+    if not Path(marker).exists():
+        raise RuntimeError("not yet")
+    time.sleep(seconds)
+    return "done"
+
+
+def test_a_cancel_request_the_run_never_took_does_not_cancel_its_resume(tmp_path: Path) -> None:
+    # shoal cancel raced the run's end: the request was written after the run stopped looking
+    marker = tmp_path / "fixed"
+    plan = shoal.Plan(name="p")
+    plan.add(flaky, {"marker": str(marker), "seconds": 1.0}, node_id="a")
+    store = SQLiteStore(tmp_path / "runs.db")
+    assert not shoal.Runtime(store=store).run_sync(plan, run_id="r").ok
+    store.request_cancel("r", reason="too late")
+    marker.touch()
+    resumed = shoal.Runtime(store=SQLiteStore(tmp_path / "runs.db")).resume_sync("r", plan)
+    assert resumed["a"].status == "ok", resumed["a"]
+    assert store.open_cancel_requests("r") == 0  # dropped, not left for a later session
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_a_process_that_ended_but_was_not_reaped_is_not_alive() -> None:
+    # a run killed with kill -9 stays a zombie until its parent reaps it: it runs nothing
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # ended, left unreaped
+    try:
+        assert not process_alive(child.pid)
+    finally:
+        child.wait()
+    assert process_alive(os.getpid())
+
+
+def test_shoal_cancel_of_a_run_that_dies_while_it_waits_says_so_at_once(tmp_path: Path) -> None:
+    path = journal_with_a_run(tmp_path, "r")
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        store = SQLiteStore(path)
+        record = store.get_run("r")
+        assert record is not None  # now "running" in the holder, as far as the journal says
+        store.write([dataclasses.replace(record, status="running", finished_at=None,
+                                         pid=holder.pid, host=socket.gethostname(),
+                                         heartbeat=time.time() + 60)])
+        began = time.monotonic()
+        cancel = subprocess.Popen(
+            [sys.executable, "-m", "shoal.cli.app", "cancel", "r", "--store", str(path),
+             "--wait", "100"], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stderr=subprocess.PIPE, text=True)
+        while not store.open_cancel_requests("r"):  # it asked; the run never looks
+            assert time.monotonic() - began < 60
+            time.sleep(0.05)
+        holder.kill()
+        holder.wait()
+        _, err = cancel.communicate(timeout=60)
+        assert cancel.returncode == 1, err
+        assert err == "run r is not running (it is interrupted); resume it with: shoal resume r\n"
+        assert time.monotonic() - began < 60  # not the 100 s it was willing to wait
+    finally:
+        holder.kill()
+        holder.wait()

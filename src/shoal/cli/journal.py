@@ -413,26 +413,46 @@ def cancel_command(
         raise typer.Exit(_fail(str(exc), False)) from None
     status = live_status(record)
     if status != "running":
-        hint = f"; resume it with: shoal resume {run_id}" if status == "interrupted" else ""
-        sys.stderr.write(clean(f"run {run_id} is not running (it is {status}){hint}") + "\n")
-        raise typer.Exit(EXIT_FAILED)
-    journal.request_cancel(run_id, nodes or (), reason=reason)
+        _not_running(run_id, status)
     what = f"node(s) {', '.join(nodes)}" if nodes else "the run"
-    if wait and not _taken(journal, run_id, wait):
+    try:
+        journal.request_cancel(run_id, nodes or (), reason=reason)
+        late = _not_taken(journal, run_id, wait) if wait else None
+    except ShoalError as exc:
+        raise typer.Exit(_fail(str(exc), False)) from None
+    if late == "waiting":
         sys.stderr.write(clean(f"asked to cancel {what} of {run_id}, but the run has not taken "
                                f"the request within {wait:g} s; it will when it next looks") + "\n")
         raise typer.Exit(EXIT_FAILED)
+    if late is not None:  # it ended (or died) before it looked: the request will be dropped
+        _not_running(run_id, late)
     sys.stderr.write(clean(f"cancelled {what} of run {run_id}" if wait else
                            f"asked to cancel {what} of run {run_id}") + "\n")
 
 
-def _taken(journal: SQLiteStore, run_id: str, wait: float) -> bool:
+def _not_running(run_id: str, status: str) -> None:
+    """Say that ``run_id`` is not running (it is ``status``) and exit with code 1."""
+    hint = f"; resume it with: shoal resume {run_id}" if status == "interrupted" else ""
+    sys.stderr.write(clean(f"run {run_id} is not running (it is {status}){hint}") + "\n")
+    raise typer.Exit(EXIT_FAILED)
+
+
+def _not_taken(journal: SQLiteStore, run_id: str, wait: float) -> str | None:
+    """Why the run has not taken the cancel request (``None``: it has).
+
+    ``"waiting"`` after ``wait`` seconds, or the run's status if it stopped running first
+    (finished, interrupted).
+    """
     deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        if not journal.open_cancel_requests(run_id):
-            return True
+    while journal.open_cancel_requests(run_id):
+        record = journal.get_run(run_id)
+        status = live_status(record) if record is not None else "gone"
+        if status != "running":
+            return status
+        if time.monotonic() >= deadline:
+            return "waiting"
         time.sleep(0.05)
-    return False
+    return None
 
 
 # ---- shoal resume ---------------------------------------------------------------------------
@@ -489,6 +509,10 @@ def resume_command(
         if record.damaged:
             raise JournalDamagedError(f"run {run_id!r} in {str(store)!r}; it cannot be resumed",
                                       [record.damaged])
+        agent = _agent_of_step(journal, run_id)
+        if agent is not None:  # a step resumed alone would lose its place in the agent's tree
+            raise ShoalError(f"run {run_id!r} is a step of agent run {agent!r}; resume the "
+                             f"agent run: shoal resume {agent}")
         if not force:  # say so before loading anything; the resume itself claims the run
             journal.claim_run(run_id).release()
         if is_agent_record(record):
@@ -511,6 +535,15 @@ def resume_command(
         settings.get("process_workers"), store, run_id, tuple(rerun_in_doubt or ()), done,
         force)
     raise typer.Exit(run_plan(options))
+
+
+def _agent_of_step(journal: SQLiteStore, run_id: str) -> str | None:
+    """The agent run whose step ``run_id`` is (``RUN/lead/turn-1``), if it is one."""
+    root = run_id.split("/", 1)[0]
+    if root == run_id:
+        return None
+    record = journal.get_run(root)
+    return root if record is not None and is_agent_record(record) else None
 
 
 def _recorded_plan(record: RunRecord, store: Path) -> Path:

@@ -121,14 +121,24 @@ def record_beats(record: RunRecord, now: float | None = None) -> bool:
 
 
 def process_alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists on this machine (under any user)."""
+    """Whether a process ``pid`` runs on this machine (under any user); a zombie does not."""
     try:
         os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
         return False
     except PermissionError:  # it exists, under another user
-        return True
-    return True
+        pass
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Whether ``pid`` has ended but not been reaped yet (Linux; elsewhere: not known)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return False
+    # "pid (command) state ...": the command may hold spaces and parentheses
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
 class LocalClaims:
