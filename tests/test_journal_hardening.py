@@ -183,3 +183,24 @@ def test_shoal_cancel_of_a_run_that_dies_while_it_waits_says_so_at_once(tmp_path
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_resume_whose_plan_file_is_unreadable_uses_the_copy_in_the_journal(
+        tmp_path: Path) -> None:
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(
+        "nodes:\n  - {id: a, tool: 'tests.test_journal_hardening:echo', args: {text: hi}}\n")
+    store = str(tmp_path / "runs.db")
+    assert shoal_cli("run", "plan.yaml", "--store", store, cwd=tmp_path).returncode == 0
+    run_id = json.loads(shoal_cli("runs", "--store", store, "--json", cwd=tmp_path).stdout)[0][
+        "run_id"]
+    plan_file.unlink()
+    for spoil, why in ((plan_file.mkdir, "cannot be read (Is a directory)"),
+                       (lambda: plan_file.write_bytes(b"\xff\xfe"), "is no longer UTF-8 text")):
+        spoil()
+        resumed = shoal_cli("resume", run_id, "--store", store, cwd=tmp_path)
+        assert resumed.returncode == 0, resumed.stderr
+        assert f"plan.yaml {why}; resuming with the copy kept in the journal" in resumed.stderr
+        assert "Traceback" not in resumed.stderr
+        if plan_file.is_dir():
+            plan_file.rmdir()

@@ -554,19 +554,41 @@ def _recorded_plan(record: RunRecord, store: Path) -> Path:
                          f"from Python with Runtime.resume")
     _on_path(str(source.get("cwd") or ""))
     path = Path(str(source["path"]))
-    if path.exists():
-        text = path.read_text(encoding="utf-8")
+    text, why = _plan_text(path)
+    if text is not None:
         if hashlib.sha256(text.encode("utf-8")).hexdigest() != source.get("sha256"):
             sys.stderr.write(f"note: {clean(str(path))} changed since the run started; resuming "
                              f"only if it still describes the same plan\n")
         return path
     if "text" not in source:
-        raise ShoalError(f"the plan file {str(path)!r} of run {record.run_id!r} is gone")
-    copy = store.parent / f"plan-{record.run_id}{path.suffix}"
-    copy.write_text(str(source["text"]), encoding="utf-8")
-    sys.stderr.write(f"note: {clean(str(path))} is gone; resuming with the copy kept in the "
-                     f"journal ({clean(str(copy))})\n")
+        raise ShoalError(f"the plan file {str(path)!r} of run {record.run_id!r} {why}")
+    copy = store.parent / f"plan-{_file_safe(record.run_id)}{path.suffix}"
+    try:
+        copy.write_text(str(source["text"]), encoding="utf-8", errors="surrogatepass")
+    except OSError as exc:
+        raise ShoalError(f"the plan file {str(path)!r} of run {record.run_id!r} {why}, and "
+                         f"the copy kept in the journal cannot be written to {str(copy)!r}: "
+                         f"{exc.strerror or exc}") from None
+    sys.stderr.write(f"note: {clean(str(path))} {clean(why)}; resuming with the copy kept in "
+                     f"the journal ({clean(str(copy))})\n")
     return copy
+
+
+def _plan_text(path: Path) -> tuple[str | None, str]:
+    """The text of the plan file at ``path``, or ``None`` and why it cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8"), ""
+    except FileNotFoundError:
+        return None, "is gone"
+    except UnicodeDecodeError:
+        return None, "is no longer UTF-8 text"
+    except OSError as exc:
+        return None, f"cannot be read ({exc.strerror or exc})"
+
+
+def _file_safe(run_id: str) -> str:
+    """``run_id`` as part of a file name: what a file name cannot hold becomes ``_``."""
+    return "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in run_id)
 
 
 def _on_path(recorded_cwd: str) -> None:
