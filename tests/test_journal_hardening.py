@@ -204,3 +204,38 @@ def test_resume_whose_plan_file_is_unreadable_uses_the_copy_in_the_journal(
         assert "Traceback" not in resumed.stderr
         if plan_file.is_dir():
             plan_file.rmdir()
+
+
+class Refusing:
+    """Loads from a pickle only while :data:`LOADS` says so (its code changed meanwhile)."""
+
+    def __init__(self) -> None:
+        self.state = 1
+
+    def __setstate__(self, state: dict[str, int]) -> None:
+        if not LOADS:
+            raise TypeError("Refusing() takes a newer state")
+        self.__dict__.update(state)
+
+
+LOADS = True
+
+
+@shoal.tool
+def refusing() -> Refusing:
+    """A value whose class will refuse its pickle."""
+    return Refusing()
+
+
+def test_a_pickle_its_changed_class_refuses_is_in_doubt_not_damage(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   ) -> None:
+    plan = shoal.Plan(name="p")
+    plan.add(refusing, {}, node_id="r")
+    assert shoal.Runtime(store=SQLiteStore(tmp_path / "runs.db")).run_sync(plan, run_id="x").ok
+    monkeypatch.setattr(sys.modules[__name__], "LOADS", False)
+    stored = SQLiteStore(tmp_path / "runs.db").outcomes("x")["r"]
+    assert not stored.damaged and not stored.replayable and stored.encoding == "pickle"
+    resumed = shoal.Runtime(store=SQLiteStore(tmp_path / "runs.db")).resume_sync("x", plan)
+    assert resumed["r"].status == "in_doubt"
+    assert "journaled as a pickle that does not load here" in resumed["r"].reason
