@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -239,3 +240,43 @@ def test_a_pickle_its_changed_class_refuses_is_in_doubt_not_damage(tmp_path: Pat
     resumed = shoal.Runtime(store=SQLiteStore(tmp_path / "runs.db")).resume_sync("x", plan)
     assert resumed["r"].status == "in_doubt"
     assert "journaled as a pickle that does not load here" in resumed["r"].reason
+
+
+@pytest.mark.parametrize(("edit", "problem"), [
+    ({"path": 7}, "runs.source: 'path' is 7, not str"),
+    ({"settings": [1]}, "runs.source: 'settings' is [1], not dict or NoneType"),
+    ({"settings": {"max_concurrency": "many"}},
+     "runs.source.settings: 'max_concurrency' is 'many', not int or NoneType"),
+])
+def test_resume_of_a_run_whose_source_was_edited_reports_the_damage(
+        tmp_path: Path, edit: dict[str, object], problem: str) -> None:
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(
+        "nodes:\n  - {id: a, tool: 'tests.test_journal_hardening:echo', args: {text: hi}}\n")
+    store = tmp_path / "runs.db"
+    assert shoal_cli("run", "plan.yaml", "--store", str(store), cwd=tmp_path).returncode == 0
+    with sqlite3.connect(store) as db:
+        run_id, source = db.execute("SELECT run_id, source FROM runs").fetchone()
+        db.execute("UPDATE runs SET source = ?", (json.dumps(json.loads(source) | edit),))
+    db.close()
+    resumed = shoal_cli("resume", run_id, "--store", str(store), cwd=tmp_path)
+    assert resumed.returncode == 2, resumed.stderr
+    assert resumed.stderr.startswith("error: the journal is damaged") and problem in resumed.stderr
+
+
+def test_resume_of_an_agent_run_whose_source_lost_its_target_reports_the_damage(
+        tmp_path: Path) -> None:
+    store = tmp_path / "runs.db"
+    shoal_cli("run", str(ROOT / "tests/newcomer_agents.py:unlucky"), "look up a and b",
+              "--store", str(store), cwd=ROOT)
+    with sqlite3.connect(store) as db:
+        run_id, source = db.execute("SELECT run_id, source FROM runs WHERE run_id NOT LIKE "
+                                    "'%/%'").fetchone()
+        data = json.loads(source)
+        del data["target"]
+        db.execute("UPDATE runs SET source = ? WHERE run_id = ?", (json.dumps(data), run_id))
+    db.close()
+    resumed = shoal_cli("resume", run_id, "--store", str(store), cwd=ROOT)
+    assert resumed.returncode == 2, resumed.stderr
+    assert "runs.source: 'target' is missing" in resumed.stderr
+    assert "Traceback" not in resumed.stderr

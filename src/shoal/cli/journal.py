@@ -515,6 +515,7 @@ def resume_command(
                              f"agent run: shoal resume {agent}")
         if not force:  # say so before loading anything; the resume itself claims the run
             journal.claim_run(run_id).release()
+        _check_source(record, store)
         if is_agent_record(record):
             source = record.source
             _on_path(str(source.get("cwd") or ""))
@@ -535,6 +536,48 @@ def resume_command(
         settings.get("process_workers"), store, run_id, tuple(rerun_in_doubt or ()), done,
         force)
     raise typer.Exit(run_plan(options))
+
+
+# what resume reads from a run's recorded source, by kind of run: field -> allowed types
+_AGENT_SOURCE: dict[str, tuple[type, ...]] = {
+    "target": (str,), "prompt": (str,), "model": (str, type(None)), "cwd": (str, type(None))}
+_PLAN_SOURCE: dict[str, tuple[type, ...]] = {
+    "path": (str,), "text": (str,), "sha256": (str, type(None)), "cwd": (str, type(None)),
+    "settings": (dict, type(None))}
+_SETTINGS: dict[str, tuple[type, ...]] = {
+    "max_concurrency": (int, type(None)), "executor": (str, type(None)),
+    "process_workers": (int, type(None))}
+
+
+def _check_source(record: RunRecord, store: Path) -> None:
+    """Raise :class:`JournalDamagedError` if the run's source is not what shoal wrote there.
+
+    Resume reads the plan file's path, the agent's target and prompt, and the settings from
+    it; a hand edit that changed them would continue the run as it never started.
+    """
+    agent = is_agent_record(record)
+    fields = _AGENT_SOURCE if agent else _PLAN_SOURCE
+    problems = _wrong_fields("runs.source", record.source, fields, required=agent)
+    settings = record.source.get("settings")
+    if isinstance(settings, dict):
+        problems += _wrong_fields("runs.source.settings", settings, _SETTINGS, required=False)
+    if problems:
+        raise JournalDamagedError(f"run {record.run_id!r} in {str(store)!r}; it cannot be "
+                                  f"resumed", problems)
+
+
+def _wrong_fields(where: str, data: Mapping[str, Any], fields: Mapping[str, tuple[type, ...]],
+                  *, required: bool) -> list[str]:
+    """What in ``data`` is missing (when ``required``) or of a type ``fields`` does not allow."""
+    problems = []
+    for name, kinds in fields.items():
+        if name not in data:
+            if required and type(None) not in kinds:
+                problems.append(f"{where}: {name!r} is missing")
+        elif type(data[name]) not in kinds:
+            problems.append(f"{where}: {name!r} is {one_line(repr(data[name]), 60)}, not "
+                            f"{' or '.join(k.__name__ for k in kinds)}")
+    return problems
 
 
 def _agent_of_step(journal: SQLiteStore, run_id: str) -> str | None:
