@@ -209,3 +209,19 @@ def test_a_lock_left_by_a_dead_process_does_not_block_resume(live_dir: Path) -> 
     result = shoal.Runtime(store=live_dir / "runs.db").resume_sync("live", build_plan())
     assert result["b"].status == "in_doubt" and result["a"].status == "ok"
     assert not list((live_dir / "runs.db-locks").iterdir())  # released locks leave no file
+
+
+def test_a_live_run_whose_lock_folder_was_deleted_is_still_refused(live_dir: Path) -> None:
+    proc = _start(live_dir, "run", 3)
+    try:
+        _wait_for(lambda: "b" in _lines(live_dir, "started"))
+        for lock in (live_dir / "runs.db-locks").iterdir():  # someone tidies up the folder
+            lock.unlink()
+        (live_dir / "runs.db-locks").rmdir()
+        with pytest.raises(shoal.RunActiveError, match="heartbeat is fresh") as caught:
+            shoal.Runtime(store=live_dir / "runs.db").resume_sync("live", build_plan())
+        assert caught.value.pid == proc.pid
+        assert _last_json(proc) == {"a": "ok", "b": "ok", "c": "ok"}
+    finally:
+        proc.kill()
+    assert Counter(_lines(live_dir, "effects")) == Counter({"a": 1, "b": 1, "c": 1})

@@ -31,7 +31,13 @@ from shoal.cli.render import ID_WIDTH, STATUS_STYLES, detail, seconds
 from shoal.cli.safe import clean, one_line
 from shoal.cli.safe import console as safe_console
 from shoal.cli.safe import text as safe_text
-from shoal.exceptions import JournalDamagedError, RunActiveError, ShoalError
+from shoal.exceptions import (
+    JournalDamagedError,
+    RunActiveError,
+    ShoalError,
+    StoreError,
+    StoreVersionError,
+)
 from shoal.outcome import STATUSES, jsonable
 from shoal.store.base import ApprovalRecord, AttemptRecord, RunRecord, StoredOutcome
 from shoal.store.claims import process_alive as _alive
@@ -69,12 +75,28 @@ def live_status(record: RunRecord, now: float | None = None) -> str:
 
 
 
-def open_journal(path: Path, *, must_exist: bool = True) -> SQLiteStore:
-    """The journal at ``path``; raises :class:`ShoalError` when there is none or it is unusable."""
+def open_journal(path: Path, *, must_exist: bool = True,
+                 read_only: bool = False) -> SQLiteStore:
+    """The journal at ``path``; raises :class:`ShoalError` when there is none or it is unusable.
+
+    With ``read_only``, a journal that cannot be opened for writing (a read-only file or file
+    system) is opened for reading.
+    """
     if must_exist and not path.exists():
         raise ShoalError(f"no journal at {str(path)!r} (shoal run writes one there; "
                          f"--store names another)")
-    return SQLiteStore(path, keep_events=True)
+    try:
+        return SQLiteStore(path, keep_events=True)
+    except (StoreVersionError, JournalDamagedError):
+        raise
+    except StoreError:
+        if not read_only:
+            raise
+        try:
+            return SQLiteStore(path, keep_events=True, read_only=True)
+        except StoreError:
+            pass
+        raise  # the first error says best why the file cannot be used
 
 
 def parse_mark_done(items: Sequence[str]) -> dict[str, Any]:
@@ -144,7 +166,7 @@ def runs_command(store: StoreOption = DEFAULT_PATH, as_json: JsonOption = False,
     """List runs from the journal, newest first: status, nodes, duration."""
     try:
         # an agent run's steps have ids below the run's ("RUN/lead/model-1"): hidden by default
-        journal = open_journal(store)
+        journal = open_journal(store, read_only=True)
         found = journal.list_runs(limit if steps else limit * 50)
         records = _with_source(journal, [r for r in found if steps or "/" not in r.run_id][:limit])
     except ShoalError as exc:
@@ -212,7 +234,7 @@ def show_command(run_id: Annotated[str, typer.Argument(metavar="RUN_ID", show_de
                  store: StoreOption = DEFAULT_PATH, as_json: JsonOption = False) -> None:
     """Show one run: outcomes, timings, edges and their reasons, approvals and who decided."""
     try:
-        journal = open_journal(store)
+        journal = open_journal(store, read_only=True)
         record = journal.get_run(run_id)
         if record is None:
             raise ShoalError(f"no run {run_id!r} in {str(store)!r} (shoal runs lists them)")
@@ -391,26 +413,46 @@ def cancel_command(
         raise typer.Exit(_fail(str(exc), False)) from None
     status = live_status(record)
     if status != "running":
-        hint = f"; resume it with: shoal resume {run_id}" if status == "interrupted" else ""
-        sys.stderr.write(clean(f"run {run_id} is not running (it is {status}){hint}") + "\n")
-        raise typer.Exit(EXIT_FAILED)
-    journal.request_cancel(run_id, nodes or (), reason=reason)
+        _not_running(run_id, status)
     what = f"node(s) {', '.join(nodes)}" if nodes else "the run"
-    if wait and not _taken(journal, run_id, wait):
+    try:
+        journal.request_cancel(run_id, nodes or (), reason=reason)
+        late = _not_taken(journal, run_id, wait) if wait else None
+    except ShoalError as exc:
+        raise typer.Exit(_fail(str(exc), False)) from None
+    if late == "waiting":
         sys.stderr.write(clean(f"asked to cancel {what} of {run_id}, but the run has not taken "
                                f"the request within {wait:g} s; it will when it next looks") + "\n")
         raise typer.Exit(EXIT_FAILED)
+    if late is not None:  # it ended (or died) before it looked: the request will be dropped
+        _not_running(run_id, late)
     sys.stderr.write(clean(f"cancelled {what} of run {run_id}" if wait else
                            f"asked to cancel {what} of run {run_id}") + "\n")
 
 
-def _taken(journal: SQLiteStore, run_id: str, wait: float) -> bool:
+def _not_running(run_id: str, status: str) -> None:
+    """Say that ``run_id`` is not running (it is ``status``) and exit with code 1."""
+    hint = f"; resume it with: shoal resume {run_id}" if status == "interrupted" else ""
+    sys.stderr.write(clean(f"run {run_id} is not running (it is {status}){hint}") + "\n")
+    raise typer.Exit(EXIT_FAILED)
+
+
+def _not_taken(journal: SQLiteStore, run_id: str, wait: float) -> str | None:
+    """Why the run has not taken the cancel request (``None``: it has).
+
+    ``"waiting"`` after ``wait`` seconds, or the run's status if it stopped running first
+    (finished, interrupted).
+    """
     deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        if not journal.open_cancel_requests(run_id):
-            return True
+    while journal.open_cancel_requests(run_id):
+        record = journal.get_run(run_id)
+        status = live_status(record) if record is not None else "gone"
+        if status != "running":
+            return status
+        if time.monotonic() >= deadline:
+            return "waiting"
         time.sleep(0.05)
-    return False
+    return None
 
 
 # ---- shoal resume ---------------------------------------------------------------------------
@@ -467,8 +509,13 @@ def resume_command(
         if record.damaged:
             raise JournalDamagedError(f"run {run_id!r} in {str(store)!r}; it cannot be resumed",
                                       [record.damaged])
+        agent = _agent_of_step(journal, run_id)
+        if agent is not None:  # a step resumed alone would lose its place in the agent's tree
+            raise ShoalError(f"run {run_id!r} is a step of agent run {agent!r}; resume the "
+                             f"agent run: shoal resume {agent}")
         if not force:  # say so before loading anything; the resume itself claims the run
             journal.claim_run(run_id).release()
+        _check_source(record, store)
         if is_agent_record(record):
             source = record.source
             _on_path(str(source.get("cwd") or ""))
@@ -491,6 +538,57 @@ def resume_command(
     raise typer.Exit(run_plan(options))
 
 
+# what resume reads from a run's recorded source, by kind of run: field -> allowed types
+_AGENT_SOURCE: dict[str, tuple[type, ...]] = {
+    "target": (str,), "prompt": (str,), "model": (str, type(None)), "cwd": (str, type(None))}
+_PLAN_SOURCE: dict[str, tuple[type, ...]] = {
+    "path": (str,), "text": (str,), "sha256": (str, type(None)), "cwd": (str, type(None)),
+    "settings": (dict, type(None))}
+_SETTINGS: dict[str, tuple[type, ...]] = {
+    "max_concurrency": (int, type(None)), "executor": (str, type(None)),
+    "process_workers": (int, type(None))}
+
+
+def _check_source(record: RunRecord, store: Path) -> None:
+    """Raise :class:`JournalDamagedError` if the run's source is not what shoal wrote there.
+
+    Resume reads the plan file's path, the agent's target and prompt, and the settings from
+    it; a hand edit that changed them would continue the run as it never started.
+    """
+    agent = is_agent_record(record)
+    fields = _AGENT_SOURCE if agent else _PLAN_SOURCE
+    problems = _wrong_fields("runs.source", record.source, fields, required=agent)
+    settings = record.source.get("settings")
+    if isinstance(settings, dict):
+        problems += _wrong_fields("runs.source.settings", settings, _SETTINGS, required=False)
+    if problems:
+        raise JournalDamagedError(f"run {record.run_id!r} in {str(store)!r}; it cannot be "
+                                  f"resumed", problems)
+
+
+def _wrong_fields(where: str, data: Mapping[str, Any], fields: Mapping[str, tuple[type, ...]],
+                  *, required: bool) -> list[str]:
+    """What in ``data`` is missing (when ``required``) or of a type ``fields`` does not allow."""
+    problems = []
+    for name, kinds in fields.items():
+        if name not in data:
+            if required and type(None) not in kinds:
+                problems.append(f"{where}: {name!r} is missing")
+        elif type(data[name]) not in kinds:
+            problems.append(f"{where}: {name!r} is {one_line(repr(data[name]), 60)}, not "
+                            f"{' or '.join(k.__name__ for k in kinds)}")
+    return problems
+
+
+def _agent_of_step(journal: SQLiteStore, run_id: str) -> str | None:
+    """The agent run whose step ``run_id`` is (``RUN/lead/turn-1``), if it is one."""
+    root = run_id.split("/", 1)[0]
+    if root == run_id:
+        return None
+    record = journal.get_run(root)
+    return root if record is not None and is_agent_record(record) else None
+
+
 def _recorded_plan(record: RunRecord, store: Path) -> Path:
     """The run's plan file; if it is gone, a copy of the text the journal kept."""
     source = record.source
@@ -499,19 +597,41 @@ def _recorded_plan(record: RunRecord, store: Path) -> Path:
                          f"from Python with Runtime.resume")
     _on_path(str(source.get("cwd") or ""))
     path = Path(str(source["path"]))
-    if path.exists():
-        text = path.read_text(encoding="utf-8")
+    text, why = _plan_text(path)
+    if text is not None:
         if hashlib.sha256(text.encode("utf-8")).hexdigest() != source.get("sha256"):
             sys.stderr.write(f"note: {clean(str(path))} changed since the run started; resuming "
                              f"only if it still describes the same plan\n")
         return path
     if "text" not in source:
-        raise ShoalError(f"the plan file {str(path)!r} of run {record.run_id!r} is gone")
-    copy = store.parent / f"plan-{record.run_id}{path.suffix}"
-    copy.write_text(str(source["text"]), encoding="utf-8")
-    sys.stderr.write(f"note: {clean(str(path))} is gone; resuming with the copy kept in the "
-                     f"journal ({clean(str(copy))})\n")
+        raise ShoalError(f"the plan file {str(path)!r} of run {record.run_id!r} {why}")
+    copy = store.parent / f"plan-{_file_safe(record.run_id)}{path.suffix}"
+    try:
+        copy.write_text(str(source["text"]), encoding="utf-8", errors="surrogatepass")
+    except OSError as exc:
+        raise ShoalError(f"the plan file {str(path)!r} of run {record.run_id!r} {why}, and "
+                         f"the copy kept in the journal cannot be written to {str(copy)!r}: "
+                         f"{exc.strerror or exc}") from None
+    sys.stderr.write(f"note: {clean(str(path))} {clean(why)}; resuming with the copy kept in "
+                     f"the journal ({clean(str(copy))})\n")
     return copy
+
+
+def _plan_text(path: Path) -> tuple[str | None, str]:
+    """The text of the plan file at ``path``, or ``None`` and why it cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8"), ""
+    except FileNotFoundError:
+        return None, "is gone"
+    except UnicodeDecodeError:
+        return None, "is no longer UTF-8 text"
+    except OSError as exc:
+        return None, f"cannot be read ({exc.strerror or exc})"
+
+
+def _file_safe(run_id: str) -> str:
+    """``run_id`` as part of a file name: what a file name cannot hold becomes ``_``."""
+    return "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in run_id)
 
 
 def _on_path(recorded_cwd: str) -> None:

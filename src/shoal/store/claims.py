@@ -45,7 +45,7 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 __all__ = ["HEARTBEAT_STALE", "FileClaim", "LocalClaims", "RunClaim", "claim_run",
-           "claim_run_nothing", "process_alive", "record_is_live"]
+           "claim_run_nothing", "process_alive", "record_beats", "record_is_live"]
 
 log = logging.getLogger("shoal")
 
@@ -107,15 +107,38 @@ def record_is_live(record: RunRecord, now: float | None = None) -> bool:
     return now - max(record.heartbeat, record.started_at) <= HEARTBEAT_STALE
 
 
+def record_beats(record: RunRecord, now: float | None = None) -> bool:
+    """Whether another live process runs ``record`` and keeps its heartbeat fresh.
+
+    The second sign of life beside a run's lock: should the lock file be taken from under its
+    holder (its folder deleted), the holder is still known by its pid and heartbeat.
+    """
+    if record.pid == os.getpid() and record.host == socket.gethostname():
+        return False  # this process: its own claims say whether it runs the run
+    now = time.time() if now is None else now
+    fresh = now - max(record.heartbeat, record.started_at) <= HEARTBEAT_STALE
+    return fresh and record_is_live(record, now)
+
+
 def process_alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists on this machine (under any user)."""
+    """Whether a process ``pid`` runs on this machine (under any user); a zombie does not."""
     try:
         os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
         return False
     except PermissionError:  # it exists, under another user
-        return True
-    return True
+        pass
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Whether ``pid`` has ended but not been reaped yet (Linux; elsewhere: not known)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return False
+    # "pid (command) state ...": the command may hold spaces and parentheses
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
 class LocalClaims:

@@ -372,10 +372,23 @@ def decode_value(encoding: str, payload: bytes, view: str | None) -> tuple[Any, 
             return pickle.loads(payload), True  # the journal is trusted: see the module doc
         except (ImportError, AttributeError):  # its class is gone or renamed: show the view
             return view_value(view), False
-        except Exception as exc:  # a truncated or overwritten pickle
+        except Exception as exc:
+            if _raised_by_its_code(exc):  # its class changed (a __setstate__ that refuses)
+                return view_value(view), False
+            # a truncated or overwritten pickle
             raise DamagedValueError(f"the pickle does not load ({type(exc).__name__}: "
                                     f"{str(exc)[:200]})") from None
     return view_value(view if view is not None else payload.decode("utf-8")), False
+
+
+def _raised_by_its_code(exc: BaseException) -> bool:
+    """Whether ``exc`` came from Python code the unpickler called (the value's own classes).
+
+    The unpickler is C code: an error of its own (a truncated or garbled pickle) has no frame
+    below the one that called ``pickle.loads``.
+    """
+    frame = exc.__traceback__
+    return frame is not None and frame.tb_next is not None
 
 
 class DamagedValueError(ValueError):

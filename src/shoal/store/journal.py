@@ -67,10 +67,12 @@ class Journal:
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()  # batches, or None: stop
         self._thread: threading.Thread | None = None
         self._stopped: asyncio.Future[None] | None = None
+        self._opened_at = 0.0  # cancel requests older than this session are not for it
 
     def open(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start journaling on ``loop`` (starts the writer thread for a durable store)."""
         self._loop = loop
+        self._opened_at = time.time()
         if self.durable:
             self._stopped = loop.create_future()
             self._thread = threading.Thread(target=self._write_loop, daemon=True,
@@ -192,6 +194,10 @@ class Journal:
         try:
             if self._on_cancel is not None:
                 for request in self.store.take_cancel_requests(self.run_id):
+                    if request.requested_at < self._opened_at:  # for a session now gone
+                        log.info("run %s: a cancel request made before this session began is "
+                                 "dropped", self.run_id)
+                        continue
                     self._call_loop(self._on_cancel, request)
             now = time.monotonic()
             if now >= next_beat:

@@ -130,10 +130,10 @@ def _doubt(node: Node, stored: StoredOutcome | None, in_flight: bool,
             into.rerun[node.id] = f"ended {status}"
             return ""
         if tool.policy.idempotent:
-            into.rerun[node.id] = "its result could not be stored; the tool is idempotent"
+            into.rerun[node.id] = f"{_unreplayable(stored)}; the tool is idempotent"
             return ""
-        return (f"it completed, but its result ({stored.encoding}) could not be stored for "
-                f"replay, and tool {tool.name!r} is not idempotent")
+        return (f"it completed, but {_unreplayable(stored)}, and tool {tool.name!r} is not "
+                f"idempotent")
     if not in_flight:
         return ""
     if tool.policy.idempotent:
@@ -142,6 +142,14 @@ def _doubt(node: Node, stored: StoredOutcome | None, in_flight: bool,
     return (f"in flight when the run stopped, and tool {tool.name!r} is not idempotent: it may "
             f"or may not have taken effect (run it again with rerun_in_doubt=[{node.id!r}] or "
             f"shoal resume --rerun-in-doubt {node.id})")
+
+
+def _unreplayable(stored: StoredOutcome) -> str:
+    """Why the stored value of ``stored`` cannot be replayed."""
+    if stored.encoding == "pickle":  # it was stored, but its classes do not load it here
+        return ("its result was journaled as a pickle that does not load here (its class was "
+                "moved, renamed or changed since)")
+    return f"its result ({stored.encoding}) could not be stored for replay"
 
 
 def _where(store: Store) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -28,6 +29,7 @@ from shoal import __version__
 from shoal.events import Event
 from shoal.exceptions import (
     JournalDamagedError,
+    RunActiveError,
     RunNotFoundError,
     StoreError,
     StoreVersionError,
@@ -49,7 +51,7 @@ from shoal.store.base import (
     RunRecord,
     StoredOutcome,
 )
-from shoal.store.claims import FileClaim, LocalClaims, RunClaim
+from shoal.store.claims import FileClaim, LocalClaims, RunClaim, record_beats
 from shoal.store.codec import DamagedValueError, decode_value, encode_value, view_value
 
 __all__ = ["DEFAULT_PATH", "SCHEMA_VERSION", "SQLiteStore"]
@@ -129,21 +131,23 @@ class SQLiteStore:
             outcomes already hold what resume and ``shoal show`` need, and events roughly
             double the journal's cost per call (``shoal run`` turns them on).
         timeout: seconds to wait for another process's lock before failing.
+        read_only: only read the file (``shoal runs`` and ``show`` of a journal on a read-only
+            file or file system); every write raises :class:`~shoal.exceptions.StoreError`.
     """
 
     durable = True
 
     def __init__(self, path: str | Path = DEFAULT_PATH, *, keep_events: bool = False,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, read_only: bool = False) -> None:
         self.path = str(path)
         self.keeps_events = keep_events
+        self.read_only = read_only and self.path != ":memory:"
         self._lock = threading.RLock()
         self._claims = LocalClaims()  # for ":memory:", which no other process can open
-        if self.path != ":memory:":
+        if self.path != ":memory:" and not self.read_only:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None,
-                                         check_same_thread=False)
+            self._conn = self._connect(timeout)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the journal {self.path!r}: {exc}") from exc
         try:
@@ -155,7 +159,28 @@ class SQLiteStore:
     def __repr__(self) -> str:
         return f"<SQLiteStore {self.path!r}>"
 
+    def _connect(self, timeout: float) -> sqlite3.Connection:
+        """The connection: read-write, or (``read_only``) as read-only as the file needs."""
+        if not self.read_only:
+            return sqlite3.connect(self.path, timeout=timeout, isolation_level=None,
+                                   check_same_thread=False)
+        if not Path(self.path).is_file():
+            raise sqlite3.OperationalError("no such file")
+        uri = Path(self.path).resolve().as_uri()
+        conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=timeout,
+                               isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
+        except sqlite3.OperationalError:  # WAL, and its shared memory file cannot be made
+            conn.close()  # the folder is read-only: no process can be writing the file
+            return sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None,
+                                   check_same_thread=False)
+        return conn
+
     def _setup(self) -> None:
+        if self.read_only:
+            self._check_readable()
+            return
         try:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
@@ -170,7 +195,19 @@ class SQLiteStore:
                 elif found > SCHEMA_VERSION:
                     raise StoreVersionError(self.path, found, SCHEMA_VERSION)
         except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path!r} is not a usable shoal journal: {exc}"
+                             f"{_read_only_note(self.path)}") from exc
+
+    def _check_readable(self) -> None:
+        """The version check of :meth:`_setup`, for a file this store only reads."""
+        try:
+            found = self._schema_version(_Bound(self._conn))
+        except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path!r} is not a usable shoal journal: {exc}") from exc
+        if found is None:
+            raise StoreError(f"{self.path!r} holds no shoal journal yet (it is empty)")
+        if found > SCHEMA_VERSION:
+            raise StoreVersionError(self.path, found, SCHEMA_VERSION)
 
     def _schema_version(self, db: _Bound) -> int | None:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -264,9 +301,26 @@ class SQLiteStore:
         # resolved: two paths to one journal (a symlink, another cwd) must meet at one lock
         folder = Path(f"{Path(self.path).resolve()}-locks")
         try:
-            return FileClaim.take(folder, run_id)
+            claim = FileClaim.take(folder, run_id)
         except OSError as exc:
             raise StoreError(f"cannot lock run {run_id!r} in {str(folder)!r}: {exc}") from exc
+        try:
+            self._refuse_if_beating(run_id)
+        except BaseException:
+            claim.release()
+            raise
+        return claim
+
+    def _refuse_if_beating(self, run_id: str) -> None:
+        """Refuse a run whose record shows a live holder although its lock file was free.
+
+        The lock file can be deleted under its holder (someone removed ``<journal>-locks/``);
+        the holder's pid and fresh heartbeat still say it runs.
+        """
+        record = self.get_run(run_id)
+        if record is not None and record_beats(record):
+            raise RunActiveError(run_id, record.pid, record.host,
+                                 "its heartbeat is fresh, though its lock file is gone")
 
     def heartbeat(self, run_id: str, at: float) -> None:
         """Note that a live runtime still runs ``run_id``."""
@@ -411,6 +465,16 @@ class SQLiteStore:
         """Close the connection (checkpointing the WAL into the main file)."""
         with self._lock:
             self._conn.close()
+
+
+def _read_only_note(path: str) -> str:
+    """Why a journal cannot be written, when the reason is that it is read-only."""
+    where = Path(path)
+    if path == ":memory:" or not where.is_file():
+        return ""
+    if not os.access(where, os.W_OK) or not os.access(where.resolve().parent, os.W_OK):
+        return " (the file or its folder is read-only; shoal runs and shoal show can read it)"
+    return ""
 
 
 def _split(records: Sequence[Record]) -> tuple[list[RunRecord], list[AttemptStarted],

@@ -1,0 +1,282 @@
+"""The journal under hostile conditions: read-only files, odd lock folders, hostile text.
+
+Every case runs the real ``shoal`` command in a subprocess on a real SQLite file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import shoal
+from shoal.exceptions import StoreError
+from shoal.store.claims import process_alive
+from shoal.store.sqlite import SQLiteStore
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shoal_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``shoal ARGS`` in ``cwd``, its output captured."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "shoal.cli.app", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+@shoal.tool
+def echo(text: str) -> str:
+    """Return ``text``."""
+    return text
+
+
+def journal_with_a_run(where: Path, run_id: str = "r1") -> Path:
+    """A journal at ``where`` holding one finished run ``run_id``."""
+    plan = shoal.Plan(name="p")
+    plan.add(echo, {"text": "hi"}, node_id="a")
+    path = where / "runs.db"
+    assert shoal.Runtime(store=SQLiteStore(path)).run_sync(plan, run_id=run_id).ok
+    return path
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """A folder whose files can be read but not written (a read-only bind mount as root)."""
+    source, mounted = tmp_path / "source", tmp_path / "ro"
+    source.mkdir()
+    mounted.mkdir()
+    journal_with_a_run(source)
+    (source / "plan.yaml").write_text(
+        "nodes:\n  - {id: a, tool: 'tests.test_journal_hardening:echo', args: {text: hi}}\n")
+    if os.geteuid() != 0:
+        (source / "runs.db").chmod(0o444)
+        source.chmod(0o555)
+        yield source
+        source.chmod(0o755)
+        return
+    mount = shutil.which("mount")
+    done = mount and subprocess.run(
+        [mount, "--bind", str(source), str(mounted)], capture_output=True, check=False)
+    if not done or done.returncode:
+        pytest.skip("cannot make a read-only folder here")
+    try:
+        if subprocess.run([mount, "-o", "remount,bind,ro", str(mounted)],  # type: ignore[list-item]
+                          capture_output=True, check=False).returncode:
+            pytest.skip("cannot remount read-only here")
+        yield mounted
+    finally:
+        subprocess.run(["umount", str(mounted)], capture_output=True, check=False)
+
+
+def test_a_read_only_journal_is_listed_and_shown_and_refused_for_writing(
+        read_only_dir: Path) -> None:
+    store = str(read_only_dir / "runs.db")
+    listed = shoal_cli("runs", "--store", store, "--json", cwd=read_only_dir)
+    assert listed.returncode == 0, listed.stderr
+    assert [r["run_id"] for r in json.loads(listed.stdout)] == ["r1"]
+    shown = shoal_cli("show", "r1", "--store", store, "--json", cwd=read_only_dir)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["outcomes"][0]["value"] == "hi"
+    for command in (["resume", "r1"], ["run", "plan.yaml"]):
+        refused = shoal_cli(*command, "--store", store, cwd=read_only_dir)
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.startswith("error: ") and refused.stderr.count("\n") == 1
+    with pytest.raises(StoreError, match="cannot write"):
+        SQLiteStore(store, read_only=True).heartbeat("r1", 1.0)
+
+
+def test_read_only_opening_refuses_what_is_not_a_journal(tmp_path: Path) -> None:
+    (tmp_path / "empty.db").write_bytes(b"")
+    with pytest.raises(StoreError, match="no shoal journal"):
+        SQLiteStore(tmp_path / "empty.db", read_only=True)
+    (tmp_path / "junk.db").write_bytes(b"junk" * 300)
+    with pytest.raises(StoreError, match="not a database"):
+        SQLiteStore(tmp_path / "junk.db", read_only=True)
+    with pytest.raises(StoreError, match="cannot open"):
+        SQLiteStore(tmp_path / "missing.db", read_only=True)
+
+
+def test_resuming_a_step_of_an_agent_run_names_the_agent_run(tmp_path: Path) -> None:
+    store = str(tmp_path / "runs.db")
+    done = shoal_cli("run", str(ROOT / "tests/newcomer_agents.py:unlucky"), "look up a and b",
+                     "--store", store, cwd=ROOT)
+    assert done.returncode in (0, 1), done.stderr
+    runs = json.loads(shoal_cli("runs", "--store", store, "--json", cwd=ROOT).stdout)
+    root = runs[0]["run_id"]
+    steps = json.loads(shoal_cli("runs", "--steps", "--store", store, "--json", cwd=ROOT).stdout)
+    step = next(r["run_id"] for r in steps if r["run_id"].endswith("/turn-1"))
+    refused = shoal_cli("resume", step, "--store", store, "--json", cwd=ROOT)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr == (f"error: run {step!r} is a step of agent run {root!r}; resume "
+                              f"the agent run: shoal resume {root}\n")
+    assert json.loads(refused.stdout)["error"] == "journal"
+
+
+@shoal.tool
+def flaky(marker: str, seconds: float) -> str:
+    """Fail until ``marker`` exists, then take ``seconds`` and succeed."""
+    if not Path(marker).exists():
+        raise RuntimeError("not yet")
+    time.sleep(seconds)
+    return "done"
+
+
+def test_a_cancel_request_the_run_never_took_does_not_cancel_its_resume(tmp_path: Path) -> None:
+    # shoal cancel raced the run's end: the request was written after the run stopped looking
+    marker = tmp_path / "fixed"
+    plan = shoal.Plan(name="p")
+    plan.add(flaky, {"marker": str(marker), "seconds": 1.0}, node_id="a")
+    store = SQLiteStore(tmp_path / "runs.db")
+    assert not shoal.Runtime(store=store).run_sync(plan, run_id="r").ok
+    store.request_cancel("r", reason="too late")
+    marker.touch()
+    resumed = shoal.Runtime(store=SQLiteStore(tmp_path / "runs.db")).resume_sync("r", plan)
+    assert resumed["a"].status == "ok", resumed["a"]
+    assert store.open_cancel_requests("r") == 0  # dropped, not left for a later session
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_a_process_that_ended_but_was_not_reaped_is_not_alive() -> None:
+    # a run killed with kill -9 stays a zombie until its parent reaps it: it runs nothing
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # ended, left unreaped
+    try:
+        assert not process_alive(child.pid)
+    finally:
+        child.wait()
+    assert process_alive(os.getpid())
+
+
+def test_shoal_cancel_of_a_run_that_dies_while_it_waits_says_so_at_once(tmp_path: Path) -> None:
+    path = journal_with_a_run(tmp_path, "r")
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        store = SQLiteStore(path)
+        record = store.get_run("r")
+        assert record is not None  # now "running" in the holder, as far as the journal says
+        store.write([dataclasses.replace(record, status="running", finished_at=None,
+                                         pid=holder.pid, host=socket.gethostname(),
+                                         heartbeat=time.time() + 60)])
+        began = time.monotonic()
+        cancel = subprocess.Popen(
+            [sys.executable, "-m", "shoal.cli.app", "cancel", "r", "--store", str(path),
+             "--wait", "100"], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stderr=subprocess.PIPE, text=True)
+        while not store.open_cancel_requests("r"):  # it asked; the run never looks
+            assert time.monotonic() - began < 60
+            time.sleep(0.05)
+        holder.kill()
+        holder.wait()
+        _, err = cancel.communicate(timeout=60)
+        assert cancel.returncode == 1, err
+        assert err == "run r is not running (it is interrupted); resume it with: shoal resume r\n"
+        assert time.monotonic() - began < 60  # not the 100 s it was willing to wait
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_resume_whose_plan_file_is_unreadable_uses_the_copy_in_the_journal(
+        tmp_path: Path) -> None:
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(
+        "nodes:\n  - {id: a, tool: 'tests.test_journal_hardening:echo', args: {text: hi}}\n")
+    store = str(tmp_path / "runs.db")
+    assert shoal_cli("run", "plan.yaml", "--store", store, cwd=tmp_path).returncode == 0
+    run_id = json.loads(shoal_cli("runs", "--store", store, "--json", cwd=tmp_path).stdout)[0][
+        "run_id"]
+    plan_file.unlink()
+    for spoil, why in ((plan_file.mkdir, "cannot be read (Is a directory)"),
+                       (lambda: plan_file.write_bytes(b"\xff\xfe"), "is no longer UTF-8 text")):
+        spoil()
+        resumed = shoal_cli("resume", run_id, "--store", store, cwd=tmp_path)
+        assert resumed.returncode == 0, resumed.stderr
+        assert f"plan.yaml {why}; resuming with the copy kept in the journal" in resumed.stderr
+        assert "Traceback" not in resumed.stderr
+        if plan_file.is_dir():
+            plan_file.rmdir()
+
+
+class Refusing:
+    """Loads from a pickle only while :data:`LOADS` says so (its code changed meanwhile)."""
+
+    def __init__(self) -> None:
+        self.state = 1
+
+    def __setstate__(self, state: dict[str, int]) -> None:
+        if not LOADS:
+            raise TypeError("Refusing() takes a newer state")
+        self.__dict__.update(state)
+
+
+LOADS = True
+
+
+@shoal.tool
+def refusing() -> Refusing:
+    """A value whose class will refuse its pickle."""
+    return Refusing()
+
+
+def test_a_pickle_its_changed_class_refuses_is_in_doubt_not_damage(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   ) -> None:
+    plan = shoal.Plan(name="p")
+    plan.add(refusing, {}, node_id="r")
+    assert shoal.Runtime(store=SQLiteStore(tmp_path / "runs.db")).run_sync(plan, run_id="x").ok
+    monkeypatch.setattr(sys.modules[__name__], "LOADS", False)
+    stored = SQLiteStore(tmp_path / "runs.db").outcomes("x")["r"]
+    assert not stored.damaged and not stored.replayable and stored.encoding == "pickle"
+    resumed = shoal.Runtime(store=SQLiteStore(tmp_path / "runs.db")).resume_sync("x", plan)
+    assert resumed["r"].status == "in_doubt"
+    assert "journaled as a pickle that does not load here" in resumed["r"].reason
+
+
+@pytest.mark.parametrize(("edit", "problem"), [
+    ({"path": 7}, "runs.source: 'path' is 7, not str"),
+    ({"settings": [1]}, "runs.source: 'settings' is [1], not dict or NoneType"),
+    ({"settings": {"max_concurrency": "many"}},
+     "runs.source.settings: 'max_concurrency' is 'many', not int or NoneType"),
+])
+def test_resume_of_a_run_whose_source_was_edited_reports_the_damage(
+        tmp_path: Path, edit: dict[str, object], problem: str) -> None:
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(
+        "nodes:\n  - {id: a, tool: 'tests.test_journal_hardening:echo', args: {text: hi}}\n")
+    store = tmp_path / "runs.db"
+    assert shoal_cli("run", "plan.yaml", "--store", str(store), cwd=tmp_path).returncode == 0
+    with sqlite3.connect(store) as db:
+        run_id, source = db.execute("SELECT run_id, source FROM runs").fetchone()
+        db.execute("UPDATE runs SET source = ?", (json.dumps(json.loads(source) | edit),))
+    db.close()
+    resumed = shoal_cli("resume", run_id, "--store", str(store), cwd=tmp_path)
+    assert resumed.returncode == 2, resumed.stderr
+    assert resumed.stderr.startswith("error: the journal is damaged") and problem in resumed.stderr
+
+
+def test_resume_of_an_agent_run_whose_source_lost_its_target_reports_the_damage(
+        tmp_path: Path) -> None:
+    store = tmp_path / "runs.db"
+    shoal_cli("run", str(ROOT / "tests/newcomer_agents.py:unlucky"), "look up a and b",
+              "--store", str(store), cwd=ROOT)
+    with sqlite3.connect(store) as db:
+        run_id, source = db.execute("SELECT run_id, source FROM runs WHERE run_id NOT LIKE "
+                                    "'%/%'").fetchone()
+        data = json.loads(source)
+        del data["target"]
+        db.execute("UPDATE runs SET source = ? WHERE run_id = ?", (json.dumps(data), run_id))
+    db.close()
+    resumed = shoal_cli("resume", run_id, "--store", str(store), cwd=ROOT)
+    assert resumed.returncode == 2, resumed.stderr
+    assert "runs.source: 'target' is missing" in resumed.stderr
+    assert "Traceback" not in resumed.stderr
