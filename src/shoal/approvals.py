@@ -38,7 +38,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
-from shoal.exceptions import ConfigError
+from shoal.exceptions import ConfigError, describe_exception
 from shoal.store.base import canonical_json
 
 if TYPE_CHECKING:
@@ -212,7 +212,7 @@ class CallbackApprover(Approver):
 
 
 def _raised(exc: Exception) -> Decision:
-    return Decision.deny(f"the approval callback raised {type(exc).__name__}: {exc}")
+    return Decision.deny(f"the approval callback raised {describe_exception(exc)}")
 
 
 def _as_decision(answer: object) -> Decision:
@@ -312,7 +312,7 @@ class RulesApprover(Approver):
                 matched = rule.matches(request)
             except Exception as exc:  # a predicate failed: say no rather than guess yes
                 return Decision.deny(f"rule {rule.tool!r} could not be checked: "
-                                     f"{type(exc).__name__}: {exc}")
+                                     f"{describe_exception(exc)}")
             if matched:
                 return rule.decision()
         return None

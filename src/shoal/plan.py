@@ -347,12 +347,16 @@ def topo_leftovers(preds: Mapping[str, set[str]]) -> set[str]:
             if indegree[s] == 0:
                 ready.append(s)
     left = {nid for nid, d in indegree.items() if d > 0}
-    # keep only nodes on a cycle: drop those merely downstream of one
-    changed = True
-    while changed:
-        changed = False
-        for nid in list(left):
-            if not any(s in left for s in succs[nid]):
-                left.discard(nid)
-                changed = True
+    # keep only nodes on a cycle: drop those merely downstream of one, sinks first (Kahn's
+    # algorithm again, backwards), so that a long chain behind a cycle costs linear time
+    outdegree = {nid: sum(1 for s in succs[nid] if s in left) for nid in left}
+    sinks = [nid for nid, d in outdegree.items() if d == 0]
+    while sinks:
+        nid = sinks.pop()
+        left.discard(nid)
+        for p in preds[nid]:
+            if p in left:
+                outdegree[p] -= 1
+                if outdegree[p] == 0:
+                    sinks.append(p)
     return left

@@ -33,7 +33,14 @@ from shoal.cli.render import announce
 from shoal.cli.safe import safe_str
 from shoal.cli.tree import AgentTree, render_tree
 from shoal.events import Event, JsonlSink, ModelRetrying, ModelServerStarted, ModelServerStarting
-from shoal.exceptions import AgentError, ConfigError, MissingAPIKeyError, ModelError, ShoalError
+from shoal.exceptions import (
+    AgentError,
+    ConfigError,
+    MissingAPIKeyError,
+    ModelError,
+    ShoalError,
+    describe_exception,
+)
 from shoal.models import resolve_model
 from shoal.models.base import Model
 from shoal.runtime import Runtime
@@ -120,7 +127,8 @@ def _import(module_name: str) -> Any:
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        raise ConfigError(f"cannot import {module_name!r}: {exc}; run shoal from the directory "
+        raise ConfigError(f"cannot import {module_name!r}: {describe_exception(exc)}; run shoal "
+                          "from the directory "
                           "that holds the package, or give a file path (dir/file.py:agent)"
                           ) from None
 
@@ -131,7 +139,7 @@ def _exec(loader: Any, module: Any, where: str) -> None:
     except ShoalError:
         raise
     except Exception as exc:
-        raise ConfigError(f"importing {where!r} failed: {type(exc).__name__}: {exc}") from None
+        raise ConfigError(f"importing {where!r} failed: {describe_exception(exc)}") from None
 
 
 def run_agent_target(options: AgentOptions, console: Console, live: bool) -> int:

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import sys
+import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -33,7 +34,7 @@ from shoal.cli.interrupt import EXIT_INTERRUPTED, CtrlC
 from shoal.cli.journal import register as register_journal_commands
 from shoal.cli.live import SHOW_CURSOR, LivePause, follow
 from shoal.cli.render import announce, plan_problems, render_result
-from shoal.cli.safe import clean, install_log_handler, one_line
+from shoal.cli.safe import clean, install_log_handler, one_line, shorten
 from shoal.cli.safe import console as safe_console
 from shoal.events import JsonlSink
 from shoal.exceptions import (
@@ -55,6 +56,7 @@ __all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_OK", "RunOptions", "app", "app
            "run_agent", "run_plan"]
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+USAGE_ERROR_WIDTH = 2000  # characters of a command-line error, which quotes what was typed
 
 app = typer.Typer(
     name="shoal",
@@ -428,7 +430,40 @@ def main() -> None:
     turns the KeyboardInterrupt into exit code 130 itself.
     """
     install_log_handler()  # the library's warnings quote node ids and errors: escape them
-    app()
+    try:
+        code = app(standalone_mode=False)  # so that errors come back here to be escaped
+    except typer.Abort:
+        sys.stderr.write("aborted\n")
+        code = EXIT_FAILED
+    except Exception as exc:
+        code = _command_line_error(exc) if _is_usage_error(exc) else _crashed()
+    sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+def _is_usage_error(exc: Exception) -> bool:
+    """Whether ``exc`` is click's word on a bad command line (typer may vendor click)."""
+    return callable(getattr(exc, "format_message", None)) and isinstance(
+        getattr(exc, "exit_code", None), int)
+
+
+def _command_line_error(exc: Any) -> int:
+    """Print a bad option or argument as click would, with what the user typed escaped."""
+    if type(exc).__name__ == "NoArgsIsHelpError":  # its message is the help text: ours
+        exc.show()
+        return int(exc.exit_code)
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None:
+        sys.stderr.write(f"{ctx.get_usage()}\nTry '{clean(ctx.command_path)} --help' for help."
+                         "\n")
+    message = shorten(clean(str(exc.format_message()), newlines=True), USAGE_ERROR_WIDTH)
+    sys.stderr.write(f"error: {message}\n")
+    return int(exc.exit_code)
+
+
+def _crashed() -> int:
+    """Print the traceback of a bug, escaped: its messages may quote anything."""
+    sys.stderr.write(clean(traceback.format_exc(), newlines=True))
+    return EXIT_FAILED
 
 
 if __name__ == "__main__":

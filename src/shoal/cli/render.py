@@ -35,6 +35,7 @@ ERRORS_SHOWN = 5  # errors printed in full below the table
 ERROR_WIDTH = 300
 PATH_SHOWN = 6  # longest critical path printed in full
 MESSAGE_WIDTH = 2000  # a problem's message, which may quote the plan file
+PROBLEMS_SHOWN = 50  # kinds of problem of a bad plan listed (--json lists all)
 ID_WIDTH = 60  # node ids and tool names longer than this are cut (--json has them whole)
 
 
@@ -176,7 +177,9 @@ def plan_problems(error: PlanError) -> str:
     source = f" {one_line(str(error.source), ERROR_WIDTH)}" if error.source else ""
     lines = [f"invalid plan{source}: {count} problem{'s' if count != 1 else ''}"]
     lines += [f"  - [{one_line(code, ID_WIDTH)}] {_where(nodes)}{_message(message)}"
-              for (code, message), nodes in groups.items()]
+              for (code, message), nodes in list(groups.items())[:PROBLEMS_SHOWN]]
+    if len(groups) > PROBLEMS_SHOWN:  # a plan of 100,000 broken nodes: the first say enough
+        lines.append(f"  ... and {len(groups) - PROBLEMS_SHOWN:,} more (--json lists them all)")
     return "\n".join(lines + _hints(set(groups)))
 
 

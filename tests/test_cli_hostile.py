@@ -1,0 +1,221 @@
+"""More hostile input for the ``shoal`` command: bad command lines, bugs, broken exceptions.
+
+Each case runs the real command in a subprocess and checks that nothing the input controls
+reaches the terminal unescaped, that the output stays bounded, and that the exit code says
+what happened; plus the plan checks that must stay fast and bounded on huge input.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from shoal.exceptions import MAX_PROBLEM_CHARS, PlanError, PlanProblem, describe_exception
+from shoal.planfile import plan_from_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+PAYLOAD = "A\x1b[6nB\x1b]0;PWN\x07C\x9b31mD\u202eE\x08F\rG[bold red]H\u200bI"
+RAW = ["\x1b", "\x07", "\x9b", "\u202e", "\x08", "\r", "\u200b"]
+
+
+def shoal(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    environ = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "120"}
+    return subprocess.run([sys.executable, "-m", "shoal.cli.app", *args], cwd=cwd, env=environ,
+                          capture_output=True, text=True, timeout=120, check=False,
+                          stdin=subprocess.DEVNULL, errors="surrogateescape")
+
+
+def raw_in(output: str) -> list[str]:
+    return [c for c in RAW if c in output]
+
+
+@pytest.mark.parametrize("args", [
+    ["run", "plan.json", f"--bogus{PAYLOAD}"],
+    ["run", "plan.json", "extra", PAYLOAD],
+    ["run", "plan.json", "--executor", PAYLOAD],
+    ["run", "plan.json", "--max-concurrency", PAYLOAD],
+    [f"nosuchcommand{PAYLOAD}"],
+    ["cancel", "x", "--wait", PAYLOAD],
+])
+def test_bad_command_lines_are_escaped(tmp_path: Path, args: list[str]) -> None:
+    proc = shoal(*args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert not raw_in(proc.stdout + proc.stderr), proc.stderr
+    assert "error: " in proc.stderr and "Usage: " in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_huge_bad_argument_gives_a_bounded_error(tmp_path: Path) -> None:
+    proc = shoal("run", "plan.json", "--executor", "x" * 100_000, cwd=tmp_path)
+    assert proc.returncode == 2 and len(proc.stderr) < 3000, len(proc.stderr)
+
+
+def test_help_and_version_still_work(tmp_path: Path) -> None:
+    assert shoal("--version", cwd=tmp_path).returncode == 0
+    helped = shoal("run", "--help", cwd=tmp_path)
+    assert helped.returncode == 0 and "PLAN_FILE" in helped.stdout
+    bare = shoal(cwd=tmp_path)
+    assert bare.returncode == 2 and "run" in bare.stdout + bare.stderr
+
+
+BROKEN_STR = textwrap.dedent('''
+    class Broken(Exception):
+        def __str__(self):
+            raise ValueError("\\x1b]0;PWN\\x07")
+
+    raise Broken()
+''')
+
+
+def test_a_module_raising_an_unprintable_error_is_a_plan_problem(tmp_path: Path) -> None:
+    (tmp_path / "broken.py").write_text(BROKEN_STR)
+    (tmp_path / "plan.json").write_text(json.dumps(
+        {"nodes": [{"id": "a", "tool": "broken:f"}]}))
+    proc = shoal("run", "plan.json", "--no-store", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and not raw_in(proc.stderr)
+    assert "importing 'broken' raised Broken: <its message cannot be shown" in proc.stderr
+    agent = shoal("run", "broken.py:agent", "hi", "--no-store", cwd=tmp_path)
+    assert agent.returncode == 2 and "Traceback" not in agent.stderr, agent.stderr
+    assert agent.stderr.startswith("error: importing 'broken.py' failed: Broken: ")
+
+
+BUG = textwrap.dedent('''
+    import sys
+
+    import shoal.cli.app
+
+    def render_result(result):
+        raise RuntimeError("a bug quoting \\x1b]0;PWN\\x07 \\u202e")
+
+    # the command runs as python -m shoal.cli.app: its module is __main__
+    for module in (shoal.cli.app, sys.modules["__main__"]):
+        module.render_result = render_result
+
+    def ok() -> int:
+        return 1
+''')
+
+
+def test_the_traceback_of_a_bug_is_escaped(tmp_path: Path) -> None:
+    (tmp_path / "buggy.py").write_text(BUG)
+    (tmp_path / "plan.json").write_text(json.dumps({"nodes": [{"id": "a", "tool": "buggy:ok"}]}))
+    proc = shoal("run", "plan.json", "--no-store", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "Traceback" in proc.stderr and "a bug quoting \\x1b]0;PWN\\x07 \\u202e" in proc.stderr
+    assert not raw_in(proc.stderr)
+
+
+LOGS = textwrap.dedent('''
+    import logging
+
+    class Raises:
+        def __repr__(self):
+            raise ValueError("\\x1b]0;PWN\\x07")
+
+    def talk() -> int:
+        logging.getLogger("sometool").warning("tool says \\x1b]0;PWN\\x07 \\u202e")
+        logging.getLogger("shoal.x").warning("broken %r", Raises())
+        return 1
+''')
+
+
+def test_log_lines_of_any_logger_are_escaped(tmp_path: Path) -> None:
+    (tmp_path / "talk.py").write_text(LOGS)
+    (tmp_path / "plan.json").write_text(json.dumps({"nodes": [{"id": "a", "tool": "talk:talk"}]}))
+    proc = shoal("run", "plan.json", "--no-store", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "tool says \\x1b]0;PWN\\x07 \\u202e" in proc.stderr
+    assert "broken %r (its arguments could not be shown)" in proc.stderr
+    assert not raw_in(proc.stderr) and "Logging error" not in proc.stderr
+
+
+def test_safe_formatter_survives_a_record_that_cannot_be_formatted() -> None:
+    from shoal.cli.safe import SafeFormatter
+
+    class Raises:
+        def __repr__(self) -> str:
+            raise ValueError("no")
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(SafeFormatter("%(message)s"))
+    record = logging.LogRecord("x", logging.ERROR, "f", 1, "bad \x1b %r", (Raises(),), None)
+    handler.emit(record)
+    assert stream.getvalue() == "ERROR: bad \\x1b %r (its arguments could not be shown)\n"
+
+
+# ---- plans: fast and bounded ----------------------------------------------------------------
+
+
+def test_a_long_chain_behind_a_cycle_is_checked_in_linear_time() -> None:
+    nodes = [{"id": "c1", "tool": "tests.plan_tools:anything", "after": ["c2"]},
+             {"id": "c2", "tool": "tests.plan_tools:anything", "after": ["c1"]}]
+    previous = "c1"
+    for i in range(100_000):
+        nodes.append({"id": f"n{i}", "tool": "tests.plan_tools:anything", "after": [previous]})
+        previous = f"n{i}"
+    started = time.monotonic()
+    with pytest.raises(PlanError) as caught:
+        plan_from_dict({"nodes": nodes})
+    assert time.monotonic() - started < 60  # minutes (quadratic) before the fix
+    assert [p.message for p in caught.value.problems if p.code == "cycle"] == ["c2 -> c1 -> c2"]
+
+
+BIG = "x" * 1_000_000
+
+
+@pytest.mark.parametrize("node", [
+    {"id": "a", "tool": BIG},
+    {"id": "a", "tool": f"{BIG}:f"},
+    {"id": "a", "tool": f"tests.plan_tools:{BIG}"},
+    {"id": "a", "tool": "tests.plan_tools:anything", "args": {"value": f"${BIG}"}},
+    {"id": "a", "tool": "tests.plan_tools:anything", "after": [BIG]},
+    {"id": BIG, "tool": "tests.plan_tools:anything", "after": [BIG]},
+])
+def test_a_huge_key_gives_a_bounded_message(node: dict[str, object]) -> None:
+    with pytest.raises(PlanError) as caught:
+        plan_from_dict({"nodes": [node]})
+    for problem in caught.value.problems:
+        assert len(problem.message) <= MAX_PROBLEM_CHARS
+        assert len(str(problem)) <= MAX_PROBLEM_CHARS + 300
+    assert len(str(caught.value)) < 5 * MAX_PROBLEM_CHARS
+
+
+def test_a_cut_message_says_so_and_keeps_its_advice() -> None:
+    problem = PlanProblem("unknown_tool", f"no tool named {BIG!r}; write an import path")
+    assert problem.message.endswith("; write an import path")
+    assert "characters left out" in problem.message
+
+
+def test_the_command_lists_a_bounded_number_of_problems(tmp_path: Path) -> None:
+    nodes = [{"id": f"n{i}", "tool": "tests.plan_tools:anything", "after": [f"missing{i}"]}
+             for i in range(2000)]
+    (tmp_path / "plan.json").write_text(json.dumps({"nodes": nodes}))
+    proc = shoal("run", "plan.json", "--no-store", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "1,950 more (--json lists them all)" in proc.stderr
+    assert len(proc.stderr.splitlines()) < 60
+
+
+def test_describe_exception_never_raises() -> None:
+    class Broken(Exception):
+        def __str__(self) -> str:
+            raise ValueError("no")
+
+    class NotText(Exception):
+        def __str__(self) -> str:
+            return 42  # type: ignore[return-value]
+
+    assert describe_exception(Broken()).startswith("Broken: <its message cannot be shown")
+    assert describe_exception(NotText()).startswith("NotText: <its message cannot be shown")
+    assert describe_exception(ValueError()) == "ValueError"
