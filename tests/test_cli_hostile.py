@@ -219,3 +219,60 @@ def test_describe_exception_never_raises() -> None:
     assert describe_exception(Broken()).startswith("Broken: <its message cannot be shown")
     assert describe_exception(NotText()).startswith("NotText: <its message cannot be shown")
     assert describe_exception(ValueError()) == "ValueError"
+
+
+@pytest.mark.parametrize("width", [60, 80, 120])
+def test_long_ids_and_tool_names_leave_the_status_in_sight(width: int) -> None:
+    from rich.console import Console
+
+    from shoal.cli.render import render_result
+    from shoal.outcome import Outcome, RunResult
+
+    outcomes = {f"{i}{'n' * 80}": Outcome(f"{i}{'n' * 80}", "t" * 80, "failed" if i else "ok",
+                                           attempts=1) for i in range(2)}
+    out = io.StringIO()
+    Console(file=out, width=width, color_system=None).print(
+        render_result(RunResult("r", outcomes, 0.1)))
+    table = out.getvalue().split("\n\n")[0]
+    assert "status" in table and "failed" in table and " ok " in table, table
+    assert max(len(line) for line in table.splitlines()) <= width
+
+
+NUMBERS = textwrap.dedent('''
+    def nan() -> float:
+        return float("nan")
+
+    def inf() -> dict:
+        return {"x": float("inf"), "y": [float("-inf"), 1.5]}
+
+    def huge() -> int:
+        return 10 ** 5000
+''')
+
+
+def strict_json(text: str) -> object:
+    def refuse(constant: str) -> object:
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_output_holds_only_numbers_json_has(tmp_path: Path) -> None:
+    (tmp_path / "oddnumbers.py").write_text(NUMBERS)
+    nodes = [{"id": name, "tool": f"oddnumbers:{name}"} for name in ("nan", "inf", "huge")]
+    (tmp_path / "plan.json").write_text(json.dumps({"nodes": nodes}))
+    proc = shoal("run", "plan.json", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr  # the huge integer crashed the command before
+    values = {o["node_id"]: o["value"] for o in strict_json(proc.stdout)["outcomes"]}  # type: ignore[index]
+    assert values["nan"] == "NaN" and values["inf"] == {"x": "Infinity", "y": ["-Infinity", 1.5]}
+    assert values["huge"].startswith("<an integer of 16,610 bits")
+    run_id = json.loads(shoal("runs", "--json", cwd=tmp_path).stdout)[0]["run_id"]
+    shown = strict_json(shoal("show", run_id, "--json", cwd=tmp_path).stdout)
+    assert {o["node_id"]: o["value"] for o in shown["outcomes"]}["nan"] == "NaN"  # type: ignore[index]
+
+
+def test_jsonable_keeps_ordinary_numbers() -> None:
+    from shoal.outcome import jsonable
+
+    assert jsonable([1, 2.5, True, None, 10 ** 100]) == [1, 2.5, True, None, 10 ** 100]
+    assert jsonable(float("-inf")) == "-Infinity"

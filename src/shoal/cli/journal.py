@@ -27,7 +27,7 @@ from rich.text import Text
 
 from shoal.cli import agent_journal
 from shoal.cli.agent_journal import is_agent_record
-from shoal.cli.render import ID_WIDTH, STATUS_STYLES, detail, seconds
+from shoal.cli.render import ID_WIDTH, STATUS_STYLES, FitToWidth, detail, id_width, seconds
 from shoal.cli.safe import clean, one_line
 from shoal.cli.safe import console as safe_console
 from shoal.cli.safe import text as safe_text
@@ -281,7 +281,8 @@ def _show_view(record: RunRecord, outcomes: Mapping[str, StoredOutcome],
     head.append(f"\n{record.nodes} nodes · started {_when(record.started_at)} · took "
                 f"{seconds(_duration(record))} · {record.sessions} session"
                 f"{'s' if record.sessions != 1 else ''}{f' · {where}' if where else ''}")
-    parts: list[RenderableType] = [head, _node_table(record, outcomes, attempts)]
+    parts: list[RenderableType] = [head, FitToWidth(
+        lambda width: _node_table(record, outcomes, attempts, id_width(width)))]
     edges = _edges(record)
     if edges:
         parts.append(_edge_table(edges))
@@ -299,7 +300,7 @@ def _show_view(record: RunRecord, outcomes: Mapping[str, StoredOutcome],
 
 
 def _node_table(record: RunRecord, outcomes: Mapping[str, StoredOutcome],
-                attempts: Sequence[AttemptRecord]) -> Table:
+                attempts: Sequence[AttemptRecord], ids: int = ID_WIDTH) -> Table:
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, title="outcomes",
                   title_justify="left")
     for name in ("node", "tool", "status", "tries", "started", "time", "result"):
@@ -310,20 +311,20 @@ def _node_table(record: RunRecord, outcomes: Mapping[str, StoredOutcome],
         stored = outcomes.get(node_id)
         if stored is None:
             state = "in flight" if node_id in flying else "not run"
-            table.add_row(safe_text(node_id, width=ID_WIDTH),
-                          safe_text(str(facts[0]), width=ID_WIDTH), Text(state, style="dim"),
+            table.add_row(safe_text(node_id, width=ids),
+                          safe_text(str(facts[0]), width=ids), Text(state, style="dim"),
                           "-", "-", "-", "")
             continue
         o = stored.outcome
         if stored.damaged:
-            table.add_row(safe_text(node_id, width=ID_WIDTH), safe_text(o.tool, width=ID_WIDTH),
+            table.add_row(safe_text(node_id, width=ids), safe_text(o.tool, width=ids),
                           Text("damaged", style="bold red"), "-", "-", "-",
                           safe_text(stored.damaged, width=200))
             continue
         started = f"{o.started_at:.2f}s" if o.started_at is not None else "-"
         took = seconds(o.duration) if o.started_at is not None else "-"
-        table.add_row(safe_text(o.node_id, width=ID_WIDTH), safe_text(o.tool, width=ID_WIDTH),
-                      safe_text(o.status, STATUS_STYLES.get(o.status, ""), width=ID_WIDTH),
+        table.add_row(safe_text(o.node_id, width=ids), safe_text(o.tool, width=ids),
+                      safe_text(o.status, STATUS_STYLES.get(o.status, ""), width=ids),
                       str(o.attempts), started, took,
                       Text(detail(o), no_wrap=True, overflow="ellipsis"))
     return table
