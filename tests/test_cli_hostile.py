@@ -276,3 +276,47 @@ def test_jsonable_keeps_ordinary_numbers() -> None:
 
     assert jsonable([1, 2.5, True, None, 10 ** 100]) == [1, 2.5, True, None, 10 ** 100]
     assert jsonable(float("-inf")) == "-Infinity"
+
+
+# ---- the console approver -------------------------------------------------------------------
+
+
+def ask(requests: list[object], answers: str) -> tuple[list[object], str]:
+    import asyncio
+
+    from rich.console import Console
+
+    from shoal.approvals import ConsoleApprover
+
+    out = io.StringIO()
+    approver = ConsoleApprover(Console(file=out, width=100, color_system=None),
+                               io.StringIO(answers))
+    decisions = asyncio.run(approver.review(requests))  # type: ignore[arg-type]
+    return list(decisions), out.getvalue()
+
+
+def request(tool: str, lineage: str = "n", number: int = 0) -> object:
+    from shoal.approvals import ApprovalRequest
+
+    return ApprovalRequest(f"r{number}", "run", f"n{number}", tool, {"path": "notes.txt"}, "h",
+                           lineage, "needs approval")
+
+
+def test_a_long_tool_name_must_be_seen_whole_before_approval() -> None:
+    tool = "read_notes" + "_" * 150 + "and_delete_everything" + PAYLOAD
+    decisions, shown = ask([request(tool, "lead/" + "x" * 300 + "/end")], "y\nv\ny\n")
+    assert [d.verdict for d in decisions] == ["approve"]  # type: ignore[attr-defined]
+    assert "view it all (v) before approving it" in shown
+    assert "and_delete_everything" in shown and "x/end" in shown  # shown whole on v
+    assert not raw_in(shown)
+    batch, shown = ask([request(tool, number=i) for i in range(50)], "a\nd\n")
+    assert {d.verdict for d in batch} == {"deny"}  # type: ignore[attr-defined]
+    assert "[d]eny all, or one by [o]ne?" in shown
+
+
+def test_end_of_input_mid_prompt_denies_what_is_left() -> None:
+    decisions, _ = ask([request("t", number=i) for i in range(50)], "o\ny\nn\nno reason")
+    verdicts = [d.verdict for d in decisions]  # type: ignore[attr-defined]
+    assert verdicts[:2] == ["approve", "deny"] and set(verdicts[2:]) == {"deny"}
+    assert decisions[1].reason == "denied by a person: no reason"  # type: ignore[attr-defined]
+    assert decisions[2].reason == "no answer: the input ended"  # type: ignore[attr-defined]
