@@ -320,3 +320,42 @@ def test_end_of_input_mid_prompt_denies_what_is_left() -> None:
     assert verdicts[:2] == ["approve", "deny"] and set(verdicts[2:]) == {"deny"}
     assert decisions[1].reason == "denied by a person: no reason"  # type: ignore[attr-defined]
     assert decisions[2].reason == "no answer: the input ended"  # type: ignore[attr-defined]
+
+
+# ---- agents ---------------------------------------------------------------------------------
+
+
+def test_model_notices_are_escaped_and_bounded(capsys: pytest.CaptureFixture[str]) -> None:
+    from shoal.cli.agents import NOTICE_WIDTH, notice_lines
+    from shoal.events import ModelRetrying
+
+    hidden = "\u2800\u3164\u115f"  # printable to Python, drawn as nothing
+    notice_lines(ModelRetrying(run_id="r", time=0.0, lineage=f"lead{PAYLOAD}", model="m",
+                               attempt=0, attempts=3, delay=1.0,
+                               error=f"HTTP 500 {hidden}{PAYLOAD}" * 1000))
+    line = capsys.readouterr().err
+    assert not raw_in(line) and not any(c in line for c in hidden)
+    assert "\\u2800\\u3164\\u115f" in line
+    assert line.count("\n") == 1 and len(line) <= NOTICE_WIDTH + 10
+
+
+def test_an_agent_run_in_the_journal_is_shown_escaped_and_bounded() -> None:
+    from rich.console import Console
+
+    from shoal.cli.agent_journal import show_view
+    from shoal.store.base import RunRecord
+
+    result = {"agent": "lead", "lineage": "lead", "status": f"ok{PAYLOAD}", "turns": 1,
+              "tokens": 1, "duration": 0.1, "output": f"answer{PAYLOAD}" * 100_000,
+              "calls": [], "children": []}
+    record = RunRecord("r", 0.0, 0, "", {}, {"kind": "agent", "target": f"t{PAYLOAD}",
+                                             "prompt": PAYLOAD, "result": result},
+                       f"agent t{PAYLOAD}", status="finished")
+    for status in (f"ok{PAYLOAD}", "ok"):
+        result["status"] = status
+        out = io.StringIO()
+        Console(file=out, width=100, color_system=None).print(show_view(record, [], "finished"))
+        shown = out.getvalue()
+        assert not raw_in(shown) and "A\\x1b[6n" in shown
+        assert len(shown) < 100_000  # the answer is cut (shoal show --json has it whole)
+    assert "answerA" in shown

@@ -30,7 +30,7 @@ from shoal.cli.agent_journal import AgentJournal, summary
 from shoal.cli.interrupt import EXIT_INTERRUPTED, CtrlC
 from shoal.cli.live import LivePause
 from shoal.cli.render import announce
-from shoal.cli.safe import safe_str
+from shoal.cli.safe import one_line, safe_str
 from shoal.cli.tree import AgentTree, render_tree
 from shoal.events import Event, JsonlSink, ModelRetrying, ModelServerStarted, ModelServerStarting
 from shoal.exceptions import (
@@ -50,6 +50,7 @@ __all__ = ["AgentOptions", "check_models", "is_agent_target", "load_agent", "mod
 
 REFRESH_PER_SECOND = 8
 ANSWER_WIDTH = 20_000  # characters of the answer shown (--json has it whole)
+NOTICE_WIDTH = 500  # characters of a line saying what a model waits for
 PLAN_SUFFIXES = (".yaml", ".yml", ".json")
 
 
@@ -208,9 +209,8 @@ def notice_lines(event: Event) -> None:
     else:
         return
     where = f"{event.lineage}: " if event.lineage else ""
-    # a provider's error text is not ours: no terminal control sequences from it
-    sys.stderr.write("shoal: " + "".join(ch if ch.isprintable() else "?"
-                                         for ch in where + line) + "\n")
+    # a provider's error text is not ours: escaped, on one line, bounded
+    sys.stderr.write(f"shoal: {one_line(where + line, NOTICE_WIDTH)}\n")
     sys.stderr.flush()
 
 
