@@ -359,3 +359,19 @@ def test_an_agent_run_in_the_journal_is_shown_escaped_and_bounded() -> None:
         assert not raw_in(shown) and "A\\x1b[6n" in shown
         assert len(shown) < 100_000  # the answer is cut (shoal show --json has it whole)
     assert "answerA" in shown
+
+
+def test_error_lines_quoting_huge_input_are_bounded(tmp_path: Path) -> None:
+    (tmp_path / "rules.json").write_text(json.dumps({"rules": [{"deny": "x", "k" * 100_000: 1}]}))
+    (tmp_path / "plan.json").write_text(json.dumps({"nodes": []}))
+    bad_rules = shoal("run", "plan.json", "--approve", "rules.json", "--no-store", cwd=tmp_path)
+    assert bad_rules.returncode == 2 and len(bad_rules.stderr) < 2100, len(bad_rules.stderr)
+    assert "characters left out" in bad_rules.stderr
+    (tmp_path / "one.json").write_text(json.dumps(
+        {"nodes": [{"id": "a", "tool": "tests.plan_tools:anything"}]}))
+    assert shoal("run", "one.json", "--store", "runs.db", cwd=tmp_path).returncode == 0
+    no_run = shoal("show", "r" * 100_000, "--store", "runs.db", cwd=tmp_path)
+    assert "no run 'rrrr" in no_run.stderr
+    assert no_run.returncode == 2 and len(no_run.stderr) < 2100, len(no_run.stderr)
+    as_json = shoal("run", "plan.json", "--approve", "rules.json", "--json", cwd=tmp_path)
+    assert "k" * 100_000 in json.loads(as_json.stdout)["message"]  # --json has it whole

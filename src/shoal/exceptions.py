@@ -81,6 +81,7 @@ __all__ = [
     "ToolTimeoutError",
     "UpstreamFailedError",
     "WorkerCrashedError",
+    "bounded_text",
     "describe_exception",
     "install_hint",
     "source_checkout",
@@ -108,10 +109,10 @@ class PlanProblem:
     def __post_init__(self) -> None:
         # messages quote the plan (keys, ids, tool names): a 1 MB key must not make a 1 MB
         # message, so the middle of a long one is left out, keeping its start and its advice
-        object.__setattr__(self, "message", _bounded(self.message, MAX_PROBLEM_CHARS))
+        object.__setattr__(self, "message", bounded_text(self.message, MAX_PROBLEM_CHARS))
 
     def __str__(self) -> str:
-        where = f"node {_bounded(repr(self.node), 200)}: " if self.node else ""
+        where = f"node {bounded_text(repr(self.node), 200)}: " if self.node else ""
         return f"[{self.code}] {where}{self.message}"
 
 
@@ -128,7 +129,7 @@ def describe_exception(exc: BaseException) -> str:
     return f"{name}: {message}" if isinstance(message, str) and message else name
 
 
-def _bounded(text: str, limit: int) -> str:
+def bounded_text(text: str, limit: int) -> str:
     """``text``, or its start and end with a note of how much of the middle was left out."""
     if len(text) <= limit:
         return text

@@ -34,7 +34,7 @@ from shoal.cli.interrupt import EXIT_INTERRUPTED, CtrlC
 from shoal.cli.journal import register as register_journal_commands
 from shoal.cli.live import SHOW_CURSOR, LivePause, follow
 from shoal.cli.render import announce, plan_problems, render_result
-from shoal.cli.safe import clean, install_log_handler, one_line, shorten
+from shoal.cli.safe import clean, install_log_handler, one_line
 from shoal.cli.safe import console as safe_console
 from shoal.events import JsonlSink
 from shoal.exceptions import (
@@ -45,6 +45,7 @@ from shoal.exceptions import (
     RunActiveError,
     StoreError,
     ToolDefinitionError,
+    bounded_text,
 )
 from shoal.outcome import RunResult
 from shoal.plan import Plan
@@ -417,7 +418,8 @@ def _bad_plan(exc: PlanError, as_json: bool) -> int:
 
 
 def _bad_input(kind: str, message: str, as_json: bool) -> int:
-    sys.stderr.write(f"error: {clean(message, newlines=True)}\n")
+    # the message may quote a file or an option at any length: --json has it whole
+    sys.stderr.write(f"error: {clean(bounded_text(message, USAGE_ERROR_WIDTH), newlines=True)}\n")
     if as_json:
         sys.stdout.write(json.dumps({"error": kind, "message": message}, indent=2) + "\n")
     return EXIT_BAD_INPUT
@@ -455,7 +457,7 @@ def _command_line_error(exc: Any) -> int:
     if ctx is not None:
         sys.stderr.write(f"{ctx.get_usage()}\nTry '{clean(ctx.command_path)} --help' for help."
                          "\n")
-    message = shorten(clean(str(exc.format_message()), newlines=True), USAGE_ERROR_WIDTH)
+    message = clean(bounded_text(str(exc.format_message()), USAGE_ERROR_WIDTH), newlines=True)
     sys.stderr.write(f"error: {message}\n")
     return int(exc.exit_code)
 

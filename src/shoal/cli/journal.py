@@ -31,7 +31,7 @@ from shoal.cli.render import ID_WIDTH, STATUS_STYLES, FitToWidth, detail, id_wid
 from shoal.cli.safe import clean, one_line
 from shoal.cli.safe import console as safe_console
 from shoal.cli.safe import text as safe_text
-from shoal.exceptions import JournalDamagedError, RunActiveError, ShoalError
+from shoal.exceptions import JournalDamagedError, RunActiveError, ShoalError, bounded_text
 from shoal.outcome import STATUSES, jsonable
 from shoal.store.base import ApprovalRecord, AttemptRecord, RunRecord, StoredOutcome
 from shoal.store.claims import process_alive as _alive
@@ -43,6 +43,7 @@ __all__ = ["DEFAULT_PATH", "live_status", "open_journal", "parse_mark_done", "re
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 ARGUMENTS_WIDTH = 300  # of an approval's arguments and reason (--json has them whole)
+ERROR_WIDTH = 2000  # characters of an error message (--json has it whole)
 
 StoreOption = Annotated[Path, typer.Option(
     "--store", metavar="PATH", help="The journal file.", show_default=True,
@@ -92,7 +93,8 @@ def parse_mark_done(items: Sequence[str]) -> dict[str, Any]:
 
 
 def _fail(message: str, as_json: bool, kind: str = "journal") -> int:
-    sys.stderr.write(f"error: {clean(message, newlines=True)}\n")
+    # the message may quote a run id or a path at any length: --json has it whole
+    sys.stderr.write(f"error: {clean(bounded_text(message, ERROR_WIDTH), newlines=True)}\n")
     if as_json:
         sys.stdout.write(json.dumps({"error": kind, "message": message}, indent=2) + "\n")
     return EXIT_BAD_INPUT
