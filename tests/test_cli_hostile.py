@@ -375,3 +375,23 @@ def test_error_lines_quoting_huge_input_are_bounded(tmp_path: Path) -> None:
     assert no_run.returncode == 2 and len(no_run.stderr) < 2100, len(no_run.stderr)
     as_json = shoal("run", "plan.json", "--approve", "rules.json", "--json", cwd=tmp_path)
     assert "k" * 100_000 in json.loads(as_json.stdout)["message"]  # --json has it whole
+
+
+def test_ids_that_only_look_alike_are_named_in_the_message() -> None:
+    nodes = [{"id": "A\u030a", "tool": "tests.plan_tools:anything"},
+             {"id": "b", "tool": "tests.plan_tools:anything", "args": {"value": "${\u00c5}"},
+              "after": ["\uff21\u030a"]}]
+    with pytest.raises(PlanError) as caught:
+        plan_from_dict({"nodes": nodes})
+    messages = [p.message for p in caught.value.problems]
+    assert len(messages) == 2
+    assert all("node 'A\\u030a' looks the same but is other characters" in m for m in messages)
+    assert "this is '\\xc5'" in messages[0]
+
+
+def test_plan_text_may_start_with_a_byte_order_mark() -> None:
+    from shoal.plantext import parse_plan_text
+    from tests.plan_tools import anything
+
+    plan = parse_plan_text("\ufeff1. anything(1)\r\n2. anything($1)\r\n", [anything])
+    assert len(plan) == 2
