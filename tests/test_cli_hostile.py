@@ -395,3 +395,65 @@ def test_plan_text_may_start_with_a_byte_order_mark() -> None:
 
     plan = parse_plan_text("\ufeff1. anything(1)\r\n2. anything($1)\r\n", [anything])
     assert len(plan) == 2
+
+
+# ---- on a real terminal ---------------------------------------------------------------------
+
+HOSTILE_TOOLS = textwrap.dedent(f'''
+    import logging
+
+    PAYLOAD = {PAYLOAD!r}
+
+    def value() -> str:
+        logging.getLogger("sometool").warning("log " + PAYLOAD)
+        return PAYLOAD
+
+    def error() -> str:
+        raise RuntimeError(PAYLOAD)
+''')
+
+
+def on_terminal(args: list[str], cwd: Path) -> tuple[int, bytes]:
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    environ = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "100", "LINES": "40",
+               "TERM": "xterm"}
+    proc = subprocess.Popen([sys.executable, "-m", "shoal.cli.app", *args], cwd=cwd,
+                            env=environ, stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    seen = b""
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # the process ended and closed the terminal
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+            elif proc.poll() is not None:
+                break
+        return proc.wait(timeout=60), seen
+    finally:
+        os.close(master)
+
+
+def test_nothing_from_the_input_reaches_a_real_terminal(tmp_path: Path) -> None:
+    (tmp_path / "hostile.py").write_text(HOSTILE_TOOLS)
+    nodes = [{"id": f"v{PAYLOAD}", "tool": "hostile:value"},
+             {"id": f"e{PAYLOAD}", "tool": "hostile:error"}]
+    (tmp_path / "plan.json").write_text(json.dumps({"name": PAYLOAD, "nodes": nodes}))
+    code, seen = on_terminal(["run", "plan.json", "--no-store"], tmp_path)
+    assert code == 1, seen
+    # rich draws with CSI sequences of its own; none of the payload's may appear
+    for raw in (b"\x1b[6n", b"\x1b]", b"\x07", "\x9b".encode(), "\u202e".encode(), b"\x08",
+                "\u200b".encode()):
+        assert raw not in seen, (raw, seen)
+    assert b"log A\\x1b[6nB" in seen and b"RuntimeError: A\\x1b[6nB" in seen
+    code, seen = on_terminal(["run", "plan.json", f"--bogus{PAYLOAD}"], tmp_path)
+    assert code == 2 and b"\x1b]" not in seen and "\u202e".encode() not in seen
