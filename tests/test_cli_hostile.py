@@ -457,3 +457,28 @@ def test_nothing_from_the_input_reaches_a_real_terminal(tmp_path: Path) -> None:
     assert b"log A\\x1b[6nB" in seen and b"RuntimeError: A\\x1b[6nB" in seen
     code, seen = on_terminal(["run", "plan.json", f"--bogus{PAYLOAD}"], tmp_path)
     assert code == 2 and b"\x1b]" not in seen and "\u202e".encode() not in seen
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_show_keeps_every_column_of_its_tables_in_sight(width: int) -> None:
+    from rich.console import Console
+
+    from shoal.cli.journal import _show_view
+    from shoal.outcome import Outcome
+    from shoal.store.base import ApprovalRecord, RunRecord, StoredOutcome
+
+    long = "n" * 100
+    record = RunRecord("r", time.time(), 2, "f", {
+        "nodes": {f"a{long}": ["t" * 100], f"b{long}": ["t" * 100]},
+        "edge_list": [[f"a{long}", f"b{long}", "data", "$a.x"]]}, {"path": "p"}, "p",
+        "finished", time.time())
+    stored = {f"a{long}": StoredOutcome(Outcome(f"a{long}", "t" * 100, "ok", attempts=1))}
+    approvals = [ApprovalRecord("r", f"a{long}", "t" * 100, "h", {"x": 1}, "approval", 0.0,
+                                "denied", "ConsoleApprover", 0.0, "denied by a person")]
+    out = io.StringIO()
+    Console(file=out, width=width, color_system=None).print(
+        _show_view(record, stored, [], approvals))
+    shown = out.getvalue()
+    for header in ("status", "result", "why", "detail", "decision", "reason", "arguments"):
+        assert header in shown, (header, shown)
+    assert max(len(line) for line in shown.splitlines()) <= width

@@ -44,6 +44,7 @@ __all__ = ["DEFAULT_PATH", "live_status", "open_journal", "parse_mark_done", "re
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 ARGUMENTS_WIDTH = 300  # of an approval's arguments and reason (--json has them whole)
 ERROR_WIDTH = 2000  # characters of an error message (--json has it whole)
+SHORT_WIDTH = 24  # of a column of short words (a decision, who decided, why an edge exists)
 
 StoreOption = Annotated[Path, typer.Option(
     "--store", metavar="PATH", help="The journal file.", show_default=True,
@@ -287,9 +288,10 @@ def _show_view(record: RunRecord, outcomes: Mapping[str, StoredOutcome],
         lambda width: _node_table(record, outcomes, attempts, id_width(width)))]
     edges = _edges(record)
     if edges:
-        parts.append(_edge_table(edges))
+        parts.append(FitToWidth(lambda width: _edge_table(edges, id_width(width))))
     if approvals:
-        parts.append(_approval_table(approvals))
+        # two more columns than the others: ids get less room
+        parts.append(FitToWidth(lambda width: _approval_table(approvals, id_width(width - 20))))
     if status == "interrupted":
         parts.append(Text(f"the process running it stopped; continue with: shoal resume "
                           f"{clean(record.run_id)}", style="yellow"))
@@ -332,28 +334,29 @@ def _node_table(record: RunRecord, outcomes: Mapping[str, StoredOutcome],
     return table
 
 
-def _edge_table(edges: Sequence[Mapping[str, str]]) -> Table:
+def _edge_table(edges: Sequence[Mapping[str, str]], ids: int = ID_WIDTH) -> Table:
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, title="edges",
                   title_justify="left")
     for name in ("from", "to", "why", "detail"):
         table.add_column(name, no_wrap=name != "detail")
     for e in edges:
-        table.add_row(*(safe_text(str(e[k]), width=ID_WIDTH) for k in ("source", "target", "kind")),
+        table.add_row(*(safe_text(str(e[k]), width=ids) for k in ("source", "target")),
+                      safe_text(str(e["kind"]), width=SHORT_WIDTH),
                       Text(one_line(str(e["detail"]), ID_WIDTH * 4)))
     return table
 
 
-def _approval_table(approvals: Sequence[ApprovalRecord]) -> Table:
+def _approval_table(approvals: Sequence[ApprovalRecord], ids: int = ID_WIDTH) -> Table:
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, title="approvals",
                   title_justify="left")
     for name in ("node", "tool", "decision", "by", "reason", "arguments"):
         table.add_column(name, no_wrap=name not in ("reason", "arguments"))
     for a in approvals:
         style = {"approved": "green", "denied": "magenta", "pending": "yellow"}.get(a.decision, "")
-        table.add_row(safe_text(a.node_id, width=ID_WIDTH),
-                      safe_text(a.tool or "-", width=ID_WIDTH),
-                      safe_text(a.decision, style, width=ID_WIDTH),
-                      safe_text(a.decided_by or "-", width=ID_WIDTH),
+        table.add_row(safe_text(a.node_id, width=ids),
+                      safe_text(a.tool or "-", width=ids),
+                      safe_text(a.decision, style, width=SHORT_WIDTH),
+                      safe_text(a.decided_by or "-", width=SHORT_WIDTH),
                       Text(one_line(a.reason or "", ARGUMENTS_WIDTH)),
                       Text(one_line(json.dumps(jsonable(a.arguments)), ARGUMENTS_WIDTH)))
     return table
