@@ -38,7 +38,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
-from shoal.exceptions import ConfigError
+from shoal.exceptions import ConfigError, describe_exception
 from shoal.store.base import canonical_json
 
 if TYPE_CHECKING:
@@ -212,7 +212,7 @@ class CallbackApprover(Approver):
 
 
 def _raised(exc: Exception) -> Decision:
-    return Decision.deny(f"the approval callback raised {type(exc).__name__}: {exc}")
+    return Decision.deny(f"the approval callback raised {describe_exception(exc)}")
 
 
 def _as_decision(answer: object) -> Decision:
@@ -312,7 +312,7 @@ class RulesApprover(Approver):
                 matched = rule.matches(request)
             except Exception as exc:  # a predicate failed: say no rather than guess yes
                 return Decision.deny(f"rule {rule.tool!r} could not be checked: "
-                                     f"{type(exc).__name__}: {exc}")
+                                     f"{describe_exception(exc)}")
             if matched:
                 return rule.decision()
         return None
@@ -671,35 +671,47 @@ class _Shown:
     """One request as the console shows it: its JSON view, and whether all of it was shown."""
 
     def __init__(self, request: ApprovalRequest, shown: int) -> None:
-        from shoal.cli.safe import exact_json_view
+        from shoal.cli.safe import clean, exact_json_view
 
         self.request = request
         self.view, self.exact = exact_json_view(dict(request.args))
         self.shown = shown
-        self.hidden = max(len(self.view) - shown, 0)
+        # the tool's name counts as part of the call: a long one is cut in the table too
+        self.hidden = max(len(self.view) - shown, 0) + max(
+            len(clean(request.tool)) - TOOL_SHOWN, 0)
         # whether the person has had every character in front of them (a value JSON cannot
         # hold is shown as a repr, cut short: it never counts as seen)
         self.whole = self.hidden == 0 and self.exact
 
-    def tool_name(self) -> str:
-        from shoal.cli.safe import one_line
+    def tool_name(self, *, full: bool = False) -> str:
+        """The tool's name, escaped; cut to :data:`TOOL_SHOWN` characters unless ``full``."""
+        from shoal.cli.safe import clean, one_line
 
-        return one_line(self.request.tool, 80)
+        return clean(self.request.tool) if full else one_line(self.request.tool, TOOL_SHOWN)
 
     def text(self, *, full: bool = False, title: str = "") -> Text:
-        """``tool {arguments}`` as a rich Text; cut to ``shown`` characters unless ``full``."""
+        """``tool {arguments}`` as a rich Text; cut to ``shown`` characters unless ``full``.
+
+        The full view also shows where the call comes from (its lineage) whole.
+        """
         from rich.text import Text
 
-        from shoal.cli.safe import view_text
+        from shoal.cli.safe import clean, view_text
 
         arguments, left = view_text(self.view, None if full else self.shown)
         out = Text(title, style="bold")
-        out.append(self.tool_name(), style="bold")
+        out.append(self.tool_name(full=full), style="bold")
         out.append(" ")
         out.append_text(arguments)
-        if left:
-            out.append(f" … {left:,} more characters: answer v to view all", style="bold yellow")
+        if full:
+            out.append(f"\nfrom {clean(self.request.lineage)}", style="dim")
+        if left or (not full and self.hidden):
+            more = left + (0 if full else max(len(clean(self.request.tool)) - TOOL_SHOWN, 0))
+            out.append(f" … {more:,} more characters: answer v to view all", style="bold yellow")
         return out
+
+
+TOOL_SHOWN = 80  # characters of a tool's name shown before the rest waits for "v"
 
 
 _NO_INPUT = "no answer: the input ended"

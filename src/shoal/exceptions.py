@@ -81,6 +81,8 @@ __all__ = [
     "ToolTimeoutError",
     "UpstreamFailedError",
     "WorkerCrashedError",
+    "bounded_text",
+    "describe_exception",
     "install_hint",
     "source_checkout",
 ]
@@ -104,9 +106,36 @@ class PlanProblem:
     message: str
     node: str = ""
 
+    def __post_init__(self) -> None:
+        # messages quote the plan (keys, ids, tool names): a 1 MB key must not make a 1 MB
+        # message, so the middle of a long one is left out, keeping its start and its advice
+        object.__setattr__(self, "message", bounded_text(self.message, MAX_PROBLEM_CHARS))
+
     def __str__(self) -> str:
-        where = f"node {self.node!r}: " if self.node else ""
+        where = f"node {bounded_text(repr(self.node), 200)}: " if self.node else ""
         return f"[{self.code}] {where}{self.message}"
+
+
+MAX_PROBLEM_CHARS = 2000  # of a plan problem's message
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``Type: message`` of any exception, never raising (a ``__str__`` may fail or lie)."""
+    try:
+        message = str(exc)
+    except Exception:
+        message = "<its message cannot be shown: its __str__ failed>"
+    name = type(exc).__name__
+    return f"{name}: {message}" if isinstance(message, str) and message else name
+
+
+def bounded_text(text: str, limit: int) -> str:
+    """``text``, or its start and end with a note of how much of the middle was left out."""
+    if len(text) <= limit:
+        return text
+    keep = max(limit - 60, 2)
+    head, tail = text[: keep * 3 // 4], text[len(text) - keep // 4:]
+    return f"{head} …[{len(text) - len(head) - len(tail):,} characters left out]… {tail}"
 
 
 class PlanError(ShoalError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import reprlib
+import sys
 import traceback as tb
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -85,11 +86,52 @@ def jsonable(value: Any) -> Any:
     if not _converts_in_bounds(value):
         return _safe_repr(value)
     with contextlib.suppress(Exception):  # bytes that are not UTF-8: base64 below
-        return to_jsonable_python(value, fallback=_safe_repr)
+        return _strict(to_jsonable_python(value, fallback=_safe_repr))
     try:
-        return to_jsonable_python(value, fallback=_safe_repr, bytes_mode="base64")
+        return _strict(to_jsonable_python(value, fallback=_safe_repr, bytes_mode="base64"))
     except Exception:
         return _safe_repr(value)
+
+
+def _strict(data: Any) -> Any:
+    """JSON-ready ``data`` with the numbers JSON cannot hold written as text, in place.
+
+    ``NaN`` and the infinities are not JSON (``json.dumps`` writes them anyway, and strict
+    readers then refuse the whole document); an integer too long to write out makes
+    ``json.dumps`` raise. Both become strings saying what they were.
+    """
+    if _odd_number(data):
+        return _number_text(data)
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        keys = item.keys() if isinstance(item, dict) else range(len(item)) if isinstance(
+            item, list) else ()
+        for key in keys:
+            child = item[key]
+            if isinstance(child, (dict, list)):
+                stack.append(child)
+            elif _odd_number(child):
+                item[key] = _number_text(child)
+    return data
+
+
+def _odd_number(value: Any) -> bool:
+    if isinstance(value, float):
+        return value != value or value in (_INF, -_INF)
+    if isinstance(value, int) and not isinstance(value, bool):
+        limit = sys.get_int_max_str_digits()
+        return bool(limit) and abs(value).bit_length() > limit * 3.32  # about that many digits
+    return False
+
+
+def _number_text(value: float | int) -> str:
+    if isinstance(value, float):
+        return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
+    return f"<an integer of {value.bit_length():,} bits, too long to write out>"
+
+
+_INF = float("inf")
 
 
 def _safe(render: Callable[[], str], fallback: str) -> str:

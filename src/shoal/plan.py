@@ -9,6 +9,7 @@ by :mod:`shoal.planfile` and :mod:`shoal.plantext`.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar, cast
@@ -252,6 +253,20 @@ class Plan:
         found += [PlanProblem("cycle", text) for text in find_cycles(self._nodes)]
         return found
 
+    def _look_alike(self, name: str) -> str:
+        """A hint naming the node whose id looks like ``name`` but is other characters.
+
+        ``"Å"`` (one character) and ``"Å"`` (A and a combining ring) print alike: without
+        the hint the message would name a node the reader sees right there.
+        """
+        forms = self.memo("look_alike", lambda: {
+            unicodedata.normalize("NFKC", nid): nid for nid in self._nodes})
+        found = forms.get(unicodedata.normalize("NFKC", name))
+        if found is None:
+            return ""
+        return (f" (node {found!a} looks the same but is other characters; "
+                f"this is {name!a})")
+
     def _node_problems(self, node: Node) -> list[PlanProblem]:
         found: list[PlanProblem] = []
         for ref in node.refs:
@@ -259,14 +274,14 @@ class Plan:
                 found.append(PlanProblem("self_ref", f"argument refers to its own output {ref!r}",
                                          node.id))
             elif ref.node not in self._nodes:
-                found.append(PlanProblem("dangling_ref", f"{ref!r} names no node in the plan",
-                                         node.id))
+                found.append(PlanProblem("dangling_ref", f"{ref!r} names no node in the plan"
+                                         f"{self._look_alike(ref.node)}", node.id))
         for dep in node.after:
             if dep == node.id:
                 found.append(PlanProblem("self_ref", "a node cannot come after itself", node.id))
             elif dep not in self._nodes:
-                found.append(PlanProblem("bad_after", f"after={dep!r} names no node in the plan",
-                                         node.id))
+                found.append(PlanProblem("bad_after", f"after={dep!r} names no node in the plan"
+                                         f"{self._look_alike(dep)}", node.id))
         if node.refs:
             detail = node.tool.check_static(node.args, lambda v: bool(find_refs(v)))
         else:  # fully known now: validate once and keep the result for dispatch ...
@@ -347,12 +362,16 @@ def topo_leftovers(preds: Mapping[str, set[str]]) -> set[str]:
             if indegree[s] == 0:
                 ready.append(s)
     left = {nid for nid, d in indegree.items() if d > 0}
-    # keep only nodes on a cycle: drop those merely downstream of one
-    changed = True
-    while changed:
-        changed = False
-        for nid in list(left):
-            if not any(s in left for s in succs[nid]):
-                left.discard(nid)
-                changed = True
+    # keep only nodes on a cycle: drop those merely downstream of one, sinks first (Kahn's
+    # algorithm again, backwards), so that a long chain behind a cycle costs linear time
+    outdegree = {nid: sum(1 for s in succs[nid] if s in left) for nid in left}
+    sinks = [nid for nid, d in outdegree.items() if d == 0]
+    while sinks:
+        nid = sinks.pop()
+        left.discard(nid)
+        for p in preds[nid]:
+            if p in left:
+                outdegree[p] -= 1
+                if outdegree[p] == 0:
+                    sinks.append(p)
     return left

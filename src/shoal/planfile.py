@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shoal.exceptions import PlanError, PlanProblem, ShoalError
+from shoal.exceptions import PlanError, PlanProblem, ShoalError, describe_exception
 from shoal.plan import Plan, Ref, as_tool
 from shoal.plandata import MAX_BYTES, DataError, check_value, parse_json, parse_yaml
 from shoal.tools import Tool
@@ -376,7 +376,8 @@ def _find_tool(name: str, tools: Mapping[str, Tool[..., Any]]) -> Tool[..., Any]
     try:
         return as_tool(obj)
     except Exception as exc:  # any user function can fail schema building; report, not crash
-        return PlanProblem("bad_import", f"{name!r} cannot be used as a tool: {exc}")
+        return PlanProblem("bad_import", f"{_show(name)} cannot be used as a tool: "
+                                         f"{describe_exception(exc)}")
 
 
 def _unknown_tool(name: str, tools: Mapping[str, Tool[..., Any]]) -> str:
@@ -422,10 +423,10 @@ def _import_module(module_name: str, path: str) -> Any:
         if exc.name and (module_name == exc.name or module_name.startswith(f"{exc.name}.")):
             raise ImportError(f"no module named {exc.name!r} (in {path!r}); check the spelling "
                               "and that the package is installed or on sys.path") from None
-        raise ImportError(f"importing {module_name!r} failed: {exc}; install what it "
-                          "needs") from None
+        raise ImportError(f"importing {module_name!r} failed: {describe_exception(exc)}; "
+                          "install what it needs") from None
     except Exception as exc:  # the module's own code failed; the file should still load
-        raise ImportError(f"importing {module_name!r} raised {type(exc).__name__}: {exc}; fix "
+        raise ImportError(f"importing {module_name!r} raised {describe_exception(exc)}; fix "
                           "that module") from None
 
 

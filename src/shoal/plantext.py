@@ -160,6 +160,8 @@ class PlanTextParser:
     def _read_line(self, line: str) -> list[ParsedCall]:
         self._line_no += 1
         line = line.rstrip("\r")
+        if self._line_no == 1:  # a byte order mark, as some editors write, is not text
+            line = line.removeprefix("\ufeff")
         if self._done:
             return []
         pending = self._pending

@@ -32,8 +32,9 @@ from rich.text import Text
 
 from shoal import events as events_module
 from shoal.agents.result import AgentResult
-from shoal.cli.render import seconds
-from shoal.cli.safe import clean
+from shoal.cli.render import ID_WIDTH, seconds
+from shoal.cli.safe import clean, safe_str
+from shoal.cli.safe import text as safe_text
 from shoal.cli.tree import TREE_EVENTS, AgentTree, Row, agent_status, render_tree
 from shoal.events import Event
 from shoal.outcome import jsonable
@@ -46,6 +47,7 @@ __all__ = ["HEARTBEAT_SECONDS", "AgentJournal", "agent_status_text", "call_count
 HEARTBEAT_SECONDS = 1.0
 KIND = "agent"
 RESULT_PREVIEW = 2000  # characters of a call's result kept in the summary
+ANSWER_WIDTH = 20_000  # characters of the answer shown (--json has it whole)
 
 
 def is_agent_record(record: RunRecord) -> bool:
@@ -198,10 +200,10 @@ def agent_status_text(record: RunRecord, status: str) -> Text:
     """The status of an agent run for a listing: the lead's (``ok, 2/2 calls failed``)."""
     facts = headline(record)
     if status != "finished" or facts.get("status") is None:
-        return Text(status)
+        return safe_text(status, width=ID_WIDTH)
     shown = agent_status(str(facts["status"]), facts["calls"], facts["failed_calls"])
     style = ("green" if shown == "ok" else "yellow" if facts["status"] == "ok" else "red")
-    return Text(shown, style=style)
+    return safe_text(shown, style, width=ID_WIDTH)  # the journal's text: escaped like any
 
 
 def show_dict(record: RunRecord, events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -258,7 +260,7 @@ def show_view(record: RunRecord, events: Sequence[Mapping[str, Any]],
         if result.get("status") == "ok":
             output = result.get("output")
             text = output if isinstance(output, str) else json.dumps(output, indent=2)
-            parts.append(Panel(Text(clean(text, newlines=True)), title="answer",
+            parts.append(Panel(Text(safe_str(text, ANSWER_WIDTH)), title="answer",
                                title_align="left"))
         facts = headline(record)
         parts.append(Text(f"{facts['agents']} agent{'s' if facts['agents'] != 1 else ''}, "

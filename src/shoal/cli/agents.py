@@ -30,10 +30,17 @@ from shoal.cli.agent_journal import AgentJournal, summary
 from shoal.cli.interrupt import EXIT_INTERRUPTED, CtrlC
 from shoal.cli.live import LivePause
 from shoal.cli.render import announce
-from shoal.cli.safe import safe_str
+from shoal.cli.safe import one_line, safe_str
 from shoal.cli.tree import AgentTree, render_tree
 from shoal.events import Event, JsonlSink, ModelRetrying, ModelServerStarted, ModelServerStarting
-from shoal.exceptions import AgentError, ConfigError, MissingAPIKeyError, ModelError, ShoalError
+from shoal.exceptions import (
+    AgentError,
+    ConfigError,
+    MissingAPIKeyError,
+    ModelError,
+    ShoalError,
+    describe_exception,
+)
 from shoal.models import resolve_model
 from shoal.models.base import Model
 from shoal.runtime import Runtime
@@ -43,6 +50,7 @@ __all__ = ["AgentOptions", "check_models", "is_agent_target", "load_agent", "mod
 
 REFRESH_PER_SECOND = 8
 ANSWER_WIDTH = 20_000  # characters of the answer shown (--json has it whole)
+NOTICE_WIDTH = 500  # characters of a line saying what a model waits for
 PLAN_SUFFIXES = (".yaml", ".yml", ".json")
 
 
@@ -120,7 +128,8 @@ def _import(module_name: str) -> Any:
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        raise ConfigError(f"cannot import {module_name!r}: {exc}; run shoal from the directory "
+        raise ConfigError(f"cannot import {module_name!r}: {describe_exception(exc)}; run shoal "
+                          "from the directory "
                           "that holds the package, or give a file path (dir/file.py:agent)"
                           ) from None
 
@@ -131,7 +140,7 @@ def _exec(loader: Any, module: Any, where: str) -> None:
     except ShoalError:
         raise
     except Exception as exc:
-        raise ConfigError(f"importing {where!r} failed: {type(exc).__name__}: {exc}") from None
+        raise ConfigError(f"importing {where!r} failed: {describe_exception(exc)}") from None
 
 
 def run_agent_target(options: AgentOptions, console: Console, live: bool) -> int:
@@ -200,9 +209,8 @@ def notice_lines(event: Event) -> None:
     else:
         return
     where = f"{event.lineage}: " if event.lineage else ""
-    # a provider's error text is not ours: no terminal control sequences from it
-    sys.stderr.write("shoal: " + "".join(ch if ch.isprintable() else "?"
-                                         for ch in where + line) + "\n")
+    # a provider's error text is not ours: escaped, on one line, bounded
+    sys.stderr.write(f"shoal: {one_line(where + line, NOTICE_WIDTH)}\n")
     sys.stderr.flush()
 
 

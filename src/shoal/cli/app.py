@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import sys
+import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -44,6 +45,7 @@ from shoal.exceptions import (
     RunActiveError,
     StoreError,
     ToolDefinitionError,
+    bounded_text,
 )
 from shoal.outcome import RunResult
 from shoal.plan import Plan
@@ -55,6 +57,7 @@ __all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_OK", "RunOptions", "app", "app
            "run_agent", "run_plan"]
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+USAGE_ERROR_WIDTH = 2000  # characters of a command-line error, which quotes what was typed
 
 app = typer.Typer(
     name="shoal",
@@ -415,7 +418,8 @@ def _bad_plan(exc: PlanError, as_json: bool) -> int:
 
 
 def _bad_input(kind: str, message: str, as_json: bool) -> int:
-    sys.stderr.write(f"error: {clean(message, newlines=True)}\n")
+    # the message may quote a file or an option at any length: --json has it whole
+    sys.stderr.write(f"error: {clean(bounded_text(message, USAGE_ERROR_WIDTH), newlines=True)}\n")
     if as_json:
         sys.stdout.write(json.dumps({"error": kind, "message": message}, indent=2) + "\n")
     return EXIT_BAD_INPUT
@@ -428,7 +432,40 @@ def main() -> None:
     turns the KeyboardInterrupt into exit code 130 itself.
     """
     install_log_handler()  # the library's warnings quote node ids and errors: escape them
-    app()
+    try:
+        code = app(standalone_mode=False)  # so that errors come back here to be escaped
+    except typer.Abort:
+        sys.stderr.write("aborted\n")
+        code = EXIT_FAILED
+    except Exception as exc:
+        code = _command_line_error(exc) if _is_usage_error(exc) else _crashed()
+    sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+def _is_usage_error(exc: Exception) -> bool:
+    """Whether ``exc`` is click's word on a bad command line (typer may vendor click)."""
+    return callable(getattr(exc, "format_message", None)) and isinstance(
+        getattr(exc, "exit_code", None), int)
+
+
+def _command_line_error(exc: Any) -> int:
+    """Print a bad option or argument as click would, with what the user typed escaped."""
+    if type(exc).__name__ == "NoArgsIsHelpError":  # its message is the help text: ours
+        exc.show()
+        return int(exc.exit_code)
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None:
+        sys.stderr.write(f"{ctx.get_usage()}\nTry '{clean(ctx.command_path)} --help' for help."
+                         "\n")
+    message = clean(bounded_text(str(exc.format_message()), USAGE_ERROR_WIDTH), newlines=True)
+    sys.stderr.write(f"error: {message}\n")
+    return int(exc.exit_code)
+
+
+def _crashed() -> int:
+    """Print the traceback of a bug, escaped: its messages may quote anything."""
+    sys.stderr.write(clean(traceback.format_exc(), newlines=True))
+    return EXIT_FAILED
 
 
 if __name__ == "__main__":

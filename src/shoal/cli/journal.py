@@ -27,7 +27,7 @@ from rich.text import Text
 
 from shoal.cli import agent_journal
 from shoal.cli.agent_journal import is_agent_record
-from shoal.cli.render import ID_WIDTH, STATUS_STYLES, detail, seconds
+from shoal.cli.render import ID_WIDTH, STATUS_STYLES, FitToWidth, detail, id_width, seconds
 from shoal.cli.safe import clean, one_line
 from shoal.cli.safe import console as safe_console
 from shoal.cli.safe import text as safe_text
@@ -37,6 +37,7 @@ from shoal.exceptions import (
     ShoalError,
     StoreError,
     StoreVersionError,
+    bounded_text,
 )
 from shoal.outcome import STATUSES, jsonable
 from shoal.store.base import ApprovalRecord, AttemptRecord, RunRecord, StoredOutcome
@@ -49,6 +50,8 @@ __all__ = ["DEFAULT_PATH", "live_status", "open_journal", "parse_mark_done", "re
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 ARGUMENTS_WIDTH = 300  # of an approval's arguments and reason (--json has them whole)
+ERROR_WIDTH = 2000  # characters of an error message (--json has it whole)
+SHORT_WIDTH = 24  # of a column of short words (a decision, who decided, why an edge exists)
 
 StoreOption = Annotated[Path, typer.Option(
     "--store", metavar="PATH", help="The journal file.", show_default=True,
@@ -114,7 +117,8 @@ def parse_mark_done(items: Sequence[str]) -> dict[str, Any]:
 
 
 def _fail(message: str, as_json: bool, kind: str = "journal") -> int:
-    sys.stderr.write(f"error: {clean(message, newlines=True)}\n")
+    # the message may quote a run id or a path at any length: --json has it whole
+    sys.stderr.write(f"error: {clean(bounded_text(message, ERROR_WIDTH), newlines=True)}\n")
     if as_json:
         sys.stdout.write(json.dumps({"error": kind, "message": message}, indent=2) + "\n")
     return EXIT_BAD_INPUT
@@ -303,12 +307,14 @@ def _show_view(record: RunRecord, outcomes: Mapping[str, StoredOutcome],
     head.append(f"\n{record.nodes} nodes · started {_when(record.started_at)} · took "
                 f"{seconds(_duration(record))} · {record.sessions} session"
                 f"{'s' if record.sessions != 1 else ''}{f' · {where}' if where else ''}")
-    parts: list[RenderableType] = [head, _node_table(record, outcomes, attempts)]
+    parts: list[RenderableType] = [head, FitToWidth(
+        lambda width: _node_table(record, outcomes, attempts, id_width(width)))]
     edges = _edges(record)
     if edges:
-        parts.append(_edge_table(edges))
+        parts.append(FitToWidth(lambda width: _edge_table(edges, id_width(width))))
     if approvals:
-        parts.append(_approval_table(approvals))
+        # two more columns than the others: ids get less room
+        parts.append(FitToWidth(lambda width: _approval_table(approvals, id_width(width - 20))))
     if status == "interrupted":
         parts.append(Text(f"the process running it stopped; continue with: shoal resume "
                           f"{clean(record.run_id)}", style="yellow"))
@@ -321,7 +327,7 @@ def _show_view(record: RunRecord, outcomes: Mapping[str, StoredOutcome],
 
 
 def _node_table(record: RunRecord, outcomes: Mapping[str, StoredOutcome],
-                attempts: Sequence[AttemptRecord]) -> Table:
+                attempts: Sequence[AttemptRecord], ids: int = ID_WIDTH) -> Table:
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, title="outcomes",
                   title_justify="left")
     for name in ("node", "tool", "status", "tries", "started", "time", "result"):
@@ -332,47 +338,48 @@ def _node_table(record: RunRecord, outcomes: Mapping[str, StoredOutcome],
         stored = outcomes.get(node_id)
         if stored is None:
             state = "in flight" if node_id in flying else "not run"
-            table.add_row(safe_text(node_id, width=ID_WIDTH),
-                          safe_text(str(facts[0]), width=ID_WIDTH), Text(state, style="dim"),
+            table.add_row(safe_text(node_id, width=ids),
+                          safe_text(str(facts[0]), width=ids), Text(state, style="dim"),
                           "-", "-", "-", "")
             continue
         o = stored.outcome
         if stored.damaged:
-            table.add_row(safe_text(node_id, width=ID_WIDTH), safe_text(o.tool, width=ID_WIDTH),
+            table.add_row(safe_text(node_id, width=ids), safe_text(o.tool, width=ids),
                           Text("damaged", style="bold red"), "-", "-", "-",
                           safe_text(stored.damaged, width=200))
             continue
         started = f"{o.started_at:.2f}s" if o.started_at is not None else "-"
         took = seconds(o.duration) if o.started_at is not None else "-"
-        table.add_row(safe_text(o.node_id, width=ID_WIDTH), safe_text(o.tool, width=ID_WIDTH),
-                      safe_text(o.status, STATUS_STYLES.get(o.status, ""), width=ID_WIDTH),
+        table.add_row(safe_text(o.node_id, width=ids), safe_text(o.tool, width=ids),
+                      safe_text(o.status, STATUS_STYLES.get(o.status, ""), width=ids),
                       str(o.attempts), started, took,
                       Text(detail(o), no_wrap=True, overflow="ellipsis"))
     return table
 
 
-def _edge_table(edges: Sequence[Mapping[str, str]]) -> Table:
+def _edge_table(edges: Sequence[Mapping[str, str]], ids: int = ID_WIDTH) -> Table:
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, title="edges",
                   title_justify="left")
     for name in ("from", "to", "why", "detail"):
         table.add_column(name, no_wrap=name != "detail")
     for e in edges:
-        table.add_row(*(safe_text(str(e[k]), width=ID_WIDTH) for k in ("source", "target", "kind")),
+        table.add_row(*(safe_text(str(e[k]), width=ids) for k in ("source", "target")),
+                      safe_text(str(e["kind"]), width=SHORT_WIDTH),
                       Text(one_line(str(e["detail"]), ID_WIDTH * 4)))
     return table
 
 
-def _approval_table(approvals: Sequence[ApprovalRecord]) -> Table:
+def _approval_table(approvals: Sequence[ApprovalRecord], ids: int = ID_WIDTH) -> Table:
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, title="approvals",
                   title_justify="left")
     for name in ("node", "tool", "decision", "by", "reason", "arguments"):
         table.add_column(name, no_wrap=name not in ("reason", "arguments"))
     for a in approvals:
         style = {"approved": "green", "denied": "magenta", "pending": "yellow"}.get(a.decision, "")
-        table.add_row(safe_text(a.node_id, width=ID_WIDTH),
-                      safe_text(a.tool or "-", width=ID_WIDTH),
-                      safe_text(a.decision, style, width=ID_WIDTH),
-                      safe_text(a.decided_by or "-", width=ID_WIDTH),
+        table.add_row(safe_text(a.node_id, width=ids),
+                      safe_text(a.tool or "-", width=ids),
+                      safe_text(a.decision, style, width=SHORT_WIDTH),
+                      safe_text(a.decided_by or "-", width=SHORT_WIDTH),
                       Text(one_line(a.reason or "", ARGUMENTS_WIDTH)),
                       Text(one_line(json.dumps(jsonable(a.arguments)), ARGUMENTS_WIDTH)))
     return table

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from rich import box
-from rich.console import Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.table import Table
 from rich.text import Text
 
@@ -16,8 +17,8 @@ from shoal.exceptions import PlanError
 from shoal.outcome import Outcome, RunResult
 
 __all__ = [
-    "ID_WIDTH", "STATUS_STYLES", "announce", "detail", "errors", "outcome_table", "plan_problems",
-    "render_result", "seconds", "summary",
+    "ID_WIDTH", "STATUS_STYLES", "FitToWidth", "announce", "detail", "errors", "id_width",
+    "outcome_table", "plan_problems", "render_result", "seconds", "summary",
 ]
 
 STATUS_STYLES = {
@@ -35,6 +36,7 @@ ERRORS_SHOWN = 5  # errors printed in full below the table
 ERROR_WIDTH = 300
 PATH_SHOWN = 6  # longest critical path printed in full
 MESSAGE_WIDTH = 2000  # a problem's message, which may quote the plan file
+PROBLEMS_SHOWN = 50  # kinds of problem of a bad plan listed (--json lists all)
 ID_WIDTH = 60  # node ids and tool names longer than this are cut (--json has them whole)
 
 
@@ -76,8 +78,32 @@ def _status(outcome: Outcome) -> Text:
     return safe_text(outcome.status, STATUS_STYLES.get(outcome.status, ""))
 
 
-def outcome_table(result: RunResult) -> Table:
-    """One row per node; for large plans only the nodes that did not succeed get a row."""
+def id_width(width: int | None) -> int:
+    """How much of a node id or tool name a table ``width`` wide shows.
+
+    Enough to leave the status and timing columns room: long ids (a plan may hold any) must
+    not push the status out of sight.
+    """
+    return ID_WIDTH if width is None else max(12, min(ID_WIDTH, (width - 50) // 2))
+
+
+class FitToWidth:
+    """A renderable built for the width it is printed at (rich says it only then)."""
+
+    def __init__(self, build: Callable[[int], RenderableType]) -> None:
+        self._build = build
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        """Build the renderable for ``options.max_width``."""
+        yield self._build(options.max_width)
+
+
+def outcome_table(result: RunResult, width: int | None = None) -> Table:
+    """One row per node; for large plans only the nodes that did not succeed get a row.
+
+    ``width``: the width it will be printed at, which bounds how much of ids is shown.
+    """
+    ids = id_width(width)
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     # Only the last column is wrappable, so rich narrows it (not ids) when space runs out;
     # its cells are single-line texts that end in an ellipsis instead of wrapping.
@@ -93,8 +119,8 @@ def outcome_table(result: RunResult) -> Table:
         if compact and outcome.ok:
             continue
         took = seconds(outcome.duration) if outcome.started_at is not None else "-"
-        table.add_row(safe_text(outcome.node_id, width=ID_WIDTH),
-                      safe_text(outcome.tool, width=ID_WIDTH), _status(outcome),
+        table.add_row(safe_text(outcome.node_id, width=ids),
+                      safe_text(outcome.tool, width=ids), _status(outcome),
                       safe_text(outcome.executor or "-"), str(outcome.attempts), took,
                       Text(detail(outcome), no_wrap=True, overflow="ellipsis"))
     if compact:
@@ -145,7 +171,7 @@ def render_result(result: RunResult) -> RenderableType:
     if not len(result):
         return Text("the plan has no nodes; nothing ran")
     failures = errors(result)
-    parts: list[RenderableType] = [outcome_table(result)]
+    parts: list[RenderableType] = [FitToWidth(lambda width: outcome_table(result, width))]
     parts += [failures, summary(result)] if failures is not None else [summary(result)]
     if result.cancelled_reason:
         parts.append(Text(f"run stopped: {one_line(result.cancelled_reason, ERROR_WIDTH)}",
@@ -176,7 +202,9 @@ def plan_problems(error: PlanError) -> str:
     source = f" {one_line(str(error.source), ERROR_WIDTH)}" if error.source else ""
     lines = [f"invalid plan{source}: {count} problem{'s' if count != 1 else ''}"]
     lines += [f"  - [{one_line(code, ID_WIDTH)}] {_where(nodes)}{_message(message)}"
-              for (code, message), nodes in groups.items()]
+              for (code, message), nodes in list(groups.items())[:PROBLEMS_SHOWN]]
+    if len(groups) > PROBLEMS_SHOWN:  # a plan of 100,000 broken nodes: the first say enough
+        lines.append(f"  ... and {len(groups) - PROBLEMS_SHOWN:,} more (--json lists them all)")
     return "\n".join(lines + _hints(set(groups)))
 
 

@@ -241,16 +241,28 @@ class SafeFormatter(logging.Formatter):
     """A log formatter whose output is escaped (see :func:`clean`; line feeds are kept)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        """The record as usual, then escaped: messages and tracebacks quote untrusted text."""
-        return clean(super().format(record), newlines=True)
+        """The record as usual, then escaped: messages and tracebacks quote untrusted text.
+
+        A record whose arguments cannot be formatted (a ``__repr__`` that raises) gives its
+        bare message: logging would print the failure's traceback unescaped instead.
+        """
+        try:
+            found = super().format(record)
+        except Exception:
+            found = (f"{record.levelname}: {safe_str(record.msg, 10_000)} (its arguments could "
+                     "not be shown)")
+        return clean(found, newlines=True)
 
 
 def install_log_handler(stream: IO[str] | None = None) -> logging.Handler | None:
     """Send the ``shoal`` logger's warnings and errors to standard error, escaped.
 
-    Without a handler, Python's last-resort one would print them raw. Does nothing (returns
+    Without a handler, Python's last-resort one would print them raw; it escapes from now on
+    too, for the records of other loggers that nobody configured. Does nothing (returns
     ``None``) when the application configured the ``shoal`` logger or the root logger already.
     """
+    if logging.lastResort is not None:  # what prints other loggers' records (asyncio's, a
+        logging.lastResort.setFormatter(SafeFormatter("%(message)s"))  # tool's) when unset
     logger = logging.getLogger("shoal")
     if logger.handlers or logging.getLogger().handlers:
         return None

@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from shoal.approvals import ApprovalRequest, Approver, Decision
+from shoal.exceptions import describe_exception
 from shoal.limits import Rate, RateLimiter
 from shoal.store.base import ApprovalRecord
 from shoal.store.base import Decision as StoredDecision
@@ -309,7 +310,7 @@ class ApprovalDesk:
             answers = list(await approver.review(requests))
         except Exception as exc:  # the approver's bug: deny, and say so, rather than run
             log.exception("approver %s failed", approver.name)
-            why = f"the approver failed: {type(exc).__name__}: {exc}"
+            why = f"the approver failed: {describe_exception(exc)}"
             return [Decision.deny(why) for _ in requests]
         decisions = [a if isinstance(a, Decision) else Decision.deny(
             f"the approver answered {a!r}, not a Decision") for a in answers[:len(requests)]]
