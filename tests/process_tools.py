@@ -228,6 +228,19 @@ def trap_error(command: str) -> None:
     raise TrapError(command)
 
 
+class Hoard:
+    """Unpickles into ``list(range(10**12))``: a few bytes that would fill the loader's memory."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (list, (range(10**12),))
+
+
+@tool(isolation="process")
+def hoard() -> Any:
+    """Return a :class:`Hoard`."""
+    return Hoard()
+
+
 @tool(isolation="process")
 def plain(value: int) -> Any:
     """Return a :class:`Plain`."""

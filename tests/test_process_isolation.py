@@ -61,6 +61,17 @@ def test_a_result_that_would_run_code_fails_the_call_and_the_run_goes_on(tmp_pat
     assert not marker.exists()
 
 
+def test_a_result_that_would_fill_the_parents_memory_fails_the_call() -> None:
+    plan = Plan()
+    bad = plan.call(pt.hoard)
+    after = plan.call(pt.square, x=4)
+    result = shoal.run_sync(plan, process_workers=1)
+    error = result[bad].error
+    assert error is not None and error.type == "shoal.exceptions.SerializationError"
+    assert "it builds list from range(0, 1000000000000)" in error.message
+    assert result[after].value == 16
+
+
 def test_an_exception_that_would_run_code_comes_back_by_name_only(tmp_path: Path) -> None:
     marker = tmp_path / "ran-in-parent"
     plan = Plan()
