@@ -256,3 +256,9 @@ def test_calls_of_a_modest_size_still_load(value: Any) -> None:
     loaded = load_result(pickle.dumps(value), "the result")
     expected = value.function(*value.args) if isinstance(value, Run) else value
     assert loaded == expected
+
+
+@pytest.mark.parametrize("value", [
+    Run(enum.Enum, "Made", "a b"), Run(Colour, "X", {"_missing_": 1}), Run(enum.IntFlag, "F", "a")])
+def test_an_enum_is_only_looked_up_never_made(value: Any) -> None:
+    assert "would make a new class, not look up a member" in refusal(pickle.dumps(value))

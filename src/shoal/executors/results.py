@@ -219,6 +219,10 @@ def _check_call(cls: Any, args: Any, kwargs: Any = None) -> None:
     ``bytes(10**12)``, ``Fraction("1e999999999")``. Such a call is refused instead of made.
     """
     _check_class(cls)
+    if issubclass(cls, enum.Enum) and (len(args) != 1 or kwargs):
+        # Enum("Name", "a b") makes a new enum class: a member is looked up by its value alone
+        raise SerializationError(f"it calls enum {cls.__qualname__} with {_short(args)}, which "
+                                 "would make a new class, not look up a member")
     values = [*(args if isinstance(args, tuple | list) else (args,)),
               *(kwargs.values() if isinstance(kwargs, dict) else ())]
     for arg in values:
