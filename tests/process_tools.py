@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
 import threading
@@ -302,6 +303,24 @@ def find_secret(parent: int, secret: str, unmount: bool = False) -> dict[str, An
                 pass
     return {"found": found, "unmounted": unmounted, "sees_parent": Path(f"/proc/{parent}").exists(),
             "pid": os.getpid()}
+
+
+@tool(isolation="process")
+def open_files(parent: int) -> dict[str, Any]:
+    """What this worker has open, and what it can see open in ``parent`` (via ``/proc``)."""
+
+    def targets(pid: str) -> list[str]:
+        found = []
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):  # the directory's own descriptor, gone by now
+                found.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        return found
+
+    try:
+        parents: list[str] | None = targets(str(parent))
+    except OSError:
+        parents = None
+    return {"own": targets("self"), "parent": parents}
 
 
 @tool(isolation="process")

@@ -300,6 +300,23 @@ def test_in_the_sandbox_a_tool_cannot_read_the_parents_environment() -> None:
     assert not seen["unmounted"]  # the host's /proc stays covered
 
 
+@pytest.mark.parametrize("sandbox", SANDBOXES)
+def test_a_worker_inherits_none_of_the_parents_files(sandbox: str, tmp_path: Path) -> None:
+    # The journal, the event loop, sockets: none is open in the worker. Without the sandbox a
+    # tool still sees them through /proc/<parent>/fd (the README says so); in it, it does not.
+    journal = tmp_path / "journal.db"
+    plan = Plan()
+    node = plan.call(pt.open_files, parent=os.getpid())
+    seen = shoal.run_sync(plan, process_workers=1, process_sandbox=sandbox,
+                          store=str(journal))[node].value
+    assert not [t for t in seen["own"] if str(tmp_path) in t or t.startswith("socket:")]
+    assert len(seen["own"]) <= 5  # stdin (/dev/null), stdout, stderr, its two pipes
+    if sandbox == "none":
+        assert str(journal) in seen["parent"]
+    else:
+        assert seen["parent"] is None
+
+
 @needs_sandbox
 def test_a_crash_in_the_sandbox_is_reported_as_usual() -> None:
     plan = Plan()
