@@ -140,7 +140,7 @@ def detached(token: str, how: str, tmp_path: Path, stay: bool,
     return plan, ref, ready
 
 
-HOWS = ["session", "double_fork"]
+HOWS = ["session", "double_fork", "hundred_deaf", "stopped_group"]
 
 
 @pytest.mark.parametrize("sandbox", SANDBOXES)
