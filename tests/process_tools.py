@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
 import threading
@@ -228,6 +229,19 @@ def trap_error(command: str) -> None:
     raise TrapError(command)
 
 
+class Hoard:
+    """Unpickles into ``list(range(10**12))``: a few bytes that would fill the loader's memory."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (list, (range(10**12),))
+
+
+@tool(isolation="process")
+def hoard() -> Any:
+    """Return a :class:`Hoard`."""
+    return Hoard()
+
+
 @tool(isolation="process")
 def plain(value: int) -> Any:
     """Return a :class:`Plain`."""
@@ -249,11 +263,41 @@ def _start_detached(how: str, seconds: str) -> None:
         subprocess.Popen(["sleep", seconds], start_new_session=True,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return
+    if how == "hundred_deaf":  # 100 sessions, each ignoring SIGTERM (kept across exec)
+        for _ in range(100):
+            subprocess.Popen(["sh", "-c", f"trap '' TERM; exec sleep {seconds}"],
+                             start_new_session=True, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        _wait_for_sleeps(seconds, 100)
+        return
+    if how == "stopped_group":  # a double fork into a group of its own, deaf, then stopped
+        subprocess.run([sys.executable, "-c", (
+            "import os, signal, subprocess, sys\n"
+            "if os.fork() == 0:\n"
+            "    os.setpgrp(); signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "    subprocess.Popen(['sleep', sys.argv[1]])\n"
+            "    os.kill(os.getpid(), signal.SIGSTOP)\n"), seconds], check=True)
+        _wait_for_sleeps(seconds, 1)
+        return
     # double fork: a middle process starts it in a new session and exits at once
     subprocess.run(
         [sys.executable, "-c", "import subprocess, sys; subprocess.Popen(['sleep', sys.argv[1]], "
          "start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)",
          seconds], check=True)
+
+
+def _wait_for_sleeps(seconds: str, count: int) -> None:
+    """Wait until ``count`` processes ``sleep seconds`` run (seen in this PID namespace)."""
+    for _ in range(500):
+        found = 0
+        for name in os.listdir("/proc"):
+            with contextlib.suppress(OSError):
+                if name.isdigit() and Path(f"/proc/{name}/cmdline").read_bytes() == (
+                        b"sleep\0" + seconds.encode() + b"\0"):
+                    found += 1
+        if found >= count:
+            return
+        time.sleep(0.02)
 
 
 @tool(isolation="process")
@@ -289,6 +333,24 @@ def find_secret(parent: int, secret: str, unmount: bool = False) -> dict[str, An
                 pass
     return {"found": found, "unmounted": unmounted, "sees_parent": Path(f"/proc/{parent}").exists(),
             "pid": os.getpid()}
+
+
+@tool(isolation="process")
+def open_files(parent: int) -> dict[str, Any]:
+    """What this worker has open, and what it can see open in ``parent`` (via ``/proc``)."""
+
+    def targets(pid: str) -> list[str]:
+        found = []
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):  # the directory's own descriptor, gone by now
+                found.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        return found
+
+    try:
+        parents: list[str] | None = targets(str(parent))
+    except OSError:
+        parents = None
+    return {"own": targets("self"), "parent": parents}
 
 
 @tool(isolation="process")

@@ -61,6 +61,17 @@ def test_a_result_that_would_run_code_fails_the_call_and_the_run_goes_on(tmp_pat
     assert not marker.exists()
 
 
+def test_a_result_that_would_fill_the_parents_memory_fails_the_call() -> None:
+    plan = Plan()
+    bad = plan.call(pt.hoard)
+    after = plan.call(pt.square, x=4)
+    result = shoal.run_sync(plan, process_workers=1)
+    error = result[bad].error
+    assert error is not None and error.type == "shoal.exceptions.SerializationError"
+    assert "it builds list from range(0, 1000000000000)" in error.message
+    assert result[after].value == 16
+
+
 def test_an_exception_that_would_run_code_comes_back_by_name_only(tmp_path: Path) -> None:
     marker = tmp_path / "ran-in-parent"
     plan = Plan()
@@ -129,7 +140,7 @@ def detached(token: str, how: str, tmp_path: Path, stay: bool,
     return plan, ref, ready
 
 
-HOWS = ["session", "double_fork"]
+HOWS = ["session", "double_fork", "hundred_deaf", "stopped_group"]
 
 
 @pytest.mark.parametrize("sandbox", SANDBOXES)
@@ -287,6 +298,23 @@ def test_in_the_sandbox_a_tool_cannot_read_the_parents_environment() -> None:
     assert seen["found"] == [] and not seen["sees_parent"]
     assert seen["pid"] == 1  # process 1 of a PID namespace of its own
     assert not seen["unmounted"]  # the host's /proc stays covered
+
+
+@pytest.mark.parametrize("sandbox", SANDBOXES)
+def test_a_worker_inherits_none_of_the_parents_files(sandbox: str, tmp_path: Path) -> None:
+    # The journal, the event loop, sockets: none is open in the worker. Without the sandbox a
+    # tool still sees them through /proc/<parent>/fd (the README says so); in it, it does not.
+    journal = tmp_path / "journal.db"
+    plan = Plan()
+    node = plan.call(pt.open_files, parent=os.getpid())
+    seen = shoal.run_sync(plan, process_workers=1, process_sandbox=sandbox,
+                          store=str(journal))[node].value
+    assert not [t for t in seen["own"] if str(tmp_path) in t or t.startswith("socket:")]
+    assert len(seen["own"]) <= 5  # stdin (/dev/null), stdout, stderr, its two pipes
+    if sandbox == "none":
+        assert str(journal) in seen["parent"]
+    else:
+        assert seen["parent"] is None
 
 
 @needs_sandbox

@@ -207,3 +207,58 @@ def test_a_class_the_application_allows_comes_back() -> None:
     assert load_result(blob, "the result")["value"].value == 3
     with pytest.raises(TypeError, match="classes and functions"):
         allow_result_types("Touchy")  # type: ignore[arg-type]
+
+
+def newobj(cls: type, *args: Any) -> bytes:
+    """A pickle of ``cls.__new__(cls, *args)`` (NEWOBJ; ``pickle`` itself would not write it)."""
+    named = f"{cls.__module__}\n{cls.__qualname__}\n".encode()
+    body = pickle.dumps(args, 2, fix_imports=False)[2:-1]  # the arguments, without PROTO and STOP
+    return b"\x80\x02c" + named + body + pickle.NEWOBJ + pickle.STOP
+
+
+HUGE = range(10**12)
+COSTLY = [
+    Run(list, HUGE), Run(tuple, HUGE), Run(set, HUGE), Run(frozenset, HUGE),
+    Run(bytes, HUGE), Run(bytearray, HUGE), Run(bytes, 10**12), Run(bytearray, 10**12),
+    Run(collections.deque, range(10**18)), Run(collections.Counter, HUGE),
+    Run(time.struct_time, HUGE), Run(os.stat_result, HUGE),
+    Run(BaseExceptionGroup, "m", HUGE), Run(list, range(2**70)),
+    Run(fractions.Fraction, "1e999999999"), Run(fractions.Fraction, " 1E+1_000_000_000 "),
+    Run(fractions.Fraction, decimal.Decimal("1e999999999")),
+    Run(int, decimal.Decimal("1e999999999")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("value", COSTLY, ids=lambda v: f"{v.__class__.__name__}-{v.args}")
+@pytest.mark.parametrize("protocol", [0, 2, pickle.HIGHEST_PROTOCOL])
+def test_a_tiny_reply_cannot_make_this_process_build_something_huge(value: Any,
+                                                                    protocol: int) -> None:
+    # each would take gigabytes or hours if the call were made: refused at once instead
+    started = time.perf_counter()
+    assert "far more memory or time than the reply holds" in refusal(
+        pickle.dumps(value, protocol, fix_imports=False))
+    assert time.perf_counter() - started < 5
+
+
+@pytest.mark.parametrize(("cls", "arg"), [
+    (tuple, HUGE), (frozenset, HUGE), (bytes, 10**12), (fractions.Fraction, "1e999999999")])
+def test_nor_can_it_through_new(cls: type, arg: Any) -> None:
+    assert "far more memory or time" in refusal(newobj(cls, arg))
+    assert load_result(newobj(cls, range(3) if cls is not fractions.Fraction else "1e3"), "r")
+
+
+@pytest.mark.parametrize("value", [
+    Run(list, range(1000)), Run(bytes, 64), Run(fractions.Fraction, "1e300"),
+    Run(int, decimal.Decimal("1e300")), Run(collections.deque, range(5), 2),
+    Pair(1, "x"), {"r": range(10**12)}, decimal.Decimal("1e999999999"),
+])  # fmt: skip
+def test_calls_of_a_modest_size_still_load(value: Any) -> None:
+    loaded = load_result(pickle.dumps(value), "the result")
+    expected = value.function(*value.args) if isinstance(value, Run) else value
+    assert loaded == expected
+
+
+@pytest.mark.parametrize("value", [
+    Run(enum.Enum, "Made", "a b"), Run(Colour, "X", {"_missing_": 1}), Run(enum.IntFlag, "F", "a")])
+def test_an_enum_is_only_looked_up_never_made(value: Any) -> None:
+    assert "would make a new class, not look up a member" in refusal(pickle.dumps(value))

@@ -133,3 +133,31 @@ def test_a_generator_is_not_sent_to_a_model() -> None:
     node = plan.add(shoal.tool(ut.pages), {"url": "u"})
     value = shoal.run_sync(plan)[node].value
     assert list(value) == ["u"]
+
+
+@pytest.mark.parametrize("isolation", ["thread", "process"])
+def test_a_sync_tool_raising_stop_iteration_fails_instead_of_hanging(isolation: str) -> None:
+    outcome = run_one(ut.stops, isolation)  # used to wait forever on the thread backend
+    assert outcome.status == "failed" and outcome.error is not None
+    assert outcome.error.type == "RuntimeError"
+    assert "StopIteration" in outcome.error.message
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs ray")
+@pytest.mark.timeout(300)
+def test_a_sync_tool_raising_stop_iteration_fails_on_rays_actor_pool() -> None:
+    plan = Plan()
+    pooled = plan.add(shoal.tool(ut.stops, isolation="ray", resources={"num_cpus": 0},
+                                 timeout=120),
+                      {"url": "u"})  # the pool runs sync tools on threads, behind a future
+    task = plan.add(shoal.tool(ut.stops, isolation="ray", timeout=120), {"url": "u"})
+
+    async def go() -> shoal.RunResult:
+        async with Runtime() as runtime:
+            return await runtime.run(plan)
+
+    result = arun(go(), timeout=280)
+    for node in (pooled, task):
+        error = result[node].error
+        assert result[node].status == "failed" and error is not None, result[node]
+        assert "StopIteration" in error.message

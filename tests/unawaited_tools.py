@@ -55,3 +55,8 @@ async def stream(url: str) -> AsyncIterator[str]:
 def pages(url: str) -> Iterator[str]:
     """A generator function used as a tool: fine in a plan, not as an answer to a model."""
     yield url
+
+
+def stops(url: str) -> str:
+    """Raises ``StopIteration``, which an asyncio future refuses to carry."""
+    raise StopIteration(url)

@@ -70,6 +70,11 @@ async def _model_turn(request_digest: str) -> Any:
     raise AssertionError("a model turn is bound to its agent before it runs")
 
 
+# A reply with neither text nor tool calls answers nothing: it is sent back like an answer that
+# does not fit, so a model that stalls gets to try again, then the run ends in a typed error.
+_EMPTY = "the reply was empty: no text and no tool calls"
+_EMPTY_AGAIN = "Your reply was empty (no text and no tool calls). Answer the task, or call a tool."
+
 class ConversationDigest:
     """A digest of each model request, updated with each new message only.
 
@@ -183,17 +188,19 @@ class AgentRun:
                 messages.extend(record.message for record in records)
                 continue
             spec = agent.output_spec
-            if spec is None:
-                return response.text
             try:
-                return spec.parse(response.text)
+                if not response.text.strip():
+                    raise ValueError(_EMPTY)
+                return response.text if spec is None else spec.parse(response.text)
             except ValueError as exc:
                 output_retries += 1
                 if output_retries > agent.output_retries:
+                    wanted = "an answer" if spec is None else repr(agent.output_type)
                     raise OutputValidationError(
-                        f"agent {self.lineage}'s answer did not fit {agent.output_type!r} after "
+                        f"agent {self.lineage}'s answer did not fit {wanted} after "
                         f"{agent.output_retries} retries: {exc}") from None
-                messages.append(UserMessage(spec.retry_prompt(str(exc))))
+                messages.append(UserMessage(_EMPTY_AGAIN if spec is None
+                                            else spec.retry_prompt(str(exc))))
 
     async def _ask(self) -> ModelResponse:
         ctx, agent = self.ctx, self.agent

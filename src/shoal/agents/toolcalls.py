@@ -103,8 +103,24 @@ def result_text(outcome: Outcome, name: str | None = None) -> tuple[str, bool]:
     """
     if outcome.status == "ok":
         value = outcome.value
-        return (value if isinstance(value, str) else json.dumps(jsonable(value))), False
-    return error_text(name or outcome.tool, outcome), True
+        return bounded(value if isinstance(value, str) else json.dumps(jsonable(value))), False
+    return bounded(error_text(name or outcome.tool, outcome)), True
+
+
+#: The most characters of one call's result (or error) a model is sent; the outcome keeps all.
+MAX_RESULT_CHARS = 100_000
+
+
+def bounded(text: str) -> str:
+    """``text`` cut to :data:`MAX_RESULT_CHARS`, saying how much was left out.
+
+    A tool that returns 10 MB would otherwise go whole into every later request of the agent,
+    past any context window, and fail the run there.
+    """
+    if len(text) <= MAX_RESULT_CHARS:
+        return text
+    cut = len(text) - MAX_RESULT_CHARS
+    return f"{text[:MAX_RESULT_CHARS]}\n[... {cut} more characters cut: the result is too long]"
 
 
 def error_text(name: str, outcome: Outcome) -> str:
@@ -228,7 +244,8 @@ def _reword(records: list[CallRecord | None], error_format: ToolErrorFormat) -> 
             log.exception("tool_error_format failed on %s; the model gets shoal's wording",
                           record.lineage)
             continue
-        records[index] = replace(record, message=replace(record.message, content=str(text)))
+        message = replace(record.message, content=bounded(str(text)))
+        records[index] = replace(record, message=message)
 
 
 def _child(lineage: str, name: str) -> str:
@@ -259,7 +276,7 @@ def _check(
 
 
 def _rejected(call: ToolCall, where: str, text: str) -> CallRecord:
-    message = ToolResultMessage(call.id, call.name, text, is_error=True)
+    message = ToolResultMessage(call.id, call.name, bounded(text), is_error=True)
     return CallRecord(call, where, "rejected", message)
 
 

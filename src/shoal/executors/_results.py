@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import inspect
+from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
 from shoal.exceptions import ToolDefinitionError
 
-__all__ = ["unawaited_result"]
+__all__ = ["call_on_thread", "unawaited_result"]
 
 # results that are certainly not awaitables: checked by exact type first, as most are these
 _PLAIN = frozenset({str, int, float, bool, bytes, type(None), dict, list, tuple})
@@ -54,3 +55,16 @@ def _unawaited(value: Any) -> str | None:
     if inspect.isawaitable(value):
         return f"an awaitable ({type(value).__qualname__}); did you forget 'await'?"
     return None
+
+
+def call_on_thread(fn: Callable[..., Any], args: dict[str, Any]) -> Any:
+    """``fn(**args)`` for a thread whose result an asyncio future will carry.
+
+    A future refuses ``StopIteration`` (it "interacts badly with generators"): set on one, it
+    is lost and the awaiting call waits forever. A tool that raises it fails instead, with the
+    ``RuntimeError`` Python itself gives a coroutine that raises it, chained to the original.
+    """
+    try:
+        return fn(**args)
+    except StopIteration as exc:
+        raise RuntimeError(f"the tool raised StopIteration({exc.value!r})") from exc

@@ -79,7 +79,7 @@ from shoal.exceptions import (
     WorkerCrashedError,
 )
 from shoal.executors._errors import error_reply, rebuild_error
-from shoal.executors._results import unawaited_result
+from shoal.executors._results import call_on_thread, unawaited_result
 from shoal.executors._shipping import dumps, dumps_callable, loads, loads_callable
 from shoal.executors.base import Call, Executor
 from shoal.executors.results import load_result
@@ -197,7 +197,8 @@ class PoolWorker:
                 value = await fn(**args)
             else:
                 loop = asyncio.get_running_loop()
-                value = await loop.run_in_executor(self._threads, functools.partial(fn, **args))
+                value = await loop.run_in_executor(self._threads,
+                                                   functools.partial(call_on_thread, fn, args))
         except asyncio.CancelledError:  # ray.cancel of this call
             raise
         except BaseException as exc:

@@ -86,27 +86,38 @@ def _builtin_exceptions() -> dict[_Global, Any]:
             if isinstance(v, type) and issubclass(v, BaseException)}
 
 
-# Names the fast stage resolves: types implemented in C, whose attributes cannot be set.
+# Classes whose constructor fills the new object from an iterable argument: a reply of a few
+# bytes naming ``list(range(10**12))`` or ``tuple.__new__(tuple, range(...))`` would make this
+# process build a huge object, so calls to them are checked (careful stage only).
+_FILLING: tuple[type, ...] = (
+    list, tuple, set, frozenset, bytes, bytearray, dict, collections.deque, BaseExceptionGroup)
+_MAX_BUILT = 1 << 24  # items (or bytes) one call may build from a lazy argument
+_MAX_EXPONENT = 4300  # as int's own limit on digits: 10**this is cheap, 10**(10**9) is not
+
+# Names the fast stage resolves: types implemented in C, whose attributes cannot be set, and
+# whose constructor builds nothing larger than its arguments.
 _FAST: dict[_Global, Any] = {
-    **{_name(t): t for t in _IMMUTABLE_TYPES}, **_builtin_exceptions()}
+    name: t for name, t in {**{_name(t): t for t in _IMMUTABLE_TYPES},
+                            **_builtin_exceptions()}.items()
+    if t is not int and not issubclass(t, _FILLING)}
 
 
 def _reconstructor(cls: Any, base: Any, state: Any) -> Any:
     """``copyreg._reconstructor`` (protocols 0 and 1), for allowed classes only."""
     _check_class(cls)
-    _check_class(base)
+    _check_call(base, (state,))
     return copyreg._reconstructor(cls, base, state)  # type: ignore[attr-defined]
 
 
 def _newobj(cls: Any, *args: Any) -> Any:
     """``copyreg.__newobj__``, for allowed classes only."""
-    _check_class(cls)
+    _check_call(cls, args)
     return cls.__new__(cls, *args)
 
 
 def _newobj_ex(cls: Any, args: Any, kwargs: Any) -> Any:
     """``copyreg.__newobj_ex__``, for allowed classes only."""
-    _check_class(cls)
+    _check_call(cls, args, kwargs)
     return cls.__new__(cls, *args, **kwargs)
 
 
@@ -179,6 +190,52 @@ def _check_class(cls: Any) -> None:
                                  "class")
 
 
+def _range_size(value: range) -> int:
+    try:
+        return len(value)
+    except OverflowError:  # more items than a machine word counts
+        return sys.maxsize
+
+
+def _too_costly(cls: type, arg: Any) -> bool:
+    """Whether ``cls(arg)`` would build far more than the bytes of the reply describe."""
+    if isinstance(arg, decimal.Decimal) and cls is not decimal.Decimal:
+        # int(), Fraction() of Decimal("1e999999999") compute 10**999999999
+        return arg.is_finite() and abs(arg.adjusted()) > _MAX_EXPONENT
+    if isinstance(arg, str) and issubclass(cls, fractions.Fraction):
+        exponent = arg.strip().lower().partition("e")[2].replace("_", "")
+        return exponent.lstrip("+-").isdigit() and abs(int(exponent)) > _MAX_EXPONENT
+    if not issubclass(cls, _FILLING) or "_fields" in vars(cls):  # a NamedTuple keeps its args
+        return False
+    if isinstance(arg, range):
+        return _range_size(arg) > _MAX_BUILT
+    return issubclass(cls, bytes | bytearray) and isinstance(arg, int) and arg > _MAX_BUILT
+
+
+def _check_call(cls: Any, args: Any, kwargs: Any = None) -> None:
+    """Refuse a call of an allowed class that would use up this process's memory or time.
+
+    A pickle is small, but the calls it names need not be: ``list(range(10**12))``,
+    ``bytes(10**12)``, ``Fraction("1e999999999")``. Such a call is refused instead of made.
+    """
+    _check_class(cls)
+    if issubclass(cls, enum.Enum) and (len(args) != 1 or kwargs):
+        # Enum("Name", "a b") makes a new enum class: a member is looked up by its value alone
+        raise SerializationError(f"it calls enum {cls.__qualname__} with {_short(args)}, which "
+                                 "would make a new class, not look up a member")
+    values = [*(args if isinstance(args, tuple | list) else (args,)),
+              *(kwargs.values() if isinstance(kwargs, dict) else ())]
+    for arg in values:
+        if _too_costly(cls, arg):
+            raise SerializationError(f"it builds {cls.__qualname__} from {_short(arg)}, which "
+                                     "would take far more memory or time than the reply holds")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _lookup(module: str, name: str) -> Any:
     """``module.name`` as this process has it, found without importing or running anything."""
     found: Any = sys.modules.get(module)
@@ -243,21 +300,21 @@ class _CarefulUnpickler(_PyUnpickler):  # type: ignore[misc]
         raise SerializationError(f"it names copyreg extension {code}, which results may not")
 
     def _instantiate(self, klass: Any, args: Any) -> None:
-        _check_class(klass)
+        _check_call(klass, args)
         _PyUnpickler._instantiate(self, klass, args)
 
     def load_reduce(self) -> None:
         func = self.stack[-2]
         if id(func) not in _SAFE_CALLABLES and id(func) not in _registered:
-            _check_class(func)  # an instance of an allowed class is never called
+            _check_call(func, self.stack[-1])  # an instance of an allowed class is never called
         _BASE[pickle.REDUCE[0]](self)
 
     def load_newobj(self) -> None:
-        _check_class(self.stack[-2])
+        _check_call(self.stack[-2], self.stack[-1])
         _BASE[pickle.NEWOBJ[0]](self)
 
     def load_newobj_ex(self) -> None:
-        _check_class(self.stack[-3])
+        _check_call(self.stack[-3], self.stack[-2], self.stack[-1])
         _BASE[pickle.NEWOBJ_EX[0]](self)
 
     def load_build(self) -> None:

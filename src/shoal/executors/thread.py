@@ -16,6 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from shoal.executors._results import call_on_thread
 from shoal.executors.base import Call, Executor
 
 __all__ = ["DEFAULT_THREAD_WORKERS", "ThreadExecutor"]
@@ -75,6 +76,6 @@ def _target(call: Call) -> Callable[[], Any]:
 
     def work() -> Any:
         call.began_at = time.monotonic()  # when a thread really picked the call up
-        return asyncio.run(fn(**args)) if is_async else fn(**args)
+        return asyncio.run(fn(**args)) if is_async else call_on_thread(fn, args)
 
     return work

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import logging
 import math
 import os
@@ -44,6 +45,7 @@ __all__ = [
     "parse_retry_after",
     "priced_usage",
     "resolve_credentials",
+    "sendable",
     "transport_error",
     "unreachable",
 ]
@@ -278,3 +280,32 @@ def priced_usage(model: str, served_by: str, tokens_in: int | None, tokens_out: 
     if price is None and served_by:
         price = cost(served_by, tokens_in, tokens_out, prices)
     return Usage(tokens_in, tokens_out, 1, price)
+
+
+def sendable(params: dict[str, Any]) -> dict[str, Any]:
+    r"""``params`` as a provider's JSON body can carry them.
+
+    Text a model or a tool produced can hold lone surrogates (the escape ``\ud800`` is valid
+    JSON, but not UTF-8) and arguments a model sent can hold ``NaN``; the SDKs would fail to
+    encode the next request and end the run. Lone surrogates become U+FFFD and non-finite
+    numbers the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``. Most requests need no
+    change: they are checked at C speed first, and returned as they are.
+    """
+    try:
+        json.dumps(params, ensure_ascii=False, allow_nan=False).encode()
+    except (ValueError, TypeError):  # UnicodeEncodeError is a ValueError
+        repaired: dict[str, Any] = _repaired(params)
+        return repaired
+    return params
+
+
+def _repaired(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {_repaired(k): _repaired(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_repaired(v) for v in value]
+    return value

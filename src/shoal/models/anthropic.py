@@ -32,6 +32,7 @@ from shoal.models._common import (
     http_error,
     priced_usage,
     resolve_credentials,
+    sendable,
     transport_error,
     unreachable,
 )
@@ -133,7 +134,7 @@ class AnthropicModel(Model):
         client = self._client()
         with self._sdk_errors():
             message: AnthropicMessage = await client.messages.create(
-                **self._params(request))
+                **sendable(self._params(request)))
         return self._response(message)
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
@@ -141,7 +142,7 @@ class AnthropicModel(Model):
         client = self._client()
         state = _StreamState()
         with self._sdk_errors():
-            events = await client.messages.create(**self._params(request), stream=True)
+            events = await client.messages.create(**sendable(self._params(request)), stream=True)
             async with events:
                 async for event in events:
                     if text := state.add(event):

@@ -30,6 +30,7 @@ from shoal.models._common import (
     http_error,
     priced_usage,
     resolve_credentials,
+    sendable,
     transport_error,
     unreachable,
 )
@@ -123,7 +124,7 @@ class OpenAIModel(Model):
         client = self._client()
         with self._sdk_errors():
             completion: ChatCompletion = await client.chat.completions.create(
-                **self._params(request))
+                **sendable(self._params(request)))
         return self._response(completion)
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
@@ -135,7 +136,7 @@ class OpenAIModel(Model):
             # the garbage collector, whose finalizer then starts cleanup tasks on this loop;
             # reading the SSE lines to the end ourselves leaves nothing behind.
             async with client.chat.completions.with_streaming_response.create(
-                    **self._params(request), stream=True,
+                    **sendable(self._params(request)), stream=True,
                     stream_options={"include_usage": True}) as raw:
                 async for line in raw.iter_lines():
                     chunk = self._sse_chunk(line, state)
