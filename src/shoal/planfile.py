@@ -174,8 +174,8 @@ def load_plan(path: str | Path, *, tools: Mapping[str, Tool[..., Any]] | None = 
     data = _read_data(file, str(path), duplicates)
     # a duplicate key is not fatal: the plan is still built, so that its problems come too
     found = [PlanProblem(d.code, d.message) for d in duplicates]
-    try:
-        plan = plan_from_dict(data, tools=tools, source=str(path))
+    try:  # parsing checked the data's limits already: walking a big file twice costs seconds
+        plan = _build(data, tools or {}, str(path))
     except PlanError as exc:
         raise PlanError(found + exc.problems, str(path)) from None
     if found:
@@ -253,10 +253,15 @@ def plan_from_dict(
     bad = check_value(data)
     if bad is not None:  # nothing further can be read safely from such data
         raise PlanError([PlanProblem(bad.code, bad.message)], source)
+    return _build(data, tools or {}, source)
+
+
+def _build(data: Any, tools: Mapping[str, Tool[..., Any]], source: str) -> Plan:
+    """:func:`plan_from_dict` for data already checked (a file's, by its parser)."""
     problems: list[PlanProblem] = []
     name, raw_nodes = _read_top(data, problems)
     plan = Plan(name)
-    specs = _read_nodes(raw_nodes, tools or {}, problems)
+    specs = _read_nodes(raw_nodes, tools, problems)
     for spec in specs:
         # Nodes whose tool is unusable still go in, as placeholders, so that refs to them are
         # not reported as dangling and cycles through them are still found.
