@@ -270,6 +270,10 @@ def _start_detached(how: str, seconds: str) -> None:
                              stderr=subprocess.DEVNULL)
         _wait_for_sleeps(seconds, 100)
         return
+    if how == "sibling":  # clone(CLONE_PARENT): a child of the worker's parent, in a new session
+        _clone_sibling(["sleep", seconds])
+        _wait_for_sleeps(seconds, 1)
+        return
     if how == "stopped_group":  # a double fork into a group of its own, deaf, then stopped
         subprocess.run([sys.executable, "-c", (
             "import os, signal, subprocess, sys\n"
@@ -284,6 +288,22 @@ def _start_detached(how: str, seconds: str) -> None:
         [sys.executable, "-c", "import subprocess, sys; subprocess.Popen(['sleep', sys.argv[1]], "
          "start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)",
          seconds], check=True)
+
+
+def _clone_sibling(argv: list[str]) -> None:
+    """Start ``argv`` as a sibling of this process (x86-64 Linux ``clone(CLONE_PARENT)``)."""
+    clone_parent, sigchld, sys_clone = 0x00008000, 17, 56
+    libc = ctypes.CDLL(None, use_errno=True)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    pid = libc.syscall(sys_clone, clone_parent | sigchld, 0, 0, 0, 0)
+    if pid == 0:  # the child: nothing but system calls until exec
+        os.setsid()
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        os.execv("/bin/sleep", argv)
+    os.close(devnull)
+    if pid < 0:
+        raise OSError(ctypes.get_errno(), "clone(CLONE_PARENT) failed")
 
 
 def _wait_for_sleeps(seconds: str, count: int) -> None:
@@ -351,6 +371,13 @@ def open_files(parent: int) -> dict[str, Any]:
     except OSError:
         parents = None
     return {"own": targets("self"), "parent": parents}
+
+
+@tool(isolation="process")
+def detach_then_crash(seconds: str, how: str) -> None:
+    """Start a detached ``sleep seconds`` (see :func:`spawn_detached`), then end the worker."""
+    _start_detached(how, seconds)
+    os._exit(3)
 
 
 @tool(isolation="process")

@@ -30,7 +30,7 @@ import signal
 import subprocess
 import sys
 
-__all__ = ["SandboxError", "enter", "problem"]
+__all__ = ["SandboxError", "enter", "problem", "split"]
 
 _CLONE_NEWNS = 0x00020000
 _CLONE_NEWUSER = 0x10000000
@@ -84,14 +84,32 @@ def _map_ids(inside_uid: int, outside_uid: int, inside_gid: int, outside_gid: in
                            f"user id failed: {exc}; {_HINT}") from exc
 
 
+def split(close_in_stand_in: tuple[int, ...]) -> None:
+    """Fork: the original process stays as the stand-in (never returns), the child returns.
+
+    The stand-in (a subreaper, as the caller made it) closes ``close_in_stand_in``, waits for
+    the child, kills whatever is left below it, then ends as the child ended. So even a process
+    a tool started as the *worker's sibling* (``clone(CLONE_PARENT)``, then ``setsid``) is in
+    the tree the application kills: the stand-in, not the application, is its parent.
+    """
+    child = os.fork()
+    if child:
+        for fd in close_in_stand_in:
+            os.close(fd)
+        _stand_in(child)
+
+
 def _stand_in(child: int) -> None:
-    """Wait for process 1 of the namespace, then end as it ended (never returns)."""
+    """Wait for the child, end what is left below this process, then end as it ended."""
+    from shoal.executors._reaper import kill_tree
+
     while True:
         try:
             _, status = os.waitpid(child, 0)
             break
         except InterruptedError:
             continue
+    kill_tree(os.getpid(), include_root=False)
     if os.WIFSIGNALED(status):
         number = os.WTERMSIG(status)
         signal.signal(number, signal.SIG_DFL)
@@ -111,11 +129,7 @@ def enter(close_in_stand_in: tuple[int, ...]) -> None:
              "unshare(CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS)")
     _map_ids(0, uid, 0, gid)  # root of this namespace: it may mount
     _mount(None, "/", None, _MS_REC | _MS_PRIVATE, "making mounts private")
-    child = os.fork()
-    if child:
-        for fd in close_in_stand_in:
-            os.close(fd)
-        _stand_in(child)
+    split(close_in_stand_in)
     # process 1 of the new PID namespace
     _mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, "mounting /proc")
     # Mounts copied into a less privileged mount namespace are locked together: the new

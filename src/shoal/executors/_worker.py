@@ -211,12 +211,13 @@ def configure(body: bytes, pipes: tuple[int, int]) -> int | None:
     user namespace requires it).
     """
     from shoal.executors._reaper import become_subreaper
+    from shoal.executors._sandbox import enter, split
 
     _, parent_path, (memory, cpu_seconds, open_files), sandbox = pickle.loads(body)
     if sandbox == "namespace":
-        from shoal.executors._sandbox import enter
-
         enter(pipes)  # from here on, this is process 1 of the sandbox's PID namespace
+    elif become_subreaper():
+        split(pipes)  # the parent's child stays as a stand-in: tools cannot start its siblings
     become_subreaper()  # orphans of the tools' processes stay below this worker
     sys.path[:] = parent_path  # import exactly what the parent would
     apply_limits(memory, open_files)
