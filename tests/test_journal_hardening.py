@@ -75,7 +75,9 @@ def read_only_dir(tmp_path: Path) -> Iterator[Path]:
             pytest.skip("cannot remount read-only here")
         yield mounted
     finally:
-        subprocess.run(["umount", str(mounted)], capture_output=True, check=False)
+        # lazily: a journal still open in this process must not keep the mount (and the
+        # machine's mount table) around after the test
+        subprocess.run(["umount", "--lazy", str(mounted)], capture_output=True, check=False)
 
 
 def test_a_read_only_journal_is_listed_and_shown_and_refused_for_writing(
