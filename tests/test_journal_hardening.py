@@ -282,3 +282,35 @@ def test_resume_of_an_agent_run_whose_source_lost_its_target_reports_the_damage(
     assert resumed.returncode == 2, resumed.stderr
     assert "runs.source: 'target' is missing" in resumed.stderr
     assert "Traceback" not in resumed.stderr
+
+
+@pytest.mark.parametrize(("path", "value", "problem"), [
+    (("turns",), "x", "runs.source.result.turns: 'x' is not int"),
+    (("status",), "\ud800", "runs.source.result.status: '\\ud800' is not an agent status"),
+    (("calls",), 5, "runs.source.result.calls: 5 is not list"),
+    (("calls", 0, "duration"), None, "runs.source.result.calls[0].duration: None is not int or "
+                                      "float"),
+])
+def test_an_agent_run_whose_journaled_tree_was_edited_is_listed_and_shown_as_damaged(
+        tmp_path: Path, path: tuple[object, ...], value: object, problem: str) -> None:
+    store = tmp_path / "runs.db"
+    shoal_cli("run", str(ROOT / "tests/newcomer_agents.py:unlucky"), "look up a and b",
+              "--store", str(store), cwd=ROOT)
+    with sqlite3.connect(store) as db:
+        run_id, source = db.execute("SELECT run_id, source FROM runs WHERE run_id NOT LIKE "
+                                    "'%/%'").fetchone()
+        data = json.loads(source)
+        inner = data["result"]
+        for key in path[:-1]:
+            inner = inner[key]
+        inner[path[-1]] = value
+        db.execute("UPDATE runs SET source = ? WHERE run_id = ?", (json.dumps(data), run_id))
+    db.close()
+    for command in (["runs"], ["show", run_id]):
+        done = shoal_cli(*command, "--store", str(store), cwd=ROOT)
+        assert done.returncode == 0 and not done.stderr, done.stderr
+        listed = shoal_cli(*command, "--store", str(store), "--json", cwd=ROOT)
+        assert listed.returncode == 0, listed.stderr
+        json.loads(listed.stdout, parse_constant=lambda name: pytest.fail(name))
+    shown = shoal_cli("show", run_id, "--store", str(store), "--json", cwd=ROOT)
+    assert json.loads(shown.stdout)["damaged"] == problem

@@ -24,14 +24,14 @@ import socket
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, get_args
 
 from rich.console import Group, RenderableType
 from rich.panel import Panel
 from rich.text import Text
 
 from shoal import events as events_module
-from shoal.agents.result import AgentResult
+from shoal.agents.result import AgentResult, AgentStatus
 from shoal.cli.render import ID_WIDTH, seconds
 from shoal.cli.safe import clean, safe_str
 from shoal.cli.safe import text as safe_text
@@ -42,7 +42,7 @@ from shoal.store.base import EventRecord, RunEnded, RunRecord, RunStatus, Store
 
 __all__ = ["HEARTBEAT_SECONDS", "AgentJournal", "agent_status_text", "call_counts",
            "event_from_dict", "headline", "is_agent_record", "show_dict", "show_view", "summary",
-           "tree_of"]
+           "summary_problem", "tree_of"]
 
 HEARTBEAT_SECONDS = 1.0
 KIND = "agent"
@@ -171,10 +171,59 @@ def event_from_dict(data: Mapping[str, Any]) -> Event | None:
         return None
 
 
+_NUMBER, _TEXT, _MAYBE_TEXT = (int, float), (str,), (str, type(None))
+_AGENT_FIELDS: dict[str, tuple[type, ...]] = {
+    "agent": _TEXT, "lineage": _TEXT, "status": _TEXT, "turns": (int,), "tokens": (int,),
+    "duration": _NUMBER, "error": _MAYBE_TEXT, "calls": (list,), "children": (list,)}
+_CALL_FIELDS: dict[str, tuple[type, ...]] = {
+    "lineage": _TEXT, "tool": _TEXT, "arguments": _TEXT, "status": _TEXT, "duration": _NUMBER,
+    "result": _TEXT}
+
+
+def summary_problem(tree: object, where: str = "runs.source.result") -> str:
+    """What in a journaled :func:`summary` is not what shoal wrote there ('' if nothing).
+
+    ``shoal runs`` and ``show`` read it as it is only when it has the shape :func:`summary`
+    gives; a hand-edited or damaged one is reported, and the tree is drawn from the events.
+    """
+    problem = _fields_problem(tree, where, _AGENT_FIELDS)
+    if problem or not isinstance(tree, Mapping):
+        return problem
+    if tree["status"] not in get_args(AgentStatus):
+        return f"{where}.status: {clean(repr(tree['status']))[:60]} is not an agent status"
+    for i, call in enumerate(tree["calls"]):
+        problem = _fields_problem(call, f"{where}.calls[{i}]", _CALL_FIELDS)
+        if problem:
+            return problem
+    for i, child in enumerate(tree["children"]):
+        problem = summary_problem(child, f"{where}.children[{i}]")
+        if problem:
+            return problem
+    return ""
+
+
+def _fields_problem(data: object, where: str, fields: Mapping[str, tuple[type, ...]]) -> str:
+    if not isinstance(data, Mapping):
+        return f"{where}: not a JSON object"
+    for name, kinds in fields.items():
+        if type(data.get(name)) not in kinds:
+            return (f"{where}.{name}: {clean(repr(data.get(name)))[:60]} is not "
+                    f"{' or '.join(k.__name__ for k in kinds)}")
+    return ""
+
+
+def _ended_tree(record: RunRecord) -> Mapping[str, Any] | None:
+    """The run's journaled summary, if it ended and the summary is sound."""
+    result = record.source.get("result")
+    if record.status == "running" or not isinstance(result, Mapping) or summary_problem(result):
+        return None
+    return result
+
+
 def tree_of(record: RunRecord, events: Sequence[Mapping[str, Any]]) -> AgentTree:
     """The run's tree: from its summary once it ended, else from its journaled events."""
-    result = record.source.get("result")
-    if isinstance(result, Mapping) and record.status != "running":
+    result = _ended_tree(record)
+    if result is not None:
         return AgentTree.from_summary(result)
     tree = AgentTree.replay(e for e in map(event_from_dict, events) if e is not None)
     return tree
@@ -183,7 +232,7 @@ def tree_of(record: RunRecord, events: Sequence[Mapping[str, Any]]) -> AgentTree
 def headline(record: RunRecord) -> dict[str, Any]:
     """What ``shoal runs`` says of an agent run: the lead's status, its calls and tokens."""
     result = record.source.get("result")
-    if not isinstance(result, Mapping):
+    if not isinstance(result, Mapping) or summary_problem(result):
         return {"target": record.source.get("target", record.name.removeprefix(f"{KIND} "))}
     calls = sum(record.counts.values())
     failed = sum(n for status, n in record.counts.items() if status != "ok")
@@ -208,11 +257,13 @@ def agent_status_text(record: RunRecord, status: str) -> Text:
 
 def show_dict(record: RunRecord, events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """``shoal show --json`` of an agent run: the tree, with every call, and the answer."""
-    result = record.source.get("result")
+    result = _ended_tree(record)
     data: dict[str, Any] = {"kind": KIND, "target": record.source.get("target"),
                             "prompt": record.source.get("prompt"),
                             "model": record.source.get("model")}
-    if isinstance(result, Mapping) and record.status != "running":
+    if "result" in record.source and summary_problem(record.source["result"]):
+        data["damaged"] = summary_problem(record.source["result"])
+    if result is not None:
         data["agent"] = dict(result)
         data["answer"] = result.get("output") if result.get("status") == "ok" else None
     else:  # still running, or killed: what the events say so far
@@ -255,8 +306,11 @@ def show_view(record: RunRecord, events: Sequence[Mapping[str, Any]],
     head.append(f"\nprompt: {clean(str(source.get('prompt', '')), newlines=True)}", style="dim")
     tree = tree_of(record, events)
     parts: list[RenderableType] = [head, render_tree(tree, "agents and calls")]
-    result = source.get("result")
-    if isinstance(result, Mapping) and record.status != "running":
+    result = _ended_tree(record)
+    if "result" in source and summary_problem(source["result"]):
+        parts.append(Text(f"damaged in the journal: {summary_problem(source['result'])}",
+                          style="red"))
+    if result is not None:
         if result.get("status") == "ok":
             output = result.get("output")
             text = output if isinstance(output, str) else json.dumps(output, indent=2)
