@@ -239,7 +239,7 @@ class Agent(Generic[T]):
         ctx = TreeContext(run_id=run_id or new_run_id(), runtime=active,
                           budget=budget or self.budget, sinks=sinks, gates=gates,
                           model_override=override, resuming=resume, force=force)
-        for agent in self._with_subagents():  # a missing key or SDK stops the run here, not
+        for agent in self.with_subagents():  # a missing key or SDK stops the run here, not
             ctx.model_for(agent.model)          # when a subagent first runs
         # the whole tree's claim: its steps are runs of their own, claimed one by one
         claim = (claim_run_nothing() if active.store is None
@@ -329,7 +329,7 @@ class Agent(Generic[T]):
         return run_blocking(self.resume(run_id, prompt, **options),
                             "'await agent.resume(run_id, prompt, ...)'")
 
-    def _with_subagents(self) -> list[Agent[Any]]:
+    def with_subagents(self) -> list[Agent[Any]]:
         """The agent itself and every subagent below it, each once."""
         found: dict[int, Agent[Any]] = {}
         todo: list[Agent[Any]] = [self]

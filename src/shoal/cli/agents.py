@@ -169,7 +169,7 @@ def check_models(agent: Agent[Any], override: str | Model | None) -> None:
     Raises :class:`ConfigError` with one line to act on (the key to export, ``--model
     local``), or :class:`~shoal.exceptions.MissingDependencyError` with the install line.
     """
-    specs = {override} if override is not None else {a.model for a in _tree(agent)}
+    specs = {override} if override is not None else {a.model for a in agent.with_subagents()}
     for spec in specs:
         if isinstance(spec, Model):
             continue
@@ -180,18 +180,6 @@ def check_models(agent: Agent[Any], override: str | Model | None) -> None:
                               "export it, or pass --model local") from None
         except ModelError as exc:
             raise ConfigError(str(exc)) from None
-
-
-def _tree(agent: Agent[Any]) -> list[Agent[Any]]:
-    """The agent and every subagent below it, each once (a cycle would be a definition bug)."""
-    found: dict[int, Agent[Any]] = {}
-    todo = [agent]
-    while todo:
-        current = todo.pop()
-        if id(current) not in found:
-            found[id(current)] = current
-            todo.extend(current.subagents)
-    return list(found.values())
 
 
 def notice_lines(event: Event) -> None:
