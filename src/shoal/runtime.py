@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Collection, Coroutine, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from shoal.approvals import ApprovalRequest, Approver, Callback, as_approver
 from shoal.deps import Graph, analyze
@@ -34,6 +34,7 @@ from shoal.plan import Plan, Ref
 from shoal.scheduler.approval_desk import ApprovalDesk
 from shoal.scheduler.driver import Driver, Snapshot
 from shoal.scheduler.gates import SharedLimits
+from shoal.scheduler.scope import RunScope
 from shoal.scheduler.state import SchedulerState
 from shoal.store.base import RunRecord, Store
 from shoal.store.claims import RunClaim, claim_run, claim_run_nothing
@@ -41,6 +42,9 @@ from shoal.store.fingerprint import LazyDescription, describe_plan, fingerprint
 from shoal.store.open import StoreLike, open_store
 from shoal.store.resume import Resumption, prepare_resume
 from shoal.tools import ISOLATIONS, Isolation
+
+if TYPE_CHECKING:
+    from shoal.agents.budget import Budget
 
 __all__ = ["DEFAULT_MAX_CONCURRENCY", "RunHandle", "Runtime", "run", "run_blocking", "run_sync"]
 
@@ -265,6 +269,9 @@ class Runtime:
         source: Mapping[str, Any] | None = None,
         lineage: str = "",
         force: bool = False,
+        board: Any = None,
+        budget: Budget | None = None,
+        within: RunScope | None = None,
     ) -> RunHandle:
         """Validate and start ``plan`` on the running loop; return its handle at once.
 
@@ -272,11 +279,16 @@ class Runtime:
         ``force`` as there).
         ``source`` says where the plan came from and is kept in the journal (``shoal run``
         keeps the plan file's path, hash and text there, for ``shoal resume``).
+        ``board`` (a :class:`shoal.Board`) is shared by the run's tools and agents; ``budget``
+        (a :class:`shoal.Budget`) holds across every agent node of the run; ``within`` is the
+        scope of the run this one is nested in (a pattern's or an agent node's inner run),
+        whose board and budget it shares.
         Raises :class:`~shoal.exceptions.PlanError` (every problem listed) before anything runs.
         """
         driver, claim = self._driver(
             plan, deadline, fail_fast, on_event, run_id,
-            _Journaling(resume, tuple(rerun_in_doubt), mark_done, source, force), lineage)
+            _Journaling(resume, tuple(rerun_in_doubt), mark_done, source, force), lineage,
+            _Sharing(board, budget, within))
         task = asyncio.get_running_loop().create_task(self._drive(driver, claim))
         return RunHandle(driver, task)
 
@@ -290,14 +302,19 @@ class Runtime:
         run_id: str | None = None,
         source: Mapping[str, Any] | None = None,
         lineage: str = "",
+        board: Any = None,
+        budget: Budget | None = None,
+        within: RunScope | None = None,
     ) -> RunResult:
         """Run ``plan`` to the end and return every node's outcome.
 
         ``lineage`` says whose calls these are (an agent layer passes ``"lead/researcher#2"``):
-        approval requests carry ``f"{lineage}/{node_id}"``.
+        approval requests carry ``f"{lineage}/{node_id}"``. ``board``, ``budget`` and
+        ``within`` as in :meth:`start`.
         """
         driver, claim = self._driver(plan, deadline, fail_fast, on_event, run_id,
-                                     _Journaling(source=source), lineage)
+                                     _Journaling(source=source), lineage,
+                                     _Sharing(board, budget, within))
         return await self._drive(driver, claim)
 
     async def resume(
@@ -311,6 +328,8 @@ class Runtime:
         fail_fast: bool | None = None,
         on_event: EventSink | Sequence[EventSink] | None = None,
         force: bool = False,
+        board: Any = None,
+        budget: Budget | None = None,
     ) -> RunResult:
         """Continue run ``run_id`` from this runtime's store, with the plan it started with.
 
@@ -332,7 +351,7 @@ class Runtime:
         """
         driver, claim = self._driver(plan, deadline, fail_fast, on_event, None,
                                      _Journaling(run_id, tuple(rerun_in_doubt), mark_done,
-                                                 force=force))
+                                                 force=force), "", _Sharing(board, budget))
         return await self._drive(driver, claim)
 
     def resume_sync(self, run_id: str, plan: Plan, **options: Any) -> RunResult:
@@ -365,13 +384,16 @@ class Runtime:
         run_id: str | None,
         journaling: _Journaling,
         lineage: str = "",
+        sharing: _Sharing | None = None,
     ) -> tuple[Driver, RunClaim]:
         plan.validate()
         graph = analyze(plan)
         run_id, record, resumption, claim = self._journal_for(plan, graph, run_id, journaling)
         try:
-            return self._make_driver(graph, run_id, record, resumption, deadline, fail_fast,
-                                     on_event, lineage), claim
+            driver = self._make_driver(graph, run_id, record, resumption, deadline, fail_fast,
+                                       on_event, lineage)
+            driver.scope = self._scope(driver, sharing or _Sharing(), resumption is not None)
+            return driver, claim
         except BaseException:
             claim.release()
             raise
@@ -400,6 +422,18 @@ class Runtime:
                       deadline=self.deadline if deadline is None else deadline,
                       store=self.store, run_record=record, resume=resumption,
                       approvals=self.approvals, lineage=lineage)
+
+    def _scope(self, driver: Driver, sharing: _Sharing, resuming: bool) -> RunScope:
+        """What the run's nodes share: its board and budget, or those of the enclosing run."""
+        outer = sharing.within
+        return RunScope(
+            self, driver.state.run_id, driver.lineage,
+            resuming=resuming or (outer is not None and outer.resuming),
+            board=sharing.board if sharing.board is not None or outer is None else outer.board,
+            budget=sharing.budget if sharing.budget is not None or outer is None
+            else outer.budget,
+            sinks=tuple(driver.sinks),
+            shared={} if outer is None else outer.shared)
 
     def _journal_for(
         self, plan: Plan, graph: Graph, run_id: str | None, journaling: _Journaling,
@@ -481,6 +515,15 @@ class Runtime:
 
 
 @dataclass(frozen=True, slots=True)
+class _Sharing:
+    """What a run shares with its nodes: a board, a tree budget, the enclosing run's scope."""
+
+    board: Any = None
+    budget: Budget | None = None
+    within: RunScope | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class _Journaling:
     """How a run meets the journal: a fresh run (with where its plan came from) or a resume."""
 
@@ -528,12 +571,17 @@ def run_blocking(coro: Coroutine[Any, Any, T],
                      f"{instead} there instead")
 
 
-async def run(plan: Plan, **options: Any) -> RunResult:
-    """Run ``plan`` with a fresh :class:`Runtime`; ``options`` go to ``Runtime(...)``."""
+async def run(plan: Plan, *, board: Any = None, budget: Budget | None = None,
+              **options: Any) -> RunResult:
+    """Run ``plan`` with a fresh :class:`Runtime`; ``options`` go to ``Runtime(...)``.
+
+    ``board`` and ``budget`` go to the run (see :meth:`Runtime.start`).
+    """
     async with Runtime(**options) as runtime:
-        return await runtime.run(plan)
+        return await runtime.run(plan, board=board, budget=budget)
 
 
-def run_sync(plan: Plan, **options: Any) -> RunResult:
-    """Run ``plan`` from synchronous code with a fresh :class:`Runtime`."""
-    return Runtime(**options).run_sync(plan)
+def run_sync(plan: Plan, *, board: Any = None, budget: Budget | None = None,
+             **options: Any) -> RunResult:
+    """Run ``plan`` from synchronous code with a fresh :class:`Runtime` (see :func:`run`)."""
+    return Runtime(**options).run_sync(plan, board=board, budget=budget)

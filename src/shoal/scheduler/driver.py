@@ -43,6 +43,7 @@ from shoal.executors._results import unawaited_result
 from shoal.executors.base import Call, Executor
 from shoal.outcome import ErrorInfo, RunResult, jsonable
 from shoal.scheduler.approval_desk import ApprovalDesk, ApprovalLedger
+from shoal.scheduler.scope import RunScope, inject
 from shoal.scheduler.state import (
     ApprovalAction,
     Ask,
@@ -64,7 +65,6 @@ from shoal.store.base import (
     RunStatus,
     Store,
     approval_hash,
-    idempotency_key,
 )
 from shoal.store.journal import Journal
 from shoal.store.resume import Resumption
@@ -87,13 +87,6 @@ class Snapshot:
     awaiting_approval: Sequence[tuple[str, str, float]] = ()  # (node id, tool, waiting since)
 
 
-def _inject(call: Call) -> None:
-    """Fill in the parameters the runtime provides (see ``shoal.IdempotencyKey``)."""
-    for name, what in call.tool.injected.items():
-        if what == "idempotency_key":
-            call.args[name] = idempotency_key(call.run_id, call.node_id)
-
-
 class Driver:
     """Runs one plan's state machine to completion on the current event loop."""
 
@@ -109,15 +102,18 @@ class Driver:
         resume: Resumption | None = None,
         approvals: ApprovalDesk | None = None,
         lineage: str = "",
+        scope: RunScope | None = None,
     ) -> None:
         self.state = state
         self.lineage = lineage
+        self.scope = scope  # what nodes that start nested runs (agents, patterns) build on
         self._desk = approvals if approvals is not None else ApprovalDesk(None)
         # one place decides where decisions are kept: the run's store, if it has one
         self._ledger: ApprovalLedger = store if store is not None else self._desk.ledger
         self._asked: dict[int, ApprovalRequest] = {}  # position -> its request at the desk
         self._executors = executors
         self._sinks = list(sinks)
+        self.sinks = tuple(sinks)  # the observers' own sinks (not the journal's), for nested runs
         self._deadline = deadline
         self._resume = resume
         self._run_record = run_record
@@ -282,7 +278,7 @@ class Driver:
                 if self._journal is not None and self._journal.failed is not None:
                     return AttemptResult("cancelled")  # the run is stopping: never run it
             if call.tool.injected:
-                _inject(call)
+                inject(call, self.scope)
             if executor.prepares:  # outside the timeout: waiting for a worker is not the call's
                 await executor.prepare(call)
             if call.timeout is None:
