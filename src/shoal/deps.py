@@ -48,17 +48,41 @@ class Edge(NamedTuple):
 
 @dataclass(slots=True)
 class Graph:
-    """The analysed plan: nodes in a topological order, adjacency by position, edge reasons."""
+    """The analysed plan: nodes in a topological order, adjacency by position, edge reasons.
+
+    A graph may grow while its run goes (an open run, a map's items): :meth:`grow` adds a
+    node after every node it has, with its edges to them, so positions stay topological.
+    The first ``static_count`` nodes are the plan's own; the rest were added while it ran.
+    """
 
     nodes: list[Node]
     position: dict[str, int]
     preds: list[list[int]]
     succs: list[list[int]]
     edges: list[Edge]
+    static_count: int = 0
+    builder: _Builder | None = None
 
     def reasons(self, source: str, target: str) -> list[Edge]:
         """Why ``target`` waits for ``source`` (empty when it does not, directly)."""
         return [e for e in self.edges if e.source == source and e.target == target]
+
+    def grow(self, node: Node) -> int:
+        """Add ``node`` after every other node; return its position.
+
+        Its refs and ``after`` must name nodes the graph has; its resource and barrier edges
+        come from the nodes before it.
+        """
+        if self.builder is None:
+            self.builder = _Builder.resume(self)
+        return self.builder.extend(node)
+
+    def fork(self) -> Graph:
+        """A copy that can grow without changing this one (a plan's graph is cached)."""
+        copy = Graph(list(self.nodes), dict(self.position), [list(p) for p in self.preds],
+                     [list(s) for s in self.succs], list(self.edges), self.static_count)
+        copy.builder = _Builder.resume(copy)
+        return copy
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +123,11 @@ def render_key(template: str, args: Mapping[str, Any], defaults: Mapping[str, An
 
 
 class _Builder:
-    """Accumulates edges while walking nodes in order."""
+    """Accumulates edges while walking nodes in order.
+
+    It keeps what later nodes are checked against (footprints seen, the last barrier), so a
+    graph can grow one node at a time.
+    """
 
     def __init__(self, nodes: list[Node]) -> None:
         self.nodes = nodes
@@ -108,6 +136,36 @@ class _Builder:
         self.succs: list[list[int]] = [[] for _ in nodes]
         self.edges: list[Edge] = []
         self._pairs: set[tuple[int, int]] = set()
+        self._last_writer: dict[_Key, int] = {}
+        self._readers: dict[_Key, list[int]] = {}
+        self._wild: list[tuple[_Key, int, str]] = []  # wildcard uses, checked by later keys
+        self._history: list[tuple[_Key, int, str]] = []  # all uses, checked by later wildcards
+        self._last_barrier: int | None = None
+        self._since: list[int] = []  # nodes since the last barrier
+
+    @classmethod
+    def resume(cls, graph: Graph) -> _Builder:
+        """A builder that continues ``graph`` (sharing its lists), to grow it."""
+        b = cls([])
+        b.nodes, b.position, b.preds, b.succs, b.edges = (
+            graph.nodes, graph.position, graph.preds, graph.succs, graph.edges)
+        b._pairs = {(s, t) for t, ps in enumerate(graph.preds) for s in ps}
+        for i in range(len(graph.nodes)):
+            b.footprint(i, with_edges=False)
+            b.barrier(i, with_edges=False)
+        return b
+
+    def extend(self, node: Node) -> int:
+        """Append ``node`` and every edge it gets from the nodes before it."""
+        i = len(self.nodes)
+        self.nodes.append(node)
+        self.position[node.id] = i
+        self.preds.append([])
+        self.succs.append([])
+        self.data_and_after(i)
+        self.footprint(i)
+        self.barrier(i)
+        return i
 
     def add(self, source: int, target: int, kind: EdgeKind, detail: str) -> None:
         if source == target:
@@ -117,6 +175,61 @@ class _Builder:
             self._pairs.add((source, target))
             self.preds[target].append(source)
             self.succs[source].append(target)
+
+    def data_and_after(self, i: int) -> None:
+        node = self.nodes[i]
+        for ref in node.refs:
+            self.add(self.position[ref.node], i, "data", f"uses {ref!r}")
+        for dep in node.after:
+            self.add(self.position[dep], i, "after", f"after={dep}")
+
+    def footprint(self, i: int, *, with_edges: bool = True) -> None:
+        """Resource edges from earlier nodes whose footprints meet this node's."""
+        node = self.nodes[i]
+        policy = node.tool.policy
+        if not policy.reads and not policy.writes:
+            return
+        defaults = node.tool.defaults
+        uses = [(render_key(t, node.args, defaults), "reads") for t in policy.reads]
+        uses += [(render_key(t, node.args, defaults), "writes") for t in policy.writes]
+        for key, mode in uses:
+            if with_edges:
+                self._conflicts(i, key, mode)
+            if not key.wild:
+                if mode == "writes":
+                    self._last_writer[key] = i
+                    self._readers[key] = []
+                else:
+                    self._readers.setdefault(key, []).append(i)
+            else:
+                self._wild.append((key, i, mode))
+            self._history.append((key, i, mode))
+
+    def _conflicts(self, i: int, key: _Key, mode: str) -> None:
+        for other_key, j, other_mode in (self._history if key.wild else self._wild):
+            if "writes" in (mode, other_mode) and key.meets(other_key):
+                self.add(j, i, "resource", f"{other_mode} {other_key} / {mode} {key}")
+        if not key.wild:
+            if key in self._last_writer:
+                self.add(self._last_writer[key], i, "resource", f"writes {key} / {mode} {key}")
+            if mode == "writes":
+                for r in self._readers.get(key, ()):
+                    self.add(r, i, "resource", f"reads {key} / writes {key}")
+
+    def barrier(self, i: int, *, with_edges: bool = True) -> None:
+        """Exclusive tools order everything before and after them."""
+        node = self.nodes[i]
+        if self._last_barrier is not None and with_edges:
+            self.add(self._last_barrier, i, "exclusive",
+                     f"{self.nodes[self._last_barrier].id} is exclusive")
+        if node.tool.policy.exclusive:
+            if with_edges:
+                for j in self._since:
+                    self.add(j, i, "exclusive", f"{node.id} is exclusive")
+            self._since = []
+            self._last_barrier = i
+        else:
+            self._since.append(i)
 
 
 def _topological(plan: Plan) -> list[Node]:
@@ -146,60 +259,6 @@ def _topological(plan: Plan) -> list[Node]:
     return order
 
 
-def _data_and_after(b: _Builder) -> None:
-    for i, node in enumerate(b.nodes):
-        for ref in node.refs:
-            b.add(b.position[ref.node], i, "data", f"uses {ref!r}")
-        for dep in node.after:
-            b.add(b.position[dep], i, "after", f"after={dep}")
-
-
-def _footprints(b: _Builder) -> None:
-    last_writer: dict[_Key, int] = {}
-    readers: dict[_Key, list[int]] = {}
-    wild: list[tuple[_Key, int, str]] = []  # wildcard uses, checked against every later key
-    history: list[tuple[_Key, int, str]] = []  # all uses, checked by later wildcards
-    for i, node in enumerate(b.nodes):
-        policy = node.tool.policy
-        if not policy.reads and not policy.writes:
-            continue
-        defaults = node.tool.defaults
-        uses = [(render_key(t, node.args, defaults), "reads") for t in policy.reads]
-        uses += [(render_key(t, node.args, defaults), "writes") for t in policy.writes]
-        for key, mode in uses:
-            for other_key, j, other_mode in (history if key.wild else wild):
-                if "writes" in (mode, other_mode) and key.meets(other_key):
-                    b.add(j, i, "resource", f"{other_mode} {other_key} / {mode} {key}")
-            if not key.wild:
-                if key in last_writer:
-                    b.add(last_writer[key], i, "resource", f"writes {key} / {mode} {key}")
-                if mode == "writes":
-                    for r in readers.get(key, ()):
-                        b.add(r, i, "resource", f"reads {key} / writes {key}")
-                    last_writer[key] = i
-                    readers[key] = []
-                else:
-                    readers.setdefault(key, []).append(i)
-            else:
-                wild.append((key, i, mode))
-            history.append((key, i, mode))
-
-
-def _barriers(b: _Builder) -> None:
-    last_barrier: int | None = None
-    since: list[int] = []
-    for i, node in enumerate(b.nodes):
-        if last_barrier is not None:
-            b.add(last_barrier, i, "exclusive", f"{b.nodes[last_barrier].id} is exclusive")
-        if node.tool.policy.exclusive:
-            for j in since:
-                b.add(j, i, "exclusive", f"{node.id} is exclusive")
-            since = []
-            last_barrier = i
-        else:
-            since.append(i)
-
-
 def analyze(plan: Plan) -> Graph:
     """The dependency graph of a valid plan (call :meth:`Plan.validate` first); cached per plan."""
     return plan.memo("graph", lambda: _analyze(plan))
@@ -207,7 +266,12 @@ def analyze(plan: Plan) -> Graph:
 
 def _analyze(plan: Plan) -> Graph:
     builder = _Builder(_topological(plan))
-    _data_and_after(builder)
-    _footprints(builder)
-    _barriers(builder)
-    return Graph(builder.nodes, builder.position, builder.preds, builder.succs, builder.edges)
+    count = len(builder.nodes)
+    for i in range(count):  # in passes, so the edges come in the same order as ever
+        builder.data_and_after(i)
+    for i in range(count):
+        builder.footprint(i)
+    for i in range(count):
+        builder.barrier(i)
+    return Graph(builder.nodes, builder.position, builder.preds, builder.succs, builder.edges,
+                 count)

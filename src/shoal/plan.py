@@ -17,7 +17,7 @@ from typing import Any, NoReturn, TypeVar, cast
 from shoal.exceptions import PlanError, PlanProblem, ToolArgumentError
 from shoal.tools import Tool, tool
 
-__all__ = ["Node", "Plan", "Ref", "find_refs"]
+__all__ = ["MapSpec", "Node", "Plan", "Ref", "find_refs"]
 
 PathPart = str | int
 T = TypeVar("T")
@@ -116,6 +116,19 @@ def find_refs(value: Any) -> list[Ref]:
     return found
 
 
+@dataclass(frozen=True, slots=True)
+class MapSpec:
+    """What makes a node a map: which argument gets each item, and whether failures are kept.
+
+    A map node's ``args`` hold the list ref under ``item_arg``; when that list is known the
+    scheduler adds one node per item (``id[0]``, ``id[1]`` ...) with the item in its place,
+    and the map node's value is their values, in item order.
+    """
+
+    item_arg: str
+    partial: bool = False
+
+
 @dataclass(slots=True, eq=False)
 class Node:
     """One call in a plan: a tool, its arguments (refs allowed), explicit ``after`` ids."""
@@ -127,6 +140,7 @@ class Node:
     index: int = 0
     refs: tuple[Ref, ...] = field(default=())
     checked: dict[str, Any] | None = None  # validated args of a ref-free node, set by validation
+    map: MapSpec | None = None  # set for plan.map nodes (see MapSpec)
 
     @property
     def needs(self) -> frozenset[str]:
@@ -193,6 +207,55 @@ class Plan:
         already in the plan is not an error yet: :meth:`validate` reports it together with
         every other problem (the first node keeps the id; the plan cannot run).
         """
+        node = self.make_node(tool, args, after=after, node_id=node_id)
+        self.insert(node)
+        return Ref(node.id)
+
+    def map(
+        self,
+        tool: Tool[..., Any] | Callable[..., Any],
+        /,
+        *,
+        over: Ref,
+        item_arg: str | None = None,
+        partial: bool = False,
+        after: Ref | str | Iterable[Ref | str] = (),
+        node_id: str | None = None,
+        **args: Any,
+    ) -> Ref:
+        """Call ``tool`` once per item of the list ``over`` stands for; return a ref to the list.
+
+        The list holds the results in item order.
+
+        The calls are made when the list is known, while the plan runs: one node per item,
+        ``map-id[0]``, ``map-id[1]`` ..., each with its own outcome, limits and conflict
+        analysis, and ``args`` (refs allowed) given to every one. ``item_arg`` names the
+        argument that gets the item (default: the tool's one required argument not in
+        ``args``). One failed item never loses the others: each keeps its outcome; the map's
+        own outcome is ``failed`` (naming the failed items) unless ``partial=True``, which
+        makes it ``ok`` with the values of the items that succeeded, in item order.
+        """
+        resolved = as_tool(tool)
+        if not isinstance(over, Ref):
+            raise TypeError(f"plan.map(over=...) takes a ref to a node's output (a list), got "
+                            f"{type(over).__name__}; for a list known now, call plan.call "
+                            "once per item")
+        chosen = item_arg if item_arg is not None else _item_arg(resolved, args)
+        node = self.make_node(resolved, {**args, chosen: over}, after=after, node_id=node_id,
+                              map_spec=MapSpec(chosen, partial))
+        self.insert(node)
+        return Ref(node.id)
+
+    def make_node(
+        self,
+        tool: Tool[..., Any] | Callable[..., Any],
+        args: Mapping[str, Any] | None = None,
+        *,
+        after: Ref | str | Iterable[Ref | str] = (),
+        node_id: str | None = None,
+        map_spec: MapSpec | None = None,
+    ) -> Node:
+        """A node for this plan (its id chosen, its refs found), not added yet (:meth:`insert`)."""
         resolved_tool = as_tool(tool)
         node_id = node_id if node_id is not None else self._next_id(resolved_tool.name)
         arguments = dict(args) if args else {}
@@ -202,12 +265,15 @@ class Plan:
         else:
             after_ids = ()
         refs = tuple(find_refs(arguments)) if arguments else ()
-        node = Node(node_id, resolved_tool, arguments, after_ids, len(self._nodes), refs)
-        if node_id in self._nodes:
+        return Node(node_id, resolved_tool, arguments, after_ids,
+                    len(self._nodes) + len(self._duplicates), refs, map=map_spec)
+
+    def insert(self, node: Node) -> None:
+        """Add a node made by :meth:`make_node` (a taken id is kept aside for validation)."""
+        if node.id in self._nodes:
             self._duplicates.append(node)
         else:
-            self._nodes[node_id] = node
-        return Ref(node_id)
+            self._nodes[node.id] = node
 
     def _next_id(self, tool_name: str) -> str:
         count = self._counts.get(tool_name, 0) + 1
@@ -267,6 +333,13 @@ class Plan:
         return (f" (node {found!a} looks the same but is other characters; "
                 f"this is {name!a})")
 
+    def node_problems(self, node: Node) -> list[PlanProblem]:
+        """The problems of one node against this plan (refs to nodes it has, arguments)."""
+        if node.id in self._nodes and self._nodes[node.id] is not node:
+            return [PlanProblem("duplicate_id", "another node already has this id; give every "
+                                                "node its own id", node.id)]
+        return self._node_problems(node)
+
     def _node_problems(self, node: Node) -> list[PlanProblem]:
         found: list[PlanProblem] = []
         for ref in node.refs:
@@ -282,6 +355,10 @@ class Plan:
             elif dep not in self._nodes:
                 found.append(PlanProblem("bad_after", f"after={dep!r} names no node in the plan"
                                          f"{self._look_alike(dep)}", node.id))
+        if node.map is not None and node.map.item_arg not in node.tool.parameters:
+            found.append(PlanProblem("bad_arguments", f"{node.tool.name}: map item_arg "
+                                     f"{node.map.item_arg!r} is not one of its arguments "
+                                     f"({', '.join(node.tool.parameters) or 'none'})", node.id))
         if node.refs:
             detail = node.tool.check_static(node.args, lambda v: bool(find_refs(v)))
         else:  # fully known now: validate once and keep the result for dispatch ...
@@ -310,6 +387,18 @@ class Plan:
         value = compute()
         self._memo[key] = (version, value)
         return value
+
+
+def _item_arg(tool: Tool[..., Any], given: Mapping[str, Any]) -> str:
+    """The argument of ``tool`` that a map's items go to: its one required one not given."""
+    facts = tool.model_facts
+    open_params = [name for name in facts.inputs if name in facts.required and name not in given]
+    if len(open_params) == 1:
+        return open_params[0]
+    which = (f"its required arguments {open_params} are all missing" if open_params
+             else "every required argument is given already")
+    raise TypeError(f"plan.map({tool.name}): say which argument gets each item, "
+                    f"item_arg='...' ({which})")
 
 
 def hard_predecessors(node: Node) -> set[str]:

@@ -29,8 +29,8 @@ from shoal.executors.base import Executor
 from shoal.executors.inline import InlineExecutor
 from shoal.executors.thread import DEFAULT_THREAD_WORKERS, ThreadExecutor
 from shoal.limits import Rate, parse_rate
-from shoal.outcome import RunResult
-from shoal.plan import Plan, Ref
+from shoal.outcome import Outcome, RunResult
+from shoal.plan import Node, Plan, Ref
 from shoal.scheduler.approval_desk import ApprovalDesk
 from shoal.scheduler.driver import Driver, Snapshot
 from shoal.scheduler.gates import SharedLimits
@@ -45,6 +45,7 @@ from shoal.tools import ISOLATIONS, Isolation
 
 if TYPE_CHECKING:
     from shoal.agents.budget import Budget
+    from shoal.openrun import OpenRun
 
 __all__ = ["DEFAULT_MAX_CONCURRENCY", "RunHandle", "Runtime", "run", "run_blocking", "run_sync"]
 
@@ -93,6 +94,18 @@ class RunHandle:
             if unknown:
                 raise KeyError(f"no node(s) {unknown} in run {self.run_id}")
         self._driver.cancel(ids, reason)
+
+    def add(self, nodes: Sequence[Node]) -> None:
+        """Add checked nodes to an open run (see :class:`shoal.openrun.OpenRun`)."""
+        self._driver.add(nodes)
+
+    def close(self) -> None:
+        """An open run takes no more nodes; it ends once every node has ended."""
+        self._driver.close()
+
+    def outcome_of(self, node_id: str) -> asyncio.Future[Outcome]:
+        """A future for one node's outcome."""
+        return self._driver.outcome_of(node_id)
 
     def snapshot(self) -> Snapshot:
         """Counts per status and the calls in flight, for progress displays."""
@@ -292,6 +305,40 @@ class Runtime:
         task = asyncio.get_running_loop().create_task(self._drive(driver, claim))
         return RunHandle(driver, task)
 
+    def open_run(
+        self,
+        name: str = "",
+        *,
+        deadline: float | None = None,
+        fail_fast: bool | None = None,
+        on_event: EventSink | Sequence[EventSink] | None = None,
+        run_id: str | None = None,
+        resume: str | None = None,
+        rerun_in_doubt: Collection[str] = (),
+        mark_done: Mapping[str, Any] | None = None,
+        lineage: str = "",
+        force: bool = False,
+        board: Any = None,
+        budget: Budget | None = None,
+        within: RunScope | None = None,
+    ) -> OpenRun:
+        """Start a run that takes nodes while it goes (see :mod:`shoal.openrun`).
+
+        ``async with runtime.open_run() as run: x = run.call(tool, ...)``; after the block,
+        ``run.result`` holds every outcome. ``resume=RUN_ID`` continues a journaled open run:
+        nodes added again under ids the journal knows replay their outcomes. The other
+        options are those of :meth:`start`. Call it inside a running event loop.
+        """
+        from shoal.openrun import OpenRun
+
+        plan = Plan(name)
+        driver, claim = self._driver(
+            plan, deadline, fail_fast, on_event, run_id,
+            _Journaling(resume, tuple(rerun_in_doubt), mark_done, {"open_run": True}, force),
+            lineage, _Sharing(board, budget, within), open_run=True)
+        task = asyncio.get_running_loop().create_task(self._drive(driver, claim))
+        return OpenRun(RunHandle(driver, task), plan)
+
     async def run(
         self,
         plan: Plan,
@@ -385,13 +432,14 @@ class Runtime:
         journaling: _Journaling,
         lineage: str = "",
         sharing: _Sharing | None = None,
+        open_run: bool = False,
     ) -> tuple[Driver, RunClaim]:
         plan.validate()
         graph = analyze(plan)
         run_id, record, resumption, claim = self._journal_for(plan, graph, run_id, journaling)
         try:
             driver = self._make_driver(graph, run_id, record, resumption, deadline, fail_fast,
-                                       on_event, lineage)
+                                       on_event, lineage, open_run)
             driver.scope = self._scope(driver, sharing or _Sharing(), resumption is not None)
             return driver, claim
         except BaseException:
@@ -401,7 +449,8 @@ class Runtime:
     def _make_driver(self, graph: Graph, run_id: str, record: RunRecord | None,
                      resumption: Resumption | None, deadline: float | None,
                      fail_fast: bool | None,
-                     on_event: EventSink | Sequence[EventSink] | None, lineage: str) -> Driver:
+                     on_event: EventSink | Sequence[EventSink] | None, lineage: str,
+                     open_run: bool = False) -> Driver:
         sinks = [*self._sinks, *_sink_list(on_event)]
         state = SchedulerState(
             graph,
@@ -415,13 +464,15 @@ class Runtime:
             rng=self._rng,
             shared_limits=self._limits,
             record_events=bool(sinks) or (self.store is not None and self.store.keeps_events),
+            open_run=open_run,
         )
         executors: dict[str, Executor] = {
             name: self.executor_for(name) for name in {s.executor for s in state.slots}}
         return Driver(state, executors, sinks=sinks,
                       deadline=self.deadline if deadline is None else deadline,
                       store=self.store, run_record=record, resume=resumption,
-                      approvals=self.approvals, lineage=lineage)
+                      approvals=self.approvals, lineage=lineage,
+                      executor_for=self.executor_for)
 
     def _scope(self, driver: Driver, sharing: _Sharing, resuming: bool) -> RunScope:
         """What the run's nodes share: its board and budget, or those of the enclosing run."""

@@ -41,7 +41,8 @@ from shoal.events import Event, RunFinished, RunStarted
 from shoal.exceptions import StoreError, ToolTimeoutError
 from shoal.executors._results import unawaited_result
 from shoal.executors.base import Call, Executor
-from shoal.outcome import ErrorInfo, RunResult, jsonable
+from shoal.outcome import ErrorInfo, Outcome, RunResult, jsonable
+from shoal.plan import Node
 from shoal.scheduler.approval_desk import ApprovalDesk, ApprovalLedger
 from shoal.scheduler.scope import RunScope, inject
 from shoal.scheduler.state import (
@@ -103,6 +104,7 @@ class Driver:
         approvals: ApprovalDesk | None = None,
         lineage: str = "",
         scope: RunScope | None = None,
+        executor_for: Callable[[str], Executor] | None = None,
     ) -> None:
         self.state = state
         self.lineage = lineage
@@ -111,11 +113,16 @@ class Driver:
         # one place decides where decisions are kept: the run's store, if it has one
         self._ledger: ApprovalLedger = store if store is not None else self._desk.ledger
         self._asked: dict[int, ApprovalRequest] = {}  # position -> its request at the desk
-        self._executors = executors
+        self._executors = dict(executors)
+        # a node added while the run goes (an open run, a map's items) may need a backend
+        # that the run did not start with: the runtime makes it (it starts it once)
+        self._executor_for = executor_for
         self._sinks = list(sinks)
         self.sinks = tuple(sinks)  # the observers' own sinks (not the journal's), for nested runs
         self._deadline = deadline
         self._resume = resume
+        if resume is not None:  # the nodes the run adds as it goes meet the journal on adding
+            state.fate_of = resume.fate_of
         self._run_record = run_record
         self._session = resume.session if resume is not None else 1
         self._journal: Journal | None = None
@@ -135,6 +142,7 @@ class Driver:
         self._epoch = 0.0
         self._finished: asyncio.Future[None] | None = None
         self._before_start: list[Decisions] = []
+        self._watchers: dict[int, list[asyncio.Future[Outcome]]] = {}  # position -> waiting
         self.cancelled_reason = ""
 
     @property
@@ -188,6 +196,8 @@ class Driver:
             self._timers.clear()
             self.state.shared_limits.forget(self)
         await self._desk.drain(self.state.run_id)
+        if self._watchers:
+            self._tell_watchers(list(self._watchers))
         result = self.result()
         self._publish([RunFinished(run_id=self.state.run_id, time=max(self.now(), result.makespan),
                                    counts=result.counts, makespan=result.makespan)])
@@ -204,6 +214,44 @@ class Driver:
         if self._loop is None:  # not started: nothing runs yet, so only events are pending
             self._before_start.append(decisions)
         else:
+            self._apply(decisions)
+
+    def add(self, nodes: Sequence[Node]) -> None:
+        """Add nodes to an open run (validated by the caller); they run once their inputs are."""
+        if self.state.closed:
+            raise RuntimeError(f"run {self.state.run_id} is closed: it takes no more nodes")
+        decisions = self.state.add(nodes, self.now())
+        if self._loop is None:  # not started: only replays and skips can be pending
+            self._before_start.append(decisions)
+        else:
+            self._apply(decisions)
+
+    def outcome_of(self, node_id: str) -> asyncio.Future[Outcome]:
+        """A future for the outcome of ``node_id`` (resolved at once if it has one)."""
+        pos = self.graph.position.get(node_id)
+        if pos is None:
+            raise KeyError(f"no node {node_id!r} in run {self.state.run_id}")
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        outcome = self.state.slots[pos].outcome
+        if outcome is not None:
+            future.set_result(outcome)
+        else:
+            self._watchers.setdefault(pos, []).append(future)
+        return future
+
+    def _tell_watchers(self, positions: Iterable[int]) -> None:
+        """Resolve the futures of callers waiting for these nodes' outcomes."""
+        for pos in positions:
+            outcome = self.state.slots[pos].outcome
+            if outcome is not None:
+                for future in self._watchers.pop(pos, ()):
+                    if not future.done():
+                        future.set_result(outcome)
+
+    def close(self) -> None:
+        """No more nodes: the run ends once every node it has has ended."""
+        decisions = self.state.close(self.now())
+        if self._loop is not None:
             self._apply(decisions)
 
     def snapshot(self) -> Snapshot:
@@ -245,6 +293,8 @@ class Driver:
             self._approvals(d.approvals)
         if d.parked or d.freed:
             self._share_gates(d)
+        if self._watchers and d.done:
+            self._tell_watchers(d.done)
         if self.state.finished and self._finished is not None and not self._finished.done():
             self._finished.set_result(None)
 
@@ -270,9 +320,9 @@ class Driver:
             self._apply(self.state.wake_gate(gate, self.now()))
 
     async def _attempt(self, call: Call, barrier: asyncio.Future[None] | None) -> AttemptResult:
-        executor = self._executors[call.executor]
         scope: asyncio.Timeout | None = None
         try:
+            executor = self._executors.get(call.executor) or await self._new_executor(call)
             if barrier is not None:  # the journal holds what released this call, and its start
                 await barrier
                 if self._journal is not None and self._journal.failed is not None:
@@ -301,6 +351,13 @@ class Driver:
             raise
         except BaseException as exc:  # incl. SystemExit: a tool's exit fails it; the run lives
             return AttemptResult("failed", error=exc)
+
+    async def _new_executor(self, call: Call) -> Executor:
+        if self._executor_for is None:
+            raise RuntimeError(f"no backend {call.executor!r} in this run")
+        executor = self._executors[call.executor] = self._executor_for(call.executor)
+        await executor.start()
+        return executor
 
     def _attempt_done(self, call: Call, task: asyncio.Task[AttemptResult]) -> None:
         del self._tasks[call.pos]  # one attempt per node at a time: this is the one
@@ -389,6 +446,8 @@ class Driver:
         self._apply(self.state.hold_in_doubt(resume.in_doubt, now,
                                              ask=self._desk.approver is not None))
         self.state.restore([*resume.replay, *resume.settled], now)
+        if self._watchers:  # replayed outcomes are not decisions: tell who waits for them
+            self._tell_watchers(list(self._watchers))
         if self._streaming and self._journal is not None:
             for outcome in resume.settled:  # new to the journal, unlike the replayed ones
                 index = self.graph.nodes[self.graph.position[outcome.node_id]].index

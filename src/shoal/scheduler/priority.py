@@ -15,6 +15,7 @@ import math
 from typing import Any
 
 from shoal.deps import Graph
+from shoal.plan import Node
 from shoal.tools import Tool
 
 __all__ = ["DEFAULT_ESTIMATE", "CriticalPath"]
@@ -34,6 +35,12 @@ class CriticalPath:
         self._used: dict[str, float] = {}  # estimate per tool at the last ranking (nan: none)
         self._next_at = 0  # completions before which no re-ranking happens
         self._multi_tool = len({n.tool.name for n in graph.nodes}) > 1
+
+    def note(self, node: Node) -> None:
+        """A node was added while the run goes: a new tool may make re-ranking worthwhile."""
+        if not self._multi_tool and self.graph.nodes and node.tool.name != (
+                self.graph.nodes[0].tool.name):
+            self._multi_tool = True
 
     def estimate(self, tool: Tool[..., Any]) -> float:
         """Seconds one call of ``tool`` is expected to take."""

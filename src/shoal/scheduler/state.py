@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -60,9 +60,20 @@ from shoal.store.base import approval_hash
 from shoal.tools import Isolation, Tool
 
 __all__ = [
-    "TRANSITIONS", "ApprovalAction", "Ask", "AttemptResult", "Decisions", "Phase",
-    "SchedulerState", "Withdraw",
+    "MAX_MAP_ITEMS", "TRANSITIONS", "ApprovalAction", "Ask", "AttemptResult", "Decisions",
+    "Fate", "Phase", "SchedulerState", "Withdraw",
 ]  # fmt: skip
+
+#: Most predecessors whose priority one added node may raise (see SchedulerState._lift).
+LIFT_BUDGET = 64
+
+#: A map over more items than this fails instead of adding them (each item is a node).
+MAX_MAP_ITEMS = 1_000_000
+
+#: What resume makes of a node the journal knows: ``("run", None)``, ``("replay", outcome)``
+#: (in the journal already), ``("settle", outcome)`` (decided on resume: journal it), or
+#: ``("doubt", reason)``.
+Fate = tuple[str, Any]
 
 
 class Phase:
@@ -92,6 +103,7 @@ class Phase:
 for _name in ("waiting", "approval", "ready", "running", "backoff", "done"):
     setattr(Phase, _name.upper(), Phase(_name))
 PHASES = (Phase.WAITING, Phase.APPROVAL, Phase.READY, Phase.RUNNING, Phase.BACKOFF, Phase.DONE)
+_UNSTARTED = frozenset({Phase.WAITING, Phase.APPROVAL, Phase.READY})
 
 
 TRANSITIONS: Mapping[Phase, frozenset[Phase]] = {
@@ -179,8 +191,8 @@ class _Slot:
 
     __slots__ = (
         "approval", "args", "attempts", "cancel_reason", "cancel_status", "executor", "gates",
-        "node", "outcome", "phase", "pos", "priority", "queued_at", "root", "started_at",
-        "waiting",
+        "gather", "items", "node", "outcome", "phase", "pos", "priority", "queued_at", "root",
+        "started_at", "waiting",
     )  # fmt: skip
 
     def __init__(self, pos: int, node: Node, waiting: int, executor: Isolation) -> None:
@@ -200,6 +212,8 @@ class _Slot:
         self.cancel_status: Status = "cancelled"
         self.root = ""  # for a skipped node: the failure at the start of its chain
         self.approval: _Approval | None = None  # set once the node was asked about
+        self.gather = -1  # a map item: the position of its map node
+        self.items: list[int] | None = None  # a map node, once expanded: its items' positions
 
 
 def choose_executor(tool: Tool[..., Any], default: Isolation | None) -> Isolation:
@@ -231,12 +245,23 @@ class SchedulerState:
         rng: random.Random | None = None,
         record_events: bool = False,
         shared_limits: SharedLimits | None = None,
+        open_run: bool = False,
     ) -> None:
+        if open_run or any(n.map is not None for n in graph.nodes):
+            graph = graph.fork()  # it grows while the run goes; the plan's own stays as it is
         self.graph = graph
+        #: whether no more nodes will be added (an open run is closed by :meth:`close`)
+        self.closed = not open_run
+        self._begun = False
+        self._next_index = max((n.index for n in graph.nodes), default=-1) + 1
+        #: resume: what the journal says about a node added while the run goes (see add())
+        self.fate_of: Callable[[Node], Fate] | None = None
         self.run_id = run_id
         self.fail_fast = fail_fast
         self.record_events = record_events
         self._critical = CriticalPath(graph, estimates if estimates is not None else {})
+        self._default_executor = default_executor
+        self._ask_doubt = False  # resume: nodes in doubt go to the approver (see hold_in_doubt)
         self._rng = rng or random.Random()
         self._global = ConcurrencyLimit("run max_concurrency", max_concurrency)
         self._gates = Gates(resource_limits, executor_limits, shared_limits)
@@ -261,6 +286,7 @@ class SchedulerState:
     def begin(self, now: float) -> Decisions:
         """Queue every node without dependencies and start what the limits allow."""
         d = Decisions()
+        self._begun = True
         cap = self._global.capacity
         if cap is not None and len(self.slots) > cap:  # otherwise every node starts once ready
             self._rank()
@@ -269,6 +295,25 @@ class SchedulerState:
                 self._make_ready(slot, now, d)
         self._dispatch(now, d)
         return d
+
+    def add(self, nodes: Iterable[Node], now: float) -> Decisions:
+        """Nodes added to an open run: each waits for the nodes it needs, then runs as usual.
+
+        A node's refs and ``after`` must name nodes the run has (checked by the caller); its
+        resource and barrier edges come from every node added before it. Before
+        :meth:`begin` nodes are only recorded; ``begin`` queues them.
+        """
+        d = Decisions()
+        for node in nodes:
+            self._add_node(node, now, d)
+        if self._begun:
+            self._dispatch(now, d)
+        return d
+
+    def close(self, now: float) -> Decisions:
+        """No more nodes will be added: the run ends once every node has an outcome."""
+        self.closed = True
+        return Decisions()
 
     def finish(self, pos: int, result: AttemptResult, now: float) -> Decisions:
         """An attempt ended: retry it, or record the outcome and release its dependents."""
@@ -424,6 +469,7 @@ class SchedulerState:
         again; denied, it ends ``in_doubt``. Call before :meth:`begin`.
         """
         d = Decisions()
+        self._ask_doubt = ask
         for node_id, reason in reasons.items():
             slot = self.slots[self.graph.position[node_id]]
             if slot.phase is Phase.DONE:
@@ -438,8 +484,8 @@ class SchedulerState:
 
     @property
     def finished(self) -> bool:
-        """Whether every node has an outcome."""
-        return self.done_count == len(self.slots)
+        """Whether every node has an outcome and no more can be added."""
+        return self.closed and self.done_count == len(self.slots)
 
     def running(self) -> list[tuple[str, str, str, float]]:
         """(node id, tool, executor, start time) of every attempt in flight."""
@@ -477,6 +523,12 @@ class SchedulerState:
         if self.stopping:
             self._record(slot, "cancelled", now, d, reason=self.stopping)
             return
+        if slot.node.map is not None:  # runs nothing itself: makes its items, then gathers
+            if slot.items is None:
+                self._expand(slot, now, d)
+            else:
+                self._gather(slot, now, d)
+            return
         if slot.node.tool.policy.approval is not False or (
                 self._doubt and slot.pos in self._doubt):  # asked about in _dispatch, once
             self._set_phase(slot, Phase.APPROVAL)  # its arguments are resolved with the others
@@ -489,6 +541,138 @@ class SchedulerState:
         if self.record_events:
             d.events.append(NodeQueued(run_id=self.run_id, time=now, node_id=slot.node.id,
                                        tool=slot.node.tool.name))
+
+    def _add_node(self, node: Node, now: float, d: Decisions, *, gather: int = -1,
+                  priority: float | None = None) -> _Slot:
+        """Grow the graph by ``node`` and give it a slot: waiting, replayed, skipped or queued."""
+        fate: Fate = self.fate_of(node) if self.fate_of is not None else ("run", None)
+        node.index = self._next_index
+        self._next_index += 1
+        pos = self.graph.grow(node)
+        slot = _Slot(pos, node, 0, choose_executor(node.tool, self._default_executor))
+        slot.gather = gather
+        self.slots.append(slot)
+        self._critical.note(node)
+        if priority is None:
+            slot.priority = -self._critical.estimate(node.tool)
+            self._lift(slot)
+        else:
+            slot.priority = priority
+        hard = {self.graph.position[r.node] for r in node.refs}
+        hard.update(self.graph.position[a] for a in node.after)
+        self._hard.update((p, pos) for p in hard)
+        blocked: _Slot | None = None  # a needed node that did not succeed
+        for p in self.graph.preds[pos]:
+            before = self.slots[p]
+            if before.phase is not Phase.DONE:
+                slot.waiting += 1
+            elif p in hard and before.outcome is not None and before.outcome.status != "ok":
+                blocked = blocked or before
+        if self.stopping:
+            self._record(slot, "cancelled", now, d, reason=self.stopping)
+        elif fate[0] != "run":
+            self._settle(slot, fate, now, d)
+        elif blocked is not None:
+            assert blocked.outcome is not None
+            slot.root = blocked.root or _root_cause(blocked.node.id, blocked.outcome)
+            self._store(slot, "skipped", now, d, None, None,
+                        f"needs {blocked.node.id!r}, which ended {blocked.outcome.status}"
+                        f"{_detail(blocked.outcome)}", False)
+        elif slot.waiting == 0 and self._begun:
+            self._make_ready(slot, now, d)
+        return slot
+
+    def _lift(self, slot: _Slot) -> None:
+        """Raise the priority of what waits upstream of a new node (its chain got longer).
+
+        Only nodes that have not started matter, and the walk is bounded: a graph fed faster
+        than it runs keeps O(1) work per node; the periodic re-ranking catches the rest.
+        """
+        budget = LIFT_BUDGET
+        stack = [slot]
+        while stack and budget > 0:
+            below = stack.pop()
+            for p in self.graph.preds[below.pos]:
+                before = self.slots[p]
+                if before.phase not in _UNSTARTED:
+                    continue
+                budget -= 1
+                level = self._critical.estimate(before.node.tool) - below.priority
+                if level > -before.priority:
+                    before.priority = -level
+                    if before.phase is Phase.READY:  # the stale heap entry is skipped later
+                        heapq.heappush(self._heap, (before.priority, before.pos))
+                    stack.append(before)
+
+    def _settle(self, slot: _Slot, fate: Fate, now: float, d: Decisions) -> None:
+        """Resume: a node added under an id the journal knows gets what the journal says."""
+        kind, what = fate
+        if kind == "doubt":
+            if self._ask_doubt:
+                self._doubt[slot.pos] = str(what)
+                if slot.waiting == 0 and self._begun:
+                    self._make_ready(slot, now, d)
+            else:
+                self._record(slot, "in_doubt", now, d, reason=str(what))
+            return
+        outcome: Outcome = what
+        slot.attempts, slot.queued_at = outcome.attempts, outcome.queued_at
+        slot.started_at = outcome.started_at
+        self._record(slot, outcome.status, now, d, value=outcome.value, error=outcome.error,
+                     reason=outcome.reason, abandoned=outcome.abandoned)
+        slot.outcome = outcome
+        if kind == "replay":  # in the journal already: not written again
+            d.done.remove(slot.pos)
+
+    def _expand(self, slot: _Slot, now: float, d: Decisions) -> None:
+        """A map's list is known: add one node per item, each with the item in its place."""
+        node = slot.node
+        assert node.map is not None
+        try:
+            args = resolve_arguments(node.args, self._lookup)
+            items = args.pop(node.map.item_arg)
+            if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, (list, tuple)):
+                raise TypeError(f"map {node.id!r} needs a list to map over; "
+                                f"{node.args[node.map.item_arg]!r} is a {type(items).__name__}")
+            if len(items) > MAX_MAP_ITEMS:
+                raise ValueError(f"map {node.id!r}: {len(items)} items is more than "
+                                 f"{MAX_MAP_ITEMS}; split the list")
+        except Exception as exc:
+            self._record(slot, "failed", now, d, error=ErrorInfo.from_exception(exc))
+            return
+        slot.items = []
+        slot.waiting = len(items)  # before adding: an item may end at once (replay, cancel)
+        slot.queued_at = now
+        for i, item in enumerate(items):
+            child = Node(f"{node.id}[{i}]", node.tool, {**args, node.map.item_arg: item})
+            slot.items.append(self._add_node(child, now, d, gather=slot.pos,
+                                             priority=slot.priority).pos)
+        if slot.waiting == 0 and slot.phase is Phase.WAITING:
+            self._gather(slot, now, d)
+
+    def _gather(self, slot: _Slot, now: float, d: Decisions) -> None:
+        """Every item of a map has ended: the map's value is theirs, in item order."""
+        assert slot.items is not None and slot.node.map is not None
+        values: list[Any] = []
+        failed: list[str] = []
+        for pos in slot.items:
+            outcome = self.slots[pos].outcome
+            assert outcome is not None
+            if outcome.status == "ok":
+                values.append(outcome.value)
+            else:
+                failed.append(f"{outcome.node_id} {outcome.status}{_detail(outcome)}")
+        if not failed:
+            self._record(slot, "ok", now, d, value=values)
+            return
+        summary = (f"{len(failed)} of {len(slot.items)} items did not succeed: "
+                   + "; ".join(failed[:5]) + ("; ..." if len(failed) > 5 else ""))
+        if slot.cancel_reason:
+            self._record(slot, slot.cancel_status, now, d, reason=slot.cancel_reason)
+        elif slot.node.map.partial:
+            self._record(slot, "ok", now, d, value=values, reason=summary)
+        else:
+            self._record(slot, "failed", now, d, error=ErrorInfo("MapItemsFailed", summary))
 
     def _dispatch(self, now: float, d: Decisions) -> None:
         """Start ready nodes, best first, while the run-wide limit has room."""
@@ -657,6 +841,12 @@ class SchedulerState:
                      d: Decisions) -> None:
         if slot.phase is Phase.DONE:
             return
+        if slot.items is not None and not slot.cancel_reason:
+            slot.cancel_reason, slot.cancel_status = reason, status
+        for item in slot.items or ():  # a map: its items end first, then it gathers them
+            self._cancel_slot(self.slots[item], reason, status, now, d)
+        if slot.phase is Phase.DONE:
+            return
         if slot.phase is Phase.RUNNING:
             if not slot.cancel_reason:  # the first reason is the one that stopped it
                 slot.cancel_reason, slot.cancel_status = reason, status
@@ -689,6 +879,11 @@ class SchedulerState:
         while stack:
             done = stack.pop()
             assert done.outcome is not None
+            if done.gather >= 0:  # a map item: its map gathers once every item has ended
+                gatherer = self.slots[done.gather]
+                gatherer.waiting -= 1
+                if gatherer.waiting == 0 and gatherer.phase is Phase.WAITING:
+                    self._make_ready(gatherer, now, d)
             failed = done.outcome.status != "ok"
             for succ in self.graph.succs[done.pos]:
                 after = self.slots[succ]
@@ -730,7 +925,8 @@ class SchedulerState:
         if status == "skipped":
             d.events.append(NodeSkipped(run_id=self.run_id, time=now, node_id=nid, tool=tool,
                                         reason=reason))
-        elif slot.attempts == 0 and status not in ("failed", "in_doubt", "denied"):
+        elif slot.attempts == 0 and status not in ("failed", "in_doubt", "denied") and not (
+                status == "ok" and slot.items is not None):
             d.events.append(NodeCancelled(run_id=self.run_id, time=now, node_id=nid, tool=tool,
                                           reason=reason))
         else:

@@ -82,10 +82,15 @@ def describe_plan(graph: Graph) -> dict[str, Any]:
     """
     schemas: dict[int, str] = {}
     nodes: dict[str, list[Any]] = {}
-    for node in graph.nodes:
+    planned = graph.nodes[:graph.static_count]  # not the nodes a run added (a map's items)
+    for node in planned:
         nodes[node.id] = [node.tool.name, _schema_digest(node.tool, schemas),
                           _args_digest(node.args), sorted(node.after) if node.after else []]
-    edges = sorted((e.source, e.target, e.kind, e.detail) for e in graph.edges)
+        if node.map is not None:
+            nodes[node.id].append(["map", node.map.item_arg, node.map.partial])
+    static = graph.position if len(planned) == len(graph.nodes) else nodes
+    edges = sorted((e.source, e.target, e.kind, e.detail) for e in graph.edges
+                   if e.target in static)
     # the digest leaves out the reasons' wording, which may change between shoal versions
     return {"format": FORMAT, "nodes": nodes, "edges": _digest([e[:3] for e in edges]),
             "edge_list": edges}

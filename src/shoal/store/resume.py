@@ -46,7 +46,7 @@ __all__ = ["Resumption", "prepare_resume"]
 _REPLAYED = ("ok", "denied")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Resumption:
     """What a resumed session does with each node.
 
@@ -60,6 +60,40 @@ class Resumption:
     settled: list[Outcome] = field(default_factory=list)
     in_doubt: dict[str, str] = field(default_factory=dict)
     rerun: dict[str, str] = field(default_factory=dict)
+    # what the journal holds of nodes the plan does not have: those a run added while it
+    # went (a map's items, an open run's nodes); each is decided when it is added again
+    later: dict[str, StoredOutcome | None] = field(default_factory=dict)
+    rerun_later: frozenset[str] = frozenset()
+    done_later: Mapping[str, Any] = field(default_factory=dict)
+
+    def fate_of(self, node: Node) -> tuple[str, Any]:
+        """What to do with a node added while the resumed run goes (see SchedulerState.add).
+
+        The same rules as for the plan's own nodes. A node added under an id the journal
+        knows for another tool is a changed plan: :class:`PlanChangedError`.
+        """
+        if node.id not in self.later:
+            return "run", None
+        stored = self.later[node.id]
+        if stored is not None and stored.outcome.tool != node.tool.name:
+            raise PlanChangedError(self.record.run_id, [
+                f"node {node.id!r} was a call of {stored.outcome.tool!r}, now of "
+                f"{node.tool.name!r}"])
+        replayed: list[Outcome] = []
+        why = _doubt(node, stored, stored is None, Resumption(self.record, replayed,
+                                                              rerun=self.rerun))
+        if replayed:
+            return "replay", replayed[0]
+        if not why:
+            return "run", None
+        if node.id in self.rerun_later:
+            self.rerun[node.id] = f"was in doubt ({why}); run again as asked"
+            return "run", None
+        if node.id in self.done_later:
+            return "settle", Outcome(
+                node.id, node.tool.name, "ok", self.done_later[node.id],
+                reason="it was in doubt and was marked done on resume, with the value given")
+        return "doubt", why
 
     @property
     def session(self) -> int:
@@ -108,6 +142,16 @@ def prepare_resume(store: Store, run_id: str, graph: Graph, description: Mapping
                 reason="it was in doubt and was marked done on resume, with the value given"))
         else:
             result.in_doubt[node.id] = why
+    for node_id in stored.keys() - graph.position.keys():
+        result.later[node_id] = stored[node_id]
+    for node_id in open_attempts.keys() - graph.position.keys() - stored.keys():
+        result.later[node_id] = None  # in flight when the run stopped
+    # ids not in the plan: a run's own nodes, decided when it adds them (in doubt or not)
+    maybe_later = {n for n, known in result.later.items()
+                   if known is None or known.outcome.status == "in_doubt"}
+    result.rerun_later = frozenset(wanted & maybe_later)
+    result.done_later = {k: v for k, v in done.items() if k in maybe_later}
+    doubtful |= maybe_later
     unknown = sorted((wanted | done.keys()) - doubtful)
     if unknown:
         raise ConfigError(f"{unknown} are not in doubt in run {run_id!r}, so they cannot be "

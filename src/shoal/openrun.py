@@ -1,0 +1,156 @@
+"""Open runs: a run that takes new nodes while it goes.
+
+``async with runtime.open_run() as run:`` starts a run with no nodes; ``run.call(tool, ...)``
+adds one and returns a :class:`~shoal.plan.Ref` at once, so later nodes can use its output
+whether it has finished, is running or has not started. Each node is checked on its own when
+it is added: one that does not fit (a ref to no node of the run, bad arguments) is refused
+with a :class:`~shoal.exceptions.PlanError` and the run goes on. Resource conflicts are found
+against every node added before (in the order added), and the critical-path priorities of the
+nodes still waiting grow with the chains behind them. Leaving the block closes the run and
+waits for every node; ``run.result`` then holds every outcome.
+
+Everything a closed plan has, an open run has too: limits, approvals, events, cancellation,
+the journal, and resume: ``runtime.open_run(resume=run_id)`` continues a journaled run, and
+each node added again under an id the journal knows replays its recorded outcome (or runs
+again, or is held in doubt) by the usual rules of :mod:`shoal.store.resume`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Generator, Iterable, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from shoal.exceptions import PlanError, UpstreamFailedError
+from shoal.outcome import Outcome, RunResult
+from shoal.plan import MapSpec, Node, Plan, Ref, _item_arg, as_tool
+from shoal.tools import Tool
+
+if TYPE_CHECKING:
+    from shoal.runtime import RunHandle
+
+__all__ = ["OpenRun"]
+
+
+class OpenRun:
+    """A run in progress that accepts new nodes; see the module docstring.
+
+    Made by :meth:`shoal.Runtime.open_run`. Use it as an async context manager, or call
+    :meth:`close` and ``await`` it for the :class:`~shoal.outcome.RunResult`.
+    """
+
+    def __init__(self, handle: RunHandle, plan: Plan) -> None:
+        self._handle = handle
+        self._plan = plan  # names the nodes and checks each one against those before it
+        self._closed = False
+        self._result: RunResult | None = None
+
+    @property
+    def run_id(self) -> str:
+        """The run's id."""
+        return self._handle.run_id
+
+    @property
+    def handle(self) -> RunHandle:
+        """The run's handle: snapshots, pending approvals, partial results."""
+        return self._handle
+
+    @property
+    def result(self) -> RunResult:
+        """Every node's outcome, once the run has ended (after the ``async with`` block)."""
+        if self._result is None:
+            raise RuntimeError(f"open run {self.run_id} has not ended yet: close it and await "
+                               "it, or leave its 'async with' block, first")
+        return self._result
+
+    # ---- adding nodes -----------------------------------------------------------------
+
+    def call(self, tool: Tool[..., Any] | Callable[..., Any], /, *,
+             after: Ref | str | Iterable[Ref | str] = (), node_id: str | None = None,
+             **args: Any) -> Ref:
+        """Add a call of ``tool`` with ``args`` (refs allowed); return a ref to its output."""
+        return self.add(tool, args, after=after, node_id=node_id)
+
+    def add(self, tool: Tool[..., Any] | Callable[..., Any],
+            args: Mapping[str, Any] | None = None, *,
+            after: Ref | str | Iterable[Ref | str] = (), node_id: str | None = None) -> Ref:
+        """Add a call with arguments given as a mapping; return a ref to its output."""
+        return self._insert(self._plan.make_node(tool, args, after=after, node_id=node_id))
+
+    def map(self, tool: Tool[..., Any] | Callable[..., Any], /, *, over: Ref,
+            item_arg: str | None = None, partial: bool = False,
+            after: Ref | str | Iterable[Ref | str] = (), node_id: str | None = None,
+            **args: Any) -> Ref:
+        """Call ``tool`` once per item of the list ``over`` stands for.
+
+        Returns a ref to the list of results, in item order (see :meth:`shoal.Plan.map`).
+        """
+        if not isinstance(over, Ref):
+            raise TypeError(f"map(over=...) takes a ref to a node's output (a list), got "
+                            f"{type(over).__name__}")
+        resolved = as_tool(tool)
+        chosen = item_arg if item_arg is not None else _item_arg(resolved, args)
+        return self._insert(self._plan.make_node(
+            resolved, {**args, chosen: over}, after=after, node_id=node_id,
+            map_spec=MapSpec(chosen, partial)))
+
+    def _insert(self, node: Node) -> Ref:
+        if self._closed:
+            raise RuntimeError(f"open run {self.run_id} is closed: it takes no more nodes")
+        problems = self._plan.node_problems(node)
+        if problems:
+            raise PlanError(problems, self._plan.name)
+        self._handle.add([node])  # may raise (a resumed run's journal knows another tool)
+        self._plan.insert(node)
+        return Ref(node.id)
+
+    # ---- waiting ----------------------------------------------------------------------
+
+    async def wait(self, node: Ref | str) -> Outcome:
+        """The outcome of a node of this run, once it has one."""
+        return await self._handle.outcome_of(node.node if isinstance(node, Ref) else node)
+
+    async def value(self, ref: Ref | str) -> Any:
+        """The value ``ref`` stands for, once its node has ended.
+
+        Raises :class:`~shoal.exceptions.UpstreamFailedError` if that node did not succeed.
+        """
+        outcome = await self.wait(ref)
+        if outcome.status != "ok":
+            raise UpstreamFailedError(f"node {outcome.node_id!r} ended {outcome.status}: "
+                                      f"{outcome.error or outcome.reason}")
+        return ref.pick(outcome.value) if isinstance(ref, Ref) else outcome.value
+
+    def cancel(self, node: Ref | str | Iterable[Ref | str] | None = None, *,
+               reason: str = "cancelled by the user") -> None:
+        """Cancel one node, several, or the whole run (see :meth:`shoal.RunHandle.cancel`)."""
+        self._handle.cancel(node, reason=reason)
+
+    def close(self) -> None:
+        """Take no more nodes: the run ends once every node has ended."""
+        if not self._closed:
+            self._closed = True
+            self._handle.close()
+
+    def __await__(self) -> Generator[Any, None, RunResult]:
+        return self._finish().__await__()
+
+    async def _finish(self) -> RunResult:
+        self.close()
+        self._result = await self._handle
+        return self._result
+
+    async def __aenter__(self) -> OpenRun:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if exc is not None:  # the block failed: stop what it started, keep every outcome
+            kind = exc_type.__name__ if exc_type is not None else "an error"
+            self.cancel(reason=f"the code adding nodes raised {kind}: {exc}")
+        try:
+            await self._finish()
+        except asyncio.CancelledError:
+            if exc is None:
+                raise
