@@ -222,11 +222,14 @@ def _output(step: Step, ref: Ref) -> Ref:
 
 
 async def _nested(node: NodeContext, plan: Plan, suffix: str = "") -> RunResult:
-    """Run ``plan`` under ``node``'s run (resumed when the outer run is), and wait for it."""
+    """Run ``plan`` under ``node``'s run, and wait for it.
+
+    Resumed when the node continues (its run resumed, or a retry) and the journal has it.
+    """
     scope = node.scope
     run_id = scope.nested_run_id(node.node_id) + suffix
     store = scope.runtime.store
-    resume = scope.resuming and store is not None and store.get_run(run_id) is not None
+    resume = node.continues and store is not None and store.get_run(run_id) is not None
     handle = scope.runtime.start(plan, run_id=None if resume else run_id,
                                  resume=run_id if resume else None,
                                  lineage=node.lineage + suffix, within=scope,

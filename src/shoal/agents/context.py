@@ -81,6 +81,7 @@ class TreeContext:
         # lineage -> its steps in flight (model turns and tool phases, each a run)
         self._handles: dict[str, set[RunHandle]] = {}
         self._cancelled: dict[str, str] = {}  # lineage root -> reason
+        self._resumed: set[str] = set()  # lineage roots whose journaled steps are continued
         self.results: dict[str, AgentResult[Any]] = {}  # every agent's result, by lineage
         self._deadline: asyncio.TimerHandle | None = None
 
@@ -138,6 +139,18 @@ class TreeContext:
         models, self._models = self._models, {}
         for model in models.values():
             await model.aclose()
+
+    def resume_within(self, lineage: str) -> None:
+        """Continue the journaled steps of the agent at ``lineage`` and below, too.
+
+        For one subtree of a tree that is not resumed as a whole: an agent plan node that runs
+        again (a retry, or its nested run resumed) picks up where its journal stopped.
+        """
+        self._resumed.add(lineage)
+
+    def resumes(self, lineage: str) -> bool:
+        """Whether the agent at ``lineage`` continues steps the journal knows."""
+        return self.resuming or any(is_within(lineage, root) for root in self._resumed)
 
     # -- control: what runs, and stopping it --------------------------------------------
 

@@ -52,10 +52,20 @@ SHARED_KEY = "shoal.composition"
 
 @dataclass(frozen=True, slots=True)
 class NodeContext:
-    """Where a node that runs agents or nested runs sits: its run's scope and its id."""
+    """Where a node that runs agents or nested runs sits: its run's scope, id and attempt."""
 
     scope: RunScope
     node_id: str
+    attempt: int = 1
+
+    @property
+    def continues(self) -> bool:
+        """Whether what this node ran before (journaled) is continued rather than started.
+
+        So when its run is resumed, and when the node runs again after a failed attempt
+        (``retries``): the steps it finished replay, the rest run.
+        """
+        return self.scope.resuming or self.attempt > 1
 
     @property
     def lineage(self) -> str:
@@ -66,7 +76,7 @@ class NodeContext:
 def _node_context(call: Call, scope: RunScope | None) -> NodeContext:
     if scope is None:  # the runtime gives every run a scope; a bare executor call has none
         raise ShoalError(f"{call.tool.name!r} runs agents: run it in a plan through a runtime")
-    return NodeContext(scope, call.node_id)
+    return NodeContext(scope, call.node_id, call.attempt)
 
 
 register_injector("node", _node_context)
@@ -181,6 +191,8 @@ async def _agent_node(agent: Agent[Any], task: Any, shoal_node: NodeInjected,
     """Run the agent on the task (and the other arguments, rendered into its prompt)."""
     shared = composition(shoal_node.scope)
     lineage = shoal_node.lineage
+    if shoal_node.continues:
+        shared.ctx.resume_within(lineage)
     run = AgentRun(agent, shared.ctx, lineage=lineage, depth=0,
                    prompt=render_prompt(task, context))
     result = await _run_agent(shared, run)
