@@ -195,11 +195,15 @@ class Pattern:
 async def _pattern_node(pattern: Pattern, task: Any, shoal_node: NodeInjected,
                         **context: Any) -> Any:
     """Run the pattern on the task (and the other arguments, for its first steps)."""
+    shared = composition(shoal_node.scope)
+    shared.enter()  # the models its agents share stay open from one step to the next
     try:
         return await pattern._run(shoal_node, task, context)
     except Exception as exc:
-        composition(shoal_node.scope).errors[shoal_node.lineage] = exc
+        shared.errors[shoal_node.lineage] = exc
         raise
+    finally:
+        await shared.leave()
 
 
 #: What a pattern is made of: agents and other patterns.

@@ -99,17 +99,18 @@ class Composition:
     active: int = 0
 
     def enter(self) -> None:
-        """An agent node starts: the first one arms the ``wall_clock`` budget."""
+        """An agent or pattern node starts: the first one arms the ``wall_clock`` budget."""
         self.active += 1
         if self.active == 1:
             self.ctx.start_clock()
 
     async def leave(self) -> None:
-        """An agent node ended: when none runs any more, disarm the clock, close models.
+        """A node ended: when none runs any more, disarm the clock and close the models.
 
-        Models the tree made from strings (``"openai:..."``) hold connections; with no agent
-        node left there is no later moment that is sure to come, so they close now and a later
-        node makes them again.
+        Models the tree made from strings (``"openai:..."``, ``"local"``) hold connections
+        or a server. Inside a pattern they stay open from step to step (the pattern's node
+        is running); once no agent or pattern node runs there is no later moment that is sure
+        to come, so they close, and a later node of the run makes them again.
         """
         self.active -= 1
         if self.active == 0:
