@@ -336,3 +336,43 @@ def test_a_resumed_pattern_replays_its_finished_steps(tmp_path: Path) -> None:
 
 def test_shoal_patterns_is_reachable_from_the_package() -> None:
     assert shoal.patterns.pipeline is pipeline
+
+
+def test_a_pattern_is_a_tool_of_an_agent_within_its_tree() -> None:
+    writer = agent("writer", ["draft"])
+    critic = agent("critic", ["ACCEPT"])
+    review = reflect(writer, critic, name="review")
+    lead = agent("lead", [[call("review", task="Write it")], "done"], tools=[review])
+    events: list[Event] = []
+    result = lead.run_sync("go", on_event=events.append, budget=shoal.Budget(requests=4))
+    assert result.output == "done"
+    assert result.calls[0].status == "ok"
+    assert '"accepted": true' in result.calls[0].message.content
+    started = [e.lineage for e in events if isinstance(e, AgentStarted)]
+    assert started == ["lead", "lead/review#1/round-1/writer#1", "lead/review#1/round-1/critic#1"]
+    # the tree's budget holds inside the pattern: 3 requests allowed, the lead's second is over
+    lead2 = agent("lead", [[call("review", task="Write it")], "done"],
+                  tools=[reflect(agent("writer", ["draft"]), agent("critic", ["no"]),
+                                 name="review", max_rounds=5)])
+    with pytest.raises(shoal.BudgetExceeded, match="requests limit is 3"):
+        lead2.run_sync("go", budget=shoal.Budget(requests=3))
+
+
+def test_cancelling_an_agent_cancels_the_patterns_it_called() -> None:
+    hang = Hang()
+
+    async def main() -> tuple[shoal.AgentResult[Any], list[Event]]:
+        inner = pipeline(shoal.Agent(name="stuck", model=hang), name="inner")
+        lead = agent("lead", [[call("inner", task="wait")], "never"], tools=[inner])
+        events: list[Event] = []
+        handle = lead.start("go", on_event=events.append)
+        await hang.asked.wait()
+        handle.cancel(reason="stop")
+        with pytest.raises(shoal.AgentError):
+            await handle
+        return handle.result, events
+
+    result, events = arun(main())
+    assert result.status == "cancelled"
+    ended = {e.lineage: e.status for e in events if isinstance(e, AgentFinished)}
+    assert ended["lead/inner#1/stuck#1"] == "cancelled"

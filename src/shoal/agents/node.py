@@ -27,7 +27,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from shoal.agents.agent import Agent  # at run time: the node tool's schema reads the hints
-from shoal.agents.context import TreeContext
+from shoal.agents.context import TREE_KEY, TreeContext
 from shoal.agents.result import AgentResult
 from shoal.agents.run import AgentRun
 from shoal.exceptions import AgentError, ShoalError
@@ -95,13 +95,15 @@ class Composition:
     """
 
     ctx: TreeContext
+    #: whether the tree is this composition's own (a plan's), not an agent's it joined
+    owned: bool = True
     errors: dict[str, BaseException] = field(default_factory=dict)
     active: int = 0
 
     def enter(self) -> None:
         """An agent or pattern node starts: the first one arms the ``wall_clock`` budget."""
         self.active += 1
-        if self.active == 1:
+        if self.active == 1 and self.owned:
             self.ctx.start_clock()
 
     async def leave(self) -> None:
@@ -113,7 +115,7 @@ class Composition:
         to come, so they close, and a later node of the run makes them again.
         """
         self.active -= 1
-        if self.active == 0:
+        if self.active == 0 and self.owned:  # an agent's tree: its root does this
             self.ctx.stop_clock()
             await self.ctx.close_models()
 
@@ -122,9 +124,14 @@ def composition(scope: RunScope) -> Composition:
     """The :class:`Composition` of the outermost run around ``scope`` (made on first use)."""
     found = scope.shared.get(SHARED_KEY)
     if found is None:
-        ctx = TreeContext(run_id=scope.run_id, runtime=scope.runtime, budget=scope.budget,
-                          sinks=scope.sinks, resuming=scope.resuming)
-        found = scope.shared[SHARED_KEY] = Composition(ctx)
+        tree = scope.shared.get(TREE_KEY)  # a pattern among an agent's tools: join its tree
+        if isinstance(tree, TreeContext):
+            found = Composition(tree, owned=False)
+        else:
+            found = Composition(TreeContext(
+                run_id=scope.run_id, runtime=scope.runtime, budget=scope.budget,
+                sinks=scope.sinks, resuming=scope.resuming))
+        scope.shared[SHARED_KEY] = found
     assert isinstance(found, Composition)
     return found
 
@@ -238,10 +245,14 @@ def agent_node_tool(agent: Agent[Any]) -> Tool[..., Any]:
 
 
 def observer_sinks(scope: RunScope) -> tuple[EventSink, ...]:
-    """The sinks the run of ``scope`` was given itself (not its runtime's), for nested runs.
+    """The sinks for a run nested in the run of ``scope``: those that run was given itself.
 
-    A nested run gets the runtime's sinks from the runtime; passing them again would send
-    each of its events twice.
+    Not the runtime's: a nested run gets those from the runtime, and passing them again would
+    send each of its events twice. Under an agent's tool phase, the agent tree's sinks (that
+    phase's own sink stamps lineages for the phase's calls only).
     """
+    shared = composition(scope)
+    if not shared.owned:
+        return (shared.ctx.emit,) if shared.ctx.observed else ()
     own = scope.runtime._sinks  # the runtime's own sinks, to leave them out
     return tuple(s for s in scope.sinks if s not in own)
