@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +27,8 @@ from shoal.patterns import (
 )
 from shoal.testing import ScriptedModel, call
 from tests.conftest import arun
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def agent(name: str, steps: list[Any], **options: Any) -> shoal.Agent[Any]:
@@ -376,3 +382,24 @@ def test_cancelling_an_agent_cancels_the_patterns_it_called() -> None:
     assert result.status == "cancelled"
     ended = {e.lineage: e.status for e in events if isinstance(e, AgentFinished)}
     assert ended["lead/inner#1/stuck#1"] == "cancelled"
+
+
+def crash_script(store: Path, log: Path, mode: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tests.pattern_crash", str(store), "plan-1",
+                           mode, str(log)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def test_a_killed_plan_of_nested_patterns_resumes_without_asking_anything_twice(
+        tmp_path: Path) -> None:
+    store, log = tmp_path / "runs.db", tmp_path / "log.txt"
+    crashed = crash_script(store, log, "crash")
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    assert sorted(log.read_text().split()) == ["a", "b", "w1", "w2"]
+    resumed = crash_script(store, log, "resume")
+    assert resumed.returncode == 0, resumed.stderr
+    report = json.loads(resumed.stdout)
+    assert report["outcomes"] == {"pipeline#1": ["ok", "final answer"],
+                                  "shout#1": ["ok", "FINAL ANSWER"]}
+    # only b's last turn is asked: every other turn replays from the journal
+    assert report["requests"] == {"a": 0, "w1": 0, "w2": 0, "agg": 0, "b": 1}
+    assert sorted(log.read_text().split()) == ["a", "b", "w1", "w2"]  # no note ran twice
