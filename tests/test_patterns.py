@@ -220,8 +220,8 @@ def test_nested_patterns_run_with_a_budget_that_is_just_enough() -> None:
     assert prompts(tree.editor)[0] == "d2 v2"  # the accepted draft of the loop before
     lineages = {e.lineage for e in events if isinstance(e, AgentStarted)}
     assert "tree#1/fan_out#1/reader3#1" in lineages
-    assert "tree#1/reflect#1/round-2/pipeline#1/d2#1" in lineages
-    assert "tree#1/reflect#2/round-2/picky#1" in lineages
+    assert "tree#1/reflect#1/pipeline#2/d2#1" in lineages
+    assert "tree#1/reflect#2/picky#2" in lineages
     assert len(lineages) == 1 + 9 + 8 + 4 + 1
 
 
@@ -235,7 +235,7 @@ def test_nested_patterns_stop_exactly_at_the_budget() -> None:
     assert "requests limit is 21" in outcome.error.message
     assert result["publisher#1"].status == "skipped"
     ended = {e.lineage: e.status for e in events if isinstance(e, AgentFinished)}
-    assert ended["tree#1/reflect#2/round-2/picky#1"] == "budget_exceeded"
+    assert ended["tree#1/reflect#2/picky#2"] == "budget_exceeded"
 
 
 def test_a_breach_in_the_middle_of_a_fan_out_stops_every_worker() -> None:
@@ -355,7 +355,7 @@ def test_a_pattern_is_a_tool_of_an_agent_within_its_tree() -> None:
     assert result.calls[0].status == "ok"
     assert '"accepted": true' in result.calls[0].message.content
     started = [e.lineage for e in events if isinstance(e, AgentStarted)]
-    assert started == ["lead", "lead/review#1/round-1/writer#1", "lead/review#1/round-1/critic#1"]
+    assert started == ["lead", "lead/review#1/writer#1", "lead/review#1/critic#1"]
     # the tree's budget holds inside the pattern: 3 requests allowed, the lead's second is over
     lead2 = agent("lead", [[call("review", task="Write it")], "done"],
                   tools=[reflect(agent("writer", ["draft"]), agent("critic", ["no"]),
