@@ -13,7 +13,7 @@ import shoal
 from shoal.agents.node import render_prompt
 from shoal.events import AgentFinished, AgentStarted, Event
 from shoal.models.base import ModelRequest
-from shoal.patterns import Reflection
+from shoal.patterns import Reflection, pipeline
 from shoal.planfile import plan_from_dict
 from shoal.testing import ScriptedModel, call
 from tests.conftest import arun
@@ -213,3 +213,78 @@ def test_a_plan_file_names_an_agent_by_import_path() -> None:
     assert result.ok, result.to_dict()
     assert result["r"].value == "summary"
     assert result["w"].value == Reflection("review", accepted=True, rounds=1, feedback="good")
+
+
+def flaky_once(answer: str) -> Any:
+    failures = [RuntimeError("blip")]
+
+    def step(request: ModelRequest) -> str:
+        if failures:
+            raise failures.pop()
+        return answer
+
+    return step
+
+
+def test_a_retried_agent_node_continues_where_it_failed() -> None:
+    ran: list[str] = []
+
+    @shoal.tool
+    def work() -> str:
+        """Work."""
+        ran.append("work")
+        return "worked"
+
+    b = shoal.Agent(name="b", tools=[work], model=ScriptedModel.per_prompt(
+        {"go": [[call("work")], flaky_once("done")]}))
+    plan = shoal.Plan()
+    ref = plan.call(b.node_tool.options(retries=1), task="go")
+    result = shoal.run_sync(plan)
+    assert result[ref].value == "done" and result[ref].attempts == 2
+    assert len(model_of(b).requests) == 3  # turn 1 once; turn 2 failed, then asked again
+    assert ran == ["work"]  # the finished tool phase replayed
+
+
+def test_a_retried_pattern_node_continues_its_nested_run() -> None:
+    a = agent("a", ["A"])
+    b = shoal.Agent(name="b", model=ScriptedModel.per_prompt({"A": [flaky_once("B")]}))
+    plan = shoal.Plan()
+    ref = plan.call(pipeline(a, b).node_tool.options(retries=1), task="go")
+    result = shoal.run_sync(plan)
+    assert result[ref].value == "B" and result[ref].attempts == 2
+    assert len(model_of(a).requests) == 1  # the first step replayed on the second attempt
+    assert len(model_of(b).requests) == 2
+
+
+def test_the_sinks_of_a_run_see_its_nested_runs_once() -> None:
+    async def main() -> list[Event]:
+        events: list[Event] = []
+        plan = shoal.Plan()
+        plan.call(pipeline(agent("a", ["A"]), agent("b", ["B"])), task="go")
+        async with shoal.Runtime() as runtime:
+            await runtime.run(plan, on_event=events.append)
+        return events
+
+    events = arun(main())
+    finished = [e.lineage for e in events if e.kind == "NodeFinished"]
+    assert finished.count("pipeline#1/a#1") == 1 and finished.count("pipeline#1/b#1") == 1
+    assert [e.lineage for e in events if isinstance(e, AgentStarted)] == [
+        "pipeline#1/a#1", "pipeline#1/b#1"]
+
+
+def test_the_wall_clock_budget_runs_across_agent_nodes_one_after_another() -> None:
+    from shoal.testing import run_virtual
+
+    async def main() -> shoal.RunResult:
+        first = shoal.Agent(name="first", model=ScriptedModel(["1"], latency=6.0))
+        second = shoal.Agent(name="second", model=ScriptedModel(["2"], latency=6.0))
+        plan = shoal.Plan()
+        plan.call(second, task=plan.call(first, task="go"))
+        async with shoal.Runtime(store=None) as runtime:
+            return await runtime.run(plan, budget=shoal.Budget(wall_clock=10.0))
+
+    result = run_virtual(main())
+    assert result["first#1"].value == "1"
+    error = result["second#1"].error
+    assert error is not None and error.type == "shoal.exceptions.BudgetExceeded"
+    assert "wall_clock limit is 10" in error.message

@@ -13,7 +13,9 @@ A step is an agent or another pattern, so patterns nest: ``pipeline(a, fan_out(.
 reflect(...))``. A pattern is a plan node (``plan.call(pattern, task=..., **more)``; the extra
 arguments reach its first steps as an agent node's do, see :mod:`shoal.agents.node`) and runs
 on its own with :meth:`Pattern.run`. Each runs its steps as a nested run of the runtime,
-named and journaled under its node (``<run id>/<node id>``), so:
+named and journaled under its node (``<run id>/<node id>``; a reflect loop one per round,
+``<run id>/<node id>/round-2``), its steps under the node's lineage
+(``pipeline#1/reader#1``; a reflect loop's drafts ``reflect#1/writer#1``, ``writer#2``...), so:
 
 * one ``Budget`` (given to the outermost run) holds exactly across every agent at any depth;
 * approvals go to the runtime's approver, and events carry each agent's lineage
@@ -195,11 +197,15 @@ class Pattern:
 async def _pattern_node(pattern: Pattern, task: Any, shoal_node: NodeInjected,
                         **context: Any) -> Any:
     """Run the pattern on the task (and the other arguments, for its first steps)."""
+    shared = composition(shoal_node.scope)
+    shared.enter()  # the models its agents share stay open from one step to the next
     try:
         return await pattern._run(shoal_node, task, context)
     except Exception as exc:
-        composition(shoal_node.scope).errors[shoal_node.lineage] = exc
+        shared.errors[shoal_node.lineage] = exc
         raise
+    finally:
+        await shared.leave()
 
 
 #: What a pattern is made of: agents and other patterns.
@@ -222,14 +228,19 @@ def _output(step: Step, ref: Ref) -> Ref:
 
 
 async def _nested(node: NodeContext, plan: Plan, suffix: str = "") -> RunResult:
-    """Run ``plan`` under ``node``'s run (resumed when the outer run is), and wait for it."""
+    """Run ``plan`` under ``node``'s run, and wait for it.
+
+    Its run id is the node's (``<run id>/<node id>``) and ``suffix``; its nodes sit under the
+    node's lineage. Resumed when the node continues (its run resumed, or a retry) and the
+    journal has it.
+    """
     scope = node.scope
     run_id = scope.nested_run_id(node.node_id) + suffix
     store = scope.runtime.store
-    resume = scope.resuming and store is not None and store.get_run(run_id) is not None
+    resume = node.continues and store is not None and store.get_run(run_id) is not None
     handle = scope.runtime.start(plan, run_id=None if resume else run_id,
                                  resume=run_id if resume else None,
-                                 lineage=node.lineage + suffix, within=scope,
+                                 lineage=node.lineage, within=scope,
                                  on_event=observer_sinks(scope))
     return await run_observed(_finished(handle),
                               lambda: handle.cancel(reason="its pattern's node was cancelled"))
@@ -239,7 +250,7 @@ async def _finished(handle: RunHandle) -> RunResult:
     return await handle
 
 
-def _value(node: NodeContext, result: RunResult, ref: Ref, suffix: str = "") -> Any:
+def _value(node: NodeContext, result: RunResult, ref: Ref) -> Any:
     """The value ``ref`` points at, or raise why its run did not get there."""
     outcome = result[ref]
     if outcome.ok:
@@ -249,7 +260,7 @@ def _value(node: NodeContext, result: RunResult, ref: Ref, suffix: str = "") -> 
     for step in result:  # plan order: the first step that failed is the cause
         if step.ok or step.status == "skipped":
             continue
-        error = errors.get(f"{node.lineage}{suffix}/{step.node_id}")
+        error = errors.get(f"{node.lineage}/{step.node_id}")
         if error is not None:
             raise error
         first = first or step
@@ -260,6 +271,12 @@ def _value(node: NodeContext, result: RunResult, ref: Ref, suffix: str = "") -> 
 
 def _plan(node: NodeContext, suffix: str = "") -> Plan:
     return Plan(name=f"{node.lineage}{suffix}")
+
+
+def _add(plan: Plan, step: Step, args: Mapping[str, Any], counts: dict[str, int]) -> Ref:
+    """Add ``step`` with an id counted across several plans (``writer#2``: the second)."""
+    counts[step.name] = counts.get(step.name, 0) + 1
+    return plan.add(step, args, node_id=f"{step.name}#{counts[step.name]}")
 
 
 # -- the patterns --------------------------------------------------------------------------
@@ -355,17 +372,21 @@ class Reflect(Pattern):
     async def _run(self, node: NodeContext, task: Any, context: Mapping[str, Any]) -> Any:
         draft: Any = None
         verdict = Verdict(accept=False)
+        counts: dict[str, int] = {}  # ids go on across rounds: writer#2 is the second draft
         for round_ in range(1, self.max_rounds + 1):
+            # each round is a run of its own (<run id>/<node id>/round-2); its nodes sit
+            # directly under the loop's node: reflect#1/writer#2, reflect#1/critic#2
             suffix = f"/round-{round_}"
             plan = _plan(node, suffix)
             more = dict(context) if round_ == 1 else {
                 **context, "previous_draft": draft, "feedback": verdict.feedback}
-            drafted = _output(self.worker, plan.add(self.worker, {"task": task, **more}))
-            reviewed = _output(self.critic, plan.add(self.critic,
-                                                     {"task": task, "draft": drafted}))
+            drafted = _output(self.worker, _add(plan, self.worker, {"task": task, **more},
+                                                counts))
+            reviewed = _output(self.critic, _add(plan, self.critic,
+                                                 {"task": task, "draft": drafted}, counts))
             result = await _nested(node, plan, suffix)
-            draft = _value(node, result, drafted, suffix)
-            verdict = verdict_of(_value(node, result, reviewed, suffix), node.lineage)
+            draft = _value(node, result, drafted)
+            verdict = verdict_of(_value(node, result, reviewed), node.lineage)
             if verdict.accept:
                 return Reflection(draft, True, round_, verdict.feedback)
         reflection = Reflection(draft, False, self.max_rounds, verdict.feedback)

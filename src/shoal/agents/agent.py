@@ -72,7 +72,9 @@ class Agent(Generic[T]):
             ``"anthropic:claude-sonnet-4-5"``. A string of another form is a
             :class:`~shoal.exceptions.ConfigError` here, naming the close match.
         instructions: the system prompt.
-        tools: tools (or plain functions) the model may call.
+        tools: tools (or plain functions) the model may call; a pattern of
+            :mod:`shoal.patterns` too (it takes a ``task``, and its agents run within this
+            agent's tree: its budget, cancellation and journal).
         subagents: agents the model may delegate to, as tools taking a ``task``.
         description: what a parent's model is told this agent does (default: the first line
             of the instructions).
@@ -112,9 +114,9 @@ class Agent(Generic[T]):
         except ConfigError as exc:
             raise ConfigError(f"agent {self.name!r}: {exc}") from None
         self._check_counts()
-        nodes = [t for t in self._listed("tools") if hasattr(type(t), "__shoal_node__")]
-        if nodes:
-            raise ConfigError(f"agent {self.name!r}: {nodes[0]!r} is not a tool; an agent the "
+        agents = [t for t in self._listed("tools") if isinstance(t, Agent)]
+        if agents:  # a pattern is welcome: it runs as a tool within this agent's tree
+            raise ConfigError(f"agent {self.name!r}: {agents[0]!r} is not a tool; an agent the "
                               "model may delegate to belongs in subagents=")
         object.__setattr__(self, "tools", tuple(as_tool(t) for t in self._listed("tools")))
         object.__setattr__(self, "subagents", self._listed("subagents"))

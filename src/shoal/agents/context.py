@@ -28,8 +28,12 @@ from shoal.models.retry import ModelGates
 if TYPE_CHECKING:
     from shoal.agents.result import AgentResult
     from shoal.runtime import RunHandle, Runtime
+    from shoal.scheduler.scope import RunScope
 
-__all__ = ["DEFAULT_MODEL", "DefaultModel", "TreeContext", "is_within"]
+__all__ = ["DEFAULT_MODEL", "TREE_KEY", "DefaultModel", "TreeContext", "is_within"]
+
+#: The key of a tree's own context in the ``shared`` dict of its tool phases' scopes.
+TREE_KEY = "shoal.tree"
 
 log = logging.getLogger("shoal")
 
@@ -81,8 +85,25 @@ class TreeContext:
         # lineage -> its steps in flight (model turns and tool phases, each a run)
         self._handles: dict[str, set[RunHandle]] = {}
         self._cancelled: dict[str, str] = {}  # lineage root -> reason
+        self._resumed: set[str] = set()  # lineage roots whose journaled steps are continued
         self.results: dict[str, AgentResult[Any]] = {}  # every agent's result, by lineage
         self._deadline: asyncio.TimerHandle | None = None
+        self._clock_origin: float | None = None  # when the wall clock was first armed
+        self._scope: RunScope | None = None
+
+    @property
+    def scope(self) -> RunScope:
+        """What this tree's tool phases run within.
+
+        So a pattern among an agent's tools joins this tree (its budget, cancellation and
+        resume) instead of starting a tree of its own.
+        """
+        if self._scope is None:
+            from shoal.scheduler.scope import RunScope  # the scheduler does not need agents
+
+            self._scope = RunScope(self.runtime, self.run_id, resuming=self.resuming,
+                                   shared={TREE_KEY: self})
+        return self._scope
 
     # -- time and events ----------------------------------------------------------------
 
@@ -139,14 +160,33 @@ class TreeContext:
         for model in models.values():
             await model.aclose()
 
+    def resume_within(self, lineage: str) -> None:
+        """Continue the journaled steps of the agent at ``lineage`` and below, too.
+
+        For one subtree of a tree that is not resumed as a whole: an agent plan node that runs
+        again (a retry, or its nested run resumed) picks up where its journal stopped.
+        """
+        self._resumed.add(lineage)
+
+    def resumes(self, lineage: str) -> bool:
+        """Whether the agent at ``lineage`` continues steps the journal knows."""
+        return self.resuming or any(is_within(lineage, root) for root in self._resumed)
+
     # -- control: what runs, and stopping it --------------------------------------------
 
     def start_clock(self) -> None:
-        """Arm the ``wall_clock`` budget, if there is one."""
+        """Arm the ``wall_clock`` budget, if there is one, for what is left of it.
+
+        The clock runs from when it was first armed: armed again after :meth:`stop_clock` (a
+        plan's agent nodes, one after another), it fires when the whole allowance is used up.
+        """
         limit = self.tracker.budget.wall_clock
         if limit is not None:
             loop = asyncio.get_running_loop()
-            self._deadline = loop.call_later(limit, self._wall_clock_over, limit)
+            if self._clock_origin is None:  # on the loop's clock, as the timer
+                self._clock_origin = loop.time()
+            left = limit - (loop.time() - self._clock_origin)
+            self._deadline = loop.call_later(max(0.0, left), self._wall_clock_over, limit)
 
     def _wall_clock_over(self, limit: float) -> None:
         # stop() records and broadcasts the breach, then raises it; the agents raise it

@@ -27,7 +27,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from shoal.agents.agent import Agent  # at run time: the node tool's schema reads the hints
-from shoal.agents.context import TreeContext
+from shoal.agents.context import TREE_KEY, TreeContext
 from shoal.agents.result import AgentResult
 from shoal.agents.run import AgentRun
 from shoal.exceptions import AgentError, ShoalError
@@ -52,10 +52,20 @@ SHARED_KEY = "shoal.composition"
 
 @dataclass(frozen=True, slots=True)
 class NodeContext:
-    """Where a node that runs agents or nested runs sits: its run's scope and its id."""
+    """Where a node that runs agents or nested runs sits: its run's scope, id and attempt."""
 
     scope: RunScope
     node_id: str
+    attempt: int = 1
+
+    @property
+    def continues(self) -> bool:
+        """Whether what this node ran before (journaled) is continued rather than started.
+
+        So when its run is resumed, and when the node runs again after a failed attempt
+        (``retries``): the steps it finished replay, the rest run.
+        """
+        return self.scope.resuming or self.attempt > 1
 
     @property
     def lineage(self) -> str:
@@ -66,7 +76,7 @@ class NodeContext:
 def _node_context(call: Call, scope: RunScope | None) -> NodeContext:
     if scope is None:  # the runtime gives every run a scope; a bare executor call has none
         raise ShoalError(f"{call.tool.name!r} runs agents: run it in a plan through a runtime")
-    return NodeContext(scope, call.node_id)
+    return NodeContext(scope, call.node_id, call.attempt)
 
 
 register_injector("node", _node_context)
@@ -85,24 +95,27 @@ class Composition:
     """
 
     ctx: TreeContext
+    #: whether the tree is this composition's own (a plan's), not an agent's it joined
+    owned: bool = True
     errors: dict[str, BaseException] = field(default_factory=dict)
     active: int = 0
 
     def enter(self) -> None:
-        """An agent node starts: the first one arms the ``wall_clock`` budget."""
+        """An agent or pattern node starts: the first one arms the ``wall_clock`` budget."""
         self.active += 1
-        if self.active == 1:
+        if self.active == 1 and self.owned:
             self.ctx.start_clock()
 
     async def leave(self) -> None:
-        """An agent node ended: when none runs any more, disarm the clock, close models.
+        """A node ended: when none runs any more, disarm the clock and close the models.
 
-        Models the tree made from strings (``"openai:..."``) hold connections; with no agent
-        node left there is no later moment that is sure to come, so they close now and a later
-        node makes them again.
+        Models the tree made from strings (``"openai:..."``, ``"local"``) hold connections
+        or a server. Inside a pattern they stay open from step to step (the pattern's node
+        is running); once no agent or pattern node runs there is no later moment that is sure
+        to come, so they close, and a later node of the run makes them again.
         """
         self.active -= 1
-        if self.active == 0:
+        if self.active == 0 and self.owned:  # an agent's tree: its root does this
             self.ctx.stop_clock()
             await self.ctx.close_models()
 
@@ -111,9 +124,14 @@ def composition(scope: RunScope) -> Composition:
     """The :class:`Composition` of the outermost run around ``scope`` (made on first use)."""
     found = scope.shared.get(SHARED_KEY)
     if found is None:
-        ctx = TreeContext(run_id=scope.run_id, runtime=scope.runtime, budget=scope.budget,
-                          sinks=scope.sinks, resuming=scope.resuming)
-        found = scope.shared[SHARED_KEY] = Composition(ctx)
+        tree = scope.shared.get(TREE_KEY)  # a pattern among an agent's tools: join its tree
+        if isinstance(tree, TreeContext):
+            found = Composition(tree, owned=False)
+        else:
+            found = Composition(TreeContext(
+                run_id=scope.run_id, runtime=scope.runtime, budget=scope.budget,
+                sinks=scope.sinks, resuming=scope.resuming))
+        scope.shared[SHARED_KEY] = found
     assert isinstance(found, Composition)
     return found
 
@@ -181,6 +199,8 @@ async def _agent_node(agent: Agent[Any], task: Any, shoal_node: NodeInjected,
     """Run the agent on the task (and the other arguments, rendered into its prompt)."""
     shared = composition(shoal_node.scope)
     lineage = shoal_node.lineage
+    if shoal_node.continues:
+        shared.ctx.resume_within(lineage)
     run = AgentRun(agent, shared.ctx, lineage=lineage, depth=0,
                    prompt=render_prompt(task, context))
     result = await _run_agent(shared, run)
@@ -225,10 +245,14 @@ def agent_node_tool(agent: Agent[Any]) -> Tool[..., Any]:
 
 
 def observer_sinks(scope: RunScope) -> tuple[EventSink, ...]:
-    """The sinks the run of ``scope`` was given itself (not its runtime's), for nested runs.
+    """The sinks for a run nested in the run of ``scope``: those that run was given itself.
 
-    A nested run gets the runtime's sinks from the runtime; passing them again would send
-    each of its events twice.
+    Not the runtime's: a nested run gets those from the runtime, and passing them again would
+    send each of its events twice. Under an agent's tool phase, the agent tree's sinks (that
+    phase's own sink stamps lineages for the phase's calls only).
     """
+    shared = composition(scope)
+    if not shared.owned:
+        return (shared.ctx.emit,) if shared.ctx.observed else ()
     own = scope.runtime._sinks  # the runtime's own sinks, to leave them out
     return tuple(s for s in scope.sinks if s not in own)
