@@ -30,6 +30,7 @@ import shoal
 from shoal.models.base import AssistantMessage, ModelRequest, UserMessage
 from shoal.patterns import Reflection
 from shoal.testing import ScriptedModel, run_virtual
+from tests.app_models import ACCEPTED, COMMENTARY, DRAFT_1, DRAFT_2, FEEDBACK, NOTES
 
 ROOT = Path(__file__).resolve().parents[1]
 BAD_SHARD = "sales-2026-05.csv"
@@ -150,9 +151,7 @@ def test_the_report_shows_the_totals_and_names_the_missing_shard(
 
 def test_the_commentary_is_written_from_the_merged_figures(tmp_path: Path) -> None:
     expected, _ = direct_totals()
-    paragraph = ("From January to August the bakeries sold for 41,024.50 euros. East was the "
-                 "strongest region and sourdough the best product; May is missing because its "
-                 "file could not be read.")
+    paragraph = COMMENTARY
     model = ScriptedModel([paragraph])
     plan = da_plan.build_plan(report_path=str(tmp_path / "r.md"), model=model)
     result = shoal.run_sync(plan)
@@ -251,36 +250,6 @@ def test_an_unusable_model_is_one_clear_message(capsys: pytest.CaptureFixture[st
 
 # --- market research -------------------------------------------------------------------------
 
-NOTES = {
-    "harbourline": "Harbourline Mobility sells cargo trikes and fleet maintenance to German "
-                   "cities and postal services. Revenue fell from 33.2 to 30.1 million euros "
-                   "as two city contracts ended; its main risk is that no new tender is won.",
-    "larkspur": "Larkspur Cargo sells longtail and front-box family bikes, a fifth through "
-                "employer leasing. Revenue grew from 41.0 to 52.5 million euros; every frame "
-                "comes from one supplier in Taiwan.",
-    "northpedal": "Northpedal is the largest maker, selling front-box bikes through 240 "
-                  "partner shops. Revenue rose only from 88.0 to 91.5 million euros while "
-                  "cheaper rivals win new buyers.",
-    "quillon": "Quillon Bikes sells a folding cargo bike online to young city households. "
-               "Revenue grew fast, from 3.8 to 6.1 million euros, but it loses money and its "
-               "cash lasts only into late 2026.",
-    "voltaic": "Voltaic Freight sells four-wheel cargo bikes to delivery fleets in France. "
-               "Revenue rose from 18.4 to 27.9 million euros; three parcel carriers bring 62% "
-               "of it.",
-}
-
-DRAFT_1 = (
-    "Northpedal remains the largest maker with 91.5 million euros of revenue in 2025, but it "
-    "grows slowly. Larkspur Cargo (52.5 million euros) and Voltaic Freight (27.9 million "
-    "euros) grow fast, on family leasing and delivery fleets.\n\nHarbourline Mobility shrank "
-    "to 30.1 million euros as city contracts ended.\n\nThe market is moving from families to "
-    "fleets.")
-FEEDBACK = "REVISE: Quillon Bikes and its revenue 6.1 are missing."
-DRAFT_2 = DRAFT_1.replace(
-    "\n\nThe market", "\n\nQuillon Bikes is small at 6.1 million euros and grows fastest, "
-    "but its cash runs short in 2026.\n\nThe market")
-
-
 def market_team(critic_says: list[str], drafts: list[str], latency: float = 2.0
                 ) -> dict[str, shoal.Agent[Any]]:
     """The example's agents on scripted models: analysts by profile, writer and critic in turn."""
@@ -311,7 +280,7 @@ def run_market(tmp_path: Path, team: dict[str, shoal.Agent[Any]],
 def market(tmp_path_factory: pytest.TempPathFactory
            ) -> tuple[Path, dict[str, shoal.Agent[Any]], shoal.RunResult]:
     cwd = tmp_path_factory.mktemp("market_research")
-    team = market_team([FEEDBACK, "ACCEPT: every company is named with its revenue."],
+    team = market_team([FEEDBACK, ACCEPTED],
                        [DRAFT_1, DRAFT_2])
     return cwd, team, run_market(cwd, team)
 
@@ -427,6 +396,38 @@ def test_company_tools() -> None:
     with pytest.raises(ValueError, match="1 notes for 2 companies"):
         run_virtual(mr.collect_notes(run_virtual(mr.key_facts(["voltaic", "quillon"])),
                                      ["one"]))
+
+
+def test_the_market_module_runs_as_documented(tmp_path: Path) -> None:
+    # the documented command, every agent on one scripted model (tests/app_models.py)
+    proc = run_module("examples.market_research", tmp_path, "--model", "tests.app_models:market")
+    assert proc.returncode == 0, proc.stderr
+    report = tmp_path / "market_report.md"
+    assert proc.stdout == (f"report: {report.resolve()} (draft 2, accepted by the critic; "
+                           "fact check complete)\n")
+    progress = proc.stderr.splitlines()
+    for i in range(5):
+        assert f"  analysts[{i}]: started" in progress
+        assert any(line.startswith(f"  analysts[{i}]: ok after ") for line in progress)
+    assert [line.split(":")[0].strip() for line in progress if "review/" in line] == [
+        "review/writer#1", "review/writer#1", "review/critic#1", "review/critic#1",
+        "review/writer#2", "review/writer#2", "review/critic#2", "review/critic#2"]
+    assert DRAFT_2 in report.read_text(encoding="utf-8")
+
+
+def test_the_commentary_through_the_module(tmp_path: Path) -> None:
+    proc = run_module("examples.data_aggregation", tmp_path, "--model",
+                      "tests.app_models:commentary")
+    assert proc.returncode == 0, proc.stderr
+    assert COMMENTARY in (tmp_path / "sales_report.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("args", [["--rounds", "0"], ["--companies", "-1"], ["--rounds", "x"]])
+def test_bad_options_are_usage_errors(tmp_path: Path, args: list[str]) -> None:
+    proc = run_module("examples.market_research", tmp_path, *args)
+    assert proc.returncode == 2
+    assert "is not a whole number, 1 or more" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 # --- on the local model ------------------------------------------------------------------

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import shoal
 from examples.data_aggregation.plan import build_plan, failed_shards
 from examples.data_aggregation.tools import euros
+from shoal.cli.agents import model_option
 from shoal.exceptions import ShoalError
 from shoal.models import resolve_model
 
@@ -36,7 +37,8 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="where to write the report (default: sales_report.md)")
     parser.add_argument("--model", default=None, metavar="MODEL",
                         help="a model to write a paragraph about the figures: local, "
-                             "openai:NAME, anthropic:NAME (default: none, numbers only)")
+                             "openai:NAME, anthropic:NAME, or module:name of a shoal Model "
+                             "object (default: none, numbers only)")
     return parser.parse_args(argv)
 
 
@@ -62,28 +64,28 @@ def _print_result(result: shoal.RunResult) -> int:
     return 0
 
 
-def model_problem(spec: str | None) -> str | None:
-    """Why the model ``spec`` names cannot be used (a missing package, key ...), or ``None``.
+def chosen_model(spec: str) -> str | shoal.Model:
+    """The model ``--model`` names: a model string, or ``module:name`` of a model object.
 
-    Checked before the run, so that a missing extra is one message, not one per agent.
+    Made once before the run (and dropped), so that a missing extra or API key is one
+    :class:`~shoal.exceptions.ShoalError` saying what to install or set, not one per agent.
     """
-    if spec is None:
-        return None
-    try:
-        resolve_model(spec)
-    except ShoalError as exc:
-        return f"--model {spec}: {exc}"
-    return None
+    model = model_option(spec)
+    resolve_model(model)
+    return model
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the example with command-line ``argv``; return the exit code."""
     options = _arguments(argv)
-    problem = model_problem(options.model)
-    if problem is not None:
-        print(problem, file=sys.stderr)
-        return 2
-    plan = build_plan(options.shards, options.out, options.model)
+    model = None
+    if options.model is not None:
+        try:
+            model = chosen_model(options.model)
+        except ShoalError as exc:
+            print(f"--model {options.model}: {exc}", file=sys.stderr)
+            return 2
+    plan = build_plan(options.shards, options.out, model)
     return _print_result(shoal.run_sync(plan))
 
 

@@ -22,9 +22,18 @@ from collections.abc import Sequence
 import shoal
 from examples.market_research import agents
 from examples.market_research.plan import build_plan
+from examples.market_research.tools import company_ids
+from shoal.cli.agents import model_option
 from shoal.events import AgentFinished, AgentStarted, Event, ModelServerStarting
 from shoal.exceptions import ShoalError
 from shoal.models import resolve_model
+
+
+def _positive(text: str) -> int:
+    """An argument that must be a whole number, 1 or more."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number, 1 or more")
+    return int(text)
 
 
 def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -34,10 +43,10 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
                     "report.")
     parser.add_argument("--model", default="local", metavar="MODEL",
                         help="the model of every agent: local (default), openai:NAME, "
-                             "anthropic:NAME")
-    parser.add_argument("--companies", type=int, default=None, metavar="N",
+                             "anthropic:NAME, or module:name of a shoal Model object")
+    parser.add_argument("--companies", type=_positive, default=None, metavar="N",
                         help="study only the first N companies (default: all five)")
-    parser.add_argument("--rounds", type=int, default=2, metavar="N",
+    parser.add_argument("--rounds", type=_positive, default=2, metavar="N",
                         help="drafts the writer may make (default: 2)")
     parser.add_argument("--out", default="market_report.md", metavar="PATH",
                         help="where to write the report (default: market_report.md)")
@@ -54,31 +63,32 @@ def show_progress(event: Event) -> None:
         print(f"  {event.detail} ...", file=sys.stderr)
 
 
-def model_problem(spec: str | None) -> str | None:
-    """Why the model ``spec`` names cannot be used (a missing package, key ...), or ``None``.
+def chosen_model(spec: str) -> str | shoal.Model:
+    """The model ``--model`` names: a model string, or ``module:name`` of a model object.
 
-    Checked before the run, so that a missing extra is one message, not one per agent.
+    Made once before the run (and dropped), so that a missing extra or API key is one
+    :class:`~shoal.exceptions.ShoalError` saying what to install or set, not one per agent.
     """
-    if spec is None:
-        return None
-    try:
-        resolve_model(spec)
-    except ShoalError as exc:
-        return f"--model {spec}: {exc}"
-    return None
+    model = model_option(spec)
+    resolve_model(model)
+    return model
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the example with command-line ``argv``; return the exit code."""
     options = _arguments(argv)
-    problem = model_problem(options.model)
-    if problem is not None:
-        print(problem, file=sys.stderr)
+    try:
+        model = chosen_model(options.model)
+    except ShoalError as exc:
+        print(f"--model {options.model}: {exc}", file=sys.stderr)
         return 2
-    team = {name: dataclasses.replace(getattr(agents, name), model=options.model)
+    team = {name: dataclasses.replace(getattr(agents, name), model=model)
             for name in ("analyst", "writer", "critic")}
     plan = build_plan(options.companies, options.out, max_rounds=options.rounds, **team)
-    result = shoal.run_sync(plan, on_event=show_progress)
+    # every agent answers in one turn, so this many requests is all the run may make
+    requests = len(company_ids(options.companies)) + 2 * options.rounds
+    result = shoal.run_sync(plan, on_event=show_progress,
+                            budget=shoal.Budget(requests=requests))
     report = result["report"]
     if not report.ok:
         for outcome in result:

@@ -23,7 +23,7 @@ from typing import Any
 import shoal
 
 __all__ = [
-    "COMPANIES", "check_report", "collect_notes", "company_facts", "key_facts",
+    "COMPANIES", "check_report", "collect_notes", "company_facts", "company_ids", "key_facts",
     "list_companies", "profile_text", "read_company", "save_report", "writing_brief",
 ]
 
@@ -32,8 +32,10 @@ COMPANIES = Path(__file__).resolve().parent / "companies"
 _NUMBERS = ("revenue_2024_eur_m", "revenue_2025_eur_m", "gross_margin_pct")
 
 
-def _known() -> list[str]:
-    return sorted(p.stem for p in COMPANIES.glob("*.md"))
+def company_ids(limit: int | None = None) -> list[str]:
+    """The ids of the shipped companies, in alphabetical order (the first ``limit`` of them)."""
+    found = sorted(p.stem for p in COMPANIES.glob("*.md"))
+    return found if limit is None else found[:max(limit, 0)]
 
 
 def _profile(company: str) -> Path:
@@ -41,7 +43,7 @@ def _profile(company: str) -> Path:
     stem = company.strip().lower().removesuffix(".md")
     path = COMPANIES / f"{stem}.md"
     if not re.fullmatch(r"[a-z0-9_-]+", stem) or not path.is_file():
-        raise ValueError(f"no company {company!r}; the companies are: {', '.join(_known())}")
+        raise ValueError(f"no company {company!r}; the companies are: {', '.join(company_ids())}")
     return path
 
 
@@ -78,8 +80,7 @@ async def list_companies(limit: int | None = None) -> list[str]:
     Args:
         limit: study only the first this many (a short run on a slow model).
     """
-    found = _known()
-    return found if limit is None else found[:max(limit, 0)]
+    return company_ids(limit)
 
 
 @shoal.tool(timeout=5, reads="company:{company}")
