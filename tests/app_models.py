@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+from shoal.exceptions import ModelError
 from shoal.models.base import ModelRequest, UserMessage
 from shoal.testing import ScriptedModel
 
@@ -68,3 +69,11 @@ def _market_answer(request: ModelRequest) -> str:
 market = ScriptedModel.per_prompt({"*": [_market_answer]}, latency=0.05)
 #: The data aggregation example's commentator.
 commentary = ScriptedModel.per_prompt({"*": [COMMENTARY]})
+
+
+def _down(request: ModelRequest) -> str:
+    raise ModelError("scripted", "the service is down (HTTP 503)")
+
+
+#: A model that fails every request, as a hosted model does in an outage.
+down = ScriptedModel.per_prompt({"*": [_down]})

@@ -208,6 +208,26 @@ def test_a_shard_without_a_column_and_an_empty_one(tmp_path: Path) -> None:
     assert da.merge_summaries([empty])["min_sale_cents"] is None
 
 
+def test_how_a_shard_is_encoded_and_quoted(tmp_path: Path) -> None:
+    good = "2026-01-04,south,Quayside,baguette,10,24.00"
+    exported = tmp_path / "bom.csv"  # a spreadsheet's UTF-8 export starts with a BOM
+    exported.write_bytes(b"\xef\xbb\xbf" + (",".join(da.COLUMNS) + "\n" + good).encode())
+    assert da.summarise_shard(str(exported))["revenue_cents"] == 2400
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes((",".join(da.COLUMNS) + "\n2026-01-04,south,Caf\xe9,rye,1,4.60\n")
+                      .encode("latin-1"))
+    not_utf8 = r"^latin\.csv line 2: not UTF-8 text \(byte 60 is 0xe9\)"
+    with pytest.raises(da.ShardError, match=not_utf8):
+        da.summarise_shard(str(latin))
+    quoted = write_shard(tmp_path / "q.csv", good, '2026-01-05,"north,Mill Lane,rye,2,9.20')
+    with pytest.raises(da.ShardError, match=r"^q\.csv line 3: unexpected end of data"):
+        da.summarise_shard(quoted)
+    stray = write_shard(tmp_path / "s.csv", good, '2026-01-05,"north"x,Mill Lane,rye,2,9.20',
+                        good)
+    with pytest.raises(da.ShardError, match=r"^s\.csv line 3: ',' expected after '\"'"):
+        da.summarise_shard(stray)
+
+
 def test_merging_is_the_same_in_any_order_and_names_what_is_missing(tmp_path: Path) -> None:
     a = da.summarise_shard(write_shard(tmp_path / "a.csv",
                                        "2026-01-04,south,Quayside,baguette,10,24.00",
@@ -369,6 +389,25 @@ def test_a_short_run_and_one_draft(tmp_path: Path) -> None:
     assert result["check"].value["complete"] is True  # the two it studied are in the draft
 
 
+def test_analysts_over_budget_stop_the_report_not_the_facts(tmp_path: Path) -> None:
+    team = market_team([ACCEPTED], [DRAFT_2])
+    plan = market_plan(report_path=str(tmp_path / "market_report.md"), **team)
+    result = run_virtual(shoal.run(plan, budget=shoal.Budget(requests=3)))
+    analysts = [result[f"analysts[{i}]"] for i in range(5)]
+    over = [o for o in analysts if not o.ok]
+    assert over  # five analysts, three requests: some could not ask
+    for outcome in over:
+        assert outcome.error is not None
+        assert outcome.error.type == "shoal.exceptions.BudgetExceeded"
+    assert result["analysts"].status == "failed"
+    for name in ("notes", "review", "check", "report"):
+        assert result[name].status == "skipped", name
+    assert result["facts"].ok and result["brief"].ok  # what needs no analyst still ran
+    assert len(model_of(team["analyst"]).requests) <= 3
+    assert model_of(team["writer"]).requests == []
+    assert not (tmp_path / "market_report.md").exists()
+
+
 def test_check_report_reads_numbers_and_names_strictly() -> None:
     facts = [mr.company_facts("larkspur")]
 
@@ -420,6 +459,19 @@ def test_the_commentary_through_the_module(tmp_path: Path) -> None:
                       "tests.app_models:commentary")
     assert proc.returncode == 0, proc.stderr
     assert COMMENTARY in (tmp_path / "sales_report.md").read_text(encoding="utf-8")
+
+
+def test_a_model_outage_is_reported_without_a_report(tmp_path: Path) -> None:
+    proc = run_module("examples.market_research", tmp_path, "--model", "tests.app_models:down",
+                      "--companies", "2")
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    for i in range(2):
+        assert f"analysts[{i}]: failed: model 'scripted': the service is down (HTTP 503)" in lines
+    assert lines[-1].startswith("no report: needs ")
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "market_report.md").exists()
 
 
 @pytest.mark.parametrize("args", [["--rounds", "0"], ["--companies", "-1"], ["--rounds", "x"]])

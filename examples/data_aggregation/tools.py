@@ -15,7 +15,8 @@ from __future__ import annotations
 import csv
 import datetime
 import decimal
-from collections.abc import Iterable, Mapping
+import io
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,32 @@ def _check_width(row: Mapping[str | None, Any], width: int) -> None:
         raise ValueError(f"{got} fields where the header has {width}")
 
 
+def _sales(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
+    """The rows of a shard with their line numbers; a :class:`ShardError` for a bad one."""
+    try:  # utf-8-sig: a spreadsheet's export starts with a byte order mark
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = exc.object.count(b"\n", 0, exc.start) + 1
+        raise ShardError(f"{path.name} line {line}: not UTF-8 text (byte {exc.start} is "
+                         f"{exc.object[exc.start]:#04x})") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = reader.fieldnames or ()
+        missing = [c for c in COLUMNS if c not in header]
+        if missing:
+            raise ShardError(f"{path.name}: no column {', '.join(missing)} in its header line "
+                             f"(it needs {', '.join(COLUMNS)})")
+        for row in reader:
+            try:
+                _check_width(row, len(header))
+            except ValueError as exc:
+                raise ShardError(f"{path.name} line {reader.line_num}: {exc}") from None
+            yield reader.line_num, row
+    except csv.Error as exc:  # an unclosed quote, a stray one ...
+        # line_num counts the lines of the records read whole: the bad one starts after them
+        raise ShardError(f"{path.name} line {reader.line_num + 1}: {exc}") from None
+
+
 @shoal.tool(timeout=10, reads="file:{path}")
 def summarise_shard(path: str) -> dict[str, Any]:
     """Read one CSV shard; return its row count and per-region and per-product totals.
@@ -117,22 +144,15 @@ def summarise_shard(path: str) -> dict[str, Any]:
     total = _group()
     groups: dict[str, dict[str, dict[str, Any]]] = {key: {} for key, _ in _GROUPINGS}
     days: list[str] = []
-    with Path(path).open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or ())]
-        if missing:
-            raise ShardError(f"{name}: no column {', '.join(missing)} in its header line "
-                             f"(it needs {', '.join(COLUMNS)})")
-        for row in reader:
-            try:
-                _check_width(row, len(reader.fieldnames or ()))
-                units, cents = _units(row["units"]), _cents(row["revenue"])
-                days.append(_day(row["date"]))
-            except ValueError as exc:
-                raise ShardError(f"{name} line {reader.line_num}: {exc}") from None
-            _add_sale(total, units, cents)
-            for key, column in _GROUPINGS:
-                _add_sale(groups[key].setdefault(row[column].strip(), _group()), units, cents)
+    for line, row in _sales(Path(path)):
+        try:
+            units, cents = _units(row["units"]), _cents(row["revenue"])
+            days.append(_day(row["date"]))
+        except ValueError as exc:
+            raise ShardError(f"{name} line {line}: {exc}") from None
+        _add_sale(total, units, cents)
+        for key, column in _GROUPINGS:
+            _add_sale(groups[key].setdefault(row[column].strip(), _group()), units, cents)
     return {"shard": name, **total, "first_day": min(days, default=None),
             "last_day": max(days, default=None), **groups}
 

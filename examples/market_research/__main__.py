@@ -28,6 +28,9 @@ from shoal.events import AgentFinished, AgentStarted, Event, ModelServerStarting
 from shoal.exceptions import ShoalError
 from shoal.models import resolve_model
 
+#: The plan's map nodes (see examples.market_research.plan).
+MAPS = ("profiles", "analysts")
+
 
 def _positive(text: str) -> int:
     """An argument that must be a whole number, 1 or more."""
@@ -92,9 +95,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = result["report"]
     if not report.ok:
         for outcome in result:
-            if outcome.status == "failed":
+            # a map's own error only sums up its items': print the items'
+            if outcome.status == "failed" and outcome.node_id not in MAPS:
                 why = outcome.error.message if outcome.error else outcome.reason
                 print(f"{outcome.node_id}: failed: {why}", file=sys.stderr)
+        print(f"no report: {report.reason or report.status}", file=sys.stderr)
         return 1
     value = report.value
     verdict = "accepted" if value["accepted"] else "not accepted"
