@@ -36,11 +36,12 @@ ROOT = Path(__file__).resolve().parents[1]
 BAD_SHARD = "sales-2026-05.csv"
 
 
-def run_module(module: str, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def run_module(module: str, cwd: Path, *args: str,
+               timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """``python -m module args`` from ``cwd``, with the repository on the import path."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120, check=False)
+                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def prompt_of(request: ModelRequest) -> str:
@@ -498,17 +499,20 @@ def _local_model_missing() -> str | None:
     return None
 
 
-@pytest.mark.skipif(_local_model_missing() is not None,
-                    reason=str(_local_model_missing()))
+LOCAL_MISSING = _local_model_missing()
+
+
+@pytest.mark.skipif(LOCAL_MISSING is not None, reason=str(LOCAL_MISSING))
 def test_both_examples_run_on_the_local_model(tmp_path: Path) -> None:
     # one commentary request, then one analyst, one draft and one review: four in all
-    data = run_module("examples.data_aggregation", tmp_path, "--model", "local")
+    # a model server to start and a small model on a busy machine: minutes, not seconds
+    data = run_module("examples.data_aggregation", tmp_path, "--model", "local", timeout=600)
     assert data.returncode == 0, data.stderr
     report = (tmp_path / "sales_report.md").read_text(encoding="utf-8")
     commentary = report.split("\n\n")[2]
     assert commentary.strip() and not commentary.startswith(("**Not included", "## By"))
     market = run_module("examples.market_research", tmp_path, "--companies", "1",
-                        "--rounds", "1")
+                        "--rounds", "1", timeout=600)
     assert market.returncode == 0, market.stderr
     assert "analysts[0]: ok" in market.stderr
     text = (tmp_path / "market_report.md").read_text(encoding="utf-8")
