@@ -403,3 +403,14 @@ def test_a_killed_plan_of_nested_patterns_resumes_without_asking_anything_twice(
     # only b's last turn is asked: every other turn replays from the journal
     assert report["requests"] == {"a": 0, "w1": 0, "w2": 0, "agg": 0, "b": 1}
     assert sorted(log.read_text().split()) == ["a", "b", "w1", "w2"]  # no note ran twice
+
+
+def test_a_pattern_tool_tells_a_model_what_it_does() -> None:
+    a, b = agent("a", []), agent("b", [])
+    assert pipeline(a, b).node_tool.description == "Run the pipeline: a, then b"
+    assert fan_out(a, a, aggregate=b, name="crowd").node_tool.description == (
+        "Run the fan_out crowd: a and a at once, then b")
+    assert reflect(a, b, max_rounds=2).node_tool.description == (
+        "Run the reflect: a drafts and b reviews, up to 2 rounds")
+    schema = pipeline(a).node_tool.json_schema()
+    assert schema["required"] == ["task"] and schema["additionalProperties"] is True

@@ -137,9 +137,14 @@ class Pattern:
         """The tool that runs this pattern as a plan node: ``plan.call(pattern, task=...)``."""
         # Idempotent in the resume sense: a pattern node that was running when its run stopped
         # runs again on resume and continues its nested runs, whose finished steps replay.
+        called = self.kind if self.name == self.kind else f"{self.kind} {self.name}"
         return Tool(partial(_pattern_node, self), name=self.name,
-                    description=f"Run the {self.kind} {self.name}",
+                    description=f"Run the {called}: {self.describe()}",
                     policy=ToolPolicy(isolation="inline", idempotent=True))
+
+    def describe(self) -> str:
+        """What the pattern does, in a few words (its tool's description, for a model)."""
+        return self.kind
 
     def __shoal_node__(self) -> Tool[..., Any]:
         """What :func:`shoal.plan.as_tool` makes of a pattern: its :attr:`node_tool`."""
@@ -196,7 +201,14 @@ class Pattern:
 
 async def _pattern_node(pattern: Pattern, task: Any, shoal_node: NodeInjected,
                         **context: Any) -> Any:
-    """Run the pattern on the task (and the other arguments, for its first steps)."""
+    """Run the pattern on the task (and the other arguments, for its first steps).
+
+    Args:
+        pattern: the pattern (bound when the node's tool is made).
+        task: what to do: text, or any value (shown to the agents as JSON).
+        shoal_node: where the node runs (filled in by the runtime).
+        **context: more for the first steps' prompts, each shown under its name.
+    """
     shared = composition(shoal_node.scope)
     shared.enter()  # the models its agents share stay open from one step to the next
     try:
@@ -293,6 +305,10 @@ class Pipeline(Pattern):
             raise ConfigError(f"pipeline {self.name}: give at least one step")
         self.steps = tuple(_check_step(f"pipeline {self.name}", s) for s in steps)
 
+    def describe(self) -> str:
+        """``a, then b, then c``."""
+        return ", then ".join(s.name for s in self.steps)
+
     @property
     def output_path(self) -> tuple[str | int, ...]:
         """A pipeline passes on what its last step passes on."""
@@ -322,6 +338,12 @@ class FanOut(Pattern):
         self.workers = tuple(_check_step(f"fan_out {self.name}", w) for w in workers)
         self.aggregate = None if aggregate is None else _check_step(
             f"fan_out {self.name} aggregate", aggregate)
+
+    def describe(self) -> str:
+        """``a, b and c at once, then agg``."""
+        names = [w.name for w in self.workers]
+        text = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]} at once"
+        return text if self.aggregate is None else f"{text}, then {self.aggregate.name}"
 
     @property
     def output_path(self) -> tuple[str | int, ...]:
@@ -363,6 +385,11 @@ class Reflect(Pattern):
                               f"more, got {max_rounds!r}")
         self.max_rounds = max_rounds
         self.must_accept = must_accept
+
+    def describe(self) -> str:
+        """``w drafts and c reviews, up to 3 rounds``."""
+        return (f"{self.worker.name} drafts and {self.critic.name} reviews, up to "
+                f"{self.max_rounds} round{'s' if self.max_rounds > 1 else ''}")
 
     @property
     def output_path(self) -> tuple[str | int, ...]:

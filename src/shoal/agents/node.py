@@ -196,7 +196,14 @@ async def run_observed(work: Coroutine[Any, Any, T], on_cancel: Callable[[], Non
 
 async def _agent_node(agent: Agent[Any], task: Any, shoal_node: NodeInjected,
                       **context: Any) -> Any:
-    """Run the agent on the task (and the other arguments, rendered into its prompt)."""
+    """Run the agent on the task (and the other arguments, rendered into its prompt).
+
+    Args:
+        agent: the agent (bound when the node's tool is made).
+        task: what the agent should do: text, or any value (shown to it as JSON).
+        shoal_node: where the node runs (filled in by the runtime).
+        **context: more for the prompt, each shown under its name.
+    """
     shared = composition(shoal_node.scope)
     lineage = shoal_node.lineage
     if shoal_node.continues:
