@@ -641,12 +641,16 @@ class SchedulerState:
             self._record(slot, "failed", now, d, error=ErrorInfo.from_exception(exc))
             return
         slot.items = []
-        slot.waiting = len(items)  # before adding: an item may end at once (replay, cancel)
+        # An item may end as it is added (replayed on resume, cancelled): one count more than
+        # the items holds the gathering back until every item is in slot.items, or the map
+        # would gather while its last item is being added, without that item's value.
+        slot.waiting = len(items) + 1
         slot.queued_at = now
         for i, item in enumerate(items):
             child = Node(f"{node.id}[{i}]", node.tool, {**args, node.map.item_arg: item})
             slot.items.append(self._add_node(child, now, d, gather=slot.pos,
                                              priority=slot.priority).pos)
+        slot.waiting -= 1
         if slot.waiting == 0 and slot.phase is Phase.WAITING:
             self._gather(slot, now, d)
 
