@@ -309,7 +309,7 @@ def market(tmp_path_factory: pytest.TempPathFactory
 def test_the_analysts_run_side_by_side(
         market: tuple[Path, dict[str, shoal.Agent[Any]], shoal.RunResult]) -> None:
     _, team, result = market
-    assert result.ok, result.counts()
+    assert result.ok, result.counts
     analysts = [result[f"analysts[{i}]"] for i in range(5)]
     assert [o.value for o in analysts] == [NOTES[c] for c in sorted(NOTES)]
     # all five were in flight together: one model turn (2 s) for the lot, not five
@@ -407,6 +407,22 @@ def test_analysts_over_budget_stop_the_report_not_the_facts(tmp_path: Path) -> N
     assert len(model_of(team["analyst"]).requests) <= 3
     assert model_of(team["writer"]).requests == []
     assert not (tmp_path / "market_report.md").exists()
+
+
+def test_a_resumed_market_run_asks_no_model_again(tmp_path: Path) -> None:
+    store = tmp_path / "journal.db"
+    team = market_team([FEEDBACK, ACCEPTED], [DRAFT_1, DRAFT_2], latency=0.0)
+    path = str(tmp_path / "market_report.md")
+    first = shoal.Runtime(store=store).run_sync(market_plan(report_path=path, **team))
+    assert first.ok
+    silent = market_team([], [], latency=0.0)  # any request would be a ScriptError
+    again = shoal.Runtime(store=store).resume_sync(first.run_id,
+                                                   market_plan(report_path=path, **silent))
+    assert again.ok, again.counts
+    assert all(model_of(a).requests == [] for a in silent.values())
+    assert again["analysts"].value == [NOTES[c] for c in sorted(NOTES)]  # all five, in order
+    assert again["review"].value.output == DRAFT_2
+    assert sorted(o.node_id for o in again) == sorted(o.node_id for o in first)
 
 
 def test_check_report_reads_numbers_and_names_strictly() -> None:
