@@ -2,10 +2,10 @@
 
 ::
 
-    companies ─> profiles[0..4] ─> analysts[0..4] ─┐
-        └─> facts ─> brief ─────────┐   notes <────┘
-                     └──────────────┴─> review (reflect: writer <-> critic, 2 drafts at most)
-                                              └─> check ─> report
+    companies ──> profiles[0..4] ──> analysts[0..4] ──┐
+        │                                             ├──> notes ──┐
+        └──> facts ───────────────────────────────────┘            ├──> review ──> check ──> report
+               └──> brief ─────────────────────────────────────────┘
 
 ``profiles`` and ``analysts`` are map nodes: one ``read_company`` and one analyst per company
 ``companies`` found, side by side. ``review`` is :func:`shoal.patterns.reflect`: the writer
