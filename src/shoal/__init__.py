@@ -17,6 +17,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time names load on first use
+    from shoal import patterns
     from shoal.agents.agent import Agent, AgentHandle
     from shoal.agents.budget import Budget
     from shoal.agents.raw import (
@@ -212,7 +213,15 @@ _EXPORTS = {
 }
 
 
+# Submodules reachable as attributes of ``shoal`` without importing them first.
+_SUBMODULES = {"patterns": "shoal.patterns"}
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        submodule = importlib.import_module(_SUBMODULES[name])
+        globals()[name] = submodule
+        return submodule
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'shoal' has no attribute {name!r}")
@@ -323,6 +332,7 @@ __all__ = [
     "__version__",
     "analyze",
     "parse_rate",
+    "patterns",
     "run",
     "run_sync",
     "tool",

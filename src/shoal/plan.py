@@ -12,7 +12,7 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NoReturn, TypeVar, cast
+from typing import Any, NoReturn, Protocol, TypeVar, cast
 
 from shoal.exceptions import PlanError, PlanProblem, ToolArgumentError
 from shoal.tools import Tool, tool
@@ -151,13 +151,32 @@ class Node:
 _wrapped: dict[Callable[..., Any], Tool[..., Any]] = {}
 
 
-def as_tool(obj: Tool[..., Any] | Callable[..., Any]) -> Tool[..., Any]:
-    """``obj`` if it is a tool, else a tool made of the plain function (made once per function)."""
+class NodeMaker(Protocol):
+    """Something a plan runs as one node through a tool of its own: an agent, a pattern."""
+
+    def __shoal_node__(self) -> Tool[..., Any]:
+        """The tool that runs this object as a plan node."""
+        ...
+
+
+Callee = Tool[..., Any] | Callable[..., Any] | NodeMaker
+
+
+def as_tool(obj: Callee) -> Tool[..., Any]:
+    """``obj`` if it is a tool, else a tool made of the plain function (made once per function).
+
+    An object whose type has ``__shoal_node__`` (an :class:`~shoal.Agent`, a pattern of
+    :mod:`shoal.patterns`) is run by the tool that method returns (cached by the object).
+    """
     if isinstance(obj, Tool):
         return obj
-    made = _wrapped.get(obj)
+    made = _wrapped.get(obj)  # type: ignore[arg-type]  # a miss for anything not a function
     if made is None:
-        made = _wrapped[obj] = tool(obj)
+        node = getattr(type(obj), "__shoal_node__", None)
+        if node is not None:
+            return cast(Tool[..., Any], node(obj))
+        fn = cast(Callable[..., Any], obj)
+        made = _wrapped[fn] = tool(fn)
     return made
 
 
@@ -180,7 +199,7 @@ class Plan:
 
     def call(
         self,
-        tool: Tool[..., Any] | Callable[..., Any],
+        tool: Callee,
         /,
         *,
         after: Ref | str | Iterable[Ref | str] = (),
@@ -195,7 +214,7 @@ class Plan:
 
     def add(
         self,
-        tool: Tool[..., Any] | Callable[..., Any],
+        tool: Callee,
         args: Mapping[str, Any] | None = None,
         *,
         after: Ref | str | Iterable[Ref | str] = (),

@@ -396,7 +396,7 @@ def _unknown_tool(name: str, tools: Mapping[str, Tool[..., Any]]) -> str:
 
 
 def import_object(path: str) -> Any:
-    """Import the callable at ``"package.module:attr"`` (``attr`` may be dotted).
+    """Import the callable (or agent, or pattern) at ``"package.module:attr"`` (dotted ``attr``).
 
     Raises:
         ImportError: with a message saying what to fix when the module cannot be imported, an
@@ -415,9 +415,9 @@ def import_object(path: str) -> Any:
                               f"the ':' in {path!r}")
         obj = getattr(obj, part)
         owner = f"{owner}.{part}"
-    if not callable(obj):
+    if not callable(obj) and not hasattr(type(obj), "__shoal_node__"):  # agents, patterns
         raise ImportError(f"{path!r} is not callable (it is {type(obj).__name__} "
-                          f"{obj!r:.40}); point it at a function or tool")
+                          f"{obj!r:.40}); point it at a function, tool, agent or pattern")
     return obj
 
 

@@ -72,7 +72,9 @@ class Agent(Generic[T]):
             ``"anthropic:claude-sonnet-4-5"``. A string of another form is a
             :class:`~shoal.exceptions.ConfigError` here, naming the close match.
         instructions: the system prompt.
-        tools: tools (or plain functions) the model may call.
+        tools: tools (or plain functions) the model may call; a pattern of
+            :mod:`shoal.patterns` too (it takes a ``task``, and its agents run within this
+            agent's tree: its budget, cancellation and journal).
         subagents: agents the model may delegate to, as tools taking a ``task``.
         description: what a parent's model is told this agent does (default: the first line
             of the instructions).
@@ -112,6 +114,10 @@ class Agent(Generic[T]):
         except ConfigError as exc:
             raise ConfigError(f"agent {self.name!r}: {exc}") from None
         self._check_counts()
+        agents = [t for t in self._listed("tools") if isinstance(t, Agent)]
+        if agents:  # a pattern is welcome: it runs as a tool within this agent's tree
+            raise ConfigError(f"agent {self.name!r}: {agents[0]!r} is not a tool; an agent the "
+                              "model may delegate to belongs in subagents=")
         object.__setattr__(self, "tools", tuple(as_tool(t) for t in self._listed("tools")))
         object.__setattr__(self, "subagents", self._listed("subagents"))
         strays = [a for a in self.subagents if not isinstance(a, Agent)]
@@ -176,6 +182,20 @@ class Agent(Generic[T]):
         # own journaled steps replay, so nothing it finished is asked or done twice.
         return Tool(_subagent_entry, name=self.name, description=description,
                     policy=ToolPolicy(isolation="inline", idempotent=True))
+
+    @functools.cached_property
+    def node_tool(self) -> Tool[..., Any]:
+        """The tool that runs this agent as a plan node: ``plan.call(agent, task=...)``.
+
+        See :mod:`shoal.agents.node`: the node's value is the agent's answer.
+        """
+        from shoal.agents.node import agent_node_tool  # registers the node injector on use
+
+        return agent_node_tool(self)
+
+    def __shoal_node__(self) -> Tool[..., Any]:
+        """What :func:`shoal.plan.as_tool` makes of an agent: its :attr:`node_tool`."""
+        return self.node_tool
 
     @functools.cached_property
     def subagents_by_name(self) -> Mapping[str, Agent[Any]]:

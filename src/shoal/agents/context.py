@@ -28,8 +28,12 @@ from shoal.models.retry import ModelGates
 if TYPE_CHECKING:
     from shoal.agents.result import AgentResult
     from shoal.runtime import RunHandle, Runtime
+    from shoal.scheduler.scope import RunScope
 
-__all__ = ["DEFAULT_MODEL", "DefaultModel", "TreeContext", "is_within"]
+__all__ = ["DEFAULT_MODEL", "TREE_KEY", "DefaultModel", "TreeContext", "is_within"]
+
+#: The key of a tree's own context in the ``shared`` dict of its tool phases' scopes.
+TREE_KEY = "shoal.tree"
 
 log = logging.getLogger("shoal")
 
@@ -81,8 +85,24 @@ class TreeContext:
         # lineage -> its steps in flight (model turns and tool phases, each a run)
         self._handles: dict[str, set[RunHandle]] = {}
         self._cancelled: dict[str, str] = {}  # lineage root -> reason
+        self._resumed: set[str] = set()  # lineage roots whose journaled steps are continued
         self.results: dict[str, AgentResult[Any]] = {}  # every agent's result, by lineage
         self._deadline: asyncio.TimerHandle | None = None
+        self._scope: RunScope | None = None
+
+    @property
+    def scope(self) -> RunScope:
+        """What this tree's tool phases run within.
+
+        So a pattern among an agent's tools joins this tree (its budget, cancellation and
+        resume) instead of starting a tree of its own.
+        """
+        if self._scope is None:
+            from shoal.scheduler.scope import RunScope  # the scheduler does not need agents
+
+            self._scope = RunScope(self.runtime, self.run_id, resuming=self.resuming,
+                                   shared={TREE_KEY: self})
+        return self._scope
 
     # -- time and events ----------------------------------------------------------------
 
@@ -138,6 +158,18 @@ class TreeContext:
         models, self._models = self._models, {}
         for model in models.values():
             await model.aclose()
+
+    def resume_within(self, lineage: str) -> None:
+        """Continue the journaled steps of the agent at ``lineage`` and below, too.
+
+        For one subtree of a tree that is not resumed as a whole: an agent plan node that runs
+        again (a retry, or its nested run resumed) picks up where its journal stopped.
+        """
+        self._resumed.add(lineage)
+
+    def resumes(self, lineage: str) -> bool:
+        """Whether the agent at ``lineage`` continues steps the journal knows."""
+        return self.resuming or any(is_within(lineage, root) for root in self._resumed)
 
     # -- control: what runs, and stopping it --------------------------------------------
 

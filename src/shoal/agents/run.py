@@ -278,10 +278,11 @@ class AgentRun:
         ctx = self.ctx
         run_id = f"{ctx.run_id}/{self.lineage}/{step}"
         store = ctx.runtime.store
-        resume = ctx.resuming and store is not None and store.get_run(run_id) is not None
+        resume = (ctx.resumes(self.lineage) and store is not None
+                  and store.get_run(run_id) is not None)
         handle = ctx.runtime.start(plan, run_id=None if resume else run_id,
                                    resume=run_id if resume else None, lineage=self.lineage,
-                                   on_event=on_event, force=ctx.force)
+                                   on_event=on_event, force=ctx.force, within=ctx.scope)
         ctx.track_handle(self.lineage, handle)
         return handle
 

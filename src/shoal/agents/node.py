@@ -1,0 +1,258 @@
+"""Agents as plan nodes: ``plan.call(agent, task=...)`` runs the agent as one node.
+
+An agent node takes a ``task`` and, optionally, more keyword arguments; any of them may be
+refs to other nodes' outputs. The agent's prompt is the task followed by each extra argument
+under its name (see :func:`render_prompt`). The node's value is the agent's answer: the text,
+or its ``output_type`` instance (so ``ref["field"]`` reaches a field). An agent that ends
+without an answer (budget, ``max_turns``, a model error, cancellation) fails the node with the
+agent's error.
+
+Every agent node (and every pattern, :mod:`shoal.patterns`) of one outermost run, at any depth
+of nesting, runs in one :class:`~shoal.agents.context.TreeContext`: one budget tracker, so a
+``Budget`` given to the run holds exactly across all of them; one set of model gates; one
+place to cancel a subtree. It lives in the run's :attr:`RunScope.shared
+<shoal.scheduler.scope.RunScope.shared>`, which nested runs share. Each agent runs under the
+lineage of its node (``pipeline#1/reader#2``), and its model turns and tool phases are
+journaled runs named after that lineage, so a resumed plan replays an agent's finished steps
+instead of asking again, exactly as a resumed agent tree does for its subagents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+from shoal.agents.agent import Agent  # at run time: the node tool's schema reads the hints
+from shoal.agents.context import TREE_KEY, TreeContext
+from shoal.agents.result import AgentResult
+from shoal.agents.run import AgentRun
+from shoal.exceptions import AgentError, ShoalError
+from shoal.outcome import jsonable
+from shoal.policy import ToolPolicy
+from shoal.scheduler.scope import RunScope, register_injector
+from shoal.schema import Injected
+from shoal.tools import Tool
+
+if TYPE_CHECKING:
+    from shoal.events import EventSink
+    from shoal.executors.base import Call
+
+__all__ = ["Composition", "NodeContext", "NodeInjected", "agent_node_tool", "composition",
+           "observer_sinks", "render_prompt", "render_value", "run_observed"]
+
+T = TypeVar("T")
+
+#: The key of the :class:`Composition` in :attr:`RunScope.shared`.
+SHARED_KEY = "shoal.composition"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeContext:
+    """Where a node that runs agents or nested runs sits: its run's scope, id and attempt."""
+
+    scope: RunScope
+    node_id: str
+    attempt: int = 1
+
+    @property
+    def continues(self) -> bool:
+        """Whether what this node ran before (journaled) is continued rather than started.
+
+        So when its run is resumed, and when the node runs again after a failed attempt
+        (``retries``): the steps it finished replay, the rest run.
+        """
+        return self.scope.resuming or self.attempt > 1
+
+    @property
+    def lineage(self) -> str:
+        """The node's lineage: the run's lineage and the node id (``pipeline#1/reader#2``)."""
+        return self.scope.where(self.node_id)
+
+
+def _node_context(call: Call, scope: RunScope | None) -> NodeContext:
+    if scope is None:  # the runtime gives every run a scope; a bare executor call has none
+        raise ShoalError(f"{call.tool.name!r} runs agents: run it in a plan through a runtime")
+    return NodeContext(scope, call.node_id, call.attempt)
+
+
+register_injector("node", _node_context)
+
+#: A parameter the runtime fills with the call's :class:`NodeContext`.
+NodeInjected = Annotated[NodeContext, Injected("node")]
+
+
+@dataclass(eq=False)
+class Composition:
+    """What the agent and pattern nodes of one outermost run share (see the module docstring).
+
+    ``errors`` keeps the exception each failed agent or pattern node raised, by lineage: a
+    run's outcomes keep only an error's type and message, and a pattern whose step failed
+    raises the step's own exception (a ``BudgetExceeded`` stays one through any nesting).
+    """
+
+    ctx: TreeContext
+    #: whether the tree is this composition's own (a plan's), not an agent's it joined
+    owned: bool = True
+    errors: dict[str, BaseException] = field(default_factory=dict)
+    active: int = 0
+
+    def enter(self) -> None:
+        """An agent or pattern node starts: the first one arms the ``wall_clock`` budget."""
+        self.active += 1
+        if self.active == 1 and self.owned:
+            self.ctx.start_clock()
+
+    async def leave(self) -> None:
+        """A node ended: when none runs any more, disarm the clock and close the models.
+
+        Models the tree made from strings (``"openai:..."``, ``"local"``) hold connections
+        or a server. Inside a pattern they stay open from step to step (the pattern's node
+        is running); once no agent or pattern node runs there is no later moment that is sure
+        to come, so they close, and a later node of the run makes them again.
+        """
+        self.active -= 1
+        if self.active == 0 and self.owned:  # an agent's tree: its root does this
+            self.ctx.stop_clock()
+            await self.ctx.close_models()
+
+
+def composition(scope: RunScope) -> Composition:
+    """The :class:`Composition` of the outermost run around ``scope`` (made on first use)."""
+    found = scope.shared.get(SHARED_KEY)
+    if found is None:
+        tree = scope.shared.get(TREE_KEY)  # a pattern among an agent's tools: join its tree
+        if isinstance(tree, TreeContext):
+            found = Composition(tree, owned=False)
+        else:
+            found = Composition(TreeContext(
+                run_id=scope.run_id, runtime=scope.runtime, budget=scope.budget,
+                sinks=scope.sinks, resuming=scope.resuming))
+        scope.shared[SHARED_KEY] = found
+    assert isinstance(found, Composition)
+    return found
+
+
+# -- prompts --------------------------------------------------------------------------------
+
+
+def render_value(value: Any) -> str:
+    """A value as prompt text: a string as it is, anything else as indented JSON.
+
+    JSON as :func:`shoal.outcome.jsonable` makes it: pydantic models and dataclasses become
+    objects, and what JSON cannot hold becomes its ``repr``.
+    """
+    if isinstance(value, str):
+        return value
+    return json.dumps(jsonable(value), indent=2, ensure_ascii=False)
+
+
+def render_prompt(task: Any, context: Mapping[str, Any]) -> str:
+    """The prompt of an agent node: the task, then each extra argument under its name.
+
+    ``render_prompt("Write the review", {"summaries": ["a", "b"]})`` is::
+
+        Write the review
+
+        summaries:
+        [
+          "a",
+          "b"
+        ]
+    """
+    parts = [render_value(task)]
+    parts += [f"{name}:\n{render_value(value)}" for name, value in context.items()]
+    return "\n\n".join(parts)
+
+
+# -- running ----------------------------------------------------------------------------------
+
+
+async def run_observed(work: Coroutine[Any, Any, T], on_cancel: Callable[[], None]) -> T:
+    """Run ``work`` as its own task; when the caller is cancelled, ``on_cancel()`` stops it.
+
+    The caller waits until ``work`` has ended (its outcomes recorded), then raises
+    ``CancelledError``: a cancelled node never leaves work running behind it.
+    """
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while True:
+        try:
+            value = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+            if not cancelled:
+                on_cancel()
+            cancelled = True
+            continue
+        if cancelled:
+            raise asyncio.CancelledError
+        return value
+
+
+async def _agent_node(agent: Agent[Any], task: Any, shoal_node: NodeInjected,
+                      **context: Any) -> Any:
+    """Run the agent on the task (and the other arguments, rendered into its prompt)."""
+    shared = composition(shoal_node.scope)
+    lineage = shoal_node.lineage
+    if shoal_node.continues:
+        shared.ctx.resume_within(lineage)
+    run = AgentRun(agent, shared.ctx, lineage=lineage, depth=0,
+                   prompt=render_prompt(task, context))
+    result = await _run_agent(shared, run)
+    if result.status == "ok":
+        return result.output
+    error = result.error or AgentError(f"agent {lineage} ended {result.status}")
+    shared.errors[lineage] = error
+    raise error
+
+
+async def _run_agent(shared: Composition, run: AgentRun) -> AgentResult[Any]:
+    """Run one agent node's agent; cancelling the node cancels the agent and its subagents."""
+    shared.enter()
+    try:
+        return await run_observed(
+            _settled_agent(run),
+            lambda: shared.ctx.cancel(run.lineage, "its plan node was cancelled"))
+    finally:
+        await shared.leave()
+
+
+async def _settled_agent(run: AgentRun) -> AgentResult[Any]:
+    """The agent's result, also when it ended by cancellation (a budget breach, its node)."""
+    try:
+        return await run.run()
+    except asyncio.CancelledError:
+        if run.result.status == "running":
+            raise
+        return run.result
+
+
+def agent_node_tool(agent: Agent[Any]) -> Tool[..., Any]:
+    """The tool that runs ``agent`` as a plan node (see the module docstring)."""
+    about = agent.description or (agent.instructions.strip().splitlines() or [""])[0]
+    # Inline: it only awaits the agent's steps, which run as runs of their own. Idempotent in
+    # the resume sense: a node that was running when its run stopped runs again on resume, and
+    # every step its agent finished (model turns, tool phases) replays from the journal; calls
+    # that were in flight inside are settled by their own tools' idempotency.
+    return Tool(partial(_agent_node, agent), name=agent.name,
+                description=f"Run the {agent.name} agent" + (f": {about}" if about else ""),
+                policy=ToolPolicy(isolation="inline", idempotent=True))
+
+
+def observer_sinks(scope: RunScope) -> tuple[EventSink, ...]:
+    """The sinks for a run nested in the run of ``scope``: those that run was given itself.
+
+    Not the runtime's: a nested run gets those from the runtime, and passing them again would
+    send each of its events twice. Under an agent's tool phase, the agent tree's sinks (that
+    phase's own sink stamps lineages for the phase's calls only).
+    """
+    shared = composition(scope)
+    if not shared.owned:
+        return (shared.ctx.emit,) if shared.ctx.observed else ()
+    own = scope.runtime._sinks  # the runtime's own sinks, to leave them out
+    return tuple(s for s in scope.sinks if s not in own)

@@ -1,0 +1,444 @@
+"""Orchestration patterns: small compositions of agents that nest and run as plan nodes.
+
+* :func:`pipeline` ``(a, b, c)``: each step's output is the next step's task.
+* :func:`fan_out` ``(*workers, aggregate=agg)``: every worker on the same task at once; the
+  aggregator gets the task and every worker's output, each under its node id.
+* :func:`reflect` ``(worker, critic, max_rounds=3)``: the worker drafts, the critic reviews,
+  the worker revises with the feedback, until the critic accepts or ``max_rounds`` is reached.
+
+Hierarchical work (a lead delegating to subagents) is an :class:`~shoal.Agent` with
+``subagents=``; it is a step like any other.
+
+A step is an agent or another pattern, so patterns nest: ``pipeline(a, fan_out(...),
+reflect(...))``. A pattern is a plan node (``plan.call(pattern, task=..., **more)``; the extra
+arguments reach its first steps as an agent node's do, see :mod:`shoal.agents.node`) and runs
+on its own with :meth:`Pattern.run`. Each runs its steps as a nested run of the runtime,
+named and journaled under its node (``<run id>/<node id>``), so:
+
+* one ``Budget`` (given to the outermost run) holds exactly across every agent at any depth;
+* approvals go to the runtime's approver, and events carry each agent's lineage
+  (``pipeline#1/fan_out#1/reader#3``) for live views;
+* cancelling the pattern's node (or the whole run) cancels everything inside it;
+* a resumed run replays every step that finished instead of running it again.
+
+A pattern's value is its last step's (a pipeline), the aggregator's or the list of worker
+outputs (a fan-out), or a :class:`Reflection` (a reflect loop). When a pattern is a step of
+another, what passes on is its *output*: for a reflect loop, the accepted (or last) draft,
+``Reflection.output``. A step that fails fails the pattern with the step's own error (a
+``BudgetExceeded`` stays one); later steps are skipped.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import pydantic
+
+from shoal.agents.agent import Agent
+from shoal.agents.node import (
+    SHARED_KEY,
+    Composition,
+    NodeContext,
+    NodeInjected,
+    composition,
+    observer_sinks,
+    run_observed,
+)
+from shoal.exceptions import ConfigError, ShoalError
+from shoal.outcome import RunResult
+from shoal.plan import Plan, Ref
+from shoal.policy import ToolPolicy
+from shoal.runtime import Runtime, run_blocking
+from shoal.scheduler.scope import RunScope
+from shoal.tools import Tool
+
+if TYPE_CHECKING:
+    from shoal.agents.budget import Budget
+    from shoal.events import EventSink
+    from shoal.runtime import RunHandle
+
+__all__ = [
+    "FanOut", "NotAcceptedError", "Pattern", "PatternError", "Pipeline", "Reflect",
+    "Reflection", "Step", "Verdict", "fan_out", "pipeline", "reflect",
+]  # fmt: skip
+
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # as agent names: a pattern may become a tool
+
+
+class PatternError(ShoalError):
+    """A pattern's step did not succeed, for a reason that is not an exception of its own.
+
+    (A step that raised, an agent over budget for one, fails its pattern with that error.)
+    """
+
+
+class NotAcceptedError(PatternError):
+    """A ``reflect(..., must_accept=True)`` loop ran ``max_rounds`` rounds without acceptance.
+
+    ``reflection`` holds the last draft and the critic's last feedback.
+    """
+
+    def __init__(self, message: str, reflection: Reflection) -> None:
+        super().__init__(message)
+        self.reflection = reflection
+
+
+class Verdict(pydantic.BaseModel):
+    """A critic's judgement of a draft: give a critic agent ``output_type=Verdict``.
+
+    ``accept``: whether the draft is good enough; ``feedback``: what to change (sent to the
+    worker with its draft for the next round) or, on acceptance, any remark.
+    """
+
+    accept: bool
+    feedback: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Reflection:
+    """What a :func:`reflect` loop gives: the last draft and whether the critic accepted it.
+
+    ``output`` is the worker's last output; ``accepted`` whether the critic accepted it (false
+    when the loop stopped at ``max_rounds``); ``rounds`` how many drafts were made;
+    ``feedback`` the critic's last words.
+    """
+
+    output: Any
+    accepted: bool
+    rounds: int
+    feedback: str = ""
+
+
+class Pattern:
+    """A composition of agents that runs as one plan node (see the module docstring).
+
+    Subclasses build their steps' nested runs in :meth:`_run`.
+    """
+
+    kind: ClassVar[str] = "pattern"
+
+    def __init__(self, name: str | None) -> None:
+        self.name = self.kind if name is None else name
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise ConfigError(f"{self.kind} name {self.name!r} must be 1-64 letters, digits, '_' "
+                              "or '-' (it names the pattern's nodes and their lineage)")
+
+    # -- as a node --------------------------------------------------------------------------
+
+    @functools.cached_property
+    def node_tool(self) -> Tool[..., Any]:
+        """The tool that runs this pattern as a plan node: ``plan.call(pattern, task=...)``."""
+        # Idempotent in the resume sense: a pattern node that was running when its run stopped
+        # runs again on resume and continues its nested runs, whose finished steps replay.
+        return Tool(partial(_pattern_node, self), name=self.name,
+                    description=f"Run the {self.kind} {self.name}",
+                    policy=ToolPolicy(isolation="inline", idempotent=True))
+
+    def __shoal_node__(self) -> Tool[..., Any]:
+        """What :func:`shoal.plan.as_tool` makes of a pattern: its :attr:`node_tool`."""
+        return self.node_tool
+
+    @property
+    def output_path(self) -> tuple[str | int, ...]:
+        """Where, in this pattern's value, the output a next step gets is (``()``: all of it)."""
+        return ()
+
+    async def _run(self, node: NodeContext, task: Any, context: Mapping[str, Any]) -> Any:
+        raise NotImplementedError
+
+    # -- on its own -------------------------------------------------------------------------
+
+    async def run(self, task: Any, *, runtime: Runtime | None = None,
+                  budget: Budget | None = None,
+                  on_event: EventSink | Sequence[EventSink] | None = None,
+                  run_id: str | None = None, **context: Any) -> Any:
+        """Run the pattern on ``task`` as a one-node plan and return its value.
+
+        ``context``: more arguments for the first steps, as for a node. ``runtime``: the
+        runtime (default: a fresh one, closed at the end); ``budget``: for every agent inside.
+        Raises the error of the step that failed (e.g. :class:`~shoal.BudgetExceeded`), or
+        :class:`PatternError`.
+        """
+        own = runtime is None
+        active = runtime if runtime is not None else Runtime()
+        plan = Plan(name=self.name)
+        ref = plan.add(self, {"task": task, **context}, node_id=self.name)
+        shared: dict[str, Any] = {}
+        try:
+            handle = active.start(plan, run_id=run_id, on_event=on_event, budget=budget,
+                                  within=RunScope(active, "", budget=budget, shared=shared))
+            result = await handle
+        finally:
+            if own:
+                await active.aclose()
+        outcome = result[ref]
+        if outcome.ok:
+            return outcome.value
+        found = shared.get(SHARED_KEY)
+        error = found.errors.get(self.name) if isinstance(found, Composition) else None
+        raise error or PatternError(f"{self.kind} {self.name} ended {outcome.status}: "
+                                    f"{outcome.error or outcome.reason}")
+
+    def run_sync(self, task: Any, **options: Any) -> Any:
+        """:meth:`run` from synchronous code (starts and closes an event loop)."""
+        return run_blocking(self.run(task, **options), "'await pattern.run(task)'")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+
+async def _pattern_node(pattern: Pattern, task: Any, shoal_node: NodeInjected,
+                        **context: Any) -> Any:
+    """Run the pattern on the task (and the other arguments, for its first steps)."""
+    shared = composition(shoal_node.scope)
+    shared.enter()  # the models its agents share stay open from one step to the next
+    try:
+        return await pattern._run(shoal_node, task, context)
+    except Exception as exc:
+        shared.errors[shoal_node.lineage] = exc
+        raise
+    finally:
+        await shared.leave()
+
+
+#: What a pattern is made of: agents and other patterns.
+Step = Agent[Any] | Pattern
+
+
+# -- helpers for the patterns ----------------------------------------------------------------
+
+
+def _check_step(owner: str, step: Any) -> Step:
+    if not isinstance(step, Agent | Pattern):
+        raise ConfigError(f"{owner}: a step must be an Agent or a pattern, got {step!r}")
+    return step
+
+
+def _output(step: Step, ref: Ref) -> Ref:
+    """A ref to what ``step`` passes on: its whole value, or a reflect loop's draft."""
+    path = step.output_path if isinstance(step, Pattern) else ()
+    return Ref(ref.node, path) if path else ref
+
+
+async def _nested(node: NodeContext, plan: Plan, suffix: str = "") -> RunResult:
+    """Run ``plan`` under ``node``'s run, and wait for it.
+
+    Resumed when the node continues (its run resumed, or a retry) and the journal has it.
+    """
+    scope = node.scope
+    run_id = scope.nested_run_id(node.node_id) + suffix
+    store = scope.runtime.store
+    resume = node.continues and store is not None and store.get_run(run_id) is not None
+    handle = scope.runtime.start(plan, run_id=None if resume else run_id,
+                                 resume=run_id if resume else None,
+                                 lineage=node.lineage + suffix, within=scope,
+                                 on_event=observer_sinks(scope))
+    return await run_observed(_finished(handle),
+                              lambda: handle.cancel(reason="its pattern's node was cancelled"))
+
+
+async def _finished(handle: RunHandle) -> RunResult:
+    return await handle
+
+
+def _value(node: NodeContext, result: RunResult, ref: Ref, suffix: str = "") -> Any:
+    """The value ``ref`` points at, or raise why its run did not get there."""
+    outcome = result[ref]
+    if outcome.ok:
+        return ref.pick(outcome.value)
+    errors = composition(node.scope).errors
+    first = None
+    for step in result:  # plan order: the first step that failed is the cause
+        if step.ok or step.status == "skipped":
+            continue
+        error = errors.get(f"{node.lineage}{suffix}/{step.node_id}")
+        if error is not None:
+            raise error
+        first = first or step
+    step = first or outcome
+    raise PatternError(f"{node.lineage}: step {step.node_id} ended {step.status}: "
+                       f"{step.error or step.reason}")
+
+
+def _plan(node: NodeContext, suffix: str = "") -> Plan:
+    return Plan(name=f"{node.lineage}{suffix}")
+
+
+# -- the patterns --------------------------------------------------------------------------
+
+
+class Pipeline(Pattern):
+    """Steps in order, each step's output the next step's task (see :func:`pipeline`)."""
+
+    kind = "pipeline"
+
+    def __init__(self, steps: Sequence[Step], name: str | None = None) -> None:
+        super().__init__(name)
+        if not steps:
+            raise ConfigError(f"pipeline {self.name}: give at least one step")
+        self.steps = tuple(_check_step(f"pipeline {self.name}", s) for s in steps)
+
+    @property
+    def output_path(self) -> tuple[str | int, ...]:
+        """A pipeline passes on what its last step passes on."""
+        last = self.steps[-1]
+        return last.output_path if isinstance(last, Pattern) else ()
+
+    async def _run(self, node: NodeContext, task: Any, context: Mapping[str, Any]) -> Any:
+        plan = _plan(node)
+        previous: Any = task
+        ref = Ref("")
+        for index, step in enumerate(self.steps):
+            ref = plan.add(step, {"task": previous, **(context if index == 0 else {})})
+            previous = _output(step, ref)
+        return _value(node, await _nested(node, plan), ref)
+
+
+class FanOut(Pattern):
+    """Workers on the same task at once, and an optional aggregator (see :func:`fan_out`)."""
+
+    kind = "fan_out"
+
+    def __init__(self, workers: Sequence[Step], aggregate: Step | None = None,
+                 name: str | None = None) -> None:
+        super().__init__(name)
+        if not workers:
+            raise ConfigError(f"fan_out {self.name}: give at least one worker")
+        self.workers = tuple(_check_step(f"fan_out {self.name}", w) for w in workers)
+        self.aggregate = None if aggregate is None else _check_step(
+            f"fan_out {self.name} aggregate", aggregate)
+
+    @property
+    def output_path(self) -> tuple[str | int, ...]:
+        """A fan-out passes on what its aggregator passes on (or the list of outputs)."""
+        agg = self.aggregate
+        return agg.output_path if isinstance(agg, Pattern) else ()
+
+    def _worker_nodes(self, plan: Plan, task: Any, context: Mapping[str, Any]) -> list[Ref]:
+        """Add the workers' nodes; refs to their outputs, in order.
+
+        The one place that decides what the workers run on: a fan-out over several items
+        (one node per item) would add its nodes here.
+        """
+        return [_output(w, plan.add(w, {"task": task, **context})) for w in self.workers]
+
+    async def _run(self, node: NodeContext, task: Any, context: Mapping[str, Any]) -> Any:
+        plan = _plan(node)
+        outputs = self._worker_nodes(plan, task, context)
+        if self.aggregate is None:
+            result = await _nested(node, plan)
+            return [_value(node, result, ref) for ref in outputs]
+        named = {ref.node: ref for ref in outputs}
+        agg = plan.add(self.aggregate, {"task": task, **named})
+        return _value(node, await _nested(node, plan), agg)
+
+
+class Reflect(Pattern):
+    """A worker and a critic in a loop until the critic accepts (see :func:`reflect`)."""
+
+    kind = "reflect"
+
+    def __init__(self, worker: Step, critic: Step, max_rounds: int = 3,
+                 must_accept: bool = False, name: str | None = None) -> None:
+        super().__init__(name)
+        self.worker = _check_step(f"reflect {self.name} worker", worker)
+        self.critic = _check_step(f"reflect {self.name} critic", critic)
+        if isinstance(max_rounds, bool) or not isinstance(max_rounds, int) or max_rounds < 1:
+            raise ConfigError(f"reflect {self.name}: max_rounds must be a whole number, 1 or "
+                              f"more, got {max_rounds!r}")
+        self.max_rounds = max_rounds
+        self.must_accept = must_accept
+
+    @property
+    def output_path(self) -> tuple[str | int, ...]:
+        """A reflect loop passes on its draft, ``Reflection.output``."""
+        return ("output",)
+
+    async def _run(self, node: NodeContext, task: Any, context: Mapping[str, Any]) -> Any:
+        draft: Any = None
+        verdict = Verdict(accept=False)
+        for round_ in range(1, self.max_rounds + 1):
+            suffix = f"/round-{round_}"
+            plan = _plan(node, suffix)
+            more = dict(context) if round_ == 1 else {
+                **context, "previous_draft": draft, "feedback": verdict.feedback}
+            drafted = _output(self.worker, plan.add(self.worker, {"task": task, **more}))
+            reviewed = _output(self.critic, plan.add(self.critic,
+                                                     {"task": task, "draft": drafted}))
+            result = await _nested(node, plan, suffix)
+            draft = _value(node, result, drafted, suffix)
+            verdict = verdict_of(_value(node, result, reviewed, suffix), node.lineage)
+            if verdict.accept:
+                return Reflection(draft, True, round_, verdict.feedback)
+        reflection = Reflection(draft, False, self.max_rounds, verdict.feedback)
+        if self.must_accept:
+            raise NotAcceptedError(f"reflect {node.lineage}: the critic accepted none of "
+                                   f"{self.max_rounds} drafts; last feedback: "
+                                   f"{verdict.feedback[:200]}", reflection)
+        return reflection
+
+
+_ACCEPT = re.compile(r"^\s*\**\s*accept(ed)?\b", re.IGNORECASE)
+
+
+def verdict_of(review: Any, where: str = "") -> Verdict:
+    """A critic's output as a :class:`Verdict`.
+
+    A ``Verdict`` is taken as it is; a mapping or object with an ``accept`` field too (a
+    replayed or look-alike verdict). Text is an acceptance when its first word is ``ACCEPT``
+    or ``ACCEPTED`` (any case, markdown bold allowed); any other text is feedback, whole.
+    Anything else is a :class:`PatternError`.
+    """
+    if isinstance(review, Verdict):
+        return review
+    if isinstance(review, str):
+        if _ACCEPT.match(review):
+            return Verdict(accept=True, feedback=_ACCEPT.sub("", review, count=1).strip(" :.-\n*"))
+        return Verdict(accept=False, feedback=review.strip())
+    fields = review if isinstance(review, Mapping) else getattr(review, "__dict__", {})
+    if isinstance(fields.get("accept"), bool):
+        return Verdict(accept=fields["accept"], feedback=str(fields.get("feedback", "")))
+    raise PatternError(f"reflect {where}: the critic must answer a shoal.patterns.Verdict "
+                       f"(output_type=Verdict) or text starting with ACCEPT; got {review!r:.80}")
+
+
+def pipeline(*steps: Step, name: str | None = None) -> Pipeline:
+    """Steps run in order: the first gets the task, each next one the previous one's output.
+
+    The value is the last step's. ``name`` names the node (default ``"pipeline"``).
+    """
+    return Pipeline(steps, name)
+
+
+def fan_out(*workers: Step, aggregate: Step | None = None, name: str | None = None) -> FanOut:
+    """Every worker runs on the same task at once; the aggregator combines their outputs.
+
+    The aggregator's prompt is the task, then each worker's output under the worker's node id
+    (``reader#1:``, ``reader#2:`` ...; one agent may be given several times). Its output is
+    the value; without an aggregator the value is the list of the workers' outputs, in order.
+    Every worker must succeed: one that fails fails the fan-out (the others still finish).
+    """
+    return FanOut(workers, aggregate, name)
+
+
+def reflect(worker: Step, critic: Step, *, max_rounds: int = 3, must_accept: bool = False,
+            name: str | None = None) -> Reflect:
+    """The worker drafts and the critic reviews, until the critic accepts or ``max_rounds``.
+
+    Round 1: the worker gets the task. The critic gets the task and the draft (``draft:``) and
+    answers a :class:`Verdict` (give it ``output_type=Verdict``) or text whose first word is
+    ``ACCEPT`` to accept; any other text is feedback. Each later round the worker gets the
+    task, its ``previous_draft`` and the critic's ``feedback``.
+
+    The value is a :class:`Reflection`: the last draft, and ``accepted`` saying whether the
+    critic accepted it. Reaching ``max_rounds`` without acceptance is not an error (the draft
+    may still be useful; check ``accepted``) unless ``must_accept=True``: then the node fails
+    with :class:`NotAcceptedError`.
+    """
+    return Reflect(worker, critic, max_rounds, must_accept, name)
+
