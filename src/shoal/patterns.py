@@ -151,6 +151,12 @@ class Pattern:
     async def _run(self, node: NodeContext, task: Any, context: Mapping[str, Any]) -> Any:
         raise NotImplementedError
 
+    def parts(self) -> list[Step]:
+        """The agents and patterns this pattern is made of (its direct steps)."""
+        return [v for v in vars(self).values() if isinstance(v, Agent | Pattern)] + [
+            s for v in vars(self).values() if isinstance(v, tuple) for s in v
+            if isinstance(s, Agent | Pattern)]
+
     # -- on its own -------------------------------------------------------------------------
 
     async def run(self, task: Any, *, runtime: Runtime | None = None,
@@ -194,6 +200,15 @@ class Pattern:
 
 async def _pattern_node(pattern: Pattern, task: Any, shoal_node: NodeInjected,
                         **context: Any) -> Any:
+    """The node tool of a pattern: run it on the task and the other arguments."""
+    return await _run_pattern_node(pattern, task, shoal_node, context)
+
+
+_pattern_node._runs_component = True  # type: ignore[attr-defined]  # see component_of
+
+
+async def _run_pattern_node(pattern: Pattern, task: Any, shoal_node: NodeContext,
+                            context: Mapping[str, Any]) -> Any:
     """Run the pattern on the task (and the other arguments, for its first steps)."""
     shared = composition(shoal_node.scope)
     shared.enter()  # the models its agents share stay open from one step to the next

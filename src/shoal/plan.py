@@ -232,7 +232,7 @@ class Plan:
 
     def map(
         self,
-        tool: Tool[..., Any] | Callable[..., Any],
+        tool: Callee,
         /,
         *,
         over: Ref,
@@ -267,7 +267,7 @@ class Plan:
 
     def make_node(
         self,
-        tool: Tool[..., Any] | Callable[..., Any],
+        tool: Callee,
         args: Mapping[str, Any] | None = None,
         *,
         after: Ref | str | Iterable[Ref | str] = (),

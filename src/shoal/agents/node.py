@@ -41,7 +41,8 @@ if TYPE_CHECKING:
     from shoal.events import EventSink
     from shoal.executors.base import Call
 
-__all__ = ["Composition", "NodeContext", "NodeInjected", "agent_node_tool", "composition",
+__all__ = ["Composition", "NodeContext", "NodeInjected", "agent_node_tool", "component_of",
+           "composition",
            "observer_sinks", "render_prompt", "render_value", "run_observed"]
 
 T = TypeVar("T")
@@ -197,6 +198,14 @@ async def run_observed(work: Coroutine[Any, Any, T], on_cancel: Callable[[], Non
 async def _agent_node(agent: Agent[Any], task: Any, shoal_node: NodeInjected,
                       **context: Any) -> Any:
     """Run the agent on the task (and the other arguments, rendered into its prompt)."""
+    return await _run_agent_node(agent, task, shoal_node, context)
+
+
+_agent_node._runs_component = True  # type: ignore[attr-defined]  # see component_of
+
+
+async def _run_agent_node(agent: Agent[Any], task: Any, shoal_node: NodeContext,
+                          context: Mapping[str, Any]) -> Any:
     shared = composition(shoal_node.scope)
     lineage = shoal_node.lineage
     if shoal_node.continues:
@@ -242,6 +251,14 @@ def agent_node_tool(agent: Agent[Any]) -> Tool[..., Any]:
     return Tool(partial(_agent_node, agent), name=agent.name,
                 description=f"Run the {agent.name} agent" + (f": {about}" if about else ""),
                 policy=ToolPolicy(isolation="inline", idempotent=True))
+
+
+def component_of(tool: Tool[..., Any]) -> Any:
+    """The agent or pattern a node tool runs (``None`` for an ordinary tool)."""
+    fn = tool.fn
+    if isinstance(fn, partial) and fn.args and getattr(fn.func, "_runs_component", False):
+        return fn.args[0]
+    return None
 
 
 def observer_sinks(scope: RunScope) -> tuple[EventSink, ...]:
