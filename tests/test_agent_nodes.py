@@ -270,3 +270,21 @@ def test_the_sinks_of_a_run_see_its_nested_runs_once() -> None:
     assert finished.count("pipeline#1/a#1") == 1 and finished.count("pipeline#1/b#1") == 1
     assert [e.lineage for e in events if isinstance(e, AgentStarted)] == [
         "pipeline#1/a#1", "pipeline#1/b#1"]
+
+
+def test_the_wall_clock_budget_runs_across_agent_nodes_one_after_another() -> None:
+    from shoal.testing import run_virtual
+
+    async def main() -> shoal.RunResult:
+        first = shoal.Agent(name="first", model=ScriptedModel(["1"], latency=6.0))
+        second = shoal.Agent(name="second", model=ScriptedModel(["2"], latency=6.0))
+        plan = shoal.Plan()
+        plan.call(second, task=plan.call(first, task="go"))
+        async with shoal.Runtime(store=None) as runtime:
+            return await runtime.run(plan, budget=shoal.Budget(wall_clock=10.0))
+
+    result = run_virtual(main())
+    assert result["first#1"].value == "1"
+    error = result["second#1"].error
+    assert error is not None and error.type == "shoal.exceptions.BudgetExceeded"
+    assert "wall_clock limit is 10" in error.message

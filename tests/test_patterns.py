@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +27,8 @@ from shoal.patterns import (
 )
 from shoal.testing import ScriptedModel, call
 from tests.conftest import arun
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def agent(name: str, steps: list[Any], **options: Any) -> shoal.Agent[Any]:
@@ -214,8 +220,8 @@ def test_nested_patterns_run_with_a_budget_that_is_just_enough() -> None:
     assert prompts(tree.editor)[0] == "d2 v2"  # the accepted draft of the loop before
     lineages = {e.lineage for e in events if isinstance(e, AgentStarted)}
     assert "tree#1/fan_out#1/reader3#1" in lineages
-    assert "tree#1/reflect#1/round-2/pipeline#1/d2#1" in lineages
-    assert "tree#1/reflect#2/round-2/picky#1" in lineages
+    assert "tree#1/reflect#1/pipeline#2/d2#1" in lineages
+    assert "tree#1/reflect#2/picky#2" in lineages
     assert len(lineages) == 1 + 9 + 8 + 4 + 1
 
 
@@ -229,7 +235,7 @@ def test_nested_patterns_stop_exactly_at_the_budget() -> None:
     assert "requests limit is 21" in outcome.error.message
     assert result["publisher#1"].status == "skipped"
     ended = {e.lineage: e.status for e in events if isinstance(e, AgentFinished)}
-    assert ended["tree#1/reflect#2/round-2/picky#1"] == "budget_exceeded"
+    assert ended["tree#1/reflect#2/picky#2"] == "budget_exceeded"
 
 
 def test_a_breach_in_the_middle_of_a_fan_out_stops_every_worker() -> None:
@@ -349,7 +355,7 @@ def test_a_pattern_is_a_tool_of_an_agent_within_its_tree() -> None:
     assert result.calls[0].status == "ok"
     assert '"accepted": true' in result.calls[0].message.content
     started = [e.lineage for e in events if isinstance(e, AgentStarted)]
-    assert started == ["lead", "lead/review#1/round-1/writer#1", "lead/review#1/round-1/critic#1"]
+    assert started == ["lead", "lead/review#1/writer#1", "lead/review#1/critic#1"]
     # the tree's budget holds inside the pattern: 3 requests allowed, the lead's second is over
     lead2 = agent("lead", [[call("review", task="Write it")], "done"],
                   tools=[reflect(agent("writer", ["draft"]), agent("critic", ["no"]),
@@ -376,3 +382,35 @@ def test_cancelling_an_agent_cancels_the_patterns_it_called() -> None:
     assert result.status == "cancelled"
     ended = {e.lineage: e.status for e in events if isinstance(e, AgentFinished)}
     assert ended["lead/inner#1/stuck#1"] == "cancelled"
+
+
+def crash_script(store: Path, log: Path, mode: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tests.pattern_crash", str(store), "plan-1",
+                           mode, str(log)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def test_a_killed_plan_of_nested_patterns_resumes_without_asking_anything_twice(
+        tmp_path: Path) -> None:
+    store, log = tmp_path / "runs.db", tmp_path / "log.txt"
+    crashed = crash_script(store, log, "crash")
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    assert sorted(log.read_text().split()) == ["a", "b", "w1", "w2"]
+    resumed = crash_script(store, log, "resume")
+    assert resumed.returncode == 0, resumed.stderr
+    report = json.loads(resumed.stdout)
+    assert report["outcomes"] == {"pipeline#1": ["ok", "final answer"],
+                                  "shout#1": ["ok", "FINAL ANSWER"]}
+    # only b's last turn is asked: every other turn replays from the journal
+    assert report["requests"] == {"a": 0, "w1": 0, "w2": 0, "agg": 0, "b": 1}
+    assert sorted(log.read_text().split()) == ["a", "b", "w1", "w2"]  # no note ran twice
+
+
+def test_a_pattern_tool_tells_a_model_what_it_does() -> None:
+    a, b = agent("a", []), agent("b", [])
+    assert pipeline(a, b).node_tool.description == "Run the pipeline: a, then b"
+    assert fan_out(a, a, aggregate=b, name="crowd").node_tool.description == (
+        "Run the fan_out crowd: a and a at once, then b")
+    assert reflect(a, b, max_rounds=2).node_tool.description == (
+        "Run the reflect: a drafts and b reviews, up to 2 rounds")
+    schema = pipeline(a).node_tool.json_schema()
+    assert schema["required"] == ["task"] and schema["additionalProperties"] is True

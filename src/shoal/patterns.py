@@ -13,7 +13,9 @@ A step is an agent or another pattern, so patterns nest: ``pipeline(a, fan_out(.
 reflect(...))``. A pattern is a plan node (``plan.call(pattern, task=..., **more)``; the extra
 arguments reach its first steps as an agent node's do, see :mod:`shoal.agents.node`) and runs
 on its own with :meth:`Pattern.run`. Each runs its steps as a nested run of the runtime,
-named and journaled under its node (``<run id>/<node id>``), so:
+named and journaled under its node (``<run id>/<node id>``; a reflect loop one per round,
+``<run id>/<node id>/round-2``), its steps under the node's lineage
+(``pipeline#1/reader#1``; a reflect loop's drafts ``reflect#1/writer#1``, ``writer#2``...), so:
 
 * one ``Budget`` (given to the outermost run) holds exactly across every agent at any depth;
 * approvals go to the runtime's approver, and events carry each agent's lineage
@@ -135,9 +137,14 @@ class Pattern:
         """The tool that runs this pattern as a plan node: ``plan.call(pattern, task=...)``."""
         # Idempotent in the resume sense: a pattern node that was running when its run stopped
         # runs again on resume and continues its nested runs, whose finished steps replay.
+        called = self.kind if self.name == self.kind else f"{self.kind} {self.name}"
         return Tool(partial(_pattern_node, self), name=self.name,
-                    description=f"Run the {self.kind} {self.name}",
+                    description=f"Run the {called}: {self.describe()}",
                     policy=ToolPolicy(isolation="inline", idempotent=True))
+
+    def describe(self) -> str:
+        """What the pattern does, in a few words (its tool's description, for a model)."""
+        return self.kind
 
     def __shoal_node__(self) -> Tool[..., Any]:
         """What :func:`shoal.plan.as_tool` makes of a pattern: its :attr:`node_tool`."""
@@ -200,16 +207,14 @@ class Pattern:
 
 async def _pattern_node(pattern: Pattern, task: Any, shoal_node: NodeInjected,
                         **context: Any) -> Any:
-    """The node tool of a pattern: run it on the task and the other arguments."""
-    return await _run_pattern_node(pattern, task, shoal_node, context)
+    """Run the pattern on the task (and the other arguments, for its first steps).
 
-
-_pattern_node._runs_component = True  # type: ignore[attr-defined]  # see component_of
-
-
-async def _run_pattern_node(pattern: Pattern, task: Any, shoal_node: NodeContext,
-                            context: Mapping[str, Any]) -> Any:
-    """Run the pattern on the task (and the other arguments, for its first steps)."""
+    Args:
+        pattern: the pattern (bound when the node's tool is made).
+        task: what to do: text, or any value (shown to the agents as JSON).
+        shoal_node: where the node runs (filled in by the runtime).
+        **context: more for the first steps' prompts, each shown under its name.
+    """
     shared = composition(shoal_node.scope)
     shared.enter()  # the models its agents share stay open from one step to the next
     try:
@@ -219,6 +224,9 @@ async def _run_pattern_node(pattern: Pattern, task: Any, shoal_node: NodeContext
         raise
     finally:
         await shared.leave()
+
+
+_pattern_node._runs_component = True  # type: ignore[attr-defined]  # see component_of
 
 
 #: What a pattern is made of: agents and other patterns.
@@ -243,7 +251,9 @@ def _output(step: Step, ref: Ref) -> Ref:
 async def _nested(node: NodeContext, plan: Plan, suffix: str = "") -> RunResult:
     """Run ``plan`` under ``node``'s run, and wait for it.
 
-    Resumed when the node continues (its run resumed, or a retry) and the journal has it.
+    Its run id is the node's (``<run id>/<node id>``) and ``suffix``; its nodes sit under the
+    node's lineage. Resumed when the node continues (its run resumed, or a retry) and the
+    journal has it.
     """
     scope = node.scope
     run_id = scope.nested_run_id(node.node_id) + suffix
@@ -251,7 +261,7 @@ async def _nested(node: NodeContext, plan: Plan, suffix: str = "") -> RunResult:
     resume = node.continues and store is not None and store.get_run(run_id) is not None
     handle = scope.runtime.start(plan, run_id=None if resume else run_id,
                                  resume=run_id if resume else None,
-                                 lineage=node.lineage + suffix, within=scope,
+                                 lineage=node.lineage, within=scope,
                                  on_event=observer_sinks(scope))
     return await run_observed(_finished(handle),
                               lambda: handle.cancel(reason="its pattern's node was cancelled"))
@@ -261,7 +271,7 @@ async def _finished(handle: RunHandle) -> RunResult:
     return await handle
 
 
-def _value(node: NodeContext, result: RunResult, ref: Ref, suffix: str = "") -> Any:
+def _value(node: NodeContext, result: RunResult, ref: Ref) -> Any:
     """The value ``ref`` points at, or raise why its run did not get there."""
     outcome = result[ref]
     if outcome.ok:
@@ -271,7 +281,7 @@ def _value(node: NodeContext, result: RunResult, ref: Ref, suffix: str = "") -> 
     for step in result:  # plan order: the first step that failed is the cause
         if step.ok or step.status == "skipped":
             continue
-        error = errors.get(f"{node.lineage}{suffix}/{step.node_id}")
+        error = errors.get(f"{node.lineage}/{step.node_id}")
         if error is not None:
             raise error
         first = first or step
@@ -282,6 +292,12 @@ def _value(node: NodeContext, result: RunResult, ref: Ref, suffix: str = "") -> 
 
 def _plan(node: NodeContext, suffix: str = "") -> Plan:
     return Plan(name=f"{node.lineage}{suffix}")
+
+
+def _add(plan: Plan, step: Step, args: Mapping[str, Any], counts: dict[str, int]) -> Ref:
+    """Add ``step`` with an id counted across several plans (``writer#2``: the second)."""
+    counts[step.name] = counts.get(step.name, 0) + 1
+    return plan.add(step, args, node_id=f"{step.name}#{counts[step.name]}")
 
 
 # -- the patterns --------------------------------------------------------------------------
@@ -297,6 +313,10 @@ class Pipeline(Pattern):
         if not steps:
             raise ConfigError(f"pipeline {self.name}: give at least one step")
         self.steps = tuple(_check_step(f"pipeline {self.name}", s) for s in steps)
+
+    def describe(self) -> str:
+        """``a, then b, then c``."""
+        return ", then ".join(s.name for s in self.steps)
 
     @property
     def output_path(self) -> tuple[str | int, ...]:
@@ -327,6 +347,12 @@ class FanOut(Pattern):
         self.workers = tuple(_check_step(f"fan_out {self.name}", w) for w in workers)
         self.aggregate = None if aggregate is None else _check_step(
             f"fan_out {self.name} aggregate", aggregate)
+
+    def describe(self) -> str:
+        """``a, b and c at once, then agg``."""
+        names = [w.name for w in self.workers]
+        text = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]} at once"
+        return text if self.aggregate is None else f"{text}, then {self.aggregate.name}"
 
     @property
     def output_path(self) -> tuple[str | int, ...]:
@@ -369,6 +395,11 @@ class Reflect(Pattern):
         self.max_rounds = max_rounds
         self.must_accept = must_accept
 
+    def describe(self) -> str:
+        """``w drafts and c reviews, up to 3 rounds``."""
+        return (f"{self.worker.name} drafts and {self.critic.name} reviews, up to "
+                f"{self.max_rounds} round{'s' if self.max_rounds > 1 else ''}")
+
     @property
     def output_path(self) -> tuple[str | int, ...]:
         """A reflect loop passes on its draft, ``Reflection.output``."""
@@ -377,17 +408,21 @@ class Reflect(Pattern):
     async def _run(self, node: NodeContext, task: Any, context: Mapping[str, Any]) -> Any:
         draft: Any = None
         verdict = Verdict(accept=False)
+        counts: dict[str, int] = {}  # ids go on across rounds: writer#2 is the second draft
         for round_ in range(1, self.max_rounds + 1):
+            # each round is a run of its own (<run id>/<node id>/round-2); its nodes sit
+            # directly under the loop's node: reflect#1/writer#2, reflect#1/critic#2
             suffix = f"/round-{round_}"
             plan = _plan(node, suffix)
             more = dict(context) if round_ == 1 else {
                 **context, "previous_draft": draft, "feedback": verdict.feedback}
-            drafted = _output(self.worker, plan.add(self.worker, {"task": task, **more}))
-            reviewed = _output(self.critic, plan.add(self.critic,
-                                                     {"task": task, "draft": drafted}))
+            drafted = _output(self.worker, _add(plan, self.worker, {"task": task, **more},
+                                                counts))
+            reviewed = _output(self.critic, _add(plan, self.critic,
+                                                 {"task": task, "draft": drafted}, counts))
             result = await _nested(node, plan, suffix)
-            draft = _value(node, result, drafted, suffix)
-            verdict = verdict_of(_value(node, result, reviewed, suffix), node.lineage)
+            draft = _value(node, result, drafted)
+            verdict = verdict_of(_value(node, result, reviewed), node.lineage)
             if verdict.accept:
                 return Reflection(draft, True, round_, verdict.feedback)
         reflection = Reflection(draft, False, self.max_rounds, verdict.feedback)

@@ -88,6 +88,7 @@ class TreeContext:
         self._resumed: set[str] = set()  # lineage roots whose journaled steps are continued
         self.results: dict[str, AgentResult[Any]] = {}  # every agent's result, by lineage
         self._deadline: asyncio.TimerHandle | None = None
+        self._clock_origin: float | None = None  # when the wall clock was first armed
         self._scope: RunScope | None = None
 
     @property
@@ -174,11 +175,18 @@ class TreeContext:
     # -- control: what runs, and stopping it --------------------------------------------
 
     def start_clock(self) -> None:
-        """Arm the ``wall_clock`` budget, if there is one."""
+        """Arm the ``wall_clock`` budget, if there is one, for what is left of it.
+
+        The clock runs from when it was first armed: armed again after :meth:`stop_clock` (a
+        plan's agent nodes, one after another), it fires when the whole allowance is used up.
+        """
         limit = self.tracker.budget.wall_clock
         if limit is not None:
             loop = asyncio.get_running_loop()
-            self._deadline = loop.call_later(limit, self._wall_clock_over, limit)
+            if self._clock_origin is None:  # on the loop's clock, as the timer
+                self._clock_origin = loop.time()
+            left = limit - (loop.time() - self._clock_origin)
+            self._deadline = loop.call_later(max(0.0, left), self._wall_clock_over, limit)
 
     def _wall_clock_over(self, limit: float) -> None:
         # stop() records and broadcasts the breach, then raises it; the agents raise it

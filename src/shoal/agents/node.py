@@ -197,15 +197,14 @@ async def run_observed(work: Coroutine[Any, Any, T], on_cancel: Callable[[], Non
 
 async def _agent_node(agent: Agent[Any], task: Any, shoal_node: NodeInjected,
                       **context: Any) -> Any:
-    """Run the agent on the task (and the other arguments, rendered into its prompt)."""
-    return await _run_agent_node(agent, task, shoal_node, context)
+    """Run the agent on the task (and the other arguments, rendered into its prompt).
 
-
-_agent_node._runs_component = True  # type: ignore[attr-defined]  # see component_of
-
-
-async def _run_agent_node(agent: Agent[Any], task: Any, shoal_node: NodeContext,
-                          context: Mapping[str, Any]) -> Any:
+    Args:
+        agent: the agent (bound when the node's tool is made).
+        task: what the agent should do: text, or any value (shown to it as JSON).
+        shoal_node: where the node runs (filled in by the runtime).
+        **context: more for the prompt, each shown under its name.
+    """
     shared = composition(shoal_node.scope)
     lineage = shoal_node.lineage
     if shoal_node.continues:
@@ -218,6 +217,9 @@ async def _run_agent_node(agent: Agent[Any], task: Any, shoal_node: NodeContext,
     error = result.error or AgentError(f"agent {lineage} ended {result.status}")
     shared.errors[lineage] = error
     raise error
+
+
+_agent_node._runs_component = True  # type: ignore[attr-defined]  # see component_of
 
 
 async def _run_agent(shared: Composition, run: AgentRun) -> AgentResult[Any]:
