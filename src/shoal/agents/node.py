@@ -132,6 +132,10 @@ def composition(scope: RunScope) -> Composition:
             found = Composition(TreeContext(
                 run_id=scope.run_id, runtime=scope.runtime, budget=scope.budget,
                 sinks=scope.sinks, resuming=scope.resuming))
+            # held until the outermost run ends: its agents' models stay open from one node
+            # to the next (a local model server is not restarted for each)
+            found.enter()
+            scope.at_end(found.leave)
         scope.shared[SHARED_KEY] = found
     assert isinstance(found, Composition)
     return found

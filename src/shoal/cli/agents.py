@@ -295,7 +295,6 @@ async def _drive_composition(composed: Composed, options: AgentOptions, sinks: l
             await asyncio.gather(beating, return_exceptions=True)
         if journal is not None:
             journal.end(result, interrupted)
-        await run.ctx.close_models()
         await runtime.aclose()
 
 

@@ -112,14 +112,15 @@ def answer_node(plan: Plan) -> str:
 class CompositionRun:
     """A composed plan running under a root lineage, and the root's result once it ends."""
 
-    def __init__(self, plan: Plan, name: str, handle: RunHandle, ctx: TreeContext,
+    def __init__(self, plan: Plan, name: str, handle: RunHandle, held: Composition,
                  sinks: Sequence[EventSink]) -> None:
         self.plan = plan
         self.name = name
         self.handle = handle
-        self.ctx = ctx
+        self.held = held  # the agents' tree, entered once for the whole run
+        self.ctx = held.ctx
         self._sinks = sinks
-        self.result = AgentResult[Any](name, name, ctx.run_id, "")
+        self.result = AgentResult[Any](name, name, held.ctx.run_id, "")
 
     @property
     def run_id(self) -> str:
@@ -132,7 +133,10 @@ class CompositionRun:
 
     async def wait(self) -> AgentResult[Any]:
         """The root's result, once every node has ended."""
-        run = await self.handle
+        try:
+            run = await self.handle
+        finally:
+            await self.held.leave()  # its models close, its wall clock stops
         return self._finish(run)
 
     def _finish(self, run: RunResult) -> AgentResult[Any]:
@@ -181,7 +185,9 @@ def start_composition(composed: Composed, task: str, target: str, *, runtime: Ru
                       model_override=model, resuming=resume, force=force)
     for agent in agents_of(plan):  # a missing key or SDK stops the run here
         ctx.model_for(agent.model)
-    shared: dict[str, Any] = {SHARED_KEY: Composition(ctx)}
+    held = Composition(ctx)
+    held.enter()  # its models stay open, its wall clock runs, until the run ends
+    shared: dict[str, Any] = {SHARED_KEY: held}
     plan_run = f"{run_id}/{name}"
     store = runtime.store
     again = resume and store is not None and store.get_run(plan_run) is not None
@@ -193,7 +199,7 @@ def start_composition(composed: Composed, task: str, target: str, *, runtime: Ru
                            on_event=list(sinks), force=force, budget=budget,
                            within=RunScope(runtime, run_id, budget=budget, shared=shared,
                                            resuming=resume))
-    run = CompositionRun(plan, name, handle, ctx, sinks)
+    run = CompositionRun(plan, name, handle, held, sinks)
     run.result.prompt = task
     return run
 
