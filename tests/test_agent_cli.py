@@ -15,7 +15,7 @@ import pytest
 from tests.wire import ErrorReply, OpenAIWireServer, closed_port_url, text_reply
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = "examples/literature_review/agents.py:lead"
+EXAMPLE = "tests/review_agents.py:lead"
 SCRIPTED = "tests/agent_models.py:review_model"
 
 
@@ -57,8 +57,8 @@ def test_events_file_carries_lineage(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("args", "message"), [
     ((EXAMPLE,), "give the prompt"),
-    (("examples/literature_review/agents.py:nobody", "hi"), "no attribute 'nobody'"),
-    (("examples/literature_review/agents.py:PAPERS", "hi"), "not a shoal.Agent"),
+    (("tests/review_agents.py:nobody", "hi"), "no attribute 'nobody'"),
+    (("tests/review_agents.py:PAPERS", "hi"), "not a shoal.Agent"),
     (("no_such_module:agent", "hi"), "cannot import 'no_such_module'"),
     (("examples/site_report/plan.yaml", "hi"), "PROMPT and --model are for agents"),
     ((EXAMPLE, "hi", "--model", "tests/agent_models.py:REVIEW_PROMPT"), "neither a model"),

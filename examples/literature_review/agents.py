@@ -1,15 +1,24 @@
-"""A small literature review: a lead agent and reader subagents over the shipped papers.
+"""The main job: a literature review of the shipped papers, on the local model by default.
 
-The lead starts one reader subagent per paper in ``papers/`` (all in one turn, so they run in
-parallel; each reads its paper with a tool), then writes the review from their summaries.
-``list_papers`` and ``search_papers`` are there for agents of your own. Run it on the
-local model (the ``local`` extra) or on a hosted one::
+The structure is the program's, and the model's part is what a small model can do well:
 
-    shoal run examples/literature_review/agents.py:lead "Review these papers"
-    shoal run examples/literature_review/agents.py:lead "Review these papers" \
-        --model openai:gpt-4.1-mini
+1. ``list_papers`` lists the papers (id, title, year, topic and text);
+2. a ``reader`` agent is mapped over them: one reader per paper, all side by side, and each
+   reader's task carries its paper, so the model only has to summarise the text in front of
+   it;
+3. the ``lead`` agent writes a short synthesis from the six summaries;
+4. ``compile_review`` lays out the review: every paper with its reader's summary, then the
+   synthesis.
 
-The papers are short made-up abstracts written for this example.
+Run it (the ``local`` extra; ``--model openai:gpt-4.1-mini`` for a hosted model)::
+
+    shoal run examples/literature_review/agents.py:review "What makes agent runs fast and safe?"
+
+The exit code is 0 only when every paper was read and the review written: a reader that
+failed leaves its outcome in the run (``--json``), the review is not written, and the exit
+code is 1. ``lead`` and ``reader`` are ordinary agents: ``read_paper`` and ``search_papers``
+are there for agents of your own. The papers are short made-up abstracts written for this
+example.
 """
 
 from __future__ import annotations
@@ -32,15 +41,29 @@ def _paper(paper_id: str) -> Path:
     return path
 
 
+def _parse(path: Path) -> dict[str, str]:
+    """A paper file: a ``# title`` line, ``key: value`` lines, a blank line, the text."""
+    head, _, body = path.read_text(encoding="utf-8").partition("\n\n")
+    lines = head.splitlines()
+    fields = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    return {"id": path.stem, "title": lines[0].lstrip("# ").strip(), **fields,
+            "text": " ".join(body.split())}
+
+
 @shoal.tool(timeout=5)
 def list_papers() -> list[dict[str, str]]:
-    """List the papers in the collection: id, title, year and topic of each."""
-    found = []
-    for path in sorted(PAPERS.glob("*.md")):
-        lines = path.read_text(encoding="utf-8").splitlines()
-        fields = dict(line.split(": ", 1) for line in lines[1:3])
-        found.append({"id": path.stem, "title": lines[0].lstrip("# "), **fields})
-    return found
+    """List the papers in the collection: id, title, year, topic and text of each."""
+    return [_parse(path) for path in sorted(PAPERS.glob("*.md"))]
+
+
+@shoal.tool(timeout=5)
+def reading_tasks(papers: list[dict[str, str]]) -> list[str]:
+    """One reader's task per paper: what to do, and the paper itself.
+
+    Args:
+        papers: the papers, as ``list_papers`` gives them.
+    """
+    return [f"Summarise this paper.\n\nTitle: {p['title']}\n\n{p['text']}" for p in papers]
 
 
 @shoal.tool(timeout=5, reads="paper:{paper_id}")
@@ -65,27 +88,56 @@ def search_papers(query: str) -> list[str]:
             if all(w in p.read_text(encoding="utf-8").lower() for w in words)]
 
 
+@shoal.tool(timeout=5)
+def compile_review(question: str, papers: list[dict[str, str]], summaries: list[str],
+                   synthesis: str) -> str:
+    """The review: the question, each paper with its summary, then the synthesis.
+
+    Args:
+        question: what the review answers.
+        papers: the papers, in the order they were read.
+        summaries: one summary per paper, in the same order.
+        synthesis: the lead's paragraph over all the summaries.
+    """
+    if len(summaries) != len(papers):
+        raise ValueError(f"{len(summaries)} summaries for {len(papers)} papers")
+    lines = [f"Review: {question}", "", "Papers:"]
+    for paper, summary in zip(papers, summaries, strict=True):
+        lines.append(f"- [{paper['id']}] {paper['title']} ({paper.get('year', 'n.d.')}): "
+                     f"{' '.join(summary.split())}")
+    lines += ["", "Synthesis:", synthesis.strip()]
+    return "\n".join(lines)
+
+
 reader = shoal.Agent(
     name="reader",
     model="local",
-    description="reads one paper (give its id, e.g. 'p3') and summarises its findings",
-    instructions=("You summarise one research paper. Call read_paper with the paper id from "
-                  "the task, then answer with two sentences: the paper's main finding and "
-                  "its key number."),
-    tools=[read_paper],
-    max_turns=3,
-    settings=shoal.ModelSettings(temperature=0.2, max_tokens=150),
+    description="summarises the research paper given in its task",
+    instructions=("You summarise the research paper given to you. Answer with one or two "
+                  "sentences that state the paper's main finding and its key number."),
+    max_turns=2,
+    settings=shoal.ModelSettings(temperature=0.2, max_tokens=90),
 )
 
 lead = shoal.Agent(
     name="lead",
     model="local",
-    instructions=("You write short literature reviews. The papers are p1, p2, p3, p4, p5 and p6. "
-                  "Call the reader tool once for every paper, all in one reply, with the paper "
-                  "id as the task. Then write a review of one paragraph that cites the papers "
-                  "by id."),
-    subagents=[reader],
-    max_turns=4,
-    settings=shoal.ModelSettings(temperature=0.2, max_tokens=400, parallel_tool_calls=True),
-    budget=shoal.Budget(subagents=8, depth=1, fan_out=8, tokens=200_000, wall_clock=600),
+    description="writes a short synthesis of paper summaries",
+    instructions=("You write short literature reviews. You are given a question and the "
+                  "summaries of several papers. Answer with one paragraph of three or four "
+                  "sentences that answers the question from the summaries."),
+    max_turns=2,
+    settings=shoal.ModelSettings(temperature=0.2, max_tokens=160),
 )
+
+
+def review(question: str) -> shoal.Plan:
+    """The review as a plan: list, read every paper side by side, synthesise, compile."""
+    plan = shoal.Plan("literature review")
+    papers = plan.call(list_papers)
+    tasks = plan.call(reading_tasks, papers=papers)
+    summaries = plan.map(reader, over=tasks)
+    synthesis = plan.call(lead, task=question, summaries=summaries)
+    plan.call(compile_review, question=question, papers=papers, summaries=summaries,
+              synthesis=synthesis, node_id="answer")
+    return plan

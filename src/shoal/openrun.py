@@ -18,14 +18,13 @@ again, or is held in doubt) by the usual rules of :mod:`shoal.store.resume`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Generator, Iterable, Mapping
+from collections.abc import Generator, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from shoal.exceptions import PlanError, UpstreamFailedError
 from shoal.outcome import Outcome, RunResult
-from shoal.plan import MapSpec, Node, Plan, Ref, _item_arg, as_tool
-from shoal.tools import Tool
+from shoal.plan import Callee, MapSpec, Node, Plan, Ref, _item_arg, as_tool
 
 if TYPE_CHECKING:
     from shoal.runtime import RunHandle
@@ -66,19 +65,19 @@ class OpenRun:
 
     # ---- adding nodes -----------------------------------------------------------------
 
-    def call(self, tool: Tool[..., Any] | Callable[..., Any], /, *,
+    def call(self, tool: Callee, /, *,
              after: Ref | str | Iterable[Ref | str] = (), node_id: str | None = None,
              **args: Any) -> Ref:
         """Add a call of ``tool`` with ``args`` (refs allowed); return a ref to its output."""
         return self.add(tool, args, after=after, node_id=node_id)
 
-    def add(self, tool: Tool[..., Any] | Callable[..., Any],
+    def add(self, tool: Callee,
             args: Mapping[str, Any] | None = None, *,
             after: Ref | str | Iterable[Ref | str] = (), node_id: str | None = None) -> Ref:
         """Add a call with arguments given as a mapping; return a ref to its output."""
         return self._insert(self._plan.make_node(tool, args, after=after, node_id=node_id))
 
-    def map(self, tool: Tool[..., Any] | Callable[..., Any], /, *, over: Ref,
+    def map(self, tool: Callee, /, *, over: Ref,
             item_arg: str | None = None, partial: bool = False,
             after: Ref | str | Iterable[Ref | str] = (), node_id: str | None = None,
             **args: Any) -> Ref:

@@ -158,6 +158,12 @@ class Pattern:
     async def _run(self, node: NodeContext, task: Any, context: Mapping[str, Any]) -> Any:
         raise NotImplementedError
 
+    def parts(self) -> list[Step]:
+        """The agents and patterns this pattern is made of (its direct steps)."""
+        return [v for v in vars(self).values() if isinstance(v, Agent | Pattern)] + [
+            s for v in vars(self).values() if isinstance(v, tuple) for s in v
+            if isinstance(s, Agent | Pattern)]
+
     # -- on its own -------------------------------------------------------------------------
 
     async def run(self, task: Any, *, runtime: Runtime | None = None,
@@ -218,6 +224,9 @@ async def _pattern_node(pattern: Pattern, task: Any, shoal_node: NodeInjected,
         raise
     finally:
         await shared.leave()
+
+
+_pattern_node._runs_component = True  # type: ignore[attr-defined]  # see component_of
 
 
 #: What a pattern is made of: agents and other patterns.

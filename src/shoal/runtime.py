@@ -484,7 +484,7 @@ class Runtime:
             budget=sharing.budget if sharing.budget is not None or outer is None
             else outer.budget,
             sinks=tuple(driver.sinks),
-            shared={} if outer is None else outer.shared)
+            shared={} if outer is None else outer.shared, outermost=outer is None)
 
     def _journal_for(
         self, plan: Plan, graph: Graph, run_id: str | None, journaling: _Journaling,
@@ -549,6 +549,9 @@ class Runtime:
             return await driver.run()
         finally:  # the session's journal is closed: another may take the run now
             claim.release()
+            scope = driver.scope
+            if scope is not None and scope.outermost:  # what the composition held: close it
+                await scope.end()
 
     async def aclose(self) -> None:
         """Release backends (thread pools, worker processes); abandoned threads are not awaited."""

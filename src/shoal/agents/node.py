@@ -41,7 +41,8 @@ if TYPE_CHECKING:
     from shoal.events import EventSink
     from shoal.executors.base import Call
 
-__all__ = ["Composition", "NodeContext", "NodeInjected", "agent_node_tool", "composition",
+__all__ = ["Composition", "NodeContext", "NodeInjected", "agent_node_tool", "component_of",
+           "composition",
            "observer_sinks", "render_prompt", "render_value", "run_observed"]
 
 T = TypeVar("T")
@@ -131,6 +132,10 @@ def composition(scope: RunScope) -> Composition:
             found = Composition(TreeContext(
                 run_id=scope.run_id, runtime=scope.runtime, budget=scope.budget,
                 sinks=scope.sinks, resuming=scope.resuming))
+            # held until the outermost run ends: its agents' models stay open from one node
+            # to the next (a local model server is not restarted for each)
+            found.enter()
+            scope.at_end(found.leave)
         scope.shared[SHARED_KEY] = found
     assert isinstance(found, Composition)
     return found
@@ -218,6 +223,9 @@ async def _agent_node(agent: Agent[Any], task: Any, shoal_node: NodeInjected,
     raise error
 
 
+_agent_node._runs_component = True  # type: ignore[attr-defined]  # see component_of
+
+
 async def _run_agent(shared: Composition, run: AgentRun) -> AgentResult[Any]:
     """Run one agent node's agent; cancelling the node cancels the agent and its subagents."""
     shared.enter()
@@ -249,6 +257,14 @@ def agent_node_tool(agent: Agent[Any]) -> Tool[..., Any]:
     return Tool(partial(_agent_node, agent), name=agent.name,
                 description=f"Run the {agent.name} agent" + (f": {about}" if about else ""),
                 policy=ToolPolicy(isolation="inline", idempotent=True))
+
+
+def component_of(tool: Tool[..., Any]) -> Any:
+    """The agent or pattern a node tool runs (``None`` for an ordinary tool)."""
+    fn = tool.fn
+    if isinstance(fn, partial) and fn.args and getattr(fn.func, "_runs_component", False):
+        return fn.args[0]
+    return None
 
 
 def observer_sinks(scope: RunScope) -> tuple[EventSink, ...]:

@@ -14,19 +14,21 @@ import importlib
 import importlib.util
 import json
 import sys
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from rich.console import Console, Group
 from rich.live import Live
 from rich.panel import Panel
 from rich.text import Text
 
-from shoal.agents.agent import Agent, AgentHandle
+from shoal.agents.agent import Agent
 from shoal.agents.budget import Budget
 from shoal.agents.result import AgentResult
 from shoal.cli.agent_journal import AgentJournal, summary
+from shoal.cli.compose import Composed, is_composition, start_composition
 from shoal.cli.interrupt import EXIT_INTERRUPTED, CtrlC
 from shoal.cli.live import LivePause
 from shoal.cli.render import announce
@@ -43,7 +45,7 @@ from shoal.exceptions import (
 )
 from shoal.models import resolve_model
 from shoal.models.base import Model
-from shoal.runtime import Runtime
+from shoal.runtime import Runtime, new_run_id
 
 __all__ = ["AgentOptions", "check_models", "is_agent_target", "load_agent", "model_option",
            "notice_lines", "run_agent_target"]
@@ -80,19 +82,25 @@ def is_agent_target(target: str) -> bool:
     return bool(sep and module and name.isidentifier())
 
 
-def load_agent(target: str) -> Agent[Any]:
-    """Import the agent ``target`` names; raise :class:`ConfigError` saying what is wrong."""
+def load_agent(target: str) -> Agent[Any] | Composed:
+    """Import what ``target`` names: an agent, a pattern, or a function making a plan.
+
+    (See :mod:`shoal.cli.compose`.) Raises :class:`ConfigError` saying what is wrong.
+    """
     module_name, _, attr = target.rpartition(":")
     module = _import(module_name)
     try:
         found = getattr(module, attr)
     except AttributeError:
-        names = sorted(n for n, v in vars(module).items() if isinstance(v, Agent))
-        raise ConfigError(f"{module_name!r} has no attribute {attr!r}; the agents it defines: "
-                          f"{', '.join(names) or 'none'}") from None
-    if not isinstance(found, Agent):
-        raise ConfigError(f"{target!r} is a {type(found).__name__}, not a shoal.Agent")
-    return found
+        names = sorted(n for n, v in vars(module).items()
+                       if isinstance(v, Agent) or is_composition(v))
+        raise ConfigError(f"{module_name!r} has no attribute {attr!r}; the agents, patterns "
+                          f"and plan functions it defines: {', '.join(names) or 'none'}"
+                          ) from None
+    if not isinstance(found, Agent) and not is_composition(found):
+        raise ConfigError(f"{target!r} is a {type(found).__name__}, not a shoal.Agent, a "
+                          "pattern or a function returning a shoal.Plan")
+    return cast("Agent[Any] | Composed", found)
 
 
 def model_option(spec: str) -> str | Model:
@@ -149,14 +157,17 @@ def run_agent_target(options: AgentOptions, console: Console, live: bool) -> int
         raise ConfigError(f"give the prompt after the agent: shoal run {options.target} "
                           "\"your question\"")
     agent = load_agent(options.target)
-    check_models(agent, options.model)
+    if isinstance(agent, Agent):
+        check_models(agent, options.model)
     view = AgentTree()
     sinks: list[Any] = [view] + ([options.events] if options.events is not None else [])
     if options.journal is not None:
         sinks.append(options.journal)
     if not live:  # nobody watches a tree: say on stderr what the models are waiting for
         sinks.append(notice_lines)
-    result, error, interrupted = asyncio.run(_drive(agent, options, sinks, console, view, live))
+    drive = (_drive(agent, options, sinks, console, view, live) if isinstance(agent, Agent)
+             else _drive_composition(agent, options, sinks, console, view, live))
+    result, error, interrupted = asyncio.run(drive)
     _print(result, error, options.as_json, console, view)
     if interrupted:
         return EXIT_INTERRUPTED
@@ -227,8 +238,8 @@ async def _drive(agent: Agent[Any], options: AgentOptions, sinks: list[Any], con
     try:
         with CtrlC(handle) as ctrl_c:
             try:
-                result = await (_follow(handle, console, view, options.pause) if live
-                                else handle)
+                result = await (_follow(handle, handle.run_id, console, view, options.pause)
+                                if live else handle)
                 interrupted = ctrl_c.interrupted
                 return result, None, interrupted
             except (AgentError, ModelError) as exc:
@@ -243,10 +254,61 @@ async def _drive(agent: Agent[Any], options: AgentOptions, sinks: list[Any], con
         await runtime.aclose()
 
 
-async def _follow(handle: AgentHandle[Any], console: Console, view: AgentTree,
-                  pause: LivePause | None) -> AgentResult[Any]:
+async def _drive_composition(composed: Composed, options: AgentOptions, sinks: list[Any],
+                             console: Console, view: AgentTree, live: bool,
+                             ) -> tuple[AgentResult[Any] | None, BaseException | None, bool]:
+    """Run a pattern or a plan function as ``_drive`` runs an agent (see shoal.cli.compose)."""
+    runtime = options.runtime or Runtime()
+    journal = options.journal
+    run_id = journal.run_id if journal is not None else new_run_id()
+    override = (options.model if isinstance(options.model, Model) or options.model is None
+                else resolve_model(options.model))
+    if journal is not None and not options.resume:
+        journal.begin(options.target, options.prompt or "", options.model_spec)
+    try:
+        run = start_composition(composed, options.prompt or "", options.target,
+                                runtime=runtime, sinks=sinks, run_id=run_id,
+                                resume=options.resume, model=override, budget=options.budget,
+                                force=options.force)
+    except MissingAPIKeyError as exc:
+        await _abandon(runtime, journal, options.resume)
+        raise ConfigError(f"{exc.env_var} is not set (the model {exc.model!r} needs it): "
+                          "export it, or pass --model local") from None
+    except BaseException:
+        await _abandon(runtime, journal, options.resume)
+        raise
+    if journal is not None:
+        announce(journal.run_id, options.resume, getattr(journal.store, "path", "the store"))
+    beating = asyncio.ensure_future(journal.beat()) if journal is not None else None
+    result: AgentResult[Any] | None = None
+    interrupted = False
+    try:
+        with CtrlC(run) as ctrl_c:
+            waiting = run.wait()
+            result = await (_follow(waiting, run_id, console, view, options.pause) if live
+                            else waiting)
+            interrupted = ctrl_c.interrupted
+            return result, result.error if not result.ok else None, interrupted
+    finally:
+        if beating is not None:
+            beating.cancel()
+            await asyncio.gather(beating, return_exceptions=True)
+        if journal is not None:
+            journal.end(result, interrupted)
+        await runtime.aclose()
+
+
+async def _abandon(runtime: Runtime, journal: AgentJournal | None, resume: bool) -> None:
+    """A run refused before it started: end its new record, release the runtime."""
+    if journal is not None and not resume:  # never end a live run's record
+        journal.end(None, False)
+    await runtime.aclose()
+
+
+async def _follow(handle: Awaitable[AgentResult[Any]], run_id: str, console: Console,
+                  view: AgentTree, pause: LivePause | None) -> AgentResult[Any]:
     waiter = asyncio.ensure_future(handle)
-    title = f"shoal · agent run {handle.run_id}"
+    title = f"shoal · agent run {run_id}"
     with Live(render_tree(view, title), console=console, auto_refresh=False,
               transient=True) as display:
         if pause is not None:

@@ -50,6 +50,7 @@ from shoal.scheduler.state import (
     Ask,
     AttemptResult,
     Decisions,
+    Ended,
     Phase,
     SchedulerState,
     Withdraw,
@@ -197,7 +198,7 @@ class Driver:
             self.state.shared_limits.forget(self)
         await self._desk.drain(self.state.run_id)
         if self._watchers:
-            self._tell_watchers(list(self._watchers))
+            self._tell_all_watchers()
         result = self.result()
         self._publish([RunFinished(run_id=self.state.run_id, time=max(self.now(), result.makespan),
                                    counts=result.counts, makespan=result.makespan)])
@@ -239,14 +240,18 @@ class Driver:
             self._watchers.setdefault(pos, []).append(future)
         return future
 
-    def _tell_watchers(self, positions: Iterable[int]) -> None:
+    def _tell_watchers(self, ended: Iterable[Ended]) -> None:
         """Resolve the futures of callers waiting for these nodes' outcomes."""
-        for pos in positions:
-            outcome = self.state.slots[pos].outcome
-            if outcome is not None:
-                for future in self._watchers.pop(pos, ()):
-                    if not future.done():
-                        future.set_result(outcome)
+        for pos, _, outcome in ended:
+            for future in self._watchers.pop(pos, ()):
+                if not future.done():
+                    future.set_result(outcome)
+
+    def _tell_all_watchers(self) -> None:
+        """Outcomes that came from no decision (replayed on resume; the run's end)."""
+        slots = self.state.slots
+        self._tell_watchers([Ended(pos, 0, outcome) for pos in list(self._watchers)
+                             if (outcome := slots[pos].outcome) is not None])
 
     def close(self) -> None:
         """No more nodes: the run ends once every node it has has ended."""
@@ -428,11 +433,9 @@ class Driver:
         journal = self._journal
         if journal is None:
             return None
-        run_id, slots, now = self.state.run_id, self.state.slots, self.now()
-        for pos in d.done:
-            slot = slots[pos]
-            assert slot.outcome is not None
-            journal.add(OutcomeRecord(run_id, slot.outcome, slot.node.index))
+        run_id, now = self.state.run_id, self.now()
+        for ended in d.done:
+            journal.add(OutcomeRecord(run_id, ended.outcome, ended.order))
         for call in d.starts:
             journal.add(AttemptStarted(run_id, self._session, call.node_id, call.attempt,
                                        call.tool.name, call.executor, now))
@@ -447,7 +450,7 @@ class Driver:
                                              ask=self._desk.approver is not None))
         self.state.restore([*resume.replay, *resume.settled], now)
         if self._watchers:  # replayed outcomes are not decisions: tell who waits for them
-            self._tell_watchers(list(self._watchers))
+            self._tell_all_watchers()
         if self._streaming and self._journal is not None:
             for outcome in resume.settled:  # new to the journal, unlike the replayed ones
                 index = self.graph.nodes[self.graph.position[outcome.node_id]].index

@@ -12,7 +12,7 @@ the agent layer plug in here without the driver knowing about either.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +44,21 @@ class RunScope:
     budget: Budget | None = None
     sinks: tuple[EventSink, ...] = ()
     shared: dict[str, Any] = field(default_factory=dict)
+    #: whether this run is nested in no other: its end is the end of everything ``shared``
+    outermost: bool = True
+
+    def at_end(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Await ``hook()`` when the outermost run around this one has ended.
+
+        For what lives as long as the whole composition (the models its agents share).
+        """
+        self.shared.setdefault(_AT_END, []).append(hook)
+
+    async def end(self) -> None:
+        """Run the hooks of :meth:`at_end` (the runtime calls it as the outermost run ends)."""
+        hooks = self.shared.pop(_AT_END, [])
+        for hook in hooks:
+            await hook()
 
     def where(self, node_id: str) -> str:
         """The lineage of a node of this run (``lead/reader#2``)."""
@@ -53,6 +68,8 @@ class RunScope:
         """The run id of a run that a node of this run starts (journaled under this one)."""
         return f"{self.run_id}/{node_id}"
 
+
+_AT_END = "shoal.at_end"
 
 Injector = Callable[["Call", "RunScope | None"], Any]
 

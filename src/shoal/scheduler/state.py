@@ -34,7 +34,7 @@ import heapq
 import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from shoal.approvals import request_id
 from shoal.deps import Graph
@@ -61,7 +61,7 @@ from shoal.tools import Isolation, Tool
 
 __all__ = [
     "MAX_MAP_ITEMS", "TRANSITIONS", "ApprovalAction", "Ask", "AttemptResult", "Decisions",
-    "Fate", "Phase", "SchedulerState", "Withdraw",
+    "Ended", "Fate", "Phase", "SchedulerState", "Withdraw",
 ]  # fmt: skip
 
 #: Most predecessors whose priority one added node may raise (see SchedulerState._lift).
@@ -167,8 +167,9 @@ class _Approval:
 class Decisions:
     """What the driver must do after an input: start, cancel, set timers, publish events.
 
-    ``done`` lists the nodes that got their outcome in this input: the driver journals them
-    before it starts anything (a node's outcome is committed before its dependents start).
+    ``done`` lists the nodes that got their outcome in this input, with the outcome: the
+    driver journals them before it starts anything (a node's outcome is committed before its
+    dependents start) and tells whoever waits for them.
     """
 
     __slots__ = ("approvals", "cancels", "done", "events", "freed", "parked", "starts", "timers")
@@ -182,8 +183,16 @@ class Decisions:
         self.cancels: list[int] = []
         self.timers: list[tuple[float, str, int]] = []
         self.events: list[Event] = []
-        self.done: list[int] = []
+        self.done: list[Ended] = []
         self.approvals: list[ApprovalAction] = []
+
+
+class Ended(NamedTuple):
+    """A node that got its outcome: its position, its plan index (journal order), the outcome."""
+
+    pos: int
+    order: int
+    outcome: Outcome
 
 
 class _Slot:
@@ -620,9 +629,12 @@ class SchedulerState:
         slot.started_at = outcome.started_at
         self._record(slot, outcome.status, now, d, value=outcome.value, error=outcome.error,
                      reason=outcome.reason, abandoned=outcome.abandoned)
-        slot.outcome = outcome
+        at = next(i for i, e in enumerate(d.done) if e.pos == slot.pos)
         if kind == "replay":  # in the journal already: not written again
-            d.done.remove(slot.pos)
+            del d.done[at]
+        else:
+            d.done[at] = Ended(slot.pos, slot.node.index, outcome)
+        slot.outcome = outcome
 
     def _expand(self, slot: _Slot, now: float, d: Decisions) -> None:
         """A map's list is known: add one node per item, each with the item in its place."""
@@ -915,7 +927,6 @@ class SchedulerState:
         self._set_phase(slot, Phase.DONE)
         self.done_count += 1
         self.status_counts[status] += 1
-        d.done.append(slot.pos)
         slot.args = None
         tool = slot.node.tool.name
         slot.outcome = Outcome(
@@ -923,6 +934,7 @@ class SchedulerState:
             slot.attempts, slot.queued_at, slot.started_at, now,
             slot.executor if slot.attempts else "", abandoned,
         )
+        d.done.append(Ended(slot.pos, slot.node.index, slot.outcome))
         if not self.record_events:
             return
         nid = slot.node.id

@@ -1,0 +1,223 @@
+"""``shoal run module:name "task"`` for compositions: a pattern, or a function making a plan.
+
+Besides an :class:`~shoal.Agent`, ``shoal run`` takes
+
+* a pattern (``shoal.patterns.pipeline(...)``, ``fan_out(...)``, ``reflect(...)``): it runs
+  on the task as one node;
+* a function of the task returning a :class:`~shoal.Plan` (``def review(question) ->
+  shoal.Plan``): the plan is the program's structure; its agent nodes, maps and tools run
+  side by side. The answer is the value of the node ``answer`` if there is one, else of the
+  plan's last node.
+
+Either way the run is shown as an agent tree rooted at the composition's name: every node (a
+tool call, an agent, a map's items) is a row, agents with their own calls below them. The
+result is the root's :class:`~shoal.agents.result.AgentResult`: its calls are the plan's
+nodes, its children the agents that ran as nodes, so ``--json``, the journal and ``shoal
+show`` treat it as they treat an agent run. The exit code is 0 only when every node of the
+plan succeeded (every item of every map included): a job that read five papers of six did
+not do what it claims.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from shoal.agents.agent import Agent
+from shoal.agents.budget import Budget
+from shoal.agents.context import TreeContext
+from shoal.agents.node import SHARED_KEY, Composition, component_of
+from shoal.agents.result import AgentResult
+from shoal.agents.toolcalls import CallRecord, result_text
+from shoal.events import AgentFinished, AgentStarted, EventSink
+from shoal.exceptions import ConfigError, PlanError
+from shoal.models.base import Model, ToolCall, ToolResultMessage
+from shoal.outcome import Outcome, RunResult
+from shoal.patterns import Pattern
+from shoal.plan import Plan
+from shoal.runtime import RunHandle, Runtime
+from shoal.scheduler.scope import RunScope
+
+__all__ = ["ANSWER_NODE", "Composed", "agents_of", "build_plan", "is_composition",
+           "start_composition"]
+
+#: The node whose value is a composed plan's answer (else the plan's last node).
+ANSWER_NODE = "answer"
+
+#: What ``shoal run`` takes besides an agent: a pattern, or a function of the task making a plan.
+Composed = Pattern | Callable[[str], Plan]
+
+
+def is_composition(found: object) -> bool:
+    """Whether ``found`` is a pattern or a plain function (of the task) to run as a plan."""
+    return isinstance(found, Pattern) or (
+        inspect.isfunction(found) and not isinstance(found, Agent))
+
+
+def name_of(composed: Composed, target: str) -> str:
+    """The root's name in the tree: the pattern's name, or the function's."""
+    if isinstance(composed, Pattern):
+        return composed.name
+    return getattr(composed, "__name__", "") or target.rpartition(":")[2]
+
+
+def build_plan(composed: Composed, task: str, target: str) -> Plan:
+    """The plan to run: a pattern as one node, or what the function makes of the task.
+
+    Raises :class:`ConfigError` when the function fails or returns something else, and
+    :class:`~shoal.exceptions.PlanError` (every problem) when the plan is not valid.
+    """
+    if isinstance(composed, Pattern):
+        plan = Plan(composed.name)
+        plan.add(composed, {"task": task}, node_id=ANSWER_NODE)
+    else:
+        try:
+            plan = composed(task)
+        except (ConfigError, PlanError):
+            raise
+        except Exception as exc:
+            raise ConfigError(f"{target}: making the plan failed: {type(exc).__name__}: "
+                              f"{exc}") from None
+        if not isinstance(plan, Plan):
+            raise ConfigError(f"{target} returned a {type(plan).__name__}; a function that "
+                              "shoal run takes must return a shoal.Plan (or name an Agent or "
+                              "a pattern instead)")
+    plan.validate()
+    return plan
+
+
+def agents_of(plan: Plan) -> list[Agent[Any]]:
+    """Every agent a plan runs: its agent nodes, the agents inside its patterns, subagents."""
+    found: dict[int, Agent[Any]] = {}
+    todo: list[Any] = [component_of(node.tool) for node in plan]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, Agent):
+            for agent in item.with_subagents():
+                found.setdefault(id(agent), agent)
+        elif isinstance(item, Pattern):
+            todo.extend(item.parts())
+    return list(found.values())
+
+
+def answer_node(plan: Plan) -> str:
+    """The node whose value is the answer: ``answer``, else the plan's last node."""
+    if ANSWER_NODE in plan:
+        return ANSWER_NODE
+    return plan.nodes[-1].id
+
+
+class CompositionRun:
+    """A composed plan running under a root lineage, and the root's result once it ends."""
+
+    def __init__(self, plan: Plan, name: str, handle: RunHandle, held: Composition,
+                 sinks: Sequence[EventSink]) -> None:
+        self.plan = plan
+        self.name = name
+        self.handle = handle
+        self.held = held  # the agents' tree, entered once for the whole run
+        self.ctx = held.ctx
+        self._sinks = sinks
+        self.result = AgentResult[Any](name, name, held.ctx.run_id, "")
+
+    @property
+    def run_id(self) -> str:
+        """The id of the plan's run (``shoal show`` and ``resume`` take the root's)."""
+        return self.handle.run_id
+
+    def cancel(self, *, reason: str = "cancelled by the user") -> None:
+        """Cancel the whole composition: every node, every agent in it."""
+        self.handle.cancel(reason=reason)
+
+    async def wait(self) -> AgentResult[Any]:
+        """The root's result, once every node has ended."""
+        try:
+            run = await self.handle
+        finally:
+            await self.held.leave()  # its models close, its wall clock stops
+        return self._finish(run)
+
+    def _finish(self, run: RunResult) -> AgentResult[Any]:
+        root = self.result
+        root.duration = self.ctx.now()
+        root.calls = [_record(self.name, o) for o in run]
+        root.children = _top_agents(self.ctx.results)
+        for child in root.children:
+            root.usage = root.usage + child.usage
+        answer = run[answer_node(self.plan)]
+        failed = [o for o in run if not o.ok]
+        if not failed:
+            root.status, root.output = "ok", answer.value
+        else:
+            root.status = "cancelled" if run.cancelled_reason else "failed"
+            root.output = answer.value if answer.ok else None
+            shown = "; ".join(f"{o.node_id} {o.status}" for o in failed[:6])
+            root.error = ConfigError(
+                f"{len(failed)} of {len(run)} nodes did not succeed: {shown}"
+                + ("; ..." if len(failed) > 6 else ""))
+        self._emit(AgentFinished(
+            run_id=self.ctx.run_id, time=self.ctx.now(), lineage=self.name, agent=self.name,
+            status=root.status, output=str(root.output)[:200] if root.ok else "",
+            turns=0, total_tokens=root.usage.total_tokens, duration=root.duration,
+            error="" if root.error is None else str(root.error)))
+        return root
+
+    def _emit(self, event: Any) -> None:
+        for sink in self._sinks:
+            sink(event)
+
+
+def start_composition(composed: Composed, task: str, target: str, *, runtime: Runtime,
+                      sinks: Sequence[EventSink], run_id: str, resume: bool = False,
+                      model: Model | None = None, budget: Budget | None = None,
+                      force: bool = False) -> CompositionRun:
+    """Start ``composed`` on ``task`` in ``runtime``, under the root ``run_id``.
+
+    The plan runs as ``<run_id>/<name>``, journaled like an agent's steps, so that the root
+    record (kept by the CLI) and the plan's own records do not meet; ``resume`` continues it.
+    ``model`` replaces every agent's model (``--model``).
+    """
+    name = name_of(composed, target)
+    plan = build_plan(composed, task, target)
+    ctx = TreeContext(run_id=run_id, runtime=runtime, budget=budget, sinks=sinks,
+                      model_override=model, resuming=resume, force=force)
+    for agent in agents_of(plan):  # a missing key or SDK stops the run here
+        ctx.model_for(agent.model)
+    held = Composition(ctx)
+    held.enter()  # its models stay open, its wall clock runs, until the run ends
+    shared: dict[str, Any] = {SHARED_KEY: held}
+    plan_run = f"{run_id}/{name}"
+    store = runtime.store
+    again = resume and store is not None and store.get_run(plan_run) is not None
+    for sink in sinks:
+        sink(AgentStarted(run_id=run_id, time=ctx.now(), lineage=name, agent=name,
+                          prompt=task, depth=0))
+    handle = runtime.start(plan, run_id=None if again else plan_run,
+                           resume=plan_run if again else None, lineage=name,
+                           on_event=list(sinks), force=force, budget=budget,
+                           within=RunScope(runtime, run_id, budget=budget, shared=shared,
+                                           resuming=resume))
+    run = CompositionRun(plan, name, handle, held, sinks)
+    run.result.prompt = task
+    return run
+
+
+def _top_agents(results: dict[str, AgentResult[Any]]) -> list[AgentResult[Any]]:
+    """The agents that ran as nodes, at any depth of patterns: those with no agent above.
+
+    (A subagent is in its parent's ``children`` already.)
+    """
+    lineages = set(results)
+    return [r for lineage, r in results.items()
+            if not any(lineage.startswith(f"{other}/") for other in lineages)]
+
+
+def _record(root: str, outcome: Outcome) -> CallRecord:
+    """A node of the plan as a call of the root (an agent node is also a child agent)."""
+    text, is_error = result_text(outcome)
+    call = ToolCall(outcome.node_id, outcome.tool, json.dumps({}))
+    return CallRecord(call, f"{root}/{outcome.node_id}", outcome.status,
+                      ToolResultMessage(outcome.node_id, outcome.tool, text, is_error), outcome)
+
