@@ -12,6 +12,7 @@ import csv
 import dataclasses
 import decimal
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -138,9 +139,8 @@ def test_merged_totals_equal_a_direct_computation(
 def test_the_report_shows_the_totals_and_names_the_missing_shard(
         aggregation: tuple[Path, shoal.RunResult]) -> None:
     cwd, result = aggregation
-    report = cwd / "sales_report.md"
-    assert result["report"].value["path"] == str(report.resolve())
-    text = report.read_text(encoding="utf-8")
+    text = (cwd / "sales_report.md").read_text(encoding="utf-8")
+    assert result["report"].value == text  # what it wrote, it returns
     expected, _ = direct_totals()
     assert f"**{da.euros(expected['revenue_cents'])} EUR**" in text
     assert f"`{BAD_SHARD}`" in text
@@ -469,6 +469,47 @@ def test_the_market_module_runs_as_documented(tmp_path: Path) -> None:
         "review/writer#1", "review/writer#1", "review/critic#1", "review/critic#1",
         "review/writer#2", "review/writer#2", "review/critic#2", "review/critic#2"]
     assert DRAFT_2 in report.read_text(encoding="utf-8")
+
+
+def shoal_run(target: str, task: str, cwd: Path, *args: str
+              ) -> subprocess.CompletedProcess[str]:
+    """``shoal run target task --json`` from ``cwd``, journaled there."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "shoal.cli.app", "run", target, task,
+                           "--json", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+def test_shoal_run_takes_the_market_research_as_a_plan_function(tmp_path: Path) -> None:
+    question = "Which maker is the safest bet?"
+    proc = shoal_run(str(ROOT / "examples/market_research/plan.py") + ":research", question,
+                     tmp_path, "--model", "tests.app_models:market")
+    assert proc.returncode == 0, proc.stderr
+    root = json.loads(proc.stdout)
+    assert (root["agent"], root["status"], root["prompt"]) == ("research", "ok", question)
+    report = (tmp_path / "market_report.md").read_text(encoding="utf-8")
+    assert root["output"] == report  # the answer is the report, as written
+    assert DRAFT_2 in report
+    agents = sorted(child["lineage"] for child in root["children"])
+    assert agents[:5] == [f"research/analysts[{i}]" for i in range(5)]
+    assert root["usage"]["requests"] == 5 + 4  # five analysts, two drafts, two reviews
+    brief = next(c for c in root["calls"] if c["lineage"] == "research/brief")
+    assert brief["status"] == "ok"
+
+
+def test_shoal_run_takes_the_aggregation_and_counts_the_bad_shard(tmp_path: Path) -> None:
+    proc = shoal_run(str(ROOT / "examples/data_aggregation/plan.py") + ":aggregate",
+                     "Which region sells most?", tmp_path, "--model",
+                     "tests.app_models:commentary")
+    # every node must succeed for shoal run: the May shard did not, so the exit code is 1,
+    # and the report of the seven others is written all the same
+    assert proc.returncode == 1
+    root = json.loads(proc.stdout)
+    assert root["status"] == "failed"
+    assert "summaries[4] failed" in root["error"]["message"]
+    report = (tmp_path / "sales_report.md").read_text(encoding="utf-8")
+    assert COMMENTARY in report
+    assert f"`{BAD_SHARD}`" in report
 
 
 def test_the_commentary_through_the_module(tmp_path: Path) -> None:

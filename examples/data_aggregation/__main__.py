@@ -18,9 +18,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import shoal
-from examples.data_aggregation.plan import build_plan, failed_shards
+from examples.data_aggregation.plan import DEFAULT_QUESTION, build_plan, failed_shards
 from examples.data_aggregation.tools import euros
 from shoal.cli.agents import model_option
 from shoal.exceptions import ShoalError
@@ -35,6 +36,8 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="a folder of CSV shards (default: the shipped sales shards)")
     parser.add_argument("--out", default="sales_report.md", metavar="PATH",
                         help="where to write the report (default: sales_report.md)")
+    parser.add_argument("--question", default=DEFAULT_QUESTION, metavar="TEXT",
+                        help="what the paragraph is about (with --model)")
     parser.add_argument("--model", default=None, metavar="MODEL",
                         help="a model to write a paragraph about the figures: local, "
                              "openai:NAME, anthropic:NAME, or module:name of a shoal Model "
@@ -42,7 +45,7 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _print_result(result: shoal.RunResult) -> int:
+def _print_result(result: shoal.RunResult, out: str) -> int:
     failed = failed_shards(result)
     totals = result["totals"]
     if totals.ok:
@@ -60,7 +63,7 @@ def _print_result(result: shoal.RunResult) -> int:
     value = totals.value
     print(f"totals: {value['rows']} sales, {value['units']} items, "
           f"{euros(value['revenue_cents'])} EUR ({value['first_day']} to {value['last_day']})")
-    print(f"report: {report.value['path']}")
+    print(f"report: {Path(out).resolve()}")
     return 0
 
 
@@ -85,8 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ShoalError as exc:
             print(f"--model {options.model}: {exc}", file=sys.stderr)
             return 2
-    plan = build_plan(options.shards, options.out, model)
-    return _print_result(shoal.run_sync(plan))
+    plan = build_plan(options.shards, options.out, model, options.question)
+    return _print_result(shoal.run_sync(plan), options.out)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@
 ``shards`` found, and run side by side. It is ``partial``: a shard that cannot be read fails
 on its own (its outcome names the line) and the reduce goes on with every other shard, naming
 the one that is missing. The commentary (an agent writing a paragraph from the figures) is
-there only when :func:`build_plan` gets an agent; the numbers never come from a model.
+there only when :func:`build_plan` gets a model (:func:`aggregate`, for ``shoal run``, always
+has one); the numbers never come from a model.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ from examples.data_aggregation.tools import (
 )
 from shoal.models.base import Model
 
-__all__ = ["build_plan", "commentator", "failed_shards"]
+__all__ = ["DEFAULT_QUESTION", "aggregate", "build_plan", "commentator", "failed_shards"]
+
+#: The commentary's task when no question is given.
+DEFAULT_QUESTION = "Write one paragraph about these sales figures."
 
 commentator = shoal.Agent(
     name="commentator",
@@ -44,7 +48,8 @@ commentator = shoal.Agent(
 
 
 def build_plan(folder: str = "", report_path: str = "sales_report.md",
-               model: str | Model | None = None) -> shoal.Plan:
+               model: str | Model | None = None, question: str = DEFAULT_QUESTION
+               ) -> shoal.Plan:
     """The plan: list the shards, summarise each, merge, and write the report.
 
     Args:
@@ -52,6 +57,7 @@ def build_plan(folder: str = "", report_path: str = "sales_report.md",
         report_path: where the markdown report goes.
         model: a model for the commentary paragraph (``"local"``, ``"openai:..."`` or a
             :class:`~shoal.models.base.Model`); ``None`` leaves the commentary out.
+        question: the commentary's task: what its paragraph is about.
     """
     plan = shoal.Plan(name="data_aggregation")
     shards = plan.call(list_shards, folder=folder, node_id="shards")
@@ -61,11 +67,20 @@ def build_plan(folder: str = "", report_path: str = "sales_report.md",
     if model is not None:
         figures = plan.call(describe_figures, totals=totals, node_id="figures")
         agent = dataclasses.replace(commentator, model=model)
-        extra["commentary"] = plan.call(
-            agent, task="Write one paragraph about these sales figures.", figures=figures,
-            node_id="commentary")
+        extra["commentary"] = plan.call(agent, task=question, figures=figures,
+                                        node_id="commentary")
     plan.call(write_report, totals=totals, path=report_path, node_id="report", **extra)
     return plan
+
+
+def aggregate(question: str) -> shoal.Plan:
+    """The plan as ``shoal run`` takes it, the commentary answering ``question``.
+
+    ``shoal run examples/data_aggregation/plan.py:aggregate "Which region sells most?"``
+    writes ``sales_report.md`` in the current directory and prints it; the commentator runs
+    on its own model (``local``) unless ``--model`` names another.
+    """
+    return build_plan(model=commentator.model, question=question or DEFAULT_QUESTION)
 
 
 def failed_shards(result: shoal.RunResult) -> dict[str, str]:

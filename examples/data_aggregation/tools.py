@@ -243,8 +243,8 @@ def _missing_note(missing: Iterable[str]) -> list[str]:
 
 @shoal.tool(writes="file:{path}")
 def write_report(totals: dict[str, Any], path: str = "sales_report.md",
-                 commentary: str = "") -> dict[str, Any]:
-    """Write the totals as a markdown report to ``path``; return its path and size.
+                 commentary: str = "") -> str:
+    """Write the totals as a markdown report to ``path``; return the markdown.
 
     Args:
         totals: the result of ``merge_summaries``.
@@ -259,6 +259,6 @@ def write_report(totals: dict[str, Any], path: str = "sales_report.md",
         lines += [commentary.strip(), ""]
     lines += _missing_note(totals["shards_missing"])
     lines += _table("region", totals["by_region"]) + _table("product", totals["by_product"])
-    target = Path(path)
-    target.write_text("\n".join(lines).rstrip("\n") + "\n", encoding="utf-8")
-    return {"path": str(target.resolve()), "bytes": target.stat().st_size}
+    text = "\n".join(lines).rstrip("\n") + "\n"
+    Path(path).write_text(text, encoding="utf-8")
+    return text

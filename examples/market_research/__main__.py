@@ -5,6 +5,10 @@ From the repository root, on the local model (the ``local`` extra) or a hosted o
     python -m examples.market_research
     python -m examples.market_research --companies 2           # a short run: two analysts
     python -m examples.market_research --model openai:gpt-4.1-mini
+    python -m examples.market_research --question "Which maker is the safest bet?"
+
+(``shoal run examples/market_research/plan.py:research "QUESTION"`` runs the same plan with
+the live tree and the journal.)
 
 Each agent's start and end is printed as it happens (the analysts start together), then the
 report's verdict; the report goes to ``market_report.md`` in the current directory. The exit
@@ -18,11 +22,12 @@ import argparse
 import dataclasses
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import shoal
 from examples.market_research import agents
 from examples.market_research.plan import build_plan
-from examples.market_research.tools import company_ids
+from examples.market_research.tools import DEFAULT_QUESTION, company_ids
 from shoal.cli.agents import model_option
 from shoal.events import AgentFinished, AgentStarted, Event, ModelServerStarting
 from shoal.exceptions import ShoalError
@@ -47,6 +52,8 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", default="local", metavar="MODEL",
                         help="the model of every agent: local (default), openai:NAME, "
                              "anthropic:NAME, or module:name of a shoal Model object")
+    parser.add_argument("--question", default=DEFAULT_QUESTION, metavar="TEXT",
+                        help="what the report answers")
     parser.add_argument("--companies", type=_positive, default=None, metavar="N",
                         help="study only the first N companies (default: all five)")
     parser.add_argument("--rounds", type=_positive, default=2, metavar="N",
@@ -87,7 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     team = {name: dataclasses.replace(getattr(agents, name), model=model)
             for name in ("analyst", "writer", "critic")}
-    plan = build_plan(options.companies, options.out, max_rounds=options.rounds, **team)
+    plan = build_plan(options.companies, options.out, question=options.question,
+                      max_rounds=options.rounds, **team)
     # every agent answers in one turn, so this many requests is all the run may make
     requests = len(company_ids(options.companies)) + 2 * options.rounds
     result = shoal.run_sync(plan, on_event=show_progress,
@@ -101,11 +109,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{outcome.node_id}: failed: {why}", file=sys.stderr)
         print(f"no report: {report.reason or report.status}", file=sys.stderr)
         return 1
-    value = report.value
-    verdict = "accepted" if value["accepted"] else "not accepted"
-    facts = "complete" if value["complete"] else "incomplete"
-    print(f"report: {value['path']} (draft {value['rounds']}, {verdict} by the critic; "
-          f"fact check {facts})")
+    review, check = result["review"].value, result["check"].value
+    verdict = "accepted" if review.accepted else "not accepted"
+    facts = "complete" if check["complete"] else "incomplete"
+    print(f"report: {Path(options.out).resolve()} (draft {review.rounds}, {verdict} by the "
+          f"critic; fact check {facts})")
     return 0
 
 

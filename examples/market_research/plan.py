@@ -20,6 +20,7 @@ from __future__ import annotations
 import shoal
 from examples.market_research.agents import analyst, critic, writer
 from examples.market_research.tools import (
+    DEFAULT_QUESTION,
     check_report,
     collect_notes,
     key_facts,
@@ -30,11 +31,12 @@ from examples.market_research.tools import (
 )
 from shoal.patterns import reflect
 
-__all__ = ["build_plan"]
+__all__ = ["build_plan", "research"]
 
 
 def build_plan(limit: int | None = None, report_path: str = "market_report.md", *,
-               max_rounds: int = 2, analyst: shoal.Agent[str] = analyst,
+               question: str = DEFAULT_QUESTION, max_rounds: int = 2,
+               analyst: shoal.Agent[str] = analyst,
                writer: shoal.Agent[str] = writer,
                critic: shoal.Agent[str] = critic) -> shoal.Plan:
     """The plan of the market research (see the module docstring).
@@ -42,6 +44,7 @@ def build_plan(limit: int | None = None, report_path: str = "market_report.md", 
     Args:
         limit: study only the first this many companies (default: all of them).
         report_path: where the markdown report goes.
+        question: what the report answers (the writer's and the critic's task begins with it).
         max_rounds: how many drafts the writer may make.
         analyst: the agent that writes one company's note (default: this example's).
         writer: the agent that drafts the report.
@@ -52,7 +55,7 @@ def build_plan(limit: int | None = None, report_path: str = "market_report.md", 
     profiles = plan.map(read_company, over=companies, node_id="profiles")
     notes = plan.map(analyst, over=profiles, node_id="analysts")
     facts = plan.call(key_facts, companies=companies, node_id="facts")
-    brief = plan.call(writing_brief, facts=facts, node_id="brief")
+    brief = plan.call(writing_brief, facts=facts, question=question, node_id="brief")
     notes_text = plan.call(collect_notes, facts=facts, notes=notes, node_id="notes")
     loop = reflect(writer, critic, max_rounds=max_rounds, name="review")
     review = plan.call(loop, task=brief, notes=notes_text, node_id="review")
@@ -61,3 +64,13 @@ def build_plan(limit: int | None = None, report_path: str = "market_report.md", 
               rounds=review["rounds"], check=check, facts=facts, notes=notes_text,
               path=report_path, node_id="report")
     return plan
+
+
+def research(question: str) -> shoal.Plan:
+    """The plan as ``shoal run`` takes it: every company, the report answering ``question``.
+
+    ``shoal run examples/market_research/plan.py:research "Which maker is the safest bet?"``
+    writes ``market_report.md`` in the current directory and prints it; the agents run on their
+    own model (``local``) unless ``--model`` names another.
+    """
+    return build_plan(question=question or DEFAULT_QUESTION)

@@ -23,13 +23,16 @@ from typing import Any
 import shoal
 
 __all__ = [
-    "COMPANIES", "check_report", "collect_notes", "company_facts", "company_ids", "key_facts",
-    "list_companies", "profile_text", "read_company", "save_report", "writing_brief",
+    "COMPANIES", "DEFAULT_QUESTION", "check_report", "collect_notes", "company_facts",
+    "company_ids", "key_facts", "list_companies", "profile_text", "read_company", "save_report",
+    "writing_brief",
 ]
 
 #: The shipped company profiles, one markdown file each.
 COMPANIES = Path(__file__).resolve().parent / "companies"
 _NUMBERS = ("revenue_2024_eur_m", "revenue_2025_eur_m", "gross_margin_pct")
+#: The question a report answers when none is given.
+DEFAULT_QUESTION = "How do these makers of electric cargo bikes compare?"
 
 
 def company_ids(limit: int | None = None) -> list[str]:
@@ -111,16 +114,19 @@ def _fact_line(facts: dict[str, Any]) -> str:
 
 
 @shoal.tool
-async def writing_brief(facts: list[dict[str, Any]]) -> str:
-    """The task of the report's writer and critic: what to write, and the checklist.
+async def writing_brief(facts: list[dict[str, Any]], question: str = DEFAULT_QUESTION) -> str:
+    """The task of the report's writer and critic: the question, what to write, the checklist.
 
     Args:
         facts: results of key_facts.
+        question: what the report answers.
     """
     names = ", ".join(f["name"] for f in facts)
     return "\n".join([
-        f"Write a short market report on these makers of electric cargo bikes: {names}.",
-        "Compare their size, growth and main risks, using the analysts' notes.",
+        f"Question: {' '.join(question.split()) or DEFAULT_QUESTION}",
+        f"Write a short market report that answers it, on these makers of electric cargo "
+        f"bikes: {names}. Compare their size, growth and main risks, using the analysts' "
+        "notes.",
         "",
         "Checklist: the report must name every company below with its 2025 revenue, "
         "written exactly as here.",
@@ -181,8 +187,10 @@ def _figures_table(facts: list[dict[str, Any]]) -> list[str]:
 @shoal.tool(writes="file:{path}")
 async def save_report(report: str, accepted: bool, rounds: int, check: dict[str, Any],
                       facts: list[dict[str, Any]], notes: str,
-                      path: str = "market_report.md") -> dict[str, Any]:
+                      path: str = "market_report.md") -> str:
     """Write the market report, its key figures and the analysts' notes to ``path``.
+
+    Returns the markdown it wrote.
 
     Args:
         report: the report's text (the reflect loop's last draft).
@@ -196,11 +204,9 @@ async def save_report(report: str, accepted: bool, rounds: int, check: dict[str,
     verdict = "accepted by the critic" if accepted else "not accepted by the critic"
     checked = ("every company and its revenue are in the text" if check["complete"] else
                "missing from the text: " + ", ".join(check["missing"]))
-    lines = ["# Market report: electric cargo bikes", "", report.strip(), "",
-             f"*Draft {rounds}, {verdict}. Fact check: {checked}.*", "",
-             "## Key figures", "", *_figures_table(facts), "",
-             "## Analysts' notes", "", notes.strip(), ""]
-    target = Path(path)
-    target.write_text("\n".join(lines), encoding="utf-8")
-    return {"path": str(target.resolve()), "bytes": target.stat().st_size,
-            "accepted": accepted, "rounds": rounds, "complete": check["complete"]}
+    text = "\n".join(["# Market report: electric cargo bikes", "", report.strip(), "",
+                      f"*Draft {rounds}, {verdict}. Fact check: {checked}.*", "",
+                      "## Key figures", "", *_figures_table(facts), "",
+                      "## Analysts' notes", "", notes.strip(), ""])
+    Path(path).write_text(text, encoding="utf-8")
+    return text
