@@ -439,6 +439,18 @@ def test_check_report_reads_numbers_and_names_strictly() -> None:
     assert not complete("Larkspur made 52.5 million euros.")
 
 
+@pytest.mark.parametrize("value", ["", "nan", "inf", "-3", "12,5"])
+def test_a_profile_with_a_bad_figure_is_refused_naming_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    text = mr.profile_text("quillon").replace("revenue_2025_eur_m: 6.1",
+                                              f"revenue_2025_eur_m: {value}")
+    (tmp_path / "quillon.md").write_text(text, encoding="utf-8")
+    monkeypatch.setattr(mr, "COMPANIES", tmp_path)
+    with pytest.raises(ValueError, match=r"^quillon\.md: revenue_2025_eur_m is missing or not "
+                                         r"a number of 0 or more$"):
+        mr.company_facts("quillon")
+
+
 def test_company_tools() -> None:
     assert run_virtual(mr.list_companies()) == sorted(NOTES)
     assert run_virtual(mr.list_companies(limit=2)) == ["harbourline", "larkspur"]

@@ -16,6 +16,7 @@ loop, and on a virtual clock in tests.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,9 @@ def company_facts(company: str) -> dict[str, Any]:
         try:
             facts[key] = float(fields[key])
         except (KeyError, ValueError):
-            raise ValueError(f"{path.name}: {key} is missing or not a number") from None
+            facts[key] = math.nan
+        if not math.isfinite(facts[key]) or facts[key] < 0:
+            raise ValueError(f"{path.name}: {key} is missing or not a number of 0 or more")
     before, now = facts["revenue_2024_eur_m"], facts["revenue_2025_eur_m"]
     facts["growth_pct"] = round((now - before) / before * 100, 1) if before else None
     return facts
