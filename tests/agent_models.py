@@ -51,3 +51,24 @@ def pay(to: str, amount: int) -> str:
 
 payer = shoal.Agent(name="payer", tools=[pay], model=ScriptedModel.per_prompt({
     "*": [[call("pay", to="ann", amount=5)], lambda request: _results(request)[-1]]}))
+
+
+# ---- the main job (examples/literature_review/agents.py:review) ----------------------------
+
+MAIN_JOB_FAILS = "Budgets for Agent Trees"  # the paper main_job_failing cannot summarise
+
+
+def _main_job_answer(request: ModelRequest, fail_on: str = "") -> str:
+    """A reader's summary (the first sentence of its paper), or the lead's synthesis."""
+    prompt = _prompt(request)
+    if prompt.endswith("What is the main finding of this paper?"):
+        title, text, _ = prompt.split("\n\n")
+        if fail_on and title == fail_on:
+            raise RuntimeError(f"the model broke down on {title!r}")
+        return f"{text.split('. ')[0]}."
+    return f"Synthesis: the {prompt.count('. ')} sentences above agree."
+
+
+main_job_model = ScriptedModel.per_prompt({"*": [_main_job_answer]}, latency=0.05)
+main_job_failing = ScriptedModel.per_prompt(
+    {"*": [lambda request: _main_job_answer(request, MAIN_JOB_FAILS)]}, latency=0.05)

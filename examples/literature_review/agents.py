@@ -29,6 +29,7 @@ from pathlib import Path
 import shoal
 
 PAPERS = Path(__file__).parent / "papers"
+READER_QUESTION = "What is the main finding of this paper?"
 
 
 def _paper(paper_id: str) -> Path:
@@ -58,12 +59,14 @@ def list_papers() -> list[dict[str, str]]:
 
 @shoal.tool(timeout=5)
 def reading_tasks(papers: list[dict[str, str]]) -> list[str]:
-    """One reader's task per paper: what to do, and the paper itself.
+    """One reader's task per paper: the paper itself, then the question about it.
 
     Args:
         papers: the papers, as ``list_papers`` gives them.
     """
-    return [f"Summarise this paper.\n\nTitle: {p['title']}\n\n{p['text']}" for p in papers]
+    # The question comes after the paper: a small model then answers from the text just read
+    # (asked first, it tends to describe an imagined paper of the same title).
+    return [f"{p['title']}\n\n{p['text']}\n\n{READER_QUESTION}" for p in papers]
 
 
 @shoal.tool(timeout=5, reads="paper:{paper_id}")
@@ -113,10 +116,10 @@ reader = shoal.Agent(
     name="reader",
     model="local",
     description="summarises the research paper given in its task",
-    instructions=("You summarise the research paper given to you. Answer with one or two "
-                  "sentences that state the paper's main finding and its key number."),
+    instructions=("You summarise research papers. Repeat the paper's main finding in one "
+                  "sentence, using the paper's own words and numbers."),
     max_turns=2,
-    settings=shoal.ModelSettings(temperature=0.2, max_tokens=90),
+    settings=shoal.ModelSettings(temperature=0.0, max_tokens=80),
 )
 
 lead = shoal.Agent(

@@ -168,7 +168,7 @@ def run_agent_target(options: AgentOptions, console: Console, live: bool) -> int
     drive = (_drive(agent, options, sinks, console, view, live) if isinstance(agent, Agent)
              else _drive_composition(agent, options, sinks, console, view, live))
     result, error, interrupted = asyncio.run(drive)
-    _print(result, error, options.as_json, console, view)
+    _print(result, error, options.as_json, console, view, composed=not isinstance(agent, Agent))
     if interrupted:
         return EXIT_INTERRUPTED
     return 0 if error is None else 1
@@ -325,7 +325,7 @@ async def _follow(handle: Awaitable[AgentResult[Any]], run_id: str, console: Con
 
 
 def _print(result: AgentResult[Any] | None, error: BaseException | None, as_json: bool,
-           console: Console, view: AgentTree) -> None:
+           console: Console, view: AgentTree, *, composed: bool = False) -> None:
     if as_json:
         data: dict[str, Any] = _json(result) if result is not None else {}
         if error is not None:
@@ -339,7 +339,8 @@ def _print(result: AgentResult[Any] | None, error: BaseException | None, as_json
         answer = safe_str(result.output, ANSWER_WIDTH)
         parts.append(Panel(Text(answer), title="answer", title_align="left"))
     if result is not None:
-        parts.append(Text(_summary_line(result), style="dim"))
+        line = _composed_line(result) if composed else _summary_line(result)
+        parts.append(Text(line, style="dim"))
     console.print(Group(*parts))
     if error is not None:
         sys.stderr.write(f"error: {safe_str(error, ANSWER_WIDTH)}\n")
@@ -355,6 +356,20 @@ def _summary_line(result: AgentResult[Any]) -> str:
             f"{calls} tool call{'s' if calls != 1 else ''}"
             + (f" ({failed} failed)" if failed else "")
             + f", {usage.total_tokens} tokens"
+            + (f", ${usage.cost:.4f}" if usage.cost is not None else "")
+            + f", {result.duration:.2f} s")
+
+
+def _composed_line(result: AgentResult[Any]) -> str:
+    """The summary of a pattern's or a plan function's run: its nodes, agents and requests."""
+    nodes = len(result.calls)
+    failed = sum(not c.ok for c in result.calls)
+    agents = len(result.walk()) - 1
+    usage = result.usage
+    return (f"{nodes} node{'s' if nodes != 1 else ''}" + (f" ({failed} not ok)" if failed else "")
+            + f", {agents} agent{'s' if agents != 1 else ''}, "
+            f"{usage.requests} model request{'s' if usage.requests != 1 else ''}, "
+            f"{usage.total_tokens} tokens"
             + (f", ${usage.cost:.4f}" if usage.cost is not None else "")
             + f", {result.duration:.2f} s")
 
