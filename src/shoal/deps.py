@@ -5,7 +5,9 @@ Edges come from four sources, and each edge remembers which:
 - ``data``: a node's arguments use another node's output (a :class:`~shoal.plan.Ref`);
 - ``after``: an explicit ``after=`` in the plan;
 - ``resource``: two nodes' footprints share a key and at least one writes it; they keep plan
-  order. A key whose template uses an argument that is not known before the run (a ref) becomes
+  order. A ``merges`` use (a commutative merge, such as adding to a board's counter) orders
+  against reads and writes of the key but not against other merges: they commute. A key
+  whose template uses an argument that is not known before the run (a ref) becomes
   a wildcard over its literal prefix (``"file:{path}"`` with a ref path conflicts with every
   ``file:`` key), because shoal cannot prove the calls touch different resources;
 - ``exclusive``: an exclusive tool is a barrier between everything before and after it.
@@ -154,35 +156,53 @@ def _data_and_after(b: _Builder) -> None:
             b.add(b.position[dep], i, "after", f"after={dep}")
 
 
+def _clash(mode: str, other: str) -> bool:
+    """Whether two uses of one key keep plan order: all but two reads, or two merges."""
+    return mode != other or mode == "writes"
+
+
 def _footprints(b: _Builder) -> None:
     last_writer: dict[_Key, int] = {}
-    readers: dict[_Key, list[int]] = {}
+    readers: dict[_Key, list[int]] = {}  # since the key's last writer
+    mergers: dict[_Key, list[int]] = {}  # since the key's last writer
     wild: list[tuple[_Key, int, str]] = []  # wildcard uses, checked against every later key
     history: list[tuple[_Key, int, str]] = []  # all uses, checked by later wildcards
     for i, node in enumerate(b.nodes):
         policy = node.tool.policy
-        if not policy.reads and not policy.writes:
+        if not policy.reads and not policy.writes and not policy.merges:
             continue
         defaults = node.tool.defaults
         uses = [(render_key(t, node.args, defaults), "reads") for t in policy.reads]
         uses += [(render_key(t, node.args, defaults), "writes") for t in policy.writes]
+        uses += [(render_key(t, node.args, defaults), "merges") for t in policy.merges]
         for key, mode in uses:
             for other_key, j, other_mode in (history if key.wild else wild):
-                if "writes" in (mode, other_mode) and key.meets(other_key):
+                if _clash(mode, other_mode) and key.meets(other_key):
                     b.add(j, i, "resource", f"{other_mode} {other_key} / {mode} {key}")
             if not key.wild:
-                if key in last_writer:
-                    b.add(last_writer[key], i, "resource", f"writes {key} / {mode} {key}")
-                if mode == "writes":
-                    for r in readers.get(key, ()):
-                        b.add(r, i, "resource", f"reads {key} / writes {key}")
-                    last_writer[key] = i
-                    readers[key] = []
-                else:
-                    readers.setdefault(key, []).append(i)
+                _exact_use(b, i, key, mode, last_writer, readers, mergers)
             else:
                 wild.append((key, i, mode))
             history.append((key, i, mode))
+
+
+def _exact_use(b: _Builder, i: int, key: _Key, mode: str, last_writer: dict[_Key, int],
+               readers: dict[_Key, list[int]], mergers: dict[_Key, list[int]]) -> None:
+    """Order node ``i``'s use of ``key`` after the earlier uses it clashes with."""
+    if key in last_writer:
+        b.add(last_writer[key], i, "resource", f"writes {key} / {mode} {key}")
+    if mode == "writes":
+        for r in readers.get(key, ()):
+            b.add(r, i, "resource", f"reads {key} / writes {key}")
+        for m in mergers.get(key, ()):
+            b.add(m, i, "resource", f"merges {key} / writes {key}")
+        last_writer[key] = i
+        readers[key], mergers[key] = [], []
+        return
+    before, after = ("merges", "reads") if mode == "reads" else ("reads", "merges")
+    for j in (mergers if mode == "reads" else readers).get(key, ()):
+        b.add(j, i, "resource", f"{before} {key} / {after} {key}")
+    (readers if mode == "reads" else mergers).setdefault(key, []).append(i)
 
 
 def _barriers(b: _Builder) -> None:

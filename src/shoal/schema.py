@@ -60,7 +60,14 @@ can tell a repeat from a new request. Not part of the tool's schema."""
 
 
 def _injected(annotation: Any) -> str | None:
-    """What the runtime injects into a parameter with this annotation (``None``: nothing)."""
+    """What the runtime injects into a parameter with this annotation (``None``: nothing).
+
+    That is an ``Annotated[..., Injected(kind)]``, or a class that names its kind in
+    ``__shoal_injected__`` (such as :class:`shoal.BoardHandle`).
+    """
+    if isinstance(annotation, type):
+        kind = getattr(annotation, "__shoal_injected__", None)
+        return kind if isinstance(kind, str) else None
     if get_origin(annotation) is Annotated:
         for extra in get_args(annotation)[1:]:
             if isinstance(extra, Injected):

@@ -281,7 +281,7 @@ class AgentRun:
         resume = ctx.resuming and store is not None and store.get_run(run_id) is not None
         handle = ctx.runtime.start(plan, run_id=None if resume else run_id,
                                    resume=run_id if resume else None, lineage=self.lineage,
-                                   on_event=on_event, force=ctx.force)
+                                   on_event=on_event, force=ctx.force, board=ctx.board)
         ctx.track_handle(self.lineage, handle)
         return handle
 

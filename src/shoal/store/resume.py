@@ -14,6 +14,11 @@ For each node of the run, by what the journal says:
   ``rerun_in_doubt``;
 * nothing at all: runs as it would have.
 
+A replayed call's effects (its board writes, :class:`~shoal.store.base.EffectRecord`) are
+replayed with it, in the order they were journaled; effects the journal could not store for
+replay make the call's outcome unreplayable too (the call then runs again if its tool is
+idempotent, otherwise it is in doubt).
+
 A node in doubt is settled by a person: ``rerun_in_doubt`` runs it again (it did not take
 effect), ``mark_done`` records it ``ok`` with a value the person gives (it did); either way
 its dependents then run.
@@ -26,7 +31,7 @@ rows raises :class:`~shoal.exceptions.JournalDamagedError`: what they said canno
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from shoal.deps import Graph
@@ -38,7 +43,7 @@ from shoal.exceptions import (
 )
 from shoal.outcome import Outcome
 from shoal.plan import Node
-from shoal.store.base import RunRecord, Store, StoredOutcome
+from shoal.store.base import EffectRecord, RunRecord, Store, StoredEffect, StoredOutcome
 from shoal.store.fingerprint import plan_differences
 
 __all__ = ["Resumption", "prepare_resume"]
@@ -50,13 +55,15 @@ _REPLAYED = ("ok", "denied")
 class Resumption:
     """What a resumed session does with each node.
 
-    ``replay`` these outcomes (plan order), record the ``settled`` ones (in-doubt nodes a
-    person marked done; new to the journal), hold ``in_doubt`` nodes (id -> why), and run the
-    rest; ``rerun`` says why each node that ran before runs again.
+    ``replay`` these outcomes (plan order) and the ``effects`` of those calls (journal order),
+    record the ``settled`` ones (in-doubt nodes a person marked done; new to the journal),
+    hold ``in_doubt`` nodes (id -> why), and run the rest; ``rerun`` says why each node that
+    ran before runs again.
     """
 
     record: RunRecord
     replay: list[Outcome] = field(default_factory=list)
+    effects: list[EffectRecord] = field(default_factory=list)
     settled: list[Outcome] = field(default_factory=list)
     in_doubt: dict[str, str] = field(default_factory=dict)
     rerun: dict[str, str] = field(default_factory=dict)
@@ -80,8 +87,9 @@ def prepare_resume(store: Store, run_id: str, graph: Graph, description: Mapping
         raise RunNotFoundError(run_id, _where(store))
     stored = store.outcomes(run_id)
     attempts = store.attempts(run_id)
+    effects = _effects(store, run_id)
     damage = [record.damaged, *(getattr(o, "damaged", "") for o in stored.values()),
-              *(getattr(a, "damaged", "") for a in attempts)]
+              *(getattr(a, "damaged", "") for a in attempts), *(e.damaged for e in effects)]
     if any(damage):  # what the damaged rows said is unknown: a call could run twice
         raise JournalDamagedError(f"run {run_id!r} {_where(store)}; it cannot be resumed",
                                   [d for d in damage if d])
@@ -95,8 +103,12 @@ def prepare_resume(store: Store, run_id: str, graph: Graph, description: Mapping
         raise ConfigError(f"{both} cannot be both run again and marked done")
     result = Resumption(record)
     doubtful: set[str] = set()
+    lost = {e.record.node_id for e in effects if not e.replayable}
     for node in sorted(graph.nodes, key=lambda n: n.index):
-        why = _doubt(node, stored.get(node.id), node.id in open_attempts, result)
+        known = stored.get(node.id)
+        if known is not None and node.id in lost and known.replayable:
+            known = replace(known, replayable=False, encoding="effects")
+        why = _doubt(node, known, node.id in open_attempts, result)
         if not why:
             continue
         doubtful.add(node.id)
@@ -108,6 +120,8 @@ def prepare_resume(store: Store, run_id: str, graph: Graph, description: Mapping
                 reason="it was in doubt and was marked done on resume, with the value given"))
         else:
             result.in_doubt[node.id] = why
+    replayed = {o.node_id for o in result.replay}
+    result.effects.extend(e.record for e in effects if e.record.node_id in replayed)
     unknown = sorted((wanted | done.keys()) - doubtful)
     if unknown:
         raise ConfigError(f"{unknown} are not in doubt in run {run_id!r}, so they cannot be "
@@ -144,8 +158,16 @@ def _doubt(node: Node, stored: StoredOutcome | None, in_flight: bool,
             f"shoal resume --rerun-in-doubt {node.id})")
 
 
+def _effects(store: Store, run_id: str) -> list[StoredEffect]:
+    """The run's journaled effects (none from a store of your own that keeps no effects)."""
+    read = getattr(store, "effects", None)
+    return list(read(run_id)) if callable(read) else []
+
+
 def _unreplayable(stored: StoredOutcome) -> str:
     """Why the stored value of ``stored`` cannot be replayed."""
+    if stored.encoding == "effects":
+        return "its board writes could not be stored for replay"
     if stored.encoding == "pickle":  # it was stored, but its classes do not load it here
         return ("its result was journaled as a pickle that does not load here (its class was "
                 "moved, renamed or changed since)")
