@@ -44,8 +44,9 @@ from shoal.store.base import EffectRecord
 if TYPE_CHECKING:
     from shoal.executors.base import Call
     from shoal.scheduler.scope import RunScope
+    from shoal.store.base import Store
 
-__all__ = ["KIND", "Board", "BoardConflict", "BoardHandle", "merge"]
+__all__ = ["KIND", "Board", "BoardConflict", "BoardHandle", "merge", "replay_journal"]
 
 KIND = "board"  # the kind of injected parameter, and of the journal's effect records
 
@@ -119,6 +120,9 @@ class Board:
         self._lock = threading.Lock()
         self._conflicts: list[BoardConflict] = []
         self._applied: set[tuple[str, str]] = set()  # (run id, node id) of committed calls
+        # commits so far: each call's is journaled with its number, so that a resume replays
+        # them in the order they happened (runs journal on threads of their own, in any order)
+        self._commits = 0
 
     def __repr__(self) -> str:
         keys = ", ".join(f"{k}={s.rule!r}" for k, s in self._slots.items())
@@ -159,7 +163,7 @@ class Board:
         problem = rule.check(value, lambda: self[key])
         if problem:
             raise BoardValueError(f"board key {key!r} ({rule!r}): {problem}")
-        return self._commit(writer, [(key, value)], {})
+        return self._commit(writer, [(key, value)], {})[0]
 
     # ---- for handles and the runtime ----------------------------------------------------
 
@@ -178,11 +182,13 @@ class Board:
 
     def _commit(self, writer: str, writes: list[tuple[str, Any]], seen: Mapping[str, int], *,
                 call: tuple[str, str] | None = None,
-                recorded: Iterable[BoardConflict] | None = None) -> list[BoardConflict]:
-        """Merge one call's writes, all or none; return the conflicts they caused.
+                recorded: Iterable[BoardConflict] | None = None,
+                number: int | None = None) -> tuple[list[BoardConflict], int]:
+        """Merge one call's writes, all or none; return their conflicts and commit number.
 
         ``seen``: the version of each key the writer read last. ``recorded``: the conflicts a
-        journal says these writes caused (on replay), instead of working them out again.
+        journal says these writes caused (on replay), instead of working them out again;
+        ``number``: the commit's number then.
         """
         by_key: dict[str, list[Any]] = {}
         for key, value in writes:
@@ -204,7 +210,9 @@ class Board:
                 slot.version += 1
                 slot.writer = writer
             self._conflicts.extend(conflicts)
-            return conflicts
+            number = self._commits if number is None else number
+            self._commits = max(self._commits, number + 1)
+            return conflicts, number
 
     def _merge_failing_first(self, by_key: Mapping[str, list[Any]]) -> dict[str, Any]:
         """The new values of the keys whose merge may fail, touching nothing yet."""
@@ -245,6 +253,7 @@ class Board:
             writes = [(str(key), value) for key, value in data["writes"]]
             conflicts = [BoardConflict(c["key"], tuple(c["writers"]), tuple(c["values"]))
                          for c in data["conflicts"]]
+            number = int(data["commit"])
         except (TypeError, KeyError, ValueError) as exc:
             raise StoreError(f"the journal's board writes of {record.run_id}/{record.node_id} "
                              f"are not what shoal wrote: {exc!r}") from exc
@@ -254,7 +263,7 @@ class Board:
                               f"board does not declare (its keys: {sorted(self._slots)}); "
                               "resume with the board the run started with")
         self._commit(writer, writes, {}, call=(record.run_id, record.node_id),
-                     recorded=conflicts)
+                     recorded=conflicts, number=number)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -351,9 +360,11 @@ class BoardHandle:
             writes, self._pending = self._pending, []
             if not ok or not writes:
                 return None
-            conflicts = self.board._commit(self.writer, writes, self._seen, call=self._call)
+            conflicts, number = self.board._commit(self.writer, writes, self._seen,
+                                                   call=self._call)
         return EffectRecord(self._call[0], self._call[1], KIND, {
-            "writer": self.writer, "writes": [[key, value] for key, value in writes],
+            "writer": self.writer, "commit": number,
+            "writes": [[key, value] for key, value in writes],
             "conflicts": [c.to_dict() for c in conflicts]})
 
 
@@ -381,13 +392,34 @@ def _merged_keys(call: Call) -> list[str]:
             if not k.wild and k.text.startswith("board:")]
 
 
+def replay_journal(board: Board, store: Store, run_id: str) -> None:
+    """Merge into ``board`` the journaled writes that count for ``run_id`` and its nested runs.
+
+    For an agent tree resumed with a board: its finished subagents are not run again, so the
+    writes of their steps are replayed here (each call's once, whatever replays it later).
+    """
+    from shoal.store.resume import standing_effects
+
+    for record in _in_commit_order(standing_effects(store, run_id)):
+        board._replay(record)
+
+
 def _replay(scope: RunScope, records: list[EffectRecord]) -> None:
     """Replay a resumed run's journaled board writes into the run's board."""
     if scope.board is None:
         raise ConfigError(f"run {scope.run_id!r} wrote to a board; resume it with the board: "
                           "board=shoal.Board(...) with the keys it started with")
-    for record in records:
+    for record in _in_commit_order(records):
         scope.board._replay(record)
+
+
+def _in_commit_order(records: Iterable[EffectRecord]) -> list[EffectRecord]:
+    """The board's records, in the order the board committed them."""
+    def number(record: EffectRecord) -> int:
+        found = record.data.get("commit") if isinstance(record.data, dict) else None
+        return found if isinstance(found, int) else -1  # a damaged one fails when replayed
+
+    return sorted((r for r in records if r.kind == KIND), key=number)
 
 
 register_injector(KIND, _inject)

@@ -246,6 +246,14 @@ class Agent(Generic[T]):
         # the whole tree's claim: its steps are runs of their own, claimed one by one
         claim = (claim_run_nothing() if active.store is None
                  else claim_run(active.store, ctx.run_id, force=force))
+        if resume and board is not None and active.store is not None:
+            from shoal.board import replay_journal  # finished subagents will not write again
+
+            try:
+                replay_journal(board, active.store, ctx.run_id)
+            except BaseException:
+                claim.release()
+                raise
         root = AgentRun(self, ctx, lineage=self.name, depth=0, prompt=prompt)
         close_override = override is not None and not isinstance(model, Model)
         task = asyncio.get_running_loop().create_task(

@@ -185,11 +185,17 @@ class MemoryStore:
             run = self._runs.get(run_id)
             return list(run.attempts.values()) if run is not None else []
 
-    def effects(self, run_id: str) -> list[StoredEffect]:
-        """The latest effect of each of the run's calls (per kind), in the order written."""
+    def effects(self, run_id: str, *, nested: bool = False) -> list[StoredEffect]:
+        """The latest effect of each of the run's calls (per kind), in the order written.
+
+        ``nested``: those of the runs nested in it too (ids starting ``f"{run_id}/"``).
+        """
+        prefix = f"{run_id}/"
         with self._lock:
-            run = self._runs.get(run_id)
-            found = sorted(run.effects.values(), key=lambda item: item[0]) if run else []
+            found = [item for rid, run in self._runs.items()
+                     if rid == run_id or (nested and rid.startswith(prefix))
+                     for item in run.effects.values()]
+        found.sort(key=lambda item: item[0])
         return [StoredEffect(record) for _, record in found]
 
     def events(self, run_id: str) -> list[dict[str, Any]]:

@@ -17,7 +17,9 @@ For each node of the run, by what the journal says:
 A replayed call's effects (its board writes, :class:`~shoal.store.base.EffectRecord`) are
 replayed with it, in the order they were journaled; effects the journal could not store for
 replay make the call's outcome unreplayable too (the call then runs again if its tool is
-idempotent, otherwise it is in doubt).
+idempotent, otherwise it is in doubt). So are the effects of the runs nested in the run (ids
+``f"{run_id}/..."``, such as an agent's steps) whose calls' results stand: what a replayed
+node did inside its own runs is part of its result, and it will not run again to redo it.
 
 A node in doubt is settled by a person: ``rerun_in_doubt`` runs it again (it did not take
 effect), ``mark_done`` records it ``ok`` with a value the person gives (it did); either way
@@ -46,7 +48,7 @@ from shoal.plan import Node
 from shoal.store.base import EffectRecord, RunRecord, Store, StoredEffect, StoredOutcome
 from shoal.store.fingerprint import plan_differences
 
-__all__ = ["Resumption", "prepare_resume"]
+__all__ = ["Resumption", "prepare_resume", "standing_effects"]
 
 _REPLAYED = ("ok", "denied")
 
@@ -103,7 +105,7 @@ def prepare_resume(store: Store, run_id: str, graph: Graph, description: Mapping
         raise ConfigError(f"{both} cannot be both run again and marked done")
     result = Resumption(record)
     doubtful: set[str] = set()
-    lost = {e.record.node_id for e in effects if not e.replayable}
+    lost = {e.record.node_id for e in effects if not e.replayable and e.record.run_id == run_id}
     for node in sorted(graph.nodes, key=lambda n: n.index):
         known = stored.get(node.id)
         if known is not None and node.id in lost and known.replayable:
@@ -120,8 +122,8 @@ def prepare_resume(store: Store, run_id: str, graph: Graph, description: Mapping
                 reason="it was in doubt and was marked done on resume, with the value given"))
         else:
             result.in_doubt[node.id] = why
-    replayed = {o.node_id for o in result.replay}
-    result.effects.extend(e.record for e in effects if e.record.node_id in replayed)
+    result.effects.extend(standing_effects(store, run_id, effects,
+                                           {o.node_id for o in result.replay}))
     unknown = sorted((wanted | done.keys()) - doubtful)
     if unknown:
         raise ConfigError(f"{unknown} are not in doubt in run {run_id!r}, so they cannot be "
@@ -159,9 +161,33 @@ def _doubt(node: Node, stored: StoredOutcome | None, in_flight: bool,
 
 
 def _effects(store: Store, run_id: str) -> list[StoredEffect]:
-    """The run's journaled effects (none from a store of your own that keeps no effects)."""
+    """The journaled effects of the run and the runs nested in it, in the order written.
+
+    None from a store of your own that keeps no effects.
+    """
     read = getattr(store, "effects", None)
-    return list(read(run_id)) if callable(read) else []
+    return list(read(run_id, nested=True)) if callable(read) else []
+
+
+def standing_effects(store: Store, run_id: str, effects: list[StoredEffect] | None = None,
+                     replayed: set[str] | None = None) -> list[EffectRecord]:
+    """The effects that count when ``run_id`` resumes, in the order they were written.
+
+    Those of the calls it replays (``replayed``; default: every ``ok`` outcome the journal
+    can replay), and those of the runs nested in it whose calls ended ``ok`` with a result
+    that can be replayed. ``effects``: what :func:`_effects` read, if it was read already.
+    """
+    found = _effects(store, run_id) if effects is None else effects
+    standing: dict[str, set[str]] = {} if replayed is None else {run_id: replayed}
+    kept: list[EffectRecord] = []
+    for effect in found:
+        rid = effect.record.run_id
+        if rid not in standing:
+            standing[rid] = {node for node, stored in store.outcomes(rid).items()
+                             if stored.outcome.status == "ok" and stored.replayable}
+        if effect.replayable and effect.record.node_id in standing[rid]:
+            kept.append(effect.record)
+    return kept
 
 
 def _unreplayable(stored: StoredOutcome) -> str:

@@ -372,20 +372,25 @@ class SQLiteStore:
             (run_id,))
         return [_attempt(row) for row in rows]
 
-    def effects(self, run_id: str) -> list[StoredEffect]:
-        """The latest effect of each of the run's calls (per kind), in the order written."""
+    def effects(self, run_id: str, *, nested: bool = False) -> list[StoredEffect]:
+        """The latest effect of each of the run's calls (per kind), in the order written.
+
+        ``nested``: those of the runs nested in it too (ids starting ``f"{run_id}/"``).
+        """
+        prefix = f"{run_id}/"
         try:
             with self._lock:
                 rows = self._conn.execute(
-                    "SELECT node_id, kind, encoding, value, view FROM effects WHERE run_id = ? "
-                    "ORDER BY id", _bind((run_id,))).fetchall()
+                    "SELECT run_id, node_id, kind, encoding, value, view FROM effects WHERE "
+                    "run_id = ? OR (? AND substr(run_id, 1, ?) = ?) ORDER BY id",
+                    _bind((run_id, nested, len(prefix), prefix))).fetchall()
         except sqlite3.OperationalError as exc:
             if "no such table" in str(exc):  # a read-only file from before effects existed
                 return []
             raise StoreError(f"cannot read the journal {self.path!r}: {exc}") from exc
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read the journal {self.path!r}: {exc}") from exc
-        return [_stored_effect(run_id, row) for row in rows]
+        return [_stored_effect(row) for row in rows]
 
     def events(self, run_id: str) -> list[dict[str, Any]]:
         """The run's journaled events, in order."""
@@ -593,15 +598,17 @@ def _effect_row(record: EffectRecord) -> tuple[Any, ...]:
             encoded.view)
 
 
-def _stored_effect(run_id: str, row: Sequence[Any]) -> StoredEffect:
+def _stored_effect(row: Sequence[Any]) -> StoredEffect:
     """The effect of ``row``; a damaged row says what is damaged (and is not replayable)."""
-    node_id, kind, encoding, payload, view = row
+    run_id, node_id, kind, encoding, payload, view = row
     try:
         encoding = _choice(encoding, "encoding", ("json", "pickle", "repr"))
         data, real = _value(encoding, payload, view, True)
-        record = EffectRecord(run_id, _text(node_id, "node_id"), _text(kind, "kind"), data)
+        record = EffectRecord(_text(run_id, "run_id"), _text(node_id, "node_id"),
+                              _text(kind, "kind"), data)
     except _Damaged as exc:
-        return StoredEffect(EffectRecord(run_id, _loose_text(node_id), _loose_text(kind), None),
+        return StoredEffect(EffectRecord(_loose_text(run_id), _loose_text(node_id),
+                                         _loose_text(kind), None),
                             False, damaged=f"effects.{exc}")
     return StoredEffect(record, real)
 
