@@ -331,6 +331,22 @@ def test_commutative_merges_need_no_order_but_readers_and_writers_keep_it() -> N
     assert ("m1", "m3") not in pairs
 
 
+def test_merges_into_keys_known_only_at_run_time_are_wildcards_that_commute() -> None:
+    @shoal.tool
+    def source() -> str:
+        return "count"
+
+    per_key = note.options(merges=["board:{fact}"])
+    plan = shoal.Plan()
+    key = plan.call(source, node_id="source")
+    plan.call(per_key, node_id="wild", fact=key)  # "board:*": any board key
+    plan.call(per_key, node_id="exact", fact="count")
+    plan.call(note.options(reads=["board:count"]), node_id="reader", fact="x")
+    pairs = {(e.source, e.target) for e in shoal.analyze(plan).edges}
+    assert ("wild", "exact") not in pairs and ("exact", "wild") not in pairs
+    assert {("wild", "reader"), ("exact", "reader")} <= pairs
+
+
 def test_merges_into_an_order_dependent_key_is_refused() -> None:
     claims = decide.options(merges=["board:answer"])
     plan = shoal.Plan()

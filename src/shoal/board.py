@@ -194,9 +194,9 @@ class Board:
         for key, value in writes:
             by_key.setdefault(key, []).append(value)
         with self._lock:
+            merged = self._merge_failing_first(by_key)
             if call is not None:
                 self._applied.add(call)
-            merged = self._merge_failing_first(by_key)
             conflicts = list(recorded) if recorded is not None else [
                 found for key in by_key if self._slots[key].rule.reports_conflicts
                 and (found := self._conflict(key, merged[key], writer, seen)) is not None]
