@@ -311,6 +311,16 @@ def test_a_run_without_a_board_or_on_another_process_says_so() -> None:
     assert "process backend" in error.message and "isolation='thread'" in error.message
 
 
+def test_a_board_that_is_not_a_board_is_refused_before_anything_runs() -> None:
+    plan = shoal.Plan()
+    plan.call(note, fact="x")
+    with pytest.raises(ConfigError, match=r"board= takes a shoal\.Board.*dict"):
+        shoal.run_sync(plan, board={"count": 0})  # type: ignore[arg-type]
+    lead = shoal.Agent(name="lead", model=ScriptedModel(["done"]))
+    with pytest.raises(ConfigError, match=r"board= takes a shoal\.Board"):
+        lead.run_sync("go", board="findings")  # type: ignore[arg-type]
+
+
 # ---- footprints ----------------------------------------------------------------------------
 
 

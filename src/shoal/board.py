@@ -46,7 +46,9 @@ if TYPE_CHECKING:
     from shoal.scheduler.scope import RunScope
     from shoal.store.base import Store
 
-__all__ = ["KIND", "Board", "BoardConflict", "BoardHandle", "merge", "replay_journal"]
+__all__ = [
+    "KIND", "Board", "BoardConflict", "BoardHandle", "check_board", "merge", "replay_journal",
+]
 
 KIND = "board"  # the kind of injected parameter, and of the journal's effect records
 
@@ -368,6 +370,14 @@ class BoardHandle:
             "conflicts": [c.to_dict() for c in conflicts]})
 
 
+def check_board(board: object) -> Board | None:
+    """``board`` if it is a :class:`Board` (or ``None``); :class:`ConfigError` otherwise."""
+    if board is None or isinstance(board, Board):
+        return board
+    raise ConfigError(f"board= takes a shoal.Board(key=shoal.merge.rule, ...), got "
+                      f"{type(board).__name__} {board!r:.80}")
+
+
 def _inject(call: Call, scope: RunScope | None) -> BoardHandle:
     """A handle for one attempt of ``call`` (the injector of ``BoardHandle`` parameters)."""
     board = scope.board if scope is not None else None
@@ -385,6 +395,8 @@ def _inject(call: Call, scope: RunScope | None) -> BoardHandle:
 
 def _merged_keys(call: Call) -> list[str]:
     """The board keys the call's tool says it only merges into (``merges=["board:count"]``)."""
+    if not call.tool.policy.merges:
+        return []
     from shoal.deps import render_key
 
     keys = (render_key(t, call.args, call.tool.defaults) for t in call.tool.policy.merges)

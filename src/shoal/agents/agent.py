@@ -230,6 +230,10 @@ class Agent(Generic[T]):
             raise ConfigError("approver= applies to the runtime an agent run makes; you passed "
                               "your own runtime, so give it the approver: "
                               "Runtime(approver=...)")
+        if board is not None:
+            from shoal.board import check_board
+
+            check_board(board)
         own_runtime = runtime is None
         active = runtime if runtime is not None else Runtime(approver=approver)
         override = None
