@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -533,3 +535,51 @@ def test_a_killed_tree_of_a_hundred_agents_resumes_to_the_same_board(tmp_path: P
     [conflict] = result.conflicts
     assert sorted(conflict.writers) == ["lead/worker#101/decide#1", "lead/worker#102/decide#1"]
     assert result.board["answer"] == conflict.kept
+
+
+def test_a_thread_left_running_after_a_timeout_cannot_write() -> None:
+    finished = threading.Event()
+    refused: list[BaseException] = []
+
+    @shoal.tool(timeout=0.05)
+    def slow(board: shoal.BoardHandle) -> None:
+        board.write("count", 1)
+        time.sleep(0.3)
+        try:
+            board.write("count", 1)
+        except BoardError as exc:
+            refused.append(exc)
+        finished.set()
+
+    plan = shoal.Plan()
+    plan.call(slow, node_id="slow")
+    board = _board()
+    result = shoal.run_sync(plan, board=board)
+    assert result["slow"].status == "timed_out"
+    assert finished.wait(5)
+    assert board["count"] == 0 and len(refused) == 1
+
+
+def test_damaged_board_writes_in_the_journal_stop_a_resume(tmp_path: Path) -> None:
+    plan = shoal.Plan()
+    plan.call(note, node_id="n", fact="x")
+    db = tmp_path / "runs.db"
+    first = shoal.Runtime(store=db).run_sync(plan, board=_board())
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("UPDATE effects SET encoding = 'zip'")
+    with pytest.raises(shoal.JournalDamagedError, match="effects.encoding"):
+        shoal.Runtime(store=db).resume_sync(first.run_id, plan, board=_board())
+
+
+def test_a_journal_from_before_boards_gets_their_table(tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    SQLiteStore(db).close()
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("DROP TABLE effects")
+    plan = shoal.Plan()
+    plan.call(note, node_id="n", fact="x")
+    first = shoal.Runtime(store=db).run_sync(plan, board=_board())
+    store = SQLiteStore(db)
+    [effect] = store.effects(first.run_id)
+    assert effect.record.data["writes"] == [["findings", "x"], ["count", 1]]
+    store.close()
