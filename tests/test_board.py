@@ -567,7 +567,7 @@ def test_damaged_board_writes_in_the_journal_stop_a_resume(tmp_path: Path) -> No
     first = shoal.Runtime(store=db).run_sync(plan, board=_board())
     with closing(sqlite3.connect(db)) as conn, conn:
         conn.execute("UPDATE effects SET encoding = 'zip'")
-    with pytest.raises(shoal.JournalDamagedError, match="effects.encoding"):
+    with pytest.raises(shoal.JournalDamagedError, match=r"effects\.encoding"):
         shoal.Runtime(store=db).resume_sync(first.run_id, plan, board=_board())
 
 
