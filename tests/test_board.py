@@ -390,6 +390,8 @@ def test_a_hundred_parallel_agents_append_ten_items_and_count_each() -> None:
     assert len(findings) == 1_000
     assert sorted(findings) == sorted(f"t{i}.{j}" for i in range(100) for j in range(10))
     assert board["count"] == 1_000 and result.conflicts == []
+    assert result.to_dict()["board"]["count"] == 1_000
+    assert all("board" not in child.to_dict() for child in result.children)
 
 
 def test_subagents_last_writer_conflicts_name_their_lineages() -> None:

@@ -90,6 +90,9 @@ class AgentResult(Generic[T]):
                        "arguments": c.call.arguments, "result": c.message.content}
                       for c in self.calls],
             "children": [c.to_dict() for c in self.children],
+            **({} if self.board is None else {
+                "board": jsonable(self.board),
+                "conflicts": [jsonable(c.to_dict()) for c in self.conflicts]}),
         }  # fmt: skip
 
     def __repr__(self) -> str:
