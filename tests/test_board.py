@@ -323,6 +323,34 @@ def test_a_board_that_is_not_a_board_is_refused_before_anything_runs() -> None:
         lead.run_sync("go", board="findings")  # type: ignore[arg-type]
 
 
+def test_an_optional_board_param_is_none_in_a_run_without_a_board() -> None:
+    @shoal.tool
+    def maybe(x: int, board: shoal.BoardHandle | None = None) -> bool:
+        if board is not None:
+            board.write("count", x)
+        return board is not None
+
+    assert maybe.injected == {"board": "board?"}
+    assert maybe.json_schema()["properties"] == {"x": {"type": "integer"}}
+    plan = shoal.Plan()
+    plan.call(maybe, node_id="m", x=2)
+    assert shoal.run_sync(plan).value("m") is False
+    with_board = shoal.run_sync(plan, board=_board())
+    assert with_board.value("m") is True
+    assert with_board.board is not None and with_board.board["count"] == 2
+
+
+def test_a_store_that_cannot_journal_board_writes_fails_the_call_saying_so() -> None:
+    class NoEffects(MemoryStore):
+        effects = None  # a store of one's own, written before boards existed
+
+    plan = shoal.Plan()
+    plan.call(note, node_id="n", fact="x")
+    result = shoal.Runtime(store=NoEffects()).run_sync(plan, board=_board())
+    error = result["n"].error
+    assert error is not None and "cannot journal board writes" in error.message
+
+
 # ---- footprints ----------------------------------------------------------------------------
 
 

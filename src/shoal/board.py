@@ -380,17 +380,27 @@ def check_board(board: object) -> Board | None:
 
 def _inject(call: Call, scope: RunScope | None) -> BoardHandle:
     """A handle for one attempt of ``call`` (the injector of ``BoardHandle`` parameters)."""
-    board = scope.board if scope is not None else None
-    if board is None:
+    if scope is None or scope.board is None:
         raise BoardError(f"tool {call.tool.name!r} takes a board, but this run has none: "
                          "pass board=shoal.Board(...) to the run")
     if call.executor in _FAR:
         raise BoardError(f"tool {call.tool.name!r} takes a board but runs on the "
                          f"{call.executor} backend: a board handle cannot reach another "
                          "process; give the tool isolation='thread' (or 'inline' if async)")
-    writer = scope.where(call.node_id) if scope is not None else call.node_id
-    return BoardHandle(board, writer, run_id=call.run_id, node_id=call.node_id,
+    store = scope.runtime.store
+    if store is not None and not callable(getattr(store, "effects", None)):
+        raise BoardError(f"tool {call.tool.name!r} takes a board, but this runtime's store "
+                         f"({type(store).__name__}) cannot journal board writes: give it "
+                         "effects() and accept EffectRecord (see shoal.store.base), or use "
+                         "SQLiteStore or MemoryStore")
+    writer = scope.where(call.node_id)
+    return BoardHandle(scope.board, writer, run_id=call.run_id, node_id=call.node_id,
                        merges=_merged_keys(call))
+
+
+def _inject_if_any(call: Call, scope: RunScope | None) -> BoardHandle | None:
+    """For a ``BoardHandle | None`` parameter: a handle, or ``None`` if the run has no board."""
+    return None if scope is None or scope.board is None else _inject(call, scope)
 
 
 def _merged_keys(call: Call) -> list[str]:
@@ -435,4 +445,5 @@ def _in_commit_order(records: Iterable[EffectRecord]) -> list[EffectRecord]:
 
 
 register_injector(KIND, _inject)
+register_injector(f"{KIND}?", _inject_if_any)
 register_replayer(KIND, _replay)
