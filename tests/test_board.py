@@ -108,6 +108,8 @@ def test_undeclared_keys_and_unmergeable_values_are_refused_by_name() -> None:
 def test_a_board_is_declared_with_real_rules() -> None:
     with pytest.raises(ConfigError, match=r"board key 'count'.*merge rule.*got 'sum'"):
         shoal.Board(count="sum")
+    with pytest.raises(ConfigError, match=r"Board\(count=shoal\.merge\.counter\)"):
+        shoal.Board(shoal.merge.counter)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="non-empty strings"):
         shoal.Board({"": shoal.merge.append})
     with pytest.raises(TypeError, match=r"merge\.using takes a function"):

@@ -114,6 +114,9 @@ class Board:
     """
 
     def __init__(self, rules: Mapping[str, Any] | None = None, /, **more: Any) -> None:
+        if rules is not None and not isinstance(rules, Mapping):
+            raise ConfigError(f"Board takes keys with their rules, as Board(count="
+                              f"shoal.merge.counter) or Board({{'count': ...}}); got {rules!r}")
         declared = {**(rules or {}), **more}
         bad = [k for k in declared if not isinstance(k, str) or not k]
         if bad:
