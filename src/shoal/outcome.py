@@ -16,6 +16,7 @@ from pydantic_core import to_jsonable_python
 from shoal.exceptions import RemoteToolError
 
 if TYPE_CHECKING:
+    from shoal.board import BoardConflict
     from shoal.deps import Edge, Graph
     from shoal.plan import Ref
 
@@ -227,6 +228,11 @@ class RunResult:
     ``critical_path`` is the chain of nodes, linked by dependency edges, with the largest total
     measured duration: the floor no scheduler could beat with these durations (computed on
     first access). ``result[ref]`` (or ``result["node-id"]``) gives one node's outcome.
+
+    A run given a board (``board=shoal.Board(...)``) also has ``board``: each key's merged
+    value when the run ended, and ``conflicts``: the board's
+    :class:`~shoal.board.BoardConflict` s (``last_writer`` keys overwritten unseen). Without a
+    board, ``board`` is ``None`` and ``conflicts`` empty.
     """
 
     def __init__(
@@ -244,6 +250,8 @@ class RunResult:
         self.graph = graph
         self.started_at_epoch = started_at_epoch
         self.cancelled_reason = cancelled_reason
+        self.board: dict[str, Any] | None = None
+        self.conflicts: list[BoardConflict] = []
         self._critical: tuple[list[str], float] | None = None
 
     @property
@@ -318,6 +326,9 @@ class RunResult:
             "outcomes": [o.to_dict() for o in self.outcomes.values()],
             "edges": [{"source": e.source, "target": e.target, "kind": e.kind,
                        "detail": e.detail} for e in self.edges],
+            **({} if self.board is None else {
+                "board": jsonable(self.board),
+                "conflicts": [jsonable(c.to_dict()) for c in self.conflicts]}),
         }  # fmt: skip
 
     def to_json(self, indent: int | None = 2) -> str:
