@@ -90,7 +90,7 @@ class OpenRun:
             raise TypeError(f"map(over=...) takes a ref to a node's output (a list), got "
                             f"{type(over).__name__}")
         resolved = as_tool(tool)
-        chosen = item_arg if item_arg is not None else _item_arg(resolved, args)
+        chosen = _item_arg(resolved, args, item_arg)
         return self._insert(self._plan.make_node(
             resolved, {**args, chosen: over}, after=after, node_id=node_id,
             map_spec=MapSpec(chosen, partial)))

@@ -548,7 +548,7 @@ class SchedulerState:
         fate: Fate = self.fate_of(node) if self.fate_of is not None else ("run", None)
         node.index = self._next_index
         self._next_index += 1
-        pos = self.graph.grow(node)
+        pos = self.graph.grow(node, gather if gather >= 0 else None)
         slot = _Slot(pos, node, 0, choose_executor(node.tool, self._default_executor))
         slot.gather = gather
         self.slots.append(slot)
@@ -632,8 +632,9 @@ class SchedulerState:
             args = resolve_arguments(node.args, self._lookup)
             items = args.pop(node.map.item_arg)
             if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, (list, tuple)):
+                kind = "None" if items is None else f"a {type(items).__name__}"
                 raise TypeError(f"map {node.id!r} needs a list to map over; "
-                                f"{node.args[node.map.item_arg]!r} is a {type(items).__name__}")
+                                f"{node.args[node.map.item_arg]!r} is {kind}")
             if len(items) > MAX_MAP_ITEMS:
                 raise ValueError(f"map {node.id!r}: {len(items)} items is more than "
                                  f"{MAX_MAP_ITEMS}; split the list")
@@ -856,7 +857,9 @@ class SchedulerState:
                 d.approvals.append(Withdraw(slot.pos, slot.node.id, slot.approval.args_hash))
             if slot.phase is Phase.READY and slot.gates:
                 self._pass_wakeups_on(slot, d)
-            final: Status = "cancelled" if slot.phase is not Phase.BACKOFF else status
+            # a node between attempts, or a map with items, was under way: a deadline times
+            # it out; one that never started is only cancelled
+            final: Status = status if slot.phase is Phase.BACKOFF or slot.items else "cancelled"
             self._record(slot, final, now, d, reason=reason)
 
     def _pass_wakeups_on(self, slot: _Slot, d: Decisions) -> None:
