@@ -148,7 +148,8 @@ class OpenRun:
                         tb: TracebackType | None) -> None:
         if exc is not None:  # the block failed: stop what it started, keep every outcome
             kind = exc_type.__name__ if exc_type is not None else "an error"
-            self.cancel(reason=f"the code adding nodes raised {kind}: {exc}")
+            said = f": {exc}" if str(exc) else ""  # a cancellation or timeout says nothing
+            self.cancel(reason=f"the code adding nodes raised {kind}{said}")
         try:
             await self._finish()
         except asyncio.CancelledError:

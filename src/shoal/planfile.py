@@ -280,8 +280,10 @@ def _build(data: Any, tools: Mapping[str, Tool[..., Any]], source: str) -> Plan:
         else:
             plan.add(spec.tool or placeholder_tool(), spec.args, after=spec.after,
                      node_id=spec.id)
-    # duplicate ids were reported above, with the positions that share them
-    problems += [p for p in plan.problems() if p.code != "duplicate_id"]
+    # duplicate ids were reported above, with the positions that share them (a node named
+    # like a map's item is a duplicate_id only the plan finds)
+    shared = {p.node for p in problems if p.code == "duplicate_id"}
+    problems += [p for p in plan.problems() if p.code != "duplicate_id" or p.node not in shared]
     if problems:
         raise PlanError(problems, source)
     return plan
