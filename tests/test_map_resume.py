@@ -57,24 +57,24 @@ def _ok_items(db: Path, run_id: str) -> set[str]:
     return {k for k, o in outcomes.items() if o.outcome.status == "ok"}
 
 
-def _kill_midway(where: Path, what: str, *extra: str) -> None:
+def _kill_midway(where: Path, what: str, *extra: str, slow_from: int = SLOW_FROM) -> None:
     """Start the run in a process; SIGKILL it once the fast items are journaled and the slow
     ones have started."""
     db = where / "runs.db"
-    env = {**os.environ, "SHOAL_MAP_DIR": str(where), "SHOAL_MAP_SLOW_FROM": str(SLOW_FROM),
+    env = {**os.environ, "SHOAL_MAP_DIR": str(where), "SHOAL_MAP_SLOW_FROM": str(slow_from),
            "SHOAL_MAP_SLOW": "60", "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "tests.map_tools", str(db), "r1", what,
                              str(N), *extra], env=env, cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    fast = {f"pay[{i}]" for i in range(SLOW_FROM)}
+    fast = {f"pay[{i}]" for i in range(slow_from)}
     try:
         _wait_for(lambda: fast <= _ok_items(db, "r1")
-                  and all(_lines(where, "started")[str(i)] for i in range(SLOW_FROM, N)))
+                  and all(_lines(where, "started")[str(i)] for i in range(slow_from, N)))
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=60)
     assert _lines(where, "effects") == Counter(
-        {str(i): 1 for i in range(SLOW_FROM)} | ({"-1": 1} if what == "open" else {}))
+        {str(i): 1 for i in range(slow_from)} | ({"-1": 1} if what == "open" else {}))
 
 
 def _slow_ids() -> list[str]:
@@ -150,3 +150,27 @@ def test_an_open_run_resumed_with_another_tool_under_a_known_id_is_refused(
     arun(first(), timeout=30)
     result = arun(changed(), timeout=30)
     assert result["a"].value == 10 and _lines(where, "started") == Counter({"1": 1})
+
+
+def test_a_last_item_in_doubt_is_not_lost_from_the_map(where: Path) -> None:
+    # the items before it replay at once, and it ends in doubt as it is added: the map must
+    # still count it (it once gathered before its last item was in its list)
+    _kill_midway(where, "plan", slow_from=N - 1)
+    runtime = shoal.Runtime(store=where / "runs.db", executor="thread")
+    result = runtime.resume_sync("r1", build_plan(N))
+    assert result[f"pay[{N - 1}]"].status == "in_doubt"
+    assert result["pay"].status == "failed" and f"1 of {N} items" in str(result["pay"].error)
+    assert result["total"].status == "skipped"
+    result = runtime.resume_sync("r1", build_plan(N), mark_done={f"pay[{N - 1}]": 0})
+    assert result["pay"].value == [i * 10 for i in range(N - 1)] + [0]
+    assert _lines(where, "started") == Counter({str(i): 1 for i in range(N)})
+
+
+def test_a_finished_map_replays_without_making_its_items_again(where: Path) -> None:
+    runtime = shoal.Runtime(store=where / "runs.db", executor="thread")
+    first = runtime.run_sync(build_plan(N), run_id="done")
+    again = runtime.resume_sync("done", build_plan(N))
+    assert again["total"].value == first["total"].value
+    assert again["pay"].value == first["pay"].value
+    assert sorted(again.outcomes) == ["numbers", "pay", "total"]  # no item was made again
+    assert _lines(where, "started") == Counter({str(i): 1 for i in range(N)})

@@ -450,15 +450,21 @@ class SchedulerState:
         journal already, and nothing starts before ``begin``.
         """
         d = Decisions()
+        restored: list[_Slot] = []
         for outcome in outcomes:
             slot = self.slots[self.graph.position[outcome.node_id]]
             if slot.phase is Phase.DONE:
                 continue
             slot.attempts, slot.queued_at = outcome.attempts, outcome.queued_at
             slot.started_at = outcome.started_at
-            self._record(slot, outcome.status, now, d, value=outcome.value,
-                         error=outcome.error, reason=outcome.reason, abandoned=outcome.abandoned)
+            self._store(slot, outcome.status, now, d, outcome.value, outcome.error,
+                        outcome.reason, outcome.abandoned)
             slot.outcome = outcome  # exactly as recorded: times, executor, attempts
+            restored.append(slot)
+        # released only once all are restored: a map released before its own outcome was
+        # would make its items again (and run those whose results cannot be replayed)
+        for slot in restored:
+            self._pass_on(slot, now, d)
 
     def hold_in_doubt(self, reasons: Mapping[str, str], now: float, *,
                       ask: bool = False) -> Decisions:
@@ -642,12 +648,15 @@ class SchedulerState:
             self._record(slot, "failed", now, d, error=ErrorInfo.from_exception(exc))
             return
         slot.items = []
-        slot.waiting = len(items)  # before adding: an item may end at once (replay, cancel)
+        # an item may end as it is added (replayed, in doubt, cancelled): one count more
+        # until every item is in the list, or the map would gather without the last ones
+        slot.waiting = len(items) + 1
         slot.queued_at = now
         for i, item in enumerate(items):
             child = Node(f"{node.id}[{i}]", node.tool, {**args, node.map.item_arg: item})
             slot.items.append(self._add_node(child, now, d, gather=slot.pos,
                                              priority=slot.priority).pos)
+        slot.waiting -= 1
         if slot.waiting == 0 and slot.phase is Phase.WAITING:
             self._gather(slot, now, d)
 
@@ -878,6 +887,15 @@ class SchedulerState:
                 error: ErrorInfo | None = None, reason: str = "", abandoned: bool = False) -> None:
         """Give ``slot`` its outcome, then release or skip everything that waits for it."""
         self._store(slot, status, now, d, value, error, reason or slot.cancel_reason, abandoned)
+        self._pass_on(slot, now, d)
+        if self.fail_fast and status in ("failed", "timed_out") and not self.stopping:
+            reason = f"fail_fast: {slot.node.id!r} {status}"
+            self.stopping = reason
+            for other in reversed(self.slots):
+                self._cancel_slot(other, reason, "cancelled", now, d)
+
+    def _pass_on(self, slot: _Slot, now: float, d: Decisions) -> None:
+        """``slot`` has its outcome: release what waits for it, or skip it (and so on)."""
         stack = [slot]
         while stack:
             done = stack.pop()
@@ -903,11 +921,6 @@ class SchedulerState:
                 after.waiting -= 1
                 if after.waiting == 0 and after.phase is Phase.WAITING:
                     self._make_ready(after, now, d)
-        if self.fail_fast and status in ("failed", "timed_out") and not self.stopping:
-            reason = f"fail_fast: {slot.node.id!r} {status}"
-            self.stopping = reason
-            for other in reversed(self.slots):
-                self._cancel_slot(other, reason, "cancelled", now, d)
 
     def _store(self, slot: _Slot, status: Status, now: float, d: Decisions, value: Any,
                error: ErrorInfo | None, reason: str, abandoned: bool) -> None:
