@@ -92,6 +92,10 @@ def test_a_killed_map_reduce_resumes_without_running_finished_items_again(where:
     assert result["total"].status == "skipped"
     assert _lines(where, "started") == Counter(
         {str(i): 1 for i in range(N)})  # nothing ran again
+    # and the journal holds what this session decided (shoal show reads it from there)
+    stored = SQLiteStore(where / "runs.db").outcomes("r1")
+    assert {n: stored[n].outcome.status for n in ("pay[5]", "pay[7]", "pay", "total")} == {
+        "pay[5]": "in_doubt", "pay[7]": "in_doubt", "pay": "failed", "total": "skipped"}
     # a person decides: one is charged again, the others were charged after all
     done = {"pay[6]": 60, "pay[7]": 70}
     result = runtime.resume_sync("r1", build_plan(N), rerun_in_doubt=["pay[5]"], mark_done=done)

@@ -445,7 +445,7 @@ class Driver:
         # With an approver, a person decides whether each call in doubt runs again.
         self._apply(self.state.hold_in_doubt(resume.in_doubt, now,
                                              ask=self._desk.approver is not None))
-        self.state.restore([*resume.replay, *resume.settled], now)
+        self._apply(self.state.restore([*resume.replay, *resume.settled], now))
         if self._watchers:  # replayed outcomes are not decisions: tell who waits for them
             self._tell_watchers(list(self._watchers))
         if self._streaming and self._journal is not None:

@@ -442,12 +442,13 @@ class SchedulerState:
             self._dispatch(now, d)
         return d
 
-    def restore(self, outcomes: Iterable[Outcome], now: float) -> None:
+    def restore(self, outcomes: Iterable[Outcome], now: float) -> Decisions:
         """Resume: nodes that completed before the run stopped keep their recorded outcome.
 
         They never run again; what waits for them is released (or skipped) as if they had
-        just ended. Call before :meth:`begin`. Nothing is returned: these outcomes are in the
-        journal already, and nothing starts before ``begin``.
+        just ended. Call before :meth:`begin`. The decisions returned are those of the
+        release (nodes skipped, maps whose list is now known making their items, which may
+        end at once): the restored outcomes themselves are in the journal already.
         """
         d = Decisions()
         restored: list[_Slot] = []
@@ -463,8 +464,10 @@ class SchedulerState:
             restored.append(slot)
         # released only once all are restored: a map released before its own outcome was
         # would make its items again (and run those whose results cannot be replayed)
+        released = Decisions()
         for slot in restored:
-            self._pass_on(slot, now, d)
+            self._pass_on(slot, now, released)
+        return released
 
     def hold_in_doubt(self, reasons: Mapping[str, str], now: float, *,
                       ask: bool = False) -> Decisions:
