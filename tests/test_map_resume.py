@@ -126,6 +126,13 @@ def test_a_killed_open_run_resumes_when_its_nodes_are_added_again(where: Path) -
             await feed(run, N)
         return run.result
 
+    async def changed() -> None:  # a node in flight when it stopped, now another tool
+        async with runtime.open_run("feed", resume="r1") as run:
+            with pytest.raises(PlanChangedError, match="'pay\\[5\\]' was a call of 'charge'"):
+                run.call(numbers, n=1, node_id="pay[5]")
+            run.cancel()
+
+    arun(changed(), timeout=60)
     result = arun(again(), timeout=60)
     assert result["first"].status == "ok" and result["numbers"].status == "ok"
     assert [result[i].status for i in _slow_ids()] == ["in_doubt"] * (N - SLOW_FROM)
