@@ -18,6 +18,8 @@ import shoal
 from shoal.approvals import ApprovalRequest
 from shoal.events import Event, NodeFinished, NodeQueued, NodeStarted
 from shoal.exceptions import PlanError
+from shoal.executors.base import Call
+from shoal.executors.inline import InlineExecutor
 from shoal.scheduler import state as state_module
 from shoal.testing import run_virtual
 from tests.conftest import arun
@@ -523,13 +525,56 @@ def test_sync_items_run_side_by_side_on_threads() -> None:
 
 def test_process_items_start_their_backend_when_they_appear() -> None:
     async def main() -> shoal.RunResult:
-        async with shoal.Runtime() as runtime:  # the plan has no process node of its own
-            plan = shoal.Plan()
+        async with shoal.Runtime() as runtime:
+            plan = shoal.Plan()  # the map node holds the tool: the backend starts with the run
             listed = plan.call(produce, value=[1, 2, 3])
             plan.map(item_pid, over=listed, node_id="m")
-            return await runtime.run(plan)
+            first = await runtime.run(plan)
+            async with runtime.open_run() as run:  # no node at first: made when items come
+                again = run.map(item_pid, over=run.call(produce, value=[1, 2]), node_id="m")
+                await run.wait(again)
+            assert run.result["m"].ok and run.result["m[1]"].executor == "process"
+            return first
 
     result = arun(main(), timeout=60)
     pids = result["m"].value
     assert len(pids) == 3 and os.getpid() not in pids
     assert result["m[0]"].executor == "process"
+
+
+class SlowStart(InlineExecutor):
+    """A backend whose start takes a while (connecting somewhere); it must be done first."""
+
+    def __init__(self) -> None:
+        self.starts = 0
+        self.ready = False
+
+    async def start(self) -> None:
+        self.starts += 1
+        await asyncio.sleep(1.0)
+        self.ready = True
+
+    def execute(self, call: Call) -> Any:
+        if not self.ready:
+            raise RuntimeError("used before it was started")
+        return super().execute(call)
+
+
+@shoal.tool(isolation="thread")
+async def on_custom(x: int) -> int:
+    """An async tool sent to the backend serving 'thread' (here: SlowStart)."""
+    return x
+
+
+def test_a_backend_made_for_items_is_started_once_before_any_item_uses_it() -> None:
+    backend = SlowStart()
+
+    async def main() -> shoal.RunResult:  # an open run starts with no backend: made on use
+        async with shoal.Runtime(executors={"thread": backend}).open_run() as run:
+            listed = run.call(produce, value=[1, 2, 3])
+            run.map(on_custom, over=listed, node_id="m")
+        return run.result
+
+    result = vrun(main())
+    assert result["m"].value == [1, 2, 3], result["m"].error
+    assert backend.starts == 1

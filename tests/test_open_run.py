@@ -481,3 +481,8 @@ def test_cancelling_one_item_of_a_map_in_an_open_run() -> None:
     result = vrun(main())
     assert [result[f"m[{i}]"].started_at for i in range(3)] == [2.0, 2.0, 2.0]  # after the gate
     assert result["m[1]"].status == "cancelled" and "m[1] cancelled" in result["m"].reason
+
+
+def test_open_run_outside_an_event_loop_says_how_to_use_it() -> None:
+    with pytest.raises(RuntimeError, match=r"needs a running event loop.*async with"):
+        shoal.Runtime().open_run()
