@@ -578,3 +578,38 @@ def test_a_backend_made_for_items_is_started_once_before_any_item_uses_it() -> N
     result = vrun(main())
     assert result["m"].value == [1, 2, 3], result["m"].error
     assert backend.starts == 1
+
+
+order: list[str] = []
+
+
+@shoal.tool
+async def quick_list(n: int) -> list[int]:
+    """The list, at once (its learned estimate soon differs from the default)."""
+    order.append("list")
+    await asyncio.sleep(0.1)
+    return list(range(n))
+
+
+@shoal.tool
+async def unit(label: Any) -> str:
+    """One second of work."""
+    order.append(str(label))
+    await asyncio.sleep(1.0)
+    return str(label)
+
+
+def test_items_keep_their_maps_place_in_the_critical_path_when_it_is_ranked_again() -> None:
+    order.clear()
+    plan = shoal.Plan()
+    listed = plan.call(quick_list, n=3)
+    mapped = plan.map(unit, over=listed, node_id="m")
+    tail = plan.call(unit, label="tail1", after=mapped)  # three seconds of work behind the map
+    tail = plan.call(unit, label="tail2", after=tail)
+    plan.call(unit, label="tail3", after=tail)
+    for i in range(3):
+        plan.call(unit, label=f"solo{i}")  # one second each, nothing behind them
+    result = vrun(shoal.Runtime(max_concurrency=1).run(plan))
+    assert result.ok
+    # the items stand for the map, whose chain is the longest: they go before the solos
+    assert order[:4] == ["list", "0", "1", "2"]

@@ -486,3 +486,40 @@ def test_cancelling_one_item_of_a_map_in_an_open_run() -> None:
 def test_open_run_outside_an_event_loop_says_how_to_use_it() -> None:
     with pytest.raises(RuntimeError, match=r"needs a running event loop.*async with"):
         shoal.Runtime().open_run()
+
+
+order: list[str] = []
+
+
+@shoal.tool
+async def unit(label: Any) -> str:
+    """One second of work."""
+    order.append(str(label))
+    await asyncio.sleep(1.0)
+    return str(label)
+
+
+@shoal.tool
+async def quick_list(n: int) -> list[int]:
+    """The list, after 0.1 s."""
+    order.append("list")
+    await asyncio.sleep(0.1)
+    return list(range(n))
+
+
+def test_a_chain_added_after_a_map_lifts_its_queued_items() -> None:
+    async def main() -> None:
+        async with shoal.Runtime(max_concurrency=1).open_run() as run:
+            run.call(unit, label="blocker")
+            await asyncio.sleep(0.01)  # it holds the one slot
+            mapped = run.map(unit, over=run.call(quick_list, n=3), node_id="m")
+            for i in range(3):
+                run.call(unit, label=f"solo{i}")
+            await asyncio.sleep(1.5)  # the items are queued now, behind solo0
+            tail = run.call(unit, label="tail1", after=mapped)
+            run.call(unit, label="tail2", after=tail)
+
+    order.clear()
+    vrun(main())
+    # before the chain came, items and solos were alike; after it, the items go first
+    assert order[:6] == ["blocker", "list", "solo0", "0", "1", "2"]

@@ -612,6 +612,23 @@ class SchedulerState:
                     if before.phase is Phase.READY:  # the stale heap entry is skipped later
                         heapq.heappush(self._heap, (before.priority, before.pos))
                     stack.append(before)
+                    budget = self._lift_items(before, budget)
+
+    def _lift_items(self, mapped: _Slot, budget: int) -> int:
+        """A map was lifted: its items waiting to start rise with it; return the budget left.
+
+        They stand for the map, and the graph has no edge from them to what follows it.
+        """
+        for pos in mapped.items or ():
+            if budget <= 0:
+                break
+            item = self.slots[pos]
+            if item.phase in _UNSTARTED and item.priority > mapped.priority:
+                budget -= 1
+                item.priority = mapped.priority
+                if item.phase is Phase.READY:
+                    heapq.heappush(self._heap, (item.priority, item.pos))
+        return budget
 
     def _settle(self, slot: _Slot, fate: Fate, now: float, d: Decisions) -> None:
         """Resume: a node added under an id the journal knows gets what the journal says."""
@@ -957,7 +974,9 @@ class SchedulerState:
     def _rank(self) -> None:
         """Re-rank every node by critical path and rebuild the ready heap."""
         for slot, priority in zip(self.slots, self._critical.rank(self.done_count), strict=True):
-            slot.priority = priority
+            # a map's item stands for its map (what waits for the map waits for it), which
+            # comes before it: the graph has no edge from an item to what follows the map
+            slot.priority = priority if slot.gather < 0 else self.slots[slot.gather].priority
         self._heap = [(self.slots[p].priority, p) for _, p in self._heap]
         heapq.heapify(self._heap)
 
