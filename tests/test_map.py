@@ -613,3 +613,14 @@ def test_items_keep_their_maps_place_in_the_critical_path_when_it_is_ranked_agai
     assert result.ok
     # the items stand for the map, whose chain is the longest: they go before the solos
     assert order[:4] == ["list", "0", "1", "2"]
+
+
+def test_the_measured_critical_path_goes_through_the_slowest_item() -> None:
+    plan = shoal.Plan()
+    listed = plan.call(produce, value=[1, 3, 2], seconds=1.0, node_id="list")
+    mapped = plan.map(produce, over=listed, item_arg="seconds", value=0, node_id="m")
+    plan.call(work, x=1, seconds=0.5, after=mapped, node_id="after")
+    result = vrun(shoal.run(plan))
+    assert result.critical_path == ["list", "m[1]", "m", "after"]
+    assert result.critical_path_time == pytest.approx(4.5, abs=1e-9)
+    assert result.makespan == pytest.approx(4.5, abs=1e-9)
