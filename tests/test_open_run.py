@@ -523,3 +523,16 @@ def test_a_chain_added_after_a_map_lifts_its_queued_items() -> None:
     vrun(main())
     # before the chain came, items and solos were alike; after it, the items go first
     assert order[:6] == ["blocker", "list", "solo0", "0", "1", "2"]
+
+
+def test_a_node_id_or_after_of_the_wrong_type_is_a_type_error_and_the_run_goes_on() -> None:
+    async def main() -> shoal.RunResult:
+        async with shoal.Runtime().open_run() as run:
+            with pytest.raises(TypeError, match="node_id must be a string, got int 5"):
+                run.call(add, a=1, b=2, node_id=5)  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match="after= takes a ref, a node id or several"):
+                run.call(add, a=1, b=2, after=5)  # type: ignore[arg-type]
+            assert await run.value(run.call(add, a=1, b=2)) == 3
+        return run.result
+
+    assert len(vrun(main())) == 1

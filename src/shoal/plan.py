@@ -260,9 +260,15 @@ class Plan:
     ) -> Node:
         """A node for this plan (its id chosen, its refs found), not added yet (:meth:`insert`)."""
         resolved_tool = as_tool(tool)
+        if node_id is not None and not isinstance(node_id, str):
+            raise TypeError(f"node_id must be a string, got {type(node_id).__name__} "
+                            f"{node_id!r}")
         node_id = node_id if node_id is not None else self._next_id(resolved_tool.name)
         arguments = dict(args) if args else {}
         if after != ():  # not truthiness: a Ref has none
+            if not isinstance(after, (*_ONE_NODE, Iterable)):
+                raise TypeError(f"after= takes a ref, a node id or several of them, got "
+                                f"{type(after).__name__} {after!r}")
             steps: Iterable[Ref | str] = (after,) if isinstance(after, _ONE_NODE) else after
             after_ids = tuple(a.node if isinstance(a, Ref) else str(a) for a in steps)
         else:
