@@ -185,3 +185,19 @@ def test_a_finished_map_replays_without_making_its_items_again(where: Path) -> N
     assert again["pay"].value == first["pay"].value
     assert sorted(again.outcomes) == ["numbers", "pay", "total"]  # no item was made again
     assert _lines(where, "started") == Counter({str(i): 1 for i in range(N)})
+
+
+def test_with_an_approver_a_person_decides_which_items_in_doubt_run_again(where: Path) -> None:
+    _kill_midway(where, "plan")
+    asked: list[str] = []
+
+    def decide(request: shoal.ApprovalRequest) -> bool:
+        asked.append(request.node_id)
+        return request.node_id != "pay[6]"  # that one was charged, the person knows
+
+    runtime = shoal.Runtime(store=where / "runs.db", executor="thread", approver=decide)
+    result = runtime.resume_sync("r1", build_plan(N))
+    assert sorted(asked) == _slow_ids()
+    assert [result[i].status for i in _slow_ids()] == ["ok", "in_doubt", "ok"]
+    assert result["pay"].status == "failed" and "pay[6] in_doubt" in str(result["pay"].error)
+    assert _lines(where, "started") == Counter({str(i): 1 for i in range(N)} | {"5": 2, "7": 2})
