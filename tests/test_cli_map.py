@@ -99,3 +99,19 @@ def test_the_live_view_shows_items_while_they_run() -> None:
 
     text = arun(main())
     assert "m[0]" in text and "m[2]" in text and "total 5" in text
+
+
+def test_shoal_run_lists_each_maps_items_after_it(tmp_path: Path) -> None:
+    tools = "tests.plan_tools:"
+    path = tmp_path / "mr.yaml"
+    path.write_text(
+        "nodes:\n"
+        f"  - {{id: xs, tool: '{tools}anything', args: {{value: [1, 2]}}}}\n"
+        f"  - {{id: m, tool: '{tools}scale', map: $xs}}\n"
+        f"  - {{id: last, tool: '{tools}anything', args: {{value: $m}}}}\n", encoding="utf-8")
+    ran = shoal_cli("run", str(path), "--store", str(tmp_path / "runs.db"), where=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    rows = [line.split()[0] for line in ran.stdout.splitlines()
+            if line.split() and line.split()[0] in ("xs", "m", "m[0]", "m[1]", "last")]
+    assert rows == ["xs", "m", "m[0]", "m[1]", "last"]
+    assert "critical path" in ran.stdout and "m[" in ran.stdout.split("critical path")[1]
