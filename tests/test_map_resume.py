@@ -201,3 +201,17 @@ def test_with_an_approver_a_person_decides_which_items_in_doubt_run_again(where:
     assert [result[i].status for i in _slow_ids()] == ["ok", "in_doubt", "ok"]
     assert result["pay"].status == "failed" and "pay[6] in_doubt" in str(result["pay"].error)
     assert _lines(where, "started") == Counter({str(i): 1 for i in range(N)} | {"5": 2, "7": 2})
+
+
+def test_shoal_show_lists_the_items_in_flight_when_the_run_was_killed(where: Path) -> None:
+    _kill_midway(where, "plan")
+    shown = subprocess.run(
+        [sys.executable, "-m", "shoal.cli.app", "show", "r1", "--store", str(where / "runs.db")],
+        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}, cwd=where,
+        capture_output=True, text=True, timeout=120, check=False)
+    assert shown.returncode == 0, shown.stderr
+    rows = {line.split()[0]: line.split()[1:4] for line in shown.stdout.splitlines()
+            if line.startswith("pay")}
+    assert rows["pay[0]"][:2] == ["charge", "ok"]
+    assert rows["pay[6]"] == ["charge", "in", "flight"]
+    assert "interrupted" in shown.stdout

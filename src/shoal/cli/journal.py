@@ -165,7 +165,7 @@ def _node_facts(record: RunRecord, outcomes: Mapping[str, StoredOutcome],
     """
     planned: dict[str, list[Any]] = dict(record.plan.get("nodes") or {})
     added = {n: [o.outcome.tool] for n, o in outcomes.items() if n not in planned}
-    added.update((a.node_id, [""]) for a in attempts
+    added.update((a.node_id, [a.tool]) for a in attempts
                  if a.node_id not in planned and a.node_id not in added)
     items: dict[str, list[str]] = {}
     for node_id in added:
