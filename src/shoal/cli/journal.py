@@ -341,7 +341,8 @@ def _show_view(record: RunRecord, outcomes: Mapping[str, StoredOutcome],
     head = Text.assemble(("run ", "bold"), safe_text(record.run_id, "bold", width=ID_WIDTH), "  ",
                          _status_text(status))
     where = one_line(str(record.source.get("path") or record.name or ""), ID_WIDTH * 4)
-    head.append(f"\n{_node_count(record)} nodes · started {_when(record.started_at)} · took "
+    count = max(_node_count(record), len(_node_facts(record, outcomes, attempts)))
+    head.append(f"\n{count} nodes · started {_when(record.started_at)} · took "
                 f"{seconds(_duration(record))} · {record.sessions} session"
                 f"{'s' if record.sessions != 1 else ''}{f' · {where}' if where else ''}")
     parts: list[RenderableType] = [head, FitToWidth(
@@ -371,7 +372,10 @@ def _node_table(record: RunRecord, outcomes: Mapping[str, StoredOutcome],
         table.add_column(name, no_wrap=name != "result",
                          justify="right" if name in ("tries", "started", "time") else "left")
     flying = {a.node_id for a in attempts if a.ended_at is None}
-    for node_id, facts in _node_facts(record, outcomes, attempts).items():
+    everything = _node_facts(record, outcomes, attempts)
+    # a map with items has begun: it is under way until it gathers them
+    flying |= {owner[1] for n in everything if (owner := _ITEM_ID.fullmatch(n))}
+    for node_id, facts in everything.items():
         stored = outcomes.get(node_id)
         if stored is None:
             state = "in flight" if node_id in flying else "not run"
