@@ -247,7 +247,7 @@ def test_an_item_arg_given_a_value_as_well_is_refused() -> None:
     plan = shoal.Plan()
     listed = plan.call(produce, value=[1])
     with pytest.raises(TypeError, match=r"item_arg='a' gets each item, so it cannot also be "
-                                        r"given a value \(a=1\)"):
+                                        r"given a value \(a=\.\.\.\)"):
         plan.map(pair, over=listed, item_arg="a", a=1, b=2)
 
 

@@ -179,7 +179,7 @@ class Plan:
         self._duplicates: list[Node] = []
         self._counts: dict[str, int] = {}
         self._memo: dict[str, tuple[int, Any]] = {}
-        self._bracketed: dict[str, list[str]] = {}  # "m" -> ids like "m[3]" (see _item_ids)
+        self._bracketed: dict[str, list[str]] = {}  # "m" -> ids like "m[3]": map items' ids
 
     def call(
         self,
@@ -422,7 +422,7 @@ def _item_arg(tool: Tool[..., Any], given: Mapping[str, Any], chosen: str | None
     if chosen is not None:
         if chosen in given:  # the item would silently replace the value given
             raise TypeError(f"map({tool.name}): item_arg={chosen!r} gets each item, so it "
-                            f"cannot also be given a value ({chosen}={given[chosen]!r})")
+                            f"cannot also be given a value ({chosen}=...)")
         return chosen
     facts = tool.model_facts
     open_params = [name for name in facts.inputs if name in facts.required and name not in given]
