@@ -624,3 +624,12 @@ def test_the_measured_critical_path_goes_through_the_slowest_item() -> None:
     assert result.critical_path == ["list", "m[1]", "m", "after"]
     assert result.critical_path_time == pytest.approx(4.5, abs=1e-9)
     assert result.makespan == pytest.approx(4.5, abs=1e-9)
+
+
+def test_a_chain_of_hundreds_of_maps_that_end_at_once_does_not_overflow_the_stack() -> None:
+    plan = shoal.Plan()
+    last = plan.call(produce, value=[])
+    for _ in range(1500):  # each map's list is empty: it ends as soon as it is released
+        last = plan.map(work, over=last)
+    result = vrun(shoal.run(plan))
+    assert result.ok and result[last].value == [] and len(result) == 1501

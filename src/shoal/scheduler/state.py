@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import heapq
 import random
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -262,6 +263,7 @@ class SchedulerState:
         self._critical = CriticalPath(graph, estimates if estimates is not None else {})
         self._default_executor = default_executor
         self._ask_doubt = False  # resume: nodes in doubt go to the approver (see hold_in_doubt)
+        self._maps_due: deque[_Slot] = deque()  # maps to expand or gather (see _make_ready)
         self._rng = rng or random.Random()
         self._global = ConcurrencyLimit("run max_concurrency", max_concurrency)
         self._gates = Gates(resource_limits, executor_limits, shared_limits)
@@ -533,10 +535,9 @@ class SchedulerState:
             self._record(slot, "cancelled", now, d, reason=self.stopping)
             return
         if slot.node.map is not None:  # runs nothing itself: makes its items, then gathers
-            if slot.items is None:
-                self._expand(slot, now, d)
-            else:
-                self._gather(slot, now, d)
+            self._maps_due.append(slot)
+            if len(self._maps_due) == 1:  # else a caller up the stack is at it already
+                self._run_maps(now, d)
             return
         if slot.node.tool.policy.approval is not False or (
                 self._doubt and slot.pos in self._doubt):  # asked about in _dispatch, once
@@ -550,6 +551,29 @@ class SchedulerState:
         if self.record_events:
             d.events.append(NodeQueued(run_id=self.run_id, time=now, node_id=slot.node.id,
                                        tool=slot.node.tool.name))
+
+    def _run_maps(self, now: float, d: Decisions) -> None:
+        """Expand or gather the maps that are due, one after another.
+
+        A map that ends at once (an empty list, items that replay) releases the next one;
+        done here in a loop, not by recursion, a chain of hundreds of maps cannot overflow
+        the stack.
+        """
+        try:
+            while self._maps_due:
+                slot = self._maps_due[0]
+                if slot.phase is not Phase.WAITING:
+                    pass  # cancelled or skipped meanwhile
+                elif self.stopping:
+                    self._record(slot, "cancelled", now, d, reason=self.stopping)
+                elif slot.items is None:
+                    self._expand(slot, now, d)
+                else:
+                    self._gather(slot, now, d)
+                self._maps_due.popleft()
+        except BaseException:
+            self._maps_due.clear()  # an internal error: the next call must not think it runs
+            raise
 
     def _add_node(self, node: Node, now: float, d: Decisions, *, gather: int = -1,
                   priority: float | None = None) -> _Slot:
