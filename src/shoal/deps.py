@@ -69,15 +69,16 @@ class Graph:
         """Why ``target`` waits for ``source`` (empty when it does not, directly)."""
         return [e for e in self.edges if e.source == source and e.target == target]
 
-    def grow(self, node: Node) -> int:
+    def grow(self, node: Node, within: int | None = None) -> int:
         """Add ``node`` after every other node; return its position.
 
         Its refs and ``after`` must name nodes the graph has; its resource and barrier edges
-        come from the nodes before it.
+        come from the nodes before it, or, for an item of the map at position ``within``,
+        from the map's earlier items only.
         """
         if self.builder is None:
             self.builder = _Builder.resume(self)
-        return self.builder.extend(node)
+        return self.builder.extend(node, within)
 
     def fork(self) -> Graph:
         """A copy that can grow without changing this one (a plan's graph is cached)."""
@@ -145,6 +146,7 @@ class _Builder:
         self._history: list[tuple[_Key, int, str]] = []  # all uses, checked by later wildcards
         self._last_barrier: int | None = None
         self._since: list[int] = []  # nodes since the last barrier
+        self._maps: dict[int, _Builder] = {}  # a map's position -> what its items meet
 
     @classmethod
     def resume(cls, graph: Graph) -> _Builder:
@@ -158,17 +160,34 @@ class _Builder:
             b.barrier(i, with_edges=False)
         return b
 
-    def extend(self, node: Node) -> int:
-        """Append ``node`` and every edge it gets from the nodes before it."""
+    def extend(self, node: Node, within: int | None = None) -> int:
+        """Append ``node`` and every edge it gets from the nodes before it.
+
+        An item of the map at position ``within`` meets only that map's earlier items: among
+        the other nodes the map stands for its items (its footprint, with the item still
+        unknown, covers theirs; it is a barrier if they are; it ends after them). Edges from
+        nodes added after the map would make it wait for its own items.
+        """
         i = len(self.nodes)
         self.nodes.append(node)
         self.position[node.id] = i
         self.preds.append([])
         self.succs.append([])
         self.data_and_after(i)
-        self.footprint(i)
-        self.barrier(i)
+        order = self if within is None else self._items_of(within)
+        order.footprint(i)
+        order.barrier(i)
         return i
+
+    def _items_of(self, map_pos: int) -> _Builder:
+        """The footprints and barriers of one map's items, kept apart from the others'."""
+        found = self._maps.get(map_pos)
+        if found is None:
+            found = self._maps[map_pos] = _Builder([])
+            found.nodes, found.position, found.preds, found.succs, found.edges = (
+                self.nodes, self.position, self.preds, self.succs, self.edges)
+            found._pairs = self._pairs
+        return found
 
     def add(self, source: int, target: int, kind: EdgeKind, detail: str) -> None:
         if source == target:

@@ -332,12 +332,17 @@ class Runtime:
         """
         from shoal.openrun import OpenRun
 
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError("open_run() needs a running event loop: use it in async code, "
+                               "as 'async with runtime.open_run() as run: ...'") from None
         plan = Plan(name)
         driver, claim = self._driver(
             plan, deadline, fail_fast, on_event, run_id,
             _Journaling(resume, tuple(rerun_in_doubt), mark_done, {"open_run": True}, force),
             lineage, _Sharing(board, budget, within), open_run=True)
-        task = asyncio.get_running_loop().create_task(self._drive(driver, claim))
+        task = loop.create_task(self._drive(driver, claim))
         return OpenRun(RunHandle(driver, task), plan)
 
     async def run(

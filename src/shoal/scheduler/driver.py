@@ -118,6 +118,7 @@ class Driver:
         # a node added while the run goes (an open run, a map's items) may need a backend
         # that the run did not start with: the runtime makes it (it starts it once)
         self._executor_for = executor_for
+        self._starting: dict[str, asyncio.Future[Executor]] = {}  # backends being started
         self._sinks = list(sinks)
         self.sinks = tuple(sinks)  # the observers' own sinks (not the journal's), for nested runs
         self._deadline = deadline
@@ -365,10 +366,19 @@ class Driver:
             return AttemptResult("failed", error=exc)
 
     async def _new_executor(self, call: Call) -> Executor:
-        if self._executor_for is None:
-            raise RuntimeError(f"no backend {call.executor!r} in this run")
-        executor = self._executors[call.executor] = self._executor_for(call.executor)
+        # started once, by the first call that needs it; calls arriving meanwhile wait for
+        # that start to finish instead of using a backend that is not started yet
+        starting = self._starting.get(call.executor)
+        if starting is None:
+            if self._executor_for is None:
+                raise RuntimeError(f"no backend {call.executor!r} in this run")
+            starting = self._starting[call.executor] = asyncio.ensure_future(
+                self._start_executor(call.executor, self._executor_for(call.executor)))
+        return await asyncio.shield(starting)
+
+    async def _start_executor(self, name: str, executor: Executor) -> Executor:
         await executor.start()
+        self._executors[name] = executor
         return executor
 
     def _attempt_done(self, call: Call, task: asyncio.Task[AttemptResult]) -> None:
@@ -476,7 +486,7 @@ class Driver:
         # With an approver, a person decides whether each call in doubt runs again.
         self._apply(self.state.hold_in_doubt(resume.in_doubt, now,
                                              ask=self._desk.approver is not None))
-        self.state.restore([*resume.replay, *resume.settled], now)
+        self._apply(self.state.restore([*resume.replay, *resume.settled], now))
         if self._watchers:  # replayed outcomes are not decisions: tell who waits for them
             self._tell_all_watchers()
         if self._streaming and self._journal is not None:

@@ -72,6 +72,7 @@ class Resumption:
     # what the journal holds of nodes the plan does not have: those a run added while it
     # went (a map's items, an open run's nodes); each is decided when it is added again
     later: dict[str, StoredOutcome | None] = field(default_factory=dict)
+    later_tools: dict[str, str] = field(default_factory=dict)  # tool of each one in flight
     rerun_later: frozenset[str] = frozenset()
     done_later: Mapping[str, Any] = field(default_factory=dict)
 
@@ -84,10 +85,10 @@ class Resumption:
         if node.id not in self.later:
             return "run", None
         stored = self.later[node.id]
-        if stored is not None and stored.outcome.tool != node.tool.name:
+        was = stored.outcome.tool if stored is not None else self.later_tools.get(node.id)
+        if was is not None and was != node.tool.name:
             raise PlanChangedError(self.record.run_id, [
-                f"node {node.id!r} was a call of {stored.outcome.tool!r}, now of "
-                f"{node.tool.name!r}"])
+                f"node {node.id!r} was a call of {was!r}, now of {node.tool.name!r}"])
         replayed: list[Outcome] = []
         why = _doubt(node, stored, stored is None, Resumption(self.record, replayed,
                                                               rerun=self.rerun))
@@ -160,6 +161,7 @@ def prepare_resume(store: Store, run_id: str, graph: Graph, description: Mapping
         result.later[node_id] = stored[node_id]
     for node_id in open_attempts.keys() - graph.position.keys() - stored.keys():
         result.later[node_id] = None  # in flight when the run stopped
+        result.later_tools[node_id] = open_attempts[node_id].tool
     # ids not in the plan: a run's own nodes, decided when it adds them (in doubt or not)
     maybe_later = {n for n, known in result.later.items()
                    if known is None or known.outcome.status == "in_doubt"}
