@@ -62,6 +62,12 @@ def pid() -> int:
 
 
 @tool(isolation="process")
+def item_pid(item: int) -> int:
+    """The worker's process id (one per item of a map)."""
+    return os.getpid()
+
+
+@tool(isolation="process")
 def environment() -> dict[str, str]:
     """The worker's whole environment."""
     return dict(os.environ)

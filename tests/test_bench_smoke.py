@@ -124,3 +124,12 @@ def test_a_quick_run_judges_no_target_and_a_full_run_does() -> None:
         assert not passed(result)  # a wrong result fails a quick run too
     finally:
         judge_targets(True)
+
+
+def test_composition_quick() -> None:
+    from bench import composition
+
+    result = composition.main(quick=True)
+    assert_correct(result)
+    assert result.checks["virtual makespan is the floor"]
+    assert result.checks["no node started before it was ready"]

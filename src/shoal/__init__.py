@@ -17,7 +17,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time names load on first use
-    from shoal import patterns
+    from shoal import merge, patterns
     from shoal.agents.agent import Agent, AgentHandle
     from shoal.agents.budget import Budget
     from shoal.agents.raw import (
@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time names load on 
         Rule,
         RulesApprover,
     )
+    from shoal.board import Board, BoardConflict, BoardHandle
     from shoal.deps import Edge, Graph, analyze
     from shoal.events import (
         AgentFinished,
@@ -62,6 +63,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time names load on 
     )
     from shoal.exceptions import (
         AgentError,
+        BoardError,
+        BoardKeyError,
+        BoardValueError,
         BudgetExceeded,
         CallCancelledError,
         ConfigError,
@@ -143,6 +147,14 @@ _EXPORTS = {
     "ToolCall": "shoal.models.base",
     "Usage": "shoal.models.base",
     "analyze": "shoal.deps",
+    # the shared board
+    "Board": "shoal.board",
+    "BoardConflict": "shoal.board",
+    "BoardHandle": "shoal.board",
+    "BoardError": "shoal.exceptions",
+    "BoardKeyError": "shoal.exceptions",
+    "BoardValueError": "shoal.exceptions",
+    "merge": "shoal.board",
     "ApprovalRequest": "shoal.approvals",
     "Approver": "shoal.approvals",
     "CallbackApprover": "shoal.approvals",
@@ -241,6 +253,13 @@ __all__ = [
     "anthropic_tool_results_sync",
     "ApprovalRequest",
     "Approver",
+    "Board",
+    "BoardConflict",
+    "BoardError",
+    "BoardHandle",
+    "BoardKeyError",
+    "BoardValueError",
+    "merge",
     "CallbackApprover",
     "ConsoleApprover",
     "Decision",

@@ -5,7 +5,9 @@ Edges come from four sources, and each edge remembers which:
 - ``data``: a node's arguments use another node's output (a :class:`~shoal.plan.Ref`);
 - ``after``: an explicit ``after=`` in the plan;
 - ``resource``: two nodes' footprints share a key and at least one writes it; they keep plan
-  order. A key whose template uses an argument that is not known before the run (a ref) becomes
+  order. A ``merges`` use (a commutative merge, such as adding to a board's counter) orders
+  against reads and writes of the key but not against other merges: they commute. A key
+  whose template uses an argument that is not known before the run (a ref) becomes
   a wildcard over its literal prefix (``"file:{path}"`` with a ref path conflicts with every
   ``file:`` key), because shoal cannot prove the calls touch different resources;
 - ``exclusive``: an exclusive tool is a barrier between everything before and after it.
@@ -67,15 +69,16 @@ class Graph:
         """Why ``target`` waits for ``source`` (empty when it does not, directly)."""
         return [e for e in self.edges if e.source == source and e.target == target]
 
-    def grow(self, node: Node) -> int:
+    def grow(self, node: Node, within: int | None = None) -> int:
         """Add ``node`` after every other node; return its position.
 
         Its refs and ``after`` must name nodes the graph has; its resource and barrier edges
-        come from the nodes before it.
+        come from the nodes before it, or, for an item of the map at position ``within``,
+        from the map's earlier items only.
         """
         if self.builder is None:
             self.builder = _Builder.resume(self)
-        return self.builder.extend(node)
+        return self.builder.extend(node, within)
 
     def fork(self) -> Graph:
         """A copy that can grow without changing this one (a plan's graph is cached)."""
@@ -137,11 +140,13 @@ class _Builder:
         self.edges: list[Edge] = []
         self._pairs: set[tuple[int, int]] = set()
         self._last_writer: dict[_Key, int] = {}
-        self._readers: dict[_Key, list[int]] = {}
+        self._readers: dict[_Key, list[int]] = {}  # since the key's last writer
+        self._mergers: dict[_Key, list[int]] = {}  # since the key's last writer
         self._wild: list[tuple[_Key, int, str]] = []  # wildcard uses, checked by later keys
         self._history: list[tuple[_Key, int, str]] = []  # all uses, checked by later wildcards
         self._last_barrier: int | None = None
         self._since: list[int] = []  # nodes since the last barrier
+        self._maps: dict[int, _Builder] = {}  # a map's position -> what its items meet
 
     @classmethod
     def resume(cls, graph: Graph) -> _Builder:
@@ -155,17 +160,34 @@ class _Builder:
             b.barrier(i, with_edges=False)
         return b
 
-    def extend(self, node: Node) -> int:
-        """Append ``node`` and every edge it gets from the nodes before it."""
+    def extend(self, node: Node, within: int | None = None) -> int:
+        """Append ``node`` and every edge it gets from the nodes before it.
+
+        An item of the map at position ``within`` meets only that map's earlier items: among
+        the other nodes the map stands for its items (its footprint, with the item still
+        unknown, covers theirs; it is a barrier if they are; it ends after them). Edges from
+        nodes added after the map would make it wait for its own items.
+        """
         i = len(self.nodes)
         self.nodes.append(node)
         self.position[node.id] = i
         self.preds.append([])
         self.succs.append([])
         self.data_and_after(i)
-        self.footprint(i)
-        self.barrier(i)
+        order = self if within is None else self._items_of(within)
+        order.footprint(i)
+        order.barrier(i)
         return i
+
+    def _items_of(self, map_pos: int) -> _Builder:
+        """The footprints and barriers of one map's items, kept apart from the others'."""
+        found = self._maps.get(map_pos)
+        if found is None:
+            found = self._maps[map_pos] = _Builder([])
+            found.nodes, found.position, found.preds, found.succs, found.edges = (
+                self.nodes, self.position, self.preds, self.succs, self.edges)
+            found._pairs = self._pairs
+        return found
 
     def add(self, source: int, target: int, kind: EdgeKind, detail: str) -> None:
         if source == target:
@@ -187,34 +209,42 @@ class _Builder:
         """Resource edges from earlier nodes whose footprints meet this node's."""
         node = self.nodes[i]
         policy = node.tool.policy
-        if not policy.reads and not policy.writes:
+        if not policy.reads and not policy.writes and not policy.merges:
             return
         defaults = node.tool.defaults
         uses = [(render_key(t, node.args, defaults), "reads") for t in policy.reads]
         uses += [(render_key(t, node.args, defaults), "writes") for t in policy.writes]
+        uses += [(render_key(t, node.args, defaults), "merges") for t in policy.merges]
         for key, mode in uses:
             if with_edges:
-                self._conflicts(i, key, mode)
+                for other_key, j, other_mode in (self._history if key.wild else self._wild):
+                    if _clash(mode, other_mode) and key.meets(other_key):
+                        self.add(j, i, "resource", f"{other_mode} {other_key} / {mode} {key}")
             if not key.wild:
-                if mode == "writes":
-                    self._last_writer[key] = i
-                    self._readers[key] = []
-                else:
-                    self._readers.setdefault(key, []).append(i)
+                self._exact_use(i, key, mode, with_edges)
             else:
                 self._wild.append((key, i, mode))
             self._history.append((key, i, mode))
 
-    def _conflicts(self, i: int, key: _Key, mode: str) -> None:
-        for other_key, j, other_mode in (self._history if key.wild else self._wild):
-            if "writes" in (mode, other_mode) and key.meets(other_key):
-                self.add(j, i, "resource", f"{other_mode} {other_key} / {mode} {key}")
-        if not key.wild:
-            if key in self._last_writer:
-                self.add(self._last_writer[key], i, "resource", f"writes {key} / {mode} {key}")
-            if mode == "writes":
+    def _exact_use(self, i: int, key: _Key, mode: str, with_edges: bool) -> None:
+        """Order node ``i``'s use of ``key`` after the earlier uses it clashes with."""
+        if with_edges and key in self._last_writer:
+            self.add(self._last_writer[key], i, "resource", f"writes {key} / {mode} {key}")
+        if mode == "writes":
+            if with_edges:
                 for r in self._readers.get(key, ()):
                     self.add(r, i, "resource", f"reads {key} / writes {key}")
+                for m in self._mergers.get(key, ()):
+                    self.add(m, i, "resource", f"merges {key} / writes {key}")
+            self._last_writer[key] = i
+            self._readers[key], self._mergers[key] = [], []
+            return
+        reading = mode == "reads"
+        before, after = ("merges", "reads") if reading else ("reads", "merges")
+        if with_edges:
+            for j in (self._mergers if reading else self._readers).get(key, ()):
+                self.add(j, i, "resource", f"{before} {key} / {after} {key}")
+        (self._readers if reading else self._mergers).setdefault(key, []).append(i)
 
     def barrier(self, i: int, *, with_edges: bool = True) -> None:
         """Exclusive tools order everything before and after them."""
@@ -257,6 +287,11 @@ def _topological(plan: Plan) -> list[Node]:
             if indegree[s.id] == 0:
                 heapq.heappush(heap, (s.index, s.id))
     return order
+
+
+def _clash(mode: str, other: str) -> bool:
+    """Whether two uses of one key keep plan order: all but two reads, or two merges."""
+    return mode != other or mode == "writes"
 
 
 def analyze(plan: Plan) -> Graph:

@@ -26,6 +26,9 @@
     │   └── RunNotFoundError        the journal has no run with that id
     ├── PlanChangedError            resume: the plan differs from the one the run started with;
     │                               ``.differences`` lists what changed; nothing runs
+    ├── BoardError                  a shared board was used in a way it cannot be
+    │   ├── BoardKeyError           a key the board does not declare; names the declared ones
+    │   └── BoardValueError         a value the key's merge rule cannot merge
     ├── ModelError                  a model request failed (after shoal's retries, if transient)
     │   ├── ModelHTTPError          the provider answered with an error status; ``.status``
     │   ├── MissingAPIKeyError      a hosted model has no API key; ``.env_var`` names it
@@ -50,6 +53,9 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "BoardError",
+    "BoardKeyError",
+    "BoardValueError",
     "CallCancelledError",
     "ConfigError",
     "DeadlineExceededError",
@@ -417,6 +423,22 @@ class PlanChangedError(ShoalError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (PlanChangedError, (self.run_id, self.differences))
+
+class BoardError(ShoalError):
+    """A shared board (:class:`shoal.Board`) was used in a way it cannot be.
+
+    For instance a handle used after its call ended, or asked for by a call on a process or
+    Ray worker, which a handle cannot reach.
+    """
+
+
+class BoardKeyError(BoardError):
+    """A write or read of a key the board does not declare; the message lists the declared keys."""
+
+
+class BoardValueError(BoardError):
+    """A value the key's merge rule cannot merge (a counter given text, incomparable minima)."""
+
 
 class ModelError(ShoalError):
     """A model request failed; ``model`` names the model.

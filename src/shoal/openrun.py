@@ -89,7 +89,7 @@ class OpenRun:
             raise TypeError(f"map(over=...) takes a ref to a node's output (a list), got "
                             f"{type(over).__name__}")
         resolved = as_tool(tool)
-        chosen = item_arg if item_arg is not None else _item_arg(resolved, args)
+        chosen = _item_arg(resolved, args, item_arg)
         return self._insert(self._plan.make_node(
             resolved, {**args, chosen: over}, after=after, node_id=node_id,
             map_spec=MapSpec(chosen, partial)))
@@ -147,7 +147,8 @@ class OpenRun:
                         tb: TracebackType | None) -> None:
         if exc is not None:  # the block failed: stop what it started, keep every outcome
             kind = exc_type.__name__ if exc_type is not None else "an error"
-            self.cancel(reason=f"the code adding nodes raised {kind}: {exc}")
+            said = f": {exc}" if str(exc) else ""  # a cancellation or timeout says nothing
+            self.cancel(reason=f"the code adding nodes raised {kind}{said}")
         try:
             await self._finish()
         except asyncio.CancelledError:

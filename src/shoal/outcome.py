@@ -16,8 +16,9 @@ from pydantic_core import to_jsonable_python
 from shoal.exceptions import RemoteToolError
 
 if TYPE_CHECKING:
+    from shoal.board import BoardConflict
     from shoal.deps import Edge, Graph
-    from shoal.plan import Ref
+    from shoal.plan import Node, Ref
 
 __all__ = [
     "STATUSES", "ErrorInfo", "Outcome", "RunResult", "Status", "jsonable", "measured_critical_path",
@@ -227,6 +228,11 @@ class RunResult:
     ``critical_path`` is the chain of nodes, linked by dependency edges, with the largest total
     measured duration: the floor no scheduler could beat with these durations (computed on
     first access). ``result[ref]`` (or ``result["node-id"]``) gives one node's outcome.
+
+    A run given a board (``board=shoal.Board(...)``) also has ``board``: each key's merged
+    value when the run ended, and ``conflicts``: the board's
+    :class:`~shoal.board.BoardConflict` s (``last_writer`` keys overwritten unseen). Without a
+    board, ``board`` is ``None`` and ``conflicts`` empty.
     """
 
     def __init__(
@@ -244,6 +250,8 @@ class RunResult:
         self.graph = graph
         self.started_at_epoch = started_at_epoch
         self.cancelled_reason = cancelled_reason
+        self.board: dict[str, Any] | None = None
+        self.conflicts: list[BoardConflict] = []
         self._critical: tuple[list[str], float] | None = None
 
     @property
@@ -318,11 +326,27 @@ class RunResult:
             "outcomes": [o.to_dict() for o in self.outcomes.values()],
             "edges": [{"source": e.source, "target": e.target, "kind": e.kind,
                        "detail": e.detail} for e in self.edges],
+            **({} if self.board is None else {
+                "board": jsonable(self.board),
+                "conflicts": [jsonable(c.to_dict()) for c in self.conflicts]}),
         }  # fmt: skip
 
     def to_json(self, indent: int | None = 2) -> str:
         """The whole result as a JSON document."""
         return json.dumps(self.to_dict(), indent=indent)
+
+
+def _took(outcomes: Mapping[str, Outcome], graph: Graph, pos: int) -> float:
+    outcome = outcomes.get(graph.nodes[pos].id)
+    return outcome.duration if outcome is not None else 0.0
+
+
+def _map_items(graph: Graph, node: Node) -> list[int]:
+    """Positions of the items a map node made while the run went (``id[0]``, ``id[1]`` ...)."""
+    found: list[int] = []
+    while (pos := graph.position.get(f"{node.id}[{len(found)}]")) is not None:
+        found.append(pos)
+    return found
 
 
 def measured_critical_path(
@@ -333,13 +357,22 @@ def measured_critical_path(
         return [], 0.0
     best = [0.0] * len(graph.nodes)
     via = [-1] * len(graph.nodes)
+    items_seen: set[int] = set()
     for pos, node in enumerate(graph.nodes):
-        outcome = outcomes.get(node.id)
-        own = outcome.duration if outcome is not None else 0.0
+        if pos in items_seen:
+            continue
         for p in graph.preds[pos]:
             if best[p] > best[pos]:
                 best[pos], via[pos] = best[p], p
-        best[pos] += own
+        items = _map_items(graph, node) if node.map is not None else []
+        if items:  # a map's work is its items': they sit between its inputs and its dependents
+            for item in items:
+                best[item], via[item] = best[pos] + _took(outcomes, graph, item), via[pos]
+            items_seen.update(items)
+            last = max(items, key=best.__getitem__)
+            best[pos], via[pos] = best[last], last
+            continue
+        best[pos] += _took(outcomes, graph, pos)
     end = max(range(len(best)), key=best.__getitem__)
     path: list[str] = []
     cursor = end

@@ -9,6 +9,7 @@ by :mod:`shoal.planfile` and :mod:`shoal.plantext`.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -95,6 +96,7 @@ def _has_field(value: Any, name: str) -> bool:
 
 _WALKED = (list, tuple, set, frozenset)  # a tuple, not a union: isinstance is twice as fast
 _ONE_NODE = (Ref, str)
+_ITEM_ID = re.compile(r"(.*)\[\d+\]", re.DOTALL)  # "m[3]": the id of an item of map "m"
 
 
 def find_refs(value: Any) -> list[Ref]:
@@ -196,6 +198,7 @@ class Plan:
         self._duplicates: list[Node] = []
         self._counts: dict[str, int] = {}
         self._memo: dict[str, tuple[int, Any]] = {}
+        self._bracketed: dict[str, list[str]] = {}  # "m" -> ids like "m[3]": map items' ids
 
     def call(
         self,
@@ -259,7 +262,7 @@ class Plan:
             raise TypeError(f"plan.map(over=...) takes a ref to a node's output (a list), got "
                             f"{type(over).__name__}; for a list known now, call plan.call "
                             "once per item")
-        chosen = item_arg if item_arg is not None else _item_arg(resolved, args)
+        chosen = _item_arg(resolved, args, item_arg)
         node = self.make_node(resolved, {**args, chosen: over}, after=after, node_id=node_id,
                               map_spec=MapSpec(chosen, partial))
         self.insert(node)
@@ -276,9 +279,15 @@ class Plan:
     ) -> Node:
         """A node for this plan (its id chosen, its refs found), not added yet (:meth:`insert`)."""
         resolved_tool = as_tool(tool)
+        if node_id is not None and not isinstance(node_id, str):
+            raise TypeError(f"node_id must be a string, got {type(node_id).__name__} "
+                            f"{node_id!r}")
         node_id = node_id if node_id is not None else self._next_id(resolved_tool.name)
         arguments = dict(args) if args else {}
         if after != ():  # not truthiness: a Ref has none
+            if not isinstance(after, (*_ONE_NODE, Iterable)):
+                raise TypeError(f"after= takes a ref, a node id or several of them, got "
+                                f"{type(after).__name__} {after!r}")
             steps: Iterable[Ref | str] = (after,) if isinstance(after, _ONE_NODE) else after
             after_ids = tuple(a.node if isinstance(a, Ref) else str(a) for a in steps)
         else:
@@ -293,6 +302,9 @@ class Plan:
             self._duplicates.append(node)
         else:
             self._nodes[node.id] = node
+        owner = _ITEM_ID.fullmatch(node.id)
+        if owner is not None:
+            self._bracketed.setdefault(owner[1], []).append(node.id)
 
     def _next_id(self, tool_name: str) -> str:
         count = self._counts.get(tool_name, 0) + 1
@@ -357,10 +369,21 @@ class Plan:
         if node.id in self._nodes and self._nodes[node.id] is not node:
             return [PlanProblem("duplicate_id", "another node already has this id; give every "
                                                 "node its own id", node.id)]
+        taken = self._bracketed.get(node.id) if node.map is not None else None
+        if taken:  # checked here only: in a whole plan the other node reports the clash
+            return [PlanProblem("duplicate_id", f"this map's items get the ids {node.id}[0], "
+                                f"{node.id}[1] ..., and node {taken[0]!r} has one of them; "
+                                "give one of the two another id", node.id)]
         return self._node_problems(node)
 
     def _node_problems(self, node: Node) -> list[PlanProblem]:
         found: list[PlanProblem] = []
+        owner = _ITEM_ID.fullmatch(node.id)
+        mapped = self._nodes.get(owner[1]) if owner is not None else None
+        if mapped is not None and mapped.map is not None:
+            found.append(PlanProblem("duplicate_id", f"ids {mapped.id}[0], {mapped.id}[1] ... "
+                                     f"are the items of map {mapped.id!r}; give this node "
+                                     "another id", node.id))
         for ref in node.refs:
             if ref.node == node.id:
                 found.append(PlanProblem("self_ref", f"argument refers to its own output {ref!r}",
@@ -375,9 +398,10 @@ class Plan:
                 found.append(PlanProblem("bad_after", f"after={dep!r} names no node in the plan"
                                          f"{self._look_alike(dep)}", node.id))
         if node.map is not None and node.map.item_arg not in node.tool.parameters:
+            names = ", ".join(sorted(node.tool.parameters)) or "none"
             found.append(PlanProblem("bad_arguments", f"{node.tool.name}: map item_arg "
                                      f"{node.map.item_arg!r} is not one of its arguments "
-                                     f"({', '.join(node.tool.parameters) or 'none'})", node.id))
+                                     f"({names})", node.id))
         if node.refs:
             detail = node.tool.check_static(node.args, lambda v: bool(find_refs(v)))
         else:  # fully known now: validate once and keep the result for dispatch ...
@@ -408,8 +432,17 @@ class Plan:
         return value
 
 
-def _item_arg(tool: Tool[..., Any], given: Mapping[str, Any]) -> str:
-    """The argument of ``tool`` that a map's items go to: its one required one not given."""
+def _item_arg(tool: Tool[..., Any], given: Mapping[str, Any], chosen: str | None = None) -> str:
+    """The argument of ``tool`` that a map's items go to.
+
+    ``chosen`` if given (not also given a value), else the tool's one required argument not
+    in ``given``.
+    """
+    if chosen is not None:
+        if chosen in given:  # the item would silently replace the value given
+            raise TypeError(f"map({tool.name}): item_arg={chosen!r} gets each item, so it "
+                            f"cannot also be given a value ({chosen}=...)")
+        return chosen
     facts = tool.model_facts
     open_params = [name for name in facts.inputs if name in facts.required and name not in given]
     if len(open_params) == 1:

@@ -12,6 +12,14 @@ The shape::
         tool: search                      # a bare name, looked up in the ``tools`` mapping
         args: {query: "$a.hits[0].title"}
         after: [a]                        # optional: ids that must finish first
+      - id: c
+        tool: search
+        map: {over: $b.queries, item_arg: query, partial: true}   # one call per item
+
+A node with ``map`` calls its tool once per item of the list ``over`` refers to, with the
+item as argument ``item_arg`` (default: the tool's one required argument not in ``args``)
+and ``args`` given to every call; its output is the list of results, in item order (see
+:meth:`shoal.Plan.map`). ``map: $b.queries`` is short for ``map: {over: $b.queries}``.
 
 References. An argument value (at any depth inside lists and dicts) that is a string made
 *entirely* of a reference stands for another node's output:
@@ -45,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.exceptions import PlanError, PlanProblem, ShoalError, describe_exception
-from shoal.plan import Plan, Ref, as_tool
+from shoal.plan import MapSpec, Plan, Ref, _item_arg, as_tool
 from shoal.plandata import MAX_BYTES, DataError, check_value, parse_json, parse_yaml
 from shoal.tools import Tool
 
@@ -55,7 +63,8 @@ _REF = re.compile(
     r"\$(?:\{(?P<braced>[^{}]+)\}|(?P<plain>[\w-]+))(?P<path>(?:\.[\w-]+|\[-?[0-9]+\])*)"
 )
 _STEP = re.compile(r"\.(?P<field>[\w-]+)|\[(?P<item>-?[0-9]+)\]")
-_NODE_KEYS = ("id", "tool", "args", "after", "options")
+_NODE_KEYS = ("id", "tool", "args", "after", "options", "map")
+_MAP_KEYS = ("over", "item_arg", "partial")
 _TOP_KEYS = ("name", "nodes")
 _REF_HELP = "write $id, $id.field, $id[0] or ${id}, or start with '$$' for a literal '$'"
 
@@ -240,6 +249,7 @@ class _Spec:
     tool: Tool[..., Any] | None
     args: dict[str, Any]
     after: tuple[str, ...]
+    map: tuple[Ref, str | None, bool] | None = None  # over, item_arg, partial
 
 
 def plan_from_dict(
@@ -265,12 +275,58 @@ def _build(data: Any, tools: Mapping[str, Tool[..., Any]], source: str) -> Plan:
     for spec in specs:
         # Nodes whose tool is unusable still go in, as placeholders, so that refs to them are
         # not reported as dangling and cycles through them are still found.
-        plan.add(spec.tool or placeholder_tool(), spec.args, after=spec.after, node_id=spec.id)
-    # duplicate ids were reported above, with the positions that share them
-    problems += [p for p in plan.problems() if p.code != "duplicate_id"]
+        if spec.map is not None:
+            _add_map(plan, spec, problems)
+        else:
+            plan.add(spec.tool or placeholder_tool(), spec.args, after=spec.after,
+                     node_id=spec.id)
+    # duplicate ids were reported above, with the positions that share them (a node named
+    # like a map's item is a duplicate_id only the plan finds)
+    shared = {p.node for p in problems if p.code == "duplicate_id"}
+    problems += [p for p in plan.problems() if p.code != "duplicate_id" or p.node not in shared]
     if problems:
         raise PlanError(problems, source)
     return plan
+
+
+def _add_map(plan: Plan, spec: _Spec, problems: list[PlanProblem]) -> None:
+    """Add a map node; one whose tool or item argument is unusable goes in as a placeholder."""
+    assert spec.map is not None
+    over, item_arg, partial = spec.map
+    tool = spec.tool
+    if tool is not None:
+        try:
+            chosen = _item_arg(tool, spec.args, item_arg)
+        except TypeError as exc:
+            problems.append(PlanProblem("bad_arguments", str(exc), spec.id))
+        else:
+            plan.insert(plan.make_node(tool, {**spec.args, chosen: over}, after=spec.after,
+                                       node_id=spec.id, map_spec=MapSpec(chosen, partial)))
+            return
+    plan.add(placeholder_tool(), {**spec.args, item_arg or "map over": over}, after=spec.after,
+             node_id=spec.id)
+
+
+def _read_map(value: Any, label: str,
+              problems: list[PlanProblem]) -> tuple[Ref, str | None, bool] | None:
+    """``map: $ref`` or ``map: {over: $ref, item_arg: name, partial: bool}``."""
+    how = "write map: {over: $id, item_arg: name, partial: true} or map: $id"
+    raw = value if isinstance(value, Mapping) else {"over": value}
+    own: list[str] = [_unknown_key(k, _MAP_KEYS, "'map'") for k in raw if k not in _MAP_KEYS]
+    over = parse_ref(raw["over"]) if isinstance(raw.get("over"), str) else None
+    if over is None:
+        own.append(f"'map' needs 'over': a reference to the list to map over, got "
+                   f"{_show(raw.get('over'))}; {how}")
+    item_arg = raw.get("item_arg")
+    if item_arg is not None and (not isinstance(item_arg, str) or not item_arg):
+        own.append(f"'map': 'item_arg' must be an argument name, got {_show(item_arg)}")
+    partial = _or(raw.get("partial"), False)
+    if not isinstance(partial, bool):
+        own.append(f"'map': 'partial' must be true or false, got {_show(partial)}")
+    problems += [PlanProblem("bad_shape", message, label) for message in own]
+    if own or over is None:
+        return None
+    return over, item_arg, partial
 
 
 def _read_top(data: Any, problems: list[PlanProblem]) -> tuple[str, list[Any]]:
@@ -333,11 +389,14 @@ def _read_node(
     after = _read_after(_or(raw.get("after"), []), label, own)
     if found is not None and raw.get("options") is not None:
         found = _apply_options(found, raw["options"], label, own)
+    mapping = _read_map(raw["map"], label, own) if raw.get("map") is not None else None
+    if mapping is None and raw.get("map") is not None:
+        found = None  # the map could not be read: the node is only a placeholder
     if node_id is None:  # without an id, only its position tells the reader which node it is
         problems += [PlanProblem(p.code, f"nodes[{index}]: {p.message}") for p in own]
         return None
     problems += own
-    return _Spec(node_id, found if args is not None else None, args or {}, after)
+    return _Spec(node_id, found if args is not None else None, args or {}, after, mapping)
 
 
 def _read_id(index: int, value: Any, problems: list[PlanProblem]) -> str | None:

@@ -14,7 +14,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, cast
 
-from shoal.exceptions import ToolArgumentError, ToolDefinitionError, ToolQuarantinedError
+from shoal.exceptions import (
+    BoardError,
+    ToolArgumentError,
+    ToolDefinitionError,
+    ToolQuarantinedError,
+)
 from shoal.limits import ProcessLimits, Rate, parse_process_limits, parse_rate
 
 __all__ = [
@@ -61,8 +66,9 @@ def _exception_types(value: object) -> tuple[type[BaseException], ...]:
     return cast(tuple[type[BaseException], ...], items)
 
 
-# Retrying cannot help: the arguments will not fit any better, a quarantined tool stays so.
-_NEVER_RETRIED = (ToolArgumentError, ToolQuarantinedError)
+# Retrying cannot help: the arguments will not fit any better, a quarantined tool stays so,
+# a board does not grow the key it lacks.
+_NEVER_RETRIED = (ToolArgumentError, ToolQuarantinedError, BoardError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,8 +120,12 @@ class ToolPolicy:
     """How a tool's calls run; every field can be overridden per call via ``Tool.options``.
 
     ``reads`` / ``writes`` are resource keys, templated from arguments (``"file:{path}"``): two
-    calls whose keys meet, one of them writing, run in plan order. ``exclusive`` makes a call a
-    barrier: it runs alone, after everything before it and before everything after it.
+    calls whose keys meet, one of them writing, run in plan order. ``merges`` are keys the call
+    only changes by a commutative merge (``"board:count"`` for a board key whose rule is a
+    counter, an append, a union, a minimum or a maximum): merges into one key need no order
+    among themselves, but still keep plan order with reads and writes of it. ``exclusive``
+    makes a call a barrier: it runs alone, after everything before it and before everything
+    after it.
     ``estimate`` is a guess of the duration in seconds used for critical-path ordering until
     the run has measured the tool. ``isolation=None`` lets the runtime choose: its ``executor``
     setting if given, else ``inline`` for async and ``thread`` for sync tools.
@@ -134,6 +144,7 @@ class ToolPolicy:
     rate: Rate | None = None
     reads: tuple[str, ...] = ()
     writes: tuple[str, ...] = ()
+    merges: tuple[str, ...] = ()
     exclusive: bool = False
     approval: ApprovalRule = False
     idempotent: bool = False
@@ -146,8 +157,8 @@ class ToolPolicy:
 
 _POLICY_KEYS = frozenset({
     "timeout", "retries", "retry_on", "backoff", "max_backoff", "jitter", "isolation",
-    "max_concurrency", "rate", "reads", "writes", "exclusive", "approval", "idempotent",
-    "estimate", "retry", "resources", "limits", "env", "trust_results",
+    "max_concurrency", "rate", "reads", "writes", "merges", "exclusive", "approval",
+    "idempotent", "estimate", "retry", "resources", "limits", "env", "trust_results",
 })  # fmt: skip
 
 
@@ -159,7 +170,7 @@ def _as_keys(value: str | Sequence[str] | None) -> tuple[str, ...]:
     keys = tuple(value) if isinstance(value, Iterable) else (value,)
     if not all(isinstance(k, str) for k in keys):
         raise ToolDefinitionError(
-            f"reads/writes take a resource key or a list of them, such as 'file:{{path}}', "
+            f"reads/writes/merges take a resource key or a list of them, such as 'file:{{path}}', "
             f"got {value!r}"
         )
     return keys
@@ -190,7 +201,7 @@ def policy_from(base: ToolPolicy, opts: Mapping[str, Any]) -> ToolPolicy:
             updates[key] = opts[key]
     if "rate" in opts:
         updates["rate"] = None if opts["rate"] is None else parse_rate(opts["rate"])
-    for key in ("reads", "writes", "env"):
+    for key in ("reads", "writes", "merges", "env"):
         if key in opts:
             updates[key] = _as_keys(opts[key])
     if "limits" in opts:

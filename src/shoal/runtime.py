@@ -45,6 +45,7 @@ from shoal.tools import ISOLATIONS, Isolation
 
 if TYPE_CHECKING:
     from shoal.agents.budget import Budget
+    from shoal.board import Board
     from shoal.openrun import OpenRun
 
 __all__ = ["DEFAULT_MAX_CONCURRENCY", "RunHandle", "Runtime", "run", "run_blocking", "run_sync"]
@@ -282,7 +283,7 @@ class Runtime:
         source: Mapping[str, Any] | None = None,
         lineage: str = "",
         force: bool = False,
-        board: Any = None,
+        board: Board | None = None,
         budget: Budget | None = None,
         within: RunScope | None = None,
     ) -> RunHandle:
@@ -318,7 +319,7 @@ class Runtime:
         mark_done: Mapping[str, Any] | None = None,
         lineage: str = "",
         force: bool = False,
-        board: Any = None,
+        board: Board | None = None,
         budget: Budget | None = None,
         within: RunScope | None = None,
     ) -> OpenRun:
@@ -331,12 +332,17 @@ class Runtime:
         """
         from shoal.openrun import OpenRun
 
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError("open_run() needs a running event loop: use it in async code, "
+                               "as 'async with runtime.open_run() as run: ...'") from None
         plan = Plan(name)
         driver, claim = self._driver(
             plan, deadline, fail_fast, on_event, run_id,
             _Journaling(resume, tuple(rerun_in_doubt), mark_done, {"open_run": True}, force),
             lineage, _Sharing(board, budget, within), open_run=True)
-        task = asyncio.get_running_loop().create_task(self._drive(driver, claim))
+        task = loop.create_task(self._drive(driver, claim))
         return OpenRun(RunHandle(driver, task), plan)
 
     async def run(
@@ -349,7 +355,7 @@ class Runtime:
         run_id: str | None = None,
         source: Mapping[str, Any] | None = None,
         lineage: str = "",
-        board: Any = None,
+        board: Board | None = None,
         budget: Budget | None = None,
         within: RunScope | None = None,
     ) -> RunResult:
@@ -375,7 +381,7 @@ class Runtime:
         fail_fast: bool | None = None,
         on_event: EventSink | Sequence[EventSink] | None = None,
         force: bool = False,
-        board: Any = None,
+        board: Board | None = None,
         budget: Budget | None = None,
     ) -> RunResult:
         """Continue run ``run_id`` from this runtime's store, with the plan it started with.
@@ -395,6 +401,9 @@ class Runtime:
         its calls in flight a second time. ``force=True`` resumes it anyway, for when you know
         that process can no longer run anything. A run whose journal rows are damaged is
         refused with :class:`~shoal.exceptions.JournalDamagedError`.
+
+        A run that wrote to a board needs one again (``board=``, with the same keys): the
+        writes of the calls it replays are merged into it first, in their journaled order.
         """
         driver, claim = self._driver(plan, deadline, fail_fast, on_event, None,
                                      _Journaling(run_id, tuple(rerun_in_doubt), mark_done,
@@ -441,6 +450,8 @@ class Runtime:
             driver = self._make_driver(graph, run_id, record, resumption, deadline, fail_fast,
                                        on_event, lineage, open_run)
             driver.scope = self._scope(driver, sharing or _Sharing(), resumption is not None)
+            if resumption is not None and resumption.effects:  # the replayed calls' board writes
+                driver.scope.replay(resumption.effects)
             return driver, claim
         except BaseException:
             claim.release()
@@ -572,7 +583,7 @@ class Runtime:
 class _Sharing:
     """What a run shares with its nodes: a board, a tree budget, the enclosing run's scope."""
 
-    board: Any = None
+    board: Board | None = None
     budget: Budget | None = None
     within: RunScope | None = None
 
@@ -625,7 +636,7 @@ def run_blocking(coro: Coroutine[Any, Any, T],
                      f"{instead} there instead")
 
 
-async def run(plan: Plan, *, board: Any = None, budget: Budget | None = None,
+async def run(plan: Plan, *, board: Board | None = None, budget: Budget | None = None,
               **options: Any) -> RunResult:
     """Run ``plan`` with a fresh :class:`Runtime`; ``options`` go to ``Runtime(...)``.
 
@@ -635,7 +646,7 @@ async def run(plan: Plan, *, board: Any = None, budget: Budget | None = None,
         return await runtime.run(plan, board=board, budget=budget)
 
 
-def run_sync(plan: Plan, *, board: Any = None, budget: Budget | None = None,
+def run_sync(plan: Plan, *, board: Board | None = None, budget: Budget | None = None,
              **options: Any) -> RunResult:
     """Run ``plan`` from synchronous code with a fresh :class:`Runtime` (see :func:`run`)."""
     return Runtime(**options).run_sync(plan, board=board, budget=budget)

@@ -14,7 +14,8 @@ import re
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import pydantic
 from pydantic import ConfigDict
@@ -60,7 +61,20 @@ can tell a repeat from a new request. Not part of the tool's schema."""
 
 
 def _injected(annotation: Any) -> str | None:
-    """What the runtime injects into a parameter with this annotation (``None``: nothing)."""
+    """What the runtime injects into a parameter with this annotation (``None``: nothing).
+
+    That is an ``Annotated[..., Injected(kind)]``, or a class that names its kind in
+    ``__shoal_injected__`` (such as :class:`shoal.BoardHandle`); such a class or ``None``
+    (``BoardHandle | None``) is the kind with a ``?``: ``None`` when the run has none.
+    """
+    if isinstance(annotation, type):
+        kind = getattr(annotation, "__shoal_injected__", None)
+        return kind if isinstance(kind, str) else None
+    if get_origin(annotation) in (Union, UnionType):
+        options = [a for a in get_args(annotation) if a is not type(None)]
+        if len(options) == 1 < len(get_args(annotation)) and isinstance(options[0], type):
+            kind = _injected(options[0])
+            return None if kind is None else f"{kind}?"
     if get_origin(annotation) is Annotated:
         for extra in get_args(annotation)[1:]:
             if isinstance(extra, Injected):

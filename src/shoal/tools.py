@@ -257,6 +257,7 @@ def tool(
     ``jitter`` (retry waits), ``isolation`` (``"inline"``, ``"thread"``, ``"process"``,
     ``"ray"``; default inline for async and thread for sync), ``max_concurrency``, ``rate``
     (``"20/s"``), ``reads`` / ``writes`` (resource keys such as ``"file:{path}"``),
+    ``merges`` (keys the call only merges into commutatively, such as ``"board:count"``),
     ``exclusive``, ``approval`` (bool or predicate over the arguments), ``idempotent``,
     ``estimate`` (expected seconds, for critical-path ordering).
     """

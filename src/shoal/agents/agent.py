@@ -38,6 +38,7 @@ from shoal.runtime import run_blocking
 from shoal.tools import Tool
 
 if TYPE_CHECKING:
+    from shoal.board import Board
     from shoal.runtime import Runtime
     from shoal.store.claims import RunClaim
 
@@ -234,6 +235,7 @@ class Agent(Generic[T]):
         approver: Approver | Callback | None = None,
         resume: bool = False,
         force: bool = False,
+        board: Board | None = None,
     ) -> AgentHandle[T]:
         """Start a run on the running loop and return its handle at once (see :meth:`run`).
 
@@ -248,6 +250,10 @@ class Agent(Generic[T]):
             raise ConfigError("approver= applies to the runtime an agent run makes; you passed "
                               "your own runtime, so give it the approver: "
                               "Runtime(approver=...)")
+        if board is not None:
+            from shoal.board import check_board
+
+            check_board(board)
         own_runtime = runtime is None
         active = runtime if runtime is not None else Runtime(approver=approver)
         override = None
@@ -258,12 +264,20 @@ class Agent(Generic[T]):
         sinks = [] if on_event is None else [on_event] if callable(on_event) else list(on_event)
         ctx = TreeContext(run_id=run_id or new_run_id(), runtime=active,
                           budget=budget or self.budget, sinks=sinks, gates=gates,
-                          model_override=override, resuming=resume, force=force)
+                          model_override=override, resuming=resume, force=force, board=board)
         for agent in self.with_subagents():  # a missing key or SDK stops the run here, not
             ctx.model_for(agent.model)          # when a subagent first runs
         # the whole tree's claim: its steps are runs of their own, claimed one by one
         claim = (claim_run_nothing() if active.store is None
                  else claim_run(active.store, ctx.run_id, force=force))
+        if resume and board is not None and active.store is not None:
+            from shoal.board import replay_journal  # finished subagents will not write again
+
+            try:
+                replay_journal(board, active.store, ctx.run_id)
+            except BaseException:
+                claim.release()
+                raise
         root = AgentRun(self, ctx, lineage=self.name, depth=0, prompt=prompt)
         close_override = override is not None and not isinstance(model, Model)
         task = asyncio.get_running_loop().create_task(
@@ -281,6 +295,7 @@ class Agent(Generic[T]):
         run_id: str | None = None,
         gates: ModelGates | None = None,
         approver: Approver | Callback | None = None,
+        board: Board | None = None,
     ) -> AgentResult[T]:
         """Run the agent on ``prompt`` and return its result.
 
@@ -298,6 +313,9 @@ class Agent(Generic[T]):
                 (``@shoal.tool(approval=...)``): an :class:`~shoal.approvals.Approver` or a
                 function of an :class:`~shoal.approvals.ApprovalRequest`. Without one, such
                 calls are denied. With your own ``runtime``, give it the approver instead.
+            board: a :class:`~shoal.Board` shared by every tool of the tree, subagents'
+                included (see :class:`~shoal.BoardHandle`); the lead's result holds its
+                merged values and conflicts at the end.
 
         Raises :class:`~shoal.exceptions.BudgetExceeded`,
         :class:`~shoal.exceptions.MaxTurnsExceeded`,
@@ -308,7 +326,7 @@ class Agent(Generic[T]):
         """
         return await self.start(prompt, runtime=runtime, model=model, budget=budget,
                                 on_event=on_event, run_id=run_id, gates=gates,
-                                approver=approver)
+                                approver=approver, board=board)
 
     def run_sync(
         self,
@@ -321,11 +339,12 @@ class Agent(Generic[T]):
         run_id: str | None = None,
         gates: ModelGates | None = None,
         approver: Approver | Callback | None = None,
+        board: Board | None = None,
     ) -> AgentResult[T]:
         """:meth:`run` from synchronous code (starts and closes an event loop)."""
         return run_blocking(
             self.run(prompt, runtime=runtime, model=model, budget=budget, on_event=on_event,
-                     run_id=run_id, gates=gates, approver=approver),
+                     run_id=run_id, gates=gates, approver=approver, board=board),
             "'await agent.run(prompt)'")
 
     async def resume(self, run_id: str, prompt: str, *, runtime: Runtime, **options: Any,
@@ -337,7 +356,9 @@ class Agent(Generic[T]):
         instruction, tool or prompt makes a different first request, which resume's change
         check refuses with :class:`~shoal.exceptions.PlanChangedError` before anything runs.
         A run that a live process is still running is refused with
-        :class:`~shoal.exceptions.RunActiveError`; ``force=True`` resumes it anyway.
+        :class:`~shoal.exceptions.RunActiveError`; ``force=True`` resumes it anyway. A tree
+        that wrote to a board needs it again (``board=``): replayed calls merge their writes
+        into it once more.
         """
         if runtime is None or runtime.store is None:
             raise ConfigError("resuming an agent needs the runtime whose journal holds the run: "
@@ -431,6 +452,8 @@ async def _run_root(root: AgentRun, own_runtime: bool, own_model: Model | None) 
             await own_model.aclose()
         if own_runtime:
             await ctx.runtime.aclose()
+    if ctx.board is not None:  # what the tree's tools merged, as it stands at the end
+        result.board, result.conflicts = ctx.board.snapshot(), ctx.board.conflicts
     if result.status == "ok":
         return result
     error = result.error

@@ -27,6 +27,7 @@ from shoal.models.retry import ModelGates
 
 if TYPE_CHECKING:
     from shoal.agents.result import AgentResult
+    from shoal.board import Board
     from shoal.runtime import RunHandle, Runtime
     from shoal.scheduler.scope import RunScope
 
@@ -69,9 +70,12 @@ class TreeContext:
         model_override: Model | None = None,
         resuming: bool = False,
         force: bool = False,
+        board: Board | None = None,
     ) -> None:
         self.run_id = run_id
         self.runtime = runtime
+        #: the board every tool of the tree (subagents' too) reads and writes, if any
+        self.board = board
         self.tracker = BudgetTracker(budget, self._stop_everything)
         self.gates = gates or ModelGates()
         self.model_override = model_override

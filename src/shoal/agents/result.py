@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal
+from typing import TYPE_CHECKING, Any, Generic, Literal
 
 from typing_extensions import TypeVar
 
 from shoal.agents.toolcalls import CallRecord
 from shoal.models.base import Message, Usage
 from shoal.outcome import jsonable
+
+if TYPE_CHECKING:
+    from shoal.board import BoardConflict
 
 __all__ = ["AgentResult", "AgentStatus"]
 
@@ -34,7 +37,8 @@ class AgentResult(Generic[T]):
     :class:`~shoal.agents.toolcalls.CallRecord` with its outcome; ``children`` the results
     of its subagents in the order they were started. A run stopped early (budget,
     cancellation, ``max_turns``) still holds everything recorded until then; ``error`` says
-    why it stopped.
+    why it stopped. A run given a board has, on the lead's result, ``board`` (each key's
+    merged value at the end) and ``conflicts`` (as on :class:`~shoal.outcome.RunResult`).
     """
 
     agent: str
@@ -51,6 +55,8 @@ class AgentResult(Generic[T]):
     calls: list[CallRecord] = field(default_factory=list)
     children: list[AgentResult[Any]] = field(default_factory=list)
     duration: float = 0.0
+    board: dict[str, Any] | None = None
+    conflicts: list[BoardConflict] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -84,6 +90,9 @@ class AgentResult(Generic[T]):
                        "arguments": c.call.arguments, "result": c.message.content}
                       for c in self.calls],
             "children": [c.to_dict() for c in self.children],
+            **({} if self.board is None else {
+                "board": jsonable(self.board),
+                "conflicts": [jsonable(c.to_dict()) for c in self.conflicts]}),
         }  # fmt: skip
 
     def __repr__(self) -> str:

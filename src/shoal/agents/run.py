@@ -282,7 +282,8 @@ class AgentRun:
                   and store.get_run(run_id) is not None)
         handle = ctx.runtime.start(plan, run_id=None if resume else run_id,
                                    resume=run_id if resume else None, lineage=self.lineage,
-                                   on_event=on_event, force=ctx.force, within=ctx.scope)
+                                   on_event=on_event, force=ctx.force, within=ctx.scope,
+                                   board=ctx.board)
         ctx.track_handle(self.lineage, handle)
         return handle
 

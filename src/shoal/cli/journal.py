@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import re
 import socket
 import sys
 import time
@@ -147,10 +148,45 @@ def _status_text(status: str) -> Text:
 # ---- shoal runs -----------------------------------------------------------------------------
 
 
+_ITEM_ID = re.compile(r"(.*)\[\d+\]", re.DOTALL)  # "m[3]": an item of map "m"
+
+
+def _node_count(record: RunRecord) -> int:
+    """The plan's nodes, or more: those a run added while it went (an open run, map items)."""
+    return max(record.nodes, sum(record.counts.values()))
+
+
+def _node_facts(record: RunRecord, outcomes: Mapping[str, StoredOutcome],
+                attempts: Sequence[AttemptRecord]) -> dict[str, list[Any]]:
+    """Every node of the run, each map's items right after it: the plan's, then the added.
+
+    The journal's description of the plan has only the plan's own nodes; those added while
+    the run went are known from their outcomes and attempts.
+    """
+    planned: dict[str, list[Any]] = dict(record.plan.get("nodes") or {})
+    added = {n: [o.outcome.tool] for n, o in outcomes.items() if n not in planned}
+    added.update((a.node_id, [a.tool]) for a in attempts
+                 if a.node_id not in planned and a.node_id not in added)
+    items: dict[str, list[str]] = {}
+    for node_id in added:
+        owner = _ITEM_ID.fullmatch(node_id)
+        if owner is not None and (owner[1] in planned or owner[1] in added):
+            items.setdefault(owner[1], []).append(node_id)
+    listed = {i for group in items.values() for i in group}
+    ordered: dict[str, list[Any]] = {}
+    for node_id, facts in [*planned.items(), *((n, f) for n, f in added.items()
+                                                if n not in listed)]:
+        ordered[node_id] = facts
+        for item in sorted(items.get(node_id, ()), key=lambda i: int(i[len(node_id) + 1:-1])):
+            ordered[item] = added[item]
+    return ordered
+
+
 def _run_dict(record: RunRecord) -> dict[str, Any]:
     data = {
         "run_id": record.run_id, "name": record.name, "status": live_status(record),
-        "nodes": record.nodes, "counts": {k: v for k, v in record.counts.items() if v},
+        "nodes": _node_count(record),
+        "counts": {k: v for k, v in record.counts.items() if v},
         "started_at": record.started_at, "finished_at": record.finished_at,
         "duration": _duration(record), "sessions": record.sessions,
         "plan_file": record.source.get("path", ""),
@@ -208,7 +244,7 @@ def runs_table(records: Sequence[RunRecord]) -> Table:
                           seconds(_duration(r)), plan)
             continue
         table.add_row(safe_text(r.run_id, width=ID_WIDTH), _status_text(live_status(r)),
-                      str(r.nodes), _counts(r.counts), _when(r.started_at),
+                      str(_node_count(r)), _counts(r.counts), _when(r.started_at),
                       seconds(_duration(r)), plan)
     return table
 
@@ -271,9 +307,10 @@ def _show_dict(record: RunRecord, outcomes: Mapping[str, StoredOutcome],
                attempts: Sequence[AttemptRecord],
                approvals: Sequence[ApprovalRecord]) -> dict[str, Any]:
     nodes = []
-    for node_id in record.plan.get("nodes", {}) or outcomes:
+    for node_id in _node_facts(record, outcomes, attempts):
         stored = outcomes.get(node_id)
-        entry = (stored.outcome.to_dict() | {"encoding": stored.encoding}) if stored else {
+        entry: dict[str, Any] = (
+            stored.outcome.to_dict() | {"encoding": stored.encoding}) if stored else {
             "node_id": node_id, "status": "not run"}
         if stored is not None and stored.damaged:
             entry |= {"status": "damaged", "damaged": stored.damaged}
@@ -304,7 +341,8 @@ def _show_view(record: RunRecord, outcomes: Mapping[str, StoredOutcome],
     head = Text.assemble(("run ", "bold"), safe_text(record.run_id, "bold", width=ID_WIDTH), "  ",
                          _status_text(status))
     where = one_line(str(record.source.get("path") or record.name or ""), ID_WIDTH * 4)
-    head.append(f"\n{record.nodes} nodes · started {_when(record.started_at)} · took "
+    count = max(_node_count(record), len(_node_facts(record, outcomes, attempts)))
+    head.append(f"\n{count} nodes · started {_when(record.started_at)} · took "
                 f"{seconds(_duration(record))} · {record.sessions} session"
                 f"{'s' if record.sessions != 1 else ''}{f' · {where}' if where else ''}")
     parts: list[RenderableType] = [head, FitToWidth(
@@ -334,7 +372,10 @@ def _node_table(record: RunRecord, outcomes: Mapping[str, StoredOutcome],
         table.add_column(name, no_wrap=name != "result",
                          justify="right" if name in ("tries", "started", "time") else "left")
     flying = {a.node_id for a in attempts if a.ended_at is None}
-    for node_id, facts in (record.plan.get("nodes") or {n: [""] for n in outcomes}).items():
+    everything = _node_facts(record, outcomes, attempts)
+    # a map with items has begun: it is under way until it gathers them
+    flying |= {owner[1] for n in everything if (owner := _ITEM_ID.fullmatch(n))}
+    for node_id, facts in everything.items():
         stored = outcomes.get(node_id)
         if stored is None:
             state = "in flight" if node_id in flying else "not run"
@@ -413,7 +454,11 @@ def cancel_command(
         record = journal.get_run(run_id)
         if record is None:
             raise ShoalError(f"no run {run_id!r} in {str(store)!r} (shoal runs lists them)")
-        unknown = sorted(set(nodes or ()) - set(record.plan.get("nodes", {})))
+        planned = record.plan.get("nodes", {})
+        # an open run's nodes and a map's items are added while the run goes: the run decides
+        unknown = [] if record.source.get("open_run") else sorted(
+            n for n in set(nodes or ()) - set(planned)
+            if not ((owner := _ITEM_ID.fullmatch(n)) and owner[1] in planned))
         if unknown:
             raise ShoalError(f"run {run_id!r} has no node(s) {unknown}")
     except ShoalError as exc:
@@ -600,8 +645,10 @@ def _recorded_plan(record: RunRecord, store: Path) -> Path:
     """The run's plan file; if it is gone, a copy of the text the journal kept."""
     source = record.source
     if not source.get("path"):
+        how = ("Runtime.open_run(resume=...), adding its nodes again" if source.get("open_run")
+               else "Runtime.resume")
         raise ShoalError(f"run {record.run_id!r} was not started from a plan file; resume it "
-                         f"from Python with Runtime.resume")
+                         f"from Python with {how}")
     _on_path(str(source.get("cwd") or ""))
     path = Path(str(source["path"]))
     text, why = _plan_text(path)

@@ -14,7 +14,7 @@ from rich.text import Text
 from shoal.cli.safe import clean, one_line, safe_repr, shorten
 from shoal.cli.safe import text as safe_text
 from shoal.exceptions import PlanError
-from shoal.outcome import Outcome, RunResult
+from shoal.outcome import Outcome, RunResult, _map_items
 
 __all__ = [
     "ID_WIDTH", "STATUS_STYLES", "FitToWidth", "announce", "detail", "errors", "id_width",
@@ -115,7 +115,7 @@ def outcome_table(result: RunResult, width: int | None = None) -> Table:
     table.add_column("time", justify="right", no_wrap=True)
     table.add_column("result")
     compact = len(result) > FULL_TABLE_LIMIT
-    for outcome in result:
+    for outcome in _in_order(result):
         if compact and outcome.ok:
             continue
         took = seconds(outcome.duration) if outcome.started_at is not None else "-"
@@ -128,6 +128,23 @@ def outcome_table(result: RunResult, width: int | None = None) -> Table:
         table.caption = f"{ok} ok node{'s' if ok != 1 else ''} not shown"
         table.caption_justify = "left"
     return table
+
+
+def _in_order(result: RunResult) -> list[Outcome]:
+    """The outcomes in run order, but each map's items right after their map."""
+    graph = result.graph
+    if graph is None:
+        return list(result)
+    items = {n.id: [graph.nodes[p].id for p in _map_items(graph, n)]
+             for n in graph.nodes if n.map is not None}
+    placed = {i for ids in items.values() for i in ids}
+    ordered: list[Outcome] = []
+    for outcome in result:
+        if outcome.node_id not in placed:
+            ordered.append(outcome)
+            ordered += [result.outcomes[i] for i in items.get(outcome.node_id, ())
+                        if i in result.outcomes]
+    return ordered
 
 
 def _path(nodes: list[str]) -> str:

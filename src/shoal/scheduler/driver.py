@@ -44,7 +44,7 @@ from shoal.executors.base import Call, Executor
 from shoal.outcome import ErrorInfo, Outcome, RunResult, jsonable
 from shoal.plan import Node
 from shoal.scheduler.approval_desk import ApprovalDesk, ApprovalLedger
-from shoal.scheduler.scope import RunScope, inject
+from shoal.scheduler.scope import RunScope, Settles, inject
 from shoal.scheduler.state import (
     ApprovalAction,
     Ask,
@@ -118,6 +118,7 @@ class Driver:
         # a node added while the run goes (an open run, a map's items) may need a backend
         # that the run did not start with: the runtime makes it (it starts it once)
         self._executor_for = executor_for
+        self._starting: dict[str, asyncio.Future[Executor]] = {}  # backends being started
         self._sinks = list(sinks)
         self.sinks = tuple(sinks)  # the observers' own sinks (not the journal's), for nested runs
         self._deadline = deadline
@@ -136,6 +137,7 @@ class Driver:
             if store.keeps_events:
                 self._sinks.append(self._journal_event)
         self._tasks: dict[int, asyncio.Task[AttemptResult]] = {}
+        self._settling: dict[int, list[Settles]] = {}  # position -> its attempt's board handles
         self._timers: set[asyncio.TimerHandle] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._t0 = 0.0
@@ -273,8 +275,12 @@ class Driver:
         """The outcomes so far (all of them once the run is over)."""
         outcomes = self.state.outcomes()
         makespan = max((o.finished_at or 0.0 for o in outcomes), default=0.0)
-        return RunResult(self.state.run_id, {o.node_id: o for o in outcomes}, makespan,
-                         self.graph, self._epoch, self.cancelled_reason)
+        result = RunResult(self.state.run_id, {o.node_id: o for o in outcomes}, makespan,
+                           self.graph, self._epoch, self.cancelled_reason)
+        board = self.scope.board if self.scope is not None else None
+        if board is not None:
+            result.board, result.conflicts = board.snapshot(), board.conflicts
+        return result
 
     # ---- carrying out decisions ---------------------------------------------------------
 
@@ -333,7 +339,9 @@ class Driver:
                 if self._journal is not None and self._journal.failed is not None:
                     return AttemptResult("cancelled")  # the run is stopping: never run it
             if call.tool.injected:
-                inject(call, self.scope)
+                settling = inject(call, self.scope)
+                if settling:
+                    self._settling[call.pos] = settling
             if executor.prepares:  # outside the timeout: waiting for a worker is not the call's
                 await executor.prepare(call)
             if call.timeout is None:
@@ -358,16 +366,28 @@ class Driver:
             return AttemptResult("failed", error=exc)
 
     async def _new_executor(self, call: Call) -> Executor:
-        if self._executor_for is None:
-            raise RuntimeError(f"no backend {call.executor!r} in this run")
-        executor = self._executors[call.executor] = self._executor_for(call.executor)
+        # started once, by the first call that needs it; calls arriving meanwhile wait for
+        # that start to finish instead of using a backend that is not started yet
+        starting = self._starting.get(call.executor)
+        if starting is None:
+            if self._executor_for is None:
+                raise RuntimeError(f"no backend {call.executor!r} in this run")
+            starting = self._starting[call.executor] = asyncio.ensure_future(
+                self._start_executor(call.executor, self._executor_for(call.executor)))
+        return await asyncio.shield(starting)
+
+    async def _start_executor(self, name: str, executor: Executor) -> Executor:
         await executor.start()
+        self._executors[name] = executor
         return executor
 
     def _attempt_done(self, call: Call, task: asyncio.Task[AttemptResult]) -> None:
         del self._tasks[call.pos]  # one attempt per node at a time: this is the one
         # a task cancelled before its first step never entered _attempt's try block
         result = AttemptResult("cancelled") if task.cancelled() else task.result()
+        settling = self._settling.pop(call.pos, None)
+        if settling:
+            result = self._settle(settling, result)
         if call.began_at is not None:
             result.began = call.began_at - self._mono_t0
         if self._streaming and self._journal is not None:
@@ -381,6 +401,24 @@ class Driver:
             log.exception("internal error while recording %s", call.node_id)
             if self._finished is not None and not self._finished.done():
                 self._finished.set_exception(exc)
+
+    def _settle(self, settling: list[Settles], result: AttemptResult) -> AttemptResult:
+        """Tell a call's injected values how its attempt ended; journal what they did.
+
+        A board handle then commits its writes (or drops them). The records join this loop
+        iteration's batch, which the outcome joins too: one transaction, so a resume replays
+        both or neither. A commit that fails fails the call.
+        """
+        ok = result.status == "ok"
+        for value in settling:
+            try:
+                record = value.settle(ok)
+            except Exception as exc:
+                result, ok = AttemptResult("failed", error=exc), False
+                continue
+            if record is not None and self._journal is not None:
+                self._journal.add(record)
+        return result
 
     def _set_timer(self, when: float, kind: str, pos: int) -> None:
         assert self._loop is not None
@@ -448,7 +486,7 @@ class Driver:
         # With an approver, a person decides whether each call in doubt runs again.
         self._apply(self.state.hold_in_doubt(resume.in_doubt, now,
                                              ask=self._desk.approver is not None))
-        self.state.restore([*resume.replay, *resume.settled], now)
+        self._apply(self.state.restore([*resume.replay, *resume.settled], now))
         if self._watchers:  # replayed outcomes are not decisions: tell who waits for them
             self._tell_all_watchers()
         if self._streaming and self._journal is not None:

@@ -12,19 +12,25 @@ the agent layer plug in here without the driver knowing about either.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import importlib
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from shoal.store.base import idempotency_key
+from shoal.exceptions import ConfigError
+from shoal.store.base import EffectRecord, idempotency_key
 
 if TYPE_CHECKING:
     from shoal.agents.budget import Budget
+    from shoal.board import Board
     from shoal.events import EventSink
     from shoal.executors.base import Call
     from shoal.runtime import Runtime
 
-__all__ = ["INJECTORS", "RunScope", "inject", "register_injector"]
+__all__ = [
+    "INJECTORS", "REPLAYERS", "RunScope", "Settles", "inject", "register_injector",
+    "register_replayer",
+]
 
 
 @dataclass(slots=True, eq=False)
@@ -40,7 +46,7 @@ class RunScope:
     run_id: str
     lineage: str = ""
     resuming: bool = False
-    board: Any = None  # a shoal.Board, when the run was given one
+    board: Board | None = None
     budget: Budget | None = None
     sinks: tuple[EventSink, ...] = ()
     shared: dict[str, Any] = field(default_factory=dict)
@@ -60,6 +66,12 @@ class RunScope:
         for hook in hooks:
             await hook()
 
+    def __post_init__(self) -> None:
+        if self.board is not None:  # a run given something else fails here, before it runs
+            from shoal.board import check_board
+
+            check_board(self.board)
+
     def where(self, node_id: str) -> str:
         """The lineage of a node of this run (``lead/reader#2``)."""
         return f"{self.lineage}/{node_id}" if self.lineage else node_id
@@ -68,15 +80,50 @@ class RunScope:
         """The run id of a run that a node of this run starts (journaled under this one)."""
         return f"{self.run_id}/{node_id}"
 
+    def replay(self, effects: Sequence[EffectRecord]) -> None:
+        """Resume: apply again the effects (board writes) of the calls the run replays.
+
+        Raises :class:`~shoal.exceptions.ConfigError` when they cannot be (the run wrote to
+        a board, and is resumed without one).
+        """
+        by_kind: dict[str, list[EffectRecord]] = {}
+        for record in effects:
+            by_kind.setdefault(record.kind, []).append(record)
+        for kind, records in by_kind.items():
+            replayer = _provided(REPLAYERS, kind)
+            if replayer is None:
+                raise ConfigError(f"run {self.run_id!r}'s journal holds effects of kind "
+                                  f"{kind!r} that this version of shoal cannot replay")
+            replayer(self, records)
+
+
+@runtime_checkable
+class Settles(Protocol):
+    """An injected value that acts when its call's attempt ends (a board handle).
+
+    ``settle(ok)`` commits what the attempt did (``ok``) or drops it, and returns a record to
+    journal with the call's outcome (``None``: nothing to journal). It may raise: the attempt
+    then failed with that error.
+    """
+
+    def settle(self, ok: bool) -> EffectRecord | None:
+        """Commit (``ok``) or drop what the attempt did; what to journal with its outcome."""
+        ...
+
 
 _AT_END = "shoal.at_end"
 
 Injector = Callable[["Call", "RunScope | None"], Any]
+Replayer = Callable[["RunScope", list[EffectRecord]], None]
 
 #: What fills in each kind of injected parameter, by kind (``"idempotency_key"``, ...).
 INJECTORS: dict[str, Injector] = {
     "idempotency_key": lambda call, scope: idempotency_key(call.run_id, call.node_id),
 }
+#: What replays each kind of journaled effect on resume, by kind (``"board"``).
+REPLAYERS: dict[str, Replayer] = {}
+#: The modules that register a kind's injector and replayer, loaded when first needed.
+PROVIDERS: dict[str, str] = {"board": "shoal.board", "board?": "shoal.board"}
 
 
 def register_injector(kind: str, injector: Injector) -> None:
@@ -84,15 +131,34 @@ def register_injector(kind: str, injector: Injector) -> None:
     INJECTORS[kind] = injector
 
 
-def inject(call: Call, scope: RunScope | None) -> None:
+def register_replayer(kind: str, replayer: Replayer) -> None:
+    """Let ``replayer(scope, records)`` replay journaled effects of ``kind`` on resume."""
+    REPLAYERS[kind] = replayer
+
+
+def _provided(table: dict[str, Any], kind: str) -> Any:
+    """``table[kind]``, loading the module that provides it first if need be."""
+    found = table.get(kind)
+    if found is None and kind in PROVIDERS:
+        importlib.import_module(PROVIDERS[kind])
+        found = table.get(kind)
+    return found
+
+
+def inject(call: Call, scope: RunScope | None) -> list[Settles]:
     """Fill in the parameters of ``call`` that the runtime provides.
 
+    Returns the injected values that must hear how the attempt ended (see :class:`Settles`).
     A kind with no injector (its module never imported) is a definition error of the tool,
     raised into the call, so that it fails saying so.
     """
+    settling: list[Settles] = []
     for name, kind in call.tool.injected.items():
-        injector = INJECTORS.get(kind)
+        injector = _provided(INJECTORS, kind)
         if injector is None:
             raise TypeError(f"tool {call.tool.name!r}: nothing provides its injected "
                             f"parameter {name!r} ({kind}) in this run")
-        call.args[name] = injector(call, scope)
+        value = call.args[name] = injector(call, scope)
+        if hasattr(value, "settle"):  # not isinstance(value, Settles): that is ten times slower
+            settling.append(value)
+    return settling

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import heapq
 import random
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
@@ -271,6 +272,7 @@ class SchedulerState:
         self._critical = CriticalPath(graph, estimates if estimates is not None else {})
         self._default_executor = default_executor
         self._ask_doubt = False  # resume: nodes in doubt go to the approver (see hold_in_doubt)
+        self._maps_due: deque[_Slot] = deque()  # maps to expand or gather (see _make_ready)
         self._rng = rng or random.Random()
         self._global = ConcurrencyLimit("run max_concurrency", max_concurrency)
         self._gates = Gates(resource_limits, executor_limits, shared_limits)
@@ -451,23 +453,32 @@ class SchedulerState:
             self._dispatch(now, d)
         return d
 
-    def restore(self, outcomes: Iterable[Outcome], now: float) -> None:
+    def restore(self, outcomes: Iterable[Outcome], now: float) -> Decisions:
         """Resume: nodes that completed before the run stopped keep their recorded outcome.
 
         They never run again; what waits for them is released (or skipped) as if they had
-        just ended. Call before :meth:`begin`. Nothing is returned: these outcomes are in the
-        journal already, and nothing starts before ``begin``.
+        just ended. Call before :meth:`begin`. The decisions returned are those of the
+        release (nodes skipped, maps whose list is now known making their items, which may
+        end at once): the restored outcomes themselves are in the journal already.
         """
         d = Decisions()
+        restored: list[_Slot] = []
         for outcome in outcomes:
             slot = self.slots[self.graph.position[outcome.node_id]]
             if slot.phase is Phase.DONE:
                 continue
             slot.attempts, slot.queued_at = outcome.attempts, outcome.queued_at
             slot.started_at = outcome.started_at
-            self._record(slot, outcome.status, now, d, value=outcome.value,
-                         error=outcome.error, reason=outcome.reason, abandoned=outcome.abandoned)
+            self._store(slot, outcome.status, now, d, outcome.value, outcome.error,
+                        outcome.reason, outcome.abandoned)
             slot.outcome = outcome  # exactly as recorded: times, executor, attempts
+            restored.append(slot)
+        # released only once all are restored: a map released before its own outcome was
+        # would make its items again (and run those whose results cannot be replayed)
+        released = Decisions()
+        for slot in restored:
+            self._pass_on(slot, now, released)
+        return released
 
     def hold_in_doubt(self, reasons: Mapping[str, str], now: float, *,
                       ask: bool = False) -> Decisions:
@@ -533,10 +544,9 @@ class SchedulerState:
             self._record(slot, "cancelled", now, d, reason=self.stopping)
             return
         if slot.node.map is not None:  # runs nothing itself: makes its items, then gathers
-            if slot.items is None:
-                self._expand(slot, now, d)
-            else:
-                self._gather(slot, now, d)
+            self._maps_due.append(slot)
+            if len(self._maps_due) == 1:  # else a caller up the stack is at it already
+                self._run_maps(now, d)
             return
         if slot.node.tool.policy.approval is not False or (
                 self._doubt and slot.pos in self._doubt):  # asked about in _dispatch, once
@@ -551,13 +561,36 @@ class SchedulerState:
             d.events.append(NodeQueued(run_id=self.run_id, time=now, node_id=slot.node.id,
                                        tool=slot.node.tool.name))
 
+    def _run_maps(self, now: float, d: Decisions) -> None:
+        """Expand or gather the maps that are due, one after another.
+
+        A map that ends at once (an empty list, items that replay) releases the next one;
+        done here in a loop, not by recursion, a chain of hundreds of maps cannot overflow
+        the stack.
+        """
+        try:
+            while self._maps_due:
+                slot = self._maps_due[0]
+                if slot.phase is not Phase.WAITING:
+                    pass  # cancelled or skipped meanwhile
+                elif self.stopping:
+                    self._record(slot, "cancelled", now, d, reason=self.stopping)
+                elif slot.items is None:
+                    self._expand(slot, now, d)
+                else:
+                    self._gather(slot, now, d)
+                self._maps_due.popleft()
+        except BaseException:
+            self._maps_due.clear()  # an internal error: the next call must not think it runs
+            raise
+
     def _add_node(self, node: Node, now: float, d: Decisions, *, gather: int = -1,
                   priority: float | None = None) -> _Slot:
         """Grow the graph by ``node`` and give it a slot: waiting, replayed, skipped or queued."""
         fate: Fate = self.fate_of(node) if self.fate_of is not None else ("run", None)
         node.index = self._next_index
         self._next_index += 1
-        pos = self.graph.grow(node)
+        pos = self.graph.grow(node, gather if gather >= 0 else None)
         slot = _Slot(pos, node, 0, choose_executor(node.tool, self._default_executor))
         slot.gather = gather
         self.slots.append(slot)
@@ -612,6 +645,23 @@ class SchedulerState:
                     if before.phase is Phase.READY:  # the stale heap entry is skipped later
                         heapq.heappush(self._heap, (before.priority, before.pos))
                     stack.append(before)
+                    budget = self._lift_items(before, budget)
+
+    def _lift_items(self, mapped: _Slot, budget: int) -> int:
+        """A map was lifted: its items waiting to start rise with it; return the budget left.
+
+        They stand for the map, and the graph has no edge from them to what follows it.
+        """
+        for pos in mapped.items or ():
+            if budget <= 0:
+                break
+            item = self.slots[pos]
+            if item.phase in _UNSTARTED and item.priority > mapped.priority:
+                budget -= 1
+                item.priority = mapped.priority
+                if item.phase is Phase.READY:
+                    heapq.heappush(self._heap, (item.priority, item.pos))
+        return budget
 
     def _settle(self, slot: _Slot, fate: Fate, now: float, d: Decisions) -> None:
         """Resume: a node added under an id the journal knows gets what the journal says."""
@@ -644,8 +694,9 @@ class SchedulerState:
             args = resolve_arguments(node.args, self._lookup)
             items = args.pop(node.map.item_arg)
             if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, (list, tuple)):
+                kind = "None" if items is None else f"a {type(items).__name__}"
                 raise TypeError(f"map {node.id!r} needs a list to map over; "
-                                f"{node.args[node.map.item_arg]!r} is a {type(items).__name__}")
+                                f"{node.args[node.map.item_arg]!r} is {kind}")
             if len(items) > MAX_MAP_ITEMS:
                 raise ValueError(f"map {node.id!r}: {len(items)} items is more than "
                                  f"{MAX_MAP_ITEMS}; split the list")
@@ -653,9 +704,8 @@ class SchedulerState:
             self._record(slot, "failed", now, d, error=ErrorInfo.from_exception(exc))
             return
         slot.items = []
-        # An item may end as it is added (replayed on resume, cancelled): one count more than
-        # the items holds the gathering back until every item is in slot.items, or the map
-        # would gather while its last item is being added, without that item's value.
+        # an item may end as it is added (replayed, in doubt, cancelled): one count more
+        # until every item is in the list, or the map would gather without the last ones
         slot.waiting = len(items) + 1
         slot.queued_at = now
         for i, item in enumerate(items):
@@ -872,7 +922,9 @@ class SchedulerState:
                 d.approvals.append(Withdraw(slot.pos, slot.node.id, slot.approval.args_hash))
             if slot.phase is Phase.READY and slot.gates:
                 self._pass_wakeups_on(slot, d)
-            final: Status = "cancelled" if slot.phase is not Phase.BACKOFF else status
+            # a node between attempts, or a map with items, was under way: a deadline times
+            # it out; one that never started is only cancelled
+            final: Status = status if slot.phase is Phase.BACKOFF or slot.items else "cancelled"
             self._record(slot, final, now, d, reason=reason)
 
     def _pass_wakeups_on(self, slot: _Slot, d: Decisions) -> None:
@@ -891,6 +943,15 @@ class SchedulerState:
                 error: ErrorInfo | None = None, reason: str = "", abandoned: bool = False) -> None:
         """Give ``slot`` its outcome, then release or skip everything that waits for it."""
         self._store(slot, status, now, d, value, error, reason or slot.cancel_reason, abandoned)
+        self._pass_on(slot, now, d)
+        if self.fail_fast and status in ("failed", "timed_out") and not self.stopping:
+            reason = f"fail_fast: {slot.node.id!r} {status}"
+            self.stopping = reason
+            for other in reversed(self.slots):
+                self._cancel_slot(other, reason, "cancelled", now, d)
+
+    def _pass_on(self, slot: _Slot, now: float, d: Decisions) -> None:
+        """``slot`` has its outcome: release what waits for it, or skip it (and so on)."""
         stack = [slot]
         while stack:
             done = stack.pop()
@@ -916,11 +977,6 @@ class SchedulerState:
                 after.waiting -= 1
                 if after.waiting == 0 and after.phase is Phase.WAITING:
                     self._make_ready(after, now, d)
-        if self.fail_fast and status in ("failed", "timed_out") and not self.stopping:
-            reason = f"fail_fast: {slot.node.id!r} {status}"
-            self.stopping = reason
-            for other in reversed(self.slots):
-                self._cancel_slot(other, reason, "cancelled", now, d)
 
     def _store(self, slot: _Slot, status: Status, now: float, d: Decisions, value: Any,
                error: ErrorInfo | None, reason: str, abandoned: bool) -> None:
@@ -954,7 +1010,9 @@ class SchedulerState:
     def _rank(self) -> None:
         """Re-rank every node by critical path and rebuild the ready heap."""
         for slot, priority in zip(self.slots, self._critical.rank(self.done_count), strict=True):
-            slot.priority = priority
+            # a map's item stands for its map (what waits for the map waits for it), which
+            # comes before it: the graph has no edge from an item to what follows the map
+            slot.priority = priority if slot.gather < 0 else self.slots[slot.gather].priority
         self._heap = [(self.slots[p].priority, p) for _, p in self._heap]
         heapq.heapify(self._heap)
 

@@ -35,6 +35,7 @@ __all__ = [
     "AttemptStarted",
     "CancelRequest",
     "Decision",
+    "EffectRecord",
     "EventRecord",
     "OutcomeRecord",
     "Record",
@@ -44,6 +45,7 @@ __all__ = [
     "RunRecord",
     "RunStatus",
     "Store",
+    "StoredEffect",
     "StoredOutcome",
     "approval_hash",
     "canonical_json",
@@ -157,6 +159,22 @@ class OutcomeRecord(NamedTuple):
     position: int = 0  # the node's place in the plan, so outcomes read back in plan order
 
 
+class EffectRecord(NamedTuple):
+    """What a call did besides returning its value (``kind="board"``: its board writes).
+
+    Journaled in the same transaction as the call's ``ok`` outcome, and replayed with it on
+    resume, so the effect counts exactly once. ``data`` is stored like an outcome's value
+    (see :mod:`shoal.store.codec`). A store keeps the latest per run, node and kind, and
+    gives them back in the order they were written (:meth:`Store.effects`, optional for
+    stores of your own: without it a run cannot use a board).
+    """
+
+    run_id: str
+    node_id: str
+    kind: str
+    data: Any
+
+
 class EventRecord(NamedTuple):
     """One event of the run; the store keeps it as ``event.to_dict()`` (``kind`` included)."""
 
@@ -164,7 +182,8 @@ class EventRecord(NamedTuple):
     event: Event
 
 
-Record = RunRecord | RunEnded | AttemptStarted | AttemptEnded | OutcomeRecord | EventRecord
+Record = (RunRecord | RunEnded | AttemptStarted | AttemptEnded | OutcomeRecord | EventRecord
+          | EffectRecord)
 
 
 # ---- what the store gives back ------------------------------------------------------------
@@ -201,6 +220,19 @@ class StoredOutcome:
     replayable: bool = True
     encoding: str = "json"
     damaged: str = ""  # what of the stored row is damaged (the outcome is then in_doubt)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEffect:
+    """An :class:`EffectRecord` read back from the journal.
+
+    ``replayable`` is false when its data could not be stored for replay (as for
+    :class:`StoredOutcome`); ``damaged`` says what of the row is damaged.
+    """
+
+    record: EffectRecord
+    replayable: bool = True
+    damaged: str = ""
 
 
 @dataclass(frozen=True, slots=True)

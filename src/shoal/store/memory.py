@@ -27,11 +27,13 @@ from shoal.store.base import (
     AttemptStarted,
     CancelRequest,
     Decision,
+    EffectRecord,
     EventRecord,
     OutcomeRecord,
     Record,
     RunEnded,
     RunRecord,
+    StoredEffect,
     StoredOutcome,
 )
 from shoal.store.claims import LocalClaims, RunClaim
@@ -47,6 +49,8 @@ class _Run:
     attempts: dict[tuple[int, str, int], AttemptRecord] = field(default_factory=dict)
     outcomes: dict[str, tuple[int, Outcome]] = field(default_factory=dict)  # id -> (position, _)
     events: list[dict[str, Any]] = field(default_factory=list)
+    # (node id, kind) -> (when written, the record): the latest effect of each call
+    effects: dict[tuple[str, str], tuple[int, EffectRecord]] = field(default_factory=dict)
     cancels: list[CancelRequest] = field(default_factory=list)
     taken: int = 0  # cancel requests handed out so far
 
@@ -73,6 +77,7 @@ class MemoryStore:
         self._write: dict[type, Callable[[Any], None]] = {
             RunRecord: self._put_run, RunEnded: self._end_run, AttemptStarted: self._start,
             AttemptEnded: self._end, OutcomeRecord: self._outcome, EventRecord: self._event,
+            EffectRecord: self._effect,
         }  # fmt: skip
 
     def __repr__(self) -> str:
@@ -129,6 +134,11 @@ class MemoryStore:
         if run is not None:
             run.outcomes[r.outcome.node_id] = (r.position, r.outcome)
 
+    def _effect(self, r: EffectRecord) -> None:
+        run = self._runs.get(r.run_id)
+        if run is not None:
+            run.effects[(r.node_id, r.kind)] = (next(self._ids), r)
+
     def _event(self, r: EventRecord) -> None:
         run = self._runs.get(r.run_id)
         if run is not None:
@@ -174,6 +184,19 @@ class MemoryStore:
         with self._lock:
             run = self._runs.get(run_id)
             return list(run.attempts.values()) if run is not None else []
+
+    def effects(self, run_id: str, *, nested: bool = False) -> list[StoredEffect]:
+        """The latest effect of each of the run's calls (per kind), in the order written.
+
+        ``nested``: those of the runs nested in it too (ids starting ``f"{run_id}/"``).
+        """
+        prefix = f"{run_id}/"
+        with self._lock:
+            found = [item for rid, run in self._runs.items()
+                     if rid == run_id or (nested and rid.startswith(prefix))
+                     for item in run.effects.values()]
+        found.sort(key=lambda item: item[0])
+        return [StoredEffect(record) for _, record in found]
 
     def events(self, run_id: str) -> list[dict[str, Any]]:
         """The run's events, if this store keeps them."""

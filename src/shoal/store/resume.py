@@ -14,6 +14,13 @@ For each node of the run, by what the journal says:
   ``rerun_in_doubt``;
 * nothing at all: runs as it would have.
 
+A replayed call's effects (its board writes, :class:`~shoal.store.base.EffectRecord`) are
+replayed with it, in the order they were journaled; effects the journal could not store for
+replay make the call's outcome unreplayable too (the call then runs again if its tool is
+idempotent, otherwise it is in doubt). So are the effects of the runs nested in the run (ids
+``f"{run_id}/..."``, such as an agent's steps) whose calls' results stand: what a replayed
+node did inside its own runs is part of its result, and it will not run again to redo it.
+
 A node in doubt is settled by a person: ``rerun_in_doubt`` runs it again (it did not take
 effect), ``mark_done`` records it ``ok`` with a value the person gives (it did); either way
 its dependents then run.
@@ -26,7 +33,7 @@ rows raises :class:`~shoal.exceptions.JournalDamagedError`: what they said canno
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from shoal.deps import Graph
@@ -38,10 +45,10 @@ from shoal.exceptions import (
 )
 from shoal.outcome import Outcome
 from shoal.plan import Node
-from shoal.store.base import RunRecord, Store, StoredOutcome
+from shoal.store.base import EffectRecord, RunRecord, Store, StoredEffect, StoredOutcome
 from shoal.store.fingerprint import plan_differences
 
-__all__ = ["Resumption", "prepare_resume"]
+__all__ = ["Resumption", "prepare_resume", "standing_effects"]
 
 _REPLAYED = ("ok", "denied")
 
@@ -50,19 +57,22 @@ _REPLAYED = ("ok", "denied")
 class Resumption:
     """What a resumed session does with each node.
 
-    ``replay`` these outcomes (plan order), record the ``settled`` ones (in-doubt nodes a
-    person marked done; new to the journal), hold ``in_doubt`` nodes (id -> why), and run the
-    rest; ``rerun`` says why each node that ran before runs again.
+    ``replay`` these outcomes (plan order) and the ``effects`` of those calls (journal order),
+    record the ``settled`` ones (in-doubt nodes a person marked done; new to the journal),
+    hold ``in_doubt`` nodes (id -> why), and run the rest; ``rerun`` says why each node that
+    ran before runs again.
     """
 
     record: RunRecord
     replay: list[Outcome] = field(default_factory=list)
+    effects: list[EffectRecord] = field(default_factory=list)
     settled: list[Outcome] = field(default_factory=list)
     in_doubt: dict[str, str] = field(default_factory=dict)
     rerun: dict[str, str] = field(default_factory=dict)
     # what the journal holds of nodes the plan does not have: those a run added while it
     # went (a map's items, an open run's nodes); each is decided when it is added again
     later: dict[str, StoredOutcome | None] = field(default_factory=dict)
+    later_tools: dict[str, str] = field(default_factory=dict)  # tool of each one in flight
     rerun_later: frozenset[str] = frozenset()
     done_later: Mapping[str, Any] = field(default_factory=dict)
 
@@ -75,10 +85,10 @@ class Resumption:
         if node.id not in self.later:
             return "run", None
         stored = self.later[node.id]
-        if stored is not None and stored.outcome.tool != node.tool.name:
+        was = stored.outcome.tool if stored is not None else self.later_tools.get(node.id)
+        if was is not None and was != node.tool.name:
             raise PlanChangedError(self.record.run_id, [
-                f"node {node.id!r} was a call of {stored.outcome.tool!r}, now of "
-                f"{node.tool.name!r}"])
+                f"node {node.id!r} was a call of {was!r}, now of {node.tool.name!r}"])
         replayed: list[Outcome] = []
         why = _doubt(node, stored, stored is None, Resumption(self.record, replayed,
                                                               rerun=self.rerun))
@@ -114,8 +124,9 @@ def prepare_resume(store: Store, run_id: str, graph: Graph, description: Mapping
         raise RunNotFoundError(run_id, _where(store))
     stored = store.outcomes(run_id)
     attempts = store.attempts(run_id)
+    effects = _effects(store, run_id)
     damage = [record.damaged, *(getattr(o, "damaged", "") for o in stored.values()),
-              *(getattr(a, "damaged", "") for a in attempts)]
+              *(getattr(a, "damaged", "") for a in attempts), *(e.damaged for e in effects)]
     if any(damage):  # what the damaged rows said is unknown: a call could run twice
         raise JournalDamagedError(f"run {run_id!r} {_where(store)}; it cannot be resumed",
                                   [d for d in damage if d])
@@ -129,8 +140,12 @@ def prepare_resume(store: Store, run_id: str, graph: Graph, description: Mapping
         raise ConfigError(f"{both} cannot be both run again and marked done")
     result = Resumption(record)
     doubtful: set[str] = set()
+    lost = {e.record.node_id for e in effects if not e.replayable and e.record.run_id == run_id}
     for node in sorted(graph.nodes, key=lambda n: n.index):
-        why = _doubt(node, stored.get(node.id), node.id in open_attempts, result)
+        known = stored.get(node.id)
+        if known is not None and node.id in lost and known.replayable:
+            known = replace(known, replayable=False, encoding="effects")
+        why = _doubt(node, known, node.id in open_attempts, result)
         if not why:
             continue
         doubtful.add(node.id)
@@ -146,12 +161,19 @@ def prepare_resume(store: Store, run_id: str, graph: Graph, description: Mapping
         result.later[node_id] = stored[node_id]
     for node_id in open_attempts.keys() - graph.position.keys() - stored.keys():
         result.later[node_id] = None  # in flight when the run stopped
+        result.later_tools[node_id] = open_attempts[node_id].tool
     # ids not in the plan: a run's own nodes, decided when it adds them (in doubt or not)
     maybe_later = {n for n, known in result.later.items()
                    if known is None or known.outcome.status == "in_doubt"}
     result.rerun_later = frozenset(wanted & maybe_later)
     result.done_later = {k: v for k, v in done.items() if k in maybe_later}
     doubtful |= maybe_later
+    # nodes the run adds as it goes replay when added again (a map's items always are):
+    # their board writes count like those of the plan's own replayed nodes
+    again = {n for n, known in result.later.items() if known is not None
+             and known.outcome.status in _REPLAYED and known.replayable}
+    result.effects.extend(standing_effects(store, run_id, effects,
+                                           {o.node_id for o in result.replay} | again))
     unknown = sorted((wanted | done.keys()) - doubtful)
     if unknown:
         raise ConfigError(f"{unknown} are not in doubt in run {run_id!r}, so they cannot be "
@@ -188,8 +210,40 @@ def _doubt(node: Node, stored: StoredOutcome | None, in_flight: bool,
             f"shoal resume --rerun-in-doubt {node.id})")
 
 
+def _effects(store: Store, run_id: str) -> list[StoredEffect]:
+    """The journaled effects of the run and the runs nested in it, in the order written.
+
+    None from a store of your own that keeps no effects.
+    """
+    read = getattr(store, "effects", None)
+    return list(read(run_id, nested=True)) if callable(read) else []
+
+
+def standing_effects(store: Store, run_id: str, effects: list[StoredEffect] | None = None,
+                     replayed: set[str] | None = None) -> list[EffectRecord]:
+    """The effects that count when ``run_id`` resumes, in the order they were written.
+
+    Those of the calls it replays (``replayed``; default: every ``ok`` outcome the journal
+    can replay), and those of the runs nested in it whose calls ended ``ok`` with a result
+    that can be replayed. ``effects``: what :func:`_effects` read, if it was read already.
+    """
+    found = _effects(store, run_id) if effects is None else effects
+    standing: dict[str, set[str]] = {} if replayed is None else {run_id: replayed}
+    kept: list[EffectRecord] = []
+    for effect in found:
+        rid = effect.record.run_id
+        if rid not in standing:
+            standing[rid] = {node for node, stored in store.outcomes(rid).items()
+                             if stored.outcome.status == "ok" and stored.replayable}
+        if effect.replayable and effect.record.node_id in standing[rid]:
+            kept.append(effect.record)
+    return kept
+
+
 def _unreplayable(stored: StoredOutcome) -> str:
     """Why the stored value of ``stored`` cannot be replayed."""
+    if stored.encoding == "effects":
+        return "its board writes could not be stored for replay"
     if stored.encoding == "pickle":  # it was stored, but its classes do not load it here
         return ("its result was journaled as a pickle that does not load here (its class was "
                 "moved, renamed or changed since)")

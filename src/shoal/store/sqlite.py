@@ -44,11 +44,13 @@ from shoal.store.base import (
     AttemptStarted,
     CancelRequest,
     Decision,
+    EffectRecord,
     EventRecord,
     OutcomeRecord,
     Record,
     RunEnded,
     RunRecord,
+    StoredEffect,
     StoredOutcome,
 )
 from shoal.store.claims import FileClaim, LocalClaims, RunClaim, record_beats
@@ -91,10 +93,15 @@ CREATE TABLE IF NOT EXISTS cancels (
     id INTEGER PRIMARY KEY, run_id TEXT NOT NULL, node_ids TEXT NOT NULL,
     reason TEXT NOT NULL, requested_at REAL NOT NULL, taken INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS cancels_by_run ON cancels (run_id, taken);
+CREATE TABLE IF NOT EXISTS effects (
+    id INTEGER PRIMARY KEY, run_id TEXT NOT NULL, node_id TEXT NOT NULL, kind TEXT NOT NULL,
+    encoding TEXT NOT NULL, value BLOB, view TEXT, UNIQUE (run_id, node_id, kind));
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY, run_id TEXT NOT NULL, data TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS events_by_run ON events (run_id);
 """
+
+_EFFECTS_TABLE = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS effects"):].split(";")[0]
 
 _RUN_COLUMNS = ("run_id, name, status, started_at, finished_at, nodes, fingerprint, plan, "
                 "source, counts, makespan, sessions, heartbeat, pid, host")
@@ -194,6 +201,8 @@ class SQLiteStore:
                         ("schema_version", str(SCHEMA_VERSION)), ("created_by", __version__)])
                 elif found > SCHEMA_VERSION:
                     raise StoreVersionError(self.path, found, SCHEMA_VERSION)
+                else:  # a file from before calls had effects (board writes): add their table
+                    db.execute(_EFFECTS_TABLE)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path!r} is not a usable shoal journal: {exc}"
                              f"{_read_only_note(self.path)}") from exc
@@ -258,7 +267,7 @@ class SQLiteStore:
 
     def write(self, records: Sequence[Record]) -> None:
         """Store ``records`` in one transaction: run rows, attempts, outcomes, events, ends."""
-        runs, starts, ends, outcomes, events, finished = _split(records)
+        runs, starts, ends, outcomes, events, finished, effects = _split(records)
         with self._writing() as db:
             if runs:
                 db.executemany(
@@ -280,6 +289,10 @@ class SQLiteStore:
                 db.executemany(
                     f"INSERT OR REPLACE INTO outcomes (run_id, position, {_OUTCOME_COLUMNS}) "
                     f"VALUES ({', '.join('?' * 16)})", [_outcome_row(o) for o in outcomes])
+            if effects:
+                db.executemany(
+                    "INSERT OR REPLACE INTO effects (run_id, node_id, kind, encoding, value, view)"
+                    " VALUES (?, ?, ?, ?, ?, ?)", [_effect_row(e) for e in effects])
             if events:
                 db.executemany("INSERT INTO events (run_id, data) VALUES (?, ?)",
                                [(e.run_id, _event_json(e.event)) for e in events])
@@ -358,6 +371,26 @@ class SQLiteStore:
             "error FROM attempts WHERE run_id = ? ORDER BY session, started_at, node_id",
             (run_id,))
         return [_attempt(row) for row in rows]
+
+    def effects(self, run_id: str, *, nested: bool = False) -> list[StoredEffect]:
+        """The latest effect of each of the run's calls (per kind), in the order written.
+
+        ``nested``: those of the runs nested in it too (ids starting ``f"{run_id}/"``).
+        """
+        prefix = f"{run_id}/"
+        try:
+            with self._lock:
+                rows = self._conn.execute(
+                    "SELECT run_id, node_id, kind, encoding, value, view FROM effects WHERE "
+                    "run_id = ? OR (? AND substr(run_id, 1, ?) = ?) ORDER BY id",
+                    _bind((run_id, nested, len(prefix), prefix))).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):  # a read-only file from before effects existed
+                return []
+            raise StoreError(f"cannot read the journal {self.path!r}: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the journal {self.path!r}: {exc}") from exc
+        return [_stored_effect(row) for row in rows]
 
     def events(self, run_id: str) -> list[dict[str, Any]]:
         """The run's journaled events, in order."""
@@ -479,7 +512,8 @@ def _read_only_note(path: str) -> str:
 
 def _split(records: Sequence[Record]) -> tuple[list[RunRecord], list[AttemptStarted],
                                                  list[AttemptEnded], list[OutcomeRecord],
-                                                 list[EventRecord], list[RunEnded]]:
+                                                 list[EventRecord], list[RunEnded],
+                                                 list[EffectRecord]]:
     """Records by kind, so each kind is one ``executemany`` (order within a kind is kept)."""
     runs: list[RunRecord] = []
     starts: list[AttemptStarted] = []
@@ -487,12 +521,13 @@ def _split(records: Sequence[Record]) -> tuple[list[RunRecord], list[AttemptStar
     outcomes: list[OutcomeRecord] = []
     events: list[EventRecord] = []
     finished: list[RunEnded] = []
+    effects: list[EffectRecord] = []
     sort: dict[type, list[Any]] = {RunRecord: runs, AttemptStarted: starts, AttemptEnded: ends,
                                    OutcomeRecord: outcomes, EventRecord: events,
-                                   RunEnded: finished}
+                                   RunEnded: finished, EffectRecord: effects}
     for record in records:
         sort[type(record)].append(record)
-    return runs, starts, ends, outcomes, events, finished
+    return runs, starts, ends, outcomes, events, finished, effects
 
 
 _EVENT_FIELDS: dict[type, tuple[str, ...]] = {}
@@ -555,6 +590,27 @@ def _outcome_row(record: OutcomeRecord) -> tuple[Any, ...]:
     return (record.run_id, record.position, o.node_id, o.tool, o.status, encoding, payload,
             view, error, o.reason, o.attempts, o.queued_at, o.started_at, o.finished_at,
             o.executor, int(o.abandoned))
+
+
+def _effect_row(record: EffectRecord) -> tuple[Any, ...]:
+    encoded = encode_value(record.data)
+    return (record.run_id, record.node_id, record.kind, encoded.encoding, encoded.payload,
+            encoded.view)
+
+
+def _stored_effect(row: Sequence[Any]) -> StoredEffect:
+    """The effect of ``row``; a damaged row says what is damaged (and is not replayable)."""
+    run_id, node_id, kind, encoding, payload, view = row
+    try:
+        encoding = _choice(encoding, "encoding", ("json", "pickle", "repr"))
+        data, real = _value(encoding, payload, view, True)
+        record = EffectRecord(_text(run_id, "run_id"), _text(node_id, "node_id"),
+                              _text(kind, "kind"), data)
+    except _Damaged as exc:
+        return StoredEffect(EffectRecord(_loose_text(run_id), _loose_text(node_id),
+                                         _loose_text(kind), None),
+                            False, damaged=f"effects.{exc}")
+    return StoredEffect(record, real)
 
 
 def _stored_outcome(row: Sequence[Any], decode: bool) -> StoredOutcome:

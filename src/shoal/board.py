@@ -1,0 +1,452 @@
+"""The shared board: named keys with merge rules, read and written by parallel calls.
+
+A :class:`Board` declares its keys and how each merges what is written to it (see
+:mod:`shoal.merge`). Tools reach it through a parameter annotated :class:`BoardHandle`, which
+the runtime fills in per call and hides from the tool's schema (models never see it)::
+
+    board = shoal.Board(findings=shoal.merge.append, count=shoal.merge.counter)
+
+    @shoal.tool
+    def note(fact: str, board: shoal.BoardHandle) -> None:
+        board.write("findings", fact)
+        board.write("count", 1)
+
+    result = shoal.run_sync(plan, board=board)
+    result.board["count"], result.conflicts
+
+Exactly once, also across a crash: a call's writes wait in its handle (its reads see the board
+plus its own writes) and are committed to the board only when the attempt succeeds, in the
+same journal transaction as its outcome. A failed, timed-out or cancelled attempt's writes are
+dropped (a retry starts afresh); a resumed run replays the writes of the calls it replays, in
+the order they were committed, and a call that was in flight at the crash wrote nothing, so
+running it again cannot write twice. Committing at the end of a call rather than at each
+write is what makes this hold without a journal entry per write: a call's writes and its
+result are one fact.
+
+Order: ``append`` lists are in commit order (one call's writes in their own order); after a
+resume, the replayed writes come first, in their original order. A handle cannot travel to
+another process: a tool asking for one must run inline or on a thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from shoal import merge
+from shoal.exceptions import BoardError, BoardKeyError, BoardValueError, ConfigError, StoreError
+from shoal.merge import Rule, using
+from shoal.scheduler.scope import register_injector, register_replayer
+from shoal.store.base import EffectRecord
+
+if TYPE_CHECKING:
+    from shoal.executors.base import Call
+    from shoal.scheduler.scope import RunScope
+    from shoal.store.base import Store
+
+__all__ = [
+    "KIND", "Board", "BoardConflict", "BoardHandle", "check_board", "merge", "replay_journal",
+]
+
+KIND = "board"  # the kind of injected parameter, and of the journal's effect records
+
+_FAR = frozenset({"process", "ray"})  # backends whose calls run in another process
+
+
+@dataclass(frozen=True, slots=True)
+class BoardConflict:
+    """Two writers set a ``last_writer`` key differently, the second without reading the first.
+
+    ``writers`` are their lineages (``lead/worker#2/decide#1``), first committed first;
+    ``values`` what each wrote. The second value is the one kept.
+    """
+
+    key: str
+    writers: tuple[str, str]
+    values: tuple[Any, Any]
+
+    @property
+    def kept(self) -> Any:
+        """The value the key holds after the conflict (the later writer's)."""
+        return self.values[1]
+
+    def __str__(self) -> str:
+        first, second = self.writers
+        return (f"board key {self.key!r}: {second} wrote {self.values[1]!r:.60} over "
+                f"{self.values[0]!r:.60} from {first} without reading it (kept the later)")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The conflict as data (how the journal keeps it)."""
+        return {"key": self.key, "writers": list(self.writers), "values": list(self.values)}
+
+
+class _Slot:
+    """One key: its rule, merged value, how many commits it has seen, and by whom the last."""
+
+    __slots__ = ("rule", "value", "version", "writer")
+
+    def __init__(self, rule: Rule) -> None:
+        self.rule = rule
+        self.value = rule.start()
+        self.version = 0
+        self.writer = ""
+
+
+def _as_rule(key: str, rule: Any) -> Rule:
+    if isinstance(rule, Rule):
+        return rule
+    if callable(rule):
+        return using(rule)
+    raise ConfigError(f"board key {key!r}: a merge rule is one of shoal.merge.append, union, "
+                      f"counter, minimum, maximum, last_writer, using(fn), or a function "
+                      f"(merged, value) -> merged; got {rule!r}")
+
+
+class Board:
+    """Named keys, each with a merge rule, shared by the calls of a run (and of agent trees).
+
+    Declare keys as keyword arguments (or a mapping, for names that are not identifiers):
+    ``Board(findings=merge.append, count=merge.counter)``. Give it to a run
+    (``shoal.run_sync(plan, board=board)``, ``agent.run(prompt, board=board)``); tools get a
+    :class:`BoardHandle`. Reading and writing are safe from any thread.
+    """
+
+    def __init__(self, rules: Mapping[str, Any] | None = None, /, **more: Any) -> None:
+        if rules is not None and not isinstance(rules, Mapping):
+            raise ConfigError(f"Board takes keys with their rules, as Board(count="
+                              f"shoal.merge.counter) or Board({{'count': ...}}); got {rules!r}")
+        declared = {**(rules or {}), **more}
+        bad = [k for k in declared if not isinstance(k, str) or not k]
+        if bad:
+            raise ConfigError(f"board keys are non-empty strings, got {bad[0]!r}")
+        self._slots = {key: _Slot(_as_rule(key, rule)) for key, rule in declared.items()}
+        self._lock = threading.Lock()
+        self._conflicts: list[BoardConflict] = []
+        self._applied: set[tuple[str, str]] = set()  # (run id, node id) of committed calls
+        # commits so far: each call's is journaled with its number, so that a resume replays
+        # them in the order they happened (runs journal on threads of their own, in any order)
+        self._commits = 0
+
+    def __repr__(self) -> str:
+        keys = ", ".join(f"{k}={s.rule!r}" for k, s in self._slots.items())
+        return f"<Board {keys}>"
+
+    @property
+    def rules(self) -> dict[str, Rule]:
+        """Each declared key's merge rule."""
+        return {key: slot.rule for key, slot in self._slots.items()}
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._slots
+
+    def __getitem__(self, key: str) -> Any:
+        """The merged value of ``key`` now (a copy); :class:`BoardKeyError` if undeclared."""
+        slot = self._slot(key)
+        with self._lock:
+            return slot.rule.copy(slot.value)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every key's merged value now (copies), as a plain dict."""
+        with self._lock:
+            return {key: slot.rule.copy(slot.value) for key, slot in self._slots.items()}
+
+    @property
+    def conflicts(self) -> list[BoardConflict]:
+        """Every conflict the board has seen, in the order they happened."""
+        with self._lock:
+            return list(self._conflicts)
+
+    def write(self, key: str, value: Any, *, writer: str = "") -> list[BoardConflict]:
+        """Merge ``value`` into ``key`` at once, from outside any run (say, to seed a board).
+
+        Not journaled; a call's writes go through its :class:`BoardHandle` instead.
+        Returns the conflict this write caused, if any.
+        """
+        rule = self._slot(key).rule
+        problem = rule.check(value, lambda: self[key])
+        if problem:
+            raise BoardValueError(f"board key {key!r} ({rule!r}): {problem}")
+        return self._commit(writer, [(key, value)], {})[0]
+
+    # ---- for handles and the runtime ----------------------------------------------------
+
+    def _slot(self, key: str) -> _Slot:
+        slot = self._slots.get(key)
+        if slot is None:
+            raise BoardKeyError(f"the board has no key {key!r}; its keys are "
+                                f"{sorted(self._slots) or 'none'} (declare keys in Board(...))")
+        return slot
+
+    def _read(self, key: str) -> tuple[Any, int]:
+        """A copy of ``key``'s merged value, and its version."""
+        slot = self._slot(key)
+        with self._lock:
+            return slot.rule.copy(slot.value), slot.version
+
+    def _commit(self, writer: str, writes: list[tuple[str, Any]], seen: Mapping[str, int], *,
+                call: tuple[str, str] | None = None,
+                recorded: Iterable[BoardConflict] | None = None,
+                number: int | None = None) -> tuple[list[BoardConflict], int]:
+        """Merge one call's writes, all or none; return their conflicts and commit number.
+
+        ``seen``: the version of each key the writer read last. ``recorded``: the conflicts a
+        journal says these writes caused (on replay), instead of working them out again;
+        ``number``: the commit's number then.
+        """
+        by_key: dict[str, list[Any]] = {}
+        for key, value in writes:
+            by_key.setdefault(key, []).append(value)
+        with self._lock:
+            merged = self._merge_failing_first(by_key)
+            if call is not None:
+                self._applied.add(call)
+            conflicts = list(recorded) if recorded is not None else [
+                found for key in by_key if self._slots[key].rule.reports_conflicts
+                and (found := self._conflict(key, merged[key], writer, seen)) is not None]
+            for key, values in by_key.items():
+                slot = self._slots[key]
+                if slot.rule.in_place:  # cannot fail, so only now, once the rest merged
+                    for value in values:
+                        slot.value = slot.rule.fold(slot.value, value)
+                else:
+                    slot.value = merged[key]
+                slot.version += 1
+                slot.writer = writer
+            self._conflicts.extend(conflicts)
+            number = self._commits if number is None else number
+            self._commits = max(self._commits, number + 1)
+            return conflicts, number
+
+    def _merge_failing_first(self, by_key: Mapping[str, list[Any]]) -> dict[str, Any]:
+        """The new values of the keys whose merge may fail, touching nothing yet."""
+        merged: dict[str, Any] = {}
+        for key, values in by_key.items():
+            slot = self._slots[key]
+            if slot.rule.in_place:
+                continue
+            value = slot.value
+            try:
+                for item in values:
+                    value = slot.rule.fold(value, item)
+            except Exception as exc:
+                raise BoardValueError(f"board key {key!r} ({slot.rule!r}) cannot merge "
+                                      f"{item!r:.80}: {type(exc).__name__}: {exc}") from exc
+            merged[key] = value
+        return merged
+
+    def _conflict(self, key: str, value: Any, writer: str,
+                  seen: Mapping[str, int]) -> BoardConflict | None:
+        slot = self._slots[key]
+        if (not slot.writer or slot.writer == writer or seen.get(key) == slot.version
+                or _same(slot.value, value)):
+            return None
+        return BoardConflict(key, (slot.writer, writer), (slot.value, value))
+
+    def _replay(self, record: EffectRecord) -> None:
+        """Apply a journaled call's writes again, once per board.
+
+        A board that has them already (say, the one a cancelled run wrote to in this process)
+        is left as it is.
+        """
+        if (record.run_id, record.node_id) in self._applied:
+            return
+        data = record.data
+        try:
+            writer = data["writer"]
+            writes = [(str(key), value) for key, value in data["writes"]]
+            conflicts = [BoardConflict(c["key"], tuple(c["writers"]), tuple(c["values"]))
+                         for c in data["conflicts"]]
+            number = int(data["commit"])
+        except (TypeError, KeyError, ValueError) as exc:
+            raise StoreError(f"the journal's board writes of {record.run_id}/{record.node_id} "
+                             f"are not what shoal wrote: {exc!r}") from exc
+        unknown = sorted({key for key, _ in writes} - self._slots.keys())
+        if unknown:
+            raise ConfigError(f"run {record.run_id!r} wrote board keys {unknown} that this "
+                              f"board does not declare (its keys: {sorted(self._slots)}); "
+                              "resume with the board the run started with")
+        self._commit(writer, writes, {}, call=(record.run_id, record.node_id),
+                     recorded=conflicts, number=number)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two values are equal; values that cannot say (arrays) count as different."""
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
+
+
+class BoardHandle:
+    """One call's access to the run's :class:`Board`; annotate a tool parameter with it.
+
+    The runtime fills the parameter in (it is not part of the tool's schema). ``write``
+    merges a value into a key, ``read`` gives a key's merged value as this call sees it: the
+    board's, plus the call's own writes so far. Writes count when the call succeeds (see the
+    module docs); after the call ended the handle refuses to be used.
+    """
+
+    __shoal_injected__ = KIND  # what the runtime puts into a parameter of this type
+
+    def __init__(self, board: Board, writer: str, *, run_id: str = "", node_id: str = "",
+                 merges: Iterable[str] = ()) -> None:
+        self.board = board
+        self.writer = writer  # the call's lineage, as conflicts name it
+        self._call = (run_id, node_id)
+        self._merges = frozenset(merges)  # keys the tool declared it only merges into
+        self._pending: list[tuple[str, Any]] = []
+        self._seen: dict[str, int] = {}
+        self._open = True
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<BoardHandle of {self.writer or 'a call'}: {len(self._pending)} pending>"
+
+    def __reduce__(self) -> Any:
+        raise BoardError("a board handle cannot be sent to another process; run the tool "
+                         "that uses it inline or on a thread")
+
+    def write(self, key: str, value: Any) -> None:
+        """Merge ``value`` into ``key`` (when the call succeeds).
+
+        Raises :class:`BoardKeyError` for a key the board does not declare and
+        :class:`BoardValueError` for a value its rule cannot merge.
+        """
+        rule = self.board._slot(key).rule
+        if key in self._merges and not rule.commutative:
+            raise BoardError(f"the tool declares merges=['board:{key}'], but the board's rule "
+                             f"for {key!r} is {rule!r}, which depends on the order of writes; "
+                             f"declare writes=['board:{key}'] instead")
+        with self._lock:
+            self._check_open()
+            problem = rule.check(value, lambda: self._view(key))
+            if problem:
+                raise BoardValueError(f"board key {key!r} ({rule!r}): {problem}")
+            self._pending.append((key, value))
+
+    def read(self, key: str) -> Any:
+        """``key``'s merged value as this call sees it (a copy)."""
+        with self._lock:
+            self._check_open()
+            return self._view(key)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.read(key)
+
+    def keys(self) -> list[str]:
+        """The board's declared keys."""
+        return list(self.board.rules)
+
+    def _view(self, key: str) -> Any:
+        value, version = self.board._read(key)
+        self._seen[key] = version
+        rule = self.board._slot(key).rule
+        for written, item in self._pending:
+            if written == key:
+                value = rule.fold(value, item)
+        return value
+
+    def _check_open(self) -> None:
+        if not self._open:
+            raise BoardError(f"the call {self.writer!r} has ended; its board handle can no "
+                             "longer be used (a thread it left running cannot write)")
+
+    def settle(self, ok: bool) -> EffectRecord | None:
+        """The call's attempt ended: commit its writes if it succeeded, drop them otherwise.
+
+        Returns the record to journal with the call's outcome (``None``: nothing was written).
+        Raises :class:`BoardValueError` if the writes no longer merge (another call committed
+        a value they cannot be compared with); nothing is committed then.
+        """
+        with self._lock:
+            self._open = False
+            writes, self._pending = self._pending, []
+            if not ok or not writes:
+                return None
+            conflicts, number = self.board._commit(self.writer, writes, self._seen,
+                                                   call=self._call)
+        return EffectRecord(self._call[0], self._call[1], KIND, {
+            "writer": self.writer, "commit": number,
+            "writes": [[key, value] for key, value in writes],
+            "conflicts": [c.to_dict() for c in conflicts]})
+
+
+def check_board(board: object) -> Board | None:
+    """``board`` if it is a :class:`Board` (or ``None``); :class:`ConfigError` otherwise."""
+    if board is None or isinstance(board, Board):
+        return board
+    raise ConfigError(f"board= takes a shoal.Board(key=shoal.merge.rule, ...), got "
+                      f"{type(board).__name__} {board!r:.80}")
+
+
+def _inject(call: Call, scope: RunScope | None) -> BoardHandle:
+    """A handle for one attempt of ``call`` (the injector of ``BoardHandle`` parameters)."""
+    if scope is None or scope.board is None:
+        raise BoardError(f"tool {call.tool.name!r} takes a board, but this run has none: "
+                         "pass board=shoal.Board(...) to the run")
+    if call.executor in _FAR:
+        raise BoardError(f"tool {call.tool.name!r} takes a board but runs on the "
+                         f"{call.executor} backend: a board handle cannot reach another "
+                         "process; give the tool isolation='thread' (or 'inline' if async)")
+    store = scope.runtime.store
+    if store is not None and not callable(getattr(store, "effects", None)):
+        raise BoardError(f"tool {call.tool.name!r} takes a board, but this runtime's store "
+                         f"({type(store).__name__}) cannot journal board writes: give it "
+                         "effects() and accept EffectRecord (see shoal.store.base), or use "
+                         "SQLiteStore or MemoryStore")
+    writer = scope.where(call.node_id)
+    return BoardHandle(scope.board, writer, run_id=call.run_id, node_id=call.node_id,
+                       merges=_merged_keys(call))
+
+
+def _inject_if_any(call: Call, scope: RunScope | None) -> BoardHandle | None:
+    """For a ``BoardHandle | None`` parameter: a handle, or ``None`` if the run has no board."""
+    return None if scope is None or scope.board is None else _inject(call, scope)
+
+
+def _merged_keys(call: Call) -> list[str]:
+    """The board keys the call's tool says it only merges into (``merges=["board:count"]``)."""
+    if not call.tool.policy.merges:
+        return []
+    from shoal.deps import render_key
+
+    keys = (render_key(t, call.args, call.tool.defaults) for t in call.tool.policy.merges)
+    return [k.text.removeprefix("board:") for k in keys
+            if not k.wild and k.text.startswith("board:")]
+
+
+def replay_journal(board: Board, store: Store, run_id: str) -> None:
+    """Merge into ``board`` the journaled writes that count for ``run_id`` and its nested runs.
+
+    For an agent tree resumed with a board: its finished subagents are not run again, so the
+    writes of their steps are replayed here (each call's once, whatever replays it later).
+    """
+    from shoal.store.resume import standing_effects
+
+    for record in _in_commit_order(standing_effects(store, run_id)):
+        board._replay(record)
+
+
+def _replay(scope: RunScope, records: list[EffectRecord]) -> None:
+    """Replay a resumed run's journaled board writes into the run's board."""
+    if scope.board is None:
+        raise ConfigError(f"run {scope.run_id!r} wrote to a board; resume it with the board: "
+                          "board=shoal.Board(...) with the keys it started with")
+    for record in _in_commit_order(records):
+        scope.board._replay(record)
+
+
+def _in_commit_order(records: Iterable[EffectRecord]) -> list[EffectRecord]:
+    """The board's records, in the order the board committed them."""
+    def number(record: EffectRecord) -> int:
+        found = record.data.get("commit") if isinstance(record.data, dict) else None
+        return found if isinstance(found, int) else -1  # a damaged one fails when replayed
+
+    return sorted((r for r in records if r.kind == KIND), key=number)
+
+
+register_injector(KIND, _inject)
+register_injector(f"{KIND}?", _inject_if_any)
+register_replayer(KIND, _replay)

@@ -1,0 +1,617 @@
+"""The shared board: merge rules, exactly-once writes, conflicts, agents, footprints, resume."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import shoal
+from shoal.exceptions import BoardError, BoardKeyError, BoardValueError, ConfigError
+from shoal.store.memory import MemoryStore
+from shoal.store.sqlite import SQLiteStore
+from shoal.testing import ScriptedModel, call
+from tests import board_agents_crash, board_crash
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _board() -> shoal.Board:
+    return shoal.Board(findings=shoal.merge.append, count=shoal.merge.counter,
+                       answer=shoal.merge.last_writer)
+
+
+@shoal.tool
+def note(fact: str, board: shoal.BoardHandle) -> str:
+    """Add a finding and count it."""
+    board.write("findings", fact)
+    board.write("count", 1)
+    return fact
+
+
+@shoal.tool
+async def decide(answer: str, board: shoal.BoardHandle) -> str:
+    """Set the answer, blind."""
+    board.write("answer", answer)
+    return answer
+
+
+# ---- merge rules ---------------------------------------------------------------------------
+
+
+def test_each_merge_rule_merges_as_it_says() -> None:
+    board = shoal.Board(
+        items=shoal.merge.append, tags=shoal.merge.union, n=shoal.merge.counter,
+        low=shoal.merge.minimum, high=shoal.merge.maximum, low2=shoal.merge.min,
+        high2=shoal.merge.max, last=shoal.merge.last_writer,
+        longest=shoal.merge.using(lambda a, b: b if len(b) > len(a) else a, initial=""),
+        joined=lambda merged, value: f"{merged or ''}{value}")
+    assert board.snapshot() == {"items": [], "tags": set(), "n": 0, "low": None, "high": None,
+                                "low2": None, "high2": None, "last": None, "longest": "",
+                                "joined": None}
+    for value in (3, 1, 2, 1):
+        for key in ("items", "tags", "n", "low", "high", "low2", "high2", "last"):
+            board.write(key, value, writer="me")
+    for text in ("ab", "abcd", "abc"):
+        board.write("longest", text)
+        board.write("joined", text)
+    assert board.snapshot() == {"items": [3, 1, 2, 1], "tags": {1, 2, 3}, "n": 7, "low": 1,
+                                "high": 3, "low2": 1, "high2": 3, "last": 1,
+                                "longest": "abcd", "joined": "ababcdabc"}
+    assert board.conflicts == []  # one writer never conflicts with itself
+    rules = board.rules
+    assert [rules[k].commutative for k in ("items", "tags", "n", "low", "last", "longest")] == [
+        True, True, True, True, False, False]
+    assert shoal.merge.using(max, commutative=True).commutative
+
+
+def test_readers_get_copies_not_the_board_itself() -> None:
+    board = shoal.Board(items=shoal.merge.append)
+    board.write("items", 1)
+    board["items"].append(99)
+    board.snapshot()["items"].append(99)
+    assert board["items"] == [1]
+
+
+def test_undeclared_keys_and_unmergeable_values_are_refused_by_name() -> None:
+    board = _board()
+    with pytest.raises(BoardKeyError, match=r"no key 'cuont'.*\['answer', 'count', 'findings'\]"):
+        board.write("cuont", 1)
+    with pytest.raises(BoardKeyError, match="no key 'nope'"):
+        board["nope"]
+    with pytest.raises(BoardValueError, match=r"'count' \(merge.counter\).*adds numbers.*str"):
+        board.write("count", "1")
+    for bad in (True, float("nan"), None, [1]):
+        with pytest.raises(BoardValueError, match="count"):
+            board.write("count", bad)
+    tags = shoal.Board(tags=shoal.merge.union, low=shoal.merge.minimum)
+    with pytest.raises(BoardValueError, match=r"hashable.*list"):
+        tags.write("tags", [1, 2])
+    tags.write("low", 3)
+    with pytest.raises(BoardValueError, match="cannot be compared"):
+        tags.write("low", "x")
+    with pytest.raises(BoardValueError, match="None cannot be compared"):
+        tags.write("low", None)
+    assert board.snapshot()["count"] == 0 and tags.snapshot() == {"tags": set(), "low": 3}
+
+
+def test_a_board_is_declared_with_real_rules() -> None:
+    with pytest.raises(ConfigError, match=r"board key 'count'.*merge rule.*got 'sum'"):
+        shoal.Board(count="sum")
+    with pytest.raises(ConfigError, match=r"Board\(count=shoal\.merge\.counter\)"):
+        shoal.Board(shoal.merge.counter)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="non-empty strings"):
+        shoal.Board({"": shoal.merge.append})
+    with pytest.raises(TypeError, match=r"merge\.using takes a function"):
+        shoal.merge.using(3)  # type: ignore[arg-type]
+    spaced = shoal.Board({"two words": shoal.merge.counter})
+    spaced.write("two words", 2)
+    assert spaced["two words"] == 2
+
+
+def test_concurrent_writes_from_many_threads_are_never_lost() -> None:
+    board = shoal.Board(items=shoal.merge.append, n=shoal.merge.counter)
+    start = threading.Barrier(16)
+
+    def hammer(k: int) -> None:
+        start.wait()
+        for i in range(500):
+            board.write("items", (k, i))
+            board.write("n", 1)
+
+    threads = [threading.Thread(target=hammer, args=(k,)) for k in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    items = board["items"]
+    assert board["n"] == 8000 and len(items) == 8000 and len(set(items)) == 8000
+    for k in range(16):  # each writer's items stay in its own order
+        assert [i for kk, i in items if kk == k] == list(range(500))
+
+
+# ---- through a run -------------------------------------------------------------------------
+
+
+def test_parallel_thread_tools_write_and_nothing_is_lost() -> None:
+    @shoal.tool
+    def many(k: int, board: shoal.BoardHandle) -> int:
+        for i in range(50):
+            board.write("findings", f"{k}.{i}")
+            board.write("count", 1)
+        return k
+
+    plan = shoal.Plan()
+    for k in range(200):
+        plan.call(many, k=k)
+    board = _board()
+    result = shoal.run_sync(plan, board=board, max_concurrency=32)
+    assert result.ok
+    assert result.board is not None and result.board["count"] == 10_000
+    findings = result.board["findings"]
+    assert len(findings) == 10_000 and len(set(findings)) == 10_000
+    assert result.conflicts == []
+
+
+def test_the_board_param_is_injected_and_hidden_from_the_schema() -> None:
+    assert note.json_schema()["properties"] == {"fact": {"type": "string"}}
+    assert note.injected == {"board": "board"}
+    plan = shoal.Plan()
+    plan.call(note, fact="x")
+    result = shoal.run_sync(plan, board=_board())
+    assert result.ok and result.board == {"findings": ["x"], "count": 1, "answer": None}
+    data = result.to_dict()
+    assert data["board"] == {"findings": ["x"], "count": 1, "answer": None}
+    assert data["conflicts"] == []
+    bare = shoal.run_sync(shoal.Plan())
+    assert bare.board is None and bare.conflicts == [] and "board" not in bare.to_dict()
+
+
+def test_last_writer_conflict_names_both_writers_lineages() -> None:
+    plan = shoal.Plan()
+    plan.call(decide, node_id="alice", answer="yes")
+    plan.call(decide, node_id="bob", answer="no")
+    plan.call(decide, node_id="carol", answer="no")  # the same value as bob: no conflict
+    result = shoal.run_sync(plan, board=_board())
+    assert result.ok
+    [conflict] = result.conflicts
+    assert conflict.key == "answer"
+    assert sorted(conflict.writers) == ["alice", "bob"]
+    assert set(conflict.values) == {"yes", "no"}
+    assert result.board is not None and result.board["answer"] == conflict.kept
+    assert "without reading it" in str(conflict)
+
+
+def test_a_writer_that_read_the_value_it_overwrites_is_no_conflict() -> None:
+    @shoal.tool
+    async def revise(board: shoal.BoardHandle) -> str:
+        seen = board.read("answer")
+        board.write("answer", f"{seen}, revised")
+        return str(board["answer"])
+
+    plan = shoal.Plan()
+    first = plan.call(decide, node_id="draft", answer="draft")
+    plan.call(revise, node_id="revise", after=first)
+    result = shoal.run_sync(plan, board=_board())
+    assert result.value("revise") == "draft, revised"  # a read sees its own pending writes
+    assert result.conflicts == []
+    assert result.board is not None and result.board["answer"] == "draft, revised"
+
+
+def test_a_failed_attempt_writes_nothing_and_a_retry_writes_once() -> None:
+    tries: Counter[str] = Counter()
+
+    @shoal.tool(retries=2, backoff=0)
+    def flaky(fact: str, board: shoal.BoardHandle) -> str:
+        tries[fact] += 1
+        board.write("findings", fact)
+        board.write("count", 1)
+        if tries[fact] < 3:
+            raise ConnectionError("try again")
+        return fact
+
+    @shoal.tool
+    def broken(board: shoal.BoardHandle) -> None:
+        board.write("count", 100)
+        raise ValueError("no")
+
+    plan = shoal.Plan()
+    plan.call(flaky, fact="a")
+    plan.call(broken)
+    result = shoal.run_sync(plan, board=_board())
+    assert tries["a"] == 3 and result.counts["failed"] == 1
+    assert result.board is not None
+    assert result.board["findings"] == ["a"] and result.board["count"] == 1
+
+
+def test_bad_writes_fail_the_call_with_a_typed_error() -> None:
+    @shoal.tool
+    def typo(board: shoal.BoardHandle) -> None:
+        board.write("cuont", 1)
+
+    @shoal.tool
+    def wrong(board: shoal.BoardHandle) -> None:
+        board.write("count", "one")
+
+    plan = shoal.Plan()
+    plan.call(typo, node_id="typo")
+    plan.call(wrong, node_id="wrong")
+    result = shoal.run_sync(plan, board=_board())
+    typo_error, wrong_error = result["typo"].error, result["wrong"].error
+    assert typo_error is not None and typo_error.type == "shoal.exceptions.BoardKeyError"
+    assert "'cuont'" in typo_error.message and "'count'" in typo_error.message
+    assert result["typo"].attempts == 1  # a missing key is not retried
+    assert wrong_error is not None and wrong_error.type == "shoal.exceptions.BoardValueError"
+
+
+def test_a_merge_that_fails_at_commit_fails_the_call_and_commits_nothing() -> None:
+    board = shoal.Board(low=shoal.merge.minimum, items=shoal.merge.append)
+    gate = threading.Event()
+
+    @shoal.tool
+    def early(board: shoal.BoardHandle) -> None:
+        board.write("low", 5)
+
+    @shoal.tool
+    def late(board: shoal.BoardHandle) -> None:
+        board.write("items", "kept only if low merges")
+        board.write("low", "text")  # fine against the empty board this call sees ...
+        gate.wait(5)
+
+    plan = shoal.Plan()
+    slow = plan.call(late, node_id="late")
+    plan.call(early, node_id="early")
+
+    def release(event: shoal.Event) -> None:
+        if isinstance(event, shoal.NodeFinished) and event.node_id == "early":
+            gate.set()
+
+    runtime = shoal.Runtime(on_event=release)
+    result = runtime.run_sync(plan, board=board)
+    error = result[slow].error
+    assert error is not None and error.type == "shoal.exceptions.BoardValueError"
+    assert "'low'" in error.message
+    assert board.snapshot() == {"low": 5, "items": []}  # all of the call's writes, or none
+
+
+def test_a_handle_cannot_outlive_its_call() -> None:
+    kept: list[shoal.BoardHandle] = []
+
+    @shoal.tool
+    async def stash(board: shoal.BoardHandle) -> None:
+        kept.append(board)
+
+    plan = shoal.Plan()
+    plan.call(stash)
+    shoal.run_sync(plan, board=_board())
+    with pytest.raises(BoardError, match="has ended"):
+        kept[0].write("count", 1)
+    with pytest.raises(BoardError, match="has ended"):
+        kept[0].read("count")
+
+
+def test_a_run_without_a_board_or_on_another_process_says_so() -> None:
+    plan = shoal.Plan()
+    plan.call(note, node_id="n", fact="x")
+    result = shoal.run_sync(plan)
+    error = result["n"].error
+    assert error is not None and "pass board=shoal.Board" in error.message
+
+    far = shoal.Plan()
+    far.call(note.options(isolation="process"), node_id="n", fact="x")
+    result = shoal.run_sync(far, board=_board())
+    error = result["n"].error
+    assert error is not None and error.type == "shoal.exceptions.BoardError"
+    assert "process backend" in error.message and "isolation='thread'" in error.message
+
+
+def test_a_board_that_is_not_a_board_is_refused_before_anything_runs() -> None:
+    plan = shoal.Plan()
+    plan.call(note, fact="x")
+    with pytest.raises(ConfigError, match=r"board= takes a shoal\.Board.*dict"):
+        shoal.run_sync(plan, board={"count": 0})  # type: ignore[arg-type]
+    lead = shoal.Agent(name="lead", model=ScriptedModel(["done"]))
+    with pytest.raises(ConfigError, match=r"board= takes a shoal\.Board"):
+        lead.run_sync("go", board="findings")  # type: ignore[arg-type]
+
+
+def test_an_optional_board_param_is_none_in_a_run_without_a_board() -> None:
+    @shoal.tool
+    def maybe(x: int, board: shoal.BoardHandle | None = None) -> bool:
+        if board is not None:
+            board.write("count", x)
+        return board is not None
+
+    assert maybe.injected == {"board": "board?"}
+    assert maybe.json_schema()["properties"] == {"x": {"type": "integer"}}
+    plan = shoal.Plan()
+    plan.call(maybe, node_id="m", x=2)
+    assert shoal.run_sync(plan).value("m") is False
+    with_board = shoal.run_sync(plan, board=_board())
+    assert with_board.value("m") is True
+    assert with_board.board is not None and with_board.board["count"] == 2
+
+
+def test_a_store_that_cannot_journal_board_writes_fails_the_call_saying_so() -> None:
+    class NoEffects(MemoryStore):
+        effects = None  # a store of one's own, written before boards existed
+
+    plan = shoal.Plan()
+    plan.call(note, node_id="n", fact="x")
+    result = shoal.Runtime(store=NoEffects()).run_sync(plan, board=_board())
+    error = result["n"].error
+    assert error is not None and "cannot journal board writes" in error.message
+
+
+# ---- footprints ----------------------------------------------------------------------------
+
+
+def test_commutative_merges_need_no_order_but_readers_and_writers_keep_it() -> None:
+    merger = note.options(merges=["board:count"])
+    reader = note.options(reads=["board:count"])
+    writer = decide.options(writes=["board:count"])
+    plan = shoal.Plan()
+    m1 = plan.call(merger, node_id="m1", fact="a")
+    m2 = plan.call(merger, node_id="m2", fact="b")
+    plan.call(reader, node_id="r", fact="c")
+    plan.call(merger, node_id="m3", fact="d")
+    plan.call(writer, node_id="w", answer="e")
+    pairs = {(e.source, e.target) for e in shoal.analyze(plan).edges}
+    assert (m1.node, m2.node) not in pairs and (m2.node, m1.node) not in pairs
+    assert {("m1", "r"), ("m2", "r"), ("r", "m3"), ("m1", "w"), ("m3", "w"),
+            ("r", "w")} <= pairs
+    assert ("m1", "m3") not in pairs
+
+
+def test_merges_into_keys_known_only_at_run_time_are_wildcards_that_commute() -> None:
+    @shoal.tool
+    def source() -> str:
+        return "count"
+
+    per_key = note.options(merges=["board:{fact}"])
+    plan = shoal.Plan()
+    key = plan.call(source, node_id="source")
+    plan.call(per_key, node_id="wild", fact=key)  # "board:*": any board key
+    plan.call(per_key, node_id="exact", fact="count")
+    plan.call(note.options(reads=["board:count"]), node_id="reader", fact="x")
+    pairs = {(e.source, e.target) for e in shoal.analyze(plan).edges}
+    assert ("wild", "exact") not in pairs and ("exact", "wild") not in pairs
+    assert {("wild", "reader"), ("exact", "reader")} <= pairs
+
+
+def test_merges_into_an_order_dependent_key_is_refused() -> None:
+    claims = decide.options(merges=["board:answer"])
+    plan = shoal.Plan()
+    plan.call(claims, node_id="d", answer="x")
+    result = shoal.run_sync(plan, board=_board())
+    error = result["d"].error
+    assert error is not None and "merges=['board:answer']" in error.message
+    assert "merge.last_writer" in error.message
+
+
+# ---- agents --------------------------------------------------------------------------------
+
+
+def test_a_hundred_parallel_agents_append_ten_items_and_count_each() -> None:
+    scripts: dict[str, list[Any]] = {
+        "coordinate": [[call("worker", task=f"t{i}") for i in range(100)], "all done"]}
+    for i in range(100):
+        scripts[f"t{i}"] = [[call("note", fact=f"t{i}.{j}") for j in range(10)], "noted"]
+    model = ScriptedModel.per_prompt(scripts)
+    worker = shoal.Agent(name="worker", model=model, tools=[note])
+    lead = shoal.Agent(name="lead", model=model, subagents=[worker])
+    board = _board()
+    result = lead.run_sync("coordinate", board=board,
+                           budget=shoal.Budget(subagents=100, fan_out=100))
+    model.check()
+    assert result.output == "all done"
+    assert result.board is not None and result.board["count"] == 1_000
+    findings = result.board["findings"]
+    assert len(findings) == 1_000
+    assert sorted(findings) == sorted(f"t{i}.{j}" for i in range(100) for j in range(10))
+    assert board["count"] == 1_000 and result.conflicts == []
+    assert result.to_dict()["board"]["count"] == 1_000
+    assert all("board" not in child.to_dict() for child in result.children)
+
+
+def test_subagents_last_writer_conflicts_name_their_lineages() -> None:
+    model = ScriptedModel.per_prompt({
+        "lead": [[call("worker", task="say yes"), call("worker", task="say no")], "done"],
+        "say yes": [[call("decide", answer="yes")], "ok"],
+        "say no": [[call("decide", answer="no")], "ok"]})
+    worker = shoal.Agent(name="worker", model=model, tools=[decide])
+    lead = shoal.Agent(name="lead", model=model, subagents=[worker])
+    result = lead.run_sync("lead", board=_board())
+    [conflict] = result.conflicts
+    assert sorted(conflict.writers) == ["lead/worker#1/decide#1", "lead/worker#2/decide#1"]
+
+
+# ---- resume --------------------------------------------------------------------------------
+
+
+def test_resume_replays_writes_once_into_a_fresh_or_the_same_board() -> None:
+    down = {"n3"}
+
+    @shoal.tool
+    def maybe(fact: str, board: shoal.BoardHandle) -> str:
+        board.write("findings", fact)
+        board.write("count", 1)
+        if fact in down:
+            raise ConnectionError("down")
+        return fact
+
+    plan = shoal.Plan()
+    for i in range(6):
+        plan.call(maybe, node_id=f"n{i}", fact=f"n{i}")
+    plan.call(decide, node_id="d1", answer="a")
+    plan.call(decide, node_id="d2", answer="b")
+    runtime = shoal.Runtime(store=MemoryStore())
+    same = _board()
+    first = runtime.run_sync(plan, board=same)
+    assert first.counts["failed"] == 1 and same["count"] == 5
+    down.clear()
+    again = runtime.resume_sync(first.run_id, plan, board=same)
+    assert again.ok and same["count"] == 6 and sorted(same["findings"]) == [
+        f"n{i}" for i in range(6)]
+    assert len(again.conflicts) == 1
+
+    fresh = _board()
+    replayed = runtime.resume_sync(first.run_id, plan, board=fresh)
+    assert replayed.ok and replayed.board == same.snapshot()
+    assert [sorted(c.writers) for c in replayed.conflicts] == [["d1", "d2"]]
+
+    with pytest.raises(ConfigError, match="resume it with the board"):
+        runtime.resume_sync(first.run_id, plan)
+    with pytest.raises(ConfigError, match=r"does not declare.*resume with the board"):
+        runtime.resume_sync(first.run_id, plan, board=shoal.Board(count=shoal.merge.counter))
+
+
+def test_board_writes_that_cannot_be_journaled_make_the_call_in_doubt(tmp_path: Path) -> None:
+    @shoal.tool
+    def odd(board: shoal.BoardHandle) -> str:
+        board.write("findings", threading.Lock())  # no journal can keep a lock
+        return "done"
+
+    plan = shoal.Plan()
+    plan.call(odd, node_id="odd")
+    db = tmp_path / "runs.db"
+    runtime = shoal.Runtime(store=db)
+    first = runtime.run_sync(plan, board=_board())
+    assert first.ok
+    again = runtime.resume_sync(first.run_id, plan, board=_board())
+    assert again["odd"].status == "in_doubt"
+    assert "board writes could not be stored" in again["odd"].reason
+
+
+def test_the_board_after_a_kill_and_resume_has_every_write_exactly_once(tmp_path: Path) -> None:
+    db, marks = tmp_path / "runs.db", tmp_path / "marks"
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "SHOAL_BOARD_MARKS": str(marks)}
+    process = subprocess.Popen([sys.executable, "-m", "tests.board_crash", str(db), "crash"],
+                               env=env, cwd=ROOT, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not (marks.exists() and len(marks.read_text().splitlines()) >= 8):
+            assert process.poll() is None, process.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "the run never got going"
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait(10)
+    assert process.returncode == -signal.SIGKILL
+
+    store = SQLiteStore(db)
+    done = {n for n, s in store.outcomes("crash").items() if s.outcome.status == "ok"}
+    assert 0 < len(done) < len(board_crash.build_plan())  # killed midway
+    journaled = store.effects("crash")
+    assert {e.record.node_id for e in journaled} <= done  # writes only with their outcome
+    store.close()
+
+    board = board_crash.new_board()
+    runtime = shoal.Runtime(store=db)
+    result = runtime.resume_sync("crash", board_crash.build_plan(), board=board)
+    assert result.ok, result.counts
+    expected = [f"fact {i}" for i in range(board_crash.NOTES)]
+    assert result.board is not None
+    assert sorted(result.board["findings"]) == sorted(expected)  # each once: none lost, none twice
+    assert result.board["count"] == board_crash.NOTES
+    [conflict] = result.conflicts
+    assert sorted(conflict.writers) == ["decide30", "decide5"]
+    assert result.board["answer"] == conflict.kept
+    json.dumps(result.to_dict())  # the whole result, board included, is JSON
+
+
+def _run_until_killed(module: str, db: Path, marks: Path, run_id: str, at: int) -> None:
+    """Run ``python -m module DB RUN_ID`` and SIGKILL it once ``marks`` has ``at`` lines."""
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "SHOAL_BOARD_MARKS": str(marks)}
+    process = subprocess.Popen([sys.executable, "-m", module, str(db), run_id],
+                               env=env, cwd=ROOT, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (marks.exists() and len(marks.read_text().splitlines()) >= at):
+            if process.poll() is not None:
+                raise AssertionError(process.communicate()[1].decode()[-2000:])
+            assert time.monotonic() < deadline, "the run never got going"
+            time.sleep(0.005)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait(10)
+    assert process.returncode == -signal.SIGKILL
+
+
+def test_a_killed_tree_of_a_hundred_agents_resumes_to_the_same_board(tmp_path: Path) -> None:
+    db, marks = tmp_path / "runs.db", tmp_path / "marks"
+    _run_until_killed("tests.board_agents_crash", db, marks, "tree", 300)
+    store = SQLiteStore(db)
+    written = len([e for e in store.effects("tree", nested=True) if e.record.kind == "board"])
+    store.close()
+    assert 0 < written < 1_000  # killed midway: some notes are journaled, not all
+
+    board = board_agents_crash.new_board()
+    result = board_agents_crash.lead().resume_sync(
+        "tree", board_agents_crash.PROMPT, runtime=shoal.Runtime(store=db), board=board,
+        budget=board_agents_crash.BUDGET)
+    assert result.output == "all done"
+    assert result.board is not None and result.board["count"] == 1_000
+    findings = result.board["findings"]
+    assert sorted(findings) == sorted(f"t{i}.{j}" for i in range(100) for j in range(10))
+    [conflict] = result.conflicts
+    assert sorted(conflict.writers) == ["lead/worker#101/decide#1", "lead/worker#102/decide#1"]
+    assert result.board["answer"] == conflict.kept
+
+
+def test_a_thread_left_running_after_a_timeout_cannot_write() -> None:
+    finished = threading.Event()
+    refused: list[BaseException] = []
+
+    @shoal.tool(timeout=0.05)
+    def slow(board: shoal.BoardHandle) -> None:
+        board.write("count", 1)
+        time.sleep(0.3)
+        try:
+            board.write("count", 1)
+        except BoardError as exc:
+            refused.append(exc)
+        finished.set()
+
+    plan = shoal.Plan()
+    plan.call(slow, node_id="slow")
+    board = _board()
+    result = shoal.run_sync(plan, board=board)
+    assert result["slow"].status == "timed_out"
+    assert finished.wait(5)
+    assert board["count"] == 0 and len(refused) == 1
+
+
+def test_damaged_board_writes_in_the_journal_stop_a_resume(tmp_path: Path) -> None:
+    plan = shoal.Plan()
+    plan.call(note, node_id="n", fact="x")
+    db = tmp_path / "runs.db"
+    first = shoal.Runtime(store=db).run_sync(plan, board=_board())
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("UPDATE effects SET encoding = 'zip'")
+    with pytest.raises(shoal.JournalDamagedError, match=r"effects\.encoding"):
+        shoal.Runtime(store=db).resume_sync(first.run_id, plan, board=_board())
+
+
+def test_a_journal_from_before_boards_gets_their_table(tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    SQLiteStore(db).close()
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("DROP TABLE effects")
+    plan = shoal.Plan()
+    plan.call(note, node_id="n", fact="x")
+    first = shoal.Runtime(store=db).run_sync(plan, board=_board())
+    store = SQLiteStore(db)
+    [effect] = store.effects(first.run_id)
+    assert effect.record.data["writes"] == [["findings", "x"], ["count", 1]]
+    store.close()

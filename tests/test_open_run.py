@@ -1,0 +1,538 @@
+"""Open runs: nodes added while the run goes, each checked on its own.
+
+Timing assertions run on the virtual clock (:mod:`shoal.testing`), so they are exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import pytest
+
+import shoal
+from shoal.events import Event, NodeFinished, NodeQueued, NodeStarted, RunFinished
+from shoal.exceptions import PlanError, UpstreamFailedError
+from shoal.testing import run_virtual
+from tests.conftest import arun
+
+T = TypeVar("T")
+
+
+def vrun(coro: Coroutine[Any, Any, T], limit: float = 36_000.0) -> T:
+    """Run on the virtual clock; a stalled run fails (its timer fires) instead of hanging."""
+
+    async def main() -> T:
+        async with asyncio.timeout(limit):
+            return await coro
+
+    return run_virtual(main())
+
+
+def now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+started: list[tuple[str, float]] = []
+
+
+@shoal.tool
+async def nap(seconds: float, label: str = "") -> float:
+    """Sleep ``seconds``; note when it started."""
+    started.append((label, now()))
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+@shoal.tool
+async def add(a: float, b: float) -> float:
+    """Add two numbers."""
+    return a + b
+
+
+@shoal.tool
+async def produce(value: Any) -> Any:
+    """Return ``value``."""
+    return value
+
+
+@shoal.tool
+async def explode(why: str) -> None:
+    """Fail with ``why``."""
+    raise RuntimeError(why)
+
+
+# ---- refs to nodes in every state -------------------------------------------------------------
+
+
+def test_refs_to_finished_running_and_waiting_nodes_all_resolve() -> None:
+    async def main() -> tuple[shoal.RunResult, float]:
+        async with shoal.Runtime().open_run("mixed") as run:
+            done = run.call(nap, seconds=1)
+            await run.wait(done)  # finished
+            running = run.call(nap, seconds=2)
+            await asyncio.sleep(0.5)  # running now
+            later = run.call(nap, seconds=1, after=running)  # not started yet
+            total = run.call(add, a=done, b=running)
+            grand = run.call(add, a=total, b=later)
+            assert run.handle.snapshot().total == 5
+            value = await run.value(grand)
+        return run.result, value
+
+    result, value = vrun(main())
+    assert value == 4.0
+    assert result.ok and len(result) == 5
+    assert result.makespan == pytest.approx(4.0, abs=1e-9)  # 1 + 2 + 1, nothing lost
+
+
+def test_value_picks_a_field_and_raises_for_a_node_that_failed() -> None:
+    async def main() -> None:
+        async with shoal.Runtime().open_run() as run:
+            data = run.call(produce, value={"hits": [3, 4]})
+            assert await run.value(data["hits"][1]) == 4
+            broken = run.call(explode, why="no")
+            with pytest.raises(UpstreamFailedError, match="ended failed"):
+                await run.value(broken)
+            outcome = await run.wait(broken)
+            assert outcome.status == "failed" and "no" in str(outcome.error)
+            skipped = run.call(add, a=broken, b=1)  # its input failed already: skipped at once
+            assert (await run.wait(skipped)).status == "skipped"
+            with pytest.raises(KeyError, match="no node 'nope'"):
+                await run.wait("nope")
+
+    vrun(main())
+
+
+def test_a_node_added_after_its_input_finished_starts_at_once() -> None:
+    async def main() -> shoal.RunResult:
+        async with shoal.Runtime().open_run() as run:
+            first = run.call(nap, seconds=1)
+            await asyncio.sleep(5)
+            run.call(nap, seconds=1, label="late", after=first)
+        return run.result
+
+    result = vrun(main())
+    assert result.outcomes["nap#2"].started_at == pytest.approx(5.0, abs=1e-9)
+    assert result.makespan == pytest.approx(6.0, abs=1e-9)
+
+
+# ---- refused nodes ----------------------------------------------------------------------------
+
+
+def test_a_node_that_does_not_fit_is_refused_alone_and_the_run_goes_on() -> None:
+    async def main() -> shoal.RunResult:
+        async with shoal.Runtime().open_run("feed") as run:
+            a = run.call(nap, seconds=1, node_id="a")
+            refusals = [
+                lambda: run.call(add, a=shoal.Ref("nope"), b=1),  # dangling ref
+                lambda: run.call(add, a="x", b=1),  # does not fit the schema
+                lambda: run.call(add, a=1, b=2, node_id="a"),  # the id is taken
+                lambda: run.call(add, a=1, b=2, after="ghost"),  # after a node it lacks
+                lambda: run.call(add, a=1, c=2),  # an unknown argument
+                lambda: run.map(add, over=a, item_arg="z", b=1),  # no such argument
+            ]
+            messages = []
+            for refuse in refusals:
+                with pytest.raises(PlanError) as caught:
+                    refuse()
+                messages.append(str(caught.value))
+            b = run.call(add, a=a, b=1, node_id="b")
+            assert await run.value(b) == 2.0
+        assert "$nope names no node" in messages[0]
+        assert "Input should be a valid number" in messages[1]
+        assert "another node already has this id" in messages[2]
+        assert "after='ghost' names no node" in messages[3]
+        assert "unexpected argument 'c'" in messages[4]
+        assert "map item_arg 'z' is not one of its arguments" in messages[5]
+        return run.result
+
+    result = vrun(main())
+    assert result.ok and sorted(result.outcomes) == ["a", "b"]
+
+
+def test_a_node_named_like_an_item_of_a_map_is_refused_either_way_round() -> None:
+    async def main() -> shoal.RunResult:
+        async with shoal.Runtime().open_run() as run:
+            listed = run.call(produce, value=[1, 2], node_id="list")
+            run.call(nap, seconds=0, node_id="early[1]")
+            with pytest.raises(PlanError, match="node 'early\\[1\\]' has one of them"):
+                run.map(add, over=listed, b=1, node_id="early")
+            mapped = run.map(add, over=listed, b=1, node_id="m")
+            assert await run.value(mapped) == [2.0, 3.0]
+            with pytest.raises(PlanError, match="are the items of map 'm'"):
+                run.call(nap, seconds=0, node_id="m[0]")
+            with pytest.raises(PlanError, match="are the items of map 'm'"):
+                run.call(nap, seconds=0, node_id="m[7]")
+        return run.result
+
+    result = vrun(main())
+    assert result["m[0]"].value == 2.0 and result["m[0]"].tool == "add"
+    assert len(result) == 5
+
+
+def test_nodes_added_after_close_are_refused_with_a_clear_error() -> None:
+    async def main() -> None:
+        run = shoal.Runtime().open_run()
+        run.call(nap, seconds=1)
+        with pytest.raises(RuntimeError, match="has not ended yet"):
+            _ = run.result
+        run.close()
+        run.close()  # twice is fine
+        with pytest.raises(RuntimeError, match="is closed: it takes no more nodes"):
+            run.call(nap, seconds=1)
+        with pytest.raises(RuntimeError, match="is closed"):
+            run.map(nap, over=shoal.Ref("nap#1"))
+        result = await run
+        assert result.ok and len(result) == 1
+        assert run.result is result
+
+    vrun(main())
+
+
+def test_an_open_run_with_no_nodes_ends_when_closed() -> None:
+    async def main() -> shoal.RunResult:
+        async with shoal.Runtime().open_run() as run:
+            pass
+        return run.result
+
+    result = vrun(main())
+    assert result.ok and len(result) == 0
+
+
+# ---- cancel, errors in the block, deadline ----------------------------------------------------
+
+
+def test_nodes_added_after_the_run_was_cancelled_are_cancelled() -> None:
+    async def main() -> shoal.RunResult:
+        async with shoal.Runtime().open_run() as run:
+            first = run.call(nap, seconds=5)
+            await asyncio.sleep(1)
+            run.cancel()
+            later = run.call(nap, seconds=1)
+            outcome = await run.wait(later)
+            assert outcome.status == "cancelled" and outcome.reason == "cancelled by the user"
+            assert (await run.wait(first)).status == "cancelled"
+        return run.result
+
+    result = vrun(main())
+    assert result.counts["cancelled"] == 2 and result.makespan == pytest.approx(1.0, abs=1e-9)
+
+
+def test_cancelling_one_node_skips_what_needs_it_and_the_run_goes_on() -> None:
+    async def main() -> shoal.RunResult:
+        async with shoal.Runtime().open_run() as run:
+            slow = run.call(nap, seconds=5, node_id="slow")
+            needs = run.call(add, a=slow, b=1, node_id="needs")
+            await asyncio.sleep(1)
+            run.cancel(slow)
+            other = run.call(nap, seconds=1, node_id="other")
+            assert await run.value(other) == 1
+            assert (await run.wait(needs)).status == "skipped"
+        return run.result
+
+    result = vrun(main())
+    assert result["slow"].status == "cancelled" and result["other"].ok
+
+
+def test_an_exception_in_the_block_cancels_the_run_and_keeps_every_outcome() -> None:
+    run_box: list[Any] = []
+
+    async def main() -> None:
+        async with shoal.Runtime().open_run() as run:
+            run_box.append(run)
+            done = run.call(nap, seconds=1, node_id="done")
+            await run.wait(done)
+            run.call(nap, seconds=10, node_id="slow")
+            run.call(nap, seconds=1, node_id="waits", after="slow")
+            await asyncio.sleep(1)
+            raise KeyError("boom")
+
+    with pytest.raises(KeyError, match="boom"):
+        vrun(main())
+    result = run_box[0].result
+    assert result["done"].status == "ok"
+    assert result["slow"].status == "cancelled"
+    assert "the code adding nodes raised KeyError" in result["slow"].reason
+    assert result["waits"].status in ("cancelled", "skipped")
+
+
+def test_a_deadline_stops_an_open_run() -> None:
+    async def main() -> shoal.RunResult:
+        async with shoal.Runtime().open_run(deadline=3) as run:
+            run.call(nap, seconds=1, node_id="quick")
+            run.call(nap, seconds=10, node_id="long")
+            await asyncio.sleep(4)
+            late = run.call(nap, seconds=1, node_id="late")
+            assert (await run.wait(late)).status == "cancelled"
+        return run.result
+
+    result = vrun(main())
+    assert result["quick"].ok and result["long"].status == "timed_out"
+
+
+# ---- events, conflicts, priorities ------------------------------------------------------------
+
+
+def test_added_nodes_emit_their_events() -> None:
+    seen: list[Event] = []
+
+    async def main() -> None:
+        async with shoal.Runtime().open_run(on_event=seen.append) as run:
+            a = run.call(nap, seconds=1, node_id="a")
+            await asyncio.sleep(2)
+            run.call(add, a=a, b=1, node_id="b")
+
+    vrun(main())
+    for node in ("a", "b"):
+        kinds = [type(e) for e in seen if getattr(e, "node_id", "") == node]
+        assert kinds == [NodeQueued, NodeStarted, NodeFinished]
+    assert isinstance(seen[-1], RunFinished) and seen[-1].counts["ok"] == 2
+    queued_b = next(e for e in seen if isinstance(e, NodeQueued) and e.node_id == "b")
+    assert queued_b.time == pytest.approx(2.0, abs=1e-6)
+
+
+@shoal.tool(writes="file:{path}")
+async def write(path: str, seconds: float = 1.0) -> str:
+    """Write ``path`` for ``seconds``."""
+    started.append((path, now()))
+    await asyncio.sleep(seconds)
+    return path
+
+
+@shoal.tool(reads="file:{path}")
+async def read(path: str) -> str:
+    """Read ``path``."""
+    started.append((f"read {path}", now()))
+    await asyncio.sleep(1)
+    return path
+
+
+def test_footprints_conflict_with_earlier_nodes_in_the_order_added() -> None:
+    async def main() -> shoal.RunResult:
+        async with shoal.Runtime().open_run() as run:
+            run.call(write, path="a", seconds=2, node_id="w1")
+            run.call(read, path="a", node_id="r1")  # after w1
+            run.call(write, path="b", node_id="wb")  # another file: at once
+            await asyncio.sleep(0.5)
+            run.call(write, path="a", node_id="w2")  # after w1 and r1
+        return run.result
+
+    result = vrun(main())
+    assert result.ok
+    assert result["r1"].started_at == pytest.approx(2.0, abs=1e-9)
+    assert result["wb"].started_at == pytest.approx(0.0, abs=1e-9)
+    assert result["w2"].started_at == pytest.approx(3.0, abs=1e-9)
+
+
+def test_a_node_conflicting_only_with_a_finished_one_does_not_wait() -> None:
+    async def main() -> shoal.RunResult:
+        async with shoal.Runtime().open_run() as run:
+            run.call(write, path="a", node_id="w1")
+            await asyncio.sleep(5)
+            run.call(write, path="a", node_id="w2")
+        return run.result
+
+    result = vrun(main())
+    assert result["w2"].started_at == pytest.approx(5.0, abs=1e-9)
+
+
+def test_a_node_whose_chain_grows_runs_first_under_a_limit_of_one() -> None:
+    async def main() -> shoal.RunResult:
+        async with shoal.Runtime(max_concurrency=1).open_run() as run:
+            run.call(nap, seconds=1, label="blocker", node_id="blocker")
+            await asyncio.sleep(0.5)  # the one slot is taken: the others queue
+            run.call(nap, seconds=1, label="short", node_id="short")
+            head = run.call(nap, seconds=1, label="head", node_id="head")
+            link = run.call(nap, seconds=1, label="link", after=head)
+            run.call(nap, seconds=1, label="tail", after=link)
+        return run.result
+
+    started.clear()
+    result = vrun(main())
+    order = [label for label, _ in started]
+    # "head" was added after "short", but three seconds of work wait behind it
+    assert order == ["blocker", "head", "link", "short", "tail"]
+    assert result.ok
+
+
+def test_without_a_longer_chain_nodes_start_in_the_order_added() -> None:
+    async def main() -> None:
+        async with shoal.Runtime(max_concurrency=1).open_run() as run:
+            run.call(nap, seconds=1, label="blocker")
+            await asyncio.sleep(0.5)
+            for name in ("x", "y", "z"):
+                run.call(nap, seconds=1, label=name)
+
+    started.clear()
+    vrun(main())
+    assert [label for label, _ in started] == ["blocker", "x", "y", "z"]
+
+
+def test_limits_hold_for_added_nodes() -> None:
+    async def main() -> shoal.RunResult:
+        async with shoal.Runtime(max_concurrency=3).open_run() as run:
+            for _ in range(9):
+                run.call(nap, seconds=1)
+            await asyncio.sleep(0.5)
+            for _ in range(3):
+                run.call(nap, seconds=1)
+        return run.result
+
+    result = vrun(main())
+    assert result.ok and result.makespan == pytest.approx(4.0, abs=1e-9)
+
+
+# ---- maps and approvals in open runs ----------------------------------------------------------
+
+
+def test_a_map_in_an_open_run_over_a_node_added_earlier() -> None:
+    async def main() -> shoal.RunResult:
+        async with shoal.Runtime().open_run() as run:
+            listed = run.call(produce, value=[1, 2, 3])
+            mapped = run.map(nap, over=listed, label="item")
+            summed = run.call(produce, value=mapped)
+            assert await run.value(summed) == [1, 2, 3]
+            assert (await run.wait(f"{mapped.node}[1]")).value == 2
+        return run.result
+
+    result = vrun(main())
+    assert result.makespan == pytest.approx(3.0, abs=1e-9) and len(result) == 6
+
+
+def test_approvals_of_added_nodes() -> None:
+    @shoal.tool(approval=True)
+    async def pay(amount: int) -> int:
+        """Needs a yes."""
+        return amount
+
+    async def main() -> shoal.RunResult:
+        runtime = shoal.Runtime(approver=lambda request: request.args["amount"] < 100)
+        async with runtime.open_run() as run:
+            small = run.call(pay, amount=5)
+            big = run.call(pay, amount=500)
+            assert (await run.wait(small)).ok
+            assert (await run.wait(big)).status == "denied"
+        return run.result
+
+    vrun(main())
+
+
+# ---- many nodes -------------------------------------------------------------------------------
+
+
+@shoal.tool
+async def tick(prev: Any = None) -> int:
+    """Instant."""
+    return 1
+
+
+def test_ten_thousand_nodes_fed_live_run_quickly() -> None:
+    async def main() -> shoal.RunResult:
+        async with shoal.Runtime(max_concurrency=10_000).open_run() as run:
+            prev = run.call(tick)
+            for i in range(1, 10_000):
+                if i % 2:
+                    prev = run.call(tick, prev=prev)  # a chain
+                else:
+                    run.call(tick)  # a fan-out
+                if i % 500 == 0:
+                    await asyncio.sleep(0)  # fed while it runs
+        return run.result
+
+    start = time.perf_counter()
+    result = arun(main(), timeout=60)
+    took = time.perf_counter() - start
+    assert result.ok and len(result) == 10_000
+    assert took < 20, f"10,000 nodes took {took:.1f} s"
+
+
+def test_a_timeout_around_the_block_cancels_the_run_saying_so() -> None:
+    run_box: list[Any] = []
+
+    async def main() -> None:
+        async with asyncio.timeout(2), shoal.Runtime().open_run() as run:
+            run_box.append(run)
+            run.call(nap, seconds=1, node_id="quick")
+            run.call(nap, seconds=5, node_id="slow")
+            await asyncio.sleep(10)
+
+    with pytest.raises(TimeoutError):
+        vrun(main())
+    result = run_box[0].result
+    assert result["quick"].ok
+    assert result["slow"].reason == "the code adding nodes raised CancelledError"
+
+
+def test_cancelling_one_item_of_a_map_in_an_open_run() -> None:
+    async def main() -> shoal.RunResult:
+        async with shoal.Runtime().open_run() as run:
+            listed = run.call(produce, value=[1, 5, 1])
+            gate = run.call(nap, seconds=2)
+            mapped = run.map(nap, over=listed, after=gate, partial=True, node_id="m")
+            await asyncio.sleep(3)
+            run.cancel("m[1]")
+            with pytest.raises(KeyError, match=r"m\[9\]"):
+                run.cancel("m[9]")
+            assert await run.value(mapped) == [1, 1]
+        return run.result
+
+    result = vrun(main())
+    assert [result[f"m[{i}]"].started_at for i in range(3)] == [2.0, 2.0, 2.0]  # after the gate
+    assert result["m[1]"].status == "cancelled" and "m[1] cancelled" in result["m"].reason
+
+
+def test_open_run_outside_an_event_loop_says_how_to_use_it() -> None:
+    with pytest.raises(RuntimeError, match=r"needs a running event loop.*async with"):
+        shoal.Runtime().open_run()
+
+
+order: list[str] = []
+
+
+@shoal.tool
+async def unit(label: Any) -> str:
+    """One second of work."""
+    order.append(str(label))
+    await asyncio.sleep(1.0)
+    return str(label)
+
+
+@shoal.tool
+async def quick_list(n: int) -> list[int]:
+    """The list, after 0.1 s."""
+    order.append("list")
+    await asyncio.sleep(0.1)
+    return list(range(n))
+
+
+def test_a_chain_added_after_a_map_lifts_its_queued_items() -> None:
+    async def main() -> None:
+        async with shoal.Runtime(max_concurrency=1).open_run() as run:
+            run.call(unit, label="blocker")
+            await asyncio.sleep(0.01)  # it holds the one slot
+            mapped = run.map(unit, over=run.call(quick_list, n=3), node_id="m")
+            for i in range(3):
+                run.call(unit, label=f"solo{i}")
+            await asyncio.sleep(1.5)  # the items are queued now, behind solo0
+            tail = run.call(unit, label="tail1", after=mapped)
+            run.call(unit, label="tail2", after=tail)
+
+    order.clear()
+    vrun(main())
+    # before the chain came, items and solos were alike; after it, the items go first
+    assert order[:6] == ["blocker", "list", "solo0", "0", "1", "2"]
+
+
+def test_a_node_id_or_after_of_the_wrong_type_is_a_type_error_and_the_run_goes_on() -> None:
+    async def main() -> shoal.RunResult:
+        async with shoal.Runtime().open_run() as run:
+            with pytest.raises(TypeError, match="node_id must be a string, got int 5"):
+                run.call(add, a=1, b=2, node_id=5)  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match="after= takes a ref, a node id or several"):
+                run.call(add, a=1, b=2, after=5)  # type: ignore[arg-type]
+            assert await run.value(run.call(add, a=1, b=2)) == 3
+        return run.result
+
+    assert len(vrun(main())) == 1
