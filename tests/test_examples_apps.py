@@ -493,6 +493,21 @@ def shoal_run(target: str, task: str, cwd: Path, *args: str
                           timeout=120, check=False)
 
 
+def test_the_plan_file_maps_and_reduces_the_same(
+        tmp_path: Path, aggregation: tuple[Path, shoal.RunResult]) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    proc = subprocess.run([sys.executable, "-m", "shoal.cli.app", "run",
+                           str(ROOT / "examples/data_aggregation/plan.yaml"), "--json"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode == 1  # the May shard's call failed; every other node is ok
+    outcomes = {o["node_id"]: o for o in json.loads(proc.stdout)["outcomes"]}
+    assert [k for k, o in outcomes.items() if o["status"] != "ok"] == ["summaries[4]"]
+    assert outcomes["totals"]["value"] == aggregation[1]["totals"].value  # as the Python plan
+    assert (tmp_path / "sales_report.md").read_text(encoding="utf-8") == \
+        outcomes["report"]["value"]
+
+
 def test_shoal_run_takes_the_market_research_as_a_plan_function(tmp_path: Path) -> None:
     question = "Which maker is the safest bet?"
     proc = shoal_run(str(ROOT / "examples/market_research/plan.py") + ":research", question,

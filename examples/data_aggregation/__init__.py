@@ -8,6 +8,7 @@ about the figures. Run it from the repository root::
     python -m examples.data_aggregation                  # numbers only, no model
     python -m examples.data_aggregation --model local    # and a paragraph
     shoal run examples/data_aggregation/plan.py:aggregate "Which region sells most?"
+    shoal run examples/data_aggregation/plan.yaml        # the plan file: numbers only
 
 The shipped May shard has a mistyped row on purpose: that shard fails on its own and the report
 keeps the seven others. ``shoal run`` therefore exits 1 (a node did not succeed); the module
