@@ -275,6 +275,63 @@ def test_a_map_of_no_items_replays_as_an_empty_list(where: Path) -> None:
 # -- 2. agents x map --------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("concurrency", [None, 2])
+def test_a_map_of_agents_makes_exactly_the_budgeted_requests(concurrency: int | None) -> None:
+    # eight one-turn agents, five requests: five answers, three clear refusals (all eight
+    # starting at once used to cancel the five admitted requests: none went out)
+    agent = reader(latency=0.05)
+    plan = shoal.Plan()
+    mapped = plan.map(agent, over=plan.call(listing, n=8))
+    result = shoal.Runtime(max_concurrency=concurrency).run_sync(
+        plan, budget=shoal.Budget(requests=5))
+    assert len(requests_of(agent)) == 5
+    items = [result[f"reader#1[{i}]"] for i in range(8)]
+    assert sorted(o.status for o in items) == ["failed"] * 3 + ["ok"] * 5
+    for item in items:
+        if item.status == "ok":
+            assert item.value == "summary"
+        else:
+            assert item.error is not None and item.error.type == "shoal.exceptions.BudgetExceeded"
+            assert "requests limit is 5" in item.error.message
+    error = result[mapped].error
+    assert result[mapped].status == "failed" and error is not None
+    assert error.type == "MapItemsFailed" and "3 of 8 items did not succeed" in error.message
+    assert "BudgetExceeded" in error.message
+
+
+def test_an_agent_whose_admitted_turn_asks_for_tools_stops_at_the_requests_limit() -> None:
+    @shoal.tool
+    def look(what: str) -> str:
+        """Look something up."""
+        return what
+
+    looker = shoal.Agent(name="looker", tools=[look], model=ScriptedModel.per_prompt(
+        {"*": [[call("look", what="x")], "never asked"]}, latency=0.05))
+    plan = shoal.Plan()
+    mapped = plan.map(looker, over=plan.call(listing, n=3), partial=True)
+    result = shoal.run_sync(plan, budget=shoal.Budget(requests=2))
+    assert len(requests_of(looker)) == 2  # both admitted turns went out; the third was refused
+    assert result[mapped].value == []  # none got to a final answer: the limit is reached
+    assert "3 of 3 items did not succeed" in result[mapped].reason
+
+
+def test_a_tokens_breach_still_stops_the_turns_in_flight() -> None:
+    def slow_and_costly(request: ModelRequest) -> Any:
+        return "x" * 4000  # about a thousand output tokens
+
+    costly = reader(reply=slow_and_costly)
+    agent = reader(latency=30.0)
+    plan = shoal.Plan()
+    slow = plan.map(agent, over=plan.call(listing, n=2))
+    spend = plan.call(costly, task="spend")
+    began = time.monotonic()
+    result = shoal.run_sync(plan, budget=shoal.Budget(tokens=500))
+    assert time.monotonic() - began < 10  # the 30 s turns were cancelled, not waited for
+    assert result[spend].status == "failed" and result[slow].status == "failed"
+    assert all(result[f"reader#1[{i}]"].error.type == "shoal.exceptions.BudgetExceeded"
+               for i in range(2))
+
+
 def test_cancelling_a_map_of_agents_ends_every_agent_and_leaves_no_task() -> None:
     agent = reader(latency=30.0)
 
