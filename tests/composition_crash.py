@@ -1,7 +1,8 @@
 """Runs that combine maps, open runs and a board, for killing them midway and resuming.
 
 ``python -m tests.composition_crash DB RUN_ID WHAT`` runs one of the plans below on a SQLite
-journal (``WHAT``: ``board``, ``board-charge``, ``open``, ``nested``, ``producer``, ``empty``).
+journal (``WHAT``: ``board``, ``board-charge``, ``open``, ``nested``, ``empty``, ``agents``: a
+map of agents whose tool notes their item).
 Every call leaves a line in ``$SHOAL_COMP_DIR/started`` when it begins and one in
 ``.../effects`` when it is done, so a test can count how often each ran. Calls whose number is
 ``$SHOAL_COMP_SLOW_FROM`` or more write to the board, then sleep a minute (so a test kills the
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import shoal
+from shoal.models.base import ModelRequest
+from shoal.testing import ScriptedModel, call
 
 N = 12
 
@@ -101,9 +104,23 @@ def tail(seconds: float) -> str:
     return "done"
 
 
+def _note_my_item(request: ModelRequest) -> Any:
+    return [call("note", i=int(str(getattr(request.messages[0], "content", ""))))]
+
+
+def noter() -> shoal.Agent[Any]:
+    """An agent that notes the item it is given (its prompt), then says it is done."""
+    model = ScriptedModel.per_prompt({"*": [_note_my_item, "done"]})
+    return shoal.Agent(name="noter", model=model, tools=[note])
+
+
 def build_plan(what: str, n: int = N) -> shoal.Plan:
     """The plan of ``what`` (see the module doc)."""
     plan = shoal.Plan(name=what)
+    if what == "agents":
+        items = plan.call(numbers, n=n, node_id="numbers")
+        plan.map(noter(), over=items, node_id="pay")
+        return plan
     if what == "nested":
         items = plan.call(numbers, n=n // 3, node_id="numbers")
         grouped = plan.map(groups, over=items, node_id="groups")

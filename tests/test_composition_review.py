@@ -272,6 +272,48 @@ def test_a_map_of_no_items_replays_as_an_empty_list(where: Path) -> None:
     assert result["tail"].value == "done" and result.board["count"] == 0
 
 
+def test_agent_and_pattern_nodes_share_the_runs_board_with_their_tools() -> None:
+    @shoal.tool(merges=["board:count"])
+    def tally(fact: str, board: shoal.BoardHandle) -> str:
+        """Count a fact."""
+        board.write("count", 1)
+        return "noted"
+
+    def counter(name: str) -> shoal.Agent[Any]:
+        return shoal.Agent(name=name, tools=[tally], model=ScriptedModel.per_prompt(
+            {"*": [[call("tally", fact="x")], "done"]}))
+
+    plan = shoal.Plan()
+    alone = plan.call(counter("a"), task="t")
+    both = plan.call(pipeline(counter("b"), counter("c")), task="t")
+    docs = plan.call(listing, n=3)
+    mapped = plan.map(counter("d"), over=docs)
+    result = shoal.run_sync(plan, board=shoal.Board(count=shoal.merge.counter))
+    assert result.ok and result[alone].value == result[both].value == "done"
+    assert result[mapped].value == ["done"] * 3
+    assert result.board == {"count": 6}  # every agent's tool call was counted
+    # a pattern run on its own takes a board too (it used to land in the first prompt)
+    board = shoal.Board(count=shoal.merge.counter)
+    assert pipeline(counter("e"), counter("f")).run_sync("t", board=board) == "done"
+    assert board["count"] == 2
+
+
+def test_a_killed_map_of_agents_resumes_with_an_exact_board(where: Path) -> None:
+    _kill_mid_map(where, "agents", "n")
+    runtime = shoal.Runtime(store=where / "runs.db", executor="thread")
+    plan = crash.build_plan("agents")
+    result = runtime.resume_sync("r1", plan, board=crash.new_board())
+    assert result.ok and result["pay"].value == ["done"] * crash.N
+    _noted(result.board, "n", range(crash.N))
+    # the agents in flight continued: their first turn replayed, their note ran again once
+    assert _lines(where, "started") == Counter(
+        {f"n{i}": 1 for i in range(SLOW)} | {f"n{i}": 2 for i in range(SLOW, crash.N)}
+        | {f"numbers{crash.N}": 1})
+    agent = plan.node("pay").tool.fn.args[0]  # type: ignore[attr-defined]
+    assert sorted(r.lineage for r in requests_of(agent)) == sorted(
+        f"pay[{i}]" for i in range(SLOW, crash.N))
+
+
 # -- 2. agents x map --------------------------------------------------------------------------
 
 

@@ -131,7 +131,7 @@ def composition(scope: RunScope) -> Composition:
         else:
             found = Composition(TreeContext(
                 run_id=scope.run_id, runtime=scope.runtime, budget=scope.budget,
-                sinks=scope.sinks, resuming=scope.resuming))
+                sinks=scope.sinks, resuming=scope.resuming, board=scope.board))
             # held until the outermost run ends: its agents' models stay open from one node
             # to the next (a local model server is not restarted for each)
             found.enter()
