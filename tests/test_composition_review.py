@@ -374,6 +374,22 @@ def test_a_tokens_breach_still_stops_the_turns_in_flight() -> None:
                for i in range(2))
 
 
+def test_agents_and_patterns_map_with_the_item_as_a_named_part_of_the_prompt() -> None:
+    agent = reader()
+    plan = shoal.Plan()
+    docs = plan.call(listing, n=2)
+    alone = plan.map(agent, over=docs, task="Summarise", item_arg="paper")
+    team = plan.map(pipeline(reader("p")), over=docs, task="Summarise", item_arg="paper")
+    result = shoal.run_sync(plan)
+    assert result[alone].value == result[team].value == ["summary"] * 2
+    assert sorted(str(getattr(r.messages[0], "content", "")) for r in requests_of(agent)) == [
+        "Summarise\n\npaper:\ndoc0", "Summarise\n\npaper:\ndoc1"]
+    # a tool without **more still refuses an item_arg it does not have
+    with pytest.raises(shoal.PlanError, match="map item_arg 'paper' is not one of its"):
+        plan.map(kind_of, over=docs, item_arg="paper")
+        plan.validate()
+
+
 def test_cancelling_a_map_of_agents_ends_every_agent_and_leaves_no_task() -> None:
     agent = reader(latency=30.0)
 
