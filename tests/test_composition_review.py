@@ -26,7 +26,7 @@ import shoal
 from shoal.models.base import ModelRequest
 from shoal.patterns import fan_out, pipeline
 from shoal.store.sqlite import SQLiteStore
-from shoal.testing import ScriptedModel, call
+from shoal.testing import ScriptedModel, call, run_virtual
 from tests import composition_crash as crash
 from tests.conftest import arun
 
@@ -461,13 +461,24 @@ def test_fail_fast_keeps_items_that_succeeded_without_a_cancel_reason() -> None:
 
 def test_a_deadline_times_out_the_agents_of_a_map() -> None:
     agent = reader(latency=30.0)
-    plan = shoal.Plan()
-    mapped = plan.map(agent, over=plan.call(listing, n=3))
-    began = time.monotonic()
-    result = shoal.run_sync(plan, deadline=0.3)
-    assert time.monotonic() - began < 10
-    assert result[mapped].status == "timed_out"
-    assert [result[f"reader#1[{i}]"].status for i in range(3)] == ["timed_out"] * 3
+
+    @shoal.tool
+    async def docs(n: int) -> list[str]:  # async and inline: the virtual clock runs it all
+        return [f"doc{i}" for i in range(n)]
+
+    async def scenario() -> tuple[shoal.RunResult, float]:
+        plan = shoal.Plan()
+        mapped = plan.map(agent, over=plan.call(docs, n=3), node_id="m")
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        result = await shoal.Runtime().run(plan, deadline=2.5)
+        assert result[mapped].status == "timed_out"
+        return result, loop.time() - began
+
+    result, took = run_virtual(scenario())
+    assert took == pytest.approx(2.5, abs=0.01)  # not the agents' 30 s
+    assert [result[f"m[{i}]"].status for i in range(3)] == ["timed_out"] * 3
+    assert all("deadline of 2.5 s" in result[f"m[{i}]"].reason for i in range(3))
 
 
 # -- 3. patterns x open runs -----------------------------------------------------------------
@@ -491,6 +502,31 @@ def test_patterns_called_and_mapped_in_an_open_run() -> None:
     first, many, nested, result = arun(scenario())
     assert first == "final" and many == ["final"] * 3 and nested == [["r", "r"]] * 3
     assert result.ok
+
+
+def test_waiting_for_a_map_item_before_the_map_has_its_list() -> None:
+    agent = reader(latency=0.05)
+
+    @shoal.tool
+    async def slow_list(n: int) -> list[str]:
+        await asyncio.sleep(0.05)
+        return [f"doc{i}" for i in range(n)]
+
+    async def scenario() -> None:
+        async with shoal.Runtime().open_run("x") as run:
+            mapped = run.map(agent, over=run.call(slow_list, n=3), node_id="m")
+            second = await run.wait("m[1]")  # no such node yet: the list is not known
+            assert second.status == "ok" and await run.value("m[1]") == "summary"
+            with pytest.raises(KeyError, match="map 'm' ended ok with 3 items: it has no item"):
+                await run.wait("m[7]")
+            empty = run.map(agent, over=run.call(slow_list, n=0), node_id="none")
+            with pytest.raises(KeyError, match="map 'none' ended ok with 0 items"):
+                await run.value("none[0]")
+            assert await run.value(mapped) == ["summary"] * 3 and await run.value(empty) == []
+            with pytest.raises(KeyError, match="no node 'other\\[0\\]'"):
+                await run.wait("other[0]")
+
+    arun(scenario())
 
 
 def test_an_open_run_whose_block_raises_while_patterns_run_cancels_them_all() -> None:
