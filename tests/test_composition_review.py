@@ -314,6 +314,36 @@ def test_a_killed_map_of_agents_resumes_with_an_exact_board(where: Path) -> None
         f"pay[{i}]" for i in range(SLOW, crash.N))
 
 
+@shoal.tool
+def numbers(n: int) -> list[int]:
+    """``0 .. n-1``."""
+    return list(range(n))
+
+
+@shoal.tool
+def grab(i: int) -> Any:
+    """A value no journal can keep (a lock), from a call that is not idempotent."""
+    return threading.Lock() if i >= 0 else i
+
+
+def test_a_map_whose_items_cannot_be_replayed_puts_each_item_in_doubt_not_the_map(
+        tmp_path: Path) -> None:
+    def build() -> shoal.Plan:
+        plan = shoal.Plan()
+        plan.map(grab, over=plan.call(numbers, n=3, node_id="l"), node_id="m")
+        return plan
+
+    runtime = shoal.Runtime(store=tmp_path / "runs.db")
+    assert runtime.run_sync(build(), run_id="r1").ok
+    result = runtime.resume_sync("r1", build())
+    # the map ran nothing itself: it gathers again, and each item is in doubt by its own id
+    assert [result[f"m[{i}]"].status for i in range(3)] == ["in_doubt"] * 3
+    assert "could not be stored for replay" in result["m[0]"].reason
+    assert result["m"].status == "failed" and "3 of 3 items" in str(result["m"].error)
+    result = runtime.resume_sync("r1", build(), mark_done={"m[0]": 0, "m[1]": 1, "m[2]": 2})
+    assert result.ok and result["m"].value == [0, 1, 2]
+
+
 # -- 2. agents x map --------------------------------------------------------------------------
 
 
