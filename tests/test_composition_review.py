@@ -643,3 +643,21 @@ def test_a_deep_value_through_a_ref_reaches_a_plain_node() -> None:
     got = plan.call(kind_of, item=items[0])
     result = shoal.run_sync(plan)
     assert result[got].value == "dict", result[got]
+
+
+def test_a_map_over_a_hundred_thousand_none_items() -> None:
+    @shoal.tool
+    async def nones(n: int) -> list[None]:
+        return [None] * n
+
+    @shoal.tool
+    async def same(item: None) -> None:
+        return item
+
+    plan = shoal.Plan()
+    mapped = plan.map(same, over=plan.call(nones, n=100_000))
+    began = time.monotonic()
+    result = shoal.run_sync(plan)
+    assert time.monotonic() - began < 60  # about 4 s on two cores (100,000 nodes)
+    assert result[mapped].value == [None] * 100_000
+    assert result.counts["ok"] == 100_002
