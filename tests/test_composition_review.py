@@ -552,6 +552,10 @@ def test_waiting_for_a_map_item_before_the_map_has_its_list() -> None:
             empty = run.map(agent, over=run.call(slow_list, n=0), node_id="none")
             with pytest.raises(KeyError, match="map 'none' ended ok with 0 items"):
                 await run.value("none[0]")
+            broken = run.map(agent, over=run.call(slow_list, n=-1)["nothing"], node_id="bad")
+            with pytest.raises(KeyError, match="map 'bad' ended failed without making its"):
+                await run.wait("bad[0]")
+            assert (await run.wait(broken)).status == "failed"
             assert await run.value(mapped) == ["summary"] * 3 and await run.value(empty) == []
             with pytest.raises(KeyError, match="no node 'other\\[0\\]'"):
                 await run.wait("other[0]")

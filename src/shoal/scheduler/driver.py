@@ -271,8 +271,10 @@ class Driver:
             if mapped.outcome is None and not self.state.finished:
                 continue
             ended = f" ended {mapped.outcome.status}" if mapped.outcome is not None else ""
-            error = KeyError(f"map {owner[1]!r}{ended} with {len(mapped.items or ())} items: "
-                             f"it has no item {node_id!r}")
+            made = (f"with {len(mapped.items)} items" if mapped.items is not None else
+                    "without making its items (its outcome was replayed from the journal, "
+                    "or it did not get its list)")
+            error = KeyError(f"map {owner[1]!r}{ended} {made}: it has no item {node_id!r}")
             for future in self._early.pop(node_id):
                 if not future.done():
                     future.set_exception(error)
