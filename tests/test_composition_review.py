@@ -25,6 +25,7 @@ import pytest
 import shoal
 from shoal.models.base import ModelRequest
 from shoal.patterns import fan_out, pipeline
+from shoal.plan import as_tool
 from shoal.store.sqlite import SQLiteStore
 from shoal.testing import ScriptedModel, call, run_virtual
 from tests import composition_crash as crash
@@ -418,6 +419,63 @@ def test_agents_and_patterns_map_with_the_item_as_a_named_part_of_the_prompt() -
     with pytest.raises(shoal.PlanError, match="map item_arg 'paper' is not one of its"):
         plan.map(kind_of, over=docs, item_arg="paper")
         plan.validate()
+
+
+def _hiccuping_counter(*, with_tool: bool = True) -> shoal.Agent[Any]:
+    """An agent that counts on the board, then fails its next request once per item."""
+    failed: set[str] = set()
+
+    @shoal.tool(merges=["board:count"])
+    def tally(board: shoal.BoardHandle) -> str:
+        """Count one."""
+        board.write("count", 1)
+        return "ok"
+
+    def then(request: ModelRequest) -> str:
+        prompt = str(getattr(request.messages[0], "content", ""))
+        if prompt not in failed:
+            failed.add(prompt)
+            raise ConnectionError("model hiccup")
+        return "done"
+
+    script: list[Any] = [[call("tally")], then] if with_tool else [then]
+    return shoal.Agent(name="counter", tools=[tally],
+                       model=ScriptedModel.per_prompt({"*": script}))
+
+
+@pytest.mark.parametrize("store", ["memory", None])
+def test_retried_agent_items_never_write_to_the_board_twice(store: str | None) -> None:
+    agent = _hiccuping_counter()
+    plan = shoal.Plan()
+    mapped = plan.map(agent.node_tool.options(retries=1), over=plan.call(listing, n=3),
+                      partial=True)
+    board = shoal.Board(count=shoal.merge.counter)
+    result = shoal.Runtime(store=store).run_sync(plan, board=board)
+    assert result.board == {"count": 3}  # one count per item, whatever the retries did
+    if store is not None:  # the retry continued: the tool phase replayed, the answer came
+        assert result[mapped].value == ["done"] * 3 and len(requests_of(agent)) == 9
+    else:  # nothing could replay the tool calls: the retry refuses rather than redo them
+        assert result[mapped].value == []
+        item = result["counter#1[0]"]
+        assert item.attempts == 2 and item.error is not None
+        assert "cannot be retried (attempt 2)" in item.error.message
+        assert "no journal (Runtime(store=None))" in item.error.message
+
+
+def test_without_a_journal_only_nodes_that_made_no_tool_call_are_retried() -> None:
+    quiet = _hiccuping_counter(with_tool=False)
+    plan = shoal.Plan()
+    afresh = plan.call(quiet.node_tool.options(retries=1), task="t")
+    team = pipeline(_hiccuping_counter())
+    refused = plan.call(as_tool(team).options(retries=1), task="u")
+    board = shoal.Board(count=shoal.merge.counter)
+    result = shoal.Runtime(store=None).run_sync(plan, board=board)
+    assert result[afresh].value == "done" and result[afresh].attempts == 2
+    error = result[refused].error
+    assert result[refused].attempts == 2 and error is not None
+    assert "pipeline#1 cannot be retried" in error.message and "pipeline#1/counter#1" in (
+        error.message)
+    assert result.board == {"count": 1}
 
 
 def test_cancelling_a_map_of_agents_ends_every_agent_and_leaves_no_task() -> None:

@@ -47,6 +47,7 @@ from shoal.agents.node import (
     Composition,
     NodeContext,
     NodeInjected,
+    check_rerun,
     composition,
     observer_sinks,
     run_observed,
@@ -221,6 +222,7 @@ async def _pattern_node(pattern: Pattern, task: Any, shoal_node: NodeInjected,
     shared = composition(shoal_node.scope)
     shared.enter()  # the models its agents share stay open from one step to the next
     try:
+        check_rerun(shoal_node, shared)
         return await pattern._run(shoal_node, task, context)
     except Exception as exc:
         shared.errors[shoal_node.lineage] = exc
