@@ -2,7 +2,8 @@
 
 ``python -m tests.composition_crash DB RUN_ID WHAT`` runs one of the plans below on a SQLite
 journal (``WHAT``: ``board``, ``board-charge``, ``open``, ``nested``, ``empty``, ``agents``: a
-map of agents whose tool notes their item).
+map of agents whose tool notes their item; ``patterns``: a map of pipelines of such an agent
+and another).
 Every call leaves a line in ``$SHOAL_COMP_DIR/started`` when it begins and one in
 ``.../effects`` when it is done, so a test can count how often each ran. Calls whose number is
 ``$SHOAL_COMP_SLOW_FROM`` or more write to the board, then sleep a minute (so a test kills the
@@ -22,6 +23,7 @@ from typing import Any
 
 import shoal
 from shoal.models.base import ModelRequest
+from shoal.patterns import pipeline
 from shoal.testing import ScriptedModel, call
 
 N = 12
@@ -117,9 +119,11 @@ def noter() -> shoal.Agent[Any]:
 def build_plan(what: str, n: int = N) -> shoal.Plan:
     """The plan of ``what`` (see the module doc)."""
     plan = shoal.Plan(name=what)
-    if what == "agents":
+    if what in ("agents", "patterns"):
         items = plan.call(numbers, n=n, node_id="numbers")
-        plan.map(noter(), over=items, node_id="pay")
+        closer = shoal.Agent(name="closer", model=ScriptedModel.per_prompt({"*": ["closed"]}))
+        step = noter() if what == "agents" else pipeline(noter(), closer)
+        plan.map(step, over=items, node_id="pay")
         return plan
     if what == "nested":
         items = plan.call(numbers, n=n // 3, node_id="numbers")

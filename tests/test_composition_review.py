@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 import shoal
+from shoal.agents.node import component_of
 from shoal.models.base import ModelRequest
 from shoal.patterns import fan_out, pipeline
 from shoal.plan import as_tool
@@ -299,50 +300,24 @@ def test_agent_and_pattern_nodes_share_the_runs_board_with_their_tools() -> None
     assert board["count"] == 2
 
 
-def test_a_killed_map_of_agents_resumes_with_an_exact_board(where: Path) -> None:
-    _kill_mid_map(where, "agents", "n")
+@pytest.mark.parametrize("what", ["agents", "patterns"])
+def test_a_killed_map_of_agents_resumes_with_an_exact_board(where: Path, what: str) -> None:
+    _kill_mid_map(where, what, "n")
     runtime = shoal.Runtime(store=where / "runs.db", executor="thread")
-    plan = crash.build_plan("agents")
+    plan = crash.build_plan(what)
     result = runtime.resume_sync("r1", plan, board=crash.new_board())
-    assert result.ok and result["pay"].value == ["done"] * crash.N
+    assert result.ok
+    assert result["pay"].value == ["done" if what == "agents" else "closed"] * crash.N
     _noted(result.board, "n", range(crash.N))
     # the agents in flight continued: their first turn replayed, their note ran again once
     assert _lines(where, "started") == Counter(
         {f"n{i}": 1 for i in range(SLOW)} | {f"n{i}": 2 for i in range(SLOW, crash.N)}
         | {f"numbers{crash.N}": 1})
-    agent = plan.node("pay").tool.fn.args[0]  # type: ignore[attr-defined]
-    assert sorted(r.lineage for r in requests_of(agent)) == sorted(
-        f"pay[{i}]" for i in range(SLOW, crash.N))
-
-
-@shoal.tool
-def numbers(n: int) -> list[int]:
-    """``0 .. n-1``."""
-    return list(range(n))
-
-
-@shoal.tool
-def grab(i: int) -> Any:
-    """A value no journal can keep (a lock), from a call that is not idempotent."""
-    return threading.Lock() if i >= 0 else i
-
-
-def test_a_map_whose_items_cannot_be_replayed_puts_each_item_in_doubt_not_the_map(
-        tmp_path: Path) -> None:
-    def build() -> shoal.Plan:
-        plan = shoal.Plan()
-        plan.map(grab, over=plan.call(numbers, n=3, node_id="l"), node_id="m")
-        return plan
-
-    runtime = shoal.Runtime(store=tmp_path / "runs.db")
-    assert runtime.run_sync(build(), run_id="r1").ok
-    result = runtime.resume_sync("r1", build())
-    # the map ran nothing itself: it gathers again, and each item is in doubt by its own id
-    assert [result[f"m[{i}]"].status for i in range(3)] == ["in_doubt"] * 3
-    assert "could not be stored for replay" in result["m[0]"].reason
-    assert result["m"].status == "failed" and "3 of 3 items" in str(result["m"].error)
-    result = runtime.resume_sync("r1", build(), mark_done={"m[0]": 0, "m[1]": 1, "m[2]": 2})
-    assert result.ok and result["m"].value == [0, 1, 2]
+    made = component_of(plan.node("pay").tool)
+    noter = made if what == "agents" else made.steps[0]
+    in_flight = [f"pay[{i}]" for i in range(SLOW, crash.N)]
+    assert sorted(r.lineage for r in requests_of(noter)) == sorted(
+        lineage if what == "agents" else f"{lineage}/noter#1" for lineage in in_flight)
 
 
 # -- 2. agents x map --------------------------------------------------------------------------
