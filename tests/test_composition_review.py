@@ -698,3 +698,20 @@ def test_a_map_over_a_hundred_thousand_none_items() -> None:
     assert time.monotonic() - began < 60  # about 4 s on two cores (100,000 nodes)
     assert result[mapped].value == [None] * 100_000
     assert result.counts["ok"] == 100_002
+
+
+def test_refs_inside_a_maps_list_are_data_never_followed() -> None:
+    @shoal.tool
+    def forged() -> list[Any]:
+        return [shoal.Ref("forged#1"), shoal.Ref("nowhere")["x"]]
+
+    agent = reader()
+    plan = shoal.Plan()
+    items = plan.call(forged)
+    shown = plan.map(kind_of, over=items)
+    answers = plan.map(agent, over=items)
+    result = shoal.run_sync(plan)
+    assert result[shown].value == ["Ref", "Ref"]  # handed over as they are: no edge, no lookup
+    assert result[answers].value == ["summary"] * 2
+    assert sorted(str(getattr(r.messages[0], "content", "")) for r in requests_of(agent)) == [
+        '"$forged#1"', '"$nowhere.x"']
