@@ -347,6 +347,27 @@ def test_a_map_of_agents_makes_exactly_the_budgeted_requests(concurrency: int | 
     assert "BudgetExceeded" in error.message
 
 
+def test_the_wall_clock_still_stops_turns_the_requests_limit_let_finish() -> None:
+    agent = reader(latency=100.0)
+
+    @shoal.tool
+    async def docs(n: int) -> list[str]:
+        return [f"doc{i}" for i in range(n)]
+
+    async def scenario() -> tuple[shoal.RunResult, float]:
+        plan = shoal.Plan()
+        plan.map(agent, over=plan.call(docs, n=3), node_id="m")
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        result = await shoal.Runtime().run(plan, budget=shoal.Budget(requests=2, wall_clock=5))
+        return result, loop.time() - began
+
+    result, took = run_virtual(scenario())
+    assert took == pytest.approx(5.0, abs=0.01)  # not the turns' 100 s
+    assert len(requests_of(agent)) == 2
+    assert [result[f"m[{i}]"].status for i in range(3)] == ["failed"] * 3
+
+
 def test_an_agent_whose_admitted_turn_asks_for_tools_stops_at_the_requests_limit() -> None:
     @shoal.tool
     def look(what: str) -> str:

@@ -194,10 +194,14 @@ class TreeContext:
             self._deadline = loop.call_later(max(0.0, left), self._wall_clock_over, limit)
 
     def _wall_clock_over(self, limit: float) -> None:
+        over = BudgetExceeded("wall_clock", self.now(), limit, "the whole tree")
         # stop() records and broadcasts the breach, then raises it; the agents raise it
         # again where they stand, so here it is only swallowed
+        spared = self.tracker.breach is not None  # the model turns the requests limit spared
         with contextlib.suppress(BudgetExceeded):
-            self.tracker.stop(BudgetExceeded("wall_clock", self.now(), limit, "the whole tree"))
+            self.tracker.stop(over)
+        if spared:  # the first breach wins the record, but the clock still stops them
+            self._cancel_within("", str(over))
 
     def stop_clock(self) -> None:
         """Disarm the ``wall_clock`` timer (the root ended)."""
