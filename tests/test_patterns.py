@@ -241,16 +241,17 @@ def test_nested_patterns_stop_exactly_at_the_budget() -> None:
 def test_a_breach_in_the_middle_of_a_fan_out_stops_every_worker() -> None:
     tree = Tree()
     result, events = tree.run(5)  # the planner, then 4 of the 8 readers get a request slot
-    # The 5th reader's request breaches: the tree stops at once, and the 4 requests that had
-    # their slots but were still on their way to the model are cancelled with it.
-    assert tree.requests() <= 5
+    # The 5th reader's request is refused: the tree stops, but the 4 requests that had their
+    # slots were admitted within the limit, so they go out and their answers stand. The
+    # fan-out needs every worker, so it fails with the breach; the aggregator never runs.
+    assert tree.requests() == 5
     assert model_of(tree.planner).requests and model_of(tree.agg).requests == []
     error = result["tree#1"].error
     assert error is not None and error.type == "shoal.exceptions.BudgetExceeded"
     assert "requests limit is 5" in error.message
     ended = {e.lineage: e.status for e in events if isinstance(e, AgentFinished)}
-    readers = [s for lineage, s in ended.items() if "/reader" in lineage]
-    assert readers == ["budget_exceeded"] * 8
+    readers = sorted(s for lineage, s in ended.items() if "/reader" in lineage)
+    assert readers == ["budget_exceeded"] * 4 + ["ok"] * 4
 
 
 def test_running_a_pattern_on_its_own_raises_the_breach_itself() -> None:

@@ -47,6 +47,7 @@ from shoal.agents.node import (
     Composition,
     NodeContext,
     NodeInjected,
+    check_rerun,
     composition,
     observer_sinks,
     run_observed,
@@ -61,6 +62,7 @@ from shoal.tools import Tool
 
 if TYPE_CHECKING:
     from shoal.agents.budget import Budget
+    from shoal.board import Board
     from shoal.events import EventSink
     from shoal.runtime import RunHandle
 
@@ -167,13 +169,14 @@ class Pattern:
     # -- on its own -------------------------------------------------------------------------
 
     async def run(self, task: Any, *, runtime: Runtime | None = None,
-                  budget: Budget | None = None,
+                  budget: Budget | None = None, board: Board | None = None,
                   on_event: EventSink | Sequence[EventSink] | None = None,
                   run_id: str | None = None, **context: Any) -> Any:
         """Run the pattern on ``task`` as a one-node plan and return its value.
 
         ``context``: more arguments for the first steps, as for a node. ``runtime``: the
-        runtime (default: a fresh one, closed at the end); ``budget``: for every agent inside.
+        runtime (default: a fresh one, closed at the end); ``budget``: for every agent inside;
+        ``board``: shared by the tools of every agent inside.
         Raises the error of the step that failed (e.g. :class:`~shoal.BudgetExceeded`), or
         :class:`PatternError`.
         """
@@ -184,7 +187,8 @@ class Pattern:
         shared: dict[str, Any] = {}
         try:
             handle = active.start(plan, run_id=run_id, on_event=on_event, budget=budget,
-                                  within=RunScope(active, "", budget=budget, shared=shared))
+                                  board=board, within=RunScope(active, "", budget=budget,
+                                                               board=board, shared=shared))
             result = await handle
         finally:
             if own:
@@ -218,6 +222,7 @@ async def _pattern_node(pattern: Pattern, task: Any, shoal_node: NodeInjected,
     shared = composition(shoal_node.scope)
     shared.enter()  # the models its agents share stay open from one step to the next
     try:
+        check_rerun(shoal_node, shared)
         return await pattern._run(shoal_node, task, context)
     except Exception as exc:
         shared.errors[shoal_node.lineage] = exc

@@ -397,7 +397,8 @@ class Plan:
             elif dep not in self._nodes:
                 found.append(PlanProblem("bad_after", f"after={dep!r} names no node in the plan"
                                          f"{self._look_alike(dep)}", node.id))
-        if node.map is not None and node.map.item_arg not in node.tool.parameters:
+        if (node.map is not None and node.map.item_arg not in node.tool.parameters
+                and not node.tool.model_facts.accepts_extra):  # **more: any name fits
             names = ", ".join(sorted(node.tool.parameters)) or "none"
             found.append(PlanProblem("bad_arguments", f"{node.tool.name}: map item_arg "
                                      f"{node.map.item_arg!r} is not one of its arguments "

@@ -88,6 +88,7 @@ class TreeContext:
         self._models: dict[str, Model] = {}
         # lineage -> its steps in flight (model turns and tool phases, each a run)
         self._handles: dict[str, set[RunHandle]] = {}
+        self._turns: set[RunHandle] = set()  # those of them that are model turns
         self._cancelled: dict[str, str] = {}  # lineage root -> reason
         self._resumed: set[str] = set()  # lineage roots whose journaled steps are continued
         self.results: dict[str, AgentResult[Any]] = {}  # every agent's result, by lineage
@@ -193,19 +194,30 @@ class TreeContext:
             self._deadline = loop.call_later(max(0.0, left), self._wall_clock_over, limit)
 
     def _wall_clock_over(self, limit: float) -> None:
+        over = BudgetExceeded("wall_clock", self.now(), limit, "the whole tree")
         # stop() records and broadcasts the breach, then raises it; the agents raise it
         # again where they stand, so here it is only swallowed
+        spared = self.tracker.breach is not None  # the model turns the requests limit spared
         with contextlib.suppress(BudgetExceeded):
-            self.tracker.stop(BudgetExceeded("wall_clock", self.now(), limit, "the whole tree"))
+            self.tracker.stop(over)
+        if spared:  # the first breach wins the record, but the clock still stops them
+            self._cancel_within("", str(over))
 
     def stop_clock(self) -> None:
         """Disarm the ``wall_clock`` timer (the root ended)."""
         if self._deadline is not None:
             self._deadline.cancel()
 
-    def check(self, lineage: str) -> None:
-        """Raise if the tree's budget broke or this agent (or an ancestor) was cancelled."""
-        self.tracker.check_tree()
+    def check(self, lineage: str, *, answered: bool = False) -> None:
+        """Raise if the tree's budget broke or this agent (or an ancestor) was cancelled.
+
+        ``answered``: the agent holds a final answer from a request made within the budget;
+        reaching the ``requests`` limit since then (another agent was refused a request) does
+        not take it away.
+        """
+        breach = self.tracker.breach
+        if breach is not None and not (answered and breach.limit == "requests"):
+            raise breach
         for root, reason in self._cancelled.items():
             if is_within(lineage, root):
                 raise asyncio.CancelledError(reason)
@@ -223,13 +235,16 @@ class TreeContext:
                 return reason
         return None
 
-    def track_handle(self, lineage: str, handle: RunHandle) -> None:
-        """Remember a step in flight, so it can be cancelled with its agent."""
+    def track_handle(self, lineage: str, handle: RunHandle, *, turn: bool = False) -> None:
+        """Remember a step in flight (``turn``: a model turn), so it can be cancelled."""
         self._handles.setdefault(lineage, set()).add(handle)
+        if turn:
+            self._turns.add(handle)
 
     def untrack_handle(self, lineage: str, handle: RunHandle) -> None:
         """Forget a finished step."""
         self._handles.get(lineage, set()).discard(handle)
+        self._turns.discard(handle)
 
     def cancel(self, lineage: str, reason: str) -> None:
         """Cancel the agent at ``lineage`` and everything below it: model turns and calls."""
@@ -237,12 +252,19 @@ class TreeContext:
         self._cancel_within(lineage, reason)
 
     def _stop_everything(self, breach: BudgetExceeded) -> None:
-        self._cancel_within("", str(breach))
+        # Reaching the requests limit refuses the request over it; the model turns in flight
+        # were admitted within the limit (and may be paid for already), so they finish, and
+        # an agent whose turn brings its final answer keeps it. Every other breach is an
+        # overspend, and stops the turns in flight too.
+        spared = self._turns if breach.limit == "requests" else set()
+        self._cancel_within("", str(breach), spared)
 
-    def _cancel_within(self, root: str, reason: str) -> None:
+    def _cancel_within(self, root: str, reason: str,
+                       spared: set[RunHandle] | None = None) -> None:
         # Deepest agents first, so each call's outcome gets this reason rather than the
         # "parent was cancelled" that a parent's cancellation would give it a moment later.
         for where in sorted(self._handles, key=lambda w: -w.count("/")):
             if not root or is_within(where, root):
                 for handle in list(self._handles[where]):
-                    handle.cancel(reason=reason)
+                    if spared is None or handle not in spared:
+                        handle.cancel(reason=reason)

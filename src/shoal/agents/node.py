@@ -27,7 +27,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from shoal.agents.agent import Agent  # at run time: the node tool's schema reads the hints
-from shoal.agents.context import TREE_KEY, TreeContext
+from shoal.agents.context import TREE_KEY, TreeContext, is_within
 from shoal.agents.result import AgentResult
 from shoal.agents.run import AgentRun
 from shoal.exceptions import AgentError, ShoalError
@@ -41,8 +41,8 @@ if TYPE_CHECKING:
     from shoal.events import EventSink
     from shoal.executors.base import Call
 
-__all__ = ["Composition", "NodeContext", "NodeInjected", "agent_node_tool", "component_of",
-           "composition",
+__all__ = ["Composition", "NodeContext", "NodeInjected", "agent_node_tool", "check_rerun",
+           "component_of", "composition",
            "observer_sinks", "render_prompt", "render_value", "run_observed"]
 
 T = TypeVar("T")
@@ -121,6 +121,26 @@ class Composition:
             await self.ctx.close_models()
 
 
+def check_rerun(node: NodeContext, shared: Composition) -> None:
+    """Refuse to run an agent or pattern node again when nothing can replay what it did.
+
+    A node retried after a failed attempt continues from the journal: its finished tool
+    calls replay. With no journal (``Runtime(store=None)``) they would run a second time
+    (a board written twice, a message sent twice), so the retry fails saying so instead.
+    A node whose agents made no tool call yet starts afresh: that is safe.
+    """
+    if node.attempt == 1 or node.scope.runtime.store is not None:
+        return
+    ran = sorted(lineage for lineage, result in shared.ctx.results.items()
+                 if is_within(lineage, node.lineage) and result.calls)
+    if ran:
+        raise AgentError(
+            f"{node.lineage} cannot be retried (attempt {node.attempt}): its agents made tool "
+            f"calls ({', '.join(ran[:3])}{' ...' if len(ran) > 3 else ''}), and with no "
+            "journal (Runtime(store=None)) nothing replays them, so they would run a second "
+            "time; give the runtime a store (the default, 'memory', will do)")
+
+
 def composition(scope: RunScope) -> Composition:
     """The :class:`Composition` of the outermost run around ``scope`` (made on first use)."""
     found = scope.shared.get(SHARED_KEY)
@@ -131,7 +151,7 @@ def composition(scope: RunScope) -> Composition:
         else:
             found = Composition(TreeContext(
                 run_id=scope.run_id, runtime=scope.runtime, budget=scope.budget,
-                sinks=scope.sinks, resuming=scope.resuming))
+                sinks=scope.sinks, resuming=scope.resuming, board=scope.board))
             # held until the outermost run ends: its agents' models stay open from one node
             # to the next (a local model server is not restarted for each)
             found.enter()
@@ -210,6 +230,7 @@ async def _agent_node(agent: Agent[Any], task: Any, shoal_node: NodeInjected,
         **context: more for the prompt, each shown under its name.
     """
     shared = composition(shoal_node.scope)
+    check_rerun(shoal_node, shared)
     lineage = shoal_node.lineage
     if shoal_node.continues:
         shared.ctx.resume_within(lineage)

@@ -182,7 +182,9 @@ class AgentRun:
                                        "without a final answer; raise max_turns or simplify")
             response = await self._ask()
             messages.append(response.as_message())
-            self.ctx.check(self.lineage)  # cancelled or over budget while the model answered
+            # cancelled or over budget while the model answered (a final answer stands when
+            # only the requests limit was reached meanwhile: it came within the limit)
+            self.ctx.check(self.lineage, answered=not response.tool_calls)
             if response.tool_calls:
                 records = await self._tool_phase(response.tool_calls)
                 messages.extend(record.message for record in records)
@@ -263,13 +265,14 @@ class AgentRun:
 
     async def _step(self, plan: Plan, step: str) -> RunResult:
         """Run one step of this agent through the runtime and wait for it."""
-        handle = self._start_step(plan, step, None)
+        handle = self._start_step(plan, step, None, turn=True)
         try:
             return await settle(handle)
         finally:
             self.ctx.untrack_handle(self.lineage, handle)
 
-    def _start_step(self, plan: Plan, step: str, on_event: EventSink | None) -> RunHandle:
+    def _start_step(self, plan: Plan, step: str, on_event: EventSink | None, *,
+                    turn: bool = False) -> RunHandle:
         """Start a step (a model turn or a tool phase) as its own journaled run.
 
         When the tree is resumed and the journal knows the step, it is continued instead:
@@ -284,7 +287,7 @@ class AgentRun:
                                    resume=run_id if resume else None, lineage=self.lineage,
                                    on_event=on_event, force=ctx.force, within=ctx.scope,
                                    board=ctx.board)
-        ctx.track_handle(self.lineage, handle)
+        ctx.track_handle(self.lineage, handle, turn=turn)
         return handle
 
     async def _tool_phase(self, calls: tuple[ToolCall, ...]) -> list[CallRecord]:

@@ -9,7 +9,8 @@ as they are, because copying those is usually wrong (a copied connection pool is
 and often impossible. So is a model or dataclass that ``copy.deepcopy`` cannot copy (one that
 holds a lock, say, fails with ``TypeError``): it is passed as it is, shared, rather than failing
 the call. An object whose ``__deepcopy__`` raises anything else refuses on purpose, and that
-error fails the call.
+error fails the call. A value nested deeper than Python's recursion limit (a 10,000-level
+dict) cannot be copied by walking it either: it too is passed as it is, shared.
 """
 
 from __future__ import annotations
@@ -48,7 +49,10 @@ def isolate(value: Any) -> Any:
     kind = type(value)
     if kind in _IMMUTABLE:
         return value
-    return _isolate(value, {})
+    try:
+        return _isolate(value, {})
+    except RecursionError:  # nested too deep to walk: shared, as a value that cannot be copied
+        return value
 
 
 def _isolate(value: Any, memo: dict[int, Any]) -> Any:

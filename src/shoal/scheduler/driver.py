@@ -42,7 +42,7 @@ from shoal.exceptions import StoreError, ToolTimeoutError
 from shoal.executors._results import unawaited_result
 from shoal.executors.base import Call, Executor
 from shoal.outcome import ErrorInfo, Outcome, RunResult, jsonable
-from shoal.plan import Node
+from shoal.plan import _ITEM_ID, Node
 from shoal.scheduler.approval_desk import ApprovalDesk, ApprovalLedger
 from shoal.scheduler.scope import RunScope, Settles, inject
 from shoal.scheduler.state import (
@@ -146,6 +146,8 @@ class Driver:
         self._finished: asyncio.Future[None] | None = None
         self._before_start: list[Decisions] = []
         self._watchers: dict[int, list[asyncio.Future[Outcome]]] = {}  # position -> waiting
+        # item id -> waiting: items of maps whose list is not known yet (see outcome_of)
+        self._early: dict[str, list[asyncio.Future[Outcome]]] = {}
         self.cancelled_reason = ""
 
     @property
@@ -199,7 +201,7 @@ class Driver:
             self._timers.clear()
             self.state.shared_limits.forget(self)
         await self._desk.drain(self.state.run_id)
-        if self._watchers:
+        if self._watchers or self._early:
             self._tell_all_watchers()
         result = self.result()
         self._publish([RunFinished(run_id=self.state.run_id, time=max(self.now(), result.makespan),
@@ -230,17 +232,52 @@ class Driver:
             self._apply(decisions)
 
     def outcome_of(self, node_id: str) -> asyncio.Future[Outcome]:
-        """A future for the outcome of ``node_id`` (resolved at once if it has one)."""
+        """A future for the outcome of ``node_id`` (resolved at once if it has one).
+
+        An item of a map whose list is not known yet (``m[3]``) is waited for too: the
+        future fails with :class:`KeyError` if the map ends without such an item.
+        """
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         pos = self.graph.position.get(node_id)
         if pos is None:
-            raise KeyError(f"no node {node_id!r} in run {self.state.run_id}")
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+            owner = _ITEM_ID.fullmatch(node_id)
+            mapped = self.graph.position.get(owner[1]) if owner is not None else None
+            if mapped is None or self.graph.nodes[mapped].map is None:
+                raise KeyError(f"no node {node_id!r} in run {self.state.run_id}")
+            self._early.setdefault(node_id, []).append(future)
+            self._look_early()
+            return future
         outcome = self.state.slots[pos].outcome
         if outcome is not None:
             future.set_result(outcome)
         else:
             self._watchers.setdefault(pos, []).append(future)
         return future
+
+    def _look_early(self) -> None:
+        """Hand the waiters of map items that now exist on; fail those whose map ended."""
+        position, slots = self.graph.position, self.state.slots
+        for node_id in list(self._early):
+            pos = position.get(node_id)
+            if pos is not None:  # made: wait for it as for any node (it may have ended)
+                self._watchers.setdefault(pos, []).extend(self._early.pop(node_id))
+                outcome = slots[pos].outcome
+                if outcome is not None:
+                    self._tell_watchers([Ended(pos, 0, outcome)])
+                continue
+            owner = _ITEM_ID.fullmatch(node_id)
+            assert owner is not None  # only item ids of maps are waited for early
+            mapped = slots[position[owner[1]]]
+            if mapped.outcome is None and not self.state.finished:
+                continue
+            ended = f" ended {mapped.outcome.status}" if mapped.outcome is not None else ""
+            made = (f"with {len(mapped.items)} items" if mapped.items is not None else
+                    "without making its items (its outcome was replayed from the journal, "
+                    "or it did not get its list)")
+            error = KeyError(f"map {owner[1]!r}{ended} {made}: it has no item {node_id!r}")
+            for future in self._early.pop(node_id):
+                if not future.done():
+                    future.set_exception(error)
 
     def _tell_watchers(self, ended: Iterable[Ended]) -> None:
         """Resolve the futures of callers waiting for these nodes' outcomes."""
@@ -251,6 +288,8 @@ class Driver:
 
     def _tell_all_watchers(self) -> None:
         """Outcomes that came from no decision (replayed on resume; the run's end)."""
+        if self._early:
+            self._look_early()
         slots = self.state.slots
         self._tell_watchers([Ended(pos, 0, outcome) for pos in list(self._watchers)
                              if (outcome := slots[pos].outcome) is not None])
@@ -304,6 +343,8 @@ class Driver:
             self._approvals(d.approvals)
         if d.parked or d.freed:
             self._share_gates(d)
+        if self._early and d.done:  # maps made their items, or ended
+            self._look_early()
         if self._watchers and d.done:
             self._tell_watchers(d.done)
         if self.state.finished and self._finished is not None and not self._finished.done():
@@ -487,7 +528,7 @@ class Driver:
         self._apply(self.state.hold_in_doubt(resume.in_doubt, now,
                                              ask=self._desk.approver is not None))
         self._apply(self.state.restore([*resume.replay, *resume.settled], now))
-        if self._watchers:  # replayed outcomes are not decisions: tell who waits for them
+        if self._watchers or self._early:  # replayed outcomes are not decisions: tell them
             self._tell_all_watchers()
         if self._streaming and self._journal is not None:
             for outcome in resume.settled:  # new to the journal, unlike the replayed ones

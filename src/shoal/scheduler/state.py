@@ -942,7 +942,10 @@ class SchedulerState:
     def _record(self, slot: _Slot, status: Status, now: float, d: Decisions, *, value: Any = None,
                 error: ErrorInfo | None = None, reason: str = "", abandoned: bool = False) -> None:
         """Give ``slot`` its outcome, then release or skip everything that waits for it."""
-        self._store(slot, status, now, d, value, error, reason or slot.cancel_reason, abandoned)
+        # a call that succeeded as it was being cancelled (fail_fast, a deadline) keeps its
+        # value, and says nothing of a cancellation that did not happen to it
+        said = reason or (slot.cancel_reason if status != "ok" else "")
+        self._store(slot, status, now, d, value, error, said, abandoned)
         self._pass_on(slot, now, d)
         if self.fail_fast and status in ("failed", "timed_out") and not self.stopping:
             reason = f"fail_fast: {slot.node.id!r} {status}"

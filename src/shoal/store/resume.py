@@ -195,6 +195,10 @@ def _doubt(node: Node, stored: StoredOutcome | None, in_flight: bool,
         if status not in _REPLAYED:
             into.rerun[node.id] = f"ended {status}"
             return ""
+        if node.map is not None:  # a map calls nothing itself: its items say what ran
+            into.rerun[node.id] = (f"{_unreplayable(stored)}; a map gathers its items again "
+                                   "(each replays, runs again or is in doubt on its own)")
+            return ""
         if tool.policy.idempotent:
             into.rerun[node.id] = f"{_unreplayable(stored)}; the tool is idempotent"
             return ""
