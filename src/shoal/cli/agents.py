@@ -140,14 +140,19 @@ def _import(module_name: str) -> Any:
                           "from the directory "
                           "that holds the package, or give a file path (dir/file.py:agent)"
                           ) from None
+    except (ShoalError, KeyboardInterrupt):
+        raise
+    except BaseException as exc:  # as for a file: its error, not a traceback or its exit
+        raise ConfigError(f"importing {module_name!r} failed: {describe_exception(exc)}"
+                          ) from None
 
 
 def _exec(loader: Any, module: Any, where: str) -> None:
     try:
         loader.exec_module(module)
-    except ShoalError:
+    except (ShoalError, KeyboardInterrupt):
         raise
-    except Exception as exc:
+    except BaseException as exc:  # SystemExit too: importing a module does not end the command
         raise ConfigError(f"importing {where!r} failed: {describe_exception(exc)}") from None
 
 
@@ -232,7 +237,8 @@ async def _drive(agent: Agent[Any], options: AgentOptions, sinks: list[Any], con
         raise
     if journal is not None:
         announce(journal.run_id, options.resume, getattr(journal.store, "path", "the store"))
-    beating = asyncio.ensure_future(journal.beat()) if journal is not None else None
+    beating = (asyncio.ensure_future(journal.beat(lambda why: handle.cancel(reason=why)))
+               if journal is not None else None)  # shoal cancel RUN from another process
     result: AgentResult[Any] | None = None
     interrupted = False
     try:
@@ -279,7 +285,8 @@ async def _drive_composition(composed: Composed, options: AgentOptions, sinks: l
         raise
     if journal is not None:
         announce(journal.run_id, options.resume, getattr(journal.store, "path", "the store"))
-    beating = asyncio.ensure_future(journal.beat()) if journal is not None else None
+    beating = (asyncio.ensure_future(journal.beat(lambda why: run.cancel(reason=why)))
+               if journal is not None else None)  # shoal cancel RUN from another process
     result: AgentResult[Any] | None = None
     interrupted = False
     try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -49,6 +50,9 @@ ANSWER_NODE = "answer"
 #: What ``shoal run`` takes besides an agent: a pattern, or a function of the task making a plan.
 Composed = Pattern | Callable[[str], Plan]
 
+#: The id of a map's item: ``"reader#1[3]"`` is an item of the map ``reader#1``.
+_ITEM_ID = re.compile(r"(.*)\[\d+\]", re.DOTALL)
+
 
 def is_composition(found: object) -> bool:
     """Whether ``found`` is a pattern or a plain function (of the task) to run as a plan."""
@@ -57,10 +61,14 @@ def is_composition(found: object) -> bool:
 
 
 def name_of(composed: Composed, target: str) -> str:
-    """The root's name in the tree: the pattern's name, or the function's."""
+    """The root's name in the tree: the pattern's name, or the function's.
+
+    A function's name is the one the target gives it (a lambda's ``__name__`` is
+    ``<lambda>``, and a function made by another has its maker's inner name).
+    """
     if isinstance(composed, Pattern):
         return composed.name
-    return getattr(composed, "__name__", "") or target.rpartition(":")[2]
+    return target.rpartition(":")[2] or getattr(composed, "__name__", "") or "plan"
 
 
 def build_plan(composed: Composed, task: str, target: str) -> Plan:
@@ -73,18 +81,50 @@ def build_plan(composed: Composed, task: str, target: str) -> Plan:
         plan = Plan(composed.name)
         plan.add(composed, {"task": task}, node_id=ANSWER_NODE)
     else:
-        try:
-            plan = composed(task)
-        except (ConfigError, PlanError):
-            raise
-        except Exception as exc:
-            raise ConfigError(f"{target}: making the plan failed: {type(exc).__name__}: "
-                              f"{exc}") from None
-        if not isinstance(plan, Plan):
-            raise ConfigError(f"{target} returned a {type(plan).__name__}; a function that "
-                              "shoal run takes must return a shoal.Plan (or name an Agent or "
-                              "a pattern instead)")
+        _check_signature(composed, target)
+        plan = _call(composed, task, target)
+    if not plan.nodes:  # nothing to run, and no node to be the answer
+        raise ConfigError(f"{target} made the plan {plan.name!r} with no nodes; add the calls "
+                          "it should run (plan.call(...), plan.map(...))")
     plan.validate()
+    return plan
+
+
+def _check_signature(function: Callable[..., Any], target: str) -> None:
+    """Raise :class:`ConfigError` unless ``function`` can be called with the task alone."""
+    if inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function):
+        raise ConfigError(f"{target} is an async function; shoal run takes a plain function "
+                          "of the task returning a shoal.Plan (def, not async def)")
+    try:
+        inspect.signature(function).bind("task")
+    except TypeError:
+        raise ConfigError(f"{target} takes {_parameters(function)}; a function that shoal run "
+                          "takes is called with the task as its one argument, e.g. "
+                          "def review(question: str) -> shoal.Plan") from None
+    except ValueError:  # no signature to read (a builtin): calling it will tell
+        return
+
+
+def _parameters(function: Callable[..., Any]) -> str:
+    params = str(inspect.signature(function).replace(return_annotation=inspect.Signature.empty))
+    return "no argument" if params == "()" else f"the arguments {params}"
+
+
+def _call(function: Callable[[str], Plan], task: str, target: str) -> Plan:
+    """What ``function`` makes of ``task``; :class:`ConfigError` when it fails or is no plan."""
+    try:
+        plan = function(task)
+    except (ConfigError, PlanError, KeyboardInterrupt):
+        raise
+    except BaseException as exc:  # SystemExit too: a plan function does not end the command
+        raise ConfigError(f"{target}: making the plan failed: {type(exc).__name__}: "
+                          f"{exc}") from None
+    if inspect.isgenerator(plan):
+        plan.close()
+    if not isinstance(plan, Plan):
+        raise ConfigError(f"{target} returned a {type(plan).__name__}; a function that "
+                          "shoal run takes must return a shoal.Plan (or name an Agent or "
+                          "a pattern instead)")
     return plan
 
 
@@ -143,7 +183,7 @@ class CompositionRun:
         root = self.result
         root.duration = self.ctx.now()
         root.calls = [_record(self.name, o) for o in run]
-        root.children = _top_agents(self.ctx.results)
+        root.children = _top_agents(self.ctx.results) + self._replayed_agents(run)
         for child in root.children:
             root.usage = root.usage + child.usage
         answer = run[answer_node(self.plan)]
@@ -163,6 +203,34 @@ class CompositionRun:
             turns=0, total_tokens=root.usage.total_tokens, duration=root.duration,
             error="" if root.error is None else str(root.error)))
         return root
+
+    def _replayed_agents(self, run: RunResult) -> list[AgentResult[Any]]:
+        """The agent nodes a resumed run took from the journal: their answers, not asked again.
+
+        They did not run in this session (its turns and tokens were counted in the one that
+        ran them), but they are agents of the tree all the same: ``--json``'s ``children`` and
+        ``shoal show`` list them, with their status and answer.
+        """
+        agents: dict[str, tuple[Agent[Any], bool]] = {}
+        for node in self.plan:
+            component = component_of(node.tool)
+            if isinstance(component, Agent):
+                agents[node.id] = (component, node.map is not None)
+        found: list[AgentResult[Any]] = []
+        for outcome in run:
+            lineage = f"{self.name}/{outcome.node_id}"
+            if not outcome.ok or lineage in self.ctx.results:
+                continue
+            item = _ITEM_ID.fullmatch(outcome.node_id)
+            owner = agents.get(item[1]) if item is not None else None
+            node = agents.get(outcome.node_id)
+            agent = (owner[0] if owner is not None and owner[1]  # an item of an agent map
+                     else node[0] if node is not None and not node[1] else None)
+            if agent is not None:
+                found.append(AgentResult[Any](agent.name, lineage, self.ctx.run_id, "",
+                                              output=outcome.value, status="ok",
+                                              duration=outcome.duration))
+        return found
 
     def _emit(self, event: Any) -> None:
         for sink in self._sinks:
