@@ -160,6 +160,12 @@ def test_a_killed_composition_resumes_without_asking_finished_readers_again(
     assert len(first) + len(second) == PAPERS + 1
     listed = json.loads(shoal("runs", "--store", store, "--json").stdout)
     assert listed[0]["status"] == "finished"
+    # the readers taken from the journal are agents of the tree still, with their answers
+    for tree in (data, json.loads(shoal("show", run_id, "--store", store, "--json").stdout)
+                 ["agent"]):
+        readers = [c for c in tree["children"] if c["agent"] == "reader"]
+        assert len(readers) == PAPERS and all(r["status"] == "ok" for r in readers)
+        assert all(r["output"] for r in readers)
 
 
 def test_ctrl_c_stops_a_composition_with_its_outcomes(tmp_path: Path) -> None:

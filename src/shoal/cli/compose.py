@@ -223,9 +223,9 @@ class CompositionRun:
                 continue
             item = _ITEM_ID.fullmatch(outcome.node_id)
             owner = agents.get(item[1]) if item is not None else None
-            node = agents.get(outcome.node_id)
+            own = agents.get(outcome.node_id)
             agent = (owner[0] if owner is not None and owner[1]  # an item of an agent map
-                     else node[0] if node is not None and not node[1] else None)
+                     else own[0] if own is not None and not own[1] else None)
             if agent is not None:
                 found.append(AgentResult[Any](agent.name, lineage, self.ctx.run_id, "",
                                               output=outcome.value, status="ok",
