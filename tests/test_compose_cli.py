@@ -99,12 +99,15 @@ def test_shoal_cancel_stops_a_running_composition(tmp_path: Path) -> None:
         run_id = run_id_of(store)
         cancelled = shoal("cancel", run_id, "--store", store)
         assert cancelled.returncode == 0, cancelled.stderr  # the run took the request
+        assert cancelled.stderr.strip() == f"cancelled run {run_id}"
         out, err = running.communicate(timeout=60)
     finally:
         running.kill()
     assert running.returncode == 1, err
     data = json.loads(out)
     assert data["status"] == "cancelled" and data["output"] is None
+    assert data["error"]["type"] == "AgentError"  # the run did not finish: not a config error
+    assert "answer cancelled" in data["error"]["message"]
     statuses = {c["lineage"]: c["status"] for c in data["calls"]}
     assert statuses["review/reader#1[3]"] == "cancelled"  # the paper it was held on
     assert statuses["review/answer"] == "cancelled"

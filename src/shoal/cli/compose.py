@@ -33,7 +33,7 @@ from shoal.agents.node import SHARED_KEY, Composition, component_of
 from shoal.agents.result import AgentResult
 from shoal.agents.toolcalls import CallRecord, result_text
 from shoal.events import AgentFinished, AgentStarted, EventSink
-from shoal.exceptions import ConfigError, PlanError
+from shoal.exceptions import AgentError, ConfigError, PlanError
 from shoal.models.base import Model, ToolCall, ToolResultMessage
 from shoal.outcome import Outcome, RunResult
 from shoal.patterns import Pattern
@@ -194,9 +194,11 @@ class CompositionRun:
             root.status = "cancelled" if run.cancelled_reason else "failed"
             root.output = answer.value if answer.ok else None
             shown = "; ".join(f"{o.node_id} {o.status}" for o in failed[:6])
-            root.error = ConfigError(
-                f"{len(failed)} of {len(run)} nodes did not succeed: {shown}"
-                + ("; ..." if len(failed) > 6 else ""))
+            # the run could not finish (not bad input): --json says AgentError, as for an agent
+            error = AgentError(f"{len(failed)} of {len(run)} nodes did not succeed: {shown}"
+                               + ("; ..." if len(failed) > 6 else ""))
+            error.result = root
+            root.error = error
         self._emit(AgentFinished(
             run_id=self.ctx.run_id, time=self.ctx.now(), lineage=self.name, agent=self.name,
             status=root.status, output=str(root.output)[:200] if root.ok else "",
