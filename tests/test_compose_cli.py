@@ -271,3 +271,16 @@ def test_a_hostile_task_is_escaped_everywhere(tmp_path: Path) -> None:
                                 capture_output=True, timeout=60, check=False)
         assert listed.returncode == 0, listed.stderr
         assert not re.search(rb"[\x00-\x09\x0b-\x1f\x7f]", listed.stdout + listed.stderr)
+
+
+def test_a_long_task_is_cut_where_shown_and_whole_in_json(tmp_path: Path) -> None:
+    store, task = str(tmp_path / "runs.db"), "word " * 20_000 + "END"
+    done = shoal("run", f"{TARGETS}:echoes", task, "--store", store)
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout) < 40_000  # the answer is cut on the terminal ...
+    run_id = run_id_of(store)
+    shown = shoal("show", run_id, "--store", store)
+    assert shown.returncode == 0, shown.stderr
+    assert len(shown.stdout) < 40_000 and "END" not in shown.stdout  # ... and so is the task
+    data = json.loads(shoal("show", run_id, "--store", store, "--json").stdout)
+    assert data["prompt"] == task and data["answer"] == task  # --json has both whole

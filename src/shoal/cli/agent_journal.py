@@ -50,6 +50,7 @@ CANCEL_POLL_SECONDS = 0.2  # how often a run looks for shoal cancel requests
 KIND = "agent"
 RESULT_PREVIEW = 2000  # characters of a call's result kept in the summary
 ANSWER_WIDTH = 20_000  # characters of the answer shown (--json has it whole)
+PROMPT_WIDTH = 2_000  # characters of the prompt shown above the tree (--json has it whole)
 
 
 def is_agent_record(record: RunRecord) -> bool:
@@ -327,7 +328,8 @@ def show_view(record: RunRecord, events: Sequence[Mapping[str, Any]],
     head.append(f"\nagent {clean(str(source.get('target', '?')))} · model "
                 f"{clean(str(source.get('model') or 'as defined'))} · started "
                 f"{_when(record.started_at)} · took {seconds(record.makespan)}")
-    head.append(f"\nprompt: {clean(str(source.get('prompt', '')), newlines=True)}", style="dim")
+    # a prompt may be a whole document: cut (show --json has it whole)
+    head.append(f"\nprompt: {safe_str(source.get('prompt', ''), PROMPT_WIDTH)}", style="dim")
     tree = tree_of(record, events)
     parts: list[RenderableType] = [head, render_tree(tree, "agents and calls")]
     result = _ended_tree(record)
