@@ -163,6 +163,13 @@ def test_a_killed_composition_resumes_without_asking_finished_readers_again(
     assert len(first) + len(second) == PAPERS + 1
     listed = json.loads(shoal("runs", "--store", store, "--json").stdout)
     assert listed[0]["status"] == "finished"
+    replayed = shoal("resume", run_id, "--store", store, **{REQUEST_LOG: str(again)})
+    assert replayed.returncode == 0, replayed.stderr  # all finished: nothing asked again
+    assert len(asked(again)) == len(second)
+    rows = [line.split()[1] for line in replayed.stdout.splitlines() if "  ok  " in line]
+    assert rows[:3] == ["review", "list_papers#1", "reading_tasks#1"], replayed.stdout
+    assert rows[3:] == [*(f"reader#1[{i}]" for i in range(PAPERS)), "reader#1", "lead#1",
+                        "answer"], replayed.stdout
     # the readers taken from the journal are agents of the tree still, with their answers
     for tree in (data, json.loads(shoal("show", run_id, "--store", store, "--json").stdout)
                  ["agent"]):

@@ -173,7 +173,12 @@ def run_agent_target(options: AgentOptions, console: Console, live: bool) -> int
     drive = (_drive(agent, options, sinks, console, view, live) if isinstance(agent, Agent)
              else _drive_composition(agent, options, sinks, console, view, live))
     result, error, interrupted = asyncio.run(drive)
-    _print(result, error, options.as_json, console, view, composed=not isinstance(agent, Agent))
+    composed = not isinstance(agent, Agent)
+    if composed and options.resume and result is not None:
+        # the live view saw this session's events only; the result has the nodes and agents
+        # taken from the journal too
+        view = AgentTree.from_summary(summary(result))
+    _print(result, error, options.as_json, console, view, composed=composed)
     if interrupted:
         return EXIT_INTERRUPTED
     return 0 if error is None else 1

@@ -182,8 +182,9 @@ class CompositionRun:
     def _finish(self, run: RunResult) -> AgentResult[Any]:
         root = self.result
         root.duration = self.ctx.now()
-        root.calls = [_record(self.name, o) for o in run]
-        root.children = _top_agents(self.ctx.results) + self._replayed_agents(run)
+        ordered = self._in_plan_order(run)
+        root.calls = [_record(self.name, o) for o in ordered]
+        root.children = _top_agents(self.ctx.results) + self._replayed_agents(ordered)
         for child in root.children:
             root.usage = root.usage + child.usage
         answer = run[answer_node(self.plan)]
@@ -206,7 +207,37 @@ class CompositionRun:
             error="" if root.error is None else str(root.error)))
         return root
 
-    def _replayed_agents(self, run: RunResult) -> list[AgentResult[Any]]:
+    def _in_plan_order(self, run: RunResult) -> list[Outcome]:
+        """The nodes' outcomes in plan order, a map's items (by index) just before the map."""
+        items: dict[str, list[Outcome]] = {}
+        for outcome in run:
+            item = _ITEM_ID.fullmatch(outcome.node_id)
+            if item is not None and item[1] in self.plan:
+                items.setdefault(item[1], []).append(outcome)
+        ordered: list[Outcome] = []
+        for outcome in run:
+            item = _ITEM_ID.fullmatch(outcome.node_id)
+            if item is None or item[1] not in items:
+                ordered += (sorted(items[outcome.node_id], key=_index)
+                            if outcome.node_id in items else self._replayed_items(outcome))
+                ordered.append(outcome)
+        return ordered
+
+    def _replayed_items(self, outcome: Outcome) -> list[Outcome]:
+        """The items of a map that a resume took whole from the journal (its value, item order).
+
+        Only for a map that keeps no failures (``partial=False``): its value then has one
+        entry per item. A node that is no map has no items.
+        """
+        node = self.plan.node(outcome.node_id) if outcome.node_id in self.plan else None
+        if (node is None or node.map is None or node.map.partial or not outcome.ok
+                or not isinstance(outcome.value, list)):
+            return []
+        return [Outcome(f"{outcome.node_id}[{i}]", outcome.tool, "ok", value,
+                        started_at=outcome.started_at, finished_at=outcome.started_at)
+                for i, value in enumerate(outcome.value)]
+
+    def _replayed_agents(self, outcomes: Sequence[Outcome]) -> list[AgentResult[Any]]:
         """The agent nodes a resumed run took from the journal: their answers, not asked again.
 
         They did not run in this session (its turns and tokens were counted in the one that
@@ -219,7 +250,7 @@ class CompositionRun:
             if isinstance(component, Agent):
                 agents[node.id] = (component, node.map is not None)
         found: list[AgentResult[Any]] = []
-        for outcome in run:
+        for outcome in outcomes:
             lineage = f"{self.name}/{outcome.node_id}"
             if not outcome.ok or lineage in self.ctx.results:
                 continue
@@ -282,6 +313,11 @@ def _top_agents(results: dict[str, AgentResult[Any]]) -> list[AgentResult[Any]]:
     lineages = set(results)
     return [r for lineage, r in results.items()
             if not any(lineage.startswith(f"{other}/") for other in lineages)]
+
+
+def _index(item: Outcome) -> int:
+    """A map item's index (``reader#1[3]``: 3)."""
+    return int(item.node_id.rsplit("[", 1)[1].rstrip("]"))
 
 
 def _record(root: str, outcome: Outcome) -> CallRecord:
