@@ -170,6 +170,8 @@ def test_a_killed_composition_resumes_without_asking_finished_readers_again(
     assert rows[:3] == ["review", "list_papers#1", "reading_tasks#1"], replayed.stdout
     assert rows[3:] == [*(f"reader#1[{i}]" for i in range(PAPERS)), "reader#1", "lead#1",
                         "answer"], replayed.stdout
+    shown = shoal("show", run_id, "--store", store)
+    assert "11 nodes, 7 agents" in shown.stdout and "by the lead" not in shown.stdout
     # the readers taken from the journal are agents of the tree still, with their answers
     for tree in (data, json.loads(shoal("show", run_id, "--store", store, "--json").stdout)
                  ["agent"]):
@@ -291,3 +293,12 @@ def test_a_long_task_is_cut_where_shown_and_whole_in_json(tmp_path: Path) -> Non
     assert len(shown.stdout) < 40_000 and "END" not in shown.stdout  # ... and so is the task
     data = json.loads(shoal("show", run_id, "--store", store, "--json").stdout)
     assert data["prompt"] == task and data["answer"] == task  # --json has both whole
+
+
+def test_a_file_targets_tools_run_in_worker_processes() -> None:
+    # the workers import the tools by module name: the file's folder must be on their path
+    done = shoal("run", MAIN_JOB, QUESTION, "--model", "tests/agent_models.py:main_job_model",
+                 "--no-store", "--executor", "process", "--json")
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["status"] == "ok" and data["output"].count("- [p") == PAPERS

@@ -115,10 +115,15 @@ class AgentJournal:
         self._began = time.time()
         self._events: list[EventRecord] = []
 
-    def begin(self, target: str, prompt: str, model: str | None) -> None:
-        """Record a new agent run (for a resume, the record exists already)."""
+    def begin(self, target: str, prompt: str, model: str | None, *,
+              composed: bool = False) -> None:
+        """Record a new agent run (for a resume, the record exists already).
+
+        ``composed``: the target is a pattern or a plan function (its root is no agent).
+        """
         source: Mapping[str, Any] = {"kind": KIND, "target": target, "prompt": prompt,
-                                     "model": model, "cwd": os.getcwd()}
+                                     "model": model, "cwd": os.getcwd(),
+                                     **({"composed": True} if composed else {})}
         self.store.write([RunRecord(self.run_id, self._began, 0, "", {}, source,
                                     f"{KIND} {target}", pid=os.getpid(),
                                     host=socket.gethostname(), heartbeat=self._began)])
@@ -343,14 +348,26 @@ def show_view(record: RunRecord, events: Sequence[Mapping[str, Any]],
             parts.append(Panel(Text(safe_str(text, ANSWER_WIDTH)), title="answer",
                                title_align="left"))
         facts = headline(record)
+        if source.get("composed") is True:  # a plan's nodes, its agents: no lead
+            agents, nodes = facts["agents"] - 1, facts["calls"]
+            parts.append(Text(f"{nodes} node{'s' if nodes != 1 else ''}"
+                              + (f" ({facts['failed_calls']} not ok)" if facts["failed_calls"]
+                                 else "") + f", {agents} agent{'s' if agents != 1 else ''}, "
+                              f"{facts['tokens']} tokens", style="dim"))
+            return Group(*parts, *_interrupted(record, status))
         parts.append(Text(f"{facts['agents']} agent{'s' if facts['agents'] != 1 else ''}, "
                           f"{facts['turns']} turns by the lead, {facts['calls']} tool calls"
                           + (f" ({facts['failed_calls']} failed)" if facts["failed_calls"]
                              else "") + f", {facts['tokens']} tokens", style="dim"))
-    if status == "interrupted":
-        parts.append(Text(f"the process running it stopped; continue with: shoal resume "
-                          f"{clean(record.run_id)}", style="yellow"))
-    return Group(*parts)
+    return Group(*parts, *_interrupted(record, status))
+
+
+def _interrupted(record: RunRecord, status: str) -> list[RenderableType]:
+    """The line saying how to continue a run whose process stopped (none for other runs)."""
+    if status != "interrupted":
+        return []
+    return [Text(f"the process running it stopped; continue with: shoal resume "
+                 f"{clean(record.run_id)}", style="yellow")]
 
 
 def _when(epoch: float) -> str:

@@ -131,6 +131,12 @@ def _import(module_name: str) -> Any:
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module
+        # as python does for a script: its directory first on the path, so that its
+        # siblings import, and worker processes (which import from this sys.path) find
+        # its tools under the same module name
+        folder = str(path.resolve().parent)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
         _exec(spec.loader, module, module_name)
         return module
     try:
@@ -275,7 +281,7 @@ async def _drive_composition(composed: Composed, options: AgentOptions, sinks: l
     override = (options.model if isinstance(options.model, Model) or options.model is None
                 else resolve_model(options.model))
     if journal is not None and not options.resume:
-        journal.begin(options.target, options.prompt or "", options.model_spec)
+        journal.begin(options.target, options.prompt or "", options.model_spec, composed=True)
     try:
         run = start_composition(composed, options.prompt or "", options.target,
                                 runtime=runtime, sinks=sinks, run_id=run_id,
