@@ -302,3 +302,14 @@ def test_a_file_targets_tools_run_in_worker_processes() -> None:
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
     assert data["status"] == "ok" and data["output"].count("- [p") == PAPERS
+
+
+def test_a_deadline_stops_a_composition_and_says_why() -> None:
+    done = shoal("run", MAIN_JOB, QUESTION, "--model", HELD, "--no-store", "--deadline", "1.5",
+                 **{HOLD_SECONDS: "60"})
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    # the error names the node that failed first and why, not only what was skipped after it
+    assert "(first: reader#1[3]: shoal.exceptions.BudgetExceeded" in done.stderr
+    assert "wall_clock" in done.stderr
+    assert "reader#1[0]  ok" in done.stdout and "answer  skipped" in done.stdout

@@ -50,6 +50,9 @@ ANSWER_NODE = "answer"
 #: What ``shoal run`` takes besides an agent: a pattern, or a function of the task making a plan.
 Composed = Pattern | Callable[[str], Plan]
 
+#: Characters of the first failure's message in a composition's error (--json has each whole).
+CAUSE_WIDTH = 300
+
 #: The id of a map's item: ``"reader#1[3]"`` is an item of the map ``reader#1``.
 _ITEM_ID = re.compile(r"(.*)\[\d+\]", re.DOTALL)
 
@@ -197,7 +200,7 @@ class CompositionRun:
             shown = "; ".join(f"{o.node_id} {o.status}" for o in failed[:6])
             # the run could not finish (not bad input): --json says AgentError, as for an agent
             error = AgentError(f"{len(failed)} of {len(run)} nodes did not succeed: {shown}"
-                               + ("; ..." if len(failed) > 6 else ""))
+                               + ("; ..." if len(failed) > 6 else "") + _first_cause(failed))
             error.result = root
             root.error = error
         self._emit(AgentFinished(
@@ -313,6 +316,19 @@ def _top_agents(results: dict[str, AgentResult[Any]]) -> list[AgentResult[Any]]:
     lineages = set(results)
     return [r for lineage, r in results.items()
             if not any(lineage.startswith(f"{other}/") for other in lineages)]
+
+
+def _first_cause(failed: Sequence[Outcome]) -> str:
+    """The error of the node that failed first (not a map's summary of its items), if any."""
+    causes = [o for o in failed if o.status == "failed" and o.error is not None
+              and o.error.type != "MapItemsFailed"]
+    if not causes:
+        return ""
+    first = min(causes, key=lambda o: o.finished_at if o.finished_at is not None else 0.0)
+    assert first.error is not None
+    message = first.error.message
+    cut = message if len(message) <= CAUSE_WIDTH else message[:CAUSE_WIDTH] + "…"
+    return f" (first: {first.node_id}: {first.error.type}: {cut})"
 
 
 def _index(item: Outcome) -> int:
