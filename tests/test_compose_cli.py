@@ -157,6 +157,9 @@ def test_a_killed_composition_resumes_without_asking_finished_readers_again(
     data = json.loads(resumed.stdout)
     assert data["status"] == "ok" and data["output"].startswith(f"Review: {QUESTION}")
     assert data["output"].count("- [p") == PAPERS
+    arguments = {c["lineage"]: json.loads(c["arguments"]) for c in data["calls"]}
+    assert arguments["review/reader#1[2]"] == {"task": "$reading_tasks#1[2]"}
+    assert arguments["review/lead#1"] == {"task": QUESTION, "summaries": "$reader#1"}
     second = asked(again)
     assert not set(first) & set(second), second  # no finished reader was asked again
     assert MAIN_JOB_FAILS in second and QUESTION in second

@@ -35,7 +35,7 @@ from shoal.agents.toolcalls import CallRecord, result_text
 from shoal.events import AgentFinished, AgentStarted, EventSink
 from shoal.exceptions import AgentError, ConfigError, PlanError
 from shoal.models.base import Model, ToolCall, ToolResultMessage
-from shoal.outcome import Outcome, RunResult
+from shoal.outcome import Outcome, RunResult, jsonable
 from shoal.patterns import Pattern
 from shoal.plan import Plan
 from shoal.runtime import RunHandle, Runtime
@@ -186,7 +186,7 @@ class CompositionRun:
         root = self.result
         root.duration = self.ctx.now()
         ordered = self._in_plan_order(run)
-        root.calls = [_record(self.name, o) for o in ordered]
+        root.calls = [_record(self.name, o, self._arguments(o.node_id)) for o in ordered]
         root.children = _top_agents(self.ctx.results) + self._replayed_agents(ordered)
         for child in root.children:
             root.usage = root.usage + child.usage
@@ -209,6 +209,22 @@ class CompositionRun:
             turns=0, total_tokens=root.usage.total_tokens, duration=root.duration,
             error="" if root.error is None else str(root.error)))
         return root
+
+    def _arguments(self, node_id: str) -> str:
+        """A node's arguments as the plan gives them, as JSON (for ``--json``, ``shoal show``).
+
+        A ref is shown as ``$node``, a map item's argument as ``$list[3]``.
+        """
+        item = _ITEM_ID.fullmatch(node_id)
+        owner = item[1] if item is not None and node_id not in self.plan else None
+        key = owner if owner is not None else node_id
+        if key not in self.plan:
+            return "{}"
+        node = self.plan.node(key)
+        args = dict(node.args)
+        if owner is not None and node.map is not None and node.map.item_arg in args:
+            args[node.map.item_arg] = f"{args[node.map.item_arg]!r}[{_index_of(node_id)}]"
+        return json.dumps(jsonable(args))
 
     def _in_plan_order(self, run: RunResult) -> list[Outcome]:
         """The nodes' outcomes in plan order, a map's items (by index) just before the map."""
@@ -333,13 +349,17 @@ def _first_cause(failed: Sequence[Outcome]) -> str:
 
 def _index(item: Outcome) -> int:
     """A map item's index (``reader#1[3]``: 3)."""
-    return int(item.node_id.rsplit("[", 1)[1].rstrip("]"))
+    return _index_of(item.node_id)
 
 
-def _record(root: str, outcome: Outcome) -> CallRecord:
+def _index_of(node_id: str) -> int:
+    return int(node_id.rsplit("[", 1)[1].rstrip("]"))
+
+
+def _record(root: str, outcome: Outcome, arguments: str) -> CallRecord:
     """A node of the plan as a call of the root (an agent node is also a child agent)."""
     text, is_error = result_text(outcome)
-    call = ToolCall(outcome.node_id, outcome.tool, json.dumps({}))
+    call = ToolCall(outcome.node_id, outcome.tool, arguments)
     return CallRecord(call, f"{root}/{outcome.node_id}", outcome.status,
                       ToolResultMessage(outcome.node_id, outcome.tool, text, is_error), outcome)
 
