@@ -316,3 +316,24 @@ def test_a_deadline_stops_a_composition_and_says_why() -> None:
     assert "(first: reader#1[3]: shoal.exceptions.BudgetExceeded" in done.stderr
     assert "wall_clock" in done.stderr
     assert "reader#1[0]  ok" in done.stdout and "answer  skipped" in done.stdout
+
+
+@pytest.mark.parametrize("target", [f"{TARGETS}:echoes", MAIN_JOB])
+def test_a_missing_key_for_model_is_one_line_and_exit_code_2(target: str) -> None:
+    environment = {k: v for k, v in env().items() if k != "OPENAI_API_KEY"}
+    done = subprocess.run([sys.executable, "-m", "shoal.cli.app", "run", target, "task",
+                           "--model", "openai:gpt-4.1-mini", "--no-store"], cwd=ROOT,
+                          env=environment, capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == ("error: OPENAI_API_KEY is not set (the model 'openai:gpt-4.1-mini' "
+                           "needs it): export it, or pass --model local\n")
+
+
+def test_a_run_refused_before_it_starts_leaves_no_record(tmp_path: Path) -> None:
+    store = str(tmp_path / "runs.db")
+    for name in ("raises", "many_problems", "no_nodes"):
+        done = shoal("run", f"{TARGETS}:{name}", "task", "--store", store)
+        assert done.returncode == 2, done.stderr
+    listed = shoal("runs", "--store", store, "--json")
+    assert listed.returncode == 0 and json.loads(listed.stdout) == [], listed.stdout

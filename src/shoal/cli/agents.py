@@ -28,7 +28,13 @@ from shoal.agents.agent import Agent
 from shoal.agents.budget import Budget
 from shoal.agents.result import AgentResult
 from shoal.cli.agent_journal import AgentJournal, summary
-from shoal.cli.compose import Composed, is_composition, start_composition
+from shoal.cli.compose import (
+    Composed,
+    agents_of,
+    build_plan,
+    is_composition,
+    start_composition,
+)
 from shoal.cli.interrupt import EXIT_INTERRUPTED, CtrlC
 from shoal.cli.live import LivePause
 from shoal.cli.render import announce
@@ -198,15 +204,19 @@ def check_models(agent: Agent[Any], override: str | Model | None) -> None:
     """
     specs = {override} if override is not None else {a.model for a in agent.with_subagents()}
     for spec in specs:
-        if isinstance(spec, Model):
-            continue
-        try:
-            resolve_model(spec)
-        except MissingAPIKeyError as exc:
-            raise ConfigError(f"{exc.env_var} is not set (the model {exc.model!r} needs it): "
-                              "export it, or pass --model local") from None
-        except ModelError as exc:
-            raise ConfigError(str(exc)) from None
+        if not isinstance(spec, Model):
+            _resolved(spec)
+
+
+def _resolved(spec: str) -> Model:
+    """The model ``spec`` names; :class:`ConfigError` (one line to act on) if it cannot be made."""
+    try:
+        return resolve_model(spec)
+    except MissingAPIKeyError as exc:
+        raise ConfigError(f"{exc.env_var} is not set (the model {exc.model!r} needs it): "
+                          "export it, or pass --model local") from None
+    except ModelError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def notice_lines(event: Event) -> None:
@@ -278,15 +288,22 @@ async def _drive_composition(composed: Composed, options: AgentOptions, sinks: l
     runtime = options.runtime or Runtime()
     journal = options.journal
     run_id = journal.run_id if journal is not None else new_run_id()
-    override = (options.model if isinstance(options.model, Model) or options.model is None
-                else resolve_model(options.model))
+    try:  # a bad plan or a missing key: refused before the journal records a run
+        plan = build_plan(composed, options.prompt or "", options.target)
+        for agent in agents_of(plan):
+            check_models(agent, options.model)
+        override = (options.model if isinstance(options.model, Model) or options.model is None
+                    else _resolved(options.model))
+    except BaseException:
+        await runtime.aclose()
+        raise
     if journal is not None and not options.resume:
         journal.begin(options.target, options.prompt or "", options.model_spec, composed=True)
     try:
         run = start_composition(composed, options.prompt or "", options.target,
                                 runtime=runtime, sinks=sinks, run_id=run_id,
                                 resume=options.resume, model=override, budget=options.budget,
-                                force=options.force)
+                                force=options.force, plan=plan)
     except MissingAPIKeyError as exc:
         await _abandon(runtime, journal, options.resume)
         raise ConfigError(f"{exc.env_var} is not set (the model {exc.model!r} needs it): "

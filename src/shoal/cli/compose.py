@@ -292,15 +292,16 @@ class CompositionRun:
 def start_composition(composed: Composed, task: str, target: str, *, runtime: Runtime,
                       sinks: Sequence[EventSink], run_id: str, resume: bool = False,
                       model: Model | None = None, budget: Budget | None = None,
-                      force: bool = False) -> CompositionRun:
+                      force: bool = False, plan: Plan | None = None) -> CompositionRun:
     """Start ``composed`` on ``task`` in ``runtime``, under the root ``run_id``.
 
     The plan runs as ``<run_id>/<name>``, journaled like an agent's steps, so that the root
     record (kept by the CLI) and the plan's own records do not meet; ``resume`` continues it.
-    ``model`` replaces every agent's model (``--model``).
+    ``model`` replaces every agent's model (``--model``). ``plan``: the plan
+    :func:`build_plan` made already (else it is made here).
     """
     name = name_of(composed, target)
-    plan = build_plan(composed, task, target)
+    plan = plan if plan is not None else build_plan(composed, task, target)
     ctx = TreeContext(run_id=run_id, runtime=runtime, budget=budget, sinks=sinks,
                       model_override=model, resuming=resume, force=force)
     for agent in agents_of(plan):  # a missing key or SDK stops the run here
