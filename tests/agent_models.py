@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+
 import shoal
-from shoal.models.base import ModelRequest, ToolResultMessage, UserMessage
+from shoal.models.base import ModelRequest, ModelResponse, ToolResultMessage, UserMessage
 from shoal.testing import ScriptedModel, call
 
 REVIEW_PROMPT = "Review the papers"
@@ -72,3 +75,39 @@ def _main_job_answer(request: ModelRequest, fail_on: str = "") -> str:
 main_job_model = ScriptedModel.per_prompt({"*": [_main_job_answer]}, latency=0.05)
 main_job_failing = ScriptedModel.per_prompt(
     {"*": [lambda request: _main_job_answer(request, MAIN_JOB_FAILS)]}, latency=0.05)
+
+
+# ---- the main job, held up on one paper (tests/test_compose_cli.py) ------------------------
+
+#: Environment: a file to append each request's first line to, and how long the paper
+#: MAIN_JOB_FAILS and the lead's synthesis take (seconds).
+REQUEST_LOG, HOLD_SECONDS = "SHOAL_TEST_REQUEST_LOG", "SHOAL_TEST_HOLD"
+
+
+class _Held(ScriptedModel):
+    """Answers as main_job_model does, but waits (without blocking) on one paper and the lead.
+
+    Each answered request is a line in the file ``$SHOAL_TEST_REQUEST_LOG``, so a test can
+    count what a resumed run asked again.
+    """
+
+    async def request(self, request: ModelRequest) -> ModelResponse:
+        prompt = _prompt(request)
+        if prompt.startswith(MAIN_JOB_FAILS) or not prompt.endswith("paper?"):
+            await asyncio.sleep(float(os.environ.get(HOLD_SECONDS, "0")))
+        response = await super().request(request)
+        log = os.environ.get(REQUEST_LOG)
+        if log:
+            with open(log, "a", encoding="utf-8") as out:
+                out.write(prompt.splitlines()[0] + "\n")
+        return response
+
+
+main_job_held = _Held.per_prompt({"*": [_main_job_answer]}, latency=0.02)
+
+
+def slow_review_model() -> ScriptedModel:
+    """review_model at two seconds a request: a run that lasts long enough to be cancelled."""
+    model = review_model()
+    model.latency = 2.0
+    return model

@@ -262,8 +262,9 @@ class JsonlSink:
     """Writes each event as one JSON line to a file (opened on creation, closed by ``close``)."""
 
     def __init__(self, path: str | Path) -> None:
-        # held open for the run's lifetime; closed by close()
-        self._file: IO[str] = Path(path).open("a", encoding="utf-8")  # noqa: SIM115
+        # held open for the run's lifetime; closed by close(). Line-buffered: a file being
+        # followed (tail -f) is current, and a killed run loses no event it had written.
+        self._file: IO[str] = Path(path).open("a", encoding="utf-8", buffering=1)  # noqa: SIM115
 
     def __call__(self, event: Event) -> None:
         """Append ``event`` as one line."""

@@ -22,7 +22,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, get_args
 
@@ -37,6 +37,7 @@ from shoal.cli.safe import clean, safe_str
 from shoal.cli.safe import text as safe_text
 from shoal.cli.tree import TREE_EVENTS, AgentTree, Row, agent_status, render_tree
 from shoal.events import Event
+from shoal.exceptions import StoreError
 from shoal.outcome import jsonable
 from shoal.store.base import EventRecord, RunEnded, RunRecord, RunStatus, Store
 
@@ -45,9 +46,11 @@ __all__ = ["HEARTBEAT_SECONDS", "AgentJournal", "agent_status_text", "call_count
            "summary_problem", "tree_of"]
 
 HEARTBEAT_SECONDS = 1.0
+CANCEL_POLL_SECONDS = 0.2  # how often a run looks for shoal cancel requests
 KIND = "agent"
 RESULT_PREVIEW = 2000  # characters of a call's result kept in the summary
 ANSWER_WIDTH = 20_000  # characters of the answer shown (--json has it whole)
+PROMPT_WIDTH = 2_000  # characters of the prompt shown above the tree (--json has it whole)
 
 
 def is_agent_record(record: RunRecord) -> bool:
@@ -112,10 +115,15 @@ class AgentJournal:
         self._began = time.time()
         self._events: list[EventRecord] = []
 
-    def begin(self, target: str, prompt: str, model: str | None) -> None:
-        """Record a new agent run (for a resume, the record exists already)."""
+    def begin(self, target: str, prompt: str, model: str | None, *,
+              composed: bool = False) -> None:
+        """Record a new agent run (for a resume, the record exists already).
+
+        ``composed``: the target is a pattern or a plan function (its root is no agent).
+        """
         source: Mapping[str, Any] = {"kind": KIND, "target": target, "prompt": prompt,
-                                     "model": model, "cwd": os.getcwd()}
+                                     "model": model, "cwd": os.getcwd(),
+                                     **({"composed": True} if composed else {})}
         self.store.write([RunRecord(self.run_id, self._began, 0, "", {}, source,
                                     f"{KIND} {target}", pid=os.getpid(),
                                     host=socket.gethostname(), heartbeat=self._began)])
@@ -131,22 +139,44 @@ class AgentJournal:
         if batch:
             self.store.write(batch)
 
-    async def beat(self) -> None:
-        """Say the run is alive and write its events, every second, until cancelled."""
+    async def beat(self, on_cancel: Callable[[str], None] | None = None) -> None:
+        """Say the run is alive and write its events, every second, until cancelled.
+
+        With ``on_cancel``, also look for ``shoal cancel`` requests for the root's id a few
+        times a second and pass each one's reason on (the run's steps are runs of their own:
+        nobody else takes a request made for the root).
+        """
+        next_beat = 0.0
         while True:
-            await asyncio.to_thread(self._beat_once)
-            await asyncio.sleep(HEARTBEAT_SECONDS)
+            if time.monotonic() >= next_beat:
+                await asyncio.to_thread(self._beat_once)
+                next_beat = time.monotonic() + HEARTBEAT_SECONDS
+            if on_cancel is not None:
+                for reason in await asyncio.to_thread(self._cancel_requests):
+                    on_cancel(reason)
+            await asyncio.sleep(CANCEL_POLL_SECONDS if on_cancel is not None
+                                else HEARTBEAT_SECONDS)
 
     def _beat_once(self) -> None:
         self.flush()
         self.store.heartbeat(self.run_id, time.time())
+
+    def _cancel_requests(self) -> list[str]:
+        """The reasons of the cancel requests made for this session (older ones are dropped)."""
+        try:
+            requests = self.store.take_cancel_requests(self.run_id)
+        except StoreError:  # a busy file for a moment: look again on the next round
+            return []
+        return [r.reason for r in requests if r.requested_at >= self._began]
 
     def end(self, result: AgentResult[Any] | None, interrupted: bool) -> None:
         """Record how the run ended: the tree's summary, and its calls counted by status."""
         self.flush()
         tree = summary(result) if result is not None else None
         counts = call_counts(tree) if tree is not None else {}
-        status: RunStatus = "cancelled" if interrupted else "finished"
+        # cancelled as a plan run is: by Ctrl-C, or by shoal cancel from another process
+        cancelled = interrupted or (result is not None and result.status == "cancelled")
+        status: RunStatus = "cancelled" if cancelled else "finished"
         records: list[Any] = []
         record = self.store.get_run(self.run_id)
         if record is not None and tree is not None:
@@ -303,7 +333,8 @@ def show_view(record: RunRecord, events: Sequence[Mapping[str, Any]],
     head.append(f"\nagent {clean(str(source.get('target', '?')))} · model "
                 f"{clean(str(source.get('model') or 'as defined'))} · started "
                 f"{_when(record.started_at)} · took {seconds(record.makespan)}")
-    head.append(f"\nprompt: {clean(str(source.get('prompt', '')), newlines=True)}", style="dim")
+    # a prompt may be a whole document: cut (show --json has it whole)
+    head.append(f"\nprompt: {safe_str(source.get('prompt', ''), PROMPT_WIDTH)}", style="dim")
     tree = tree_of(record, events)
     parts: list[RenderableType] = [head, render_tree(tree, "agents and calls")]
     result = _ended_tree(record)
@@ -317,14 +348,26 @@ def show_view(record: RunRecord, events: Sequence[Mapping[str, Any]],
             parts.append(Panel(Text(safe_str(text, ANSWER_WIDTH)), title="answer",
                                title_align="left"))
         facts = headline(record)
+        if source.get("composed") is True:  # a plan's nodes, its agents: no lead
+            agents, nodes = facts["agents"] - 1, facts["calls"]
+            parts.append(Text(f"{nodes} node{'s' if nodes != 1 else ''}"
+                              + (f" ({facts['failed_calls']} not ok)" if facts["failed_calls"]
+                                 else "") + f", {agents} agent{'s' if agents != 1 else ''}, "
+                              f"{facts['tokens']} tokens", style="dim"))
+            return Group(*parts, *_interrupted(record, status))
         parts.append(Text(f"{facts['agents']} agent{'s' if facts['agents'] != 1 else ''}, "
                           f"{facts['turns']} turns by the lead, {facts['calls']} tool calls"
                           + (f" ({facts['failed_calls']} failed)" if facts["failed_calls"]
                              else "") + f", {facts['tokens']} tokens", style="dim"))
-    if status == "interrupted":
-        parts.append(Text(f"the process running it stopped; continue with: shoal resume "
-                          f"{clean(record.run_id)}", style="yellow"))
-    return Group(*parts)
+    return Group(*parts, *_interrupted(record, status))
+
+
+def _interrupted(record: RunRecord, status: str) -> list[RenderableType]:
+    """The line saying how to continue a run whose process stopped (none for other runs)."""
+    if status != "interrupted":
+        return []
+    return [Text(f"the process running it stopped; continue with: shoal resume "
+                 f"{clean(record.run_id)}", style="yellow")]
 
 
 def _when(epoch: float) -> str:

@@ -28,7 +28,13 @@ from shoal.agents.agent import Agent
 from shoal.agents.budget import Budget
 from shoal.agents.result import AgentResult
 from shoal.cli.agent_journal import AgentJournal, summary
-from shoal.cli.compose import Composed, is_composition, start_composition
+from shoal.cli.compose import (
+    Composed,
+    agents_of,
+    build_plan,
+    is_composition,
+    start_composition,
+)
 from shoal.cli.interrupt import EXIT_INTERRUPTED, CtrlC
 from shoal.cli.live import LivePause
 from shoal.cli.render import announce
@@ -131,6 +137,12 @@ def _import(module_name: str) -> Any:
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module
+        # as python does for a script: its directory first on the path, so that its
+        # siblings import, and worker processes (which import from this sys.path) find
+        # its tools under the same module name
+        folder = str(path.resolve().parent)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
         _exec(spec.loader, module, module_name)
         return module
     try:
@@ -140,14 +152,19 @@ def _import(module_name: str) -> Any:
                           "from the directory "
                           "that holds the package, or give a file path (dir/file.py:agent)"
                           ) from None
+    except (ShoalError, KeyboardInterrupt):
+        raise
+    except BaseException as exc:  # as for a file: its error, not a traceback or its exit
+        raise ConfigError(f"importing {module_name!r} failed: {describe_exception(exc)}"
+                          ) from None
 
 
 def _exec(loader: Any, module: Any, where: str) -> None:
     try:
         loader.exec_module(module)
-    except ShoalError:
+    except (ShoalError, KeyboardInterrupt):
         raise
-    except Exception as exc:
+    except BaseException as exc:  # SystemExit too: importing a module does not end the command
         raise ConfigError(f"importing {where!r} failed: {describe_exception(exc)}") from None
 
 
@@ -168,7 +185,12 @@ def run_agent_target(options: AgentOptions, console: Console, live: bool) -> int
     drive = (_drive(agent, options, sinks, console, view, live) if isinstance(agent, Agent)
              else _drive_composition(agent, options, sinks, console, view, live))
     result, error, interrupted = asyncio.run(drive)
-    _print(result, error, options.as_json, console, view, composed=not isinstance(agent, Agent))
+    composed = not isinstance(agent, Agent)
+    if composed and options.resume and result is not None:
+        # the live view saw this session's events only; the result has the nodes and agents
+        # taken from the journal too
+        view = AgentTree.from_summary(summary(result))
+    _print(result, error, options.as_json, console, view, composed=composed)
     if interrupted:
         return EXIT_INTERRUPTED
     return 0 if error is None else 1
@@ -182,15 +204,19 @@ def check_models(agent: Agent[Any], override: str | Model | None) -> None:
     """
     specs = {override} if override is not None else {a.model for a in agent.with_subagents()}
     for spec in specs:
-        if isinstance(spec, Model):
-            continue
-        try:
-            resolve_model(spec)
-        except MissingAPIKeyError as exc:
-            raise ConfigError(f"{exc.env_var} is not set (the model {exc.model!r} needs it): "
-                              "export it, or pass --model local") from None
-        except ModelError as exc:
-            raise ConfigError(str(exc)) from None
+        if not isinstance(spec, Model):
+            _resolved(spec)
+
+
+def _resolved(spec: str) -> Model:
+    """The model ``spec`` names; :class:`ConfigError` (one line to act on) if it cannot be made."""
+    try:
+        return resolve_model(spec)
+    except MissingAPIKeyError as exc:
+        raise ConfigError(f"{exc.env_var} is not set (the model {exc.model!r} needs it): "
+                          "export it, or pass --model local") from None
+    except ModelError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def notice_lines(event: Event) -> None:
@@ -232,7 +258,8 @@ async def _drive(agent: Agent[Any], options: AgentOptions, sinks: list[Any], con
         raise
     if journal is not None:
         announce(journal.run_id, options.resume, getattr(journal.store, "path", "the store"))
-    beating = asyncio.ensure_future(journal.beat()) if journal is not None else None
+    beating = (asyncio.ensure_future(journal.beat(lambda why: handle.cancel(reason=why)))
+               if journal is not None else None)  # shoal cancel RUN from another process
     result: AgentResult[Any] | None = None
     interrupted = False
     try:
@@ -261,15 +288,22 @@ async def _drive_composition(composed: Composed, options: AgentOptions, sinks: l
     runtime = options.runtime or Runtime()
     journal = options.journal
     run_id = journal.run_id if journal is not None else new_run_id()
-    override = (options.model if isinstance(options.model, Model) or options.model is None
-                else resolve_model(options.model))
+    try:  # a bad plan or a missing key: refused before the journal records a run
+        plan = build_plan(composed, options.prompt or "", options.target)
+        for agent in agents_of(plan):
+            check_models(agent, options.model)
+        override = (options.model if isinstance(options.model, Model) or options.model is None
+                    else _resolved(options.model))
+    except BaseException:
+        await runtime.aclose()
+        raise
     if journal is not None and not options.resume:
-        journal.begin(options.target, options.prompt or "", options.model_spec)
+        journal.begin(options.target, options.prompt or "", options.model_spec, composed=True)
     try:
         run = start_composition(composed, options.prompt or "", options.target,
                                 runtime=runtime, sinks=sinks, run_id=run_id,
                                 resume=options.resume, model=override, budget=options.budget,
-                                force=options.force)
+                                force=options.force, plan=plan)
     except MissingAPIKeyError as exc:
         await _abandon(runtime, journal, options.resume)
         raise ConfigError(f"{exc.env_var} is not set (the model {exc.model!r} needs it): "
@@ -279,7 +313,8 @@ async def _drive_composition(composed: Composed, options: AgentOptions, sinks: l
         raise
     if journal is not None:
         announce(journal.run_id, options.resume, getattr(journal.store, "path", "the store"))
-    beating = asyncio.ensure_future(journal.beat()) if journal is not None else None
+    beating = (asyncio.ensure_future(journal.beat(lambda why: run.cancel(reason=why)))
+               if journal is not None else None)  # shoal cancel RUN from another process
     result: AgentResult[Any] | None = None
     interrupted = False
     try:

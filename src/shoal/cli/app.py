@@ -293,6 +293,8 @@ def run_agent(target: str, prompt: str | None, model: str | None, as_json: bool,
                                Budget(wall_clock=deadline) if deadline else None, sink, pause,
                                journal, model, resume is not None, force)
         return run_agent_target(options, console, live)
+    except PlanError as exc:  # a plan function's plan: every problem, as for a plan file
+        return _bad_plan(exc, as_json)
     except (ConfigError, ToolDefinitionError, MissingDependencyError) as exc:
         return _bad_input("config", str(exc), as_json)
     except PlanChangedError as exc:

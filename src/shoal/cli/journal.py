@@ -466,20 +466,20 @@ def cancel_command(
     status = live_status(record)
     if status != "running":
         _not_running(run_id, status)
-    what = f"node(s) {', '.join(nodes)}" if nodes else "the run"
+    what = f"node(s) {', '.join(nodes)} of run" if nodes else "run"
     try:
         journal.request_cancel(run_id, nodes or (), reason=reason)
         late = _not_taken(journal, run_id, wait) if wait else None
     except ShoalError as exc:
         raise typer.Exit(_fail(str(exc), False)) from None
     if late == "waiting":
-        sys.stderr.write(clean(f"asked to cancel {what} of {run_id}, but the run has not taken "
+        sys.stderr.write(clean(f"asked to cancel {what} {run_id}, but the run has not taken "
                                f"the request within {wait:g} s; it will when it next looks") + "\n")
         raise typer.Exit(EXIT_FAILED)
     if late is not None:  # it ended (or died) before it looked: the request will be dropped
         _not_running(run_id, late)
-    sys.stderr.write(clean(f"cancelled {what} of run {run_id}" if wait else
-                           f"asked to cancel {what} of run {run_id}") + "\n")
+    sys.stderr.write(clean(f"cancelled {what} {run_id}" if wait else
+                           f"asked to cancel {what} {run_id}") + "\n")
 
 
 def _not_running(run_id: str, status: str) -> None:

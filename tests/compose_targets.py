@@ -1,0 +1,78 @@
+"""Targets for ``shoal run FILE.py:NAME "task"`` that are not what it takes, and a few that are.
+
+Used by tests/test_compose_cli.py: each bad one must end in a clear error and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import shoal
+
+
+@shoal.tool
+def echo(text: str) -> str:
+    """Give the text back."""
+    return text
+
+
+def echoes(task: str) -> shoal.Plan:
+    """A plan whose answer is the task itself (for hostile task strings)."""
+    plan = shoal.Plan("echo")
+    plan.call(echo, text=task, node_id="answer")
+    return plan
+
+
+def no_nodes(task: str) -> shoal.Plan:
+    """A plan with nothing in it."""
+    return shoal.Plan("empty")
+
+
+nameless = lambda task: echoes(task)  # noqa: E731 (a lambda on purpose)
+
+
+def many_problems(task: str) -> shoal.Plan:
+    """A plan with two bad nodes: both must be reported."""
+    plan = shoal.Plan("bad")
+    plan.add(echo, {"text": 1, "extra": 2}, node_id="first")
+    plan.add(echo, {}, node_id="second")
+    return plan
+
+
+def raises(task: str) -> shoal.Plan:
+    """Fails while making the plan."""
+    raise ValueError("no plan today")
+
+
+def exits(task: str) -> shoal.Plan:
+    """Ends the process while making the plan (it must not end the command)."""
+    sys.exit(3)
+
+
+def gives_none(task: str) -> None:
+    """Returns nothing."""
+
+
+def gives_dict(task: str) -> dict[str, Any]:
+    """Returns something else."""
+    return {"plan": task}
+
+
+def takes_nothing() -> shoal.Plan:
+    """Cannot be given the task."""
+    return shoal.Plan("p")
+
+
+def takes_two(task: str, other: str) -> shoal.Plan:
+    """Needs more than the task."""
+    return shoal.Plan("p")
+
+
+async def is_async(task: str) -> shoal.Plan:
+    """A coroutine function: shoal run does not await it."""
+    return shoal.Plan("p")
+
+
+class NotAPlan:
+    """A class, not a function."""
