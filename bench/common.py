@@ -63,7 +63,7 @@ class Target:
     """A bound on a metric's ``ratio`` (to its floor) or on its raw ``value``."""
 
     on: Literal["ratio", "value"]
-    op: Literal["<=", ">=", "=="]
+    op: Literal["<=", ">=", "==", ">"]
     bound: float
 
     def met(self, value: float) -> bool:
@@ -71,6 +71,8 @@ class Target:
             return value <= self.bound
         if self.op == ">=":
             return value >= self.bound
+        if self.op == ">":
+            return value > self.bound
         return value == self.bound
 
     def __str__(self) -> str:

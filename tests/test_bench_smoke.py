@@ -21,6 +21,7 @@ from bench import (
     fanout_async,
     fanout_sync,
     large_plan,
+    latency,
     nestools,
     plan_parsing,
     trivial,
@@ -28,6 +29,7 @@ from bench import (
 from bench.common import BenchResult, Target, dataset_file, datasets_dir, judge_targets, passed
 
 import shoal
+from shoal.testing import run_virtual
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,7 +86,7 @@ def test_missing_datasets_skip_with_a_message(monkeypatch: pytest.MonkeyPatch, t
                                               capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("SHOAL_DATASETS", str(tmp_path))
     assert datasets_dir() == tmp_path
-    for module in (asynchow, nestools):
+    for module in (asynchow, nestools, latency):
         result = module.main(quick=True)
         assert result.skipped
     out = capsys.readouterr().out
@@ -133,3 +135,48 @@ def test_composition_quick() -> None:
     assert_correct(result)
     assert result.checks["virtual makespan is the floor"]
     assert result.checks["no node started before it was ready"]
+
+
+def test_latency_quick() -> None:
+    result = latency.main(quick=True)
+    assert_correct(result)
+    assert result.checks["measured latency = the strategy's formula (1 us)"]
+    values = {m.name: m.value for m in result.metrics}
+    # the planner never loses to parallel function calling on a task with dependencies
+    beaten = [k for k in values if "tasks with deps where the planner is faster" in k]
+    assert beaten
+    for name in beaten:
+        assert values[name] == int(name.rsplit("(of ", 1)[1].rstrip(")"))
+
+
+def latency_task() -> latency.Task:
+    """Two independent calls (one with a literal '$' text) and a third that uses both."""
+    calls = [
+        latency.Call("search", {"price_range": "$100-$500", "query": "laptop"},
+                     latency.written("search", {"price_range": "$100-$500"}), 0.7),
+        latency.Call("invoice", {"amount": 1000}, latency.written("invoice", {"amount": 1000}),
+                     0.2),
+        latency.Call("pay", {"item": latency.RefTo(0, "best"), "bill": latency.RefTo(1)},
+                     latency.written("pay", {"item": "$var1.best$", "bill": "$var2$"}), 0.4),
+    ]
+    return latency.Task("made-up", "1", calls)
+
+
+@pytest.mark.parametrize("strategy", latency.STRATEGIES)
+def test_latency_strategies_run_exactly_as_their_formula(strategy: str) -> None:
+    task = latency_task()
+    assert task.layers() == [[0, 1], [2]]
+
+    async def go() -> latency.Trial:
+        return await latency.trial(task, strategy, latency.HOSTED)
+
+    trial = run_virtual(go())
+    assert trial.problems == []  # a literal leading '$' reaches the tool as written
+    assert trial.latency == pytest.approx(trial.predicted, abs=1e-9)
+    assert trial.requests == {"react": 4, "planner": 2}.get(strategy, 3)
+
+
+def test_latency_orders_of_the_strategies_on_one_task() -> None:
+    task = latency_task()
+    t = {s: latency.predict(task, s, latency.HOSTED) for s in latency.STRATEGIES}
+    assert t["planner"] < t["streamed"] < t["parallel_fc"] < t["react"]
