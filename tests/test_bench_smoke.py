@@ -180,3 +180,20 @@ def test_latency_orders_of_the_strategies_on_one_task() -> None:
     task = latency_task()
     t = {s: latency.predict(task, s, latency.HOSTED) for s in latency.STRATEGIES}
     assert t["planner"] < t["streamed"] < t["parallel_fc"] < t["react"]
+
+
+def test_latency_checker_catches_miswiring_and_early_starts() -> None:
+    task = latency_task()
+    tools = latency.Tools(task)
+
+    async def go() -> None:
+        # call 3 run with call 2's output where call 1's belongs: matches no call of the task
+        await tools.table["pay"].fn(item=task.outputs[1], bill=task.outputs[1])
+
+    run_virtual(go())
+    tools.spans = {0: (0.0, 0.7), 1: (0.0, 0.2), 2: (0.5, 0.9)}  # 3 starts before 1 has ended
+    problems = latency.check_run(task, tools)
+    assert any("no call of the task has" in p for p in problems)
+    assert any("call 3 started before call 1" in p for p in problems)
+    tools.spans.pop(2)
+    assert any("never ran: [2]" in p for p in latency.check_run(task, tools))
