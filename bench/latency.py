@@ -148,6 +148,7 @@ class Task:
 
 
 def refs_in(value: Any) -> Iterator[RefTo]:
+    """Every :class:`RefTo` inside ``value`` (lists and dict values, at any depth)."""
     if isinstance(value, RefTo):
         yield value
     elif isinstance(value, list):
@@ -190,6 +191,7 @@ def identifier(name: str) -> str:
 
 
 def written(name: str, args: dict[str, Any]) -> str:
+    """A call as a model writes it in function calling: one JSON object."""
     return json.dumps({"name": name, "arguments": args}, ensure_ascii=False)
 
 
@@ -199,10 +201,12 @@ def seeded(*key: object) -> random.Random:
 
 
 def tool_time(dataset: str, task: str, index: int) -> float:
+    """A call's simulated tool latency: uniform in :data:`TOOL_RANGE`, seeded per call."""
     return seeded(dataset, task, index).uniform(*TOOL_RANGE)
 
 
 def load_bfcl(root: Path) -> list[Task]:
+    """BFCL v4 parallel tasks: each answer's calls, all independent (first acceptable values)."""
     tasks = []
     for path in sorted((root / "possible_answer").glob("BFCL_v4_*.json")):
         for line in path.read_text().splitlines():
@@ -219,6 +223,7 @@ def load_bfcl(root: Path) -> list[Task]:
 
 
 def load_nestools(path: Path) -> list[Task]:
+    """NesTools tasks: the gold calls, ``API_call_k`` values made refs to their producers."""
     tasks = []
     for record in nestools_bench.load(path):
         producers = nestools_bench.Replay(record, random.Random(0)).producers
@@ -256,6 +261,7 @@ def nestful_arg(value: Any, labels: dict[str, int]) -> Any:
 
 
 def load_nestful(root: Path) -> list[Task]:
+    """NESTFUL v1 tasks (all three parts): the calls before ``var_result`` (the answer)."""
     tasks = []
     for part in ("executable", "non-executable-glaive", "non-executable-sgd"):
         for n, record in enumerate(json.loads((root / f"{part}-data.json").read_text())):
@@ -326,6 +332,7 @@ def pick_quick(tasks: list[Task]) -> list[Task]:
 
 
 def tokens(text: str) -> int:
+    """Output tokens of ``text``: :data:`CHARS_PER_TOKEN` characters each, rounded up."""
     return math.ceil(len(text) / CHARS_PER_TOKEN)
 
 
@@ -429,6 +436,7 @@ async def model(setting: Setting, pieces: list[int],
 
 
 async def react(task: Task, tools: Tools, run: shoal.OpenRun, setting: Setting) -> int:
+    """Sequential ReAct: a turn per call, each waiting for the last result; its requests."""
     for i, call in enumerate(task.calls):
         await model(setting, [tokens(call.written)])
         await run.value(run.add(tools.table[call.name], tools.args(call), node_id=str(i + 1)))
@@ -437,6 +445,7 @@ async def react(task: Task, tools: Tools, run: shoal.OpenRun, setting: Setting) 
 
 async def by_layer(task: Task, tools: Tools, run: shoal.OpenRun, setting: Setting,
                    streamed: bool) -> int:
+    """A turn per dependency layer; calls start at the end of the turn or as each streams."""
     for layer in task.layers():
         refs: list[shoal.Ref] = []
 
@@ -457,6 +466,7 @@ async def by_layer(task: Task, tools: Tools, run: shoal.OpenRun, setting: Settin
 
 async def planner(task: Task, tools: Tools, run: shoal.OpenRun, setting: Setting,
                   problems: list[str]) -> int:
+    """One plan in LLMCompiler text, each line parsed and started as it streams."""
     lines = plan_lines(task)
     parser = PlanTextParser(tools.table)
     refs: list[shoal.Ref] = []
@@ -480,6 +490,7 @@ async def planner(task: Task, tools: Tools, run: shoal.OpenRun, setting: Setting
 
 
 async def trial(task: Task, strategy: str, setting: Setting) -> Trial:
+    """Run ``task`` one way on the running (virtual) loop, then the answer turn; check it."""
     tools = Tools(task)
     problems: list[str] = []
     loop = asyncio.get_running_loop()
@@ -501,6 +512,7 @@ async def trial(task: Task, strategy: str, setting: Setting) -> Trial:
 
 
 def output_tokens(task: Task, strategy: str) -> int:
+    """Output tokens the model writes for ``task`` with ``strategy``, answer included."""
     if strategy == "planner":
         return sum(tokens(line) for line in plan_lines(task)) + ANSWER_TOKENS
     return sum(tokens(c.written) for c in task.calls) + ANSWER_TOKENS
@@ -545,6 +557,7 @@ def predict(task: Task, strategy: str, setting: Setting) -> float:
 
 
 def dag_finish(task: Task, sent: list[float], stream_end: float) -> float:
+    """When the last call ends, each starting once sent and its inputs are done."""
     finish: list[float] = []
     for i, call in enumerate(task.calls):
         ready = max([sent[i], *(finish[d] for d in call.deps)])
@@ -570,6 +583,7 @@ class Stats:
 
 
 async def run_dataset(tasks: list[Task], setting: Setting) -> Stats:
+    """Every task, every strategy, one after another on the running loop."""
     stats = Stats()
     for task in tasks:
         trials = {s: await trial(task, s, setting) for s in STRATEGIES}
@@ -588,6 +602,7 @@ async def run_dataset(tasks: list[Task], setting: Setting) -> Stats:
 
 def run_all(found: dict[str, list[Task]], settings: tuple[Setting, ...]
             ) -> dict[tuple[str, str], Stats]:
+    """Every dataset under every setting, on one virtual-clock loop."""
     async def go() -> dict[tuple[str, str], Stats]:
         return {(setting.name, name): await run_dataset(tasks, setting)
                 for setting in settings for name, tasks in found.items()}
@@ -633,6 +648,7 @@ def judge(result: BenchResult, name: str, s: Stats) -> None:
 
 
 def main(quick: bool = False) -> BenchResult:
+    """Run the benchmark (a few tasks per dataset when ``quick``) and print the tables."""
     found = load_all(quick)
     if not found:
         return BenchResult(NAME, skipped="no dataset found", echo=False)
