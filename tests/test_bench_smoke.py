@@ -197,3 +197,20 @@ def test_latency_checker_catches_miswiring_and_early_starts() -> None:
     assert any("call 3 started before call 1" in p for p in problems)
     tools.spans.pop(2)
     assert any("never ran: [2]" in p for p in latency.check_run(task, tools))
+
+
+def test_latency_runs_the_datasets_it_finds(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    answers = tmp_path / "bfcl_parallel" / "possible_answer"
+    answers.mkdir(parents=True)
+    records = [{"id": "p0", "ground_truth": [{"spotify.play": {"artist": ["A"], "n": [""]}},
+                                             {"spotify.play": {"artist": ["B"]}}]},
+               {"id": "p1", "ground_truth": []}]  # no call: left out
+    (answers / "BFCL_v4_parallel.json").write_text("\n".join(map(json.dumps, records)))
+    monkeypatch.setenv("SHOAL_DATASETS", str(tmp_path))
+    result = latency.main(quick=True)
+    assert_correct(result)
+    out = capsys.readouterr().out
+    assert "latency/nestools] SKIPPED" in out and "latency/asynchow] SKIPPED" in out
+    assert "| bfcl_parallel (1) | planner |" in out
+    assert not any(m.name.startswith("nestools") for m in result.metrics)
