@@ -258,6 +258,11 @@ class Model(ABC):
     #: e.g. ``"openai:gpt-4.1-mini"``.
     name: str = "model"
 
+    #: Whether :meth:`stream` yields each :class:`ToolCallDone` as soon as that call is
+    #: complete, before the reply ends. Agents then start each call at that moment (see
+    #: ``Agent(stream_dispatch=...)``); the default :meth:`stream` yields them at the end.
+    streams_tool_calls: bool = False
+
     @abstractmethod
     async def request(self, request: ModelRequest) -> ModelResponse:
         """Send one request and return the whole response."""

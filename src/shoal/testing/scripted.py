@@ -108,6 +108,16 @@ class ScriptedModel(Model):
             ``ModelResponse`` step with its own usage (``requests`` > 0) reports that instead.
     """
 
+    streams_tool_calls = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "request" in cls.__dict__ and "stream" not in cls.__dict__:
+            # A subclass that changes request() (to be slow, to fail) streams through it,
+            # as any model does by default, so the change applies to streamed turns too.
+            cls.stream = Model.stream  # type: ignore[method-assign]
+            cls.streams_tool_calls = False
+
     def __init__(self, steps: Sequence[Step] = (), *, name: str = "scripted",
                  latency: float = 0.0, usage: Usage | None = None) -> None:
         self.name = name
