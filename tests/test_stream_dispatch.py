@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -268,3 +272,27 @@ def test_a_resumed_turn_replays_its_streamed_calls_from_the_journal(tmp_path: Pa
 def test_stream_dispatch_must_be_a_bool_or_none() -> None:
     with pytest.raises(shoal.ConfigError, match="stream_dispatch"):
         shoal.Agent(name="lead", model=ScriptedModel([]), stream_dispatch="yes")  # type: ignore[arg-type]
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _stream_crash(store: Path, log: Path, mode: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tests.stream_crash", str(store), "r1", mode,
+                           str(log)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def test_a_reply_cut_by_a_crash_is_asked_again_and_its_finished_calls_replay(
+        tmp_path: Path) -> None:
+    store, log = tmp_path / "runs.db", tmp_path / "log.txt"
+    crashed = _stream_crash(store, log, "crash")
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    assert log.read_text().split() == ["a"]  # note ran while the reply still streamed
+    resumed = _stream_crash(store, log, "resume")
+    assert resumed.returncode == 0, resumed.stderr
+    report = json.loads(resumed.stdout)
+    assert report["output"] == "final answer"
+    assert report["requests"] == 2  # the cut reply, asked again, and the last turn
+    assert report["calls"] == ["ok", "ok"]
+    assert report["results"] == ["noted a", "survived"]
+    assert log.read_text().split() == ["a"]  # replayed from the journal, not run again
