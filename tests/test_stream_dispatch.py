@@ -21,6 +21,7 @@ from shoal.models.base import (
     ModelResponse,
     ResponseDone,
     StreamEvent,
+    TextDelta,
     ToolCallDone,
 )
 from shoal.models.retry import ModelGates, ModelRetry
@@ -174,6 +175,7 @@ class _FailsMidway(Model):
             return
         self.attempts += 1
         if self.attempts == 1:
+            yield TextDelta("Let me note a")  # text seen does not stop the agent's retry
             yield ToolCallDone(0, shoal.models.ToolCall("first-a", "note", '{"text": "a"}'))
             await asyncio.sleep(0.1)
             raise ModelHTTPError(self.name, "overloaded", 503)

@@ -290,7 +290,10 @@ class AgentRun:
         """Stream the reply, handing each call to ``stream`` the moment it is complete."""
         gate, model = self.ctx.gates.for_model(self.model), self.model
         response: ModelResponse | None = None
-        async for event in gate.stream(model, request, on_event=self._model_event):
+        # the agent keeps only the whole reply, so text already streamed is no reason not
+        # to retry, as a plain request would be retried
+        async for event in gate.stream(model, request, on_event=self._model_event,
+                                       retry_after_text=True):
             if isinstance(event, ToolCallDone):
                 stream.add(event.index, event.call)
             elif isinstance(event, ResponseDone):
