@@ -298,3 +298,28 @@ def test_a_reply_cut_by_a_crash_is_asked_again_and_its_finished_calls_replay(
     assert report["calls"] == ["ok", "ok"]
     assert report["results"] == ["noted a", "survived"]
     assert log.read_text().split() == ["a"]  # replayed from the journal, not run again
+
+
+def test_cancelling_the_agent_mid_stream_cancels_the_started_calls_and_keeps_them() -> None:
+    @shoal.tool
+    async def nap(seconds: float) -> str:
+        """Sleep."""
+        await asyncio.sleep(seconds)
+        return "slept"
+
+    model = ScriptedModel([[call("nap", seconds=10), pause(5), call("nap", seconds=1)]])
+    agent: shoal.Agent[str] = shoal.Agent(name="lead", model=model, tools=[nap])
+
+    async def main() -> tuple[Res, float]:
+        loop = asyncio.get_running_loop()
+        handle = agent.start("go")
+        await asyncio.sleep(0.5)  # the first call runs, the reply still streams
+        handle.cancel(reason="enough")
+        with pytest.raises(shoal.AgentError) as caught:
+            await handle
+        return caught.value.result, loop.time()  # type: ignore[return-value]
+
+    result, ended = run_virtual(main())
+    assert ended < 1
+    assert result.status == "cancelled"
+    assert [r.status for r in result.calls] == ["cancelled"]
