@@ -323,3 +323,55 @@ def test_cancelling_the_agent_mid_stream_cancels_the_started_calls_and_keeps_the
     assert ended < 1
     assert result.status == "cancelled"
     assert [r.status for r in result.calls] == ["cancelled"]
+
+
+def test_a_stream_that_ends_without_its_reply_fails_the_turn_and_cancels_its_calls() -> None:
+    @shoal.tool
+    async def nap(seconds: float) -> str:
+        """Sleep."""
+        await asyncio.sleep(seconds)
+        return "slept"
+
+    class Cut(Model):
+        name = "cut"
+        streams_tool_calls = True
+
+        async def request(self, request: ModelRequest) -> ModelResponse:
+            raise AssertionError("streamed")
+
+        async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
+            yield ToolCallDone(0, shoal.models.ToolCall("c1", "nap", '{"seconds": 10}'))
+            yield ToolCallDone(7, shoal.models.ToolCall("c9", "nap", '{"seconds": 10}'))
+
+    agent: shoal.Agent[str] = shoal.Agent(name="lead", model=Cut(), tools=[nap])
+
+    async def main() -> BaseException:
+        with pytest.raises(shoal.ModelError, match="without a complete reply") as caught:
+            await agent.run("go")
+        return caught.value
+
+    result = run_virtual(main()).result  # type: ignore[attr-defined]
+    assert [r.call.id for r in result.calls] == ["c1"]  # a call out of order never started
+    assert [r.status for r in result.calls] == ["cancelled"]
+
+
+def test_a_budget_breach_mid_stream_stops_the_started_calls() -> None:
+    @shoal.tool
+    async def nap(seconds: float) -> str:
+        """Sleep."""
+        await asyncio.sleep(seconds)
+        return "slept"
+
+    model = ScriptedModel([[call("nap", seconds=10), pause(5), call("nap", seconds=1)]])
+    agent: shoal.Agent[str] = shoal.Agent(name="lead", model=model, tools=[nap])
+
+    async def main() -> tuple[Res, float]:
+        loop = asyncio.get_running_loop()
+        with pytest.raises(shoal.BudgetExceeded) as caught:
+            await agent.run("go", budget=shoal.Budget(wall_clock=1.0))
+        return caught.value.result, loop.time()  # type: ignore[return-value]
+
+    result, ended = run_virtual(main())
+    assert ended == pytest.approx(1.0, abs=0.01)
+    assert result.status == "budget_exceeded"
+    assert [r.status for r in result.calls] == ["cancelled"]

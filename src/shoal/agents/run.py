@@ -475,6 +475,8 @@ def _why_abandoned(exc: BaseException) -> str:
     """Why the calls a turn had started are cancelled, for their outcomes."""
     if isinstance(exc, asyncio.CancelledError):
         return "the agent running these calls was cancelled"
+    if isinstance(exc, BudgetExceeded):
+        return str(exc)
     return f"the model turn that asked for these calls failed: {exc}"
 
 
