@@ -33,7 +33,7 @@ def note(text: str) -> str:
 def boom() -> str:
     """Kill this process (in crash mode), once note(a) has surely been journaled."""
     if MODE == "crash":
-        time.sleep(0.3)
+        time.sleep(1.0)  # ample time to journal note(a), even on a loaded machine
         os.kill(os.getpid(), signal.SIGKILL)
     return "survived"
 
