@@ -60,8 +60,11 @@ def scripts() -> tuple[ScriptedModel, ScriptedModel]:
 
 def main() -> None:
     lead_model, sub_model = scripts()
-    helper = shoal.Agent(name="helper", model=sub_model, tools=[note])
-    lead = shoal.Agent(name="lead", model=lead_model, tools=[note, boom], subagents=[helper])
+    # Calls wait for the whole reply, so every turn is journaled before boom can kill: with
+    # stream dispatch a reply cut by the crash is asked again (test_stream_dispatch.py).
+    helper = shoal.Agent(name="helper", model=sub_model, tools=[note], stream_dispatch=False)
+    lead = shoal.Agent(name="lead", model=lead_model, tools=[note, boom], subagents=[helper],
+                       stream_dispatch=False)
     runtime = shoal.Runtime(store=f"sqlite:///{STORE}")
     if MODE == "crash":
         result = lead.run_sync(PROMPT, runtime=runtime, run_id=RUN_ID)

@@ -61,7 +61,11 @@ def lead() -> shoal.Agent:
     scripts["say yes"] = [[call("decide", answer="yes")], "ok"]
     scripts["say no"] = [[call("decide", answer="no")], "ok"]
     model = ScriptedModel.per_prompt(scripts)
-    worker = shoal.Agent(name="worker", model=model, tools=[note, decide])
+    # Calls wait for each whole reply: the test kills the run once notes are marked and
+    # expects some of them journaled by then; with stream dispatch the 500 first-turn notes
+    # all start at once, and threads can mark 300 before the loop has recorded any.
+    worker = shoal.Agent(name="worker", model=model, tools=[note, decide],
+                         stream_dispatch=False)
     return shoal.Agent(name="lead", model=model, subagents=[worker])
 
 

@@ -64,7 +64,9 @@ def main() -> None:
         "agg": model(["AGG"], 1),
         "b": model([[call("note", text="b")], [call("boom")], "final answer"], 2),
     }
-    agents = {name: shoal.Agent(name=name, model=m, tools=[note, boom])
+    # Calls wait for each whole reply, so every turn is journaled before boom can kill: with
+    # stream dispatch a reply cut by the crash is asked again (test_stream_dispatch.py).
+    agents = {name: shoal.Agent(name=name, model=m, tools=[note, boom], stream_dispatch=False)
               for name, m in models.items()}
     plan = shoal.Plan()
     out = plan.call(pipeline(agents["a"], fan_out(agents["w1"], agents["w2"],

@@ -48,7 +48,9 @@ def test_cancel_after_the_model_answered_stops_that_turns_tool_calls() -> None:
             if isinstance(event, ModelResponded) and "delete_everything" in event.tool_calls:
                 holder[0].cancel(reason="refused by the guard")
 
-        agent: Ag = shoal.Agent(name="lead", model=model, tools=[delete_everything])
+        # the calls must wait for the whole reply for a guard on it to stop them
+        agent: Ag = shoal.Agent(name="lead", model=model, tools=[delete_everything],
+                                stream_dispatch=False)
         holder.append(agent.start("clean up", on_event=guard))
         try:
             await holder[0]

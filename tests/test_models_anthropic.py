@@ -18,6 +18,7 @@ from shoal.models.base import (
     StreamEvent,
     TextDelta,
     ToolCall,
+    ToolCallDone,
     ToolResultMessage,
     ToolSpec,
     UserMessage,
@@ -172,6 +173,9 @@ def test_stream_tool_calls_are_put_back_together(anthropic_server: AnthropicWire
     assert [c.parsed_arguments() for c in response.tool_calls] == [
         {"query": long_query}, {"url": "https://example.com/a?b=c"}, {}]
     assert response.stop_reason == "tool_use"
+    # each call is reported at its content_block_stop, in order, as the response carries it
+    assert [(e.index, e.call) for e in events if isinstance(e, ToolCallDone)] == list(
+        enumerate(response.tool_calls))
 
 
 def test_usage_and_cost(anthropic_server: AnthropicWireServer) -> None:

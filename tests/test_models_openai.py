@@ -20,6 +20,7 @@ from shoal.models.base import (
     StreamEvent,
     TextDelta,
     ToolCall,
+    ToolCallDone,
     ToolResultMessage,
     ToolSpec,
     UserMessage,
@@ -168,12 +169,36 @@ def test_stream_tool_calls_are_put_back_together(openai_server: OpenAIWireServer
     assert [c.parsed_arguments() for c in done.response.tool_calls] == [
         {"query": long_query}, {"url": "https://example.com/a?b=c"}]
     assert done.response.stop_reason == "tool_calls"
+    # each call is reported once complete, in order, as the response then carries it
+    assert [(e.index, e.call) for e in events if isinstance(e, ToolCallDone)] == list(
+        enumerate(done.response.tool_calls))
 
 
-def test_stream_without_text_yields_only_done(openai_server: OpenAIWireServer) -> None:
+def test_stream_without_text_yields_the_call_then_done(openai_server: OpenAIWireServer) -> None:
     openai_server.responder = tool_call_reply(call("search", {"query": "x"}))
     events = arun(collect(openai_server.model(), ask(tools=[SEARCH])))
-    assert len(events) == 1 and isinstance(events[0], ResponseDone)
+    assert len(events) == 2 and isinstance(events[1], ResponseDone)
+    assert events[0] == ToolCallDone(0, events[1].response.tool_calls[0])
+
+
+def test_a_streamed_call_is_complete_when_the_next_one_begins() -> None:
+    from shoal.models.openai import _StreamState
+
+    state = _StreamState()
+
+    def part(index: int, **function: str) -> dict[str, Any]:
+        return {"choices": [{"delta": {"tool_calls": [
+            {"index": index, **({"id": f"c{index}"} if "name" in function else {}),
+             "function": function}]}}]}
+
+    state.add(part(0, name="search", arguments='{"q":'))
+    state.add(part(0, arguments=' "x"}'))
+    assert state.complete(final=False) == []  # call 0 may still grow
+    state.add(part(1, name="fetch", arguments="{}"))
+    assert state.complete(final=False) == [(0, ToolCall("c0", "search", '{"q": "x"}'))]
+    assert state.complete(final=False) == []  # reported once
+    state.add(part(1, arguments=""))
+    assert state.complete(final=True) == [(1, ToolCall("c1", "fetch", "{}"))]
 
 
 def test_malformed_arguments_are_kept_verbatim(openai_server: OpenAIWireServer) -> None:

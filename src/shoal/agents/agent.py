@@ -91,6 +91,11 @@ class Agent(Generic[T]):
             a function of the call's :class:`~shoal.agents.toolcalls.CallRecord` (whose
             ``message.content`` is shoal's sentence, e.g. ``fetch timed out after 1 s``, and
             ``outcome`` the full error) returning the text to send instead.
+        stream_dispatch: read the model's reply as a stream and start each tool call the
+            moment its arguments are complete, rather than when the reply ends (``None``, the
+            default: on for models whose stream reports each call as it completes,
+            :attr:`~shoal.models.base.Model.streams_tool_calls`). Results still go back in
+            the order asked; ``False`` turns it off.
     """
 
     name: str
@@ -105,6 +110,7 @@ class Agent(Generic[T]):
     settings: ModelSettings = field(default_factory=ModelSettings)
     budget: Budget | None = None
     tool_error_format: ToolErrorFormat | None = None
+    stream_dispatch: bool | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -128,6 +134,9 @@ class Agent(Generic[T]):
         if self.tool_error_format is not None and not callable(self.tool_error_format):
             raise ConfigError(f"agent {self.name!r}: tool_error_format must be a function of a "
                               f"CallRecord, got {self.tool_error_format!r}")
+        if self.stream_dispatch is not None and not isinstance(self.stream_dispatch, bool):
+            raise ConfigError(f"agent {self.name!r}: stream_dispatch must be True, False or "
+                              f"None (on where the model streams), got {self.stream_dispatch!r}")
         try:
             self.output_spec  # noqa: B018 - built now, so a type pydantic cannot use fails here
         except pydantic.PydanticUserError as exc:  # schema generation and similar

@@ -2,11 +2,14 @@
 
 Each turn: ask the model (through the tree's shared gate for that model), append its reply,
 and if it asked for tool calls run *all of them as one plan* through the runtime, then send
-the results back in the order it asked. A reply without tool calls is the final answer
-(checked against ``output_type`` when there is one). Subagent calls are tool calls whose tool
-runs another :class:`AgentRun` with a fresh message list: a sibling can neither see nor change
-it. Everything an agent run owns lives here; the :class:`~shoal.agents.agent.Agent` it runs
-is an immutable definition, so one agent can run many times at once.
+the results back in the order it asked. With stream dispatch (``Agent(stream_dispatch=)``,
+on where the model streams its calls) the reply is read as a stream and each call joins the
+turn's tool phase, an open run, the moment it is complete. A reply without tool calls is the
+final answer (checked against ``output_type`` when there is one). Subagent calls are tool
+calls whose tool runs another :class:`AgentRun` with a fresh message list: a sibling can
+neither see nor change it. Everything an agent run owns lives here; the
+:class:`~shoal.agents.agent.Agent` it runs is an immutable definition, so one agent can
+run many times at once.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from shoal.agents.context import TreeContext
 from shoal.agents.result import AgentResult, AgentStatus
-from shoal.agents.toolcalls import CallRecord, execute_calls, settle
+from shoal.agents.toolcalls import CallRecord, CallStream, execute_calls, settle
 from shoal.events import (
     AgentFinished,
     AgentStarted,
@@ -41,11 +44,14 @@ from shoal.models.base import (
     Message,
     ModelRequest,
     ModelResponse,
+    ResponseDone,
     ToolCall,
+    ToolCallDone,
     ToolResultMessage,
     Usage,
     UserMessage,
 )
+from shoal.openrun import OpenRun
 from shoal.outcome import RunResult, jsonable
 from shoal.plan import Plan
 from shoal.policy import ToolPolicy
@@ -143,6 +149,9 @@ class AgentRun:
         self._started_this_turn = 0  # calls of the current turn past their checks (fan_out)
         self._started = 0.0
         self._digest = ConversationDigest()
+        dispatch = agent.stream_dispatch
+        self._streams = self.model.streams_tool_calls if dispatch is None else dispatch
+        self._phase_handles: list[RunHandle] = []  # the current turn's tool phase runs
 
     async def run(self) -> AgentResult[Any]:
         """Run turns until a final answer or a stop; the result records which.
@@ -180,15 +189,22 @@ class AgentRun:
             if self.result.turns >= agent.max_turns:
                 raise MaxTurnsExceeded(f"agent {self.lineage} used all {agent.max_turns} turns "
                                        "without a final answer; raise max_turns or simplify")
-            response = await self._ask()
-            messages.append(response.as_message())
-            # cancelled or over budget while the model answered (a final answer stands when
-            # only the requests limit was reached meanwhile: it came within the limit)
-            self.ctx.check(self.lineage, answered=not response.tool_calls)
-            if response.tool_calls:
-                records = await self._tool_phase(response.tool_calls)
-                messages.extend(record.message for record in records)
-                continue
+            stream = self._call_stream() if self._streams else None
+            try:
+                response = await self._ask(stream)
+                messages.append(response.as_message())
+                # cancelled or over budget while the model answered (a final answer stands
+                # when only the requests limit was reached meanwhile: it came within the limit)
+                self.ctx.check(self.lineage, answered=not response.tool_calls)
+                if response.tool_calls:
+                    records = await self._tool_phase(response.tool_calls, stream)
+                    messages.extend(record.message for record in records)
+                    continue
+            except BaseException as exc:
+                if stream is not None and stream.pending:  # calls started, the turn failed
+                    await stream.abandon(_why_abandoned(exc), self.result.calls.extend)
+                    self._untrack_phase()
+                raise
             spec = agent.output_spec
             try:
                 if not response.text.strip():
@@ -204,7 +220,7 @@ class AgentRun:
                 messages.append(UserMessage(_EMPTY_AGAIN if spec is None
                                             else spec.retry_prompt(str(exc))))
 
-    async def _ask(self) -> ModelResponse:
+    async def _ask(self, stream: CallStream | None = None) -> ModelResponse:
         ctx, agent = self.ctx, self.agent
         ctx.tracker.start_request(self.lineage)
         self.result.turns += 1
@@ -214,7 +230,7 @@ class AgentRun:
             output_schema=agent.output_spec.schema if agent.output_spec else None,
             lineage=self.lineage)
         began = ctx.now()
-        response = await self._model_step(request)
+        response = await self._model_step(request, stream)
         usage = response.usage if response.usage.requests else _one_request(response.usage)
         self.result.own_usage = self.result.own_usage + usage
         if ctx.observed:
@@ -227,7 +243,8 @@ class AgentRun:
         ctx.tracker.add_usage(usage, self.lineage)
         return response
 
-    async def _model_step(self, request: ModelRequest) -> ModelResponse:
+    async def _model_step(self, request: ModelRequest,
+                          stream: CallStream | None = None) -> ModelResponse:
         """Ask the model, as a one-node run through the runtime.
 
         Running the request as a node puts the turn in the runtime's journal (the request's
@@ -235,6 +252,10 @@ class AgentRun:
         finished turns replayed instead of asked again, and a changed definition (other
         instructions, tools or prompt make another request, so another digest) is caught by
         resume's change check before anything runs.
+
+        With a ``stream``, the reply is streamed and each complete call is handed to it at
+        once; the node's outcome is still the whole reply, so a resumed turn replays it and
+        its calls replay from the tool phase's journal.
         """
         ctx, turn = self.ctx, self.result.turns
         gate, model = ctx.gates.for_model(self.model), self.model
@@ -245,6 +266,8 @@ class AgentRun:
             try:
                 # a private copy per attempt, as the runtime gives any call: the model may
                 # change it freely; the messages inside are immutable, shared, never copied
+                if stream is not None:
+                    return await self._streamed(copy.deepcopy(request), stream)
                 return await gate.request(model, copy.deepcopy(request),
                                           on_event=self._model_event)
             except Exception as exc:  # kept whole: the outcome only keeps its type name
@@ -262,6 +285,62 @@ class AgentRun:
         if outcome.status in ("cancelled", "skipped"):
             raise asyncio.CancelledError(outcome.reason)
         raise ModelError(model.name, str(outcome.error or outcome.reason or outcome.status))
+
+    async def _streamed(self, request: ModelRequest, stream: CallStream) -> ModelResponse:
+        """Stream the reply, handing each call to ``stream`` the moment it is complete."""
+        gate, model = self.ctx.gates.for_model(self.model), self.model
+        response: ModelResponse | None = None
+        # the agent keeps only the whole reply, so text already streamed is no reason not
+        # to retry, as a plain request would be retried
+        async for event in gate.stream(model, request, on_event=self._model_event,
+                                       retry_after_text=True):
+            if isinstance(event, ToolCallDone):
+                stream.add(event.index, event.call)
+            elif isinstance(event, ResponseDone):
+                response = event.response
+        if response is None:
+            raise ModelError(model.name, "the stream ended without a complete reply")
+        calls = stream.merged(response.tool_calls)
+        return response if calls == response.tool_calls else replace(response, tool_calls=calls)
+
+    def _call_stream(self) -> CallStream:
+        """The next turn's tool phase, ready to take calls while the model streams."""
+        ctx = self.ctx
+        self._started_this_turn = 0
+        step = f"turn-{self.result.turns + 1}"
+
+        def open_run(on_event: EventSink | None) -> OpenRun:
+            run = self._open_step(step, on_event)
+            stop = ctx.stop_reason(self.lineage)  # the last moment before the calls start
+            if stop is not None:  # every call still gets its (cancelled) outcome
+                run.cancel(reason=stop)
+            return run
+
+        return CallStream(
+            self.agent.tools_by_name, open_run=open_run, lineage=self.lineage,
+            counts=self._counts, prepare=self._prepare,
+            on_event=ctx.emit if ctx.observed else None, on_reject=self._rejected,
+            error_format=self.agent.tool_error_format)
+
+    def _open_step(self, step: str, on_event: EventSink | None) -> OpenRun:
+        """Open a tool phase as its own journaled open run (continued when resuming)."""
+        ctx = self.ctx
+        run_id = f"{ctx.run_id}/{self.lineage}/{step}"
+        store = ctx.runtime.store
+        resume = (ctx.resumes(self.lineage) and store is not None
+                  and store.get_run(run_id) is not None)
+        run = ctx.runtime.open_run(self.lineage, run_id=None if resume else run_id,
+                                   resume=run_id if resume else None, lineage=self.lineage,
+                                   on_event=on_event, force=ctx.force, within=ctx.scope,
+                                   board=ctx.board)
+        ctx.track_handle(self.lineage, run.handle)
+        self._phase_handles.append(run.handle)
+        return run
+
+    def _untrack_phase(self) -> None:
+        for handle in self._phase_handles:
+            self.ctx.untrack_handle(self.lineage, handle)
+        self._phase_handles.clear()
 
     async def _step(self, plan: Plan, step: str) -> RunResult:
         """Run one step of this agent through the runtime and wait for it."""
@@ -290,8 +369,14 @@ class AgentRun:
         ctx.track_handle(self.lineage, handle, turn=turn)
         return handle
 
-    async def _tool_phase(self, calls: tuple[ToolCall, ...]) -> list[CallRecord]:
+    async def _tool_phase(self, calls: tuple[ToolCall, ...],
+                          stream: CallStream | None = None) -> list[CallRecord]:
         ctx = self.ctx
+        if stream is not None:  # the calls started as the model wrote them (or start now)
+            try:
+                return await stream.finish(calls, self.result.calls.extend)
+            finally:
+                self._untrack_phase()
         step = f"turn-{self.result.turns}"
         handles: list[RunHandle] = []
 
@@ -384,6 +469,15 @@ class AgentRun:
                 agent=self.agent.name, status=status, output=str(result.output)[:200],
                 turns=result.turns, total_tokens=total.total_tokens, duration=result.duration,
                 error="" if error is None else str(error)))
+
+
+def _why_abandoned(exc: BaseException) -> str:
+    """Why the calls a turn had started are cancelled, for their outcomes."""
+    if isinstance(exc, asyncio.CancelledError):
+        return "the agent running these calls was cancelled"
+    if isinstance(exc, BudgetExceeded):
+        return str(exc)
+    return f"the model turn that asked for these calls failed: {exc}"
 
 
 def _one_request(usage: Usage) -> Usage:

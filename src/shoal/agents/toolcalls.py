@@ -7,6 +7,10 @@ do not fit the schema, a refusal such as a budget limit) never reach the runtime
 error results the model can read and correct. The rest form one plan, so the runtime's
 dependency analysis (resource conflicts between the calls) and limits apply, and every call
 whose inputs are ready runs at once.
+
+:class:`CallStream` does the same for calls that arrive one by one while the model still
+streams its reply: each call joins an open run (:mod:`shoal.openrun`) and starts the moment it
+is complete, and :meth:`CallStream.finish` returns the records in the order the model asked.
 """
 
 from __future__ import annotations
@@ -28,10 +32,11 @@ from shoal.plan import Plan
 from shoal.tools import Tool
 
 if TYPE_CHECKING:
+    from shoal.openrun import OpenRun
     from shoal.runtime import RunHandle, Runtime
 
-__all__ = ["CallRecord", "Preparer", "Starter", "ToolErrorFormat", "error_text", "execute_calls",
-           "result_text", "settle", "tool_map"]
+__all__ = ["CallRecord", "CallStream", "Opener", "Preparer", "Starter", "ToolErrorFormat",
+           "error_text", "execute_calls", "result_text", "settle", "tool_map"]
 
 log = logging.getLogger("shoal")
 
@@ -42,6 +47,9 @@ Preparer = Callable[[int, ToolCall, Tool[..., Any], str], "Tool[..., Any] | Base
 
 #: Starts a turn's plan with the given event sink and returns its handle.
 Starter = Callable[[Plan, "EventSink | None"], "RunHandle"]
+
+#: Opens a turn's open run with the given event sink (for :class:`CallStream`).
+Opener = Callable[["EventSink | None"], "OpenRun"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,16 +296,7 @@ async def _run_plan(
 ) -> None:
     from shoal.runtime import Runtime  # the runtime imports executors: load on use
 
-    def lineage_of(event: Event) -> str:
-        return lineages.get(str(getattr(event, "node_id", "")), lineage)
-
-    sink: EventSink | None = None
-    if on_event is not None:
-        forward = on_event
-
-        def sink(event: Event) -> None:
-            forward(_stamped(event, lineage_of(event)))
-
+    sink = _sink(on_event, lineage, lineages)
     own = runtime is None and start is None
     active = runtime if runtime is not None else Runtime()
     try:
@@ -312,6 +311,145 @@ async def _run_plan(
     _fill(result, planned, lineages, calls, records)
     if cancelled:
         raise asyncio.CancelledError
+
+
+def _sink(on_event: EventSink | None, lineage: str,
+          lineages: Mapping[str, str]) -> EventSink | None:
+    """``on_event`` with each event stamped with its call's lineage (read when it comes)."""
+    if on_event is None:
+        return None
+    forward = on_event
+
+    def sink(event: Event) -> None:
+        forward(_stamped(event, lineages.get(str(getattr(event, "node_id", "")), lineage)))
+
+    return sink
+
+
+class CallStream:
+    """One turn's tool calls, each started as soon as the model has finished writing it.
+
+    :meth:`add` takes the calls in the order the model writes them; each is checked as in
+    :func:`execute_calls` (arguments that are not JSON, an unknown tool, ``prepare``'s
+    refusals become error records at once) and the others join one open run, made by
+    ``open_run`` on the first call that can run, where they start at once under the same
+    limits, conflict checks, approvals and journal as a closed plan's calls. :meth:`finish`
+    adds the calls not seen yet, closes the run, waits, and returns a record per call in the
+    order asked. Names (``tool#n``) are given in that order too, so a resumed turn that adds
+    the same calls again finds each one's journaled outcome.
+
+    A position already taken is never taken again: a model stream retried after a failure
+    repeats the calls it had sent, and those already started stand (see :meth:`merged`).
+    The other arguments are those of :func:`execute_calls`.
+    """
+
+    def __init__(self, tools: Iterable[Tool[..., Any]] | Mapping[str, Tool[..., Any]], *,
+                 open_run: Opener, lineage: str = "", counts: dict[str, int] | None = None,
+                 prepare: Preparer | None = None, on_event: EventSink | None = None,
+                 on_reject: Callable[[CallRecord], None] | None = None,
+                 error_format: ToolErrorFormat | None = None) -> None:
+        self._by_name = tool_map(tools)
+        self._counter = _Counter(counts)
+        self._open_run = open_run
+        self._lineage = lineage
+        self._prepare = prepare
+        self._on_reject = on_reject
+        self._error_format = error_format
+        self._lineages: dict[str, str] = {}
+        self._sink = _sink(on_event, lineage, self._lineages)
+        self._planned: dict[str, int] = {}
+        self._records: list[CallRecord | None] = []
+        self._run: OpenRun | None = None
+        self._finished = False
+        #: The calls taken so far, by position.
+        self.taken: list[ToolCall] = []
+
+    @property
+    def pending(self) -> bool:
+        """Whether calls may be running that :meth:`finish` has not waited for yet."""
+        return self._run is not None and not self._finished
+
+    def add(self, index: int, call: ToolCall) -> None:
+        """Take the call at position ``index`` and start it (or record why it cannot run).
+
+        A position already taken is ignored (a retried stream sends its calls again); one
+        past the next free position is left for :meth:`finish`, which takes the calls in
+        order, so names and fan-out counts never depend on the order events arrive in.
+        """
+        if self._finished or index != len(self.taken):
+            return
+        self.taken.append(call)
+        self._records.append(None)
+        found = self._by_name.get(call.name)
+        where = _child(self._lineage, self._counter.next(call.name) if found
+                       else f"{call.name}?")
+        checked = _check(index, call, found, self._by_name, where, self._prepare)
+        if isinstance(checked, CallRecord):
+            self._records[index] = checked
+            if self._on_reject is not None:
+                self._on_reject(checked)
+            return
+        tool, args = checked
+        node_id = where.rsplit("/", 1)[-1]
+        self._lineages[node_id] = where
+        if self._run is None:
+            self._run = self._open_run(self._sink)
+        self._run.add(tool, args, node_id=node_id)
+        self._planned[node_id] = index
+
+    def merged(self, calls: Sequence[ToolCall]) -> tuple[ToolCall, ...]:
+        """The reply's ``calls`` with the calls already taken in their positions.
+
+        After a retried stream, the reply the conversation keeps holds the calls that did
+        start (with their ids), then the retried reply's calls past them: the model then
+        reads the result of every call that ran, and a resumed turn replays exactly these.
+        """
+        changed = [i for i, c in enumerate(calls[:len(self.taken)])
+                   if (c.name, c.arguments) != (self.taken[i].name, self.taken[i].arguments)]
+        if changed:
+            log.warning("%s: the retried model stream asked for other calls at position(s) %s "
+                        "than those already started; the started calls stand",
+                        self._lineage or "agent", changed)
+        return (*self.taken, *calls[len(self.taken):])
+
+    async def finish(self, calls: Sequence[ToolCall],
+                     on_records: Callable[[list[CallRecord]], None] | None = None,
+                     ) -> list[CallRecord]:
+        """Take the rest of ``calls``, wait for every call; return the records in order.
+
+        ``calls`` is the whole reply's list (see :meth:`merged`). If the caller is cancelled
+        meanwhile, the calls are cancelled, their outcomes recorded and passed to
+        ``on_records``, and ``CancelledError`` is raised.
+        """
+        for index in range(len(self.taken), len(calls)):
+            self.add(index, calls[index])
+        self._finished = True
+        taken = list(self.taken)
+        try:
+            if self._run is not None:
+                self._run.close()
+                result, cancelled = await _settled(self._run.handle)
+                _fill(result, self._planned, self._lineages, taken, self._records)
+                if cancelled:
+                    raise asyncio.CancelledError
+        finally:
+            if self._error_format is not None:
+                _reword(self._records, self._error_format)
+            if on_records is not None:
+                on_records([r for r in self._records if r is not None])
+        return [r for r in self._records if r is not None]
+
+    async def abandon(self, reason: str,
+                      on_records: Callable[[list[CallRecord]], None] | None = None) -> None:
+        """Cancel the calls started so far and wait until each has its outcome.
+
+        For a turn that ends without its tool phase (the model failed after some calls had
+        started, the budget ran out): nothing keeps running unseen.
+        """
+        if self._run is not None and not self._finished:
+            self._run.cancel(reason=reason)
+        if not self._finished:
+            await self.finish(self.taken, on_records)
 
 
 async def settle(handle: RunHandle) -> RunResult:

@@ -46,6 +46,7 @@ from shoal.models.base import (
     StreamEvent,
     TextDelta,
     ToolCall,
+    ToolCallDone,
     ToolResultMessage,
     ToolSpec,
     Usage,
@@ -100,6 +101,8 @@ class AnthropicModel(Model):
         ConfigError: ``base_url`` (or the environment's) is not an ``http(s)://`` URL.
     """
 
+    streams_tool_calls = True  # agents start each call as soon as it has streamed in
+
     def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
                  name: str | None = None, timeout: float = 120.0,
                  max_tokens: int = DEFAULT_MAX_TOKENS, client: AsyncAnthropic | None = None,
@@ -138,7 +141,10 @@ class AnthropicModel(Model):
         return self._response(message)
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
-        """Stream a messages request: text pieces as they arrive, then the whole response."""
+        """Stream a messages request: text and complete tool calls as they arrive, then all.
+
+        A tool call is complete at its ``content_block_stop``.
+        """
         client = self._client()
         state = _StreamState()
         with self._sdk_errors():
@@ -147,6 +153,8 @@ class AnthropicModel(Model):
                 async for event in events:
                     if text := state.add(event):
                         yield TextDelta(text)
+                    while state.finished:
+                        yield ToolCallDone(*state.finished.pop(0))
         yield ResponseDone(self._finish(state))
 
     async def aclose(self) -> None:
@@ -253,6 +261,7 @@ class _StreamState:
     output_tokens: int = 0
     model: str = ""
     stop_reason: str = ""
+    finished: list[tuple[int, ToolCall]] = field(default_factory=list)  # complete, unreported
 
     def add(self, event: RawMessageStreamEvent) -> str:
         """Take in one event; return its text (empty when it carries none)."""
@@ -274,6 +283,11 @@ class _StreamState:
                 return self._text(delta.text)
             if delta.type == "input_json_delta" and event.index in self.calls:
                 self.calls[event.index].arguments.append(delta.partial_json)
+        elif event.type == "content_block_stop" and event.index in self.calls:
+            call = self.calls[event.index]
+            position = sorted(self.calls).index(event.index)
+            self.finished.append((position, ToolCall(call.id, call.name,
+                                                     "".join(call.arguments) or "{}")))
         elif event.type == "message_delta":
             self.stop_reason = event.delta.stop_reason or self.stop_reason
             self.output_tokens = event.usage.output_tokens  # cumulative, not an increment

@@ -3,7 +3,9 @@
 A :class:`Model` takes a :class:`ModelRequest` (instructions, the conversation as
 :data:`Message` records, tool specs, an optional output schema) and returns a
 :class:`ModelResponse` (text, tool calls, :class:`Usage`). :meth:`Model.stream` yields
-:class:`TextDelta` pieces and ends with a :class:`ResponseDone` carrying the same response.
+:class:`TextDelta` pieces, a :class:`ToolCallDone` for each tool call as soon as its arguments
+are complete (models that can tell), and ends with a :class:`ResponseDone` carrying the same
+response.
 
 Adapters (``shoal.models.openai``, ``shoal.models.anthropic``) translate to and from a
 provider's wire format and translate its errors into :class:`~shoal.exceptions.ModelError`.
@@ -31,6 +33,7 @@ __all__ = [
     "StreamEvent",
     "TextDelta",
     "ToolCall",
+    "ToolCallDone",
     "ToolResultMessage",
     "ToolSpec",
     "Usage",
@@ -221,13 +224,25 @@ class TextDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCallDone:
+    """A tool call whose arguments are complete, while the rest of the response still streams.
+
+    ``index`` is the call's position among the response's tool calls (0 for the first), so
+    the call is ``response.tool_calls[index]`` of the :class:`ResponseDone` that follows.
+    """
+
+    index: int
+    call: ToolCall
+
+
+@dataclass(frozen=True, slots=True)
 class ResponseDone:
     """The end of a stream: the whole response, as :meth:`Model.request` would return it."""
 
     response: ModelResponse
 
 
-StreamEvent = TextDelta | ResponseDone
+StreamEvent = TextDelta | ToolCallDone | ResponseDone
 
 
 class Model(ABC):
@@ -243,18 +258,25 @@ class Model(ABC):
     #: e.g. ``"openai:gpt-4.1-mini"``.
     name: str = "model"
 
+    #: Whether :meth:`stream` yields each :class:`ToolCallDone` as soon as that call is
+    #: complete, before the reply ends. Agents then start each call at that moment (see
+    #: ``Agent(stream_dispatch=...)``); the default :meth:`stream` yields them at the end.
+    streams_tool_calls: bool = False
+
     @abstractmethod
     async def request(self, request: ModelRequest) -> ModelResponse:
         """Send one request and return the whole response."""
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
-        """Yield text as it arrives, then a :class:`ResponseDone`.
+        """Yield text and each complete tool call as they arrive, then a :class:`ResponseDone`.
 
-        The default sends a plain request and yields its text in one piece.
+        The default sends a plain request and yields its text in one piece, then its calls.
         """
         response = await self.request(request)
         if response.text:
             yield TextDelta(response.text)
+        for index, call in enumerate(response.tool_calls):
+            yield ToolCallDone(index, call)
         yield ResponseDone(response)
 
     async def aclose(self) -> None:  # noqa: B027 - most models hold nothing to release

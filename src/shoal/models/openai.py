@@ -44,6 +44,7 @@ from shoal.models.base import (
     StreamEvent,
     TextDelta,
     ToolCall,
+    ToolCallDone,
     ToolResultMessage,
     ToolSpec,
     Usage,
@@ -83,6 +84,8 @@ class OpenAIModel(Model):
         MissingAPIKeyError: no API key for a non-local server.
         ConfigError: ``base_url`` (or the environment's) is not an ``http(s)://`` URL.
     """
+
+    streams_tool_calls = True  # agents start each call as soon as it has streamed in
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
                  name: str | None = None, timeout: float = 120.0,
@@ -128,7 +131,11 @@ class OpenAIModel(Model):
         return self._response(completion)
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
-        """Stream a chat completion: text pieces as they arrive, then the whole response."""
+        """Stream a chat completion: text and complete tool calls as they arrive, then all.
+
+        A tool call is complete when the next call's deltas begin (calls come in index
+        order), or when the stream ends.
+        """
         client = self._client()
         state = _StreamState()
         with self._sdk_errors():
@@ -142,6 +149,10 @@ class OpenAIModel(Model):
                     chunk = self._sse_chunk(line, state)
                     if chunk is not None and (text := state.add(chunk)):
                         yield TextDelta(text)
+                    for index, done in state.complete(final=False):
+                        yield ToolCallDone(index, done)
+        for index, done in state.complete(final=True):
+            yield ToolCallDone(index, done)
         yield ResponseDone(self._finish(state))
 
     async def aclose(self) -> None:
@@ -262,6 +273,7 @@ class _StreamState:
     model: str = ""
     finish_reason: str = ""
     done: bool = False  # [DONE] seen
+    emitted: int = 0  # tool calls already reported complete
 
     def add(self, chunk: dict[str, Any]) -> str:
         """Take in one chunk; return its text (empty when it carries none)."""
@@ -280,6 +292,23 @@ class _StreamState:
         if text:
             self.text.append(text)
         return str(text)
+
+    def complete(self, *, final: bool) -> list[tuple[int, ToolCall]]:
+        """The calls completed since the last look, with their positions.
+
+        Every call but the one with the highest index is complete (calls stream in index
+        order); at the end (``final``), that one is too. A call without an id gets one here,
+        the same one the whole response then carries.
+        """
+        keys = sorted(self.calls)
+        ready = keys if final else keys[:-1]
+        out: list[tuple[int, ToolCall]] = []
+        for position in range(self.emitted, len(ready)):
+            call = self.calls[ready[position]]
+            call.id = call.id or _call_id()
+            out.append((position, ToolCall(call.id, call.name, "".join(call.arguments) or "{}")))
+        self.emitted = max(self.emitted, len(ready))
+        return out
 
     def _add_call(self, part: dict[str, Any]) -> None:
         # Index is required by the API, but not every compatible server sends it.

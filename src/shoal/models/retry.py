@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from shoal.events import Event, ModelRetrying
 from shoal.exceptions import ModelConnectionError, ModelError, ModelHTTPError
 from shoal.models._common import notices_to
-from shoal.models.base import Model, ModelRequest, ModelResponse, ResponseDone, StreamEvent
+from shoal.models.base import Model, ModelRequest, ModelResponse, StreamEvent, TextDelta
 
 __all__ = ["EventCallback", "ModelGate", "ModelGates", "ModelRetry"]
 
@@ -101,8 +101,19 @@ class ModelGate:
                 await asyncio.sleep(self._back_off(model, exc, failures, on_event))
 
     async def stream(self, model: Model, request: ModelRequest, *,
-                     on_event: EventCallback | None = None) -> AsyncIterator[StreamEvent]:
-        """Stream ``request``; a transient error before any text arrived is retried."""
+                     on_event: EventCallback | None = None,
+                     retry_after_text: bool = False) -> AsyncIterator[StreamEvent]:
+        """Stream ``request``; a transient error before any text arrived is retried.
+
+        ``retry_after_text``: retry after text too, for a consumer that only keeps the
+        :class:`~shoal.models.base.ResponseDone` (the retry sends the text again from the
+        start).
+
+        Tool calls do not count as text: a stream that fails after some
+        :class:`~shoal.models.base.ToolCallDone` events is retried, and the retry sends its
+        calls again from the first, so the consumer must match them by position (the agent
+        keeps the calls it already started; see :class:`~shoal.agents.toolcalls.CallStream`).
+        """
         failures = 0
         while True:
             sent_text = False
@@ -110,7 +121,8 @@ class ModelGate:
                 async with self._slot():
                     await self._wait_open()
                     async for event in self._events(model, request, on_event):
-                        sent_text = sent_text or not isinstance(event, ResponseDone)
+                        sent_text = sent_text or (isinstance(event, TextDelta)
+                                                  and not retry_after_text)
                         yield event
                 return
             except ModelError as exc:

@@ -20,12 +20,14 @@ from shoal.testing.clock import VirtualClockLoop, run_virtual
 
 if TYPE_CHECKING:
     from shoal.testing.conformance import ExecutorConformance
-    from shoal.testing.scripted import ScriptedModel, call
+    from shoal.testing.scripted import ScriptedModel, call, pause
 
-__all__ = ["ExecutorConformance", "ScriptedModel", "VirtualClockLoop", "call", "run_virtual"]
+__all__ = ["ExecutorConformance", "ScriptedModel", "VirtualClockLoop", "call", "pause",
+           "run_virtual"]
 
 _LAZY = {"ExecutorConformance": "shoal.testing.conformance",
-         "ScriptedModel": "shoal.testing.scripted", "call": "shoal.testing.scripted"}
+         "ScriptedModel": "shoal.testing.scripted", "call": "shoal.testing.scripted",
+         "pause": "shoal.testing.scripted"}
 
 
 def __getattr__(name: str) -> Any:

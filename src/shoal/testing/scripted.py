@@ -13,6 +13,16 @@ A step is a string (a text answer), a list of :func:`call` (tool calls, optional
 text as the first item), a :class:`~shoal.models.base.ModelResponse`, or a function of the
 :class:`~shoal.models.base.ModelRequest` returning one of those.
 
+A list step may also hold :func:`pause` items, which time the step when it is streamed::
+
+    ScriptedModel([[call("a", x=1), pause(0.2), call("b")], "done"])
+
+:meth:`ScriptedModel.stream` yields the list's text and calls in order (a
+:class:`~shoal.models.base.ToolCallDone` per call) and sleeps ``asyncio.sleep(seconds)`` at each
+pause, so on the virtual clock of :mod:`shoal.testing` the stream takes exactly the pauses'
+time. :meth:`ScriptedModel.request` answers after the pauses' total, so a streamed and a plain
+request of one step take equally long.
+
 When several agents share one scripted model and run at once (parallel subagents, one agent
 run twenty times), the order of their requests is up to the event loop. Then give one script
 per conversation with :meth:`ScriptedModel.per_prompt`: each request is answered from the
@@ -29,7 +39,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections.abc import Callable, Mapping, Sequence
+import math
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, NoReturn
 
@@ -39,14 +51,38 @@ from shoal.models.base import (
     Model,
     ModelRequest,
     ModelResponse,
+    ResponseDone,
+    StreamEvent,
+    TextDelta,
     ToolCall,
+    ToolCallDone,
     Usage,
     UserMessage,
 )
 
-__all__ = ["ScriptedModel", "Step", "call"]
+__all__ = ["Pause", "ScriptedModel", "Step", "call", "pause"]
 
-Step = str | ModelResponse | Sequence[ToolCall | str] | Callable[[ModelRequest], Any]
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """A wait inside a streamed step (made by :func:`pause`)."""
+
+    seconds: float
+
+
+def pause(seconds: float) -> Pause:
+    """A wait of ``seconds`` between the items of a streamed step, e.g. ``pause(0.2)``.
+
+    Raises ``ValueError`` for a negative or non-finite number of seconds.
+    """
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise TypeError(f"pause() takes a number of seconds, got {type(seconds).__name__}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"pause() takes a finite number of seconds >= 0, got {seconds!r}")
+    return Pause(float(seconds))
+
+
+Step = str | ModelResponse | Sequence[ToolCall | str | Pause] | Callable[[ModelRequest], Any]
 
 _ids = itertools.count(1)
 
@@ -72,6 +108,16 @@ class ScriptedModel(Model):
             ``ModelResponse`` step with its own usage (``requests`` > 0) reports that instead.
     """
 
+    streams_tool_calls = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "request" in cls.__dict__ and "stream" not in cls.__dict__:
+            # A subclass that changes request() (to be slow, to fail) streams through it,
+            # as any model does by default, so the change applies to streamed turns too.
+            cls.stream = Model.stream  # type: ignore[method-assign]
+            cls.streams_tool_calls = False
+
     def __init__(self, steps: Sequence[Step] = (), *, name: str = "scripted",
                  latency: float = 0.0, usage: Usage | None = None) -> None:
         self.name = name
@@ -96,12 +142,46 @@ class ScriptedModel(Model):
         return model
 
     async def request(self, request: ModelRequest) -> ModelResponse:
-        """Answer ``request`` with the next step of the script."""
+        """Answer ``request`` with the next step of the script (after its pauses' total)."""
         self.requests.append(request)
         if self.latency:
             await asyncio.sleep(self.latency)
         step = self._step_for(request)
-        return self._response(step(request) if callable(step) else step, request)
+        played = step(request) if callable(step) else step
+        response = self._response(played, request)
+        waited = sum(item.seconds for item in _items(played) if isinstance(item, Pause))
+        if waited:
+            await asyncio.sleep(waited)
+        return response
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
+        """Stream the next step: its text and calls in order, sleeping at each :func:`pause`.
+
+        Each tool call comes as a :class:`~shoal.models.base.ToolCallDone` the moment the
+        script reaches it; a :class:`~shoal.models.base.ResponseDone` with the whole response
+        ends the stream. A step that is not a list streams its text, then its calls.
+        """
+        self.requests.append(request)
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        step = self._step_for(request)
+        played = step(request) if callable(step) else step
+        response = self._response(played, request)  # checks the step before anything streams
+        items = _items(played)
+        if not items:  # a str or ModelResponse step: text first, then the calls
+            items = [response.text, *response.tool_calls] if response.text else [
+                *response.tool_calls]
+        index = 0
+        for item in items:
+            if isinstance(item, Pause):
+                await asyncio.sleep(item.seconds)
+            elif isinstance(item, str):
+                if item:
+                    yield TextDelta(item)
+            else:
+                yield ToolCallDone(index, response.tool_calls[index])
+                index += 1
+        yield ResponseDone(response)
 
     def _step_for(self, request: ModelRequest) -> Step:
         if self._scripts is None:
@@ -137,14 +217,14 @@ class ScriptedModel(Model):
             response = step
         elif isinstance(step, str):
             response = ModelResponse(text=step)
-        elif isinstance(step, Sequence) and not isinstance(step, (bytes, bytearray)) and all(
-                isinstance(s, (str, ToolCall)) for s in step):
+        elif isinstance(step, Sequence) and not isinstance(step, (str, bytes, bytearray)) and all(
+                isinstance(s, (str, ToolCall, Pause)) for s in step):
             text = "".join(s for s in step if isinstance(s, str))
             calls = tuple(s for s in step if isinstance(s, ToolCall))
             response = ModelResponse(text=text, tool_calls=calls)
         else:
-            self._fail(f"a step must be a str, a list of call(...) (and text), a ModelResponse "
-                       f"or a function returning one; got {step!r}")
+            self._fail(f"a step must be a str, a list of call(...) (and text, pause(...)), a "
+                       f"ModelResponse or a function returning one; got {step!r}")
         usage = (response.usage if response.usage.requests else
                  self._usage or _estimate(request, response))
         return ModelResponse(response.text, response.tool_calls, usage, self.name,
@@ -174,6 +254,13 @@ class ScriptedModel(Model):
                  tb: TracebackType | None) -> None:
         if exc_type is None:
             self.check()
+
+
+def _items(step: Any) -> list[ToolCall | str | Pause]:
+    """The items of a list step, in order; empty for any other step."""
+    if isinstance(step, (str, bytes, bytearray, ModelResponse)) or not isinstance(step, Sequence):
+        return []
+    return list(step)
 
 
 def _first_prompt(request: ModelRequest) -> str:
