@@ -35,7 +35,7 @@ from shoal.cli.compose import (
     is_composition,
     start_composition,
 )
-from shoal.cli.interrupt import EXIT_INTERRUPTED, CtrlC
+from shoal.cli.interrupt import EXIT_INTERRUPTED, Cancellable, CtrlC
 from shoal.cli.live import LivePause
 from shoal.cli.render import announce
 from shoal.cli.safe import one_line, safe_str
@@ -252,33 +252,9 @@ async def _drive(agent: Agent[Any], options: AgentOptions, sinks: list[Any], con
                              run_id=journal.run_id if journal is not None else None,
                              resume=options.resume, force=options.force)
     except BaseException:
-        if journal is not None and not options.resume:  # never end a live run's record
-            journal.end(None, False)
-        await runtime.aclose()
+        await _abandon(runtime, journal, options.resume)
         raise
-    if journal is not None:
-        announce(journal.run_id, options.resume, getattr(journal.store, "path", "the store"))
-    beating = (asyncio.ensure_future(journal.beat(lambda why: handle.cancel(reason=why)))
-               if journal is not None else None)  # shoal cancel RUN from another process
-    result: AgentResult[Any] | None = None
-    interrupted = False
-    try:
-        with CtrlC(handle) as ctrl_c:
-            try:
-                result = await (_follow(handle, handle.run_id, console, view, options.pause)
-                                if live else handle)
-                interrupted = ctrl_c.interrupted
-                return result, None, interrupted
-            except (AgentError, ModelError) as exc:
-                result, interrupted = getattr(exc, "result", None), ctrl_c.interrupted
-                return result, exc, interrupted
-    finally:
-        if beating is not None:
-            beating.cancel()
-            await asyncio.gather(beating, return_exceptions=True)
-        if journal is not None:
-            journal.end(result, interrupted)
-        await runtime.aclose()
+    return await _watch(handle, handle, handle.run_id, options, runtime, console, view, live)
 
 
 async def _drive_composition(composed: Composed, options: AgentOptions, sinks: list[Any],
@@ -311,6 +287,18 @@ async def _drive_composition(composed: Composed, options: AgentOptions, sinks: l
     except BaseException:
         await _abandon(runtime, journal, options.resume)
         raise
+    return await _watch(run, run.wait(), run_id, options, runtime, console, view, live)
+
+
+async def _watch(run: Cancellable, result_of: Awaitable[AgentResult[Any]], run_id: str,
+                 options: AgentOptions, runtime: Runtime, console: Console, view: AgentTree,
+                 live: bool) -> tuple[AgentResult[Any] | None, BaseException | None, bool]:
+    """Follow a started agent or composition to its end; close the runtime after.
+
+    The live tree (or nothing), Ctrl-C, and the journal's heartbeat, which also brings
+    ``shoal cancel`` from another process.
+    """
+    journal = options.journal
     if journal is not None:
         announce(journal.run_id, options.resume, getattr(journal.store, "path", "the store"))
     beating = (asyncio.ensure_future(journal.beat(lambda why: run.cancel(reason=why)))
@@ -319,11 +307,14 @@ async def _drive_composition(composed: Composed, options: AgentOptions, sinks: l
     interrupted = False
     try:
         with CtrlC(run) as ctrl_c:
-            waiting = run.wait()
-            result = await (_follow(waiting, run_id, console, view, options.pause) if live
-                            else waiting)
-            interrupted = ctrl_c.interrupted
-            return result, result.error if not result.ok else None, interrupted
+            try:
+                result = await (_follow(result_of, run_id, console, view, options.pause)
+                                if live else result_of)
+                interrupted = ctrl_c.interrupted
+                return result, None if result.ok else result.error, interrupted
+            except (AgentError, ModelError) as exc:
+                result, interrupted = getattr(exc, "result", None), ctrl_c.interrupted
+                return result, exc, interrupted
     finally:
         if beating is not None:
             beating.cancel()
