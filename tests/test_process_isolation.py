@@ -11,7 +11,7 @@
 import asyncio
 import json
 import os
-import random
+import secrets
 import shutil
 import signal
 import subprocess
@@ -125,7 +125,9 @@ def sleeps(token: str) -> list[psutil.Process]:
 @pytest.fixture
 def token() -> Iterator[str]:
     """A unique ``sleep`` duration, to find the tool's detached processes by; kills leftovers."""
-    value = f"300.{random.randrange(10**9)}"
+    # not the random module: a seeded one (hypothesis seeds it) would give two test runs on
+    # one machine the same token, and one run's cleanup would kill the other's sleep
+    value = f"300.{secrets.randbelow(10**9)}"
     yield value
     for proc in sleeps(value):  # a failing test must not leave them behind
         proc.kill()
@@ -291,7 +293,7 @@ def test_a_tool_holding_the_callers_pipe_does_not_keep_it_open(token: str) -> No
 
 def look_for_secret(sandbox: str) -> dict[str, Any]:
     """Run a parent with a secret in its environment; a tool looks for it in ``/proc``."""
-    secret = f"sk-{random.randrange(10**12)}"
+    secret = f"sk-{secrets.randbelow(10**12)}"
     script = textwrap.dedent(f"""
         import json, os, sys
         sys.path.insert(0, {str(ROOT)!r})
