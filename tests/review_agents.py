@@ -8,55 +8,11 @@ The tests drive this one with a scripted model, over the example's papers.
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
+from examples.literature_review.agents import PAPERS, read_paper, search_papers
 
 import shoal
 
-PAPERS = Path(__file__).resolve().parent.parent / "examples" / "literature_review" / "papers"
-
-
-def _paper(paper_id: str) -> Path:
-    # Lenient on purpose: small models write "paper p3", "P3" or "p3.md" for "p3".
-    found = re.search(r"p\d+", paper_id.lower())
-    path = PAPERS / f"{found.group(0) if found else '?'}.md"
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in PAPERS.glob("*.md")))
-        raise ValueError(f"no paper {paper_id!r}; the papers are: {known}")
-    return path
-
-
-@shoal.tool(timeout=5)
-def list_papers() -> list[dict[str, str]]:
-    """List the papers in the collection: id, title, year and topic of each."""
-    found = []
-    for path in sorted(PAPERS.glob("*.md")):
-        lines = path.read_text(encoding="utf-8").splitlines()
-        fields = dict(line.split(": ", 1) for line in lines[1:3])
-        found.append({"id": path.stem, "title": lines[0].lstrip("# "), **fields})
-    return found
-
-
-@shoal.tool(timeout=5, reads="paper:{paper_id}")
-def read_paper(paper_id: str) -> str:
-    """Read the full text of one paper.
-
-    Args:
-        paper_id: the paper's id, such as "p1" (list_papers gives them).
-    """
-    return _paper(paper_id).read_text(encoding="utf-8")
-
-
-@shoal.tool(timeout=5)
-def search_papers(query: str) -> list[str]:
-    """Find papers whose text mentions every word of the query; returns their ids.
-
-    Args:
-        query: one or more words, e.g. "retry".
-    """
-    words = [w.lower() for w in query.split()]
-    return [p.stem for p in sorted(PAPERS.glob("*.md"))
-            if all(w in p.read_text(encoding="utf-8").lower() for w in words)]
+__all__ = ["PAPERS", "lead", "reader", "search_papers"]  # PAPERS: a name that is no agent
 
 
 reader = shoal.Agent(
