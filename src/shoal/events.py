@@ -34,6 +34,7 @@ __all__ = [
     "NodeRetrying",
     "NodeSkipped",
     "NodeStarted",
+    "PlanCallParsed",
     "RunFinished",
     "RunStarted",
     "ToolCallRejected",
@@ -212,6 +213,22 @@ class ToolCallRejected(Event):
     call_id: str
     tool: str
     error: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlanCallParsed(Event):
+    """A planner's model has written one call of its plan (``mode="plan"``).
+
+    Sent the moment the call's line is read from the streaming reply, before the call is
+    checked or started. ``run_id`` and ``time`` are those of the plan's own run, the clock of
+    its calls' :class:`NodeStarted` and :class:`NodeFinished` events and outcomes, so the gap
+    between a call being written and it starting can be read off directly. ``node_id`` is the
+    call's number in the plan.
+    """
+
+    agent: str
+    node_id: str
+    tool: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

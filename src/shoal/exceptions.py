@@ -38,6 +38,8 @@
     └── AgentError                  an agent run could not finish; ``.result`` holds it so far
         ├── BudgetExceeded          a budget of the run's tree ran out; ``.limit`` names it
         ├── MaxTurnsExceeded        the agent used all its turns without a final answer
+        ├── MaxReplansExceeded      a planner's joiner asked for more new plans than
+        │                           ``max_replans`` allows
         └── OutputValidationError   the final answer did not fit ``output_type``, after retries
 
 Errors raised *by tools* are never wrapped in this tree: they are recorded as a ``failed``
@@ -63,6 +65,7 @@ __all__ = [
     "BudgetExceeded",
     "ExecutorError",
     "JournalDamagedError",
+    "MaxReplansExceeded",
     "MaxTurnsExceeded",
     "MissingAPIKeyError",
     "MissingDependencyError",
@@ -545,6 +548,10 @@ class BudgetExceeded(AgentError):
 
 class MaxTurnsExceeded(AgentError):
     """The agent used ``max_turns`` model turns without giving a final answer."""
+
+
+class MaxReplansExceeded(AgentError):
+    """A planner (``mode="plan"``) was asked for a new plan more than ``max_replans`` times."""
 
 
 class OutputValidationError(AgentError):

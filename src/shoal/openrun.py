@@ -22,7 +22,7 @@ from collections.abc import Generator, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from shoal.exceptions import PlanError, UpstreamFailedError
+from shoal.exceptions import PlanError, PlanProblem, UpstreamFailedError
 from shoal.outcome import Outcome, RunResult
 from shoal.plan import Callee, MapSpec, Node, Plan, Ref, _item_arg, as_tool
 
@@ -93,6 +93,15 @@ class OpenRun:
         return self._insert(self._plan.make_node(
             resolved, {**args, chosen: over}, after=after, node_id=node_id,
             map_spec=MapSpec(chosen, partial)))
+
+    def problems(self, tool: Callee, args: Mapping[str, Any] | None = None, *,
+                 node_id: str) -> list[PlanProblem]:
+        """What would refuse this call if it were added now (empty: it fits); adds nothing.
+
+        For a caller that must reserve something (a budget's slot) only for calls that fit.
+        """
+        node = self._plan.make_node(tool, args, node_id=node_id)
+        return self._plan.node_problems(node)
 
     def _insert(self, node: Node) -> Ref:
         if self._closed:

@@ -80,6 +80,10 @@ class RunHandle:
         """Whether the run has ended."""
         return self._task.done()
 
+    def now(self) -> float:
+        """Seconds since the run started, on the clock of its events' and outcomes' times."""
+        return self._driver.now()
+
     def cancel(self, node: Ref | str | Iterable[Ref | str] | None = None, *,
                reason: str = "cancelled by the user") -> None:
         """Cancel one node, several, or (with no argument) the whole run.

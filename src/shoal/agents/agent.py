@@ -15,7 +15,7 @@ import functools
 import re
 from collections.abc import Callable, Coroutine, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic
+from typing import TYPE_CHECKING, Any, Generic, Literal, get_args
 
 import pydantic
 from typing_extensions import TypeVar
@@ -48,6 +48,10 @@ __all__ = ["Agent", "AgentHandle"]
 #: ``agent = shoal.Agent(...)`` needs no annotation under a strict type checker.
 T = TypeVar("T", default=str)
 
+
+#: How an agent works: ``"tools"`` (each turn's tool calls run as they are asked for) or
+#: ``"plan"`` (the model writes a whole plan of calls first; see :mod:`shoal.agents.planner`).
+AgentMode = Literal["tools", "plan"]
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # what OpenAI and Anthropic accept as tool names
 
@@ -96,6 +100,17 @@ class Agent(Generic[T]):
             default: on for models whose stream reports each call as it completes,
             :attr:`~shoal.models.base.Model.streams_tool_calls`). Results still go back in
             the order asked; ``False`` turns it off.
+        mode: ``"tools"`` (the default): each model turn asks for tool calls and sees their
+            results, until it answers. ``"plan"``: the LLMCompiler-style planner (see
+            :mod:`shoal.agents.planner`): the model writes a whole plan of numbered calls
+            (``$N`` refers to call N's result), each call starts as soon as its line is
+            read and its inputs are done, and a joiner turn then reads the results and
+            either answers or asks for a new plan. Tools and subagents can both be called
+            from a plan.
+        max_replans: in ``mode="plan"``, how many new plans the joiner may ask for after
+            the first (each new plan can use the finished results of the earlier ones); a
+            joiner asking for more ends the run with
+            :class:`~shoal.exceptions.MaxReplansExceeded`.
     """
 
     name: str
@@ -111,6 +126,8 @@ class Agent(Generic[T]):
     budget: Budget | None = None
     tool_error_format: ToolErrorFormat | None = None
     stream_dispatch: bool | None = None
+    mode: AgentMode = "tools"
+    max_replans: int = 2
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -147,9 +164,19 @@ class Agent(Generic[T]):
         if clashes:
             raise ConfigError(f"agent {self.name!r} has several tools or subagents named "
                               f"{clashes}; names must be unique")
+        self._check_mode()
+
+    def _check_mode(self) -> None:
+        modes = get_args(AgentMode)
+        if not isinstance(self.mode, str) or self.mode not in modes:
+            raise ConfigError(f"agent {self.name!r}: mode must be one of "
+                              f"{', '.join(map(repr, modes))}, got {self.mode!r}")
+        if self.mode == "plan" and not self.tools_by_name:
+            raise ConfigError(f"agent {self.name!r}: a planner (mode='plan') needs tools to "
+                              "plan with: give it tools= or subagents=")
 
     def _check_counts(self) -> None:
-        for name, least in (("max_turns", 1), ("output_retries", 0)):
+        for name, least in (("max_turns", 1), ("output_retries", 0), ("max_replans", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ConfigError(f"agent {self.name!r}: {name} must be a whole number, "

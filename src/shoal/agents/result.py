@@ -57,6 +57,7 @@ class AgentResult(Generic[T]):
     duration: float = 0.0
     board: dict[str, Any] | None = None
     conflicts: list[BoardConflict] = field(default_factory=list)
+    plans: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -90,6 +91,7 @@ class AgentResult(Generic[T]):
                        "arguments": c.call.arguments, "result": c.message.content}
                       for c in self.calls],
             "children": [c.to_dict() for c in self.children],
+            **({"plans": list(self.plans)} if self.plans else {}),
             **({} if self.board is None else {
                 "board": jsonable(self.board),
                 "conflicts": [jsonable(c.to_dict()) for c in self.conflicts]}),

@@ -18,6 +18,7 @@ import asyncio
 import copy
 import hashlib
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
@@ -99,6 +100,7 @@ class ConversationDigest:
         """The request's digest; ``request.messages`` extends the previous request's."""
         if self._fixed is None:
             fixed = canonical({"instructions": request.instructions, "tools": request.tools,
+                               "plan_tools": request.plan_tools,
                                "settings": request.settings,
                                "output_schema": request.output_schema,
                                "lineage": request.lineage})
@@ -127,6 +129,9 @@ def _encoded(data: Any) -> bytes:
     return json.dumps(data, sort_keys=True, separators=(",", ":")).encode(
         "utf-8", "surrogatepass")
 
+
+#: Reads one streamed model reply (the planner's, as plan text arrives).
+Reader = Callable[[ModelRequest], Awaitable[ModelResponse]]
 
 # Idempotent: asking a model again has no side effect, so a turn in flight at a crash is
 # simply asked again on resume.
@@ -181,6 +186,10 @@ class AgentRun:
         return self.result
 
     async def _turns(self) -> Any:
+        if self.agent.mode == "plan":
+            from shoal.agents.planner import Planner  # only planners need it
+
+            return await Planner(self).run()
         agent, messages = self.agent, self.result.messages
         messages.append(UserMessage(self.result.prompt))
         output_retries = 0
@@ -221,16 +230,31 @@ class AgentRun:
                                             else spec.retry_prompt(str(exc))))
 
     async def _ask(self, stream: CallStream | None = None) -> ModelResponse:
-        ctx, agent = self.ctx, self.agent
-        ctx.tracker.start_request(self.lineage)
-        self.result.turns += 1
+        agent = self.agent
+        self.start_turn()
         request = ModelRequest(
             instructions=agent.full_instructions, messages=tuple(self.result.messages),
             tools=agent.tool_specs, settings=agent.settings,
             output_schema=agent.output_spec.schema if agent.output_spec else None,
             lineage=self.lineage)
+        return await self.answer(request, stream)
+
+    def start_turn(self) -> None:
+        """Charge one model request to the budget and count it as this agent's turn."""
+        self.ctx.tracker.start_request(self.lineage)
+        self.result.turns += 1
+
+    async def answer(self, request: ModelRequest, stream: CallStream | None = None, *,
+                     read: Reader | None = None, digest: str | None = None) -> ModelResponse:
+        """Ask the model for this turn (see :meth:`_model_step`); count its usage and say so.
+
+        ``read`` streams the reply itself (the planner reads plan text as it arrives);
+        ``digest`` replaces the conversation digest, for requests whose messages do not
+        extend the previous request's.
+        """
+        ctx, agent = self.ctx, self.agent
         began = ctx.now()
-        response = await self._model_step(request, stream)
+        response = await self._model_step(request, stream, read=read, digest=digest)
         usage = response.usage if response.usage.requests else _one_request(response.usage)
         self.result.own_usage = self.result.own_usage + usage
         if ctx.observed:
@@ -243,8 +267,9 @@ class AgentRun:
         ctx.tracker.add_usage(usage, self.lineage)
         return response
 
-    async def _model_step(self, request: ModelRequest,
-                          stream: CallStream | None = None) -> ModelResponse:
+    async def _model_step(self, request: ModelRequest, stream: CallStream | None = None, *,
+                          read: Reader | None = None, digest: str | None = None,
+                          ) -> ModelResponse:
         """Ask the model, as a one-node run through the runtime.
 
         Running the request as a node puts the turn in the runtime's journal (the request's
@@ -266,6 +291,8 @@ class AgentRun:
             try:
                 # a private copy per attempt, as the runtime gives any call: the model may
                 # change it freely; the messages inside are immutable, shared, never copied
+                if read is not None:
+                    return await read(copy.deepcopy(request))
                 if stream is not None:
                     return await self._streamed(copy.deepcopy(request), stream)
                 return await gate.request(model, copy.deepcopy(request),
@@ -275,7 +302,8 @@ class AgentRun:
                 raise
 
         plan = Plan(name=f"{self.lineage} model turn {turn}")
-        node = plan.add(_MODEL_TURN.bound_to(ask), {"request_digest": self._digest.of(request)},
+        digest = digest if digest is not None else self._digest.of(request)
+        node = plan.add(_MODEL_TURN.bound_to(ask), {"request_digest": digest},
                         node_id=f"model#{turn}")
         outcome = (await self._step(plan, f"model-{turn}"))[node]
         if outcome.status == "ok":

@@ -23,6 +23,16 @@ pause, so on the virtual clock of :mod:`shoal.testing` the stream takes exactly 
 time. :meth:`ScriptedModel.request` answers after the pauses' total, so a streamed and a plain
 request of one step take equally long.
 
+To stream text as a model does, token by token, give a rate::
+
+    ScriptedModel(steps, tokens_per_second=80.0, first_token=0.5)
+
+Each text item then streams in pieces of :data:`CHARS_PER_TOKEN` characters (about one token
+each), the first ``first_token`` seconds after the request and each next one
+``1 / tokens_per_second`` seconds after the one before, on whatever clock runs the loop (the
+virtual clock makes the timing exact). Without ``tokens_per_second`` a text item streams in one
+piece, at once.
+
 When several agents share one scripted model and run at once (parallel subagents, one agent
 run twenty times), the order of their requests is up to the event loop. Then give one script
 per conversation with :meth:`ScriptedModel.per_prompt`: each request is answered from the
@@ -86,6 +96,9 @@ Step = str | ModelResponse | Sequence[ToolCall | str | Pause] | Callable[[ModelR
 
 _ids = itertools.count(1)
 
+#: Characters per streamed piece with ``ScriptedModel(tokens_per_second=...)``: about a token.
+CHARS_PER_TOKEN = 4
+
 
 def call(name: str, /, *, raw_arguments: str | None = None, call_id: str | None = None,
          **arguments: Any) -> ToolCall:
@@ -106,6 +119,10 @@ class ScriptedModel(Model):
         latency: seconds each request takes (to make turns overlap in tests).
         usage: the usage reported per request (default: a rough count of characters / 4); a
             ``ModelResponse`` step with its own usage (``requests`` > 0) reports that instead.
+        tokens_per_second: stream text token by token at this rate (see the module
+            docstring); ``None`` (the default): each text item in one piece.
+        first_token: seconds from a request to its first streamed item (time to first
+            token), after ``latency``.
     """
 
     streams_tool_calls = True
@@ -119,9 +136,22 @@ class ScriptedModel(Model):
             cls.streams_tool_calls = False
 
     def __init__(self, steps: Sequence[Step] = (), *, name: str = "scripted",
-                 latency: float = 0.0, usage: Usage | None = None) -> None:
+                 latency: float = 0.0, usage: Usage | None = None,
+                 tokens_per_second: float | None = None, first_token: float = 0.0) -> None:
+        if tokens_per_second is not None and (
+                isinstance(tokens_per_second, bool)
+                or not isinstance(tokens_per_second, (int, float))
+                or not math.isfinite(tokens_per_second) or tokens_per_second <= 0):
+            raise ValueError(f"tokens_per_second must be a positive number (or None), got "
+                             f"{tokens_per_second!r}")
+        if (isinstance(first_token, bool) or not isinstance(first_token, (int, float))
+                or not math.isfinite(first_token) or first_token < 0):
+            raise ValueError(f"first_token must be a finite number of seconds >= 0, got "
+                             f"{first_token!r}")
         self.name = name
         self.latency = latency
+        self.tokens_per_second = tokens_per_second
+        self.first_token = float(first_token)
         self._usage = usage
         self._steps = list(steps)
         self._next = 0
@@ -150,6 +180,8 @@ class ScriptedModel(Model):
         played = step(request) if callable(step) else step
         response = self._response(played, request)
         waited = sum(item.seconds for item in _items(played) if isinstance(item, Pause))
+        texts = [i for i in _items(played) if isinstance(i, str)] or [response.text]
+        waited += self.first_token + self._token_time(texts)
         if waited:
             await asyncio.sleep(waited)
         return response
@@ -171,17 +203,37 @@ class ScriptedModel(Model):
         if not items:  # a str or ModelResponse step: text first, then the calls
             items = [response.text, *response.tool_calls] if response.text else [
                 *response.tool_calls]
-        index = 0
+        if self.first_token:
+            await asyncio.sleep(self.first_token)
+        index, tokens = 0, 0
         for item in items:
             if isinstance(item, Pause):
                 await asyncio.sleep(item.seconds)
             elif isinstance(item, str):
-                if item:
-                    yield TextDelta(item)
+                for piece in self._pieces(item):
+                    if tokens and self.tokens_per_second is not None:
+                        await asyncio.sleep(1.0 / self.tokens_per_second)
+                    tokens += 1
+                    yield TextDelta(piece)
             else:
                 yield ToolCallDone(index, response.tool_calls[index])
                 index += 1
         yield ResponseDone(response)
+
+    def _pieces(self, text: str) -> list[str]:
+        """``text`` as streamed: token-sized pieces with a rate, else in one piece."""
+        if not text:
+            return []
+        if self.tokens_per_second is None:
+            return [text]
+        return [text[i:i + CHARS_PER_TOKEN] for i in range(0, len(text), CHARS_PER_TOKEN)]
+
+    def _token_time(self, texts: list[str]) -> float:
+        """Seconds from the first streamed piece of ``texts`` to the last, at the rate."""
+        tokens = sum(len(self._pieces(text)) for text in texts)
+        if self.tokens_per_second is None or not tokens:
+            return 0.0
+        return (tokens - 1) / self.tokens_per_second
 
     def _step_for(self, request: ModelRequest) -> Step:
         if self._scripts is None:
