@@ -591,3 +591,103 @@ def test_a_planner_over_the_anthropic_protocol() -> None:
     assert [r.status for r in result.calls] == ["ok"] * 3
     assert result.plans == [WIRE_PLAN]
     assert bodies[0].get("stream") is True and "tools" not in bodies[0]
+
+
+def test_a_planner_model_failing_mid_plan_cancels_the_started_calls() -> None:
+    class Fails(Model):
+        name = "fails"
+        streams_tool_calls = True
+
+        async def request(self, request: ModelRequest) -> ModelResponse:
+            raise AssertionError("the plan is streamed")
+
+        async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
+            yield TextDelta('1. fetch("a", 10)\n2. fetch("b", 0.1)\n')
+            await asyncio.sleep(0.5)
+            raise ModelHTTPError(self.name, "bad request", 400)
+
+    agent = shoal.Agent(name="planner", model=Fails(), tools=[fetch], mode="plan")
+
+    async def main() -> tuple[BaseException, float]:
+        loop = asyncio.get_running_loop()
+        with pytest.raises(shoal.ModelError) as caught:
+            await agent.run("go")
+        return caught.value, loop.time()
+
+    error, ended = run_virtual(main())
+    assert ended < 1  # the 10 s call did not keep the run waiting
+    result = error.result  # type: ignore[attr-defined]
+    assert [r.status for r in result.calls] == ["cancelled", "ok"]
+    assert "model turn" in (result.calls[0].outcome.reason or "")
+
+
+def test_cancelling_a_planner_while_its_plan_streams() -> None:
+    model = ScriptedModel(['1. fetch("a", 10)\n2. fetch("b", 10)\n' + "Thought: x\n" * 100
+                           + '3. fetch("c", 1)\n4. join()'], tokens_per_second=10.0)
+    agent = shoal.Agent(name="planner", model=model, tools=[fetch], mode="plan")
+
+    async def main() -> tuple[Res, float]:
+        loop = asyncio.get_running_loop()
+        handle = agent.start("go")
+        await asyncio.sleep(5)  # two calls run; the plan is still being written
+        handle.cancel(reason="enough")
+        with pytest.raises(shoal.AgentError) as caught:
+            await handle
+        return caught.value.result, loop.time()  # type: ignore[attr-defined]
+
+    result, ended = run_virtual(main())
+    assert ended == pytest.approx(5.0)
+    assert result.status == "cancelled"
+    assert [r.status for r in result.calls] == ["cancelled", "cancelled"]
+    assert result.plans == []  # the reply never ended
+
+
+def test_tools_mode_requests_are_digested_as_before() -> None:
+    from shoal.agents.run import ConversationDigest
+
+    request = ModelRequest("be brief", ())
+    planned = ModelRequest("be brief", (), plan_tools=shoal.Agent(
+        name="a", model=ScriptedModel([]), tools=[fetch]).tool_specs)
+    assert ConversationDigest().of(request) != ConversationDigest().of(planned)
+    assert isinstance(planned.plan_tools, tuple)
+    # the digest an earlier shoal journaled for this request: resume still matches it
+    assert ConversationDigest().of(request) == "f36f34f97de66ec34d3fa9922b315851"
+
+
+def test_an_empty_plan_can_be_replanned_over_the_wire_and_a_join_tool_is_a_tool() -> None:
+    from tests.conftest import arun
+    from tests.wire import OpenAIWireServer, text_reply
+
+    @shoal.tool
+    def join(parts: list[str]) -> str:
+        """Join parts."""
+        return "-".join(parts)
+
+    replies = [text_reply(""), text_reply("Action: Replan(write a plan)"),
+               text_reply('1. join(["a", "b"])\n2. join([$1, "c"])\n<END_OF_PLAN>\n3. join([])'),
+               text_reply("Action: Finish(a-b-c)")]
+    with OpenAIWireServer(replies) as server:
+        model = server.model()
+        agent = shoal.Agent(name="planner", model=model, tools=[join], mode="plan")
+
+        async def main() -> Res:
+            try:
+                return await agent.run("join things")
+            finally:
+                await model.aclose()
+
+        result = arun(main())
+        assert not server.errors
+        bodies = server.bodies
+    assert result.output == "a-b-c"
+    assert [(r.call.id, r.message.content) for r in result.calls] == [("1", "a-b"),
+                                                                       ("2", "a-b-c")]
+    assert "<END_OF_PLAN>" in str(bodies[0]["messages"][0]["content"])
+    assert bodies[2]["messages"][2] == {"role": "assistant", "content": "(no plan)"}
+
+
+def test_a_planner_counts_its_turns_against_max_turns() -> None:
+    model = ScriptedModel(['1. fetch("a", 0)\n2. join()', "Action: Replan(again)"])
+    agent = shoal.Agent(name="planner", model=model, tools=[fetch], mode="plan", max_turns=2)
+    with pytest.raises(shoal.MaxTurnsExceeded, match="2 turns"):
+        run_virtual(agent.run("go"))

@@ -468,9 +468,11 @@ class Planner:
                     f"agent {self.lineage}'s joiner asked for a new plan after "
                     f"{agent.max_replans} replan(s): {text[:300]}; raise max_replans "
                     f"(now {agent.max_replans}) or give the planner better tools")
-            planning += [AssistantMessage(_sendable(round_.text)), UserMessage(_sendable(
-                f"{_observations([round_])}\n\nThe joiner asked for a new plan: "
-                f"{text}\n\n{_replan_note(calls.next_id)}"))]
+            said = (f"{_observations([round_])}\n\nThe joiner asked for a new plan: {text}"
+                    f"\n\n{_replan_note(calls.next_id)}")
+            # providers refuse an empty assistant message: a plan of nothing says so
+            planning += [AssistantMessage(_sendable(round_.text) or "(no plan)"),
+                         UserMessage(_sendable(said))]
 
     def _check_turns(self) -> None:
         agent = self.agent
@@ -529,7 +531,7 @@ class Planner:
                         f"{agent.output_retries} retries: {exc}") from None
                 again = ("Your answer was empty." if spec is None
                          else spec.retry_prompt(str(exc)))
-                messages += [AssistantMessage(response.text),
+                messages += [AssistantMessage(_sendable(response.text) or "(empty)"),
                              UserMessage(f"{again} Reply with Action: Finish(<the answer>).")]
 
     def _joiner_text(self) -> str:

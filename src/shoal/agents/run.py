@@ -99,11 +99,12 @@ class ConversationDigest:
     def of(self, request: ModelRequest) -> str:
         """The request's digest; ``request.messages`` extends the previous request's."""
         if self._fixed is None:
-            fixed = canonical({"instructions": request.instructions, "tools": request.tools,
-                               "plan_tools": request.plan_tools,
-                               "settings": request.settings,
-                               "output_schema": request.output_schema,
-                               "lineage": request.lineage})
+            parts = {"instructions": request.instructions, "tools": request.tools,
+                     "settings": request.settings, "output_schema": request.output_schema,
+                     "lineage": request.lineage}
+            if request.plan_tools:  # only then: other requests keep the digests they had
+                parts["plan_tools"] = request.plan_tools
+            fixed = canonical(parts)
             self._fixed = _encoded(fixed)
         messages = request.messages
         for message in messages[self._hashed:]:
