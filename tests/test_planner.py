@@ -691,3 +691,60 @@ def test_a_planner_counts_its_turns_against_max_turns() -> None:
     agent = shoal.Agent(name="planner", model=model, tools=[fetch], mode="plan", max_turns=2)
     with pytest.raises(shoal.MaxTurnsExceeded, match="2 turns"):
         run_virtual(agent.run("go"))
+
+
+def test_literals_json_cannot_hold_do_not_end_the_agent() -> None:
+    @shoal.tool
+    def keys(mapping: dict[Any, int]) -> int:
+        """Count keys."""
+        return len(mapping)
+
+    model = ScriptedModel(['1. keys({(1, 2): 3})\n2. keys(mapping={1: 2}, extra={(3,): 4})'
+                           '\n3. nosuch({(5,): 6})\n4. join()', FINISH.format("checked")])
+    agent = shoal.Agent(name="planner", model=model, tools=[keys], mode="plan")
+    result = run_virtual(agent.run("go"))
+    assert result.output == "checked"
+    assert [r.status for r in result.calls] == ["ok", "rejected", "rejected"]
+    assert "(1, 2)" in result.calls[0].call.arguments
+    assert "unexpected argument 'extra'" in result.calls[1].message.content
+
+
+def test_a_later_plan_listing_a_finished_call_again_reuses_it() -> None:
+    ran: Counter[str] = Counter()
+
+    @shoal.tool
+    def step(name: str) -> str:
+        """One step."""
+        ran[name] += 1
+        return name
+
+    first = '1. step("a")\n2. join()'
+    second = '1. step("a")\n2. step(name=$1)\n3. join()'  # restates 1 as it was
+    model = ScriptedModel([first, "Action: Replan(more)", second, "Action: Finish(ok)"])
+    agent = shoal.Agent(name="planner", model=model, tools=[step], mode="plan")
+    result = run_virtual(agent.run("go"))
+    assert ran == {"a": 2}  # 1 once, 2 once
+    assert [(r.call.id, r.status) for r in result.calls] == [("1", "ok"), ("2", "ok")]
+    joiner = model.requests[3].messages[0].content  # type: ignore[union-attr]
+    assert joiner.count('1. step({"name": "a"}) -> ok: a') == 2  # in both plans' results
+
+
+def test_plan_calls_that_write_the_same_key_run_one_after_the_other() -> None:
+    spans: dict[str, tuple[float, float]] = {}
+
+    @shoal.tool(writes="file:{path}")
+    async def write(path: str, text: str) -> str:
+        """Write a file."""
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        await asyncio.sleep(1.0)
+        spans[text] = (began, loop.time())
+        return path
+
+    model = ScriptedModel(['1. write("a.txt", "one")\n2. write("b.txt", "two")\n'
+                           '3. write("a.txt", "three")\n4. join()', FINISH.format("written")])
+    agent = shoal.Agent(name="planner", model=model, tools=[write], mode="plan")
+    result = run_virtual(agent.run("write"))
+    assert result.output == "written"
+    assert spans["three"][0] >= spans["one"][1]  # same file: in plan order
+    assert spans["two"][0] < spans["one"][1]  # another file: alongside

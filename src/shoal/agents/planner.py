@@ -41,6 +41,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import json
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -87,6 +88,8 @@ if TYPE_CHECKING:
     from shoal.tools import Tool
 
 __all__ = ["Planner", "join_action", "plan_prompt", "tool_signature"]
+
+log = logging.getLogger("shoal")
 
 #: The most characters of observations one joiner or replanning request holds.
 MAX_OBSERVATION_CHARS = 4 * MAX_RESULT_CHARS
@@ -255,6 +258,7 @@ class _PlanCalls:
         self.calls: dict[str, ToolCall] = {}  # node id -> the call as recorded
         self.written: dict[str, str] = {}  # node id -> the call's text, for calls started
         self.numbers: set[str] = set()  # every number a plan has used, started or not
+        self.reported: set[str] = set()  # node ids whose records are in the agent's calls
         ctx = agent_run.ctx
         sink = _sink(ctx.emit if ctx.observed else None, agent_run.lineage, self.lineages)
         self.run: OpenRun = agent_run._open_step("plan", sink)
@@ -288,7 +292,12 @@ class _PlanCalls:
         except PlanError as exc:
             self._reject(round_, call, _problems(exc.problems))
             return
-        problems = self.run.problems(tool, args, node_id=call.id)
+        try:
+            problems = self.run.problems(tool, args, node_id=call.id)
+        except Exception as exc:  # a literal no check foresaw: refused, never the agent's end
+            log.exception("%s: checking plan step %s failed", self.agent_run.lineage, call.id)
+            problems = [PlanProblem("bad_arguments", f"the arguments cannot be checked: "
+                                    f"{type(exc).__name__}: {exc}", call.id)]
         if problems:
             self._reject(round_, call, _problems(problems), tool.name, args)
             return
@@ -345,12 +354,19 @@ class _PlanCalls:
         round_.entries.append(record)
         self.agent_run._rejected(record)
 
-    async def wait(self, round_: _Round) -> list[CallRecord]:
-        """Wait for the round's calls to end; return its records in plan order."""
+    async def wait(self, round_: _Round) -> None:
+        """Wait for the round's calls to end; record them (in plan order) on the result."""
         if round_.records is None:
             outcomes = {node_id: await self.run.wait(node_id) for node_id in round_.node_ids}
-            round_.records = self._records(round_, outcomes)
-        return round_.records
+            self._settle(round_, outcomes)
+
+    def _settle(self, round_: _Round, outcomes: Mapping[str, Any]) -> None:
+        round_.records = self._records(round_, outcomes)
+        # a call an earlier plan started and this one lists again is in the calls once
+        fresh = [r for r in round_.records
+                 if r.outcome is None or r.call.id not in self.reported]
+        self.reported.update(r.call.id for r in fresh if r.outcome is not None)
+        self.agent_run.result.calls.extend(fresh)
 
     def _records(self, round_: _Round, outcomes: Mapping[str, Any]) -> list[CallRecord]:
         records: list[CallRecord | None] = []
@@ -386,9 +402,8 @@ class _PlanCalls:
         finally:
             self.agent_run._untrack_phase()
         if round_ is not None and round_.records is None:
-            partial = {n: result.outcomes[n] for n in round_.node_ids if n in result.outcomes}
-            round_.records = self._records(round_, partial)
-            self.agent_run.result.calls.extend(round_.records)
+            self._settle(round_, {n: result.outcomes[n] for n in round_.node_ids
+                                  if n in result.outcomes})
         if cancelled and reason is None:  # cancelled while the last calls were collected
             raise asyncio.CancelledError
 
@@ -412,12 +427,24 @@ def _raw_args(call: ParsedCall) -> dict[str, Any]:
 
 def _arguments(args: Mapping[str, Any]) -> str:
     """The arguments as JSON, refs written ``$N`` as in the plan."""
-    return json.dumps(args, default=repr)
+    return _json(dict(args))
 
 
 def _call_text(call: ParsedCall) -> str:
     """The call as written, normalized: equal calls give equal text."""
-    return f"{call.tool}({json.dumps([list(call.args), call.kwargs], default=repr)})"
+    return f"{call.tool}({_json([list(call.args), call.kwargs])})"
+
+
+def _json(value: Any) -> str:
+    """``value`` as JSON where it can be, else its repr (a plan's literals can be neither).
+
+    A literal such as ``{(1, 2): 3}`` has keys JSON cannot hold; what is written here is only
+    shown and compared, never parsed back.
+    """
+    try:
+        return json.dumps(value, default=repr)
+    except (TypeError, ValueError, RecursionError):
+        return repr(value)
 
 
 # ---- the loop ---------------------------------------------------------------------------------
@@ -456,8 +483,7 @@ class Planner:
             self.rounds.append(round_)
             first_id = calls.next_id
             await self._plan(calls, round_, planning, first_id)
-            records = await calls.wait(round_)
-            self.agent_run.result.calls.extend(records)
+            await calls.wait(round_)
             ctx.check(self.lineage)
             last = len(self.rounds) > agent.max_replans
             action, text = await self._join(last)
