@@ -1,6 +1,7 @@
 """A planner whose process is killed while a slow call of its plan runs.
 
-``python -m tests.planner_crash STORE RUN_ID crash|resume LOG``: the plan notes ``a`` and
+``python -m tests.planner_crash STORE RUN_ID MODE LOG``, MODE one of ``crash``, ``resume``,
+``crash-streaming``, ``resume-streaming``: the plan notes ``a`` and
 ``b``, then ``slow`` (which needs both) SIGKILLs the process in ``crash`` mode once they are
 journaled; the last note needs ``slow``. In ``resume`` mode the run is continued from the
 journal: the planner's turn must be replayed, and only the joiner is asked. Every call
@@ -44,20 +45,32 @@ def note(text: str) -> str:
 def slow(parts: list[str]) -> str:
     """Join the parts slowly; in crash mode the process dies meanwhile."""
     _log("slow")
-    if MODE == "crash":
+    if MODE.startswith("crash"):
         time.sleep(1.0)  # ample time to journal notes a and b, even on a loaded machine
         os.kill(os.getpid(), signal.SIGKILL)
     return "c"
 
 
-def main() -> None:
+def _model() -> ScriptedModel:
     joiner = "Thought: all done\nAction: Finish(final answer)"
-    # resumed, the planner's finished turn comes from the journal: the model is only asked
-    # for the joiner's (a second request would find no step and fail loudly)
-    model = ScriptedModel([PLAN, joiner] if MODE == "crash" else [joiner])
+    if MODE == "crash":
+        return ScriptedModel([PLAN, joiner])
+    if MODE == "resume":
+        # the planner's finished turn comes from the journal: the model is only asked for
+        # the joiner's (a second request would find no step and fail loudly)
+        return ScriptedModel([joiner])
+    # "-streaming": the kill comes while the plan still streams (slowly, after its calls), so
+    # the cut planner turn is asked again on resume
+    tail = "Thought: still writing.\n" * 200 if MODE == "crash-streaming" else ""
+    return ScriptedModel([PLAN.replace("5. join()", tail + "5. join()"), joiner],
+                         tokens_per_second=50.0)
+
+
+def main() -> None:
+    model = _model()
     planner = shoal.Agent(name="planner", model=model, tools=[note, slow], mode="plan")
     runtime = shoal.Runtime(store=f"sqlite:///{STORE}")
-    if MODE == "crash":
+    if MODE.startswith("crash"):
         result = planner.run_sync("go", runtime=runtime, run_id=RUN_ID)
     else:
         result = planner.resume_sync(RUN_ID, "go", runtime=runtime)

@@ -760,3 +760,18 @@ def test_plan_calls_appear_in_the_live_tree_under_their_agent() -> None:
     assert tree.rows["planner/fetch#1"].status == "ok"
     assert tree.rows["planner/nosuch?"].status == "rejected"
     assert tree.rows["planner"].status == "ok"
+
+
+def test_a_planner_killed_while_its_plan_streams_asks_again_and_replays_finished_calls(
+        tmp_path: Path) -> None:
+    store, log = tmp_path / "runs.db", tmp_path / "log.txt"
+    crashed = _planner_crash(store, log, "crash-streaming")
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    assert sorted(log.read_text().split()) == ["a", "b", "slow"]
+    resumed = _planner_crash(store, log, "resume-streaming")
+    assert resumed.returncode == 0, resumed.stderr
+    report = json.loads(resumed.stdout)
+    assert report["output"] == "final answer"
+    assert report["requests"] == 2  # the cut plan, asked again, and the joiner
+    assert report["calls"] == ["ok"] * 4
+    assert Counter(log.read_text().split()) == {"a": 1, "b": 1, "slow": 2, "c": 1}
