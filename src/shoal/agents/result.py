@@ -39,6 +39,9 @@ class AgentResult(Generic[T]):
     cancellation, ``max_turns``) still holds everything recorded until then; ``error`` says
     why it stopped. A run given a board has, on the lead's result, ``board`` (each key's
     merged value at the end) and ``conflicts`` (as on :class:`~shoal.outcome.RunResult`).
+    A planner (``mode="plan"``) has in ``plans`` each plan its model wrote, in order (more
+    than one when it replanned); its ``calls`` are the plans' calls, each with its number in
+    the plan as ``call.id``.
     """
 
     agent: str
