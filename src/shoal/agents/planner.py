@@ -17,7 +17,8 @@ Each round has two model turns:
    run under the same limits, conflict analysis, approvals, budgets and journal as any
    agent's calls. A line that cannot run (an unknown tool, arguments that do not fit, a ref
    to a call not written above, a number used twice) becomes a ``rejected``
-   :class:`~shoal.agents.toolcalls.CallRecord`: the joiner reads why.
+   :class:`~shoal.agents.toolcalls.CallRecord`: the joiner reads why. Text after
+   ``join()`` is ignored (the stream is still read to its end, so its usage counts).
 2. **Join.** Once the plan's calls have ended, the model reads the task, the plan and each
    call's result, and answers ``Thought: ...`` then ``Action: Finish(<answer>)`` or
    ``Action: Replan(<why>)``. A reply without an ``Action:`` line is the answer as a whole.
