@@ -92,20 +92,22 @@ class Setting:
         return self.base + read / self.prefill
 
 
-#: GPT-4o (May '24) on OpenAI's API, as Artificial Analysis' provider page shows it: 81 output
-#: tokens/s and 0.39 s to first token on its 1,000-input-token workload. Prefill speed is not
-#: published there; 8,000 tokens/s is read off Workorb AI's "Comparing Latency of GPT-4o vs.
-#: GPT-4o Mini" (2024-08-29): GPT-4o's response time grows by ~5 s from 40,000 to 80,000
-#: input tokens. The base is what remains of 0.39 s after reading 1,000 tokens.
+#: GPT-4o (May '24) on OpenAI's API, as Artificial Analysis' provider page for it shows: 81
+#: output tokens/s and 0.39 s to first token (medians; the copy read does not say its prompt
+#: length: taken here as 1,000 input tokens, an assumption). Prefill speed is not published
+#: there; 8,000 tokens/s is read off Workorb AI's "Comparing Latency of GPT-4o vs. GPT-4o
+#: Mini" (2024-08-29, Azure OpenAI): GPT-4o's response time passes 5 s at 40,000 tokens and
+#: nears 10 s at 80,000. The base is what remains of 0.39 s after reading 1,000 tokens.
 HOSTED = Setting(
     "hosted", 0.39 - 1000 / 8000, 8000.0, 81.0, False,
-    "GPT-4o (May '24), OpenAI API: 81 output tok/s and TTFT 0.39 s at 1,000 input tokens "
-    "(Artificial Analysis' provider page); prefill 8,000 tok/s read off Workorb AI's latency "
-    "curve (2024-08-29: +5 s from 40k to 80k input tokens); base 0.39 - 1000/8000 = 0.265 s; "
-    "no prompt cache (every request reads its whole context)")
+    "GPT-4o (May '24), OpenAI API, Artificial Analysis' provider page: 81 output tok/s, "
+    "TTFT 0.39 s (its prompt length taken as 1,000 tokens: assumption); prefill 8,000 tok/s "
+    "read off Workorb AI's GPT-4o latency curve (2024-08-29: ~5 s more from 40k to 80k "
+    "tokens); base 0.39 - 1000/8000 = 0.265 s; no prompt cache (each request reads its "
+    "whole context)")
 #: llama.cpp, Llama 3 8B Q4_K_M on a 14-inch M1 Max MacBook Pro (32-core GPU), as published in
 #: XiongjieDai/GPU-Benchmarks-on-LLM-Inference (snapshots of May 2024): tg512 35.73 tok/s,
-#: pp512 408.23 tok/s. llama.cpp's server keeps the previous prompt's KV cache for a slot,
+#: pp512 408.23 tok/s. llama.cpp's server reuses a slot's cached prompt (``cache_prompt``),
 #: so a request reads only its new tokens; no network, hence no base latency.
 LOCAL = Setting(
     "local", 0.0, 408.23, 35.73, True,
