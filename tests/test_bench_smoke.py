@@ -29,6 +29,7 @@ from bench import (
 from bench.common import BenchResult, Target, dataset_file, datasets_dir, judge_targets, passed
 
 import shoal
+from shoal.plantext import PlanTextParser
 from shoal.testing import run_virtual
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,13 +174,62 @@ def test_latency_strategies_run_exactly_as_their_formula(strategy: str) -> None:
     trial = run_virtual(go())
     assert trial.problems == []  # a literal leading '$' reaches the tool as written
     assert trial.latency == pytest.approx(trial.predicted, abs=1e-9)
-    assert trial.requests == {"react": 4, "planner": 2}.get(strategy, 3)
+    assert trial.requests == (2 if strategy.startswith("planner") else
+                              {"react": 4}.get(strategy, 3))
+    assert trial.tokens_out > latency.FINAL_TOKENS and trial.tokens_in > 0
 
 
 def test_latency_orders_of_the_strategies_on_one_task() -> None:
     task = latency_task()
     t = {s: latency.predict(task, s, latency.HOSTED) for s in latency.STRATEGIES}
     assert t["planner"] < t["streamed"] < t["parallel_fc"] < t["react"]
+
+
+def test_latency_model_reads_a_growing_context() -> None:
+    """Each request's time to first token grows with what it reads (the conversation so far);
+    a server that keeps its context reads only what is new."""
+    task = latency.Task("made-up", "1", latency_task().calls, "Pay the best laptop's bill.",
+                        json.dumps([{"name": "search", "parameters": {"query": "string"}}]))
+    assert latency.prompt_tokens(task) == (
+        latency.tokens("x" * latency.INSTRUCTION_CHARS) + latency.tokens(task.tools)
+        + latency.tokens(task.question))
+    # the hosted setting's published point: TTFT 0.39 s at 1,000 input tokens
+    assert latency.HOSTED.first_token(1000) == pytest.approx(0.39)
+    hosted = latency.Conversation(latency.HOSTED, latency.prompt_tokens(task))
+    first = hosted.start()
+    hosted.wrote(latency.tokens(latency.react_step(task.calls[0])))
+    hosted.read(latency.RESULT_TOKENS)
+    second = hosted.start()
+    grown = latency.tokens(latency.react_step(task.calls[0])) + latency.RESULT_TOKENS
+    assert second - first == pytest.approx(grown / latency.HOSTED.prefill)
+    local = latency.Conversation(latency.LOCAL, latency.prompt_tokens(task))
+    assert local.start() == pytest.approx(latency.prompt_tokens(task) / latency.LOCAL.prefill)
+    local.wrote(10)
+    local.read(latency.RESULT_TOKENS)
+    assert local.start() == pytest.approx(latency.RESULT_TOKENS / latency.LOCAL.prefill)
+    assert local.tokens_in == 2 * latency.prompt_tokens(task) + 10 + latency.RESULT_TOKENS
+
+
+def test_latency_texts_follow_llmcompilers_formats() -> None:
+    """ReAct writes a thought per call; the plan writes its calls then one thought before
+    join() (a thought per call with ``thought_per_call``), and both plans parse."""
+    task = latency_task()
+    step = latency.react_step(task.calls[2])
+    assert step.startswith("Thought: ") and "\nAction: pay(item=\"$1.best\", bill=\"$2\")" in step
+    assert len(latency.THOUGHT) == len("Thought: ") + 66 + 1  # LLMCompiler's mean thought
+    lean = latency.plan_lines(task)
+    assert lean[-2:] == [latency.THOUGHT, "4. join()\n"]
+    assert latency.call_lines(lean) == [0, 1, 2]
+    costly = latency.plan_lines(task, thought_per_call=True)
+    assert costly.count(latency.THOUGHT) == 4 and latency.call_lines(costly) == [1, 3, 5]
+    for lines in (lean, costly):
+        tools = latency.Tools(task)
+        parser = PlanTextParser(tools.table)
+        ids = [call.id for line in lines for call in parser.feed(line)]
+        parser.close()
+        assert ids == ["1", "2", "3"] and parser.done and not parser.problems
+    t = {s: latency.predict(task, s, latency.HOSTED) for s in ("planner", "planner_thoughts")}
+    assert t["planner"] < t["planner_thoughts"]
 
 
 def test_latency_checker_catches_miswiring_and_early_starts() -> None:
@@ -207,6 +257,11 @@ def test_latency_runs_the_datasets_it_finds(monkeypatch: pytest.MonkeyPatch, tmp
                                              {"spotify.play": {"artist": ["B"]}}]},
                {"id": "p1", "ground_truth": []}]  # no call: left out
     (answers / "BFCL_v4_parallel.json").write_text("\n".join(map(json.dumps, records)))
+    question = {"id": "p0", "question": [[{"role": "user", "content": "Play A and B."}]],
+                "function": [{"name": "spotify.play", "parameters": {}}]}
+    (tmp_path / "bfcl_parallel" / "BFCL_v4_parallel.json").write_text(json.dumps(question))
+    (task,) = [t for t in latency.load_bfcl(tmp_path / "bfcl_parallel") if t.calls]
+    assert task.question == "Play A and B." and "spotify.play" in task.tools
     monkeypatch.setenv("SHOAL_DATASETS", str(tmp_path))
     result = latency.main(quick=True)
     assert_correct(result)
