@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import tracemalloc
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from pathlib import Path
@@ -120,8 +121,8 @@ def test_prices_never_update_over_the_network() -> None:
         "from shoal.models.prices import cost, lookup\n"
         "assert cost('gpt-4o', 1000, 1000) is not None\n"
         "assert lookup('claude-haiku-4-5') is not None\n"
-        "from genai_prices import update_prices\n"
-        "assert update_prices._shared_updater.ref_count == 0, 'an updater was started'\n"
+        "import threading\n"
+        "assert threading.active_count() == 1, threading.enumerate()  # no updater thread\n"
         "print('offline')\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, cwd=ROOT)
@@ -143,6 +144,21 @@ def test_priced_usage_survives_what_compatible_servers_report() -> None:
     # the id the server answered with is priced when the configured one is unknown
     usage = priced_usage("my-alias", "gpt-4o-2024-08-06", 1_000_000, 0, None)
     assert usage.cost == pytest.approx(2.50)
+
+
+def test_long_model_ids_from_a_server_are_not_kept() -> None:
+    """A server names the model in each answer; a huge new name each time must not pile up."""
+    priced_usage("gpt-4o", "", 1, 1, None)  # load the price data first
+    tracemalloc.start()
+    try:
+        for i in range(100):
+            usage = priced_usage("unknown-model", f"{i}" + "x" * 100_000, 1, 1, None,
+                                 provider="openai")
+            assert usage.cost is None
+        kept, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert kept < 2_000_000, f"{kept} bytes kept after pricing 100 long model ids"
 
 
 def test_usage_adds_cache_counts() -> None:

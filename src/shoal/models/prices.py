@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 __all__ = ["Price", "cost", "lookup", "provider_for_url"]
 
 _MILLION = 1_000_000
+# No provider names a model in more characters. genai-prices keeps every id it is asked about
+# in a lookup cache, and a server's answer names the model: a longer one is not looked up.
+_LONGEST_ID = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,10 +96,13 @@ def _catalog_ref(model_id: str, provider: str | None) -> tuple[str, str | None]:
     """(model reference, provider id) to look ``model_id`` up with in genai-prices.
 
     A ``provider:`` prefix that names a provider genai-prices knows picks that provider;
-    any other colon belongs to the model's name (``llama3:8b``).
+    any other colon belongs to the model's name (``llama3:8b``). ``LookupError`` for an id
+    too long to be one.
     """
     from genai_prices.data_snapshot import find_provider_by_id
 
+    if len(model_id) > _LONGEST_ID:
+        raise LookupError(f"no model id is {len(model_id)} characters long")
     head, colon, rest = model_id.partition(":")
     if colon and find_provider_by_id(_snapshot().providers, head) is not None:
         return rest, head
@@ -124,8 +130,8 @@ def _rate(value: Any) -> float | None:
 
 
 def _catalog_price(model_id: str, provider: str | None) -> Price | None:
-    ref, provider = _catalog_ref(model_id, provider)
     try:
+        ref, provider = _catalog_ref(model_id, provider)
         _, model = _snapshot().find_provider_model(ref, None, provider, None)
     except LookupError:
         return None
@@ -168,11 +174,11 @@ def _catalog_cost(model_id: str, provider: str | None, input_tokens: int, output
                   cache_read_tokens: int, cache_write_tokens: int) -> float | None:
     import genai_prices
 
-    ref, provider = _catalog_ref(model_id, provider)
     usage = genai_prices.Usage(input_tokens=input_tokens, output_tokens=output_tokens,
                                cache_read_tokens=cache_read_tokens,
                                cache_write_tokens=cache_write_tokens)
     try:
+        ref, provider = _catalog_ref(model_id, provider)
         return float(genai_prices.calc_price(usage, ref, provider_id=provider).total_price)
     except (LookupError, ValueError):  # unknown here, or not priced by the token
         return None
