@@ -191,6 +191,22 @@ def test_usage_and_cost(anthropic_server: AnthropicWireServer) -> None:
         assert response.model == "claude-haiku-4-5-20251001"
 
 
+def test_cache_reads_and_writes_are_counted_and_priced(
+        anthropic_server: AnthropicWireServer) -> None:
+    anthropic_server.responder = text_reply("x", input_tokens=100_000, output_tokens=10_000,
+                                            cache_read_tokens=50_000, cache_write_tokens=20_000)
+    for streamed in (False, True):
+        model = anthropic_server.model("claude-haiku-4-5")
+        response = (done_of(arun(collect(model, ask()))).response if streamed
+                    else arun(model.request(ask())))
+        usage = response.usage
+        # input_tokens counts every input token; Anthropic reports the cached ones apart
+        assert (usage.input_tokens, usage.cache_read_tokens, usage.cache_write_tokens) == (
+            100_000, 50_000, 20_000)
+        assert usage.cost == pytest.approx(
+            (30_000 * 1.00 + 50_000 * 0.10 + 20_000 * 1.25 + 10_000 * 5.00) / 1e6)
+
+
 def test_error_status_is_translated(anthropic_server: AnthropicWireServer) -> None:
     anthropic_server.responder = ErrorReply(400, "messages: roles must alternate")
     with pytest.raises(ModelHTTPError) as info:

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import tracemalloc
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from pathlib import Path
@@ -10,10 +11,11 @@ import pytest
 
 from shoal.exceptions import ConfigError, MissingDependencyError, ModelError
 from shoal.models import Model, resolve_model
-from shoal.models._common import is_local_url, parse_retry_after
+from shoal.models._common import is_local_url, parse_retry_after, priced_usage
 from shoal.models.anthropic import AnthropicModel
+from shoal.models.base import Usage
 from shoal.models.openai import OpenAIModel
-from shoal.models.prices import PRICES, Price, cost, lookup
+from shoal.models.prices import Price, cost, lookup, provider_for_url
 from shoal.testing import ScriptedModel
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,18 +24,21 @@ ROOT = Path(__file__).resolve().parent.parent
 # ------------------------------------------------------------------------------------ prices
 
 @pytest.mark.parametrize(("model_id", "expected"), [
-    ("gpt-4.1-mini", "gpt-4.1-mini"),
-    ("openai:gpt-4.1-mini", "gpt-4.1-mini"),
-    ("gpt-4.1-mini-2025-04-14", "gpt-4.1-mini"),
-    ("claude-sonnet-4-5-20250929", "claude-sonnet-4-5"),
-    ("anthropic:claude-haiku-4-5", "claude-haiku-4-5"),
-    ("claude-3-7-sonnet-latest", "claude-3-7-sonnet"),
+    ("gpt-4.1-mini", Price(0.40, 1.60, 0.10)),
+    ("openai:gpt-4.1-mini", Price(0.40, 1.60, 0.10)),
+    ("gpt-4.1-mini-2025-04-14", Price(0.40, 1.60, 0.10)),
+    ("claude-sonnet-4-5-20250929", Price(3.00, 15.00, 0.30, 3.75)),
+    ("anthropic:claude-haiku-4-5", Price(1.00, 5.00, 0.10, 1.25)),
+    ("claude-3-7-sonnet-latest", Price(3.00, 15.00, 0.30, 3.75)),
 ])
-def test_prices_are_found_for_snapshots_and_prefixes(model_id: str, expected: str) -> None:
-    assert lookup(model_id) == PRICES[expected]
+def test_prices_come_from_genai_prices_for_snapshots_and_prefixes(
+        model_id: str, expected: Price) -> None:
+    assert lookup(model_id) == expected
 
 
-@pytest.mark.parametrize("model_id", ["gpt-4.1-turbo", "llama3:8b", "gpt-4", "claude", ""])
+@pytest.mark.parametrize("model_id", ["gpt-4.1-turbo", "llama3:8b", "claude", "", "my-model",
+                                      "openai:claude-haiku-4-5", " gpt-4o", "gpt-4o\n",
+                                      "x" * 10_000, "gpt-4o\x00", "\ud800"])
 def test_unknown_models_have_no_price(model_id: str) -> None:
     assert lookup(model_id) is None
     assert cost(model_id, 1000, 1000) is None
@@ -42,9 +47,132 @@ def test_unknown_models_have_no_price(model_id: str) -> None:
 def test_cost_is_per_million_tokens() -> None:
     assert cost("gpt-4o", 1_000_000, 1_000_000) == pytest.approx(2.50 + 10.00)
     assert cost("gpt-4o-mini", 2_000, 1_000) == pytest.approx((2_000 * 0.15 + 1_000 * 0.60) / 1e6)
-    table = {"mine": Price(1.0, 3.0)}
+    assert cost("gpt-4o", 0, 0) == 0.0
+
+
+def test_cached_input_is_priced_at_the_cache_rates() -> None:
+    # 1M input tokens of which 400k were cache hits: 600k at $0.40, 400k at $0.10
+    assert cost("gpt-4.1-mini", 1_000_000, 0, cache_read_tokens=400_000) == pytest.approx(
+        0.6 * 0.40 + 0.4 * 0.10)
+    # Anthropic: reads at $0.10, writes (cache creation) at $1.25, the rest at $1.00
+    assert cost("claude-haiku-4-5", 100_000, 10_000, cache_read_tokens=50_000,
+                cache_write_tokens=20_000) == pytest.approx(
+        (30_000 * 1.00 + 50_000 * 0.10 + 20_000 * 1.25 + 10_000 * 5.00) / 1e6)
+
+
+def test_long_context_tiers_apply() -> None:
+    # claude-sonnet-4-5 doubles its input rate past 200k input tokens (1.5x output)
+    assert cost("claude-sonnet-4-5", 100_000, 0) == pytest.approx(0.1 * 3.00)
+    assert cost("claude-sonnet-4-5", 300_000, 100_000) == pytest.approx(0.3 * 6.00 + 0.1 * 22.50)
+
+
+def test_a_provider_narrows_the_lookup() -> None:
+    assert cost("gpt-4o", 1_000_000, 0, provider="openai") == pytest.approx(2.50)
+    assert cost("gpt-4o", 1_000_000, 0, provider="anthropic") is None
+    assert cost("gpt-4o", 1_000_000, 0, provider="no-such-provider") is None
+    assert lookup("claude-haiku-4-5", provider="openai") is None
+
+
+def test_your_own_prices_take_precedence() -> None:
+    table = {"mine": Price(1.0, 3.0), "gpt-4o": Price(100.0, 100.0, cache_read=50.0)}
     assert cost("mine", 500_000, 100_000, table) == pytest.approx(0.5 + 0.3)
-    assert cost("gpt-4o", 1, 1, table) is None  # a table replaces the defaults
+    assert cost("mine-2025-01-31", 500_000, 100_000, table) == pytest.approx(0.5 + 0.3)
+    assert cost("gpt-4o", 1_000_000, 0, table) == pytest.approx(100.0)
+    assert cost("gpt-4o", 1_000_000, 0, table, cache_read_tokens=1_000_000) == pytest.approx(50.0)
+    assert lookup("gpt-4o", table) == table["gpt-4o"]
+    # anything the table lacks still comes from genai-prices
+    assert cost("gpt-4o-mini", 1_000_000, 0, table) == pytest.approx(0.15)
+    # a table entry without cache rates charges cached input as input
+    assert cost("mine", 1_000_000, 0, table, cache_read_tokens=500_000,
+                cache_write_tokens=500_000) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), "1", True, None])
+def test_a_price_must_be_a_finite_amount(bad: object) -> None:
+    with pytest.raises(ConfigError, match=r"Price\.input"):
+        Price(bad, 1.0)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"Price\.cache_read"):
+        Price(1.0, 1.0, cache_read=bad if bad is not None else -1.0)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("counts", "message"), [
+    ({"input_tokens": -1}, "input_tokens must be a whole number"),
+    ({"output_tokens": 1.5}, "output_tokens must be a whole number"),
+    ({"input_tokens": True}, "input_tokens must be a whole number"),
+    ({"cache_read_tokens": -3}, "cache_read_tokens must be a whole number"),
+    ({"input_tokens": 10, "cache_read_tokens": 8, "cache_write_tokens": 3},
+     "11 cached input tokens but input_tokens is 10"),
+])
+def test_bad_counts_are_refused_with_a_reason(counts: dict[str, object], message: str) -> None:
+    given: dict[str, object] = {"input_tokens": 10, "output_tokens": 10, **counts}
+    with pytest.raises(ValueError, match=message):
+        cost("gpt-4o", **given)  # type: ignore[arg-type]
+
+
+def test_prices_never_update_over_the_network() -> None:
+    """Pricing imports and uses only the data genai-prices ships: no updater, no socket."""
+    code = (
+        "import socket\n"
+        "def refuse(*a, **k):\n"
+        "    raise AssertionError('network use while pricing')\n"
+        "socket.socket.connect = refuse\n"
+        "socket.create_connection = refuse\n"
+        "socket.getaddrinfo = refuse\n"
+        "from shoal.models.prices import cost, lookup\n"
+        "assert cost('gpt-4o', 1000, 1000) is not None\n"
+        "assert lookup('claude-haiku-4-5') is not None\n"
+        "import threading\n"
+        "assert threading.active_count() == 1, threading.enumerate()  # no updater thread\n"
+        "print('offline')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "offline"
+
+
+def test_priced_usage_survives_what_compatible_servers_report() -> None:
+    usage = priced_usage("gpt-4o", "", None, "12", None)
+    assert (usage.input_tokens, usage.output_tokens, usage.requests) == (0, 0, 1)
+    assert usage.cost == 0.0
+    usage = priced_usage("gpt-4o", "", 1000.0, -5, None, cache_read=True, cache_write=float("nan"))
+    assert (usage.input_tokens, usage.output_tokens) == (1000, 0)
+    assert (usage.cache_read_tokens, usage.cache_write_tokens) == (0, 0)
+    # cache counts beyond the input are cut to it rather than failing the request
+    usage = priced_usage("gpt-4o", "", 100, 0, None, cache_read=80, cache_write=80)
+    assert (usage.cache_read_tokens, usage.cache_write_tokens) == (80, 20)
+    assert usage.cost is not None
+    # the id the server answered with is priced when the configured one is unknown
+    usage = priced_usage("my-alias", "gpt-4o-2024-08-06", 1_000_000, 0, None)
+    assert usage.cost == pytest.approx(2.50)
+
+
+def test_long_model_ids_from_a_server_are_not_kept() -> None:
+    """A server names the model in each answer; a huge new name each time must not pile up."""
+    priced_usage("gpt-4o", "", 1, 1, None)  # load the price data first
+    tracemalloc.start()
+    try:
+        for i in range(100):
+            usage = priced_usage("unknown-model", f"{i}" + "x" * 100_000, 1, 1, None,
+                                 provider="openai")
+            assert usage.cost is None
+        kept, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert kept < 2_000_000, f"{kept} bytes kept after pricing 100 long model ids"
+
+
+def test_usage_adds_cache_counts() -> None:
+    total = (Usage(10, 1, 1, 0.5, cache_read_tokens=4, cache_write_tokens=2)
+             + Usage(20, 2, 1, None, cache_read_tokens=5))
+    assert total == Usage(30, 3, 2, 0.5, cache_read_tokens=9, cache_write_tokens=2)
+
+
+def test_provider_for_url_names_known_apis_only() -> None:
+    assert provider_for_url(None, "openai") == "openai"
+    assert provider_for_url("https://api.openai.com/v1", "x") == "openai"
+    assert provider_for_url("https://api.groq.com/openai/v1", "openai") == "groq"
+    assert provider_for_url("http://127.0.0.1:8080/v1", "openai") == "openai"
+    assert provider_for_url("https://llm-proxy.example.com/v1", "anthropic") == "anthropic"
 
 
 # ------------------------------------------------------------------------------ retry-after

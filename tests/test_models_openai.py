@@ -233,6 +233,27 @@ def test_usage_and_cost(openai_server: OpenAIWireServer) -> None:
     assert arun(openai_server.model("unknown-model").request(ask())).usage.cost is None
 
 
+@pytest.mark.parametrize("streamed", [False, True])
+def test_cached_prompt_tokens_are_counted_and_priced(openai_server: OpenAIWireServer,
+                                                     streamed: bool) -> None:
+    openai_server.responder = text_reply("x", input_tokens=1_000_000, output_tokens=0,
+                                         cache_read_tokens=400_000)
+    model = openai_server.model("gpt-4.1-mini")
+    if streamed:
+        done = arun(collect(model, ask()))[-1]
+        assert isinstance(done, ResponseDone)
+        response = done.response
+    else:
+        response = arun(model.request(ask()))
+    usage = response.usage
+    assert (usage.input_tokens, usage.cache_read_tokens, usage.cache_write_tokens) == (
+        1_000_000, 400_000, 0)
+    assert usage.cost == pytest.approx(0.6 * 0.40 + 0.4 * 0.10)  # hits at $0.10, not $0.40
+    # your own price table wins over genai-prices', cache rate included
+    mine = openai_server.model("gpt-4.1-mini", prices={"gpt-4.1-mini": Price(1.0, 1.0, 0.5)})
+    assert arun(mine.request(ask())).usage.cost == pytest.approx(0.6 * 1.0 + 0.4 * 0.5)
+
+
 def test_error_status_is_translated(openai_server: OpenAIWireServer) -> None:
     openai_server.responder = ErrorReply(400, "Invalid value for 'messages'.")
     with pytest.raises(ModelHTTPError) as info:

@@ -1,9 +1,9 @@
 """Argument schemas from function signatures: pydantic models, docs, validation messages.
 
 A tool's arguments become a pydantic model built from the signature and the docstring's
-``Args:`` section; it validates calls and publishes the JSON schema. Parameter names pydantic
-cannot use as fields (``schema``, ``json``, leading underscores ...) are aliased, so users
-always see their own names.
+parameter section (Google, NumPy or Sphinx style, read by griffe); it validates calls and
+publishes the JSON schema. Parameter names pydantic cannot use as fields (``schema``,
+``json``, leading underscores ...) are aliased, so users always see their own names.
 """
 
 from __future__ import annotations
@@ -11,17 +11,30 @@ from __future__ import annotations
 import functools
 import inspect
 import re
+import textwrap
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import UnionType
-from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import (
+    TYPE_CHECKING,
+    Annotated,
+    Any,
+    Literal,
+    Union,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
 
 import pydantic
 from pydantic import ConfigDict
 from pydantic.fields import FieldInfo
 
 from shoal.exceptions import ToolDefinitionError
+
+if TYPE_CHECKING:
+    from griffe import PerStyleOptions
 
 __all__ = [
     "IDEMPOTENCY_KEY",
@@ -82,33 +95,73 @@ def _injected(annotation: Any) -> str | None:
     return None
 
 
-_ARG_DOC = re.compile(r"^\s{2,}(\*{0,2}\w+)\s*(?:\([^)]*\))?\s*:\s*(.+)$")
+# griffe's parsers log a warning for each oddity (an undocumented type, an unknown section);
+# those are for documentation builds, not for the users of a tool.
+_QUIET: PerStyleOptions = {"google": {"warnings": False}, "numpy": {"warnings": False},
+                           "sphinx": {"warnings": False}}
+
+
+# A line that could open a section in some style: a Google header or admonition ("Args:",
+# "Note: ..."), a Sphinx field (":param x:"), a NumPy underline ("-----"). Only a docstring
+# with one is handed to griffe, so shoal's own tools do not load it at import.
+_MAY_HAVE_SECTIONS = re.compile(r"^[ \t]*(?:\w[\w \t-]*:|:|-{3,})", re.MULTILINE)
+
+
+@functools.lru_cache(maxsize=64)  # a tool asks twice: for its summary, for its arguments
+def _parsed_doc(doc: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """(summary, (parameter, description) pairs) of a docstring in any style griffe reads.
+
+    The style (Google, NumPy or Sphinx) is told from the docstring's section markers; with
+    none, it is read as Google style. A docstring griffe cannot read is all summary.
+    """
+    if not _MAY_HAVE_SECTIONS.search(doc):  # plain text: no need to load griffe for it
+        return doc.strip(), ()
+    import griffe
+
+    try:
+        sections = griffe.parse_auto(griffe.Docstring(doc), default="google",
+                                     per_style_options=_QUIET)
+    except Exception:  # griffe's bug, not the tool's: keep the text, lose the structure
+        return doc.strip(), ()
+    return _summary_of(sections), tuple(_params_of(sections))
+
+
+def _summary_of(sections: Sequence[Any]) -> str:
+    """The text before the first structured section; a note or warning in it kept as written."""
+    kept: list[str] = []
+    for section in sections:
+        if section.kind.value == "text":
+            kept.append(str(section.value))
+        elif section.kind.value == "admonition":
+            body = str(section.value.description)
+            kept.append(f"{section.title}:\n{textwrap.indent(body, '    ')}")
+        else:
+            break
+    return "\n\n".join(kept).strip()
+
+
+def _params_of(sections: Sequence[Any]) -> Iterator[tuple[str, str]]:
+    """(name, description) of every documented parameter, keyword-only ones included."""
+    for section in sections:
+        if section.kind.value in ("parameters", "other parameters"):
+            for param in section.value:
+                name, text = str(param.name).lstrip("*"), str(param.description).strip()
+                if name and text:
+                    yield name, text
 
 
 def param_docs(doc: str) -> dict[str, str]:
-    """Argument descriptions from a Google-style ``Args:`` section of a docstring."""
-    found: dict[str, str] = {}
-    in_args = False
-    for line in doc.splitlines():
-        header = line.strip().lower()
-        if header in ("args:", "arguments:", "parameters:"):
-            in_args = True
-        elif in_args and line.strip() and not line.startswith(" "):
-            in_args = False
-        elif in_args and (match := _ARG_DOC.match(line)):
-            found[match.group(1)] = match.group(2).strip()
-    return found
+    """Argument descriptions from a docstring's parameter sections, each kept whole.
+
+    Google (``Args:``), NumPy (``Parameters`` / ``----------``) and Sphinx (``:param x:``)
+    styles are read; a description over several lines keeps all of them.
+    """
+    return dict(_parsed_doc(doc)[1])
 
 
 def summary(doc: str) -> str:
-    """The docstring up to its first section header (``Args:``, ``Returns:`` ...)."""
-    kept: list[str] = []
-    for line in doc.splitlines():
-        if re.match(r"^\s*(args|arguments|parameters|returns?|raises|yields|examples?):\s*$",
-                    line, re.IGNORECASE):
-            break
-        kept.append(line)
-    return "\n".join(kept).strip()
+    """The docstring up to its first section (``Args:``, ``Returns:``, ``Parameters`` ...)."""
+    return _parsed_doc(doc)[0]
 
 
 def _needs_alias(name: str) -> bool:

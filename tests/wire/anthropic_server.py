@@ -61,8 +61,7 @@ class AnthropicWireServer(WireServer):
         tokens_in, tokens_out = _usage(body, reply)
         return {**self._message(body, reply), "content": content,
                 "stop_reason": _stop_reason(reply),
-                "usage": {"input_tokens": tokens_in, "output_tokens": tokens_out,
-                          "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}
+                "usage": {**_input_usage(reply, tokens_in), "output_tokens": tokens_out}}
 
     def render_events(self, body: dict[str, Any], reply: Reply) -> Iterator[str]:
         tokens_in, tokens_out = _usage(body, reply)
@@ -99,7 +98,7 @@ class AnthropicWireServer(WireServer):
 
     def _start(self, body: dict[str, Any], reply: Reply, tokens_in: int) -> str:
         message = {**self._message(body, reply), "content": [], "stop_reason": None,
-                   "usage": {"input_tokens": tokens_in, "output_tokens": 1}}
+                   "usage": {**_input_usage(reply, tokens_in), "output_tokens": 1}}
         return sse({"type": "message_start", "message": message}, "message_start")
 
     # ----------------------------------------------------------------- validation
@@ -206,6 +205,14 @@ def _input(call: WireToolCall) -> Any:
 
 def _stop_reason(reply: Reply) -> str:
     return reply.stop_reason or ("tool_use" if reply.tool_calls else "end_turn")
+
+
+def _input_usage(reply: Reply, tokens_in: int) -> dict[str, int]:
+    """Input usage as Anthropic reports it: the cached tokens apart from ``input_tokens``."""
+    cached = reply.cache_read_tokens + reply.cache_write_tokens
+    return {"input_tokens": tokens_in - cached,
+            "cache_read_input_tokens": reply.cache_read_tokens,
+            "cache_creation_input_tokens": reply.cache_write_tokens}
 
 
 def _usage(body: dict[str, Any], reply: Reply) -> tuple[int, int]:

@@ -191,10 +191,12 @@ def _finish_reason(reply: Reply) -> str:
     return reply.stop_reason or ("tool_calls" if reply.tool_calls else "stop")
 
 
-def _usage(body: dict[str, Any], reply: Reply) -> dict[str, int]:
+def _usage(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
     prompt = (reply.input_tokens if reply.input_tokens is not None
               else estimate_tokens(body.get("messages", [])))
     completion = (reply.output_tokens if reply.output_tokens is not None
                   else estimate_tokens(reply.text) + 10 * len(reply.tool_calls))
+    # prompt_tokens counts the cached ones too; OpenAI reports no cache writes
     return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion}
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": reply.cache_read_tokens}}

@@ -50,12 +50,16 @@ class Reply:
     ``input_tokens`` / ``output_tokens`` default to a deterministic estimate from the request and
     reply sizes. ``delay`` waits before answering; ``chunk_delay`` waits between stream events.
     ``model`` overrides the model id echoed back (e.g. a dated snapshot id).
+    ``cache_read_tokens`` / ``cache_write_tokens`` are the part of ``input_tokens`` read from /
+    written to the prompt cache, reported the way each provider does.
     """
 
     text: str = ""
     tool_calls: tuple[WireToolCall, ...] = ()
     input_tokens: int | None = None
     output_tokens: int | None = None
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
     stop_reason: str | None = None
     model: str | None = None
     delay: float = 0.0

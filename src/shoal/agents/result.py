@@ -107,4 +107,6 @@ class AgentResult(Generic[T]):
 
 def _usage(usage: Usage) -> dict[str, Any]:
     return {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
-            "requests": usage.requests, "cost": usage.cost}
+            "requests": usage.requests, "cost": usage.cost,
+            "cache_read_tokens": usage.cache_read_tokens,
+            "cache_write_tokens": usage.cache_write_tokens}

@@ -510,4 +510,4 @@ def _why_abandoned(exc: BaseException) -> str:
 
 
 def _one_request(usage: Usage) -> Usage:
-    return Usage(usage.input_tokens, usage.output_tokens, 1, usage.cost)
+    return replace(usage, requests=1)

@@ -34,7 +34,7 @@ from shoal.models.base import (
     Usage,
     UserMessage,
 )
-from shoal.models.prices import PRICES, Price, cost
+from shoal.models.prices import Price, cost
 from shoal.models.retry import ModelGate, ModelGates, ModelRetry
 
 if TYPE_CHECKING:
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
     from shoal.models.openai import OpenAIModel
 
 __all__ = [
-    "PRICES",
     "AnthropicModel",
     "AssistantMessage",
     "Message",

@@ -46,6 +46,7 @@ __all__ = [
     "priced_usage",
     "resolve_credentials",
     "sendable",
+    "token_count",
     "transport_error",
     "unreachable",
 ]
@@ -269,17 +270,39 @@ class PerLoop(Generic[T]):
         return self._values.pop(asyncio.get_running_loop(), None)
 
 
-def priced_usage(model: str, served_by: str, tokens_in: int | None, tokens_out: int | None,
-                 prices: Mapping[str, Price] | None) -> Usage:
+def token_count(value: object) -> int:
+    """A token count a server reported: a whole number 0 or more, else 0.
+
+    Compatible servers send nulls, floats, strings and negatives; none of them may end a run.
+    """
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    return value if isinstance(value, int) and value > 0 else 0
+
+
+def priced_usage(model: str, served_by: str, tokens_in: object, tokens_out: object,
+                 prices: Mapping[str, Price] | None, *, cache_read: object = 0,
+                 cache_write: object = 0, provider: str | None = None) -> Usage:
     """One request's usage, with its cost where the model (or the id that served it) is known.
 
-    Some compatible servers report no usage, or nulls: the request still counts.
+    ``tokens_in`` counts every input token, the ``cache_read`` and ``cache_write`` ones
+    included; ``provider`` is the genai-prices provider id to price at (see
+    :func:`~shoal.models.prices.provider_for_url`). Some compatible servers report no usage,
+    or nulls: the request still counts. Cache counts a server reports beyond the input are cut
+    to it.
     """
-    tokens_in, tokens_out = tokens_in or 0, tokens_out or 0
-    price = cost(model, tokens_in, tokens_out, prices)
-    if price is None and served_by:
-        price = cost(served_by, tokens_in, tokens_out, prices)
-    return Usage(tokens_in, tokens_out, 1, price)
+    tokens_in, tokens_out = token_count(tokens_in), token_count(tokens_out)
+    read = min(token_count(cache_read), tokens_in)
+    write = min(token_count(cache_write), tokens_in - read)
+    price = None
+    for model_id in (model, served_by) if served_by and served_by != model else (model,):
+        price = cost(model_id, tokens_in, tokens_out, prices, cache_read_tokens=read,
+                     cache_write_tokens=write, provider=provider)
+        if price is not None:
+            break
+    return Usage(tokens_in, tokens_out, 1, price, read, write)
 
 
 def sendable(params: dict[str, Any]) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from shoal.models._common import (
     priced_usage,
     resolve_credentials,
     sendable,
+    token_count,
     transport_error,
     unreachable,
 )
@@ -52,12 +53,13 @@ from shoal.models.base import (
     Usage,
     UserMessage,
 )
-from shoal.models.prices import Price
+from shoal.models.prices import Price, provider_for_url
 
 if TYPE_CHECKING:
     from anthropic import AsyncAnthropic
     from anthropic.types import Message as AnthropicMessage
     from anthropic.types import RawMessageStreamEvent
+    from anthropic.types import Usage as AnthropicUsage
 
 __all__ = ["AnthropicModel", "anthropic_messages", "anthropic_tools", "tool_result_block"]
 
@@ -93,7 +95,8 @@ class AnthropicModel(Model):
         max_tokens: the answer's token cap when the request's settings give none.
         client: an ``anthropic.AsyncAnthropic`` to use instead of making one; its retries are
             turned off for shoal's requests. ``base_url`` and ``api_key`` are then ignored.
-        prices: a price table that replaces :data:`shoal.models.prices.PRICES` for ``Usage.cost``.
+        prices: your own prices for ``Usage.cost``, looked up before genai-prices' (see
+            :mod:`shoal.models.prices`).
 
     Raises:
         MissingDependencyError: the ``anthropic`` package is not installed.
@@ -117,6 +120,8 @@ class AnthropicModel(Model):
         self._api_key, self._base_url = ("", None) if client is not None else resolve_credentials(
             self.name, api_key=api_key, base_url=base_url,
             key_env="ANTHROPIC_API_KEY", url_env="ANTHROPIC_BASE_URL")
+        # which provider's prices apply: Anthropic's, unless the URL is another provider's
+        self._pricing_url = str(client.base_url) if client is not None else self._base_url
         self._clients = PerLoop(self._new_client)
 
     def _client(self) -> AsyncAnthropic:
@@ -192,11 +197,10 @@ class AnthropicModel(Model):
                 texts.append(block.text)
             elif block.type == "tool_use":
                 calls.append(ToolCall(block.id, block.name, json.dumps(block.input)))
-        usage = message.usage
-        tokens_in = (usage.input_tokens + (usage.cache_creation_input_tokens or 0)
-                     + (usage.cache_read_input_tokens or 0))
+        state = _StreamState()
+        state.take_usage(message.usage)
         return ModelResponse(text="".join(texts), tool_calls=tuple(calls),
-                             usage=self._usage(tokens_in, usage.output_tokens, message.model),
+                             usage=self._usage(state, message.model),
                              model=message.model or self.model,
                              stop_reason=message.stop_reason or "")
 
@@ -204,12 +208,15 @@ class AnthropicModel(Model):
         calls = tuple(ToolCall(c.id, c.name, "".join(c.arguments) or "{}")
                       for _, c in sorted(state.calls.items()))
         return ModelResponse(text="".join(state.text), tool_calls=calls,
-                             usage=self._usage(state.input_tokens, state.output_tokens,
-                                               state.model),
+                             usage=self._usage(state, state.model),
                              model=state.model or self.model, stop_reason=state.stop_reason)
 
-    def _usage(self, tokens_in: int, tokens_out: int, served_by: str) -> Usage:
-        return priced_usage(self.model, served_by, tokens_in, tokens_out, self._prices)
+    def _usage(self, state: _StreamState, served_by: str) -> Usage:
+        read, write = state.cache_read_tokens, state.cache_write_tokens
+        return priced_usage(self.model, served_by, state.input_tokens + read + write,
+                            state.output_tokens, self._prices, cache_read=read,
+                            cache_write=write,
+                            provider=provider_for_url(self._pricing_url, "anthropic"))
 
     @contextmanager
     def _sdk_errors(self) -> Iterator[None]:
@@ -257,8 +264,10 @@ class _StreamState:
 
     text: list[str] = field(default_factory=list)
     calls: dict[int, _PartialCall] = field(default_factory=dict)
-    input_tokens: int = 0
+    input_tokens: int = 0  # not read from or written to the prompt cache
     output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
     model: str = ""
     stop_reason: str = ""
     finished: list[tuple[int, ToolCall]] = field(default_factory=list)  # complete, unreported
@@ -266,11 +275,8 @@ class _StreamState:
     def add(self, event: RawMessageStreamEvent) -> str:
         """Take in one event; return its text (empty when it carries none)."""
         if event.type == "message_start":
-            usage = event.message.usage
             self.model = event.message.model
-            self.input_tokens = (usage.input_tokens + (usage.cache_creation_input_tokens or 0)
-                                 + (usage.cache_read_input_tokens or 0))
-            self.output_tokens = usage.output_tokens
+            self.take_usage(event.message.usage)
         elif event.type == "content_block_start":
             block = event.content_block
             if block.type == "tool_use":
@@ -290,8 +296,15 @@ class _StreamState:
                                                      "".join(call.arguments) or "{}")))
         elif event.type == "message_delta":
             self.stop_reason = event.delta.stop_reason or self.stop_reason
-            self.output_tokens = event.usage.output_tokens  # cumulative, not an increment
+            self.output_tokens = token_count(event.usage.output_tokens)  # cumulative
         return ""
+
+    def take_usage(self, usage: AnthropicUsage) -> None:
+        """Take the counts of a message's usage (Anthropic counts cached input apart)."""
+        self.input_tokens = token_count(usage.input_tokens)
+        self.output_tokens = token_count(usage.output_tokens)
+        self.cache_read_tokens = token_count(usage.cache_read_input_tokens)
+        self.cache_write_tokens = token_count(usage.cache_creation_input_tokens)
 
     def _text(self, text: str) -> str:
         if text:

@@ -45,13 +45,18 @@ __all__ = [
 class Usage:
     """Tokens and cost of one or more model requests; add two with ``+``.
 
-    ``cost`` is in US dollars, ``None`` when no price is known for the model.
+    ``input_tokens`` counts every input token; ``cache_read_tokens`` and ``cache_write_tokens``
+    say how many of them the provider read from or wrote to its prompt cache (where it reports
+    them; they are priced at its cache rates). ``cost`` is in US dollars, ``None`` when no
+    price is known for the model.
     """
 
     input_tokens: int = 0
     output_tokens: int = 0
     requests: int = 0
     cost: float | None = None
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -63,7 +68,9 @@ class Usage:
                 else (self.cost or 0.0) + (other.cost or 0.0))
         return Usage(self.input_tokens + other.input_tokens,
                      self.output_tokens + other.output_tokens,
-                     self.requests + other.requests, cost)
+                     self.requests + other.requests, cost,
+                     self.cache_read_tokens + other.cache_read_tokens,
+                     self.cache_write_tokens + other.cache_write_tokens)
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,7 +50,7 @@ from shoal.models.base import (
     Usage,
     UserMessage,
 )
-from shoal.models.prices import Price
+from shoal.models.prices import Price, provider_for_url
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
@@ -77,7 +77,8 @@ class OpenAIModel(Model):
         timeout: seconds for one request, streamed or not.
         client: an ``openai.AsyncOpenAI`` to use instead of making one; its retries are turned
             off for shoal's requests. ``base_url`` and ``api_key`` are then ignored.
-        prices: a price table that replaces :data:`shoal.models.prices.PRICES` for ``Usage.cost``.
+        prices: your own prices for ``Usage.cost``, looked up before genai-prices' (see
+            :mod:`shoal.models.prices`).
 
     Raises:
         MissingDependencyError: the ``openai`` package is not installed.
@@ -215,8 +216,7 @@ class OpenAIModel(Model):
         # a refusal (structured outputs) is the model's answer too: show it, do not drop it
         text = choice.message.content or choice.message.refusal or ""
         return ModelResponse(text=text, tool_calls=calls,
-                             usage=self._usage(usage.prompt_tokens if usage else None,
-                                               usage.completion_tokens if usage else None,
+                             usage=self._usage(usage.model_dump() if usage else {},
                                                completion.model),
                              model=completion.model or self.model,
                              stop_reason=choice.finish_reason or "")
@@ -226,12 +226,16 @@ class OpenAIModel(Model):
                       for _, c in sorted(state.calls.items()))
         usage = state.usage or {}
         return ModelResponse(text="".join(state.text), tool_calls=calls,
-                             usage=self._usage(usage.get("prompt_tokens"),
-                                               usage.get("completion_tokens"), state.model),
+                             usage=self._usage(usage, state.model),
                              model=state.model or self.model, stop_reason=state.finish_reason)
 
-    def _usage(self, prompt: int | None, completion: int | None, served_by: str) -> Usage:
-        return priced_usage(self.model, served_by, prompt, completion, self._prices)
+    def _usage(self, usage: Mapping[str, Any], served_by: str) -> Usage:
+        """Usage from the API's ``usage`` object; cached prompt tokens are among the prompt's."""
+        details = usage.get("prompt_tokens_details")
+        cached = details.get("cached_tokens") if isinstance(details, Mapping) else None
+        return priced_usage(self.model, served_by, usage.get("prompt_tokens"),
+                            usage.get("completion_tokens"), self._prices, cache_read=cached,
+                            provider=provider_for_url(self._base_url, "openai"))
 
     @contextmanager
     def _sdk_errors(self) -> Iterator[None]:

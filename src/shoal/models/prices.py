@@ -1,78 +1,206 @@
 """What model tokens cost, so an agent run can report (and budget) dollars, not only tokens.
 
-:data:`PRICES` holds USD per million input and output tokens for a few well-known models.
-Prices change and this table is not kept current: pass your own table to the adapters
-(``OpenAIModel(..., prices={"my-model": Price(0.5, 1.5)})``) or to :func:`cost`. A model
-without a price gets ``Usage.cost = None``, never a guess.
+Prices come from `genai-prices <https://github.com/pydantic/genai-prices>`_, the table Pydantic
+AI uses: kept current by its maintainers and shipped inside the package, so a lookup works
+offline. shoal reads only that shipped copy; it never starts the package's price updater, so
+pricing a request never touches the network. Upgrade the package for newer prices.
+
+Cached input is priced as the provider bills it: ``cache_read_tokens`` (prompt-cache hits) at
+the provider's cache-read rate, ``cache_write_tokens`` (Anthropic's cache creation) at its
+cache-write rate, and long-context tiers where a provider has them.
+
+Your own prices take precedence: pass a table to the adapters
+(``OpenAIModel(..., prices={"my-model": Price(0.5, 1.5)})``) or to :func:`cost`. A model found
+in neither gets ``Usage.cost = None``, never a guess.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["PRICES", "Price", "cost", "lookup"]
+from shoal.exceptions import ConfigError
+
+if TYPE_CHECKING:
+    from genai_prices.data_snapshot import DataSnapshot
+
+__all__ = ["Price", "cost", "lookup", "provider_for_url"]
+
+_MILLION = 1_000_000
+# No provider names a model in more characters. genai-prices keeps every id it is asked about
+# in a lookup cache, and a server's answer names the model: a longer one is not looked up.
+_LONGEST_ID = 256
 
 
 @dataclass(frozen=True, slots=True)
 class Price:
-    """USD per million tokens: ``input`` (prompt) and ``output`` (completion)."""
+    """USD per million tokens.
+
+    ``input`` (prompt) and ``output`` (completion); ``cache_read`` and ``cache_write`` price
+    input tokens read from or written to the provider's prompt cache (``None``: as ``input``).
+    """
 
     input: float
     output: float
+    cache_read: float | None = None
+    cache_write: float | None = None
 
+    def __post_init__(self) -> None:
+        for name in ("input", "output", "cache_read", "cache_write"):
+            value = getattr(self, name)
+            if value is None and name.startswith("cache"):
+                continue
+            if (isinstance(value, bool) or not isinstance(value, int | float)
+                    or not math.isfinite(value) or value < 0):
+                raise ConfigError(f"Price.{name} must be a finite number of US dollars per "
+                                  f"million tokens, 0 or more; got {value!r}")
 
-#: List prices (USD per million tokens) as published by the providers in 2025. They change;
-#: check the provider's page and pass your own table where accuracy matters. Cached-input
-#: discounts and cache-write surcharges are not modelled: every input token counts in full.
-PRICES: Mapping[str, Price] = {
-    # OpenAI
-    "gpt-4.1": Price(2.00, 8.00),
-    "gpt-4.1-mini": Price(0.40, 1.60),
-    "gpt-4.1-nano": Price(0.10, 0.40),
-    "gpt-4o": Price(2.50, 10.00),
-    "gpt-4o-mini": Price(0.15, 0.60),
-    "gpt-5": Price(1.25, 10.00),
-    "gpt-5-mini": Price(0.25, 2.00),
-    "gpt-5-nano": Price(0.05, 0.40),
-    "o3": Price(2.00, 8.00),
-    "o4-mini": Price(1.10, 4.40),
-    # Anthropic
-    "claude-opus-4-5": Price(5.00, 25.00),
-    "claude-opus-4-1": Price(15.00, 75.00),
-    "claude-opus-4-0": Price(15.00, 75.00),
-    "claude-sonnet-4-5": Price(3.00, 15.00),
-    "claude-sonnet-4-0": Price(3.00, 15.00),
-    "claude-3-7-sonnet": Price(3.00, 15.00),
-    "claude-haiku-4-5": Price(1.00, 5.00),
-    "claude-3-5-haiku": Price(0.80, 4.00),
-}
+    def cost(self, input_tokens: int, output_tokens: int, cache_read_tokens: int = 0,
+             cache_write_tokens: int = 0) -> float:
+        """USD for these counts; ``input_tokens`` includes the cached ones."""
+        fresh = input_tokens - cache_read_tokens - cache_write_tokens
+        read = self.input if self.cache_read is None else self.cache_read
+        write = self.input if self.cache_write is None else self.cache_write
+        return (fresh * self.input + cache_read_tokens * read + cache_write_tokens * write
+                + output_tokens * self.output) / _MILLION
+
 
 # Providers answer with dated snapshots ("gpt-4.1-mini-2025-04-14", "claude-sonnet-4-5-20250929")
-# and the "-latest" alias; both are priced like the model they name.
+# and the "-latest" alias; in a table of your own, both are priced like the model they name.
 _SNAPSHOT = re.compile(r"(-\d{4}-\d{2}-\d{2}|-\d{8}|-latest)$")
 
 
-def lookup(model_id: str, table: Mapping[str, Price] | None = None) -> Price | None:
-    """The price of ``model_id`` in ``table`` (default :data:`PRICES`), or ``None``.
-
-    A ``provider:`` prefix and a snapshot date or ``-latest`` suffix are ignored, so
-    ``"openai:gpt-4.1-mini-2025-04-14"`` finds ``"gpt-4.1-mini"``. Matching is otherwise
-    exact: ``"gpt-4.1-nano"`` never gets the price of ``"gpt-4.1"``.
-    """
-    prices = PRICES if table is None else table
+def _from_table(model_id: str, table: Mapping[str, Price]) -> Price | None:
+    """``model_id``'s entry in ``table``: as given, without a ``provider:`` prefix, undated."""
     bare = model_id.split(":", 1)[1] if ":" in model_id else model_id
     for key in (model_id, bare, _SNAPSHOT.sub("", bare)):
-        if key in prices:
-            return prices[key]
+        if key in table:
+            return table[key]
     return None
 
 
-def cost(model_id: str, input_tokens: int, output_tokens: int,
-         table: Mapping[str, Price] | None = None) -> float | None:
-    """USD for ``input_tokens`` and ``output_tokens`` of ``model_id``; ``None`` when unpriced."""
-    price = lookup(model_id, table)
-    if price is None:
+def _snapshot() -> DataSnapshot:
+    """The price data genai-prices ships (or one its user installed); imported on first use."""
+    from genai_prices.data_snapshot import get_snapshot
+
+    return get_snapshot()
+
+
+def _catalog_ref(model_id: str, provider: str | None) -> tuple[str, str | None]:
+    """(model reference, provider id) to look ``model_id`` up with in genai-prices.
+
+    A ``provider:`` prefix that names a provider genai-prices knows picks that provider;
+    any other colon belongs to the model's name (``llama3:8b``). ``LookupError`` for an id
+    too long to be one.
+    """
+    from genai_prices.data_snapshot import find_provider_by_id
+
+    if len(model_id) > _LONGEST_ID:
+        raise LookupError(f"no model id is {len(model_id)} characters long")
+    head, colon, rest = model_id.partition(":")
+    if colon and find_provider_by_id(_snapshot().providers, head) is not None:
+        return rest, head
+    return model_id, provider
+
+
+@cache
+def provider_for_url(base_url: str | None, default: str) -> str:
+    """The provider serving the API at ``base_url``, as genai-prices names it.
+
+    ``default`` (the adapter's own provider) for no URL and for a URL no provider claims: a
+    local server or a proxy in front of the provider.
+    """
+    if base_url:
+        for provider in _snapshot().providers:
+            if re.match(provider.api_pattern, base_url):
+                return provider.id
+    return default
+
+
+def _rate(value: Any) -> float | None:
+    """A genai-prices rate as a float: a tiered rate's base, ``None`` when there is none."""
+    value = getattr(value, "base", value)
+    return float(value) if isinstance(value, Decimal | int | float) else None
+
+
+def _catalog_price(model_id: str, provider: str | None) -> Price | None:
+    try:
+        ref, provider = _catalog_ref(model_id, provider)
+        _, model = _snapshot().find_provider_model(ref, None, provider, None)
+    except LookupError:
         return None
-    return (input_tokens * price.input + output_tokens * price.output) / 1_000_000
+    rates = model.get_prices(datetime.now(UTC))
+    given = {name: _rate(getattr(rates, f"{name}_mtok", None))
+             for name in ("input", "output", "cache_read", "cache_write")}
+    if given["input"] is None or given["output"] is None:  # not priced by the token
+        return None
+    return Price(given["input"], given["output"], given["cache_read"], given["cache_write"])
+
+
+def lookup(model_id: str, table: Mapping[str, Price] | None = None, *,
+           provider: str | None = None) -> Price | None:
+    """The price of ``model_id``: its entry in ``table`` if any, else genai-prices', else ``None``.
+
+    In ``table``, a ``provider:`` prefix and a snapshot date or ``-latest`` suffix are
+    ignored, and matching is otherwise exact. genai-prices matches ids by its own rules
+    (dated snapshots and aliases included), within ``provider`` (a genai-prices provider id
+    such as ``"openai"``) when given. A long-context tier is not shown: this is the base rate;
+    :func:`cost` applies the tiers.
+    """
+    if table is not None and (price := _from_table(model_id, table)) is not None:
+        return price
+    return _catalog_price(model_id, provider)
+
+
+def _check_counts(counts: Mapping[str, int]) -> None:
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a whole number of tokens, 0 or more; "
+                             f"got {value!r}")
+    cached = counts["cache_read_tokens"] + counts["cache_write_tokens"]
+    if cached > counts["input_tokens"]:
+        raise ValueError(f"{cached} cached input tokens but input_tokens is "
+                         f"{counts['input_tokens']}: input_tokens counts every input token, "
+                         "cached ones included")
+
+
+def _catalog_cost(model_id: str, provider: str | None, input_tokens: int, output_tokens: int,
+                  cache_read_tokens: int, cache_write_tokens: int) -> float | None:
+    import genai_prices
+
+    usage = genai_prices.Usage(input_tokens=input_tokens, output_tokens=output_tokens,
+                               cache_read_tokens=cache_read_tokens,
+                               cache_write_tokens=cache_write_tokens)
+    try:
+        ref, provider = _catalog_ref(model_id, provider)
+        return float(genai_prices.calc_price(usage, ref, provider_id=provider).total_price)
+    except (LookupError, ValueError):  # unknown here, or not priced by the token
+        return None
+
+
+def cost(model_id: str, input_tokens: int, output_tokens: int,
+         table: Mapping[str, Price] | None = None, *, cache_read_tokens: int = 0,
+         cache_write_tokens: int = 0, provider: str | None = None) -> float | None:
+    """USD for one request's tokens of ``model_id``; ``None`` when its price is unknown.
+
+    ``input_tokens`` counts every input token; ``cache_read_tokens`` and
+    ``cache_write_tokens`` say how many of them were read from or written to the provider's
+    prompt cache. ``table`` and ``provider`` are as in :func:`lookup`.
+
+    Raises:
+        ValueError: a count is not a whole number 0 or more, or the cached tokens outnumber
+            ``input_tokens``.
+    """
+    _check_counts({"input_tokens": input_tokens, "output_tokens": output_tokens,
+                   "cache_read_tokens": cache_read_tokens,
+                   "cache_write_tokens": cache_write_tokens})
+    if table is not None and (price := _from_table(model_id, table)) is not None:
+        return price.cost(input_tokens, output_tokens, cache_read_tokens, cache_write_tokens)
+    return _catalog_cost(model_id, provider, input_tokens, output_tokens, cache_read_tokens,
+                         cache_write_tokens)
