@@ -271,3 +271,48 @@ def test_importing_models_imports_no_sdk() -> None:
                           cwd=ROOT, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+_PRICES_OFF_LOOP = """
+import asyncio, sys, threading
+seen = []
+
+
+class Spy:  # records which thread imports genai-prices
+    def find_spec(self, name, path=None, target=None):
+        if name == "genai_prices":
+            seen.append(threading.current_thread().name)
+        return None
+
+
+sys.meta_path.insert(0, Spy())
+from shoal.models.base import ModelRequest, UserMessage
+from tests.wire import {server}, text_reply
+
+
+async def main():
+    with {server}(text_reply("hi")) as server:
+        model = server.model()
+        request = ModelRequest("", (UserMessage("x"),))
+        {call}
+        await model.aclose()
+        return usage
+
+
+usage = asyncio.run(main())
+assert "genai_prices" not in sys.modules or seen, seen
+print(seen, usage.cost is not None)
+"""
+
+
+@pytest.mark.parametrize("server", ["OpenAIWireServer", "AnthropicWireServer"])
+@pytest.mark.parametrize("streamed", [False, True])
+def test_price_data_loads_off_the_event_loop(server: str, streamed: bool) -> None:
+    """genai-prices' data takes tenths of a second to load: never on the loop, still priced."""
+    call = ("usage = [e async for e in model.stream(request)][-1].response.usage" if streamed
+            else "usage = (await model.request(request)).usage")
+    script = _PRICES_OFF_LOOP.format(server=server, call=call)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).parent.parent)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['shoal-prices'] True", done.stdout

@@ -53,7 +53,7 @@ from shoal.models.base import (
     Usage,
     UserMessage,
 )
-from shoal.models.prices import Price, provider_for_url
+from shoal.models.prices import Price, catalog_loading, provider_for_url
 
 if TYPE_CHECKING:
     from anthropic import AsyncAnthropic
@@ -140,9 +140,12 @@ class AnthropicModel(Model):
     async def request(self, request: ModelRequest) -> ModelResponse:
         """Send one messages request and return the whole response."""
         client = self._client()
+        prices = catalog_loading()  # loads in a thread while the request runs
         with self._sdk_errors():
             message: AnthropicMessage = await client.messages.create(
                 **sendable(self._params(request)))
+        if prices is not None:
+            await prices
         return self._response(message)
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
@@ -152,6 +155,7 @@ class AnthropicModel(Model):
         """
         client = self._client()
         state = _StreamState()
+        prices = catalog_loading()  # loads in a thread while the reply streams
         with self._sdk_errors():
             events = await client.messages.create(**sendable(self._params(request)), stream=True)
             async with events:
@@ -160,6 +164,8 @@ class AnthropicModel(Model):
                         yield TextDelta(text)
                     while state.finished:
                         yield ToolCallDone(*state.finished.pop(0))
+        if prices is not None:
+            await prices
         yield ResponseDone(self._finish(state))
 
     async def aclose(self) -> None:

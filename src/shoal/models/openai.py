@@ -50,7 +50,7 @@ from shoal.models.base import (
     Usage,
     UserMessage,
 )
-from shoal.models.prices import Price, provider_for_url
+from shoal.models.prices import Price, catalog_loading, provider_for_url
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
@@ -126,9 +126,12 @@ class OpenAIModel(Model):
     async def request(self, request: ModelRequest) -> ModelResponse:
         """Send one chat completion and return the whole response."""
         client = self._client()
+        prices = catalog_loading()  # loads in a thread while the request runs
         with self._sdk_errors():
             completion: ChatCompletion = await client.chat.completions.create(
                 **sendable(self._params(request)))
+        if prices is not None:
+            await prices
         return self._response(completion)
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
@@ -139,6 +142,7 @@ class OpenAIModel(Model):
         """
         client = self._client()
         state = _StreamState()
+        prices = catalog_loading()  # loads in a thread while the reply streams
         with self._sdk_errors():
             # The SDK's own stream iterator stops at [DONE] and leaves its inner generators to
             # the garbage collector, whose finalizer then starts cleanup tasks on this loop;
@@ -154,6 +158,8 @@ class OpenAIModel(Model):
                         yield ToolCallDone(index, done)
         for index, done in state.complete(final=True):
             yield ToolCallDone(index, done)
+        if prices is not None:
+            await prices
         yield ResponseDone(self._finish(state))
 
     async def aclose(self) -> None:

@@ -16,8 +16,12 @@ in neither gets ``Usage.cost = None``, never a guess.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import logging
 import math
 import re
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,7 +34,9 @@ from shoal.exceptions import ConfigError
 if TYPE_CHECKING:
     from genai_prices.data_snapshot import DataSnapshot
 
-__all__ = ["Price", "cost", "lookup", "provider_for_url"]
+__all__ = ["Price", "catalog_loading", "cost", "lookup", "provider_for_url"]
+
+log = logging.getLogger(__name__)
 
 _MILLION = 1_000_000
 # No provider names a model in more characters. genai-prices keeps every id it is asked about
@@ -90,6 +96,38 @@ def _snapshot() -> DataSnapshot:
     from genai_prices.data_snapshot import get_snapshot
 
     return get_snapshot()
+
+
+_load_lock = threading.Lock()
+_loaded: concurrent.futures.Future[None] | None = None
+
+
+def catalog_loading() -> asyncio.Future[None] | None:
+    """Load genai-prices' data in a thread, once per process; ``None`` once it is loaded.
+
+    Importing the package and reading its data takes a few tenths of a second: done on the
+    event loop at a run's first priced response, it would hold up every other call of the
+    run. The adapters call this when a request starts and await the result before they price
+    the response, so the load overlaps the request and never blocks the loop. Must be called
+    from a running event loop.
+    """
+    global _loaded
+    if _loaded is not None and _loaded.done():
+        return None
+    with _load_lock:
+        if _loaded is None:
+            _loaded = concurrent.futures.Future()
+            threading.Thread(target=_load, args=(_loaded,), name="shoal-prices",
+                             daemon=True).start()
+    return asyncio.wrap_future(_loaded)
+
+
+def _load(done: concurrent.futures.Future[None]) -> None:
+    try:
+        _snapshot()
+    except Exception:  # pricing then fails the same way on the loop, and says why there
+        log.exception("loading genai-prices' data failed")
+    done.set_result(None)
 
 
 def _catalog_ref(model_id: str, provider: str | None) -> tuple[str, str | None]:
