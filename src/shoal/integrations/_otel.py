@@ -97,6 +97,8 @@ class Cleaner:
                 text = str(value)
             except Exception:  # a hostile __str__: the type is still worth knowing
                 text = f"<unprintable {type(value).__name__}>"
+        if len(text) <= self.limit and text.isascii() and text.isprintable():
+            return text  # the common case, and already clean
         if len(text) > self.limit:
             cut = len(text) - self.limit
             text = f"{text[:self.limit]}... [{cut} more characters]"
@@ -171,13 +173,17 @@ class Tracing:
         tree = scope.shared.get(TREE_KEY) if scope is not None else None
         return self._trees.get(tree) if isinstance(tree, TreeContext) else None
 
-    def ns(self, loop_time: float | None = None) -> int:
-        """A time on the running loop's clock (default: now) as wall-clock nanoseconds."""
+    def anchor(self) -> _Anchor:
+        """The running loop's anchor (see the module docstring)."""
         loop = asyncio.get_running_loop()
         anchor = self._anchors.get(loop)
         if anchor is None:
             anchor = self._anchors[loop] = _Anchor(time.time_ns(), loop.time())
-        return anchor.ns(loop.time() if loop_time is None else loop_time)
+        return anchor
+
+    def ns(self) -> int:
+        """Now, on the running loop's clock, as wall-clock nanoseconds."""
+        return self.anchor().ns(asyncio.get_running_loop().time())
 
     def start(self, name: str, parent: otel_context.Context | None, start_ns: int, *,
               kind: SpanKind = SpanKind.INTERNAL, links: list[Link] | None = None,
@@ -237,7 +243,7 @@ class RunSpans:
         self.ended: dict[str, SpanContext] = {}  # node id -> its span, once ended (for links)
         self._into: dict[str, list[Edge]] = {}  # node id -> the edges into it
         self._indexed = 0  # edges of the (growing) graph indexed so far
-        self._started = False
+        self._anchor: _Anchor | None = None  # the run's loop's, from its start
 
     def __call__(self, event: Event) -> None:
         """Take one of the run's events."""
@@ -249,7 +255,7 @@ class RunSpans:
 
     @_handles(_RUN, RunStarted)
     def _run_started(self, event: RunStarted) -> None:
-        self._started = True
+        self._anchor = self.t.anchor()
         driver = self.driver
         self.tree = tree = self.t.tree_of(driver)
         agent = tree.agents.get(driver.lineage) if tree is not None else None
@@ -279,9 +285,9 @@ class RunSpans:
 
     def close(self) -> None:
         """The run is over: end what is still open (a run cancelled from outside)."""
-        if not self._started:
+        if self._anchor is None:  # it never started
             return
-        now = self.t.ns()
+        now = self._ns(self.driver.now())
         self._end_open(now)
         span, self.run_span = self.run_span, None
         if span is not None:
@@ -297,7 +303,7 @@ class RunSpans:
 
     def attempt_context(self, call: Call) -> contextvars.Context:
         """The context of one attempt: its call's span current; a carrier for other processes."""
-        span = self._span(call.node_id, self.t.ns())
+        span = self._span(call.node_id, self._ns(self.driver.now()), call.executor)
         current = trace.set_span_in_context(span)
         context = contextvars.copy_context()
         context.run(otel_context.attach, current)
@@ -310,12 +316,13 @@ class RunSpans:
 
     @_handles(_RUN, NodeStarted)
     def _node_started(self, event: NodeStarted) -> None:
+        if event.attempt == 1 and event.node_id in self.open:
+            return  # its span started with its attempt, saying where it runs
         at = self._ns(event.time)
-        span = self._span(event.node_id, at)
-        self.t.set(span, {"shoal.call.isolation": event.executor,
-                          "shoal.call.attempts": event.attempt})
-        self.t.event(span, "shoal.attempt", at, {"shoal.attempt": event.attempt,
-                                                 "shoal.call.isolation": event.executor})
+        span = self._span(event.node_id, at, event.executor)
+        if event.attempt > 1:  # the first attempt is the span's start (or its approval's end)
+            self.t.event(span, "shoal.attempt", at, {"shoal.attempt": event.attempt,
+                                                     "shoal.call.isolation": event.executor})
 
     @_handles(_RUN, NodeRetrying)
     def _node_retrying(self, event: NodeRetrying) -> None:
@@ -383,16 +390,18 @@ class RunSpans:
             self.tree.forget_chat(span)
         self.ended[node_id] = span.get_span_context()
 
-    def _span(self, node_id: str, start_ns: int) -> Span:
-        """The call's span, started now if it has none yet."""
+    def _span(self, node_id: str, start_ns: int, isolation: str = "") -> Span:
+        """The call's span, started at ``start_ns`` if it has none yet."""
         span = self.open.get(node_id)
         if span is not None:
+            if isolation:  # its first attempt, after its approval
+                self.t.set(span, {"shoal.call.isolation": isolation})
             return span
         driver = self.driver
         node = driver.graph.nodes[driver.graph.position[node_id]]
         lineage = _node_lineage(driver.lineage, node_id)
         base = {"shoal.run.id": driver.state.run_id, "shoal.node.id": node_id,
-                "shoal.lineage": lineage}
+                "shoal.lineage": lineage, "shoal.call.isolation": isolation or None}
         if self.tree is not None and self._is_model_turn(node_id):
             span = self.tree.model_turn_started(self, base, start_ns)
         else:
@@ -433,7 +442,9 @@ class RunSpans:
         return None if pos is None else self.driver.state.slots[pos].outcome
 
     def _ns(self, event_time: float) -> int:
-        return self.t.ns(self.driver.state.clock_origin + event_time)
+        """A time of the run's clock (seconds since it started) as wall-clock nanoseconds."""
+        anchor = self._anchor or self.t.anchor()
+        return anchor.ns(self.driver.state.clock_origin + event_time)
 
 
 @dataclass(slots=True)
