@@ -273,6 +273,21 @@ def test_a_run_started_inside_a_span_of_the_caller_is_its_child(
     assert [s.name for s in children(spans, one(spans, "caller"))] == ["shoal.run"]
 
 
+def test_a_run_past_its_deadline_is_a_failed_run_span(exported: InMemorySpanExporter) -> None:
+    plan = Plan()
+    plan.call(nap, seconds=0.5)
+    plan.call(nap, seconds=60.0)
+    result = run_virtual(shoal.run(plan, deadline=2.0))
+    assert result.counts["ok"] == 1 and result.counts["timed_out"] == 1
+    spans = exported.get_finished_spans()
+    run_span = one(spans, "shoal.run")
+    assert run_span.status.status_code is StatusCode.ERROR
+    assert "deadline" in (run_span.status.description or "")
+    assert seconds(run_span) == pytest.approx(2.0, abs=1e-6)
+    slow = one(spans, "execute_tool nap", **{"shoal.call.status": "timed_out"})
+    assert slow.status.status_code is StatusCode.ERROR and seconds(slow) == pytest.approx(2.0)
+
+
 def test_a_run_cancelled_from_outside_still_ends_every_span(
         exported: InMemorySpanExporter) -> None:
     plan = Plan()
@@ -393,6 +408,29 @@ def test_a_failed_model_request_is_a_failed_chat_span(exported: InMemorySpanExpo
     assert "the service is down" in (chat.status.description or "")
 
 
+def test_a_retried_model_request_says_so_on_its_chat_span(
+        exported: InMemorySpanExporter) -> None:
+    class Busy(ScriptedModel):
+        failures = 1
+
+        async def request(self, request: Any) -> Any:
+            if self.failures:
+                self.failures -= 1
+                raise shoal.ModelHTTPError(self.name, "slow down", 429, retry_after=3.0)
+            return await super().request(request)
+
+    agent = shoal.Agent(name="lead", model=Busy(["done"], name="openai:gpt-x"))
+    result = run_virtual(agent.run("hello"))
+    assert result.output == "done"
+    spans = exported.get_finished_spans()
+    (chat,) = children(spans, one(spans, "invoke_agent lead"))
+    assert chat.name == "chat gpt-x" and chat.status.status_code is StatusCode.UNSET
+    (retry,) = chat.events
+    assert retry.name == "shoal.model.retry"
+    assert "429" in str((retry.attributes or {})["shoal.retry.error"])
+    assert seconds(chat) >= 3.0  # the wait it was told to keep is part of the request
+
+
 def test_an_agent_node_in_a_plan_nests_under_its_call(exported: InMemorySpanExporter) -> None:
     reader = shoal.Agent(name="reader", model=ScriptedModel(["read it"]))
     plan = Plan()
@@ -434,7 +472,8 @@ def test_hostile_values_are_bounded_and_cleaned_so_exporting_never_fails() -> No
         plan.call(echo, text=HOSTILE)
         plan.call(fail_with, text=HOSTILE)
         shoal.run_sync(plan)
-        model = ScriptedModel([[call("echo", text=HOSTILE)], HOSTILE], name=HOSTILE)
+        model = ScriptedModel([[call("echo", text=HOSTILE), call(HOSTILE, text="?")], HOSTILE],
+                              name=HOSTILE)
         agent = shoal.Agent(name="lead", model=model, tools=[echo])
         run_virtual(agent.run(HOSTILE))
     finally:
@@ -458,6 +497,8 @@ def test_hostile_values_are_bounded_and_cleaned_so_exporting_never_fails() -> No
     assert "nul" in str(attr(echo_span, "gen_ai.tool.call.result"))
     failed = one(spans, "execute_tool fail_with")
     assert "surrogates" in (failed.status.description or "")
+    (rejected,) = [s for s in spans if attr(s, "shoal.call.status") == "rejected"]
+    assert rejected.name.startswith("execute_tool \ufffdnul")  # the name the model made up
     agent_span = one(spans, "invoke_agent lead")
     assert "lone" in str(attr(agent_span, "gen_ai.input.messages"))
     # and the real OTLP encoder takes every one of them

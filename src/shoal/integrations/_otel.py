@@ -279,7 +279,9 @@ class RunSpans:
         self.t.set(span, {**{f"shoal.run.{s}": n for s, n in counts.items()},
                           "shoal.run.makespan": event.makespan})
         bad = {s: n for s, n in counts.items() if s in _FAILED}
-        if bad:
+        if self.driver.cancelled_reason:  # the whole run was cancelled (or ran out of time)
+            self.t.fail(span, self.driver.cancelled_reason)
+        elif bad:
             self.t.fail(span, ", ".join(f"{n} {s}" for s, n in sorted(bad.items())))
         span.end(self._ns(event.time))
 
