@@ -505,6 +505,25 @@ def test_hostile_values_are_bounded_and_cleaned_so_exporting_never_fails() -> No
     assert encode_spans(spans).SerializeToString()
 
 
+def test_captured_content_is_what_each_call_ran_with_and_gave_back() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    shoal.otel.instrument(provider, capture_content=True)
+    try:
+        plan = Plan()
+        first = plan.call(echo, text="héllo ✓\nline two")
+        plan.call(echo, text=first)  # a ref: the span holds the value it resolved to
+        shoal.run_sync(plan)
+    finally:
+        shoal.otel.uninstrument()
+    spans = exporter.get_finished_spans()
+    for node in ("echo#1", "echo#2"):
+        span = one(spans, "execute_tool echo", **{"shoal.node.id": node})
+        assert attr(span, "gen_ai.tool.call.arguments") == '{"text": "héllo ✓\\nline two"}'
+        assert attr(span, "gen_ai.tool.call.result") == '"héllo ✓\\nline two"'
+
+
 def test_instrument_rejects_a_useless_attribute_length() -> None:
     for bad in (0, 15, -1, True, 1.5):
         with pytest.raises(ConfigError, match="max_attribute_length"):
@@ -706,7 +725,8 @@ def test_a_worker_of_a_run_that_is_not_instrumented_gets_no_trace_context(
 @pytest.mark.parametrize("resources", [None, {"num_cpus": 0}], ids=["task", "pool"])
 def test_ray_workers_join_the_trace(over_otlp: Receiver,
                                     resources: dict[str, float] | None) -> None:
-    on_ray = otel_tools.traced_in_worker.options(isolation="ray", resources=resources)
+    extra = {} if resources is None else {"resources": resources}
+    on_ray = otel_tools.traced_in_worker.options(isolation="ray", **extra)
     plan = Plan()
     plan.call(on_ray, endpoint=over_otlp.endpoint, label="ray")
 

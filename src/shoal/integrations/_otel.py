@@ -21,6 +21,7 @@ import contextvars
 import json
 import logging
 import re
+import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
@@ -156,6 +157,7 @@ class Tracing:
             weakref.WeakKeyDictionary())
         self._trees: weakref.WeakKeyDictionary[TreeContext, TreeSpans] = (
             weakref.WeakKeyDictionary())
+        self._lock = threading.Lock()  # runs on loops in other threads share the two above
 
     def observe_run(self, driver: Driver) -> RunSpans:
         """The spans of one run."""
@@ -164,21 +166,26 @@ class Tracing:
     def observe_tree(self, tree: TreeContext) -> TreeSpans:
         """The spans of one agent tree."""
         spans = TreeSpans(self, tree)
-        self._trees[tree] = spans
+        with self._lock:
+            self._trees[tree] = spans
         return spans
 
     def tree_of(self, driver: Driver) -> TreeSpans | None:
         """The spans of the agent tree a run belongs to, if it belongs to one."""
         scope = driver.scope
         tree = scope.shared.get(TREE_KEY) if scope is not None else None
-        return self._trees.get(tree) if isinstance(tree, TreeContext) else None
+        if not isinstance(tree, TreeContext):
+            return None
+        with self._lock:
+            return self._trees.get(tree)
 
     def anchor(self) -> _Anchor:
         """The running loop's anchor (see the module docstring)."""
         loop = asyncio.get_running_loop()
-        anchor = self._anchors.get(loop)
-        if anchor is None:
-            anchor = self._anchors[loop] = _Anchor(time.time_ns(), loop.time())
+        with self._lock:
+            anchor = self._anchors.get(loop)
+            if anchor is None:
+                anchor = self._anchors[loop] = _Anchor(time.time_ns(), loop.time())
         return anchor
 
     def ns(self) -> int:
@@ -306,6 +313,9 @@ class RunSpans:
     def attempt_context(self, call: Call) -> contextvars.Context:
         """The context of one attempt: its call's span current; a carrier for other processes."""
         span = self._span(call.node_id, self._ns(self.driver.now()), call.executor)
+        if self.t.capture and not (self.tree is not None and self._is_model_turn(call.node_id)):
+            # the arguments this attempt runs with: refs resolved, edits approved
+            self.t.set(span, {"gen_ai.tool.call.arguments": self.t.clean.json(call.args)})
         current = trace.set_span_in_context(span)
         context = contextvars.copy_context()
         context.run(otel_context.attach, current)
@@ -355,19 +365,23 @@ class RunSpans:
         at = self._ns(event.time)
         span = self._span(event.node_id, at)
         outcome = self._outcome(event.node_id)
-        self.t.set(span, {"shoal.call.status": event.status, "shoal.call.attempts": event.attempts,
-                          "shoal.call.abandoned": bool(outcome and outcome.abandoned) or None})
+        attributes: dict[str, object] = {
+            "shoal.call.status": event.status, "shoal.call.attempts": event.attempts,
+            "shoal.call.abandoned": bool(outcome and outcome.abandoned) or None}
+        model_turn = self.tree is not None and self._is_model_turn(event.node_id)
         if event.status in _FAILED:
             error = outcome.error if outcome is not None else None
-            self.t.set(span, {"error.type": error.type if error is not None else event.status})
+            attributes["error.type"] = error.type if error is not None else event.status
             self.t.fail(span, event.error or event.status)
-        elif event.status != "ok":
-            self.t.set(span, {"shoal.call.reason": event.error or None})
-        if self.tree is not None and self._is_model_turn(event.node_id):
+        elif event.status != "ok":  # denied, in doubt: why
+            attributes["shoal.call.reason"] = event.error or None
+        elif self.t.capture and outcome is not None and not model_turn:
+            attributes["gen_ai.tool.call.result"] = self.t.clean.json(outcome.value)
+        self.t.set(span, attributes)
+        if model_turn:
+            assert self.tree is not None
             self.tree.model_turn_ended(self, event, span, outcome, at)
             return
-        if self.t.capture and outcome is not None and event.status == "ok":
-            self.t.set(span, {"gen_ai.tool.call.result": self.t.clean.json(outcome.value)})
         self._finish(event.node_id, span, at)
 
     @_handles(_RUN, NodeSkipped)
@@ -410,8 +424,6 @@ class RunSpans:
             attributes: dict[str, object] = {
                 **base, "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": node.tool.name,
                 "gen_ai.tool.type": "function"}
-            if self.t.capture:
-                attributes["gen_ai.tool.call.arguments"] = self.t.clean.json(node.args)
             span = self.t.start(f"execute_tool {node.tool.name}", self.parent, start_ns,
                                 links=self._links(node_id), attributes=attributes)
         self.open[node_id] = span
