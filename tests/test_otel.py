@@ -524,6 +524,37 @@ def test_captured_content_is_what_each_call_ran_with_and_gave_back() -> None:
         assert attr(span, "gen_ai.tool.call.result") == '"héllo ✓\\nline two"'
 
 
+class BrokenTracer(trace.Tracer):
+    def start_span(self, *args: Any, **kwargs: Any) -> trace.Span:
+        raise RuntimeError("the tracer is on fire")
+
+    def start_as_current_span(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the tracer is on fire")
+
+
+class BrokenProvider(trace.TracerProvider):
+    def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:
+        return BrokenTracer()
+
+
+def test_a_tracer_that_fails_never_fails_a_run_or_an_agent(
+        caplog: pytest.LogCaptureFixture) -> None:
+    shoal.otel.instrument(BrokenProvider())
+    try:
+        plan = Plan()
+        a = plan.call(nap, seconds=0.5, tag="a")
+        plan.call(nap, seconds=0.5, tag=a)
+        result = run_virtual(shoal.run(plan))
+        sub = shoal.Agent(name="sub", model=ScriptedModel(["sub done"]))
+        lead = shoal.Agent(name="lead", model=ScriptedModel([[call("sub", task="t")], "done"]),
+                           subagents=[sub])
+        answer = run_virtual(lead.run("go"))
+    finally:
+        shoal.otel.uninstrument()
+    assert result.ok and answer.output == "done"
+    assert "the tracer is on fire" in caplog.text
+
+
 def test_instrument_rejects_a_useless_attribute_length() -> None:
     for bad in (0, 15, -1, True, 1.5):
         with pytest.raises(ConfigError, match="max_attribute_length"):

@@ -294,6 +294,13 @@ class RunSpans:
 
     def close(self) -> None:
         """The run is over: end what is still open (a run cancelled from outside)."""
+        try:
+            self._close()
+        except Exception:  # tracing must never change how a run ends
+            log.exception("OpenTelemetry: could not end the spans of run %s",
+                          self.driver.state.run_id)
+
+    def _close(self) -> None:
         if self._anchor is None:  # it never started
             return
         now = self._ns(self.driver.now())
@@ -311,7 +318,18 @@ class RunSpans:
     # -- calls --------------------------------------------------------------------------
 
     def attempt_context(self, call: Call) -> contextvars.Context:
-        """The context of one attempt: its call's span current; a carrier for other processes."""
+        """The context of one attempt: its call's span current; a carrier for other processes.
+
+        If that cannot be made, the attempt runs all the same, in a plain copy of the context.
+        """
+        try:
+            return self._attempt_context(call)
+        except Exception:  # tracing must never stop a call
+            log.exception("OpenTelemetry: no span for call %s of run %s", call.node_id,
+                          self.driver.state.run_id)
+            return contextvars.copy_context()
+
+    def _attempt_context(self, call: Call) -> contextvars.Context:
         span = self._span(call.node_id, self._ns(self.driver.now()), call.executor)
         if self.t.capture and not (self.tree is not None and self._is_model_turn(call.node_id)):
             # the arguments this attempt runs with: refs resolved, edits approved
