@@ -49,3 +49,22 @@ async def traced_in_worker_async(endpoint: str, label: str) -> int:
     """:func:`traced_in_worker` as an async tool (it runs on the worker's own loop)."""
     await asyncio.sleep(0)
     return _work(endpoint, label)
+
+
+def _current() -> tuple[int, int]:
+    from opentelemetry import trace
+
+    context = trace.get_current_span().get_span_context()
+    return context.trace_id, context.span_id
+
+
+@shoal.tool
+def current_trace() -> tuple[int, int]:
+    """The trace and span ids of the span current where this runs (zeros: none)."""
+    return _current()
+
+
+@shoal.tool
+async def current_trace_async() -> tuple[int, int]:
+    """:func:`current_trace` as an async tool."""
+    return _current()

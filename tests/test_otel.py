@@ -37,6 +37,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
     InMemorySpanExporter,
 )
 from opentelemetry.trace import StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 import shoal
 from shoal import Plan, Runtime
@@ -749,6 +750,32 @@ def test_a_worker_of_a_run_that_is_not_instrumented_gets_no_trace_context(
     (worker,) = receiver.named("worker alone")
     assert worker.parent_span_id == b""  # a trace of its own
     assert receiver.named("shoal.run") == []
+
+
+@pytest.mark.parametrize("tool", [otel_tools.current_trace, otel_tools.current_trace_async],
+                         ids=["sync", "async"])
+def test_the_ray_worker_side_runs_each_call_in_the_trace_context_it_came_with(
+        tool: shoal.Tool[..., Any]) -> None:
+    # what a Ray task and shoal's pool actor run in the worker, called here without Ray
+    from shoal.executors import ray as on_ray
+    from shoal.executors.base import Call
+
+    provider = TracerProvider()
+    with provider.get_tracer("tests").start_as_current_span("call") as span:
+        carrier: dict[str, str] = {}
+        TraceContextTextMapPropagator().inject(carrier)
+    expected = (span.get_span_context().trace_id, span.get_span_context().span_id)
+    assert "traceparent" in carrier
+
+    def payload(trace_context: dict[str, str] | None) -> bytes:
+        return on_ray._pack(Call(0, "x", tool, {}, 1, "ray", None, trace=trace_context))
+
+    assert on_ray._unpack_reply(tool.name, on_ray.run_task(payload(carrier))) == expected
+    pool = on_ray.PoolWorker()
+    reply = asyncio.run(pool.run(payload(carrier)))
+    assert on_ray._unpack_reply(tool.name, reply) == expected
+    assert on_ray._unpack_reply(tool.name, on_ray.run_task(payload(None))) == (0, 0)
+    assert trace.get_current_span().get_span_context().span_id == 0  # detached afterwards
 
 
 @pytest.mark.skipif(not os.environ.get("RAY_ADDRESS"),
