@@ -795,3 +795,11 @@ def test_ray_workers_join_the_trace(over_otlp: Receiver,
     result = arun(go(), timeout=120)
     assert result.ok, result.outcomes
     assert_worker_joined(over_otlp, "ray", "traced_in_worker")
+
+
+def test_the_overhead_bench_runs_and_counts_one_span_per_call() -> None:
+    from bench import otel_overhead
+
+    result = otel_overhead.main(quick=True)
+    assert result.correct, result.to_dict()
+    assert not shoal.otel.is_instrumented()
