@@ -9,6 +9,7 @@ same receiver; they must land in the caller's trace, under the call's span.
 from __future__ import annotations
 
 import asyncio
+import gc
 import gzip
 import os
 import subprocess
@@ -391,6 +392,17 @@ def test_an_agent_tree_nests_agents_model_requests_and_tool_calls(
         assert seconds(inner[1]) == pytest.approx(1.0, abs=1e-6)
         assert attr(inner[1], "shoal.lineage") == f"lead/researcher#{i}/lookup#1"
     assert all(within(s, run_span) for s in spans if s is not run_span)
+    del lead, researcher, result
+    gc.collect()
+    assert not active_trees()  # nothing keeps a finished tree alive
+
+
+def active_trees() -> list[Any]:
+    from shoal import instrumentation
+
+    tracing = instrumentation.active
+    assert tracing is not None
+    return list(tracing._trees)  # type: ignore[attr-defined]
 
 
 def test_a_failed_model_request_is_a_failed_chat_span(exported: InMemorySpanExporter) -> None:

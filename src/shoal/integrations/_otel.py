@@ -492,7 +492,10 @@ class TreeSpans:
 
     def __init__(self, tracing: Tracing, tree: TreeContext) -> None:
         self.t = tracing
-        self.tree = tree
+        # not the tree itself: Tracing maps trees to these weakly, and a value that held its
+        # key would keep every tree alive
+        self.run_id = tree.run_id
+        self.results = tree.results  # every agent's result, by lineage
         self.agents: dict[str, Span] = {}  # lineage -> the agent's span, while it runs
         self.models: dict[str, str] = {}  # lineage -> its model's name, once known
         self.chats: dict[str, _Chat] = {}  # lineage -> its model request in progress
@@ -512,12 +515,12 @@ class TreeSpans:
         if event.depth == 0 and not _IN_CALL.get() and self.run_span is None:
             self._root = event.lineage
             self.run_span = self.t.start("shoal.run", None, now, attributes={
-                "shoal.run.id": self.tree.run_id, "shoal.run.kind": "agent"})
+                "shoal.run.id": self.run_id, "shoal.run.kind": "agent"})
             parent = trace.set_span_in_context(self.run_span)
         attributes: dict[str, object] = {
             "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": event.agent,
             "shoal.lineage": event.lineage, "shoal.agent.depth": event.depth,
-            "shoal.run.id": self.tree.run_id}
+            "shoal.run.id": self.run_id}
         if self.t.capture:
             attributes["gen_ai.input.messages"] = self.t.clean.json(
                 [{"role": "user", "parts": [{"type": "text", "content": event.prompt}]}])
@@ -540,7 +543,7 @@ class TreeSpans:
             run_span.end(now)
 
     def _end_agent(self, span: Span, event: AgentFinished, now: int) -> None:
-        result = self.tree.results.get(event.lineage)
+        result = self.results.get(event.lineage)
         attributes: dict[str, object] = {
             "shoal.agent.status": event.status, "shoal.agent.turns": event.turns,
             "shoal.agent.total_tokens": event.total_tokens}
