@@ -26,7 +26,7 @@ import time
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -118,17 +118,25 @@ class Cleaner:
     def attributes(self, values: Mapping[str, object]) -> dict[str, AttributeValue]:
         """Clean attribute values: strings cleaned, numbers and flags kept, ``None`` left out."""
         out: dict[str, AttributeValue] = {}
+        limit = self.limit
         for key, value in values.items():
             if value is None:
                 continue
-            if isinstance(value, bool | float) or (
-                    isinstance(value, int) and -_INT64 <= value < _INT64):
+            if _kept(value, limit):
                 out[key] = value
             elif isinstance(value, tuple | list):
                 out[key] = [self.text(v) for v in value]
             else:
                 out[key] = self.text(value)
         return out
+
+
+def _kept(value: object, limit: int) -> TypeGuard[AttributeValue]:
+    """Whether a value can be an attribute as it is (the common case: short plain text)."""
+    if type(value) is str:
+        return len(value) <= limit and value.isascii() and value.isprintable()
+    return isinstance(value, bool | float) or (
+        isinstance(value, int) and -_INT64 <= value < _INT64)
 
 
 @dataclass(slots=True)
