@@ -50,7 +50,7 @@ from tests.conftest import arun
 ROOT = Path(__file__).resolve().parent.parent
 
 
-# ---- helpers ----------------------------------------------------------------------------
+# ---- reading spans ----------------------------------------------------------------------
 
 
 @pytest.fixture
