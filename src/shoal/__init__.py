@@ -99,6 +99,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time names load on 
         UpstreamFailedError,
         WorkerCrashedError,
     )
+    from shoal.integrations import otel
     from shoal.limits import Rate, parse_rate
     from shoal.models.base import Model, ModelRequest, ModelResponse, ModelSettings, ToolCall, Usage
     from shoal.outcome import ErrorInfo, Outcome, RunResult, Status
@@ -230,7 +231,7 @@ _EXPORTS = {
 
 
 # Submodules reachable as attributes of ``shoal`` without importing them first.
-_SUBMODULES = {"patterns": "shoal.patterns"}
+_SUBMODULES = {"patterns": "shoal.patterns", "otel": "shoal.integrations.otel"}
 
 
 def __getattr__(name: str) -> Any:
@@ -356,6 +357,7 @@ __all__ = [
     "RunActiveError",
     "__version__",
     "analyze",
+    "otel",
     "parse_rate",
     "patterns",
     "run",

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from shoal import instrumentation
 from shoal.approvals import ApprovalRequest, Approver, Callback, as_approver
 from shoal.deps import Graph, analyze
 from shoal.events import Event, EventSink
@@ -467,6 +468,7 @@ class Runtime:
                      on_event: EventSink | Sequence[EventSink] | None, lineage: str,
                      open_run: bool = False) -> Driver:
         sinks = [*self._sinks, *_sink_list(on_event)]
+        observing = instrumentation.active  # OpenTelemetry, if instrumented: once per run
         state = SchedulerState(
             graph,
             run_id=run_id,
@@ -478,16 +480,20 @@ class Runtime:
             estimates=self._estimates,
             rng=self._rng,
             shared_limits=self._limits,
-            record_events=bool(sinks) or (self.store is not None and self.store.keeps_events),
+            record_events=bool(sinks) or observing is not None
+            or (self.store is not None and self.store.keeps_events),
             open_run=open_run,
         )
         executors: dict[str, Executor] = {
             name: self.executor_for(name) for name in {s.executor for s in state.slots}}
-        return Driver(state, executors, sinks=sinks,
-                      deadline=self.deadline if deadline is None else deadline,
-                      store=self.store, run_record=record, resume=resumption,
-                      approvals=self.approvals, lineage=lineage,
-                      executor_for=self.executor_for)
+        driver = Driver(state, executors, sinks=sinks,
+                        deadline=self.deadline if deadline is None else deadline,
+                        store=self.store, run_record=record, resume=resumption,
+                        approvals=self.approvals, lineage=lineage,
+                        executor_for=self.executor_for)
+        if observing is not None:
+            driver.observe(observing.observe_run(driver))
+        return driver
 
     def _scope(self, driver: Driver, sharing: _Sharing, resuming: bool) -> RunScope:
         """What the run's nodes share: its board and budget, or those of the enclosing run."""

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from shoal import instrumentation
 from shoal.agents.budget import Budget, BudgetTracker
 from shoal.events import Event, EventSink
 from shoal.exceptions import BudgetExceeded, MissingDependencyError
@@ -95,6 +96,9 @@ class TreeContext:
         self._deadline: asyncio.TimerHandle | None = None
         self._clock_origin: float | None = None  # when the wall clock was first armed
         self._scope: RunScope | None = None
+        observing = instrumentation.active  # OpenTelemetry, if instrumented: once per tree
+        if observing is not None:
+            self._sinks.append(observing.observe_tree(self))
 
     @property
     def scope(self) -> RunScope:

@@ -138,6 +138,9 @@ Reader = Callable[[ModelRequest], Awaitable[ModelResponse]]
 # simply asked again on resume.
 _MODEL_TURN: Tool[..., Any] = Tool(
     _model_turn, name="model", policy=ToolPolicy(isolation="inline", idempotent=True))
+#: The policy of every model turn's call (the same object): how an observer of a run tells a
+#: model request from a tool call named ``model`` (see :mod:`shoal.integrations.otel`).
+MODEL_TURN_POLICY = _MODEL_TURN.policy
 
 
 class AgentRun:

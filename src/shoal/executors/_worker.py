@@ -10,7 +10,9 @@ bytes of a pickled tuple:
   :mod:`shoal.executors._sandbox`); the worker answers ``("ready", pid)`` or ``("error",
   None, type, message, traceback)``;
 * parent -> worker, per call: ``("call", tool_name, is_async, function_blob, args)``, where
-  ``function_blob`` comes from :func:`~shoal.executors._shipping.dumps_callable`;
+  ``function_blob`` comes from :func:`~shoal.executors._shipping.dumps_callable`; when shoal
+  is instrumented, a sixth field holds the call's W3C trace context (see
+  :mod:`shoal.executors._tracing`);
 * worker -> parent, per call: ``("ok", value)`` or ``("error", exception_blob | None, type,
   message, traceback)`` (the blob is ``None`` when the exception cannot be pickled).
 
@@ -46,6 +48,7 @@ from shoal.exceptions import SerializationError
 from shoal.executors._errors import error_reply
 from shoal.executors._results import unawaited_result
 from shoal.executors._shipping import dumps, loads, loads_callable
+from shoal.executors._tracing import joined
 
 HEADER = struct.Struct(">Q")
 
@@ -131,17 +134,18 @@ def handle(body: bytes, cpu_seconds: int | None) -> bytes:
 
 def run_call(message: tuple[Any, ...], cpu_seconds: int | None) -> bytes:
     """Run one call; every outcome, including an unpicklable result, becomes a reply."""
-    _, name, is_async, fn_blob, args = message
+    _, name, is_async, fn_blob, args, *traced = message
     del message  # the args are referenced once, so they can be freed before the reply
     try:
         fn = function_for(fn_blob)
         cpu_budget(cpu_seconds)
-        if is_async:
-            import asyncio
+        with joined(traced[0] if traced else None):  # the caller's trace, when instrumented
+            if is_async:
+                import asyncio
 
-            value = asyncio.run(fn(**args))
-        else:
-            value = fn(**args)
+                value = asyncio.run(fn(**args))
+            else:
+                value = fn(**args)
     except BaseException as exc:  # SystemExit too: the tool failed, the worker lives on
         return error_reply(exc)
     del args  # free large arguments before the result is pickled

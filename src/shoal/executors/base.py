@@ -34,6 +34,9 @@ class Call:
     abandoned: bool = False
     began_at: float | None = None
     lease: Any = None  # what prepare() reserved for this attempt (a worker, ...)
+    #: W3C trace context (``traceparent``...) for a worker in another process to join the
+    #: caller's trace; set only when shoal is instrumented (see :mod:`shoal.instrumentation`)
+    trace: dict[str, str] | None = None
 
 
 class Executor(ABC):

@@ -607,8 +607,10 @@ def _call_message(call: Call) -> bytes:
     name = call.tool.name
     fn_blob = dumps_callable(call.tool)
     try:
-        return dumps(("call", name, call.tool.is_async, fn_blob, call.args),
-                     f"the arguments of tool {name!r}")
+        message: tuple[Any, ...] = ("call", name, call.tool.is_async, fn_blob, call.args)
+        if call.trace:  # instrumented: the worker joins the call span's trace
+            message += (call.trace,)
+        return dumps(message, f"the arguments of tool {name!r}")
     except SerializationError:
         for key, value in call.args.items():  # say which argument, when one alone fails
             dumps(value, f"argument {key!r} of tool {name!r}")

@@ -59,6 +59,7 @@ large fan-out costs one submission per call, never one round trip.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import os
@@ -81,6 +82,7 @@ from shoal.exceptions import (
 from shoal.executors._errors import error_reply, rebuild_error
 from shoal.executors._results import call_on_thread, unawaited_result
 from shoal.executors._shipping import dumps, dumps_callable, loads, loads_callable
+from shoal.executors._tracing import joined
 from shoal.executors.base import Call, Executor
 from shoal.executors.results import load_result
 from shoal.tools import Tool
@@ -116,11 +118,14 @@ def _function(blob: bytes) -> Callable[..., Any]:
     return loads_callable(blob)
 
 
-def _unpack(call: bytes) -> tuple[str, bool, Callable[..., Any], Any]:
-    """A call's tool name, kind, function and arguments; SerializationError if they won't load."""
-    name, is_async, fn_blob, args_blob = pickle.loads(call)
+def _unpack(call: bytes) -> tuple[str, bool, Callable[..., Any], Any, dict[str, str] | None]:
+    """A call's tool name, kind, function, arguments and trace context (see :func:`_pack`).
+
+    Raises SerializationError if they won't load.
+    """
+    name, is_async, fn_blob, args_blob, *traced = pickle.loads(call)
     try:
-        return name, is_async, _function(fn_blob), loads(args_blob)
+        return name, is_async, _function(fn_blob), loads(args_blob), traced[0] if traced else None
     except Exception as exc:
         raise SerializationError(
             f"tool {name!r} could not be loaded in the Ray worker: {type(exc).__name__}: {exc} "
@@ -174,8 +179,9 @@ def run_task(call: bytes) -> bytes:
     """
     _take_sigint()
     try:
-        name, is_async, fn, args = _unpack(call)
-        value = asyncio.run(fn(**args)) if is_async else fn(**args)
+        name, is_async, fn, args, trace = _unpack(call)
+        with joined(trace):
+            value = asyncio.run(fn(**args)) if is_async else fn(**args)
     except (KeyboardInterrupt, asyncio.CancelledError):
         raise
     except BaseException as exc:  # SystemExit too: the tool failed, the worker lives on
@@ -192,13 +198,15 @@ class PoolWorker:
     async def run(self, call: bytes) -> bytes:
         """One call (from :func:`_pack`): async tools on this loop, sync tools on threads."""
         try:
-            name, is_async, fn, args = _unpack(call)
-            if is_async:
-                value = await fn(**args)
-            else:
-                loop = asyncio.get_running_loop()
-                value = await loop.run_in_executor(self._threads,
-                                                   functools.partial(call_on_thread, fn, args))
+            name, is_async, fn, args, trace = _unpack(call)
+            with joined(trace):  # this task's context; a thread gets a copy of it
+                if is_async:
+                    value = await fn(**args)
+                else:
+                    loop = asyncio.get_running_loop()
+                    value = await loop.run_in_executor(
+                        self._threads, functools.partial(contextvars.copy_context().run,
+                                                         call_on_thread, fn, args))
         except asyncio.CancelledError:  # ray.cancel of this call
             raise
         except BaseException as exc:
@@ -544,10 +552,17 @@ def _blob(tool: Tool[..., Any]) -> bytes:
 
 
 def _pack(call: Call) -> bytes:
-    """The call as one bytes object: tool name, kind, function reference, pickled arguments."""
+    """The call as one bytes object: tool name, kind, function reference, pickled arguments.
+
+    When shoal is instrumented, the call's trace context follows them (workers of a version
+    that does not know it are sent the four fields they expect otherwise).
+    """
     tool = call.tool
     args = _dumps(call.args, f"the arguments of tool {tool.name!r}")
-    return pickle.dumps((tool.name, tool.is_async, _blob(tool), args), pickle.HIGHEST_PROTOCOL)
+    fields: tuple[Any, ...] = (tool.name, tool.is_async, _blob(tool), args)
+    if call.trace:
+        fields += (call.trace,)
+    return pickle.dumps(fields, pickle.HIGHEST_PROTOCOL)
 
 
 def _unpack_reply(name: str, reply: bytes) -> Any:

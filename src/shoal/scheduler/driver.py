@@ -41,6 +41,7 @@ from shoal.events import Event, RunFinished, RunStarted
 from shoal.exceptions import StoreError, ToolTimeoutError
 from shoal.executors._results import unawaited_result
 from shoal.executors.base import Call, Executor
+from shoal.instrumentation import RunObserver
 from shoal.outcome import ErrorInfo, Outcome, RunResult, jsonable
 from shoal.plan import _ITEM_ID, Node
 from shoal.scheduler.approval_desk import ApprovalDesk, ApprovalLedger
@@ -136,6 +137,7 @@ class Driver:
                                     on_failure=self._journal_failed)
             if store.keeps_events:
                 self._sinks.append(self._journal_event)
+        self._observer: RunObserver | None = None  # the instrumentation's (see observe)
         self._tasks: dict[int, asyncio.Task[AttemptResult]] = {}
         self._settling: dict[int, list[Settles]] = {}  # position -> its attempt's board handles
         self._timers: set[asyncio.TimerHandle] = set()
@@ -155,12 +157,28 @@ class Driver:
         """The graph being run."""
         return self.state.graph
 
+    def observe(self, observer: RunObserver) -> None:
+        """Let an instrumentation's ``observer`` see this run (see :mod:`shoal.instrumentation`).
+
+        It gets every event, but is not one of :attr:`sinks`: nested runs ask for their own.
+        """
+        self._observer = observer
+        self._sinks.append(observer)
+
     def now(self) -> float:
         """Seconds since the run started, on the loop's clock."""
         return (self._loop.time() - self._t0) if self._loop is not None else 0.0
 
     async def run(self) -> RunResult:
         """Run until every node has an outcome; if cancelled from outside, stop all, re-raise."""
+        if self._observer is None:
+            return await self._run()
+        try:
+            return await self._run()
+        finally:  # a run cancelled from outside publishes no RunFinished: its spans end here
+            self._observer.close()
+
+    async def _run(self) -> RunResult:
         self._loop = asyncio.get_running_loop()
         self._epoch = time.time()
         # a resumed run keeps the clock of its first session: replayed times stay comparable
@@ -327,8 +345,11 @@ class Driver:
         assert self._loop is not None
         barrier = self._journal_decisions(d) if self._streaming else None
         # Starts before cancels: one decision can start a call and (fail_fast) cancel it.
+        observer = self._observer
         for call in d.starts:
-            task = self._loop.create_task(self._attempt(call, barrier))
+            attempt = self._attempt(call, barrier)
+            task = (self._loop.create_task(attempt) if observer is None  # not instrumented
+                    else self._loop.create_task(attempt, context=observer.attempt_context(call)))
             self._tasks[call.pos] = task
             task.add_done_callback(partial(self._attempt_done, call))
         for pos in d.cancels:
