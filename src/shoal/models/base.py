@@ -175,6 +175,10 @@ class ModelRequest:
             output, and the agent validates the answer either way.
         lineage: which agent asks, e.g. ``"lead/reader#2"`` (the lead's second ``reader``
             subagent); for logs and scripted models, never sent to a provider.
+        plan_tools: when set, the reply is a plan in the LLMCompiler text format over these
+            tools (they are described in the instructions, and ``tools`` is empty so that
+            the model writes text); a model that can constrain its output to a grammar does
+            so.
 
     ``copy.deepcopy`` of a request copies the mutable parts (tool schemas, settings, output
     schema) and shares the immutable messages, so a model that changes its request cannot
@@ -187,13 +191,16 @@ class ModelRequest:
     settings: ModelSettings = ModelSettings()
     output_schema: Mapping[str, Any] | None = None
     lineage: str = ""
+    plan_tools: Sequence[ToolSpec] = ()
 
     def __post_init__(self) -> None:
         _frozen_tuple(self, "messages")
         _frozen_tuple(self, "tools")
+        _frozen_tuple(self, "plan_tools")
 
     def __deepcopy__(self, memo: dict[int, Any]) -> ModelRequest:
         return replace(self, tools=copy.deepcopy(self.tools, memo),
+                       plan_tools=copy.deepcopy(self.plan_tools, memo),
                        settings=copy.deepcopy(self.settings, memo),
                        output_schema=copy.deepcopy(self.output_schema, memo))
 
