@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import ctypes
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import replace
 from typing import Any, Literal
 
 import pytest
@@ -21,15 +22,19 @@ import shoal
 from shoal.exceptions import ConfigError, MissingDependencyError, PlanError
 from shoal.models.base import (
     ModelRequest,
+    ModelResponse,
     ModelSettings,
     ResponseDone,
+    StreamEvent,
     TextDelta,
     ToolSpec,
+    Usage,
     UserMessage,
 )
 from shoal.plangrammar import _literal, plan_grammar
 from shoal.plantext import parse_plan_text
 from shoal.tools import Tool
+from tests.conftest import arun
 
 
 def _load_llama() -> tuple[Any, str]:
@@ -457,48 +462,106 @@ def test_a_plan_request_sends_the_grammar_and_no_json_protocol() -> None:
     with_tools = model._prepare(ModelRequest("Plan.", [UserMessage("?")], tools=SPECS))
     assert "grammar" not in with_tools.settings.extra
     assert "response_format" in with_tools.settings.extra
+    # a plan request that also has tools or an output schema gets the plan grammar only
+    both = model._prepare(replace(request, tools=SPECS, output_schema={"type": "object"}))
+    assert set(both.settings.extra) == {"grammar", "seed"} and both.instructions == "Plan."
 
 
+# A planner's instructions, without an example plan (SmolLM2 would copy the example): what
+# makes the plan well formed is the grammar alone.
 PLANNER = """You write plans. Each line calls one tool, numbered from 1, with name=value \
 arguments; "$N" stands for the output of step N. End with a numbered join().
 Tools:
 - lookup(city: str, unit: "celsius" or "fahrenheit"): the weather in a city.
 - add(a: int, b: int): add two integers.
-- report(parts: list of str, title: str): join texts into one report.
-Example, for "Weather in Oslo and Rome?":
-1. lookup(city="Oslo")
-2. lookup(city="Rome")
-3. report(parts=["$1", "$2"], title="Weather")
-4. join()"""
+- report(parts: list of str, title: str): join texts into one report."""
 
 
-@needs_llama
-def test_the_local_model_writes_a_plan_that_parses_and_runs() -> None:
-    model = _local_model()
-    request = ModelRequest(PLANNER, [UserMessage("Weather in Paris and Berlin?")],
-                           plan_tools=SPECS,
-                           settings=ModelSettings(temperature=0.0, max_tokens=160))
+@pytest.fixture(scope="module")
+def server() -> Iterator[Any]:
+    from shoal.models.local import LocalModelServer
 
-    async def go() -> tuple[Any, list[Any]]:
+    with LocalModelServer() as srv:
+        yield srv
+
+
+def _ask_for_a_plan(server: Any, question: str,
+                    max_tokens: int) -> tuple[ModelResponse, list[Any]]:
+    """SmolLM2's plan for ``question``, asked whole and streamed."""
+    from shoal.models.local import LocalModel
+
+    model = LocalModel(server=server)
+    request = ModelRequest(PLANNER, [UserMessage(question)], plan_tools=SPECS,
+                           settings=ModelSettings(temperature=0.0, max_tokens=max_tokens))
+
+    async def go() -> tuple[ModelResponse, list[Any]]:
         try:
             whole = await model.request(request)
-            streamed = [event async for event in model.stream(request)]
-            return whole, streamed
+            return whole, [event async for event in model.stream(request)]
         finally:
             await model.aclose()
 
-    from tests.conftest import arun
+    return arun(go(), timeout=300)
 
-    whole, streamed = arun(go(), timeout=300)
-    text = whole.text
-    assert not whole.tool_calls
-    # the same plan streams in pieces, as text
+
+@needs_llama
+@pytest.mark.parametrize(("question", "max_tokens"), [
+    ("Weather in Paris and Berlin?", 160),  # the plan ends where the grammar ends it
+    ("What is 2 + 3, and the weather in Rome?", 40),  # cut off by max_tokens mid-call
+])
+def test_the_local_model_writes_a_plan_that_parses_and_runs(server: Any, question: str,
+                                                            max_tokens: int) -> None:
+    # With the planner agent mode this whole test is one call, whose result must be ok:
+    #     shoal.Agent(mode="plan", model="local", tools=TOOLS).run_sync(question)
+    whole, streamed = _ask_for_a_plan(server, question, max_tokens)
+    assert not whole.tool_calls and whole.text.strip()
+    # streamed, the plan comes as text, line by line, adding up to the reply's text (which
+    # may differ from the first reply's: the server's prompt cache changes the arithmetic,
+    # and greedy decoding can tip another way)
     pieces = [e.text for e in streamed if isinstance(e, TextDelta)]
     done = streamed[-1]
-    assert isinstance(done, ResponseDone) and len(pieces) >= 3
-    assert "".join(pieces) == done.response.text == text
-    plan = parse_plan_text(text, TOOLS)
-    assert len(plan) >= 1, text
-    result = shoal.run_sync(plan)
-    assert result.ok, (text, result)
-    assert all(outcome.status == "ok" for outcome in result.outcomes.values()), text
+    assert isinstance(done, ResponseDone) and len(pieces) >= 2
+    assert "".join(pieces) == done.response.text
+    assert all(piece.endswith("\n") for piece in pieces[:-1])
+    for response in (whole, done.response):
+        text = response.text
+        if max_tokens < 50:  # a plan cut off ends after its last complete call
+            assert response.stop_reason == "length", text
+        plan = parse_plan_text(text, TOOLS)
+        assert len(plan) >= 1, text
+        result = shoal.run_sync(plan)
+        assert result.ok, (text, result)
+        assert all(outcome.status == "ok" for outcome in result.outcomes.values()), text
+
+
+def test_a_plan_cut_off_ends_after_its_last_complete_call() -> None:
+    from shoal.models.local import _finish_plan, _stream_plan
+
+    cut = '1. lookup(city="Oslo")\nThought: next\n2. add(a=1)\n3. report(parts=["a'
+    usage = Usage(10, 30, 1)
+    assert _finish_plan(ModelResponse(cut, usage=usage, stop_reason="length"), SPECS) == (
+        '1. lookup(city="Oslo")\nThought: next\n2. add(a=1)\n3. join()')
+    join_tool = [*SPECS, ToolSpec("join", "J.", {"type": "object", "properties": {}})]
+    assert _finish_plan(ModelResponse(cut, stop_reason="length"), join_tool).endswith(
+        "2. add(a=1)\n<END_OF_PLAN>")
+    # a reply that ended on its own, or has no complete call to keep, is left as it is
+    assert _finish_plan(ModelResponse(cut, stop_reason="stop"), SPECS) == cut
+    assert _finish_plan(ModelResponse("Thought: x\n1. add(a=", stop_reason="length"),
+                        SPECS) == "Thought: x\n1. add(a="
+
+    async def events() -> AsyncIterator[StreamEvent]:
+        for piece in ["1. look", 'up(city="Oslo")\nThou', "ght: next\n2. add(a=1)\n3. re",
+                      'port(parts=["a']:
+            yield TextDelta(piece)
+        yield ResponseDone(ModelResponse(cut, usage=usage, stop_reason="length"))
+
+    async def collect() -> list[StreamEvent]:
+        return [event async for event in _stream_plan(events(), SPECS)]
+
+    streamed = arun(collect())
+    assert [e.text for e in streamed if isinstance(e, TextDelta)] == [
+        '1. lookup(city="Oslo")\n', "Thought: next\n2. add(a=1)\n", "3. join()"]
+    assert streamed[-1] == ResponseDone(ModelResponse(
+        '1. lookup(city="Oslo")\nThought: next\n2. add(a=1)\n3. join()', usage=usage,
+        stop_reason="length"))
+    parse_plan_text(streamed[-1].response.text, TOOLS)

@@ -29,6 +29,12 @@ template renders. Two defaults suit SmolLM2 and can be raised for a bigger GGUF:
 tool calls per user message, after which the grammar only allows the answer
 (``tool_rounds``), and one call per reply (``parallel_calls``).
 
+Plans. A request with ``plan_tools`` (a planner asking for an LLMCompiler plan) gets no JSON
+protocol: the reply is constrained by :func:`~shoal.plangrammar.plan_grammar` to a
+well-formed plan over those tools (``tools`` and ``output_schema`` are not used then), and
+comes back as text, streamed line by line. A plan cut off by ``max_tokens`` ends after its
+last complete call.
+
 Concurrency. The server runs one request at a time (a streamed reply would even be cut off by
 the next request unless ``interrupt_requests`` is off, which shoal sets), so a
 :class:`LocalModel` lets ``max_concurrency`` requests (default 1) in at once and queues the
