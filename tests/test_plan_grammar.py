@@ -247,10 +247,14 @@ def test_the_grammar_lists_each_tool_with_its_parameters_in_order() -> None:
     assert 'step-5 ::= thought? "5. join()" "\\n"?' in GRAMMAR and "step-6" not in GRAMMAR
 
 
-def test_a_tool_named_join_ends_the_plan_with_the_end_of_plan_marker() -> None:
-    join = ToolSpec("join", "Join.", {"type": "object", "properties": {}})
-    grammar = plan_grammar([join], max_calls=2)
-    assert '"<END_OF_PLAN>"' in grammar and "join()\" \"\\n\"?" not in grammar.split("call")[0]
+def test_a_circular_schema_takes_any_value() -> None:
+    loop: dict[str, Any] = {"type": "array"}
+    loop["items"] = loop
+    cyclic: dict[str, Any] = {}
+    cyclic["anyOf"] = [cyclic]
+    params = {"type": "object", "properties": {"a": loop, "b": cyclic}}
+    grammar = plan_grammar([ToolSpec("f", "F.", params)])
+    assert 'tool-1-after-1 ::= ( ", b=" value )?' in grammar
 
 
 @pytest.mark.parametrize(("name", "why"), [
@@ -285,7 +289,8 @@ def test_parameters_a_plan_cannot_name_are_refused_when_required_and_left_out_ot
 @pytest.mark.parametrize(("specs", "bounds", "message"), [
     ([], {}, "at least one tool"),
     ([SPECS[0], SPECS[0]], {}, "named 'lookup'"),
-    ([SPECS[0]], {"max_calls": 0}, "max_calls >= 1"),
+    ([SPECS[0]], {"max_calls": 0}, "1 <= max_calls <= 999"),
+    ([SPECS[0]], {"max_calls": 1000}, "1 <= max_calls <= 999"),
     ([SPECS[0]], {"min_calls": 3, "max_calls": 2}, "min_calls <= max_calls"),
     ([SPECS[0]], {"min_calls": -1}, "0 <= min_calls"),
 ])
@@ -305,6 +310,12 @@ def test_the_grammar_parses_and_accepts_well_formed_plans(engine: Engine) -> Non
     for plan in VALID:
         assert engine.accepts(GRAMMAR, plan), plan
         parse_plan_text(plan, TOOLS)  # and the parser reads every one of them
+    # an empty plan, where asked for; and a tool named join ends plans with the other marker
+    assert engine.accepts(plan_grammar(SPECS, min_calls=0), "Thought: none needed\n1. join()")
+    join = ToolSpec("join", "Join.", {"type": "object", "properties": {}})
+    with_join = plan_grammar([*SPECS, join])
+    assert engine.accepts(with_join, "1. join()\n2. add(a=1)\n<END_OF_PLAN>\n")
+    assert not engine.accepts(with_join, "1. join()\n2. join()")
 
 
 @needs_llama
@@ -451,6 +462,9 @@ def _local_model() -> Any:
 
 def test_a_plan_request_sends_the_grammar_and_no_json_protocol() -> None:
     model = _local_model()
+    for bad in (0, 1000):
+        with pytest.raises(ConfigError, match="plan_calls must be from 1 to 999"):
+            type(model)(plan_calls=bad)
     request = ModelRequest("Plan.", [UserMessage("Weather in Paris?")], plan_tools=SPECS,
                            settings=ModelSettings(max_tokens=99, extra={"seed": 7}))
     sent = model._prepare(request)

@@ -45,7 +45,7 @@ from shoal.models.base import ToolSpec
 
 __all__ = ["plan_grammar"]
 
-# The rules every plan grammar shares: values, references, thoughts, step numbers.
+# The rules every plan grammar shares: thoughts, references and values.
 _COMMON = r"""
 thought ::= "Thought: " [^\x00-\x1f\x7f]{0,300} "\n"
 ref     ::= "\"$" [1-9] [0-9]{0,2} "\""
@@ -72,6 +72,9 @@ flat-list ::= "[" ( scalar ( sep scalar )* )? "]"
 flat-dict ::= "{" ( string colon scalar ( sep string colon scalar )* )? "}"
 """
 
+# References are written with up to three digits, so plans have at most 999 calls.
+_MAX_CALLS = 999
+
 # JSON schema types and the grammar rules their values are written with.
 _TYPE_RULES = {"integer": "int", "number": "number", "string": "string", "boolean": "bool",
                "null": "none", "array": "list", "object": "dict"}
@@ -82,7 +85,8 @@ def plan_grammar(specs: Sequence[ToolSpec], *, max_calls: int = 10, min_calls: i
 
     Args:
         specs: the tools the plan may call.
-        max_calls: the most calls the plan may have; it bounds the reply, so generation ends.
+        max_calls: the most calls the plan may have (at most 999); it bounds the reply, so
+            generation ends.
         min_calls: the fewest calls (a planner is asked for a plan because tools are needed).
 
     Raises:
@@ -91,9 +95,10 @@ def plan_grammar(specs: Sequence[ToolSpec], *, max_calls: int = 10, min_calls: i
     """
     if not specs:
         raise ConfigError("a plan grammar needs at least one tool to call")
-    if not 0 <= min_calls <= max_calls or max_calls < 1:
-        raise ConfigError(f"a plan grammar needs 0 <= min_calls <= max_calls and max_calls "
-                          f">= 1, got min_calls={min_calls}, max_calls={max_calls}")
+    if not 0 <= min_calls <= max_calls or not 1 <= max_calls <= _MAX_CALLS:
+        raise ConfigError(f"a plan grammar needs 0 <= min_calls <= max_calls and 1 <= "
+                          f"max_calls <= {_MAX_CALLS}, got min_calls={min_calls}, "
+                          f"max_calls={max_calls}")
     names = [spec.name for spec in specs]
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
@@ -206,6 +211,8 @@ def _values(schema: Any, depth: int = 0) -> str:
 
 def _alternatives(schema: Mapping[str, Any], depth: int) -> list[str] | None:
     """The rules or literals a schema allows, or ``None`` for any value."""
+    if depth > 4:  # deep (or circular) schemas: any value, the tool's validation decides
+        return None
     if "const" in schema:
         literal = _python_literal(schema["const"])
         return None if literal is None else [literal]

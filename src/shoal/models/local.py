@@ -559,8 +559,8 @@ class LocalModel(Model):
             with made-up arguments, after the one call that fits; its first call is the one
             to keep. ``ModelSettings(parallel_tool_calls=True)`` turns it on per agent.
         plan_calls: the most calls a plan may have when a request asks for one
-            (``plan_tools``): the plan grammar ends the plan there. SmolLM2 otherwise repeats
-            calls until ``max_tokens`` runs out.
+            (``plan_tools``), from 1 to 999: the plan grammar ends the plan there. SmolLM2
+            otherwise repeats calls until ``max_tokens`` runs out.
         max_concurrency: requests sent to the server at once; the rest wait here.
         timeout: seconds for one request once it is sent.
         startup_timeout: seconds to wait for the server to start.
@@ -584,8 +584,8 @@ class LocalModel(Model):
         _require_local(need_smollm2=gguf is None and server is None)
         if max_concurrency < 1:
             raise ConfigError(f"max_concurrency must be at least 1, got {max_concurrency}")
-        if plan_calls < 1:
-            raise ConfigError(f"plan_calls must be at least 1, got {plan_calls}")
+        if not 1 <= plan_calls <= 999:
+            raise ConfigError(f"plan_calls must be from 1 to 999, got {plan_calls}")
         self._owns_server = server is None
         if server is None:
             alias = "smollm2-135m" if gguf is None else Path(gguf).stem.lower()
