@@ -471,6 +471,7 @@ def test_a_plan_request_sends_the_grammar_and_no_json_protocol() -> None:
     assert sent.settings.extra == {"grammar": plan_grammar(SPECS, max_calls=model.plan_calls),
                                    "seed": 7}
     assert sent.instructions == "Plan." and not sent.tools and sent.output_schema is None
+    assert not sent.plan_tools  # the grammar says it all; the adapter gets a text request
     assert sent.settings.max_tokens == 99
     # without plan_tools, the JSON tool protocol is unchanged
     with_tools = model._prepare(ModelRequest("Plan.", [UserMessage("?")], tools=SPECS))

@@ -626,7 +626,7 @@ class LocalModel(Model):
         """Stream text as the server writes it.
 
         With tools the reply is one JSON object to parse, so it comes in one piece; a plan
-        (``plan_tools``) streams line by line (see :meth:`_stream_plan`).
+        (``plan_tools``) streams line by line (see :func:`_stream_plan`).
         """
         if _json_protocol(request):
             async for event in super().stream(request):
@@ -750,10 +750,10 @@ class LocalModel(Model):
         messages = tuple(_plain_messages(request.messages,
                                          json_answers=_json_protocol(request)))
         return replace(request, instructions=instructions, messages=messages, tools=(),
-                       output_schema=None, settings=settings)
+                       output_schema=None, plan_tools=(), settings=settings)
 
 
-# -- the JSON tool protocol ------------------------------------------------------------------
+# -- plans ---------------------------------------------------------------------------------
 
 
 async def _stream_plan(events: AsyncIterator[StreamEvent],
@@ -764,15 +764,16 @@ async def _stream_plan(events: AsyncIterator[StreamEvent],
     cut off by ``max_tokens`` end at its last complete call (see :func:`_finish_plan`) while
     the pieces still add up to the response's text.
     """
-    sent = 0
-    text = ""
+    sent = 0  # characters yielded so far
+    pending = ""  # the partial last line
     async for event in events:
         if isinstance(event, TextDelta):
-            text += event.text
-            end = text.rfind("\n") + 1
-            if end > sent:
-                yield TextDelta(text[sent:end])
-                sent = end
+            pending += event.text
+            end = pending.rfind("\n") + 1
+            if end:
+                yield TextDelta(pending[:end])
+                sent += end
+                pending = pending[end:]
         elif isinstance(event, ResponseDone):
             finished = _finish_plan(event.response, plan_tools)
             if finished[sent:]:
@@ -802,6 +803,9 @@ def _finish_plan(response: ModelResponse, plan_tools: Sequence[ToolSpec]) -> str
 
 
 _PLAN_CALL = re.compile(r"[0-9]+\. ")
+
+
+# -- the JSON tool protocol ------------------------------------------------------------------
 
 
 def _json_protocol(request: ModelRequest) -> bool:
