@@ -182,9 +182,10 @@ class ModelRequest:
             output, and the agent validates the answer either way.
         lineage: which agent asks, e.g. ``"lead/reader#2"`` (the lead's second ``reader``
             subagent); for logs and scripted models, never sent to a provider.
-        plan_tools: When set, the reply is a plan in the LLMCompiler text format over these
-            tools (they are described in the instructions, and ``tools`` is empty so that the
-            model writes text); a model that can constrain its output to a grammar does so.
+        plan_tools: when set, the reply is a plan in the LLMCompiler text format over these
+            tools (they are described in the instructions, and ``tools`` is empty so that
+            the model writes text); a model that can constrain its output to a grammar does
+            so.
 
     ``copy.deepcopy`` of a request copies the mutable parts (tool schemas, settings, output
     schema) and shares the immutable messages, so a model that changes its request cannot

@@ -29,6 +29,12 @@ template renders. Two defaults suit SmolLM2 and can be raised for a bigger GGUF:
 tool calls per user message, after which the grammar only allows the answer
 (``tool_rounds``), and one call per reply (``parallel_calls``).
 
+Plans. A request with ``plan_tools`` (a planner asking for an LLMCompiler plan) gets no JSON
+protocol: the reply is constrained by :func:`~shoal.plangrammar.plan_grammar` to a
+well-formed plan over those tools (``tools`` and ``output_schema`` are not used then), and
+comes back as text, streamed line by line. A plan cut off by ``max_tokens`` ends after its
+last complete call.
+
 Concurrency. The server runs one request at a time (a streamed reply would even be cut off by
 the next request unless ``interrupt_requests`` is off, which shoal sets), so a
 :class:`LocalModel` lets ``max_concurrency`` requests (default 1) in at once and queues the
@@ -54,6 +60,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import secrets
 import signal
 import socket
@@ -87,12 +94,15 @@ from shoal.models.base import (
     Model,
     ModelRequest,
     ModelResponse,
+    ResponseDone,
     StreamEvent,
+    TextDelta,
     ToolCall,
     ToolResultMessage,
     ToolSpec,
     UserMessage,
 )
+from shoal.plangrammar import plan_grammar
 
 if TYPE_CHECKING:
     from shoal.models.openai import OpenAIModel
@@ -548,6 +558,9 @@ class LocalModel(Model):
             ``parallel_tool_calls`` is unset. Off: SmolLM2 lists every tool it was shown,
             with made-up arguments, after the one call that fits; its first call is the one
             to keep. ``ModelSettings(parallel_tool_calls=True)`` turns it on per agent.
+        plan_calls: the most calls a plan may have when a request asks for one
+            (``plan_tools``), from 1 to 999: the plan grammar ends the plan there. SmolLM2
+            otherwise repeats calls until ``max_tokens`` runs out.
         max_concurrency: requests sent to the server at once; the rest wait here.
         timeout: seconds for one request once it is sent.
         startup_timeout: seconds to wait for the server to start.
@@ -565,12 +578,14 @@ class LocalModel(Model):
                  n_threads: int | None = None, chat_format: str | None = None,
                  n_ubatch: int | None = None, max_tokens: int = 512,
                  tool_rounds: int | None = 1, parallel_calls: bool = False,
-                 max_concurrency: int = 1, timeout: float = 120.0,
+                 plan_calls: int = 10, max_concurrency: int = 1, timeout: float = 120.0,
                  startup_timeout: float = 120.0, server: LocalModelServer | None = None,
                  name: str | None = None) -> None:
         _require_local(need_smollm2=gguf is None and server is None)
         if max_concurrency < 1:
             raise ConfigError(f"max_concurrency must be at least 1, got {max_concurrency}")
+        if not 1 <= plan_calls <= 999:
+            raise ConfigError(f"plan_calls must be from 1 to 999, got {plan_calls}")
         self._owns_server = server is None
         if server is None:
             alias = "smollm2-135m" if gguf is None else Path(gguf).stem.lower()
@@ -583,6 +598,7 @@ class LocalModel(Model):
         self.max_tokens = max_tokens
         self.tool_rounds = tool_rounds
         self.parallel_calls = parallel_calls
+        self.plan_calls = plan_calls
         self.max_concurrency = max_concurrency
         self.timeout = timeout
         self._inner: OpenAIModel | None = None
@@ -598,7 +614,9 @@ class LocalModel(Model):
         async with self._slots:
             with self._server_errors():
                 response = await inner.request(sent)
-        if not request.tools:
+        if request.plan_tools:
+            return replace(response, text=_finish_plan(response, request.plan_tools))
+        if not _json_protocol(request):
             return response
         text, calls = _parse_reply(response.text, structured=request.output_schema is not None)
         return replace(response, text=text, tool_calls=calls,
@@ -607,9 +625,10 @@ class LocalModel(Model):
     async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
         """Stream text as the server writes it.
 
-        With tools the reply is one JSON object to parse, so it comes in one piece.
+        With tools the reply is one JSON object to parse, so it comes in one piece; a plan
+        (``plan_tools``) streams line by line (see :func:`_stream_plan`).
         """
-        if request.tools:
+        if _json_protocol(request):
             async for event in super().stream(request):
                 yield event
             return
@@ -617,7 +636,10 @@ class LocalModel(Model):
         sent = self._prepare(request)
         async with self._slots:
             with self._server_errors():
-                async for event in inner.stream(sent):
+                events = inner.stream(sent)
+                if request.plan_tools:
+                    events = _stream_plan(events, request.plan_tools)
+                async for event in events:
                     yield event
 
     async def aclose(self) -> None:
@@ -702,7 +724,11 @@ class LocalModel(Model):
         """The request as the server gets it: tools in the prompt, a grammar for the reply."""
         extra: dict[str, Any] = {}
         instructions = request.instructions
-        if request.tools:
+        if request.plan_tools:
+            # the planner described the tools; the grammar only lets the model write a plan
+            # over them, as text (llama-cpp-python's server takes GBNF in "grammar")
+            extra["grammar"] = plan_grammar(request.plan_tools, max_calls=self.plan_calls)
+        elif request.tools:
             rounds = _tool_rounds(request.messages)
             parallel = request.settings.parallel_tool_calls
             schema = _reply_schema(
@@ -721,12 +747,70 @@ class LocalModel(Model):
         max_tokens = settings.max_tokens if settings.max_tokens is not None else self.max_tokens
         settings = replace(settings, max_tokens=max_tokens, parallel_tool_calls=None,
                            extra=extra)
-        messages = tuple(_plain_messages(request.messages, json_answers=bool(request.tools)))
+        messages = tuple(_plain_messages(request.messages,
+                                         json_answers=_json_protocol(request)))
         return replace(request, instructions=instructions, messages=messages, tools=(),
-                       output_schema=None, settings=settings)
+                       output_schema=None, plan_tools=(), settings=settings)
+
+
+# -- plans ---------------------------------------------------------------------------------
+
+
+async def _stream_plan(events: AsyncIterator[StreamEvent],
+                       plan_tools: Sequence[ToolSpec]) -> AsyncIterator[StreamEvent]:
+    """A plan's text in whole lines, so that a reply cut off mid-line can still end well.
+
+    A plan parser reads whole lines anyway; holding back the partial last line lets a reply
+    cut off by ``max_tokens`` end at its last complete call (see :func:`_finish_plan`) while
+    the pieces still add up to the response's text.
+    """
+    sent = 0  # characters yielded so far
+    pending = ""  # the partial last line
+    async for event in events:
+        if isinstance(event, TextDelta):
+            pending += event.text
+            end = pending.rfind("\n") + 1
+            if end:
+                yield TextDelta(pending[:end])
+                sent += end
+                pending = pending[end:]
+        elif isinstance(event, ResponseDone):
+            finished = _finish_plan(event.response, plan_tools)
+            if finished[sent:]:
+                yield TextDelta(finished[sent:])
+            yield ResponseDone(replace(event.response, text=finished))
+        else:
+            yield event
+
+
+def _finish_plan(response: ModelResponse, plan_tools: Sequence[ToolSpec]) -> str:
+    """The plan's text; one cut off by ``max_tokens`` ends after its last complete line.
+
+    The grammar makes every prefix of the reply the start of a well-formed plan, so the
+    complete lines plus the end marker are one (``stop_reason`` stays ``"length"``). A reply
+    cut off before its first call is complete is left as it is, for the parser to report.
+    """
+    text = response.text
+    if response.stop_reason != "length":
+        return text
+    lines = text[:text.rfind("\n") + 1]
+    calls = sum(1 for line in lines.splitlines() if _PLAN_CALL.match(line))
+    if calls == 0:
+        return text
+    end = ("<END_OF_PLAN>" if any(t.name == "join" for t in plan_tools)
+           else f"{calls + 1}. join()")
+    return lines + end
+
+
+_PLAN_CALL = re.compile(r"[0-9]+\. ")
 
 
 # -- the JSON tool protocol ------------------------------------------------------------------
+
+
+def _json_protocol(request: ModelRequest) -> bool:
+    """Whether the reply is the JSON tool protocol's (tools, and no plan asked for instead)."""
+    return bool(request.tools) and not request.plan_tools
 
 
 def _tool_prompt(tools: Sequence[ToolSpec]) -> str:
