@@ -526,8 +526,6 @@ def _ask_for_a_plan(server: Any, question: str,
 ])
 def test_the_local_model_writes_a_plan_that_parses_and_runs(server: Any, question: str,
                                                             max_tokens: int) -> None:
-    # With the planner agent mode this whole test is one call, whose result must be ok:
-    #     shoal.Agent(mode="plan", model="local", tools=TOOLS).run_sync(question)
     whole, streamed = _ask_for_a_plan(server, question, max_tokens)
     assert not whole.tool_calls and whole.text.strip()
     # streamed, the plan comes as text, line by line, adding up to the reply's text (which
@@ -547,6 +545,27 @@ def test_the_local_model_writes_a_plan_that_parses_and_runs(server: Any, questio
         result = shoal.run_sync(plan)
         assert result.ok, (text, result)
         assert all(outcome.status == "ok" for outcome in result.outcomes.values()), text
+
+
+@needs_llama
+def test_the_planner_agent_on_the_local_model_plans_and_runs_its_plan(server: Any) -> None:
+    """The planner mode end to end on SmolLM2: its plan (under the grammar) parses and runs."""
+    from shoal.models.local import LocalModel
+
+    model = LocalModel(server=server)
+    planner = shoal.Agent(name="planner", model=model, tools=TOOLS, mode="plan",
+                          max_replans=0, settings=ModelSettings(temperature=0.0,
+                                                                max_tokens=160))
+    try:
+        result = planner.run_sync("Weather in Paris and Berlin?")
+    finally:
+        arun(model.aclose())
+    assert result.plans, result
+    parse_plan_text(result.plans[0], TOOLS)  # what the model wrote is a well-formed plan
+    assert result.calls, result.plans[0]
+    assert all(record.status == "ok" for record in result.calls), result.calls
+    # the joiner's reply is the answer (a 135M model's words: only that there are some)
+    assert result.status == "ok" and str(result.output).strip(), result
 
 
 def test_a_plan_cut_off_ends_after_its_last_complete_call() -> None:
