@@ -45,6 +45,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time names load on 
         ApprovalDecided,
         ApprovalRequested,
         Event,
+        EventsDropped,
         EventSink,
         JsonlSink,
         ModelResponded,
@@ -59,6 +60,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time names load on 
         NodeStarted,
         RunFinished,
         RunStarted,
+        TextDelta,
         ToolCallRejected,
     )
     from shoal.exceptions import (
@@ -101,12 +103,13 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time names load on 
     from shoal.models.base import Model, ModelRequest, ModelResponse, ModelSettings, ToolCall, Usage
     from shoal.outcome import ErrorInfo, Outcome, RunResult, Status
     from shoal.plan import Node, Plan, Ref
-    from shoal.runtime import RunHandle, Runtime, run, run_sync
+    from shoal.runtime import RunHandle, Runtime, run, run_sync, stream
     from shoal.scheduler.driver import Snapshot
     from shoal.schema import IdempotencyKey
     from shoal.store.base import Store
     from shoal.store.memory import MemoryStore
     from shoal.store.sqlite import SQLiteStore
+    from shoal.streaming import EventStream
     from shoal.tools import RetryPolicy, Tool, ToolPolicy, tool
 
 __version__ = "0.1.0"
@@ -140,6 +143,11 @@ _EXPORTS = {
     "ModelServerStarted": "shoal.events",
     "ModelResponded": "shoal.events",
     "ToolCallRejected": "shoal.events",
+    # streaming a run to its caller
+    "EventStream": "shoal.streaming",
+    "EventsDropped": "shoal.events",
+    "stream": "shoal.runtime",
+    "TextDelta": "shoal.events",
     "Model": "shoal.models.base",
     "ModelRequest": "shoal.models.base",
     "ModelResponse": "shoal.models.base",
@@ -289,6 +297,9 @@ __all__ = [
     "ModelServerStarting",
     "ModelServerStarted",
     "ToolCallRejected",
+    "EventStream",
+    "EventsDropped",
+    "TextDelta",
     "Model",
     "ModelRequest",
     "ModelResponse",
@@ -354,5 +365,6 @@ __all__ = [
     "patterns",
     "run",
     "run_sync",
+    "stream",
     "tool",
 ]
