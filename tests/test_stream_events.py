@@ -12,6 +12,7 @@ import gc
 import io
 import warnings
 from collections.abc import AsyncIterator, Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -603,3 +604,30 @@ def _draw(view: AgentTree) -> str:
     console = Console(file=out, width=160, color_system=None, force_terminal=False)
     console.print(render_tree(view, "run"))
     return out.getvalue()
+
+
+# -- the live tree on a terminal ---------------------------------------------------------------
+
+WRITER = '''
+import shoal
+from shoal.testing import ScriptedModel, pause
+
+lead = shoal.Agent(name="lead", model=ScriptedModel([
+    ["Thinking about [bold]markup[/bold] \\x1b[2J and more ", pause(4.0), "done"]]))
+'''
+
+
+def test_the_live_tree_shows_what_the_model_is_writing(tmp_path: Path) -> None:
+    from tests.test_cli_safe import Terminal
+
+    (tmp_path / "writer.py").write_text(WRITER)
+    term = Terminal(["run", "writer.py:lead", "go", "--no-store"], tmp_path)
+    try:
+        shown = term.wait_for("and more")  # while the model still writes
+        out = term.wait_for("1 turn by the lead")
+    finally:
+        code = term.close()
+    assert code == 0, out
+    live = [line for line in shown.splitlines() if "and more" in line and "running" in line]
+    assert live, shown  # on the running agent's row of the live tree, escaped, markup as text
+    assert "Thinking about [bold]markup[/bold] \\x1b[2J and more" in live[0]

@@ -20,11 +20,12 @@ The run never waits for the consumer. Its events go into a buffer of ``buffer`` 
 3. every other event (how each agent, node and run started or ended, model turns, retries,
    approvals) is kept beyond the bound: they are bounded by the size of the run.
 
-Stopping early stops the run: leaving the loop (``break``, an exception, the consumer being
-cancelled) closes the stream, which cancels the run and waits for it to end (every outcome is
-still recorded, in the journal too). A loop left by ``break`` closes the stream when the
-stream is collected; ``async with agent.stream(...) as events:`` (or ``await
-events.aclose()``) closes it at once.
+Stopping early stops the run: a stream closed before its end cancels the run and waits for it
+to end (every outcome is still recorded, in the journal too). ``async with agent.stream(...)
+as events:`` closes it at the end of the block, ``await events.aclose()`` at once; so does
+cancelling the reading task while it waits for the next item. After a ``break`` (or an
+exception in the loop's body) it is closed when the stream is collected, at once for ``async
+for item in agent.stream(...)``, which holds it nowhere else.
 
 The run starts when iteration starts (a stream never iterated runs nothing); a problem found
 before anything runs (a :class:`~shoal.exceptions.PlanError`, a
