@@ -268,6 +268,16 @@ def test_a_failed_run_ends_the_stream_with_its_failed_result() -> None:
     assert text_of(items, "solo") == "I will "
 
 
+def test_a_breached_budget_ends_the_stream_with_that_result() -> None:
+    lead = shoal.Agent(name="lead", tools=[nap], model=ScriptedModel(
+        [["First. ", call("nap", seconds=0.1)], "never asked"]))
+    items = virtual(collect(lead.stream("go", budget=shoal.Budget(requests=1))))
+    assert items[-1].status == "budget_exceeded"
+    assert isinstance(items[-1].error, shoal.BudgetExceeded)
+    assert [e.status for e in items if isinstance(e, AgentFinished)] == ["budget_exceeded"]
+    assert text_of(items, "lead") == "First. "
+
+
 def test_a_subagent_failing_is_an_event_and_the_lead_goes_on() -> None:
     sub = shoal.Agent(name="helper", model=ScriptedModel([]))  # no step: ScriptError
     lead = shoal.Agent(name="lead", subagents=[sub], model=ScriptedModel(
@@ -488,6 +498,51 @@ def test_a_plan_streams_its_events_then_its_run_result() -> None:
     assert [t.text for t in texts] == ["Reading ", "done"]
     assert {t.lineage for t in texts} == {b.node}  # the agent node's lineage: its node id
     assert texts[0].agent == "reader"
+
+
+def test_agent_nodes_of_a_plan_interleave_their_text() -> None:
+    reader = shoal.Agent(name="reader", model=ScriptedModel.per_prompt({
+        "p1": [["one ", pause(0.2), "uno"]], "p2": [[pause(0.1), "two ", pause(0.2), "dos"]]}))
+    plan = shoal.Plan()
+    papers = plan.call(listing)
+    summaries = plan.map(reader, over=papers)
+    items = virtual(collect(shoal.stream(plan)))
+    assert items[-1][summaries].value == ["one uno", "two dos"]
+    assert [t.text for t in items if isinstance(t, TextDelta)] == ["one ", "two ", "uno", "dos"]
+    assert len({t.lineage for t in items if isinstance(t, TextDelta)}) == 2
+
+
+@shoal.tool
+def listing() -> list[str]:
+    """Two papers."""
+    return ["p1", "p2"]
+
+
+def test_a_slow_consumer_of_a_wide_plan_never_slows_it() -> None:
+    def wide() -> shoal.Plan:
+        plan = shoal.Plan()
+        for _ in range(1000):
+            plan.call(nap, seconds=1.0)
+        return plan
+
+    async def slow_reader() -> tuple[shoal.RunResult, list[Any], int]:
+        stream = shoal.stream(wide(), buffer=50)
+        items = []
+        async for item in stream:
+            items.append(item)
+            await asyncio.sleep(0.01)
+        return items[-1], items, stream.dropped
+
+    plain = virtual(shoal.run(wide()))
+    result, items, dropped = virtual(slow_reader())
+    assert result.makespan == pytest.approx(plain.makespan, abs=1e-6)
+    assert plain.makespan == pytest.approx(1.0, abs=0.01)
+    events = events_of(items)
+    assert sum(isinstance(e, NodeFinished) for e in events) == 1000
+    assert isinstance(events[0], RunStarted) and isinstance(events[-1], RunFinished)
+    markers = [e for e in events if isinstance(e, EventsDropped)]
+    assert sum(m.count for m in markers) == dropped > 0
+    assert set().union(*(m.kinds for m in markers)) <= {"NodeQueued", "NodeStarted"}
 
 
 def test_runtime_stream_and_a_bad_plan() -> None:
