@@ -45,6 +45,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time names load on 
         ApprovalDecided,
         ApprovalRequested,
         Event,
+        EventsDropped,
         EventSink,
         JsonlSink,
         ModelResponded,
@@ -60,6 +61,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time names load on 
         PlanCallParsed,
         RunFinished,
         RunStarted,
+        TextDelta,
         ToolCallRejected,
     )
     from shoal.exceptions import (
@@ -104,12 +106,13 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time names load on 
     from shoal.models.base import Model, ModelRequest, ModelResponse, ModelSettings, ToolCall, Usage
     from shoal.outcome import ErrorInfo, Outcome, RunResult, Status
     from shoal.plan import Node, Plan, Ref
-    from shoal.runtime import RunHandle, Runtime, run, run_sync
+    from shoal.runtime import RunHandle, Runtime, run, run_sync, stream
     from shoal.scheduler.driver import Snapshot
     from shoal.schema import IdempotencyKey
     from shoal.store.base import Store
     from shoal.store.memory import MemoryStore
     from shoal.store.sqlite import SQLiteStore
+    from shoal.streaming import EventStream
     from shoal.tools import RetryPolicy, Tool, ToolPolicy, tool
 
 __version__ = "0.1.0"
@@ -145,6 +148,11 @@ _EXPORTS = {
     "ModelResponded": "shoal.events",
     "ToolCallRejected": "shoal.events",
     "PlanCallParsed": "shoal.events",
+    # streaming a run to its caller
+    "EventStream": "shoal.streaming",
+    "EventsDropped": "shoal.events",
+    "stream": "shoal.runtime",
+    "TextDelta": "shoal.events",
     "Model": "shoal.models.base",
     "ModelRequest": "shoal.models.base",
     "ModelResponse": "shoal.models.base",
@@ -296,6 +304,9 @@ __all__ = [
     "ModelServerStarted",
     "ToolCallRejected",
     "PlanCallParsed",
+    "EventStream",
+    "EventsDropped",
+    "TextDelta",
     "Model",
     "ModelRequest",
     "ModelResponse",
@@ -362,5 +373,6 @@ __all__ = [
     "patterns",
     "run",
     "run_sync",
+    "stream",
     "tool",
 ]

@@ -4,6 +4,10 @@ Times are seconds since the run started (the run's own monotonic clock); :class:
 carries the wall-clock start so a reader can place them in real time. A sink is any callable
 taking an :class:`Event`; it runs on the event loop, so it must be quick (queue work elsewhere).
 Events are only built when a run has at least one sink, which keeps runs without observers fast.
+
+Model text as it is generated comes as :class:`TextDelta` events, only to sinks that ask for
+them (a true ``wants_text`` attribute, see :func:`wants_text`): an agent streams its model's
+reply only when such a sink listens, and sends a plain request otherwise.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ __all__ = [
     "AgentStarted",
     "Event",
     "EventSink",
+    "EventsDropped",
     "JsonlSink",
     "ModelResponded",
     "ModelRetrying",
@@ -37,7 +42,9 @@ __all__ = [
     "PlanCallParsed",
     "RunFinished",
     "RunStarted",
+    "TextDelta",
     "ToolCallRejected",
+    "wants_text",
 ]
 
 
@@ -203,6 +210,35 @@ class ModelServerStarted(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TextDelta(Event):
+    """A piece of an agent's model reply, as the model generates it.
+
+    ``lineage`` names the agent (``lead/researcher#2``); ``turn`` is its model turn (1 for
+    the first). The pieces of one turn, joined, are the reply's text. When a request is
+    retried (a :class:`ModelRetrying` of the same lineage comes first) the text of that turn
+    starts again from the beginning. Sent only to sinks that ask for text (see
+    :func:`wants_text`).
+    """
+
+    agent: str
+    turn: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventsDropped(Event):
+    """An event stream's consumer fell behind and ``count`` events were left out here.
+
+    ``kinds`` counts them by kind (``{"TextDelta": 120, "NodeStarted": 3}``). Only progress
+    events are ever left out (see :class:`shoal.EventStream`); the events that say how each
+    agent, node and run ended never are.
+    """
+
+    count: int
+    kinds: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ToolCallRejected(Event):
     """A tool call the model asked for did not run (malformed, unknown, over a budget).
 
@@ -273,6 +309,18 @@ class ApprovalDecided(Event):
 
 
 EventSink = Callable[[Event], None]
+
+
+def wants_text(sink: EventSink) -> bool:
+    """Whether ``sink`` asked for :class:`TextDelta` events.
+
+    A sink asks by a true ``wants_text`` attribute; a bound method asks when its object has
+    one. Other sinks never see a :class:`TextDelta`, and a run none of whose sinks asks does
+    not stream its models' replies.
+    """
+    if getattr(sink, "wants_text", False):
+        return True
+    return bool(getattr(getattr(sink, "__self__", None), "wants_text", False))
 
 
 class JsonlSink:

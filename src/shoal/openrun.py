@@ -25,8 +25,10 @@ from typing import TYPE_CHECKING, Any
 from shoal.exceptions import PlanError, PlanProblem, UpstreamFailedError
 from shoal.outcome import Outcome, RunResult
 from shoal.plan import Callee, MapSpec, Node, Plan, Ref, _item_arg, as_tool
+from shoal.streaming import DEFAULT_BUFFER, EventStream, Started
 
 if TYPE_CHECKING:
+    from shoal.events import EventSink
     from shoal.runtime import RunHandle
 
 __all__ = ["OpenRun"]
@@ -115,6 +117,27 @@ class OpenRun:
 
     # ---- waiting ----------------------------------------------------------------------
 
+    def events(self, *, buffer: int = DEFAULT_BUFFER) -> EventStream[RunResult]:
+        """The run's events as they happen, then its :class:`~shoal.outcome.RunResult`.
+
+        Ask before the first ``await`` after opening the run (first thing in the ``async
+        with`` block), so no event is missed; later raises ``RuntimeError``. The stream ends
+        once the run has ended (after :meth:`close`, or the block); its last item is the
+        result. Leaving its loop early cancels the run and closes it (it takes no more
+        nodes; see :class:`shoal.EventStream`); ``buffer`` bounds what waits unread.
+        """
+        handle = self._handle
+
+        def begin(sink: EventSink) -> Started[RunResult]:
+            handle.observe(sink)
+
+            async def result() -> RunResult:
+                return await handle
+
+            return Started(result, self._stop)
+
+        return EventStream(begin, buffer=buffer, eager=True)
+
     async def wait(self, node: Ref | str) -> Outcome:
         """The outcome of a node of this run, once it has one."""
         return await self._handle.outcome_of(node.node if isinstance(node, Ref) else node)
@@ -134,6 +157,11 @@ class OpenRun:
                reason: str = "cancelled by the user") -> None:
         """Cancel one node, several, or the whole run (see :meth:`shoal.RunHandle.cancel`)."""
         self._handle.cancel(node, reason=reason)
+
+    def _stop(self, reason: str) -> None:
+        """Cancel the whole run and take no more nodes (its event stream was left)."""
+        self.cancel(reason=reason)
+        self.close()
 
     def close(self) -> None:
         """Take no more nodes: the run ends once every node has ended."""

@@ -42,6 +42,7 @@ from shoal.store.claims import RunClaim, claim_run, claim_run_nothing
 from shoal.store.fingerprint import LazyDescription, describe_plan, fingerprint
 from shoal.store.open import StoreLike, open_store
 from shoal.store.resume import Resumption, prepare_resume
+from shoal.streaming import DEFAULT_BUFFER, EventStream, Started
 from shoal.tools import ISOLATIONS, Isolation
 
 if TYPE_CHECKING:
@@ -49,7 +50,8 @@ if TYPE_CHECKING:
     from shoal.board import Board
     from shoal.openrun import OpenRun
 
-__all__ = ["DEFAULT_MAX_CONCURRENCY", "RunHandle", "Runtime", "run", "run_blocking", "run_sync"]
+__all__ = ["DEFAULT_MAX_CONCURRENCY", "RunHandle", "Runtime", "run", "run_blocking", "run_sync",
+           "stream"]
 
 T = TypeVar("T")
 
@@ -100,6 +102,14 @@ class RunHandle:
             if unknown:
                 raise KeyError(f"no node(s) {unknown} in run {self.run_id}")
         self._driver.cancel(ids, reason)
+
+    def observe(self, sink: EventSink) -> None:
+        """Send the run's events to ``sink`` too; only before the run has started.
+
+        (An open run's :meth:`~shoal.openrun.OpenRun.events`: a sink added later would miss
+        events, so it is refused.)
+        """
+        self._driver.observe(sink)
 
     def add(self, nodes: Sequence[Node]) -> None:
         """Add checked nodes to an open run (see :class:`shoal.openrun.OpenRun`)."""
@@ -375,6 +385,24 @@ class Runtime:
                                      _Sharing(board, budget, within))
         return await self._drive(driver, claim)
 
+    def stream(self, plan: Plan, *, buffer: int = DEFAULT_BUFFER,
+               on_event: EventSink | Sequence[EventSink] | None = None,
+               **options: Any) -> EventStream[RunResult]:
+        """Run ``plan`` and yield its events as they happen, then its :class:`RunResult`.
+
+        ``async for item in runtime.stream(plan): ...``: every event (each agent node's
+        model text as :class:`~shoal.events.TextDelta` pieces too), and last the result.
+        ``buffer`` bounds what waits unread (see :class:`shoal.EventStream`: the run never
+        waits for the reader); leaving the loop early cancels the run. ``options`` are those
+        of :meth:`start`. The run starts when the loop does, and a
+        :class:`~shoal.exceptions.PlanError` is raised from its first step.
+        """
+        def begin(sink: EventSink) -> Started[RunResult]:
+            handle = self.start(plan, on_event=[*_sink_list(on_event), sink], **options)
+            return Started(_awaiter(handle), lambda why: handle.cancel(reason=why))
+
+        return EventStream(begin, buffer=buffer)
+
     async def resume(
         self,
         run_id: str,
@@ -492,7 +520,7 @@ class Runtime:
                         approvals=self.approvals, lineage=lineage,
                         executor_for=self.executor_for)
         if observing is not None:
-            driver.observe(observing.observe_run(driver))
+            driver.instrument(observing.observe_run(driver))
         return driver
 
     def _scope(self, driver: Driver, sharing: _Sharing, resuming: bool) -> RunScope:
@@ -654,6 +682,36 @@ async def run(plan: Plan, *, board: Board | None = None, budget: Budget | None =
     """
     async with Runtime(**options) as runtime:
         return await runtime.run(plan, board=board, budget=budget)
+
+
+def stream(plan: Plan, *, board: Board | None = None, budget: Budget | None = None,
+           buffer: int = DEFAULT_BUFFER, **options: Any) -> EventStream[RunResult]:
+    """Run ``plan`` with a fresh :class:`Runtime` and yield its events, then its result.
+
+    ``async for item in shoal.stream(plan): ...``; ``options`` go to ``Runtime(...)``, which
+    is closed when the run ends. See :meth:`Runtime.stream`.
+    """
+    def begin(sink: EventSink) -> Started[RunResult]:
+        runtime = Runtime(**options)
+        # refused before it starts (a PlanError): nothing of the runtime was started yet
+        handle = runtime.start(plan, board=board, budget=budget, on_event=sink)
+
+        async def result() -> RunResult:
+            try:
+                return await handle
+            finally:
+                await runtime.aclose()
+
+        return Started(result, lambda why: handle.cancel(reason=why))
+
+    return EventStream(begin, buffer=buffer)
+
+
+def _awaiter(handle: RunHandle) -> Callable[[], Coroutine[Any, Any, RunResult]]:
+    async def result() -> RunResult:
+        return await handle
+
+    return result
 
 
 def run_sync(plan: Plan, *, board: Board | None = None, budget: Budget | None = None,

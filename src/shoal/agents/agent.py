@@ -35,6 +35,7 @@ from shoal.models.retry import ModelGates
 from shoal.plan import as_tool
 from shoal.policy import ToolPolicy
 from shoal.runtime import run_blocking
+from shoal.streaming import DEFAULT_BUFFER, EventStream, Started
 from shoal.tools import Tool
 
 if TYPE_CHECKING:
@@ -364,6 +365,40 @@ class Agent(Generic[T]):
                                 on_event=on_event, run_id=run_id, gates=gates,
                                 approver=approver, board=board)
 
+    def stream(
+        self,
+        prompt: str,
+        *,
+        runtime: Runtime | None = None,
+        model: str | Model | None = None,
+        budget: Budget | None = None,
+        on_event: EventSink | Sequence[EventSink] | None = None,
+        run_id: str | None = None,
+        gates: ModelGates | None = None,
+        approver: Approver | Callback | None = None,
+        board: Board | None = None,
+        buffer: int = DEFAULT_BUFFER,
+    ) -> EventStream[AgentResult[T]]:
+        """Run the agent on ``prompt`` and yield its events as they happen, then its result.
+
+        ``async for item in lead.stream("prompt"): ...`` gets every event of the tree with
+        its lineage, the models' text as :class:`~shoal.events.TextDelta` pieces while they
+        write it, and last the :class:`AgentResult` (a failed run's too: the stream does not
+        raise for it). ``buffer`` bounds what waits unread (see :class:`shoal.EventStream`:
+        the run never waits for the reader); leaving the loop early cancels the run. The
+        other arguments are those of :meth:`run`.
+        """
+        def begin(sink: EventSink) -> Started[AgentResult[T]]:
+            sinks = [] if on_event is None else [on_event] if callable(on_event) else list(
+                on_event)
+            handle = self.start(prompt, runtime=runtime, model=model, budget=budget,
+                                on_event=[*sinks, sink], run_id=run_id, gates=gates,
+                                approver=approver, board=board)
+            return Started(functools.partial(_settled, handle),
+                           lambda why: handle.cancel(reason=why))
+
+        return EventStream(begin, buffer=buffer)
+
     def run_sync(
         self,
         prompt: str,
@@ -460,6 +495,17 @@ class AgentHandle(Generic[T]):
     def result(self) -> AgentResult[T]:
         """The lead's result so far (its ``status`` is ``running`` until it ends)."""
         return self._root.result
+
+
+async def _settled(handle: AgentHandle[T]) -> AgentResult[T]:
+    """The tree's result, a failed one too (the error that carries it is not raised)."""
+    try:
+        return await handle
+    except ShoalError as exc:
+        result = getattr(exc, "result", None)
+        if isinstance(result, AgentResult):
+            return result
+        raise
 
 
 async def _claimed(claim: RunClaim, tree: Coroutine[Any, Any, AgentResult[Any]],

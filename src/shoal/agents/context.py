@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from shoal import instrumentation
 from shoal.agents.budget import Budget, BudgetTracker
-from shoal.events import Event, EventSink
+from shoal.events import Event, EventSink, TextDelta, wants_text
 from shoal.exceptions import BudgetExceeded, MissingDependencyError
 from shoal.models.base import Model
 from shoal.models.retry import ModelGates
@@ -85,6 +85,11 @@ class TreeContext:
         #: resume even steps that another process seems to run (``Agent.resume(force=True)``)
         self.force = force
         self._sinks = list(sinks)
+        self._text_sinks = [sink for sink in self._sinks if wants_text(sink)]
+        #: whether a sink asked for model text (:class:`~shoal.events.TextDelta`): then every
+        #: agent of the tree streams its model's replies (and a nested run's sinks that are
+        #: this tree's ``emit`` ask for text too)
+        self.wants_text = bool(self._text_sinks)
         self._t0 = time.monotonic()
         self._models: dict[str, Model] = {}
         # lineage -> its steps in flight (model turns and tool phases, each a run)
@@ -126,8 +131,11 @@ class TreeContext:
         return bool(self._sinks)
 
     def emit(self, event: Event) -> None:
-        """Send ``event`` to every sink; a sink that fails is logged, never fatal."""
-        for sink in self._sinks:
+        """Send ``event`` to every sink; a sink that fails is logged, never fatal.
+
+        A :class:`~shoal.events.TextDelta` goes only to the sinks that asked for text.
+        """
+        for sink in self._text_sinks if isinstance(event, TextDelta) else self._sinks:
             try:
                 sink(event)
             except Exception:  # an observer's bug must not break the tree it observes

@@ -603,6 +603,7 @@ class _PlanReader:
             if isinstance(event, TextDelta):
                 streamed.append(event.text)
                 self.feed(event.text)
+                agent_run.text_streamed(event.text)
             elif isinstance(event, ResponseDone):
                 response = event.response
         if response is None:

@@ -31,6 +31,7 @@ from shoal.events import (
     Event,
     EventSink,
     ModelResponded,
+    TextDelta,
     ToolCallRejected,
 )
 from shoal.exceptions import (
@@ -52,6 +53,7 @@ from shoal.models.base import (
     Usage,
     UserMessage,
 )
+from shoal.models.base import TextDelta as TextPiece  # a model's stream item, not the event
 from shoal.openrun import OpenRun
 from shoal.outcome import RunResult, jsonable
 from shoal.plan import Plan
@@ -284,7 +286,8 @@ class AgentRun:
 
         With a ``stream``, the reply is streamed and each complete call is handed to it at
         once; the node's outcome is still the whole reply, so a resumed turn replays it and
-        its calls replay from the tool phase's journal.
+        its calls replay from the tool phase's journal. When a sink asks for model text, the
+        reply is streamed too (its calls start when it ends); otherwise it is a plain request.
         """
         ctx, turn = self.ctx, self.result.turns
         gate, model = ctx.gates.for_model(self.model), self.model
@@ -297,7 +300,7 @@ class AgentRun:
                 # change it freely; the messages inside are immutable, shared, never copied
                 if read is not None:
                     return await read(copy.deepcopy(request))
-                if stream is not None:
+                if stream is not None or ctx.wants_text:
                     return await self._streamed(copy.deepcopy(request), stream)
                 return await gate.request(model, copy.deepcopy(request),
                                           on_event=self._model_event)
@@ -318,22 +321,39 @@ class AgentRun:
             raise asyncio.CancelledError(outcome.reason)
         raise ModelError(model.name, str(outcome.error or outcome.reason or outcome.status))
 
-    async def _streamed(self, request: ModelRequest, stream: CallStream) -> ModelResponse:
-        """Stream the reply, handing each call to ``stream`` the moment it is complete."""
+    async def _streamed(self, request: ModelRequest,
+                        stream: CallStream | None) -> ModelResponse:
+        """Stream the reply, handing each call to ``stream`` the moment it is complete.
+
+        Its text goes to the sinks that asked for it, piece by piece, as it arrives.
+        """
         gate, model = self.ctx.gates.for_model(self.model), self.model
         response: ModelResponse | None = None
         # the agent keeps only the whole reply, so text already streamed is no reason not
-        # to retry, as a plain request would be retried
+        # to retry, as a plain request would be retried (a listener sees ModelRetrying, then
+        # the turn's text again from its start)
         async for event in gate.stream(model, request, on_event=self._model_event,
                                        retry_after_text=True):
             if isinstance(event, ToolCallDone):
-                stream.add(event.index, event.call)
+                if stream is not None:
+                    stream.add(event.index, event.call)
             elif isinstance(event, ResponseDone):
                 response = event.response
+            elif isinstance(event, TextPiece):
+                self.text_streamed(event.text)
         if response is None:
             raise ModelError(model.name, "the stream ended without a complete reply")
+        if stream is None:
+            return response
         calls = stream.merged(response.tool_calls)
         return response if calls == response.tool_calls else replace(response, tool_calls=calls)
+
+    def text_streamed(self, text: str) -> None:
+        """Hand a piece of the reply's text to the sinks that asked for text."""
+        ctx = self.ctx
+        if text and ctx.wants_text:
+            ctx.emit(TextDelta(run_id=ctx.run_id, time=ctx.now(), lineage=self.lineage,
+                               agent=self.agent.name, turn=self.result.turns, text=text))
 
     def _call_stream(self) -> CallStream:
         """The next turn's tool phase, ready to take calls while the model streams."""

@@ -176,7 +176,7 @@ def run_agent_target(options: AgentOptions, console: Console, live: bool) -> int
     agent = load_agent(options.target)
     if isinstance(agent, Agent):
         check_models(agent, options.model)
-    view = AgentTree()
+    view = AgentTree(text=live)  # the live tree shows what the models are writing
     sinks: list[Any] = [view] + ([options.events] if options.events is not None else [])
     if options.journal is not None:
         sinks.append(options.journal)

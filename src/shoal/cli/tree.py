@@ -8,7 +8,9 @@ draws the tree the live view drew.
 
 While a run goes on, elapsed times tick with the clock, not only when an event arrives: a
 model turn or a local model server starting can take many seconds without one. A retrying
-model request and a starting model server show on their agent's row.
+model request and a starting model server show on their agent's row, and so does the text its
+model is writing (the latest of it, on one line), when the tree asks for text
+(``AgentTree(text=True)``, the live view).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from shoal.cli.render import ID_WIDTH, STATUS_STYLES, seconds
-from shoal.cli.safe import one_line
+from shoal.cli.safe import ELLIPSIS, clean, one_line
 from shoal.cli.safe import text as safe_text
 from shoal.events import (
     AgentFinished,
@@ -37,6 +39,7 @@ from shoal.events import (
     NodeFinished,
     NodeSkipped,
     NodeStarted,
+    TextDelta,
     ToolCallRejected,
 )
 
@@ -46,6 +49,8 @@ MAX_CALLS_SHOWN = 8  # per agent: the most recent; the rest are summed up in one
 _STYLES = {**STATUS_STYLES, "running": "bold cyan", "rejected": "magenta",
            "budget_exceeded": "red", "max_turns": "red"}
 _SERVER = "~server"  # the lineage tail of a model server's row (not a name a call can have)
+_SAID_KEPT = 1000  # characters of an agent's streamed text kept for its row (the latest)
+_SAID_WIDTH = 60  # ... and shown
 
 
 @dataclass(slots=True)
@@ -63,6 +68,8 @@ class Row:
     detail: str = ""
     arguments: str = ""  # a call's arguments (JSON text), when known
     notice: str = ""  # what a running agent waits for now (a retry)
+    said: str = ""  # the latest text its model streamed in its current turn (the tail)
+    said_turn: int = 0
     is_server: bool = False
     children: list[str] = field(default_factory=list)
 
@@ -90,9 +97,14 @@ TREE_EVENTS = (*_TREE_TIMED, NodeStarted, NodeFinished, NodeCancelled, NodeSkipp
 
 
 class AgentTree:
-    """Collects an agent run's events into rows by lineage (use it as an ``on_event`` sink)."""
+    """Collects an agent run's events into rows by lineage (use it as an ``on_event`` sink).
 
-    def __init__(self) -> None:
+    ``text``: ask for the models' streamed text (:class:`~shoal.events.TextDelta`), to show
+    each running agent's latest words; the run then streams its models' replies.
+    """
+
+    def __init__(self, *, text: bool = False) -> None:
+        self.wants_text = text
         self.rows: dict[str, Row] = {}
         self.roots: list[str] = []
         self.now = 0.0  # the latest event's time
@@ -115,7 +127,11 @@ class AgentTree:
         if not event.lineage:
             return
         row = self._row(event.lineage)
-        if isinstance(event, AgentStarted):
+        if isinstance(event, TextDelta):
+            if event.turn != row.said_turn:
+                row.said, row.said_turn = "", event.turn
+            row.said = (row.said + event.text)[-_SAID_KEPT:]
+        elif isinstance(event, AgentStarted):
             row.is_agent, row.started, row.label = True, event.time, event.agent
             row.detail = event.prompt
         elif isinstance(event, ModelResponded):
@@ -127,6 +143,7 @@ class AgentTree:
             row.detail = event.error or event.output
             self._live = self._live and "/" in event.lineage  # the lead ended: stop the clock
         elif isinstance(event, (ModelRetrying, ModelServerStarting, ModelServerStarted)):
+            row.said = "" if isinstance(event, ModelRetrying) else row.said  # it starts again
             self._model(row, event)
         elif isinstance(event, NodeStarted) and not row.is_agent:
             row.started = row.started or self.clock()
@@ -230,6 +247,8 @@ def _label(view: AgentTree, row: Row, now: float) -> Text:
         text.append(f"  {_short(row.arguments, 40)}", style="dim")
     if row.notice and row.status == "running":
         text.append(f"  {_short(row.notice, 110)}", style="yellow")
+    elif row.said and row.status == "running":
+        text.append(f"  {_latest(row.said, _SAID_WIDTH)}", style="italic")
     if row.detail and row.status != "running":
         text.append(f"  {_short(row.detail)}", style="dim" if row.status == "ok" else "red")
     return text
@@ -237,6 +256,12 @@ def _label(view: AgentTree, row: Row, now: float) -> Text:
 
 def _short(text: str, width: int = 70) -> str:
     return one_line(text, width)
+
+
+def _latest(text: str, width: int) -> str:
+    """The end of ``text`` on one line, escaped, at most ``width`` long (``…`` when cut)."""
+    flat = clean(" ".join(text[-width * 4:].split()))
+    return flat if len(flat) <= width else ELLIPSIS + flat[-(width - 1):]
 
 
 def _add(tree: Tree, view: AgentTree, lineage: str, now: float) -> None:

@@ -157,7 +157,7 @@ class Driver:
         """The graph being run."""
         return self.state.graph
 
-    def observe(self, observer: RunObserver) -> None:
+    def instrument(self, observer: RunObserver) -> None:
         """Let an instrumentation's ``observer`` see this run (see :mod:`shoal.instrumentation`).
 
         It gets every event, but is not one of :attr:`sinks`: nested runs ask for their own.
@@ -238,6 +238,20 @@ class Driver:
             self._before_start.append(decisions)
         else:
             self._apply(decisions)
+
+    def observe(self, sink: Callable[[Event], None]) -> None:
+        """Add an observer before the run starts (an open run's event stream).
+
+        Later it would miss what happened already, so it is refused.
+        """
+        if self._loop is not None:
+            raise RuntimeError(f"run {self.state.run_id} has started already: ask for its events "
+                               "before the first 'await' after opening it, so none is missed")
+        self._sinks.append(sink)
+        self.sinks = (*self.sinks, sink)
+        self.state.record_events = True
+        if self.scope is not None:  # nested runs (agent nodes, patterns) report to it too
+            self.scope.sinks = (*self.scope.sinks, sink)
 
     def add(self, nodes: Sequence[Node]) -> None:
         """Add nodes to an open run (validated by the caller); they run once their inputs are."""

@@ -1,0 +1,285 @@
+"""Streaming a run to its caller: ``async for item in lead.stream("prompt"): ...``.
+
+An :class:`EventStream` yields every event of one run, in the order it happened, each with its
+lineage; the text of every model reply as :class:`~shoal.events.TextDelta` pieces while the
+model generates it (parallel subagents' pieces interleaved in the order they arrive, each
+tagged with its agent's lineage); and, as the last item, the run's result: an
+:class:`~shoal.agents.result.AgentResult` for :meth:`shoal.Agent.stream`, a
+:class:`~shoal.outcome.RunResult` for :func:`shoal.stream`, :meth:`shoal.Runtime.stream` and
+:meth:`shoal.openrun.OpenRun.events`. The result is always last and always there: a run that
+fails ends the stream with its failed result (``status``, ``error``), not with an exception
+that would lose what came before.
+
+The run never waits for the consumer. Its events go into a buffer of ``buffer`` items
+(:data:`DEFAULT_BUFFER` unless given); while the consumer is behind by that many:
+
+1. a new text piece joins the unread piece of the same agent's turn (nothing is lost);
+2. progress events (text pieces that cannot join, :class:`~shoal.events.NodeQueued`,
+   :class:`~shoal.events.NodeStarted`, :class:`~shoal.events.NodeRetrying`) are left out,
+   and one :class:`~shoal.events.EventsDropped` in their place says how many, of which kinds;
+3. every other event (how each agent, node and run started or ended, model turns, retries,
+   approvals) is kept beyond the bound: they are bounded by the size of the run.
+
+Stopping early stops the run: a stream closed before its end cancels the run and waits for it
+to end (every outcome is still recorded, in the journal too). ``async with agent.stream(...)
+as events:`` closes it at the end of the block, ``await events.aclose()`` at once; so does
+cancelling the reading task while it waits for the next item. After a ``break`` (or an
+exception in the loop's body) it is closed when the stream is collected, at once for ``async
+for item in agent.stream(...)``, which holds it nowhere else.
+
+The run starts when iteration starts (a stream never iterated runs nothing); a problem found
+before anything runs (a :class:`~shoal.exceptions.PlanError`, a
+:class:`~shoal.exceptions.ConfigError`) is raised by the first step of the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass, replace
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+from shoal.events import (
+    Event,
+    EventsDropped,
+    EventSink,
+    NodeQueued,
+    NodeRetrying,
+    NodeStarted,
+    TextDelta,
+)
+from shoal.exceptions import ConfigError
+
+__all__ = ["DEFAULT_BUFFER", "EventStream", "Started", "check_buffer"]
+
+R = TypeVar("R")
+
+#: How many unread items a stream holds before it starts to join text and leave out progress.
+DEFAULT_BUFFER = 10_000
+
+#: What may be left out when the consumer is behind: the rest says how everything ended.
+_PROGRESS = (TextDelta, NodeQueued, NodeStarted, NodeRetrying)
+
+STOPPED = "the caller stopped reading the run's events"
+
+
+def check_buffer(buffer: object) -> int:
+    """``buffer`` as a bound, or :class:`ConfigError` saying what it must be."""
+    if isinstance(buffer, bool) or not isinstance(buffer, int) or buffer < 1:
+        raise ConfigError(f"buffer must be a whole number of events, 1 or more, got {buffer!r}")
+    return buffer
+
+
+@dataclass(frozen=True, slots=True)
+class Started(Generic[R]):
+    """A run a stream follows: how to wait for its result, and how to cancel it."""
+
+    #: a coroutine function giving the run's result (a failed run's too, never raising for it)
+    result: Callable[[], Coroutine[Any, Any, R]]
+    #: cancels the whole run, with a reason
+    cancel: Callable[[str], None]
+
+
+class _Slot:
+    """One unread item: an event, the text pieces joined to it, or a count of left-out events."""
+
+    __slots__ = ("drops", "event", "parts")
+
+    def __init__(self, event: Event) -> None:
+        self.event = event
+        self.parts: list[str] | None = None
+        self.drops: dict[str, int] | None = None
+
+    def take(self) -> Event:
+        if self.parts is not None:
+            assert isinstance(self.event, TextDelta)
+            return replace(self.event, text="".join(self.parts))
+        if self.drops is not None:
+            assert isinstance(self.event, EventsDropped)
+            return replace(self.event, count=sum(self.drops.values()), kinds=dict(self.drops))
+        return self.event
+
+
+class _Buffer:
+    """The sink a stream gives its run: a bounded buffer with the policy of the module doc."""
+
+    wants_text = True  # the run streams its models' replies for this sink (see wants_text)
+
+    def __init__(self, bound: int) -> None:
+        self.bound = bound
+        self.closed = False
+        self.dropped = 0  # events left out so far
+        self._slots: deque[_Slot] = deque()
+        self._text: dict[str, _Slot] = {}  # lineage -> its unread text piece, still joinable
+        self._marker: _Slot | None = None  # the unread EventsDropped, while it is the last item
+        self._waiter: asyncio.Future[None] | None = None
+
+    def __call__(self, event: Event) -> None:
+        """Take one event from the run; never blocks, never raises."""
+        if self.closed:
+            return
+        if len(self._slots) >= self.bound and self._overflow(event):
+            return
+        slot = _Slot(event)
+        self._slots.append(slot)
+        self._marker = None
+        if isinstance(event, TextDelta):
+            self._text[event.lineage] = slot
+        else:  # the agent's turn moved on: its next text is no longer the same piece
+            self._text.pop(event.lineage, None)
+        self.wake()
+
+    def _overflow(self, event: Event) -> bool:
+        """Join or leave out ``event`` (``True``), or say it must be kept (``False``)."""
+        if isinstance(event, TextDelta):
+            slot = self._text.get(event.lineage)
+            if slot is not None:
+                if slot.parts is None:
+                    assert isinstance(slot.event, TextDelta)
+                    slot.parts = [slot.event.text]
+                slot.parts.append(event.text)
+                return True
+        if not isinstance(event, _PROGRESS):
+            return False
+        self.dropped += 1
+        marker = self._marker
+        if marker is None:
+            marker = _Slot(EventsDropped(run_id=event.run_id, time=event.time, count=0,
+                                         kinds={}))
+            marker.drops = {}
+            self._slots.append(marker)
+            self._marker = marker
+            self.wake()
+        assert marker.drops is not None
+        marker.drops[event.kind] = marker.drops.get(event.kind, 0) + 1
+        return True
+
+    def pop(self) -> Event | None:
+        """The oldest unread item, or ``None``."""
+        if not self._slots:
+            return None
+        slot = self._slots.popleft()
+        if slot is self._marker:
+            self._marker = None
+        lineage = slot.event.lineage
+        if self._text.get(lineage) is slot:
+            del self._text[lineage]
+        return slot.take()
+
+    async def wait(self) -> None:
+        """Until an item arrives or :meth:`wake` is called."""
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def wake(self, *_: object) -> None:
+        """Wake the consumer waiting in :meth:`wait`, if any."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class _Run(Generic[R]):
+    """What a stream knows of its run; its iterator holds this, never the stream itself.
+
+    (A stream left by ``break`` is then freed at once, and the loop closes its iterator,
+    which cancels the run: a cycle between the two would keep both until a garbage
+    collection.)
+    """
+
+    def __init__(self, begin: Callable[[EventSink], Started[R]], buffer: _Buffer) -> None:
+        self.begin = begin
+        self.buffer = buffer
+        self.started: Started[R] | None = None
+        self.ended = False
+        self.result: R | None = None
+
+    def iterate(self) -> AsyncGenerator[Event | R, None]:
+        """The stream's items (a generator holding this run, not the stream)."""
+        return _iterate(self)
+
+
+class EventStream(Generic[R]):
+    """A run's events, then its result, as an async iterator (see the module docstring).
+
+    Made by :meth:`shoal.Agent.stream`, :func:`shoal.stream`, :meth:`shoal.Runtime.stream`
+    and :meth:`shoal.openrun.OpenRun.events`. Each item is an :class:`~shoal.events.Event`,
+    except the last, which is the result (``R``). Use it once.
+    """
+
+    def __init__(self, begin: Callable[[EventSink], Started[R]], *,
+                 buffer: int = DEFAULT_BUFFER, eager: bool = False) -> None:
+        self._run = _Run(begin, _Buffer(check_buffer(buffer)))
+        if eager:  # the run is started already (an open run): listen from now on
+            self._run.started = begin(self._run.buffer)
+        self._items = self._run.iterate()
+
+    @property
+    def result(self) -> R:
+        """The run's result, once the stream has yielded it."""
+        if not self._run.ended:
+            raise RuntimeError("the stream has not ended yet: its last item is the result")
+        return self._run.result  # type: ignore[return-value]  # set with ended
+
+    @property
+    def dropped(self) -> int:
+        """How many events were left out so far because the consumer was behind."""
+        return self._run.buffer.dropped
+
+    def __aiter__(self) -> AsyncIterator[Event | R]:
+        return self._items
+
+    async def __anext__(self) -> Event | R:
+        return await anext(self._items)
+
+    async def aclose(self) -> None:
+        """Stop reading: a run still going is cancelled, and this waits for it to end."""
+        await self._items.aclose()
+
+    async def __aenter__(self) -> EventStream[R]:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
+
+
+async def _iterate(run: _Run[R]) -> AsyncGenerator[Event | R, None]:
+    """The stream's items: the run's events as they come, then its result."""
+    buffer = run.buffer
+    started = run.started if run.started is not None else run.begin(buffer)
+    run.started = started
+    task = asyncio.ensure_future(started.result())
+    task.add_done_callback(buffer.wake)
+    task.add_done_callback(_retrieve)  # a stream stopped early does not read it
+    finished = False
+    try:
+        while True:
+            event = buffer.pop()
+            if event is not None:
+                yield event
+            elif task.done():
+                break
+            else:
+                await buffer.wait()
+        finished = True
+        buffer.closed = True
+        run.result = task.result()  # a bug's exception, after every event
+        run.ended = True
+        yield run.result
+    finally:
+        if not finished:  # the consumer left early: cancel the run, wait for its end
+            buffer.closed = True
+            if not task.done():
+                started.cancel(STOPPED)
+                await asyncio.wait({task})
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Mark a task's exception as read (it is the stream's to report, or nobody's)."""
+    if not task.cancelled():
+        task.exception()
