@@ -73,6 +73,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time names load on 
         ExecutorError,
         JournalDamagedError,
         MaxTurnsExceeded,
+        MCPServerError,
+        MCPToolError,
         MissingAPIKeyError,
         MissingDependencyError,
         ModelConnectionError,
@@ -127,6 +129,8 @@ _EXPORTS = {
     "AgentError": "shoal.exceptions",
     "BudgetExceeded": "shoal.exceptions",
     "MaxTurnsExceeded": "shoal.exceptions",
+    "MCPServerError": "shoal.exceptions",
+    "MCPToolError": "shoal.exceptions",
     "ModelError": "shoal.exceptions",
     "ModelHTTPError": "shoal.exceptions",
     "ModelConnectionError": "shoal.exceptions",
@@ -226,7 +230,8 @@ _EXPORTS = {
 
 
 # Submodules reachable as attributes of ``shoal`` without importing them first.
-_SUBMODULES = {"patterns": "shoal.patterns"}
+# ``mcp`` needs the extra of that name: without it, using it raises MissingDependencyError.
+_SUBMODULES = {"patterns": "shoal.patterns", "mcp": "shoal.integrations.mcp"}
 
 
 def __getattr__(name: str) -> Any:
@@ -276,6 +281,8 @@ __all__ = [
     "AgentError",
     "BudgetExceeded",
     "MaxTurnsExceeded",
+    "MCPServerError",
+    "MCPToolError",
     "ModelError",
     "ModelHTTPError",
     "ModelConnectionError",
