@@ -382,17 +382,15 @@ class _Session:
         """End the session and wait (boundedly) for its task to finish."""
         task = self._task
         self._stop.set()
-        if task is None or task.done():
+        if task is None:
             return
-        try:
-            async with asyncio.timeout(CLOSE_TIMEOUT):
-                await asyncio.shield(task)
-        except TimeoutError:
+        # asyncio.wait: the task's own ending (even its cancellation) is not raised here
+        await asyncio.wait({task}, timeout=CLOSE_TIMEOUT)
+        if not task.done():  # a transport that does not close in time is cancelled
             task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-        except Exception:
-            log.debug("closing MCP session of %s failed", self.server.described, exc_info=True)
+            await asyncio.wait({task}, timeout=CLOSE_TIMEOUT)
+        if task.done():
+            _retrieve(task)
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
@@ -701,15 +699,23 @@ async def tools(
 
 
 def _annotations(tool: Tool[..., Any]) -> mcp_types.ToolAnnotations:
-    """What a shoal tool's policy says about it, as MCP hints."""
+    """What a shoal tool's policy says about it, as MCP hints.
+
+    Read-only: it declares reads and nothing else. Destructive: it needs approval (the
+    mirror of how :func:`tools` reads the hint).
+    """
     policy = tool.policy
     read_only = bool(policy.reads) and not (policy.writes or policy.merges or policy.exclusive)
     return mcp_types.ToolAnnotations(read_only_hint=read_only,
+                                     destructive_hint=policy.approval is not False,
                                      idempotent_hint=policy.idempotent or read_only)
 
 
 def _result(outcome: Outcome) -> mcp_types.CallToolResult:
-    """A call's outcome as an MCP result (anything but ``ok`` is an error result)."""
+    """A call's outcome as an MCP result (anything but ``ok`` is an error result).
+
+    A string is text; any other value is JSON text and structured content.
+    """
     from shoal.outcome import jsonable
 
     if outcome.status == "ok":
@@ -717,9 +723,11 @@ def _result(outcome: Outcome) -> mcp_types.CallToolResult:
         if isinstance(value, str):
             return mcp_types.CallToolResult(content=[mcp_types.TextContent(text=value)])
         data = jsonable(value)
+        # structured content is an object; other values go in {"result": ...}, as the MCP
+        # SDK's own servers send them
         return mcp_types.CallToolResult(
             content=[mcp_types.TextContent(text=json.dumps(data, ensure_ascii=False))],
-            structured_content=data if isinstance(data, dict) else None)
+            structured_content=data if isinstance(data, dict) else {"result": data})
     if outcome.error is not None:
         text = f"{outcome.status}: {outcome.error.type}: {outcome.error.message}"
     else:
