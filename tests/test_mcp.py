@@ -644,6 +644,41 @@ def test_shoal_mcp_serve_rejects_bad_targets_with_exit_code_2(tmp_path: Path) ->
         assert "Traceback" not in out.stderr
 
 
+def test_a_bad_schema_a_foreign_ref_and_mixed_content_from_a_raw_server() -> None:
+    raw = [*AWKWARD, "raw"]
+
+    async def main() -> None:
+        with pytest.raises(shoal.ToolDefinitionError, match="'bad_schema' has an invalid"):
+            await shoal.mcp.tools(command=raw)
+        found = by_name(await shoal.mcp.tools(command=[*raw, "bad_schema"]))
+        plan = shoal.Plan()
+        plan.call(found["remote_ref"], x=1)  # the $ref is never fetched: a clear problem
+        with pytest.raises(shoal.PlanError, match="schema cannot check arguments"):
+            plan.validate()
+        plan = shoal.Plan()
+        mixed = plan.call(found["mixed"])
+        value = (await shoal.run(plan))[mixed].value
+        assert value.splitlines() == [
+            "three blocks:", "[image: image/png, about 100 bytes]",
+            "[resource file:///notes.txt]", "the notes", "[resource link: more file:///more.txt]"]
+
+    arun(main(), timeout=SLOW)
+
+
+def test_bad_tool_options_are_config_errors() -> None:
+    async def main() -> None:
+        with pytest.raises(shoal.ConfigError, match="only is a list of tool names"):
+            await shoal.mcp.tools(command=AWKWARD, only="slow")  # type: ignore[arg-type]
+        with pytest.raises(shoal.ConfigError, match="overrides maps a tool name"):
+            await shoal.mcp.tools(command=AWKWARD, overrides={"slow": 5})  # type: ignore[dict-item]
+        with pytest.raises(shoal.ToolDefinitionError, match="runs inline"):
+            await shoal.mcp.tools(command=AWKWARD, overrides={"slow": {"isolation": "process"}})
+        with pytest.raises(shoal.ConfigError, match="env maps names to strings"):
+            shoal.mcp.server(AWKWARD, env={"N": 1})  # type: ignore[dict-item]
+
+    arun(main(), timeout=SLOW)
+
+
 def test_blob_content_is_described_not_dropped() -> None:
     from mcp_types import BlobResourceContents, CallToolResult, EmbeddedResource, TextContent
 

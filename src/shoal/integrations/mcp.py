@@ -131,7 +131,14 @@ class MCPServer:
         if self.command and not all(isinstance(a, str) and a for a in self.command):
             raise ConfigError(f"command must be a list of non-empty strings, got "
                               f"{list(self.command)!r}")
-        if self.url is not None and not re.match(r"^https?://", self.url):
+        if self.env is not None and not (isinstance(self.env, Mapping) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.env.items())):
+            raise ConfigError(f"env maps names to strings, got {self.env!r}")
+        if self.headers is not None and not (isinstance(self.headers, Mapping) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.headers.items())):
+            raise ConfigError("headers map names to strings")
+        if self.url is not None and not (isinstance(self.url, str)
+                                         and re.match(r"^https?://", self.url)):
             raise ConfigError(f"url must be an http:// or https:// URL, got {self.url!r}")
         if not (isinstance(self.connect_timeout, int | float) and self.connect_timeout > 0):
             raise ConfigError(f"connect_timeout must be a positive number of seconds, got "
@@ -170,6 +177,11 @@ class MCPServer:
         overrides: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> list[MCPTool]:
         """The server's tools as shoal tools (see :func:`tools` for the options)."""
+        if isinstance(only, str) or (only is not None and not all(
+                isinstance(n, str) for n in only)):
+            raise ConfigError(f"only is a list of tool names, e.g. [{only!r}], got {only!r}")
+        if not isinstance(prefix, str):
+            raise ConfigError(f"prefix must be a string, got {prefix!r}")
         listed = await self._list()
         wanted = set(only) if only is not None else None
         if wanted is not None:
@@ -488,6 +500,10 @@ def _policy(srv: MCPServer, remote: RemoteTool, approval: ApprovalRule | None,
 def _overridden(made: list[MCPTool], overrides: Mapping[str, Mapping[str, Any]],
                 srv: MCPServer) -> list[MCPTool]:
     """Apply ``overrides`` (by the server's tool name or the shoal name) to the tools."""
+    if not isinstance(overrides, Mapping) or not all(
+            isinstance(o, Mapping) for o in overrides.values()):
+        raise ConfigError("overrides maps a tool name to @shoal.tool options, e.g. "
+                          "{'write_file': {'approval': False}}")
     by_name = {t.remote.name: t for t in made} | {t.name: t for t in made}
     unknown = [n for n in overrides if n not in by_name]
     if unknown:
@@ -540,8 +556,7 @@ def _block_text(block: Any) -> str:
     if kind == "text":
         return str(block.text)
     if kind in ("image", "audio"):
-        size = len(block.data) * 3 // 4
-        return f"[{kind}: {block.mime_type}, about {size:,} bytes]"
+        return f"[{kind}: {block.mime_type}, about {_decoded_size(block.data):,} bytes]"
     if kind == "resource_link":
         return f"[resource link: {block.name} {block.uri}]"
     if kind == "resource":
@@ -551,8 +566,13 @@ def _block_text(block: Any) -> str:
             return f"[resource {res.uri}]\n{text}"
         blob = getattr(res, "blob", "") or ""
         return (f"[resource {res.uri}: {res.mime_type or 'binary'}, "
-                f"about {len(blob) * 3 // 4:,} bytes]")
+                f"about {_decoded_size(blob):,} bytes]")
     return f"[{kind or type(block).__name__} content]"
+
+
+def _decoded_size(data: str) -> int:
+    """How many bytes base64 ``data`` stands for (without decoding it)."""
+    return len(data) * 3 // 4 - (len(data) - len(data.rstrip("=")))
 
 
 class MCPTool(Tool[..., Any]):
@@ -565,6 +585,10 @@ class MCPTool(Tool[..., Any]):
 
     def __init__(self, remote: RemoteTool, name: str, policy: ToolPolicy,
                  _model: type[pydantic.BaseModel] | None = None) -> None:
+        if policy.isolation not in (None, "inline"):
+            raise ToolDefinitionError(f"tool {name!r} of MCP server {remote.server.described} "
+                                      f"runs inline, not {policy.isolation!r}: its session "
+                                      "with the server lives in this process")
         self.remote = remote
         self._validator = jsonschema.validators.validator_for(
             remote.schema, default=jsonschema.Draft202012Validator)(dict(remote.schema))
@@ -583,7 +607,7 @@ class MCPTool(Tool[..., Any]):
 
     def validate(self, args: Mapping[str, Any]) -> dict[str, Any]:
         """Check ``args`` against the server's schema; raise :class:`ToolArgumentError`."""
-        errors = sorted(self._validator.iter_errors(dict(args)), key=_error_order)
+        errors = sorted(self._schema_errors(dict(args), None, ""), key=_error_order)
         if errors:
             first = errors[0]
             argument = str(first.absolute_path[0]) if first.absolute_path else ""
@@ -607,9 +631,26 @@ class MCPTool(Tool[..., Any]):
             problems += [f"unexpected argument {n!r}" for n in args if n not in properties]
         for name, value in args.items():
             if name in properties and not is_pending(value):
-                problems += [_error_text(e) for e in
-                             self._validator.descend(value, properties[name], path=name)][:1]
+                try:
+                    problems += [_error_text(e) for e in
+                                 self._schema_errors(value, properties[name], name)][:1]
+                except ToolArgumentError as exc:
+                    problems.append(exc.detail)
         return "; ".join(problems)
+
+    def _schema_errors(self, value: Any, schema: Any, path: str) -> list[Any]:
+        """What the server's schema finds wrong with ``value`` (``schema``: a part of it).
+
+        A schema jsonschema cannot apply (a ``$ref`` to elsewhere, which is never fetched)
+        is a :class:`ToolArgumentError` saying so, rather than an error from deep inside.
+        """
+        try:
+            if schema is None:
+                return list(self._validator.iter_errors(value))
+            return list(self._validator.descend(value, schema, path=path))
+        except Exception as exc:
+            raise ToolArgumentError(self.name, path, f"the server's input schema cannot "
+                                    f"check arguments: {describe_exception(exc)}") from None
 
 
 def _error_order(error: Any) -> tuple[int, str]:
