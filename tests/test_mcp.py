@@ -417,21 +417,41 @@ def test_everything_server_over_streamable_http(http_server: Any) -> None:
 # -- crashes and hostile servers ------------------------------------------------------------
 
 
+class Answered:
+    """An event sink that says when a node has finished."""
+
+    def __init__(self) -> None:
+        self.done: dict[str, asyncio.Event] = {}
+
+    def __call__(self, event: shoal.Event) -> None:
+        if isinstance(event, shoal.NodeFinished):
+            self.done.setdefault(event.node_id, asyncio.Event()).set()
+
+
+async def kill_once_answered(node: str, marker: str, sink: Answered,
+                             proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Kill the server once ``node`` has its answer (the others are in flight by then)."""
+    await sink.done.setdefault(node, asyncio.Event()).wait()
+    await asyncio.sleep(0.5)
+    if proc is not None:
+        proc.kill()
+        return
+    victims = servers(marker)
+    assert len(victims) == 1
+    victims[0].send_signal(signal.SIGKILL)
+
+
 def test_a_killed_stdio_server_fails_its_running_calls_and_the_next_run_restarts_it() -> None:
+    sink = Answered()
+
     async def main() -> None:
         found = by_name(await shoal.mcp.tools(command=AWKWARD, name="awkward"))
-
-        async def kill_soon() -> None:
-            await asyncio.sleep(1.0)
-            victims = servers("mcp_servers.py")
-            assert len(victims) == 1
-            victims[0].send_signal(signal.SIGKILL)
-
         plan = shoal.Plan()
+        first = plan.call(found["slow"], seconds=0)
         slow = [plan.call(found["slow"], seconds=30) for _ in range(3)]
-        killer = asyncio.ensure_future(kill_soon())
+        killer = asyncio.ensure_future(kill_once_answered(first.node, "mcp_servers.py", sink))
         began = time.perf_counter()
-        result = await shoal.run(plan)
+        result = await shoal.run(plan, on_event=sink)
         await killer
         assert time.perf_counter() - began < 15, "the run hung on a dead server"
         for ref in slow:
@@ -450,19 +470,16 @@ def test_a_killed_stdio_server_fails_its_running_calls_and_the_next_run_restarts
 
 def test_a_killed_http_server_fails_the_call_with_a_clear_error(http_server: Any) -> None:
     proc, url = http_server([*AWKWARD, "http", "{port}"])
+    sink = Answered()
 
     async def main() -> None:
         found = by_name(await shoal.mcp.tools(url=url))
-
-        async def kill_soon() -> None:
-            await asyncio.sleep(1.0)
-            proc.kill()
-
         plan = shoal.Plan()
+        first = plan.call(found["slow"], seconds=0)
         ref = plan.call(found["slow"], seconds=30)
-        killer = asyncio.ensure_future(kill_soon())
+        killer = asyncio.ensure_future(kill_once_answered(first.node, "", sink, proc))
         began = time.perf_counter()
-        result = await shoal.run(plan)
+        result = await shoal.run(plan, on_event=sink)
         await killer
         assert time.perf_counter() - began < 20, "the run hung on a dead endpoint"
         outcome = result[ref]
@@ -480,6 +497,10 @@ def test_a_missing_program_and_a_silent_server_are_clear_errors() -> None:
     async def main() -> None:
         with pytest.raises(MCPServerError, match="cannot start 'no-such-mcp-server-here'"):
             await shoal.mcp.tools(command=["no-such-mcp-server-here"])
+        dying = [sys.executable, "-c",
+                 "import sys; print('bad config: no token', file=sys.stderr); sys.exit(3)"]
+        with pytest.raises(MCPServerError, match=r"could not start.*stderr ends: bad config"):
+            await shoal.mcp.tools(command=dying)
         silent = [sys.executable, "-c", "import sys\nfor _ in sys.stdin: pass"]
         began = time.perf_counter()
         with pytest.raises(MCPServerError, match="within 1 s"):
