@@ -468,6 +468,41 @@ def test_a_killed_stdio_server_fails_its_running_calls_and_the_next_run_restarts
     assert not servers("mcp_servers.py")
 
 
+def test_a_retried_call_restarts_a_killed_server_within_the_run() -> None:
+    sink = Answered()
+
+    async def main() -> None:
+        found = by_name(await shoal.mcp.tools(
+            command=AWKWARD, overrides={"slow": {"retries": 1, "backoff": 0}}))
+        plan = shoal.Plan()
+        first = plan.call(found["slow"], seconds=0)
+        again = plan.call(found["slow"], seconds=2)
+        killer = asyncio.ensure_future(kill_once_answered(first.node, "mcp_servers.py", sink))
+        result = await shoal.run(plan, on_event=sink)
+        await killer
+        assert result[again].ok, result[again].error
+        assert result[again].attempts == 2  # the first attempt died with the server
+        assert result[again].value == {"result": "slept 2.0"}
+
+    arun(main(), timeout=SLOW)  # no task of either session outlives the run
+    assert not servers("mcp_servers.py")
+
+
+def test_a_held_session_whose_server_died_starts_it_again() -> None:
+    async def main() -> None:
+        srv = shoal.mcp.server(AWKWARD)
+        slow = by_name(await srv.tools())["slow"]
+        async with srv:
+            assert await slow(seconds=0) == {"result": "slept 0.0"}
+            servers("mcp_servers.py")[0].send_signal(signal.SIGKILL)
+            with pytest.raises(MCPServerError):
+                await slow(seconds=5)
+            assert await slow(seconds=0) == {"result": "slept 0.0"}
+        assert not servers("mcp_servers.py")
+
+    arun(main(), timeout=SLOW)
+
+
 def test_a_killed_http_server_fails_the_call_with_a_clear_error(http_server: Any) -> None:
     proc, url = http_server([*AWKWARD, "http", "{port}"])
     sink = Answered()

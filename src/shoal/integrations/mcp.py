@@ -58,6 +58,7 @@ from shoal.exceptions import (
     MCPToolError,
     MissingDependencyError,
     PlanError,
+    ShoalError,
     ToolArgumentError,
     ToolDefinitionError,
     bounded_text,
@@ -122,6 +123,7 @@ class MCPServer:
     headers: Mapping[str, str] | None = None
     connect_timeout: float = CONNECT_TIMEOUT
     _held: _Session | None = field(default=None, init=False, repr=False)
+    _retired: list[_Session] = field(default_factory=list, init=False, repr=False)
     _label: str = field(default="", init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -226,18 +228,26 @@ class MCPServer:
             headers=dict(self.headers), follow_redirects=False))
 
     def _session_for(self, scope: RunScope | None) -> tuple[_Session, bool]:
-        """The session a call uses, and whether the call must close it itself."""
+        """The session a call uses, and whether the call must close it itself.
+
+        A session whose server died is replaced (the server starts again for the next
+        call); the dead one is still closed with the others, so that nothing outlives them.
+        """
         if self._held is not None:
+            if self._held.dead:
+                self._retired.append(self._held)
+                self._held = _Session(self)
             return self._held, False
         if scope is None:  # a call outside any run: a session of its own
             return _Session(self), True
         sessions = scope.shared.get(_SESSIONS)
-        if sessions is None:
-            sessions = scope.shared[_SESSIONS] = {}
+        if not isinstance(sessions, _RunSessions):
+            sessions = scope.shared[_SESSIONS] = _RunSessions()
             scope.at_end(functools.partial(_close_all, scope.shared, sessions))
-        found = sessions.get(self)
-        if found is None or found.dead:  # a server that died starts again for the next call
-            found = sessions[self] = _Session(self)
+        found = sessions.live.get(self)
+        if found is None or found.dead:
+            found = sessions.live[self] = _Session(self)
+            sessions.every.append(found)
         return found, False
 
     async def __aenter__(self) -> MCPServer:
@@ -249,16 +259,24 @@ class MCPServer:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        session, self._held = self._held, None
-        if session is not None:
-            await session.close()
+        ending = [*self._retired, *([self._held] if self._held is not None else [])]
+        self._held, self._retired = None, []
+        await asyncio.gather(*(s.close() for s in ending))
 
 
-async def _close_all(shared: dict[str, Any], sessions: dict[MCPServer, _Session]) -> None:
+@dataclass(eq=False)
+class _RunSessions:
+    """A run's sessions: the live one of each server, and every one it opened."""
+
+    live: dict[MCPServer, _Session] = field(default_factory=dict)
+    every: list[_Session] = field(default_factory=list)
+
+
+async def _close_all(shared: dict[str, Any], sessions: _RunSessions) -> None:
     """Close a run's sessions (its at_end hook); a later run of the same tree opens anew."""
     if shared.get(_SESSIONS) is sessions:
         del shared[_SESSIONS]
-    await asyncio.gather(*(s.close() for s in sessions.values()))
+    await asyncio.gather(*(s.close() for s in sessions.every))
 
 
 class _Session:
@@ -801,6 +819,8 @@ class _Served:
             result = await self.runtime.run(plan)
         except PlanError as exc:  # arguments that do not fit: the client can correct them
             return _error_result("; ".join(p.message for p in exc.problems))
+        except ShoalError as exc:  # the runtime could not run it (its journal, say)
+            return _error_result(f"{type(exc).__name__}: {exc}")
         return _result(result[ref])
 
 
