@@ -225,6 +225,20 @@ def test_time_server_arguments_are_checked_against_its_schema_before_the_run() -
     assert "42 is not of type 'string'" in text
 
 
+def test_mcp_tools_stay_inline_under_a_runtime_that_defaults_to_processes() -> None:
+    program = python_server("mcp-server-time")
+
+    async def main() -> None:
+        get = by_name(await shoal.mcp.tools(command=[program]))["get_current_time"]
+        plan = shoal.Plan()
+        ref = plan.call(get, timezone="UTC")
+        async with shoal.Runtime(executor="process") as runtime:
+            result = await runtime.run(plan)
+        assert result[ref].ok and result[ref].executor == "inline"
+
+    arun(main(), timeout=SLOW)
+
+
 def test_time_server_called_by_an_agent_on_a_scripted_model() -> None:
     program = python_server("mcp-server-time")
     tools = arun(shoal.mcp.tools(command=[program]), timeout=SLOW)
@@ -663,8 +677,11 @@ def test_shoal_mcp_serve_round_trip_over_stdio_with_the_mcp_sdk_client(tmp_path:
     arun(main(), timeout=SLOW)
     store = shoal.SQLiteStore(journal)
     try:
-        runs = store.list_runs()
-        assert len(runs) >= 10  # every call is a journaled run
+        runs = store.list_runs(limit=100)
+        assert len(runs) >= 10  # every call is a journaled run, with its outcome
+        statuses = {(n, o.outcome.status) for r in runs
+                    for n, o in store.outcomes(r.run_id).items()}
+        assert {("add", "ok"), ("launch", "denied"), ("too_slow", "timed_out")} <= statuses
     finally:
         store.close()
 
