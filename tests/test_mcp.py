@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
+import json
 import os
 import shutil
 import signal
@@ -253,6 +254,23 @@ def test_time_server_called_by_an_agent_on_a_scripted_model() -> None:
     assert spec.parameters == by_name(tools)["get_current_time"].json_schema()
     model.check()
     assert not servers(program), "the agent's session outlived the agent"
+
+
+def test_shoal_run_an_agent_whose_tools_a_module_lists_at_import(tmp_path: Path) -> None:
+    program = python_server("mcp-server-time")
+    (tmp_path / "clock_agent.py").write_text(
+        "import asyncio\nimport shoal\nfrom shoal.testing import ScriptedModel, call\n"
+        f"tools = asyncio.run(shoal.mcp.tools(command=[{program!r}]))\n"
+        "clock = shoal.Agent(name='clock', tools=tools, model=ScriptedModel("
+        "[[call('get_current_time', timezone='UTC')], 'done']))\n")
+    out = subprocess.run([sys.executable, "-m", "shoal.cli.app", "run", "clock_agent.py:clock",
+                          "what time is it?", "--json", "--no-store"], capture_output=True,
+                         text=True, cwd=tmp_path, timeout=SLOW, stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(out.stdout)
+    assert answer["output"] == "done"
+    assert answer["calls"][0]["status"] == "ok"
+    assert json.loads(answer["calls"][0]["result"])["timezone"] == "UTC"
 
 
 def test_a_direct_call_and_a_held_session() -> None:
