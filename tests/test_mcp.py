@@ -473,6 +473,22 @@ async def kill_once_answered(node: str, marker: str, sink: Answered,
     victims[0].send_signal(signal.SIGKILL)
 
 
+def test_calls_overlap_over_one_session_of_a_python_sdk_server() -> None:
+    async def main() -> float:
+        slow = by_name(await shoal.mcp.tools(command=AWKWARD))["slow"]
+        plan = shoal.Plan()
+        first = plan.call(slow, seconds=0)  # the server is up once this answers
+        refs = [plan.call(slow, seconds=1, after=first) for _ in range(20)]
+        result = await shoal.run(plan)
+        assert all(result[r].ok for r in refs)
+        spans = [(result[r].started_at or 0.0, result[r].finished_at or 0.0) for r in refs]
+        assert max(s for s, _ in spans) < min(e for _, e in spans), "not all calls overlapped"
+        return max(e for _, e in spans) - min(s for s, _ in spans)
+
+    elapsed = arun(main(), timeout=SLOW)
+    assert elapsed < 5.0, f"20 calls of 1 s took {elapsed:.1f} s over one session"
+
+
 def test_a_killed_stdio_server_fails_its_running_calls_and_the_next_run_restarts_it() -> None:
     sink = Answered()
 
