@@ -82,7 +82,8 @@ if TYPE_CHECKING:
     from shoal.outcome import Outcome
     from shoal.runtime import Runtime
 
-__all__ = ["MCPServer", "MCPTool", "RemoteTool", "serve", "server", "tools"]
+__all__ = ["MCPServer", "MCPTool", "RemoteTool", "content_text", "result_value", "serve",
+           "served_tools", "server", "tools"]
 
 log = logging.getLogger(__name__)
 
