@@ -77,6 +77,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time names load on 
         JournalDamagedError,
         MaxReplansExceeded,
         MaxTurnsExceeded,
+        MCPServerError,
+        MCPToolError,
         MissingAPIKeyError,
         MissingDependencyError,
         ModelConnectionError,
@@ -134,6 +136,8 @@ _EXPORTS = {
     "BudgetExceeded": "shoal.exceptions",
     "MaxTurnsExceeded": "shoal.exceptions",
     "MaxReplansExceeded": "shoal.exceptions",
+    "MCPServerError": "shoal.exceptions",
+    "MCPToolError": "shoal.exceptions",
     "ModelError": "shoal.exceptions",
     "ModelHTTPError": "shoal.exceptions",
     "ModelConnectionError": "shoal.exceptions",
@@ -239,7 +243,10 @@ _EXPORTS = {
 
 
 # Submodules reachable as attributes of ``shoal`` without importing them first.
-_SUBMODULES = {"patterns": "shoal.patterns", "otel": "shoal.integrations.otel"}
+# ``mcp`` and ``otel`` need the extras of those names: without one, using it raises
+# MissingDependencyError.
+_SUBMODULES = {"patterns": "shoal.patterns", "otel": "shoal.integrations.otel",
+               "mcp": "shoal.integrations.mcp"}
 
 
 def __getattr__(name: str) -> Any:
@@ -290,6 +297,8 @@ __all__ = [
     "BudgetExceeded",
     "MaxTurnsExceeded",
     "MaxReplansExceeded",
+    "MCPServerError",
+    "MCPToolError",
     "ModelError",
     "ModelHTTPError",
     "ModelConnectionError",

@@ -35,12 +35,16 @@
     │   └── ModelConnectionError    the provider could not be reached, or did not answer in time
     ├── ScriptError                 a ScriptedModel got a request it has no step for, or has
     │                               steps left unused
-    └── AgentError                  an agent run could not finish; ``.result`` holds it so far
-        ├── BudgetExceeded          a budget of the run's tree ran out; ``.limit`` names it
-        ├── MaxTurnsExceeded        the agent used all its turns without a final answer
-        ├── MaxReplansExceeded      a planner's joiner asked for more new plans than
-        │                           ``max_replans`` allows
-        └── OutputValidationError   the final answer did not fit ``output_type``, after retries
+    ├── AgentError                  an agent run could not finish; ``.result`` holds it so far
+    │   ├── BudgetExceeded          a budget of the run's tree ran out; ``.limit`` names it
+    │   ├── MaxTurnsExceeded        the agent used all its turns without a final answer
+    │   ├── MaxReplansExceeded      a planner's joiner asked for more new plans than
+    │   │                           ``max_replans`` allows
+    │   └── OutputValidationError   the final answer did not fit ``output_type``, after retries
+    ├── MCPServerError              an MCP server could not be reached or started, crashed, or
+    │                               broke the protocol; ``.server`` names it, ``.cause`` says how
+    └── MCPToolError                an MCP server's tool answered with an error (``isError``);
+                                    the message is the server's text
 
 Errors raised *by tools* are never wrapped in this tree: they are recorded as a ``failed``
 outcome whose :class:`~shoal.outcome.ErrorInfo` keeps the original type name, message and
@@ -65,6 +69,8 @@ __all__ = [
     "BudgetExceeded",
     "ExecutorError",
     "JournalDamagedError",
+    "MCPServerError",
+    "MCPToolError",
     "MaxReplansExceeded",
     "MaxTurnsExceeded",
     "MissingAPIKeyError",
@@ -556,3 +562,39 @@ class MaxReplansExceeded(AgentError):
 
 class OutputValidationError(AgentError):
     """The model's final answer did not fit the agent's ``output_type`` after every retry."""
+
+
+MCP_ERROR_CHARS = 20_000  # of an MCP server's error text kept in a message
+
+
+class MCPServerError(ShoalError):
+    """An MCP server failed as a server: not started, unreachable, crashed, or off-protocol.
+
+    ``server`` names it (its name and how it was started or reached); ``cause`` says what
+    happened, with the end of what the server wrote to stderr when there is any.
+    """
+
+    def __init__(self, server: str, cause: str) -> None:
+        self.server = server
+        self.cause = bounded_text(cause, MCP_ERROR_CHARS)
+        super().__init__(f"MCP server {server}: {self.cause}")
+
+    def __reduce__(self) -> tuple[type[MCPServerError], tuple[str, str]]:
+        return (MCPServerError, (self.server, self.cause))
+
+
+class MCPToolError(ShoalError):
+    """An MCP server's tool reported an error (a result with ``isError: true``).
+
+    The message is the text the server sent back; ``server`` and ``tool`` name where it
+    came from (``tool`` as the server calls it).
+    """
+
+    def __init__(self, server: str, tool: str, text: str) -> None:
+        self.server = server
+        self.tool = tool
+        self.text = bounded_text(text, MCP_ERROR_CHARS)
+        super().__init__(self.text or f"MCP tool {tool!r} of {server} failed, saying nothing")
+
+    def __reduce__(self) -> tuple[type[MCPToolError], tuple[str, str, str]]:
+        return (MCPToolError, (self.server, self.tool, self.text))

@@ -172,10 +172,17 @@ class TreeContext:
         return self._models[spec]
 
     async def close_models(self) -> None:
-        """Close the models this tree created from strings (not ones the user passed in)."""
+        """Close the models this tree created from strings (not ones the user passed in).
+
+        And end what the tree's tool phases hold until the tree ends (the ``at_end`` hooks of
+        :attr:`scope`, such as the sessions of MCP servers): the phases are nested runs, so
+        no run of theirs is the outermost one that would.
+        """
         models, self._models = self._models, {}
         for model in models.values():
             await model.aclose()
+        if self._scope is not None:
+            await self._scope.end()
 
     def resume_within(self, lineage: str) -> None:
         """Continue the journaled steps of the agent at ``lineage`` and below, too.

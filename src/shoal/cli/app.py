@@ -33,6 +33,7 @@ from shoal.cli.agents import AgentOptions, is_agent_target, model_option, run_ag
 from shoal.cli.interrupt import EXIT_INTERRUPTED, CtrlC
 from shoal.cli.journal import register as register_journal_commands
 from shoal.cli.live import SHOW_CURSOR, LivePause, follow
+from shoal.cli.mcp import register as register_mcp_commands
 from shoal.cli.render import announce, plan_problems, render_result
 from shoal.cli.safe import clean, install_log_handler, one_line
 from shoal.cli.safe import console as safe_console
@@ -259,6 +260,7 @@ def run_command(
 
 
 register_journal_commands(app)  # runs, show, resume, cancel
+register_mcp_commands(app)  # mcp serve
 
 
 def run_agent(target: str, prompt: str | None, model: str | None, as_json: bool,

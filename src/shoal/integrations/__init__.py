@@ -1,1 +1,6 @@
-"""Bridges to other tools, each behind an extra: ``shoal.otel`` (OpenTelemetry, extra ``otel``)."""
+"""Integrations with other ecosystems, each behind an extra: ``shoal.otel`` (OpenTelemetry,
+extra ``otel``) and ``shoal.mcp`` (MCP servers and tools, extra ``mcp``).
+
+Nothing here is imported by ``import shoal``; each module fails at import with an install hint
+when its extra is missing.
+"""

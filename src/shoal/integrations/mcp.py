@@ -1,0 +1,910 @@
+"""MCP tools: the tools of an MCP server as shoal tools, and shoal tools as an MCP server.
+
+Use a server's tools (over stdio or streamable HTTP) in plans and agents::
+
+    tools = await shoal.mcp.tools(command=["mcp-server-time"])
+    tools = await shoal.mcp.tools(url="http://127.0.0.1:8000/mcp")
+
+Each tool is a real :class:`~shoal.tools.Tool`: its argument schema is the server's
+``inputSchema`` (what a model sees, and what arguments are checked against before a call), its
+description the server's, and its policy comes from the server's tool annotations:
+
+- ``readOnlyHint: true``: the call only *reads* the server (footprint ``reads="mcp:NAME"``),
+  so read-only calls run side by side; it is safe to run again after a crash (idempotent).
+- otherwise it *writes* the server (``writes="mcp:NAME"``): it keeps plan order with the
+  server's other calls; ``idempotentHint: true`` makes it idempotent for resume;
+  ``destructiveHint`` (true by MCP's default when the server says nothing) makes it need
+  approval.
+- ``openWorldHint`` is kept on :attr:`MCPTool.remote` (``open_world``); it changes nothing.
+
+Annotations are hints from the server: ``approval=`` (every tool) and ``overrides=`` (per tool,
+any option of ``@shoal.tool``) replace what they say.
+
+A run starts each server it needs on its first call, shares one session among all its calls
+(the MCP SDK matches answers to requests by id, so calls overlap), and stops it when the
+outermost run ends. ``async with server:`` holds one session open instead, for every run and
+direct call meanwhile. A server that dies fails its running calls with
+:class:`~shoal.exceptions.MCPServerError` naming it and what happened; the next call starts
+it again. A result with ``isError: true`` fails the call with
+:class:`~shoal.exceptions.MCPToolError` and the server's text.
+
+The other way, :func:`serve` (``shoal mcp serve module:tools``) is an MCP server whose tools
+are shoal tools: each call runs through a :class:`~shoal.runtime.Runtime`, with the tools'
+limits, approvals and (given a store) the journal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import functools
+import hashlib
+import json
+import logging
+import os
+import re
+import shlex
+import tempfile
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, TextIO, cast
+
+import pydantic
+
+from shoal.exceptions import (
+    ConfigError,
+    MCPServerError,
+    MCPToolError,
+    MissingDependencyError,
+    PlanError,
+    ShoalError,
+    ToolArgumentError,
+    ToolDefinitionError,
+    bounded_text,
+    describe_exception,
+)
+from shoal.policy import ApprovalRule, ToolPolicy, policy_from
+from shoal.scheduler.scope import RunScope, register_injector
+from shoal.schema import model_facts
+from shoal.tools import Tool
+
+try:
+    import jsonschema  # type: ignore[import-untyped]  # a dependency of mcp; no type hints
+    import mcp_types
+    from mcp import Client, StdioServerParameters
+    from mcp.shared.exceptions import MCPError
+except ImportError as exc:  # the extra is missing: say how to install it
+    raise MissingDependencyError("mcp", "mcp") from exc
+
+if TYPE_CHECKING:
+    from shoal.executors.base import Call
+    from shoal.outcome import Outcome
+    from shoal.runtime import Runtime
+
+__all__ = ["MCPServer", "MCPTool", "RemoteTool", "content_text", "result_value", "serve",
+           "served_tools", "server", "tools"]
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 30.0  # seconds for a server to start and answer the handshake
+CLOSE_TIMEOUT = 10.0  # seconds for a session to close before its task is cancelled
+STDERR_TAIL = 2000  # characters of a server's stderr quoted when it fails
+MAX_PAGES = 1000  # tools/list pages read from one server (a server that pages forever stops)
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # what model APIs accept as tool names
+_SESSIONS = "shoal.mcp.sessions"  # the key of a run's sessions in RunScope.shared
+_SCOPE_PARAM = "_shoal_mcp_scope"  # the injected parameter that brings a call its run's scope
+
+
+def _scope_of(call: Call, scope: RunScope | None) -> RunScope | None:
+    return scope
+
+
+register_injector("shoal.mcp", _scope_of)
+
+
+# -- servers and sessions -------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class MCPServer:
+    """An MCP server to start (``command``) or reach (``url``); see :func:`server`.
+
+    ``async with server:`` keeps one session open until the block ends: every call of its
+    tools meanwhile (in any run, or called directly) uses it. Without that, each run opens
+    its own session on its first call and closes it when it ends, and a direct call outside
+    any run opens one for that call alone.
+    """
+
+    command: tuple[str, ...] = ()
+    url: str | None = None
+    name: str | None = None
+    env: Mapping[str, str] | None = None
+    cwd: str | None = None
+    headers: Mapping[str, str] | None = None
+    connect_timeout: float = CONNECT_TIMEOUT
+    _held: _Session | None = field(default=None, init=False, repr=False)
+    _retired: list[_Session] = field(default_factory=list, init=False, repr=False)
+    _label: str = field(default="", init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if bool(self.command) == (self.url is not None):
+            raise ConfigError("an MCP server needs exactly one of command=[...] (a program "
+                              "speaking MCP on stdio) or url='http://.../mcp' (streamable HTTP)")
+        if self.command and not all(isinstance(a, str) and a for a in self.command):
+            raise ConfigError(f"command must be a list of non-empty strings, got "
+                              f"{list(self.command)!r}")
+        if self.env is not None and not (isinstance(self.env, Mapping) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.env.items())):
+            raise ConfigError(f"env maps names to strings, got {self.env!r}")
+        if self.headers is not None and not (isinstance(self.headers, Mapping) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.headers.items())):
+            raise ConfigError("headers map names to strings")
+        if self.url is not None and not (isinstance(self.url, str)
+                                         and re.match(r"^https?://", self.url)):
+            raise ConfigError(f"url must be an http:// or https:// URL, got {self.url!r}")
+        if not (isinstance(self.connect_timeout, int | float) and self.connect_timeout > 0):
+            raise ConfigError(f"connect_timeout must be a positive number of seconds, got "
+                              f"{self.connect_timeout!r}")
+        self._label = self.name or (os.path.basename(self.command[0]) if self.command
+                                    else str(self.url))
+
+    @property
+    def where(self) -> str:
+        """How the server is started (its command line) or reached (its URL)."""
+        return shlex.join(self.command) if self.command else str(self.url)
+
+    @property
+    def label(self) -> str:
+        """The server's name: ``name=``, else the name it gives, else its program or URL."""
+        return self._label
+
+    @property
+    def described(self) -> str:
+        """The server as error messages name it: its name and where it runs."""
+        return (f"{self._label!r} ({self.where})" if self._label != self.where
+                else repr(self.where))
+
+    @property
+    def key(self) -> str:
+        """The resource key its tools read or write (``mcp:NAME``)."""
+        return "mcp:" + re.sub(r"[^\w.\-/:@]", "_", self._label)
+
+    async def tools(
+        self,
+        *,
+        prefix: str = "",
+        only: Collection[str] | None = None,
+        approval: ApprovalRule | None = None,
+        timeout: float | None = None,
+        overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> list[MCPTool]:
+        """The server's tools as shoal tools (see :func:`tools` for the options)."""
+        if isinstance(only, str) or (only is not None and not all(
+                isinstance(n, str) for n in only)):
+            raise ConfigError(f"only is a list of tool names, e.g. [{only!r}], got {only!r}")
+        if not isinstance(prefix, str):
+            raise ConfigError(f"prefix must be a string, got {prefix!r}")
+        listed = await self._list()
+        wanted = set(only) if only is not None else None
+        if wanted is not None:
+            missing = wanted - {t.name for t in listed}
+            if missing:
+                raise ConfigError(f"MCP server {self.described} has no tool "
+                                  f"{', '.join(map(repr, sorted(missing)))}; it has "
+                                  f"{', '.join(t.name for t in listed) or 'none'}")
+            listed = [t for t in listed if t.name in wanted]
+        remotes = [_remote(self, t) for t in listed]
+        names = _shoal_names([prefix + r.name for r in remotes])
+        made = [MCPTool(r, n, _policy(self, r, approval, timeout))
+                for r, n in zip(remotes, names, strict=True)]
+        return _overridden(made, overrides or {}, self)
+
+    async def _list(self) -> list[mcp_types.Tool]:
+        if self._held is not None:
+            return await self._held.list_tools()
+        session = _Session(self)
+        try:
+            return await session.list_tools()
+        finally:
+            await session.close()
+
+    def _client(self, errlog: TextIO) -> Client:
+        if self.url is not None:
+            return Client(self._http_transport(), cache=None)
+        params = StdioServerParameters(command=self.command[0], args=list(self.command[1:]),
+                                       env=dict(self.env) if self.env else None, cwd=self.cwd)
+        from mcp.client.stdio import stdio_client
+
+        return Client(stdio_client(params, errlog=errlog), cache=None)
+
+    def _http_transport(self) -> Any:
+        from mcp.client.streamable_http import streamable_http_client
+
+        if not self.headers:
+            return streamable_http_client(str(self.url))
+        import httpx2  # what the mcp SDK speaks HTTP with
+
+        return streamable_http_client(str(self.url), http_client=httpx2.AsyncClient(
+            headers=dict(self.headers), follow_redirects=False))
+
+    def _session_for(self, scope: RunScope | None) -> tuple[_Session, bool]:
+        """The session a call uses, and whether the call must close it itself.
+
+        A session whose server died is replaced (the server starts again for the next
+        call); the dead one is still closed with the others, so that nothing outlives them.
+        """
+        if self._held is not None:
+            if self._held.dead:
+                self._retired.append(self._held)
+                self._held = _Session(self)
+            return self._held, False
+        if scope is None:  # a call outside any run: a session of its own
+            return _Session(self), True
+        sessions = scope.shared.get(_SESSIONS)
+        if not isinstance(sessions, _RunSessions):
+            sessions = scope.shared[_SESSIONS] = _RunSessions()
+            scope.at_end(functools.partial(_close_all, scope.shared, sessions))
+        found = sessions.live.get(self)
+        if found is None or found.dead:
+            found = sessions.live[self] = _Session(self)
+            sessions.every.append(found)
+        return found, False
+
+    async def __aenter__(self) -> MCPServer:
+        if self._held is not None:
+            raise ConfigError(f"MCP server {self.described} is held open already")
+        session = _Session(self)
+        await session.open()
+        self._held = session
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        ending = [*self._retired, *([self._held] if self._held is not None else [])]
+        self._held, self._retired = None, []
+        await asyncio.gather(*(s.close() for s in ending))
+
+
+@dataclass(eq=False)
+class _RunSessions:
+    """A run's sessions: the live one of each server, and every one it opened."""
+
+    live: dict[MCPServer, _Session] = field(default_factory=dict)
+    every: list[_Session] = field(default_factory=list)
+
+
+async def _close_all(shared: dict[str, Any], sessions: _RunSessions) -> None:
+    """Close a run's sessions (its at_end hook); a later run of the same tree opens anew."""
+    if shared.get(_SESSIONS) is sessions:
+        del shared[_SESSIONS]
+    await asyncio.gather(*(s.close() for s in sessions.every))
+
+
+class _Session:
+    """One session with a server, owned by a task of its own.
+
+    The SDK's transports live in anyio task groups, which must be left by the task that
+    entered them; calls come from many tasks (each call of a run runs in its own), and the
+    session must outlive the call that happened to open it. The owning task waits until
+    :meth:`close`; calls send their requests through the client from wherever they run.
+    """
+
+    def __init__(self, server: MCPServer) -> None:
+        self.server = server
+        self._client: Client | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._ready: asyncio.Future[None] | None = None
+        self._dead: asyncio.Future[str] | None = None  # its result: why the session ended
+        self._stop = asyncio.Event()
+        self._errlog: TextIO | None = None
+
+    @property
+    def dead(self) -> bool:
+        """Whether the session has ended (the server died, or it was closed)."""
+        return self._dead is not None and self._dead.done()
+
+    async def open(self) -> Client:
+        """Start the session (once; concurrent callers wait for the same start)."""
+        if self._task is None:
+            loop = asyncio.get_running_loop()
+            self._ready, self._dead = loop.create_future(), loop.create_future()
+            self._task = loop.create_task(self._own(), name=f"shoal.mcp {self.server.label}")
+        assert self._ready is not None and self._dead is not None
+        try:
+            async with asyncio.timeout(self.server.connect_timeout):
+                # shielded: one caller's cancellation must not cancel the start for the others
+                await asyncio.shield(self._ready)
+        except TimeoutError:
+            self._end(f"did not start and answer the MCP handshake within "
+                      f"{self.server.connect_timeout:g} s")
+            self._task.cancel()  # still starting: stop that (its cleanup kills the process)
+        if self._client is None or self.dead:
+            raise self._error()
+        return self._client
+
+    async def _own(self) -> None:
+        """The session's life: connect, hold the connection until told to stop, close."""
+        with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as errlog:
+            self._errlog = cast(TextIO, errlog)
+            cause = "the session was closed"
+            try:
+                async with self.server._client(self._errlog) as client:
+                    if not self.server.name and client.server_info and client.server_info.name:
+                        self.server._label = client.server_info.name
+                    self._client = client
+                    assert self._ready is not None
+                    if not self._ready.done():
+                        self._ready.set_result(None)
+                    await self._stop.wait()
+            except asyncio.CancelledError:
+                cause = "the session was cancelled"
+                raise
+            except BaseException as exc:  # whatever ended it is the cause to report
+                cause = _cause(exc, self._client is None, self.server)
+            finally:
+                self._end(cause)
+
+    def _end(self, cause: str) -> None:
+        """Mark the session ended with ``cause`` (the first cause wins) and let it close."""
+        if self._dead is not None and not self._dead.done():
+            self._dead.set_result(self._with_stderr(cause))
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_result(None)  # the start is over: its waiters see it failed
+        self._stop.set()
+
+    def _with_stderr(self, cause: str) -> str:
+        tail = ""
+        if self._errlog is not None and not self._errlog.closed:
+            with contextlib.suppress(OSError, ValueError):
+                self._errlog.flush()
+                self._errlog.seek(0)
+                tail = self._errlog.read()[-STDERR_TAIL:].strip()
+        return f"{cause}; its stderr ends: {tail}" if tail else cause
+
+    def _error(self, doing: str = "") -> MCPServerError:
+        cause = self._dead.result() if self._dead is not None and self._dead.done() else (
+            "the session is not open")
+        return MCPServerError(self.server.described, f"{cause}{doing}")
+
+    async def call_tool(self, name: str, arguments: Mapping[str, Any]) -> mcp_types.CallToolResult:
+        """Call ``name``; fail with :class:`MCPServerError` if the server dies meanwhile."""
+        client = await self.open()
+        result: mcp_types.CallToolResult = await self._race(
+            client.call_tool(name, dict(arguments)), f"calling {name!r}")
+        return result
+
+    async def list_tools(self) -> list[mcp_types.Tool]:
+        """Every tool the server lists (all pages)."""
+        client = await self.open()
+        found: list[mcp_types.Tool] = []
+        cursor: str | None = None
+        for _ in range(MAX_PAGES):
+            page = await self._race(client.list_tools(cursor=cursor), "listing its tools")
+            found += page.tools
+            cursor = page.next_cursor
+            if not cursor:
+                break
+        return found
+
+    async def _race(self, work: Any, doing: str) -> Any:
+        """Await ``work`` unless the session ends first (then raise why)."""
+        assert self._dead is not None
+        task = asyncio.ensure_future(work)
+        try:
+            await asyncio.wait({task, self._dead}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not task.done():  # the session died, or this call was cancelled (its timeout)
+                task.cancel()
+                task.add_done_callback(_retrieve)
+        if not task.done():
+            raise self._error(f" (while {doing})")
+        try:
+            return task.result()
+        except MCPError as exc:
+            if exc.code == mcp_types.CONNECTION_CLOSED:  # the server died under the request
+                self._end(f"the connection closed ({exc.message}); the server may have crashed")
+                raise self._error(f" (while {doing})") from None
+            raise
+        except pydantic.ValidationError as exc:  # an answer that is not MCP
+            raise MCPServerError(self.server.described, f"answered off-protocol while {doing}: "
+                                 f"{bounded_text(str(exc), 2000)}") from None
+
+    async def close(self) -> None:
+        """End the session and wait (boundedly) for its task to finish."""
+        task = self._task
+        self._stop.set()
+        if task is None:
+            return
+        # asyncio.wait: the task's own ending (even its cancellation) is not raised here
+        await asyncio.wait({task}, timeout=CLOSE_TIMEOUT)
+        if not task.done():  # a transport that does not close in time is cancelled
+            task.cancel()
+            await asyncio.wait({task}, timeout=CLOSE_TIMEOUT)
+        if task.done():
+            _retrieve(task)
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Read a dropped task's outcome, so that asyncio does not log it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _cause(exc: BaseException, starting: bool, server: MCPServer) -> str:
+    """What ended a session, in words: the innermost errors of an exception group."""
+    leaves: list[BaseException] = []
+    stack = [exc]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, BaseExceptionGroup):
+            stack.extend(item.exceptions)
+        else:
+            leaves.append(item)
+    said = "; ".join(dict.fromkeys(describe_exception(e) for e in leaves)) or repr(exc)
+    if starting and isinstance(exc, FileNotFoundError | PermissionError) and server.command:
+        return f"cannot start {server.command[0]!r}: {said}"
+    return f"{'could not start' if starting else 'failed'}: {said}"
+
+
+# -- tools ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class RemoteTool:
+    """A tool as its MCP server describes it: its name there, schema and annotations."""
+
+    server: MCPServer
+    name: str
+    description: str
+    schema: Mapping[str, Any]
+    read_only: bool | None = None
+    destructive: bool | None = None
+    idempotent: bool | None = None
+    open_world: bool | None = None
+    output_schema: Mapping[str, Any] | None = None
+
+
+def _remote(srv: MCPServer, listed: mcp_types.Tool) -> RemoteTool:
+    hints = listed.annotations or mcp_types.ToolAnnotations()
+    schema = listed.input_schema
+    if not isinstance(schema, dict) or schema.get("type", "object") != "object":
+        raise ToolDefinitionError(f"MCP server {srv.described}: tool {listed.name!r} has an "
+                                  f"input schema that is not an object schema: "
+                                  f"{bounded_text(repr(schema), 300)}; leave it out with "
+                                  "only=[...]")
+    try:
+        jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator
+                                            ).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise ToolDefinitionError(f"MCP server {srv.described}: tool {listed.name!r} has an "
+                                  f"invalid input schema ({exc.message}); leave it out with "
+                                  "only=[...]") from None
+    return RemoteTool(srv, listed.name, bounded_text(listed.description or "", 20_000),
+                      schema, hints.read_only_hint, hints.destructive_hint,
+                      hints.idempotent_hint, hints.open_world_hint, listed.output_schema)
+
+
+def _shoal_names(wanted: Sequence[str]) -> list[str]:
+    """Tool names model APIs accept (letters, digits, ``_`` and ``-``, at most 64), unique.
+
+    A name that had to change gets a short hash of the original, so that two names that
+    differ only in the characters replaced stay apart.
+    """
+    out: list[str] = []
+    for name in wanted:
+        made = name
+        if not NAME_PATTERN.match(name):
+            digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+            made = (re.sub(r"[^A-Za-z0-9_-]", "_", name)[:55] or "tool") + "_" + digest
+        while made in out:
+            made = made[:60] + "_" + str(len(out))
+        out.append(made)
+    return out
+
+
+def _policy(srv: MCPServer, remote: RemoteTool, approval: ApprovalRule | None,
+            timeout: float | None) -> ToolPolicy:
+    """The shoal policy the server's annotations ask for (see the module docstring)."""
+    options: dict[str, Any] = {"isolation": "inline", "timeout": timeout}
+    if remote.read_only is True:
+        options.update(reads=srv.key, idempotent=True, approval=False)
+    else:
+        options.update(writes=srv.key, idempotent=remote.idempotent is True,
+                       approval=remote.destructive is not False)  # MCP's default: destructive
+    if approval is not None:
+        options["approval"] = approval
+    return policy_from(ToolPolicy(), options)
+
+
+def _overridden(made: list[MCPTool], overrides: Mapping[str, Mapping[str, Any]],
+                srv: MCPServer) -> list[MCPTool]:
+    """Apply ``overrides`` (by the server's tool name or the shoal name) to the tools."""
+    if not isinstance(overrides, Mapping) or not all(
+            isinstance(o, Mapping) for o in overrides.values()):
+        raise ConfigError("overrides maps a tool name to @shoal.tool options, e.g. "
+                          "{'write_file': {'approval': False}}")
+    by_name = {t.remote.name: t for t in made} | {t.name: t for t in made}
+    unknown = [n for n in overrides if n not in by_name]
+    if unknown:
+        raise ConfigError(f"overrides name no tool of MCP server {srv.described}: "
+                          f"{', '.join(map(repr, unknown))}; its tools: "
+                          f"{', '.join(t.name for t in made) or 'none'}")
+    changed = {id(by_name[n]): dict(o) for n, o in overrides.items()}
+    return [t.options(**changed[id(t)]) if id(t) in changed else t for t in made]
+
+
+async def _invoke(remote: RemoteTool, **arguments: Any) -> Any:
+    """Call the remote tool (the function behind every :class:`MCPTool`)."""
+    scope = arguments.pop(_SCOPE_PARAM, None)
+    session, own = remote.server._session_for(scope)
+    try:
+        result = await session.call_tool(remote.name, arguments)
+    except MCPError as exc:  # the server refused the call (unknown tool, bad params ...)
+        raise MCPToolError(remote.server.described, remote.name,
+                           f"the server refused the call: {exc.message} (error {exc.code})"
+                           ) from None
+    finally:
+        if own:
+            await session.close()
+    return result_value(result, remote)
+
+
+def result_value(result: mcp_types.CallToolResult, remote: RemoteTool) -> Any:
+    """A call's value: its structured content if any, else its content as text.
+
+    Images, audio and resources are described in the text rather than dropped; a result
+    marked ``isError`` raises :class:`MCPToolError` with the server's text.
+    """
+    if result.is_error:
+        text = content_text(result.content)
+        if not text and result.structured_content is not None:
+            text = json.dumps(result.structured_content, ensure_ascii=False, default=repr)
+        raise MCPToolError(remote.server.described, remote.name, text)
+    if result.structured_content is not None:
+        return result.structured_content
+    return content_text(result.content)
+
+
+def content_text(blocks: Sequence[Any]) -> str:
+    """MCP content blocks as one text (non-text blocks described in brackets)."""
+    return "\n".join(_block_text(b) for b in blocks)
+
+
+def _block_text(block: Any) -> str:
+    kind = getattr(block, "type", "")
+    if kind == "text":
+        return str(block.text)
+    if kind in ("image", "audio"):
+        return f"[{kind}: {block.mime_type}, about {_decoded_size(block.data):,} bytes]"
+    if kind == "resource_link":
+        return f"[resource link: {block.name} {block.uri}]"
+    if kind == "resource":
+        res = block.resource
+        text = getattr(res, "text", None)
+        if isinstance(text, str):
+            return f"[resource {res.uri}]\n{text}"
+        blob = getattr(res, "blob", "") or ""
+        return (f"[resource {res.uri}: {res.mime_type or 'binary'}, "
+                f"about {_decoded_size(blob):,} bytes]")
+    return f"[{kind or type(block).__name__} content]"
+
+
+def _decoded_size(data: str) -> int:
+    """How many bytes base64 ``data`` stands for (without decoding it)."""
+    return len(data) * 3 // 4 - (len(data) - len(data.rstrip("=")))
+
+
+class MCPTool(Tool[..., Any]):
+    """A tool of an MCP server, usable in plans and by agents like any other tool.
+
+    ``remote`` is how the server describes it (its own name, which may differ from
+    :attr:`name` when that had to be made a valid tool name, and its annotations).
+    Arguments are checked against the server's JSON schema.
+    """
+
+    def __init__(self, remote: RemoteTool, name: str, policy: ToolPolicy,
+                 _model: type[pydantic.BaseModel] | None = None) -> None:
+        if policy.isolation not in (None, "inline"):
+            raise ToolDefinitionError(f"tool {name!r} of MCP server {remote.server.described} "
+                                      f"runs inline, not {policy.isolation!r}: its session "
+                                      "with the server lives in this process")
+        self.remote = remote
+        self._validator = jsonschema.validators.validator_for(
+            remote.schema, default=jsonschema.Draft202012Validator)(dict(remote.schema))
+        super().__init__(functools.partial(_invoke, remote), name=name,
+                         description=remote.description, policy=policy,
+                         _model=_model or _facts_model(name, remote.schema))
+
+    def options(self, **overrides: Any) -> MCPTool:
+        """A copy with some policy fields replaced (as :meth:`Tool.options`)."""
+        return MCPTool(self.remote, self.name, policy_from(self.policy, overrides),
+                       _model=self._model)
+
+    def json_schema(self) -> dict[str, Any]:
+        """The server's input schema, as the server gave it."""
+        return copy.deepcopy(dict(self.remote.schema))
+
+    def validate(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        """Check ``args`` against the server's schema; raise :class:`ToolArgumentError`."""
+        errors = sorted(self._schema_errors(dict(args), None, ""), key=_error_order)
+        if errors:
+            first = errors[0]
+            argument = str(first.absolute_path[0]) if first.absolute_path else ""
+            raise ToolArgumentError(self.name, argument,
+                                    "; ".join(_error_text(e) for e in errors[:10]))
+        return dict(args)
+
+    def check_static(self, args: Mapping[str, Any], is_pending: Callable[[Any], bool]) -> str:
+        """Problems seen before the run: missing or unknown arguments, and known values."""
+        if not any(is_pending(v) for v in args.values()):
+            try:
+                self.validate(args)
+            except ToolArgumentError as exc:
+                return exc.detail
+            return ""
+        schema = self.remote.schema
+        properties = schema.get("properties") or {}
+        problems = [f"argument {n!r}: Field required"
+                    for n in schema.get("required") or () if n not in args]
+        if schema.get("additionalProperties") is False:
+            problems += [f"unexpected argument {n!r}" for n in args if n not in properties]
+        for name, value in args.items():
+            if name in properties and not is_pending(value):
+                try:
+                    problems += [_error_text(e) for e in
+                                 self._schema_errors(value, properties[name], name)][:1]
+                except ToolArgumentError as exc:
+                    problems.append(exc.detail)
+        return "; ".join(problems)
+
+    def _schema_errors(self, value: Any, schema: Any, path: str) -> list[Any]:
+        """What the server's schema finds wrong with ``value`` (``schema``: a part of it).
+
+        A schema jsonschema cannot apply (a ``$ref`` to elsewhere, which is never fetched)
+        is a :class:`ToolArgumentError` saying so, rather than an error from deep inside.
+        """
+        try:
+            if schema is None:
+                return list(self._validator.iter_errors(value))
+            return list(self._validator.descend(value, schema, path=path))
+        except Exception as exc:
+            raise ToolArgumentError(self.name, path, f"the server's input schema cannot "
+                                    f"check arguments: {describe_exception(exc)}") from None
+
+
+def _error_order(error: Any) -> tuple[int, str]:
+    return (len(error.absolute_path), str(list(error.absolute_path)))
+
+
+def _error_text(error: Any) -> str:
+    where = ".".join(str(p) for p in error.absolute_path)
+    message = bounded_text(str(error.message), 300)
+    return f"argument {where!r}: {message}" if where else message
+
+
+def _facts_model(name: str, schema: Mapping[str, Any]) -> type[pydantic.BaseModel]:
+    """A pydantic model of the schema's top-level arguments (names, which are required).
+
+    The runtime reads a tool's argument names and required ones off its model (a map's item
+    argument, plan checks); the values are checked against the JSON schema itself. The
+    model also marks the parameter through which the runtime hands a call its run.
+    """
+    required = set(schema.get("required") or ())
+    fields: dict[str, Any] = {}
+    for i, prop in enumerate(schema.get("properties") or {}):
+        default = ... if prop in required else None
+        fields[f"p{i}"] = (Any, pydantic.Field(default, alias=str(prop)))
+    extra: Literal["forbid", "allow"] = (
+        "forbid" if schema.get("additionalProperties") is False else "allow")
+    model: type[pydantic.BaseModel] = pydantic.create_model(
+        re.sub(r"\W", "_", name) + "_args", __config__=pydantic.ConfigDict(extra=extra),
+        **fields)
+    model_facts(model).injected = {_SCOPE_PARAM: "shoal.mcp"}
+    return model
+
+
+# -- the public functions -------------------------------------------------------------------
+
+
+def server(command: Sequence[str] | None = None, *, url: str | None = None,
+           name: str | None = None, env: Mapping[str, str] | None = None,
+           cwd: str | None = None, headers: Mapping[str, str] | None = None,
+           connect_timeout: float = CONNECT_TIMEOUT) -> MCPServer:
+    """An MCP server: started as ``command`` (stdio) or reached at ``url`` (streamable HTTP).
+
+    ``name`` names it in errors and in its tools' resource key (default: the name the server
+    gives, else its program or URL); ``env`` adds environment variables for the command
+    (the MCP SDK passes only a safe few of this process's own); ``headers`` go with every
+    HTTP request. ``connect_timeout`` bounds starting it and the MCP handshake.
+    """
+    if isinstance(command, str):
+        raise ConfigError(f"command is a list of program and arguments, e.g. "
+                          f"[{command!r}], not one string")
+    return MCPServer(tuple(command or ()), url, name, env, cwd, headers, connect_timeout)
+
+
+async def tools(
+    command: Sequence[str] | None = None,
+    *,
+    url: str | None = None,
+    name: str | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    connect_timeout: float = CONNECT_TIMEOUT,
+    prefix: str = "",
+    only: Collection[str] | None = None,
+    approval: ApprovalRule | None = None,
+    timeout: float | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[MCPTool]:
+    """The tools of an MCP server as shoal tools.
+
+    The server is started (or reached) once to list its tools, then stopped; runs start it
+    again when they call it (see the module docstring). Server options as for
+    :func:`server`. Tool options: ``prefix`` goes before every tool name (two servers with
+    the same tool names); ``only`` keeps the named tools (by the server's names);
+    ``approval`` replaces what the annotations say for every tool (``True``: every call
+    needs approval, ``False``: none does); ``timeout`` is every tool's per-call timeout;
+    ``overrides`` maps a tool name to ``@shoal.tool`` options for it, e.g.
+    ``{"write_file": {"writes": "file:{path}", "approval": False}}``.
+    """
+    srv = server(command, url=url, name=name, env=env, cwd=cwd, headers=headers,
+                 connect_timeout=connect_timeout)
+    return await srv.tools(prefix=prefix, only=only, approval=approval, timeout=timeout,
+                           overrides=overrides)
+
+
+# -- serving shoal tools over MCP -----------------------------------------------------------
+
+
+def _annotations(tool: Tool[..., Any]) -> mcp_types.ToolAnnotations:
+    """What a shoal tool's policy says about it, as MCP hints.
+
+    Read-only: it declares reads and nothing else. Destructive: it needs approval (the
+    mirror of how :func:`tools` reads the hint).
+    """
+    policy = tool.policy
+    read_only = bool(policy.reads) and not (policy.writes or policy.merges or policy.exclusive)
+    return mcp_types.ToolAnnotations(read_only_hint=read_only,
+                                     destructive_hint=policy.approval is not False,
+                                     idempotent_hint=policy.idempotent or read_only)
+
+
+def _result(outcome: Outcome) -> mcp_types.CallToolResult:
+    """A call's outcome as an MCP result (anything but ``ok`` is an error result).
+
+    A string is text; any other value is JSON text and structured content.
+    """
+    from shoal.outcome import jsonable
+
+    if outcome.status == "ok":
+        value = outcome.value
+        if isinstance(value, str):
+            return mcp_types.CallToolResult(content=[mcp_types.TextContent(text=value)])
+        data = jsonable(value)
+        # structured content is an object; other values go in {"result": ...}, as the MCP
+        # SDK's own servers send them
+        return mcp_types.CallToolResult(
+            content=[mcp_types.TextContent(text=json.dumps(data, ensure_ascii=False))],
+            structured_content=data if isinstance(data, dict) else {"result": data})
+    if outcome.error is not None:
+        text = f"{outcome.status}: {outcome.error.type}: {outcome.error.message}"
+    else:
+        text = f"{outcome.status}: {outcome.reason or 'the call did not run'}"
+    return mcp_types.CallToolResult(content=[mcp_types.TextContent(text=text)], is_error=True)
+
+
+@dataclass
+class _Served:
+    """The tools a :func:`serve` offers, and the runtime their calls run on."""
+
+    table: dict[str, Tool[..., Any]]
+    runtime: Runtime
+    count: int = 0
+
+    def listing(self) -> list[mcp_types.Tool]:
+        return [mcp_types.Tool(name=t.name, description=t.description or None,
+                               input_schema=t.json_schema(), annotations=_annotations(t))
+                for t in self.table.values()]
+
+    async def call(self, name: str, arguments: Mapping[str, Any]) -> mcp_types.CallToolResult:
+        from shoal.plan import Plan
+
+        found = self.table.get(name)
+        if found is None:
+            return _error_result(f"no tool {name!r}; the tools: {', '.join(self.table)}")
+        plan = Plan(name=f"mcp {name}")
+        try:
+            ref = plan.add(found, dict(arguments), node_id=name)
+            result = await self.runtime.run(plan)
+        except PlanError as exc:  # arguments that do not fit: the client can correct them
+            return _error_result("; ".join(p.message for p in exc.problems))
+        except ShoalError as exc:  # the runtime could not run it (its journal, say)
+            return _error_result(f"{type(exc).__name__}: {exc}")
+        return _result(result[ref])
+
+
+def _error_result(text: str) -> mcp_types.CallToolResult:
+    return mcp_types.CallToolResult(content=[mcp_types.TextContent(text=text)], is_error=True)
+
+
+def served_tools(found: Sequence[Any]) -> dict[str, Tool[..., Any]]:
+    """The tools to serve, by name, from tools and plain functions; names must be unique."""
+    from shoal.plan import as_tool
+
+    table: dict[str, Tool[..., Any]] = {}
+    for item in found:
+        if not callable(item):
+            raise ConfigError(f"only tools and functions can be served, got {item!r}")
+        made = as_tool(item)
+        if made.name in table:
+            raise ConfigError(f"two tools are named {made.name!r}; tool names must be unique")
+        if not NAME_PATTERN.match(made.name):
+            raise ConfigError(f"tool name {made.name!r} is not a valid MCP tool name (1-64 "
+                              "letters, digits, '_' or '-')")
+        table[made.name] = made
+    if not table:
+        raise ConfigError("no tools to serve")
+    return table
+
+
+async def serve(found: Sequence[Any], *, port: int | None = None, host: str = "127.0.0.1",
+                runtime: Runtime | None = None, name: str = "shoal",
+                ready: Callable[[], None] | None = None) -> None:
+    """Serve shoal tools as an MCP server: on stdio, or on ``http://HOST:PORT/mcp``.
+
+    Each call runs as a one-node run of ``runtime`` (default: a new :class:`Runtime`), so
+    the tool's timeout, retries and limits hold (limits across concurrent calls too), calls
+    that need approval go to the runtime's approver (none: denied), and a runtime with a
+    durable store journals every call. A failed, timed-out or denied call is an error result
+    (``isError``) saying what happened. ``ready`` is called once the server listens.
+    """
+    from mcp.server.lowlevel import Server as LowLevelServer
+
+    from shoal import __version__
+    from shoal.runtime import Runtime
+
+    served = _Served(served_tools(found), runtime if runtime is not None else Runtime())
+
+    async def list_tools(ctx: Any, params: Any) -> mcp_types.ListToolsResult:
+        return mcp_types.ListToolsResult(tools=served.listing())
+
+    async def call_tool(ctx: Any, params: mcp_types.CallToolRequestParams,
+                        ) -> mcp_types.CallToolResult:
+        return await served.call(params.name, params.arguments or {})
+
+    srv: LowLevelServer[Any] = LowLevelServer(name, version=__version__,
+                                              on_list_tools=list_tools, on_call_tool=call_tool)
+    try:
+        if port is None:
+            await _serve_stdio(srv, ready)
+        else:
+            await _serve_http(srv, host, port, ready)
+    finally:
+        await served.runtime.aclose()
+
+
+async def _serve_stdio(srv: Any, ready: Callable[[], None] | None) -> None:
+    from mcp.server.stdio import stdio_server
+
+    async with stdio_server() as (read, write):
+        if ready is not None:
+            ready()
+        await srv.run(read, write, srv.create_initialization_options())
+
+
+async def _serve_http(srv: Any, host: str, port: int, ready: Callable[[], None] | None) -> None:
+    import uvicorn
+
+    app = srv.streamable_http_app(host=host)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+    web = uvicorn.Server(config)
+    task = asyncio.create_task(web.serve())
+    while not web.started and not task.done():
+        await asyncio.sleep(0.02)
+    if web.started and ready is not None:
+        ready()
+    await task
+    if not web.started:
+        raise ConfigError(f"cannot serve on http://{host}:{port}/mcp (is the port taken?)")
