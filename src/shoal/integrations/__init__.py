@@ -1,6 +1,6 @@
-"""Integrations with other ecosystems, each behind an extra: ``shoal.otel`` (OpenTelemetry,
-extra ``otel``) and ``shoal.mcp`` (MCP servers and tools, extra ``mcp``).
+"""Integrations with other ecosystems, each behind an extra of its own.
 
-Nothing here is imported by ``import shoal``; each module fails at import with an install hint
-when its extra is missing.
+``shoal.otel`` (OpenTelemetry, extra ``otel``) and ``shoal.mcp`` (MCP servers and tools, extra
+``mcp``). Nothing here is imported by ``import shoal``; each module fails at import with an
+install hint when its extra is missing.
 """
