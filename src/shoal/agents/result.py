@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal
 
@@ -13,6 +14,7 @@ from shoal.outcome import jsonable
 
 if TYPE_CHECKING:
     from shoal.board import BoardConflict
+    from shoal.store.base import Store
 
 __all__ = ["AgentResult", "AgentStatus"]
 
@@ -39,6 +41,7 @@ class AgentResult(Generic[T]):
     cancellation, ``max_turns``) still holds everything recorded until then; ``error`` says
     why it stopped. A run given a board has, on the lead's result, ``board`` (each key's
     merged value at the end) and ``conflicts`` (as on :class:`~shoal.outcome.RunResult`).
+    ``started_at`` is when the agent started (epoch seconds; 0 until it does).
     """
 
     agent: str
@@ -57,6 +60,7 @@ class AgentResult(Generic[T]):
     duration: float = 0.0
     board: dict[str, Any] | None = None
     conflicts: list[BoardConflict] = field(default_factory=list)
+    started_at: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -94,6 +98,23 @@ class AgentResult(Generic[T]):
                 "board": jsonable(self.board),
                 "conflicts": [jsonable(c.to_dict()) for c in self.conflicts]}),
         }  # fmt: skip
+
+    def timeline(self, path: str | os.PathLike[str] | None = None, *,
+                 store: Store | None = None) -> str:
+        """The agent tree as a self-contained HTML timeline (see :mod:`shoal.timeline`).
+
+        With the ``store`` the run was journaled in, the page also has every model turn (read
+        from the journal); without, it has what the result holds: the agents and their calls.
+        Returns the page, and writes it to ``path`` when one is given.
+        """
+        from shoal.timeline import from_agent_result, from_journal
+
+        view = (from_agent_result(self) if store is None
+                else from_journal(store, self.run_id, status=self.status))
+        if store is not None and view.agents is None:  # a tree run from code: no root summary
+            view.agents = from_agent_result(self).agents
+            view.answer = from_agent_result(self).answer
+        return view.html() if path is None else view.write(path)
 
     def __repr__(self) -> str:
         return (f"<AgentResult {self.lineage} {self.status} turns={self.turns} "
