@@ -9,6 +9,7 @@ inject markup; the script puts text on the page only as text (``textContent``), 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,23 @@ def embed(data: Any) -> str:
     """``data`` as JSON that is safe inside a ``<script>`` block (pure ASCII, no ``<>&``)."""
     try:
         text = json.dumps(data, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError):  # a value JSON cannot hold as it is: its JSON view
+    except ValueError:  # NaN or an infinity somewhere: written as text, as jsonable does
+        text = json.dumps(_finite(data), ensure_ascii=True, allow_nan=False,
+                          separators=(",", ":"))
+    except TypeError:  # a value JSON cannot hold as it is: its JSON view
         text = json.dumps(jsonable(data), ensure_ascii=True, separators=(",", ":"))
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _finite(data: Any) -> Any:
+    """``data`` with NaN and the infinities as text (strict JSON has no such numbers)."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return "NaN" if data != data else ("Infinity" if data > 0 else "-Infinity")
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [_finite(v) for v in data]
+    return data
 
 
 def render(data: Any) -> str:

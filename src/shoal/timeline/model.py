@@ -18,6 +18,7 @@ Why a call waited is explained from what was recorded:
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import json
 import math
@@ -36,10 +37,12 @@ if TYPE_CHECKING:
 __all__ = ["Attempt", "Bar", "Lane", "Timeline", "Wait", "from_agent_result", "from_run_result"]
 
 WAIT_SHOWN = 0.001  # seconds: shorter waits are scheduling noise, not worth explaining
+MAX_ROWS = 60  # rows of one lane; more calls at once overlap on them
 DETAIL_WIDTH = 1_500  # characters of a result or error kept for the page
 TREE_OUTPUT_WIDTH = 20_000  # characters of an agent's answer kept for the page
 EDGE_WORDS = {"data": "data dependency", "resource": "resource conflict", "after": "after=",
               "exclusive": "barrier (exclusive tool)"}
+DRAWN_WAITS = ("limit", "approval", "retry")  # drawn hatched in the bar; the rest, a line
 WAIT_KINDS = {"data": "data", "resource": "resource", "after": "after", "exclusive": "barrier"}
 
 
@@ -253,31 +256,34 @@ def _dependency_wait(bar: Bar, by_key: Mapping[str, Bar], since: float, ready: f
 
 
 def pack_rows(bars: Iterable[Bar], lane_count: int) -> list[int]:
-    """Give each bar a row in its lane so no two overlap; return each lane's row count."""
-    rows_end: list[list[float]] = [[] for _ in range(lane_count)]
-    for bar in sorted(bars, key=lambda b: (_left(b), b.key)):
-        left, right = _left(bar), _right(bar)
-        ends = rows_end[bar.lane]
-        for i, end in enumerate(ends):
-            if end <= left:
-                bar.row, ends[i] = i, right
-                break
+    """Give each bar a row in its lane so no two overlap; return each lane's row count.
+
+    A bar takes the room it is drawn in: from its first start (or the limit, approval or
+    retry wait before it) to its end; one that never started, a hair at its moment.
+    """
+    free: list[list[tuple[float, int]]] = [[] for _ in range(lane_count)]  # (ends at, row)
+    rows = [0] * lane_count
+    for bar in sorted(bars, key=lambda b: (drawn_from(b), b.key)):
+        left = drawn_from(bar)
+        right = max(left + 1e-9, bar.end if bar.end is not None else left)
+        heap = free[bar.lane]
+        if heap and heap[0][0] <= left:
+            bar.row = heapq.heappop(heap)[1]
         else:
-            bar.row = len(ends)
-            ends.append(right)
-    return [max(1, len(ends)) for ends in rows_end]
+            bar.row = rows[bar.lane]
+            rows[bar.lane] += 1
+        heapq.heappush(heap, (right, bar.row))
+    return [max(1, n) for n in rows]
 
 
-def _left(bar: Bar) -> float:
-    for value in (bar.queued, bar.start, bar.end):
-        if value is not None:
-            return value
-    return 0.0
-
-
-def _right(bar: Bar) -> float:
-    # a bar drawn at least a hair wide: zero-length calls still get a row of their own
-    return max(_left(bar) + 1e-9, bar.end if bar.end is not None else _left(bar))
+def drawn_from(bar: Bar) -> float:
+    """Where a bar starts on the page (the page's script draws it the same way)."""
+    if bar.start is None:
+        for value in (bar.queued, bar.end):
+            if value is not None:
+                return value
+        return 0.0
+    return min([bar.start, *(w.start for w in bar.waits if w.kind in DRAWN_WAITS)])
 
 
 def mark_critical(bars: Sequence[Bar], lanes: Sequence[Lane],
@@ -368,8 +374,14 @@ def step_order(step: str) -> tuple[int, int] | None:
 def finish(timeline: Timeline, extra: Mapping[str, list[tuple[str, str]]] | None = None) -> None:
     """Rows, the critical path and the duration, once lanes and bars are in place."""
     rows = pack_rows(timeline.bars, len(timeline.lanes))
-    for lane, count in zip(timeline.lanes, rows, strict=True):
-        lane.rows = count
+    for index, (lane, count) in enumerate(zip(timeline.lanes, rows, strict=True)):
+        lane.rows = min(count, MAX_ROWS)
+        if count > MAX_ROWS:  # thousands of calls at once: a readable page, bars overlapping
+            for bar in timeline.bars:
+                if bar.lane == index:
+                    bar.row %= MAX_ROWS
+            timeline.notes.append(f"{lane.label}: up to {count} calls ran at once; they are "
+                                  f"drawn on {MAX_ROWS} rows, overlapping")
     timeline.critical_time = mark_critical(timeline.bars, timeline.lanes, extra)
     ends = [t for b in timeline.bars for t in (b.end, b.start, b.queued) if t is not None]
     timeline.duration = max([timeline.duration, *ends]) if ends else timeline.duration
