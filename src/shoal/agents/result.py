@@ -108,12 +108,13 @@ class AgentResult(Generic[T]):
         Returns the page, and writes it to ``path`` when one is given.
         """
         from shoal.timeline import from_agent_result, from_journal
+        from shoal.timeline.model import agent_tree, answer_text
 
-        view = (from_agent_result(self) if store is None
-                else from_journal(store, self.run_id, status=self.status))
-        if store is not None and view.agents is None:  # a tree run from code: no root summary
-            view.agents = from_agent_result(self).agents
-            view.answer = from_agent_result(self).answer
+        if store is None:
+            view = from_agent_result(self)
+        else:
+            view = from_journal(store, self.run_id, status=self.status, tree=agent_tree(self))
+            view.answer = answer_text(self.output) if self.ok else view.answer
         return view.html() if path is None else view.write(path)
 
     def __repr__(self) -> str:

@@ -114,7 +114,8 @@ h1 { font-size: 18px; margin: 0 0 4px; font-weight: 600; }
 .bar .txt { position: absolute; left: 4px; top: 0; line-height: calc(var(--row) - 6px);
   font-size: 11px; color: #fff; pointer-events: none; text-shadow: 0 0 2px rgba(0,0,0,.35); }
 .bar.nostart { border: 1px dashed var(--muted); background: transparent; }
-.bar.nostart .txt { color: var(--muted); text-shadow: none; }
+.bar.nostart .txt, .bar.map .txt { color: var(--muted); text-shadow: none; }
+.bar.map { border: 1px solid #9aa3b2; background: rgba(148,163,184,.12); }
 .bar.crit { box-shadow: 0 0 0 2px #111; z-index: 1; }
 .bar:hover { filter: brightness(1.1); box-shadow: 0 0 0 2px #f59e0b; z-index: 2; }
 .bar.sel { box-shadow: 0 0 0 3px #f59e0b; z-index: 2; }
@@ -190,6 +191,7 @@ section h3 { margin: 0 0 8px; font-size: 14px; }
     limit: ["#6b7280", "limit (concurrency, rate)"], approval: ["#d97706", "approval"],
     retry: ["#dc2626", "retry backoff"]};
 
+  var DRAWN = ["limit", "approval", "retry"];  // hatched in the bar; the others, a line
   function num(v) { return typeof v === "number" && isFinite(v) ? v : 0; }
   function has(v) { return typeof v === "number" && isFinite(v); }
   function str(v) { return v === null || v === undefined ? "" : String(v); }
@@ -201,6 +203,7 @@ section h3 { margin: 0 0 8px; font-size: 14px; }
   }
   function secs(v) {
     if (!has(v)) return "-";
+    if (v === 0) return "0 s";
     var a = Math.abs(v);
     if (a < 0.001) return (v * 1e6).toFixed(0) + " \u00b5s";
     if (a < 1) return (v * 1000).toFixed(a < 0.01 ? 2 : 1) + " ms";
@@ -253,8 +256,11 @@ section h3 { margin: 0 0 8px; font-size: 14px; }
     var used = bars.some(function (b) {
       return Array.isArray(b[F.waits]) && b[F.waits].some(function (w) { return w[0] === k; });
     });
-    if (used) key("waited: " + WAITS[k][1], "background: repeating-linear-gradient(135deg, " +
-      WAITS[k][0] + " 0 3px, transparent 3px 6px)");
+    if (!used) return;
+    if (DRAWN.indexOf(k) >= 0) key("waited: " + WAITS[k][1], "background: " +
+      "repeating-linear-gradient(135deg, " + WAITS[k][0] + " 0 3px, transparent 3px 6px)");
+    else key("waited: " + WAITS[k][1], "height: 0; border-radius: 0; vertical-align: 3px; " +
+      "border-top: 2px dotted " + WAITS[k][0]);
   });
   (Array.isArray(D.notes) ? D.notes : []).forEach(function (n) {
     document.getElementById("notes").appendChild(el("div", "note", n));
@@ -283,7 +289,7 @@ section h3 { margin: 0 0 8px; font-size: 14px; }
   lanes.forEach(function (lane, li) {
     var row = el("div", "lane");
     var rows = Math.max(1, num(lane.rows));
-    row.style.height = (rows * 22 + 6) + "px";
+    row.style.height = Math.max(rows * 22 + 6, 40) + "px";
     var lab = el("div", "lab");
     lab.style.paddingLeft = (8 + 14 * num(lane.depth)) + "px";
     var dot = el("span", "dot");
@@ -313,9 +319,7 @@ section h3 { margin: 0 0 8px; font-size: 14px; }
     if (!track) return;
     var started = has(b[F.start]);
     var waits = Array.isArray(b[F.waits]) ? b[F.waits] : [];
-    var drawn = waits.filter(function (w) {
-      return w[0] === "limit" || w[0] === "approval" || w[0] === "retry";
-    });
+    var drawn = waits.filter(function (w) { return DRAWN.indexOf(w[0]) >= 0; });
     var from = started ? b[F.start] : firstAt(b);
     drawn.forEach(function (w) { if (has(w[1])) from = Math.min(from, w[1]); });
     var to = has(b[F.end]) ? b[F.end] : (b[F.status] === "running" ? total : from);
@@ -327,7 +331,8 @@ section h3 { margin: 0 0 8px; font-size: 14px; }
       line.style.top = (top + 8) + "px";
       track.appendChild(line);
     }
-    var bar = el("div", "bar" + (started ? "" : " nostart") + (b[F.crit] ? " crit" : "") +
+    var bar = el("div", "bar" + (b[F.kind] === "map" ? " map" : started ? "" : " nostart") +
+      (b[F.crit] ? " crit" : "") +
       (b[F.status] === "running" ? " running" : ""));
     bar.setAttribute("data-bar", String(bi));
     bar.setAttribute("data-status", str(b[F.status]));
@@ -382,7 +387,7 @@ section h3 { margin: 0 0 8px; font-size: 14px; }
     if (has(b[F.start]) && has(b[F.end])) lines.push("ran " + secs(b[F.end] - b[F.start]) +
       " from " + secs(b[F.start]));
     (Array.isArray(b[F.waits]) ? b[F.waits] : []).forEach(function (w) {
-      lines.push("\u23f8 " + secs(num(w[2]) - num(w[1])) + ": " + str(w[3]));
+      lines.push("\u2022 " + secs(num(w[2]) - num(w[1])) + ": " + str(w[3]));
     });
     if (b[F.crit]) lines.push("\u2605 on the critical path");
     return lines.join("\n");
@@ -472,7 +477,7 @@ section h3 { margin: 0 0 8px; font-size: 14px; }
     if (has(node.calls_total)) facts.push(node.calls_total + " calls");
     if (has(node.duration)) facts.push(secs(node.duration));
     li.appendChild(el("span", "facts", facts.join(" \u00b7 ")));
-    var out = node.error || node.output;
+    var out = node.error || (node === D.agents && D.answer ? "" : node.output);
     if (out !== null && out !== undefined && out !== "") li.appendChild(el("div", "out",
       typeof out === "string" ? out : JSON.stringify(out)));
     var kids = Array.isArray(node.children) ? node.children : [];

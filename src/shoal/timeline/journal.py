@@ -95,11 +95,12 @@ class _Run:
 
 
 def from_journal(store: Store, run_id: str, *, status: str | None = None,
-                 now: float | None = None) -> Timeline:
+                 now: float | None = None, tree: Mapping[str, Any] | None = None) -> Timeline:
     """The timeline of run ``run_id`` in ``store``, with every run nested in it.
 
     ``status``: the run's status as the caller knows it (a ``running`` run whose process died
-    is ``interrupted``); ``now`` (epoch): where calls still in flight end on the page.
+    is ``interrupted``); ``now`` (epoch): where calls still in flight end on the page;
+    ``tree``: the agent tree, when the journal has none (an agent tree run from code).
     Raises :class:`~shoal.exceptions.RunNotFoundError` when the journal has no such run.
     """
     root = store.get_run(run_id)
@@ -132,12 +133,15 @@ def from_journal(store: Store, run_id: str, *, status: str | None = None,
         bar.lane = index[id(lanes[bar.lane])]
     lanes = ordered
     agents = root.source.get("result")
-    _describe_lanes(lanes, agents if isinstance(agents, Mapping) else None, bars)
+    if not isinstance(agents, Mapping):
+        agents = tree
+    _describe_lanes(lanes, agents, bars)
+    if agents is None and any(lane.kind == "agent" for lane in lanes):
+        agents = _lane_tree(lanes, bars)
     still = (time.time() if now is None else now) - origin
     timeline = Timeline(root.name or run_id, run_id, status or root.status, origin,
                         root.makespan if root.finished_at else max(0.0, still), lanes, bars,
-                        agents=agents if isinstance(agents, Mapping) else None,
-                        answer=_answer(agents))
+                        agents=agents, answer=_answer(agents))
     if root.status == "running":
         timeline.duration = max(timeline.duration, still)
     finish(timeline, turn_links(bars))
@@ -296,6 +300,27 @@ def _describe_lanes(lanes: Sequence[Lane], tree: Mapping[str, Any] | None,
         if bar.kind == "call" and call_lineage(lanes[bar.lane].lineage,
                                                _node_of(bar.key)) in lineages:
             bar.kind = "agent"
+
+
+def _lane_tree(lanes: Sequence[Lane], bars: Sequence[Bar]) -> dict[str, Any]:
+    """The agent tree as the lanes know it (a tree run from code journals no summary)."""
+    turns: dict[int, int] = {}
+    calls: dict[int, int] = {}
+    for bar in bars:
+        bucket = turns if bar.kind == "model" else calls
+        bucket[bar.lane] = bucket.get(bar.lane, 0) + 1
+    nodes = [{"agent": lane.label, "lineage": lane.lineage, "status": lane.status or "?",
+              "turns": turns.get(i, 0), "calls_total": calls.get(i, 0), "children": []}
+             for i, lane in enumerate(lanes)]
+    stack: list[tuple[int, dict[str, Any]]] = []
+    top: list[dict[str, Any]] = []
+    for lane, node in zip(lanes, nodes, strict=True):  # lanes come depth first
+        while stack and stack[-1][0] >= lane.depth:
+            stack.pop()
+        (stack[-1][1]["children"] if stack else top).append(node)
+        stack.append((lane.depth, node))
+    return top[0] if len(top) == 1 else {"agent": "agents", "lineage": "", "status": "?",
+                                         "children": top}
 
 
 def _seconds(value: Any) -> str:
