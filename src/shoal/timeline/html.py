@@ -106,7 +106,7 @@ h1 { font-size: 18px; margin: 0 0 4px; font-weight: 600; }
 .tick span { position: absolute; top: 5px; left: 4px; color: var(--muted); font-size: 11px;
   white-space: nowrap; }
 #grid { position: absolute; top: 26px; bottom: 0; right: 0; pointer-events: none; }
-.bar { position: absolute; height: calc(var(--row) - 6px); border-radius: 3px;
+.bar { position: absolute; z-index: 1; height: calc(var(--row) - 6px); border-radius: 3px;
   min-width: 2px; cursor: pointer; overflow: hidden; white-space: nowrap; }
 .bar .run { position: absolute; top: 0; bottom: 0; border-radius: 3px; }
 .bar .wait { position: absolute; top: 3px; bottom: 3px; border-radius: 2px; opacity: .75;
@@ -116,10 +116,11 @@ h1 { font-size: 18px; margin: 0 0 4px; font-weight: 600; }
 .bar.nostart { border: 1px dashed var(--muted); background: transparent; }
 .bar.nostart .txt, .bar.map .txt { color: var(--muted); text-shadow: none; }
 .bar.map { border: 1px solid #9aa3b2; background: rgba(148,163,184,.12); }
-.bar.crit { box-shadow: 0 0 0 2px #111; z-index: 1; }
-.bar:hover { filter: brightness(1.1); box-shadow: 0 0 0 2px #f59e0b; z-index: 2; }
-.bar.sel { box-shadow: 0 0 0 3px #f59e0b; z-index: 2; }
-.dep { position: absolute; height: 0; border-top: 1px dotted #9aa3b2; pointer-events: none; }
+.bar.crit { box-shadow: 0 0 0 2px #111; z-index: 2; }
+.bar:hover { filter: brightness(1.1); box-shadow: 0 0 0 2px #f59e0b; z-index: 3; }
+.bar.sel { box-shadow: 0 0 0 3px #f59e0b; z-index: 3; }
+.dep { position: absolute; z-index: 0; height: 0; border-top: 1px dotted #9aa3b2;
+  pointer-events: none; }
 body.critonly .bar:not(.crit) { opacity: .25; }
 .running .run { background-image: repeating-linear-gradient(45deg, rgba(255,255,255,.25) 0 6px,
   transparent 6px 12px); }
@@ -187,11 +188,11 @@ section h3 { margin: 0 0 8px; font-size: 14px; }
     cancelled: "--cancelled", skipped: "--skipped", denied: "--denied", in_doubt: "--in_doubt",
     running: "--running", rejected: "--rejected", damaged: "--damaged"};
   var WAITS = {data: ["#64748b", "data dependency"], resource: ["#b45309", "resource conflict"],
-    after: ["#64748b", "after="], barrier: ["#7c3aed", "barrier"],
+    after: ["#64748b", "ordered by after="], barrier: ["#7c3aed", "barrier"],
     limit: ["#6b7280", "limit (concurrency, rate)"], approval: ["#d97706", "approval"],
     retry: ["#dc2626", "retry backoff"]};
 
-  var DRAWN = ["limit", "approval", "retry"];  // hatched in the bar; the others, a line
+  var DRAWN = ["approval", "retry"];  // hatched in the bar; the others, a line before it
   function num(v) { return typeof v === "number" && isFinite(v) ? v : 0; }
   function has(v) { return typeof v === "number" && isFinite(v); }
   function str(v) { return v === null || v === undefined ? "" : String(v); }
@@ -246,9 +247,12 @@ section h3 { margin: 0 0 8px; font-size: 14px; }
     var s = el("span"); var sw = el("i"); sw.style.cssText = css; s.appendChild(sw);
     s.appendChild(document.createTextNode(label)); legend.appendChild(s);
   }
-  key("tool call", "background: var(--ok)");
-  key("model turn", "background: var(--model)");
-  key("subagent", "background: var(--agent)");
+  var kinds = {};
+  bars.forEach(function (b) { kinds[b[F.kind]] = true; });
+  if (kinds.call || !bars.length) key("tool call", "background: var(--ok)");
+  if (kinds.model) key("model turn", "background: var(--model)");
+  if (kinds.agent) key("subagent", "background: var(--agent)");
+  if (kinds.map) key("map", "background: rgba(148,163,184,.12); border: 1px solid #9aa3b2");
   ["failed", "timed_out", "cancelled", "skipped", "denied", "rejected", "running"].forEach(
     function (s) { if (counts[s]) key(s, "background: var(" + COLORS[s] + ")"); });
   key("critical path", "background: #fff; box-shadow: 0 0 0 2px #111");
@@ -260,7 +264,7 @@ section h3 { margin: 0 0 8px; font-size: 14px; }
     if (DRAWN.indexOf(k) >= 0) key("waited: " + WAITS[k][1], "background: " +
       "repeating-linear-gradient(135deg, " + WAITS[k][0] + " 0 3px, transparent 3px 6px)");
     else key("waited: " + WAITS[k][1], "height: 0; border-radius: 0; vertical-align: 3px; " +
-      "border-top: 2px dotted " + WAITS[k][0]);
+      "border-top: 2px " + (k === "limit" ? "dashed " : "dotted ") + WAITS[k][0]);
   });
   (Array.isArray(D.notes) ? D.notes : []).forEach(function (n) {
     document.getElementById("notes").appendChild(el("div", "note", n));
@@ -314,6 +318,7 @@ section h3 { margin: 0 0 8px; font-size: 14px; }
     for (var i = 0; i < c.length; i++) if (has(c[i])) return c[i];
     return 0;
   }
+  var trackWidth = tracks.length ? tracks[0].getBoundingClientRect().width : 0;
   bars.forEach(function (b, bi) {
     var track = tracks[b[F.lane]] || tracks[0];
     if (!track) return;
@@ -324,13 +329,16 @@ section h3 { margin: 0 0 8px; font-size: 14px; }
     drawn.forEach(function (w) { if (has(w[1])) from = Math.min(from, w[1]); });
     var to = has(b[F.end]) ? b[F.end] : (b[F.status] === "running" ? total : from);
     var top = num(b[F.row]) * 22 + 5;
-    var dep = waits.filter(function (w) { return WAITS[w[0]] && drawn.indexOf(w) < 0; })[0];
-    if (dep && has(dep[1]) && has(dep[2]) && (dep[2] - dep[1]) / total > 0.004) {
+    waits.forEach(function (w) {  // waits for inputs or a limit: a line leading to the bar
+      if (!WAITS[w[0]] || drawn.indexOf(w) >= 0 || !has(w[1]) || !has(w[2]) ||
+          (w[2] - w[1]) / total < 0.004) return;
       var line = el("div", "dep");
-      line.style.left = pct(dep[1]); line.style.width = span(dep[1], dep[2]);
+      line.style.left = pct(w[1]); line.style.width = span(w[1], w[2]);
       line.style.top = (top + 8) + "px";
+      line.style.borderTopColor = WAITS[w[0]][0];
+      if (w[0] === "limit") line.style.borderTopStyle = "dashed";
       track.appendChild(line);
-    }
+    });
     var bar = el("div", "bar" + (b[F.kind] === "map" ? " map" : started ? "" : " nostart") +
       (b[F.crit] ? " crit" : "") +
       (b[F.status] === "running" ? " running" : ""));
@@ -361,7 +369,7 @@ section h3 { margin: 0 0 8px; font-size: 14px; }
         bar.appendChild(r);
       });
     }
-    bar.appendChild(el("span", "txt", b[F.id]));
+    if ((to - from) / total * trackWidth >= 28) bar.appendChild(el("span", "txt", b[F.id]));
     track.appendChild(bar);
   });
 

@@ -159,14 +159,10 @@ def _load(store: Store, record: RunRecord, root: str) -> _Run:
 def _node_ids(run: _Run) -> list[str]:
     """The run's nodes: the plan's, then those added while it ran (in the order they came)."""
     planned = run.record.plan.get("nodes")
-    ids = list(planned) if isinstance(planned, Mapping) else []
-    ids += [n for n in run.outcomes if n not in ids]
-    seen = set(ids)
-    for attempt in run.attempts:
-        if attempt.node_id not in seen:
-            seen.add(attempt.node_id)
-            ids.append(attempt.node_id)
-    return ids
+    ids = dict.fromkeys(planned if isinstance(planned, Mapping) else ())
+    ids.update(dict.fromkeys(run.outcomes))
+    ids.update(dict.fromkeys(a.node_id for a in run.attempts))
+    return list(ids)
 
 
 def _run_bars(run: _Run, lane: int, origin: float) -> list[Bar]:

@@ -40,9 +40,9 @@ WAIT_SHOWN = 0.001  # seconds: shorter waits are scheduling noise, not worth exp
 MAX_ROWS = 60  # rows of one lane; more calls at once overlap on them
 DETAIL_WIDTH = 1_500  # characters of a result or error kept for the page
 TREE_OUTPUT_WIDTH = 20_000  # characters of an agent's answer kept for the page
-EDGE_WORDS = {"data": "data dependency", "resource": "resource conflict", "after": "after=",
-              "exclusive": "barrier (exclusive tool)"}
-DRAWN_WAITS = ("limit", "approval", "retry")  # drawn hatched in the bar; the rest, a line
+EDGE_WORDS = {"data": "data dependency", "resource": "resource conflict", "after": "ordered by",
+              "exclusive": "barrier"}
+DRAWN_WAITS = ("approval", "retry")  # drawn hatched in the bar; the others, a line before it
 WAIT_KINDS = {"data": "data", "resource": "resource", "after": "after", "exclusive": "barrier"}
 
 
@@ -298,7 +298,8 @@ def mark_critical(bars: Sequence[Bar], lanes: Sequence[Lane],
     for bar in bars:
         by_lane.setdefault(bar.lane, []).append(bar)
     lane_of = {lane.lineage: i for i, lane in enumerate(lanes)}
-    contained = {i for i, lane in enumerate(lanes) if _parent_call(lane.lineage, bars)}
+    ran = {call_lineage(lanes[b.lane].lineage, b.node_id) for b in bars}  # agents run by calls
+    contained = {i for i, lane in enumerate(lanes) if lane.lineage in ran}
     tops = [i for i in range(len(lanes)) if i not in contained and i in by_lane]
     best: tuple[list[str], float] = ([], 0.0)
     for lane in tops:
@@ -323,11 +324,6 @@ def mark_critical(bars: Sequence[Bar], lanes: Sequence[Lane],
 def call_lineage(lane: str, node_id: str) -> str:
     """The lineage a call gets (an agent it runs has it as its own)."""
     return f"{lane}/{node_id}" if lane else node_id
-
-
-def _parent_call(lineage: str, bars: Sequence[Bar]) -> bool:
-    """Whether the lane's agent was run by a call on another lane (then it is inside it)."""
-    return "/" in lineage
 
 
 def _lane_chain(bars: Sequence[Bar], extra: Mapping[str, list[tuple[str, str]]]
