@@ -119,6 +119,13 @@ async def pay(amount: int) -> str:
     return f"paid {amount}"
 
 
+@shoal.tool(exclusive=True)
+async def migrate() -> str:
+    """Runs alone: a barrier between what comes before and after it."""
+    await asyncio.sleep(0.01)
+    return "migrated"
+
+
 @shoal.tool
 async def echo(text: str) -> str:
     """Return the text as it came."""
@@ -148,6 +155,8 @@ def waits_plan(key: str) -> shoal.Plan:
     plan.call(slow_api, n=2, node_id="api-2")
     plan.call(flaky, key=key, node_id="flaky")
     plan.call(pay, amount=5, node_id="pay")
+    plan.call(noop, i=1, after=["api-2"], node_id="later")
+    plan.call(migrate, node_id="migrate")
     return plan
 
 
@@ -181,6 +190,7 @@ def test_waits_are_explained_from_the_journal(tmp_path: Path) -> None:
     assert "resource conflict: writes file:out.txt" in waits["save-2"]["resource"].text
     api = [w for n in ("api-1", "api-2") for w in waits[n].values() if w.kind == "limit"]
     assert len(api) == 1 and api[0].end - api[0].start > 0.02  # one waited for the other
+    assert api[0].text == "waited for a free slot: tool slow_api max_concurrency=1"  # recorded
     retry = waits["flaky"]["retry"]
     assert "retry backoff after attempt 1" in retry.text and "connection reset" in retry.text
     assert retry.end - retry.start >= 0.02  # the backoff, at least half of 0.05 (jitter)
@@ -188,6 +198,52 @@ def test_waits_are_explained_from_the_journal(tmp_path: Path) -> None:
     assert [a.status for a in flaky.attempts][-1] == "ok" and len(flaky.attempts) == 2
     approval = waits["pay"]["approval"]
     assert "approval approved" in approval.text and approval.end - approval.start >= 0.04
+    assert waits["later"]["after"].text == "waited for api-2 (ordered by: after=api-2)"
+    assert waits["migrate"]["barrier"].text.startswith("waited for ")
+    assert "(barrier: migrate is exclusive)" in waits["migrate"]["barrier"].text
+
+
+def test_the_run_wide_limit_is_recorded(tmp_path: Path) -> None:
+    plan = shoal.Plan()
+    for i in range(3):
+        plan.call(fetch, url=str(i))
+
+    async def go() -> shoal.RunResult:
+        async with shoal.Runtime(store=SQLiteStore(tmp_path / "runs.db"),
+                                 max_concurrency=1) as runtime:
+            return await runtime.run(plan)
+    result = asyncio.run(go())
+    held = [a.held for a in SQLiteStore(tmp_path / "runs.db").attempts(result.run_id)]
+    assert sorted(held) == ["", "the run's max_concurrency=1", "the run's max_concurrency=1"]
+
+
+def test_a_journal_from_before_held_is_read_and_migrated(tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    first = run_journaled(waits_plan(str(tmp_path)), db)
+    with sqlite3.connect(db) as conn:  # the attempts table as older versions of shoal made it
+        conn.execute("ALTER TABLE attempts DROP COLUMN held")
+    old = SQLiteStore(db, read_only=True)
+    assert {a.held for a in old.attempts(first.run_id)} == {""}
+    assert len(from_journal(old, first.run_id).bars) == len(first.outcomes)
+    old.close()
+    second = run_journaled(waits_plan(str(tmp_path / "again")), db)  # opened for writing
+    store = SQLiteStore(db, read_only=True)
+    assert {a.held for a in store.attempts(first.run_id)} == {""}
+    assert "tool slow_api max_concurrency=1" in {a.held for a in store.attempts(second.run_id)}
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key='schema_version'"
+                            ).fetchone()[0] == "1"
+
+
+def test_the_limit_that_held_a_call_is_named_from_the_result() -> None:
+    plan = shoal.Plan()
+    plan.call(slow_api, n=1)
+    plan.call(slow_api, n=2)
+    page = shoal.run_sync(plan).timeline()
+    bars = json.loads(_embedded(page))["bars"]
+    limits = [w for bar in bars for w in bar[11] if w[0] == "limit"]
+    assert len(limits) == 1
+    assert "slow_api max_concurrency=1" in limits[0][3] and limits[0][2] - limits[0][1] > 0.02
 
 
 def test_the_critical_path_is_the_runs_measured_one(tmp_path: Path) -> None:

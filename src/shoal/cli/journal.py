@@ -414,7 +414,8 @@ def _attempt_dict(a: AttemptRecord) -> dict[str, Any]:
     return {"session": a.session, "attempt": a.attempt, "executor": a.executor,
             "started_at": a.started_at, "ended_at": a.ended_at,
             "status": a.status or ("in flight" if a.ended_at is None else ""), "error": a.error,
-            } | ({"damaged": a.damaged} if a.damaged else {})
+            } | ({"held": a.held} if a.held else {}) | ({"damaged": a.damaged} if a.damaged
+                                                         else {})
 
 
 def _approval_dict(a: ApprovalRecord) -> dict[str, Any]:

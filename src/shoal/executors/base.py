@@ -34,6 +34,7 @@ class Call:
     abandoned: bool = False
     began_at: float | None = None
     lease: Any = None  # what prepare() reserved for this attempt (a worker, ...)
+    held: str = ""  # the limit that held the attempt back once it was ready, if one did
 
 
 class Executor(ABC):

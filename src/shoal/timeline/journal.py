@@ -208,7 +208,7 @@ def _bar(run: _Run, node_id: str, key: str, lane: int, offset: float,
          tools: Mapping[str, Any], tries: Sequence[AttemptRecord]) -> Bar:
     stored = run.outcomes.get(node_id)
     spans = [Attempt(a.started_at + offset, None if a.ended_at is None else a.ended_at + offset,
-                     a.status or ("running" if a.ended_at is None else ""), a.error)
+                     a.status or ("running" if a.ended_at is None else ""), a.error, a.held)
              for a in tries]
     if stored is not None:
         bar = outcome_bar(stored.outcome, key, lane, offset)

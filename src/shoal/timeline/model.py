@@ -54,6 +54,7 @@ class Attempt:
     end: float | None
     status: str = ""
     error: str = ""
+    held: str = ""  # the limit that held it back once it was ready (as journaled)
 
 
 @dataclass(slots=True)
@@ -154,7 +155,7 @@ class Timeline:
 def _bar_data(b: Bar) -> list[Any]:
     """A bar as a compact row (the page holds thousands): see ``BAR_FIELDS`` in the page."""
     return [b.key, b.node_id, b.tool, b.lane, b.row, b.status, b.kind, _num(b.queued),
-            _num(b.start), _num(b.end), [[_num(a.start), _num(a.end), a.status, a.error]
+            _num(b.start), _num(b.end), [[_num(a.start), _num(a.end), a.status, a.error, a.held]
                                          for a in b.attempts],
             [[w.kind, _num(w.start), _num(w.end), w.text] for w in b.waits],
             b.detail, int(b.critical), b.executor, b.step]
@@ -215,9 +216,12 @@ def explain(bar: Bar, by_key: Mapping[str, Bar], run_start: float,
 
     ``run_start``: when its run started (it cannot have waited for its inputs before that);
     ``approvals``: (requested, decided or ``None``, what was decided) on the timeline's clock;
-    ``limits``: the limits that could have held it, when known.
+    ``limits``: the limits that could have held it, when known (the journal's record of the
+    first attempt names the one that did).
     """
     waits: list[Wait] = []
+    if bar.attempts and bar.attempts[0].held:
+        limits = bar.attempts[0].held
     ready = bar.queued
     if ready is not None and bar.preds and ready - run_start > WAIT_SHOWN:
         waits.append(_dependency_wait(bar, by_key, run_start, ready))
@@ -239,7 +243,8 @@ def explain(bar: Bar, by_key: Mapping[str, Bar], run_start: float,
         if before.end is not None and after.start - before.end > WAIT_SHOWN:
             why = f"attempt {bar.attempts.index(before) + 1} {before.status or 'failed'}"
             waits.append(Wait("retry", before.end, after.start, f"retry backoff after {why}"
-                              + (f": {preview(before.error, 300)}" if before.error else "")))
+                              + (f": {preview(before.error, 300)}" if before.error else "")
+                              + (f"; then held by {after.held}" if after.held else "")))
     bar.waits = waits
 
 
