@@ -304,6 +304,11 @@ def test_show_lists_the_agents_and_calls_of_an_agent_tree_from_code(tmp_path: Pa
     data = json.loads(shoal_cli("show", result.run_id, "--store", str(db), "--json").stdout)
     assert data["kind"] == "agent tree" and len(data["calls"]) == 26
     assert {c["lineage"] for c in data["calls"]} >= {"lead", "lead/reader#3"}
+    listed = json.loads(shoal_cli("runs", "--store", str(db), "--json").stdout)
+    assert [(r["run_id"], r["name"], r["status"], r["counts"]) for r in listed] == [
+        (result.run_id, "agent lead", "finished", {"ok": 12})]  # its tool calls, as for shoal run
+    steps = shoal_cli("runs", "--store", str(db), "--json", "--steps", "-n", "100")
+    assert len(json.loads(steps.stdout)) == 21  # each model turn and tool phase
 
 
 # ---- hostile and odd input ----------------------------------------------------------------
@@ -428,6 +433,15 @@ def test_the_main_job_timeline_in_a_real_browser(tmp_path: Path, browser: Browse
     assert browser.evaluate("document.querySelectorAll('.bar.crit').length") >= 4
     assert "Synthesis" in browser.evaluate("document.getElementById('answer').textContent")
     assert browser.evaluate("document.querySelectorAll('#agents li').length") == 8
+    labels = browser.evaluate("document.querySelectorAll('.bar .txt').length")
+    browser.evaluate("(function () { var z = document.getElementById('zoom'); z.value = 20;"
+                     " z.dispatchEvent(new Event('input')); })()")
+    assert browser.evaluate("document.querySelectorAll('.bar .txt').length") > labels
+    browser.evaluate("document.querySelector('.bar.crit').click()")
+    assert "critical path" in browser.evaluate("document.getElementById('pbody').textContent")
+    assert browser.errors == []
+    browser.evaluate("document.getElementById('zoom').value = 1;"
+                     " document.getElementById('zoom').dispatchEvent(new Event('input'))")
     shot = browser.screenshot()
     assert shot.startswith(b"\x89PNG\r\n\x1a\n") and len(shot) > 10_000
     (tmp_path / "main.png").write_bytes(shot)

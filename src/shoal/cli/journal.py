@@ -47,7 +47,7 @@ from shoal.store.claims import process_alive as _alive
 from shoal.store.journal import STALE_AFTER
 from shoal.store.sqlite import DEFAULT_PATH, SQLiteStore
 from shoal.timeline import Timeline, from_journal
-from shoal.timeline.journal import nested_runs
+from shoal.timeline.journal import nested_runs, tree_record
 
 __all__ = ["DEFAULT_PATH", "live_status", "open_journal", "parse_mark_done", "register",
            "runs_table"]
@@ -211,7 +211,11 @@ def runs_command(store: StoreOption = DEFAULT_PATH, as_json: JsonOption = False,
         # an agent run's steps have ids below the run's ("RUN/lead/model-1"): hidden by default
         journal = open_journal(store, read_only=True)
         found = journal.list_runs(limit if steps else limit * 50)
-        records = _with_source(journal, [r for r in found if steps or "/" not in r.run_id][:limit])
+        shown = [r for r in found if steps or "/" not in r.run_id]
+        if not steps:  # an agent tree run from code journals its steps only: one row for it
+            shown = sorted([*shown, *_step_only_trees(found)], key=lambda r: r.started_at,
+                           reverse=True)
+        records = _with_source(journal, shown[:limit])
     except ShoalError as exc:
         raise typer.Exit(_fail(str(exc), as_json)) from None
     if as_json:
@@ -221,6 +225,18 @@ def runs_command(store: StoreOption = DEFAULT_PATH, as_json: JsonOption = False,
         _console().print(Text(f"no runs in {clean(str(store))}"))
         return
     _console().print(runs_table(records))
+
+
+def _step_only_trees(found: Sequence[RunRecord]) -> list[RunRecord]:
+    """A record for each agent tree whose steps are listed but whose root has no record."""
+    known = {r.run_id for r in found}
+    trees: dict[str, list[RunRecord]] = {}
+    for record in found:
+        root = record.run_id.split("/", 1)[0]
+        if root != record.run_id and root not in known:
+            trees.setdefault(root, []).append(record)
+    return [tree_record(root, sorted(steps, key=lambda r: (r.started_at, r.run_id)))
+            for root, steps in trees.items()]
 
 
 def runs_table(records: Sequence[RunRecord]) -> Table:

@@ -318,7 +318,7 @@ section h3 { margin: 0 0 8px; font-size: 14px; }
     for (var i = 0; i < c.length; i++) if (has(c[i])) return c[i];
     return 0;
   }
-  var trackWidth = tracks.length ? tracks[0].getBoundingClientRect().width : 0;
+  var drawnBars = [];
   bars.forEach(function (b, bi) {
     var track = tracks[b[F.lane]] || tracks[0];
     if (!track) return;
@@ -369,14 +369,23 @@ section h3 { margin: 0 0 8px; font-size: 14px; }
         bar.appendChild(r);
       });
     }
-    if ((to - from) / total * trackWidth >= 28) bar.appendChild(el("span", "txt", b[F.id]));
+    drawnBars.push([bar, b, to - from]);
     track.appendChild(bar);
   });
+  function labels() {  // a name inside every bar wide enough to show it
+    var width = tracks.length ? tracks[0].getBoundingClientRect().width : 0;
+    drawnBars.forEach(function (d) {
+      if (!d[0].labelled && d[2] / total * width >= 28) {
+        d[0].appendChild(el("span", "txt", d[1][F.id])); d[0].labelled = true;
+      }
+    });
+  }
+  labels();
 
   // ---- zoom, critical only -------------------------------------------------------------
   var inner = document.getElementById("inner");
   document.getElementById("zoom").addEventListener("input", function (e) {
-    inner.style.width = (Number(e.target.value) * 100) + "%"; ticks();
+    inner.style.width = (Number(e.target.value) * 100) + "%"; ticks(); labels();
   });
   document.getElementById("critonly").addEventListener("change", function (e) {
     document.body.classList.toggle("critonly", e.target.checked);

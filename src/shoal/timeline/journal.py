@@ -74,8 +74,10 @@ def tree_record(run_id: str, nested: Sequence[RunRecord]) -> RunRecord:
     status: RunStatus = "running" if running else (
         "interrupted" if any(r.status == "interrupted" for r in nested) else
         "cancelled" if any(r.status == "cancelled" for r in nested) else "finished")
-    counts: dict[str, int] = {}
+    counts: dict[str, int] = {}  # of the tool calls, as for a tree shoal run journaled
     for r in nested:
+        if step_of(run_id, r.run_id)[1].startswith("model-"):
+            continue
         for name, n in r.counts.items():
             counts[name] = counts.get(name, 0) + n
     lead = step_of(run_id, nested[0].run_id)[0].split("/", 1)[0]
