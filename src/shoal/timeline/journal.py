@@ -112,7 +112,8 @@ def from_journal(store: Store, run_id: str, *, status: str | None = None,
             raise RunNotFoundError(run_id)
         root = tree_record(run_id, nested)
     runs = [_load(store, r, run_id) for r in [root, *nested]]
-    origin = min(r.record.started_at for r in runs)
+    # a damaged row reads as started at 0: it must not stretch the page over decades
+    origin = min((r.record.started_at for r in runs if r.record.started_at > 0), default=0.0)
     lanes: list[Lane] = []
     lane_of: dict[str, int] = {}
     bars: list[Bar] = []
