@@ -17,8 +17,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import websocket
-
 __all__ = ["Browser", "find_chromium"]
 
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -47,6 +45,8 @@ class Browser:
         self.errors: list[str] = []
         self._next = 0
         try:
+            import websocket  # the dev extra's websocket-client
+
             self.ws = websocket.create_connection(self._page_socket(), timeout=timeout,
                                                   suppress_origin=True)
             for domain in ("Page", "Runtime", "Log"):
@@ -123,7 +123,7 @@ class Browser:
 
     def close(self) -> None:
         """Stop Chromium and remove its profile."""
-        ws = getattr(self, "ws", None)
+        ws: Any = getattr(self, "ws", None)
         if ws is not None:
             ws.close()
         self.process.terminate()

@@ -43,6 +43,7 @@ def shoal_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[s
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    pytest.importorskip("websocket", reason="the dev extra's websocket-client drives Chromium")
     binary = find_chromium()
     if binary is None:
         pytest.skip("Debian's chromium is not installed (.ci/run installs it when it can: "
