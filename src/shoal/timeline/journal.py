@@ -35,6 +35,7 @@ from shoal.timeline.model import (
     finish,
     link_map_items,
     outcome_bar,
+    outcome_detail,
     preview,
     turn_links,
 )
@@ -217,8 +218,10 @@ def _bar(run: _Run, node_id: str, key: str, lane: int, offset: float,
         bar = outcome_bar(stored.outcome, key, lane, offset)
         if stored.damaged:
             bar.status, bar.detail = "damaged", preview(stored.damaged)
-        if spans:
+        if spans:  # each attempt is listed: the detail need not count them
             bar.attempts = spans
+            if not stored.damaged:
+                bar.detail = outcome_detail(stored.outcome)
         return bar
     facts = tools.get(node_id)
     tool = str(facts[0]) if isinstance(facts, list) and facts else (
@@ -294,6 +297,10 @@ def _describe_lanes(lanes: Sequence[Lane], tree: Mapping[str, Any] | None,
         call = containers.get(lane.lineage)
         if call is not None:
             lane.status = call.status
+        elif lane.kind == "plan":  # a plan's lane: ok when every node is
+            statuses = {b.status for b in bars if lanes[b.lane] is lane}
+            lane.status = "ok" if statuses == {"ok"} else next(
+                (s for s in ("failed", "timed_out", "cancelled", "running") if s in statuses), "")
     lineages = {lane.lineage for lane in lanes}
     for bar in bars:
         if bar.kind == "call" and call_lineage(lanes[bar.lane].lineage,
