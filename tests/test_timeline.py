@@ -25,6 +25,7 @@ from shoal.exceptions import RunNotFoundError
 from shoal.store.base import AttemptStarted, RunRecord
 from shoal.store.sqlite import SQLiteStore
 from shoal.timeline import embed, from_journal, render
+from shoal.timeline.critical import longest_chain
 from tests.agent_models import REVIEW_PROMPT, review_model
 from tests.browser import Browser, find_chromium
 from tests.review_agents import lead
@@ -313,6 +314,14 @@ def test_show_lists_the_agents_and_calls_of_an_agent_tree_from_code(tmp_path: Pa
 
 
 # ---- hostile and odd input ----------------------------------------------------------------
+
+
+def test_the_longest_chain_ends_on_a_cycle_too() -> None:
+    weights = {"a": 1.0, "b": 5.0, "c": 2.0, "d": 4.0}
+    assert longest_chain(list(weights), weights, [("a", "j"), ("j", "b"), ("a", "c")]) == (
+        ["a", "j", "b"], 6.0)  # "j" is a join point of no weight
+    chain, total = longest_chain(list(weights), weights, [("b", "c"), ("c", "b"), ("a", "d")])
+    assert chain == ["a", "d"] and total == 5.0  # the cycle a hand edit made is left out
 
 
 def test_embedded_data_cannot_end_the_script_or_start_markup() -> None:

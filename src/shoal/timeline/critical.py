@@ -25,17 +25,19 @@ def longest_chain(keys: Sequence[str], weights: Mapping[str, float],
     best = {k: weights.get(k, 0.0) for k in nodes}
     via: dict[str, str | None] = dict.fromkeys(nodes)
     ready = deque(k for k in nodes if indegree[k] == 0)
+    done: list[str] = []
     while ready:
         key = ready.popleft()
+        done.append(key)
         for nxt in succs[key]:
             if best[key] + weights.get(nxt, 0.0) > best[nxt]:
                 best[nxt], via[nxt] = best[key] + weights.get(nxt, 0.0), key
             indegree[nxt] -= 1
             if indegree[nxt] == 0:
                 ready.append(nxt)
-    if not nodes:
+    if not done:
         return [], 0.0
-    end = max(nodes, key=lambda k: (best[k], k in weights))
+    end = max(done, key=lambda k: (best[k], k in weights))
     chain: list[str] = []
     cursor: str | None = end
     while cursor is not None and len(chain) <= len(nodes):
