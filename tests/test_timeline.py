@@ -243,9 +243,10 @@ def test_the_limit_that_held_a_call_is_named_from_the_result() -> None:
     plan.call(slow_api, n=2)
     page = shoal.run_sync(plan).timeline()
     bars = json.loads(_embedded(page))["bars"]
-    limits = [w for bar in bars for w in bar[11] if w[0] == "limit"]
+    # the one held by the other (the first may show a moment's wait for the loop, when busy)
+    limits = [w for bar in bars for w in bar[11] if w[0] == "limit" and w[2] - w[1] > 0.02]
     assert len(limits) == 1
-    assert "slow_api max_concurrency=1" in limits[0][3] and limits[0][2] - limits[0][1] > 0.02
+    assert "slow_api max_concurrency=1" in limits[0][3]
 
 
 def test_the_critical_path_is_the_runs_measured_one(tmp_path: Path) -> None:
