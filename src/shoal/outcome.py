@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import reprlib
 import sys
 import traceback as tb
@@ -334,6 +335,16 @@ class RunResult:
     def to_json(self, indent: int | None = 2) -> str:
         """The whole result as a JSON document."""
         return json.dumps(self.to_dict(), indent=indent)
+
+    def timeline(self, path: str | os.PathLike[str] | None = None, *, title: str = "") -> str:
+        """The run as a self-contained HTML timeline (see :mod:`shoal.timeline`).
+
+        Returns the page, and writes it to ``path`` when one is given.
+        """
+        from shoal.timeline.model import from_run_result
+
+        view = from_run_result(self, title=title)
+        return view.html() if path is None else view.write(path)
 
 
 def _took(outcomes: Mapping[str, Outcome], graph: Graph, pos: int) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal
 
@@ -13,6 +14,7 @@ from shoal.outcome import jsonable
 
 if TYPE_CHECKING:
     from shoal.board import BoardConflict
+    from shoal.store.base import Store
 
 __all__ = ["AgentResult", "AgentStatus"]
 
@@ -42,6 +44,7 @@ class AgentResult(Generic[T]):
     A planner (``mode="plan"``) has in ``plans`` each plan its model wrote, in order (more
     than one when it replanned); its ``calls`` are the plans' calls, each with its number in
     the plan as ``call.id``.
+    ``started_at`` is when the agent started (epoch seconds; 0 until it does).
     """
 
     agent: str
@@ -61,6 +64,7 @@ class AgentResult(Generic[T]):
     board: dict[str, Any] | None = None
     conflicts: list[BoardConflict] = field(default_factory=list)
     plans: list[str] = field(default_factory=list)
+    started_at: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -99,6 +103,24 @@ class AgentResult(Generic[T]):
                 "board": jsonable(self.board),
                 "conflicts": [jsonable(c.to_dict()) for c in self.conflicts]}),
         }  # fmt: skip
+
+    def timeline(self, path: str | os.PathLike[str] | None = None, *,
+                 store: Store | None = None) -> str:
+        """The agent tree as a self-contained HTML timeline (see :mod:`shoal.timeline`).
+
+        With the ``store`` the run was journaled in, the page also has every model turn (read
+        from the journal); without, it has what the result holds: the agents and their calls.
+        Returns the page, and writes it to ``path`` when one is given.
+        """
+        from shoal.timeline import from_agent_result, from_journal
+        from shoal.timeline.model import agent_tree, answer_text
+
+        if store is None:
+            view = from_agent_result(self)
+        else:
+            view = from_journal(store, self.run_id, status=self.status, tree=agent_tree(self))
+            view.answer = answer_text(self.output) if self.ok else view.answer
+        return view.html() if path is None else view.write(path)
 
     def __repr__(self) -> str:
         return (f"<AgentResult {self.lineage} {self.status} turns={self.turns} "

@@ -18,6 +18,7 @@ import asyncio
 import copy
 import hashlib
 import json
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
@@ -170,6 +171,7 @@ class AgentRun:
         Never raises, except ``CancelledError``, which is re-raised after recording.
         """
         self._started = self.ctx.now()
+        self.result.started_at = time.time()
         self.ctx.results[self.lineage] = self.result
         self._emit_started()
         try:

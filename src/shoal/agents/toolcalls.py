@@ -70,6 +70,8 @@ class CallRecord:
             ``tool_error_format`` to word it yourself).
         outcome: the runtime's full record of the call (value, ``error`` with type, message
             and traceback, times, attempts); ``None`` for a rejected call.
+        epoch: when (epoch seconds) the run that ran the call started: its outcome's times
+            count from there (the timeline places calls with it); 0 for a rejected call.
     """
 
     call: ToolCall
@@ -77,6 +79,7 @@ class CallRecord:
     status: str
     message: ToolResultMessage
     outcome: Outcome | None = None
+    epoch: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -485,7 +488,8 @@ def _fill(result: RunResult, planned: Mapping[str, int], lineages: Mapping[str, 
         outcome = _unsendable(result[node_id], call.name)
         text, is_error = result_text(outcome, call.name)
         message = ToolResultMessage(call.id, call.name, text, is_error=is_error)
-        records[index] = CallRecord(call, lineages[node_id], outcome.status, message, outcome)
+        records[index] = CallRecord(call, lineages[node_id], outcome.status, message, outcome,
+                                    result.started_at_epoch)
 
 
 def _unsendable(outcome: Outcome, name: str) -> Outcome:

@@ -185,8 +185,10 @@ class CompositionRun:
     def _finish(self, run: RunResult) -> AgentResult[Any]:
         root = self.result
         root.duration = self.ctx.now()
+        root.started_at = run.started_at_epoch
         ordered = self._in_plan_order(run)
-        root.calls = [_record(self.name, o, self._arguments(o.node_id)) for o in ordered]
+        root.calls = [_record(self.name, o, self._arguments(o.node_id), run.started_at_epoch)
+                      for o in ordered]
         root.children = _top_agents(self.ctx.results) + self._replayed_agents(ordered)
         for child in root.children:
             root.usage = root.usage + child.usage
@@ -357,10 +359,11 @@ def _index_of(node_id: str) -> int:
     return int(node_id.rsplit("[", 1)[1].rstrip("]"))
 
 
-def _record(root: str, outcome: Outcome, arguments: str) -> CallRecord:
+def _record(root: str, outcome: Outcome, arguments: str, epoch: float) -> CallRecord:
     """A node of the plan as a call of the root (an agent node is also a child agent)."""
     text, is_error = result_text(outcome)
     call = ToolCall(outcome.node_id, outcome.tool, arguments)
     return CallRecord(call, f"{root}/{outcome.node_id}", outcome.status,
-                      ToolResultMessage(outcome.node_id, outcome.tool, text, is_error), outcome)
+                      ToolResultMessage(outcome.node_id, outcome.tool, text, is_error), outcome,
+                      epoch)
 

@@ -35,6 +35,7 @@ from shoal.cli.safe import text as safe_text
 from shoal.exceptions import (
     JournalDamagedError,
     RunActiveError,
+    RunNotFoundError,
     ShoalError,
     StoreError,
     StoreVersionError,
@@ -45,6 +46,8 @@ from shoal.store.base import ApprovalRecord, AttemptRecord, RunRecord, StoredOut
 from shoal.store.claims import process_alive as _alive
 from shoal.store.journal import STALE_AFTER
 from shoal.store.sqlite import DEFAULT_PATH, SQLiteStore
+from shoal.timeline import Timeline, from_journal
+from shoal.timeline.journal import nested_runs, tree_record
 
 __all__ = ["DEFAULT_PATH", "live_status", "open_journal", "parse_mark_done", "register",
            "runs_table"]
@@ -208,7 +211,11 @@ def runs_command(store: StoreOption = DEFAULT_PATH, as_json: JsonOption = False,
         # an agent run's steps have ids below the run's ("RUN/lead/model-1"): hidden by default
         journal = open_journal(store, read_only=True)
         found = journal.list_runs(limit if steps else limit * 50)
-        records = _with_source(journal, [r for r in found if steps or "/" not in r.run_id][:limit])
+        shown = [r for r in found if steps or "/" not in r.run_id]
+        if not steps:  # an agent tree run from code journals its steps only: one row for it
+            shown = sorted([*shown, *_step_only_trees(found)], key=lambda r: r.started_at,
+                           reverse=True)
+        records = _with_source(journal, shown[:limit])
     except ShoalError as exc:
         raise typer.Exit(_fail(str(exc), as_json)) from None
     if as_json:
@@ -218,6 +225,18 @@ def runs_command(store: StoreOption = DEFAULT_PATH, as_json: JsonOption = False,
         _console().print(Text(f"no runs in {clean(str(store))}"))
         return
     _console().print(runs_table(records))
+
+
+def _step_only_trees(found: Sequence[RunRecord]) -> list[RunRecord]:
+    """A record for each agent tree whose steps are listed but whose root has no record."""
+    known = {r.run_id for r in found}
+    trees: dict[str, list[RunRecord]] = {}
+    for record in found:
+        root = record.run_id.split("/", 1)[0]
+        if root != record.run_id and root not in known:
+            trees.setdefault(root, []).append(record)
+    return [tree_record(root, sorted(steps, key=lambda r: (r.started_at, r.run_id)))
+            for root, steps in trees.items()]
 
 
 def runs_table(records: Sequence[RunRecord]) -> Table:
@@ -270,12 +289,30 @@ def _counts(counts: Mapping[str, int], what: str = "") -> Text:
 # ---- shoal show -----------------------------------------------------------------------------
 
 
+HtmlOption = Annotated[Path | None, typer.Option(
+    "--html", metavar="FILE", show_default=False,
+    help="Write the run's timeline to FILE: one self-contained HTML page (every call and "
+         "agent against time, waits explained, the critical path, the agent tree).",
+)]
+
+
 def show_command(run_id: Annotated[str, typer.Argument(metavar="RUN_ID", show_default=False)],
-                 store: StoreOption = DEFAULT_PATH, as_json: JsonOption = False) -> None:
+                 store: StoreOption = DEFAULT_PATH, as_json: JsonOption = False,
+                 html: HtmlOption = None) -> None:
     """Show one run: outcomes, timings, edges and their reasons, approvals and who decided."""
     try:
         journal = open_journal(store, read_only=True)
         record = journal.get_run(run_id)
+        if html is not None:
+            _write_timeline(journal, run_id, record, html, store, as_json)
+            return
+        if record is None and nested_runs(journal, run_id):  # an agent tree run from code
+            view = from_journal(journal, run_id)
+            if as_json:
+                sys.stdout.write(json.dumps(_tree_dict(view), indent=2) + "\n")
+            else:
+                _console().print(_tree_view(view))
+            return
         if record is None:
             raise ShoalError(f"no run {run_id!r} in {str(store)!r} (shoal runs lists them)")
         if agent_journal.is_agent_record(record):
@@ -296,6 +333,75 @@ def show_command(run_id: Annotated[str, typer.Argument(metavar="RUN_ID", show_de
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
     _console().print(_show_view(record, outcomes, attempts, approvals))
+
+
+def _write_timeline(journal: SQLiteStore, run_id: str, record: RunRecord | None, path: Path,
+                    store: Path, as_json: bool) -> None:
+    """``shoal show RUN --html FILE``: write the timeline page and say where it is."""
+    try:
+        view = from_journal(journal, run_id,
+                            status=live_status(record) if record is not None else None)
+    except RunNotFoundError:
+        raise ShoalError(f"no run {run_id!r} in {str(store)!r} (shoal runs lists them)"
+                         ) from None
+    try:
+        view.write(path)
+    except OSError as exc:
+        raise ShoalError(f"cannot write the timeline to {str(path)!r}: "
+                         f"{exc.strerror or exc}") from None
+    if as_json:
+        sys.stdout.write(json.dumps({"run_id": run_id, "html": str(path),
+                                     "calls": len(view.bars), "lanes": len(view.lanes)},
+                                    indent=2) + "\n")
+        return
+    _console().print(Text(f"timeline of run {clean(run_id)} ({len(view.bars)} calls on "
+                          f"{len(view.lanes)} lane{'s' if len(view.lanes) != 1 else ''}): "
+                          f"{clean(str(path))}"))
+
+
+def _tree_dict(view: Timeline) -> dict[str, Any]:
+    """``shoal show --json`` of an agent tree run from code: its agents and every call."""
+    lanes = [lane.lineage for lane in view.lanes]
+    return {"run_id": view.run_id, "kind": "agent tree", "status": view.status,
+            "started_at": view.started_at, "duration": view.duration,
+            "agents": lanes,
+            "calls": [{"lineage": lanes[b.lane], "step": b.step, "node_id": b.node_id,
+                       "tool": b.tool, "status": b.status, "started_at": b.start,
+                       "finished_at": b.end, "attempts": len(b.attempts), "result": b.detail}
+                      for b in view.bars]}
+
+
+def _tree_view(view: Timeline) -> RenderableType:
+    """``shoal show`` of an agent tree run from code: each agent with its turns and calls."""
+    head = Text.assemble(("run ", "bold"), safe_text(view.run_id, "bold", width=ID_WIDTH), "  ",
+                         _status_text(view.status))
+    head.append(f"\nagent tree · {len(view.lanes)} agent{'s' if len(view.lanes) != 1 else ''}"
+                f" · {len(view.bars)} calls and model turns · started "
+                f"{_when(view.started_at)} · took {seconds(view.duration)}")
+
+    def table(ids: int) -> Table:
+        rows = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
+                     title="agents and calls", title_justify="left")
+        for name in ("agent", "call", "tool", "status", "tries", "started", "time", "result"):
+            rows.add_column(name, no_wrap=name != "result", justify="right" if name in (
+                "tries", "started", "time") else "left")
+        by_lane: dict[int, list[Any]] = {}
+        for bar in view.bars:
+            by_lane.setdefault(bar.lane, []).append(bar)
+        for index, lane in enumerate(view.lanes):
+            label = "  " * lane.depth + lane.label
+            for bar in sorted(by_lane.get(index, ()), key=lambda b: (b.start is None, b.start)):
+                rows.add_row(safe_text(label, width=ids), safe_text(bar.node_id, width=ids),
+                             safe_text(bar.tool, width=ids),
+                             safe_text(bar.status, STATUS_STYLES.get(bar.status, ""), width=ids),
+                             str(len(bar.attempts)),
+                             f"{bar.start:.2f}s" if bar.start is not None else "-",
+                             seconds(bar.duration) if bar.end is not None else "-",
+                             Text(one_line(bar.detail, 200), no_wrap=True, overflow="ellipsis"))
+                label = ""
+        return rows
+
+    return Group(head, FitToWidth(lambda width: table(id_width(width))))
 
 
 def _edges(record: RunRecord) -> list[dict[str, str]]:
@@ -324,7 +430,8 @@ def _attempt_dict(a: AttemptRecord) -> dict[str, Any]:
     return {"session": a.session, "attempt": a.attempt, "executor": a.executor,
             "started_at": a.started_at, "ended_at": a.ended_at,
             "status": a.status or ("in flight" if a.ended_at is None else ""), "error": a.error,
-            } | ({"damaged": a.damaged} if a.damaged else {})
+            } | ({"held": a.held} if a.held else {}) | ({"damaged": a.damaged} if a.damaged
+                                                         else {})
 
 
 def _approval_dict(a: ApprovalRecord) -> dict[str, Any]:

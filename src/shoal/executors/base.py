@@ -37,6 +37,7 @@ class Call:
     #: W3C trace context (``traceparent``...) for a worker in another process to join the
     #: caller's trace; set only when shoal is instrumented (see :mod:`shoal.instrumentation`)
     trace: dict[str, str] | None = None
+    held: str = ""  # the limit that held the attempt back once it was ready, if one did
 
 
 class Executor(ABC):

@@ -552,7 +552,7 @@ class Driver:
             journal.add(OutcomeRecord(run_id, ended.outcome, ended.order))
         for call in d.starts:
             journal.add(AttemptStarted(run_id, self._session, call.node_id, call.attempt,
-                                       call.tool.name, call.executor, now))
+                                       call.tool.name, call.executor, now, call.held))
         return journal.barrier() if d.starts else None
 
     def _restore(self, resume: Resumption) -> None:

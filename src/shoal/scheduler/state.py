@@ -201,8 +201,8 @@ class _Slot:
 
     __slots__ = (
         "approval", "args", "attempts", "cancel_reason", "cancel_status", "executor", "gates",
-        "gather", "items", "node", "outcome", "phase", "pos", "priority", "queued_at", "root",
-        "started_at", "waiting",
+        "gather", "held", "items", "node", "outcome", "phase", "pos", "priority", "queued_at",
+        "ready_mark", "root", "started_at", "waiting",
     )  # fmt: skip
 
     def __init__(self, pos: int, node: Node, waiting: int, executor: Isolation) -> None:
@@ -223,6 +223,8 @@ class _Slot:
         self.root = ""  # for a skipped node: the failure at the start of its chain
         self.approval: _Approval | None = None  # set once the node was asked about
         self.gather = -1  # a map item: the position of its map node
+        self.held = ""  # the limit it was parked on since it was last ready (for the journal)
+        self.ready_mark = 0  # the run-wide limit's block count when it was last ready
         self.items: list[int] | None = None  # a map node, once expanded: its items' positions
 
 
@@ -275,6 +277,7 @@ class SchedulerState:
         self._maps_due: deque[_Slot] = deque()  # maps to expand or gather (see _make_ready)
         self._rng = rng or random.Random()
         self._global = ConcurrencyLimit("run max_concurrency", max_concurrency)
+        self._global_blocks = 0  # how often ready nodes were left waiting on self._global
         self._gates = Gates(resource_limits, executor_limits, shared_limits)
         # Where this run's clock starts on the shared clock (the loop's), so rate limiters
         # shared with other runs see one time line; the driver sets it when the run starts.
@@ -538,6 +541,8 @@ class SchedulerState:
     def _set_phase(self, slot: _Slot, phase: Phase) -> None:
         assert phase in TRANSITIONS[slot.phase], f"{slot.node.id}: {slot.phase} -> {phase}"
         slot.phase = phase
+        if phase is Phase.READY:  # what holds it back from here on is journaled at its start
+            slot.held, slot.ready_mark = "", self._global_blocks
 
     def _make_ready(self, slot: _Slot, now: float, d: Decisions) -> None:
         if self.stopping:
@@ -766,6 +771,8 @@ class SchedulerState:
             if slot.approval is not None and not self._still_approved(slot, now, d):
                 continue
             self._start(slot, now, d)
+        if heap and limit.capacity is not None and limit.in_use >= limit.capacity:
+            self._global_blocks += 1  # the nodes left ready were held by the run-wide limit
 
     def _ask(self, now: float, d: Decisions) -> None:
         """Resolve the arguments of gated nodes and ask about those that need approval."""
@@ -834,6 +841,7 @@ class SchedulerState:
         """Whether every limit on the node has room now; if not, park it where it waits."""
         for gate in slot.gates or ():
             if not gate.available():
+                slot.held = f"{gate.name} max_concurrency={gate.capacity}"
                 self._park(gate, slot)
                 d.parked.append(gate)
                 return False
@@ -842,6 +850,7 @@ class SchedulerState:
             shared_now = now + self.clock_origin
             wait = limiter.wait_time(shared_now)
             if wait > 0:
+                slot.held = f"{limiter.name} rate={limiter.rate}"
                 self._park(limiter, slot)
                 if limiter not in self._gates.rate_waits:  # one timer per limiter
                     self._gates.rate_waits.add(limiter)
@@ -879,8 +888,10 @@ class SchedulerState:
         args = slot.args
         slot.args = None  # a retry resolves afresh, so it never sees what this attempt mutated
         tool = slot.node.tool
+        held = slot.held or (f"the run's max_concurrency={self._global.capacity}"
+                             if self._global_blocks > slot.ready_mark else "")
         d.starts.append(Call(slot.pos, slot.node.id, tool, args, slot.attempts, slot.executor,
-                             tool.policy.timeout, self.run_id))
+                             tool.policy.timeout, self.run_id, held=held))
         self.in_flight[slot.pos] = now
         if self.record_events:
             d.events.append(NodeStarted(run_id=self.run_id, time=now, node_id=slot.node.id,

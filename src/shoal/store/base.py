@@ -128,7 +128,11 @@ class RunEnded(NamedTuple):
 
 
 class AttemptStarted(NamedTuple):
-    """An attempt began (``at``: seconds on the run's clock). Written ahead of the call."""
+    """An attempt began (``at``: seconds on the run's clock). Written ahead of the call.
+
+    ``held``: the limit that held it back once it was ready (``tool fetch max_concurrency=2``,
+    ``tool search rate=5/s``, ``the run's max_concurrency=64``), empty when none did.
+    """
 
     run_id: str
     session: int
@@ -137,6 +141,7 @@ class AttemptStarted(NamedTuple):
     tool: str
     executor: str
     at: float
+    held: str = ""
 
 
 class AttemptEnded(NamedTuple):
@@ -191,7 +196,10 @@ Record = (RunRecord | RunEnded | AttemptStarted | AttemptEnded | OutcomeRecord |
 
 @dataclass(frozen=True, slots=True)
 class AttemptRecord:
-    """One attempt: started, and ended unless ``ended_at`` is ``None`` (in flight or lost)."""
+    """One attempt: started, and ended unless ``ended_at`` is ``None`` (in flight or lost).
+
+    ``held``: the limit that held it back once it was ready (see :class:`AttemptStarted`).
+    """
 
     node_id: str
     session: int
@@ -203,6 +211,7 @@ class AttemptRecord:
     status: str = ""
     error: str = ""
     damaged: str = ""  # what of the stored row is damaged
+    held: str = ""
 
 
 @dataclass(frozen=True, slots=True)

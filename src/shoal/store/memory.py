@@ -118,7 +118,7 @@ class MemoryStore:
         run = self._runs.get(r.run_id)
         if run is not None:
             run.attempts[(r.session, r.node_id, r.attempt)] = AttemptRecord(
-                r.node_id, r.session, r.attempt, r.tool, r.executor, r.at)
+                r.node_id, r.session, r.attempt, r.tool, r.executor, r.at, held=r.held)
 
     def _end(self, r: AttemptEnded) -> None:
         run = self._runs.get(r.run_id)

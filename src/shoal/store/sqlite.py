@@ -74,7 +74,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     run_id TEXT NOT NULL, session INTEGER NOT NULL, node_id TEXT NOT NULL,
     attempt INTEGER NOT NULL, tool TEXT NOT NULL, executor TEXT NOT NULL,
     started_at REAL NOT NULL, ended_at REAL, status TEXT NOT NULL DEFAULT '',
-    error TEXT NOT NULL DEFAULT '',
+    error TEXT NOT NULL DEFAULT '', held TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (run_id, session, node_id, attempt));
 CREATE TABLE IF NOT EXISTS outcomes (
     run_id TEXT NOT NULL, node_id TEXT NOT NULL, position INTEGER NOT NULL,
@@ -102,6 +102,9 @@ CREATE INDEX IF NOT EXISTS events_by_run ON events (run_id);
 """
 
 _EFFECTS_TABLE = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS effects"):].split(";")[0]
+# Added to files written before attempts said which limit held them (no version change: an
+# older shoal reads the file as ever, ignoring the column).
+_ATTEMPTS_HELD = "ALTER TABLE attempts ADD COLUMN held TEXT NOT NULL DEFAULT ''"
 
 _RUN_COLUMNS = ("run_id, name, status, started_at, finished_at, nodes, fingerprint, plan, "
                 "source, counts, makespan, sessions, heartbeat, pid, host")
@@ -151,6 +154,7 @@ class SQLiteStore:
         self.read_only = read_only and self.path != ":memory:"
         self._lock = threading.RLock()
         self._claims = LocalClaims()  # for ":memory:", which no other process can open
+        self._held = True  # whether attempts has its held column (older files: see _setup)
         if self.path != ":memory:" and not self.read_only:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -203,6 +207,8 @@ class SQLiteStore:
                     raise StoreVersionError(self.path, found, SCHEMA_VERSION)
                 else:  # a file from before calls had effects (board writes): add their table
                     db.execute(_EFFECTS_TABLE)
+                    if self._lacks_held(db):  # or before attempts said what held them
+                        db.execute(_ATTEMPTS_HELD)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path!r} is not a usable shoal journal: {exc}"
                              f"{_read_only_note(self.path)}") from exc
@@ -217,6 +223,13 @@ class SQLiteStore:
             raise StoreError(f"{self.path!r} holds no shoal journal yet (it is empty)")
         if found > SCHEMA_VERSION:
             raise StoreVersionError(self.path, found, SCHEMA_VERSION)
+        self._held = not self._lacks_held(_Bound(self._conn))
+
+    @staticmethod
+    def _lacks_held(db: _Bound) -> bool:
+        """Whether the attempts table lacks its ``held`` column (files from before it)."""
+        columns = [row[1] for row in db.execute("PRAGMA table_info(attempts)")]
+        return bool(columns) and "held" not in columns
 
     def _schema_version(self, db: _Bound) -> int | None:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -276,9 +289,9 @@ class SQLiteStore:
             if starts:
                 db.executemany(
                     "INSERT OR REPLACE INTO attempts (run_id, session, node_id, attempt, tool, "
-                    "executor, started_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [(s.run_id, s.session, s.node_id, s.attempt, s.tool, s.executor, s.at)
-                     for s in starts])
+                    "executor, started_at, held) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(s.run_id, s.session, s.node_id, s.attempt, s.tool, s.executor, s.at,
+                      s.held) for s in starts])
             if ends:
                 db.executemany(
                     "UPDATE attempts SET ended_at = ?, status = ?, error = ? WHERE run_id = ? "
@@ -366,9 +379,10 @@ class SQLiteStore:
 
     def attempts(self, run_id: str) -> list[AttemptRecord]:
         """Every attempt of the run, in the order they started."""
+        held = "held" if self._held else "''"  # a read-only file from before the column
         rows = self._read(
             "SELECT node_id, session, attempt, tool, executor, started_at, ended_at, status, "
-            "error FROM attempts WHERE run_id = ? ORDER BY session, started_at, node_id",
+            f"error, {held} FROM attempts WHERE run_id = ? ORDER BY session, started_at, node_id",
             (run_id,))
         return [_attempt(row) for row in rows]
 
@@ -675,13 +689,14 @@ def _approval(row: Sequence[Any]) -> ApprovalRecord:
 
 
 def _attempt(row: Sequence[Any]) -> AttemptRecord:
-    node_id, session, attempt, tool, executor, started_at, ended_at, status, error = row
+    node_id, session, attempt, tool, executor, started_at, ended_at, status, error, held = row
     try:
         return AttemptRecord(_text(node_id, "node_id"), _int(session, "session"),
                              _int(attempt, "attempt"), _text(tool, "tool"),
                              _text(executor, "executor"), _number(started_at, "started_at"),
                              _number(ended_at, "ended_at", optional=True),
-                             _text(status, "status"), _text(error, "error"))
+                             _text(status, "status"), _text(error, "error"),
+                             held=_loose_text(held))
     except _Damaged as exc:
         return AttemptRecord(_loose_text(node_id), 0, 0, _loose_text(tool), "", 0.0,
                              damaged=f"attempts.{exc}")

@@ -1,0 +1,47 @@
+"""The longest chain through a graph, by the summed weight of its nodes."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping, Sequence
+
+__all__ = ["longest_chain"]
+
+
+def longest_chain(keys: Sequence[str], weights: Mapping[str, float],
+                  edges: Sequence[tuple[str, str]]) -> tuple[list[str], float]:
+    """The chain of ``keys``, linked by ``edges`` (source before target), of largest weight.
+
+    Keys that only appear in ``edges`` are join points of weight 0. Nodes on a cycle (which a
+    journal edited by hand could describe) are left out rather than looped over.
+    """
+    nodes = list(dict.fromkeys([*keys, *(k for e in edges for k in e)]))
+    succs: dict[str, list[str]] = {k: [] for k in nodes}
+    indegree = dict.fromkeys(nodes, 0)
+    for source, target in set(edges):
+        if source != target:
+            succs[source].append(target)
+            indegree[target] += 1
+    best = {k: weights.get(k, 0.0) for k in nodes}
+    via: dict[str, str | None] = dict.fromkeys(nodes)
+    ready = deque(k for k in nodes if indegree[k] == 0)
+    done: list[str] = []
+    while ready:
+        key = ready.popleft()
+        done.append(key)
+        for nxt in succs[key]:
+            if best[key] + weights.get(nxt, 0.0) > best[nxt]:
+                best[nxt], via[nxt] = best[key] + weights.get(nxt, 0.0), key
+            indegree[nxt] -= 1
+            if indegree[nxt] == 0:
+                ready.append(nxt)
+    if not done:
+        return [], 0.0
+    end = max(done, key=lambda k: (best[k], k in weights))
+    chain: list[str] = []
+    cursor: str | None = end
+    while cursor is not None and len(chain) <= len(nodes):
+        chain.append(cursor)
+        cursor = via[cursor]
+    chain.reverse()
+    return chain, best[end]

@@ -1,0 +1,339 @@
+"""A timeline from the journal: a run and every run nested in it (an agent tree's steps).
+
+An agent tree journals each step as a run of its own, ``{run id}/{lineage}/model-N`` (a model
+turn) and ``{run id}/{lineage}/turn-N`` (that turn's tool calls); a plan run inside the tree
+(a composition's plan) is ``{run id}/{lineage}``. Each run's outcome times count from its
+own start (``RunRecord.started_at``), so every call lands on one clock here.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from shoal.exceptions import RunNotFoundError
+from shoal.store.base import (
+    ApprovalRecord,
+    AttemptRecord,
+    RunRecord,
+    RunStatus,
+    Store,
+    StoredOutcome,
+)
+from shoal.timeline.model import (
+    TREE_OUTPUT_WIDTH,
+    Attempt,
+    Bar,
+    Lane,
+    Timeline,
+    answer_text,
+    call_lineage,
+    explain,
+    finish,
+    link_map_items,
+    outcome_bar,
+    outcome_detail,
+    preview,
+    turn_links,
+)
+
+__all__ = ["from_journal", "nested_runs", "step_of", "tree_record"]
+
+_STEP = re.compile(r"(.*)/((?:model|turn)-\d+)", re.DOTALL)
+_ITEM = re.compile(r"(.*)\[\d+\]", re.DOTALL)
+
+
+def step_of(root: str, run_id: str) -> tuple[str, str]:
+    """The lineage and step (``model-2``, ``turn-1``, or ``""``) of a run nested in ``root``."""
+    if run_id == root:
+        return "", ""
+    rest = run_id[len(root) + 1:]
+    found = _STEP.fullmatch(rest)
+    return (found[1], found[2]) if found else (rest, "")
+
+
+def nested_runs(store: Store, run_id: str) -> list[RunRecord]:
+    """The runs nested in ``run_id`` (ids starting ``f"{run_id}/"``), oldest first."""
+    prefix = f"{run_id}/"
+    found = [r.run_id for r in store.list_runs(2**62) if r.run_id.startswith(prefix)]
+    records = [store.get_run(r) for r in found]
+    return sorted((r for r in records if r is not None), key=lambda r: (r.started_at, r.run_id))
+
+
+def tree_record(run_id: str, nested: Sequence[RunRecord]) -> RunRecord:
+    """A record standing for an agent tree's root, which only its steps journaled.
+
+    ``Agent.run`` with a journaled runtime journals each step (``RUN/lead/model-1``, ...),
+    not the tree itself (``shoal run`` does): its status and times are the steps'.
+    """
+    began = min(r.started_at for r in nested)
+    running = any(r.status == "running" for r in nested)
+    ended = max((r.finished_at or r.started_at) for r in nested)
+    status: RunStatus = "running" if running else (
+        "interrupted" if any(r.status == "interrupted" for r in nested) else
+        "cancelled" if any(r.status == "cancelled" for r in nested) else "finished")
+    counts: dict[str, int] = {}  # of the tool calls, as for a tree shoal run journaled
+    for r in nested:
+        if step_of(run_id, r.run_id)[1].startswith("model-"):
+            continue
+        for name, n in r.counts.items():
+            counts[name] = counts.get(name, 0) + n
+    lead = step_of(run_id, nested[0].run_id)[0].split("/", 1)[0]
+    return RunRecord(run_id, began, 0, "", name=f"agent {lead}" if lead else "agent tree",
+                     status=status, finished_at=None if running else ended, counts=counts,
+                     makespan=ended - began, heartbeat=max(r.heartbeat for r in nested))
+
+
+@dataclass(slots=True)
+class _Run:
+    record: RunRecord
+    lineage: str
+    step: str
+    outcomes: Mapping[str, StoredOutcome]
+    attempts: Sequence[AttemptRecord]
+    approvals: Sequence[ApprovalRecord]
+
+
+def from_journal(store: Store, run_id: str, *, status: str | None = None,
+                 now: float | None = None, tree: Mapping[str, Any] | None = None) -> Timeline:
+    """The timeline of run ``run_id`` in ``store``, with every run nested in it.
+
+    ``status``: the run's status as the caller knows it (a ``running`` run whose process died
+    is ``interrupted``); ``now`` (epoch): where calls still in flight end on the page;
+    ``tree``: the agent tree, when the journal has none (an agent tree run from code).
+    Raises :class:`~shoal.exceptions.RunNotFoundError` when the journal has no such run.
+    """
+    root = store.get_run(run_id)
+    nested = nested_runs(store, run_id)
+    if root is None:  # an agent tree run from code journals only its steps
+        if not nested:
+            raise RunNotFoundError(run_id)
+        root = tree_record(run_id, nested)
+    runs = [_load(store, r, run_id) for r in [root, *nested]]
+    # a damaged row reads as started at 0: it must not stretch the page over decades
+    origin = min((r.record.started_at for r in runs if r.record.started_at > 0), default=0.0)
+    lanes: list[Lane] = []
+    lane_of: dict[str, int] = {}
+    bars: list[Bar] = []
+    for run in runs:
+        if run.lineage not in lane_of:
+            lane_of[run.lineage] = len(lanes)
+            lanes.append(Lane(run.lineage, run.lineage.rsplit("/", 1)[-1] or root.name or "plan",
+                              kind="agent" if run.step else "plan"))
+        elif run.step:
+            lanes[lane_of[run.lineage]].kind = "agent"
+        bars += _run_bars(run, lane_of[run.lineage], origin)
+    used = {b.lane for b in bars}
+    if len(lanes) > 1 and 0 not in used:  # an agent run's root: its steps have the calls
+        lanes = lanes[1:]
+        for bar in bars:
+            bar.lane -= 1
+    ordered = _tree_order(lanes, bars)
+    index = {id(lane): i for i, lane in enumerate(ordered)}
+    for bar in bars:
+        bar.lane = index[id(lanes[bar.lane])]
+    lanes = ordered
+    agents = root.source.get("result")
+    if not isinstance(agents, Mapping):
+        agents = tree
+    _describe_lanes(lanes, agents, bars)
+    if agents is None and any(lane.kind == "agent" for lane in lanes):
+        agents = _lane_tree(lanes, bars)
+    still = (time.time() if now is None else now) - origin
+    timeline = Timeline(root.name or run_id, run_id, status or root.status, origin,
+                        root.makespan if root.finished_at else max(0.0, still), lanes, bars,
+                        agents=agents, answer=_answer(agents))
+    if root.status == "running":
+        timeline.duration = max(timeline.duration, still)
+    finish(timeline, turn_links(bars))
+    if not bars:
+        timeline.notes.append("this run has no calls (yet)")
+    return timeline
+
+
+def _load(store: Store, record: RunRecord, root: str) -> _Run:
+    lineage, step = step_of(root, record.run_id)
+    return _Run(record, lineage, step, store.outcomes(record.run_id, decode=False),
+                store.attempts(record.run_id), store.approvals(record.run_id))
+
+
+def _node_ids(run: _Run) -> list[str]:
+    """The run's nodes: the plan's, then those added while it ran (in the order they came)."""
+    planned = run.record.plan.get("nodes")
+    ids = dict.fromkeys(planned if isinstance(planned, Mapping) else ())
+    ids.update(dict.fromkeys(run.outcomes))
+    ids.update(dict.fromkeys(a.node_id for a in run.attempts))
+    return list(ids)
+
+
+def _run_bars(run: _Run, lane: int, origin: float) -> list[Bar]:
+    offset = run.record.started_at - origin
+    planned = run.record.plan.get("nodes")
+    tools: Mapping[str, Any] = planned if isinstance(planned, Mapping) else {}
+    tries: dict[str, list[AttemptRecord]] = {}
+    for attempt in run.attempts:
+        tries.setdefault(attempt.node_id, []).append(attempt)
+    bars: list[Bar] = []
+    for node_id in _node_ids(run):
+        key = f"{run.record.run_id}|{node_id}"
+        bar = _bar(run, node_id, key, lane, offset, tools, tries.get(node_id, []))
+        bar.step = run.step
+        if run.step.startswith("model-"):
+            bar.kind = "model"
+            bar.node_id = f"model turn {run.step.removeprefix('model-')}"
+        bars.append(bar)
+    by_key = {b.key: b for b in bars}
+    for edge in run.record.plan.get("edge_list") or ():
+        source, target, kind, detail = edge
+        target_key = f"{run.record.run_id}|{target}"
+        if target_key in by_key:
+            by_key[target_key].preds.append((f"{run.record.run_id}|{source}", kind, detail))
+    link_map_items(bars)
+    approvals: dict[str, list[tuple[float, float | None, str]]] = {}
+    for a in run.approvals:
+        what = f"approval {a.decision}" + (f" by {a.decided_by}" if a.decided_by else "") + (
+            f": {a.reason}" if a.reason else "")
+        approvals.setdefault(a.node_id, []).append(
+            (a.requested_at - origin, None if a.decided_at is None else a.decided_at - origin,
+             preview(what, 300)))
+    for bar in bars:
+        explain(bar, by_key, offset, approvals.get(_node_of(bar.key), ()))
+    return bars
+
+
+def _node_of(key: str) -> str:
+    return key.split("|", 1)[1] if "|" in key else key
+
+
+def _bar(run: _Run, node_id: str, key: str, lane: int, offset: float,
+         tools: Mapping[str, Any], tries: Sequence[AttemptRecord]) -> Bar:
+    stored = run.outcomes.get(node_id)
+    spans = [Attempt(a.started_at + offset, None if a.ended_at is None else a.ended_at + offset,
+                     a.status or ("running" if a.ended_at is None else ""), a.error, a.held)
+             for a in tries]
+    if stored is not None:
+        bar = outcome_bar(stored.outcome, key, lane, offset)
+        if stored.damaged:
+            bar.status, bar.detail = "damaged", preview(stored.damaged)
+        if spans:  # each attempt is listed: the detail need not count them
+            bar.attempts = spans
+            if not stored.damaged:
+                bar.detail = outcome_detail(stored.outcome)
+        return bar
+    facts = tools.get(node_id)
+    tool = str(facts[0]) if isinstance(facts, list) and facts else (
+        tries[0].tool if tries else "?")
+    running = [s for s in spans if s.end is None]
+    if running:
+        return Bar(key, node_id, tool, lane, "running", start=spans[0].start, attempts=spans,
+                   executor=tries[-1].executor)
+    return Bar(key, node_id, tool, lane, "waiting" if run.record.status == "running"
+               else "not run", attempts=spans)
+
+
+def _tree_order(lanes: list[Lane], bars: Sequence[Bar]) -> list[Lane]:
+    """Lanes depth first, each agent's lane under the lane of the call that ran it.
+
+    Siblings come in the order they started; depth is the number of lanes above.
+    """
+    first: dict[int, float] = {}
+    for bar in bars:
+        at = bar.start if bar.start is not None else bar.queued
+        if at is not None:
+            first[bar.lane] = min(first.get(bar.lane, at), at)
+    by_lineage = {lane.lineage: i for i, lane in enumerate(lanes)}
+
+    def parent(i: int) -> int | None:
+        lineage = lanes[i].lineage
+        while "/" in lineage:
+            lineage = lineage.rsplit("/", 1)[0]
+            if lineage in by_lineage:
+                return by_lineage[lineage]
+        return by_lineage.get("") if lanes[i].lineage else None
+
+    children: dict[int | None, list[int]] = {}
+    for i in range(len(lanes)):
+        children.setdefault(parent(i), []).append(i)
+    ordered: list[Lane] = []
+
+    def visit(i: int, depth: int) -> None:
+        lanes[i].depth = depth
+        ordered.append(lanes[i])
+        for child in sorted(children.get(i, ()), key=lambda c: (first.get(c, 1e300),
+                                                                  _natural(lanes[c].lineage))):
+            visit(child, depth + 1)
+
+    for top in sorted(children.get(None, ()), key=lambda c: first.get(c, 1e300)):
+        visit(top, 0)
+    return ordered
+
+
+def _natural(text: str) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def _describe_lanes(lanes: Sequence[Lane], tree: Mapping[str, Any] | None,
+                    bars: Sequence[Bar]) -> None:
+    """Each agent lane's status and facts, from the journaled tree (or its calls, running)."""
+    known: dict[str, Mapping[str, Any]] = {}
+    stack = [tree] if tree is not None else []
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Mapping):
+            known[str(node.get("lineage", ""))] = node
+            children = node.get("children")
+            stack += list(children) if isinstance(children, list) else []
+    containers = {call_lineage(lanes[b.lane].lineage, _node_of(b.key)): b for b in bars}
+    for lane in lanes:
+        facts = known.get(lane.lineage)
+        if facts is not None:
+            lane.status = str(facts.get("status", ""))
+            lane.detail = (f"turns {facts.get('turns', '?')} · tokens {facts.get('tokens', '?')}"
+                           f" · {_seconds(facts.get('duration'))}")
+            continue
+        call = containers.get(lane.lineage)
+        if call is not None:
+            lane.status = call.status
+        elif lane.kind == "plan":  # a plan's lane: ok when every node is
+            statuses = {b.status for b in bars if lanes[b.lane] is lane}
+            lane.status = "ok" if statuses == {"ok"} else next(
+                (s for s in ("failed", "timed_out", "cancelled", "running") if s in statuses), "")
+    lineages = {lane.lineage for lane in lanes}
+    for bar in bars:
+        if bar.kind == "call" and call_lineage(lanes[bar.lane].lineage,
+                                               _node_of(bar.key)) in lineages:
+            bar.kind = "agent"
+
+
+def _lane_tree(lanes: Sequence[Lane], bars: Sequence[Bar]) -> dict[str, Any]:
+    """The agent tree as the lanes know it (a tree run from code journals no summary)."""
+    turns: dict[int, int] = {}
+    calls: dict[int, int] = {}
+    for bar in bars:
+        bucket = turns if bar.kind == "model" else calls
+        bucket[bar.lane] = bucket.get(bar.lane, 0) + 1
+    nodes = [{"agent": lane.label, "lineage": lane.lineage, "status": lane.status or "?",
+              "turns": turns.get(i, 0), "calls_total": calls.get(i, 0), "children": []}
+             for i, lane in enumerate(lanes)]
+    stack: list[tuple[int, dict[str, Any]]] = []
+    top: list[dict[str, Any]] = []
+    for lane, node in zip(lanes, nodes, strict=True):  # lanes come depth first
+        while stack and stack[-1][0] >= lane.depth:
+            stack.pop()
+        (stack[-1][1]["children"] if stack else top).append(node)
+        stack.append((lane.depth, node))
+    return top[0] if len(top) == 1 else {"agent": "agents", "lineage": "", "status": "?",
+                                         "children": top}
+
+
+def _seconds(value: Any) -> str:
+    return f"{value:.2f}s" if isinstance(value, int | float) else "?"
+
+
+def _answer(tree: Any) -> str | None:
+    if not isinstance(tree, Mapping) or tree.get("status") != "ok" or tree.get("output") is None:
+        return None
+    return preview(answer_text(tree["output"]), TREE_OUTPUT_WIDTH)
