@@ -364,3 +364,23 @@ def test_latency_runs_the_datasets_it_finds(monkeypatch: pytest.MonkeyPatch, tmp
     assert "latency/nestools] SKIPPED" in out and "latency/asynchow] SKIPPED" in out
     assert "| bfcl_parallel (1) | planner |" in out
     assert not any(m.name.startswith("nestools") for m in result.metrics)
+
+
+def test_latency_planner_problems_are_reported() -> None:
+    """A plan whose last call refers to a call never written: shoal rejects that call, and
+    the bench's checks say so (a call not ok, one call fewer run than the task has)."""
+    task = latency_task()
+    lines = latency.plan_lines(task)
+    wrong = [line.replace('"$1.best"', '"$7.best"') for line in lines]
+    assert wrong != lines
+    tools = latency.Tools(task)
+
+    async def go() -> shoal.AgentResult[str]:
+        model = latency.SimulatedModel(latency.HOSTED, "".join(wrong))
+        return await latency.planner_agent(task, tools, model).run("Pay the bill.")
+
+    result = run_virtual(go())
+    problems = latency.planner_problems(task, result, wrong) + latency.check_run(task, tools)
+    assert any(p.startswith("call 3 (pay): rejected") for p in problems)
+    assert any("never ran: [2]" in p for p in problems)
+    assert latency.planner_problems(task, result, lines)  # not the plan written
