@@ -3,8 +3,8 @@
 Real tasks written by others are replayed: BFCL v4 parallel (independent calls), NesTools and
 NESTFUL v1 (calls that use earlier calls' outputs) and AsyncHow (how-to DAGs with step
 durations). Each task is a DAG of calls. Five strategies run every task, each through shoal's
-real runtime (open runs) and, for the planner, shoal's real plan-text parser, on the virtual
-clock of :mod:`shoal.testing`, so every latency is exact and costs no real time:
+real runtime (open runs) and, for the planner, shoal's real planner agent, on the virtual clock
+of :mod:`shoal.testing`, so every latency is exact and costs no real time:
 
 1. ``react``: sequential ReAct in LLMCompiler's published format: each turn writes
    ``Thought: ...`` and ``Action: <one call>``; the call runs after its turn; the next turn
@@ -14,10 +14,12 @@ clock of :mod:`shoal.testing`, so every latency is exact and costs no real time:
    has arrived.
 3. ``streamed``: the same turns, but each call is added to the open run the moment its own
    text has streamed (dispatch-as-streamed).
-4. ``planner``: one planning turn streams the whole plan in LLMCompiler's format (numbered
-   calls with ``$N`` refs, then one ``Thought:`` before ``join()``), fed line by line to
-   :class:`shoal.plantext.PlanTextParser`; each parsed call goes into the open run at once
-   and starts when its inputs are done; then one joiner turn that reads the results.
+4. ``planner``: shoal's planner, ``Agent(mode="plan")``, end to end: its plan request (shoal's
+   planner prompt) is answered by a simulated model streaming the whole plan in LLMCompiler's
+   format (numbered calls with ``$N`` refs, then one ``Thought:`` before ``join()``); shoal
+   reads it as it streams, each call joins the agent's open run the moment its line is read
+   and starts when its inputs are done; then shoal's joiner turn reads the task, the plan
+   and the results and answers ``Action: Finish(...)``.
 5. ``planner_thoughts``: the same plan with a ``Thought:`` before every call as well (as
    long as ReAct's): a costlier plan, printed beside it to show how much thoughts weigh.
 
@@ -25,10 +27,12 @@ What is simulated: the model and the tools. A model request waits its time to fi
 ``base + tokens read / prefill rate`` (what it reads: the instructions, the task's real tool
 specs and question, and the conversation so far, tool results included; a local server that
 keeps its KV cache reads only what is new), then streams its output at a fixed rate; output
-tokens are each text's characters / 4, rounded up. Tools take seeded latencies; AsyncHow's
-steps keep their own relative durations. What is real: the scheduler, the open runs, the plan
-text and its parser. Every measured latency is also checked against the formula the strategy
-implies, so a delay added by shoal would show up as a mismatch.
+tokens are each text's characters / 4, rounded up. The planner's requests are the ones shoal
+really sends (its own prompts instead of the instructions assumed for the others), counted
+the same way. Tools take seeded latencies; AsyncHow's steps keep their own relative
+durations. What is real: the scheduler, the open runs and, for the planner, the whole agent
+(prompts, streaming parse, dispatch, joiner). Every measured latency is also checked against
+the formula the strategy implies, so a delay added by shoal would show up as a mismatch.
 
 Targets (hosted setting): the planner's median speedup over ReAct at least LLMCompiler's
 published one for the shape (2.15x ParallelQA for independent calls, 1.80x HotpotQA
@@ -47,7 +51,7 @@ import math
 import random
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,7 +59,16 @@ from typing import Any
 import shoal
 from bench import nestools as nestools_bench
 from bench.common import BenchResult, Target, cli, dataset_file, median, percentile
-from shoal.plantext import PlanTextParser
+from shoal.agents.planner import plan_prompt
+from shoal.models.base import (
+    Model,
+    ModelRequest,
+    ModelResponse,
+    ResponseDone,
+    StreamEvent,
+    TextDelta,
+    Usage,
+)
 from shoal.testing import run_virtual
 
 NAME = "latency"
@@ -172,8 +185,7 @@ class Task:
             for ref in refs_in(call.args):
                 if ref.field is not None:
                     fields[ref.index].add(ref.field)
-        self.outputs = [{"call": i, **{f: f"<{i}.{f}>" for f in sorted(names)}}
-                        for i, names in enumerate(fields)]
+        self.outputs = [result_value(i, names) for i, names in enumerate(fields)]
 
     def resolved(self, value: Any) -> Any:
         """``value`` with each :class:`RefTo` replaced by what the producing call returns."""
@@ -192,6 +204,16 @@ class Task:
         for call in self.calls:
             depth.append(1 + max((depth[d] for d in call.deps), default=-1))
         return [[i for i, d in enumerate(depth) if d == level] for level in range(max(depth) + 1)]
+
+
+def result_value(index: int, fields: set[str]) -> dict[str, Any]:
+    """What call ``index`` returns: the fields later calls use, padded with text so that, as
+    JSON, it is :data:`RESULT_TOKENS` tokens long (what the other strategies assume a model
+    reads per result; shoal's joiner reads the real JSON)."""
+    value: dict[str, Any] = {"call": index, **{f: f"<{index}.{f}>" for f in sorted(fields)}}
+    room = RESULT_TOKENS * CHARS_PER_TOKEN - len(json.dumps({**value, "text": ""}))
+    value["text"] = (f"result of call {index + 1}; " * RESULT_TOKENS)[:max(room, 0)]
+    return value
 
 
 def refs_in(value: Any) -> Iterator[RefTo]:
@@ -513,7 +535,7 @@ class Tools:
             return self.task.outputs[index]
 
         simulated.__name__ = simulated.__qualname__ = name
-        return shoal.Tool(simulated, name=name, description="a simulated tool")
+        return shoal.Tool(simulated, name=name, description="specified above")
 
     def args(self, call: Call) -> dict[str, Any]:
         """``call``'s arguments for the open run: :class:`RefTo` become shoal refs."""
@@ -543,6 +565,8 @@ class Trial:
     requests: int
     predicted: float
     problems: list[str] = field(default_factory=list)
+    agent: shoal.AgentResult[str] | None = None  # the planner agent's result (planners)
+    reads: list[Read] = field(default_factory=list)  # what each planner request read
 
 
 @dataclass
@@ -618,49 +642,142 @@ async def by_layer(task: Task, tools: Tools, run: shoal.OpenRun, convo: Conversa
         convo.read(RESULT_TOKENS * len(layer))
 
 
-async def planner(task: Task, tools: Tools, run: shoal.OpenRun, convo: Conversation,
-                  lines: list[str], problems: list[str]) -> None:
-    """One plan streamed as ``lines``, each line parsed and its call started as it ends."""
-    parser = PlanTextParser(tools.table)
-    refs: list[shoal.Ref] = []
+#: The joiner's reply: a thought, then the answer in ``Finish(...)``: as long as every
+#: strategy's last turn (:data:`FINAL_TOKENS`).
+JOIN_ANSWER = ("The answer, from the results of the calls. " * ANSWER_TOKENS)[
+    :ANSWER_TOKENS * CHARS_PER_TOKEN]
+JOIN_REPLY = f"{THOUGHT}Action: Finish({JOIN_ANSWER})\n"
 
-    def feed(i: int) -> None:
-        for call in parser.feed(lines[i]):
-            try:
-                tool, args = call.bind(tools.table)
-                refs.append(run.add(tool, args, node_id=call.id))
-            except shoal.PlanError as exc:  # the run goes on; the check reports it
-                problems.append(str(exc))
 
-    await convo.request([tokens(line) for line in lines], feed)
-    parser.close()
-    problems += [p.message for p in parser.problems]
-    if not parser.done:
-        problems.append("the plan's end marker was not read")
-    for ref in refs:
-        await run.value(ref)
-    convo.read(RESULT_TOKENS * len(task.calls))  # the joiner reads every result
+@dataclass
+class Read:
+    """What one request to :class:`SimulatedModel` read: its tokens, and those not cached."""
+
+    total: int
+    fresh: int
+    instructions: int  # characters of the request's instructions
+
+
+class SimulatedModel(Model):
+    """A model with a :class:`Setting`'s timing that answers a planner's plan and join turns.
+
+    Each request reads its whole text (instructions, then each message; tokens as
+    :func:`tokens` counts them); a setting that keeps its context (a local KV cache) reads
+    only what follows the longest prefix it shares with the previous request and its reply.
+    The first token comes ``setting.first_token(read)`` seconds after the request; then the
+    reply streams in pieces of :data:`CHARS_PER_TOKEN` characters, each ``1 / rate`` seconds
+    after the one before (so the reply takes ``tokens(reply) / rate``, as in
+    :class:`Conversation`). A request with ``plan_tools`` (the plan turn) gets ``plan``; any
+    other (the joiner's) gets :data:`JOIN_REPLY`. Usage is reported as read and written.
+    """
+
+    name = "simulated"
+
+    def __init__(self, setting: Setting, plan: str) -> None:
+        self.setting = setting
+        self.plan = plan
+        self.held = ""  # what the server holds of the last request and its reply
+        self.reads: list[Read] = []
+
+    def _book(self, request: ModelRequest) -> tuple[str, Usage, float]:
+        """The reply to ``request``, its usage and its time to first token."""
+        text = "\n\n".join([request.instructions,
+                             *(getattr(m, "content", "") for m in request.messages)])
+        reply = self.plan if request.plan_tools else JOIN_REPLY
+        total = tokens(text)
+        kept = 0
+        if self.setting.keeps_context:
+            kept = shared_prefix(self.held, text) // CHARS_PER_TOKEN  # whole tokens only
+        self.held = f"{text}{reply}"
+        self.reads.append(Read(total, total - kept, len(request.instructions)))
+        usage = Usage(input_tokens=total, output_tokens=tokens(reply), requests=1)
+        return reply, usage, self.setting.first_token(total - kept)
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
+        """The reply, streamed at the setting's rate after its time to first token."""
+        reply, usage, first = self._book(request)
+        await asyncio.sleep(first)
+        for i in range(0, len(reply), CHARS_PER_TOKEN):
+            await asyncio.sleep(1 / self.setting.rate)
+            yield TextDelta(reply[i:i + CHARS_PER_TOKEN])
+        yield ResponseDone(ModelResponse(reply, (), usage, self.name, "stop"))
+
+    async def request(self, request: ModelRequest) -> ModelResponse:
+        """The reply whole, once it would have streamed to its end."""
+        reply, usage, first = self._book(request)
+        await asyncio.sleep(first + tokens(reply) / self.setting.rate)
+        return ModelResponse(reply, (), usage, self.name, "stop")
+
+
+def shared_prefix(a: str, b: str) -> int:
+    """How many characters ``a`` and ``b`` share from their start."""
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
+
+
+def specs_text(task: Task) -> str:
+    """The planner agent's own instructions: the dataset's specs of the offered tools."""
+    return f"The tools' specifications:\n{task.tools}" if task.tools else ""
+
+
+def own_prompt(task: Task, read: Read) -> int:
+    """Characters of a planner request's instructions that are shoal's own prompt."""
+    given = specs_text(task)
+    return read.instructions - (len(given) + 2 if given else 0)  # joined by a blank line
+
+
+def planner_agent(task: Task, tools: Tools, model: SimulatedModel) -> shoal.Agent[str]:
+    """shoal's planner over the task's tools; its instructions are the dataset's tool specs
+    (the simulated tools have no schema of their own: the specs are what the model is told)."""
+    return shoal.Agent(name="planner", model=model, instructions=specs_text(task),
+                       tools=list(tools.table.values()), mode="plan", max_replans=2)
+
+
+async def planner(task: Task, tools: Tools, setting: Setting, lines: list[str]
+                  ) -> tuple[shoal.AgentResult[str], SimulatedModel]:
+    """shoal's ``Agent(mode="plan")`` on the task, its model streaming ``lines`` as the plan."""
+    model = SimulatedModel(setting, "".join(lines))
+    result = await planner_agent(task, tools, model).run(task.question or f"Task {task.id}.")
+    return result, model
+
+
+def planner_problems(task: Task, result: shoal.AgentResult[str], lines: list[str]
+                     ) -> list[str]:
+    """What went wrong in a planner run: a call not ok, a replan, an unexpected answer."""
+    problems = [f"call {r.call.id} ({r.call.name}): {r.status}: {r.message.content[:200]}"
+                for r in result.calls if r.status != "ok"]
+    if result.plans != ["".join(lines)]:
+        problems.append(f"{len(result.plans)} plans instead of the one written")
+    if len(result.calls) != len(task.calls):
+        problems.append(f"{len(result.calls)} calls recorded, {len(task.calls)} planned")
+    if result.output != JOIN_ANSWER:
+        problems.append(f"the answer is not the joiner's: {str(result.output)[:100]}")
+    return problems
 
 
 async def trial(task: Task, strategy: str, setting: Setting) -> Trial:
     """Run ``task`` one way on the running (virtual) loop, then the final turn; check it."""
     tools = Tools(task)
-    problems: list[str] = []
-    convo = Conversation(setting, prompt_tokens(task))
     loop = asyncio.get_running_loop()
     start = loop.time()
+    if strategy.startswith("planner"):
+        lines = plan_lines(task, thought_per_call=strategy == "planner_thoughts")
+        result, model = await planner(task, tools, setting, lines)
+        latency = loop.time() - start
+        usage = result.usage
+        return Trial(latency, usage.input_tokens, usage.output_tokens, usage.requests,
+                     predict(task, strategy, setting, [r.fresh for r in model.reads]),
+                     planner_problems(task, result, lines) + check_run(task, tools),
+                     result, model.reads)
+    convo = Conversation(setting, prompt_tokens(task))
     async with shoal.Runtime().open_run(f"{task.dataset}-{task.id}-{strategy}") as run:
         if strategy == "react":
             await react(task, tools, run, convo)
-        elif strategy.startswith("planner"):
-            lines = plan_lines(task, thought_per_call=strategy == "planner_thoughts")
-            await planner(task, tools, run, convo, lines, problems)
         else:
             await by_layer(task, tools, run, convo, strategy == "streamed")
-    await convo.request([FINAL_TOKENS])  # the answer (ReAct's last step, the joiner)
+    await convo.request([FINAL_TOKENS])  # the answer (ReAct's last step)
     latency = loop.time() - start
-    if not run.result.ok:
-        problems.append(f"not every call ok: {run.result.counts}")
+    problems = [] if run.result.ok else [f"not every call ok: {run.result.counts}"]
     problems += check_run(task, tools)
     return Trial(latency, convo.tokens_in, convo.tokens_out, convo.requests,
                  predict(task, strategy, setting), problems)
@@ -679,8 +796,18 @@ def check_run(task: Task, tools: Tools) -> list[str]:
     return problems
 
 
-def predict(task: Task, strategy: str, setting: Setting) -> float:
-    """The latency the strategy implies, from the model's and the tools' times alone."""
+def predict(task: Task, strategy: str, setting: Setting, reads: list[int] | None = None
+            ) -> float:
+    """The latency the strategy implies, from the model's and the tools' times alone.
+
+    The planners take ``reads``: the tokens each of their requests read (not cached), as
+    shoal's planner sent them (its prompt, the plan and the results, as the joiner reads
+    them); the time each takes is still the setting's.
+    """
+    if strategy.startswith("planner"):
+        if reads is None or len(reads) != 2:
+            raise ValueError(f"the planner's formula takes its two requests' reads, got {reads}")
+        return predict_planner(task, setting, strategy == "planner_thoughts", reads)
     convo = Conversation(setting, prompt_tokens(task))
     calls = task.calls
     now = 0.0
@@ -688,12 +815,6 @@ def predict(task: Task, strategy: str, setting: Setting) -> float:
         for call in calls:
             now += convo.start() + convo.wrote(tokens(react_step(call))) + call.duration
             convo.read(RESULT_TOKENS)
-    elif strategy.startswith("planner"):
-        lines = plan_lines(task, thought_per_call=strategy == "planner_thoughts")
-        first = convo.start()
-        ends = list(itertools.accumulate(convo.wrote(tokens(line)) for line in lines))
-        now = dag_finish(task, [first + ends[j] for j in call_lines(lines)], first + ends[-1])
-        convo.read(RESULT_TOKENS * len(calls))
     else:
         for layer in task.layers():
             first = now + convo.start()
@@ -706,6 +827,20 @@ def predict(task: Task, strategy: str, setting: Setting) -> float:
                                                 for e, i in zip(ends, layer, strict=True)])
             convo.read(RESULT_TOKENS * len(layer))
     return now + convo.start() + convo.wrote(FINAL_TOKENS)
+
+
+def predict_planner(task: Task, setting: Setting, thought_per_call: bool, reads: list[int]
+                    ) -> float:
+    """The plan's first token; each call sent when its line's last piece has streamed (a
+    piece of :data:`CHARS_PER_TOKEN` characters every ``1 / rate`` s) and started once its
+    inputs are done; the joiner's request once the plan has streamed and every call ended."""
+    lines = plan_lines(task, thought_per_call=thought_per_call)
+    first = setting.first_token(reads[0])
+    ends = list(itertools.accumulate(len(line) for line in lines))  # characters
+    sent = [first + math.ceil(ends[j] / CHARS_PER_TOKEN) / setting.rate
+            for j in call_lines(lines)]
+    now = dag_finish(task, sent, first + tokens("".join(lines)) / setting.rate)
+    return now + setting.first_token(reads[1]) + tokens(JOIN_REPLY) / setting.rate
 
 
 def dag_finish(task: Task, sent: list[float], stream_end: float) -> float:
@@ -733,6 +868,16 @@ class Stats:
     model_share: list[float] = field(default_factory=list)  # of ReAct's latency
     worst_gap: float = 0.0
     problems: list[str] = field(default_factory=list)
+    #: the planner's requests: tokens read by its plan and joiner turns, and the characters
+    #: of shoal's own prompt in each; the others' first request, for comparison
+    plan_read: list[int] = field(default_factory=list)
+    join_read: list[int] = field(default_factory=list)
+    plan_prompt: list[int] = field(default_factory=list)
+    join_prompt: list[int] = field(default_factory=list)
+    first_read: list[int] = field(default_factory=list)
+    #: the planner's speedup over ReAct by its formula, had shoal's prompts been as long as
+    #: the instructions assumed for the others
+    as_assumed: list[float] = field(default_factory=list)
 
 
 async def run_dataset(tasks: list[Task], setting: Setting) -> Stats:
@@ -743,6 +888,17 @@ async def run_dataset(tasks: list[Task], setting: Setting) -> Stats:
         stats.deep.append(len(task.layers()) > 1)
         tools_total = sum(c.duration for c in task.calls)
         stats.model_share.append(1 - tools_total / trials["react"].latency)
+        plan, join = trials["planner"].reads
+        stats.plan_read.append(plan.total)
+        stats.join_read.append(join.total)
+        stats.plan_prompt.append(own_prompt(task, plan))
+        stats.join_prompt.append(own_prompt(task, join))
+        stats.first_read.append(prompt_tokens(task))
+        assumed = math.ceil(INSTRUCTION_CHARS / CHARS_PER_TOKEN)
+        reads = [r.fresh + assumed - math.ceil(own_prompt(task, r) / CHARS_PER_TOKEN)
+                 for r in (plan, join)]
+        stats.as_assumed.append(trials["react"].latency
+                                / predict(task, "planner", setting, reads))
         for s, t in trials.items():
             stats.speedup.setdefault(s, []).append(trials["react"].latency / t.latency)
             stats.tokens_in.setdefault(s, []).append(t.tokens_in)
@@ -779,6 +935,25 @@ def table(found: dict[str, list[Task]], stats: dict[tuple[str, str], Stats],
                         f"{median(s.tokens_in[strategy]):g} | "
                         f"{median(s.tokens_out[strategy]):g} | "
                         f"{median(s.requests[strategy]):g} |")
+    return rows
+
+
+def planner_requests(found: dict[str, list[Task]], stats: dict[tuple[str, str], Stats],
+                     settings: tuple[Setting, ...]) -> list[str]:
+    """What shoal's planner sent, beside the others' first request, per dataset (medians),
+    and its speedup had its prompts been as long as the instructions assumed for the others."""
+    names = " / ".join(s.name for s in settings)
+    rows = ["| dataset | plan request, tokens | of which shoal's planner prompt, characters | "
+            "joiner request, tokens | of which shoal's joiner prompt, characters | "
+            f"the others' first request, tokens | planner speedup with {INSTRUCTION_CHARS}-"
+            f"character prompts (formula), {names} |", "|---|---|---|---|---|---|---|"]
+    for name in found:
+        s = stats[(settings[0].name, name)]
+        what_if = " / ".join(f"{median(stats[(t.name, name)].as_assumed):.2f}x"
+                             for t in settings)
+        rows.append(f"| {name} | {median(s.plan_read):g} | {median(s.plan_prompt):g} | "
+                    f"{median(s.join_read):g} | {median(s.join_prompt):g} | "
+                    f"{median(s.first_read):g} | {what_if} |")
     return rows
 
 
@@ -824,11 +999,20 @@ def settings_notes(result: BenchResult, settings: tuple[Setting, ...]) -> None:
         result.note(f"setting {setting.name}: TTFT {setting.base:.3g} s + tokens read / "
                     f"{setting.prefill:g} tok/s, then {setting.rate:g} output tok/s; "
                     f"{setting.source}")
-    result.note(f"tokens = ceil(characters / {CHARS_PER_TOKEN}); every request reads "
-                f"instructions ({INSTRUCTION_CHARS} characters, LLMCompiler's planner "
-                f"instructions), the dataset's specs of the offered tools, the question, and "
-                f"the conversation so far; each tool result adds {RESULT_TOKENS} tokens "
-                f"(assumption)")
+    result.note(f"tokens = ceil(characters / {CHARS_PER_TOKEN}); every request of react, "
+                f"parallel_fc and streamed reads instructions ({INSTRUCTION_CHARS} characters, "
+                f"LLMCompiler's planner instructions: an assumption), the dataset's specs of "
+                f"the offered tools, the question, and the conversation so far; each tool "
+                f"result adds {RESULT_TOKENS} tokens (assumption)")
+    result.note("planner, planner_thoughts: shoal's Agent(mode='plan') end to end; each "
+                "request reads what shoal sends (its instructions, then each message): the "
+                "agent's instructions (the dataset's tool specs), then shoal's own planner "
+                f"prompt ({len(plan_prompt(()))} characters + a line per tool) or joiner "
+                "prompt, instead of the assumed instructions; the question; the joiner also "
+                "the plan and each call with its result (the result's JSON padded to "
+                f"{RESULT_TOKENS} tokens); a kept context (local) re-reads only what follows "
+                "the prefix the request shares with the last request and its reply; the "
+                "formula takes each request's tokens from the request shoal sent")
     result.note(f"writes: ReAct a thought ({tokens(THOUGHT)} tokens: the mean of LLMCompiler's "
                 f"48 published ReAct thoughts) + 'Action: name(args)' per turn; parallel FC "
                 f"and streamed the calls as JSON; planner an LLMCompiler line per call, then a "
@@ -858,6 +1042,9 @@ def main(quick: bool = False) -> BenchResult:
         result.header(f"setting {setting.name}")
         for row in table(found, stats, setting):
             result.note(row)
+    result.note("the planner's requests (medians; tokens are read again on every setting):")
+    for row in planner_requests(found, stats, settings):
+        result.note(row)
     result.header("published, on other tasks and models (for comparison, not reproduced here)")
     for text in PUBLISHED:
         result.note(text)

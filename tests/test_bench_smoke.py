@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import ModuleType
 
@@ -29,6 +31,8 @@ from bench import (
 from bench.common import BenchResult, Target, dataset_file, datasets_dir, judge_targets, passed
 
 import shoal
+from shoal.agents.planner import plan_prompt
+from shoal.models.base import ModelRequest, StreamEvent
 from shoal.plantext import PlanTextParser
 from shoal.testing import run_virtual
 
@@ -181,8 +185,95 @@ def test_latency_strategies_run_exactly_as_their_formula(strategy: str) -> None:
 
 def test_latency_orders_of_the_strategies_on_one_task() -> None:
     task = latency_task()
-    t = {s: latency.predict(task, s, latency.HOSTED) for s in latency.STRATEGIES}
+
+    async def go() -> dict[str, float]:
+        return {s: (await latency.trial(task, s, latency.HOSTED)).latency
+                for s in latency.STRATEGIES}
+
+    t = run_virtual(go())
     assert t["planner"] < t["streamed"] < t["parallel_fc"] < t["react"]
+    assert t["planner"] < t["planner_thoughts"]
+
+
+def test_latency_planner_is_shoals_planner_agent() -> None:
+    """The planner strategies run ``Agent(mode="plan")``: its prompt, its streamed plan with
+    each call started as its line arrives, its joiner; the usage is the agent's."""
+    task = latency.Task("made-up", "1", latency_task().calls, "Pay the best laptop's bill.",
+                        json.dumps([{"name": "search", "parameters": {"query": "string"}}]))
+    setting = latency.HOSTED
+
+    async def go() -> latency.Trial:
+        return await latency.trial(task, "planner", setting)
+
+    trial = run_virtual(go())
+    assert trial.problems == [] and trial.agent is not None
+    lines = latency.plan_lines(task)
+    assert trial.agent.plans == ["".join(lines)]
+    assert [(r.call.id, r.call.name, r.status) for r in trial.agent.calls] == [
+        ("1", "search", "ok"), ("2", "invoice", "ok"), ("3", "pay", "ok")]
+    assert trial.agent.output.startswith("The answer, from the results")
+    assert (trial.tokens_in, trial.requests) == (
+        sum(r.total for r in trial.reads), trial.agent.usage.requests)
+    assert trial.tokens_out == latency.tokens("".join(lines)) + latency.FINAL_TOKENS
+    # the plan request's instructions: the dataset's specs, then shoal's own planner prompt
+    specs = [shoal.Agent(name="p", model=latency.SimulatedModel(setting, ""), mode="plan",
+                         tools=list(latency.Tools(task).table.values())).tool_specs][0]
+    instructions = f"The tools' specifications:\n{task.tools}\n\n{plan_prompt(specs)}"
+    assert trial.reads[0].instructions == len(instructions)
+    assert trial.reads[0].total == latency.tokens(f"{instructions}\n\n{task.question}")
+    # call 1 starts the moment its line has streamed, before the plan's end
+    first = setting.first_token(trial.reads[0].fresh)
+    line_end = math.ceil(len(lines[0]) / latency.CHARS_PER_TOKEN) / setting.rate
+    assert trial.latency == pytest.approx(trial.predicted, abs=1e-9)
+    assert first + line_end < first + latency.tokens("".join(lines)) / setting.rate
+
+
+def test_latency_planner_check_catches_a_delay() -> None:
+    """A plan whose text reaches the planner 10 ms late: the formula check sees the gap."""
+
+    class Slow(latency.SimulatedModel):
+        async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
+            late = bool(request.plan_tools)
+            async for event in super().stream(request):
+                if late:
+                    await asyncio.sleep(0.01)
+                    late = False
+                yield event
+
+    task = latency_task()
+    lines = latency.plan_lines(task)
+
+    async def go() -> tuple[float, float]:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        model = Slow(latency.HOSTED, "".join(lines))
+        agent = latency.planner_agent(task, latency.Tools(task), model)
+        await agent.run("Pay the best laptop's bill.")
+        took = loop.time() - start
+        return took, latency.predict(task, "planner", latency.HOSTED,
+                                     [r.fresh for r in model.reads])
+
+    took, predicted = run_virtual(go())
+    assert took == pytest.approx(predicted + 0.01, abs=1e-9)
+
+
+def test_latency_local_planner_reads_only_what_it_does_not_hold() -> None:
+    """With a kept context (a local KV cache), the joiner re-reads only what follows the
+    prefix it shares with the plan request (the specs); hosted, it reads all of it."""
+    task = latency.Task("made-up", "1", latency_task().calls, "Pay the best laptop's bill.",
+                        json.dumps([{"name": "search", "parameters": {"query": "string"}}]))
+
+    def reads(setting: latency.Setting) -> list[latency.Read]:
+        async def go() -> latency.Trial:
+            return await latency.trial(task, "planner", setting)
+        return run_virtual(go()).reads
+
+    hosted, local = reads(latency.HOSTED), reads(latency.LOCAL)
+    assert [r.total for r in hosted] == [r.total for r in local]
+    assert [r.fresh for r in hosted] == [r.total for r in hosted]
+    assert local[0].fresh == local[0].total
+    held = len(f"The tools' specifications:\n{task.tools}\n\n") // latency.CHARS_PER_TOKEN
+    assert local[1].fresh == local[1].total - held
 
 
 def test_latency_model_reads_a_growing_context() -> None:
@@ -228,8 +319,12 @@ def test_latency_texts_follow_llmcompilers_formats() -> None:
         ids = [call.id for line in lines for call in parser.feed(line)]
         parser.close()
         assert ids == ["1", "2", "3"] and parser.done and not parser.problems
-    t = {s: latency.predict(task, s, latency.HOSTED) for s in ("planner", "planner_thoughts")}
+    reads = [1000, 1200]  # the same requests: the thoughts cost only their streaming time
+    t = {s: latency.predict(task, s, latency.HOSTED, reads)
+         for s in ("planner", "planner_thoughts")}
     assert t["planner"] < t["planner_thoughts"]
+    with pytest.raises(ValueError, match="two requests' reads"):
+        latency.predict(task, "planner", latency.HOSTED)
 
 
 def test_latency_checker_catches_miswiring_and_early_starts() -> None:
@@ -269,3 +364,23 @@ def test_latency_runs_the_datasets_it_finds(monkeypatch: pytest.MonkeyPatch, tmp
     assert "latency/nestools] SKIPPED" in out and "latency/asynchow] SKIPPED" in out
     assert "| bfcl_parallel (1) | planner |" in out
     assert not any(m.name.startswith("nestools") for m in result.metrics)
+
+
+def test_latency_planner_problems_are_reported() -> None:
+    """A plan whose last call refers to a call never written: shoal rejects that call, and
+    the bench's checks say so (a call not ok, one call fewer run than the task has)."""
+    task = latency_task()
+    lines = latency.plan_lines(task)
+    wrong = [line.replace('"$1.best"', '"$7.best"') for line in lines]
+    assert wrong != lines
+    tools = latency.Tools(task)
+
+    async def go() -> shoal.AgentResult[str]:
+        model = latency.SimulatedModel(latency.HOSTED, "".join(wrong))
+        return await latency.planner_agent(task, tools, model).run("Pay the bill.")
+
+    result = run_virtual(go())
+    problems = latency.planner_problems(task, result, wrong) + latency.check_run(task, tools)
+    assert any(p.startswith("call 3 (pay): rejected") for p in problems)
+    assert any("never ran: [2]" in p for p in problems)
+    assert latency.planner_problems(task, result, lines)  # not the plan written
