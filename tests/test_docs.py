@@ -6,6 +6,14 @@ that cannot run here says so just above it, with a reason a reader can check:
 
     <!-- docs-test: skip (needs an OpenAI key) -->
 
+A block that runs a program other than Python names it, and runs where that program is
+installed (beside this Python or on PATH); elsewhere the page's test is skipped, saying so:
+
+    <!-- docs-test: needs mcp-server-time -->
+
+and one that needs an optional package names a module it imports (``needs import
+opentelemetry.sdk``): without it the page's test is skipped, naming the module.
+
 ```bash blocks are not run; the ``shoal`` subcommands they name must exist. The site is built
 with ``mkdocs build --strict`` (warnings are errors) when the ``docs`` extra is installed.
 """
@@ -18,6 +26,7 @@ import inspect
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import traceback
@@ -34,6 +43,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 FENCE = re.compile(r"^(`{3,})\s*([\w+-]*)")
 MARKER = re.compile(r"^<!--\s*docs-test:(.*?)-->\s*$")
 SKIP = re.compile(r"^\s*skip \((?P<reason>[^()]*\S[^()]*)\)\s*$")
+NEEDS = re.compile(r"^\s*needs (?P<program>(?:import )?[\w.-]+)\s*$")
 
 
 @dataclass(frozen=True)
@@ -45,28 +55,30 @@ class Block:
     language: str
     source: str
     skip: str | None  # the reason given by a skip marker, else None
+    needs: str | None = None  # the program a needs marker names, else None
 
 
 def blocks(text: str, page: str = "<page>") -> list[Block]:
     """The fenced code blocks of a markdown text, with their markers checked.
 
     A marker must be the last non-blank line before a ```python block and must read
-    ``skip (reason)``; anything else is a ValueError naming the line.
+    ``skip (reason)`` or ``needs PROGRAM``; anything else is a ValueError naming the line.
     """
     found: list[Block] = []
     lines = text.split("\n")
-    pending: tuple[int, str] | None = None  # (line, reason) of a marker not yet used
+    pending: tuple[int, str, str] | None = None  # (line, kind, text) of a marker not yet used
     i = 0
     while i < len(lines):
         line = lines[i]
         marker = MARKER.match(line.strip())
         fence = FENCE.match(line)
         if marker:
-            skip = SKIP.match(marker.group(1))
-            if skip is None:
-                raise ValueError(f"{page}:{i + 1}: a docs-test marker reads 'skip (reason)', "
-                                 f"not {marker.group(1).strip()!r}")
-            pending = (i + 1, skip.group("reason").strip())
+            skip, needs = SKIP.match(marker.group(1)), NEEDS.match(marker.group(1))
+            if skip is None and needs is None:
+                raise ValueError(f"{page}:{i + 1}: a docs-test marker reads 'skip (reason)' or "
+                                 f"'needs PROGRAM', not {marker.group(1).strip()!r}")
+            pending = ((i + 1, "skip", skip.group("reason").strip()) if skip
+                       else (i + 1, "needs", needs.group("program")) if needs else None)
         elif fence:
             ticks, language = fence.group(1), fence.group(2)
             end = i + 1
@@ -76,7 +88,8 @@ def blocks(text: str, page: str = "<page>") -> list[Block]:
                 raise ValueError(f"{page}:{pending[0]}: a docs-test marker must stand just "
                                  f"before a python block, not a {language or 'plain'} one")
             found.append(Block(page, i + 1, language, "\n".join(lines[i + 1:end]),
-                               pending[1] if pending else None))
+                               skip=pending[2] if pending and pending[1] == "skip" else None,
+                               needs=pending[2] if pending and pending[1] == "needs" else None))
             pending = None
             i = end
         elif line.strip() and pending is not None:
@@ -90,6 +103,26 @@ def blocks(text: str, page: str = "<page>") -> list[Block]:
 
 def page_blocks(path: Path) -> list[Block]:
     return blocks(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)))
+
+
+def find_program(name: str) -> str | None:
+    """A program installed beside this Python (a console script of its environment) or on PATH."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else shutil.which(name)
+
+
+def missing_need(need: str) -> str | None:
+    """Why the program or module a block needs is missing here, or None when it is not."""
+    if need.startswith("import "):
+        module = need.removeprefix("import ")
+        try:
+            found = find_spec(module) is not None
+        except ModuleNotFoundError:  # a parent package is missing
+            found = False
+        return None if found else f"needs the module {module}, which is not installed"
+    if find_program(need) is None:
+        return f"runs {need}, which is not installed (pip install {need}; .ci/run installs it)"
+    return None
 
 
 def run_block(block: Block, namespace: dict[str, object]) -> None:
@@ -118,6 +151,9 @@ def test_every_python_example_runs(path: Path, tmp_path: Path,
     for block in page_blocks(path):
         if block.language != "python" or block.skip is not None:
             continue
+        missing = block.needs and missing_need(block.needs)
+        if missing:
+            pytest.skip(f"{block.page}:{block.line}: {missing}")
         try:
             run_block(block, module.__dict__)
         except BaseException as exc:
@@ -138,9 +174,16 @@ def test_markers_are_read_strictly() -> None:
     good = "<!-- docs-test: skip (needs an OpenAI key) -->\n```python\nx = 1\n```\n"
     [block] = blocks(good)
     assert block.skip == "needs an OpenAI key" and block.source == "x = 1"
+    [needing] = blocks("<!-- docs-test: needs mcp-server-time -->\n```python\nx = 1\n```\n")
+    assert needing.needs == "mcp-server-time" and needing.skip is None
+    assert missing_need("mcp-server-time") in (None, missing_need("mcp-server-time"))
+    assert missing_need("import json") is None
+    assert "not installed" in (missing_need("import no_such_module_here.sub") or "")
+    assert "not installed" in (missing_need("no-such-program-here") or "")
     for bad in ("<!-- docs-test: skip -->\n```python\nx\n```",            # no reason
                 "<!-- docs-test: skip() -->\n```python\nx\n```",          # an empty one
                 "<!-- docs-test: ignore (why) -->\n```python\nx\n```",    # not a marker we know
+                "<!-- docs-test: needs -->\n```python\nx\n```",         # needs nothing named
                 "<!-- docs-test: skip (why) -->\n```bash\nls\n```",       # not a python block
                 "<!-- docs-test: skip (why) -->\ntext\n```python\nx\n```",  # not just before
                 "<!-- docs-test: skip (why) -->\n"):                      # nothing after it
