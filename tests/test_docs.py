@@ -239,8 +239,8 @@ def test_readme_starts_with_the_two_commands() -> None:
     assert first.language == "bash"
     assert ('pip install -e ".[local]" && shoal run examples/literature_review/agents.py:review '
             '"What makes agent runs fast and safe?"') in first.source
-    assert ('pip install -c .ci/constraints.txt -e ".[dev,ray,local]" && python -m pytest -q'
-            in first.source)
+    assert ('pip install -c .ci/constraints.txt -e ".[dev,ray,local,otel,mcp,docs]" '
+            'mcp-server-time mcp-server-git && python -m pytest -q') in first.source
 
 
 def test_readme_links_into_the_docs_resolve() -> None:
