@@ -265,3 +265,25 @@ def test_the_template_refuses_to_fork_once_it_has_a_thread() -> None:
     reply, fds = done.stdout.splitlines()
     assert reply == "noRuntimeError: the template process has 2 threads, not one"
     assert int(fds) == 3 + 2 + 6 + 1  # stdio, the socket pair, six pipe ends, the listing
+
+
+def test_cancelling_a_start_leaves_the_template_and_the_other_workers_alone() -> None:
+    async def main() -> None:
+        executor = ProcessExecutor(8)
+        try:
+            busy = asyncio.ensure_future(executor.execute(a_call(pt.burn, seconds=1.0)))
+            await executor.execute(a_call(pt.square, x=2))  # the template is up from here
+            template = executor.template_pid
+            for delay in (0.0, 0.001, 0.002, 0.005, 0.01, 0.02):  # at every stage of a start
+                starting = asyncio.ensure_future(executor.execute(a_call(
+                    pt.pid.options(limits={"open_files": 1000 + int(delay * 1000)}))))
+                await asyncio.sleep(delay)
+                starting.cancel()  # a start that is done already just keeps its worker
+                await asyncio.gather(starting, return_exceptions=True)
+            assert isinstance(await busy, int)  # the busy worker lived through it all
+            assert executor.template_pid == template
+            assert await executor.execute(a_call(pt.square, x=3)) == 9
+        finally:
+            await executor.close()
+
+    arun(main(), timeout=SLOW)

@@ -228,6 +228,8 @@ class _MessageReader(asyncio.Protocol):
 class _TemplateGone(Exception):
     """The template process ended (or never got ready): start it again."""
 
+    code: int | None = None  # how it ended, once it is reaped
+
 
 class _ForkedProcess:
     """A worker the template forked: its pid, and its end as the template reports it.
@@ -291,6 +293,7 @@ class _TemplateHandle:
         self.proc: subprocess.Popen[bytes] | None = None
         self.sock: socket.socket | None = None
         self.ready = False
+        self.owed = 0  # replies to requests whose callers were cancelled meanwhile
 
     @property
     def pid(self) -> int | None:
@@ -311,7 +314,7 @@ class _TemplateHandle:
         finally:
             theirs.close()
         ours.setblocking(False)
-        self.sock, self.ready = ours, False
+        self.sock, self.ready, self.owed = ours, False, 0
 
     async def fork(self, env: dict[str, str], fds: tuple[int, int, int]) -> int:
         """A new worker using ``fds`` (command, reply, status); its pid."""
@@ -321,6 +324,9 @@ class _TemplateHandle:
                 if await self._receive() != b"ready":
                     raise _TemplateGone
                 self.ready = True
+            while self.owed:  # a worker nobody waits for: it ends, seeing its pipes closed
+                await self._receive()
+                self.owed -= 1
             try:
                 cwd: str | None = os.getcwd()
             except OSError:  # deleted: the worker keeps the template's
@@ -329,10 +335,14 @@ class _TemplateHandle:
                 socket.send_fds(self.sock, [pickle.dumps((env, cwd))], list(fds))
             except (BrokenPipeError, ConnectionError):
                 raise _TemplateGone from None
+            self.owed += 1
             reply = await self._receive()
-        except _TemplateGone:
-            raise  # the caller stops it and says how it ended
-        except BaseException:  # cancelled mid-request: a late reply would confuse the next
+            self.owed -= 1
+        except (_TemplateGone, asyncio.CancelledError):
+            # gone: the caller stops it and says how it ended; cancelled: the reply stays
+            # owed and the next request skips it (the template and its workers live on)
+            raise
+        except BaseException:  # no answer in time: a template that hangs is no use
             self.stop()
             raise
         if reply[:2] == b"ok" and len(reply) == 2 + PID.size:
@@ -358,15 +368,15 @@ class _TemplateHandle:
 
     def stop(self) -> int | None:
         """Kill the template and reap it (its workers die with it); how it ended."""
+        proc, self.proc = self.proc, None
+        # Killed before its socket closes: a template that saw the socket hang up would start
+        # killing its workers, and stopping it halfway could leave some of them frozen.
+        if proc is not None and proc.poll() is None:
+            proc.kill()
         if self.sock is not None:
             self.sock.close()
             self.sock = None
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.kill()
-        return proc.wait()  # at once: it was killed, or had ended
+        return None if proc is None else proc.wait()  # at once: killed, or ended already
 
 
 #: How the parent sees a worker process: started by itself, or forked by the template.
@@ -670,11 +680,9 @@ class ProcessExecutor(Executor):
         for attempt in range(2):
             try:
                 return await self._spawn_once(profile)
-            except _TemplateGone:
-                assert self._template is not None
-                code = self._template.stop()
+            except _TemplateGone as gone:
                 if attempt:
-                    ended = "" if code is None else f" ({describe_exit(code)})"
+                    ended = "" if gone.code is None else f" ({describe_exit(gone.code)})"
                     raise ExecutorError(
                         f"the template process that starts workers ended twice in a row"
                         f"{ended}; its error output says why, or pass "
@@ -722,11 +730,17 @@ class ProcessExecutor(Executor):
                 # A session of its own: a terminal's Ctrl-C reaches the parent only (which
                 # decides what stops), and killing the group stops what a tool started too.
                 start_new_session=True)
-        if self._template.proc is None:
-            self._template.start(worker_env(self.pass_env))
+        template = self._template
+        if template.proc is None or template.proc.poll() is not None:  # none yet, or it died
+            template.stop()
+            template.start(worker_env(self.pass_env))
         status_read, status_write = os.pipe()
         try:
-            pid = await self._template.fork(env, (cmd_read, reply_write, status_write))
+            pid = await template.fork(env, (cmd_read, reply_write, status_write))
+        except _TemplateGone as gone:  # stopped here, under the lock: no start is under way
+            os.close(status_read)
+            gone.code = template.stop()
+            raise
         except BaseException:
             os.close(status_read)
             raise
