@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+import warnings
 
 import shoal
 from bench.common import BenchResult, Target, cli, interleave_async, median, percentile
@@ -31,7 +32,9 @@ def fork_round_trip() -> float:
     """The floor: ``os.fork()``, the child writes a byte, the parent reads it."""
     read_end, write_end = os.pipe()
     start = time.perf_counter()
-    pid = os.fork()
+    with warnings.catch_warnings():  # threads here are harmless: the child only writes, exits
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
     if pid == 0:
         os.write(write_end, b"x")
         os._exit(0)
