@@ -26,6 +26,7 @@ from bench import (
     latency,
     nestools,
     plan_parsing,
+    process_start,
     trivial,
 )
 from bench.common import BenchResult, Target, dataset_file, datasets_dir, judge_targets, passed
@@ -48,7 +49,7 @@ def assert_correct(result: BenchResult) -> None:
 
 
 @pytest.mark.parametrize("module", [fanout_async, fanout_sync, trivial, large_plan, agents,
-                                    plan_parsing],
+                                    plan_parsing, process_start],
                          ids=lambda m: m.__name__.rsplit(".", 1)[-1])
 def test_synthetic_benchmarks_are_correct(module: ModuleType) -> None:
     assert_correct(module.main(quick=True))

@@ -227,8 +227,9 @@ def test_killing_shoal_leaves_no_worker_or_tool_process(workdir: Path) -> None:
     try:
         wait_for_markers(workdir, 4, proc)
         started = descendants(proc)
-        # four workers, each with its stand-in (Linux) and the sleep its tool started
-        assert len(started) == (12 if sys.platform.startswith("linux") else 8)
+        # four workers, each with its stand-in (Linux) and the sleep its tool started, and
+        # (Linux) the template the workers were forked from
+        assert len(started) == (13 if sys.platform.startswith("linux") else 8)
     finally:
         proc.kill()  # SIGKILL: shoal cannot clean up; the workers see their pipe close
         # a tool's process still alive would hold shoal's output pipes open
@@ -289,7 +290,8 @@ def test_a_cancelled_process_run_leaves_no_process_or_thread(
                 assert not handle.done(), handle.partial_result().outcomes
                 await asyncio.sleep(0.02)
             started = me.children(recursive=True)
-            assert len(started) == (24 if sys.platform.startswith("linux") else 16)
+            # 8 workers, their stand-ins and their sleeps; on Linux, and the template
+            assert len(started) == (25 if sys.platform.startswith("linux") else 16)
             handle.cancel()
             result = await handle
             assert result.counts["cancelled"] == 8

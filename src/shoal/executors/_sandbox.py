@@ -97,12 +97,26 @@ def split(close_in_stand_in: tuple[int, ...]) -> None:
         for fd in close_in_stand_in:
             os.close(fd)
         _stand_in(child)
+    # The child dies with its stand-in, whoever kills that (the template process that forked
+    # the stand-in included: see shoal.executors._template).
+    _libc().prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def _stand_in(child: int) -> None:
-    """Wait for the child, end what is left below this process, then end as it ended."""
+    """Wait for the child, end what is left below this process, then end as it ended.
+
+    A ``SIGTERM`` (also the death signal of a worker forked by a template, when the template
+    dies) kills the child and everything below first; this process then ends by it.
+    """
     from shoal.executors._reaper import kill_tree
 
+    terminated: list[int] = []
+
+    def terminate(number: int, _: object) -> None:
+        terminated.append(number)
+        kill_tree(os.getpid(), include_root=False)
+
+    signal.signal(signal.SIGTERM, terminate)
     while True:
         try:
             _, status = os.waitpid(child, 0)
@@ -110,8 +124,8 @@ def _stand_in(child: int) -> None:
         except InterruptedError:
             continue
     kill_tree(os.getpid(), include_root=False)
-    if os.WIFSIGNALED(status):
-        number = os.WTERMSIG(status)
+    if terminated or os.WIFSIGNALED(status):
+        number = terminated[0] if terminated else os.WTERMSIG(status)
         signal.signal(number, signal.SIG_DFL)
         os.kill(os.getpid(), number)
     os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1)

@@ -1,9 +1,10 @@
 """The worker program of the process backend: ``python -m shoal.executors._worker CMD_FD REPLY_FD``.
 
-The parent (:mod:`shoal.executors.process`) starts it with two pipes of its own: commands arrive
-on ``CMD_FD`` and replies leave on ``REPLY_FD``, so whatever a tool prints to stdout or stderr
-cannot corrupt the protocol. Every message is an 8-byte big-endian length followed by that many
-bytes of a pickled tuple:
+The parent (:mod:`shoal.executors.process`) starts it with two pipes of its own (on Linux the
+pool's template process forks it and calls :func:`main`, see :mod:`shoal.executors._template`;
+elsewhere it runs as this command): commands arrive on ``CMD_FD`` and replies leave on
+``REPLY_FD``, so whatever a tool prints to stdout or stderr cannot corrupt the protocol. Every
+message is an 8-byte big-endian length followed by that many bytes of a pickled tuple:
 
 * parent -> worker, once: ``("config", sys_path, (memory, cpu_seconds, open_files),
   sandbox)``, where ``sandbox`` is ``"none"`` or ``"namespace"`` (see

@@ -5,14 +5,20 @@ segfault, ``os._exit``, the kernel's OOM killer) the whole pool is marked broken
 in it fails, and there is no way to kill the single worker running a call that timed out. Here
 every worker is a subprocess of its own, so one can be killed, or die, without touching the rest.
 
-**Workers.** A worker is ``python -m shoal.executors._worker``, started with
-:func:`asyncio.create_subprocess_exec` (a fresh interpreter: never a fork of this threaded
-parent), lazily when a call needs one. It runs one call at a time and is reused; idle workers
-are kept until :meth:`ProcessExecutor.close`. Calls travel over two pipes of their own (never
-stdin/stdout, so a tool's prints cannot corrupt them) as length-prefixed pickles; see
-:mod:`shoal.executors._worker` for the messages. The parent reads and writes them through
-asyncio pipe transports, never blocking the event loop. Sync and async tools both run there
-(async ones under ``asyncio.run``); module state a tool keeps lasts as long as its worker.
+**Workers.** On Linux (5.3 or later) a worker is a fork of the pool's *template*: a process
+started once, lazily with the pool's first worker, as a fresh interpreter (never a fork of this
+threaded parent), that has imported what workers need and never starts a thread; a new worker
+is ready in milliseconds instead of the ~0.2 s a fresh interpreter spends importing. See
+:mod:`shoal.executors._template` (a template that dies is started again; killing it kills its
+workers). Elsewhere, or with ``start_method="spawn"``, a worker is ``python -m
+shoal.executors._worker``, started with :func:`asyncio.create_subprocess_exec`. Either way it
+starts lazily when a call needs one, runs one call at a time and is reused; idle workers are
+kept until :meth:`ProcessExecutor.close`, which stops the template too. Calls travel over two
+pipes of their own (never stdin/stdout, so a tool's prints cannot corrupt them) as
+length-prefixed pickles; see :mod:`shoal.executors._worker` for the messages. The parent reads
+and writes them through asyncio pipe transports, never blocking the event loop. Sync and async
+tools both run there (async ones under ``asyncio.run``); module state a tool keeps lasts as
+long as its worker.
 
 **Profiles.** Limits lowered in a process cannot be raised again, so workers are pooled by
 *profile*: the tool's :class:`~shoal.limits.ProcessLimits` and the environment variable names it
@@ -24,7 +30,9 @@ one and the cap is reached, an idle worker of another profile is stopped to make
 ``TZ``, ``TMPDIR``, ``TEMP``, ``TMP``, ``PYTHONPATH``, ``PYTHONHASHSEED``, ``VIRTUAL_ENV``,
 ``SYSTEMROOT``), plus the names the runtime passes (``Runtime(pass_env=[...])``) and those the
 tool asks for (``@tool(env=[...])``). Everything else, API keys and cloud credentials included,
-is absent. Workers import from the parent's ``sys.path``.
+is absent. Workers import from the parent's ``sys.path``. The template starts with the
+allow-list and ``pass_env`` alone, and each fork takes its own profile's environment before
+any tool runs. Forks share the template's hash seed and memory layout, as in any fork server.
 
 **Limits.** ``memory`` is ``RLIMIT_AS`` (address space: an allocation past it raises
 ``MemoryError`` in the tool; an idle worker already takes about 100 MB of it, so leave room),
@@ -45,8 +53,9 @@ reach of a terminal's Ctrl-C, which is the parent's to handle. Workers also
 exit on their own when their command pipe closes, killing their process group as they go, so a
 parent that dies (``kill -9``, a forced exit) leaves no orphans, not even processes a tool
 started; a finalizer kills the workers of a pool that was never closed. Workers start one at a
-time (each start blocks the event loop until the child has exec'd), so a Ctrl-C or a
-cancellation is handled between starts rather than after all of them. POSIX only.
+time (a spawn blocks the event loop until the child has exec'd; the template forks one at a
+time), so a Ctrl-C or a cancellation is handled between starts rather than after all of them.
+A template exits when its socket to the parent hangs up, so it is no orphan either. POSIX only.
 """
 
 from __future__ import annotations
@@ -57,7 +66,9 @@ import os
 import pickle
 import signal
 import site
+import socket
 import struct
+import subprocess
 import sys
 import time
 import weakref
@@ -78,12 +89,13 @@ from shoal.executors._errors import rebuild_error
 from shoal.executors._reaper import kill_tree
 from shoal.executors._sandbox import problem as sandbox_problem
 from shoal.executors._shipping import dumps, dumps_callable
+from shoal.executors._template import PID, STATUS, fork_supported
 from shoal.executors.base import Call, Executor
 from shoal.executors.results import load_result
 from shoal.limits import ProcessLimits
 
-__all__ = ["ALLOWED_ENV", "QUARANTINE_AFTER", "SANDBOXES", "ProcessExecutor", "check_sandbox",
-           "describe_exit", "sandbox_problem", "worker_env"]
+__all__ = ["ALLOWED_ENV", "QUARANTINE_AFTER", "SANDBOXES", "START_METHODS", "ProcessExecutor",
+           "check_sandbox", "describe_exit", "sandbox_problem", "worker_env"]
 
 #: Environment variables a worker inherits without being asked (plus every ``LC_*``).
 ALLOWED_ENV: frozenset[str] = frozenset({
@@ -99,6 +111,10 @@ _PIPE_SIZE = 1 << 20  # bytes of pipe buffer asked for (Linux's default maximum)
 _PREALLOCATE = 1 << 26  # bytes of a message allocated before they arrive, at most
 _REAP_GRACE = 2.0  # seconds a worker whose pipe closed gets to exit before it is killed
 _SHOAL_ROOT = str(Path(__file__).resolve().parents[2])  # the directory holding the package
+_TEMPLATE_WAIT = 120.0  # seconds the template gets to import (a loaded machine) or to answer
+
+#: The values of ``ProcessExecutor(start_method=...)``.
+START_METHODS = ("template", "spawn")
 
 #: What a worker is pooled by: its limits and the extra environment variable names it sees.
 Profile = tuple[ProcessLimits | None, tuple[str, ...]]
@@ -209,10 +225,168 @@ class _MessageReader(asyncio.Protocol):
         return self._messages.popleft()
 
 
+class _TemplateGone(Exception):
+    """The template process ended (or never got ready): start it again."""
+
+    code: int | None = None  # how it ended, once it is reaped
+
+
+class _ForkedProcess:
+    """A worker the template forked: its pid, and its end as the template reports it.
+
+    The template holds the worker's zombie until :meth:`close`, so its pid stays reserved
+    for as long as this object may signal it. A pidfd tells when the worker has ended even if
+    the template dies first (the worker then ends too, after killing what is below it).
+    """
+
+    def __init__(self, pid: int, status_fd: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self.lost: str | None = None  # why the exit code is unknown, if it is
+        self._status_fd = status_fd
+        try:
+            self._pidfd = os.pidfd_open(pid)
+        except OSError:  # already gone (its template died with it)
+            self._pidfd = -1
+
+    async def wait(self) -> int:
+        """Wait for the template's report of this worker's end; return its exit code."""
+        if self.returncode is None:
+            await _readable(self._status_fd)
+            data = os.read(self._status_fd, STATUS.size)
+            if len(data) < STATUS.size:  # the template died; the worker dies with it
+                if self._pidfd >= 0:
+                    await _readable(self._pidfd)
+                self.lost = "killed with the template process that started it"
+                data = STATUS.pack(-signal.SIGKILL)
+            self.returncode = STATUS.unpack(data)[0]
+        return self.returncode
+
+    def close(self) -> None:
+        """Let the template reap the worker (it may already be dead and reported)."""
+        for fd in (self._status_fd, self._pidfd):
+            if fd >= 0:
+                os.close(fd)
+        self._status_fd = self._pidfd = -1
+
+
+async def _readable(fd: int) -> None:
+    """Wait until ``fd`` is readable (or at its end)."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+
+
+class _TemplateHandle:
+    """The parent's side of the template process: start it, ask it for workers, stop it."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.sock: socket.socket | None = None
+        self.ready = False
+        self.owed = 0  # replies to requests whose callers were cancelled meanwhile
+
+    @property
+    def pid(self) -> int | None:
+        """The template's process id while it runs."""
+        return None if self.proc is None else self.proc.pid
+
+    def start(self, env: dict[str, str]) -> None:
+        """Start the template (it imports while the caller goes on)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "shoal.executors._template", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL,
+                start_new_session=True)  # like a worker: out of a terminal's Ctrl-C
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        self.sock, self.ready, self.owed = ours, False, 0
+
+    async def fork(self, env: dict[str, str], fds: tuple[int, int, int]) -> int:
+        """A new worker using ``fds`` (command, reply, status); its pid."""
+        assert self.sock is not None
+        try:
+            if not self.ready:
+                if await self._receive() != b"ready":
+                    raise _TemplateGone
+                self.ready = True
+            while self.owed:  # a worker nobody waits for: it ends, seeing its pipes closed
+                await self._receive()
+                self.owed -= 1
+            try:
+                cwd: str | None = os.getcwd()
+            except OSError:  # deleted: the worker keeps the template's
+                cwd = None
+            try:
+                socket.send_fds(self.sock, [pickle.dumps((env, cwd))], list(fds))
+            except (BrokenPipeError, ConnectionError):
+                raise _TemplateGone from None
+            self.owed += 1
+            reply = await self._receive()
+            self.owed -= 1
+        except (_TemplateGone, asyncio.CancelledError):
+            # gone: the caller stops it and says how it ended; cancelled: the reply stays
+            # owed and the next request skips it (the template and its workers live on)
+            raise
+        except BaseException:  # no answer in time: a template that hangs is no use
+            self.stop()
+            raise
+        if reply[:2] == b"ok" and len(reply) == 2 + PID.size:
+            return int(PID.unpack(reply[2:])[0])
+        if reply[:2] == b"no":
+            raise ExecutorError("the template process could not start a worker: "
+                                f"{reply[2:].decode(errors='replace')}")
+        raise _TemplateGone
+
+    async def _receive(self) -> bytes:
+        assert self.sock is not None
+        loop = asyncio.get_running_loop()
+        try:
+            data = await asyncio.wait_for(loop.sock_recv(self.sock, 4096), _TEMPLATE_WAIT)
+        except TimeoutError:
+            raise ExecutorError(f"the template process that starts workers did not answer "
+                                f"within {_TEMPLATE_WAIT:.0f} s") from None
+        except OSError:
+            raise _TemplateGone from None
+        if not data:
+            raise _TemplateGone
+        return data
+
+    def stop(self) -> int | None:
+        """Kill the template and reap it (its workers die with it); how it ended."""
+        proc, self.proc = self.proc, None
+        # Killed before its socket closes: a template that saw the socket hang up would start
+        # killing its workers, and stopping it halfway could leave some of them frozen.
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        return None if proc is None else proc.wait()  # at once: killed, or ended already
+
+
+#: How the parent sees a worker process: started by itself, or forked by the template.
+_Process = asyncio.subprocess.Process | _ForkedProcess
+
+
 class _Worker:
     """One worker process and the parent's ends of its two pipes."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, profile: Profile) -> None:
+    def __init__(self, proc: _Process, profile: Profile) -> None:
         self.proc = proc
         self.profile = profile
         self.reader = _MessageReader()
@@ -279,6 +453,8 @@ class _Worker:
 
     def close_pipes(self) -> None:
         """Close the parent's ends of both pipes (the worker sees end of file)."""
+        if isinstance(self.proc, _ForkedProcess):
+            self.proc.close()
         for transport in (self._write_pipe, self._read_pipe):
             if transport is None:
                 continue
@@ -301,11 +477,13 @@ def _widen(*fds: int) -> None:
                 fcntl.fcntl(fd, size, _PIPE_SIZE)
 
 
-def _kill_pids(pids: set[int]) -> None:
-    """The safety net of an unclosed pool: kill its workers (at collection or at exit)."""
+def _kill_pids(pids: set[int], template: _TemplateHandle | None) -> None:
+    """The safety net of an unclosed pool: kill its workers and template (collection, exit)."""
     for pid in list(pids):
         kill_tree(pid)
     pids.clear()
+    if template is not None:
+        template.stop()
 
 
 class ProcessExecutor(Executor):
@@ -316,16 +494,26 @@ class ProcessExecutor(Executor):
         pass_env: environment variable names every worker may see besides :data:`ALLOWED_ENV`.
         sandbox: ``"none"``, or ``"namespace"`` to run each worker in user, PID and mount
             namespaces of its own (Linux): see :mod:`shoal.executors._sandbox`.
+        start_method: ``"template"`` (the default) forks each worker from a template process
+            that has done the imports already (milliseconds; Linux 5.3+, elsewhere the same
+            as ``"spawn"``); ``"spawn"`` starts each one as a fresh interpreter (~0.2 s).
     """
 
     name = "process"
 
     def __init__(self, max_workers: int, *, pass_env: Sequence[str] = (),
-                 sandbox: str = "none") -> None:
+                 sandbox: str = "none", start_method: str = "template") -> None:
         if os.name != "posix":
             raise ConfigError("isolation='process' needs a POSIX system (Linux, macOS); "
                               "use 'thread' or 'ray' here")
+        if start_method not in START_METHODS:
+            raise ConfigError(f"start_method must be one of {START_METHODS}, got "
+                              f"{start_method!r}")
         self.sandbox = check_sandbox(sandbox)
+        #: How workers start here: ``"template"`` only where forking one is supported.
+        self.start_method = (start_method if start_method == "spawn" or fork_supported()
+                             else "spawn")
+        self._template = _TemplateHandle() if self.start_method == "template" else None
         self.max_workers = max(1, max_workers)
         self.pass_env = tuple(pass_env)
         self._idle: dict[Profile, list[_Worker]] = {}
@@ -338,12 +526,17 @@ class ProcessExecutor(Executor):
         self._spawning = asyncio.Lock()  # one fork/exec at a time: see _spawn
         self.workers_started = 0
         self.workers_crashed = 0
-        weakref.finalize(self, _kill_pids, self._pids)
+        weakref.finalize(self, _kill_pids, self._pids, self._template)
 
     @property
     def worker_pids(self) -> list[int]:
         """Process ids of the live workers, idle or busy."""
         return sorted(w.pid for w in self._live)
+
+    @property
+    def template_pid(self) -> int | None:
+        """The process id of the template workers are forked from, while it runs."""
+        return None if self._template is None else self._template.pid
 
     async def start(self) -> None:
         """Bind to the running event loop (workers themselves start when calls need them)."""
@@ -408,11 +601,16 @@ class ProcessExecutor(Executor):
         """Kill every worker and reap it; the pool can start afresh afterwards."""
         if self._loop is not asyncio.get_running_loop():
             self._bind_loop()  # workers of another loop: killed there, reaped by its watcher
+            if self._template is not None:
+                self._template.stop()
             return
         workers = list(self._live)
         for worker in workers:
             worker.retired = True
         await asyncio.gather(*(self._discard(w) for w in workers))
+        if self._template is not None:
+            async with self._spawning:  # not while a worker is being forked
+                self._template.stop()
 
     # ---- the pool ------------------------------------------------------------------------
 
@@ -478,24 +676,33 @@ class ProcessExecutor(Executor):
         return worker
 
     async def _spawn(self, profile: Profile) -> _Worker:
+        """Start a worker; a template that died is started again, once."""
+        for attempt in range(2):
+            try:
+                return await self._spawn_once(profile)
+            except _TemplateGone as gone:
+                if attempt:
+                    ended = "" if gone.code is None else f" ({describe_exit(gone.code)})"
+                    raise ExecutorError(
+                        f"the template process that starts workers ended twice in a row"
+                        f"{ended}; its error output says why, or pass "
+                        "start_method='spawn' to start each worker afresh") from None
+        raise AssertionError("unreachable")
+
+    async def _spawn_once(self, profile: Profile) -> _Worker:
         """Start a worker, hand it the import path and limits, and wait until it is ready."""
         limits, env_names = profile
         cmd_read, cmd_write = os.pipe()
         reply_read, reply_write = os.pipe()
         _widen(cmd_write, reply_write)
         try:
-            # fork/exec blocks the loop until the child has exec'd (slow when many workers
-            # start on few cores); one at a time, the loop runs in between, so a Ctrl-C or a
-            # cancel is handled at once instead of after every pending start.
+            # One start at a time: a fork/exec blocks the loop until the child has exec'd
+            # (slow when many workers start on few cores), and the template answers one
+            # request at a time. The loop runs in between, so a Ctrl-C or a cancel is handled
+            # at once instead of after every pending start.
             async with self._spawning:
-                proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "shoal.executors._worker", str(cmd_read),
-                    str(reply_write), stdin=asyncio.subprocess.DEVNULL,
-                    env=worker_env((*self.pass_env, *env_names)),
-                    pass_fds=(cmd_read, reply_write),
-                    # A session of its own: a terminal's Ctrl-C reaches the parent only (which
-                    # decides what stops), and killing the group stops what a tool started too.
-                    start_new_session=True)
+                proc = await self._launch(worker_env((*self.pass_env, *env_names)),
+                                          cmd_read, reply_write)
         except BaseException:
             os.close(cmd_write)
             os.close(reply_read)
@@ -512,6 +719,34 @@ class ProcessExecutor(Executor):
             await self._discard(worker)
             raise
         return worker
+
+    async def _launch(self, env: dict[str, str], cmd_read: int, reply_write: int) -> _Process:
+        """A new worker process holding ``cmd_read`` and ``reply_write``."""
+        if self._template is None:
+            return await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "shoal.executors._worker", str(cmd_read),
+                str(reply_write), stdin=asyncio.subprocess.DEVNULL, env=env,
+                pass_fds=(cmd_read, reply_write),
+                # A session of its own: a terminal's Ctrl-C reaches the parent only (which
+                # decides what stops), and killing the group stops what a tool started too.
+                start_new_session=True)
+        template = self._template
+        if template.proc is None or template.proc.poll() is not None:  # none yet, or it died
+            template.stop()
+            template.start(worker_env(self.pass_env))
+        status_read, status_write = os.pipe()
+        try:
+            pid = await template.fork(env, (cmd_read, reply_write, status_write))
+        except _TemplateGone as gone:  # stopped here, under the lock: no start is under way
+            os.close(status_read)
+            gone.code = template.stop()
+            raise
+        except BaseException:
+            os.close(status_read)
+            raise
+        finally:
+            os.close(status_write)
+        return _ForkedProcess(pid, status_read)
 
     async def _handshake(self, worker: _Worker, limits: ProcessLimits | None) -> None:
         given = limits or ProcessLimits()
@@ -580,7 +815,8 @@ class ProcessExecutor(Executor):
         key = (call.run_id, call.tool.name)
         self._crashes[key] = self._crashes.get(key, 0) + 1
         self.workers_crashed += 1
-        return WorkerCrashedError(call.tool.name, describe_exit(code, worker.profile[0]), code)
+        cause = getattr(worker.proc, "lost", None) or describe_exit(code, worker.profile[0])
+        return WorkerCrashedError(call.tool.name, cause, code)
 
 
 #: The values of ``Runtime(process_sandbox=...)``.
