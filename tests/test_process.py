@@ -80,15 +80,46 @@ def renamed(target: Tool[..., Any], name: str) -> Tool[..., Any]:
 
 
 def live_workers() -> list[psutil.Process]:
+    """Every live worker of this process's pools, however it was started.
+
+    One per worker: the process shoal started (on Linux, the worker's stand-in). A spawned
+    worker is this process's child running ``shoal.executors._worker``; a forked one is a child
+    of a pool's template (``shoal.executors._template``), the template's own command line.
+    """
     found = []
+    me = os.getpid()
     for child in psutil.Process().children(recursive=True):
-        try:  # one per worker: the process shoal started (on Linux, the worker's stand-in)
-            if (child.status() != psutil.STATUS_ZOMBIE and child.ppid() == os.getpid()
-                    and "shoal.executors._worker" in " ".join(child.cmdline())):
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                continue
+            parent = child.parent()
+            spawned = (child.ppid() == me
+                       and "shoal.executors._worker" in " ".join(child.cmdline()))
+            forked = (parent is not None and parent.ppid() == me
+                      and "shoal.executors._template" in " ".join(parent.cmdline()))
+            if spawned or forked:
                 found.append(child)
         except psutil.NoSuchProcess:
             pass
     return found
+
+
+def test_live_workers_finds_forked_and_spawned_workers() -> None:
+    """The helper the checks below rely on sees workers of either start method."""
+
+    async def main() -> None:
+        for method in ("template", "spawn"):
+            executor = ProcessExecutor(2, start_method=method)
+            try:
+                pids = await asyncio.gather(*(executor.execute(a_call(pt.burn, seconds=0.5))
+                                              for _ in range(2)))
+                assert len(set(pids)) == 2, method  # two workers, side by side
+                assert len(live_workers()) == 2, method
+            finally:
+                await executor.close()
+            assert wait_until(lambda: live_workers() == [], 10), method
+
+    arun(main(), timeout=SLOW)
 
 
 def gone(pid: int) -> bool:
