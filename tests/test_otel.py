@@ -455,6 +455,40 @@ def test_an_agent_node_in_a_plan_nests_under_its_call(exported: InMemorySpanExpo
     assert attr(children(spans, agent_span)[0], "gen_ai.provider.name") == "_OTHER"
 
 
+@shoal.tool
+async def tags(n: int) -> list[str]:
+    return [f"t{i}" for i in range(n)]
+
+
+@shoal.tool
+async def joined(parts: list[str]) -> str:
+    return " ".join(parts)
+
+
+def test_a_map_its_items_and_what_waits_for_it_are_linked(
+        exported: InMemorySpanExporter) -> None:
+    plan = Plan()
+    listed = plan.call(tags, n=3)
+    mapped = plan.map(nap, over=listed, item_arg="tag", seconds=1.0)
+    plan.call(joined, parts=mapped)
+    result = run_virtual(shoal.run(plan))
+    assert result.ok, result.outcomes
+    spans = exported.get_finished_spans()
+    listing = one(spans, "execute_tool tags")
+    items = [s for s in named(spans, "execute_tool nap")
+             if attr(s, "shoal.node.id") != mapped.node]
+    the_map = one(spans, "execute_tool nap", **{"shoal.node.id": mapped.node})
+    assert len(items) == 3
+    # each item waited for what its map waited for: the list
+    for item in items:
+        assert links(item) == [(listing.context.span_id, "data", attr(listing, "shoal.node.id"))]
+    # the map runs from its first item to its gather, so its items lie within it ...
+    assert all(within(item, the_map) for item in items)
+    assert seconds(the_map) == pytest.approx(1.0, abs=1e-6)
+    # ... and what needs its value waited for it: a link, though it starts at the map's end
+    assert [source for _, _, source in links(one(spans, "execute_tool joined"))] == [mapped.node]
+
+
 # ---- hostile values -----------------------------------------------------------------------
 
 
