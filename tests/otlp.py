@@ -1,8 +1,9 @@
 """An OTLP/HTTP trace receiver on loopback, for the tests that export spans over the wire.
 
 It decodes each export request with the real protobuf types (``ExportTraceServiceRequest``)
-and keeps every span with its resource. ``receiver`` is the bare receiver; ``over_otlp`` also
-instruments shoal with a provider that exports each span to it as the span ends.
+and keeps every span with its resource. ``receiver`` (or ``with listening()``) is the bare
+receiver; ``over_otlp`` (or ``with exporting(receiver)``) also instruments shoal with a
+provider that exports each span to it as the span ends.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import gzip
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -53,8 +55,9 @@ class Receiver:
             return [s for _, s in self.spans if s.name == name]
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
+@contextmanager
+def listening() -> Iterator[Receiver]:
+    """A receiver listening on a free loopback port until the block ends."""
     found = Receiver()
 
     class Handler(BaseHTTPRequestHandler):
@@ -89,9 +92,12 @@ def receiver() -> Iterator[Receiver]:
         thread.join(5)
 
 
-@pytest.fixture
-def over_otlp(receiver: Receiver) -> Iterator[Receiver]:
-    """shoal instrumented with a provider that exports each span over OTLP/HTTP."""
+@contextmanager
+def exporting(receiver: Receiver) -> Iterator[Receiver]:
+    """shoal instrumented, until the block ends, with a provider exporting to ``receiver``.
+
+    Each span is exported as it ends (``SimpleSpanProcessor``): all are there at the end.
+    """
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(
         endpoint=receiver.endpoint, timeout=10)))
@@ -103,3 +109,17 @@ def over_otlp(receiver: Receiver) -> Iterator[Receiver]:
         provider.shutdown()
 
 
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A receiver on loopback, for the test's duration."""
+    with listening() as found:
+        yield found
+
+
+@pytest.fixture
+def over_otlp(receiver: Receiver) -> Iterator[Receiver]:
+    """shoal instrumented with a provider that exports each span over OTLP/HTTP."""
+    with exporting(receiver):
+        yield receiver

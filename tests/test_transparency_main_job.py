@@ -55,8 +55,11 @@ def _prompt(request: ModelRequest) -> str:
     return next(m.content for m in request.messages if isinstance(m, UserMessage))
 
 
-def _answer(request: ModelRequest) -> list[Any]:
-    """A reader streams its paper's title in PIECES pieces, STEP s apart; the lead one line."""
+def _answer(request: ModelRequest, slow: str = "") -> list[Any]:
+    """A reader streams its paper's title in PIECES pieces, STEP s apart; the lead one line.
+
+    The reader of the paper titled ``slow`` waits 2 * STEP more before its last piece.
+    """
     prompt = _prompt(request)
     if not prompt.endswith("What is the main finding of this paper?"):
         return ["Synthesis: ", pause(STEP), "the readers agree."]
@@ -65,16 +68,16 @@ def _answer(request: ModelRequest) -> list[Any]:
     for i in range(PIECES):
         step += [pause(STEP)] if i else []
         step.append(f"[{title} part {i}] ")
-    return step
+    return [*step[:-1], pause(2 * STEP), step[-1]] if title == slow else step
 
 
-def main_job(module: ModuleType) -> shoal.Plan:
+def main_job(module: ModuleType, slow: str = "") -> shoal.Plan:
     """The example's own plan, with its two agents on the streaming scripted model.
 
     A plan run has no model override of its own (the CLI's ``--model`` builds the run
     itself), so the module's agents are replaced by copies on the scripted model.
     """
-    model = ScriptedModel.per_prompt({"*": [_answer]})
+    model = ScriptedModel.per_prompt({"*": [lambda request: _answer(request, slow)]})
     module.reader = dataclasses.replace(module.reader, model=model)
     module.lead = dataclasses.replace(module.lead, model=model)
     plan: shoal.Plan = module.review(QUESTION)
@@ -211,3 +214,100 @@ def test_a_stalled_reader_with_a_small_buffer_gets_the_policy() -> None:
     delivered = text.count(" part ") + text.count("Synthesis: ") + text.count("agree.")
     left_out = sum(m.kinds.get("TextDelta", 0) for m in markers)
     assert delivered + left_out == 6 * PIECES + 2 and left_out > 0
+
+
+# -- 2. the trace: one trace, every call a span under the right parent, the critical path
+
+
+SLOW_PAPER = "Budgets for Agent Trees"  # p4, read by reader#1[3]: the slowest reader
+
+
+def attributes(span: Any) -> dict[str, Any]:
+    """A decoded OTLP span's attributes as plain values."""
+    return {a.key: getattr(a.value, a.value.WhichOneof("value")) for a in span.attributes}
+
+
+def seconds(span: Any) -> float:
+    return float(span.end_time_unix_nano - span.start_time_unix_nano) / 1e9
+
+
+def critical_path_of(calls: dict[str, Any]) -> tuple[list[str], float]:
+    """The chain of calls with the largest summed duration, from their spans alone.
+
+    A call's predecessors are its links (the calls it waited for); a map's work is its items'
+    (``m#1[0]``, ``m#1[1]``, ...), which sit between the map's inputs and its dependents.
+    """
+    def preds(node: str) -> list[str]:
+        return [next(a.value.string_value for a in link.attributes
+                     if a.key == "shoal.edge.source") for link in calls[node].links]
+
+    best: dict[str, tuple[float, list[str]]] = {}
+
+    def chain(node: str) -> tuple[float, list[str]]:
+        if node not in best:
+            items = [n for n in calls if n.startswith(f"{node}[")]
+            if items:
+                best[node] = max(chain(item) for item in items)
+                best[node] = (best[node][0], [*best[node][1], node])
+            else:
+                before = max((chain(p) for p in preds(node)), default=(0.0, []))
+                best[node] = (before[0] + seconds(calls[node]), [*before[1], node])
+        return best[node]
+
+    length, path = max(chain(node) for node in calls)
+    return path, length
+
+
+def test_the_main_job_is_one_trace_over_otlp_with_every_call_and_its_critical_path(
+        no_child_process_leak: None) -> None:
+    pytest.importorskip("opentelemetry.sdk")
+    from tests import otel_tools
+    from tests.otlp import exporting, listening
+
+    with listening() as receiver:
+        module = load_main_job()
+        plan = main_job(module, slow=SLOW_PAPER)
+        # one tool in a process worker, after the review: its own span must join the trace
+        plan.call(otel_tools.traced_in_worker, endpoint=receiver.endpoint, label="main job",
+                  after="answer", node_id="worker")
+        with exporting(receiver):
+            result = shoal.run_sync(plan, process_workers=1)
+        assert result.ok, result.outcomes
+        spans = [span for _, span in receiver.spans]
+
+    # one trace, from one run span
+    assert len({span.trace_id for span in spans}) == 1
+    (run,) = [s for s in spans if s.name == "shoal.run"]
+    by_id = {s.span_id: s for s in spans}
+    # every recorded call is one span, under the run
+    calls = {attributes(s)["shoal.node.id"]: s for s in spans
+             if s.name.startswith("execute_tool ")}
+    assert sorted(calls) == sorted(result.outcomes)
+    assert all(span.parent_span_id == run.span_id for span in calls.values())
+    # each agent's span is under the call that ran it, each model request under its agent
+    agents = {attributes(s)["shoal.lineage"]: s for s in spans
+              if s.name.startswith("invoke_agent ")}
+    readers = [f"reader#1[{i}]" for i in range(6)]
+    assert sorted(agents) == sorted([*readers, "lead#1"])
+    for lineage, agent in agents.items():
+        assert agent.parent_span_id == calls[lineage].span_id
+        assert agent.name == f"invoke_agent {lineage.split('#')[0]}"
+        chats = [s for s in spans if s.name.startswith("chat ")
+                 and s.parent_span_id == agent.span_id]
+        assert len(chats) == 1  # each agent here answers in one turn
+    assert sum(s.name.startswith("chat ") for s in spans) == len(module.reader.model.requests)
+    assert all(by_id[s.parent_span_id].name.startswith("invoke_agent ")
+               for s in spans if s.name.startswith("chat "))
+    # the critical path, from the spans' times and links, is the run's own
+    path, length = critical_path_of(calls)
+    assert path == result.critical_path
+    assert path[path.index("reader#1") - 1] == "reader#1[3]"  # the slow reader
+    # a call's span starts when it is handed to its backend (its context must travel with
+    # it), its outcome's clock when the backend runs it: a worker's start-up is in the span
+    assert result.critical_path_time - 0.01 <= length
+    assert length <= seconds(run) == pytest.approx(result.makespan, abs=0.05)
+    # the worker's own span: in this trace, under its call's span, exported by the worker
+    (worker,) = [(resource, s) for resource, s in receiver.spans if s.name == "worker main job"]
+    assert worker[1].parent_span_id == calls["worker"].span_id
+    assert worker[0].get("service.name") == "shoal-worker"
+    assert attributes(calls["worker"])["shoal.call.isolation"] == "process"
