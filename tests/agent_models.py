@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 
 import shoal
 from shoal.models.base import ModelRequest, ModelResponse, ToolResultMessage, UserMessage
-from shoal.testing import ScriptedModel, call
+from shoal.testing import ScriptedModel, call, pause
 
 REVIEW_PROMPT = "Review the papers"
+PAPERS = Path(__file__).resolve().parent.parent / "examples" / "literature_review" / "papers"
 
 
 def _prompt(request: ModelRequest) -> str:
@@ -75,6 +77,26 @@ def _main_job_answer(request: ModelRequest, fail_on: str = "") -> str:
 main_job_model = ScriptedModel.per_prompt({"*": [_main_job_answer]}, latency=0.05)
 main_job_failing = ScriptedModel.per_prompt(
     {"*": [lambda request: _main_job_answer(request, MAIN_JOB_FAILS)]}, latency=0.05)
+
+#: Seconds each reader of main_job_paced takes, by paper (p1 ... p6), and the lead's: the
+#: shape of a run on the local model (readers side by side, p4 the slowest), a hundred times
+#: faster.
+PACED_READERS, PACED_LEAD = (0.22, 0.49, 0.31, 0.52, 0.43, 0.37), 0.19
+
+
+def _main_job_paced(request: ModelRequest) -> list[object]:
+    """main_job_model's answer, streamed after a pause of the paper's PACED_READERS time."""
+    prompt = _prompt(request)
+    if not prompt.endswith("What is the main finding of this paper?"):
+        return [pause(PACED_LEAD), _main_job_answer(request)]
+    title = prompt.split("\n\n")[0]
+    titles = [path.read_text(encoding="utf-8").splitlines()[0].lstrip("# ")
+              for path in sorted(PAPERS.glob("*.md"))]
+    return [pause(PACED_READERS[titles.index(title)]), _main_job_answer(request)]
+
+
+#: The main job at a pace like the local model's (tests/test_timeline.py: the README's picture).
+main_job_paced = ScriptedModel.per_prompt({"*": [_main_job_paced]})
 
 
 # ---- the main job, held up on one paper (tests/test_compose_cli.py) ------------------------

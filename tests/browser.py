@@ -116,6 +116,18 @@ class Browser:
             raise RuntimeError(f"{expression}: {reply['exceptionDetails']}")
         return reply.get("result", {}).get("value")
 
+    def hover(self, selector: str, text: str) -> None:
+        """Move the mouse to the middle of the first ``selector`` element showing ``text``."""
+        box = self.evaluate(
+            "(function () { var found = Array.from(document.querySelectorAll("
+            f"{json.dumps(selector)})).find(function (e) {{"
+            f" return e.textContent.trim() === {json.dumps(text)}; }});"
+            " if (!found) return null; var r = found.getBoundingClientRect();"
+            " return [r.left + r.width / 2, r.top + r.height / 2]; })()")
+        if box is None:
+            raise LookupError(f"no {selector} showing {text!r} on the page")
+        self.send("Input.dispatchMouseEvent", type="mouseMoved", x=box[0], y=box[1])
+
     def screenshot(self, *, full_page: bool = True) -> bytes:
         """A PNG of the page (the whole page, not only what fits the window)."""
         return base64.b64decode(self.send("Page.captureScreenshot", format="png",

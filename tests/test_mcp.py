@@ -32,6 +32,7 @@ import shoal
 from shoal.exceptions import MCPServerError, MissingDependencyError
 from shoal.testing import ScriptedModel, call
 from tests.conftest import arun
+from tests.mcp_time_client import ZONES, twenty_zones
 
 ROOT = Path(__file__).resolve().parent.parent
 AWKWARD = [sys.executable, str(ROOT / "tests" / "mcp_servers.py")]
@@ -213,6 +214,59 @@ def test_time_server_in_a_plan_one_session_for_the_run_stopped_at_its_end() -> N
     assert not servers(program), "the server outlived the run"
 
 
+#: Seconds tests/mcp_relay.py holds each message of the time server, which answers in about a
+#: millisecond: the round trip of a remote server, long enough to see calls on the wire at once.
+DELAY = 0.2
+
+
+def relayed(program: str, log: Path) -> list[str]:
+    """``program`` behind tests/mcp_relay.py: answers DELAY s late, every message logged."""
+    return [sys.executable, str(ROOT / "tests" / "mcp_relay.py"), str(log), str(DELAY), program]
+
+
+def on_the_wire(log: Path) -> tuple[int, int]:
+    """From a relay's log: sessions opened (their first request: ``initialize``, or
+    ``server/discover`` in newer protocol versions), and the most ``tools/call`` requests on
+    the wire at once (the server got them, the client has no answer yet)."""
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    sessions = sum(e["method"] in ("initialize", "server/discover") for e in events)
+    calls = {(e["relay"], e["id"]) for e in events if e["method"] == "tools/call"}
+    most = waiting = 0
+    for event in sorted(events, key=lambda e: (e["time"], e["dir"] == "request")):
+        if event["dir"] == "request" and event["method"] == "tools/call":
+            waiting += 1
+        elif event["dir"] == "response" and (event["relay"], event["id"]) in calls:
+            waiting -= 1
+        most = max(most, waiting)
+    return sessions, most
+
+
+def test_twenty_time_server_calls_are_on_the_wire_at_once_over_one_session(
+        tmp_path: Path) -> None:
+    program = python_server("mcp-server-time")
+    log = tmp_path / "wire.jsonl"
+
+    async def main() -> shoal.RunResult:
+        found = by_name(await shoal.mcp.tools(command=relayed(program, log)))
+        log.write_text("")  # listing had a session of its own; the run's is counted alone
+        plan, refs = twenty_zones(found["get_current_time"])
+        result = await shoal.run(plan)
+        assert [result[r].value["timezone"] for r in refs] == ZONES
+        return result
+
+    result = arun(main(), timeout=SLOW)
+    sessions, most = on_the_wire(log)
+    assert sessions == 1  # one session for the run's calls ...
+    assert most == 20  # ... the 20 all asked before the first of them was answered
+    spans = [(o.started_at or 0.0, o.finished_at or 0.0) for o in outcome_list(result)
+             if o.node_id != "first"]
+    assert len(spans) == 20 and max(s for s, _ in spans) < min(e for _, e in spans)
+    # 20 round trips of DELAY one after another would take 4 s; side by side, about one
+    took = max(e for _, e in spans) - min(s for s, _ in spans)
+    assert took < 20 * DELAY / 4, took
+    assert not servers(program)
+
+
 def test_time_server_arguments_are_checked_against_its_schema_before_the_run() -> None:
     program = python_server("mcp-server-time")
     get = by_name(arun(shoal.mcp.tools(command=[program]), timeout=SLOW))["get_current_time"]
@@ -346,6 +400,33 @@ def test_git_server_read_only_tools_read_and_the_others_write(repo: Path) -> Non
         assert "notes.txt" in result[status].value
         assert "the first note" in result[log].value
         assert "+second" in result[diff].value
+
+    arun(main(), timeout=SLOW)
+
+
+def test_git_server_a_read_runs_unasked_and_a_destructive_call_asks(repo: Path) -> None:
+    program = python_server("mcp-server-git")
+    asked: list[Any] = []
+
+    async def approver(request: Any) -> bool:
+        asked.append(request)
+        return True
+
+    async def main() -> None:
+        found = by_name(await shoal.mcp.tools(command=[program]))
+        plan = shoal.Plan()  # writes keep plan order with the server's other calls
+        plan.call(found["git_add"], repo_path=str(repo), files=["notes.txt"])
+        staged = plan.call(found["git_status"], repo_path=str(repo))
+        reset = plan.call(found["git_reset"], repo_path=str(repo))
+        after = plan.call(found["git_status"], repo_path=str(repo))
+        async with shoal.Runtime(approver=approver) as runtime:
+            result = await runtime.run(plan)
+        assert result.ok, [o.error for o in outcome_list(result)]
+        # only the destructive call asked (git_add is not destructive, say its annotations)
+        assert [(a.tool, a.node_id) for a in asked] == [("git_reset", reset.node)]
+        assert "Changes to be committed" in result[staged].value
+        assert "Changes to be committed" not in result[after].value  # the reset ran
+        assert "notes.txt" in result[after].value
 
     arun(main(), timeout=SLOW)
 
@@ -718,6 +799,35 @@ def test_shoal_mcp_serve_round_trip_over_stdio_with_the_mcp_sdk_client(tmp_path:
         assert {("add", "ok"), ("launch", "denied"), ("too_slow", "timed_out")} <= statuses
     finally:
         store.close()
+
+
+def test_the_time_plan_through_shoal_mcp_serve_from_another_client_process(
+        tmp_path: Path) -> None:
+    program = python_server("mcp-server-time")
+    log = tmp_path / "wire.jsonl"
+    serve = [sys.executable, "-m", "shoal.cli.app", "mcp", "serve", "tests.mcp_time_tools:tools"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT),
+           "SHOAL_TEST_TIME_SERVER": json.dumps(relayed(program, log))}
+    began = time.monotonic()
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "mcp_time_client.py"),
+                           json.dumps(serve)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=SLOW, stdin=subprocess.DEVNULL)
+    took = time.monotonic() - began
+    assert done.returncode == 0, done.stderr
+    calls = json.loads(done.stdout)
+    assert [c["status"] for c in calls] == ["ok"] * 20
+    assert [c["timezone"] for c in calls] == ZONES
+    # side by side through both hops: the client's calls overlap, and shoal's proxy put them
+    # on the wire to the time server at once, over the one session it holds while serving
+    assert max(c["started"] for c in calls) < min(c["finished"] for c in calls)
+    assert max(c["finished"] for c in calls) - min(c["started"] for c in calls) < 20 * DELAY / 4
+    sessions, most = on_the_wire(log)
+    # the client started shoal mcp serve twice (to list its tools, then for the run), and each
+    # opened two sessions upstream: one to list the tools at import, one held while serving
+    # (not one per call: 21 for the run's calls)
+    assert sessions == 2 * 2, sessions
+    assert most == 20
+    assert not servers(program), f"left running after {took:.1f} s"
 
 
 def test_shoal_tools_served_over_http_and_used_through_shoal_mcp(http_server: Any) -> None:

@@ -1,25 +1,21 @@
 """OpenTelemetry (``shoal.otel``): spans for runs, agents, model requests and tool calls.
 
 Spans are checked as the SDK hands them to an exporter: in memory, and over OTLP/HTTP to a
-receiver started here on loopback, which decodes each request with the real protobuf types
-(``ExportTraceServiceRequest``). Workers in other processes export their own spans to the
-same receiver; they must land in the caller's trace, under the call's span.
+receiver started on loopback (``tests/otlp.py``), which decodes each request with the real
+protobuf types (``ExportTraceServiceRequest``). Workers in other processes export their own
+spans to the same receiver; they must land in the caller's trace, under the call's span.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
-import gzip
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -27,11 +23,6 @@ pytest.importorskip("opentelemetry.sdk")
 
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
@@ -46,6 +37,11 @@ from shoal.exceptions import ConfigError
 from shoal.testing import ScriptedModel, call, run_virtual
 from tests import otel_tools
 from tests.conftest import arun
+
+if TYPE_CHECKING:
+    from tests.otlp import Receiver
+
+pytest_plugins = ("tests.otlp",)  # the OTLP/HTTP receiver's fixtures
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -459,6 +455,40 @@ def test_an_agent_node_in_a_plan_nests_under_its_call(exported: InMemorySpanExpo
     assert attr(children(spans, agent_span)[0], "gen_ai.provider.name") == "_OTHER"
 
 
+@shoal.tool
+async def tags(n: int) -> list[str]:
+    return [f"t{i}" for i in range(n)]
+
+
+@shoal.tool
+async def joined(parts: list[str]) -> str:
+    return " ".join(parts)
+
+
+def test_a_map_its_items_and_what_waits_for_it_are_linked(
+        exported: InMemorySpanExporter) -> None:
+    plan = Plan()
+    listed = plan.call(tags, n=3)
+    mapped = plan.map(nap, over=listed, item_arg="tag", seconds=1.0)
+    plan.call(joined, parts=mapped)
+    result = run_virtual(shoal.run(plan))
+    assert result.ok, result.outcomes
+    spans = exported.get_finished_spans()
+    listing = one(spans, "execute_tool tags")
+    items = [s for s in named(spans, "execute_tool nap")
+             if attr(s, "shoal.node.id") != mapped.node]
+    the_map = one(spans, "execute_tool nap", **{"shoal.node.id": mapped.node})
+    assert len(items) == 3
+    # each item waited for what its map waited for: the list
+    for item in items:
+        assert links(item) == [(listing.context.span_id, "data", attr(listing, "shoal.node.id"))]
+    # the map runs from its first item to its gather, so its items lie within it ...
+    assert all(within(item, the_map) for item in items)
+    assert seconds(the_map) == pytest.approx(1.0, abs=1e-6)
+    # ... and what needs its value waited for it: a link, though it starts at the map's end
+    assert [source for _, _, source in links(one(spans, "execute_tool joined"))] == [mapped.node]
+
+
 # ---- hostile values -----------------------------------------------------------------------
 
 
@@ -634,83 +664,6 @@ def test_shoal_otel_without_the_extra_says_how_to_install_it() -> None:
 
 
 # ---- OTLP over HTTP, and workers in other processes ----------------------------------------
-
-
-@dataclass
-class Receiver:
-    """An OTLP/HTTP trace receiver on loopback: every span of every request, decoded."""
-
-    port: int = 0
-    spans: list[tuple[dict[str, Any], Any]] = field(default_factory=list)  # (resource, span)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1/traces"
-
-    def take(self, body: bytes) -> None:
-        request = ExportTraceServiceRequest()
-        request.ParseFromString(body)
-        with self.lock:
-            for resource_spans in request.resource_spans:
-                resource = {a.key: a.value.string_value
-                            for a in resource_spans.resource.attributes}
-                for scope_spans in resource_spans.scope_spans:
-                    self.spans.extend((resource, s) for s in scope_spans.spans)
-
-    def named(self, name: str) -> list[Any]:
-        with self.lock:
-            return [s for _, s in self.spans if s.name == name]
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    found = Receiver()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            if self.headers.get("Content-Encoding") == "gzip":
-                body = gzip.decompress(body)
-            if self.path != "/v1/traces":
-                self.send_response(404)
-                self.end_headers()
-                return
-            found.take(body)
-            reply = ExportTraceServiceResponse().SerializeToString()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/x-protobuf")
-            self.send_header("Content-Length", str(len(reply)))
-            self.end_headers()
-            self.wfile.write(reply)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    found.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield found
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-
-
-@pytest.fixture
-def over_otlp(receiver: Receiver) -> Iterator[Receiver]:
-    """shoal instrumented with a provider that exports each span over OTLP/HTTP."""
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(
-        endpoint=receiver.endpoint, timeout=10)))
-    shoal.otel.instrument(provider)
-    try:
-        yield receiver
-    finally:
-        shoal.otel.uninstrument()
-        provider.shutdown()
 
 
 def assert_worker_joined(receiver: Receiver, label: str, tool: str) -> None:

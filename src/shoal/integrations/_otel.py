@@ -441,6 +441,11 @@ class RunSpans:
             return span
         driver = self.driver
         node = driver.graph.nodes[driver.graph.position[node_id]]
+        owner = self._map_of(node_id)
+        if owner is not None and owner not in self.ended:
+            # a map runs from its first item on: its span is open before any of its
+            # dependents starts (they start before its NodeFinished arrives), for their links
+            self._span(owner, start_ns)
         lineage = _node_lineage(driver.lineage, node_id)
         base = {"shoal.run.id": driver.state.run_id, "shoal.node.id": node_id,
                 "shoal.lineage": lineage, "shoal.call.isolation": isolation or None}
@@ -450,10 +455,21 @@ class RunSpans:
             attributes: dict[str, object] = {
                 **base, "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": node.tool.name,
                 "gen_ai.tool.type": "function"}
+            # an item waited for what its map waited for (its own edges: earlier items')
+            links = [*self._links(owner), *self._links(node_id)] if owner else self._links(node_id)
             span = self.t.start(f"execute_tool {node.tool.name}", self.parent, start_ns,
-                                links=self._links(node_id), attributes=attributes)
+                                links=links, attributes=attributes)
         self.open[node_id] = span
         return span
+
+    def _map_of(self, node_id: str) -> str | None:
+        """The map that made item ``node_id`` (``m#1[3]``: ``m#1``); ``None`` for other nodes."""
+        if not node_id.endswith("]"):
+            return None
+        owner = node_id.rsplit("[", 1)[0]
+        graph = self.driver.graph
+        pos = graph.position.get(owner)
+        return owner if pos is not None and graph.nodes[pos].map is not None else None
 
     def _links(self, node_id: str) -> list[Link]:
         """A link to each call ``node_id`` waited for, saying why (one per edge)."""

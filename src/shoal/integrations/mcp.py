@@ -46,7 +46,7 @@ import os
 import re
 import shlex
 import tempfile
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TextIO, cast
 
@@ -877,12 +877,30 @@ async def serve(found: Sequence[Any], *, port: int | None = None, host: str = "1
     srv: LowLevelServer[Any] = LowLevelServer(name, version=__version__,
                                               on_list_tools=list_tools, on_call_tool=call_tool)
     try:
-        if port is None:
-            await _serve_stdio(srv, ready)
-        else:
-            await _serve_http(srv, host, port, ready)
+        async with _held_servers(served.table.values()):
+            if port is None:
+                await _serve_stdio(srv, ready)
+            else:
+                await _serve_http(srv, host, port, ready)
     finally:
         await served.runtime.aclose()
+
+
+@contextlib.asynccontextmanager
+async def _held_servers(served: Collection[Tool[..., Any]]) -> AsyncIterator[None]:
+    """One session held open, while serving, for each MCP server whose tools are served.
+
+    Each served call is a run of its own, and a run that finds no held session opens one and
+    closes it when it ends: re-served MCP tools would start their server (a process, for a
+    command) for every call, and calls at once would each start one. A server held open
+    already (by the caller) is left as it is.
+    """
+    upstream = {id(t.remote.server): t.remote.server for t in served
+                if isinstance(t, MCPTool) and t.remote.server._held is None}
+    async with contextlib.AsyncExitStack() as stack:
+        for held in upstream.values():
+            await stack.enter_async_context(held)
+        yield
 
 
 async def _serve_stdio(srv: Any, ready: Callable[[], None] | None) -> None:

@@ -1,0 +1,67 @@
+"""A stdio pipe between an MCP client and a server, as a slow network would be.
+
+``python tests/mcp_relay.py LOG DELAY PROGRAM [ARGS...]`` starts ``PROGRAM``, passes the
+client's messages to it at once and each of its messages back ``DELAY`` seconds after the
+server wrote it (so a server that answers in a millisecond answers like a remote one), and
+appends one JSON line per JSON-RPC message to ``LOG``: its direction (``request`` as the
+server got it, ``response`` as the client got it), the time (``time.time()``), this relay's
+pid (one relay, one server process: ids are unique within it), its ``id`` and ``method``.
+tests/test_mcp.py reads from it how many calls were on the wire at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from typing import IO
+
+
+def main() -> int:
+    log_path, delay, *command = sys.argv[1:]
+    child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert child.stdin is not None and child.stdout is not None
+    lock = threading.Lock()
+    due: queue.Queue[tuple[float, bytes] | None] = queue.Queue()
+
+    with open(log_path, "a", encoding="utf-8") as log:
+
+        def note(direction: str, line: bytes) -> None:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                return
+            with lock:
+                log.write(json.dumps({"dir": direction, "time": time.time(),
+                                      "relay": os.getpid(), "id": message.get("id"),
+                                      "method": message.get("method")}) + "\n")
+                log.flush()
+
+        def upstream(into: IO[bytes]) -> None:  # client -> server, at once
+            for line in iter(sys.stdin.buffer.readline, b""):
+                note("request", line)
+                into.write(line)
+                into.flush()
+            into.close()  # the client is gone: the server reads its end of input and exits
+
+        def downstream(out: IO[bytes]) -> None:  # server -> the delivery queue, timed
+            for line in iter(out.readline, b""):
+                due.put((time.monotonic() + float(delay), line))
+            due.put(None)
+
+        threading.Thread(target=upstream, args=(child.stdin,), daemon=True).start()
+        threading.Thread(target=downstream, args=(child.stdout,), daemon=True).start()
+        while (item := due.get()) is not None:
+            time.sleep(max(0.0, item[0] - time.monotonic()))
+            note("response", item[1])
+            sys.stdout.buffer.write(item[1])
+            sys.stdout.buffer.flush()
+    return child.wait()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
