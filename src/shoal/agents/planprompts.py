@@ -1,0 +1,144 @@
+"""The planner's prompts, and the reading of its joiner's replies.
+
+The planner (:mod:`shoal.agents.planner`) asks its model two kinds of question: write a plan
+(:func:`plan_prompt`, the tools listed by :func:`tool_signature`), and judge a plan's results
+(:func:`joiner_prompt`), whose reply :func:`join_action` reads. Everything here is text in and
+text out, so it can be read, tested and changed apart from the loop that runs the plans.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from shoal.models.base import ToolSpec
+
+__all__ = ["join_action", "joiner_prompt", "plan_prompt", "replan_note", "tool_signature"]
+
+_ACTION = re.compile(r"^[ \t]*Action[ \t]*:[ \t]*(Finish|Replan)[ \t]*\(", re.IGNORECASE | re.M)
+_JSON_TYPES = {"string": "str", "integer": "int", "number": "float", "boolean": "bool",
+               "array": "list", "object": "dict", "null": "None"}
+
+
+def tool_signature(spec: ToolSpec) -> str:
+    """``name(a: str, b: int = 3)``: a tool's parameters, from its JSON schema."""
+    props = spec.parameters.get("properties", {})
+    required = set(spec.parameters.get("required", ()))
+    params = []
+    for name, prop in props.items():
+        text = f"{name}: {_type_name(prop)}"
+        if name not in required and "default" in prop:
+            text += f" = {prop['default']!r}"
+        elif name not in required:
+            text += " = None"
+        params.append(text)
+    return f"{spec.name}({', '.join(params)})"
+
+
+def _type_name(prop: Mapping[str, Any]) -> str:
+    options = prop.get("anyOf") or prop.get("oneOf")
+    if isinstance(options, list):
+        return " | ".join(_type_name(o) for o in options if isinstance(o, Mapping)) or "any"
+    kind = prop.get("type")
+    if isinstance(kind, list):
+        return " | ".join(_JSON_TYPES.get(str(k), str(k)) for k in kind)
+    name = _JSON_TYPES.get(str(kind), "any")
+    items = prop.get("items")
+    if name == "list" and isinstance(items, Mapping) and items:
+        return f"list[{_type_name(items)}]"
+    return name
+
+
+def _end_line(tools: Sequence[ToolSpec]) -> str:
+    if any(spec.name == "join" for spec in tools):  # then join() is an ordinary call
+        return "<END_OF_PLAN>"
+    return "N. join()"
+
+
+def plan_prompt(tools: Sequence[ToolSpec], *, first_id: int = 1) -> str:
+    """The planner's instructions (LLMCompiler's format) over ``tools``."""
+    listed = "\n".join(f"{i}. {tool_signature(spec)}: {_about(spec.description)}"
+                       for i, spec in enumerate(tools, 1))
+    end = _end_line(tools)
+    ending = ("End the plan with the line N. join(), N being the next number: it hands "
+              "the results to a joiner, who answers the task or asks for a new plan."
+              if end != "<END_OF_PLAN>" else
+              "End the plan with the line <END_OF_PLAN>.")
+    return f"""Write a plan of tool calls that solves the task, so that as many calls as \
+possible can run at the same time.
+
+The tools:
+{listed}
+
+Write the plan as numbered lines, one call per line, e.g.
+{first_id}. tool_name("a literal", name=2)
+{first_id + 1}. other_tool(data=${first_id})
+Rules:
+- Number the calls {first_id}, {first_id + 1}, {first_id + 2} ... in order; give each call \
+its own number.
+- An argument is a Python literal (a string in quotes, a number, True, False, None, a list \
+or a dict of these) or the result of a call above it, written $N (N being its number), or a \
+part of that result: $N.field, $N[0].
+- Calls that do not use each other's results run in parallel: only make a call wait for \
+another when it needs its result.
+- A line "Thought: ..." before a call may say why; write nothing else between the calls.
+- Use only the tools above; never invent a tool or an argument.
+- {ending} Write nothing after it."""
+
+
+def _about(description: str) -> str:
+    text = " ".join(description.split())
+    return text[:500] + ("..." if len(text) > 500 else "") if text else "(no description)"
+
+
+def replan_note(first_id: int) -> str:
+    """What the planner is told when asked for a new plan numbered from ``first_id``."""
+    return (f"Write a new plan for what is still missing. The calls above that succeeded "
+            f"will not run again: use their results as $N. Number the new calls from "
+            f"{first_id} on.")
+
+
+def joiner_prompt(last: bool, answer_format: str) -> str:
+    """The joiner's instructions (``last``: replanning is no longer allowed)."""
+    replan = ("Replanning is not allowed any more: answer with Action: Finish(...), from what "
+              "the results give (say what is missing if you must)." if last else
+              "Ask for a new plan only if the results cannot answer the task, e.g. a call "
+              "failed; the new plan can reuse the results that succeeded.")
+    return f"""A plan of tool calls was run for the task below. Read the task, the plan and \
+each call's result, then reply in this form:
+Thought: <what the results show>
+Action: Finish(<the final answer to the task>)
+or, when the results are not enough to answer:
+Thought: <what is missing or went wrong>
+Action: Replan(<what a new plan must do differently>)
+{replan}{answer_format}"""
+
+
+def join_action(text: str) -> tuple[str, str]:
+    """Read a joiner's reply: ``("finish", answer)`` or ``("replan", reason)``.
+
+    The last ``Action: Finish(...)`` or ``Action: Replan(...)`` line counts (its text may run
+    over several lines, up to the last ``)``); a reply without one is the answer as a whole.
+    """
+    found = list(_ACTION.finditer(text))
+    if not found:
+        return "finish", text.strip()
+    action = found[-1]
+    body = text[action.end():]
+    close = body.rfind(")")
+    body = (body[:close] if close >= 0 else body).strip()
+    return action[1].lower(), _unquoted(body)
+
+
+def _unquoted(body: str) -> str:
+    """``Finish("text")``: the text, when the answer is one quoted string literal."""
+    if len(body) >= 2 and body[0] == body[-1] and body[0] in "'\"":
+        try:
+            value = ast.literal_eval(body)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            return body
+        if isinstance(value, str):
+            return value
+    return body
