@@ -400,10 +400,10 @@ class Planner:
         reader = _PlanReader(self, calls, round_)
         response = await agent_run.answer(request, read=reader.read, digest=_digest(request))
         if not reader.read_whole:  # replayed from the journal: its calls are added now
-            reader.feed_all(response.text)
-        round_.text = response.text
-        agent_run.result.plans.append(response.text)
-        agent_run.result.messages.append(AssistantMessage(response.text))
+            reader.finish(response)
+        round_.text = reader.text
+        agent_run.result.plans.append(reader.text)
+        agent_run.result.messages.append(AssistantMessage(reader.text))
         self.ctx.check(self.lineage)
 
     async def _join(self, last: bool) -> tuple[str, Any]:
@@ -457,6 +457,7 @@ class _PlanReader:
         self.calls = calls
         self.round = round_
         self.read_whole = False  # whether the reply was read here (not replayed)
+        self.text = ""  # the plan as read: the reply's text, and its native calls as lines
         self._parser = PlanTextParser(calls.tools)
         self._line = ""  # text after the last newline, not fed yet
         self._problems = 0
@@ -487,14 +488,7 @@ class _PlanReader:
                 response = event.response
         if response is None:
             raise ModelError(model.name, "the stream ended without a complete reply")
-        text = "".join(streamed)
-        if text != response.text:  # a stream that sent less text than its reply holds
-            if response.text.startswith(text):
-                self.feed(response.text[len(text):])
-            else:
-                self._restart()
-                self.feed(response.text)
-        self.close()
+        self.finish(response, "".join(streamed))
         self.read_whole = True
         return response
 
@@ -512,17 +506,32 @@ class _PlanReader:
             if not _FENCE.match(line):
                 self._take(self._parser.feed(line + "\n"))
 
-    def close(self) -> None:
-        """The reply has ended: read its last line."""
+    def finish(self, response: ModelResponse, streamed: str = "") -> None:
+        """The reply has ended: read what of it did not stream (all of a replayed one).
+
+        Native tool calls in the reply (a model may send them though it was given no tools)
+        become plan lines numbered on from the text's calls, as if it had written them.
+        """
+        text = response.text
+        if text.startswith(streamed):  # a stream may send less text than its reply holds
+            self.feed(text[len(streamed):])
+        else:
+            self._restart()
+            self.feed(text)
+        self.text = text
+        if response.tool_calls and not self._parser.done:
+            if self._line:  # the text's last line first: its number comes before theirs
+                self.feed("\n")
+            lines = _native_plan(response.tool_calls, self.calls.next_id)
+            self.feed(lines)
+            self.text = f"{text}\n{lines}" if text.strip() else lines
+        self._close()
+
+    def _close(self) -> None:
         if self._line and not _FENCE.match(self._line):
             self._take(self._parser.feed(self._line))
         self._line = ""
         self._take(self._parser.close())
-
-    def feed_all(self, text: str) -> None:
-        """Read a whole reply at once (one replayed from the journal)."""
-        self.feed(text)
-        self.close()
 
     def _take(self, parsed: list[ParsedCall]) -> None:
         # the problems found while reading the lines that gave these calls come first
@@ -532,6 +541,24 @@ class _PlanReader:
         self._problems = len(problems)
         for call in parsed:
             self.calls.take(call, self.round)
+
+
+def _native_plan(tool_calls: Sequence[ToolCall], first_id: int) -> str:
+    """Native tool calls written as plan lines (``N. name(arg=value)``), numbered on."""
+    return "\n".join(f"{number}. {_native_call(call)}"
+                     for number, call in enumerate(tool_calls, first_id))
+
+
+def _native_call(call: ToolCall) -> str:
+    """One native call as a plan call; arguments that are no JSON object stay unreadable."""
+    try:
+        args = json.loads(call.arguments or "{}")
+    except (ValueError, RecursionError):
+        args = None
+    if not isinstance(args, dict):  # the line is then refused by the parser, saying why
+        return f"{call.name}(<arguments that are not a JSON object: {call.arguments[:200]!r}>)"
+    # each value's repr is a Python literal (JSON's true, null are True, None there)
+    return f"{call.name}({', '.join(f'{key}={value!r}' for key, value in args.items())})"
 
 
 def _sendable(text: str) -> str:

@@ -17,7 +17,12 @@ from shoal.models.base import ToolSpec
 
 __all__ = ["join_action", "joiner_prompt", "plan_prompt", "replan_note", "tool_signature"]
 
-_ACTION = re.compile(r"^[ \t]*Action[ \t]*:[ \t]*(Finish|Replan)[ \t]*\(", re.IGNORECASE | re.M)
+# Markdown around the words (**Action:** Finish(...), > Action: `Finish(...)`) is tolerated.
+_DECOR = r"[ \t>*_#`]*"
+_ACTION = re.compile(rf"^{_DECOR}Action{_DECOR}:{_DECOR}(Finish|Replan){_DECOR}\(",
+                     re.IGNORECASE | re.M)
+# the line that starts the reply's next part, which ends an action's text
+_NEXT_PART = re.compile(rf"^{_DECOR}(?:Thought|Action|Observation){_DECOR}:", re.IGNORECASE | re.M)
 _JSON_TYPES = {"string": "str", "integer": "int", "number": "float", "boolean": "bool",
                "array": "list", "object": "dict", "null": "None"}
 
@@ -119,17 +124,49 @@ Action: Replan(<what a new plan must do differently>)
 def join_action(text: str) -> tuple[str, str]:
     """Read a joiner's reply: ``("finish", answer)`` or ``("replan", reason)``.
 
-    The last ``Action: Finish(...)`` or ``Action: Replan(...)`` line counts (its text may run
-    over several lines, up to the last ``)``); a reply without one is the answer as a whole.
+    The last ``Action: Finish(...)`` or ``Action: Replan(...)`` counts; a reply without one
+    is the answer as a whole. The action's text may run over several lines, up to a line
+    starting another part (``Thought:``, ``Action:``); within that, see :func:`_inside`.
     """
     found = list(_ACTION.finditer(text))
     if not found:
         return "finish", text.strip()
     action = found[-1]
     body = text[action.end():]
-    close = body.rfind(")")
-    body = (body[:close] if close >= 0 else body).strip()
-    return action[1].lower(), _unquoted(body)
+    after = _NEXT_PART.search(body)
+    if after is not None:
+        body = body[:after.start()]
+    return action[1].lower(), _unquoted(_inside(body))
+
+
+def _inside(body: str) -> str:
+    """The text between ``Finish(`` and its ``)``; ``body`` is all that follows the ``(``.
+
+    The ``)`` that balances the ``(`` ends the text when nothing but whitespace follows it on
+    its line (so prose on later lines, with brackets of its own, is left out); otherwise
+    the last ``)`` does (an answer may hold a lone ``)``: "1) this 2) that", a smiley).
+    """
+    close = _balancing(body)
+    if close is not None:
+        rest = body[close + 1:]
+        line_rest = rest.split("\n", 1)[0]
+        if not line_rest.strip():
+            return body[:close].strip()
+    last = body.rfind(")")
+    return (body[:last] if last >= 0 else body).strip()
+
+
+def _balancing(body: str) -> int | None:
+    """The index of the ``)`` that closes an already open ``(``, if any."""
+    depth = 1
+    for index, char in enumerate(body):
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth == 0:
+                return index
+    return None
 
 
 def _unquoted(body: str) -> str:

@@ -1,0 +1,138 @@
+"""The planner under hostile input: plan text, joiner replies and model replies that models
+really send, each pinned by the defect it once caused."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+
+import shoal
+from shoal.agents.planprompts import join_action
+from shoal.testing import ScriptedModel, call, run_virtual
+
+Res = shoal.AgentResult[Any]
+
+
+def _echo_tool(ran: Counter[str]) -> shoal.Tool[..., Any]:
+    @shoal.tool
+    def echo(text: str) -> str:
+        """Echo the text."""
+        ran[text] += 1
+        return text
+
+    return echo
+
+
+def _run(steps: list[Any], **options: Any) -> tuple[Res, Counter[str], ScriptedModel]:
+    ran: Counter[str] = Counter()
+    model = ScriptedModel(steps)
+    agent = shoal.Agent(name="planner", model=model, tools=[_echo_tool(ran)], mode="plan",
+                        **options)
+    return run_virtual(agent.run("go")), ran, model
+
+
+def _joiner_text(model: ScriptedModel, index: int = 1) -> str:
+    content = model.requests[index].messages[0].content  # type: ignore[union-attr]
+    assert isinstance(content, str)
+    return content
+
+
+# ---- the joiner's reply ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("reply", "expected"), [
+    # prose after the answer, with brackets of its own, is not part of the answer
+    ("Action: Finish(done)\n\nThought: extra (x)", ("finish", "done")),
+    ("Action: Finish(42)\n\nI hope this helps (really).", ("finish", "42")),
+    ("Thought: fine\nAction: Replan(fetch b)\nObservation: (none)", ("replan", "fetch b")),
+    # markdown around the words
+    ("**Action:** Finish(bold)", ("finish", "bold")),
+    ("**Action**: **Finish**(bolder)", ("finish", "bolder")),
+    ("Action: `Finish(ticked)`", ("finish", "ticked")),
+    ("> Action: replan(quoted)", ("replan", "quoted")),
+    # brackets inside the answer, balanced or not
+    ("Action: Finish(f(x) = (a+b))", ("finish", "f(x) = (a+b)")),
+    ("Action: Finish(Steps:\n1) do a\n2) do b)", ("finish", "Steps:\n1) do a\n2) do b")),
+    ("Action: Finish(the answer is :) yes)", ("finish", "the answer is :) yes")),
+    ('Action: Finish("a) b")', ("finish", "a) b")),
+])
+def test_the_joiner_reply_ends_where_its_action_ends(reply: str,
+                                                      expected: tuple[str, str]) -> None:
+    assert join_action(reply) == expected
+
+
+def test_prose_after_finish_is_not_in_the_agents_answer() -> None:
+    reply = "**Thought:** both ran.\n**Action:** Finish(ab)\n\nLet me know (if needed)!"
+    result, _, _ = _run(['1. echo("a")\n2. echo("b")\n3. join()', reply])
+    assert result.output == "ab"
+
+
+# ---- a plan reply holding native tool calls ----------------------------------------------------
+
+
+def test_native_tool_calls_in_a_plan_reply_run_as_plan_calls() -> None:
+    # OpenAI models sometimes answer with tool calls though the request had no tools
+    result, ran, model = _run([[call("echo", text="a"), call("echo", text="$1")],
+                               "Action: Finish(a twice)"])
+    assert result.output == "a twice"
+    assert [(r.call.id, r.status, r.message.content) for r in result.calls] == [
+        ("1", "ok", "a"), ("2", "ok", "a")]
+    assert ran == {"a": 2}  # the second call echoes the first one's result
+    assert result.plans == ["1. echo(text='a')\n2. echo(text='$1')"]
+    assert "1. echo(text='a')" in _joiner_text(model)
+
+
+def test_native_tool_calls_after_plan_text_are_numbered_on_and_checked() -> None:
+    steps = [["Thought: one by text, the rest natively.\n1. echo('t')",
+              call("echo", text="$1"), call("nosuch", x=1), call("echo", oops=[1])],
+             "Action: Finish(done)"]
+    result, _, model = _run(steps)
+    assert [(r.call.id, r.status) for r in result.calls] == [
+        ("1", "ok"), ("2", "ok"), ("3", "rejected"), ("4", "rejected")]
+    assert result.calls[1].message.content == "t"
+    assert "no tool named 'nosuch'" in result.calls[2].message.content
+    assert "oops" in result.calls[3].message.content
+    assert "4. echo(oops=[1])" in _joiner_text(model)
+
+
+def test_native_tool_calls_after_join_are_ignored_as_any_text_after_it() -> None:
+    result, ran, _ = _run([["1. echo('a')\n2. join()", call("echo", text="late")],
+                           "Action: Finish(a)"])
+    assert ran == {"a": 1} and [r.call.id for r in result.calls] == ["1"]
+
+
+def test_native_tool_calls_over_the_openai_protocol_and_on_resume(tmp_path: Any) -> None:
+    from tests.conftest import arun
+    from tests.wire import OpenAIWireServer, text_reply
+    from tests.wire.replies import Reply, WireToolCall
+
+    ran: Counter[str] = Counter()
+    echo = _echo_tool(ran)
+    replies: list[Any] = [
+        Reply(tool_calls=(WireToolCall("echo", {"text": "wire"}),
+                          WireToolCall("echo", '{"text": "$1"'))),  # cut JSON: refused
+        text_reply("Thought: one ran.\nAction: Finish(wire)")]
+    runtime = shoal.Runtime(store=f"sqlite:///{tmp_path / 'runs.db'}")
+    with OpenAIWireServer(replies) as server:
+        model = server.model()
+        agent = shoal.Agent(name="planner", model=model, tools=[echo], mode="plan")
+
+        async def main() -> Res:
+            try:
+                return await agent.run("go", runtime=runtime, run_id="r1")
+            finally:
+                await model.aclose()
+
+        result = arun(main())
+        assert not server.errors
+    assert result.output == "wire" and ran == {"wire": 1}
+    assert [(r.call.id, r.status) for r in result.calls] == [("1", "ok"), ("2", "rejected")]
+    assert "not a JSON object" in result.calls[1].message.content
+    # resumed, the journaled reply is read again the same way: nothing runs, nothing is asked
+    again = ScriptedModel([])
+    resumed = shoal.Agent(name="planner", model=again, tools=[echo], mode="plan")
+    replayed = resumed.resume_sync("r1", "go", runtime=runtime)
+    assert replayed.output == "wire" and ran == {"wire": 1} and again.requests == []
+    assert [(r.call.id, r.status) for r in replayed.calls] == [("1", "ok"), ("2", "rejected")]
