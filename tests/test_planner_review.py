@@ -10,6 +10,7 @@ import pytest
 
 import shoal
 from shoal.agents.planprompts import join_action
+from shoal.plantext import parse_plan_text
 from shoal.testing import ScriptedModel, call, run_virtual
 
 Res = shoal.AgentResult[Any]
@@ -136,3 +137,39 @@ def test_native_tool_calls_over_the_openai_protocol_and_on_resume(tmp_path: Any)
     replayed = resumed.resume_sync("r1", "go", runtime=runtime)
     assert replayed.output == "wire" and ran == {"wire": 1} and again.requests == []
     assert [(r.call.id, r.status) for r in replayed.calls] == [("1", "ok"), ("2", "rejected")]
+
+
+# ---- numbers and refs ---------------------------------------------------------------------------
+
+
+def test_a_number_with_leading_zeros_is_that_number() -> None:
+    plan = '007. echo("a")\n7. echo("b")\n8. echo($7)\n9. echo($007)\n10. echo("${07}")\n11. join()'
+    result, ran, _ = _run([plan, "Action: Finish(a)"])
+    assert [(r.call.id, r.status) for r in result.calls] == [
+        ("7", "ok"), ("7", "rejected"), ("8", "ok"), ("9", "ok"), ("10", "ok")]
+    assert "step 7 is already taken by echo" in result.calls[1].message.content
+    assert '{"text": "a"}' in result.calls[1].message.content  # shown as the call ran
+    assert result.calls[2].message.content == "a"  # $7 is call 007
+    assert ran == {"a": 4}
+    numbers = parse_plan_text('01. echo("x")\n2. echo($001)', [_echo_tool(Counter())])
+    assert [node.id for node in numbers.nodes] == ["1", "2"]
+
+
+def test_huge_numbers_are_ids_and_do_not_break_the_next_plans_numbering() -> None:
+    huge = "9" * 5000  # beyond int()'s default digit limit
+    steps = [f'{huge}. echo("a")\n2. echo(${huge})\n3. join()', "Action: Replan(more)",
+             "4. echo($2)\n5. join()", "Action: Finish(a)"]
+    result, _, model = _run(steps)
+    assert [r.status for r in result.calls] == ["ok", "ok", "ok"]
+    assert "Number the calls 3, 4, 5" in model.requests[2].instructions
+
+
+def test_a_ref_to_a_rejected_call_says_that_call_was_rejected() -> None:
+    steps = ['1. nosuch("x")\n2. echo($1)\n3. join()', "Action: Replan(use echo)",
+             '3. echo(text={"k": [$1]})\n4. join()', "Action: Finish(none ran)"]
+    result, ran, _ = _run(steps)
+    assert not ran
+    for record in result.calls[1:]:
+        assert record.status == "rejected"
+        assert "$1 is the result of call 1, which was rejected" in record.message.content
+        assert "no tool named 'nosuch'" in record.message.content

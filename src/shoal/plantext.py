@@ -11,7 +11,8 @@ A planner model writes numbered calls, optionally between ``Thought:`` lines::
 
 Rules:
 
-* ``N. name(args)`` is one call; its node id is ``"N"`` as written. Arguments are Python
+* ``N. name(args)`` is one call; its node id is ``"N"``, the number without leading zeros
+  (``007.`` is call ``"7"``, and ``$007`` refers to it, as ``$7`` does). Arguments are Python
   literals, positional or by keyword; positional ones fill the tool's parameters in order.
   Nothing is evaluated: each argument goes through :func:`ast.literal_eval`.
 * ``"$1"``, ``"${1}"``, ``"$1.field"``, ``"$1[0]"`` (at any depth inside lists, tuples and
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shoal.exceptions import PlanError, PlanProblem
-from shoal.plan import Plan
+from shoal.plan import Plan, Ref
 from shoal.plandata import check_value
 from shoal.planfile import convert_refs, placeholder_tool
 from shoal.tools import Tool
@@ -189,7 +190,7 @@ class PlanTextParser:
                           f"'1. search(\"x\")', a 'Thought: ...' line or a blank line, got "
                           f"{stripped!r:.80}"))
             return []
-        pending = self._pending = _Pending(match[1], self._line_no, match[2])
+        pending = self._pending = _Pending(_number(match[1]), self._line_no, match[2])
         return self._try_complete(pending)
 
     def _try_complete(self, pending: _Pending) -> list[ParsedCall]:
@@ -343,7 +344,30 @@ def _argument(node: ast.expr, where: str, errors: list[str]) -> Any:
         return None
     converted, ref_errors = convert_refs(value, where)
     errors += ref_errors
-    return converted
+    return _numbered_refs(converted)
+
+
+def _number(digits: str) -> str:
+    """A call's number as its id: ``"007"`` is ``"7"`` (no int(): a number may be huge)."""
+    return digits.lstrip("0") or "0"
+
+
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def _numbered_refs(value: Any) -> Any:
+    """``value`` with each ref to a number written with leading zeros made a ref to the number."""
+    if isinstance(value, Ref):
+        if _DIGITS.fullmatch(value.node) and value.node.startswith("0"):
+            return Ref(_number(value.node), value.path)
+        return value
+    if isinstance(value, list):
+        return [_numbered_refs(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_numbered_refs(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _numbered_refs(v) for k, v in value.items()}
+    return value
 
 
 def _tool_table(tools: ToolSet) -> dict[str, Tool[..., Any]]:

@@ -87,6 +87,7 @@ from shoal.models.base import (
     ToolResultMessage,
     UserMessage,
 )
+from shoal.plan import find_refs
 from shoal.plantext import ParsedCall, PlanTextParser
 
 if TYPE_CHECKING:
@@ -139,6 +140,7 @@ class _PlanCalls:
         self.calls: dict[str, ToolCall] = {}  # node id -> the call as recorded
         self.written: dict[str, str] = {}  # node id -> the call's text, for calls started
         self.numbers: set[str] = set()  # every number a plan has used, started or not
+        self.refused: dict[str, str] = {}  # number -> why, for numbers no call started under
         self.reported: set[str] = set()  # node ids whose records are in the agent's calls
         ctx = agent_run.ctx
         sink = _sink(ctx.emit if ctx.observed else None, agent_run.lineage, self.lineages)
@@ -163,15 +165,21 @@ class _PlanCalls:
                 if call.id not in round_.entries:
                     round_.entries.append(call.id)
             else:
+                taken = self.calls[call.id]
                 self._reject(round_, call, f"line {call.line}: step {call.id} is already "
-                             f"taken by {known[:200]}, which stands; give each call its own "
-                             f"number (the next free one is {self.next_id})")
+                             f"taken by {taken.name}({taken.arguments[:200]}), which stands; "
+                             f"give each call its own number (the next free one is "
+                             f"{self.next_id})")
             return
         self._parsed(call)
         try:
             tool, args = call.bind(self.tools)
         except PlanError as exc:
             self._reject(round_, call, _problems(exc.problems))
+            return
+        unusable = self._refused_inputs(call, args)
+        if unusable:
+            self._reject(round_, call, unusable, tool.name, args)
             return
         try:
             problems = self.run.problems(tool, args, node_id=call.id)
@@ -183,6 +191,15 @@ class _PlanCalls:
             self._reject(round_, call, _problems(problems), tool.name, args)
             return
         self._start(call, tool, args, text, round_)
+
+    def _refused_inputs(self, call: ParsedCall, args: Mapping[str, Any]) -> str:
+        """Why ``call`` cannot run for using the result of a call that was refused, if so."""
+        refused = dict.fromkeys(ref.node for ref in find_refs(dict(args))
+                                if ref.node in self.refused and ref.node not in self.written)
+        return "; ".join(f"line {call.line}: ${node} is the result of call {node}, which was "
+                         f"rejected and never ran ({self.refused[node][:200]}); give the "
+                         "rejected call again, corrected, under a new number and use that"
+                         for node in refused)
 
     def _start(self, call: ParsedCall, tool: Tool[..., Any], args: dict[str, Any], text: str,
                round_: _Round) -> None:
@@ -218,6 +235,7 @@ class _PlanCalls:
         arguments = _arguments(args if args is not None else _raw_args(call))
         record = _rejected(ToolCall(call.id, name, arguments),
                            where or _child(self.agent_run.lineage, f"{name}?"), why)
+        self.refused.setdefault(call.id, why)
         round_.entries.append(record)
         self.agent_run._rejected(record)
 
@@ -232,6 +250,7 @@ class _PlanCalls:
         record = _rejected(ToolCall(problem.node, "", "{}"),
                            _child(self.agent_run.lineage, "plan?"), problem.message)
         self.numbers.add(problem.node)
+        self.refused.setdefault(problem.node, problem.message)
         round_.entries.append(record)
         self.agent_run._rejected(record)
 
