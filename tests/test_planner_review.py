@@ -173,3 +173,33 @@ def test_a_ref_to_a_rejected_call_says_that_call_was_rejected() -> None:
         assert record.status == "rejected"
         assert "$1 is the result of call 1, which was rejected" in record.message.content
         assert "no tool named 'nosuch'" in record.message.content
+
+
+# ---- the shape of the plan text ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("plan", [
+    '1. echo("a") 2. echo($1) 3. echo(text="b; 4. echo(x)") 4. join() 5. echo("late")',
+    '1. echo("a"); 2. echo($1);3. echo("b; 4. echo(x)"), 4. join()',
+    '```\r\n1. echo("a")  2. echo(\r\n$1)\t3. echo("b; 4. echo(x)") <END_OF_PLAN>\r\n```',
+])
+def test_a_plan_written_on_one_line_runs_call_by_call(plan: str) -> None:
+    result, ran, _ = _run([plan, "Action: Finish(ok)"])
+    assert [(r.call.id, r.status, r.message.content) for r in result.calls] == [
+        ("1", "ok", "a"), ("2", "ok", "a"), ("3", "ok", "b; 4. echo(x)")]
+    assert "late" not in ran
+
+
+def test_calls_on_one_line_keep_their_line_and_errors_stay_apart() -> None:
+    tools = [_echo_tool(Counter())]
+    plan = parse_plan_text('1. echo("a") 2. echo($1)\n3. echo($2) # 4. echo("c")', tools)
+    assert [node.id for node in plan.nodes] == ["1", "2", "3"]
+    with pytest.raises(shoal.PlanError) as caught:
+        parse_plan_text('1. echo("a") 2. nosuch($1) 3. echo(x y)', tools)
+    messages = sorted(p.message for p in caught.value.problems)
+    assert len(messages) == 2
+    assert messages[0].startswith("line 1: cannot parse 'echo(x y)'")
+    assert messages[1].startswith("line 1: no tool named 'nosuch'")
+    # a long line of calls is read without deep recursion
+    many = " ".join(f'{i}. echo("{i}")' for i in range(1, 3001))
+    assert len(parse_plan_text(many, tools).nodes) == 3000

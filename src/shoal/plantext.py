@@ -19,6 +19,8 @@ Rules:
   dict values) refer to call 1's output, with the path syntax of :mod:`shoal.planfile`. The
   quotes may be left out (``join_text($1, $2)``). ``"see $1"`` inside longer text stays text.
 * A call whose brackets are still open at the end of a line continues on the next lines.
+* Several calls may share a line (``1. a() 2. b($1) 3. join()``, or with ``;`` between):
+  a call ends at the bracket that closes its arguments when the next call starts after it.
 * ``Thought:`` lines and blank lines are skipped; any other line is a ``syntax`` problem.
 * ``N. join()`` is LLMCompiler's end marker when no tool is named ``join`` (with one, it is
   an ordinary call); so is a line ``<END_OF_PLAN>``. Everything after the marker is ignored.
@@ -52,6 +54,9 @@ _STARTS_CALL = re.compile(r"\s*[0-9]+\s*\.\s*\w+\s*\(")
 _THOUGHT = re.compile(r"\s*thought\s*:", re.IGNORECASE)
 _CALL_NAME = re.compile(r"\s*(\w+)\s*\(")
 _END_OF_PLAN = "<END_OF_PLAN>"
+# after a call's closing bracket, on its line: the start of the next call (or of the end)
+_BETWEEN_CALLS = " \t;,"
+_NEXT_ON_LINE = re.compile(r"[ \t;,]*(?:[0-9]+\s*\.\s*\w+\s*\(|<END_OF_PLAN>)")
 # unquoted refs: ids and fields without '-', so that "$1-$2" is not read as one ref
 _BARE_REF = re.compile(r"\$(?:\{[^{}]*\}|\w+)(?:\.\w+|\[-?[0-9]+\])*")
 _LITERALS_HELP = ("arguments must be Python literals (strings, numbers, lists, dicts, "
@@ -172,41 +177,58 @@ class PlanTextParser:
                                     "next line starts; close them")
             else:
                 pending.add_line(line)
-                return self._try_complete(pending)
+                calls, rest = self._try_complete(pending)
+                return calls + self._read_fresh(rest) if rest is not None else calls
         return self._read_fresh(line)
 
     def _read_fresh(self, line: str) -> list[ParsedCall]:
+        """Read a line that starts no earlier call; several calls may share it."""
+        calls: list[ParsedCall] = []
+        rest: str | None = line
+        while rest is not None:  # a loop, not recursion: a line may hold thousands of calls
+            found, rest = self._read_start(rest)
+            calls += found
+        return calls
+
+    def _read_start(self, line: str) -> tuple[list[ParsedCall], str | None]:
         self._pending = None
         stripped = line.strip()
         if not stripped or _THOUGHT.match(stripped):
-            return []
+            return [], None
         if stripped == _END_OF_PLAN:
             self._done = True
-            return []
+            return [], None
         match = _NUMBERED.fullmatch(line)
         if match is None:
             self._problem(self._line_no, PlanProblem(
                 "syntax", f"line {self._line_no}: expected a numbered call such as "
                           f"'1. search(\"x\")', a 'Thought: ...' line or a blank line, got "
                           f"{stripped!r:.80}"))
-            return []
+            return [], None
         pending = self._pending = _Pending(_number(match[1]), self._line_no, match[2])
         return self._try_complete(pending)
 
-    def _try_complete(self, pending: _Pending) -> list[ParsedCall]:
+    def _try_complete(self, pending: _Pending) -> tuple[list[ParsedCall], str | None]:
+        """The call, once its brackets close, and the text after it that starts another."""
         scanner = pending.scanner
+        rest = None
+        if scanner.tail is not None:  # it stopped where the call's first bracket closed
+            if _NEXT_ON_LINE.match(scanner.tail):  # "1. a() 2. b($1)": one line, two calls
+                rest = scanner.tail.lstrip(_BETWEEN_CALLS)
+            else:
+                scanner.resume()
         if scanner.depth > 0 or scanner.in_string:
-            return []
+            return [], None
         self._pending = None
         code = scanner.code()
         name = _CALL_NAME.match(code)
         if name and name[1] == "join" and self._join_ends:
             self._done = True
-            return []
+            return [], None
         call, errors = _parse_call(pending, code)
         for error in errors:
             self._fail(pending, error)
-        return [call] if call is not None and not errors else []
+        return ([call] if call is not None and not errors else []), rest
 
     def _fail(self, pending: _Pending, message: str) -> None:
         self._problem(pending.line, PlanProblem("syntax", f"line {pending.line}: {message}",
@@ -238,13 +260,18 @@ class _Scanner:
     state between pieces is the open string's quote, a pending backslash, and the depth.
     """
 
-    __slots__ = ("_escape", "_out", "_quote", "depth")
+    __slots__ = ("_closed", "_escape", "_out", "_quote", "_stopped", "depth", "tail")
 
     def __init__(self) -> None:
         self._out: list[str] = []  # the text with unquoted refs quoted and comments removed
         self._quote = ""
         self._escape = False
         self.depth = 0  # open brackets
+        # Scanning stops once where the first bracket opened closes (the call's arguments
+        # end there), keeping the rest of the piece unscanned here, so that a line of many
+        # calls is scanned once, not once per call; resume() scans it as part of the call.
+        self._closed = self._stopped = False
+        self.tail: str | None = None
 
     @property
     def in_string(self) -> bool:
@@ -255,8 +282,14 @@ class _Scanner:
         return len(self._quote) == 3
 
     def code(self) -> str:
-        """The text so far, with refs quoted and comments removed."""
+        """The text scanned so far, with refs quoted and comments removed."""
         return "".join(self._out)
+
+    def resume(self) -> None:
+        """Scan the :attr:`tail` left when the first bracket closed, as more of the call."""
+        tail, self.tail = self.tail, None
+        if tail:
+            self.feed(tail)
 
     def feed(self, text: str) -> None:
         """Scan the next piece of text."""
@@ -266,6 +299,10 @@ class _Scanner:
             self._escape, i = False, 1
         while i < len(text):
             i = self._in_string(text, i) if self._quote else self._in_code(text, i)
+            if self._stopped:
+                self._stopped = False
+                self.tail = text[i:]
+                return
 
     def _in_string(self, text: str, i: int) -> int:
         run = _STRING_RUN[self._quote].match(text, i)
@@ -304,6 +341,8 @@ class _Scanner:
             return ref.end()
         self.depth += (ch in "([{") - (ch in ")]}")
         self._out.append(ch)
+        if self.depth == 0 and ch in ")]}" and not self._closed:
+            self._closed = self._stopped = True
         return i + 1
 
 
