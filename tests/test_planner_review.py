@@ -4,12 +4,16 @@ really send, each pinned by the defect it once caused."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 import shoal
 from shoal.agents.planprompts import join_action
+from shoal.exceptions import ModelHTTPError
+from shoal.models.base import ModelRequest, ModelResponse, ResponseDone, StreamEvent, TextDelta
+from shoal.models.retry import ModelGates, ModelRetry
 from shoal.plantext import parse_plan_text
 from shoal.testing import ScriptedModel, call, run_virtual
 
@@ -203,3 +207,69 @@ def test_calls_on_one_line_keep_their_line_and_errors_stay_apart() -> None:
     # a long line of calls is read without deep recursion
     many = " ".join(f'{i}. echo("{i}")' for i in range(1, 3001))
     assert len(parse_plan_text(many, tools).nodes) == 3000
+
+
+# ---- replanning ---------------------------------------------------------------------------------
+
+
+def test_a_replan_numbered_from_1_again_runs_its_calls_under_new_numbers() -> None:
+    first = '1. echo("a")\n2. echo("b")\n3. join()'
+    second = 'Thought: start over\n1. echo("c")\n2. echo(text=$1)\n3. echo("b")\n4. join()'
+    result, ran, model = _run([first, "Action: Replan(need c)", second, "Action: Finish(c)"])
+    assert result.output == "c"
+    assert [(r.call.id, r.message.content) for r in result.calls] == [
+        ("1", "a"), ("2", "b"), ("3", "c"), ("4", "c"), ("5", "b")]
+    assert ran == {"a": 1, "b": 2, "c": 2}  # "3. echo("b")" is a new call: it runs
+    joiner = _joiner_text(model, 3)
+    assert "this plan's step 1 ran as step 3 (its result is $3)" in joiner
+    assert '4. echo({"text": "$3"}) -> ok: c' in joiner
+
+
+def test_a_replan_going_back_keeps_refs_to_calls_it_did_not_renumber() -> None:
+    first = '1. echo("a")\n2. echo("b")\n3. join()'
+    second = '2. echo("new")\n3. echo($1)\n4. echo($2)\n5. join()'
+    result, _, _ = _run([first, "Action: Replan(more)", second, "Action: Finish(ok)"])
+    assert [(r.call.id, r.message.content) for r in result.calls] == [
+        ("1", "a"), ("2", "b"), ("3", "new"), ("4", "a"), ("5", "new")]
+
+
+class _RetriedReplan(shoal.Model):
+    """Plans, asks for a replan, then streams a replan numbered from 1 again that fails
+    midway with a 503 once; the retry streams it whole."""
+
+    name = "retried-replan"
+    streams_tool_calls = True
+
+    def __init__(self) -> None:
+        self.streams = 0
+
+    async def request(self, request: ModelRequest) -> ModelResponse:
+        joined = len(request.messages[0].content)  # type: ignore[union-attr]
+        return ModelResponse("Action: Replan(more)" if joined < 200 else "Action: Finish(ok)")
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
+        if not request.plan_tools:
+            yield ResponseDone(await self.request(request))
+            return
+        self.streams += 1
+        if self.streams == 1:
+            text = '1. echo("a")\n2. join()'
+        elif self.streams == 2:
+            yield TextDelta('1. echo("c")\n2. echo(')
+            raise ModelHTTPError(self.name, "overloaded", 503)
+        else:
+            text = '1. echo("c")\n2. echo($1)\n3. join()'
+        yield TextDelta(text)
+        yield ResponseDone(ModelResponse(text))
+
+
+def test_a_renumbered_call_read_again_after_a_retry_does_not_run_twice() -> None:
+    ran: Counter[str] = Counter()
+    agent = shoal.Agent(name="planner", model=_RetriedReplan(), tools=[_echo_tool(ran)],
+                        mode="plan")
+    gates = ModelGates(retry=ModelRetry(attempts=3, backoff=0.1))
+    result = run_virtual(agent.run("go", gates=gates))
+    assert result.output == "ok" and gates.retries == 1
+    assert ran == {"a": 1, "c": 2}
+    assert [(r.call.id, r.message.content) for r in result.calls] == [
+        ("1", "a"), ("2", "c"), ("3", "c")]

@@ -16,16 +16,20 @@ Each round has two model turns:
    it starts as soon as its inputs are done, while the model still writes the rest. Calls
    run under the same limits, conflict analysis, approvals, budgets and journal as any
    agent's calls. A line that cannot run (an unknown tool, arguments that do not fit, a ref
-   to a call not written above, a number used twice) becomes a ``rejected``
-   :class:`~shoal.agents.toolcalls.CallRecord`: the joiner reads why. Text after
-   ``join()`` is ignored (the stream is still read to its end, so its usage counts).
+   to a call not written above or to one rejected, a number used twice) becomes a
+   ``rejected`` :class:`~shoal.agents.toolcalls.CallRecord`: the joiner reads why. Text
+   after ``join()`` is ignored (the stream is still read to its end, so its usage counts).
+   Native tool calls in the reply (models send them even to a request without tools) are
+   read as plan lines numbered on from the text's.
 2. **Join.** Once the plan's calls have ended, the model reads the task, the plan and each
    call's result, and answers ``Thought: ...`` then ``Action: Finish(<answer>)`` or
    ``Action: Replan(<why>)``. A reply without an ``Action:`` line is the answer as a whole.
 
 A replan starts the next round: the planner sees its earlier plans, their results and the
 joiner's reason, and numbers its new calls on from the last, so ``$N`` can use any earlier
-result: finished calls never run again. After ``max_replans`` new plans the joiner is told it
+result: finished calls never run again. A new plan that numbers from 1 again (or goes back)
+anyway has each such call renumbered past the last (its later ``$N`` follow), unless it
+restates an earlier call exactly, which stands. After ``max_replans`` new plans the joiner is told it
 must answer; asking for another ends the run with
 :class:`~shoal.exceptions.MaxReplansExceeded`. An agent's ``output_type`` applies to the
 answer inside ``Finish(...)``, checked and asked again as in tools mode.
@@ -35,6 +39,7 @@ under the same number, tool and arguments stands (it is not added again), and on
 changed is rejected, so no call ever runs twice. Every model turn is journaled as in tools
 mode, and so is the plan run (``{run id}/{lineage}/plan``): a resumed planner replays its
 finished turns and calls and runs only the rest.
+
 The prompts and the reading of the joiner's reply are in :mod:`shoal.agents.planprompts`.
 """
 
@@ -87,7 +92,7 @@ from shoal.models.base import (
     ToolResultMessage,
     UserMessage,
 )
-from shoal.plan import find_refs
+from shoal.plan import Ref, find_refs
 from shoal.plantext import ParsedCall, PlanTextParser
 
 if TYPE_CHECKING:
@@ -117,9 +122,14 @@ class _Round:
     notes: list[str] = field(default_factory=list)  # lines of the plan that are not calls
     text: str = ""
     records: list[CallRecord] | None = None  # once every call of the round has ended
+    # numbers an earlier plan took for other calls -> the numbers their calls here run as
+    renumbered: dict[str, str] = field(default_factory=dict)
 
     def restart(self) -> None:
-        """A retried stream is read again: keep only the calls that started."""
+        """A retried stream is read again: keep only the calls that started.
+
+        Renumberings stay, so that a call read again keeps the number it started under.
+        """
         self.entries = [e for e in self.entries if isinstance(e, str)]
         self.notes.clear()
 
@@ -141,6 +151,7 @@ class _PlanCalls:
         self.written: dict[str, str] = {}  # node id -> the call's text, for calls started
         self.numbers: set[str] = set()  # every number a plan has used, started or not
         self.refused: dict[str, str] = {}  # number -> why, for numbers no call started under
+        self.round_of: dict[str, int] = {}  # node id -> the round that started it
         self.reported: set[str] = set()  # node ids whose records are in the agent's calls
         ctx = agent_run.ctx
         sink = _sink(ctx.emit if ctx.observed else None, agent_run.lineage, self.lineages)
@@ -157,9 +168,19 @@ class _PlanCalls:
 
     def take(self, call: ParsedCall, round_: _Round) -> None:
         """Start ``call`` in the plan run, or record in ``round_`` why it cannot run."""
+        call = _renumbered(call, round_.renumbered)
         text = _call_text(call)
         self.numbers.add(call.id)
         known = self.written.get(call.id)
+        if known is not None and known != text and (
+                self.round_of[call.id] < round_.number
+                or call.id in round_.renumbered.values()):
+            # a new plan numbered from 1 again, or went back: its call gets the next number
+            # (and so does one whose number such a call got meanwhile)
+            new = round_.renumbered[call.id] = str(self.next_id)
+            call = replace(call, id=new)  # its refs were renumbered above, once
+            self.numbers.add(call.id)
+            known = None
         if known is not None:
             if known == text:  # a retried stream, or the call of an earlier plan: it stands
                 if call.id not in round_.entries:
@@ -220,6 +241,7 @@ class _PlanCalls:
             return
         self.written[call.id] = text
         self.calls[call.id] = recorded
+        self.round_of[call.id] = round_.number
         round_.entries.append(call.id)
 
     def _parsed(self, call: ParsedCall) -> None:
@@ -244,6 +266,10 @@ class _PlanCalls:
         if not problem.node:
             round_.notes.append(problem.message)
             return
+        node = round_.renumbered.get(problem.node, problem.node)
+        if self.round_of.get(node, round_.number) < round_.number:  # as in take()
+            node = round_.renumbered[problem.node] = str(self.next_id)
+        problem = replace(problem, node=node)
         if problem.node in self.written:  # a number taken already: the line stands apart
             problem = replace(problem, message=f"{problem.message} (step {problem.node} is "
                               "taken, give each call its own number)")
@@ -306,6 +332,27 @@ class _PlanCalls:
                                   if n in result.outcomes})
         if cancelled and reason is None:  # cancelled while the last calls were collected
             raise asyncio.CancelledError
+
+
+def _renumbered(call: ParsedCall, numbers: Mapping[str, str]) -> ParsedCall:
+    """``call`` with its number and its refs to renumbered calls renumbered."""
+    if not numbers:
+        return call
+    args = tuple(_refs_renumbered(v, numbers) for v in call.args)
+    kwargs = {k: _refs_renumbered(v, numbers) for k, v in call.kwargs.items()}
+    return replace(call, id=numbers.get(call.id, call.id), args=args, kwargs=kwargs)
+
+
+def _refs_renumbered(value: Any, numbers: Mapping[str, str]) -> Any:
+    if isinstance(value, Ref):
+        return Ref(numbers[value.node], value.path) if value.node in numbers else value
+    if isinstance(value, list):
+        return [_refs_renumbered(v, numbers) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_refs_renumbered(v, numbers) for v in value)
+    if isinstance(value, dict):
+        return {k: _refs_renumbered(v, numbers) for k, v in value.items()}
+    return value
 
 
 def _child(lineage: str, name: str) -> str:
@@ -604,6 +651,9 @@ def _observations(rounds: Sequence[_Round]) -> str:
     lines: list[str] = []
     for round_ in rounds:
         lines += [f"Note: {note}" for note in round_.notes]
+        lines += [f"Note: step {old} was an earlier plan's call, so this plan's step {old} ran "
+                  f"as step {new} (its result is ${new})"
+                  for old, new in round_.renumbered.items()]
         lines += [_observation(record) for record in round_.records or ()]
     if not lines:
         return "Observations: the plan had no calls."
