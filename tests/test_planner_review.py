@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pydantic
 import pytest
 
 import shoal
@@ -273,3 +274,23 @@ def test_a_renumbered_call_read_again_after_a_retry_does_not_run_twice() -> None
     assert ran == {"a": 1, "c": 2}
     assert [(r.call.id, r.message.content) for r in result.calls] == [
         ("1", "a"), ("2", "c"), ("3", "c")]
+
+
+class Total(pydantic.BaseModel):
+    total: int
+
+
+def test_a_joiner_answering_with_native_calls_is_read_or_told_it_cannot_call_tools() -> None:
+    plan = '1. echo("a")\n2. join()'
+    result, _, _ = _run([plan, [call("Finish", answer="from a call")]])
+    assert result.output == "from a call"
+    steps = [plan, [call("Replan", reason="more")], plan.replace("1.", "2."),
+             [call("echo", text="x")], "Action: Finish(told)"]
+    result, _, model = _run(steps)
+    assert result.output == "told" and len(result.plans) == 2
+    retry = model.requests[4].messages[-1].content  # type: ignore[union-attr]
+    assert "No tools can be called here (you called echo)" in retry
+    ran: Counter[str] = Counter()
+    typed = shoal.Agent(name="planner", model=ScriptedModel([plan, [call("finish", total=3)]]),
+                        tools=[_echo_tool(ran)], mode="plan", output_type=Total)
+    assert run_virtual(typed.run("go")).output == Total(total=3)

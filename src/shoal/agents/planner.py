@@ -29,8 +29,8 @@ A replan starts the next round: the planner sees its earlier plans, their result
 joiner's reason, and numbers its new calls on from the last, so ``$N`` can use any earlier
 result: finished calls never run again. A new plan that numbers from 1 again (or goes back)
 anyway has each such call renumbered past the last (its later ``$N`` follow), unless it
-restates an earlier call exactly, which stands. After ``max_replans`` new plans the joiner is told it
-must answer; asking for another ends the run with
+restates an earlier call exactly, which stands. After ``max_replans`` new plans the joiner
+is told it must answer; asking for another ends the run with
 :class:`~shoal.exceptions.MaxReplansExceeded`. An agent's ``output_type`` applies to the
 answer inside ``Finish(...)``, checked and asked again as in tools mode.
 
@@ -58,6 +58,7 @@ from shoal.agents.planprompts import (
     joiner_prompt,
     plan_prompt,
     replan_note,
+    reply_action,
     tool_signature,
 )
 from shoal.agents.toolcalls import (
@@ -488,7 +489,7 @@ class Planner:
             response = await agent_run.answer(request, digest=_digest(request))
             agent_run.result.messages.append(response.as_message())
             ctx.check(self.lineage, answered=True)
-            action, text = join_action(response.text)
+            action, text = reply_action(response.text, response.tool_calls)
             if action == "replan":
                 return action, text or "(no reason given)"
             try:
@@ -504,6 +505,9 @@ class Planner:
                         f"{agent.output_retries} retries: {exc}") from None
                 again = ("Your answer was empty." if spec is None
                          else spec.retry_prompt(str(exc)))
+                if response.tool_calls:  # a model that answers with calls is told it cannot
+                    called = ", ".join(sorted({c.name for c in response.tool_calls}))[:200]
+                    again = f"No tools can be called here (you called {called}). {again}"
                 messages += [AssistantMessage(_sendable(response.text) or "(empty)"),
                              UserMessage(f"{again} Reply with Action: Finish(<the answer>).")]
 

@@ -9,13 +9,15 @@ text out, so it can be read, tested and changed apart from the loop that runs th
 from __future__ import annotations
 
 import ast
+import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from shoal.models.base import ToolSpec
+from shoal.models.base import ToolCall, ToolSpec
 
-__all__ = ["join_action", "joiner_prompt", "plan_prompt", "replan_note", "tool_signature"]
+__all__ = ["join_action", "joiner_prompt", "plan_prompt", "replan_note", "reply_action",
+           "tool_signature"]
 
 # Markdown around the words (**Action:** Finish(...), > Action: `Finish(...)`) is tolerated.
 _DECOR = r"[ \t>*_#`]*"
@@ -23,6 +25,9 @@ _ACTION = re.compile(rf"^{_DECOR}Action{_DECOR}:{_DECOR}(Finish|Replan){_DECOR}\
                      re.IGNORECASE | re.M)
 # the line that starts the reply's next part, which ends an action's text
 _NEXT_PART = re.compile(rf"^{_DECOR}(?:Thought|Action|Observation){_DECOR}:", re.IGNORECASE | re.M)
+# the names a native Finish/Replan call gives its one argument
+_ANSWER_KEYS = frozenset({"answer", "final_answer", "result", "output", "response", "text",
+                          "reason", "content"})
 _JSON_TYPES = {"string": "str", "integer": "int", "number": "float", "boolean": "bool",
                "array": "list", "object": "dict", "null": "None"}
 
@@ -137,6 +142,34 @@ def join_action(text: str) -> tuple[str, str]:
     if after is not None:
         body = body[:after.start()]
     return action[1].lower(), _unquoted(_inside(body))
+
+
+def reply_action(text: str, tool_calls: Sequence[ToolCall] = ()) -> tuple[str, str]:
+    """Read a joiner's reply as :func:`join_action` does, its native tool calls included.
+
+    A model may answer with a native ``Finish`` or ``Replan`` tool call (though it was given
+    no tools) instead of the text: when the text has no action, the last such call counts.
+    """
+    if not _ACTION.search(text):
+        for call in reversed(tool_calls):
+            if call.name.lower() in ("finish", "replan"):
+                return call.name.lower(), _native_argument(call.arguments)
+    return join_action(text)
+
+
+def _native_argument(arguments: str) -> str:
+    """The answer (or reason) in a native call's JSON arguments.
+
+    ``{"answer": "x"}`` is ``x``; an object of other fields is the answer as a whole (an
+    ``output_type``'s fields, say), as JSON.
+    """
+    try:
+        value = json.loads(arguments or "{}")
+    except (ValueError, RecursionError):
+        return arguments.strip()
+    if isinstance(value, dict) and len(value) == 1 and next(iter(value)) in _ANSWER_KEYS:
+        value = next(iter(value.values()))
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _inside(body: str) -> str:
