@@ -294,3 +294,12 @@ def test_a_joiner_answering_with_native_calls_is_read_or_told_it_cannot_call_too
     typed = shoal.Agent(name="planner", model=ScriptedModel([plan, [call("finish", total=3)]]),
                         tools=[_echo_tool(ran)], mode="plan", output_type=Total)
     assert run_virtual(typed.run("go")).output == Total(total=3)
+
+
+def test_markdown_around_numbers_thoughts_and_calls_is_read_through() -> None:
+    plan = ("**Thought:** two calls.\n**1.** `echo(\"a\")`\n2. `echo($1)` **3.** echo(\"`b`\")"
+            "\n> Thought: done\n4. `join()`")
+    result, _, model = _run([plan, "Action: Finish(ok)"])
+    assert [(r.call.id, r.status, r.message.content) for r in result.calls] == [
+        ("1", "ok", "a"), ("2", "ok", "a"), ("3", "ok", "`b`")]
+    assert "Note:" not in _joiner_text(model)  # no line was taken for prose

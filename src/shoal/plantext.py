@@ -22,6 +22,8 @@ Rules:
 * Several calls may share a line (``1. a() 2. b($1) 3. join()``, or with ``;`` between):
   a call ends at the bracket that closes its arguments when the next call starts after it.
 * ``Thought:`` lines and blank lines are skipped; any other line is a ``syntax`` problem.
+  Markdown around a number or a thought (``**1.**``, ``**Thought:**``) and backticks around
+  a call (``1. `search("x")` ``) are read through.
 * ``N. join()`` is LLMCompiler's end marker when no tool is named ``join`` (with one, it is
   an ordinary call); so is a line ``<END_OF_PLAN>``. Everything after the marker is ignored.
 
@@ -49,14 +51,16 @@ __all__ = ["ParsedCall", "PlanTextParser", "parse_plan_text"]
 
 ToolSet = Mapping[str, Tool[..., Any]] | Sequence[Tool[..., Any]]
 
-_NUMBERED = re.compile(r"\s*([0-9]+)\s*\.\s*(.*)", re.DOTALL)
-_STARTS_CALL = re.compile(r"\s*[0-9]+\s*\.\s*\w+\s*\(")
-_THOUGHT = re.compile(r"\s*thought\s*:", re.IGNORECASE)
+# markdown a model may put around a number or a "Thought:" (**1.**, _Thought:_, > Thought:)
+_MARK = r"[*_]*"
+_NUMBERED = re.compile(rf"\s*{_MARK}([0-9]+)\s*\.{_MARK}\s*(.*)", re.DOTALL)
+_STARTS_CALL = re.compile(rf"\s*{_MARK}[0-9]+\s*\.{_MARK}\s*`?\w+\s*\(")
+_THOUGHT = re.compile(rf"\s*[*_>#]*\s*thought{_MARK}\s*:", re.IGNORECASE)
 _CALL_NAME = re.compile(r"\s*(\w+)\s*\(")
 _END_OF_PLAN = "<END_OF_PLAN>"
 # after a call's closing bracket, on its line: the start of the next call (or of the end)
-_BETWEEN_CALLS = " \t;,"
-_NEXT_ON_LINE = re.compile(r"[ \t;,]*(?:[0-9]+\s*\.\s*\w+\s*\(|<END_OF_PLAN>)")
+_BETWEEN_CALLS = " \t;,`"
+_NEXT_ON_LINE = re.compile(rf"[ \t;,`]*(?:{_MARK}[0-9]+\s*\.{_MARK}\s*`?\w+\s*\(|<END_OF_PLAN>)")
 # unquoted refs: ids and fields without '-', so that "$1-$2" is not read as one ref
 _BARE_REF = re.compile(r"\$(?:\{[^{}]*\}|\w+)(?:\.\w+|\[-?[0-9]+\])*")
 _LITERALS_HELP = ("arguments must be Python literals (strings, numbers, lists, dicts, "
@@ -205,7 +209,8 @@ class PlanTextParser:
                           f"'1. search(\"x\")', a 'Thought: ...' line or a blank line, got "
                           f"{stripped!r:.80}"))
             return [], None
-        pending = self._pending = _Pending(_number(match[1]), self._line_no, match[2])
+        pending = self._pending = _Pending(_number(match[1]), self._line_no,
+                                           _unticked(match[2]))
         return self._try_complete(pending)
 
     def _try_complete(self, pending: _Pending) -> tuple[list[ParsedCall], str | None]:
@@ -384,6 +389,16 @@ def _argument(node: ast.expr, where: str, errors: list[str]) -> Any:
     converted, ref_errors = convert_refs(value, where)
     errors += ref_errors
     return _numbered_refs(converted)
+
+
+def _unticked(text: str) -> str:
+    """A call written as inline code (```search("x")```): the call inside the backticks."""
+    if text.startswith("`") and not text.startswith("``"):
+        text = text[1:]
+        end = text.rstrip()
+        if end.endswith("`"):
+            text = end[:-1]
+    return text
 
 
 def _number(digits: str) -> str:
