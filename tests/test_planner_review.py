@@ -303,3 +303,45 @@ def test_markdown_around_numbers_thoughts_and_calls_is_read_through() -> None:
     assert [(r.call.id, r.status, r.message.content) for r in result.calls] == [
         ("1", "ok", "a"), ("2", "ok", "a"), ("3", "ok", "`b`")]
     assert "Note:" not in _joiner_text(model)  # no line was taken for prose
+
+
+class _CutOnce(shoal.Model):
+    """Streams part of a plan, then a 503 the first time; the retry streams all of it."""
+
+    name = "cut-once"
+    streams_tool_calls = True
+
+    def __init__(self, whole: str, cut_after: str) -> None:
+        self.whole, self.cut_after, self.streams = whole, cut_after, 0
+
+    async def request(self, request: ModelRequest) -> ModelResponse:
+        return ModelResponse("Action: Finish(ok)")
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
+        if not request.plan_tools:
+            yield ResponseDone(await self.request(request))
+            return
+        self.streams += 1
+        if self.streams == 1:
+            yield TextDelta(self.whole[:self.whole.index(self.cut_after) + len(self.cut_after)])
+            raise ModelHTTPError(self.name, "overloaded", 503)
+        yield TextDelta(self.whole)
+        yield ResponseDone(ModelResponse(self.whole))
+
+
+def test_a_retried_plan_stream_keeps_plan_order_and_tells_each_line_once() -> None:
+    ran: Counter[str] = Counter()
+    whole = 'prose\n1. nosuch()\n2. echo("a")\n3. echo($2)\n4. echo($1)\n5. join()'
+    model = _CutOnce(whole, '3. echo(')
+    agent = shoal.Agent(name="planner", model=model, tools=[_echo_tool(ran)], mode="plan")
+    events: list[shoal.Event] = []
+    gates = ModelGates(retry=ModelRetry(attempts=2, backoff=0.1))
+    result = run_virtual(agent.run("go", on_event=events.append, gates=gates))
+    assert model.streams == 2 and ran == {"a": 2}
+    assert [(r.call.id, r.status) for r in result.calls] == [
+        ("1", "rejected"), ("2", "ok"), ("3", "ok"), ("4", "rejected")]
+    told = [(type(e).__name__, getattr(e, "node_id", getattr(e, "call_id", "")))
+            for e in events if isinstance(e, shoal.PlanCallParsed | shoal.ToolCallRejected)]
+    assert sorted(told) == sorted([("PlanCallParsed", "1"), ("ToolCallRejected", "1"),
+                                   ("PlanCallParsed", "2"), ("PlanCallParsed", "3"),
+                                   ("PlanCallParsed", "4"), ("ToolCallRejected", "4")])

@@ -126,18 +126,31 @@ class _Round:
     # numbers an earlier plan took for other calls -> the numbers their calls here run as
     renumbered: dict[str, str] = field(default_factory=dict)
 
+    # calls an earlier attempt of a retried stream started (they stand, read again or not)
+    carried: list[str] = field(default_factory=list)
+
     def restart(self) -> None:
-        """A retried stream is read again: keep only the calls that started.
+        """A retried stream is read again: only the calls that started are kept.
 
         Renumberings stay, so that a call read again keeps the number it started under.
         """
-        self.entries = [e for e in self.entries if isinstance(e, str)]
+        self.carried = self.node_ids
+        self.entries = []
         self.notes.clear()
+
+    def in_order(self) -> list[str | CallRecord]:
+        """The round's calls in plan order.
+
+        Started calls that a retried stream did not write again come first (they started
+        first).
+        """
+        written = {e for e in self.entries if isinstance(e, str)}
+        return [*(c for c in self.carried if c not in written), *self.entries]
 
     @property
     def node_ids(self) -> list[str]:
         """The round's calls that run (or ran) in the plan run."""
-        return [e for e in self.entries if isinstance(e, str)]
+        return [e for e in self.in_order() if isinstance(e, str)]
 
 
 class _PlanCalls:
@@ -154,6 +167,8 @@ class _PlanCalls:
         self.refused: dict[str, str] = {}  # number -> why, for numbers no call started under
         self.round_of: dict[str, int] = {}  # node id -> the round that started it
         self.reported: set[str] = set()  # node ids whose records are in the agent's calls
+        # events already sent: a retried stream reads its lines again, they are told once
+        self.announced: set[tuple[str, str]] = set()
         ctx = agent_run.ctx
         sink = _sink(ctx.emit if ctx.observed else None, agent_run.lineage, self.lineages)
         self.run: OpenRun = agent_run._open_step("plan", sink)
@@ -193,7 +208,7 @@ class _PlanCalls:
                              f"give each call its own number (the next free one is "
                              f"{self.next_id})")
             return
-        self._parsed(call)
+        self._parsed(call, text)
         try:
             tool, args = call.bind(self.tools)
         except PlanError as exc:
@@ -245,9 +260,9 @@ class _PlanCalls:
         self.round_of[call.id] = round_.number
         round_.entries.append(call.id)
 
-    def _parsed(self, call: ParsedCall) -> None:
+    def _parsed(self, call: ParsedCall, text: str) -> None:
         ctx, agent_run = self.agent_run.ctx, self.agent_run
-        if ctx.observed:
+        if ctx.observed and self._first_time(("parsed", call.id + text)):
             ctx.emit(PlanCallParsed(run_id=self.run.run_id, time=self.run.handle.now(),
                                     lineage=agent_run.lineage, agent=agent_run.agent.name,
                                     node_id=call.id, tool=call.tool))
@@ -260,7 +275,14 @@ class _PlanCalls:
                            where or _child(self.agent_run.lineage, f"{name}?"), why)
         self.refused.setdefault(call.id, why)
         round_.entries.append(record)
-        self.agent_run._rejected(record)
+        if self._first_time((call.id, why)):
+            self.agent_run._rejected(record)
+
+    def _first_time(self, key: tuple[str, str]) -> bool:
+        if key in self.announced:
+            return False
+        self.announced.add(key)
+        return True
 
     def note(self, problem: PlanProblem, round_: _Round) -> None:
         """Record a problem of the plan text: a rejected call, or a line that is no call."""
@@ -279,7 +301,8 @@ class _PlanCalls:
         self.numbers.add(problem.node)
         self.refused.setdefault(problem.node, problem.message)
         round_.entries.append(record)
-        self.agent_run._rejected(record)
+        if self._first_time((node, problem.message)):
+            self.agent_run._rejected(record)
 
     async def wait(self, round_: _Round) -> None:
         """Wait for the round's calls to end; record them (in plan order) on the result."""
@@ -297,7 +320,7 @@ class _PlanCalls:
 
     def _records(self, round_: _Round, outcomes: Mapping[str, Any]) -> list[CallRecord]:
         records: list[CallRecord | None] = []
-        for entry in round_.entries:
+        for entry in round_.in_order():
             if isinstance(entry, CallRecord):
                 records.append(entry)
                 continue
