@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import pydantic
 import pytest
@@ -345,3 +345,33 @@ def test_a_retried_plan_stream_keeps_plan_order_and_tells_each_line_once() -> No
     assert sorted(told) == sorted([("PlanCallParsed", "1"), ("ToolCallRejected", "1"),
                                    ("PlanCallParsed", "2"), ("PlanCallParsed", "3"),
                                    ("PlanCallParsed", "4"), ("ToolCallRejected", "4")])
+
+
+# ---- the planner's prompt ------------------------------------------------------------------------
+
+
+class Query(pydantic.BaseModel):
+    text: str
+    limit: int = 3
+
+
+class Node(pydantic.BaseModel):
+    name: str
+    children: list[Node] = []
+
+
+def test_the_signature_spells_out_the_shapes_the_model_must_write() -> None:
+    from shoal.agents.planprompts import tool_signature
+
+    @shoal.tool
+    def find(mode: Literal["fast", "deep"], query: Query, tree: Node,
+             weights: dict[str, float] | None = None) -> str:
+        """Find."""
+        return mode
+
+    spec = shoal.Agent(name="a", model=ScriptedModel([]), tools=[find]).tool_specs[0]
+    signature = tool_signature(spec)
+    assert signature.startswith("find(mode: 'fast' | 'deep', "
+                                'query: {"text": str, "limit": int = 3}, tree: {"name": str, ')
+    assert "weights: dict[str, float] | None = None)" in signature
+    assert "any" in signature  # the recursive model ends, spelled as far as it helps

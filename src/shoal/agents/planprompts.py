@@ -28,36 +28,66 @@ _NEXT_PART = re.compile(rf"^{_DECOR}(?:Thought|Action|Observation){_DECOR}:", re
 # the names a native Finish/Replan call gives its one argument
 _ANSWER_KEYS = frozenset({"answer", "final_answer", "result", "output", "response", "text",
                           "reason", "content"})
+# how much of a parameter's schema a signature spells out
+_MAX_FIELDS = 20
+_MAX_DEPTH = 6
 _JSON_TYPES = {"string": "str", "integer": "int", "number": "float", "boolean": "bool",
                "array": "list", "object": "dict", "null": "None"}
 
 
 def tool_signature(spec: ToolSpec) -> str:
-    """``name(a: str, b: int = 3)``: a tool's parameters, from its JSON schema."""
-    props = spec.parameters.get("properties", {})
-    required = set(spec.parameters.get("required", ()))
-    params = []
-    for name, prop in props.items():
-        text = f"{name}: {_type_name(prop)}"
-        if name not in required and "default" in prop:
+    """``name(a: str, b: int = 3)``: a tool's parameters, from its JSON schema.
+
+    Shapes the model must write are spelled out: a model's fields (``{"text": str}``), an
+    enum's or a ``Literal``'s values (``'a' | 'b'``), a mapping's values (``dict[str, int]``).
+    """
+    defs = spec.parameters.get("$defs", {})
+    return f"{spec.name}({_fields(spec.parameters, defs, 0, '{name}')})"
+
+
+def _fields(schema: Mapping[str, Any], defs: Mapping[str, Any], depth: int, key: str) -> str:
+    """An object schema's fields, each as ``key`` (formatted with its name) and its type."""
+    props = schema.get("properties", {})
+    required = set(schema.get("required", ()))
+    fields = []
+    for name, prop in list(props.items())[:_MAX_FIELDS]:
+        text = f"{key.format(name=name)}: {_type_name(prop, defs, depth)}"
+        if name not in required and isinstance(prop, Mapping) and "default" in prop:
             text += f" = {prop['default']!r}"
         elif name not in required:
             text += " = None"
-        params.append(text)
-    return f"{spec.name}({', '.join(params)})"
+        fields.append(text)
+    if len(props) > _MAX_FIELDS:
+        fields.append("...")
+    return ", ".join(fields)
 
 
-def _type_name(prop: Mapping[str, Any]) -> str:
+def _type_name(prop: Any, defs: Mapping[str, Any], depth: int) -> str:
+    if not isinstance(prop, Mapping) or depth > _MAX_DEPTH:  # a recursive model ends here
+        return "any"
+    ref = prop.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/$defs/"):
+        return _type_name(defs.get(ref.removeprefix("#/$defs/")), defs, depth + 1)
+    if isinstance(prop.get("enum"), list):
+        values = [repr(v) for v in prop["enum"][:_MAX_FIELDS]]
+        return " | ".join(values) + (" | ..." if len(prop["enum"]) > _MAX_FIELDS else "")
+    if "const" in prop:
+        return repr(prop["const"])
     options = prop.get("anyOf") or prop.get("oneOf")
     if isinstance(options, list):
-        return " | ".join(_type_name(o) for o in options if isinstance(o, Mapping)) or "any"
+        return " | ".join(_type_name(o, defs, depth + 1) for o in options) or "any"
     kind = prop.get("type")
     if isinstance(kind, list):
         return " | ".join(_JSON_TYPES.get(str(k), str(k)) for k in kind)
     name = _JSON_TYPES.get(str(kind), "any")
     items = prop.get("items")
     if name == "list" and isinstance(items, Mapping) and items:
-        return f"list[{_type_name(items)}]"
+        return f"list[{_type_name(items, defs, depth + 1)}]"
+    if name == "dict" and prop.get("properties"):
+        return "{" + _fields(prop, defs, depth + 1, '"{name}"') + "}"
+    mapped = prop.get("additionalProperties")
+    if name == "dict" and isinstance(mapped, Mapping) and mapped:
+        return f"dict[str, {_type_name(mapped, defs, depth + 1)}]"
     return name
 
 
