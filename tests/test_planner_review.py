@@ -375,3 +375,26 @@ def test_the_signature_spells_out_the_shapes_the_model_must_write() -> None:
                                 'query: {"text": str, "limit": int = 3}, tree: {"name": str, ')
     assert "weights: dict[str, float] | None = None)" in signature
     assert "any" in signature  # the recursive model ends, spelled as far as it helps
+
+
+def _seconds_to_read(plan: str) -> float:
+    import time
+
+    @shoal.tool
+    def size(text: str) -> int:
+        """Measure the text."""
+        return len(text)
+
+    model = ScriptedModel([plan, "Action: Finish(ok)"], tokens_per_second=1e6)
+    agent = shoal.Agent(name="planner", model=model, tools=[size], mode="plan")
+    began = time.perf_counter()
+    result = run_virtual(agent.run("go"), debug=False)
+    assert [r.status for r in result.calls] == ["ok"]
+    return time.perf_counter() - began
+
+
+def test_a_long_line_streamed_token_by_token_is_read_in_linear_time() -> None:
+    # 100,000 tokens either way; read again at each token, the long line cost ~10 times more
+    one_line = '1. size("' + "x" * 400_000 + '")\n2. join()'
+    many_lines = '1. size("""' + ("x" * 99 + "\n") * 4_000 + '""")\n2. join()'
+    assert _seconds_to_read(one_line) < 3 * _seconds_to_read(many_lines) + 1.0

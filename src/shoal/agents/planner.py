@@ -552,7 +552,7 @@ class _PlanReader:
         self.read_whole = False  # whether the reply was read here (not replayed)
         self.text = ""  # the plan as read: the reply's text, and its native calls as lines
         self._parser = PlanTextParser(calls.tools)
-        self._line = ""  # text after the last newline, not fed yet
+        self._line: list[str] = []  # pieces of the text after the last newline, not fed yet
         self._problems = 0
         self._restarted = False
 
@@ -588,13 +588,17 @@ class _PlanReader:
     def _restart(self) -> None:
         self._restarted = False
         self._parser = PlanTextParser(self.calls.tools)
-        self._line = ""
+        self._line = []
         self._problems = 0
         self.round.restart()
 
     def feed(self, text: str) -> None:
         """Take streamed text; each complete line goes to the parser (code fences skipped)."""
-        *lines, self._line = (self._line + text).split("\n")
+        if "\n" not in text:  # a piece of a long line: joined once the line is complete
+            self._line.append(text)
+            return
+        *lines, rest = "".join([*self._line, text]).split("\n")
+        self._line = [rest] if rest else []
         for line in lines:
             if not _FENCE.match(line):
                 self._take(self._parser.feed(line + "\n"))
@@ -621,9 +625,10 @@ class _PlanReader:
         self._close()
 
     def _close(self) -> None:
-        if self._line and not _FENCE.match(self._line):
-            self._take(self._parser.feed(self._line))
-        self._line = ""
+        last = "".join(self._line)
+        if last and not _FENCE.match(last):
+            self._take(self._parser.feed(last))
+        self._line = []
         self._take(self._parser.close())
 
     def _take(self, parsed: list[ParsedCall]) -> None:
