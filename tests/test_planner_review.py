@@ -398,3 +398,27 @@ def test_a_long_line_streamed_token_by_token_is_read_in_linear_time() -> None:
     one_line = '1. size("' + "x" * 400_000 + '")\n2. join()'
     many_lines = '1. size("""' + ("x" * 99 + "\n") * 4_000 + '""")\n2. join()'
     assert _seconds_to_read(one_line) < 3 * _seconds_to_read(many_lines) + 1.0
+
+
+def test_requests_stay_bounded_however_many_rounds_bring_big_results() -> None:
+    from shoal.agents.planner import MAX_OBSERVATION_CHARS
+
+    @shoal.tool
+    def big(n: int) -> str:
+        """A big result."""
+        return str(n % 10) * 90_000
+
+    def plan(first: int) -> str:
+        return "\n".join(f"{i}. big({i})" for i in range(first, first + 6)) + "\n99. join()"
+
+    steps = [plan(1), "Action: Replan(more)", plan(7), "Action: Replan(more)", plan(13),
+             "Action: Finish(enough)"]
+    model = ScriptedModel(steps)
+    agent = shoal.Agent(name="planner", model=model, tools=[big], mode="plan")
+    result = run_virtual(agent.run("go"), debug=False)
+    assert result.output == "enough" and len(result.calls) == 18
+    for request in model.requests:
+        size = sum(len(m.content) for m in request.messages)  # type: ignore[union-attr]
+        assert size < MAX_OBSERVATION_CHARS + 5_000
+    # the last plan's results are in the last joiner's request, cut, not left out
+    assert "13. big" in _joiner_text(model, 5) and "more characters cut" in _joiner_text(model, 5)

@@ -105,7 +105,8 @@ __all__ = ["Planner", "join_action", "plan_prompt", "tool_signature"]
 
 log = logging.getLogger("shoal")
 
-#: The most characters of observations one joiner or replanning request holds.
+#: The most characters of plans and observations one joiner or planner request holds (the
+#: rounds so far share them equally).
 MAX_OBSERVATION_CHARS = 4 * MAX_RESULT_CHARS
 
 _FENCE = re.compile(r"\s*```")
@@ -123,6 +124,7 @@ class _Round:
     notes: list[str] = field(default_factory=list)  # lines of the plan that are not calls
     text: str = ""
     records: list[CallRecord] | None = None  # once every call of the round has ended
+    replan: tuple[str, int] | None = None  # the joiner's reason, the next plan's first number
     # numbers an earlier plan took for other calls -> the numbers their calls here run as
     renumbered: dict[str, str] = field(default_factory=dict)
 
@@ -447,9 +449,9 @@ class Planner:
 
     async def _rounds(self, calls: _PlanCalls) -> Any:
         agent, ctx = self.agent, self.ctx
-        planning: list[Message] = [UserMessage(self.agent_run.result.prompt)]
         while True:
             ctx.check(self.lineage)
+            planning = self._planning_messages()
             round_ = _Round(len(self.rounds) + 1)
             self.rounds.append(round_)
             first_id = calls.next_id
@@ -465,11 +467,25 @@ class Planner:
                     f"agent {self.lineage}'s joiner asked for a new plan after "
                     f"{agent.max_replans} replan(s): {text[:300]}; raise max_replans "
                     f"(now {agent.max_replans}) or give the planner better tools")
-            said = (f"{_observations([round_])}\n\nThe joiner asked for a new plan: {text}"
-                    f"\n\n{replan_note(calls.next_id)}")
+            round_.replan = (text, calls.next_id)
+
+    def _planning_messages(self) -> list[Message]:
+        """The next planner request's messages: the task, then each plan and what it gave.
+
+        Each earlier round gets an equal share of :data:`MAX_OBSERVATION_CHARS`, so that the
+        request stays bounded however many rounds there were.
+        """
+        messages: list[Message] = [UserMessage(self.agent_run.result.prompt)]
+        share = MAX_OBSERVATION_CHARS // max(len(self.rounds), 1)
+        for round_ in self.rounds:
+            assert round_.replan is not None  # every round before the next plan asked for it
+            reason, next_id = round_.replan
+            said = (f"{_observations(round_, share - share // 4)}\n\nThe joiner asked for a "
+                    f"new plan: {_cut(reason, share // 8)}\n\n{replan_note(next_id)}")
             # providers refuse an empty assistant message: a plan of nothing says so
-            planning += [AssistantMessage(_sendable(round_.text) or "(no plan)"),
+            messages += [AssistantMessage(_sendable(_cut(round_.text, share // 8)) or "(no plan)"),
                          UserMessage(_sendable(said))]
+        return messages
 
     def _check_turns(self) -> None:
         agent = self.agent
@@ -536,9 +552,11 @@ class Planner:
 
     def _joiner_text(self) -> str:
         parts = [f"Task: {self.agent_run.result.prompt}"]
+        share = MAX_OBSERVATION_CHARS // len(self.rounds)  # as for the planner's messages
         for round_ in self.rounds:
-            parts.append(f"Plan {round_.number}:\n{round_.text.strip() or '(empty)'}")
-            parts.append(_observations([round_]))
+            plan = _cut(round_.text.strip(), share // 4) or "(empty)"
+            parts.append(f"Plan {round_.number}:\n{plan}")
+            parts.append(_observations(round_, share - share // 4))
         return _sendable("\n\n".join(parts))
 
 
@@ -678,22 +696,25 @@ def _digest(request: ModelRequest) -> str:
     return ConversationDigest().of(request)
 
 
-def _observations(rounds: Sequence[_Round]) -> str:
-    """What each call of the rounds gave, for the joiner and the next planner."""
-    lines: list[str] = []
-    for round_ in rounds:
-        lines += [f"Note: {note}" for note in round_.notes]
-        lines += [f"Note: step {old} was an earlier plan's call, so this plan's step {old} ran "
-                  f"as step {new} (its result is ${new})"
-                  for old, new in round_.renumbered.items()]
-        lines += [_observation(record) for record in round_.records or ()]
+def _observations(round_: _Round, limit: int) -> str:
+    """What each call of the round gave, for the joiner and the next planner.
+
+    At most ``limit`` characters: a round's results share its request with the others'.
+    """
+    lines = [f"Note: {note}" for note in round_.notes]
+    lines += [f"Note: step {old} was an earlier plan's call, so this plan's step {old} ran "
+              f"as step {new} (its result is ${new})" for old, new in round_.renumbered.items()]
+    lines += [_observation(record) for record in round_.records or ()]
     if not lines:
         return "Observations: the plan had no calls."
-    text = "Observations:\n" + "\n".join(lines)
-    if len(text) > MAX_OBSERVATION_CHARS:
-        cut = len(text) - MAX_OBSERVATION_CHARS
-        text = f"{text[:MAX_OBSERVATION_CHARS]}\n[... {cut} more characters cut]"
-    return text
+    return _cut("Observations:\n" + "\n".join(lines), limit)
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, saying how many more there were."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}\n[... {len(text) - limit} more characters cut]"
 
 
 def _observation(record: CallRecord) -> str:
