@@ -422,3 +422,27 @@ def test_requests_stay_bounded_however_many_rounds_bring_big_results() -> None:
         assert size < MAX_OBSERVATION_CHARS + 5_000
     # the last plan's results are in the last joiner's request, cut, not left out
     assert "13. big" in _joiner_text(model, 5) and "more characters cut" in _joiner_text(model, 5)
+
+
+def test_a_ref_into_a_result_that_lacks_the_part_says_which_ref_and_what_is_there() -> None:
+    @shoal.tool
+    def info() -> dict[str, Any]:
+        """Info."""
+        return {"name": "x", "items": [1, 2]}
+
+    @shoal.tool
+    def show(value: Any) -> str:
+        """Show a value."""
+        return repr(value)
+
+    plan = ('1. info()\n2. show($1.items[7])\n3. show($1.nope)\n4. show($1["name"])\n'
+            "5. show($1.items[-1])\n6. join()")
+    model = ScriptedModel([plan, "Action: Finish(x)"])
+    agent = shoal.Agent(name="planner", model=model, tools=[info, show], mode="plan")
+    result = run_virtual(agent.run("go"))
+    by_id = {r.call.id: r.message.content for r in result.calls}
+    assert "IndexError: $1.items[7]: no item 7 in a list of 2 items" in by_id["2"]
+    assert "KeyError" in by_id["3"]
+    assert "$1.nope: no key 'nope' in a mapping with keys ['name', 'items']" in by_id["3"]
+    assert "a part of a result is $N.field or $N[0]" in by_id["4"]
+    assert by_id["5"] == "2"

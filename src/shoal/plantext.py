@@ -64,7 +64,8 @@ _NEXT_ON_LINE = re.compile(rf"[ \t;,`]*(?:{_MARK}[0-9]+\s*\.{_MARK}\s*`?\w+\s*\(
 # unquoted refs: ids and fields without '-', so that "$1-$2" is not read as one ref
 _BARE_REF = re.compile(r"\$(?:\{[^{}]*\}|\w+)(?:\.\w+|\[-?[0-9]+\])*")
 _LITERALS_HELP = ("arguments must be Python literals (strings, numbers, lists, dicts, "
-                  "True/False/None) or $N references")
+                  "True/False/None) or $N references (a part of a result is $N.field or "
+                  "$N[0])")
 
 
 @dataclass(frozen=True, slots=True)
