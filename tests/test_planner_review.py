@@ -446,3 +446,24 @@ def test_a_ref_into_a_result_that_lacks_the_part_says_which_ref_and_what_is_ther
     assert "$1.nope: no key 'nope' in a mapping with keys ['name', 'items']" in by_id["3"]
     assert "a part of a result is $N.field or $N[0]" in by_id["4"]
     assert by_id["5"] == "2"
+
+
+# ---- the scripted model's timing ----------------------------------------------------------------
+
+
+def test_scripted_token_timing_does_not_drift_on_a_real_clock() -> None:
+    import asyncio
+    import time
+
+    async def last_token_at() -> float:
+        model = ScriptedModel(["x" * 4 * 500], tokens_per_second=500.0, first_token=0.1)
+        began, last = time.perf_counter(), 0.0
+        async for event in model.stream(ModelRequest("", ())):
+            if isinstance(event, TextDelta):
+                last = time.perf_counter() - began
+                time.sleep(0.0005)  # a reader that works on each token, as a planner does
+        return last
+
+    # due 0.1 + 499 / 500 s after the request; counted token to token, the reader's own time
+    # and each wake-up's lateness used to add up (to a quarter of a second and more)
+    assert asyncio.run(last_token_at()) == pytest.approx(1.098, abs=0.2)

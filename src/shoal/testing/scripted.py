@@ -203,16 +203,22 @@ class ScriptedModel(Model):
         if not items:  # a str or ModelResponse step: text first, then the calls
             items = [response.text, *response.tool_calls] if response.text else [
                 *response.tool_calls]
+        # each item is due at a time counted from the request, not from the item before: on
+        # a real clock the time spent between sleeps then does not add up over many tokens
+        loop = asyncio.get_running_loop()
+        due = loop.time() + self.first_token
         if self.first_token:
-            await asyncio.sleep(self.first_token)
+            await _sleep_until(loop, due)
         index, tokens = 0, 0
         for item in items:
             if isinstance(item, Pause):
-                await asyncio.sleep(item.seconds)
+                due += item.seconds
+                await _sleep_until(loop, due)
             elif isinstance(item, str):
                 for piece in self._pieces(item):
                     if tokens and self.tokens_per_second is not None:
-                        await asyncio.sleep(1.0 / self.tokens_per_second)
+                        due += 1.0 / self.tokens_per_second
+                        await _sleep_until(loop, due)
                     tokens += 1
                     yield TextDelta(piece)
             else:
@@ -306,6 +312,11 @@ class ScriptedModel(Model):
                  tb: TracebackType | None) -> None:
         if exc_type is None:
             self.check()
+
+
+async def _sleep_until(loop: asyncio.AbstractEventLoop, due: float) -> None:
+    """Sleep until the loop's clock reads ``due`` (at once if it is past)."""
+    await asyncio.sleep(max(0.0, due - loop.time()))
 
 
 def _items(step: Any) -> list[ToolCall | str | Pause]:
