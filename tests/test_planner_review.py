@@ -467,3 +467,23 @@ def test_scripted_token_timing_does_not_drift_on_a_real_clock() -> None:
     # due 0.1 + 499 / 500 s after the request; counted token to token, the reader's own time
     # and each wake-up's lateness used to add up (to a quarter of a second and more)
     assert asyncio.run(last_token_at()) == pytest.approx(1.098, abs=0.2)
+
+
+def test_per_prompt_scripts_answer_planners_running_at_once() -> None:
+    ran: Counter[str] = Counter()
+    scripts = {
+        "x": ['1. echo("x")\n2. join()', "Action: Replan(again)", '2. echo($1)\n3. join()',
+              "Action: Finish(did x)"],
+        "y": ['1. echo("y")\n2. join()', "Action: Finish(did y)"],
+    }
+    inner = shoal.Agent(name="inner", model=ScriptedModel.per_prompt(scripts, latency=0.5),
+                        tools=[_echo_tool(ran)], mode="plan")
+    model = ScriptedModel(['1. inner("x")\n2. inner(task="y")\n3. join()',
+                           "Action: Finish(both)"])
+    agent = shoal.Agent(name="planner", model=model, subagents=[inner], mode="plan")
+    result = run_virtual(agent.run("go"))
+    assert result.output == "both" and ran == {"x": 2, "y": 1}
+    assert [r.message.content for r in result.calls] == ["did x", "did y"]
+    assert [c.plans for c in result.children] == [
+        ['1. echo("x")\n2. join()', '2. echo($1)\n3. join()'], ['1. echo("y")\n2. join()']]
+    inner.model.check()  # type: ignore[union-attr]

@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 from shoal.agents.planprompts import (
     join_action,
     joiner_prompt,
+    joiner_text,
     plan_prompt,
     replan_note,
     reply_action,
@@ -551,13 +552,10 @@ class Planner:
                              UserMessage(f"{again} Reply with Action: Finish(<the answer>).")]
 
     def _joiner_text(self) -> str:
-        parts = [f"Task: {self.agent_run.result.prompt}"]
         share = MAX_OBSERVATION_CHARS // len(self.rounds)  # as for the planner's messages
-        for round_ in self.rounds:
-            plan = _cut(round_.text.strip(), share // 4) or "(empty)"
-            parts.append(f"Plan {round_.number}:\n{plan}")
-            parts.append(_observations(round_, share - share // 4))
-        return _sendable("\n\n".join(parts))
+        rounds = [(_cut(round_.text.strip(), share // 4) or "(empty)",
+                   _observations(round_, share - share // 4)) for round_ in self.rounds]
+        return _sendable(joiner_text(self.agent_run.result.prompt, rounds))
 
 
 class _PlanReader:

@@ -16,8 +16,8 @@ from typing import Any
 
 from shoal.models.base import ToolCall, ToolSpec
 
-__all__ = ["join_action", "joiner_prompt", "plan_prompt", "replan_note", "reply_action",
-           "tool_signature"]
+__all__ = ["join_action", "joiner_prompt", "joiner_task", "joiner_text", "plan_prompt",
+           "replan_note", "reply_action", "tool_signature"]
 
 # Markdown around the words (**Action:** Finish(...), > Action: `Finish(...)`) is tolerated.
 _DECOR = r"[ \t>*_#`]*"
@@ -154,6 +154,31 @@ or, when the results are not enough to answer:
 Thought: <what is missing or went wrong>
 Action: Replan(<what a new plan must do differently>)
 {replan}{answer_format}"""
+
+
+def joiner_text(task: str, rounds: Sequence[tuple[str, str]]) -> str:
+    """What the joiner reads: the task, then each plan and its observations."""
+    parts = [f"Task: {task}"]
+    for number, (plan, observations) in enumerate(rounds, 1):
+        parts += [f"Plan {number}:\n{plan}", observations]
+    return "\n\n".join(parts)
+
+
+def joiner_task(text: str) -> tuple[str, int] | None:
+    """The task and the number of plans of a :func:`joiner_text`, or None if it is not one.
+
+    For tools that answer planners' requests by conversation (``ScriptedModel.per_prompt``):
+    a joiner's request starts a conversation of its own.
+    """
+    if not text.startswith("Task: "):
+        return None
+    end = text.find("\n\nPlan 1:\n")
+    if end < 0:
+        return None
+    plans = 1
+    while f"\n\nPlan {plans + 1}:\n" in text:
+        plans += 1
+    return text[len("Task: "):end], plans
 
 
 def join_action(text: str) -> tuple[str, str]:
