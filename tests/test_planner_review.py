@@ -187,6 +187,7 @@ def test_a_ref_to_a_rejected_call_says_that_call_was_rejected() -> None:
     '1. echo("a") 2. echo($1) 3. echo(text="b; 4. echo(x)") 4. join() 5. echo("late")',
     '1. echo("a"); 2. echo($1);3. echo("b; 4. echo(x)"), 4. join()',
     '```\r\n1. echo("a")  2. echo(\r\n$1)\t3. echo("b; 4. echo(x)") <END_OF_PLAN>\r\n```',
+    '1. echo("a")\r2. echo($1)\r3. echo("b; 4. echo(x)")\r4. join()\r',  # lone \r newlines
 ])
 def test_a_plan_written_on_one_line_runs_call_by_call(plan: str) -> None:
     result, ran, _ = _run([plan, "Action: Finish(ok)"])

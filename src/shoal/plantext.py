@@ -59,8 +59,8 @@ _THOUGHT = re.compile(rf"\s*[*_>#]*\s*thought{_MARK}\s*:", re.IGNORECASE)
 _CALL_NAME = re.compile(r"\s*(\w+)\s*\(")
 _END_OF_PLAN = "<END_OF_PLAN>"
 # after a call's closing bracket, on its line: the start of the next call (or of the end)
-_BETWEEN_CALLS = " \t;,`"
-_NEXT_ON_LINE = re.compile(rf"[ \t;,`]*(?:{_MARK}[0-9]+\s*\.{_MARK}\s*`?\w+\s*\(|<END_OF_PLAN>)")
+_BETWEEN_CALLS = " \t\r;,`"  # a lone \r ended lines on old Macs: some models still send it
+_NEXT_ON_LINE = re.compile(rf"[ \t\r;,`]*(?:{_MARK}[0-9]+\s*\.{_MARK}\s*`?\w+\s*\(|<END_OF_PLAN>)")
 # unquoted refs: ids and fields without '-', so that "$1-$2" is not read as one ref
 _BARE_REF = re.compile(r"\$(?:\{[^{}]*\}|\w+)(?:\.\w+|\[-?[0-9]+\])*")
 _LITERALS_HELP = ("arguments must be Python literals (strings, numbers, lists, dicts, "
