@@ -128,7 +128,6 @@ class _Round:
     replan: tuple[str, int] | None = None  # the joiner's reason, the next plan's first number
     # numbers an earlier plan took for other calls -> the numbers their calls here run as
     renumbered: dict[str, str] = field(default_factory=dict)
-
     # calls an earlier attempt of a retried stream started (they stand, read again or not)
     carried: list[str] = field(default_factory=list)
 
@@ -637,7 +636,7 @@ class _PlanReader:
                 self.feed("\n")
             lines = _native_plan(response.tool_calls, self.calls.next_id)
             self.feed(lines)
-            self.text = f"{text}\n{lines}" if text.strip() else lines
+            self.text = f"{text.rstrip()}\n{lines}" if text.strip() else lines
         self._close()
 
     def _close(self) -> None:
