@@ -488,3 +488,16 @@ def test_per_prompt_scripts_answer_planners_running_at_once() -> None:
     assert [c.plans for c in result.children] == [
         ['1. echo("x")\n2. join()', '2. echo($1)\n3. join()'], ['1. echo("y")\n2. join()']]
     inner.model.check()  # type: ignore[union-attr]
+
+
+def test_a_ref_to_no_call_above_says_so_with_its_line() -> None:
+    plan = ('1. echo($2)\n2. echo("a")\n3. echo(text={"k": [$9]})\n4. echo($4)\n5. echo(5)\n'
+            '6. join()')
+    result, ran, _ = _run([plan, "Action: Finish(a)"])
+    by_id = {r.call.id: r.message.content for r in result.calls}
+    assert by_id["1"] == ("Error: line 1: $2 is no call above this line; a call can use only "
+                          "the results of calls written before it")
+    assert by_id["3"].startswith("Error: line 3: $9 is no call above this line")
+    assert by_id["4"] == "Error: line 4: argument refers to its own output $4"
+    assert by_id["5"].startswith("Error: line 5: echo: argument 'text'")
+    assert ran == {"a": 1}

@@ -227,18 +227,22 @@ class _PlanCalls:
             problems = [PlanProblem("bad_arguments", f"the arguments cannot be checked: "
                                     f"{type(exc).__name__}: {exc}", call.id)]
         if problems:
-            self._reject(round_, call, _problems(problems), tool.name, args)
+            self._reject(round_, call, _problems(problems, call.line), tool.name, args)
             return
         self._start(call, tool, args, text, round_)
 
     def _refused_inputs(self, call: ParsedCall, args: Mapping[str, Any]) -> str:
-        """Why ``call`` cannot run for using the result of a call that was refused, if so."""
-        refused = dict.fromkeys(ref.node for ref in find_refs(dict(args))
-                                if ref.node in self.refused and ref.node not in self.written)
-        return "; ".join(f"line {call.line}: ${node} is the result of call {node}, which was "
-                         f"rejected and never ran ({self.refused[node][:200]}); give the "
-                         "rejected call again, corrected, under a new number and use that"
-                         for node in refused)
+        """Why ``call`` cannot run for using a result no call above it gives, if so."""
+        nodes = dict.fromkeys(ref.node for ref in find_refs(dict(args)))
+        refused = [n for n in nodes if n in self.refused and n not in self.written]
+        ahead = [n for n in nodes if n not in self.refused and n not in self.written
+                 and n != call.id]  # its own number: the plan's check says so
+        return "; ".join([
+            *(f"line {call.line}: ${node} is the result of call {node}, which was rejected and "
+              f"never ran ({self.refused[node][:200]}); give the rejected call again, "
+              "corrected, under a new number and use that" for node in refused),
+            *(f"line {call.line}: ${node} is no call above this line; a call can use only the "
+              "results of calls written before it" for node in ahead)])
 
     def _start(self, call: ParsedCall, tool: Tool[..., Any], args: dict[str, Any], text: str,
                round_: _Round) -> None:
@@ -385,8 +389,10 @@ def _child(lineage: str, name: str) -> str:
     return f"{lineage}/{name}" if lineage else name
 
 
-def _problems(problems: Sequence[PlanProblem]) -> str:
-    return "; ".join(p.message for p in problems) or "the call cannot run"
+def _problems(problems: Sequence[PlanProblem], line: int | None = None) -> str:
+    at = f"line {line}: " if line is not None else ""
+    return "; ".join(p.message if p.message.startswith("line ") else at + p.message
+                     for p in problems) or "the call cannot run"
 
 
 def _rejected(call: ToolCall, where: str, why: str) -> CallRecord:
