@@ -501,3 +501,15 @@ def test_a_ref_to_no_call_above_says_so_with_its_line() -> None:
     assert by_id["4"] == "Error: line 4: argument refers to its own output $4"
     assert by_id["5"].startswith("Error: line 5: echo: argument 'text'")
     assert ran == {"a": 1}
+
+
+def test_text_after_a_call_on_its_line_is_named_as_the_problem() -> None:
+    plan = ('1. echo("a") Thought: then b\n2. echo("b") - to get b\n3. echo("c")  # fine\n'
+            '4. echo(x y) z\n5. join()')
+    result, ran, _ = _run([plan, "Action: Finish(c)"])
+    by_id = {r.call.id: r.message.content for r in result.calls}
+    assert by_id["1"].startswith("""Error: line 1: text follows the call 'echo("a")': """
+                                 "'Thought: then b'; end the line after the call")
+    assert "text follows the call" in by_id["2"] and "'- to get b'" in by_id["2"]
+    assert by_id["3"] == "c" and ran == {"c": 1}
+    assert "cannot parse 'echo(x y) z'" in by_id["4"]  # the call itself is wrong: said so

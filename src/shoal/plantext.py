@@ -232,6 +232,8 @@ class PlanTextParser:
             self._done = True
             return [], None
         call, errors = _parse_call(pending, code)
+        if errors and scanner.closed_at is not None:
+            errors = _after_the_call(pending, scanner, code) or errors
         for error in errors:
             self._fail(pending, error)
         return ([call] if call is not None and not errors else []), rest
@@ -242,6 +244,28 @@ class PlanTextParser:
 
     def _problem(self, line: int, problem: PlanProblem) -> None:
         self._problems.append((line, problem))
+
+
+def _after_the_call(pending: _Pending, scanner: _Scanner, code: str) -> list[str]:
+    """When only the text after a call's closing bracket is wrong, say so (else nothing).
+
+    Only for text that is no Python at all (prose): an expression such as ``f(x) + 1`` is
+    said to be no call.
+    """
+    called = scanner.code(scanner.closed_at)
+    after = code[len(called):].strip()
+    if not after or _parse_call(pending, called)[1] or _is_python(code):
+        return []
+    return [f"text follows the call {called.strip()!r:.80}: {after!r:.60}; end the line after "
+            "the call (a '# comment' may follow it; a Thought goes on a line of its own)"]
+
+
+def _is_python(code: str) -> bool:
+    try:
+        ast.parse(code.strip(), mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    return True
 
 
 def _starts_over(line: str) -> bool:
@@ -266,7 +290,7 @@ class _Scanner:
     state between pieces is the open string's quote, a pending backslash, and the depth.
     """
 
-    __slots__ = ("_closed", "_escape", "_out", "_quote", "_stopped", "depth", "tail")
+    __slots__ = ("_escape", "_out", "_quote", "_stopped", "closed_at", "depth", "tail")
 
     def __init__(self) -> None:
         self._out: list[str] = []  # the text with unquoted refs quoted and comments removed
@@ -276,7 +300,8 @@ class _Scanner:
         # Scanning stops once where the first bracket opened closes (the call's arguments
         # end there), keeping the rest of the piece unscanned here, so that a line of many
         # calls is scanned once, not once per call; resume() scans it as part of the call.
-        self._closed = self._stopped = False
+        self._stopped = False
+        self.closed_at: int | None = None  # pieces of the output when that happened
         self.tail: str | None = None
 
     @property
@@ -287,9 +312,9 @@ class _Scanner:
         """
         return len(self._quote) == 3
 
-    def code(self) -> str:
-        """The text scanned so far, with refs quoted and comments removed."""
-        return "".join(self._out)
+    def code(self, pieces: int | None = None) -> str:
+        """The text scanned so far (its first ``pieces``), refs quoted and comments removed."""
+        return "".join(self._out[:pieces])
 
     def resume(self) -> None:
         """Scan the :attr:`tail` left when the first bracket closed, as more of the call."""
@@ -347,8 +372,8 @@ class _Scanner:
             return ref.end()
         self.depth += (ch in "([{") - (ch in ")]}")
         self._out.append(ch)
-        if self.depth == 0 and ch in ")]}" and not self._closed:
-            self._closed = self._stopped = True
+        if self.depth == 0 and ch in ")]}" and self.closed_at is None:
+            self.closed_at, self._stopped = len(self._out), True
         return i + 1
 
 
