@@ -67,9 +67,18 @@ class Ref:
         """
         for part in self.path:
             if isinstance(value, Mapping):
-                value = value[part]  # a KeyError is a LookupError
+                try:
+                    value = value[part]
+                except KeyError:  # still a KeyError (a LookupError), saying which ref and keys
+                    keys = ", ".join(repr(k) for k in list(value)[:20])
+                    raise KeyError(f"{self!r}: no key {part!r} in a mapping with keys "
+                                   f"[{keys}{', ...' if len(value) > 20 else ''}]") from None
             elif isinstance(part, int) and isinstance(value, Sequence):
-                value = value[part]  # so is an IndexError
+                try:
+                    value = value[part]
+                except IndexError:
+                    raise IndexError(f"{self!r}: no item {part} in a {type(value).__name__} "
+                                     f"of {len(value)} items") from None
             elif isinstance(part, str) and _has_field(value, part):
                 value = getattr(value, part)
             else:

@@ -11,14 +11,19 @@ A planner model writes numbered calls, optionally between ``Thought:`` lines::
 
 Rules:
 
-* ``N. name(args)`` is one call; its node id is ``"N"`` as written. Arguments are Python
+* ``N. name(args)`` is one call; its node id is ``"N"``, the number without leading zeros
+  (``007.`` is call ``"7"``, and ``$007`` refers to it, as ``$7`` does). Arguments are Python
   literals, positional or by keyword; positional ones fill the tool's parameters in order.
   Nothing is evaluated: each argument goes through :func:`ast.literal_eval`.
 * ``"$1"``, ``"${1}"``, ``"$1.field"``, ``"$1[0]"`` (at any depth inside lists, tuples and
   dict values) refer to call 1's output, with the path syntax of :mod:`shoal.planfile`. The
   quotes may be left out (``join_text($1, $2)``). ``"see $1"`` inside longer text stays text.
 * A call whose brackets are still open at the end of a line continues on the next lines.
+* Several calls may share a line (``1. a() 2. b($1) 3. join()``, or with ``;`` between):
+  a call ends at the bracket that closes its arguments when the next call starts after it.
 * ``Thought:`` lines and blank lines are skipped; any other line is a ``syntax`` problem.
+  Markdown around a number or a thought (``**1.**``, ``**Thought:**``) and backticks around
+  a call (``1. `search("x")` ``) are read through.
 * ``N. join()`` is LLMCompiler's end marker when no tool is named ``join`` (with one, it is
   an ordinary call); so is a line ``<END_OF_PLAN>``. Everything after the marker is ignored.
 
@@ -37,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shoal.exceptions import PlanError, PlanProblem
-from shoal.plan import Plan
+from shoal.plan import Plan, Ref
 from shoal.plandata import check_value
 from shoal.planfile import convert_refs, placeholder_tool
 from shoal.tools import Tool
@@ -46,15 +51,21 @@ __all__ = ["ParsedCall", "PlanTextParser", "parse_plan_text"]
 
 ToolSet = Mapping[str, Tool[..., Any]] | Sequence[Tool[..., Any]]
 
-_NUMBERED = re.compile(r"\s*([0-9]+)\s*\.\s*(.*)", re.DOTALL)
-_STARTS_CALL = re.compile(r"\s*[0-9]+\s*\.\s*\w+\s*\(")
-_THOUGHT = re.compile(r"\s*thought\s*:", re.IGNORECASE)
+# markdown a model may put around a number or a "Thought:" (**1.**, _Thought:_, > Thought:)
+_MARK = r"[*_]*"
+_NUMBERED = re.compile(rf"\s*{_MARK}([0-9]+)\s*\.{_MARK}\s*(.*)", re.DOTALL)
+_STARTS_CALL = re.compile(rf"\s*{_MARK}[0-9]+\s*\.{_MARK}\s*`?\w+\s*\(")
+_THOUGHT = re.compile(rf"\s*[*_>#]*\s*thought{_MARK}\s*:", re.IGNORECASE)
 _CALL_NAME = re.compile(r"\s*(\w+)\s*\(")
 _END_OF_PLAN = "<END_OF_PLAN>"
+# after a call's closing bracket, on its line: the start of the next call (or of the end)
+_BETWEEN_CALLS = " \t\r;,`"  # a lone \r ended lines on old Macs: some models still send it
+_NEXT_ON_LINE = re.compile(rf"[ \t\r;,`]*(?:{_MARK}[0-9]+\s*\.{_MARK}\s*`?\w+\s*\(|<END_OF_PLAN>)")
 # unquoted refs: ids and fields without '-', so that "$1-$2" is not read as one ref
 _BARE_REF = re.compile(r"\$(?:\{[^{}]*\}|\w+)(?:\.\w+|\[-?[0-9]+\])*")
 _LITERALS_HELP = ("arguments must be Python literals (strings, numbers, lists, dicts, "
-                  "True/False/None) or $N references")
+                  "True/False/None) or $N references (a part of a result is $N.field or "
+                  "$N[0])")
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,41 +182,61 @@ class PlanTextParser:
                                     "next line starts; close them")
             else:
                 pending.add_line(line)
-                return self._try_complete(pending)
+                calls, rest = self._try_complete(pending)
+                return calls + self._read_fresh(rest) if rest is not None else calls
         return self._read_fresh(line)
 
     def _read_fresh(self, line: str) -> list[ParsedCall]:
+        """Read a line that starts no earlier call; several calls may share it."""
+        calls: list[ParsedCall] = []
+        rest: str | None = line
+        while rest is not None:  # a loop, not recursion: a line may hold thousands of calls
+            found, rest = self._read_start(rest)
+            calls += found
+        return calls
+
+    def _read_start(self, line: str) -> tuple[list[ParsedCall], str | None]:
         self._pending = None
         stripped = line.strip()
         if not stripped or _THOUGHT.match(stripped):
-            return []
+            return [], None
         if stripped == _END_OF_PLAN:
             self._done = True
-            return []
+            return [], None
         match = _NUMBERED.fullmatch(line)
         if match is None:
             self._problem(self._line_no, PlanProblem(
                 "syntax", f"line {self._line_no}: expected a numbered call such as "
                           f"'1. search(\"x\")', a 'Thought: ...' line or a blank line, got "
                           f"{stripped!r:.80}"))
-            return []
-        pending = self._pending = _Pending(match[1], self._line_no, match[2])
+            return [], None
+        pending = self._pending = _Pending(_number(match[1]), self._line_no,
+                                           _unticked(match[2]))
         return self._try_complete(pending)
 
-    def _try_complete(self, pending: _Pending) -> list[ParsedCall]:
+    def _try_complete(self, pending: _Pending) -> tuple[list[ParsedCall], str | None]:
+        """The call, once its brackets close, and the text after it that starts another."""
         scanner = pending.scanner
+        rest = None
+        if scanner.tail is not None:  # it stopped where the call's first bracket closed
+            if _NEXT_ON_LINE.match(scanner.tail):  # "1. a() 2. b($1)": one line, two calls
+                rest = scanner.tail.lstrip(_BETWEEN_CALLS)
+            else:
+                scanner.resume()
         if scanner.depth > 0 or scanner.in_string:
-            return []
+            return [], None
         self._pending = None
         code = scanner.code()
         name = _CALL_NAME.match(code)
         if name and name[1] == "join" and self._join_ends:
             self._done = True
-            return []
+            return [], None
         call, errors = _parse_call(pending, code)
+        if errors and scanner.closed_at is not None:
+            errors = _after_the_call(pending, scanner, code) or errors
         for error in errors:
             self._fail(pending, error)
-        return [call] if call is not None and not errors else []
+        return ([call] if call is not None and not errors else []), rest
 
     def _fail(self, pending: _Pending, message: str) -> None:
         self._problem(pending.line, PlanProblem("syntax", f"line {pending.line}: {message}",
@@ -213,6 +244,28 @@ class PlanTextParser:
 
     def _problem(self, line: int, problem: PlanProblem) -> None:
         self._problems.append((line, problem))
+
+
+def _after_the_call(pending: _Pending, scanner: _Scanner, code: str) -> list[str]:
+    """When only the text after a call's closing bracket is wrong, say so (else nothing).
+
+    Only for text that is no Python at all (prose): an expression such as ``f(x) + 1`` is
+    said to be no call.
+    """
+    called = scanner.code(scanner.closed_at)
+    after = code[len(called):].strip()
+    if not after or _parse_call(pending, called)[1] or _is_python(code):
+        return []
+    return [f"text follows the call {called.strip()!r:.80}: {after!r:.60}; end the line after "
+            "the call (a '# comment' may follow it; a Thought goes on a line of its own)"]
+
+
+def _is_python(code: str) -> bool:
+    try:
+        ast.parse(code.strip(), mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    return True
 
 
 def _starts_over(line: str) -> bool:
@@ -237,13 +290,19 @@ class _Scanner:
     state between pieces is the open string's quote, a pending backslash, and the depth.
     """
 
-    __slots__ = ("_escape", "_out", "_quote", "depth")
+    __slots__ = ("_escape", "_out", "_quote", "_stopped", "closed_at", "depth", "tail")
 
     def __init__(self) -> None:
         self._out: list[str] = []  # the text with unquoted refs quoted and comments removed
         self._quote = ""
         self._escape = False
         self.depth = 0  # open brackets
+        # Scanning stops once where the first bracket opened closes (the call's arguments
+        # end there), keeping the rest of the piece unscanned here, so that a line of many
+        # calls is scanned once, not once per call; resume() scans it as part of the call.
+        self._stopped = False
+        self.closed_at: int | None = None  # pieces of the output when that happened
+        self.tail: str | None = None
 
     @property
     def in_string(self) -> bool:
@@ -253,9 +312,15 @@ class _Scanner:
         """
         return len(self._quote) == 3
 
-    def code(self) -> str:
-        """The text so far, with refs quoted and comments removed."""
-        return "".join(self._out)
+    def code(self, pieces: int | None = None) -> str:
+        """The text scanned so far (its first ``pieces``), refs quoted and comments removed."""
+        return "".join(self._out[:pieces])
+
+    def resume(self) -> None:
+        """Scan the :attr:`tail` left when the first bracket closed, as more of the call."""
+        tail, self.tail = self.tail, None
+        if tail:
+            self.feed(tail)
 
     def feed(self, text: str) -> None:
         """Scan the next piece of text."""
@@ -265,6 +330,10 @@ class _Scanner:
             self._escape, i = False, 1
         while i < len(text):
             i = self._in_string(text, i) if self._quote else self._in_code(text, i)
+            if self._stopped:
+                self._stopped = False
+                self.tail = text[i:]
+                return
 
     def _in_string(self, text: str, i: int) -> int:
         run = _STRING_RUN[self._quote].match(text, i)
@@ -303,6 +372,8 @@ class _Scanner:
             return ref.end()
         self.depth += (ch in "([{") - (ch in ")]}")
         self._out.append(ch)
+        if self.depth == 0 and ch in ")]}" and self.closed_at is None:
+            self.closed_at, self._stopped = len(self._out), True
         return i + 1
 
 
@@ -343,7 +414,40 @@ def _argument(node: ast.expr, where: str, errors: list[str]) -> Any:
         return None
     converted, ref_errors = convert_refs(value, where)
     errors += ref_errors
-    return converted
+    return _numbered_refs(converted)
+
+
+def _unticked(text: str) -> str:
+    """A call written as inline code (```search("x")```): the call inside the backticks."""
+    if text.startswith("`") and not text.startswith("``"):
+        text = text[1:]
+        end = text.rstrip()
+        if end.endswith("`"):
+            text = end[:-1]
+    return text
+
+
+def _number(digits: str) -> str:
+    """A call's number as its id: ``"007"`` is ``"7"`` (no int(): a number may be huge)."""
+    return digits.lstrip("0") or "0"
+
+
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def _numbered_refs(value: Any) -> Any:
+    """``value`` with each ref to a number written with leading zeros made a ref to the number."""
+    if isinstance(value, Ref):
+        if _DIGITS.fullmatch(value.node) and value.node.startswith("0"):
+            return Ref(_number(value.node), value.path)
+        return value
+    if isinstance(value, list):
+        return [_numbered_refs(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_numbered_refs(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _numbered_refs(v) for k, v in value.items()}
+    return value
 
 
 def _tool_table(tools: ToolSet) -> dict[str, Tool[..., Any]]:

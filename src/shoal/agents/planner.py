@@ -16,17 +16,21 @@ Each round has two model turns:
    it starts as soon as its inputs are done, while the model still writes the rest. Calls
    run under the same limits, conflict analysis, approvals, budgets and journal as any
    agent's calls. A line that cannot run (an unknown tool, arguments that do not fit, a ref
-   to a call not written above, a number used twice) becomes a ``rejected``
-   :class:`~shoal.agents.toolcalls.CallRecord`: the joiner reads why. Text after
-   ``join()`` is ignored (the stream is still read to its end, so its usage counts).
+   to a call not written above or to one rejected, a number used twice) becomes a
+   ``rejected`` :class:`~shoal.agents.toolcalls.CallRecord`: the joiner reads why. Text
+   after ``join()`` is ignored (the stream is still read to its end, so its usage counts).
+   Native tool calls in the reply (models send them even to a request without tools) are
+   read as plan lines numbered on from the text's.
 2. **Join.** Once the plan's calls have ended, the model reads the task, the plan and each
    call's result, and answers ``Thought: ...`` then ``Action: Finish(<answer>)`` or
    ``Action: Replan(<why>)``. A reply without an ``Action:`` line is the answer as a whole.
 
 A replan starts the next round: the planner sees its earlier plans, their results and the
 joiner's reason, and numbers its new calls on from the last, so ``$N`` can use any earlier
-result: finished calls never run again. After ``max_replans`` new plans the joiner is told it
-must answer; asking for another ends the run with
+result: finished calls never run again. A new plan that numbers from 1 again (or goes back)
+anyway has each such call renumbered past the last (its later ``$N`` follow), unless it
+restates an earlier call exactly, which stands. After ``max_replans`` new plans the joiner
+is told it must answer; asking for another ends the run with
 :class:`~shoal.exceptions.MaxReplansExceeded`. An agent's ``output_type`` applies to the
 answer inside ``Finish(...)``, checked and asked again as in tools mode.
 
@@ -35,11 +39,12 @@ under the same number, tool and arguments stands (it is not added again), and on
 changed is rejected, so no call ever runs twice. Every model turn is journaled as in tools
 mode, and so is the plan run (``{run id}/{lineage}/plan``): a resumed planner replays its
 finished turns and calls and runs only the rest.
+
+The prompts and the reading of the joiner's reply are in :mod:`shoal.agents.planprompts`.
 """
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import json
 import logging
@@ -48,6 +53,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from shoal.agents.planprompts import (
+    join_action,
+    joiner_prompt,
+    joiner_text,
+    plan_prompt,
+    replan_note,
+    reply_action,
+    tool_signature,
+)
 from shoal.agents.toolcalls import (
     MAX_RESULT_CHARS,
     CallRecord,
@@ -78,9 +92,9 @@ from shoal.models.base import (
     TextDelta,
     ToolCall,
     ToolResultMessage,
-    ToolSpec,
     UserMessage,
 )
+from shoal.plan import Ref, find_refs
 from shoal.plantext import ParsedCall, PlanTextParser
 
 if TYPE_CHECKING:
@@ -92,136 +106,11 @@ __all__ = ["Planner", "join_action", "plan_prompt", "tool_signature"]
 
 log = logging.getLogger("shoal")
 
-#: The most characters of observations one joiner or replanning request holds.
+#: The most characters of plans and observations one joiner or planner request holds (the
+#: rounds so far share them equally).
 MAX_OBSERVATION_CHARS = 4 * MAX_RESULT_CHARS
 
 _FENCE = re.compile(r"\s*```")
-_ACTION = re.compile(r"^[ \t]*Action[ \t]*:[ \t]*(Finish|Replan)[ \t]*\(", re.IGNORECASE | re.M)
-_JSON_TYPES = {"string": "str", "integer": "int", "number": "float", "boolean": "bool",
-               "array": "list", "object": "dict", "null": "None"}
-
-
-# ---- prompts ------------------------------------------------------------------------------
-
-
-def tool_signature(spec: ToolSpec) -> str:
-    """``name(a: str, b: int = 3)``: a tool's parameters, from its JSON schema."""
-    props = spec.parameters.get("properties", {})
-    required = set(spec.parameters.get("required", ()))
-    params = []
-    for name, prop in props.items():
-        text = f"{name}: {_type_name(prop)}"
-        if name not in required and "default" in prop:
-            text += f" = {prop['default']!r}"
-        elif name not in required:
-            text += " = None"
-        params.append(text)
-    return f"{spec.name}({', '.join(params)})"
-
-
-def _type_name(prop: Mapping[str, Any]) -> str:
-    options = prop.get("anyOf") or prop.get("oneOf")
-    if isinstance(options, list):
-        return " | ".join(_type_name(o) for o in options if isinstance(o, Mapping)) or "any"
-    kind = prop.get("type")
-    if isinstance(kind, list):
-        return " | ".join(_JSON_TYPES.get(str(k), str(k)) for k in kind)
-    name = _JSON_TYPES.get(str(kind), "any")
-    items = prop.get("items")
-    if name == "list" and isinstance(items, Mapping) and items:
-        return f"list[{_type_name(items)}]"
-    return name
-
-
-def _end_line(tools: Sequence[ToolSpec]) -> str:
-    if any(spec.name == "join" for spec in tools):  # then join() is an ordinary call
-        return "<END_OF_PLAN>"
-    return "N. join()"
-
-
-def plan_prompt(tools: Sequence[ToolSpec], *, first_id: int = 1) -> str:
-    """The planner's instructions (LLMCompiler's format) over ``tools``."""
-    listed = "\n".join(f"{i}. {tool_signature(spec)}: {_about(spec.description)}"
-                       for i, spec in enumerate(tools, 1))
-    end = _end_line(tools)
-    ending = ("End the plan with the line N. join(), N being the next number: it hands "
-              "the results to a joiner, who answers the task or asks for a new plan."
-              if end != "<END_OF_PLAN>" else
-              "End the plan with the line <END_OF_PLAN>.")
-    return f"""Write a plan of tool calls that solves the task, so that as many calls as \
-possible can run at the same time.
-
-The tools:
-{listed}
-
-Write the plan as numbered lines, one call per line, e.g.
-{first_id}. tool_name("a literal", name=2)
-{first_id + 1}. other_tool(data=${first_id})
-Rules:
-- Number the calls {first_id}, {first_id + 1}, {first_id + 2} ... in order; give each call \
-its own number.
-- An argument is a Python literal (a string in quotes, a number, True, False, None, a list \
-or a dict of these) or the result of a call above it, written $N (N being its number), or a \
-part of that result: $N.field, $N[0].
-- Calls that do not use each other's results run in parallel: only make a call wait for \
-another when it needs its result.
-- A line "Thought: ..." before a call may say why; write nothing else between the calls.
-- Use only the tools above; never invent a tool or an argument.
-- {ending} Write nothing after it."""
-
-
-def _about(description: str) -> str:
-    text = " ".join(description.split())
-    return text[:500] + ("..." if len(text) > 500 else "") if text else "(no description)"
-
-
-def _replan_note(first_id: int) -> str:
-    return (f"Write a new plan for what is still missing. The calls above that succeeded "
-            f"will not run again: use their results as $N. Number the new calls from "
-            f"{first_id} on.")
-
-
-def _joiner_prompt(last: bool, answer_format: str) -> str:
-    replan = ("Replanning is not allowed any more: answer with Action: Finish(...), from what "
-              "the results give (say what is missing if you must)." if last else
-              "Ask for a new plan only if the results cannot answer the task, e.g. a call "
-              "failed; the new plan can reuse the results that succeeded.")
-    return f"""A plan of tool calls was run for the task below. Read the task, the plan and \
-each call's result, then reply in this form:
-Thought: <what the results show>
-Action: Finish(<the final answer to the task>)
-or, when the results are not enough to answer:
-Thought: <what is missing or went wrong>
-Action: Replan(<what a new plan must do differently>)
-{replan}{answer_format}"""
-
-
-def join_action(text: str) -> tuple[str, str]:
-    """Read a joiner's reply: ``("finish", answer)`` or ``("replan", reason)``.
-
-    The last ``Action: Finish(...)`` or ``Action: Replan(...)`` line counts (its text may run
-    over several lines, up to the last ``)``); a reply without one is the answer as a whole.
-    """
-    found = list(_ACTION.finditer(text))
-    if not found:
-        return "finish", text.strip()
-    action = found[-1]
-    body = text[action.end():]
-    close = body.rfind(")")
-    body = (body[:close] if close >= 0 else body).strip()
-    return action[1].lower(), _unquoted(body)
-
-
-def _unquoted(body: str) -> str:
-    """``Finish("text")``: the text, when the answer is one quoted string literal."""
-    if len(body) >= 2 and body[0] == body[-1] and body[0] in "'\"":
-        try:
-            value = ast.literal_eval(body)
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
-            return body
-        if isinstance(value, str):
-            return value
-    return body
 
 
 # ---- one round's calls ------------------------------------------------------------------------
@@ -236,16 +125,34 @@ class _Round:
     notes: list[str] = field(default_factory=list)  # lines of the plan that are not calls
     text: str = ""
     records: list[CallRecord] | None = None  # once every call of the round has ended
+    replan: tuple[str, int] | None = None  # the joiner's reason, the next plan's first number
+    # numbers an earlier plan took for other calls -> the numbers their calls here run as
+    renumbered: dict[str, str] = field(default_factory=dict)
+    # calls an earlier attempt of a retried stream started (they stand, read again or not)
+    carried: list[str] = field(default_factory=list)
 
     def restart(self) -> None:
-        """A retried stream is read again: keep only the calls that started."""
-        self.entries = [e for e in self.entries if isinstance(e, str)]
+        """A retried stream is read again: only the calls that started are kept.
+
+        Renumberings stay, so that a call read again keeps the number it started under.
+        """
+        self.carried = self.node_ids
+        self.entries = []
         self.notes.clear()
+
+    def in_order(self) -> list[str | CallRecord]:
+        """The round's calls in plan order.
+
+        Started calls that a retried stream did not write again come first (they started
+        first).
+        """
+        written = {e for e in self.entries if isinstance(e, str)}
+        return [*(c for c in self.carried if c not in written), *self.entries]
 
     @property
     def node_ids(self) -> list[str]:
         """The round's calls that run (or ran) in the plan run."""
-        return [e for e in self.entries if isinstance(e, str)]
+        return [e for e in self.in_order() if isinstance(e, str)]
 
 
 class _PlanCalls:
@@ -259,7 +166,11 @@ class _PlanCalls:
         self.calls: dict[str, ToolCall] = {}  # node id -> the call as recorded
         self.written: dict[str, str] = {}  # node id -> the call's text, for calls started
         self.numbers: set[str] = set()  # every number a plan has used, started or not
+        self.refused: dict[str, str] = {}  # number -> why, for numbers no call started under
+        self.round_of: dict[str, int] = {}  # node id -> the round that started it
         self.reported: set[str] = set()  # node ids whose records are in the agent's calls
+        # events already sent: a retried stream reads its lines again, they are told once
+        self.announced: set[tuple[str, str]] = set()
         ctx = agent_run.ctx
         sink = _sink(ctx.emit if ctx.observed else None, agent_run.lineage, self.lineages)
         self.run: OpenRun = agent_run._open_step("plan", sink)
@@ -275,23 +186,39 @@ class _PlanCalls:
 
     def take(self, call: ParsedCall, round_: _Round) -> None:
         """Start ``call`` in the plan run, or record in ``round_`` why it cannot run."""
+        call = _renumbered(call, round_.renumbered)
         text = _call_text(call)
         self.numbers.add(call.id)
         known = self.written.get(call.id)
+        if known is not None and known != text and (
+                self.round_of[call.id] < round_.number
+                or call.id in round_.renumbered.values()):
+            # a new plan numbered from 1 again, or went back: its call gets the next number
+            # (and so does one whose number such a call got meanwhile)
+            new = round_.renumbered[call.id] = str(self.next_id)
+            call = replace(call, id=new)  # its refs were renumbered above, once
+            self.numbers.add(call.id)
+            known = None
         if known is not None:
             if known == text:  # a retried stream, or the call of an earlier plan: it stands
                 if call.id not in round_.entries:
                     round_.entries.append(call.id)
             else:
+                taken = self.calls[call.id]
                 self._reject(round_, call, f"line {call.line}: step {call.id} is already "
-                             f"taken by {known[:200]}, which stands; give each call its own "
-                             f"number (the next free one is {self.next_id})")
+                             f"taken by {taken.name}({taken.arguments[:200]}), which stands; "
+                             f"give each call its own number (the next free one is "
+                             f"{self.next_id})")
             return
-        self._parsed(call)
+        self._parsed(call, text)
         try:
             tool, args = call.bind(self.tools)
         except PlanError as exc:
             self._reject(round_, call, _problems(exc.problems))
+            return
+        unusable = self._refused_inputs(call, args)
+        if unusable:
+            self._reject(round_, call, unusable, tool.name, args)
             return
         try:
             problems = self.run.problems(tool, args, node_id=call.id)
@@ -300,9 +227,22 @@ class _PlanCalls:
             problems = [PlanProblem("bad_arguments", f"the arguments cannot be checked: "
                                     f"{type(exc).__name__}: {exc}", call.id)]
         if problems:
-            self._reject(round_, call, _problems(problems), tool.name, args)
+            self._reject(round_, call, _problems(problems, call.line), tool.name, args)
             return
         self._start(call, tool, args, text, round_)
+
+    def _refused_inputs(self, call: ParsedCall, args: Mapping[str, Any]) -> str:
+        """Why ``call`` cannot run for using a result no call above it gives, if so."""
+        nodes = dict.fromkeys(ref.node for ref in find_refs(dict(args)))
+        refused = [n for n in nodes if n in self.refused and n not in self.written]
+        ahead = [n for n in nodes if n not in self.refused and n not in self.written
+                 and n != call.id]  # its own number: the plan's check says so
+        return "; ".join([
+            *(f"line {call.line}: ${node} is the result of call {node}, which was rejected and "
+              f"never ran ({self.refused[node][:200]}); give the rejected call again, "
+              "corrected, under a new number and use that" for node in refused),
+            *(f"line {call.line}: ${node} is no call above this line; a call can use only the "
+              "results of calls written before it" for node in ahead)])
 
     def _start(self, call: ParsedCall, tool: Tool[..., Any], args: dict[str, Any], text: str,
                round_: _Round) -> None:
@@ -323,11 +263,12 @@ class _PlanCalls:
             return
         self.written[call.id] = text
         self.calls[call.id] = recorded
+        self.round_of[call.id] = round_.number
         round_.entries.append(call.id)
 
-    def _parsed(self, call: ParsedCall) -> None:
+    def _parsed(self, call: ParsedCall, text: str) -> None:
         ctx, agent_run = self.agent_run.ctx, self.agent_run
-        if ctx.observed:
+        if ctx.observed and self._first_time(("parsed", call.id + text)):
             ctx.emit(PlanCallParsed(run_id=self.run.run_id, time=self.run.handle.now(),
                                     lineage=agent_run.lineage, agent=agent_run.agent.name,
                                     node_id=call.id, tool=call.tool))
@@ -338,22 +279,36 @@ class _PlanCalls:
         arguments = _arguments(args if args is not None else _raw_args(call))
         record = _rejected(ToolCall(call.id, name, arguments),
                            where or _child(self.agent_run.lineage, f"{name}?"), why)
+        self.refused.setdefault(call.id, why)
         round_.entries.append(record)
-        self.agent_run._rejected(record)
+        if self._first_time((call.id, why)):
+            self.agent_run._rejected(record)
+
+    def _first_time(self, key: tuple[str, str]) -> bool:
+        if key in self.announced:
+            return False
+        self.announced.add(key)
+        return True
 
     def note(self, problem: PlanProblem, round_: _Round) -> None:
         """Record a problem of the plan text: a rejected call, or a line that is no call."""
         if not problem.node:
             round_.notes.append(problem.message)
             return
+        node = round_.renumbered.get(problem.node, problem.node)
+        if self.round_of.get(node, round_.number) < round_.number:  # as in take()
+            node = round_.renumbered[problem.node] = str(self.next_id)
+        problem = replace(problem, node=node)
         if problem.node in self.written:  # a number taken already: the line stands apart
             problem = replace(problem, message=f"{problem.message} (step {problem.node} is "
                               "taken, give each call its own number)")
         record = _rejected(ToolCall(problem.node, "", "{}"),
                            _child(self.agent_run.lineage, "plan?"), problem.message)
         self.numbers.add(problem.node)
+        self.refused.setdefault(problem.node, problem.message)
         round_.entries.append(record)
-        self.agent_run._rejected(record)
+        if self._first_time((node, problem.message)):
+            self.agent_run._rejected(record)
 
     async def wait(self, round_: _Round) -> None:
         """Wait for the round's calls to end; record them (in plan order) on the result."""
@@ -371,7 +326,7 @@ class _PlanCalls:
 
     def _records(self, round_: _Round, outcomes: Mapping[str, Any]) -> list[CallRecord]:
         records: list[CallRecord | None] = []
-        for entry in round_.entries:
+        for entry in round_.in_order():
             if isinstance(entry, CallRecord):
                 records.append(entry)
                 continue
@@ -409,12 +364,35 @@ class _PlanCalls:
             raise asyncio.CancelledError
 
 
+def _renumbered(call: ParsedCall, numbers: Mapping[str, str]) -> ParsedCall:
+    """``call`` with its number and its refs to renumbered calls renumbered."""
+    if not numbers:
+        return call
+    args = tuple(_refs_renumbered(v, numbers) for v in call.args)
+    kwargs = {k: _refs_renumbered(v, numbers) for k, v in call.kwargs.items()}
+    return replace(call, id=numbers.get(call.id, call.id), args=args, kwargs=kwargs)
+
+
+def _refs_renumbered(value: Any, numbers: Mapping[str, str]) -> Any:
+    if isinstance(value, Ref):
+        return Ref(numbers[value.node], value.path) if value.node in numbers else value
+    if isinstance(value, list):
+        return [_refs_renumbered(v, numbers) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_refs_renumbered(v, numbers) for v in value)
+    if isinstance(value, dict):
+        return {k: _refs_renumbered(v, numbers) for k, v in value.items()}
+    return value
+
+
 def _child(lineage: str, name: str) -> str:
     return f"{lineage}/{name}" if lineage else name
 
 
-def _problems(problems: Sequence[PlanProblem]) -> str:
-    return "; ".join(p.message for p in problems) or "the call cannot run"
+def _problems(problems: Sequence[PlanProblem], line: int | None = None) -> str:
+    at = f"line {line}: " if line is not None else ""
+    return "; ".join(p.message if p.message.startswith("line ") else at + p.message
+                     for p in problems) or "the call cannot run"
 
 
 def _rejected(call: ToolCall, where: str, why: str) -> CallRecord:
@@ -477,9 +455,9 @@ class Planner:
 
     async def _rounds(self, calls: _PlanCalls) -> Any:
         agent, ctx = self.agent, self.ctx
-        planning: list[Message] = [UserMessage(self.agent_run.result.prompt)]
         while True:
             ctx.check(self.lineage)
+            planning = self._planning_messages()
             round_ = _Round(len(self.rounds) + 1)
             self.rounds.append(round_)
             first_id = calls.next_id
@@ -495,11 +473,25 @@ class Planner:
                     f"agent {self.lineage}'s joiner asked for a new plan after "
                     f"{agent.max_replans} replan(s): {text[:300]}; raise max_replans "
                     f"(now {agent.max_replans}) or give the planner better tools")
-            said = (f"{_observations([round_])}\n\nThe joiner asked for a new plan: {text}"
-                    f"\n\n{_replan_note(calls.next_id)}")
+            round_.replan = (text, calls.next_id)
+
+    def _planning_messages(self) -> list[Message]:
+        """The next planner request's messages: the task, then each plan and what it gave.
+
+        Each earlier round gets an equal share of :data:`MAX_OBSERVATION_CHARS`, so that the
+        request stays bounded however many rounds there were.
+        """
+        messages: list[Message] = [UserMessage(self.agent_run.result.prompt)]
+        share = MAX_OBSERVATION_CHARS // max(len(self.rounds), 1)
+        for round_ in self.rounds:
+            assert round_.replan is not None  # every round before the next plan asked for it
+            reason, next_id = round_.replan
+            said = (f"{_observations(round_, share - share // 4)}\n\nThe joiner asked for a "
+                    f"new plan: {_cut(reason, share // 8)}\n\n{replan_note(next_id)}")
             # providers refuse an empty assistant message: a plan of nothing says so
-            planning += [AssistantMessage(_sendable(round_.text) or "(no plan)"),
+            messages += [AssistantMessage(_sendable(_cut(round_.text, share // 8)) or "(no plan)"),
                          UserMessage(_sendable(said))]
+        return messages
 
     def _check_turns(self) -> None:
         agent = self.agent
@@ -520,10 +512,10 @@ class Planner:
         reader = _PlanReader(self, calls, round_)
         response = await agent_run.answer(request, read=reader.read, digest=_digest(request))
         if not reader.read_whole:  # replayed from the journal: its calls are added now
-            reader.feed_all(response.text)
-        round_.text = response.text
-        agent_run.result.plans.append(response.text)
-        agent_run.result.messages.append(AssistantMessage(response.text))
+            reader.finish(response)
+        round_.text = reader.text
+        agent_run.result.plans.append(reader.text)
+        agent_run.result.messages.append(AssistantMessage(reader.text))
         self.ctx.check(self.lineage)
 
     async def _join(self, last: bool) -> tuple[str, Any]:
@@ -531,7 +523,7 @@ class Planner:
         spec = agent.output_spec
         answer_format = ("" if spec is None else "\nThe answer inside Finish(...) must be only "
                          f"a JSON value that fits this JSON schema: {json.dumps(spec.schema)}")
-        instructions = f"{agent.instructions}\n\n{_joiner_prompt(last, answer_format)}".strip()
+        instructions = f"{agent.instructions}\n\n{joiner_prompt(last, answer_format)}".strip()
         messages: list[Message] = [UserMessage(self._joiner_text())]
         retries = 0
         while True:
@@ -542,7 +534,7 @@ class Planner:
             response = await agent_run.answer(request, digest=_digest(request))
             agent_run.result.messages.append(response.as_message())
             ctx.check(self.lineage, answered=True)
-            action, text = join_action(response.text)
+            action, text = reply_action(response.text, response.tool_calls)
             if action == "replan":
                 return action, text or "(no reason given)"
             try:
@@ -558,15 +550,17 @@ class Planner:
                         f"{agent.output_retries} retries: {exc}") from None
                 again = ("Your answer was empty." if spec is None
                          else spec.retry_prompt(str(exc)))
+                if response.tool_calls:  # a model that answers with calls is told it cannot
+                    called = ", ".join(sorted({c.name for c in response.tool_calls}))[:200]
+                    again = f"No tools can be called here (you called {called}). {again}"
                 messages += [AssistantMessage(_sendable(response.text) or "(empty)"),
                              UserMessage(f"{again} Reply with Action: Finish(<the answer>).")]
 
     def _joiner_text(self) -> str:
-        parts = [f"Task: {self.agent_run.result.prompt}"]
-        for round_ in self.rounds:
-            parts.append(f"Plan {round_.number}:\n{round_.text.strip() or '(empty)'}")
-            parts.append(_observations([round_]))
-        return _sendable("\n\n".join(parts))
+        share = MAX_OBSERVATION_CHARS // len(self.rounds)  # as for the planner's messages
+        rounds = [(_cut(round_.text.strip(), share // 4) or "(empty)",
+                   _observations(round_, share - share // 4)) for round_ in self.rounds]
+        return _sendable(joiner_text(self.agent_run.result.prompt, rounds))
 
 
 class _PlanReader:
@@ -577,8 +571,9 @@ class _PlanReader:
         self.calls = calls
         self.round = round_
         self.read_whole = False  # whether the reply was read here (not replayed)
+        self.text = ""  # the plan as read: the reply's text, and its native calls as lines
         self._parser = PlanTextParser(calls.tools)
-        self._line = ""  # text after the last newline, not fed yet
+        self._line: list[str] = []  # pieces of the text after the last newline, not fed yet
         self._problems = 0
         self._restarted = False
 
@@ -608,42 +603,55 @@ class _PlanReader:
                 response = event.response
         if response is None:
             raise ModelError(model.name, "the stream ended without a complete reply")
-        text = "".join(streamed)
-        if text != response.text:  # a stream that sent less text than its reply holds
-            if response.text.startswith(text):
-                self.feed(response.text[len(text):])
-            else:
-                self._restart()
-                self.feed(response.text)
-        self.close()
+        self.finish(response, "".join(streamed))
         self.read_whole = True
         return response
 
     def _restart(self) -> None:
         self._restarted = False
         self._parser = PlanTextParser(self.calls.tools)
-        self._line = ""
+        self._line = []
         self._problems = 0
         self.round.restart()
 
     def feed(self, text: str) -> None:
         """Take streamed text; each complete line goes to the parser (code fences skipped)."""
-        *lines, self._line = (self._line + text).split("\n")
+        if "\n" not in text:  # a piece of a long line: joined once the line is complete
+            self._line.append(text)
+            return
+        *lines, rest = "".join([*self._line, text]).split("\n")
+        self._line = [rest] if rest else []
         for line in lines:
             if not _FENCE.match(line):
                 self._take(self._parser.feed(line + "\n"))
 
-    def close(self) -> None:
-        """The reply has ended: read its last line."""
-        if self._line and not _FENCE.match(self._line):
-            self._take(self._parser.feed(self._line))
-        self._line = ""
-        self._take(self._parser.close())
+    def finish(self, response: ModelResponse, streamed: str = "") -> None:
+        """The reply has ended: read what of it did not stream (all of a replayed one).
 
-    def feed_all(self, text: str) -> None:
-        """Read a whole reply at once (one replayed from the journal)."""
-        self.feed(text)
-        self.close()
+        Native tool calls in the reply (a model may send them though it was given no tools)
+        become plan lines numbered on from the text's calls, as if it had written them.
+        """
+        text = response.text
+        if text.startswith(streamed):  # a stream may send less text than its reply holds
+            self.feed(text[len(streamed):])
+        else:
+            self._restart()
+            self.feed(text)
+        self.text = text
+        if response.tool_calls and not self._parser.done:
+            if self._line:  # the text's last line first: its number comes before theirs
+                self.feed("\n")
+            lines = _native_plan(response.tool_calls, self.calls.next_id)
+            self.feed(lines)
+            self.text = f"{text.rstrip()}\n{lines}" if text.strip() else lines
+        self._close()
+
+    def _close(self) -> None:
+        last = "".join(self._line)
+        if last and not _FENCE.match(last):
+            self._take(self._parser.feed(last))
+        self._line = []
+        self._take(self._parser.close())
 
     def _take(self, parsed: list[ParsedCall]) -> None:
         # the problems found while reading the lines that gave these calls come first
@@ -653,6 +661,24 @@ class _PlanReader:
         self._problems = len(problems)
         for call in parsed:
             self.calls.take(call, self.round)
+
+
+def _native_plan(tool_calls: Sequence[ToolCall], first_id: int) -> str:
+    """Native tool calls written as plan lines (``N. name(arg=value)``), numbered on."""
+    return "\n".join(f"{number}. {_native_call(call)}"
+                     for number, call in enumerate(tool_calls, first_id))
+
+
+def _native_call(call: ToolCall) -> str:
+    """One native call as a plan call; arguments that are no JSON object stay unreadable."""
+    try:
+        args = json.loads(call.arguments or "{}")
+    except (ValueError, RecursionError):
+        args = None
+    if not isinstance(args, dict):  # the line is then refused by the parser, saying why
+        return f"{call.name}(<arguments that are not a JSON object: {call.arguments[:200]!r}>)"
+    # each value's repr is a Python literal (JSON's true, null are True, None there)
+    return f"{call.name}({', '.join(f'{key}={value!r}' for key, value in args.items())})"
 
 
 def _sendable(text: str) -> str:
@@ -674,19 +700,25 @@ def _digest(request: ModelRequest) -> str:
     return ConversationDigest().of(request)
 
 
-def _observations(rounds: Sequence[_Round]) -> str:
-    """What each call of the rounds gave, for the joiner and the next planner."""
-    lines: list[str] = []
-    for round_ in rounds:
-        lines += [f"Note: {note}" for note in round_.notes]
-        lines += [_observation(record) for record in round_.records or ()]
+def _observations(round_: _Round, limit: int) -> str:
+    """What each call of the round gave, for the joiner and the next planner.
+
+    At most ``limit`` characters: a round's results share its request with the others'.
+    """
+    lines = [f"Note: {note}" for note in round_.notes]
+    lines += [f"Note: step {old} was an earlier plan's call, so this plan's step {old} ran "
+              f"as step {new} (its result is ${new})" for old, new in round_.renumbered.items()]
+    lines += [_observation(record) for record in round_.records or ()]
     if not lines:
         return "Observations: the plan had no calls."
-    text = "Observations:\n" + "\n".join(lines)
-    if len(text) > MAX_OBSERVATION_CHARS:
-        cut = len(text) - MAX_OBSERVATION_CHARS
-        text = f"{text[:MAX_OBSERVATION_CHARS]}\n[... {cut} more characters cut]"
-    return text
+    return _cut("Observations:\n" + "\n".join(lines), limit)
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, saying how many more there were."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}\n[... {len(text) - limit} more characters cut]"
 
 
 def _observation(record: CallRecord) -> str:

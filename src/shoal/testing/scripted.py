@@ -166,6 +166,8 @@ class ScriptedModel(Model):
 
         The n-th request of a conversation (counted by the assistant turns it already has)
         gets step n of its script, so concurrent conversations are answered deterministically.
+        A planner's (``mode="plan"``) script is keyed by its task and alternates plans and
+        joiner replies: ``{"task": [plan, "Action: Replan(...)", plan, "Action: Finish(...)"]}``.
         """
         model = cls(**options)
         model._scripts = {prompt: list(steps) for prompt, steps in scripts.items()}
@@ -203,16 +205,22 @@ class ScriptedModel(Model):
         if not items:  # a str or ModelResponse step: text first, then the calls
             items = [response.text, *response.tool_calls] if response.text else [
                 *response.tool_calls]
+        # each item is due at a time counted from the request, not from the item before: on
+        # a real clock the time spent between sleeps then does not add up over many tokens
+        loop = asyncio.get_running_loop()
+        due = loop.time() + self.first_token
         if self.first_token:
-            await asyncio.sleep(self.first_token)
+            await _sleep_until(loop, due)
         index, tokens = 0, 0
         for item in items:
             if isinstance(item, Pause):
-                await asyncio.sleep(item.seconds)
+                due += item.seconds
+                await _sleep_until(loop, due)
             elif isinstance(item, str):
                 for piece in self._pieces(item):
                     if tokens and self.tokens_per_second is not None:
-                        await asyncio.sleep(1.0 / self.tokens_per_second)
+                        due += 1.0 / self.tokens_per_second
+                        await _sleep_until(loop, due)
                     tokens += 1
                     yield TextDelta(piece)
             else:
@@ -238,13 +246,12 @@ class ScriptedModel(Model):
     def _step_for(self, request: ModelRequest) -> Step:
         if self._scripts is None:
             return self._take("", self._steps, self._next, request, advance=True)
-        prompt = _first_prompt(request)
+        prompt, turn = _conversation(request)
         key = prompt if prompt in self._scripts else "*"
         script = self._scripts.get(key)
         if script is None:
             self._fail(f"no script for a conversation starting {prompt[:80]!r} "
                        "(and no '*')")
-        turn = sum(isinstance(m, AssistantMessage) for m in request.messages)
         return self._take(key, script, turn, request, advance=False)
 
     def _take(self, key: str, script: list[Step], index: int, request: ModelRequest, *,
@@ -308,11 +315,37 @@ class ScriptedModel(Model):
             self.check()
 
 
+async def _sleep_until(loop: asyncio.AbstractEventLoop, due: float) -> None:
+    """Sleep until the loop's clock reads ``due`` (at once if it is past)."""
+    await asyncio.sleep(max(0.0, due - loop.time()))
+
+
 def _items(step: Any) -> list[ToolCall | str | Pause]:
     """The items of a list step, in order; empty for any other step."""
     if isinstance(step, (str, bytes, bytearray, ModelResponse)) or not isinstance(step, Sequence):
         return []
     return list(step)
+
+
+def _conversation(request: ModelRequest) -> tuple[str, int]:
+    """The conversation ``request`` is part of (its task) and the step it asks for.
+
+    A planner's requests (``Agent(mode="plan")``) do not extend each other: a plan request
+    holds the task and an assistant message per earlier plan, a joiner's request starts
+    ``Task: <task>`` and holds each plan so far. Its script alternates plans and joiner
+    replies, so both are told apart here.
+    """
+    from shoal.agents.planprompts import joiner_task  # the joiner's text is the planner's
+
+    prompt = _first_prompt(request)
+    answered = sum(isinstance(m, AssistantMessage) for m in request.messages)
+    if request.plan_tools:
+        return prompt, 2 * answered
+    joined = joiner_task(prompt)
+    if joined is not None:
+        task, plans = joined
+        return task, 2 * plans - 1 + answered  # answered: replies that did not fit
+    return prompt, answered
 
 
 def _first_prompt(request: ModelRequest) -> str:
