@@ -18,8 +18,9 @@ of :mod:`shoal.testing`, so every latency is exact and costs no real time:
    planner prompt) is answered by a simulated model streaming the whole plan in LLMCompiler's
    format (numbered calls with ``$N`` refs, then one ``Thought:`` before ``join()``); shoal
    reads it as it streams, each call joins the agent's open run the moment its line is read
-   and starts when its inputs are done; then shoal's joiner turn reads the task, the plan
-   and the results and answers ``Action: Finish(...)``.
+   and starts when its inputs are done; then shoal's joiner turn, the same conversation
+   continued (the plan as the assistant's message, then the results), answers
+   ``Action: Finish(...)``.
 5. ``planner_thoughts``: the same plan with a ``Thought:`` before every call as well (as
    long as ReAct's): a costlier plan, printed beside it to show how much thoughts weigh.
 
@@ -59,7 +60,7 @@ from typing import Any
 import shoal
 from bench import nestools as nestools_bench
 from bench.common import BenchResult, Target, cli, dataset_file, median, percentile
-from shoal.agents.planner import plan_prompt
+from shoal.agents.planprompts import planner_prompt
 from shoal.models.base import (
     Model,
     ModelRequest,
@@ -656,14 +657,16 @@ class Read:
     total: int
     fresh: int
     instructions: int  # characters of the request's instructions
+    instructions_read: bool = True  # False when a kept context held them already
 
 
 class SimulatedModel(Model):
     """A model with a :class:`Setting`'s timing that answers a planner's plan and join turns.
 
-    Each request reads its whole text (instructions, then each message; tokens as
-    :func:`tokens` counts them); a setting that keeps its context (a local KV cache) reads
-    only what follows the longest prefix it shares with the previous request and its reply.
+    Each request reads its whole text (instructions, then each message, joined by blank
+    lines; tokens as :func:`tokens` counts them); a setting that keeps its context (a local
+    KV cache) reads only what follows the longest prefix it shares with the previous request
+    and its reply (held as the next message, after a blank line).
     The first token comes ``setting.first_token(read)`` seconds after the request; then the
     reply streams in pieces of :data:`CHARS_PER_TOKEN` characters, each ``1 / rate`` seconds
     after the one before (so the reply takes ``tokens(reply) / rate``, as in
@@ -685,11 +688,13 @@ class SimulatedModel(Model):
                              *(getattr(m, "content", "") for m in request.messages)])
         reply = self.plan if request.plan_tools else JOIN_REPLY
         total = tokens(text)
-        kept = 0
-        if self.setting.keeps_context:
-            kept = shared_prefix(self.held, text) // CHARS_PER_TOKEN  # whole tokens only
-        self.held = f"{text}{reply}"
-        self.reads.append(Read(total, total - kept, len(request.instructions)))
+        shared = shared_prefix(self.held, text) if self.setting.keeps_context else 0
+        kept = shared // CHARS_PER_TOKEN  # whole tokens only
+        # the reply as the next request holds it: the next message, after the blank line
+        # that joins messages (a chat template's assistant header in a real server)
+        self.held = f"{text}\n\n{reply}"
+        self.reads.append(Read(total, total - kept, len(request.instructions),
+                               shared < len(request.instructions)))
         usage = Usage(input_tokens=total, output_tokens=tokens(reply), requests=1)
         return reply, usage, self.setting.first_token(total - kept)
 
@@ -873,7 +878,7 @@ class Stats:
     plan_read: list[int] = field(default_factory=list)
     join_read: list[int] = field(default_factory=list)
     plan_prompt: list[int] = field(default_factory=list)
-    join_prompt: list[int] = field(default_factory=list)
+    join_fresh: list[int] = field(default_factory=list)  # not cached (a kept context)
     first_read: list[int] = field(default_factory=list)
     #: the planner's speedup over ReAct by its formula, had shoal's prompts been as long as
     #: the instructions assumed for the others
@@ -892,11 +897,12 @@ async def run_dataset(tasks: list[Task], setting: Setting) -> Stats:
         stats.plan_read.append(plan.total)
         stats.join_read.append(join.total)
         stats.plan_prompt.append(own_prompt(task, plan))
-        stats.join_prompt.append(own_prompt(task, join))
+        stats.join_fresh.append(join.fresh)
         stats.first_read.append(prompt_tokens(task))
         assumed = math.ceil(INSTRUCTION_CHARS / CHARS_PER_TOKEN)
-        reads = [r.fresh + assumed - math.ceil(own_prompt(task, r) / CHARS_PER_TOKEN)
-                 for r in (plan, join)]
+        # only a request that read its instructions (not held by a kept context) reads more
+        reads = [r.fresh + (assumed - math.ceil(own_prompt(task, r) / CHARS_PER_TOKEN)
+                            if r.instructions_read else 0) for r in (plan, join)]
         stats.as_assumed.append(trials["react"].latency
                                 / predict(task, "planner", setting, reads))
         for s, t in trials.items():
@@ -943,16 +949,19 @@ def planner_requests(found: dict[str, list[Task]], stats: dict[tuple[str, str], 
     """What shoal's planner sent, beside the others' first request, per dataset (medians),
     and its speedup had its prompts been as long as the instructions assumed for the others."""
     names = " / ".join(s.name for s in settings)
-    rows = ["| dataset | plan request, tokens | of which shoal's planner prompt, characters | "
-            "joiner request, tokens | of which shoal's joiner prompt, characters | "
+    kept = next((t for t in settings if t.keeps_context), None)
+    rows = ["| dataset | plan request, tokens | of which shoal's planner prompt (plan and "
+            "joiner turns), characters | joiner request, tokens | "
+            f"of which read anew ({kept.name if kept else 'no setting'} keeps the context) | "
             f"the others' first request, tokens | planner speedup with {INSTRUCTION_CHARS}-"
             f"character prompts (formula), {names} |", "|---|---|---|---|---|---|---|"]
     for name in found:
         s = stats[(settings[0].name, name)]
+        anew = median(stats[(kept.name, name)].join_fresh) if kept else median(s.join_read)
         what_if = " / ".join(f"{median(stats[(t.name, name)].as_assumed):.2f}x"
                              for t in settings)
         rows.append(f"| {name} | {median(s.plan_read):g} | {median(s.plan_prompt):g} | "
-                    f"{median(s.join_read):g} | {median(s.join_prompt):g} | "
+                    f"{median(s.join_read):g} | {anew:g} | "
                     f"{median(s.first_read):g} | {what_if} |")
     return rows
 
@@ -1007,12 +1016,13 @@ def settings_notes(result: BenchResult, settings: tuple[Setting, ...]) -> None:
     result.note("planner, planner_thoughts: shoal's Agent(mode='plan') end to end; each "
                 "request reads what shoal sends (its instructions, then each message): the "
                 "agent's instructions (the dataset's tool specs), then shoal's own planner "
-                f"prompt ({len(plan_prompt(()))} characters + a line per tool) or joiner "
-                "prompt, instead of the assumed instructions; the question; the joiner also "
-                "the plan and each call with its result (the result's JSON padded to "
-                f"{RESULT_TOKENS} tokens); a kept context (local) re-reads only what follows "
-                "the prefix the request shares with the last request and its reply; the "
-                "formula takes each request's tokens from the request shoal sent")
+                f"prompt ({len(planner_prompt(()))} characters + a line per tool; the same in "
+                "the plan and joiner requests) instead of the assumed instructions; the "
+                "question; the joiner also the plan (the assistant's message), then each call "
+                f"with its result (the result's JSON padded to {RESULT_TOKENS} tokens) and "
+                "the joiner's note; a kept context (local) re-reads only what follows the "
+                "prefix the request shares with the last request and its reply; the formula "
+                "takes each request's tokens from the request shoal sent")
     result.note(f"writes: ReAct a thought ({tokens(THOUGHT)} tokens: the mean of LLMCompiler's "
                 f"48 published ReAct thoughts) + 'Action: name(args)' per turn; parallel FC "
                 f"and streamed the calls as JSON; planner an LLMCompiler line per call, then a "

@@ -32,7 +32,7 @@ from bench import (
 from bench.common import BenchResult, Target, dataset_file, datasets_dir, judge_targets, passed
 
 import shoal
-from shoal.agents.planner import plan_prompt
+from shoal.agents.planprompts import planner_prompt
 from shoal.models.base import ModelRequest, StreamEvent
 from shoal.plantext import PlanTextParser
 from shoal.testing import run_virtual
@@ -219,7 +219,7 @@ def test_latency_planner_is_shoals_planner_agent() -> None:
     # the plan request's instructions: the dataset's specs, then shoal's own planner prompt
     specs = [shoal.Agent(name="p", model=latency.SimulatedModel(setting, ""), mode="plan",
                          tools=list(latency.Tools(task).table.values())).tool_specs][0]
-    instructions = f"The tools' specifications:\n{task.tools}\n\n{plan_prompt(specs)}"
+    instructions = f"The tools' specifications:\n{task.tools}\n\n{planner_prompt(specs)}"
     assert trial.reads[0].instructions == len(instructions)
     assert trial.reads[0].total == latency.tokens(f"{instructions}\n\n{task.question}")
     # call 1 starts the moment its line has streamed, before the plan's end
@@ -260,7 +260,7 @@ def test_latency_planner_check_catches_a_delay() -> None:
 
 def test_latency_local_planner_reads_only_what_it_does_not_hold() -> None:
     """With a kept context (a local KV cache), the joiner re-reads only what follows the
-    prefix it shares with the plan request (the specs); hosted, it reads all of it."""
+    plan request and the plan (it continues their conversation); hosted, it reads it all."""
     task = latency.Task("made-up", "1", latency_task().calls, "Pay the best laptop's bill.",
                         json.dumps([{"name": "search", "parameters": {"query": "string"}}]))
 
@@ -273,8 +273,10 @@ def test_latency_local_planner_reads_only_what_it_does_not_hold() -> None:
     assert [r.total for r in hosted] == [r.total for r in local]
     assert [r.fresh for r in hosted] == [r.total for r in hosted]
     assert local[0].fresh == local[0].total
-    held = len(f"The tools' specifications:\n{task.tools}\n\n") // latency.CHARS_PER_TOKEN
-    assert local[1].fresh == local[1].total - held
+    plan = "".join(latency.plan_lines(task))
+    held = local[0].instructions + len(f"\n\n{task.question}\n\n{plan}")
+    assert local[1].fresh == local[1].total - held // latency.CHARS_PER_TOKEN
+    assert local[1].instructions == local[0].instructions and not local[1].instructions_read
 
 
 def test_latency_model_reads_a_growing_context() -> None:

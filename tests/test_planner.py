@@ -17,14 +17,17 @@ import pytest
 
 import shoal
 from shoal.agents.planner import join_action, plan_prompt, tool_signature
+from shoal.agents.planprompts import replan_note
 from shoal.exceptions import ModelHTTPError
 from shoal.models.base import (
+    AssistantMessage,
     Model,
     ModelRequest,
     ModelResponse,
     ResponseDone,
     StreamEvent,
     TextDelta,
+    UserMessage,
 )
 from shoal.models.retry import ModelGates, ModelRetry
 from shoal.testing import ScriptedModel, run_virtual
@@ -35,6 +38,11 @@ FINISH = "Thought: the results answer it.\nAction: Finish({})"
 
 def _is_planner(request: ModelRequest) -> bool:
     return bool(request.plan_tools)
+
+
+def _said(request: ModelRequest) -> str:
+    """A request's messages as one text: the conversation its model reads."""
+    return "\n\n".join(str(getattr(m, "content", "")) for m in request.messages)
 
 
 # ---- the must-show: a streamed 10-call plan ------------------------------------------------
@@ -158,12 +166,14 @@ def test_a_failing_call_leads_to_a_replan_that_reuses_the_finished_results() -> 
         ("1", "ok"), ("2", "failed"), ("3", "skipped"), ("4", "ok"), ("5", "ok")]
     replan = model.requests[2]
     assert _is_planner(replan) and not replan.tools
-    said = replan.messages[-1].content  # type: ignore[union-attr]
+    said = _said(replan)
     assert "2. get" in said and "ConnectionError: host unreachable" in said
-    assert "try a mirror" in said and "from 4 on" in said
-    assert "Number the calls 4, 5, 6" in replan.instructions
-    joiner = model.requests[3].messages[0].content  # type: ignore[union-attr]
-    assert "Plan 1:" in joiner and "Plan 2:" in joiner and "page mirror" in joiner
+    assert "try a mirror" in said
+    assert "Number the new calls from 4 on" in replan.messages[-1].content  # type: ignore[union-attr]
+    assert replan.instructions == model.requests[0].instructions
+    joiner = model.requests[3]
+    assert first in _said(joiner) and second in _said(joiner)
+    assert "page mirror" in joiner.messages[-1].content  # type: ignore[union-attr]
     assert result.turns == 4 and result.usage.requests == 4
 
 
@@ -180,8 +190,8 @@ def test_a_replan_past_max_replans_ends_the_run_with_a_typed_error() -> None:
         run_virtual(agent.run("go"))
     result = caught.value.result  # type: ignore[attr-defined]
     assert result.status == "failed" and len(result.plans) == 2
-    assert "not allowed" in model.requests[3].instructions  # the last joiner was told
-    assert "not allowed" not in model.requests[1].instructions
+    assert "not allowed" in _said(model.requests[3])  # the last joiner was told
+    assert "not allowed" not in _said(model.requests[1]) + model.requests[1].instructions
     assert [r.status for r in result.calls] == ["ok", "ok"]
 
 
@@ -213,6 +223,114 @@ def test_output_type_applies_to_the_joiners_answer_and_is_asked_again() -> None:
     assert "JSON schema" in model.requests[1].instructions
     assert model.requests[1].output_schema is None  # the reply is Thought/Action text
     assert "did not fit" in model.requests[2].messages[-1].content  # type: ignore[union-attr]
+
+
+# ---- one conversation: each request extends the previous one and its reply ----------------
+
+
+def _assert_one_conversation(requests: list[ModelRequest], replies: list[str]) -> None:
+    """Each request has the first one's instructions, and its messages start with the
+    previous request's messages and then the previous reply, as the assistant's message."""
+    assert len(requests) == len(replies)
+    for before, reply, request in zip(requests, replies, requests[1:], strict=False):
+        assert request.instructions == requests[0].instructions
+        shared = len(before.messages)
+        assert request.messages[:shared] == before.messages
+        assert request.messages[shared] == AssistantMessage(reply)
+        assert len(request.messages) > shared + 1  # and something new from the user
+        assert all(isinstance(m, UserMessage) for m in request.messages[shared + 1:])
+
+
+def _failing_then_mirrored() -> tuple[list[shoal.Tool[..., Any]], list[str]]:
+    @shoal.tool
+    async def get(url: str) -> str:
+        """Download a page."""
+        await asyncio.sleep(0.1)
+        if url == "bad":
+            raise ConnectionError("host unreachable")
+        return f"page {url}"
+
+    @shoal.tool
+    def count(pages: list[str]) -> int:
+        """Count the pages."""
+        return len(pages)
+
+    steps = ['Thought: both pages.\n1. get("a")\n2. get("bad")\n3. count(pages=[$1, $2])'
+             '\n4. join()',
+             "Thought: get(bad) failed.\nAction: Replan(try a mirror)",
+             '4. get("mirror")\n5. count([$1, $4])\n6. join()',
+             "Thought: two pages.\nAction: Finish(two)",  # not an Answer: asked again
+             'Thought: two pages.\nAction: Finish({"total": 2})']
+    return [get, count], steps
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_each_planner_request_extends_the_previous_request_and_its_reply(
+        streamed: bool) -> None:
+    tools, steps = _failing_then_mirrored()
+    options = {"tokens_per_second": 80.0, "first_token": 0.2} if streamed else {}
+    model = ScriptedModel(steps, **options)
+    agent: shoal.Agent[Answer] = shoal.Agent(
+        name="planner", model=model, tools=tools, mode="plan", output_type=Answer,
+        instructions="Count what you find.")
+    result = run_virtual(agent.run("count the pages a and b"))
+    assert result.output == Answer(total=2) and len(result.plans) == 2
+    requests = model.requests
+    assert [_is_planner(r) for r in requests] == [True, False, True, False, False]
+    _assert_one_conversation(requests, steps)
+    # the instructions tell both turns (the answer's schema included); the messages the rest
+    assert requests[0].instructions.startswith("Count what you find.\n\nWrite a plan")
+    assert "Action: Replan(" in requests[0].instructions
+    assert "JSON schema" in requests[0].instructions
+    assert requests[0].messages == (UserMessage("count the pages a and b"),)
+    said = [str(getattr(m, "content", "")) for m in requests[4].messages]
+    assert "ConnectionError: host unreachable" in said[2] and "Judge the results" in said[2]
+    assert said[4] == replan_note(4)
+    assert "page mirror" in said[6] and "not allowed" not in said[6]
+    assert "did not fit" in said[8]
+
+
+def test_the_last_round_is_told_in_the_conversation_that_it_must_answer() -> None:
+    tools, steps = _failing_then_mirrored()
+    model = ScriptedModel(steps)
+    agent: shoal.Agent[Answer] = shoal.Agent(name="planner", model=model, tools=tools,
+                                            mode="plan", output_type=Answer, max_replans=1)
+    assert run_virtual(agent.run("count")).output == Answer(total=2)
+    _assert_one_conversation(model.requests, steps)
+    last = model.requests[3].messages[-1].content  # type: ignore[union-attr]
+    assert "Replanning is not allowed any more" in last
+
+
+class _FailsLastJoin(ScriptedModel):
+    """A scripted model whose fifth request (the last joiner's retry) fails for good."""
+
+    async def request(self, request: ModelRequest) -> ModelResponse:
+        if len(self.requests) == 4:
+            self.requests.append(request)
+            raise ModelHTTPError(self.name, "bad request", 400)
+        return await super().request(request)
+
+
+def test_a_resumed_planner_replays_its_own_turns_of_the_conversation(tmp_path: Path) -> None:
+    tools, steps = _failing_then_mirrored()
+    agent: shoal.Agent[Answer] = shoal.Agent(name="planner", model=_FailsLastJoin(steps[:4]),
+                                            tools=tools, mode="plan", output_type=Answer)
+
+    async def main() -> tuple[ScriptedModel, Any]:
+        runtime = shoal.Runtime(store=f"sqlite:///{tmp_path / 'runs.db'}")
+        with pytest.raises(shoal.ModelError):
+            await agent.run("count", runtime=runtime, run_id="r1")
+        model = ScriptedModel([steps[4]])
+        resumed = await agent.resume("r1", "count", runtime=runtime, model=model)
+        return model, resumed
+
+    model, resumed = run_virtual(main())
+    assert resumed.output == Answer(total=2) and len(resumed.plans) == 2
+    # the four finished turns (two plans, two joiner replies) came from the journal
+    assert len(model.requests) == 1
+    said = model.requests[0].messages
+    assert len(said) == 9 and said[-2] == AssistantMessage(steps[3])
+    assert [r.status for r in resumed.calls] == ["ok", "failed", "skipped", "ok", "ok"]
 
 
 # ---- configuration ---------------------------------------------------------------------------
@@ -283,7 +401,7 @@ def test_a_plan_call_waits_for_its_approval_and_a_denied_one_never_runs() -> Non
     result = run_virtual(agent.run("pay", approver=approver))
     assert sorted(paid) == [50, 200]
     assert [r.status for r in result.calls] == ["ok", "ok", "denied"]
-    assert "too much" in model.requests[1].messages[0].content  # type: ignore[union-attr]
+    assert "too much" in _said(model.requests[1])
 
 
 def test_fan_out_and_subagent_budgets_hold_in_a_plan() -> None:
@@ -398,7 +516,7 @@ def test_every_kind_of_bad_line_is_a_rejection_the_joiner_reads() -> None:
     assert "surrogates not allowed" in by_id["14"].message.content
     assert "null bytes" in by_id["15"].message.content
     assert ran == ["ok", "bell\x07 tab\t"]
-    joiner = model.requests[1].messages[0].content  # type: ignore[union-attr]
+    joiner = _said(model.requests[1])
     joiner.encode("utf-8")  # sendable: the raw surrogate of the plan is not sent back
     assert "Note: line 1" in joiner and "no tool named 'nosuch'" in joiner
     assert all(r.message.is_error for r in by_id.values())
@@ -416,7 +534,7 @@ def test_a_plan_of_two_thousand_lines_runs_and_the_joiner_gets_bounded_text() ->
     result = run_virtual(agent.run("go"), debug=False)
     assert result.output == "all" and len(result.calls) == 2000
     assert all(r.ok for r in result.calls)
-    joiner = model.requests[1].messages[0].content  # type: ignore[union-attr]
+    joiner = _said(model.requests[1])
     assert len(joiner) < 500_000 and "more characters cut" in joiner
 
 
@@ -426,7 +544,7 @@ def test_a_plan_without_calls_or_without_join_still_reaches_the_joiner() -> None
     agent = shoal.Agent(name="planner", model=model, tools=[fetch], mode="plan")
     result = run_virtual(agent.run("go"))
     assert result.output == "no plan needed" and result.calls == []
-    joiner = model.requests[1].messages[0].content  # type: ignore[union-attr]
+    joiner = _said(model.requests[1])
     assert "expected a numbered call" in joiner
 
 
@@ -548,7 +666,7 @@ def _wire_run(server: Any, system_of: Any) -> tuple[Res, list[dict[str, Any]]]:
     def responder(body: dict[str, Any]) -> Any:
         from tests.wire import text_reply
 
-        if "Write a plan of tool calls" in system_of(body):
+        if "Judge the results" not in str(body["messages"]):  # the plan request
             return text_reply(WIRE_PLAN, chunk_delay=0.01)
         joined = str(body["messages"])
         return text_reply(f"Thought: ok\nAction: Finish(got {'(x+y)' in joined})")
@@ -565,7 +683,15 @@ def _wire_run(server: Any, system_of: Any) -> tuple[Res, list[dict[str, Any]]]:
 
         result = arun(main())
         assert not running.errors
-        return result, running.bodies
+        bodies = running.bodies
+    # one conversation on the wire: the same system prompt, and the joiner's messages are the
+    # plan request's, then the plan as the assistant's, then the results
+    assert len(bodies) == 2 and system_of(bodies[0]) == system_of(bodies[1])
+    sent = len(bodies[0]["messages"])
+    assert bodies[1]["messages"][:sent] == bodies[0]["messages"]
+    assert bodies[1]["messages"][sent]["role"] == "assistant"
+    assert "4. join()" in str(bodies[1]["messages"][sent])
+    return result, bodies
 
 
 def test_a_planner_over_the_openai_protocol() -> None:
@@ -724,7 +850,7 @@ def test_a_later_plan_listing_a_finished_call_again_reuses_it() -> None:
     result = run_virtual(agent.run("go"))
     assert ran == {"a": 2}  # 1 once, 2 once
     assert [(r.call.id, r.status) for r in result.calls] == [("1", "ok"), ("2", "ok")]
-    joiner = model.requests[3].messages[0].content  # type: ignore[union-attr]
+    joiner = _said(model.requests[3])
     assert joiner.count('1. step({"name": "a"}) -> ok: a') == 2  # in both plans' results
 
 

@@ -25,6 +25,13 @@ Each round has two model turns:
    call's result, and answers ``Thought: ...`` then ``Action: Finish(<answer>)`` or
    ``Action: Replan(<why>)``. A reply without an ``Action:`` line is the answer as a whole.
 
+The run's requests are one conversation, so that a prompt cache (a local server's KV cache,
+a provider's prefix cache) reuses each one: the same instructions every time (the agent's,
+then how to plan and how to join: :func:`~shoal.agents.planprompts.planner_prompt`), and
+messages that only grow: the task, the plan (the assistant's), the results and what the
+joiner is to do (the user's), the joiner's reply, after a replan what the new plan is to do,
+the next plan, and so on. Each request is the previous one and its reply, then what is new.
+
 A replan starts the next round: the planner sees its earlier plans, their results and the
 joiner's reason, and numbers its new calls on from the last, so ``$N`` can use any earlier
 result: finished calls never run again. A new plan that numbers from 1 again (or goes back)
@@ -55,9 +62,9 @@ from typing import TYPE_CHECKING, Any
 
 from shoal.agents.planprompts import (
     join_action,
-    joiner_prompt,
-    joiner_text,
+    join_note,
     plan_prompt,
+    planner_prompt,
     replan_note,
     reply_action,
     tool_signature,
@@ -122,10 +129,14 @@ class _Round:
 
     number: int
     entries: list[str | CallRecord] = field(default_factory=list)
+    planned: bool = False  # the plan has been read (``text`` is the whole plan)
     notes: list[str] = field(default_factory=list)  # lines of the plan that are not calls
     text: str = ""
     records: list[CallRecord] | None = None  # once every call of the round has ended
     replan: tuple[str, int] | None = None  # the joiner's reason, the next plan's first number
+    joining: str = ""  # what the joiner was told after the results (see join_note)
+    # the joiner's replies, and what it was told after each one that did not fit
+    joined: list[AssistantMessage | UserMessage] = field(default_factory=list)
     # numbers an earlier plan took for other calls -> the numbers their calls here run as
     renumbered: dict[str, str] = field(default_factory=dict)
     # calls an earlier attempt of a retried stream started (they stand, read again or not)
@@ -457,15 +468,13 @@ class Planner:
         agent, ctx = self.agent, self.ctx
         while True:
             ctx.check(self.lineage)
-            planning = self._planning_messages()
             round_ = _Round(len(self.rounds) + 1)
             self.rounds.append(round_)
-            first_id = calls.next_id
-            await self._plan(calls, round_, planning, first_id)
+            await self._plan(calls, round_)
             await calls.wait(round_)
             ctx.check(self.lineage)
             last = len(self.rounds) > agent.max_replans
-            action, text = await self._join(last)
+            action, text = await self._join(round_, last)
             if action == "finish":
                 return text
             if last:
@@ -475,23 +484,39 @@ class Planner:
                     f"(now {agent.max_replans}) or give the planner better tools")
             round_.replan = (text, calls.next_id)
 
-    def _planning_messages(self) -> list[Message]:
-        """The next planner request's messages: the task, then each plan and what it gave.
+    def _conversation(self) -> tuple[Message, ...]:
+        """The next request's messages: the run's conversation so far.
 
-        Each earlier round gets an equal share of :data:`MAX_OBSERVATION_CHARS`, so that the
-        request stays bounded however many rounds there were.
+        The task; then for each round its plan (the assistant's), its results and what the
+        joiner is to do (the user's), the joiner's replies (with what it was told after each
+        one that did not fit), and after a replan what the new plan is to do. Each request
+        thus extends the previous request and its reply, and a prompt cache reuses them.
+
+        The plans and results share :data:`MAX_OBSERVATION_CHARS` equally among the plans
+        written so far, so a request stays bounded however many rounds there were; what a
+        share cuts is cut the same way in every request until the next plan is written (only
+        then can a request stop extending the one before it, and only when a cut bites).
         """
         messages: list[Message] = [UserMessage(self.agent_run.result.prompt)]
-        share = MAX_OBSERVATION_CHARS // max(len(self.rounds), 1)
-        for round_ in self.rounds:
-            assert round_.replan is not None  # every round before the next plan asked for it
-            reason, next_id = round_.replan
-            said = (f"{_observations(round_, share - share // 4)}\n\nThe joiner asked for a "
-                    f"new plan: {_cut(reason, share // 8)}\n\n{replan_note(next_id)}")
+        planned = [round_ for round_ in self.rounds if round_.planned]
+        share = MAX_OBSERVATION_CHARS // max(len(planned), 1)
+        for round_ in planned:
             # providers refuse an empty assistant message: a plan of nothing says so
-            messages += [AssistantMessage(_sendable(_cut(round_.text, share // 8)) or "(no plan)"),
-                         UserMessage(_sendable(said))]
-        return messages
+            messages.append(AssistantMessage(_sendable(_cut(round_.text, share // 8))
+                                             or "(no plan)"))
+            if not round_.joining:  # not judged yet (no request is sent then)
+                break
+            said = f"{_observations(round_, share - share // 4)}\n\n{round_.joining}"
+            messages.append(UserMessage(_sendable(said)))
+            replies = sum(isinstance(m, AssistantMessage) for m in round_.joined)
+            for message in round_.joined:
+                if isinstance(message, AssistantMessage):  # the replies share an eighth
+                    cut = _cut(message.content, share // 8 // max(replies, 1))
+                    message = AssistantMessage(_sendable(cut) or "(empty)")
+                messages.append(message)
+            if round_.replan is not None:
+                messages.append(UserMessage(replan_note(round_.replan[1])))
+        return tuple(messages)
 
     def _check_turns(self) -> None:
         agent = self.agent
@@ -499,40 +524,57 @@ class Planner:
             raise MaxTurnsExceeded(f"agent {self.lineage} used all {agent.max_turns} turns "
                                    "without a final answer; raise max_turns or simplify")
 
-    async def _plan(self, calls: _PlanCalls, round_: _Round, messages: list[Message],
-                    first_id: int) -> None:
-        agent, agent_run = self.agent, self.agent_run
+    def _request(self, *, plan: bool) -> ModelRequest:
+        """The next request: the planner's instructions and the conversation so far.
+
+        A plan request carries the tools as ``plan_tools`` (a model may constrain its output
+        to plans over them); a joiner's request does not, so that it writes free text.
+        """
+        agent = self.agent
+        return ModelRequest(instructions=self.instructions, messages=self._conversation(),
+                            tools=(), settings=agent.settings, lineage=self.lineage,
+                            plan_tools=agent.tool_specs if plan else ())
+
+    @property
+    def instructions(self) -> str:
+        """The instructions of every request of the run: the agent's, then how to plan and join.
+
+        They stay the same from the first request to the last, as the prompt cache needs.
+        """
+        agent = self.agent
+        spec = agent.output_spec
+        answer_format = ("" if spec is None else "\nThe answer inside Finish(...) must be only "
+                         f"a JSON value that fits this JSON schema: {json.dumps(spec.schema)}")
+        return f"{agent.instructions}\n\n{planner_prompt(agent.tool_specs, answer_format)}".strip()
+
+    async def _plan(self, calls: _PlanCalls, round_: _Round) -> None:
+        agent_run = self.agent_run
         self._check_turns()
         agent_run.start_turn()
         agent_run._started_this_turn = 0  # fan_out counts each plan's calls
-        instructions = f"{agent.instructions}\n\n{plan_prompt(agent.tool_specs, first_id=first_id)}"
-        request = ModelRequest(
-            instructions=instructions.strip(), messages=tuple(messages), tools=(),
-            settings=agent.settings, lineage=self.lineage, plan_tools=agent.tool_specs)
+        request = self._request(plan=True)
         reader = _PlanReader(self, calls, round_)
         response = await agent_run.answer(request, read=reader.read, digest=_digest(request))
         if not reader.read_whole:  # replayed from the journal: its calls are added now
             reader.finish(response)
         round_.text = reader.text
+        round_.planned = True
         agent_run.result.plans.append(reader.text)
         agent_run.result.messages.append(AssistantMessage(reader.text))
         self.ctx.check(self.lineage)
 
-    async def _join(self, last: bool) -> tuple[str, Any]:
+    async def _join(self, round_: _Round, last: bool) -> tuple[str, Any]:
         agent, agent_run, ctx = self.agent, self.agent_run, self.ctx
         spec = agent.output_spec
-        answer_format = ("" if spec is None else "\nThe answer inside Finish(...) must be only "
-                         f"a JSON value that fits this JSON schema: {json.dumps(spec.schema)}")
-        instructions = f"{agent.instructions}\n\n{joiner_prompt(last, answer_format)}".strip()
-        messages: list[Message] = [UserMessage(self._joiner_text())]
+        round_.joining = join_note(last)
         retries = 0
         while True:
             self._check_turns()
             agent_run.start_turn()
-            request = ModelRequest(instructions=instructions, messages=tuple(messages),
-                                   settings=agent.settings, lineage=self.lineage)
+            request = self._request(plan=False)
             response = await agent_run.answer(request, digest=_digest(request))
             agent_run.result.messages.append(response.as_message())
+            round_.joined.append(AssistantMessage(_reply_text(response)))
             ctx.check(self.lineage, answered=True)
             action, text = reply_action(response.text, response.tool_calls)
             if action == "replan":
@@ -553,14 +595,8 @@ class Planner:
                 if response.tool_calls:  # a model that answers with calls is told it cannot
                     called = ", ".join(sorted({c.name for c in response.tool_calls}))[:200]
                     again = f"No tools can be called here (you called {called}). {again}"
-                messages += [AssistantMessage(_sendable(response.text) or "(empty)"),
-                             UserMessage(f"{again} Reply with Action: Finish(<the answer>).")]
-
-    def _joiner_text(self) -> str:
-        share = MAX_OBSERVATION_CHARS // len(self.rounds)  # as for the planner's messages
-        rounds = [(_cut(round_.text.strip(), share // 4) or "(empty)",
-                   _observations(round_, share - share // 4)) for round_ in self.rounds]
-        return _sendable(joiner_text(self.agent_run.result.prompt, rounds))
+                round_.joined.append(
+                    UserMessage(f"{again} Reply with Action: Finish(<the answer>)."))
 
 
 class _PlanReader:
@@ -681,6 +717,17 @@ def _native_call(call: ToolCall) -> str:
     return f"{call.name}({', '.join(f'{key}={value!r}' for key, value in args.items())})"
 
 
+def _reply_text(response: ModelResponse) -> str:
+    """A joiner's reply as the conversation shows it: its text, else its native calls.
+
+    Native calls (``Replan(reason=...)``) are written out, so that a reason given that way
+    stays in the conversation (no tool results can follow them: the joiner has no tools).
+    """
+    if response.text.strip() or not response.tool_calls:
+        return response.text
+    return "\n".join(f"{c.name}({c.arguments})" for c in response.tool_calls)
+
+
 def _sendable(text: str) -> str:
     """``text`` with lone surrogates (which no provider accepts) replaced by ``?``.
 
@@ -694,7 +741,12 @@ def _sendable(text: str) -> str:
 
 
 def _digest(request: ModelRequest) -> str:
-    """A planner's requests do not extend each other's messages: each is digested whole."""
+    """A planner's request, digested whole.
+
+    Its requests mostly extend each other, but not always (a cut that bites, ``plan_tools``
+    only on plan requests), so the agent's running conversation digest does not fit; a
+    request is bounded (:data:`MAX_OBSERVATION_CHARS`), and so is the cost of hashing it.
+    """
     from shoal.agents.run import ConversationDigest
 
     return ConversationDigest().of(request)

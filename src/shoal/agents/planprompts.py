@@ -1,9 +1,11 @@
 """The planner's prompts, and the reading of its joiner's replies.
 
-The planner (:mod:`shoal.agents.planner`) asks its model two kinds of question: write a plan
-(:func:`plan_prompt`, the tools listed by :func:`tool_signature`), and judge a plan's results
-(:func:`joiner_prompt`), whose reply :func:`join_action` reads. Everything here is text in and
-text out, so it can be read, tested and changed apart from the loop that runs the plans.
+The planner (:mod:`shoal.agents.planner`) asks its model two kinds of question in one
+conversation: write a plan (:func:`plan_prompt`, the tools listed by :func:`tool_signature`),
+and judge a plan's results (:func:`joiner_prompt`, :func:`join_note`), whose reply
+:func:`join_action` reads. Both share one set of instructions (:func:`planner_prompt`), so
+that each request extends the one before it. Everything here is text in and text out, so it
+can be read, tested and changed apart from the loop that runs the plans.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 from shoal.models.base import ToolCall, ToolSpec
 
-__all__ = ["join_action", "joiner_prompt", "joiner_task", "joiner_text", "plan_prompt",
+__all__ = ["join_action", "join_note", "joiner_prompt", "plan_prompt", "planner_prompt",
            "replan_note", "reply_action", "tool_signature"]
 
 # Markdown around the words (**Action:** Finish(...), > Action: `Finish(...)`) is tolerated.
@@ -102,8 +104,8 @@ def plan_prompt(tools: Sequence[ToolSpec], *, first_id: int = 1) -> str:
     listed = "\n".join(f"{i}. {tool_signature(spec)}: {_about(spec.description)}"
                        for i, spec in enumerate(tools, 1))
     end = _end_line(tools)
-    ending = ("End the plan with the line N. join(), N being the next number: it hands "
-              "the results to a joiner, who answers the task or asks for a new plan."
+    ending = ("End the plan with the line N. join(), N being the next number: once the "
+              "calls have run, their results are judged, to answer the task or plan again."
               if end != "<END_OF_PLAN>" else
               "End the plan with the line <END_OF_PLAN>.")
     return f"""Write a plan of tool calls that solves the task, so that as many calls as \
@@ -140,45 +142,41 @@ def replan_note(first_id: int) -> str:
             f"{first_id} on.")
 
 
-def joiner_prompt(last: bool, answer_format: str) -> str:
-    """The joiner's instructions (``last``: replanning is no longer allowed)."""
-    replan = ("Replanning is not allowed any more: answer with Action: Finish(...), from what "
-              "the results give (say what is missing if you must)." if last else
-              "Ask for a new plan only if the results cannot answer the task, e.g. a call "
-              "failed; the new plan can reuse the results that succeeded.")
-    return f"""A plan of tool calls was run for the task below. Read the task, the plan and \
-each call's result, then reply in this form:
+def joiner_prompt(answer_format: str = "") -> str:
+    """How the planner's joiner turn works: the part of the instructions after the plan's.
+
+    The plan and joiner turns share their instructions (see :func:`planner_prompt`), so that
+    each request extends the one before it and a prompt cache can reuse it.
+    """
+    return f"""Once the plan's calls have run, you are shown each call's result \
+(Observations) and asked to judge them: reply in this form
 Thought: <what the results show>
 Action: Finish(<the final answer to the task>)
 or, when the results are not enough to answer:
 Thought: <what is missing or went wrong>
 Action: Replan(<what a new plan must do differently>)
-{replan}{answer_format}"""
+Ask for a new plan only if the results cannot answer the task, e.g. a call failed; a new \
+plan can reuse the results that succeeded. When asked for a new plan, write it as above, \
+numbering its calls on from the number you are given.{answer_format}"""
 
 
-def joiner_text(task: str, rounds: Sequence[tuple[str, str]]) -> str:
-    """What the joiner reads: the task, then each plan and its observations."""
-    parts = [f"Task: {task}"]
-    for number, (plan, observations) in enumerate(rounds, 1):
-        parts += [f"Plan {number}:\n{plan}", observations]
-    return "\n\n".join(parts)
+def planner_prompt(tools: Sequence[ToolSpec], answer_format: str = "") -> str:
+    """The instructions of every planner request: how to plan over ``tools``, how to join.
 
-
-def joiner_task(text: str) -> tuple[str, int] | None:
-    """The task and the number of plans of a :func:`joiner_text`, or None if it is not one.
-
-    For tools that answer planners' requests by conversation (``ScriptedModel.per_prompt``):
-    a joiner's request starts a conversation of its own.
+    ``answer_format`` says what the answer inside ``Finish(...)`` must be (an agent's
+    ``output_type``), if anything.
     """
-    if not text.startswith("Task: "):
-        return None
-    end = text.find("\n\nPlan 1:\n")
-    if end < 0:
-        return None
-    plans = 1
-    while f"\n\nPlan {plans + 1}:\n" in text:
-        plans += 1
-    return text[len("Task: "):end], plans
+    return f"{plan_prompt(tools)}\n\n{joiner_prompt(answer_format)}"
+
+
+def join_note(last: bool) -> str:
+    """What follows a plan's results: judge them (``last``: replanning is no longer allowed)."""
+    if last:
+        return ("Judge the results. Replanning is not allowed any more: reply with Thought: "
+                "... and Action: Finish(...), from what the results give (say what is "
+                "missing if you must).")
+    return ("Judge the results: reply with Thought: ... and Action: Finish(<the final "
+            "answer>), or Action: Replan(<why>) if they cannot answer the task.")
 
 
 def join_action(text: str) -> tuple[str, str]:

@@ -328,24 +328,14 @@ def _items(step: Any) -> list[ToolCall | str | Pause]:
 
 
 def _conversation(request: ModelRequest) -> tuple[str, int]:
-    """The conversation ``request`` is part of (its task) and the step it asks for.
+    """The conversation ``request`` is part of (its first prompt) and the step it asks for.
 
-    A planner's requests (``Agent(mode="plan")``) do not extend each other: a plan request
-    holds the task and an assistant message per earlier plan, a joiner's request starts
-    ``Task: <task>`` and holds each plan so far. Its script alternates plans and joiner
-    replies, so both are told apart here.
+    The step is the number of assistant turns the conversation already has. A planner's
+    requests (``Agent(mode="plan")``) are one conversation too: the task, then each plan and
+    each joiner reply as an assistant turn, so its script alternates plans and joiner replies.
     """
-    from shoal.agents.planprompts import joiner_task  # the joiner's text is the planner's
-
     prompt = _first_prompt(request)
-    answered = sum(isinstance(m, AssistantMessage) for m in request.messages)
-    if request.plan_tools:
-        return prompt, 2 * answered
-    joined = joiner_task(prompt)
-    if joined is not None:
-        task, plans = joined
-        return task, 2 * plans - 1 + answered  # answered: replies that did not fit
-    return prompt, answered
+    return prompt, sum(isinstance(m, AssistantMessage) for m in request.messages)
 
 
 def _first_prompt(request: ModelRequest) -> str:
