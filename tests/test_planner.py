@@ -301,6 +301,23 @@ def test_the_last_round_is_told_in_the_conversation_that_it_must_answer() -> Non
     assert "Replanning is not allowed any more" in last
 
 
+def test_a_per_prompt_script_counts_a_joiner_asked_again_before_a_replan() -> None:
+    @shoal.tool
+    def probe(n: int) -> int:
+        """Probe."""
+        return n
+
+    steps = ["1. probe(1)\n2. join()", "Action: Finish()",  # empty: asked again
+             "Action: Replan(probe 2 as well)", "2. probe(2)\n3. join()", "Action: Finish(3)"]
+    model = ScriptedModel.per_prompt({"probe": steps})
+    agent = shoal.Agent(name="planner", model=model, tools=[probe], mode="plan")
+    result = run_virtual(agent.run("probe"))
+    assert result.output == "3" and [r.status for r in result.calls] == ["ok", "ok"]
+    assert result.plans == [steps[0], steps[3]]
+    _assert_one_conversation(model.requests, steps)
+    model.check()
+
+
 class _FailsLastJoin(ScriptedModel):
     """A scripted model whose fifth request (the last joiner's retry) fails for good."""
 

@@ -595,8 +595,8 @@ class Planner:
                 if response.tool_calls:  # a model that answers with calls is told it cannot
                     called = ", ".join(sorted({c.name for c in response.tool_calls}))[:200]
                     again = f"No tools can be called here (you called {called}). {again}"
-                round_.joined.append(
-                    UserMessage(f"{again} Reply with Action: Finish(<the answer>)."))
+                round_.joined.append(  # the error may quote the reply, surrogates and all
+                    UserMessage(_sendable(f"{again} Reply with Action: Finish(<the answer>).")))
 
 
 class _PlanReader:
