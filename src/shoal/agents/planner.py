@@ -133,7 +133,7 @@ class _Round:
     notes: list[str] = field(default_factory=list)  # lines of the plan that are not calls
     text: str = ""
     records: list[CallRecord] | None = None  # once every call of the round has ended
-    replan: tuple[str, int] | None = None  # the joiner's reason, the next plan's first number
+    replan: int | None = None  # after a replan: the next plan's first number
     joining: str = ""  # what the joiner was told after the results (see join_note)
     # the joiner's replies, and what it was told after each one that did not fit
     joined: list[AssistantMessage | UserMessage] = field(default_factory=list)
@@ -482,7 +482,7 @@ class Planner:
                     f"agent {self.lineage}'s joiner asked for a new plan after "
                     f"{agent.max_replans} replan(s): {text[:300]}; raise max_replans "
                     f"(now {agent.max_replans}) or give the planner better tools")
-            round_.replan = (text, calls.next_id)
+            round_.replan = calls.next_id  # the reason is in the joiner's reply
 
     def _conversation(self) -> tuple[Message, ...]:
         """The next request's messages: the run's conversation so far.
@@ -515,7 +515,7 @@ class Planner:
                     message = AssistantMessage(_sendable(cut) or "(empty)")
                 messages.append(message)
             if round_.replan is not None:
-                messages.append(UserMessage(replan_note(round_.replan[1])))
+                messages.append(UserMessage(replan_note(round_.replan)))
         return tuple(messages)
 
     def _check_turns(self) -> None:
