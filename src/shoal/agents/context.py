@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -72,6 +71,7 @@ class TreeContext:
         resuming: bool = False,
         force: bool = False,
         board: Board | None = None,
+        origin: float | None = None,
     ) -> None:
         self.run_id = run_id
         self.runtime = runtime
@@ -90,7 +90,10 @@ class TreeContext:
         #: agent of the tree streams its model's replies (and a nested run's sinks that are
         #: this tree's ``emit`` ask for text too)
         self.wants_text = bool(self._text_sinks)
-        self._t0 = time.monotonic()
+        # the loop time its events count from: the outermost run's start (``origin``, an
+        # agent node's tree), else this tree's (taken when it first tells the time)
+        self._origin = origin
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._models: dict[str, Model] = {}
         # lineage -> its steps in flight (model turns and tool phases, each a run)
         self._handles: dict[str, set[RunHandle]] = {}
@@ -113,17 +116,32 @@ class TreeContext:
         resume) instead of starting a tree of its own.
         """
         if self._scope is None:
-            from shoal.scheduler.scope import RunScope  # the scheduler does not need agents
+            from shoal.scheduler.scope import ORIGIN_KEY, RunScope  # (it needs no agents)
 
             self._scope = RunScope(self.runtime, self.run_id, resuming=self.resuming,
-                                   shared={TREE_KEY: self})
+                                   shared={TREE_KEY: self, ORIGIN_KEY: self.origin})
         return self._scope
 
     # -- time and events ----------------------------------------------------------------
 
+    @property
+    def origin(self) -> float:
+        """The loop time this tree's events count from (see :func:`events_origin`).
+
+        The start of the outermost run it is part of, or of the tree itself; the runs of its
+        steps count their events from there too, so every event of the tree is on one clock.
+        """
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        if self._origin is None:
+            self._origin = self._loop.time()
+        return self._origin
+
     def now(self) -> float:
-        """Seconds since the root started."""
-        return time.monotonic() - self._t0
+        """Seconds since the outermost start, on the event loop's clock (see :attr:`origin`)."""
+        origin = self.origin
+        assert self._loop is not None  # set with the origin
+        return self._loop.time() - origin
 
     @property
     def observed(self) -> bool:
@@ -140,6 +158,28 @@ class TreeContext:
                 sink(event)
             except Exception:  # an observer's bug must not break the tree it observes
                 log.exception("event sink %r failed on %s; continuing", sink, event.kind)
+
+    def emit_nested(self, event: Event) -> None:
+        """Send an event of a run the tree started (a tool phase, a pattern) to its sinks.
+
+        Not to the sinks of the runtime it runs on (``Runtime(on_event=...)``): those get
+        every event of every run of that runtime from the run itself, and would see this one
+        twice. (The tree's own events, :meth:`emit`, reach them only through this tree.)
+        """
+        own = self.runtime._sinks
+        for sink in self._sinks:
+            if sink in own:
+                continue
+            try:
+                sink(event)
+            except Exception:  # an observer's bug must not break the tree it observes
+                log.exception("event sink %r failed on %s; continuing", sink, event.kind)
+
+    @property
+    def observed_nested(self) -> bool:
+        """Whether any sink hears the runs the tree starts through it (see emit_nested)."""
+        own = self.runtime._sinks
+        return any(sink not in own for sink in self._sinks)
 
     def relay(self, lineage_of: Callable[[Event], str]) -> EventSink:
         """A sink for a tool phase's runtime events that stamps each with its lineage."""

@@ -261,7 +261,8 @@ class _PlanCalls:
         self.numbers: set[str] = set()  # every number a plan has used, started or not
         self.reported: set[str] = set()  # node ids whose records are in the agent's calls
         ctx = agent_run.ctx
-        sink = _sink(ctx.emit if ctx.observed else None, agent_run.lineage, self.lineages)
+        sink = _sink(ctx.emit_nested if ctx.observed_nested else None, agent_run.lineage,
+                     self.lineages)
         self.run: OpenRun = agent_run._open_step("plan", sink)
         stop = ctx.stop_reason(agent_run.lineage)
         if stop is not None:
@@ -328,7 +329,7 @@ class _PlanCalls:
     def _parsed(self, call: ParsedCall) -> None:
         ctx, agent_run = self.agent_run.ctx, self.agent_run
         if ctx.observed:
-            ctx.emit(PlanCallParsed(run_id=self.run.run_id, time=self.run.handle.now(),
+            ctx.emit(PlanCallParsed(run_id=self.run.run_id, time=ctx.now(),
                                     lineage=agent_run.lineage, agent=agent_run.agent.name,
                                     node_id=call.id, tool=call.tool))
 

@@ -28,9 +28,26 @@ if TYPE_CHECKING:
     from shoal.runtime import Runtime
 
 __all__ = [
-    "INJECTORS", "REPLAYERS", "RunScope", "Settles", "inject", "register_injector",
-    "register_replayer",
+    "INJECTORS", "ORIGIN_KEY", "REPLAYERS", "RunScope", "Settles", "events_origin", "inject",
+    "register_injector", "register_replayer",
 ]
+
+#: The key, in :attr:`RunScope.shared`, of the loop time that every event of a composition
+#: (an outermost run or agent tree, with the runs and agents nested in it) counts from.
+ORIGIN_KEY = "shoal.origin"
+
+
+def events_origin(shared: dict[str, Any], now: float) -> float:
+    """The loop time the events of the composition that ``shared`` belongs to count from.
+
+    The first one to ask (the outermost run, or an agent tree run alone) sets it to ``now``
+    (the loop time of its start); runs nested in it count their events from there, so a
+    reader's events come after the plan node that started it, on the event loop's clock (the
+    virtual clock of :mod:`shoal.testing` too).
+    """
+    origin = shared.setdefault(ORIGIN_KEY, now)
+    assert isinstance(origin, float)
+    return origin
 
 
 @dataclass(slots=True, eq=False)

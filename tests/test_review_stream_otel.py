@@ -1,0 +1,131 @@
+"""Streaming and OpenTelemetry under attack: one clock for a run's events, and what broke.
+
+Every event of one outermost run (a plan, an agent tree run alone, the runs and agents nested
+in either) is on the event loop's clock (so the virtual clock of ``shoal.testing`` applies)
+and counts from the outermost run's start: a reader's ``AgentStarted`` comes after the
+``NodeStarted`` of its plan node, and its tool calls after its model's reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any
+
+import pytest
+
+import shoal
+from shoal.events import (
+    AgentFinished,
+    AgentStarted,
+    Event,
+    NodeFinished,
+    NodeStarted,
+    RunStarted,
+)
+from shoal.testing import ScriptedModel, call, pause, run_virtual
+
+
+@shoal.tool
+async def slow(x: int) -> int:
+    """Take one second (of the virtual clock) and return ``x``."""
+    await asyncio.sleep(1.0)
+    return x
+
+
+def reader(steps: int = 1) -> shoal.Agent[str]:
+    """An agent that thinks 0.5 s, calls ``slow`` ``steps`` times (one a turn), then answers."""
+    turns: list[Any] = [[pause(0.5), call("slow", x=i)] for i in range(steps)]
+    model = ScriptedModel.per_prompt({"*": [*turns, [pause(0.5), "done"]]})
+    return shoal.Agent("reader", instructions="read", model=model, tools=[slow])
+
+
+def in_order(events: list[Event]) -> None:
+    """Times never go back in the order the events came."""
+    times = [event.time for event in events]
+    behind = [(a, b) for a, b in itertools.pairwise(events) if b.time < a.time - 1e-9]
+    assert not behind, f"times go back: {[(a.kind, a.time, b.kind, b.time) for a, b in behind]}"
+    assert times == sorted(times)
+
+
+# ---- 1. one clock, one origin --------------------------------------------------------------
+
+
+def test_an_agent_alone_times_its_events_on_the_loop_clock_from_its_start() -> None:
+    events: list[Event] = []
+
+    async def main() -> None:
+        await reader(steps=2).run("go", on_event=events.append)
+
+    run_virtual(main())
+    in_order(events)
+    started = next(e for e in events if isinstance(e, AgentStarted))
+    finished = next(e for e in events if isinstance(e, AgentFinished))
+    assert started.time == 0.0
+    # 3 turns of 0.5 s thinking and 2 calls of 1 s: exactly, on the virtual clock
+    assert finished.time == pytest.approx(3.5)
+    assert finished.duration == pytest.approx(3.5)
+    calls = [e for e in events if isinstance(e, NodeStarted) and "slow" in e.node_id]
+    assert [round(e.time, 6) for e in calls] == [0.5, 2.0]  # not 0.0: the turn's own start
+
+
+def test_an_agent_node_counts_from_the_plan_start_as_the_plan_nodes_do() -> None:
+    events: list[Event] = []
+
+    async def main() -> None:
+        plan = shoal.Plan()
+        first = plan.call(slow, x=1)
+        plan.call(reader(), task="go", after=[first])
+        await shoal.run(plan, on_event=events.append)
+
+    run_virtual(main())
+    in_order(events)
+    node = next(e for e in events if isinstance(e, NodeStarted) and e.node_id == "reader#1")
+    started = next(e for e in events if isinstance(e, AgentStarted))
+    assert node.time == pytest.approx(1.0)
+    assert started.time >= node.time
+    call_ = next(e for e in events if isinstance(e, NodeFinished) and e.lineage.endswith("slow#1")
+                 and e.lineage != "slow#1")
+    assert call_.time == pytest.approx(2.5)  # 1 s node, 0.5 s thinking, 1 s call
+    # a nested run's start says where it is in wall-clock time: epoch + time is the same
+    starts = [e for e in events if isinstance(e, RunStarted)]
+    assert len({round(e.epoch + e.time, 3) for e in starts[:1]}) == 1
+    outer = starts[0]
+    for nested in starts[1:]:
+        assert nested.epoch == pytest.approx(outer.epoch)
+
+
+def test_a_pattern_in_a_plan_counts_from_the_plan_start_too() -> None:
+    from shoal.patterns import pipeline
+
+    events: list[Event] = []
+
+    async def main() -> None:
+        plan = shoal.Plan()
+        first = plan.call(slow, x=1)
+        plan.call(pipeline(reader(), reader()), task="go", after=[first])
+        await shoal.run(plan, on_event=events.append)
+
+    run_virtual(main())
+    in_order(events)
+    agents = [e for e in events if isinstance(e, AgentFinished)]
+    assert [round(e.time, 6) for e in agents] == [3.0, 5.0]
+
+
+def test_a_runtime_sink_hears_an_agent_nodes_tool_calls_once() -> None:
+    """``Runtime(on_event=...)`` got each event of an agent node's tool phase twice."""
+    events: list[Event] = []
+
+    async def main() -> None:
+        plan = shoal.Plan()
+        plan.call(reader(), task="go")
+        async with shoal.Runtime(on_event=events.append) as runtime:
+            await runtime.run(plan)
+
+    run_virtual(main())
+    seen = [(e.kind, e.run_id, e.lineage, getattr(e, "node_id", ""), e.time) for e in events]
+    twice = sorted({s for s in seen if seen.count(s) > 1})
+    assert not twice
+    assert any(kind == "NodeFinished" and lineage == "reader#1/slow#1"
+               for kind, _, lineage, _, _ in seen)
+    in_order(events)
