@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 import shoal
+from shoal.cli.tree import AgentTree
 from shoal.events import (
     AgentFinished,
     AgentStarted,
@@ -129,3 +130,17 @@ def test_a_runtime_sink_hears_an_agent_nodes_tool_calls_once() -> None:
     assert any(kind == "NodeFinished" and lineage == "reader#1/slow#1"
                for kind, _, lineage, _, _ in seen)
     in_order(events)
+
+
+def test_the_live_tree_places_calls_by_their_times() -> None:
+    """The tree placed a call by when its event came: a tool phase's times were its own."""
+    tree = AgentTree(text=True)
+
+    async def main() -> None:
+        await reader(steps=2).run("go", on_event=tree)
+
+    run_virtual(main())
+    calls = [tree.rows[f"reader/slow#{n}"] for n in (1, 2)]
+    assert [(row.started, row.ended) for row in calls] == [
+        pytest.approx((0.5, 1.5)), pytest.approx((2.0, 3.0))]
+    assert tree.rows["reader"].ended == pytest.approx(3.5)
