@@ -24,6 +24,7 @@ from shoal.events import (
     NodeStarted,
     RunStarted,
 )
+from shoal.streaming import STOPPED
 from shoal.testing import ScriptedModel, call, pause, run_virtual
 
 
@@ -144,3 +145,36 @@ def test_the_live_tree_places_calls_by_their_times() -> None:
     assert [(row.started, row.ended) for row in calls] == [
         pytest.approx((0.5, 1.5)), pytest.approx((2.0, 3.0))]
     assert tree.rows["reader"].ended == pytest.approx(3.5)
+
+
+# ---- 2. streams ----------------------------------------------------------------------------
+
+
+@shoal.tool
+async def nap(seconds: float) -> float:
+    """Sleep ``seconds``, return them."""
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+def test_closing_an_open_runs_stream_before_reading_it_stops_the_run() -> None:
+    """``async with run.events():`` left unread closed nothing: the run went on, its buffer
+    filling up with events nobody would read."""
+
+    async def main() -> tuple[shoal.Outcome, list[Any], bool]:
+        async with shoal.Runtime() as runtime:
+            async with runtime.open_run() as run:
+                events = run.events(buffer=2)
+                node = run.call(nap, seconds=30)
+                async with events:
+                    pass
+                with pytest.raises(RuntimeError, match="closed"):
+                    run.call(nap, seconds=1)
+                left = [item async for item in events]  # nothing more: it was closed
+            return run.result[node], left, events._run.buffer.closed
+
+    outcome, left, closed = run_virtual(main())
+    assert outcome.status == "cancelled"
+    assert STOPPED in (outcome.reason or "")
+    assert left == []
+    assert closed

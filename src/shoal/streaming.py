@@ -195,6 +195,7 @@ class _Run(Generic[R]):
         self.begin = begin
         self.buffer = buffer
         self.started: Started[R] | None = None
+        self.iterating = False  # whether its iterator has begun (it then stops the run itself)
         self.ended = False
         self.result: R | None = None
 
@@ -238,6 +239,12 @@ class EventStream(Generic[R]):
 
     async def aclose(self) -> None:
         """Stop reading: a run still going is cancelled, and this waits for it to end."""
+        run = self._run
+        if not run.iterating and run.started is not None:
+            # an open run's stream, closed before its first item: its iterator never began,
+            # so closing that would neither stop the run nor the buffer filling up unread
+            run.iterating = True  # (once)
+            await _stop(run.buffer, run.started)
         await self._items.aclose()
 
     async def __aenter__(self) -> EventStream[R]:
@@ -251,6 +258,9 @@ class EventStream(Generic[R]):
 async def _iterate(run: _Run[R]) -> AsyncGenerator[Event | R, None]:
     """The stream's items: the run's events as they come, then its result."""
     buffer = run.buffer
+    if run.iterating:  # closed before it began (see EventStream.aclose)
+        return
+    run.iterating = True
     started = run.started if run.started is not None else run.begin(buffer)
     run.started = started
     task = asyncio.ensure_future(started.result())
@@ -277,6 +287,15 @@ async def _iterate(run: _Run[R]) -> AsyncGenerator[Event | R, None]:
             if not task.done():
                 started.cancel(STOPPED)
                 await asyncio.wait({task})
+
+
+async def _stop(buffer: _Buffer, started: Started[Any]) -> None:
+    """Stop a run nobody reads any more, and wait until it has ended."""
+    buffer.closed = True
+    task = asyncio.ensure_future(started.result())
+    task.add_done_callback(_retrieve)
+    started.cancel(STOPPED)
+    await asyncio.wait({task})
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:
