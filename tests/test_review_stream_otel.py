@@ -178,3 +178,84 @@ def test_closing_an_open_runs_stream_before_reading_it_stops_the_run() -> None:
     assert STOPPED in (outcome.reason or "")
     assert left == []
     assert closed
+
+
+# ---- 3. OpenTelemetry ----------------------------------------------------------------------
+
+otel_sdk = pytest.importorskip("opentelemetry.sdk.trace")
+
+
+def exporter() -> tuple[Any, Any]:
+    """A provider exporting to memory, and its exporter."""
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    memory = InMemorySpanExporter()
+    provider = otel_sdk.TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    return provider, memory
+
+
+def shape(memory: Any) -> list[tuple[str, str | None]]:
+    """Each span's name and its parent's name."""
+    spans = memory.get_finished_spans()
+    names = {s.context.span_id: s.name for s in spans}
+    return sorted((s.name, names.get(s.parent.span_id) if s.parent else None) for s in spans)
+
+
+WHOLE_TREE = sorted([("shoal.run", None), ("invoke_agent reader", "shoal.run")]
+                    + [("chat scripted", "invoke_agent reader")] * 3
+                    + [("execute_tool slow", "invoke_agent reader")] * 2)
+
+
+@pytest.mark.parametrize("then", ["uninstrument", "instrument again"])
+def test_a_tree_in_flight_keeps_its_tracing_whatever_is_installed_meanwhile(then: str) -> None:
+    """Its later steps made no spans (uninstrument), or orphan runs in another trace, a model
+    turn shown as ``execute_tool model`` (instrument again)."""
+    first, first_memory = exporter()
+    second, second_memory = exporter()
+
+    async def main() -> None:
+        model = ScriptedModel([[pause(0.5), call("slow", x=1)], [pause(0.5), call("slow", x=2)],
+                               [pause(0.5), "done"]])
+        agent = shoal.Agent("reader", model=model, tools=[slow])
+        shoal.otel.instrument(first)
+        try:
+            handle = agent.start("go")
+            await asyncio.sleep(1.0)  # within its first call
+            if then == "uninstrument":
+                shoal.otel.uninstrument()
+            else:
+                shoal.otel.instrument(second)
+            result = await handle
+            assert result.status == "ok"
+        finally:
+            shoal.otel.uninstrument()
+
+    run_virtual(main())
+    assert shape(first_memory) == WHOLE_TREE
+    assert shape(second_memory) == []
+
+
+def test_a_plan_in_flight_keeps_its_tracing_for_its_agent_nodes() -> None:
+    first, first_memory = exporter()
+
+    async def main() -> None:
+        plan = shoal.Plan()
+        done = plan.call(nap, seconds=1.0)
+        plan.call(reader(), task="go", after=[done])
+        shoal.otel.instrument(first)
+        try:
+            async with shoal.Runtime() as runtime:
+                handle = runtime.start(plan)
+                await asyncio.sleep(0.5)
+                shoal.otel.uninstrument()
+                await handle
+        finally:
+            shoal.otel.uninstrument()
+
+    run_virtual(main())
+    names = [name for name, _ in shape(first_memory)]
+    assert names.count("invoke_agent reader") == 1
+    assert names.count("chat scripted") == 2
+    assert ("invoke_agent reader", "execute_tool reader") in shape(first_memory)

@@ -71,7 +71,7 @@ class TreeContext:
         resuming: bool = False,
         force: bool = False,
         board: Board | None = None,
-        origin: float | None = None,
+        within: dict[str, Any] | None = None,
     ) -> None:
         self.run_id = run_id
         self.runtime = runtime
@@ -90,9 +90,13 @@ class TreeContext:
         #: agent of the tree streams its model's replies (and a nested run's sinks that are
         #: this tree's ``emit`` ask for text too)
         self.wants_text = bool(self._text_sinks)
-        # the loop time its events count from: the outermost run's start (``origin``, an
-        # agent node's tree), else this tree's (taken when it first tells the time)
-        self._origin = origin
+        # ``within``: the ``shared`` dict of the run the tree is part of (an agent node's), so
+        # that the tree counts its events from that run's start, and is traced as it is
+        # the loop time its events count from: the outermost run's start, else this tree's
+        # (taken when it first tells the time)
+        from shoal.scheduler.scope import ORIGIN_KEY
+
+        self._origin: float | None = None if within is None else within.get(ORIGIN_KEY)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._models: dict[str, Model] = {}
         # lineage -> its steps in flight (model turns and tool phases, each a run)
@@ -104,7 +108,8 @@ class TreeContext:
         self._deadline: asyncio.TimerHandle | None = None
         self._clock_origin: float | None = None  # when the wall clock was first armed
         self._scope: RunScope | None = None
-        observing = instrumentation.active  # OpenTelemetry, if instrumented: once per tree
+        #: OpenTelemetry, if instrumented (once per tree, kept for its steps' runs)
+        self.observing = observing = instrumentation.of(within)
         if observing is not None:
             self._sinks.append(observing.observe_tree(self))
 
@@ -119,7 +124,8 @@ class TreeContext:
             from shoal.scheduler.scope import ORIGIN_KEY, RunScope  # (it needs no agents)
 
             self._scope = RunScope(self.runtime, self.run_id, resuming=self.resuming,
-                                   shared={TREE_KEY: self, ORIGIN_KEY: self.origin})
+                                   shared={TREE_KEY: self, ORIGIN_KEY: self.origin,
+                                           instrumentation.SHARED_KEY: self.observing})
         return self._scope
 
     # -- time and events ----------------------------------------------------------------

@@ -33,7 +33,7 @@ from shoal.agents.run import AgentRun
 from shoal.exceptions import AgentError, ShoalError
 from shoal.outcome import jsonable
 from shoal.policy import ToolPolicy
-from shoal.scheduler.scope import ORIGIN_KEY, RunScope, register_injector
+from shoal.scheduler.scope import RunScope, register_injector
 from shoal.schema import Injected
 from shoal.tools import Tool
 
@@ -152,7 +152,7 @@ def composition(scope: RunScope) -> Composition:
             found = Composition(TreeContext(
                 run_id=scope.run_id, runtime=scope.runtime, budget=scope.budget,
                 sinks=scope.sinks, resuming=scope.resuming, board=scope.board,
-                origin=scope.shared.get(ORIGIN_KEY)))  # its events on the run's clock
+                within=scope.shared))  # its events on the run's clock, traced as it is
             # held until the outermost run ends: its agents' models stay open from one node
             # to the next (a local model server is not restarted for each)
             found.enter()

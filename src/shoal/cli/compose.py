@@ -26,6 +26,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from shoal import instrumentation
 from shoal.agents.agent import Agent
 from shoal.agents.budget import Budget
 from shoal.agents.context import TreeContext
@@ -311,7 +312,8 @@ def start_composition(composed: Composed, task: str, target: str, *, runtime: Ru
     held = Composition(ctx)
     held.enter()  # its models stay open, its wall clock runs, until the run ends
     # the plan's events count from the root's start, as the root's own do
-    shared: dict[str, Any] = {SHARED_KEY: held, ORIGIN_KEY: ctx.origin}
+    shared: dict[str, Any] = {SHARED_KEY: held, ORIGIN_KEY: ctx.origin,
+                              instrumentation.SHARED_KEY: ctx.observing}
     plan_run = f"{run_id}/{name}"
     store = runtime.store
     again = resume and store is not None and store.get_run(plan_run) is not None
