@@ -20,7 +20,9 @@ from shoal.events import (
     AgentFinished,
     AgentStarted,
     Event,
+    EventsDropped,
     NodeFinished,
+    NodeQueued,
     NodeStarted,
     RunStarted,
 )
@@ -259,3 +261,29 @@ def test_a_plan_in_flight_keeps_its_tracing_for_its_agent_nodes() -> None:
     assert names.count("invoke_agent reader") == 1
     assert names.count("chat scripted") == 2
     assert ("invoke_agent reader", "execute_tool reader") in shape(first_memory)
+
+
+def test_a_reader_far_behind_a_wide_plan_gets_one_drop_marker_per_catching_up() -> None:
+    """Each event kept past the bound began a new ``EventsDropped``: a reader who read nothing
+    while 2,000 calls ran found ~2,000 markers among the unread items, as many as the calls."""
+    calls = 2000
+
+    async def main() -> tuple[int, int, list[Any]]:
+        plan = shoal.Plan()
+        for _ in range(calls):
+            plan.call(nap, seconds=1.0)
+        stream = shoal.stream(plan, buffer=50)
+        items = [await anext(stream)]
+        await asyncio.sleep(5)  # the run ends meanwhile: everything waits unread
+        unread = len(stream._run.buffer._slots)
+        items += [item async for item in stream]
+        return unread, stream.dropped, items
+
+    unread, dropped, items = run_virtual(main())
+    markers = [item for item in items if isinstance(item, EventsDropped)]
+    assert len(markers) == 1
+    assert markers[0].count == dropped == sum(markers[0].kinds.values())
+    queued = sum(isinstance(item, NodeQueued) for item in items)  # those within the bound
+    assert markers[0].kinds == {"NodeQueued": calls - queued, "NodeStarted": calls}
+    assert sum(isinstance(item, NodeFinished) for item in items) == calls
+    assert unread <= 50 + calls + 2  # the bound, the calls' ends, the run's end and a marker

@@ -16,7 +16,9 @@ The run never waits for the consumer. Its events go into a buffer of ``buffer`` 
 1. a new text piece joins the unread piece of the same agent's turn (nothing is lost);
 2. progress events (text pieces that cannot join, :class:`~shoal.events.NodeQueued`,
    :class:`~shoal.events.NodeStarted`, :class:`~shoal.events.NodeRetrying`) are left out,
-   and one :class:`~shoal.events.EventsDropped` in their place says how many, of which kinds;
+   and one :class:`~shoal.events.EventsDropped`, where the first of them was, says how many,
+   of which kinds (those left out later join it until it is read: a reader far behind gets
+   one per catching up);
 3. every other event (how each agent, node and run started or ended, model turns, retries,
    approvals) is kept beyond the bound: they are bounded by the size of the run.
 
@@ -113,7 +115,9 @@ class _Buffer:
         self.dropped = 0  # events left out so far
         self._slots: deque[_Slot] = deque()
         self._text: dict[str, _Slot] = {}  # lineage -> its unread text piece, still joinable
-        self._marker: _Slot | None = None  # the unread EventsDropped, while it is the last item
+        # the unread EventsDropped: what is left out joins it until it is read, so that a
+        # reader far behind gets one per catching up, not one per event kept in between
+        self._marker: _Slot | None = None
         self._waiter: asyncio.Future[None] | None = None
 
     def __call__(self, event: Event) -> None:
@@ -124,7 +128,6 @@ class _Buffer:
             return
         slot = _Slot(event)
         self._slots.append(slot)
-        self._marker = None
         if isinstance(event, TextDelta):
             self._text[event.lineage] = slot
         else:  # the agent's turn moved on: its next text is no longer the same piece
