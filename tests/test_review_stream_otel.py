@@ -287,3 +287,23 @@ def test_a_reader_far_behind_a_wide_plan_gets_one_drop_marker_per_catching_up() 
     assert markers[0].kinds == {"NodeQueued": calls - queued, "NodeStarted": calls}
     assert sum(isinstance(item, NodeFinished) for item in items) == calls
     assert unread <= 50 + calls + 2  # the bound, the calls' ends, the run's end and a marker
+
+
+def test_a_wall_clock_breach_says_the_time_the_tree_used_not_the_runs() -> None:
+    """With the tree's clock counting from the plan's start, the breach said it had used the
+    plan's 5 s before the agent node started too."""
+
+    async def main() -> shoal.RunResult:
+        plan = shoal.Plan()
+        first = plan.call(nap, seconds=5.0)
+        model = ScriptedModel([[call("nap", seconds=30.0)], "done"])
+        agent = shoal.Agent("sleeper", model=model, tools=[nap])
+        plan.call(agent, task="go", after=[first])
+        return await shoal.run(plan, budget=shoal.Budget(wall_clock=2.0))
+
+    result = run_virtual(main())
+    outcome = result["sleeper#1"]
+    assert outcome.status == "failed"
+    assert outcome.error is not None
+    assert outcome.error.type.endswith("BudgetExceeded")
+    assert "wall_clock limit is 2, reached" in outcome.error.message  # not "used 7"

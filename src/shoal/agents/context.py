@@ -259,7 +259,11 @@ class TreeContext:
             self._deadline = loop.call_later(max(0.0, left), self._wall_clock_over, limit)
 
     def _wall_clock_over(self, limit: float) -> None:
-        over = BudgetExceeded("wall_clock", self.now(), limit, "the whole tree")
+        # the time used since the clock was armed (the tree's events count from the start of
+        # the run it is part of, which may have begun long before)
+        assert self._clock_origin is not None  # armed before the timer that calls this
+        used = asyncio.get_running_loop().time() - self._clock_origin
+        over = BudgetExceeded("wall_clock", used, limit, "the whole tree")
         # stop() records and broadcasts the breach, then raises it; the agents raise it
         # again where they stand, so here it is only swallowed
         spared = self.tracker.breach is not None  # the model turns the requests limit spared
