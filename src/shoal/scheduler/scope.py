@@ -45,9 +45,7 @@ def events_origin(shared: dict[str, Any], now: float) -> float:
     reader's events come after the plan node that started it, on the event loop's clock (the
     virtual clock of :mod:`shoal.testing` too).
     """
-    origin = shared.setdefault(ORIGIN_KEY, now)
-    assert isinstance(origin, float)
-    return origin
+    return float(shared.setdefault(ORIGIN_KEY, now))
 
 
 @dataclass(slots=True, eq=False)
