@@ -4,8 +4,8 @@ Times are seconds since the outermost run started, on the event loop's clock (th
 clock of :mod:`shoal.testing` too): the runs and agents nested in a run (agent nodes, patterns,
 an agent's model turns and tool phases) count from the same start, so the events of one run
 and everything in it are on one clock, and an agent tree run alone counts from its own start.
-:class:`RunStarted` carries the wall-clock start (``epoch + time`` is when it happened) so a
-reader can place them in real time. A sink is any callable
+:class:`RunStarted` carries the wall-clock time of that start (``epoch``, a nested run's too)
+so a reader can place them in real time. A sink is any callable
 taking an :class:`Event`; it runs on the event loop, so it must be quick (queue work elsewhere).
 Events are only built when a run has at least one sink, which keeps runs without observers fast.
 
@@ -82,7 +82,7 @@ class RunStarted(Event):
     """A run began with ``nodes`` nodes.
 
     ``epoch`` is the wall-clock time its events' times count from: its own start, or the
-    outermost run's for a nested run (so ``epoch + time`` is when it began).
+    outermost run's (or agent tree's) for a nested run.
     """
 
     nodes: int

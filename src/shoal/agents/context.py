@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -96,7 +97,8 @@ class TreeContext:
         # (taken when it first tells the time)
         from shoal.scheduler.scope import ORIGIN_KEY
 
-        self._origin: float | None = None if within is None else within.get(ORIGIN_KEY)
+        self._origin: tuple[float, float] | None = (
+            None if within is None else within.get(ORIGIN_KEY))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._models: dict[str, Model] = {}
         # lineage -> its steps in flight (model turns and tool phases, each a run)
@@ -124,7 +126,7 @@ class TreeContext:
             from shoal.scheduler.scope import ORIGIN_KEY, RunScope  # (it needs no agents)
 
             self._scope = RunScope(self.runtime, self.run_id, resuming=self.resuming,
-                                   shared={TREE_KEY: self, ORIGIN_KEY: self.origin,
+                                   shared={TREE_KEY: self, ORIGIN_KEY: self.started,
                                            instrumentation.SHARED_KEY: self.observing})
         return self._scope
 
@@ -137,10 +139,15 @@ class TreeContext:
         The start of the outermost run it is part of, or of the tree itself; the runs of its
         steps count their events from there too, so every event of the tree is on one clock.
         """
+        return self.started[0]
+
+    @property
+    def started(self) -> tuple[float, float]:
+        """The loop time and the wall-clock time (epoch seconds) of :attr:`origin`."""
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         if self._origin is None:
-            self._origin = self._loop.time()
+            self._origin = (self._loop.time(), time.time())
         return self._origin
 
     def now(self) -> float:

@@ -312,7 +312,7 @@ def start_composition(composed: Composed, task: str, target: str, *, runtime: Ru
     held = Composition(ctx)
     held.enter()  # its models stay open, its wall clock runs, until the run ends
     # the plan's events count from the root's start, as the root's own do
-    shared: dict[str, Any] = {SHARED_KEY: held, ORIGIN_KEY: ctx.origin,
+    shared: dict[str, Any] = {SHARED_KEY: held, ORIGIN_KEY: ctx.started,
                               instrumentation.SHARED_KEY: ctx.observing}
     plan_run = f"{run_id}/{name}"
     store = runtime.store

@@ -77,10 +77,10 @@ __all__ = ["Driver", "Snapshot"]
 log = logging.getLogger("shoal")
 
 
-def _shifted(event: Event, shift: float) -> Event:
-    """``event`` timed from ``shift`` seconds earlier (its wall-clock start moved alike)."""
-    if isinstance(event, RunStarted):  # epoch + time stays the wall-clock moment
-        return replace(event, time=event.time + shift, epoch=event.epoch - shift)
+def _shifted(event: Event, shift: float, epoch: float) -> Event:
+    """``event`` timed from ``shift`` seconds earlier: from the start at ``epoch``."""
+    if isinstance(event, RunStarted):  # the wall-clock time its time counts from
+        return replace(event, time=event.time + shift, epoch=epoch)
     return replace(event, time=event.time + shift)
 
 
@@ -134,6 +134,7 @@ class Driver:
         # seconds from the outermost run's start to this one's: the observers' events count
         # from the outermost start, so that every event of a composition is on one clock
         self._shift = 0.0
+        self._origin_epoch = 0.0  # the wall-clock time of the outermost start
         self._deadline = deadline
         self._resume = resume
         if resume is not None:  # the nodes the run adds as it goes meet the journal on adding
@@ -200,7 +201,8 @@ class Driver:
         self._mono_t0 = time.monotonic() - offset  # backends report when work began on this clock
         self.state.clock_origin = self._t0  # rate limiters shared across runs use the loop's clock
         if self.scope is not None:  # the first run of a composition sets its events' origin
-            self._shift = self._t0 - events_origin(self.scope.shared, self._t0)
+            origin, self._origin_epoch = events_origin(self.scope.shared, self._t0, self._epoch)
+            self._shift = self._t0 - origin
         self._finished = self._loop.create_future()
         self._open_journal()
         self._publish([RunStarted(run_id=self.state.run_id, time=self.now(),
@@ -541,7 +543,7 @@ class Driver:
                                 else self.lineage)
             self._send(self._internal, event)
             if self._shift:  # a nested run: its observers count from the outermost start
-                event = _shifted(event, self._shift)
+                event = _shifted(event, self._shift, self._origin_epoch)
             self._send(self._sinks, event)
 
     @staticmethod
