@@ -1,7 +1,11 @@
 """Typed events: everything the runtime does, as small immutable records.
 
-Times are seconds since the run started (the run's own monotonic clock); :class:`RunStarted`
-carries the wall-clock start so a reader can place them in real time. A sink is any callable
+Times are seconds since the outermost run started, on the event loop's clock (the virtual
+clock of :mod:`shoal.testing` too): the runs and agents nested in a run (agent nodes, patterns,
+an agent's model turns and tool phases) count from the same start, so the events of one run
+and everything in it are on one clock, and an agent tree run alone counts from its own start.
+:class:`RunStarted` carries the wall-clock time of that start (``epoch``, a nested run's too)
+so a reader can place them in real time. A sink is any callable
 taking an :class:`Event`; it runs on the event loop, so it must be quick (queue work elsewhere).
 Events are only built when a run has at least one sink, which keeps runs without observers fast.
 
@@ -50,7 +54,7 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Event:
-    """Base of all events: which run, and when (seconds since the run started).
+    """Base of all events: which run, and when (seconds since the outermost run started).
 
     ``lineage`` says where in an agent tree the event happened, e.g.
     ``"lead/researcher#2/search#1"`` (the second ``researcher`` subagent the lead started, and
@@ -75,7 +79,11 @@ class Event:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunStarted(Event):
-    """A run began with ``nodes`` nodes; ``epoch`` is the wall-clock start time."""
+    """A run began with ``nodes`` nodes.
+
+    ``epoch`` is the wall-clock time its events' times count from: its own start, or the
+    outermost run's (or agent tree's) for a nested run.
+    """
 
     nodes: int
     epoch: float

@@ -17,7 +17,7 @@ The core never imports the observer's libraries: this module names only the prot
 from __future__ import annotations
 
 import contextvars
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from shoal.agents.context import TreeContext
@@ -25,7 +25,12 @@ if TYPE_CHECKING:
     from shoal.executors.base import Call
     from shoal.scheduler.driver import Driver
 
-__all__ = ["Instrumentation", "RunObserver", "active", "install", "uninstall"]
+__all__ = ["SHARED_KEY", "Instrumentation", "RunObserver", "active", "install", "of",
+           "uninstall"]
+
+#: The key, in the ``shared`` dict of a composition (:class:`shoal.scheduler.scope.RunScope`),
+#: of the instrumentation its outermost run or agent tree started with (``None``: none).
+SHARED_KEY = "shoal.instrumentation"
 
 
 class RunObserver(Protocol):
@@ -68,6 +73,20 @@ def install(instrumentation: Instrumentation) -> None:
     """Make ``instrumentation`` the one that runs and trees started from now on feed."""
     global active
     active = instrumentation
+
+
+def of(shared: dict[str, Any] | None) -> Instrumentation | None:
+    """The instrumentation of a run or agent tree that is part of the composition ``shared``.
+
+    The one its outermost run or tree started with (kept in ``shared`` from then on), else
+    :data:`active`: a run in flight keeps what it started with, its nested runs (an agent's
+    model turns and tool phases, agent nodes, patterns) included, whatever is installed or
+    uninstalled meanwhile, so that its trace is neither cut short nor split in two.
+    """
+    if shared is None:
+        return active
+    found: Instrumentation | None = shared.setdefault(SHARED_KEY, active)
+    return found
 
 
 def uninstall(instrumentation: Instrumentation | None = None) -> None:

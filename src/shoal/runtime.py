@@ -480,9 +480,11 @@ class Runtime:
         graph = analyze(plan)
         run_id, record, resumption, claim = self._journal_for(plan, graph, run_id, journaling)
         try:
+            sharing = sharing or _Sharing()
+            within = sharing.within.shared if sharing.within is not None else None
             driver = self._make_driver(graph, run_id, record, resumption, deadline, fail_fast,
-                                       on_event, lineage, open_run)
-            driver.scope = self._scope(driver, sharing or _Sharing(), resumption is not None)
+                                       on_event, lineage, open_run, within)
+            driver.scope = self._scope(driver, sharing, resumption is not None)
             if resumption is not None and resumption.effects:  # the replayed calls' board writes
                 driver.scope.replay(resumption.effects)
             return driver, claim
@@ -494,9 +496,10 @@ class Runtime:
                      resumption: Resumption | None, deadline: float | None,
                      fail_fast: bool | None,
                      on_event: EventSink | Sequence[EventSink] | None, lineage: str,
-                     open_run: bool = False) -> Driver:
+                     open_run: bool = False, within: dict[str, Any] | None = None) -> Driver:
         sinks = [*self._sinks, *_sink_list(on_event)]
-        observing = instrumentation.active  # OpenTelemetry, if instrumented: once per run
+        # OpenTelemetry, if instrumented: once per run (a nested run: as its outermost one is)
+        observing = instrumentation.of(within)
         state = SchedulerState(
             graph,
             run_id=run_id,
@@ -533,7 +536,9 @@ class Runtime:
             budget=sharing.budget if sharing.budget is not None or outer is None
             else outer.budget,
             sinks=tuple(driver.sinks),
-            shared={} if outer is None else outer.shared, outermost=outer is None)
+            # an outermost run keeps the instrumentation it started with for its nested runs
+            shared={instrumentation.SHARED_KEY: instrumentation.active} if outer is None
+            else outer.shared, outermost=outer is None)
 
     def _journal_for(
         self, plan: Plan, graph: Graph, run_id: str | None, journaling: _Journaling,

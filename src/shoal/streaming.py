@@ -16,7 +16,9 @@ The run never waits for the consumer. Its events go into a buffer of ``buffer`` 
 1. a new text piece joins the unread piece of the same agent's turn (nothing is lost);
 2. progress events (text pieces that cannot join, :class:`~shoal.events.NodeQueued`,
    :class:`~shoal.events.NodeStarted`, :class:`~shoal.events.NodeRetrying`) are left out,
-   and one :class:`~shoal.events.EventsDropped` in their place says how many, of which kinds;
+   and one :class:`~shoal.events.EventsDropped`, where the first of them was, says how many,
+   of which kinds (those left out later join it until it is read: a reader far behind gets
+   one per catching up);
 3. every other event (how each agent, node and run started or ended, model turns, retries,
    approvals) is kept beyond the bound: they are bounded by the size of the run.
 
@@ -113,7 +115,9 @@ class _Buffer:
         self.dropped = 0  # events left out so far
         self._slots: deque[_Slot] = deque()
         self._text: dict[str, _Slot] = {}  # lineage -> its unread text piece, still joinable
-        self._marker: _Slot | None = None  # the unread EventsDropped, while it is the last item
+        # the unread EventsDropped: what is left out joins it until it is read, so that a
+        # reader far behind gets one per catching up, not one per event kept in between
+        self._marker: _Slot | None = None
         self._waiter: asyncio.Future[None] | None = None
 
     def __call__(self, event: Event) -> None:
@@ -124,7 +128,6 @@ class _Buffer:
             return
         slot = _Slot(event)
         self._slots.append(slot)
-        self._marker = None
         if isinstance(event, TextDelta):
             self._text[event.lineage] = slot
         else:  # the agent's turn moved on: its next text is no longer the same piece
@@ -195,6 +198,7 @@ class _Run(Generic[R]):
         self.begin = begin
         self.buffer = buffer
         self.started: Started[R] | None = None
+        self.iterating = False  # whether its iterator has begun (it then stops the run itself)
         self.ended = False
         self.result: R | None = None
 
@@ -238,6 +242,12 @@ class EventStream(Generic[R]):
 
     async def aclose(self) -> None:
         """Stop reading: a run still going is cancelled, and this waits for it to end."""
+        run = self._run
+        if not run.iterating and run.started is not None:
+            # an open run's stream, closed before its first item: its iterator never began,
+            # so closing that would neither stop the run nor the buffer filling up unread
+            run.iterating = True  # (once)
+            await _stop(run.buffer, run.started)
         await self._items.aclose()
 
     async def __aenter__(self) -> EventStream[R]:
@@ -251,6 +261,9 @@ class EventStream(Generic[R]):
 async def _iterate(run: _Run[R]) -> AsyncGenerator[Event | R, None]:
     """The stream's items: the run's events as they come, then its result."""
     buffer = run.buffer
+    if run.iterating:  # closed before it began (see EventStream.aclose)
+        return
+    run.iterating = True
     started = run.started if run.started is not None else run.begin(buffer)
     run.started = started
     task = asyncio.ensure_future(started.result())
@@ -277,6 +290,15 @@ async def _iterate(run: _Run[R]) -> AsyncGenerator[Event | R, None]:
             if not task.done():
                 started.cancel(STOPPED)
                 await asyncio.wait({task})
+
+
+async def _stop(buffer: _Buffer, started: Started[Any]) -> None:
+    """Stop a run nobody reads any more, and wait until it has ended."""
+    buffer.closed = True
+    task = asyncio.ensure_future(started.result())
+    task.add_done_callback(_retrieve)
+    started.cancel(STOPPED)
+    await asyncio.wait({task})
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:

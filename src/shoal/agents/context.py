@@ -72,6 +72,7 @@ class TreeContext:
         resuming: bool = False,
         force: bool = False,
         board: Board | None = None,
+        within: dict[str, Any] | None = None,
     ) -> None:
         self.run_id = run_id
         self.runtime = runtime
@@ -90,7 +91,15 @@ class TreeContext:
         #: agent of the tree streams its model's replies (and a nested run's sinks that are
         #: this tree's ``emit`` ask for text too)
         self.wants_text = bool(self._text_sinks)
-        self._t0 = time.monotonic()
+        # ``within``: the ``shared`` dict of the run the tree is part of (an agent node's), so
+        # that the tree counts its events from that run's start, and is traced as it is
+        # the loop time its events count from: the outermost run's start, else this tree's
+        # (taken when it first tells the time)
+        from shoal.scheduler.scope import ORIGIN_KEY
+
+        self._origin: tuple[float, float] | None = (
+            None if within is None else within.get(ORIGIN_KEY))
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._models: dict[str, Model] = {}
         # lineage -> its steps in flight (model turns and tool phases, each a run)
         self._handles: dict[str, set[RunHandle]] = {}
@@ -101,7 +110,8 @@ class TreeContext:
         self._deadline: asyncio.TimerHandle | None = None
         self._clock_origin: float | None = None  # when the wall clock was first armed
         self._scope: RunScope | None = None
-        observing = instrumentation.active  # OpenTelemetry, if instrumented: once per tree
+        #: OpenTelemetry, if instrumented (once per tree, kept for its steps' runs)
+        self.observing = observing = instrumentation.of(within)
         if observing is not None:
             self._sinks.append(observing.observe_tree(self))
 
@@ -113,17 +123,38 @@ class TreeContext:
         resume) instead of starting a tree of its own.
         """
         if self._scope is None:
-            from shoal.scheduler.scope import RunScope  # the scheduler does not need agents
+            from shoal.scheduler.scope import ORIGIN_KEY, RunScope  # (it needs no agents)
 
             self._scope = RunScope(self.runtime, self.run_id, resuming=self.resuming,
-                                   shared={TREE_KEY: self})
+                                   shared={TREE_KEY: self, ORIGIN_KEY: self.started,
+                                           instrumentation.SHARED_KEY: self.observing})
         return self._scope
 
     # -- time and events ----------------------------------------------------------------
 
+    @property
+    def origin(self) -> float:
+        """The loop time this tree's events count from (see :func:`events_origin`).
+
+        The start of the outermost run it is part of, or of the tree itself; the runs of its
+        steps count their events from there too, so every event of the tree is on one clock.
+        """
+        return self.started[0]
+
+    @property
+    def started(self) -> tuple[float, float]:
+        """The loop time and the wall-clock time (epoch seconds) of :attr:`origin`."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        if self._origin is None:
+            self._origin = (self._loop.time(), time.time())
+        return self._origin
+
     def now(self) -> float:
-        """Seconds since the root started."""
-        return time.monotonic() - self._t0
+        """Seconds since the outermost start, on the event loop's clock (see :attr:`origin`)."""
+        origin = self.origin
+        assert self._loop is not None  # set with the origin
+        return self._loop.time() - origin
 
     @property
     def observed(self) -> bool:
@@ -140,6 +171,28 @@ class TreeContext:
                 sink(event)
             except Exception:  # an observer's bug must not break the tree it observes
                 log.exception("event sink %r failed on %s; continuing", sink, event.kind)
+
+    def emit_nested(self, event: Event) -> None:
+        """Send an event of a run the tree started (a tool phase, a pattern) to its sinks.
+
+        Not to the sinks of the runtime it runs on (``Runtime(on_event=...)``): those get
+        every event of every run of that runtime from the run itself, and would see this one
+        twice. (The tree's own events, :meth:`emit`, reach them only through this tree.)
+        """
+        own = self.runtime._sinks
+        for sink in self._sinks:
+            if sink in own:
+                continue
+            try:
+                sink(event)
+            except Exception:  # an observer's bug must not break the tree it observes
+                log.exception("event sink %r failed on %s; continuing", sink, event.kind)
+
+    @property
+    def observed_nested(self) -> bool:
+        """Whether any sink hears the runs the tree starts through it (see emit_nested)."""
+        own = self.runtime._sinks
+        return any(sink not in own for sink in self._sinks)
 
     def relay(self, lineage_of: Callable[[Event], str]) -> EventSink:
         """A sink for a tool phase's runtime events that stamps each with its lineage."""
@@ -213,7 +266,11 @@ class TreeContext:
             self._deadline = loop.call_later(max(0.0, left), self._wall_clock_over, limit)
 
     def _wall_clock_over(self, limit: float) -> None:
-        over = BudgetExceeded("wall_clock", self.now(), limit, "the whole tree")
+        # the time used since the clock was armed (the tree's events count from the start of
+        # the run it is part of, which may have begun long before)
+        assert self._clock_origin is not None  # armed before the timer that calls this
+        used = asyncio.get_running_loop().time() - self._clock_origin
+        over = BudgetExceeded("wall_clock", used, limit, "the whole tree")
         # stop() records and broadcasts the breach, then raises it; the agents raise it
         # again where they stand, so here it is only swallowed
         spared = self.tracker.breach is not None  # the model turns the requests limit spared

@@ -151,7 +151,8 @@ def composition(scope: RunScope) -> Composition:
         else:
             found = Composition(TreeContext(
                 run_id=scope.run_id, runtime=scope.runtime, budget=scope.budget,
-                sinks=scope.sinks, resuming=scope.resuming, board=scope.board))
+                sinks=scope.sinks, resuming=scope.resuming, board=scope.board,
+                within=scope.shared))  # its events on the run's clock, traced as it is
             # held until the outermost run ends: its agents' models stay open from one node
             # to the next (a local model server is not restarted for each)
             found.enter()
@@ -297,6 +298,6 @@ def observer_sinks(scope: RunScope) -> tuple[EventSink, ...]:
     """
     shared = composition(scope)
     if not shared.owned:
-        return (shared.ctx.emit,) if shared.ctx.observed else ()
+        return (shared.ctx.emit_nested,) if shared.ctx.observed_nested else ()
     own = scope.runtime._sinks  # the runtime's own sinks, to leave them out
     return tuple(s for s in scope.sinks if s not in own)

@@ -183,7 +183,8 @@ class _PlanCalls:
         # events already sent: a retried stream reads its lines again, they are told once
         self.announced: set[tuple[str, str]] = set()
         ctx = agent_run.ctx
-        sink = _sink(ctx.emit if ctx.observed else None, agent_run.lineage, self.lineages)
+        sink = _sink(ctx.emit_nested if ctx.observed_nested else None, agent_run.lineage,
+                     self.lineages)
         self.run: OpenRun = agent_run._open_step("plan", sink)
         stop = ctx.stop_reason(agent_run.lineage)
         if stop is not None:
@@ -280,7 +281,7 @@ class _PlanCalls:
     def _parsed(self, call: ParsedCall, text: str) -> None:
         ctx, agent_run = self.agent_run.ctx, self.agent_run
         if ctx.observed and self._first_time(("parsed", call.id + text)):
-            ctx.emit(PlanCallParsed(run_id=self.run.run_id, time=self.run.handle.now(),
+            ctx.emit(PlanCallParsed(run_id=self.run.run_id, time=ctx.now(),
                                     lineage=agent_run.lineage, agent=agent_run.agent.name,
                                     node_id=call.id, tool=call.tool))
 

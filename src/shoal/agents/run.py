@@ -373,7 +373,7 @@ class AgentRun:
         return CallStream(
             self.agent.tools_by_name, open_run=open_run, lineage=self.lineage,
             counts=self._counts, prepare=self._prepare,
-            on_event=ctx.emit if ctx.observed else None, on_reject=self._rejected,
+            on_event=ctx.emit_nested if ctx.observed_nested else None, on_reject=self._rejected,
             error_format=self.agent.tool_error_format)
 
     def _open_step(self, step: str, on_event: EventSink | None) -> OpenRun:
@@ -448,7 +448,7 @@ class AgentRun:
             return await execute_calls(
                 calls, self.agent.tools_by_name, runtime=ctx.runtime, lineage=self.lineage,
                 counts=self._counts, prepare=self._prepare,
-                on_event=ctx.emit if ctx.observed else None, on_reject=self._rejected,
+                on_event=ctx.emit_nested if ctx.observed_nested else None, on_reject=self._rejected,
                 start=start, on_records=self.result.calls.extend,
                 error_format=self.agent.tool_error_format)
         finally:

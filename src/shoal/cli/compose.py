@@ -26,6 +26,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from shoal import instrumentation
 from shoal.agents.agent import Agent
 from shoal.agents.budget import Budget
 from shoal.agents.context import TreeContext
@@ -39,7 +40,7 @@ from shoal.outcome import Outcome, RunResult, jsonable
 from shoal.patterns import Pattern
 from shoal.plan import Plan
 from shoal.runtime import RunHandle, Runtime
-from shoal.scheduler.scope import RunScope
+from shoal.scheduler.scope import ORIGIN_KEY, RunScope
 
 __all__ = ["ANSWER_NODE", "Composed", "agents_of", "build_plan", "is_composition",
            "start_composition"]
@@ -310,7 +311,9 @@ def start_composition(composed: Composed, task: str, target: str, *, runtime: Ru
         ctx.model_for(agent.model)
     held = Composition(ctx)
     held.enter()  # its models stay open, its wall clock runs, until the run ends
-    shared: dict[str, Any] = {SHARED_KEY: held}
+    # the plan's events count from the root's start, as the root's own do
+    shared: dict[str, Any] = {SHARED_KEY: held, ORIGIN_KEY: ctx.started,
+                              instrumentation.SHARED_KEY: ctx.observing}
     plan_run = f"{run_id}/{name}"
     store = runtime.store
     again = resume and store is not None and store.get_run(plan_run) is not None

@@ -86,8 +86,8 @@ def agent_status(status: str, calls: int, failed: int) -> str:
     return status
 
 
-# Events whose time is on the tree's clock; a tool phase's node events count from the start
-# of their phase (a run of its own), so calls are placed by when their events arrive instead.
+# The tree's own events. Every event of a run is on one clock (the outermost run's: the tool
+# phases' node events too), so each one's time places its row.
 _TREE_TIMED = (AgentStarted, ModelResponded, AgentFinished, ToolCallRejected, ModelRetrying,
                ModelServerStarting, ModelServerStarted)
 
@@ -122,7 +122,7 @@ class AgentTree:
 
     def __call__(self, event: Event) -> None:
         """Take one event."""
-        if isinstance(event, _TREE_TIMED) and event.time >= self.now:
+        if event.time >= self.now:
             self.now, self._seen_at = event.time, time.monotonic()
         if not event.lineage:
             return
@@ -146,13 +146,13 @@ class AgentTree:
             row.said = "" if isinstance(event, ModelRetrying) else row.said  # it starts again
             self._model(row, event)
         elif isinstance(event, NodeStarted) and not row.is_agent:
-            row.started = row.started or self.clock()
+            row.started = row.started or event.time
         elif isinstance(event, NodeFinished) and not row.is_agent:
-            row.started = row.started or self.clock() - event.duration
+            row.started = row.started or event.time - event.duration
             row.status, row.ended = event.status, row.started + event.duration
             row.detail = event.error
         elif isinstance(event, (NodeCancelled, NodeSkipped)) and not row.is_agent:
-            row.status, row.ended, row.detail = event.kind[4:].lower(), self.clock(), event.reason
+            row.status, row.ended, row.detail = event.kind[4:].lower(), event.time, event.reason
             row.started = row.started or row.ended
         elif isinstance(event, ToolCallRejected):
             row.status, row.ended, row.detail = "rejected", event.time, event.error

@@ -69,7 +69,12 @@ def instrument(tracer_provider: TracerProvider | None = None, *, capture_content
 
 
 def uninstrument() -> None:
-    """Stop making spans for runs and trees started from now on (those in flight finish)."""
+    """Stop making spans for runs and trees started from now on (those in flight finish).
+
+    A run or agent tree in flight keeps the instrumentation it started with, for the runs
+    nested in it too (an agent's model turns and tool phases, agent nodes, patterns): its
+    trace is whole. :func:`instrument` called again mid-run does the same.
+    """
     instrumentation.uninstall()
 
 

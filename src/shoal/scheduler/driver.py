@@ -45,7 +45,7 @@ from shoal.instrumentation import RunObserver
 from shoal.outcome import ErrorInfo, Outcome, RunResult, jsonable
 from shoal.plan import _ITEM_ID, Node
 from shoal.scheduler.approval_desk import ApprovalDesk, ApprovalLedger
-from shoal.scheduler.scope import RunScope, Settles, inject
+from shoal.scheduler.scope import RunScope, Settles, events_origin, inject
 from shoal.scheduler.state import (
     ApprovalAction,
     Ask,
@@ -75,6 +75,13 @@ from shoal.store.resume import Resumption
 __all__ = ["Driver", "Snapshot"]
 
 log = logging.getLogger("shoal")
+
+
+def _shifted(event: Event, shift: float, epoch: float) -> Event:
+    """``event`` timed from ``shift`` seconds earlier: from the start at ``epoch``."""
+    if isinstance(event, RunStarted):  # the wall-clock time its time counts from
+        return replace(event, time=event.time + shift, epoch=epoch)
+    return replace(event, time=event.time + shift)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +129,12 @@ class Driver:
         self._starting: dict[str, asyncio.Future[Executor]] = {}  # backends being started
         self._sinks = list(sinks)
         self.sinks = tuple(sinks)  # the observers' own sinks (not the journal's), for nested runs
+        # the journal's and the instrumentation's sinks: they see the run's own clock
+        self._internal: list[Callable[[Event], None]] = []
+        # seconds from the outermost run's start to this one's: the observers' events count
+        # from the outermost start, so that every event of a composition is on one clock
+        self._shift = 0.0
+        self._origin_epoch = 0.0  # the wall-clock time of the outermost start
         self._deadline = deadline
         self._resume = resume
         if resume is not None:  # the nodes the run adds as it goes meet the journal on adding
@@ -136,7 +149,7 @@ class Driver:
             self._journal = Journal(store, state.run_id, on_cancel=self._cancel_request,
                                     on_failure=self._journal_failed)
             if store.keeps_events:
-                self._sinks.append(self._journal_event)
+                self._internal.append(self._journal_event)
         self._observer: RunObserver | None = None  # the instrumentation's (see observe)
         self._tasks: dict[int, asyncio.Task[AttemptResult]] = {}
         self._settling: dict[int, list[Settles]] = {}  # position -> its attempt's board handles
@@ -163,7 +176,7 @@ class Driver:
         It gets every event, but is not one of :attr:`sinks`: nested runs ask for their own.
         """
         self._observer = observer
-        self._sinks.append(observer)
+        self._internal.append(observer)
 
     def now(self) -> float:
         """Seconds since the run started, on the loop's clock."""
@@ -187,6 +200,9 @@ class Driver:
         self._t0 = self._loop.time() - offset
         self._mono_t0 = time.monotonic() - offset  # backends report when work began on this clock
         self.state.clock_origin = self._t0  # rate limiters shared across runs use the loop's clock
+        if self.scope is not None:  # the first run of a composition sets its events' origin
+            origin, self._origin_epoch = events_origin(self.scope.shared, self._t0, self._epoch)
+            self._shift = self._t0 - origin
         self._finished = self._loop.create_future()
         self._open_journal()
         self._publish([RunStarted(run_id=self.state.run_id, time=self.now(),
@@ -525,11 +541,18 @@ class Driver:
                 node_id = getattr(event, "node_id", "")
                 event = replace(event, lineage=f"{self.lineage}/{node_id}" if node_id
                                 else self.lineage)
-            for sink in self._sinks:
-                try:
-                    sink(event)
-                except Exception:  # an observer's bug must not break the run it observes
-                    log.exception("event sink %r failed on %s; continuing", sink, event.kind)
+            self._send(self._internal, event)
+            if self._shift:  # a nested run: its observers count from the outermost start
+                event = _shifted(event, self._shift, self._origin_epoch)
+            self._send(self._sinks, event)
+
+    @staticmethod
+    def _send(sinks: Iterable[Callable[[Event], None]], event: Event) -> None:
+        for sink in sinks:
+            try:
+                sink(event)
+            except Exception:  # an observer's bug must not break the run it observes
+                log.exception("event sink %r failed on %s; continuing", sink, event.kind)
 
     # ---- the journal --------------------------------------------------------------------
 

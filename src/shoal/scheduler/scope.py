@@ -28,9 +28,27 @@ if TYPE_CHECKING:
     from shoal.runtime import Runtime
 
 __all__ = [
-    "INJECTORS", "REPLAYERS", "RunScope", "Settles", "inject", "register_injector",
-    "register_replayer",
+    "INJECTORS", "ORIGIN_KEY", "REPLAYERS", "RunScope", "Settles", "events_origin", "inject",
+    "register_injector", "register_replayer",
 ]
+
+#: The key, in :attr:`RunScope.shared`, of the start (loop time, epoch seconds) that every
+#: event of a composition (an outermost run or agent tree, with the runs and agents nested
+#: in it) counts from (see :func:`events_origin`).
+ORIGIN_KEY = "shoal.origin"
+
+
+def events_origin(shared: dict[str, Any], now: float, epoch: float) -> tuple[float, float]:
+    """Where the events of the composition that ``shared`` belongs to count from.
+
+    The loop time and the wall-clock time (epoch seconds) of its start: the first one to ask
+    (the outermost run, or an agent tree run alone) sets them to ``now`` and ``epoch`` (its
+    start); runs nested in it count their events from there, so a reader's events come after
+    the plan node that started it, on the event loop's clock (the virtual clock of
+    :mod:`shoal.testing` too).
+    """
+    loop_time, wall = shared.setdefault(ORIGIN_KEY, (now, epoch))
+    return float(loop_time), float(wall)
 
 
 @dataclass(slots=True, eq=False)
