@@ -7,6 +7,8 @@ calls (50 ms each), then a turn with its answer; the lead then answers. Everythi
 
 1. Makespan against the critical path of the same workload: the lead's turn, one worker's
    3 x (50 + 50) ms and its answer turn, the lead's final turn (450 ms). Target: <= 1.3x.
+   Its CPU time is printed too, and, for diagnosis, the CPU time of a run with Python's
+   garbage collector paused (what the collector costs a swarm, told apart from the steps).
 2. Peak memory of that run: the process's peak RSS, and tracemalloc's peak in a second,
    traced run (tracing slows a run, so it is not the timed one).
 3. Memory per idle subagent: 1,000 workers parked on their first model request (a model
@@ -157,6 +159,22 @@ def per_idle_subagent(workers: int) -> tuple[float, bool]:
     return (full - empty) / workers, ok_empty and ok_full
 
 
+def without_collector(swarm: Swarm) -> SwarmRun:
+    """A run with Python's cyclic garbage collector paused: shoal's own CPU time, for diagnosis.
+
+    A swarm keeps each step's objects alive for about a model request, long enough to be
+    promoted to the oldest generation, so full collections come often and each walks every
+    object in flight: this run tells that cost apart from the work of the steps themselves.
+    """
+    gc.collect()
+    gc.disable()
+    try:
+        return asyncio.run(run_swarm(swarm))
+    finally:
+        gc.enable()
+        gc.collect()
+
+
 def traced_peak(swarm: Swarm) -> tuple[int, bool]:
     """tracemalloc's peak over a whole (untimed) swarm run."""
     tracemalloc.start()
@@ -196,6 +214,10 @@ def main(quick: bool = False) -> BenchResult:
     result.add("  CPU time per subagent", best.cpu / swarm.workers, "s")
     result.check("every subagent finished as scripted", all(run.ok for run in runs),
                  next((run.detail for run in runs if not run.ok), ""))
+    paused = without_collector(swarm)
+    result.add("  CPU time per subagent, garbage collector paused", paused.cpu / swarm.workers,
+               "s")
+    result.check("run with the collector paused ok", paused.ok, paused.detail)
     result.add("peak RSS of the process", peak_rss() / 2**20, "MiB")
 
     peak, ok = traced_peak(swarm)
