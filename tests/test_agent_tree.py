@@ -141,7 +141,7 @@ def test_a_swarm_is_summed_up_not_drawn_row_by_row() -> None:
     for n in (9, 12, 1, 500, 969):
         assert f"worker#{n}  " not in drawn, n
     # sub-subagents count in the totals
-    deep = "lead/worker#1/helper#1"
+    deep = "lead/worker#1/scout#1"
     started(view, deep, at=2.0)
     responded(view, deep, at=2.1, tokens=5, cost=0.5)
     assert f"tokens {sum(range(1, 1001)) + 5}  cost $10.5000" in text(view)
