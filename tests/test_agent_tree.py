@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
 
 from rich.console import Console
 
+from shoal import Agent, Budget
 from shoal.cli.tree import AgentTree, agent_status, render_tree
 from shoal.events import (
     AgentFinished,
@@ -18,6 +20,7 @@ from shoal.events import (
     NodeFinished,
     NodeStarted,
 )
+from shoal.testing import ScriptedModel, call
 
 
 def text(view: AgentTree) -> str:
@@ -91,3 +94,76 @@ def test_an_ok_agent_whose_calls_failed_says_so() -> None:
     assert agent_status("ok", 1, 1) == "ok, 1/1 call failed"
     assert agent_status("max_turns", 2, 2) == "max_turns"  # already not ok: said as it is
     assert agent_status("ok", 2, 0) == "ok"
+
+
+def responded(view: AgentTree, lineage: str, at: float, tokens: int,
+              cost: float | None = None) -> None:
+    view(ModelResponded(run_id="r", time=at, lineage=lineage, agent=lineage.split("/")[-1],
+                        model="m", turn=1, text="", tool_calls=(), input_tokens=tokens,
+                        output_tokens=0, duration=0.1, cost=cost))
+
+
+def finished(view: AgentTree, lineage: str, at: float, status: str, error: str = "") -> None:
+    view(AgentFinished(run_id="r", time=at, lineage=lineage, agent=lineage.split("/")[-1],
+                       status=status, output="", turns=1, total_tokens=0, duration=at,
+                       error=error))
+
+
+def swarm(view: AgentTree, workers: int) -> None:
+    """A lead with ``workers`` subagents: every 10th failed, every 3rd still running, the
+    rest ok; worker n started at n ms, used n + 1 tokens and cost a cent."""
+    started(view)
+    for n in range(workers):
+        lineage = f"lead/worker#{n}"
+        started(view, lineage, at=n / 1000)
+        responded(view, lineage, at=2.0, tokens=n + 1, cost=0.01)
+        if n % 10 == 9:
+            finished(view, lineage, 2.5, "failed", error=f"worker {n} broke")
+        elif n % 3:
+            finished(view, lineage, 2.5, "ok")
+
+
+def test_a_swarm_is_summed_up_not_drawn_row_by_row() -> None:
+    view = AgentTree()
+    swarm(view, 1000)
+    drawn = text(view)
+    lines = drawn.splitlines()
+    assert len(lines) < 15, drawn  # not a thousand rows
+    # 1000 workers: n % 3 == 0 and n % 10 != 9 run (334 - 34), every 10th failed (100)
+    running, failed = 300, 100
+    ok = 1000 - running - failed
+    assert (f"1000 subagents: {running} running, {failed} failed, {ok} ok  "
+            f"tokens {sum(range(1, 1001))}  cost $10.0000") in drawn
+    # the slowest running (the first started) and the latest failed keep their rows
+    for n in (0, 3, 6, 979, 989, 999):
+        assert f"worker#{n}  " in drawn, n
+    assert "worker 999 broke" in drawn
+    for n in (9, 12, 1, 500, 969):
+        assert f"worker#{n}  " not in drawn, n
+    # sub-subagents count in the totals
+    deep = "lead/worker#1/scout#1"
+    started(view, deep, at=2.0)
+    responded(view, deep, at=2.1, tokens=5, cost=0.5)
+    assert f"tokens {sum(range(1, 1001)) + 5}  cost $10.5000" in text(view)
+
+
+def test_a_few_subagents_are_drawn_in_full() -> None:
+    view = AgentTree()
+    swarm(view, 20)
+    drawn = text(view)
+    assert "subagents:" not in drawn
+    assert all(f"worker#{n}  " in drawn for n in range(20))
+
+
+def test_a_real_swarm_is_summed_up_with_its_tokens() -> None:
+    worker = Agent(name="worker", model=ScriptedModel.per_prompt({"*": ["done"]}))
+    lead = Agent(name="lead", subagents=[worker], model=ScriptedModel(
+        [[call("worker", task=f"job {n}") for n in range(40)], "all done"]))
+    view = AgentTree()
+    result = asyncio.run(lead.run("go", on_event=view, budget=Budget(fan_out=40)))
+    assert result.ok
+    drawn = text(view)
+    workers_tokens = result.usage.total_tokens - result.own_usage.total_tokens
+    assert workers_tokens > 0
+    assert f"40 subagents: 40 ok  tokens {workers_tokens}" in drawn
+    assert len(drawn.splitlines()) < 10, drawn

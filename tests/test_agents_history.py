@@ -20,6 +20,7 @@ from shoal.models.base import (
     AssistantMessage,
     ModelRequest,
     ModelResponse,
+    ModelSettings,
     ToolResultMessage,
     ToolSpec,
     Usage,
@@ -115,6 +116,22 @@ def test_deepcopy_of_a_request_shares_the_messages_and_copies_the_rest() -> None
     assert copied.tools[0].parameters is not request.tools[0].parameters
     assert copied.output_schema is not request.output_schema
     assert copied == request
+
+
+def test_deepcopy_of_a_request_copies_nested_schemas_and_settings_all_the_way_down() -> None:
+    schema = {"type": "object", "properties": {"tags": {"type": "array", "enum": [["a"], ("b",)]}}}
+    extra = {"seed": 1, "stop": ["\n"], "nested": {"deep": [{"x": 1.5, "y": None, "z": True}]}}
+    request = ModelRequest("i", [UserMessage("go")], tools=[ToolSpec("t", "d", schema)],
+                           settings=ModelSettings(temperature=0.2, extra=extra),
+                           output_schema={"anyOf": [{"type": "string"}]})
+    copied = copy.deepcopy(request)
+    assert copied == request
+    copied.tools[0].parameters["properties"]["tags"]["enum"][0].append("vandalised")
+    copied.settings.extra["nested"]["deep"][0]["x"] = "vandalised"
+    copied.settings.extra["stop"].append("vandalised")
+    copied.output_schema["anyOf"][0]["type"] = "vandalised"  # type: ignore[index]
+    assert "vandalised" not in repr(request)
+    assert copied.settings.temperature == 0.2
 
 
 def _conversation(n: int) -> list[Any]:

@@ -27,6 +27,7 @@ from bench import (
     nestools,
     plan_parsing,
     process_start,
+    swarm,
     trivial,
 )
 from bench.common import BenchResult, Target, dataset_file, datasets_dir, judge_targets, passed
@@ -49,7 +50,7 @@ def assert_correct(result: BenchResult) -> None:
 
 
 @pytest.mark.parametrize("module", [fanout_async, fanout_sync, trivial, large_plan, agents,
-                                    plan_parsing, process_start],
+                                    plan_parsing, process_start, swarm],
                          ids=lambda m: m.__name__.rsplit(".", 1)[-1])
 def test_synthetic_benchmarks_are_correct(module: ModuleType) -> None:
     assert_correct(module.main(quick=True))

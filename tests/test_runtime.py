@@ -616,3 +616,26 @@ def test_executors_may_only_replace_known_backends() -> None:
 
     with pytest.raises(ConfigError, match="may replace"):
         Runtime(executors={"gpu": ThreadExecutor()})
+
+
+def test_a_handle_as_a_future_outlives_a_cancelled_shielded_waiter() -> None:
+    @tool
+    async def slow() -> str:
+        await asyncio.sleep(0.05)
+        return "done"
+
+    async def main() -> tuple[RunResult, bool]:
+        plan = Plan()
+        node = plan.call(slow)
+        handle = Runtime().start(plan)
+        future = handle.as_future()
+        assert isinstance(future, asyncio.Future)
+        waiter = asyncio.ensure_future(asyncio.shield(future))
+        await asyncio.sleep(0)
+        waiter.cancel()  # the waiter goes; the run it waited for does not
+        result = await future
+        assert result[node].value == "done"
+        return await handle, waiter.cancelled()
+
+    result, cancelled = arun(main())
+    assert result.ok and cancelled

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sqlite3
 import threading
@@ -244,6 +245,23 @@ def test_the_memory_store_keeps_the_latest_runs() -> None:
     for i in range(5):
         store.write([_run(f"r{i}"), RunEnded(f"r{i}", "finished", time.time(), {}, 0.0)])
     assert sorted(r.run_id for r in store.list_runs()) == ["r2", "r3", "r4"]
+
+
+def test_the_memory_store_evicts_finished_runs_first_and_never_running_ones() -> None:
+    store = MemoryStore(max_runs=6)
+    for i in range(4):  # running runs never go
+        store.write([_run(f"running{i}")])
+    store.write([_run("a"), _run("b")])
+    store.write([RunEnded("b", "finished", time.time(), {}, 0.0)])
+    store.write([RunEnded("a", "failed", time.time(), {}, 0.0)])
+    store.write([_run("c")])  # b finished first, so it goes first
+    kept = {r.run_id for r in store.list_runs()}
+    assert {f"running{i}" for i in range(4)} <= kept and "b" not in kept and "a" in kept
+    store.write([dataclasses.replace(_run("a"), status="running")])  # a resumed: running again
+    store.write([_run("d")])
+    assert store.get_run("a") is not None
+    store.write([RunEnded("c", "finished", time.time(), {}, 0.0), _run("e")])
+    assert store.get_run("c") is None and store.get_run("a") is not None
 
 
 # ---- the runtime's journal -------------------------------------------------------------------

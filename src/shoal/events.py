@@ -177,6 +177,8 @@ class ModelResponded(Event):
     input_tokens: int
     output_tokens: int
     duration: float
+    #: US dollars, for a model with a known price (``None``: not known)
+    cost: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

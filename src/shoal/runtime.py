@@ -79,6 +79,15 @@ class RunHandle:
     def __await__(self) -> Generator[Any, None, RunResult]:
         return self._task.__await__()
 
+    def as_future(self) -> asyncio.Future[RunResult]:
+        """The run's result as a future, without a task of its own to wrap the handle.
+
+        ``asyncio.ensure_future(handle)`` would add one task per step of an agent. To wait
+        without the run being cancelled when the waiter is, shield it (``asyncio.shield``)
+        and stop the run through :meth:`cancel`, so every node gets an outcome.
+        """
+        return self._task
+
     def done(self) -> bool:
         """Whether the run has ended."""
         return self._task.done()

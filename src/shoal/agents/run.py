@@ -271,7 +271,7 @@ class AgentRun:
                 model=self.model.name, turn=self.result.turns, text=response.text[:500],
                 tool_calls=tuple(c.name for c in response.tool_calls),
                 input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-                duration=ctx.now() - began))
+                duration=ctx.now() - began, cost=usage.cost))
         ctx.tracker.add_usage(usage, self.lineage)
         return response
 

@@ -468,7 +468,7 @@ async def settle(handle: RunHandle) -> RunResult:
 
 
 async def _settled(handle: RunHandle) -> tuple[RunResult, bool]:
-    waiting = asyncio.ensure_future(handle)
+    waiting = handle.as_future()  # not ensure_future: that wraps the handle in one more task
     cancelled = False
     while True:
         try:

@@ -43,9 +43,14 @@ from shoal.events import (
     ToolCallRejected,
 )
 
-__all__ = ["MAX_CALLS_SHOWN", "TREE_EVENTS", "AgentTree", "Row", "agent_status", "render_tree"]
+__all__ = ["MAX_CALLS_SHOWN", "MAX_SUBAGENTS_SHOWN", "SLOWEST_SHOWN", "TREE_EVENTS", "AgentTree",
+           "Row", "agent_status", "render_tree"]
 
 MAX_CALLS_SHOWN = 8  # per agent: the most recent; the rest are summed up in one line
+#: Per agent: with more subagents than this (a swarm), they are summed up (counts by status,
+#: totals) and only the slowest running and the latest failed ones get rows of their own.
+MAX_SUBAGENTS_SHOWN = 20
+SLOWEST_SHOWN = 3  # ... how many of the slowest running ones, and of the latest failed ones
 _STYLES = {**STATUS_STYLES, "running": "bold cyan", "rejected": "magenta",
            "budget_exceeded": "red", "max_turns": "red"}
 _SERVER = "~server"  # the lineage tail of a model server's row (not a name a call can have)
@@ -65,6 +70,7 @@ class Row:
     ended: float | None = None
     turns: int = 0
     tokens: int = 0
+    cost: float | None = None  # US dollars, when the model's price is known
     detail: str = ""
     arguments: str = ""  # a call's arguments (JSON text), when known
     notice: str = ""  # what a running agent waits for now (a retry)
@@ -137,6 +143,8 @@ class AgentTree:
         elif isinstance(event, ModelResponded):
             row.turns = event.turn
             row.tokens += event.input_tokens + event.output_tokens
+            if event.cost is not None:
+                row.cost = (row.cost or 0.0) + event.cost
             row.notice = ""
         elif isinstance(event, AgentFinished):
             row.status, row.ended, row.notice = event.status, event.time, ""
@@ -268,6 +276,10 @@ def _add(tree: Tree, view: AgentTree, lineage: str, now: float) -> None:
     row = view.rows[lineage]
     branch = tree.add(_label(view, row, now))
     children = [view.rows[c] for c in row.children]
+    subagents = [c for c in children if c.is_agent]
+    if len(subagents) > MAX_SUBAGENTS_SHOWN:  # a swarm: a summary, not a thousand rows
+        shown = _swarm_summary(branch, view, subagents, now)
+        children = [c for c in children if not c.is_agent or c.lineage in shown]
     calls = [c for c in children if not c.is_agent and not c.is_server]
     hidden = calls[:-MAX_CALLS_SHOWN] if len(calls) > MAX_CALLS_SHOWN else []
     if hidden:
@@ -281,6 +293,49 @@ def _add(tree: Tree, view: AgentTree, lineage: str, now: float) -> None:
     for child in children:
         if child.lineage not in skipped:
             _add(branch, view, child.lineage, now)
+
+
+def _swarm_summary(branch: Tree, view: AgentTree, subagents: list[Row], now: float) -> set[str]:
+    """Sum up an agent's many subagents in one line; the lineages still drawn in full.
+
+    The line counts them by status and totals their trees' tokens and cost; the slowest
+    running ones and the latest failed ones keep their rows (what a person watching looks
+    for), the rest are only counted.
+    """
+    counts: dict[str, int] = {}
+    for sub in subagents:
+        counts[sub.status] = counts.get(sub.status, 0) + 1
+    tokens, cost = 0, None
+    for sub in subagents:
+        for agent in _agents_within(view, sub):
+            tokens += agent.tokens
+            if agent.cost is not None:
+                cost = (cost or 0.0) + agent.cost
+    order = sorted(counts.items(), key=lambda item: (item[0] != "running", item[0]))
+    line = Text(f"{len(subagents)} subagents: ", style="bold")
+    line.append(", ".join(f"{n} {one_line(status, ID_WIDTH)}" for status, n in order),
+                style="")
+    line.append(f"  tokens {tokens}" + ("" if cost is None else f"  cost ${cost:.4f}"),
+                style="dim")
+    running = sorted((s for s in subagents if s.status == "running"), key=lambda s: s.started)
+    failed = [s for s in subagents if s.status not in ("running", "ok")]
+    slowest, latest_failed = running[:SLOWEST_SHOWN], failed[-SLOWEST_SHOWN:]
+    if slowest:
+        line.append(f"  (the {len(slowest)} slowest running shown)", style="dim")
+    if latest_failed:
+        line.append(f"  (the {len(latest_failed)} latest failed shown)", style="dim")
+    branch.add(line)
+    return {s.lineage for s in (*slowest, *latest_failed)}
+
+
+def _agents_within(view: AgentTree, row: Row) -> Iterable[Row]:
+    """``row`` and every agent below it."""
+    stack = [row]
+    while stack:
+        found = stack.pop()
+        if found.is_agent:
+            yield found
+        stack.extend(view.rows[c] for c in found.children)
 
 
 def render_tree(view: AgentTree, title: str) -> RenderableType:

@@ -153,6 +153,24 @@ class ToolSpec:
     description: str
     parameters: Mapping[str, Any]
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> ToolSpec:
+        # Every model request gets a private copy of its tools (the model may change it);
+        # a schema is plain JSON, copied here without copy.deepcopy's per-object bookkeeping,
+        # which made the copy most of a turn's cost for an agent with a few tools.
+        return ToolSpec(self.name, self.description, _json_copy(self.parameters, memo))
+
+
+def _json_copy(value: Any, memo: dict[int, Any]) -> Any:
+    """A deep copy of JSON-like data (dicts, lists, scalars); anything else by ``deepcopy``."""
+    kind = type(value)
+    if kind is str or kind is int or kind is float or kind is bool or value is None:
+        return value
+    if kind is dict:
+        return {key: _json_copy(item, memo) for key, item in value.items()}
+    if kind is list:
+        return [_json_copy(item, memo) for item in value]
+    return copy.deepcopy(value, memo)
+
 
 @dataclass(frozen=True, slots=True)
 class ModelSettings:
@@ -162,6 +180,11 @@ class ModelSettings:
     max_tokens: int | None = None
     parallel_tool_calls: bool | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ModelSettings:
+        # copied with every model request, like ToolSpec's schema: plain values and JSON
+        return ModelSettings(self.temperature, self.max_tokens, self.parallel_tool_calls,
+                             _json_copy(self.extra, memo))
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +232,7 @@ class ModelRequest:
         return replace(self, tools=copy.deepcopy(self.tools, memo),
                        plan_tools=copy.deepcopy(self.plan_tools, memo),
                        settings=copy.deepcopy(self.settings, memo),
-                       output_schema=copy.deepcopy(self.output_schema, memo))
+                       output_schema=_json_copy(self.output_schema, memo))
 
 
 @dataclass(frozen=True, slots=True)
