@@ -536,7 +536,7 @@ class Driver:
             self._apply(self.state.expire(reason, now))
 
     def _publish(self, events: Iterable[Event]) -> None:
-        if not self._sinks:  # nobody listens (an agent's step, unobserved): skip the stamping
+        if not self._sinks and not self._internal:  # nobody listens: skip the stamping
             return
         for event in events:
             if self.lineage and not event.lineage:  # an agent's step: say whose calls these are
