@@ -90,7 +90,9 @@ class TreeContext:
         #: agent of the tree streams its model's replies (and a nested run's sinks that are
         #: this tree's ``emit`` ask for text too)
         self.wants_text = bool(self._text_sinks)
-        self._t0 = time.monotonic()
+        #: when the root started, on the monotonic clock (an agent in a process of its own
+        #: is given its root's, so the times of its events agree with the tree's)
+        self.origin = time.monotonic()
         self._models: dict[str, Model] = {}
         # lineage -> its steps in flight (model turns and tool phases, each a run)
         self._handles: dict[str, set[RunHandle]] = {}
@@ -123,7 +125,7 @@ class TreeContext:
 
     def now(self) -> float:
         """Seconds since the root started."""
-        return time.monotonic() - self._t0
+        return time.monotonic() - self.origin
 
     @property
     def observed(self) -> bool:
