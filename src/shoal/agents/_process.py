@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from shoal.agents.remote import StartSpec
     from shoal.agents.result import AgentResult
     from shoal.approvals import Approver
+    from shoal.exceptions import BudgetExceeded
     from shoal.models.retry import ModelGate, ModelGates
 
 
@@ -45,7 +46,7 @@ class Link:
         self._send_lock = threading.Lock()
         self._ids = itertools.count(1)
         self._waiting: dict[int, concurrent.futures.Future[Any]] = {}
-        self.on_cancel: Callable[[str], None] = lambda reason: None
+        self.on_cancel: Callable[[str, Any], None] = lambda reason, breach: None
 
     def read(self) -> Any:
         """The next message (``None`` at the end of the socket)."""
@@ -91,7 +92,7 @@ class Link:
                     else:
                         future.set_exception(value)
                 elif message[0] == "cancel":
-                    self.on_cancel(message[1])
+                    self.on_cancel(message[1], message[2])
         finally:  # the parent is gone (or sent garbage): nothing here may outlive it
             exit_with_group()
 
@@ -208,8 +209,8 @@ async def run(spec: StartSpec, link: Link) -> AgentResult[Any]:
     ctx = RemoteTreeContext.make(spec, link)
     loop = asyncio.get_running_loop()
 
-    def cancel(reason: str) -> None:
-        loop.call_soon_threadsafe(ctx.cancel, spec.lineage, reason)
+    def cancel(reason: str, breach: BudgetExceeded | None) -> None:
+        loop.call_soon_threadsafe(_stop, ctx, spec.lineage, reason, breach)
 
     link.on_cancel = cancel
     agent_run = AgentRun(spec.agent, ctx, lineage=spec.lineage, depth=spec.depth,
@@ -220,7 +221,18 @@ async def run(spec: StartSpec, link: Link) -> AgentResult[Any]:
     finally:
         await ctx.close_models()
         await ctx.runtime.aclose()
+    # sent from here: a thread abandoned by a cancelled call would hold up the loop's end
+    link.send(_shippable(agent_run.result))
     return agent_run.result
+
+
+def _stop(ctx: TreeContext, lineage: str, reason: str, breach: BudgetExceeded | None) -> None:
+    """Stop as the parent says: cancelled, or the tree broke its budget (stopped as inline)."""
+    if breach is None:
+        ctx.cancel(lineage, reason)
+    elif ctx.tracker.breach is None:
+        ctx.tracker.breach = breach
+        ctx._stop_everything(breach)
 
 
 def _shippable(result: AgentResult[Any]) -> tuple[str, Any]:
@@ -259,8 +271,7 @@ def main(argv: list[str]) -> int:
         apply_limits(spec.limits.memory, spec.limits.open_files)
         cpu_budget(spec.limits.cpu_seconds)
     link.start_reading()
-    result = asyncio.run(run(spec, link))
-    link.send(_shippable(result))
+    asyncio.run(run(spec, link))
     return 0
 
 

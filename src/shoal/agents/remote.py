@@ -31,8 +31,11 @@ siblings go on.
 The wire: each message is an 8-byte big-endian length and a cloudpickled tuple. The parent
 sends its ``sys.path`` first (plain pickle, so the child can import what the agent's pickle
 names), then ``("start", StartSpec)``, then ``("reply", id, ok, value)`` and ``("cancel",
-reason)``. The child sends ``("call", id, op, args)``, ``("event", event)``, ``("gate_exit",
-name)``, ``("gate_pause", name, seconds)`` and last ``("done", result)``. The parent side
+reason, breach)`` (``breach``: the tree's :class:`~shoal.exceptions.BudgetExceeded`, or
+``None`` when a person or a timeout cancelled the agent). The child sends ``("call", id,
+op, args)``, ``("event", event)``, ``("gate_exit", name)``, ``("gate_pause", name,
+seconds)`` and last ``("done", result)`` (or ``("error", text)`` when it cannot even load
+the agent's definition). The parent side
 (:class:`TreeServer`) only needs a :class:`Channel`: another transport (Ray) plugs in there.
 The child's replies are loaded with plain pickle: the agent's process is trusted as the parent
 is (it runs the definition the parent sent), unlike a tool's worker, whose results are loaded
@@ -364,6 +367,10 @@ async def run_elsewhere(run: AgentRun) -> AgentResult[Any]:
         return result
     server = TreeServer(ctx, channel)
     serving = asyncio.ensure_future(server.serve())
+    ctx.track_remote(run.lineage, lambda reason, breach: channel.send(
+        ("cancel", reason, breach)))
+    if (stop := ctx.stop_reason(run.lineage)) is not None:  # stopped while it started
+        channel.send(("cancel", stop, ctx.tracker.breach))
     try:
         try:
             _adopt(ctx, result, await asyncio.shield(serving))
@@ -375,6 +382,7 @@ async def run_elsewhere(run: AgentRun) -> AgentResult[Any]:
             _fail(run, "failed", AgentError(
                 f"the process running agent {run.lineage} died: {cause}"))
     finally:
+        ctx.untrack_remote(run.lineage)
         serving.cancel()
         await asyncio.gather(serving, return_exceptions=True)
         await server.close()
@@ -386,7 +394,7 @@ async def _stop(run: AgentRun, channel: Channel, serving: asyncio.Future[Any]) -
     """Ask the agent to stop; take its result if it comes within the grace, else record one."""
     ctx = run.ctx
     reason = ctx.stop_reason(run.lineage) or "cancelled"
-    channel.send(("cancel", reason))
+    channel.send(("cancel", reason, ctx.tracker.breach))
     try:
         _adopt(ctx, run.result, await asyncio.wait_for(asyncio.shield(serving), CANCEL_GRACE))
     except (TimeoutError, _Gone, asyncio.CancelledError):

@@ -1,0 +1,304 @@
+"""Agents in their own process (``Agent(isolation="process")``) behave as inline agents do.
+
+An agent-level twin of the conformance suite: the same tree runs with its subagents inline and
+in processes of their own, and gives the same answers, lineages and events; budgets stay exact
+across processes; approvals reach the root's approver; a cancelled subagent's process ends
+within a second; a subagent killed with SIGKILL gives its parent an error naming the signal
+while its siblings finish; and a tree killed mid-run resumes without repeating what the
+subagent process had finished. Real subprocesses throughout (psutil watches them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+import shoal
+from shoal.events import Event
+from shoal.exceptions import ConfigError
+from shoal.testing import ScriptedModel, call
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_child_process_leak")]
+
+
+@shoal.tool
+def where(tag: str) -> str:
+    """Say which process runs this call."""
+    return f"{tag}@{os.getpid()}"
+
+
+@shoal.tool
+def slow(path: str) -> str:
+    """Write this process's id to ``path``, then sleep a long time."""
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(60)
+    return "woke up"
+
+
+@shoal.tool
+def die() -> str:
+    """Kill this process with SIGKILL, in the middle of its agent's turn."""
+    os.kill(os.getpid(), signal.SIGKILL)
+    return "unreachable"
+
+
+@shoal.tool(approval=True)
+def send(path: str, text: str) -> str:
+    """Append ``text`` to ``path`` (a side effect that needs a person's approval)."""
+    with open(path, "a", encoding="utf-8") as out:
+        out.write(f"{text}@{os.getpid()}\n")
+    return f"sent {text}"
+
+
+def _tree(isolation: Any) -> shoal.Agent[str]:
+    model = ScriptedModel.per_prompt({
+        "go": [[call("reader", task="p1"), call("reader", task="p2"), call("reader", task="p3")],
+               "summary of three"],
+        "p1": [[call("where", tag="a"), call("where", tag="b")], "read p1"],
+        "p2": [[call("where", tag="c")], "read p2"],
+        "p3": ["read p3"],
+    })
+    reader = shoal.Agent(name="reader", model=model, tools=[where], isolation=isolation)
+    return shoal.Agent(name="lead", model=model, subagents=[reader])
+
+
+def _shape(events: list[Event]) -> Counter[tuple[str, str]]:
+    return Counter((e.lineage, e.kind) for e in events)
+
+
+def _pids(result: shoal.AgentResult[Any]) -> set[int]:
+    return {int(c.message.content.rsplit("@", 1)[1]) for r in result.walk() for c in r.calls
+            if c.call.name == "where"}
+
+
+def test_process_subagents_give_the_same_results_lineages_and_events_as_inline() -> None:
+    seen: dict[str, Any] = {}
+    for isolation in ("inline", "process"):
+        events: list[Event] = []
+        result = _tree(isolation).run_sync("go", on_event=events.append)
+        seen[isolation] = (result, events)
+    inline, inline_events = seen["inline"]
+    remote, remote_events = seen["process"]
+    assert remote.output == inline.output == "summary of three"
+    assert [(r.lineage, r.status, r.output, r.turns) for r in remote.walk()] == [
+        (r.lineage, r.status, r.output, r.turns) for r in inline.walk()]
+    assert [(c.lineage, c.status) for r in remote.walk() for c in r.calls] == [
+        (c.lineage, c.status) for r in inline.walk() for c in r.calls]
+    assert _shape(remote_events) == _shape(inline_events)
+    assert remote.usage == inline.usage and remote.usage.requests == 7
+    assert _pids(inline) == {os.getpid()}
+    others = _pids(remote)
+    assert os.getpid() not in others and len(others) == 2  # readers p1 and p2, one each
+
+
+def test_a_subagent_budget_holds_exactly_across_agent_processes() -> None:
+    # two process agents ask for 5 leaves each: 10 requested, and only 3 may start
+    model = ScriptedModel.per_prompt({
+        "go": [[call("reader", task="r1"), call("reader", task="r2")], "done"],
+        "r1": [[call("leaf", task="x") for _ in range(5)], "r1 done"],
+        "r2": [[call("leaf", task="x") for _ in range(5)], "r2 done"],
+        "x": ["leaf done"],
+    })
+    leaf = shoal.Agent(name="leaf", model=model)
+    reader = shoal.Agent(name="reader", model=model, subagents=[leaf], isolation="process")
+    lead = shoal.Agent(name="lead", model=model, subagents=[reader])
+    events: list[Event] = []
+    result = lead.run_sync("go", budget=shoal.Budget(subagents=5), on_event=events.append)
+    started = [e.lineage for e in events if e.kind == "AgentStarted"]
+    leaves = [lineage for lineage in started if "/leaf#" in lineage]
+    assert len(leaves) == 3 and len(started) == 1 + 2 + 3
+    refused = [c for r in result.walk() for c in r.calls if c.status == "rejected"]
+    assert len(refused) == 7 and all("subagents" in c.message.content for c in refused)
+    assert result.usage.requests == 2 + 2 * 2 + 3  # lead 2, readers 2 each, leaves 1 each
+
+
+def test_a_requests_budget_is_charged_through_the_root() -> None:
+    model = ScriptedModel.per_prompt({
+        "go": [[call("reader", task="r1")], "done"],
+        "r1": [[call("where", tag="1")], [call("where", tag="2")], [call("where", tag="3")],
+               "r1 done"],
+    })
+    reader = shoal.Agent(name="reader", model=model, tools=[where], isolation="process")
+    lead = shoal.Agent(name="lead", model=model, subagents=[reader])
+    with pytest.raises(shoal.BudgetExceeded) as caught:
+        lead.run_sync("go", budget=shoal.Budget(requests=3))
+    assert caught.value.limit == "requests"
+    result = caught.value.result  # type: ignore[attr-defined]
+    assert result.children[0].turns == 2  # the lead's first turn and two of the reader's
+
+
+def test_approvals_reach_the_root_approver_bound_to_their_arguments(tmp_path: Path) -> None:
+    out = tmp_path / "out.txt"
+    model = ScriptedModel.per_prompt({
+        "go": [[call("mailer", task="m")], "done"],
+        "m": [[call("send", path=str(out), text="yes"), call("send", path=str(out), text="no")],
+              "mailed"],
+    })
+    mailer = shoal.Agent(name="mailer", model=model, tools=[send], isolation="process")
+    lead = shoal.Agent(name="lead", model=model, subagents=[mailer])
+    asked: list[Any] = []
+
+    def approver(request: shoal.ApprovalRequest) -> shoal.Decision:
+        asked.append(request)
+        if request.args["text"] == "yes":
+            return shoal.Decision.approve()
+        return shoal.Decision.deny("not that one")
+
+    result = lead.run_sync("go", approver=approver)
+    assert sorted((r.lineage, r.args["text"]) for r in asked) == [
+        ("lead/mailer#1/send#1", "yes"), ("lead/mailer#1/send#2", "no")]
+    calls = {c.lineage: c for c in result.children[0].calls}
+    assert calls["lead/mailer#1/send#1"].status == "ok"
+    assert calls["lead/mailer#1/send#2"].status == "denied"
+    assert "not that one" in calls["lead/mailer#1/send#2"].message.content
+    text, pid = out.read_text().strip().rsplit("@", 1)
+    assert text == "yes" and int(pid) != os.getpid()  # ran once, in the mailer's process
+
+
+def test_without_an_approver_a_process_agent_denies_as_inline_does(tmp_path: Path) -> None:
+    out = tmp_path / "out.txt"
+    model = ScriptedModel.per_prompt({
+        "go": [[call("mailer", task="m")], "done"],
+        "m": [[call("send", path=str(out), text="yes")], "mailed"],
+    })
+    mailer = shoal.Agent(name="mailer", model=model, tools=[send], isolation="process")
+    result = shoal.Agent(name="lead", model=model, subagents=[mailer]).run_sync("go")
+    assert [c.status for c in result.children[0].calls] == ["denied"]
+    assert not out.exists()
+
+
+async def _pid_in(path: Path, within: float = 30.0) -> int:
+    end = time.monotonic() + within
+    while not path.exists() or not path.read_text():
+        assert time.monotonic() < end, f"{path} was never written"
+        await asyncio.sleep(0.02)
+    return int(path.read_text())
+
+
+def test_cancelling_one_process_subagent_ends_its_process_within_a_second(
+        tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    model = ScriptedModel.per_prompt({
+        "go": [[call("reader", task="stuck"), call("reader", task="fine")], "lead done"],
+        "stuck": [[call("slow", path=str(pid_file))], "never"],
+        "fine": [[call("where", tag="f")], "fine done"],
+    })
+    reader = shoal.Agent(name="reader", model=model, tools=[slow, where], isolation="process")
+    lead = shoal.Agent(name="lead", model=model, subagents=[reader])
+
+    async def scenario() -> tuple[shoal.AgentResult[Any], float]:
+        handle = lead.start("go")
+        pid = await _pid_in(pid_file)
+        process = psutil.Process(pid)
+        began = time.monotonic()
+        handle.cancel("lead/reader#1", reason="stopped by the test")
+        while process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+            await asyncio.sleep(0.01)
+        gone = time.monotonic() - began
+        return await handle, gone
+
+    result, gone = asyncio.run(scenario())
+    assert gone < 1.0
+    assert result.output == "lead done"
+    stuck, fine = result.children
+    assert stuck.status == "cancelled" and "stopped by the test" in str(stuck.error)
+    assert fine.status == "ok" and fine.output == "fine done"
+    assert [c.status for c in result.calls] == ["failed", "ok"]
+
+
+def test_a_subagent_process_killed_mid_turn_fails_its_call_naming_the_signal() -> None:
+    model = ScriptedModel.per_prompt({
+        "go": [[call("reader", task="doomed"), call("reader", task="fine")], "lead done"],
+        "doomed": [[call("die")], "never"],
+        "fine": [[call("where", tag="f")], "fine done"],
+    })
+    reader = shoal.Agent(name="reader", model=model, tools=[die, where], isolation="process")
+    lead = shoal.Agent(name="lead", model=model, subagents=[reader])
+    events: list[Event] = []
+    result = lead.run_sync("go", on_event=events.append)
+    assert result.output == "lead done"
+    doomed, fine = result.children
+    assert doomed.status == "failed" and "SIGKILL" in str(doomed.error)
+    assert fine.status == "ok"
+    first = result.calls[0]
+    assert first.status == "failed" and "killed by signal SIGKILL" in first.message.content
+    finished = [e for e in events if e.kind == "AgentFinished" and e.lineage == doomed.lineage]
+    assert len(finished) == 1 and "SIGKILL" in finished[0].error  # type: ignore[attr-defined]
+
+
+def test_a_tree_killed_mid_run_resumes_without_repeating_the_process_agents_work(
+        tmp_path: Path) -> None:
+    store, log = tmp_path / "runs.db", tmp_path / "log.txt"
+
+    def script(mode: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "tests.process_agent_crash", str(store), "tree-1", mode,
+             str(log)], cwd=ROOT, capture_output=True, text=True, timeout=90)
+
+    crashed = script("crash")
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    assert sorted(log.read_text().split()) == ["a", "x1"]
+    helper_pid = int((tmp_path / "log.txt.helper").read_text())
+    assert not psutil.pid_exists(helper_pid) or psutil.Process(
+        helper_pid).status() == psutil.STATUS_ZOMBIE  # it ended with its parent
+    resumed = script("resume")
+    assert resumed.returncode == 0, resumed.stderr
+    report = json.loads(resumed.stdout)
+    assert report["output"] == "final answer"
+    assert report["calls"] == ["ok", "ok"] and report["helper"] == ["ok", "ok"]
+    assert report["lead_requests"] == 1  # only the turn after the helper's answer
+    assert sorted(log.read_text().split()) == ["a", "x1"]  # nothing ran twice
+
+
+@pytest.mark.parametrize(("options", "words"), [
+    ({"isolation": "thread"}, "isolation must be one of"),
+    ({"isolation": "ray"}, "not available yet"),
+    ({"isolation": "process", "env": "OPENAI_API_KEY"}, "list of environment variable names"),
+    ({"isolation": "process", "env": ["A=B"]}, "list of environment variable names"),
+    ({"isolation": "process", "limits": {"memry": 1}}, "unknown process limit"),
+    ({"env": ["OPENAI_API_KEY"]}, "add isolation='process'"),
+])
+def test_bad_isolation_settings_are_config_errors(options: dict[str, Any], words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        shoal.Agent(name="x", model=ScriptedModel(), **options)
+
+
+@shoal.tool
+def secrets() -> str:
+    """The environment variable names this process sees that look like secrets."""
+    return ",".join(sorted(k for k in os.environ if k.startswith("SHOAL_TEST_")))
+
+
+def test_a_process_agent_sees_only_the_keys_it_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOAL_TEST_KEY", "k")
+    monkeypatch.setenv("SHOAL_TEST_OTHER", "o")
+    model = ScriptedModel.per_prompt({
+        "go": [[call("reader", task="t")], "done"],
+        "t": [[call("secrets")], "seen"],
+    })
+    reader = shoal.Agent(name="reader", model=model, tools=[secrets], isolation="process",
+                         env=["SHOAL_TEST_KEY"], limits={"open_files": 256})
+    result = shoal.Agent(name="lead", model=model, subagents=[reader]).run_sync("go")
+    assert result.children[0].calls[0].message.content == "SHOAL_TEST_KEY"
+
+
+def test_a_process_agent_as_a_plan_node() -> None:
+    model = ScriptedModel.per_prompt({"Summarise p1": [[call("where", tag="n")], "p1 summary"]})
+    reader = shoal.Agent(name="reader", model=model, tools=[where], isolation="process")
+    plan = shoal.Plan()
+    node = plan.call(reader, task="Summarise p1")
+    result = shoal.run_sync(plan)
+    assert result[node].value == "p1 summary"
