@@ -25,9 +25,11 @@ import psutil
 import pytest
 
 import shoal
-from shoal.events import Event
-from shoal.exceptions import ConfigError
+from shoal.events import Event, TextDelta
+from shoal.exceptions import ConfigError, ModelHTTPError
+from shoal.models.retry import ModelGates
 from shoal.testing import ScriptedModel, call
+from shoal.testing.conformance import peak_overlap
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -75,8 +77,26 @@ def _tree(isolation: Any) -> shoal.Agent[str]:
     return shoal.Agent(name="lead", model=model, subagents=[reader])
 
 
+class _Recorder(list[Event]):
+    """An event sink that asks for the models' text too (so every agent streams)."""
+
+    wants_text = True
+
+    def __call__(self, event: Event) -> None:
+        self.append(event)
+
+
 def _shape(events: list[Event]) -> Counter[tuple[str, str]]:
     return Counter((e.lineage, e.kind) for e in events)
+
+
+def _texts(events: list[Event]) -> dict[str, str]:
+    """The text each agent streamed, in the order it came."""
+    found: dict[str, str] = {}
+    for event in events:
+        if isinstance(event, TextDelta):
+            found[event.lineage] = found.get(event.lineage, "") + event.text
+    return found
 
 
 def _pids(result: shoal.AgentResult[Any]) -> set[int]:
@@ -87,8 +107,8 @@ def _pids(result: shoal.AgentResult[Any]) -> set[int]:
 def test_process_subagents_give_the_same_results_lineages_and_events_as_inline() -> None:
     seen: dict[str, Any] = {}
     for isolation in ("inline", "process"):
-        events: list[Event] = []
-        result = _tree(isolation).run_sync("go", on_event=events.append)
+        events = _Recorder()
+        result = _tree(isolation).run_sync("go", on_event=events)
         seen[isolation] = (result, events)
     inline, inline_events = seen["inline"]
     remote, remote_events = seen["process"]
@@ -98,6 +118,8 @@ def test_process_subagents_give_the_same_results_lineages_and_events_as_inline()
     assert [(c.lineage, c.status) for r in remote.walk() for c in r.calls] == [
         (c.lineage, c.status) for r in inline.walk() for c in r.calls]
     assert _shape(remote_events) == _shape(inline_events)
+    assert ("lead/reader#2", "TextDelta") in _shape(remote_events)  # streamed to the root
+    assert _texts(remote_events) == _texts(inline_events)
     assert remote.usage == inline.usage and remote.usage.requests == 7
     assert _pids(inline) == {os.getpid()}
     others = _pids(remote)
@@ -136,7 +158,7 @@ def test_a_requests_budget_is_charged_through_the_root() -> None:
     with pytest.raises(shoal.BudgetExceeded) as caught:
         lead.run_sync("go", budget=shoal.Budget(requests=3))
     assert caught.value.limit == "requests"
-    result = caught.value.result  # type: ignore[attr-defined]
+    result = caught.value.result
     assert result.children[0].turns == 2  # the lead's first turn and two of the reader's
 
 
@@ -217,6 +239,103 @@ def test_cancelling_one_process_subagent_ends_its_process_within_a_second(
     assert stuck.status == "cancelled" and "stopped by the test" in str(stuck.error)
     assert fine.status == "ok" and fine.output == "fine done"
     assert [c.status for c in result.calls] == ["failed", "ok"]
+    # it stopped in time to record its end itself: its call's outcome came back too
+    assert [(c.lineage, c.status) for c in stuck.calls] == [("lead/reader#1/slow#1",
+                                                              "cancelled")]
+
+
+def test_a_wall_clock_budget_stops_process_agents_and_leaves_no_process(
+        tmp_path: Path) -> None:
+    model = ScriptedModel.per_prompt({
+        "go": [[call("reader", task="stuck"), call("reader", task="stuck too")], "never"],
+        "stuck": [[call("slow", path=str(tmp_path / "a"))], "never"],
+        "stuck too": [[call("slow", path=str(tmp_path / "b"))], "never"],
+    })
+    reader = shoal.Agent(name="reader", model=model, tools=[slow], isolation="process")
+    lead = shoal.Agent(name="lead", model=model, subagents=[reader])
+    began = time.monotonic()
+    with pytest.raises(shoal.BudgetExceeded) as caught:
+        lead.run_sync("go", budget=shoal.Budget(wall_clock=3.0))
+    assert time.monotonic() - began < 6.0  # not the tools' 60 s
+    assert caught.value.limit == "wall_clock"
+    result = caught.value.result
+    assert [r.status for r in result.children] == ["budget_exceeded"] * 2
+    for pid_file in (tmp_path / "a", tmp_path / "b"):
+        pid = int(pid_file.read_text())
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == (
+            psutil.STATUS_ZOMBIE)
+
+
+class LoggedModel(ScriptedModel):
+    """A scripted model that logs each request's start and end (monotonic clock) to a file.
+
+    The first request of the conversation ``r1`` is answered with HTTP 429 and a
+    ``Retry-After`` of :attr:`retry_after` seconds, when that is set (once across the tree:
+    a marker file remembers it).
+    """
+
+    log = ""
+    retry_after = 0.0
+
+    async def request(self, request: shoal.models.ModelRequest) -> shoal.models.ModelResponse:
+        prompt = request.messages[0].content
+        marker = Path(self.log + ".429")
+        if self.retry_after and prompt == "r1" and not marker.exists():
+            marker.write_text(str(time.monotonic()))
+            raise ModelHTTPError(self.name, "slow down", 429, retry_after=self.retry_after)
+        began = time.monotonic()
+        response = await super().request(request)
+        with open(self.log, "a", encoding="utf-8") as out:
+            out.write(f"{prompt} {began} {time.monotonic()}\n")
+        return response
+
+
+def _logged(log: Path, scripts: dict[str, Any], **options: Any) -> LoggedModel:
+    model = LoggedModel.per_prompt(scripts, **options)
+    assert isinstance(model, LoggedModel)
+    model.log = str(log)
+    return model
+
+
+def test_one_model_gate_caps_requests_across_agent_processes(tmp_path: Path) -> None:
+    log = tmp_path / "requests.log"
+    model = _logged(log, {
+        "go": [[call("reader", task=f"r{i}") for i in range(3)], "done"],
+        **{f"r{i}": [f"read r{i}"] for i in range(3)},
+    }, latency=0.4)
+    reader = shoal.Agent(name="reader", model=model, isolation="process")
+    lead = shoal.Agent(name="lead", model=model, subagents=[reader])
+    result = lead.run_sync("go", gates=ModelGates(max_concurrency=1))
+    assert result.output == "done"
+    spans = [tuple(map(float, line.split()[1:])) for line in log.read_text().splitlines()]
+    assert len(spans) == 5
+    assert peak_overlap(spans) == 1  # three processes, one request at a time
+
+
+def test_a_retry_after_in_one_agent_process_pauses_the_whole_tree(tmp_path: Path) -> None:
+    log = tmp_path / "requests.log"
+    model = _logged(log, {
+        "go": [[call("reader", task="r1"), call("reader", task="r2")], "done"],
+        "r1": ["read r1"],
+        "r2": [[call("nap", seconds=1.5)], "read r2"],
+    })
+    model.retry_after = 2.5
+    reader = shoal.Agent(name="reader", model=model, tools=[nap], isolation="process")
+    lead = shoal.Agent(name="lead", model=model, subagents=[reader])
+    result = lead.run_sync("go")
+    assert result.output == "done"
+    refused_at = float((tmp_path / "requests.log.429").read_text())
+    starts = [float(line.split()[1]) for line in log.read_text().splitlines()
+              if line.startswith("r2 ")]
+    assert len(starts) == 2
+    assert starts[1] >= refused_at + 2.5  # r2's second turn waited out r1's Retry-After
+
+
+@shoal.tool
+def nap(seconds: float) -> str:
+    """Sleep a while."""
+    time.sleep(seconds)
+    return "rested"
 
 
 def test_a_subagent_process_killed_mid_turn_fails_its_call_naming_the_signal() -> None:
@@ -302,3 +421,13 @@ def test_a_process_agent_as_a_plan_node() -> None:
     node = plan.call(reader, task="Summarise p1")
     result = shoal.run_sync(plan)
     assert result[node].value == "p1 summary"
+
+
+def test_a_process_agent_can_be_the_root_of_a_run() -> None:
+    model = ScriptedModel.per_prompt({"p1": [[call("where", tag="root")], "p1 read"]})
+    reader = shoal.Agent(name="reader", model=model, tools=[where], isolation="process")
+    events: list[Event] = []
+    result = reader.run_sync("p1", on_event=events.append)
+    assert result.output == "p1 read" and result.lineage == "reader"
+    assert _pids(result) != {os.getpid()}
+    assert [e.kind for e in events if e.lineage == "reader"][:1] == ["AgentStarted"]

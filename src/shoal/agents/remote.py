@@ -53,6 +53,7 @@ import struct
 import sys
 from abc import ABC, abstractmethod
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
@@ -169,8 +170,9 @@ class ProcessChannel(Channel):
         channel = cls(proc, reader, writer)
         channel._write(pickle.dumps(list(sys.path)))
         try:
-            channel._write(dumps(("start", spec), f"agent {spec.lineage!r} (to run it in "
-                                 "a process of its own, its definition is pickled)"))
+            with _by_value(_unimportable(spec.agent)):
+                channel._write(dumps(("start", spec), f"agent {spec.lineage!r} (to run it in "
+                                     "a process of its own, its definition is pickled)"))
         except BaseException:
             await channel.close()
             raise
@@ -215,6 +217,42 @@ class ProcessChannel(Channel):
         await asyncio.shield(self.proc.wait())
 
 
+def _unimportable(agent: Agent[Any]) -> set[str]:
+    """Modules of the tree's tools and models that no other process can import.
+
+    Modules made at run time (``types.ModuleType``, as notebooks and doc runners do) are in
+    ``sys.modules`` here but nowhere else: what they define must travel by value.
+    """
+    found: set[str] = set()
+    for each in agent.with_subagents():
+        things: list[Any] = [getattr(t, "fn", t) for t in each.tools]
+        things.append(type(each.model))
+        for thing in things:
+            name = getattr(thing, "__module__", None)
+            module = sys.modules.get(name or "")
+            if module is not None and name != "__main__" and (
+                    getattr(module, "__spec__", None) is None):
+                found.add(module.__name__)
+    return found
+
+
+@contextlib.contextmanager
+def _by_value(modules: set[str]) -> Iterator[None]:
+    """Have cloudpickle pickle what ``modules`` define by value, for the duration."""
+    import cloudpickle  # type: ignore[import-untyped]
+
+    registered = []
+    try:
+        for name in modules:
+            cloudpickle.register_pickle_by_value(sys.modules[name])
+            registered.append(name)
+        yield
+    finally:
+        for name in registered:
+            with contextlib.suppress(ValueError):
+                cloudpickle.unregister_pickle_by_value(sys.modules[name])
+
+
 class _Gone(Exception):
     """The agent's channel ended before its result came."""
 
@@ -227,9 +265,10 @@ class TreeServer:
     each is answered by a task of its own.
     """
 
-    def __init__(self, ctx: TreeContext, channel: Channel) -> None:
+    def __init__(self, ctx: TreeContext, channel: Channel, lineage: str) -> None:
         self.ctx = ctx
         self.channel = channel
+        self.lineage = lineage
         self._held: Counter[str] = Counter()  # gate slots the agent holds, by model name
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -241,7 +280,11 @@ class TreeServer:
                 result: AgentResult[Any] = message[1]
                 return result
             if kind == "error":
-                raise AgentError(f"the agent's process could not start it: {message[1]}")
+                raise AgentError(
+                    f"the process for agent {self.lineage} could not load its definition: "
+                    f"{message[1]} (what the agent holds, its tools and its model, must be "
+                    "importable there: defined in a module on sys.path, or in the script run "
+                    "as __main__)")
             if kind == "event":
                 self.ctx.emit(message[1])
             elif kind == "call":
@@ -365,7 +408,7 @@ async def run_elsewhere(run: AgentRun) -> AgentResult[Any]:
     except Exception as exc:
         _fail(run, "failed", exc)
         return result
-    server = TreeServer(ctx, channel)
+    server = TreeServer(ctx, channel, run.lineage)
     serving = asyncio.ensure_future(server.serve())
     ctx.track_remote(run.lineage, lambda reason, breach: channel.send(
         ("cancel", reason, breach)))
@@ -381,6 +424,8 @@ async def run_elsewhere(run: AgentRun) -> AgentResult[Any]:
             cause = await channel.ended()
             _fail(run, "failed", AgentError(
                 f"the process running agent {run.lineage} died: {cause}"))
+        except Exception as exc:  # it could not load the agent; a reply that does not load
+            _fail(run, "failed", exc)
     finally:
         ctx.untrack_remote(run.lineage)
         serving.cancel()
