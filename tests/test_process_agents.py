@@ -351,6 +351,8 @@ def test_a_subagent_process_killed_mid_turn_fails_its_call_naming_the_signal() -
     assert result.output == "lead done"
     doomed, fine = result.children
     assert doomed.status == "failed" and "SIGKILL" in str(doomed.error)
+    assert doomed.usage.requests == 1  # its turn was charged, and still counts in the tree's
+    assert result.usage.requests == 2 + 1 + 2
     assert fine.status == "ok"
     first = result.calls[0]
     assert first.status == "failed" and "killed by signal SIGKILL" in first.message.content
@@ -431,3 +433,22 @@ def test_a_process_agent_can_be_the_root_of_a_run() -> None:
     assert result.output == "p1 read" and result.lineage == "reader"
     assert _pids(result) != {os.getpid()}
     assert [e.kind for e in events if e.lineage == "reader"][:1] == ["AgentStarted"]
+
+
+def test_a_planner_runs_in_a_process_of_its_own_as_inline() -> None:
+    plan_text = '1. where(tag="a")\n2. where(tag="b")\n3. join()\n'
+    seen = {}
+    for isolation in ("inline", "process"):
+        model = ScriptedModel.per_prompt({
+            "go": [[call("planner", task="plan it")], "lead done"],
+            "plan it": [plan_text, "Thought: done.\nAction: Finish(planned)"],
+        })
+        planner = shoal.Agent(name="planner", model=model, tools=[where], mode="plan",
+                              isolation=isolation)
+        lead = shoal.Agent(name="lead", model=model, subagents=[planner])
+        seen[isolation] = lead.run_sync("go")
+    inline, remote = seen["inline"], seen["process"]
+    assert remote.children[0].output == inline.children[0].output == "planned"
+    assert [c.lineage for c in remote.children[0].calls] == [
+        c.lineage for c in inline.children[0].calls]
+    assert len(_pids(remote)) == 1 and _pids(remote) != {os.getpid()}

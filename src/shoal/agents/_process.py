@@ -1,7 +1,7 @@
 """The program of an agent in its own process: ``python -m shoal.agents._process FD``.
 
 ``FD`` is a socket to the parent (see :mod:`shoal.agents.remote` for the messages). The agent
-runs on this process's event loop against a :class:`RemoteTreeContext`: a
+runs on this process's event loop against :func:`remote_context`: a
 :class:`~shoal.agents.context.TreeContext` whose budget tracker, model gates, event sinks and
 approver ask the parent's tree over the socket. A thread reads the socket: it hands replies to
 the requests waiting for them and a ``cancel`` to the loop, and ends the process (with its
@@ -170,25 +170,20 @@ def remote_approver(link: Link) -> Approver:
     return RemoteApprover()
 
 
-class RemoteTreeContext:
-    """Builds the tree context of an agent process (a function of the spec, kept together)."""
+def remote_context(spec: StartSpec, link: Link) -> TreeContext:
+    """The agent's :class:`TreeContext`, whose shared parts ask the parent's tree."""
+    from shoal.agents.context import TreeContext
+    from shoal.runtime import Runtime
 
-    @staticmethod
-    def make(spec: StartSpec, link: Link) -> TreeContext:
-        """A :class:`TreeContext` whose shared parts ask the parent."""
-        from shoal.agents.context import TreeContext
-        from shoal.runtime import Runtime
-
-        approver = remote_approver(link) if spec.approver else None
-        runtime = Runtime(store=spec.store, approver=approver, **spec.runtime)
-        sinks = [_Forward(link, spec.wants_text)] if spec.observed else []
-        ctx = TreeContext(run_id=spec.run_id, runtime=runtime, budget=spec.budget,
-                          sinks=sinks, gates=remote_gates(link, spec.retry),
-                          model_override=spec.override, resuming=spec.resuming,
-                          force=spec.force)
-        ctx.tracker = remote_tracker(link, ctx)
-        ctx.origin = spec.t0
-        return ctx
+    approver = remote_approver(link) if spec.approver else None
+    runtime = Runtime(store=spec.store, approver=approver, **spec.runtime)
+    sinks = [_Forward(link, spec.wants_text)] if spec.observed else []
+    ctx = TreeContext(run_id=spec.run_id, runtime=runtime, budget=spec.budget, sinks=sinks,
+                      gates=remote_gates(link, spec.retry), model_override=spec.override,
+                      resuming=spec.resuming, force=spec.force)
+    ctx.tracker = remote_tracker(link, ctx)
+    ctx.origin = spec.t0
+    return ctx
 
 
 class _Forward:
@@ -206,7 +201,7 @@ async def run(spec: StartSpec, link: Link) -> AgentResult[Any]:
     """Run the agent of ``spec``; the result whatever happens (a cancelled run's too)."""
     from shoal.agents.run import AgentRun
 
-    ctx = RemoteTreeContext.make(spec, link)
+    ctx = remote_context(spec, link)
     loop = asyncio.get_running_loop()
 
     def cancel(reason: str, breach: BudgetExceeded | None) -> None:

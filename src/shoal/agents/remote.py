@@ -51,10 +51,11 @@ import pickle
 import socket
 import struct
 import sys
+import time
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from shoal.events import AgentFinished
@@ -63,6 +64,7 @@ from shoal.executors._reaper import kill_tree
 from shoal.executors._shipping import dumps
 from shoal.executors.process import describe_exit, worker_env
 from shoal.limits import parse_process_limits
+from shoal.models.base import Usage
 
 if TYPE_CHECKING:
     from shoal.agents.agent import Agent
@@ -270,6 +272,9 @@ class TreeServer:
         self.channel = channel
         self.lineage = lineage
         self._held: Counter[str] = Counter()  # gate slots the agent holds, by model name
+        #: what the agent's tree charged so far (a crashed agent's result still says it)
+        self.usage = Usage()
+        self.requests = 0  # requests charged (one whose usage never came still counts)
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def serve(self) -> AgentResult[Any]:
@@ -306,7 +311,9 @@ class TreeServer:
         try:
             if op == "start_request":
                 tracker.start_request(*args)
+                self.requests += 1
             elif op == "add_usage":
+                self.usage = self.usage + args[0]
                 tracker.add_usage(*args)
             elif op == "take_subagent":
                 value = tracker.take_subagent(*args)
@@ -401,6 +408,7 @@ async def run_elsewhere(run: AgentRun) -> AgentResult[Any]:
     """
     ctx, result = run.ctx, run.result
     ctx.results[run.lineage] = result
+    result.started_at = time.time()  # the agent's own, once it reports
     try:
         _check(run)
         spec = start_spec(run)
@@ -418,14 +426,14 @@ async def run_elsewhere(run: AgentRun) -> AgentResult[Any]:
         try:
             _adopt(ctx, result, await asyncio.shield(serving))
         except asyncio.CancelledError:
-            await _stop(run, channel, serving)
+            await _stop(run, channel, serving, server)
             raise
         except _Gone:
             cause = await channel.ended()
             _fail(run, "failed", AgentError(
-                f"the process running agent {run.lineage} died: {cause}"))
+                f"the process running agent {run.lineage} died: {cause}"), server)
         except Exception as exc:  # it could not load the agent; a reply that does not load
-            _fail(run, "failed", exc)
+            _fail(run, "failed", exc, server)
     finally:
         ctx.untrack_remote(run.lineage)
         serving.cancel()
@@ -435,7 +443,8 @@ async def run_elsewhere(run: AgentRun) -> AgentResult[Any]:
     return result
 
 
-async def _stop(run: AgentRun, channel: Channel, serving: asyncio.Future[Any]) -> None:
+async def _stop(run: AgentRun, channel: Channel, serving: asyncio.Future[Any],
+                server: TreeServer) -> None:
     """Ask the agent to stop; take its result if it comes within the grace, else record one."""
     ctx = run.ctx
     reason = ctx.stop_reason(run.lineage) or "cancelled"
@@ -445,9 +454,9 @@ async def _stop(run: AgentRun, channel: Channel, serving: asyncio.Future[Any]) -
     except (TimeoutError, _Gone, asyncio.CancelledError):
         breach = ctx.tracker.breach
         if breach is not None:
-            _fail(run, "budget_exceeded", breach)
+            _fail(run, "budget_exceeded", breach, server)
         else:
-            _fail(run, "cancelled", AgentError(f"agent {run.lineage} was {reason}"))
+            _fail(run, "cancelled", AgentError(f"agent {run.lineage} was {reason}"), server)
 
 
 def _adopt(ctx: TreeContext, result: AgentResult[Any], remote: AgentResult[Any]) -> None:
@@ -460,14 +469,25 @@ def _adopt(ctx: TreeContext, result: AgentResult[Any], remote: AgentResult[Any])
         result.error.result = result
 
 
-def _fail(run: AgentRun, status: Any, error: BaseException) -> None:
-    """Record an end the agent could not record itself, and say so on the tree's sinks."""
+def _fail(run: AgentRun, status: Any, error: BaseException,
+          server: TreeServer | None = None) -> None:
+    """Record an end the agent could not record itself, and say so on the tree's sinks.
+
+    What its tree was charged (``server``) stays on the result: the lead's usage still sums
+    what the whole tree spent.
+    """
     ctx, result = run.ctx, run.result
     result.status, result.error = status, error
+    if server is not None:
+        usage = server.usage
+        result.usage = replace(usage, requests=max(usage.requests, server.requests))
+    if result.started_at:
+        result.duration = time.time() - result.started_at
     if isinstance(error, AgentError) and error.result is None:
         error.result = result
     if ctx.observed:
         ctx.emit(AgentFinished(
             run_id=ctx.run_id, time=ctx.now(), lineage=run.lineage, agent=run.agent.name,
-            status=status, output="", turns=result.turns, total_tokens=0, duration=0.0,
+            status=status, output="", turns=result.turns,
+            total_tokens=result.usage.total_tokens, duration=result.duration,
             error=str(error)))
