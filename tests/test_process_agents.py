@@ -452,3 +452,4 @@ def test_a_planner_runs_in_a_process_of_its_own_as_inline() -> None:
     assert [c.lineage for c in remote.children[0].calls] == [
         c.lineage for c in inline.children[0].calls]
     assert len(_pids(remote)) == 1 and _pids(remote) != {os.getpid()}
+
