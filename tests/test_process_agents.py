@@ -453,3 +453,13 @@ def test_a_planner_runs_in_a_process_of_its_own_as_inline() -> None:
         c.lineage for c in inline.children[0].calls]
     assert len(_pids(remote)) == 1 and _pids(remote) != {os.getpid()}
 
+
+
+def test_a_board_does_not_reach_a_process_agent_and_its_call_says_so() -> None:
+    model = ScriptedModel.per_prompt({"go": [[call("reader", task="t")], "done"],
+                                      "t": ["never asked"]})
+    reader = shoal.Agent(name="reader", model=model, isolation="process")
+    lead = shoal.Agent(name="lead", model=model, subagents=[reader])
+    result = lead.run_sync("go", board=shoal.Board(findings=shoal.merge.append))
+    assert result.children[0].status == "failed"
+    assert "board cannot reach" in result.calls[0].message.content

@@ -48,6 +48,7 @@ import asyncio
 import contextlib
 import os
 import pickle
+import signal
 import socket
 import struct
 import sys
@@ -70,17 +71,15 @@ if TYPE_CHECKING:
     from shoal.agents.agent import Agent
     from shoal.agents.budget import Budget
     from shoal.agents.context import TreeContext
-    from shoal.agents.result import AgentResult
+    from shoal.agents.result import AgentResult, AgentStatus
     from shoal.agents.run import AgentRun
     from shoal.limits import ProcessLimits
     from shoal.models.base import Model
     from shoal.models.retry import ModelRetry
     from shoal.runtime import Runtime
 
-__all__ = ["CANCEL_GRACE", "ISOLATIONS", "Channel", "StartSpec", "TreeServer", "run_elsewhere"]
-
-#: The values of ``Agent(isolation=...)``.
-ISOLATIONS = ("inline", "process", "ray")
+__all__ = ["CANCEL_GRACE", "Channel", "ProcessChannel", "StartSpec", "TreeServer",
+           "run_elsewhere", "start_spec"]
 
 #: Seconds a cancelled agent process gets to record its end before it is killed.
 CANCEL_GRACE = 0.5
@@ -214,7 +213,7 @@ class ProcessChannel(Channel):
             kill_tree(self.proc.pid)
         else:  # what its tools started may outlive it in its group
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, 9)
+                os.killpg(self.proc.pid, signal.SIGKILL)
         self._writer.close()
         await asyncio.shield(self.proc.wait())
 
@@ -373,7 +372,8 @@ def _runtime_options(runtime: Runtime) -> dict[str, Any]:
             "thread_workers": runtime.thread_workers,
             "process_workers": runtime.process_workers, "pass_env": runtime.pass_env,
             "process_sandbox": runtime.process_sandbox,
-            "resource_limits": runtime.resource_limits}
+            "resource_limits": runtime.resource_limits,
+            "approval_timeout": runtime.approvals.timeout}
 
 
 def start_spec(run: AgentRun) -> StartSpec:
@@ -390,9 +390,6 @@ def start_spec(run: AgentRun) -> StartSpec:
 
 
 def _check(run: AgentRun) -> None:
-    if run.agent.isolation == "ray":
-        raise ConfigError(f"agent {run.lineage}: isolation='ray' for agents is not available "
-                          "yet; use isolation='process' (or a tool's isolation='ray')")
     if run.ctx.board is not None:
         raise ConfigError(f"agent {run.lineage} runs in a process of its own, where the "
                           "tree's board cannot reach yet; run it with isolation='inline'")
@@ -469,7 +466,7 @@ def _adopt(ctx: TreeContext, result: AgentResult[Any], remote: AgentResult[Any])
         result.error.result = result
 
 
-def _fail(run: AgentRun, status: Any, error: BaseException,
+def _fail(run: AgentRun, status: AgentStatus, error: BaseException,
           server: TreeServer | None = None) -> None:
     """Record an end the agent could not record itself, and say so on the tree's sinks.
 
