@@ -463,3 +463,23 @@ def test_a_board_does_not_reach_a_process_agent_and_its_call_says_so() -> None:
     result = lead.run_sync("go", board=shoal.Board(findings=shoal.merge.append))
     assert result.children[0].status == "failed"
     assert "board cannot reach" in result.calls[0].message.content
+
+
+def test_an_agent_that_cannot_be_sent_to_a_process_fails_its_call_saying_why() -> None:
+    import threading
+
+    lock = threading.Lock()
+
+    def locked() -> str:
+        """Use a lock (which cannot be pickled)."""
+        with lock:
+            return "held"
+
+    model = ScriptedModel.per_prompt({"go": [[call("reader", task="t")], "done"],
+                                      "t": ["never asked"]})
+    reader = shoal.Agent(name="reader", model=model, tools=[locked], isolation="process")
+    result = shoal.Agent(name="lead", model=model, subagents=[reader]).run_sync("go")
+    assert result.output == "done"
+    assert result.children[0].status == "failed"
+    text = result.calls[0].message.content
+    assert "SerializationError" in text and "lead/reader#1" in text and "lock" in text
