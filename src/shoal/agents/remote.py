@@ -413,6 +413,10 @@ async def run_elsewhere(run: AgentRun) -> AgentResult[Any]:
     except Exception as exc:
         _fail(run, "failed", exc)
         return result
+    except asyncio.CancelledError:  # while its process started (which then ended)
+        reason = ctx.stop_reason(run.lineage) or "cancelled"
+        _fail(run, "cancelled", AgentError(f"agent {run.lineage} was {reason}"))
+        raise
     server = TreeServer(ctx, channel, run.lineage)
     serving = asyncio.ensure_future(server.serve())
     ctx.track_remote(run.lineage, lambda reason, breach: channel.send(
