@@ -483,3 +483,28 @@ def test_an_agent_that_cannot_be_sent_to_a_process_fails_its_call_saying_why() -
     assert result.children[0].status == "failed"
     text = result.calls[0].message.content
     assert "SerializationError" in text and "lead/reader#1" in text and "lock" in text
+
+
+def test_process_agents_nest_and_report_through_each_other() -> None:
+    seen = {}
+    for isolation in ("inline", "process"):
+        model = ScriptedModel.per_prompt({
+            "go": [[call("reader", task="r")], "lead done"],
+            "r": [[call("leaf", task="x"), call("leaf", task="y"), call("leaf", task="z")],
+                  "reader done"],
+            "x": [[call("where", tag="x")], "x done"],
+            "y": [[call("where", tag="y")], "y done"],
+            "z": ["z done"],
+        })
+        leaf = shoal.Agent(name="leaf", model=model, tools=[where], isolation=isolation)
+        reader = shoal.Agent(name="reader", model=model, subagents=[leaf], isolation=isolation)
+        lead = shoal.Agent(name="lead", model=model, subagents=[reader])
+        events = _Recorder()
+        result = lead.run_sync("go", budget=shoal.Budget(subagents=3), on_event=events)
+        seen[isolation] = (result, events)
+    (inline, inline_events), (remote, remote_events) = seen["inline"], seen["process"]
+    assert [(r.lineage, r.status, r.output) for r in remote.walk()] == [
+        (r.lineage, r.status, r.output) for r in inline.walk()]
+    assert _shape(remote_events) == _shape(inline_events)
+    assert [c.status for c in remote.children[0].calls] == ["ok", "ok", "rejected"]
+    assert len(_pids(remote) | {os.getpid()}) == 3  # two leaves, each in its own process
