@@ -508,3 +508,88 @@ def test_process_agents_nest_and_report_through_each_other() -> None:
     assert _shape(remote_events) == _shape(inline_events)
     assert [c.status for c in remote.children[0].calls] == ["ok", "ok", "rejected"]
     assert len(_pids(remote) | {os.getpid()}) == 3  # two leaves, each in its own process
+
+
+def test_a_run_deadline_ends_a_process_agent_node(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    model = ScriptedModel.per_prompt({"stuck": [[call("slow", path=str(pid_file))], "never"]})
+    reader = shoal.Agent(name="reader", model=model, tools=[slow], isolation="process")
+    plan = shoal.Plan()
+    node = plan.call(reader, task="stuck")
+    began = time.monotonic()
+    result = shoal.run_sync(plan, deadline=2.0)
+    assert time.monotonic() - began < 6.0
+    assert result[node].status != "ok"
+    pid = int(pid_file.read_text())
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+@shoal.tool
+def freeze(path: str) -> str:
+    """Write this process's id to ``path``, then stop the whole process (SIGSTOP)."""
+    Path(path).write_text(str(os.getpid()))
+    os.kill(os.getpid(), signal.SIGSTOP)
+    return "thawed"
+
+
+def _stuck_tree(tool: str, pid_file: Path) -> shoal.Agent[str]:
+    model = ScriptedModel.per_prompt({
+        "go": [[call("reader", task="stuck"), call("reader", task="fine")], "lead done"],
+        "stuck": [[call(tool, path=str(pid_file))], "never"],
+        "fine": [[call("where", tag="f")], "fine done"],
+    })
+    reader = shoal.Agent(name="reader", model=model, tools=[slow, freeze, where],
+                         isolation="process")
+    return shoal.Agent(name="lead", model=model, subagents=[reader])
+
+
+def _ends(events: list[Event], lineage: str) -> list[str]:
+    return [e.kind for e in events if e.lineage == lineage
+            and e.kind in ("AgentStarted", "AgentFinished")]
+
+
+def test_a_cancel_ends_a_process_agent_that_is_still_starting(tmp_path: Path) -> None:
+    events: list[Event] = []
+    handles: list[Any] = []
+
+    def sink(event: Event) -> None:  # the parent starts the call: the process is starting
+        events.append(event)
+        if (event.lineage, event.kind) == ("lead/reader#1", "NodeStarted"):
+            handles[0].cancel("lead/reader#1", reason="stopped by the test")
+
+    async def scenario() -> shoal.AgentResult[Any]:
+        handles.append(_stuck_tree("slow", tmp_path / "pid").start("go", on_event=sink))
+        return await handles[0]
+
+    began = time.monotonic()
+    result = asyncio.run(scenario())
+    assert time.monotonic() - began < 20.0  # not the tool's 60 s
+    stuck, fine = result.children
+    assert stuck.status == "cancelled" and "stopped by the test" in str(stuck.error)
+    assert fine.status == "ok" and result.output == "lead done"
+    assert _ends(events, "lead/reader#1") == ["AgentStarted", "AgentFinished"]
+
+
+def test_a_process_agent_that_cannot_hear_a_cancel_is_killed_within_a_second(
+        tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    events: list[Event] = []
+
+    async def scenario() -> tuple[shoal.AgentResult[Any], float]:
+        handle = _stuck_tree("freeze", pid_file).start("go", on_event=events.append)
+        process = psutil.Process(await _pid_in(pid_file))
+        while process.status() != psutil.STATUS_STOPPED:
+            await asyncio.sleep(0.01)
+        began = time.monotonic()
+        handle.cancel("lead/reader#1", reason="stopped by the test")
+        while process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+            await asyncio.sleep(0.01)
+        return await handle, time.monotonic() - began
+
+    result, gone = asyncio.run(scenario())
+    assert gone < 1.0
+    stuck, fine = result.children
+    assert stuck.status == "cancelled" and "stopped by the test" in str(stuck.error)
+    assert stuck.usage.requests == 1  # what it was charged stays on its record
+    assert fine.status == "ok" and result.output == "lead done"
+    assert _ends(events, "lead/reader#1") == ["AgentStarted", "AgentFinished"]

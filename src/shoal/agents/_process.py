@@ -46,7 +46,9 @@ class Link:
         self._send_lock = threading.Lock()
         self._ids = itertools.count(1)
         self._waiting: dict[int, concurrent.futures.Future[Any]] = {}
-        self.on_cancel: Callable[[str, Any], None] = lambda reason, breach: None
+        self._on_cancel: Callable[[str, Any], None] | None = None
+        self._early: tuple[str, Any] | None = None  # a cancel that came before the handler
+        self._cancel_lock = threading.Lock()
 
     def read(self) -> Any:
         """The next message (``None`` at the end of the socket)."""
@@ -75,6 +77,21 @@ class Link:
         """Ask the parent and wait for the answer here (a budget charge: one round trip)."""
         return self.request(op, *args).result()
 
+    def on_cancel(self, handler: Callable[[str, Any], None]) -> None:
+        """Call ``handler(reason, breach)`` on a ``cancel``; at once for one that came already."""
+        with self._cancel_lock:
+            self._on_cancel, early = handler, self._early
+        if early is not None:
+            handler(*early)
+
+    def _cancelled(self, reason: str, breach: Any) -> None:
+        with self._cancel_lock:
+            handler = self._on_cancel
+            if handler is None:  # the agent is still starting: it stops once it can
+                self._early = self._early or (reason, breach)
+                return
+        handler(reason, breach)
+
     def start_reading(self) -> None:
         """Read the parent's messages on a daemon thread until the socket closes."""
         threading.Thread(target=self._read_all, name="shoal-agent-link", daemon=True).start()
@@ -92,7 +109,7 @@ class Link:
                     else:
                         future.set_exception(value)
                 elif message[0] == "cancel":
-                    self.on_cancel(message[1], message[2])
+                    self._cancelled(message[1], message[2])
         finally:  # the parent is gone (or sent garbage): nothing here may outlive it
             exit_with_group()
 
@@ -207,7 +224,7 @@ async def run(spec: StartSpec, link: Link) -> AgentResult[Any]:
     def cancel(reason: str, breach: BudgetExceeded | None) -> None:
         loop.call_soon_threadsafe(_stop, ctx, spec.lineage, reason, breach)
 
-    link.on_cancel = cancel
+    link.on_cancel(cancel)
     agent_run = AgentRun(spec.agent, ctx, lineage=spec.lineage, depth=spec.depth,
                          prompt=spec.prompt, here=True)
     try:

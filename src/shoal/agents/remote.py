@@ -59,7 +59,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
-from shoal.events import AgentFinished
+from shoal.events import AgentFinished, AgentStarted
 from shoal.exceptions import AgentError, ConfigError, ShoalError
 from shoal.executors._reaper import kill_tree
 from shoal.executors._shipping import dumps
@@ -73,6 +73,7 @@ if TYPE_CHECKING:
     from shoal.agents.context import TreeContext
     from shoal.agents.result import AgentResult, AgentStatus
     from shoal.agents.run import AgentRun
+    from shoal.exceptions import BudgetExceeded
     from shoal.limits import ProcessLimits
     from shoal.models.base import Model
     from shoal.models.retry import ModelRetry
@@ -120,6 +121,10 @@ class Channel(ABC):
     @abstractmethod
     async def receive(self) -> tuple[Any, ...] | None:
         """The agent's next message, or ``None`` once it is gone."""
+
+    @abstractmethod
+    def kill(self) -> None:
+        """End the agent now, and everything it started (it gets no say)."""
 
     @abstractmethod
     async def ended(self) -> str:
@@ -198,6 +203,11 @@ class ProcessChannel(Channel):
         assert isinstance(message, tuple)
         return message
 
+    def kill(self) -> None:
+        """SIGKILL the process and every descendant (unless it has been reaped)."""
+        if self.proc.returncode is None:
+            kill_tree(self.proc.pid)
+
     async def ended(self) -> str:
         """How the process ended (it closed its socket: it is gone or going)."""
         try:
@@ -210,7 +220,7 @@ class ProcessChannel(Channel):
     async def close(self) -> None:
         """Kill the process group and every descendant, then reap the process."""
         if self.proc.returncode is None:
-            kill_tree(self.proc.pid)
+            self.kill()
         else:  # what its tools started may outlive it in its group
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
@@ -274,6 +284,7 @@ class TreeServer:
         #: what the agent's tree charged so far (a crashed agent's result still says it)
         self.usage = Usage()
         self.requests = 0  # requests charged (one whose usage never came still counts)
+        self.started = False  # whether the agent said it started (AgentStarted)
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def serve(self) -> AgentResult[Any]:
@@ -290,7 +301,10 @@ class TreeServer:
                     "importable there: defined in a module on sys.path, or in the script run "
                     "as __main__)")
             if kind == "event":
-                self.ctx.emit(message[1])
+                event = message[1]
+                self.started = self.started or (
+                    isinstance(event, AgentStarted) and event.lineage == self.lineage)
+                self.ctx.emit(event)
             elif kind == "call":
                 self._call(message[1], message[2], message[3])
             elif kind == "gate_exit":
@@ -419,10 +433,17 @@ async def run_elsewhere(run: AgentRun) -> AgentResult[Any]:
         raise
     server = TreeServer(ctx, channel, run.lineage)
     serving = asyncio.ensure_future(server.serve())
-    ctx.track_remote(run.lineage, lambda reason, breach: channel.send(
-        ("cancel", reason, breach)))
-    if (stop := ctx.stop_reason(run.lineage)) is not None:  # stopped while it started
-        channel.send(("cancel", stop, ctx.tracker.breach))
+    deadlines: list[asyncio.TimerHandle] = []
+
+    def stop(reason: str, breach: BudgetExceeded | None) -> None:
+        channel.send(("cancel", reason, breach))
+        if not deadlines:  # an agent that does not end in time (stuck in C code) is killed
+            deadlines.append(asyncio.get_running_loop().call_later(
+                CANCEL_GRACE, channel.kill))
+
+    ctx.track_remote(run.lineage, stop)
+    if (early := ctx.stop_reason(run.lineage)) is not None:  # stopped while it started
+        stop(early, ctx.tracker.breach)
     try:
         try:
             _adopt(ctx, result, await asyncio.shield(serving))
@@ -430,12 +451,17 @@ async def run_elsewhere(run: AgentRun) -> AgentResult[Any]:
             await _stop(run, channel, serving, server)
             raise
         except _Gone:
-            cause = await channel.ended()
-            _fail(run, "failed", AgentError(
-                f"the process running agent {run.lineage} died: {cause}"), server)
+            if deadlines:  # killed when it did not stop in time: stopped, not crashed
+                _stopped(run, server)
+            else:
+                cause = await channel.ended()
+                _fail(run, "failed", AgentError(
+                    f"the process running agent {run.lineage} died: {cause}"), server)
         except Exception as exc:  # it could not load the agent; a reply that does not load
             _fail(run, "failed", exc, server)
     finally:
+        for timer in deadlines:
+            timer.cancel()
         ctx.untrack_remote(run.lineage)
         serving.cancel()
         await asyncio.gather(serving, return_exceptions=True)
@@ -453,11 +479,18 @@ async def _stop(run: AgentRun, channel: Channel, serving: asyncio.Future[Any],
     try:
         _adopt(ctx, run.result, await asyncio.wait_for(asyncio.shield(serving), CANCEL_GRACE))
     except (TimeoutError, _Gone, asyncio.CancelledError):
-        breach = ctx.tracker.breach
-        if breach is not None:
-            _fail(run, "budget_exceeded", breach, server)
-        else:
-            _fail(run, "cancelled", AgentError(f"agent {run.lineage} was {reason}"), server)
+        _stopped(run, server)
+
+
+def _stopped(run: AgentRun, server: TreeServer) -> None:
+    """Record the end of an agent stopped before it could record its own."""
+    ctx = run.ctx
+    breach = ctx.tracker.breach
+    if breach is not None:
+        _fail(run, "budget_exceeded", breach, server)
+    else:
+        reason = ctx.stop_reason(run.lineage) or "cancelled"
+        _fail(run, "cancelled", AgentError(f"agent {run.lineage} was {reason}"), server)
 
 
 def _adopt(ctx: TreeContext, result: AgentResult[Any], remote: AgentResult[Any]) -> None:
@@ -486,6 +519,9 @@ def _fail(run: AgentRun, status: AgentStatus, error: BaseException,
         result.duration = time.time() - result.started_at
     if isinstance(error, AgentError) and error.result is None:
         error.result = result
+    if ctx.observed and (server is None or not server.started):  # ended as it started
+        ctx.emit(AgentStarted(run_id=ctx.run_id, time=ctx.now(), lineage=run.lineage,
+                              agent=run.agent.name, prompt=result.prompt, depth=run.depth))
     if ctx.observed:
         ctx.emit(AgentFinished(
             run_id=ctx.run_id, time=ctx.now(), lineage=run.lineage, agent=run.agent.name,
