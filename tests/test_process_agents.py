@@ -403,17 +403,29 @@ def secrets() -> str:
     return ",".join(sorted(k for k in os.environ if k.startswith("SHOAL_TEST_")))
 
 
-def test_a_process_agent_sees_only_the_keys_it_names(monkeypatch: pytest.MonkeyPatch) -> None:
+@shoal.tool
+def file_limit() -> str:
+    """This process's limit on open files."""
+    import resource
+
+    return str(resource.getrlimit(resource.RLIMIT_NOFILE))
+
+
+def test_a_process_agent_sees_only_the_keys_it_names_under_its_limits(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SHOAL_TEST_KEY", "k")
     monkeypatch.setenv("SHOAL_TEST_OTHER", "o")
     model = ScriptedModel.per_prompt({
         "go": [[call("reader", task="t")], "done"],
-        "t": [[call("secrets")], "seen"],
+        "t": [[call("secrets"), call("file_limit")], "seen"],
     })
-    reader = shoal.Agent(name="reader", model=model, tools=[secrets], isolation="process",
-                         env=["SHOAL_TEST_KEY"], limits={"open_files": 256})
+    reader = shoal.Agent(name="reader", model=model, tools=[secrets, file_limit],
+                         isolation="process", env=["SHOAL_TEST_KEY"],
+                         limits={"open_files": 256})
     result = shoal.Agent(name="lead", model=model, subagents=[reader]).run_sync("go")
-    assert result.children[0].calls[0].message.content == "SHOAL_TEST_KEY"
+    seen, limit = (c.message.content for c in result.children[0].calls)
+    assert seen == "SHOAL_TEST_KEY"  # not SHOAL_TEST_OTHER
+    assert limit == "(256, 256)"
 
 
 def test_a_process_agent_as_a_plan_node() -> None:
