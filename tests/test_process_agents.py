@@ -605,3 +605,27 @@ def test_a_process_agent_that_cannot_hear_a_cancel_is_killed_within_a_second(
     assert stuck.usage.requests == 1  # what it was charged stays on its record
     assert fine.status == "ok" and result.output == "lead done"
     assert _ends(events, "lead/reader#1") == ["AgentStarted", "AgentFinished"]
+
+
+class Opaque:
+    """A plain class: not among the types a parent loads from an agent process."""
+
+    def __repr__(self) -> str:
+        return "<opaque>"
+
+
+@shoal.tool
+def opaque() -> Opaque:
+    """Return an object of a plain class."""
+    return Opaque()
+
+
+def test_an_agent_process_cannot_send_its_parent_what_the_loader_refuses() -> None:
+    model = ScriptedModel.per_prompt({"go": [[call("reader", task="t")], "done"],
+                                      "t": [[call("opaque")], "read"]})
+    reader = shoal.Agent(name="reader", model=model, tools=[opaque], isolation="process")
+    result = shoal.Agent(name="lead", model=model, subagents=[reader]).run_sync("go")
+    assert result.output == "done"
+    assert result.children[0].status == "failed"
+    text = result.calls[0].message.content
+    assert "SerializationError" in text and "Opaque" in text

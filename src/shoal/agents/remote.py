@@ -37,9 +37,12 @@ op, args)``, ``("event", event)``, ``("gate_exit", name)``, ``("gate_pause", nam
 seconds)`` and last ``("done", result)`` (or ``("error", text)`` when it cannot even load
 the agent's definition). The parent side
 (:class:`TreeServer`) only needs a :class:`Channel`: another transport (Ray) plugs in there.
-The child's replies are loaded with plain pickle: the agent's process is trusted as the parent
-is (it runs the definition the parent sent), unlike a tool's worker, whose results are loaded
-with the restricted loader.
+What the child sends is loaded with the restricted loader of
+:mod:`shoal.executors.results`, as a tool worker's replies are: the agent's process runs tools
+and reads what models write, so it must not be able to run code in the parent (which holds
+the keys it was not given). Its results hold allowed types only (plain data, dataclasses,
+pydantic models, exceptions...); anything else fails the agent with a
+:class:`~shoal.exceptions.SerializationError` naming it (``allow_result_types`` widens it).
 """
 
 from __future__ import annotations
@@ -60,10 +63,11 @@ from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from shoal.events import AgentFinished, AgentStarted
-from shoal.exceptions import AgentError, ConfigError, ShoalError
+from shoal.exceptions import AgentError, ConfigError, SerializationError, ShoalError
 from shoal.executors._reaper import kill_tree
 from shoal.executors._shipping import dumps
 from shoal.executors.process import describe_exit, worker_env
+from shoal.executors.results import load_result
 from shoal.limits import parse_process_limits
 from shoal.models.base import Usage
 
@@ -141,6 +145,7 @@ class ProcessChannel(Channel):
     def __init__(self, proc: asyncio.subprocess.Process, reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter) -> None:
         self.proc = proc
+        self.lineage = ""  # the agent's, for messages
         self._reader = reader
         self._writer = writer
 
@@ -174,6 +179,7 @@ class ProcessChannel(Channel):
             await proc.wait()
             raise
         channel = cls(proc, reader, writer)
+        channel.lineage = spec.lineage
         channel._write(pickle.dumps(list(sys.path)))
         try:
             with _by_value(_unimportable(spec.agent)):
@@ -199,8 +205,11 @@ class ProcessChannel(Channel):
             body = await self._reader.readexactly(HEADER.unpack(header)[0])
         except (asyncio.IncompleteReadError, ConnectionError):
             return None
-        message = pickle.loads(body)  # trusted: see the module docstring
-        assert isinstance(message, tuple)
+        # restricted: an agent process runs tools, and must not run code here (see the
+        # module docstring)
+        message = load_result(body, f"a message from the process running agent {self.lineage}")
+        if not isinstance(message, tuple) or not message:
+            raise SerializationError("an agent process sent a malformed message")
         return message
 
     def kill(self) -> None:
