@@ -36,7 +36,9 @@ reason, breach)`` (``breach``: the tree's :class:`~shoal.exceptions.BudgetExceed
 op, args)``, ``("event", event)``, ``("gate_exit", name)``, ``("gate_pause", name,
 seconds)`` and last ``("done", result)`` (or ``("error", text)`` when it cannot even load
 the agent's definition). The parent side
-(:class:`TreeServer`) only needs a :class:`Channel`: another transport (Ray) plugs in there.
+(:class:`TreeServer`) only needs a :class:`Channel`, and the child side
+(:mod:`shoal.agents._process`) only a connected socket, so another transport plugs in there:
+for Ray, an actor whose socket connects back to a listener of the parent over TCP.
 What the child sends is loaded with the restricted loader of
 :mod:`shoal.executors.results`, as a tool worker's replies are: the agent's process runs tools
 and reads what models write, so it must not be able to run code in the parent (which holds
