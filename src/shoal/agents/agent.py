@@ -29,6 +29,7 @@ from shoal.agents.toolcalls import ToolErrorFormat
 from shoal.approvals import Approver, Callback
 from shoal.events import EventSink
 from shoal.exceptions import AgentError, ConfigError, ShoalError
+from shoal.limits import ProcessLimits, parse_process_limits
 from shoal.models import check_model_spec
 from shoal.models.base import Model, ModelSettings, ToolSpec
 from shoal.models.retry import ModelGates
@@ -53,6 +54,9 @@ T = TypeVar("T", default=str)
 #: How an agent works: ``"tools"`` (each turn's tool calls run as they are asked for) or
 #: ``"plan"`` (the model writes a whole plan of calls first; see :mod:`shoal.agents.planner`).
 AgentMode = Literal["tools", "plan"]
+
+#: Where an agent's turn loop runs (see ``Agent(isolation=)`` and :mod:`shoal.agents.remote`).
+AgentIsolation = Literal["inline", "process", "ray"]
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # what OpenAI and Anthropic accept as tool names
 
@@ -112,6 +116,17 @@ class Agent(Generic[T]):
             the first (each new plan can use the finished results of the earlier ones); a
             joiner asking for more ends the run with
             :class:`~shoal.exceptions.MaxReplansExceeded`.
+        isolation: where the agent's turn loop runs: ``"inline"`` (the default: on the
+            caller's event loop) or ``"process"``: a process of its own, with its own model
+            client, a scrubbed environment (``env``) and OS limits (``limits``), sharing the
+            tree's budget, model gates, events, approver, cancellation and journal (see
+            :mod:`shoal.agents.remote`). ``"ray"`` is reserved (a ``ConfigError`` for now).
+        env: names of environment variables the agent's process may see besides the
+            allow-list every worker gets (``isolation="process"``): its provider's key, e.g.
+            ``env=["OPENAI_API_KEY"]``; nothing else of the parent's environment reaches it.
+        limits: OS limits on the agent's process (``isolation="process"``), a
+            :class:`~shoal.limits.ProcessLimits` or a mapping as a tool's ``limits=`` takes
+            (``{"memory": "2GB", "open_files": 256}``); ``cpu_seconds`` counts its whole run.
     """
 
     name: str
@@ -129,6 +144,9 @@ class Agent(Generic[T]):
     stream_dispatch: bool | None = None
     mode: AgentMode = "tools"
     max_replans: int = 2
+    isolation: AgentIsolation = "inline"
+    env: Sequence[str] = ()
+    limits: ProcessLimits | dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -166,6 +184,29 @@ class Agent(Generic[T]):
             raise ConfigError(f"agent {self.name!r} has several tools or subagents named "
                               f"{clashes}; names must be unique")
         self._check_mode()
+        self._check_isolation()
+
+    def _check_isolation(self) -> None:
+        isolations = get_args(AgentIsolation)
+        if not isinstance(self.isolation, str) or self.isolation not in isolations:
+            raise ConfigError(f"agent {self.name!r}: isolation must be one of "
+                              f"{', '.join(map(repr, isolations))}, got {self.isolation!r}")
+        if self.isolation == "ray":
+            raise ConfigError(f"agent {self.name!r}: isolation='ray' for agents is not "
+                              "available yet; use isolation='process', or Ray for its tools "
+                              "(@shoal.tool(isolation='ray'))")
+        if isinstance(self.env, str) or not isinstance(self.env, Sequence) or not all(
+                isinstance(n, str) and n and "=" not in n for n in self.env):
+            raise ConfigError(f"agent {self.name!r}: env must be a list of environment "
+                              f"variable names, e.g. env=['OPENAI_API_KEY'], got {self.env!r}")
+        object.__setattr__(self, "env", tuple(self.env))
+        try:
+            object.__setattr__(self, "limits", parse_process_limits(self.limits))
+        except ConfigError as exc:
+            raise ConfigError(f"agent {self.name!r}: {exc}") from None
+        if self.isolation == "inline" and (self.env or self.limits is not None):
+            raise ConfigError(f"agent {self.name!r}: env= and limits= apply to an agent in "
+                              "its own process; add isolation='process'")
 
     def _check_mode(self) -> None:
         modes = get_args(AgentMode)

@@ -106,6 +106,8 @@ class TreeContext:
         self._turns: set[RunHandle] = set()  # those of them that are model turns
         self._cancelled: dict[str, str] = {}  # lineage root -> reason
         self._resumed: set[str] = set()  # lineage roots whose journaled steps are continued
+        # lineage -> how to stop the agent there that runs in a process of its own
+        self._remotes: dict[str, Callable[[str, BudgetExceeded | None], None]] = {}
         self.results: dict[str, AgentResult[Any]] = {}  # every agent's result, by lineage
         self._deadline: asyncio.TimerHandle | None = None
         self._clock_origin: float | None = None  # when the wall clock was first armed
@@ -140,6 +142,14 @@ class TreeContext:
         steps count their events from there too, so every event of the tree is on one clock.
         """
         return self.started[0]
+
+    def adopt_origin(self, loop_time: float, epoch: float) -> None:
+        """Count this tree's events from another process's origin (an agent in a process).
+
+        Loop clocks are ``time.monotonic``, one clock for every process of a machine, so the
+        times of the child's events agree with its root's.
+        """
+        self._origin = (loop_time, epoch)
 
     @property
     def started(self) -> tuple[float, float]:
@@ -322,6 +332,18 @@ class TreeContext:
         self._handles.get(lineage, set()).discard(handle)
         self._turns.discard(handle)
 
+    def track_remote(self, lineage: str,
+                     stop: Callable[[str, BudgetExceeded | None], None]) -> None:
+        """Remember an agent running elsewhere (its own process): ``stop`` tells it to stop.
+
+        ``stop`` gets the reason and, when the tree broke its budget, the breach.
+        """
+        self._remotes[lineage] = stop
+
+    def untrack_remote(self, lineage: str) -> None:
+        """Forget an agent running elsewhere (it ended)."""
+        self._remotes.pop(lineage, None)
+
     def cancel(self, lineage: str, reason: str) -> None:
         """Cancel the agent at ``lineage`` and everything below it: model turns and calls."""
         self._cancelled.setdefault(lineage, reason)
@@ -344,3 +366,6 @@ class TreeContext:
                 for handle in list(self._handles[where]):
                     if spared is None or handle not in spared:
                         handle.cancel(reason=reason)
+        for where, stop in list(self._remotes.items()):  # they spare their own turns
+            if not root or is_within(where, root):
+                stop(reason, self.tracker.breach)

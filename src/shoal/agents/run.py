@@ -150,8 +150,11 @@ class AgentRun:
     """One run of one agent inside a tree: its messages, counters and result."""
 
     def __init__(self, agent: Agent[Any], ctx: TreeContext, *, lineage: str, depth: int,
-                 prompt: str) -> None:
+                 prompt: str, here: bool = False) -> None:
         self.agent = agent
+        #: whether the turn loop runs in this process, whatever the agent's ``isolation``
+        #: (the process that an agent of ``isolation="process"`` runs in says so)
+        self.here = here or agent.isolation == "inline"
         self.ctx = ctx
         self.lineage = lineage
         self.depth = depth
@@ -168,8 +171,14 @@ class AgentRun:
     async def run(self) -> AgentResult[Any]:
         """Run turns until a final answer or a stop; the result records which.
 
-        Never raises, except ``CancelledError``, which is re-raised after recording.
+        Never raises, except ``CancelledError``, which is re-raised after recording. An agent
+        of ``isolation="process"`` runs in a process of its own (see
+        :mod:`shoal.agents.remote`), with the same contract.
         """
+        if not self.here:
+            from shoal.agents.remote import run_elsewhere  # only process agents need it
+
+            return await run_elsewhere(self)
         self._started = self.ctx.now()
         self.result.started_at = time.time()
         self.ctx.results[self.lineage] = self.result

@@ -19,6 +19,7 @@ reports while it works, such as a local model's server starting.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator, Callable
@@ -118,8 +119,7 @@ class ModelGate:
         while True:
             sent_text = False
             try:
-                async with self._slot():
-                    await self._wait_open()
+                async with self._held():
                     async for event in self._events(model, request, on_event):
                         sent_text = sent_text or (isinstance(event, TextDelta)
                                                   and not retry_after_text)
@@ -149,11 +149,42 @@ class ModelGate:
             yield event
 
     async def _once(self, model: Model, request: ModelRequest) -> ModelResponse:
-        async with self._slot():
+        async with self._held():
+            return await model.request(request)
+
+    async def acquire(self) -> None:
+        """Take a slot and wait until the gate is open: a request may go out now.
+
+        For a request sent from elsewhere (an agent in its own process asks its tree's gate
+        here, then sends the request itself); :meth:`release` gives the slot back.
+        """
+        if self._slots is not None:
+            await self._slots.acquire()
+        try:
             # Checked after the slot is ours: a caller that queued for it while another one
             # drew a 429 must not go out during the pause that 429 started.
             await self._wait_open()
-            return await model.request(request)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Give back the slot :meth:`acquire` took."""
+        if self._slots is not None:
+            self._slots.release()
+
+    def pause(self, seconds: float) -> None:
+        """Close the gate for everyone for ``seconds`` (the provider's ``Retry-After``)."""
+        loop = asyncio.get_running_loop()
+        self._open_at = max(self._open_at, loop.time() + seconds)
+
+    @contextlib.asynccontextmanager
+    async def _held(self) -> AsyncIterator[None]:
+        await self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
 
     def _back_off(self, model: Model, exc: ModelError, failures: int,
                   on_event: EventCallback | None) -> float:
@@ -161,8 +192,7 @@ class ModelGate:
         self.retries += 1
         retry_after = exc.retry_after if isinstance(exc, ModelHTTPError) else None
         if retry_after is not None:  # the provider spoke for the whole model: pause everyone
-            loop = asyncio.get_running_loop()
-            self._open_at = max(self._open_at, loop.time() + retry_after)
+            self.pause(retry_after)
         delay = self.retry.delay(failures, retry_after, self._rng)
         error = (f"HTTP {exc.status}: {exc.detail}" if isinstance(exc, ModelHTTPError)
                  else exc.detail)
@@ -181,19 +211,6 @@ class ModelGate:
         while (wait := self._open_at - loop.time()) > 0:
             await asyncio.sleep(wait)
 
-    def _slot(self) -> asyncio.Semaphore | _NoSlot:
-        return self._slots if self._slots is not None else _NO_SLOT
-
-
-class _NoSlot:
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-
-_NO_SLOT = _NoSlot()
 
 
 class ModelGates:
@@ -208,12 +225,24 @@ class ModelGates:
 
     def for_model(self, model: Model) -> ModelGate:
         """The gate for ``model`` (by name), created on first use."""
-        gate = self._gates.get(model.name)
+        return self.for_name(model.name)
+
+    def for_name(self, name: str) -> ModelGate:
+        """The gate of the model named ``name``, created on first use."""
+        gate = self._gates.get(name)
         if gate is None:
-            gate = ModelGate(model.name, max_concurrency=self._max_concurrency,
-                             retry=self._retry, rng=self._rng)
-            self._gates[model.name] = gate
+            gate = self._new_gate(name)
+            self._gates[name] = gate
         return gate
+
+    def _new_gate(self, name: str) -> ModelGate:
+        return ModelGate(name, max_concurrency=self._max_concurrency, retry=self._retry,
+                         rng=self._rng)
+
+    @property
+    def retry(self) -> ModelRetry | None:
+        """How the gates retry (``None``: :class:`ModelRetry`'s defaults)."""
+        return self._retry
 
     @property
     def retries(self) -> int:

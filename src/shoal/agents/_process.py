@@ -1,0 +1,291 @@
+"""The program of an agent in its own process: ``python -m shoal.agents._process FD``.
+
+``FD`` is a socket to the parent (see :mod:`shoal.agents.remote` for the messages). The agent
+runs on this process's event loop against :func:`remote_context`: a
+:class:`~shoal.agents.context.TreeContext` whose budget tracker, model gates, event sinks and
+approver ask the parent's tree over the socket. A thread reads the socket: it hands replies to
+the requests waiting for them and a ``cancel`` to the loop, and ends the process (with its
+whole process group) when the socket closes, so a parent that dies leaves nothing behind.
+
+Budget charges are synchronous in the turn loop (a check-and-charge has no ``await``), so they
+block this loop for one round trip; the parent answers them at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import itertools
+import pickle
+import socket
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from shoal.agents.remote import HEADER
+from shoal.executors._shipping import dumps, loads
+
+if TYPE_CHECKING:
+    from shoal.agents.budget import BudgetTracker
+    from shoal.agents.context import TreeContext
+    from shoal.agents.remote import StartSpec
+    from shoal.agents.result import AgentResult
+    from shoal.approvals import Approver
+    from shoal.exceptions import BudgetExceeded
+    from shoal.models.retry import ModelGate, ModelGates
+
+
+class Link:
+    """The agent's side of the socket: requests with replies, one-way messages, and the reader."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._file = sock.makefile("rb")
+        self._send_lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, concurrent.futures.Future[Any]] = {}
+        self._on_cancel: Callable[[str, Any], None] | None = None
+        self._early: tuple[str, Any] | None = None  # a cancel that came before the handler
+        self._cancel_lock = threading.Lock()
+
+    def read(self) -> Any:
+        """The next message (``None`` at the end of the socket)."""
+        header = self._file.read(HEADER.size)
+        if len(header) < HEADER.size:
+            return None
+        body = self._file.read(HEADER.unpack(header)[0])
+        return loads(body)
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        """Send one message (from any thread)."""
+        body = dumps(message, "a message from an agent process")
+        # a parent that is gone raises OSError here: the reader thread ends this process
+        with self._send_lock, contextlib.suppress(OSError):
+            self._sock.sendall(HEADER.pack(len(body)) + body)
+
+    def request(self, op: str, *args: Any) -> concurrent.futures.Future[Any]:
+        """Ask the parent; the future holds its answer (or its error)."""
+        call_id = next(self._ids)
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._waiting[call_id] = future
+        self.send(("call", call_id, op, args))
+        return future
+
+    def ask(self, op: str, *args: Any) -> Any:
+        """Ask the parent and wait for the answer here (a budget charge: one round trip)."""
+        return self.request(op, *args).result()
+
+    def on_cancel(self, handler: Callable[[str, Any], None]) -> None:
+        """Call ``handler(reason, breach)`` on a ``cancel``; at once for one that came already."""
+        with self._cancel_lock:
+            self._on_cancel, early = handler, self._early
+        if early is not None:
+            handler(*early)
+
+    def _cancelled(self, reason: str, breach: Any) -> None:
+        with self._cancel_lock:
+            handler = self._on_cancel
+            if handler is None:  # the agent is still starting: it stops once it can
+                self._early = self._early or (reason, breach)
+                return
+        handler(reason, breach)
+
+    def start_reading(self) -> None:
+        """Read the parent's messages on a daemon thread until the socket closes."""
+        threading.Thread(target=self._read_all, name="shoal-agent-link", daemon=True).start()
+
+    def _read_all(self) -> None:
+        from shoal.executors._worker import exit_with_group
+
+        try:
+            while (message := self.read()) is not None:
+                if message[0] == "reply":
+                    _, call_id, ok, value = message
+                    future = self._waiting.pop(call_id)
+                    if ok:
+                        future.set_result(value)
+                    else:
+                        future.set_exception(value)
+                elif message[0] == "cancel":
+                    self._cancelled(message[1], message[2])
+        finally:  # the parent is gone (or sent garbage): nothing here may outlive it
+            exit_with_group()
+
+
+def remote_tracker(link: Link, ctx: TreeContext) -> BudgetTracker:
+    """A budget tracker whose charges the root's tracker answers (limits stay exact)."""
+    from shoal.agents.budget import BudgetTracker
+    from shoal.exceptions import BudgetExceeded
+
+    class RemoteTracker(BudgetTracker):
+        def _asked(self, op: str, *args: Any) -> Any:
+            try:
+                return link.ask(op, *args)
+            except BudgetExceeded as exc:  # the tree broke its budget: stop here too
+                self.stop(exc)
+
+        def start_request(self, where: str) -> None:
+            self.check_tree()
+            self._asked("start_request", where)
+            self.requests += 1
+
+        def add_usage(self, usage: Any, where: str) -> None:
+            self.usage = self.usage + usage
+            self._asked("add_usage", usage, where)
+
+        def take_subagent(self, depth: int, where: str) -> BudgetExceeded | None:
+            refusal: BudgetExceeded | None = self._asked("take_subagent", depth, where)
+            if refusal is None:
+                self.subagents += 1
+            return refusal
+
+    return RemoteTracker(ctx.tracker.budget, ctx._stop_everything)
+
+
+def remote_gates(link: Link, retry: Any) -> ModelGates:
+    """Model gates whose slots and pauses are the root's gates' (one per model, tree-wide)."""
+    from shoal.models.retry import ModelGate, ModelGates
+
+    class RemoteGate(ModelGate):
+        async def acquire(self) -> None:
+            future = link.request("gate_enter", self.name)
+            try:
+                await asyncio.shield(asyncio.wrap_future(future))
+            except asyncio.CancelledError:  # a slot granted later goes straight back
+                future.add_done_callback(self._give_back)
+                raise
+
+        def _give_back(self, future: concurrent.futures.Future[Any]) -> None:
+            if not future.cancelled() and future.exception() is None:
+                link.send(("gate_exit", self.name))
+
+        def release(self) -> None:
+            link.send(("gate_exit", self.name))
+
+        def pause(self, seconds: float) -> None:
+            link.send(("gate_pause", self.name, seconds))
+
+    class RemoteGates(ModelGates):
+        def _new_gate(self, name: str) -> ModelGate:
+            return RemoteGate(name, retry=self._retry, rng=self._rng)
+
+    return RemoteGates(retry=retry)
+
+
+def remote_approver(link: Link) -> Approver:
+    """An approver that asks the root's approver."""
+    from shoal.approvals import ApprovalRequest, Approver, Decision
+
+    class RemoteApprover(Approver):
+        async def review(self, batch: Sequence[ApprovalRequest]) -> Sequence[Decision]:
+            answer: Sequence[Decision] = await asyncio.wrap_future(
+                link.request("review", list(batch)))
+            return answer
+
+    return RemoteApprover()
+
+
+def remote_context(spec: StartSpec, link: Link) -> TreeContext:
+    """The agent's :class:`TreeContext`, whose shared parts ask the parent's tree."""
+    from shoal.agents.context import TreeContext
+    from shoal.runtime import Runtime
+
+    approver = remote_approver(link) if spec.approver else None
+    runtime = Runtime(store=spec.store, approver=approver, **spec.runtime)
+    sinks = [_Forward(link, spec.wants_text)] if spec.observed else []
+    ctx = TreeContext(run_id=spec.run_id, runtime=runtime, budget=spec.budget, sinks=sinks,
+                      gates=remote_gates(link, spec.retry), model_override=spec.override,
+                      resuming=spec.resuming, force=spec.force)
+    ctx.tracker = remote_tracker(link, ctx)
+    ctx.adopt_origin(*spec.origin)
+    return ctx
+
+
+class _Forward:
+    """The agent's one event sink: every event goes to the parent's sinks."""
+
+    def __init__(self, link: Link, wants_text: bool) -> None:
+        self._link = link
+        self.wants_text = wants_text
+
+    def __call__(self, event: Any) -> None:
+        self._link.send(("event", event))
+
+
+async def run(spec: StartSpec, link: Link) -> AgentResult[Any]:
+    """Run the agent of ``spec``; the result whatever happens (a cancelled run's too)."""
+    from shoal.agents.run import AgentRun
+
+    ctx = remote_context(spec, link)
+    loop = asyncio.get_running_loop()
+
+    def cancel(reason: str, breach: BudgetExceeded | None) -> None:
+        loop.call_soon_threadsafe(_stop, ctx, spec.lineage, reason, breach)
+
+    link.on_cancel(cancel)
+    agent_run = AgentRun(spec.agent, ctx, lineage=spec.lineage, depth=spec.depth,
+                         prompt=spec.prompt, here=True)
+    try:
+        with contextlib.suppress(asyncio.CancelledError):  # recorded on the result
+            await agent_run.run()
+    finally:
+        await ctx.close_models()
+        await ctx.runtime.aclose()
+    # sent from here: a thread abandoned by a cancelled call would hold up the loop's end
+    link.send(_shippable(agent_run.result))
+    return agent_run.result
+
+
+def _stop(ctx: TreeContext, lineage: str, reason: str, breach: BudgetExceeded | None) -> None:
+    """Stop as the parent says: cancelled, or the tree broke its budget (stopped as inline)."""
+    if breach is None:
+        ctx.cancel(lineage, reason)
+    elif ctx.tracker.breach is None:
+        ctx.tracker.breach = breach
+        ctx._stop_everything(breach)
+
+
+def _shippable(result: AgentResult[Any]) -> tuple[str, Any]:
+    """The ``done`` message, or a failed result saying what could not be pickled."""
+    from dataclasses import replace
+
+    from shoal.exceptions import SerializationError
+
+    try:
+        dumps(("done", result), "the result")
+    except SerializationError as exc:
+        return ("done", replace(result, status="failed", output=None, error=SerializationError(
+            f"agent {result.lineage}'s result cannot go back to its parent: {exc}")))
+    return ("done", result)
+
+
+def main(argv: list[str]) -> int:
+    """Run one agent for the parent at the other end of socket ``argv[1]``."""
+    sock = socket.socket(fileno=int(argv[1]))
+    link = Link(sock)
+    header = link._file.read(HEADER.size)
+    if len(header) < HEADER.size:
+        return 0
+    sys.path[:] = pickle.loads(link._file.read(HEADER.unpack(header)[0]))
+    try:
+        message = link.read()
+    except Exception as exc:  # the agent's definition needs what cannot be imported here
+        link.send(("error", f"{type(exc).__name__}: {exc}"))
+        return 1
+    if message is None:
+        return 0
+    spec: StartSpec = message[1]
+    if spec.limits is not None:
+        from shoal.executors._worker import apply_limits, cpu_budget
+
+        apply_limits(spec.limits.memory, spec.limits.open_files)
+        cpu_budget(spec.limits.cpu_seconds)
+    link.start_reading()
+    asyncio.run(run(spec, link))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

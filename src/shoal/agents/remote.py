@@ -1,0 +1,543 @@
+"""Agents in their own process: ``Agent(isolation="process")``.
+
+An agent whose ``isolation`` is ``"process"`` runs its whole turn loop (its model requests, its
+tools, and its own subagents unless they say otherwise) in a process of its own, with its own
+model client, an environment scrubbed as process workers' are (:func:`~shoal.executors.process.
+worker_env`: provider keys pass by name only, ``Agent(env=[...])``) and its OS limits
+(``Agent(limits=...)``). What the tree shares stays in the parent, in the root's
+:class:`~shoal.agents.context.TreeContext`, and the child reaches it through a small RPC over
+one socket:
+
+* **budgets**: each model request, each response's usage and each subagent start is charged
+  by the root's tracker (``start_request``, ``add_usage``, ``take_subagent``), so limits stay
+  exact across processes and nothing is spent twice;
+* **model gates**: before each request the child takes a slot of the root's gate for its model
+  (``gate_enter``; ``gate_exit`` gives it back), and a ``Retry-After`` it meets closes the root's
+  gate for the whole tree (``gate_pause``): one rate-limit gate per model across the tree;
+* **events** go one way to the root's sinks, lineage intact (``event``);
+* **approvals** are asked of the root's approver (``review``); the child's own runtime binds
+  each decision to the call's arguments and journals it, as any runtime does;
+* **journal**: with a SQLite journal the child's runtime opens the same file, so its model
+  turns and tool phases are journaled runs of the root's journal under the child's lineage,
+  and a resumed tree replays them in the process that runs the agent again;
+* **cancellation**: the parent sends ``cancel`` and, if the child has not ended within
+  :data:`CANCEL_GRACE` seconds, kills its process group; a child whose socket closes (the
+  parent died) kills its group and exits.
+
+A child that dies (``SIGKILL``, a segfault, ``os._exit``) gives its parent's call an
+:class:`~shoal.exceptions.AgentError` naming the cause (``killed by signal SIGKILL``); its
+siblings go on.
+
+The wire: each message is an 8-byte big-endian length and a cloudpickled tuple. The parent
+sends its ``sys.path`` first (plain pickle, so the child can import what the agent's pickle
+names), then ``("start", StartSpec)``, then ``("reply", id, ok, value)`` and ``("cancel",
+reason, breach)`` (``breach``: the tree's :class:`~shoal.exceptions.BudgetExceeded`, or
+``None`` when a person or a timeout cancelled the agent). The child sends ``("call", id,
+op, args)``, ``("event", event)``, ``("gate_exit", name)``, ``("gate_pause", name,
+seconds)`` and last ``("done", result)`` (or ``("error", text)`` when it cannot even load
+the agent's definition). The parent side
+(:class:`TreeServer`) only needs a :class:`Channel`, and the child side
+(:mod:`shoal.agents._process`) only a connected socket, so another transport plugs in there:
+for Ray, an actor whose socket connects back to a listener of the parent over TCP.
+What the child sends is loaded with the restricted loader of
+:mod:`shoal.executors.results`, as a tool worker's replies are: the agent's process runs tools
+and reads what models write, so it must not be able to run code in the parent (which holds
+the keys it was not given). Its results hold allowed types only (plain data, dataclasses,
+pydantic models, exceptions...); anything else fails the agent with a
+:class:`~shoal.exceptions.SerializationError` naming it (``allow_result_types`` widens it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pickle
+import signal
+import socket
+import struct
+import sys
+import time
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any
+
+from shoal.events import AgentFinished, AgentStarted
+from shoal.exceptions import AgentError, ConfigError, SerializationError, ShoalError
+from shoal.executors._reaper import kill_tree
+from shoal.executors._shipping import dumps
+from shoal.executors.process import describe_exit, worker_env
+from shoal.executors.results import load_result
+from shoal.limits import parse_process_limits
+from shoal.models.base import Usage
+
+if TYPE_CHECKING:
+    from shoal.agents.agent import Agent
+    from shoal.agents.budget import Budget
+    from shoal.agents.context import TreeContext
+    from shoal.agents.result import AgentResult, AgentStatus
+    from shoal.agents.run import AgentRun
+    from shoal.exceptions import BudgetExceeded
+    from shoal.limits import ProcessLimits
+    from shoal.models.base import Model
+    from shoal.models.retry import ModelRetry
+    from shoal.runtime import Runtime
+
+__all__ = ["CANCEL_GRACE", "Channel", "ProcessChannel", "StartSpec", "TreeServer",
+           "run_elsewhere", "start_spec"]
+
+#: Seconds a cancelled agent process gets to record its end before it is killed.
+CANCEL_GRACE = 0.5
+
+HEADER = struct.Struct(">Q")
+
+
+@dataclass(frozen=True)
+class StartSpec:
+    """Everything an agent process needs to run its agent as part of the tree."""
+
+    agent: Agent[Any]
+    prompt: str
+    lineage: str
+    depth: int
+    run_id: str
+    budget: Budget
+    #: the root's origin (loop time, epoch seconds): loop clocks are ``time.monotonic``, one
+    #: clock for the machine's processes, so the child's event times agree with the tree's
+    origin: tuple[float, float]
+    observed: bool
+    wants_text: bool
+    resuming: bool
+    force: bool
+    override: Model | None
+    retry: ModelRetry | None
+    store: str  # the SQLite journal's path, or "memory"
+    runtime: dict[str, Any] = field(default_factory=dict)
+    approver: bool = False
+    limits: ProcessLimits | None = None
+
+
+class Channel(ABC):
+    """The parent's end of one remote agent's messages (a process's socket; Ray's later)."""
+
+    @abstractmethod
+    def send(self, message: tuple[Any, ...]) -> None:
+        """Queue one message to the agent (never blocks)."""
+
+    @abstractmethod
+    async def receive(self) -> tuple[Any, ...] | None:
+        """The agent's next message, or ``None`` once it is gone."""
+
+    @abstractmethod
+    def kill(self) -> None:
+        """End the agent now, and everything it started (it gets no say)."""
+
+    @abstractmethod
+    async def ended(self) -> str:
+        """Wait until the agent's process is gone and say how it ended."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """End the agent and everything it started; reap it."""
+
+
+class ProcessChannel(Channel):
+    """A child process running ``python -m shoal.agents._process FD``, and its socket."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter) -> None:
+        self.proc = proc
+        self.lineage = ""  # the agent's, for messages
+        self._reader = reader
+        self._writer = writer
+
+    @property
+    def pid(self) -> int:
+        """The agent process's id."""
+        return self.proc.pid
+
+    @classmethod
+    async def start(cls, spec: StartSpec, env_names: tuple[str, ...]) -> ProcessChannel:
+        """Start the agent's process and send it the import path and its spec."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "shoal.agents._process", str(theirs.fileno()),
+                pass_fds=(theirs.fileno(),), env=worker_env(env_names),
+                stdin=asyncio.subprocess.DEVNULL,
+                # a session of its own: out of a terminal's Ctrl-C (the parent's to handle),
+                # and killing its group ends what its tools started too
+                start_new_session=True)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        try:
+            reader, writer = await asyncio.open_unix_connection(sock=ours)
+        except BaseException:
+            ours.close()
+            kill_tree(proc.pid)
+            await proc.wait()
+            raise
+        channel = cls(proc, reader, writer)
+        channel.lineage = spec.lineage
+        channel._write(pickle.dumps(list(sys.path)))
+        try:
+            with _by_value(_unimportable(spec.agent)):
+                channel._write(dumps(("start", spec), f"agent {spec.lineage!r} (to run it in "
+                                     "a process of its own, its definition is pickled)"))
+        except BaseException:
+            await channel.close()
+            raise
+        return channel
+
+    def _write(self, body: bytes) -> None:
+        self._writer.write(HEADER.pack(len(body)) + body)
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        """Queue one message (a closed socket drops it: the child is gone)."""
+        if not self._writer.is_closing():
+            self._write(dumps(message, "a message to an agent process"))
+
+    async def receive(self) -> tuple[Any, ...] | None:
+        """The next message, or ``None`` at the end of the socket."""
+        try:
+            header = await self._reader.readexactly(HEADER.size)
+            body = await self._reader.readexactly(HEADER.unpack(header)[0])
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return None
+        # restricted: an agent process runs tools, and must not run code here (see the
+        # module docstring)
+        message = load_result(body, f"a message from the process running agent {self.lineage}")
+        if not isinstance(message, tuple) or not message:
+            raise SerializationError("an agent process sent a malformed message")
+        return message
+
+    def kill(self) -> None:
+        """SIGKILL the process and every descendant (unless it has been reaped)."""
+        if self.proc.returncode is None:
+            kill_tree(self.proc.pid)
+
+    async def ended(self) -> str:
+        """How the process ended (it closed its socket: it is gone or going)."""
+        try:
+            code = await asyncio.wait_for(self.proc.wait(), 2.0)
+        except TimeoutError:  # closed its socket yet lingers: not ours to wait for
+            kill_tree(self.proc.pid)
+            code = await self.proc.wait()
+        return describe_exit(code)
+
+    async def close(self) -> None:
+        """Kill the process group and every descendant, then reap the process."""
+        if self.proc.returncode is None:
+            self.kill()
+        else:  # what its tools started may outlive it in its group
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self._writer.close()
+        await asyncio.shield(self.proc.wait())
+
+
+def _unimportable(agent: Agent[Any]) -> set[str]:
+    """Modules of the tree's tools and models that no other process can import.
+
+    Modules made at run time (``types.ModuleType``, as notebooks and doc runners do) are in
+    ``sys.modules`` here but nowhere else: what they define must travel by value.
+    """
+    found: set[str] = set()
+    for each in agent.with_subagents():
+        things: list[Any] = [getattr(t, "fn", t) for t in each.tools]
+        things.append(type(each.model))
+        for thing in things:
+            name = getattr(thing, "__module__", None)
+            module = sys.modules.get(name or "")
+            if module is not None and name != "__main__" and (
+                    getattr(module, "__spec__", None) is None):
+                found.add(module.__name__)
+    return found
+
+
+@contextlib.contextmanager
+def _by_value(modules: set[str]) -> Iterator[None]:
+    """Have cloudpickle pickle what ``modules`` define by value, for the duration."""
+    import cloudpickle  # type: ignore[import-untyped]
+
+    registered = []
+    try:
+        for name in modules:
+            cloudpickle.register_pickle_by_value(sys.modules[name])
+            registered.append(name)
+        yield
+    finally:
+        for name in registered:
+            with contextlib.suppress(ValueError):
+                cloudpickle.unregister_pickle_by_value(sys.modules[name])
+
+
+class _Gone(Exception):
+    """The agent's channel ended before its result came."""
+
+
+class TreeServer:
+    """Answers one remote agent's requests from the tree's context (see the module docstring).
+
+    Budget charges are answered at once, in the order they come, without an ``await`` in
+    between: that keeps the limits exact, as in one process. Gate slots and approvals wait, so
+    each is answered by a task of its own.
+    """
+
+    def __init__(self, ctx: TreeContext, channel: Channel, lineage: str) -> None:
+        self.ctx = ctx
+        self.channel = channel
+        self.lineage = lineage
+        self._held: Counter[str] = Counter()  # gate slots the agent holds, by model name
+        #: what the agent's tree charged so far (a crashed agent's result still says it)
+        self.usage = Usage()
+        self.requests = 0  # requests charged (one whose usage never came still counts)
+        self.started = False  # whether the agent said it started (AgentStarted)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def serve(self) -> AgentResult[Any]:
+        """Answer requests until the agent's result comes; :class:`_Gone` if it never does."""
+        while (message := await self.channel.receive()) is not None:
+            kind = message[0]
+            if kind == "done":
+                result: AgentResult[Any] = message[1]
+                return result
+            if kind == "error":
+                raise AgentError(
+                    f"the process for agent {self.lineage} could not load its definition: "
+                    f"{message[1]} (what the agent holds, its tools and its model, must be "
+                    "importable there: defined in a module on sys.path, or in the script run "
+                    "as __main__)")
+            if kind == "event":
+                event = message[1]
+                self.started = self.started or (
+                    isinstance(event, AgentStarted) and event.lineage == self.lineage)
+                self.ctx.emit(event)
+            elif kind == "call":
+                self._call(message[1], message[2], message[3])
+            elif kind == "gate_exit":
+                self._release(message[1])
+            elif kind == "gate_pause":
+                self.ctx.gates.for_name(message[1]).pause(message[2])
+        raise _Gone
+
+    def _call(self, call_id: int, op: str, args: tuple[Any, ...]) -> None:
+        if op in ("gate_enter", "review"):
+            task = asyncio.ensure_future(self._answer_later(call_id, op, args))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        tracker = self.ctx.tracker
+        value: Any = None
+        try:
+            if op == "start_request":
+                tracker.start_request(*args)
+                self.requests += 1
+            elif op == "add_usage":
+                self.usage = self.usage + args[0]
+                tracker.add_usage(*args)
+            elif op == "take_subagent":
+                value = tracker.take_subagent(*args)
+            else:
+                raise ShoalError(f"an agent process asked for {op!r}, which is no request")
+        except Exception as exc:  # a breach above all: the agent raises it where it stands
+            self.channel.send(("reply", call_id, False, exc))
+            return
+        self.channel.send(("reply", call_id, True, value))
+
+    async def _answer_later(self, call_id: int, op: str, args: tuple[Any, ...]) -> None:
+        try:
+            if op == "gate_enter":
+                await self.ctx.gates.for_name(args[0]).acquire()
+                self._held[args[0]] += 1
+                value: Any = None
+            else:
+                value = await self._review(args[0])
+        except Exception as exc:
+            self.channel.send(("reply", call_id, False, exc))
+            return
+        self.channel.send(("reply", call_id, True, value))
+
+    async def _review(self, batch: Any) -> Any:
+        approver = self.ctx.runtime.approvals.approver
+        if approver is None:  # the agent was told there is none; it denies on its own
+            raise ShoalError("this tree has no approver")
+        return list(await approver.review(batch))
+
+    def _release(self, name: str) -> None:
+        if self._held[name] > 0:
+            self._held[name] -= 1
+            self.ctx.gates.for_name(name).release()
+
+    async def close(self) -> None:
+        """Stop answering; give back the gate slots a dead agent still held."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for name, count in self._held.items():
+            for _ in range(count):
+                self.ctx.gates.for_name(name).release()
+        self._held.clear()
+
+
+def _store_of(runtime: Runtime) -> str:
+    """Where the agent process journals: the root's SQLite file, else a memory store."""
+    store = runtime.store
+    path = getattr(store, "path", None)
+    if store is None or not isinstance(path, str) or path == ":memory:":
+        return "memory"
+    return os.path.abspath(path)
+
+
+def _runtime_options(runtime: Runtime) -> dict[str, Any]:
+    return {"max_concurrency": runtime.max_concurrency, "executor": runtime.executor,
+            "thread_workers": runtime.thread_workers,
+            "process_workers": runtime.process_workers, "pass_env": runtime.pass_env,
+            "process_sandbox": runtime.process_sandbox,
+            "resource_limits": runtime.resource_limits,
+            "approval_timeout": runtime.approvals.timeout}
+
+
+def start_spec(run: AgentRun) -> StartSpec:
+    """What the process running ``run``'s agent is told."""
+    ctx, agent = run.ctx, run.agent
+    return StartSpec(
+        agent=agent, prompt=run.result.prompt, lineage=run.lineage, depth=run.depth,
+        run_id=ctx.run_id, budget=ctx.tracker.budget, origin=ctx.started, observed=ctx.observed,
+        wants_text=ctx.wants_text, resuming=ctx.resumes(run.lineage), force=ctx.force,
+        override=ctx.model_override, retry=ctx.gates.retry, store=_store_of(ctx.runtime),
+        runtime=_runtime_options(ctx.runtime),
+        approver=ctx.runtime.approvals.approver is not None,
+        limits=parse_process_limits(agent.limits))
+
+
+def _check(run: AgentRun) -> None:
+    if run.ctx.board is not None:
+        raise ConfigError(f"agent {run.lineage} runs in a process of its own, where the "
+                          "tree's board cannot reach yet; run it with isolation='inline'")
+    if os.name != "posix":
+        raise ConfigError("isolation='process' needs a POSIX system (Linux, macOS)")
+
+
+async def run_elsewhere(run: AgentRun) -> AgentResult[Any]:
+    """Run ``run``'s agent in a process of its own; fill and return ``run.result``.
+
+    The contract of :meth:`AgentRun.run`: never raises, except ``CancelledError`` after the
+    result is recorded.
+    """
+    ctx, result = run.ctx, run.result
+    ctx.results[run.lineage] = result
+    result.started_at = time.time()  # the agent's own, once it reports
+    try:
+        _check(run)
+        spec = start_spec(run)
+        channel = await ProcessChannel.start(spec, (*ctx.runtime.pass_env, *run.agent.env))
+    except Exception as exc:
+        _fail(run, "failed", exc)
+        return result
+    except asyncio.CancelledError:  # while its process started (which then ended)
+        reason = ctx.stop_reason(run.lineage) or "cancelled"
+        _fail(run, "cancelled", AgentError(f"agent {run.lineage} was {reason}"))
+        raise
+    server = TreeServer(ctx, channel, run.lineage)
+    serving = asyncio.ensure_future(server.serve())
+    deadlines: list[asyncio.TimerHandle] = []
+
+    def stop(reason: str, breach: BudgetExceeded | None) -> None:
+        channel.send(("cancel", reason, breach))
+        if not deadlines:  # an agent that does not end in time (stuck in C code) is killed
+            deadlines.append(asyncio.get_running_loop().call_later(
+                CANCEL_GRACE, channel.kill))
+
+    ctx.track_remote(run.lineage, stop)
+    if (early := ctx.stop_reason(run.lineage)) is not None:  # stopped while it started
+        stop(early, ctx.tracker.breach)
+    try:
+        try:
+            _adopt(ctx, result, await asyncio.shield(serving))
+        except asyncio.CancelledError:
+            await _stop(run, channel, serving, server)
+            raise
+        except _Gone:
+            if deadlines:  # killed when it did not stop in time: stopped, not crashed
+                _stopped(run, server)
+            else:
+                cause = await channel.ended()
+                _fail(run, "failed", AgentError(
+                    f"the process running agent {run.lineage} died: {cause}"), server)
+        except Exception as exc:  # it could not load the agent; a reply that does not load
+            _fail(run, "failed", exc, server)
+    finally:
+        for timer in deadlines:
+            timer.cancel()
+        ctx.untrack_remote(run.lineage)
+        serving.cancel()
+        await asyncio.gather(serving, return_exceptions=True)
+        await server.close()
+        await channel.close()
+    return result
+
+
+async def _stop(run: AgentRun, channel: Channel, serving: asyncio.Future[Any],
+                server: TreeServer) -> None:
+    """Ask the agent to stop; take its result if it comes within the grace, else record one."""
+    ctx = run.ctx
+    reason = ctx.stop_reason(run.lineage) or "cancelled"
+    channel.send(("cancel", reason, ctx.tracker.breach))
+    try:
+        _adopt(ctx, run.result, await asyncio.wait_for(asyncio.shield(serving), CANCEL_GRACE))
+    except (TimeoutError, _Gone, asyncio.CancelledError):
+        _stopped(run, server)
+
+
+def _stopped(run: AgentRun, server: TreeServer) -> None:
+    """Record the end of an agent stopped before it could record its own."""
+    ctx = run.ctx
+    breach = ctx.tracker.breach
+    if breach is not None:
+        _fail(run, "budget_exceeded", breach, server)
+    else:
+        reason = ctx.stop_reason(run.lineage) or "cancelled"
+        _fail(run, "cancelled", AgentError(f"agent {run.lineage} was {reason}"), server)
+
+
+def _adopt(ctx: TreeContext, result: AgentResult[Any], remote: AgentResult[Any]) -> None:
+    """Copy the agent's result into the parent's (the object its parent already holds)."""
+    for item in fields(remote):
+        setattr(result, item.name, getattr(remote, item.name))
+    for found in result.walk():
+        ctx.results[found.lineage] = found
+    if isinstance(result.error, AgentError) and result.error.result is None:
+        result.error.result = result
+
+
+def _fail(run: AgentRun, status: AgentStatus, error: BaseException,
+          server: TreeServer | None = None) -> None:
+    """Record an end the agent could not record itself, and say so on the tree's sinks.
+
+    What its tree was charged (``server``) stays on the result: the lead's usage still sums
+    what the whole tree spent.
+    """
+    ctx, result = run.ctx, run.result
+    result.status, result.error = status, error
+    if server is not None:
+        usage = server.usage
+        result.usage = replace(usage, requests=max(usage.requests, server.requests))
+    if result.started_at:
+        result.duration = time.time() - result.started_at
+    if isinstance(error, AgentError) and error.result is None:
+        error.result = result
+    if ctx.observed and (server is None or not server.started):  # ended as it started
+        ctx.emit(AgentStarted(run_id=ctx.run_id, time=ctx.now(), lineage=run.lineage,
+                              agent=run.agent.name, prompt=result.prompt, depth=run.depth))
+    if ctx.observed:
+        ctx.emit(AgentFinished(
+            run_id=ctx.run_id, time=ctx.now(), lineage=run.lineage, agent=run.agent.name,
+            status=status, output="", turns=result.turns,
+            total_tokens=result.usage.total_tokens, duration=result.duration,
+            error=str(error)))

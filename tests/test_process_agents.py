@@ -1,0 +1,631 @@
+"""Agents in their own process (``Agent(isolation="process")``) behave as inline agents do.
+
+An agent-level twin of the conformance suite: the same tree runs with its subagents inline and
+in processes of their own, and gives the same answers, lineages and events; budgets stay exact
+across processes; approvals reach the root's approver; a cancelled subagent's process ends
+within a second; a subagent killed with SIGKILL gives its parent an error naming the signal
+while its siblings finish; and a tree killed mid-run resumes without repeating what the
+subagent process had finished. Real subprocesses throughout (psutil watches them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+import shoal
+from shoal.events import Event, TextDelta
+from shoal.exceptions import ConfigError, ModelHTTPError
+from shoal.models.retry import ModelGates
+from shoal.testing import ScriptedModel, call
+from shoal.testing.conformance import peak_overlap
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_child_process_leak")]
+
+
+@shoal.tool
+def where(tag: str) -> str:
+    """Say which process runs this call."""
+    return f"{tag}@{os.getpid()}"
+
+
+@shoal.tool
+def slow(path: str) -> str:
+    """Write this process's id to ``path``, then sleep a long time."""
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(60)
+    return "woke up"
+
+
+@shoal.tool
+def die() -> str:
+    """Kill this process with SIGKILL, in the middle of its agent's turn."""
+    os.kill(os.getpid(), signal.SIGKILL)
+    return "unreachable"
+
+
+@shoal.tool(approval=True)
+def send(path: str, text: str) -> str:
+    """Append ``text`` to ``path`` (a side effect that needs a person's approval)."""
+    with open(path, "a", encoding="utf-8") as out:
+        out.write(f"{text}@{os.getpid()}\n")
+    return f"sent {text}"
+
+
+def _tree(isolation: Any) -> shoal.Agent[str]:
+    model = ScriptedModel.per_prompt({
+        "go": [[call("reader", task="p1"), call("reader", task="p2"), call("reader", task="p3")],
+               "summary of three"],
+        "p1": [[call("where", tag="a"), call("where", tag="b")], "read p1"],
+        "p2": [[call("where", tag="c")], "read p2"],
+        "p3": ["read p3"],
+    })
+    reader = shoal.Agent(name="reader", model=model, tools=[where], isolation=isolation)
+    return shoal.Agent(name="lead", model=model, subagents=[reader])
+
+
+class _Recorder(list[Event]):
+    """An event sink that asks for the models' text too (so every agent streams)."""
+
+    wants_text = True
+
+    def __call__(self, event: Event) -> None:
+        self.append(event)
+
+
+def _shape(events: list[Event]) -> Counter[tuple[str, str]]:
+    return Counter((e.lineage, e.kind) for e in events)
+
+
+def _texts(events: list[Event]) -> dict[str, str]:
+    """The text each agent streamed, in the order it came."""
+    found: dict[str, str] = {}
+    for event in events:
+        if isinstance(event, TextDelta):
+            found[event.lineage] = found.get(event.lineage, "") + event.text
+    return found
+
+
+def _pids(result: shoal.AgentResult[Any]) -> set[int]:
+    return {int(c.message.content.rsplit("@", 1)[1]) for r in result.walk() for c in r.calls
+            if c.call.name == "where"}
+
+
+def test_process_subagents_give_the_same_results_lineages_and_events_as_inline() -> None:
+    seen: dict[str, Any] = {}
+    for isolation in ("inline", "process"):
+        events = _Recorder()
+        result = _tree(isolation).run_sync("go", on_event=events)
+        seen[isolation] = (result, events)
+    inline, inline_events = seen["inline"]
+    remote, remote_events = seen["process"]
+    assert remote.output == inline.output == "summary of three"
+    assert [(r.lineage, r.status, r.output, r.turns) for r in remote.walk()] == [
+        (r.lineage, r.status, r.output, r.turns) for r in inline.walk()]
+    assert [(c.lineage, c.status) for r in remote.walk() for c in r.calls] == [
+        (c.lineage, c.status) for r in inline.walk() for c in r.calls]
+    assert _shape(remote_events) == _shape(inline_events)
+    assert ("lead/reader#2", "TextDelta") in _shape(remote_events)  # streamed to the root
+    assert _texts(remote_events) == _texts(inline_events)
+    assert remote.usage == inline.usage and remote.usage.requests == 7
+    assert _pids(inline) == {os.getpid()}
+    others = _pids(remote)
+    assert os.getpid() not in others and len(others) == 2  # readers p1 and p2, one each
+
+
+def test_a_subagent_budget_holds_exactly_across_agent_processes() -> None:
+    # two process agents ask for 5 leaves each: 10 requested, and only 3 may start
+    model = ScriptedModel.per_prompt({
+        "go": [[call("reader", task="r1"), call("reader", task="r2")], "done"],
+        "r1": [[call("leaf", task="x") for _ in range(5)], "r1 done"],
+        "r2": [[call("leaf", task="x") for _ in range(5)], "r2 done"],
+        "x": ["leaf done"],
+    })
+    leaf = shoal.Agent(name="leaf", model=model)
+    reader = shoal.Agent(name="reader", model=model, subagents=[leaf], isolation="process")
+    lead = shoal.Agent(name="lead", model=model, subagents=[reader])
+    events: list[Event] = []
+    result = lead.run_sync("go", budget=shoal.Budget(subagents=5), on_event=events.append)
+    started = [e.lineage for e in events if e.kind == "AgentStarted"]
+    leaves = [lineage for lineage in started if "/leaf#" in lineage]
+    assert len(leaves) == 3 and len(started) == 1 + 2 + 3
+    refused = [c for r in result.walk() for c in r.calls if c.status == "rejected"]
+    assert len(refused) == 7 and all("subagents" in c.message.content for c in refused)
+    assert result.usage.requests == 2 + 2 * 2 + 3  # lead 2, readers 2 each, leaves 1 each
+
+
+def test_a_requests_budget_is_charged_through_the_root() -> None:
+    model = ScriptedModel.per_prompt({
+        "go": [[call("reader", task="r1")], "done"],
+        "r1": [[call("where", tag="1")], [call("where", tag="2")], [call("where", tag="3")],
+               "r1 done"],
+    })
+    reader = shoal.Agent(name="reader", model=model, tools=[where], isolation="process")
+    lead = shoal.Agent(name="lead", model=model, subagents=[reader])
+    with pytest.raises(shoal.BudgetExceeded) as caught:
+        lead.run_sync("go", budget=shoal.Budget(requests=3))
+    assert caught.value.limit == "requests"
+    result = caught.value.result
+    assert result.children[0].turns == 2  # the lead's first turn and two of the reader's
+
+
+def test_approvals_reach_the_root_approver_bound_to_their_arguments(tmp_path: Path) -> None:
+    out = tmp_path / "out.txt"
+    model = ScriptedModel.per_prompt({
+        "go": [[call("mailer", task="m")], "done"],
+        "m": [[call("send", path=str(out), text="yes"), call("send", path=str(out), text="no")],
+              "mailed"],
+    })
+    mailer = shoal.Agent(name="mailer", model=model, tools=[send], isolation="process")
+    lead = shoal.Agent(name="lead", model=model, subagents=[mailer])
+    asked: list[Any] = []
+
+    def approver(request: shoal.ApprovalRequest) -> shoal.Decision:
+        asked.append(request)
+        if request.args["text"] == "yes":
+            return shoal.Decision.approve()
+        return shoal.Decision.deny("not that one")
+
+    result = lead.run_sync("go", approver=approver)
+    assert sorted((r.lineage, r.args["text"]) for r in asked) == [
+        ("lead/mailer#1/send#1", "yes"), ("lead/mailer#1/send#2", "no")]
+    calls = {c.lineage: c for c in result.children[0].calls}
+    assert calls["lead/mailer#1/send#1"].status == "ok"
+    assert calls["lead/mailer#1/send#2"].status == "denied"
+    assert "not that one" in calls["lead/mailer#1/send#2"].message.content
+    text, pid = out.read_text().strip().rsplit("@", 1)
+    assert text == "yes" and int(pid) != os.getpid()  # ran once, in the mailer's process
+
+
+def test_without_an_approver_a_process_agent_denies_as_inline_does(tmp_path: Path) -> None:
+    out = tmp_path / "out.txt"
+    model = ScriptedModel.per_prompt({
+        "go": [[call("mailer", task="m")], "done"],
+        "m": [[call("send", path=str(out), text="yes")], "mailed"],
+    })
+    mailer = shoal.Agent(name="mailer", model=model, tools=[send], isolation="process")
+    result = shoal.Agent(name="lead", model=model, subagents=[mailer]).run_sync("go")
+    assert [c.status for c in result.children[0].calls] == ["denied"]
+    assert not out.exists()
+
+
+async def _pid_in(path: Path, within: float = 30.0) -> int:
+    end = time.monotonic() + within
+    while not path.exists() or not path.read_text():
+        assert time.monotonic() < end, f"{path} was never written"
+        await asyncio.sleep(0.02)
+    return int(path.read_text())
+
+
+def test_cancelling_one_process_subagent_ends_its_process_within_a_second(
+        tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    model = ScriptedModel.per_prompt({
+        "go": [[call("reader", task="stuck"), call("reader", task="fine")], "lead done"],
+        "stuck": [[call("slow", path=str(pid_file))], "never"],
+        "fine": [[call("where", tag="f")], "fine done"],
+    })
+    reader = shoal.Agent(name="reader", model=model, tools=[slow, where], isolation="process")
+    lead = shoal.Agent(name="lead", model=model, subagents=[reader])
+
+    async def scenario() -> tuple[shoal.AgentResult[Any], float]:
+        handle = lead.start("go")
+        pid = await _pid_in(pid_file)
+        process = psutil.Process(pid)
+        began = time.monotonic()
+        handle.cancel("lead/reader#1", reason="stopped by the test")
+        while process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+            await asyncio.sleep(0.01)
+        gone = time.monotonic() - began
+        return await handle, gone
+
+    result, gone = asyncio.run(scenario())
+    assert gone < 1.0
+    assert result.output == "lead done"
+    stuck, fine = result.children
+    assert stuck.status == "cancelled" and "stopped by the test" in str(stuck.error)
+    assert fine.status == "ok" and fine.output == "fine done"
+    assert [c.status for c in result.calls] == ["failed", "ok"]
+    # it stopped in time to record its end itself: its call's outcome came back too
+    assert [(c.lineage, c.status) for c in stuck.calls] == [("lead/reader#1/slow#1",
+                                                              "cancelled")]
+
+
+def test_a_wall_clock_budget_stops_process_agents_and_leaves_no_process(
+        tmp_path: Path) -> None:
+    model = ScriptedModel.per_prompt({
+        "go": [[call("reader", task="stuck"), call("reader", task="stuck too")], "never"],
+        "stuck": [[call("slow", path=str(tmp_path / "a"))], "never"],
+        "stuck too": [[call("slow", path=str(tmp_path / "b"))], "never"],
+    })
+    reader = shoal.Agent(name="reader", model=model, tools=[slow], isolation="process")
+    lead = shoal.Agent(name="lead", model=model, subagents=[reader])
+    began = time.monotonic()
+    with pytest.raises(shoal.BudgetExceeded) as caught:
+        lead.run_sync("go", budget=shoal.Budget(wall_clock=3.0))
+    assert time.monotonic() - began < 6.0  # not the tools' 60 s
+    assert caught.value.limit == "wall_clock"
+    result = caught.value.result
+    assert [r.status for r in result.children] == ["budget_exceeded"] * 2
+    for pid_file in (tmp_path / "a", tmp_path / "b"):
+        pid = int(pid_file.read_text())
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == (
+            psutil.STATUS_ZOMBIE)
+
+
+class LoggedModel(ScriptedModel):
+    """A scripted model that logs each request's start and end (monotonic clock) to a file.
+
+    The first request of the conversation ``r1`` is answered with HTTP 429 and a
+    ``Retry-After`` of :attr:`retry_after` seconds, when that is set (once across the tree:
+    a marker file remembers it).
+    """
+
+    log = ""
+    retry_after = 0.0
+
+    async def request(self, request: shoal.models.ModelRequest) -> shoal.models.ModelResponse:
+        prompt = request.messages[0].content
+        marker = Path(self.log + ".429")
+        if self.retry_after and prompt == "r1" and not marker.exists():
+            marker.write_text(str(time.monotonic()))
+            raise ModelHTTPError(self.name, "slow down", 429, retry_after=self.retry_after)
+        began = time.monotonic()
+        response = await super().request(request)
+        with open(self.log, "a", encoding="utf-8") as out:
+            out.write(f"{prompt} {began} {time.monotonic()}\n")
+        return response
+
+
+def _logged(log: Path, scripts: dict[str, Any], **options: Any) -> LoggedModel:
+    model = LoggedModel.per_prompt(scripts, **options)
+    assert isinstance(model, LoggedModel)
+    model.log = str(log)
+    return model
+
+
+def test_one_model_gate_caps_requests_across_agent_processes(tmp_path: Path) -> None:
+    log = tmp_path / "requests.log"
+    model = _logged(log, {
+        "go": [[call("reader", task=f"r{i}") for i in range(3)], "done"],
+        **{f"r{i}": [f"read r{i}"] for i in range(3)},
+    }, latency=0.4)
+    reader = shoal.Agent(name="reader", model=model, isolation="process")
+    lead = shoal.Agent(name="lead", model=model, subagents=[reader])
+    result = lead.run_sync("go", gates=ModelGates(max_concurrency=1))
+    assert result.output == "done"
+    spans = [tuple(map(float, line.split()[1:])) for line in log.read_text().splitlines()]
+    assert len(spans) == 5
+    assert peak_overlap(spans) == 1  # three processes, one request at a time
+
+
+def test_a_retry_after_in_one_agent_process_pauses_the_whole_tree(tmp_path: Path) -> None:
+    log = tmp_path / "requests.log"
+    model = _logged(log, {
+        "go": [[call("reader", task="r1"), call("reader", task="r2")], "done"],
+        "r1": ["read r1"],
+        "r2": [[call("nap", seconds=1.5)], "read r2"],
+    })
+    model.retry_after = 2.5
+    reader = shoal.Agent(name="reader", model=model, tools=[nap], isolation="process")
+    lead = shoal.Agent(name="lead", model=model, subagents=[reader])
+    result = lead.run_sync("go")
+    assert result.output == "done"
+    refused_at = float((tmp_path / "requests.log.429").read_text())
+    starts = [float(line.split()[1]) for line in log.read_text().splitlines()
+              if line.startswith("r2 ")]
+    assert len(starts) == 2
+    assert starts[1] >= refused_at + 2.5  # r2's second turn waited out r1's Retry-After
+
+
+@shoal.tool
+def nap(seconds: float) -> str:
+    """Sleep a while."""
+    time.sleep(seconds)
+    return "rested"
+
+
+def test_a_subagent_process_killed_mid_turn_fails_its_call_naming_the_signal() -> None:
+    model = ScriptedModel.per_prompt({
+        "go": [[call("reader", task="doomed"), call("reader", task="fine")], "lead done"],
+        "doomed": [[call("die")], "never"],
+        "fine": [[call("where", tag="f")], "fine done"],
+    })
+    reader = shoal.Agent(name="reader", model=model, tools=[die, where], isolation="process")
+    lead = shoal.Agent(name="lead", model=model, subagents=[reader])
+    events: list[Event] = []
+    result = lead.run_sync("go", on_event=events.append)
+    assert result.output == "lead done"
+    doomed, fine = result.children
+    assert doomed.status == "failed" and "SIGKILL" in str(doomed.error)
+    assert doomed.usage.requests == 1  # its turn was charged, and still counts in the tree's
+    assert result.usage.requests == 2 + 1 + 2
+    assert fine.status == "ok"
+    first = result.calls[0]
+    assert first.status == "failed" and "killed by signal SIGKILL" in first.message.content
+    finished = [e for e in events if e.kind == "AgentFinished" and e.lineage == doomed.lineage]
+    assert len(finished) == 1 and "SIGKILL" in finished[0].error  # type: ignore[attr-defined]
+
+
+def test_a_tree_killed_mid_run_resumes_without_repeating_the_process_agents_work(
+        tmp_path: Path) -> None:
+    store, log = tmp_path / "runs.db", tmp_path / "log.txt"
+
+    def script(mode: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "tests.process_agent_crash", str(store), "tree-1", mode,
+             str(log)], cwd=ROOT, capture_output=True, text=True, timeout=90)
+
+    crashed = script("crash")
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    assert sorted(log.read_text().split()) == ["a", "x1"]
+    helper_pid = int((tmp_path / "log.txt.helper").read_text())
+    assert not psutil.pid_exists(helper_pid) or psutil.Process(
+        helper_pid).status() == psutil.STATUS_ZOMBIE  # it ended with its parent
+    resumed = script("resume")
+    assert resumed.returncode == 0, resumed.stderr
+    report = json.loads(resumed.stdout)
+    assert report["output"] == "final answer"
+    assert report["calls"] == ["ok", "ok"] and report["helper"] == ["ok", "ok"]
+    assert report["lead_requests"] == 1  # only the turn after the helper's answer
+    assert sorted(log.read_text().split()) == ["a", "x1"]  # nothing ran twice
+
+
+@pytest.mark.parametrize(("options", "words"), [
+    ({"isolation": "thread"}, "isolation must be one of"),
+    ({"isolation": "ray"}, "not available yet"),
+    ({"isolation": "process", "env": "OPENAI_API_KEY"}, "list of environment variable names"),
+    ({"isolation": "process", "env": ["A=B"]}, "list of environment variable names"),
+    ({"isolation": "process", "limits": {"memry": 1}}, "unknown process limit"),
+    ({"env": ["OPENAI_API_KEY"]}, "add isolation='process'"),
+])
+def test_bad_isolation_settings_are_config_errors(options: dict[str, Any], words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        shoal.Agent(name="x", model=ScriptedModel(), **options)
+
+
+@shoal.tool
+def secrets() -> str:
+    """The environment variable names this process sees that look like secrets."""
+    return ",".join(sorted(k for k in os.environ if k.startswith("SHOAL_TEST_")))
+
+
+@shoal.tool
+def file_limit() -> str:
+    """This process's limit on open files."""
+    import resource
+
+    return str(resource.getrlimit(resource.RLIMIT_NOFILE))
+
+
+def test_a_process_agent_sees_only_the_keys_it_names_under_its_limits(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOAL_TEST_KEY", "k")
+    monkeypatch.setenv("SHOAL_TEST_OTHER", "o")
+    model = ScriptedModel.per_prompt({
+        "go": [[call("reader", task="t")], "done"],
+        "t": [[call("secrets"), call("file_limit")], "seen"],
+    })
+    reader = shoal.Agent(name="reader", model=model, tools=[secrets, file_limit],
+                         isolation="process", env=["SHOAL_TEST_KEY"],
+                         limits={"open_files": 256})
+    result = shoal.Agent(name="lead", model=model, subagents=[reader]).run_sync("go")
+    seen, limit = (c.message.content for c in result.children[0].calls)
+    assert seen == "SHOAL_TEST_KEY"  # not SHOAL_TEST_OTHER
+    assert limit == "(256, 256)"
+
+
+def test_a_process_agent_as_a_plan_node() -> None:
+    model = ScriptedModel.per_prompt({"Summarise p1": [[call("where", tag="n")], "p1 summary"]})
+    reader = shoal.Agent(name="reader", model=model, tools=[where], isolation="process")
+    plan = shoal.Plan()
+    node = plan.call(reader, task="Summarise p1")
+    result = shoal.run_sync(plan)
+    assert result[node].value == "p1 summary"
+
+
+def test_a_process_agent_can_be_the_root_of_a_run() -> None:
+    model = ScriptedModel.per_prompt({"p1": [[call("where", tag="root")], "p1 read"]})
+    reader = shoal.Agent(name="reader", model=model, tools=[where], isolation="process")
+    events: list[Event] = []
+    result = reader.run_sync("p1", on_event=events.append)
+    assert result.output == "p1 read" and result.lineage == "reader"
+    assert _pids(result) != {os.getpid()}
+    assert [e.kind for e in events if e.lineage == "reader"][:1] == ["AgentStarted"]
+
+
+def test_a_planner_runs_in_a_process_of_its_own_as_inline() -> None:
+    plan_text = '1. where(tag="a")\n2. where(tag="b")\n3. join()\n'
+    seen = {}
+    for isolation in ("inline", "process"):
+        model = ScriptedModel.per_prompt({
+            "go": [[call("planner", task="plan it")], "lead done"],
+            "plan it": [plan_text, "Thought: done.\nAction: Finish(planned)"],
+        })
+        planner = shoal.Agent(name="planner", model=model, tools=[where], mode="plan",
+                              isolation=isolation)
+        lead = shoal.Agent(name="lead", model=model, subagents=[planner])
+        seen[isolation] = lead.run_sync("go")
+    inline, remote = seen["inline"], seen["process"]
+    assert remote.children[0].output == inline.children[0].output == "planned"
+    assert [c.lineage for c in remote.children[0].calls] == [
+        c.lineage for c in inline.children[0].calls]
+    assert len(_pids(remote)) == 1 and _pids(remote) != {os.getpid()}
+
+
+
+def test_a_board_does_not_reach_a_process_agent_and_its_call_says_so() -> None:
+    model = ScriptedModel.per_prompt({"go": [[call("reader", task="t")], "done"],
+                                      "t": ["never asked"]})
+    reader = shoal.Agent(name="reader", model=model, isolation="process")
+    lead = shoal.Agent(name="lead", model=model, subagents=[reader])
+    result = lead.run_sync("go", board=shoal.Board(findings=shoal.merge.append))
+    assert result.children[0].status == "failed"
+    assert "board cannot reach" in result.calls[0].message.content
+
+
+def test_an_agent_that_cannot_be_sent_to_a_process_fails_its_call_saying_why() -> None:
+    import threading
+
+    lock = threading.Lock()
+
+    def locked() -> str:
+        """Use a lock (which cannot be pickled)."""
+        with lock:
+            return "held"
+
+    model = ScriptedModel.per_prompt({"go": [[call("reader", task="t")], "done"],
+                                      "t": ["never asked"]})
+    reader = shoal.Agent(name="reader", model=model, tools=[locked], isolation="process")
+    result = shoal.Agent(name="lead", model=model, subagents=[reader]).run_sync("go")
+    assert result.output == "done"
+    assert result.children[0].status == "failed"
+    text = result.calls[0].message.content
+    assert "SerializationError" in text and "lead/reader#1" in text and "lock" in text
+
+
+def test_process_agents_nest_and_report_through_each_other() -> None:
+    seen = {}
+    for isolation in ("inline", "process"):
+        model = ScriptedModel.per_prompt({
+            "go": [[call("reader", task="r")], "lead done"],
+            "r": [[call("leaf", task="x"), call("leaf", task="y"), call("leaf", task="z")],
+                  "reader done"],
+            "x": [[call("where", tag="x")], "x done"],
+            "y": [[call("where", tag="y")], "y done"],
+            "z": ["z done"],
+        })
+        leaf = shoal.Agent(name="leaf", model=model, tools=[where], isolation=isolation)
+        reader = shoal.Agent(name="reader", model=model, subagents=[leaf], isolation=isolation)
+        lead = shoal.Agent(name="lead", model=model, subagents=[reader])
+        events = _Recorder()
+        result = lead.run_sync("go", budget=shoal.Budget(subagents=3), on_event=events)
+        seen[isolation] = (result, events)
+    (inline, inline_events), (remote, remote_events) = seen["inline"], seen["process"]
+    assert [(r.lineage, r.status, r.output) for r in remote.walk()] == [
+        (r.lineage, r.status, r.output) for r in inline.walk()]
+    assert _shape(remote_events) == _shape(inline_events)
+    assert [c.status for c in remote.children[0].calls] == ["ok", "ok", "rejected"]
+    assert len(_pids(remote) | {os.getpid()}) == 3  # two leaves, each in its own process
+
+
+def test_a_run_deadline_ends_a_process_agent_node(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    model = ScriptedModel.per_prompt({"stuck": [[call("slow", path=str(pid_file))], "never"]})
+    reader = shoal.Agent(name="reader", model=model, tools=[slow], isolation="process")
+    plan = shoal.Plan()
+    node = plan.call(reader, task="stuck")
+    began = time.monotonic()
+    result = shoal.run_sync(plan, deadline=2.0)
+    assert time.monotonic() - began < 6.0
+    assert result[node].status != "ok"
+    pid = int(pid_file.read_text())
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+@shoal.tool
+def freeze(path: str) -> str:
+    """Write this process's id to ``path``, then stop the whole process (SIGSTOP)."""
+    Path(path).write_text(str(os.getpid()))
+    os.kill(os.getpid(), signal.SIGSTOP)
+    return "thawed"
+
+
+def _stuck_tree(tool: str, pid_file: Path) -> shoal.Agent[str]:
+    model = ScriptedModel.per_prompt({
+        "go": [[call("reader", task="stuck"), call("reader", task="fine")], "lead done"],
+        "stuck": [[call(tool, path=str(pid_file))], "never"],
+        "fine": [[call("where", tag="f")], "fine done"],
+    })
+    reader = shoal.Agent(name="reader", model=model, tools=[slow, freeze, where],
+                         isolation="process")
+    return shoal.Agent(name="lead", model=model, subagents=[reader])
+
+
+def _ends(events: list[Event], lineage: str) -> list[str]:
+    return [e.kind for e in events if e.lineage == lineage
+            and e.kind in ("AgentStarted", "AgentFinished")]
+
+
+def test_a_cancel_ends_a_process_agent_that_is_still_starting(tmp_path: Path) -> None:
+    events: list[Event] = []
+    handles: list[Any] = []
+
+    def sink(event: Event) -> None:  # the parent starts the call: the process is starting
+        events.append(event)
+        if (event.lineage, event.kind) == ("lead/reader#1", "NodeStarted"):
+            handles[0].cancel("lead/reader#1", reason="stopped by the test")
+
+    async def scenario() -> shoal.AgentResult[Any]:
+        handles.append(_stuck_tree("slow", tmp_path / "pid").start("go", on_event=sink))
+        return await handles[0]
+
+    began = time.monotonic()
+    result = asyncio.run(scenario())
+    assert time.monotonic() - began < 20.0  # not the tool's 60 s
+    stuck, fine = result.children
+    assert stuck.status == "cancelled" and "stopped by the test" in str(stuck.error)
+    assert fine.status == "ok" and result.output == "lead done"
+    assert _ends(events, "lead/reader#1") == ["AgentStarted", "AgentFinished"]
+
+
+def test_a_process_agent_that_cannot_hear_a_cancel_is_killed_within_a_second(
+        tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    events: list[Event] = []
+
+    async def scenario() -> tuple[shoal.AgentResult[Any], float]:
+        handle = _stuck_tree("freeze", pid_file).start("go", on_event=events.append)
+        process = psutil.Process(await _pid_in(pid_file))
+        while process.status() != psutil.STATUS_STOPPED:
+            await asyncio.sleep(0.01)
+        began = time.monotonic()
+        handle.cancel("lead/reader#1", reason="stopped by the test")
+        while process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+            await asyncio.sleep(0.01)
+        return await handle, time.monotonic() - began
+
+    result, gone = asyncio.run(scenario())
+    assert gone < 1.0
+    stuck, fine = result.children
+    assert stuck.status == "cancelled" and "stopped by the test" in str(stuck.error)
+    assert stuck.usage.requests == 1  # what it was charged stays on its record
+    assert fine.status == "ok" and result.output == "lead done"
+    assert _ends(events, "lead/reader#1") == ["AgentStarted", "AgentFinished"]
+
+
+class Opaque:
+    """A plain class: not among the types a parent loads from an agent process."""
+
+    def __repr__(self) -> str:
+        return "<opaque>"
+
+
+@shoal.tool
+def opaque() -> Opaque:
+    """Return an object of a plain class."""
+    return Opaque()
+
+
+def test_an_agent_process_cannot_send_its_parent_what_the_loader_refuses() -> None:
+    model = ScriptedModel.per_prompt({"go": [[call("reader", task="t")], "done"],
+                                      "t": [[call("opaque")], "read"]})
+    reader = shoal.Agent(name="reader", model=model, tools=[opaque], isolation="process")
+    result = shoal.Agent(name="lead", model=model, subagents=[reader]).run_sync("go")
+    assert result.output == "done"
+    assert result.children[0].status == "failed"
+    text = result.calls[0].message.content
+    assert "SerializationError" in text and "Opaque" in text
