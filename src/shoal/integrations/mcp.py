@@ -87,6 +87,34 @@ __all__ = ["MCPServer", "MCPTool", "RemoteTool", "content_text", "result_value",
 
 log = logging.getLogger(__name__)
 
+
+class _OneLineNoise(logging.Filter):
+    """A stdio server's stray stdout line, logged in one line rather than with a traceback.
+
+    The MCP SDK logs each line a server prints that is not JSON-RPC with a traceback of its
+    parser (``Failed to parse JSONRPC message from server``); the line is the server's doing,
+    not a fault here.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.getMessage().startswith("Failed to parse JSONRPC"):
+            record.msg, record.args = ("MCP server printed a line that is not JSON-RPC on "
+                                       "stdout (ignored): %s"), (_printed(record.exc_info[1]),)
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def _printed(error: BaseException | None) -> str:
+    """The line a parse error of the SDK quotes (pydantic's ``input``), cut."""
+    errors = getattr(error, "errors", None)
+    found = errors() if callable(errors) else None
+    said = found[0].get("input") if isinstance(found, list) and found and isinstance(
+        found[0], dict) else error
+    return bounded_text(str(said), 200)
+
+
+logging.getLogger("mcp.client.stdio").addFilter(_OneLineNoise())
+
 CONNECT_TIMEOUT = 30.0  # seconds for a server to start and answer the handshake
 CLOSE_TIMEOUT = 10.0  # seconds for a session to close before its task is cancelled
 STDERR_TAIL = 2000  # characters of a server's stderr quoted when it fails

@@ -165,6 +165,11 @@ class Driver:
         self._observer = observer
         self._sinks.append(observer)
 
+    @property
+    def epoch(self) -> float:
+        """When the run started (epoch seconds; 0 until it has): :meth:`now` counts from it."""
+        return self._epoch
+
     def now(self) -> float:
         """Seconds since the run started, on the loop's clock."""
         return (self._loop.time() - self._t0) if self._loop is not None else 0.0

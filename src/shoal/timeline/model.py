@@ -56,6 +56,12 @@ class Attempt:
     error: str = ""
     held: str = ""  # the limit that held it back once it was ready (as journaled)
 
+    def __post_init__(self) -> None:
+        # every attempt's error goes on the page: uncut, retries of a call failing with a
+        # megabyte of message would make a page of megabytes
+        self.error = preview(self.error)
+        self.held = preview(self.held, 300)
+
 
 @dataclass(slots=True)
 class Wait:

@@ -1,0 +1,157 @@
+"""A harsh user's checks of the timeline and the MCP tools: each pins a defect found in review."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import shoal
+from shoal.store.sqlite import SQLiteStore
+from shoal.testing import ScriptedModel, run_virtual
+from shoal.timeline import from_agent_result, from_journal
+
+ROOT = Path(__file__).resolve().parent.parent
+HUGE = "x" * 1_000_000
+
+
+def shoal_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "160", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "shoal.cli.app", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@shoal.tool(retries=3, backoff=0.0)
+def always_fails(n: int) -> str:
+    """Fail with a megabyte of message, every time."""
+    raise ValueError(HUGE)
+
+
+@shoal.tool
+async def search(query: str) -> str:
+    """Search."""
+    await asyncio.sleep(1.0)
+    return f"notes on {query}"
+
+
+@shoal.tool
+async def compare(a: str, b: str) -> str:
+    """Compare."""
+    return f"{a} vs {b}"
+
+
+PLAN_TEXT = """Thought: two searches, then compare.
+1. search("ray")
+2. search(query="asyncio")
+3. compare($1, $2)
+4. join()
+"""
+
+
+def journaled_failure(db: Path) -> shoal.RunResult:
+    plan = shoal.Plan("huge errors")
+    plan.call(always_fails, n=1)
+    return shoal.Runtime(store=SQLiteStore(db)).run_sync(plan)
+
+
+# ---- the timeline -------------------------------------------------------------------------
+
+
+def test_attempt_errors_are_cut_like_every_other_text(tmp_path: Path) -> None:
+    """Four attempts failing with 1 MB each made a 4 MB page: each error is cut."""
+    db = tmp_path / "runs.db"
+    result = journaled_failure(db)
+    assert result.outcomes["always_fails#1"].attempts == 4
+    for view in (from_journal(SQLiteStore(db), result.run_id),
+                 shoal.timeline.from_run_result(result)):
+        (bar,) = view.bars
+        assert all(len(a.error) < 2_000 for a in bar.attempts), [len(a.error)
+                                                                 for a in bar.attempts]
+        assert all(len(w.text) < 2_000 for w in bar.waits)
+    assert len(result.timeline()) < 100_000
+    done = shoal_cli("show", result.run_id, "--store", str(db), "--html", str(tmp_path / "t.html"))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "t.html").stat().st_size < 100_000
+
+
+def test_html_dash_writes_the_page_to_stdout(tmp_path: Path) -> None:
+    """``--html -`` wrote a file named ``-``; a dash means standard output, as elsewhere."""
+    db = tmp_path / "runs.db"
+    result = journaled_failure(db)
+    done = shoal_cli("show", result.run_id, "--store", str(db), "--html", "-", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("<!DOCTYPE html>") and done.stdout.rstrip().endswith("</html>")
+    assert not (tmp_path / "-").exists()
+    both = shoal_cli("show", result.run_id, "--store", str(db), "--html", "-", "--json",
+                     cwd=tmp_path)
+    assert both.returncode == 2 and "Traceback" not in both.stderr
+    assert "--html -" in both.stderr
+
+
+def test_a_planner_agents_calls_sit_where_they_ran() -> None:
+    """A planner's (``mode="plan"``) call records had no epoch: from the result, its calls were
+    drawn some 56 years before the agent started."""
+    model = ScriptedModel([PLAN_TEXT, "Thought: done.\nAction: Finish(Ray wins)"],
+                          tokens_per_second=80.0, first_token=0.5)
+    planner = shoal.Agent(name="planner", model=model, tools=[search, compare], mode="plan")
+    result = run_virtual(planner.run("Compare"))
+    assert result.ok and len(result.calls) == 3
+    assert all(c.epoch > 0 for c in result.calls)
+    view = from_agent_result(result)
+    for bar in view.bars:
+        assert bar.start is not None and bar.end is not None
+        assert 0 <= bar.start <= bar.end <= view.duration + 1e-6, (bar.node_id, bar.start)
+    assert view.critical_time <= view.duration + 1e-6
+    json.loads(json.dumps(view.to_data()))  # the page's data stays plain JSON
+
+
+# ---- MCP ----------------------------------------------------------------------------------
+
+
+GARBAGE_SERVER = r'''
+import json, sys
+print("this server says hello on stdout", flush=True)
+for line in sys.stdin:
+    msg = json.loads(line)
+    print("noise <between> messages", flush=True)
+    if msg.get("method") == "initialize":
+        result = {"protocolVersion": msg["params"]["protocolVersion"],
+                  "capabilities": {"tools": {}}, "serverInfo": {"name": "noisy", "version": "1"}}
+    elif msg.get("method") == "tools/list":
+        result = {"tools": [{"name": "echo", "inputSchema": {"type": "object"},
+                             "annotations": {"readOnlyHint": True}}]}
+    elif msg.get("method") == "tools/call":
+        result = {"content": [{"type": "text", "text": json.dumps(msg["params"]["arguments"])}]}
+    else:
+        continue
+    print(json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": result}), flush=True)
+'''
+
+
+def test_a_server_printing_garbage_on_stdout_works_without_tracebacks(tmp_path: Path) -> None:
+    """Each non-JSON line a server printed put a full traceback of the SDK on stderr."""
+    pytest.importorskip("mcp", reason="the mcp extra")
+    server = tmp_path / "noisy.py"
+    server.write_text(GARBAGE_SERVER)
+    script = tmp_path / "use.py"
+    script.write_text(
+        "import asyncio, sys, shoal\n"
+        "async def main():\n"
+        f"    tools = await shoal.mcp.tools(command=[sys.executable, {str(server)!r}])\n"
+        "    plan = shoal.Plan()\n"
+        "    for i in range(3):\n"
+        "        plan.call(tools[0], i=i)\n"
+        "    result = await shoal.run(plan)\n"
+        "    print(sorted(o.value for o in result.outcomes.values()))\n"
+        "asyncio.run(main())\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['{\"i\": 0}', '{\"i\": 1}', '{\"i\": 2}']"
+    assert "Traceback" not in done.stderr and "pydantic" not in done.stderr
+    assert "this server says hello on stdout" in done.stderr  # still said, once, in one line
