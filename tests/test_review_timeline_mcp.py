@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -155,3 +156,22 @@ def test_a_server_printing_garbage_on_stdout_works_without_tracebacks(tmp_path: 
     assert done.stdout.strip() == "['{\"i\": 0}', '{\"i\": 1}', '{\"i\": 2}']"
     assert "Traceback" not in done.stderr and "pydantic" not in done.stderr
     assert "this server says hello on stdout" in done.stderr  # still said, once, in one line
+
+
+def test_shoal_mcp_serve_on_a_taken_port_or_a_bad_host_exits_2_saying_why() -> None:
+    """A taken port ended ``shoal mcp serve --http`` with uvicorn's SystemExit: exit code 3
+    and a traceback ("Task exception was never retrieved")."""
+    pytest.importorskip("mcp", reason="the mcp extra")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for host, why in (("127.0.0.1", "in use"), ("256.1.1.1", "")):
+            done = subprocess.run(
+                [sys.executable, "-m", "shoal.cli.app", "mcp", "serve", "tests.mcp_tools:tools",
+                 "--http", str(port), "--host", host], capture_output=True, text=True,
+                cwd=ROOT, timeout=120, stdin=subprocess.DEVNULL)
+            assert done.returncode == 2, (host, done.returncode, done.stderr)
+            assert f"cannot serve on http://{host}:{port}/mcp" in done.stderr
+            assert why in done.stderr
+            assert "Traceback" not in done.stderr and "never retrieved" not in done.stderr

@@ -45,6 +45,7 @@ import logging
 import os
 import re
 import shlex
+import socket
 import tempfile
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -946,7 +947,9 @@ async def _serve_http(srv: Any, host: str, port: int, ready: Callable[[], None] 
     app = srv.streamable_http_app(host=host)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
     web = uvicorn.Server(config)
-    task = asyncio.create_task(web.serve())
+    # bound here, not by uvicorn: it answers a taken port or a bad host with sys.exit(), which
+    # escapes the event loop as a traceback and exit code 3
+    task = asyncio.create_task(web.serve(sockets=[_listening(host, port)]))
     while not web.started and not task.done():
         await asyncio.sleep(0.02)
     if web.started and ready is not None:
@@ -954,3 +957,22 @@ async def _serve_http(srv: Any, host: str, port: int, ready: Callable[[], None] 
     await task
     if not web.started:
         raise ConfigError(f"cannot serve on http://{host}:{port}/mcp (is the port taken?)")
+
+
+def _listening(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` for the HTTP server, or a :class:`ConfigError` why not."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve on http://{host}:{port}/mcp: {exc.strerror or exc}"
+                          ) from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot serve on http://{host}:{port}/mcp: {exc.strerror or exc}"
+                          ) from None
+    return sock
