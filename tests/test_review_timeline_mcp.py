@@ -175,3 +175,73 @@ def test_shoal_mcp_serve_on_a_taken_port_or_a_bad_host_exits_2_saying_why() -> N
             assert f"cannot serve on http://{host}:{port}/mcp" in done.stderr
             assert why in done.stderr
             assert "Traceback" not in done.stderr and "never retrieved" not in done.stderr
+
+
+def test_a_tie_on_the_critical_path_goes_on_to_the_end() -> None:
+    """A chain whose last step took no time (a map gathering its items) stopped short of it."""
+    from shoal.timeline.critical import longest_chain
+
+    assert longest_chain(["a", "b", "c"], {"a": 1.0, "b": 1.0, "c": 0.0},
+                         [("a", "b"), ("b", "c")]) == (["a", "b", "c"], 2.0)
+    assert longest_chain(["x", "y"], {"x": 0.0, "y": 0.0}, [("x", "y")])[0] == ["x", "y"]
+
+
+@shoal.tool
+async def square(i: int) -> int:
+    """Square."""
+    return i * i
+
+
+@shoal.tool
+async def numbers(n: int) -> list[int]:
+    """0 to n - 1."""
+    return list(range(n))
+
+
+def test_the_critical_path_of_a_map_reaches_the_map(tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    plan = shoal.Plan("map")
+    plan.map(square, over=plan.call(numbers, n=1_000), node_id="squares")
+    result = shoal.Runtime(store=SQLiteStore(db)).run_sync(plan)
+    assert result.ok and len(result.outcomes) == 1_002
+    for view in (from_journal(SQLiteStore(db), result.run_id),
+                 shoal.timeline.from_run_result(result)):
+        critical = [b.node_id for b in view.bars if b.critical]
+        assert critical[0] == "numbers#1" and "squares" in critical, critical
+        assert len(critical) == 3
+
+
+@shoal.tool
+async def step(x: int) -> int:
+    """Add one, at once."""
+    return x + 1
+
+
+@shoal.tool
+async def nap(x: int) -> int:
+    """Sleep a second (of the virtual clock)."""
+    await asyncio.sleep(1)
+    return x
+
+
+def test_instant_steps_after_a_slow_one_stay_on_the_critical_path() -> None:
+    """On the virtual clock instant calls take exactly 0 s: ``RunResult.critical_path`` ended
+    at the slow call, leaving out the calls that waited for it."""
+    async def main() -> shoal.RunResult:
+        plan = shoal.Plan()
+        plan.call(step, x=plan.call(step, x=plan.call(nap, x=0)), node_id="last")
+        plan.call(step, x=5)  # off the path
+        return await shoal.run(plan)
+
+    result = run_virtual(main())
+    assert result.critical_path == ["nap#1", "step#1", "last"]
+    assert result.critical_path_time == 1.0
+    view = shoal.timeline.from_run_result(result)
+    assert sorted(b.node_id for b in view.bars if b.critical) == sorted(result.critical_path)
+
+    async def mapped() -> shoal.RunResult:
+        plan = shoal.Plan()
+        plan.map(step, over=plan.call(numbers, n=3), node_id="steps")
+        return await shoal.run(plan)
+
+    assert run_virtual(mapped()).critical_path[-1] == "steps"
