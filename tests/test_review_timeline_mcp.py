@@ -245,3 +245,22 @@ def test_instant_steps_after_a_slow_one_stay_on_the_critical_path() -> None:
         return await shoal.run(plan)
 
     assert run_virtual(mapped()).critical_path[-1] == "steps"
+
+
+def test_an_agent_tree_on_the_virtual_clock_lands_on_one_clock_in_the_journal(
+        tmp_path: Path) -> None:
+    """Each journaled step's start was the wall clock's, its times the virtual clock's: on the
+    page the planner's joiner turn began 10 ms in, a second before the calls it read ended."""
+    model = ScriptedModel([PLAN_TEXT, "Thought: done.\nAction: Finish(Ray wins)"],
+                          tokens_per_second=80.0, first_token=0.5)
+    planner = shoal.Agent(name="planner", model=model, tools=[search, compare], mode="plan")
+    store = SQLiteStore(tmp_path / "runs.db")
+    result = run_virtual(planner.run("Compare", runtime=shoal.Runtime(store=store)))
+    assert result.ok
+    view = from_journal(store, result.run_id)
+    calls = [b for b in view.bars if b.kind == "call"]
+    joiner = next(b for b in view.bars if b.node_id == "model turn 2")
+    assert len(calls) == 3 and joiner.start is not None
+    assert joiner.start >= max(b.end for b in calls if b.end is not None) - 1e-6
+    assert joiner.end is not None and view.duration >= joiner.end
+    assert all(c.epoch >= result.started_at - 1e-6 for c in result.calls)
