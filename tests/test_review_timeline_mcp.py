@@ -264,3 +264,19 @@ def test_an_agent_tree_on_the_virtual_clock_lands_on_one_clock_in_the_journal(
     assert joiner.start >= max(b.end for b in calls if b.end is not None) - 1e-6
     assert joiner.end is not None and view.duration >= joiner.end
     assert all(c.epoch >= result.started_at - 1e-6 for c in result.calls)
+
+
+def test_an_attempt_cut_short_by_a_crash_is_not_shown_running(tmp_path: Path) -> None:
+    """A tree killed mid-call, then resumed: the killed attempt (no end) read as ``running``
+    on the finished run's page."""
+    store, log = tmp_path / "runs.db", tmp_path / "log.txt"
+    for mode, code in (("crash", -9), ("resume", 0)):
+        done = subprocess.run([sys.executable, "-m", "tests.agent_crash", str(store), "tree-1",
+                               mode, str(log)], capture_output=True, text=True, cwd=ROOT,
+                              timeout=120)
+        assert done.returncode == code, done.stderr
+    view = from_journal(SQLiteStore(store), "tree-1")
+    assert view.status == "finished"
+    (boom,) = [b for b in view.bars if b.node_id == "boom#1"]
+    assert [a.status for a in boom.attempts] == ["interrupted", "ok"]
+    assert not [b for b in view.bars if b.status == "running"]
