@@ -24,6 +24,7 @@ import shoal
 from shoal.exceptions import RunNotFoundError
 from shoal.store.base import AttemptStarted, RunRecord
 from shoal.store.sqlite import SQLiteStore
+from shoal.testing import run_virtual
 from shoal.timeline import embed, from_journal, render
 from shoal.timeline.critical import longest_chain
 from tests.agent_models import REVIEW_PROMPT, review_model
@@ -447,6 +448,33 @@ def test_a_thousand_node_plan_loads_in_under_two_seconds(tmp_path: Path,
 # ---- the main job in a real browser ------------------------------------------------------
 
 
+@shoal.tool
+async def doze(seconds: float) -> float:
+    """Sleep (on the virtual clock, in the test below)."""
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+def test_zooming_in_names_the_bars_that_become_wide_enough(tmp_path: Path,
+                                                           browser: Browser) -> None:
+    async def main() -> shoal.RunResult:
+        plan = shoal.Plan()
+        plan.call(doze, seconds=1.0, node_id="long")
+        plan.call(doze, seconds=0.01, node_id="short")  # about 11 px wide at first
+        return await shoal.run(plan)
+
+    page = tmp_path / "zoom.html"
+    run_virtual(main()).timeline(page)
+    load(browser, page)
+    named = "Array.from(document.querySelectorAll('.bar .txt')).map(function (t) {" \
+            " return t.textContent; }).sort()"
+    assert browser.evaluate(named) == ["long"]
+    browser.evaluate("(function () { var z = document.getElementById('zoom'); z.value = 20;"
+                     " z.dispatchEvent(new Event('input')); })()")
+    assert browser.evaluate(named) == ["long", "short"]
+    assert browser.errors == []
+
+
 def test_the_main_job_timeline_in_a_real_browser(tmp_path: Path, browser: Browser) -> None:
     """The README's picture is this test's screenshot: ``SHOAL_UPDATE_SCREENSHOT=1`` writes it."""
     db = tmp_path / "runs.db"
@@ -468,9 +496,18 @@ def test_the_main_job_timeline_in_a_real_browser(tmp_path: Path, browser: Browse
     assert "Synthesis" in browser.evaluate("document.getElementById('answer').textContent")
     assert browser.evaluate("document.querySelectorAll('#agents li').length") == 8
     labels = browser.evaluate("document.querySelectorAll('.bar .txt').length")
+    track = browser.evaluate("document.querySelector('.track').getBoundingClientRect().width")
     browser.evaluate("(function () { var z = document.getElementById('zoom'); z.value = 20;"
                      " z.dispatchEvent(new Event('input')); })()")
-    assert browser.evaluate("document.querySelectorAll('.bar .txt').length") > labels
+    # zoomed in, the chart is 20 times as wide and every bar wide enough for its name shows it
+    # (how many more that is depends on how long the tool calls took on this machine)
+    assert browser.evaluate("document.querySelector('.track').getBoundingClientRect().width"
+                            ) > 19 * track  # the lane labels' column keeps its width
+    unlabelled = browser.evaluate(
+        "Array.from(document.querySelectorAll('.bar')).filter(function (b) {"
+        " return !b.querySelector('.txt') && b.getBoundingClientRect().width >= 28; }).length")
+    assert unlabelled == 0
+    assert browser.evaluate("document.querySelectorAll('.bar .txt').length") >= labels
     browser.evaluate("document.querySelector('.bar.crit').click()")
     assert "critical path" in browser.evaluate("document.getElementById('pbody').textContent")
     assert browser.errors == []
