@@ -280,3 +280,33 @@ def test_an_attempt_cut_short_by_a_crash_is_not_shown_running(tmp_path: Path) ->
     (boom,) = [b for b in view.bars if b.node_id == "boom#1"]
     assert [a.status for a in boom.attempts] == ["interrupted", "ok"]
     assert not [b for b in view.bars if b.status == "running"]
+
+
+MUTE_LISTING_SERVER = r'''
+import json, sys
+for line in sys.stdin:
+    msg = json.loads(line)
+    if msg.get("method") == "initialize":
+        result = {"protocolVersion": msg["params"]["protocolVersion"],
+                  "capabilities": {"tools": {}}, "serverInfo": {"name": "mute", "version": "1"}}
+        print(json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": result}), flush=True)
+    elif "id" in msg and msg.get("method") != "tools/list":  # server/discover and the like
+        print(json.dumps({"jsonrpc": "2.0", "id": msg["id"],
+                          "error": {"code": -32601, "message": "no such method"}}), flush=True)
+    # tools/list: never answered (a server stuck, or an answer the SDK cannot read, such as
+    # an input schema nested too deep for its parser, which it logs and drops)
+'''
+
+
+def test_a_server_that_never_answers_the_listing_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    """Only the start and the handshake were bounded: ``tools()`` waited forever for a list."""
+    pytest.importorskip("mcp", reason="the mcp extra")
+    server = tmp_path / "mute.py"
+    server.write_text(MUTE_LISTING_SERVER)
+
+    async def main() -> None:
+        with pytest.raises(shoal.MCPServerError, match=r"did not list its tools within 5 s"):
+            await asyncio.wait_for(shoal.mcp.tools(command=[sys.executable, str(server)],
+                                                   connect_timeout=5), 60)
+
+    asyncio.run(main())

@@ -408,7 +408,16 @@ class _Session:
         found: list[mcp_types.Tool] = []
         cursor: str | None = None
         for _ in range(MAX_PAGES):
-            page = await self._race(client.list_tools(cursor=cursor), "listing its tools")
+            try:  # bounded like the handshake: no tool timeout covers a listing
+                async with asyncio.timeout(self.server.connect_timeout):
+                    page = await self._race(client.list_tools(cursor=cursor),
+                                            "listing its tools")
+            except TimeoutError:
+                raise MCPServerError(self.server.described, (
+                    f"did not list its tools within {self.server.connect_timeout:g} s (an "
+                    "answer the MCP SDK cannot read, such as one nested too deeply, is "
+                    "dropped and logged; connect_timeout= gives a slow server longer)")
+                                     ) from None
             found += page.tools
             cursor = page.next_cursor
             if not cursor:
@@ -744,7 +753,8 @@ def server(command: Sequence[str] | None = None, *, url: str | None = None,
     ``name`` names it in errors and in its tools' resource key (default: the name the server
     gives, else its program or URL); ``env`` adds environment variables for the command
     (the MCP SDK passes only a safe few of this process's own); ``headers`` go with every
-    HTTP request. ``connect_timeout`` bounds starting it and the MCP handshake.
+    HTTP request. ``connect_timeout`` bounds starting it and the MCP handshake, and listing its
+    tools.
     """
     if isinstance(command, str):
         raise ConfigError(f"command is a list of program and arguments, e.g. "
