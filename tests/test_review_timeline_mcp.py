@@ -310,3 +310,14 @@ def test_a_server_that_never_answers_the_listing_is_an_error_not_a_hang(tmp_path
                                                    connect_timeout=5), 60)
 
     asyncio.run(main())
+
+
+def test_shoal_mcp_serve_of_an_empty_list_says_it_is_empty(tmp_path: Path) -> None:
+    """It said "'m:tools' is a list, not a list of tools or functions"."""
+    (tmp_path / "empty_tools.py").write_text("tools = []\n")
+    done = subprocess.run([sys.executable, "-m", "shoal.cli.app", "mcp", "serve",
+                           "empty_tools:tools"], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=120, stdin=subprocess.DEVNULL,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 2
+    assert "'empty_tools:tools' is an empty list: there is no tool to serve" in done.stderr
