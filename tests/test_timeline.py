@@ -357,6 +357,28 @@ def test_hostile_values_stay_text_in_a_real_browser(tmp_path: Path, browser: Bro
     assert browser.errors == []
 
 
+def test_every_status_drawn_has_its_key_in_the_legend(tmp_path: Path, browser: Browser) -> None:
+    """Damaged rows (and in-doubt calls) were drawn in their colour with no key to read it."""
+    db = tmp_path / "runs.db"
+    plan = shoal.Plan("statuses")
+    plan.call(noop, i=1)
+    plan.call(noop, i=2)
+    result = run_journaled(plan, db)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE outcomes SET status = 'weird' WHERE node_id = 'noop#1'")
+    page = tmp_path / "t.html"
+    done = shoal_cli("show", result.run_id, "--store", str(db), "--html", str(page))
+    assert done.returncode == 0, done.stderr
+    load(browser, page)
+    drawn_statuses = set(browser.evaluate(
+        "Array.from(document.querySelectorAll('[data-status]')).map(function (b) {"
+        " return b.getAttribute('data-status'); })"))
+    assert drawn_statuses == {"ok", "damaged"}
+    legend = browser.evaluate("document.getElementById('legend').textContent")
+    assert "damaged" in legend
+    assert browser.errors == []
+
+
 def test_an_empty_run(tmp_path: Path, browser: Browser) -> None:
     result = shoal.run_sync(shoal.Plan())
     page = tmp_path / "empty.html"
