@@ -32,7 +32,7 @@ import sys
 import traceback
 import types
 from dataclasses import dataclass
-from importlib.util import find_spec
+from importlib.util import find_spec, module_from_spec, spec_from_file_location
 from pathlib import Path
 
 import pytest
@@ -264,3 +264,21 @@ def test_the_site_builds_with_no_warning(tmp_path: Path) -> None:
     assert "WARNING" not in proc.stderr, proc.stderr
     assert (tmp_path / "site" / "api" / "shoal" / "index.html").exists()
     assert (tmp_path / "site" / "agents" / "index.html").exists()
+    for page in sorted((tmp_path / "site" / "api").rglob("index.html")):
+        text = page.read_text(encoding="utf-8")
+        assert 'class="doc doc-heading"' in text, f"{page}: no documented name"
+        roles = re.findall(r":(?:class|func|meth|mod|attr|exc|data):<code>", text)
+        assert not roles, f"{page}: {len(roles)} Sphinx roles shown as text"
+    assert not (tmp_path / "site" / "_ext").exists()  # the docs' build code is not published
+
+
+def test_sphinx_roles_in_docstrings_become_code() -> None:
+    spec = spec_from_file_location("sphinx_roles", ROOT / "docs" / "_ext" / "sphinx_roles.py")
+    assert spec is not None and spec.loader is not None
+    roles = module_from_spec(spec)
+    spec.loader.exec_module(roles)
+    assert roles.plain("a :class:`~shoal.outcome.RunResult` and :func:`run`, "
+                       ":meth:`Plan.call`, :py:attr:`!x.y`, :mod:`shoal.timeline`, "
+                       ":class:`the result <shoal.outcome.RunResult>`, ``code``") == (
+        "a `RunResult` and `run`, `Plan.call`, `x.y`, `shoal.timeline`, `the result`, "
+        "``code``")

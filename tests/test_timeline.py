@@ -24,6 +24,7 @@ import shoal
 from shoal.exceptions import RunNotFoundError
 from shoal.store.base import AttemptStarted, RunRecord
 from shoal.store.sqlite import SQLiteStore
+from shoal.testing import run_virtual
 from shoal.timeline import embed, from_journal, render
 from shoal.timeline.critical import longest_chain
 from tests.agent_models import REVIEW_PROMPT, review_model
@@ -356,6 +357,28 @@ def test_hostile_values_stay_text_in_a_real_browser(tmp_path: Path, browser: Bro
     assert browser.errors == []
 
 
+def test_every_status_drawn_has_its_key_in_the_legend(tmp_path: Path, browser: Browser) -> None:
+    """Damaged rows (and in-doubt calls) were drawn in their colour with no key to read it."""
+    db = tmp_path / "runs.db"
+    plan = shoal.Plan("statuses")
+    plan.call(noop, i=1)
+    plan.call(noop, i=2)
+    result = run_journaled(plan, db)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE outcomes SET status = 'weird' WHERE node_id = 'noop#1'")
+    page = tmp_path / "t.html"
+    done = shoal_cli("show", result.run_id, "--store", str(db), "--html", str(page))
+    assert done.returncode == 0, done.stderr
+    load(browser, page)
+    drawn_statuses = set(browser.evaluate(
+        "Array.from(document.querySelectorAll('[data-status]')).map(function (b) {"
+        " return b.getAttribute('data-status'); })"))
+    assert drawn_statuses == {"ok", "damaged"}
+    legend = browser.evaluate("document.getElementById('legend').textContent")
+    assert "damaged" in legend
+    assert browser.errors == []
+
+
 def test_an_empty_run(tmp_path: Path, browser: Browser) -> None:
     result = shoal.run_sync(shoal.Plan())
     page = tmp_path / "empty.html"
@@ -447,6 +470,33 @@ def test_a_thousand_node_plan_loads_in_under_two_seconds(tmp_path: Path,
 # ---- the main job in a real browser ------------------------------------------------------
 
 
+@shoal.tool
+async def doze(seconds: float) -> float:
+    """Sleep (on the virtual clock, in the test below)."""
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+def test_zooming_in_names_the_bars_that_become_wide_enough(tmp_path: Path,
+                                                           browser: Browser) -> None:
+    async def main() -> shoal.RunResult:
+        plan = shoal.Plan()
+        plan.call(doze, seconds=1.0, node_id="long")
+        plan.call(doze, seconds=0.01, node_id="short")  # about 11 px wide at first
+        return await shoal.run(plan)
+
+    page = tmp_path / "zoom.html"
+    run_virtual(main()).timeline(page)
+    load(browser, page)
+    named = "Array.from(document.querySelectorAll('.bar .txt')).map(function (t) {" \
+            " return t.textContent; }).sort()"
+    assert browser.evaluate(named) == ["long"]
+    browser.evaluate("(function () { var z = document.getElementById('zoom'); z.value = 20;"
+                     " z.dispatchEvent(new Event('input')); })()")
+    assert browser.evaluate(named) == ["long", "short"]
+    assert browser.errors == []
+
+
 def test_the_main_job_timeline_in_a_real_browser(tmp_path: Path, browser: Browser) -> None:
     """The README's picture is this test's screenshot: ``SHOAL_UPDATE_SCREENSHOT=1`` writes it."""
     db = tmp_path / "runs.db"
@@ -468,14 +518,17 @@ def test_the_main_job_timeline_in_a_real_browser(tmp_path: Path, browser: Browse
     assert "Synthesis" in browser.evaluate("document.getElementById('answer').textContent")
     assert browser.evaluate("document.querySelectorAll('#agents li').length") == 8
     labels = browser.evaluate("document.querySelectorAll('.bar .txt').length")
-    widest = ("Math.max.apply(null, Array.prototype.map.call(document.querySelectorAll('.bar'),"
-              " function (b) { return b.getBoundingClientRect().width; }))")
-    before = browser.evaluate(widest)
+    track = browser.evaluate("document.querySelector('.track').getBoundingClientRect().width")
     browser.evaluate("(function () { var z = document.getElementById('zoom'); z.value = 20;"
                      " z.dispatchEvent(new Event('input')); })()")
-    # zoomed in, bars grow and keep their labels (how many bars were wide enough for one
-    # before depends on how long each call took, so only "not fewer" is certain)
-    assert browser.evaluate(widest) > 5 * before
+    # zoomed in, the chart is 20 times as wide and every bar wide enough for its name shows it
+    # (how many more that is depends on how long the tool calls took on this machine)
+    assert browser.evaluate("document.querySelector('.track').getBoundingClientRect().width"
+                            ) > 19 * track  # the lane labels' column keeps its width
+    unlabelled = browser.evaluate(
+        "Array.from(document.querySelectorAll('.bar')).filter(function (b) {"
+        " return !b.querySelector('.txt') && b.getBoundingClientRect().width >= 28; }).length")
+    assert unlabelled == 0
     assert browser.evaluate("document.querySelectorAll('.bar .txt').length") >= labels
     browser.evaluate("document.querySelector('.bar.crit').click()")
     assert "critical path" in browser.evaluate("document.getElementById('pbody').textContent")

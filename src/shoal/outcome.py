@@ -368,23 +368,28 @@ def measured_critical_path(
         return [], 0.0
     best = [0.0] * len(graph.nodes)
     via = [-1] * len(graph.nodes)
+    # where a node falls in the chain's order: its position, but a map's items come before
+    # the map (they are added to the graph after it); on a tie the later end wins, so calls
+    # that took no time (on the virtual clock, exactly 0 s) stay on the chain they end
+    rank = [float(pos) for pos in range(len(graph.nodes))]
     items_seen: set[int] = set()
     for pos, node in enumerate(graph.nodes):
         if pos in items_seen:
             continue
         for p in graph.preds[pos]:
-            if best[p] > best[pos]:
+            if best[p] > best[pos] or (via[pos] == -1 and best[p] >= best[pos]):
                 best[pos], via[pos] = best[p], p
         items = _map_items(graph, node) if node.map is not None else []
         if items:  # a map's work is its items': they sit between its inputs and its dependents
             for item in items:
                 best[item], via[item] = best[pos] + _took(outcomes, graph, item), via[pos]
+                rank[item] = pos - 0.5
             items_seen.update(items)
             last = max(items, key=best.__getitem__)
             best[pos], via[pos] = best[last], last
             continue
         best[pos] += _took(outcomes, graph, pos)
-    end = max(range(len(best)), key=best.__getitem__)
+    end = max(range(len(best)), key=lambda pos: (best[pos], rank[pos]))
     path: list[str] = []
     cursor = end
     while cursor != -1:

@@ -96,6 +96,11 @@ class RunHandle:
         """Seconds since the run started, on the clock of its events' and outcomes' times."""
         return self._driver.now()
 
+    @property
+    def started_at_epoch(self) -> float:
+        """When the run started (epoch seconds; 0 until it has), as its result will say."""
+        return self._driver.epoch
+
     def cancel(self, node: Ref | str | Iterable[Ref | str] | None = None, *,
                reason: str = "cancelled by the user") -> None:
         """Cancel one node, several, or (with no argument) the whole run.

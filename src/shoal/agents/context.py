@@ -156,8 +156,10 @@ class TreeContext:
         """The loop time and the wall-clock time (epoch seconds) of :attr:`origin`."""
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
-        if self._origin is None:
-            self._origin = (self._loop.time(), time.time())
+        if self._origin is None:  # dated on the loop's clock: a virtual loop's own epoch
+            from shoal.scheduler.driver import epoch_now
+
+            self._origin = (self._loop.time(), epoch_now(self._loop))
         return self._origin
 
     def now(self) -> float:

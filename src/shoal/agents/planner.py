@@ -351,7 +351,7 @@ class _PlanCalls:
             text, is_error = result_text(outcome, call.name)
             message = ToolResultMessage(call.id, call.name, text, is_error=is_error)
             records.append(CallRecord(call, self.lineages[entry], outcome.status, message,
-                                      outcome))
+                                      outcome, self.run.handle.started_at_epoch))
         error_format = self.agent_run.agent.tool_error_format
         if error_format is not None:
             _reword(records, error_format)

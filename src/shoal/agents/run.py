@@ -18,7 +18,6 @@ import asyncio
 import copy
 import hashlib
 import json
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
@@ -60,6 +59,7 @@ from shoal.outcome import RunResult, jsonable
 from shoal.plan import Plan
 from shoal.policy import ToolPolicy
 from shoal.runtime import RunHandle
+from shoal.scheduler.driver import epoch_now
 from shoal.store.fingerprint import canonical
 from shoal.tools import Tool
 
@@ -180,7 +180,7 @@ class AgentRun:
 
             return await run_elsewhere(self)
         self._started = self.ctx.now()
-        self.result.started_at = time.time()
+        self.result.started_at = epoch_now()  # the loop's clock: virtual on a virtual loop
         self.ctx.results[self.lineage] = self.result
         self._emit_started()
         try:

@@ -291,8 +291,9 @@ def _counts(counts: Mapping[str, int], what: str = "") -> Text:
 
 HtmlOption = Annotated[Path | None, typer.Option(
     "--html", metavar="FILE", show_default=False,
-    help="Write the run's timeline to FILE: one self-contained HTML page (every call and "
-         "agent against time, waits explained, the critical path, the agent tree).",
+    help="Write the run's timeline to FILE (- for standard output): one self-contained HTML "
+         "page (every call and agent against time, waits explained, the critical path, the "
+         "agent tree).",
 )]
 
 
@@ -337,13 +338,24 @@ def show_command(run_id: Annotated[str, typer.Argument(metavar="RUN_ID", show_de
 
 def _write_timeline(journal: SQLiteStore, run_id: str, record: RunRecord | None, path: Path,
                     store: Path, as_json: bool) -> None:
-    """``shoal show RUN --html FILE``: write the timeline page and say where it is."""
+    """``shoal show RUN --html FILE``: write the timeline page and say where it is.
+
+    ``--html -`` writes the page to standard output instead (and says nothing else there).
+    """
+    to_stdout = str(path) == "-"
+    if to_stdout and as_json:
+        raise ShoalError("--html - writes the page to standard output, where --json would "
+                         "write too: give --html a file name, or leave out --json")
     try:
         view = from_journal(journal, run_id,
                             status=live_status(record) if record is not None else None)
     except RunNotFoundError:
         raise ShoalError(f"no run {run_id!r} in {str(store)!r} (shoal runs lists them)"
                          ) from None
+    if to_stdout:
+        sys.stdout.write(view.html())
+        sys.stdout.flush()
+        return
     try:
         view.write(path)
     except OSError as exc:

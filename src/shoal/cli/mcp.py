@@ -129,6 +129,9 @@ def load_tools(target: str) -> list[Any]:
         raise ConfigError(f"{module_name!r} has no attribute {attr!r}") from None
     items: Sequence[Any] = (list(found) if isinstance(found, list | tuple)
                             else [found] if callable(found) else [])
+    if isinstance(found, list | tuple) and not items:
+        raise ConfigError(f"{target!r} is an empty {type(found).__name__}: there is no tool "
+                          "to serve")
     if not items:
         raise ConfigError(f"{target!r} is a {type(found).__name__}, not a list of tools or "
                           "functions (or one)")

@@ -45,6 +45,7 @@ import logging
 import os
 import re
 import shlex
+import socket
 import tempfile
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -86,6 +87,34 @@ __all__ = ["MCPServer", "MCPTool", "RemoteTool", "content_text", "result_value",
            "served_tools", "server", "tools"]
 
 log = logging.getLogger(__name__)
+
+
+class _OneLineNoise(logging.Filter):
+    """A stdio server's stray stdout line, logged in one line rather than with a traceback.
+
+    The MCP SDK logs each line a server prints that is not JSON-RPC with a traceback of its
+    parser (``Failed to parse JSONRPC message from server``); the line is the server's doing,
+    not a fault here.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.getMessage().startswith("Failed to parse JSONRPC"):
+            record.msg, record.args = ("MCP server printed a line that is not JSON-RPC on "
+                                       "stdout (ignored): %s"), (_printed(record.exc_info[1]),)
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def _printed(error: BaseException | None) -> str:
+    """The line a parse error of the SDK quotes (pydantic's ``input``), cut."""
+    errors = getattr(error, "errors", None)
+    found = errors() if callable(errors) else None
+    said = found[0].get("input") if isinstance(found, list) and found and isinstance(
+        found[0], dict) else error
+    return bounded_text(str(said), 200)
+
+
+logging.getLogger("mcp.client.stdio").addFilter(_OneLineNoise())
 
 CONNECT_TIMEOUT = 30.0  # seconds for a server to start and answer the handshake
 CLOSE_TIMEOUT = 10.0  # seconds for a session to close before its task is cancelled
@@ -379,7 +408,16 @@ class _Session:
         found: list[mcp_types.Tool] = []
         cursor: str | None = None
         for _ in range(MAX_PAGES):
-            page = await self._race(client.list_tools(cursor=cursor), "listing its tools")
+            try:  # bounded like the handshake: no tool timeout covers a listing
+                async with asyncio.timeout(self.server.connect_timeout):
+                    page = await self._race(client.list_tools(cursor=cursor),
+                                            "listing its tools")
+            except TimeoutError:
+                raise MCPServerError(self.server.described, (
+                    f"did not list its tools within {self.server.connect_timeout:g} s (an "
+                    "answer the MCP SDK cannot read, such as one nested too deeply, is "
+                    "dropped and logged; connect_timeout= gives a slow server longer)")
+                                     ) from None
             found += page.tools
             cursor = page.next_cursor
             if not cursor:
@@ -715,7 +753,8 @@ def server(command: Sequence[str] | None = None, *, url: str | None = None,
     ``name`` names it in errors and in its tools' resource key (default: the name the server
     gives, else its program or URL); ``env`` adds environment variables for the command
     (the MCP SDK passes only a safe few of this process's own); ``headers`` go with every
-    HTTP request. ``connect_timeout`` bounds starting it and the MCP handshake.
+    HTTP request. ``connect_timeout`` bounds starting it and the MCP handshake, and listing its
+    tools.
     """
     if isinstance(command, str):
         raise ConfigError(f"command is a list of program and arguments, e.g. "
@@ -918,7 +957,9 @@ async def _serve_http(srv: Any, host: str, port: int, ready: Callable[[], None] 
     app = srv.streamable_http_app(host=host)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
     web = uvicorn.Server(config)
-    task = asyncio.create_task(web.serve())
+    # bound here, not by uvicorn: it answers a taken port or a bad host with sys.exit(), which
+    # escapes the event loop as a traceback and exit code 3
+    task = asyncio.create_task(web.serve(sockets=[_listening(host, port)]))
     while not web.started and not task.done():
         await asyncio.sleep(0.02)
     if web.started and ready is not None:
@@ -926,3 +967,22 @@ async def _serve_http(srv: Any, host: str, port: int, ready: Callable[[], None] 
     await task
     if not web.started:
         raise ConfigError(f"cannot serve on http://{host}:{port}/mcp (is the port taken?)")
+
+
+def _listening(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` for the HTTP server, or a :class:`ConfigError` why not."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve on http://{host}:{port}/mcp: {exc.strerror or exc}"
+                          ) from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot serve on http://{host}:{port}/mcp: {exc.strerror or exc}"
+                          ) from None
+    return sock

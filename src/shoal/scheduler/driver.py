@@ -72,9 +72,26 @@ from shoal.store.base import (
 from shoal.store.journal import Journal
 from shoal.store.resume import Resumption
 
-__all__ = ["Driver", "Snapshot"]
+__all__ = ["Driver", "Snapshot", "epoch_now"]
 
 log = logging.getLogger("shoal")
+
+
+def epoch_now(loop: asyncio.AbstractEventLoop | None = None) -> float:
+    """Now in epoch seconds, on the clock of ``loop`` (default: the running loop, if any).
+
+    A loop with a virtual clock (:class:`shoal.testing.VirtualClockLoop`) tells its own
+    (``loop.epoch()``): a run's date and its times, which count on the loop's clock, must
+    be on one clock, or a journal's runs and steps would not line up. Any other loop: the
+    wall clock.
+    """
+    if loop is None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return time.time()
+    virtual = getattr(loop, "epoch", None)
+    return float(virtual()) if callable(virtual) else time.time()
 
 
 def _shifted(event: Event, shift: float, epoch: float) -> Event:
@@ -178,6 +195,11 @@ class Driver:
         self._observer = observer
         self._internal.append(observer)
 
+    @property
+    def epoch(self) -> float:
+        """When the run started (epoch seconds; 0 until it has): :meth:`now` counts from it."""
+        return self._epoch
+
     def now(self) -> float:
         """Seconds since the run started, on the loop's clock."""
         return (self._loop.time() - self._t0) if self._loop is not None else 0.0
@@ -193,7 +215,7 @@ class Driver:
 
     async def _run(self) -> RunResult:
         self._loop = asyncio.get_running_loop()
-        self._epoch = time.time()
+        self._epoch = epoch_now(self._loop)
         # a resumed run keeps the clock of its first session: replayed times stay comparable
         offset = 0.0 if self._resume is None else self._epoch - self._resume.record.started_at
         self._epoch -= offset
@@ -611,7 +633,7 @@ class Driver:
             journal.add_many([OutcomeRecord(run_id, slot.outcome, slot.node.index)
                               for slot in self.state.slots if slot.outcome is not None])
         if journal.failed is None:
-            journal.add(RunEnded(self.state.run_id, status, time.time(), result.counts,
+            journal.add(RunEnded(self.state.run_id, status, epoch_now(self._loop), result.counts,
                                  result.makespan))
         try:
             await journal.close()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import selectors
+import time
 from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -96,11 +97,22 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
 
     def __init__(self, start: float = 0.0) -> None:
         self._clock = _Clock(start)
+        self._start = start
+        self._wall_start = time.time()
         super().__init__(_JumpingSelector(self._clock))
 
     def time(self) -> float:
         """The virtual time in seconds: the start, plus every wait the loop skipped."""
         return self._clock.now
+
+    def epoch(self) -> float:
+        """Now in epoch seconds on the virtual clock.
+
+        That is when the loop was made, plus the virtual time since. shoal dates runs and
+        agents with it (their ``started_at``) on this loop, so that the times it journals,
+        dates and offsets alike, are on one clock.
+        """
+        return self._wall_start + (self._clock.now - self._start)
 
 
 def run_virtual(coro: Coroutine[Any, Any, T], *, debug: bool | None = None) -> T:

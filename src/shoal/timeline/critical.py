@@ -30,14 +30,19 @@ def longest_chain(keys: Sequence[str], weights: Mapping[str, float],
         key = ready.popleft()
         done.append(key)
         for nxt in succs[key]:
-            if best[key] + weights.get(nxt, 0.0) > best[nxt]:
-                best[nxt], via[nxt] = best[key] + weights.get(nxt, 0.0), key
+            reach = best[key] + weights.get(nxt, 0.0)
+            # a tie still links a node to a predecessor: chains of no time stay chains
+            if reach > best[nxt] or (via[nxt] is None and reach >= best[nxt]):
+                best[nxt], via[nxt] = reach, key
             indegree[nxt] -= 1
             if indegree[nxt] == 0:
                 ready.append(nxt)
     if not done:
         return [], 0.0
-    end = max(done, key=lambda k: (best[k], k in weights))
+    # on a tie, the node later in the order wins: a step of no time after the chain (a map
+    # gathering its items) belongs on it
+    order = {k: i for i, k in enumerate(done)}
+    end = max(done, key=lambda k: (best[k], k in weights, order[k]))
     chain: list[str] = []
     cursor: str | None = end
     while cursor is not None and len(chain) <= len(nodes):

@@ -253,8 +253,16 @@ section h3 { margin: 0 0 8px; font-size: 14px; }
   if (kinds.model) key("model turn", "background: var(--model)");
   if (kinds.agent) key("subagent", "background: var(--agent)");
   if (kinds.map) key("map", "background: rgba(148,163,184,.12); border: 1px solid #9aa3b2");
-  ["failed", "timed_out", "cancelled", "skipped", "denied", "rejected", "running"].forEach(
-    function (s) { if (counts[s]) key(s, "background: var(" + COLORS[s] + ")"); });
+  ["failed", "timed_out", "cancelled", "skipped", "denied", "rejected", "in_doubt", "damaged",
+   "running"].forEach(function (s) {
+    if (counts[s]) key(s.replace("_", " "), "background: var(" + COLORS[s] + ")");
+  });
+  Object.keys(counts).sort().forEach(function (s) {  // any other: drawn grey, as cancelled
+    if (["ok", "waiting", "not run"].indexOf(s) < 0 &&  // those never started: dashed boxes
+        !Object.prototype.hasOwnProperty.call(COLORS, s)) {
+      key(s, "background: var(--cancelled)");
+    }
+  });
   key("critical path", "background: #fff; box-shadow: 0 0 0 2px #111");
   Object.keys(WAITS).forEach(function (k) {
     var used = bars.some(function (b) {
@@ -466,7 +474,8 @@ section h3 { margin: 0 0 8px; font-size: 14px; }
         var tr = el("tr");
         tr.appendChild(el("th", "", "#" + (i + 1)));
         tr.appendChild(el("td", "", secs(a[0]) + " \u2192 " + (has(a[1]) ? secs(a[1]) :
-          "running") + "  " + str(a[2]) + (a[3] ? ": " + str(a[3]) : "") +
+          a[2] === "running" ? "now" : "no end recorded") + "  " + str(a[2]) +
+          (a[3] ? ": " + str(a[3]) : "") +
           (a[4] ? " (held by " + str(a[4]) + ")" : "")));
         at.appendChild(tr);
       });

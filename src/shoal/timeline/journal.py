@@ -212,8 +212,9 @@ def _bar(run: _Run, node_id: str, key: str, lane: int, offset: float,
          tools: Mapping[str, Any], tries: Sequence[AttemptRecord]) -> Bar:
     stored = run.outcomes.get(node_id)
     spans = [Attempt(a.started_at + offset, None if a.ended_at is None else a.ended_at + offset,
-                     a.status or ("running" if a.ended_at is None else ""), a.error, a.held)
-             for a in tries]
+                     a.status or (_unended(run, i, tries) if a.ended_at is None else ""),
+                     a.error, a.held)
+             for i, a in enumerate(tries)]
     if stored is not None:
         bar = outcome_bar(stored.outcome, key, lane, offset)
         if stored.damaged:
@@ -232,6 +233,17 @@ def _bar(run: _Run, node_id: str, key: str, lane: int, offset: float,
                    executor=tries[-1].executor)
     return Bar(key, node_id, tool, lane, "waiting" if run.record.status == "running"
                else "not run", attempts=spans)
+
+
+def _unended(run: _Run, index: int, tries: Sequence[AttemptRecord]) -> str:
+    """What an attempt with no end is: ``running``, or ``interrupted``.
+
+    Interrupted when a later attempt (a resumed run's) or the run's end says its process ended
+    under it.
+    """
+    if index < len(tries) - 1 or run.record.status != "running":
+        return "interrupted"
+    return "running"
 
 
 def _tree_order(lanes: list[Lane], bars: Sequence[Bar]) -> list[Lane]:

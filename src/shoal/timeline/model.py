@@ -56,6 +56,12 @@ class Attempt:
     error: str = ""
     held: str = ""  # the limit that held it back once it was ready (as journaled)
 
+    def __post_init__(self) -> None:
+        # every attempt's error goes on the page: uncut, retries of a call failing with a
+        # megabyte of message would make a page of megabytes
+        self.error = preview(self.error)
+        self.held = preview(self.held, 300)
+
 
 @dataclass(slots=True)
 class Wait:
@@ -257,7 +263,7 @@ def _dependency_wait(bar: Bar, by_key: Mapping[str, Bar], since: float, ready: f
     others = len({p[0].key for p in known}) - 1
     text = (f"waited for {last.node_id} ({EDGE_WORDS.get(kind, kind)}: {detail})"
             + (f" and {others} other{'s' if others != 1 else ''}" if others > 0 else ""))
-    return Wait(WAIT_KINDS.get(kind, kind), since, ready, text)
+    return Wait(WAIT_KINDS.get(kind, kind), since, ready, preview(text, 600))
 
 
 def pack_rows(bars: Iterable[Bar], lane_count: int) -> list[int]:
