@@ -24,6 +24,8 @@ from shoal.limits import ProcessLimits, Rate, parse_process_limits, parse_rate
 
 __all__ = [
     "ISOLATIONS",
+    "RAY_OPTIONS",
+    "RESOURCE_STEP",
     "ApprovalRule",
     "Isolation",
     "RetryPolicy",
@@ -211,6 +213,13 @@ def policy_from(base: ToolPolicy, opts: Mapping[str, Any]) -> ToolPolicy:
     return replace(base, **updates)
 
 
+#: Resource names that are Ray's own task options, not custom resources (in any case).
+RAY_OPTIONS = {"num_cpus": "num_cpus", "cpu": "num_cpus", "num_gpus": "num_gpus",
+               "gpu": "num_gpus", "memory": "memory"}
+#: Ray counts resources in steps of this size; a smaller amount would be read as none.
+RESOURCE_STEP = 0.0001
+
+
 def _resources(spec: Any) -> tuple[tuple[str, float], ...]:
     """``{"num_cpus": 1, "GPU": 1}`` as a sorted tuple (policies are frozen and hashable)."""
     if spec is None:
@@ -219,13 +228,35 @@ def _resources(spec: Any) -> tuple[tuple[str, float], ...]:
         raise ToolDefinitionError(f"resources takes a mapping such as {{'num_cpus': 2}}, "
                                   f"got {spec!r}")
     items: list[tuple[str, float]] = []
+    options: dict[str, str] = {}
     for key, value in spec.items():
-        if (not isinstance(key, str) or isinstance(value, bool)
-                or not isinstance(value, int | float) or not math.isfinite(value) or value < 0):
+        _check_resource_name(key)
+        if (isinstance(value, bool) or not isinstance(value, int | float)
+                or not math.isfinite(value) or value < 0):
             raise ToolDefinitionError(f"resource {key!r} needs a number of 0 or more, "
                                       f"got {value!r}")
+        if 0 < value < RESOURCE_STEP:
+            raise ToolDefinitionError(
+                f"resource {key!r}: {value!r} is below the smallest amount Ray counts "
+                f"({RESOURCE_STEP:g}); ask for 0 or at least {RESOURCE_STEP:g}")
+        option = RAY_OPTIONS.get(key.lower())
+        if option is not None and option in options:
+            raise ToolDefinitionError(f"resources {options[option]!r} and {key!r} both set "
+                                      f"Ray's {option}; give one of them")
+        if option is not None:
+            options[option] = key
         items.append((key, float(value)))
     return tuple(sorted(items))
+
+
+def _check_resource_name(key: Any) -> None:
+    """A resource name must be text a Ray node can declare (``--resources='{"gpu-a": 1}'``)."""
+    if not isinstance(key, str) or not key.strip():
+        raise ToolDefinitionError(f"resource names are non-empty text such as 'num_cpus' or "
+                                  f"'node-b', got {key!r}")
+    if key != key.strip() or not key.isprintable():
+        raise ToolDefinitionError(f"resource name {key!r} has spaces at its ends or "
+                                  "unprintable characters; no node could declare it")
 
 
 def check_policy(name: str, is_async: bool, p: ToolPolicy) -> None:

@@ -64,6 +64,7 @@ import functools
 import logging
 import os
 import pickle
+import re
 import signal
 import sys
 import time
@@ -85,6 +86,7 @@ from shoal.executors._shipping import dumps, dumps_callable, loads, loads_callab
 from shoal.executors._tracing import joined
 from shoal.executors.base import Call, Executor
 from shoal.executors.results import load_result
+from shoal.policy import RAY_OPTIONS
 from shoal.tools import Tool
 
 __all__ = ["CANCEL_GRACE", "POOL_CONCURRENCY", "RayExecutor", "ray_options", "worker_path"]
@@ -103,8 +105,8 @@ POOL_THREADS = 1_000
 # Ray exceptions meaning the process that ran the call is gone, not that the tool failed.
 _CRASHES = ("WorkerCrashedError", "RayActorError", "NodeDiedError", "LocalRayletDiedError",
             "OutOfMemoryError", "ObjectLostError", "TaskCancelledError")
-_TOP_LEVEL = {"num_cpus": "num_cpus", "cpu": "num_cpus", "num_gpus": "num_gpus",
-              "gpu": "num_gpus", "memory": "memory"}
+# How Ray names the node in NodeDiedError's message ("... Node IP: 10.0.0.7, node ID: 4f1c...").
+_DIED_ON = re.compile(r"Node IP: ([^\s,]+), node ID: ([0-9a-fA-F]+)")
 
 log = logging.getLogger("shoal")
 
@@ -130,6 +132,18 @@ def _unpack(call: bytes) -> tuple[str, bool, Callable[..., Any], Any, dict[str, 
         raise SerializationError(
             f"tool {name!r} could not be loaded in the Ray worker: {type(exc).__name__}: {exc} "
             "(is its module importable there? see shoal.executors.ray on PYTHONPATH)") from exc
+
+
+@functools.lru_cache(maxsize=1)
+def _here() -> str:
+    """The node running this worker: its address and Ray node id (``"10.0.0.7 node 4f1c..."``)."""
+    try:
+        import ray
+
+        util: Any = ray.util  # untyped here
+        return f"{util.get_node_ip_address()} node {ray.get_runtime_context().get_node_id()}"
+    except Exception:  # not in a Ray worker: nowhere to name
+        return ""
 
 
 def _ok_reply(name: str, value: Any) -> bytes:
@@ -172,10 +186,11 @@ def _take_sigint() -> None:
             signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def run_task(call: bytes) -> bytes:
-    """One call (from :func:`_pack`) as a Ray task: every outcome becomes a reply (bytes).
+def run_task(call: bytes) -> tuple[bytes, str]:
+    """One call (from :func:`_pack`) as a Ray task: its reply (bytes) and the node it ran on.
 
-    ``KeyboardInterrupt`` (how ``ray.cancel`` stops a task) and cancellation propagate.
+    Every outcome becomes a reply; ``KeyboardInterrupt`` (how ``ray.cancel`` stops a task)
+    and cancellation propagate.
     """
     _take_sigint()
     try:
@@ -185,8 +200,8 @@ def run_task(call: bytes) -> bytes:
     except (KeyboardInterrupt, asyncio.CancelledError):
         raise
     except BaseException as exc:  # SystemExit too: the tool failed, the worker lives on
-        return error_reply(exc)
-    return _ok_reply(name, value)
+        return error_reply(exc), _here()
+    return _ok_reply(name, value), _here()
 
 
 class PoolWorker:
@@ -195,8 +210,11 @@ class PoolWorker:
     def __init__(self) -> None:
         self._threads = ThreadPoolExecutor(POOL_THREADS, thread_name_prefix="shoal-ray")
 
-    async def run(self, call: bytes) -> bytes:
-        """One call (from :func:`_pack`): async tools on this loop, sync tools on threads."""
+    async def run(self, call: bytes) -> tuple[bytes, str]:
+        """One call (from :func:`_pack`): async tools on this loop, sync tools on threads.
+
+        Returns the reply and the node this actor runs on.
+        """
         try:
             name, is_async, fn, args, trace = _unpack(call)
             with joined(trace):  # this task's context; a thread gets a copy of it
@@ -210,8 +228,8 @@ class PoolWorker:
         except asyncio.CancelledError:  # ray.cancel of this call
             raise
         except BaseException as exc:
-            return error_reply(exc)
-        return _ok_reply(name, value)
+            return error_reply(exc), _here()
+        return _ok_reply(name, value), _here()
 
 
 # ---- driver side --------------------------------------------------------------------------
@@ -226,7 +244,7 @@ def ray_options(resources: tuple[tuple[str, float], ...]) -> tuple[dict[str, Any
     options: dict[str, Any] = {"num_cpus": 1.0, "max_retries": 0, "retry_exceptions": False}
     custom: dict[str, float] = {}
     for name, amount in resources:
-        key = _TOP_LEVEL.get(name.lower())
+        key = RAY_OPTIONS.get(name.lower())
         if key is None:
             custom[name] = amount
         else:
@@ -446,13 +464,14 @@ class RayExecutor(Executor):
         """Await a submitted call's reply; stop its work if cancelled; translate Ray's errors."""
         call.began_at = time.monotonic()  # submitted: Ray queues and starts it from here
         try:
-            reply: bytes = await ref
+            got = await ref
         except asyncio.CancelledError:
             self._stop(session, ref, call, pooled=pooled)
             raise
         except Exception as exc:
+            call.where = _died_on(exc)
             raise _ray_failure(session.ray, call.tool.name, exc) from None
-        return reply
+        return _landed(call, got)
 
     async def _on_pool(self, session: _Session, call: Call, payload: bytes) -> Any:
         """:meth:`execute` for a call on the actor pool."""
@@ -563,6 +582,21 @@ def _pack(call: Call) -> bytes:
     if call.trace:
         fields += (call.trace,)
     return pickle.dumps(fields, pickle.HIGHEST_PROTOCOL)
+
+
+def _landed(call: Call, got: Any) -> bytes:
+    """A worker's reply; the node it names goes on ``call`` (an older shoal sends no node)."""
+    if isinstance(got, tuple) and len(got) == 2:
+        reply, where = got
+        call.where = str(where)
+        return bytes(reply)
+    return bytes(got)
+
+
+def _died_on(exc: Exception) -> str:
+    """The node that Ray says died under the call (``NodeDiedError``), else ``""``."""
+    found = _DIED_ON.search(str(exc))
+    return f"{found[1]} node {found[2]}" if found else ""
 
 
 def _unpack_reply(name: str, reply: bytes) -> Any:
