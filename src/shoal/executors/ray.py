@@ -402,6 +402,9 @@ def _connect(ray: Any, address: str | None) -> bool:
     if target == "local":  # a new Ray of our own ("local": never one found in /tmp/ray)
         options["include_dashboard"] = False
     if target == "local" or _is_loopback(target):
+        host = _host(target)
+        if host.startswith("127.") and host != "127.0.0.1":  # a head on another loopback IP
+            options["_node_ip_address"] = host  # (nodes on one machine): join it there
         with _loopback_only(ray):  # a cluster on loopback sees this driver there, too
             ray.init(**options)
     else:
@@ -409,9 +412,14 @@ def _connect(ray: Any, address: str | None) -> bool:
     return True
 
 
+def _host(address: str) -> str:
+    """The host of ``host:port`` (``ray://`` or not)."""
+    return address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
+
+
 def _is_loopback(address: str) -> bool:
     """Whether ``host:port`` (``ray://`` or not) names this machine's loopback interface."""
-    host = address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
+    host = _host(address)
     return host == "localhost" or host == "::1" or host.startswith("127.")
 
 
