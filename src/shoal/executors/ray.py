@@ -2,11 +2,12 @@
 
 **Connecting.** :meth:`RayExecutor.start` connects to ``address`` (``Runtime(ray_address=...)``),
 else to ``$RAY_ADDRESS``, else starts a private single-node Ray on this machine, bound to the
-loopback interface (as is this driver when the address given is a loopback one). If Ray is
-already initialised in this process (``ray.init`` by the user), that connection is used as it
-is. Starting a local Ray blocks the event loop for a few seconds, once: ``ray.init`` must run
-on a thread that outlives it (Ray's processes die with the thread that started them). One
-connection serves every executor of the process (Ray allows one per process); it is counted,
+loopback interface (as is this driver when the address given is a loopback one: at the head's
+own loopback address, so that nodes on 127.0.0.2, 127.0.0.3... of one machine form a cluster).
+If Ray is already initialised in this process (``ray.init`` by the user), that connection is
+used as it is. Starting a local Ray blocks the event loop for a few seconds, once: ``ray.init``
+must run on a thread that outlives it (Ray's processes die with the thread that started them).
+One connection serves every executor of the process (Ray allows one per process); it is counted,
 and the last executor to close shuts Ray down, but only if shoal started or connected it: an
 external cluster, and a Ray the user initialised, are left running. ``ray`` is imported here,
 on first use (``pip install 'shoal[ray]'``).
@@ -15,8 +16,9 @@ on first use (``pip install 'shoal[ray]'``).
 :mod:`shoal.executors._shipping`), which a worker imports. When shoal starts or connects Ray,
 it sets the job's ``runtime_env`` so that workers see the driver's own source directories:
 ``PYTHONPATH`` is the driver's ``sys.path`` without the interpreter's standard library and
-site-packages (the workers' Python has its own). On a remote cluster, shoal and the tool's
-dependencies must be installed there; the tool modules themselves can be local files.
+site-packages (the workers' Python has its own). That serves nodes that see the driver's
+paths; on other machines shoal, the tools' dependencies and the tools' modules must be
+installed there (or shipped with a ``runtime_env`` of the user's own ``ray.init``).
 
 **Two routes.** A call's ``ToolPolicy.resources`` decide where it runs:
 
@@ -40,6 +42,9 @@ dependencies must be installed there; the tool modules themselves can be local f
   restarts the actor), and a sync tool cannot be stopped: cancelled, it is left to finish on
   its thread and its outcome says ``abandoned``. Async tools are cancelled at their next
   ``await``.
+
+**Where.** Workers send back, with each reply, the node they ran on (its address and Ray node
+id), which becomes the outcome's ``where``; a ``NodeDiedError`` names the node that died.
 
 **Errors.** Ray's own retries are off (``max_retries=0``): shoal's retry policy decides. A
 tool's exception comes back as itself, its traceback in the worker attached as the cause; one
