@@ -29,7 +29,7 @@ FREE = {"num_cpus": 0}  # shoal's actor pool: one actor per node
 
 
 def placed(directory: str) -> Plan:
-    """Calls pinned to each node by their resources, pooled calls, one needing approval."""
+    """Calls pinned to each node by their resources or labels, pooled calls, one approved."""
     del directory
     plan = Plan()
     on_ray = rt.node_ip.options(isolation="ray")
@@ -39,6 +39,8 @@ def placed(directory: str) -> Plan:
     for i in range(2):
         plan.call(on_ray.options(resources=FREE), node_id=f"pooled{i}")
     plan.call(on_ray.options(resources=ON_B, approval=True), node_id="approved")
+    plan.call(on_ray.options(labels={"zone": "b"}), node_id="zone-b")
+    plan.call(on_ray.options(labels={"zone": "!b"}), node_id="not-zone-b")
     return plan
 
 

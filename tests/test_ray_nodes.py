@@ -1,7 +1,8 @@
 """shoal on a Ray cluster of two nodes on this machine: placement by resources, a node lost.
 
-The module starts a cluster of its own: a head node (``{"node-a": 1}``, one CPU) on 127.0.0.2
-and a worker node (``{"node-b": 1}``, one CPU) on 127.0.0.3, both on the loopback interface,
+The module starts a cluster of its own: a head node (resource ``{"node-a": 1}``, label
+``zone=a``, one CPU) on 127.0.0.2 and a worker node (``{"node-b": 1}``, ``zone=b``, one CPU)
+on 127.0.0.3, both on the loopback interface,
 each with its own temporary directory and ports; other Ray clusters on the machine (on
 127.0.0.1) are left alone. Ray turns a worker node's 127.0.0.1 into the machine's network
 address, so the nodes use other loopback addresses, which Linux routes without setup.
@@ -73,6 +74,7 @@ class Cluster:
             "--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
             "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port")}
         return [f"--node-ip-address={ip}", "--num-cpus=1", f"--resources={{\"{name}\": 1}}",
+                f"--labels=zone={name[-1]}",
                 f"--temp-dir={self.root / name}", "--disable-usage-stats",
                 "--object-store-memory=100000000", f"--min-worker-port={base}",
                 f"--max-worker-port={base + 99}", *(f"{k}={v}" for k, v in ports.items())]
@@ -165,9 +167,9 @@ def test_calls_land_where_their_resources_say(cluster: Cluster, tmp_path: Path) 
     for node_id, outcome in outcomes.items():
         where = ran_on(outcome["where"])
         assert where == outcome["value"], outcome  # recorded where the tool itself ran
-        if node_id in ("a0", "a1", "a2"):
+        if node_id in ("a0", "a1", "a2", "not-zone-b"):
             assert where == HEAD, outcome
-        elif node_id in ("b0", "b1", "b2", "approved"):
+        elif node_id in ("b0", "b1", "b2", "approved", "zone-b"):
             assert where == WORKER, outcome
         assert data["journal"][node_id] == outcome["where"]  # and so says the journal
     # calls that reserve nothing run on shoal's actors, placed one per node as a preference

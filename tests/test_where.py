@@ -124,3 +124,21 @@ def test_good_resources_are_kept() -> None:
     spec = {"node-b": 1, "node:10.0.0.7": 0.01, "num_cpus": 0, "memory": 2e9}
     policy = echo.options(isolation="ray", resources=spec).policy
     assert dict(policy.resources) == {k: float(v) for k, v in spec.items()}
+
+
+@pytest.mark.parametrize("labels", [["zone"], {"": "b"}, {"zone": 1}, {3: "b"}, "zone=b"])
+def test_bad_labels_are_refused_when_the_tool_is_defined(labels: Any) -> None:
+    with pytest.raises(ToolDefinitionError, match="labels"):
+        echo.options(isolation="ray", labels=labels)
+
+
+def test_labels_become_rays_label_selector_and_never_the_pool() -> None:
+    from shoal.executors.ray import ray_options
+
+    policy = echo.options(isolation="ray", labels={"zone": "!b", "disk": "ssd"},
+                          resources={"num_cpus": 0}).policy
+    assert policy.labels == (("disk", "ssd"), ("zone", "!b"))
+    options, pooled = ray_options(policy.resources, policy.labels)
+    assert options["label_selector"] == {"disk": "ssd", "zone": "!b"}
+    assert not pooled  # the pool's actors are placed without regard to labels
+    assert ray_options((("num_cpus", 0.0),))[1]

@@ -132,8 +132,10 @@ class ToolPolicy:
     the run has measured the tool. ``isolation=None`` lets the runtime choose: its ``executor``
     setting if given, else ``inline`` for async and ``thread`` for sync tools.
     ``resources`` are what a call needs on a Ray cluster (``num_cpus``, ``num_gpus``,
-    ``memory``, or custom resources); ``limits`` are OS limits on a process worker; ``env``
-    names environment variables a process worker may see besides the runtime's allow-list.
+    ``memory``, or custom resources); ``labels`` the node labels it needs there (Ray's
+    ``label_selector``: ``{"zone": "b"}``, ``{"zone": "!b"}``, ``{"zone": "in(a,b)"}``);
+    ``limits`` are OS limits on a process worker; ``env`` names environment variables a
+    process worker may see besides the runtime's allow-list.
     ``trust_results=True`` loads the replies of the tool's process workers with plain pickle
     instead of :mod:`shoal.executors.results`' restricted loading: only for tools whose code
     is as trusted as the application's own (a pickle can run any code where it is loaded).
@@ -152,6 +154,7 @@ class ToolPolicy:
     idempotent: bool = False
     estimate: float | None = None
     resources: tuple[tuple[str, float], ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
     limits: ProcessLimits | None = None
     env: tuple[str, ...] = ()
     trust_results: bool = False
@@ -160,7 +163,7 @@ class ToolPolicy:
 _POLICY_KEYS = frozenset({
     "timeout", "retries", "retry_on", "backoff", "max_backoff", "jitter", "isolation",
     "max_concurrency", "rate", "reads", "writes", "merges", "exclusive", "approval",
-    "idempotent", "estimate", "retry", "resources", "limits", "env", "trust_results",
+    "idempotent", "estimate", "retry", "resources", "labels", "limits", "env", "trust_results",
 })  # fmt: skip
 
 
@@ -210,6 +213,8 @@ def policy_from(base: ToolPolicy, opts: Mapping[str, Any]) -> ToolPolicy:
         updates["limits"] = parse_process_limits(opts["limits"])
     if "resources" in opts:
         updates["resources"] = _resources(opts["resources"])
+    if "labels" in opts:
+        updates["labels"] = _labels(opts["labels"])
     return replace(base, **updates)
 
 
@@ -247,6 +252,21 @@ def _resources(spec: Any) -> tuple[tuple[str, float], ...]:
             options[option] = key
         items.append((key, float(value)))
     return tuple(sorted(items))
+
+
+def _labels(spec: Any) -> tuple[tuple[str, str], ...]:
+    """``{"zone": "b"}`` as a sorted tuple; Ray checks the selector syntax when it is used."""
+    if spec is None:
+        return ()
+    if not isinstance(spec, Mapping):
+        raise ToolDefinitionError(f"labels takes a mapping of node label to value, such as "
+                                  f"{{'zone': 'b'}}, got {spec!r}")
+    for key, value in spec.items():
+        if not isinstance(key, str) or not key.strip() or not isinstance(value, str):
+            raise ToolDefinitionError(f"labels: a label is non-empty text and its value is "
+                                      f"text (such as 'b', '!b' or 'in(a,b)'), got "
+                                      f"{key!r}: {value!r}")
+    return tuple(sorted(spec.items()))
 
 
 def _check_resource_name(key: Any) -> None:

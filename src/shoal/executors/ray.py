@@ -240,11 +240,14 @@ class PoolWorker:
 # ---- driver side --------------------------------------------------------------------------
 
 
-def ray_options(resources: tuple[tuple[str, float], ...]) -> tuple[dict[str, Any], bool]:
-    """Ray task options for a tool's ``resources``, and whether the call reserves nothing.
+def ray_options(resources: tuple[tuple[str, float], ...],
+                labels: tuple[tuple[str, str], ...] = ()) -> tuple[dict[str, Any], bool]:
+    """Ray task options for a tool's ``resources`` and ``labels``, and whether it is pooled.
 
     ``num_cpus`` (default 1), ``num_gpus`` and ``memory`` (bytes) are Ray's own options, also
-    accepted as ``CPU`` / ``GPU``; any other name is a custom resource. Ray's retries are off.
+    accepted as ``CPU`` / ``GPU``; any other name is a custom resource. ``labels`` become
+    Ray's ``label_selector``. Ray's retries are off. A call that reserves nothing and needs no
+    labels runs on shoal's actor pool (whose actors are placed without regard to labels).
     """
     options: dict[str, Any] = {"num_cpus": 1.0, "max_retries": 0, "retry_exceptions": False}
     custom: dict[str, float] = {}
@@ -256,8 +259,10 @@ def ray_options(resources: tuple[tuple[str, float], ...]) -> tuple[dict[str, Any
             options[key] = int(amount) if key == "memory" else amount
     if custom:
         options["resources"] = custom
+    if labels:
+        options["label_selector"] = dict(labels)
     reserves = any(options.get(k) for k in ("num_cpus", "num_gpus", "memory"))
-    return options, not (reserves or any(custom.values()))
+    return options, not (reserves or any(custom.values()) or labels)
 
 
 def worker_path() -> str:
@@ -372,14 +377,14 @@ class _Session:
         self.users = 0
         self.task = ray.remote(run_task)
         self.pool = _Pool(ray)
-        self._options: dict[tuple[tuple[tuple[str, float], ...], str], tuple[Any, bool]] = {}
+        self._options: dict[tuple[Any, ...], tuple[Any, bool]] = {}  # (resources, labels, name)
 
     def route(self, tool: Tool[..., Any]) -> tuple[Any, bool]:
         """The remote function for ``tool``'s calls (options applied), and whether pooled."""
-        key = (tool.policy.resources, tool.name)
+        key = (tool.policy.resources, tool.policy.labels, tool.name)
         found = self._options.get(key)
         if found is None:  # .options() builds a new wrapper: once per tool and resources
-            options, pooled = ray_options(tool.policy.resources)
+            options, pooled = ray_options(tool.policy.resources, tool.policy.labels)
             found = (None if pooled else self.task.options(name=f"shoal:{tool.name}", **options),
                      pooled)
             self._options[key] = found
