@@ -3,9 +3,11 @@
 The module starts a cluster of its own: a head node (resource ``{"node-a": 1}``, label
 ``zone=a``, one CPU) on 127.0.0.2 and a worker node (``{"node-b": 1}``, ``zone=b``, one CPU)
 on 127.0.0.3, both on the loopback interface,
-each with its own temporary directory and ports; other Ray clusters on the machine (on
-127.0.0.1) are left alone. Ray turns a worker node's 127.0.0.1 into the machine's network
-address, so the nodes use other loopback addresses, which Linux routes without setup.
+each with its own temporary directory and ports (Ray's servers listen on every interface
+here, so the ports are chosen free on all of them; token authentication guards them); other
+Ray clusters on the machine (on 127.0.0.1) are left alone. Ray turns a worker node's
+127.0.0.1 into the machine's network address, so the nodes use other loopback addresses,
+which Linux routes without setup.
 Teardown kills the cluster's processes (found by their temporary directory), never
 ``ray stop``, which would stop every Ray on the machine.
 
@@ -36,14 +38,21 @@ psutil = pytest.importorskip("psutil")
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAD, WORKER = "127.0.0.2", "127.0.0.3"
-RAY = str(Path(sys.executable).with_name("ray"))
-pytestmark = pytest.mark.skipif(sys.platform != "linux",
-                                reason="needs loopback addresses besides 127.0.0.1 (Linux)")
+RAY = next((str(p) for p in (Path(sys.executable).with_name("ray"),) if p.exists()),
+           shutil.which("ray") or "")
+pytestmark = [
+    pytest.mark.skipif(sys.platform != "linux",
+                       reason="needs loopback addresses besides 127.0.0.1 (Linux)"),
+    pytest.mark.skipif(not RAY, reason="the ray command (from pip install 'shoal[ray]') is "
+                       "not beside this Python nor on PATH"),
+]
 
 
-def free_port(host: str) -> int:
+def free_port() -> int:
+    """A port free on every interface: with ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1`` (which a
+    worker node needs) Ray's servers listen on all of them, whatever the node's address."""
     with socket.socket() as s:
-        s.bind((host, 0))
+        s.bind(("", 0))
         return int(s.getsockname()[1])
 
 
@@ -62,7 +71,7 @@ class Cluster:
     def __init__(self) -> None:
         # short: Ray's socket paths live under it, and a socket path has ~100 characters
         self.root = Path(tempfile.mkdtemp(prefix="shoal-nodes-"))
-        self.port = free_port(HEAD)
+        self.port = free_port()
         self.address = f"{HEAD}:{self.port}"
         self.env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1",
                     "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
@@ -70,7 +79,7 @@ class Cluster:
         self.env.pop("RAY_ADDRESS", None)
 
     def node_args(self, ip: str, name: str, base: int) -> list[str]:
-        ports = {flag: free_port(ip) for flag in (
+        ports = {flag: free_port() for flag in (
             "--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
             "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port")}
         return [f"--node-ip-address={ip}", "--num-cpus=1", f"--resources={{\"{name}\": 1}}",
@@ -82,7 +91,7 @@ class Cluster:
     def start(self) -> None:
         base = 30000 + 200 * (os.getpid() % 10)  # worker ports, below the ephemeral range
         self._ray("start", "--head", f"--port={self.port}", "--include-dashboard=false",
-                  f"--dashboard-port={free_port(HEAD)}", *self.node_args(HEAD, "node-a", base))
+                  f"--dashboard-port={free_port()}", *self.node_args(HEAD, "node-a", base))
         self._ray("start", f"--address={self.address}",
                   *self.node_args(WORKER, "node-b", base + 100))
 
