@@ -605,10 +605,9 @@ def _pack(call: Call) -> bytes:
 def _landed(call: Call, got: Any) -> bytes:
     """A worker's reply; the node it names goes on ``call`` (an older shoal sends no node)."""
     if isinstance(got, tuple) and len(got) == 2:
-        reply, where = got
+        got, where = got
         call.where = str(where)
-        return bytes(reply)
-    return bytes(got)
+    return got if isinstance(got, bytes) else bytes(got)  # no copy of a large reply
 
 
 def _died_on(exc: Exception) -> str:
