@@ -616,8 +616,13 @@ def _died_on(exc: Exception) -> str:
     return f"{found[1]} node {found[2]}" if found else ""
 
 
-def _unpack_reply(name: str, reply: bytes) -> Any:
-    """The tool's value, or raise its error (rebuilt here, with the worker's traceback)."""
+def _unpack_reply(name: str, reply: bytes | tuple[bytes, str]) -> Any:
+    """The tool's value, or raise its error (rebuilt here, with the worker's traceback).
+
+    ``reply`` is a worker's reply, or what :func:`run_task` returns (reply and node).
+    """
+    if isinstance(reply, tuple):
+        reply = reply[0]
     try:
         kind, *rest = load_result(reply, "the reply")
     except Exception as exc:
