@@ -140,3 +140,24 @@ def takes_anything(value: Any) -> str:
 async def join(parts: list[Any], sep: str = "-") -> str:
     """Join ``parts`` as text."""
     return sep.join(map(str, parts))
+
+
+@tool
+def node_ip() -> str:
+    """The address of the Ray node the call ran on."""
+    import ray
+
+    util: Any = ray.util
+    return str(util.get_node_ip_address())
+
+
+@tool(retries=2, backoff=0.2)
+def mark_and_wait(directory: str, name: str, seconds: float) -> str:
+    """Write ``name.<node address>.started`` (one per attempt), sleep, return the node address.
+
+    The test watches for these files to kill a node while a call runs on it.
+    """
+    ip = node_ip()
+    Path(directory, f"{name}.{ip}.{os.getpid()}.started").touch()
+    time.sleep(seconds)
+    return ip

@@ -182,6 +182,9 @@ class Outcome:
     stopped, whose tool is not idempotent, so shoal cannot know whether it took effect; it
     waits for a decision). ``abandoned`` is true when a timed-out or cancelled call was
     running on a thread, which cannot be stopped: it was left to finish and its result dropped.
+    ``where`` names the machine its last attempt ran on: this machine's host name for the
+    inline, thread and process backends; for Ray the node's address and Ray node id
+    (``"10.0.0.7 node 4f1c..."``); empty when the call never ran or its backend does not say.
     """
 
     node_id: str
@@ -196,6 +199,7 @@ class Outcome:
     finished_at: float | None = None
     executor: str = ""
     abandoned: bool = False
+    where: str = ""
 
     @property
     def ok(self) -> bool:
@@ -220,6 +224,7 @@ class Outcome:
             "reason": self.reason, "attempts": self.attempts, "queued_at": self.queued_at,
             "started_at": self.started_at, "finished_at": self.finished_at,
             "duration": self.duration, "executor": self.executor, "abandoned": self.abandoned,
+            "where": self.where,
         }  # fmt: skip
 
 

@@ -24,6 +24,8 @@ from shoal.limits import ProcessLimits, Rate, parse_process_limits, parse_rate
 
 __all__ = [
     "ISOLATIONS",
+    "RAY_OPTIONS",
+    "RESOURCE_STEP",
     "ApprovalRule",
     "Isolation",
     "RetryPolicy",
@@ -130,8 +132,10 @@ class ToolPolicy:
     the run has measured the tool. ``isolation=None`` lets the runtime choose: its ``executor``
     setting if given, else ``inline`` for async and ``thread`` for sync tools.
     ``resources`` are what a call needs on a Ray cluster (``num_cpus``, ``num_gpus``,
-    ``memory``, or custom resources); ``limits`` are OS limits on a process worker; ``env``
-    names environment variables a process worker may see besides the runtime's allow-list.
+    ``memory``, or custom resources); ``labels`` the node labels it needs there (Ray's
+    ``label_selector``: ``{"zone": "b"}``, ``{"zone": "!b"}``, ``{"zone": "in(a,b)"}``);
+    ``limits`` are OS limits on a process worker; ``env`` names environment variables a
+    process worker may see besides the runtime's allow-list.
     ``trust_results=True`` loads the replies of the tool's process workers with plain pickle
     instead of :mod:`shoal.executors.results`' restricted loading: only for tools whose code
     is as trusted as the application's own (a pickle can run any code where it is loaded).
@@ -150,6 +154,7 @@ class ToolPolicy:
     idempotent: bool = False
     estimate: float | None = None
     resources: tuple[tuple[str, float], ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
     limits: ProcessLimits | None = None
     env: tuple[str, ...] = ()
     trust_results: bool = False
@@ -158,7 +163,7 @@ class ToolPolicy:
 _POLICY_KEYS = frozenset({
     "timeout", "retries", "retry_on", "backoff", "max_backoff", "jitter", "isolation",
     "max_concurrency", "rate", "reads", "writes", "merges", "exclusive", "approval",
-    "idempotent", "estimate", "retry", "resources", "limits", "env", "trust_results",
+    "idempotent", "estimate", "retry", "resources", "labels", "limits", "env", "trust_results",
 })  # fmt: skip
 
 
@@ -208,7 +213,16 @@ def policy_from(base: ToolPolicy, opts: Mapping[str, Any]) -> ToolPolicy:
         updates["limits"] = parse_process_limits(opts["limits"])
     if "resources" in opts:
         updates["resources"] = _resources(opts["resources"])
+    if "labels" in opts:
+        updates["labels"] = _labels(opts["labels"])
     return replace(base, **updates)
+
+
+#: Resource names that are Ray's own task options, not custom resources (in any case).
+RAY_OPTIONS = {"num_cpus": "num_cpus", "cpu": "num_cpus", "num_gpus": "num_gpus",
+               "gpu": "num_gpus", "memory": "memory"}
+#: Ray counts resources in steps of this size; a smaller amount would be read as none.
+RESOURCE_STEP = 0.0001
 
 
 def _resources(spec: Any) -> tuple[tuple[str, float], ...]:
@@ -219,13 +233,50 @@ def _resources(spec: Any) -> tuple[tuple[str, float], ...]:
         raise ToolDefinitionError(f"resources takes a mapping such as {{'num_cpus': 2}}, "
                                   f"got {spec!r}")
     items: list[tuple[str, float]] = []
+    options: dict[str, str] = {}
     for key, value in spec.items():
-        if (not isinstance(key, str) or isinstance(value, bool)
-                or not isinstance(value, int | float) or not math.isfinite(value) or value < 0):
+        _check_resource_name(key)
+        if (isinstance(value, bool) or not isinstance(value, int | float)
+                or not math.isfinite(value) or value < 0):
             raise ToolDefinitionError(f"resource {key!r} needs a number of 0 or more, "
                                       f"got {value!r}")
+        if 0 < value < RESOURCE_STEP:
+            raise ToolDefinitionError(
+                f"resource {key!r}: {value!r} is below the smallest amount Ray counts "
+                f"({RESOURCE_STEP:g}); ask for 0 or at least {RESOURCE_STEP:g}")
+        option = RAY_OPTIONS.get(key.lower())
+        if option is not None and option in options:
+            raise ToolDefinitionError(f"resources {options[option]!r} and {key!r} both set "
+                                      f"Ray's {option}; give one of them")
+        if option is not None:
+            options[option] = key
         items.append((key, float(value)))
     return tuple(sorted(items))
+
+
+def _labels(spec: Any) -> tuple[tuple[str, str], ...]:
+    """``{"zone": "b"}`` as a sorted tuple; Ray checks the selector syntax when it is used."""
+    if spec is None:
+        return ()
+    if not isinstance(spec, Mapping):
+        raise ToolDefinitionError(f"labels takes a mapping of node label to value, such as "
+                                  f"{{'zone': 'b'}}, got {spec!r}")
+    for key, value in spec.items():
+        if not isinstance(key, str) or not key.strip() or not isinstance(value, str):
+            raise ToolDefinitionError(f"labels: a label is non-empty text and its value is "
+                                      f"text (such as 'b', '!b' or 'in(a,b)'), got "
+                                      f"{key!r}: {value!r}")
+    return tuple(sorted(spec.items()))
+
+
+def _check_resource_name(key: Any) -> None:
+    """A resource name must be text a Ray node can declare (``--resources='{"gpu-a": 1}'``)."""
+    if not isinstance(key, str) or not key.strip():
+        raise ToolDefinitionError(f"resource names are non-empty text such as 'num_cpus' or "
+                                  f"'node-b', got {key!r}")
+    if key != key.strip() or not key.isprintable():
+        raise ToolDefinitionError(f"resource name {key!r} has spaces at its ends or "
+                                  "unprintable characters; no node could declare it")
 
 
 def check_policy(name: str, is_async: bool, p: ToolPolicy) -> None:

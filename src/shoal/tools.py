@@ -259,7 +259,8 @@ def tool(
     (``"20/s"``), ``reads`` / ``writes`` (resource keys such as ``"file:{path}"``),
     ``merges`` (keys the call only merges into commutatively, such as ``"board:count"``),
     ``exclusive``, ``approval`` (bool or predicate over the arguments), ``idempotent``,
-    ``estimate`` (expected seconds, for critical-path ordering).
+    ``estimate`` (expected seconds, for critical-path ordering), ``resources`` / ``labels``
+    (what a Ray call needs of its node: ``{"num_gpus": 1}``, ``{"zone": "b"}``).
     """
 
     def make(func: Callable[..., Any]) -> Tool[Any, Any]:

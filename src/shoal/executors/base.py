@@ -38,6 +38,9 @@ class Call:
     #: caller's trace; set only when shoal is instrumented (see :mod:`shoal.instrumentation`)
     trace: dict[str, str] | None = None
     held: str = ""  # the limit that held the attempt back once it was ready, if one did
+    #: where the attempt ran, when the backend knows it per call (a Ray node); see
+    #: :attr:`Executor.runs_here` for backends whose calls all run on this machine
+    where: str = ""
 
 
 class Executor(ABC):
@@ -46,6 +49,9 @@ class Executor(ABC):
     name: ClassVar[str]
     #: Whether :meth:`prepare` does anything (the driver skips the await when it does not).
     prepares: ClassVar[bool] = False
+    #: Whether every call runs on this machine (its outcome's ``where`` is then this host's
+    #: name); a backend that runs calls elsewhere sets ``call.where`` itself, or says nothing.
+    runs_here: ClassVar[bool] = False
 
     async def start(self) -> None:
         """Acquire resources (pools, connections). Called once before the first call."""

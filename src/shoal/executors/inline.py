@@ -15,6 +15,7 @@ class InlineExecutor(Executor):
     """Awaits async tools on the running loop; cancellation stops them at their next ``await``."""
 
     name = "inline"
+    runs_here = True
 
     def execute(self, call: Call) -> Awaitable[Any]:
         """The tool's own coroutine: awaiting it directly saves a frame on the hottest path."""

@@ -500,6 +500,7 @@ class ProcessExecutor(Executor):
     """
 
     name = "process"
+    runs_here = True
 
     def __init__(self, max_workers: int, *, pass_env: Sequence[str] = (),
                  sandbox: str = "none", start_method: str = "template") -> None:

@@ -2,11 +2,12 @@
 
 **Connecting.** :meth:`RayExecutor.start` connects to ``address`` (``Runtime(ray_address=...)``),
 else to ``$RAY_ADDRESS``, else starts a private single-node Ray on this machine, bound to the
-loopback interface (as is this driver when the address given is a loopback one). If Ray is
-already initialised in this process (``ray.init`` by the user), that connection is used as it
-is. Starting a local Ray blocks the event loop for a few seconds, once: ``ray.init`` must run
-on a thread that outlives it (Ray's processes die with the thread that started them). One
-connection serves every executor of the process (Ray allows one per process); it is counted,
+loopback interface (as is this driver when the address given is a loopback one: at the head's
+own loopback address, so that nodes on 127.0.0.2, 127.0.0.3... of one machine form a cluster).
+If Ray is already initialised in this process (``ray.init`` by the user), that connection is
+used as it is. Starting a local Ray blocks the event loop for a few seconds, once: ``ray.init``
+must run on a thread that outlives it (Ray's processes die with the thread that started them).
+One connection serves every executor of the process (Ray allows one per process); it is counted,
 and the last executor to close shuts Ray down, but only if shoal started or connected it: an
 external cluster, and a Ray the user initialised, are left running. ``ray`` is imported here,
 on first use (``pip install 'shoal[ray]'``).
@@ -15,8 +16,9 @@ on first use (``pip install 'shoal[ray]'``).
 :mod:`shoal.executors._shipping`), which a worker imports. When shoal starts or connects Ray,
 it sets the job's ``runtime_env`` so that workers see the driver's own source directories:
 ``PYTHONPATH`` is the driver's ``sys.path`` without the interpreter's standard library and
-site-packages (the workers' Python has its own). On a remote cluster, shoal and the tool's
-dependencies must be installed there; the tool modules themselves can be local files.
+site-packages (the workers' Python has its own). That serves nodes that see the driver's
+paths; on other machines shoal, the tools' dependencies and the tools' modules must be
+installed there (or shipped with a ``runtime_env`` of the user's own ``ray.init``).
 
 **Two routes.** A call's ``ToolPolicy.resources`` decide where it runs:
 
@@ -41,6 +43,9 @@ dependencies must be installed there; the tool modules themselves can be local f
   its thread and its outcome says ``abandoned``. Async tools are cancelled at their next
   ``await``.
 
+**Where.** Workers send back, with each reply, the node they ran on (its address and Ray node
+id), which becomes the outcome's ``where``; a ``NodeDiedError`` names the node that died.
+
 **Errors.** Ray's own retries are off (``max_retries=0``): shoal's retry policy decides. A
 tool's exception comes back as itself, its traceback in the worker attached as the cause; one
 that cannot be pickled becomes a :class:`~shoal.exceptions.RemoteToolError` naming it.
@@ -64,6 +69,7 @@ import functools
 import logging
 import os
 import pickle
+import re
 import signal
 import sys
 import time
@@ -85,6 +91,7 @@ from shoal.executors._shipping import dumps, dumps_callable, loads, loads_callab
 from shoal.executors._tracing import joined
 from shoal.executors.base import Call, Executor
 from shoal.executors.results import load_result
+from shoal.policy import RAY_OPTIONS
 from shoal.tools import Tool
 
 __all__ = ["CANCEL_GRACE", "POOL_CONCURRENCY", "RayExecutor", "ray_options", "worker_path"]
@@ -103,8 +110,8 @@ POOL_THREADS = 1_000
 # Ray exceptions meaning the process that ran the call is gone, not that the tool failed.
 _CRASHES = ("WorkerCrashedError", "RayActorError", "NodeDiedError", "LocalRayletDiedError",
             "OutOfMemoryError", "ObjectLostError", "TaskCancelledError")
-_TOP_LEVEL = {"num_cpus": "num_cpus", "cpu": "num_cpus", "num_gpus": "num_gpus",
-              "gpu": "num_gpus", "memory": "memory"}
+# How Ray names the node in NodeDiedError's message ("... Node IP: 10.0.0.7, node ID: 4f1c...").
+_DIED_ON = re.compile(r"Node IP: ([^\s,]+), node ID: ([0-9a-fA-F]+)")
 
 log = logging.getLogger("shoal")
 
@@ -130,6 +137,18 @@ def _unpack(call: bytes) -> tuple[str, bool, Callable[..., Any], Any, dict[str, 
         raise SerializationError(
             f"tool {name!r} could not be loaded in the Ray worker: {type(exc).__name__}: {exc} "
             "(is its module importable there? see shoal.executors.ray on PYTHONPATH)") from exc
+
+
+@functools.lru_cache(maxsize=1)
+def _here() -> str:
+    """The node running this worker: its address and Ray node id (``"10.0.0.7 node 4f1c..."``)."""
+    try:
+        import ray
+
+        util: Any = ray.util  # untyped here
+        return f"{util.get_node_ip_address()} node {ray.get_runtime_context().get_node_id()}"
+    except Exception:  # not in a Ray worker: nowhere to name
+        return ""
 
 
 def _ok_reply(name: str, value: Any) -> bytes:
@@ -172,10 +191,11 @@ def _take_sigint() -> None:
             signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def run_task(call: bytes) -> bytes:
-    """One call (from :func:`_pack`) as a Ray task: every outcome becomes a reply (bytes).
+def run_task(call: bytes) -> tuple[bytes, str]:
+    """One call (from :func:`_pack`) as a Ray task: its reply (bytes) and the node it ran on.
 
-    ``KeyboardInterrupt`` (how ``ray.cancel`` stops a task) and cancellation propagate.
+    Every outcome becomes a reply; ``KeyboardInterrupt`` (how ``ray.cancel`` stops a task)
+    and cancellation propagate.
     """
     _take_sigint()
     try:
@@ -185,8 +205,8 @@ def run_task(call: bytes) -> bytes:
     except (KeyboardInterrupt, asyncio.CancelledError):
         raise
     except BaseException as exc:  # SystemExit too: the tool failed, the worker lives on
-        return error_reply(exc)
-    return _ok_reply(name, value)
+        return error_reply(exc), _here()
+    return _ok_reply(name, value), _here()
 
 
 class PoolWorker:
@@ -195,8 +215,11 @@ class PoolWorker:
     def __init__(self) -> None:
         self._threads = ThreadPoolExecutor(POOL_THREADS, thread_name_prefix="shoal-ray")
 
-    async def run(self, call: bytes) -> bytes:
-        """One call (from :func:`_pack`): async tools on this loop, sync tools on threads."""
+    async def run(self, call: bytes) -> tuple[bytes, str]:
+        """One call (from :func:`_pack`): async tools on this loop, sync tools on threads.
+
+        Returns the reply and the node this actor runs on.
+        """
         try:
             name, is_async, fn, args, trace = _unpack(call)
             with joined(trace):  # this task's context; a thread gets a copy of it
@@ -210,31 +233,36 @@ class PoolWorker:
         except asyncio.CancelledError:  # ray.cancel of this call
             raise
         except BaseException as exc:
-            return error_reply(exc)
-        return _ok_reply(name, value)
+            return error_reply(exc), _here()
+        return _ok_reply(name, value), _here()
 
 
 # ---- driver side --------------------------------------------------------------------------
 
 
-def ray_options(resources: tuple[tuple[str, float], ...]) -> tuple[dict[str, Any], bool]:
-    """Ray task options for a tool's ``resources``, and whether the call reserves nothing.
+def ray_options(resources: tuple[tuple[str, float], ...],
+                labels: tuple[tuple[str, str], ...] = ()) -> tuple[dict[str, Any], bool]:
+    """Ray task options for a tool's ``resources`` and ``labels``, and whether it is pooled.
 
     ``num_cpus`` (default 1), ``num_gpus`` and ``memory`` (bytes) are Ray's own options, also
-    accepted as ``CPU`` / ``GPU``; any other name is a custom resource. Ray's retries are off.
+    accepted as ``CPU`` / ``GPU``; any other name is a custom resource. ``labels`` become
+    Ray's ``label_selector``. Ray's retries are off. A call that reserves nothing and needs no
+    labels runs on shoal's actor pool (whose actors are placed without regard to labels).
     """
     options: dict[str, Any] = {"num_cpus": 1.0, "max_retries": 0, "retry_exceptions": False}
     custom: dict[str, float] = {}
     for name, amount in resources:
-        key = _TOP_LEVEL.get(name.lower())
+        key = RAY_OPTIONS.get(name.lower())
         if key is None:
             custom[name] = amount
         else:
             options[key] = int(amount) if key == "memory" else amount
     if custom:
         options["resources"] = custom
+    if labels:
+        options["label_selector"] = dict(labels)
     reserves = any(options.get(k) for k in ("num_cpus", "num_gpus", "memory"))
-    return options, not (reserves or any(custom.values()))
+    return options, not (reserves or any(custom.values()) or labels)
 
 
 def worker_path() -> str:
@@ -349,14 +377,14 @@ class _Session:
         self.users = 0
         self.task = ray.remote(run_task)
         self.pool = _Pool(ray)
-        self._options: dict[tuple[tuple[tuple[str, float], ...], str], tuple[Any, bool]] = {}
+        self._options: dict[tuple[Any, ...], tuple[Any, bool]] = {}  # (resources, labels, name)
 
     def route(self, tool: Tool[..., Any]) -> tuple[Any, bool]:
         """The remote function for ``tool``'s calls (options applied), and whether pooled."""
-        key = (tool.policy.resources, tool.name)
+        key = (tool.policy.resources, tool.policy.labels, tool.name)
         found = self._options.get(key)
         if found is None:  # .options() builds a new wrapper: once per tool and resources
-            options, pooled = ray_options(tool.policy.resources)
+            options, pooled = ray_options(tool.policy.resources, tool.policy.labels)
             found = (None if pooled else self.task.options(name=f"shoal:{tool.name}", **options),
                      pooled)
             self._options[key] = found
@@ -384,6 +412,9 @@ def _connect(ray: Any, address: str | None) -> bool:
     if target == "local":  # a new Ray of our own ("local": never one found in /tmp/ray)
         options["include_dashboard"] = False
     if target == "local" or _is_loopback(target):
+        host = _host(target)
+        if host.startswith("127.") and host != "127.0.0.1":  # a head on another loopback IP
+            options["_node_ip_address"] = host  # (nodes on one machine): join it there
         with _loopback_only(ray):  # a cluster on loopback sees this driver there, too
             ray.init(**options)
     else:
@@ -391,9 +422,14 @@ def _connect(ray: Any, address: str | None) -> bool:
     return True
 
 
+def _host(address: str) -> str:
+    """The host of ``host:port`` (``ray://`` or not)."""
+    return address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
+
+
 def _is_loopback(address: str) -> bool:
     """Whether ``host:port`` (``ray://`` or not) names this machine's loopback interface."""
-    host = address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
+    host = _host(address)
     return host == "localhost" or host == "::1" or host.startswith("127.")
 
 
@@ -446,13 +482,14 @@ class RayExecutor(Executor):
         """Await a submitted call's reply; stop its work if cancelled; translate Ray's errors."""
         call.began_at = time.monotonic()  # submitted: Ray queues and starts it from here
         try:
-            reply: bytes = await ref
+            got = await ref
         except asyncio.CancelledError:
             self._stop(session, ref, call, pooled=pooled)
             raise
         except Exception as exc:
+            call.where = _died_on(exc)
             raise _ray_failure(session.ray, call.tool.name, exc) from None
-        return reply
+        return _landed(call, got)
 
     async def _on_pool(self, session: _Session, call: Call, payload: bytes) -> Any:
         """:meth:`execute` for a call on the actor pool."""
@@ -565,8 +602,27 @@ def _pack(call: Call) -> bytes:
     return pickle.dumps(fields, pickle.HIGHEST_PROTOCOL)
 
 
-def _unpack_reply(name: str, reply: bytes) -> Any:
-    """The tool's value, or raise its error (rebuilt here, with the worker's traceback)."""
+def _landed(call: Call, got: Any) -> bytes:
+    """A worker's reply; the node it names goes on ``call`` (an older shoal sends no node)."""
+    if isinstance(got, tuple) and len(got) == 2:
+        got, where = got
+        call.where = str(where)
+    return got if isinstance(got, bytes) else bytes(got)  # no copy of a large reply
+
+
+def _died_on(exc: Exception) -> str:
+    """The node that Ray says died under the call (``NodeDiedError``), else ``""``."""
+    found = _DIED_ON.search(str(exc))
+    return f"{found[1]} node {found[2]}" if found else ""
+
+
+def _unpack_reply(name: str, reply: bytes | tuple[bytes, str]) -> Any:
+    """The tool's value, or raise its error (rebuilt here, with the worker's traceback).
+
+    ``reply`` is a worker's reply, or what :func:`run_task` returns (reply and node).
+    """
+    if isinstance(reply, tuple):
+        reply = reply[0]
     try:
         kind, *rest = load_result(reply, "the reply")
     except Exception as exc:

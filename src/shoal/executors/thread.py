@@ -28,6 +28,7 @@ class ThreadExecutor(Executor):
     """Runs each call on a worker thread (async tools get their own event loop there)."""
 
     name = "thread"
+    runs_here = True
 
     def __init__(self, max_workers: int = DEFAULT_THREAD_WORKERS) -> None:
         self.max_workers = max(1, max_workers)

@@ -75,6 +75,8 @@ from shoal.store.resume import Resumption
 __all__ = ["Driver", "Snapshot", "epoch_now"]
 
 log = logging.getLogger("shoal")
+#: This machine's name: where the calls of backends that run everything here ran.
+HOST = socket.gethostname()
 
 
 def epoch_now(loop: asyncio.AbstractEventLoop | None = None) -> float:
@@ -504,17 +506,24 @@ class Driver:
             result = self._settle(settling, result)
         if call.began_at is not None:
             result.began = call.began_at - self._mono_t0
+        result.where = call.where or self._here(call)
         if self._streaming and self._journal is not None:
             error = "" if result.error is None else str(ErrorInfo.from_exception(
                 result.error, with_traceback=False))
             self._journal.add(AttemptEnded(self.state.run_id, self._session, call.node_id,
-                                           call.attempt, result.status, self.now(), error))
+                                           call.attempt, result.status, self.now(), error,
+                                           result.where))
         try:
             self._apply(self.state.finish(call.pos, result, self.now()))
         except Exception as exc:  # a bug in shoal itself: end the run loudly rather than hang
             log.exception("internal error while recording %s", call.node_id)
             if self._finished is not None and not self._finished.done():
                 self._finished.set_exception(exc)
+
+    def _here(self, call: Call) -> str:
+        """The name of this machine if ``call`` ran on a backend that runs everything here."""
+        executor = self._executors.get(call.executor)
+        return HOST if executor is not None and executor.runs_here else ""
 
     def _settle(self, settling: list[Settles], result: AttemptResult) -> AttemptResult:
         """Tell a call's injected values how its attempt ended; journal what they did.

@@ -128,6 +128,7 @@ class AttemptResult:
     error: BaseException | None = None
     abandoned: bool = False
     began: float | None = None  # run time at which a worker really started (if known)
+    where: str = ""  # where the attempt ran (a host, a Ray node), if the backend said
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +203,7 @@ class _Slot:
     __slots__ = (
         "approval", "args", "attempts", "cancel_reason", "cancel_status", "executor", "gates",
         "gather", "held", "items", "node", "outcome", "phase", "pos", "priority", "queued_at",
-        "ready_mark", "root", "started_at", "waiting",
+        "ready_mark", "root", "started_at", "waiting", "where",
     )  # fmt: skip
 
     def __init__(self, pos: int, node: Node, waiting: int, executor: Isolation) -> None:
@@ -224,6 +225,7 @@ class _Slot:
         self.approval: _Approval | None = None  # set once the node was asked about
         self.gather = -1  # a map item: the position of its map node
         self.held = ""  # the limit it was parked on since it was last ready (for the journal)
+        self.where = ""  # where its latest attempt ran, as its backend said
         self.ready_mark = 0  # the run-wide limit's block count when it was last ready
         self.items: list[int] | None = None  # a map node, once expanded: its items' positions
 
@@ -337,6 +339,7 @@ class SchedulerState:
         if result.began is not None and slot.attempts == 1 and slot.started_at is not None:
             slot.started_at = max(slot.started_at, result.began)  # exclude waiting for a worker
         status = slot.cancel_status if result.status == "cancelled" else result.status
+        slot.where = result.where or slot.where
         retry = slot.node.tool.policy.retry
         if (status != "ok" and status != "cancelled" and not self.stopping
                 and not slot.cancel_reason and result.error is not None
@@ -1002,7 +1005,7 @@ class SchedulerState:
         slot.outcome = Outcome(
             slot.node.id, tool, status, value if status == "ok" else None, error, reason,
             slot.attempts, slot.queued_at, slot.started_at, now,
-            slot.executor if slot.attempts else "", abandoned,
+            slot.executor if slot.attempts else "", abandoned, slot.where,
         )
         d.done.append(Ended(slot.pos, slot.node.index, slot.outcome))
         if not self.record_events:

@@ -145,7 +145,10 @@ class AttemptStarted(NamedTuple):
 
 
 class AttemptEnded(NamedTuple):
-    """An attempt ended, with the attempt's status and error text (if any)."""
+    """An attempt ended, with the attempt's status and error text (if any).
+
+    ``where``: the machine it ran on, as its outcome's ``where`` says (empty when unknown).
+    """
 
     run_id: str
     session: int
@@ -154,6 +157,7 @@ class AttemptEnded(NamedTuple):
     status: str
     at: float
     error: str = ""
+    where: str = ""
 
 
 class OutcomeRecord(NamedTuple):
@@ -198,7 +202,8 @@ Record = (RunRecord | RunEnded | AttemptStarted | AttemptEnded | OutcomeRecord |
 class AttemptRecord:
     """One attempt: started, and ended unless ``ended_at`` is ``None`` (in flight or lost).
 
-    ``held``: the limit that held it back once it was ready (see :class:`AttemptStarted`).
+    ``held``: the limit that held it back once it was ready (see :class:`AttemptStarted`);
+    ``where``: the machine it ran on (see :class:`AttemptEnded`).
     """
 
     node_id: str
@@ -212,6 +217,7 @@ class AttemptRecord:
     error: str = ""
     damaged: str = ""  # what of the stored row is damaged
     held: str = ""
+    where: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -138,7 +138,8 @@ class MemoryStore:
         key = (r.session, r.node_id, r.attempt)
         started = run.attempts.get(key)
         if started is not None:
-            run.attempts[key] = replace(started, ended_at=r.at, status=r.status, error=r.error)
+            run.attempts[key] = replace(started, ended_at=r.at, status=r.status, error=r.error,
+                                        where=r.where)
 
     def _outcome(self, r: OutcomeRecord) -> None:
         run = self._runs.get(r.run_id)

@@ -75,13 +75,14 @@ CREATE TABLE IF NOT EXISTS attempts (
     attempt INTEGER NOT NULL, tool TEXT NOT NULL, executor TEXT NOT NULL,
     started_at REAL NOT NULL, ended_at REAL, status TEXT NOT NULL DEFAULT '',
     error TEXT NOT NULL DEFAULT '', held TEXT NOT NULL DEFAULT '',
+    ran_on TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (run_id, session, node_id, attempt));
 CREATE TABLE IF NOT EXISTS outcomes (
     run_id TEXT NOT NULL, node_id TEXT NOT NULL, position INTEGER NOT NULL,
     tool TEXT NOT NULL, status TEXT NOT NULL, encoding TEXT NOT NULL, value BLOB,
     view TEXT, error TEXT, reason TEXT NOT NULL, attempts INTEGER NOT NULL,
     queued_at REAL, started_at REAL, finished_at REAL, executor TEXT NOT NULL,
-    abandoned INTEGER NOT NULL,
+    abandoned INTEGER NOT NULL, ran_on TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (run_id, node_id));
 CREATE TABLE IF NOT EXISTS approvals (
     id INTEGER PRIMARY KEY, run_id TEXT NOT NULL, node_id TEXT NOT NULL, tool TEXT NOT NULL,
@@ -102,14 +103,15 @@ CREATE INDEX IF NOT EXISTS events_by_run ON events (run_id);
 """
 
 _EFFECTS_TABLE = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS effects"):].split(";")[0]
-# Added to files written before attempts said which limit held them (no version change: an
-# older shoal reads the file as ever, ignoring the column).
-_ATTEMPTS_HELD = "ALTER TABLE attempts ADD COLUMN held TEXT NOT NULL DEFAULT ''"
+# Added to files written before attempts said which limit held them, and before attempts and
+# outcomes said where they ran (no version change: an older shoal reads the file as ever,
+# ignoring the columns).
+_ADDED_COLUMNS = {("attempts", "held"), ("attempts", "ran_on"), ("outcomes", "ran_on")}
 
 _RUN_COLUMNS = ("run_id, name, status, started_at, finished_at, nodes, fingerprint, plan, "
                 "source, counts, makespan, sessions, heartbeat, pid, host")
 _OUTCOME_COLUMNS = ("node_id, tool, status, encoding, value, view, error, reason, attempts, "
-                    "queued_at, started_at, finished_at, executor, abandoned")
+                    "queued_at, started_at, finished_at, executor, abandoned, ran_on")
 _APPROVAL_COLUMNS = ("run_id, node_id, tool, args_hash, arguments, kind, requested_at, "
                      "decision, decided_by, decided_at, reason, used")
 
@@ -154,7 +156,8 @@ class SQLiteStore:
         self.read_only = read_only and self.path != ":memory:"
         self._lock = threading.RLock()
         self._claims = LocalClaims()  # for ":memory:", which no other process can open
-        self._held = True  # whether attempts has its held column (older files: see _setup)
+        # columns of _ADDED_COLUMNS that a file opened read-only lacks (older files: _setup)
+        self._lacking: set[tuple[str, str]] = set()
         if self.path != ":memory:" and not self.read_only:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -207,8 +210,9 @@ class SQLiteStore:
                     raise StoreVersionError(self.path, found, SCHEMA_VERSION)
                 else:  # a file from before calls had effects (board writes): add their table
                     db.execute(_EFFECTS_TABLE)
-                    if self._lacks_held(db):  # or before attempts said what held them
-                        db.execute(_ATTEMPTS_HELD)
+                    for table, column in self._lacks(db):  # or before newer columns
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT NOT NULL "
+                                   "DEFAULT ''")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path!r} is not a usable shoal journal: {exc}"
                              f"{_read_only_note(self.path)}") from exc
@@ -223,13 +227,21 @@ class SQLiteStore:
             raise StoreError(f"{self.path!r} holds no shoal journal yet (it is empty)")
         if found > SCHEMA_VERSION:
             raise StoreVersionError(self.path, found, SCHEMA_VERSION)
-        self._held = not self._lacks_held(_Bound(self._conn))
+        self._lacking = self._lacks(_Bound(self._conn))
 
     @staticmethod
-    def _lacks_held(db: _Bound) -> bool:
-        """Whether the attempts table lacks its ``held`` column (files from before it)."""
-        columns = [row[1] for row in db.execute("PRAGMA table_info(attempts)")]
-        return bool(columns) and "held" not in columns
+    def _lacks(db: _Bound) -> set[tuple[str, str]]:
+        """The columns of :data:`_ADDED_COLUMNS` that the file lacks (files from before them)."""
+        lacking: set[tuple[str, str]] = set()
+        for table in {table for table, _ in _ADDED_COLUMNS}:
+            columns = [row[1] for row in db.execute(f"PRAGMA table_info({table})")]
+            lacking |= {(t, c) for t, c in _ADDED_COLUMNS
+                        if t == table and columns and c not in columns}
+        return lacking
+
+    def _column(self, table: str, column: str) -> str:
+        """``column``, or ``''`` in its place in a read-only file from before it."""
+        return "''" if (table, column) in self._lacking else column
 
     def _schema_version(self, db: _Bound) -> int | None:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -294,14 +306,14 @@ class SQLiteStore:
                       s.held) for s in starts])
             if ends:
                 db.executemany(
-                    "UPDATE attempts SET ended_at = ?, status = ?, error = ? WHERE run_id = ? "
-                    "AND session = ? AND node_id = ? AND attempt = ?",
-                    [(e.at, e.status, e.error, e.run_id, e.session, e.node_id, e.attempt)
-                     for e in ends])
+                    "UPDATE attempts SET ended_at = ?, status = ?, error = ?, ran_on = ? "
+                    "WHERE run_id = ? AND session = ? AND node_id = ? AND attempt = ?",
+                    [(e.at, e.status, e.error, e.where, e.run_id, e.session, e.node_id,
+                      e.attempt) for e in ends])
             if outcomes:
                 db.executemany(
                     f"INSERT OR REPLACE INTO outcomes (run_id, position, {_OUTCOME_COLUMNS}) "
-                    f"VALUES ({', '.join('?' * 16)})", [_outcome_row(o) for o in outcomes])
+                    f"VALUES ({', '.join('?' * 17)})", [_outcome_row(o) for o in outcomes])
             if effects:
                 db.executemany(
                     "INSERT OR REPLACE INTO effects (run_id, node_id, kind, encoding, value, view)"
@@ -372,17 +384,19 @@ class SQLiteStore:
 
     def outcomes(self, run_id: str, *, decode: bool = True) -> dict[str, StoredOutcome]:
         """Each node's latest outcome, in plan order; ``decode=False`` never unpickles."""
-        rows = self._read(f"SELECT {_OUTCOME_COLUMNS} FROM outcomes WHERE run_id = ? "
+        columns = _OUTCOME_COLUMNS.replace("ran_on", self._column("outcomes", "ran_on"))
+        rows = self._read(f"SELECT {columns} FROM outcomes WHERE run_id = ? "
                           "ORDER BY position", (run_id,))
         stored = (_stored_outcome(row, decode) for row in rows)
         return {s.outcome.node_id: s for s in stored}
 
     def attempts(self, run_id: str) -> list[AttemptRecord]:
         """Every attempt of the run, in the order they started."""
-        held = "held" if self._held else "''"  # a read-only file from before the column
+        held, ran_on = self._column("attempts", "held"), self._column("attempts", "ran_on")
         rows = self._read(
             "SELECT node_id, session, attempt, tool, executor, started_at, ended_at, status, "
-            f"error, {held} FROM attempts WHERE run_id = ? ORDER BY session, started_at, node_id",
+            f"error, {held}, {ran_on} FROM attempts WHERE run_id = ? "
+            "ORDER BY session, started_at, node_id",
             (run_id,))
         return [_attempt(row) for row in rows]
 
@@ -603,7 +617,7 @@ def _outcome_row(record: OutcomeRecord) -> tuple[Any, ...]:
         {"type": o.error.type, "message": o.error.message, "traceback": o.error.traceback})
     return (record.run_id, record.position, o.node_id, o.tool, o.status, encoding, payload,
             view, error, o.reason, o.attempts, o.queued_at, o.started_at, o.finished_at,
-            o.executor, int(o.abandoned))
+            o.executor, int(o.abandoned), o.where)
 
 
 def _effect_row(record: EffectRecord) -> tuple[Any, ...]:
@@ -630,7 +644,7 @@ def _stored_effect(row: Sequence[Any]) -> StoredEffect:
 def _stored_outcome(row: Sequence[Any], decode: bool) -> StoredOutcome:
     """The outcome of ``row``; a damaged row gives an ``in_doubt`` one saying what is damaged."""
     (node_id, tool, status, encoding, payload, view, error, reason, attempts, queued_at,
-     started_at, finished_at, executor, abandoned) = row
+     started_at, finished_at, executor, abandoned, where) = row
     try:
         encoding = _choice(encoding, "encoding", ("json", "pickle", "repr"))
         value, real = _value(encoding, payload, view, decode)
@@ -641,7 +655,7 @@ def _stored_outcome(row: Sequence[Any], decode: bool) -> StoredOutcome:
             _number(queued_at, "queued_at", optional=True),
             _number(started_at, "started_at", optional=True),
             _number(finished_at, "finished_at", optional=True), _text(executor, "executor"),
-            bool(_int(abandoned, "abandoned")))
+            bool(_int(abandoned, "abandoned")), _loose_text(where))
     except (_Damaged, TypeError) as exc:  # TypeError: an error cell with other keys
         what = f"outcomes.{exc}" if isinstance(exc, _Damaged) else f"outcomes.error: {exc}"
         name = _loose_text(node_id)
@@ -689,14 +703,15 @@ def _approval(row: Sequence[Any]) -> ApprovalRecord:
 
 
 def _attempt(row: Sequence[Any]) -> AttemptRecord:
-    node_id, session, attempt, tool, executor, started_at, ended_at, status, error, held = row
+    (node_id, session, attempt, tool, executor, started_at, ended_at, status, error, held,
+     where) = row
     try:
         return AttemptRecord(_text(node_id, "node_id"), _int(session, "session"),
                              _int(attempt, "attempt"), _text(tool, "tool"),
                              _text(executor, "executor"), _number(started_at, "started_at"),
                              _number(ended_at, "ended_at", optional=True),
                              _text(status, "status"), _text(error, "error"),
-                             held=_loose_text(held))
+                             held=_loose_text(held), where=_loose_text(where))
     except _Damaged as exc:
         return AttemptRecord(_loose_text(node_id), 0, 0, _loose_text(tool), "", 0.0,
                              damaged=f"attempts.{exc}")

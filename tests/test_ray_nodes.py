@@ -1,0 +1,229 @@
+"""shoal on a Ray cluster of two nodes on this machine: placement by resources, a node lost.
+
+The module starts a cluster of its own: a head node (resource ``{"node-a": 1}``, label
+``zone=a``, one CPU) on 127.0.0.2 and a worker node (``{"node-b": 1}``, ``zone=b``, one CPU)
+on 127.0.0.3, both on the loopback interface,
+each with its own temporary directory and ports (Ray's servers listen on every interface
+here, so the ports are chosen free on all of them; token authentication guards them); other
+Ray clusters on the machine (on 127.0.0.1) are left alone. Ray turns a worker node's
+127.0.0.1 into the machine's network address, so the nodes use other loopback addresses,
+which Linux routes without setup.
+Teardown kills the cluster's processes (found by their temporary directory), never
+``ray stop``, which would stop every Ray on the machine.
+
+Each run is a driver of its own (tests/ray_nodes_driver.py), connected with
+``Runtime(ray_address=...)``; its journal (SQLite) and approver are in that process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("ray")
+psutil = pytest.importorskip("psutil")
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAD, WORKER = "127.0.0.2", "127.0.0.3"
+RAY = next((str(p) for p in (Path(sys.executable).with_name("ray"),) if p.exists()),
+           shutil.which("ray") or "")
+pytestmark = [
+    pytest.mark.skipif(sys.platform != "linux",
+                       reason="needs loopback addresses besides 127.0.0.1 (Linux)"),
+    pytest.mark.skipif(not RAY, reason="the ray command (from pip install 'shoal[ray]') is "
+                       "not beside this Python nor on PATH"),
+]
+
+
+def free_port() -> int:
+    """A port free on every interface: with ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1`` (which a
+    worker node needs) Ray's servers listen on all of them, whatever the node's address."""
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(check: Callable[[], bool], timeout: float, step: float = 0.1) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if check():
+            return True
+        time.sleep(step)
+    return check()
+
+
+class Cluster:
+    """A head and a worker node started with ``ray start``, killed by their processes."""
+
+    def __init__(self) -> None:
+        # short: Ray's socket paths live under it, and a socket path has ~100 characters
+        self.root = Path(tempfile.mkdtemp(prefix="shoal-nodes-"))
+        self.port = free_port()
+        self.address = f"{HEAD}:{self.port}"
+        self.env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1",
+                    "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+                    "PYTHONPATH": str(ROOT)}
+        self.env.pop("RAY_ADDRESS", None)
+
+    def node_args(self, ip: str, name: str, base: int) -> list[str]:
+        ports = {flag: free_port() for flag in (
+            "--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
+            "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port")}
+        return [f"--node-ip-address={ip}", "--num-cpus=1", f"--resources={{\"{name}\": 1}}",
+                f"--labels=zone={name[-1]}",
+                f"--temp-dir={self.root / name}", "--disable-usage-stats",
+                "--object-store-memory=100000000", f"--min-worker-port={base}",
+                f"--max-worker-port={base + 99}", *(f"{k}={v}" for k, v in ports.items())]
+
+    def start(self) -> None:
+        """Start both nodes; once more, on fresh ports, if a node did not come up in time.
+
+        On a loaded machine Ray may give up on a node's startup ("timed out during
+        startup"); that is Ray's start, not what the tests check.
+        """
+        try:
+            self._start()
+        except RuntimeError:
+            self.stop()
+            self.root.mkdir()
+            self.port = free_port()
+            self.address = f"{HEAD}:{self.port}"
+            self._start()
+
+    def _start(self) -> None:
+        base = 30000 + 200 * (os.getpid() % 10)  # worker ports, below the ephemeral range
+        self._ray("start", "--head", f"--port={self.port}", "--include-dashboard=false",
+                  f"--dashboard-port={free_port()}", *self.node_args(HEAD, "node-a", base))
+        self._ray("start", f"--address={self.address}",
+                  *self.node_args(WORKER, "node-b", base + 100))
+
+    def _ray(self, *args: str) -> None:
+        done = subprocess.run([RAY, *args], env=self.env, capture_output=True, text=True,
+                              timeout=120, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"ray {args[:2]} failed: {done.stderr[-3000:]}")
+
+    def processes(self, name: str = "") -> list[Any]:
+        """The cluster's processes (of node ``name`` only, if given), by their command line."""
+        mark = str(self.root / name)
+        found = []
+        for proc in psutil.process_iter(["cmdline"]):
+            if any(mark in part for part in proc.info["cmdline"] or ()):
+                found.append(proc)
+        return found
+
+    def kill(self, name: str = "", only: str = "") -> int:
+        """SIGKILL the processes of node ``name`` (all if empty) whose command has ``only``."""
+        killed = 0
+        for proc in self.processes(name):
+            try:
+                if only and not any(only in part for part in proc.cmdline()):
+                    continue
+                proc.send_signal(signal.SIGKILL)
+                killed += 1
+            except psutil.Error:  # gone meanwhile
+                continue
+        return killed
+
+    def stop(self) -> None:
+        for _ in range(3):  # workers may be starting as their raylet dies
+            self.kill()
+            if wait_until(lambda: not self.processes(), 10):
+                break
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def drive(self, scenario: str, tmp: Path) -> subprocess.Popen[str]:
+        """Start a driver process running ``scenario`` (see tests/ray_nodes_driver.py)."""
+        config = {"address": self.address, "journal": str(tmp / "runs.db"),
+                  "directory": str(tmp), "scenario": scenario}
+        return subprocess.Popen([sys.executable, "-m", "tests.ray_nodes_driver",
+                                 json.dumps(config)], cwd=ROOT, env=self.env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    nodes = Cluster()
+    try:
+        nodes.start()
+        yield nodes
+    finally:
+        nodes.stop()
+        assert not nodes.processes(), "processes of the test cluster outlived it"
+
+
+def report(driver: subprocess.Popen[str], timeout: float = 90) -> dict[str, Any]:
+    try:
+        out, err = driver.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        driver.kill()
+        out, err = driver.communicate()
+        pytest.fail(f"the driver hung; its output: {err[-3000:]}")
+    assert driver.returncode == 0, err[-3000:]
+    data: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return data
+
+
+def ran_on(where: str) -> str:
+    """The node address of an outcome's ``where`` (``"127.0.0.3 node 4f1c..."``)."""
+    ip, word, node_id = where.split(" ")
+    assert word == "node" and len(node_id) == 56, where
+    return ip
+
+
+def test_calls_land_where_their_resources_say(cluster: Cluster, tmp_path: Path) -> None:
+    data = report(cluster.drive("placed", tmp_path))
+    outcomes = data["outcomes"]
+    assert {o["status"] for o in outcomes.values()} == {"ok"}, outcomes
+    for node_id, outcome in outcomes.items():
+        where = ran_on(outcome["where"])
+        assert where == outcome["value"], outcome  # recorded where the tool itself ran
+        if node_id in ("a0", "a1", "a2", "not-zone-b"):
+            assert where == HEAD, outcome
+        elif node_id in ("b0", "b1", "b2", "approved", "zone-b"):
+            assert where == WORKER, outcome
+        assert data["journal"][node_id] == outcome["where"]  # and so says the journal
+    # calls that reserve nothing run on shoal's actors, placed one per node as a preference
+    # (Ray may put one elsewhere): each says where its actor ran
+    assert {ran_on(outcomes[f"pooled{i}"]["where"]) for i in range(2)} <= {HEAD, WORKER}
+    # the approval was asked and recorded on the driver, for a call that ran on node-b
+    assert data["asked"] == [{"node_id": "approved", "pid": data["pid"]}]
+    assert data["approvals"] == [{"node_id": "approved", "decision": "approved"}]
+
+
+def test_a_node_killed_mid_run_loses_nothing(cluster: Cluster, tmp_path: Path) -> None:
+    driver = cluster.drive("node_lost", tmp_path)
+    on_worker = f".{WORKER}."
+    started = wait_until(lambda: any(on_worker in p.name for p in tmp_path.iterdir())
+                         or driver.poll() is not None, 60)
+    assert started and driver.poll() is None, "no call started on the worker node"
+    assert cluster.kill("node-b", only="raylet") == 1  # the node's raylet: the node is lost
+    data = report(driver)
+    outcomes = data["outcomes"]
+    # nothing lost: every call ended ok, and finished on the head
+    assert {o["status"] for o in outcomes.values()} == {"ok"}, outcomes
+    assert {ran_on(o["where"]) for o in outcomes.values()} == {HEAD}, outcomes
+    assert {o["value"] for o in outcomes.values()} == {HEAD}
+    # the call that was on the worker node failed there and was retried by shoal
+    lost = [a for a in data["attempts"] if a["status"] != "ok"]
+    assert lost, data["attempts"]
+    for attempt in lost:
+        assert "WorkerCrashedError" in attempt["error"], attempt
+        assert "NodeDiedError" in attempt["error"], attempt
+        assert ran_on(attempt["where"]) == WORKER, attempt
+        retried = outcomes[attempt["node_id"]]
+        assert retried["attempts"] > attempt["attempt"], retried
+    assert data["journal"] == {k: o["where"] for k, o in outcomes.items()}
