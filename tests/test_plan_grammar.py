@@ -238,13 +238,26 @@ if LLAMA is not None:
 
 
 def test_the_grammar_lists_each_tool_with_its_parameters_in_order() -> None:
-    assert 'tool-1 ::= "lookup(" "city=" string tool-1-after-1 ")"' in GRAMMAR
-    assert ('tool-1-after-1 ::= ( ", unit=" ( "\\"celsius\\"" | "\\"fahrenheit\\"" | ref ) )?'
-            in GRAMMAR)
-    assert 'tool-2-after-1 ::= ( ", b=" ( int | ref ) )?' in GRAMMAR
+    # each step has its own copy of the tools' rules (see the next test)
+    assert 'tool-1-at-2 ::= "lookup(" "city=" string-at-2 tool-1-after-1-at-2 ")"' in GRAMMAR
+    assert ('tool-1-after-1-at-2 ::= ( ", unit=" ( "\\"celsius\\"" | "\\"fahrenheit\\"" | '
+            'ref-at-2 ) )?' in GRAMMAR)
+    assert 'tool-2-after-1-at-3 ::= ( ", b=" ( int | ref-at-3 ) )?' in GRAMMAR
     # the calls are numbered in order, and the plan ends after at most max_calls of them
-    assert 'step-1 ::= thought? "1. " call "\\n" step-2' in GRAMMAR
+    assert 'step-1 ::= thought? "1. " call-at-1 "\\n" step-2' in GRAMMAR
     assert 'step-5 ::= thought? "5. join()" "\\n"?' in GRAMMAR and "step-6" not in GRAMMAR
+
+
+def test_a_step_refers_only_to_the_steps_before_it() -> None:
+    """Step N's references name steps 1 to N-1: never itself, a later step or no step."""
+    assert "refnum-at-1" not in GRAMMAR and "ref-at-1" not in GRAMMAR  # the first: none
+    assert 'tool-2-after-1-at-1 ::= ( ", b=" int )?' in GRAMMAR
+    assert 'refnum-at-2 ::= ( "1" )' in GRAMMAR
+    assert 'refnum-at-4 ::= ( [1-2] | "3" )' in GRAMMAR
+    big = plan_grammar(SPECS, max_calls=205)
+    assert 'refnum-at-206' not in big
+    assert ('refnum-at-205 ::= ( [1-9] | [1-9] [0-9] | [1-1] [0-9] [0-9] | "2" "0" [0-3] | '
+            '"2" "0" "4" )' in big)
 
 
 def test_a_circular_schema_takes_any_value() -> None:
@@ -254,7 +267,7 @@ def test_a_circular_schema_takes_any_value() -> None:
     cyclic["anyOf"] = [cyclic]
     params = {"type": "object", "properties": {"a": loop, "b": cyclic}}
     grammar = plan_grammar([ToolSpec("f", "F.", params)])
-    assert 'tool-1-after-1 ::= ( ", b=" value )?' in grammar
+    assert 'tool-1-after-1-at-1 ::= ( ", b=" value-at-1 )?' in grammar
 
 
 @pytest.mark.parametrize(("name", "why"), [
@@ -279,7 +292,7 @@ def test_parameters_a_plan_cannot_name_are_refused_when_required_and_left_out_ot
               "properties": {"x": {"type": "integer"}, "from": {"type": "string"},
                              'q"uote': {"type": "string"}}}
     grammar = plan_grammar([ToolSpec("f", "F.", params)])
-    assert 'tool-1 ::= "f(" "x=" ( int | ref ) ")"' in grammar
+    assert 'tool-1-at-2 ::= "f(" "x=" ( int | ref-at-2 ) ")"' in grammar
     assert "from" not in grammar and "uote" not in grammar
     required = {**params, "required": ["x", "from"]}
     with pytest.raises(ConfigError, match=r"required parameter 'from' is a Python keyword"):
@@ -563,7 +576,14 @@ def test_the_planner_agent_on_the_local_model_plans_and_runs_its_plan(server: An
     assert result.plans, result
     parse_plan_text(result.plans[0], TOOLS)  # what the model wrote is a well-formed plan
     assert result.calls, result.plans[0]
-    assert all(record.status == "ok" for record in result.calls), result.calls
+    # every line of the plan ran (none was rejected: the grammar only lets refs name earlier
+    # steps); a call can still fail when a `$N` it was given has the wrong type for its
+    # parameter, which no grammar can know before the call it refers to has run
+    for record in result.calls:
+        assert record.status == "ok" or (
+            record.status == "failed" and "ToolArgumentError" in record.message.content
+            and "$" in record.call.arguments), (result.plans[0], record)
+    assert any(record.status == "ok" for record in result.calls)
     # the joiner's reply is the answer (a 135M model's words: only that there are some)
     assert result.status == "ok" and str(result.output).strip(), result
 

@@ -17,8 +17,10 @@ r"""A llama.cpp grammar (GBNF) that only lets a model write a well-formed plan o
   list or dict nested at most two deep. A parameter whose schema gives its type (``integer``,
   ``number``, ``string``, ``boolean``, ``array``, ``object``, ``null``, an ``enum``, a
   ``const``, or a union of those; the items of a list or dict too) only gets values of that
-  type, or a reference ``"$N"`` to another call's output (a string parameter takes any
-  string, references with paths such as ``"$1.title"`` included). Other constraints
+  type, or a reference ``"$N"`` to the output of a call written before it (each step has its
+  own copy of the value rules, whose references name steps 1 to N-1 only: the first call has
+  none; a string parameter takes any string, references with paths such as ``"$1.title"``
+  included). Other constraints
   (``minimum``, ``pattern``...) are left to the tool's own validation of the plan.
 * The plan has ``min_calls`` to ``max_calls`` calls and ends with ``N. join()`` (or with a
   line ``<END_OF_PLAN>`` when one of the tools is itself named ``join``, as the parser
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import json
 import keyword
+import re
 import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -45,25 +48,30 @@ from shoal.models.base import ToolSpec
 
 __all__ = ["plan_grammar"]
 
-# The rules every plan grammar shares: thoughts, references and values.
-_COMMON = r"""
+# The rules every plan grammar shares: thoughts and the parts of values that hold no reference.
+_SHARED = r"""
 thought ::= "Thought: " [^\x00-\x1f\x7f]{0,300} "\n"
-ref     ::= "\"$" [1-9] [0-9]{0,2} "\""
-# A string that starts with "$" is a reference, a literal "$" written "$$", or has a space
-# in it: the parser reads anything else that starts with "$" as a broken reference.
-string  ::= "\"" ( ( first char* )? | "$" ref-tail | "$$" char* | "$" word* space char* ) "\""
 char    ::= [^"\\\x00-\x1f\x7f] | "\\" ["\\nt]
 first   ::= [^"\\\x00-\x1f\x7f$] | "\\" ["\\nt]
 word    ::= [^"\\\x00-\x1f\x7f ] | "\\" ["\\]
 space   ::= " " | "\\" [nt]
-ref-tail ::= [1-9] [0-9]{0,2} ( "." [a-zA-Z0-9_-]{1,40} | "[" "-"? [0-9]{1,6} "]" )*
 int     ::= "-"? ( "0" | [1-9] [0-9]{0,17} )
 number  ::= int ( "." [0-9]{1,17} )? ( [eE] [-+]? [0-9]{1,2} )?
 bool    ::= "True" | "False"
 none    ::= "None"
-scalar  ::= string | number | bool | none
 sep     ::= "," " "?
 colon   ::= ":" " "?
+"""
+
+# The values of one step's call: references in them (``refnum``) may only name earlier steps,
+# so each step gets its own copy of these rules (and of the tools' rules, which use them).
+_VALUES = r"""
+ref     ::= "\"$" refnum "\""
+# A string that starts with "$" is a reference, a literal "$" written "$$", or has a space
+# in it: the parser reads anything else that starts with "$" as a broken reference.
+string  ::= "\"" ( ( first char* )? | "$" ref-tail | "$$" char* | "$" word* space char* ) "\""
+ref-tail ::= refnum ( "." [a-zA-Z0-9_-]{1,40} | "[" "-"? [0-9]{1,6} "]" )*
+scalar  ::= string | number | bool | none
 value   ::= scalar | list | dict
 list    ::= "[" ( inner ( sep inner )* )? "]"
 dict    ::= "{" ( string colon inner ( sep string colon inner )* )? "}"
@@ -71,6 +79,11 @@ inner   ::= scalar | flat-list | flat-dict
 flat-list ::= "[" ( scalar ( sep scalar )* )? "]"
 flat-dict ::= "{" ( string colon scalar ( sep string colon scalar )* )? "}"
 """
+
+# The first step's call refers to no other call: its values are these, without references.
+_PLAIN_VALUES = "\n".join(
+    line.replace(' | "$" ref-tail', "") for line in _VALUES.splitlines()
+    if not line.startswith(("ref ", "ref-tail ", "#")))
 
 # References are written with up to three digits, so plans have at most 999 calls.
 _MAX_CALLS = 999
@@ -104,11 +117,11 @@ def plan_grammar(specs: Sequence[ToolSpec], *, max_calls: int = 10, min_calls: i
     if twice:
         raise ConfigError(f"two or more tools are named {', '.join(map(repr, twice))}; a plan "
                           "names tools, so give each tool its own name")
-    lines = ["root ::= step-1", *_steps(min_calls, max_calls, join_is_a_tool="join" in names),
-             "call ::= " + " | ".join(f"tool-{i}" for i in range(1, len(specs) + 1))]
-    for index, spec in enumerate(specs, start=1):
-        lines += _tool_rules(index, spec)
-    return "\n".join(lines) + "\n" + _COMMON.lstrip("\n")
+    lines = ["root ::= step-1", *_steps(min_calls, max_calls, join_is_a_tool="join" in names)]
+    first, later = _call_rules(specs, refs=False), _call_rules(specs, refs=True)
+    for step in range(1, max_calls + 1):
+        lines += _for_step(first if step == 1 else later, step)
+    return "\n".join(lines) + "\n" + _SHARED.lstrip("\n")
 
 
 def _steps(min_calls: int, max_calls: int, *, join_is_a_tool: bool) -> list[str]:
@@ -120,7 +133,7 @@ def _steps(min_calls: int, max_calls: int, *, join_is_a_tool: bool) -> list[str]
     rules = []
     for n in range(1, max_calls + 2):
         end = '"<END_OF_PLAN>"' if join_is_a_tool else _literal(f"{n}. join()")
-        call = f'{_literal(f"{n}. ")} call "\\n" step-{n + 1}'
+        call = f'{_literal(f"{n}. ")} call-at-{n} "\\n" step-{n + 1}'
         if n > max_calls:
             body = f'{end} "\\n"?'
         elif n > min_calls:
@@ -131,13 +144,62 @@ def _steps(min_calls: int, max_calls: int, *, join_is_a_tool: bool) -> list[str]
     return rules
 
 
-def _tool_rules(index: int, spec: ToolSpec) -> list[str]:
+# A rule's body, read as GBNF tokens: string literals and character classes (whose text is not
+# rule names), rule names, and anything else.
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|\[(?:[^\]\\]|\\.)*\]|[a-zA-Z][a-zA-Z0-9-]*|.', re.DOTALL)
+
+
+def _call_rules(specs: Sequence[ToolSpec], *, refs: bool) -> list[str]:
+    """The rules of one call (``call``, the tools', the values'), with references or none."""
+    block = ["call ::= " + " | ".join(f"tool-{i}" for i in range(1, len(specs) + 1))]
+    for index, spec in enumerate(specs, start=1):
+        block += _tool_rules(index, spec, refs)
+    values = _VALUES if refs else _PLAIN_VALUES
+    return block + [line for line in values.splitlines() if line and not line.startswith("#")]
+
+
+def _for_step(block: list[str], step: int) -> list[str]:
+    """``block``'s rules for the call of step ``step``, renamed ``NAME-at-STEP``.
+
+    Its references (``refnum``) name the steps before it only (the first step's rules have
+    none), so no call can use the output of itself or of a call written after it.
+    """
+    defined = {line.split("::=", 1)[0].strip() for line in block} | {"refnum"}
+    suffix = f"-at-{step}"
+    out = []
+    for line in block:
+        name, body = line.split("::=", 1)
+        renamed = "".join(token + suffix if token in defined else token
+                          for token in _TOKEN.findall(body))
+        out.append(f"{name.strip()}{suffix} ::={renamed}")
+    if step > 1:
+        out.append(f"refnum{suffix} ::= {_numbers_up_to(step - 1)}")
+    return out
+
+
+def _numbers_up_to(top: int) -> str:
+    """A GBNF expression for the numbers 1 to ``top``, written without leading zeros."""
+    digits = str(top)
+    alternatives = []
+    for width in range(1, len(digits)):  # every number with fewer digits than top
+        alternatives.append("[1-9]" + " [0-9]" * (width - 1))
+    for i, digit in enumerate(digits):  # as long as top: below it at position i, then any
+        low = 1 if i == 0 else 0
+        if int(digit) > low:
+            head = " ".join(_literal(d) for d in digits[:i])
+            tail = " [0-9]" * (len(digits) - i - 1)
+            alternatives.append(f"{head} [{low}-{int(digit) - 1}]{tail}".strip())
+    alternatives.append(" ".join(_literal(d) for d in digits))
+    return "( " + " | ".join(alternatives) + " )"
+
+
+def _tool_rules(index: int, spec: ToolSpec, refs: bool = True) -> list[str]:
     """``tool-I ::= "name(" args ")"``, with the rules its arguments need."""
     problem = _unwritable(spec.name)
     if problem:
         raise ConfigError(f"tool name {spec.name!r} {problem}, so a plan cannot call it; "
                           "rename the tool to a Python identifier")
-    params = _parameters(spec)
+    params = _parameters(spec, refs)
     rule = f"tool-{index}"
     if not params:
         return [f"{rule} ::= {_literal(spec.name + '()')}"]
@@ -165,7 +227,7 @@ def _tool_rules(index: int, spec: ToolSpec) -> list[str]:
     return head + rules
 
 
-def _parameters(spec: ToolSpec) -> list[tuple[str, bool, str]]:
+def _parameters(spec: ToolSpec, refs: bool = True) -> list[tuple[str, bool, str]]:
     """``(name, required, values expression)`` for each parameter a plan can name."""
     schema = spec.parameters if isinstance(spec.parameters, Mapping) else {}
     properties = schema.get("properties")
@@ -180,7 +242,7 @@ def _parameters(spec: ToolSpec) -> list[tuple[str, bool, str]]:
                 raise ConfigError(f"tool {spec.name!r}: its required parameter {name!r} "
                                   f"{problem}, so a plan cannot pass it; rename the parameter")
             continue  # optional: the call is written without it
-        params.append((name, name in needed, _values(prop)))
+        params.append((name, name in needed, _values(prop, refs=refs)))
     return params
 
 
@@ -196,20 +258,23 @@ def _unwritable(name: str) -> str:
     return ""
 
 
-def _values(schema: Any, depth: int = 0) -> str:
-    """The grammar expression for the values a parameter with ``schema`` takes."""
+def _values(schema: Any, depth: int = 0, *, refs: bool = True) -> str:
+    """The grammar expression for the values a parameter with ``schema`` takes.
+
+    With ``refs``, a reference ``"$N"`` is one of them (the first step's call has none).
+    """
     if not isinstance(schema, Mapping) or depth > 4:
         return "value"
-    alternatives = _alternatives(schema, depth)
+    alternatives = _alternatives(schema, depth, refs)
     if alternatives is None:
         return "value"
-    if "string" not in alternatives:  # a string already includes every reference
+    if refs and "string" not in alternatives:  # a string already includes every reference
         alternatives.append("ref")
     unique = list(dict.fromkeys(alternatives))
     return unique[0] if len(unique) == 1 else "( " + " | ".join(unique) + " )"
 
 
-def _alternatives(schema: Mapping[str, Any], depth: int) -> list[str] | None:
+def _alternatives(schema: Mapping[str, Any], depth: int, refs: bool) -> list[str] | None:
     """The rules or literals a schema allows, or ``None`` for any value."""
     if depth > 4:  # deep (or circular) schemas: any value, the tool's validation decides
         return None
@@ -224,7 +289,8 @@ def _alternatives(schema: Mapping[str, Any], depth: int) -> list[str] | None:
         if isinstance(branches, list) and branches:
             found: list[str] = []
             for branch in branches:
-                inner = _alternatives(branch, depth + 1) if isinstance(branch, Mapping) else None
+                inner = (_alternatives(branch, depth + 1, refs) if isinstance(branch, Mapping)
+                         else None)
                 if inner is None:
                     return None
                 found += inner
@@ -233,19 +299,19 @@ def _alternatives(schema: Mapping[str, Any], depth: int) -> list[str] | None:
     kinds = [kinds] if isinstance(kinds, str) else kinds
     if not isinstance(kinds, list) or not kinds:
         return None
-    rules = [_container(schema, kind, depth) or _TYPE_RULES.get(kind)
+    rules = [_container(schema, kind, depth, refs) or _TYPE_RULES.get(kind)
              if isinstance(kind, str) else None for kind in kinds]
     return None if None in rules else [r for r in rules if r is not None]
 
 
-def _container(schema: Mapping[str, Any], kind: str, depth: int) -> str:
+def _container(schema: Mapping[str, Any], kind: str, depth: int, refs: bool) -> str:
     """A list or dict whose items have a schema of their own ('' when they do not)."""
     if kind == "array" and isinstance(schema.get("items"), Mapping):
-        item = _values(schema["items"], depth + 1)
+        item = _values(schema["items"], depth + 1, refs=refs)
         return f'"[" ( {item} ( sep {item} )* )? "]"'
     if kind == "object" and isinstance(schema.get("additionalProperties"), Mapping) and not (
             schema.get("properties")):
-        item = _values(schema["additionalProperties"], depth + 1)
+        item = _values(schema["additionalProperties"], depth + 1, refs=refs)
         return f'"{{" ( string colon {item} ( sep string colon {item} )* )? "}}"'
     return ""
 
