@@ -38,8 +38,13 @@ pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_child_proces
 
 @shoal.tool
 def where(tag: str) -> str:
-    """Say which process runs this call."""
-    return f"{tag}@{os.getpid()}"
+    """Say which process runs this call.
+
+    The pid is padded to one width: the scripted model counts tokens by characters, and the
+    inline and process runs compare their usage, which must not depend on how many digits
+    the processes' pids have.
+    """
+    return f"{tag}@{os.getpid():010d}"
 
 
 @shoal.tool
