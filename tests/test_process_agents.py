@@ -391,7 +391,6 @@ def test_a_tree_killed_mid_run_resumes_without_repeating_the_process_agents_work
 
 @pytest.mark.parametrize(("options", "words"), [
     ({"isolation": "thread"}, "isolation must be one of"),
-    ({"isolation": "ray"}, "not available yet"),
     ({"isolation": "process", "env": "OPENAI_API_KEY"}, "list of environment variable names"),
     ({"isolation": "process", "env": ["A=B"]}, "list of environment variable names"),
     ({"isolation": "process", "limits": {"memry": 1}}, "unknown process limit"),

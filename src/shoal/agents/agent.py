@@ -28,13 +28,13 @@ from shoal.agents.run import AgentRun
 from shoal.agents.toolcalls import ToolErrorFormat
 from shoal.approvals import Approver, Callback
 from shoal.events import EventSink
-from shoal.exceptions import AgentError, ConfigError, ShoalError
+from shoal.exceptions import AgentError, ConfigError, ShoalError, ToolDefinitionError
 from shoal.limits import ProcessLimits, parse_process_limits
 from shoal.models import check_model_spec
 from shoal.models.base import Model, ModelSettings, ToolSpec
 from shoal.models.retry import ModelGates
 from shoal.plan import as_tool
-from shoal.policy import ToolPolicy
+from shoal.policy import ToolPolicy, _labels, _resources
 from shoal.runtime import run_blocking
 from shoal.streaming import DEFAULT_BUFFER, EventStream, Started
 from shoal.tools import Tool
@@ -120,13 +120,22 @@ class Agent(Generic[T]):
             caller's event loop) or ``"process"``: a process of its own, with its own model
             client, a scrubbed environment (``env``) and OS limits (``limits``), sharing the
             tree's budget, model gates, events, approver, cancellation and journal (see
-            :mod:`shoal.agents.remote`). ``"ray"`` is reserved (a ``ConfigError`` for now).
+            :mod:`shoal.agents.remote`), or ``"ray"``: a Ray actor of its own, on a node
+            with what ``resources`` and ``labels`` ask for, sharing the same (see
+            :mod:`shoal.agents.ray_agent`).
         env: names of environment variables the agent's process may see besides the
             allow-list every worker gets (``isolation="process"``): its provider's key, e.g.
             ``env=["OPENAI_API_KEY"]``; nothing else of the parent's environment reaches it.
+            With ``isolation="ray"`` their values are given to the agent's actor (through
+            Ray's ``runtime_env``), on top of the node's own environment.
         limits: OS limits on the agent's process (``isolation="process"``), a
             :class:`~shoal.limits.ProcessLimits` or a mapping as a tool's ``limits=`` takes
             (``{"memory": "2GB", "open_files": 256}``); ``cpu_seconds`` counts its whole run.
+        resources: what the agent's actor needs on a Ray cluster (``isolation="ray"``), as a
+            tool's ``resources=``: ``{"num_cpus": 1}``, ``{"memory": 2e9}``, a custom
+            resource ``{"node-b": 1}``; by default it reserves no CPU.
+        labels: the node labels its actor needs (``isolation="ray"``), as a tool's
+            ``labels=``: ``{"zone": "b"}``.
     """
 
     name: str
@@ -147,6 +156,8 @@ class Agent(Generic[T]):
     isolation: AgentIsolation = "inline"
     env: Sequence[str] = ()
     limits: ProcessLimits | dict[str, Any] | None = None
+    resources: Mapping[str, float] | tuple[tuple[str, float], ...] = ()
+    labels: Mapping[str, str] | tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -191,10 +202,6 @@ class Agent(Generic[T]):
         if not isinstance(self.isolation, str) or self.isolation not in isolations:
             raise ConfigError(f"agent {self.name!r}: isolation must be one of "
                               f"{', '.join(map(repr, isolations))}, got {self.isolation!r}")
-        if self.isolation == "ray":
-            raise ConfigError(f"agent {self.name!r}: isolation='ray' for agents is not "
-                              "available yet; use isolation='process', or Ray for its tools "
-                              "(@shoal.tool(isolation='ray'))")
         if isinstance(self.env, str) or not isinstance(self.env, Sequence) or not all(
                 isinstance(n, str) and n and "=" not in n for n in self.env):
             raise ConfigError(f"agent {self.name!r}: env must be a list of environment "
@@ -207,6 +214,23 @@ class Agent(Generic[T]):
         if self.isolation == "inline" and (self.env or self.limits is not None):
             raise ConfigError(f"agent {self.name!r}: env= and limits= apply to an agent in "
                               "its own process; add isolation='process'")
+        if self.isolation == "ray" and self.limits is not None:
+            raise ConfigError(f"agent {self.name!r}: limits= applies to isolation='process'; "
+                              "on Ray ask for what the agent needs with resources= "
+                              "(e.g. {'memory': 2e9})")
+        self._check_placement()
+
+    def _check_placement(self) -> None:
+        try:
+            object.__setattr__(self, "resources", _resources(
+                dict(self.resources) if isinstance(self.resources, tuple) else self.resources))
+            object.__setattr__(self, "labels", _labels(
+                dict(self.labels) if isinstance(self.labels, tuple) else self.labels))
+        except (ToolDefinitionError, TypeError, ValueError) as exc:
+            raise ConfigError(f"agent {self.name!r}: {exc}") from None
+        if (self.resources or self.labels) and self.isolation != "ray":
+            raise ConfigError(f"agent {self.name!r}: resources= and labels= place an agent on "
+                              "a Ray cluster; add isolation='ray'")
 
     def _check_mode(self) -> None:
         modes = get_args(AgentMode)

@@ -173,8 +173,13 @@ class AgentRun:
 
         Never raises, except ``CancelledError``, which is re-raised after recording. An agent
         of ``isolation="process"`` runs in a process of its own (see
-        :mod:`shoal.agents.remote`), with the same contract.
+        :mod:`shoal.agents.remote`), one of ``isolation="ray"`` in a Ray actor (see
+        :mod:`shoal.agents.ray_agent`), with the same contract.
         """
+        if not self.here and self.agent.isolation == "ray":
+            from shoal.agents.ray_agent import run_on_ray  # only Ray agents need it
+
+            return await run_on_ray(self)
         if not self.here:
             from shoal.agents.remote import run_elsewhere  # only process agents need it
 

@@ -1,0 +1,699 @@
+"""Agents on a Ray cluster: ``Agent(isolation="ray")``.
+
+An agent whose ``isolation`` is ``"ray"`` runs its whole turn loop (its model requests, its
+tools, and its own subagents unless they say otherwise) in a Ray actor of its own, on any node
+of the cluster that has what ``Agent(resources=, labels=)`` asks for (the vocabulary of
+``@tool(resources=, labels=)``). It is a process agent (:mod:`shoal.agents.remote`) with
+another transport: the same messages, the same :class:`~shoal.agents.remote.TreeServer`
+answering budgets, model gates, events, approvals and cancellation from the root's tree, and
+the same child program (:mod:`shoal.agents._process`'s pieces) on the other end.
+
+**The connection.** For each agent the parent listens on a TCP port of its own, bound to the
+address the cluster's nodes reach the driver at (its Ray node's address: ``127.0.0.1`` for the
+private local Ray shoal starts, the driver node's address on a real cluster), and makes a
+one-time secret (:func:`secrets.token_bytes`, 32 bytes). The actor is handed the address and
+the secret (through Ray), connects back and sends the secret first; a connection whose first
+32 bytes are not the secret is closed before anything of it is read further, so nothing else on
+the network can talk to the agent's parent. Once the agent's actor is connected, the port is
+closed. The parent then sends the agent's definition (cloudpickled, as to a process agent);
+what the actor sends is loaded with the restricted loader of :mod:`shoal.executors.results`.
+
+**The journal** goes through the parent too: with a durable journal (a SQLite file) the
+agent's runtime writes to a :class:`ParentStore`, whose every read and write is an RPC that
+the parent answers from the root's own store, on a thread. So resume of Ray agents needs no
+shared file system: the agent's model turns and tool phases are journaled runs of the root's
+journal under the agent's lineage, wherever the actor runs. The parent answers only for runs
+of that agent's own subtree (``RUN/LINEAGE/...``). With the in-memory journal the actor keeps
+its own, which ends with it (as a process agent's).
+
+**Ending it.** A cancel (a person, a timeout, a breached budget) is sent to the agent, which
+records its end; one that has not ended :data:`~shoal.agents.remote.CANCEL_GRACE` seconds
+later is killed with ``ray.kill``. Every agent's actor is killed once its result is in. When
+its socket closes (the parent died, or killed it) the actor kills what its tools started and
+exits. An actor that dies (killed, out of memory, its node lost) gives its parent's call an
+:class:`~shoal.exceptions.AgentError` with Ray's account of the death; its siblings go on.
+
+**Ray.** The actor is started through the runtime's Ray connection
+(:mod:`shoal.executors.ray`: ``Runtime(ray_address=)``, ``RAY_ADDRESS``, else a private local
+Ray), so the workers import the agent's tools and model as Ray tools' are imported (the
+driver's source directories on ``PYTHONPATH``). It reserves no CPU unless ``resources`` says
+so (its turn loop mostly waits for its model). ``Agent(env=[...])`` names environment
+variables whose values the actor gets (through Ray's ``runtime_env``, so they travel to the
+node with the actor's definition); the node's own environment is the rest of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from shoal.agents._process import (
+    Link,
+    _Forward,
+    _shippable,
+    _stop,
+    remote_approver,
+    remote_gates,
+    remote_tracker,
+)
+from shoal.agents.remote import (
+    CANCEL_GRACE,
+    HEADER,
+    Channel,
+    StartSpec,
+    TreeServer,
+    _adopt,
+    _by_value,
+    _fail,
+    _Gone,
+    _stopped,
+    _unimportable,
+    start_spec,
+)
+from shoal.exceptions import AgentError, ConfigError, SerializationError, ShoalError
+from shoal.executors._shipping import dumps
+from shoal.executors.results import load_result
+
+if TYPE_CHECKING:
+    from shoal.agents.context import TreeContext
+    from shoal.agents.result import AgentResult
+    from shoal.agents.run import AgentRun
+    from shoal.exceptions import BudgetExceeded
+    from shoal.store.base import Store
+    from shoal.store.claims import RunClaim
+
+__all__ = ["HANDSHAKE_TIMEOUT", "TOKEN_BYTES", "AgentActor", "ParentStore", "RayChannel",
+           "RayTreeServer", "run_on_ray"]
+
+#: Length of the one-time secret an agent's actor sends first when it connects back.
+TOKEN_BYTES = 32
+#: Seconds a connection to an agent's port has to send the secret before it is dropped.
+HANDSHAKE_TIMEOUT = 10.0
+#: Seconds the parent waits for Ray's account of an actor whose socket closed.
+DEATH_TIMEOUT = 10.0
+#: The ``StartSpec.store`` of an agent whose journal is the parent's (see :class:`ParentStore`),
+#: without and with the run's events.
+PARENT_STORE, PARENT_EVENTS = "parent", "parent+events"
+
+#: The store methods an agent's actor may call on the root's store, and whether each takes
+#: run ids as records (``write``) rather than as its first argument.
+STORE_METHODS = frozenset({
+    "write", "get_run", "outcomes", "attempts", "events", "effects", "request_approval",
+    "decide", "use_decision", "approvals", "take_cancel_requests", "heartbeat",
+})
+
+
+# ---- the parent's side --------------------------------------------------------------------
+
+
+class RayChannel(Channel):
+    """The parent's end of one agent's actor: its TCP connection, and the actor itself."""
+
+    def __init__(self, ray: Any, actor: Any, ref: Any, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter, lineage: str) -> None:
+        self.ray = ray
+        self.actor = actor
+        self.ref = ref  # the actor's ``run``: ends when the agent does, or raises its death
+        self.lineage = lineage
+        self._reader = reader
+        self._writer = writer
+
+    @classmethod
+    async def start(cls, ray: Any, spec: StartSpec, options: dict[str, Any],
+                    host: str) -> RayChannel:
+        """Listen, start the agent's actor, take its connection and send it its spec."""
+        token = secrets.token_bytes(TOKEN_BYTES)
+        listener = _Listener(host, token)
+        actor = ray.remote(AgentActor).options(**options).remote()
+        ref = actor.run.remote(listener.host, listener.port, token)
+        try:
+            reader, writer = await listener.accept(ref, spec.lineage)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                ray.kill(actor, no_restart=True)
+            raise
+        finally:
+            listener.close()
+        channel = cls(ray, actor, ref, reader, writer, spec.lineage)
+        try:
+            with _by_value(_unimportable(spec.agent)):
+                channel._write(dumps(("start", spec), f"agent {spec.lineage!r} (to run it on "
+                                     "Ray, its definition is pickled)"))
+        except BaseException:
+            await channel.close()
+            raise
+        return channel
+
+    def _write(self, body: bytes) -> None:
+        self._writer.write(HEADER.pack(len(body)) + body)
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        """Queue one message (a closed connection drops it: the actor is gone)."""
+        if not self._writer.is_closing():
+            self._write(dumps(message, "a message to an agent's Ray actor"))
+
+    async def receive(self) -> tuple[Any, ...] | None:
+        """The next message, or ``None`` once the connection ends."""
+        try:
+            header = await self._reader.readexactly(HEADER.size)
+            body = await self._reader.readexactly(HEADER.unpack(header)[0])
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return None
+        message = load_result(body, f"a message from the Ray actor running agent {self.lineage}")
+        if not isinstance(message, tuple) or not message:
+            raise SerializationError("an agent's Ray actor sent a malformed message")
+        return message
+
+    def kill(self) -> None:
+        """``ray.kill`` the actor and drop its connection (it kills what it started)."""
+        with contextlib.suppress(Exception):  # dead already, or Ray going down
+            self.ray.kill(self.actor, no_restart=True)
+        self._writer.close()
+
+    async def ended(self) -> str:
+        """Ray's account of how the actor ended (its connection closed before its result)."""
+        try:
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self.ref.future())),
+                                   DEATH_TIMEOUT)
+        except TimeoutError:
+            return "its connection closed, and Ray did not report the actor ended"
+        except Exception as exc:
+            return describe_death(exc)
+        return "it closed its connection without sending a result"
+
+    async def close(self) -> None:
+        """Kill the actor (its work is done or abandoned) and close the connection."""
+        self.kill()
+        with contextlib.suppress(Exception):
+            await self._writer.wait_closed()
+
+
+class _Listener:
+    """A TCP port that takes the first connection presenting ``token``, and no other."""
+
+    def __init__(self, host: str, token: bytes) -> None:
+        self._token = token
+        self._sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        try:
+            self._sock.bind((host, 0))
+            self._sock.listen(16)
+            self._sock.setblocking(False)
+        except BaseException:
+            self._sock.close()
+            raise
+        self.host = host
+        self.port: int = self._sock.getsockname()[1]
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._won: asyncio.Future[socket.socket] | None = None
+
+    async def accept(self, ref: Any, lineage: str,
+                     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """The actor's connection; an :class:`AgentError` if the actor ends before it comes."""
+        loop = asyncio.get_running_loop()
+        self._won = loop.create_future()
+        accepting = asyncio.ensure_future(self._accept_all())
+        actor = asyncio.ensure_future(asyncio.wrap_future(ref.future()))
+        try:
+            await asyncio.wait({self._won, actor}, return_when=asyncio.FIRST_COMPLETED)
+            if not self._won.done():
+                try:
+                    actor.result()
+                except Exception as exc:
+                    raise AgentError(f"the Ray actor for agent {lineage} could not start: "
+                                     f"{describe_death(exc)}") from None
+                raise AgentError(f"the Ray actor for agent {lineage} ended before it "
+                                 "connected to its parent")
+            conn = self._won.result()
+        finally:
+            accepting.cancel()
+            actor.cancel()
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(accepting, actor, *self._tasks, return_exceptions=True)
+        try:
+            return await asyncio.open_connection(sock=conn)
+        except BaseException:
+            conn.close()
+            raise
+
+    async def _accept_all(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, _ = await loop.sock_accept(self._sock)
+            task = asyncio.ensure_future(self._check(conn))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _check(self, conn: socket.socket) -> None:
+        """Keep ``conn`` if its first bytes are the secret (compared in constant time)."""
+        loop = asyncio.get_running_loop()
+        got = b""
+        try:
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+                while len(got) < TOKEN_BYTES:
+                    chunk = await loop.sock_recv(conn, TOKEN_BYTES - len(got))
+                    if not chunk:
+                        break
+                    got += chunk
+        except (TimeoutError, OSError):
+            pass
+        except BaseException:
+            conn.close()
+            raise
+        won = self._won
+        if (len(got) == TOKEN_BYTES and secrets.compare_digest(got, self._token)
+                and won is not None and not won.done()):
+            won.set_result(conn)
+        else:
+            conn.close()
+
+    def close(self) -> None:
+        """Stop listening."""
+        self._sock.close()
+
+
+def describe_death(exc: BaseException) -> str:
+    """Ray's account of an actor's death, in one line (what killed it, and where)."""
+    text = str(exc)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    found = {key: line.split(":", 1)[1].strip() for line in lines
+             for key in ("pid", "ip") if line.startswith(f"{key}:")}
+    why = next((line for line in lines if line.startswith("The actor is dead because")),
+               lines[0] if lines else type(exc).__name__)
+    why = why.split(" Some common causes", 1)[0]
+    where = f" (pid {found['pid']} on {found['ip']})" if found.keys() == {"pid", "ip"} else ""
+    return f"{type(exc).__name__}{where}: {why}"
+
+
+class RayTreeServer(TreeServer):
+    """A :class:`TreeServer` that also answers the agent's journal from the root's store.
+
+    Store calls run on threads (a SQLite commit must not hold up the tree's loop); claims
+    the agent's runs take are held here and let go when it ends, whatever way it ends.
+    """
+
+    def __init__(self, ctx: TreeContext, channel: Channel, lineage: str) -> None:
+        super().__init__(ctx, channel, lineage)
+        self._claims: dict[int, RunClaim] = {}
+        self._next_claim = 0
+        #: run ids of this agent's subtree (the only runs it may read or write)
+        self._runs = f"{ctx.run_id}/{lineage}/"
+
+    def _call(self, call_id: int, op: str, args: tuple[Any, ...]) -> None:
+        if op not in ("store", "store_claim", "store_release"):
+            super()._call(call_id, op, args)
+            return
+        task = asyncio.ensure_future(self._store_call(call_id, op, args))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _store_call(self, call_id: int, op: str, args: tuple[Any, ...]) -> None:
+        try:
+            value = await self._store_answer(op, args)
+        except Exception as exc:
+            self.channel.send(("reply", call_id, False, exc))
+            return
+        self.channel.send(("reply", call_id, True, value))
+
+    async def _store_answer(self, op: str, args: tuple[Any, ...]) -> Any:
+        store = self.ctx.runtime.store
+        if store is None:
+            raise ShoalError("this tree has no journal")
+        if op == "store_release":
+            claim = self._claims.pop(args[0], None)
+            if claim is not None:
+                claim.release()
+            return None
+        if op == "store_claim":
+            from shoal.store.claims import claim_run
+
+            self._own(args[0])
+            claim = await asyncio.to_thread(claim_run, store, args[0])
+            self._next_claim += 1
+            self._claims[self._next_claim] = claim
+            return self._next_claim
+        name, positional, named = args
+        if name not in STORE_METHODS:
+            raise ShoalError(f"an agent's actor asked the journal for {name!r}, which it may "
+                             "not")
+        if name == "write":
+            for record in positional[0]:
+                self._own(getattr(record, "run_id", None))
+        else:
+            self._own(positional[0] if positional else named.get("run_id"))
+        return await asyncio.to_thread(getattr(store, name), *positional, **named)
+
+    def _own(self, run_id: Any) -> None:
+        if not isinstance(run_id, str) or not run_id.startswith(self._runs):
+            raise ShoalError(f"agent {self.lineage} may journal only its own runs "
+                             f"({self._runs}...), not {run_id!r}")
+
+    async def close(self) -> None:
+        """Stop answering; let go of the run claims a dead agent still held."""
+        await super().close()
+        for claim in self._claims.values():
+            claim.release()
+        self._claims.clear()
+
+
+def _check(run: AgentRun) -> None:
+    if run.ctx.board is not None:
+        raise ConfigError(f"agent {run.lineage} runs on Ray, where the tree's board cannot "
+                          "reach yet; run it with isolation='inline'")
+
+
+def actor_options(agent: Any) -> dict[str, Any]:
+    """Ray options for the agent's actor: its resources and labels, no restarts, no retries."""
+    from shoal.executors.ray import ray_options
+
+    options, _ = ray_options(agent.resources, agent.labels)
+    for task_only in ("max_retries", "retry_exceptions"):
+        options.pop(task_only, None)
+    if not any(name.lower() in ("num_cpus", "cpu") for name, _ in agent.resources):
+        options["num_cpus"] = 0  # its turn loop waits on its model: no CPU held by default
+    options.update(max_restarts=0, max_task_retries=0, max_concurrency=1)
+    values = {name: os.environ[name] for name in agent.env if name in os.environ}
+    if values:
+        options["runtime_env"] = {"env_vars": values}  # merged into the job's by Ray
+    return options
+
+
+async def _ray_for(ctx: TreeContext) -> Any:
+    """The ``ray`` module, connected as the runtime's Ray tools are (started on first use)."""
+    executor = ctx.runtime.executor_for("ray")
+    await executor.start()
+    from shoal.executors.ray import _import_ray
+
+    ray = _import_ray()
+    if not ray.is_initialized():
+        raise ConfigError("isolation='ray' for agents needs shoal's Ray backend connected; "
+                          "the runtime's 'ray' executor is one of your own that did not "
+                          "connect Ray")
+    return ray
+
+
+def _driver_host(ray: Any) -> str:
+    """The address the cluster's nodes reach this process at: its Ray node's address."""
+    host: str = ray.util.get_node_ip_address()
+    return host
+
+
+def ray_spec(run: AgentRun) -> StartSpec:
+    """:func:`start_spec` with the journal routed through the parent when it is durable."""
+    store = run.ctx.runtime.store
+    routed = "memory"
+    if store is not None and store.durable:
+        routed = PARENT_EVENTS if store.keeps_events else PARENT_STORE
+    return replace(start_spec(run), store=routed, limits=None)
+
+
+async def run_on_ray(run: AgentRun) -> AgentResult[Any]:
+    """Run ``run``'s agent in a Ray actor of its own; fill and return ``run.result``.
+
+    The contract of :meth:`AgentRun.run` (and of :func:`~shoal.agents.remote.run_elsewhere`,
+    whose steps this follows): never raises, except ``CancelledError`` after the result is
+    recorded.
+    """
+    ctx, result = run.ctx, run.result
+    ctx.results[run.lineage] = result
+    result.started_at = time.time()
+    try:
+        _check(run)
+        spec = ray_spec(run)
+        ray = await _ray_for(ctx)
+        channel = await RayChannel.start(ray, spec, actor_options(run.agent), _driver_host(ray))
+    except Exception as exc:
+        _fail(run, "failed", exc)
+        return result
+    except asyncio.CancelledError:  # while its actor started (which is killed then)
+        reason = ctx.stop_reason(run.lineage) or "cancelled"
+        _fail(run, "cancelled", AgentError(f"agent {run.lineage} was {reason}"))
+        raise
+    server = RayTreeServer(ctx, channel, run.lineage)
+    serving = asyncio.ensure_future(server.serve())
+    deadlines: list[asyncio.TimerHandle] = []
+
+    def stop(reason: str, breach: BudgetExceeded | None) -> None:
+        channel.send(("cancel", reason, breach))
+        if not deadlines:  # an agent that does not end in time is killed
+            deadlines.append(asyncio.get_running_loop().call_later(
+                CANCEL_GRACE, channel.kill))
+
+    ctx.track_remote(run.lineage, stop)
+    if (early := ctx.stop_reason(run.lineage)) is not None:
+        stop(early, ctx.tracker.breach)
+    try:
+        await _serve(run, channel, serving, server, deadlines)
+    finally:
+        for timer in deadlines:
+            timer.cancel()
+        ctx.untrack_remote(run.lineage)
+        serving.cancel()
+        await asyncio.gather(serving, return_exceptions=True)
+        await server.close()
+        await channel.close()
+    return result
+
+
+async def _serve(run: AgentRun, channel: RayChannel, serving: asyncio.Future[Any],
+                 server: TreeServer, deadlines: list[asyncio.TimerHandle]) -> None:
+    """Wait for the agent's result and record its end, whichever way it comes."""
+    try:
+        _adopt(run.ctx, run.result, await asyncio.shield(serving))
+    except asyncio.CancelledError:
+        await _stop_now(run, channel, serving, server)
+        raise
+    except _Gone:
+        if deadlines:  # killed when it did not stop in time: stopped, not crashed
+            _stopped(run, server)
+        else:
+            cause = await channel.ended()
+            _fail(run, "failed", AgentError(
+                f"the Ray actor running agent {run.lineage} died: {cause}"), server)
+    except Exception as exc:  # it could not load the agent; a reply that does not load
+        _fail(run, "failed", exc, server)
+
+
+async def _stop_now(run: AgentRun, channel: Channel, serving: asyncio.Future[Any],
+                    server: TreeServer) -> None:
+    """Ask the agent to stop; take its result if it comes within the grace, else record one."""
+    ctx = run.ctx
+    reason = ctx.stop_reason(run.lineage) or "cancelled"
+    channel.send(("cancel", reason, ctx.tracker.breach))
+    try:
+        _adopt(ctx, run.result, await asyncio.wait_for(asyncio.shield(serving), CANCEL_GRACE))
+    except (TimeoutError, _Gone, asyncio.CancelledError):
+        _stopped(run, server)
+
+
+# ---- the actor's side ---------------------------------------------------------------------
+
+
+class _ActorLink(Link):
+    """:class:`~shoal.agents._process.Link` for an actor: a closed socket ends the actor.
+
+    When the parent's socket closes, the actor kills what its tools started and, unless its
+    result is sent already (then ``ray.kill`` is on its way), exits at once: the agent must not
+    go on without its parent. Its process is Ray's worker, which leads no process group of its
+    own, so no group is killed.
+    """
+
+    #: set once the agent's result is sent
+    finished = False
+
+    def _read_all(self) -> None:
+        try:
+            while (message := self.read()) is not None:
+                if message[0] == "reply":
+                    _, call_id, ok, value = message
+                    future = self._waiting.pop(call_id)
+                    if ok:
+                        future.set_result(value)
+                    else:
+                        future.set_exception(value)
+                elif message[0] == "cancel":
+                    self._cancelled(message[1], message[2])
+        finally:
+            from shoal.executors._reaper import kill_tree
+
+            kill_tree(os.getpid(), include_root=False)
+            if not self.finished:
+                os._exit(0)
+
+
+class ParentStore:
+    """The agent's journal: the root's store, read and written through the parent.
+
+    Implements :class:`~shoal.store.base.Store` (and ``claim_run``, ``effects``) by asking the
+    parent, one round trip per call. It is durable: the parent's store is (only a durable
+    journal is routed), so the agent's runtime journals from writer threads of its own.
+    """
+
+    durable = True
+
+    def __init__(self, link: Link, keeps_events: bool) -> None:
+        self._link = link
+        self.keeps_events = keeps_events
+
+    def _ask(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        return self._link.ask("store", name, args, kwargs)
+
+    def write(self, records: Sequence[Any]) -> None:
+        """Store ``records`` in one transaction of the root's store."""
+        self._ask("write", list(records))
+
+    def get_run(self, run_id: str) -> Any:
+        """One run, or ``None``."""
+        return self._ask("get_run", run_id)
+
+    def list_runs(self, limit: int = 50) -> list[Any]:
+        """Not offered to an agent: it sees only its own runs."""
+        raise ShoalError("an agent on Ray cannot list the journal's runs")
+
+    def outcomes(self, run_id: str, *, decode: bool = True) -> dict[str, Any]:
+        """Each node's latest outcome, by node id."""
+        found: dict[str, Any] = self._ask("outcomes", run_id, decode=decode)
+        return found
+
+    def attempts(self, run_id: str) -> list[Any]:
+        """Every attempt of the run."""
+        found: list[Any] = self._ask("attempts", run_id)
+        return found
+
+    def effects(self, run_id: str, *, nested: bool = False) -> list[Any]:
+        """The run's journaled effects."""
+        found: list[Any] = self._ask("effects", run_id, nested=nested)
+        return found
+
+    def events(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's journaled events."""
+        found: list[dict[str, Any]] = self._ask("events", run_id)
+        return found
+
+    def request_approval(self, record: Any) -> Any:
+        """Store a pending approval request."""
+        return self._ask("request_approval", record)
+
+    def decide(self, run_id: str, node_id: str, args_hash: str, decision: Any, *,
+               decided_by: str = "", reason: str = "", at: float | None = None) -> None:
+        """Record a decision."""
+        self._ask("decide", run_id, node_id, args_hash, decision, decided_by=decided_by,
+                  reason=reason, at=at)
+
+    def use_decision(self, run_id: str, node_id: str, args_hash: str) -> Any:
+        """The unused decision for exactly this call, marked used."""
+        return self._ask("use_decision", run_id, node_id, args_hash)
+
+    def approvals(self, run_id: str, *, pending_only: bool = False) -> list[Any]:
+        """The run's approval requests and decisions."""
+        found: list[Any] = self._ask("approvals", run_id, pending_only=pending_only)
+        return found
+
+    def request_cancel(self, run_id: str, node_ids: Sequence[str] = (), *,
+                       reason: str = "cancelled by the user") -> None:
+        """Not offered to an agent: its parent cancels it."""
+        raise ShoalError("an agent on Ray cannot ask the journal to cancel runs")
+
+    def take_cancel_requests(self, run_id: str) -> list[Any]:
+        """Cancel requests for the run not taken yet."""
+        found: list[Any] = self._ask("take_cancel_requests", run_id)
+        return found
+
+    def heartbeat(self, run_id: str, at: float) -> None:
+        """Say that the run is still running."""
+        self._ask("heartbeat", run_id, at)
+
+    def claim_run(self, run_id: str) -> RunClaim:
+        """Claim ``run_id`` in the root's store; the parent holds the claim for the agent."""
+        return _ParentClaim(self._link, self._link.ask("store_claim", run_id))
+
+    def close(self) -> None:
+        """Nothing to release here: the store is the parent's."""
+
+
+class _ParentClaim:
+    """A run claim the parent holds for the agent; released by asking it."""
+
+    def __init__(self, link: Link, claim_id: int) -> None:
+        self._link = link
+        self._id: int | None = claim_id
+
+    def release(self) -> None:
+        """Let the claim go (once)."""
+        claim_id, self._id = self._id, None
+        if claim_id is not None:
+            self._link.ask("store_release", claim_id)
+
+
+def actor_context(spec: StartSpec, link: Link) -> TreeContext:
+    """The agent's :class:`TreeContext`, whose shared parts (journal too) ask the parent."""
+    from shoal.agents.context import TreeContext
+    from shoal.runtime import Runtime
+
+    approver = remote_approver(link) if spec.approver else None
+    store: Store | str = spec.store
+    if spec.store in (PARENT_STORE, PARENT_EVENTS):
+        store = ParentStore(link, keeps_events=spec.store == PARENT_EVENTS)
+    runtime = Runtime(store=store, approver=approver, **spec.runtime)
+    sinks = [_Forward(link, spec.wants_text)] if spec.observed else []
+    ctx = TreeContext(run_id=spec.run_id, runtime=runtime, budget=spec.budget, sinks=sinks,
+                      gates=remote_gates(link, spec.retry), model_override=spec.override,
+                      resuming=spec.resuming, force=spec.force)
+    ctx.tracker = remote_tracker(link, ctx)
+    # another machine's monotonic clock is not the parent's: the origin crosses as epoch
+    # time (clocks kept in step by NTP), and is placed on this machine's loop clock
+    _, epoch = spec.origin
+    ctx.adopt_origin(time.monotonic() - (time.time() - epoch), epoch)
+    return ctx
+
+
+async def _run_agent(spec: StartSpec, link: _ActorLink) -> None:
+    """Run the agent of ``spec``; send its result whatever happens."""
+    from shoal.agents.run import AgentRun
+
+    ctx = actor_context(spec, link)
+    loop = asyncio.get_running_loop()
+
+    def cancel(reason: str, breach: BudgetExceeded | None) -> None:
+        loop.call_soon_threadsafe(_stop, ctx, spec.lineage, reason, breach)
+
+    link.on_cancel(cancel)
+    agent_run = AgentRun(spec.agent, ctx, lineage=spec.lineage, depth=spec.depth,
+                         prompt=spec.prompt, here=True)
+    try:
+        with contextlib.suppress(asyncio.CancelledError):
+            await agent_run.run()
+    finally:
+        await ctx.close_models()
+        await ctx.runtime.aclose()
+    link.finished = True  # the parent closes the socket once the result is in: no crash
+    link.send(_shippable(agent_run.result))
+
+
+class AgentActor:
+    """The Ray actor that runs one agent for the parent whose port it is given."""
+
+    def run(self, host: str, port: int, token: bytes) -> str:
+        """Connect back, present ``token``, run the agent the parent sends; say how it went."""
+        sock = socket.create_connection((host, port), timeout=30.0)
+        sock.settimeout(None)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(token)
+        link = _ActorLink(sock)
+        try:
+            message = link.read()
+        except Exception as exc:  # the agent's definition needs what cannot be imported here
+            link.send(("error", f"{type(exc).__name__}: {exc}"))
+            return "could not load the agent"
+        if message is None:
+            return "the parent went away"
+        link.start_reading()
+        asyncio.run(_run_agent(message[1], link))
+        return "done"
