@@ -345,3 +345,49 @@ def test_describe_death_names_what_ray_says_killed_the_actor() -> None:
     described = describe_death(RuntimeError(text))
     assert described == ("RuntimeError (pid 12404 on 10.0.0.7): The actor is dead because its "
                          "worker process has died. Worker exit type: SYSTEM_ERROR")
+
+
+def test_a_ray_agent_waiting_for_resources_no_node_has_is_ended_by_a_deadline(
+        ray_cluster: str) -> None:
+    import ray
+
+    model = ScriptedModel.per_prompt({"r": ["never asked"]})
+    nowhere = shoal.Agent(name="reader", model=model, isolation="ray",
+                          resources={"no-such-node": 1})
+    plan = shoal.Plan()
+    node = plan.call(nowhere, task="r")
+    began = time.monotonic()
+    result = shoal.run_sync(plan, deadline=2.0)
+    assert time.monotonic() - began < 10.0
+    assert result[node].status != "ok"
+    state: Any = ray._private.state  # the cluster's actor table (Ray's state API needs the
+    agents = [a for a in state.actors().values()  # dashboard, which shoal's Ray runs without)
+              if a["ActorClassName"].endswith("AgentActor")]
+    assert agents  # the table knows the agents' actors...
+    assert [a for a in agents if a["State"] != "DEAD"] == []  # ...and this one was not left
+
+
+
+def test_ray_agents_nest_and_report_through_each_other(ray_cluster: str) -> None:
+    seen = {}
+    for isolation in ("inline", "ray"):
+        model = ScriptedModel.per_prompt({
+            "go": [[call("reader", task="r")], "lead done"],
+            "r": [[call("leaf", task="x"), call("leaf", task="y")], "reader done"],
+            "x": [[call("where", tag="x")], "x done"],
+            "y": ["y done"],
+        })
+        leaf = shoal.Agent(name="leaf", model=model, tools=[where],
+                           isolation=isolation)  # type: ignore[arg-type]
+        reader = shoal.Agent(name="reader", model=model, subagents=[leaf],
+                             isolation=isolation)  # type: ignore[arg-type]
+        lead = shoal.Agent(name="lead", model=model, subagents=[reader])
+        events = _Recorder()
+        result = lead.run_sync("go", budget=shoal.Budget(subagents=2), on_event=events)
+        seen[isolation] = (result, events)
+    (inline, inline_events), (remote, remote_events) = seen["inline"], seen["ray"]
+    assert [(r.lineage, r.status, r.output) for r in remote.walk()] == [
+        (r.lineage, r.status, r.output) for r in inline.walk()]
+    assert _shape(remote_events) == _shape(inline_events)
+    assert [c.status for c in remote.children[0].calls] == ["ok", "rejected"]
+    assert len(_pids(remote) | {os.getpid()}) == 2  # the leaf in an actor of its own

@@ -50,7 +50,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -424,18 +424,25 @@ async def run_on_ray(run: AgentRun) -> AgentResult[Any]:
     ctx, result = run.ctx, run.result
     ctx.results[run.lineage] = result
     result.started_at = time.time()
+    starting = asyncio.ensure_future(_start(run))
+
+    def stop_starting(reason: str, breach: BudgetExceeded | None) -> None:
+        starting.cancel()  # an actor may wait long for a node with its resources
+
+    ctx.track_remote(run.lineage, stop_starting)
     try:
-        _check(run)
-        spec = ray_spec(run)
-        ray = await _ray_for(ctx)
-        channel = await RayChannel.start(ray, spec, actor_options(run.agent), _driver_host(ray))
+        channel = await starting
     except Exception as exc:
         _fail(run, "failed", exc)
         return result
     except asyncio.CancelledError:  # while its actor started (which is killed then)
-        reason = ctx.stop_reason(run.lineage) or "cancelled"
-        _fail(run, "cancelled", AgentError(f"agent {run.lineage} was {reason}"))
-        raise
+        _stopped_starting(run)
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+        return result  # the tree stopped it (its parent's task goes on)
+    finally:
+        ctx.untrack_remote(run.lineage)
     server = RayTreeServer(ctx, channel, run.lineage)
     serving = asyncio.ensure_future(server.serve())
     deadlines: list[asyncio.TimerHandle] = []
@@ -460,6 +467,24 @@ async def run_on_ray(run: AgentRun) -> AgentResult[Any]:
         await server.close()
         await channel.close()
     return result
+
+
+def _stopped_starting(run: AgentRun) -> None:
+    """Record the end of an agent stopped while its actor started."""
+    ctx = run.ctx
+    if ctx.tracker.breach is not None:
+        _fail(run, "budget_exceeded", ctx.tracker.breach)
+    else:
+        reason = ctx.stop_reason(run.lineage) or "cancelled"
+        _fail(run, "cancelled", AgentError(f"agent {run.lineage} was {reason}"))
+
+
+async def _start(run: AgentRun) -> RayChannel:
+    """Connect to Ray, start the agent's actor and take its connection."""
+    _check(run)
+    spec = ray_spec(run)
+    ray = await _ray_for(run.ctx)
+    return await RayChannel.start(ray, spec, actor_options(run.agent), _driver_host(ray))
 
 
 async def _serve(run: AgentRun, channel: RayChannel, serving: asyncio.Future[Any],
@@ -499,14 +524,11 @@ async def _stop_now(run: AgentRun, channel: Channel, serving: asyncio.Future[Any
 class _ActorLink(Link):
     """:class:`~shoal.agents._process.Link` for an actor: a closed socket ends the actor.
 
-    When the parent's socket closes, the actor kills what its tools started and, unless its
-    result is sent already (then ``ray.kill`` is on its way), exits at once: the agent must not
-    go on without its parent. Its process is Ray's worker, which leads no process group of its
-    own, so no group is killed.
+    When the parent's socket closes (it has the result, it killed the agent, or it died), the
+    actor kills what its tools started and exits at once, not waiting for ``ray.kill``: the
+    agent must not go on without its parent. Its process is Ray's worker, which leads no
+    process group of its own, so no group is killed.
     """
-
-    #: set once the agent's result is sent
-    finished = False
 
     def _read_all(self) -> None:
         try:
@@ -524,8 +546,7 @@ class _ActorLink(Link):
             from shoal.executors._reaper import kill_tree
 
             kill_tree(os.getpid(), include_root=False)
-            if not self.finished:
-                os._exit(0)
+            os._exit(0)
 
 
 class ParentStore:
@@ -654,7 +675,7 @@ def actor_context(spec: StartSpec, link: Link) -> TreeContext:
     return ctx
 
 
-async def _run_agent(spec: StartSpec, link: _ActorLink) -> None:
+async def _run_agent(spec: StartSpec, link: Link) -> None:
     """Run the agent of ``spec``; send its result whatever happens."""
     from shoal.agents.run import AgentRun
 
@@ -673,7 +694,6 @@ async def _run_agent(spec: StartSpec, link: _ActorLink) -> None:
     finally:
         await ctx.close_models()
         await ctx.runtime.aclose()
-    link.finished = True  # the parent closes the socket once the result is in: no crash
     link.send(_shippable(agent_run.result))
 
 
@@ -695,5 +715,23 @@ class AgentActor:
         if message is None:
             return "the parent went away"
         link.start_reading()
-        asyncio.run(_run_agent(message[1], link))
+        _run_loop(_run_agent(message[1], link))
         return "done"
+
+
+def _run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """``asyncio.run(main)``, except that it does not wait for the loop's default executor.
+
+    A sync tool that was cancelled is abandoned on its thread, which may run on for a long
+    time; the result is sent by then, and the actor must be free for ``ray.kill`` at once.
+    """
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(main)
+        left = asyncio.all_tasks(loop)
+        for task in left:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        loop.close()
