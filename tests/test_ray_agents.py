@@ -120,8 +120,9 @@ def test_a_subagent_budget_holds_exactly_across_remote_agents(isolation: str) ->
     assert result.usage.requests == 2 + 2 * 2 + 3
 
 
-def test_approvals_reach_the_root_approver_from_remote_agents(isolation: str,
-                                                              tmp_path: Path) -> None:
+@pytest.mark.parametrize("journal", ["memory", "sqlite"])
+def test_approvals_reach_the_root_approver_from_remote_agents(
+        isolation: str, journal: str, tmp_path: Path) -> None:
     out = tmp_path / "out.txt"
     model = ScriptedModel.per_prompt({
         "go": [[call("mailer", task="m")], "done"],
@@ -139,7 +140,8 @@ def test_approvals_reach_the_root_approver_from_remote_agents(isolation: str,
             return shoal.Decision.approve()
         return shoal.Decision.deny("not that one")
 
-    result = lead.run_sync("go", approver=approver)
+    store = str(tmp_path / "runs.db") if journal == "sqlite" else "memory"
+    result = lead.run_sync("go", runtime=shoal.Runtime(store=store, approver=approver))
     assert sorted((r.lineage, r.args["text"]) for r in asked) == [
         ("lead/mailer#1/send#1", "yes"), ("lead/mailer#1/send#2", "no")]
     calls = {c.lineage: c for c in result.children[0].calls}
@@ -147,6 +149,12 @@ def test_approvals_reach_the_root_approver_from_remote_agents(isolation: str,
     assert calls["lead/mailer#1/send#2"].status == "denied"
     text, pid = out.read_text().strip().rsplit("@", 1)
     assert text == "yes" and int(pid) != os.getpid()  # ran once, where the mailer runs
+    if journal == "sqlite":  # the requests and decisions are in the root's journal file
+        stored = shoal.Runtime(store=store).store
+        assert stored is not None
+        runs = [r.run_id for r in stored.list_runs() if r.run_id.endswith("mailer#1/turn-1")]
+        assert [(a.node_id, a.decision) for a in stored.approvals(runs[0])] == [
+            ("send#1", "approved"), ("send#2", "denied")]
 
 
 # ---- Ray only -------------------------------------------------------------------------------

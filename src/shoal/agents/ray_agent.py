@@ -96,6 +96,8 @@ __all__ = ["HANDSHAKE_TIMEOUT", "TOKEN_BYTES", "AgentActor", "ParentStore", "Ray
 TOKEN_BYTES = 32
 #: Seconds a connection to an agent's port has to send the secret before it is dropped.
 HANDSHAKE_TIMEOUT = 10.0
+#: Seconds an actor that sent its agent's result gets to return before it is killed.
+FINISH_GRACE = 1.0
 #: Seconds the parent waits for Ray's account of an actor whose socket closed.
 DEATH_TIMEOUT = 10.0
 #: The ``StartSpec.store`` of an agent whose journal is the parent's (see :class:`ParentStore`),
@@ -122,6 +124,8 @@ class RayChannel(Channel):
         self.actor = actor
         self.ref = ref  # the actor's ``run``: ends when the agent does, or raises its death
         self.lineage = lineage
+        #: set once the agent's result is in: its actor is then let return before it is killed
+        self.finished = False
         self._reader = reader
         self._writer = writer
 
@@ -189,7 +193,17 @@ class RayChannel(Channel):
         return "it closed its connection without sending a result"
 
     async def close(self) -> None:
-        """Kill the actor (its work is done or abandoned) and close the connection."""
+        """Kill the actor (its work is done or abandoned) and close the connection.
+
+        An actor that sent its result is given a moment to return first: Ray reports the
+        death of an actor's worker in the middle of a call as a crash, on the driver's log.
+        """
+        if self.finished:
+            returned = asyncio.ensure_future(asyncio.wrap_future(self.ref.future()))
+            await asyncio.wait({returned}, timeout=FINISH_GRACE)
+            returned.cancel()
+            with contextlib.suppress(BaseException):
+                await returned
         self.kill()
         with contextlib.suppress(Exception):
             await self._writer.wait_closed()
@@ -346,6 +360,8 @@ class RayTreeServer(TreeServer):
         if name == "write":
             for record in positional[0]:
                 self._own(getattr(record, "run_id", None))
+        elif name == "request_approval":  # an ApprovalRecord
+            self._own(getattr(positional[0] if positional else None, "run_id", None))
         else:
             self._own(positional[0] if positional else named.get("run_id"))
         return await asyncio.to_thread(getattr(store, name), *positional, **named)
@@ -492,6 +508,7 @@ async def _serve(run: AgentRun, channel: RayChannel, serving: asyncio.Future[Any
     """Wait for the agent's result and record its end, whichever way it comes."""
     try:
         _adopt(run.ctx, run.result, await asyncio.shield(serving))
+        channel.finished = True
     except asyncio.CancelledError:
         await _stop_now(run, channel, serving, server)
         raise
@@ -525,10 +542,15 @@ class _ActorLink(Link):
     """:class:`~shoal.agents._process.Link` for an actor: a closed socket ends the actor.
 
     When the parent's socket closes (it has the result, it killed the agent, or it died), the
-    actor kills what its tools started and exits at once, not waiting for ``ray.kill``: the
-    agent must not go on without its parent. Its process is Ray's worker, which leads no
-    process group of its own, so no group is killed.
+    actor kills what its tools started. An agent still running exits at once: it must not go
+    on without its parent. One whose result is sent leaves its exit to ``ray.kill``, which the
+    parent sends (Ray takes an exit of its own for a crash, and says so on the driver's log),
+    and exits by itself only if that does not come within :data:`FINISH_GRACE` seconds. Its
+    process is Ray's worker, which leads no process group of its own, so no group is killed.
     """
+
+    #: set once the agent's result is sent
+    finished = False
 
     def _read_all(self) -> None:
         try:
@@ -546,6 +568,8 @@ class _ActorLink(Link):
             from shoal.executors._reaper import kill_tree
 
             kill_tree(os.getpid(), include_root=False)
+            if self.finished:
+                time.sleep(FINISH_GRACE)
             os._exit(0)
 
 
@@ -694,7 +718,10 @@ async def _run_agent(spec: StartSpec, link: Link) -> None:
     finally:
         await ctx.close_models()
         await ctx.runtime.aclose()
-    link.send(_shippable(agent_run.result))
+    message = _shippable(agent_run.result)
+    if isinstance(link, _ActorLink):
+        link.finished = True
+    link.send(message)
 
 
 class AgentActor:
