@@ -31,8 +31,19 @@ import shoal
 from shoal.agents.ray_agent import TOKEN_BYTES, _Listener, describe_death
 from shoal.events import Event
 from shoal.exceptions import ConfigError
+from shoal.models.retry import ModelGates
 from shoal.testing import ScriptedModel, call
-from tests.test_process_agents import _pid_in, _pids, _Recorder, _shape, _texts, send, where
+from shoal.testing.conformance import peak_overlap
+from tests.test_process_agents import (
+    _logged,
+    _pid_in,
+    _pids,
+    _Recorder,
+    _shape,
+    _texts,
+    send,
+    where,
+)
 
 pytest.importorskip("ray")
 
@@ -155,6 +166,23 @@ def test_approvals_reach_the_root_approver_from_remote_agents(
         runs = [r.run_id for r in stored.list_runs() if r.run_id.endswith("mailer#1/turn-1")]
         assert [(a.node_id, a.decision) for a in stored.approvals(runs[0])] == [
             ("send#1", "approved"), ("send#2", "denied")]
+
+
+def test_one_model_gate_caps_requests_across_remote_agents(isolation: str,
+                                                           tmp_path: Path) -> None:
+    log = tmp_path / "requests.log"
+    model = _logged(log, {
+        "go": [[call("reader", task=f"r{i}") for i in range(3)], "done"],
+        **{f"r{i}": [f"read r{i}"] for i in range(3)},
+    }, latency=0.4)
+    reader = shoal.Agent(name="reader", model=model,
+                         isolation=isolation)  # type: ignore[arg-type]
+    lead = shoal.Agent(name="lead", model=model, subagents=[reader])
+    result = lead.run_sync("go", gates=ModelGates(max_concurrency=1))
+    assert result.output == "done"
+    spans = [tuple(map(float, line.split()[1:])) for line in log.read_text().splitlines()]
+    assert len(spans) == 5
+    assert peak_overlap(spans) == 1  # three agents elsewhere, one request at a time
 
 
 # ---- Ray only -------------------------------------------------------------------------------
@@ -399,3 +427,27 @@ def test_ray_agents_nest_and_report_through_each_other(ray_cluster: str) -> None
     assert _shape(remote_events) == _shape(inline_events)
     assert [c.status for c in remote.children[0].calls] == ["ok", "rejected"]
     assert len(_pids(remote) | {os.getpid()}) == 2  # the leaf in an actor of its own
+
+
+def test_a_wall_clock_budget_stops_ray_agents_and_leaves_no_actor(ray_cluster: str,
+                                                                   tmp_path: Path) -> None:
+    model = ScriptedModel.per_prompt({
+        "go": [[call("reader", task="stuck"), call("reader", task="stuck too")], "never"],
+        "stuck": [[call("slow", path=str(tmp_path / "a"))], "never"],
+        "stuck too": [[call("slow", path=str(tmp_path / "b"))], "never"],
+    })
+    reader = shoal.Agent(name="reader", model=model, tools=[slow], isolation="ray")
+    lead = shoal.Agent(name="lead", model=model, subagents=[reader])
+    began = time.monotonic()
+    with pytest.raises(shoal.BudgetExceeded) as caught:
+        lead.run_sync("go", budget=shoal.Budget(wall_clock=8.0))
+    assert time.monotonic() - began < 14.0  # not the tools' 60 s
+    assert caught.value.limit == "wall_clock"
+    assert [r.status for r in caught.value.result.children] == ["budget_exceeded"] * 2
+    # on a loaded machine an actor may still be starting when the budget ends (no pid then)
+    for pid_file in (p for p in (tmp_path / "a", tmp_path / "b") if p.exists()):
+        pid = int(pid_file.read_text())
+        end = time.monotonic() + 2.0
+        while not _gone(pid) and time.monotonic() < end:
+            time.sleep(0.02)
+        assert _gone(pid)
