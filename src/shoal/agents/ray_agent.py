@@ -82,6 +82,7 @@ from shoal.executors._shipping import dumps
 from shoal.executors.results import load_result
 
 if TYPE_CHECKING:
+    from shoal.agents.agent import Agent
     from shoal.agents.context import TreeContext
     from shoal.agents.result import AgentResult
     from shoal.agents.run import AgentRun
@@ -104,8 +105,8 @@ DEATH_TIMEOUT = 10.0
 #: without and with the run's events.
 PARENT_STORE, PARENT_EVENTS = "parent", "parent+events"
 
-#: The store methods an agent's actor may call on the root's store, and whether each takes
-#: run ids as records (``write``) rather than as its first argument.
+#: The store methods an agent's actor may call on the root's store (for runs of its own
+#: subtree only; listing runs and cancelling them are not among them).
 STORE_METHODS = frozenset({
     "write", "get_run", "outcomes", "attempts", "events", "effects", "request_approval",
     "decide", "use_decision", "approvals", "take_cancel_requests", "heartbeat",
@@ -385,14 +386,17 @@ def _check(run: AgentRun) -> None:
                           "reach yet; run it with isolation='inline'")
 
 
-def actor_options(agent: Any) -> dict[str, Any]:
+def actor_options(agent: Agent[Any]) -> dict[str, Any]:
     """Ray options for the agent's actor: its resources and labels, no restarts, no retries."""
     from shoal.executors.ray import ray_options
 
-    options, _ = ray_options(agent.resources, agent.labels)
+    # Agent() keeps both as sorted pairs, as a tool's policy does
+    resources = tuple(sorted(dict(agent.resources).items()))
+    labels = tuple(sorted(dict(agent.labels).items()))
+    options, _ = ray_options(resources, labels)
     for task_only in ("max_retries", "retry_exceptions"):
         options.pop(task_only, None)
-    if not any(name.lower() in ("num_cpus", "cpu") for name, _ in agent.resources):
+    if not any(name.lower() in ("num_cpus", "cpu") for name, _ in resources):
         options["num_cpus"] = 0  # its turn loop waits on its model: no CPU held by default
     options.update(max_restarts=0, max_task_retries=0, max_concurrency=1)
     values = {name: os.environ[name] for name in agent.env if name in os.environ}
