@@ -30,18 +30,20 @@ from shoal.approvals import (
     ApprovalRequest,
     Approver,
     CallbackApprover,
-    ConsoleApprover,
     Decision,
+    MemoryLedger,
     Rule,
     RulesApprover,
+    approval_hash,
     as_approver,
 )
+from shoal.approvals.desk import NO_APPROVER
+from shoal.cli.approver import ConsoleApprover
 from shoal.events import ApprovalDecided, ApprovalRequested, Event, NodeFinished
 from shoal.exceptions import ConfigError
 from shoal.outcome import RunResult
-from shoal.scheduler.approval_desk import NO_APPROVER, MemoryLedger
 from shoal.scheduler.state import TRANSITIONS, Ask, AttemptResult, Phase, SchedulerState, Withdraw
-from shoal.store.base import ApprovalRecord, approval_hash
+from shoal.store.base import ApprovalRecord
 from shoal.store.base import Decision as StoredDecision
 from shoal.store.memory import MemoryStore
 from shoal.store.sqlite import SQLiteStore
