@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import os
 import random
 import signal
@@ -30,18 +31,20 @@ from shoal.approvals import (
     ApprovalRequest,
     Approver,
     CallbackApprover,
-    ConsoleApprover,
     Decision,
+    MemoryLedger,
     Rule,
     RulesApprover,
+    approval_hash,
     as_approver,
 )
+from shoal.approvals.desk import NO_APPROVER
+from shoal.cli.approver import ConsoleApprover
 from shoal.events import ApprovalDecided, ApprovalRequested, Event, NodeFinished
 from shoal.exceptions import ConfigError
 from shoal.outcome import RunResult
-from shoal.scheduler.approval_desk import NO_APPROVER, MemoryLedger
 from shoal.scheduler.state import TRANSITIONS, Ask, AttemptResult, Phase, SchedulerState, Withdraw
-from shoal.store.base import ApprovalRecord, approval_hash
+from shoal.store.base import ApprovalRecord
 from shoal.store.base import Decision as StoredDecision
 from shoal.store.memory import MemoryStore
 from shoal.store.sqlite import SQLiteStore
@@ -462,6 +465,54 @@ def test_a_decision_used_elsewhere_is_rejected() -> None:
     assert result[a].status == "denied"
     assert "already used (a decision is used once)" in result[a].reason
     assert RAN == []
+
+
+class UnwritableStore(MemoryStore):
+    """A store of one's own that cannot write some approval records (a full disk, say)."""
+
+    def __init__(self, *fails: str) -> None:
+        super().__init__()
+        self.fails = set(fails)  # "request", "approved", "denied"
+
+    def request_approval(self, record: ApprovalRecord) -> ApprovalRecord:
+        if "request" in self.fails:
+            raise OSError("disk full")
+        return super().request_approval(record)
+
+    def decide(self, run_id: str, node_id: str, args_hash: str, decision: StoredDecision, *,
+               decided_by: str = "", reason: str = "", at: float | None = None) -> None:
+        if decision in self.fails:
+            raise OSError("disk full")
+        super().decide(run_id, node_id, args_hash, decision, decided_by=decided_by,
+                       reason=reason, at=at)
+
+
+def test_a_request_that_cannot_be_stored_is_denied_without_asking() -> None:
+    approver = Recorder(True)
+    plan = Plan()
+    a, b = plan.call(delete, path="x"), plan.call(free, i=1)
+    result = run(plan, approver=approver, store=UnwritableStore("request"))
+    assert result[a].status == "denied" and result[b].status == "ok"
+    assert result[a].reason == "the request could not be stored: disk full"
+    assert approver.batches == [] and RAN == [("free", {"i": 1})]
+
+
+@pytest.mark.parametrize("decision", [Decision.approve("fine"), Decision.edit({"path": "y"})])
+def test_an_approval_that_cannot_be_stored_denies(decision: Decision) -> None:
+    plan = Plan()
+    a = plan.call(delete, path="x")
+    result = run(plan, approver=lambda r: decision, store=UnwritableStore("approved"))
+    assert (result[a].status, result[a].reason) == ("denied", "disk full")
+    assert RAN == []
+
+
+def test_a_denial_that_cannot_be_stored_still_denies(caplog: pytest.LogCaptureFixture) -> None:
+    plan = Plan()
+    a = plan.call(delete, path="x")
+    with caplog.at_level(logging.ERROR, logger="shoal"):
+        result = run(plan, approver=Recorder(False), store=UnwritableStore("denied"))
+    assert (result[a].status, result[a].reason) == ("denied", "no")
+    assert "could not store the denial" in caplog.text and RAN == []
 
 
 @tool(approval=True)

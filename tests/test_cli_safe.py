@@ -27,7 +27,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rich.console import Console, RenderableType
 
-from shoal.approvals import ApprovalRequest, ConsoleApprover
+from shoal.approvals import ApprovalRequest
+from shoal.cli.approver import ConsoleApprover
 from shoal.cli.journal import _show_view, runs_table
 from shoal.cli.live import render_snapshot
 from shoal.cli.render import detail, plan_problems, render_result

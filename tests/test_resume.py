@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 import shoal
+from shoal.approvals import approval_hash
 from shoal.exceptions import ConfigError, PlanChangedError, RunNotFoundError
-from shoal.store.base import ApprovalRecord, approval_hash
+from shoal.store.base import ApprovalRecord
 from shoal.store.sqlite import SQLiteStore
 from tests.conftest import arun
 from tests.crash_tools import build_approval_plan, build_plan

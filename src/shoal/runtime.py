@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from shoal import instrumentation
 from shoal.approvals import ApprovalRequest, Approver, Callback, as_approver
+from shoal.approvals.desk import ApprovalDesk
 from shoal.deps import Graph, analyze
 from shoal.events import Event, EventSink
 from shoal.exceptions import ConfigError, ShoalError
@@ -32,7 +33,6 @@ from shoal.executors.thread import DEFAULT_THREAD_WORKERS, ThreadExecutor
 from shoal.limits import Rate, parse_rate
 from shoal.outcome import Outcome, RunResult
 from shoal.plan import Node, Plan, Ref
-from shoal.scheduler.approval_desk import ApprovalDesk
 from shoal.scheduler.driver import Driver, Snapshot
 from shoal.scheduler.gates import SharedLimits
 from shoal.scheduler.scope import RunScope

@@ -27,9 +27,10 @@ from rich.console import Console
 
 from shoal import __version__
 from shoal.agents.budget import Budget
-from shoal.approvals import Approver, ConsoleApprover, Rule, RulesApprover
+from shoal.approvals import Approver, Rule, RulesApprover
 from shoal.cli.agent_journal import AgentJournal
 from shoal.cli.agents import AgentOptions, is_agent_target, model_option, run_agent_target
+from shoal.cli.approver import ConsoleApprover
 from shoal.cli.interrupt import EXIT_INTERRUPTED, CtrlC
 from shoal.cli.journal import register as register_journal_commands
 from shoal.cli.live import SHOW_CURSOR, LivePause, follow

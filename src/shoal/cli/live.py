@@ -34,7 +34,7 @@ SHOW_CURSOR = b"\x1b[?25h"  # Live hides the cursor; a hard exit must give it ba
 
 
 class LivePause:
-    """Lets a prompt (a :class:`~shoal.approvals.ConsoleApprover`) borrow the terminal.
+    """Lets a prompt (a :class:`~shoal.cli.approver.ConsoleApprover`) borrow the terminal.
 
     Pass it as the approver's ``pause``; the live view attaches its display. While a prompt
     holds it, the display is stopped (its frame erased) and not redrawn; afterwards it resumes.

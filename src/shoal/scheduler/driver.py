@@ -17,10 +17,9 @@ committed before anything that depends on it starts. A resumed run first restore
 outcomes the journal replays and holds in doubt what may not run twice.
 
 Approvals: the state machine says which nodes to ask about (:class:`~shoal.scheduler.state.Ask`);
-the driver stores each request in the ledger (the store, else the runtime's in-memory ledger),
-hands it to the runtime's :class:`~shoal.scheduler.approval_desk.ApprovalDesk`, and turns the
-answer into ``state.approve`` or ``state.deny``, storing the decision and marking it used first:
-a decision that cannot be stored, or was used already, denies the call.
+the driver hands that to the run's :class:`~shoal.approvals.desk.RunApprovals`, which keeps
+each request in the ledger, asks the runtime's :class:`~shoal.approvals.desk.ApprovalDesk`,
+and feeds the answer back to the state machine (see :mod:`shoal.approvals`).
 """
 
 from __future__ import annotations
@@ -33,31 +32,25 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any
 
-from shoal.approvals import ApprovalRequest, Decision, request_id
+from shoal.approvals.desk import ApprovalDesk, RunApprovals
+from shoal.approvals.policy import ApprovalRequest
 from shoal.deps import Graph
 from shoal.events import Event, RunFinished, RunStarted
 from shoal.exceptions import StoreError, ToolTimeoutError
 from shoal.executors._results import unawaited_result
 from shoal.executors.base import Call, Executor
 from shoal.instrumentation import RunObserver
-from shoal.outcome import ErrorInfo, Outcome, RunResult, jsonable
+from shoal.outcome import ErrorInfo, Outcome, RunResult
 from shoal.plan import _ITEM_ID, Node
-from shoal.scheduler.approval_desk import ApprovalDesk, ApprovalLedger
 from shoal.scheduler.scope import RunScope, Settles, events_origin, inject
 from shoal.scheduler.state import (
-    ApprovalAction,
-    Ask,
     AttemptResult,
     Decisions,
     Ended,
-    Phase,
     SchedulerState,
-    Withdraw,
 )
 from shoal.store.base import (
-    ApprovalRecord,
     AttemptEnded,
     AttemptStarted,
     CancelRequest,
@@ -67,7 +60,6 @@ from shoal.store.base import (
     RunRecord,
     RunStatus,
     Store,
-    approval_hash,
 )
 from shoal.store.journal import Journal
 from shoal.store.resume import Resumption
@@ -138,9 +130,8 @@ class Driver:
         self.lineage = lineage
         self.scope = scope  # what nodes that start nested runs (agents, patterns) build on
         self._desk = approvals if approvals is not None else ApprovalDesk(None)
-        # one place decides where decisions are kept: the run's store, if it has one
-        self._ledger: ApprovalLedger = store if store is not None else self._desk.ledger
-        self._asked: dict[int, ApprovalRequest] = {}  # position -> its request at the desk
+        self._approvals = RunApprovals(self._desk, state, self._apply, self.now, store=store,
+                                       lineage=lineage, barrier=self._approval_barrier)
         self._executors = dict(executors)
         # a node added while the run goes (an open run, a map's items) may need a backend
         # that the run did not start with: the runtime makes it (it starts it once)
@@ -380,7 +371,7 @@ class Driver:
 
     def pending_approvals(self) -> list[ApprovalRequest]:
         """The requests of this run waiting for a decision."""
-        return list(self._asked.values())
+        return self._approvals.pending()
 
     def result(self) -> RunResult:
         """The outcomes so far (all of them once the run is over)."""
@@ -415,7 +406,7 @@ class Driver:
         if d.events:
             self._publish(d.events)
         if d.approvals:
-            self._approvals(d.approvals)
+            self._approvals.act(d.approvals)
         if d.parked or d.freed:
             self._share_gates(d)
         if self._early and d.done:  # maps made their items, or ended
@@ -682,99 +673,6 @@ class Driver:
 
     # ---- approvals ----------------------------------------------------------------------
 
-    def _approvals(self, actions: list[ApprovalAction]) -> None:
-        asks: list[Ask] = []
-        for action in actions:
-            if isinstance(action, Withdraw):
-                request = self._asked.pop(action.pos, None)
-                if request is not None:  # the ledger keeps it pending: a resume asks again
-                    self._desk.withdraw(request.id)
-            else:
-                asks.append(action)
-        if not asks:
-            return
-        barrier = self._journal.barrier() if self._journal is not None else None
-        if barrier is None:
-            self._ask(asks)
-        else:  # the run's record must be in the store before its requests are
-            barrier.add_done_callback(lambda _: self._ask(asks))
-
-    def _ask(self, asks: list[Ask]) -> None:
-        run_id = self.state.run_id
-        for ask in asks:
-            slot = self.state.slots[ask.pos]
-            if slot.phase is not Phase.APPROVAL:
-                continue  # cancelled while its request was being stored
-            request = ApprovalRequest(
-                request_id(run_id, ask.node_id, ask.args_hash), run_id, ask.node_id, ask.tool,
-                ask.args, ask.args_hash, f"{self.lineage}/{ask.node_id}" if self.lineage
-                else ask.node_id, ask.reason, time.time(), slot.node.tool.description)
-            try:
-                known = self._ledger.request_approval(ApprovalRecord(
-                    run_id, ask.node_id, ask.tool, ask.args_hash, arguments=ask.args,
-                    kind=ask.kind, requested_at=request.requested_at))
-            except Exception as exc:  # unstored, it could not be used once: deny
-                self._deny(ask.pos, request, f"the request could not be stored: {exc}", "journal")
-                continue
-            if known.decision != "pending":  # decided before the run stopped (resume)
-                earlier = (Decision.approve(known.reason) if known.decision == "approved"
-                           else Decision.deny(known.reason or "denied"))
-                self._ruled(ask.pos, request, earlier, known.decided_by or "journal")
-                continue
-            self._asked[ask.pos] = request
-            self._desk.submit(request, partial(self._ruled, ask.pos, request))
-
-    def _ruled(self, pos: int, request: ApprovalRequest, decision: Decision, by: str) -> None:
-        """Store ``decision``, use it (once), and let the state machine act on it."""
-        self._asked.pop(pos, None)
-        if self.state.slots[pos].phase is not Phase.APPROVAL:
-            return  # cancelled or ended meanwhile: nothing to act on
-        if decision.verdict == "deny":
-            self._deny(pos, request, decision.reason, by)
-            return
-        try:
-            args, args_hash = self._final_args(pos, request, decision, by)
-            self._ledger.decide(request.run_id, request.node_id, args_hash, "approved",
-                                decided_by=by, reason=decision.reason)
-            used = self._ledger.use_decision(request.run_id, request.node_id, args_hash)
-        except Exception as exc:  # bad edited arguments, or a store that cannot be written
-            self._deny(pos, request, str(exc), by)
-            return
-        if used is None or used.decision != "approved":
-            self._deny(pos, request, "the approval was already used (a decision is used once)",
-                       by)
-            return
-        self._apply(self.state.approve(pos, args_hash, self.now(), args=args, by=by,
-                                       reason=decision.reason, verdict=decision.verdict))
-
-    def _final_args(self, pos: int, request: ApprovalRequest, decision: Decision,
-                    by: str) -> tuple[dict[str, Any] | None, str]:
-        """The arguments a decision approves (``None``: as asked) and their hash.
-
-        An edit is validated against the tool's schema; the request it replaces is closed in
-        the ledger as denied, and the edited call gets a request of its own.
-        """
-        if decision.verdict != "edit" or decision.args is None:
-            return None, request.args_hash
-        tool = self.state.slots[pos].node.tool
-        try:
-            args = tool.validate(decision.args)
-        except Exception as exc:
-            raise ValueError(f"the edited arguments do not fit tool {tool.name!r}: {exc}") from exc
-        args_hash = approval_hash(tool.name, args)
-        if args_hash != request.args_hash:
-            self._ledger.decide(request.run_id, request.node_id, request.args_hash, "denied",
-                                decided_by=by, reason=f"replaced by edited arguments "
-                                f"({args_hash[:12]})")
-            self._ledger.request_approval(ApprovalRecord(
-                request.run_id, request.node_id, tool.name, args_hash, arguments=jsonable(args),
-                requested_at=time.time()))
-        return args, args_hash
-
-    def _deny(self, pos: int, request: ApprovalRequest, reason: str, by: str) -> None:
-        try:
-            self._ledger.decide(request.run_id, request.node_id, request.args_hash, "denied",
-                                decided_by=by, reason=reason)
-        except Exception:  # a denial needs no stored record to be safe
-            log.exception("could not store the denial of %s", request.id)
-        self._apply(self.state.deny(pos, reason, self.now(), by=by))
+    def _approval_barrier(self) -> asyncio.Future[None] | None:
+        """What approval requests wait for: the run's record must be in the store first."""
+        return self._journal.barrier() if self._journal is not None else None

@@ -18,7 +18,9 @@ A node moves through these phases; :data:`TRANSITIONS` is the whole table::
 
 A node whose tool needs approval waits in ``APPROVAL`` (holding no limit, so nothing else
 waits for it) once its arguments are resolved: the state machine emits an :class:`Ask`, the
-driver asks and feeds back :meth:`SchedulerState.approve` or :meth:`SchedulerState.deny`.
+run's :class:`~shoal.approvals.desk.RunApprovals` asks and feeds back
+:meth:`SchedulerState.approve` or :meth:`SchedulerState.deny`. Who must approve what is
+:func:`~shoal.approvals.policy.approval_reason`.
 An approval is bound to the hash of the exact arguments; the hash is checked again right
 before every attempt starts, so an approval for some arguments can never start others.
 
@@ -37,7 +39,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
-from shoal.approvals import request_id
+from shoal.approvals.ledger import approval_hash
+from shoal.approvals.policy import approval_reason, request_id
 from shoal.deps import Graph
 from shoal.events import (
     ApprovalDecided,
@@ -57,7 +60,6 @@ from shoal.plan import Node, Ref
 from shoal.scheduler.args import isolate_all, resolve_arguments
 from shoal.scheduler.gates import Gates, SharedLimits
 from shoal.scheduler.priority import CriticalPath
-from shoal.store.base import approval_hash
 from shoal.tools import Isolation, Tool
 
 __all__ = [
@@ -526,6 +528,11 @@ class SchedulerState:
         return [(s.node.id, s.node.tool.name, s.queued_at or 0.0) for s in self.slots
                 if s.phase is Phase.APPROVAL and s.approval is not None]
 
+    def awaiting(self, pos: int) -> Tool[..., Any] | None:
+        """The tool of the node at ``pos`` while it waits in ``APPROVAL``, else ``None``."""
+        slot = self.slots[pos]
+        return slot.node.tool if slot.phase is Phase.APPROVAL else None
+
     def phase_counts(self) -> dict[str, int]:
         """How many nodes are in each phase (for progress displays)."""
         counts = {p.value: 0 for p in PHASES}
@@ -787,7 +794,7 @@ class SchedulerState:
             tool = slot.node.tool
             doubt = self._doubt.get(slot.pos) if self._doubt else None
             why = (f"in doubt after a crash ({doubt}); approve to run it again" if doubt
-                   else _approval_reason(tool, slot.args))
+                   else approval_reason(tool, slot.args))
             if not why:  # the tool's predicate says these arguments need no approval
                 self._set_phase(slot, Phase.READY)
                 heapq.heappush(self._heap, (slot.priority, slot.pos))
@@ -1049,18 +1056,3 @@ def _detail(outcome: Outcome) -> str:
 def _root_cause(node_id: str, outcome: Outcome) -> str:
     """The first node in a chain of skips that did not succeed, and how it ended."""
     return f"{node_id!r} ended {outcome.status}{_detail(outcome)}"
-
-
-def _approval_reason(tool: Tool[..., Any], args: Mapping[str, Any]) -> str:
-    """Why a call of ``tool`` with ``args`` needs approval ("" when it does not)."""
-    rule = tool.policy.approval
-    if rule is True:
-        return f"tool {tool.name!r} always needs approval"
-    if not callable(rule):
-        return ""
-    try:
-        needed = rule(args)
-    except Exception as exc:  # a failing rule cannot say "no need": ask, to be safe
-        return (f"the approval rule of tool {tool.name!r} raised "
-                f"{type(exc).__name__}: {exc}")
-    return f"the approval rule of tool {tool.name!r} matched these arguments" if needed else ""

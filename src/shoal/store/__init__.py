@@ -7,6 +7,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from shoal.store.base import (
     ApprovalRecord,
     AttemptRecord,
@@ -14,7 +17,6 @@ from shoal.store.base import (
     RunRecord,
     Store,
     StoredOutcome,
-    approval_hash,
     canonical_json,
 )
 from shoal.store.open import open_store
@@ -30,3 +32,14 @@ __all__ = [
     "canonical_json",
     "open_store",
 ]
+
+
+def approval_hash(tool: str, arguments: Mapping[str, Any]) -> str:
+    """:func:`shoal.approvals.approval_hash`, by its former address (the ledger keeps it now).
+
+    A function rather than a re-export: the ledger imports this package's records, so this
+    package must not import the ledger when it loads.
+    """
+    from shoal.approvals.ledger import approval_hash as ledger_hash
+
+    return ledger_hash(tool, arguments)

@@ -11,15 +11,15 @@ whole or not at all. Everything else is a small direct call. Methods are synchro
 durable store is written from a writer thread of its own (:mod:`shoal.store.journal`), so the
 event loop never waits on a disk.
 
-Approvals: a decision is bound to :func:`approval_hash` of the tool's name and its canonical
-JSON arguments, so a decision for other arguments never matches, and it is used once
-(:meth:`Store.use_decision` marks it used). Pending requests are stored too, so a run killed
-while a person was deciding is still waiting for them after resume.
+Approvals: a decision is bound to :func:`~shoal.approvals.ledger.approval_hash` of the tool's
+name and its canonical JSON arguments, so a decision for other arguments never matches, and it
+is used once (:meth:`Store.use_decision` marks it used). Pending requests are stored too, so a
+run killed while a person was deciding is still waiting for them after resume. The store is
+the approval ledger's durable home (:mod:`shoal.approvals.ledger`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,7 +47,6 @@ __all__ = [
     "Store",
     "StoredEffect",
     "StoredOutcome",
-    "approval_hash",
     "canonical_json",
     "idempotency_key",
 ]
@@ -69,17 +68,6 @@ def idempotency_key(run_id: str, node_id: str) -> str:
     Stable across attempts, crashes and resumes of the same call; different for every other.
     """
     return f"{run_id}:{node_id}"
-
-
-def approval_hash(tool: str, arguments: Mapping[str, Any]) -> str:
-    r"""The hash a decision is bound to: the tool's name and its canonical JSON arguments.
-
-    Text is hashed as UTF-8 with lone surrogates (``"\ud800"``, valid JSON from a model)
-    kept as their own bytes (``surrogatepass``): any text hashes, the same arguments always
-    give the same hash, and arguments that differ only there give different ones.
-    """
-    text = f"{tool}\n{canonical_json(dict(arguments))}"
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 # ---- what the runtime writes (one Store.write call = one transaction) ---------------------
@@ -254,10 +242,11 @@ class StoredEffect:
 class ApprovalRecord:
     """A request for a person's decision about one call, and the decision once made.
 
-    ``args_hash`` is :func:`approval_hash` of ``tool`` and the call's arguments; a decision
-    only ever applies to exactly those arguments. ``kind`` is ``approval`` for a tool that
-    needs approval, or ``in_doubt`` for a call that was in flight at a crash (approve = run it
-    again). ``used`` turns true when the runtime acts on the decision, which it does once.
+    ``args_hash`` is :func:`~shoal.approvals.ledger.approval_hash` of ``tool`` and the call's
+    arguments; a decision only ever applies to exactly those arguments. ``kind`` is
+    ``approval`` for a tool that needs approval, or ``in_doubt`` for a call that was in flight
+    at a crash (approve = run it again). ``used`` turns true when the runtime acts on the
+    decision, which it does once.
     """
 
     run_id: str

@@ -1,59 +1,45 @@
-"""Approvals: a person (or a rule, or your code) decides whether a call may run.
+"""Who must approve what, and the types of a decision.
 
 A tool needs approval with ``@tool(approval=True)``, or ``approval=predicate`` to ask only for
-some arguments (``approval=lambda args: args["amount"] > 100``). When such a call's inputs are
-ready, the runtime resolves its arguments and sends an :class:`ApprovalRequest` to the run's
-:class:`Approver`; the call waits without holding any limit, so calls that need no approval go
-on running. Requests that become pending together (in one turn of the event loop, from any run
-of the same :class:`~shoal.runtime.Runtime`, subagents' included) reach the approver as one
-**batch**, and it answers each with a :class:`Decision`: approve, deny with a reason, or edit
-the arguments (the edited call is what gets approved and run).
+some arguments; :func:`approval_reason` says whether (and why) one call needs it. Such a call
+becomes an :class:`ApprovalRequest` for the run's :class:`Approver`, which answers each request
+of a batch with a :class:`Decision`: approve, deny with a reason, or edit the arguments.
 
-Built in: :class:`ConsoleApprover` (asks on the terminal, pausing a live view meanwhile),
-:class:`RulesApprover` (allow / deny patterns over tool names, arguments and lineage, with a
-fallback approver for the rest) and :class:`CallbackApprover` (your function, sync or async).
-A plain callable passed as ``Runtime(approver=fn)`` becomes a :class:`CallbackApprover`.
-
-Guarantees (see :mod:`shoal.scheduler.approval_desk` for how they are kept): a decision is
-bound to :func:`~shoal.store.base.approval_hash` of the exact tool and canonical arguments,
-stored, and used once, by one call (its automatic retries included); a denied call ends
-``denied`` with the reason and never runs; no approver, an approver error, a timeout, or an
-exhausted approval budget all count as a denial.
+Approvers here: :class:`RulesApprover` (allow / deny :class:`Rule` patterns over tool names,
+arguments and lineage, with a fallback for the rest) and :class:`CallbackApprover` (your
+function, sync or async; :func:`as_approver` wraps a plain callable in one). The console
+approver, which asks a person on the terminal, is part of the command line
+(:mod:`shoal.cli.approver`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import json
-import queue
-import sys
-import threading
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal
 
 from shoal.exceptions import ConfigError, describe_exception
 from shoal.store.base import canonical_json
 
 if TYPE_CHECKING:
-    from rich.console import Console
-    from rich.text import Text
+    from shoal.tools import Tool
 
 __all__ = [
     "ApprovalRequest",
     "Approver",
+    "Callback",
     "CallbackApprover",
-    "ConsoleApprover",
     "Decision",
     "Rule",
     "RulesApprover",
     "Verdict",
+    "approval_reason",
     "as_approver",
     "request_id",
 ]
@@ -64,6 +50,25 @@ Verdict = Literal["approve", "deny", "edit"]
 def request_id(run_id: str, node_id: str, args_hash: str) -> str:
     """The id of the request about one call (the same after a resume: it names the call)."""
     return f"{run_id}:{node_id}:{args_hash[:12]}"
+
+
+def approval_reason(tool: Tool[..., Any], args: Mapping[str, Any]) -> str:
+    """Why a call of ``tool`` with ``args`` needs approval (``""`` when it does not).
+
+    ``approval=True`` always asks; a predicate asks when it says so, and also when it raises:
+    a rule that fails cannot say "no need", so the call is asked about, to be safe.
+    """
+    rule = tool.policy.approval
+    if rule is True:
+        return f"tool {tool.name!r} always needs approval"
+    if not callable(rule):
+        return ""
+    try:
+        needed = rule(args)
+    except Exception as exc:  # a failing rule cannot say "no need": ask, to be safe
+        return (f"the approval rule of tool {tool.name!r} raised "
+                f"{type(exc).__name__}: {exc}")
+    return f"the approval rule of tool {tool.name!r} matched these arguments" if needed else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,7 +294,8 @@ class RulesApprover(Approver):
     """Decides by rules, first match wins; ``deny=`` patterns come before ``allow=`` ones.
 
     A request no rule matches goes to ``otherwise``: ``"deny"`` (the default), ``"allow"``, or
-    another approver (say a :class:`ConsoleApprover`) that receives those requests as one batch.
+    another approver (say a :class:`~shoal.cli.approver.ConsoleApprover`) that receives those
+    requests as one batch.
 
     Args:
         rules: :class:`Rule` objects, in order.
@@ -409,309 +415,3 @@ def _rule(item: Any, number: int) -> Rule:
     action: Literal["allow", "deny"] = "allow" if actions[0] == "allow" else "deny"
     return Rule(action, str(item[action]), {str(k): v for k, v in args.items()},
                 str(item.get("lineage", "*")), reason=str(item.get("reason", "")))
-
-
-# ---- the console ---------------------------------------------------------------------------
-
-
-class _Lines:
-    """Lines of a text stream, read on a daemon thread so that waiting never blocks the loop.
-
-    One thread per stream, started on first use and kept: a thread blocked in ``readline``
-    cannot be stopped, and a daemon one does not keep the process alive at exit.
-    """
-
-    def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
-        self._lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
-        self._lock = threading.Lock()
-
-    def _read(self) -> None:
-        while True:
-            try:
-                line: str | None = self._stream.readline() or None
-            except (OSError, ValueError):  # closed underneath us: the same as end of input
-                line = None
-            self._lines.put(line)
-            self._wake()
-            if line is None:
-                return
-
-    def _wake(self) -> None:
-        with self._lock:
-            waiter, self._waiter = self._waiter, None
-        if waiter is not None:
-            loop, future = waiter
-            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits there
-                loop.call_soon_threadsafe(_resolve, future)
-
-    def discard_typed_ahead(self) -> None:
-        """Drop lines typed before the prompt: they answered a question that is gone."""
-        while True:
-            try:
-                line = self._lines.get_nowait()
-            except queue.Empty:
-                return
-            if line is None:  # end of input is not typed-ahead: keep it
-                self._lines.put(None)
-                return
-
-    async def readline(self) -> str | None:
-        """The next line without its newline, or ``None`` at end of input."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._read, name="shoal-approval-input",
-                                            daemon=True)
-            self._thread.start()
-        while True:
-            try:
-                line = self._lines.get_nowait()
-            except queue.Empty:
-                future = asyncio.get_running_loop().create_future()
-                with self._lock:
-                    self._waiter = (asyncio.get_running_loop(), future)
-                if self._lines.empty():
-                    await future
-                continue
-            if line is None:
-                self._lines.put(None)  # every later read sees the end too
-                return None
-            return line.rstrip("\r\n")
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-class ConsoleApprover(Approver):
-    r"""Asks a person on the terminal; works alongside ``shoal run``'s live view.
-
-    A batch is shown as a table: the tool and its arguments, the lineage, why approval is
-    needed. With more than one request the person may approve all (``a``), deny all (``d``)
-    or go one by one (``o``); per request: ``y`` approve, ``n`` deny (a reason is asked),
-    ``e`` edit (new arguments as a JSON object), ``v`` view the whole call. End of input
-    denies whatever is left.
-
-    Nothing is hidden from the person deciding. Arguments are shown as JSON in which every
-    control, bidi, zero-width or other invisible character is a visible ``\uXXXX`` escape
-    (highlighted) and a run of spaces is counted (``⟨240 spaces⟩``), so ``"ls -la"`` followed
-    by spaces cannot hide a ``; curl ... | sh`` after them. A call longer than
-    :attr:`shown` characters is cut with a marker saying how much more there is; it cannot
-    be approved (``y``, ``a``, or keeping it unchanged in an edit) until ``v`` has shown it
-    in full. Denying never needs the full view.
-
-    Args:
-        console: a rich console to write to (default: standard error).
-        input: where answers are read from (default: standard input).
-        pause: a function returning a context manager held while prompting; a live display
-            passes one that stops redrawing (``shoal run`` does this for you).
-        shown: characters of a call's arguments shown before the rest waits for ``v``.
-    """
-
-    def __init__(self, console: Console | None = None, input: TextIO | None = None, *,
-                 pause: Callable[[], AbstractContextManager[None]] | None = None,
-                 shown: int = 1000) -> None:
-        self._console = console
-        self._lines = _Lines(input if input is not None else sys.stdin)
-        self.pause = pause
-        self.shown = max(int(shown), 1)
-        self._busy: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
-
-    @property
-    def console(self) -> Console:
-        """The console prompts are written to."""
-        if self._console is None:
-            from shoal.cli.safe import console  # the UI: loaded only when prompting
-
-            self._console = console(stderr=True)
-        return self._console
-
-    def _lock(self) -> asyncio.Lock:
-        """One prompt at a time, even when several runtimes share this approver."""
-        loop = asyncio.get_running_loop()
-        if self._busy is None or self._busy[0] is not loop:
-            self._busy = (loop, asyncio.Lock())
-        return self._busy[1]
-
-    async def review(self, batch: Sequence[ApprovalRequest]) -> Sequence[Decision]:
-        """Show ``batch`` and read the person's answers."""
-        async with self._lock():
-            with self._paused():
-                self._lines.discard_typed_ahead()
-                calls = [_Shown(r, self.shown) for r in batch]
-                self._show(calls)
-                return await self._ask(calls)
-
-    @contextmanager
-    def _paused(self) -> Iterator[None]:
-        with self.pause() if self.pause is not None else nullcontext():
-            yield
-
-    def _show(self, calls: Sequence[_Shown]) -> None:
-        from rich.table import Table
-
-        from shoal.cli.safe import text
-
-        count = len(calls)
-        table = Table(title=f"{count} call{'s' if count != 1 else ''} need approval",
-                      title_justify="left", show_lines=count > 1, header_style="bold")
-        for name in ("#", "call", "from", "why"):
-            table.add_column(name, overflow="fold")
-        for i, call in enumerate(calls, 1):
-            table.add_row(str(i), call.text(), text(call.request.lineage, "dim", width=200),
-                          text(call.request.reason, "dim", width=500))
-        self.console.print(table)
-
-    async def _ask(self, calls: Sequence[_Shown]) -> list[Decision]:
-        if len(calls) > 1:
-            choice = await self._choose_batch(calls)
-            if choice == "a":
-                return [Decision.approve("approved by a person (all)") for _ in calls]
-            if choice != "o":  # "d", or end of input
-                reason = "denied by a person (all)" if choice == "d" else _NO_INPUT
-                return [Decision.deny(reason) for _ in calls]
-        decisions: list[Decision] = []
-        for i, call in enumerate(calls, 1):
-            if len(calls) > 1:  # the table may have scrolled away: show this call again
-                self.console.print(call.text(title=f"#{i} "))
-            decisions.append(await self._ask_one(i, call))
-        return decisions
-
-    async def _choose_batch(self, calls: Sequence[_Shown]) -> str | None:
-        cut = [str(i) for i, call in enumerate(calls, 1) if not call.whole]
-        if not cut:
-            return await self._choose("approve [a]ll, [d]eny all, or one by [o]ne? ",
-                                      ("a", "d", "o"))
-        self.console.print(f"call{'s' if len(cut) > 1 else ''} #{', #'.join(cut)} "
-                           f"{'are' if len(cut) > 1 else 'is'} cut short: go one by one to "
-                           "view and decide", markup=False)
-        return await self._choose("[d]eny all, or one by [o]ne? ", ("d", "o"))
-
-    async def _ask_one(self, number: int, call: _Shown) -> Decision:
-        while True:
-            name = call.tool_name()
-            view = "" if call.whole else ", [v]iew all"
-            choice = await self._choose(f"#{number} {name}: [y]es, [n]o, [e]dit{view}? ",
-                                        ("y", "n", "e", "v"))
-            if choice == "v":
-                self._view_all(call)
-            elif choice == "y" and not call.whole:
-                self._must_view(call)
-            elif choice == "y":
-                return Decision.approve("approved by a person")
-            elif choice == "e":
-                decision = await self._edit(call)
-                if decision is not None:
-                    return decision
-            elif choice is None:
-                return Decision.deny(_NO_INPUT)
-            else:
-                reason = await self._prompt("reason (optional): ")
-                return Decision.deny(f"denied by a person: {reason}" if reason
-                                     else "denied by a person")
-
-    def _view_all(self, call: _Shown) -> None:
-        self.console.print(call.text(full=True))
-        call.whole = call.exact
-
-    def _must_view(self, call: _Shown) -> None:
-        if not call.exact:
-            self.console.print("these arguments are not JSON and cannot be shown in full: deny "
-                               "the call or edit its arguments", markup=False)
-            return
-        self.console.print(f"{call.hidden:,} characters of this call are not shown yet: "
-                           "view it all (v) before approving it", markup=False)
-
-    async def _edit(self, call: _Shown) -> Decision | None:
-        """The edited call; ``None`` to ask again (keeping a call not yet seen in full)."""
-        while True:
-            text = await self._prompt("new arguments as a JSON object (Enter keeps them): ")
-            if text is None:
-                return Decision.deny(_NO_INPUT)
-            if not text.strip():
-                if not call.whole:
-                    self._must_view(call)
-                    return None
-                return Decision.approve("approved by a person")
-            try:
-                args = json.loads(text)
-            except json.JSONDecodeError as exc:
-                self.console.print(f"not JSON ({exc.msg}); try again", markup=False)
-                continue
-            if isinstance(args, dict):
-                return Decision.edit(args, "edited by a person")
-            self.console.print('write a JSON object, e.g. {"path": "notes.txt"}', markup=False)
-
-    async def _choose(self, prompt: str, options: tuple[str, ...]) -> str | None:
-        while True:
-            answer = await self._prompt(prompt)
-            if answer is None:
-                return None
-            if answer.strip().lower()[:1] in options:
-                return answer.strip().lower()[:1]
-            self.console.print(f"answer one of {', '.join(options)}", markup=False)
-
-    async def _prompt(self, text: str) -> str | None:
-        self.console.print(text, end="", markup=False, highlight=False)
-        self.console.file.flush()
-        return await self._lines.readline()
-
-    def withdrawn(self, requests: Sequence[ApprovalRequest]) -> None:
-        """Say which calls no longer need an answer."""
-        from shoal.cli.safe import one_line, text
-
-        for request in requests:
-            self.console.print(text(f"no longer needed: {one_line(request.tool, 80)} "
-                                    f"({one_line(request.lineage, 200)})", "dim"))
-
-
-class _Shown:
-    """One request as the console shows it: its JSON view, and whether all of it was shown."""
-
-    def __init__(self, request: ApprovalRequest, shown: int) -> None:
-        from shoal.cli.safe import clean, exact_json_view
-
-        self.request = request
-        self.view, self.exact = exact_json_view(dict(request.args))
-        self.shown = shown
-        # the tool's name counts as part of the call: a long one is cut in the table too
-        self.hidden = max(len(self.view) - shown, 0) + max(
-            len(clean(request.tool)) - TOOL_SHOWN, 0)
-        # whether the person has had every character in front of them (a value JSON cannot
-        # hold is shown as a repr, cut short: it never counts as seen)
-        self.whole = self.hidden == 0 and self.exact
-
-    def tool_name(self, *, full: bool = False) -> str:
-        """The tool's name, escaped; cut to :data:`TOOL_SHOWN` characters unless ``full``."""
-        from shoal.cli.safe import clean, one_line
-
-        return clean(self.request.tool) if full else one_line(self.request.tool, TOOL_SHOWN)
-
-    def text(self, *, full: bool = False, title: str = "") -> Text:
-        """``tool {arguments}`` as a rich Text; cut to ``shown`` characters unless ``full``.
-
-        The full view also shows where the call comes from (its lineage) whole.
-        """
-        from rich.text import Text
-
-        from shoal.cli.safe import clean, view_text
-
-        arguments, left = view_text(self.view, None if full else self.shown)
-        out = Text(title, style="bold")
-        out.append(self.tool_name(full=full), style="bold")
-        out.append(" ")
-        out.append_text(arguments)
-        if full:
-            out.append(f"\nfrom {clean(self.request.lineage)}", style="dim")
-        if left or (not full and self.hidden):
-            more = left + (0 if full else max(len(clean(self.request.tool)) - TOOL_SHOWN, 0))
-            out.append(f" … {more:,} more characters: answer v to view all", style="bold yellow")
-        return out
-
-
-TOOL_SHOWN = 80  # characters of a tool's name shown before the rest waits for "v"
-
-
-_NO_INPUT = "no answer: the input ended"

@@ -1,7 +1,7 @@
-"""The approval desk: where a runtime's pending approval requests wait for their approver.
+"""The desk: where approval requests wait for their approver, and a run acts on the answers.
 
-One desk per :class:`~shoal.runtime.Runtime`, shared by all its runs (an agent's turns and its
-subagents' included), so that:
+One :class:`ApprovalDesk` per :class:`~shoal.runtime.Runtime`, shared by all its runs (an
+agent's turns and its subagents' included), so that:
 
 * requests that become pending in the same turn of the event loop go to the approver as **one
   batch**, whichever run they come from; while the approver reviews a batch, new requests
@@ -12,28 +12,35 @@ subagents' included), so that:
 * an **approval timeout** (``approval_timeout=S``), counted from the request, denies a call
   nobody decided on in time; no approver at all, or an approver that fails, also denies.
 
-The desk only asks and answers. Deciding what an answer means for a call (and storing it) is
-the driver's part; the ledger (:class:`ApprovalLedger`) is where decisions are kept: the
-run's :class:`~shoal.store.base.Store` when it has one, else a :class:`MemoryLedger`.
+The desk itself only asks and answers. Each run has a :class:`RunApprovals` at the desk: the
+state machine says which of its nodes to ask about (:class:`~shoal.scheduler.state.Ask`) or
+no longer (:class:`~shoal.scheduler.state.Withdraw`); it keeps each request in the ledger
+(:mod:`shoal.approvals.ledger`), hands it to the desk, and turns the answer into
+``state.approve`` or ``state.deny``, keeping the decision and using it first: a decision that
+cannot be kept, or was used already, denies the call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import Protocol
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING
 
-from shoal.approvals import ApprovalRequest, Approver, Decision
+from shoal.approvals.ledger import ApprovalLedger, MemoryLedger, RunLedger
+from shoal.approvals.policy import ApprovalRequest, Approver, Decision
+from shoal.approvals.policy import request_id as request_id_of  # its parameters are ids
 from shoal.exceptions import describe_exception
 from shoal.limits import Rate, RateLimiter
-from shoal.store.base import ApprovalRecord
-from shoal.store.base import Decision as StoredDecision
+from shoal.scheduler.state import Ask, Withdraw
 
-__all__ = ["NO_APPROVER", "ApprovalDesk", "ApprovalLedger", "MemoryLedger", "Ruling"]
+if TYPE_CHECKING:
+    from shoal.scheduler.state import ApprovalAction, Decisions, SchedulerState
+
+__all__ = ["DRAIN_GRACE", "NO_APPROVER", "ApprovalDesk", "RunApprovals", "Ruling"]
 
 log = logging.getLogger("shoal")
 
@@ -44,83 +51,6 @@ NO_APPROVER = ("this tool needs approval and the runtime has no approver "
 
 #: Called with the decision and who made it (an approver's name, ``timeout``, ``budget``...).
 Ruling = Callable[[Decision, str], None]
-
-
-class ApprovalLedger(Protocol):
-    """Where approval requests and decisions are kept.
-
-    This is the approval part of :class:`~shoal.store.base.Store`: every store is a ledger.
-    """
-
-    def request_approval(self, record: ApprovalRecord) -> ApprovalRecord:
-        """Store a pending request; if one for the same run, node and hash exists, return it."""
-        ...
-
-    def decide(self, run_id: str, node_id: str, args_hash: str, decision: StoredDecision, *,
-               decided_by: str = "", reason: str = "", at: float | None = None) -> None:
-        """Record a decision on the open request for this call (creating one if need be)."""
-        ...
-
-    def use_decision(self, run_id: str, node_id: str, args_hash: str) -> ApprovalRecord | None:
-        """The unused decision for exactly this call, marked used; ``None`` if there is none."""
-        ...
-
-    def approvals(self, run_id: str, *, pending_only: bool = False) -> list[ApprovalRecord]:
-        """The run's requests and decisions, oldest first."""
-        ...
-
-
-class MemoryLedger:
-    """An :class:`ApprovalLedger` in memory, for runtimes without a store. Thread-safe."""
-
-    def __init__(self) -> None:
-        self._records: dict[str, list[ApprovalRecord]] = {}
-        self._lock = threading.Lock()
-
-    def request_approval(self, record: ApprovalRecord) -> ApprovalRecord:
-        """Store a pending request, or return the open one for the same call."""
-        with self._lock:
-            found = self._open(record.run_id, record.node_id, record.args_hash)
-            if found is not None:
-                return found[1]
-            stored = replace(record, requested_at=record.requested_at or time.time())
-            self._records.setdefault(record.run_id, []).append(stored)
-            return stored
-
-    def decide(self, run_id: str, node_id: str, args_hash: str, decision: StoredDecision, *,
-               decided_by: str = "", reason: str = "", at: float | None = None) -> None:
-        """Record a decision on the open request for this call (creating one if need be)."""
-        when = time.time() if at is None else at
-        with self._lock:
-            found = self._open(run_id, node_id, args_hash)
-            records = self._records.setdefault(run_id, [])
-            if found is None:
-                records.append(ApprovalRecord(run_id, node_id, "", args_hash, requested_at=when))
-                found = (len(records) - 1, records[-1])
-            records[found[0]] = replace(found[1], decision=decision, decided_by=decided_by,
-                                        decided_at=when, reason=reason)
-
-    def use_decision(self, run_id: str, node_id: str, args_hash: str) -> ApprovalRecord | None:
-        """The unused decision for exactly this call, now marked used (or ``None``)."""
-        with self._lock:
-            found = self._open(run_id, node_id, args_hash)
-            if found is None or found[1].decision == "pending":
-                return None
-            used = self._records[run_id][found[0]] = replace(found[1], used=True)
-            return used
-
-    def approvals(self, run_id: str, *, pending_only: bool = False) -> list[ApprovalRecord]:
-        """The run's requests and decisions, oldest first."""
-        with self._lock:
-            found = list(self._records.get(run_id, []))
-        return [r for r in found if r.decision == "pending"] if pending_only else found
-
-    def _open(self, run_id: str, node_id: str,
-              args_hash: str) -> tuple[int, ApprovalRecord] | None:
-        for i, known in enumerate(self._records.get(run_id, [])):
-            if known.node_id == node_id and known.args_hash == args_hash and not known.used:
-                return i, known
-        return None
 
 
 @dataclass(slots=True)
@@ -329,3 +259,101 @@ class ApprovalDesk:
             approver.withdrawn(requests)
         except Exception:  # the approver's bug must not break the run
             log.exception("approver %s failed on withdrawn requests", approver.name)
+
+
+class RunApprovals:
+    """One run at the desk: asks about the nodes its state machine says, acts on the answers.
+
+    Args:
+        desk: the runtime's desk.
+        state: the run's state machine, which is told each answer.
+        apply: carries out what the state machine decides on an answer.
+        now: the run's time, which the state machine counts in.
+        store: where the run's decisions are kept (default: the desk's ledger).
+        lineage: whose calls these are (an agent's), prefixed to each request's lineage.
+        barrier: what requests wait for before they are kept (the run's journal: its record
+            must be in the store before its requests are); ``None`` when nothing to wait for.
+        epoch: the clock that dates requests (epoch seconds).
+    """
+
+    def __init__(self, desk: ApprovalDesk, state: SchedulerState,
+                 apply: Callable[[Decisions], None], now: Callable[[], float], *,
+                 store: ApprovalLedger | None = None, lineage: str = "",
+                 barrier: Callable[[], asyncio.Future[None] | None] | None = None,
+                 epoch: Callable[[], float] = time.time) -> None:
+        self.desk = desk
+        # one place decides where decisions are kept: the run's store, if it has one
+        self.ledger = RunLedger(store if store is not None else desk.ledger, epoch=epoch)
+        self.lineage = lineage
+        self._state = state
+        self._apply = apply
+        self._now = now
+        self._barrier = barrier
+        self._epoch = epoch
+        self._asked: dict[int, ApprovalRequest] = {}  # position -> its request at the desk
+
+    def pending(self) -> list[ApprovalRequest]:
+        """The requests of this run waiting for a decision."""
+        return list(self._asked.values())
+
+    def act(self, actions: Sequence[ApprovalAction]) -> None:
+        """Ask about the nodes the state machine asks about; withdraw what it no longer asks."""
+        asks: list[Ask] = []
+        for action in actions:
+            if isinstance(action, Withdraw):
+                request = self._asked.pop(action.pos, None)
+                if request is not None:  # the ledger keeps it pending: a resume asks again
+                    self.desk.withdraw(request.id)
+            else:
+                asks.append(action)
+        if not asks:
+            return
+        barrier = self._barrier() if self._barrier is not None else None
+        if barrier is None:
+            self._ask(asks)
+        else:  # the run's record must be in the store before its requests are
+            barrier.add_done_callback(lambda _: self._ask(asks))
+
+    def _ask(self, asks: list[Ask]) -> None:
+        run_id = self._state.run_id
+        for ask in asks:
+            tool = self._state.awaiting(ask.pos)
+            if tool is None:
+                continue  # cancelled while its request was being stored
+            request = ApprovalRequest(
+                request_id_of(run_id, ask.node_id, ask.args_hash), run_id, ask.node_id, ask.tool,
+                ask.args, ask.args_hash, f"{self.lineage}/{ask.node_id}" if self.lineage
+                else ask.node_id, ask.reason, self._epoch(), tool.description)
+            try:
+                known = self.ledger.record(request, ask.kind)
+            except Exception as exc:  # unstored, it could not be used once: deny
+                self._deny(ask.pos, request, f"the request could not be stored: {exc}", "journal")
+                continue
+            if known.decision != "pending":  # decided before the run stopped (resume)
+                earlier = (Decision.approve(known.reason) if known.decision == "approved"
+                           else Decision.deny(known.reason or "denied"))
+                self._ruled(ask.pos, request, earlier, known.decided_by or "journal")
+                continue
+            self._asked[ask.pos] = request
+            self.desk.submit(request, partial(self._ruled, ask.pos, request))
+
+    def _ruled(self, pos: int, request: ApprovalRequest, decision: Decision, by: str) -> None:
+        """Keep ``decision``, use it (once), and let the state machine act on it."""
+        self._asked.pop(pos, None)
+        tool = self._state.awaiting(pos)
+        if tool is None:
+            return  # cancelled or ended meanwhile: nothing to act on
+        if decision.verdict == "deny":
+            self._deny(pos, request, decision.reason, by)
+            return
+        try:
+            args, args_hash = self.ledger.approve(request, decision, tool, by)
+        except Exception as exc:  # bad edited arguments, used already, or an unwritable store
+            self._deny(pos, request, str(exc), by)
+            return
+        self._apply(self._state.approve(pos, args_hash, self._now(), args=args, by=by,
+                                        reason=decision.reason, verdict=decision.verdict))
+
+    def _deny(self, pos: int, request: ApprovalRequest, reason: str, by: str) -> None:
+        self.ledger.deny(request, reason, by)
+        self._apply(self._state.deny(pos, reason, self._now(), by=by))

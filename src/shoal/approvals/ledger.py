@@ -1,0 +1,195 @@
+"""The ledger: decisions bound to the exact arguments they were made for, kept and used once.
+
+A decision is bound to :func:`approval_hash` of the tool's name and its canonical JSON
+arguments, so a decision for other arguments never matches. Requests are kept as soon as they
+are asked (a run stopped while a person was deciding still waits for them after a resume),
+decisions with them, and a decision is used once (:meth:`ApprovalLedger.use_decision` marks it
+used), by one call, its automatic retries included.
+
+Where they are kept: the run's :class:`~shoal.store.base.Store` (every store is an
+:class:`ApprovalLedger`; a durable one is the journal, so a resumed run replays what was
+decided before it stopped), else the runtime's :class:`MemoryLedger`. :class:`RunLedger` is
+one run's view of its ledger: it records each request, replays an earlier decision, binds an
+approval (or an edit) to its arguments and uses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Protocol
+
+from shoal.outcome import jsonable
+from shoal.store.base import ApprovalRecord, canonical_json
+from shoal.store.base import Decision as StoredDecision
+
+if TYPE_CHECKING:  # at run time only their attributes are read: no import cycle with policy
+    from shoal.approvals.policy import ApprovalRequest, Decision
+    from shoal.tools import Tool
+
+__all__ = ["ApprovalLedger", "MemoryLedger", "RunLedger", "approval_hash"]
+
+log = logging.getLogger("shoal")
+
+
+def approval_hash(tool: str, arguments: Mapping[str, Any]) -> str:
+    r"""The hash a decision is bound to: the tool's name and its canonical JSON arguments.
+
+    Text is hashed as UTF-8 with lone surrogates (``"\ud800"``, valid JSON from a model)
+    kept as their own bytes (``surrogatepass``): any text hashes, the same arguments always
+    give the same hash, and arguments that differ only there give different ones.
+    """
+    text = f"{tool}\n{canonical_json(dict(arguments))}"
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class ApprovalLedger(Protocol):
+    """Where approval requests and decisions are kept.
+
+    This is the approval part of :class:`~shoal.store.base.Store`: every store is a ledger.
+    """
+
+    def request_approval(self, record: ApprovalRecord) -> ApprovalRecord:
+        """Store a pending request; if one for the same run, node and hash exists, return it."""
+        ...
+
+    def decide(self, run_id: str, node_id: str, args_hash: str, decision: StoredDecision, *,
+               decided_by: str = "", reason: str = "", at: float | None = None) -> None:
+        """Record a decision on the open request for this call (creating one if need be)."""
+        ...
+
+    def use_decision(self, run_id: str, node_id: str, args_hash: str) -> ApprovalRecord | None:
+        """The unused decision for exactly this call, marked used; ``None`` if there is none."""
+        ...
+
+    def approvals(self, run_id: str, *, pending_only: bool = False) -> list[ApprovalRecord]:
+        """The run's requests and decisions, oldest first."""
+        ...
+
+
+class MemoryLedger:
+    """An :class:`ApprovalLedger` in memory, for runtimes without a store. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, list[ApprovalRecord]] = {}
+        self._lock = threading.Lock()
+
+    def request_approval(self, record: ApprovalRecord) -> ApprovalRecord:
+        """Store a pending request, or return the open one for the same call."""
+        with self._lock:
+            found = self._open(record.run_id, record.node_id, record.args_hash)
+            if found is not None:
+                return found[1]
+            stored = replace(record, requested_at=record.requested_at or time.time())
+            self._records.setdefault(record.run_id, []).append(stored)
+            return stored
+
+    def decide(self, run_id: str, node_id: str, args_hash: str, decision: StoredDecision, *,
+               decided_by: str = "", reason: str = "", at: float | None = None) -> None:
+        """Record a decision on the open request for this call (creating one if need be)."""
+        when = time.time() if at is None else at
+        with self._lock:
+            found = self._open(run_id, node_id, args_hash)
+            records = self._records.setdefault(run_id, [])
+            if found is None:
+                records.append(ApprovalRecord(run_id, node_id, "", args_hash, requested_at=when))
+                found = (len(records) - 1, records[-1])
+            records[found[0]] = replace(found[1], decision=decision, decided_by=decided_by,
+                                        decided_at=when, reason=reason)
+
+    def use_decision(self, run_id: str, node_id: str, args_hash: str) -> ApprovalRecord | None:
+        """The unused decision for exactly this call, now marked used (or ``None``)."""
+        with self._lock:
+            found = self._open(run_id, node_id, args_hash)
+            if found is None or found[1].decision == "pending":
+                return None
+            used = self._records[run_id][found[0]] = replace(found[1], used=True)
+            return used
+
+    def approvals(self, run_id: str, *, pending_only: bool = False) -> list[ApprovalRecord]:
+        """The run's requests and decisions, oldest first."""
+        with self._lock:
+            found = list(self._records.get(run_id, []))
+        return [r for r in found if r.decision == "pending"] if pending_only else found
+
+    def _open(self, run_id: str, node_id: str,
+              args_hash: str) -> tuple[int, ApprovalRecord] | None:
+        for i, known in enumerate(self._records.get(run_id, [])):
+            if known.node_id == node_id and known.args_hash == args_hash and not known.used:
+                return i, known
+        return None
+
+
+class RunLedger:
+    """One run's requests and decisions in its ledger.
+
+    Args:
+        ledger: where they are kept (the run's store, else the runtime's memory ledger).
+        epoch: the clock that dates requests (epoch seconds).
+    """
+
+    def __init__(self, ledger: ApprovalLedger, *,
+                 epoch: Callable[[], float] = time.time) -> None:
+        self.ledger = ledger
+        self._epoch = epoch
+
+    def record(self, request: ApprovalRequest, kind: str) -> ApprovalRecord:
+        """Keep ``request`` (pending); what the ledger holds for that call is returned.
+
+        That is the request as kept, or, for a call decided before its run stopped (a
+        resume), the earlier decision, which stands. Raises if the request cannot be kept.
+        """
+        return self.ledger.request_approval(ApprovalRecord(
+            request.run_id, request.node_id, request.tool, request.args_hash,
+            arguments=request.args, kind=kind, requested_at=request.requested_at))
+
+    def approve(self, request: ApprovalRequest, decision: Decision, tool: Tool[..., Any],
+                by: str) -> tuple[dict[str, Any] | None, str]:
+        """Keep an approval (or an edit) and use it: the arguments it approves, and their hash.
+
+        The arguments are ``None`` for the call as asked. Raises :class:`ValueError` if the
+        edited arguments do not fit ``tool`` or the decision was used already, and whatever
+        the ledger raises if it cannot be written: the call must then be denied.
+        """
+        args, args_hash = self._bound_args(request, decision, tool, by)
+        self.ledger.decide(request.run_id, request.node_id, args_hash, "approved",
+                           decided_by=by, reason=decision.reason)
+        used = self.ledger.use_decision(request.run_id, request.node_id, args_hash)
+        if used is None or used.decision != "approved":
+            raise ValueError("the approval was already used (a decision is used once)")
+        return args, args_hash
+
+    def deny(self, request: ApprovalRequest, reason: str, by: str) -> None:
+        """Keep a denial; one that cannot be kept is logged (a denial is safe unrecorded)."""
+        try:
+            self.ledger.decide(request.run_id, request.node_id, request.args_hash, "denied",
+                               decided_by=by, reason=reason)
+        except Exception:  # a denial needs no stored record to be safe
+            log.exception("could not store the denial of %s", request.id)
+
+    def _bound_args(self, request: ApprovalRequest, decision: Decision, tool: Tool[..., Any],
+                    by: str) -> tuple[dict[str, Any] | None, str]:
+        """The arguments a decision approves (``None``: as asked) and their hash.
+
+        An edit is validated against the tool's schema; the request it replaces is closed in
+        the ledger as denied, and the edited call gets a request of its own.
+        """
+        if decision.verdict != "edit" or decision.args is None:
+            return None, request.args_hash
+        try:
+            args = tool.validate(decision.args)
+        except Exception as exc:
+            raise ValueError(f"the edited arguments do not fit tool {tool.name!r}: {exc}") from exc
+        args_hash = approval_hash(tool.name, args)
+        if args_hash != request.args_hash:
+            self.ledger.decide(request.run_id, request.node_id, request.args_hash, "denied",
+                               decided_by=by, reason=f"replaced by edited arguments "
+                               f"({args_hash[:12]})")
+            self.ledger.request_approval(ApprovalRecord(
+                request.run_id, request.node_id, tool.name, args_hash, arguments=jsonable(args),
+                requested_at=self._epoch()))
+        return args, args_hash
