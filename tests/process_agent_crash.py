@@ -2,8 +2,8 @@
 
 ``python -m tests.process_agent_crash STORE RUN_ID crash|resume LOG``: the lead notes ``a``
 and starts ``helper``, an agent in its own process, which notes ``x1`` and then calls
-``boom``: in ``crash`` mode that SIGKILLs the lead's process (the helper's parent), and the
-helper, seeing its parent gone, ends too. In ``resume`` mode the tree continues from the
+``boom``: in ``crash`` mode that SIGKILLs the lead's process, and the helper, seeing its
+parent gone, ends too. In ``resume`` mode the tree continues from the
 journal (one SQLite file, written by both processes). Every ``note`` appends to LOG, so a test
 can see whether anything ran twice; the models fail loudly if asked for a turn that the journal
 should replay (the helper's in its own process: its run then fails, which the report shows).
@@ -37,10 +37,14 @@ def note(text: str) -> str:
 
 @shoal.tool(idempotent=True)
 def boom() -> str:
-    """In crash mode: kill the lead's process (this agent's parent), then wait to be ended."""
+    """In crash mode: kill the lead's process, then wait to be ended.
+
+    The lead's pid comes from a file: this agent's process may be a fork of the tree's
+    template rather than a child of the lead's own.
+    """
     if MODE == "crash":
         Path(LOG + ".helper").write_text(str(os.getpid()))
-        os.kill(os.getppid(), signal.SIGKILL)
+        os.kill(int(Path(LOG + ".lead").read_text()), signal.SIGKILL)
         time.sleep(30)
     return "survived"
 
@@ -70,6 +74,7 @@ def main() -> None:
                        stream_dispatch=False)
     runtime = shoal.Runtime(store=f"sqlite:///{STORE}")
     if MODE == "crash":
+        Path(LOG + ".lead").write_text(str(os.getpid()))
         result = lead.run_sync(PROMPT, runtime=runtime, run_id=RUN_ID)
     else:
         result = lead.resume_sync(RUN_ID, PROMPT, runtime=runtime)

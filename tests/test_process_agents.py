@@ -27,6 +27,7 @@ import pytest
 import shoal
 from shoal.events import Event, TextDelta
 from shoal.exceptions import ConfigError, ModelHTTPError
+from shoal.executors._template import fork_supported
 from shoal.models.retry import ModelGates
 from shoal.testing import ScriptedModel, call
 from shoal.testing.conformance import peak_overlap
@@ -431,6 +432,59 @@ def test_a_process_agent_sees_only_the_keys_it_names_under_its_limits(
     seen, limit = (c.message.content for c in result.children[0].calls)
     assert seen == "SHOAL_TEST_KEY"  # not SHOAL_TEST_OTHER
     assert limit == "(256, 256)"
+
+
+@shoal.tool
+def started_by() -> str:
+    """The command line of the process that started this one (its parent)."""
+    return " ".join(psutil.Process(os.getppid()).cmdline())
+
+
+@pytest.mark.skipif(not fork_supported(), reason="agent processes fork from a template on "
+                    "Linux 5.3+ only")
+def test_process_agents_of_a_tree_are_forks_of_one_template_that_ends_with_the_tree(
+        ) -> None:
+    model = ScriptedModel.per_prompt({
+        "go": [[call("reader", task=f"r{i}") for i in range(3)], "done"],
+        **{f"r{i}": [[call("started_by"), call("where", tag=str(i))], f"read {i}"]
+           for i in range(3)},
+    })
+    reader = shoal.Agent(name="reader", model=model, tools=[started_by, where],
+                         isolation="process")
+    result = shoal.Agent(name="lead", model=model, subagents=[reader]).run_sync("go")
+    assert result.ok, result.error
+    parents = {r.calls[0].message.content for r in result.children}
+    assert len(parents) == 1  # one template for the tree's three agent processes
+    assert "shoal.executors._template" in parents.pop()
+    assert len(_pids(result)) == 3 and os.getpid() not in _pids(result)
+    # the template is gone with the tree: no_child_process_leak checks that after the test
+
+
+@shoal.tool
+def kill_my_template() -> str:
+    """Kill the template that forked this agent's process (its parent), then wait."""
+    os.kill(os.getppid(), signal.SIGKILL)
+    time.sleep(30)
+    return "unreachable"
+
+
+@pytest.mark.skipif(not fork_supported(), reason="agent processes fork from a template on "
+                    "Linux 5.3+ only")
+def test_an_agent_whose_template_dies_fails_saying_so_and_later_agents_start_afresh() -> None:
+    model = ScriptedModel.per_prompt({
+        "go": [[call("reader", task="doomed")], [call("reader", task="after")], "done"],
+        "doomed": [[call("kill_my_template")], "unreachable"],
+        "after": [[call("where", tag="a")], "read after"],
+    })
+    reader = shoal.Agent(name="reader", model=model, tools=[kill_my_template, where],
+                         isolation="process", stream_dispatch=False)
+    started = time.monotonic()
+    result = shoal.Agent(name="lead", model=model, subagents=[reader]).run_sync("go")
+    assert time.monotonic() - started < 20  # not the 30 s the doomed tool sleeps
+    doomed, after = result.children
+    assert doomed.status == "failed"
+    assert "killed with the template process that started it" in str(doomed.error)
+    assert after.ok and after.output == "read after"  # from a template started again
 
 
 def test_a_process_agent_as_a_plan_node() -> None:

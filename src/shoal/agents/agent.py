@@ -357,6 +357,8 @@ class Agent(Generic[T]):
                 claim.release()
                 raise
         root = AgentRun(self, ctx, lineage=self.name, depth=0, prompt=prompt)
+        if any(agent.isolation == "process" for agent in self.with_subagents()):
+            ctx.agent_processes().prestart()  # its imports overlap the lead's first turn
         close_override = override is not None and not isinstance(model, Model)
         task = asyncio.get_running_loop().create_task(
             _claimed(claim, _run_root(root, own_runtime, override if close_override else None)))

@@ -24,6 +24,11 @@ one socket:
   :data:`CANCEL_GRACE` seconds, kills its process group; a child whose socket closes (the
   parent died) kills its group and exits.
 
+The child is forked from the tree's template process where it can be (Linux), ready in
+milliseconds, else started as ``python -m shoal.agents._process FD`` (see
+:mod:`shoal.agents._launch`); either way it runs the same program with the same environment,
+session, limits and messages.
+
 A child that dies (``SIGKILL``, a segfault, ``os._exit``) gives its parent's call an
 :class:`~shoal.exceptions.AgentError` naming the cause (``killed by signal SIGKILL``); its
 siblings go on.
@@ -68,12 +73,13 @@ from shoal.events import AgentFinished, AgentStarted
 from shoal.exceptions import AgentError, ConfigError, SerializationError, ShoalError
 from shoal.executors._reaper import kill_tree
 from shoal.executors._shipping import dumps
-from shoal.executors.process import describe_exit, worker_env
+from shoal.executors.process import _ForkedProcess, _Process, describe_exit, worker_env
 from shoal.executors.results import load_result
 from shoal.limits import parse_process_limits
 from shoal.models.base import Usage
 
 if TYPE_CHECKING:
+    from shoal.agents._launch import AgentLauncher
     from shoal.agents.agent import Agent
     from shoal.agents.budget import Budget
     from shoal.agents.context import TreeContext
@@ -144,9 +150,13 @@ class Channel(ABC):
 
 
 class ProcessChannel(Channel):
-    """A child process running ``python -m shoal.agents._process FD``, and its socket."""
+    """A process running :func:`shoal.agents._process.main` on a socket, and that socket.
 
-    def __init__(self, proc: asyncio.subprocess.Process, reader: asyncio.StreamReader,
+    Forked from the tree's template where it can be, else ``python -m shoal.agents._process
+    FD`` (see :mod:`shoal.agents._launch`).
+    """
+
+    def __init__(self, proc: _Process, reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter) -> None:
         self.proc = proc
         self.lineage = ""  # the agent's, for messages
@@ -159,17 +169,19 @@ class ProcessChannel(Channel):
         return self.proc.pid
 
     @classmethod
-    async def start(cls, spec: StartSpec, env_names: tuple[str, ...]) -> ProcessChannel:
-        """Start the agent's process and send it the import path and its spec."""
+    async def start(cls, spec: StartSpec, env_names: tuple[str, ...],
+                    launcher: AgentLauncher | None = None) -> ProcessChannel:
+        """Start the agent's process and send it the import path and its spec.
+
+        ``launcher``: the tree's (forks it from a template where it can); else a fresh
+        interpreter.
+        """
+        from shoal.agents._launch import AgentLauncher
+
+        launcher = launcher or AgentLauncher(fork=False)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "shoal.agents._process", str(theirs.fileno()),
-                pass_fds=(theirs.fileno(),), env=worker_env(env_names),
-                stdin=asyncio.subprocess.DEVNULL,
-                # a session of its own: out of a terminal's Ctrl-C (the parent's to handle),
-                # and killing its group ends what its tools started too
-                start_new_session=True)
+            proc = await launcher.launch(theirs.fileno(), worker_env(env_names))
         except BaseException:
             ours.close()
             raise
@@ -228,7 +240,7 @@ class ProcessChannel(Channel):
         except TimeoutError:  # closed its socket yet lingers: not ours to wait for
             kill_tree(self.proc.pid)
             code = await self.proc.wait()
-        return describe_exit(code)
+        return getattr(self.proc, "lost", None) or describe_exit(code)
 
     async def close(self) -> None:
         """Kill the process group and every descendant, then reap the process."""
@@ -239,6 +251,8 @@ class ProcessChannel(Channel):
                 os.killpg(self.proc.pid, signal.SIGKILL)
         self._writer.close()
         await asyncio.shield(self.proc.wait())
+        if isinstance(self.proc, _ForkedProcess):  # its template may reap it now
+            self.proc.close()
 
 
 def _unimportable(agent: Agent[Any]) -> set[str]:
@@ -436,7 +450,8 @@ async def run_elsewhere(run: AgentRun) -> AgentResult[Any]:
     try:
         _check(run)
         spec = start_spec(run)
-        channel = await ProcessChannel.start(spec, (*ctx.runtime.pass_env, *run.agent.env))
+        channel = await ProcessChannel.start(spec, (*ctx.runtime.pass_env, *run.agent.env),
+                                             ctx.agent_processes())
     except Exception as exc:
         _fail(run, "failed", exc)
         return result
