@@ -251,6 +251,21 @@ class Agent(Generic[T]):
         return f"{self.instructions}\n\n{spec.instructions()}".strip()
 
     @functools.cached_property
+    def _request_parts(self) -> dict[str, Any]:
+        """The fixed parts of this agent's model requests, as canonical JSON.
+
+        Its instructions, tools, settings and output schema: made once per definition, not
+        once per run, for the requests' digests (see
+        :class:`~shoal.agents.run.ConversationDigest`).
+        """
+        from shoal.store.fingerprint import canonical
+
+        spec = self.output_spec
+        return canonical({"instructions": self.full_instructions, "tools": self.tool_specs,
+                          "settings": self.settings,
+                          "output_schema": spec.schema if spec else None})
+
+    @functools.cached_property
     def subagent_tool(self) -> Tool[..., Any]:
         """The tool a parent's model sees for this agent: it takes a ``task``."""
         about = self.description or (self.instructions.strip().splitlines() or [""])[0]

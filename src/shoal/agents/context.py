@@ -347,8 +347,12 @@ class TreeContext:
             self._turns.add(handle)
 
     def untrack_handle(self, lineage: str, handle: RunHandle) -> None:
-        """Forget a finished step."""
-        self._handles.get(lineage, set()).discard(handle)
+        """Forget a finished step (and its agent, once it has none in flight)."""
+        handles = self._handles.get(lineage)
+        if handles is not None:
+            handles.discard(handle)
+            if not handles:
+                del self._handles[lineage]
         self._turns.discard(handle)
 
     def track_remote(self, lineage: str,
