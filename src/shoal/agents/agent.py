@@ -261,9 +261,10 @@ class Agent(Generic[T]):
         from shoal.store.fingerprint import canonical
 
         spec = self.output_spec
-        return canonical({"instructions": self.full_instructions, "tools": self.tool_specs,
-                          "settings": self.settings,
-                          "output_schema": spec.schema if spec else None})
+        parts: dict[str, Any] = canonical({
+            "instructions": self.full_instructions, "tools": self.tool_specs,
+            "settings": self.settings, "output_schema": spec.schema if spec else None})
+        return parts
 
     @functools.cached_property
     def subagent_tool(self) -> Tool[..., Any]:
