@@ -388,6 +388,7 @@ def test_a_tree_killed_mid_run_resumes_without_repeating_the_process_agents_work
     assert report["calls"] == ["ok", "ok"] and report["helper"] == ["ok", "ok"]
     assert report["lead_requests"] == 1  # only the turn after the helper's answer
     assert sorted(log.read_text().split()) == ["a", "x1"]  # nothing ran twice
+    assert sorted(report["board"]) == ["a", "x1"]  # the helper's note, merged once
 
 
 @pytest.mark.parametrize(("options", "words"), [
@@ -526,14 +527,84 @@ def test_a_planner_runs_in_a_process_of_its_own_as_inline() -> None:
 
 
 
-def test_a_board_does_not_reach_a_process_agent_and_its_call_says_so() -> None:
+@shoal.tool
+def note(fact: str, board: shoal.BoardHandle) -> str:
+    """Note a fact on the tree's board, counting it; say which process wrote it."""
+    board.write("findings", fact)
+    board.write("count", 1)
+    return f"{len(board.read('findings'))} findings seen@{os.getpid():010d}"
+
+
+@shoal.tool
+def decide(choice: str, board: shoal.BoardHandle) -> str:
+    """Set the verdict without reading it first (a conflict when another one did so too)."""
+    board.write("verdict", choice)
+    return f"decided {choice}"
+
+
+@shoal.tool
+def scribble(board: shoal.BoardHandle) -> str:
+    """Write a key the board does not declare."""
+    board.write("nowhere", 1)
+    return "unreachable"
+
+
+def _board() -> shoal.Board:
+    return shoal.Board(findings=shoal.merge.append, count=shoal.merge.counter,
+                       verdict=shoal.merge.last_writer)
+
+
+def test_process_agents_write_the_trees_board_as_inline_agents_do() -> None:
+    seen = {}
+    for isolation in ("inline", "process"):
+        model = ScriptedModel.per_prompt({
+            "go": [[call("reader", task="r1"), call("reader", task="r2")], "done"],
+            "r1": [[call("note", fact="a"), call("note", fact="b")], "r1 noted"],
+            "r2": [[call("note", fact="c")], [call("note", fact="d")], "r2 noted"],
+        })
+        reader = shoal.Agent(name="reader", model=model, tools=[note], isolation=isolation)
+        lead = shoal.Agent(name="lead", model=model, subagents=[reader])
+        seen[isolation] = lead.run_sync("go", board=_board())
+    inline, remote = seen["inline"], seen["process"]
+    assert remote.ok, remote.error
+    assert sorted(remote.board["findings"]) == sorted(inline.board["findings"]) == [
+        "a", "b", "c", "d"]
+    assert remote.board["count"] == inline.board["count"] == 4
+    assert os.getpid() not in _noted_pids(remote) and len(_noted_pids(remote)) == 2
+    # a read in a process agent sees the root's board (r2's second note sees its first)
+    r2 = next(r for r in remote.children if r.prompt == "r2")
+    assert int(r2.calls[1].message.content.split()[0]) >= 2
+
+
+def _noted_pids(result: shoal.AgentResult[Any]) -> set[int]:
+    return {int(c.message.content.rsplit("@", 1)[1]) for r in result.walk() for c in r.calls
+            if c.call.name == "note"}
+
+
+def test_a_conflict_between_two_agent_processes_is_found_at_the_root() -> None:
+    model = ScriptedModel.per_prompt({
+        "go": [[call("judge", task="yes"), call("judge", task="no")], "done"],
+        "yes": [[call("decide", choice="yes")], "said yes"],
+        "no": [[call("decide", choice="no")], "said no"],
+    })
+    judge = shoal.Agent(name="judge", model=model, tools=[decide], isolation="process")
+    lead = shoal.Agent(name="lead", model=model, subagents=[judge])
+    result = lead.run_sync("go", board=_board())
+    [conflict] = result.conflicts
+    assert conflict.key == "verdict"
+    assert sorted(conflict.writers) == ["lead/judge#1/decide#1", "lead/judge#2/decide#1"]
+    assert result.board["verdict"] == conflict.kept
+
+
+def test_a_process_agents_bad_board_write_fails_its_call_as_inline() -> None:
     model = ScriptedModel.per_prompt({"go": [[call("reader", task="t")], "done"],
-                                      "t": ["never asked"]})
-    reader = shoal.Agent(name="reader", model=model, isolation="process")
+                                      "t": [[call("scribble")], "tried"]})
+    reader = shoal.Agent(name="reader", model=model, tools=[scribble], isolation="process")
     lead = shoal.Agent(name="lead", model=model, subagents=[reader])
-    result = lead.run_sync("go", board=shoal.Board(findings=shoal.merge.append))
-    assert result.children[0].status == "failed"
-    assert "board cannot reach" in result.calls[0].message.content
+    result = lead.run_sync("go", board=_board())
+    [record] = result.children[0].calls
+    assert record.status == "failed" and "no key 'nowhere'" in record.message.content
+    assert result.board["findings"] == []
 
 
 def test_an_agent_that_cannot_be_sent_to_a_process_fails_its_call_saying_why() -> None:

@@ -43,7 +43,7 @@ __all__ = ["PRELOAD", "AgentLauncher"]
 #: scheduler, journal and messages), besides what every worker needs.
 PRELOAD = ("shoal", "shoal.agents._process", "shoal.agents.agent", "shoal.agents.run",
            "shoal.agents.toolcalls", "shoal.testing", "shoal.testing.scripted",
-           "shoal.agents.remote", "shoal.runtime", "shoal.store.sqlite",
+           "shoal.agents.remote", "shoal.runtime", "shoal.store.memory", "shoal.store.sqlite",
            "shoal.executors.results", "shoal.models.retry", "shoal.approvals")
 
 

@@ -17,6 +17,9 @@ one socket:
 * **events** go one way to the root's sinks, lineage intact (``event``);
 * **approvals** are asked of the root's approver (``review``); the child's own runtime binds
   each decision to the call's arguments and journals it, as any runtime does;
+* **the board**: the tree's board stays in the root; the child's tools read it and commit
+  their writes to it (``board_read``, ``board_commit``...; see
+  :func:`shoal.agents._process.remote_board`), and journal each commit with its call;
 * **journal**: with a SQLite journal the child's runtime opens the same file, so its model
   turns and tool phases are journaled runs of the root's journal under the child's lineage,
   and a resumed tree replays them in the process that runs the agent again;
@@ -123,6 +126,8 @@ class StartSpec:
     runtime: dict[str, Any] = field(default_factory=dict)
     approver: bool = False
     limits: ProcessLimits | None = None
+    #: the rules of the tree's board, which the root keeps (``None``: the tree has none)
+    board: dict[str, Any] | None = None
 
 
 class Channel(ABC):
@@ -357,12 +362,37 @@ class TreeServer:
                 tracker.add_usage(*args)
             elif op == "take_subagent":
                 value = tracker.take_subagent(*args)
+            elif op.startswith("board_"):
+                value = self._board(op, args)
             else:
                 raise ShoalError(f"an agent process asked for {op!r}, which is no request")
         except Exception as exc:  # a breach above all: the agent raises it where it stands
             self.channel.send(("reply", call_id, False, exc))
             return
         self.channel.send(("reply", call_id, True, value))
+
+    def _board(self, op: str, args: tuple[Any, ...]) -> Any:
+        """Answer a read or commit of the agent's board with the tree's (the root's) board."""
+        board = self.ctx.board
+        if board is None:
+            raise ShoalError(f"an agent process asked the board ({op}), but this tree has none")
+        if op == "board_read":
+            return board._read(args[0])
+        if op == "board_get":
+            return board[args[0]]
+        if op == "board_snapshot":
+            return board.snapshot()
+        if op == "board_conflicts":
+            return board.conflicts
+        if op == "board_commit":
+            writer, writes, seen, call, recorded, number = args
+            return board._commit(writer, [(str(k), v) for k, v in writes], seen,
+                                 call=None if call is None else (str(call[0]), str(call[1])),
+                                 recorded=recorded, number=number)
+        if op == "board_replay":
+            board._replay(args[0])
+            return None
+        raise ShoalError(f"an agent process asked for {op!r}, which is no request")
 
     async def _answer_later(self, call_id: int, op: str, args: tuple[Any, ...]) -> None:
         try:
@@ -427,13 +457,11 @@ def start_spec(run: AgentRun) -> StartSpec:
         override=ctx.model_override, retry=ctx.gates.retry, store=_store_of(ctx.runtime),
         runtime=_runtime_options(ctx.runtime),
         approver=ctx.runtime.approvals.approver is not None,
-        limits=parse_process_limits(agent.limits))
+        limits=parse_process_limits(agent.limits),
+        board=None if ctx.board is None else ctx.board.rules)
 
 
 def _check(run: AgentRun) -> None:
-    if run.ctx.board is not None:
-        raise ConfigError(f"agent {run.lineage} runs in a process of its own, where the "
-                          "tree's board cannot reach yet; run it with isolation='inline'")
     if os.name != "posix":
         raise ConfigError("isolation='process' needs a POSIX system (Linux, macOS)")
 
