@@ -2,10 +2,11 @@
 
 ``FD`` is a socket to the parent (see :mod:`shoal.agents.remote` for the messages). The agent
 runs on this process's event loop against :func:`remote_context`: a
-:class:`~shoal.agents.context.TreeContext` whose budget tracker, model gates, event sinks and
-approver ask the parent's tree over the socket. A thread reads the socket: it hands replies to
-the requests waiting for them and a ``cancel`` to the loop, and ends the process (with its
-whole process group) when the socket closes, so a parent that dies leaves nothing behind.
+:class:`~shoal.agents.context.TreeContext` whose budget tracker, model gates, event sinks,
+approver and board ask the parent's tree over the socket. A thread reads the socket: it
+hands replies to the requests waiting for them and a ``cancel`` to the loop, and ends the
+process (with its whole process group) when the socket closes, so a parent that dies leaves
+nothing behind.
 
 Budget charges are synchronous in the turn loop (a check-and-charge has no ``await``), so they
 block this loop for one round trip; the parent answers them at once.

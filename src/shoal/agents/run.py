@@ -331,8 +331,8 @@ class AgentRun:
         turn = self.result.turns
         asking = _Asking(request, stream, read)
         self._asking = asking
-        if self._model_tool is None:  # one per run: binding a tool costs more than a turn's
-            self._model_tool = _MODEL_TURN.bound_to(self._ask_model)   # other objects
+        if self._model_tool is None:  # bound once per run, not per turn (a tool is costly)
+            self._model_tool = _MODEL_TURN.bound_to(self._ask_model)
         plan = Plan(name=f"{self.lineage} model turn {turn}")
         digest = digest if digest is not None else self._digest.of(request)
         node = plan.add(self._model_tool, {"request_digest": digest}, node_id=f"model#{turn}")
