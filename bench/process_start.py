@@ -9,19 +9,30 @@ which is started once, untimed, before the trials), ``start_method="spawn"`` (a 
 interpreter: the way workers started before templates), and the floor: a raw ``os.fork()``
 whose child writes one byte to a pipe that the parent reads. Target: a template-forked worker
 answers in < 30 ms (median of 20).
+
+The same for agents in processes of their own (``Agent(isolation="process")``): a lead asks
+for one process agent per turn, and each one's start is timed from the lead's reply asking for
+it to that agent's first model reply (an instant ``ScriptedModel``), on the tree's clock (its
+events). A tree forks its agent processes from a template of its own, started with the tree;
+each tree's first agent, which may still wait for the template's imports, is printed apart.
+Trees with agents started as fresh interpreters (how they started before) run interleaved.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import time
 import warnings
 
 import shoal
 from bench.common import BenchResult, Target, cli, interleave_async, median, percentile
+from shoal.agents._launch import AgentLauncher
+from shoal.events import Event, ModelResponded
 from shoal.executors.base import Call
 from shoal.executors.process import ProcessExecutor
+from shoal.testing import ScriptedModel, call
 
 NAME = "process_start"
 TARGET = Target("value", "<=", 0.030)
@@ -61,6 +72,59 @@ class Starts:
         start = time.perf_counter()
         self.answers.append(await self.executor.execute(call))
         return time.perf_counter() - start
+
+
+AGENTS_PER_TREE = 6
+
+
+async def agent_starts(forks: bool, agents: int = AGENTS_PER_TREE) -> list[float]:
+    """Seconds from the lead asking for each process agent to that agent's first model reply.
+
+    ``forks``: from the tree's template (else each agent process is a fresh interpreter).
+    """
+    worker = shoal.Agent(name="worker", model=ScriptedModel(["ready"] * agents),
+                         isolation="process")
+    lead_model = ScriptedModel([*([call("worker", task=f"t{i}")] for i in range(agents)),
+                                "done"])
+    lead = shoal.Agent(name="lead", model=lead_model, subagents=[worker], max_turns=agents + 1)
+    events: list[Event] = []
+    handle = lead.start("go", on_event=events.append)
+    if not forks:  # the tree's launcher, made to start interpreters (the bench's comparison)
+        ctx = handle._ctx
+        ctx.agent_processes().close()
+        ctx._launcher = AgentLauncher(fork=False)
+    result = await handle
+    if not (result.ok and len(result.children) == agents):
+        raise RuntimeError(f"the agent tree failed: {result.error}")
+    asked = [e.time for e in events if isinstance(e, ModelResponded) and e.lineage == "lead"]
+    first = {e.lineage: e.time for e in reversed(events)
+             if isinstance(e, ModelResponded) and e.lineage != "lead"}
+    return [first[f"lead/worker#{i + 1}"] - asked[i] for i in range(agents)]
+
+
+def measure_agents(result: BenchResult, trees: int) -> None:
+    """Process agents' starts, template vs fresh interpreter, ``trees`` trees of each."""
+    if not AgentLauncher().forks:
+        result.note("process agents: forked from a template on Linux only (skipped)")
+        return
+    asyncio.run(agent_starts(True, 2))  # warm-up, untimed
+    warm: dict[bool, list[float]] = {True: [], False: []}
+    first: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(trees):
+        for forks in (True, False):
+            gc.collect()
+            times = asyncio.run(agent_starts(forks))
+            first[forks].append(times[0])
+            warm[forks].extend(times[1:])
+    count = len(warm[True])
+    result.add(f"process agent, template fork: to first model reply, median of {count}",
+               median(warm[True]), "s", floor=median(warm[False]))
+    result.add(f"process agent, template fork: p90 of {count}", percentile(warm[True], 0.9),
+               "s", floor=percentile(warm[False], 0.9))
+    result.add(f"process agent, fresh interpreter: median of {count}", median(warm[False]),
+               "s")
+    result.add(f"process agent, a tree's first (template start), median of {trees}",
+               median(first[True]), "s", floor=median(first[False]))
 
 
 def main(quick: bool = False) -> BenchResult:
@@ -104,6 +168,7 @@ def main(quick: bool = False) -> BenchResult:
     workers = template.answers + spawn.answers
     result.check("every start answered, each from a new worker",
                  len(set(workers)) == len(workers) == 2 * trials + 1)
+    measure_agents(result, 2 if quick else 5)
     return result
 
 

@@ -8,30 +8,55 @@ calls (50 ms each), then a turn with its answer; the lead then answers. Everythi
 1. Makespan against the critical path of the same workload: the lead's turn, one worker's
    3 x (50 + 50) ms and its answer turn, the lead's final turn (450 ms). Target: <= 1.3x.
    Its CPU time is printed too, and, for diagnosis, the CPU time of a run with Python's
-   garbage collector paused (what the collector costs a swarm, told apart from the steps).
+   garbage collector paused (what the collector costs a swarm, told apart from the steps),
+   and of a run with the collector's thresholds raised as the agents docs suggest for
+   swarms (``gc.set_threshold(50_000, 20, 100)``, a program's own opt-in; restored after).
 2. Peak memory of that run: the process's peak RSS, and tracemalloc's peak in a second,
    traced run (tracing slows a run, so it is not the timed one).
 3. Memory per idle subagent: 1,000 workers parked on their first model request (a model
    that waits until released), against the same tree with no workers, in traced bytes.
 
 The subagents' :class:`~shoal.agents.agent.Agent` is made by a factory (``make_worker``), so
-the same swarm runs with other kinds of agents; 300 process agents on two cores finishing
-with exact budgets is the next workload to add here, through that factory.
+the same swarm runs with other kinds of agents.
+
+``python -m bench.swarm_process`` (:func:`process_main`): the same swarm with 300 subagents in
+processes of their own (``Agent(isolation="process")``, each a fork of the tree's template),
+on two cores:
+
+4. Within an exact budget, ``Budget(fan_out=300, subagents=300, requests=1202)`` (the lead's 2
+   requests and each agent's 4): every agent finishes as scripted and the tree is charged
+   exactly 1,202 requests. Makespan against the critical path, the parent's CPU time, how
+   many agent processes lived at once and their summed RSS at that peak (sampled every 50 ms
+   with psutil; RSS counts the pages they share with the template once per process).
+5. With ``subagents=100`` (and requests for those 100 only): exactly 100 agent processes
+   start, the other 200 calls are refused naming the limit, and exactly 402 requests are
+   charged.
+6. Memory per process agent: 300 agents parked on their first model request (a model that
+   waits for a file), each process's USS (what it alone holds), PSS and RSS (psutil), and the
+   template's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import os
 import resource
 import sys
+import tempfile
+import threading
 import time
 import tracemalloc
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import psutil
 
 import shoal
 from bench.common import BenchResult, Target, cli
+from shoal.events import AgentStarted, Event
 from shoal.models.base import ModelRequest, ModelResponse, Usage
 from shoal.testing import ScriptedModel, call
 
@@ -175,6 +200,26 @@ def without_collector(swarm: Swarm) -> SwarmRun:
         gc.collect()
 
 
+#: The collector's thresholds the agents docs suggest for swarms (an opt-in of the program's).
+SWARM_GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def with_collector_tuned(swarm: Swarm) -> SwarmRun:
+    """A run with the collector's thresholds at :data:`SWARM_GC_THRESHOLDS`, then restored.
+
+    What the program-wide opt-in of the agents docs ("Swarms and the garbage collector")
+    saves: fewer young collections, and far fewer full ones walking everything in flight.
+    """
+    previous = gc.get_threshold()
+    gc.collect()
+    gc.set_threshold(*SWARM_GC_THRESHOLDS)
+    try:
+        return asyncio.run(run_swarm(swarm))
+    finally:
+        gc.set_threshold(*previous)
+        gc.collect()
+
+
 def traced_peak(swarm: Swarm) -> tuple[int, bool]:
     """tracemalloc's peak over a whole (untimed) swarm run."""
     tracemalloc.start()
@@ -191,6 +236,215 @@ def peak_rss() -> int:
     """The process's peak resident set size so far, in bytes."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
+
+
+# ---- process agents ----------------------------------------------------------------------
+
+
+def process_worker(swarm: Swarm) -> shoal.Agent:
+    """A worker on ``ScriptedModel`` in a process of its own."""
+    model = ScriptedModel.per_prompt({"*": swarm.worker_script()}, latency=LATENCY)
+    return shoal.Agent(name="worker", model=model, tools=[fetch], isolation="process")
+
+
+def exact_budget(swarm: Swarm, workers: int | None = None) -> shoal.Budget:
+    """What the swarm needs when ``workers`` of its agents may start (default: all)."""
+    started = swarm.workers if workers is None else workers
+    return shoal.Budget(fan_out=swarm.workers, subagents=started,
+                        requests=2 + started * (swarm.tool_turns + 1))
+
+
+class ChildSampler:
+    """Samples this process's descendants every ``period`` seconds on a thread (psutil).
+
+    Keeps the most agent processes seen at once and their summed RSS then.
+    """
+
+    def __init__(self, period: float = 0.05) -> None:
+        self.period = period
+        self.peak_rss = 0
+        self.peak_count = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-sampler", daemon=True)
+
+    def __enter__(self) -> ChildSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            agents = agent_processes()
+            total = 0
+            for agent in agents:
+                with contextlib.suppress(psutil.Error):
+                    total += agent.memory_info().rss
+            if len(agents) > self.peak_count:
+                self.peak_count, self.peak_rss = len(agents), total
+
+
+def agent_processes() -> list[psutil.Process]:
+    """The agent processes now alive below this one: the children of agent templates."""
+    found: list[psutil.Process] = []
+    for child in psutil.Process().children():
+        with contextlib.suppress(psutil.Error):
+            if "shoal.executors._template" in " ".join(child.cmdline()):
+                found.extend(child.children())
+    return found
+
+
+@dataclass(frozen=True)
+class TreeCount:
+    """What one process-agent swarm run did: its figures and what it was charged."""
+
+    run: SwarmRun
+    started: int  # worker agents that started (AgentStarted)
+    refused: int  # worker calls refused, naming the subagents limit
+    requests: int  # model requests the tree was charged
+    peak_agents: int
+    peak_rss: int
+
+
+async def run_process_swarm(swarm: Swarm, budget: shoal.Budget) -> TreeCount:
+    """One run of the swarm with process agents under ``budget``."""
+    lead = shoal.Agent(name="lead", model=swarm.lead_model(), subagents=[process_worker(swarm)],
+                       max_turns=3)
+    events: list[Event] = []
+    began, cpu = time.perf_counter(), time.process_time()
+    with ChildSampler() as sampler:
+        result = await lead.run("go", budget=budget, on_event=events.append)
+    elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu
+    workers = [r for r in result.children if r.status != "running"]
+    finished = [w for w in workers if w.ok and w.turns == swarm.tool_turns + 1
+                and len(w.calls) == swarm.tool_turns * swarm.calls]
+    started = sum(1 for e in events if isinstance(e, AgentStarted) and e.lineage != "lead")
+    refused = sum(1 for c in result.calls
+                  if c.status == "rejected" and "subagents" in c.message.content)
+    ok = result.ok and len(finished) == started and started + refused == swarm.workers
+    detail = "" if ok else f"lead {result.status}: {result.error}"
+    return TreeCount(SwarmRun(elapsed, cpu, ok, detail), started, refused,
+                     result.usage.requests, sampler.peak_count, sampler.peak_rss)
+
+
+class FileParked(shoal.Model):
+    """A model whose requests wait (in the agent's process) until a file exists."""
+
+    name = "file-parked"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    async def request(self, request: ModelRequest) -> ModelResponse:
+        while not os.path.exists(self.path):
+            await asyncio.sleep(0.02)
+        return ModelResponse(text="done", usage=Usage(1, 1, 1))
+
+
+@dataclass(frozen=True)
+class ProcessMemory:
+    """Memory of parked agent processes (bytes, means over them) and of their template."""
+
+    agents: int
+    uss: float
+    pss: float
+    rss: float
+    template_uss: int
+    template_rss: int
+    ok: bool
+
+
+async def parked_processes(workers: int) -> ProcessMemory:
+    """``workers`` process agents parked on their first model request: their memory."""
+    with tempfile.TemporaryDirectory() as scratch:
+        release = os.path.join(scratch, "release")
+        worker = shoal.Agent(name="worker", model=FileParked(release), isolation="process")
+        lead_model = ScriptedModel([[call("worker", task=f"job {i}") for i in range(workers)],
+                                    "report"])
+        lead = shoal.Agent(name="lead", model=lead_model, subagents=[worker])
+        started: list[str] = []
+
+        def count(event: Event) -> None:
+            if isinstance(event, AgentStarted) and event.lineage != "lead":
+                started.append(event.lineage)
+
+        handle = lead.start("go", on_event=count)
+        while len(started) < workers and not handle.done():
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # each one's first request is under way: parked
+        memory = await asyncio.to_thread(_measure_parked)
+        await asyncio.to_thread(Path(release).touch)
+        result = await handle
+    ok = result.ok and len(result.children) == workers and memory.agents == workers
+    return replace(memory, ok=ok)
+
+
+def _measure_parked() -> ProcessMemory:
+    uss: list[int] = []
+    pss: list[int] = []
+    rss: list[int] = []
+    template_uss = template_rss = 0
+    for child in psutil.Process().children():
+        with contextlib.suppress(psutil.Error):
+            if "shoal.executors._template" not in " ".join(child.cmdline()):
+                continue
+            info = child.memory_full_info()
+            template_uss, template_rss = info.uss, info.rss
+            for agent in child.children():
+                with contextlib.suppress(psutil.Error):
+                    full = agent.memory_full_info()
+                    uss.append(full.uss)
+                    pss.append(full.pss)
+                    rss.append(full.rss)
+    count = max(1, len(uss))
+    return ProcessMemory(len(uss), sum(uss) / count, sum(pss) / count, sum(rss) / count,
+                         template_uss, template_rss, False)
+
+
+def process_main(quick: bool = False) -> BenchResult:
+    """The swarm with process agents: exact budgets, makespan, memory (see the docstring)."""
+    swarm = Swarm(workers=20 if quick else 300)
+    result = BenchResult("swarm_process")
+    result.header(f"a lead fanning out to {swarm.workers} process agents, {swarm.tool_turns} "
+                  f"turns x {swarm.calls} calls each, 50 ms per request and per call "
+                  f"(ScriptedModel), {os.cpu_count()} cores")
+    asyncio.run(run_process_swarm(Swarm(workers=4), exact_budget(Swarm(workers=4))))  # warm-up
+    gc.collect()
+    budget = exact_budget(swarm)
+    exact = asyncio.run(run_process_swarm(swarm, budget))
+    result.add(f"{swarm.workers} process agents: makespan", exact.run.seconds, "s",
+               floor=swarm.critical_path)
+    result.add("  CPU time of the lead's process", exact.run.cpu, "s")
+    result.add("  agent processes alive at once, at most", exact.peak_agents, "")
+    result.add("  their summed RSS then", exact.peak_rss / 2**20, "MiB")
+    named = (f"Budget(fan_out={budget.fan_out}, subagents={budget.subagents}, "
+             f"requests={budget.requests})")
+    result.check(f"every process agent finished as scripted within {named}", exact.run.ok
+                 and exact.started == swarm.workers, exact.run.detail)
+    result.check(f"exactly {budget.requests} requests charged", exact.requests == budget.requests,
+                 f"{exact.requests} charged")
+
+    part = swarm.workers // 3
+    short = exact_budget(swarm, part)
+    cut = asyncio.run(run_process_swarm(swarm, short))
+    result.add(f"  with subagents={part}: makespan", cut.run.seconds, "s")
+    result.check(f"subagents={part}: exactly {part} process agents started, "
+                 f"{swarm.workers - part} refused", cut.run.ok and cut.started == part
+                 and cut.refused == swarm.workers - part,
+                 cut.run.detail or f"{cut.started} started, {cut.refused} refused")
+    result.check(f"subagents={part}: exactly {short.requests} requests charged",
+                 cut.requests == short.requests, f"{cut.requests} charged")
+
+    memory = asyncio.run(parked_processes(swarm.workers))
+    result.add(f"memory per parked process agent ({memory.agents}): USS", memory.uss / 2**20,
+               "MiB")
+    result.add("  PSS", memory.pss / 2**20, "MiB")
+    result.add("  RSS", memory.rss / 2**20, "MiB")
+    result.add("  the template (once per tree): USS", memory.template_uss / 2**20, "MiB")
+    result.check("parked process agents ok", memory.ok)
+    return result
 
 
 def main(quick: bool = False) -> BenchResult:
@@ -218,6 +472,11 @@ def main(quick: bool = False) -> BenchResult:
     result.add("  CPU time per subagent, garbage collector paused", paused.cpu / swarm.workers,
                "s")
     result.check("run with the collector paused ok", paused.ok, paused.detail)
+    tuned = with_collector_tuned(swarm)
+    result.add(f"  makespan, gc.set_threshold{SWARM_GC_THRESHOLDS} (opt-in)", tuned.seconds,
+               "s", floor=swarm.critical_path)
+    result.add("  CPU time per subagent, that run", tuned.cpu / swarm.workers, "s")
+    result.check("run with the collector tuned ok", tuned.ok, tuned.detail)
     result.add("peak RSS of the process", peak_rss() / 2**20, "MiB")
 
     peak, ok = traced_peak(swarm)
@@ -228,8 +487,6 @@ def main(quick: bool = False) -> BenchResult:
     per_idle, ok = per_idle_subagent(swarm.workers)
     result.add("memory per idle subagent (parked on its model)", per_idle / 1024, "KiB")
     result.check("parked subagents ok", ok)
-    result.note("300 process agents on two cores with exact budgets: not measured yet "
-                "(pass a WorkerFactory making process agents to run_swarm)")
     return result
 
 

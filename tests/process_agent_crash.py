@@ -2,10 +2,11 @@
 
 ``python -m tests.process_agent_crash STORE RUN_ID crash|resume LOG``: the lead notes ``a``
 and starts ``helper``, an agent in its own process, which notes ``x1`` and then calls
-``boom``: in ``crash`` mode that SIGKILLs the lead's process (the helper's parent), and the
-helper, seeing its parent gone, ends too. In ``resume`` mode the tree continues from the
-journal (one SQLite file, written by both processes). Every ``note`` appends to LOG, so a test
-can see whether anything ran twice; the models fail loudly if asked for a turn that the journal
+``boom``: in ``crash`` mode that SIGKILLs the lead's process, and the helper, seeing its
+parent gone, ends too. In ``resume`` mode the tree continues from the
+journal (one SQLite file, written by both processes). Every ``note`` appends to LOG and to the
+tree's board (which the helper reaches from its process), so a test can see whether anything
+ran or was merged twice; the models fail loudly if asked for a turn that the journal
 should replay (the helper's in its own process: its run then fails, which the report shows).
 """
 
@@ -28,19 +29,24 @@ PROMPT = "do the work"
 
 
 @shoal.tool
-def note(text: str) -> str:
-    """Append a line to the log (a side effect that must not repeat)."""
+def note(text: str, board: shoal.BoardHandle) -> str:
+    """Append a line to the log and to the tree's board (side effects that must not repeat)."""
     with open(LOG, "a", encoding="utf-8") as log:
         log.write(text + "\n")
+    board.write("notes", text)
     return f"noted {text}"
 
 
 @shoal.tool(idempotent=True)
 def boom() -> str:
-    """In crash mode: kill the lead's process (this agent's parent), then wait to be ended."""
+    """In crash mode: kill the lead's process, then wait to be ended.
+
+    The lead's pid comes from a file: this agent's process may be a fork of the tree's
+    template rather than a child of the lead's own.
+    """
     if MODE == "crash":
         Path(LOG + ".helper").write_text(str(os.getpid()))
-        os.kill(os.getppid(), signal.SIGKILL)
+        os.kill(int(Path(LOG + ".lead").read_text()), signal.SIGKILL)
         time.sleep(30)
     return "survived"
 
@@ -69,14 +75,17 @@ def main() -> None:
     lead = shoal.Agent(name="lead", model=lead_model, tools=[note], subagents=[helper],
                        stream_dispatch=False)
     runtime = shoal.Runtime(store=f"sqlite:///{STORE}")
+    board = shoal.Board(notes=shoal.merge.append)
     if MODE == "crash":
-        result = lead.run_sync(PROMPT, runtime=runtime, run_id=RUN_ID)
+        Path(LOG + ".lead").write_text(str(os.getpid()))
+        result = lead.run_sync(PROMPT, runtime=runtime, run_id=RUN_ID, board=board)
     else:
-        result = lead.resume_sync(RUN_ID, PROMPT, runtime=runtime)
+        result = lead.resume_sync(RUN_ID, PROMPT, runtime=runtime, board=board)
     print(json.dumps({"output": result.output, "lead_requests": len(lead_model.requests),
                       "calls": [c.status for c in result.calls],
                       "helper": [c.status for c in result.children[0].calls],
-                      "helper_error": str(result.children[0].error)}))
+                      "helper_error": str(result.children[0].error),
+                      "board": result.board["notes"]}))
 
 
 if __name__ == "__main__":

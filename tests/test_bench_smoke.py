@@ -28,6 +28,7 @@ from bench import (
     plan_parsing,
     process_start,
     swarm,
+    swarm_process,
     trivial,
 )
 from bench.common import BenchResult, Target, dataset_file, datasets_dir, judge_targets, passed
@@ -50,7 +51,7 @@ def assert_correct(result: BenchResult) -> None:
 
 
 @pytest.mark.parametrize("module", [fanout_async, fanout_sync, trivial, large_plan, agents,
-                                    plan_parsing, process_start, swarm],
+                                    plan_parsing, process_start, swarm, swarm_process],
                          ids=lambda m: m.__name__.rsplit(".", 1)[-1])
 def test_synthetic_benchmarks_are_correct(module: ModuleType) -> None:
     assert_correct(module.main(quick=True))

@@ -27,6 +27,7 @@ import pytest
 import shoal
 from shoal.events import Event, TextDelta
 from shoal.exceptions import ConfigError, ModelHTTPError
+from shoal.executors._template import fork_supported
 from shoal.models.retry import ModelGates
 from shoal.testing import ScriptedModel, call
 from shoal.testing.conformance import peak_overlap
@@ -387,6 +388,7 @@ def test_a_tree_killed_mid_run_resumes_without_repeating_the_process_agents_work
     assert report["calls"] == ["ok", "ok"] and report["helper"] == ["ok", "ok"]
     assert report["lead_requests"] == 1  # only the turn after the helper's answer
     assert sorted(log.read_text().split()) == ["a", "x1"]  # nothing ran twice
+    assert sorted(report["board"]) == ["a", "x1"]  # the helper's note, merged once
 
 
 @pytest.mark.parametrize(("options", "words"), [
@@ -432,6 +434,59 @@ def test_a_process_agent_sees_only_the_keys_it_names_under_its_limits(
     assert limit == "(256, 256)"
 
 
+@shoal.tool
+def started_by() -> str:
+    """The command line of the process that started this one (its parent)."""
+    return " ".join(psutil.Process(os.getppid()).cmdline())
+
+
+@pytest.mark.skipif(not fork_supported(), reason="agent processes fork from a template on "
+                    "Linux 5.3+ only")
+def test_process_agents_of_a_tree_are_forks_of_one_template_that_ends_with_the_tree(
+        ) -> None:
+    model = ScriptedModel.per_prompt({
+        "go": [[call("reader", task=f"r{i}") for i in range(3)], "done"],
+        **{f"r{i}": [[call("started_by"), call("where", tag=str(i))], f"read {i}"]
+           for i in range(3)},
+    })
+    reader = shoal.Agent(name="reader", model=model, tools=[started_by, where],
+                         isolation="process")
+    result = shoal.Agent(name="lead", model=model, subagents=[reader]).run_sync("go")
+    assert result.ok, result.error
+    parents = {r.calls[0].message.content for r in result.children}
+    assert len(parents) == 1  # one template for the tree's three agent processes
+    assert "shoal.executors._template" in parents.pop()
+    assert len(_pids(result)) == 3 and os.getpid() not in _pids(result)
+    # the template is gone with the tree: no_child_process_leak checks that after the test
+
+
+@shoal.tool
+def kill_my_template() -> str:
+    """Kill the template that forked this agent's process (its parent), then wait."""
+    os.kill(os.getppid(), signal.SIGKILL)
+    time.sleep(30)
+    return "unreachable"
+
+
+@pytest.mark.skipif(not fork_supported(), reason="agent processes fork from a template on "
+                    "Linux 5.3+ only")
+def test_an_agent_whose_template_dies_fails_saying_so_and_later_agents_start_afresh() -> None:
+    model = ScriptedModel.per_prompt({
+        "go": [[call("reader", task="doomed")], [call("reader", task="after")], "done"],
+        "doomed": [[call("kill_my_template")], "unreachable"],
+        "after": [[call("where", tag="a")], "read after"],
+    })
+    reader = shoal.Agent(name="reader", model=model, tools=[kill_my_template, where],
+                         isolation="process", stream_dispatch=False)
+    started = time.monotonic()
+    result = shoal.Agent(name="lead", model=model, subagents=[reader]).run_sync("go")
+    assert time.monotonic() - started < 20  # not the 30 s the doomed tool sleeps
+    doomed, after = result.children
+    assert doomed.status == "failed"
+    assert "killed with the template process that started it" in str(doomed.error)
+    assert after.ok and after.output == "read after"  # from a template started again
+
+
 def test_a_process_agent_as_a_plan_node() -> None:
     model = ScriptedModel.per_prompt({"Summarise p1": [[call("where", tag="n")], "p1 summary"]})
     reader = shoal.Agent(name="reader", model=model, tools=[where], isolation="process")
@@ -471,14 +526,84 @@ def test_a_planner_runs_in_a_process_of_its_own_as_inline() -> None:
 
 
 
-def test_a_board_does_not_reach_a_process_agent_and_its_call_says_so() -> None:
+@shoal.tool
+def note(fact: str, board: shoal.BoardHandle) -> str:
+    """Note a fact on the tree's board, counting it; say which process wrote it."""
+    board.write("findings", fact)
+    board.write("count", 1)
+    return f"{len(board.read('findings'))} findings seen@{os.getpid():010d}"
+
+
+@shoal.tool
+def decide(choice: str, board: shoal.BoardHandle) -> str:
+    """Set the verdict without reading it first (a conflict when another one did so too)."""
+    board.write("verdict", choice)
+    return f"decided {choice}"
+
+
+@shoal.tool
+def scribble(board: shoal.BoardHandle) -> str:
+    """Write a key the board does not declare."""
+    board.write("nowhere", 1)
+    return "unreachable"
+
+
+def _board() -> shoal.Board:
+    return shoal.Board(findings=shoal.merge.append, count=shoal.merge.counter,
+                       verdict=shoal.merge.last_writer)
+
+
+def test_process_agents_write_the_trees_board_as_inline_agents_do() -> None:
+    seen = {}
+    for isolation in ("inline", "process"):
+        model = ScriptedModel.per_prompt({
+            "go": [[call("reader", task="r1"), call("reader", task="r2")], "done"],
+            "r1": [[call("note", fact="a"), call("note", fact="b")], "r1 noted"],
+            "r2": [[call("note", fact="c")], [call("note", fact="d")], "r2 noted"],
+        })
+        reader = shoal.Agent(name="reader", model=model, tools=[note], isolation=isolation)
+        lead = shoal.Agent(name="lead", model=model, subagents=[reader])
+        seen[isolation] = lead.run_sync("go", board=_board())
+    inline, remote = seen["inline"], seen["process"]
+    assert remote.ok, remote.error
+    assert sorted(remote.board["findings"]) == sorted(inline.board["findings"]) == [
+        "a", "b", "c", "d"]
+    assert remote.board["count"] == inline.board["count"] == 4
+    assert os.getpid() not in _noted_pids(remote) and len(_noted_pids(remote)) == 2
+    # a read in a process agent sees the root's board (r2's second note sees its first)
+    r2 = next(r for r in remote.children if r.prompt == "r2")
+    assert int(r2.calls[1].message.content.split()[0]) >= 2
+
+
+def _noted_pids(result: shoal.AgentResult[Any]) -> set[int]:
+    return {int(c.message.content.rsplit("@", 1)[1]) for r in result.walk() for c in r.calls
+            if c.call.name == "note"}
+
+
+def test_a_conflict_between_two_agent_processes_is_found_at_the_root() -> None:
+    model = ScriptedModel.per_prompt({
+        "go": [[call("judge", task="yes"), call("judge", task="no")], "done"],
+        "yes": [[call("decide", choice="yes")], "said yes"],
+        "no": [[call("decide", choice="no")], "said no"],
+    })
+    judge = shoal.Agent(name="judge", model=model, tools=[decide], isolation="process")
+    lead = shoal.Agent(name="lead", model=model, subagents=[judge])
+    result = lead.run_sync("go", board=_board())
+    [conflict] = result.conflicts
+    assert conflict.key == "verdict"
+    assert sorted(conflict.writers) == ["lead/judge#1/decide#1", "lead/judge#2/decide#1"]
+    assert result.board["verdict"] == conflict.kept
+
+
+def test_a_process_agents_bad_board_write_fails_its_call_as_inline() -> None:
     model = ScriptedModel.per_prompt({"go": [[call("reader", task="t")], "done"],
-                                      "t": ["never asked"]})
-    reader = shoal.Agent(name="reader", model=model, isolation="process")
+                                      "t": [[call("scribble")], "tried"]})
+    reader = shoal.Agent(name="reader", model=model, tools=[scribble], isolation="process")
     lead = shoal.Agent(name="lead", model=model, subagents=[reader])
-    result = lead.run_sync("go", board=shoal.Board(findings=shoal.merge.append))
-    assert result.children[0].status == "failed"
-    assert "board cannot reach" in result.calls[0].message.content
+    result = lead.run_sync("go", board=_board())
+    [record] = result.children[0].calls
+    assert record.status == "failed" and "no key 'nowhere'" in record.message.content
+    assert result.board["findings"] == []
 
 
 def test_an_agent_that_cannot_be_sent_to_a_process_fails_its_call_saying_why() -> None:

@@ -254,7 +254,7 @@ def test_the_template_refuses_to_fork_once_it_has_a_thread() -> None:
         template = Template(theirs)
         threading.Thread(target=time.sleep, args=(30,), daemon=True).start()
         (r1, w1), (r2, w2), (r3, w3) = os.pipe(), os.pipe(), os.pipe()
-        socket.send_fds(ours, [pickle.dumps(({{}}, None))], [r1, w2, w3])
+        socket.send_fds(ours, [pickle.dumps(("worker", {{}}, None))], [r1, w2, w3])
         assert template.request()
         print(ours.recv(4096).decode())
         print(len(os.listdir("/proc/self/fd")))  # the descriptors it was sent are closed

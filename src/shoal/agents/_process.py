@@ -2,10 +2,11 @@
 
 ``FD`` is a socket to the parent (see :mod:`shoal.agents.remote` for the messages). The agent
 runs on this process's event loop against :func:`remote_context`: a
-:class:`~shoal.agents.context.TreeContext` whose budget tracker, model gates, event sinks and
-approver ask the parent's tree over the socket. A thread reads the socket: it hands replies to
-the requests waiting for them and a ``cancel`` to the loop, and ends the process (with its
-whole process group) when the socket closes, so a parent that dies leaves nothing behind.
+:class:`~shoal.agents.context.TreeContext` whose budget tracker, model gates, event sinks,
+approver and board ask the parent's tree over the socket. A thread reads the socket: it
+hands replies to the requests waiting for them and a ``cancel`` to the loop, and ends the
+process (with its whole process group) when the socket closes, so a parent that dies leaves
+nothing behind.
 
 Budget charges are synchronous in the turn loop (a check-and-charge has no ``await``), so they
 block this loop for one round trip; the parent answers them at once.
@@ -21,7 +22,7 @@ import pickle
 import socket
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from shoal.agents.remote import HEADER
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from shoal.agents.remote import StartSpec
     from shoal.agents.result import AgentResult
     from shoal.approvals import Approver
+    from shoal.board import Board
     from shoal.exceptions import BudgetExceeded
     from shoal.models.retry import ModelGate, ModelGates
 
@@ -187,6 +189,53 @@ def remote_approver(link: Link) -> Approver:
     return RemoteApprover()
 
 
+def remote_board(link: Link, rules: Mapping[str, Any]) -> Board:
+    """The tree's board, which the root keeps: every read and commit is answered there.
+
+    Its keys and rules are the root board's, so a write to an unknown key or of a value its
+    rule refuses fails here at once, as inline; reads see the root's values and versions, and
+    a call's writes are merged there when it succeeds (one round trip, answered at once), so
+    conflicts are found across the whole tree. The commit's journal record is written here,
+    with the call's outcome, in the root's journal file (with a SQLite journal): a resumed
+    tree replays it once.
+    """
+    from shoal.board import Board, BoardConflict
+    from shoal.store.base import EffectRecord
+
+    class RemoteBoard(Board):
+        def __getitem__(self, key: str) -> Any:
+            self._slot(key)
+            return link.ask("board_get", key)
+
+        def snapshot(self) -> dict[str, Any]:
+            found: dict[str, Any] = link.ask("board_snapshot")
+            return found
+
+        @property
+        def conflicts(self) -> list[BoardConflict]:
+            found: list[BoardConflict] = link.ask("board_conflicts")
+            return found
+
+        def _read(self, key: str) -> tuple[Any, int]:
+            self._slot(key)
+            value, version = link.ask("board_read", key)
+            return value, version
+
+        def _commit(self, writer: str, writes: list[tuple[str, Any]], seen: Mapping[str, int],
+                    *, call: tuple[str, str] | None = None,
+                    recorded: Iterable[BoardConflict] | None = None,
+                    number: int | None = None) -> tuple[list[BoardConflict], int]:
+            conflicts, committed = link.ask(
+                "board_commit", writer, list(writes), dict(seen), call,
+                None if recorded is None else list(recorded), number)
+            return conflicts, committed
+
+        def _replay(self, record: EffectRecord) -> None:
+            link.ask("board_replay", record)
+
+    return RemoteBoard(rules)
+
+
 def remote_context(spec: StartSpec, link: Link) -> TreeContext:
     """The agent's :class:`TreeContext`, whose shared parts ask the parent's tree."""
     from shoal.agents.context import TreeContext
@@ -195,9 +244,10 @@ def remote_context(spec: StartSpec, link: Link) -> TreeContext:
     approver = remote_approver(link) if spec.approver else None
     runtime = Runtime(store=spec.store, approver=approver, **spec.runtime)
     sinks = [_Forward(link, spec.wants_text)] if spec.observed else []
+    board = None if spec.board is None else remote_board(link, spec.board)
     ctx = TreeContext(run_id=spec.run_id, runtime=runtime, budget=spec.budget, sinks=sinks,
                       gates=remote_gates(link, spec.retry), model_override=spec.override,
-                      resuming=spec.resuming, force=spec.force)
+                      resuming=spec.resuming, force=spec.force, board=board)
     ctx.tracker = remote_tracker(link, ctx)
     ctx.adopt_origin(*spec.origin)
     return ctx

@@ -275,6 +275,22 @@ class Agent(Generic[T]):
         return f"{self.instructions}\n\n{spec.instructions()}".strip()
 
     @functools.cached_property
+    def _request_parts(self) -> dict[str, Any]:
+        """The fixed parts of this agent's model requests, as canonical JSON.
+
+        Its instructions, tools, settings and output schema: made once per definition, not
+        once per run, for the requests' digests (see
+        :class:`~shoal.agents.run.ConversationDigest`).
+        """
+        from shoal.store.fingerprint import canonical
+
+        spec = self.output_spec
+        parts: dict[str, Any] = canonical({
+            "instructions": self.full_instructions, "tools": self.tool_specs,
+            "settings": self.settings, "output_schema": spec.schema if spec else None})
+        return parts
+
+    @functools.cached_property
     def subagent_tool(self) -> Tool[..., Any]:
         """The tool a parent's model sees for this agent: it takes a ``task``."""
         about = self.description or (self.instructions.strip().splitlines() or [""])[0]
@@ -381,6 +397,8 @@ class Agent(Generic[T]):
                 claim.release()
                 raise
         root = AgentRun(self, ctx, lineage=self.name, depth=0, prompt=prompt)
+        if any(agent.isolation == "process" for agent in self.with_subagents()):
+            ctx.agent_processes().prestart()  # its imports overlap the lead's first turn
         close_override = override is not None and not isinstance(model, Model)
         task = asyncio.get_running_loop().create_task(
             _claimed(claim, _run_root(root, own_runtime, override if close_override else None)))

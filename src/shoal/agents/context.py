@@ -26,6 +26,7 @@ from shoal.models.base import Model
 from shoal.models.retry import ModelGates
 
 if TYPE_CHECKING:
+    from shoal.agents._launch import AgentLauncher
     from shoal.agents.result import AgentResult
     from shoal.board import Board
     from shoal.runtime import RunHandle, Runtime
@@ -107,6 +108,7 @@ class TreeContext:
         self._resumed: set[str] = set()  # lineage roots whose journaled steps are continued
         # lineage -> how to stop the agent there that runs in a process of its own
         self._remotes: dict[str, Callable[[str, BudgetExceeded | None], None]] = {}
+        self._launcher: AgentLauncher | None = None  # starts them, once one is needed
         self.results: dict[str, AgentResult[Any]] = {}  # every agent's result, by lineage
         self._deadline: asyncio.TimerHandle | None = None
         self._clock_origin: float | None = None  # when the wall clock was first armed
@@ -240,13 +242,29 @@ class TreeContext:
 
         And end what the tree's tool phases hold until the tree ends (the ``at_end`` hooks of
         :attr:`scope`, such as the sessions of MCP servers): the phases are nested runs, so
-        no run of theirs is the outermost one that would.
+        no run of theirs is the outermost one that would. And stop the template that
+        forked the tree's agent processes, if one was started.
         """
         models, self._models = self._models, {}
         for model in models.values():
             await model.aclose()
         if self._scope is not None:
             await self._scope.end()
+        launcher, self._launcher = self._launcher, None
+        if launcher is not None:  # every agent process has ended: its template goes too
+            launcher.close()
+
+    def agent_processes(self) -> AgentLauncher:
+        """What starts this tree's agent processes (see :mod:`shoal.agents._launch`).
+
+        Made on first use, and ended with :meth:`close_models` (a later node of a plan makes
+        another).
+        """
+        if self._launcher is None:
+            from shoal.agents._launch import AgentLauncher  # only process agents need it
+
+            self._launcher = AgentLauncher()
+        return self._launcher
 
     def resume_within(self, lineage: str) -> None:
         """Continue the journaled steps of the agent at ``lineage`` and below, too.
@@ -329,8 +347,12 @@ class TreeContext:
             self._turns.add(handle)
 
     def untrack_handle(self, lineage: str, handle: RunHandle) -> None:
-        """Forget a finished step."""
-        self._handles.get(lineage, set()).discard(handle)
+        """Forget a finished step (and its agent, once it has none in flight)."""
+        handles = self._handles.get(lineage)
+        if handles is not None:
+            handles.discard(handle)
+            if not handles:
+                del self._handles[lineage]
         self._turns.discard(handle)
 
     def track_remote(self, lineage: str,

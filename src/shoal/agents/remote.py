@@ -17,12 +17,20 @@ one socket:
 * **events** go one way to the root's sinks, lineage intact (``event``);
 * **approvals** are asked of the root's approver (``review``); the child's own runtime binds
   each decision to the call's arguments and journals it, as any runtime does;
+* **the board**: the tree's board stays in the root; the child's tools read it and commit
+  their writes to it (``board_read``, ``board_commit``...; see
+  :func:`shoal.agents._process.remote_board`), and journal each commit with its call;
 * **journal**: with a SQLite journal the child's runtime opens the same file, so its model
   turns and tool phases are journaled runs of the root's journal under the child's lineage,
   and a resumed tree replays them in the process that runs the agent again;
 * **cancellation**: the parent sends ``cancel`` and, if the child has not ended within
   :data:`CANCEL_GRACE` seconds, kills its process group; a child whose socket closes (the
   parent died) kills its group and exits.
+
+The child is forked from the tree's template process where it can be (Linux), ready in
+milliseconds, else started as ``python -m shoal.agents._process FD`` (see
+:mod:`shoal.agents._launch`); either way it runs the same program with the same environment,
+session, limits and messages.
 
 A child that dies (``SIGKILL``, a segfault, ``os._exit``) gives its parent's call an
 :class:`~shoal.exceptions.AgentError` naming the cause (``killed by signal SIGKILL``); its
@@ -68,12 +76,13 @@ from shoal.events import AgentFinished, AgentStarted
 from shoal.exceptions import AgentError, ConfigError, SerializationError, ShoalError
 from shoal.executors._reaper import kill_tree
 from shoal.executors._shipping import dumps
-from shoal.executors.process import describe_exit, worker_env
+from shoal.executors.process import _ForkedProcess, _Process, describe_exit, worker_env
 from shoal.executors.results import load_result
 from shoal.limits import parse_process_limits
 from shoal.models.base import Usage
 
 if TYPE_CHECKING:
+    from shoal.agents._launch import AgentLauncher
     from shoal.agents.agent import Agent
     from shoal.agents.budget import Budget
     from shoal.agents.context import TreeContext
@@ -117,6 +126,8 @@ class StartSpec:
     runtime: dict[str, Any] = field(default_factory=dict)
     approver: bool = False
     limits: ProcessLimits | None = None
+    #: the rules of the tree's board, which the root keeps (``None``: the tree has none)
+    board: dict[str, Any] | None = None
 
 
 class Channel(ABC):
@@ -144,9 +155,13 @@ class Channel(ABC):
 
 
 class ProcessChannel(Channel):
-    """A child process running ``python -m shoal.agents._process FD``, and its socket."""
+    """A process running :func:`shoal.agents._process.main` on a socket, and that socket.
 
-    def __init__(self, proc: asyncio.subprocess.Process, reader: asyncio.StreamReader,
+    Forked from the tree's template where it can be, else ``python -m shoal.agents._process
+    FD`` (see :mod:`shoal.agents._launch`).
+    """
+
+    def __init__(self, proc: _Process, reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter) -> None:
         self.proc = proc
         self.lineage = ""  # the agent's, for messages
@@ -159,17 +174,19 @@ class ProcessChannel(Channel):
         return self.proc.pid
 
     @classmethod
-    async def start(cls, spec: StartSpec, env_names: tuple[str, ...]) -> ProcessChannel:
-        """Start the agent's process and send it the import path and its spec."""
+    async def start(cls, spec: StartSpec, env_names: tuple[str, ...],
+                    launcher: AgentLauncher | None = None) -> ProcessChannel:
+        """Start the agent's process and send it the import path and its spec.
+
+        ``launcher``: the tree's (forks it from a template where it can); else a fresh
+        interpreter.
+        """
+        from shoal.agents._launch import AgentLauncher
+
+        launcher = launcher or AgentLauncher(fork=False)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "shoal.agents._process", str(theirs.fileno()),
-                pass_fds=(theirs.fileno(),), env=worker_env(env_names),
-                stdin=asyncio.subprocess.DEVNULL,
-                # a session of its own: out of a terminal's Ctrl-C (the parent's to handle),
-                # and killing its group ends what its tools started too
-                start_new_session=True)
+            proc = await launcher.launch(theirs.fileno(), worker_env(env_names))
         except BaseException:
             ours.close()
             raise
@@ -228,7 +245,7 @@ class ProcessChannel(Channel):
         except TimeoutError:  # closed its socket yet lingers: not ours to wait for
             kill_tree(self.proc.pid)
             code = await self.proc.wait()
-        return describe_exit(code)
+        return getattr(self.proc, "lost", None) or describe_exit(code)
 
     async def close(self) -> None:
         """Kill the process group and every descendant, then reap the process."""
@@ -239,6 +256,8 @@ class ProcessChannel(Channel):
                 os.killpg(self.proc.pid, signal.SIGKILL)
         self._writer.close()
         await asyncio.shield(self.proc.wait())
+        if isinstance(self.proc, _ForkedProcess):  # its template may reap it now
+            self.proc.close()
 
 
 def _unimportable(agent: Agent[Any]) -> set[str]:
@@ -343,12 +362,37 @@ class TreeServer:
                 tracker.add_usage(*args)
             elif op == "take_subagent":
                 value = tracker.take_subagent(*args)
+            elif op.startswith("board_"):
+                value = self._board(op, args)
             else:
                 raise ShoalError(f"an agent process asked for {op!r}, which is no request")
         except Exception as exc:  # a breach above all: the agent raises it where it stands
             self.channel.send(("reply", call_id, False, exc))
             return
         self.channel.send(("reply", call_id, True, value))
+
+    def _board(self, op: str, args: tuple[Any, ...]) -> Any:
+        """Answer a read or commit of the agent's board with the tree's (the root's) board."""
+        board = self.ctx.board
+        if board is None:
+            raise ShoalError(f"an agent process asked the board ({op}), but this tree has none")
+        if op == "board_read":
+            return board._read(args[0])
+        if op == "board_get":
+            return board[args[0]]
+        if op == "board_snapshot":
+            return board.snapshot()
+        if op == "board_conflicts":
+            return board.conflicts
+        if op == "board_commit":
+            writer, writes, seen, call, recorded, number = args
+            return board._commit(writer, [(str(k), v) for k, v in writes], seen,
+                                 call=None if call is None else (str(call[0]), str(call[1])),
+                                 recorded=recorded, number=number)
+        if op == "board_replay":
+            board._replay(args[0])
+            return None
+        raise ShoalError(f"an agent process asked for {op!r}, which is no request")
 
     async def _answer_later(self, call_id: int, op: str, args: tuple[Any, ...]) -> None:
         try:
@@ -413,13 +457,11 @@ def start_spec(run: AgentRun) -> StartSpec:
         override=ctx.model_override, retry=ctx.gates.retry, store=_store_of(ctx.runtime),
         runtime=_runtime_options(ctx.runtime),
         approver=ctx.runtime.approvals.approver is not None,
-        limits=parse_process_limits(agent.limits))
+        limits=parse_process_limits(agent.limits),
+        board=None if ctx.board is None else ctx.board.rules)
 
 
 def _check(run: AgentRun) -> None:
-    if run.ctx.board is not None:
-        raise ConfigError(f"agent {run.lineage} runs in a process of its own, where the "
-                          "tree's board cannot reach yet; run it with isolation='inline'")
     if os.name != "posix":
         raise ConfigError("isolation='process' needs a POSIX system (Linux, macOS)")
 
@@ -436,7 +478,8 @@ async def run_elsewhere(run: AgentRun) -> AgentResult[Any]:
     try:
         _check(run)
         spec = start_spec(run)
-        channel = await ProcessChannel.start(spec, (*ctx.runtime.pass_env, *run.agent.env))
+        channel = await ProcessChannel.start(spec, (*ctx.runtime.pass_env, *run.agent.env),
+                                             ctx.agent_processes())
     except Exception as exc:
         _fail(run, "failed", exc)
         return result

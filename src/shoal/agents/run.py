@@ -94,20 +94,25 @@ class ConversationDigest:
     hashed once per run. Equal requests give equal digests in any process (canonical JSON).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, agent: Agent[Any] | None = None) -> None:
         self._messages = hashlib.blake2b(digest_size=16)
         self._hashed = 0  # how many messages of the conversation are in the hash
         self._fixed: bytes | None = None
+        self._agent = agent  # whose requests' fixed parts are canonical already, once
 
     def of(self, request: ModelRequest) -> str:
         """The request's digest; ``request.messages`` extends the previous request's."""
         if self._fixed is None:
-            parts = {"instructions": request.instructions, "tools": request.tools,
-                     "settings": request.settings, "output_schema": request.output_schema,
-                     "lineage": request.lineage}
-            if request.plan_tools:  # only then: other requests keep the digests they had
-                parts["plan_tools"] = request.plan_tools
-            fixed = canonical(parts)
+            agent = self._agent
+            if agent is not None and _of_agent(request, agent):  # the same JSON, hashed once
+                fixed = {**agent._request_parts, "lineage": request.lineage}
+            else:
+                parts = {"instructions": request.instructions, "tools": request.tools,
+                         "settings": request.settings, "output_schema": request.output_schema,
+                         "lineage": request.lineage}
+                if request.plan_tools:  # only then: other requests keep the digests they had
+                    parts["plan_tools"] = request.plan_tools
+                fixed = canonical(parts)
             self._fixed = _encoded(fixed)
         messages = request.messages
         for message in messages[self._hashed:]:
@@ -116,6 +121,14 @@ class ConversationDigest:
         whole = hashlib.blake2b(self._fixed, digest_size=16)
         whole.update(self._messages.digest())
         return whole.hexdigest()
+
+
+def _of_agent(request: ModelRequest, agent: Agent[Any]) -> bool:
+    """Whether ``request`` holds ``agent``'s own instructions, tools, settings and schema."""
+    spec = agent.output_spec
+    return (request.tools is agent.tool_specs and request.settings is agent.settings
+            and not request.plan_tools and request.instructions == agent.full_instructions
+            and request.output_schema is (spec.schema if spec else None))
 
 
 _PLAIN_MESSAGES = frozenset({UserMessage, AssistantMessage, ToolResultMessage})
@@ -146,6 +159,19 @@ _MODEL_TURN: Tool[..., Any] = Tool(
 MODEL_TURN_POLICY = _MODEL_TURN.policy
 
 
+class _Asking:
+    """The model turn in progress: what its node asks, and the last error an attempt raised."""
+
+    __slots__ = ("raised", "read", "request", "stream")
+
+    def __init__(self, request: ModelRequest, stream: CallStream | None,
+                 read: Reader | None) -> None:
+        self.request = request
+        self.stream = stream
+        self.read = read
+        self.raised: Exception | None = None  # kept whole: the outcome keeps its type name
+
+
 class AgentRun:
     """One run of one agent inside a tree: its messages, counters and result."""
 
@@ -163,10 +189,12 @@ class AgentRun:
         self._counts: dict[str, int] = {}  # per-tool call counters, for lineage names
         self._started_this_turn = 0  # calls of the current turn past their checks (fan_out)
         self._started = 0.0
-        self._digest = ConversationDigest()
+        self._digest = ConversationDigest(agent)
         dispatch = agent.stream_dispatch
         self._streams = self.model.streams_tool_calls if dispatch is None else dispatch
         self._phase_handles: list[RunHandle] = []  # the current turn's tool phase runs
+        self._model_tool: Tool[..., Any] | None = None  # every model turn's node's tool
+        self._asking: _Asking | None = None  # the model turn in progress
 
     async def run(self) -> AgentResult[Any]:
         """Run turns until a final answer or a stop; the result records which.
@@ -305,37 +333,46 @@ class AgentRun:
         its calls replay from the tool phase's journal. When a sink asks for model text, the
         reply is streamed too (its calls start when it ends); otherwise it is a plain request.
         """
-        ctx, turn = self.ctx, self.result.turns
-        gate, model = ctx.gates.for_model(self.model), self.model
-        raised: list[BaseException] = []
-
-        async def ask(request_digest: str) -> ModelResponse:
-            del request_digest
-            try:
-                # a private copy per attempt, as the runtime gives any call: the model may
-                # change it freely; the messages inside are immutable, shared, never copied
-                if read is not None:
-                    return await read(copy.deepcopy(request))
-                if stream is not None or ctx.wants_text:
-                    return await self._streamed(copy.deepcopy(request), stream)
-                return await gate.request(model, copy.deepcopy(request),
-                                          on_event=self._model_event)
-            except Exception as exc:  # kept whole: the outcome only keeps its type name
-                raised.append(exc)
-                raise
-
+        turn = self.result.turns
+        asking = _Asking(request, stream, read)
+        self._asking = asking
+        if self._model_tool is None:  # bound once per run, not per turn (a tool is costly)
+            self._model_tool = _MODEL_TURN.bound_to(self._ask_model)
         plan = Plan(name=f"{self.lineage} model turn {turn}")
         digest = digest if digest is not None else self._digest.of(request)
-        node = plan.add(_MODEL_TURN.bound_to(ask), {"request_digest": digest},
-                        node_id=f"model#{turn}")
-        outcome = (await self._step(plan, f"model-{turn}"))[node]
+        node = plan.add(self._model_tool, {"request_digest": digest}, node_id=f"model#{turn}")
+        try:
+            outcome = (await self._step(plan, f"model-{turn}"))[node]
+        finally:
+            self._asking = None
         if outcome.status == "ok":
             return cast(ModelResponse, outcome.value)
-        if raised:
-            raise raised[-1]
+        if asking.raised is not None:
+            raise asking.raised
         if outcome.status in ("cancelled", "skipped"):
             raise asyncio.CancelledError(outcome.reason)
-        raise ModelError(model.name, str(outcome.error or outcome.reason or outcome.status))
+        raise ModelError(self.model.name,
+                         str(outcome.error or outcome.reason or outcome.status))
+
+    async def _ask_model(self, request_digest: str) -> ModelResponse:
+        """The model turn's node: ask the model for the request of the turn in progress."""
+        del request_digest
+        asking = self._asking
+        if asking is None:  # only a turn in progress runs its node
+            raise AssertionError(f"agent {self.lineage} has no model turn in progress")
+        request, stream = asking.request, asking.stream
+        try:
+            # a private copy per attempt, as the runtime gives any call: the model may
+            # change it freely; the messages inside are immutable, shared, never copied
+            if asking.read is not None:
+                return await asking.read(copy.deepcopy(request))
+            if stream is not None or self.ctx.wants_text:
+                return await self._streamed(copy.deepcopy(request), stream)
+            return await self.ctx.gates.for_model(self.model).request(
+                self.model, copy.deepcopy(request), on_event=self._model_event)
+        except Exception as exc:  # kept whole: the outcome only keeps its type name
+            asking.raised = exc
+            raise
 
     async def _streamed(self, request: ModelRequest,
                         stream: CallStream | None) -> ModelResponse:

@@ -2,17 +2,26 @@
 
 A worker started as a fresh interpreter spends about 0.2 s importing (shoal, cloudpickle,
 asyncio...) before it can answer. The template is started once per pool, as ``python -m
-shoal.executors._template SOCKET_FD``, imports all of that once, and then only waits. For each
-worker the parent sends one request on the socket (``AF_UNIX``, ``SOCK_SEQPACKET``): the
-worker's environment and working directory, with three file descriptors attached (the
-worker's command and reply pipe ends, and a status pipe). The template forks; the child takes
-its settings, becomes a worker (:func:`shoal.executors._worker.main`: the same handshake, the
-same limits and sandbox as a worker started from scratch) and is ready in milliseconds.
+shoal.executors._template SOCKET_FD [MODULE ...]``, imports all of that (and the modules
+named) once, and then only waits. For each worker the parent sends one request on the socket
+(``AF_UNIX``, ``SOCK_SEQPACKET``): the program to run, the worker's environment and working
+directory, with the program's file descriptors attached. The template forks; the child takes
+its settings, runs the program and is ready in milliseconds. Two programs (:data:`PROGRAMS`):
+
+* ``"worker"``, a tool worker of the process backend (:func:`shoal.executors._worker.main`:
+  the same handshake, the same limits and sandbox as a worker started from scratch), given its
+  command and reply pipe ends and a status pipe;
+* ``"agent"``, an agent in a process of its own (:func:`shoal.agents._process.main`, the same
+  program as ``python -m shoal.agents._process``), given its socket to the parent and a status
+  pipe; its template is started with the agent modules to preload
+  (:data:`shoal.agents._launch.PRELOAD`).
 
 Messages, one packet each:
 
 * template -> parent, once: ``b"ready"`` (its imports are done);
-* parent -> template: a pickled ``(env, cwd)`` with ``CMD_FD``, ``REPLY_FD``, ``STATUS_FD``;
+* parent -> template: a pickled ``(program, env, cwd)`` with the program's descriptors:
+  ``CMD_FD``, ``REPLY_FD``, ``STATUS_FD`` for a worker, ``SOCKET_FD``, ``STATUS_FD`` for an
+  agent;
 * template -> parent: ``b"ok"`` and the worker's pid (8 bytes, big-endian), or ``b"no"`` and
   a message saying why no worker was made.
 
@@ -48,6 +57,9 @@ import struct
 import sys
 
 PID = struct.Struct(">q")
+#: The programs a template forks, and how many file descriptors each one's request carries
+#: (the status pipe last).
+PROGRAMS = {"worker": 3, "agent": 2}
 STATUS = struct.Struct(">i")
 MAX_REQUEST = 1 << 20  # bytes of one request (an environment and a path)
 _PR_SET_PDEATHSIG = 1
@@ -96,21 +108,25 @@ class Template:
     def request(self) -> bool:
         """Answer one request; ``False`` when the socket hung up."""
         try:
-            data, fds, _, _ = socket.recv_fds(self.sock, MAX_REQUEST, 3)
+            data, fds, _, _ = socket.recv_fds(self.sock, MAX_REQUEST, max(PROGRAMS.values()))
         except ConnectionError:
             return False
         if not data:
             return False
         try:
-            if len(fds) != 3:
-                raise ValueError(f"a request came with {len(fds)} file descriptors, not 3")
-            env, cwd = pickle.loads(data)
+            program, env, cwd = pickle.loads(data)
+            wanted = PROGRAMS.get(program)
+            if wanted is None:
+                raise ValueError(f"no program {program!r}; one of {sorted(PROGRAMS)}")
+            if len(fds) != wanted:
+                raise ValueError(f"a request for a {program} came with {len(fds)} file "
+                                 f"descriptors, not {wanted}")
         except Exception as exc:
             for fd in fds:
                 os.close(fd)
             return self.refuse(exc)
         try:
-            pid = self.fork(fds, env, cwd)  # it closes the descriptors, whatever happens
+            pid = self.fork(program, fds, env, cwd)  # it closes the descriptors, whatever
         except Exception as exc:
             return self.refuse(exc)
         self.sock.send(b"ok" + PID.pack(pid))
@@ -121,9 +137,9 @@ class Template:
         self.sock.send(b"no" + f"{type(exc).__name__}: {exc}".encode())
         return True
 
-    def fork(self, fds: list[int], env: dict[str, str], cwd: str | None) -> int:
-        """Fork a worker that uses ``fds``; the template keeps only its status pipe."""
-        cmd_fd, reply_fd, status_fd = fds
+    def fork(self, program: str, fds: list[int], env: dict[str, str], cwd: str | None) -> int:
+        """Fork a child running ``program`` on ``fds``; the template keeps only its status pipe."""
+        *given, status_fd = fds
         try:
             threads = len(os.listdir("/proc/self/task"))
             if threads != 1:  # a fork would copy locks other threads may hold
@@ -134,9 +150,9 @@ class Template:
                 os.close(fd)
             raise
         if pid == 0:
-            self.become_worker(cmd_fd, reply_fd, status_fd, env, cwd)
-        os.close(cmd_fd)
-        os.close(reply_fd)
+            self.become_worker(program, given, status_fd, env, cwd)
+        for fd in given:
+            os.close(fd)
         try:
             pidfd = os.pidfd_open(pid)
         except OSError:
@@ -176,9 +192,9 @@ class Template:
         self.ended[status_fd] = pid
         self.poller.register(status_fd, 0)  # POLLERR comes when the parent closes its end
 
-    def become_worker(self, cmd_fd: int, reply_fd: int, status_fd: int,
+    def become_worker(self, program: str, given: list[int], status_fd: int,
                       env: dict[str, str], cwd: str | None) -> None:
-        """In the child: drop the template's files, take the worker's settings, serve; exit."""
+        """In the child: drop the template's files, take the child's settings, run; exit."""
         code = 1
         template = self.pid
         try:
@@ -196,9 +212,14 @@ class Template:
                 os.chdir(cwd)
             os.environ.clear()
             os.environ.update(env)
-            from shoal.executors._worker import main
+            if program == "agent":
+                from shoal.agents._process import main as agent_main
 
-            code = main(["", str(cmd_fd), str(reply_fd)])
+                code = agent_main(["", *map(str, given)])
+            else:
+                from shoal.executors._worker import main
+
+                code = main(["", *map(str, given)])
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
         except BaseException:
@@ -228,18 +249,18 @@ PRELOAD = ("asyncio", "faulthandler", "resource", "traceback", "shoal.executors.
            "shoal.executors._sandbox", "shoal.executors._worker")
 
 
-def preload() -> None:
-    """Import :data:`PRELOAD`."""
+def preload(extra: list[str] | None = None) -> None:
+    """Import :data:`PRELOAD` and the modules ``extra`` names."""
     import importlib
 
-    for name in PRELOAD:
+    for name in (*PRELOAD, *(extra or ())):
         importlib.import_module(name)
 
 
 def main(argv: list[str]) -> int:
-    """Serve one pool: ``python -m shoal.executors._template SOCKET_FD``."""
+    """Serve one pool: ``python -m shoal.executors._template SOCKET_FD [MODULE ...]``."""
     sock = socket.socket(fileno=int(argv[1]))
-    preload()
+    preload(argv[2:])
     import gc
 
     gc.freeze()  # what is loaded now stays shared: a fork's collections do not copy it

@@ -300,12 +300,13 @@ class _TemplateHandle:
         """The template's process id while it runs."""
         return None if self.proc is None else self.proc.pid
 
-    def start(self, env: dict[str, str]) -> None:
-        """Start the template (it imports while the caller goes on)."""
+    def start(self, env: dict[str, str], preload: Sequence[str] = ()) -> None:
+        """Start the template (it imports, ``preload`` too, while the caller goes on)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "shoal.executors._template", str(theirs.fileno())],
+                [sys.executable, "-m", "shoal.executors._template", str(theirs.fileno()),
+                 *preload],
                 pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL,
                 start_new_session=True)  # like a worker: out of a terminal's Ctrl-C
         except BaseException:
@@ -316,8 +317,13 @@ class _TemplateHandle:
         ours.setblocking(False)
         self.sock, self.ready, self.owed = ours, False, 0
 
-    async def fork(self, env: dict[str, str], fds: tuple[int, int, int]) -> int:
-        """A new worker using ``fds`` (command, reply, status); its pid."""
+    async def fork(self, env: dict[str, str], fds: tuple[int, ...],
+                   program: str = "worker") -> int:
+        """A new child running ``program`` on ``fds``; its pid.
+
+        A worker's descriptors are its command, reply and status pipes; an agent's, its
+        socket and status pipe.
+        """
         assert self.sock is not None
         try:
             if not self.ready:
@@ -332,7 +338,7 @@ class _TemplateHandle:
             except OSError:  # deleted: the worker keeps the template's
                 cwd = None
             try:
-                socket.send_fds(self.sock, [pickle.dumps((env, cwd))], list(fds))
+                socket.send_fds(self.sock, [pickle.dumps((program, env, cwd))], list(fds))
             except (BrokenPipeError, ConnectionError):
                 raise _TemplateGone from None
             self.owed += 1

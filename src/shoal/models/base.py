@@ -229,10 +229,22 @@ class ModelRequest:
         _frozen_tuple(self, "plan_tools")
 
     def __deepcopy__(self, memo: dict[int, Any]) -> ModelRequest:
-        return replace(self, tools=copy.deepcopy(self.tools, memo),
-                       plan_tools=copy.deepcopy(self.plan_tools, memo),
-                       settings=copy.deepcopy(self.settings, memo),
-                       output_schema=_json_copy(self.output_schema, memo))
+        tools, plan_tools = _specs_copy(self.tools, memo), _specs_copy(self.plan_tools, memo)
+        if type(self) is not ModelRequest:  # a subclass's own fields come along
+            return replace(self, tools=tools, plan_tools=plan_tools,
+                           settings=copy.deepcopy(self.settings, memo),
+                           output_schema=_json_copy(self.output_schema, memo))
+        # built directly (each agent turn copies its request): ``replace`` and deepcopy's
+        # bookkeeping for the tuples cost more than copying the schemas themselves
+        return ModelRequest(
+            self.instructions, self.messages, tools, copy.deepcopy(self.settings, memo),
+            _json_copy(self.output_schema, memo), self.lineage, plan_tools)
+
+
+def _specs_copy(specs: Sequence[ToolSpec], memo: dict[int, Any]) -> tuple[ToolSpec, ...]:
+    """A private copy of each tool spec (their schemas; the names and texts are shared)."""
+    return tuple(spec.__deepcopy__(memo) if type(spec) is ToolSpec
+                 else copy.deepcopy(spec, memo) for spec in specs)
 
 
 @dataclass(frozen=True, slots=True)

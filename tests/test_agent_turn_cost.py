@@ -1,0 +1,136 @@
+"""What an agent turn saves must not change what it does.
+
+A swarm's turns share work that once was redone per run or per turn: the fixed parts of an
+agent's request digest are made once per definition, a request's private copy is built
+directly, and a finished agent leaves nothing in its tree's books. Each shortcut is checked
+against the long way here: the same digests (so journals written before still resume), the
+same copies, no leftovers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import pydantic
+import pytest
+
+import shoal
+from shoal.agents.run import ConversationDigest
+from shoal.models.base import (
+    AssistantMessage,
+    ModelRequest,
+    ModelSettings,
+    ToolCall,
+    ToolSpec,
+    UserMessage,
+)
+from shoal.testing import ScriptedModel, call
+
+
+@shoal.tool
+def lookup(key: str, limit: int = 3) -> str:
+    """Look a key up."""
+    return key * limit
+
+
+class Answer(pydantic.BaseModel):
+    """A structured answer."""
+
+    title: str
+    score: int
+
+
+def _agents() -> list[shoal.Agent[Any]]:
+    model = ScriptedModel(["x"])
+    return [
+        shoal.Agent(name="plain", model=model),
+        shoal.Agent(name="tooled", model=model, tools=[lookup], instructions="Be brief.",
+                    settings=ModelSettings(temperature=0.2, extra={"seed": [1, 2]})),
+        shoal.Agent(name="typed", model=model, tools=[lookup], output_type=Answer),
+    ]
+
+
+def _request(agent: shoal.Agent[Any], lineage: str, **changes: Any) -> ModelRequest:
+    spec = agent.output_spec
+    fields: dict[str, Any] = {
+        "instructions": agent.full_instructions, "tools": agent.tool_specs,
+        "settings": agent.settings, "output_schema": spec.schema if spec else None,
+        "lineage": lineage,
+        "messages": (UserMessage("go"), AssistantMessage("", (ToolCall("1", "lookup", "{}"),)))}
+    fields.update(changes)
+    return ModelRequest(**fields)
+
+
+@pytest.mark.parametrize("agent", _agents(), ids=lambda a: a.name)
+def test_an_agents_request_digest_is_the_one_computed_from_the_request_alone(
+        agent: shoal.Agent[Any]) -> None:
+    for lineage in ("lead", "lead/worker#7"):
+        request = _request(agent, lineage)
+        assert ConversationDigest(agent).of(request) == ConversationDigest().of(request)
+
+
+def test_a_request_that_is_not_the_agents_own_is_digested_from_itself() -> None:
+    agent = _agents()[1]
+    other = _request(agent, "lead", instructions="Something else.",
+                     tools=(ToolSpec("other", "", {"type": "object"}),))
+    digest = ConversationDigest(agent).of(other)
+    assert digest == ConversationDigest().of(other)
+    assert digest != ConversationDigest().of(_request(agent, "lead"))
+
+
+@dataclass(frozen=True, slots=True)
+class _Tagged(ModelRequest):
+    tag: str = ""
+
+
+def test_a_requests_copy_is_private_where_it_can_change_and_shared_where_it_cannot() -> None:
+    agent = _agents()[2]
+    request = _request(agent, "lead")
+    copied = copy.deepcopy(request)
+    assert copied == request and type(copied) is ModelRequest
+    assert copied.messages is request.messages  # immutable: shared, never copied
+    assert copied.tools[0].parameters == request.tools[0].parameters
+    assert copied.tools[0].parameters is not request.tools[0].parameters
+    assert copied.output_schema == request.output_schema
+    assert copied.output_schema is not request.output_schema
+    tagged = _Tagged(instructions="i", messages=(), tools=agent.tool_specs, tag="t")
+    again = copy.deepcopy(tagged)
+    assert type(again) is _Tagged and again.tag == "t" and again == tagged
+    assert again.tools[0].parameters is not tagged.tools[0].parameters
+
+
+def test_a_finished_swarm_leaves_no_step_in_its_trees_books() -> None:
+    worker = shoal.Agent(name="worker", model=ScriptedModel.per_prompt(
+        {"*": [[call("lookup", key="k")], "done"]}), tools=[lookup])
+    lead = shoal.Agent(name="lead", model=ScriptedModel(
+        [[call("worker", task=f"t{i}") for i in range(30)], "all done"]), subagents=[worker])
+
+    async def main() -> dict[str, Any]:
+        handle = lead.start("go")
+        result = await handle
+        assert result.ok and len(result.children) == 30
+        return handle._ctx._handles
+
+    assert asyncio.run(main()) == {}
+
+
+def test_a_model_error_of_any_turn_reaches_the_agent_whole() -> None:
+    # the model turn's node is bound once per run; each turn's error is still its own
+    class Flaky(shoal.Model):
+        name = "flaky"
+
+        def __init__(self) -> None:
+            self.turn = 0
+
+        async def request(self, request: ModelRequest) -> Any:
+            self.turn += 1
+            if self.turn == 2:
+                raise shoal.ModelError("flaky", f"turn {self.turn} broke")
+            return await ScriptedModel([[call("lookup", key="a")]]).request(request)
+
+    agent = shoal.Agent(name="a", model=Flaky(), tools=[lookup])
+    with pytest.raises(shoal.ModelError, match="turn 2 broke"):
+        agent.run_sync("go")
