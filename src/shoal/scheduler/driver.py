@@ -26,6 +26,8 @@ a decision that cannot be stored, or was used already, denies the call.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import inspect
 import logging
 import os
 import socket
@@ -36,9 +38,11 @@ from functools import partial
 from typing import Any
 
 from shoal.approvals import ApprovalRequest, Decision, request_id
+from shoal.clock import Clock, clock_of
 from shoal.deps import Graph
 from shoal.events import Event, RunFinished, RunStarted
 from shoal.exceptions import StoreError, ToolTimeoutError
+from shoal.executors._results import PLAIN_RESULTS as _PLAIN
 from shoal.executors._results import unawaited_result
 from shoal.executors.base import Call, Executor
 from shoal.instrumentation import RunObserver
@@ -82,18 +86,16 @@ HOST = socket.gethostname()
 def epoch_now(loop: asyncio.AbstractEventLoop | None = None) -> float:
     """Now in epoch seconds, on the clock of ``loop`` (default: the running loop, if any).
 
-    A loop with a virtual clock (:class:`shoal.testing.VirtualClockLoop`) tells its own
-    (``loop.epoch()``): a run's date and its times, which count on the loop's clock, must
-    be on one clock, or a journal's runs and steps would not line up. Any other loop: the
-    wall clock.
+    A loop with a clock of its own (:class:`shoal.testing.VirtualClockLoop`) tells its own:
+    a run's date and its times, which count on the loop's clock, must be on one clock, or a
+    journal's runs and steps would not line up. Any other loop: the wall clock.
     """
     if loop is None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return time.time()
-    virtual = getattr(loop, "epoch", None)
-    return float(virtual()) if callable(virtual) else time.time()
+    return clock_of(loop).epoch()
 
 
 def _shifted(event: Event, shift: float, epoch: float) -> Event:
@@ -133,8 +135,12 @@ class Driver:
         lineage: str = "",
         scope: RunScope | None = None,
         executor_for: Callable[[str], Executor] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.state = state
+        # every time the driver reads or sets (timers, run times, dates) is on this clock;
+        # None: the clock of the loop the run starts on
+        self._given_clock = clock
         self.lineage = lineage
         self.scope = scope  # what nodes that start nested runs (agents, patterns) build on
         self._desk = approvals if approvals is not None else ApprovalDesk(None)
@@ -170,12 +176,15 @@ class Driver:
             if store.keeps_events:
                 self._internal.append(self._journal_event)
         self._observer: RunObserver | None = None  # the instrumentation's (see observe)
-        self._tasks: dict[int, asyncio.Task[AttemptResult]] = {}
+        self._tasks: dict[int, tuple[asyncio.Task[None], Call]] = {}  # position -> attempt
+        self._hosts: dict[str, str] = {}  # backend -> where its calls run (see _here)
+        self._context: contextvars.Context | None = None  # the driver's (see _attempt)
         self._settling: dict[int, list[Settles]] = {}  # position -> its attempt's board handles
         self._timers: set[asyncio.TimerHandle] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._clock: Clock | None = None
+        self._time: Callable[[], float] | None = None  # self._clock.time, once running
         self._t0 = 0.0
-        self._mono_t0 = 0.0
         self._epoch = 0.0
         self._finished: asyncio.Future[None] | None = None
         self._before_start: list[Decisions] = []
@@ -202,9 +211,14 @@ class Driver:
         """When the run started (epoch seconds; 0 until it has): :meth:`now` counts from it."""
         return self._epoch
 
+    @property
+    def clock(self) -> Clock | None:
+        """The clock the run reads (``None`` until it starts, unless one was given)."""
+        return self._clock or self._given_clock
+
     def now(self) -> float:
-        """Seconds since the run started, on the loop's clock."""
-        return (self._loop.time() - self._t0) if self._loop is not None else 0.0
+        """Seconds since the run started, on the run's clock."""
+        return (self._time() - self._t0) if self._time is not None else 0.0
 
     async def run(self) -> RunResult:
         """Run until every node has an outcome; if cancelled from outside, stop all, re-raise."""
@@ -217,13 +231,15 @@ class Driver:
 
     async def _run(self) -> RunResult:
         self._loop = asyncio.get_running_loop()
-        self._epoch = epoch_now(self._loop)
+        self._context = contextvars.copy_context()
+        clock = self._clock = self._given_clock or clock_of(self._loop)
+        self._epoch = clock.epoch()
         # a resumed run keeps the clock of its first session: replayed times stay comparable
         offset = 0.0 if self._resume is None else self._epoch - self._resume.record.started_at
         self._epoch -= offset
-        self._t0 = self._loop.time() - offset
-        self._mono_t0 = time.monotonic() - offset  # backends report when work began on this clock
-        self.state.clock_origin = self._t0  # rate limiters shared across runs use the loop's clock
+        self._t0 = clock.time() - offset
+        self._time = clock.time
+        self.state.clock_origin = self._t0  # rate limiters shared across runs use this clock
         if self.scope is not None:  # the first run of a composition sets its events' origin
             origin, self._origin_epoch = events_origin(self.scope.shared, self._t0, self._epoch)
             self._shift = self._t0 - origin
@@ -400,16 +416,14 @@ class Driver:
         barrier = self._journal_decisions(d) if self._streaming else None
         # Starts before cancels: one decision can start a call and (fail_fast) cancel it.
         observer = self._observer
+        # Each attempt reports its own end (see _attempt): no done-callback, no extra loop hop
         for call in d.starts:
             attempt = self._attempt(call, barrier)
             task = (self._loop.create_task(attempt) if observer is None  # not instrumented
                     else self._loop.create_task(attempt, context=observer.attempt_context(call)))
-            self._tasks[call.pos] = task
-            task.add_done_callback(partial(self._attempt_done, call))
+            self._tasks[call.pos] = (task, call)
         for pos in d.cancels:
-            running = self._tasks.get(pos)
-            if running is not None:
-                running.cancel()
+            self._stop(pos)
         for when, kind, pos in d.timers:
             self._set_timer(when, kind, pos)
         if d.events:
@@ -446,40 +460,78 @@ class Driver:
         if not self.state.finished:
             self._apply(self.state.wake_gate(gate, self.now()))
 
-    async def _attempt(self, call: Call, barrier: asyncio.Future[None] | None) -> AttemptResult:
+    async def _attempt(self, call: Call, barrier: asyncio.Future[None] | None) -> None:
+        """Run one attempt, then feed how it ended to the state machine, in the same task.
+
+        Attempts never raise: a tool's error, a timeout and a cancellation all become an
+        :class:`AttemptResult`. The end is handled in the driver's own context (not the
+        attempt's, which the tool may have changed), so what it starts copies the same
+        context a done-callback would see; no callback and no extra loop hop per call.
+        """
         scope: asyncio.Timeout | None = None
+        result: AttemptResult
         try:
             executor = self._executors.get(call.executor) or await self._new_executor(call)
             if barrier is not None:  # the journal holds what released this call, and its start
                 await barrier
-                if self._journal is not None and self._journal.failed is not None:
-                    return AttemptResult("cancelled")  # the run is stopping: never run it
-            if call.tool.injected:
-                settling = inject(call, self.scope)
-                if settling:
-                    self._settling[call.pos] = settling
-            if executor.prepares:  # outside the timeout: waiting for a worker is not the call's
-                await executor.prepare(call)
-            if call.timeout is None:
-                value = await executor.execute(call)
+            if barrier is not None and self._journal is not None and (
+                    self._journal.failed is not None):
+                result = AttemptResult("cancelled")  # the run is stopping: never run it
             else:
-                async with asyncio.timeout(call.timeout) as scope:
+                if call.tool.injected:
+                    settling = inject(call, self.scope)
+                    if settling:
+                        self._settling[call.pos] = settling
+                if executor.prepares:  # outside the timeout: waiting for a worker is not the call's
+                    await executor.prepare(call)
+                if call.timeout is None:
                     value = await executor.execute(call)
-            unawaited = unawaited_result(call.tool.name, value)  # every backend's result
-            if unawaited is not None:
-                return AttemptResult("failed", error=unawaited)
-            return AttemptResult("ok", value)
+                else:
+                    async with asyncio.timeout(call.timeout) as scope:
+                        value = await executor.execute(call)
+                unawaited = None if type(value) in _PLAIN else unawaited_result(
+                    call.tool.name, value)  # every backend's result
+                result = (AttemptResult("ok", value) if unawaited is None
+                          else AttemptResult("failed", error=unawaited))
         except TimeoutError as exc:
             if scope is not None and scope.expired():
-                return AttemptResult("timed_out", error=ToolTimeoutError(call.tool.name,
-                                     call.timeout or 0.0), abandoned=call.abandoned)
-            return AttemptResult("failed", error=exc)
+                result = AttemptResult("timed_out", error=ToolTimeoutError(
+                    call.tool.name, call.timeout or 0.0), abandoned=call.abandoned)
+            else:
+                result = AttemptResult("failed", error=exc)
         except asyncio.CancelledError:
-            return AttemptResult("cancelled", abandoned=call.abandoned)
+            result = AttemptResult("cancelled", abandoned=call.abandoned)
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # incl. SystemExit: a tool's exit fails it; the run lives
-            return AttemptResult("failed", error=exc)
+            result = AttemptResult("failed", error=exc)
+        assert self._context is not None
+        self._context.run(self._attempt_done, call, result)
+
+    def _stop(self, pos: int) -> None:
+        """Cancel the running attempt of ``pos``.
+
+        An attempt started in this loop iteration has not taken its first step yet: it is
+        cancelled just after that step, so its tool starts and sees the cancellation (as a
+        call cancelled a moment later would), rather than never running at all. Should a
+        task still end without reporting, a done-callback reports it (a no-op if it did).
+        """
+        running = self._tasks.get(pos)
+        if running is not None:
+            task, call = running
+            coro = task.get_coro()  # always _attempt's coroutine
+            if inspect.iscoroutine(coro) and (
+                    inspect.getcoroutinestate(coro) == inspect.CORO_CREATED):
+                assert self._loop is not None
+                self._loop.call_soon(task.cancel)
+            else:
+                task.cancel()
+            task.add_done_callback(partial(self._unreported, call))
+
+    def _unreported(self, call: Call, task: asyncio.Task[None]) -> None:
+        running = self._tasks.get(call.pos)
+        if running is not None and running[0] is task:  # it ended without saying so
+            self._attempt_done(call, AttemptResult("cancelled"))
 
     async def _new_executor(self, call: Call) -> Executor:
         # started once, by the first call that needs it; calls arriving meanwhile wait for
@@ -497,24 +549,25 @@ class Driver:
         self._executors[name] = executor
         return executor
 
-    def _attempt_done(self, call: Call, task: asyncio.Task[AttemptResult]) -> None:
-        del self._tasks[call.pos]  # one attempt per node at a time: this is the one
-        # a task cancelled before its first step never entered _attempt's try block
-        result = AttemptResult("cancelled") if task.cancelled() else task.result()
-        settling = self._settling.pop(call.pos, None)
-        if settling:
-            result = self._settle(settling, result)
-        if call.began_at is not None:
-            result.began = call.began_at - self._mono_t0
-        result.where = call.where or self._here(call)
-        if self._streaming and self._journal is not None:
-            error = "" if result.error is None else str(ErrorInfo.from_exception(
-                result.error, with_traceback=False))
-            self._journal.add(AttemptEnded(self.state.run_id, self._session, call.node_id,
-                                           call.attempt, result.status, self.now(), error,
-                                           result.where))
+    def _attempt_done(self, call: Call, result: AttemptResult) -> None:
         try:
-            self._apply(self.state.finish(call.pos, result, self.now()))
+            del self._tasks[call.pos]  # one attempt per node at a time: this is the one
+            settling = self._settling.pop(call.pos, None) if self._settling else None
+            if settling:
+                result = self._settle(settling, result)
+            if call.began_at is not None and self._clock is not None:
+                began = self._clock.from_monotonic(call.began_at)
+                if began is not None:
+                    result.began = began - self._t0
+            result.where = call.where or self._here(call)
+            now = self.now()
+            if self._streaming and self._journal is not None:
+                error = "" if result.error is None else str(ErrorInfo.from_exception(
+                    result.error, with_traceback=False))
+                self._journal.add(AttemptEnded(self.state.run_id, self._session, call.node_id,
+                                               call.attempt, result.status, now, error,
+                                               result.where))
+            self._apply(self.state.finish(call.pos, result, now))
         except Exception as exc:  # a bug in shoal itself: end the run loudly rather than hang
             log.exception("internal error while recording %s", call.node_id)
             if self._finished is not None and not self._finished.done():
@@ -522,8 +575,13 @@ class Driver:
 
     def _here(self, call: Call) -> str:
         """The name of this machine if ``call`` ran on a backend that runs everything here."""
-        executor = self._executors.get(call.executor)
-        return HOST if executor is not None and executor.runs_here else ""
+        here = self._hosts.get(call.executor)
+        if here is None:
+            executor = self._executors.get(call.executor)
+            here = HOST if executor is not None and executor.runs_here else ""
+            if executor is not None:
+                self._hosts[call.executor] = here
+        return here
 
     def _settle(self, settling: list[Settles], result: AttemptResult) -> AttemptResult:
         """Tell a call's injected values how its attempt ended; journal what they did.
@@ -544,7 +602,7 @@ class Driver:
         return result
 
     def _set_timer(self, when: float, kind: str, pos: int) -> None:
-        assert self._loop is not None
+        assert self._clock is not None
         handle: asyncio.TimerHandle | None = None
 
         def fire() -> None:
@@ -552,7 +610,7 @@ class Driver:
                 self._timers.discard(handle)
             self._on_timer(kind, pos)
 
-        handle = self._loop.call_at(self._t0 + when, fire)
+        handle = self._clock.call_at(self._t0 + when, fire)
         self._timers.add(handle)
 
     def _on_timer(self, kind: str, pos: int) -> None:
@@ -565,6 +623,10 @@ class Driver:
             reason = f"the run's deadline of {self._deadline:g} s passed"
             self.cancelled_reason = self.cancelled_reason or reason
             self._apply(self.state.expire(reason, now))
+
+    def _epoch_now(self) -> float:
+        """Now in epoch seconds on the run's clock (for dates the journal keeps)."""
+        return self._clock.epoch() if self._clock is not None else epoch_now(self._loop)
 
     def _publish(self, events: Iterable[Event]) -> None:
         if not self._sinks and not self._internal:  # nobody listens: skip the stamping
@@ -596,6 +658,8 @@ class Driver:
         self._journal.open(self._loop)
         self._journal.add(replace(
             self._run_record, started_at=self._epoch, status="running", sessions=self._session,
+            # the heartbeat says the process is alive: always the wall clock, which readers
+            # in other processes compare it with
             finished_at=None, heartbeat=time.time(), pid=os.getpid(), host=socket.gethostname()))
 
     def _journal_decisions(self, d: Decisions) -> asyncio.Future[None] | None:
@@ -642,7 +706,7 @@ class Driver:
             journal.add_many([OutcomeRecord(run_id, slot.outcome, slot.node.index)
                               for slot in self.state.slots if slot.outcome is not None])
         if journal.failed is None:
-            journal.add(RunEnded(self.state.run_id, status, epoch_now(self._loop), result.counts,
+            journal.add(RunEnded(self.state.run_id, status, self._epoch_now(), result.counts,
                                  result.makespan))
         try:
             await journal.close()
@@ -674,10 +738,13 @@ class Driver:
     async def _drain(self) -> None:
         """Wait for cancelled attempts to end, so no task outlives the run."""
         while self._tasks:
-            pending = list(self._tasks.values())
-            for task in pending:
-                task.cancel()
+            pending = [task for task, _ in self._tasks.values()]
+            for pos in list(self._tasks):
+                self._stop(pos)
             await asyncio.gather(*pending, return_exceptions=True)
+            for task, call in list(self._tasks.values()):
+                if task.done():  # ended without reporting (a KeyboardInterrupt, say)
+                    self._unreported(call, task)
         await self._desk.drain(self.state.run_id)
 
     # ---- approvals ----------------------------------------------------------------------
@@ -708,7 +775,7 @@ class Driver:
             request = ApprovalRequest(
                 request_id(run_id, ask.node_id, ask.args_hash), run_id, ask.node_id, ask.tool,
                 ask.args, ask.args_hash, f"{self.lineage}/{ask.node_id}" if self.lineage
-                else ask.node_id, ask.reason, time.time(), slot.node.tool.description)
+                else ask.node_id, ask.reason, self._epoch_now(), slot.node.tool.description)
             try:
                 known = self._ledger.request_approval(ApprovalRecord(
                     run_id, ask.node_id, ask.tool, ask.args_hash, arguments=ask.args,
@@ -768,7 +835,7 @@ class Driver:
                                 f"({args_hash[:12]})")
             self._ledger.request_approval(ApprovalRecord(
                 request.run_id, request.node_id, tool.name, args_hash, arguments=jsonable(args),
-                requested_at=time.time()))
+                requested_at=self._epoch_now()))
         return args, args_hash
 
     def _deny(self, pos: int, request: ApprovalRequest, reason: str, by: str) -> None:
