@@ -535,7 +535,7 @@ class Runtime:
             open_run=open_run,
         )
         executors: dict[str, Executor] = {
-            name: self.executor_for(name) for name in {s.executor for s in state.slots}}
+            name: self.executor_for(name) for name in state.backends()}
         driver = Driver(state, executors, sinks=sinks,
                         deadline=self.deadline if deadline is None else deadline,
                         store=self.store, run_record=record, resume=resumption,

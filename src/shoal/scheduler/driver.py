@@ -56,7 +56,6 @@ from shoal.scheduler.state import (
     AttemptResult,
     Decisions,
     Ended,
-    Phase,
     SchedulerState,
     Withdraw,
 )
@@ -246,7 +245,7 @@ class Driver:
         self._finished = self._loop.create_future()
         self._open_journal()
         self._publish([RunStarted(run_id=self.state.run_id, time=self.now(),
-                                  nodes=len(self.state.slots), epoch=self._epoch)])
+                                  nodes=self.state.size, epoch=self._epoch)])
         for early in self._before_start:  # cancellations asked for before the run's first turn
             if self._streaming:
                 self._journal_decisions(early)
@@ -335,7 +334,7 @@ class Driver:
             self._early.setdefault(node_id, []).append(future)
             self._look_early()
             return future
-        outcome = self.state.slots[pos].outcome
+        outcome = self.state.outcome_at(pos)
         if outcome is not None:
             future.set_result(outcome)
         else:
@@ -344,22 +343,23 @@ class Driver:
 
     def _look_early(self) -> None:
         """Hand the waiters of map items that now exist on; fail those whose map ended."""
-        position, slots = self.graph.position, self.state.slots
+        position, state = self.graph.position, self.state
         for node_id in list(self._early):
             pos = position.get(node_id)
             if pos is not None:  # made: wait for it as for any node (it may have ended)
                 self._watchers.setdefault(pos, []).extend(self._early.pop(node_id))
-                outcome = slots[pos].outcome
+                outcome = state.outcome_at(pos)
                 if outcome is not None:
                     self._tell_watchers([Ended(pos, 0, outcome)])
                 continue
             owner = _ITEM_ID.fullmatch(node_id)
             assert owner is not None  # only item ids of maps are waited for early
-            mapped = slots[position[owner[1]]]
-            if mapped.outcome is None and not self.state.finished:
+            mapped = position[owner[1]]
+            mapped_outcome, items = state.outcome_at(mapped), state.items_of(mapped)
+            if mapped_outcome is None and not state.finished:
                 continue
-            ended = f" ended {mapped.outcome.status}" if mapped.outcome is not None else ""
-            made = (f"with {len(mapped.items)} items" if mapped.items is not None else
+            ended = f" ended {mapped_outcome.status}" if mapped_outcome is not None else ""
+            made = (f"with {items} items" if items is not None else
                     "without making its items (its outcome was replayed from the journal, "
                     "or it did not get its list)")
             error = KeyError(f"map {owner[1]!r}{ended} {made}: it has no item {node_id!r}")
@@ -378,9 +378,9 @@ class Driver:
         """Outcomes that came from no decision (replayed on resume; the run's end)."""
         if self._early:
             self._look_early()
-        slots = self.state.slots
+        outcome_at = self.state.outcome_at
         self._tell_watchers([Ended(pos, 0, outcome) for pos in list(self._watchers)
-                             if (outcome := slots[pos].outcome) is not None])
+                             if (outcome := outcome_at(pos)) is not None])
 
     def close(self) -> None:
         """No more nodes: the run ends once every node it has has ended."""
@@ -390,7 +390,7 @@ class Driver:
 
     def snapshot(self) -> Snapshot:
         """Counts and in-flight calls now."""
-        return Snapshot(self.state.run_id, len(self.state.slots), self.now(),
+        return Snapshot(self.state.run_id, self.state.size, self.now(),
                         dict(self.state.status_counts), self.state.running(), self.state.finished,
                         self.state.awaiting_approval())
 
@@ -703,8 +703,8 @@ class Driver:
         status: RunStatus = "cancelled" if self.cancelled_reason else "finished"
         if not self._streaming:
             run_id = self.state.run_id
-            journal.add_many([OutcomeRecord(run_id, slot.outcome, slot.node.index)
-                              for slot in self.state.slots if slot.outcome is not None])
+            journal.add_many([OutcomeRecord(run_id, ended.outcome, ended.order)
+                              for ended in self.state.ended()])
         if journal.failed is None:
             journal.add(RunEnded(self.state.run_id, status, self._epoch_now(), result.counts,
                                  result.makespan))
@@ -769,13 +769,12 @@ class Driver:
     def _ask(self, asks: list[Ask]) -> None:
         run_id = self.state.run_id
         for ask in asks:
-            slot = self.state.slots[ask.pos]
-            if slot.phase is not Phase.APPROVAL:
+            if not self.state.awaits_approval(ask.pos):
                 continue  # cancelled while its request was being stored
             request = ApprovalRequest(
                 request_id(run_id, ask.node_id, ask.args_hash), run_id, ask.node_id, ask.tool,
                 ask.args, ask.args_hash, f"{self.lineage}/{ask.node_id}" if self.lineage
-                else ask.node_id, ask.reason, self._epoch_now(), slot.node.tool.description)
+                else ask.node_id, ask.reason, self._epoch_now(), ask.description)
             try:
                 known = self._ledger.request_approval(ApprovalRecord(
                     run_id, ask.node_id, ask.tool, ask.args_hash, arguments=ask.args,
@@ -794,7 +793,7 @@ class Driver:
     def _ruled(self, pos: int, request: ApprovalRequest, decision: Decision, by: str) -> None:
         """Store ``decision``, use it (once), and let the state machine act on it."""
         self._asked.pop(pos, None)
-        if self.state.slots[pos].phase is not Phase.APPROVAL:
+        if not self.state.awaits_approval(pos):
             return  # cancelled or ended meanwhile: nothing to act on
         if decision.verdict == "deny":
             self._deny(pos, request, decision.reason, by)
@@ -823,7 +822,7 @@ class Driver:
         """
         if decision.verdict != "edit" or decision.args is None:
             return None, request.args_hash
-        tool = self.state.slots[pos].node.tool
+        tool = self.graph.nodes[pos].tool
         try:
             args = tool.validate(decision.args)
         except Exception as exc:

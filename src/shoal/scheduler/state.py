@@ -142,6 +142,7 @@ class Ask:
     args_hash: str
     reason: str
     kind: str = "approval"  # or "in_doubt": resume asks whether to run a call in doubt again
+    description: str = ""  # the tool's, for the person asked
 
 
 @dataclass(frozen=True, slots=True)
@@ -507,6 +508,34 @@ class SchedulerState:
         return d
 
     # ---- queries --------------------------------------------------------------------------
+    # What the driver may ask; it never reads the slots themselves, so either side can change.
+
+    @property
+    def size(self) -> int:
+        """How many nodes the run has (an open run's grows)."""
+        return len(self.slots)
+
+    def backends(self) -> set[Isolation]:
+        """The backends the run's nodes use so far."""
+        return {s.executor for s in self.slots}
+
+    def outcome_at(self, pos: int) -> Outcome | None:
+        """The outcome of the node at ``pos``, if it has one."""
+        return self.slots[pos].outcome
+
+    def awaits_approval(self, pos: int) -> bool:
+        """Whether the node at ``pos`` is waiting for an approver's decision."""
+        return self.slots[pos].phase is Phase.APPROVAL
+
+    def items_of(self, pos: int) -> int | None:
+        """How many items the map at ``pos`` made (``None``: it has made none)."""
+        items = self.slots[pos].items
+        return None if items is None else len(items)
+
+    def ended(self) -> list[Ended]:
+        """Every node that has its outcome, with its plan index (for the journal)."""
+        return [Ended(s.pos, s.node.index, s.outcome) for s in self.slots
+                if s.outcome is not None]
 
     @property
     def finished(self) -> bool:
@@ -795,7 +824,8 @@ class SchedulerState:
             args_hash = approval_hash(tool.name, slot.args)
             slot.approval = _Approval(args_hash)
             d.approvals.append(Ask(slot.pos, slot.node.id, tool.name, jsonable(slot.args),
-                                   args_hash, why, "in_doubt" if doubt else "approval"))
+                                   args_hash, why, "in_doubt" if doubt else "approval",
+                                   tool.description))
             if self.record_events:
                 d.events.append(ApprovalRequested(
                     run_id=self.run_id, time=now, node_id=slot.node.id, tool=tool.name,
