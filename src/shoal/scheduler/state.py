@@ -999,6 +999,8 @@ class SchedulerState:
 
     def _pass_on(self, slot: _Slot, now: float, d: Decisions) -> None:
         """``slot`` has its outcome: release what waits for it, or skip it (and so on)."""
+        if slot.gather < 0 and not self.graph.succs[slot.pos]:
+            return  # nothing waits for it (most nodes of a wide plan)
         stack = [slot]
         while stack:
             done = stack.pop()
