@@ -1,9 +1,17 @@
 """The async driver: carries out the state machine's decisions on the event loop.
 
-Each call attempt is one asyncio task. When it ends, a done-callback feeds the result to the
-state machine and immediately carries out what it decides (start, cancel, set a timer), so a
-dependent starts in the same loop iteration its last input finishes: no polling loop, no
-lock-step rounds. Retry back-offs, rate-limit waits and the run deadline are loop timers.
+Each call attempt is one asyncio task, which runs the tool's coroutine itself. When the tool
+ends, the same task feeds the result to the state machine and immediately carries out what it
+decides (start, cancel, set a timer), so a dependent starts in the same loop iteration its
+last input finishes: no polling loop, no lock-step rounds, no callback hop. Retry back-offs,
+rate-limit waits and the run deadline are timers on the run's clock (:mod:`shoal.clock`), the
+only place the driver reads time.
+
+The driver never reads the state machine's slots: each input returns :class:`Decisions`
+that carry what to start (each :class:`~shoal.executors.base.Call`), what ended (with its
+outcome, for the journal and for whoever waits), what to cancel, which timers to set, whom
+to ask for approval (with what the person is shown) and the events to publish; a few
+queries (``outcome_at``, ``awaits_approval``, ``ended`` ...) answer the rest.
 
 Attempts never raise into the driver: a tool's error, a timeout and a cancellation all come back
 as an :class:`~shoal.scheduler.state.AttemptResult`. That is why the driver keeps its own set of
