@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import os
 import random
 import secrets
@@ -244,7 +245,7 @@ class Runtime:
         self.executor = executor
         self.thread_workers = thread_workers or max(
             DEFAULT_THREAD_WORKERS, max_concurrency or DEFAULT_MAX_CONCURRENCY)
-        self.process_workers = process_workers or os.cpu_count() or 1
+        self.process_workers = process_workers or _cpus()
         if self.process_workers < 1 or self.thread_workers < 1:
             raise ConfigError("thread_workers and process_workers must be at least 1")
         self.pass_env = tuple(pass_env)
@@ -681,6 +682,12 @@ def _sink_list(on_event: EventSink | Sequence[EventSink] | None) -> list[Callabl
     if callable(on_event):
         return [on_event]
     return list(on_event)
+
+
+@functools.cache
+def _cpus() -> int:
+    """The machine's CPU count, asked once: asking costs more than a small run's scheduling."""
+    return os.cpu_count() or 1
 
 
 def run_blocking(coro: Coroutine[Any, Any, T],
