@@ -35,10 +35,10 @@ class _Completions:
     loop then settles every call of the batch in one callback.
     """
 
-    __slots__ = ("_batch", "_lock", "_loop", "_waking")
+    __slots__ = ("_batch", "_lock", "_waking", "loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        self.loop = loop
         self._lock = threading.Lock()
         self._batch: list[tuple[asyncio.Future[Any], Future[Any]]] = []
         self._waking = False  # a wake-up is on its way to the loop
@@ -54,7 +54,7 @@ class _Completions:
                 return
             self._waking = True
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits for these
-            self._loop.call_soon_threadsafe(self._settle)
+            self.loop.call_soon_threadsafe(self._settle)
 
     def _settle(self) -> None:
         with self._lock:
@@ -87,6 +87,7 @@ class ThreadExecutor(Executor):
         # per event loop (a runtime may serve several, one after another)
         self._completions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Completions] = (
             weakref.WeakKeyDictionary())
+        self._current: _Completions | None = None
 
     async def start(self) -> None:
         """Create the pool (threads themselves start lazily)."""
@@ -99,9 +100,12 @@ class ThreadExecutor(Executor):
             await self.start()
         assert self._pool is not None
         loop = asyncio.get_running_loop()
-        completions = self._completions.get(loop)
-        if completions is None:
-            completions = self._completions[loop] = _Completions(loop)
+        completions = self._current  # almost always the loop of the last call
+        if completions is None or completions.loop is not loop:
+            completions = self._completions.get(loop)
+            if completions is None:
+                completions = self._completions[loop] = _Completions(loop)
+            self._current = completions
         target = _target(call)
         context = contextvars.copy_context()
         future = self._pool.submit(context.run, target)
@@ -124,6 +128,7 @@ class ThreadExecutor(Executor):
 
     async def close(self) -> None:
         """Stop idle workers; abandoned calls are not waited for."""
+        self._current = None  # keeps no loop alive
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
