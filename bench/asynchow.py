@@ -16,7 +16,8 @@ Two modes, because most scaled plans are far shorter than the event loop's timer
     (a task per step awaiting its predecessors' events, then sleeping). By default only plans
     whose scaled optimal is >= 20 ms; ``--all`` runs every plan.
 
-Targets: makespan / optimal median <= 1.05 and p95 <= 1.10.
+Targets: makespan / optimal median <= 1.05 and p95 <= 1.10; in real time, shoal / the
+hand-written executor p95 <= 1.02.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ SCALE = 1e-3 / 86400  # one day of plan time = one millisecond of run time
 REAL_MIN_OPTIMAL = 0.020
 MEDIAN_TARGET = Target("value", "<=", 1.05)
 P95_TARGET = Target("value", "<=", 1.10)
+#: real time, against the hand-written executor on the same plan (issue 14)
+FLOOR_P95_TARGET = Target("value", "<=", 1.02)
 
 
 @shoal.tool
@@ -214,8 +217,9 @@ def report_real(rows: list[RealRow], result: BenchResult) -> None:
         targeted = label.startswith("shoal /")
         result.add(f"{label}, median", median(values),
                    target=MEDIAN_TARGET if targeted else None)
+        p95_target = FLOOR_P95_TARGET if label == "shoal / floor" else P95_TARGET
         result.add(f"{label}, p95", percentile(values, 0.95),
-                   target=P95_TARGET if targeted else None)
+                   target=p95_target if targeted else None)
     result.add("total shoal time / total floor time", sum(r.shoal for r in rows),
                "s", floor=sum(r.floor for r in rows))
     result.check("real: every step ok", all(r.ok for r in rows))

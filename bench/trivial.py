@@ -3,7 +3,8 @@
 shoal is timed end to end: build the plan (10,000 ``plan.call``) and ``await shoal.run(plan)``
 with default settings (at most 1000 calls in flight). Floor: raw asyncio's per-task cost, a
 ``gather`` of 10,000 no-op coroutines of the same function. Interleaved, best of 3.
-Target: >= 30,000 nodes/s end to end.
+Targets (issue 14; both judged, so the harder one decides): >= 100,000 nodes/s end to end,
+and a per-node time <= 1.6 x raw asyncio's per-task cost measured in the same run.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import shoal
 from bench.common import BenchResult, Target, cli, interleave_async, median
 
 NAME = "trivial"
-TARGET = Target("value", ">=", 30_000)
+TARGET = Target("value", ">=", 100_000)
+RATIO_TARGET = Target("ratio", "<=", 1.6)
 
 
 @shoal.tool
@@ -63,7 +65,8 @@ def main(quick: bool = False) -> BenchResult:
     best = min(times["shoal"])
     result.add(f"shoal throughput, best of {reps}", n / best, "nodes/s", target=TARGET)
     result.add("floor throughput (asyncio tasks), best", n / min(times["floor"]), "nodes/s")
-    result.add("per-node time, best", best / n * 1e6, "us", floor=min(times["floor"]) / n * 1e6)
+    result.add("per-node time, best", best / n * 1e6, "us", floor=min(times["floor"]) / n * 1e6,
+               target=RATIO_TARGET)
     result.add("per-node time, median", median(times["shoal"]) / n * 1e6, "us",
                floor=median(times["floor"]) / n * 1e6)
     build_best = build[times["shoal"].index(best)]  # the same rep as ``best``

@@ -818,3 +818,36 @@ def test_a_rerank_does_not_leave_dispatched_nodes_in_the_queue() -> None:
     assert started(d) == ["n1"]
     d = state.finish(pos_of(state, "n1"), ok(), 0.20)  # frees k:a again
     assert started(d) == ["n2"]
+
+
+# ---- what the driver may ask (it reads no slot) -------------------------------------------------
+
+
+@tool(approval=True, description="Sends money somewhere.")
+async def pay(amount: int) -> int:
+    return amount
+
+
+def test_queries_answer_what_the_driver_needs_without_its_slots() -> None:
+    plan = Plan()
+    a = plan.call(step, value=1, node_id="a")
+    plan.call(pay, amount=a, node_id="pay")
+    state = make_state(plan)
+    assert state.size == 2
+    assert state.backends() == {"inline"}
+    d = state.begin(0.0)
+    (call,) = d.starts
+    assert state.outcome_at(call.pos) is None and state.ended() == []
+    d = state.finish(call.pos, AttemptResult("ok", 5), 1.0)
+    outcome = state.outcome_at(call.pos)
+    assert outcome is not None and outcome.value == 5
+    assert [(e.pos, e.order, e.outcome) for e in state.ended()] == [(call.pos, 0, outcome)]
+    (ask,) = d.approvals
+    tool = state.awaiting(ask.pos)  # the desk shows its description; no slot read
+    assert tool is not None and tool.description == "Sends money somewhere."
+    assert ask.args == {"amount": 5}
+    assert state.awaiting(ask.pos) is not None and state.awaiting(call.pos) is None
+    assert state.items_of(call.pos) is None
+    state.deny(ask.pos, "no", 2.0)
+    assert state.awaiting(ask.pos) is None
+    assert len(state.ended()) == 2

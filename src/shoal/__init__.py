@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time names load on 
         RulesApprover,
     )
     from shoal.board import Board, BoardConflict, BoardHandle
+    from shoal.clock import Clock
     from shoal.deps import Edge, Graph, analyze
     from shoal.events import (
         AgentFinished,
@@ -182,6 +183,7 @@ _EXPORTS = {
     "ApprovalDecided": "shoal.events",
     "ApprovalRequested": "shoal.events",
     "CallCancelledError": "shoal.exceptions",
+    "Clock": "shoal.clock",
     "ConfigError": "shoal.exceptions",
     "DeadlineExceededError": "shoal.exceptions",
     "Edge": "shoal.deps",
@@ -323,6 +325,7 @@ __all__ = [
     "ToolCall",
     "Usage",
     "CallCancelledError",
+    "Clock",
     "ConfigError",
     "DeadlineExceededError",
     "Edge",

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import os
 import random
 import secrets
-import time
 from collections.abc import Callable, Collection, Coroutine, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from shoal import instrumentation
 from shoal.approvals import ApprovalRequest, Approver, Callback, as_approver
 from shoal.approvals.desk import ApprovalDesk
+from shoal.clock import Clock
 from shoal.deps import Graph, analyze
 from shoal.events import Event, EventSink
 from shoal.exceptions import ConfigError, ShoalError
@@ -33,7 +34,7 @@ from shoal.executors.thread import DEFAULT_THREAD_WORKERS, ThreadExecutor
 from shoal.limits import Rate, parse_rate
 from shoal.outcome import Outcome, RunResult
 from shoal.plan import Node, Plan, Ref
-from shoal.scheduler.driver import Driver, Snapshot
+from shoal.scheduler.driver import Driver, Snapshot, epoch_now
 from shoal.scheduler.gates import SharedLimits
 from shoal.scheduler.scope import RunScope
 from shoal.scheduler.state import SchedulerState
@@ -203,6 +204,9 @@ class Runtime:
             an in-memory store, kept by this runtime), a SQLite URL or path
             (``"sqlite:///runs.db"``, ``"runs.db"``: durable, for resume after a crash), or
             ``None`` for no journal at all.
+        clock: the :class:`~shoal.clock.Clock` every run of this runtime reads: its timers,
+            the times it records and the dates it journals (default: the clock of the loop
+            each run runs on; on a :class:`shoal.testing.VirtualClockLoop`, the virtual one).
     """
 
     def __init__(
@@ -226,6 +230,7 @@ class Runtime:
         approval_timeout: float | None = None,
         approval_rate: str | Rate | tuple[float, float] | None = None,
         approval_budget: int | None = None,
+        clock: Clock | None = None,
     ) -> None:
         if max_concurrency is not None and max_concurrency < 1:
             raise ConfigError(f"max_concurrency must be at least 1, got {max_concurrency}")
@@ -240,7 +245,7 @@ class Runtime:
         self.executor = executor
         self.thread_workers = thread_workers or max(
             DEFAULT_THREAD_WORKERS, max_concurrency or DEFAULT_MAX_CONCURRENCY)
-        self.process_workers = process_workers or os.cpu_count() or 1
+        self.process_workers = process_workers or _cpus()
         if self.process_workers < 1 or self.thread_workers < 1:
             raise ConfigError("thread_workers and process_workers must be at least 1")
         self.pass_env = tuple(pass_env)
@@ -266,6 +271,7 @@ class Runtime:
         self.store: Store | None = None if store is None else open_store(store)
         self.approvals = _approval_desk(approver, approval_timeout, approval_rate,
                                         approval_budget)
+        self.clock = clock
 
     @property
     def estimates(self) -> Mapping[str, float]:
@@ -530,12 +536,12 @@ class Runtime:
             open_run=open_run,
         )
         executors: dict[str, Executor] = {
-            name: self.executor_for(name) for name in {s.executor for s in state.slots}}
+            name: self.executor_for(name) for name in state.backends()}
         driver = Driver(state, executors, sinks=sinks,
                         deadline=self.deadline if deadline is None else deadline,
                         store=self.store, run_record=record, resume=resumption,
                         approvals=self.approvals, lineage=lineage,
-                        executor_for=self.executor_for)
+                        executor_for=self.executor_for, clock=self.clock)
         if observing is not None:
             driver.instrument(observing.observe_run(driver))
         return driver
@@ -598,7 +604,8 @@ class Runtime:
             description, digest = self._describe(plan, graph)
         else:  # resumed, if ever, in this process: describe the plan only then
             description, digest = LazyDescription(graph), ""
-        return RunRecord(run_id, time.time(), len(graph.nodes), digest, description,
+        started = self.clock.epoch() if self.clock is not None else epoch_now()
+        return RunRecord(run_id, started, len(graph.nodes), digest, description,
                          dict(journaling.source or {}), plan.name)
 
     @staticmethod
@@ -677,6 +684,12 @@ def _sink_list(on_event: EventSink | Sequence[EventSink] | None) -> list[Callabl
     return list(on_event)
 
 
+@functools.cache
+def _cpus() -> int:
+    """The machine's CPU count, asked once: asking costs more than a small run's scheduling."""
+    return os.cpu_count() or 1
+
+
 def run_blocking(coro: Coroutine[Any, Any, T],
                  instead: str = "'await shoal.run(plan)' (or 'await runtime.run(plan)')") -> T:
     """Run ``coro`` on a fresh event loop, for the ``*_sync`` functions.
@@ -697,10 +710,16 @@ async def run(plan: Plan, *, board: Board | None = None, budget: Budget | None =
               **options: Any) -> RunResult:
     """Run ``plan`` with a fresh :class:`Runtime`; ``options`` go to ``Runtime(...)``.
 
-    ``board`` and ``budget`` go to the run (see :meth:`Runtime.start`).
+    ``board`` and ``budget`` go to the run (see :meth:`Runtime.start`). Unless ``store`` is
+    given, the run keeps no journal: the runtime ends with the run, so nothing could read it.
     """
-    async with Runtime(**options) as runtime:
+    async with Runtime(**_throwaway(options)) as runtime:
         return await runtime.run(plan, board=board, budget=budget)
+
+
+def _throwaway(options: dict[str, Any]) -> dict[str, Any]:
+    """Options for a runtime that lives for one run: no in-memory journal nobody reads."""
+    return options if "store" in options else {**options, "store": None}
 
 
 def stream(plan: Plan, *, board: Board | None = None, budget: Budget | None = None,
@@ -736,4 +755,4 @@ def _awaiter(handle: RunHandle) -> Callable[[], Coroutine[Any, Any, RunResult]]:
 def run_sync(plan: Plan, *, board: Board | None = None, budget: Budget | None = None,
              **options: Any) -> RunResult:
     """Run ``plan`` from synchronous code with a fresh :class:`Runtime` (see :func:`run`)."""
-    return Runtime(**options).run_sync(plan, board=board, budget=budget)
+    return Runtime(**_throwaway(options)).run_sync(plan, board=board, budget=budget)

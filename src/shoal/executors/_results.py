@@ -16,10 +16,12 @@ from typing import Any
 
 from shoal.exceptions import ToolDefinitionError
 
-__all__ = ["call_on_thread", "unawaited_result"]
+__all__ = ["PLAIN_RESULTS", "call_on_thread", "unawaited_result"]
 
-# results that are certainly not awaitables: checked by exact type first, as most are these
-_PLAIN = frozenset({str, int, float, bool, bytes, type(None), dict, list, tuple})
+#: Result types that are certainly not awaitables: checked by exact type first, as most are
+#: these (the driver checks them itself, saving a call per attempt).
+PLAIN_RESULTS = frozenset({str, int, float, bool, bytes, type(None), dict, list, tuple})
+_PLAIN = PLAIN_RESULTS
 
 
 def unawaited_result(tool: str, value: Any) -> ToolDefinitionError | None:

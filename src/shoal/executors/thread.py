@@ -9,11 +9,14 @@ outcome and counted here, and its late result is dropped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 from shoal.executors._results import call_on_thread
@@ -22,6 +25,51 @@ from shoal.executors.base import Call, Executor
 __all__ = ["DEFAULT_THREAD_WORKERS", "ThreadExecutor"]
 
 DEFAULT_THREAD_WORKERS = 64
+
+
+class _Completions:
+    """Calls that ended on pool threads, handed to one loop in batches.
+
+    A thread that ends a call appends it here and wakes the loop only if the batch was empty
+    (one ``call_soon_threadsafe`` per batch, not one per call, as ``wrap_future`` costs); the
+    loop then settles every call of the batch in one callback.
+    """
+
+    __slots__ = ("_batch", "_lock", "_waking", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._batch: list[tuple[asyncio.Future[Any], Future[Any]]] = []
+        self._waking = False  # a wake-up is on its way to the loop
+
+    def watch(self, waiter: asyncio.Future[Any], future: Future[Any]) -> None:
+        """Settle ``waiter`` (on the loop) like ``future`` once that is done (on any thread)."""
+        future.add_done_callback(partial(self._ended, waiter))
+
+    def _ended(self, waiter: asyncio.Future[Any], future: Future[Any]) -> None:
+        with self._lock:
+            self._batch.append((waiter, future))
+            if self._waking:
+                return
+            self._waking = True
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits for these
+            self.loop.call_soon_threadsafe(self._settle)
+
+    def _settle(self) -> None:
+        with self._lock:
+            batch, self._batch, self._waking = self._batch, [], False
+        for waiter, future in batch:
+            if waiter.done():  # the call was cancelled meanwhile
+                continue
+            if future.cancelled():
+                waiter.cancel()
+                continue
+            error = future.exception()
+            if error is None:
+                waiter.set_result(future.result())
+            else:
+                waiter.set_exception(error)
 
 
 class ThreadExecutor(Executor):
@@ -36,6 +84,10 @@ class ThreadExecutor(Executor):
         self._lock = threading.Lock()
         self.abandoned_running = 0  # abandoned calls whose threads have not returned yet
         self.abandoned_total = 0
+        # per event loop (a runtime may serve several, one after another)
+        self._completions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Completions] = (
+            weakref.WeakKeyDictionary())
+        self._current: _Completions | None = None
 
     async def start(self) -> None:
         """Create the pool (threads themselves start lazily)."""
@@ -47,11 +99,20 @@ class ThreadExecutor(Executor):
         if self._pool is None:
             await self.start()
         assert self._pool is not None
+        loop = asyncio.get_running_loop()
+        completions = self._current  # almost always the loop of the last call
+        if completions is None or completions.loop is not loop:
+            completions = self._completions.get(loop)
+            if completions is None:
+                completions = self._completions[loop] = _Completions(loop)
+            self._current = completions
         target = _target(call)
         context = contextvars.copy_context()
         future = self._pool.submit(context.run, target)
+        waiter: asyncio.Future[Any] = loop.create_future()
+        completions.watch(waiter, future)
         try:
-            return await asyncio.wrap_future(future)
+            return await waiter
         except asyncio.CancelledError:
             if not future.cancel() and not future.done():
                 call.abandoned = True
@@ -67,6 +128,7 @@ class ThreadExecutor(Executor):
 
     async def close(self) -> None:
         """Stop idle workers; abandoned calls are not waited for."""
+        self._current = None  # keeps no loop alive
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None

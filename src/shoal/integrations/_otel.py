@@ -495,7 +495,7 @@ class RunSpans:
 
     def _outcome(self, node_id: str) -> Outcome | None:
         pos = self.driver.graph.position.get(node_id)
-        return None if pos is None else self.driver.state.slots[pos].outcome
+        return None if pos is None else self.driver.state.outcome_at(pos)
 
     def _ns(self, event_time: float) -> int:
         """A time of the run's clock (seconds since it started) as wall-clock nanoseconds."""

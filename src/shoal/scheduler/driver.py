@@ -1,9 +1,17 @@
 """The async driver: carries out the state machine's decisions on the event loop.
 
-Each call attempt is one asyncio task. When it ends, a done-callback feeds the result to the
-state machine and immediately carries out what it decides (start, cancel, set a timer), so a
-dependent starts in the same loop iteration its last input finishes: no polling loop, no
-lock-step rounds. Retry back-offs, rate-limit waits and the run deadline are loop timers.
+Each call attempt is one asyncio task, which runs the tool's coroutine itself. When the tool
+ends, the same task feeds the result to the state machine and immediately carries out what it
+decides (start, cancel, set a timer), so a dependent starts in the same loop iteration its
+last input finishes: no polling loop, no lock-step rounds, no callback hop. Retry back-offs,
+rate-limit waits and the run deadline are timers on the run's clock (:mod:`shoal.clock`), the
+only place the driver reads time.
+
+The driver never reads the state machine's slots: each input returns :class:`Decisions`
+that carry what to start (each :class:`~shoal.executors.base.Call`), what ended (with its
+outcome, for the journal and for whoever waits), what to cancel, which timers to set, whom
+to ask for approval (with what the person is shown) and the events to publish; a few
+queries (``outcome_at``, ``awaiting``, ``ended`` ...) answer the rest.
 
 Attempts never raise into the driver: a tool's error, a timeout and a cancellation all come back
 as an :class:`~shoal.scheduler.state.AttemptResult`. That is why the driver keeps its own set of
@@ -25,6 +33,8 @@ and feeds the answer back to the state machine (see :mod:`shoal.approvals`).
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import inspect
 import logging
 import os
 import socket
@@ -35,9 +45,11 @@ from functools import partial
 
 from shoal.approvals.desk import ApprovalDesk, RunApprovals
 from shoal.approvals.policy import ApprovalRequest
+from shoal.clock import Clock, clock_of
 from shoal.deps import Graph
 from shoal.events import Event, RunFinished, RunStarted
 from shoal.exceptions import StoreError, ToolTimeoutError
+from shoal.executors._results import PLAIN_RESULTS as _PLAIN
 from shoal.executors._results import unawaited_result
 from shoal.executors.base import Call, Executor
 from shoal.instrumentation import RunObserver
@@ -74,18 +86,16 @@ HOST = socket.gethostname()
 def epoch_now(loop: asyncio.AbstractEventLoop | None = None) -> float:
     """Now in epoch seconds, on the clock of ``loop`` (default: the running loop, if any).
 
-    A loop with a virtual clock (:class:`shoal.testing.VirtualClockLoop`) tells its own
-    (``loop.epoch()``): a run's date and its times, which count on the loop's clock, must
-    be on one clock, or a journal's runs and steps would not line up. Any other loop: the
-    wall clock.
+    A loop with a clock of its own (:class:`shoal.testing.VirtualClockLoop`) tells its own:
+    a run's date and its times, which count on the loop's clock, must be on one clock, or a
+    journal's runs and steps would not line up. Any other loop: the wall clock.
     """
     if loop is None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return time.time()
-    virtual = getattr(loop, "epoch", None)
-    return float(virtual()) if callable(virtual) else time.time()
+    return clock_of(loop).epoch()
 
 
 def _shifted(event: Event, shift: float, epoch: float) -> Event:
@@ -125,13 +135,18 @@ class Driver:
         lineage: str = "",
         scope: RunScope | None = None,
         executor_for: Callable[[str], Executor] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.state = state
+        # every time the driver reads or sets (timers, run times, dates) is on this clock;
+        # None: the clock of the loop the run starts on
+        self._given_clock = clock
         self.lineage = lineage
         self.scope = scope  # what nodes that start nested runs (agents, patterns) build on
         self._desk = approvals if approvals is not None else ApprovalDesk(None)
         self._approvals = RunApprovals(self._desk, state, self._apply, self.now, store=store,
-                                       lineage=lineage, barrier=self._approval_barrier)
+                                       lineage=lineage, barrier=self._approval_barrier,
+                                       epoch=self._epoch_now)
         self._executors = dict(executors)
         # a node added while the run goes (an open run, a map's items) may need a backend
         # that the run did not start with: the runtime makes it (it starts it once)
@@ -161,12 +176,15 @@ class Driver:
             if store.keeps_events:
                 self._internal.append(self._journal_event)
         self._observer: RunObserver | None = None  # the instrumentation's (see observe)
-        self._tasks: dict[int, asyncio.Task[AttemptResult]] = {}
+        self._tasks: dict[int, tuple[asyncio.Task[None], Call]] = {}  # position -> attempt
+        self._hosts: dict[str, str] = {}  # backend -> where its calls run (see _here)
+        self._context: contextvars.Context | None = None  # the driver's (see _attempt)
         self._settling: dict[int, list[Settles]] = {}  # position -> its attempt's board handles
         self._timers: set[asyncio.TimerHandle] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._clock: Clock | None = None
+        self._time: Callable[[], float] | None = None  # self._clock.time, once running
         self._t0 = 0.0
-        self._mono_t0 = 0.0
         self._epoch = 0.0
         self._finished: asyncio.Future[None] | None = None
         self._before_start: list[Decisions] = []
@@ -193,9 +211,14 @@ class Driver:
         """When the run started (epoch seconds; 0 until it has): :meth:`now` counts from it."""
         return self._epoch
 
+    @property
+    def clock(self) -> Clock | None:
+        """The clock the run reads (``None`` until it starts, unless one was given)."""
+        return self._clock or self._given_clock
+
     def now(self) -> float:
-        """Seconds since the run started, on the loop's clock."""
-        return (self._loop.time() - self._t0) if self._loop is not None else 0.0
+        """Seconds since the run started, on the run's clock."""
+        return (self._time() - self._t0) if self._time is not None else 0.0
 
     async def run(self) -> RunResult:
         """Run until every node has an outcome; if cancelled from outside, stop all, re-raise."""
@@ -208,20 +231,22 @@ class Driver:
 
     async def _run(self) -> RunResult:
         self._loop = asyncio.get_running_loop()
-        self._epoch = epoch_now(self._loop)
+        self._context = contextvars.copy_context()
+        clock = self._clock = self._given_clock or clock_of(self._loop)
+        self._epoch = clock.epoch()
         # a resumed run keeps the clock of its first session: replayed times stay comparable
         offset = 0.0 if self._resume is None else self._epoch - self._resume.record.started_at
         self._epoch -= offset
-        self._t0 = self._loop.time() - offset
-        self._mono_t0 = time.monotonic() - offset  # backends report when work began on this clock
-        self.state.clock_origin = self._t0  # rate limiters shared across runs use the loop's clock
+        self._t0 = clock.time() - offset
+        self._time = clock.time
+        self.state.clock_origin = self._t0  # rate limiters shared across runs use this clock
         if self.scope is not None:  # the first run of a composition sets its events' origin
             origin, self._origin_epoch = events_origin(self.scope.shared, self._t0, self._epoch)
             self._shift = self._t0 - origin
         self._finished = self._loop.create_future()
         self._open_journal()
         self._publish([RunStarted(run_id=self.state.run_id, time=self.now(),
-                                  nodes=len(self.state.slots), epoch=self._epoch)])
+                                  nodes=self.state.size, epoch=self._epoch)])
         for early in self._before_start:  # cancellations asked for before the run's first turn
             if self._streaming:
                 self._journal_decisions(early)
@@ -310,7 +335,7 @@ class Driver:
             self._early.setdefault(node_id, []).append(future)
             self._look_early()
             return future
-        outcome = self.state.slots[pos].outcome
+        outcome = self.state.outcome_at(pos)
         if outcome is not None:
             future.set_result(outcome)
         else:
@@ -319,22 +344,23 @@ class Driver:
 
     def _look_early(self) -> None:
         """Hand the waiters of map items that now exist on; fail those whose map ended."""
-        position, slots = self.graph.position, self.state.slots
+        position, state = self.graph.position, self.state
         for node_id in list(self._early):
             pos = position.get(node_id)
             if pos is not None:  # made: wait for it as for any node (it may have ended)
                 self._watchers.setdefault(pos, []).extend(self._early.pop(node_id))
-                outcome = slots[pos].outcome
+                outcome = state.outcome_at(pos)
                 if outcome is not None:
                     self._tell_watchers([Ended(pos, 0, outcome)])
                 continue
             owner = _ITEM_ID.fullmatch(node_id)
             assert owner is not None  # only item ids of maps are waited for early
-            mapped = slots[position[owner[1]]]
-            if mapped.outcome is None and not self.state.finished:
+            mapped = position[owner[1]]
+            mapped_outcome, items = state.outcome_at(mapped), state.items_of(mapped)
+            if mapped_outcome is None and not state.finished:
                 continue
-            ended = f" ended {mapped.outcome.status}" if mapped.outcome is not None else ""
-            made = (f"with {len(mapped.items)} items" if mapped.items is not None else
+            ended = f" ended {mapped_outcome.status}" if mapped_outcome is not None else ""
+            made = (f"with {items} items" if items is not None else
                     "without making its items (its outcome was replayed from the journal, "
                     "or it did not get its list)")
             error = KeyError(f"map {owner[1]!r}{ended} {made}: it has no item {node_id!r}")
@@ -353,9 +379,9 @@ class Driver:
         """Outcomes that came from no decision (replayed on resume; the run's end)."""
         if self._early:
             self._look_early()
-        slots = self.state.slots
+        outcome_at = self.state.outcome_at
         self._tell_watchers([Ended(pos, 0, outcome) for pos in list(self._watchers)
-                             if (outcome := slots[pos].outcome) is not None])
+                             if (outcome := outcome_at(pos)) is not None])
 
     def close(self) -> None:
         """No more nodes: the run ends once every node it has has ended."""
@@ -365,7 +391,7 @@ class Driver:
 
     def snapshot(self) -> Snapshot:
         """Counts and in-flight calls now."""
-        return Snapshot(self.state.run_id, len(self.state.slots), self.now(),
+        return Snapshot(self.state.run_id, self.state.size, self.now(),
                         dict(self.state.status_counts), self.state.running(), self.state.finished,
                         self.state.awaiting_approval())
 
@@ -391,16 +417,14 @@ class Driver:
         barrier = self._journal_decisions(d) if self._streaming else None
         # Starts before cancels: one decision can start a call and (fail_fast) cancel it.
         observer = self._observer
+        # Each attempt reports its own end (see _attempt): no done-callback, no extra loop hop
         for call in d.starts:
             attempt = self._attempt(call, barrier)
             task = (self._loop.create_task(attempt) if observer is None  # not instrumented
                     else self._loop.create_task(attempt, context=observer.attempt_context(call)))
-            self._tasks[call.pos] = task
-            task.add_done_callback(partial(self._attempt_done, call))
+            self._tasks[call.pos] = (task, call)
         for pos in d.cancels:
-            running = self._tasks.get(pos)
-            if running is not None:
-                running.cancel()
+            self._stop(pos)
         for when, kind, pos in d.timers:
             self._set_timer(when, kind, pos)
         if d.events:
@@ -437,40 +461,78 @@ class Driver:
         if not self.state.finished:
             self._apply(self.state.wake_gate(gate, self.now()))
 
-    async def _attempt(self, call: Call, barrier: asyncio.Future[None] | None) -> AttemptResult:
+    async def _attempt(self, call: Call, barrier: asyncio.Future[None] | None) -> None:
+        """Run one attempt, then feed how it ended to the state machine, in the same task.
+
+        Attempts never raise: a tool's error, a timeout and a cancellation all become an
+        :class:`AttemptResult`. The end is handled in the driver's own context (not the
+        attempt's, which the tool may have changed), so what it starts copies the same
+        context a done-callback would see; no callback and no extra loop hop per call.
+        """
         scope: asyncio.Timeout | None = None
+        result: AttemptResult
         try:
             executor = self._executors.get(call.executor) or await self._new_executor(call)
             if barrier is not None:  # the journal holds what released this call, and its start
                 await barrier
-                if self._journal is not None and self._journal.failed is not None:
-                    return AttemptResult("cancelled")  # the run is stopping: never run it
-            if call.tool.injected:
-                settling = inject(call, self.scope)
-                if settling:
-                    self._settling[call.pos] = settling
-            if executor.prepares:  # outside the timeout: waiting for a worker is not the call's
-                await executor.prepare(call)
-            if call.timeout is None:
-                value = await executor.execute(call)
+            if barrier is not None and self._journal is not None and (
+                    self._journal.failed is not None):
+                result = AttemptResult("cancelled")  # the run is stopping: never run it
             else:
-                async with asyncio.timeout(call.timeout) as scope:
+                if call.tool.injected:
+                    settling = inject(call, self.scope)
+                    if settling:
+                        self._settling[call.pos] = settling
+                if executor.prepares:  # outside the timeout: waiting for a worker is not the call's
+                    await executor.prepare(call)
+                if call.timeout is None:
                     value = await executor.execute(call)
-            unawaited = unawaited_result(call.tool.name, value)  # every backend's result
-            if unawaited is not None:
-                return AttemptResult("failed", error=unawaited)
-            return AttemptResult("ok", value)
+                else:
+                    async with asyncio.timeout(call.timeout) as scope:
+                        value = await executor.execute(call)
+                unawaited = None if type(value) in _PLAIN else unawaited_result(
+                    call.tool.name, value)  # every backend's result
+                result = (AttemptResult("ok", value) if unawaited is None
+                          else AttemptResult("failed", error=unawaited))
         except TimeoutError as exc:
             if scope is not None and scope.expired():
-                return AttemptResult("timed_out", error=ToolTimeoutError(call.tool.name,
-                                     call.timeout or 0.0), abandoned=call.abandoned)
-            return AttemptResult("failed", error=exc)
+                result = AttemptResult("timed_out", error=ToolTimeoutError(
+                    call.tool.name, call.timeout or 0.0), abandoned=call.abandoned)
+            else:
+                result = AttemptResult("failed", error=exc)
         except asyncio.CancelledError:
-            return AttemptResult("cancelled", abandoned=call.abandoned)
+            result = AttemptResult("cancelled", abandoned=call.abandoned)
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # incl. SystemExit: a tool's exit fails it; the run lives
-            return AttemptResult("failed", error=exc)
+            result = AttemptResult("failed", error=exc)
+        assert self._context is not None
+        self._context.run(self._attempt_done, call, result)
+
+    def _stop(self, pos: int) -> None:
+        """Cancel the running attempt of ``pos``.
+
+        An attempt started in this loop iteration has not taken its first step yet: it is
+        cancelled just after that step, so its tool starts and sees the cancellation (as a
+        call cancelled a moment later would), rather than never running at all. Should a
+        task still end without reporting, a done-callback reports it (a no-op if it did).
+        """
+        running = self._tasks.get(pos)
+        if running is not None:
+            task, call = running
+            coro = task.get_coro()  # always _attempt's coroutine
+            if inspect.iscoroutine(coro) and (
+                    inspect.getcoroutinestate(coro) == inspect.CORO_CREATED):
+                assert self._loop is not None
+                self._loop.call_soon(task.cancel)
+            else:
+                task.cancel()
+            task.add_done_callback(partial(self._unreported, call))
+
+    def _unreported(self, call: Call, task: asyncio.Task[None]) -> None:
+        running = self._tasks.get(call.pos)
+        if running is not None and running[0] is task:  # it ended without saying so
+            self._attempt_done(call, AttemptResult("cancelled"))
 
     async def _new_executor(self, call: Call) -> Executor:
         # started once, by the first call that needs it; calls arriving meanwhile wait for
@@ -488,24 +550,25 @@ class Driver:
         self._executors[name] = executor
         return executor
 
-    def _attempt_done(self, call: Call, task: asyncio.Task[AttemptResult]) -> None:
-        del self._tasks[call.pos]  # one attempt per node at a time: this is the one
-        # a task cancelled before its first step never entered _attempt's try block
-        result = AttemptResult("cancelled") if task.cancelled() else task.result()
-        settling = self._settling.pop(call.pos, None)
-        if settling:
-            result = self._settle(settling, result)
-        if call.began_at is not None:
-            result.began = call.began_at - self._mono_t0
-        result.where = call.where or self._here(call)
-        if self._streaming and self._journal is not None:
-            error = "" if result.error is None else str(ErrorInfo.from_exception(
-                result.error, with_traceback=False))
-            self._journal.add(AttemptEnded(self.state.run_id, self._session, call.node_id,
-                                           call.attempt, result.status, self.now(), error,
-                                           result.where))
+    def _attempt_done(self, call: Call, result: AttemptResult) -> None:
         try:
-            self._apply(self.state.finish(call.pos, result, self.now()))
+            del self._tasks[call.pos]  # one attempt per node at a time: this is the one
+            settling = self._settling.pop(call.pos, None) if self._settling else None
+            if settling:
+                result = self._settle(settling, result)
+            if call.began_at is not None and self._clock is not None:
+                began = self._clock.from_monotonic(call.began_at)
+                if began is not None:
+                    result.began = began - self._t0
+            result.where = call.where or self._here(call)
+            now = self.now()
+            if self._streaming and self._journal is not None:
+                error = "" if result.error is None else str(ErrorInfo.from_exception(
+                    result.error, with_traceback=False))
+                self._journal.add(AttemptEnded(self.state.run_id, self._session, call.node_id,
+                                               call.attempt, result.status, now, error,
+                                               result.where))
+            self._apply(self.state.finish(call.pos, result, now))
         except Exception as exc:  # a bug in shoal itself: end the run loudly rather than hang
             log.exception("internal error while recording %s", call.node_id)
             if self._finished is not None and not self._finished.done():
@@ -513,8 +576,13 @@ class Driver:
 
     def _here(self, call: Call) -> str:
         """The name of this machine if ``call`` ran on a backend that runs everything here."""
-        executor = self._executors.get(call.executor)
-        return HOST if executor is not None and executor.runs_here else ""
+        here = self._hosts.get(call.executor)
+        if here is None:
+            executor = self._executors.get(call.executor)
+            here = HOST if executor is not None and executor.runs_here else ""
+            if executor is not None:
+                self._hosts[call.executor] = here
+        return here
 
     def _settle(self, settling: list[Settles], result: AttemptResult) -> AttemptResult:
         """Tell a call's injected values how its attempt ended; journal what they did.
@@ -535,7 +603,7 @@ class Driver:
         return result
 
     def _set_timer(self, when: float, kind: str, pos: int) -> None:
-        assert self._loop is not None
+        assert self._clock is not None
         handle: asyncio.TimerHandle | None = None
 
         def fire() -> None:
@@ -543,7 +611,7 @@ class Driver:
                 self._timers.discard(handle)
             self._on_timer(kind, pos)
 
-        handle = self._loop.call_at(self._t0 + when, fire)
+        handle = self._clock.call_at(self._t0 + when, fire)
         self._timers.add(handle)
 
     def _on_timer(self, kind: str, pos: int) -> None:
@@ -556,6 +624,10 @@ class Driver:
             reason = f"the run's deadline of {self._deadline:g} s passed"
             self.cancelled_reason = self.cancelled_reason or reason
             self._apply(self.state.expire(reason, now))
+
+    def _epoch_now(self) -> float:
+        """Now in epoch seconds on the run's clock (for dates the journal keeps)."""
+        return self._clock.epoch() if self._clock is not None else epoch_now(self._loop)
 
     def _publish(self, events: Iterable[Event]) -> None:
         if not self._sinks and not self._internal:  # nobody listens: skip the stamping
@@ -587,6 +659,8 @@ class Driver:
         self._journal.open(self._loop)
         self._journal.add(replace(
             self._run_record, started_at=self._epoch, status="running", sessions=self._session,
+            # the heartbeat says the process is alive: always the wall clock, which readers
+            # in other processes compare it with
             finished_at=None, heartbeat=time.time(), pid=os.getpid(), host=socket.gethostname()))
 
     def _journal_decisions(self, d: Decisions) -> asyncio.Future[None] | None:
@@ -630,10 +704,10 @@ class Driver:
         status: RunStatus = "cancelled" if self.cancelled_reason else "finished"
         if not self._streaming:
             run_id = self.state.run_id
-            journal.add_many([OutcomeRecord(run_id, slot.outcome, slot.node.index)
-                              for slot in self.state.slots if slot.outcome is not None])
+            journal.add_many([OutcomeRecord(run_id, ended.outcome, ended.order)
+                              for ended in self.state.ended()])
         if journal.failed is None:
-            journal.add(RunEnded(self.state.run_id, status, epoch_now(self._loop), result.counts,
+            journal.add(RunEnded(self.state.run_id, status, self._epoch_now(), result.counts,
                                  result.makespan))
         try:
             await journal.close()
@@ -665,10 +739,13 @@ class Driver:
     async def _drain(self) -> None:
         """Wait for cancelled attempts to end, so no task outlives the run."""
         while self._tasks:
-            pending = list(self._tasks.values())
-            for task in pending:
-                task.cancel()
+            pending = [task for task, _ in self._tasks.values()]
+            for pos in list(self._tasks):
+                self._stop(pos)
             await asyncio.gather(*pending, return_exceptions=True)
+            for task, call in list(self._tasks.values()):
+                if task.done():  # ended without reporting (a KeyboardInterrupt, say)
+                    self._unreported(call, task)
         await self._desk.drain(self.state.run_id)
 
     # ---- approvals ----------------------------------------------------------------------

@@ -86,8 +86,10 @@ class Gates:
     def for_call(self, tool: Tool[..., Any], executor: str,
                  args: Mapping[str, Any]) -> tuple[ConcurrencyLimit, ...]:
         """The concurrency gates one call must pass (its arguments are resolved by now)."""
-        gates: list[ConcurrencyLimit] = []
         cap = tool.policy.max_concurrency
+        if cap is None and not self._resource_limits and executor not in self._executor_gates:
+            return ()  # most calls: nothing but the run-wide limit
+        gates: list[ConcurrencyLimit] = []
         if cap is not None:
             key = (tool.name, cap)
             if key not in self._tool_limits:

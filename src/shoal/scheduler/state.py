@@ -282,6 +282,7 @@ class SchedulerState:
         self._rng = rng or random.Random()
         self._global = ConcurrencyLimit("run max_concurrency", max_concurrency)
         self._global_blocks = 0  # how often ready nodes were left waiting on self._global
+        self._global_held = f"the run's max_concurrency={max_concurrency}"  # journaled as held
         self._gates = Gates(resource_limits, executor_limits, shared_limits)
         # Where this run's clock starts on the shared clock (the loop's), so rate limiters
         # shared with other runs see one time line; the driver sets it when the run starts.
@@ -342,11 +343,10 @@ class SchedulerState:
             slot.started_at = max(slot.started_at, result.began)  # exclude waiting for a worker
         status = slot.cancel_status if result.status == "cancelled" else result.status
         slot.where = result.where or slot.where
-        retry = slot.node.tool.policy.retry
         if (status != "ok" and status != "cancelled" and not self.stopping
                 and not slot.cancel_reason and result.error is not None
-                and retry.should_retry(result.error, slot.attempts)):
-            delay = retry.delay(slot.attempts, self._rng)
+                and slot.node.tool.policy.retry.should_retry(result.error, slot.attempts)):
+            delay = slot.node.tool.policy.retry.delay(slot.attempts, self._rng)
             self._set_phase(slot, Phase.BACKOFF)
             d.timers.append((now + delay, "retry", pos))
             if self.record_events:
@@ -509,6 +509,30 @@ class SchedulerState:
         return d
 
     # ---- queries --------------------------------------------------------------------------
+    # What the driver may ask; it never reads the slots themselves, so either side can change.
+
+    @property
+    def size(self) -> int:
+        """How many nodes the run has (an open run's grows)."""
+        return len(self.slots)
+
+    def backends(self) -> set[Isolation]:
+        """The backends the run's nodes use so far."""
+        return {s.executor for s in self.slots}
+
+    def outcome_at(self, pos: int) -> Outcome | None:
+        """The outcome of the node at ``pos``, if it has one."""
+        return self.slots[pos].outcome
+
+    def items_of(self, pos: int) -> int | None:
+        """How many items the map at ``pos`` made (``None``: it has made none)."""
+        items = self.slots[pos].items
+        return None if items is None else len(items)
+
+    def ended(self) -> list[Ended]:
+        """Every node that has its outcome, with its plan index (for the journal)."""
+        return [Ended(s.pos, s.node.index, s.outcome) for s in self.slots
+                if s.outcome is not None]
 
     @property
     def finished(self) -> bool:
@@ -898,8 +922,8 @@ class SchedulerState:
         args = slot.args
         slot.args = None  # a retry resolves afresh, so it never sees what this attempt mutated
         tool = slot.node.tool
-        held = slot.held or (f"the run's max_concurrency={self._global.capacity}"
-                             if self._global_blocks > slot.ready_mark else "")
+        held = slot.held or (self._global_held if self._global_blocks > slot.ready_mark
+                             else "")
         d.starts.append(Call(slot.pos, slot.node.id, tool, args, slot.attempts, slot.executor,
                              tool.policy.timeout, self.run_id, held=held))
         self.in_flight[slot.pos] = now
@@ -976,6 +1000,8 @@ class SchedulerState:
 
     def _pass_on(self, slot: _Slot, now: float, d: Decisions) -> None:
         """``slot`` has its outcome: release what waits for it, or skip it (and so on)."""
+        if slot.gather < 0 and not self.graph.succs[slot.pos]:
+            return  # nothing waits for it (most nodes of a wide plan)
         stack = [slot]
         while stack:
             done = stack.pop()

@@ -23,6 +23,8 @@ import time
 from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from shoal.clock import Clock
+
 if TYPE_CHECKING:
     from _typeshed import FileDescriptorLike
 
@@ -86,6 +88,24 @@ class _JumpingSelector(selectors.BaseSelector):
         self._real.close()
 
 
+class _VirtualClock(Clock):
+    """A :class:`~shoal.clock.Clock` on a virtual loop: its dates are virtual too."""
+
+    __slots__ = ("_loop_epoch",)
+
+    def __init__(self, loop: VirtualClockLoop) -> None:
+        super().__init__(loop)
+        self._loop_epoch = loop.epoch
+
+    def epoch(self) -> float:
+        """The loop's virtual epoch (see :meth:`VirtualClockLoop.epoch`)."""
+        return self._loop_epoch()
+
+    def from_monotonic(self, stamp: float) -> float | None:
+        """``None``: a thread's real-time stamp says nothing about virtual time."""
+        return None
+
+
 class VirtualClockLoop(asyncio.SelectorEventLoop):
     """An event loop whose ``time()`` is virtual and which never sleeps waiting for a timer.
 
@@ -100,6 +120,8 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
         self._start = start
         self._wall_start = time.time()
         super().__init__(_JumpingSelector(self._clock))
+        #: The clock shoal's runs on this loop read (see :mod:`shoal.clock`).
+        self.shoal_clock: Clock = _VirtualClock(self)
 
     def time(self) -> float:
         """The virtual time in seconds: the start, plus every wait the loop skipped."""

@@ -1,0 +1,63 @@
+"""The one clock a run reads: loop time for its timers and durations, epoch seconds for dates.
+
+The driver and the runtime read time only through a :class:`Clock`, never from ``time`` or
+the loop directly, so a clock that is not the wall clock (``shoal.testing``'s virtual clock)
+drives all of a run: its timers (retry back-offs, rate-limit waits, the deadline), every time
+it records (``Outcome.started_at``, ``makespan``), and every date it journals (the run's
+``started_at`` and ``finished_at``, when approvals were asked for).
+
+By default a run uses the clock of the loop it runs on (:func:`clock_of`): the loop's own
+``time()`` and the wall clock's epoch, or the loop's own :class:`Clock` if it has one (a
+:class:`shoal.testing.VirtualClockLoop` does). Give ``Runtime(clock=...)`` to choose another;
+its :meth:`Clock.time` must be the time the loop's timers use, as the runtime's timers are loop
+timers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+__all__ = ["Clock", "clock_of"]
+
+
+class Clock:
+    """The clock of one event loop: ``time()`` for timers and durations, ``epoch()`` for dates.
+
+    Args:
+        loop: the event loop whose timers the run sets.
+    """
+
+    __slots__ = ("_shift", "loop", "time")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        #: Seconds on the loop's clock (a bound method: read on every transition).
+        self.time: Callable[[], float] = loop.time
+        # backends stamp when work began with time.monotonic(): how far that is from loop time
+        self._shift = time.monotonic() - loop.time()
+
+    def epoch(self) -> float:
+        """Now in epoch seconds (the wall clock): when runs start and end, for the journal."""
+        return time.time()
+
+    def from_monotonic(self, stamp: float) -> float | None:
+        """A backend's ``time.monotonic()`` stamp on this clock (``None``: it has no meaning here).
+
+        Backends that run calls on threads or in other processes say when the work really
+        began on the monotonic clock (see :class:`~shoal.executors.base.Executor`).
+        """
+        return stamp - self._shift
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> asyncio.TimerHandle:
+        """Call ``callback`` at ``when`` on this clock (a loop timer)."""
+        return self.loop.call_at(when, callback)
+
+
+def clock_of(loop: asyncio.AbstractEventLoop | None = None) -> Clock:
+    """The clock of ``loop`` (default: the running loop): its own, if it keeps one."""
+    if loop is None:
+        loop = asyncio.get_running_loop()
+    own = getattr(loop, "shoal_clock", None)
+    return own if isinstance(own, Clock) else Clock(loop)
