@@ -96,7 +96,7 @@ def test_timeouts_are_per_attempt_and_retried() -> None:
 
     plan = Plan()
     ref = plan.call(slow_then_fast)
-    result = shoal.run_sync(plan)
+    result = arun(shoal.run(plan), virtual=True)
     assert result[ref].status == "ok"
     assert result[ref].value == "second time lucky"
     assert result[ref].attempts == 2
@@ -294,7 +294,7 @@ def test_fail_fast_can_be_chosen_per_run() -> None:
     plan.call(boom)
     sibling = plan.call(nap, seconds=0.1, value=1)
     runtime = Runtime(fail_fast=True)
-    assert runtime.run_sync(plan, fail_fast=False)[sibling].status == "ok"
+    assert arun(runtime.run(plan, fail_fast=False), virtual=True)[sibling].status == "ok"
 
 
 @pytest.mark.parametrize("isolation", ["inline", "thread"])
@@ -352,7 +352,7 @@ def test_cancelling_one_running_node_through_the_handle() -> None:
             handle.cancel(target, reason="changed my mind")
             return await handle
 
-    result = arun(main())
+    result = arun(main(), virtual=True)
     assert result[target].status == "cancelled"
     assert result[target].reason == "changed my mind"
     assert result[child].status == "skipped"
@@ -379,7 +379,7 @@ def test_cancelling_one_queued_node_through_the_handle() -> None:
             assert result[queued_id].started_at is None
             return result
 
-    result = arun(main())
+    result = arun(main(), virtual=True)
     assert sorted(o.status for o in result) == ["cancelled", "ok"]
 
 
@@ -483,7 +483,7 @@ def test_outer_timeout_around_a_run_cancels_it_cleanly() -> None:
             await asyncio.wait_for(shoal.run(plan), 0.1)
         assert leftover_tasks() == []
 
-    arun(main())
+    arun(main(), virtual=True)
 
 
 def test_cancelling_the_task_awaiting_a_handle_cancels_the_run() -> None:
@@ -545,7 +545,9 @@ def test_a_per_run_deadline_overrides_the_runtime_one() -> None:
     plan = Plan()
     ref = plan.call(nap, seconds=0.2, value=1)
     runtime = Runtime(deadline=0.05)
-    assert runtime.run_sync(plan, deadline=5)[ref].status == "ok"
+    result, took = arun(elapsed(runtime.run(plan, deadline=5)), virtual=True)
+    assert result[ref].status == "ok"
+    assert took == pytest.approx(0.2, abs=1e-9)  # the virtual clock: ran its whole 0.2 s
 
 
 # ---- bugs: the run must end, whatever a tool does -----------------------------------------------
