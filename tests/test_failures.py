@@ -70,6 +70,7 @@ def test_a_sync_timeout_abandons_the_thread_and_drops_its_late_result() -> None:
     plan = Plan()
     ref = plan.call(blocking)
     plan.call(nap, seconds=0, value="sibling", node_id="sibling")
+    # real time: a sync tool blocks a real thread, which the virtual clock cannot see
     start = time.perf_counter()
     result = shoal.run_sync(plan)
     assert time.perf_counter() - start < 1.0  # the run did not wait for the thread
@@ -406,7 +407,7 @@ def test_cancelling_the_whole_run_gives_every_node_an_outcome() -> None:
             handle.cancel()  # after the end: a no-op
             return result
 
-    start = time.perf_counter()
+    start = time.perf_counter()  # real time: "thread" blocks a real thread (5 s if waited for)
     try:
         result = arun(main())
     finally:

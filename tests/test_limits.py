@@ -228,6 +228,7 @@ def test_a_rate_limit_applies_to_sync_tools(stamps: Stamps) -> None:
         stamps.mark(str(i))
         return i
 
+    # real time: sync tools run on real threads, which the virtual clock cannot see
     start = time.perf_counter() - stamps.t0
     assert shoal.run_sync(burst_of(rated, 13)).ok
     starts = sorted(t - start for _, t in stamps.items)

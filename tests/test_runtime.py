@@ -48,6 +48,7 @@ async def boom(message: str = "boom") -> None:
 
 
 def timed_run(plan: Plan, **options: Any) -> tuple[RunResult, float]:
+    """Run ``plan`` in real time: for sync tools, on real threads the virtual clock cannot see."""
     start = time.perf_counter()
     result = shoal.run_sync(plan, **options)
     return result, time.perf_counter() - start
@@ -110,6 +111,7 @@ def test_sync_tools_never_block_the_event_loop() -> None:
     for i in range(50):
         plan.call(sync_nap, seconds=0.3, value=i)
 
+    # real time: the point is that real threads never stall the real loop
     async def main() -> tuple[RunResult, list[float]]:
         ticks: list[float] = []
         stop = asyncio.Event()
