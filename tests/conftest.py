@@ -9,11 +9,13 @@ import asyncio
 import gc
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any, Self, TypeVar
 
 import psutil
 import pytest
+
+from shoal.testing import run_virtual
 
 T = TypeVar("T")
 
@@ -32,8 +34,14 @@ def leftover_tasks() -> list[asyncio.Task[Any]]:
 
 
 def arun(coro: Coroutine[Any, Any, T], *, timeout: float = HANG_TIMEOUT,
-         check_tasks: bool = True) -> T:
-    """Run ``coro`` on a fresh loop; fail (instead of hanging) when it takes over ``timeout``."""
+         check_tasks: bool = True, virtual: bool = False) -> T:
+    """Run ``coro`` on a fresh loop; fail (instead of hanging) when it takes over ``timeout``.
+
+    ``virtual=True`` runs it on :class:`shoal.testing.VirtualClockLoop`: sleeps cost no real
+    time and ``loop.time()`` is exact, so a test can assert the very moment things happen
+    (see :func:`elapsed`). ``timeout`` is then virtual too. Only for pure-asyncio work: thread
+    and process backends run in real time, which the virtual clock does not see.
+    """
 
     async def main() -> T:
         scope = asyncio.timeout(timeout)  # in this task, so leftover_tasks() stays exact
@@ -50,7 +58,20 @@ def arun(coro: Coroutine[Any, Any, T], *, timeout: float = HANG_TIMEOUT,
             assert not left, f"asyncio tasks left running after the run: {left}"
         return value
 
+    if virtual:
+        return run_virtual(main())
     return asyncio.run(main())
+
+
+async def elapsed(awaitable: Awaitable[T]) -> tuple[T, float]:
+    """Await ``awaitable``; return its value and how long it took on the running loop's clock.
+
+    On a virtual-clock loop that is exact: the sum of the sleeps on its critical path.
+    """
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    value = await awaitable
+    return value, loop.time() - began
 
 
 class Gauge:

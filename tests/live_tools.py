@@ -7,7 +7,9 @@ Each prints its outcome as JSON on its last line: ``{node: status}``, or
 
 Every call of :func:`pay` leaves a line in ``$SHOAL_LIVE_DIR/started`` when it begins and one
 in ``.../effects`` when it takes effect, so a test can count how often each payment happened.
-``$SHOAL_LIVE_SLOW`` is how long payment ``b`` takes (seconds).
+``$SHOAL_LIVE_SLOW`` is how long payment ``b`` takes (seconds) at most: a file
+``$SHOAL_LIVE_DIR/release`` ends it sooner, so a test can hold the run live for as long as its
+checks take on a loaded machine (a wide margin) and let it finish the moment they are done.
 """
 
 from __future__ import annotations
@@ -33,7 +35,10 @@ def _trace(name: str, line: str) -> None:
 def pay(order: str, seconds: float = 0.0) -> str:
     """Pay for ``order`` (not idempotent: every call pays again), taking ``seconds``."""
     _trace("started", order)
-    time.sleep(seconds)
+    release = Path(os.environ["SHOAL_LIVE_DIR"]) / "release"
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not release.exists():
+        time.sleep(0.01)
     _trace("effects", order)
     return f"paid {order}"
 

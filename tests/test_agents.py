@@ -20,7 +20,7 @@ from shoal.exceptions import (
 )
 from shoal.models.base import ToolResultMessage, UserMessage
 from shoal.testing import ScriptedModel, call
-from tests.conftest import arun
+from tests.conftest import arun, elapsed
 
 
 @shoal.tool
@@ -52,11 +52,10 @@ def tool_results(result: shoal.AgentResult[Any]) -> list[ToolResultMessage]:
 def test_five_calls_of_one_turn_run_in_parallel() -> None:
     model = ScriptedModel([[call("slow_lookup", key=f"k{i}") for i in range(5)], "done"])
     agent = shoal.Agent(name="lead", model=model, tools=[slow_lookup])
-    began = time.perf_counter()
-    result = agent.run_sync("look up five keys")
-    elapsed = time.perf_counter() - began
+    result, took = arun(elapsed(agent.run("look up five keys")), virtual=True)
     assert result.output == "done"
-    assert elapsed < 0.45, f"the tool phase of 5 x 300 ms took {elapsed:.3f} s"
+    # on the virtual clock: 5 x 300 ms side by side end at exactly 0.3 s (one after another: 1.5)
+    assert took == pytest.approx(0.3, abs=1e-9), f"the tool phase of 5 x 300 ms took {took} s"
     spans = [(c.outcome.started_at, c.outcome.finished_at) for c in result.calls if c.outcome]
     assert len(spans) == 5
     assert max(s for s, _ in spans) < min(e for _, e in spans)  # all overlapped
@@ -140,11 +139,11 @@ def test_four_subagents_in_one_turn_run_in_parallel_in_fresh_contexts() -> None:
     ])
     lead = shoal.Agent(name="lead", model=lead_model, subagents=[researcher])
     events: list[Event] = []
-    began = time.perf_counter()
-    result = lead.run_sync("write a report", on_event=events.append)
-    elapsed = time.perf_counter() - began
+    result, took = arun(elapsed(lead.run("write a report", on_event=events.append)),
+                        virtual=True)
     assert result.output == "final report"
-    assert elapsed < 1.0, f"4 subagents x 2 parallel 300 ms calls took {elapsed:.3f} s"
+    # on the virtual clock: 4 subagents x 2 parallel 300 ms calls, all side by side: 0.3 s
+    assert took == pytest.approx(0.3, abs=1e-9), f"4 subagents x 2 x 300 ms took {took} s"
     assert [m.content for m in tool_results(result)] == [
         f"summary of topic {i}" for i in range(4)]
     # no subagent saw another's messages: each request holds only its own task and results
@@ -236,7 +235,7 @@ def test_a_token_budget_stops_the_tree_and_keeps_every_outcome() -> None:
     lead_model = ScriptedModel([[call("sub", task="slow"), call("sub", task="greedy")], "never"],
                                usage=shoal.Usage(10, 10, 1))
     lead = shoal.Agent(name="lead", model=lead_model, subagents=[sub])
-    began = time.perf_counter()
+    began = time.perf_counter()  # real time: 'add' is a sync tool, on a real thread
     with pytest.raises(BudgetExceeded) as caught:
         lead.run_sync("go", budget=shoal.Budget(tokens=1000))
     assert time.perf_counter() - began < 5
@@ -285,11 +284,16 @@ def test_the_old_turns_budget_still_works_with_a_deprecation_warning() -> None:
 def test_a_wall_clock_budget_cancels_calls_in_flight() -> None:
     model = ScriptedModel([[call("slow_lookup", key="x")] * 3, "never"])
     agent = shoal.Agent(name="lead", model=model, tools=[slow_lookup])
-    began = time.perf_counter()
-    with pytest.raises(BudgetExceeded, match="wall_clock") as caught:
-        agent.run_sync("go", budget=shoal.Budget(wall_clock=0.1))
-    assert time.perf_counter() - began < 0.3
-    assert [c.status for c in caught.value.result.calls] == ["cancelled"] * 3
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        with pytest.raises(BudgetExceeded, match="wall_clock") as caught:
+            await agent.run("go", budget=shoal.Budget(wall_clock=0.1))
+        assert [c.status for c in caught.value.result.calls] == ["cancelled"] * 3
+        return loop.time() - began
+
+    # on the virtual clock the budget stops the run at exactly 0.1 s, not at the calls' 0.3 s
+    assert arun(main(), virtual=True) == pytest.approx(0.1, abs=1e-9)
 
 
 class Verdict(pydantic.BaseModel):
@@ -338,9 +342,10 @@ def test_cancelling_one_subagent_leaves_its_siblings_and_parent_running() -> Non
         handle.cancel("lead/sub#2", reason="not needed")
         return await handle
 
-    began = time.perf_counter()
-    result = arun(main())
-    assert time.perf_counter() - began < 5
+    result, took = arun(elapsed(main()), virtual=True)
+    # on the virtual clock: the run ends when the short nap does (0.1 s): the cancelled 30 s
+    # nap is not waited for
+    assert took == pytest.approx(0.1, abs=1e-9), took
     assert result.output == "lead done"
     msgs = tool_results(result)
     assert msgs[0].content == "short done"

@@ -49,7 +49,7 @@ from shoal.store.base import Decision as StoredDecision
 from shoal.store.memory import MemoryStore
 from shoal.store.sqlite import SQLiteStore
 from shoal.testing import run_virtual
-from tests.conftest import arun, wait_until
+from tests.conftest import arun, elapsed, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -172,15 +172,15 @@ class Never(Recorder):
         raise AssertionError("unreachable")
 
 
-def run(plan: Plan, **options: Any) -> RunResult:
-    """Run ``plan`` on a fresh runtime, closing it afterwards."""
+def run(plan: Plan, *, virtual: bool = False, **options: Any) -> RunResult:
+    """Run ``plan`` on a fresh runtime, closing it afterwards (``virtual``: see ``arun``)."""
     lineage = options.pop("lineage", "")
 
     async def main() -> RunResult:
         async with Runtime(**options) as runtime:
             return await runtime.run(plan, lineage=lineage)
 
-    return arun(main())
+    return arun(main(), virtual=virtual)
 
 
 def statuses(result: RunResult) -> dict[str, str]:
@@ -364,9 +364,13 @@ def test_an_approval_timeout_is_a_denial() -> None:
     plan = Plan()
     a = plan.call(delete, path="x")
     c = plan.call(free, i=1)
-    t0 = time.perf_counter()
-    result = run(plan, approver=approver, approval_timeout=0.2)
-    assert 0.2 <= time.perf_counter() - t0 < 2.0
+
+    async def main() -> tuple[RunResult, float]:
+        async with Runtime(approver=approver, approval_timeout=0.2) as runtime:
+            return await elapsed(runtime.run(plan))
+
+    result, took = arun(main(), virtual=True)
+    assert took == pytest.approx(0.2, abs=1e-9)  # the virtual clock: denied at exactly 0.2 s
     assert statuses(result) == {a.node: "denied", c.node: "ok"}
     assert "no decision within 0.2 s" in result[a].reason
     assert approver.withdrawn_ids == [approver.batches[0][0].id]  # told it is moot
@@ -651,9 +655,12 @@ def test_pending_approvals_never_block_calls_that_need_none() -> None:
     chain = plan.call(free, i=0, delay=0.05)
     for i in range(1, 6):
         chain = plan.call(free, i=i, delay=0.05, after=[chain])
-    result = run(plan, approver=approver, max_concurrency=1)  # one slot, and it is never held
-    assert result[chain].finished_at is not None and result[chain].finished_at < 0.9
-    assert result[gated].started_at is not None and result[gated].started_at >= 1.0
+    # one slot, and it is never held
+    result = run(plan, approver=approver, max_concurrency=1, virtual=True)
+    # on the virtual clock: the chain of 6 x 0.05 s ends at exactly 0.3 s, the gated call
+    # starts the moment the 1 s review answers
+    assert result[chain].finished_at == pytest.approx(0.3, abs=1e-9)
+    assert result[gated].started_at == pytest.approx(1.0, abs=1e-9)
     assert result.ok
 
 
@@ -663,9 +670,10 @@ def test_requests_that_become_pending_together_form_one_batch() -> None:
     first = [plan.call(delete, path=f"a{i}") for i in range(10)]
     gate = plan.call(free, i=0, delay=0.05)
     later = [plan.call(delete, path=f"b{i}", after=[gate]) for i in range(5)]
-    result = run(plan, approver=approver)
+    result = run(plan, approver=approver, virtual=True)
     assert result.ok
     assert [len(b) for b in approver.batches] == [10, 5]  # the 5 gathered during the review
+    assert approver.times == pytest.approx([0.0, 0.1], abs=1e-9)  # asked as the first ends
     assert {r.node_id for r in approver.batches[0]} == {f.node for f in first}
     assert {r.node_id for r in approver.batches[1]} == {x.node for x in later}
 
@@ -768,13 +776,12 @@ def test_cancelling_the_run_while_approvals_wait_ends_at_once() -> None:
             handle = runtime.start(plan)
             while not approver.batches:
                 await asyncio.sleep(0.01)
-            t0 = time.perf_counter()
             handle.cancel()
-            result = await handle
-            return result, time.perf_counter() - t0
+            return await elapsed(handle)
 
-    result, took = arun(main())  # arun also checks that no task (the review) is left
-    assert took < 1.0
+    # arun also checks that no task (the review) is left
+    result, took = arun(main(), virtual=True)
+    assert took == 0.0  # the virtual clock: ended without waiting for anything
     assert all(result[g].status == "cancelled" for g in gated)
     assert sorted(approver.withdrawn_ids) == sorted(r.id for r in approver.batches[0])
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -53,13 +54,26 @@ DAMAGE = {
 }
 
 
+@pytest.fixture(scope="module")
+def written_journal(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+    """A journal with two runs that ``shoal run`` finished, written once for the module."""
+    where = tmp_path_factory.mktemp("journal")
+    (where / "jtools.py").write_text(TOOLS)
+    plan = write_plan(where, NODES)
+    damaged = run_id_of(cli("run", str(plan), cwd=where))
+    other = run_id_of(cli("run", str(plan), cwd=where))
+    return where, damaged, other
+
+
 @pytest.fixture
-def journal(tmp_path: Path) -> tuple[Path, str, str]:
-    """A journal with two finished runs: (its path, the run to damage, the other run)."""
-    (tmp_path / "jtools.py").write_text(TOOLS)
-    plan = write_plan(tmp_path, NODES)
-    damaged = run_id_of(cli("run", str(plan), cwd=tmp_path))
-    other = run_id_of(cli("run", str(plan), cwd=tmp_path))
+def journal(written_journal: tuple[Path, str, str], tmp_path: Path) -> tuple[Path, str, str]:
+    """A fresh copy of the module's journal: (its folder, the run to damage, the other run).
+
+    Copied, not written again for each case: two ``shoal run`` processes cost seconds, a copy
+    of the folder none, and each case still damages a journal of its own.
+    """
+    source, damaged, other = written_journal
+    shutil.copytree(source, tmp_path, dirs_exist_ok=True)
     return tmp_path, damaged, other
 
 

@@ -10,7 +10,7 @@ import pytest
 
 import shoal
 from shoal import Plan, Ref, RunResult, Runtime, ToolArgumentError, tool
-from tests.conftest import arun, leftover_tasks, wait_until
+from tests.conftest import arun, elapsed, leftover_tasks, wait_until
 
 pytestmark = pytest.mark.usefixtures("no_child_process_leak")
 
@@ -44,17 +44,16 @@ def test_an_async_timeout_really_cancels_the_coroutine() -> None:
 
     plan = Plan()
     ref = plan.call(stuck)
-    start = time.perf_counter()
-    result = shoal.run_sync(plan)
-    wall = time.perf_counter() - start
+    result, took = arun(elapsed(shoal.run(plan)), virtual=True)
     out = result[ref]
     assert out.status == "timed_out"
     assert out.value is None
     assert out.error is not None and out.error.type == "shoal.exceptions.ToolTimeoutError"
     assert "0.1" in out.error.message
     assert not out.abandoned and result.abandoned == []
-    assert wall < 1.0
-    assert 0.08 <= out.duration < 1.0
+    # on the virtual clock: stopped at exactly its 0.1 s timeout, not at the 5 s sleep's end
+    assert took == pytest.approx(0.1, abs=1e-9)
+    assert out.duration == pytest.approx(0.1, abs=1e-9)
     assert seen == ["cancelled"]
 
 
@@ -71,6 +70,7 @@ def test_a_sync_timeout_abandons_the_thread_and_drops_its_late_result() -> None:
     plan = Plan()
     ref = plan.call(blocking)
     plan.call(nap, seconds=0, value="sibling", node_id="sibling")
+    # real time: a sync tool blocks a real thread, which the virtual clock cannot see
     start = time.perf_counter()
     result = shoal.run_sync(plan)
     assert time.perf_counter() - start < 1.0  # the run did not wait for the thread
@@ -97,7 +97,7 @@ def test_timeouts_are_per_attempt_and_retried() -> None:
 
     plan = Plan()
     ref = plan.call(slow_then_fast)
-    result = shoal.run_sync(plan)
+    result = arun(shoal.run(plan), virtual=True)
     assert result[ref].status == "ok"
     assert result[ref].value == "second time lucky"
     assert result[ref].attempts == 2
@@ -135,19 +135,18 @@ def test_retries_with_backoff_count_attempts() -> None:
 
     @tool(retries=3, backoff=0.05, jitter=0.0)
     async def flaky() -> str:
-        moments.append(time.perf_counter())
+        moments.append(asyncio.get_running_loop().time())
         if len(moments) < 3:
             raise ConnectionError(f"attempt {len(moments)}")
         return "ok now"
 
     plan = Plan()
     ref = plan.call(flaky)
-    result = shoal.run_sync(plan)
+    result = arun(shoal.run(plan), virtual=True)
     out = result[ref]
     assert (out.status, out.value, out.attempts) == ("ok", "ok now", 3)
     waits = [b - a for a, b in itertools.pairwise(moments)]
-    assert waits[0] >= 0.045 and waits[1] >= 0.095  # 0.05, then doubled
-    assert waits[1] < 1.0
+    assert waits == pytest.approx([0.05, 0.1], abs=1e-9)  # the virtual clock: 0.05, then doubled
 
 
 def test_retries_run_out_and_the_last_error_is_kept() -> None:
@@ -282,9 +281,8 @@ def test_fail_fast_cancels_the_rest() -> None:
     plan.call(boom, node_id="bad")
     running = plan.call(long_sibling, node_id="running")
     waiting = plan.call(nap, seconds=0, value=running, node_id="waiting")
-    start = time.perf_counter()
-    result = shoal.run_sync(plan, fail_fast=True)
-    assert time.perf_counter() - start < 1.0
+    result, took = arun(elapsed(shoal.run(plan, fail_fast=True)), virtual=True)
+    assert took == 0.0  # the virtual clock: the 5 s sibling was stopped before any time passed
     assert result["bad"].status == "failed"
     assert result[running].status == "cancelled"
     assert "fail_fast" in result[running].reason
@@ -297,7 +295,7 @@ def test_fail_fast_can_be_chosen_per_run() -> None:
     plan.call(boom)
     sibling = plan.call(nap, seconds=0.1, value=1)
     runtime = Runtime(fail_fast=True)
-    assert runtime.run_sync(plan, fail_fast=False)[sibling].status == "ok"
+    assert arun(runtime.run(plan, fail_fast=False), virtual=True)[sibling].status == "ok"
 
 
 @pytest.mark.parametrize("isolation", ["inline", "thread"])
@@ -355,7 +353,7 @@ def test_cancelling_one_running_node_through_the_handle() -> None:
             handle.cancel(target, reason="changed my mind")
             return await handle
 
-    result = arun(main())
+    result = arun(main(), virtual=True)
     assert result[target].status == "cancelled"
     assert result[target].reason == "changed my mind"
     assert result[child].status == "skipped"
@@ -382,7 +380,7 @@ def test_cancelling_one_queued_node_through_the_handle() -> None:
             assert result[queued_id].started_at is None
             return result
 
-    result = arun(main())
+    result = arun(main(), virtual=True)
     assert sorted(o.status for o in result) == ["cancelled", "ok"]
 
 
@@ -409,7 +407,7 @@ def test_cancelling_the_whole_run_gives_every_node_an_outcome() -> None:
             handle.cancel()  # after the end: a no-op
             return result
 
-    start = time.perf_counter()
+    start = time.perf_counter()  # real time: "thread" blocks a real thread (5 s if waited for)
     try:
         result = arun(main())
     finally:
@@ -486,7 +484,7 @@ def test_outer_timeout_around_a_run_cancels_it_cleanly() -> None:
             await asyncio.wait_for(shoal.run(plan), 0.1)
         assert leftover_tasks() == []
 
-    arun(main())
+    arun(main(), virtual=True)
 
 
 def test_cancelling_the_task_awaiting_a_handle_cancels_the_run() -> None:
@@ -533,10 +531,8 @@ def test_the_run_deadline_times_out_running_calls_and_cancels_the_rest() -> None
     plan.call(nap, seconds=0, value=Ref("running"), node_id="waiting")
     plan.call(nap.options(max_concurrency=1), seconds=5, node_id="capped1")
     plan.call(nap.options(max_concurrency=1), seconds=5, node_id="capped2")
-    start = time.perf_counter()
-    result = shoal.run_sync(plan, deadline=0.2)
-    wall = time.perf_counter() - start
-    assert 0.15 < wall < 1.0
+    result, took = arun(elapsed(shoal.run(plan, deadline=0.2)), virtual=True)
+    assert took == pytest.approx(0.2, abs=1e-9)  # the virtual clock: exactly the deadline
     assert result["quick"].status == "ok"
     assert result["running"].status == "timed_out"
     assert "deadline" in result["running"].reason
@@ -550,7 +546,9 @@ def test_a_per_run_deadline_overrides_the_runtime_one() -> None:
     plan = Plan()
     ref = plan.call(nap, seconds=0.2, value=1)
     runtime = Runtime(deadline=0.05)
-    assert runtime.run_sync(plan, deadline=5)[ref].status == "ok"
+    result, took = arun(elapsed(runtime.run(plan, deadline=5)), virtual=True)
+    assert result[ref].status == "ok"
+    assert took == pytest.approx(0.2, abs=1e-9)  # the virtual clock: ran its whole 0.2 s
 
 
 # ---- bugs: the run must end, whatever a tool does -----------------------------------------------
@@ -663,7 +661,6 @@ def test_fail_fast_cancels_a_call_started_in_the_same_turn() -> None:
     s = plan.call(source)
     slow = plan.call(long, x=s)  # ranks first, so it starts before need_int is checked
     plan.call(need_int, n=s)
-    start = time.perf_counter()
-    result = shoal.run_sync(plan, fail_fast=True)
+    result, took = arun(elapsed(shoal.run(plan, fail_fast=True)), virtual=True)
     assert result[slow].status == "cancelled"
-    assert time.perf_counter() - start < 0.8
+    assert took == 0.0  # the virtual clock: the 1 s call was stopped before any time passed

@@ -108,11 +108,28 @@ def test_read_only_opening_refuses_what_is_not_a_journal(tmp_path: Path) -> None
         SQLiteStore(tmp_path / "missing.db", read_only=True)
 
 
-def test_resuming_a_step_of_an_agent_run_names_the_agent_run(tmp_path: Path) -> None:
-    store = str(tmp_path / "runs.db")
+@pytest.fixture(scope="module")
+def unlucky_journal(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A journal holding one run of the ``unlucky`` agent by ``shoal run``, made once."""
+    where = tmp_path_factory.mktemp("unlucky")
     done = shoal_cli("run", str(ROOT / "tests/newcomer_agents.py:unlucky"), "look up a and b",
-                     "--store", store, cwd=ROOT)
+                     "--store", str(where / "runs.db"), cwd=ROOT)
     assert done.returncode in (0, 1), done.stderr
+    return where
+
+
+@pytest.fixture
+def unlucky_run(unlucky_journal: Path, tmp_path: Path) -> Path:
+    """``tmp_path``, holding a copy of that journal (``runs.db``) for the test to damage.
+
+    A copy of the folder costs nothing; a ``shoal run`` for each test cost seconds.
+    """
+    shutil.copytree(unlucky_journal, tmp_path, dirs_exist_ok=True)
+    return tmp_path
+
+
+def test_resuming_a_step_of_an_agent_run_names_the_agent_run(unlucky_run: Path) -> None:
+    store = str(unlucky_run / "runs.db")
     runs = json.loads(shoal_cli("runs", "--store", store, "--json", cwd=ROOT).stdout)
     root = runs[0]["run_id"]
     steps = json.loads(shoal_cli("runs", "--steps", "--store", store, "--json", cwd=ROOT).stdout)
@@ -267,10 +284,8 @@ def test_resume_of_a_run_whose_source_was_edited_reports_the_damage(
 
 
 def test_resume_of_an_agent_run_whose_source_lost_its_target_reports_the_damage(
-        tmp_path: Path) -> None:
-    store = tmp_path / "runs.db"
-    shoal_cli("run", str(ROOT / "tests/newcomer_agents.py:unlucky"), "look up a and b",
-              "--store", str(store), cwd=ROOT)
+        unlucky_run: Path) -> None:
+    store = unlucky_run / "runs.db"
     with sqlite3.connect(store) as db:
         run_id, source = db.execute("SELECT run_id, source FROM runs WHERE run_id NOT LIKE "
                                     "'%/%'").fetchone()
@@ -292,10 +307,8 @@ def test_resume_of_an_agent_run_whose_source_lost_its_target_reports_the_damage(
                                       "float"),
 ])
 def test_an_agent_run_whose_journaled_tree_was_edited_is_listed_and_shown_as_damaged(
-        tmp_path: Path, path: tuple[object, ...], value: object, problem: str) -> None:
-    store = tmp_path / "runs.db"
-    shoal_cli("run", str(ROOT / "tests/newcomer_agents.py:unlucky"), "look up a and b",
-              "--store", str(store), cwd=ROOT)
+        unlucky_run: Path, path: tuple[object, ...], value: object, problem: str) -> None:
+    store = unlucky_run / "runs.db"
     with sqlite3.connect(store) as db:
         run_id, source = db.execute("SELECT run_id, source FROM runs WHERE run_id NOT LIKE "
                                     "'%/%'").fetchone()

@@ -65,6 +65,11 @@ def test_slow_rates_wait_long() -> None:
 # ---- the runtime honours them exactly -----------------------------------------------------------
 
 
+def virtual_run(plan: Plan, **options: Any) -> RunResult:
+    """Run ``plan`` on the virtual clock (pure-asyncio tools only): exact times, no waiting."""
+    return arun(shoal.run(plan, **options), virtual=True)
+
+
 def burst_of(t: Any, n: int = BURST, **args: Any) -> Plan:
     plan = Plan()
     for i in range(n):
@@ -79,9 +84,11 @@ def test_the_global_limit_holds_exactly(gauge: Gauge) -> None:
             await asyncio.sleep(0.003)
         return i
 
-    result = shoal.run_sync(burst_of(probe), max_concurrency=7)
+    result = virtual_run(burst_of(probe), max_concurrency=7)
     assert result.ok and gauge.total == BURST
     assert gauge.peak == 7
+    # on the virtual clock: 200 calls 7 at a time are 29 waves of 3 ms, no more, no less
+    assert result.makespan == pytest.approx(29 * 0.003, abs=1e-9)
 
 
 def test_the_global_limit_holds_for_sync_tools(gauge: Gauge) -> None:
@@ -114,10 +121,11 @@ def test_a_per_tool_limit_holds_exactly_while_others_run_freely() -> None:
     plan = burst_of(capped)
     for i in range(20):
         plan.call(uncapped, i=i)
-    result = shoal.run_sync(plan)
+    result = virtual_run(plan)
     assert result.ok
     assert limited.total == BURST and limited.peak == 3
     assert free.peak == 20
+    assert result.makespan == pytest.approx(67 * 0.003, abs=1e-9)  # 200 / 3 waves: virtual time
 
 
 def test_a_per_tool_limit_holds_for_sync_tools(gauge: Gauge) -> None:
@@ -144,7 +152,7 @@ def test_a_per_call_override_has_its_own_limit() -> None:
     for i in range(40):
         plan.call(probe.options(max_concurrency=1), i=i, which="one")
         plan.call(probe.options(max_concurrency=2), i=i, which="two")
-    assert shoal.run_sync(plan).ok
+    assert virtual_run(plan).ok
     assert one.peak == 1 and two.peak == 2
 
 
@@ -161,7 +169,7 @@ def test_resource_limits_hold_per_key() -> None:
     plan = Plan()
     for i in range(BURST):
         plan.call(fetch, i=i, host="abcd"[i % 4])
-    result = shoal.run_sync(plan, resource_limits={"host:*": 2})
+    result = virtual_run(plan, resource_limits={"host:*": 2})
     assert result.ok
     assert {h: g.peak for h, g in per_host.items()} == dict.fromkeys("abcd", 2)
     assert overall.peak == 8  # each key has its own limit
@@ -180,7 +188,7 @@ def test_keys_matching_no_pattern_are_unlimited_and_the_first_pattern_wins() -> 
     for i in range(30):
         plan.call(touch, i=i, kind="db", name="main")
         plan.call(touch, i=i, kind="cache", name="main")
-    result = shoal.run_sync(plan, resource_limits={"db:*": 1, "db:main": 5})
+    result = virtual_run(plan, resource_limits={"db:*": 1, "db:main": 5})
     assert result.ok
     assert db.peak == 1
     assert other.peak == 30
@@ -196,27 +204,22 @@ def test_limits_combine(gauge: Gauge) -> None:
     plan = Plan()
     for i in range(100):
         plan.call(probe, i=i, k=str(i % 10))
-    assert shoal.run_sync(plan, max_concurrency=4, resource_limits={"k:*": 1}).ok
+    assert virtual_run(plan, max_concurrency=4, resource_limits={"k:*": 1}).ok
     assert gauge.peak == 4
 
 
-@pytest.mark.slow
-def test_a_rate_limit_is_a_token_bucket_on_starts(stamps: Stamps) -> None:
+def test_a_rate_limit_is_a_token_bucket_on_starts() -> None:
     @tool(rate="20/s")
     async def rated(i: int) -> int:
-        stamps.mark(str(i))
         return i
 
-    start = time.perf_counter() - stamps.t0
-    result = shoal.run_sync(burst_of(rated, 30))
+    result = virtual_run(burst_of(rated, 30))
     assert result.ok
-    starts = sorted(t - start for _, t in stamps.items)
+    starts = sorted(o.started_at or 0.0 for o in result)
     assert len(starts) == 30
-    for k, moment in enumerate(starts, start=1):
-        allowed = 20 + moment * 20 + 1  # a full bucket, the refill so far, one start of slack
-        assert k <= allowed, f"start #{k} at {moment:.3f} s: the bucket allows {allowed:.1f}"
-    assert starts[19] < 0.2  # the first 20 go at once
-    assert 0.4 < starts[-1] < 1.5  # the other 10 at ~20/s, not all at once and not stalled
+    # on the virtual clock, exactly: a full bucket of 20 at once, then one every 1/20 s
+    expected = [0.0] * 20 + [k / 20 for k in range(1, 11)]
+    assert starts == pytest.approx(expected, abs=1e-9)
 
 
 def test_a_rate_limit_applies_to_sync_tools(stamps: Stamps) -> None:
@@ -225,6 +228,7 @@ def test_a_rate_limit_applies_to_sync_tools(stamps: Stamps) -> None:
         stamps.mark(str(i))
         return i
 
+    # real time: sync tools run on real threads, which the virtual clock cannot see
     start = time.perf_counter() - stamps.t0
     assert shoal.run_sync(burst_of(rated, 13)).ok
     starts = sorted(t - start for _, t in stamps.items)
@@ -249,7 +253,7 @@ def test_cancelling_a_queued_node_behind_a_tool_limit_does_not_hang_the_run() ->
             handle.cancel("one_at_a_time#2")
             return await handle
 
-    result = arun(main(), timeout=1.0, check_tasks=False)
+    result = arun(main(), timeout=1.0, check_tasks=False, virtual=True)
     assert [o.status for o in result] == ["ok", "cancelled", "ok"]
 
 
@@ -271,11 +275,10 @@ def test_a_rerank_does_not_hang_a_run_with_limits() -> None:
     plan.call(plain, seconds=0.05)
     plan.call(keyed, key="a", seconds=0.1)
     run = shoal.run(plan, max_concurrency=3, resource_limits={"k:*": 1})
-    result = arun(run, timeout=1.5, check_tasks=False)
+    result = arun(run, timeout=1.5, check_tasks=False, virtual=True)
     assert result.ok
 
 
-@pytest.mark.slow
 def test_a_free_tool_slot_is_not_left_idle_behind_a_busy_key() -> None:
     @tool(max_concurrency=1, reads="k:{key}")
     async def t(key: str) -> str:
@@ -292,6 +295,8 @@ def test_a_free_tool_slot_is_not_left_idle_behind_a_busy_key() -> None:
     plan.call(t, key="b")
     plan.call(t, key="a")
     c = plan.call(t, key="c")
-    result = shoal.run_sync(plan, resource_limits={"k:*": 1})
+    result = virtual_run(plan, resource_limits={"k:*": 1})
     assert result.ok
-    assert result[c].started_at < 0.4, "t(key='c') waited for an unrelated key"
+    # on the virtual clock: c takes the tool's one slot the moment t(key='b') frees it, at
+    # 0.1 s; t(key='a') waits for the hog's key until 0.6 s
+    assert result[c].started_at == pytest.approx(0.1, abs=1e-9), "c waited for an unrelated key"

@@ -52,6 +52,16 @@ def _wait_for(check: object, timeout: float = 60.0) -> None:
         time.sleep(0.02)
 
 
+#: How long payment ``b`` may hold a run live while a test checks it is refused: far more than
+#: the checks need on a loaded machine; the test then ends it at once with :func:`_release`.
+HOLD = 120.0
+
+
+def _release(where: Path) -> None:
+    """Let the live run's slow payment finish now."""
+    (where / "release").touch()
+
+
 def _last_json(proc: subprocess.Popen[str]) -> dict[str, object]:
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-3000:]
@@ -61,12 +71,13 @@ def _last_json(proc: subprocess.Popen[str]) -> dict[str, object]:
 @pytest.fixture
 def live_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("SHOAL_LIVE_DIR", str(tmp_path))
-    monkeypatch.setenv("SHOAL_LIVE_SLOW", "3")
+    monkeypatch.setenv("SHOAL_LIVE_SLOW", str(HOLD))  # the plan built here is the live run's
     yield tmp_path
 
 
 def test_resume_of_a_live_run_is_refused_naming_its_process(live_dir: Path) -> None:
-    proc = _start(live_dir, "run", 3)
+    # real time: a real process holds the run; it stays live until the checks are done
+    proc = _start(live_dir, "run", HOLD)
     try:
         _wait_for(lambda: "b" in _lines(live_dir, "started"))
         runtime = shoal.Runtime(store=live_dir / "runs.db")
@@ -77,11 +88,12 @@ def test_resume_of_a_live_run_is_refused_naming_its_process(live_dir: Path) -> N
         # the CLI says the same, with exit code 2, and runs nothing
         cli = subprocess.run(
             [sys.executable, "-m", "shoal.cli.app", "resume", "live", "--store",
-             str(live_dir / "runs.db"), "--json"], env=_env(live_dir, 3), cwd=live_dir,
+             str(live_dir / "runs.db"), "--json"], env=_env(live_dir, HOLD), cwd=live_dir,
             capture_output=True, text=True, timeout=60, check=False)
         assert cli.returncode == 2, cli.stderr
         assert json.loads(cli.stdout)["error"] == "run_active"
         assert "still running" in cli.stderr and "--force" in cli.stderr
+        _release(live_dir)
         assert _last_json(proc) == {"a": "ok", "b": "ok", "c": "ok"}
     finally:
         proc.kill()
@@ -141,7 +153,7 @@ def test_two_resumes_at_once_after_a_crash_only_one_goes_ahead(live_dir: Path) -
 
 
 def test_force_resumes_a_run_whose_process_is_stuck(live_dir: Path) -> None:
-    proc = _start(live_dir, "run", 3)
+    proc = _start(live_dir, "run", HOLD)
     try:
         _wait_for(lambda: "b" in _lines(live_dir, "started"))
         proc.send_signal(signal.SIGSTOP)  # stuck: alive, holding its lock, doing nothing
@@ -160,13 +172,14 @@ def test_force_resumes_a_run_whose_process_is_stuck(live_dir: Path) -> None:
 
 
 def test_agent_resume_of_a_live_agent_run_is_refused(live_dir: Path) -> None:
-    proc = _start(live_dir, "agent", 3)
+    proc = _start(live_dir, "agent", HOLD)  # real time: a real process, live until released
     try:
         _wait_for(lambda: "b" in _lines(live_dir, "started"))
         runtime = shoal.Runtime(store=live_dir / "runs.db")
         with pytest.raises(shoal.RunActiveError) as caught:
             build_agent().resume_sync("live", "pay b", runtime=runtime)
         assert caught.value.pid == proc.pid
+        _release(live_dir)
         assert _last_json(proc) == {"agent": "ok"}
     finally:
         proc.kill()
@@ -202,7 +215,7 @@ def test_a_run_live_in_this_process_is_refused_too(tmp_path: Path, store: str) -
 
 
 def test_a_lock_left_by_a_dead_process_does_not_block_resume(live_dir: Path) -> None:
-    proc = _start(live_dir, "run", 3)
+    proc = _start(live_dir, "run", HOLD)
     _wait_for(lambda: "b" in _lines(live_dir, "started"))
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=30)
@@ -212,7 +225,7 @@ def test_a_lock_left_by_a_dead_process_does_not_block_resume(live_dir: Path) -> 
 
 
 def test_a_live_run_whose_lock_folder_was_deleted_is_still_refused(live_dir: Path) -> None:
-    proc = _start(live_dir, "run", 3)
+    proc = _start(live_dir, "run", HOLD)  # real time: a real process, live until released
     try:
         _wait_for(lambda: "b" in _lines(live_dir, "started"))
         for lock in (live_dir / "runs.db-locks").iterdir():  # someone tidies up the folder
@@ -221,6 +234,7 @@ def test_a_live_run_whose_lock_folder_was_deleted_is_still_refused(live_dir: Pat
         with pytest.raises(shoal.RunActiveError, match="heartbeat is fresh") as caught:
             shoal.Runtime(store=live_dir / "runs.db").resume_sync("live", build_plan())
         assert caught.value.pid == proc.pid
+        _release(live_dir)
         assert _last_json(proc) == {"a": "ok", "b": "ok", "c": "ok"}
     finally:
         proc.kill()

@@ -515,7 +515,7 @@ def blocking(x: int) -> int:
 def test_sync_items_run_side_by_side_on_threads() -> None:
     threads.clear()
     plan, _, mapped = mapped_plan(list(range(20)), tool=blocking, seconds=0)
-    start = time.perf_counter()
+    start = time.perf_counter()  # real time: sync items run on real threads
     result = arun(shoal.run(plan))
     assert result[mapped].value == [x * x for x in range(20)]
     assert time.perf_counter() - start < 2.0  # not 20 x 0.2 s: they overlapped

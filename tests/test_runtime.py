@@ -25,7 +25,7 @@ from shoal.events import (
     RunFinished,
     RunStarted,
 )
-from tests.conftest import Gauge, Stamps, arun
+from tests.conftest import Gauge, arun, elapsed
 
 pytestmark = pytest.mark.usefixtures("no_child_process_leak")
 
@@ -48,9 +48,15 @@ async def boom(message: str = "boom") -> None:
 
 
 def timed_run(plan: Plan, **options: Any) -> tuple[RunResult, float]:
+    """Run ``plan`` in real time: for sync tools, on real threads the virtual clock cannot see."""
     start = time.perf_counter()
     result = shoal.run_sync(plan, **options)
     return result, time.perf_counter() - start
+
+
+def virtual_run(plan: Plan, **options: Any) -> tuple[RunResult, float]:
+    """Run ``plan`` on the virtual clock: its result and its exact (virtual) duration."""
+    return arun(elapsed(shoal.run(plan, **options)), virtual=True)
 
 
 # ---- parallelism --------------------------------------------------------------------------------
@@ -59,33 +65,33 @@ def timed_run(plan: Plan, **options: Any) -> tuple[RunResult, float]:
 def test_independent_calls_overlap() -> None:
     plan = Plan()
     refs = [plan.call(nap, seconds=0.2, value=i) for i in range(10)]
-    result, wall = timed_run(plan)
+    result, took = virtual_run(plan)
     assert result.ok
     assert [result[r].value for r in refs] == list(range(10))
-    assert wall < 0.6
-    assert result.makespan < 0.6
-    assert max(result[r].started_at for r in refs) < 0.1  # all started at once
+    # on the virtual clock: 10 x 0.2 s side by side take exactly 0.2 s, all starting at 0
+    assert took == pytest.approx(0.2, abs=1e-9)
+    assert result.makespan == pytest.approx(0.2, abs=1e-9)
+    assert max(result[r].started_at for r in refs) == pytest.approx(0.0, abs=1e-9)
 
 
-@pytest.mark.slow
-def test_a_slow_branch_does_not_hold_back_an_unrelated_chain(stamps: Stamps) -> None:
+def test_a_slow_branch_does_not_hold_back_an_unrelated_chain() -> None:
     @tool
     async def link(index: int, previous: Any = None) -> int:
         await asyncio.sleep(0.1)
-        stamps.mark(f"b{index}")
         return index
 
     plan = Plan()
     plan.call(nap, seconds=1.0, node_id="A")
     ref = None
     for i in range(5):
-        ref = plan.call(link, index=i, previous=ref)
-    start = time.perf_counter()
-    result = shoal.run_sync(plan)
+        ref = plan.call(link, index=i, previous=ref, node_id=f"b{i}")
+    result, took = virtual_run(plan)
     assert result.ok
-    last = stamps.of("b4") - (start - stamps.t0)
-    assert last < 0.8, f"the chain's last call ended at {last:.2f} s: it waited for the 1 s branch"
-    assert result["A"].finished_at >= 0.95
+    # on the virtual clock: the chain's 5 x 0.1 s end at exactly 0.5 s, beside the 1 s branch
+    last = result["b4"].finished_at
+    assert last == pytest.approx(0.5, abs=1e-9), f"the chain's last call ended at {last} s"
+    assert result["A"].finished_at == pytest.approx(1.0, abs=1e-9)
+    assert took == pytest.approx(1.0, abs=1e-9)
 
 
 def test_a_dependent_starts_as_soon_as_its_input_is_ready() -> None:
@@ -93,9 +99,10 @@ def test_a_dependent_starts_as_soon_as_its_input_is_ready() -> None:
     a = plan.call(nap, seconds=0.05, value=1)
     plan.call(nap, seconds=0.5, value=2)
     b = plan.call(nap, seconds=0.0, value=a)
-    result = shoal.run_sync(plan)
+    result, _ = virtual_run(plan)
     assert result[b].value == 1
-    assert result[b].started_at - result[a].finished_at < 0.05
+    # on the virtual clock: b starts the very moment a ends (0.05 s), not after the 0.5 s call
+    assert result[b].started_at == pytest.approx(0.05, abs=1e-9)
 
 
 @pytest.mark.slow
@@ -104,6 +111,7 @@ def test_sync_tools_never_block_the_event_loop() -> None:
     for i in range(50):
         plan.call(sync_nap, seconds=0.3, value=i)
 
+    # real time: the point is that real threads never stall the real loop
     async def main() -> tuple[RunResult, list[float]]:
         ticks: list[float] = []
         stop = asyncio.Event()
@@ -247,9 +255,14 @@ def test_the_runtime_learns_durations_across_runs() -> None:
     plan.call(measured)
     plan.call(other)
     runtime = Runtime()
-    runtime.run_sync(plan)
-    assert runtime.estimates["measured"] == pytest.approx(0.05, abs=0.04)
-    runtime.run_sync(plan)
+
+    async def main() -> None:
+        await runtime.run(plan)
+        # on the virtual clock the duration learnt is exactly the sleep
+        assert runtime.estimates["measured"] == pytest.approx(0.05, abs=1e-9)
+        await runtime.run(plan)
+
+    arun(main(), virtual=True)
     assert set(runtime.estimates) >= {"measured", "other"}
 
 
@@ -502,11 +515,11 @@ def test_snapshot_and_partial_result_while_running() -> None:
             assert not handle.done()
             return snap, partial, await handle
 
-    snap, partial, final = arun(main())
+    snap, partial, final = arun(main(), virtual=True)
     assert snap.total == 2 and not snap.finished
     assert snap.counts["ok"] == 1
     assert [r[0] for r in snap.running] == ["long"]
-    assert 0.05 < snap.elapsed < 0.3
+    assert snap.elapsed == pytest.approx(0.1, abs=1e-9)  # the virtual clock: taken at 0.1 s
     assert list(partial.outcomes) == [a.node]
     assert final.ok and len(final) == 2
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
+
+import pytest
 
 import shoal
 from shoal.testing import ScriptedModel, call
-from tests.conftest import Gauge, arun
+from tests.conftest import Gauge, arun, elapsed
 
 
 def test_two_concurrent_runs_share_a_tools_max_concurrency() -> None:
@@ -31,10 +32,11 @@ def test_two_concurrent_runs_share_a_tools_max_concurrency() -> None:
         async with shoal.Runtime() as runtime:
             return await asyncio.gather(*(runtime.run(plan(8)) for _ in range(3)))
 
-    results = arun(main())
+    results, took = arun(elapsed(main()), virtual=True)
     assert all(r.ok for r in results)
     assert gauge.total == 24
     assert gauge.peak == 2  # not 2 per run
+    assert took == pytest.approx(12 * 0.02, abs=1e-9)  # the virtual clock: 24 calls, 2 at a time
 
 
 def test_a_subagent_tree_shares_a_tools_max_concurrency() -> None:
@@ -53,10 +55,11 @@ def test_a_subagent_tree_shares_a_tools_max_concurrency() -> None:
     lead = shoal.Agent(name="lead", subagents=[sub], model=ScriptedModel(
         [[call("researcher", task=f"t{i}") for i in range(4)], "report"]))
 
-    result = lead.run_sync("go")
+    result, took = arun(elapsed(lead.run("go")), virtual=True)
     assert result.output == "report"
     assert [c.status for child in result.children for c in child.calls] == ["ok"] * 12
     assert gauge.peak == 2  # across the four subagents' tool phases together
+    assert took == pytest.approx(6 * 0.03, abs=1e-9)  # the virtual clock: 12 calls, 2 at a time
 
 
 def test_a_rate_limit_is_shared_by_concurrent_runs() -> None:
@@ -71,14 +74,12 @@ def test_a_rate_limit_is_shared_by_concurrent_runs() -> None:
             p.call(ping, i=i)
         return p
 
-    async def main() -> tuple[float, list[Any]]:
+    async def main() -> tuple[list[Any], float]:
         async with shoal.Runtime() as runtime:
-            began = time.perf_counter()
-            results = await asyncio.gather(runtime.run(plan()), runtime.run(plan()))
-            return time.perf_counter() - began, results
+            return await elapsed(asyncio.gather(runtime.run(plan()), runtime.run(plan())))
 
-    elapsed, results = arun(main())
+    results, took = arun(main(), virtual=True)
     assert all(r.ok for r in results)
-    # 10 tokens at once, then 10 per second: the second run's ten wait about a second,
-    # where per-run buckets would let all twenty through at once
-    assert elapsed > 0.7, elapsed
+    # 10 tokens at once, then 10 per second: on the virtual clock the last of the twenty starts
+    # at exactly 1 s, where per-run buckets would let all twenty through at once
+    assert took == pytest.approx(1.0, abs=1e-9), took
