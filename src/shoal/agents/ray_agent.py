@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import re
 import secrets
@@ -145,9 +146,14 @@ class RayChannel(Channel):
     async def start(cls, ray: Any, spec: StartSpec, options: dict[str, Any],
                     host: str) -> RayChannel:
         """Listen, start the agent's actor, take its connection and send it its spec."""
+        # pickled first: a definition that does not pickle starts no actor, and the actor
+        # is sent it the moment it connects
+        with _by_value(_unimportable(spec.agent)):
+            body = dumps(("start", spec), f"agent {spec.lineage!r} (to run it on Ray, its "
+                         "definition is pickled)")
         token = secrets.token_bytes(TOKEN_BYTES)
         listener = _Listener(host, token)
-        actor = ray.remote(AgentActor).options(**options).remote()
+        actor = _actor_class(ray).options(**options).remote()
         ref = actor.run.remote(listener.host, listener.port, token)
         try:
             reader, writer = await listener.accept(ref, spec.lineage)
@@ -160,9 +166,7 @@ class RayChannel(Channel):
         channel = cls(ray, actor, ref, reader, writer, spec.lineage)
         try:
             channel.where = await channel._node()
-            with _by_value(_unimportable(spec.agent)):
-                channel._write(dumps(("start", spec), f"agent {spec.lineage!r} (to run it on "
-                                     "Ray, its definition is pickled)"))
+            channel._write(body)
         except BaseException:
             await channel.close()
             raise
@@ -255,6 +259,16 @@ class RayChannel(Channel):
         self.kill()
         with contextlib.suppress(Exception):
             await self._writer.wait_closed()
+
+
+@functools.cache
+def _actor_class(ray: Any) -> Any:
+    """``ray.remote(AgentActor)``, made once, not once per agent.
+
+    Ray exports an actor class to each job (connection) it is first used in, so one class
+    serves a Ray that was shut down and started again too.
+    """
+    return ray.remote(AgentActor)
 
 
 class _Listener:
