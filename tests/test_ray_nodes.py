@@ -78,13 +78,13 @@ class Cluster:
                     "PYTHONPATH": str(ROOT)}
         self.env.pop("RAY_ADDRESS", None)
 
-    def node_args(self, ip: str, name: str, base: int) -> list[str]:
+    def node_args(self, ip: str, name: str, base: int, temp: str = "") -> list[str]:
         ports = {flag: free_port() for flag in (
             "--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
             "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port")}
         return [f"--node-ip-address={ip}", "--num-cpus=1", f"--resources={{\"{name}\": 1}}",
                 f"--labels=zone={name[-1]}",
-                f"--temp-dir={self.root / name}", "--disable-usage-stats",
+                f"--temp-dir={self.root / (temp or name)}", "--disable-usage-stats",
                 "--object-store-memory=100000000", f"--min-worker-port={base}",
                 f"--max-worker-port={base + 99}", *(f"{k}={v}" for k, v in ports.items())]
 
@@ -104,11 +104,29 @@ class Cluster:
             self._start()
 
     def _start(self) -> None:
-        base = 30000 + 200 * (os.getpid() % 10)  # worker ports, below the ephemeral range
         self._ray("start", "--head", f"--port={self.port}", "--include-dashboard=false",
-                  f"--dashboard-port={free_port()}", *self.node_args(HEAD, "node-a", base))
+                  f"--dashboard-port={free_port()}", *self.node_args(HEAD, "node-a", self.base))
         self._ray("start", f"--address={self.address}",
-                  *self.node_args(WORKER, "node-b", base + 100))
+                  *self.node_args(WORKER, "node-b", self.base + 100))
+
+    #: the first worker port (below the ephemeral range): the head's 100, then node-b's
+    base = 30000 + 200 * (os.getpid() % 10)
+    #: how often node-b was started again (each time in a temporary directory of its own)
+    revived = 0
+
+    def revive_worker(self) -> None:
+        """Start node-b again if a test killed its raylet (the module's tests share the
+        cluster, in whatever order they run)."""
+        if any("raylet" in " ".join(p.info["cmdline"] or ()) for p in self.processes("node-b")):
+            return
+        for _ in range(3):  # workers may be starting as their raylet dies
+            self.kill("node-b")
+            if wait_until(lambda: not self.processes("node-b"), 10):
+                break
+        self.revived += 1
+        self._ray("start", f"--address={self.address}",
+                  *self.node_args(WORKER, "node-b", self.base + 100,
+                                  temp=f"node-b{self.revived}"))
 
     def _ray(self, *args: str) -> None:
         done = subprocess.run([RAY, *args], env=self.env, capture_output=True, text=True,
@@ -155,7 +173,7 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
+def two_nodes() -> Iterator[Cluster]:
     nodes = Cluster()
     try:
         nodes.start()
@@ -163,6 +181,13 @@ def cluster() -> Iterator[Cluster]:
     finally:
         nodes.stop()
         assert not nodes.processes(), "processes of the test cluster outlived it"
+
+
+@pytest.fixture
+def cluster(two_nodes: Cluster) -> Cluster:
+    """The module's cluster, with node-b up (started again if an earlier test killed it)."""
+    two_nodes.revive_worker()
+    return two_nodes
 
 
 def report(driver: subprocess.Popen[str], timeout: float = 90) -> dict[str, Any]:
