@@ -50,19 +50,19 @@ def test_local_backends_name_this_machine_and_calls_that_never_ran_nothing() -> 
 def test_agents_say_where_they_ran_and_so_do_the_calls_that_ran_them(isolation: str) -> None:
     from shoal.testing import ScriptedModel, call
 
-    model = ScriptedModel.per_prompt({"go": [[call("helper", task="h")], "done"],
+    model = ScriptedModel.per_prompt({"go": [[call("scout", task="h")], "done"],
                                       "h": ["helped"], "n": ["as a node"]})
-    helper = shoal.Agent(name="helper", model=model,
+    scout = shoal.Agent(name="scout", model=model,
                          isolation=isolation)  # type: ignore[arg-type]
-    lead = shoal.Agent(name="lead", model=model, subagents=[helper])
+    lead = shoal.Agent(name="lead", model=model, subagents=[scout])
     result = lead.run_sync("go")
     assert [(r.lineage, r.where) for r in result.walk()] == [
-        ("lead", HOST), ("lead/helper#1", HOST)]
+        ("lead", HOST), ("lead/scout#1", HOST)]
     outcome = result.calls[0].outcome
     assert outcome is not None and outcome.where == HOST
     assert result.to_dict()["children"][0]["where"] == HOST
     plan = shoal.Plan()
-    plan.call(helper, task="n", node_id="agent")
+    plan.call(scout, task="n", node_id="agent")
     assert run(plan)["agent"].where == HOST
 
 
