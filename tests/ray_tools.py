@@ -151,6 +151,12 @@ def node_ip() -> str:
     return str(util.get_node_ip_address())
 
 
+@tool(approval=True)
+def approved_ip() -> str:
+    """:func:`node_ip`, once the run's approver has said yes."""
+    return str(node_ip())
+
+
 @tool(retries=2, backoff=0.2)
 def mark_and_wait(directory: str, name: str, seconds: float) -> str:
     """Write ``name.<node address>.started`` (one per attempt), sleep, return the node address.

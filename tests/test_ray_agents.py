@@ -383,6 +383,20 @@ def test_describe_death_names_what_ray_says_killed_the_actor() -> None:
                          "worker process has died. Worker exit type: SYSTEM_ERROR")
 
 
+def test_describe_death_names_a_lost_node_and_how_it_ended() -> None:
+    # what Ray 2.60 says of an actor whose node's raylet was killed (tests/test_ray_nodes.py)
+    node = "7df3450f96f1fae092e298ccd1287a297769563455e015429f6827ec"
+    text = ("The actor died unexpectedly before finishing this task.\n\tclass_name: AgentActor"
+            "\n\tactor_id: fdee0c77aca8ca8f5d94198301000000\n\tpid: 30147\n\tip: 127.0.0.3\n"
+            f"The actor died because its node has died. Node Id: {node}\n\tthe actor's node "
+            "was terminated unexpectedly: health check failed due to missing too many heartbeats")
+    described = describe_death(RuntimeError(text))
+    assert described == (
+        f"RuntimeError (pid 30147 on 127.0.0.3): The actor died because its node has died. "
+        f"Node Id: {node} (the actor's node was terminated unexpectedly: health check failed "
+        "due to missing too many heartbeats)")
+
+
 def test_a_ray_agent_waiting_for_resources_no_node_has_is_ended_by_a_deadline(
         ray_cluster: str) -> None:
     import ray

@@ -78,13 +78,13 @@ class Cluster:
                     "PYTHONPATH": str(ROOT)}
         self.env.pop("RAY_ADDRESS", None)
 
-    def node_args(self, ip: str, name: str, base: int) -> list[str]:
+    def node_args(self, ip: str, name: str, base: int, temp: str = "") -> list[str]:
         ports = {flag: free_port() for flag in (
             "--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
             "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port")}
         return [f"--node-ip-address={ip}", "--num-cpus=1", f"--resources={{\"{name}\": 1}}",
                 f"--labels=zone={name[-1]}",
-                f"--temp-dir={self.root / name}", "--disable-usage-stats",
+                f"--temp-dir={self.root / (temp or name)}", "--disable-usage-stats",
                 "--object-store-memory=100000000", f"--min-worker-port={base}",
                 f"--max-worker-port={base + 99}", *(f"{k}={v}" for k, v in ports.items())]
 
@@ -104,11 +104,29 @@ class Cluster:
             self._start()
 
     def _start(self) -> None:
-        base = 30000 + 200 * (os.getpid() % 10)  # worker ports, below the ephemeral range
         self._ray("start", "--head", f"--port={self.port}", "--include-dashboard=false",
-                  f"--dashboard-port={free_port()}", *self.node_args(HEAD, "node-a", base))
+                  f"--dashboard-port={free_port()}", *self.node_args(HEAD, "node-a", self.base))
         self._ray("start", f"--address={self.address}",
-                  *self.node_args(WORKER, "node-b", base + 100))
+                  *self.node_args(WORKER, "node-b", self.base + 100))
+
+    #: the first worker port (below the ephemeral range): the head's 100, then node-b's
+    base = 30000 + 200 * (os.getpid() % 10)
+    #: how often node-b was started again (each time in a temporary directory of its own)
+    revived = 0
+
+    def revive_worker(self) -> None:
+        """Start node-b again if a test killed its raylet (the module's tests share the
+        cluster, in whatever order they run)."""
+        if any("raylet" in " ".join(p.info["cmdline"] or ()) for p in self.processes("node-b")):
+            return
+        for _ in range(3):  # workers may be starting as their raylet dies
+            self.kill("node-b")
+            if wait_until(lambda: not self.processes("node-b"), 10):
+                break
+        self.revived += 1
+        self._ray("start", f"--address={self.address}",
+                  *self.node_args(WORKER, "node-b", self.base + 100,
+                                  temp=f"node-b{self.revived}"))
 
     def _ray(self, *args: str) -> None:
         done = subprocess.run([RAY, *args], env=self.env, capture_output=True, text=True,
@@ -155,7 +173,7 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
+def two_nodes() -> Iterator[Cluster]:
     nodes = Cluster()
     try:
         nodes.start()
@@ -163,6 +181,13 @@ def cluster() -> Iterator[Cluster]:
     finally:
         nodes.stop()
         assert not nodes.processes(), "processes of the test cluster outlived it"
+
+
+@pytest.fixture
+def cluster(two_nodes: Cluster) -> Cluster:
+    """The module's cluster, with node-b up (started again if an earlier test killed it)."""
+    two_nodes.revive_worker()
+    return two_nodes
 
 
 def report(driver: subprocess.Popen[str], timeout: float = 90) -> dict[str, Any]:
@@ -227,3 +252,79 @@ def test_a_node_killed_mid_run_loses_nothing(cluster: Cluster, tmp_path: Path) -
         retried = outcomes[attempt["node_id"]]
         assert retried["attempts"] > attempt["attempt"], retried
     assert data["journal"] == {k: o["where"] for k, o in outcomes.items()}
+
+
+# ---- agents in Ray actors, Agent(isolation="ray") ------------------------------------------
+
+
+def test_agents_land_where_their_resources_say(cluster: Cluster, tmp_path: Path) -> None:
+    data = report(cluster.drive("agents_placed", tmp_path))
+    agents = data["agents"]
+    assert {a["status"] for a in agents.values()} == {"ok"}, agents
+    assert agents["lead"]["where"] == socket.gethostname()  # the lead runs on the driver
+    placed = {"lead/on_a#1": HEAD, "lead/on_b#1": WORKER, "lead/zone_b#1": WORKER}
+    for lineage, ip in placed.items():
+        assert ran_on(agents[lineage]["where"]) == ip, agents[lineage]
+        # the subagent's call in the lead's turn records where the agent ran, and so does
+        # the journal (on the driver)
+        call_where = data["calls"][lineage]["where"]
+        assert call_where == agents[lineage]["where"]
+        assert data["journal"][f"{data['tree_run']}/lead/turn-1:{lineage.split('/')[-1]}"] \
+            == call_where
+        # the agent's own calls ran in its actor, on the same node, and say so
+        own = {k: c for k, c in data["calls"].items() if k.startswith(f"{lineage}/")}
+        assert own and all(c["status"] == "ok" for c in own.values()), own
+        assert {c["where"] for c in own.values()} == {call_where}, own
+        assert {c["value"] for c in own.values()} == {ip}, own
+    # an agent as a plan node: its outcome names the node its actor ran on
+    node = data["outcomes"]["agent-node"]
+    assert node["status"] == "ok" and ran_on(node["where"]) == WORKER, node
+    assert data["journal"][f"{data['plan_run']}:agent-node"] == node["where"]
+    # the approval of the agent on node-b was asked of the driver's approver, and journaled
+    # in the driver's journal
+    assert data["asked"] == [{"node_id": "approved_ip#1", "pid": data["pid"]}]
+    assert data["approvals"] == [{"node_id": "approved_ip#1", "decision": "approved"}]
+
+
+def test_agents_on_a_node_killed_mid_run_give_their_parents_the_cause(
+        cluster: Cluster, tmp_path: Path) -> None:
+    driver = cluster.drive("agents_lost", tmp_path)
+    on_worker = f".{WORKER}."
+
+    def marked(name: str) -> bool:
+        return any(p.name.startswith(name) and on_worker in p.name for p in tmp_path.iterdir())
+
+    started = wait_until(lambda: (marked("slow_b") and (marked("r0") or marked("r1")))
+                         or driver.poll() is not None, 90)
+    assert started and driver.poll() is None, "no agent started its work on the worker node"
+    assert cluster.kill("node-b", only="raylet") == 1  # the node's raylet: the node is lost
+    data = report(driver, timeout=150)
+    agents, calls = data["agents"], data["calls"]
+    # the tree: the lead finished on the driver; its subagent on node-b failed naming the
+    # cause and where it was, its sibling on node-a finished
+    assert agents["lead"]["status"] == "ok", agents["lead"]
+    assert agents["lead/slow_a#1"]["status"] == "ok"
+    assert ran_on(agents["lead/slow_a#1"]["where"]) == HEAD
+    lost = agents["lead/slow_b#1"]
+    assert lost["status"] == "failed" and ran_on(lost["where"]) == WORKER, lost
+    assert "the Ray actor running agent lead/slow_b#1 died" in lost["error"], lost
+    assert "ActorDiedError" in lost["error"], lost
+    assert f"its node has died. Node Id: {lost['where'].split()[-1]}" in lost["error"], lost
+    assert calls["lead/slow_b#1"]["status"] == "failed"
+    assert calls["lead/slow_b#1"]["where"] == lost["where"]  # the failed call says where
+    assert "died" in calls["lead/slow_b#1"]["value"]  # and the lead's model was told why
+    # the plan: both agent nodes finished on the head; the one that was on node-b failed
+    # there and was retried by shoal's policy
+    outcomes = data["outcomes"]
+    assert {o["status"] for o in outcomes.values()} == {"ok"}, outcomes
+    assert {ran_on(o["where"]) for o in outcomes.values()} == {HEAD}, outcomes
+    failed = [a for a in data["attempts"] if a["status"] != "ok"]
+    assert len(failed) == 1, data["attempts"]
+    assert ran_on(failed[0]["where"]) == WORKER, failed
+    assert "ActorDiedError" in failed[0]["error"], failed
+    assert "its node has died" in failed[0]["error"], failed
+    assert outcomes[failed[0]["node_id"]]["attempts"] == 2
+    # nothing lost: every outcome is journaled on the driver, as the run reported it
+    assert {k.split(":", 1)[1]: w for k, w in data["journal"].items()
+            if k.startswith(f"{data['plan_run']}:")} == {
+        k: o["where"] for k, o in outcomes.items()}

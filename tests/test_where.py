@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 
 import shoal
+from shoal.agents.node import NodeInjected
 from shoal.exceptions import ToolDefinitionError
+from shoal.executors.base import Call
 from shoal.store.sqlite import SQLiteStore
 from shoal.testing.conformance_tools import add_async, echo
 from tests import process_tools as pt
@@ -42,6 +44,44 @@ def test_local_backends_name_this_machine_and_calls_that_never_ran_nothing() -> 
     assert {o.node_id: (o.executor, o.where) for o in result} == {
         "inline": ("inline", HOST), "thread": ("thread", HOST), "process": ("process", HOST)}
     assert result["process"].to_dict()["where"] == HOST
+
+
+@pytest.mark.parametrize("isolation", ["inline", "process"])
+def test_agents_say_where_they_ran_and_so_do_the_calls_that_ran_them(isolation: str) -> None:
+    from shoal.testing import ScriptedModel, call
+
+    model = ScriptedModel.per_prompt({"go": [[call("scout", task="h")], "done"],
+                                      "h": ["helped"], "n": ["as a node"]})
+    scout = shoal.Agent(name="scout", model=model,
+                         isolation=isolation)  # type: ignore[arg-type]
+    lead = shoal.Agent(name="lead", model=model, subagents=[scout])
+    result = lead.run_sync("go")
+    assert [(r.lineage, r.where) for r in result.walk()] == [
+        ("lead", HOST), ("lead/scout#1", HOST)]
+    outcome = result.calls[0].outcome
+    assert outcome is not None and outcome.where == HOST
+    assert result.to_dict()["children"][0]["where"] == HOST
+    plan = shoal.Plan()
+    plan.call(scout, task="n", node_id="agent")
+    assert run(plan)["agent"].where == HOST
+
+
+def test_a_subagent_call_records_the_where_its_agent_gives() -> None:
+    # the agent decides the call's where (a Ray agent names its node): a failed one too
+    seen: list[Call] = []
+
+    async def fake_node(task: str, shoal_node: NodeInjected) -> str:
+        assert shoal_node.call is not None
+        seen.append(shoal_node.call)
+        shoal_node.ran_on("10.0.0.7 node 4f1c")
+        shoal_node.ran_on("")  # says nothing: changes nothing
+        raise RuntimeError("the agent failed")
+
+    plan = shoal.Plan()
+    plan.call(shoal.tool(fake_node), task="t", node_id="agent")
+    outcome = run(plan)["agent"]
+    assert outcome.status == "failed" and outcome.where == "10.0.0.7 node 4f1c"
+    assert len(seen) == 1
 
 
 def test_a_call_that_never_ran_says_nowhere() -> None:

@@ -15,7 +15,7 @@ import functools
 import re
 from collections.abc import Callable, Coroutine, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, get_args
 
 import pydantic
 from typing_extensions import TypeVar
@@ -36,6 +36,7 @@ from shoal.models.retry import ModelGates
 from shoal.plan import as_tool
 from shoal.policy import ToolPolicy, _labels, _resources
 from shoal.runtime import run_blocking
+from shoal.schema import Injected
 from shoal.streaming import DEFAULT_BUFFER, EventStream, Started
 from shoal.tools import Tool
 
@@ -61,11 +62,14 @@ AgentIsolation = Literal["inline", "process", "ray"]
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # what OpenAI and Anthropic accept as tool names
 
 
-async def _subagent_entry(task: str) -> str:
+async def _subagent_entry(task: str,
+                          shoal_node: Annotated[Any, Injected("node")] = None) -> str:
     """Run the subagent on a task and return its final answer.
 
     Args:
         task: what the subagent should do; it sees nothing else of this conversation.
+        shoal_node: the call's place in its run (filled in by the runtime): its outcome
+            records where the subagent ran.
     """
     raise AssertionError("a subagent's tool is bound to its run before it is called")
 

@@ -58,6 +58,17 @@ class NodeContext:
     scope: RunScope
     node_id: str
     attempt: int = 1
+    #: the attempt's call, whose outcome :meth:`ran_on` places
+    call: Call | None = field(default=None, compare=False, repr=False)
+
+    def ran_on(self, where: str) -> None:
+        """Record on the node's outcome that its work ran on ``where`` (an agent's machine).
+
+        The node itself only awaits its agent: the outcome names where the agent ran (a Ray
+        agent's node), not the machine that waited for it. ``""`` changes nothing.
+        """
+        if where and self.call is not None:
+            self.call.where = where
 
     @property
     def continues(self) -> bool:
@@ -77,7 +88,7 @@ class NodeContext:
 def _node_context(call: Call, scope: RunScope | None) -> NodeContext:
     if scope is None:  # the runtime gives every run a scope; a bare executor call has none
         raise ShoalError(f"{call.tool.name!r} runs agents: run it in a plan through a runtime")
-    return NodeContext(scope, call.node_id, call.attempt)
+    return NodeContext(scope, call.node_id, call.attempt, call)
 
 
 register_injector("node", _node_context)
@@ -238,6 +249,7 @@ async def _agent_node(agent: Agent[Any], task: Any, shoal_node: NodeInjected,
     run = AgentRun(agent, shared.ctx, lineage=lineage, depth=0,
                    prompt=render_prompt(task, context))
     result = await _run_agent(shared, run)
+    shoal_node.ran_on(result.where)
     if result.status == "ok":
         return result.output
     error = result.error or AgentError(f"agent {lineage} ended {result.status}")

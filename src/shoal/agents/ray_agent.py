@@ -46,7 +46,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
+import re
 import secrets
 import socket
 import time
@@ -79,7 +81,9 @@ from shoal.agents.remote import (
 )
 from shoal.exceptions import AgentError, ConfigError, SerializationError, ShoalError
 from shoal.executors._shipping import dumps
+from shoal.executors.ray import _here
 from shoal.executors.results import load_result
+from shoal.scheduler import driver
 
 if TYPE_CHECKING:
     from shoal.agents.agent import Agent
@@ -101,6 +105,12 @@ HANDSHAKE_TIMEOUT = 10.0
 FINISH_GRACE = 1.0
 #: Seconds the parent waits for Ray's account of an actor whose socket closed.
 DEATH_TIMEOUT = 10.0
+#: Seconds the parent waits for Ray to say why an actor it can no longer reach is gone: a
+#: lost node is declared dead by Ray's health checks of its raylet, after several missed
+#: beats (about 15 to 30 s with Ray's defaults).
+UNREACHABLE_TIMEOUT = 45.0
+#: The line of Ray's account of an actor's death that says why it died.
+_CAUSE = re.compile(r"The actor (is dead|died) because")
 #: The ``StartSpec.store`` of an agent whose journal is the parent's (see :class:`ParentStore`),
 #: without and with the run's events.
 PARENT_STORE, PARENT_EVENTS = "parent", "parent+events"
@@ -127,6 +137,8 @@ class RayChannel(Channel):
         self.lineage = lineage
         #: set once the agent's result is in: its actor is then let return before it is killed
         self.finished = False
+        #: the actor's node (``"10.0.0.7 node 4f1c..."``), as it said when it connected
+        self.where = ""
         self._reader = reader
         self._writer = writer
 
@@ -134,9 +146,14 @@ class RayChannel(Channel):
     async def start(cls, ray: Any, spec: StartSpec, options: dict[str, Any],
                     host: str) -> RayChannel:
         """Listen, start the agent's actor, take its connection and send it its spec."""
+        # pickled first: a definition that does not pickle starts no actor, and the actor
+        # is sent it the moment it connects
+        with _by_value(_unimportable(spec.agent)):
+            body = dumps(("start", spec), f"agent {spec.lineage!r} (to run it on Ray, its "
+                         "definition is pickled)")
         token = secrets.token_bytes(TOKEN_BYTES)
         listener = _Listener(host, token)
-        actor = ray.remote(AgentActor).options(**options).remote()
+        actor = _actor_class(ray).options(**options).remote()
         ref = actor.run.remote(listener.host, listener.port, token)
         try:
             reader, writer = await listener.accept(ref, spec.lineage)
@@ -148,13 +165,20 @@ class RayChannel(Channel):
             listener.close()
         channel = cls(ray, actor, ref, reader, writer, spec.lineage)
         try:
-            with _by_value(_unimportable(spec.agent)):
-                channel._write(dumps(("start", spec), f"agent {spec.lineage!r} (to run it on "
-                                     "Ray, its definition is pickled)"))
+            channel.where = await channel._node()
+            channel._write(body)
         except BaseException:
             await channel.close()
             raise
         return channel
+
+    async def _node(self) -> str:
+        """The actor's first message: the node it runs on (``("here", where)``)."""
+        message = await asyncio.wait_for(self.receive(), HANDSHAKE_TIMEOUT)
+        if message is None or message[0] != "here" or not isinstance(message[1], str):
+            raise AgentError(f"the Ray actor for agent {self.lineage} did not say where it "
+                             "runs")
+        return message[1]
 
     def _write(self, body: bytes) -> None:
         self._writer.write(HEADER.pack(len(body)) + body)
@@ -190,8 +214,35 @@ class RayChannel(Channel):
         except TimeoutError:
             return "its connection closed, and Ray did not report the actor ended"
         except Exception as exc:
+            if type(exc).__name__ == "ActorUnavailableError":
+                exc = await self._settled(exc)
             return describe_death(exc)
         return "it closed its connection without sending a result"
+
+    async def _settled(self, unavailable: Exception) -> Exception:
+        """What Ray says of the actor once it knows more than "unavailable".
+
+        An actor whose node is lost is first only *unavailable* to its caller (the
+        connection to its worker broke); Ray declares it dead, naming the node's death, once
+        its control store sees the node gone. Asking the actor again (a no-op method) gets
+        that account; an actor still unreachable after :data:`UNREACHABLE_TIMEOUT` (or one
+        that answers) keeps the first one.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + UNREACHABLE_TIMEOUT
+        while (left := deadline - loop.time()) > 0:
+            ping = self.actor.__ray_ready__.remote()
+            try:
+                await asyncio.wait_for(asyncio.wrap_future(ping.future()), left)
+            except TimeoutError:
+                break
+            except Exception as exc:
+                if type(exc).__name__ != "ActorUnavailableError":
+                    return exc
+                await asyncio.sleep(0.2)
+                continue
+            break  # it answered: alive after all, unreachable for its caller
+        return unavailable
 
     async def close(self) -> None:
         """Kill the actor (its work is done or abandoned) and close the connection.
@@ -208,6 +259,16 @@ class RayChannel(Channel):
         self.kill()
         with contextlib.suppress(Exception):
             await self._writer.wait_closed()
+
+
+@functools.cache
+def _actor_class(ray: Any) -> Any:
+    """``ray.remote(AgentActor)``, made once, not once per agent.
+
+    Ray exports an actor class to each job (connection) it is first used in, so one class
+    serves a Ray that was shut down and started again too.
+    """
+    return ray.remote(AgentActor)
 
 
 class _Listener:
@@ -295,13 +356,23 @@ class _Listener:
 
 
 def describe_death(exc: BaseException) -> str:
-    """Ray's account of an actor's death, in one line (what killed it, and where)."""
+    """Ray's account of an actor's death, in one line (what killed it, and where).
+
+    Ray's cause (``The actor is dead because it was killed by `ray.kill`.``, ``The actor
+    died because its node has died. Node Id: ...``, and how the node ended) rather than its
+    generic first line.
+    """
     text = str(exc)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     found = {key: line.split(":", 1)[1].strip() for line in lines
              for key in ("pid", "ip") if line.startswith(f"{key}:")}
-    why = next((line for line in lines if line.startswith("The actor is dead because")),
-               lines[0] if lines else type(exc).__name__)
+    at = next((i for i, line in enumerate(lines) if _CAUSE.match(line)), None)
+    if at is None:
+        why = lines[0] if lines else type(exc).__name__
+    else:
+        why = lines[at]
+        if at + 1 < len(lines) and lines[at + 1].startswith("the actor's node"):
+            why += f" ({lines[at + 1]})"
     why = why.split(" Some common causes", 1)[0]
     where = f" (pid {found['pid']} on {found['ip']})" if found.keys() == {"pid", "ip"} else ""
     return f"{type(exc).__name__}{where}: {why}"
@@ -452,6 +523,7 @@ async def run_on_ray(run: AgentRun) -> AgentResult[Any]:
     ctx.track_remote(run.lineage, stop_starting)
     try:
         channel = await starting
+        result.where = channel.where  # so also an actor that dies says where it was
     except Exception as exc:
         _fail(run, "failed", exc)
         return result
@@ -738,6 +810,10 @@ class AgentActor:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.sendall(token)
         link = _ActorLink(sock)
+        where = _here()
+        if where:  # what ran in this process ran on this Ray node: outcomes and result say so
+            driver.HOST = where
+        link.send(("here", where or driver.HOST))
         try:
             message = link.read()
         except Exception as exc:  # the agent's definition needs what cannot be imported here

@@ -80,6 +80,7 @@ from shoal.executors.process import _ForkedProcess, _Process, describe_exit, wor
 from shoal.executors.results import load_result
 from shoal.limits import parse_process_limits
 from shoal.models.base import Usage
+from shoal.scheduler import driver
 
 if TYPE_CHECKING:
     from shoal.agents._launch import AgentLauncher
@@ -475,6 +476,7 @@ async def run_elsewhere(run: AgentRun) -> AgentResult[Any]:
     ctx, result = run.ctx, run.result
     ctx.results[run.lineage] = result
     result.started_at = time.time()  # the agent's own, once it reports
+    result.where = driver.HOST  # its process is on this machine (also if it dies)
     try:
         _check(run)
         spec = start_spec(run)

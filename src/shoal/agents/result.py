@@ -44,7 +44,13 @@ class AgentResult(Generic[T]):
     A planner (``mode="plan"``) has in ``plans`` each plan its model wrote, in order (more
     than one when it replanned); its ``calls`` are the plans' calls, each with its number in
     the plan as ``call.id``.
-    ``started_at`` is when the agent started (epoch seconds; 0 until it does).
+    ``started_at`` is when the agent started (epoch seconds; 0 until it does). ``where`` names
+    the machine its turn loop ran on, as :attr:`Outcome.where <shoal.outcome.Outcome.where>`
+    names a call's: the host name for inline and process agents; for a Ray agent
+    (``isolation="ray"``) its actor's node address and Ray node id (``"10.0.0.7 node
+    4f1c..."``), known from the moment the actor connects, so also for an actor that died;
+    empty until it starts. The call that ran a subagent (in its parent's ``calls``) and an
+    agent's plan node record the same ``where`` on their outcome.
     """
 
     agent: str
@@ -65,6 +71,7 @@ class AgentResult(Generic[T]):
     conflicts: list[BoardConflict] = field(default_factory=list)
     plans: list[str] = field(default_factory=list)
     started_at: float = 0.0
+    where: str = ""
 
     @property
     def ok(self) -> bool:
@@ -92,7 +99,7 @@ class AgentResult(Generic[T]):
             "agent": self.agent, "lineage": self.lineage, "run_id": self.run_id,
             "prompt": self.prompt, "status": self.status, "output": jsonable(self.output),
             "error": None if self.error is None else f"{type(self.error).__name__}: {self.error}",
-            "turns": self.turns, "duration": self.duration,
+            "turns": self.turns, "duration": self.duration, "where": self.where,
             "usage": _usage(self.usage), "own_usage": _usage(self.own_usage),
             "calls": [{"lineage": c.lineage, "tool": c.call.name, "status": c.status,
                        "arguments": c.call.arguments, "result": c.message.content}

@@ -59,12 +59,14 @@ from shoal.outcome import RunResult, jsonable
 from shoal.plan import Plan
 from shoal.policy import ToolPolicy
 from shoal.runtime import RunHandle
+from shoal.scheduler import driver
 from shoal.scheduler.driver import epoch_now
 from shoal.store.fingerprint import canonical
 from shoal.tools import Tool
 
 if TYPE_CHECKING:
     from shoal.agents.agent import Agent
+    from shoal.agents.node import NodeContext
 
 __all__ = ["AgentRun"]
 
@@ -214,6 +216,7 @@ class AgentRun:
             return await run_elsewhere(self)
         self._started = self.ctx.now()
         self.result.started_at = epoch_now()  # the loop's clock: virtual on a virtual loop
+        self.result.where = driver.HOST  # read now: a Ray agent's actor names its node there
         self.ctx.results[self.lineage] = self.result
         self._emit_started()
         try:
@@ -526,10 +529,14 @@ class AgentRun:
                        where: str) -> Tool[..., Any]:
         ctx, parent = self.ctx, self
 
-        async def run_subagent(task: str) -> Any:
+        async def run_subagent(task: str, shoal_node: NodeContext | None = None) -> Any:
             child_run = AgentRun(child, ctx, lineage=where, depth=parent.depth + 1, prompt=task)
             parent.result.children.append(child_run.result)
-            result = await child_run.run()
+            try:
+                result = await child_run.run()
+            finally:  # the call's outcome says where the subagent ran (a Ray node), ended or not
+                if shoal_node is not None:
+                    shoal_node.ran_on(child_run.result.where)
             if result.status != "ok":
                 assert result.error is not None
                 raise result.error

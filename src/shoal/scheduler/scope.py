@@ -141,7 +141,8 @@ INJECTORS: dict[str, Injector] = {
 #: What replays each kind of journaled effect on resume, by kind (``"board"``).
 REPLAYERS: dict[str, Replayer] = {}
 #: The modules that register a kind's injector and replayer, loaded when first needed.
-PROVIDERS: dict[str, str] = {"board": "shoal.board", "board?": "shoal.board"}
+PROVIDERS: dict[str, str] = {"board": "shoal.board", "board?": "shoal.board",
+                             "node": "shoal.agents.node"}
 
 
 def register_injector(kind: str, injector: Injector) -> None:
