@@ -711,15 +711,23 @@ async def run(plan: Plan, *, board: Board | None = None, budget: Budget | None =
     """Run ``plan`` with a fresh :class:`Runtime`; ``options`` go to ``Runtime(...)``.
 
     ``board`` and ``budget`` go to the run (see :meth:`Runtime.start`). Unless ``store`` is
-    given, the run keeps no journal: the runtime ends with the run, so nothing could read it.
+    given, the run keeps no journal (the runtime ends with the run, so nothing could read it),
+    unless a node starts runs of its own (an agent, a pattern), whose retries replay from it.
     """
-    async with Runtime(**_throwaway(options)) as runtime:
+    async with Runtime(**_throwaway(options, plan)) as runtime:
         return await runtime.run(plan, board=board, budget=budget)
 
 
-def _throwaway(options: dict[str, Any]) -> dict[str, Any]:
-    """Options for a runtime that lives for one run: no in-memory journal nobody reads."""
-    return options if "store" in options else {**options, "store": None}
+def _throwaway(options: dict[str, Any], plan: Plan) -> dict[str, Any]:
+    """Options for a runtime that lives for one run: no in-memory journal nobody reads.
+
+    The run itself reads it when a node starts runs of its own (an agent, a pattern: a tool
+    with injected parameters): retried, such a node replays its finished turns and tool
+    phases from the journal instead of running them again, so those plans keep the default.
+    """
+    if "store" in options or any(node.tool.injected for node in plan.nodes):
+        return options
+    return {**options, "store": None}
 
 
 def stream(plan: Plan, *, board: Board | None = None, budget: Budget | None = None,
@@ -755,4 +763,4 @@ def _awaiter(handle: RunHandle) -> Callable[[], Coroutine[Any, Any, RunResult]]:
 def run_sync(plan: Plan, *, board: Board | None = None, budget: Budget | None = None,
              **options: Any) -> RunResult:
     """Run ``plan`` from synchronous code with a fresh :class:`Runtime` (see :func:`run`)."""
-    return Runtime(**_throwaway(options)).run_sync(plan, board=board, budget=budget)
+    return Runtime(**_throwaway(options, plan)).run_sync(plan, board=board, budget=budget)
