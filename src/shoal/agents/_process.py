@@ -18,7 +18,9 @@ import asyncio
 import concurrent.futures
 import contextlib
 import itertools
+import os
 import pickle
+import signal
 import socket
 import sys
 import threading
@@ -311,8 +313,39 @@ def _shippable(result: AgentResult[Any]) -> tuple[str, Any]:
     return ("done", result)
 
 
+def _end_descendants() -> None:
+    """Kill every process below this one: what the agent's tools started ends with it.
+
+    Those in a session of their own too, which the parent's kill of this process group
+    misses; once this process has exited, they are no longer its descendants, and nothing
+    could find them.
+    """
+    from shoal.executors._reaper import kill_tree
+
+    kill_tree(os.getpid(), include_root=False)
+
+
+def _terminated(number: int, _: object) -> None:
+    """End what the tools started, then end by signal ``number`` as without this handler.
+
+    For a ``SIGTERM``: the death signal of an agent forked by its template, when the template
+    dies.
+    """
+    _end_descendants()
+    signal.signal(number, signal.SIG_DFL)
+    os.kill(os.getpid(), number)
+
+
 def main(argv: list[str]) -> int:
     """Run one agent for the parent at the other end of socket ``argv[1]``."""
+    signal.signal(signal.SIGTERM, _terminated)
+    try:
+        return _serve(argv)
+    finally:  # a tool's thread may still run (abandoned by a cancel): its children go now
+        _end_descendants()
+
+
+def _serve(argv: list[str]) -> int:
     sock = socket.socket(fileno=int(argv[1]))
     link = Link(sock)
     header = link._file.read(HEADER.size)
