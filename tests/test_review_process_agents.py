@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -118,3 +119,90 @@ def test_what_a_cancelled_agents_tools_started_ends_with_it(
         assert wait_until(lambda: not _alive(pids), 3.0), _alive(pids)
     finally:
         _kill(_alive(pids))
+
+
+class Finding:
+    """A tool's own class: the parent's restricted loader builds no instance of it."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+@shoal.tool
+def note_object(board: shoal.BoardHandle) -> str:
+    """Write an instance of this module's class to the board."""
+    board.write("findings", Finding("x"))
+    return "noted"
+
+
+@shoal.tool
+def note_plain(board: shoal.BoardHandle) -> str:
+    """Write plain data to the board."""
+    board.write("findings", "plain")
+    return "noted plain"
+
+
+def test_a_board_value_the_parent_refuses_fails_the_call_not_the_agent() -> None:
+    model = ScriptedModel.per_prompt({
+        "go": [[call("reader", task="t")], "done"],
+        "t": [[call("note_object")], [call("note_plain")], "read t"],
+    })
+    reader = shoal.Agent(name="reader", model=model, tools=[note_object, note_plain],
+                         isolation="process")
+    lead = shoal.Agent(name="lead", model=model, subagents=[reader])
+    result = lead.run_sync("go", board=shoal.Board(findings=shoal.merge.append))
+    child = result.children[0]
+    assert child.ok, child.error  # the agent went on after the refused write
+    refused, plain = child.calls
+    assert refused.status == "failed"
+    assert "SerializationError" in refused.message.content
+    assert "Finding" in refused.message.content and "board commit" in refused.message.content
+    assert plain.status == "ok"
+    assert result.board["findings"] == ["plain"]  # the refused call wrote nothing
+
+
+class AllowedFinding:
+    """A tool's own class that the application allows in results (allow_result_types)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+@shoal.tool
+def note_allowed(board: shoal.BoardHandle) -> str:
+    """Write an instance of a class the application allowed to the board."""
+    board.write("findings", AllowedFinding("x"))
+    return "noted"
+
+
+def test_a_board_value_of_a_class_the_application_allowed_reaches_the_root() -> None:
+    from shoal.executors.results import allow_result_types
+
+    allow_result_types(AllowedFinding)  # in this process only: the agent's is told
+    model = ScriptedModel.per_prompt({"go": [[call("reader", task="t")], "done"],
+                                      "t": [[call("note_allowed")], "read t"]})
+    reader = shoal.Agent(name="reader", model=model, tools=[note_allowed],
+                         isolation="process")
+    lead = shoal.Agent(name="lead", model=model, subagents=[reader])
+    result = lead.run_sync("go", board=shoal.Board(findings=shoal.merge.append))
+    assert result.children[0].ok, result.children[0].calls[0].message.content
+    [found] = result.board["findings"]
+    assert isinstance(found, AllowedFinding) and found.text == "x"
+
+
+def test_a_tree_whose_agent_processes_cannot_start_runs_and_says_why(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = ScriptedModel.per_prompt({"go": [[call("reader", task="t")], "lead done"],
+                                      "t": ["read t"]})
+    reader = shoal.Agent(name="reader", model=model, isolation="process")
+    lead = shoal.Agent(name="lead", model=model, subagents=[reader])
+    journal = str(tmp_path / "journal.db")
+    with monkeypatch.context() as patched:  # no interpreter to start processes with
+        patched.setattr(sys, "executable", str(tmp_path / "no-python"))
+        result = lead.run_sync("go", runtime=shoal.Runtime(store=journal), run_id="r1")
+    assert result.output == "lead done"
+    child = result.children[0]
+    assert child.status == "failed"
+    assert isinstance(child.error, shoal.ExecutorError)
+    assert "no process could be started for an agent" in str(child.error)
+

@@ -64,17 +64,29 @@ class Link:
 
     def send(self, message: tuple[Any, ...]) -> None:
         """Send one message (from any thread)."""
-        body = dumps(message, "a message from an agent process")
+        self._send(dumps(message, "a message from an agent process"))
+
+    def _send(self, body: bytes) -> None:
         # a parent that is gone raises OSError here: the reader thread ends this process
         with self._send_lock, contextlib.suppress(OSError):
             self._sock.sendall(HEADER.pack(len(body)) + body)
 
     def request(self, op: str, *args: Any) -> concurrent.futures.Future[Any]:
-        """Ask the parent; the future holds its answer (or its error)."""
+        """Ask the parent; the future holds its answer (or its error).
+
+        Raises :class:`~shoal.exceptions.SerializationError` here, in the asking call, for a
+        request the parent's restricted loader would refuse (a board write of an instance of
+        the tool's own class): the parent could only end this whole process for it.
+        """
+        from shoal.executors.results import load_result
+
         call_id = next(self._ids)
+        what = f"what an agent process asked of its tree ({op.replace('_', ' ')})"
+        body = dumps(("call", call_id, op, args), what)
+        load_result(body, what)
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._waiting[call_id] = future
-        self.send(("call", call_id, op, args))
+        self._send(body)
         return future
 
     def ask(self, op: str, *args: Any) -> Any:
@@ -360,6 +372,10 @@ def _serve(argv: list[str]) -> int:
     if message is None:
         return 0
     spec: StartSpec = message[1]
+    if spec.allowed:  # the parent's loader allows them: this process's checks do too
+        from shoal.executors.results import allow_result_types
+
+        allow_result_types(*spec.allowed)
     if spec.limits is not None:
         from shoal.executors._worker import apply_limits, cpu_budget
 

@@ -77,7 +77,7 @@ from shoal.exceptions import AgentError, ConfigError, SerializationError, ShoalE
 from shoal.executors._reaper import kill_tree
 from shoal.executors._shipping import dumps
 from shoal.executors.process import _ForkedProcess, _Process, describe_exit, worker_env
-from shoal.executors.results import load_result
+from shoal.executors.results import allowed_result_types, load_result
 from shoal.limits import parse_process_limits
 from shoal.models.base import Usage
 
@@ -128,6 +128,8 @@ class StartSpec:
     limits: ProcessLimits | None = None
     #: the rules of the tree's board, which the root keeps (``None``: the tree has none)
     board: dict[str, Any] | None = None
+    #: what the root's restricted loader allows besides plain data (``allow_result_types``)
+    allowed: tuple[Any, ...] = ()
 
 
 class Channel(ABC):
@@ -458,7 +460,8 @@ def start_spec(run: AgentRun) -> StartSpec:
         runtime=_runtime_options(ctx.runtime),
         approver=ctx.runtime.approvals.approver is not None,
         limits=parse_process_limits(agent.limits),
-        board=None if ctx.board is None else ctx.board.rules)
+        board=None if ctx.board is None else ctx.board.rules,
+        allowed=allowed_result_types())
 
 
 def _check(run: AgentRun) -> None:
