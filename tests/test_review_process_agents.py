@@ -22,6 +22,8 @@ import pytest
 
 import shoal
 from shoal.executors._template import fork_supported
+from shoal.executors.base import Call
+from shoal.executors.process import ProcessExecutor
 from shoal.testing import ScriptedModel, call
 from tests.conftest import wait_until
 
@@ -206,3 +208,84 @@ def test_a_tree_whose_agent_processes_cannot_start_runs_and_says_why(
     assert isinstance(child.error, shoal.ExecutorError)
     assert "no process could be started for an agent" in str(child.error)
 
+
+
+@shoal.tool
+def look(board: shoal.BoardHandle) -> str:
+    """Read the findings."""
+    return f"{len(board.read('findings'))} findings"
+
+
+def _nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_a_board_value_too_deep_to_send_fails_the_reading_call_not_the_agent() -> None:
+    board = shoal.Board(findings=shoal.merge.append)
+    board.write("findings", _nested(100_000))  # fine here; no pickle can carry it
+    model = ScriptedModel.per_prompt({"go": [[call("reader", task="t")], "done"],
+                                      "t": [[call("look")], [call("note_plain")], "read t"]})
+    reader = shoal.Agent(name="reader", model=model, tools=[look, note_plain],
+                         isolation="process")
+    result = shoal.Agent(name="lead", model=model, subagents=[reader]).run_sync(
+        "go", board=board)
+    child = result.children[0]
+    assert child.ok, child.error
+    refused, plain = child.calls
+    assert refused.status == "failed" and "SerializationError" in refused.message.content
+    assert plain.status == "ok" and len(result.board["findings"]) == 2
+
+
+@shoal.tool
+def pid_of_worker() -> int:
+    """This process's id."""
+    return os.getpid()
+
+
+def test_a_project_module_named_as_the_standard_librarys_does_not_break_shoals_processes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the working directory of a project with its own calendar.py (shoal's processes import
+    # the standard library's calendar while they start)
+    (tmp_path / "calendar.py").write_text("raise ImportError('the project calendar')\n")
+    monkeypatch.chdir(tmp_path)
+    model = ScriptedModel.per_prompt({"go": [[call("reader", task="t")], "done"],
+                                      "t": [[call("where_am_i")], "read t"]})
+    reader = shoal.Agent(name="reader", model=model, tools=[where_am_i], isolation="process")
+    result = shoal.Agent(name="lead", model=model, subagents=[reader]).run_sync("go")
+    assert result.children[0].ok, result.children[0].error
+    # the process backend's workers too, forked from a template or started afresh
+    async def in_a_worker(start_method: str) -> Any:
+        executor = ProcessExecutor(1, start_method=start_method)
+        try:
+            return await executor.execute(Call(0, "node", pid_of_worker, {}, 1, "process",
+                                               None, "run"))
+        finally:
+            await executor.close()
+
+    for start_method in ("template", "spawn"):
+        assert asyncio.run(in_a_worker(start_method)) != os.getpid()
+
+
+@shoal.tool
+def where_am_i() -> str:
+    """This process's working directory."""
+    return os.getcwd()
+
+
+@needs_fork
+def test_a_template_that_cannot_import_is_reported_by_its_own_exit_code(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # shoal's own processes import only from the parent's sys.path: a PYTHONPATH entry the
+    # worker environment passes on, with a calendar.py that fails, breaks their imports
+    (tmp_path / "calendar.py").write_text("raise ImportError('a broken calendar')\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    model = ScriptedModel.per_prompt({"go": [[call("reader", task="t")], "done"],
+                                      "t": ["read t"]})
+    reader = shoal.Agent(name="reader", model=model, isolation="process")
+    result = shoal.Agent(name="lead", model=model, subagents=[reader]).run_sync("go")
+    child = result.children[0]
+    assert child.status == "failed"
+    assert "ended twice in a row (exit code 1)" in str(child.error)  # not our SIGKILL

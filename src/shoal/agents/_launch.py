@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import sys
 
 from shoal.exceptions import ExecutorError
 from shoal.executors._template import fork_supported
@@ -35,6 +34,7 @@ from shoal.executors.process import (
     _TemplateGone,
     _TemplateHandle,
     describe_exit,
+    python_module,
     worker_env,
 )
 
@@ -88,7 +88,7 @@ class AgentLauncher:
         try:
             if self._template is None:
                 return await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "shoal.agents._process", str(sock_fd),
+                    *python_module("shoal.agents._process", str(sock_fd)),
                     pass_fds=(sock_fd,), env=env, stdin=asyncio.subprocess.DEVNULL,
                     # a session of its own: out of a terminal's Ctrl-C (the parent's to
                     # handle), and killing its group ends what its tools started too
@@ -113,7 +113,7 @@ class AgentLauncher:
                 pid = await template.fork(env, (sock_fd, status_write), "agent")
             except _TemplateGone:
                 os.close(status_read)
-                code = template.stop()
+                code = template.stop(gone=True)
                 if attempt:
                     ended = "" if code is None else f" ({describe_exit(code)})"
                     raise ExecutorError(

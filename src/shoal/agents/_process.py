@@ -217,6 +217,8 @@ def remote_board(link: Link, rules: Mapping[str, Any]) -> Board:
     from shoal.store.base import EffectRecord
 
     class RemoteBoard(Board):
+        local = False
+
         def __getitem__(self, key: str) -> Any:
             self._slot(key)
             return link.ask("board_get", key)

@@ -369,9 +369,22 @@ class TreeServer:
             else:
                 raise ShoalError(f"an agent process asked for {op!r}, which is no request")
         except Exception as exc:  # a breach above all: the agent raises it where it stands
-            self.channel.send(("reply", call_id, False, exc))
+            self._reply(call_id, op, False, exc)
             return
-        self.channel.send(("reply", call_id, True, value))
+        self._reply(call_id, op, True, value)
+
+    def _reply(self, call_id: int, op: str, ok: bool, value: Any) -> None:
+        """Answer a request; one whose answer cannot be pickled fails the asking call there.
+
+        A board value too deeply nested to pickle, say: the agent's call fails with a
+        :class:`~shoal.exceptions.SerializationError`, and the agent goes on.
+        """
+        try:
+            self.channel.send(("reply", call_id, ok, value))
+        except SerializationError as exc:
+            self.channel.send(("reply", call_id, False, SerializationError(
+                f"the tree's answer to an agent process ({op.replace('_', ' ')}) cannot be "
+                f"sent to it: {exc}")))
 
     def _board(self, op: str, args: tuple[Any, ...]) -> Any:
         """Answer a read or commit of the agent's board with the tree's (the root's) board."""
@@ -405,9 +418,9 @@ class TreeServer:
             else:
                 value = await self._review(args[0])
         except Exception as exc:
-            self.channel.send(("reply", call_id, False, exc))
+            self._reply(call_id, op, False, exc)
             return
-        self.channel.send(("reply", call_id, True, value))
+        self._reply(call_id, op, True, value)
 
     async def _review(self, batch: Any) -> Any:
         approver = self.ctx.runtime.approvals.approver
