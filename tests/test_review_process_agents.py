@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -289,3 +290,52 @@ def test_a_template_that_cannot_import_is_reported_by_its_own_exit_code(
     child = result.children[0]
     assert child.status == "failed"
     assert "ended twice in a row (exit code 1)" in str(child.error)  # not our SIGKILL
+
+
+@shoal.tool
+def what_i_hold() -> dict[str, list[str]]:
+    """This process's environment (as Python and as /proc see it) and open descriptors."""
+    started = Path("/proc/self/environ").read_bytes().split(b"\0")
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            held.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return {"environ": sorted(os.environ),
+            "proc_environ": sorted(e.split(b"=")[0].decode() for e in started if e),
+            "fds": held}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_an_agent_process_holds_only_its_own_environment_and_descriptors(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOAL_REVIEW_BEFORE", "secret-before")
+    monkeypatch.setenv("SHOAL_REVIEW_NAMED", "named")
+    model = ScriptedModel.per_prompt({
+        "go": [[call("reader", task="a"), call("reader", task="b")], "done"],
+        **{t: [[call("what_i_hold")], f"read {t}"] for t in "ab"},
+    })
+    reader = shoal.Agent(name="reader", model=model, tools=[what_i_hold],
+                         isolation="process", env=["SHOAL_REVIEW_NAMED"])
+    journal = tmp_path / "journal.db"
+
+    async def main() -> shoal.AgentResult[Any]:
+        handle = shoal.Agent(name="lead", model=model, subagents=[reader]).start(
+            "go", runtime=shoal.Runtime(store=str(journal)))
+        os.environ["SHOAL_REVIEW_AFTER"] = "secret-after"  # the template has started
+        try:
+            return await handle
+        finally:
+            del os.environ["SHOAL_REVIEW_AFTER"]
+
+    result = asyncio.run(main())
+    assert result.ok, result.error
+    for child in result.children:
+        seen = json.loads(child.calls[0].message.content)
+        assert "SHOAL_REVIEW_NAMED" in seen["environ"]
+        for name in ("SHOAL_REVIEW_BEFORE", "SHOAL_REVIEW_AFTER"):
+            assert name not in seen["environ"] and name not in seen["proc_environ"]
+        # the journal opened once, by the agent itself (nothing of the parent's inherited);
+        # sockets: its own to the parent and its event loop's pair, no other agent's
+        opened = [f for f in seen["fds"] if f.startswith(str(journal))]
+        assert len(opened) == len(set(opened)), opened
+        assert sum(f.startswith("socket:") for f in seen["fds"]) <= 3, seen["fds"]
