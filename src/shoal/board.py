@@ -113,6 +113,11 @@ class Board:
     :class:`BoardHandle`. Reading and writing are safe from any thread.
     """
 
+    #: Whether the board's values live in this process. An agent process's stand-in for its
+    #: tree's board says no: its tool phases' results leave the board out rather than copy
+    #: it all over the tree's socket at each phase's end (the tree's result has it).
+    local = True
+
     def __init__(self, rules: Mapping[str, Any] | None = None, /, **more: Any) -> None:
         if rules is not None and not isinstance(rules, Mapping):
             raise ConfigError(f"Board takes keys with their rules, as Board(count="

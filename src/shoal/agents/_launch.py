@@ -23,8 +23,8 @@ request, and stopped when the tree ends. Elsewhere (macOS) every agent process s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-import sys
 
 from shoal.exceptions import ExecutorError
 from shoal.executors._template import fork_supported
@@ -34,6 +34,7 @@ from shoal.executors.process import (
     _TemplateGone,
     _TemplateHandle,
     describe_exit,
+    python_module,
     worker_env,
 )
 
@@ -64,40 +65,55 @@ class AgentLauncher:
         return None if self._template is None else self._template.pid
 
     def prestart(self) -> None:
-        """Start the template now (it imports while the tree goes on), if there is one."""
+        """Start the template now (it imports while the tree goes on), if there is one.
+
+        A head start only: if the template cannot start (no process can be made now), the
+        tree starts anyway, and each agent process that is then needed says why it failed.
+        """
+        with contextlib.suppress(OSError):
+            self._start_template()
+
+    def _start_template(self) -> None:
         template = self._template
         if template is not None and (template.proc is None or template.proc.poll() is not None):
             template.stop()
             template.start(worker_env(()), PRELOAD)
 
     async def launch(self, sock_fd: int, env: dict[str, str]) -> _Process:
-        """A new agent process running on socket ``sock_fd`` with environment ``env``."""
+        """A new agent process running on socket ``sock_fd`` with environment ``env``.
+
+        Raises :class:`~shoal.exceptions.ExecutorError` if no process can be started.
+        """
         self.started += 1
-        if self._template is None:
-            return await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "shoal.agents._process", str(sock_fd),
-                pass_fds=(sock_fd,), env=env, stdin=asyncio.subprocess.DEVNULL,
-                # a session of its own: out of a terminal's Ctrl-C (the parent's to handle),
-                # and killing its group ends what its tools started too
-                start_new_session=True)
-        loop = asyncio.get_running_loop()
-        if self._lock is None or self._loop is not loop:
-            self._lock, self._loop = asyncio.Lock(), loop
-        async with self._lock:  # the template answers one request at a time
-            return await self._fork(sock_fd, env)
+        try:
+            if self._template is None:
+                return await asyncio.create_subprocess_exec(
+                    *python_module("shoal.agents._process", str(sock_fd)),
+                    pass_fds=(sock_fd,), env=env, stdin=asyncio.subprocess.DEVNULL,
+                    # a session of its own: out of a terminal's Ctrl-C (the parent's to
+                    # handle), and killing its group ends what its tools started too
+                    start_new_session=True)
+            loop = asyncio.get_running_loop()
+            if self._lock is None or self._loop is not loop:
+                self._lock, self._loop = asyncio.Lock(), loop
+            async with self._lock:  # the template answers one request at a time
+                return await self._fork(sock_fd, env)
+        except OSError as exc:  # the interpreter is gone, the system is out of processes...
+            raise ExecutorError(f"no process could be started for an agent: "
+                                f"{type(exc).__name__}: {exc}") from exc
 
     async def _fork(self, sock_fd: int, env: dict[str, str]) -> _Process:
         """Fork from the template; one that died is started again, once."""
         template = self._template
         assert template is not None
         for attempt in range(2):
-            self.prestart()  # none yet, or it died
+            self._start_template()  # none yet, or it died
             status_read, status_write = os.pipe()
             try:
                 pid = await template.fork(env, (sock_fd, status_write), "agent")
             except _TemplateGone:
                 os.close(status_read)
-                code = template.stop()
+                code = template.stop(gone=True)
                 if attempt:
                     ended = "" if code is None else f" ({describe_exit(code)})"
                     raise ExecutorError(

@@ -18,7 +18,9 @@ import asyncio
 import concurrent.futures
 import contextlib
 import itertools
+import os
 import pickle
+import signal
 import socket
 import sys
 import threading
@@ -62,17 +64,29 @@ class Link:
 
     def send(self, message: tuple[Any, ...]) -> None:
         """Send one message (from any thread)."""
-        body = dumps(message, "a message from an agent process")
+        self._send(dumps(message, "a message from an agent process"))
+
+    def _send(self, body: bytes) -> None:
         # a parent that is gone raises OSError here: the reader thread ends this process
         with self._send_lock, contextlib.suppress(OSError):
             self._sock.sendall(HEADER.pack(len(body)) + body)
 
     def request(self, op: str, *args: Any) -> concurrent.futures.Future[Any]:
-        """Ask the parent; the future holds its answer (or its error)."""
+        """Ask the parent; the future holds its answer (or its error).
+
+        Raises :class:`~shoal.exceptions.SerializationError` here, in the asking call, for a
+        request the parent's restricted loader would refuse (a board write of an instance of
+        the tool's own class): the parent could only end this whole process for it.
+        """
+        from shoal.executors.results import load_result
+
         call_id = next(self._ids)
+        what = f"what an agent process asked of its tree ({op.replace('_', ' ')})"
+        body = dumps(("call", call_id, op, args), what)
+        load_result(body, what)
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._waiting[call_id] = future
-        self.send(("call", call_id, op, args))
+        self._send(body)
         return future
 
     def ask(self, op: str, *args: Any) -> Any:
@@ -203,6 +217,8 @@ def remote_board(link: Link, rules: Mapping[str, Any]) -> Board:
     from shoal.store.base import EffectRecord
 
     class RemoteBoard(Board):
+        local = False
+
         def __getitem__(self, key: str) -> Any:
             self._slot(key)
             return link.ask("board_get", key)
@@ -311,8 +327,39 @@ def _shippable(result: AgentResult[Any]) -> tuple[str, Any]:
     return ("done", result)
 
 
+def _end_descendants() -> None:
+    """Kill every process below this one: what the agent's tools started ends with it.
+
+    Those in a session of their own too, which the parent's kill of this process group
+    misses; once this process has exited, they are no longer its descendants, and nothing
+    could find them.
+    """
+    from shoal.executors._reaper import kill_tree
+
+    kill_tree(os.getpid(), include_root=False)
+
+
+def _terminated(number: int, _: object) -> None:
+    """End what the tools started, then end by signal ``number`` as without this handler.
+
+    For a ``SIGTERM``: the death signal of an agent forked by its template, when the template
+    dies.
+    """
+    _end_descendants()
+    signal.signal(number, signal.SIG_DFL)
+    os.kill(os.getpid(), number)
+
+
 def main(argv: list[str]) -> int:
     """Run one agent for the parent at the other end of socket ``argv[1]``."""
+    signal.signal(signal.SIGTERM, _terminated)
+    try:
+        return _serve(argv)
+    finally:  # a tool's thread may still run (abandoned by a cancel): its children go now
+        _end_descendants()
+
+
+def _serve(argv: list[str]) -> int:
     sock = socket.socket(fileno=int(argv[1]))
     link = Link(sock)
     header = link._file.read(HEADER.size)
@@ -327,6 +374,10 @@ def main(argv: list[str]) -> int:
     if message is None:
         return 0
     spec: StartSpec = message[1]
+    if spec.allowed:  # the parent's loader allows them: this process's checks do too
+        from shoal.executors.results import allow_result_types
+
+        allow_result_types(*spec.allowed)
     if spec.limits is not None:
         from shoal.executors._worker import apply_limits, cpu_budget
 

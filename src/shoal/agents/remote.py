@@ -77,7 +77,7 @@ from shoal.exceptions import AgentError, ConfigError, SerializationError, ShoalE
 from shoal.executors._reaper import kill_tree
 from shoal.executors._shipping import dumps
 from shoal.executors.process import _ForkedProcess, _Process, describe_exit, worker_env
-from shoal.executors.results import load_result
+from shoal.executors.results import allowed_result_types, load_result
 from shoal.limits import parse_process_limits
 from shoal.models.base import Usage
 from shoal.scheduler import driver
@@ -129,6 +129,8 @@ class StartSpec:
     limits: ProcessLimits | None = None
     #: the rules of the tree's board, which the root keeps (``None``: the tree has none)
     board: dict[str, Any] | None = None
+    #: what the root's restricted loader allows besides plain data (``allow_result_types``)
+    allowed: tuple[Any, ...] = ()
 
 
 class Channel(ABC):
@@ -368,9 +370,22 @@ class TreeServer:
             else:
                 raise ShoalError(f"an agent process asked for {op!r}, which is no request")
         except Exception as exc:  # a breach above all: the agent raises it where it stands
-            self.channel.send(("reply", call_id, False, exc))
+            self._reply(call_id, op, False, exc)
             return
-        self.channel.send(("reply", call_id, True, value))
+        self._reply(call_id, op, True, value)
+
+    def _reply(self, call_id: int, op: str, ok: bool, value: Any) -> None:
+        """Answer a request; one whose answer cannot be pickled fails the asking call there.
+
+        A board value too deeply nested to pickle, say: the agent's call fails with a
+        :class:`~shoal.exceptions.SerializationError`, and the agent goes on.
+        """
+        try:
+            self.channel.send(("reply", call_id, ok, value))
+        except SerializationError as exc:
+            self.channel.send(("reply", call_id, False, SerializationError(
+                f"the tree's answer to an agent process ({op.replace('_', ' ')}) cannot be "
+                f"sent to it: {exc}")))
 
     def _board(self, op: str, args: tuple[Any, ...]) -> Any:
         """Answer a read or commit of the agent's board with the tree's (the root's) board."""
@@ -404,9 +419,9 @@ class TreeServer:
             else:
                 value = await self._review(args[0])
         except Exception as exc:
-            self.channel.send(("reply", call_id, False, exc))
+            self._reply(call_id, op, False, exc)
             return
-        self.channel.send(("reply", call_id, True, value))
+        self._reply(call_id, op, True, value)
 
     async def _review(self, batch: Any) -> Any:
         approver = self.ctx.runtime.approvals.approver
@@ -459,7 +474,8 @@ def start_spec(run: AgentRun) -> StartSpec:
         runtime=_runtime_options(ctx.runtime),
         approver=ctx.runtime.approvals.approver is not None,
         limits=parse_process_limits(agent.limits),
-        board=None if ctx.board is None else ctx.board.rules)
+        board=None if ctx.board is None else ctx.board.rules,
+        allowed=allowed_result_types())
 
 
 def _check(run: AgentRun) -> None:

@@ -162,7 +162,7 @@ def problem() -> str | None:
     """
     if not sys.platform.startswith("linux"):
         return "process_sandbox='namespace' needs Linux (user, PID and mount namespaces)"
-    done = subprocess.run([sys.executable, "-m", "shoal.executors._sandbox"],
+    done = subprocess.run([sys.executable, "-P", "-m", "shoal.executors._sandbox"],
                           capture_output=True, text=True, timeout=60, check=False,
                           env={"PATH": os.environ.get("PATH", ""),
                                "PYTHONPATH": os.pathsep.join(sys.path)})

@@ -112,6 +112,7 @@ _PREALLOCATE = 1 << 26  # bytes of a message allocated before they arrive, at mo
 _REAP_GRACE = 2.0  # seconds a worker whose pipe closed gets to exit before it is killed
 _SHOAL_ROOT = str(Path(__file__).resolve().parents[2])  # the directory holding the package
 _TEMPLATE_WAIT = 120.0  # seconds the template gets to import (a loaded machine) or to answer
+_GONE_WAIT = 1.0  # seconds a template whose socket hung up gets to end by itself
 
 #: The values of ``ProcessExecutor(start_method=...)``.
 START_METHODS = ("template", "spawn")
@@ -146,6 +147,17 @@ def worker_env(names: Iterable[str] = ()) -> dict[str, str]:
         paths = [_SHOAL_ROOT, *env.get("PYTHONPATH", "").split(os.pathsep)]
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in paths if p))
     return env
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    """The command that runs ``python -m module args`` for one of shoal's own processes.
+
+    With ``-P``: ``-m`` would put the working directory first on ``sys.path``, so that a
+    project's own ``calendar.py`` or ``email/`` would shadow the standard library's while
+    shoal imports, and the process would die before it could say why. The program sets the
+    parent's ``sys.path`` itself before it imports anything of the application's.
+    """
+    return [sys.executable, "-P", "-m", module, *args]
 
 
 def describe_exit(returncode: int, limits: ProcessLimits | None = None) -> str:
@@ -305,8 +317,7 @@ class _TemplateHandle:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "shoal.executors._template", str(theirs.fileno()),
-                 *preload],
+                python_module("shoal.executors._template", str(theirs.fileno()), *preload),
                 pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL,
                 start_new_session=True)  # like a worker: out of a terminal's Ctrl-C
         except BaseException:
@@ -372,9 +383,16 @@ class _TemplateHandle:
             raise _TemplateGone
         return data
 
-    def stop(self) -> int | None:
-        """Kill the template and reap it (its workers die with it); how it ended."""
+    def stop(self, *, gone: bool = False) -> int | None:
+        """Kill the template and reap it (its workers die with it); how it ended.
+
+        ``gone``: its socket hung up (it is ending by itself, an import that failed, say):
+        it gets a moment to end, so that the code returned is its own, not our ``SIGKILL``.
+        """
         proc, self.proc = self.proc, None
+        if gone and proc is not None:
+            with suppress(subprocess.TimeoutExpired):
+                proc.wait(_GONE_WAIT)
         # Killed before its socket closes: a template that saw the socket hang up would start
         # killing its workers, and stopping it halfway could leave some of them frozen.
         if proc is not None and proc.poll() is None:
@@ -731,8 +749,8 @@ class ProcessExecutor(Executor):
         """A new worker process holding ``cmd_read`` and ``reply_write``."""
         if self._template is None:
             return await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "shoal.executors._worker", str(cmd_read),
-                str(reply_write), stdin=asyncio.subprocess.DEVNULL, env=env,
+                *python_module("shoal.executors._worker", str(cmd_read), str(reply_write)),
+                stdin=asyncio.subprocess.DEVNULL, env=env,
                 pass_fds=(cmd_read, reply_write),
                 # A session of its own: a terminal's Ctrl-C reaches the parent only (which
                 # decides what stops), and killing the group stops what a tool started too.
@@ -746,7 +764,7 @@ class ProcessExecutor(Executor):
             pid = await template.fork(env, (cmd_read, reply_write, status_write))
         except _TemplateGone as gone:  # stopped here, under the lock: no start is under way
             os.close(status_read)
-            gone.code = template.stop()
+            gone.code = template.stop(gone=True)
             raise
         except BaseException:
             os.close(status_read)

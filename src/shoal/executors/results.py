@@ -168,6 +168,15 @@ def allow_result_types(*objects: type | Callable[..., Any]) -> None:
             _registered[id(obj)] = obj
 
 
+def allowed_result_types() -> tuple[type | Callable[..., Any], ...]:
+    """What :func:`allow_result_types` has allowed in this process so far.
+
+    An agent process is given them too: it checks what it sends its parent against them.
+    """
+    with _lock:
+        return tuple(_registered.values())
+
+
 def _refused(module: str, name: str, why: str) -> SerializationError:
     return SerializationError(
         f"it names {module}.{name}, {why}; only plain data and allowed classes come back from "

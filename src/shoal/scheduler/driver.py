@@ -406,7 +406,7 @@ class Driver:
         result = RunResult(self.state.run_id, {o.node_id: o for o in outcomes}, makespan,
                            self.graph, self._epoch, self.cancelled_reason)
         board = self.scope.board if self.scope is not None else None
-        if board is not None:
+        if board is not None and board.local:
             result.board, result.conflicts = board.snapshot(), board.conflicts
         return result
 
