@@ -407,7 +407,9 @@ class LocalModelServer:
     # -- starting ---------------------------------------------------------------------
 
     def _command(self, port: int, ubatch: int | None) -> list[str]:
-        args = [sys.executable, "-c", _BOOTSTRAP, str(os.getpid()),
+        # -P: the working directory stays off sys.path, so a project module named like one
+        # the server imports (calendar.py, http.py) cannot shadow it
+        args = [sys.executable, "-P", "-c", _BOOTSTRAP, str(os.getpid()),
                 "--model", str(self.gguf), "--model_alias", self.alias,
                 "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(self.n_ctx),
                 "--interrupt_requests", "false", "--verbose", "false"]
