@@ -413,5 +413,18 @@ def _rule(item: Any, number: int) -> Rule:
     if not isinstance(args, Mapping) or not all(isinstance(v, str) for v in args.values()):
         raise ConfigError(f"{where}: args maps argument names to patterns (strings)")
     action: Literal["allow", "deny"] = "allow" if actions[0] == "allow" else "deny"
-    return Rule(action, str(item[action]), {str(k): v for k, v in args.items()},
-                str(item.get("lineage", "*")), reason=str(item.get("reason", "")))
+    return Rule(action, _text(item, action, where), {str(k): v for k, v in args.items()},
+                _text(item, "lineage", where, "*"), reason=_text(item, "reason", where, ""))
+
+
+def _text(item: Mapping[str, Any], key: str, where: str, default: str | None = None) -> str:
+    """A rule's ``key`` as text: a pattern or a reason is text (or a number, written as such).
+
+    ``deny:`` with nothing after it (YAML's null), a list or a mapping would otherwise become
+    a pattern such as ``"None"`` that matches nothing, and the rule would silently do nothing.
+    """
+    value = item.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ConfigError(f"{where}: {key} is text (a pattern such as 'delete_*'"
+                          f"{'' if key != 'reason' else ', or a reason'}), got {value!r}")
+    return str(value)

@@ -1,0 +1,151 @@
+"""A hostile user's review of Ray agents and approvals: each test pins a defect found.
+
+Approvals: a decision is bound to exactly its arguments, also when their JSON is lossy (NaN,
+integers too long to write out, values too large to convert); a person's garbage edit is asked
+again; a rules file whose patterns are not text is refused. Ray agents and tools: amounts too
+large for a float are a clear error. Ray tests (real Ray: ``RAY_ADDRESS``'s cluster, else a
+private local one) are at the end.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shoal import Runtime, tool
+from shoal.agents.agent import Agent
+from shoal.approvals import RulesApprover, approval_hash
+from shoal.exceptions import ConfigError, ToolDefinitionError
+from shoal.testing import ScriptedModel
+from tests.test_approvals import console_approver, request, review
+
+# ---- the approval hash -------------------------------------------------------------------
+
+
+def _big_list(last: int) -> list[int]:
+    items = list(range(1_000_001))  # past what converts to JSON: a bounded repr stands for it
+    items[-1] = last
+    return items
+
+
+@pytest.mark.parametrize(("one", "other"), [
+    (float("nan"), "NaN"),
+    (float("inf"), "Infinity"),
+    (10 ** 5000, 10 ** 5000 + 1),
+    (-(10 ** 5000), "<an integer of 16,610 bits, too long to write out>"),
+    ({"deep": [float("nan")]}, {"deep": ["NaN"]}),
+], ids=["nan", "inf", "big-int", "big-int-text", "nested-nan"])
+def test_a_decision_for_lossy_arguments_binds_only_those(one: Any, other: Any) -> None:
+    assert approval_hash("pay", {"amount": one}) != approval_hash("pay", {"amount": other})
+    assert approval_hash("pay", {"amount": one}) == approval_hash("pay", {"amount": one})
+
+
+def test_arguments_too_large_for_json_differ_by_their_last_item() -> None:
+    assert approval_hash("t", {"x": _big_list(-1)}) != approval_hash("t", {"x": _big_list(0)})
+    assert approval_hash("t", {"x": _big_list(7)}) == approval_hash("t", {"x": _big_list(7)})
+
+
+def test_the_exact_hash_keeps_what_the_canonical_one_promises() -> None:
+    # key order never matters, lossy or not; an ordinary call's hash is what it always was
+    assert (approval_hash("t", {"a": math.nan, "b": {"y": 1, "z": 2}})
+            == approval_hash("t", {"b": {"z": 2, "y": 1}, "a": math.nan}))
+    import hashlib
+
+    from shoal.store.base import canonical_json
+
+    plain = {"p": "x\ud800", "n": [1, 2.5, None, True], "m": {"z": 1, "a": "\u00e9"}}
+    assert approval_hash("t", plain) == hashlib.sha256(
+        f"t\n{canonical_json(plain)}".encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def test_self_containing_and_shared_values_hash_quickly_and_stably() -> None:
+    one: list[Any] = []
+    one.append(one)
+    two: list[Any] = []
+    two.append(two)
+    assert approval_hash("t", {"x": one}) == approval_hash("t", {"x": two})
+    assert approval_hash("t", {"x": one}) != approval_hash("t", {"x": [one]})
+    shared: list[Any] = [0]
+    for _ in range(200):  # 2**200 items written out; each part is hashed once
+        shared = [shared, shared]
+    assert approval_hash("t", {"x": shared}) == approval_hash("t", {"x": shared})
+    deep: dict[str, Any] = {"end": math.nan}
+    for _ in range(100_000):
+        deep = {"a": deep}
+    assert len(approval_hash("t", {"x": deep})) == 64
+
+
+# ---- the console approver ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("garbage", ['{"path": ' + "9" * 5000 + "}", "[" * 100_000],
+                         ids=["too-many-digits", "nested-too-deep"])
+def test_a_garbage_edit_is_asked_again(garbage: str) -> None:
+    approver, out, _ = console_approver(f"e\n{garbage}\n{{\"path\": \"safe\"}}\n")
+    got = review(approver, request(path="a"))
+    assert [(d.verdict, d.args) for d in got] == [("edit", {"path": "safe"})]
+    assert "try again" in out.getvalue()
+
+
+# ---- rules files -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rule", [
+    "- deny:\n", "- deny: [a, b]\n", "- allow: {x: 1}\n", "- allow: read\n  lineage:\n",
+    "- allow: read\n  lineage: [lead]\n", "- deny: rm\n  reason: {why: no}\n",
+    "- allow: true\n"])
+def test_a_rule_whose_pattern_is_not_text_is_refused(tmp_path: Path, rule: str) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(f"rules:\n{rule}otherwise: deny\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="rule 1: "):
+        RulesApprover.from_file(path)
+
+
+def test_a_rule_may_name_a_number(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text("rules:\n- allow: 404\n  reason: 7\n", encoding="utf-8")
+    rules = RulesApprover.from_file(path).rules
+    assert (rules[0].tool, rules[0].reason) == ("404", "7")
+
+
+# ---- numbers too large for a float -------------------------------------------------------
+
+
+def test_an_agents_resource_too_large_for_a_float_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="needs a number of 0 or more"):
+        Agent(name="a", model=ScriptedModel([]), isolation="ray",
+              resources={"num_gpus": 10 ** 400})
+
+
+@pytest.mark.parametrize("options", [{"resources": {"num_cpus": 10 ** 400}},
+                                     {"timeout": 10 ** 400}, {"rate": (10 ** 400, 1)}],
+                         ids=["resources", "timeout", "rate"])
+def test_a_tool_setting_too_large_for_a_float_is_refused(options: dict[str, Any]) -> None:
+    with pytest.raises((ToolDefinitionError, ConfigError)):
+        @tool(**options)
+        def echo(x: int) -> int:
+            """Echo."""
+            return x
+
+
+@pytest.mark.parametrize("timeout", ["5", True, [5]])
+def test_an_approval_timeout_that_is_not_seconds_is_a_config_error(timeout: Any) -> None:
+    with pytest.raises(ConfigError, match="approval_timeout"):
+        Runtime(approval_timeout=timeout)
+
+
+def test_an_approval_timeout_past_any_float_waits_rather_than_crashes() -> None:
+    from tests.test_approvals import Plan, delete, run, statuses  # a gated tool
+
+    async def approve(_: Any) -> bool:
+        return True
+
+    plan = Plan()
+    plan.call(delete, path="x")
+    assert sys.float_info.max < 10 ** 400
+    result = run(plan, approver=approve, approval_timeout=10 ** 400)
+    assert list(statuses(result).values()) == ["ok"]
