@@ -9,18 +9,22 @@ private local one) are at the end.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import shoal
 from shoal import Runtime, tool
 from shoal.agents.agent import Agent
 from shoal.approvals import RulesApprover, approval_hash
 from shoal.exceptions import ConfigError, ToolDefinitionError
-from shoal.testing import ScriptedModel
+from shoal.testing import ScriptedModel, call
 from tests.test_approvals import console_approver, request, review
 
 # ---- the approval hash -------------------------------------------------------------------
@@ -149,3 +153,85 @@ def test_an_approval_timeout_past_any_float_waits_rather_than_crashes() -> None:
     assert sys.float_info.max < 10 ** 400
     result = run(plan, approver=approve, approval_timeout=10 ** 400)
     assert list(statuses(result).values()) == ["ok"]
+
+
+# ---- remote agents at the root's approval desk (process and Ray agents alike) --------------
+
+from tests.test_process_agents import send  # noqa: E402  (a tool needing approval)
+from tests.test_ray_agents import ray_cluster  # noqa: E402, F401  (a fixture: Ray up)
+
+
+@pytest.fixture(params=["process", "ray"])
+def remote(request: pytest.FixtureRequest) -> str:
+    """Each remote isolation; Ray up for ``"ray"``."""
+    if request.param == "ray":
+        request.getfixturevalue("ray_cluster")
+    return str(request.param)
+
+
+def _mailer_tree(isolation: str, texts: list[str], mailers: int = 1) -> shoal.Agent[str]:
+    model = ScriptedModel.per_prompt({
+        "go": [[call("mailer", task="m") for _ in range(mailers)], "done"],
+        "m": [[call("send", path=os.devnull, text=t)] for t in texts] + ["mailed"],
+    })
+    mailer = shoal.Agent(name="mailer", model=model, tools=[send],
+                         isolation=isolation)  # type: ignore[arg-type]
+    return shoal.Agent(name="lead", model=model, subagents=[mailer])
+
+
+def test_the_approval_budget_counts_remote_agents_requests(remote: str) -> None:
+    asked: list[str] = []
+
+    def approver(request: shoal.ApprovalRequest) -> bool:
+        asked.append(request.args["text"])
+        return True
+
+    lead = _mailer_tree(remote, ["1", "2", "3"])
+    result = lead.run_sync("go", runtime=shoal.Runtime(approver=approver, approval_budget=1))
+    assert asked == ["1"]
+    calls = result.children[0].calls
+    assert [c.status for c in calls] == ["ok", "denied", "denied"]
+    assert "approval budget" in calls[1].message.content
+
+
+def test_the_root_approver_reviews_one_batch_at_a_time_across_remote_agents(
+        remote: str) -> None:
+    reviewing: list[int] = [0, 0]  # now, most at once
+
+    class Slow(shoal.Approver):
+        async def review(self, batch: Any) -> list[shoal.Decision]:
+            reviewing[0] += 1
+            reviewing[1] = max(reviewing)
+            await asyncio.sleep(0.5)
+            reviewing[0] -= 1
+            return [shoal.Decision.approve() for _ in batch]
+
+    lead = _mailer_tree(remote, ["a"], mailers=3)
+    result = lead.run_sync("go", runtime=shoal.Runtime(approver=Slow()))
+    assert [c.status for r in result.children for c in r.calls] == ["ok"] * 3
+    assert reviewing[1] == 1
+
+
+def test_a_late_answer_to_a_timed_out_request_leaves_a_remote_agent_running(
+        remote: str) -> None:
+    withdrawn: list[str] = []
+
+    class Late(shoal.Approver):
+        async def review(self, batch: Any) -> list[shoal.Decision]:
+            # an answer that comes after the timeout (the approver ignores cancellation)
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)
+            return [shoal.Decision.approve() for _ in batch]
+
+        def withdrawn(self, requests: Any) -> None:
+            withdrawn.extend(r.lineage for r in requests)
+
+    lead = _mailer_tree(remote, ["a", "b", "c"])
+    result = lead.run_sync("go", runtime=shoal.Runtime(approver=Late(),
+                                                       approval_timeout=0.3))
+    mailer = result.children[0]
+    assert (mailer.status, mailer.output) == ("ok", "mailed"), mailer.error
+    assert [c.status for c in mailer.calls] == ["denied"] * 3
+    assert all("approval timeout" in c.message.content for c in mailer.calls)
+    assert "lead/mailer#1/send#1" in withdrawn  # the root's approver was told

@@ -558,16 +558,7 @@ class _ActorLink(Link):
 
     def _read_all(self) -> None:
         try:
-            while (message := self.read()) is not None:
-                if message[0] == "reply":
-                    _, call_id, ok, value = message
-                    future = self._waiting.pop(call_id)
-                    if ok:
-                        future.set_result(value)
-                    else:
-                        future.set_exception(value)
-                elif message[0] == "cancel":
-                    self._cancelled(message[1], message[2])
+            self._take_all()
         finally:
             from shoal.executors._reaper import kill_tree
 
