@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +83,25 @@ def test_self_containing_and_shared_values_hash_quickly_and_stably() -> None:
     for _ in range(100_000):
         deep = {"a": deep}
     assert len(approval_hash("t", {"x": deep})) == 64
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_a_call_whose_edit_was_used_is_asked_again_on_resume(kind: str, tmp_path: Path) -> None:
+    from shoal.approvals import Decision
+    from shoal.approvals.ledger import RunLedger
+    from shoal.store.memory import MemoryStore
+    from shoal.store.sqlite import SQLiteStore
+    from tests.test_approvals import delete
+
+    store = MemoryStore() if kind == "memory" else SQLiteStore(str(tmp_path / "runs.db"))
+    ledger = RunLedger(store)
+    asked = request(path="/etc/passwd")
+    assert ledger.record(asked, "approval").decision == "pending"
+    args, _ = ledger.approve(asked, Decision.edit({"path": "/tmp/passwd"}), delete, "a person")
+    assert args == {"path": "/tmp/passwd"}
+    # the run stopped before the edited call ended; resumed, it asks about the call again
+    again = ledger.record(asked, "approval")
+    assert (again.decision, again.reason) == ("pending", "")
 
 
 # ---- the console approver ----------------------------------------------------------------
@@ -235,3 +256,25 @@ def test_a_late_answer_to_a_timed_out_request_leaves_a_remote_agent_running(
     assert [c.status for c in mailer.calls] == ["denied"] * 3
     assert all("approval timeout" in c.message.content for c in mailer.calls)
     assert "lead/mailer#1/send#1" in withdrawn  # the root's approver was told
+
+
+# ---- Ray agents --------------------------------------------------------------------------
+
+
+def test_a_label_selector_ray_refuses_is_a_config_error_and_leaves_no_port_open(
+        ray_cluster: str) -> None:
+    model = ScriptedModel.per_prompt({"go": [[call("placed", task="x")], "done"],
+                                      "x": ["never"]})
+    placed = shoal.Agent(name="placed", model=model, isolation="ray",
+                         labels={"zone": "in(a"})  # Ray checks the syntax only when used
+    lead = shoal.Agent(name="lead", model=model, subagents=[placed])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        child = lead.run_sync("go").children[0]
+        status, error, kind = child.status, str(child.error), type(child.error)
+        del child  # with its error, which holds the frames that held the agent's port
+        gc.collect()
+    # the agent's port was closed, not left to the garbage collector
+    assert not [w for w in caught if "socket" in str(w.message)]
+    assert (status, kind) == ("failed", ConfigError), error
+    assert "lead/placed#1" in error and "in(a" in error

@@ -136,14 +136,15 @@ class RayChannel(Channel):
         """Listen, start the agent's actor, take its connection and send it its spec."""
         token = secrets.token_bytes(TOKEN_BYTES)
         listener = _Listener(host, token)
-        actor = ray.remote(AgentActor).options(**options).remote()
-        ref = actor.run.remote(listener.host, listener.port, token)
         try:
-            reader, writer = await listener.accept(ref, spec.lineage)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                ray.kill(actor, no_restart=True)
-            raise
+            actor = _new_actor(ray, options, spec.lineage)
+            try:
+                ref = actor.run.remote(listener.host, listener.port, token)
+                reader, writer = await listener.accept(ref, spec.lineage)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    ray.kill(actor, no_restart=True)
+                raise
         finally:
             listener.close()
         channel = cls(ray, actor, ref, reader, writer, spec.lineage)
@@ -208,6 +209,19 @@ class RayChannel(Channel):
         self.kill()
         with contextlib.suppress(Exception):
             await self._writer.wait_closed()
+
+
+def _new_actor(ray: Any, options: dict[str, Any], lineage: str) -> Any:
+    """The agent's actor; a :class:`ConfigError` if Ray refuses its options.
+
+    Ray checks some of what ``Agent(resources=, labels=)`` gives only here: the syntax of a
+    label selector, say.
+    """
+    try:
+        return ray.remote(AgentActor).options(**options).remote()
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"agent {lineage}: Ray refused its actor's options (from its "
+                          f"resources= and labels=): {exc}") from None
 
 
 class _Listener:

@@ -262,7 +262,8 @@ class RunLedger:
         """The arguments a decision approves (``None``: as asked) and their hash.
 
         An edit is validated against the tool's schema; the request it replaces is closed in
-        the ledger as denied, and the edited call gets a request of its own.
+        the ledger as denied (and used: the edit used it), and the edited call gets a request
+        of its own.
         """
         if decision.verdict != "edit" or decision.args is None:
             return None, request.args_hash
@@ -275,6 +276,8 @@ class RunLedger:
             self.ledger.decide(request.run_id, request.node_id, request.args_hash, "denied",
                                decided_by=by, reason=f"replaced by edited arguments "
                                f"({args_hash[:12]})")
+            # used by the edit: the same call asked again (on resume) is asked, not denied
+            self.ledger.use_decision(request.run_id, request.node_id, request.args_hash)
             self.ledger.request_approval(ApprovalRecord(
                 request.run_id, request.node_id, tool.name, args_hash, arguments=jsonable(args),
                 requested_at=self._epoch()))
