@@ -261,8 +261,8 @@ def test_a_late_answer_to_a_timed_out_request_leaves_a_remote_agent_running(
 # ---- Ray agents --------------------------------------------------------------------------
 
 
-def test_a_label_selector_ray_refuses_is_a_config_error_and_leaves_no_port_open(
-        ray_cluster: str) -> None:
+@pytest.mark.usefixtures("ray_cluster")
+def test_a_label_selector_ray_refuses_is_a_config_error_and_leaves_no_port_open() -> None:
     model = ScriptedModel.per_prompt({"go": [[call("placed", task="x")], "done"],
                                       "x": ["never"]})
     placed = shoal.Agent(name="placed", model=model, isolation="ray",
