@@ -104,6 +104,32 @@ def test_a_call_whose_edit_was_used_is_asked_again_on_resume(kind: str, tmp_path
     assert (again.decision, again.reason) == ("pending", "")
 
 
+@pytest.mark.parametrize("reason", [{"why": 1}, 12, b"\xff", ["no"]],
+                         ids=["mapping", "int", "bytes", "list"])
+@pytest.mark.parametrize("verdict", ["approve", "deny"])
+def test_a_decision_whose_reason_is_not_text_denies_with_a_clear_reason(
+        verdict: str, reason: Any, tmp_path: Path) -> None:
+    from shoal.approvals import Decision
+    from tests.test_approvals import Plan, delete, run
+
+    plan = Plan()
+    node = plan.call(delete, path="a")
+    result = run(plan, approver=lambda r: Decision(verdict, reason),  # type: ignore[arg-type]
+                 store=str(tmp_path / "runs.db"))  # the journal, where reasons are text
+    outcome = result[node]
+    assert outcome.status == "denied"
+    assert "a decision's reason is text" in outcome.reason
+
+
+def test_a_decision_without_a_reason_or_with_bad_edit_arguments() -> None:
+    from shoal.approvals import Decision
+
+    assert Decision("approve", None).reason == ""  # type: ignore[arg-type]
+    for args in ("path", ["path"], 3):
+        with pytest.raises(ConfigError, match="an edit's arguments are a mapping"):
+            Decision.edit(args)  # type: ignore[arg-type]
+
+
 # ---- the console approver ----------------------------------------------------------------
 
 

@@ -121,10 +121,17 @@ class Decision:
     args: Mapping[str, Any] | None = None  # the replacement arguments of an ``edit``
 
     def __post_init__(self) -> None:
-        if self.verdict not in ("approve", "deny", "edit"):
+        if not isinstance(self.verdict, str) or self.verdict not in ("approve", "deny", "edit"):
             raise ConfigError(f"a decision is 'approve', 'deny' or 'edit', got {self.verdict!r}")
         if (self.verdict == "edit") != (self.args is not None):
             raise ConfigError("an edit carries the new arguments (and only an edit does)")
+        if self.args is not None and not isinstance(self.args, Mapping):
+            raise ConfigError(f"an edit's arguments are a mapping of argument names to values, "
+                              f"got {self.args!r:.200}")
+        if self.reason is None:  # no reason given
+            object.__setattr__(self, "reason", "")
+        elif not isinstance(self.reason, str):  # it is journaled, and shown to agents, as text
+            raise ConfigError(f"a decision's reason is text, got {self.reason!r:.200}")
 
     @classmethod
     def approve(cls, reason: str = "") -> Decision:
@@ -139,7 +146,7 @@ class Decision:
     @classmethod
     def edit(cls, args: Mapping[str, Any], reason: str = "") -> Decision:
         """Run the call with ``args`` instead (checked against the tool's schema first)."""
-        return cls("edit", reason, dict(args))
+        return cls("edit", reason, dict(args) if isinstance(args, Mapping) else args)
 
 
 class Approver(ABC):
