@@ -304,3 +304,40 @@ def test_a_label_selector_ray_refuses_is_a_config_error_and_leaves_no_port_open(
     assert not [w for w in caught if "socket" in str(w.message)]
     assert (status, kind) == ("failed", ConfigError), error
     assert "lead/placed#1" in error and "in(a" in error
+
+
+def _kill_agent_actors() -> int:
+    """SIGKILL the agent actors' workers of this driver's own Ray (its descendants only)."""
+    import psutil
+
+    killed = 0
+    for process in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "AgentActor" in " ".join(process.cmdline()):
+                process.kill()
+                killed += 1
+    return killed
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_an_actor_killed_while_its_approval_waits_fails_and_withdraws_the_request() -> None:
+    if os.environ.get("RAY_ADDRESS"):
+        pytest.skip("kills the actor's worker by pid: needs the private local Ray")
+    withdrawn: list[str] = []
+    killed: list[int] = []
+
+    class Killer(shoal.Approver):
+        async def review(self, batch: Any) -> list[shoal.Decision]:
+            killed.append(_kill_agent_actors())
+            await asyncio.Event().wait()  # a person who never answers
+            return []
+
+        def withdrawn(self, requests: Any) -> None:
+            withdrawn.extend(r.lineage for r in requests)
+
+    lead = _mailer_tree("ray", ["a"])
+    result = lead.run_sync("go", runtime=shoal.Runtime(approver=Killer()))
+    mailer = result.children[0]
+    assert killed == [1]
+    assert mailer.status == "failed" and "died" in str(mailer.error), mailer.error
+    assert withdrawn == ["lead/mailer#1/send#1"]  # nobody is left asking the person
