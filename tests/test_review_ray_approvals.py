@@ -163,6 +163,22 @@ def test_a_rule_may_name_a_number(tmp_path: Path) -> None:
     assert (rules[0].tool, rules[0].reason) == ("404", "7")
 
 
+def test_one_pattern_given_as_a_string_is_refused_not_read_letter_by_letter() -> None:
+    from shoal.approvals import Rule
+
+    # allow="read_*" read as the patterns "r", "e", ..., "*" would allow every tool
+    for options in ({"allow": "read_*"}, {"deny": "delete_*"}, {"rules": Rule("deny", "x")}):
+        with pytest.raises(ConfigError, match="takes a list"):
+            RulesApprover(**options)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="Rule objects"):
+        RulesApprover([{"deny": "x"}])  # type: ignore[list-item]
+    with pytest.raises(ConfigError, match="patterns"):
+        RulesApprover(allow=[1])  # type: ignore[list-item]
+    approver = RulesApprover(allow=("read_*",))
+    assert [d.verdict for d in review(approver, request(tool_name="delete_all"),
+                                      request(tool_name="read_file"))] == ["deny", "approve"]
+
+
 # ---- numbers too large for a float -------------------------------------------------------
 
 

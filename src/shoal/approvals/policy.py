@@ -18,7 +18,7 @@ import asyncio
 import inspect
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -315,7 +315,15 @@ class RulesApprover(Approver):
                  deny: Sequence[str] = (), otherwise: Otherwise = "deny") -> None:
         if not isinstance(otherwise, Approver) and otherwise not in ("deny", "allow"):
             raise ConfigError(f"otherwise is 'deny', 'allow' or an Approver, got {otherwise!r}")
-        self.rules = [*rules, *(Rule("deny", p) for p in deny), *(Rule("allow", p) for p in allow)]
+        rules, allow, deny = _listed(rules, "rules"), _listed(allow, "allow"), _listed(deny, "deny")
+        if not all(isinstance(rule, Rule) for rule in rules):
+            raise ConfigError(f"rules takes Rule objects, e.g. Rule('deny', 'delete_*'), got "
+                              f"{rules!r:.200}")
+        if not all(isinstance(pattern, str) for pattern in (*allow, *deny)):
+            raise ConfigError(f"allow and deny take tool name patterns (text), got "
+                              f"{[*deny, *allow]!r:.200}")
+        self.rules: list[Rule] = [*rules, *(Rule("deny", p) for p in deny),
+                                  *(Rule("allow", p) for p in allow)]
         self.otherwise = otherwise
 
     def decide(self, request: ApprovalRequest) -> Decision | None:
@@ -388,6 +396,16 @@ class RulesApprover(Approver):
             raise ConfigError(f"cannot read the rules file {str(source)!r}: "
                               f"{exc.strerror or exc}") from None
         return cls.from_dict(_parse_rules(text, source), ask=ask)
+
+
+def _listed(value: Any, name: str) -> list[Any]:
+    """``value`` as a list; one string is refused, not read as one pattern per character.
+
+    ``allow="read_*"`` would otherwise allow ``"*"``: every tool.
+    """
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise ConfigError(f"{name} takes a list, e.g. {name}=[{value!r:.60}], got {value!r:.200}")
+    return list(value)
 
 
 def _parse_rules(text: str, source: Path) -> Any:
