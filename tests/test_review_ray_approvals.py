@@ -357,3 +357,41 @@ def test_an_actor_killed_while_its_approval_waits_fails_and_withdraws_the_reques
     assert killed == [1]
     assert mailer.status == "failed" and "died" in str(mailer.error), mailer.error
     assert withdrawn == ["lead/mailer#1/send#1"]  # nobody is left asking the person
+
+
+TWO_RUNTIMES = """
+import threading
+import shoal
+from shoal.testing import ScriptedModel, call
+from tests.test_process_agents import where
+
+def tree():
+    model = ScriptedModel.per_prompt({"go": [[call("w", task="x")], "done"],
+                                      "x": [[call("where", tag="a")], "did x"]})
+    w = shoal.Agent(name="w", model=model, tools=[where], isolation="ray")
+    return shoal.Agent(name="lead", model=model, subagents=[w])
+
+out = {}
+def go(i):
+    child = tree().run_sync("go").children[0]
+    out[i] = (child.status, child.output, repr(child.error))
+
+threads = [threading.Thread(target=go, args=(i,)) for i in range(2)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(sorted(out.values()))
+"""
+
+
+def test_two_runtimes_on_two_threads_start_their_ray_agents_at_once() -> None:
+    # a fresh driver, where no Ray is connected yet: both runtimes connect it at once
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", TWO_RUNTIMES], cwd=root, capture_output=True,
+                          text=True, timeout=170)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == str([("ok", "did x", "None")] * 2), (
+        done.stdout[-2000:], done.stderr[-2000:])
