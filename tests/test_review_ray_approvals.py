@@ -14,6 +14,7 @@ import contextlib
 import gc
 import math
 import os
+import socket
 import sys
 import warnings
 from pathlib import Path
@@ -395,3 +396,45 @@ def test_two_runtimes_on_two_threads_start_their_ray_agents_at_once() -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == str([("ok", "did x", "None")] * 2), (
         done.stdout[-2000:], done.stderr[-2000:])
+
+
+def test_a_flood_of_silent_connections_holds_few_sockets_and_the_actor_still_connects() -> None:
+    import psutil
+
+    from shoal.agents.ray_agent import MAX_UNCHECKED, TOKEN_BYTES, _Listener
+    from tests.test_ray_agents import _NeverDone
+
+    token = os.urandom(TOKEN_BYTES)
+    me = psutil.Process()
+
+    async def scenario() -> tuple[int, bytes]:
+        listener = _Listener("127.0.0.1", token)
+        accepting = asyncio.ensure_future(listener.accept(_NeverDone(), "lead/x#1"))
+        loop = asyncio.get_running_loop()
+
+        async def connect(first: bytes) -> socket.socket:
+            sock = socket.socket()
+            sock.setblocking(False)
+            await loop.sock_connect(sock, ("127.0.0.1", listener.port))
+            if first:
+                await loop.sock_sendall(sock, first)
+            return sock
+
+        before = me.num_fds()
+        strangers = [await connect(b"") for _ in range(300)]  # slowloris: never say a word
+        strangers += [await connect(b"\xff" * 8) for _ in range(50)]  # a huge length, short
+        await asyncio.sleep(0.5)
+        held = me.num_fds() - before - len(strangers)  # what the parent holds for them
+        friend = await connect(token)
+        reader, writer = await asyncio.wait_for(accepting, 5)
+        await loop.sock_sendall(friend, b"hello")
+        got = await reader.readexactly(5)
+        for each in (*strangers, friend):
+            each.close()
+        writer.close()
+        listener.close()
+        return held, got
+
+    held, got = asyncio.run(scenario())
+    assert got == b"hello"
+    assert held <= MAX_UNCHECKED + 8, held

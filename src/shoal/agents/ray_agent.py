@@ -97,6 +97,9 @@ __all__ = ["HANDSHAKE_TIMEOUT", "TOKEN_BYTES", "AgentActor", "ParentStore", "Ray
 TOKEN_BYTES = 32
 #: Seconds a connection to an agent's port has to send the secret before it is dropped.
 HANDSHAKE_TIMEOUT = 10.0
+#: Connections to an agent's port that may wait to be checked at once; past that the oldest
+#: is dropped (the actor sends its secret at once, so only a stranger waits that long).
+MAX_UNCHECKED = 32
 #: Seconds an actor that sent its agent's result gets to return before it is killed.
 FINISH_GRACE = 1.0
 #: Seconds the parent waits for Ray's account of an actor whose socket closed.
@@ -239,7 +242,9 @@ class _Listener:
             raise
         self.host = host
         self.port: int = self._sock.getsockname()[1]
-        self._tasks: set[asyncio.Task[None]] = set()
+        #: connections not checked yet, oldest first, with the task checking each
+        self._checking: dict[asyncio.Task[Any], socket.socket] = {}
+        self._begun: set[asyncio.Task[Any]] = set()  # those tasks that started
         self._won: asyncio.Future[socket.socket] | None = None
 
     async def accept(self, ref: Any, lineage: str,
@@ -263,9 +268,10 @@ class _Listener:
         finally:
             accepting.cancel()
             actor.cancel()
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(accepting, actor, *self._tasks, return_exceptions=True)
+            checking = list(self._checking)
+            for task in checking:
+                self._drop(task)
+            await asyncio.gather(accepting, actor, *checking, return_exceptions=True)
         try:
             return await asyncio.open_connection(sock=conn)
         except BaseException:
@@ -276,13 +282,34 @@ class _Listener:
         loop = asyncio.get_running_loop()
         while True:
             conn, _ = await loop.sock_accept(self._sock)
+            if len(self._checking) >= MAX_UNCHECKED:  # a flood holds no more than this open
+                self._drop(next(iter(self._checking)))
             task = asyncio.ensure_future(self._check(conn))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._checking[task] = conn
+            task.add_done_callback(self._checked)
+
+    def _drop(self, task: asyncio.Task[Any]) -> None:
+        """Stop checking one connection, and close it.
+
+        A check that started closes its socket itself once cancelled (after the loop stopped
+        watching it: a socket closed while watched can leave the loop watching its number,
+        which the next socket gets); one that never started cannot, so it is closed here.
+        """
+        conn = self._checking.pop(task, None)
+        task.cancel()
+        if conn is not None and task not in self._begun:
+            conn.close()
+
+    def _checked(self, task: asyncio.Task[Any]) -> None:
+        self._checking.pop(task, None)
+        self._begun.discard(task)
 
     async def _check(self, conn: socket.socket) -> None:
         """Keep ``conn`` if its first bytes are the secret (compared in constant time)."""
         loop = asyncio.get_running_loop()
+        me = asyncio.current_task()
+        if me is not None:
+            self._begun.add(me)
         got = b""
         try:
             async with asyncio.timeout(HANDSHAKE_TIMEOUT):
@@ -299,6 +326,8 @@ class _Listener:
         won = self._won
         if (len(got) == TOKEN_BYTES and secrets.compare_digest(got, self._token)
                 and won is not None and not won.done()):
+            if me is not None:
+                self._checking.pop(me, None)  # ours now, not to be closed
             won.set_result(conn)
         else:
             conn.close()
