@@ -131,6 +131,37 @@ def test_a_decision_without_a_reason_or_with_bad_edit_arguments() -> None:
             Decision.edit(args)  # type: ignore[arg-type]
 
 
+class _Named(shoal.Approver):
+    """Approves everything; its ``name`` is what the test says."""
+
+    def __init__(self, name: Any) -> None:
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        if isinstance(self._name, Exception):
+            raise self._name
+        return self._name  # type: ignore[no-any-return]
+
+    async def review(self, batch: Any) -> list[shoal.Decision]:
+        return [shoal.Decision.approve() for _ in batch]
+
+
+@pytest.mark.parametrize("name", [RuntimeError("boom"), None, {"a": 1}, ""],
+                         ids=["raises", "none", "mapping", "empty"])
+def test_an_approver_with_a_broken_name_still_decides(name: Any, tmp_path: Path) -> None:
+    from tests.test_approvals import Plan, delete, run
+
+    plan = Plan()
+    node = plan.call(delete, path="a")
+    store = str(tmp_path / "runs.db")
+    result = run(plan, approver=_Named(name), store=store)  # a hang before: never answered
+    assert result[node].status == "ok", result[node].reason
+    stored = shoal.Runtime(store=store).store
+    assert stored is not None
+    assert [r.decided_by for r in stored.approvals(result.run_id)] == ["_Named"]
+
+
 # ---- the console approver ----------------------------------------------------------------
 
 
