@@ -98,8 +98,8 @@ def test_a_call_whose_edit_was_used_is_asked_again_on_resume(kind: str, tmp_path
     ledger = RunLedger(store)
     asked = request(path="/etc/passwd")
     assert ledger.record(asked, "approval").decision == "pending"
-    args, _ = ledger.approve(asked, Decision.edit({"path": "/tmp/passwd"}), delete, "a person")
-    assert args == {"path": "/tmp/passwd"}
+    args, _ = ledger.approve(asked, Decision.edit({"path": "copy/passwd"}), delete, "a person")
+    assert args == {"path": "copy/passwd"}
     # the run stopped before the edited call ended; resumed, it asks about the call again
     again = ledger.record(asked, "approval")
     assert (again.decision, again.reason) == ("pending", "")
