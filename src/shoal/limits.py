@@ -49,10 +49,18 @@ class Rate:
         return f"{self.count:g}/{self.period:g}s"
 
 
+def finite(value: float | numbers.Real) -> bool:
+    """Whether ``value`` is finite as a float (an int too large for a float is not)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _positive(value: object) -> bool:
     """Whether ``value`` is a positive, finite real number (``bool`` is not taken for one)."""
     return (isinstance(value, numbers.Real) and not isinstance(value, bool)
-            and math.isfinite(value) and float(value) > 0)
+            and finite(value) and float(value) > 0)
 
 
 _FORMS = ("write it as COUNT/UNIT, e.g. '20/s', '100/min', '5/10s', or as a (count, seconds) "

@@ -7,7 +7,6 @@ user-facing keyword options of ``@tool(...)`` and ``Tool.options(...)`` to one, 
 
 from __future__ import annotations
 
-import math
 import numbers
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -20,7 +19,7 @@ from shoal.exceptions import (
     ToolDefinitionError,
     ToolQuarantinedError,
 )
-from shoal.limits import ProcessLimits, Rate, parse_process_limits, parse_rate
+from shoal.limits import ProcessLimits, Rate, finite, parse_process_limits, parse_rate
 
 __all__ = [
     "ISOLATIONS",
@@ -42,7 +41,7 @@ ApprovalRule = bool | Callable[[Mapping[str, Any]], bool]
 def _is_number(value: object) -> bool:
     """Whether ``value`` is a finite real number (``bool`` is not taken for one)."""
     return (isinstance(value, numbers.Real) and not isinstance(value, bool)
-            and math.isfinite(value))
+            and finite(value))
 
 
 def _is_int(value: object) -> bool:
@@ -237,7 +236,7 @@ def _resources(spec: Any) -> tuple[tuple[str, float], ...]:
     for key, value in spec.items():
         _check_resource_name(key)
         if (isinstance(value, bool) or not isinstance(value, int | float)
-                or not math.isfinite(value) or value < 0):
+                or not finite(value) or value < 0):
             raise ToolDefinitionError(f"resource {key!r} needs a number of 0 or more, "
                                       f"got {value!r}")
         if 0 < value < RESOURCE_STEP:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
+import math
+import numbers
 import os
 import random
 import secrets
@@ -667,8 +669,14 @@ def _approval_desk(approver: Approver | Callback | None, timeout: float | None,
                    rate: str | Rate | tuple[float, float] | None,
                    budget: int | None) -> ApprovalDesk:
     """The runtime's approval desk, from its checked settings."""
-    if timeout is not None and not timeout > 0:
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(
+            timeout, numbers.Real) or not timeout > 0):
         raise ConfigError(f"approval_timeout must be positive seconds, got {timeout!r}")
+    if timeout is not None:
+        try:  # a desk times requests on the loop's float clock
+            timeout = float(timeout)
+        except OverflowError:  # an int past any float: never, as float("inf") is
+            timeout = math.inf
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int)
                                or budget < 0):
         raise ConfigError(f"approval_budget must be a whole number, 0 or more, got {budget!r}")

@@ -116,18 +116,25 @@ class Link:
         from shoal.executors._worker import exit_with_group
 
         try:
-            while (message := self.read()) is not None:
-                if message[0] == "reply":
-                    _, call_id, ok, value = message
-                    future = self._waiting.pop(call_id)
-                    if ok:
-                        future.set_result(value)
-                    else:
-                        future.set_exception(value)
-                elif message[0] == "cancel":
-                    self._cancelled(message[1], message[2])
+            self._take_all()
         finally:  # the parent is gone (or sent garbage): nothing here may outlive it
             exit_with_group()
+
+    def _take_all(self) -> None:
+        """Hand each reply to its request and each ``cancel`` on, until the socket ends."""
+        while (message := self.read()) is not None:
+            if message[0] == "reply":
+                _, call_id, ok, value = message
+                future = self._waiting.pop(call_id, None)
+                # a request given up meanwhile (a review withdrawn, say) has no taker
+                if future is None or not future.set_running_or_notify_cancel():
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+            elif message[0] == "cancel":
+                self._cancelled(message[1], message[2])
 
 
 def remote_tracker(link: Link, ctx: TreeContext) -> BudgetTracker:
@@ -199,6 +206,10 @@ def remote_approver(link: Link) -> Approver:
             answer: Sequence[Decision] = await asyncio.wrap_future(
                 link.request("review", list(batch)))
             return answer
+
+        def withdrawn(self, requests: Sequence[ApprovalRequest]) -> None:
+            # the root's desk stops asking about them (its approver is told in turn)
+            link.send(("withdraw", [r.id for r in requests]))
 
     return RemoteApprover()
 

@@ -101,6 +101,9 @@ __all__ = ["HANDSHAKE_TIMEOUT", "TOKEN_BYTES", "AgentActor", "ParentStore", "Ray
 TOKEN_BYTES = 32
 #: Seconds a connection to an agent's port has to send the secret before it is dropped.
 HANDSHAKE_TIMEOUT = 10.0
+#: Connections to an agent's port that may wait to be checked at once; past that the oldest
+#: is dropped (the actor sends its secret at once, so only a stranger waits that long).
+MAX_UNCHECKED = 32
 #: Seconds an actor that sent its agent's result gets to return before it is killed.
 FINISH_GRACE = 1.0
 #: Seconds the parent waits for Ray's account of an actor whose socket closed.
@@ -153,14 +156,15 @@ class RayChannel(Channel):
                          "definition is pickled)")
         token = secrets.token_bytes(TOKEN_BYTES)
         listener = _Listener(host, token)
-        actor = _actor_class(ray).options(**options).remote()
-        ref = actor.run.remote(listener.host, listener.port, token)
         try:
-            reader, writer = await listener.accept(ref, spec.lineage)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                ray.kill(actor, no_restart=True)
-            raise
+            actor = _new_actor(ray, options, spec.lineage)
+            try:
+                ref = actor.run.remote(listener.host, listener.port, token)
+                reader, writer = await listener.accept(ref, spec.lineage)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    ray.kill(actor, no_restart=True)
+                raise
         finally:
             listener.close()
         channel = cls(ray, actor, ref, reader, writer, spec.lineage)
@@ -271,6 +275,19 @@ def _actor_class(ray: Any) -> Any:
     return ray.remote(AgentActor)
 
 
+def _new_actor(ray: Any, options: dict[str, Any], lineage: str) -> Any:
+    """The agent's actor; a :class:`ConfigError` if Ray refuses its options.
+
+    Ray checks some of what ``Agent(resources=, labels=)`` gives only here: the syntax of a
+    label selector, say.
+    """
+    try:
+        return _actor_class(ray).options(**options).remote()
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"agent {lineage}: Ray refused its actor's options (from its "
+                          f"resources= and labels=): {exc}") from None
+
+
 class _Listener:
     """A TCP port that takes the first connection presenting ``token``, and no other."""
 
@@ -286,7 +303,9 @@ class _Listener:
             raise
         self.host = host
         self.port: int = self._sock.getsockname()[1]
-        self._tasks: set[asyncio.Task[None]] = set()
+        #: connections not checked yet, oldest first, with the task checking each
+        self._checking: dict[asyncio.Task[Any], socket.socket] = {}
+        self._begun: set[asyncio.Task[Any]] = set()  # those tasks that started
         self._won: asyncio.Future[socket.socket] | None = None
 
     async def accept(self, ref: Any, lineage: str,
@@ -310,9 +329,10 @@ class _Listener:
         finally:
             accepting.cancel()
             actor.cancel()
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(accepting, actor, *self._tasks, return_exceptions=True)
+            checking = list(self._checking)
+            for task in checking:
+                self._drop(task)
+            await asyncio.gather(accepting, actor, *checking, return_exceptions=True)
         try:
             return await asyncio.open_connection(sock=conn)
         except BaseException:
@@ -323,13 +343,34 @@ class _Listener:
         loop = asyncio.get_running_loop()
         while True:
             conn, _ = await loop.sock_accept(self._sock)
+            if len(self._checking) >= MAX_UNCHECKED:  # a flood holds no more than this open
+                self._drop(next(iter(self._checking)))
             task = asyncio.ensure_future(self._check(conn))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._checking[task] = conn
+            task.add_done_callback(self._checked)
+
+    def _drop(self, task: asyncio.Task[Any]) -> None:
+        """Stop checking one connection, and close it.
+
+        A check that started closes its socket itself once cancelled (after the loop stopped
+        watching it: a socket closed while watched can leave the loop watching its number,
+        which the next socket gets); one that never started cannot, so it is closed here.
+        """
+        conn = self._checking.pop(task, None)
+        task.cancel()
+        if conn is not None and task not in self._begun:
+            conn.close()
+
+    def _checked(self, task: asyncio.Task[Any]) -> None:
+        self._checking.pop(task, None)
+        self._begun.discard(task)
 
     async def _check(self, conn: socket.socket) -> None:
         """Keep ``conn`` if its first bytes are the secret (compared in constant time)."""
         loop = asyncio.get_running_loop()
+        me = asyncio.current_task()
+        if me is not None:
+            self._begun.add(me)
         got = b""
         try:
             async with asyncio.timeout(HANDSHAKE_TIMEOUT):
@@ -346,6 +387,8 @@ class _Listener:
         won = self._won
         if (len(got) == TOKEN_BYTES and secrets.compare_digest(got, self._token)
                 and won is not None and not won.done()):
+            if me is not None:
+                self._checking.pop(me, None)  # ours now, not to be closed
             won.set_result(conn)
         else:
             conn.close()
@@ -630,16 +673,7 @@ class _ActorLink(Link):
 
     def _read_all(self) -> None:
         try:
-            while (message := self.read()) is not None:
-                if message[0] == "reply":
-                    _, call_id, ok, value = message
-                    future = self._waiting.pop(call_id)
-                    if ok:
-                        future.set_result(value)
-                    else:
-                        future.set_exception(value)
-                elif message[0] == "cancel":
-                    self._cancelled(message[1], message[2])
+            self._take_all()
         finally:
             from shoal.executors._reaper import kill_tree
 

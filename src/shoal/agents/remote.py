@@ -15,7 +15,8 @@ one socket:
   (``gate_enter``; ``gate_exit`` gives it back), and a ``Retry-After`` it meets closes the root's
   gate for the whole tree (``gate_pause``): one rate-limit gate per model across the tree;
 * **events** go one way to the root's sinks, lineage intact (``event``);
-* **approvals** are asked of the root's approver (``review``); the child's own runtime binds
+* **approvals** are asked of the root's approver through its desk (``review``, whose budget,
+  rate and batches count them; ``withdraw``); the child's own runtime binds
   each decision to the call's arguments and journals it, as any runtime does;
 * **the board**: the tree's board stays in the root; the child's tools read it and commit
   their writes to it (``board_read``, ``board_commit``...; see
@@ -42,8 +43,9 @@ names), then ``("start", StartSpec)``, then ``("reply", id, ok, value)`` and ``(
 reason, breach)`` (``breach``: the tree's :class:`~shoal.exceptions.BudgetExceeded`, or
 ``None`` when a person or a timeout cancelled the agent). The child sends ``("call", id,
 op, args)``, ``("event", event)``, ``("gate_exit", name)``, ``("gate_pause", name,
-seconds)`` and last ``("done", result)`` (or ``("error", text)`` when it cannot even load
-the agent's definition). The parent side
+seconds)``, ``("withdraw", request_ids)`` (approval requests it no longer needs) and last
+``("done", result)`` (or ``("error", text)`` when it cannot even load the agent's
+definition). The parent side
 (:class:`TreeServer`) only needs a :class:`Channel`, and the child side
 (:mod:`shoal.agents._process`) only a connected socket, so another transport plugs in there:
 for Ray, an actor whose socket connects back to a listener of the parent over TCP.
@@ -70,6 +72,7 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from shoal.events import AgentFinished, AgentStarted
@@ -346,6 +349,8 @@ class TreeServer:
                 self._release(message[1])
             elif kind == "gate_pause":
                 self.ctx.gates.for_name(message[1]).pause(message[2])
+            elif kind == "withdraw":
+                self._withdraw(message[1])
         raise _Gone
 
     def _call(self, call_id: int, op: str, args: tuple[Any, ...]) -> None:
@@ -424,10 +429,31 @@ class TreeServer:
         self._reply(call_id, op, True, value)
 
     async def _review(self, batch: Any) -> Any:
-        approver = self.ctx.runtime.approvals.approver
-        if approver is None:  # the agent was told there is none; it denies on its own
+        """Decisions from the root's desk, as for the root's own requests.
+
+        So the root's ``approval_budget`` and ``approval_rate`` count the agent's requests
+        too, they join the root's batches, and its approver is asked one batch at a time.
+        """
+        desk = self.ctx.runtime.approvals
+        if desk.approver is None:  # the agent was told there is none; it denies on its own
             raise ShoalError("this tree has no approver")
-        return list(await approver.review(batch))
+        loop = asyncio.get_running_loop()
+        rulings: list[asyncio.Future[Any]] = []
+        for request in batch:
+            ruling: asyncio.Future[Any] = loop.create_future()
+            rulings.append(ruling)
+            desk.submit(request, partial(_settle, ruling))
+        try:
+            return list(await asyncio.gather(*rulings))
+        except asyncio.CancelledError:  # the agent ended: nobody waits for these any more
+            for request in batch:
+                desk.withdraw(request.id)
+            raise
+
+    def _withdraw(self, request_ids: Any) -> None:
+        """The agent no longer needs these decisions (its calls were cancelled or timed out)."""
+        for request_id in request_ids:
+            self.ctx.runtime.approvals.withdraw(request_id)
 
     def _release(self, name: str) -> None:
         if self._held[name] > 0:
@@ -443,6 +469,12 @@ class TreeServer:
             for _ in range(count):
                 self.ctx.gates.for_name(name).release()
         self._held.clear()
+
+
+def _settle(ruling: asyncio.Future[Any], decision: Any, by: str) -> None:
+    """Hand the desk's decision on one request to the review waiting for it."""
+    if not ruling.done():
+        ruling.set_result(decision)
 
 
 def _store_of(runtime: Runtime) -> str:

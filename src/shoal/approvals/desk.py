@@ -232,14 +232,14 @@ class ApprovalDesk:
         for pending, decision in zip(batch, decisions, strict=True):
             if pending.open:
                 self._close(pending.request.id)
-                self._rule(pending, decision, approver.name)
+                self._rule(pending, decision, _name_of(approver))
 
     async def _ask(self, approver: Approver, requests: list[ApprovalRequest]) -> list[Decision]:
         """The approver's decisions, one per request; a failing approver denies them all."""
         try:
             answers = list(await approver.review(requests))
         except Exception as exc:  # the approver's bug: deny, and say so, rather than run
-            log.exception("approver %s failed", approver.name)
+            log.exception("approver %s failed", _name_of(approver))
             why = f"the approver failed: {describe_exception(exc)}"
             return [Decision.deny(why) for _ in requests]
         decisions = [a if isinstance(a, Decision) else Decision.deny(
@@ -258,7 +258,21 @@ class ApprovalDesk:
         try:
             approver.withdrawn(requests)
         except Exception:  # the approver's bug must not break the run
-            log.exception("approver %s failed on withdrawn requests", approver.name)
+            log.exception("approver %s failed on withdrawn requests", _name_of(approver))
+
+
+def _name_of(approver: Approver) -> str:
+    """Who decided, as stored: the approver's ``name``, or its class's if that is not text.
+
+    A ``name`` that raises must not leave the batch it decided unanswered; one that is not
+    text could not be journaled, and the approval would be lost.
+    """
+    try:
+        name = approver.name
+    except Exception:
+        log.exception("approver %s: its name failed", type(approver).__name__)
+        name = None
+    return name if isinstance(name, str) and name else type(approver).__name__
 
 
 class RunApprovals:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from shoal.outcome import jsonable
+from shoal.outcome import _converts_in_bounds, _odd_number, jsonable
 from shoal.store.base import ApprovalRecord, canonical_json
 from shoal.store.base import Decision as StoredDecision
 
@@ -43,8 +43,94 @@ def approval_hash(tool: str, arguments: Mapping[str, Any]) -> str:
     kept as their own bytes (``surrogatepass``): any text hashes, the same arguments always
     give the same hash, and arguments that differ only there give different ones.
     """
-    text = f"{tool}\n{canonical_json(dict(arguments))}"
+    arguments = dict(arguments)
+    text = f"{tool}\n{canonical_json(arguments)}"
+    if _lossy(arguments):  # its JSON stands for other arguments too: bind the exact ones
+        text += f"\n{_exact_digest(arguments)}"
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _lossy(value: Any) -> bool:
+    """Whether ``value``'s canonical JSON also stands for other values.
+
+    So it is for values too large (or self-containing) to convert, which become a bounded
+    repr, and for numbers JSON cannot hold, which become text (``NaN`` reads as the string
+    ``"NaN"``; every integer of one bit length too long to write out reads the same).
+    """
+    if not _converts_in_bounds(value):
+        return True
+    stack = [value]
+    while stack:  # in bounds: at most JSON_ITEMS items
+        item = stack.pop()
+        if _odd_number(item):
+            return True
+        if isinstance(item, Mapping):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend(item)
+    return False
+
+
+def _scalar_digest(item: Any) -> bytes:
+    """The digest of one value that holds no others, tagged by its kind."""
+    if isinstance(item, bool) or item is None:
+        body = f"k{item!r}".encode()
+    elif isinstance(item, int):
+        body = f"i{item:x}".encode()  # hex: not bound by the limit on decimal digits
+    elif isinstance(item, float):
+        body = f"f{item.hex()}".encode()
+    elif isinstance(item, str):
+        body = b"s" + item.encode("utf-8", "surrogatepass")
+    elif isinstance(item, bytes | bytearray):
+        body = b"b" + bytes(item)
+    else:
+        body = b"o" + canonical_json(item).encode("utf-8", "surrogatepass")
+    return hashlib.sha256(body).digest()
+
+
+def _exact_digest(value: Any) -> str:
+    """A digest of exactly ``value``: equal values agree, different ones do not.
+
+    Iterative (nesting of any depth), each container digested once (shared parts cost
+    nothing more), one that contains itself recorded as a reference to that ancestor.
+    """
+    done: dict[int, bytes] = {}  # container id -> its digest
+    path: dict[int, int] = {}  # containers being digested -> their depth
+    out: list[bytes] = []  # digests of the values finished, in order
+    stack: list[tuple[Any, int]] = [(value, -1)]  # (value, -1) to start; (container, n) to end
+    while stack:
+        item, count = stack.pop()
+        if count >= 0:  # its ``count`` children are at the end of ``out``
+            children = out[len(out) - count:] if count else []
+            del out[len(out) - count:]
+            out.append(done.setdefault(id(item), _container_digest(item, children)))
+            del path[id(item)]
+            continue
+        if not isinstance(item, Mapping | list | tuple | set | frozenset):
+            out.append(_scalar_digest(item))
+        elif id(item) in path:
+            out.append(hashlib.sha256(f"c{len(path) - path[id(item)]}".encode()).digest())
+        elif id(item) in done:
+            out.append(done[id(item)])
+        else:
+            children_of = ([x for pair in item.items() for x in pair]
+                           if isinstance(item, Mapping) else list(item))
+            path[id(item)] = len(path)
+            stack.append((item, len(children_of)))
+            stack.extend((child, -1) for child in reversed(children_of))
+    return out[0].hex()
+
+
+def _container_digest(item: Any, children: list[bytes]) -> bytes:
+    """A container's digest from its children's: a mapping's and a set's in sorted order."""
+    if isinstance(item, Mapping):
+        parts = sorted(children[i] + children[i + 1] for i in range(0, len(children), 2))
+        kind = b"m"
+    elif isinstance(item, set | frozenset):
+        parts, kind = sorted(children), b"t"
+    else:  # a tuple is a list, as in JSON
+        parts, kind = children, b"l"
+    return hashlib.sha256(kind + b"".join(parts)).digest()
 
 
 class ApprovalLedger(Protocol):
@@ -176,7 +262,8 @@ class RunLedger:
         """The arguments a decision approves (``None``: as asked) and their hash.
 
         An edit is validated against the tool's schema; the request it replaces is closed in
-        the ledger as denied, and the edited call gets a request of its own.
+        the ledger as denied (and used: the edit used it), and the edited call gets a request
+        of its own.
         """
         if decision.verdict != "edit" or decision.args is None:
             return None, request.args_hash
@@ -189,6 +276,8 @@ class RunLedger:
             self.ledger.decide(request.run_id, request.node_id, request.args_hash, "denied",
                                decided_by=by, reason=f"replaced by edited arguments "
                                f"({args_hash[:12]})")
+            # used by the edit: the same call asked again (on resume) is asked, not denied
+            self.ledger.use_decision(request.run_id, request.node_id, request.args_hash)
             self.ledger.request_approval(ApprovalRecord(
                 request.run_id, request.node_id, tool.name, args_hash, arguments=jsonable(args),
                 requested_at=self._epoch()))

@@ -18,7 +18,7 @@ import asyncio
 import inspect
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -121,10 +121,17 @@ class Decision:
     args: Mapping[str, Any] | None = None  # the replacement arguments of an ``edit``
 
     def __post_init__(self) -> None:
-        if self.verdict not in ("approve", "deny", "edit"):
+        if not isinstance(self.verdict, str) or self.verdict not in ("approve", "deny", "edit"):
             raise ConfigError(f"a decision is 'approve', 'deny' or 'edit', got {self.verdict!r}")
         if (self.verdict == "edit") != (self.args is not None):
             raise ConfigError("an edit carries the new arguments (and only an edit does)")
+        if self.args is not None and not isinstance(self.args, Mapping):
+            raise ConfigError(f"an edit's arguments are a mapping of argument names to values, "
+                              f"got {self.args!r:.200}")
+        if self.reason is None:  # no reason given
+            object.__setattr__(self, "reason", "")
+        elif not isinstance(self.reason, str):  # it is journaled, and shown to agents, as text
+            raise ConfigError(f"a decision's reason is text, got {self.reason!r:.200}")
 
     @classmethod
     def approve(cls, reason: str = "") -> Decision:
@@ -139,7 +146,7 @@ class Decision:
     @classmethod
     def edit(cls, args: Mapping[str, Any], reason: str = "") -> Decision:
         """Run the call with ``args`` instead (checked against the tool's schema first)."""
-        return cls("edit", reason, dict(args))
+        return cls("edit", reason, dict(args) if isinstance(args, Mapping) else args)
 
 
 class Approver(ABC):
@@ -308,7 +315,15 @@ class RulesApprover(Approver):
                  deny: Sequence[str] = (), otherwise: Otherwise = "deny") -> None:
         if not isinstance(otherwise, Approver) and otherwise not in ("deny", "allow"):
             raise ConfigError(f"otherwise is 'deny', 'allow' or an Approver, got {otherwise!r}")
-        self.rules = [*rules, *(Rule("deny", p) for p in deny), *(Rule("allow", p) for p in allow)]
+        rules, allow, deny = _listed(rules, "rules"), _listed(allow, "allow"), _listed(deny, "deny")
+        if not all(isinstance(rule, Rule) for rule in rules):
+            raise ConfigError(f"rules takes Rule objects, e.g. Rule('deny', 'delete_*'), got "
+                              f"{rules!r:.200}")
+        if not all(isinstance(pattern, str) for pattern in (*allow, *deny)):
+            raise ConfigError(f"allow and deny take tool name patterns (text), got "
+                              f"{[*deny, *allow]!r:.200}")
+        self.rules: list[Rule] = [*rules, *(Rule("deny", p) for p in deny),
+                                  *(Rule("allow", p) for p in allow)]
         self.otherwise = otherwise
 
     def decide(self, request: ApprovalRequest) -> Decision | None:
@@ -383,6 +398,16 @@ class RulesApprover(Approver):
         return cls.from_dict(_parse_rules(text, source), ask=ask)
 
 
+def _listed(value: Any, name: str) -> list[Any]:
+    """``value`` as a list; one string is refused, not read as one pattern per character.
+
+    ``allow="read_*"`` would otherwise allow ``"*"``: every tool.
+    """
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise ConfigError(f"{name} takes a list, e.g. {name}=[{value!r:.60}], got {value!r:.200}")
+    return list(value)
+
+
 def _parse_rules(text: str, source: Path) -> Any:
     """A rules file's data, read with the limits of plan files.
 
@@ -413,5 +438,18 @@ def _rule(item: Any, number: int) -> Rule:
     if not isinstance(args, Mapping) or not all(isinstance(v, str) for v in args.values()):
         raise ConfigError(f"{where}: args maps argument names to patterns (strings)")
     action: Literal["allow", "deny"] = "allow" if actions[0] == "allow" else "deny"
-    return Rule(action, str(item[action]), {str(k): v for k, v in args.items()},
-                str(item.get("lineage", "*")), reason=str(item.get("reason", "")))
+    return Rule(action, _text(item, action, where), {str(k): v for k, v in args.items()},
+                _text(item, "lineage", where, "*"), reason=_text(item, "reason", where, ""))
+
+
+def _text(item: Mapping[str, Any], key: str, where: str, default: str | None = None) -> str:
+    """A rule's ``key`` as text: a pattern or a reason is text (or a number, written as such).
+
+    ``deny:`` with nothing after it (YAML's null), a list or a mapping would otherwise become
+    a pattern such as ``"None"`` that matches nothing, and the rule would silently do nothing.
+    """
+    value = item.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ConfigError(f"{where}: {key} is text (a pattern such as 'delete_*'"
+                          f"{'' if key != 'reason' else ', or a reason'}), got {value!r}")
+    return str(value)

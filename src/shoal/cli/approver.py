@@ -254,6 +254,10 @@ class ConsoleApprover(Approver):
             except json.JSONDecodeError as exc:
                 self.console.print(f"not JSON ({exc.msg}); try again", markup=False)
                 continue
+            except (ValueError, RecursionError) as exc:  # too many digits, nested too deep
+                why = one_line(str(exc) or type(exc).__name__, 120)
+                self.console.print(f"not usable JSON ({why}); try again", markup=False)
+                continue
             if isinstance(args, dict):
                 return Decision.edit(args, "edited by a person")
             self.console.print('write a JSON object, e.g. {"path": "notes.txt"}', markup=False)

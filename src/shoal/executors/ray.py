@@ -72,6 +72,7 @@ import pickle
 import re
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -433,21 +434,28 @@ def _is_loopback(address: str) -> bool:
     return host == "localhost" or host == "::1" or host.startswith("127.")
 
 
+#: Runtimes on several threads (each with its loop) share the session: one connects Ray,
+#: the others wait for it (``ray.init`` twice at once fails), and the last one out ends it.
+_SESSION_LOCK = threading.Lock()
+
+
 def _acquire(address: str | None) -> _Session:
     global _SESSION
     ray = _import_ray()
-    if _SESSION is None or not ray.is_initialized():  # first use, or Ray shut down meanwhile
-        _SESSION = _Session(ray, _connect(ray, address))
-    _SESSION.users += 1
-    return _SESSION
+    with _SESSION_LOCK:
+        if _SESSION is None or not ray.is_initialized():  # first use, or Ray shut down since
+            _SESSION = _Session(ray, _connect(ray, address))
+        _SESSION.users += 1
+        return _SESSION
 
 
 def _release(session: _Session) -> None:
     global _SESSION
-    session.users -= 1
-    if session.users <= 0 and session is _SESSION:
-        _SESSION = None
-        session.release()
+    with _SESSION_LOCK:
+        session.users -= 1
+        if session.users <= 0 and session is _SESSION:
+            _SESSION = None
+            session.release()
 
 
 class RayExecutor(Executor):
