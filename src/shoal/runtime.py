@@ -11,6 +11,7 @@ and :meth:`Runtime.resume` continues a journaled run that stopped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
 import os
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from shoal import instrumentation
 from shoal.approvals import ApprovalRequest, Approver, Callback, as_approver
 from shoal.approvals.desk import ApprovalDesk
-from shoal.clock import Clock
+from shoal.clock import Clock, read_epoch
 from shoal.deps import Graph, analyze
 from shoal.events import Event, EventSink
 from shoal.exceptions import ConfigError, ShoalError
@@ -107,7 +108,8 @@ class RunHandle:
         """Cancel one node, several, or (with no argument) the whole run.
 
         Running calls are cancelled; queued ones end ``cancelled``; dependents are skipped.
-        Every outcome is still recorded and the awaited result holds them all.
+        Every outcome is still recorded and the awaited result holds them all. Safe to call
+        from any thread: from another than the run's, the cancel is handed to its loop.
         """
         if self._task.done():
             return
@@ -116,7 +118,18 @@ class RunHandle:
             unknown = [i for i in ids if i not in self._driver.graph.position]
             if unknown:
                 raise KeyError(f"no node(s) {unknown} in run {self.run_id}")
-        self._driver.cancel(ids, reason)
+        loop = self._task.get_loop()
+        if _running_loop() is loop:
+            self._driver.cancel(ids, reason)
+            return
+        # another thread: the driver is the loop's alone, and the loop may be asleep (waiting
+        # on a long timer) with nothing else to wake it
+        with contextlib.suppress(RuntimeError):  # a closed loop: the run is over anyway
+            loop.call_soon_threadsafe(self._cancel_soon, ids, reason)
+
+    def _cancel_soon(self, ids: list[str] | None, reason: str) -> None:
+        if not self._task.done():
+            self._driver.cancel(ids, reason)
 
     def observe(self, sink: EventSink) -> None:
         """Send the run's events to ``sink`` too; only before the run has started.
@@ -271,6 +284,9 @@ class Runtime:
         self.store: Store | None = None if store is None else open_store(store)
         self.approvals = _approval_desk(approver, approval_timeout, approval_rate,
                                         approval_budget)
+        if clock is not None and not isinstance(clock, Clock):
+            raise ConfigError(f"clock must be a shoal.Clock (or a subclass), got "
+                              f"{type(clock).__qualname__}")
         self.clock = clock
 
     @property
@@ -604,7 +620,7 @@ class Runtime:
             description, digest = self._describe(plan, graph)
         else:  # resumed, if ever, in this process: describe the plan only then
             description, digest = LazyDescription(graph), ""
-        started = self.clock.epoch() if self.clock is not None else epoch_now()
+        started = read_epoch(self.clock) if self.clock is not None else epoch_now()
         return RunRecord(run_id, started, len(graph.nodes), digest, description,
                          dict(journaling.source or {}), plan.name)
 
@@ -684,6 +700,14 @@ def _sink_list(on_event: EventSink | Sequence[EventSink] | None) -> list[Callabl
     return list(on_event)
 
 
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, if any."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 @functools.cache
 def _cpus() -> int:
     """The machine's CPU count, asked once: asking costs more than a small run's scheduling."""
@@ -713,13 +737,25 @@ async def run(plan: Plan, *, board: Board | None = None, budget: Budget | None =
     ``board`` and ``budget`` go to the run (see :meth:`Runtime.start`). Unless ``store`` is
     given, the run keeps no journal: the runtime ends with the run, so nothing could read it.
     """
-    async with Runtime(**_throwaway(options)) as runtime:
+    async with Runtime(**_throwaway(options, plan)) as runtime:
         return await runtime.run(plan, board=board, budget=budget)
 
 
-def _throwaway(options: dict[str, Any]) -> dict[str, Any]:
-    """Options for a runtime that lives for one run: no in-memory journal nobody reads."""
-    return options if "store" in options else {**options, "store": None}
+def _throwaway(options: dict[str, Any], plan: Plan) -> dict[str, Any]:
+    """Options for a runtime that lives for one run: no in-memory journal nobody reads.
+
+    The run itself reads it when the plan has nodes that run nested runs (agents, patterns):
+    such a node retried after a failed attempt continues from the journal (its finished tool
+    calls replay), and refuses to run without one. Those runs keep the default journal.
+    """
+    if "store" in options or any(_RUNS_NESTED in node.tool.injected.values()
+                                 for node in plan.nodes):
+        return options
+    return {**options, "store": None}
+
+
+#: What tools that run nested runs (agent and pattern nodes) have injected.
+_RUNS_NESTED = "node"
 
 
 def stream(plan: Plan, *, board: Board | None = None, budget: Budget | None = None,
@@ -755,4 +791,4 @@ def _awaiter(handle: RunHandle) -> Callable[[], Coroutine[Any, Any, RunResult]]:
 def run_sync(plan: Plan, *, board: Board | None = None, budget: Budget | None = None,
              **options: Any) -> RunResult:
     """Run ``plan`` from synchronous code with a fresh :class:`Runtime` (see :func:`run`)."""
-    return Runtime(**_throwaway(options)).run_sync(plan, board=board, budget=budget)
+    return Runtime(**_throwaway(options, plan)).run_sync(plan, board=board, budget=budget)
