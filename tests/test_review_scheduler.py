@@ -20,6 +20,7 @@ import pytest
 
 import shoal
 from shoal.events import Event, NodeStarted
+from shoal.store.sqlite import SQLiteStore
 from shoal.testing import run_virtual
 from tests.test_composition_review import _hiccuping_counter, listing
 
@@ -341,3 +342,45 @@ def test_approval_decisions_are_dated_on_the_runs_clock_like_their_requests(
     (record,) = store.approvals("dated")
     assert record.decided_at is not None
     assert record.decided_at - record.requested_at == pytest.approx(3600.0, abs=1e-6)
+
+
+class _NoTimers(shoal.Clock):
+    """A clock that cannot set timers (after ``allowed`` of them)."""
+
+    allowed = 0
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> asyncio.TimerHandle:
+        if _NoTimers.allowed <= 0:
+            raise RuntimeError("no timers on this clock")
+        _NoTimers.allowed -= 1
+        return super().call_at(when, callback)
+
+
+@pytest.mark.parametrize("where", ["deadline", "retry"])
+def test_a_clock_whose_timers_fail_stops_the_run_and_closes_its_journal(
+        where: str, tmp_path: Any) -> None:
+    """The run's deadline timer (at its start) or a retry's back-off cannot be set.
+
+    The error reaches the caller, and the journal is closed, not left to a writer thread:
+    the run is journaled as stopped, not as finished or still running.
+    """
+    _NoTimers.allowed = 1 if where == "retry" else 0
+
+    async def main() -> None:
+        plan = shoal.Plan()
+        plan.call(flaky.options(backoff=0.01, max_backoff=0.01), key=where)
+        clock = _NoTimers(asyncio.get_running_loop())
+        async with shoal.Runtime(store=str(tmp_path / "runs.db"), clock=clock,
+                                 deadline=600.0) as runtime:
+            await runtime.run(plan, run_id="timers")
+
+    # real time: the journal's writer is a real thread, which a virtual loop would not wait for
+    with pytest.raises(RuntimeError, match="no timers on this clock"):
+        asyncio.run(main())
+    assert not [t for t in threading.enumerate() if t.name.startswith("shoal-journal")]
+    store = SQLiteStore(str(tmp_path / "runs.db"))
+    try:
+        record = store.get_run("timers")
+        assert record is not None and record.status == "cancelled"
+    finally:
+        store.close()

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import functools
+import operator
 import os
 import random
 import secrets
@@ -748,14 +749,15 @@ def _throwaway(options: dict[str, Any], plan: Plan) -> dict[str, Any]:
     such a node retried after a failed attempt continues from the journal (its finished tool
     calls replay), and refuses to run without one. Those runs keep the default journal.
     """
-    if "store" in options or any(_RUNS_NESTED in node.tool.injected.values()
-                                 for node in plan.nodes):
+    if "store" in options or any(_RUNS_NESTED in tool.injected.values()
+                                 for tool in set(map(_tool_of, plan.nodes))):
         return options
     return {**options, "store": None}
 
 
 #: What tools that run nested runs (agent and pattern nodes) have injected.
 _RUNS_NESTED = "node"
+_tool_of = operator.attrgetter("tool")
 
 
 def stream(plan: Plan, *, board: Board | None = None, budget: Budget | None = None,

@@ -251,19 +251,8 @@ class Driver:
             self._shift = self._t0 - origin
         self._finished = self._loop.create_future()
         self._open_journal()
-        self._publish([RunStarted(run_id=self.state.run_id, time=self.now(),
-                                  nodes=self.state.size, epoch=self._epoch)])
-        for early in self._before_start:  # cancellations asked for before the run's first turn
-            if self._streaming:
-                self._journal_decisions(early)
-            self._publish(early.events)
-        self._before_start.clear()
-        if self._deadline is not None:
-            self._set_timer(self.now() + self._deadline, "deadline", -1)
-        if self._resume is not None:
-            self._restore(self._resume)
-        self._apply(self.state.begin(self.now()))
         try:
+            self._begin()  # a clock's timer that fails, say: stopped and journaled as below
             await self._finished
         except asyncio.CancelledError:
             self.cancelled_reason = self.cancelled_reason or "the run was cancelled"
@@ -271,7 +260,10 @@ class Driver:
             await self._drain()
             await self._close_journal(quiet=True)
             raise
-        except BaseException:  # an internal error surfaced by _attempt_done: stop, then raise it
+        except BaseException as exc:  # an internal error (in _attempt_done, say): stop, raise it
+            # journaled as stopped, not finished: its nodes may not all have their outcomes
+            self.cancelled_reason = self.cancelled_reason or (
+                f"the run stopped on an error: {type(exc).__name__}: {exc}")
             await self._drain()
             await self._close_journal(quiet=True)
             raise
@@ -288,6 +280,21 @@ class Driver:
                                    counts=result.counts, makespan=result.makespan)])
         await self._close_journal()  # after RunFinished: a journal that keeps events has it too
         return result
+
+    def _begin(self) -> None:
+        """Announce the run, set its deadline, restore what a resume replays, start it."""
+        self._publish([RunStarted(run_id=self.state.run_id, time=self.now(),
+                                  nodes=self.state.size, epoch=self._epoch)])
+        for early in self._before_start:  # cancellations asked for before the run's first turn
+            if self._streaming:
+                self._journal_decisions(early)
+            self._publish(early.events)
+        self._before_start.clear()
+        if self._deadline is not None:
+            self._set_timer(self.now() + self._deadline, "deadline", -1)
+        if self._resume is not None:
+            self._restore(self._resume)
+        self._apply(self.state.begin(self.now()))
 
     def cancel(self, node_ids: Iterable[str] | None, reason: str) -> None:
         """Cancel some nodes, or the whole run (``None``); outcomes are recorded as usual."""
