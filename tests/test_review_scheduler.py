@@ -4,7 +4,8 @@ Each test here failed before the fix it pins: a call cancelled before its first 
 ran its tool, a module-level run that dropped the journal its agent nodes' retries read, clocks
 whose overrides were ignored or whose timers went to a loop that was not running, a cancel from
 another thread that waited for the loop to wake by itself, approval decisions dated on the
-wall clock while their requests were dated on the run's.
+wall clock while their requests were dated on the run's, a run whose clock could not set a
+timer that left its journal open (or journaled a run that stopped on an error as finished).
 """
 
 from __future__ import annotations
