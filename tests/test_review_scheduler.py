@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -385,3 +386,44 @@ def test_a_clock_whose_timers_fail_stops_the_run_and_closes_its_journal(
         assert record is not None and record.status == "cancelled"
     finally:
         store.close()
+
+
+# ---- an eager task factory ---------------------------------------------------------------
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="eager task factories: Python 3.12+")
+def test_runs_work_under_an_eager_task_factory() -> None:
+    """An eager factory runs a task's first step inside create_task, before the driver has
+    recorded the attempt: each attempt must still report once, in a turn of its own.
+
+    A chain of instant tools (it used to fail on the first: an attempt not yet recorded
+    reported its end), fail_fast (calls it cancelled never run) and a cancel all end right.
+    """
+
+    async def main() -> tuple[shoal.RunResult, shoal.RunResult, shoal.RunResult]:
+        loop = asyncio.get_running_loop()
+        loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined]
+        chain = shoal.Plan()
+        ref = chain.call(effect, value=0)
+        for _ in range(2000):  # deeper than the stack, were each end to start the next inline
+            ref = chain.call(effect, value=ref)
+        failing = shoal.Plan()
+        first = failing.call(quick)
+        failing.call(boom)
+        for _ in range(3):
+            failing.call(effect, value=first)
+        waiting = shoal.Plan()
+        for _ in range(5):
+            waiting.call(forever)
+        async with shoal.Runtime() as runtime:
+            handle = runtime.start(waiting)
+            await asyncio.sleep(0.01)
+            handle.cancel()
+            return (await runtime.run(chain), await runtime.run(failing, fail_fast=True),
+                    await handle)
+
+    chained, failed, cancelled = asyncio.run(main())
+    assert chained.ok and len(chained.outcomes) == 2001
+    assert sorted(o.status for o in failed.outcomes.values()) == [
+        "cancelled", "cancelled", "cancelled", "failed", "ok"]
+    assert {o.status for o in cancelled.outcomes.values()} == {"cancelled"}

@@ -485,6 +485,12 @@ class Driver:
         scope: asyncio.Timeout | None = None
         result: AttemptResult
         try:
+            if call.pos not in self._tasks:
+                # started eagerly (an eager task factory runs a task's first step inside
+                # create_task): the driver has not recorded this attempt yet, and may be in
+                # the middle of carrying out a decision, so report nothing from here; go on in
+                # a turn of the loop of its own, as a task started lazily would
+                await asyncio.sleep(0)
             executor = self._executors.get(call.executor) or await self._new_executor(call)
             if barrier is not None:  # the journal holds what released this call, and its start
                 await barrier
