@@ -16,10 +16,13 @@ timers.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 
-__all__ = ["Clock", "clock_of"]
+from shoal.exceptions import ConfigError
+
+__all__ = ["Clock", "clock_of", "read_epoch"]
 
 
 class Clock:
@@ -32,6 +35,12 @@ class Clock:
     __slots__ = ("_shift", "loop", "time")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        if type(self) is not Clock and "time" in _defined_below_clock(type(self)):
+            # the instance's time (the loop's, below) would hide it: refuse, not ignore it
+            raise ConfigError(
+                f"{type(self).__qualname__} overrides Clock.time(): a run's timers are the "
+                "loop's timers, so its time must be the loop's; override epoch() (dates) or "
+                "from_monotonic() instead, or run on a loop whose time() is the one you want")
         self.loop = loop
         #: Seconds on the loop's clock (a bound method: read on every transition).
         self.time: Callable[[], float] = loop.time
@@ -53,6 +62,32 @@ class Clock:
     def call_at(self, when: float, callback: Callable[[], None]) -> asyncio.TimerHandle:
         """Call ``callback`` at ``when`` on this clock (a loop timer)."""
         return self.loop.call_at(when, callback)
+
+
+def _defined_below_clock(cls: type) -> set[str]:
+    """The names the subclasses between ``cls`` and :class:`Clock` define."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if klass is Clock:
+            break
+        names.update(vars(klass))
+    return names
+
+
+def read_epoch(clock: Clock) -> float:
+    """``clock.epoch()``, checked: finite epoch seconds, else :class:`ConfigError`.
+
+    A date the journal keeps must be a number (a NaN cannot be stored, and orders nothing).
+    """
+    try:
+        epoch = clock.epoch()
+    except Exception as exc:
+        raise ConfigError(f"the run's clock ({type(clock).__qualname__}) could not say the "
+                          f"date: its epoch() raised {type(exc).__name__}: {exc}") from exc
+    if isinstance(epoch, bool) or not isinstance(epoch, int | float) or not math.isfinite(epoch):
+        raise ConfigError(f"the run's clock ({type(clock).__qualname__}) gave the date "
+                          f"{epoch!r}: its epoch() must return finite epoch seconds")
+    return float(epoch)
 
 
 def clock_of(loop: asyncio.AbstractEventLoop | None = None) -> Clock:

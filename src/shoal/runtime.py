@@ -11,6 +11,7 @@ and :meth:`Runtime.resume` continues a journaled run that stopped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
 import math
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from shoal import instrumentation
 from shoal.approvals import ApprovalRequest, Approver, Callback, as_approver
 from shoal.approvals.desk import ApprovalDesk
-from shoal.clock import Clock
+from shoal.clock import Clock, read_epoch
 from shoal.deps import Graph, analyze
 from shoal.events import Event, EventSink
 from shoal.exceptions import ConfigError, ShoalError
@@ -109,7 +110,8 @@ class RunHandle:
         """Cancel one node, several, or (with no argument) the whole run.
 
         Running calls are cancelled; queued ones end ``cancelled``; dependents are skipped.
-        Every outcome is still recorded and the awaited result holds them all.
+        Every outcome is still recorded and the awaited result holds them all. Safe to call
+        from any thread: from another than the run's, the cancel is handed to its loop.
         """
         if self._task.done():
             return
@@ -118,7 +120,18 @@ class RunHandle:
             unknown = [i for i in ids if i not in self._driver.graph.position]
             if unknown:
                 raise KeyError(f"no node(s) {unknown} in run {self.run_id}")
-        self._driver.cancel(ids, reason)
+        loop = self._task.get_loop()
+        if _running_loop() is loop:
+            self._driver.cancel(ids, reason)
+            return
+        # another thread: the driver is the loop's alone, and the loop may be asleep (waiting
+        # on a long timer) with nothing else to wake it
+        with contextlib.suppress(RuntimeError):  # a closed loop: the run is over anyway
+            loop.call_soon_threadsafe(self._cancel_soon, ids, reason)
+
+    def _cancel_soon(self, ids: list[str] | None, reason: str) -> None:
+        if not self._task.done():
+            self._driver.cancel(ids, reason)
 
     def observe(self, sink: EventSink) -> None:
         """Send the run's events to ``sink`` too; only before the run has started.
@@ -273,6 +286,9 @@ class Runtime:
         self.store: Store | None = None if store is None else open_store(store)
         self.approvals = _approval_desk(approver, approval_timeout, approval_rate,
                                         approval_budget)
+        if clock is not None and not isinstance(clock, Clock):
+            raise ConfigError(f"clock must be a shoal.Clock (or a subclass), got "
+                              f"{type(clock).__qualname__}")
         self.clock = clock
 
     @property
@@ -606,7 +622,7 @@ class Runtime:
             description, digest = self._describe(plan, graph)
         else:  # resumed, if ever, in this process: describe the plan only then
             description, digest = LazyDescription(graph), ""
-        started = self.clock.epoch() if self.clock is not None else epoch_now()
+        started = read_epoch(self.clock) if self.clock is not None else epoch_now()
         return RunRecord(run_id, started, len(graph.nodes), digest, description,
                          dict(journaling.source or {}), plan.name)
 
@@ -690,6 +706,14 @@ def _sink_list(on_event: EventSink | Sequence[EventSink] | None) -> list[Callabl
     if callable(on_event):
         return [on_event]
     return list(on_event)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, if any."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 @functools.cache

@@ -215,7 +215,7 @@ class RunLedger:
 
     Args:
         ledger: where they are kept (the run's store, else the runtime's memory ledger).
-        epoch: the clock that dates requests (epoch seconds).
+        epoch: the clock that dates requests and decisions (epoch seconds).
     """
 
     def __init__(self, ledger: ApprovalLedger, *,
@@ -243,7 +243,7 @@ class RunLedger:
         """
         args, args_hash = self._bound_args(request, decision, tool, by)
         self.ledger.decide(request.run_id, request.node_id, args_hash, "approved",
-                           decided_by=by, reason=decision.reason)
+                           decided_by=by, reason=decision.reason, at=self._epoch())
         used = self.ledger.use_decision(request.run_id, request.node_id, args_hash)
         if used is None or used.decision != "approved":
             raise ValueError("the approval was already used (a decision is used once)")
@@ -253,7 +253,7 @@ class RunLedger:
         """Keep a denial; one that cannot be kept is logged (a denial is safe unrecorded)."""
         try:
             self.ledger.decide(request.run_id, request.node_id, request.args_hash, "denied",
-                               decided_by=by, reason=reason)
+                               decided_by=by, reason=reason, at=self._epoch())
         except Exception:  # a denial needs no stored record to be safe
             log.exception("could not store the denial of %s", request.id)
 
@@ -275,7 +275,7 @@ class RunLedger:
         if args_hash != request.args_hash:
             self.ledger.decide(request.run_id, request.node_id, request.args_hash, "denied",
                                decided_by=by, reason=f"replaced by edited arguments "
-                               f"({args_hash[:12]})")
+                               f"({args_hash[:12]})", at=self._epoch())
             # used by the edit: the same call asked again (on resume) is asked, not denied
             self.ledger.use_decision(request.run_id, request.node_id, request.args_hash)
             self.ledger.request_approval(ApprovalRecord(

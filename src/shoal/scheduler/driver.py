@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import inspect
 import logging
+import math
 import os
 import socket
 import time
@@ -45,10 +45,10 @@ from functools import partial
 
 from shoal.approvals.desk import ApprovalDesk, RunApprovals
 from shoal.approvals.policy import ApprovalRequest
-from shoal.clock import Clock, clock_of
+from shoal.clock import Clock, clock_of, read_epoch
 from shoal.deps import Graph
 from shoal.events import Event, RunFinished, RunStarted
-from shoal.exceptions import StoreError, ToolTimeoutError
+from shoal.exceptions import ConfigError, StoreError, ToolTimeoutError
 from shoal.executors._results import PLAIN_RESULTS as _PLAIN
 from shoal.executors._results import unawaited_result
 from shoal.executors.base import Call, Executor
@@ -232,8 +232,14 @@ class Driver:
     async def _run(self) -> RunResult:
         self._loop = asyncio.get_running_loop()
         self._context = contextvars.copy_context()
-        clock = self._clock = self._given_clock or clock_of(self._loop)
-        self._epoch = clock.epoch()
+        clock = self._given_clock or clock_of(self._loop)
+        if clock.loop is not self._loop:  # its timers would be set on a loop that is not running
+            raise ConfigError(
+                f"run {self.state.run_id} was given the clock of another event loop: a clock "
+                "(Runtime(clock=...)) serves the loop it was made for, so make the runtime "
+                "and its clock on the loop its runs run on (run_sync makes a new loop per run)")
+        self._epoch = read_epoch(clock)  # checked before anything runs
+        self._clock = clock
         # a resumed run keeps the clock of its first session: replayed times stay comparable
         offset = 0.0 if self._resume is None else self._epoch - self._resume.record.started_at
         self._epoch -= offset
@@ -245,19 +251,8 @@ class Driver:
             self._shift = self._t0 - origin
         self._finished = self._loop.create_future()
         self._open_journal()
-        self._publish([RunStarted(run_id=self.state.run_id, time=self.now(),
-                                  nodes=self.state.size, epoch=self._epoch)])
-        for early in self._before_start:  # cancellations asked for before the run's first turn
-            if self._streaming:
-                self._journal_decisions(early)
-            self._publish(early.events)
-        self._before_start.clear()
-        if self._deadline is not None:
-            self._set_timer(self.now() + self._deadline, "deadline", -1)
-        if self._resume is not None:
-            self._restore(self._resume)
-        self._apply(self.state.begin(self.now()))
         try:
+            self._begin()  # a clock's timer that fails, say: stopped and journaled as below
             await self._finished
         except asyncio.CancelledError:
             self.cancelled_reason = self.cancelled_reason or "the run was cancelled"
@@ -265,7 +260,10 @@ class Driver:
             await self._drain()
             await self._close_journal(quiet=True)
             raise
-        except BaseException:  # an internal error surfaced by _attempt_done: stop, then raise it
+        except BaseException as exc:  # an internal error (in _attempt_done, say): stop, raise it
+            # journaled as stopped, not finished: its nodes may not all have their outcomes
+            self.cancelled_reason = self.cancelled_reason or (
+                f"the run stopped on an error: {type(exc).__name__}: {exc}")
             await self._drain()
             await self._close_journal(quiet=True)
             raise
@@ -282,6 +280,21 @@ class Driver:
                                    counts=result.counts, makespan=result.makespan)])
         await self._close_journal()  # after RunFinished: a journal that keeps events has it too
         return result
+
+    def _begin(self) -> None:
+        """Announce the run, set its deadline, restore what a resume replays, start it."""
+        self._publish([RunStarted(run_id=self.state.run_id, time=self.now(),
+                                  nodes=self.state.size, epoch=self._epoch)])
+        for early in self._before_start:  # cancellations asked for before the run's first turn
+            if self._streaming:
+                self._journal_decisions(early)
+            self._publish(early.events)
+        self._before_start.clear()
+        if self._deadline is not None:
+            self._set_timer(self.now() + self._deadline, "deadline", -1)
+        if self._resume is not None:
+            self._restore(self._resume)
+        self._apply(self.state.begin(self.now()))
 
     def cancel(self, node_ids: Iterable[str] | None, reason: str) -> None:
         """Cancel some nodes, or the whole run (``None``); outcomes are recorded as usual."""
@@ -472,6 +485,12 @@ class Driver:
         scope: asyncio.Timeout | None = None
         result: AttemptResult
         try:
+            if call.pos not in self._tasks:
+                # started eagerly (an eager task factory runs a task's first step inside
+                # create_task): the driver has not recorded this attempt yet, and may be in
+                # the middle of carrying out a decision, so report nothing from here; go on in
+                # a turn of the loop of its own, as a task started lazily would
+                await asyncio.sleep(0)
             executor = self._executors.get(call.executor) or await self._new_executor(call)
             if barrier is not None:  # the journal holds what released this call, and its start
                 await barrier
@@ -512,21 +531,15 @@ class Driver:
     def _stop(self, pos: int) -> None:
         """Cancel the running attempt of ``pos``.
 
-        An attempt started in this loop iteration has not taken its first step yet: it is
-        cancelled just after that step, so its tool starts and sees the cancellation (as a
-        call cancelled a moment later would), rather than never running at all. Should a
-        task still end without reporting, a done-callback reports it (a no-op if it did).
+        An attempt started in this loop iteration has not taken its first step yet: cancelled
+        now, it never runs its tool (a call that ``fail_fast`` or a cancel stopped before it
+        began has no side effect), and never reaches the code that reports its end, so a
+        done-callback reports it (a no-op if the attempt did report).
         """
         running = self._tasks.get(pos)
         if running is not None:
             task, call = running
-            coro = task.get_coro()  # always _attempt's coroutine
-            if inspect.iscoroutine(coro) and (
-                    inspect.getcoroutinestate(coro) == inspect.CORO_CREATED):
-                assert self._loop is not None
-                self._loop.call_soon(task.cancel)
-            else:
-                task.cancel()
+            task.cancel()
             task.add_done_callback(partial(self._unreported, call))
 
     def _unreported(self, call: Call, task: asyncio.Task[None]) -> None:
@@ -556,8 +569,8 @@ class Driver:
             settling = self._settling.pop(call.pos, None) if self._settling else None
             if settling:
                 result = self._settle(settling, result)
-            if call.began_at is not None and self._clock is not None:
-                began = self._clock.from_monotonic(call.began_at)
+            if call.began_at is not None:
+                began = self._began(call.began_at)
                 if began is not None:
                     result.began = began - self._t0
             result.where = call.where or self._here(call)
@@ -573,6 +586,21 @@ class Driver:
             log.exception("internal error while recording %s", call.node_id)
             if self._finished is not None and not self._finished.done():
                 self._finished.set_exception(exc)
+
+    def _began(self, stamp: float) -> float | None:
+        """A backend's monotonic stamp on the run's clock, if the clock can tell (else None).
+
+        The clock may be the user's: a reading it cannot give, or gives as no number, only
+        loses when the call really began (its start is then when it was started).
+        """
+        assert self._clock is not None
+        try:
+            began = self._clock.from_monotonic(stamp)
+            return None if began is None or not math.isfinite(began) else began
+        except Exception:  # math.isfinite refuses what is no number too
+            log.warning("the clock of run %s failed to place a call's start",
+                        self.state.run_id, exc_info=True)
+            return None
 
     def _here(self, call: Call) -> str:
         """The name of this machine if ``call`` ran on a backend that runs everything here."""
@@ -627,7 +655,14 @@ class Driver:
 
     def _epoch_now(self) -> float:
         """Now in epoch seconds on the run's clock (for dates the journal keeps)."""
-        return self._clock.epoch() if self._clock is not None else epoch_now(self._loop)
+        if self._clock is None:
+            return epoch_now(self._loop)
+        try:
+            return read_epoch(self._clock)
+        except ConfigError:  # it told the start's date: count on from there on its time
+            log.warning("the clock of run %s failed to give a date; using the run's start "
+                        "plus its elapsed time", self.state.run_id, exc_info=True)
+            return self._epoch + self.now()
 
     def _publish(self, events: Iterable[Event]) -> None:
         if not self._sinks and not self._internal:  # nobody listens: skip the stamping
