@@ -21,6 +21,7 @@ from shoal.exceptions import (
 from shoal.models.base import ToolResultMessage, UserMessage
 from shoal.testing import ScriptedModel, call
 from tests.conftest import arun
+from tests.spans import finished, started
 
 
 @shoal.tool
@@ -57,7 +58,7 @@ def test_five_calls_of_one_turn_run_in_parallel() -> None:
     elapsed = time.perf_counter() - began
     assert result.output == "done"
     assert elapsed < 0.45, f"the tool phase of 5 x 300 ms took {elapsed:.3f} s"
-    spans = [(c.outcome.started_at, c.outcome.finished_at) for c in result.calls if c.outcome]
+    spans = [(started(c.outcome), finished(c.outcome)) for c in result.calls if c.outcome]
     assert len(spans) == 5
     assert max(s for s, _ in spans) < min(e for _, e in spans)  # all overlapped
     model.check()

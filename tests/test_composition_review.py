@@ -115,8 +115,9 @@ def _kill_mid_map(where: Path, what: str, tag: str, *, extra: frozenset[str] = f
         | {f"numbers{crash.N}": 1})
 
 
-def _noted(board: dict[str, Any], tag: str, numbers: range) -> None:
+def _noted(board: dict[str, Any] | None, tag: str, numbers: range) -> None:
     """The board holds exactly one write per item: no doubles, none lost."""
+    assert board is not None
     assert board["count"] == len(numbers)
     assert Counter(board["items"]) == Counter(f"{tag}{i}" for i in numbers)
 
@@ -152,6 +153,7 @@ def test_map_items_write_once_through_retries_and_not_at_all_when_they_fail() ->
     assert result[mapped].value == [0, 1, 2, 3, 5, 6, 7, 8, 9]
     assert "work#1[4] failed" in result[mapped].reason
     assert tries[0] == 2 and tries[4] == 3
+    assert result.board is not None
     assert result.board["count"] == 9 and sorted(result.board["items"]) == [
         0, 1, 2, 3, 5, 6, 7, 8, 9]
     assert result.board["last"] in {0, 1, 2, 3, 5, 6, 7, 8, 9}
@@ -271,7 +273,8 @@ def test_a_map_of_no_items_replays_as_an_empty_list(where: Path) -> None:
     result = shoal.Runtime(store=where / "runs.db", executor="thread").resume_sync(
         "r1", crash.build_plan("empty"), board=crash.new_board())
     assert result.ok and result["pay"].value == [] and result["total"].value == 0
-    assert result["tail"].value == "done" and result.board["count"] == 0
+    assert result["tail"].value == "done" and result.board is not None
+    assert result.board["count"] == 0
 
 
 def test_agent_and_pattern_nodes_share_the_runs_board_with_their_tools() -> None:
@@ -397,8 +400,8 @@ def test_a_tokens_breach_still_stops_the_turns_in_flight() -> None:
     result = shoal.run_sync(plan, budget=shoal.Budget(tokens=500))
     assert time.monotonic() - began < 10  # the 30 s turns were cancelled, not waited for
     assert result[spend].status == "failed" and result[slow].status == "failed"
-    assert all(result[f"reader#1[{i}]"].error.type == "shoal.exceptions.BudgetExceeded"
-               for i in range(2))
+    assert all((error := result[f"reader#1[{i}]"].error) is not None
+               and error.type == "shoal.exceptions.BudgetExceeded" for i in range(2))
 
 
 def test_agents_and_patterns_map_with_the_item_as_a_named_part_of_the_prompt() -> None:
@@ -506,7 +509,7 @@ def test_approvals_inside_the_tools_of_mapped_agents() -> None:
 
     def approver(request: shoal.ApprovalRequest) -> bool:
         asked.append(request.lineage)
-        return request.args["to"] != "doc1"
+        return bool(request.args["to"] != "doc1")
 
     def first(request: ModelRequest) -> Any:
         return [call("send", to=str(getattr(request.messages[0], "content", "")))]

@@ -240,7 +240,7 @@ def test_after_with_a_single_ref_does_not_hang() -> None:
     previous = signal.signal(signal.SIGALRM, alarm)
     signal.setitimer(signal.ITIMER_REAL, 0.5)
     try:
-        ref = plan.call(search, query="y", after=a)  # type: ignore[arg-type]
+        ref = plan.call(search, query="y", after=a)
     except Stuck:
         pytest.fail("plan.call(after=<one Ref>) did not return")
     finally:

@@ -229,7 +229,7 @@ def engine() -> Iterator[Engine]:
 
 
 if LLAMA is not None:
-    @LLAMA.llama_log_callback  # type: ignore[misc]
+    @LLAMA.llama_log_callback  # type: ignore[untyped-decorator]
     def _quiet(level: int, text: bytes, user_data: Any) -> None:
         pass
 

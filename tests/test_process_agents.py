@@ -567,7 +567,7 @@ def _ends(events: list[Event], lineage: str) -> list[str]:
 
 def test_a_cancel_ends_a_process_agent_that_is_still_starting(tmp_path: Path) -> None:
     events: list[Event] = []
-    handles: list[Any] = []
+    handles: list[shoal.AgentHandle[Any]] = []
 
     def sink(event: Event) -> None:  # the parent starts the call: the process is starting
         events.append(event)
