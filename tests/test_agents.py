@@ -272,7 +272,8 @@ def test_the_old_turns_budget_still_works_with_a_deprecation_warning() -> None:
     with pytest.raises(BudgetExceeded, match="requests limit is 2"):
         shoal.Agent(name="lead", model=ScriptedModel([[call("add", a=1, b=1)]] * 2),
                     tools=[add]).run_sync("go", budget=budget)
-    with pytest.warns(DeprecationWarning), pytest.raises(ConfigError, match="disagree"):
+    with (pytest.warns(DeprecationWarning, match=r"Budget\(requests=\)"),
+          pytest.raises(ConfigError, match="disagree")):
         shoal.Budget(turns=2, requests=3)
     from shoal.agents.budget import BudgetTracker
 

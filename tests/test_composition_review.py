@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,11 +79,11 @@ def _ok_nodes(db: Path, run_id: str) -> set[str]:
 
 
 @pytest.fixture
-def where(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def where(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("SHOAL_COMP_DIR", str(tmp_path))
     for name in ("SHOAL_COMP_SLOW_FROM", "SHOAL_COMP_SLOW_PRODUCER"):
         monkeypatch.delenv(name, raising=False)  # nothing is slow on resume
-    yield tmp_path
+    return tmp_path
 
 
 def _kill_when(where: Path, what: str, ready: Callable[[Path], bool], **env: str) -> None:
@@ -176,7 +176,7 @@ def test_an_open_run_whose_block_raises_drops_the_writes_of_cancelled_items() ->
             return list(range(n))
 
         board = shoal.Board(count=shoal.merge.counter)
-        with pytest.raises(KeyError):
+        with pytest.raises(KeyError):  # noqa: PT012 - raised inside an open run, on purpose
             async with shoal.Runtime().open_run("x", board=board) as run:
                 run.map(slow, over=run.call(numbers, n=5))
                 await gate.wait()
@@ -415,8 +415,8 @@ def test_agents_and_patterns_map_with_the_item_as_a_named_part_of_the_prompt() -
     assert sorted(str(getattr(r.messages[0], "content", "")) for r in requests_of(agent)) == [
         "Summarise\n\npaper:\ndoc0", "Summarise\n\npaper:\ndoc1"]
     # a tool without **more still refuses an item_arg it does not have
+    plan.map(kind_of, over=docs, item_arg="paper")
     with pytest.raises(shoal.PlanError, match="map item_arg 'paper' is not one of its"):
-        plan.map(kind_of, over=docs, item_arg="paper")
         plan.validate()
 
 
@@ -623,7 +623,7 @@ def test_waiting_for_a_map_item_before_the_map_has_its_list() -> None:
 def test_an_open_run_whose_block_raises_while_patterns_run_cancels_them_all() -> None:
     async def scenario() -> shoal.RunResult:
         slow = pipeline(reader("s1", latency=30.0), reader("s2"))
-        with pytest.raises(ValueError, match="oops"):
+        with pytest.raises(ValueError, match="oops"):  # noqa: PT012 - raised inside an open run
             async with shoal.Runtime().open_run("y") as run:
                 run.map(slow, over=run.call(listing, n=3))
                 run.call(slow, task="t")

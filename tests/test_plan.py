@@ -83,7 +83,7 @@ def test_ref_has_no_truth_value() -> None:
     ref = Ref("a")
     with pytest.raises(TypeError, match="no truth value"):
         bool(ref)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError):  # noqa: PT012 - the branching itself is what raises
         if ref:  # the classic mistake: branching on a result that does not exist yet
             pass
 

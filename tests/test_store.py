@@ -395,9 +395,9 @@ def test_idempotency_keys_are_injected_and_stable_across_retries() -> None:
     result = shoal.Runtime().run_sync(plan, run_id="run-7")
     assert result[ref].value == "run-7:pay"
     assert KEYS == ["run-7:pay", "run-7:pay"]
+    bad = shoal.Plan()
+    bad.call(charge, amount=1, key="mine")
     with pytest.raises(shoal.PlanError, match="unexpected argument 'key'"):
-        bad = shoal.Plan()
-        bad.call(charge, amount=1, key="mine")
         bad.validate()
 
 

@@ -359,7 +359,7 @@ def test_a_cancelled_consumer_cancels_the_run() -> None:
     async def main() -> None:
         errors = loop_errors()
         stream = _slow_lead(ended).stream("go")
-        with pytest.raises(TimeoutError):
+        with pytest.raises(TimeoutError):  # noqa: PT012 - raised as the timeout block ends
             async with asyncio.timeout(0.3):
                 async for _ in stream:
                     pass
