@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-import psutil  # type: ignore[import-untyped]  # a dev dependency of shoal
+import psutil  # a dev dependency of shoal
 
 import shoal
 from bench.common import BenchResult, cli

@@ -12,6 +12,7 @@ paused while timing.
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import tempfile
@@ -91,11 +92,11 @@ def main(quick: bool = False) -> BenchResult:
     result.header(f"plan text of one call over {lines:,} and {4 * lines:,} lines; "
                   f"{nodes}-node plan files; hostile files (best of {reps})")
     small, large = long_call(lines), long_call(4 * lines)
-    whole = [best_of(reps, lambda t=t: parse_plan_text(t, [merge])) for t in (small, large)]
+    whole = [best_of(reps, functools.partial(parse_plan_text, t, [merge])) for t in (small, large)]
     result.add(f"plan text, whole, {lines:,} lines", whole[0], "s")
     result.add("plan text, whole, 4x the lines / 1x (linear: 4)", whole[1] / whole[0],
                target=LINEAR)
-    chars = [best_of(reps, lambda t=t: streamed(t)) for t in (small, large)]
+    chars = [best_of(reps, functools.partial(streamed, t)) for t in (small, large)]
     result.add(f"plan text, one char at a time, {len(small):,} chars", chars[0], "s")
     result.add("plan text, one char at a time, 4x / 1x (linear: 4)", chars[1] / chars[0],
                target=LINEAR)
@@ -112,13 +113,13 @@ def main(quick: bool = False) -> BenchResult:
         (base / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
         for suffix in ("json", "yaml"):
             path = base / f"plan.{suffix}"
-            result.add(f"load a {nodes}-node .{suffix} plan file", best_of(reps, lambda p=path:
-                                                                              load_plan(p)), "s")
+            result.add(f"load a {nodes}-node .{suffix} plan file",
+                       best_of(reps, functools.partial(load_plan, path)), "s")
             result.check(f"the .{suffix} file loads whole", len(load_plan(path)) == nodes)
         for name in ("bomb.yaml", "deep.json"):
             path = base / name
             result.add(f"refuse {name} ({path.stat().st_size:,} bytes)",
-                       best_of(reps, lambda p=path: refused(p)), "s", target=REFUSED_FAST)
+                       best_of(reps, functools.partial(refused, path)), "s", target=REFUSED_FAST)
             result.check(f"{name} is refused with a PlanError", refused(path))
     return result
 

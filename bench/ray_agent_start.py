@@ -16,9 +16,9 @@ is ignored). It prints medians of 5 trials, after 2 untimed ones, of
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import statistics
-import sys
 import time
 from typing import Any
 
@@ -101,7 +101,7 @@ def main() -> None:
     import ray
 
     os.environ.pop("RAY_ADDRESS", None)
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
     try:
         raw_actors(ray)
         asyncio.run(agents())
@@ -110,4 +110,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

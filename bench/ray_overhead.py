@@ -61,7 +61,8 @@ async def nap_async(seconds: float) -> float:
 
 def _run_async_fn(seconds: float) -> float:
     """The async tool as a raw Ray task can run it: under ``asyncio.run``."""
-    return asyncio.run(nap_async.fn(seconds))
+    waited: float = asyncio.run(nap_async.fn(seconds))
+    return waited
 
 
 class RawActor:
@@ -191,7 +192,11 @@ async def fan_out(result: BenchResult, ray: Any, n: int, seconds: float, reps: i
     # whatever ran next.
     for name, fn in (("sync", nap_sync.fn), ("async", _run_async_fn)):
         task = ray.remote(fn).options(num_cpus=0, max_retries=0)
-        elapsed = await raw_trial(lambda _, task=task: task.remote(seconds), n)()
+
+        def submit(_: int, task: Any = task) -> Any:
+            return task.remote(seconds)
+
+        elapsed = await raw_trial(submit, n)()
         result.add(f"raw Ray tasks, {name} function, one run", elapsed, "s", floor=floor_best)
 
 

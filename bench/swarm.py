@@ -59,6 +59,7 @@ from bench.common import BenchResult, Target, cli
 from shoal.events import AgentStarted, Event
 from shoal.models.base import ModelRequest, ModelResponse, Usage
 from shoal.testing import ScriptedModel, call
+from shoal.testing.scripted import Step
 
 NAME = "swarm"
 LATENCY = 0.05  # seconds per model request
@@ -80,8 +81,8 @@ class Swarm:
     tool_turns: int = 3  # turns that each make ``calls`` tool calls, before the answer turn
     calls: int = 2
 
-    def worker_script(self) -> list[object]:
-        turns: list[object] = [[call("fetch", key=f"t{t}/c{c}") for c in range(self.calls)]
+    def worker_script(self) -> list[Step]:
+        turns: list[Step] = [[call("fetch", key=f"t{t}/c{c}") for c in range(self.calls)]
                                for t in range(self.tool_turns)]
         return [*turns, "worker summary"]
 

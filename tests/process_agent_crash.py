@@ -85,7 +85,7 @@ def main() -> None:
                       "calls": [c.status for c in result.calls],
                       "helper": [c.status for c in result.children[0].calls],
                       "helper_error": str(result.children[0].error),
-                      "board": result.board["notes"]}))
+                      "board": (result.board or {}).get("notes")}))
 
 
 if __name__ == "__main__":

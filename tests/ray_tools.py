@@ -12,10 +12,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shoal.testing.conformance_tools import add_async as add  # noqa: F401 - shared with the suite
+from shoal.testing.conformance_tools import add_async
 from shoal.testing.conformance_tools import echo as echo
 from shoal.testing.conformance_tools import echo_async as echo_async
 from shoal.tools import Tool, tool
+
+add = add_async  # the suite's shared tool, under the name the Ray tests use
 
 
 class ToolFailure(Exception):
@@ -163,7 +165,7 @@ def mark_and_wait(directory: str, name: str, seconds: float) -> str:
 
     The test watches for these files to kill a node while a call runs on it.
     """
-    ip = node_ip()
+    ip: str = node_ip()
     Path(directory, f"{name}.{ip}.{os.getpid()}.started").touch()
     time.sleep(seconds)
     return ip

@@ -90,8 +90,9 @@ def test_an_agent_is_a_node_with_its_subagents_and_the_budget_counts_them() -> N
     ref2 = over.call(lead2, task="go")
     failed = shoal.run_sync(over, budget=shoal.Budget(requests=2))
     assert failed[ref2].status == "failed"
-    assert failed[ref2].error is not None
-    assert failed[ref2].error.type == "shoal.exceptions.BudgetExceeded"
+    error = failed[ref2].error
+    assert error is not None
+    assert error.type == "shoal.exceptions.BudgetExceeded"
     assert len(model_of(lead2).requests) + len(model_of(lead2.subagents[0]).requests) == 2
 
 
@@ -106,9 +107,10 @@ def test_a_failing_agent_node_fails_its_dependents_are_skipped_siblings_kept() -
     child = plan.call(after, task=bad)
     result = shoal.run_sync(plan)
     assert result[bad].status == "failed"
-    assert result[bad].error is not None
-    assert result[bad].error.type == "shoal.exceptions.MaxTurnsExceeded"
-    assert "looping#1 used all 1 turns" in result[bad].error.message
+    error = result[bad].error
+    assert error is not None
+    assert error.type == "shoal.exceptions.MaxTurnsExceeded"
+    assert "looping#1 used all 1 turns" in error.message
     assert result[good].value == "fine"
     assert result[child].status == "skipped"
     assert model_of(after).requests == []
@@ -123,7 +125,7 @@ def test_bad_arguments_of_an_agent_node_are_plan_errors() -> None:
 
 def test_an_agent_is_not_a_tool_of_another_agent() -> None:
     with pytest.raises(shoal.ConfigError, match="subagents="):
-        shoal.Agent(name="lead", model=ScriptedModel([]), tools=[agent("x", [])])
+        shoal.Agent(name="lead", model=ScriptedModel([]), tools=[agent("x", [])])  # type: ignore[list-item]
 
 
 class Gate(ScriptedModel):

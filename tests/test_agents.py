@@ -21,6 +21,7 @@ from shoal.exceptions import (
 from shoal.models.base import ToolResultMessage, UserMessage
 from shoal.testing import ScriptedModel, call
 from tests.conftest import arun, elapsed
+from tests.spans import finished, started
 
 
 @shoal.tool
@@ -56,7 +57,7 @@ def test_five_calls_of_one_turn_run_in_parallel() -> None:
     assert result.output == "done"
     # on the virtual clock: 5 x 300 ms side by side end at exactly 0.3 s (one after another: 1.5)
     assert took == pytest.approx(0.3, abs=1e-9), f"the tool phase of 5 x 300 ms took {took} s"
-    spans = [(c.outcome.started_at, c.outcome.finished_at) for c in result.calls if c.outcome]
+    spans = [(started(c.outcome), finished(c.outcome)) for c in result.calls if c.outcome]
     assert len(spans) == 5
     assert max(s for s, _ in spans) < min(e for _, e in spans)  # all overlapped
     model.check()
@@ -270,7 +271,8 @@ def test_the_old_turns_budget_still_works_with_a_deprecation_warning() -> None:
     with pytest.raises(BudgetExceeded, match="requests limit is 2"):
         shoal.Agent(name="lead", model=ScriptedModel([[call("add", a=1, b=1)]] * 2),
                     tools=[add]).run_sync("go", budget=budget)
-    with pytest.warns(DeprecationWarning), pytest.raises(ConfigError, match="disagree"):
+    with (pytest.warns(DeprecationWarning, match=r"Budget\(requests=\)"),
+          pytest.raises(ConfigError, match="disagree")):
         shoal.Budget(turns=2, requests=3)
     from shoal.agents.budget import BudgetTracker
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,7 @@ import shoal
 from shoal import Plan
 from shoal.agents.toolcalls import CallRecord, error_text
 from shoal.exceptions import ConfigError, MissingDependencyError
+from shoal.models.base import ToolCall
 from shoal.testing import ScriptedModel, call
 
 
@@ -40,7 +42,7 @@ async def pay(to: str) -> str:
     return f"paid {to}"
 
 
-def one_turn(*calls: object, tools: list[shoal.Tool[..., object]],
+def one_turn(*calls: ToolCall, tools: list[shoal.Tool[..., Any]],
              **options: object) -> list[CallRecord]:
     model = ScriptedModel([list(calls), "done"])
     agent = shoal.Agent(name="lead", model=model, tools=tools, **options)  # type: ignore[arg-type]

@@ -81,11 +81,12 @@ def test_each_turn_shares_the_previous_turns_messages_instead_of_copying_them() 
 
 
 def test_messages_cannot_be_changed_by_whoever_holds_them() -> None:
-    request = ModelRequest("be brief", [UserMessage("hi"), AssistantMessage("", [call("echo")])])
+    request = ModelRequest("be brief", [UserMessage("hi"),
+                                        AssistantMessage("", [call("echo")])])  # type: ignore[arg-type]
     assert type(request.messages) is tuple
-    assert type(request.messages[1].tool_calls) is tuple  # type: ignore[union-attr]
+    assert type(request.messages[1].tool_calls) is tuple
     with pytest.raises(dataclasses.FrozenInstanceError):
-        request.messages[0].content = "changed"  # type: ignore[misc]
+        request.messages[0].content = "changed"
     with pytest.raises(TypeError):
         request.messages[0] = UserMessage("changed")  # type: ignore[index]
     assert type(ModelResponse(tool_calls=[call("echo")]).tool_calls) is tuple  # type: ignore[arg-type]

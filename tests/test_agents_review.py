@@ -150,7 +150,7 @@ def test_the_roots_result_is_not_running_after_a_foreign_error() -> None:
 
     async def main() -> shoal.AgentHandle[Any]:
         handle: shoal.AgentHandle[Any] = shoal.Agent(name="lead", model=Broken()).start("go")
-        with pytest.raises(Exception):  # noqa: B017 - whatever it is, it ends the run
+        with pytest.raises(Exception):  # noqa: B017, PT011 - whatever it is, it ends the run
             await handle
         return handle
 

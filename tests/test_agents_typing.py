@@ -66,6 +66,7 @@ def word(record: shoal.CallRecord) -> str:
 
 
 careful = shoal.Agent(name="careful", tools=[search], tool_error_format=word)
+renamed = shoal.tool(lookup, name="find", timeout=5)
 
 
 async def main() -> str:
@@ -90,6 +91,8 @@ if TYPE_CHECKING:
     reveal_type(result.output)
     reveal_type(report)
     reveal_type(typed.run_sync("go"))
+    reveal_type(search)
+    reveal_type(renamed)
 '''
 
 
@@ -107,7 +110,10 @@ def test_typical_agent_programs_pass_mypy_strict(tmp_path: Path) -> None:
     revealed = [line.split("Revealed type is ", 1)[1].replace("builtins.", "") for line in lines
                 if "Revealed type is" in line]
     assert revealed == ['"shoal.agents.agent.Agent[str]"', '"str"', '"user_program.Report"',
-                        '"shoal.agents.result.AgentResult[user_program.Report]"'], done.stdout
+                        '"shoal.agents.result.AgentResult[user_program.Report]"',
+                        # options or not, a tool's result is what its coroutine returns
+                        '"shoal.tools.Tool[[query: str], list[str]]"',
+                        '"shoal.tools.Tool[[key: str], str]"'], done.stdout
 
 
 @pytest.mark.timeout(600)

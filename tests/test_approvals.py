@@ -343,7 +343,7 @@ class Garbage(Approver):
     (RulesApprover(deny=["delete*"]), "denied by rule"),
     (RulesApprover(), "no rule allows"),
     (CallbackApprover(lambda r: False), "denied by the approval callback"),
-    (CallbackApprover(lambda r: 1 / 0), "ZeroDivisionError"),
+    (CallbackApprover(lambda r: 1 / 0), "ZeroDivisionError"),  # type: ignore[arg-type, return-value]
     (Raising(), "the approver failed: RuntimeError: approver crashed"),
     (Short(), "gave no decision"),
     (Garbage(), "not a Decision"),
@@ -954,7 +954,8 @@ def test_callback_approvers_sync_and_async() -> None:
     got = review(CallbackApprover(slow), request(path="a"), request(path="b"))
     assert [d.verdict for d in got] == ["approve", "deny"]
     answers = iter([True, None, "weird", Decision.edit({"path": "z"})])
-    got = review(as_approver(lambda r: next(answers)), *(request() for _ in range(4)))
+    got = review(as_approver(lambda r: next(answers)),  # type: ignore[arg-type, return-value]
+                 *(request() for _ in range(4)))
     assert [d.verdict for d in got] == ["approve", "deny", "deny", "edit"]
     assert "'weird'" in got[2].reason
     assert CallbackApprover(slow).name == "test_callback_approvers_sync_and_async.<locals>.slow"

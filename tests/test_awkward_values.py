@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 import shoal
 import shoal.store.codec as codec
+from shoal.policy import Isolation
 from shoal.store.codec import decode_value, encode_value
 from shoal.store.sqlite import SQLiteStore
 from tests.awkward_values import KINDS, REPLAYABLE, after, awkward, sibling
@@ -51,7 +52,7 @@ def _same(a: Any, b: Any) -> bool:
 @pytest.mark.parametrize("kind", list(KINDS))
 @pytest.mark.parametrize("store", ["memory", "sqlite", "none"])
 @pytest.mark.parametrize("executor", ["inline", "thread"])
-def test_every_awkward_result_ends_in_a_recorded_outcome(kind: str, store: str, executor: str,
+def test_every_awkward_result_ends_in_a_recorded_outcome(kind: str, store: str, executor: Isolation,
                                                          tmp_path: Path) -> None:
     where: Any = {"memory": "memory", "none": None}.get(store, tmp_path / "runs.db")
     runtime = shoal.Runtime(store=where, executor=executor)
@@ -167,7 +168,8 @@ def test_awkward_results_from_ray_workers(route: str, tmp_path: Path) -> None:
     for kind, ref in odd.items():
         assert result[ref].status in ("ok", "failed"), (kind, result[ref])
         if result[ref].status == "failed":
-            assert result[ref].error is not None and result[ref].error.message, kind
+            error = result[ref].error
+            assert error is not None and error.message, kind
     stored = SQLiteStore(tmp_path / "runs.db").outcomes(result.run_id)
     assert stored["twin"].outcome.value == 42
     assert {k: stored[k].outcome.status for k in odd} == {k: result[r].status

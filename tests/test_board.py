@@ -344,7 +344,7 @@ def test_an_optional_board_param_is_none_in_a_run_without_a_board() -> None:
 
 def test_a_store_that_cannot_journal_board_writes_fails_the_call_saying_so() -> None:
     class NoEffects(MemoryStore):
-        effects = None  # a store of one's own, written before boards existed
+        effects = None  # type: ignore[assignment]  # a store of one's own, written before boards existed
 
     plan = shoal.Plan()
     plan.call(note, node_id="n", fact="x")

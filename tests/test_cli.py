@@ -217,8 +217,9 @@ def test_max_concurrency_and_executor_are_passed_on(workdir: Path) -> None:
 
 
 def test_fail_fast_cancels_the_rest(workdir: Path) -> None:
-    nodes = [{"id": "long", "tool": "cli_tools:anap", "args": {"seconds": 30}},
-             {"id": "bad", "tool": "cli_tools:boom"}]
+    nodes: list[dict[str, Any]] = [
+        {"id": "long", "tool": "cli_tools:anap", "args": {"seconds": 30}},
+        {"id": "bad", "tool": "cli_tools:boom"}]
     proc = shoal("run", str(write_plan(workdir, nodes)), "--json", "--fail-fast", cwd=workdir)
     assert proc.returncode == 1
     outcomes = by_id(json.loads(proc.stdout))
@@ -238,7 +239,7 @@ def test_deadline_times_out_the_run(workdir: Path) -> None:
 
 
 def test_bad_plan_lists_every_problem_without_a_traceback(workdir: Path) -> None:
-    nodes = [
+    nodes: list[dict[str, Any]] = [
         {"id": "a", "tool": "cli_tools:anything", "args": {"value": "$c"}},
         {"id": "c", "tool": "cli_tools:anything", "args": {"value": "$a"}},  # a cycle
         {"id": "d", "tool": "cli_tools:no_such_tool"},  # an unknown tool

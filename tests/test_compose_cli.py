@@ -84,7 +84,7 @@ def readers_done(log: Path) -> Callable[[], bool]:
         lines = events.read_text(encoding="utf-8").splitlines()
         finished = [e for e in map(json.loads, lines[:-1])  # the last may be half written
                     if e["kind"] == "AgentFinished" and "/reader#" in e["lineage"]]
-        return sum(e["status"] == "ok" for e in finished) >= PAPERS - 1
+        return bool(sum(e["status"] == "ok" for e in finished) >= PAPERS - 1)
     return done
 
 
@@ -152,7 +152,8 @@ def test_a_killed_composition_resumes_without_asking_finished_readers_again(
     assert shown_json["answer"] is None
 
     again = tmp_path / "asked-again.txt"
-    resumed = shoal("resume", run_id, "--store", store, "--json", **{REQUEST_LOG: str(again)})
+    log_again: dict[str, Any] = {REQUEST_LOG: str(again)}  # Any: no value is taken for timeout
+    resumed = shoal("resume", run_id, "--store", store, "--json", **log_again)
     assert resumed.returncode == 0, resumed.stderr
     data = json.loads(resumed.stdout)
     assert data["status"] == "ok" and data["output"].startswith(f"Review: {QUESTION}")
@@ -166,7 +167,7 @@ def test_a_killed_composition_resumes_without_asking_finished_readers_again(
     assert len(first) + len(second) == PAPERS + 1
     listed = json.loads(shoal("runs", "--store", store, "--json").stdout)
     assert listed[0]["status"] == "finished"
-    replayed = shoal("resume", run_id, "--store", store, **{REQUEST_LOG: str(again)})
+    replayed = shoal("resume", run_id, "--store", store, **log_again)
     assert replayed.returncode == 0, replayed.stderr  # all finished: nothing asked again
     assert len(asked(again)) == len(second)
     rows = [line.split()[1] for line in replayed.stdout.splitlines() if "  ok  " in line]
@@ -308,8 +309,9 @@ def test_a_file_targets_tools_run_in_worker_processes() -> None:
 
 
 def test_a_deadline_stops_a_composition_and_says_why() -> None:
+    held: dict[str, Any] = {HOLD_SECONDS: "60"}  # Any: no value is taken for timeout
     done = shoal("run", MAIN_JOB, QUESTION, "--model", HELD, "--no-store", "--deadline", "1.5",
-                 **{HOLD_SECONDS: "60"})
+                 **held)
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr
     # the error names the node that failed first and why, not only what was skipped after it

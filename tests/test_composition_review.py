@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,11 +79,11 @@ def _ok_nodes(db: Path, run_id: str) -> set[str]:
 
 
 @pytest.fixture
-def where(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def where(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("SHOAL_COMP_DIR", str(tmp_path))
     for name in ("SHOAL_COMP_SLOW_FROM", "SHOAL_COMP_SLOW_PRODUCER"):
         monkeypatch.delenv(name, raising=False)  # nothing is slow on resume
-    yield tmp_path
+    return tmp_path
 
 
 def _kill_when(where: Path, what: str, ready: Callable[[Path], bool], **env: str) -> None:
@@ -115,8 +115,9 @@ def _kill_mid_map(where: Path, what: str, tag: str, *, extra: frozenset[str] = f
         | {f"numbers{crash.N}": 1})
 
 
-def _noted(board: dict[str, Any], tag: str, numbers: range) -> None:
+def _noted(board: dict[str, Any] | None, tag: str, numbers: range) -> None:
     """The board holds exactly one write per item: no doubles, none lost."""
+    assert board is not None
     assert board["count"] == len(numbers)
     assert Counter(board["items"]) == Counter(f"{tag}{i}" for i in numbers)
 
@@ -152,6 +153,7 @@ def test_map_items_write_once_through_retries_and_not_at_all_when_they_fail() ->
     assert result[mapped].value == [0, 1, 2, 3, 5, 6, 7, 8, 9]
     assert "work#1[4] failed" in result[mapped].reason
     assert tries[0] == 2 and tries[4] == 3
+    assert result.board is not None
     assert result.board["count"] == 9 and sorted(result.board["items"]) == [
         0, 1, 2, 3, 5, 6, 7, 8, 9]
     assert result.board["last"] in {0, 1, 2, 3, 5, 6, 7, 8, 9}
@@ -174,7 +176,7 @@ def test_an_open_run_whose_block_raises_drops_the_writes_of_cancelled_items() ->
             return list(range(n))
 
         board = shoal.Board(count=shoal.merge.counter)
-        with pytest.raises(KeyError):
+        with pytest.raises(KeyError):  # noqa: PT012 - raised inside an open run, on purpose
             async with shoal.Runtime().open_run("x", board=board) as run:
                 run.map(slow, over=run.call(numbers, n=5))
                 await gate.wait()
@@ -271,7 +273,8 @@ def test_a_map_of_no_items_replays_as_an_empty_list(where: Path) -> None:
     result = shoal.Runtime(store=where / "runs.db", executor="thread").resume_sync(
         "r1", crash.build_plan("empty"), board=crash.new_board())
     assert result.ok and result["pay"].value == [] and result["total"].value == 0
-    assert result["tail"].value == "done" and result.board["count"] == 0
+    assert result["tail"].value == "done" and result.board is not None
+    assert result.board["count"] == 0
 
 
 def test_agent_and_pattern_nodes_share_the_runs_board_with_their_tools() -> None:
@@ -397,8 +400,8 @@ def test_a_tokens_breach_still_stops_the_turns_in_flight() -> None:
     result = shoal.run_sync(plan, budget=shoal.Budget(tokens=500))
     assert time.monotonic() - began < 10  # the 30 s turns were cancelled, not waited for
     assert result[spend].status == "failed" and result[slow].status == "failed"
-    assert all(result[f"reader#1[{i}]"].error.type == "shoal.exceptions.BudgetExceeded"
-               for i in range(2))
+    assert all((error := result[f"reader#1[{i}]"].error) is not None
+               and error.type == "shoal.exceptions.BudgetExceeded" for i in range(2))
 
 
 def test_agents_and_patterns_map_with_the_item_as_a_named_part_of_the_prompt() -> None:
@@ -412,8 +415,8 @@ def test_agents_and_patterns_map_with_the_item_as_a_named_part_of_the_prompt() -
     assert sorted(str(getattr(r.messages[0], "content", "")) for r in requests_of(agent)) == [
         "Summarise\n\npaper:\ndoc0", "Summarise\n\npaper:\ndoc1"]
     # a tool without **more still refuses an item_arg it does not have
+    plan.map(kind_of, over=docs, item_arg="paper")
     with pytest.raises(shoal.PlanError, match="map item_arg 'paper' is not one of its"):
-        plan.map(kind_of, over=docs, item_arg="paper")
         plan.validate()
 
 
@@ -506,7 +509,7 @@ def test_approvals_inside_the_tools_of_mapped_agents() -> None:
 
     def approver(request: shoal.ApprovalRequest) -> bool:
         asked.append(request.lineage)
-        return request.args["to"] != "doc1"
+        return bool(request.args["to"] != "doc1")
 
     def first(request: ModelRequest) -> Any:
         return [call("send", to=str(getattr(request.messages[0], "content", "")))]
@@ -620,7 +623,7 @@ def test_waiting_for_a_map_item_before_the_map_has_its_list() -> None:
 def test_an_open_run_whose_block_raises_while_patterns_run_cancels_them_all() -> None:
     async def scenario() -> shoal.RunResult:
         slow = pipeline(reader("s1", latency=30.0), reader("s2"))
-        with pytest.raises(ValueError, match="oops"):
+        with pytest.raises(ValueError, match="oops"):  # noqa: PT012 - raised inside an open run
             async with shoal.Runtime().open_run("y") as run:
                 run.map(slow, over=run.call(listing, n=3))
                 run.call(slow, task="t")

@@ -128,11 +128,11 @@ def _sweep_case(tmp: Path, index: int, kill: str, after: int,
         f"{ {n: s.outcome.status for n, s in before.items()} }")
     final = first
     if in_doubt:  # settle them as a person would, by looking at the effects
-        effects = set(_lines(folder / "effects"))
+        took_effect = set(_lines(folder / "effects"))
         args: list[str] = []
         for node in sorted(in_doubt):
             args += (["--mark-done", f"{node}={json.dumps(_expected_value(node))}"]
-                     if node in effects else ["--rerun", node])
+                     if node in took_effect else ["--rerun", node])
         final = _outcomes(folder, db, run_id, "resume", *args)
 
     assert final == baseline, f"{kill or after}: outcomes differ from an uncrashed run"
@@ -160,7 +160,8 @@ def test_crash_sweep(tmp_path: Path) -> None:
     assert len(baseline) == 100 and all(status == "ok" for status, _ in baseline.values())
 
     with ThreadPoolExecutor(2) as pool:
-        reports = list(pool.map(lambda case: _sweep_case(tmp_path, case[0], *case[1], baseline),
+        reports = list(pool.map(lambda case: _sweep_case(tmp_path, case[0], case[1][0],
+                                                         case[1][1], baseline),
                                 enumerate(CASES)))
 
     assert len(reports) == 20

@@ -107,8 +107,8 @@ def test_a_damaged_row_is_reported_and_the_rest_still_shows(journal: tuple[Path,
     assert as_json.returncode == 0 and column in as_json.stdout
     assert cli("show", other, cwd=where).returncode == 0
 
+    plan = shoal.Plan()  # the check of damage comes before the plan's
     with pytest.raises(shoal.JournalDamagedError, match=column.replace(".", r"\.")):
-        plan = shoal.Plan()  # the check of damage comes before the plan's
         shoal.Runtime(store=db_path).resume_sync(run_id, plan)
     resumed = cli("resume", run_id, cwd=where)
     assert resumed.returncode == 2 and "damaged" in resumed.stderr

@@ -284,7 +284,7 @@ def random_plans(draw: st.DrawFn) -> Plan:
         earlier = [n for n in range(size) if rank[n] < rank[node]]
         refs = draw(st.lists(st.sampled_from(earlier), max_size=3)) if earlier else []
         afters = draw(st.lists(st.sampled_from(earlier), max_size=2)) if earlier else []
-        kind = draw(st.sampled_from([rd, wr, ex, make, "wild"]))
+        kind: Any = draw(st.sampled_from([rd, wr, ex, make, "wild"]))  # a tool or "wild"
         key = draw(st.sampled_from(["a", "b"]))
         data = [Ref(f"n{r}") for r in refs]
         ident: dict[str, Any] = {"node_id": f"n{node}", "after": [f"n{a}" for a in afters]}

@@ -104,7 +104,7 @@ def test_the_fixture_server_is_started_once() -> None:
 def test_page_stats_and_csv_stats() -> None:
     from examples.site_report import tools
 
-    page = {"url": "http://127.0.0.1:1/a.html", "path": "/a.html", "bytes": 0,
+    page: dict[str, Any] = {"url": "http://127.0.0.1:1/a.html", "path": "/a.html", "bytes": 0,
             "body": "<title>T</title><p>Kayak kayak tour</p><script>x y z</script>"
                     "<a href='b.html'>b</a><a href='https://example.org/x'>x</a>"}
     stats = tools.page_stats(page)

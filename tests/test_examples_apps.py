@@ -18,7 +18,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import pytest
 from examples.data_aggregation import plan as da_plan
@@ -32,6 +32,7 @@ from shoal.models.base import AssistantMessage, ModelRequest, UserMessage
 from shoal.patterns import Reflection
 from shoal.testing import ScriptedModel, run_virtual
 from tests.app_models import ACCEPTED, COMMENTARY, DRAFT_1, DRAFT_2, FEEDBACK, NOTES
+from tests.spans import finished, started
 
 ROOT = Path(__file__).resolve().parents[1]
 BAD_SHARD = "sales-2026-05.csv"
@@ -271,8 +272,16 @@ def test_an_unusable_model_is_one_clear_message(capsys: pytest.CaptureFixture[st
 
 # --- market research -------------------------------------------------------------------------
 
+class MarketTeam(TypedDict):
+    """The example's three agents, by their keyword in ``build_plan``."""
+
+    analyst: shoal.Agent[str]
+    writer: shoal.Agent[str]
+    critic: shoal.Agent[str]
+
+
 def market_team(critic_says: list[str], drafts: list[str], latency: float = 2.0
-                ) -> dict[str, shoal.Agent[Any]]:
+                ) -> MarketTeam:
     """The example's agents on scripted models: analysts by profile, writer and critic in turn."""
     analysts = ScriptedModel.per_prompt(
         {mr.profile_text(c): [note] for c, note in NOTES.items()}, latency=latency)
@@ -283,12 +292,12 @@ def market_team(critic_says: list[str], drafts: list[str], latency: float = 2.0
                                           model=ScriptedModel(critic_says, latency=latency))}
 
 
-def model_of(agent: shoal.Agent[Any]) -> ScriptedModel:
-    assert isinstance(agent.model, ScriptedModel)
+def model_of(agent: object) -> ScriptedModel:
+    assert isinstance(agent, shoal.Agent) and isinstance(agent.model, ScriptedModel)
     return agent.model
 
 
-def run_market(tmp_path: Path, team: dict[str, shoal.Agent[Any]],
+def run_market(tmp_path: Path, team: MarketTeam,
                **options: Any) -> shoal.RunResult:
     plan = market_plan(report_path=str(tmp_path / "market_report.md"), **team, **options)
     result = run_virtual(shoal.run(plan))
@@ -299,7 +308,7 @@ def run_market(tmp_path: Path, team: dict[str, shoal.Agent[Any]],
 
 @pytest.fixture(scope="module")
 def market(tmp_path_factory: pytest.TempPathFactory
-           ) -> tuple[Path, dict[str, shoal.Agent[Any]], shoal.RunResult]:
+           ) -> tuple[Path, MarketTeam, shoal.RunResult]:
     cwd = tmp_path_factory.mktemp("market_research")
     team = market_team([FEEDBACK, ACCEPTED],
                        [DRAFT_1, DRAFT_2])
@@ -307,14 +316,14 @@ def market(tmp_path_factory: pytest.TempPathFactory
 
 
 def test_the_analysts_run_side_by_side(
-        market: tuple[Path, dict[str, shoal.Agent[Any]], shoal.RunResult]) -> None:
+        market: tuple[Path, MarketTeam, shoal.RunResult]) -> None:
     _, team, result = market
     assert result.ok, result.counts
     analysts = [result[f"analysts[{i}]"] for i in range(5)]
     assert [o.value for o in analysts] == [NOTES[c] for c in sorted(NOTES)]
     # all five were in flight together: one model turn (2 s) for the lot, not five
-    assert max(o.started_at for o in analysts) < min(o.finished_at for o in analysts)
-    assert all(o.finished_at - o.started_at == pytest.approx(2.0) for o in analysts)
+    assert max(started(o) for o in analysts) < min(finished(o) for o in analysts)
+    assert all(finished(o) - started(o) == pytest.approx(2.0) for o in analysts)
     # 2 s of analysts, then four turns in a row (draft, review, draft, review)
     assert result.makespan == pytest.approx(2.0 + 4 * 2.0)
     # each analyst got exactly its own company's profile as its task
@@ -323,7 +332,7 @@ def test_the_analysts_run_side_by_side(
 
 
 def test_the_critic_loop_revises_once_then_accepts(
-        market: tuple[Path, dict[str, shoal.Agent[Any]], shoal.RunResult]) -> None:
+        market: tuple[Path, MarketTeam, shoal.RunResult]) -> None:
     _, team, result = market
     review = result["review"].value
     assert isinstance(review, Reflection)
@@ -347,7 +356,7 @@ def test_the_critic_loop_revises_once_then_accepts(
 
 
 def test_the_fact_check_and_the_report_come_from_the_data(
-        market: tuple[Path, dict[str, shoal.Agent[Any]], shoal.RunResult]) -> None:
+        market: tuple[Path, MarketTeam, shoal.RunResult]) -> None:
     cwd, _, result = market
     assert result["check"].value["complete"] is True
     text = (cwd / "market_report.md").read_text(encoding="utf-8")

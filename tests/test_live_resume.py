@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -69,10 +68,10 @@ def _last_json(proc: subprocess.Popen[str]) -> dict[str, object]:
 
 
 @pytest.fixture
-def live_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def live_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("SHOAL_LIVE_DIR", str(tmp_path))
     monkeypatch.setenv("SHOAL_LIVE_SLOW", str(HOLD))  # the plan built here is the live run's
-    yield tmp_path
+    return tmp_path
 
 
 def test_resume_of_a_live_run_is_refused_naming_its_process(live_dir: Path) -> None:

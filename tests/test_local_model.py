@@ -27,6 +27,7 @@ from shoal.events import Event, ModelServerStarted, ModelServerStarting
 from shoal.exceptions import ConfigError, MissingDependencyError, ModelError
 from shoal.models.base import (
     AssistantMessage,
+    Message,
     ModelRequest,
     ModelSettings,
     ResponseDone,
@@ -192,7 +193,7 @@ def test_replies_become_tool_calls_or_text() -> None:
 
 def test_the_conversation_is_rewritten_in_the_protocol() -> None:
     call = ToolCall("c1", "add", '{"a": 1, "b": 2}')
-    history = [UserMessage("1+2?"), AssistantMessage("", (call,)),
+    history: list[Message] = [UserMessage("1+2?"), AssistantMessage("", (call,)),
                ToolResultMessage("c1", "add", "3"), ToolResultMessage("c2", "x", "boom", True)]
     plain = list(_plain_messages(history, json_answers=True))
     assert plain[0] == UserMessage("1+2?")

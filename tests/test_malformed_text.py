@@ -78,7 +78,8 @@ def test_an_error_message_with_lone_surrogates_is_journaled_beside_a_sibling(
     runtime = shoal.Runtime(store=where)
     result = runtime.run_sync(plan)
     assert result[ok].value == 2 and result[bad].status == "failed"
-    assert result[bad].error is not None and ODD in result[bad].error.message
+    error = result[bad].error
+    assert error is not None and ODD in error.message
     if store == "sqlite":
         journal = SQLiteStore(tmp_path / "runs.db")
         stored = journal.outcomes(result.run_id)

@@ -131,8 +131,9 @@ def test_without_partial_a_failed_item_fails_the_map_and_keeps_the_others() -> N
     after = plan.call(total, values=mapped)
     result = vrun(shoal.run(plan))
     assert result[mapped].status == "failed"
-    assert result[mapped].error is not None
-    assert result[mapped].error.type == "MapItemsFailed"
+    error = result[mapped].error
+    assert error is not None
+    assert error.type == "MapItemsFailed"
     assert "10 of 1000 items did not succeed: m[7] failed: ValueError" in str(
         result[mapped].error)
     assert result[after].status == "skipped" and "'m'" in result[after].reason

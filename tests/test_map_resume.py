@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,10 +29,10 @@ N, SLOW_FROM = 8, 5  # items 0-4 finish at once; 5-7 are in flight when the run 
 
 
 @pytest.fixture
-def where(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def where(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("SHOAL_MAP_DIR", str(tmp_path))
     monkeypatch.delenv("SHOAL_MAP_SLOW_FROM", raising=False)  # nothing is slow on resume
-    yield tmp_path
+    return tmp_path
 
 
 def _lines(where: Path, name: str) -> Counter[str]:

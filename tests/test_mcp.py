@@ -155,7 +155,7 @@ def test_bad_server_options_are_config_errors() -> None:
     with pytest.raises(shoal.ConfigError, match="exactly one of"):
         shoal.mcp.server(["x"], url="http://127.0.0.1:1/mcp")
     with pytest.raises(shoal.ConfigError, match="not one string"):
-        shoal.mcp.server("mcp-server-time")  # type: ignore[arg-type]
+        shoal.mcp.server("mcp-server-time")
     with pytest.raises(shoal.ConfigError, match="http"):
         shoal.mcp.server(url="ftp://example.org/mcp")
     with pytest.raises(shoal.ConfigError, match="connect_timeout"):
@@ -171,7 +171,7 @@ def test_time_server_tools_carry_the_servers_schema_and_read_only_policy() -> No
     found = by_name(tools)
     assert {"get_current_time", "convert_time"} <= set(found)
     get = found["get_current_time"]
-    assert isinstance(get, shoal.Tool)
+    assert isinstance(get, shoal.mcp.MCPTool)
     schema = get.json_schema()
     assert schema["required"] == ["timezone"] and "timezone" in schema["properties"]
     assert "time" in get.description.lower()
@@ -205,8 +205,9 @@ def test_time_server_in_a_plan_one_session_for_the_run_stopped_at_its_end() -> N
             "UTC", "Europe/Paris", "Asia/Tokyo", "America/New_York"]
         assert all(result[r].ok for r in refs)
         assert result[bad].status == "failed"
-        assert result[bad].error is not None and "MCPToolError" in result[bad].error.type
-        assert "Not/AZone" in result[bad].error.message
+        error = result[bad].error
+        assert error is not None and "MCPToolError" in error.type
+        assert "Not/AZone" in error.message
         return result
 
     arun(main(), timeout=SLOW)
@@ -733,10 +734,11 @@ def test_huge_results_error_results_and_a_call_that_never_answers() -> None:
         result = await shoal.run(plan)
         assert time.perf_counter() - began < 20
         assert result[big].ok and result[big].value == {"result": "x" * 2_000_000}  # intact
-        assert result[refused].status == "failed" and result[refused].error is not None
-        assert result[refused].error.type.endswith("MCPToolError")
-        assert "refused: no no" in result[refused].error.message
-        assert len(result[refused].error.message) < 25_000  # bounded, with a note
+        error = result[refused].error
+        assert result[refused].status == "failed" and error is not None
+        assert error.type.endswith("MCPToolError")
+        assert "refused: no no" in error.message
+        assert len(error.message) < 25_000  # bounded, with a note
         assert result[never].status == "timed_out"
         assert result[quick].value == {"result": "slept 0.1"}  # the session lived on
 
@@ -887,7 +889,7 @@ def test_a_bad_schema_a_foreign_ref_and_mixed_content_from_a_raw_server() -> Non
 def test_bad_tool_options_are_config_errors() -> None:
     async def main() -> None:
         with pytest.raises(shoal.ConfigError, match="only is a list of tool names"):
-            await shoal.mcp.tools(command=AWKWARD, only="slow")  # type: ignore[arg-type]
+            await shoal.mcp.tools(command=AWKWARD, only="slow")
         with pytest.raises(shoal.ConfigError, match="overrides maps a tool name"):
             await shoal.mcp.tools(command=AWKWARD, overrides={"slow": 5})  # type: ignore[dict-item]
         with pytest.raises(shoal.ToolDefinitionError, match="runs inline"):

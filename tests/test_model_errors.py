@@ -172,7 +172,7 @@ def test_a_stream_announces_its_retries_too(server: WireServer) -> None:
     seen: list[Event] = []
     assert arun(read(server.model(), ModelGate("m", retry=QUICK), seen)) == "ok"
     assert [type(e) for e in seen] == [ModelRetrying]
-    assert "HTTP 503" in seen[0].describe()
+    assert isinstance(seen[0], ModelRetrying) and "HTTP 503" in seen[0].describe()
 
 
 def test_an_agent_puts_the_retries_on_its_sinks_with_its_lineage() -> None:

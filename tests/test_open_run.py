@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import pytest
@@ -125,7 +125,7 @@ def test_a_node_that_does_not_fit_is_refused_alone_and_the_run_goes_on() -> None
     async def main() -> shoal.RunResult:
         async with shoal.Runtime().open_run("feed") as run:
             a = run.call(nap, seconds=1, node_id="a")
-            refusals = [
+            refusals: list[Callable[[], object]] = [
                 lambda: run.call(add, a=shoal.Ref("nope"), b=1),  # dangling ref
                 lambda: run.call(add, a="x", b=1),  # does not fit the schema
                 lambda: run.call(add, a=1, b=2, node_id="a"),  # the id is taken

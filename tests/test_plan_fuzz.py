@@ -26,10 +26,11 @@ from shoal.exceptions import PlanError
 from shoal.plan import Plan
 from shoal.planfile import load_plan, plan_from_dict
 from shoal.plantext import PlanTextParser, parse_plan_text
+from shoal.tools import Tool
 from tests.plan_tools import add, anything, merge, search
 
 ROOT = Path(__file__).resolve().parent.parent
-TOOLS = [search, merge, add, anything]
+TOOLS: list[Tool[..., Any]] = [search, merge, add, anything]
 T = "tests.plan_tools:"
 SUFFIXES = [".json", ".yaml", ".yml", ".plan"]
 SECONDS = 5.0  # per input: far above what any needs (most take milliseconds)

@@ -229,7 +229,7 @@ def engine() -> Iterator[Engine]:
 
 
 if LLAMA is not None:
-    @LLAMA.llama_log_callback  # type: ignore[misc]
+    @LLAMA.llama_log_callback  # type: ignore[untyped-decorator]
     def _quiet(level: int, text: bytes, user_data: Any) -> None:
         pass
 
@@ -457,8 +457,8 @@ def test_every_text_the_grammar_allows_parses_as_a_plan(engine: Engine,
     assert text is not None
     try:
         parse_plan_text(text, TOOLS)
-    except PlanError as exc:
-        assert {p.code for p in exc.problems} <= {"dangling_ref", "self_ref", "cycle"}, text
+    except PlanError as exc:  # not pytest.raises: a walk may well parse
+        assert {p.code for p in exc.problems} <= {"dangling_ref", "self_ref", "cycle"}, text  # noqa: PT017
 
 
 # -- the local model writes plans under the grammar --------------------------------------------

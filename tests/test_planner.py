@@ -98,8 +98,8 @@ def test_each_call_of_a_streamed_plan_starts_once_written_and_its_inputs_are_don
         assert abs(started[node] - ready) <= 0.005, (node, started[node], ready)
     # the recorded outcomes carry the same times as the events
     outcomes = {r.call.id: r.outcome for r in result.calls}
-    assert all(outcomes[n] is not None and outcomes[n].started_at == pytest.approx(started[n])
-               for n in DEPS)
+    assert all((outcome := outcomes[n]) is not None
+               and outcome.started_at == pytest.approx(started[n]) for n in DEPS)
     # calls ran while the model still wrote the plan: several ended before the last line
     stream_end = max(parsed.values())
     assert sum(t < stream_end for t in finished.values()) >= 3
@@ -169,11 +169,11 @@ def test_a_failing_call_leads_to_a_replan_that_reuses_the_finished_results() -> 
     said = _said(replan)
     assert "2. get" in said and "ConnectionError: host unreachable" in said
     assert "try a mirror" in said
-    assert "Number the new calls from 4 on" in replan.messages[-1].content  # type: ignore[union-attr]
+    assert "Number the new calls from 4 on" in replan.messages[-1].content
     assert replan.instructions == model.requests[0].instructions
     joiner = model.requests[3]
     assert first in _said(joiner) and second in _said(joiner)
-    assert "page mirror" in joiner.messages[-1].content  # type: ignore[union-attr]
+    assert "page mirror" in joiner.messages[-1].content
     assert result.turns == 4 and result.usage.requests == 4
 
 
@@ -188,7 +188,7 @@ def test_a_replan_past_max_replans_ends_the_run_with_a_typed_error() -> None:
     agent = shoal.Agent(name="planner", model=model, tools=[probe], mode="plan", max_replans=1)
     with pytest.raises(shoal.MaxReplansExceeded, match="raise max_replans") as caught:
         run_virtual(agent.run("go"))
-    result = caught.value.result  # type: ignore[attr-defined]
+    result = caught.value.result
     assert result.status == "failed" and len(result.plans) == 2
     assert "not allowed" in _said(model.requests[3])  # the last joiner was told
     assert "not allowed" not in _said(model.requests[1]) + model.requests[1].instructions
@@ -222,7 +222,7 @@ def test_output_type_applies_to_the_joiners_answer_and_is_asked_again() -> None:
     assert result.output == Answer(total=5)
     assert "JSON schema" in model.requests[1].instructions
     assert model.requests[1].output_schema is None  # the reply is Thought/Action text
-    assert "did not fit" in model.requests[2].messages[-1].content  # type: ignore[union-attr]
+    assert "did not fit" in model.requests[2].messages[-1].content
 
 
 # ---- one conversation: each request extends the previous one and its reply ----------------
@@ -268,7 +268,7 @@ def _failing_then_mirrored() -> tuple[list[shoal.Tool[..., Any]], list[str]]:
 def test_each_planner_request_extends_the_previous_request_and_its_reply(
         streamed: bool) -> None:
     tools, steps = _failing_then_mirrored()
-    options = {"tokens_per_second": 80.0, "first_token": 0.2} if streamed else {}
+    options: dict[str, Any] = {"tokens_per_second": 80.0, "first_token": 0.2} if streamed else {}
     model = ScriptedModel(steps, **options)
     agent: shoal.Agent[Answer] = shoal.Agent(
         name="planner", model=model, tools=tools, mode="plan", output_type=Answer,
@@ -297,7 +297,7 @@ def test_the_last_round_is_told_in_the_conversation_that_it_must_answer() -> Non
                                             mode="plan", output_type=Answer, max_replans=1)
     assert run_virtual(agent.run("count")).output == Answer(total=2)
     _assert_one_conversation(model.requests, steps)
-    last = model.requests[3].messages[-1].content  # type: ignore[union-attr]
+    last = model.requests[3].messages[-1].content
     assert "Replanning is not allowed any more" in last
 
 
@@ -443,7 +443,7 @@ def test_the_requests_budget_stops_a_planner_between_plan_and_join() -> None:
     agent = shoal.Agent(name="planner", model=model, tools=[fetch], mode="plan")
     with pytest.raises(shoal.BudgetExceeded, match="requests") as caught:
         run_virtual(agent.run("go", budget=shoal.Budget(requests=1)))
-    result = caught.value.result  # type: ignore[attr-defined]
+    result = caught.value.result
     assert result.status == "budget_exceeded"
     assert [r.status for r in result.calls] == ["ok"]  # the call it had started still ran
 
@@ -456,7 +456,7 @@ def test_a_wall_clock_breach_mid_plan_cancels_the_running_calls() -> None:
         loop = asyncio.get_running_loop()
         with pytest.raises(shoal.BudgetExceeded) as caught:
             await agent.run("go", budget=shoal.Budget(wall_clock=1.0))
-        return caught.value.result, loop.time()  # type: ignore[attr-defined]
+        return caught.value.result, loop.time()
 
     result, ended = run_virtual(main())
     assert ended == pytest.approx(1.0, abs=0.01)
@@ -475,7 +475,7 @@ def test_cancelling_a_planner_mid_plan_gives_cancelled_outcomes() -> None:
         handle.cancel(reason="enough")
         with pytest.raises(shoal.AgentError) as caught:
             await handle
-        return caught.value.result, loop.time()  # type: ignore[attr-defined]
+        return caught.value.result, loop.time()
 
     result, ended = run_virtual(main())
     assert ended < 1
@@ -775,7 +775,7 @@ def test_cancelling_a_planner_while_its_plan_streams() -> None:
         handle.cancel(reason="enough")
         with pytest.raises(shoal.AgentError) as caught:
             await handle
-        return caught.value.result, loop.time()  # type: ignore[attr-defined]
+        return caught.value.result, loop.time()
 
     result, ended = run_virtual(main())
     assert ended == pytest.approx(5.0)

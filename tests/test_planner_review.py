@@ -295,7 +295,7 @@ def test_a_joiner_answering_with_native_calls_is_read_or_told_it_cannot_call_too
              [call("echo", text="x")], "Action: Finish(told)"]
     result, _, model = _run(steps)
     assert result.output == "told" and len(result.plans) == 2
-    retry = model.requests[4].messages[-1].content  # type: ignore[union-attr]
+    retry = model.requests[4].messages[-1].content
     assert "No tools can be called here (you called echo)" in retry
     ran: Counter[str] = Counter()
     typed = shoal.Agent(name="planner", model=ScriptedModel([plan, [call("finish", total=3)]]),
@@ -425,7 +425,7 @@ def test_requests_stay_bounded_however_many_rounds_bring_big_results() -> None:
     result = run_virtual(agent.run("go"), debug=False)
     assert result.output == "enough" and len(result.calls) == 18
     for request in model.requests:
-        size = sum(len(m.content) for m in request.messages)  # type: ignore[union-attr]
+        size = sum(len(m.content) for m in request.messages)
         assert size < MAX_OBSERVATION_CHARS + 5_000
     # the last plan's results are in the last joiner's request, cut, not left out
     assert "13. big" in _joiner_text(model, 5) and "more characters cut" in _joiner_text(model, 5)

@@ -172,7 +172,7 @@ def test_crashing_workers_fail_only_their_own_calls() -> None:
     random.Random(7).shuffle(kinds)
     refs = []
     for i, kind in enumerate(kinds):
-        if kind == "ok":
+        if isinstance(kind, str):
             refs.append(("ok", i, plan.call(pt.square, x=i)))
         else:
             refs.append((kind.name, i, plan.call(kind)))
@@ -213,8 +213,9 @@ def test_a_crash_with_another_exit_code_names_it() -> None:
     plan = Plan()
     ref = plan.call(pt.exit_now, code=3)
     result = shoal.run_sync(plan, process_workers=1)
-    assert result[ref].error is not None
-    assert result[ref].error.message == (
+    error = result[ref].error
+    assert error is not None
+    assert error.message == (
         "the worker process running tool 'exit_now' died: exit code 3")
 
 
@@ -299,7 +300,8 @@ def test_a_memory_limit_makes_a_big_allocation_fail_with_memory_error() -> None:
     result = shoal.run_sync(plan, process_workers=1)
     assert result[small].value == 16 * 2**20
     assert result[big].status == "failed"
-    assert result[big].error is not None and result[big].error.type == "MemoryError"
+    error = result[big].error
+    assert error is not None and error.type == "MemoryError"
 
 
 def test_an_open_files_limit_makes_opening_many_files_fail() -> None:
@@ -310,9 +312,10 @@ def test_an_open_files_limit_makes_opening_many_files_fail() -> None:
     result = shoal.run_sync(plan, process_workers=1)
     assert result[few].value == 5
     assert result[many].status == "failed"
-    assert result[many].error is not None
-    assert result[many].error.type == "OSError"
-    assert "Too many open files" in result[many].error.message
+    error = result[many].error
+    assert error is not None
+    assert error.type == "OSError"
+    assert "Too many open files" in error.message
 
 
 def test_a_cpu_limit_kills_a_busy_loop() -> None:
@@ -389,8 +392,9 @@ def test_a_tool_that_keeps_crashing_its_workers_is_quarantined_for_the_run() -> 
             again = Plan()  # quarantine lasts one run
             one = again.call(pt.exit_now)
             later = await runtime.run(again)
-            assert later[one].error is not None
-            assert later[one].error.type == "shoal.exceptions.WorkerCrashedError"
+            error = later[one].error
+            assert error is not None
+            assert error.type == "shoal.exceptions.WorkerCrashedError"
             assert executor.workers_crashed == QUARANTINE_AFTER + 1
 
     arun(main(), timeout=SLOW)
@@ -516,12 +520,13 @@ def test_outcomes_name_the_original_error_type() -> None:
     typed = plan.call(over_budget, budget=1.0)
     locked = plan.call(pt.raise_locked)
     result = shoal.run_sync(plan, process_workers=1)
-    assert result[typed].error is not None and result[locked].error is not None
-    assert result[typed].error.type == "tests.test_process.BudgetError"
-    assert "raise BudgetError" in result[typed].error.traceback
+    typed_error, locked_error = result[typed].error, result[locked].error
+    assert typed_error is not None and locked_error is not None
+    assert typed_error.type == "tests.test_process.BudgetError"
+    assert "raise BudgetError" in typed_error.traceback
     # could not travel as itself, yet the outcome names the original type and message
-    assert result[locked].error.type == "tests.process_tools.LockedError"
-    assert result[locked].error.message == "cannot travel"
+    assert locked_error.type == "tests.process_tools.LockedError"
+    assert locked_error.message == "cannot travel"
 
 
 # ---- (8) what cannot be pickled ------------------------------------------------------------------

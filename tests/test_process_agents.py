@@ -566,6 +566,7 @@ def test_process_agents_write_the_trees_board_as_inline_agents_do() -> None:
         seen[isolation] = lead.run_sync("go", board=_board())
     inline, remote = seen["inline"], seen["process"]
     assert remote.ok, remote.error
+    assert remote.board is not None and inline.board is not None
     assert sorted(remote.board["findings"]) == sorted(inline.board["findings"]) == [
         "a", "b", "c", "d"]
     assert remote.board["count"] == inline.board["count"] == 4
@@ -592,6 +593,7 @@ def test_a_conflict_between_two_agent_processes_is_found_at_the_root() -> None:
     [conflict] = result.conflicts
     assert conflict.key == "verdict"
     assert sorted(conflict.writers) == ["lead/judge#1/decide#1", "lead/judge#2/decide#1"]
+    assert result.board is not None
     assert result.board["verdict"] == conflict.kept
 
 
@@ -603,6 +605,7 @@ def test_a_process_agents_bad_board_write_fails_its_call_as_inline() -> None:
     result = lead.run_sync("go", board=_board())
     [record] = result.children[0].calls
     assert record.status == "failed" and "no key 'nowhere'" in record.message.content
+    assert result.board is not None
     assert result.board["findings"] == []
 
 
@@ -691,7 +694,7 @@ def _ends(events: list[Event], lineage: str) -> list[str]:
 
 def test_a_cancel_ends_a_process_agent_that_is_still_starting(tmp_path: Path) -> None:
     events: list[Event] = []
-    handles: list[Any] = []
+    handles: list[shoal.AgentHandle[Any]] = []
 
     def sink(event: Event) -> None:  # the parent starts the call: the process is starting
         events.append(event)

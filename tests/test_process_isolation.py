@@ -390,7 +390,7 @@ def test_where_the_kernel_refuses_the_sandbox_calls_fail_saying_why() -> None:
 def test_bad_sandbox_settings_are_config_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match="process_sandbox must be"):
         Runtime(process_sandbox="chroot")
-    monkeypatch.setattr(process_module.sys, "platform", "darwin")
+    monkeypatch.setattr("sys.platform", "darwin")
     with pytest.raises(ConfigError, match="needs Linux"):
         process_module.ProcessExecutor(1, sandbox="namespace")
 

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,11 @@ def test_ruff_is_clean() -> None:
 
 @pytest.mark.slow
 def test_mypy_strict_is_clean() -> None:
-    done = run("-m", "mypy")  # settings (strict, files=src/shoal) come from pyproject.toml
+    # settings (strict; the library, its tests, benchmarks and examples) come from pyproject
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["mypy"]
+    assert config["strict"] is True
+    assert {"src/shoal", "tests", "bench", "examples"} <= set(config["files"])
+    done = run("-m", "mypy")
     print(done.stdout, done.stderr)
     assert done.returncode == 0, f"mypy found problems:\n{done.stdout}{done.stderr}"
     assert "Success" in done.stdout

@@ -2,6 +2,7 @@
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -44,7 +45,7 @@ def shout(text: str) -> str:
     return text.upper()
 
 
-TOOLS = [slow, add, explode, shout]
+TOOLS: list[shoal.Tool[..., Any] | Callable[..., Any]] = [slow, add, explode, shout]
 
 TURN = tool_call_reply(
     call("slow", {"label": "a"}, id="c1"),
@@ -172,8 +173,8 @@ def test_async_variants_on_a_running_loop() -> None:
                 messages=[{"role": "user", "content": "go"}])
             with pytest.raises(ShoalError, match="running event loop"):
                 openai_tool_messages_sync(completion, TOOLS)
-            both = await asyncio.gather(openai_tool_messages(completion, TOOLS),
-                                        anthropic_tool_results(message, TOOLS))
+            both: tuple[list[dict[str, Any]], dict[str, Any]] = await asyncio.gather(
+                openai_tool_messages(completion, TOOLS), anthropic_tool_results(message, TOOLS))
             await openai_client.close()
             await anthropic_client.close()
             return both

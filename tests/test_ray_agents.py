@@ -428,9 +428,9 @@ def test_ray_agents_nest_and_report_through_each_other(ray_cluster: str) -> None
             "y": ["y done"],
         })
         leaf = shoal.Agent(name="leaf", model=model, tools=[where],
-                           isolation=isolation)  # type: ignore[arg-type]
+                           isolation=isolation)
         reader = shoal.Agent(name="reader", model=model, subagents=[leaf],
-                             isolation=isolation)  # type: ignore[arg-type]
+                             isolation=isolation)
         lead = shoal.Agent(name="lead", model=model, subagents=[reader])
         events = _Recorder()
         result = lead.run_sync("go", budget=shoal.Budget(subagents=2), on_event=events)

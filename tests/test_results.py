@@ -19,7 +19,7 @@ import zoneinfo
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import cloudpickle
+import cloudpickle  # type: ignore[import-untyped]
 import pydantic
 import pytest
 

@@ -9,7 +9,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +45,9 @@ def gather(parts: list[Any]) -> int:
 
 
 @pytest.fixture(autouse=True)
-def _fresh() -> Iterator[None]:
+def _fresh() -> None:
     calls.clear()
     broken.clear()
-    yield
 
 
 def _siblings() -> tuple[shoal.Plan, list[shoal.Ref], shoal.Ref]:

@@ -161,6 +161,7 @@ def test_a_board_value_the_parent_refuses_fails_the_call_not_the_agent() -> None
     assert "SerializationError" in refused.message.content
     assert "Finding" in refused.message.content and "board commit" in refused.message.content
     assert plain.status == "ok"
+    assert result.board is not None
     assert result.board["findings"] == ["plain"]  # the refused call wrote nothing
 
 
@@ -189,6 +190,7 @@ def test_a_board_value_of_a_class_the_application_allowed_reaches_the_root() -> 
     lead = shoal.Agent(name="lead", model=model, subagents=[reader])
     result = lead.run_sync("go", board=shoal.Board(findings=shoal.merge.append))
     assert result.children[0].ok, result.children[0].calls[0].message.content
+    assert result.board is not None
     [found] = result.board["findings"]
     assert isinstance(found, AllowedFinding) and found.text == "x"
 
@@ -237,6 +239,7 @@ def test_a_board_value_too_deep_to_send_fails_the_reading_call_not_the_agent() -
     assert child.ok, child.error
     refused, plain = child.calls
     assert refused.status == "failed" and "SerializationError" in refused.message.content
+    assert result.board is not None
     assert plain.status == "ok" and len(result.board["findings"]) == 2
 
 

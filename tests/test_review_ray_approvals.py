@@ -110,8 +110,9 @@ def test_a_call_whose_edit_was_used_is_asked_again_on_resume(kind: str, tmp_path
 @pytest.mark.parametrize("verdict", ["approve", "deny"])
 def test_a_decision_whose_reason_is_not_text_denies_with_a_clear_reason(
         verdict: str, reason: Any, tmp_path: Path) -> None:
+    from shoal import Plan
     from shoal.approvals import Decision
-    from tests.test_approvals import Plan, delete, run
+    from tests.test_approvals import delete, run
 
     plan = Plan()
     node = plan.call(delete, path="a")
@@ -150,7 +151,8 @@ class _Named(shoal.Approver):
 @pytest.mark.parametrize("name", [RuntimeError("boom"), None, {"a": 1}, ""],
                          ids=["raises", "none", "mapping", "empty"])
 def test_an_approver_with_a_broken_name_still_decides(name: Any, tmp_path: Path) -> None:
-    from tests.test_approvals import Plan, delete, run
+    from shoal import Plan
+    from tests.test_approvals import delete, run
 
     plan = Plan()
     node = plan.call(delete, path="a")
@@ -201,7 +203,7 @@ def test_one_pattern_given_as_a_string_is_refused_not_read_letter_by_letter() ->
     # allow="read_*" read as the patterns "r", "e", ..., "*" would allow every tool
     for options in ({"allow": "read_*"}, {"deny": "delete_*"}, {"rules": Rule("deny", "x")}):
         with pytest.raises(ConfigError, match="takes a list"):
-            RulesApprover(**options)  # type: ignore[arg-type]
+            RulesApprover(**options)
     with pytest.raises(ConfigError, match="Rule objects"):
         RulesApprover([{"deny": "x"}])  # type: ignore[list-item]
     with pytest.raises(ConfigError, match="patterns"):
@@ -238,7 +240,8 @@ def test_an_approval_timeout_that_is_not_seconds_is_a_config_error(timeout: Any)
 
 
 def test_an_approval_timeout_past_any_float_waits_rather_than_crashes() -> None:
-    from tests.test_approvals import Plan, delete, run, statuses  # a gated tool
+    from shoal import Plan
+    from tests.test_approvals import delete, run, statuses  # a gated tool
 
     async def approve(_: Any) -> bool:
         return True

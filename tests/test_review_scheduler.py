@@ -215,7 +215,7 @@ def test_module_level_run_of_a_plain_plan_still_keeps_no_journal() -> None:
 
 def test_a_clock_that_overrides_time_is_refused_not_ignored() -> None:
     class Backwards(shoal.Clock):
-        def time(self) -> float:  # type: ignore[override]
+        def time(self) -> float:
             return -1.0
 
     async def main() -> None:

@@ -26,6 +26,7 @@ from shoal.events import (
     RunStarted,
 )
 from tests.conftest import Gauge, arun, elapsed
+from tests.spans import started
 
 pytestmark = pytest.mark.usefixtures("no_child_process_leak")
 
@@ -71,7 +72,7 @@ def test_independent_calls_overlap() -> None:
     # on the virtual clock: 10 x 0.2 s side by side take exactly 0.2 s, all starting at 0
     assert took == pytest.approx(0.2, abs=1e-9)
     assert result.makespan == pytest.approx(0.2, abs=1e-9)
-    assert max(result[r].started_at for r in refs) == pytest.approx(0.0, abs=1e-9)
+    assert max(started(result[r]) for r in refs) == pytest.approx(0.0, abs=1e-9)
 
 
 def test_a_slow_branch_does_not_hold_back_an_unrelated_chain() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 
@@ -50,7 +49,7 @@ def test_a_subagent_tree_shares_a_tools_max_concurrency() -> None:
         return f"hits for {query}"
 
     sub = shoal.Agent(name="researcher", tools=[search], model=ScriptedModel.per_prompt({
-        "*": [lambda req: [call("search", query=f"{req.messages[0].content}/{k}")  # type: ignore[union-attr]
+        "*": [lambda req: [call("search", query=f"{req.messages[0].content}/{k}")
                            for k in range(3)], "done"]}))
     lead = shoal.Agent(name="lead", subagents=[sub], model=ScriptedModel(
         [[call("researcher", task=f"t{i}") for i in range(4)], "report"]))
@@ -74,7 +73,7 @@ def test_a_rate_limit_is_shared_by_concurrent_runs() -> None:
             p.call(ping, i=i)
         return p
 
-    async def main() -> tuple[list[Any], float]:
+    async def main() -> tuple[tuple[shoal.RunResult, shoal.RunResult], float]:
         async with shoal.Runtime() as runtime:
             return await elapsed(asyncio.gather(runtime.run(plan()), runtime.run(plan())))
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from shoal import Plan, Ref, ToolTimeoutError, analyze, tool
 from shoal.events import NodeCancelled, NodeFinished, NodeQueued, NodeRetrying, NodeSkipped
 from shoal.exceptions import ToolArgumentError, ToolQuarantinedError
-from shoal.scheduler.state import TRANSITIONS, AttemptResult, Decisions, Phase, SchedulerState
+from shoal.scheduler.state import TRANSITIONS, Ask, AttemptResult, Decisions, Phase, SchedulerState
 
 PHASES = (Phase.WAITING, Phase.READY, Phase.RUNNING, Phase.BACKOFF, Phase.DONE)
 
@@ -709,7 +709,7 @@ def fuzz(plan: Plan, actions: list[tuple[str, int, str]], cap: int | None = 3,
             for p in graph.preds[call.pos]:
                 assert slots[p].phase is Phase.DONE, "started before a dependency finished"
                 if (p, call.pos) in hard:
-                    assert slots[p].outcome.status == "ok"
+                    assert (done := slots[p].outcome) is not None and done.status == "ok"
             if call.tool is fz_rated:
                 rated_starts.append(now)
         for slot, (phase, outcome) in zip(slots, before, strict=True):
@@ -718,8 +718,8 @@ def fuzz(plan: Plan, actions: list[tuple[str, int, str]], cap: int | None = 3,
                 assert slot.outcome is outcome, "an outcome was replaced"
             assert (slot.phase is Phase.DONE) == (slot.outcome is not None)
             if slot.outcome is not None and slot.outcome.status == "skipped":
-                assert any((p, slot.pos) in hard and slots[p].outcome is not None
-                           and slots[p].outcome.status != "ok" for p in graph.preds[slot.pos])
+                assert any((p, slot.pos) in hard and (pred := slots[p].outcome) is not None
+                           and pred.status != "ok" for p in graph.preds[slot.pos])
         running = {s.pos for s in slots if s.phase is Phase.RUNNING}
         assert set(state.in_flight) == running
         assert cap is None or len(running) <= cap
@@ -843,6 +843,7 @@ def test_queries_answer_what_the_driver_needs_without_its_slots() -> None:
     assert outcome is not None and outcome.value == 5
     assert [(e.pos, e.order, e.outcome) for e in state.ended()] == [(call.pos, 0, outcome)]
     (ask,) = d.approvals
+    assert isinstance(ask, Ask)
     tool = state.awaiting(ask.pos)  # the desk shows its description; no slot read
     assert tool is not None and tool.description == "Sends money somewhere."
     assert ask.args == {"amount": 5}

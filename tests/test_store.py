@@ -253,7 +253,7 @@ def test_the_memory_store_evicts_finished_runs_first_and_never_running_ones() ->
         store.write([_run(f"running{i}")])
     store.write([_run("a"), _run("b")])
     store.write([RunEnded("b", "finished", time.time(), {}, 0.0)])
-    store.write([RunEnded("a", "failed", time.time(), {}, 0.0)])
+    store.write([RunEnded("a", "cancelled", time.time(), {}, 0.0)])
     store.write([_run("c")])  # b finished first, so it goes first
     kept = {r.run_id for r in store.list_runs()}
     assert {f"running{i}" for i in range(4)} <= kept and "b" not in kept and "a" in kept
@@ -395,9 +395,9 @@ def test_idempotency_keys_are_injected_and_stable_across_retries() -> None:
     result = shoal.Runtime().run_sync(plan, run_id="run-7")
     assert result[ref].value == "run-7:pay"
     assert KEYS == ["run-7:pay", "run-7:pay"]
+    bad = shoal.Plan()
+    bad.call(charge, amount=1, key="mine")
     with pytest.raises(shoal.PlanError, match="unexpected argument 'key'"):
-        bad = shoal.Plan()
-        bad.call(charge, amount=1, key="mine")
         bad.validate()
 
 

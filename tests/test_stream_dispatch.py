@@ -317,7 +317,7 @@ def test_cancelling_the_agent_mid_stream_cancels_the_started_calls_and_keeps_the
         handle.cancel(reason="enough")
         with pytest.raises(shoal.AgentError) as caught:
             await handle
-        return caught.value.result, loop.time()  # type: ignore[return-value]
+        return caught.value.result, loop.time()
 
     result, ended = run_virtual(main())
     assert ended < 1
@@ -369,7 +369,7 @@ def test_a_budget_breach_mid_stream_stops_the_started_calls() -> None:
         loop = asyncio.get_running_loop()
         with pytest.raises(shoal.BudgetExceeded) as caught:
             await agent.run("go", budget=shoal.Budget(wall_clock=1.0))
-        return caught.value.result, loop.time()  # type: ignore[return-value]
+        return caught.value.result, loop.time()
 
     result, ended = run_virtual(main())
     assert ended == pytest.approx(1.0, abs=0.01)

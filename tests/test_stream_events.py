@@ -331,7 +331,7 @@ def test_breaking_out_cancels_the_run_cleanly() -> None:
 
 def test_a_bare_break_cancels_the_run_when_the_stream_is_dropped() -> None:
     ended: list[str] = []
-    finished: list[AgentFinished] = []
+    finished: list[Event] = []
 
     async def main() -> None:
         errors = loop_errors()
@@ -359,7 +359,7 @@ def test_a_cancelled_consumer_cancels_the_run() -> None:
     async def main() -> None:
         errors = loop_errors()
         stream = _slow_lead(ended).stream("go")
-        with pytest.raises(TimeoutError):
+        with pytest.raises(TimeoutError):  # noqa: PT012 - raised as the timeout block ends
             async with asyncio.timeout(0.3):
                 async for _ in stream:
                     pass
@@ -429,7 +429,8 @@ def test_a_slow_consumer_never_slows_the_run_and_the_policy_holds() -> None:
 
     async def slow_reader() -> tuple[float, list[Any], int]:
         loop = asyncio.get_running_loop()
-        began, ends, items = loop.time(), [], []
+        began, items = loop.time(), []
+        ends: list[float] = []
         stream = _wide(calls).stream("go", on_event=_end_time(ends), buffer=100)
         async for item in stream:
             items.append(item)
@@ -528,7 +529,7 @@ def test_a_slow_consumer_of_a_wide_plan_never_slows_it() -> None:
 
     async def slow_reader() -> tuple[shoal.RunResult, list[Any], int]:
         stream = shoal.stream(wide(), buffer=50)
-        items = []
+        items: list[Any] = []
         async for item in stream:
             items.append(item)
             await asyncio.sleep(0.01)

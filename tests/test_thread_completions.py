@@ -30,7 +30,7 @@ class _CountingLoop(asyncio.SelectorEventLoop):
         super().__init__()
         self.wakeups = 0
 
-    def call_soon_threadsafe(self, callback: Any, *args: Any,
+    def call_soon_threadsafe(self, callback: Any, *args: Any,  # type: ignore[override]
                              context: Any = None) -> asyncio.Handle:
         self.wakeups += 1
         return super().call_soon_threadsafe(callback, *args, context=context)

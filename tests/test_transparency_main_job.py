@@ -71,7 +71,7 @@ def _answer(request: ModelRequest, slow: str = "") -> list[Any]:
     return [*step[:-1], pause(2 * STEP), step[-1]] if title == slow else step
 
 
-def main_job(module: ModuleType, slow: str = "") -> shoal.Plan:
+def main_job(module: Any, slow: str = "") -> shoal.Plan:
     """The example's own plan, with its two agents on the streaming scripted model.
 
     A plan run has no model override of its own (the CLI's ``--model`` builds the run

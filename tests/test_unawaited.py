@@ -25,7 +25,7 @@ FORGOT = "returned a coroutine; did you forget 'await'?"
 
 def run_one(fn: Callable[..., Any], isolation: str, **options: Any) -> shoal.Outcome:
     plan = Plan()
-    node = plan.add(shoal.tool(fn, isolation=isolation), {"url": "u"})  # type: ignore[call-overload]
+    node = plan.add(shoal.tool(fn, isolation=isolation), {"url": "u"})
 
     async def go() -> shoal.RunResult:
         async with Runtime(**options) as runtime:

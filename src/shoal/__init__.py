@@ -104,6 +104,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time names load on 
         UpstreamFailedError,
         WorkerCrashedError,
     )
+    from shoal.integrations import mcp as mcp  # shoal.mcp, which __all__ leaves out
     from shoal.integrations import otel
     from shoal.limits import Rate, parse_rate
     from shoal.models.base import Model, ModelRequest, ModelResponse, ModelSettings, ToolCall, Usage

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 
 import pydantic
 
@@ -232,14 +232,31 @@ class Tool(Generic[P, R]):
                 "input_schema": self.json_schema()}
 
 
+class _ToolDecorator(Protocol):
+    """What ``tool(name=..., **options)`` returns: applied to a function, it makes the tool.
+
+    Like bare ``tool``, it reads an async function's result as what the coroutine returns.
+    """
+
+    @overload
+    def __call__(self, fn: Callable[P, Awaitable[R]], /) -> Tool[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Tool[P, R]: ...
+
+
 @overload
-def tool(fn: Callable[P, Awaitable[R]], /) -> Tool[P, R]: ...
+def tool(
+    fn: Callable[P, Awaitable[R]], /, *, name: str | None = ..., description: str | None = ...,
+    **policy: Any,
+) -> Tool[P, R]: ...
 @overload
-def tool(fn: Callable[P, R], /) -> Tool[P, R]: ...
+def tool(
+    fn: Callable[P, R], /, *, name: str | None = ..., description: str | None = ..., **policy: Any
+) -> Tool[P, R]: ...
 @overload
 def tool(
     fn: None = None, /, *, name: str | None = ..., description: str | None = ..., **policy: Any
-) -> Callable[[Callable[P, R]], Tool[P, R]]: ...
+) -> _ToolDecorator: ...
 
 
 def tool(
@@ -269,4 +286,4 @@ def tool(
 
     if fn is not None:
         return make(fn)
-    return cast(Callable[[Callable[P, R]], Tool[P, R]], make)
+    return cast(_ToolDecorator, make)

@@ -136,7 +136,7 @@ def _check_messages(messages: list[Any]) -> list[str]:
     """Role order, block shapes, and tool_use / tool_result pairing, as the API checks them."""
     problems: list[str] = []
     expected_role = "user"
-    open_uses: list[str] = []  # tool_use ids of the previous assistant message
+    open_uses: list[str | None] = []  # tool_use ids of the previous assistant message
     for i, message in enumerate(messages):
         role = message.get("role") if isinstance(message, dict) else None
         if role not in ("user", "assistant"):
@@ -172,7 +172,8 @@ def _content_blocks(content: Any) -> list[dict[str, Any]] | None:
     return None
 
 
-def _check_results(i: int, blocks: list[dict[str, Any]], open_uses: list[str]) -> list[str]:
+def _check_results(i: int, blocks: list[dict[str, Any]], open_uses: list[str | None]
+                   ) -> list[str]:
     kinds = [b.get("type") for b in blocks]
     results = [b.get("tool_use_id") for b in blocks if b.get("type") == "tool_result"]
     problems = []

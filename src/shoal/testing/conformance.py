@@ -101,7 +101,7 @@ async def _work_stopped(path: Path, within: float = 5.0, quiet: float = 0.6) -> 
 def _children() -> set[int]:
     """Ids of this process's live descendants (empty without psutil, which only dev installs)."""
     try:
-        import psutil  # type: ignore[import-untyped]
+        import psutil
     except ImportError:
         return set()
     found: set[int] = set()
