@@ -62,6 +62,7 @@ from shoal.agents._process import (
     _shippable,
     _stop,
     remote_approver,
+    remote_board,
     remote_gates,
     remote_tracker,
 )
@@ -494,12 +495,6 @@ class RayTreeServer(TreeServer):
         self._claims.clear()
 
 
-def _check(run: AgentRun) -> None:
-    if run.ctx.board is not None:
-        raise ConfigError(f"agent {run.lineage} runs on Ray, where the tree's board cannot "
-                          "reach yet; run it with isolation='inline'")
-
-
 def actor_options(agent: Agent[Any]) -> dict[str, Any]:
     """Ray options for the agent's actor: its resources and labels, no restarts, no retries."""
     from shoal.executors.ray import ray_options
@@ -616,7 +611,6 @@ def _stopped_starting(run: AgentRun) -> None:
 
 async def _start(run: AgentRun) -> RayChannel:
     """Connect to Ray, start the agent's actor and take its connection."""
-    _check(run)
     spec = ray_spec(run)
     ray = await _ray_for(run.ctx)
     return await RayChannel.start(ray, spec, actor_options(run.agent), _driver_host(ray))
@@ -798,9 +792,11 @@ def actor_context(spec: StartSpec, link: Link) -> TreeContext:
         store = ParentStore(link, keeps_events=spec.store == PARENT_EVENTS)
     runtime = Runtime(store=store, approver=approver, **spec.runtime)
     sinks = [_Forward(link, spec.wants_text)] if spec.observed else []
+    # the tree's one board stays with the root: its reads and commits go over the connection
+    board = None if spec.board is None else remote_board(link, spec.board)
     ctx = TreeContext(run_id=spec.run_id, runtime=runtime, budget=spec.budget, sinks=sinks,
                       gates=remote_gates(link, spec.retry), model_override=spec.override,
-                      resuming=spec.resuming, force=spec.force)
+                      resuming=spec.resuming, force=spec.force, board=board)
     ctx.tracker = remote_tracker(link, ctx)
     # another machine's monotonic clock is not the parent's: the origin crosses as epoch
     # time (clocks kept in step by NTP), and is placed on this machine's loop clock
