@@ -275,7 +275,7 @@ def test_a_renumbered_call_read_again_after_a_retry_does_not_run_twice() -> None
     ran: Counter[str] = Counter()
     agent = shoal.Agent(name="planner", model=_RetriedReplan(), tools=[_echo_tool(ran)],
                         mode="plan")
-    gates = ModelGates(retry=ModelRetry(attempts=3, backoff=0.1))
+    gates = ModelGates(retry=ModelRetry(retries=2, backoff=0.1))
     result = run_virtual(agent.run("go", gates=gates))
     assert result.output == "ok" and gates.retries == 1
     assert ran == {"a": 1, "c": 2}
@@ -342,7 +342,7 @@ def test_a_retried_plan_stream_keeps_plan_order_and_tells_each_line_once() -> No
     model = _CutOnce(whole, '3. echo(')
     agent = shoal.Agent(name="planner", model=model, tools=[_echo_tool(ran)], mode="plan")
     events: list[shoal.Event] = []
-    gates = ModelGates(retry=ModelRetry(attempts=2, backoff=0.1))
+    gates = ModelGates(retry=ModelRetry(retries=1, backoff=0.1))
     result = run_virtual(agent.run("go", on_event=events.append, gates=gates))
     assert model.streams == 2 and ran == {"a": 2}
     assert [(r.call.id, r.status) for r in result.calls] == [
