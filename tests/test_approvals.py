@@ -46,7 +46,7 @@ from shoal.store.base import Decision as StoredDecision
 from shoal.store.memory import MemoryStore
 from shoal.store.sqlite import SQLiteStore
 from shoal.testing import run_virtual
-from tests.conftest import arun, wait_until
+from tests.conftest import arun, until, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -502,8 +502,7 @@ def test_a_decision_made_before_a_crash_is_used_on_resume() -> None:
     async def main() -> RunResult:
         async with Runtime(store=store, approver=approver) as runtime:
             handle = runtime.start(plan)
-            while not approver.batches:
-                await asyncio.sleep(0.01)
+            await until(lambda: approver.batches)
             request = approver.batches[0][0]
             # someone decides out of band (another process, through the store) ...
             store.decide(request.run_id, request.node_id, request.args_hash, "approved",
@@ -569,8 +568,7 @@ def test_a_run_killed_while_waiting_for_approval_is_still_waiting_after_resume(
     async def main() -> RunResult:
         async with Runtime(store=store, approver=approver) as runtime:
             handle = runtime.start(plan, resume="waiting-run")
-            while not approver.batches:
-                await asyncio.sleep(0.01)
+            await until(lambda: approver.batches)
             (request,) = approver.batches[0]
             assert request.run_id == "waiting-run" and request.node_id == a.node
             assert request.args_hash == before.args_hash
@@ -692,8 +690,7 @@ def test_cancelling_a_waiting_call_ends_it_cancelled_and_withdraws_its_request()
     async def main() -> RunResult:
         async with Runtime(approver=approver, store=store) as runtime:
             handle = runtime.start(plan)
-            while not approver.batches:
-                await asyncio.sleep(0.01)
+            await until(lambda: approver.batches)
             assert [r.node_id for r in handle.pending_approvals()] == [a.node]
             handle.cancel(a)
             assert handle.pending_approvals() == []
@@ -715,8 +712,7 @@ def test_cancelling_the_run_while_approvals_wait_ends_at_once() -> None:
     async def main() -> tuple[RunResult, float]:
         async with Runtime(approver=approver) as runtime:
             handle = runtime.start(plan)
-            while not approver.batches:
-                await asyncio.sleep(0.01)
+            await until(lambda: approver.batches)
             t0 = time.perf_counter()
             handle.cancel()
             result = await handle

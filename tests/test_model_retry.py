@@ -11,7 +11,7 @@ from shoal.models.anthropic import AnthropicModel
 from shoal.models.base import Model, ModelRequest, ResponseDone, TextDelta, UserMessage
 from shoal.models.openai import OpenAIModel
 from shoal.models.retry import ModelGate, ModelRetry
-from tests.conftest import arun
+from tests.conftest import arun, until
 from tests.wire import (
     AnthropicWireServer,
     ErrorReply,
@@ -146,8 +146,7 @@ def test_one_429_pauses_every_caller_of_the_gate(server: WireServer) -> None:
 
     async def main() -> None:
         first = asyncio.create_task(gate.request(model, ask("first")))
-        while not any(r.status == 429 for r in server.requests):
-            await asyncio.sleep(0.005)
+        await until(lambda: any(r.status == 429 for r in server.requests), every=0.005)
         await asyncio.sleep(0.05)  # the 429 has reached the gate: it is closed now
         second = await gate.request(model, ask("second"))  # must wait for the pause too
         assert second.text == "ok"

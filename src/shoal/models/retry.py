@@ -265,7 +265,9 @@ class ModelGate:
 
     async def _wait_open(self) -> None:
         loop = asyncio.get_running_loop()
-        while (wait := self._open_at - loop.time()) > 0:
+        # not a busy wait: each sleep lasts until the opening time, which a 429 met meanwhile
+        # by another caller may have moved later (then the caller sleeps again)
+        while (wait := self._open_at - loop.time()) > 0:  # noqa: ASYNC110
             await asyncio.sleep(wait)
 
 
