@@ -556,6 +556,7 @@ def test_a_run_killed_while_waiting_for_approval_is_still_waiting_after_resume(
     finally:
         proc.send_signal(signal.SIGKILL)  # no cleanup of any kind: a crash
         proc.wait()
+        proc.stderr.close()  # type: ignore[union-attr]
     (before,) = pending()
     assert before.tool == "delete" and before.arguments == {"path": "precious"}
 
@@ -965,8 +966,8 @@ def test_console_runs_alongside_a_run_and_is_withdrawn_from() -> None:
 
     read, write = os.pipe()
     out = io.StringIO()
-    approver = ConsoleApprover(Console(file=out, width=120, color_system=None),
-                               os.fdopen(read, "r"))
+    stream = os.fdopen(read, "r")
+    approver = ConsoleApprover(Console(file=out, width=120, color_system=None), stream)
     plan = Plan()
     a = plan.call(delete, path="x")
     b = plan.call(free, i=1)
@@ -978,7 +979,8 @@ def test_console_runs_alongside_a_run_and_is_withdrawn_from() -> None:
     try:
         result = arun(main())
     finally:
-        os.close(write)
+        os.close(write)  # the approver's reader sees the end of input first, then its close
+        stream.close()
     assert statuses(result) == {a.node: "denied", b.node: "ok"}
     assert "no longer needed" in out.getvalue()
 
@@ -1053,6 +1055,7 @@ def test_cli_approval_timeout(cli_dir: Path) -> None:
     finally:
         slow_stdin.kill()
         slow_stdin.wait()
+        slow_stdin.stdout.close()  # type: ignore[union-attr]
     outcomes = {o["node_id"]: o for o in json.loads(proc.stdout)["outcomes"]}
     assert outcomes["a"]["status"] == "denied" and "no decision within 0.3 s" in (
         outcomes["a"]["reason"])
