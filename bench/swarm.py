@@ -140,22 +140,34 @@ class _Parked(shoal.Model):
 
     name = "parked"
 
-    def __init__(self) -> None:
+    def __init__(self, expected: int) -> None:
         self.waiting = 0
         self._go = asyncio.Event()
+        self.all_waiting = asyncio.Event()  # set when ``expected`` requests wait
+        if expected == 0:
+            self.all_waiting.set()
+        self._expected = expected
 
     def release(self) -> None:
         self._go.set()
 
     async def request(self, request: ModelRequest) -> ModelResponse:
         self.waiting += 1
+        if self.waiting >= self._expected:
+            self.all_waiting.set()
         await self._go.wait()
         return ModelResponse(text="done", usage=Usage(1, 1, 1))
 
 
+async def _finished(handle: shoal.AgentHandle) -> None:
+    """Return when the agent run of ``handle`` has ended (however it ended)."""
+    with contextlib.suppress(Exception):
+        await handle
+
+
 async def parked_bytes(workers: int) -> tuple[int, bool]:
     """Traced bytes held while ``workers`` subagents wait on their first model request."""
-    parked = _Parked()
+    parked = _Parked(workers)
     worker = shoal.Agent(name="worker", model=parked, tools=[fetch])
     lead_model = ScriptedModel([[call("worker", task=f"job {i}") for i in range(workers)],
                                 "report"] if workers else ["report"])
@@ -163,8 +175,11 @@ async def parked_bytes(workers: int) -> tuple[int, bool]:
     gc.collect()
     before = tracemalloc.get_traced_memory()[0]
     handle = lead.start("go")
-    while parked.waiting < workers and not handle.done():
-        await asyncio.sleep(0.01)
+    # every worker parked, or the lead ended early (then the result below says why)
+    parked_all = asyncio.ensure_future(parked.all_waiting.wait())
+    await asyncio.wait([parked_all, asyncio.ensure_future(_finished(handle))],
+                       return_when=asyncio.FIRST_COMPLETED)
+    parked_all.cancel()
     await asyncio.sleep(0.05)  # let every parked request settle into its wait
     gc.collect()
     held = tracemalloc.get_traced_memory()[0] - before
@@ -339,7 +354,8 @@ class FileParked(shoal.Model):
         self.path = path
 
     async def request(self, request: ModelRequest) -> ModelResponse:
-        while not os.path.exists(self.path):
+        # parked until the bench creates the file: nothing in this process could announce it
+        while not os.path.exists(self.path):  # noqa: ASYNC110, ASYNC240
             await asyncio.sleep(0.02)
         return ModelResponse(text="done", usage=Usage(1, 1, 1))
 
@@ -372,7 +388,8 @@ async def parked_processes(workers: int) -> ProcessMemory:
                 started.append(event.lineage)
 
         handle = lead.start("go", on_event=count)
-        while len(started) < workers and not handle.done():
+        # a progress poll that also ends when the run does (it may end early, failing)
+        while len(started) < workers and not handle.done():  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.5)  # each one's first request is under way: parked
         memory = await asyncio.to_thread(_measure_parked)

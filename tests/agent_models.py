@@ -106,6 +106,13 @@ main_job_paced = ScriptedModel.per_prompt({"*": [_main_job_paced]})
 REQUEST_LOG, HOLD_SECONDS = "SHOAL_TEST_REQUEST_LOG", "SHOAL_TEST_HOLD"
 
 
+def _append(path: str, line: str) -> None:
+    # in place, not on a thread: these models also run on the virtual clock, which cannot see
+    # a thread's work; one short line to a local file
+    with open(path, "a", encoding="utf-8") as out:
+        out.write(line)
+
+
 class _Held(ScriptedModel):
     """Answers as main_job_model does, but waits (without blocking) on one paper and the lead.
 
@@ -120,8 +127,7 @@ class _Held(ScriptedModel):
         response = await super().request(request)
         log = os.environ.get(REQUEST_LOG)
         if log:
-            with open(log, "a", encoding="utf-8") as out:
-                out.write(prompt.splitlines()[0] + "\n")
+            _append(log, prompt.splitlines()[0] + "\n")
         return response
 
 

@@ -143,6 +143,19 @@ def no_child_process_leak() -> Iterator[None]:
     assert not extra, f"child processes left behind: {[p.cmdline() for p in extra]}"
 
 
+async def until(predicate: Callable[[], object], within: float = 30.0,
+                every: float = 0.01) -> None:
+    """Wait, without blocking the loop, until ``predicate()`` holds; fail after ``within`` s.
+
+    For state that nothing announces (a file another process writes, a process's status, what
+    a test double has recorded so far), so it is polled every ``every`` seconds.
+    """
+    end = time.monotonic() + within
+    while not predicate():
+        assert time.monotonic() < end, f"still not so after {within} s"
+        await asyncio.sleep(every)
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float = 3.0) -> bool:
     """Poll ``predicate`` (in real time, blocking) until it holds or ``timeout`` passes."""
     end = time.monotonic() + timeout

@@ -20,7 +20,7 @@ from shoal.exceptions import (
 )
 from shoal.models.base import ToolResultMessage, UserMessage
 from shoal.testing import ScriptedModel, call
-from tests.conftest import arun, elapsed
+from tests.conftest import arun, elapsed, until
 from tests.spans import finished, started
 
 
@@ -338,8 +338,7 @@ def test_cancelling_one_subagent_leaves_its_siblings_and_parent_running() -> Non
 
     async def main() -> shoal.AgentResult[Any]:
         handle = lead.start("go")
-        while len(sub_model.requests) < 2:  # both subagents have asked for their naps
-            await asyncio.sleep(0.01)
+        await until(lambda: len(sub_model.requests) >= 2)  # both subagents asked for their naps
         await asyncio.sleep(0.05)
         handle.cancel("lead/sub#2", reason="not needed")
         return await handle

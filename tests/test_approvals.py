@@ -49,7 +49,7 @@ from shoal.store.base import Decision as StoredDecision
 from shoal.store.memory import MemoryStore
 from shoal.store.sqlite import SQLiteStore
 from shoal.testing import run_virtual
-from tests.conftest import arun, elapsed, wait_until
+from tests.conftest import arun, elapsed, until, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -557,8 +557,7 @@ def test_a_decision_made_before_a_crash_is_used_on_resume() -> None:
     async def main() -> RunResult:
         async with Runtime(store=store, approver=approver) as runtime:
             handle = runtime.start(plan)
-            while not approver.batches:
-                await asyncio.sleep(0.01)
+            await until(lambda: approver.batches)
             request = approver.batches[0][0]
             # someone decides out of band (another process, through the store) ...
             store.decide(request.run_id, request.node_id, request.args_hash, "approved",
@@ -612,6 +611,7 @@ def test_a_run_killed_while_waiting_for_approval_is_still_waiting_after_resume(
     finally:
         proc.send_signal(signal.SIGKILL)  # no cleanup of any kind: a crash
         proc.wait()
+        proc.stderr.close()  # type: ignore[union-attr]
     (before,) = pending()
     assert before.tool == "delete" and before.arguments == {"path": "precious"}
 
@@ -624,8 +624,7 @@ def test_a_run_killed_while_waiting_for_approval_is_still_waiting_after_resume(
     async def main() -> RunResult:
         async with Runtime(store=store, approver=approver) as runtime:
             handle = runtime.start(plan, resume="waiting-run")
-            while not approver.batches:
-                await asyncio.sleep(0.01)
+            await until(lambda: approver.batches)
             (request,) = approver.batches[0]
             assert request.run_id == "waiting-run" and request.node_id == a.node
             assert request.args_hash == before.args_hash
@@ -751,8 +750,7 @@ def test_cancelling_a_waiting_call_ends_it_cancelled_and_withdraws_its_request()
     async def main() -> RunResult:
         async with Runtime(approver=approver, store=store) as runtime:
             handle = runtime.start(plan)
-            while not approver.batches:
-                await asyncio.sleep(0.01)
+            await until(lambda: approver.batches)
             assert [r.node_id for r in handle.pending_approvals()] == [a.node]
             handle.cancel(a)
             assert handle.pending_approvals() == []
@@ -774,8 +772,7 @@ def test_cancelling_the_run_while_approvals_wait_ends_at_once() -> None:
     async def main() -> tuple[RunResult, float]:
         async with Runtime(approver=approver) as runtime:
             handle = runtime.start(plan)
-            while not approver.batches:
-                await asyncio.sleep(0.01)
+            await until(lambda: approver.batches)
             handle.cancel()
             return await elapsed(handle)
 
@@ -1028,8 +1025,8 @@ def test_console_runs_alongside_a_run_and_is_withdrawn_from() -> None:
 
     read, write = os.pipe()
     out = io.StringIO()
-    approver = ConsoleApprover(Console(file=out, width=120, color_system=None),
-                               os.fdopen(read, "r"))
+    stream = os.fdopen(read, "r")
+    approver = ConsoleApprover(Console(file=out, width=120, color_system=None), stream)
     plan = Plan()
     a = plan.call(delete, path="x")
     b = plan.call(free, i=1)
@@ -1041,7 +1038,8 @@ def test_console_runs_alongside_a_run_and_is_withdrawn_from() -> None:
     try:
         result = arun(main())
     finally:
-        os.close(write)
+        os.close(write)  # the approver's reader sees the end of input first, then its close
+        stream.close()
     assert statuses(result) == {a.node: "denied", b.node: "ok"}
     assert "no longer needed" in out.getvalue()
 
@@ -1116,6 +1114,7 @@ def test_cli_approval_timeout(cli_dir: Path) -> None:
     finally:
         slow_stdin.kill()
         slow_stdin.wait()
+        slow_stdin.stdout.close()  # type: ignore[union-attr]
     outcomes = {o["node_id"]: o for o in json.loads(proc.stdout)["outcomes"]}
     assert outcomes["a"]["status"] == "denied" and "no decision within 0.3 s" in (
         outcomes["a"]["reason"])

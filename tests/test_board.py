@@ -507,6 +507,7 @@ def test_the_board_after_a_kill_and_resume_has_every_write_exactly_once(tmp_path
         process.send_signal(signal.SIGKILL)
     finally:
         process.wait(10)
+        process.stderr.close()  # type: ignore[union-attr]
     assert process.returncode == -signal.SIGKILL
 
     store = SQLiteStore(db)
@@ -545,6 +546,7 @@ def _run_until_killed(module: str, db: Path, marks: Path, run_id: str, at: int) 
         process.send_signal(signal.SIGKILL)
     finally:
         process.wait(10)
+        process.stderr.close()  # type: ignore[union-attr]
     assert process.returncode == -signal.SIGKILL
 
 

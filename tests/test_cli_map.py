@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import subprocess
@@ -92,7 +93,7 @@ def test_the_live_view_shows_items_while_they_run() -> None:
         handle = shoal.Runtime().start(plan)
         await asyncio.sleep(0.2)
         snap = handle.snapshot()
-        console = Console(width=120, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+        console = Console(width=120, record=True, file=io.StringIO())
         console.print(render_snapshot(snap, "map"))
         await handle
         return console.export_text()

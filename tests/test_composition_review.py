@@ -30,7 +30,7 @@ from shoal.plan import as_tool
 from shoal.store.sqlite import SQLiteStore
 from shoal.testing import ScriptedModel, call, run_virtual
 from tests import composition_crash as crash
-from tests.conftest import arun
+from tests.conftest import arun, until
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -486,8 +486,7 @@ def test_cancelling_a_map_of_agents_ends_every_agent_and_leaves_no_task() -> Non
         then = plan.call(listing, n=1, after=mapped)
         runtime = shoal.Runtime()
         handle = runtime.start(plan)
-        while len(requests_of(agent)) < 6:
-            await asyncio.sleep(0.01)
+        await until(lambda: len(requests_of(agent)) >= 6)
         handle.cancel(mapped)
         result = await handle
         await runtime.aclose()

@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from shoal import Plan, Runtime
-from tests.conftest import arun, wait_until
+from tests.conftest import arun, until, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 CALLS = 50
@@ -319,8 +319,7 @@ def test_a_cancelled_thread_run_leaves_no_thread(workdir: Path,
     async def main() -> None:
         async with Runtime(executor="thread") as runtime:
             handle = runtime.start(plan)
-            while len(marked(workdir)) < CALLS:
-                await asyncio.sleep(0.01)
+            await until(lambda: len(marked(workdir)) >= CALLS)
             handle.cancel()
             result = await handle
             assert result.counts["cancelled"] == CALLS

@@ -112,6 +112,7 @@ def http_server() -> Iterator[Any]:
         if proc.poll() is None:
             proc.kill()
         proc.wait(10)
+        proc.stderr.close()  # type: ignore[union-attr]
 
 
 def by_name(tools: list[Any]) -> dict[str, Any]:

@@ -46,7 +46,7 @@ from tests.wire import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-QUICK = ModelRetry(attempts=3, backoff=0.01, max_backoff=0.02, jitter=0.0)
+QUICK = ModelRetry(retries=2, backoff=0.01, max_backoff=0.02, jitter=0.0)
 KEYS = {"openai": ("OPENAI_API_KEY", "OPENAI_BASE_URL"),
         "anthropic": ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL")}
 

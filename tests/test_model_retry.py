@@ -2,15 +2,16 @@
 
 import asyncio
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from shoal.exceptions import ModelConnectionError, ModelHTTPError
+from shoal.exceptions import ConfigError, ModelConnectionError, ModelHTTPError
 from shoal.models.anthropic import AnthropicModel
 from shoal.models.base import Model, ModelRequest, ResponseDone, TextDelta, UserMessage
 from shoal.models.openai import OpenAIModel
 from shoal.models.retry import ModelGate, ModelRetry
-from tests.conftest import arun
+from tests.conftest import arun, until
 from tests.wire import (
     AnthropicWireServer,
     ErrorReply,
@@ -21,7 +22,7 @@ from tests.wire import (
 )
 
 #: Tiny back-off so the waits measured below come from Retry-After, not from the back-off.
-FAST = ModelRetry(attempts=8, backoff=0.005, max_backoff=0.02, jitter=0.0)
+FAST = ModelRetry(retries=7, backoff=0.005, max_backoff=0.02, jitter=0.0)
 
 
 @pytest.fixture(params=["openai", "anthropic"])
@@ -83,11 +84,47 @@ def test_client_errors_are_not_retried(server: WireServer) -> None:
 
 def test_retries_stop_after_the_last_attempt(server: WireServer) -> None:
     server.fail_every(1, status=503, retry_after=None)
-    retry = ModelRetry(attempts=3, backoff=0.005, jitter=0.0)
+    retry = ModelRetry(retries=2, backoff=0.005, jitter=0.0)
     with pytest.raises(ModelHTTPError) as info:
         arun(ModelGate("m", retry=retry).request(model_of(server), ask()))
     assert info.value.status == 503
     assert len(server.requests) == 3
+
+
+def test_no_retries_means_one_try(server: WireServer) -> None:
+    server.fail_every(1, status=503, retry_after=None)
+    gate = ModelGate("m", retry=ModelRetry(retries=0, backoff=0.005, jitter=0.0))
+    with pytest.raises(ModelHTTPError):
+        arun(gate.request(model_of(server), ask()))
+    assert len(server.requests) == 1 and gate.retries == 0
+
+
+def test_retries_counts_extra_tries_and_the_default_is_seven() -> None:
+    assert ModelRetry().retries == 7  # eight tries in all, as the former attempts=8
+    assert ModelRetry(retries=0).retries == 0
+
+
+def test_the_former_attempts_setting_still_works_and_warns() -> None:
+    with pytest.warns(DeprecationWarning, match=r"ModelRetry\(attempts=\.\.\.\).*retries"):
+        old = ModelRetry(attempts=3, backoff=0.005)
+    assert old == ModelRetry(retries=2, backoff=0.005)
+    with pytest.warns(DeprecationWarning, match="ModelRetry.attempts"):
+        assert old.attempts == 3
+
+
+@pytest.mark.parametrize(("options", "says"), [
+    ({"retries": -1}, "retries must be a whole number"),
+    ({"retries": 1.5}, "retries must be a whole number"),
+    ({"retries": True}, "retries must be a whole number"),
+    ({"backoff": -0.1}, "backoff must be a finite number"),
+    ({"max_backoff": float("inf")}, "max_backoff must be a finite number"),
+    ({"jitter": 1.5}, "jitter must be a number within"),
+    ({"attempts": 0}, "attempts .* 1 or more"),
+    ({"attempts": 3, "retries": 1}, "both attempts= and retries="),
+])
+def test_bad_retry_settings_are_config_errors(options: dict[str, Any], says: str) -> None:
+    with pytest.raises(ConfigError, match=says):
+        ModelRetry(**options)
 
 
 @pytest.mark.parametrize("kind", ["openai", "anthropic"])
@@ -96,7 +133,7 @@ def test_connection_refused_is_retried_then_raised(kind: str) -> None:
                     if kind == "openai"
                     else AnthropicModel("claude-haiku-4-5", base_url=closed_port_url(),
                                         api_key="k"))
-    gate = ModelGate("m", retry=ModelRetry(attempts=3, backoff=0.005, jitter=0.0))
+    gate = ModelGate("m", retry=ModelRetry(retries=2, backoff=0.005, jitter=0.0))
     with pytest.raises(ModelConnectionError):
         arun(gate.request(model, ask()))
     assert gate.retries == 2
@@ -109,8 +146,7 @@ def test_one_429_pauses_every_caller_of_the_gate(server: WireServer) -> None:
 
     async def main() -> None:
         first = asyncio.create_task(gate.request(model, ask("first")))
-        while not any(r.status == 429 for r in server.requests):
-            await asyncio.sleep(0.005)
+        await until(lambda: any(r.status == 429 for r in server.requests), every=0.005)
         await asyncio.sleep(0.05)  # the 429 has reached the gate: it is closed now
         second = await gate.request(model, ask("second"))  # must wait for the pause too
         assert second.text == "ok"

@@ -602,7 +602,7 @@ def test_a_plan_stream_retried_midway_never_runs_a_call_twice(retried_first: str
 
     model = _FailsMidPlan(retried_first)
     agent = shoal.Agent(name="planner", model=model, tools=[note], mode="plan")
-    gates = ModelGates(retry=ModelRetry(attempts=3, backoff=0.5))
+    gates = ModelGates(retry=ModelRetry(retries=2, backoff=0.5))
     result = run_virtual(agent.run("go", gates=gates))
     assert model.attempts == 2 and gates.retries == 1
     assert sorted(ran) == ["a", "b"]  # a started before the failure and stands

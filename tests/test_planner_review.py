@@ -275,7 +275,7 @@ def test_a_renumbered_call_read_again_after_a_retry_does_not_run_twice() -> None
     ran: Counter[str] = Counter()
     agent = shoal.Agent(name="planner", model=_RetriedReplan(), tools=[_echo_tool(ran)],
                         mode="plan")
-    gates = ModelGates(retry=ModelRetry(attempts=3, backoff=0.1))
+    gates = ModelGates(retry=ModelRetry(retries=2, backoff=0.1))
     result = run_virtual(agent.run("go", gates=gates))
     assert result.output == "ok" and gates.retries == 1
     assert ran == {"a": 1, "c": 2}
@@ -342,7 +342,7 @@ def test_a_retried_plan_stream_keeps_plan_order_and_tells_each_line_once() -> No
     model = _CutOnce(whole, '3. echo(')
     agent = shoal.Agent(name="planner", model=model, tools=[_echo_tool(ran)], mode="plan")
     events: list[shoal.Event] = []
-    gates = ModelGates(retry=ModelRetry(attempts=2, backoff=0.1))
+    gates = ModelGates(retry=ModelRetry(retries=1, backoff=0.1))
     result = run_virtual(agent.run("go", on_event=events.append, gates=gates))
     assert model.streams == 2 and ran == {"a": 2}
     assert [(r.call.id, r.status) for r in result.calls] == [
@@ -468,7 +468,8 @@ def test_scripted_token_timing_does_not_drift_on_a_real_clock() -> None:
         async for event in model.stream(ModelRequest("", ())):
             if isinstance(event, TextDelta):
                 last = time.perf_counter() - began
-                time.sleep(0.0005)  # a reader that works on each token, as a planner does
+                # a reader that works on each token, as a planner does: blocking on purpose
+                time.sleep(0.0005)  # noqa: ASYNC251
         return last
 
     # due 0.1 + 499 / 500 s after the request; counted token to token, the reader's own time

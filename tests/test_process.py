@@ -6,6 +6,7 @@ on purpose, to show tools from a test module and from closures travel too.
 """
 
 import asyncio
+import contextlib
 import gc
 import os
 import pickle
@@ -44,7 +45,7 @@ from shoal.executors.process import (
 )
 from shoal.limits import ProcessLimits
 from tests import process_tools as pt
-from tests.conftest import arun, wait_until
+from tests.conftest import arun, until, wait_until
 
 pytestmark = pytest.mark.usefixtures("no_child_process_leak")
 
@@ -588,15 +589,14 @@ def test_cancelling_a_run_kills_every_busy_worker(tmp_path: Path) -> None:
                 plan.call(pt.sleep_forever, pid_file=str(tmp_path / f"{i}.pid"))
             handle = runtime.start(plan)
             files = [tmp_path / f"{i}.pid" for i in range(count)]
-            while not all(f.exists() and f.read_text() for f in files):
-                await asyncio.sleep(0.05)
+            await until(lambda: all(f.exists() and f.read_text() for f in files), every=0.05)
             pids = [int(f.read_text()) for f in files]
             t0 = time.perf_counter()
             handle.cancel()
             result = await handle
             assert result.counts["cancelled"] == count
-            while not all(gone(p) for p in pids) and time.perf_counter() - t0 < 2.0:
-                await asyncio.sleep(0.02)
+            with contextlib.suppress(AssertionError):  # the assertion below says how long
+                await until(lambda: all(gone(p) for p in pids), within=2.0, every=0.02)
             assert all(gone(p) for p in pids), time.perf_counter() - t0
             print(f"\ncancel of {count} busy workers: all gone in {time.perf_counter() - t0:.3f} s")
             assert live_workers() == []
@@ -627,8 +627,7 @@ def test_a_timeout_also_kills_the_processes_the_tool_started(tmp_path: Path) -> 
         try:
             task = asyncio.ensure_future(executor.execute(a_call(pt.spawn_and_sleep,
                                                                  pid_file=str(pid_file))))
-            while not (pid_file.exists() and pid_file.read_text()):
-                await asyncio.sleep(0.02)
+            await until(lambda: pid_file.exists() and pid_file.read_text(), every=0.02)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task

@@ -31,6 +31,7 @@ from shoal.executors._template import fork_supported
 from shoal.models.retry import ModelGates
 from shoal.testing import ScriptedModel, call
 from shoal.testing.conformance import peak_overlap
+from tests.conftest import until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -208,12 +209,15 @@ def test_without_an_approver_a_process_agent_denies_as_inline_does(tmp_path: Pat
     assert not out.exists()
 
 
+def _append(path: str, line: str) -> None:
+    with open(path, "a", encoding="utf-8") as out:
+        out.write(line)
+
+
 async def _pid_in(path: Path, within: float = 30.0) -> int:
-    end = time.monotonic() + within
-    while not path.exists() or not path.read_text():
-        assert time.monotonic() < end, f"{path} was never written"
-        await asyncio.sleep(0.02)
-    return int(path.read_text())
+    # the file is written by another process: polled, each look a moment's local read
+    await until(lambda: path.exists() and path.read_text(), within=within, every=0.02)
+    return int(path.read_text())  # noqa: ASYNC240
 
 
 def test_cancelling_one_process_subagent_ends_its_process_within_a_second(
@@ -233,8 +237,7 @@ def test_cancelling_one_process_subagent_ends_its_process_within_a_second(
         process = psutil.Process(pid)
         began = time.monotonic()
         handle.cancel("lead/reader#1", reason="stopped by the test")
-        while process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
-            await asyncio.sleep(0.01)
+        await until(lambda: not process.is_running() or process.status() == psutil.STATUS_ZOMBIE)
         gone = time.monotonic() - began
         return await handle, gone
 
@@ -286,13 +289,15 @@ class LoggedModel(ScriptedModel):
     async def request(self, request: shoal.models.ModelRequest) -> shoal.models.ModelResponse:
         prompt = request.messages[0].content
         marker = Path(self.log + ".429")
-        if self.retry_after and prompt == "r1" and not marker.exists():
-            marker.write_text(str(time.monotonic()))
+        # checked and written with no await between, so exactly one request of the tree
+        # (across its processes) draws the 429; a local file of a few bytes
+        if self.retry_after and prompt == "r1" and not marker.exists():  # noqa: ASYNC240
+            marker.write_text(str(time.monotonic()))  # noqa: ASYNC240
             raise ModelHTTPError(self.name, "slow down", 429, retry_after=self.retry_after)
         began = time.monotonic()
         response = await super().request(request)
-        with open(self.log, "a", encoding="utf-8") as out:
-            out.write(f"{prompt} {began} {time.monotonic()}\n")
+        line = f"{prompt} {began} {time.monotonic()}\n"
+        await asyncio.to_thread(_append, self.log, line)
         return response
 
 
@@ -722,12 +727,10 @@ def test_a_process_agent_that_cannot_hear_a_cancel_is_killed_within_a_second(
     async def scenario() -> tuple[shoal.AgentResult[Any], float]:
         handle = _stuck_tree("freeze", pid_file).start("go", on_event=events.append)
         process = psutil.Process(await _pid_in(pid_file))
-        while process.status() != psutil.STATUS_STOPPED:
-            await asyncio.sleep(0.01)
+        await until(lambda: process.status() == psutil.STATUS_STOPPED)
         began = time.monotonic()
         handle.cancel("lead/reader#1", reason="stopped by the test")
-        while process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
-            await asyncio.sleep(0.01)
+        await until(lambda: not process.is_running() or process.status() == psutil.STATUS_ZOMBIE)
         return await handle, time.monotonic() - began
 
     result, gone = asyncio.run(scenario())

@@ -8,7 +8,6 @@
   ``/proc`` (without it, it can: the README says so, and a test here shows it).
 """
 
-import asyncio
 import json
 import os
 import secrets
@@ -33,7 +32,7 @@ from shoal.executors.process import sandbox_problem as problem
 from shoal.executors.results import allow_result_types
 from tests import process_tools as pt
 from tests import test_conformance
-from tests.conftest import arun, wait_until
+from tests.conftest import arun, until, wait_until
 
 pytestmark = pytest.mark.usefixtures("no_child_process_leak")
 
@@ -164,8 +163,7 @@ def test_a_timeout_ends_what_the_tool_started(how: str, sandbox: str, token: str
     async def main() -> None:
         async with Runtime(process_workers=1, process_sandbox=sandbox) as runtime:
             handle = runtime.start(plan)
-            while not ready.exists():
-                await asyncio.sleep(0.02)
+            await until(lambda: ready.exists(), every=0.02)
             assert sleeps(token)  # started, and outside the worker's process group
             result = await handle
             assert result[ref].status == "timed_out"
@@ -184,8 +182,7 @@ def test_a_cancellation_ends_what_the_tool_started(how: str, sandbox: str, token
     async def main() -> None:
         async with Runtime(process_workers=1, process_sandbox=sandbox) as runtime:
             handle = runtime.start(plan)
-            while not ready.exists():
-                await asyncio.sleep(0.02)
+            await until(lambda: ready.exists(), every=0.02)
             assert sleeps(token)
             handle.cancel()
             assert (await handle)[ref].status == "cancelled"

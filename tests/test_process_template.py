@@ -26,7 +26,7 @@ from shoal.executors.base import Call
 from shoal.executors.process import ProcessExecutor
 from shoal.tools import Tool
 from tests import process_tools as pt
-from tests.conftest import arun, wait_until
+from tests.conftest import arun, until, wait_until
 
 pytestmark = [pytest.mark.usefixtures("no_child_process_leak"),
               pytest.mark.skipif(not fork_supported(), reason="workers are forked on Linux only")]
@@ -95,8 +95,7 @@ def test_a_killed_template_is_replaced_and_its_workers_die_with_it(tmp_path: Pat
             idle = await executor.execute(a_call(pt.pid))
             busy = asyncio.ensure_future(executor.execute(
                 a_call(pt.sleep_forever, pid_file=str(pid_file))))
-            while not (pid_file.exists() and pid_file.read_text()):
-                await asyncio.sleep(0.02)
+            await until(lambda: pid_file.exists() and pid_file.read_text(), every=0.02)
             template = executor.template_pid
             assert template is not None
             os.kill(template, signal.SIGKILL)
@@ -130,8 +129,7 @@ def test_what_a_tool_started_dies_with_a_killed_template(how: str, tmp_path: Pat
         try:
             busy = asyncio.ensure_future(executor.execute(a_call(
                 pt.spawn_detached, seconds=token, how=how, ready_file=str(ready), stay=True)))
-            while not ready.exists():
-                await asyncio.sleep(0.02)
+            await until(lambda: ready.exists(), every=0.02)
             assert wait_until(lambda: bool(sleeps(token)), 10.0)
             template = executor.template_pid
             assert template is not None

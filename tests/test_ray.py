@@ -34,7 +34,7 @@ from shoal.exceptions import (  # noqa: E402
 from shoal.executors.ray import RayExecutor, _is_loopback, ray_options  # noqa: E402
 from shoal.outcome import RunResult  # noqa: E402
 from tests import ray_tools as rt  # noqa: E402
-from tests.conftest import arun  # noqa: E402
+from tests.conftest import arun, until  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FREE = {"num_cpus": 0}  # reserves nothing: runs on shoal's actor pool
@@ -257,8 +257,7 @@ def test_cancelling_a_call_through_the_handle(tmp_path: Path) -> None:
     async def go() -> RunResult:
         async with Runtime() as runtime:
             handle = runtime.start(plan)
-            while not (tmp_path / "target.started").exists():
-                await asyncio.sleep(0.02)
+            await until(lambda: (tmp_path / "target.started").exists(), every=0.02)
             cancelled_at.append(time.monotonic())
             handle.cancel(target)
             return await handle

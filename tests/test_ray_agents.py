@@ -34,6 +34,7 @@ from shoal.exceptions import ConfigError
 from shoal.models.retry import ModelGates
 from shoal.testing import ScriptedModel, call
 from shoal.testing.conformance import peak_overlap
+from tests.conftest import until
 from tests.test_process_agents import (
     _board,
     _logged,
@@ -226,8 +227,7 @@ def test_cancelling_one_ray_subagent_ends_its_actor_within_a_second(
         pid = await _pid_in(pid_file, within=60.0)
         began = time.monotonic()
         handle.cancel("lead/reader#1", reason="stopped by the test")
-        while not _gone(pid):
-            await asyncio.sleep(0.01)
+        await until(lambda: _gone(pid))
         gone = time.monotonic() - began
         return await handle, gone
 

@@ -19,7 +19,7 @@ from shoal.approvals import approval_hash
 from shoal.exceptions import ConfigError, PlanChangedError, RunNotFoundError
 from shoal.store.base import ApprovalRecord
 from shoal.store.sqlite import SQLiteStore
-from tests.conftest import arun
+from tests.conftest import arun, until
 from tests.crash_tools import build_approval_plan, build_plan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -285,8 +285,7 @@ def test_a_run_killed_while_waiting_for_approval_is_still_waiting_after_resume(
     async def resumed() -> tuple[list[str], shoal.RunResult]:
         async with shoal.Runtime(store=db, approver=person) as runtime:
             handle = runtime.start(build_approval_plan(), resume="waiting")
-            while not asked:
-                await asyncio.sleep(0.01)
+            await until(lambda: asked)
             waiting = [node for node, _, _ in handle.snapshot().awaiting_approval]
             answer.set()
             return waiting, await handle

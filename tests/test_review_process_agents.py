@@ -26,7 +26,7 @@ from shoal.executors._template import fork_supported
 from shoal.executors.base import Call
 from shoal.executors.process import ProcessExecutor
 from shoal.testing import ScriptedModel, call
-from tests.conftest import wait_until
+from tests.conftest import until, wait_until
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_child_process_leak")]
 
@@ -106,8 +106,7 @@ def test_what_a_cancelled_agents_tools_started_ends_with_it(
 
     async def main() -> Any:
         handle = shoal.Agent(name="lead", model=model, subagents=[reader]).start("go")
-        while not pids.exists() or not pids.read_text():
-            await asyncio.sleep(0.02)
+        await until(lambda: pids.exists() and bool(pids.read_text()))
         await asyncio.sleep(0.3)  # the tool is waiting, its sleeps started
         handle.cancel(lineage)
         if lineage is None:

@@ -198,7 +198,7 @@ def test_a_stream_retried_midway_never_runs_a_started_call_twice(retried_a: str)
 
     model = _FailsMidway(retried_a)
     agent: shoal.Agent[str] = shoal.Agent(name="lead", model=model, tools=[note])
-    gates = ModelGates(retry=ModelRetry(attempts=3, backoff=0.5))
+    gates = ModelGates(retry=ModelRetry(retries=2, backoff=0.5))
     result = run_virtual(agent.run("go", gates=gates))
     assert model.attempts == 2 and gates.retries == 1
     assert sorted(ran) == ["a", "b"]  # a started before the failure and stands

@@ -241,7 +241,7 @@ def test_a_retried_request_starts_its_text_again_after_model_retrying() -> None:
             yield ResponseDone(ModelResponse("half whole"))
 
     agent = shoal.Agent(name="solo", model=FlakyOnce("x"))
-    gates = ModelGates(retry=ModelRetry(attempts=3, backoff=0.1), seed=1)
+    gates = ModelGates(retry=ModelRetry(retries=2, backoff=0.1), seed=1)
     items = virtual(collect(agent.stream("go", gates=gates)))
     kinds = [(e.kind, getattr(e, "text", "")) for e in events_of(items)
              if isinstance(e, TextDelta | ModelRetrying)]

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from typing import Any
 
 import pytest
 
 import shoal
 from shoal.executors.thread import ThreadExecutor
+from tests.conftest import until
 
 CALLS = 40
 _barrier = threading.Barrier(CALLS)
@@ -85,9 +85,7 @@ def test_a_cancelled_call_is_abandoned_and_its_late_result_dropped() -> None:
         async with shoal.Runtime(executors={"thread": executor}) as runtime:
             result = await runtime.run(plan)
             release.set()
-            deadline = time.monotonic() + 10
-            while executor.abandoned_running and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
+            await until(lambda: not executor.abandoned_running, within=10)
         return result
 
     result = asyncio.run(main())

@@ -80,7 +80,7 @@ def test_decorator_with_options_sets_the_policy() -> None:
     assert fetch.name == "fetch_page"
     assert fetch.description == "Fetch one page."
     assert p.timeout == 2.5
-    assert p.retry == RetryPolicy(retries=3, on=(ValueError,), base_delay=0.2, max_delay=1.0,
+    assert p.retry == RetryPolicy(retries=3, on=(ValueError,), backoff=0.2, max_backoff=1.0,
                                   jitter=0.0)
     assert p.max_concurrency == 4
     assert p.rate == Rate(10.0, 1.0)
@@ -304,7 +304,7 @@ def test_options_keep_untouched_retry_fields() -> None:
     again = fetch.options(retries=5)
     assert again.policy.retry.retries == 5
     assert again.policy.retry.on == (ValueError,)
-    assert again.policy.retry.base_delay == 0.2
+    assert again.policy.retry.backoff == 0.2
     assert fetch.policy.retry.retries == 3
 
 
@@ -376,18 +376,38 @@ def test_approval_accepts_a_predicate() -> None:
 
 
 def test_retry_policy_backoff_is_exponential_and_capped() -> None:
-    policy = RetryPolicy(retries=5, base_delay=0.1, max_delay=0.5, jitter=0.0)
+    policy = RetryPolicy(retries=5, backoff=0.1, max_backoff=0.5, jitter=0.0)
     rng = random.Random(0)
     assert [policy.delay(n, rng) for n in range(1, 6)] == pytest.approx(
         [0.1, 0.2, 0.4, 0.5, 0.5])
 
 
 def test_retry_policy_jitter_stays_within_its_band() -> None:
-    policy = RetryPolicy(retries=1, base_delay=1.0, jitter=0.5)
+    policy = RetryPolicy(retries=1, backoff=1.0, jitter=0.5)
     rng = random.Random(1)
     delays = [policy.delay(1, rng) for _ in range(200)]
     assert all(0.5 <= d <= 1.0 for d in delays)
     assert max(delays) - min(delays) > 0.2  # the jitter really varies
+
+
+def test_retry_policy_takes_the_names_tool_takes() -> None:
+    policy = RetryPolicy(retries=2, backoff=0.3, max_backoff=4.0)
+    assert (policy.retries, policy.backoff, policy.max_backoff) == (2, 0.3, 4.0)
+    assert tool(retries=2, backoff=0.3, max_backoff=4.0)(add.fn).policy.retry == policy
+
+
+def test_retry_policy_former_names_still_work_and_warn() -> None:
+    with pytest.warns(DeprecationWarning, match=r"base_delay=.*use RetryPolicy\(backoff="):
+        old = RetryPolicy(retries=1, base_delay=0.3)
+    with pytest.warns(DeprecationWarning, match=r"max_delay=.*use RetryPolicy\(max_backoff="):
+        old = RetryPolicy(retries=1, backoff=0.3, max_delay=4.0)
+    assert old == RetryPolicy(retries=1, backoff=0.3, max_backoff=4.0)
+    with pytest.warns(DeprecationWarning, match="RetryPolicy.base_delay"):
+        assert old.base_delay == 0.3
+    with pytest.warns(DeprecationWarning, match="RetryPolicy.max_delay"):
+        assert old.max_delay == 4.0
+    with pytest.raises(ToolDefinitionError, match="both base_delay= and backoff="):
+        RetryPolicy(base_delay=0.3, backoff=1.0)
 
 
 def test_should_retry_filters_by_type_and_count() -> None:

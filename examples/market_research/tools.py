@@ -211,5 +211,14 @@ async def save_report(report: str, accepted: bool, rounds: int, check: dict[str,
                       f"*Draft {rounds}, {verdict}. Fact check: {checked}.*", "",
                       "## Key figures", "", *_figures_table(facts), "",
                       "## Analysts' notes", "", notes.strip(), ""])
-    Path(path).write_text(text, encoding="utf-8")
+    _write(path, text)
     return text
+
+
+def _write(path: str, text: str) -> None:
+    """Write a report of a few kB in place, as the profiles above are read.
+
+    Not on a thread: the tools stay pure asyncio so that the example runs on the virtual clock
+    of :mod:`shoal.testing` too (work on a thread is invisible to that clock).
+    """
+    Path(path).write_text(text, encoding="utf-8")

@@ -13,8 +13,9 @@ The public namespace. Everything a user needs is importable from here::
     result[a].status, result[a].value
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from shoal import _lazy
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time names load on first use
     from shoal import merge, patterns
@@ -71,9 +72,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time names load on 
         BoardKeyError,
         BoardValueError,
         BudgetExceeded,
-        CallCancelledError,
         ConfigError,
-        DeadlineExceededError,
         ExecutorError,
         JournalDamagedError,
         MaxReplansExceeded,
@@ -183,10 +182,8 @@ _EXPORTS = {
     "RulesApprover": "shoal.approvals",
     "ApprovalDecided": "shoal.events",
     "ApprovalRequested": "shoal.events",
-    "CallCancelledError": "shoal.exceptions",
     "Clock": "shoal.clock",
     "ConfigError": "shoal.exceptions",
-    "DeadlineExceededError": "shoal.exceptions",
     "Edge": "shoal.deps",
     "ErrorInfo": "shoal.outcome",
     "Event": "shoal.events",
@@ -252,21 +249,18 @@ _SUBMODULES = {"patterns": "shoal.patterns", "otel": "shoal.integrations.otel",
                "mcp": "shoal.integrations.mcp"}
 
 
-def __getattr__(name: str) -> Any:
-    if name in _SUBMODULES:
-        submodule = importlib.import_module(_SUBMODULES[name])
-        globals()[name] = submodule
-        return submodule
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'shoal' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
+# Never raised, so no longer exported (see shoal.exceptions); kept for one release.
+_DEPRECATED = {
+    name: _lazy.Deprecated("shoal.exceptions", f"_{name}",
+                           f"shoal.{name} is deprecated and will be removed in the next "
+                           f"release: nothing raises it (a {what})")
+    for name, what in (("CallCancelledError", "cancelled call's outcome is 'cancelled'"),
+                       ("DeadlineExceededError", "call running at the deadline ends "
+                                                 "'timed_out'"))
+}
 
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = _lazy.lazy_attributes(__name__, globals(), _EXPORTS,
+                                             submodules=_SUBMODULES, deprecated=_DEPRECATED)
 
 
 __all__ = [
@@ -325,10 +319,8 @@ __all__ = [
     "ModelSettings",
     "ToolCall",
     "Usage",
-    "CallCancelledError",
     "Clock",
     "ConfigError",
-    "DeadlineExceededError",
     "Edge",
     "ErrorInfo",
     "Event",

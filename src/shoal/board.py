@@ -391,9 +391,9 @@ def _inject(call: Call, scope: RunScope | None) -> BoardHandle:
     if scope is None or scope.board is None:
         raise BoardError(f"tool {call.tool.name!r} takes a board, but this run has none: "
                          "pass board=shoal.Board(...) to the run")
-    if call.executor in _FAR:
+    if call.isolation in _FAR:
         raise BoardError(f"tool {call.tool.name!r} takes a board but runs on the "
-                         f"{call.executor} backend: a board handle cannot reach another "
+                         f"{call.isolation} backend: a board handle cannot reach another "
                          "process; give the tool isolation='thread' (or 'inline' if async)")
     store = scope.runtime.store
     if store is not None and not callable(getattr(store, "effects", None)):

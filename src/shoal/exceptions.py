@@ -7,9 +7,7 @@
     ├── ToolDefinitionError         a function cannot become a tool (bad policy, bad signature)
     ├── ToolArgumentError           arguments do not fit a tool's schema; ``.argument`` names one
     ├── ToolTimeoutError            a call ran past its timeout (the outcome is ``timed_out``)
-    ├── CallCancelledError          a call was cancelled by a person or by the run ending
-    ├── UpstreamFailedError         a call was skipped because a node it needs did not succeed
-    ├── DeadlineExceededError       the run's deadline passed before this call could finish
+    ├── UpstreamFailedError         an open run's ``value()`` of a node that did not succeed
     ├── ExecutorError               a backend could not run a call (not the tool's own error)
     │   ├── SerializationError      arguments or a result could not be moved to the backend
     │   ├── WorkerCrashedError      the worker process died during the call; ``.cause`` says how
@@ -50,21 +48,26 @@ Errors raised *by tools* are never wrapped in this tree: they are recorded as a 
 outcome whose :class:`~shoal.outcome.ErrorInfo` keeps the original type name, message and
 traceback text. Every class here pickles with its attributes, so errors survive the trip
 back from worker processes and Ray tasks.
+
+A cancelled call or a run past its ``deadline`` raises nothing: the call's outcome says so
+(``cancelled`` with its reason; ``timed_out``). ``CallCancelledError`` and
+``DeadlineExceededError``, which nothing ever raised, are deprecated: importing one warns, and
+an ``except`` clause naming one still catches nothing, as before.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from shoal import _lazy
 
 __all__ = [
     "BoardError",
     "BoardKeyError",
     "BoardValueError",
-    "CallCancelledError",
     "ConfigError",
-    "DeadlineExceededError",
     "AgentError",
     "BudgetExceeded",
     "ExecutorError",
@@ -203,16 +206,8 @@ class ToolTimeoutError(ShoalError):
         return (ToolTimeoutError, (self.tool, self.timeout))
 
 
-class CallCancelledError(ShoalError):
-    """A call was cancelled (by a person, by ``fail_fast``, or because the run ended)."""
-
-
 class UpstreamFailedError(ShoalError):
-    """A call was skipped because a node it depends on did not succeed."""
-
-
-class DeadlineExceededError(ShoalError):
-    """The run's deadline passed."""
+    """An open run's ``value()`` was asked for a node that did not succeed."""
 
 
 class ExecutorError(ShoalError):
@@ -598,3 +593,34 @@ class MCPToolError(ShoalError):
 
     def __reduce__(self) -> tuple[type[MCPToolError], tuple[str, str, str]]:
         return (MCPToolError, (self.server, self.tool, self.text))
+
+
+# Never raised, so no longer exported; kept for one release so that a program naming one still
+# runs, with a warning. Not aliases of ShoalError: an ``except CallCancelledError`` that caught
+# nothing before must not start catching every shoal error.
+class _CallCancelledError(ShoalError):
+    """Deprecated: never raised. A cancelled call's outcome is ``cancelled``, with its reason."""
+
+
+class _DeadlineExceededError(ShoalError):
+    """Deprecated: never raised. At the run's deadline, running calls end ``timed_out``."""
+
+
+# their former names (a pickle of one finds it by this name, through __getattr__)
+_CallCancelledError.__name__ = _CallCancelledError.__qualname__ = "CallCancelledError"
+_DeadlineExceededError.__name__ = _DeadlineExceededError.__qualname__ = "DeadlineExceededError"
+
+_NEVER_RAISED = ("is deprecated and will be removed in the next release: nothing raises it; "
+                 "{}")
+
+if not TYPE_CHECKING:  # at run time only: type checkers keep flagging unknown names
+    __getattr__, _ = _lazy.lazy_attributes(__name__, globals(), {}, deprecated={
+        "CallCancelledError": _lazy.Deprecated(
+            __name__, "_CallCancelledError",
+            "shoal.exceptions.CallCancelledError " + _NEVER_RAISED.format(
+                "a cancelled call's outcome is 'cancelled', with its reason")),
+        "DeadlineExceededError": _lazy.Deprecated(
+            __name__, "_DeadlineExceededError",
+            "shoal.exceptions.DeadlineExceededError " + _NEVER_RAISED.format(
+                "at the run's deadline, running calls end 'timed_out'")),
+    })

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, cast
 
+from shoal._deprecation import renamed
 from shoal.exceptions import (
     BoardError,
     ToolArgumentError,
@@ -67,40 +68,82 @@ def _exception_types(value: object) -> tuple[type[BaseException], ...]:
     return cast(tuple[type[BaseException], ...], items)
 
 
+_BACKOFF = 0.1  # seconds before the first retry
+_MAX_BACKOFF = 10.0  # the longest wait between two attempts
+
+
+def _old_keyword(old: str, old_value: float | None, new: str, new_value: float,
+                 default: float) -> float:
+    """The value of a renamed keyword of :class:`RetryPolicy`, given by its old or new name."""
+    if old_value is None:
+        return new_value
+    if new_value != default:
+        raise ToolDefinitionError(f"RetryPolicy got both {old}= and {new}=; give {new}= only "
+                                  f"({old} is its former name)")
+    renamed(f"RetryPolicy({old}=...)", f"RetryPolicy({new}=...)", stacklevel=4)
+    return old_value
+
+
 # Retrying cannot help: the arguments will not fit any better, a quarantined tool stays so,
 # a board does not grow the key it lacks.
 _NEVER_RETRIED = (ToolArgumentError, ToolQuarantinedError, BoardError)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class RetryPolicy:
     """How often and on which errors a call is tried again.
 
     ``retries`` extra attempts follow a failed one when the error is an instance of one of
     ``on``. The wait before attempt ``n`` (counting from 1 for the first retry) is
-    ``min(max_delay, base_delay * 2 ** (n - 1))``, scaled by a random factor in
-    ``[1 - jitter, 1]`` so that many failing calls do not retry in lock-step.
+    ``min(max_backoff, backoff * 2 ** (n - 1))`` seconds, scaled by a random factor in
+    ``[1 - jitter, 1]`` so that many failing calls do not retry in lock-step. These are the
+    names ``@tool(retries=, backoff=, max_backoff=, jitter=)`` takes too.
+
+    ``base_delay`` and ``max_delay``, the former names of ``backoff`` and ``max_backoff``, are
+    still accepted (and readable) for one release, with a :class:`DeprecationWarning`.
     """
 
-    retries: int = 0
-    on: tuple[type[BaseException], ...] = (Exception,)
-    base_delay: float = 0.1
-    max_delay: float = 10.0
-    jitter: float = 0.5
+    retries: int
+    on: tuple[type[BaseException], ...]
+    backoff: float
+    max_backoff: float
+    jitter: float
 
-    def __post_init__(self) -> None:
-        if not _is_int(self.retries) or self.retries < 0:
+    def __init__(self, retries: int = 0,
+                 on: type[BaseException] | Iterable[type[BaseException]] = (Exception,),
+                 backoff: float = _BACKOFF, max_backoff: float = _MAX_BACKOFF,
+                 jitter: float = 0.5, *, base_delay: float | None = None,
+                 max_delay: float | None = None) -> None:
+        backoff = _old_keyword("base_delay", base_delay, "backoff", backoff, _BACKOFF)
+        max_backoff = _old_keyword("max_delay", max_delay, "max_backoff", max_backoff,
+                                   _MAX_BACKOFF)
+        if not _is_int(retries) or retries < 0:
             raise ToolDefinitionError(f"retries must be a whole number, 0 or more, "
-                                      f"got {self.retries!r}")
-        object.__setattr__(self, "on", _exception_types(self.on))
-        for what, value in (("backoff (base_delay)", self.base_delay),
-                            ("max_backoff (max_delay)", self.max_delay)):
+                                      f"got {retries!r}")
+        for what, value in (("backoff", backoff), ("max_backoff", max_backoff)):
             if not _is_number(value) or value < 0:
                 raise ToolDefinitionError(f"{what} must be a finite number of seconds, 0 or "
                                           f"more, got {value!r}")
-        if not _is_number(self.jitter) or not 0.0 <= self.jitter <= 1.0:
-            raise ToolDefinitionError(f"jitter must be a number within [0, 1], "
-                                      f"got {self.jitter!r}")
+        if not _is_number(jitter) or not 0.0 <= jitter <= 1.0:
+            raise ToolDefinitionError(f"jitter must be a number within [0, 1], got {jitter!r}")
+        # frozen: the dataclass way to set fields in __init__
+        object.__setattr__(self, "retries", retries)
+        object.__setattr__(self, "on", _exception_types(on))
+        object.__setattr__(self, "backoff", backoff)
+        object.__setattr__(self, "max_backoff", max_backoff)
+        object.__setattr__(self, "jitter", jitter)
+
+    @property
+    def base_delay(self) -> float:
+        """Deprecated: the former name of :attr:`backoff`."""
+        renamed("RetryPolicy.base_delay", "RetryPolicy.backoff")
+        return self.backoff
+
+    @property
+    def max_delay(self) -> float:
+        """Deprecated: the former name of :attr:`max_backoff`."""
+        renamed("RetryPolicy.max_delay", "RetryPolicy.max_backoff")
+        return self.max_backoff
 
     def should_retry(self, error: BaseException, attempt: int) -> bool:
         """Whether attempt number ``attempt`` (1-based), which raised ``error``, gets another."""
@@ -112,7 +155,7 @@ class RetryPolicy:
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         """Seconds to wait before retry number ``attempt`` (1-based)."""
-        raw = min(self.max_delay, self.base_delay * 2.0 ** (attempt - 1))
+        raw = min(self.max_backoff, self.backoff * 2.0 ** (attempt - 1))
         return float(raw * (1.0 - self.jitter * rng.random()))
 
 
@@ -192,7 +235,7 @@ def policy_from(base: ToolPolicy, opts: Mapping[str, Any]) -> ToolPolicy:
         raise ToolDefinitionError(f"retry takes a RetryPolicy, got {retry!r}")
     retry_fields = {
         "retries": opts.get("retries"), "on": opts.get("retry_on"),
-        "base_delay": opts.get("backoff"), "max_delay": opts.get("max_backoff"),
+        "backoff": opts.get("backoff"), "max_backoff": opts.get("max_backoff"),
         "jitter": opts.get("jitter"),
     }  # fmt: skip
     changes = {k: v for k, v in retry_fields.items() if v is not None}

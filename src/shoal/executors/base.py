@@ -14,33 +14,82 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from shoal._deprecation import renamed
 from shoal.tools import Isolation, Tool
 
 __all__ = ["Call", "Executor"]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Call:
-    """One attempt of one node: what to run, with which (already private) arguments."""
+    """One attempt of one node: what to run, with which (already private) arguments.
+
+    ``isolation`` names the backend the attempt runs on (``"inline"``, ``"thread"``,
+    ``"process"`` or ``"ray"``). Its former name ``executor`` is still accepted as a keyword
+    and readable as an attribute for one release, with a :class:`DeprecationWarning`.
+    """
 
     pos: int
     node_id: str
     tool: Tool[..., Any]
     args: dict[str, Any]
     attempt: int
-    executor: Isolation
+    isolation: Isolation
     timeout: float | None
-    run_id: str = ""
-    abandoned: bool = False
-    began_at: float | None = None
-    lease: Any = None  # what prepare() reserved for this attempt (a worker, ...)
+    run_id: str
+    abandoned: bool
+    began_at: float | None
+    lease: Any  # what prepare() reserved for this attempt (a worker, ...)
     #: W3C trace context (``traceparent``...) for a worker in another process to join the
     #: caller's trace; set only when shoal is instrumented (see :mod:`shoal.instrumentation`)
-    trace: dict[str, str] | None = None
-    held: str = ""  # the limit that held the attempt back once it was ready, if one did
+    trace: dict[str, str] | None
+    held: str  # the limit that held the attempt back once it was ready, if one did
     #: where the attempt ran, when the backend knows it per call (a Ray node); see
     #: :attr:`Executor.runs_here` for backends whose calls all run on this machine
-    where: str = ""
+    where: str
+
+    # Written out (not generated) for the deprecated ``executor=`` keyword; a test checks that
+    # it sets every field. The scheduler creates one per attempt: keep it plain assignments.
+    def __init__(self, pos: int, node_id: str, tool: Tool[..., Any], args: dict[str, Any],
+                 attempt: int, isolation: Isolation | None = None,
+                 timeout: float | None = None, run_id: str = "", abandoned: bool = False,
+                 began_at: float | None = None, lease: Any = None,
+                 trace: dict[str, str] | None = None, held: str = "", where: str = "", *,
+                 executor: Isolation | None = None) -> None:
+        if executor is not None:
+            isolation = _isolation_from_executor(isolation, executor)
+        if isolation is None:
+            raise TypeError("Call() needs isolation: the backend the attempt runs on "
+                            "('inline', 'thread', 'process' or 'ray')")
+        self.pos = pos
+        self.node_id = node_id
+        self.tool = tool
+        self.args = args
+        self.attempt = attempt
+        self.isolation = isolation
+        self.timeout = timeout
+        self.run_id = run_id
+        self.abandoned = abandoned
+        self.began_at = began_at
+        self.lease = lease
+        self.trace = trace
+        self.held = held
+        self.where = where
+
+    @property
+    def executor(self) -> Isolation:
+        """Deprecated: the former name of :attr:`isolation`."""
+        renamed("Call.executor", "Call.isolation")
+        return self.isolation
+
+
+def _isolation_from_executor(isolation: Isolation | None, executor: Isolation) -> Isolation:
+    """``isolation`` given by its former keyword, ``executor=``."""
+    if isolation is not None:
+        raise TypeError("Call() got both isolation and executor=; give isolation only "
+                        "(executor is its former name)")
+    renamed("Call(executor=...)", "Call(isolation=...)", stacklevel=4)
+    return executor
 
 
 class Executor(ABC):

@@ -422,9 +422,10 @@ class _Worker:
     async def connect(self, cmd_fd: int, reply_fd: int) -> None:
         """Attach the parent's pipe ends to the event loop; the transports own them from here."""
         loop = asyncio.get_running_loop()
-        files: list[IO[bytes]] = [open(reply_fd, "rb", buffering=0)]  # noqa: SIM115
+        # pipe ends already open (no disk, nothing that blocks): only wrapped as file objects
+        files: list[IO[bytes]] = [open(reply_fd, "rb", buffering=0)]  # noqa: SIM115, ASYNC230
         try:
-            files.append(open(cmd_fd, "wb", buffering=0))  # noqa: SIM115
+            files.append(open(cmd_fd, "wb", buffering=0))  # noqa: SIM115, ASYNC230
             self._read_pipe, _ = await loop.connect_read_pipe(lambda: self.reader, files[0])
             self._write_pipe, _ = await loop.connect_write_pipe(asyncio.Protocol, files[1])
         except BaseException:

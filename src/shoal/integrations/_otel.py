@@ -338,7 +338,7 @@ class RunSpans:
             return contextvars.copy_context()
 
     def _attempt_context(self, call: Call) -> contextvars.Context:
-        span = self._span(call.node_id, self._ns(self.driver.now()), call.executor)
+        span = self._span(call.node_id, self._ns(self.driver.now()), call.isolation)
         if self.t.capture and not (self.tree is not None and self._is_model_turn(call.node_id)):
             # the arguments this attempt runs with: refs resolved, edits approved
             self.t.set(span, {"gen_ai.tool.call.arguments": self.t.clean.json(call.args)})
@@ -346,7 +346,7 @@ class RunSpans:
         context = contextvars.copy_context()
         context.run(otel_context.attach, current)
         context.run(_IN_CALL.set, True)
-        if call.executor not in _IN_PROCESS:
+        if call.isolation not in _IN_PROCESS:
             carrier: dict[str, str] = {}
             _PROPAGATOR.inject(carrier, context=current)
             call.trace = carrier

@@ -205,7 +205,8 @@ class MCPServer:
         prefix: str = "",
         only: Collection[str] | None = None,
         approval: ApprovalRule | None = None,
-        timeout: float | None = None,
+        # each tool's per-call timeout, a setting of the tools made, not one for this listing
+        timeout: float | None = None,  # noqa: ASYNC109
         overrides: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> list[MCPTool]:
         """The server's tools as shoal tools (see :func:`tools` for the options)."""
@@ -774,7 +775,7 @@ async def tools(
     prefix: str = "",
     only: Collection[str] | None = None,
     approval: ApprovalRule | None = None,
-    timeout: float | None = None,
+    timeout: float | None = None,  # noqa: ASYNC109 (each tool's per-call timeout, see below)
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[MCPTool]:
     """The tools of an MCP server as shoal tools.
@@ -960,7 +961,8 @@ async def _serve_http(srv: Any, host: str, port: int, ready: Callable[[], None] 
     # bound here, not by uvicorn: it answers a taken port or a bad host with sys.exit(), which
     # escapes the event loop as a traceback and exit code 3
     task = asyncio.create_task(web.serve(sockets=[_listening(host, port)]))
-    while not web.started and not task.done():
+    # uvicorn offers no event for "listening": its flag is polled (for a moment, once)
+    while not web.started and not task.done():  # noqa: ASYNC110
         await asyncio.sleep(0.02)
     if web.started and ready is not None:
         ready()

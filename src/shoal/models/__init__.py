@@ -13,9 +13,9 @@ is created.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from shoal import _lazy
 from shoal.exceptions import ConfigError
 from shoal.models.base import (
     AssistantMessage,
@@ -68,6 +68,7 @@ __all__ = [
     "resolve_model",
 ]
 
+# The adapters, loaded on first use (each imports its SDK)
 _LAZY = {"OpenAIModel": "shoal.models.openai", "AnthropicModel": "shoal.models.anthropic"}
 
 _FORMS = ("'openai:<model id>' (e.g. 'openai:gpt-4.1-mini'), "
@@ -148,7 +149,4 @@ def resolve_model(spec: str | Model) -> Model:
     raise AssertionError(f"check_model_spec let {spec!r} through")
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = _lazy.lazy_attributes(__name__, globals(), _LAZY)

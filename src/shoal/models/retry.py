@@ -21,12 +21,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import numbers
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from shoal._deprecation import renamed
 from shoal.events import Event, ModelRetrying
-from shoal.exceptions import ModelConnectionError, ModelError, ModelHTTPError
+from shoal.exceptions import ConfigError, ModelConnectionError, ModelError, ModelHTTPError
 from shoal.models._common import notices_to
 from shoal.models.base import Model, ModelRequest, ModelResponse, StreamEvent, TextDelta
 
@@ -39,20 +42,74 @@ log = logging.getLogger("shoal")
 EventCallback = Callable[[Event], None]
 
 
-@dataclass(frozen=True, slots=True)
+_RETRIES = 7  # eight tries in all: about a minute of waits at the default backoff
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _seconds(value: object) -> bool:
+    """A finite real number, 0 or more (``bool`` is not taken for one)."""
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isfinite(value) and float(value) >= 0)
+
+
+def _from_attempts(attempts: int, retries: int) -> int:
+    """``retries`` from the deprecated ``attempts=`` (every try counted)."""
+    if retries != _RETRIES:
+        raise ConfigError("ModelRetry got both attempts= and retries=; give retries= only "
+                          "(attempts= counted every try: retries = attempts - 1)")
+    if not _whole(attempts) or attempts < 1:
+        raise ConfigError(f"ModelRetry: attempts (deprecated: use retries, one less) must be "
+                          f"a whole number, 1 or more, got {attempts!r}")
+    renamed("ModelRetry(attempts=...)", "ModelRetry(retries=...), one less", stacklevel=4)
+    return attempts - 1
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class ModelRetry:
     """How transient model errors are retried.
 
-    ``attempts`` counts every try (1 means no retry); waits grow from ``backoff`` doubling up to
-    ``max_backoff`` seconds, each multiplied by a random factor in ``1 ± jitter``. When the
-    provider sent ``Retry-After`` (up to ``max_backoff``), that is the wait instead, stretched
-    by up to ``jitter``; a longer ``Retry-After`` is still honoured, never shortened.
+    ``retries`` extra tries follow the first (0: no retry), as ``@tool(retries=...)`` counts
+    them; waits grow from ``backoff`` doubling up to ``max_backoff`` seconds, each multiplied by
+    a random factor in ``1 ± jitter``. When the provider sent ``Retry-After`` (up to
+    ``max_backoff``), that is the wait instead, stretched by up to ``jitter``; a longer
+    ``Retry-After`` is still honoured, never shortened.
+
+    ``attempts``, the former setting that counted every try (``attempts=8`` is ``retries=7``),
+    is still accepted and readable for one release, with a :class:`DeprecationWarning`.
     """
 
-    attempts: int = 8
-    backoff: float = 0.5
-    max_backoff: float = 30.0
-    jitter: float = 0.25
+    retries: int
+    backoff: float
+    max_backoff: float
+    jitter: float
+
+    def __init__(self, retries: int = _RETRIES, backoff: float = 0.5,
+                 max_backoff: float = 30.0, jitter: float = 0.25, *,
+                 attempts: int | None = None) -> None:
+        if attempts is not None:
+            retries = _from_attempts(attempts, retries)
+        if not _whole(retries) or retries < 0:
+            raise ConfigError(f"ModelRetry: retries must be a whole number, 0 or more, "
+                              f"got {retries!r}")
+        for what, value in (("backoff", backoff), ("max_backoff", max_backoff)):
+            if not _seconds(value):
+                raise ConfigError(f"ModelRetry: {what} must be a finite number of seconds, 0 "
+                                  f"or more, got {value!r}")
+        if not _seconds(jitter) or jitter > 1:
+            raise ConfigError(f"ModelRetry: jitter must be a number within [0, 1], "
+                              f"got {jitter!r}")
+        for name, value in (("retries", retries), ("backoff", backoff),
+                            ("max_backoff", max_backoff), ("jitter", jitter)):
+            object.__setattr__(self, name, value)  # frozen: the dataclass way in __init__
+
+    @property
+    def attempts(self) -> int:
+        """Deprecated: every try, the first included (``retries + 1``)."""
+        renamed("ModelRetry.attempts", "ModelRetry.retries (attempts - 1)")
+        return self.retries + 1
 
     def delay(self, failures: int, retry_after: float | None, rng: random.Random) -> float:
         """Seconds to wait after the ``failures``-th failed try."""
@@ -97,7 +154,7 @@ class ModelGate:
                     return await self._once(model, request)
             except ModelError as exc:
                 failures += 1
-                if not _transient(exc) or failures >= self.retry.attempts:
+                if not _transient(exc) or failures > self.retry.retries:
                     raise
                 await asyncio.sleep(self._back_off(model, exc, failures, on_event))
 
@@ -127,7 +184,7 @@ class ModelGate:
                 return
             except ModelError as exc:
                 failures += 1
-                if sent_text or not _transient(exc) or failures >= self.retry.attempts:
+                if sent_text or not _transient(exc) or failures > self.retry.retries:
                     raise
                 await asyncio.sleep(self._back_off(model, exc, failures, on_event))
 
@@ -197,7 +254,7 @@ class ModelGate:
         error = (f"HTTP {exc.status}: {exc.detail}" if isinstance(exc, ModelHTTPError)
                  else exc.detail)
         event = ModelRetrying(run_id="", time=0.0, model=model.name, attempt=failures,
-                              attempts=self.retry.attempts, delay=delay, error=error)
+                              attempts=self.retry.retries + 1, delay=delay, error=error)
         log.info("model %s: %s", model.name, event.describe())
         if on_event is not None:
             try:
@@ -208,7 +265,9 @@ class ModelGate:
 
     async def _wait_open(self) -> None:
         loop = asyncio.get_running_loop()
-        while (wait := self._open_at - loop.time()) > 0:
+        # not a busy wait: each sleep lasts until the opening time, which a 429 met meanwhile
+        # by another caller may have moved later (then the caller sleeps again)
+        while (wait := self._open_at - loop.time()) > 0:  # noqa: ASYNC110
             await asyncio.sleep(wait)
 
 

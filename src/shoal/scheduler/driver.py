@@ -491,7 +491,7 @@ class Driver:
                 # the middle of carrying out a decision, so report nothing from here; go on in
                 # a turn of the loop of its own, as a task started lazily would
                 await asyncio.sleep(0)
-            executor = self._executors.get(call.executor) or await self._new_executor(call)
+            executor = self._executors.get(call.isolation) or await self._new_executor(call)
             if barrier is not None:  # the journal holds what released this call, and its start
                 await barrier
             if barrier is not None and self._journal is not None and (
@@ -550,12 +550,12 @@ class Driver:
     async def _new_executor(self, call: Call) -> Executor:
         # started once, by the first call that needs it; calls arriving meanwhile wait for
         # that start to finish instead of using a backend that is not started yet
-        starting = self._starting.get(call.executor)
+        starting = self._starting.get(call.isolation)
         if starting is None:
             if self._executor_for is None:
-                raise RuntimeError(f"no backend {call.executor!r} in this run")
-            starting = self._starting[call.executor] = asyncio.ensure_future(
-                self._start_executor(call.executor, self._executor_for(call.executor)))
+                raise RuntimeError(f"no backend {call.isolation!r} in this run")
+            starting = self._starting[call.isolation] = asyncio.ensure_future(
+                self._start_executor(call.isolation, self._executor_for(call.isolation)))
         return await asyncio.shield(starting)
 
     async def _start_executor(self, name: str, executor: Executor) -> Executor:
@@ -604,12 +604,12 @@ class Driver:
 
     def _here(self, call: Call) -> str:
         """The name of this machine if ``call`` ran on a backend that runs everything here."""
-        here = self._hosts.get(call.executor)
+        here = self._hosts.get(call.isolation)
         if here is None:
-            executor = self._executors.get(call.executor)
+            executor = self._executors.get(call.isolation)
             here = HOST if executor is not None and executor.runs_here else ""
             if executor is not None:
-                self._hosts[call.executor] = here
+                self._hosts[call.isolation] = here
         return here
 
     def _settle(self, settling: list[Settles], result: AttemptResult) -> AttemptResult:
@@ -708,7 +708,7 @@ class Driver:
             journal.add(OutcomeRecord(run_id, ended.outcome, ended.order))
         for call in d.starts:
             journal.add(AttemptStarted(run_id, self._session, call.node_id, call.attempt,
-                                       call.tool.name, call.executor, now, call.held))
+                                       call.tool.name, call.isolation, now, call.held))
         return journal.barrier() if d.starts else None
 
     def _restore(self, resume: Resumption) -> None:

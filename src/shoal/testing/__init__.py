@@ -14,8 +14,9 @@ which an application importing ``shoal.testing`` for the clock should not pay fo
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from shoal import _lazy
 from shoal.testing.clock import VirtualClockLoop, run_virtual
 
 if TYPE_CHECKING:
@@ -30,16 +31,4 @@ _LAZY = {"ExecutorConformance": "shoal.testing.conformance",
          "pause": "shoal.testing.scripted"}
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = _lazy.lazy_attributes(__name__, globals(), _LAZY)
