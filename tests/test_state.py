@@ -173,8 +173,8 @@ def test_begin_starts_every_node_without_dependencies() -> None:
     d = state.begin(0.0)
     assert sorted(started(d)) == sorted([a.node, b.node])
     by_id = {call.node_id: call for call in d.starts}
-    assert by_id[a.node].executor == "inline"
-    assert by_id[b.node].executor == "thread"
+    assert by_id[a.node].isolation == "inline"
+    assert by_id[b.node].isolation == "thread"
     assert by_id[a.node].attempt == 1
     assert by_id[a.node].args == {"value": 1, "data": None}
     assert phase_of(state, a) is Phase.RUNNING
