@@ -264,8 +264,8 @@ class Driver:
         result = self.result()
         self._publish([RunFinished(run_id=self.state.run_id, time=max(self.now(), result.makespan),
                                    counts=result.counts, makespan=result.makespan)])
-        await self._close_journal()  # after RunFinished: a journal that keeps events has it too
-        return result
+        await self._close_journal(result=result)  # after RunFinished: a journal that keeps events
+        return result  # has it too
 
     def cancel(self, node_ids: Iterable[str] | None, reason: str) -> None:
         """Cancel some nodes, or the whole run (``None``); outcomes are recorded as usual."""
@@ -630,12 +630,17 @@ class Driver:
         if self._journal is not None:
             self._journal.add(EventRecord(self.state.run_id, event))
 
-    async def _close_journal(self, *, quiet: bool = False) -> None:
-        """Record how this session ended and wait until everything is committed."""
+    async def _close_journal(self, *, quiet: bool = False,
+                             result: RunResult | None = None) -> None:
+        """Record how this session ended and wait until everything is committed.
+
+        ``result``: the session's result, when the caller has it (a large run's is large).
+        """
         journal, self._journal = self._journal, None
         if journal is None:
             return
-        result = self.result()
+        if result is None:
+            result = self.result()
         status: RunStatus = "cancelled" if self.cancelled_reason else "finished"
         if not self._streaming:
             run_id = self.state.run_id

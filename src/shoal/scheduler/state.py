@@ -285,10 +285,12 @@ class SchedulerState:
         # shared with other runs see one time line; the driver sets it when the run starts.
         self.clock_origin = 0.0
         self._heap: list[tuple[float, int]] = []
-        self._hard = _hard_pairs(graph)
-        self.slots = [
-            _Slot(i, n, len(graph.preds[i]), choose_executor(n.tool, default_executor))
-            for i, n in enumerate(graph.nodes)
+        self._hard = _HardPairs(graph)
+        executors: dict[int, Isolation] = {}  # by tool object: a large plan has few tools
+        self.slots = [  # positions as the graph's own ints: a large run keeps one of each
+            _Slot(i, n, len(graph.preds[i]), executors.get(id(n.tool)) or executors.setdefault(
+                id(n.tool), choose_executor(n.tool, default_executor)))
+            for i, n in zip(graph.position.values(), graph.nodes, strict=True)
         ]
         self.done_count = 0
         self.status_counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
@@ -1034,10 +1036,26 @@ class SchedulerState:
         heapq.heapify(self._heap)
 
 
-def _hard_pairs(graph: Graph) -> set[tuple[int, int]]:
-    """Edges whose source must *succeed* (data and after); resource and barrier edges only order."""
-    pos = graph.position
-    return {(pos[e.source], pos[e.target]) for e in graph.edges if e.kind in ("data", "after")}
+class _HardPairs:
+    """Which edges' sources must *succeed* (data and after); resource and barrier edges order.
+
+    Asked only when a node did not succeed, so it is worked out from the target node's refs
+    and ``after`` then, not kept as a set of every such pair (a large run would hold millions).
+    """
+
+    __slots__ = ("graph",)
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+
+    def __contains__(self, pair: tuple[int, int]) -> bool:
+        source, target = pair
+        node, nid = self.graph.nodes[target], self.graph.nodes[source].id
+        return nid in node.after or any(r.node == nid for r in node.refs)
+
+    def update(self, pairs: Iterable[tuple[int, int]]) -> None:
+        """Nothing to note: a grown node's refs and ``after`` say it already."""
+        del pairs
 
 
 def _detail(outcome: Outcome) -> str:

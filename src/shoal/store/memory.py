@@ -19,7 +19,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from shoal.exceptions import RunNotFoundError
-from shoal.outcome import Outcome
 from shoal.store.base import (
     ApprovalRecord,
     AttemptEnded,
@@ -47,12 +46,18 @@ DEFAULT_MAX_RUNS = 100
 class _Run:
     record: RunRecord
     attempts: dict[tuple[int, str, int], AttemptRecord] = field(default_factory=dict)
-    outcomes: dict[str, tuple[int, Outcome]] = field(default_factory=dict)  # id -> (position, _)
+    # id -> the record as written (it holds the position): kept whole, not copied, since a
+    # large run writes a million of them at once
+    outcomes: dict[str, OutcomeRecord] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
     # (node id, kind) -> (when written, the record): the latest effect of each call
     effects: dict[tuple[str, str], tuple[int, EffectRecord]] = field(default_factory=dict)
     cancels: list[CancelRequest] = field(default_factory=list)
     taken: int = 0  # cancel requests handed out so far
+
+
+def _position(record: OutcomeRecord) -> int:
+    return record.position
 
 
 class MemoryStore:
@@ -144,7 +149,7 @@ class MemoryStore:
     def _outcome(self, r: OutcomeRecord) -> None:
         run = self._runs.get(r.run_id)
         if run is not None:
-            run.outcomes[r.outcome.node_id] = (r.position, r.outcome)
+            run.outcomes[r.outcome.node_id] = r
 
     def _effect(self, r: EffectRecord) -> None:
         run = self._runs.get(r.run_id)
@@ -188,8 +193,8 @@ class MemoryStore:
         """Each node's latest outcome, in plan order (values are the objects the run produced)."""
         with self._lock:
             run = self._runs.get(run_id)
-            found = sorted(run.outcomes.values(), key=lambda item: item[0]) if run else []
-        return {o.node_id: StoredOutcome(o) for _, o in found}
+            found = sorted(run.outcomes.values(), key=_position) if run else []
+        return {r.outcome.node_id: StoredOutcome(r.outcome) for r in found}
 
     def attempts(self, run_id: str) -> list[AttemptRecord]:
         """Every attempt of the run, in the order they started."""
