@@ -644,8 +644,8 @@ class Driver:
         status: RunStatus = "cancelled" if self.cancelled_reason else "finished"
         if not self._streaming:
             run_id = self.state.run_id
-            journal.add_many([OutcomeRecord(run_id, slot.outcome, slot.node.index)
-                              for slot in self.state.slots if slot.outcome is not None])
+            journal.add_many(OutcomeRecord(run_id, slot.outcome, slot.node.index)
+                             for slot in self.state.slots if slot.outcome is not None)
         if journal.failed is None:
             journal.add(RunEnded(self.state.run_id, status, epoch_now(self._loop), result.counts,
                                  result.makespan))

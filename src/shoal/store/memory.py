@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from shoal.exceptions import RunNotFoundError
+from shoal.outcome import Outcome
 from shoal.store.base import (
     ApprovalRecord,
     AttemptEnded,
@@ -46,9 +47,11 @@ DEFAULT_MAX_RUNS = 100
 class _Run:
     record: RunRecord
     attempts: dict[tuple[int, str, int], AttemptRecord] = field(default_factory=dict)
-    # id -> the record as written (it holds the position): kept whole, not copied, since a
-    # large run writes a million of them at once
-    outcomes: dict[str, OutcomeRecord] = field(default_factory=dict)
+    # every outcome written, with its node's position, in the order written (the latest of a
+    # node wins when read): two flat lists, as a large run writes a million of them at once
+    positions: list[int] = field(default_factory=list)
+    ended: list[Outcome] = field(default_factory=list)
+    settled: int = 0  # outcomes written when a session last ended
     events: list[dict[str, Any]] = field(default_factory=list)
     # (node id, kind) -> (when written, the record): the latest effect of each call
     effects: dict[tuple[str, str], tuple[int, EffectRecord]] = field(default_factory=dict)
@@ -56,8 +59,21 @@ class _Run:
     taken: int = 0  # cancel requests handed out so far
 
 
-def _position(record: OutcomeRecord) -> int:
-    return record.position
+def _position(item: tuple[int, Outcome]) -> int:
+    return item[0]
+
+
+def _latest(run: _Run) -> dict[str, tuple[int, Outcome]]:
+    """Each node's latest outcome with its position (in the order nodes were first written)."""
+    return {o.node_id: (p, o) for p, o in zip(run.positions, run.ended, strict=True)}
+
+
+def _compact(run: _Run) -> None:
+    """Drop the outcomes a later session wrote again (each session writes all it has)."""
+    latest = _latest(run)
+    if len(latest) < len(run.ended):
+        run.positions = [p for p, _ in latest.values()]
+        run.ended = [o for _, o in latest.values()]
 
 
 class MemoryStore:
@@ -129,6 +145,9 @@ class MemoryStore:
                                  counts=dict(r.counts), makespan=r.makespan)
             if r.status != "running":
                 self._finished.setdefault(r.run_id)
+            if run.settled:  # an earlier session wrote outcomes this one may have written again
+                _compact(run)
+            run.settled = len(run.ended)
 
     def _start(self, r: AttemptStarted) -> None:
         run = self._runs.get(r.run_id)
@@ -149,7 +168,8 @@ class MemoryStore:
     def _outcome(self, r: OutcomeRecord) -> None:
         run = self._runs.get(r.run_id)
         if run is not None:
-            run.outcomes[r.outcome.node_id] = r
+            run.positions.append(r.position)
+            run.ended.append(r.outcome)
 
     def _effect(self, r: EffectRecord) -> None:
         run = self._runs.get(r.run_id)
@@ -193,8 +213,8 @@ class MemoryStore:
         """Each node's latest outcome, in plan order (values are the objects the run produced)."""
         with self._lock:
             run = self._runs.get(run_id)
-            found = sorted(run.outcomes.values(), key=_position) if run else []
-        return {r.outcome.node_id: StoredOutcome(r.outcome) for r in found}
+            found = sorted(_latest(run).values(), key=_position) if run else []
+        return {o.node_id: StoredOutcome(o) for _, o in found}
 
     def attempts(self, run_id: str) -> list[AttemptRecord]:
         """Every attempt of the run, in the order they started."""
