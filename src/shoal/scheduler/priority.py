@@ -69,7 +69,8 @@ class CriticalPath:
         self._used = {name: self.estimates[name] for name, _ in cache
                       if name in self.estimates} if self._multi_tool else {}
         self._next_at = done_count + max(1, int(len(nodes) * RERANK_SHARE))
-        return [-value for value in level]
+        shared: dict[float, float] = {}  # many nodes share a level: one float object each
+        return [shared.setdefault(value, -value) for value in level]
 
     def learn(self, tool_name: str, seconds: float) -> None:
         """Fold one measured duration into the tool's estimate."""

@@ -31,6 +31,7 @@ limit is parked on that limit and returns to the heap when the limit frees up, s
 from __future__ import annotations
 
 import heapq
+import itertools
 import random
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -538,7 +539,8 @@ class SchedulerState:
     def outcomes(self) -> list[Outcome]:
         """The outcomes recorded so far, in plan order."""
         done = [s for s in self.slots if s.outcome is not None]
-        done.sort(key=lambda s: s.node.index)
+        if any(a.node.index > b.node.index for a, b in itertools.pairwise(done)):
+            done.sort(key=lambda s: s.node.index)  # else in plan order already: no sort keys
         return [s.outcome for s in done if s.outcome is not None]
 
     # ---- transitions --------------------------------------------------------------------------
