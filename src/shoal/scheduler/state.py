@@ -198,14 +198,87 @@ class Ended(NamedTuple):
     outcome: Outcome
 
 
+class _Rare:
+    """The fields of a slot that few nodes ever set: approvals, cancellations, skips, maps."""
+
+    __slots__ = ("approval", "cancel_reason", "cancel_status", "items", "root")
+
+    def __init__(self) -> None:
+        self.approval: _Approval | None = None  # set once the node was asked about
+        self.cancel_reason = ""
+        self.cancel_status: Status = "cancelled"
+        self.root = ""  # for a skipped node: the failure at the start of its chain
+        self.items: list[int] | None = None  # a map node, once expanded: its items' positions
+
+
+_COMMON = _Rare()  # the defaults, shared by every slot that never set one (never written)
+
+
 class _Slot:
-    """The scheduler's record of one node."""
+    """The scheduler's record of one node.
+
+    A large run holds a million of these at once: the fields few nodes set live in a
+    :class:`_Rare` made on the first write (``rare``), behind properties of the same names.
+    """
 
     __slots__ = (
-        "approval", "args", "attempts", "cancel_reason", "cancel_status", "executor", "gates",
-        "gather", "held", "items", "node", "outcome", "phase", "pos", "priority", "queued_at",
-        "ready_mark", "root", "started_at", "waiting", "where",
+        "args", "attempts", "executor", "gates", "gather", "held", "node", "outcome", "phase",
+        "pos", "priority", "queued_at", "rare", "ready_mark", "started_at", "waiting", "where",
     )  # fmt: skip
+    rare: _Rare  # _COMMON until one of its fields is set
+
+    @property
+    def approval(self) -> _Approval | None:
+        """Set once the node was asked about."""
+        return self.rare.approval
+
+    @approval.setter
+    def approval(self, value: _Approval | None) -> None:
+        self.own().approval = value
+
+    @property
+    def cancel_reason(self) -> str:
+        """Why it was cancelled (the first reason)."""
+        return self.rare.cancel_reason
+
+    @cancel_reason.setter
+    def cancel_reason(self, value: str) -> None:
+        self.own().cancel_reason = value
+
+    @property
+    def cancel_status(self) -> Status:
+        """The status a cancellation gives it."""
+        return self.rare.cancel_status
+
+    @cancel_status.setter
+    def cancel_status(self, value: Status) -> None:
+        self.own().cancel_status = value
+
+    @property
+    def root(self) -> str:
+        """For a skipped node: the failure at the start of its chain."""
+        return self.rare.root
+
+    @root.setter
+    def root(self, value: str) -> None:
+        self.own().root = value
+
+    @property
+    def items(self) -> list[int] | None:
+        """A map node, once expanded: its items' positions."""
+        return self.rare.items
+
+    @items.setter
+    def items(self, value: list[int] | None) -> None:
+        self.own().items = value
+
+    def own(self) -> _Rare:
+        """The slot's own rare fields (made on the first write)."""
+        rare = self.rare
+        if rare is _COMMON:
+            rare = self.rare = _Rare()
+        return rare
+
 
     def __init__(self, pos: int, node: Node, waiting: int, executor: Isolation) -> None:
         self.pos = pos
@@ -220,15 +293,11 @@ class _Slot:
         self.args: dict[str, Any] | None = None
         self.gates: tuple[ConcurrencyLimit, ...] | None = None
         self.outcome: Outcome | None = None
-        self.cancel_reason = ""
-        self.cancel_status: Status = "cancelled"
-        self.root = ""  # for a skipped node: the failure at the start of its chain
-        self.approval: _Approval | None = None  # set once the node was asked about
+        self.rare = _COMMON
         self.gather = -1  # a map item: the position of its map node
         self.held = ""  # the limit it was parked on since it was last ready (for the journal)
         self.where = ""  # where its latest attempt ran, as its backend said
         self.ready_mark = 0  # the run-wide limit's block count when it was last ready
-        self.items: list[int] | None = None  # a map node, once expanded: its items' positions
 
 
 def choose_executor(tool: Tool[..., Any], default: Isolation | None) -> Isolation:
