@@ -607,10 +607,11 @@ class SchedulerState:
 
     def outcomes(self) -> list[Outcome]:
         """The outcomes recorded so far, in plan order."""
-        done = [s for s in self.slots if s.outcome is not None]
-        if any(a.node.index > b.node.index for a, b in itertools.pairwise(done)):
-            done.sort(key=lambda s: s.node.index)  # else in plan order already: no sort keys
-        return [s.outcome for s in done if s.outcome is not None]
+        slots = self.slots
+        if any(a.node.index > b.node.index for a, b in itertools.pairwise(slots)):
+            done = sorted((s for s in slots if s.outcome is not None), key=lambda s: s.node.index)
+            return [s.outcome for s in done if s.outcome is not None]
+        return [s.outcome for s in slots if s.outcome is not None]  # in plan order already
 
     # ---- transitions --------------------------------------------------------------------------
 

@@ -49,7 +49,7 @@ class _Run:
     attempts: dict[tuple[int, str, int], AttemptRecord] = field(default_factory=dict)
     # every outcome written, with its node's position, in the order written (the latest of a
     # node wins when read): two flat lists, as a large run writes a million of them at once
-    positions: list[int] = field(default_factory=list)
+    positions: list[int] | None = None  # None while each outcome's position is its place
     ended: list[Outcome] = field(default_factory=list)
     settled: int = 0  # outcomes written when a session last ended
     events: list[dict[str, Any]] = field(default_factory=list)
@@ -65,14 +65,17 @@ def _position(item: tuple[int, Outcome]) -> int:
 
 def _latest(run: _Run) -> dict[str, tuple[int, Outcome]]:
     """Each node's latest outcome with its position (in the order nodes were first written)."""
-    return {o.node_id: (p, o) for p, o in zip(run.positions, run.ended, strict=True)}
+    positions = range(len(run.ended)) if run.positions is None else run.positions
+    return {o.node_id: (p, o) for p, o in zip(positions, run.ended, strict=True)}
 
 
 def _compact(run: _Run) -> None:
     """Drop the outcomes a later session wrote again (each session writes all it has)."""
     latest = _latest(run)
     if len(latest) < len(run.ended):
-        run.positions = [p for p, _ in latest.values()]
+        positions = [p for p, _ in latest.values()]
+        in_place = all(p == i for i, p in enumerate(positions))
+        run.positions = None if in_place else positions
         run.ended = [o for _, o in latest.values()]
 
 
@@ -168,7 +171,10 @@ class MemoryStore:
     def _outcome(self, r: OutcomeRecord) -> None:
         run = self._runs.get(r.run_id)
         if run is not None:
-            run.positions.append(r.position)
+            if run.positions is not None:
+                run.positions.append(r.position)
+            elif r.position != len(run.ended):  # out of plan order: note every position now
+                run.positions = [*range(len(run.ended)), r.position]
             run.ended.append(r.outcome)
 
     def _effect(self, r: EffectRecord) -> None:
