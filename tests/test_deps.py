@@ -104,7 +104,7 @@ def test_one_pair_with_two_reasons_is_one_adjacency() -> None:
     plan.call(make, value=a, after=[a], node_id="b")
     graph = analyze(plan)
     assert {e.kind for e in graph.reasons("a", "b")} == {"data", "after"}
-    assert graph.preds[graph.position["b"]] == [graph.position["a"]]
+    assert list(graph.preds[graph.position["b"]]) == [graph.position["a"]]
 
 
 # ---- resources ----------------------------------------------------------------------------------

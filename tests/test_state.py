@@ -837,7 +837,7 @@ def test_queries_answer_what_the_driver_needs_without_its_slots() -> None:
     assert state.backends() == {"inline"}
     d = state.begin(0.0)
     (call,) = d.starts
-    assert state.outcome_at(call.pos) is None and state.ended() == []
+    assert state.outcome_at(call.pos) is None and list(state.ended()) == []
     d = state.finish(call.pos, AttemptResult("ok", 5), 1.0)
     outcome = state.outcome_at(call.pos)
     assert outcome is not None and outcome.value == 5
@@ -851,4 +851,4 @@ def test_queries_answer_what_the_driver_needs_without_its_slots() -> None:
     assert state.items_of(call.pos) is None
     state.deny(ask.pos, "no", 2.0)
     assert state.awaiting(ask.pos) is None
-    assert len(state.ended()) == 2
+    assert len(list(state.ended())) == 2

@@ -21,7 +21,7 @@ from __future__ import annotations
 import heapq
 import string
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
 from shoal.plan import Node, Plan, find_refs, hard_predecessors
@@ -48,6 +48,12 @@ class Edge(NamedTuple):
         return f"{self.source} -> {self.target} ({self.kind}: {self.detail})"
 
 
+#: An adjacency entry: a tuple while short (no spare capacity; the empty one is shared), then
+#: a list. Most nodes of a large plan have zero to two neighbours each way.
+Adjacency = tuple[int, ...] | list[int]
+_SHORT = 8
+
+
 @dataclass(slots=True)
 class Graph:
     """The analysed plan: nodes in a topological order, adjacency by position, edge reasons.
@@ -55,19 +61,56 @@ class Graph:
     A graph may grow while its run goes (an open run, a map's items): :meth:`grow` adds a
     node after every node it has, with its edges to them, so positions stay topological.
     The first ``static_count`` nodes are the plan's own; the rest were added while it ran.
+
+    ``preds[i]`` and ``succs[i]`` are sequences of positions (tuples while short). Data and
+    ``after`` edges are not kept as records: each follows from its target node's refs and
+    ``after``, so :attr:`edges` lists them from the nodes on first use; ``extra`` holds the
+    resource and barrier edges in the order they were found.
     """
 
     nodes: list[Node]
     position: dict[str, int]
-    preds: list[list[int]]
-    succs: list[list[int]]
-    edges: list[Edge]
+    preds: list[Adjacency]
+    succs: list[Adjacency]
+    extra: list[Edge] = field(default_factory=list)
     static_count: int = 0
     builder: _Builder | None = None
+    listed: list[Edge] | None = None  # every edge, once :attr:`edges` was asked for
+
+    @property
+    def edges(self) -> list[Edge]:
+        """Every edge with its reason, in the order found.
+
+        The plan's own nodes' data and ``after`` edges (node by node) come first, then their
+        resource and barrier edges; then, for each node added while the run went, its edges.
+        Made on first use and kept up to date as the graph grows.
+        """
+        if self.listed is None:
+            self.listed = self._list_edges()
+        return self.listed
+
+    def _list_edges(self) -> list[Edge]:
+        listed: list[Edge] = []
+        extra, k, static = self.extra, 0, self.static_count
+        for i in range(static):
+            listed += hard_edges(self.nodes[i])
+        while k < len(extra) and self.position[extra[k].target] < static:
+            listed.append(extra[k])
+            k += 1
+        for i in range(static, len(self.nodes)):  # a grown node: its edges all point to it
+            node = self.nodes[i]
+            listed += hard_edges(node)
+            while k < len(extra) and extra[k].target == node.id:
+                listed.append(extra[k])
+                k += 1
+        listed += extra[k:]  # none are left, unless a builder was given nodes out of order
+        return listed
 
     def reasons(self, source: str, target: str) -> list[Edge]:
         """Why ``target`` waits for ``source`` (empty when it does not, directly)."""
-        return [e for e in self.edges if e.source == source and e.target == target]
+        node = self.nodes[self.position[target]] if target in self.position else None
+        hard = [e for e in hard_edges(node) if e.source == source] if node is not None else []
+        return hard + [e for e in self.extra if e.source == source and e.target == target]
 
     def grow(self, node: Node, within: int | None = None) -> int:
         """Add ``node`` after every other node; return its position.
@@ -82,10 +125,25 @@ class Graph:
 
     def fork(self) -> Graph:
         """A copy that can grow without changing this one (a plan's graph is cached)."""
-        copy = Graph(list(self.nodes), dict(self.position), [list(p) for p in self.preds],
-                     [list(s) for s in self.succs], list(self.edges), self.static_count)
+        copy = Graph(list(self.nodes), dict(self.position), [_copied(p) for p in self.preds],
+                     [_copied(s) for s in self.succs], list(self.extra), self.static_count)
+        if self.listed is not None:
+            copy.listed = list(self.listed)
         copy.builder = _Builder.resume(copy)
         return copy
+
+
+def _copied(adjacency: Adjacency) -> Adjacency:
+    return adjacency if isinstance(adjacency, tuple) else list(adjacency)
+
+
+def hard_edges(node: Node) -> list[Edge]:
+    """The data and ``after`` edges into ``node`` (made from its refs and ``after``)."""
+    nid = node.id
+    found = [Edge(ref.node, nid, "data", f"uses {ref!r}") for ref in node.refs if ref.node != nid]
+    if node.after:
+        found += [Edge(dep, nid, "after", f"after={dep}") for dep in node.after if dep != nid]
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,11 +192,14 @@ class _Builder:
 
     def __init__(self, nodes: list[Node]) -> None:
         self.nodes = nodes
-        self.position = {n.id: i for i, n in enumerate(nodes)}
-        self.preds: list[list[int]] = [[] for _ in nodes]
-        self.succs: list[list[int]] = [[] for _ in nodes]
-        self.edges: list[Edge] = []
-        self._pairs: set[tuple[int, int]] = set()
+        # a node's position is its plan index when they agree (always, for a plan whose refs
+        # point backwards): the same int objects then serve both, which a large plan notices
+        self.position = {n.id: n.index if n.index == i else i for i, n in enumerate(nodes)}
+        self.preds: list[Adjacency] = [()] * len(nodes)
+        self.succs: list[Adjacency] = [()] * len(nodes)
+        self.extra: list[Edge] = []  # resource and barrier edges (data and after: see Graph)
+        self.graph: Graph | None = None  # the graph grown, whose listed edges are kept current
+        self._seen: dict[int, set[int]] = {}  # the preds of nodes with many, as sets
         self._last_writer: dict[_Key, int] = {}
         self._readers: dict[_Key, list[int]] = {}  # since the key's last writer
         self._mergers: dict[_Key, list[int]] = {}  # since the key's last writer
@@ -152,13 +213,16 @@ class _Builder:
     def resume(cls, graph: Graph) -> _Builder:
         """A builder that continues ``graph`` (sharing its lists), to grow it."""
         b = cls([])
-        b.nodes, b.position, b.preds, b.succs, b.edges = (
-            graph.nodes, graph.position, graph.preds, graph.succs, graph.edges)
-        b._pairs = {(s, t) for t, ps in enumerate(graph.preds) for s in ps}
-        for i in range(len(graph.nodes)):
+        b._share(graph)
+        for i in graph.position.values():
             b.footprint(i, with_edges=False)
             b.barrier(i, with_edges=False)
         return b
+
+    def _share(self, graph: Graph) -> None:
+        self.graph = graph
+        self.nodes, self.position, self.preds, self.succs, self.extra = (
+            graph.nodes, graph.position, graph.preds, graph.succs, graph.extra)
 
     def extend(self, node: Node, within: int | None = None) -> int:
         """Append ``node`` and every edge it gets from the nodes before it.
@@ -171,8 +235,10 @@ class _Builder:
         i = len(self.nodes)
         self.nodes.append(node)
         self.position[node.id] = i
-        self.preds.append([])
-        self.succs.append([])
+        self.preds.append(())
+        self.succs.append(())
+        if self.graph is not None and self.graph.listed is not None:
+            self.graph.listed += hard_edges(node)
         self.data_and_after(i)
         order = self if within is None else self._items_of(within)
         order.footprint(i)
@@ -184,26 +250,51 @@ class _Builder:
         found = self._maps.get(map_pos)
         if found is None:
             found = self._maps[map_pos] = _Builder([])
-            found.nodes, found.position, found.preds, found.succs, found.edges = (
-                self.nodes, self.position, self.preds, self.succs, self.edges)
-            found._pairs = self._pairs
+            found.nodes, found.position, found.preds, found.succs, found.extra = (
+                self.nodes, self.position, self.preds, self.succs, self.extra)
+            found.graph, found._seen = self.graph, self._seen
         return found
 
     def add(self, source: int, target: int, kind: EdgeKind, detail: str) -> None:
+        """A resource or barrier edge (data and after edges: :meth:`link` alone)."""
         if source == target:
             return
-        self.edges.append(Edge(self.nodes[source].id, self.nodes[target].id, kind, detail))
-        if (source, target) not in self._pairs:
-            self._pairs.add((source, target))
-            self.preds[target].append(source)
-            self.succs[source].append(target)
+        edge = Edge(self.nodes[source].id, self.nodes[target].id, kind, detail)
+        self.extra.append(edge)
+        if self.graph is not None and self.graph.listed is not None:
+            self.graph.listed.append(edge)
+        self.link(source, target)
+
+    def link(self, source: int, target: int) -> None:
+        """Note that ``target`` waits for ``source`` (once, however many reasons it has)."""
+        if source == target:
+            return
+        preds = self.preds[target]
+        if isinstance(preds, tuple):
+            if source in preds:
+                return
+            self.preds[target] = (*preds, source) if len(preds) < _SHORT else [*preds, source]
+        else:
+            seen = self._seen.get(target)
+            if seen is None:
+                seen = self._seen[target] = set(preds)
+            if source in seen:
+                return
+            seen.add(source)
+            preds.append(source)
+        succs = self.succs[source]
+        if isinstance(succs, tuple):
+            self.succs[source] = (*succs, target) if len(succs) < _SHORT else [*succs, target]
+        else:
+            succs.append(target)
 
     def data_and_after(self, i: int) -> None:
         node = self.nodes[i]
+        position = self.position
         for ref in node.refs:
-            self.add(self.position[ref.node], i, "data", f"uses {ref!r}")
+            self.link(position[ref.node], i)
         for dep in node.after:
-            self.add(self.position[dep], i, "after", f"after={dep}")
+            self.link(position[dep], i)
 
     def footprint(self, i: int, *, with_edges: bool = True) -> None:
         """Resource edges from earlier nodes whose footprints meet this node's."""
@@ -265,8 +356,8 @@ class _Builder:
 def _topological(plan: Plan) -> list[Node]:
     """Nodes ordered by hard edges (data, after), ties broken by plan order."""
     nodes = plan.nodes
-    if not any(n.refs or n.after for n in nodes):
-        return nodes  # no hard edges: plan order is already topological
+    if plan.points_back():
+        return nodes  # every hard edge points back in plan order: it is topological already
     ids = {n.id for n in nodes}
     preds = {n.id: (hard_predecessors(n) & ids) if (n.refs or n.after) else set() for n in nodes}
     succs: dict[str, list[Node]] = {n.id: [] for n in nodes}
@@ -301,12 +392,12 @@ def analyze(plan: Plan) -> Graph:
 
 def _analyze(plan: Plan) -> Graph:
     builder = _Builder(_topological(plan))
-    count = len(builder.nodes)
-    for i in range(count):  # in passes, so the edges come in the same order as ever
+    positions = builder.position.values()  # in node order; the ints the graph keeps
+    for i in positions:  # in passes, so the edges come in the same order as ever
         builder.data_and_after(i)
-    for i in range(count):
+    for i in positions:
         builder.footprint(i)
-    for i in range(count):
+    for i in positions:
         builder.barrier(i)
-    return Graph(builder.nodes, builder.position, builder.preds, builder.succs, builder.edges,
-                 count)
+    return Graph(builder.nodes, builder.position, builder.preds, builder.succs, builder.extra,
+                 len(builder.nodes))

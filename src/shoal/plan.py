@@ -311,7 +311,7 @@ class Plan:
             self._duplicates.append(node)
         else:
             self._nodes[node.id] = node
-        owner = _ITEM_ID.fullmatch(node.id)
+        owner = _ITEM_ID.fullmatch(node.id) if node.id.endswith("]") else None
         if owner is not None:
             self._bracketed.setdefault(owner[1], []).append(node.id)
 
@@ -387,7 +387,7 @@ class Plan:
 
     def _node_problems(self, node: Node) -> list[PlanProblem]:
         found: list[PlanProblem] = []
-        owner = _ITEM_ID.fullmatch(node.id)
+        owner = _ITEM_ID.fullmatch(node.id) if node.id.endswith("]") else None
         mapped = self._nodes.get(owner[1]) if owner is not None else None
         if mapped is not None and mapped.map is not None:
             found.append(PlanProblem("duplicate_id", f"ids {mapped.id}[0], {mapped.id}[1] ... "
@@ -420,7 +420,8 @@ class Plan:
             except ToolArgumentError as exc:
                 detail = exc.detail
             else:  # ... unless validation makes new values (default_factory): redo it per run
-                node.checked = None if node.tool.has_default_factory else checked
+                node.checked = None if node.tool.has_default_factory else _same_or(node.args,
+                                                                                    checked)
         if detail:
             found.append(PlanProblem("bad_arguments", f"{node.tool.name}: {detail}", node.id))
         return found
@@ -431,6 +432,14 @@ class Plan:
         if found:
             raise PlanError(found, self.name)
 
+    def points_back(self) -> bool:
+        """Whether every ref and ``after`` names a node added earlier (or none of the plan).
+
+        Plans built with :meth:`call` are: plan order is then a topological order, and the
+        plan has no cycle, which a large plan learns without building a graph.
+        """
+        return self.memo("points_back", lambda: points_back(self._nodes))
+
     def memo(self, key: str, compute: Callable[[], T]) -> T:
         """``compute()``, cached until a node is added (plans only grow, so size is a version)."""
         version = len(self._nodes) + len(self._duplicates)
@@ -440,6 +449,20 @@ class Plan:
         value = compute()
         self._memo[key] = (version, value)
         return value
+
+
+def _same_or(args: dict[str, Any], checked: dict[str, Any]) -> dict[str, Any]:
+    """``args`` itself when validation kept every value as it was, else ``checked``.
+
+    Both are only read (dispatch copies them), so a large plan need not hold each node's
+    arguments twice.
+    """
+    if len(args) != len(checked):
+        return checked
+    for (key, value), (given_key, given) in zip(checked.items(), args.items(), strict=True):
+        if key != given_key or value is not given:  # the same keys in the same order
+            return checked
+    return args
 
 
 def _item_arg(tool: Tool[..., Any], given: Mapping[str, Any], chosen: str | None = None) -> str:
@@ -468,8 +491,29 @@ def hard_predecessors(node: Node) -> set[str]:
     return {r.node for r in node.refs} | set(node.after)
 
 
+def points_back(nodes: Mapping[str, Node]) -> bool:
+    """Whether each node's refs and ``after`` name only nodes of a lower index (or none).
+
+    Then the index order is topological and there is no cycle. A ref to itself or to no node
+    of ``nodes`` does not count (they are problems of their own, not cycles).
+    """
+    for node in nodes.values():
+        index = node.index
+        for ref in node.refs:
+            other = nodes.get(ref.node)
+            if other is not None and other.index > index:
+                return False
+        for dep in node.after:
+            other = nodes.get(dep)
+            if other is not None and other.index > index:
+                return False
+    return True
+
+
 def find_cycles(nodes: Mapping[str, Node]) -> list[str]:
     """Each dependency cycle among ``nodes``, written ``a -> b -> a`` (empty when acyclic)."""
+    if points_back(nodes):
+        return []  # nothing to build: a large plan's usual case
     # dangling and self edges are reported as problems of their own, not as cycles
     preds = {nid: (hard_predecessors(n) & nodes.keys()) - {nid} if (n.refs or n.after) else set()
              for nid, n in nodes.items()}

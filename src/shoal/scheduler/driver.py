@@ -278,8 +278,8 @@ class Driver:
         result = self.result()
         self._publish([RunFinished(run_id=self.state.run_id, time=max(self.now(), result.makespan),
                                    counts=result.counts, makespan=result.makespan)])
-        await self._close_journal()  # after RunFinished: a journal that keeps events has it too
-        return result
+        await self._close_journal(result=result)  # after RunFinished: a journal that keeps events
+        return result  # has it too
 
     def _begin(self) -> None:
         """Announce the run, set its deadline, restore what a resume replays, start it."""
@@ -730,17 +730,22 @@ class Driver:
         if self._journal is not None:
             self._journal.add(EventRecord(self.state.run_id, event))
 
-    async def _close_journal(self, *, quiet: bool = False) -> None:
-        """Record how this session ended and wait until everything is committed."""
+    async def _close_journal(self, *, quiet: bool = False,
+                             result: RunResult | None = None) -> None:
+        """Record how this session ended and wait until everything is committed.
+
+        ``result``: the session's result, when the caller has it (a large run's is large).
+        """
         journal, self._journal = self._journal, None
         if journal is None:
             return
-        result = self.result()
+        if result is None:
+            result = self.result()
         status: RunStatus = "cancelled" if self.cancelled_reason else "finished"
         if not self._streaming:
             run_id = self.state.run_id
-            journal.add_many([OutcomeRecord(run_id, ended.outcome, ended.order)
-                              for ended in self.state.ended()])
+            journal.add_many(OutcomeRecord(run_id, ended.outcome, ended.order)
+                             for ended in self.state.ended())
         if journal.failed is None:
             journal.add(RunEnded(self.state.run_id, status, self._epoch_now(), result.counts,
                                  result.makespan))

@@ -52,19 +52,25 @@ class CriticalPath:
     def rank(self, done_count: int) -> list[float]:
         """Each node's priority, by position (lower pops first from a heap: the negated level)."""
         cache: dict[tuple[str, float | None], float] = {}  # per-call options may set estimate=
+        by_tool: dict[int, float] = {}  # the same, by the tool object: one lookup per node
         nodes, succs = self.graph.nodes, self.graph.succs
         level = [0.0] * len(nodes)
+        at = level.__getitem__
         for pos in range(len(nodes) - 1, -1, -1):  # graph.nodes is in topological order
             tool = nodes[pos].tool
-            key = (tool.name, tool.policy.estimate)
-            if key not in cache:
-                cache[key] = self.estimate(tool)
+            own = by_tool.get(id(tool))
+            if own is None:
+                key = (tool.name, tool.policy.estimate)
+                if key not in cache:
+                    cache[key] = self.estimate(tool)
+                own = by_tool[id(tool)] = cache[key]
             below = succs[pos]
-            level[pos] = cache[key] + (max([level[s] for s in below]) if below else 0.0)
+            level[pos] = own + max(map(at, below)) if below else own
         self._used = {name: self.estimates[name] for name, _ in cache
                       if name in self.estimates} if self._multi_tool else {}
         self._next_at = done_count + max(1, int(len(nodes) * RERANK_SHARE))
-        return [-value for value in level]
+        shared: dict[float, float] = {}  # many nodes share a level: one float object each
+        return [shared.setdefault(value, -value) for value in level]
 
     def learn(self, tool_name: str, seconds: float) -> None:
         """Fold one measured duration into the tool's estimate."""

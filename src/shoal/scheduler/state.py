@@ -33,9 +33,10 @@ limit is parked on that limit and returns to the heap when the limit frees up, s
 from __future__ import annotations
 
 import heapq
+import itertools
 import random
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
@@ -199,14 +200,87 @@ class Ended(NamedTuple):
     outcome: Outcome
 
 
+class _Rare:
+    """The fields of a slot that few nodes ever set: approvals, cancellations, skips, maps."""
+
+    __slots__ = ("approval", "cancel_reason", "cancel_status", "items", "root")
+
+    def __init__(self) -> None:
+        self.approval: _Approval | None = None  # set once the node was asked about
+        self.cancel_reason = ""
+        self.cancel_status: Status = "cancelled"
+        self.root = ""  # for a skipped node: the failure at the start of its chain
+        self.items: list[int] | None = None  # a map node, once expanded: its items' positions
+
+
+_COMMON = _Rare()  # the defaults, shared by every slot that never set one (never written)
+
+
 class _Slot:
-    """The scheduler's record of one node."""
+    """The scheduler's record of one node.
+
+    A large run holds a million of these at once: the fields few nodes set live in a
+    :class:`_Rare` made on the first write (``rare``), behind properties of the same names.
+    """
 
     __slots__ = (
-        "approval", "args", "attempts", "cancel_reason", "cancel_status", "executor", "gates",
-        "gather", "held", "items", "node", "outcome", "phase", "pos", "priority", "queued_at",
-        "ready_mark", "root", "started_at", "waiting", "where",
+        "args", "attempts", "executor", "gates", "gather", "held", "node", "outcome", "phase",
+        "pos", "priority", "queued_at", "rare", "ready_mark", "started_at", "waiting", "where",
     )  # fmt: skip
+    rare: _Rare  # _COMMON until one of its fields is set
+
+    @property
+    def approval(self) -> _Approval | None:
+        """Set once the node was asked about."""
+        return self.rare.approval
+
+    @approval.setter
+    def approval(self, value: _Approval | None) -> None:
+        self.own().approval = value
+
+    @property
+    def cancel_reason(self) -> str:
+        """Why it was cancelled (the first reason)."""
+        return self.rare.cancel_reason
+
+    @cancel_reason.setter
+    def cancel_reason(self, value: str) -> None:
+        self.own().cancel_reason = value
+
+    @property
+    def cancel_status(self) -> Status:
+        """The status a cancellation gives it."""
+        return self.rare.cancel_status
+
+    @cancel_status.setter
+    def cancel_status(self, value: Status) -> None:
+        self.own().cancel_status = value
+
+    @property
+    def root(self) -> str:
+        """For a skipped node: the failure at the start of its chain."""
+        return self.rare.root
+
+    @root.setter
+    def root(self, value: str) -> None:
+        self.own().root = value
+
+    @property
+    def items(self) -> list[int] | None:
+        """A map node, once expanded: its items' positions."""
+        return self.rare.items
+
+    @items.setter
+    def items(self, value: list[int] | None) -> None:
+        self.own().items = value
+
+    def own(self) -> _Rare:
+        """The slot's own rare fields (made on the first write)."""
+        rare = self.rare
+        if rare is _COMMON:
+            rare = self.rare = _Rare()
+        return rare
+
 
     def __init__(self, pos: int, node: Node, waiting: int, executor: Isolation) -> None:
         self.pos = pos
@@ -221,15 +295,11 @@ class _Slot:
         self.args: dict[str, Any] | None = None
         self.gates: tuple[ConcurrencyLimit, ...] | None = None
         self.outcome: Outcome | None = None
-        self.cancel_reason = ""
-        self.cancel_status: Status = "cancelled"
-        self.root = ""  # for a skipped node: the failure at the start of its chain
-        self.approval: _Approval | None = None  # set once the node was asked about
+        self.rare = _COMMON
         self.gather = -1  # a map item: the position of its map node
         self.held = ""  # the limit it was parked on since it was last ready (for the journal)
         self.where = ""  # where its latest attempt ran, as its backend said
         self.ready_mark = 0  # the run-wide limit's block count when it was last ready
-        self.items: list[int] | None = None  # a map node, once expanded: its items' positions
 
 
 def choose_executor(tool: Tool[..., Any], default: Isolation | None) -> Isolation:
@@ -288,10 +358,12 @@ class SchedulerState:
         # shared with other runs see one time line; the driver sets it when the run starts.
         self.clock_origin = 0.0
         self._heap: list[tuple[float, int]] = []
-        self._hard = _hard_pairs(graph)
-        self.slots = [
-            _Slot(i, n, len(graph.preds[i]), choose_executor(n.tool, default_executor))
-            for i, n in enumerate(graph.nodes)
+        self._hard = _HardPairs(graph)
+        executors: dict[int, Isolation] = {}  # by tool object: a large plan has few tools
+        self.slots = [  # positions as the graph's own ints: a large run keeps one of each
+            _Slot(i, n, len(graph.preds[i]), executors.get(id(n.tool)) or executors.setdefault(
+                id(n.tool), choose_executor(n.tool, default_executor)))
+            for i, n in zip(graph.position.values(), graph.nodes, strict=True)
         ]
         self.done_count = 0
         self.status_counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
@@ -529,10 +601,13 @@ class SchedulerState:
         items = self.slots[pos].items
         return None if items is None else len(items)
 
-    def ended(self) -> list[Ended]:
-        """Every node that has its outcome, with its plan index (for the journal)."""
-        return [Ended(s.pos, s.node.index, s.outcome) for s in self.slots
-                if s.outcome is not None]
+    def ended(self) -> Iterator[Ended]:
+        """Every node that has its outcome, with its plan index (for the journal).
+
+        A generator: a million-node run's journal takes them one at a time, never as a list.
+        """
+        return (Ended(s.pos, s.node.index, s.outcome) for s in self.slots
+                if s.outcome is not None)
 
     @property
     def finished(self) -> bool:
@@ -566,9 +641,11 @@ class SchedulerState:
 
     def outcomes(self) -> list[Outcome]:
         """The outcomes recorded so far, in plan order."""
-        done = [s for s in self.slots if s.outcome is not None]
-        done.sort(key=lambda s: s.node.index)
-        return [s.outcome for s in done if s.outcome is not None]
+        slots = self.slots
+        if any(a.node.index > b.node.index for a, b in itertools.pairwise(slots)):
+            done = sorted((s for s in slots if s.outcome is not None), key=lambda s: s.node.index)
+            return [s.outcome for s in done if s.outcome is not None]
+        return [s.outcome for s in slots if s.outcome is not None]  # in plan order already
 
     # ---- transitions --------------------------------------------------------------------------
 
@@ -1067,10 +1144,26 @@ class SchedulerState:
         heapq.heapify(self._heap)
 
 
-def _hard_pairs(graph: Graph) -> set[tuple[int, int]]:
-    """Edges whose source must *succeed* (data and after); resource and barrier edges only order."""
-    pos = graph.position
-    return {(pos[e.source], pos[e.target]) for e in graph.edges if e.kind in ("data", "after")}
+class _HardPairs:
+    """Which edges' sources must *succeed* (data and after); resource and barrier edges order.
+
+    Asked only when a node did not succeed, so it is worked out from the target node's refs
+    and ``after`` then, not kept as a set of every such pair (a large run would hold millions).
+    """
+
+    __slots__ = ("graph",)
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+
+    def __contains__(self, pair: tuple[int, int]) -> bool:
+        source, target = pair
+        node, nid = self.graph.nodes[target], self.graph.nodes[source].id
+        return nid in node.after or any(r.node == nid for r in node.refs)
+
+    def update(self, pairs: Iterable[tuple[int, int]]) -> None:
+        """Nothing to note: a grown node's refs and ``after`` say it already."""
+        del pairs
 
 
 def _detail(outcome: Outcome) -> str:

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import cast
 
 from shoal.exceptions import StoreError
@@ -38,6 +39,7 @@ log = logging.getLogger("shoal")
 
 POLL_INTERVAL = 0.2  # seconds between looks for cancel requests from other processes
 HEARTBEAT_INTERVAL = 1.0  # seconds between "still running" marks
+WRITE_CHUNK = 10_000  # records per write of add_many to a memory store
 STALE_AFTER = 5.0  # a running run without a heartbeat for this long lost its process
 
 _Batch = tuple[list[Record], "asyncio.Future[None]"]
@@ -93,14 +95,19 @@ class Journal:
             self._loop.call_soon(self._send)
         self._buffer.append(record)
 
-    def add_many(self, records: list[Record]) -> None:
-        """Journal several records; a memory store gets them in one write."""
+    def add_many(self, records: Iterable[Record]) -> None:
+        """Journal several records; a memory store gets them in writes of ``WRITE_CHUNK``.
+
+        So a generator of a large run's outcome records is never held whole.
+        """
         if self.durable:
             for record in records:
                 self.add(record)
             return
+        rest = iter(records)
         try:
-            self.store.write(records)
+            while chunk := list(itertools.islice(rest, WRITE_CHUNK)):
+                self.store.write(chunk)
         except Exception as exc:
             self._fail(exc)
 

@@ -47,12 +47,36 @@ DEFAULT_MAX_RUNS = 100
 class _Run:
     record: RunRecord
     attempts: dict[tuple[int, str, int], AttemptRecord] = field(default_factory=dict)
-    outcomes: dict[str, tuple[int, Outcome]] = field(default_factory=dict)  # id -> (position, _)
+    # every outcome written, with its node's position, in the order written (the latest of a
+    # node wins when read): two flat lists, as a large run writes a million of them at once
+    positions: list[int] | None = None  # None while each outcome's position is its place
+    ended: list[Outcome] = field(default_factory=list)
+    settled: int = 0  # outcomes written when a session last ended
     events: list[dict[str, Any]] = field(default_factory=list)
     # (node id, kind) -> (when written, the record): the latest effect of each call
     effects: dict[tuple[str, str], tuple[int, EffectRecord]] = field(default_factory=dict)
     cancels: list[CancelRequest] = field(default_factory=list)
     taken: int = 0  # cancel requests handed out so far
+
+
+def _position(item: tuple[int, Outcome]) -> int:
+    return item[0]
+
+
+def _latest(run: _Run) -> dict[str, tuple[int, Outcome]]:
+    """Each node's latest outcome with its position (in the order nodes were first written)."""
+    positions = range(len(run.ended)) if run.positions is None else run.positions
+    return {o.node_id: (p, o) for p, o in zip(positions, run.ended, strict=True)}
+
+
+def _compact(run: _Run) -> None:
+    """Drop the outcomes a later session wrote again (each session writes all it has)."""
+    latest = _latest(run)
+    if len(latest) < len(run.ended):
+        positions = [p for p, _ in latest.values()]
+        in_place = all(p == i for i, p in enumerate(positions))
+        run.positions = None if in_place else positions
+        run.ended = [o for _, o in latest.values()]
 
 
 class MemoryStore:
@@ -124,6 +148,9 @@ class MemoryStore:
                                  counts=dict(r.counts), makespan=r.makespan)
             if r.status != "running":
                 self._finished.setdefault(r.run_id)
+            if run.settled:  # an earlier session wrote outcomes this one may have written again
+                _compact(run)
+            run.settled = len(run.ended)
 
     def _start(self, r: AttemptStarted) -> None:
         run = self._runs.get(r.run_id)
@@ -144,7 +171,11 @@ class MemoryStore:
     def _outcome(self, r: OutcomeRecord) -> None:
         run = self._runs.get(r.run_id)
         if run is not None:
-            run.outcomes[r.outcome.node_id] = (r.position, r.outcome)
+            if run.positions is not None:
+                run.positions.append(r.position)
+            elif r.position != len(run.ended):  # out of plan order: note every position now
+                run.positions = [*range(len(run.ended)), r.position]
+            run.ended.append(r.outcome)
 
     def _effect(self, r: EffectRecord) -> None:
         run = self._runs.get(r.run_id)
@@ -188,7 +219,7 @@ class MemoryStore:
         """Each node's latest outcome, in plan order (values are the objects the run produced)."""
         with self._lock:
             run = self._runs.get(run_id)
-            found = sorted(run.outcomes.values(), key=lambda item: item[0]) if run else []
+            found = sorted(_latest(run).values(), key=_position) if run else []
         return {o.node_id: StoredOutcome(o) for _, o in found}
 
     def attempts(self, run_id: str) -> list[AttemptRecord]:
