@@ -153,7 +153,9 @@ def run_agents(config: dict[str, Any]) -> dict[str, Any]:
                               "value": c.message.content}
                   for r in tree.walk() for c in r.calls if c.outcome is not None},
         "outcomes": {o.node_id: {"status": o.status, "where": o.where, "value": o.value,
-                                 "attempts": o.attempts} for o in ran},
+                                 "attempts": o.attempts,
+                                 "error": "" if o.error is None else o.error.message}
+                     for o in ran},
         "attempts": [{"node_id": a.node_id, "attempt": a.attempt, "status": a.status,
                       "error": a.error, "where": a.where} for a in store.attempts(ran.run_id)],
         "journal": {f"{run_id}:{node_id}": stored.outcome.where for run_id in runs
