@@ -123,10 +123,26 @@ class Cluster:
             self.kill("node-b")
             if wait_until(lambda: not self.processes("node-b"), 10):
                 break
+        # the old node-b stays "alive" in the cluster's books until Ray's health check gives
+        # up on it (15-30 s); an actor placed on it meanwhile would die with it
+        assert wait_until(lambda: WORKER not in self.alive_nodes(), 90, 1.0), \
+            "Ray still counts the killed node-b as alive"
         self.revived += 1
         self._ray("start", f"--address={self.address}",
                   *self.node_args(WORKER, "node-b", self.base + 100,
                                   temp=f"node-b{self.revived}"))
+
+    def alive_nodes(self) -> list[str]:
+        """The addresses of the nodes the cluster counts as alive (asked by a short driver)."""
+        code = (f"import json, ray; ray.init(address={self.address!r}, logging_level='ERROR'); "
+                "print(json.dumps([n['NodeManagerAddress'] for n in ray.nodes() "
+                "if n['Alive']]))")
+        done = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True,
+                              text=True, timeout=120, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"could not list the cluster's nodes: {done.stderr[-3000:]}")
+        alive: list[str] = json.loads(done.stdout.strip().splitlines()[-1])
+        return alive
 
     def _ray(self, *args: str) -> None:
         done = subprocess.run([RAY, *args], env=self.env, capture_output=True, text=True,
