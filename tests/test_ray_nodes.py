@@ -135,13 +135,15 @@ class Cluster:
     def alive_nodes(self) -> list[str]:
         """The addresses of the nodes the cluster counts as alive (asked by a short driver)."""
         code = (f"import json, ray; ray.init(address={self.address!r}, logging_level='ERROR'); "
-                "print(json.dumps([n['NodeManagerAddress'] for n in ray.nodes() "
+                "print('alive:', json.dumps([n['NodeManagerAddress'] for n in ray.nodes() "
                 "if n['Alive']]))")
         done = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True,
                               text=True, timeout=120, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"could not list the cluster's nodes: {done.stderr[-3000:]}")
-        alive: list[str] = json.loads(done.stdout.strip().splitlines()[-1])
+        # Ray may print lines of its own: the answer is the one line marked as such
+        line = next(x for x in done.stdout.splitlines() if x.startswith("alive: "))
+        alive: list[str] = json.loads(line.removeprefix("alive: "))
         return alive
 
     def _ray(self, *args: str) -> None:
