@@ -559,24 +559,31 @@ def _board() -> shoal.Board:
 
 
 def test_process_agents_write_the_trees_board_as_inline_agents_do() -> None:
+    board_written_as_inline("process")
+
+
+def board_written_as_inline(isolation: str) -> None:
+    """A tree whose readers run with ``isolation`` writes the tree's board as inline ones do."""
     seen = {}
-    for isolation in ("inline", "process"):
+    for how in ("inline", isolation):
         model = ScriptedModel.per_prompt({
             "go": [[call("reader", task="r1"), call("reader", task="r2")], "done"],
             "r1": [[call("note", fact="a"), call("note", fact="b")], "r1 noted"],
             "r2": [[call("note", fact="c")], [call("note", fact="d")], "r2 noted"],
         })
-        reader = shoal.Agent(name="reader", model=model, tools=[note], isolation=isolation)
+        reader = shoal.Agent(name="reader", model=model, tools=[note],
+                             isolation=how)  # type: ignore[arg-type]
         lead = shoal.Agent(name="lead", model=model, subagents=[reader])
-        seen[isolation] = lead.run_sync("go", board=_board())
-    inline, remote = seen["inline"], seen["process"]
+        seen[how] = lead.run_sync("go", board=_board())
+    inline, remote = seen["inline"], seen[isolation]
     assert remote.ok, remote.error
     assert remote.board is not None and inline.board is not None
     assert sorted(remote.board["findings"]) == sorted(inline.board["findings"]) == [
         "a", "b", "c", "d"]
     assert remote.board["count"] == inline.board["count"] == 4
+    # each reader wrote from a process of its own, not this one
     assert os.getpid() not in _noted_pids(remote) and len(_noted_pids(remote)) == 2
-    # a read in a process agent sees the root's board (r2's second note sees its first)
+    # a read in an agent elsewhere sees the root's board (r2's second note sees its first)
     r2 = next(r for r in remote.children if r.prompt == "r2")
     assert int(r2.calls[1].message.content.split()[0]) >= 2
 

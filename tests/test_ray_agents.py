@@ -36,14 +36,13 @@ from shoal.testing import ScriptedModel, call
 from shoal.testing.conformance import peak_overlap
 from tests.conftest import until
 from tests.test_process_agents import (
-    _board,
     _logged,
     _pid_in,
     _pids,
     _Recorder,
     _shape,
     _texts,
-    note,
+    board_written_as_inline,
     send,
     where,
 )
@@ -470,26 +469,4 @@ def test_a_wall_clock_budget_stops_ray_agents_and_leaves_no_actor(ray_cluster: s
 
 
 def test_ray_agents_write_the_trees_board_as_inline_agents_do(ray_cluster: str) -> None:
-    """The root keeps the tree's board; a Ray agent's tools read and commit to it remotely."""
-    seen = {}
-    for isolation in ("inline", "ray"):
-        model = ScriptedModel.per_prompt({
-            "go": [[call("reader", task="r1"), call("reader", task="r2")], "done"],
-            "r1": [[call("note", fact="a"), call("note", fact="b")], "r1 noted"],
-            "r2": [[call("note", fact="c")], [call("note", fact="d")], "r2 noted"],
-        })
-        reader = shoal.Agent(name="reader", model=model, tools=[note], isolation=isolation)
-        lead = shoal.Agent(name="lead", model=model, subagents=[reader])
-        seen[isolation] = lead.run_sync("go", board=_board())
-    inline, remote = seen["inline"], seen["ray"]
-    assert remote.ok, remote.error
-    assert remote.board is not None and inline.board is not None
-    assert sorted(remote.board["findings"]) == sorted(inline.board["findings"]) == [
-        "a", "b", "c", "d"]
-    assert remote.board["count"] == inline.board["count"] == 4
-    # a read in a Ray agent sees the root's board (r2's second note sees its first)
-    r2 = next(r for r in remote.children if r.prompt == "r2")
-    assert int(r2.calls[1].message.content.split()[0]) >= 2
-    writers = {int(c.message.content.rsplit("@", 1)[1]) for r in remote.children
-               for c in r.calls}
-    assert os.getpid() not in writers and len(writers) == 2  # each reader in its own actor
+    board_written_as_inline("ray")

@@ -24,6 +24,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from shoal.board import Board
     from shoal.exceptions import BudgetExceeded
     from shoal.models.retry import ModelGate, ModelGates
+    from shoal.store.base import Store
 
 
 class Link:
@@ -263,20 +265,36 @@ def remote_board(link: Link, rules: Mapping[str, Any]) -> Board:
     return RemoteBoard(rules)
 
 
-def remote_context(spec: StartSpec, link: Link) -> TreeContext:
-    """The agent's :class:`TreeContext`, whose shared parts ask the parent's tree."""
+def remote_context(spec: StartSpec, link: Link, *, store: Store | str | None = None,
+                   elsewhere: bool = False) -> TreeContext:
+    """The agent's :class:`TreeContext`, whose shared parts ask the parent's tree.
+
+    Args:
+        spec: what the parent sent.
+        link: the connection to the parent.
+        store: the agent's journal (default: ``spec.store``, which this process opens).
+        elsewhere: the agent may run on another machine (a Ray actor), whose monotonic clock
+            is not the parent's: the events' origin crosses as epoch time (clocks kept in
+            step by NTP) and is placed on this machine's loop clock.
+    """
     from shoal.agents.context import TreeContext
     from shoal.runtime import Runtime
 
     approver = remote_approver(link) if spec.approver else None
-    runtime = Runtime(store=spec.store, approver=approver, **spec.runtime)
+    runtime = Runtime(store=spec.store if store is None else store, approver=approver,
+                      **spec.runtime)
     sinks = [_Forward(link, spec.wants_text)] if spec.observed else []
+    # the tree's one board stays with the root: its reads and commits go over the link
     board = None if spec.board is None else remote_board(link, spec.board)
     ctx = TreeContext(run_id=spec.run_id, runtime=runtime, budget=spec.budget, sinks=sinks,
                       gates=remote_gates(link, spec.retry), model_override=spec.override,
                       resuming=spec.resuming, force=spec.force, board=board)
     ctx.tracker = remote_tracker(link, ctx)
-    ctx.adopt_origin(*spec.origin)
+    if elsewhere:
+        _, epoch = spec.origin
+        ctx.adopt_origin(time.monotonic() - (time.time() - epoch), epoch)
+    else:
+        ctx.adopt_origin(*spec.origin)
     return ctx
 
 
@@ -291,11 +309,14 @@ class _Forward:
         self._link.send(("event", event))
 
 
-async def run(spec: StartSpec, link: Link) -> AgentResult[Any]:
-    """Run the agent of ``spec``; the result whatever happens (a cancelled run's too)."""
+async def run(spec: StartSpec, link: Link, ctx: TreeContext | None = None) -> AgentResult[Any]:
+    """Run the agent of ``spec``; the result whatever happens (a cancelled run's too).
+
+    ``ctx``: the agent's tree context (default: :func:`remote_context`'s).
+    """
     from shoal.agents.run import AgentRun
 
-    ctx = remote_context(spec, link)
+    ctx = remote_context(spec, link) if ctx is None else ctx
     loop = asyncio.get_running_loop()
 
     def cancel(reason: str, breach: BudgetExceeded | None) -> None:

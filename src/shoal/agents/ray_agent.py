@@ -56,16 +56,8 @@ from collections.abc import Coroutine, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from shoal.agents._process import (
-    Link,
-    _Forward,
-    _shippable,
-    _stop,
-    remote_approver,
-    remote_board,
-    remote_gates,
-    remote_tracker,
-)
+from shoal.agents._process import Link, remote_context
+from shoal.agents._process import run as run_remote
 from shoal.agents.remote import (
     CANCEL_GRACE,
     HEADER,
@@ -665,6 +657,12 @@ class _ActorLink(Link):
     #: set once the agent's result is sent
     finished = False
 
+    def send(self, message: tuple[Any, ...]) -> None:
+        """Send one message; the result (``done``) marks the agent finished first."""
+        if message[0] == "done":
+            self.finished = True
+        super().send(message)
+
     def _read_all(self) -> None:
         try:
             self._take_all()
@@ -783,51 +781,15 @@ class _ParentClaim:
 
 def actor_context(spec: StartSpec, link: Link) -> TreeContext:
     """The agent's :class:`TreeContext`, whose shared parts (journal too) ask the parent."""
-    from shoal.agents.context import TreeContext
-    from shoal.runtime import Runtime
-
-    approver = remote_approver(link) if spec.approver else None
     store: Store | str = spec.store
     if spec.store in (PARENT_STORE, PARENT_EVENTS):
         store = ParentStore(link, keeps_events=spec.store == PARENT_EVENTS)
-    runtime = Runtime(store=store, approver=approver, **spec.runtime)
-    sinks = [_Forward(link, spec.wants_text)] if spec.observed else []
-    # the tree's one board stays with the root: its reads and commits go over the connection
-    board = None if spec.board is None else remote_board(link, spec.board)
-    ctx = TreeContext(run_id=spec.run_id, runtime=runtime, budget=spec.budget, sinks=sinks,
-                      gates=remote_gates(link, spec.retry), model_override=spec.override,
-                      resuming=spec.resuming, force=spec.force, board=board)
-    ctx.tracker = remote_tracker(link, ctx)
-    # another machine's monotonic clock is not the parent's: the origin crosses as epoch
-    # time (clocks kept in step by NTP), and is placed on this machine's loop clock
-    _, epoch = spec.origin
-    ctx.adopt_origin(time.monotonic() - (time.time() - epoch), epoch)
-    return ctx
+    return remote_context(spec, link, store=store, elsewhere=True)
 
 
 async def _run_agent(spec: StartSpec, link: Link) -> None:
     """Run the agent of ``spec``; send its result whatever happens."""
-    from shoal.agents.run import AgentRun
-
-    ctx = actor_context(spec, link)
-    loop = asyncio.get_running_loop()
-
-    def cancel(reason: str, breach: BudgetExceeded | None) -> None:
-        loop.call_soon_threadsafe(_stop, ctx, spec.lineage, reason, breach)
-
-    link.on_cancel(cancel)
-    agent_run = AgentRun(spec.agent, ctx, lineage=spec.lineage, depth=spec.depth,
-                         prompt=spec.prompt, here=True)
-    try:
-        with contextlib.suppress(asyncio.CancelledError):
-            await agent_run.run()
-    finally:
-        await ctx.close_models()
-        await ctx.runtime.aclose()
-    message = _shippable(agent_run.result)
-    if isinstance(link, _ActorLink):
-        link.finished = True
-    link.send(message)
+    await run_remote(spec, link, actor_context(spec, link))
 
 
 class AgentActor:
