@@ -17,6 +17,8 @@ import pytest
 
 import shoal
 
+ROOT = Path(__file__).resolve().parent.parent
+
 USER_PROGRAM = '''
 import asyncio
 from typing import TYPE_CHECKING
@@ -102,7 +104,9 @@ def test_typical_agent_programs_pass_mypy_strict(tmp_path: Path) -> None:
     program.write_text(textwrap.dedent(USER_PROGRAM))
     done = subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "--no-error-summary", "--hide-error-context",
-         "--cache-dir", str(tmp_path / "cache"), str(program)],
+         # the repository's own cache: test_quality's full mypy run then finds the library
+         # and its dependencies analysed already (about 20 s less on two cores)
+         "--cache-dir", str(ROOT / ".mypy_cache"), str(program)],
         capture_output=True, text=True, cwd=tmp_path, timeout=580)
     lines = done.stdout.splitlines()
     errors = [line for line in lines if ": error:" in line]

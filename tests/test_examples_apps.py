@@ -8,6 +8,7 @@ test, which is skipped unless the ``local`` extra is installed.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import csv
 import dataclasses
 import decimal
@@ -599,16 +600,23 @@ LOCAL_MISSING = _local_model_missing()
 @pytest.mark.skipif(LOCAL_MISSING is not None, reason=str(LOCAL_MISSING))
 def test_both_examples_run_on_the_local_model(tmp_path: Path) -> None:
     # one commentary request, then one analyst, one draft and one review: four in all
-    # a model server to start and a small model on a busy machine: minutes, not seconds
-    data = run_module("examples.data_aggregation", tmp_path, "--model", "local", timeout=600)
+    # a model server to start and a small model on a busy machine: minutes, not seconds.
+    # The two programs run at once, each with its own server (each server takes half the
+    # cores), in folders of their own.
+    (tmp_path / "data").mkdir()
+    (tmp_path / "market").mkdir()
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        data_run = pool.submit(run_module, "examples.data_aggregation", tmp_path / "data",
+                               "--model", "local", timeout=600)
+        market_run = pool.submit(run_module, "examples.market_research", tmp_path / "market",
+                                 "--companies", "1", "--rounds", "1", timeout=600)
+        data, market = data_run.result(), market_run.result()
     assert data.returncode == 0, data.stderr
-    report = (tmp_path / "sales_report.md").read_text(encoding="utf-8")
+    report = (tmp_path / "data" / "sales_report.md").read_text(encoding="utf-8")
     commentary = report.split("\n\n")[2]
     assert commentary.strip() and not commentary.startswith(("**Not included", "## By"))
-    market = run_module("examples.market_research", tmp_path, "--companies", "1",
-                        "--rounds", "1", timeout=600)
     assert market.returncode == 0, market.stderr
     assert "analysts[0]: ok" in market.stderr
-    text = (tmp_path / "market_report.md").read_text(encoding="utf-8")
+    text = (tmp_path / "market" / "market_report.md").read_text(encoding="utf-8")
     assert "| Harbourline Mobility | 30.1 | -9.3% |" in text
     assert "## Analysts' notes\n\nHarbourline Mobility: " in text

@@ -128,7 +128,11 @@ for line in sys.stdin:
                              "annotations": {"readOnlyHint": True}}]}
     elif msg.get("method") == "tools/call":
         result = {"content": [{"type": "text", "text": json.dumps(msg["params"]["arguments"])}]}
-    else:
+    elif "id" in msg:  # server/discover and the like: refused at once, as JSON-RPC says
+        print(json.dumps({"jsonrpc": "2.0", "id": msg["id"],
+                          "error": {"code": -32601, "message": "no such method"}}), flush=True)
+        continue
+    else:  # a notification
         continue
     print(json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": result}), flush=True)
 '''
