@@ -1,5 +1,6 @@
 """AnthropicModel through the real anthropic SDK, over HTTP, against a Messages wire server."""
 
+import asyncio
 import subprocess
 import sys
 import textwrap
@@ -255,6 +256,24 @@ def test_one_model_serves_several_event_loops(anthropic_server: AnthropicWireSer
         assert arun(model.request(ask())).text == "ok"
         assert done_of(arun(collect(model, ask()))).response.text == "ok"
     arun(model.aclose())
+
+
+def test_a_loop_that_ends_closes_the_clients_connections(
+        anthropic_server: AnthropicWireServer) -> None:
+    """A program that never calls ``aclose()``: each ``asyncio.run`` closes its own client."""
+    model = anthropic_server.model()
+    clients = []
+
+    async def main() -> str:
+        text: str = (await model.request(ask())).text
+        clients.append(model._client())  # the one this loop made
+        return text
+
+    for _ in range(2):
+        assert asyncio.run(main()) == "ok"
+        assert clients[-1].is_closed()  # closed as its loop shut down, on that loop
+    assert clients[0] is not clients[1]
+    arun(model.aclose())  # nothing left to close: a no-op
 
 
 def test_key_and_url_come_from_the_environment(anthropic_server: AnthropicWireServer,

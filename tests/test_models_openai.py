@@ -340,6 +340,23 @@ def test_concurrent_requests_share_one_model(openai_server: OpenAIWireServer) ->
     assert openai_server.max_in_flight > 1
 
 
+def test_a_loop_that_ends_closes_the_clients_connections(openai_server: OpenAIWireServer) -> None:
+    """A program that never calls ``aclose()``: each ``asyncio.run`` closes its own client."""
+    model = openai_server.model()
+    clients = []
+
+    async def main() -> str:
+        text: str = (await model.request(ask())).text
+        clients.append(model._client())  # the one this loop made
+        return text
+
+    for _ in range(2):
+        assert asyncio.run(main()) == "ok"
+        assert clients[-1].is_closed()  # closed as its loop shut down, on that loop
+    assert clients[0] is not clients[1]
+    arun(model.aclose())  # nothing left to close: a no-op
+
+
 def test_key_and_url_come_from_the_environment(openai_server: OpenAIWireServer,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_BASE_URL", openai_server.url)

@@ -17,7 +17,7 @@ import os
 import socket
 import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping
 from contextvars import ContextVar
 from email.utils import parsedate_to_datetime
 from typing import Any, Generic, TypeVar
@@ -250,24 +250,59 @@ class PerLoop(Generic[T]):
     An HTTP client's pooled connections belong to the loop that opened them: a model reused by
     a second ``asyncio.run`` (``agent.run_sync`` twice) must not touch the first loop's
     connections. Entries go when their loop is garbage collected.
+
+    With ``close``, a value is also closed on its own loop when that loop shuts down (as
+    ``asyncio.run`` does at its end), so a program that never calls the model's ``aclose()``
+    leaves no open connection behind. The hook is the loop's own: a loop finalizes the
+    asynchronous generators still alive before it closes (``shutdown_asyncgens``), and each
+    value has one, started and parked, whose ``finally`` closes it.
     """
 
-    def __init__(self, make: Callable[[], T]) -> None:
+    def __init__(self, make: Callable[[], T],
+                 close: Callable[[T], Awaitable[None]] | None = None) -> None:
         self._make = make
-        self._values: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, T] = (
+        self._close = close
+        self._values: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[T, AsyncGenerator[None, None] | None]] = (
             weakref.WeakKeyDictionary())
 
     def get(self) -> T:
         """The value for the running loop."""
         loop = asyncio.get_running_loop()
-        value = self._values.get(loop)
-        if value is None:
-            value = self._values[loop] = self._make()
-        return value
+        entry = self._values.get(loop)
+        if entry is None:
+            value = self._make()
+            entry = self._values[loop] = (value, self._closer(value))
+        return entry[0]
 
-    def pop(self) -> T | None:
-        """Forget the running loop's value and return it (``None`` if there was none)."""
-        return self._values.pop(asyncio.get_running_loop(), None)
+    async def aclose(self) -> None:
+        """Close the running loop's value now, if it has one, and forget it."""
+        entry = self._values.pop(asyncio.get_running_loop(), None)
+        if entry is None:
+            return
+        value, closer = entry
+        if closer is not None:
+            await closer.aclose()  # its finally closes the value, once
+        elif self._close is not None:
+            await self._close(value)
+
+    def _closer(self, value: T) -> AsyncGenerator[None, None] | None:
+        """A parked generator that closes ``value`` when it is finalized (see the class)."""
+        close = self._close
+        if close is None:
+            return None
+
+        async def closer() -> AsyncGenerator[None, None]:
+            try:
+                yield
+            finally:
+                await close(value)
+
+        generator = closer()
+        step = generator.__anext__()  # registers it with the running loop's finalizer hook
+        with contextlib.suppress(StopIteration):
+            step.send(None)  # runs it to its ``yield`` without a loop turn: parked there
+        return generator
 
 
 def token_count(value: object) -> int:

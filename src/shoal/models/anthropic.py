@@ -122,7 +122,7 @@ class AnthropicModel(Model):
             key_env="ANTHROPIC_API_KEY", url_env="ANTHROPIC_BASE_URL")
         # which provider's prices apply: Anthropic's, unless the URL is another provider's
         self._pricing_url = str(client.base_url) if client is not None else self._base_url
-        self._clients = PerLoop(self._new_client)
+        self._clients = PerLoop(self._new_client, _close_client)
 
     def _client(self) -> AsyncAnthropic:
         """The SDK client to use on the running event loop."""
@@ -170,9 +170,7 @@ class AnthropicModel(Model):
 
     async def aclose(self) -> None:
         """Close this loop's connections of the client this model made (never one passed in)."""
-        client = self._clients.pop()
-        if client is not None:
-            await client.close()
+        await self._clients.aclose()
 
     def _params(self, request: ModelRequest) -> dict[str, Any]:
         settings = request.settings
@@ -375,3 +373,7 @@ def anthropic_tools(tools: Sequence[ToolSpec]) -> list[dict[str, Any]]:
         out.append(tool)
     return out
 
+
+async def _close_client(client: AsyncAnthropic) -> None:
+    """Close the connections an SDK client holds (at ``aclose()``, or as its loop ends)."""
+    await client.close()

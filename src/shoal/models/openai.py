@@ -108,7 +108,7 @@ class OpenAIModel(Model):
         # the servers that copy the API have long understood max_tokens, not always the other.
         host = urlsplit(self._base_url or "https://api.openai.com").hostname
         self._max_tokens_key = "max_completion_tokens" if host == "api.openai.com" else "max_tokens"
-        self._clients = PerLoop(self._new_client)
+        self._clients = PerLoop(self._new_client, _close_client)
 
     def _client(self) -> AsyncOpenAI:
         """The SDK client to use on the running event loop."""
@@ -164,9 +164,7 @@ class OpenAIModel(Model):
 
     async def aclose(self) -> None:
         """Close this loop's connections of the client this model made (never one passed in)."""
-        client = self._clients.pop()
-        if client is not None:
-            await client.close()
+        await self._clients.aclose()
 
     def _sse_chunk(self, line: str, state: _StreamState) -> dict[str, Any] | None:
         """The chunk one SSE line carries, or ``None`` (blank lines, comments, ``[DONE]``).
@@ -382,3 +380,7 @@ def _call_id() -> str:
     # Some compatible servers omit ids; the conversation still needs one to pair results.
     return f"call_{uuid.uuid4().hex[:24]}"
 
+
+async def _close_client(client: AsyncOpenAI) -> None:
+    """Close the connections an SDK client holds (at ``aclose()``, or as its loop ends)."""
+    await client.close()
