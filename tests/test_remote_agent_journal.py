@@ -1,0 +1,138 @@
+"""Every agent of a tree journals in the root's journal, and a board commit is journaled with it.
+
+Process agents nested in process agents, killed with SIGKILL mid-run and resumed, repeat none
+of their finished model turns or tool calls. A board commit that a process agent's tool makes
+is journaled by the root in the same step as it is applied: an agent process killed right after
+its commit (before it could journal the call) leaves the board and the journal agreeing, and
+the call, run again, does not write twice. Real subprocesses and SQLite files throughout.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+import shoal
+from shoal.board import replay_journal
+from shoal.testing import ScriptedModel, call
+from tests.board_commit_kill import KILL_AT_COMMIT, kill_orders, new_board, note
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("no_child_process_leak")]
+
+
+def _crash_then_resume(tmp_path: Path, middle: str, *, env: dict[str, str] | None = None,
+                       timeout: float = 120) -> tuple[dict[str, Any], Path]:
+    """Run ``tests.nested_agent_crash`` in crash mode (killed), then resume it; its report."""
+    store, log = tmp_path / "runs.db", tmp_path / "log.txt"
+
+    def script(mode: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "tests.nested_agent_crash", str(store), "tree-1", mode,
+             str(log), middle], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+            env=env)
+
+    crashed = script("crash")
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    assert sorted(log.read_text().split()) == ["a", "m1", "x1"]
+    for name in ("log.txt.middle", "log.txt.leaf"):  # they ended with the root
+        pid = int((tmp_path / name).read_text())
+        assert _gone_within(pid, 10.0), name
+    resumed = script("resume")
+    assert resumed.returncode == 0, resumed.stderr
+    return json.loads(resumed.stdout.strip().splitlines()[-1]), log
+
+
+def _gone_within(pid: int, seconds: float) -> bool:
+    import time
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_process_agent_nested_in_a_process_agent_resumes_without_repeating_work(
+        tmp_path: Path) -> None:
+    report, log = _crash_then_resume(tmp_path, "process")
+    assert report["output"] == "final answer", report
+    assert report["middle"] == ["ok"] * 3 and report["leaf"] == ["ok"] * 3, report
+    assert report["lead_requests"] == 1  # only the turn after the middle agent's answer
+    assert report["middle_error"] == "None" and report["leaf_error"] == "None", report
+    # no finished call of any level ran again, and none of their board writes counts twice
+    assert sorted(log.read_text().split()) == ["a", "m1", "x1"]
+    assert sorted(report["board"]) == ["a", "m1", "x1"]
+
+
+# ---- board commits of process agents ----------------------------------------------------
+
+
+def _retried_agent_plan(pid_file: Path) -> tuple[shoal.Plan, shoal.Agent[str], Any]:
+    """A process agent as a plan node that is retried once, whose one call writes ``x1``."""
+    model = ScriptedModel.per_prompt({"go": [
+        [call("note", text="x1", pid_file=str(pid_file))], "noted"]})
+    helper = shoal.Agent(name="helper", model=model, tools=[note], isolation="process",
+                         stream_dispatch=False)
+    plan = shoal.Plan()
+    ref = plan.call(helper.node_tool.options(retries=1), task="go")
+    return plan, helper, ref
+
+
+def test_an_agent_killed_between_its_board_commit_and_its_journal_writes_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The awkward moment: the root has the commit, the agent's process has not journaled it.
+
+    The agent's process is SIGKILLed while the root merges its write; the node is retried,
+    its agent continues from the journal and runs the call (in flight at the kill) again.
+    The write counts once, on the board and in the journal alike.
+    """
+    db, pid_file = tmp_path / "runs.db", tmp_path / "helper.pid"
+    monkeypatch.setenv(KILL_AT_COMMIT, kill_orders(tmp_path / "kill", "x1", pid_file))
+    plan, _, ref = _retried_agent_plan(pid_file)
+    board = new_board()
+    runtime = shoal.Runtime(store=f"sqlite:///{db}")
+    result = runtime.run_sync(plan, board=board, run_id="plan-1")
+    assert (tmp_path / "kill.done").exists()  # the first process was killed at its commit
+    assert result[ref].status == "ok" and result[ref].attempts == 2, result[ref]
+    assert (tmp_path / "helper.pid.ran").read_text().split() == ["x1", "x1"]  # ran again
+    assert board["notes"] == ["x1"]  # ... but its write counts once
+    journaled = new_board()
+    replay_journal(journaled, shoal.SQLiteStore(db), "plan-1")
+    assert journaled["notes"] == ["x1"]  # the journal holds what the board holds
+
+
+def test_a_board_commit_the_root_journaled_is_replayed_once_on_resume(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent's process is killed at its commit and never retried: the run is resumed.
+
+    The commit stands in the journal (the board had it), and the call, in flight at the
+    kill, runs again on resume without writing a second time.
+    """
+    db, pid_file = tmp_path / "runs.db", tmp_path / "helper.pid"
+    monkeypatch.setenv(KILL_AT_COMMIT, kill_orders(tmp_path / "kill", "x1", pid_file))
+    model = ScriptedModel.per_prompt({"go": [
+        [call("note", text="x1", pid_file=str(pid_file))], "noted"]})
+    helper = shoal.Agent(name="helper", model=model, tools=[note], isolation="process",
+                         stream_dispatch=False)
+    plan = shoal.Plan()
+    ref = plan.call(helper, task="go")
+    board = new_board()
+    first = shoal.Runtime(store=f"sqlite:///{db}").run_sync(plan, board=board, run_id="p-1")
+    assert first[ref].status == "failed" and "SIGKILL" in str(first[ref].error)
+    assert board["notes"] == ["x1"]  # the root applied the commit before the kill
+    resumed_board = new_board()
+    again = shoal.Runtime(store=f"sqlite:///{db}").resume_sync("p-1", plan,
+                                                               board=resumed_board)
+    assert again[ref].status == "ok", again[ref]
+    assert resumed_board["notes"] == ["x1"]  # replayed from the journal, not written again
+    assert (tmp_path / "helper.pid.ran").read_text().split() == ["x1", "x1"]
