@@ -10,6 +10,7 @@ the call, run again, does not write twice. Real subprocesses and SQLite files th
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -72,6 +73,45 @@ def test_a_process_agent_nested_in_a_process_agent_resumes_without_repeating_wor
     # no finished call of any level ran again, and none of their board writes counts twice
     assert sorted(log.read_text().split()) == ["a", "m1", "x1"]
     assert sorted(report["board"]) == ["a", "m1", "x1"]
+
+
+@shoal.tool
+def mark(path: str) -> str:
+    """Append a line to ``path`` (a side effect that must not repeat)."""
+    with open(path, "a", encoding="utf-8") as out:
+        out.write("ran\n")
+    return "marked"
+
+
+@shoal.tool(idempotent=True)
+def die_once(path: str) -> str:
+    """SIGKILL this process the first time (``path`` remembers it); say so after."""
+    if not Path(path).exists():
+        Path(path).write_text("died")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "survived"
+
+
+@pytest.mark.parametrize("store", ["memory", "sqlite"])
+def test_a_retried_process_agent_continues_from_the_roots_journal(
+        tmp_path: Path, store: str) -> None:
+    """Its process died mid-run; the retried agent replays what it finished, in any journal.
+
+    Also the in-memory one: the agent's process journals in its root's, which outlives it.
+    """
+    log, marker = tmp_path / "log", tmp_path / "died"
+    model = ScriptedModel.per_prompt({"go": [
+        [call("mark", path=str(log))], [call("die_once", path=str(marker))], "done"]})
+    helper = shoal.Agent(name="helper", model=model, tools=[mark, die_once],
+                         isolation="process", stream_dispatch=False)
+    plan = shoal.Plan()
+    ref = plan.call(helper.node_tool.options(retries=1), task="go")
+    runtime = shoal.Runtime(store="memory" if store == "memory"
+                            else f"sqlite:///{tmp_path / 'runs.db'}")
+    result = runtime.run_sync(plan)
+    assert result[ref].status == "ok" and result[ref].attempts == 2, result[ref]
+    assert result[ref].value == "done"
+    assert log.read_text().split() == ["ran"]  # the finished call replayed, not run again
 
 
 # ---- board commits of process agents ----------------------------------------------------
