@@ -92,13 +92,8 @@ def die_once(path: str) -> str:
     return "survived"
 
 
-@pytest.mark.parametrize("store", ["memory", "sqlite"])
-def test_a_retried_process_agent_continues_from_the_roots_journal(
-        tmp_path: Path, store: str) -> None:
-    """Its process died mid-run; the retried agent replays what it finished, in any journal.
-
-    Also the in-memory one: the agent's process journals in its root's, which outlives it.
-    """
+def test_a_retried_process_agent_continues_from_the_roots_journal(tmp_path: Path) -> None:
+    """Its process died mid-run; the retried agent replays what it finished from the journal."""
     log, marker = tmp_path / "log", tmp_path / "died"
     model = ScriptedModel.per_prompt({"go": [
         [call("mark", path=str(log))], [call("die_once", path=str(marker))], "done"]})
@@ -106,8 +101,7 @@ def test_a_retried_process_agent_continues_from_the_roots_journal(
                          isolation="process", stream_dispatch=False)
     plan = shoal.Plan()
     ref = plan.call(helper.node_tool.options(retries=1), task="go")
-    runtime = shoal.Runtime(store="memory" if store == "memory"
-                            else f"sqlite:///{tmp_path / 'runs.db'}")
+    runtime = shoal.Runtime(store=f"sqlite:///{tmp_path / 'runs.db'}")
     result = runtime.run_sync(plan)
     assert result[ref].status == "ok" and result[ref].attempts == 2, result[ref]
     assert result[ref].value == "done"

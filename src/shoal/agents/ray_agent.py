@@ -18,14 +18,15 @@ the network can talk to the agent's parent. Once the agent's actor is connected,
 closed. The parent then sends the agent's definition (cloudpickled, as to a process agent);
 what the actor sends is loaded with the restricted loader of :mod:`shoal.executors.results`.
 
-**The journal** goes through the parent too: the agent's runtime writes to a
-:class:`ParentStore`, whose every read and write is an RPC that the parent answers from its
-own store, on a thread: the root's own, or (for an agent nested in another remote agent) its
-parent's in turn. So resume of Ray agents needs no shared file system: the agent's model
-turns and tool phases are journaled runs of the root's journal under the agent's lineage,
-wherever the actor runs, and so are those of the agents it starts (a process agent nested in
-it too). The parent answers only for runs of that agent's own subtree (``RUN/LINEAGE/...``).
-With no journal at all (``Runtime(store=None)``) the actor keeps a memory one of its own.
+**The journal** goes through the parent too: with a durable journal (a SQLite file) the
+agent's runtime writes to a :class:`ParentStore`, whose every read and write is an RPC that
+the parent answers from its own store, on a thread: the root's own, or (for an agent nested
+in another remote agent) its parent's in turn. So resume of Ray agents needs no shared file
+system: the agent's model turns and tool phases are journaled runs of the root's journal under
+the agent's lineage, wherever the actor runs, and so are those of the agents it starts (a
+process agent nested in it journals through it). The parent answers only for runs of that
+agent's own subtree (``RUN/LINEAGE/...``). With the in-memory journal the actor keeps its own,
+which ends with it (as a process agent's).
 
 **Ending it.** A cancel (a person, a timeout, a breached budget) is sent to the agent, which
 records its end; one that has not ended :data:`~shoal.agents.remote.CANCEL_GRACE` seconds
@@ -454,13 +455,10 @@ def _driver_host(ray: Any) -> str:
 
 
 def ray_spec(run: AgentRun) -> StartSpec:
-    """:func:`start_spec` with the journal routed through the parent.
-
-    Never a file the actor opens itself: it may run on another machine.
-    """
+    """:func:`start_spec` with the journal routed through the parent when it is durable."""
     store = run.ctx.runtime.store
     routed = "memory"
-    if store is not None:
+    if store is not None and store.durable:
         routed = PARENT_EVENTS if store.keeps_events else PARENT_STORE
     return replace(start_spec(run), store=routed, limits=None)
 

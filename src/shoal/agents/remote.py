@@ -458,15 +458,15 @@ class TreeServer:
     def commit_call(self, call_id: int, args: tuple[Any, ...]) -> None:
         """Commit one call's board writes for the agent, and journal them in the same step.
 
-        The root applies the writes (at once, in the order commits come) and journals the
-        commit keyed by the call before it answers: from the root's
+        The root applies the writes (at once, in the order commits come) and, with a durable
+        journal, journals the commit keyed by the call before it answers: from the root's
         point of view the two are one step. A kill of the agent (or of the root) at any moment
         leaves the journal holding every write the board holds, so a resume neither loses a
         write nor applies one twice: the journaled commit counts whatever became of the call
         (see :func:`shoal.store.resume.standing_effects`), and the call, run again, finds it
         applied (:meth:`Board._commit_call <shoal.board.Board._commit_call>`). The answer is
-        ``None`` (nothing left for the agent to journal) or, in a tree with no journal at all,
-        the record the agent journals with the call's outcome (in its own).
+        ``None`` (nothing left for the agent to journal) or, without a durable journal, the
+        record the agent journals with the call's outcome.
 
         An agent in the middle of a chain (whose board is itself its parent's) passes the
         commit on: the root, which holds the board, journals it.
@@ -485,7 +485,7 @@ class TreeServer:
             self._reply(call_id, "board_commit_call", False, exc)
             return
         store = self.ctx.runtime.store
-        if record is None or not board.local or store is None:
+        if record is None or not board.local or store is None or not store.durable:
             self._reply(call_id, "board_commit_call", True, record)
             return
         task = asyncio.ensure_future(self._journal_commit(call_id, store, record))
@@ -624,17 +624,16 @@ def _settle(ruling: asyncio.Future[Any], decision: Any, by: str) -> None:
 def _store_of(runtime: Runtime) -> str:
     """Where the agent process journals: in this process's journal, whatever it is.
 
-    A SQLite file it opens itself; any other journal (a Ray agent's, which is its parent's;
-    the in-memory one; a store of your own) through this process (:data:`PARENT_STORE`), so
-    that every agent of the tree, however nested, journals in the root's journal: a retried
-    or resumed agent replays what it finished, wherever it ran. With no journal at all
-    (``Runtime(store=None)``), a memory store of its own, which ends with it.
+    A SQLite file it opens itself; any other durable journal (a Ray agent's, which is its
+    parent's; a store of your own) through this process (:data:`PARENT_STORE`), so that an
+    agent nested in a Ray agent journals in the root's journal too; with no durable journal,
+    a memory store of its own, which ends with it (as this process's does).
     """
     store = runtime.store
-    if store is None:
+    if store is None or not store.durable:
         return "memory"
     path = getattr(store, "path", None)
-    if store.durable and isinstance(path, str) and path != ":memory:":
+    if isinstance(path, str) and path != ":memory:":
         return os.path.abspath(path)
     return PARENT_EVENTS if getattr(store, "keeps_events", False) else PARENT_STORE
 
