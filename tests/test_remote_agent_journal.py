@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 import shoal
-from shoal.board import replay_journal
+from shoal.board import replay_journal, stands_alone
 from shoal.testing import ScriptedModel, call
 from tests.board_commit_kill import KILL_AT_COMMIT, kill_orders, new_board, note
 
@@ -170,3 +170,34 @@ def test_a_board_commit_the_root_journaled_is_replayed_once_on_resume(
     assert again[ref].status == "ok", again[ref]
     assert resumed_board["notes"] == ["x1"]  # replayed from the journal, not written again
     assert (tmp_path / "helper.pid.ran").read_text().split() == ["x1", "x1"]
+
+
+def test_a_root_killed_after_journaling_a_commit_the_agent_had_not_resumes_writing_once(
+        tmp_path: Path) -> None:
+    """The root dies at the awkward moment: its journal has the commit, not the call's outcome.
+
+    (The agent's process is stopped as it commits, so it journals nothing; the root journals
+    the commit, then is SIGKILLed.) The resumed run counts the commit once and runs the call,
+    in flight at the crash, again without a second write.
+    """
+    store = tmp_path / "runs.db"
+
+    def script(mode: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "tests.board_commit_crash", str(store), mode,
+             str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=90)
+
+    crashed = script("crash")
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    assert _gone_within(int((tmp_path / "helper.pid").read_text()), 10.0)
+    journal = shoal.SQLiteStore(store)
+    commits = [e.record for e in journal.effects("plan-1", nested=True)]
+    assert [(c.data["writes"], stands_alone(c)) for c in commits] == [([["notes", "x1"]], True)]
+    step = commits[0].run_id  # the helper's tool phase: the call never got its outcome
+    assert commits[0].node_id not in journal.outcomes(step)
+    resumed = script("resume")
+    assert resumed.returncode == 0, resumed.stderr
+    report = json.loads(resumed.stdout.strip().splitlines()[-1])
+    assert report["status"] == "ok" and report["value"] == "noted", report
+    assert report["board"] == ["x1"]  # the journaled commit, once
+    assert report["ran"] == ["x1", "x1"]  # the call ran again (idempotent), writing nothing
