@@ -152,3 +152,28 @@ def test_a_start_event_journaled_by_an_older_shoal_still_loads() -> None:
 def test_placement_says_where_in_a_few_words(isolation: str, pid: int, where: str,
                                              said: str) -> None:
     assert placement(isolation, pid, where) == said
+
+
+def test_an_agents_span_says_where_it_runs() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    shoal.otel.instrument(provider)
+    try:
+        result = _tree().run_sync("go")
+    finally:
+        shoal.otel.uninstrument()
+        provider.shutdown()
+    spans = {span.attributes.get("shoal.lineage"): span.attributes
+             for span in exporter.get_finished_spans()
+             if span.name.startswith("invoke_agent") and span.attributes is not None}
+    reader = result.children[0]
+    assert spans["lead"]["shoal.agent.isolation"] == "inline"
+    assert spans["lead"]["shoal.agent.pid"] == os.getpid()
+    assert spans["lead"]["shoal.agent.where"] == driver.HOST
+    assert spans[reader.lineage]["shoal.agent.isolation"] == "process"
+    assert spans[reader.lineage]["shoal.agent.pid"] == reader.pid

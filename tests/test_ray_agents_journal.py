@@ -1,5 +1,8 @@
 """Agents nested in Ray agents journal in the root's journal; Ray agents' board commits too.
 
+And a Ray agent's ``AgentStarted`` says where it runs (its node, its actor's pid), as its
+result does.
+
 The Ray twin of tests/test_remote_agent_journal.py: a process agent nested in a Ray agent
 journals through the actor into the root's SQLite file, so a tree killed mid-run resumes
 without repeating its finished turns or calls; and a Ray agent killed right after its board
@@ -17,6 +20,7 @@ import pytest
 
 import shoal
 from shoal.board import replay_journal
+from shoal.events import AgentStarted, Event
 from shoal.testing import ScriptedModel, call
 from tests.board_commit_kill import KILL_AT_COMMIT, kill_orders, new_board, note
 from tests.test_remote_agent_journal import _crash_then_resume
@@ -72,3 +76,24 @@ def test_a_ray_agent_killed_between_its_board_commit_and_its_journal_writes_once
     journaled = new_board()
     replay_journal(journaled, shoal.SQLiteStore(db), "p-1")
     assert journaled["notes"] == ["x1"]  # the journal holds what the board holds
+
+
+@shoal.tool
+def pid() -> int:
+    """The id of the process that runs this call."""
+    return os.getpid()
+
+
+def test_a_ray_agents_start_event_names_its_node_and_process(ray_cluster: str) -> None:
+    model = ScriptedModel.per_prompt({"go": [[call("scout", task="s")], "done"],
+                                      "s": [[call("pid")], "scouted"]})
+    scout = shoal.Agent(name="scout", model=model, tools=[pid], isolation="ray")
+    events: list[Event] = []
+    result = shoal.Agent(name="lead", model=model, subagents=[scout]).run_sync(
+        "go", on_event=events.append)
+    ran = result.children[0]
+    (started,) = [e for e in events if isinstance(e, AgentStarted) and e.lineage == ran.lineage]
+    assert started.isolation == ran.isolation == "ray"
+    assert started.where == ran.where and " node " in ran.where  # its Ray node
+    assert started.pid == ran.pid == int(ran.calls[0].message.content) != os.getpid()
+    assert started.placement().startswith(f"ray {ran.where.split(' node ')[0]} node ")

@@ -46,10 +46,21 @@ def _crash_then_resume(tmp_path: Path, middle: str, *, env: dict[str, str] | Non
     assert sorted(log.read_text().split()) == ["a", "m1", "x1"]
     for name in ("log.txt.middle", "log.txt.leaf"):  # they ended with the root
         pid = int((tmp_path / name).read_text())
-        assert _gone_within(pid, 10.0), name
+        assert _gone_within(pid, 10.0), (name, _described(pid))
     resumed = script("resume")
     assert resumed.returncode == 0, resumed.stderr
     return json.loads(resumed.stdout.strip().splitlines()[-1]), log
+
+
+def _described(pid: int) -> str:
+    """What a process that should be gone is, and what holds it (for a failing test)."""
+    try:
+        proc = psutil.Process(pid)
+        chain = [f"{p.pid} {p.status()} {' '.join(p.cmdline())[:80]}"
+                 for p in [proc, *proc.parents()]]
+        return " <- ".join(chain) + f" threads={[t.id for t in proc.threads()]}"
+    except psutil.Error as exc:
+        return repr(exc)
 
 
 def _gone_within(pid: int, seconds: float) -> bool:

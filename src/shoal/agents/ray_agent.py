@@ -52,6 +52,7 @@ import functools
 import os
 import re
 import secrets
+import signal
 import socket
 import time
 from collections.abc import Coroutine
@@ -597,12 +598,36 @@ class _ActorLink(Link):
         try:
             self._take_all()
         finally:
-            from shoal.executors._reaper import kill_tree
-
-            kill_tree(os.getpid(), include_root=False)
+            _kill_descendants()
             if self.finished:
                 time.sleep(FINISH_GRACE)
             os._exit(0)
+
+
+def _kill_descendants() -> None:
+    """SIGKILL every process below this actor's, without freezing them first.
+
+    Not :func:`~shoal.executors._reaper.kill_tree`, which stops the whole tree with SIGSTOP
+    before it kills it: when the parent is gone because the driver died, Ray kills the
+    driver's actors at about the moment their connections close, and a tree frozen by an actor
+    killed before it could finish would stay stopped for good (an agent process nested in
+    this one among them). Unfrozen, a process this misses goes on and ends by itself: an agent
+    process when its connection to this actor closes, what the tree's template forked when the
+    template dies. This process becomes a subreaper first, so the children of the processes a
+    pass kills stay below it, and the next pass finds them.
+    """
+    from shoal.executors._reaper import become_subreaper, descendants
+
+    become_subreaper()
+    killed: set[int] = set()
+    for _ in range(100):  # a tree still growing after this many passes is left to itself
+        new = descendants(os.getpid()) - killed
+        if not new:
+            return
+        for pid in new:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        killed |= new
 
 
 def actor_context(spec: StartSpec, link: Link) -> TreeContext:
