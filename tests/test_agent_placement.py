@@ -92,7 +92,8 @@ def test_the_live_tree_the_summary_and_the_timeline_show_where_agents_ran(
     console = Console(width=250, record=True)
     console.print(render_tree(view, "run"))
     drawn = console.export_text()
-    assert f"process {reader.pid}" in drawn and "inline" in drawn
+    assert f"process {reader.pid}" in drawn  # an agent in a process of its own says which
+    assert "inline" not in drawn  # agents in their parent's process (the default) say nothing
     tree = summary(result)
     assert (tree["isolation"], tree["pid"], tree["where"]) == (
         "inline", os.getpid(), driver.HOST)

@@ -274,7 +274,7 @@ def _label(view: AgentTree, row: Row, now: float) -> Text:
     text.append(f"  {seconds(max(took, 0.0))}", style="dim")
     if row.is_agent:
         text.append(f"  turns {row.turns}  tokens {row.tokens}", style="dim")
-        if row.placement:
+        if row.isolation not in ("", "inline"):  # inline (the default) would only take room
             text.append(f"  {one_line(row.placement, ID_WIDTH)}", style="dim")
     if row.arguments and not row.is_agent:
         text.append(f"  {_short(row.arguments, 40)}", style="dim")
