@@ -21,7 +21,11 @@ dropped (a retry starts afresh); a resumed run replays the writes of the calls i
 the order they were committed, and a call that was in flight at the crash wrote nothing, so
 running it again cannot write twice. Committing at the end of a call rather than at each
 write is what makes this hold without a journal entry per write: a call's writes and its
-result are one fact.
+result are one fact. A tool of an agent in another process commits to the board its tree's
+root keeps, and the root journals the commit as it applies it, keyed by the call (see
+:meth:`shoal.agents.remote.TreeServer.commit_call`): a commit so journaled counts whatever
+became of its call, and each call commits once per board (:meth:`Board._commit_call`), so
+the call run again after its agent's process was killed writes nothing twice.
 
 Order: ``append`` lists are in commit order (one call's writes in their own order); after a
 resume, the replayed writes come first, in their original order. A handle cannot travel to

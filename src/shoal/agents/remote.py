@@ -451,6 +451,7 @@ class TreeServer:
                                  call=None if call is None else (str(call[0]), str(call[1])),
                                  recorded=recorded, number=number)
         if op == "board_replay":
+            self._own(getattr(args[0], "run_id", None))
             board._replay(args[0])
             return None
         raise ShoalError(f"an agent process asked for {op!r}, which is no request")
