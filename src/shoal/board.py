@@ -21,7 +21,11 @@ dropped (a retry starts afresh); a resumed run replays the writes of the calls i
 the order they were committed, and a call that was in flight at the crash wrote nothing, so
 running it again cannot write twice. Committing at the end of a call rather than at each
 write is what makes this hold without a journal entry per write: a call's writes and its
-result are one fact.
+result are one fact. A tool of an agent in another process commits to the board its tree's
+root keeps, and the root journals the commit as it applies it, keyed by the call (see
+:meth:`shoal.agents.remote.TreeServer.commit_call`): a commit so journaled counts whatever
+became of its call, and each call commits once per board (:meth:`Board._commit_call`), so
+the call run again after its agent's process was killed writes nothing twice.
 
 Order: ``append`` lists are in commit order (one call's writes in their own order); after a
 resume, the replayed writes come first, in their original order. A handle cannot travel to
@@ -47,7 +51,8 @@ if TYPE_CHECKING:
     from shoal.store.base import Store
 
 __all__ = [
-    "KIND", "Board", "BoardConflict", "BoardHandle", "check_board", "merge", "replay_journal",
+    "AT_COMMIT", "KIND", "Board", "BoardConflict", "BoardHandle", "at_commit", "check_board",
+    "merge", "replay_journal", "stands_alone",
 ]
 
 KIND = "board"  # the kind of injected parameter, and of the journal's effect records
@@ -224,6 +229,30 @@ class Board:
             self._commits = max(self._commits, number + 1)
             return conflicts, number
 
+    def _commit_call(self, writer: str, writes: list[tuple[str, Any]], seen: Mapping[str, int],
+                     call: tuple[str, str]) -> EffectRecord | None:
+        """Commit the writes of ``call`` (its run id and node id) once; the record to journal.
+
+        A call whose commit this board holds already (replayed from the journal, or made by
+        an earlier run of the same call: an agent's process killed after its commit, the
+        call then run again by a resume or a retry) commits nothing more, and there is
+        nothing new to journal (``None``): each call's writes count once.
+        """
+        with self._lock:
+            if call in self._applied:
+                return None
+            self._applied.add(call)  # taken now: the same call committing twice at once
+        try:
+            conflicts, number = self._commit(writer, writes, seen, call=call)
+        except BaseException:
+            with self._lock:
+                self._applied.discard(call)
+            raise
+        return EffectRecord(call[0], call[1], KIND, {
+            "writer": writer, "commit": number,
+            "writes": [[key, value] for key, value in writes],
+            "conflicts": [c.to_dict() for c in conflicts]})
+
     def _merge_failing_first(self, by_key: Mapping[str, list[Any]]) -> dict[str, Any]:
         """The new values of the keys whose merge may fail, touching nothing yet."""
         merged: dict[str, Any] = {}
@@ -370,12 +399,27 @@ class BoardHandle:
             writes, self._pending = self._pending, []
             if not ok or not writes:
                 return None
-            conflicts, number = self.board._commit(self.writer, writes, self._seen,
-                                                   call=self._call)
-        return EffectRecord(self._call[0], self._call[1], KIND, {
-            "writer": self.writer, "commit": number,
-            "writes": [[key, value] for key, value in writes],
-            "conflicts": [c.to_dict() for c in conflicts]})
+            return self.board._commit_call(self.writer, writes, self._seen, self._call)
+
+
+#: The mark, in a board record's data, of a commit journaled as it was applied (by the root of
+#: a tree, for a call of an agent in another process), before its call's outcome.
+AT_COMMIT = "at_commit"
+
+
+def at_commit(record: EffectRecord) -> EffectRecord:
+    """``record`` marked as journaled when it was applied, before its call's outcome.
+
+    Such a commit counts on resume whatever became of its call (see
+    :func:`shoal.store.resume.standing_effects`): the board held it from that moment on.
+    """
+    return record._replace(data={**record.data, AT_COMMIT: True})
+
+
+def stands_alone(record: EffectRecord) -> bool:
+    """Whether ``record`` is a commit journaled as it was applied (see :func:`at_commit`)."""
+    return (record.kind == KIND and isinstance(record.data, dict)
+            and record.data.get(AT_COMMIT) is True)
 
 
 def check_board(board: object) -> Board | None:

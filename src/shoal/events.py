@@ -48,6 +48,7 @@ __all__ = [
     "RunStarted",
     "TextDelta",
     "ToolCallRejected",
+    "placement",
     "wants_text",
 ]
 
@@ -158,11 +159,43 @@ class RunFinished(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AgentStarted(Event):
-    """An agent (the lead or a subagent, see ``lineage``) began work on ``prompt``."""
+    """An agent (the lead or a subagent, see ``lineage``) began work on ``prompt``.
+
+    Where its turn loop runs, as its :class:`~shoal.agents.result.AgentResult` says too:
+    ``isolation`` is ``"inline"`` (in its parent's process), ``"process"`` (a process of its
+    own) or ``"ray"`` (a Ray actor); ``pid`` is the id of the process that runs it (on its
+    machine); ``where`` names the machine, as ``AgentResult.where`` does: the host name, or
+    for a Ray agent its node's address and Ray node id (``"10.0.0.7 node 4f1c..."``).
+    :meth:`placement` says it in a few words (``"process 4242"``). Events journaled by older
+    versions of shoal have them empty (``""``, ``0``).
+    """
 
     agent: str
     prompt: str
     depth: int
+    where: str = ""
+    pid: int = 0
+    isolation: str = ""
+
+    def placement(self) -> str:
+        """Where the agent runs, in a few words (see :func:`placement`)."""
+        return placement(self.isolation, self.pid, self.where)
+
+
+def placement(isolation: str, pid: int, where: str) -> str:
+    """Where an agent runs, in a few words, for people.
+
+    ``"inline"`` (in its parent's process), ``"process 4242"``, ``"ray 10.0.0.7 node
+    4f1c2a3b"`` (a Ray agent: its node, the node id cut to 8 characters); ``""`` when nothing
+    is known (an event journaled by an older shoal).
+    """
+    if isolation == "ray":
+        host, _, node = where.partition(" node ")
+        return " ".join(part for part in ("ray", host, f"node {node[:8]}" if node else "")
+                        if part)
+    if isolation == "process":
+        return f"process {pid}" if pid else "process"
+    return isolation
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

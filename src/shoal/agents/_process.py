@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from shoal.exceptions import BudgetExceeded
     from shoal.models.retry import ModelGate, ModelGates
     from shoal.store.base import Store
+    from shoal.store.claims import RunClaim
 
 
 class Link:
@@ -221,10 +222,12 @@ def remote_board(link: Link, rules: Mapping[str, Any]) -> Board:
 
     Its keys and rules are the root board's, so a write to an unknown key or of a value its
     rule refuses fails here at once, as inline; reads see the root's values and versions, and
-    a call's writes are merged there when it succeeds (one round trip, answered at once), so
-    conflicts are found across the whole tree. The commit's journal record is written here,
-    with the call's outcome, in the root's journal file (with a SQLite journal): a resumed
-    tree replays it once.
+    a call's writes are merged there when it succeeds (one round trip), so conflicts are found
+    across the whole tree. With a durable journal the root journals the commit as it applies
+    it, before it answers (:meth:`TreeServer.commit_call
+    <shoal.agents.remote.TreeServer.commit_call>`): the board and the journal agree whenever
+    this process is killed, and a call run again finds its commit and makes none. Without
+    one, the record comes back and is journaled here with the call's outcome.
     """
     from shoal.board import Board, BoardConflict
     from shoal.store.base import EffectRecord
@@ -259,10 +262,131 @@ def remote_board(link: Link, rules: Mapping[str, Any]) -> Board:
                 None if recorded is None else list(recorded), number)
             return conflicts, committed
 
+        def _commit_call(self, writer: str, writes: list[tuple[str, Any]],
+                         seen: Mapping[str, int], call: tuple[str, str]) -> EffectRecord | None:
+            # the root applies and journals it in one step (see TreeServer.commit_call)
+            record: EffectRecord | None = link.ask(
+                "board_commit_call", writer, list(writes), dict(seen), call)
+            return record
+
         def _replay(self, record: EffectRecord) -> None:
             link.ask("board_replay", record)
 
     return RemoteBoard(rules)
+
+
+class ParentStore:
+    """The agent's journal: its parent's store, read and written through the parent.
+
+    Implements :class:`~shoal.store.base.Store` (and ``claim_run``, ``effects``) by asking the
+    parent, one round trip per call; the parent answers from its own store (for runs of the
+    agent's own subtree only), which is the root's, or asks its own parent in turn. So an
+    agent anywhere in the tree (a Ray actor on another machine, a process agent nested in
+    one) journals in the root's journal, and resume needs no shared file system. It is
+    durable: the parent's store is (only a durable journal is routed), so the agent's runtime
+    journals from writer threads of its own.
+    """
+
+    durable = True
+
+    def __init__(self, link: Link, keeps_events: bool) -> None:
+        self._link = link
+        self.keeps_events = keeps_events
+
+    def _ask(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        return self._link.ask("store", name, args, kwargs)
+
+    def write(self, records: Sequence[Any]) -> None:
+        """Store ``records`` in one transaction of the root's store."""
+        self._ask("write", list(records))
+
+    def get_run(self, run_id: str) -> Any:
+        """One run, or ``None``."""
+        return self._ask("get_run", run_id)
+
+    def list_runs(self, limit: int = 50) -> list[Any]:
+        """Not offered to an agent: it sees only its own runs."""
+        from shoal.exceptions import ShoalError
+
+        raise ShoalError("an agent journaling through its parent cannot list the journal's "
+                         "runs")
+
+    def outcomes(self, run_id: str, *, decode: bool = True) -> dict[str, Any]:
+        """Each node's latest outcome, by node id."""
+        found: dict[str, Any] = self._ask("outcomes", run_id, decode=decode)
+        return found
+
+    def attempts(self, run_id: str) -> list[Any]:
+        """Every attempt of the run."""
+        found: list[Any] = self._ask("attempts", run_id)
+        return found
+
+    def effects(self, run_id: str, *, nested: bool = False) -> list[Any]:
+        """The run's journaled effects."""
+        found: list[Any] = self._ask("effects", run_id, nested=nested)
+        return found
+
+    def events(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's journaled events."""
+        found: list[dict[str, Any]] = self._ask("events", run_id)
+        return found
+
+    def request_approval(self, record: Any) -> Any:
+        """Store a pending approval request."""
+        return self._ask("request_approval", record)
+
+    def decide(self, run_id: str, node_id: str, args_hash: str, decision: Any, *,
+               decided_by: str = "", reason: str = "", at: float | None = None) -> None:
+        """Record a decision."""
+        self._ask("decide", run_id, node_id, args_hash, decision, decided_by=decided_by,
+                  reason=reason, at=at)
+
+    def use_decision(self, run_id: str, node_id: str, args_hash: str) -> Any:
+        """The unused decision for exactly this call, marked used."""
+        return self._ask("use_decision", run_id, node_id, args_hash)
+
+    def approvals(self, run_id: str, *, pending_only: bool = False) -> list[Any]:
+        """The run's approval requests and decisions."""
+        found: list[Any] = self._ask("approvals", run_id, pending_only=pending_only)
+        return found
+
+    def request_cancel(self, run_id: str, node_ids: Sequence[str] = (), *,
+                       reason: str = "cancelled by the user") -> None:
+        """Not offered to an agent: its parent cancels it."""
+        from shoal.exceptions import ShoalError
+
+        raise ShoalError("an agent journaling through its parent cannot ask the journal to "
+                         "cancel runs")
+
+    def take_cancel_requests(self, run_id: str) -> list[Any]:
+        """Cancel requests for the run not taken yet."""
+        found: list[Any] = self._ask("take_cancel_requests", run_id)
+        return found
+
+    def heartbeat(self, run_id: str, at: float) -> None:
+        """Say that the run is still running."""
+        self._ask("heartbeat", run_id, at)
+
+    def claim_run(self, run_id: str) -> RunClaim:
+        """Claim ``run_id`` in the root's store; the parent holds the claim for the agent."""
+        return _ParentClaim(self._link, self._link.ask("store_claim", run_id))
+
+    def close(self) -> None:
+        """Nothing to release here: the store is the parent's."""
+
+
+class _ParentClaim:
+    """A run claim the parent holds for the agent; released by asking it."""
+
+    def __init__(self, link: Link, claim_id: int) -> None:
+        self._link = link
+        self._id: int | None = claim_id
+
+    def release(self) -> None:
+        """Let the claim go (once)."""
+        claim_id, self._id = self._id, None
+        if claim_id is not None:
+            self._link.ask("store_release", claim_id)
 
 
 def remote_context(spec: StartSpec, link: Link, *, store: Store | str | None = None,
@@ -272,17 +396,22 @@ def remote_context(spec: StartSpec, link: Link, *, store: Store | str | None = N
     Args:
         spec: what the parent sent.
         link: the connection to the parent.
-        store: the agent's journal (default: ``spec.store``, which this process opens).
+        store: the agent's journal (default: ``spec.store``, which this process opens, or
+            a :class:`ParentStore` when the journal is reached through the parent).
         elsewhere: the agent may run on another machine (a Ray actor), whose monotonic clock
             is not the parent's: the events' origin crosses as epoch time (clocks kept in
             step by NTP) and is placed on this machine's loop clock.
     """
     from shoal.agents.context import TreeContext
+    from shoal.agents.remote import PARENT_EVENTS, PARENT_STORE
     from shoal.runtime import Runtime
 
     approver = remote_approver(link) if spec.approver else None
-    runtime = Runtime(store=spec.store if store is None else store, approver=approver,
-                      **spec.runtime)
+    if store is None:
+        store = spec.store
+        if spec.store in (PARENT_STORE, PARENT_EVENTS):
+            store = ParentStore(link, keeps_events=spec.store == PARENT_EVENTS)
+    runtime = Runtime(store=store, approver=approver, **spec.runtime)
     sinks = [_Forward(link, spec.wants_text)] if spec.observed else []
     # the tree's one board stays with the root: its reads and commits go over the link
     board = None if spec.board is None else remote_board(link, spec.board)

@@ -20,11 +20,13 @@ what the actor sends is loaded with the restricted loader of :mod:`shoal.executo
 
 **The journal** goes through the parent too: with a durable journal (a SQLite file) the
 agent's runtime writes to a :class:`ParentStore`, whose every read and write is an RPC that
-the parent answers from the root's own store, on a thread. So resume of Ray agents needs no
-shared file system: the agent's model turns and tool phases are journaled runs of the root's
-journal under the agent's lineage, wherever the actor runs. The parent answers only for runs
-of that agent's own subtree (``RUN/LINEAGE/...``). With the in-memory journal the actor keeps
-its own, which ends with it (as a process agent's).
+the parent answers from its own store, on a thread: the root's own, or (for an agent nested
+in another remote agent) its parent's in turn. So resume of Ray agents needs no shared file
+system: the agent's model turns and tool phases are journaled runs of the root's journal under
+the agent's lineage, wherever the actor runs, and so are those of the agents it starts (a
+process agent nested in it journals through it). The parent answers only for runs of that
+agent's own subtree (``RUN/LINEAGE/...``). With the in-memory journal the actor keeps its own,
+which ends with it (as a process agent's).
 
 **Ending it.** A cancel (a person, a timeout, a breached budget) is sent to the agent, which
 records its end; one that has not ended :data:`~shoal.agents.remote.CANCEL_GRACE` seconds
@@ -50,17 +52,20 @@ import functools
 import os
 import re
 import secrets
+import signal
 import socket
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from shoal.agents._process import Link, remote_context
+from shoal.agents._process import Link, ParentStore, remote_context
 from shoal.agents._process import run as run_remote
 from shoal.agents.remote import (
     CANCEL_GRACE,
     HEADER,
+    PARENT_EVENTS,
+    PARENT_STORE,
     Channel,
     StartSpec,
     TreeServer,
@@ -72,7 +77,7 @@ from shoal.agents.remote import (
     _unimportable,
     start_spec,
 )
-from shoal.exceptions import AgentError, ConfigError, SerializationError, ShoalError
+from shoal.exceptions import AgentError, ConfigError, SerializationError
 from shoal.executors._shipping import dumps
 from shoal.executors.ray import _here
 from shoal.executors.results import load_result
@@ -84,8 +89,6 @@ if TYPE_CHECKING:
     from shoal.agents.result import AgentResult
     from shoal.agents.run import AgentRun
     from shoal.exceptions import BudgetExceeded
-    from shoal.store.base import Store
-    from shoal.store.claims import RunClaim
 
 __all__ = ["HANDSHAKE_TIMEOUT", "TOKEN_BYTES", "AgentActor", "ParentStore", "RayChannel",
            "RayTreeServer", "run_on_ray"]
@@ -107,18 +110,6 @@ DEATH_TIMEOUT = 10.0
 UNREACHABLE_TIMEOUT = 45.0
 #: The line of Ray's account of an actor's death that says why it died.
 _CAUSE = re.compile(r"The actor (is dead|died) because")
-#: The ``StartSpec.store`` of an agent whose journal is the parent's (see :class:`ParentStore`),
-#: without and with the run's events.
-PARENT_STORE, PARENT_EVENTS = "parent", "parent+events"
-
-#: The store methods an agent's actor may call on the root's store (for runs of its own
-#: subtree only; listing runs and cancelling them are not among them).
-STORE_METHODS = frozenset({
-    "write", "get_run", "outcomes", "attempts", "events", "effects", "request_approval",
-    "decide", "use_decision", "approvals", "take_cancel_requests", "heartbeat",
-})
-
-
 # ---- the parent's side --------------------------------------------------------------------
 
 
@@ -135,6 +126,8 @@ class RayChannel(Channel):
         self.finished = False
         #: the actor's node (``"10.0.0.7 node 4f1c..."``), as it said when it connected
         self.where = ""
+        #: the actor's process id (on its node), as it said when it connected
+        self.pid = 0
         self._reader = reader
         self._writer = writer
 
@@ -162,20 +155,21 @@ class RayChannel(Channel):
             listener.close()
         channel = cls(ray, actor, ref, reader, writer, spec.lineage)
         try:
-            channel.where = await channel._node()
+            channel.where, channel.pid = await channel._node()
             channel._write(body)
         except BaseException:
             await channel.close()
             raise
         return channel
 
-    async def _node(self) -> str:
-        """The actor's first message: the node it runs on (``("here", where)``)."""
+    async def _node(self) -> tuple[str, int]:
+        """The actor's first message: its node and process (``("here", where, pid)``)."""
         message = await asyncio.wait_for(self.receive(), HANDSHAKE_TIMEOUT)
-        if message is None or message[0] != "here" or not isinstance(message[1], str):
+        if (message is None or len(message) != 3 or message[0] != "here"
+                or not isinstance(message[1], str) or type(message[2]) is not int):
             raise AgentError(f"the Ray actor for agent {self.lineage} did not say where it "
                              "runs")
-        return message[1]
+        return message[1], message[2]
 
     def _write(self, body: bytes) -> None:
         self._writer.write(HEADER.pack(len(body)) + body)
@@ -415,76 +409,11 @@ def describe_death(exc: BaseException) -> str:
 
 
 class RayTreeServer(TreeServer):
-    """A :class:`TreeServer` that also answers the agent's journal from the root's store.
+    """The :class:`TreeServer` of an agent's actor.
 
-    Store calls run on threads (a SQLite commit must not hold up the tree's loop); claims
-    the agent's runs take are held here and let go when it ends, whatever way it ends.
+    It answers the agent's journal too, as any :class:`TreeServer` does for an agent that
+    journals through its parent (:class:`ParentStore`).
     """
-
-    def __init__(self, ctx: TreeContext, channel: Channel, lineage: str) -> None:
-        super().__init__(ctx, channel, lineage)
-        self._claims: dict[int, RunClaim] = {}
-        self._next_claim = 0
-        #: run ids of this agent's subtree (the only runs it may read or write)
-        self._runs = f"{ctx.run_id}/{lineage}/"
-
-    def _call(self, call_id: int, op: str, args: tuple[Any, ...]) -> None:
-        if op not in ("store", "store_claim", "store_release"):
-            super()._call(call_id, op, args)
-            return
-        task = asyncio.ensure_future(self._store_call(call_id, op, args))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _store_call(self, call_id: int, op: str, args: tuple[Any, ...]) -> None:
-        try:
-            value = await self._store_answer(op, args)
-        except Exception as exc:
-            self.channel.send(("reply", call_id, False, exc))
-            return
-        self.channel.send(("reply", call_id, True, value))
-
-    async def _store_answer(self, op: str, args: tuple[Any, ...]) -> Any:
-        store = self.ctx.runtime.store
-        if store is None:
-            raise ShoalError("this tree has no journal")
-        if op == "store_release":
-            claim = self._claims.pop(args[0], None)
-            if claim is not None:
-                claim.release()
-            return None
-        if op == "store_claim":
-            from shoal.store.claims import claim_run
-
-            self._own(args[0])
-            claim = await asyncio.to_thread(claim_run, store, args[0])
-            self._next_claim += 1
-            self._claims[self._next_claim] = claim
-            return self._next_claim
-        name, positional, named = args
-        if name not in STORE_METHODS:
-            raise ShoalError(f"an agent's actor asked the journal for {name!r}, which it may "
-                             "not")
-        if name == "write":
-            for record in positional[0]:
-                self._own(getattr(record, "run_id", None))
-        elif name == "request_approval":  # an ApprovalRecord
-            self._own(getattr(positional[0] if positional else None, "run_id", None))
-        else:
-            self._own(positional[0] if positional else named.get("run_id"))
-        return await asyncio.to_thread(getattr(store, name), *positional, **named)
-
-    def _own(self, run_id: Any) -> None:
-        if not isinstance(run_id, str) or not run_id.startswith(self._runs):
-            raise ShoalError(f"agent {self.lineage} may journal only its own runs "
-                             f"({self._runs}...), not {run_id!r}")
-
-    async def close(self) -> None:
-        """Stop answering; let go of the run claims a dead agent still held."""
-        await super().close()
-        for claim in self._claims.values():
-            claim.release()
-        self._claims.clear()
 
 
 def actor_options(agent: Agent[Any]) -> dict[str, Any]:
@@ -545,6 +474,7 @@ async def run_on_ray(run: AgentRun) -> AgentResult[Any]:
     ctx, result = run.ctx, run.result
     ctx.results[run.lineage] = result
     result.started_at = time.time()
+    result.isolation = run.agent.isolation
     starting = asyncio.ensure_future(_start(run))
 
     def stop_starting(reason: str, breach: BudgetExceeded | None) -> None:
@@ -553,7 +483,8 @@ async def run_on_ray(run: AgentRun) -> AgentResult[Any]:
     ctx.track_remote(run.lineage, stop_starting)
     try:
         channel = await starting
-        result.where = channel.where  # so also an actor that dies says where it was
+        # so also an actor that dies says where it was
+        result.where, result.pid = channel.where, channel.pid
     except Exception as exc:
         _fail(run, "failed", exc)
         return result
@@ -667,124 +598,41 @@ class _ActorLink(Link):
         try:
             self._take_all()
         finally:
-            from shoal.executors._reaper import kill_tree
-
-            kill_tree(os.getpid(), include_root=False)
+            _kill_descendants()
             if self.finished:
                 time.sleep(FINISH_GRACE)
             os._exit(0)
 
 
-class ParentStore:
-    """The agent's journal: the root's store, read and written through the parent.
+def _kill_descendants() -> None:
+    """SIGKILL every process below this actor's, without freezing them first.
 
-    Implements :class:`~shoal.store.base.Store` (and ``claim_run``, ``effects``) by asking the
-    parent, one round trip per call. It is durable: the parent's store is (only a durable
-    journal is routed), so the agent's runtime journals from writer threads of its own.
+    Not :func:`~shoal.executors._reaper.kill_tree`, which stops the whole tree with SIGSTOP
+    before it kills it: when the parent is gone because the driver died, Ray kills the
+    driver's actors at about the moment their connections close, and a tree frozen by an actor
+    killed before it could finish would stay stopped for good (an agent process nested in
+    this one among them). Unfrozen, a process this misses goes on and ends by itself: an agent
+    process when its connection to this actor closes, what the tree's template forked when the
+    template dies. This process becomes a subreaper first, so the children of the processes a
+    pass kills stay below it, and the next pass finds them.
     """
+    from shoal.executors._reaper import become_subreaper, descendants
 
-    durable = True
-
-    def __init__(self, link: Link, keeps_events: bool) -> None:
-        self._link = link
-        self.keeps_events = keeps_events
-
-    def _ask(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        return self._link.ask("store", name, args, kwargs)
-
-    def write(self, records: Sequence[Any]) -> None:
-        """Store ``records`` in one transaction of the root's store."""
-        self._ask("write", list(records))
-
-    def get_run(self, run_id: str) -> Any:
-        """One run, or ``None``."""
-        return self._ask("get_run", run_id)
-
-    def list_runs(self, limit: int = 50) -> list[Any]:
-        """Not offered to an agent: it sees only its own runs."""
-        raise ShoalError("an agent on Ray cannot list the journal's runs")
-
-    def outcomes(self, run_id: str, *, decode: bool = True) -> dict[str, Any]:
-        """Each node's latest outcome, by node id."""
-        found: dict[str, Any] = self._ask("outcomes", run_id, decode=decode)
-        return found
-
-    def attempts(self, run_id: str) -> list[Any]:
-        """Every attempt of the run."""
-        found: list[Any] = self._ask("attempts", run_id)
-        return found
-
-    def effects(self, run_id: str, *, nested: bool = False) -> list[Any]:
-        """The run's journaled effects."""
-        found: list[Any] = self._ask("effects", run_id, nested=nested)
-        return found
-
-    def events(self, run_id: str) -> list[dict[str, Any]]:
-        """The run's journaled events."""
-        found: list[dict[str, Any]] = self._ask("events", run_id)
-        return found
-
-    def request_approval(self, record: Any) -> Any:
-        """Store a pending approval request."""
-        return self._ask("request_approval", record)
-
-    def decide(self, run_id: str, node_id: str, args_hash: str, decision: Any, *,
-               decided_by: str = "", reason: str = "", at: float | None = None) -> None:
-        """Record a decision."""
-        self._ask("decide", run_id, node_id, args_hash, decision, decided_by=decided_by,
-                  reason=reason, at=at)
-
-    def use_decision(self, run_id: str, node_id: str, args_hash: str) -> Any:
-        """The unused decision for exactly this call, marked used."""
-        return self._ask("use_decision", run_id, node_id, args_hash)
-
-    def approvals(self, run_id: str, *, pending_only: bool = False) -> list[Any]:
-        """The run's approval requests and decisions."""
-        found: list[Any] = self._ask("approvals", run_id, pending_only=pending_only)
-        return found
-
-    def request_cancel(self, run_id: str, node_ids: Sequence[str] = (), *,
-                       reason: str = "cancelled by the user") -> None:
-        """Not offered to an agent: its parent cancels it."""
-        raise ShoalError("an agent on Ray cannot ask the journal to cancel runs")
-
-    def take_cancel_requests(self, run_id: str) -> list[Any]:
-        """Cancel requests for the run not taken yet."""
-        found: list[Any] = self._ask("take_cancel_requests", run_id)
-        return found
-
-    def heartbeat(self, run_id: str, at: float) -> None:
-        """Say that the run is still running."""
-        self._ask("heartbeat", run_id, at)
-
-    def claim_run(self, run_id: str) -> RunClaim:
-        """Claim ``run_id`` in the root's store; the parent holds the claim for the agent."""
-        return _ParentClaim(self._link, self._link.ask("store_claim", run_id))
-
-    def close(self) -> None:
-        """Nothing to release here: the store is the parent's."""
-
-
-class _ParentClaim:
-    """A run claim the parent holds for the agent; released by asking it."""
-
-    def __init__(self, link: Link, claim_id: int) -> None:
-        self._link = link
-        self._id: int | None = claim_id
-
-    def release(self) -> None:
-        """Let the claim go (once)."""
-        claim_id, self._id = self._id, None
-        if claim_id is not None:
-            self._link.ask("store_release", claim_id)
+    become_subreaper()
+    killed: set[int] = set()
+    for _ in range(100):  # a tree still growing after this many passes is left to itself
+        new = descendants(os.getpid()) - killed
+        if not new:
+            return
+        for pid in new:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        killed |= new
 
 
 def actor_context(spec: StartSpec, link: Link) -> TreeContext:
     """The agent's :class:`TreeContext`, whose shared parts (journal too) ask the parent."""
-    store: Store | str = spec.store
-    if spec.store in (PARENT_STORE, PARENT_EVENTS):
-        store = ParentStore(link, keeps_events=spec.store == PARENT_EVENTS)
-    return remote_context(spec, link, store=store, elsewhere=True)
+    return remote_context(spec, link, elsewhere=True)
 
 
 async def _run_agent(spec: StartSpec, link: Link) -> None:
@@ -805,7 +653,7 @@ class AgentActor:
         where = _here()
         if where:  # what ran in this process ran on this Ray node: outcomes and result say so
             driver.HOST = where
-        link.send(("here", where or driver.HOST))
+        link.send(("here", where or driver.HOST, os.getpid()))
         try:
             message = link.read()
         except Exception as exc:  # the agent's definition needs what cannot be imported here

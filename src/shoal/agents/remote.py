@@ -19,11 +19,19 @@ one socket:
   rate and batches count them; ``withdraw``); the child's own runtime binds
   each decision to the call's arguments and journals it, as any runtime does;
 * **the board**: the tree's board stays in the root; the child's tools read it and commit
-  their writes to it (``board_read``, ``board_commit``...; see
-  :func:`shoal.agents._process.remote_board`), and journal each commit with its call;
+  their writes to it (``board_read``, ``board_commit_call``...; see
+  :func:`shoal.agents._process.remote_board`). With a durable journal the root journals each
+  call's commit in the same step as it applies it, keyed by the call (see
+  :meth:`TreeServer.commit_call`): a kill at any moment leaves the board and the journal
+  agreeing, and a call that runs again (after a resume, or in a retried agent) finds its
+  commit and does not apply it twice;
 * **journal**: with a SQLite journal the child's runtime opens the same file, so its model
   turns and tool phases are journaled runs of the root's journal under the child's lineage,
-  and a resumed tree replays them in the process that runs the agent again;
+  and a resumed tree replays them in the process that runs the agent again. With another
+  durable journal (one without a file, such as a Ray agent's, which reaches the root's
+  through its parent), the child journals through its parent (``store``: see
+  :class:`~shoal.agents._process.ParentStore`), and so on up the chain to the root: every
+  agent of the tree, however nested, journals in the root's journal;
 * **cancellation**: the parent sends ``cancel`` and, if the child has not ended within
   :data:`CANCEL_GRACE` seconds, kills its process group; a child whose socket closes (the
   parent died) kills its group and exits.
@@ -70,7 +78,7 @@ import sys
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field, fields, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -97,12 +105,23 @@ if TYPE_CHECKING:
     from shoal.models.base import Model
     from shoal.models.retry import ModelRetry
     from shoal.runtime import Runtime
+    from shoal.store.base import EffectRecord, Store
+    from shoal.store.claims import RunClaim
 
-__all__ = ["CANCEL_GRACE", "Channel", "ProcessChannel", "StartSpec", "TreeServer",
-           "run_elsewhere", "start_spec"]
+__all__ = ["CANCEL_GRACE", "PARENT_EVENTS", "PARENT_STORE", "STORE_METHODS", "Channel",
+           "ProcessChannel", "StartSpec", "TreeServer", "run_elsewhere", "start_spec"]
 
 #: Seconds a cancelled agent process gets to record its end before it is killed.
 CANCEL_GRACE = 0.5
+#: The ``StartSpec.store`` of an agent whose journal is its parent's (see
+#: :class:`~shoal.agents._process.ParentStore`), without and with the run's events.
+PARENT_STORE, PARENT_EVENTS = "parent", "parent+events"
+#: The store methods a remote agent may call on its parent's store (for runs of its own
+#: subtree only; listing runs and cancelling them are not among them).
+STORE_METHODS = frozenset({
+    "write", "get_run", "outcomes", "attempts", "events", "effects", "request_approval",
+    "decide", "use_decision", "approvals", "take_cancel_requests", "heartbeat",
+})
 
 HEADER = struct.Struct(">Q")
 
@@ -126,7 +145,9 @@ class StartSpec:
     force: bool
     override: Model | None
     retry: ModelRetry | None
-    store: str  # the SQLite journal's path, or "memory"
+    #: the SQLite journal's path, "memory", or :data:`PARENT_STORE` / :data:`PARENT_EVENTS`
+    #: (the agent journals through its parent)
+    store: str
     runtime: dict[str, Any] = field(default_factory=dict)
     approver: bool = False
     limits: ProcessLimits | None = None
@@ -324,6 +345,13 @@ class TreeServer:
         self.requests = 0  # requests charged (one whose usage never came still counts)
         self.started = False  # whether the agent said it started (AgentStarted)
         self._tasks: set[asyncio.Task[None]] = set()
+        # journal writes of board commits under way: let finish, never cancelled (a commit
+        # applied to the board is journaled, whatever became of the agent that made it)
+        self._journaling: set[asyncio.Task[None]] = set()
+        self._claims: dict[int, RunClaim] = {}  # run claims held for the agent's journal
+        self._next_claim = 0
+        #: run ids of this agent's subtree (the only runs it may journal or commit for)
+        self._runs = f"{ctx.run_id}/{lineage}/"
 
     async def serve(self) -> AgentResult[Any]:
         """Answer requests until the agent's result comes; :class:`_Gone` if it never does."""
@@ -355,9 +383,13 @@ class TreeServer:
 
     def _call(self, call_id: int, op: str, args: tuple[Any, ...]) -> None:
         if op in ("gate_enter", "review"):
-            task = asyncio.ensure_future(self._answer_later(call_id, op, args))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._later(self._answer_later(call_id, op, args))
+            return
+        if op in ("store", "store_claim", "store_release"):
+            self._later(self._store_call(call_id, op, args))
+            return
+        if op == "board_commit_call":
+            self.commit_call(call_id, args)
             return
         tracker = self.ctx.tracker
         value: Any = None
@@ -378,6 +410,12 @@ class TreeServer:
             self._reply(call_id, op, False, exc)
             return
         self._reply(call_id, op, True, value)
+
+    def _later(self, work: Coroutine[Any, Any, None]) -> None:
+        """Answer a request by a task of its own (it waits: a gate, a person, the journal)."""
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _reply(self, call_id: int, op: str, ok: bool, value: Any) -> None:
         """Answer a request; one whose answer cannot be pickled fails the asking call there.
@@ -407,13 +445,113 @@ class TreeServer:
             return board.conflicts
         if op == "board_commit":
             writer, writes, seen, call, recorded, number = args
+            if call is not None:
+                self._own(call[0])
             return board._commit(writer, [(str(k), v) for k, v in writes], seen,
                                  call=None if call is None else (str(call[0]), str(call[1])),
                                  recorded=recorded, number=number)
         if op == "board_replay":
+            self._own(getattr(args[0], "run_id", None))
             board._replay(args[0])
             return None
         raise ShoalError(f"an agent process asked for {op!r}, which is no request")
+
+    def commit_call(self, call_id: int, args: tuple[Any, ...]) -> None:
+        """Commit one call's board writes for the agent, and journal them in the same step.
+
+        The root applies the writes (at once, in the order commits come) and, with a durable
+        journal, journals the commit keyed by the call before it answers: from the root's
+        point of view the two are one step. A kill of the agent (or of the root) at any moment
+        leaves the journal holding every write the board holds, so a resume neither loses a
+        write nor applies one twice: the journaled commit counts whatever became of the call
+        (see :func:`shoal.store.resume.standing_effects`), and the call, run again, finds it
+        applied (:meth:`Board._commit_call <shoal.board.Board._commit_call>`). The answer is
+        ``None`` (nothing left for the agent to journal) or, without a durable journal, the
+        record the agent journals with the call's outcome.
+
+        An agent in the middle of a chain (whose board is itself its parent's) passes the
+        commit on: the root, which holds the board, journals it.
+        """
+        try:
+            board = self.ctx.board
+            if board is None:
+                raise ShoalError("an agent process asked the board (board_commit_call), but "
+                                 "this tree has none")
+            writer, writes, seen, call = args
+            self._own(call[0])
+            key = (str(call[0]), str(call[1]))
+            record = board._commit_call(str(writer), [(str(k), v) for k, v in writes],
+                                        dict(seen), key)
+        except Exception as exc:  # a merge that fails, a breach: the call fails there
+            self._reply(call_id, "board_commit_call", False, exc)
+            return
+        store = self.ctx.runtime.store
+        if record is None or not board.local or store is None or not store.durable:
+            self._reply(call_id, "board_commit_call", True, record)
+            return
+        task = asyncio.ensure_future(self._journal_commit(call_id, store, record))
+        self._journaling.add(task)
+        task.add_done_callback(self._journaling.discard)
+
+    async def _journal_commit(self, call_id: int, store: Store, record: EffectRecord) -> None:
+        """Journal a commit the board holds now (on a thread), then tell the agent it is."""
+        from shoal.board import at_commit
+
+        try:
+            await asyncio.to_thread(store.write, [at_commit(record)])
+        except Exception as exc:  # the journal cannot be written: the call fails saying so
+            self._reply(call_id, "board_commit_call", False, exc)
+            return
+        self._reply(call_id, "board_commit_call", True, None)
+
+    async def _store_call(self, call_id: int, op: str, args: tuple[Any, ...]) -> None:
+        """Answer the agent's journal (a :class:`~shoal.agents._process.ParentStore`)."""
+        try:
+            value = await self._store_answer(op, args)
+        except Exception as exc:
+            self._reply(call_id, op, False, exc)
+            return
+        self._reply(call_id, op, True, value)
+
+    async def _store_answer(self, op: str, args: tuple[Any, ...]) -> Any:
+        """Do what the agent asks of the journal, on a thread, for runs of its subtree only.
+
+        The store is this process's: the root's own, or (an agent in the middle of a chain)
+        its parent's, asked in turn: every agent of the tree journals in the root's journal.
+        """
+        store = self.ctx.runtime.store
+        if store is None:
+            raise ShoalError("this tree has no journal")
+        if op == "store_release":
+            claim = self._claims.pop(args[0], None)
+            if claim is not None:
+                claim.release()
+            return None
+        if op == "store_claim":
+            from shoal.store.claims import claim_run
+
+            self._own(args[0])
+            claim = await asyncio.to_thread(claim_run, store, args[0])
+            self._next_claim += 1
+            self._claims[self._next_claim] = claim
+            return self._next_claim
+        name, positional, named = args
+        if name not in STORE_METHODS:
+            raise ShoalError(f"agent {self.lineage} asked the journal for {name!r}, which it "
+                             "may not")
+        if name == "write":
+            for record in positional[0]:
+                self._own(getattr(record, "run_id", None))
+        elif name == "request_approval":  # an ApprovalRecord
+            self._own(getattr(positional[0] if positional else None, "run_id", None))
+        else:
+            self._own(positional[0] if positional else named.get("run_id"))
+        return await asyncio.to_thread(getattr(store, name), *positional, **named)
+
+    def _own(self, run_id: Any) -> None:
+        if not isinstance(run_id, str) or not run_id.startswith(self._runs):
+            raise ShoalError(f"agent {self.lineage} may journal only its own runs "
+                             f"({self._runs}...), not {run_id!r}")
 
     async def _answer_later(self, call_id: int, op: str, args: tuple[Any, ...]) -> None:
         try:
@@ -461,14 +599,21 @@ class TreeServer:
             self.ctx.gates.for_name(name).release()
 
     async def close(self) -> None:
-        """Stop answering; give back the gate slots a dead agent still held."""
+        """Stop answering; give back the gate slots and run claims a dead agent still held.
+
+        Board commits being journaled are let finish: the board holds them already.
+        """
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._journaling, return_exceptions=True)
         for name, count in self._held.items():
             for _ in range(count):
                 self.ctx.gates.for_name(name).release()
         self._held.clear()
+        for claim in self._claims.values():
+            claim.release()
+        self._claims.clear()
 
 
 def _settle(ruling: asyncio.Future[Any], decision: Any, by: str) -> None:
@@ -478,12 +623,20 @@ def _settle(ruling: asyncio.Future[Any], decision: Any, by: str) -> None:
 
 
 def _store_of(runtime: Runtime) -> str:
-    """Where the agent process journals: the root's SQLite file, else a memory store."""
+    """Where the agent process journals: in this process's journal, whatever it is.
+
+    A SQLite file it opens itself; any other durable journal (a Ray agent's, which is its
+    parent's; a store of your own) through this process (:data:`PARENT_STORE`), so that an
+    agent nested in a Ray agent journals in the root's journal too; with no durable journal,
+    a memory store of its own, which ends with it (as this process's does).
+    """
     store = runtime.store
-    path = getattr(store, "path", None)
-    if store is None or not isinstance(path, str) or path == ":memory:":
+    if store is None or not store.durable:
         return "memory"
-    return os.path.abspath(path)
+    path = getattr(store, "path", None)
+    if isinstance(path, str) and path != ":memory:":
+        return os.path.abspath(path)
+    return PARENT_EVENTS if getattr(store, "keeps_events", False) else PARENT_STORE
 
 
 def _runtime_options(runtime: Runtime) -> dict[str, Any]:
@@ -525,11 +678,13 @@ async def run_elsewhere(run: AgentRun) -> AgentResult[Any]:
     ctx.results[run.lineage] = result
     result.started_at = time.time()  # the agent's own, once it reports
     result.where = driver.HOST  # its process is on this machine (also if it dies)
+    result.isolation = run.agent.isolation
     try:
         _check(run)
         spec = start_spec(run)
         channel = await ProcessChannel.start(spec, (*ctx.runtime.pass_env, *run.agent.env),
                                              ctx.agent_processes())
+        result.pid = channel.pid  # so also a process that dies says which it was
     except Exception as exc:
         _fail(run, "failed", exc)
         return result
@@ -627,7 +782,9 @@ def _fail(run: AgentRun, status: AgentStatus, error: BaseException,
         error.result = result
     if ctx.observed and (server is None or not server.started):  # ended as it started
         ctx.emit(AgentStarted(run_id=ctx.run_id, time=ctx.now(), lineage=run.lineage,
-                              agent=run.agent.name, prompt=result.prompt, depth=run.depth))
+                              agent=run.agent.name, prompt=result.prompt, depth=run.depth,
+                              where=result.where, pid=result.pid,
+                              isolation=result.isolation or run.agent.isolation))
     if ctx.observed:
         ctx.emit(AgentFinished(
             run_id=ctx.run_id, time=ctx.now(), lineage=run.lineage, agent=run.agent.name,

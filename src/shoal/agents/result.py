@@ -50,7 +50,10 @@ class AgentResult(Generic[T]):
     (``isolation="ray"``) its actor's node address and Ray node id (``"10.0.0.7 node
     4f1c..."``), known from the moment the actor connects, so also for an actor that died;
     empty until it starts. The call that ran a subagent (in its parent's ``calls``) and an
-    agent's plan node record the same ``where`` on their outcome.
+    agent's plan node record the same ``where`` on their outcome. ``isolation`` says how its
+    turn loop ran (``"inline"``, ``"process"``, ``"ray"``) and ``pid`` the id of the process
+    that ran it (on that machine; 0 until it starts), as its
+    :class:`~shoal.events.AgentStarted` event says.
     """
 
     agent: str
@@ -72,6 +75,8 @@ class AgentResult(Generic[T]):
     plans: list[str] = field(default_factory=list)
     started_at: float = 0.0
     where: str = ""
+    pid: int = 0
+    isolation: str = ""
 
     @property
     def ok(self) -> bool:
@@ -100,6 +105,7 @@ class AgentResult(Generic[T]):
             "prompt": self.prompt, "status": self.status, "output": jsonable(self.output),
             "error": None if self.error is None else f"{type(self.error).__name__}: {self.error}",
             "turns": self.turns, "duration": self.duration, "where": self.where,
+            "pid": self.pid, "isolation": self.isolation,
             "usage": _usage(self.usage), "own_usage": _usage(self.own_usage),
             "calls": [{"lineage": c.lineage, "tool": c.call.name, "status": c.status,
                        "arguments": c.call.arguments, "result": c.message.content}

@@ -18,6 +18,7 @@ import asyncio
 import copy
 import hashlib
 import json
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
@@ -217,6 +218,7 @@ class AgentRun:
         self._started = self.ctx.now()
         self.result.started_at = epoch_now()  # the loop's clock: virtual on a virtual loop
         self.result.where = driver.HOST  # read now: a Ray agent's actor names its node there
+        self.result.pid, self.result.isolation = os.getpid(), self.agent.isolation
         self.ctx.results[self.lineage] = self.result
         self._emit_started()
         try:
@@ -560,9 +562,11 @@ class AgentRun:
 
     def _emit_started(self) -> None:
         if self.ctx.observed:
+            result = self.result
             self.ctx.emit(AgentStarted(
                 run_id=self.ctx.run_id, time=self.ctx.now(), lineage=self.lineage,
-                agent=self.agent.name, prompt=self.result.prompt, depth=self.depth))
+                agent=self.agent.name, prompt=result.prompt, depth=self.depth,
+                where=result.where, pid=result.pid, isolation=result.isolation))
 
     def _end(self, status: AgentStatus, error: BaseException | None = None) -> None:
         result = self.result

@@ -87,6 +87,7 @@ def summary(result: AgentResult[Any]) -> dict[str, Any]:
     return {
         "agent": result.agent, "lineage": result.lineage, "status": result.status,
         "turns": result.turns, "tokens": result.usage.total_tokens,
+        "where": result.where, "pid": result.pid, "isolation": result.isolation,
         "duration": result.duration, "output": jsonable(result.output),
         "error": None if result.error is None else str(result.error),
         "calls_total": len(result.calls), "failed_calls": failed,
@@ -312,7 +313,8 @@ def _row_dict(tree: AgentTree, lineage: str) -> dict[str, Any]:
               "duration": _took(tree, c), "result": c.detail} for c in below]
     ended, failed = tree.calls_of(lineage)
     return {"agent": row.label, "lineage": row.lineage, "status": row.status,
-            "turns": row.turns, "tokens": row.tokens, "duration": _took(tree, row),
+            "turns": row.turns, "tokens": row.tokens, "where": row.where, "pid": row.pid,
+            "isolation": row.isolation, "duration": _took(tree, row),
             "output": row.detail if row.status == "ok" else None,
             "error": row.detail if row.status not in ("ok", "running") else None,
             "calls_total": len(calls), "failed_calls": failed, "calls_ended": ended,

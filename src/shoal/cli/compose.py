@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -40,6 +41,7 @@ from shoal.outcome import Outcome, RunResult, jsonable
 from shoal.patterns import Pattern
 from shoal.plan import Plan
 from shoal.runtime import RunHandle, Runtime
+from shoal.scheduler import driver
 from shoal.scheduler.scope import ORIGIN_KEY, RunScope
 
 __all__ = ["ANSWER_NODE", "Composed", "agents_of", "build_plan", "is_composition",
@@ -165,6 +167,9 @@ class CompositionRun:
         self.ctx = held.ctx
         self._sinks = sinks
         self.result = AgentResult[Any](name, name, held.ctx.run_id, "")
+        # the composition's root runs in this process, as its AgentStarted says
+        self.result.where, self.result.pid = driver.HOST, os.getpid()
+        self.result.isolation = "inline"
 
     @property
     def run_id(self) -> str:
@@ -319,7 +324,8 @@ def start_composition(composed: Composed, task: str, target: str, *, runtime: Ru
     again = resume and store is not None and store.get_run(plan_run) is not None
     for sink in sinks:
         sink(AgentStarted(run_id=run_id, time=ctx.now(), lineage=name, agent=name,
-                          prompt=task, depth=0))
+                          prompt=task, depth=0, where=driver.HOST, pid=os.getpid(),
+                          isolation="inline"))
     handle = runtime.start(plan, run_id=None if again else plan_run,
                            resume=plan_run if again else None, lineage=name,
                            on_event=list(sinks), force=force, budget=budget,

@@ -41,6 +41,7 @@ from shoal.events import (
     NodeStarted,
     TextDelta,
     ToolCallRejected,
+    placement,
 )
 
 __all__ = ["MAX_CALLS_SHOWN", "MAX_SUBAGENTS_SHOWN", "SLOWEST_SHOWN", "TREE_EVENTS", "AgentTree",
@@ -77,7 +78,17 @@ class Row:
     said: str = ""  # the latest text its model streamed in its current turn (the tail)
     said_turn: int = 0
     is_server: bool = False
+    #: where an agent runs (see :class:`~shoal.events.AgentStarted`): its machine, process
+    #: and isolation, when known
+    where: str = ""
+    pid: int = 0
+    isolation: str = ""
     children: list[str] = field(default_factory=list)
+
+    @property
+    def placement(self) -> str:
+        """Where an agent runs, in a few words (``"process 4242"``; ``""`` if not known)."""
+        return placement(self.isolation, self.pid, self.where)
 
     @property
     def is_call(self) -> bool:
@@ -140,6 +151,7 @@ class AgentTree:
         elif isinstance(event, AgentStarted):
             row.is_agent, row.started, row.label = True, event.time, event.agent
             row.detail = event.prompt
+            row.where, row.pid, row.isolation = event.where, event.pid, event.isolation
         elif isinstance(event, ModelResponded):
             row.turns = event.turn
             row.tokens += event.input_tokens + event.output_tokens
@@ -223,6 +235,7 @@ class AgentTree:
         row.is_agent, row.label, row.status = True, str(agent["agent"]), str(agent["status"])
         row.ended = row.started + float(agent.get("duration") or 0.0)
         row.turns, row.tokens = int(agent.get("turns", 0)), int(agent.get("tokens", 0))
+        row.where, row.pid, row.isolation = _whereabouts(agent)
         row.detail = str(agent.get("error") or agent.get("output") or "")
         self.now = max(self.now, row.ended)
         children = {str(c["lineage"]): c for c in agent.get("children", ())}
@@ -235,6 +248,16 @@ class AgentTree:
             child.status, child.arguments = str(call["status"]), str(call.get("arguments", ""))
             child.ended = child.started + float(call.get("duration") or 0.0)
             child.detail = str(call.get("result", ""))
+
+
+def _whereabouts(agent: Mapping[str, Any]) -> tuple[str, int, str]:
+    """Where a journaled agent ran (machine, pid, isolation), from its summary.
+
+    Empty for a summary journaled by an older shoal, which did not say.
+    """
+    where, pid, isolation = agent.get("where"), agent.get("pid"), agent.get("isolation")
+    return (where if isinstance(where, str) else "", pid if type(pid) is int else 0,
+            isolation if isinstance(isolation, str) else "")
 
 
 def _label(view: AgentTree, row: Row, now: float) -> Text:
@@ -251,6 +274,8 @@ def _label(view: AgentTree, row: Row, now: float) -> Text:
     text.append(f"  {seconds(max(took, 0.0))}", style="dim")
     if row.is_agent:
         text.append(f"  turns {row.turns}  tokens {row.tokens}", style="dim")
+        if row.isolation not in ("", "inline"):  # inline (the default) would only take room
+            text.append(f"  {one_line(row.placement, ID_WIDTH)}", style="dim")
     if row.arguments and not row.is_agent:
         text.append(f"  {_short(row.arguments, 40)}", style="dim")
     if row.notice and row.status == "running":

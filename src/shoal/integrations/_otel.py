@@ -545,6 +545,13 @@ class TreeSpans:
             "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": event.agent,
             "shoal.lineage": event.lineage, "shoal.agent.depth": event.depth,
             "shoal.run.id": self.run_id}
+        # where its turn loop runs (an event journaled by an older shoal does not say)
+        if event.isolation:
+            attributes["shoal.agent.isolation"] = event.isolation
+        if event.pid:
+            attributes["shoal.agent.pid"] = event.pid
+        if event.where:
+            attributes["shoal.agent.where"] = event.where
         if self.t.capture:
             attributes["gen_ai.input.messages"] = self.t.clean.json(
                 [{"role": "user", "parts": [{"type": "text", "content": event.prompt}]}])

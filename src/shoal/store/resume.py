@@ -15,7 +15,9 @@ For each node of the run, by what the journal says:
 * nothing at all: runs as it would have.
 
 A replayed call's effects (its board writes, :class:`~shoal.store.base.EffectRecord`) are
-replayed with it, in the order they were journaled; effects the journal could not store for
+replayed with it, in the order they were journaled (and a board commit the root journaled as
+it applied it, for an agent in another process, is replayed whatever became of its call; the
+call, if it runs again, finds it applied); effects the journal could not store for
 replay make the call's outcome unreplayable too (the call then runs again if its tool is
 idempotent, otherwise it is in doubt). So are the effects of the runs nested in the run (ids
 ``f"{run_id}/..."``, such as an agent's steps) whose calls' results stand: what a replayed
@@ -229,8 +231,13 @@ def standing_effects(store: Store, run_id: str, effects: list[StoredEffect] | No
 
     Those of the calls it replays (``replayed``; default: every ``ok`` outcome the journal
     can replay), and those of the runs nested in it whose calls ended ``ok`` with a result
-    that can be replayed. ``effects``: what :func:`_effects` read, if it was read already.
+    that can be replayed. And every board commit journaled as it was applied (by the root,
+    for an agent in another process: :func:`shoal.board.at_commit`), whatever became of its
+    call: the board held it from then on (a call run again finds it applied and does not
+    commit twice). ``effects``: what :func:`_effects` read, if it was read already.
     """
+    from shoal.board import stands_alone  # the board's own rule for its records
+
     found = _effects(store, run_id) if effects is None else effects
     standing: dict[str, set[str]] = {} if replayed is None else {run_id: replayed}
     kept: list[EffectRecord] = []
@@ -239,7 +246,8 @@ def standing_effects(store: Store, run_id: str, effects: list[StoredEffect] | No
         if rid not in standing:
             standing[rid] = {node for node, stored in store.outcomes(rid).items()
                              if stored.outcome.status == "ok" and stored.replayable}
-        if effect.replayable and effect.record.node_id in standing[rid]:
+        if effect.replayable and (effect.record.node_id in standing[rid]
+                                  or stands_alone(effect.record)):
             kept.append(effect.record)
     return kept
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from shoal.events import placement
 from shoal.exceptions import RunNotFoundError
 from shoal.store.base import (
     ApprovalRecord,
@@ -305,6 +306,8 @@ def _describe_lanes(lanes: Sequence[Lane], tree: Mapping[str, Any] | None,
             lane.status = str(facts.get("status", ""))
             lane.detail = (f"turns {facts.get('turns', '?')} · tokens {facts.get('tokens', '?')}"
                            f" · {_seconds(facts.get('duration'))}")
+            where = _placement(facts)
+            lane.detail += f" · {where}" if where else ""
             continue
         call = containers.get(lane.lineage)
         if call is not None:
@@ -318,6 +321,13 @@ def _describe_lanes(lanes: Sequence[Lane], tree: Mapping[str, Any] | None,
         if bar.kind == "call" and call_lineage(lanes[bar.lane].lineage,
                                                _node_of(bar.key)) in lineages:
             bar.kind = "agent"
+
+
+def _placement(facts: Mapping[str, Any]) -> str:
+    """Where a journaled agent ran, in a few words (``""``: its summary does not say)."""
+    isolation, pid, where = facts.get("isolation"), facts.get("pid"), facts.get("where")
+    return placement(isolation if isinstance(isolation, str) else "",
+                     pid if type(pid) is int else 0, where if isinstance(where, str) else "")
 
 
 def _lane_tree(lanes: Sequence[Lane], bars: Sequence[Bar]) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from shoal.events import placement
 from shoal.outcome import Outcome, jsonable
 from shoal.timeline.critical import longest_chain
 
@@ -511,6 +512,9 @@ def from_agent_result(result: AgentResult[Any]) -> Timeline:
 
 def _agent_detail(agent: AgentResult[Any]) -> str:
     text = f"turns {agent.turns} · tokens {agent.usage.total_tokens} · {agent.duration:.2f}s"
+    where = placement(agent.isolation, agent.pid, agent.where)
+    if where:
+        text += f" · {where}"
     if agent.error is not None:
         text += f"\n{type(agent.error).__name__}: {agent.error}"
     return preview(text)
@@ -520,6 +524,7 @@ def agent_tree(result: AgentResult[Any]) -> dict[str, Any]:
     """The agent tree for the page: each agent's status, turns, tokens, answer, subagents."""
     return {"agent": result.agent, "lineage": result.lineage, "status": result.status,
             "turns": result.turns, "tokens": result.usage.total_tokens,
+            "where": result.where, "pid": result.pid, "isolation": result.isolation,
             "duration": _num(result.duration) or 0.0,
             "output": preview(answer_text(result.output), TREE_OUTPUT_WIDTH)
             if result.output is not None else None,
