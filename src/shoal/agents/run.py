@@ -565,6 +565,9 @@ class AgentRun:
                 agent=self.agent.name, prompt=self.result.prompt, depth=self.depth))
 
     def _end(self, status: AgentStatus, error: BaseException | None = None) -> None:
+        # the model turn's tool calls back into this run: dropped, the run is freed as soon
+        # as nothing needs it, not at the collector's next full pass
+        self._model_tool = None
         result = self.result
         result.status = status
         result.error = error

@@ -317,6 +317,14 @@ def choose_executor(tool: Tool[..., Any], default: Isolation | None) -> Isolatio
 class SchedulerState:
     """All of a run's scheduling state; see the module docstring."""
 
+    # slots: an agent swarm holds a run, so a state, per turn in flight (thousands at once)
+    __slots__ = (
+        "_ask_doubt", "_asking", "_begun", "_critical", "_default_executor", "_doubt", "_gates",
+        "_global", "_global_blocks", "_global_held", "_hard", "_heap", "_maps_due",
+        "_next_index", "_rng", "clock_origin", "closed", "done_count", "fail_fast", "fate_of",
+        "graph", "in_flight", "record_events", "run_id", "slots", "status_counts", "stopping",
+    )
+
     def __init__(
         self,
         graph: Graph,
@@ -963,8 +971,7 @@ class SchedulerState:
             if wait > 0:
                 slot.held = f"{limiter.name} rate={limiter.rate}"
                 self._park(limiter, slot)
-                if limiter not in self._gates.rate_waits:  # one timer per limiter
-                    self._gates.rate_waits.add(limiter)
+                if self._gates.rate_wait(limiter):  # one timer per limiter
                     d.timers.append((now + wait, "rate", slot.pos))
                 return False
             limiter.take(shared_now)

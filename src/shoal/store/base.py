@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 from shoal.events import Event
@@ -103,6 +103,23 @@ class RunRecord:
     pid: int = 0
     host: str = ""
     damaged: str = ""  # what of the stored row is damaged (then the rest is a best guess)
+
+
+_RUN_FIELDS = tuple(f.name for f in fields(RunRecord))
+
+
+def run_record_with(record: RunRecord, **changes: Any) -> RunRecord:
+    """``dataclasses.replace(record, **changes)`` at a third of its cost.
+
+    Every run is recorded twice this way (when it starts and when it ends), and an agent runs
+    each of its turns as a run: ``replace``'s per-field checks were a tenth of a small run's
+    cost. An unknown field is refused, as ``replace`` refuses it.
+    """
+    values = [changes.pop(name) if name in changes else getattr(record, name)
+              for name in _RUN_FIELDS]
+    if changes:
+        raise TypeError(f"RunRecord has no field(s) {sorted(changes)}")
+    return RunRecord(*values)
 
 
 class RunEnded(NamedTuple):
