@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from shoal.agents.context import TreeContext
 from shoal.agents.result import AgentResult, AgentStatus
-from shoal.agents.toolcalls import CallRecord, CallStream, execute_calls, settle
+from shoal.agents.toolcalls import CallRecord, CallStream, _settled, execute_calls
 from shoal.events import (
     AgentFinished,
     AgentStarted,
@@ -453,10 +453,13 @@ class AgentRun:
     async def _step(self, plan: Plan, step: str) -> RunResult:
         """Run one step of this agent through the runtime and wait for it."""
         handle = self._start_step(plan, step, None, turn=True)
-        try:
-            return await settle(handle)
+        try:  # settle(handle), without its coroutine: one object less per turn in flight
+            result, cancelled = await _settled(handle)
         finally:
             self.ctx.untrack_handle(self.lineage, handle)
+        if cancelled:
+            raise asyncio.CancelledError
+        return result
 
     def _start_step(self, plan: Plan, step: str, on_event: EventSink | None, *,
                     turn: bool = False) -> RunHandle:

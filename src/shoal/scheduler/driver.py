@@ -39,9 +39,10 @@ import math
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
+from typing import Any
 
 from shoal.approvals.desk import ApprovalDesk, RunApprovals
 from shoal.approvals.policy import ApprovalRequest
@@ -243,14 +244,21 @@ class Driver:
         """Seconds since the run started, on the run's clock."""
         return (self._time() - self._t0) if self._time is not None else 0.0
 
-    async def run(self) -> RunResult:
-        """Run until every node has an outcome; if cancelled from outside, stop all, re-raise."""
+    def run(self) -> Coroutine[Any, Any, RunResult]:
+        """Run until every node has an outcome; if cancelled from outside, stop all, re-raise.
+
+        (Await it. Not a coroutine function itself: an uninstrumented run is awaited directly,
+        one coroutine less for each of a swarm's runs in flight.)
+        """
         if self._observer is None:
-            return await self._run()
+            return self._run()
+        return self._run_observed(self._observer)
+
+    async def _run_observed(self, observer: RunObserver) -> RunResult:
         try:
             return await self._run()
         finally:  # a run cancelled from outside publishes no RunFinished: its spans end here
-            self._observer.close()
+            observer.close()
 
     async def _run(self) -> RunResult:
         self._loop = asyncio.get_running_loop()
