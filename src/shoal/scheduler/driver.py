@@ -222,6 +222,15 @@ class Driver:
         """The graph being run."""
         return self.state.graph
 
+    def adopt(self, executors: Mapping[str, Executor]) -> None:
+        """Backends started for this run, besides those its nodes needed at the start.
+
+        Nodes added while the run goes (an open run's: an agent's tool phase) then use them
+        at once, instead of each run starting (and each of its first calls awaiting) a start.
+        """
+        for name, executor in executors.items():
+            self._executors.setdefault(name, executor)
+
     def instrument(self, observer: RunObserver) -> None:
         """Let an instrumentation's ``observer`` see this run (see :mod:`shoal.instrumentation`).
 
