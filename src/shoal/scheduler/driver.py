@@ -630,6 +630,9 @@ class Driver:
                                                call.attempt, result.status, now, error,
                                                result.where))
             self._apply(self.state.finish(call.pos, result, now))
+            if call.tool.injected:  # this attempt's own values: a NodeContext points back to
+                for name in call.tool.injected:  # the call, a cycle only a full pass would free
+                    call.args.pop(name, None)
         except Exception as exc:  # a bug in shoal itself: end the run loudly rather than hang
             log.exception("internal error while recording %s", call.node_id)
             if self._finished is not None and not self._finished.done():
