@@ -186,8 +186,10 @@ class Driver:
         # which dies with the process anyway, gets the outcomes once, when the session ends.
         self._streaming = store is not None and store.durable
         if store is not None:
-            self._journal = Journal(store, state.run_id, on_cancel=self._cancel_request,
-                                    on_failure=self._journal_failed)
+            # only a durable journal's writer looks for cancel requests (from other processes)
+            self._journal = Journal(
+                store, state.run_id, on_failure=self._journal_failed,
+                on_cancel=self._cancel_request if store.durable else None)
             if store.keeps_events:
                 self._internal = (self._journal_event,)
         self._observer: RunObserver | None = None  # the instrumentation's (see observe)
@@ -745,8 +747,9 @@ class Driver:
             return
         assert self._loop is not None
         self._journal.open(self._loop)
+        record, self._run_record = self._run_record, None  # the store keeps it from here
         self._journal.add(run_record_with(
-            self._run_record, started_at=self._epoch, status="running", sessions=self._session,
+            record, started_at=self._epoch, status="running", sessions=self._session,
             # the heartbeat says the process is alive: always the wall clock, which readers
             # in other processes compare it with
             finished_at=None, heartbeat=time.time(), pid=os.getpid(), host=socket.gethostname()))

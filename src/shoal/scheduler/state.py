@@ -724,9 +724,11 @@ class SchedulerState:
             self._lift(slot)
         else:
             slot.priority = priority
-        hard = {self.graph.position[r.node] for r in node.refs}
-        hard.update(self.graph.position[a] for a in node.after)
-        self._hard.update((p, pos) for p in hard)
+        # the nodes it needs to succeed (its refs and ``after``; most added calls have none)
+        hard: set[int] | tuple[()] = ()
+        if node.refs or node.after:
+            hard = {self.graph.position[r.node] for r in node.refs}
+            hard.update(self.graph.position[a] for a in node.after)
         blocked: _Slot | None = None  # a needed node that did not succeed
         for p in self.graph.preds[pos]:
             before = self.slots[p]
@@ -1167,10 +1169,6 @@ class _HardPairs:
         source, target = pair
         node, nid = self.graph.nodes[target], self.graph.nodes[source].id
         return nid in node.after or any(r.node == nid for r in node.refs)
-
-    def update(self, pairs: Iterable[tuple[int, int]]) -> None:
-        """Nothing to note: a grown node's refs and ``after`` say it already."""
-        del pairs
 
 
 def _detail(outcome: Outcome) -> str:
