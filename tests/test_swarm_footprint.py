@@ -15,6 +15,8 @@ import gc
 import tracemalloc
 import weakref
 from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -24,6 +26,7 @@ from shoal.deps import analyze
 from shoal.exceptions import RunActiveError
 from shoal.models.base import ModelRequest, ModelResponse, Usage
 from shoal.plan import Plan
+from shoal.store.base import RunRecord, run_record_with
 from shoal.store.memory import MemoryStore
 from shoal.testing import ScriptedModel, call
 
@@ -174,3 +177,14 @@ def test_a_loop_keeps_one_clock_that_follows_its_time() -> None:
         assert moved is not first and moved.time() == 42.0
     finally:
         loop.close()
+
+
+def test_a_run_record_updated_is_the_one_replace_makes() -> None:
+    record = RunRecord("r", 1.0, 3, "digest", {"nodes": []}, {"path": "p"}, "plan", pid=7,
+                       host="h", counts={"ok": 1})
+    changes: dict[str, Any] = {"status": "finished", "finished_at": 2.5, "makespan": 1.5,
+                               "heartbeat": 9.0}
+    assert run_record_with(record, **changes) == replace(record, **changes)
+    assert run_record_with(record) == record
+    with pytest.raises(TypeError, match="no field 'statuss'"):
+        run_record_with(record, statuss="finished")

@@ -21,6 +21,7 @@ the approval ledger's durable home (:mod:`shoal.approvals.ledger`).
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
@@ -106,19 +107,23 @@ class RunRecord:
 
 
 _RUN_FIELDS = tuple(f.name for f in fields(RunRecord))
+_RUN_VALUES = operator.attrgetter(*_RUN_FIELDS)
+_RUN_INDEX = {name: i for i, name in enumerate(_RUN_FIELDS)}
 
 
 def run_record_with(record: RunRecord, **changes: Any) -> RunRecord:
-    """``dataclasses.replace(record, **changes)`` at a third of its cost.
+    """``dataclasses.replace(record, **changes)``, at about the cost of making a record.
 
     Every run is recorded twice this way (when it starts and when it ends), and an agent runs
-    each of its turns as a run: ``replace``'s per-field checks were a tenth of a small run's
-    cost. An unknown field is refused, as ``replace`` refuses it.
+    each of its turns as a run: ``replace``'s per-field checks cost more than the record.
+    An unknown field is refused, as ``replace`` refuses it.
     """
-    values = [changes.pop(name) if name in changes else getattr(record, name)
-              for name in _RUN_FIELDS]
-    if changes:
-        raise TypeError(f"RunRecord has no field(s) {sorted(changes)}")
+    values = list(_RUN_VALUES(record))
+    for name, value in changes.items():
+        index = _RUN_INDEX.get(name)
+        if index is None:
+            raise TypeError(f"RunRecord has no field {name!r}")
+        values[index] = value
     return RunRecord(*values)
 
 
