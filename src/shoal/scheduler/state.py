@@ -356,7 +356,8 @@ class SchedulerState:
         self._critical = CriticalPath(graph, estimates if estimates is not None else {})
         self._default_executor = default_executor
         self._ask_doubt = False  # resume: nodes in doubt go to the approver (see hold_in_doubt)
-        self._maps_due: deque[_Slot] = deque()  # maps to expand or gather (see _make_ready)
+        # maps to expand or gather (see _make_ready); made for the first map (most runs have none)
+        self._maps_due: deque[_Slot] | None = None
         self._rng = rng or random.Random()
         self._global = ConcurrencyLimit("run max_concurrency", max_concurrency)
         self._global_blocks = 0  # how often ready nodes were left waiting on self._global
@@ -377,7 +378,8 @@ class SchedulerState:
         self.status_counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
         self.in_flight: dict[int, float] = {}  # position -> when its current attempt started
         self.stopping = ""  # the reason, once the run stops dispatching new work
-        self._asking: list[_Slot] = []  # gated nodes whose inputs are ready, not yet asked about
+        # gated nodes whose inputs are ready, not yet asked about (made for the first one)
+        self._asking: list[_Slot] | None = None
         self._doubt: dict[int, str] = {}  # resume: calls in doubt that an approver settles
 
     # ---- inputs -------------------------------------------------------------------------
@@ -668,6 +670,8 @@ class SchedulerState:
             self._record(slot, "cancelled", now, d, reason=self.stopping)
             return
         if slot.node.map is not None:  # runs nothing itself: makes its items, then gathers
+            if self._maps_due is None:
+                self._maps_due = deque()
             self._maps_due.append(slot)
             if len(self._maps_due) == 1:  # else a caller up the stack is at it already
                 self._run_maps(now, d)
@@ -676,6 +680,8 @@ class SchedulerState:
                 self._doubt and slot.pos in self._doubt):  # asked about in _dispatch, once
             self._set_phase(slot, Phase.APPROVAL)  # its arguments are resolved with the others
             slot.queued_at = now
+            if self._asking is None:
+                self._asking = []
             self._asking.append(slot)
             return
         self._set_phase(slot, Phase.READY)
@@ -692,9 +698,11 @@ class SchedulerState:
         done here in a loop, not by recursion, a chain of hundreds of maps cannot overflow
         the stack.
         """
+        due = self._maps_due
+        assert due is not None  # called for a map just queued
         try:
-            while self._maps_due:
-                slot = self._maps_due[0]
+            while due:
+                slot = due[0]
                 if slot.phase is not Phase.WAITING:
                     pass  # cancelled or skipped meanwhile
                 elif self.stopping:
@@ -703,9 +711,9 @@ class SchedulerState:
                     self._expand(slot, now, d)
                 else:
                     self._gather(slot, now, d)
-                self._maps_due.popleft()
+                due.popleft()
         except BaseException:
-            self._maps_due.clear()  # an internal error: the next call must not think it runs
+            due.clear()  # an internal error: the next call must not think it runs
             raise
 
     def _add_node(self, node: Node, now: float, d: Decisions, *, gather: int = -1,
@@ -897,7 +905,7 @@ class SchedulerState:
 
     def _ask(self, now: float, d: Decisions) -> None:
         """Resolve the arguments of gated nodes and ask about those that need approval."""
-        asking, self._asking = self._asking, []
+        asking, self._asking = self._asking or [], None
         for slot in asking:
             if slot.phase is not Phase.APPROVAL or not self._prepare(slot, now, d):
                 continue  # cancelled meanwhile, or its inputs do not fit (failed)
