@@ -146,7 +146,9 @@ class LocalClaims:
 
     def __init__(self) -> None:
         self._held: set[str] = set()
-        self._lock = threading.Lock()
+        # reentrant: a claim dropped unreleased is let go by the collector, which may run in
+        # this very thread while it holds the lock (claiming another run)
+        self._lock = threading.RLock()
 
     def claim(self, run_id: str) -> RunClaim:
         """Claim ``run_id``; raises :class:`RunActiveError` if this process holds it already."""
