@@ -188,3 +188,28 @@ def test_a_run_record_updated_is_the_one_replace_makes() -> None:
     assert run_record_with(record) == record
     with pytest.raises(TypeError, match="no field 'statuss'"):
         run_record_with(record, statuss="finished")
+
+
+def test_a_one_node_plans_graph_is_the_one_the_builder_makes() -> None:
+    from shoal.deps import _Builder, _topological
+
+    @shoal.tool(writes=["file:{key}"], exclusive=True)
+    async def write(key: str) -> str:
+        """Write a key."""
+        return key
+
+    for tool in (fetch, write):
+        plan = Plan("one")
+        plan.call(tool, key="a")
+        built = _Builder(_topological(plan))
+        for i in built.position.values():
+            built.data_and_after(i)
+            built.footprint(i)
+            built.barrier(i)
+        graph = analyze(plan)
+        assert (graph.nodes, graph.position, graph.preds, graph.succs, graph.extra,
+                graph.static_count) == (built.nodes, built.position, built.preds, built.succs,
+                                        built.extra, 1)
+        assert graph.edges == []
+    empty = analyze(Plan("none"))
+    assert (empty.nodes, empty.position, empty.preds, empty.static_count) == ([], {}, [], 0)

@@ -407,6 +407,10 @@ def analyze(plan: Plan) -> Graph:
 
 
 def _analyze(plan: Plan) -> Graph:
+    if len(plan) <= 1:  # no edges to find (an agent's model turn, an open run as it opens)
+        nodes = plan.nodes
+        return Graph(nodes, {n.id: 0 for n in nodes}, [()] * len(nodes), [()] * len(nodes),
+                     [], len(nodes))
     builder = _Builder(_topological(plan))
     positions = builder.position.values()  # in node order; the ints the graph keeps
     for i in positions:  # in passes, so the edges come in the same order as ever
