@@ -31,7 +31,7 @@ from shoal.store.memory import MemoryStore
 from shoal.testing import ScriptedModel, call
 
 WORKERS = 200
-#: Upper bounds per idle subagent. Measured: 122 objects and 20 KiB (167 and 26 KiB before
+#: Upper bounds per idle subagent. Measured: 122 objects and 19.5 KiB (167 and 26 KiB before
 #: a turn's run shed its rarely used containers, cycles, finalizers and coroutine levels).
 MAX_OBJECTS = 150
 MAX_BYTES = 24 * 1024
