@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+import weakref
 from collections.abc import Callable
 
 from shoal.exceptions import ConfigError
@@ -90,9 +91,22 @@ def read_epoch(clock: Clock) -> float:
     return float(epoch)
 
 
+#: The clock made for each loop that keeps none of its own: one per loop, not one per run
+#: (an agent runs each of its turns as a run; a swarm, thousands at once).
+_MADE: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Clock] = weakref.WeakKeyDictionary()
+
+
 def clock_of(loop: asyncio.AbstractEventLoop | None = None) -> Clock:
     """The clock of ``loop`` (default: the running loop): its own, if it keeps one."""
     if loop is None:
         loop = asyncio.get_running_loop()
     own = getattr(loop, "shoal_clock", None)
-    return own if isinstance(own, Clock) else Clock(loop)
+    if isinstance(own, Clock):
+        return own
+    try:
+        made = _MADE.get(loop)
+    except TypeError:  # a loop that takes no weak reference: a clock for this run alone
+        return Clock(loop)
+    if made is None or made.time != loop.time:  # its time() replaced since: follow it
+        made = _MADE[loop] = Clock(loop)
+    return made

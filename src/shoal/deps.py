@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import heapq
 import string
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
@@ -54,7 +55,7 @@ Adjacency = tuple[int, ...] | list[int]
 _SHORT = 8
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, weakref_slot=True)
 class Graph:
     """The analysed plan: nodes in a topological order, adjacency by position, edge reasons.
 
@@ -198,7 +199,14 @@ class _Builder:
         self.preds: list[Adjacency] = [()] * len(nodes)
         self.succs: list[Adjacency] = [()] * len(nodes)
         self.extra: list[Edge] = []  # resource and barrier edges (data and after: see Graph)
-        self.graph: Graph | None = None  # the graph grown, whose listed edges are kept current
+        # the graph grown, whose listed edges are kept current; a weak reference, since the
+        # graph holds its builder: a cycle would keep every open run's graph (and its nodes)
+        # until the collector's next full pass, which in a swarm walks thousands of them
+        self._graph: weakref.ref[Graph] | None = None
+        self._own()
+
+    def _own(self) -> None:
+        """The builder's own bookkeeping: what later nodes are checked against."""
         self._seen: dict[int, set[int]] = {}  # the preds of nodes with many, as sets
         self._last_writer: dict[_Key, int] = {}
         self._readers: dict[_Key, list[int]] = {}  # since the key's last writer
@@ -212,15 +220,21 @@ class _Builder:
     @classmethod
     def resume(cls, graph: Graph) -> _Builder:
         """A builder that continues ``graph`` (sharing its lists), to grow it."""
-        b = cls([])
+        b = cls.__new__(cls)  # not cls([]): its lists would be replaced by the graph's at once
+        b._own()
         b._share(graph)
         for i in graph.position.values():
             b.footprint(i, with_edges=False)
             b.barrier(i, with_edges=False)
         return b
 
+    @property
+    def graph(self) -> Graph | None:
+        """The graph this builder grows, if it grows one (and it is still alive)."""
+        return None if self._graph is None else self._graph()
+
     def _share(self, graph: Graph) -> None:
-        self.graph = graph
+        self._graph = weakref.ref(graph)
         self.nodes, self.position, self.preds, self.succs, self.extra = (
             graph.nodes, graph.position, graph.preds, graph.succs, graph.extra)
 
@@ -237,8 +251,9 @@ class _Builder:
         self.position[node.id] = i
         self.preds.append(())
         self.succs.append(())
-        if self.graph is not None and self.graph.listed is not None:
-            self.graph.listed += hard_edges(node)
+        graph = self.graph
+        if graph is not None and graph.listed is not None:
+            graph.listed += hard_edges(node)
         self.data_and_after(i)
         order = self if within is None else self._items_of(within)
         order.footprint(i)
@@ -252,7 +267,7 @@ class _Builder:
             found = self._maps[map_pos] = _Builder([])
             found.nodes, found.position, found.preds, found.succs, found.extra = (
                 self.nodes, self.position, self.preds, self.succs, self.extra)
-            found.graph, found._seen = self.graph, self._seen
+            found._graph, found._seen = self._graph, self._seen
         return found
 
     def add(self, source: int, target: int, kind: EdgeKind, detail: str) -> None:
@@ -261,8 +276,9 @@ class _Builder:
             return
         edge = Edge(self.nodes[source].id, self.nodes[target].id, kind, detail)
         self.extra.append(edge)
-        if self.graph is not None and self.graph.listed is not None:
-            self.graph.listed.append(edge)
+        graph = self.graph
+        if graph is not None and graph.listed is not None:
+            graph.listed.append(edge)
         self.link(source, target)
 
     def link(self, source: int, target: int) -> None:
@@ -391,6 +407,10 @@ def analyze(plan: Plan) -> Graph:
 
 
 def _analyze(plan: Plan) -> Graph:
+    if len(plan) <= 1:  # no edges to find (an agent's model turn, an open run as it opens)
+        nodes = plan.nodes
+        return Graph(nodes, {n.id: 0 for n in nodes}, [()] * len(nodes), [()] * len(nodes),
+                     [], len(nodes))
     builder = _Builder(_topological(plan))
     positions = builder.position.values()  # in node order; the ints the graph keeps
     for i in positions:  # in passes, so the edges come in the same order as ever

@@ -204,7 +204,7 @@ class Plan:
         self._nodes: dict[str, Node] = {}
         # nodes added under an id already taken: kept aside (not run, not in ``nodes``) so that
         # validation reports them along with every other problem instead of add() raising
-        self._duplicates: list[Node] = []
+        self._duplicates: tuple[Node, ...] = ()  # rare: a tuple, made anew for each
         self._counts: dict[str, int] = {}
         self._memo: dict[str, tuple[int, Any]] = {}
         self._bracketed: dict[str, list[str]] = {}  # "m" -> ids like "m[3]": map items' ids
@@ -308,7 +308,7 @@ class Plan:
     def insert(self, node: Node) -> None:
         """Add a node made by :meth:`make_node` (a taken id is kept aside for validation)."""
         if node.id in self._nodes:
-            self._duplicates.append(node)
+            self._duplicates = (*self._duplicates, node)
         else:
             self._nodes[node.id] = node
         owner = _ITEM_ID.fullmatch(node.id) if node.id.endswith("]") else None

@@ -639,6 +639,7 @@ class Runtime:
         try:
             for executor in {id(e): e for e in self._executors.values()}.values():
                 await executor.start()
+            driver.adopt(self._executors)  # started: nodes added later need not start them
             return await driver.run()
         finally:  # the session's journal is closed: another may take the run now
             claim.release()

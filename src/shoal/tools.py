@@ -156,8 +156,28 @@ class Tool(Generic[P, R]):
         For per-call state, such as a subagent bound to its place in an agent tree. ``fn``
         must take the same arguments; the schema is reused, not rebuilt.
         """
-        return Tool(fn, name=self.name, description=self.description, policy=self.policy,
-                    _model=self._model)
+        if not callable(fn):
+            raise ToolDefinitionError(f"a tool wraps a function, got {fn!r}")
+        # as Tool(fn, name=..., description=..., policy=..., _model=...) would make it, but
+        # sharing what depends only on the schema and the policy, which an agent binds for
+        # every subagent it starts and every run of its own (the docs are ``fn``'s)
+        bound: Tool[..., Any] = Tool.__new__(Tool)
+        bound._fn = fn
+        bound._is_async = is_async = is_async_callable(fn)
+        base: Any = fn
+        while isinstance(base, functools.partial):  # the docs come from the function
+            base = base.func
+        bound.name, bound.description, bound.policy = self.name, self.description, self.policy
+        bound._model, bound.model_facts = self._model, self.model_facts
+        bound._param_names, bound._renames = self._param_names, self._renames
+        bound.has_default_factory = self.has_default_factory
+        bound.__doc__ = base.__doc__
+        bound.__module__ = getattr(base, "__module__", __name__)
+        bound.__qualname__ = getattr(base, "__qualname__", self.name)
+        bound.__wrapped__ = fn
+        if is_async != self._is_async:  # the policy was checked for the other kind of callable
+            check_policy(self.name, is_async, self.policy)
+        return bound
 
     def validate(self, args: Mapping[str, Any]) -> dict[str, Any]:
         """Check and coerce ``args`` against the schema; raise :class:`ToolArgumentError`."""

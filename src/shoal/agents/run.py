@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from shoal.agents.context import TreeContext
 from shoal.agents.result import AgentResult, AgentStatus
-from shoal.agents.toolcalls import CallRecord, CallStream, execute_calls, settle
+from shoal.agents.toolcalls import CallRecord, CallStream, _settled, execute_calls
 from shoal.events import (
     AgentFinished,
     AgentStarted,
@@ -455,10 +455,13 @@ class AgentRun:
     async def _step(self, plan: Plan, step: str) -> RunResult:
         """Run one step of this agent through the runtime and wait for it."""
         handle = self._start_step(plan, step, None, turn=True)
-        try:
-            return await settle(handle)
+        try:  # settle(handle), without its coroutine: one object less per turn in flight
+            result, cancelled = await _settled(handle)
         finally:
             self.ctx.untrack_handle(self.lineage, handle)
+        if cancelled:
+            raise asyncio.CancelledError
+        return result
 
     def _start_step(self, plan: Plan, step: str, on_event: EventSink | None, *,
                     turn: bool = False) -> RunHandle:
@@ -569,6 +572,9 @@ class AgentRun:
                 where=result.where, pid=result.pid, isolation=result.isolation))
 
     def _end(self, status: AgentStatus, error: BaseException | None = None) -> None:
+        # the model turn's tool calls back into this run: dropped, the run is freed as soon
+        # as nothing needs it, not at the collector's next full pass
+        self._model_tool = None
         result = self.result
         result.status = status
         result.error = error

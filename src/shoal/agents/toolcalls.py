@@ -22,6 +22,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from shoal.events import Event, EventSink
@@ -470,15 +471,28 @@ async def settle(handle: RunHandle) -> RunResult:
 async def _settled(handle: RunHandle) -> tuple[RunResult, bool]:
     waiting = handle.as_future()  # not ensure_future: that wraps the handle in one more task
     cancelled = False
-    while True:
+    loop = asyncio.get_running_loop()
+    while not waiting.done():
+        # what asyncio.shield does, with one future and one callback instead of its future,
+        # two closures and their cells: a swarm has a step of each agent waiting here
+        waiter: asyncio.Future[None] = loop.create_future()
+        wake = partial(_wake, waiter)
+        waiting.add_done_callback(wake)
         try:
-            return await asyncio.shield(waiting), cancelled
+            await waiter
         except asyncio.CancelledError:
+            waiting.remove_done_callback(wake)
             # Our caller was cancelled (maybe again): cancel the calls through the runtime, so
             # each one still ends with a recorded outcome, collect them, then let it go on.
             if not cancelled:
                 handle.cancel(reason="the agent running these calls was cancelled")
             cancelled = True
+    return waiting.result(), cancelled
+
+
+def _wake(waiter: asyncio.Future[None], _: object) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _fill(result: RunResult, planned: Mapping[str, int], lineages: Mapping[str, str],

@@ -17,8 +17,8 @@ import os
 import socket
 import time
 import weakref
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping
-from contextvars import ContextVar
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from contextvars import ContextVar, Token
 from email.utils import parsedate_to_datetime
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
@@ -219,14 +219,26 @@ _notices: ContextVar[Callable[[Event], None] | None] = ContextVar("shoal_model_n
                                                                   default=None)
 
 
-@contextlib.contextmanager
-def notices_to(sink: Callable[[Event], None] | None) -> Iterator[None]:
-    """Within the block, :func:`notify` from this task's model calls goes to ``sink``."""
-    token = _notices.set(sink)
-    try:
-        yield
-    finally:
-        _notices.reset(token)
+class notices_to:  # a function once: its lower-case name stays
+    """Within the block, :func:`notify` from this task's model calls goes to ``sink``.
+
+    A class, not ``contextlib.contextmanager``: a streamed model reply enters it once per
+    event, and the generator and its wrapper per entry were most of a stream step's objects.
+    """
+
+    __slots__ = ("_sink", "_token")
+
+    def __init__(self, sink: Callable[[Event], None] | None) -> None:
+        self._sink = sink
+        self._token: Token[Callable[[Event], None] | None] | None = None
+
+    def __enter__(self) -> None:
+        self._token = _notices.set(self._sink)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            _notices.reset(self._token)
+            self._token = None
 
 
 def notify(event: Event) -> None:

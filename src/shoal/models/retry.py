@@ -19,7 +19,6 @@ reports while it works, such as a local model's server starting.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import numbers
@@ -151,7 +150,11 @@ class ModelGate:
         while True:
             try:
                 with notices_to(on_event):
-                    return await self._once(model, request)
+                    await self.acquire()
+                    try:
+                        return await model.request(request)
+                    finally:
+                        self.release()
             except ModelError as exc:
                 failures += 1
                 if not _transient(exc) or failures > self.retry.retries:
@@ -176,11 +179,14 @@ class ModelGate:
         while True:
             sent_text = False
             try:
-                async with self._held():
+                await self.acquire()  # not an async context manager: one object less per reply
+                try:
                     async for event in self._events(model, request, on_event):
                         sent_text = sent_text or (isinstance(event, TextDelta)
                                                   and not retry_after_text)
                         yield event
+                finally:
+                    self.release()
                 return
             except ModelError as exc:
                 failures += 1
@@ -204,10 +210,6 @@ class ModelGate:
                 except StopAsyncIteration:
                     return
             yield event
-
-    async def _once(self, model: Model, request: ModelRequest) -> ModelResponse:
-        async with self._held():
-            return await model.request(request)
 
     async def acquire(self) -> None:
         """Take a slot and wait until the gate is open: a request may go out now.
@@ -234,14 +236,6 @@ class ModelGate:
         """Close the gate for everyone for ``seconds`` (the provider's ``Retry-After``)."""
         loop = asyncio.get_running_loop()
         self._open_at = max(self._open_at, loop.time() + seconds)
-
-    @contextlib.asynccontextmanager
-    async def _held(self) -> AsyncIterator[None]:
-        await self.acquire()
-        try:
-            yield
-        finally:
-            self.release()
 
     def _back_off(self, model: Model, exc: ModelError, failures: int,
                   on_event: EventCallback | None) -> float:

@@ -39,9 +39,10 @@ import math
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
+from typing import Any
 
 from shoal.approvals.desk import ApprovalDesk, RunApprovals
 from shoal.approvals.policy import ApprovalRequest
@@ -72,6 +73,7 @@ from shoal.store.base import (
     RunRecord,
     RunStatus,
     Store,
+    run_record_with,
 )
 from shoal.store.journal import Journal
 from shoal.store.resume import Resumption
@@ -121,6 +123,17 @@ class Snapshot:
 class Driver:
     """Runs one plan's state machine to completion on the current event loop."""
 
+    # slots: a swarm holds a run per agent turn in flight, thousands at once; an instance
+    # dict of this many attributes costs a kilobyte and is one more object for the collector
+    __slots__ = (
+        "_before_start", "_clock", "_context", "_deadline", "_desk", "_early", "_epoch",
+        "_executor_for", "_executors", "_finished", "_given_clock", "_hosts", "_internal",
+        "_journal", "_loop", "_observer", "_origin_epoch", "_resume", "_run_approvals",
+        "_run_record", "_session", "_settling", "_shift", "_sinks", "_starting", "_store",
+        "_streaming", "_t0", "_tasks", "_time", "_timers", "_watchers", "cancelled_reason",
+        "lineage", "scope", "sinks", "state",
+    )
+
     def __init__(
         self,
         state: SchedulerState,
@@ -144,18 +157,20 @@ class Driver:
         self.lineage = lineage
         self.scope = scope  # what nodes that start nested runs (agents, patterns) build on
         self._desk = approvals if approvals is not None else ApprovalDesk(None)
-        self._approvals = RunApprovals(self._desk, state, self._apply, self.now, store=store,
-                                       lineage=lineage, barrier=self._approval_barrier,
-                                       epoch=self._epoch_now)
+        self._store = store
+        # made when the run first asks about a call (see _approvals): most runs never do
+        self._run_approvals: RunApprovals | None = None
         self._executors = dict(executors)
         # a node added while the run goes (an open run, a map's items) may need a backend
         # that the run did not start with: the runtime makes it (it starts it once)
         self._executor_for = executor_for
-        self._starting: dict[str, asyncio.Future[Executor]] = {}  # backends being started
-        self._sinks = list(sinks)
+        # Rarely used containers are made on first use: each run of an agent's turn would
+        # otherwise allocate (and keep, while the turn waits on its model) a dozen empty ones.
+        self._starting: dict[str, asyncio.Future[Executor]] | None = None  # backends starting
+        self._sinks = tuple(sinks)
         self.sinks = tuple(sinks)  # the observers' own sinks (not the journal's), for nested runs
         # the journal's and the instrumentation's sinks: they see the run's own clock
-        self._internal: list[Callable[[Event], None]] = []
+        self._internal: tuple[Callable[[Event], None], ...] = ()
         # seconds from the outermost run's start to this one's: the observers' events count
         # from the outermost start, so that every event of a composition is on one clock
         self._shift = 0.0
@@ -171,32 +186,52 @@ class Driver:
         # which dies with the process anyway, gets the outcomes once, when the session ends.
         self._streaming = store is not None and store.durable
         if store is not None:
-            self._journal = Journal(store, state.run_id, on_cancel=self._cancel_request,
-                                    on_failure=self._journal_failed)
+            # only a durable journal's writer looks for cancel requests (from other processes)
+            self._journal = Journal(
+                store, state.run_id, on_failure=self._journal_failed,
+                on_cancel=self._cancel_request if store.durable else None)
             if store.keeps_events:
-                self._internal.append(self._journal_event)
+                self._internal = (self._journal_event,)
         self._observer: RunObserver | None = None  # the instrumentation's (see observe)
         self._tasks: dict[int, tuple[asyncio.Task[None], Call]] = {}  # position -> attempt
         self._hosts: dict[str, str] = {}  # backend -> where its calls run (see _here)
         self._context: contextvars.Context | None = None  # the driver's (see _attempt)
         self._settling: dict[int, list[Settles]] = {}  # position -> its attempt's board handles
-        self._timers: set[asyncio.TimerHandle] = set()
+        self._timers: set[asyncio.TimerHandle] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._clock: Clock | None = None
         self._time: Callable[[], float] | None = None  # self._clock.time, once running
         self._t0 = 0.0
         self._epoch = 0.0
         self._finished: asyncio.Future[None] | None = None
-        self._before_start: list[Decisions] = []
+        self._before_start: list[Decisions] | None = None
         self._watchers: dict[int, list[asyncio.Future[Outcome]]] = {}  # position -> waiting
         # item id -> waiting: items of maps whose list is not known yet (see outcome_of)
         self._early: dict[str, list[asyncio.Future[Outcome]]] = {}
         self.cancelled_reason = ""
 
     @property
+    def _approvals(self) -> RunApprovals:
+        """The run at the approval desk (made on first use)."""
+        if self._run_approvals is None:
+            self._run_approvals = RunApprovals(
+                self._desk, self.state, self._apply, self.now, store=self._store,
+                lineage=self.lineage, barrier=self._approval_barrier, epoch=self._epoch_now)
+        return self._run_approvals
+
+    @property
     def graph(self) -> Graph:
         """The graph being run."""
         return self.state.graph
+
+    def adopt(self, executors: Mapping[str, Executor]) -> None:
+        """Backends started for this run, besides those its nodes needed at the start.
+
+        Nodes added while the run goes (an open run's: an agent's tool phase) then use them
+        at once, instead of each run starting (and each of its first calls awaiting) a start.
+        """
+        for name, executor in executors.items():
+            self._executors.setdefault(name, executor)
 
     def instrument(self, observer: RunObserver) -> None:
         """Let an instrumentation's ``observer`` see this run (see :mod:`shoal.instrumentation`).
@@ -204,7 +239,7 @@ class Driver:
         It gets every event, but is not one of :attr:`sinks`: nested runs ask for their own.
         """
         self._observer = observer
-        self._internal.append(observer)
+        self._internal = (*self._internal, observer)
 
     @property
     def epoch(self) -> float:
@@ -220,14 +255,21 @@ class Driver:
         """Seconds since the run started, on the run's clock."""
         return (self._time() - self._t0) if self._time is not None else 0.0
 
-    async def run(self) -> RunResult:
-        """Run until every node has an outcome; if cancelled from outside, stop all, re-raise."""
+    def run(self) -> Coroutine[Any, Any, RunResult]:
+        """Run until every node has an outcome; if cancelled from outside, stop all, re-raise.
+
+        (Await it. Not a coroutine function itself: an uninstrumented run is awaited directly,
+        one coroutine less for each of a swarm's runs in flight.)
+        """
         if self._observer is None:
-            return await self._run()
+            return self._run()
+        return self._run_observed(self._observer)
+
+    async def _run_observed(self, observer: RunObserver) -> RunResult:
         try:
             return await self._run()
         finally:  # a run cancelled from outside publishes no RunFinished: its spans end here
-            self._observer.close()
+            observer.close()
 
     async def _run(self) -> RunResult:
         self._loop = asyncio.get_running_loop()
@@ -268,9 +310,9 @@ class Driver:
             await self._close_journal(quiet=True)
             raise
         finally:
-            for handle in self._timers:
+            for handle in self._timers or ():
                 handle.cancel()
-            self._timers.clear()
+            self._timers = None
             self.state.shared_limits.forget(self)
         await self._desk.drain(self.state.run_id)
         if self._watchers or self._early:
@@ -285,11 +327,11 @@ class Driver:
         """Announce the run, set its deadline, restore what a resume replays, start it."""
         self._publish([RunStarted(run_id=self.state.run_id, time=self.now(),
                                   nodes=self.state.size, epoch=self._epoch)])
-        for early in self._before_start:  # cancellations asked for before the run's first turn
+        for early in self._before_start or ():  # cancellations asked for before its first turn
             if self._streaming:
                 self._journal_decisions(early)
             self._publish(early.events)
-        self._before_start.clear()
+        self._before_start = None
         if self._deadline is not None:
             self._set_timer(self.now() + self._deadline, "deadline", -1)
         if self._resume is not None:
@@ -304,9 +346,15 @@ class Driver:
             self.cancelled_reason = self.cancelled_reason or reason
         decisions = self.state.cancel(node_ids, reason, self.now())
         if self._loop is None:  # not started: nothing runs yet, so only events are pending
-            self._before_start.append(decisions)
+            self._pending(decisions)
         else:
             self._apply(decisions)
+
+    def _pending(self, decisions: Decisions) -> None:
+        """Keep ``decisions`` made before the run started, for :meth:`_begin`."""
+        if self._before_start is None:
+            self._before_start = []
+        self._before_start.append(decisions)
 
     def observe(self, sink: Callable[[Event], None]) -> None:
         """Add an observer before the run starts (an open run's event stream).
@@ -316,7 +364,7 @@ class Driver:
         if self._loop is not None:
             raise RuntimeError(f"run {self.state.run_id} has started already: ask for its events "
                                "before the first 'await' after opening it, so none is missed")
-        self._sinks.append(sink)
+        self._sinks = (*self._sinks, sink)
         self.sinks = (*self.sinks, sink)
         self.state.record_events = True
         if self.scope is not None:  # nested runs (agent nodes, patterns) report to it too
@@ -328,7 +376,7 @@ class Driver:
             raise RuntimeError(f"run {self.state.run_id} is closed: it takes no more nodes")
         decisions = self.state.add(nodes, self.now())
         if self._loop is None:  # not started: only replays and skips can be pending
-            self._before_start.append(decisions)
+            self._pending(decisions)
         else:
             self._apply(decisions)
 
@@ -410,7 +458,7 @@ class Driver:
 
     def pending_approvals(self) -> list[ApprovalRequest]:
         """The requests of this run waiting for a decision."""
-        return self._approvals.pending()
+        return [] if self._run_approvals is None else self._run_approvals.pending()
 
     def result(self) -> RunResult:
         """The outcomes so far (all of them once the run is over)."""
@@ -550,6 +598,8 @@ class Driver:
     async def _new_executor(self, call: Call) -> Executor:
         # started once, by the first call that needs it; calls arriving meanwhile wait for
         # that start to finish instead of using a backend that is not started yet
+        if self._starting is None:
+            self._starting = {}
         starting = self._starting.get(call.isolation)
         if starting is None:
             if self._executor_for is None:
@@ -582,6 +632,9 @@ class Driver:
                                                call.attempt, result.status, now, error,
                                                result.where))
             self._apply(self.state.finish(call.pos, result, now))
+            if call.tool.injected:  # this attempt's own values: a NodeContext points back to
+                for name in call.tool.injected:  # the call, a cycle only a full pass would free
+                    call.args.pop(name, None)
         except Exception as exc:  # a bug in shoal itself: end the run loudly rather than hang
             log.exception("internal error while recording %s", call.node_id)
             if self._finished is not None and not self._finished.done():
@@ -635,11 +688,13 @@ class Driver:
         handle: asyncio.TimerHandle | None = None
 
         def fire() -> None:
-            if handle is not None:
+            if handle is not None and self._timers is not None:
                 self._timers.discard(handle)
             self._on_timer(kind, pos)
 
         handle = self._clock.call_at(self._t0 + when, fire)
+        if self._timers is None:
+            self._timers = set()
         self._timers.add(handle)
 
     def _on_timer(self, kind: str, pos: int) -> None:
@@ -692,8 +747,9 @@ class Driver:
             return
         assert self._loop is not None
         self._journal.open(self._loop)
-        self._journal.add(replace(
-            self._run_record, started_at=self._epoch, status="running", sessions=self._session,
+        record, self._run_record = self._run_record, None  # the store keeps it from here
+        self._journal.add(run_record_with(
+            record, started_at=self._epoch, status="running", sessions=self._session,
             # the heartbeat says the process is alive: always the wall clock, which readers
             # in other processes compare it with
             finished_at=None, heartbeat=time.time(), pid=os.getpid(), host=socket.gethostname()))

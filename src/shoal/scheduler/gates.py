@@ -81,7 +81,17 @@ class Gates:
         self._key_limits = self.shared.key_limits
         self._rates = self.shared.rates
         self._parked: dict[object, list[Parked]] = {}
-        self.rate_waits: set[RateLimiter] = set()  # rate limiters with a wake-up timer set
+        # rate limiters with a wake-up timer set (made on first use: few runs have a rate)
+        self._rate_waits: set[RateLimiter] | None = None
+
+    def rate_wait(self, limiter: RateLimiter) -> bool:
+        """Note that nodes wait on ``limiter``; whether its wake-up timer is still to be set."""
+        if self._rate_waits is None:
+            self._rate_waits = set()
+        elif limiter in self._rate_waits:  # one timer per limiter
+            return False
+        self._rate_waits.add(limiter)
+        return True
 
     def for_call(self, tool: Tool[..., Any], executor: str,
                  args: Mapping[str, Any]) -> tuple[ConcurrencyLimit, ...]:
@@ -139,7 +149,7 @@ class Gates:
     def take_rate_waiters(self) -> list[Parked]:
         """Everything parked on rate limiters whose timer fired, for another look."""
         found: list[Parked] = []
-        for limiter in self.rate_waits:
+        for limiter in self._rate_waits or ():
             found += self._parked.pop(limiter, [])
-        self.rate_waits.clear()
+        self._rate_waits = None
         return found

@@ -317,6 +317,14 @@ def choose_executor(tool: Tool[..., Any], default: Isolation | None) -> Isolatio
 class SchedulerState:
     """All of a run's scheduling state; see the module docstring."""
 
+    # slots: an agent swarm holds a run, so a state, per turn in flight (thousands at once)
+    __slots__ = (
+        "_ask_doubt", "_asking", "_begun", "_critical", "_default_executor", "_doubt", "_gates",
+        "_global", "_global_blocks", "_global_held", "_hard", "_heap", "_maps_due",
+        "_next_index", "_rng", "clock_origin", "closed", "done_count", "fail_fast", "fate_of",
+        "graph", "in_flight", "record_events", "run_id", "slots", "status_counts", "stopping",
+    )
+
     def __init__(
         self,
         graph: Graph,
@@ -348,7 +356,8 @@ class SchedulerState:
         self._critical = CriticalPath(graph, estimates if estimates is not None else {})
         self._default_executor = default_executor
         self._ask_doubt = False  # resume: nodes in doubt go to the approver (see hold_in_doubt)
-        self._maps_due: deque[_Slot] = deque()  # maps to expand or gather (see _make_ready)
+        # maps to expand or gather (see _make_ready); made for the first map (most runs have none)
+        self._maps_due: deque[_Slot] | None = None
         self._rng = rng or random.Random()
         self._global = ConcurrencyLimit("run max_concurrency", max_concurrency)
         self._global_blocks = 0  # how often ready nodes were left waiting on self._global
@@ -369,7 +378,8 @@ class SchedulerState:
         self.status_counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
         self.in_flight: dict[int, float] = {}  # position -> when its current attempt started
         self.stopping = ""  # the reason, once the run stops dispatching new work
-        self._asking: list[_Slot] = []  # gated nodes whose inputs are ready, not yet asked about
+        # gated nodes whose inputs are ready, not yet asked about (made for the first one)
+        self._asking: list[_Slot] | None = None
         self._doubt: dict[int, str] = {}  # resume: calls in doubt that an approver settles
 
     # ---- inputs -------------------------------------------------------------------------
@@ -660,6 +670,8 @@ class SchedulerState:
             self._record(slot, "cancelled", now, d, reason=self.stopping)
             return
         if slot.node.map is not None:  # runs nothing itself: makes its items, then gathers
+            if self._maps_due is None:
+                self._maps_due = deque()
             self._maps_due.append(slot)
             if len(self._maps_due) == 1:  # else a caller up the stack is at it already
                 self._run_maps(now, d)
@@ -668,6 +680,8 @@ class SchedulerState:
                 self._doubt and slot.pos in self._doubt):  # asked about in _dispatch, once
             self._set_phase(slot, Phase.APPROVAL)  # its arguments are resolved with the others
             slot.queued_at = now
+            if self._asking is None:
+                self._asking = []
             self._asking.append(slot)
             return
         self._set_phase(slot, Phase.READY)
@@ -684,9 +698,11 @@ class SchedulerState:
         done here in a loop, not by recursion, a chain of hundreds of maps cannot overflow
         the stack.
         """
+        due = self._maps_due
+        assert due is not None  # called for a map just queued
         try:
-            while self._maps_due:
-                slot = self._maps_due[0]
+            while due:
+                slot = due[0]
                 if slot.phase is not Phase.WAITING:
                     pass  # cancelled or skipped meanwhile
                 elif self.stopping:
@@ -695,9 +711,9 @@ class SchedulerState:
                     self._expand(slot, now, d)
                 else:
                     self._gather(slot, now, d)
-                self._maps_due.popleft()
+                due.popleft()
         except BaseException:
-            self._maps_due.clear()  # an internal error: the next call must not think it runs
+            due.clear()  # an internal error: the next call must not think it runs
             raise
 
     def _add_node(self, node: Node, now: float, d: Decisions, *, gather: int = -1,
@@ -716,9 +732,11 @@ class SchedulerState:
             self._lift(slot)
         else:
             slot.priority = priority
-        hard = {self.graph.position[r.node] for r in node.refs}
-        hard.update(self.graph.position[a] for a in node.after)
-        self._hard.update((p, pos) for p in hard)
+        # the nodes it needs to succeed (its refs and ``after``; most added calls have none)
+        hard: set[int] | tuple[()] = ()
+        if node.refs or node.after:
+            hard = {self.graph.position[r.node] for r in node.refs}
+            hard.update(self.graph.position[a] for a in node.after)
         blocked: _Slot | None = None  # a needed node that did not succeed
         for p in self.graph.preds[pos]:
             before = self.slots[p]
@@ -887,7 +905,7 @@ class SchedulerState:
 
     def _ask(self, now: float, d: Decisions) -> None:
         """Resolve the arguments of gated nodes and ask about those that need approval."""
-        asking, self._asking = self._asking, []
+        asking, self._asking = self._asking or [], None
         for slot in asking:
             if slot.phase is not Phase.APPROVAL or not self._prepare(slot, now, d):
                 continue  # cancelled meanwhile, or its inputs do not fit (failed)
@@ -963,8 +981,7 @@ class SchedulerState:
             if wait > 0:
                 slot.held = f"{limiter.name} rate={limiter.rate}"
                 self._park(limiter, slot)
-                if limiter not in self._gates.rate_waits:  # one timer per limiter
-                    self._gates.rate_waits.add(limiter)
+                if self._gates.rate_wait(limiter):  # one timer per limiter
                     d.timers.append((now + wait, "rate", slot.pos))
                 return False
             limiter.take(shared_now)
@@ -1160,10 +1177,6 @@ class _HardPairs:
         source, target = pair
         node, nid = self.graph.nodes[target], self.graph.nodes[source].id
         return nid in node.after or any(r.node == nid for r in node.refs)
-
-    def update(self, pairs: Iterable[tuple[int, int]]) -> None:
-        """Nothing to note: a grown node's refs and ``after`` say it already."""
-        del pairs
 
 
 def _detail(outcome: Outcome) -> str:

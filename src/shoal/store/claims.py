@@ -146,7 +146,9 @@ class LocalClaims:
 
     def __init__(self) -> None:
         self._held: set[str] = set()
-        self._lock = threading.Lock()
+        # reentrant: a claim dropped unreleased is let go by the collector, which may run in
+        # this very thread while it holds the lock (claiming another run)
+        self._lock = threading.RLock()
 
     def claim(self, run_id: str) -> RunClaim:
         """Claim ``run_id``; raises :class:`RunActiveError` if this process holds it already."""
@@ -161,18 +163,33 @@ class LocalClaims:
         """Whether ``run_id`` is claimed here."""
         return run_id in self._held
 
-    def _release(self, run_id: str) -> None:
-        with self._lock:
-            self._held.discard(run_id)
+    def _release(self, claim: _LocalClaim) -> None:
+        with self._lock:  # once: a claim released twice must not free a later claim's run
+            if claim.run_id is not None:
+                self._held.discard(claim.run_id)
+                claim.run_id = None
 
 
 class _LocalClaim:
+    """A claim of :class:`LocalClaims`; let go by :meth:`release`, else when collected.
+
+    ``__del__`` rather than ``weakref.finalize``: a swarm claims a run per agent turn, and a
+    finalizer costs five objects and a global registry entry each.
+    """
+
+    __slots__ = ("claims", "run_id")
+
     def __init__(self, claims: LocalClaims, run_id: str) -> None:
-        self._release = weakref.finalize(self, claims._release, run_id)
+        self.claims = claims
+        self.run_id: str | None = run_id
 
     def release(self) -> None:
         """Let the claim go."""
-        self._release()
+        self.claims._release(self)
+
+    def __del__(self) -> None:  # a run's task dropped unawaited: the claim goes with it
+        if self.run_id is not None:
+            self.claims._release(self)
 
 
 class FileClaim:

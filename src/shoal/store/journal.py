@@ -66,7 +66,9 @@ class Journal:
         self._buffer: list[Record] = []
         self._buffer_done: asyncio.Future[None] | None = None
         self._last_sent: asyncio.Future[None] | None = None  # the newest batch not committed
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()  # batches, or None: stop
+        # batches, or None: stop (only a durable store's writer thread has one)
+        self._queue: queue.SimpleQueue[object] | None = (
+            queue.SimpleQueue() if self.durable else None)
         self._thread: threading.Thread | None = None
         self._stopped: asyncio.Future[None] | None = None
         self._opened_at = 0.0  # cancel requests older than this session are not for it
@@ -123,6 +125,7 @@ class Journal:
         if self._thread is not None and self._stopped is not None:
             if self._buffer:
                 self._send()
+            assert self._queue is not None  # a writer thread has its queue
             self._queue.put(None)
             await asyncio.shield(self._stopped)
             self._thread = None
@@ -138,6 +141,7 @@ class Journal:
         batch, done = self._buffer, self._buffer_done
         self._buffer, self._buffer_done = [], None
         self._last_sent = done
+        assert self._queue is not None  # only a durable journal buffers
         self._queue.put((batch, done))
 
     def _committed(self, futures: list[asyncio.Future[None]],
@@ -158,6 +162,7 @@ class Journal:
     # ---- the writer thread ------------------------------------------------------------------
 
     def _write_loop(self) -> None:
+        assert self._queue is not None  # a writer thread has its queue
         next_beat = time.monotonic() + HEARTBEAT_INTERVAL
         stop = False
         while not stop:
@@ -177,6 +182,7 @@ class Journal:
         batches: list[_Batch] = []
         stop = False
         item = first
+        assert self._queue is not None  # a writer thread has its queue
         while True:
             if item is None:
                 stop = True

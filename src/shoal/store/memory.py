@@ -35,6 +35,7 @@ from shoal.store.base import (
     RunRecord,
     StoredEffect,
     StoredOutcome,
+    run_record_with,
 )
 from shoal.store.claims import LocalClaims, RunClaim
 
@@ -52,10 +53,11 @@ class _Run:
     positions: list[int] | None = None  # None while each outcome's position is its place
     ended: list[Outcome] = field(default_factory=list)
     settled: int = 0  # outcomes written when a session last ended
-    events: list[dict[str, Any]] = field(default_factory=list)
+    # made on first use, as most runs never get one (an agent's every turn is a run)
+    events: list[dict[str, Any]] | None = None
     # (node id, kind) -> (when written, the record): the latest effect of each call
     effects: dict[tuple[str, str], tuple[int, EffectRecord]] = field(default_factory=dict)
-    cancels: list[CancelRequest] = field(default_factory=list)
+    cancels: list[CancelRequest] | None = None
     taken: int = 0  # cancel requests handed out so far
 
 
@@ -144,8 +146,9 @@ class MemoryStore:
     def _end_run(self, r: RunEnded) -> None:
         run = self._runs.get(r.run_id)
         if run is not None:
-            run.record = replace(run.record, status=r.status, finished_at=r.finished_at,
-                                 counts=dict(r.counts), makespan=r.makespan)
+            run.record = run_record_with(run.record, status=r.status,
+                                         finished_at=r.finished_at, counts=dict(r.counts),
+                                         makespan=r.makespan)
             if r.status != "running":
                 self._finished.setdefault(r.run_id)
             if run.settled:  # an earlier session wrote outcomes this one may have written again
@@ -185,6 +188,8 @@ class MemoryStore:
     def _event(self, r: EventRecord) -> None:
         run = self._runs.get(r.run_id)
         if run is not None:
+            if run.events is None:
+                run.events = []
             run.events.append(r.event.to_dict())
 
     def claim_run(self, run_id: str) -> RunClaim:
@@ -245,7 +250,7 @@ class MemoryStore:
         """The run's events, if this store keeps them."""
         with self._lock:
             run = self._runs.get(run_id)
-            return list(run.events) if run is not None else []
+            return list(run.events or ()) if run is not None else []
 
     # ---- approvals ------------------------------------------------------------------------
 
@@ -298,14 +303,17 @@ class MemoryStore:
                        reason: str = "cancelled by the user") -> None:
         """Queue a cancel request for ``run_id``."""
         with self._lock:
-            self._run(run_id).cancels.append(
+            run = self._run(run_id)
+            if run.cancels is None:
+                run.cancels = []
+            run.cancels.append(
                 CancelRequest(next(self._ids), run_id, tuple(node_ids), reason, time.time()))
 
     def take_cancel_requests(self, run_id: str) -> list[CancelRequest]:
         """Cancel requests not handed out yet."""
         with self._lock:
             run = self._runs.get(run_id)
-            if run is None:
+            if run is None or run.cancels is None:
                 return []
             fresh = run.cancels[run.taken:]
             run.taken = len(run.cancels)
