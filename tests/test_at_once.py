@@ -341,3 +341,31 @@ def test_stopped_sync_calls_are_cancelled_or_abandoned_as_before() -> None:
     assert by["blocks#2"].status == "cancelled" and not by["blocks#2"].abandoned
     (slow,) = timed_out.outcomes.values()
     assert slow.status == "timed_out"
+
+
+@shoal.tool
+def interrupts() -> int:
+    """A sync tool that raises KeyboardInterrupt on its thread."""
+    raise KeyboardInterrupt
+
+
+@shoal.tool
+async def interrupts_at_once() -> int:
+    """An instant async tool that raises KeyboardInterrupt."""
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("tool", [interrupts, interrupts_at_once])
+def test_a_keyboard_interrupt_in_a_call_without_a_task_stops_the_run(tool: Any) -> None:
+    """It reaches the caller, as from a task, and the run ends without waiting on the call."""
+    gate.clear()
+    plan = shoal.Plan()
+    plan.call(tool)
+    for i in range(3):
+        plan.call(instant, i=i)
+        plan.call(blocks, i=i)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            asyncio.run(shoal.run(plan))
+    finally:
+        gate.set()

@@ -197,7 +197,7 @@ class Driver:
         self._burst_due = False  # a burst continues on the next loop turn
         self._quick: dict[int, bool] = {}  # id(tool) -> whether its calls run at once
         # position -> the pool and future of a sync call handed to the thread pool without a
-        # task (see _on_pool_now); positions of such calls stopped, whose end is on its way
+        # task (see _pool_now); positions of such calls stopped, whose end is on its way
         self._on_pool: dict[int, tuple[ThreadExecutor, Future[Any]]] = {}
         self._stopped_late: set[int] = set()
         self._hosts: dict[str, str] = {}  # backend -> where its calls run (see _here)
@@ -529,7 +529,6 @@ class Driver:
         on_pool = self._on_pool.get(call.pos)
         if on_pool is None or on_pool[1] is not future:  # stopped: reported already
             return
-        del self._on_pool[call.pos]
         if future.cancelled():
             result = AttemptResult("cancelled")
         else:
@@ -543,9 +542,10 @@ class Driver:
             elif isinstance(error, asyncio.CancelledError):
                 result = AttemptResult("cancelled", abandoned=call.abandoned)
             elif isinstance(error, KeyboardInterrupt):
-                raise error
+                raise error  # as from its task; the run's stop reports the call cancelled
             else:
                 result = AttemptResult("failed", error=error)
+        del self._on_pool[call.pos]
         assert self._context is not None
         self._context.run(self._report, self._attempt_done, call, result)
 
@@ -589,6 +589,8 @@ class Driver:
                         self._at_once_stopped.add(call.pos)
                         queue.appendleft((call, call_context))
                         raise
+                    if self._at_once_stopped:  # a cancel while it ran (from its own code) came
+                        self._at_once_stopped.discard(call.pos)  # too late to stop it
                 self._attempt_done(call, result)
         finally:
             self._bursting = False
@@ -726,6 +728,20 @@ class Driver:
                                  AttemptResult("cancelled", abandoned=call.abandoned))
         elif pos not in self._stopped_late:  # to run at once, and not yet: it never will
             self._at_once_stopped.add(pos)
+
+    def _orphans(self) -> None:
+        """Report cancelled the calls without a task that nothing will report any more.
+
+        Only after an error broke off the code that would have (a ``KeyboardInterrupt`` in a
+        batch of pool completions, say): the run is stopping, and must not wait for them.
+        """
+        for pos, (task, call) in list(self._tasks.items()):
+            if (task is None and self._tasks.get(pos, (None, None))[1] is call
+                    and pos not in self._on_pool and pos not in self._stopped_late
+                    and not self._at_once):
+                assert self._context is not None
+                self._context.run(self._report, self._attempt_done, call,
+                                  AttemptResult("cancelled"))
 
     def _unreported(self, call: Call, task: asyncio.Task[None]) -> None:
         running = self._tasks.get(call.pos)
@@ -973,6 +989,7 @@ class Driver:
                 await asyncio.gather(*pending, return_exceptions=True)
             else:  # only calls without tasks: their ends come on the next turn
                 await asyncio.sleep(0)
+                self._orphans()
             for task, call in list(self._tasks.values()):
                 if task is not None and task.done():  # ended without reporting (Ctrl-C, say)
                     self._unreported(call, task)
