@@ -200,6 +200,8 @@ class Driver:
         # task (see _pool_now); positions of such calls stopped, whose end is on its way
         self._on_pool: dict[int, tuple[ThreadExecutor, Future[Any]]] = {}
         self._stopped_late: set[int] = set()
+        # sync calls to hand to the pool on the next loop turn, all at once (see _submit)
+        self._to_pool: list[tuple[Call, ThreadExecutor, contextvars.Context]] = []
         self._hosts: dict[str, str] = {}  # backend -> where its calls run (see _here)
         self._context: contextvars.Context | None = None  # the driver's (see _attempt)
         self._settling: dict[int, list[Settles]] = {}  # position -> its attempt's board handles
@@ -453,7 +455,8 @@ class Driver:
         barrier = self._journal_decisions(d) if self._streaming else None
         # Starts before cancels: one decision can start a call and (fail_fast) cancel it.
         observer = self._observer
-        to_pool: list[tuple[Call, ThreadExecutor, contextvars.Context]] = []
+        to_pool = self._to_pool
+        submitting = bool(to_pool)
         # Each attempt reports its own end (see _attempt): no done-callback, no extra loop hop
         for call in d.starts:
             if barrier is None and observer is None:
@@ -474,12 +477,8 @@ class Driver:
             self._tasks[call.pos] = (task, call)
         for pos in d.cancels:
             self._stop(pos)
-        for call, pool, context in to_pool:
-            if self._at_once_stopped and call.pos in self._at_once_stopped:
-                self._at_once.append((call, context))  # reported cancelled, never run
-            else:
-                self._on_pool[call.pos] = (pool, pool.submit(
-                    call, context, partial(self._pool_ended, call)))
+        if to_pool and not submitting:
+            self._loop.call_soon(self._submit)
         for when, kind, pos in d.timers:
             self._set_timer(when, kind, pos)
         if d.events:
@@ -523,6 +522,23 @@ class Driver:
                 and not call.tool.injected):
             return executor
         return None
+
+    def _submit(self) -> None:
+        """Hand the sync calls started since the last turn to the pool, one after another.
+
+        Not as each starts: a batch of ends, each starting a call, would wake a pool thread
+        per call while the loop still works through the batch, and the loop and the threads
+        would take the GIL from each other call by call.
+        """
+        batch, self._to_pool = self._to_pool, []
+        for call, pool, context in batch:
+            if self._at_once_stopped and call.pos in self._at_once_stopped:
+                self._at_once.append((call, context))  # reported cancelled, never run
+            else:
+                self._on_pool[call.pos] = (pool, pool.submit(
+                    call, context, partial(self._pool_ended, call)))
+        if self._at_once and not self._bursting and not self._burst_due:
+            self._burst()
 
     def _pool_ended(self, call: Call, future: Future[Any]) -> None:
         """A call handed to the pool without a task ended: report it as its task would have."""
@@ -738,7 +754,7 @@ class Driver:
         for pos, (task, call) in list(self._tasks.items()):
             if (task is None and self._tasks.get(pos, (None, None))[1] is call
                     and pos not in self._on_pool and pos not in self._stopped_late
-                    and not self._at_once):
+                    and not self._at_once and not self._to_pool):
                 assert self._context is not None
                 self._context.run(self._report, self._attempt_done, call,
                                   AttemptResult("cancelled"))
