@@ -369,3 +369,33 @@ def test_a_keyboard_interrupt_in_a_call_without_a_task_stops_the_run(tool: Any) 
             asyncio.run(shoal.run(plan))
     finally:
         gate.set()
+
+
+@shoal.tool
+async def awaits_nothing_slow(i: int) -> int:
+    """Awaits (so it keeps its task), but what it awaits ends at once: so does its first step."""
+    return await _returns(i)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="eager task factories: Python 3.12+")
+def test_instant_calls_and_tasks_mix_under_an_eager_task_factory() -> None:
+    """A chain alternating calls that run at once with calls whose tasks an eager factory starts
+    inside ``create_task``: each reports once, none recurses, fail_fast still stops the rest."""
+    ran.clear()
+
+    async def main() -> tuple[shoal.RunResult, shoal.RunResult]:
+        loop = asyncio.get_running_loop()
+        loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined]
+        chain = shoal.Plan()
+        ref = chain.call(instant, i=0)
+        for step in range(3000):
+            ref = chain.call(awaits_nothing_slow if step % 2 else instant, i=ref)
+        failing = shoal.Plan()
+        failing.call(boom)
+        for i in range(4):
+            failing.call(awaits_nothing_slow, i=i)
+        return await shoal.run(chain), await shoal.run(failing, fail_fast=True)
+
+    chained, failed = asyncio.run(main())
+    assert chained.ok and len(chained.outcomes) == 3001
+    assert sorted(o.status for o in failed.outcomes.values()) == ["cancelled"] * 4 + ["failed"]
