@@ -65,8 +65,22 @@ class _Completions:
     def _settle(self) -> None:
         with self._lock:
             batch, self._batch, self._waking = self._batch, [], False
-        for callback, future in batch:
-            callback(future)
+        for index, (callback, future) in enumerate(batch):
+            try:
+                callback(future)
+            except BaseException:  # a KeyboardInterrupt, say: the rest still end, next turn
+                self._again(batch[index + 1:])
+                raise
+
+    def _again(self, rest: list[tuple[Callable[[Future[Any]], None], Future[Any]]]) -> None:
+        if not rest:
+            return
+        with self._lock:
+            self._batch[:0] = rest
+            if self._waking:
+                return
+            self._waking = True
+        self.loop.call_soon(self._settle)
 
 
 def _settle_waiter(waiter: asyncio.Future[Any], future: Future[Any]) -> None:
