@@ -121,3 +121,33 @@ def test_many_or_one_sync_calls_all_finish(n: int) -> None:
     refs = [plan.call(ident, i=i) for i in range(n)]
     result = shoal.run_sync(plan)
     assert [result[r].value for r in refs] == list(range(n))
+
+
+def test_a_callback_that_raises_leaves_the_rest_of_its_batch_to_the_next_turn() -> None:
+    """One caller's error (a KeyboardInterrupt, say) must not lose the other ends of a batch."""
+    from concurrent.futures import Future
+
+    from shoal.executors.thread import _Completions
+
+    seen: list[int] = []
+    errors: list[object] = []
+
+    def bad(_: Future[Any]) -> None:
+        raise RuntimeError("a caller's bug")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _, context: errors.append(context.get("exception")))
+        completions = _Completions(loop)
+        futures: list[Future[Any]] = [Future() for _ in range(3)]
+        completions.tell(bad, futures[0])
+        for future in futures[1:]:
+            completions.tell(lambda f: seen.append(f.result()), future)
+        for i, future in enumerate(futures):
+            future.set_result(i)
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    asyncio.run(main())
+    assert seen == [1, 2]
+    assert len(errors) == 1 and isinstance(errors[0], RuntimeError)

@@ -33,6 +33,8 @@ class _Completions:
     A thread that ends a call appends it here and wakes the loop only if the batch was empty
     (one ``call_soon_threadsafe`` per batch, not one per call, as ``wrap_future`` costs); the
     loop then settles every call of the batch in one callback.
+    A caller that runs no task for its call (see :meth:`ThreadExecutor.submit`) is told
+    directly: its callback gets the ended future, on the loop, in the same batch.
     """
 
     __slots__ = ("_batch", "_lock", "_waking", "loop")
@@ -40,16 +42,20 @@ class _Completions:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._lock = threading.Lock()
-        self._batch: list[tuple[asyncio.Future[Any], Future[Any]]] = []
+        self._batch: list[tuple[Callable[[Future[Any]], None], Future[Any]]] = []
         self._waking = False  # a wake-up is on its way to the loop
 
     def watch(self, waiter: asyncio.Future[Any], future: Future[Any]) -> None:
         """Settle ``waiter`` (on the loop) like ``future`` once that is done (on any thread)."""
-        future.add_done_callback(partial(self._ended, waiter))
+        future.add_done_callback(partial(self._ended, partial(_settle_waiter, waiter)))
 
-    def _ended(self, waiter: asyncio.Future[Any], future: Future[Any]) -> None:
+    def tell(self, callback: Callable[[Future[Any]], None], future: Future[Any]) -> None:
+        """Call ``callback(future)`` on the loop once ``future`` is done (on any thread)."""
+        future.add_done_callback(partial(self._ended, callback))
+
+    def _ended(self, callback: Callable[[Future[Any]], None], future: Future[Any]) -> None:
         with self._lock:
-            self._batch.append((waiter, future))
+            self._batch.append((callback, future))
             if self._waking:
                 return
             self._waking = True
@@ -59,17 +65,36 @@ class _Completions:
     def _settle(self) -> None:
         with self._lock:
             batch, self._batch, self._waking = self._batch, [], False
-        for waiter, future in batch:
-            if waiter.done():  # the call was cancelled meanwhile
-                continue
-            if future.cancelled():
-                waiter.cancel()
-                continue
-            error = future.exception()
-            if error is None:
-                waiter.set_result(future.result())
-            else:
-                waiter.set_exception(error)
+        for index, (callback, future) in enumerate(batch):
+            try:
+                callback(future)
+            except BaseException:  # a KeyboardInterrupt, say: the rest still end, next turn
+                self._again(batch[index + 1:])
+                raise
+
+    def _again(self, rest: list[tuple[Callable[[Future[Any]], None], Future[Any]]]) -> None:
+        if not rest:
+            return
+        with self._lock:
+            self._batch[:0] = rest
+            if self._waking:
+                return
+            self._waking = True
+        self.loop.call_soon(self._settle)
+
+
+def _settle_waiter(waiter: asyncio.Future[Any], future: Future[Any]) -> None:
+    """Settle ``waiter`` like the ended ``future``."""
+    if waiter.done():  # the call was cancelled meanwhile
+        return
+    if future.cancelled():
+        waiter.cancel()
+        return
+    error = future.exception()
+    if error is None:
+        waiter.set_result(future.result())
+    else:
+        waiter.set_exception(error)
 
 
 class ThreadExecutor(Executor):
@@ -100,12 +125,7 @@ class ThreadExecutor(Executor):
             await self.start()
         assert self._pool is not None
         loop = asyncio.get_running_loop()
-        completions = self._current  # almost always the loop of the last call
-        if completions is None or completions.loop is not loop:
-            completions = self._completions.get(loop)
-            if completions is None:
-                completions = self._completions[loop] = _Completions(loop)
-            self._current = completions
+        completions = self._completions_of(loop)
         target = _target(call)
         context = contextvars.copy_context()
         future = self._pool.submit(context.run, target)
@@ -114,13 +134,45 @@ class ThreadExecutor(Executor):
         try:
             return await waiter
         except asyncio.CancelledError:
-            if not future.cancel() and not future.done():
-                call.abandoned = True
-                with self._lock:
-                    self.abandoned_running += 1
-                    self.abandoned_total += 1
-                future.add_done_callback(self._forget)
+            self.stop(call, future)
             raise
+
+    @property
+    def started(self) -> bool:
+        """Whether the pool exists (:meth:`submit` needs it)."""
+        return self._pool is not None
+
+    def submit(self, call: Call, context: contextvars.Context,
+               on_end: Callable[[Future[Any]], None]) -> Future[Any]:
+        """Start ``call`` on a pool thread now, in ``context``, with no task on the loop.
+
+        ``on_end(future)`` runs on the running loop once the call ended (its value or its
+        exception is the future's), batched with the other calls that ended meanwhile. For a
+        caller that keeps no task per call (the scheduler's driver): to stop the call, it
+        calls :meth:`stop`. Needs :meth:`start` first.
+        """
+        assert self._pool is not None
+        future = self._pool.submit(context.run, _target(call))
+        self._completions_of(asyncio.get_running_loop()).tell(on_end, future)
+        return future
+
+    def stop(self, call: Call, future: Future[Any]) -> None:
+        """Stop ``call``'s work: cancel it if no thread has it yet, else mark it abandoned."""
+        if not future.cancel() and not future.done():
+            call.abandoned = True
+            with self._lock:
+                self.abandoned_running += 1
+                self.abandoned_total += 1
+            future.add_done_callback(self._forget)
+
+    def _completions_of(self, loop: asyncio.AbstractEventLoop) -> _Completions:
+        completions = self._current  # almost always the loop of the last call
+        if completions is None or completions.loop is not loop:
+            completions = self._completions.get(loop)
+            if completions is None:
+                completions = self._completions[loop] = _Completions(loop)
+            self._current = completions
+        return completions
 
     def _forget(self, _: Future[Any]) -> None:
         with self._lock:

@@ -39,7 +39,9 @@ import math
 import os
 import socket
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
@@ -53,9 +55,12 @@ from shoal.exceptions import ConfigError, StoreError, ToolTimeoutError
 from shoal.executors._results import PLAIN_RESULTS as _PLAIN
 from shoal.executors._results import unawaited_result
 from shoal.executors.base import Call, Executor
+from shoal.executors.inline import InlineExecutor
+from shoal.executors.thread import ThreadExecutor
 from shoal.instrumentation import RunObserver
 from shoal.outcome import ErrorInfo, Outcome, RunResult
 from shoal.plan import _ITEM_ID, Node
+from shoal.scheduler.eager import ends_in_first_step
 from shoal.scheduler.scope import RunScope, Settles, events_origin, inject
 from shoal.scheduler.state import (
     AttemptResult,
@@ -81,6 +86,10 @@ from shoal.store.resume import Resumption
 __all__ = ["Driver", "Snapshot", "epoch_now"]
 
 log = logging.getLogger("shoal")
+#: Most calls run at once (see _run_at_once) before the driver gives the loop a turn: a long
+#: cascade of calls that end in their first step must not hold the loop (timers, a deadline,
+#: other runs) longer than a loop turn of as many tasks would.
+AT_ONCE_BURST = 1000
 #: This machine's name: where the calls of backends that run everything here ran.
 HOST = socket.gethostname()
 
@@ -126,12 +135,13 @@ class Driver:
     # slots: a swarm holds a run per agent turn in flight, thousands at once; an instance
     # dict of this many attributes costs a kilobyte and is one more object for the collector
     __slots__ = (
-        "_before_start", "_clock", "_context", "_deadline", "_desk", "_early", "_epoch",
-        "_executor_for", "_executors", "_finished", "_given_clock", "_hosts", "_internal",
-        "_journal", "_loop", "_observer", "_origin_epoch", "_resume", "_run_approvals",
-        "_run_record", "_session", "_settling", "_shift", "_sinks", "_starting", "_store",
-        "_streaming", "_t0", "_tasks", "_time", "_timers", "_watchers", "cancelled_reason",
-        "lineage", "scope", "sinks", "state",
+        "_at_once", "_at_once_stopped", "_before_start", "_burst_due", "_bursting", "_clock",
+        "_context", "_deadline", "_desk", "_early", "_entered", "_epoch", "_executor_for",
+        "_executors", "_finished", "_given_clock", "_hosts", "_internal", "_journal", "_loop",
+        "_observer", "_on_pool", "_origin_epoch", "_quick", "_resume", "_run_approvals",
+        "_run_record", "_session", "_settling", "_shift", "_sinks", "_starting", "_stopped_late",
+        "_store", "_streaming", "_t0", "_tasks", "_time", "_timers", "_to_pool", "_watchers",
+        "cancelled_reason", "lineage", "scope", "sinks", "state"
     )
 
     def __init__(
@@ -193,7 +203,22 @@ class Driver:
             if store.keeps_events:
                 self._internal = (self._journal_event,)
         self._observer: RunObserver | None = None  # the instrumentation's (see observe)
-        self._tasks: dict[int, tuple[asyncio.Task[None], Call]] = {}  # position -> attempt
+        # position -> attempt (no task: it runs at once, see _run_at_once, and has not yet)
+        self._tasks: dict[int, tuple[asyncio.Task[None] | None, Call]] = {}
+        # calls that end in their first step, to run at once, each in the context a task of
+        # its own would have copied; those cancelled before they ran; whether a burst runs
+        self._at_once: deque[tuple[Call, contextvars.Context]] = deque()
+        self._at_once_stopped: set[int] = set()
+        self._bursting = False
+        self._entered = False  # whether the driver's context is the current one (see _report)
+        self._burst_due = False  # a burst continues on the next loop turn
+        self._quick: dict[int, bool] = {}  # id(tool) -> whether its calls run at once
+        # position -> the pool and future of a sync call handed to the thread pool without a
+        # task (see _pool_now); positions of such calls stopped, whose end is on its way
+        self._on_pool: dict[int, tuple[ThreadExecutor, Future[Any]]] = {}
+        self._stopped_late: set[int] = set()
+        # sync calls to hand to the pool on the next loop turn, all at once (see _submit)
+        self._to_pool: list[tuple[Call, ThreadExecutor, contextvars.Context]] = []
         self._hosts: dict[str, str] = {}  # backend -> where its calls run (see _here)
         self._context: contextvars.Context | None = None  # the driver's (see _attempt)
         self._settling: dict[int, list[Settles]] = {}  # position -> its attempt's board handles
@@ -478,14 +503,30 @@ class Driver:
         barrier = self._journal_decisions(d) if self._streaming else None
         # Starts before cancels: one decision can start a call and (fail_fast) cancel it.
         observer = self._observer
+        to_pool = self._to_pool
+        submitting = bool(to_pool)
         # Each attempt reports its own end (see _attempt): no done-callback, no extra loop hop
         for call in d.starts:
+            if barrier is None and observer is None:
+                # no task: start after this decision's cancels (one that fail_fast stops here
+                # never runs), in the context a task made now would copy
+                if self._ends_at_once(call):
+                    self._tasks[call.pos] = (None, call)
+                    self._at_once.append((call, contextvars.copy_context()))
+                    continue
+                pool = self._pool_now(call)
+                if pool is not None:
+                    self._tasks[call.pos] = (None, call)
+                    to_pool.append((call, pool, contextvars.copy_context()))
+                    continue
             attempt = self._attempt(call, barrier)
             task = (self._loop.create_task(attempt) if observer is None  # not instrumented
                     else self._loop.create_task(attempt, context=observer.attempt_context(call)))
             self._tasks[call.pos] = (task, call)
         for pos in d.cancels:
             self._stop(pos)
+        if to_pool and not submitting:
+            self._loop.call_soon(self._submit)
         for when, kind, pos in d.timers:
             self._set_timer(when, kind, pos)
         if d.events:
@@ -500,6 +541,153 @@ class Driver:
             self._tell_watchers(d.done)
         if self.state.finished and self._finished is not None and not self._finished.done():
             self._finished.set_result(None)
+        if self._at_once and not self._bursting and not self._burst_due:
+            self._burst()
+
+    def _ends_at_once(self, call: Call) -> bool:
+        """Whether ``call`` runs without a task: an inline call that cannot suspend.
+
+        Such a call (see :mod:`shoal.scheduler.eager`) can neither wait nor be interrupted, so
+        a timeout cannot fire and nothing can cancel it once it runs; a task would only add
+        its cost and a loop turn. Not for injected values (their settling is the task's).
+        """
+        tool = call.tool
+        quick = self._quick.get(id(tool))
+        if quick is None:
+            quick = self._quick[id(tool)] = (
+                tool.is_async and not tool.injected and ends_in_first_step(tool.fn))
+        return quick and call.isolation == "inline" and (
+            type(self._executors.get("inline")) is InlineExecutor)
+
+    def _pool_now(self, call: Call) -> ThreadExecutor | None:
+        """The thread pool to hand ``call`` to now, without a task, if it fits.
+
+        A sync call without a timeout needs no task: the pool's batched completions report
+        its end (see :meth:`_pool_ended`), and a cancel stops it as its task would have.
+        """
+        executor = self._executors.get(call.isolation)
+        if (type(executor) is ThreadExecutor and executor.started and call.timeout is None
+                and not call.tool.injected):
+            return executor
+        return None
+
+    def _submit(self) -> None:
+        """Hand the sync calls started since the last turn to the pool, one after another.
+
+        Not as each starts: a batch of ends, each starting a call, would wake a pool thread
+        per call while the loop still works through the batch, and the loop and the threads
+        would take the GIL from each other call by call.
+        """
+        batch, self._to_pool = self._to_pool, []
+        for call, pool, context in batch:
+            if self._at_once_stopped and call.pos in self._at_once_stopped:
+                self._at_once.append((call, context))  # reported cancelled, never run
+            else:
+                self._on_pool[call.pos] = (pool, pool.submit(
+                    call, context, partial(self._pool_ended, call)))
+        if self._at_once and not self._bursting and not self._burst_due:
+            self._burst()
+
+    def _pool_ended(self, call: Call, future: Future[Any]) -> None:
+        """A call handed to the pool without a task ended: report it as its task would have."""
+        on_pool = self._on_pool.get(call.pos)
+        if on_pool is None or on_pool[1] is not future:  # stopped: reported already
+            return
+        if future.cancelled():
+            result = AttemptResult("cancelled")
+        else:
+            error = future.exception()
+            if error is None:
+                value = future.result()
+                unawaited = None if type(value) in _PLAIN else unawaited_result(
+                    call.tool.name, value)
+                result = (AttemptResult("ok", value) if unawaited is None
+                          else AttemptResult("failed", error=unawaited))
+            elif isinstance(error, asyncio.CancelledError):
+                result = AttemptResult("cancelled", abandoned=call.abandoned)
+            elif isinstance(error, KeyboardInterrupt):
+                raise error  # as from its task; the run's stop reports the call cancelled
+            else:
+                result = AttemptResult("failed", error=error)
+        del self._on_pool[call.pos]
+        assert self._context is not None
+        self._context.run(self._report, self._attempt_done, call, result)
+
+    def _stopped_end(self, call: Call, result: AttemptResult) -> None:
+        """The end of a stopped call that had no task, one loop turn later (as a task's)."""
+        self._stopped_late.discard(call.pos)
+        running = self._tasks.get(call.pos)
+        if running is not None and running[1] is call:
+            assert self._context is not None
+            self._context.run(self._report, self._attempt_done, call, result)
+
+    def _burst(self) -> None:
+        """Run the calls waiting to run at once, and those their ends start, in a loop.
+
+        Each call's end is fed to the state machine here, and the calls it releases join the
+        queue: a cascade runs iteratively, never by recursion. After :data:`AT_ONCE_BURST`
+        calls the rest waits for the next loop turn, so timers and other tasks get theirs.
+        """
+        assert self._context is not None
+        if not self._entered:  # each end is fed to the state machine in the driver's context
+            self._context.run(self._report, self._burst)
+            return
+        self._bursting, self._burst_due = True, False
+        queue, ran = self._at_once, 0
+        try:
+            while queue:
+                if ran >= AT_ONCE_BURST:
+                    assert self._loop is not None
+                    self._burst_due = True
+                    self._loop.call_soon(self._burst)
+                    return
+                call, call_context = queue.popleft()
+                if self._at_once_stopped and call.pos in self._at_once_stopped:
+                    self._at_once_stopped.discard(call.pos)
+                    result = AttemptResult("cancelled")  # cancelled before it ran: it never does
+                else:
+                    ran += 1
+                    try:
+                        result = self._run_at_once(call, call_context)
+                    except BaseException:  # KeyboardInterrupt: it stays to be reported cancelled
+                        self._at_once_stopped.add(call.pos)
+                        queue.appendleft((call, call_context))
+                        raise
+                    if self._at_once_stopped:  # a cancel while it ran (from its own code) came
+                        self._at_once_stopped.discard(call.pos)  # too late to stop it
+                self._attempt_done(call, result)
+        finally:
+            self._bursting = False
+
+    def _report(self, step: Callable[..., None], *args: object) -> None:
+        """Run ``step`` (already in the driver's context), noting that the context is entered."""
+        entered, self._entered = self._entered, True
+        try:
+            step(*args)
+        finally:
+            self._entered = entered
+
+    @staticmethod
+    def _run_at_once(call: Call, context: contextvars.Context) -> AttemptResult:
+        """Run a call that ends in its first step; its end as :meth:`_attempt` would report it."""
+        try:
+            coro = call.tool.fn(**call.args)
+            context.run(coro.send, None)
+        except StopIteration as stop:
+            value = stop.value
+            unawaited = None if type(value) in _PLAIN else unawaited_result(
+                call.tool.name, value)
+            return (AttemptResult("ok", value) if unawaited is None
+                    else AttemptResult("failed", error=unawaited))
+        except asyncio.CancelledError:
+            return AttemptResult("cancelled", abandoned=call.abandoned)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # incl. SystemExit: a tool's exit fails it; the run lives
+            return AttemptResult("failed", error=exc)
+        coro.close()  # its code has no await: it cannot get here
+        return AttemptResult("failed", error=RuntimeError(
+            f"tool {call.tool.name!r} suspended in a step that cannot suspend"))
 
     def _share_gates(self, d: Decisions) -> None:
         """Pass wake-ups between the runtime's runs that share gates.
@@ -574,7 +762,7 @@ class Driver:
         except BaseException as exc:  # incl. SystemExit: a tool's exit fails it; the run lives
             result = AttemptResult("failed", error=exc)
         assert self._context is not None
-        self._context.run(self._attempt_done, call, result)
+        self._context.run(self._report, self._attempt_done, call, result)
 
     def _stop(self, pos: int) -> None:
         """Cancel the running attempt of ``pos``.
@@ -587,8 +775,37 @@ class Driver:
         running = self._tasks.get(pos)
         if running is not None:
             task, call = running
+            if task is None:
+                self._stop_taskless(pos, call)
+                return
             task.cancel()
             task.add_done_callback(partial(self._unreported, call))
+
+    def _stop_taskless(self, pos: int, call: Call) -> None:
+        on_pool = self._on_pool.pop(pos, None)
+        if on_pool is not None:  # on the pool: cancelled if no thread has it, else abandoned
+            pool, future = on_pool
+            pool.stop(call, future)
+            assert self._loop is not None
+            self._stopped_late.add(pos)
+            self._loop.call_soon(self._stopped_end, call,
+                                 AttemptResult("cancelled", abandoned=call.abandoned))
+        elif pos not in self._stopped_late:  # to run at once, and not yet: it never will
+            self._at_once_stopped.add(pos)
+
+    def _orphans(self) -> None:
+        """Report cancelled the calls without a task that nothing will report any more.
+
+        Only after an error broke off the code that would have (a ``KeyboardInterrupt`` in a
+        batch of pool completions, say): the run is stopping, and must not wait for them.
+        """
+        for pos, (task, call) in list(self._tasks.items()):
+            if (task is None and self._tasks.get(pos, (None, None))[1] is call
+                    and pos not in self._on_pool and pos not in self._stopped_late
+                    and not self._at_once and not self._to_pool):
+                assert self._context is not None
+                self._context.run(self._report, self._attempt_done, call,
+                                  AttemptResult("cancelled"))
 
     def _unreported(self, call: Call, task: asyncio.Task[None]) -> None:
         running = self._tasks.get(call.pos)
@@ -835,12 +1052,18 @@ class Driver:
     async def _drain(self) -> None:
         """Wait for cancelled attempts to end, so no task outlives the run."""
         while self._tasks:
-            pending = [task for task, _ in self._tasks.values()]
+            pending = [task for task, _ in self._tasks.values() if task is not None]
             for pos in list(self._tasks):
                 self._stop(pos)
-            await asyncio.gather(*pending, return_exceptions=True)
+            if self._at_once and not self._bursting:  # calls that were to run at once never do
+                self._burst()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+            else:  # only calls without tasks: their ends come on the next turn
+                await asyncio.sleep(0)
+                self._orphans()
             for task, call in list(self._tasks.values()):
-                if task.done():  # ended without reporting (a KeyboardInterrupt, say)
+                if task is not None and task.done():  # ended without reporting (Ctrl-C, say)
                     self._unreported(call, task)
         await self._desk.drain(self.state.run_id)
 
