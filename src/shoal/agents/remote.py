@@ -444,12 +444,12 @@ class TreeServer:
         if op == "board_conflicts":
             return board.conflicts
         if op == "board_commit":
-            writer, writes, seen, call, recorded, number = args
+            writer, writes, seen, call, recorded, number, digest = args
             if call is not None:
                 self._own(call[0])
             return board._commit(writer, [(str(k), v) for k, v in writes], seen,
                                  call=None if call is None else (str(call[0]), str(call[1])),
-                                 recorded=recorded, number=number)
+                                 recorded=recorded, number=number, args=str(digest))
         if op == "board_replay":
             self._own(getattr(args[0], "run_id", None))
             board._replay(args[0])
@@ -477,11 +477,11 @@ class TreeServer:
             if board is None:
                 raise ShoalError("an agent process asked the board (board_commit_call), but "
                                  "this tree has none")
-            writer, writes, seen, call = args
+            writer, writes, seen, call, digest = args
             self._own(call[0])
             key = (str(call[0]), str(call[1]))
             record = board._commit_call(str(writer), [(str(k), v) for k, v in writes],
-                                        dict(seen), key)
+                                        dict(seen), key, str(digest))
         except Exception as exc:  # a merge that fails, a breach: the call fails there
             self._reply(call_id, "board_commit_call", False, exc)
             return

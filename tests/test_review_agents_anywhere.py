@@ -1,0 +1,114 @@
+"""Hostile and awkward cases of agents anywhere: where an agent runs, and its board commits.
+
+A journaled start event whose placement fields are damaged reaches no view, and a board
+commit keyed by its call swallows no other call's writes that happen to share the key (an
+agent whose model, asked again, made another call under the same name). Real subprocesses.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+import shoal
+from shoal.cli.agent_journal import event_from_dict
+from shoal.cli.tree import AgentTree, render_tree
+from shoal.events import AgentStarted
+from shoal.testing import ScriptedModel, call
+
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_child_process_leak")]
+
+
+# ---- damaged placement fields in a journal ------------------------------------------------
+
+
+def _started(**fields: Any) -> dict[str, Any]:
+    return {"kind": "AgentStarted", "run_id": "r", "time": 0.5, "lineage": "lead/a#1",
+            "agent": "a", "prompt": "go", "depth": 1, **fields}
+
+
+@pytest.mark.parametrize("damage", [
+    {"isolation": 5}, {"isolation": "ray", "where": {"host": 1}}, {"isolation": ["ray"]},
+    {"isolation": "process", "pid": "4242; rm -rf"}, {"isolation": "process", "pid": True},
+    {"isolation": "process", "pid": 1.5},
+])
+def test_a_damaged_placement_in_a_journaled_start_event_is_left_out(
+        damage: dict[str, Any]) -> None:
+    event = event_from_dict(_started(**damage))
+    assert isinstance(event, AgentStarted)
+    assert isinstance(event.where, str) and isinstance(event.isolation, str)
+    assert type(event.pid) is int
+    tree = AgentTree.replay([event])
+    console = Console(record=True, width=120)
+    console.print(render_tree(tree, "run r"))  # drawn, not a traceback
+    assert "lead" in console.export_text() or "a#1" in console.export_text()
+
+
+def test_a_journaled_event_whose_time_is_not_a_number_is_skipped() -> None:
+    assert event_from_dict(_started(time="soon")) is None
+    assert event_from_dict(_started(lineage=["lead"])) is None
+
+
+# ---- a call's commit is keyed by the call, not only its name -------------------------------
+
+
+@shoal.tool(idempotent=True)
+def note(text: str, board: shoal.BoardHandle) -> str:
+    """Append ``text`` to the board's ``notes``."""
+    board.write("notes", text)
+    return f"noted {text}"
+
+
+@shoal.tool
+def die_once(path: str) -> str:
+    """SIGKILL this process the first time (``path`` remembers it)."""
+    import os
+    import signal
+
+    if not Path(path).exists():
+        Path(path).write_text("died")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "survived"
+
+
+def first_turn(request: Any) -> list[Any]:
+    """The first turn: a note naming the attempt (the model answers differently each time)."""
+    marker = Path(_marker_of(request))
+    attempt = "second" if marker.exists() else "first"
+    return [call("note", text=f"{attempt} answer")]
+
+
+def second_turn(request: Any) -> list[Any]:
+    """The second turn: the first time, its process dies (the note committed before)."""
+    return [call("die_once", path=_marker_of(request))]
+
+
+def _marker_of(request: Any) -> str:
+    # the marker file's path travels in the prompt: "go MARKER"
+    text = json.dumps([m.content for m in request.messages], default=str)
+    return text.split("go ")[1].split('"')[0]
+
+
+def test_a_retried_agent_whose_model_answers_anew_keeps_both_attempts_writes(
+        tmp_path: Path) -> None:
+    """The first attempt's process dies after its note committed (in its second turn); the
+    retried agent notes anew.
+
+    With the in-memory journal the retried agent starts afresh: its model, asked again,
+    writes another note under the same call name (``note#1`` of turn 1). That is another
+    call, whose write counts: it is not taken for the first call run again.
+    """
+    marker = tmp_path / "died"
+    model = ScriptedModel.per_prompt({f"go {marker}": [first_turn, second_turn, "done"]})
+    helper = shoal.Agent(name="helper", model=model, tools=[note, die_once],
+                         isolation="process", stream_dispatch=False)
+    plan = shoal.Plan()
+    ref = plan.call(helper.node_tool.options(retries=1), task=f"go {marker}")
+    board = shoal.Board(notes=shoal.merge.append)
+    result = shoal.Runtime(store="memory").run_sync(plan, board=board)
+    assert result[ref].status == "ok" and result[ref].attempts == 2, result[ref]
+    assert board["notes"] == ["first answer", "second answer"]
