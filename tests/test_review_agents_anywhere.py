@@ -15,6 +15,7 @@ import pytest
 from rich.console import Console
 
 import shoal
+from shoal.agents.node import NodeInjected
 from shoal.cli.agent_journal import event_from_dict
 from shoal.cli.tree import AgentTree, render_tree
 from shoal.events import AgentStarted
@@ -112,3 +113,51 @@ def test_a_retried_agent_whose_model_answers_anew_keeps_both_attempts_writes(
     result = shoal.Runtime(store="memory").run_sync(plan, board=board)
     assert result[ref].status == "ok" and result[ref].attempts == 2, result[ref]
     assert board["notes"] == ["first answer", "second answer"]
+
+
+# ---- an agent journaling through its parent reads and writes only its own runs -------------
+
+
+class DurableMemoryStore(shoal.MemoryStore):
+    """A durable store without a file: agent processes journal in it through their parent."""
+
+    durable = True
+
+
+@shoal.tool
+def pry(shoal_node: NodeInjected) -> list[str]:
+    """Ask the journal (the parent's, through it) for runs around this agent's own; say how.
+
+    This call's run is ``RUN/LINEAGE/turn-N``: a sibling whose lineage starts with the same
+    text (``lead/a#1`` and ``lead/a#10``), the parent's own step and the root run are not
+    this agent's.
+    """
+    store = shoal_node.scope.runtime.store
+    assert store is not None
+    own = shoal_node.scope.run_id.rsplit("/", 1)[0]  # RUN/LINEAGE
+    root = own.split("/", 1)[0]
+    said = [type(store).__name__]
+    for run_id in (f"{own}0/turn-1", own, f"{own.rsplit('/', 1)[0]}/turn-1", root):
+        try:
+            store.get_run(run_id)
+            said.append(f"read {run_id}")
+        except shoal.ShoalError as exc:
+            said.append("refused" if "may journal only its own runs" in str(exc) else repr(exc))
+    try:
+        store.outcomes(f"{own}/turn-1")  # its own: answered
+        said.append("own ok")
+    except shoal.ShoalError as exc:
+        said.append(repr(exc))
+    return said
+
+
+def test_an_agent_journaling_through_its_parent_is_refused_runs_that_are_not_its_own() -> None:
+    model = ScriptedModel.per_prompt({"go": [[call("reader", task="r")], "done"],
+                                      "r": [[call("pry")], "read"]})
+    reader = shoal.Agent(name="reader", model=model, tools=[pry], isolation="process",
+                         stream_dispatch=False)
+    lead = shoal.Agent(name="lead", model=model, subagents=[reader])
+    result = lead.run_sync("go", runtime=shoal.Runtime(store=DurableMemoryStore()))
+    said = result.children[0].calls[0].message.content
+    assert json.loads(said) == ["ParentStore", "refused", "refused", "refused", "refused",
+                                "own ok"], said
