@@ -161,3 +161,39 @@ def test_an_agent_journaling_through_its_parent_is_refused_runs_that_are_not_its
     said = result.children[0].calls[0].message.content
     assert json.loads(said) == ["ParentStore", "refused", "refused", "refused", "refused",
                                 "own ok"], said
+
+
+@shoal.tool(idempotent=True)
+def note_here(shoal_node: NodeInjected, text: str, pid_file: str,
+              board: shoal.BoardHandle) -> str:
+    """:func:`tests.board_commit_kill.note`, taking its node's context first (injected too)."""
+    import os
+
+    Path(pid_file).write_text(str(os.getpid()))
+    with open(pid_file + ".ran", "a", encoding="utf-8") as ran:
+        ran.write(text + "\n")
+    board.write("notes", text)
+    return f"noted {text} in {shoal_node.node_id}"
+
+
+def test_a_call_taking_its_context_too_run_again_after_its_commit_writes_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the runtime injects (the node's context, another object each attempt) is not
+    what tells the call: run again after its agent's process was killed at its commit, it
+    is the same call, and its write counts once."""
+    from tests.board_commit_kill import KILL_AT_COMMIT, kill_orders, new_board
+
+    db, pid_file = tmp_path / "runs.db", tmp_path / "helper.pid"
+    monkeypatch.setenv(KILL_AT_COMMIT, kill_orders(tmp_path / "kill", "x1", pid_file))
+    model = ScriptedModel.per_prompt({"go": [
+        [call("note_here", text="x1", pid_file=str(pid_file))], "noted"]})
+    helper = shoal.Agent(name="helper", model=model, tools=[note_here], isolation="process",
+                         stream_dispatch=False)
+    plan = shoal.Plan()
+    ref = plan.call(helper.node_tool.options(retries=1), task="go")
+    board = new_board()
+    result = shoal.Runtime(store=f"sqlite:///{db}").run_sync(plan, board=board, run_id="p-1")
+    assert (tmp_path / "kill.done").exists()
+    assert result[ref].status == "ok" and result[ref].attempts == 2, result[ref]
+    assert (tmp_path / "helper.pid.ran").read_text().split() == ["x1", "x1"]
+    assert board["notes"] == ["x1"]

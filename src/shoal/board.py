@@ -477,7 +477,11 @@ def _inject(call: Call, scope: RunScope | None) -> BoardHandle:
                          "SQLiteStore or MemoryStore")
     writer = scope.where(call.node_id)
     return BoardHandle(scope.board, writer, run_id=call.run_id, node_id=call.node_id,
-                       merges=_merged_keys(call), args=call_digest(call.tool.name, call.args))
+                       merges=_merged_keys(call), args=call_digest(call.tool.name, {
+                           # what the caller passed: not what the runtime fills in (this
+                           # handle, the node's context: another object each attempt)
+                           name: value for name, value in call.args.items()
+                           if name not in call.tool.injected}))
 
 
 def _inject_if_any(call: Call, scope: RunScope | None) -> BoardHandle | None:
