@@ -197,3 +197,52 @@ def test_a_call_taking_its_context_too_run_again_after_its_commit_writes_once(
     assert result[ref].status == "ok" and result[ref].attempts == 2, result[ref]
     assert (tmp_path / "helper.pid.ran").read_text().split() == ["x1", "x1"]
     assert board["notes"] == ["x1"]
+
+
+class FlakyJournal(shoal.SQLiteStore):
+    """A SQLite journal that fails the first time it is asked to journal a commit as applied."""
+
+    failed = False
+
+    def write(self, records: Any) -> None:
+        from shoal.board import stands_alone
+
+        records = list(records)
+        if not FlakyJournal.failed and any(
+                getattr(r, "kind", None) == "board" and stands_alone(r) for r in records):
+            FlakyJournal.failed = True
+            raise shoal.StoreError("the disk is full (once)")
+        super().write(records)
+
+
+@shoal.tool(idempotent=True, retries=1)
+def note_again(text: str, board: shoal.BoardHandle) -> str:
+    """Append ``text`` to the board's ``notes`` (retried once if its attempt fails)."""
+    board.write("notes", text)
+    return f"noted {text}"
+
+
+def test_a_commit_the_root_could_not_journal_is_journaled_when_its_call_runs_again(
+        tmp_path: Path) -> None:
+    """The root applied the commit but its journal refused it: the call failed saying so.
+
+    Its retry finds the commit applied and writes nothing twice, and the root journals it
+    then: the journal holds what the board holds, so a resume does not lose the write.
+    """
+    from shoal.board import replay_journal
+
+    db = tmp_path / "runs.db"
+    FlakyJournal.failed = False
+    model = ScriptedModel.per_prompt({"go": [[call("note_again", text="x1")], "noted"]})
+    helper = shoal.Agent(name="helper", model=model, tools=[note_again],
+                         isolation="process", stream_dispatch=False)
+    plan = shoal.Plan()
+    ref = plan.call(helper, task="go")
+    board = shoal.Board(notes=shoal.merge.append)
+    result = shoal.Runtime(store=FlakyJournal(db)).run_sync(plan, board=board, run_id="p-1")
+    assert FlakyJournal.failed
+    assert result[ref].status == "ok", result[ref]
+    assert board["notes"] == ["x1"]
+    journaled = shoal.Board(notes=shoal.merge.append)
+    replay_journal(journaled, shoal.SQLiteStore(db), "p-1")
+    assert journaled["notes"] == ["x1"]

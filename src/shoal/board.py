@@ -137,6 +137,8 @@ class Board:
         # (run id, node id, digest of the tool and arguments) of each committed call: a call
         # is known by all three (a model asked again may make another call under one name)
         self._applied: set[tuple[str, str, str]] = set()
+        # commits held whose journal record the journal refused: the call run again takes it
+        self._unjournaled: dict[tuple[str, str, str], EffectRecord] = {}
         # commits so far: each call's is journaled with its number, so that a resume replays
         # them in the order they happened (runs journal on threads of their own, in any order)
         self._commits = 0
@@ -243,12 +245,13 @@ class Board:
         then run again by a resume or a retry) commits nothing more, and there is nothing new
         to journal (``None``): each call's writes count once. Another call under the same
         run and node id (with other arguments: a model asked again answered otherwise) is
-        another call, whose writes count.
+        another call, whose writes count. A commit held whose record the journal refused
+        (:meth:`_not_journaled`) gives that record back, once, to journal now.
         """
         key = (*call, args)
         with self._lock:
             if key in self._applied:
-                return None
+                return self._unjournaled.pop(key, None)
             self._applied.add(key)  # taken now: the same call committing twice at once
         try:
             conflicts, number = self._commit(writer, writes, seen, call=call, args=args)
@@ -262,6 +265,16 @@ class Board:
         if args:
             data[CALL_DIGEST] = args
         return EffectRecord(call[0], call[1], KIND, data)
+
+    def _not_journaled(self, record: EffectRecord) -> None:
+        """The journal refused ``record``, a commit this board holds (its call failed so).
+
+        The board cannot take the writes back; the call, run again (a retry), commits
+        nothing more but gets the record to journal, so the journal comes to hold what the
+        board holds and a resume does not lose the writes.
+        """
+        with self._lock:
+            self._unjournaled[(record.run_id, record.node_id, _digest_of(record))] = record
 
     def _merge_failing_first(self, by_key: Mapping[str, list[Any]]) -> dict[str, Any]:
         """The new values of the keys whose merge may fail, touching nothing yet."""
@@ -294,8 +307,7 @@ class Board:
         A board that has them already (say, the one a cancelled run wrote to in this process)
         is left as it is.
         """
-        args = record.data.get(CALL_DIGEST) if isinstance(record.data, dict) else None
-        args = args if isinstance(args, str) else ""  # journaled before calls had digests
+        args = _digest_of(record)
         if (record.run_id, record.node_id, args) in self._applied:
             return
         data = record.data
@@ -315,6 +327,12 @@ class Board:
                               "resume with the board the run started with")
         self._commit(writer, writes, {}, call=(record.run_id, record.node_id),
                      recorded=conflicts, number=number, args=args)
+
+
+def _digest_of(record: EffectRecord) -> str:
+    """The call digest a board record carries (``""``: journaled before calls had one)."""
+    digest = record.data.get(CALL_DIGEST) if isinstance(record.data, dict) else None
+    return digest if isinstance(digest, str) else ""
 
 
 def _same(a: Any, b: Any) -> bool:
