@@ -51,8 +51,8 @@ if TYPE_CHECKING:
     from shoal.store.base import Store
 
 __all__ = [
-    "AT_COMMIT", "KIND", "Board", "BoardConflict", "BoardHandle", "at_commit", "check_board",
-    "merge", "replay_journal", "stands_alone",
+    "AT_COMMIT", "CALL_DIGEST", "KIND", "Board", "BoardConflict", "BoardHandle", "at_commit",
+    "call_digest", "check_board", "merge", "replay_journal", "stands_alone",
 ]
 
 KIND = "board"  # the kind of injected parameter, and of the journal's effect records
@@ -134,7 +134,11 @@ class Board:
         self._slots = {key: _Slot(_as_rule(key, rule)) for key, rule in declared.items()}
         self._lock = threading.Lock()
         self._conflicts: list[BoardConflict] = []
-        self._applied: set[tuple[str, str]] = set()  # (run id, node id) of committed calls
+        # (run id, node id, digest of the tool and arguments) of each committed call: a call
+        # is known by all three (a model asked again may make another call under one name)
+        self._applied: set[tuple[str, str, str]] = set()
+        # commits held whose journal record the journal refused: the call run again takes it
+        self._unjournaled: dict[tuple[str, str, str], EffectRecord] = {}
         # commits so far: each call's is journaled with its number, so that a resume replays
         # them in the order they happened (runs journal on threads of their own, in any order)
         self._commits = 0
@@ -198,10 +202,12 @@ class Board:
     def _commit(self, writer: str, writes: list[tuple[str, Any]], seen: Mapping[str, int], *,
                 call: tuple[str, str] | None = None,
                 recorded: Iterable[BoardConflict] | None = None,
-                number: int | None = None) -> tuple[list[BoardConflict], int]:
+                number: int | None = None, args: str = "") -> tuple[list[BoardConflict], int]:
         """Merge one call's writes, all or none; return their conflicts and commit number.
 
-        ``seen``: the version of each key the writer read last. ``recorded``: the conflicts a
+        ``seen``: the version of each key the writer read last. ``call``: the call's run id
+        and node id, and ``args`` the digest of its tool and arguments (see
+        :func:`call_digest`). ``recorded``: the conflicts a
         journal says these writes caused (on replay), instead of working them out again;
         ``number``: the commit's number then.
         """
@@ -211,7 +217,7 @@ class Board:
         with self._lock:
             merged = self._merge_failing_first(by_key)
             if call is not None:
-                self._applied.add(call)
+                self._applied.add((*call, args))
             conflicts = list(recorded) if recorded is not None else [
                 found for key in by_key if self._slots[key].rule.reports_conflicts
                 and (found := self._conflict(key, merged[key], writer, seen)) is not None]
@@ -230,28 +236,45 @@ class Board:
             return conflicts, number
 
     def _commit_call(self, writer: str, writes: list[tuple[str, Any]], seen: Mapping[str, int],
-                     call: tuple[str, str]) -> EffectRecord | None:
+                     call: tuple[str, str], args: str = "") -> EffectRecord | None:
         """Commit the writes of ``call`` (its run id and node id) once; the record to journal.
 
-        A call whose commit this board holds already (replayed from the journal, or made by
-        an earlier run of the same call: an agent's process killed after its commit, the
-        call then run again by a resume or a retry) commits nothing more, and there is
-        nothing new to journal (``None``): each call's writes count once.
+        ``args``: the digest of the call's tool and arguments (:func:`call_digest`). A call
+        whose commit this board holds already (replayed from the journal, or made by an
+        earlier run of the same call: an agent's process killed after its commit, the call
+        then run again by a resume or a retry) commits nothing more, and there is nothing new
+        to journal (``None``): each call's writes count once. Another call under the same
+        run and node id (with other arguments: a model asked again answered otherwise) is
+        another call, whose writes count. A commit held whose record the journal refused
+        (:meth:`_not_journaled`) gives that record back, once, to journal now.
         """
+        key = (*call, args)
         with self._lock:
-            if call in self._applied:
-                return None
-            self._applied.add(call)  # taken now: the same call committing twice at once
+            if key in self._applied:
+                return self._unjournaled.pop(key, None)
+            self._applied.add(key)  # taken now: the same call committing twice at once
         try:
-            conflicts, number = self._commit(writer, writes, seen, call=call)
+            conflicts, number = self._commit(writer, writes, seen, call=call, args=args)
         except BaseException:
             with self._lock:
-                self._applied.discard(call)
+                self._applied.discard(key)
             raise
-        return EffectRecord(call[0], call[1], KIND, {
-            "writer": writer, "commit": number,
-            "writes": [[key, value] for key, value in writes],
-            "conflicts": [c.to_dict() for c in conflicts]})
+        data = {"writer": writer, "commit": number,
+                "writes": [[key, value] for key, value in writes],
+                "conflicts": [c.to_dict() for c in conflicts]}
+        if args:
+            data[CALL_DIGEST] = args
+        return EffectRecord(call[0], call[1], KIND, data)
+
+    def _not_journaled(self, record: EffectRecord) -> None:
+        """The journal refused ``record``, a commit this board holds (its call failed so).
+
+        The board cannot take the writes back; the call, run again (a retry), commits
+        nothing more but gets the record to journal, so the journal comes to hold what the
+        board holds and a resume does not lose the writes.
+        """
+        with self._lock:
+            self._unjournaled[(record.run_id, record.node_id, _digest_of(record))] = record
 
     def _merge_failing_first(self, by_key: Mapping[str, list[Any]]) -> dict[str, Any]:
         """The new values of the keys whose merge may fail, touching nothing yet."""
@@ -284,7 +307,8 @@ class Board:
         A board that has them already (say, the one a cancelled run wrote to in this process)
         is left as it is.
         """
-        if (record.run_id, record.node_id) in self._applied:
+        args = _digest_of(record)
+        if (record.run_id, record.node_id, args) in self._applied:
             return
         data = record.data
         try:
@@ -302,7 +326,13 @@ class Board:
                               f"board does not declare (its keys: {sorted(self._slots)}); "
                               "resume with the board the run started with")
         self._commit(writer, writes, {}, call=(record.run_id, record.node_id),
-                     recorded=conflicts, number=number)
+                     recorded=conflicts, number=number, args=args)
+
+
+def _digest_of(record: EffectRecord) -> str:
+    """The call digest a board record carries (``""``: journaled before calls had one)."""
+    digest = record.data.get(CALL_DIGEST) if isinstance(record.data, dict) else None
+    return digest if isinstance(digest, str) else ""
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -325,10 +355,11 @@ class BoardHandle:
     __shoal_injected__ = KIND  # what the runtime puts into a parameter of this type
 
     def __init__(self, board: Board, writer: str, *, run_id: str = "", node_id: str = "",
-                 merges: Iterable[str] = ()) -> None:
+                 merges: Iterable[str] = (), args: str = "") -> None:
         self.board = board
         self.writer = writer  # the call's lineage, as conflicts name it
         self._call = (run_id, node_id)
+        self._args = args  # the digest of the call's tool and arguments (see call_digest)
         self._merges = frozenset(merges)  # keys the tool declared it only merges into
         self._pending: list[tuple[str, Any]] = []
         self._seen: dict[str, int] = {}
@@ -399,7 +430,24 @@ class BoardHandle:
             writes, self._pending = self._pending, []
             if not ok or not writes:
                 return None
-            return self.board._commit_call(self.writer, writes, self._seen, self._call)
+            return self.board._commit_call(self.writer, writes, self._seen, self._call,
+                                           self._args)
+
+
+#: The key, in a board record's data, of the digest of the call's tool and arguments.
+CALL_DIGEST = "call"
+
+
+def call_digest(tool: str, arguments: Mapping[str, Any]) -> str:
+    """What tells one call from another under the same run and node id: tool and arguments.
+
+    A call run again (a resume, a retried agent) has the same digest, so its commit, held
+    already, is not made twice; a model asked again may make another call under the same
+    name (``note#1`` of its turn), whose digest differs, and whose writes count too.
+    """
+    from shoal.approvals.ledger import approval_hash  # the same canonical hash as approvals
+
+    return approval_hash(tool, arguments)
 
 
 #: The mark, in a board record's data, of a commit journaled as it was applied (by the root of
@@ -447,7 +495,11 @@ def _inject(call: Call, scope: RunScope | None) -> BoardHandle:
                          "SQLiteStore or MemoryStore")
     writer = scope.where(call.node_id)
     return BoardHandle(scope.board, writer, run_id=call.run_id, node_id=call.node_id,
-                       merges=_merged_keys(call))
+                       merges=_merged_keys(call), args=call_digest(call.tool.name, {
+                           # what the caller passed: not what the runtime fills in (this
+                           # handle, the node's context: another object each attempt)
+                           name: value for name, value in call.args.items()
+                           if name not in call.tool.injected}))
 
 
 def _inject_if_any(call: Call, scope: RunScope | None) -> BoardHandle | None:

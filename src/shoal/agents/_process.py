@@ -256,17 +256,18 @@ def remote_board(link: Link, rules: Mapping[str, Any]) -> Board:
         def _commit(self, writer: str, writes: list[tuple[str, Any]], seen: Mapping[str, int],
                     *, call: tuple[str, str] | None = None,
                     recorded: Iterable[BoardConflict] | None = None,
-                    number: int | None = None) -> tuple[list[BoardConflict], int]:
+                    number: int | None = None, args: str = "") -> tuple[list[BoardConflict], int]:
             conflicts, committed = link.ask(
                 "board_commit", writer, list(writes), dict(seen), call,
-                None if recorded is None else list(recorded), number)
+                None if recorded is None else list(recorded), number, args)
             return conflicts, committed
 
         def _commit_call(self, writer: str, writes: list[tuple[str, Any]],
-                         seen: Mapping[str, int], call: tuple[str, str]) -> EffectRecord | None:
+                         seen: Mapping[str, int], call: tuple[str, str],
+                         args: str = "") -> EffectRecord | None:
             # the root applies and journals it in one step (see TreeServer.commit_call)
             record: EffectRecord | None = link.ask(
-                "board_commit_call", writer, list(writes), dict(seen), call)
+                "board_commit_call", writer, list(writes), dict(seen), call, args)
             return record
 
         def _replay(self, record: EffectRecord) -> None:

@@ -100,6 +100,7 @@ if TYPE_CHECKING:
     from shoal.agents.context import TreeContext
     from shoal.agents.result import AgentResult, AgentStatus
     from shoal.agents.run import AgentRun
+    from shoal.board import Board
     from shoal.exceptions import BudgetExceeded
     from shoal.limits import ProcessLimits
     from shoal.models.base import Model
@@ -444,12 +445,12 @@ class TreeServer:
         if op == "board_conflicts":
             return board.conflicts
         if op == "board_commit":
-            writer, writes, seen, call, recorded, number = args
+            writer, writes, seen, call, recorded, number, digest = args
             if call is not None:
                 self._own(call[0])
             return board._commit(writer, [(str(k), v) for k, v in writes], seen,
                                  call=None if call is None else (str(call[0]), str(call[1])),
-                                 recorded=recorded, number=number)
+                                 recorded=recorded, number=number, args=str(digest))
         if op == "board_replay":
             self._own(getattr(args[0], "run_id", None))
             board._replay(args[0])
@@ -477,11 +478,11 @@ class TreeServer:
             if board is None:
                 raise ShoalError("an agent process asked the board (board_commit_call), but "
                                  "this tree has none")
-            writer, writes, seen, call = args
+            writer, writes, seen, call, digest = args
             self._own(call[0])
             key = (str(call[0]), str(call[1]))
             record = board._commit_call(str(writer), [(str(k), v) for k, v in writes],
-                                        dict(seen), key)
+                                        dict(seen), key, str(digest))
         except Exception as exc:  # a merge that fails, a breach: the call fails there
             self._reply(call_id, "board_commit_call", False, exc)
             return
@@ -489,17 +490,19 @@ class TreeServer:
         if record is None or not board.local or store is None or not store.durable:
             self._reply(call_id, "board_commit_call", True, record)
             return
-        task = asyncio.ensure_future(self._journal_commit(call_id, store, record))
+        task = asyncio.ensure_future(self._journal_commit(call_id, store, board, record))
         self._journaling.add(task)
         task.add_done_callback(self._journaling.discard)
 
-    async def _journal_commit(self, call_id: int, store: Store, record: EffectRecord) -> None:
+    async def _journal_commit(self, call_id: int, store: Store, board: Board,
+                              record: EffectRecord) -> None:
         """Journal a commit the board holds now (on a thread), then tell the agent it is."""
         from shoal.board import at_commit
 
         try:
             await asyncio.to_thread(store.write, [at_commit(record)])
         except Exception as exc:  # the journal cannot be written: the call fails saying so
+            board._not_journaled(record)  # ... and, run again, journals it
             self._reply(call_id, "board_commit_call", False, exc)
             return
         self._reply(call_id, "board_commit_call", True, None)

@@ -191,15 +191,38 @@ class AgentJournal:
 
 
 def event_from_dict(data: Mapping[str, Any]) -> Event | None:
-    """A journaled event (``Event.to_dict()``) as its event again; ``None`` for unknown kinds."""
+    """A journaled event (``Event.to_dict()``) as its event again; ``None`` for unknown kinds.
+
+    A plain field (text, a number) of the wrong JSON type is damage: such a field with a
+    default is left out (an ``AgentStarted`` whose ``pid`` is text says nothing of where its
+    agent ran); without one (or one every event has: its run, time, lineage), the event is
+    skipped.
+    """
     cls = getattr(events_module, str(data.get("kind", "")), None)
     if not (isinstance(cls, type) and issubclass(cls, Event)):
         return None
-    names = {f.name for f in dataclasses.fields(cls)}
+    found: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value, kinds = data[f.name], _PLAIN.get(str(f.type))
+        if kinds is not None and type(value) not in kinds:  # a damaged or hand-edited journal
+            if f.default is dataclasses.MISSING or f.name in _CORE:
+                return None  # the event cannot be told: skipped, as one of an unknown kind
+            continue  # a field with a default (where an agent runs...): not known
+        found[f.name] = value
     try:
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return cls(**found)
     except TypeError:  # a field missing: written by another version of shoal
         return None
+
+
+#: The JSON types a journaled event's plain fields may have (by their annotation), so that
+#: a damaged value reaches no view (a pid that is text, a time that is not a number).
+_PLAIN: dict[str, tuple[type, ...]] = {
+    "str": (str,), "int": (int,), "float": (int, float), "bool": (bool,)}
+#: Fields every event has (whose run, when, which agent): damaged, the event is skipped.
+_CORE = frozenset(f.name for f in dataclasses.fields(Event))
 
 
 _NUMBER, _TEXT, _MAYBE_TEXT = (int, float), (str,), (str, type(None))
