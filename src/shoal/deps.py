@@ -233,6 +233,8 @@ class _Builder:
         nodes added after the map would make it wait for its own items.
         """
         i = len(self.nodes)
+        if node.index == i:  # the same int object as the node's index: a large run keeps one
+            i = node.index
         self.nodes.append(node)
         self.position[node.id] = i
         self.preds.append(())

@@ -414,10 +414,10 @@ class Driver:
 
     def result(self) -> RunResult:
         """The outcomes so far (all of them once the run is over)."""
-        outcomes = self.state.outcomes()
-        makespan = max((o.finished_at or 0.0 for o in outcomes), default=0.0)
-        result = RunResult(self.state.run_id, {o.node_id: o for o in outcomes}, makespan,
-                           self.graph, self._epoch, self.cancelled_reason)
+        outcomes = self.state.outcomes_by_id()
+        makespan = max((o.finished_at or 0.0 for o in outcomes.values()), default=0.0)
+        result = RunResult(self.state.run_id, outcomes, makespan, self.graph, self._epoch,
+                           self.cancelled_reason)
         board = self.scope.board if self.scope is not None else None
         if board is not None and board.local:
             result.board, result.conflicts = board.snapshot(), board.conflicts

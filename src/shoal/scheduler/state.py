@@ -38,7 +38,7 @@ import random
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, cast
 
 from shoal.approvals.ledger import approval_hash
 from shoal.approvals.policy import approval_reason, request_id
@@ -302,6 +302,64 @@ class _Slot:
         self.ready_mark = 0  # the run-wide limit's block count when it was last ready
 
 
+class _Over:
+    """What the scheduler keeps of a node once it has its outcome, in place of its :class:`_Slot`.
+
+    A large run holds a million ended nodes: a slot's fields for waiting, queueing and
+    running (17 of them) are not needed any more, and the outcome holds the rest (attempts,
+    times, backend, where it ran). Its phase is ``DONE`` for good; the reads the state machine
+    makes of any slot (``priority``, ``waiting``, ``args``, ``gates``) give inert values.
+    """
+
+    __slots__ = ("gather", "node", "outcome", "pos", "rare")
+    phase = Phase.DONE
+    priority = 0.0
+    waiting = 0
+    args: dict[str, Any] | None = None
+    gates: tuple[ConcurrencyLimit, ...] | None = None
+
+    def __init__(self, slot: _Slot, outcome: Outcome) -> None:
+        self.pos = slot.pos
+        self.node = slot.node
+        self.outcome = outcome
+        self.rare = slot.rare
+        self.gather = slot.gather
+
+    @property
+    def root(self) -> str:
+        """For a skipped node: the failure at the start of its chain."""
+        return self.rare.root
+
+    @property
+    def items(self) -> list[int] | None:
+        """A map node: its items' positions (``None`` if it made none)."""
+        return self.rare.items
+
+    @property
+    def cancel_reason(self) -> str:
+        """Why it was cancelled (the first reason)."""
+        return self.rare.cancel_reason
+
+    @property
+    def approval(self) -> _Approval | None:
+        """Set if the node was asked about."""
+        return self.rare.approval
+
+    @property
+    def attempts(self) -> int:
+        """How many attempts it made."""
+        return self.outcome.attempts
+
+    @property
+    def executor(self) -> str:
+        """The backend its attempts ran on (empty if it never ran)."""
+        return self.outcome.executor
+
+
+#: A node's record in :attr:`SchedulerState.slots`: live, or ended.
+AnySlot = _Slot | _Over
+
+
 def choose_executor(tool: Tool[..., Any], default: Isolation | None) -> Isolation:
     """The backend for ``tool``: its own isolation, else the run's default, else by kind.
 
@@ -360,7 +418,7 @@ class SchedulerState:
         self._heap: list[tuple[float, int]] = []
         self._hard = _HardPairs(graph)
         executors: dict[int, Isolation] = {}  # by tool object: a large plan has few tools
-        self.slots = [  # positions as the graph's own ints: a large run keeps one of each
+        self.slots: list[AnySlot] = [  # positions as the graph's own ints: one of each
             _Slot(i, n, len(graph.preds[i]), executors.get(id(n.tool)) or executors.setdefault(
                 id(n.tool), choose_executor(n.tool, default_executor)))
             for i, n in zip(graph.position.values(), graph.nodes, strict=True)
@@ -382,7 +440,7 @@ class SchedulerState:
         if cap is not None and len(self.slots) > cap:  # otherwise every node starts once ready
             self._rank()
         for slot in self.slots:
-            if slot.waiting == 0 and slot.phase is Phase.WAITING:
+            if slot.waiting == 0 and slot.phase is Phase.WAITING and isinstance(slot, _Slot):
                 self._make_ready(slot, now, d)
         self._dispatch(now, d)
         return d
@@ -410,6 +468,7 @@ class SchedulerState:
         """An attempt ended: retry it, or record the outcome and release its dependents."""
         d = Decisions()
         slot = self.slots[pos]
+        assert isinstance(slot, _Slot), f"{slot.node.id} ended twice"
         self._release(slot, d)
         if result.began is not None and slot.attempts == 1 and slot.started_at is not None:
             slot.started_at = max(slot.started_at, result.began)  # exclude waiting for a worker
@@ -439,7 +498,7 @@ class SchedulerState:
         """A retry's back-off is over: queue the node again."""
         d = Decisions()
         slot = self.slots[pos]
-        if slot.phase is Phase.BACKOFF:
+        if slot.phase is Phase.BACKOFF and isinstance(slot, _Slot):
             self._set_phase(slot, Phase.READY)
             heapq.heappush(self._heap, (slot.priority, pos))
             self._dispatch(now, d)
@@ -474,7 +533,7 @@ class SchedulerState:
         if node_ids is None:
             self.stopping = self.stopping or reason
             # dependents first, so each is cancelled in its own right, not skipped for its input
-            targets: Iterable[_Slot] = reversed(self.slots)
+            targets: Iterable[AnySlot] = reversed(self.slots)
         else:
             targets = [self.slots[self.graph.position[nid]] for nid in node_ids]
         for slot in targets:
@@ -501,7 +560,8 @@ class SchedulerState:
         """
         d = Decisions()
         slot = self.slots[pos]
-        if slot.phase is not Phase.APPROVAL or slot.approval is None:
+        if not isinstance(slot, _Slot) or slot.phase is not Phase.APPROVAL or (
+                slot.approval is None):
             return d
         if args is not None:
             slot.args = args
@@ -526,7 +586,7 @@ class SchedulerState:
         """
         d = Decisions()
         slot = self.slots[pos]
-        if slot.phase is Phase.APPROVAL:
+        if slot.phase is Phase.APPROVAL and isinstance(slot, _Slot):
             self._decided(slot, "deny", reason, by, now, d)
             status: Status = "in_doubt" if slot.pos in self._doubt else "denied"
             self._record(slot, status, now, d, reason=reason)
@@ -542,17 +602,18 @@ class SchedulerState:
         end at once): the restored outcomes themselves are in the journal already.
         """
         d = Decisions()
-        restored: list[_Slot] = []
+        restored: list[AnySlot] = []
         for outcome in outcomes:
             slot = self.slots[self.graph.position[outcome.node_id]]
-            if slot.phase is Phase.DONE:
+            if not isinstance(slot, _Slot) or slot.phase is Phase.DONE:
                 continue
             slot.attempts, slot.queued_at = outcome.attempts, outcome.queued_at
             slot.started_at = outcome.started_at
             self._store(slot, outcome.status, now, d, outcome.value, outcome.error,
                         outcome.reason, outcome.abandoned)
-            slot.outcome = outcome  # exactly as recorded: times, executor, attempts
-            restored.append(slot)
+            over = self.slots[slot.pos]
+            over.outcome = outcome  # exactly as recorded: times, executor, attempts
+            restored.append(over)
         # released only once all are restored: a map released before its own outcome was
         # would make its items again (and run those whose results cannot be replayed)
         released = Decisions()
@@ -572,7 +633,7 @@ class SchedulerState:
         self._ask_doubt = ask
         for node_id, reason in reasons.items():
             slot = self.slots[self.graph.position[node_id]]
-            if slot.phase is Phase.DONE:
+            if not isinstance(slot, _Slot) or slot.phase is Phase.DONE:
                 continue
             if ask:
                 self._doubt[slot.pos] = reason
@@ -590,7 +651,7 @@ class SchedulerState:
 
     def backends(self) -> set[Isolation]:
         """The backends the run's nodes use so far."""
-        return {s.executor for s in self.slots}
+        return {s.executor for s in self.slots if isinstance(s, _Slot)}
 
     def outcome_at(self, pos: int) -> Outcome | None:
         """The outcome of the node at ``pos``, if it has one."""
@@ -625,7 +686,7 @@ class SchedulerState:
     def awaiting_approval(self) -> list[tuple[str, str, float]]:
         """(node id, tool, since) of every node waiting for an approver's decision."""
         return [(s.node.id, s.node.tool.name, s.queued_at or 0.0) for s in self.slots
-                if s.phase is Phase.APPROVAL and s.approval is not None]
+                if s.phase is Phase.APPROVAL and isinstance(s, _Slot) and s.approval is not None]
 
     def awaiting(self, pos: int) -> Tool[..., Any] | None:
         """The tool of the node at ``pos`` while it waits in ``APPROVAL``, else ``None``."""
@@ -647,10 +708,28 @@ class SchedulerState:
             return [s.outcome for s in done if s.outcome is not None]
         return [s.outcome for s in slots if s.outcome is not None]  # in plan order already
 
+    def outcomes_by_id(self) -> dict[str, Outcome]:
+        """The outcomes recorded so far by node id, in plan order (a run's result).
+
+        A finished run's dict is made at its final size, from the graph's ids: grown an entry
+        at a time, a million-entry dict would hold its old table and its new one at once.
+        """
+        slots = self.slots
+        if not self.finished or any(a.node.index > b.node.index
+                                    for a, b in itertools.pairwise(slots)):
+            return {o.node_id: o for o in self.outcomes()}
+        # every node has its outcome, and positions are in plan order: each value is set below
+        found = cast(dict[str, Outcome], dict.fromkeys(self.graph.position))
+        for slot in slots:
+            assert slot.outcome is not None
+            found[slot.node.id] = slot.outcome
+        return found
+
     # ---- transitions --------------------------------------------------------------------------
 
-    def _set_phase(self, slot: _Slot, phase: Phase) -> None:
+    def _set_phase(self, slot: AnySlot, phase: Phase) -> None:
         assert phase in TRANSITIONS[slot.phase], f"{slot.node.id}: {slot.phase} -> {phase}"
+        assert isinstance(slot, _Slot)  # an ended node has no transition left
         slot.phase = phase
         if phase is Phase.READY:  # what holds it back from here on is journaled at its start
             slot.held, slot.ready_mark = "", self._global_blocks
@@ -716,16 +795,14 @@ class SchedulerState:
             self._lift(slot)
         else:
             slot.priority = priority
-        hard = {self.graph.position[r.node] for r in node.refs}
-        hard.update(self.graph.position[a] for a in node.after)
-        self._hard.update((p, pos) for p in hard)
-        blocked: _Slot | None = None  # a needed node that did not succeed
+        blocked: AnySlot | None = None  # a needed node that did not succeed
         for p in self.graph.preds[pos]:
             before = self.slots[p]
             if before.phase is not Phase.DONE:
                 slot.waiting += 1
-            elif p in hard and before.outcome is not None and before.outcome.status != "ok":
-                blocked = blocked or before
+            elif (blocked is None and before.outcome is not None
+                  and before.outcome.status != "ok" and (p, pos) in self._hard):
+                blocked = before
         if self.stopping:
             self._record(slot, "cancelled", now, d, reason=self.stopping)
         elif fate[0] != "run":
@@ -747,21 +824,28 @@ class SchedulerState:
         than it runs keeps O(1) work per node; the periodic re-ranking catches the rest.
         """
         budget = LIFT_BUDGET
-        stack = [slot]
+        stack: list[_Slot] = [slot]
+        preds, slots, estimate = self.graph.preds, self.slots, self._critical.estimate
+        tool: Tool[..., Any] | None = None
+        cost = 0.0
         while stack and budget > 0:
             below = stack.pop()
-            for p in self.graph.preds[below.pos]:
-                before = self.slots[p]
-                if before.phase not in _UNSTARTED:
+            for p in preds[below.pos]:
+                before = slots[p]
+                if before.phase not in _UNSTARTED or not isinstance(before, _Slot):
                     continue
                 budget -= 1
-                level = self._critical.estimate(before.node.tool) - below.priority
+                if before.node.tool is not tool:  # a chain's nodes share theirs: asked once
+                    tool = before.node.tool
+                    cost = estimate(tool)
+                level = cost - below.priority
                 if level > -before.priority:
                     before.priority = -level
                     if before.phase is Phase.READY:  # the stale heap entry is skipped later
                         heapq.heappush(self._heap, (before.priority, before.pos))
                     stack.append(before)
-                    budget = self._lift_items(before, budget)
+                    if before.rare.items:  # a map: its items rise with it
+                        budget = self._lift_items(before, budget)
 
     def _lift_items(self, mapped: _Slot, budget: int) -> int:
         """A map was lifted: its items waiting to start rise with it; return the budget left.
@@ -800,7 +884,7 @@ class SchedulerState:
             del d.done[at]
         else:
             d.done[at] = Ended(slot.pos, slot.node.index, outcome)
-        slot.outcome = outcome
+        self.slots[slot.pos].outcome = outcome
 
     def _expand(self, slot: _Slot, now: float, d: Decisions) -> None:
         """A map's list is known: add one node per item, each with the item in its place."""
@@ -870,7 +954,7 @@ class SchedulerState:
             if self.stopping:
                 return
             slot = slots[heapq.heappop(heap)[1]]
-            if slot.phase is not Phase.READY:
+            if slot.phase is not Phase.READY or not isinstance(slot, _Slot):
                 continue  # cancelled or skipped while queued: its heap entry is stale
             if slot.args is None and not self._prepare(slot, now, d):
                 continue
@@ -1025,9 +1109,9 @@ class SchedulerState:
             return ErrorInfo("CallCancelledError", slot.cancel_reason)
         return None
 
-    def _cancel_slot(self, slot: _Slot, reason: str, status: Status, now: float,
+    def _cancel_slot(self, slot: AnySlot, reason: str, status: Status, now: float,
                      d: Decisions) -> None:
-        if slot.phase is Phase.DONE:
+        if slot.phase is Phase.DONE or not isinstance(slot, _Slot):
             return
         if slot.items is not None and not slot.cancel_reason:
             slot.cancel_reason, slot.cancel_status = reason, status
@@ -1075,23 +1159,24 @@ class SchedulerState:
             for other in reversed(self.slots):
                 self._cancel_slot(other, reason, "cancelled", now, d)
 
-    def _pass_on(self, slot: _Slot, now: float, d: Decisions) -> None:
+    def _pass_on(self, slot: AnySlot, now: float, d: Decisions) -> None:
         """``slot`` has its outcome: release what waits for it, or skip it (and so on)."""
         if slot.gather < 0 and not self.graph.succs[slot.pos]:
             return  # nothing waits for it (most nodes of a wide plan)
-        stack = [slot]
+        stack: list[AnySlot] = [slot]
         while stack:
             done = stack.pop()
             assert done.outcome is not None
             if done.gather >= 0:  # a map item: its map gathers once every item has ended
                 gatherer = self.slots[done.gather]
-                gatherer.waiting -= 1
-                if gatherer.waiting == 0 and gatherer.phase is Phase.WAITING:
-                    self._make_ready(gatherer, now, d)
+                if isinstance(gatherer, _Slot):  # else the map ended first (cancelled)
+                    gatherer.waiting -= 1
+                    if gatherer.waiting == 0 and gatherer.phase is Phase.WAITING:
+                        self._make_ready(gatherer, now, d)
             failed = done.outcome.status != "ok"
             for succ in self.graph.succs[done.pos]:
                 after = self.slots[succ]
-                if after.phase is Phase.DONE:
+                if after.phase is Phase.DONE or not isinstance(after, _Slot):
                     continue
                 if failed and (done.pos, succ) in self._hard:
                     after.root = done.root or _root_cause(done.node.id, done.outcome)
@@ -1112,12 +1197,14 @@ class SchedulerState:
         self.status_counts[status] += 1
         slot.args = None
         tool = slot.node.tool.name
-        slot.outcome = Outcome(
+        slot.outcome = outcome = Outcome(
             slot.node.id, tool, status, value if status == "ok" else None, error, reason,
             slot.attempts, slot.queued_at, slot.started_at, now,
             slot.executor if slot.attempts else "", abandoned, slot.where,
         )
-        d.done.append(Ended(slot.pos, slot.node.index, slot.outcome))
+        # the slot is done with: what the run keeps of the node from here on is smaller
+        self.slots[slot.pos] = _Over(slot, outcome)
+        d.done.append(Ended(slot.pos, slot.node.index, outcome))
         if not self.record_events:
             return
         nid = slot.node.id
@@ -1137,6 +1224,8 @@ class SchedulerState:
     def _rank(self) -> None:
         """Re-rank every node by critical path and rebuild the ready heap."""
         for slot, priority in zip(self.slots, self._critical.rank(self.done_count), strict=True):
+            if isinstance(slot, _Over):
+                continue  # ended: never queued again
             # a map's item stands for its map (what waits for the map waits for it), which
             # comes before it: the graph has no edge from an item to what follows the map
             slot.priority = priority if slot.gather < 0 else self.slots[slot.gather].priority
