@@ -311,10 +311,11 @@ class _Over:
     makes of any slot (``priority``, ``waiting``, ``args``, ``gates``) give inert values.
     """
 
-    __slots__ = ("gather", "node", "outcome", "pos", "rare")
+    __slots__ = ("node", "outcome", "pos", "rare")
     phase = Phase.DONE
     priority = 0.0
     waiting = 0
+    gather = -1  # read only of the slot a node ends in (a map item's, in _pass_on)
     args: dict[str, Any] | None = None
     gates: tuple[ConcurrencyLimit, ...] | None = None
 
@@ -323,7 +324,6 @@ class _Over:
         self.node = slot.node
         self.outcome = outcome
         self.rare = slot.rare
-        self.gather = slot.gather
 
     @property
     def root(self) -> str:
@@ -602,7 +602,7 @@ class SchedulerState:
         end at once): the restored outcomes themselves are in the journal already.
         """
         d = Decisions()
-        restored: list[AnySlot] = []
+        restored: list[_Slot] = []
         for outcome in outcomes:
             slot = self.slots[self.graph.position[outcome.node_id]]
             if not isinstance(slot, _Slot) or slot.phase is Phase.DONE:
@@ -611,9 +611,9 @@ class SchedulerState:
             slot.started_at = outcome.started_at
             self._store(slot, outcome.status, now, d, outcome.value, outcome.error,
                         outcome.reason, outcome.abandoned)
-            over = self.slots[slot.pos]
-            over.outcome = outcome  # exactly as recorded: times, executor, attempts
-            restored.append(over)
+            # exactly as recorded: times, executor, attempts
+            slot.outcome = self.slots[slot.pos].outcome = outcome
+            restored.append(slot)
         # released only once all are restored: a map released before its own outcome was
         # would make its items again (and run those whose results cannot be replayed)
         released = Decisions()
@@ -667,7 +667,7 @@ class SchedulerState:
 
         A generator: a million-node run's journal takes them one at a time, never as a list.
         """
-        return (Ended(s.pos, s.node.index, s.outcome) for s in self.slots
+        return (Ended(pos, s.node.index, s.outcome) for pos, s in enumerate(self.slots)
                 if s.outcome is not None)
 
     @property
@@ -1159,11 +1159,11 @@ class SchedulerState:
             for other in reversed(self.slots):
                 self._cancel_slot(other, reason, "cancelled", now, d)
 
-    def _pass_on(self, slot: AnySlot, now: float, d: Decisions) -> None:
+    def _pass_on(self, slot: _Slot, now: float, d: Decisions) -> None:
         """``slot`` has its outcome: release what waits for it, or skip it (and so on)."""
         if slot.gather < 0 and not self.graph.succs[slot.pos]:
             return  # nothing waits for it (most nodes of a wide plan)
-        stack: list[AnySlot] = [slot]
+        stack: list[_Slot] = [slot]
         while stack:
             done = stack.pop()
             assert done.outcome is not None
