@@ -303,12 +303,12 @@ class _Slot:
 
 
 class _Over:
-    """What the scheduler keeps of a node once it has its outcome, in place of its :class:`_Slot`.
+    """An ended node's record, made when :attr:`SchedulerState.slots` is asked for it.
 
-    A large run holds a million ended nodes: a slot's fields for waiting, queueing and
-    running (17 of them) are not needed any more, and the outcome holds the rest (attempts,
-    times, backend, where it ran). Its phase is ``DONE`` for good; the reads the state machine
-    makes of any slot (``priority``, ``waiting``, ``args``, ``gates``) give inert values.
+    The state machine itself keeps no object per ended node (see :class:`_Gone`): a slot's
+    fields for waiting, queueing and running are not needed any more, and the outcome holds
+    the rest (attempts, times, backend, where it ran). Its phase is ``DONE`` for good; the
+    other fields a slot has give inert values.
     """
 
     __slots__ = ("node", "outcome", "pos", "rare")
@@ -319,11 +319,11 @@ class _Over:
     args: dict[str, Any] | None = None
     gates: tuple[ConcurrencyLimit, ...] | None = None
 
-    def __init__(self, slot: _Slot, outcome: Outcome) -> None:
-        self.pos = slot.pos
-        self.node = slot.node
+    def __init__(self, pos: int, node: Node, outcome: Outcome, rare: _Rare) -> None:
+        self.pos = pos
+        self.node = node
         self.outcome = outcome
-        self.rare = slot.rare
+        self.rare = rare
 
     @property
     def root(self) -> str:
@@ -358,6 +358,47 @@ class _Over:
 
 #: A node's record in :attr:`SchedulerState.slots`: live, or ended.
 AnySlot = _Slot | _Over
+
+
+class _Gone:
+    """Where an ended node's slot was: one shared object (the outcome is kept apart).
+
+    A large run holds a million ended nodes: what the state machine still needs of each (its
+    outcome, and the rare fields a few set) lives in :attr:`SchedulerState._ended` and
+    ``_kept_rare``, so ended nodes cost the collector nothing and a list entry of memory. The
+    reads the state machine makes of any slot (``phase``, ``priority``, ``waiting``,
+    ``gather``) give inert values.
+    """
+
+    __slots__ = ()
+    phase = Phase.DONE
+    priority = 0.0
+    waiting = 0
+    gather = -1
+
+
+_GONE = _Gone()
+
+#: What :attr:`SchedulerState._slots` holds: a live slot, or the mark of an ended one.
+Kept = _Slot | _Gone
+
+
+class _SlotsView:
+    """Every node's record, by position: a live slot, or an ended node's (made when asked)."""
+
+    __slots__ = ("_state",)
+
+    def __init__(self, state: SchedulerState) -> None:
+        self._state = state
+
+    def __len__(self) -> int:
+        return len(self._state._slots)
+
+    def __getitem__(self, pos: int) -> AnySlot:
+        return self._state._record_at(pos)
+
+    def __iter__(self) -> Iterator[AnySlot]:
+        return (self._state._record_at(pos) for pos in range(len(self._state._slots)))
 
 
 def choose_executor(tool: Tool[..., Any], default: Isolation | None) -> Isolation:
@@ -418,17 +459,43 @@ class SchedulerState:
         self._heap: list[tuple[float, int]] = []
         self._hard = _HardPairs(graph)
         executors: dict[int, Isolation] = {}  # by tool object: a large plan has few tools
-        self.slots: list[AnySlot] = [  # positions as the graph's own ints: one of each
+        self._slots: list[Kept] = [  # positions as the graph's own ints: one of each
             _Slot(i, n, len(graph.preds[i]), executors.get(id(n.tool)) or executors.setdefault(
                 id(n.tool), choose_executor(n.tool, default_executor)))
             for i, n in zip(graph.position.values(), graph.nodes, strict=True)
         ]
+        #: each node's outcome, by position (``None`` until it has one); an ended node's slot
+        #: gives way to ``_GONE``, and its rare fields, if it set any, to ``_kept_rare``
+        self._ended: list[Outcome | None] = [None] * len(self._slots)
+        self._kept_rare: dict[int, _Rare] = {}
         self.done_count = 0
         self.status_counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
         self.in_flight: dict[int, float] = {}  # position -> when its current attempt started
         self.stopping = ""  # the reason, once the run stops dispatching new work
         self._asking: list[_Slot] = []  # gated nodes whose inputs are ready, not yet asked about
         self._doubt: dict[int, str] = {}  # resume: calls in doubt that an approver settles
+
+    @property
+    def slots(self) -> _SlotsView:
+        """Every node's record, by position (for tests and diagnostics).
+
+        The driver asks the queries below instead. An ended node's record is made when asked:
+        phase ``DONE``, its outcome, its rare fields.
+        """
+        return _SlotsView(self)
+
+    def _record_at(self, pos: int) -> AnySlot:
+        slot = self._slots[pos]
+        if isinstance(slot, _Slot):
+            return slot
+        outcome = self._ended[pos]
+        assert outcome is not None
+        return _Over(pos, self.graph.nodes[pos], outcome, self._rare_at(pos))
+
+    def _rare_at(self, pos: int) -> _Rare:
+        """The rare fields of the node at ``pos``, live or ended."""
+        slot = self._slots[pos]
+        return slot.rare if isinstance(slot, _Slot) else self._kept_rare.get(pos, _COMMON)
 
     # ---- inputs -------------------------------------------------------------------------
 
@@ -437,9 +504,9 @@ class SchedulerState:
         d = Decisions()
         self._begun = True
         cap = self._global.capacity
-        if cap is not None and len(self.slots) > cap:  # otherwise every node starts once ready
+        if cap is not None and len(self._slots) > cap:  # otherwise every node starts once ready
             self._rank()
-        for slot in self.slots:
+        for slot in self._slots:
             if slot.waiting == 0 and slot.phase is Phase.WAITING and isinstance(slot, _Slot):
                 self._make_ready(slot, now, d)
         self._dispatch(now, d)
@@ -467,8 +534,8 @@ class SchedulerState:
     def finish(self, pos: int, result: AttemptResult, now: float) -> Decisions:
         """An attempt ended: retry it, or record the outcome and release its dependents."""
         d = Decisions()
-        slot = self.slots[pos]
-        assert isinstance(slot, _Slot), f"{slot.node.id} ended twice"
+        slot = self._slots[pos]
+        assert isinstance(slot, _Slot), f"{self.graph.nodes[pos].id} ended twice"
         self._release(slot, d)
         if result.began is not None and slot.attempts == 1 and slot.started_at is not None:
             slot.started_at = max(slot.started_at, result.began)  # exclude waiting for a worker
@@ -497,7 +564,7 @@ class SchedulerState:
     def retry_due(self, pos: int, now: float) -> Decisions:
         """A retry's back-off is over: queue the node again."""
         d = Decisions()
-        slot = self.slots[pos]
+        slot = self._slots[pos]
         if slot.phase is Phase.BACKOFF and isinstance(slot, _Slot):
             self._set_phase(slot, Phase.READY)
             heapq.heappush(self._heap, (slot.priority, pos))
@@ -533,9 +600,9 @@ class SchedulerState:
         if node_ids is None:
             self.stopping = self.stopping or reason
             # dependents first, so each is cancelled in its own right, not skipped for its input
-            targets: Iterable[AnySlot] = reversed(self.slots)
+            targets: Iterable[Kept] = reversed(self._slots)
         else:
-            targets = [self.slots[self.graph.position[nid]] for nid in node_ids]
+            targets = [self._slots[self.graph.position[nid]] for nid in node_ids]
         for slot in targets:
             self._cancel_slot(slot, reason, "cancelled", now, d)
         self._dispatch(now, d)
@@ -545,7 +612,7 @@ class SchedulerState:
         """The run's deadline passed: running calls time out, the rest are cancelled."""
         d = Decisions()
         self.stopping = self.stopping or reason
-        for slot in reversed(self.slots):
+        for slot in reversed(self._slots):
             self._cancel_slot(slot, reason, "timed_out", now, d)
         return d
 
@@ -559,7 +626,7 @@ class SchedulerState:
         node is still waiting.
         """
         d = Decisions()
-        slot = self.slots[pos]
+        slot = self._slots[pos]
         if not isinstance(slot, _Slot) or slot.phase is not Phase.APPROVAL or (
                 slot.approval is None):
             return d
@@ -585,7 +652,7 @@ class SchedulerState:
         not to run it again, which says nothing about whether it took effect.
         """
         d = Decisions()
-        slot = self.slots[pos]
+        slot = self._slots[pos]
         if slot.phase is Phase.APPROVAL and isinstance(slot, _Slot):
             self._decided(slot, "deny", reason, by, now, d)
             status: Status = "in_doubt" if slot.pos in self._doubt else "denied"
@@ -604,7 +671,7 @@ class SchedulerState:
         d = Decisions()
         restored: list[_Slot] = []
         for outcome in outcomes:
-            slot = self.slots[self.graph.position[outcome.node_id]]
+            slot = self._slots[self.graph.position[outcome.node_id]]
             if not isinstance(slot, _Slot) or slot.phase is Phase.DONE:
                 continue
             slot.attempts, slot.queued_at = outcome.attempts, outcome.queued_at
@@ -612,7 +679,7 @@ class SchedulerState:
             self._store(slot, outcome.status, now, d, outcome.value, outcome.error,
                         outcome.reason, outcome.abandoned)
             # exactly as recorded: times, executor, attempts
-            slot.outcome = self.slots[slot.pos].outcome = outcome
+            slot.outcome = self._ended[slot.pos] = outcome
             restored.append(slot)
         # released only once all are restored: a map released before its own outcome was
         # would make its items again (and run those whose results cannot be replayed)
@@ -632,7 +699,7 @@ class SchedulerState:
         d = Decisions()
         self._ask_doubt = ask
         for node_id, reason in reasons.items():
-            slot = self.slots[self.graph.position[node_id]]
+            slot = self._slots[self.graph.position[node_id]]
             if not isinstance(slot, _Slot) or slot.phase is Phase.DONE:
                 continue
             if ask:
@@ -647,19 +714,19 @@ class SchedulerState:
     @property
     def size(self) -> int:
         """How many nodes the run has (an open run's grows)."""
-        return len(self.slots)
+        return len(self._slots)
 
     def backends(self) -> set[Isolation]:
         """The backends the run's nodes use so far."""
-        return {s.executor for s in self.slots if isinstance(s, _Slot)}
+        return {s.executor for s in self._slots if isinstance(s, _Slot)}
 
     def outcome_at(self, pos: int) -> Outcome | None:
         """The outcome of the node at ``pos``, if it has one."""
-        return self.slots[pos].outcome
+        return self._ended[pos]
 
     def items_of(self, pos: int) -> int | None:
         """How many items the map at ``pos`` made (``None``: it has made none)."""
-        items = self.slots[pos].items
+        items = self._rare_at(pos).items
         return None if items is None else len(items)
 
     def ended(self) -> Iterator[Ended]:
@@ -667,46 +734,54 @@ class SchedulerState:
 
         A generator: a million-node run's journal takes them one at a time, never as a list.
         """
-        return (Ended(pos, s.node.index, s.outcome) for pos, s in enumerate(self.slots)
-                if s.outcome is not None)
+        nodes = self.graph.nodes
+        return (Ended(pos, nodes[pos].index, o) for pos, o in enumerate(self._ended)
+                if o is not None)
 
     @property
     def finished(self) -> bool:
         """Whether every node has an outcome and no more can be added."""
-        return self.closed and self.done_count == len(self.slots)
+        return self.closed and self.done_count == len(self._slots)
 
     def running(self) -> list[tuple[str, str, str, float]]:
         """(node id, tool, executor, start time) of every attempt in flight."""
         found: list[tuple[str, str, str, float]] = []
         for pos, since in self.in_flight.items():
-            slot = self.slots[pos]
+            slot = self._slots[pos]
+            assert isinstance(slot, _Slot)  # in flight: live
             found.append((slot.node.id, slot.node.tool.name, slot.executor, since))
         return found
 
     def awaiting_approval(self) -> list[tuple[str, str, float]]:
         """(node id, tool, since) of every node waiting for an approver's decision."""
-        return [(s.node.id, s.node.tool.name, s.queued_at or 0.0) for s in self.slots
-                if s.phase is Phase.APPROVAL and isinstance(s, _Slot) and s.approval is not None]
+        return [(s.node.id, s.node.tool.name, s.queued_at or 0.0) for s in self._slots
+                if isinstance(s, _Slot)
+                and s.phase is Phase.APPROVAL and s.approval is not None]
 
     def awaiting(self, pos: int) -> Tool[..., Any] | None:
         """The tool of the node at ``pos`` while it waits in ``APPROVAL``, else ``None``."""
-        slot = self.slots[pos]
-        return slot.node.tool if slot.phase is Phase.APPROVAL else None
+        slot = self._slots[pos]
+        return slot.node.tool if isinstance(slot, _Slot) and slot.phase is Phase.APPROVAL else None
 
     def phase_counts(self) -> dict[str, int]:
         """How many nodes are in each phase (for progress displays)."""
         counts = {p.value: 0 for p in PHASES}
-        for s in self.slots:
+        for s in self._slots:
             counts[s.phase.value] += 1
         return counts
 
     def outcomes(self) -> list[Outcome]:
         """The outcomes recorded so far, in plan order."""
-        slots = self.slots
-        if any(a.node.index > b.node.index for a, b in itertools.pairwise(slots)):
-            done = sorted((s for s in slots if s.outcome is not None), key=lambda s: s.node.index)
-            return [s.outcome for s in done if s.outcome is not None]
-        return [s.outcome for s in slots if s.outcome is not None]  # in plan order already
+        ended = self._ended
+        if not self._in_plan_order():
+            nodes = self.graph.nodes
+            order = sorted(range(len(ended)), key=lambda pos: nodes[pos].index)
+            return [o for pos in order if (o := ended[pos]) is not None]
+        return [o for o in ended if o is not None]
+
+    def _in_plan_order(self) -> bool:
+        """Whether positions follow plan order (a plan whose refs point back, say)."""
+        return not any(a.index > b.index for a, b in itertools.pairwise(self.graph.nodes))
 
     def outcomes_by_id(self) -> dict[str, Outcome]:
         """The outcomes recorded so far by node id, in plan order (a run's result).
@@ -714,15 +789,12 @@ class SchedulerState:
         A finished run's dict is made at its final size, from the graph's ids: grown an entry
         at a time, a million-entry dict would hold its old table and its new one at once.
         """
-        slots = self.slots
-        if not self.finished or any(a.node.index > b.node.index
-                                    for a, b in itertools.pairwise(slots)):
+        if not self.finished or not self._in_plan_order():
             return {o.node_id: o for o in self.outcomes()}
-        # every node has its outcome, and positions are in plan order: each value is set below
+        # every node has its outcome, and positions are in plan order: the ids in position
+        # order, each given its node's outcome (no entry is added, so the table never grows)
         found = cast(dict[str, Outcome], dict.fromkeys(self.graph.position))
-        for slot in slots:
-            assert slot.outcome is not None
-            found[slot.node.id] = slot.outcome
+        found.update(zip(self.graph.position, cast(list[Outcome], self._ended), strict=True))
         return found
 
     # ---- transitions --------------------------------------------------------------------------
@@ -788,31 +860,33 @@ class SchedulerState:
         pos = self.graph.grow(node, gather if gather >= 0 else None)
         slot = _Slot(pos, node, 0, choose_executor(node.tool, self._default_executor))
         slot.gather = gather
-        self.slots.append(slot)
+        self._slots.append(slot)
+        self._ended.append(None)
         self._critical.note(node)
         if priority is None:
             slot.priority = -self._critical.estimate(node.tool)
             self._lift(slot)
         else:
             slot.priority = priority
-        blocked: AnySlot | None = None  # a needed node that did not succeed
+        blocked = -1  # the position of a needed node that did not succeed
         for p in self.graph.preds[pos]:
-            before = self.slots[p]
-            if before.phase is not Phase.DONE:
+            if self._slots[p].phase is not Phase.DONE:
                 slot.waiting += 1
-            elif (blocked is None and before.outcome is not None
-                  and before.outcome.status != "ok" and (p, pos) in self._hard):
-                blocked = before
+            elif blocked < 0 and (ended := self._ended[p]) is not None and (
+                    ended.status != "ok" and (p, pos) in self._hard):
+                blocked = p
         if self.stopping:
             self._record(slot, "cancelled", now, d, reason=self.stopping)
         elif fate[0] != "run":
             self._settle(slot, fate, now, d)
-        elif blocked is not None:
-            assert blocked.outcome is not None
-            slot.root = blocked.root or _root_cause(blocked.node.id, blocked.outcome)
+        elif blocked >= 0:
+            failed = self._ended[blocked]
+            assert failed is not None
+            root = self._rare_at(blocked).root
+            slot.root = root or _root_cause(failed.node_id, failed)
             self._store(slot, "skipped", now, d, None, None,
-                        f"needs {blocked.node.id!r}, which ended {blocked.outcome.status}"
-                        f"{_detail(blocked.outcome)}", False)
+                        f"needs {failed.node_id!r}, which ended {failed.status}"
+                        f"{_detail(failed)}", False)
         elif slot.waiting == 0 and self._begun:
             self._make_ready(slot, now, d)
         return slot
@@ -825,7 +899,7 @@ class SchedulerState:
         """
         budget = LIFT_BUDGET
         stack: list[_Slot] = [slot]
-        preds, slots, estimate = self.graph.preds, self.slots, self._critical.estimate
+        preds, slots, estimate = self.graph.preds, self._slots, self._critical.estimate
         tool: Tool[..., Any] | None = None
         cost = 0.0
         while stack and budget > 0:
@@ -855,8 +929,9 @@ class SchedulerState:
         for pos in mapped.items or ():
             if budget <= 0:
                 break
-            item = self.slots[pos]
-            if item.phase in _UNSTARTED and item.priority > mapped.priority:
+            item = self._slots[pos]
+            if (isinstance(item, _Slot) and item.phase in _UNSTARTED
+                    and item.priority > mapped.priority):
                 budget -= 1
                 item.priority = mapped.priority
                 if item.phase is Phase.READY:
@@ -884,7 +959,7 @@ class SchedulerState:
             del d.done[at]
         else:
             d.done[at] = Ended(slot.pos, slot.node.index, outcome)
-        self.slots[slot.pos].outcome = outcome
+        self._ended[slot.pos] = outcome
 
     def _expand(self, slot: _Slot, now: float, d: Decisions) -> None:
         """A map's list is known: add one node per item, each with the item in its place."""
@@ -922,7 +997,7 @@ class SchedulerState:
         values: list[Any] = []
         failed: list[str] = []
         for pos in slot.items:
-            outcome = self.slots[pos].outcome
+            outcome = self._ended[pos]
             assert outcome is not None
             if outcome.status == "ok":
                 values.append(outcome.value)
@@ -944,7 +1019,7 @@ class SchedulerState:
         """Start ready nodes, best first, while the run-wide limit has room."""
         if self._asking:
             self._ask(now, d)
-        limit, slots = self._global, self.slots
+        limit, slots = self._global, self._slots
         # order only matters when more nodes are ready than can start; ranking costs O(nodes)
         if (limit.capacity is not None and len(self._heap) > limit.capacity - limit.in_use
                 and self._critical.stale(self.done_count)):
@@ -1028,7 +1103,7 @@ class SchedulerState:
         return True
 
     def _lookup(self, ref: Ref) -> Any:
-        outcome = self.slots[self.graph.position[ref.node]].outcome
+        outcome = self._ended[self.graph.position[ref.node]]
         assert outcome is not None and outcome.status == "ok"
         return ref.pick(outcome.value)
 
@@ -1069,7 +1144,7 @@ class SchedulerState:
             heapq.heappush(self._heap, item)
 
     def _is_ready(self, pos: int) -> bool:
-        return self.slots[pos].phase is Phase.READY  # not cancelled while it was parked
+        return self._slots[pos].phase is Phase.READY  # not cancelled while it was parked
 
     def _start(self, slot: _Slot, now: float, d: Decisions) -> None:
         assert slot.gates is not None and slot.args is not None
@@ -1109,14 +1184,14 @@ class SchedulerState:
             return ErrorInfo("CallCancelledError", slot.cancel_reason)
         return None
 
-    def _cancel_slot(self, slot: AnySlot, reason: str, status: Status, now: float,
+    def _cancel_slot(self, slot: Kept, reason: str, status: Status, now: float,
                      d: Decisions) -> None:
         if slot.phase is Phase.DONE or not isinstance(slot, _Slot):
             return
         if slot.items is not None and not slot.cancel_reason:
             slot.cancel_reason, slot.cancel_status = reason, status
         for item in slot.items or ():  # a map: its items end first, then it gathers them
-            self._cancel_slot(self.slots[item], reason, status, now, d)
+            self._cancel_slot(self._slots[item], reason, status, now, d)
         if slot.phase is Phase.DONE:
             return
         if slot.phase is Phase.RUNNING:
@@ -1156,7 +1231,7 @@ class SchedulerState:
         if self.fail_fast and status in ("failed", "timed_out") and not self.stopping:
             reason = f"fail_fast: {slot.node.id!r} {status}"
             self.stopping = reason
-            for other in reversed(self.slots):
+            for other in reversed(self._slots):
                 self._cancel_slot(other, reason, "cancelled", now, d)
 
     def _pass_on(self, slot: _Slot, now: float, d: Decisions) -> None:
@@ -1168,14 +1243,14 @@ class SchedulerState:
             done = stack.pop()
             assert done.outcome is not None
             if done.gather >= 0:  # a map item: its map gathers once every item has ended
-                gatherer = self.slots[done.gather]
+                gatherer = self._slots[done.gather]
                 if isinstance(gatherer, _Slot):  # else the map ended first (cancelled)
                     gatherer.waiting -= 1
                     if gatherer.waiting == 0 and gatherer.phase is Phase.WAITING:
                         self._make_ready(gatherer, now, d)
             failed = done.outcome.status != "ok"
             for succ in self.graph.succs[done.pos]:
-                after = self.slots[succ]
+                after = self._slots[succ]
                 if after.phase is Phase.DONE or not isinstance(after, _Slot):
                     continue
                 if failed and (done.pos, succ) in self._hard:
@@ -1202,8 +1277,11 @@ class SchedulerState:
             slot.attempts, slot.queued_at, slot.started_at, now,
             slot.executor if slot.attempts else "", abandoned, slot.where,
         )
-        # the slot is done with: what the run keeps of the node from here on is smaller
-        self.slots[slot.pos] = _Over(slot, outcome)
+        # the slot is done with: the run keeps the outcome, and the rare fields if it set any
+        self._slots[slot.pos] = _GONE
+        self._ended[slot.pos] = outcome
+        if slot.rare is not _COMMON:
+            self._kept_rare[slot.pos] = slot.rare
         d.done.append(Ended(slot.pos, slot.node.index, outcome))
         if not self.record_events:
             return
@@ -1223,13 +1301,13 @@ class SchedulerState:
 
     def _rank(self) -> None:
         """Re-rank every node by critical path and rebuild the ready heap."""
-        for slot, priority in zip(self.slots, self._critical.rank(self.done_count), strict=True):
-            if isinstance(slot, _Over):
+        for slot, priority in zip(self._slots, self._critical.rank(self.done_count), strict=True):
+            if not isinstance(slot, _Slot):
                 continue  # ended: never queued again
             # a map's item stands for its map (what waits for the map waits for it), which
             # comes before it: the graph has no edge from an item to what follows the map
-            slot.priority = priority if slot.gather < 0 else self.slots[slot.gather].priority
-        self._heap = [(self.slots[p].priority, p) for _, p in self._heap]
+            slot.priority = priority if slot.gather < 0 else self._slots[slot.gather].priority
+        self._heap = [(self._slots[p].priority, p) for _, p in self._heap]
         heapq.heapify(self._heap)
 
 
