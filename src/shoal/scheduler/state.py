@@ -315,7 +315,7 @@ class _Over:
     phase = Phase.DONE
     priority = 0.0
     waiting = 0
-    gather = -1  # read only of the slot a node ends in (a map item's, in _pass_on)
+    gather = -1
     args: dict[str, Any] | None = None
     gates: tuple[ConcurrencyLimit, ...] | None = None
 
@@ -1327,10 +1327,6 @@ class _HardPairs:
         source, target = pair
         node, nid = self.graph.nodes[target], self.graph.nodes[source].id
         return nid in node.after or any(r.node == nid for r in node.refs)
-
-    def update(self, pairs: Iterable[tuple[int, int]]) -> None:
-        """Nothing to note: a grown node's refs and ``after`` say it already."""
-        del pairs
 
 
 def _detail(outcome: Outcome) -> str:
