@@ -231,7 +231,8 @@ def settle_threads(baseline: int, timeout: float = 10.0) -> None:
 # ---- command line ----------------------------------------------------------------------------
 
 
-def cli(main: Callable[..., BenchResult], description: str, *, all_flag: bool = False) -> int:
+def cli(main: Callable[..., BenchResult], description: str, *, all_flag: bool = False,
+        nodes_flag: bool = False) -> int:
     """Run one benchmark from the command line; exit status 1 if a check (or, in a full run, a
     target) failed."""
     parser = argparse.ArgumentParser(description=description)
@@ -240,8 +241,12 @@ def cli(main: Callable[..., BenchResult], description: str, *, all_flag: bool = 
     if all_flag:
         parser.add_argument("--all", action="store_true", dest="all_plans",
                             help="real-time mode: run every plan, not only the long ones")
+    if nodes_flag:
+        parser.add_argument("--nodes", type=int, help="plan size (default: the full one)")
     args = parser.parse_args()
-    options = {"all_plans": args.all_plans} if all_flag else {}
+    options: dict[str, Any] = {"all_plans": args.all_plans} if all_flag else {}
+    if nodes_flag and args.nodes is not None:
+        options["nodes"] = args.nodes
     judge_targets(not args.quick)
     result = main(quick=args.quick, **options)
     if args.json:

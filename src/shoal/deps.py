@@ -247,6 +247,8 @@ class _Builder:
         nodes added after the map would make it wait for its own items.
         """
         i = len(self.nodes)
+        if node.index == i:  # the same int object as the node's index: a large run keeps one
+            i = node.index
         self.nodes.append(node)
         self.position[node.id] = i
         self.preds.append(())
@@ -289,7 +291,8 @@ class _Builder:
         if isinstance(preds, tuple):
             if source in preds:
                 return
-            self.preds[target] = (*preds, source) if len(preds) < _SHORT else [*preds, source]
+            self.preds[target] = (self._one(source) if not preds else (*preds, source)
+                                  if len(preds) < _SHORT else [*preds, source])
         else:
             seen = self._seen.get(target)
             if seen is None:
@@ -303,6 +306,25 @@ class _Builder:
             self.succs[source] = (*succs, target) if len(succs) < _SHORT else [*succs, target]
         else:
             succs.append(target)
+
+    def _one(self, source: int) -> Adjacency:
+        """``(source,)``: a tuple of the graph's own if one is at hand, else a new one.
+
+        A chain's node waits for the one before it, whose only successor it is, and each node
+        of a fan-out waits for its hub alone: their 1-tuples are equal, so they share one
+        (found in two lookups, never searched for), which a large plan notices.
+        """
+        succs = self.succs[source]
+        if succs:  # a sibling waiting for ``source`` alone has it
+            sibling = self.preds[succs[-1]]
+            if len(sibling) == 1 and isinstance(sibling, tuple):
+                return sibling
+        before = self.preds[source]
+        if len(before) == 1:  # ``source``'s own predecessor, if ``source`` is all that follows it
+            shared = self.succs[before[0]]
+            if len(shared) == 1 and isinstance(shared, tuple):
+                return shared
+        return (source,)
 
     def data_and_after(self, i: int) -> None:
         node = self.nodes[i]

@@ -127,6 +127,13 @@ def find_refs(value: Any) -> list[Ref]:
     return found
 
 
+def _holds_refs(value: Any) -> bool:
+    """Whether ``value`` is a :class:`Ref` or holds one (``bool(find_refs(value))``, sooner)."""
+    if isinstance(value, Ref):
+        return True
+    return isinstance(value, (dict, *_WALKED)) and bool(find_refs(value))
+
+
 @dataclass(frozen=True, slots=True)
 class MapSpec:
     """What makes a node a map: which argument gets each item, and whether failures are kept.
@@ -413,7 +420,7 @@ class Plan:
                                      f"{node.map.item_arg!r} is not one of its arguments "
                                      f"({names})", node.id))
         if node.refs:
-            detail = node.tool.check_static(node.args, lambda v: bool(find_refs(v)))
+            detail = node.tool.check_static(node.args, _holds_refs)
         else:  # fully known now: validate once and keep the result for dispatch ...
             try:
                 checked, detail = node.tool.validate(node.args), ""

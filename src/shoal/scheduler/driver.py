@@ -344,7 +344,7 @@ class Driver:
             self._tell_all_watchers()
         result = self.result()
         self._publish([RunFinished(run_id=self.state.run_id, time=max(self.now(), result.makespan),
-                                   counts=result.counts, makespan=result.makespan)])
+                                   counts=self._counts(), makespan=result.makespan)])
         await self._close_journal(result=result)  # after RunFinished: a journal that keeps events
         return result  # has it too
 
@@ -487,10 +487,10 @@ class Driver:
 
     def result(self) -> RunResult:
         """The outcomes so far (all of them once the run is over)."""
-        outcomes = self.state.outcomes()
-        makespan = max((o.finished_at or 0.0 for o in outcomes), default=0.0)
-        result = RunResult(self.state.run_id, {o.node_id: o for o in outcomes}, makespan,
-                           self.graph, self._epoch, self.cancelled_reason)
+        outcomes = self.state.outcomes_by_id()
+        makespan = max((o.finished_at or 0.0 for o in outcomes.values()), default=0.0)
+        result = RunResult(self.state.run_id, outcomes, makespan, self.graph, self._epoch,
+                           self.cancelled_reason)
         board = self.scope.board if self.scope is not None else None
         if board is not None and board.local:
             result.board, result.conflicts = board.snapshot(), board.conflicts
@@ -1020,7 +1020,7 @@ class Driver:
             journal.add_many(OutcomeRecord(run_id, ended.outcome, ended.order)
                              for ended in self.state.ended())
         if journal.failed is None:
-            journal.add(RunEnded(self.state.run_id, status, self._epoch_now(), result.counts,
+            journal.add(RunEnded(self.state.run_id, status, self._epoch_now(), self._counts(),
                                  result.makespan))
         try:
             await journal.close()
@@ -1041,6 +1041,13 @@ class Driver:
                         sorted(set(request.node_ids) - set(known)))
         if known:
             self.cancel(known, request.reason)
+
+    def _counts(self) -> dict[str, int]:
+        """How many nodes ended in each status: ``RunResult.counts``, kept as they end.
+
+        A large run's result would count a million outcomes again for each record.
+        """
+        return dict(self.state.status_counts)
 
     def _journal_failed(self, error: BaseException) -> None:
         """The journal cannot be written: stop the run, since durability is no longer kept."""

@@ -38,7 +38,7 @@ import random
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, cast
 
 from shoal.approvals.ledger import approval_hash
 from shoal.approvals.policy import approval_reason, request_id
@@ -302,6 +302,105 @@ class _Slot:
         self.ready_mark = 0  # the run-wide limit's block count when it was last ready
 
 
+class _Over:
+    """An ended node's record, made when :attr:`SchedulerState.slots` is asked for it.
+
+    The state machine itself keeps no object per ended node (see :class:`_Gone`): a slot's
+    fields for waiting, queueing and running are not needed any more, and the outcome holds
+    the rest (attempts, times, backend, where it ran). Its phase is ``DONE`` for good; the
+    other fields a slot has give inert values.
+    """
+
+    __slots__ = ("node", "outcome", "pos", "rare")
+    phase = Phase.DONE
+    priority = 0.0
+    waiting = 0
+    gather = -1
+    args: dict[str, Any] | None = None
+    gates: tuple[ConcurrencyLimit, ...] | None = None
+
+    def __init__(self, pos: int, node: Node, outcome: Outcome, rare: _Rare) -> None:
+        self.pos = pos
+        self.node = node
+        self.outcome = outcome
+        self.rare = rare
+
+    @property
+    def root(self) -> str:
+        """For a skipped node: the failure at the start of its chain."""
+        return self.rare.root
+
+    @property
+    def items(self) -> list[int] | None:
+        """A map node: its items' positions (``None`` if it made none)."""
+        return self.rare.items
+
+    @property
+    def cancel_reason(self) -> str:
+        """Why it was cancelled (the first reason)."""
+        return self.rare.cancel_reason
+
+    @property
+    def approval(self) -> _Approval | None:
+        """Set if the node was asked about."""
+        return self.rare.approval
+
+    @property
+    def attempts(self) -> int:
+        """How many attempts it made."""
+        return self.outcome.attempts
+
+    @property
+    def executor(self) -> str:
+        """The backend its attempts ran on (empty if it never ran)."""
+        return self.outcome.executor
+
+
+#: A node's record in :attr:`SchedulerState.slots`: live, or ended.
+AnySlot = _Slot | _Over
+
+
+class _Gone:
+    """Where an ended node's slot was: one shared object (the outcome is kept apart).
+
+    A large run holds a million ended nodes: what the state machine still needs of each (its
+    outcome, and the rare fields a few set) lives in :attr:`SchedulerState._ended` and
+    ``_kept_rare``, so ended nodes cost the collector nothing and a list entry of memory. The
+    reads the state machine makes of any slot (``phase``, ``priority``, ``waiting``,
+    ``gather``) give inert values.
+    """
+
+    __slots__ = ()
+    phase = Phase.DONE
+    priority = 0.0
+    waiting = 0
+    gather = -1
+
+
+_GONE = _Gone()
+
+#: What :attr:`SchedulerState._slots` holds: a live slot, or the mark of an ended one.
+Kept = _Slot | _Gone
+
+
+class _SlotsView:
+    """Every node's record, by position: a live slot, or an ended node's (made when asked)."""
+
+    __slots__ = ("_state",)
+
+    def __init__(self, state: SchedulerState) -> None:
+        self._state = state
+
+    def __len__(self) -> int:
+        return len(self._state._slots)
+
+    def __getitem__(self, pos: int) -> AnySlot:
+        return self._state._record_at(pos)
+
+    def __iter__(self) -> Iterator[AnySlot]:
+        return (self._state._record_at(pos) for pos in range(len(self._state._slots)))
+
+
 def choose_executor(tool: Tool[..., Any], default: Isolation | None) -> Isolation:
     """The backend for ``tool``: its own isolation, else the run's default, else by kind.
 
@@ -319,10 +418,11 @@ class SchedulerState:
 
     # slots: an agent swarm holds a run, so a state, per turn in flight (thousands at once)
     __slots__ = (
-        "_ask_doubt", "_asking", "_begun", "_critical", "_default_executor", "_doubt", "_gates",
-        "_global", "_global_blocks", "_global_held", "_hard", "_heap", "_maps_due",
-        "_next_index", "_rng", "clock_origin", "closed", "done_count", "fail_fast", "fate_of",
-        "graph", "in_flight", "record_events", "run_id", "slots", "status_counts", "stopping",
+        "_ask_doubt", "_asking", "_begun", "_critical", "_default_executor", "_doubt", "_ended",
+        "_gates", "_global", "_global_blocks", "_global_held", "_hard", "_heap", "_kept_rare",
+        "_maps_due", "_next_index", "_rng", "_slots", "clock_origin", "closed", "done_count",
+        "fail_fast", "fate_of", "graph", "in_flight", "record_events", "run_id",
+        "status_counts", "stopping",
     )
 
     def __init__(
@@ -369,11 +469,15 @@ class SchedulerState:
         self._heap: list[tuple[float, int]] = []
         self._hard = _HardPairs(graph)
         executors: dict[int, Isolation] = {}  # by tool object: a large plan has few tools
-        self.slots = [  # positions as the graph's own ints: a large run keeps one of each
+        self._slots: list[Kept] = [  # positions as the graph's own ints: one of each
             _Slot(i, n, len(graph.preds[i]), executors.get(id(n.tool)) or executors.setdefault(
                 id(n.tool), choose_executor(n.tool, default_executor)))
             for i, n in zip(graph.position.values(), graph.nodes, strict=True)
         ]
+        #: each node's outcome, by position (``None`` until it has one); an ended node's slot
+        #: gives way to ``_GONE``, and its rare fields, if it set any, to ``_kept_rare``
+        self._ended: list[Outcome | None] = [None] * len(self._slots)
+        self._kept_rare: dict[int, _Rare] = {}
         self.done_count = 0
         self.status_counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
         self.in_flight: dict[int, float] = {}  # position -> when its current attempt started
@@ -382,6 +486,28 @@ class SchedulerState:
         self._asking: list[_Slot] | None = None
         self._doubt: dict[int, str] = {}  # resume: calls in doubt that an approver settles
 
+    @property
+    def slots(self) -> _SlotsView:
+        """Every node's record, by position (for tests and diagnostics).
+
+        The driver asks the queries below instead. An ended node's record is made when asked:
+        phase ``DONE``, its outcome, its rare fields.
+        """
+        return _SlotsView(self)
+
+    def _record_at(self, pos: int) -> AnySlot:
+        slot = self._slots[pos]
+        if isinstance(slot, _Slot):
+            return slot
+        outcome = self._ended[pos]
+        assert outcome is not None
+        return _Over(pos, self.graph.nodes[pos], outcome, self._rare_at(pos))
+
+    def _rare_at(self, pos: int) -> _Rare:
+        """The rare fields of the node at ``pos``, live or ended."""
+        slot = self._slots[pos]
+        return slot.rare if isinstance(slot, _Slot) else self._kept_rare.get(pos, _COMMON)
+
     # ---- inputs -------------------------------------------------------------------------
 
     def begin(self, now: float) -> Decisions:
@@ -389,10 +515,10 @@ class SchedulerState:
         d = Decisions()
         self._begun = True
         cap = self._global.capacity
-        if cap is not None and len(self.slots) > cap:  # otherwise every node starts once ready
+        if cap is not None and len(self._slots) > cap:  # otherwise every node starts once ready
             self._rank()
-        for slot in self.slots:
-            if slot.waiting == 0 and slot.phase is Phase.WAITING:
+        for slot in self._slots:
+            if slot.waiting == 0 and slot.phase is Phase.WAITING and isinstance(slot, _Slot):
                 self._make_ready(slot, now, d)
         self._dispatch(now, d)
         return d
@@ -419,7 +545,8 @@ class SchedulerState:
     def finish(self, pos: int, result: AttemptResult, now: float) -> Decisions:
         """An attempt ended: retry it, or record the outcome and release its dependents."""
         d = Decisions()
-        slot = self.slots[pos]
+        slot = self._slots[pos]
+        assert isinstance(slot, _Slot), f"{self.graph.nodes[pos].id} ended twice"
         self._release(slot, d)
         if result.began is not None and slot.attempts == 1 and slot.started_at is not None:
             slot.started_at = max(slot.started_at, result.began)  # exclude waiting for a worker
@@ -448,8 +575,8 @@ class SchedulerState:
     def retry_due(self, pos: int, now: float) -> Decisions:
         """A retry's back-off is over: queue the node again."""
         d = Decisions()
-        slot = self.slots[pos]
-        if slot.phase is Phase.BACKOFF:
+        slot = self._slots[pos]
+        if slot.phase is Phase.BACKOFF and isinstance(slot, _Slot):
             self._set_phase(slot, Phase.READY)
             heapq.heappush(self._heap, (slot.priority, pos))
             self._dispatch(now, d)
@@ -484,9 +611,9 @@ class SchedulerState:
         if node_ids is None:
             self.stopping = self.stopping or reason
             # dependents first, so each is cancelled in its own right, not skipped for its input
-            targets: Iterable[_Slot] = reversed(self.slots)
+            targets: Iterable[Kept] = reversed(self._slots)
         else:
-            targets = [self.slots[self.graph.position[nid]] for nid in node_ids]
+            targets = [self._slots[self.graph.position[nid]] for nid in node_ids]
         for slot in targets:
             self._cancel_slot(slot, reason, "cancelled", now, d)
         self._dispatch(now, d)
@@ -496,7 +623,7 @@ class SchedulerState:
         """The run's deadline passed: running calls time out, the rest are cancelled."""
         d = Decisions()
         self.stopping = self.stopping or reason
-        for slot in reversed(self.slots):
+        for slot in reversed(self._slots):
             self._cancel_slot(slot, reason, "timed_out", now, d)
         return d
 
@@ -510,8 +637,9 @@ class SchedulerState:
         node is still waiting.
         """
         d = Decisions()
-        slot = self.slots[pos]
-        if slot.phase is not Phase.APPROVAL or slot.approval is None:
+        slot = self._slots[pos]
+        if not isinstance(slot, _Slot) or slot.phase is not Phase.APPROVAL or (
+                slot.approval is None):
             return d
         if args is not None:
             slot.args = args
@@ -535,8 +663,8 @@ class SchedulerState:
         not to run it again, which says nothing about whether it took effect.
         """
         d = Decisions()
-        slot = self.slots[pos]
-        if slot.phase is Phase.APPROVAL:
+        slot = self._slots[pos]
+        if slot.phase is Phase.APPROVAL and isinstance(slot, _Slot):
             self._decided(slot, "deny", reason, by, now, d)
             status: Status = "in_doubt" if slot.pos in self._doubt else "denied"
             self._record(slot, status, now, d, reason=reason)
@@ -554,14 +682,15 @@ class SchedulerState:
         d = Decisions()
         restored: list[_Slot] = []
         for outcome in outcomes:
-            slot = self.slots[self.graph.position[outcome.node_id]]
-            if slot.phase is Phase.DONE:
+            slot = self._slots[self.graph.position[outcome.node_id]]
+            if not isinstance(slot, _Slot) or slot.phase is Phase.DONE:
                 continue
             slot.attempts, slot.queued_at = outcome.attempts, outcome.queued_at
             slot.started_at = outcome.started_at
             self._store(slot, outcome.status, now, d, outcome.value, outcome.error,
                         outcome.reason, outcome.abandoned)
-            slot.outcome = outcome  # exactly as recorded: times, executor, attempts
+            # exactly as recorded: times, executor, attempts
+            slot.outcome = self._ended[slot.pos] = outcome
             restored.append(slot)
         # released only once all are restored: a map released before its own outcome was
         # would make its items again (and run those whose results cannot be replayed)
@@ -581,8 +710,8 @@ class SchedulerState:
         d = Decisions()
         self._ask_doubt = ask
         for node_id, reason in reasons.items():
-            slot = self.slots[self.graph.position[node_id]]
-            if slot.phase is Phase.DONE:
+            slot = self._slots[self.graph.position[node_id]]
+            if not isinstance(slot, _Slot) or slot.phase is Phase.DONE:
                 continue
             if ask:
                 self._doubt[slot.pos] = reason
@@ -596,19 +725,19 @@ class SchedulerState:
     @property
     def size(self) -> int:
         """How many nodes the run has (an open run's grows)."""
-        return len(self.slots)
+        return len(self._slots)
 
     def backends(self) -> set[Isolation]:
         """The backends the run's nodes use so far."""
-        return {s.executor for s in self.slots}
+        return {s.executor for s in self._slots if isinstance(s, _Slot)}
 
     def outcome_at(self, pos: int) -> Outcome | None:
         """The outcome of the node at ``pos``, if it has one."""
-        return self.slots[pos].outcome
+        return self._ended[pos]
 
     def items_of(self, pos: int) -> int | None:
         """How many items the map at ``pos`` made (``None``: it has made none)."""
-        items = self.slots[pos].items
+        items = self._rare_at(pos).items
         return None if items is None else len(items)
 
     def ended(self) -> Iterator[Ended]:
@@ -616,51 +745,74 @@ class SchedulerState:
 
         A generator: a million-node run's journal takes them one at a time, never as a list.
         """
-        return (Ended(s.pos, s.node.index, s.outcome) for s in self.slots
-                if s.outcome is not None)
+        nodes = self.graph.nodes
+        return (Ended(pos, nodes[pos].index, o) for pos, o in enumerate(self._ended)
+                if o is not None)
 
     @property
     def finished(self) -> bool:
         """Whether every node has an outcome and no more can be added."""
-        return self.closed and self.done_count == len(self.slots)
+        return self.closed and self.done_count == len(self._slots)
 
     def running(self) -> list[tuple[str, str, str, float]]:
         """(node id, tool, executor, start time) of every attempt in flight."""
         found: list[tuple[str, str, str, float]] = []
         for pos, since in self.in_flight.items():
-            slot = self.slots[pos]
+            slot = self._slots[pos]
+            assert isinstance(slot, _Slot)  # in flight: live
             found.append((slot.node.id, slot.node.tool.name, slot.executor, since))
         return found
 
     def awaiting_approval(self) -> list[tuple[str, str, float]]:
         """(node id, tool, since) of every node waiting for an approver's decision."""
-        return [(s.node.id, s.node.tool.name, s.queued_at or 0.0) for s in self.slots
-                if s.phase is Phase.APPROVAL and s.approval is not None]
+        return [(s.node.id, s.node.tool.name, s.queued_at or 0.0) for s in self._slots
+                if isinstance(s, _Slot)
+                and s.phase is Phase.APPROVAL and s.approval is not None]
 
     def awaiting(self, pos: int) -> Tool[..., Any] | None:
         """The tool of the node at ``pos`` while it waits in ``APPROVAL``, else ``None``."""
-        slot = self.slots[pos]
-        return slot.node.tool if slot.phase is Phase.APPROVAL else None
+        slot = self._slots[pos]
+        return slot.node.tool if isinstance(slot, _Slot) and slot.phase is Phase.APPROVAL else None
 
     def phase_counts(self) -> dict[str, int]:
         """How many nodes are in each phase (for progress displays)."""
         counts = {p.value: 0 for p in PHASES}
-        for s in self.slots:
+        for s in self._slots:
             counts[s.phase.value] += 1
         return counts
 
     def outcomes(self) -> list[Outcome]:
         """The outcomes recorded so far, in plan order."""
-        slots = self.slots
-        if any(a.node.index > b.node.index for a, b in itertools.pairwise(slots)):
-            done = sorted((s for s in slots if s.outcome is not None), key=lambda s: s.node.index)
-            return [s.outcome for s in done if s.outcome is not None]
-        return [s.outcome for s in slots if s.outcome is not None]  # in plan order already
+        ended = self._ended
+        if not self._in_plan_order():
+            nodes = self.graph.nodes
+            order = sorted(range(len(ended)), key=lambda pos: nodes[pos].index)
+            return [o for pos in order if (o := ended[pos]) is not None]
+        return [o for o in ended if o is not None]
+
+    def _in_plan_order(self) -> bool:
+        """Whether positions follow plan order (a plan whose refs point back, say)."""
+        return not any(a.index > b.index for a, b in itertools.pairwise(self.graph.nodes))
+
+    def outcomes_by_id(self) -> dict[str, Outcome]:
+        """The outcomes recorded so far by node id, in plan order (a run's result).
+
+        A finished run's dict is made at its final size, from the graph's ids: grown an entry
+        at a time, a million-entry dict would hold its old table and its new one at once.
+        """
+        if not self.finished or not self._in_plan_order():
+            return {o.node_id: o for o in self.outcomes()}
+        # every node has its outcome, and positions are in plan order: the ids in position
+        # order, each given its node's outcome (no entry is added, so the table never grows)
+        found = cast(dict[str, Outcome], dict.fromkeys(self.graph.position))
+        found.update(zip(self.graph.position, cast(list[Outcome], self._ended), strict=True))
+        return found
 
     # ---- transitions --------------------------------------------------------------------------
 
-    def _set_phase(self, slot: _Slot, phase: Phase) -> None:
+    def _set_phase(self, slot: AnySlot, phase: Phase) -> None:
         assert phase in TRANSITIONS[slot.phase], f"{slot.node.id}: {slot.phase} -> {phase}"
+        assert isinstance(slot, _Slot)  # an ended node has no transition left
         slot.phase = phase
         if phase is Phase.READY:  # what holds it back from here on is journaled at its start
             slot.held, slot.ready_mark = "", self._global_blocks
@@ -725,35 +877,33 @@ class SchedulerState:
         pos = self.graph.grow(node, gather if gather >= 0 else None)
         slot = _Slot(pos, node, 0, choose_executor(node.tool, self._default_executor))
         slot.gather = gather
-        self.slots.append(slot)
+        self._slots.append(slot)
+        self._ended.append(None)
         self._critical.note(node)
         if priority is None:
             slot.priority = -self._critical.estimate(node.tool)
             self._lift(slot)
         else:
             slot.priority = priority
-        # the nodes it needs to succeed (its refs and ``after``; most added calls have none)
-        hard: set[int] | tuple[()] = ()
-        if node.refs or node.after:
-            hard = {self.graph.position[r.node] for r in node.refs}
-            hard.update(self.graph.position[a] for a in node.after)
-        blocked: _Slot | None = None  # a needed node that did not succeed
+        blocked = -1  # the position of a needed node that did not succeed
         for p in self.graph.preds[pos]:
-            before = self.slots[p]
-            if before.phase is not Phase.DONE:
+            if self._slots[p].phase is not Phase.DONE:
                 slot.waiting += 1
-            elif p in hard and before.outcome is not None and before.outcome.status != "ok":
-                blocked = blocked or before
+            elif blocked < 0 and (ended := self._ended[p]) is not None and (
+                    ended.status != "ok" and (p, pos) in self._hard):
+                blocked = p
         if self.stopping:
             self._record(slot, "cancelled", now, d, reason=self.stopping)
         elif fate[0] != "run":
             self._settle(slot, fate, now, d)
-        elif blocked is not None:
-            assert blocked.outcome is not None
-            slot.root = blocked.root or _root_cause(blocked.node.id, blocked.outcome)
+        elif blocked >= 0:
+            failed = self._ended[blocked]
+            assert failed is not None
+            root = self._rare_at(blocked).root
+            slot.root = root or _root_cause(failed.node_id, failed)
             self._store(slot, "skipped", now, d, None, None,
-                        f"needs {blocked.node.id!r}, which ended {blocked.outcome.status}"
-                        f"{_detail(blocked.outcome)}", False)
+                        f"needs {failed.node_id!r}, which ended {failed.status}"
+                        f"{_detail(failed)}", False)
         elif slot.waiting == 0 and self._begun:
             self._make_ready(slot, now, d)
         return slot
@@ -765,21 +915,28 @@ class SchedulerState:
         than it runs keeps O(1) work per node; the periodic re-ranking catches the rest.
         """
         budget = LIFT_BUDGET
-        stack = [slot]
+        stack: list[_Slot] = [slot]
+        preds, slots, estimate = self.graph.preds, self._slots, self._critical.estimate
+        tool: Tool[..., Any] | None = None
+        cost = 0.0
         while stack and budget > 0:
             below = stack.pop()
-            for p in self.graph.preds[below.pos]:
-                before = self.slots[p]
-                if before.phase not in _UNSTARTED:
+            for p in preds[below.pos]:
+                before = slots[p]
+                if before.phase not in _UNSTARTED or not isinstance(before, _Slot):
                     continue
                 budget -= 1
-                level = self._critical.estimate(before.node.tool) - below.priority
+                if before.node.tool is not tool:  # a chain's nodes share theirs: asked once
+                    tool = before.node.tool
+                    cost = estimate(tool)
+                level = cost - below.priority
                 if level > -before.priority:
                     before.priority = -level
                     if before.phase is Phase.READY:  # the stale heap entry is skipped later
                         heapq.heappush(self._heap, (before.priority, before.pos))
                     stack.append(before)
-                    budget = self._lift_items(before, budget)
+                    if before.rare.items:  # a map: its items rise with it
+                        budget = self._lift_items(before, budget)
 
     def _lift_items(self, mapped: _Slot, budget: int) -> int:
         """A map was lifted: its items waiting to start rise with it; return the budget left.
@@ -789,8 +946,9 @@ class SchedulerState:
         for pos in mapped.items or ():
             if budget <= 0:
                 break
-            item = self.slots[pos]
-            if item.phase in _UNSTARTED and item.priority > mapped.priority:
+            item = self._slots[pos]
+            if (isinstance(item, _Slot) and item.phase in _UNSTARTED
+                    and item.priority > mapped.priority):
                 budget -= 1
                 item.priority = mapped.priority
                 if item.phase is Phase.READY:
@@ -818,7 +976,7 @@ class SchedulerState:
             del d.done[at]
         else:
             d.done[at] = Ended(slot.pos, slot.node.index, outcome)
-        slot.outcome = outcome
+        self._ended[slot.pos] = outcome
 
     def _expand(self, slot: _Slot, now: float, d: Decisions) -> None:
         """A map's list is known: add one node per item, each with the item in its place."""
@@ -856,7 +1014,7 @@ class SchedulerState:
         values: list[Any] = []
         failed: list[str] = []
         for pos in slot.items:
-            outcome = self.slots[pos].outcome
+            outcome = self._ended[pos]
             assert outcome is not None
             if outcome.status == "ok":
                 values.append(outcome.value)
@@ -878,7 +1036,7 @@ class SchedulerState:
         """Start ready nodes, best first, while the run-wide limit has room."""
         if self._asking:
             self._ask(now, d)
-        limit, slots = self._global, self.slots
+        limit, slots = self._global, self._slots
         # order only matters when more nodes are ready than can start; ranking costs O(nodes)
         if (limit.capacity is not None and len(self._heap) > limit.capacity - limit.in_use
                 and self._critical.stale(self.done_count)):
@@ -888,7 +1046,7 @@ class SchedulerState:
             if self.stopping:
                 return
             slot = slots[heapq.heappop(heap)[1]]
-            if slot.phase is not Phase.READY:
+            if slot.phase is not Phase.READY or not isinstance(slot, _Slot):
                 continue  # cancelled or skipped while queued: its heap entry is stale
             if slot.args is None and not self._prepare(slot, now, d):
                 continue
@@ -962,7 +1120,7 @@ class SchedulerState:
         return True
 
     def _lookup(self, ref: Ref) -> Any:
-        outcome = self.slots[self.graph.position[ref.node]].outcome
+        outcome = self._ended[self.graph.position[ref.node]]
         assert outcome is not None and outcome.status == "ok"
         return ref.pick(outcome.value)
 
@@ -1002,7 +1160,7 @@ class SchedulerState:
             heapq.heappush(self._heap, item)
 
     def _is_ready(self, pos: int) -> bool:
-        return self.slots[pos].phase is Phase.READY  # not cancelled while it was parked
+        return self._slots[pos].phase is Phase.READY  # not cancelled while it was parked
 
     def _start(self, slot: _Slot, now: float, d: Decisions) -> None:
         assert slot.gates is not None and slot.args is not None
@@ -1042,14 +1200,14 @@ class SchedulerState:
             return ErrorInfo("CallCancelledError", slot.cancel_reason)
         return None
 
-    def _cancel_slot(self, slot: _Slot, reason: str, status: Status, now: float,
+    def _cancel_slot(self, slot: Kept, reason: str, status: Status, now: float,
                      d: Decisions) -> None:
-        if slot.phase is Phase.DONE:
+        if slot.phase is Phase.DONE or not isinstance(slot, _Slot):
             return
         if slot.items is not None and not slot.cancel_reason:
             slot.cancel_reason, slot.cancel_status = reason, status
         for item in slot.items or ():  # a map: its items end first, then it gathers them
-            self._cancel_slot(self.slots[item], reason, status, now, d)
+            self._cancel_slot(self._slots[item], reason, status, now, d)
         if slot.phase is Phase.DONE:
             return
         if slot.phase is Phase.RUNNING:
@@ -1089,26 +1247,27 @@ class SchedulerState:
         if self.fail_fast and status in ("failed", "timed_out") and not self.stopping:
             reason = f"fail_fast: {slot.node.id!r} {status}"
             self.stopping = reason
-            for other in reversed(self.slots):
+            for other in reversed(self._slots):
                 self._cancel_slot(other, reason, "cancelled", now, d)
 
     def _pass_on(self, slot: _Slot, now: float, d: Decisions) -> None:
         """``slot`` has its outcome: release what waits for it, or skip it (and so on)."""
         if slot.gather < 0 and not self.graph.succs[slot.pos]:
             return  # nothing waits for it (most nodes of a wide plan)
-        stack = [slot]
+        stack: list[_Slot] = [slot]
         while stack:
             done = stack.pop()
             assert done.outcome is not None
             if done.gather >= 0:  # a map item: its map gathers once every item has ended
-                gatherer = self.slots[done.gather]
-                gatherer.waiting -= 1
-                if gatherer.waiting == 0 and gatherer.phase is Phase.WAITING:
-                    self._make_ready(gatherer, now, d)
+                gatherer = self._slots[done.gather]
+                if isinstance(gatherer, _Slot):  # else the map ended first (cancelled)
+                    gatherer.waiting -= 1
+                    if gatherer.waiting == 0 and gatherer.phase is Phase.WAITING:
+                        self._make_ready(gatherer, now, d)
             failed = done.outcome.status != "ok"
             for succ in self.graph.succs[done.pos]:
-                after = self.slots[succ]
-                if after.phase is Phase.DONE:
+                after = self._slots[succ]
+                if after.phase is Phase.DONE or not isinstance(after, _Slot):
                     continue
                 if failed and (done.pos, succ) in self._hard:
                     after.root = done.root or _root_cause(done.node.id, done.outcome)
@@ -1129,12 +1288,17 @@ class SchedulerState:
         self.status_counts[status] += 1
         slot.args = None
         tool = slot.node.tool.name
-        slot.outcome = Outcome(
+        slot.outcome = outcome = Outcome(
             slot.node.id, tool, status, value if status == "ok" else None, error, reason,
             slot.attempts, slot.queued_at, slot.started_at, now,
             slot.executor if slot.attempts else "", abandoned, slot.where,
         )
-        d.done.append(Ended(slot.pos, slot.node.index, slot.outcome))
+        # the slot is done with: the run keeps the outcome, and the rare fields if it set any
+        self._slots[slot.pos] = _GONE
+        self._ended[slot.pos] = outcome
+        if slot.rare is not _COMMON:
+            self._kept_rare[slot.pos] = slot.rare
+        d.done.append(Ended(slot.pos, slot.node.index, outcome))
         if not self.record_events:
             return
         nid = slot.node.id
@@ -1153,11 +1317,13 @@ class SchedulerState:
 
     def _rank(self) -> None:
         """Re-rank every node by critical path and rebuild the ready heap."""
-        for slot, priority in zip(self.slots, self._critical.rank(self.done_count), strict=True):
+        for slot, priority in zip(self._slots, self._critical.rank(self.done_count), strict=True):
+            if not isinstance(slot, _Slot):
+                continue  # ended: never queued again
             # a map's item stands for its map (what waits for the map waits for it), which
             # comes before it: the graph has no edge from an item to what follows the map
-            slot.priority = priority if slot.gather < 0 else self.slots[slot.gather].priority
-        self._heap = [(self.slots[p].priority, p) for _, p in self._heap]
+            slot.priority = priority if slot.gather < 0 else self._slots[slot.gather].priority
+        self._heap = [(self._slots[p].priority, p) for _, p in self._heap]
         heapq.heapify(self._heap)
 
 
