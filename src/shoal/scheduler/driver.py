@@ -583,8 +583,14 @@ class Driver:
             if self._at_once_stopped and call.pos in self._at_once_stopped:
                 self._at_once.append((call, context))  # reported cancelled, never run
             else:
-                self._on_pool[call.pos] = (pool, pool.submit(
-                    call, context, partial(self._pool_ended, call)))
+                try:
+                    future = pool.submit(call, context, partial(self._pool_ended, call))
+                except Exception as exc:  # the pool refused it: its outcome, as from its task
+                    assert self._context is not None
+                    self._context.run(self._report, self._attempt_done, call,
+                                      AttemptResult("failed", error=exc))
+                    continue
+                self._on_pool[call.pos] = (pool, future)
         if self._at_once and not self._bursting and not self._burst_due:
             self._burst()
 

@@ -1,0 +1,41 @@
+"""Review of calls run without a task of their own: each case here failed before its fix."""
+
+from __future__ import annotations
+
+import asyncio
+
+import shoal
+
+closing: list[shoal.Runtime] = []
+
+
+@shoal.tool
+async def closes_pools() -> int:
+    """Close the runtime's backends (on the next loop turn), then end at once."""
+    asyncio.get_running_loop().create_task(closing[0].aclose())
+    return 1
+
+
+@shoal.tool
+def plus_one(x: int) -> int:
+    """A sync tool without a timeout: handed to the thread pool without a task."""
+    return x + 1
+
+
+def test_sync_calls_waiting_for_the_pool_survive_its_closing() -> None:
+    """The pool closes while sync calls wait to be handed to it: they still run (a new pool,
+    as a call with a task of its own gets); before, they were lost and the run hung."""
+
+    async def main() -> shoal.RunResult:
+        plan = shoal.Plan()
+        first = plan.call(closes_pools)
+        for _ in range(3):
+            plan.call(plus_one, x=first)
+        async with shoal.Runtime() as runtime:
+            closing[:] = [runtime]
+            async with asyncio.timeout(10):
+                return await runtime.run(plan)
+
+    result = asyncio.run(main())
+    assert result.ok
+    assert [o.value for o in result.outcomes.values()] == [1, 2, 2, 2]
