@@ -90,6 +90,9 @@ log = logging.getLogger("shoal")
 #: cascade of calls that end in their first step must not hold the loop (timers, a deadline,
 #: other runs) longer than a loop turn of as many tasks would.
 AT_ONCE_BURST = 1000
+#: ... and after this many seconds of them (wall time), however few: a call that cannot suspend
+#: may still compute a while, and a chain of such calls had a loop turn after each with tasks.
+AT_ONCE_SLICE = 0.002
 #: This machine's name: where the calls of backends that run everything here ran.
 HOST = socket.gethostname()
 
@@ -632,7 +635,8 @@ class Driver:
 
         Each call's end is fed to the state machine here, and the calls it releases join the
         queue: a cascade runs iteratively, never by recursion. After :data:`AT_ONCE_BURST`
-        calls the rest waits for the next loop turn, so timers and other tasks get theirs.
+        calls, or :data:`AT_ONCE_SLICE` seconds of them, the rest waits for the next loop turn,
+        so timers and other tasks get theirs.
         """
         assert self._context is not None
         if not self._entered:  # each end is fed to the state machine in the driver's context
@@ -640,9 +644,10 @@ class Driver:
             return
         self._bursting, self._burst_due = True, False
         queue, ran = self._at_once, 0
+        until = time.perf_counter() + AT_ONCE_SLICE
         try:
             while queue:
-                if ran >= AT_ONCE_BURST:
+                if ran >= AT_ONCE_BURST or (ran and time.perf_counter() >= until):
                     assert self._loop is not None
                     self._burst_due = True
                     self._loop.call_soon(self._burst)
