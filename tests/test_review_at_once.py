@@ -63,3 +63,37 @@ def test_a_chain_of_slow_instant_calls_lets_the_deadline_through() -> None:
     statuses = [o.status for o in result.outcomes.values()]
     assert statuses.count("ok") < 30, statuses
     assert not result.ok
+
+
+async def _reloaded(i: int) -> int:
+    await asyncio.sleep(0)
+    return i * 10
+
+
+@shoal.tool
+async def reloadable(i: int) -> int:
+    """No await yet: its calls run at once until its code is reloaded."""
+    return i
+
+
+@shoal.tool
+async def hot_reload() -> int:
+    """Swap ``reloadable``'s code in place, as IPython's autoreload does: the new one awaits."""
+    reloadable.fn.__code__ = _reloaded.__code__
+    return 0
+
+
+def test_a_tool_whose_code_is_reloaded_mid_run_runs_its_new_code() -> None:
+    """Before, the run remembered the old code's answer: the new code, which awaits, ran at
+    once and failed ("suspended in a step that cannot suspend")."""
+    original = reloadable.fn.__code__
+    plan = shoal.Plan()
+    plan.call(reloadable, i=1)
+    reload = plan.call(hot_reload, after=["reloadable#1"])
+    plan.call(reloadable, i=2, after=[reload])
+    try:
+        result = shoal.run_sync(plan)
+    finally:
+        reloadable.fn.__code__ = original
+    assert result.ok, result.outcomes
+    assert [o.value for o in result.outcomes.values()] == [1, 0, 20]

@@ -215,7 +215,8 @@ class Driver:
         self._bursting = False
         self._entered = False  # whether the driver's context is the current one (see _report)
         self._burst_due = False  # a burst continues on the next loop turn
-        self._quick: dict[int, bool] = {}  # id(tool) -> whether its calls run at once
+        # id(tool) -> its function's code, whether its calls run at once
+        self._quick: dict[int, tuple[object, bool]] = {}
         # position -> the pool and future of a sync call handed to the thread pool without a
         # task (see _pool_now); positions of such calls stopped, whose end is on its way
         self._on_pool: dict[int, tuple[ThreadExecutor, Future[Any]]] = {}
@@ -555,11 +556,14 @@ class Driver:
         its cost and a loop turn. Not for injected values (their settling is the task's).
         """
         tool = call.tool
-        quick = self._quick.get(id(tool))
-        if quick is None:
-            quick = self._quick[id(tool)] = (
-                tool.is_async and not tool.injected and ends_in_first_step(tool.fn))
-        return quick and call.isolation == "inline" and (
+        # keyed by the code too: a hot reload (IPython's autoreload, say) swaps a function's
+        # code in place, and the new code may await
+        code = getattr(tool.fn, "__code__", None)
+        known = self._quick.get(id(tool))
+        if known is None or known[0] is not code:
+            known = self._quick[id(tool)] = (code, (
+                tool.is_async and not tool.injected and ends_in_first_step(tool.fn)))
+        return known[1] and call.isolation == "inline" and (
             type(self._executors.get("inline")) is InlineExecutor)
 
     def _pool_now(self, call: Call) -> ThreadExecutor | None:
