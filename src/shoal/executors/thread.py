@@ -116,8 +116,13 @@ class ThreadExecutor(Executor):
 
     async def start(self) -> None:
         """Create the pool (threads themselves start lazily)."""
+        self._opened()
+
+    def _opened(self) -> ThreadPoolExecutor:
+        """The pool, created if there is none (never yet, or closed since)."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="shoal-tool")
+        return self._pool
 
     async def execute(self, call: Call) -> Any:
         """Run the call on a pool thread, carrying the caller's context variables."""
@@ -149,10 +154,10 @@ class ThreadExecutor(Executor):
         ``on_end(future)`` runs on the running loop once the call ended (its value or its
         exception is the future's), batched with the other calls that ended meanwhile. For a
         caller that keeps no task per call (the scheduler's driver): to stop the call, it
-        calls :meth:`stop`. Needs :meth:`start` first.
+        calls :meth:`stop`. A pool closed since the call was handed over is made anew, as
+        :meth:`execute` does: the run it belongs to goes on.
         """
-        assert self._pool is not None
-        future = self._pool.submit(context.run, _target(call))
+        future = self._opened().submit(context.run, _target(call))
         self._completions_of(asyncio.get_running_loop()).tell(on_end, future)
         return future
 

@@ -90,6 +90,9 @@ log = logging.getLogger("shoal")
 #: cascade of calls that end in their first step must not hold the loop (timers, a deadline,
 #: other runs) longer than a loop turn of as many tasks would.
 AT_ONCE_BURST = 1000
+#: ... and after this many seconds of them (wall time), however few: a call that cannot suspend
+#: may still compute a while, and a chain of such calls had a loop turn after each with tasks.
+AT_ONCE_SLICE = 0.002
 #: This machine's name: where the calls of backends that run everything here ran.
 HOST = socket.gethostname()
 
@@ -212,7 +215,8 @@ class Driver:
         self._bursting = False
         self._entered = False  # whether the driver's context is the current one (see _report)
         self._burst_due = False  # a burst continues on the next loop turn
-        self._quick: dict[int, bool] = {}  # id(tool) -> whether its calls run at once
+        # id(tool) -> its function's code, whether its calls run at once
+        self._quick: dict[int, tuple[object, bool]] = {}
         # position -> the pool and future of a sync call handed to the thread pool without a
         # task (see _pool_now); positions of such calls stopped, whose end is on its way
         self._on_pool: dict[int, tuple[ThreadExecutor, Future[Any]]] = {}
@@ -552,11 +556,14 @@ class Driver:
         its cost and a loop turn. Not for injected values (their settling is the task's).
         """
         tool = call.tool
-        quick = self._quick.get(id(tool))
-        if quick is None:
-            quick = self._quick[id(tool)] = (
-                tool.is_async and not tool.injected and ends_in_first_step(tool.fn))
-        return quick and call.isolation == "inline" and (
+        # keyed by the code too: a hot reload (IPython's autoreload, say) swaps a function's
+        # code in place, and the new code may await
+        code = getattr(tool.fn, "__code__", None)
+        known = self._quick.get(id(tool))
+        if known is None or known[0] is not code:
+            known = self._quick[id(tool)] = (code, (
+                tool.is_async and not tool.injected and ends_in_first_step(tool.fn)))
+        return known[1] and call.isolation == "inline" and (
             type(self._executors.get("inline")) is InlineExecutor)
 
     def _pool_now(self, call: Call) -> ThreadExecutor | None:
@@ -583,8 +590,14 @@ class Driver:
             if self._at_once_stopped and call.pos in self._at_once_stopped:
                 self._at_once.append((call, context))  # reported cancelled, never run
             else:
-                self._on_pool[call.pos] = (pool, pool.submit(
-                    call, context, partial(self._pool_ended, call)))
+                try:
+                    future = pool.submit(call, context, partial(self._pool_ended, call))
+                except Exception as exc:  # the pool refused it: its outcome, as from its task
+                    assert self._context is not None
+                    self._context.run(self._report, self._attempt_done, call,
+                                      AttemptResult("failed", error=exc))
+                    continue
+                self._on_pool[call.pos] = (pool, future)
         if self._at_once and not self._bursting and not self._burst_due:
             self._burst()
 
@@ -626,7 +639,8 @@ class Driver:
 
         Each call's end is fed to the state machine here, and the calls it releases join the
         queue: a cascade runs iteratively, never by recursion. After :data:`AT_ONCE_BURST`
-        calls the rest waits for the next loop turn, so timers and other tasks get theirs.
+        calls, or :data:`AT_ONCE_SLICE` seconds of them, the rest waits for the next loop turn,
+        so timers and other tasks get theirs.
         """
         assert self._context is not None
         if not self._entered:  # each end is fed to the state machine in the driver's context
@@ -634,9 +648,10 @@ class Driver:
             return
         self._bursting, self._burst_due = True, False
         queue, ran = self._at_once, 0
+        until = time.perf_counter() + AT_ONCE_SLICE
         try:
             while queue:
-                if ran >= AT_ONCE_BURST:
+                if ran >= AT_ONCE_BURST or (ran and time.perf_counter() >= until):
                     assert self._loop is not None
                     self._burst_due = True
                     self._loop.call_soon(self._burst)
