@@ -159,3 +159,29 @@ def test_an_abandoned_attempt_keeps_its_injected_values() -> None:
         thread.join(10)
     assert len(backend.seen) == 1
     assert isinstance(backend.seen[0], str) and backend.seen[0].startswith("5 "), backend.seen
+
+
+@shoal.tool(isolation="thread")
+def doubled(x: int) -> int:
+    """Return ``2 * x``."""
+    return 2 * x
+
+
+def test_a_runtime_used_on_several_loops_keeps_none_of_them_alive() -> None:
+    # the same class of leak as the clock's: the thread backend's per-loop table must not
+    # keep a loop that is closed and dropped, while the runtime (and so the backend) lives on
+    runtime = shoal.Runtime(store=None)
+    gone: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+    for i in range(2):
+        loop = asyncio.new_event_loop()
+        try:
+            plan = Plan("thread")
+            plan.call(doubled, x=i)
+            assert loop.run_until_complete(runtime.run(plan)).ok
+        finally:
+            loop.close()
+        gone.append(weakref.ref(loop))
+        del loop
+    gc.collect()
+    assert [ref() for ref in gone] == [None, None]
+    asyncio.run(runtime.aclose())
