@@ -7,6 +7,7 @@ ends, when a backend is being started by another run, and when a call is abandon
 from __future__ import annotations
 
 import asyncio
+import copy
 import gc
 import threading
 import weakref
@@ -14,6 +15,7 @@ from typing import Any
 
 import shoal
 from shoal.clock import clock_of
+from shoal.deps import analyze
 from shoal.executors.base import Call, Executor
 from shoal.plan import Plan
 
@@ -185,3 +187,18 @@ def test_a_runtime_used_on_several_loops_keeps_none_of_them_alive() -> None:
     gc.collect()
     assert [ref() for ref in gone] == [None, None]
     asyncio.run(runtime.aclose())
+
+
+def test_a_deep_copied_graph_grows_itself_not_the_original() -> None:
+    # the builder holds its graph weakly, and copy.deepcopy copies a weak reference as is:
+    # the copy's builder must still keep the copy's edge list current, not the original's
+    plan = Plan("open")
+    plan.call(echo, x=1)
+    graph = analyze(plan).fork()
+    graph.grow(Plan("more").make_node(echo, {"x": 2}, node_id="echo#2", after="echo#1"))
+    assert len(graph.edges) == 1  # listed: kept current from here on
+    twin = copy.deepcopy(graph)
+    twin.grow(Plan("more").make_node(echo, {"x": 3}, node_id="echo#3", after="echo#2"))
+    assert [(e.source, e.target) for e in twin.edges] == [("echo#1", "echo#2"),
+                                                          ("echo#2", "echo#3")]
+    assert [(e.source, e.target) for e in graph.edges] == [("echo#1", "echo#2")]
