@@ -18,6 +18,7 @@ from shoal.clock import clock_of
 from shoal.deps import analyze
 from shoal.executors.base import Call, Executor
 from shoal.plan import Plan
+from tests.conftest import wait_until
 
 
 @shoal.tool
@@ -184,8 +185,12 @@ def test_a_runtime_used_on_several_loops_keeps_none_of_them_alive() -> None:
             loop.close()
         gone.append(weakref.ref(loop))
         del loop
-    gc.collect()
-    assert [ref() for ref in gone] == [None, None]
+
+    def all_gone() -> bool:  # a pool thread may still be returning from handing a result over
+        gc.collect()
+        return all(ref() is None for ref in gone)
+
+    assert wait_until(all_gone, 10), [ref() for ref in gone]
     asyncio.run(runtime.aclose())
 
 
