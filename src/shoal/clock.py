@@ -16,9 +16,9 @@ timers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
-import weakref
 from collections.abc import Callable
 
 from shoal.exceptions import ConfigError
@@ -91,9 +91,11 @@ def read_epoch(clock: Clock) -> float:
     return float(epoch)
 
 
-#: The clock made for each loop that keeps none of its own: one per loop, not one per run
-#: (an agent runs each of its turns as a run; a swarm, thousands at once).
-_MADE: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Clock] = weakref.WeakKeyDictionary()
+#: Where the clock made for a loop that keeps none of its own is kept: on the loop itself, so
+#: there is one per loop, not one per run (an agent runs each of its turns as a run; a swarm,
+#: thousands at once), and it goes with its loop. (Not a table keyed weakly by loop: the
+#: clock holds its loop, so the table would keep every loop that ever ran a run alive.)
+_MADE = "_shoal_made_clock"
 
 
 def clock_of(loop: asyncio.AbstractEventLoop | None = None) -> Clock:
@@ -103,10 +105,10 @@ def clock_of(loop: asyncio.AbstractEventLoop | None = None) -> Clock:
     own = getattr(loop, "shoal_clock", None)
     if isinstance(own, Clock):
         return own
-    try:
-        made = _MADE.get(loop)
-    except TypeError:  # a loop that takes no weak reference: a clock for this run alone
-        return Clock(loop)
-    if made is None or made.time != loop.time:  # its time() replaced since: follow it
-        made = _MADE[loop] = Clock(loop)
+    made = getattr(loop, _MADE, None)
+    if isinstance(made, Clock) and made.time == loop.time:  # else its time() was replaced
+        return made
+    made = Clock(loop)
+    with contextlib.suppress(AttributeError):  # a loop that takes no attribute: one per run
+        setattr(loop, _MADE, made)
     return made

@@ -18,6 +18,7 @@ otherwise, so resource and barrier edges can never create a cycle.
 
 from __future__ import annotations
 
+import copy
 import heapq
 import string
 import weakref
@@ -232,6 +233,21 @@ class _Builder:
     def graph(self) -> Graph | None:
         """The graph this builder grows, if it grows one (and it is still alive)."""
         return None if self._graph is None else self._graph()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Builder:
+        """A copy that grows the copy of its graph, not the original.
+
+        ``deepcopy`` keeps a weak reference as it is: the copy would keep the original's edge
+        list current instead of its own.
+        """
+        copied = _Builder.__new__(_Builder)
+        memo[id(self)] = copied
+        for name, value in vars(self).items():
+            setattr(copied, name, copy.deepcopy(value, memo))
+        graph = self.graph
+        if graph is not None:
+            copied._graph = weakref.ref(memo.get(id(graph), graph))
+        return copied
 
     def _share(self, graph: Graph) -> None:
         self._graph = weakref.ref(graph)

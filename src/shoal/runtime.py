@@ -637,9 +637,11 @@ class Runtime:
 
     async def _drive(self, driver: Driver, claim: RunClaim) -> RunResult:
         try:
-            for executor in {id(e): e for e in self._executors.values()}.values():
+            # those this run starts: one that another run made meanwhile may still be starting
+            started = dict(self._executors)
+            for executor in {id(e): e for e in started.values()}.values():
                 await executor.start()
-            driver.adopt(self._executors)  # started: nodes added later need not start them
+            driver.adopt(started)  # started: nodes added later need not start them
             return await driver.run()
         finally:  # the session's journal is closed: another may take the run now
             claim.release()

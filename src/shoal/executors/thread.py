@@ -37,10 +37,12 @@ class _Completions:
     directly: its callback gets the ended future, on the loop, in the same batch.
     """
 
-    __slots__ = ("_batch", "_lock", "_waking", "loop")
+    __slots__ = ("_batch", "_lock", "_loop", "_waking")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+        # weakly: the executor keeps one of these per loop, in a table keyed weakly by loop,
+        # which a value holding its key would keep forever (every loop a runtime served)
+        self._loop = weakref.ref(loop)
         self._lock = threading.Lock()
         self._batch: list[tuple[Callable[[Future[Any]], None], Future[Any]]] = []
         self._waking = False  # a wake-up is on its way to the loop
@@ -59,8 +61,11 @@ class _Completions:
             if self._waking:
                 return
             self._waking = True
+        loop = self._loop()
+        if loop is None:  # the loop is gone: nobody waits for these
+            return
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits for these
-            self.loop.call_soon_threadsafe(self._settle)
+            loop.call_soon_threadsafe(self._settle)
 
     def _settle(self) -> None:
         with self._lock:
@@ -80,7 +85,9 @@ class _Completions:
             if self._waking:
                 return
             self._waking = True
-        self.loop.call_soon(self._settle)
+        loop = self._loop()
+        if loop is not None:  # runs on the loop: it is alive
+            loop.call_soon(self._settle)
 
 
 def _settle_waiter(waiter: asyncio.Future[Any], future: Future[Any]) -> None:
@@ -172,7 +179,7 @@ class ThreadExecutor(Executor):
 
     def _completions_of(self, loop: asyncio.AbstractEventLoop) -> _Completions:
         completions = self._current  # almost always the loop of the last call
-        if completions is None or completions.loop is not loop:
+        if completions is None or completions._loop() is not loop:
             completions = self._completions.get(loop)
             if completions is None:
                 completions = self._completions[loop] = _Completions(loop)

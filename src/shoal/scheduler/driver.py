@@ -864,8 +864,11 @@ class Driver:
                                                call.attempt, result.status, now, error,
                                                result.where))
             self._apply(self.state.finish(call.pos, result, now))
-            if call.tool.injected:  # this attempt's own values: a NodeContext points back to
-                for name in call.tool.injected:  # the call, a cycle only a full pass would free
+            # this attempt's own values: a NodeContext points back to the call, a cycle only
+            # a full pass would free. Not those of an abandoned attempt: its work may still
+            # be about to read them (a pool thread takes the arguments when it starts it)
+            if call.tool.injected and not call.abandoned:
+                for name in call.tool.injected:
                     call.args.pop(name, None)
         except Exception as exc:  # a bug in shoal itself: end the run loudly rather than hang
             log.exception("internal error while recording %s", call.node_id)
