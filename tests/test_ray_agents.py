@@ -349,27 +349,31 @@ def test_only_a_connection_presenting_the_secret_reaches_the_agents_parent() -> 
 
     async def scenario() -> tuple[bytes, bytes]:
         listener = _Listener("127.0.0.1", token)
-        accepting = asyncio.ensure_future(listener.accept(_NeverDone(), "lead/x#1"))
-        loop = asyncio.get_running_loop()
+        try:
+            accepting = asyncio.ensure_future(listener.accept(_NeverDone(), "lead/x#1"))
+            loop = asyncio.get_running_loop()
 
-        async def connect(first: bytes) -> socket.socket:
-            sock = socket.socket()
-            sock.setblocking(False)
-            await loop.sock_connect(sock, ("127.0.0.1", listener.port))
-            await loop.sock_sendall(sock, first)
-            return sock
+            async def connect(first: bytes) -> socket.socket:
+                sock = socket.socket()
+                sock.setblocking(False)
+                await loop.sock_connect(sock, ("127.0.0.1", listener.port))
+                await loop.sock_sendall(sock, first)
+                return sock
 
-        stranger = await connect(b"x" * TOKEN_BYTES)
-        refused = await asyncio.wait_for(loop.sock_recv(stranger, 1), 5)  # closed on it
-        assert not accepting.done()
-        friend = await connect(token)
-        reader, writer = await asyncio.wait_for(accepting, 5)
-        await loop.sock_sendall(friend, b"hello")
-        got = await reader.readexactly(5)
-        for each in (stranger, friend):
-            each.close()
-        writer.close()
-        return refused, got
+            stranger = await connect(b"x" * TOKEN_BYTES)
+            refused = await asyncio.wait_for(loop.sock_recv(stranger, 1), 5)  # closed on it
+            assert not accepting.done()
+            friend = await connect(token)
+            reader, writer = await asyncio.wait_for(accepting, 5)
+            await loop.sock_sendall(friend, b"hello")
+            got = await reader.readexactly(5)
+            for each in (stranger, friend):
+                each.close()
+            writer.close()
+            await writer.wait_closed()
+            return refused, got
+        finally:
+            listener.close()  # as the agent's start does once the actor is connected
 
     refused, got = asyncio.run(scenario())
     assert refused == b"" and got == b"hello"
