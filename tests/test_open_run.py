@@ -6,8 +6,9 @@ Timing assertions run on the virtual clock (:mod:`shoal.testing`), so they are e
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 import pytest
@@ -16,7 +17,7 @@ import shoal
 from shoal.events import Event, NodeFinished, NodeQueued, NodeStarted, RunFinished
 from shoal.exceptions import PlanError, UpstreamFailedError
 from shoal.testing import run_virtual
-from tests.conftest import arun
+from tests.conftest import arun, until
 
 T = TypeVar("T")
 
@@ -536,3 +537,133 @@ def test_a_node_id_or_after_of_the_wrong_type_is_a_type_error_and_the_run_goes_o
         return run.result
 
     assert len(vrun(main())) == 1
+
+
+# ---- closing the runtime while a run goes ------------------------------------------------
+
+held = threading.Event()  # holds the thread tool below until the test lets it go
+
+
+@shoal.tool(isolation="thread")
+def held_on_a_thread() -> str:
+    held.wait(30)
+    return "thread"
+
+
+@shoal.tool(isolation="process")
+def held_in_a_worker() -> str:
+    time.sleep(30)  # killed with its worker when the runtime closes
+    return "process"
+
+
+@shoal.tool(isolation="inline")
+async def held_inline() -> str:
+    await asyncio.sleep(30)
+    return "inline"
+
+
+@shoal.tool(isolation="thread")
+def quick_on_a_thread() -> str:
+    return "thread"
+
+
+@shoal.tool(isolation="process")
+def quick_in_a_worker() -> str:
+    return "process"
+
+
+@shoal.tool(isolation="inline")
+async def quick_inline() -> str:
+    return "inline"
+
+
+HELD = {"thread": held_on_a_thread, "process": held_in_a_worker, "inline": held_inline}
+QUICK = {"thread": quick_on_a_thread, "process": quick_in_a_worker, "inline": quick_inline}
+
+
+def tool_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("shoal-tool")]
+
+
+async def no_tool_threads_left() -> None:
+    """The pools' threads end once their calls have (a closed pool keeps none idle)."""
+    await until(lambda: not tool_threads(), within=10.0)
+
+
+@pytest.fixture
+def held_thread_released() -> Iterator[None]:
+    held.clear()
+    yield
+    held.set()  # a failing test must not leave the thread tool waiting
+
+
+@pytest.mark.parametrize("isolation", ["inline", "thread", "process"])
+def test_closing_the_runtime_ends_an_open_run_and_refuses_its_later_calls(
+        isolation: str, no_child_process_leak: None, held_thread_released: None) -> None:
+    # The run's backends are the runtime's: a call added after the runtime closed them
+    # would run on a closed backend (a thread pool made anew, that nothing would close)
+    async def main() -> tuple[shoal.RunResult, str, str]:
+        runtime = shoal.Runtime(store=None)
+        async with runtime.open_run() as run:
+            first = run.call(QUICK[isolation])
+            assert await run.value(first) == isolation  # the backend is started and used
+            running = run.call(HELD[isolation])
+            await until(lambda: run.handle.snapshot().running)
+            await runtime.aclose()
+            assert run.handle.done()  # aclose() waited for the run to end
+            with pytest.raises(RuntimeError) as refused:
+                run.call(QUICK[isolation])
+            outcome = await run.wait(running)
+            held.set()  # the abandoned thread may end now
+        await no_tool_threads_left()
+        return run.result, str(refused.value), outcome.status
+
+    result, refused, status = arun(main(), timeout=60.0)
+    assert status == "cancelled"
+    assert result.cancelled_reason == shoal.runtime.CLOSED_REASON
+    assert "the runtime was closed" in refused and "takes no more nodes" in refused
+    assert [o.status for o in result.outcomes.values()] == ["ok", "cancelled"]
+
+
+@pytest.mark.parametrize("isolation", ["inline", "thread", "process"])
+def test_a_started_run_going_when_the_runtime_closes_is_cancelled_and_awaited(
+        isolation: str, no_child_process_leak: None, held_thread_released: None) -> None:
+    async def main() -> shoal.RunResult:
+        runtime = shoal.Runtime(store=None)
+        plan = shoal.Plan("held")
+        plan.add(HELD[isolation], {}, node_id="held")
+        plan.add(QUICK[isolation], {}, node_id="after", after=["held"])
+        handle = runtime.start(plan)
+        await until(lambda: handle.snapshot().running)
+        await runtime.aclose()
+        assert handle.done()
+        held.set()
+        await no_tool_threads_left()
+        return await handle
+
+    result = arun(main(), timeout=60.0)
+    assert result.outcomes["held"].status == "cancelled"
+    assert result.outcomes["after"].status == "cancelled"  # never run on a closed backend
+    assert result.cancelled_reason == shoal.runtime.CLOSED_REASON
+
+
+@pytest.mark.parametrize("isolation", ["inline", "thread", "process"])
+def test_a_run_after_aclose_makes_its_backends_anew_and_the_next_aclose_releases_them(
+        isolation: str, no_child_process_leak: None) -> None:
+    async def main() -> list[str]:
+        runtime = shoal.Runtime(store=None)
+        values = []
+        for _ in range(2):  # as run_sync does: each run, then aclose()
+            plan = shoal.Plan("quick")
+            plan.add(QUICK[isolation], {}, node_id="quick")
+            result = await runtime.run(plan)
+            values.append(result.outcomes["quick"].value)
+            await runtime.aclose()
+            await no_tool_threads_left()
+        async with runtime.open_run() as run:  # an open run after aclose() too
+            values.append(await run.value(run.call(QUICK[isolation])))
+        await runtime.aclose()
+        await no_tool_threads_left()
+        return values
+
+    assert arun(main(), timeout=60.0) == [isolation] * 3

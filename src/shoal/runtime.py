@@ -60,6 +60,9 @@ __all__ = ["DEFAULT_MAX_CONCURRENCY", "RunHandle", "Runtime", "run", "run_blocki
 T = TypeVar("T")
 
 DEFAULT_MAX_CONCURRENCY = 1000
+#: Why a run still going when its runtime was closed was cancelled (see :meth:`Runtime.aclose`).
+CLOSED_REASON = ("the runtime was closed (Runtime.aclose()) while the run was going; "
+                 "end a run before closing its runtime, or start it on an open runtime")
 
 
 def new_run_id() -> str:
@@ -280,6 +283,10 @@ class Runtime:
         self._rng = random.Random(seed)
         self._estimates: dict[str, float] = {}
         self._executors: dict[str, Executor] = {}
+        # the runs going on this runtime, each with what ends when it has: aclose() ends them
+        # first, so none goes on with the backends it closes (a closed pool would be made anew
+        # by the run's next call, and nothing would close it)
+        self._runs: dict[Driver, asyncio.Future[None]] = {}
         # Per-tool, per-resource-key and per-backend limits hold across every run of this
         # runtime at once: an agent's parallel subagents share them (see scheduler/gates.py).
         self._limits = SharedLimits()
@@ -357,6 +364,8 @@ class Runtime:
             _Journaling(resume, tuple(rerun_in_doubt), mark_done, source, force), lineage,
             _Sharing(board, budget, within))
         task = asyncio.get_running_loop().create_task(self._drive(driver, claim))
+        # a task cancelled before its first step never runs _drive: its end is told here
+        task.add_done_callback(functools.partial(self._run_ended, driver))
         return RunHandle(driver, task)
 
     def open_run(
@@ -396,6 +405,8 @@ class Runtime:
             _Journaling(resume, tuple(rerun_in_doubt), mark_done, {"open_run": True}, force),
             lineage, _Sharing(board, budget, within), open_run=True)
         task = loop.create_task(self._drive(driver, claim))
+        # a task cancelled before its first step never runs _drive: its end is told here
+        task.add_done_callback(functools.partial(self._run_ended, driver))
         return OpenRun(RunHandle(driver, task), plan)
 
     async def run(
@@ -525,6 +536,8 @@ class Runtime:
             driver.scope = self._scope(driver, sharing, resumption is not None)
             if resumption is not None and resumption.effects:  # the replayed calls' board writes
                 driver.scope.replay(resumption.effects)
+            with contextlib.suppress(RuntimeError):  # no running loop: start() says so
+                self._runs[driver] = asyncio.get_running_loop().create_future()
             return driver, claim
         except BaseException:
             claim.release()
@@ -646,15 +659,55 @@ class Runtime:
         finally:  # the session's journal is closed: another may take the run now
             claim.release()
             scope = driver.scope
-            if scope is not None and scope.outermost:  # what the composition held: close it
-                await scope.end()
+            try:
+                if scope is not None and scope.outermost:  # what the composition held: close it
+                    await scope.end()
+            finally:
+                self._run_ended(driver)
+
+    def _run_ended(self, driver: Driver, _: object = None) -> None:
+        """``driver``'s run has ended (or its task was cancelled before it began)."""
+        ended = self._runs.pop(driver, None)
+        if ended is not None and not ended.done():
+            ended.set_result(None)
 
     async def aclose(self) -> None:
-        """Release backends (thread pools, worker processes); abandoned threads are not awaited."""
-        await self.approvals.aclose()
-        executors, self._executors = self._executors, {}
-        for executor in executors.values():
-            await executor.close()
+        """End the runs still going on this runtime, then release its backends.
+
+        A run still going (an open run still taking calls, a started one, a nested one) is
+        cancelled, with the reason :data:`CLOSED_REASON`: its running calls are stopped as a
+        cancel stops them (a thread's call is abandoned, a worker process killed), its queued
+        ones end ``cancelled``, and an open run takes no more calls (adding one raises
+        ``RuntimeError`` saying the runtime was closed). Once they have ended, the backends
+        (thread pools, worker processes) are closed; abandoned threads are not awaited.
+
+        The runtime can still be used: a run started afterwards makes its backends anew
+        (``run_sync`` closes the runtime after each run this way), to be released by the next
+        ``aclose()``.
+        """
+        try:
+            await self._end_runs()
+        finally:
+            await self.approvals.aclose()
+            executors, self._executors = self._executors, {}
+            for executor in {id(e): e for e in executors.values()}.values():
+                await executor.close()
+
+    async def _end_runs(self) -> None:
+        """Cancel and close every run of this loop still going, and wait until each has ended."""
+        loop = asyncio.get_running_loop()
+        for driver, ended in list(self._runs.items()):
+            if ended.get_loop().is_closed():  # its loop was closed under it: nothing runs
+                del self._runs[driver]
+        ending = [(driver, ended) for driver, ended in self._runs.items()
+                  if ended.get_loop() is loop]  # another loop's runs are that loop's to end
+        for driver, _ in ending:
+            driver.cancel(None, CLOSED_REASON)
+            if not driver.state.closed:  # an open run: it takes no more calls
+                driver.close()
+        waits = [ended for _, ended in ending if not ended.done()]
+        if waits:
+            await asyncio.wait(waits)
 
     async def __aenter__(self) -> Runtime:
         return self

@@ -402,7 +402,8 @@ class Driver:
     def add(self, nodes: Sequence[Node]) -> None:
         """Add nodes to an open run (validated by the caller); they run once their inputs are."""
         if self.state.closed:
-            raise RuntimeError(f"run {self.state.run_id} is closed: it takes no more nodes")
+            why = f" ({self.cancelled_reason})" if self.cancelled_reason else ""
+            raise RuntimeError(f"run {self.state.run_id} is closed: it takes no more nodes{why}")
         decisions = self.state.add(nodes, self.now())
         if self._loop is None:  # not started: only replays and skips can be pending
             self._pending(decisions)
