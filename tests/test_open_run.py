@@ -611,7 +611,7 @@ def test_closing_the_runtime_ends_an_open_run_and_refuses_its_later_calls(
             await until(lambda: run.handle.snapshot().running)
             await runtime.aclose()
             assert run.handle.done()  # aclose() waited for the run to end
-            with pytest.raises(RuntimeError) as refused:
+            with pytest.raises(shoal.RunClosedError) as refused:
                 run.call(QUICK[isolation])
             outcome = await run.wait(running)
             held.set()  # the abandoned thread may end now

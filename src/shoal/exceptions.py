@@ -8,6 +8,8 @@
     ├── ToolArgumentError           arguments do not fit a tool's schema; ``.argument`` names one
     ├── ToolTimeoutError            a call ran past its timeout (the outcome is ``timed_out``)
     ├── UpstreamFailedError         an open run's ``value()`` of a node that did not succeed
+    ├── RunClosedError              a node added to an open run that takes no more (closed, or
+    │                               its runtime closed); also a ``RuntimeError``
     ├── ExecutorError               a backend could not run a call (not the tool's own error)
     │   ├── SerializationError      arguments or a result could not be moved to the backend
     │   ├── WorkerCrashedError      the worker process died during the call; ``.cause`` says how
@@ -208,6 +210,15 @@ class ToolTimeoutError(ShoalError):
 
 class UpstreamFailedError(ShoalError):
     """An open run's ``value()`` was asked for a node that did not succeed."""
+
+
+class RunClosedError(ShoalError, RuntimeError):
+    """A node was added to an open run that takes no more; the message says why.
+
+    The run was closed (its block left, ``close()``), or its runtime was closed while it went
+    (:meth:`shoal.Runtime.aclose` ends the runs still going on it). A ``RuntimeError`` too, as
+    this refusal was before it had a type of its own.
+    """
 
 
 class ExecutorError(ShoalError):

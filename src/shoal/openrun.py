@@ -22,7 +22,7 @@ from collections.abc import Generator, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from shoal.exceptions import PlanError, PlanProblem, UpstreamFailedError
+from shoal.exceptions import PlanError, PlanProblem, RunClosedError, UpstreamFailedError
 from shoal.outcome import Outcome, RunResult
 from shoal.plan import Callee, MapSpec, Node, Plan, Ref, _item_arg, as_tool
 from shoal.streaming import DEFAULT_BUFFER, EventStream, Started
@@ -107,7 +107,7 @@ class OpenRun:
 
     def _insert(self, node: Node) -> Ref:
         if self._closed:
-            raise RuntimeError(f"open run {self.run_id} is closed: it takes no more nodes")
+            raise RunClosedError(f"open run {self.run_id} is closed: it takes no more nodes")
         problems = self._plan.node_problems(node)
         if problems:
             raise PlanError(problems, self._plan.name)

@@ -51,7 +51,7 @@ from shoal.approvals.policy import ApprovalRequest
 from shoal.clock import Clock, clock_of, read_epoch
 from shoal.deps import Graph
 from shoal.events import Event, RunFinished, RunStarted
-from shoal.exceptions import ConfigError, StoreError, ToolTimeoutError
+from shoal.exceptions import ConfigError, RunClosedError, StoreError, ToolTimeoutError
 from shoal.executors._results import PLAIN_RESULTS as _PLAIN
 from shoal.executors._results import unawaited_result
 from shoal.executors.base import Call, Executor
@@ -403,7 +403,7 @@ class Driver:
         """Add nodes to an open run (validated by the caller); they run once their inputs are."""
         if self.state.closed:
             why = f" ({self.cancelled_reason})" if self.cancelled_reason else ""
-            raise RuntimeError(f"run {self.state.run_id} is closed: it takes no more nodes{why}")
+            raise RunClosedError(f"run {self.state.run_id} is closed: it takes no more nodes{why}")
         decisions = self.state.add(nodes, self.now())
         if self._loop is None:  # not started: only replays and skips can be pending
             self._pending(decisions)
