@@ -667,3 +667,46 @@ def test_a_run_after_aclose_makes_its_backends_anew_and_the_next_aclose_releases
         return values
 
     assert arun(main(), timeout=60.0) == [isolation] * 3
+
+
+stopping: list[str] = []  # what slow_to_stop says (its arguments reach it as copies)
+
+
+@shoal.tool(isolation="inline")
+async def slow_to_stop() -> str:
+    try:
+        await asyncio.sleep(30)
+    except asyncio.CancelledError:  # takes a while to stop: aclose() waits meanwhile
+        stopping.append("stopping")
+        await asyncio.sleep(0.2)
+        raise
+    return "never"
+
+
+def test_a_run_started_while_aclose_waits_is_ended_too_before_the_backends_close(
+        no_child_process_leak: None, held_thread_released: None) -> None:
+    # it would otherwise run on the backends aclose() closes next: a thread pool made anew
+    # by its call, that nothing would close
+    async def main() -> tuple[shoal.RunResult, shoal.RunResult]:
+        runtime = shoal.Runtime(store=None)
+        stopping.clear()
+        slow = shoal.Plan("slow")
+        slow.add(slow_to_stop, {}, node_id="slow")
+        first = runtime.start(slow)
+        await until(lambda: first.snapshot().running)
+        closing = asyncio.ensure_future(runtime.aclose())
+        await until(lambda: stopping)
+        late = shoal.Plan("late")
+        late.add(held_on_a_thread, {}, node_id="one")
+        late.add(quick_on_a_thread, {}, node_id="two", after=["one"])
+        second = runtime.start(late)
+        await closing
+        assert first.done() and second.done()
+        held.set()  # the abandoned thread may end now
+        await no_tool_threads_left()
+        return await first, await second
+
+    first, second = arun(main(), timeout=60.0)
+    assert first.cancelled_reason == second.cancelled_reason == shoal.runtime.CLOSED_REASON
+    assert first.outcomes["slow"].status == "cancelled"
+    assert [second.outcomes[n].status for n in ("one", "two")] == ["cancelled", "cancelled"]

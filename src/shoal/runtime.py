@@ -675,11 +675,12 @@ class Runtime:
         """End the runs still going on this runtime, then release its backends.
 
         A run still going (an open run still taking calls, a started one, a nested one) is
-        cancelled, with the reason :data:`CLOSED_REASON`: its running calls are stopped as a
-        cancel stops them (a thread's call is abandoned, a worker process killed), its queued
-        ones end ``cancelled``, and an open run takes no more calls (adding one raises
-        ``RuntimeError`` saying the runtime was closed). Once they have ended, the backends
-        (thread pools, worker processes) are closed; abandoned threads are not awaited.
+        cancelled, with the reason :data:`CLOSED_REASON` (so is one started while this waits):
+        its running calls are stopped as a cancel stops them (a thread's call is abandoned, a
+        worker process killed), its queued ones end ``cancelled``, and an open run takes no
+        more calls (adding one raises :class:`~shoal.exceptions.RunClosedError`, saying the
+        runtime was closed). Once they have ended, the backends (thread pools, worker
+        processes) are closed; abandoned threads are not awaited.
 
         The runtime can still be used: a run started afterwards makes its backends anew
         (``run_sync`` closes the runtime after each run this way), to be released by the next
@@ -687,27 +688,32 @@ class Runtime:
         """
         try:
             await self._end_runs()
-        finally:
-            await self.approvals.aclose()
+        finally:  # no await since the last run ended: a run started now makes its own backends
             executors, self._executors = self._executors, {}
+            await self.approvals.aclose()
             for executor in {id(e): e for e in executors.values()}.values():
                 await executor.close()
 
     async def _end_runs(self) -> None:
-        """Cancel and close every run of this loop still going, and wait until each has ended."""
+        """Cancel and close every run of this loop still going, and wait until each has ended.
+
+        Again while runs remain: one started while aclose() waited would use the backends
+        it is about to close.
+        """
         loop = asyncio.get_running_loop()
-        for driver, ended in list(self._runs.items()):
-            if ended.get_loop().is_closed():  # its loop was closed under it: nothing runs
-                del self._runs[driver]
-        ending = [(driver, ended) for driver, ended in self._runs.items()
-                  if ended.get_loop() is loop]  # another loop's runs are that loop's to end
-        for driver, _ in ending:
-            driver.cancel(None, CLOSED_REASON)
-            if not driver.state.closed:  # an open run: it takes no more calls
-                driver.close()
-        waits = [ended for _, ended in ending if not ended.done()]
-        if waits:
-            await asyncio.wait(waits)
+        while True:
+            for driver, ended in list(self._runs.items()):
+                if ended.get_loop().is_closed():  # its loop was closed under it: nothing runs
+                    del self._runs[driver]
+            ending = [(driver, ended) for driver, ended in self._runs.items()
+                      if ended.get_loop() is loop]  # another loop's runs are that loop's to end
+            if not ending:
+                return
+            for driver, _ in ending:
+                driver.cancel(None, CLOSED_REASON)
+                if not driver.state.closed:  # an open run: it takes no more calls
+                    driver.close()
+            await asyncio.wait([ended for _, ended in ending])
 
     async def __aenter__(self) -> Runtime:
         return self
