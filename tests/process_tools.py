@@ -261,7 +261,18 @@ def make_function(offset: int) -> Any:
 
 
 def _start_detached(how: str, seconds: str) -> None:
-    """Start ``sleep seconds`` out of the worker's process group, in a session of its own."""
+    """Start ``sleep seconds`` out of the worker's process group, in a session of its own.
+
+    Returns once the sleeps show their command line: ``Popen`` returns as soon as ``exec``
+    has closed the child's close-on-exec pipe, and on a loaded machine the kernel may take
+    a second more to load the program and set the command line tests find it by.
+    """
+    _start_sleeps(how, seconds)
+    _wait_for_sleeps(seconds, 100 if how == "hundred_deaf" else 1)
+
+
+def _start_sleeps(how: str, seconds: str) -> None:
+    """Start the sleeps of ``how`` (see :func:`_start_detached`), not waiting for them."""
     import subprocess
     import sys
 
@@ -274,11 +285,9 @@ def _start_detached(how: str, seconds: str) -> None:
             subprocess.Popen(["sh", "-c", f"trap '' TERM; exec sleep {seconds}"],
                              start_new_session=True, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
-        _wait_for_sleeps(seconds, 100)
         return
     if how == "sibling":  # clone(CLONE_PARENT): a child of the worker's parent, in a new session
         _clone_sibling(["sleep", seconds])
-        _wait_for_sleeps(seconds, 1)
         return
     if how == "stopped_group":  # a double fork into a group of its own, deaf, then stopped
         subprocess.run([sys.executable, "-c", (
@@ -287,7 +296,6 @@ def _start_detached(how: str, seconds: str) -> None:
             "    os.setpgrp(); signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
             "    subprocess.Popen(['sleep', sys.argv[1]])\n"
             "    os.kill(os.getpid(), signal.SIGSTOP)\n"), seconds], check=True)
-        _wait_for_sleeps(seconds, 1)
         return
     # double fork: a middle process starts it in a new session and exits at once
     subprocess.run(
