@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import shoal
+from shoal.runtime import CLOSED_REASON
 
 closing: list[shoal.Runtime] = []
 
@@ -23,9 +24,10 @@ def plus_one(x: int) -> int:
     return x + 1
 
 
-def test_sync_calls_waiting_for_the_pool_survive_its_closing() -> None:
-    """The pool closes while sync calls wait to be handed to it: they still run (a new pool,
-    as a call with a task of its own gets); before, they were lost and the run hung."""
+def test_sync_calls_waiting_for_the_pool_when_the_runtime_closes_end_cancelled() -> None:
+    """The runtime closes while sync calls wait to be handed to its pool: the run ends, those
+    calls cancelled saying why (``Runtime.aclose`` ends the runs still going before it closes
+    the backends); before, they were lost and the run hung."""
 
     async def main() -> shoal.RunResult:
         plan = shoal.Plan()
@@ -38,8 +40,9 @@ def test_sync_calls_waiting_for_the_pool_survive_its_closing() -> None:
                 return await runtime.run(plan)
 
     result = asyncio.run(main())
-    assert result.ok
-    assert [o.value for o in result.outcomes.values()] == [1, 2, 2, 2]
+    assert [o.status for o in result.outcomes.values()] == ["ok", "cancelled", "cancelled",
+                                                             "cancelled"]
+    assert result.cancelled_reason == CLOSED_REASON
 
 
 @shoal.tool
