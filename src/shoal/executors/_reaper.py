@@ -18,6 +18,10 @@ import os
 import signal
 import sys
 from contextlib import suppress
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from shoal.executors._process_ref import ProcessRef
 
 __all__ = ["become_subreaper", "descendants", "kill_tree"]
 
@@ -80,15 +84,30 @@ def _signal(pid: int, sig: int) -> None:
         os.kill(pid, sig)
 
 
-def kill_tree(root: int, *, include_root: bool = True) -> set[int]:
+def kill_tree(root: int | ProcessRef, *, include_root: bool = True) -> set[int]:
     """SIGKILL ``root``'s process group and every descendant of ``root``; return those killed.
 
-    ``root`` must be a child of the caller not yet reaped, or the caller itself with
-    ``include_root=False`` (a worker ending what it started). Descendants are frozen first,
-    top-down, so that none can fork or reparent while the tree is walked.
+    ``root`` is a :class:`~shoal.executors._process_ref.ProcessRef` (a process that someone
+    else may reap meanwhile: nothing is killed once it has been, since its pid, group id and
+    children's parent id may belong to other processes by then); or the pid of a child of the
+    caller not yet reaped; or the caller itself with ``include_root=False`` (a worker ending
+    what it started). Descendants are frozen first, top-down, so that none can fork or
+    reparent while the tree is walked.
     """
+    if not isinstance(root, int):
+        ref = root
+        # Delivered: it had not been reaped. Stopped, it can no longer reap its children nor
+        # exit by itself until the SIGKILL below: their pids and its own stay what we saw.
+        if not ref.signal(signal.SIGSTOP):
+            return set()
+        return _kill_below(ref.pid, ref)
     if include_root:
         _signal(root, signal.SIGSTOP)  # it can no longer reap: its children's pids stay put
+    return _kill_below(root, None, include_root=include_root)
+
+
+def _kill_below(root: int, ref: ProcessRef | None, *, include_root: bool = True) -> set[int]:
+    """Freeze ``root``'s descendants, then kill its group, them and (``include_root``) it."""
     frozen: set[int] = set()
     if sys.platform.startswith("linux"):
         for _ in range(_MAX_PASSES):
@@ -98,12 +117,17 @@ def kill_tree(root: int, *, include_root: bool = True) -> set[int]:
             for pid in new:
                 _signal(pid, signal.SIGSTOP)
             frozen |= new
-    if include_root:
+    if ref is not None:
+        ref.kill_group(signal.SIGKILL)  # only while the leader is still there
+    elif include_root:
         with suppress(ProcessLookupError, PermissionError):
             os.killpg(root, signal.SIGKILL)
     for pid in frozen:
         _signal(pid, signal.SIGKILL)
-    if include_root:
+    if ref is not None:
+        ref.signal(signal.SIGKILL)
+    elif include_root:
         _signal(root, signal.SIGKILL)
+    if include_root:
         frozen.add(root)
     return frozen

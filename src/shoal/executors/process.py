@@ -11,7 +11,8 @@ threaded parent), that has imported what workers need and never starts a thread;
 is ready in milliseconds instead of the ~0.2 s a fresh interpreter spends importing. See
 :mod:`shoal.executors._template` (a template that dies is started again; killing it kills its
 workers). Elsewhere, or with ``start_method="spawn"``, a worker is ``python -m
-shoal.executors._worker``, started with :func:`asyncio.create_subprocess_exec`. Either way it
+shoal.executors._worker``, started with :class:`subprocess.Popen` and watched through a pidfd
+(:func:`asyncio.create_subprocess_exec` where there are no pidfds). Either way it
 starts lazily when a call needs one, runs one call at a time and is reused; idle workers are
 kept until :meth:`ProcessExecutor.close`, which stops the template too. Calls travel over two
 pipes of their own (never stdin/stdout, so a tool's prints cannot corrupt them) as
@@ -56,6 +57,12 @@ started; a finalizer kills the workers of a pool that was never closed. Workers 
 time (a spawn blocks the event loop until the child has exec'd; the template forks one at a
 time), so a Ctrl-C or a cancellation is handled between starts rather than after all of them.
 A template exits when its socket to the parent hangs up, so it is no orphan either. POSIX only.
+
+**Pids.** A worker is signalled through a :class:`~shoal.executors._process_ref.ProcessRef`
+(a pidfd, or its start time where there are none), never by its bare pid: a pid that was
+reaped may belong to another process by then. A worker that has ended stays unreaped (a
+zombie: the template keeps a forked one, this module a spawned one) until the pool is done
+with it, so that its process group, whose id is its pid, is still its own when it is killed.
 """
 
 from __future__ import annotations
@@ -64,12 +71,14 @@ import asyncio
 import functools
 import os
 import pickle
+import select
 import signal
 import site
 import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import weakref
 from collections import deque
@@ -86,10 +95,11 @@ from shoal.exceptions import (
     WorkerCrashedError,
 )
 from shoal.executors._errors import rebuild_error
+from shoal.executors._process_ref import ProcessRef, pidfds_work
 from shoal.executors._reaper import kill_tree
 from shoal.executors._sandbox import problem as sandbox_problem
 from shoal.executors._shipping import dumps, dumps_callable
-from shoal.executors._template import PID, STATUS, fork_supported
+from shoal.executors._template import PID, STATUS, exit_code, fork_supported
 from shoal.executors.base import Call, Executor
 from shoal.executors.results import load_result
 from shoal.limits import ProcessLimits
@@ -113,6 +123,7 @@ _REAP_GRACE = 2.0  # seconds a worker whose pipe closed gets to exit before it i
 _SHOAL_ROOT = str(Path(__file__).resolve().parents[2])  # the directory holding the package
 _TEMPLATE_WAIT = 120.0  # seconds the template gets to import (a loaded machine) or to answer
 _GONE_WAIT = 1.0  # seconds a template whose socket hung up gets to end by itself
+_PIDFDS = pidfds_work()  # spawned workers are then reaped here, not by asyncio's watcher
 
 #: The values of ``ProcessExecutor(start_method=...)``.
 START_METHODS = ("template", "spawn")
@@ -247,8 +258,9 @@ class _ForkedProcess:
     """A worker the template forked: its pid, and its end as the template reports it.
 
     The template holds the worker's zombie until :meth:`close`, so its pid stays reserved
-    for as long as this object may signal it. A pidfd tells when the worker has ended even if
-    the template dies first (the worker then ends too, after killing what is below it).
+    for as long as this object may signal it. Its pidfd (:attr:`ref`) tells when the worker
+    has ended even if the template dies first (the worker then ends too, after killing what is
+    below it), and signals it only while it is that process.
     """
 
     def __init__(self, pid: int, status_fd: int) -> None:
@@ -256,10 +268,13 @@ class _ForkedProcess:
         self.returncode: int | None = None
         self.lost: str | None = None  # why the exit code is unknown, if it is
         self._status_fd = status_fd
-        try:
-            self._pidfd = os.pidfd_open(pid)
-        except OSError:  # already gone (its template died with it)
-            self._pidfd = -1
+        self.ref = ProcessRef(pid)
+        # The status pipe still open at its far end: the template, which keeps the worker
+        # unreaped until that pipe closes, was alive after the ref was made, so the ref is the
+        # worker. Hung up: the template died, and the worker may have been reaped by whoever
+        # inherited it, its pid taken since.
+        if _hung_up(status_fd):
+            self.ref.forget()
 
     async def wait(self) -> int:
         """Wait for the template's report of this worker's end; return its exit code."""
@@ -267,8 +282,8 @@ class _ForkedProcess:
             await _readable(self._status_fd)
             data = os.read(self._status_fd, STATUS.size)
             if len(data) < STATUS.size:  # the template died; the worker dies with it
-                if self._pidfd >= 0:
-                    await _readable(self._pidfd)
+                if self.ref.fd >= 0:
+                    await _readable(self.ref.fd)
                 self.lost = "killed with the template process that started it"
                 data = STATUS.pack(-signal.SIGKILL)
             self.returncode = STATUS.unpack(data)[0]
@@ -276,10 +291,65 @@ class _ForkedProcess:
 
     def close(self) -> None:
         """Let the template reap the worker (it may already be dead and reported)."""
-        for fd in (self._status_fd, self._pidfd):
-            if fd >= 0:
-                os.close(fd)
-        self._status_fd = self._pidfd = -1
+        if self._status_fd >= 0:
+            os.close(self._status_fd)
+            self._status_fd = -1
+        self.ref.close()
+
+
+class _SpawnedProcess:
+    """A worker started here as a fresh interpreter (where there are pidfds), reaped by us.
+
+    Not left to asyncio's child watcher, which reaps a child the moment it ends: this one
+    stays a zombie until :meth:`close`, so that its pid, which is also its process group's
+    id, cannot be taken by another process while the pool may still signal the group.
+    """
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self._popen = popen
+        self.pid = popen.pid
+        self.returncode: int | None = None
+        self.lost: str | None = None
+        self.ref = ProcessRef(popen.pid)  # a child that nothing reaps before close(): it
+
+    @classmethod
+    def start(cls, command: list[str], env: dict[str, str],
+              fds: tuple[int, ...]) -> _SpawnedProcess:
+        """Start ``command`` with ``fds`` in a session of its own.
+
+        Blocks until the child has exec'd, as :func:`asyncio.create_subprocess_exec` does.
+        """
+        return cls(subprocess.Popen(command, stdin=subprocess.DEVNULL, env=env, pass_fds=fds,
+                                    start_new_session=True))
+
+    async def wait(self) -> int:
+        """Wait until the worker has ended (without reaping it); return its exit code."""
+        if self.returncode is None:
+            await _readable(self.ref.fd)
+            self.returncode = exit_code(self.pid)
+        return self.returncode
+
+    def close(self) -> None:
+        """Reap the worker (or have a thread reap it once it ends); release its pidfd."""
+        self.ref.close()
+        if self._popen.poll() is None:  # killed, not ended yet: it will be within moments
+            threading.Thread(target=self._popen.wait, name="shoal-reap", daemon=True).start()
+
+
+def _hung_up(fd: int) -> bool:
+    """Whether the far end of pipe ``fd`` is closed."""
+    poller = select.poll()
+    poller.register(fd, 0)
+    return any(events & select.POLLHUP for _, events in poller.poll(0))
+
+
+def _is_child(pid: int) -> bool:
+    """Whether ``pid`` is a child of this process not yet reaped (it may have ended)."""
+    try:
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    return True
 
 
 async def _readable(fd: int) -> None:
@@ -404,7 +474,19 @@ class _TemplateHandle:
 
 
 #: How the parent sees a worker process: started by itself, or forked by the template.
-_Process = asyncio.subprocess.Process | _ForkedProcess
+_Process = asyncio.subprocess.Process | _SpawnedProcess | _ForkedProcess
+
+
+def _ref_of(proc: _Process) -> ProcessRef:
+    """How to signal ``proc`` without reaching another process that took its pid."""
+    if not isinstance(proc, asyncio.subprocess.Process):
+        return proc.ref
+    # asyncio's child watcher may have reaped it already: made first, the ref is confirmed by
+    # the process still being a child of ours afterwards.
+    ref = ProcessRef(proc.pid)
+    if not _is_child(proc.pid):
+        ref.forget()
+    return ref
 
 
 class _Worker:
@@ -412,6 +494,7 @@ class _Worker:
 
     def __init__(self, proc: _Process, profile: Profile) -> None:
         self.proc = proc
+        self.ref = _ref_of(proc)
         self.profile = profile
         self.reader = _MessageReader()
         self._read_pipe: asyncio.ReadTransport | None = None
@@ -460,26 +543,39 @@ class _Worker:
     def kill(self) -> None:
         """SIGKILL the worker and whatever it started (all its descendants), unless reaped.
 
-        Until it is reaped its pid, which is also its group's id, cannot be reused.
+        Through its :class:`ProcessRef`: a worker reaped meanwhile (by asyncio's child watcher,
+        before its ``returncode`` is set) is left alone, whoever holds its pid now.
         """
         if self.proc.returncode is None:
-            kill_tree(self.proc.pid)
+            kill_tree(self.ref)
 
-    async def reap(self) -> int:
-        """Wait for the process to end (killing it if it lingers); close the pipes."""
+    async def reap(self, *, group: bool = False) -> int:
+        """Wait for the process to end (killing it if it lingers); close the pipes.
+
+        ``group``: SIGKILL its process group too, once it has ended and before it is reaped
+        (processes its tool left there would outlive it), while the group's id is still its.
+        """
         try:
             try:
-                return await asyncio.wait_for(self.proc.wait(), _REAP_GRACE)
+                code = await asyncio.wait_for(self.proc.wait(), _REAP_GRACE)
             except TimeoutError:  # closed its reply pipe yet lives on: not ours to wait for
                 self.kill()
-                return await self.proc.wait()
+                code = await self.proc.wait()
+            if group:
+                self.ref.kill_group(signal.SIGKILL)
+            return code
         finally:
             self.close_pipes()
 
     def close_pipes(self) -> None:
-        """Close the parent's ends of both pipes (the worker sees end of file)."""
-        if isinstance(self.proc, _ForkedProcess):
+        """Close the parent's ends of both pipes (the worker sees end of file).
+
+        A forked worker is reaped by its template from here on, a spawned one by us: its
+        pidfd is closed, and no signal goes to its pid any more.
+        """
+        if not isinstance(self.proc, asyncio.subprocess.Process):
             self.proc.close()
+        self.ref.close()
         for transport in (self._write_pipe, self._read_pipe):
             if transport is None:
                 continue
@@ -502,11 +598,16 @@ def _widen(*fds: int) -> None:
                 fcntl.fcntl(fd, size, _PIPE_SIZE)
 
 
-def _kill_pids(pids: set[int], template: _TemplateHandle | None) -> None:
-    """The safety net of an unclosed pool: kill its workers and template (collection, exit)."""
-    for pid in list(pids):
-        kill_tree(pid)
-    pids.clear()
+def _kill_pids(refs: set[ProcessRef], template: _TemplateHandle | None) -> None:
+    """The safety net of an unclosed pool: kill its workers and template (collection, exit).
+
+    Through each worker's :class:`ProcessRef`: a worker that died with its template was reaped
+    by whoever inherited it, and its pid may belong to another process by now.
+    """
+    for ref in list(refs):
+        kill_tree(ref)
+        ref.close()
+    refs.clear()
     if template is not None:
         template.stop()
 
@@ -546,7 +647,7 @@ class ProcessExecutor(Executor):
         self._live: set[_Worker] = set()  # idle and busy
         self._starting = 0  # workers being started (they count against max_workers)
         self._crashes: dict[tuple[str, str], int] = {}  # (run id, tool name) -> crashes
-        self._pids: set[int] = set()  # every worker not yet reaped, for the finalizer
+        self._pids: set[ProcessRef] = set()  # every worker not yet reaped, for the finalizer
         self._loop: asyncio.AbstractEventLoop | None = None
         self._freed = asyncio.Event()  # a worker became idle or went away
         self._spawning = asyncio.Lock()  # one fork/exec at a time: see _spawn
@@ -736,8 +837,8 @@ class ProcessExecutor(Executor):
         finally:  # only the worker may hold these: end of file must mean it is gone
             os.close(cmd_read)
             os.close(reply_write)
-        self._pids.add(proc.pid)
         worker = _Worker(proc, profile)
+        self._pids.add(worker.ref)
         try:
             await worker.connect(cmd_write, reply_read)
             await self._handshake(worker, limits)
@@ -749,13 +850,14 @@ class ProcessExecutor(Executor):
     async def _launch(self, env: dict[str, str], cmd_read: int, reply_write: int) -> _Process:
         """A new worker process holding ``cmd_read`` and ``reply_write``."""
         if self._template is None:
+            command = python_module("shoal.executors._worker", str(cmd_read), str(reply_write))
+            # A session of its own: a terminal's Ctrl-C reaches the parent only (which
+            # decides what stops), and killing the group stops what a tool started too.
+            if _PIDFDS:
+                return _SpawnedProcess.start(command, env, (cmd_read, reply_write))
             return await asyncio.create_subprocess_exec(
-                *python_module("shoal.executors._worker", str(cmd_read), str(reply_write)),
-                stdin=asyncio.subprocess.DEVNULL, env=env,
-                pass_fds=(cmd_read, reply_write),
-                # A session of its own: a terminal's Ctrl-C reaches the parent only (which
-                # decides what stops), and killing the group stops what a tool started too.
-                start_new_session=True)
+                *command, stdin=asyncio.subprocess.DEVNULL, env=env,
+                pass_fds=(cmd_read, reply_write), start_new_session=True)
         template = self._template
         if template.proc is None or template.proc.poll() is not None:  # none yet, or it died
             template.stop()
@@ -812,7 +914,7 @@ class ProcessExecutor(Executor):
         self._forget(worker)
         worker.kill()
         worker.close_pipes()
-        self._pids.discard(worker.pid)
+        self._pids.discard(worker.ref)
 
     async def _discard(self, worker: _Worker) -> None:
         """Kill and reap a worker; a second cancellation cannot stop the reaping."""
@@ -820,21 +922,19 @@ class ProcessExecutor(Executor):
         worker.kill()  # at once: whatever happens to this task, the process stops now
         await asyncio.shield(self._reap(worker))
 
-    async def _reap(self, worker: _Worker) -> int:
+    async def _reap(self, worker: _Worker, *, group: bool = False) -> int:
         try:
-            return await worker.reap()
+            return await worker.reap(group=group)
         finally:
-            self._pids.discard(worker.pid)
+            self._pids.discard(worker.ref)
 
     async def _crash_error(self, call: Call, worker: _Worker) -> ExecutorError:
         """Reap a worker that died during ``call``; count the crash against the tool."""
         retired = worker.retired
         self._forget(worker)
-        code = await asyncio.shield(self._reap(worker))  # first: it reports how it ended
-        # What its tool started in the worker's group outlives it: end those now. The group's
-        # id stays reserved while any member lives (an empty group is gone: ESRCH).
-        with suppress(ProcessLookupError, PermissionError):
-            os.killpg(worker.pid, signal.SIGKILL)
+        # It reports how it ended; what its tool started in the worker's group would outlive
+        # it: that group is killed too, before the worker is reaped (its id is then still its)
+        code = await asyncio.shield(self._reap(worker, group=True))
         if retired:
             return ExecutorError(f"the process pool was closed while tool {call.tool.name!r} "
                                  "was running")

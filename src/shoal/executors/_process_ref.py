@@ -1,0 +1,151 @@
+"""A process known by more than its pid, so that a signal never reaches another process.
+
+A pid names whichever process holds it *now*: once a process shoal started has ended and been
+reaped, the kernel may give its pid to an unrelated process, and a kill by pid would hit that
+one. A :class:`ProcessRef` holds a *pidfd* (Linux 5.3+), which refers to that exact process for
+as long as it is open, whoever takes its pid later: a signal sent through it reaches the
+process while it runs or is a zombie, and fails once it has been reaped. Where there are no
+pidfds (macOS, older kernels) it records the process's start time (psutil) when made, and
+signals only while the process holding the pid started then (to the resolution of that time:
+a clock tick, 10 ms, on Linux; a pid is seldom reused so soon). Not through
+:meth:`psutil.Process.send_signal`: once that object has seen its process gone, it signals
+the pid without checking again.
+
+**Process groups.** ``killpg`` cannot go through a pidfd. A group's id is its leader's pid,
+and a pid is not given to a new process while any process (a zombie included) holds it as its
+pid or its group's id. So :meth:`ProcessRef.kill_group` signals the group only while its
+leader, reached through the pidfd, has not been reaped: no other process can have made a group
+of that id meanwhile. Without pidfds it signals the group while the pid is held by the leader
+(same start time) or by no process at all (a group of that id can then only be the leader's,
+its members keeping the id reserved); there a window of microseconds remains between the
+check and the signal, which the pidfd path does not have.
+
+Only the standard library is imported up front (psutil lazily, where there are no pidfds):
+the template process imports this module too.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from contextlib import suppress
+
+__all__ = ["ProcessRef", "pidfds_work"]
+
+
+def pidfds_work() -> bool:
+    """Whether this system has pidfds (Linux 5.3+ and a Python that exposes them)."""
+    if not hasattr(os, "pidfd_open") or not hasattr(signal, "pidfd_send_signal"):
+        return False
+    try:
+        fd = os.pidfd_open(os.getpid())
+    except OSError:  # ENOSYS: an older kernel
+        return False
+    os.close(fd)
+    return True
+
+
+class ProcessRef:
+    """One process, for signalling it (and the group it leads) without ever reaching another.
+
+    Make it while the process cannot have been reaped yet (a child not waited for, or one the
+    caller knows is held as a zombie), or confirm it afterwards and call :meth:`forget` if
+    that fails. :meth:`close` releases the pidfd once nobody will signal the process again.
+    """
+
+    def __init__(self, pid: int, *, pidfd: bool = True) -> None:
+        """Refer to process ``pid``; ``pidfd=False``: by its start time, even with pidfds."""
+        self.pid = pid
+        self.fd = -1  # the pidfd, or -1 (none here, forgotten or closed)
+        self._started: float | None = None  # the start time, where there are no pidfds
+        self._gone = False  # forgotten or closed: no signal goes out any more
+        if pidfd and hasattr(os, "pidfd_open"):
+            try:
+                self.fd = os.pidfd_open(pid)
+                return
+            except ProcessLookupError:  # reaped already: nothing of ours holds the pid
+                self._gone = True
+                return
+            except OSError:  # ENOSYS (a kernel before 5.3): fall back to the start time
+                pass
+        import psutil
+
+        try:
+            self._started = psutil.Process(pid).create_time()
+        except psutil.Error:
+            self._gone = True
+
+    @property
+    def gone(self) -> bool:
+        """Whether this reference no longer reaches the process (forgotten or closed)."""
+        return self._gone
+
+    def signal(self, number: int) -> bool:
+        """Send signal ``number`` (0: only check); whether it reached the process.
+
+        ``False`` when the process has been reaped (its pid may belong to another process by
+        now: nothing is sent to that one), or this reference was forgotten or closed.
+        """
+        if self._gone:
+            return False
+        if self.fd >= 0:
+            try:
+                signal.pidfd_send_signal(self.fd, number)
+            except (ProcessLookupError, PermissionError):
+                return False
+            return True
+        if not self._same_start():
+            return False
+        try:
+            os.kill(self.pid, number)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+
+    def _same_start(self) -> bool:
+        """Whether the process holding the pid now started when this one did."""
+        import psutil
+
+        try:
+            return bool(psutil.Process(self.pid).create_time() == self._started)
+        except psutil.Error:  # no such process (or a zombie psutil cannot read)
+            return False
+
+    def unreaped(self) -> bool:
+        """Whether the process still exists, running or a zombie (its pid is still its own)."""
+        return self.signal(0)
+
+    def kill_group(self, number: int) -> bool:
+        """Send ``number`` to the process group this process leads; whether it was sent.
+
+        Only while the leader is unreaped (see the module's docstring): a group whose leader
+        is gone is left alone rather than risking a group of the same id made since.
+        """
+        if not self._group_is_ours():
+            return False
+        try:
+            os.killpg(self.pid, number)
+        except (ProcessLookupError, PermissionError):  # no such group (any more)
+            return False
+        return True
+
+    def _group_is_ours(self) -> bool:
+        if self.fd >= 0 or self._gone:
+            return self.unreaped()
+        if self._same_start():  # the pid is held by the leader still
+            return True
+        import psutil
+
+        return not psutil.pid_exists(self.pid)  # by none: a group of its id is the leader's
+
+    def forget(self) -> None:
+        """Stop signalling the process: it may have been reaped before this was made."""
+        self.close()
+
+    def close(self) -> None:
+        """Release the pidfd; no signal goes out through this reference afterwards."""
+        self._gone = True
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            with suppress(OSError):
+                os.close(fd)
