@@ -14,11 +14,13 @@ import asyncio
 import contextlib
 import datetime as dt
 import functools
+import logging
 import math
 import numbers
 import os
 import random
 import secrets
+import time
 from collections.abc import Callable, Collection, Coroutine, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -59,10 +61,18 @@ __all__ = ["DEFAULT_MAX_CONCURRENCY", "RunHandle", "Runtime", "run", "run_blocki
 
 T = TypeVar("T")
 
+log = logging.getLogger("shoal")
+
 DEFAULT_MAX_CONCURRENCY = 1000
 #: Why a run still going when its runtime was closed was cancelled (see :meth:`Runtime.aclose`).
 CLOSED_REASON = ("the runtime was closed (Runtime.aclose()) while the run was going; "
                  "end a run before closing its runtime, or start it on an open runtime")
+
+#: Seconds the event loop of a run in another thread may go without running anything before
+#: :meth:`Runtime.aclose` stops waiting for that loop's runs (a blocking call holds it, or it
+#: waits for the very thread closing the runtime): the backends are then closed regardless.
+OTHER_LOOP_WAIT = 5.0
+_OTHER_LOOP_POLL = 0.05  # seconds between looks at another loop while its runs end
 
 
 def new_run_id() -> str:
@@ -675,7 +685,12 @@ class Runtime:
         """End the runs still going on this runtime, then release its backends.
 
         A run still going (an open run still taking calls, a started one, a nested one) is
-        cancelled, with the reason :data:`CLOSED_REASON` (so is one started while this waits):
+        cancelled, with the reason :data:`CLOSED_REASON` (so is one started while this waits),
+        on whichever event loop it runs: a run of another thread's loop (that thread's
+        ``run_sync``, say) is cancelled there, through the loop's thread-safe queue, and
+        waited for while that loop keeps running; one whose loop has stopped, has closed or
+        runs nothing for :data:`OTHER_LOOP_WAIT` seconds (blocked) is waited for no longer
+        (its cancellation, queued, happens when that loop goes on):
         its running calls are stopped as a cancel stops them (a thread's call is abandoned, a
         worker process killed), its queued ones end ``cancelled``, and an open run takes no
         more calls (adding one raises :class:`~shoal.exceptions.RunClosedError`, saying the
@@ -695,25 +710,33 @@ class Runtime:
                 await executor.close()
 
     async def _end_runs(self) -> None:
-        """Cancel and close every run of this loop still going, and wait until each has ended.
+        """Cancel and close every run still going, and wait until each has ended.
 
-        Again while runs remain: one started while aclose() waited would use the backends
-        it is about to close.
+        Those of this loop here; those of another thread's loop there (see
+        :func:`_end_elsewhere`). Again while runs remain: one started while aclose() waited
+        would use the backends it is about to close.
         """
         loop = asyncio.get_running_loop()
+        given_up: set[Driver] = set()  # runs of a loop that stopped, closed or went silent
         while True:
+            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Driver, asyncio.Future[None]]]]
+            by_loop = {}
+            # a copy: other threads' runs come and go meanwhile
             for driver, ended in list(self._runs.items()):
                 if ended.get_loop().is_closed():  # its loop was closed under it: nothing runs
-                    del self._runs[driver]
-            ending = [(driver, ended) for driver, ended in self._runs.items()
-                      if ended.get_loop() is loop]  # another loop's runs are that loop's to end
-            if not ending:
+                    self._runs.pop(driver, None)
+                elif driver not in given_up:
+                    by_loop.setdefault(ended.get_loop(), []).append((driver, ended))
+            if not by_loop:
                 return
-            for driver, _ in ending:
-                driver.cancel(None, CLOSED_REASON)
-                if not driver.state.closed:  # an open run: it takes no more calls
-                    driver.close()
-            await asyncio.wait([ended for _, ended in ending])
+            ours = by_loop.pop(loop, [])
+            for driver, _ in ours:
+                _close_run(driver)
+            waits: list[Coroutine[Any, Any, object]] = [
+                _end_elsewhere(other, runs, given_up) for other, runs in by_loop.items()]
+            if ours:
+                waits.append(asyncio.wait([ended for _, ended in ours]))
+            await asyncio.gather(*waits)
 
     async def __aenter__(self) -> Runtime:
         return self
@@ -721,6 +744,81 @@ class Runtime:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         await self.aclose()
+
+
+def _close_run(driver: Driver) -> None:
+    """Cancel ``driver``'s run for the runtime's closing; an open run takes no more calls."""
+    driver.cancel(None, CLOSED_REASON)
+    if not driver.state.closed:
+        driver.close()
+
+
+class _LoopWatch:
+    """What the thread closing a runtime hears from another thread's loop whose runs end."""
+
+    def __init__(self) -> None:
+        self.here = asyncio.get_running_loop()
+        self.heard = time.monotonic()  # when the other loop last ran one of our callbacks
+        self.wake = self.here.create_future()
+
+    def answer(self) -> None:
+        """On the other loop: it runs (a float stored whole: no lock needed)."""
+        self.heard = time.monotonic()
+
+    def run_ended(self, _: object = None) -> None:
+        """On the other loop: one of its runs has ended; wake the closing thread."""
+        self.answer()
+        with contextlib.suppress(RuntimeError):  # the closing loop is gone: nobody waits
+            self.here.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        if not self.wake.done():
+            self.wake.set_result(None)
+
+    async def pause(self) -> None:
+        """Until a run ends there, or for a moment (to look at that loop again)."""
+        await asyncio.wait([self.wake], timeout=_OTHER_LOOP_POLL)
+        if self.wake.done():
+            self.wake = self.here.create_future()
+
+
+async def _end_elsewhere(loop: asyncio.AbstractEventLoop,
+                         runs: list[tuple[Driver, asyncio.Future[None]]],
+                         given_up: set[Driver]) -> None:
+    """Cancel and close ``runs`` on their own ``loop`` (another thread's); wait for their end.
+
+    A driver is its loop's alone, so the cancel is handed to that loop. The wait lasts while
+    the loop runs: once it has stopped or closed, or ran nothing for :data:`OTHER_LOOP_WAIT`
+    seconds (blocked, maybe waiting for this very thread), the runs still going are put in
+    ``given_up`` and this returns (a cancel still queued there runs when the loop goes on).
+    """
+    watch = _LoopWatch()
+
+    def end_there() -> None:
+        watch.answer()
+        for driver, ended in runs:
+            if not ended.done():
+                _close_run(driver)
+            ended.add_done_callback(watch.run_ended)
+
+    try:
+        loop.call_soon_threadsafe(end_there)
+    except RuntimeError:  # closed meanwhile: nothing runs there any more
+        given_up.update(driver for driver, _ in runs)
+        return
+    while not all(ended.done() for _, ended in runs):
+        silent = time.monotonic() - watch.heard
+        if loop.is_closed() or not loop.is_running() or silent > OTHER_LOOP_WAIT:
+            going = [driver for driver, ended in runs if not ended.done()]
+            given_up.update(going)
+            if silent > OTHER_LOOP_WAIT and not loop.is_closed():
+                log.warning("Runtime.aclose(): the event loop of %d run(s) in another thread "
+                            "ran nothing for %.1f s (blocked?); closing the runtime's backends "
+                            "without waiting for them", len(going), silent)
+            return
+        with contextlib.suppress(RuntimeError):  # closed meanwhile: seen on the next look
+            loop.call_soon_threadsafe(watch.answer)
+        await watch.pause()
 
 
 @dataclass(frozen=True, slots=True)
