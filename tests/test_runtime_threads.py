@@ -88,7 +88,8 @@ def test_aclose_ends_a_run_sync_going_in_another_thread(
     began = time.monotonic()
     asyncio.run(runtime.aclose())
     took = time.monotonic() - began
-    assert thread.join(10.0) is None and not thread.is_alive()
+    thread.join(10.0)
+    assert not thread.is_alive()
     assert_closed(returned[0])
     assert took < shoal.runtime.OTHER_LOOP_WAIT  # ended there, not given up on
     release.set()
