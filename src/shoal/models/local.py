@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import http.client
 import importlib.util
 import json
@@ -218,14 +219,38 @@ def _signal_name(returncode: int) -> str:
         return f"signal {-returncode}"
 
 
-def _kill_group(pid: int, exited: threading.Event, owner: int) -> None:
-    """SIGKILL the server's process group unless it is gone (the GC and exit path).
+def _keep(proc: subprocess.Popen[bytes], exited: threading.Event,
+          reaping: threading.Lock) -> None:
+    """Wait for the server to end, then reap it and set ``exited`` (under ``reaping``).
 
-    ``owner`` is the pid that started it: a forked copy of this process leaves it alone.
+    It is waited for without being reaped first: until :func:`_kill_group` can no longer get
+    ``reaping``, the server's pid, which is its process group's id, is still its own.
     """
-    if not exited.is_set() and os.getpid() == owner:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+    with reaping:
+        proc.wait()
+        exited.set()
+
+
+def _kill_group(pid: int, exited: threading.Event, owner: int, reaping: threading.Lock,
+                number: int = signal.SIGKILL) -> None:
+    """Send ``number`` to the server's process group unless the server has ended.
+
+    Only while the server is unreaped (``reaping`` free and ``exited`` not set, see
+    :func:`_keep`): once reaped, its pid and its group's id may belong to another process. Not
+    waiting for ``reaping``: whoever holds it is reaping a server that has ended already (and
+    the collector may call this on the thread that holds it). ``owner`` is the pid that
+    started the server: a forked copy of this process leaves it alone (the GC and exit path).
+    """
+    if os.getpid() != owner or not reaping.acquire(blocking=False):
+        return
+    try:
+        if not exited.is_set():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, number)
+    finally:
+        reaping.release()
 
 
 class _NotReady(Exception):
@@ -294,6 +319,7 @@ class LocalModelServer:
         self._lock = threading.RLock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._exited = threading.Event()
+        self._reaping = threading.Lock()  # held while the server is reaped (see _keep)
         self._keeper: threading.Thread | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self._log_path: Path | None = None
@@ -372,11 +398,11 @@ class LocalModelServer:
         with self._lock:
             proc = self._proc
             if proc is not None and not self._exited.is_set():
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, signal.SIGTERM)
+                kill = functools.partial(_kill_group, proc.pid, self._exited, os.getpid(),
+                                         self._reaping)
+                kill(signal.SIGTERM)
                 if not self._exited.wait(timeout):
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.killpg(proc.pid, signal.SIGKILL)
+                    kill(signal.SIGKILL)
                     self._exited.wait(timeout)
             self._cleanup()
 
@@ -430,6 +456,7 @@ class LocalModelServer:
         spawned: list[subprocess.Popen[bytes] | BaseException] = []
         ready = threading.Event()
         exited = self._exited = threading.Event()
+        reaping = self._reaping = threading.Lock()
         command = self._command(self._port, ubatch)
 
         def keep() -> None:
@@ -446,8 +473,7 @@ class LocalModelServer:
                 return
             spawned.append(proc)
             ready.set()
-            proc.wait()
-            exited.set()
+            _keep(proc, exited, reaping)
 
         self._keeper = threading.Thread(target=keep, name="shoal-local-model-server",
                                         daemon=True)
@@ -459,7 +485,8 @@ class LocalModelServer:
                                          f"{spawned[0]}") from spawned[0]
         proc = self._proc = spawned[0]
         self.starts += 1
-        self._finalizer = weakref.finalize(self, _kill_group, proc.pid, exited, os.getpid())
+        self._finalizer = weakref.finalize(self, _kill_group, proc.pid, exited, os.getpid(),
+                                           reaping)
         self._wait_ready(proc, deadline)
 
     def _wait_ready(self, proc: subprocess.Popen[bytes], deadline: float) -> None:
