@@ -115,6 +115,33 @@ def test_aclose_ends_the_runs_of_several_threads_and_its_own(tmp_path: Path) -> 
         assert_closed(returned[0])
 
 
+@shoal.tool(isolation="thread")
+def pause(i: int, seconds: float) -> int:
+    time.sleep(seconds)
+    return i
+
+
+def test_run_sync_from_several_threads_at_once_leaves_the_others_runs_alone() -> None:
+    """Each ``run_sync`` closes the runtime as it ends, but not under another thread's run:
+    those keep the backends, and the last to end closes them."""
+    runtime = shoal.Runtime(store=None)
+
+    def run(k: int) -> RunResult:
+        plan = Plan(f"plan-{k}")
+        for i in range(3):
+            plan.add(pause, {"i": i, "seconds": 0.1 * k}, node_id=f"pause-{i}")
+        return runtime.run_sync(plan)
+
+    threads = [in_thread(run, k) for k in range(1, 5)]
+    for thread, returned in threads:
+        thread.join(30.0)
+        assert not thread.is_alive()
+        assert returned[0].counts["ok"] == 3, returned[0].cancelled_reason
+    # the last run_sync closed the backends: the thread pool keeps no thread
+    assert wait_until(lambda: not [t for t in threading.enumerate()
+                                   if t.name.startswith("shoal-tool")], timeout=10.0)
+
+
 def block(unblock: threading.Event) -> None:
     """Hold the calling thread's event loop (run from a callback there) until ``unblock``."""
     unblock.wait(30.0)

@@ -511,16 +511,35 @@ class Runtime:
         try:
             return await self.resume(run_id, plan, **options)
         finally:
-            await self.aclose()
+            await self._close_after_sync()
 
     def run_sync(self, plan: Plan, **options: Any) -> RunResult:
-        """Run ``plan`` from synchronous code (starts and closes an event loop)."""
+        """Run ``plan`` from synchronous code (starts and closes an event loop).
+
+        The runtime is closed afterwards (see :meth:`aclose`), unless runs of other threads
+        go on with it (``run_sync`` from several threads at once): those keep its backends,
+        and the last to end closes them.
+        """
         return run_blocking(self._run_then_close(plan, options))
 
     async def _run_then_close(self, plan: Plan, options: Mapping[str, Any]) -> RunResult:
         try:
             return await self.run(plan, **options)
         finally:
+            await self._close_after_sync()
+
+    async def _close_after_sync(self) -> None:
+        """The end of a ``*_sync`` call: :meth:`aclose`, unless other threads' runs go on.
+
+        Such a call closes the runtime because its event loop ends with it. The runs of other
+        threads' loops (``run_sync`` from several threads at once) are not its to end: they
+        keep the backends, which the last of them to end closes; this loop's runs end here.
+        """
+        here = asyncio.get_running_loop()
+        if any(ended.get_loop() is not here and not ended.get_loop().is_closed()
+               for ended in list(self._runs.values())):
+            await self._end_runs(everywhere=False)
+        else:
             await self.aclose()
 
     def _driver(
@@ -698,8 +717,8 @@ class Runtime:
         processes) are closed; abandoned threads are not awaited.
 
         The runtime can still be used: a run started afterwards makes its backends anew
-        (``run_sync`` closes the runtime after each run this way), to be released by the next
-        ``aclose()``.
+        (``run_sync`` closes the runtime after each run this way, unless runs of other
+        threads go on with it), to be released by the next ``aclose()``.
         """
         try:
             await self._end_runs()
@@ -709,12 +728,12 @@ class Runtime:
             for executor in {id(e): e for e in executors.values()}.values():
                 await executor.close()
 
-    async def _end_runs(self) -> None:
+    async def _end_runs(self, *, everywhere: bool = True) -> None:
         """Cancel and close every run still going, and wait until each has ended.
 
         Those of this loop here; those of another thread's loop there (see
-        :func:`_end_elsewhere`). Again while runs remain: one started while aclose() waited
-        would use the backends it is about to close.
+        :func:`_end_elsewhere`), unless not ``everywhere``. Again while runs remain: one
+        started while aclose() waited would use the backends it is about to close.
         """
         loop = asyncio.get_running_loop()
         given_up: set[Driver] = set()  # runs of a loop that stopped, closed or went silent
@@ -727,9 +746,11 @@ class Runtime:
                     self._runs.pop(driver, None)
                 elif driver not in given_up:
                     by_loop.setdefault(ended.get_loop(), []).append((driver, ended))
-            if not by_loop:
-                return
             ours = by_loop.pop(loop, [])
+            if not everywhere:
+                by_loop.clear()
+            if not ours and not by_loop:
+                return
             for driver, _ in ours:
                 _close_run(driver)
             waits: list[Coroutine[Any, Any, object]] = [
