@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 import shoal
@@ -140,6 +141,30 @@ def test_run_sync_from_several_threads_at_once_leaves_the_others_runs_alone() ->
     # the last run_sync closed the backends: the thread pool keeps no thread
     assert wait_until(lambda: not [t for t in threading.enumerate()
                                    if t.name.startswith("shoal-tool")], timeout=10.0)
+
+
+def test_aclose_closes_worker_processes_on_the_loop_they_belong_to(
+        no_child_process_leak: None) -> None:
+    """A worker's pipes are its loop's: closed from another thread, a loop in debug mode
+    would raise (asyncio checks the thread), and one not in debug mode could miss it."""
+    loop = asyncio.new_event_loop()
+    loop.set_debug(True)
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        runtime = shoal.Runtime(store=None)
+        plan = Plan("pid")
+        ref = plan.call(pt.pid)
+        result = asyncio.run_coroutine_threadsafe(runtime.run(plan), loop).result(60.0)
+        assert result.counts["ok"] == 1  # its worker stays, idle, on that loop
+        asyncio.run(runtime.aclose())
+        worker = result[ref].value
+        assert wait_until(lambda: not psutil.pid_exists(worker)
+                          or psutil.Process(worker).status() == psutil.STATUS_ZOMBIE)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10.0)
+        loop.close()
 
 
 def block(unblock: threading.Event) -> None:

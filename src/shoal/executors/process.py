@@ -123,6 +123,7 @@ _REAP_GRACE = 2.0  # seconds a worker whose pipe closed gets to exit before it i
 _SHOAL_ROOT = str(Path(__file__).resolve().parents[2])  # the directory holding the package
 _TEMPLATE_WAIT = 120.0  # seconds the template gets to import (a loaded machine) or to answer
 _GONE_WAIT = 1.0  # seconds a template whose socket hung up gets to end by itself
+_OTHER_LOOP_CLOSE = 5.0  # seconds another thread's loop gets to close its pool (close())
 _PIDFDS = pidfds_work()  # spawned workers are then reaped here, not by asyncio's watcher
 
 #: The values of ``ProcessExecutor(start_method=...)``.
@@ -725,9 +726,16 @@ class ProcessExecutor(Executor):
         return _unwrap(call, body)
 
     async def close(self) -> None:
-        """Kill every worker and reap it; the pool can start afresh afterwards."""
+        """Kill every worker and reap it; the pool can start afresh afterwards.
+
+        A pool whose workers belong to another thread's event loop, still running, is closed
+        on that loop (their pipes are its own); one that does not get to it within
+        :data:`_OTHER_LOOP_CLOSE` seconds (blocked), or has stopped, is closed from here.
+        """
         if self._loop is not asyncio.get_running_loop():
-            self._bind_loop()  # workers of another loop: killed there, reaped by its watcher
+            if await self._close_on_own_loop():
+                return
+            self._bind_loop()  # workers of a loop that cannot: killed from here
             if self._template is not None:
                 self._template.stop()
             return
@@ -738,6 +746,21 @@ class ProcessExecutor(Executor):
         if self._template is not None:
             async with self._spawning:  # not while a worker is being forked
                 self._template.stop()
+
+    async def _close_on_own_loop(self) -> bool:
+        """Have the loop the workers belong to (another thread's) close the pool; whether it did."""
+        loop = self._loop
+        if loop is None or loop.is_closed() or not loop.is_running():
+            return False
+        try:
+            closing = asyncio.run_coroutine_threadsafe(self.close(), loop)
+        except RuntimeError:  # closed meanwhile
+            return False
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(closing), _OTHER_LOOP_CLOSE)
+        except TimeoutError:
+            return False
+        return True
 
     # ---- the pool ------------------------------------------------------------------------
 
