@@ -15,13 +15,13 @@ the pid without checking again.
 and a pid is not given to a new process while any process (a zombie included) holds it as its
 pid or its group's id. So :meth:`ProcessRef.kill_group` signals the group only while its
 leader, reached through the pidfd, has not been reaped: no other process can have made a group
-of that id meanwhile. Without pidfds it signals the group while the pid is held by the leader
-(same start time) or by no process at all (a group of that id can then only be the leader's,
-its members keeping the id reserved); there a window of microseconds remains between the
-check and the signal, which the pidfd path does not have.
+of that id meanwhile. That is exact when whoever reaps the leader waits for the kill (shoal's
+workers stay zombies until their group has been killed). Without pidfds it signals the group
+while the pid is held by the leader (same start time) or by no process at all (a group of
+that id can then only be the leader's, its members keeping the id reserved); a window of
+microseconds remains there between the check and the signal.
 
-Only the standard library is imported up front (psutil lazily, where there are no pidfds):
-the template process imports this module too.
+Only the standard library is imported up front (psutil lazily, where there are no pidfds).
 """
 
 from __future__ import annotations
