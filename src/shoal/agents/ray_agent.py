@@ -64,8 +64,6 @@ from shoal.agents._process import run as run_remote
 from shoal.agents.remote import (
     CANCEL_GRACE,
     HEADER,
-    PARENT_EVENTS,
-    PARENT_STORE,
     Channel,
     StartSpec,
     TreeServer,
@@ -75,6 +73,7 @@ from shoal.agents.remote import (
     _Gone,
     _stopped,
     _unimportable,
+    routed_store,
     start_spec,
 )
 from shoal.exceptions import AgentError, ConfigError, SerializationError
@@ -456,12 +455,11 @@ def _driver_host(ray: Any) -> str:
 
 
 def ray_spec(run: AgentRun) -> StartSpec:
-    """:func:`start_spec` with the journal routed through the parent when it is durable."""
-    store = run.ctx.runtime.store
-    routed = "memory"
-    if store is not None and store.durable:
-        routed = PARENT_EVENTS if store.keeps_events else PARENT_STORE
-    return replace(start_spec(run), store=routed, limits=None)
+    """:func:`start_spec` with the journal routed through the parent (see :func:`routed_store`).
+
+    Never a SQLite file's path: the actor may run on a machine without it.
+    """
+    return replace(start_spec(run), store=routed_store(run.ctx.runtime.store), limits=None)
 
 
 async def run_on_ray(run: AgentRun) -> AgentResult[Any]:

@@ -1,0 +1,133 @@
+"""A remote agent retried after its process died replays what it finished, with the memory journal.
+
+As an inline agent retried in the same run does: the tree's in-memory journal holds every
+model turn and tool phase the agent finished (its process mirrors its journal to its parent),
+so the retried agent plan node, in a new process, neither asks its model again for a
+finished turn nor runs a finished call's side effect again. Real subprocesses; the Ray twin
+is in tests/test_ray_agents_journal.py.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+
+import shoal
+from shoal.agents.remote import load_mirrored
+from shoal.models.base import ModelRequest
+from shoal.testing import ScriptedModel, call
+
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_child_process_leak")]
+
+
+@shoal.tool
+def count_call(path: str) -> str:
+    """Append a line to ``path``: a side effect that must happen once."""
+    with open(path, "a", encoding="utf-8") as out:
+        out.write("ran\n")
+    return "counted"
+
+
+@shoal.tool(idempotent=True)
+def die_first(path: str, how: str) -> str:
+    """End this whole process the first time (``path`` remembers it); say so after.
+
+    ``how``: ``"sigkill"`` (``SIGKILL`` of its own process) or ``"exit"`` (``os._exit``).
+    """
+    if not Path(path).exists():
+        Path(path).write_text("died")
+        if how == "sigkill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        os._exit(3)
+    return "survived"
+
+
+def asked(path: str, turn: int, step: Any, request: ModelRequest) -> Any:
+    """A scripted step that notes in ``path`` that the model was asked for ``turn``."""
+    with open(path, "a", encoding="utf-8") as out:
+        out.write(f"{turn}\n")
+    return step
+
+
+def turns_asked(path: Path) -> list[int]:
+    """The turns the agent's model was asked for (replayed turns are not), in order."""
+    return [int(line) for line in path.read_text().split()] if path.exists() else []
+
+
+def retried_helper(tmp_path: Path, isolation: Literal["inline", "process", "ray"],
+                   how: str = "sigkill",
+                   ) -> tuple[shoal.Plan, Any, Path]:
+    """A plan whose one node is an agent retried once; its first attempt dies in turn 2.
+
+    Turn 1 calls :func:`count_call` (a side effect, counted in a file), turn 2 calls
+    :func:`die_first`, which ends the agent's process; turn 3 answers. The retried agent must
+    replay turns 1 and 2 and the call of turn 1, and ask its model only for turn 3.
+    """
+    log, marker, asks = tmp_path / "log", tmp_path / "died", str(tmp_path / "asked")
+    steps = [[call("count_call", path=str(log))],
+             [call("die_first", path=str(marker), how=how)], "done"]
+    model = ScriptedModel.per_prompt({"go": [
+        partial(asked, asks, turn, step) for turn, step in enumerate(steps, 1)]})
+    helper = shoal.Agent(name="helper", model=model, tools=[count_call, die_first],
+                         isolation=isolation, stream_dispatch=False)
+    plan = shoal.Plan()
+    ref = plan.call(helper.node_tool.options(retries=1), task="go")
+    return plan, ref, log
+
+
+def step_runs(store: Any, run_id: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """The tree's journaled steps below ``run_id``: (step, status, each node's status)."""
+    found = []
+    for record in store.list_runs(limit=1000):
+        if record.run_id.startswith(f"{run_id}/"):
+            outcomes = store.outcomes(record.run_id)
+            found.append((record.run_id.rsplit("/", 1)[1], record.status,
+                          {node: o.outcome.status for node, o in outcomes.items()}))
+    return sorted(found, key=lambda step: step[0])
+
+
+def run_inline_twin(tmp_path: Path) -> tuple[shoal.RunResult, Any, list[int], Any]:
+    """The same plan with an inline agent whose call does not die: what a retry must match."""
+    twin = tmp_path / "inline"
+    twin.mkdir()
+    plan, ref, _ = retried_helper(twin, "inline")
+    (twin / "died").write_text("died")  # it survives
+    runtime = shoal.Runtime()
+    result = runtime.run_sync(plan)
+    return result, ref, turns_asked(twin / "asked"), runtime.store
+
+
+@pytest.mark.parametrize("how", ["sigkill", "exit"])
+def test_a_retried_process_agent_replays_its_finished_turns_from_the_memory_journal(
+        tmp_path: Path, how: str) -> None:
+    plan, ref, log = retried_helper(tmp_path, "process", how)
+    runtime = shoal.Runtime()  # the default journal: in memory
+    result = runtime.run_sync(plan)
+    outcome = result[ref]
+    assert outcome.status == "ok" and outcome.attempts == 2, outcome
+    assert outcome.value == "done"
+    assert log.read_text().split() == ["ran"]  # the finished call replayed, not run again
+    # turns 1 and 2 in the first process; the retry asked only for turn 3
+    assert turns_asked(tmp_path / "asked") == [1, 2, 3]
+
+    inline, inline_ref, inline_turns, inline_store = run_inline_twin(tmp_path)
+    assert inline[inline_ref].value == outcome.value
+    assert inline_turns == [1, 2, 3]
+    # the tree's journal holds the agent's steps as it holds an inline agent's
+    assert runtime.store is not None
+    load_mirrored(runtime.store)
+    assert step_runs(runtime.store, result.run_id) == step_runs(inline_store, inline.run_id)
+
+
+def test_a_process_agent_with_no_journal_at_all_runs_again_whole(tmp_path: Path) -> None:
+    """``store=None``: nothing is journaled anywhere, so the retry starts over (as inline)."""
+    plan, ref, log = retried_helper(tmp_path, "process")
+    result = shoal.Runtime(store=None).run_sync(plan)
+    assert result[ref].status == "ok" and result[ref].attempts == 2, result[ref]
+    assert log.read_text().split() == ["ran", "ran"]
+    assert turns_asked(tmp_path / "asked") == [1, 2, 1, 2, 3]
