@@ -512,6 +512,11 @@ def journal_entries(records: list[Any]) -> list[tuple[str, bytes]]:
         runs.setdefault(getattr(record, "run_id", ""), []).append(_described(record))
     entries = []
     for run_id, kept in runs.items():
+        try:  # plain pickle first: records of shoal's classes and plain values, twice as fast
+            entries.append((run_id, pickle.dumps(kept, protocol=pickle.HIGHEST_PROTOCOL)))
+            continue
+        except Exception:  # a value that only cloudpickle takes (or nothing does)
+            pass
         try:
             entries.append((run_id, dumps(kept, f"the journal records of run {run_id}")))
         except SerializationError as exc:
