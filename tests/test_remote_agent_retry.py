@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -20,7 +21,7 @@ import pytest
 import shoal
 from shoal.agents.remote import load_mirrored
 from shoal.models.base import ModelRequest
-from shoal.testing import ScriptedModel, call
+from shoal.testing import ScriptedModel, call, pause
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_child_process_leak")]
 
@@ -45,6 +46,22 @@ def die_first(path: str, how: str) -> str:
             os.kill(os.getpid(), signal.SIGKILL)
         os._exit(3)
     return "survived"
+
+
+@shoal.tool(idempotent=True)
+def die_after(path: str, watch: str, line: str) -> str:
+    """SIGKILL this process once ``watch`` has the line ``line`` (the first time only)."""
+    if Path(path).exists():
+        return "survived"
+    deadline = time.monotonic() + 60
+    while not (Path(watch).exists() and line in Path(watch).read_text().split()):
+        if time.monotonic() > deadline:
+            return "gave up waiting"
+        time.sleep(0.02)
+    time.sleep(0.5)  # what the agent below sent meanwhile reaches the root
+    Path(path).write_text("died")
+    os.kill(os.getpid(), signal.SIGKILL)
+    return "unreachable"
 
 
 def asked(path: str, turn: int, step: Any, request: ModelRequest) -> Any:
@@ -131,3 +148,34 @@ def test_a_process_agent_with_no_journal_at_all_runs_again_whole(tmp_path: Path)
     assert result[ref].status == "ok" and result[ref].attempts == 2, result[ref]
     assert log.read_text().split() == ["ran", "ran"]
     assert turns_asked(tmp_path / "asked") == [1, 2, 1, 2, 3]
+
+
+def test_an_agent_below_a_retried_process_agent_replays_through_it(tmp_path: Path) -> None:
+    """The middle agent dies while the agent it started runs; run again, that one replays.
+
+    The agent below (a process agent too) finished its turn 1 and its call (which the middle
+    agent sent on to the root as it came), and was in its turn 2 when the middle's process
+    was killed, which ended it as well. The middle agent's node is retried: its tool phase
+    runs again, and the agent below, started again, replays its turn 1 and its call from the
+    root's journal and asks its model only for turn 2.
+    """
+    log, leaf_asks, middle_asks = tmp_path / "log", tmp_path / "leaf", tmp_path / "middle"
+    leaf_steps: list[Any] = [[call("count_call", path=str(log))], [pause(2.0), "leaf done"]]
+    leaf = shoal.Agent(name="leaf", model=ScriptedModel.per_prompt({"*": [
+        partial(asked, str(leaf_asks), turn, step) for turn, step in enumerate(leaf_steps, 1)]}),
+        tools=[count_call], isolation="process", stream_dispatch=False)
+    middle_steps: list[Any] = [
+        [call("leaf", task="count"), call("die_after", path=str(tmp_path / "died"),
+                                           watch=str(leaf_asks), line="2")], "done"]
+    middle = shoal.Agent(name="middle", model=ScriptedModel.per_prompt({"go": [
+        partial(asked, str(middle_asks), turn, step)
+        for turn, step in enumerate(middle_steps, 1)]}),
+        tools=[die_after], subagents=[leaf], isolation="process", stream_dispatch=False)
+    plan = shoal.Plan()
+    ref = plan.call(middle.node_tool.options(retries=1), task="go")
+    result = shoal.Runtime().run_sync(plan)
+    assert result[ref].status == "ok" and result[ref].attempts == 2, result[ref]
+    assert result[ref].value == "done"
+    assert log.read_text().split() == ["ran"]  # the call below ran once
+    assert turns_asked(leaf_asks) == [1, 2, 2]  # turn 1 replayed; turn 2 had not ended
+    assert turns_asked(middle_asks) == [1, 2]  # turn 1 replayed

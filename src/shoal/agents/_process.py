@@ -10,6 +10,10 @@ nothing behind.
 
 Budget charges are synchronous in the turn loop (a check-and-charge has no ``await``), so they
 block this loop for one round trip; the parent answers them at once.
+
+The agent's journal is the tree's: the root's SQLite file, which this process opens; any other
+durable journal through the parent (:class:`ParentStore`); the in-memory journal in this
+process's memory, each finished step sent on to the parent's (:class:`ParentMirror`).
 """
 
 from __future__ import annotations
@@ -287,8 +291,8 @@ class ParentStore:
     agent's own subtree only), which is the root's, or asks its own parent in turn. So an
     agent anywhere in the tree (a Ray actor on another machine, a process agent nested in
     one) journals in the root's journal, and resume needs no shared file system. It is
-    durable: the parent's store is (only a durable journal is routed), so the agent's runtime
-    journals from writer threads of its own.
+    durable: the parent's store is (an in-memory one is mirrored instead, see
+    :class:`ParentMirror`), so the agent's runtime journals from writer threads of its own.
     """
 
     durable = True

@@ -25,8 +25,10 @@ in another remote agent) its parent's in turn. So resume of Ray agents needs no 
 system: the agent's model turns and tool phases are journaled runs of the root's journal under
 the agent's lineage, wherever the actor runs, and so are those of the agents it starts (a
 process agent nested in it journals through it). The parent answers only for runs of that
-agent's own subtree (``RUN/LINEAGE/...``). With the in-memory journal the actor keeps its own,
-which ends with it (as a process agent's).
+agent's own subtree (``RUN/LINEAGE/...``). With the in-memory journal the actor keeps its
+journal in memory and sends each step it finishes to the parent
+(:class:`~shoal.agents._process.ParentMirror`), as a process agent does: an agent whose
+actor died and whose plan node is retried replays, in its new actor, what the first finished.
 
 **Ending it.** A cancel (a person, a timeout, a breached budget) is sent to the agent, which
 records its end; one that has not ended :data:`~shoal.agents.remote.CANCEL_GRACE` seconds

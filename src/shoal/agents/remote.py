@@ -689,12 +689,15 @@ class Mirrored:
     @classmethod
     def of(cls, store: Store) -> Mirrored:
         """The records kept for ``store`` (an empty keeper for one that takes no weak key)."""
-        limit = getattr(store, "max_runs", None)
-        limit = limit if type(limit) is int and limit > 0 else DEFAULT_MAX_RUNS
         try:
-            return cls._of.setdefault(store, cls(limit))
-        except TypeError:  # loaded at once instead (see add)
-            return cls(limit)
+            found = cls._of.get(store)
+        except TypeError:  # no weak key: loaded at once instead (see add)
+            return cls(DEFAULT_MAX_RUNS)
+        if found is None:
+            limit = getattr(store, "max_runs", None)
+            limit = limit if type(limit) is int and limit > 0 else DEFAULT_MAX_RUNS
+            found = cls._of.setdefault(store, cls(limit))
+        return found
 
     def add(self, store: Store, runs: list[tuple[str, bytes]]) -> None:
         """Keep each run's pickled records (loaded at once if ``store`` has no keeper)."""
