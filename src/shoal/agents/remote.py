@@ -579,7 +579,8 @@ class TreeServer:
             self._next_claim += 1
             self._claims[self._next_claim] = claim
             return self._next_claim
-        await asyncio.to_thread(Mirrored.of(store).load_into, store)  # what is read is there
+        if not store.durable:  # what its agents sent it is there before it is read
+            await asyncio.to_thread(Mirrored.of(store).load_into, store)
         name, positional, named = args
         if name not in STORE_METHODS:
             raise ShoalError(f"agent {self.lineage} asked the journal for {name!r}, which it "
