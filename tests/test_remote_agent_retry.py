@@ -10,6 +10,7 @@ is in tests/test_ray_agents_journal.py.
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import time
 from functools import partial
@@ -19,7 +20,7 @@ from typing import Any, Literal
 import pytest
 
 import shoal
-from shoal.agents.remote import load_mirrored
+from shoal.agents.remote import Mirrored, load_mirrored
 from shoal.models.base import ModelRequest
 from shoal.testing import ScriptedModel, call, pause
 
@@ -179,3 +180,46 @@ def test_an_agent_below_a_retried_process_agent_replays_through_it(tmp_path: Pat
     assert log.read_text().split() == ["ran"]  # the call below ran once
     assert turns_asked(leaf_asks) == [1, 2, 2]  # turn 1 replayed; turn 2 had not ended
     assert turns_asked(middle_asks) == [1, 2]  # turn 1 replayed
+
+
+# ---- what the parent keeps for its agents, loaded when read ------------------------------
+
+
+class NotAllowed:
+    """A class the restricted loader does not build (not a dataclass, not allowed)."""
+
+
+def _records(run_id: str, *also: Any) -> bytes:
+    from shoal.store.base import RunEnded, RunRecord
+
+    return pickle.dumps([RunRecord(run_id, 1.0, 1, ""), *also,
+                         RunEnded(run_id, "finished", 2.0, {}, 1.0)])
+
+
+def test_what_agents_send_is_loaded_when_read_and_only_their_own_runs() -> None:
+    """A run's records load when read; records naming another run, and a run whose records
+    do not load (a class not allowed, bytes that are no pickle), are left out."""
+    from shoal.store.base import RunRecord
+
+    store = shoal.MemoryStore()
+    keeper = Mirrored.of(store)
+    assert Mirrored.of(store) is keeper  # one per store
+    keeper.add(store, [
+        ("r/a#1/turn-1", _records("r/a#1/turn-1", RunRecord("r/b#1/turn-1", 1.0, 1, ""))),
+        ("r/a#1/turn-2", _records("r/a#1/turn-2", NotAllowed())),
+        ("r/a#1/turn-3", b"not a pickle")])
+    assert store.get_run("r/a#1/turn-1") is None  # kept as it came: nothing loaded yet
+    load_mirrored(store)
+    found = store.get_run("r/a#1/turn-1")
+    assert found is not None and found.status == "finished"
+    assert store.get_run("r/b#1/turn-1") is None  # another agent's run: not this one's to write
+    assert store.get_run("r/a#1/turn-2") is None and store.get_run("r/a#1/turn-3") is None
+
+
+def test_the_parent_keeps_as_many_runs_of_its_agents_as_its_memory_journal_keeps() -> None:
+    store = shoal.MemoryStore(max_runs=2)
+    keeper = Mirrored.of(store)
+    keeper.add(store, [(f"r/a#1/turn-{n}", _records(f"r/a#1/turn-{n}")) for n in (1, 2, 3)])
+    load_mirrored(store)
+    assert [store.get_run(f"r/a#1/turn-{n}") is not None for n in (1, 2, 3)] == [
+        False, True, True]  # the oldest went first
