@@ -120,11 +120,13 @@ def run_inline_twin(tmp_path: Path) -> tuple[shoal.RunResult, Any, list[int], An
     return result, ref, turns_asked(twin / "asked"), runtime.store
 
 
-@pytest.mark.parametrize("how", ["sigkill", "exit"])
+@pytest.mark.parametrize(("how", "events"), [("sigkill", False), ("exit", False),
+                                             ("sigkill", True)])
 def test_a_retried_process_agent_replays_its_finished_turns_from_the_memory_journal(
-        tmp_path: Path, how: str) -> None:
+        tmp_path: Path, how: str, events: bool) -> None:
     plan, ref, log = retried_helper(tmp_path, "process", how)
-    runtime = shoal.Runtime()  # the default journal: in memory
+    # the default journal (in memory), or one that keeps every event too
+    runtime = shoal.Runtime(store=shoal.MemoryStore(keep_events=events))
     result = runtime.run_sync(plan)
     outcome = result[ref]
     assert outcome.status == "ok" and outcome.attempts == 2, outcome
@@ -140,6 +142,10 @@ def test_a_retried_process_agent_replays_its_finished_turns_from_the_memory_jour
     assert runtime.store is not None
     load_mirrored(runtime.store)
     assert step_runs(runtime.store, result.run_id) == step_runs(inline_store, inline.run_id)
+    if events:  # the agent's events are journaled under its steps, as an inline agent's
+        turn = next(r.run_id for r in runtime.store.list_runs(limit=1000)
+                    if r.run_id.endswith("/turn-1"))
+        assert any(e["kind"] == "NodeFinished" for e in runtime.store.events(turn))
 
 
 def test_a_process_agent_with_no_journal_at_all_runs_again_whole(tmp_path: Path) -> None:

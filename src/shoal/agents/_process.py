@@ -453,8 +453,15 @@ class ParentMirror(ParentStore):
 
     def _send_pending(self) -> None:
         records, self._pending = self._pending, []
-        if records:
-            self._link.send(("journal", journal_entries(records)))
+        if not records:
+            return
+        try:
+            entries = journal_entries(records)
+        except Exception:  # a plan that cannot be described: the journal here goes on
+            log.warning("journal records of an agent could not be sent to its parent: those "
+                        "steps are not replayed if it is retried", exc_info=True)
+            return
+        self._link.send(("journal", entries))
 
     def forward(self, entries: list[tuple[str, bytes]]) -> None:
         """Pass on what an agent below this one journaled (see :func:`journal_entries`)."""

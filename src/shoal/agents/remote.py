@@ -32,10 +32,10 @@ one socket:
   through its parent), the child journals through its parent (``store``: see
   :class:`~shoal.agents._process.ParentStore`), and so on up the chain to the root: every
   agent of the tree, however nested, journals in the root's journal. With the in-memory
-  journal the child keeps its journal in memory and sends every write on to its parent's
-  (``journal``, one way: see :class:`~shoal.agents._process.ParentMirror`), so the tree's
-  journal holds every step the child finished, and a child run again after its process died
-  (a retried agent plan node) replays them, as an inline agent does;
+  journal the child keeps its journal in memory and sends each step it finishes on to its
+  parent (``journal``, one way: see :class:`~shoal.agents._process.ParentMirror`), which
+  keeps it for the tree's journal (:class:`Mirrored`), so a child run again after its
+  process died (a retried agent plan node) replays them, as an inline agent does;
 * **cancellation**: the parent sends ``cancel`` and, if the child has not ended within
   :data:`CANCEL_GRACE` seconds, kills its process group; a child whose socket closes (the
   parent died) kills its group and exits.
@@ -56,7 +56,8 @@ reason, breach)`` (``breach``: the tree's :class:`~shoal.exceptions.BudgetExceed
 ``None`` when a person or a timeout cancelled the agent). The child sends ``("call", id,
 op, args)``, ``("event", event)``, ``("gate_exit", name)``, ``("gate_pause", name,
 seconds)``, ``("withdraw", request_ids)`` (approval requests it no longer needs),
-``("journal", records)`` (what it journaled, with the in-memory journal) and last
+``("journal", [(run_id, pickled records), ...])`` (the steps it finished, with the
+in-memory journal) and last
 ``("done", result)`` (or ``("error", text)`` when it cannot even load the agent's
 definition). The parent side
 (:class:`TreeServer`) only needs a :class:`Channel`, and the child side
@@ -416,7 +417,7 @@ class TreeServer:
         kept = [(run_id, blob) for run_id, blob in (e for e in entries if _entry(e))
                 if run_id.startswith(self._runs)]
         if len(kept) < len(entries):
-            log.warning("agent %s sent journal records of runs not its own: dropped",
+            log.warning("agent %s sent journal records that are not its own runs': dropped",
                         self.lineage)
         Mirrored.of(store).add(store, kept)
         forward = getattr(store, "forward", None)
@@ -725,7 +726,7 @@ class Mirrored:
                 try:
                     records = load_result(blob, f"the journal records of run {run_id}")
                 except SerializationError as exc:
-                    log.warning("%s: that step of the agent ran again when it was", exc)
+                    log.warning("%s: that step of the agent is not replayed", exc)
                     continue
                 if not isinstance(records, list):
                     continue
