@@ -99,10 +99,21 @@ def test_a_retried_agent_whose_model_answers_anew_keeps_both_attempts_writes(
     """The first attempt's process dies after its note committed (in its second turn); the
     retried agent notes anew.
 
-    With the in-memory journal the retried agent starts afresh: its model, asked again,
-    writes another note under the same call name (``note#1`` of turn 1). That is another
-    call, whose write counts: it is not taken for the first call run again.
+    With no journal the retried agent starts afresh: its model, asked again, writes another
+    note under the same call name (``note#1`` of turn 1). That is another call, whose write
+    counts: it is not taken for the first call run again.
     """
+    assert _retried_notes(tmp_path, None) == ["first answer", "second answer"]
+
+
+def test_a_retried_agent_replays_its_note_from_the_memory_journal(tmp_path: Path) -> None:
+    """With the in-memory journal the retried agent replays its first turn and its note, as
+    an inline agent does: its model is not asked again, and the note counts once."""
+    assert _retried_notes(tmp_path, "memory") == ["first answer"]
+
+
+def _retried_notes(tmp_path: Path, store: str | None) -> list[str]:
+    """The board's notes after the helper of :func:`first_turn` died once and ran again."""
     marker = tmp_path / "died"
     model = ScriptedModel.per_prompt({f"go {marker}": [first_turn, second_turn, "done"]})
     helper = shoal.Agent(name="helper", model=model, tools=[note, die_once],
@@ -110,9 +121,10 @@ def test_a_retried_agent_whose_model_answers_anew_keeps_both_attempts_writes(
     plan = shoal.Plan()
     ref = plan.call(helper.node_tool.options(retries=1), task=f"go {marker}")
     board = shoal.Board(notes=shoal.merge.append)
-    result = shoal.Runtime(store="memory").run_sync(plan, board=board)
+    result = shoal.Runtime(store=store).run_sync(plan, board=board)
     assert result[ref].status == "ok" and result[ref].attempts == 2, result[ref]
-    assert board["notes"] == ["first answer", "second answer"]
+    notes: list[str] = board["notes"]
+    return notes
 
 
 # ---- an agent journaling through its parent reads and writes only its own runs -------------

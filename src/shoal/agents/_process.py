@@ -10,6 +10,10 @@ nothing behind.
 
 Budget charges are synchronous in the turn loop (a check-and-charge has no ``await``), so they
 block this loop for one round trip; the parent answers them at once.
+
+The agent's journal is the tree's: the root's SQLite file, which this process opens; any other
+durable journal through the parent (:class:`ParentStore`); the in-memory journal in this
+process's memory, each finished step sent on to the parent's (:class:`ParentMirror`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import itertools
+import logging
 import os
 import pickle
 import signal
@@ -30,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 from shoal.agents.remote import HEADER
 from shoal.executors._shipping import dumps, loads
+
+log = logging.getLogger("shoal")
 
 if TYPE_CHECKING:
     from shoal.agents.budget import BudgetTracker
@@ -284,8 +291,8 @@ class ParentStore:
     agent's own subtree only), which is the root's, or asks its own parent in turn. So an
     agent anywhere in the tree (a Ray actor on another machine, a process agent nested in
     one) journals in the root's journal, and resume needs no shared file system. It is
-    durable: the parent's store is (only a durable journal is routed), so the agent's runtime
-    journals from writer threads of its own.
+    durable: the parent's store is (an in-memory one is mirrored instead, see
+    :class:`ParentMirror`), so the agent's runtime journals from writer threads of its own.
     """
 
     durable = True
@@ -376,6 +383,168 @@ class ParentStore:
         """Nothing to release here: the store is the parent's."""
 
 
+class ParentMirror(ParentStore):
+    """The agent's journal when its parent's is in memory: kept here, and mirrored there.
+
+    A memory store of this process holds what the agent's runtime writes (read at once, as
+    an in-memory journal is), and the parent is sent every record too, one way (no answer
+    awaited), so that an agent retried in a new process after this one died (``resuming``)
+    finds in the parent's journal every step this one finished, and replays it instead of
+    asking its model or running its calls again, as an inline agent retried in the same run
+    does. A memory journal gets a step's outcomes when the step ends (see
+    :mod:`shoal.scheduler.driver`): a run's start is held back until then and goes with them,
+    one message per step; a step still going when the process dies runs again.
+
+    The parent keeps what it is sent as it came, and loads it into its store only when it
+    is read (see :class:`~shoal.agents.remote.Mirrored`): most agents are never retried, and
+    loading the records (with the restricted loader) would cost the parent more than
+    everything else the agent asks of it. Writes made on the loop in one iteration go in one
+    message once the loop is free; a write from another thread, and any read, sends what
+    waits first, so the parent has them in order.
+    """
+
+    durable = False
+
+    def __init__(self, link: Link, keeps_events: bool, *, resuming: bool) -> None:
+        from shoal.store.memory import MemoryStore
+
+        super().__init__(link, keeps_events)
+        self._local = MemoryStore(keep_events=keeps_events)
+        #: read the parent's journal (an agent run again: its earlier steps are there)
+        self.resuming = resuming
+        self._starts: dict[str, Any] = {}  # runs begun, held until their first other record
+        self._pending: list[Any] = []
+        self._lock = threading.Lock()
+        self._flushing = False
+
+    def write(self, records: Sequence[Any]) -> None:
+        """Store ``records`` here, and send them to the parent (soon, in order)."""
+        from shoal.store.base import RunRecord
+
+        self._local.write(records)
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        with self._lock:
+            for record in records:
+                if type(record) is RunRecord and record.status == "running":
+                    self._starts[record.run_id] = record
+                    continue
+                start = self._starts.pop(getattr(record, "run_id", ""), None)
+                if start is not None:
+                    self._pending.append(start)
+                self._pending.append(record)
+            if loop is not None and self._pending and not self._flushing:
+                self._flushing = True
+                loop.call_soon(self.flush)
+        if loop is None:  # another thread: no loop turn to wait for
+            self.flush()
+
+    def keep(self, records: Sequence[Any]) -> None:
+        """Store ``records`` here only (its parent has them already)."""
+        self._local.write(records)
+
+    def flush(self) -> None:
+        """Send the parent every record not sent yet, in one message."""
+        with self._lock:
+            self._flushing = False
+            self._send_pending()
+
+    def _send_pending(self) -> None:
+        records, self._pending = self._pending, []
+        if not records:
+            return
+        try:
+            entries = journal_entries(records)
+        except Exception:  # a plan that cannot be described: the journal here goes on
+            log.warning("journal records of an agent could not be sent to its parent: those "
+                        "steps are not replayed if it is retried", exc_info=True)
+            return
+        self._link.send(("journal", entries))
+
+    def forward(self, entries: list[tuple[str, bytes]]) -> None:
+        """Pass on what an agent below this one journaled (see :func:`journal_entries`)."""
+        with self._lock:
+            self._send_pending()  # in order: what this agent wrote before goes first
+            self._link.send(("journal", entries))
+
+    def _ask(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        self.flush()  # the parent has them before it answers
+        return super()._ask(name, *args, **kwargs)
+
+    def get_run(self, run_id: str) -> Any:
+        """One run, or ``None`` (the parent's knowledge when the agent runs again)."""
+        return super().get_run(run_id) if self.resuming else self._local.get_run(run_id)
+
+    def outcomes(self, run_id: str, *, decode: bool = True) -> dict[str, Any]:
+        """Each node's latest outcome, by node id."""
+        if self.resuming:
+            return super().outcomes(run_id, decode=decode)
+        return self._local.outcomes(run_id, decode=decode)
+
+    def attempts(self, run_id: str) -> list[Any]:
+        """Every attempt of the run (a memory journal keeps none)."""
+        return super().attempts(run_id) if self.resuming else self._local.attempts(run_id)
+
+    def effects(self, run_id: str, *, nested: bool = False) -> list[Any]:
+        """The run's journaled effects."""
+        if self.resuming:
+            return super().effects(run_id, nested=nested)
+        return self._local.effects(run_id, nested=nested)
+
+    def events(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's journaled events."""
+        return super().events(run_id) if self.resuming else self._local.events(run_id)
+
+    def claim_run(self, run_id: str) -> RunClaim:
+        """Claim ``run_id`` in this process (the run's journal is in memory: nobody else's)."""
+        return self._local.claim_run(run_id)
+
+    def close(self) -> None:
+        """Send what is left."""
+        self.flush()
+
+
+def journal_entries(records: list[Any]) -> list[tuple[str, bytes]]:
+    """``records`` as the ``journal`` message holds them: ``(run_id, pickled records)``.
+
+    One entry per run, its records pickled on their own, so the parent loads only the run
+    ids (plain data: nothing to check) and keeps the rest as it came until it is read; and a
+    run whose records it cannot load then is the only one lost. A run's plan description,
+    worked out only when needed in memory, is worked out now: the run may be resumed in
+    another process. A record that does not pickle is left out, and so is the rest of its
+    run: that step of the agent runs again if it is retried.
+    """
+    from shoal.exceptions import SerializationError
+
+    runs: dict[str, list[Any]] = {}
+    for record in records:
+        runs.setdefault(getattr(record, "run_id", ""), []).append(_described(record))
+    entries = []
+    for run_id, kept in runs.items():
+        try:  # plain pickle first: records of shoal's classes and plain values, twice as fast
+            entries.append((run_id, pickle.dumps(kept, protocol=pickle.HIGHEST_PROTOCOL)))
+            continue
+        except Exception:  # a value that only cloudpickle takes (or nothing does)
+            pass
+        try:
+            entries.append((run_id, dumps(kept, f"the journal records of run {run_id}")))
+        except SerializationError as exc:
+            log.warning("%s: that step cannot be replayed if the agent is retried", exc)
+    return entries
+
+
+def _described(record: Any) -> Any:
+    """``record``, with a plan description worked out on first use made plain data."""
+    from shoal.store.base import RunRecord, run_record_with
+    from shoal.store.fingerprint import LazyDescription
+
+    if isinstance(record, RunRecord) and isinstance(record.plan, LazyDescription):
+        return run_record_with(record, plan=dict(record.plan))
+    return record
+
+
 class _ParentClaim:
     """A run claim the parent holds for the agent; released by asking it."""
 
@@ -404,7 +573,12 @@ def remote_context(spec: StartSpec, link: Link, *, store: Store | str | None = N
             step by NTP) and is placed on this machine's loop clock.
     """
     from shoal.agents.context import TreeContext
-    from shoal.agents.remote import PARENT_EVENTS, PARENT_STORE
+    from shoal.agents.remote import (
+        PARENT_EVENTS,
+        PARENT_MEMORY,
+        PARENT_MEMORY_EVENTS,
+        PARENT_STORE,
+    )
     from shoal.runtime import Runtime
 
     approver = remote_approver(link) if spec.approver else None
@@ -412,6 +586,9 @@ def remote_context(spec: StartSpec, link: Link, *, store: Store | str | None = N
         store = spec.store
         if spec.store in (PARENT_STORE, PARENT_EVENTS):
             store = ParentStore(link, keeps_events=spec.store == PARENT_EVENTS)
+        elif spec.store in (PARENT_MEMORY, PARENT_MEMORY_EVENTS):
+            store = ParentMirror(link, keeps_events=spec.store == PARENT_MEMORY_EVENTS,
+                                 resuming=spec.resuming)
     runtime = Runtime(store=store, approver=approver, **spec.runtime)
     sinks = [_Forward(link, spec.wants_text)] if spec.observed else []
     # the tree's one board stays with the root: its reads and commits go over the link
@@ -461,6 +638,8 @@ async def run(spec: StartSpec, link: Link, ctx: TreeContext | None = None) -> Ag
     finally:
         await ctx.close_models()
         await ctx.runtime.aclose()
+    if isinstance(ctx.runtime.store, ParentMirror):  # the journal first: the parent stops
+        ctx.runtime.store.flush()  # reading once the result is in
     # sent from here: a thread abandoned by a cancelled call would hold up the loop's end
     link.send(_shippable(agent_run.result))
     return agent_run.result

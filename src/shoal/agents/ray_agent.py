@@ -25,8 +25,10 @@ in another remote agent) its parent's in turn. So resume of Ray agents needs no 
 system: the agent's model turns and tool phases are journaled runs of the root's journal under
 the agent's lineage, wherever the actor runs, and so are those of the agents it starts (a
 process agent nested in it journals through it). The parent answers only for runs of that
-agent's own subtree (``RUN/LINEAGE/...``). With the in-memory journal the actor keeps its own,
-which ends with it (as a process agent's).
+agent's own subtree (``RUN/LINEAGE/...``). With the in-memory journal the actor keeps its
+journal in memory and sends each step it finishes to the parent
+(:class:`~shoal.agents._process.ParentMirror`), as a process agent does: an agent whose
+actor died and whose plan node is retried replays, in its new actor, what the first finished.
 
 **Ending it.** A cancel (a person, a timeout, a breached budget) is sent to the agent, which
 records its end; one that has not ended :data:`~shoal.agents.remote.CANCEL_GRACE` seconds
@@ -64,8 +66,6 @@ from shoal.agents._process import run as run_remote
 from shoal.agents.remote import (
     CANCEL_GRACE,
     HEADER,
-    PARENT_EVENTS,
-    PARENT_STORE,
     Channel,
     StartSpec,
     TreeServer,
@@ -75,6 +75,7 @@ from shoal.agents.remote import (
     _Gone,
     _stopped,
     _unimportable,
+    routed_store,
     start_spec,
 )
 from shoal.exceptions import AgentError, ConfigError, SerializationError
@@ -456,12 +457,11 @@ def _driver_host(ray: Any) -> str:
 
 
 def ray_spec(run: AgentRun) -> StartSpec:
-    """:func:`start_spec` with the journal routed through the parent when it is durable."""
-    store = run.ctx.runtime.store
-    routed = "memory"
-    if store is not None and store.durable:
-        routed = PARENT_EVENTS if store.keeps_events else PARENT_STORE
-    return replace(start_spec(run), store=routed, limits=None)
+    """:func:`start_spec` with the journal routed through the parent (see :func:`routed_store`).
+
+    Never a SQLite file's path: the actor may run on a machine without it.
+    """
+    return replace(start_spec(run), store=routed_store(run.ctx.runtime.store), limits=None)
 
 
 async def run_on_ray(run: AgentRun) -> AgentResult[Any]:

@@ -31,7 +31,11 @@ one socket:
   durable journal (one without a file, such as a Ray agent's, which reaches the root's
   through its parent), the child journals through its parent (``store``: see
   :class:`~shoal.agents._process.ParentStore`), and so on up the chain to the root: every
-  agent of the tree, however nested, journals in the root's journal;
+  agent of the tree, however nested, journals in the root's journal. With the in-memory
+  journal the child keeps its journal in memory and sends each step it finishes on to its
+  parent (``journal``, one way: see :class:`~shoal.agents._process.ParentMirror`), which
+  keeps it for the tree's journal (:class:`Mirrored`), so a child run again after its
+  process died (a retried agent plan node) replays them, as an inline agent does;
 * **cancellation**: the parent sends ``cancel`` and, if the child has not ended within
   :data:`CANCEL_GRACE` seconds, kills its process group; a child whose socket closes (the
   parent died) kills its group and exits.
@@ -51,7 +55,9 @@ names), then ``("start", StartSpec)``, then ``("reply", id, ok, value)`` and ``(
 reason, breach)`` (``breach``: the tree's :class:`~shoal.exceptions.BudgetExceeded`, or
 ``None`` when a person or a timeout cancelled the agent). The child sends ``("call", id,
 op, args)``, ``("event", event)``, ``("gate_exit", name)``, ``("gate_pause", name,
-seconds)``, ``("withdraw", request_ids)`` (approval requests it no longer needs) and last
+seconds)``, ``("withdraw", request_ids)`` (approval requests it no longer needs),
+``("journal", [(run_id, pickled records), ...])`` (the steps it finished, with the
+in-memory journal) and last
 ``("done", result)`` (or ``("error", text)`` when it cannot even load the agent's
 definition). The parent side
 (:class:`TreeServer`) only needs a :class:`Channel`, and the child side
@@ -69,19 +75,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import pickle
 import signal
 import socket
 import struct
 import sys
+import threading
 import time
+import weakref
 from abc import ABC, abstractmethod
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field, fields, replace
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from shoal.events import AgentFinished, AgentStarted
 from shoal.exceptions import AgentError, ConfigError, SerializationError, ShoalError
@@ -92,6 +101,7 @@ from shoal.executors.results import allowed_result_types, load_result
 from shoal.limits import parse_process_limits
 from shoal.models.base import Usage
 from shoal.scheduler import driver
+from shoal.store.memory import DEFAULT_MAX_RUNS
 
 if TYPE_CHECKING:
     from shoal.agents._launch import AgentLauncher
@@ -109,14 +119,20 @@ if TYPE_CHECKING:
     from shoal.store.base import EffectRecord, Store
     from shoal.store.claims import RunClaim
 
-__all__ = ["CANCEL_GRACE", "PARENT_EVENTS", "PARENT_STORE", "STORE_METHODS", "Channel",
-           "ProcessChannel", "StartSpec", "TreeServer", "run_elsewhere", "start_spec"]
+__all__ = ["CANCEL_GRACE", "PARENT_EVENTS", "PARENT_MEMORY", "PARENT_MEMORY_EVENTS",
+           "PARENT_STORE", "STORE_METHODS", "Channel", "Mirrored", "ProcessChannel",
+           "StartSpec", "TreeServer", "load_mirrored", "routed_store", "run_elsewhere",
+           "start_spec"]
 
 #: Seconds a cancelled agent process gets to record its end before it is killed.
 CANCEL_GRACE = 0.5
 #: The ``StartSpec.store`` of an agent whose journal is its parent's (see
 #: :class:`~shoal.agents._process.ParentStore`), without and with the run's events.
 PARENT_STORE, PARENT_EVENTS = "parent", "parent+events"
+#: The ``StartSpec.store`` of an agent whose parent journals in memory: it keeps its journal
+#: in memory and mirrors every write to its parent's (see
+#: :class:`~shoal.agents._process.ParentMirror`), without and with the run's events.
+PARENT_MEMORY, PARENT_MEMORY_EVENTS = "parent-memory", "parent-memory+events"
 #: The store methods a remote agent may call on its parent's store (for runs of its own
 #: subtree only; listing runs and cancelling them are not among them).
 STORE_METHODS = frozenset({
@@ -125,6 +141,8 @@ STORE_METHODS = frozenset({
 })
 
 HEADER = struct.Struct(">Q")
+
+log = logging.getLogger("shoal")
 
 
 @dataclass(frozen=True)
@@ -146,8 +164,9 @@ class StartSpec:
     force: bool
     override: Model | None
     retry: ModelRetry | None
-    #: the SQLite journal's path, "memory", or :data:`PARENT_STORE` / :data:`PARENT_EVENTS`
-    #: (the agent journals through its parent)
+    #: the SQLite journal's path, "memory" (the tree has no journal), :data:`PARENT_STORE` /
+    #: :data:`PARENT_EVENTS` (the agent journals through its parent), or
+    #: :data:`PARENT_MEMORY` / :data:`PARENT_MEMORY_EVENTS` (in memory, mirrored to its parent)
     store: str
     runtime: dict[str, Any] = field(default_factory=dict)
     approver: bool = False
@@ -380,7 +399,30 @@ class TreeServer:
                 self.ctx.gates.for_name(message[1]).pause(message[2])
             elif kind == "withdraw":
                 self._withdraw(message[1])
+            elif kind == "journal":
+                self.mirror(message[1])
         raise _Gone
+
+    def mirror(self, entries: Any) -> None:
+        """Keep what an agent whose journal is in memory journaled (see ``ParentMirror``).
+
+        Kept as it came (see :class:`Mirrored`), for this process's store, which is in memory
+        too (the agent was told so), and passed on up when that store is itself mirrored to
+        a parent. Only runs of the agent's own subtree are taken; nothing is answered.
+        """
+        store = self.ctx.runtime.store
+        if store is None or store.durable or not isinstance(entries, list):
+            log.warning("agent %s sent journal records its parent does not take", self.lineage)
+            return
+        kept = [(run_id, blob) for run_id, blob in (e for e in entries if _entry(e))
+                if run_id.startswith(self._runs)]
+        if len(kept) < len(entries):
+            log.warning("agent %s sent journal records that are not its own runs': dropped",
+                        self.lineage)
+        Mirrored.of(store).add(store, kept)
+        forward = getattr(store, "forward", None)
+        if callable(forward):  # an agent in the middle of a chain: its parent keeps them too
+            forward(kept)
 
     def _call(self, call_id: int, op: str, args: tuple[Any, ...]) -> None:
         if op in ("gate_enter", "review"):
@@ -538,6 +580,8 @@ class TreeServer:
             self._next_claim += 1
             self._claims[self._next_claim] = claim
             return self._next_claim
+        if not store.durable:  # what its agents sent it is there before it is read
+            await asyncio.to_thread(Mirrored.of(store).load_into, store)
         name, positional, named = args
         if name not in STORE_METHODS:
             raise ShoalError(f"agent {self.lineage} asked the journal for {name!r}, which it "
@@ -619,6 +663,88 @@ class TreeServer:
         self._claims.clear()
 
 
+def _entry(entry: Any) -> bool:
+    """Whether ``entry`` is a ``(run_id, pickled records)`` pair of a ``journal`` message."""
+    return (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str)
+            and isinstance(entry[1], bytes))
+
+
+class Mirrored:
+    """What agents whose journal is in memory sent one store's process, not loaded yet.
+
+    An agent process (or Ray actor) of a tree whose journal is in memory sends its parent
+    each step it finished (:class:`~shoal.agents._process.ParentMirror`): the records of one
+    run, pickled. They are kept as they came, and loaded into the store (with the restricted
+    loader) only when an agent reads the store through its parent, which is when it runs
+    again (a retried agent plan node), or on :func:`load_mirrored`: loading every agent's
+    records would cost the parent more than everything else its agents ask of it, and most
+    are never read. At most as many runs are kept as the store keeps (``max_runs``), the
+    oldest going first, as the store's own do.
+    """
+
+    _of: ClassVar[weakref.WeakKeyDictionary[Any, Mirrored]] = weakref.WeakKeyDictionary()
+
+    def __init__(self, limit: int) -> None:
+        self._runs: deque[tuple[str, bytes]] = deque(maxlen=limit)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def of(cls, store: Store) -> Mirrored:
+        """The records kept for ``store`` (an empty keeper for one that takes no weak key)."""
+        try:
+            found = cls._of.get(store)
+        except TypeError:  # no weak key: loaded at once instead (see add)
+            return cls(DEFAULT_MAX_RUNS)
+        if found is None:
+            limit = getattr(store, "max_runs", None)
+            limit = limit if type(limit) is int and limit > 0 else DEFAULT_MAX_RUNS
+            found = cls._of.setdefault(store, cls(limit))
+        return found
+
+    def add(self, store: Store, runs: list[tuple[str, bytes]]) -> None:
+        """Keep each run's pickled records (loaded at once if ``store`` has no keeper)."""
+        with self._lock:
+            self._runs.extend(runs)
+        try:
+            kept = self._of.get(store) is self
+        except TypeError:  # no weak key: no keeper
+            kept = False
+        if not kept:
+            self.load_into(store)
+
+    def load_into(self, store: Store) -> None:
+        """Load what is kept into ``store``; a run that does not load is left out, logged.
+
+        Only the records of the run each entry names are taken (an agent's runs are its
+        own). A store that mirrors to its own parent (an agent in the middle of a chain)
+        keeps them without sending them on: they went on as they came.
+        """
+        write = getattr(store, "keep", store.write)
+        with self._lock:  # held while loading: a read waits until everything is there
+            while self._runs:
+                run_id, blob = self._runs.popleft()
+                try:
+                    records = load_result(blob, f"the journal records of run {run_id}")
+                except SerializationError as exc:
+                    log.warning("%s: that step of the agent is not replayed", exc)
+                    continue
+                if not isinstance(records, list):
+                    continue
+                try:
+                    write([r for r in records if getattr(r, "run_id", None) == run_id])
+                except Exception:  # a broken record: the journal goes on without that run
+                    log.warning("the journal records of run %s could not be stored", run_id,
+                                exc_info=True)
+
+
+def load_mirrored(store: Store) -> None:
+    """Load into ``store`` what the tree's remote agents journaled there (see :class:`Mirrored`).
+
+    For a look at a memory journal after a run: the agents' own reads load it themselves.
+    """
+    Mirrored.of(store).load_into(store)
+
+
 def _settle(ruling: asyncio.Future[Any], decision: Any, by: str) -> None:
     """Hand the desk's decision on one request to the review waiting for it."""
     if not ruling.done():
@@ -630,16 +756,31 @@ def _store_of(runtime: Runtime) -> str:
 
     A SQLite file it opens itself; any other durable journal (a Ray agent's, which is its
     parent's; a store of your own) through this process (:data:`PARENT_STORE`), so that an
-    agent nested in a Ray agent journals in the root's journal too; with no durable journal,
-    a memory store of its own, which ends with it (as this process's does).
+    agent nested in a Ray agent journals in the root's journal too; see :func:`routed_store`
+    for the rest.
     """
     store = runtime.store
-    if store is None or not store.durable:
-        return "memory"
     path = getattr(store, "path", None)
-    if isinstance(path, str) and path != ":memory:":
+    if store is not None and store.durable and isinstance(path, str) and path != ":memory:":
         return os.path.abspath(path)
-    return PARENT_EVENTS if getattr(store, "keeps_events", False) else PARENT_STORE
+    return routed_store(store)
+
+
+def routed_store(store: Store | None) -> str:
+    """The ``StartSpec.store`` of an agent that journals through its parent, whose is ``store``.
+
+    A durable journal is read and written through the parent (:data:`PARENT_STORE`); an
+    in-memory one is kept by the agent and mirrored to the parent's
+    (:data:`PARENT_MEMORY`), so an agent run again after its process died replays what it
+    finished, as an inline agent does; with no journal at all, a memory store of its own
+    (``"memory"``), which ends with it.
+    """
+    if store is None:
+        return "memory"
+    events = bool(getattr(store, "keeps_events", False))
+    if store.durable:
+        return PARENT_EVENTS if events else PARENT_STORE
+    return PARENT_MEMORY_EVENTS if events else PARENT_MEMORY
 
 
 def _runtime_options(runtime: Runtime) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -122,14 +123,26 @@ class LazyDescription(Mapping[str, Any]):
         return len(self._described())
 
 
+#: schema digests by the arguments model they were rendered from (a tool's bound copies share
+#: it): pydantic renders a schema in about a millisecond, and an agent describes a plan for
+#: each of its turns and tool phases whenever its journal may be read in another process
+_SCHEMAS: weakref.WeakKeyDictionary[type, str] = weakref.WeakKeyDictionary()
+
+
 def _schema_digest(tool: Tool[..., Any], cache: dict[int, str]) -> str:
     known = cache.get(id(tool))
     if known is None:
-        try:
-            schema: Any = tool.json_schema()
-        except Exception:  # a schema pydantic cannot render: its parameter names still count
-            schema = sorted(tool.parameters)
-        known = cache[id(tool)] = _digest(schema)
+        model = getattr(tool, "_model", None)
+        known = _SCHEMAS.get(model) if isinstance(model, type) else None
+        if known is None:
+            try:
+                schema: Any = tool.json_schema()
+            except Exception:  # a schema pydantic cannot render: its parameter names count
+                schema = sorted(tool.parameters)
+            known = _digest(schema)
+            if isinstance(model, type):
+                _SCHEMAS[model] = known
+        cache[id(tool)] = known
     return known
 
 
