@@ -127,6 +127,17 @@ def find_refs(value: Any) -> list[Ref]:
     return found
 
 
+_NO_REFS = frozenset({int, str, float, bool, bytes, type(None)})  # values that hold no ref
+
+
+def _refs_in(arguments: dict[str, Any]) -> tuple[Ref, ...]:
+    """The refs in a call's arguments; no walk when every value is a plain scalar."""
+    for value in arguments.values():
+        if type(value) not in _NO_REFS:
+            return tuple(find_refs(arguments))
+    return ()
+
+
 def _holds_refs(value: Any) -> bool:
     """Whether ``value`` is a :class:`Ref` or holds one (``bool(find_refs(value))``, sooner)."""
     if isinstance(value, Ref):
@@ -308,7 +319,7 @@ class Plan:
             after_ids = tuple(a.node if isinstance(a, Ref) else str(a) for a in steps)
         else:
             after_ids = ()
-        refs = tuple(find_refs(arguments)) if arguments else ()
+        refs = _refs_in(arguments)
         return Node(node_id, resolved_tool, arguments, after_ids,
                     len(self._nodes) + len(self._duplicates), refs, map=map_spec)
 

@@ -547,7 +547,10 @@ class SchedulerState:
         d = Decisions()
         slot = self._slots[pos]
         assert isinstance(slot, _Slot), f"{self.graph.nodes[pos].id} ended twice"
-        self._release(slot, d)
+        self._global.in_use -= 1
+        del self.in_flight[pos]
+        if slot.gates:
+            self._release(slot, d)
         if result.began is not None and slot.attempts == 1 and slot.started_at is not None:
             slot.started_at = max(slot.started_at, result.began)  # exclude waiting for a worker
         status = slot.cancel_status if result.status == "cancelled" else result.status
@@ -1048,14 +1051,16 @@ class SchedulerState:
             slot = slots[heapq.heappop(heap)[1]]
             if slot.phase is not Phase.READY or not isinstance(slot, _Slot):
                 continue  # cancelled or skipped while queued: its heap entry is stale
+            node = slot.node
             if slot.args is None and not self._prepare(slot, now, d):
                 continue
             if slot.gates is None:
-                slot.gates = self._gates.for_call(slot.node.tool, slot.executor, slot.args or {})
-            if (slot.gates or slot.node.tool.policy.rate is not None) and not self._admit(
+                slot.gates = self._gates.for_call(node.tool, slot.executor, slot.args or {})
+            if (slot.gates or node.tool.policy.rate is not None) and not self._admit(
                     slot, now, d):
                 continue
-            if slot.approval is not None and not self._still_approved(slot, now, d):
+            if (slot.rare is not _COMMON and slot.rare.approval is not None
+                    and not self._still_approved(slot, now, d)):
                 continue
             self._start(slot, now, d)
         if heap and limit.capacity is not None and limit.in_use >= limit.capacity:
@@ -1104,8 +1109,9 @@ class SchedulerState:
     def _prepare(self, slot: _Slot, now: float, d: Decisions) -> bool:
         """Resolve and validate the node's arguments; a node whose inputs do not fit fails here."""
         node = slot.node
-        if slot.approval is not None and slot.approval.args is not None:
-            slot.args = isolate_all(slot.approval.args)  # a retry runs what was approved
+        approval = slot.rare.approval
+        if approval is not None and approval.args is not None:
+            slot.args = isolate_all(approval.args)  # a retry runs what was approved
             return True
         try:
             if node.refs:
@@ -1185,9 +1191,10 @@ class SchedulerState:
                                         executor=slot.executor))
 
     def _release(self, slot: _Slot, d: Decisions) -> None:
-        """Give back the slot's limits and return one parked node per freed gate to the heap."""
-        self._global.in_use -= 1
-        del self.in_flight[slot.pos]
+        """Give back the slot's gates and return one parked node per freed gate to the heap.
+
+        (The run-wide limit and ``in_flight`` are given back by :meth:`finish` itself.)
+        """
         for gate in slot.gates or ():
             gate.release()
             self._wake_one(gate)
@@ -1243,7 +1250,8 @@ class SchedulerState:
         # value, and says nothing of a cancellation that did not happen to it
         said = reason or (slot.cancel_reason if status != "ok" else "")
         self._store(slot, status, now, d, value, error, said, abandoned)
-        self._pass_on(slot, now, d)
+        if slot.gather >= 0 or self.graph.succs[slot.pos]:  # else nothing waits for it
+            self._pass_on(slot, now, d)
         if self.fail_fast and status in ("failed", "timed_out") and not self.stopping:
             reason = f"fail_fast: {slot.node.id!r} {status}"
             self.stopping = reason
