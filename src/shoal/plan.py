@@ -240,7 +240,10 @@ class Plan:
 
         ``after`` is one node (a ref or an id) or several that must finish first.
         """
-        return self.add(tool, args, after=after, node_id=node_id)
+        # add()'s body: a plan of many small calls spends a good part of its time here
+        node = self.make_node(tool, args, after=after, node_id=node_id)
+        self.insert(node)
+        return Ref(node.id)
 
     def add(
         self,
@@ -305,7 +308,7 @@ class Plan:
         map_spec: MapSpec | None = None,
     ) -> Node:
         """A node for this plan (its id chosen, its refs found), not added yet (:meth:`insert`)."""
-        resolved_tool = as_tool(tool)
+        resolved_tool = tool if isinstance(tool, Tool) else as_tool(tool)
         if node_id is not None and not isinstance(node_id, str):
             raise TypeError(f"node_id must be a string, got {type(node_id).__name__} "
                             f"{node_id!r}")
