@@ -480,8 +480,9 @@ def _same_or(args: dict[str, Any], checked: dict[str, Any]) -> dict[str, Any]:
     """
     if len(args) != len(checked):
         return checked
-    for (key, value), (given_key, given) in zip(checked.items(), args.items(), strict=True):
-        if key != given_key or value is not given:  # the same keys in the same order
+    given = iter(args)  # as long as ``checked``: never exhausted below
+    for key, value in checked.items():
+        if key != next(given) or args[key] is not value:  # the same keys in the same order
             return checked
     return args
 
