@@ -100,6 +100,8 @@ def test_the_cheap_path_is_taken_only_for_bare_fields() -> None:
         ("i", int), ("s", str), ("f", float), ("b", bool)]
     assert [default for _, _, default in fields[1:]] == ["x", 1.5, False]
     assert plain_fields(plain._model) is None  # int | None is a union
+    # a tool made per call shares its model, so the answer is worked out once per model
+    assert plain_fields(bare.options(timeout=1)._model) is fields
     assert no_args.validate({}) == {}
 
 

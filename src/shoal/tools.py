@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 
@@ -180,7 +181,7 @@ class Tool(Generic[P, R]):
         return bound
 
     @functools.cached_property
-    def _plain(self) -> tuple[tuple[str, type, Any], ...] | None:
+    def _plain(self) -> PlainFields | None:
         """The fields, if every one takes a plain value as it is (see :func:`plain_fields`)."""
         return plain_fields(self._model)
 
@@ -281,7 +282,13 @@ _PLAIN_TYPES: Mapping[str, type] = {"int": int, "str": str, "float": float, "boo
 _PLAIN_DEFAULTS = (int, str, float, bool, type(None))  # immutable: shared, never copied
 
 
-def plain_fields(model: type[pydantic.BaseModel]) -> tuple[tuple[str, type, Any], ...] | None:
+PlainFields = tuple[tuple[str, type, Any], ...]
+#: per model: a tool made per call (``t.options(...)``) shares its model, and the answer
+_PLAIN: weakref.WeakKeyDictionary[type[pydantic.BaseModel], PlainFields | None] = (
+    weakref.WeakKeyDictionary())
+
+
+def plain_fields(model: type[pydantic.BaseModel]) -> PlainFields | None:
     """``(name, type, default)`` of each field, if validating ``model`` only checks types.
 
     That is: every field a bare ``int``, ``str``, ``float`` or ``bool`` (no constraint,
@@ -289,6 +296,16 @@ def plain_fields(model: type[pydantic.BaseModel]) -> tuple[tuple[str, type, Any]
     model-level hook or config that changes values. ``None`` otherwise (or when unsure):
     such a model is validated by pydantic every time.
     """
+    try:
+        return _PLAIN[model]
+    except KeyError:
+        found = _PLAIN[model] = _plain_fields(model)
+        return found
+    except TypeError:  # not weakly referenceable: worked out each time
+        return _plain_fields(model)
+
+
+def _plain_fields(model: type[pydantic.BaseModel]) -> PlainFields | None:
     schema = getattr(model, "__pydantic_core_schema__", None)
     if not isinstance(schema, dict) or schema.get("type") != "model" or (
             schema.get("custom_init") or schema.get("root_model") or "post_init" in schema):
