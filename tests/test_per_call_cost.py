@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import enum
 import math
+import random
 from typing import Annotated, Any, Literal
 
 import pydantic
@@ -19,8 +20,10 @@ import pytest
 
 import shoal
 from shoal import Plan, Ref, ToolArgumentError, tool
+from shoal.deps import analyze
 from shoal.events import Event
 from shoal.scheduler.args import isolate_all
+from shoal.scheduler.state import AttemptResult, Phase, SchedulerState
 from shoal.testing import run_virtual
 from shoal.tools import Tool, plain_fields
 
@@ -235,3 +238,50 @@ def test_calls_run_at_once_end_as_calls_with_a_task(options: dict[str, Any]) -> 
     assert quick["n0"].value == "a0" and quick["n3"].status == "failed"
     if not options.get("fail_fast"):
         assert quick["after"].value == "a06"
+
+
+# ---- the ready queue: nodes queued by begin() and nodes queued later, best first -----------
+
+@tool
+async def step(value: Any = None) -> Any:
+    """Any node of a random plan."""
+    return value
+
+
+def _random_plan(rng: random.Random, size: int) -> Plan:
+    plan = Plan()
+    made: list[Ref] = []
+    for i in range(size):
+        t = step.options(estimate=rng.choice([0.5, 1.0, 3.0, 10.0]))
+        needs = rng.sample(made, k=min(len(made), rng.choice([0, 0, 0, 1, 2])))
+        made.append(plan.call(t, value=needs or i))
+    return plan
+
+
+def _ready_keys(state: SchedulerState) -> list[tuple[float, int]]:
+    return [(s.priority, s.pos) for s in state.slots if s.phase is Phase.READY]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_every_start_is_the_best_node_ready(seed: int) -> None:
+    """Whichever queue holds a ready node (begin's sorted run or the heap), the best starts."""
+    rng = random.Random(seed)
+    plan = _random_plan(rng, 60)
+    state = SchedulerState(analyze(plan), run_id="r", max_concurrency=rng.choice([1, 3, 7]),
+                           rng=random.Random(0), estimates={})
+    decisions = state.begin(0.0)
+    running: list[int] = []
+    now = 0.0
+    while True:
+        waiting = _ready_keys(state)
+        for call in decisions.starts:
+            key = (state.slots[call.pos].priority, call.pos)
+            assert not waiting or key <= min(waiting), (key, min(waiting))
+            running.append(call.pos)
+        if not running:
+            break
+        now += 1.0
+        decisions = state.finish(running.pop(rng.randrange(len(running))),
+                                 AttemptResult("ok", 1), now)
+    assert state.finished
+    assert all(o.status == "ok" for o in state.outcomes())

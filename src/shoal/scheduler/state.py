@@ -420,7 +420,8 @@ class SchedulerState:
     __slots__ = (
         "_ask_doubt", "_asking", "_begun", "_critical", "_default_executor", "_doubt", "_ended",
         "_gates", "_global", "_global_blocks", "_global_held", "_hard", "_heap", "_kept_rare",
-        "_maps_due", "_next_index", "_rng", "_slots", "clock_origin", "closed", "done_count",
+        "_maps_due", "_next_index", "_rng", "_slots", "_sorted", "_sorting", "clock_origin",
+        "closed", "done_count",
         "fail_fast", "fate_of", "graph", "in_flight", "record_events", "run_id",
         "status_counts", "stopping",
     )
@@ -467,6 +468,11 @@ class SchedulerState:
         # shared with other runs see one time line; the driver sets it when the run starts.
         self.clock_origin = 0.0
         self._heap: list[tuple[float, int]] = []
+        # The nodes begin() queues, sorted once, and taken from the front: a wide plan's nodes
+        # would otherwise each go through the heap (a push, and a pop of log n comparisons).
+        # The ready queue is the union of both; _dispatch takes the smaller of their heads.
+        self._sorted: deque[tuple[float, int]] = deque()
+        self._sorting: list[tuple[float, int]] | None = None  # set while begin() queues
         self._hard = _HardPairs(graph)
         executors: dict[int, Isolation] = {}  # by tool object: a large plan has few tools
         self._slots: list[Kept] = [  # positions as the graph's own ints: one of each
@@ -517,9 +523,16 @@ class SchedulerState:
         cap = self._global.capacity
         if cap is not None and len(self._slots) > cap:  # otherwise every node starts once ready
             self._rank()
-        for slot in self._slots:
-            if slot.waiting == 0 and slot.phase is Phase.WAITING and isinstance(slot, _Slot):
-                self._make_ready(slot, now, d)
+        queued: list[tuple[float, int]] = []
+        self._sorting = queued
+        try:
+            for slot in self._slots:
+                if slot.waiting == 0 and slot.phase is Phase.WAITING and isinstance(slot, _Slot):
+                    self._make_ready(slot, now, d)
+        finally:
+            self._sorting = None
+        queued.sort()  # in plan order already, unless ranked otherwise: one pass
+        self._sorted.extend(queued)
         self._dispatch(now, d)
         return d
 
@@ -841,7 +854,10 @@ class SchedulerState:
             return
         self._set_phase(slot, Phase.READY)
         slot.queued_at = now
-        heapq.heappush(self._heap, (slot.priority, slot.pos))
+        if self._sorting is not None:  # begin(): sorted once they are all in
+            self._sorting.append((slot.priority, slot.pos))
+        else:
+            heapq.heappush(self._heap, (slot.priority, slot.pos))
         if self.record_events:
             d.events.append(NodeQueued(run_id=self.run_id, time=now, node_id=slot.node.id,
                                        tool=slot.node.tool.name))
@@ -1041,14 +1057,19 @@ class SchedulerState:
             self._ask(now, d)
         limit, slots = self._global, self._slots
         # order only matters when more nodes are ready than can start; ranking costs O(nodes)
-        if (limit.capacity is not None and len(self._heap) > limit.capacity - limit.in_use
+        if (limit.capacity is not None
+                and len(self._heap) + len(self._sorted) > limit.capacity - limit.in_use
                 and self._critical.stale(self.done_count)):
             self._rank()
-        heap = self._heap  # bound after _rank, which replaces the list
-        while heap and (limit.capacity is None or limit.in_use < limit.capacity):
+        heap, ordered = self._heap, self._sorted  # bound after _rank, which replaces the list
+        while (heap or ordered) and (limit.capacity is None or limit.in_use < limit.capacity):
             if self.stopping:
                 return
-            slot = slots[heapq.heappop(heap)[1]]
+            # the best of both queues: the front of the sorted one is its smallest entry
+            if ordered and (not heap or ordered[0] < heap[0]):
+                slot = slots[ordered.popleft()[1]]
+            else:
+                slot = slots[heapq.heappop(heap)[1]]
             if slot.phase is not Phase.READY or not isinstance(slot, _Slot):
                 continue  # cancelled or skipped while queued: its heap entry is stale
             node = slot.node
@@ -1063,7 +1084,7 @@ class SchedulerState:
                     and not self._still_approved(slot, now, d)):
                 continue
             self._start(slot, now, d)
-        if heap and limit.capacity is not None and limit.in_use >= limit.capacity:
+        if (heap or ordered) and limit.capacity is not None and limit.in_use >= limit.capacity:
             self._global_blocks += 1  # the nodes left ready were held by the run-wide limit
 
     def _ask(self, now: float, d: Decisions) -> None:
@@ -1331,7 +1352,9 @@ class SchedulerState:
             # a map's item stands for its map (what waits for the map waits for it), which
             # comes before it: the graph has no edge from an item to what follows the map
             slot.priority = priority if slot.gather < 0 else self._slots[slot.gather].priority
-        self._heap = [(self._slots[p].priority, p) for _, p in self._heap]
+        self._heap = [(self._slots[p].priority, p)
+                      for _, p in itertools.chain(self._heap, self._sorted)]
+        self._sorted.clear()
         heapq.heapify(self._heap)
 
 
