@@ -32,6 +32,7 @@ limit is parked on that limit and returns to the heap when the limit frees up, s
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import random
@@ -212,6 +213,10 @@ class _Rare:
         self.root = ""  # for a skipped node: the failure at the start of its chain
         self.items: list[int] | None = None  # a map node, once expanded: its items' positions
 
+
+#: ``Ended(pos, order, outcome)`` without the Python-level ``__new__`` of a named tuple (every
+#: node's outcome makes one): the tuple is built in C
+_ended = functools.partial(tuple.__new__, Ended)
 
 _COMMON = _Rare()  # the defaults, shared by every slot that never set one (never written)
 
@@ -1327,7 +1332,7 @@ class SchedulerState:
         self._ended[slot.pos] = outcome
         if slot.rare is not _COMMON:
             self._kept_rare[slot.pos] = slot.rare
-        d.done.append(Ended(slot.pos, slot.node.index, outcome))
+        d.done.append(_ended((slot.pos, slot.node.index, outcome)))
         if not self.record_events:
             return
         nid = slot.node.id
