@@ -28,6 +28,8 @@ The ready queue is a heap ordered by critical path: the node with the longest ch
 estimated work still behind it goes first. Estimates start from each tool's ``estimate`` (or
 1 unit) and are learned per tool as calls finish. A node blocked by a per-tool, per-key or rate
 limit is parked on that limit and returns to the heap when the limit frees up, so nothing polls.
+The nodes ready at the start wait beside the heap as one run sorted the same way (a wide plan's
+nodes then cost no heap traffic); the best of both goes first.
 """
 
 from __future__ import annotations
