@@ -248,11 +248,17 @@ async def step(value: Any = None) -> Any:
     return value
 
 
+@tool
+async def hop(value: Any = None) -> Any:
+    """Another tool: with two, learned durations re-rank the queue while the run goes."""
+    return value
+
+
 def _random_plan(rng: random.Random, size: int) -> Plan:
     plan = Plan()
     made: list[Ref] = []
     for i in range(size):
-        t = step.options(estimate=rng.choice([0.5, 1.0, 3.0, 10.0]))
+        t = rng.choice([step, hop]).options(estimate=rng.choice([0.5, 1.0, 3.0, 10.0]))
         needs = rng.sample(made, k=min(len(made), rng.choice([0, 0, 0, 1, 2])))
         made.append(plan.call(t, value=needs or i))
     return plan
@@ -263,12 +269,21 @@ def _ready_keys(state: SchedulerState) -> list[tuple[float, int]]:
 
 
 @pytest.mark.parametrize("seed", range(8))
-def test_every_start_is_the_best_node_ready(seed: int) -> None:
+def test_every_start_is_the_best_node_ready(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Whichever queue holds a ready node (begin's sorted run or the heap), the best starts."""
     rng = random.Random(seed)
     plan = _random_plan(rng, 60)
     state = SchedulerState(analyze(plan), run_id="r", max_concurrency=rng.choice([1, 3, 7]),
                            rng=random.Random(0), estimates={})
+    ranked = 0
+    original = SchedulerState._rank
+
+    def rank(self: SchedulerState) -> None:
+        nonlocal ranked
+        ranked += 1
+        original(self)
+
+    monkeypatch.setattr(SchedulerState, "_rank", rank)  # counted: a re-rank must happen
     decisions = state.begin(0.0)
     running: list[int] = []
     now = 0.0
@@ -280,8 +295,9 @@ def test_every_start_is_the_best_node_ready(seed: int) -> None:
             running.append(call.pos)
         if not running:
             break
-        now += 1.0
+        now += rng.choice([0.1, 5.0])  # durations far from the estimates: re-ranked
         decisions = state.finish(running.pop(rng.randrange(len(running))),
                                  AttemptResult("ok", 1), now)
     assert state.finished
+    assert ranked >= 2  # once at the start (more nodes than the limit), again as it learned
     assert all(o.status == "ok" for o in state.outcomes())
