@@ -127,6 +127,17 @@ def find_refs(value: Any) -> list[Ref]:
     return found
 
 
+_NO_REFS = frozenset({int, str, float, bool, bytes, type(None)})  # values that hold no ref
+
+
+def _refs_in(arguments: dict[str, Any]) -> tuple[Ref, ...]:
+    """The refs in a call's arguments; no walk when every value is a plain scalar."""
+    for value in arguments.values():
+        if type(value) not in _NO_REFS:
+            return tuple(find_refs(arguments))
+    return ()
+
+
 def _holds_refs(value: Any) -> bool:
     """Whether ``value`` is a :class:`Ref` or holds one (``bool(find_refs(value))``, sooner)."""
     if isinstance(value, Ref):
@@ -229,7 +240,10 @@ class Plan:
 
         ``after`` is one node (a ref or an id) or several that must finish first.
         """
-        return self.add(tool, args, after=after, node_id=node_id)
+        # add()'s body: a plan of many small calls spends a good part of its time here
+        node = self.make_node(tool, args, after=after, node_id=node_id)
+        self.insert(node)
+        return Ref(node.id)
 
     def add(
         self,
@@ -294,7 +308,7 @@ class Plan:
         map_spec: MapSpec | None = None,
     ) -> Node:
         """A node for this plan (its id chosen, its refs found), not added yet (:meth:`insert`)."""
-        resolved_tool = as_tool(tool)
+        resolved_tool = tool if isinstance(tool, Tool) else as_tool(tool)
         if node_id is not None and not isinstance(node_id, str):
             raise TypeError(f"node_id must be a string, got {type(node_id).__name__} "
                             f"{node_id!r}")
@@ -308,7 +322,7 @@ class Plan:
             after_ids = tuple(a.node if isinstance(a, Ref) else str(a) for a in steps)
         else:
             after_ids = ()
-        refs = tuple(find_refs(arguments)) if arguments else ()
+        refs = _refs_in(arguments)
         return Node(node_id, resolved_tool, arguments, after_ids,
                     len(self._nodes) + len(self._duplicates), refs, map=map_spec)
 
@@ -466,8 +480,9 @@ def _same_or(args: dict[str, Any], checked: dict[str, Any]) -> dict[str, Any]:
     """
     if len(args) != len(checked):
         return checked
-    for (key, value), (given_key, given) in zip(checked.items(), args.items(), strict=True):
-        if key != given_key or value is not given:  # the same keys in the same order
+    given = iter(args)  # as long as ``checked``: never exhausted below
+    for key, value in checked.items():
+        if key != next(given) or args[key] is not value:  # the same keys in the same order
             return checked
     return args
 

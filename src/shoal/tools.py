@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 
@@ -179,10 +180,33 @@ class Tool(Generic[P, R]):
             check_policy(self.name, is_async, self.policy)
         return bound
 
+    @functools.cached_property
+    def _plain(self) -> PlainFields | None:
+        """The fields, if every one takes a plain value as it is (see :func:`plain_fields`)."""
+        return plain_fields(self._model)
+
     def validate(self, args: Mapping[str, Any]) -> dict[str, Any]:
         """Check and coerce ``args`` against the schema; raise :class:`ToolArgumentError`."""
         if not self._param_names and not args and self._model.model_config.get("extra") != "allow":
             return {}
+        plain = self._plain
+        if plain is not None and len(args) <= len(plain):
+            # every field a bare int, str, float or bool: a value of exactly that type is what
+            # pydantic would return as it is, so the schema needs no pass (most calls' case)
+            values: dict[str, Any] = {}
+            given = 0
+            for name, kind, default in plain:
+                value = args.get(name, _UNSET)
+                if type(value) is kind:
+                    given += 1
+                elif value is _UNSET and default is not _UNSET:
+                    value = default
+                else:
+                    break  # a value to convert or to refuse: pydantic says which
+                values[name] = value
+            else:
+                if given == len(args):  # no argument the schema does not know
+                    return values
         try:
             instance = self._model.__pydantic_validator__.validate_python(args)
         except pydantic.ValidationError as exc:
@@ -250,6 +274,66 @@ class Tool(Generic[P, R]):
         """The tool as an Anthropic messages ``tools`` entry."""
         return {"name": self.name, "description": self.description,
                 "input_schema": self.json_schema()}
+
+
+_UNSET: Any = object()  # a field without a default; an argument not given
+#: core schema types whose lax validation returns a value of exactly the type as it is
+_PLAIN_TYPES: Mapping[str, type] = {"int": int, "str": str, "float": float, "bool": bool}
+_PLAIN_DEFAULTS = (int, str, float, bool, type(None))  # immutable: shared, never copied
+
+
+PlainFields = tuple[tuple[str, type, Any], ...]
+#: per model: a tool made per call (``t.options(...)``) shares its model, and the answer
+_PLAIN: weakref.WeakKeyDictionary[type[pydantic.BaseModel], PlainFields | None] = (
+    weakref.WeakKeyDictionary())
+
+
+def plain_fields(model: type[pydantic.BaseModel]) -> PlainFields | None:
+    """``(name, type, default)`` of each field, if validating ``model`` only checks types.
+
+    That is: every field a bare ``int``, ``str``, ``float`` or ``bool`` (no constraint,
+    alias, strict mode or validator), defaults immutable, no extra arguments accepted, no
+    model-level hook or config that changes values. ``None`` otherwise (or when unsure):
+    such a model is validated by pydantic every time.
+    """
+    try:
+        return _PLAIN[model]
+    except KeyError:
+        found = _PLAIN[model] = _plain_fields(model)
+        return found
+    except TypeError:  # not weakly referenceable: worked out each time
+        return _plain_fields(model)
+
+
+def _plain_fields(model: type[pydantic.BaseModel]) -> PlainFields | None:
+    schema = getattr(model, "__pydantic_core_schema__", None)
+    if not isinstance(schema, dict) or schema.get("type") != "model" or (
+            schema.get("custom_init") or schema.get("root_model") or "post_init" in schema):
+        return None
+    config = schema.get("config", {})
+    if config.get("extra_fields_behavior") != "forbid" or set(config) - {
+            "extra_fields_behavior", "title"}:
+        return None
+    body = schema.get("schema", {})
+    if body.get("type") != "model-fields" or set(body) - {
+            "type", "fields", "model_name", "computed_fields"} or body.get("computed_fields"):
+        return None
+    found: list[tuple[str, type, Any]] = []
+    for name, spec in body.get("fields", {}).items():
+        if spec.get("type") != "model-field" or set(spec) - {"type", "schema", "metadata"}:
+            return None
+        inner, default = spec.get("schema", {}), _UNSET
+        if inner.get("type") == "default":
+            if set(inner) != {"type", "schema", "default"}:
+                return None
+            inner, default = inner["schema"], inner["default"]
+            if type(default) not in _PLAIN_DEFAULTS:
+                return None
+        kind = _PLAIN_TYPES.get(inner.get("type", ""))
+        if kind is None or set(inner) != {"type"}:
+            return None
+        found.append((name, kind, default))
+    return tuple(found)
 
 
 class _ToolDecorator(Protocol):

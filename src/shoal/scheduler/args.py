@@ -161,7 +161,10 @@ def _rebuild(value: Any, each: Callable[[Any], Any]) -> Any:
 
 def isolate_all(args: dict[str, Any]) -> dict[str, Any]:
     """A new argument dict whose values are private copies (see :func:`isolate`)."""
-    return {name: isolate(value) for name, value in args.items()} if args else {}
+    for value in args.values():
+        if type(value) not in _IMMUTABLE:
+            return {name: isolate(value) for name, value in args.items()}
+    return dict(args)  # every value is immutable (most calls' ints and strings): a plain copy
 
 
 def resolve_arguments(args: dict[str, Any], lookup: Callable[[Ref], Any]) -> dict[str, Any]:

@@ -556,6 +556,8 @@ class Driver:
         a timeout cannot fire and nothing can cancel it once it runs; a task would only add
         its cost and a loop turn. Not for injected values (their settling is the task's).
         """
+        if call.isolation != "inline":
+            return False
         tool = call.tool
         # keyed by the code too: a hot reload (IPython's autoreload, say) swaps a function's
         # code in place, and the new code may await
@@ -564,8 +566,7 @@ class Driver:
         if known is None or known[0] is not code:
             known = self._quick[id(tool)] = (code, (
                 tool.is_async and not tool.injected and ends_in_first_step(tool.fn)))
-        return known[1] and call.isolation == "inline" and (
-            type(self._executors.get("inline")) is InlineExecutor)
+        return known[1] and type(self._executors.get("inline")) is InlineExecutor
 
     def _pool_now(self, call: Call) -> ThreadExecutor | None:
         """The thread pool to hand ``call`` to now, without a task, if it fits.
@@ -856,7 +857,7 @@ class Driver:
                 began = self._began(call.began_at)
                 if began is not None:
                     result.began = began - self._t0
-            result.where = call.where or self._here(call)
+            result.where = call.where or self._hosts.get(call.isolation) or self._here(call)
             now = self.now()
             if self._streaming and self._journal is not None:
                 error = "" if result.error is None else str(ErrorInfo.from_exception(

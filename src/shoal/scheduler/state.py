@@ -28,10 +28,13 @@ The ready queue is a heap ordered by critical path: the node with the longest ch
 estimated work still behind it goes first. Estimates start from each tool's ``estimate`` (or
 1 unit) and are learned per tool as calls finish. A node blocked by a per-tool, per-key or rate
 limit is parked on that limit and returns to the heap when the limit frees up, so nothing polls.
+The nodes ready at the start wait beside the heap as one run sorted the same way (a wide plan's
+nodes then cost no heap traffic); the best of both goes first.
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import random
@@ -212,6 +215,10 @@ class _Rare:
         self.root = ""  # for a skipped node: the failure at the start of its chain
         self.items: list[int] | None = None  # a map node, once expanded: its items' positions
 
+
+#: ``Ended(pos, order, outcome)`` without the Python-level ``__new__`` of a named tuple (every
+#: node's outcome makes one): the tuple is built in C
+_ended = functools.partial(tuple.__new__, Ended)
 
 _COMMON = _Rare()  # the defaults, shared by every slot that never set one (never written)
 
@@ -420,7 +427,8 @@ class SchedulerState:
     __slots__ = (
         "_ask_doubt", "_asking", "_begun", "_critical", "_default_executor", "_doubt", "_ended",
         "_gates", "_global", "_global_blocks", "_global_held", "_hard", "_heap", "_kept_rare",
-        "_maps_due", "_next_index", "_rng", "_slots", "clock_origin", "closed", "done_count",
+        "_maps_due", "_next_index", "_rng", "_slots", "_sorted", "_sorting", "clock_origin",
+        "closed", "done_count",
         "fail_fast", "fate_of", "graph", "in_flight", "record_events", "run_id",
         "status_counts", "stopping",
     )
@@ -467,6 +475,11 @@ class SchedulerState:
         # shared with other runs see one time line; the driver sets it when the run starts.
         self.clock_origin = 0.0
         self._heap: list[tuple[float, int]] = []
+        # The nodes begin() queues, sorted once, and taken from the front: a wide plan's nodes
+        # would otherwise each go through the heap (a push, and a pop of log n comparisons).
+        # The ready queue is the union of both; _dispatch takes the smaller of their heads.
+        self._sorted: deque[tuple[float, int]] = deque()
+        self._sorting: list[tuple[float, int]] | None = None  # set while begin() queues
         self._hard = _HardPairs(graph)
         executors: dict[int, Isolation] = {}  # by tool object: a large plan has few tools
         self._slots: list[Kept] = [  # positions as the graph's own ints: one of each
@@ -517,9 +530,16 @@ class SchedulerState:
         cap = self._global.capacity
         if cap is not None and len(self._slots) > cap:  # otherwise every node starts once ready
             self._rank()
-        for slot in self._slots:
-            if slot.waiting == 0 and slot.phase is Phase.WAITING and isinstance(slot, _Slot):
-                self._make_ready(slot, now, d)
+        queued: list[tuple[float, int]] = []
+        self._sorting = queued
+        try:
+            for slot in self._slots:
+                if slot.waiting == 0 and slot.phase is Phase.WAITING and isinstance(slot, _Slot):
+                    self._make_ready(slot, now, d)
+        finally:
+            self._sorting = None
+        queued.sort()  # in plan order already, unless ranked otherwise: one pass
+        self._sorted.extend(queued)
         self._dispatch(now, d)
         return d
 
@@ -547,7 +567,10 @@ class SchedulerState:
         d = Decisions()
         slot = self._slots[pos]
         assert isinstance(slot, _Slot), f"{self.graph.nodes[pos].id} ended twice"
-        self._release(slot, d)
+        self._global.in_use -= 1
+        del self.in_flight[pos]
+        if slot.gates:
+            self._release(slot, d)
         if result.began is not None and slot.attempts == 1 and slot.started_at is not None:
             slot.started_at = max(slot.started_at, result.began)  # exclude waiting for a worker
         status = slot.cancel_status if result.status == "cancelled" else result.status
@@ -838,7 +861,10 @@ class SchedulerState:
             return
         self._set_phase(slot, Phase.READY)
         slot.queued_at = now
-        heapq.heappush(self._heap, (slot.priority, slot.pos))
+        if self._sorting is not None:  # begin(): sorted once they are all in
+            self._sorting.append((slot.priority, slot.pos))
+        else:
+            heapq.heappush(self._heap, (slot.priority, slot.pos))
         if self.record_events:
             d.events.append(NodeQueued(run_id=self.run_id, time=now, node_id=slot.node.id,
                                        tool=slot.node.tool.name))
@@ -1038,27 +1064,34 @@ class SchedulerState:
             self._ask(now, d)
         limit, slots = self._global, self._slots
         # order only matters when more nodes are ready than can start; ranking costs O(nodes)
-        if (limit.capacity is not None and len(self._heap) > limit.capacity - limit.in_use
+        if (limit.capacity is not None
+                and len(self._heap) + len(self._sorted) > limit.capacity - limit.in_use
                 and self._critical.stale(self.done_count)):
             self._rank()
-        heap = self._heap  # bound after _rank, which replaces the list
-        while heap and (limit.capacity is None or limit.in_use < limit.capacity):
+        heap, ordered = self._heap, self._sorted  # bound after _rank, which replaces the list
+        while (heap or ordered) and (limit.capacity is None or limit.in_use < limit.capacity):
             if self.stopping:
                 return
-            slot = slots[heapq.heappop(heap)[1]]
+            # the best of both queues: the front of the sorted one is its smallest entry
+            if ordered and (not heap or ordered[0] < heap[0]):
+                slot = slots[ordered.popleft()[1]]
+            else:
+                slot = slots[heapq.heappop(heap)[1]]
             if slot.phase is not Phase.READY or not isinstance(slot, _Slot):
                 continue  # cancelled or skipped while queued: its heap entry is stale
+            node = slot.node
             if slot.args is None and not self._prepare(slot, now, d):
                 continue
             if slot.gates is None:
-                slot.gates = self._gates.for_call(slot.node.tool, slot.executor, slot.args or {})
-            if (slot.gates or slot.node.tool.policy.rate is not None) and not self._admit(
+                slot.gates = self._gates.for_call(node.tool, slot.executor, slot.args or {})
+            if (slot.gates or node.tool.policy.rate is not None) and not self._admit(
                     slot, now, d):
                 continue
-            if slot.approval is not None and not self._still_approved(slot, now, d):
+            if (slot.rare is not _COMMON and slot.rare.approval is not None
+                    and not self._still_approved(slot, now, d)):
                 continue
             self._start(slot, now, d)
-        if heap and limit.capacity is not None and limit.in_use >= limit.capacity:
+        if (heap or ordered) and limit.capacity is not None and limit.in_use >= limit.capacity:
             self._global_blocks += 1  # the nodes left ready were held by the run-wide limit
 
     def _ask(self, now: float, d: Decisions) -> None:
@@ -1104,8 +1137,9 @@ class SchedulerState:
     def _prepare(self, slot: _Slot, now: float, d: Decisions) -> bool:
         """Resolve and validate the node's arguments; a node whose inputs do not fit fails here."""
         node = slot.node
-        if slot.approval is not None and slot.approval.args is not None:
-            slot.args = isolate_all(slot.approval.args)  # a retry runs what was approved
+        approval = slot.rare.approval
+        if approval is not None and approval.args is not None:
+            slot.args = isolate_all(approval.args)  # a retry runs what was approved
             return True
         try:
             if node.refs:
@@ -1185,9 +1219,10 @@ class SchedulerState:
                                         executor=slot.executor))
 
     def _release(self, slot: _Slot, d: Decisions) -> None:
-        """Give back the slot's limits and return one parked node per freed gate to the heap."""
-        self._global.in_use -= 1
-        del self.in_flight[slot.pos]
+        """Give back the slot's gates and return one parked node per freed gate to the heap.
+
+        (The run-wide limit and ``in_flight`` are given back by :meth:`finish` itself.)
+        """
         for gate in slot.gates or ():
             gate.release()
             self._wake_one(gate)
@@ -1243,7 +1278,8 @@ class SchedulerState:
         # value, and says nothing of a cancellation that did not happen to it
         said = reason or (slot.cancel_reason if status != "ok" else "")
         self._store(slot, status, now, d, value, error, said, abandoned)
-        self._pass_on(slot, now, d)
+        if slot.gather >= 0 or self.graph.succs[slot.pos]:  # else nothing waits for it
+            self._pass_on(slot, now, d)
         if self.fail_fast and status in ("failed", "timed_out") and not self.stopping:
             reason = f"fail_fast: {slot.node.id!r} {status}"
             self.stopping = reason
@@ -1298,7 +1334,7 @@ class SchedulerState:
         self._ended[slot.pos] = outcome
         if slot.rare is not _COMMON:
             self._kept_rare[slot.pos] = slot.rare
-        d.done.append(Ended(slot.pos, slot.node.index, outcome))
+        d.done.append(_ended((slot.pos, slot.node.index, outcome)))
         if not self.record_events:
             return
         nid = slot.node.id
@@ -1323,7 +1359,9 @@ class SchedulerState:
             # a map's item stands for its map (what waits for the map waits for it), which
             # comes before it: the graph has no edge from an item to what follows the map
             slot.priority = priority if slot.gather < 0 else self._slots[slot.gather].priority
-        self._heap = [(self._slots[p].priority, p) for _, p in self._heap]
+        self._heap = [(self._slots[p].priority, p)
+                      for _, p in itertools.chain(self._heap, self._sorted)]
+        self._sorted.clear()
         heapq.heapify(self._heap)
 
 

@@ -1,0 +1,303 @@
+"""The cheap paths of a small call give exactly what the general ones give.
+
+A call whose arguments are plain ints, strings, floats and bools skips pydantic when the tool's
+schema only checks their types (:func:`shoal.tools.plain_fields`), its plan node skips the walk
+for refs, and its arguments are copied with one ``dict`` call. Each shortcut is checked here
+against the general path it stands for: same values, same errors, same outcomes and events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import math
+import random
+from typing import Annotated, Any, Literal
+
+import pydantic
+import pytest
+
+import shoal
+from shoal import Plan, Ref, ToolArgumentError, tool
+from shoal.deps import analyze
+from shoal.events import Event
+from shoal.scheduler.args import isolate_all
+from shoal.scheduler.state import AttemptResult, Phase, SchedulerState
+from shoal.testing import run_virtual
+from shoal.tools import Tool, plain_fields
+
+
+@tool
+async def plain(i: int, s: str = "x", f: float = 1.5, b: bool = False, n: int | None = None,
+                z: str = "") -> str:
+    """Every field plain (``n`` is not: ``int | None``)."""
+    return f"{i}{s}{f}{b}{n}{z}"
+
+
+@tool
+async def bare(i: int, s: str = "x", f: float = 1.5, b: bool = False) -> str:
+    """Only bare fields: the cheap path applies."""
+    return f"{i}{s}{f}{b}"
+
+
+@tool
+async def no_args() -> int:
+    """No arguments at all."""
+    return 1
+
+
+class Colour(enum.Enum):
+    """An enum argument value (an int subclass would be converted, not kept)."""
+
+    RED = 1
+
+
+class Small(int):
+    """An int subclass: pydantic turns it into a plain int."""
+
+
+def slow(t: Tool[..., Any]) -> Tool[..., Any]:
+    """The same tool with the cheap path switched off (the general one, for comparison)."""
+    twin: Tool[..., Any] = t.options()
+    twin.__dict__["_plain"] = None  # the cached answer of plain_fields: "not plain"
+    return twin
+
+
+ARGUMENTS: list[dict[str, Any]] = [
+    {"i": 1}, {"i": 0, "s": "y"}, {"i": -(10**40), "s": "", "f": 2.5, "b": True},
+    {"s": "y", "i": 3}, {"i": 1, "f": math.inf}, {"i": 1, "f": 3},  # an int for a float
+    {"i": True}, {"i": 1.0}, {"i": 1.5}, {"i": "7"}, {"i": "x"}, {"i": None}, {"i": Small(4)},
+    {"i": 1, "s": 5}, {"i": 1, "b": 1}, {"i": 1, "b": "yes"}, {"i": 1, "s": b"bytes"},
+    {}, {"s": "only"}, {"i": 1, "other": 2}, {"i": 1, "s": "a", "f": 1.0, "b": False, "x": 0},
+]
+
+
+@pytest.mark.parametrize("t", [bare, plain], ids=["bare", "plain"])
+@pytest.mark.parametrize("args", ARGUMENTS, ids=repr)
+def test_plain_validation_gives_what_pydantic_gives(t: Tool[..., Any], args: dict[str, Any]
+                                                    ) -> None:
+    general = slow(t)
+    try:
+        expected = general.validate(args)
+    except ToolArgumentError as exc:
+        refused = str(exc)
+    else:
+        refused = ""
+    if refused:
+        with pytest.raises(ToolArgumentError) as raised:
+            t.validate(args)
+        assert str(raised.value) == refused
+        return
+    got = t.validate(args)
+    assert list(got) == list(expected)  # the same keys in the same (field) order
+    assert got == expected
+    assert [type(v) for v in got.values()] == [type(v) for v in expected.values()]
+    assert got is not args  # a new dict, never the caller's
+
+
+def test_the_cheap_path_is_taken_only_for_bare_fields() -> None:
+    fields = plain_fields(bare._model)
+    assert fields is not None
+    assert [(name, kind) for name, kind, _ in fields] == [
+        ("i", int), ("s", str), ("f", float), ("b", bool)]
+    assert [default for _, _, default in fields[1:]] == ["x", 1.5, False]
+    assert plain_fields(plain._model) is None  # int | None is a union
+    # a tool made per call shares its model, so the answer is worked out once per model
+    assert plain_fields(bare.options(timeout=1)._model) is fields
+    assert no_args.validate({}) == {}
+
+
+@dataclasses.dataclass
+class Point:
+    """A dataclass argument."""
+
+    x: int
+
+
+def _kwargs(i: int, **more: Any) -> None: ...
+def _constrained(i: Annotated[int, pydantic.Field(gt=0)]) -> None: ...
+def _strict(i: Annotated[int, pydantic.Strict()]) -> None: ...
+def _stripped(s: Annotated[str, pydantic.StringConstraints(strip_whitespace=True)]) -> None: ...
+def _aliased(model_config: int) -> None: ...
+def _private(_i: int) -> None: ...
+def _listed(i: list[int]) -> None: ...
+def _mutable_default(i: int, seen: list[int] = []) -> None: ...  # noqa: B006
+def _factory(i: int = pydantic.Field(default_factory=lambda: 3)) -> None: ...
+def _literal(mode: Literal["a", "b"]) -> None: ...
+def _enum(c: Colour) -> None: ...
+def _point(p: Point) -> None: ...
+def _any(x: Any) -> None: ...
+def _untyped(x) -> None: ...  # type: ignore[no-untyped-def]
+
+
+@pytest.mark.parametrize("fn", [
+    _kwargs, _constrained, _strict, _stripped, _aliased, _private, _listed, _mutable_default,
+    _factory, _literal, _enum, _point, _any, _untyped,
+], ids=lambda fn: fn.__name__)
+def test_schemas_that_do_more_than_check_types_keep_pydantic(fn: Any) -> None:
+    assert plain_fields(tool(fn)._model) is None
+
+
+def test_a_model_with_a_validator_keeps_pydantic() -> None:
+    class Doubled(pydantic.BaseModel):
+        model_config = pydantic.ConfigDict(extra="forbid")
+        i: int
+
+        @pydantic.field_validator("i")
+        @classmethod
+        def double(cls, value: int) -> int:
+            return value * 2
+
+    assert plain_fields(Doubled) is None
+    checked = Tool(_constrained, _model=Doubled).validate({"i": 2})
+    assert checked == {"i": 4}
+
+
+@pytest.mark.parametrize("value", [1, "s", 1.5, True, None, b"b"])
+def test_scalar_arguments_hold_no_refs(value: Any) -> None:
+    plan = Plan()
+    ref = plan.call(bare, i=value)
+    assert plan.node(ref).refs == ()
+
+
+@pytest.mark.parametrize("wrap", [
+    lambda r: r, lambda r: [1, r], lambda r: {"k": (r,)}, lambda r: {Ref(r.node, ("x",))},
+], ids=["ref", "list", "dict-tuple", "set"])
+def test_refs_are_found_beside_scalars(wrap: Any) -> None:
+    plan = Plan()
+    first = plan.call(bare, i=1)
+    node = plan.node(plan.call(bare, i=2, s="plain", f=wrap(first)))
+    assert [r.node for r in node.refs] == [first.node]
+    assert plan.node(plan.call(bare, i=3, s=first)).refs == (Ref(first.node),)
+
+
+def test_arguments_of_immutable_values_are_a_new_dict() -> None:
+    args: dict[str, Any] = {"i": 1, "s": "x", "n": None, "t": frozenset({1})}
+    copied = isolate_all(args)
+    assert copied == args and copied is not args
+    nested: dict[str, Any] = {"i": 1, "l": [1, [2]]}
+    copied = isolate_all(nested)
+    assert copied == nested and copied["l"] is not nested["l"]
+    assert copied["l"][1] is not nested["l"][1]
+    assert isolate_all({}) == {}
+
+
+# ---- a run of calls that end at once vs the same calls with a task each ----------------------
+
+@tool
+async def instant(i: int, label: str = "") -> str:
+    """Ends in its first step: run at once, without a task (and validated without pydantic)."""
+    if i == 3:
+        raise ValueError("three")
+    return f"{label}{i}"
+
+
+@tool
+async def tasked(i: int, label: str = "") -> str:
+    """The same, but it awaits: it keeps its task and goes through every general path."""
+    await asyncio.sleep(0)
+    if i == 3:
+        raise ValueError("three")
+    return f"{label}{i}"
+
+
+def _run(t: Tool[..., Any], **options: Any) -> tuple[dict[str, Any], list[Event]]:
+    events: list[Event] = []
+    plan = Plan()
+    first = plan.call(t, i=0, label="a", node_id="n0")
+    for i in range(1, 6):
+        plan.call(t, i=i, node_id=f"n{i}")
+    plan.call(t, i=6, label=first, node_id="after")  # a ref: resolved, validated by pydantic
+
+    async def go() -> shoal.RunResult:
+        return await shoal.run(plan, on_event=events.append, **options)
+
+    result = run_virtual(go())
+    return {o.node_id: o for o in result.outcomes.values()}, events
+
+
+def _shape(outcome: shoal.Outcome) -> tuple[Any, ...]:
+    error = (outcome.error.type, outcome.error.message) if outcome.error else None
+    return (outcome.status, outcome.value, error, outcome.reason, outcome.attempts,
+            outcome.executor, outcome.where, outcome.abandoned)
+
+
+def _story(events: list[Event]) -> list[tuple[str, str]]:
+    return sorted((e.kind, getattr(e, "node_id", "")) for e in events)
+
+
+@pytest.mark.parametrize("options", [{}, {"max_concurrency": 2}, {"fail_fast": True}],
+                         ids=["default", "limited", "fail_fast"])
+def test_calls_run_at_once_end_as_calls_with_a_task(options: dict[str, Any]) -> None:
+    quick, quick_events = _run(instant, **options)
+    general, general_events = _run(tasked, **options)
+    assert quick.keys() == general.keys()
+    assert {k: _shape(o) for k, o in quick.items()} == {k: _shape(o) for k, o in general.items()}
+    assert _story(quick_events) == _story(general_events)
+    assert quick["n0"].value == "a0" and quick["n3"].status == "failed"
+    if not options.get("fail_fast"):
+        assert quick["after"].value == "a06"
+
+
+# ---- the ready queue: nodes queued by begin() and nodes queued later, best first -----------
+
+@tool
+async def step(value: Any = None) -> Any:
+    """Any node of a random plan."""
+    return value
+
+
+@tool
+async def hop(value: Any = None) -> Any:
+    """Another tool: with two, learned durations re-rank the queue while the run goes."""
+    return value
+
+
+def _random_plan(rng: random.Random, size: int) -> Plan:
+    plan = Plan()
+    made: list[Ref] = []
+    for i in range(size):
+        t = rng.choice([step, hop]).options(estimate=rng.choice([0.5, 1.0, 3.0, 10.0]))
+        needs = rng.sample(made, k=min(len(made), rng.choice([0, 0, 0, 1, 2])))
+        made.append(plan.call(t, value=needs or i))
+    return plan
+
+
+def _ready_keys(state: SchedulerState) -> list[tuple[float, int]]:
+    return [(s.priority, s.pos) for s in state.slots if s.phase is Phase.READY]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_every_start_is_the_best_node_ready(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whichever queue holds a ready node (begin's sorted run or the heap), the best starts."""
+    rng = random.Random(seed)
+    plan = _random_plan(rng, 60)
+    state = SchedulerState(analyze(plan), run_id="r", max_concurrency=rng.choice([1, 3, 7]),
+                           rng=random.Random(0), estimates={})
+    ranked = 0
+    original = SchedulerState._rank
+
+    def rank(self: SchedulerState) -> None:
+        nonlocal ranked
+        ranked += 1
+        original(self)
+
+    monkeypatch.setattr(SchedulerState, "_rank", rank)  # counted: a re-rank must happen
+    decisions = state.begin(0.0)
+    running: list[int] = []
+    now = 0.0
+    while True:
+        waiting = _ready_keys(state)
+        for call in decisions.starts:
+            key = (state.slots[call.pos].priority, call.pos)
+            assert not waiting or key <= min(waiting), (key, min(waiting))
+            running.append(call.pos)
+        if not running:
+            break
+        now += rng.choice([0.1, 5.0])  # durations far from the estimates: re-ranked
+        decisions = state.finish(running.pop(rng.randrange(len(running))),
+                                 AttemptResult("ok", 1), now)
+    assert state.finished
+    assert ranked >= 2  # once at the start (more nodes than the limit), again as it learned
+    assert all(o.status == "ok" for o in state.outcomes())
