@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import psutil
@@ -188,7 +189,8 @@ def test_an_actor_kills_every_process_below_it() -> None:
         assert len(pids) == 3
         assert actor.stdout.readline() == "done\n"
         assert actor.wait(timeout=SLOW) == 0
-        assert all(wait_until(lambda p=p: gone(p), timeout=5.0) for p in pids)
+        for pid in pids:
+            assert wait_until(partial(gone, pid), timeout=5.0), pid
     finally:
         actor.kill()
         actor.wait()
