@@ -22,10 +22,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import psutil
 import pytest
 
 import shoal
 from shoal.cli.journal import live_status
+from shoal.store import claims
 from shoal.store.base import RunRecord
 from shoal.store.claims import (
     claim_run,
@@ -245,3 +247,19 @@ def test_a_journal_written_by_an_older_shoal_after_a_newer_one_reads(tmp_path: P
                      "host FROM runs WHERE run_id = 'done'")
     record = read_run(path, "older")
     assert record is not None and not record.damaged and record.pid_start == ""
+
+
+def test_without_a_boot_id_the_start_psutil_reads_tells_processes_apart(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # as on macOS: no /proc, so no boot id nor start in ticks
+    monkeypatch.setattr(claims, "_boot_id", lambda: "")
+    other = sleeper()
+    try:
+        start = process_start(other.pid)
+        assert float(start) == pytest.approx(psutil.Process(other.pid).create_time())
+        assert start == process_start(other.pid) != process_start(os.getpid())
+        assert process_alive(other.pid, start)
+        assert not process_alive(other.pid, f"{float(start) - 1:.6f}")
+    finally:
+        other.kill()
+        other.wait()

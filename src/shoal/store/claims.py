@@ -153,8 +153,11 @@ def process_start(pid: int) -> str:
     """Which process ``pid`` is, of all that ever held its pid: its boot and its start time.
 
     On Linux the boot id (``/proc/sys/kernel/random/boot_id``) and the start in clock ticks
-    since boot (``/proc/PID/stat``), exact; elsewhere psutil's boot time and the process's
-    create time. ``""`` where it cannot be read (no such process, ``/proc`` hidden).
+    since boot (``/proc/PID/stat``), both exact. Elsewhere the start time psutil reads (the
+    wall clock when the process started, which the kernel keeps), alone: it tells boots apart
+    too, whereas a boot time read afresh moves with the clock (a clock set forward would make
+    a live run's process look like another). ``""`` where it cannot be read (no such process,
+    ``/proc`` hidden).
     """
     boot = _boot_id()
     if boot:
@@ -163,7 +166,7 @@ def process_start(pid: int) -> str:
     import psutil
 
     try:
-        return f"{psutil.boot_time():.0f}:{psutil.Process(pid).create_time():.6f}"
+        return f"{psutil.Process(pid).create_time():.6f}"
     except (psutil.Error, OSError):
         return ""
 
