@@ -21,7 +21,7 @@ import pytest
 
 import shoal
 from shoal.exceptions import StoreError
-from shoal.store.claims import process_alive
+from shoal.store.claims import process_alive, process_start
 from shoal.store.sqlite import SQLiteStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,6 +185,7 @@ def test_shoal_cancel_of_a_run_that_dies_while_it_waits_says_so_at_once(tmp_path
         assert record is not None  # now "running" in the holder, as far as the journal says
         store.write([dataclasses.replace(record, status="running", finished_at=None,
                                          pid=holder.pid, host=socket.gethostname(),
+                                         pid_start=process_start(holder.pid),
                                          heartbeat=time.time() + 60)])
         began = time.monotonic()
         cancel = subprocess.Popen(

@@ -27,10 +27,12 @@ import contextlib
 import os
 
 from shoal.exceptions import ExecutorError
+from shoal.executors import process
 from shoal.executors._template import fork_supported
 from shoal.executors.process import (
     _ForkedProcess,
     _Process,
+    _SpawnedProcess,
     _TemplateGone,
     _TemplateHandle,
     describe_exit,
@@ -87,9 +89,11 @@ class AgentLauncher:
         self.started += 1
         try:
             if self._template is None:
+                command = python_module("shoal.agents._process", str(sock_fd))
+                if process._PIDFDS:  # reaped by its channel, not by asyncio's watcher (see close())
+                    return _SpawnedProcess.start(command, env, (sock_fd,))
                 return await asyncio.create_subprocess_exec(
-                    *python_module("shoal.agents._process", str(sock_fd)),
-                    pass_fds=(sock_fd,), env=env, stdin=asyncio.subprocess.DEVNULL,
+                    *command, pass_fds=(sock_fd,), env=env, stdin=asyncio.subprocess.DEVNULL,
                     # a session of its own: out of a terminal's Ctrl-C (the parent's to
                     # handle), and killing its group ends what its tools started too
                     start_new_session=True)

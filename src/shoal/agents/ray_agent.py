@@ -85,6 +85,8 @@ from shoal.executors.results import load_result
 from shoal.scheduler import driver
 
 if TYPE_CHECKING:
+    import psutil
+
     from shoal.agents.agent import Agent
     from shoal.agents.context import TreeContext
     from shoal.agents.result import AgentResult
@@ -615,19 +617,53 @@ def _kill_descendants() -> None:
     process when its connection to this actor closes, what the tree's template forked when the
     template dies. This process becomes a subreaper first, so the children of the processes a
     pass kills stay below it, and the next pass finds them.
+
+    Unfrozen, a process listed may also end and be reaped before its kill, its pid passing to
+    another process: each is therefore killed through a pidfd, and only if the process it
+    reaches started when the one listed did (see :func:`_kill_listed`).
     """
-    from shoal.executors._reaper import become_subreaper, descendants
+    import psutil
+
+    from shoal.executors._reaper import become_subreaper
 
     become_subreaper()
-    killed: set[int] = set()
+    here = psutil.Process()
+    killed: set[psutil.Process] = set()  # a process: its pid and start time (psutil's identity)
     for _ in range(100):  # a tree still growing after this many passes is left to itself
-        new = descendants(os.getpid()) - killed
+        try:
+            new = set(here.children(recursive=True)) - killed
+        except psutil.Error:
+            return
         if not new:
             return
-        for pid in new:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
+        for child in new:
+            _kill_listed(child)
         killed |= new
+
+
+def _kill_listed(listed: psutil.Process) -> None:
+    """SIGKILL the process ``listed`` names, if it is still that one (started then).
+
+    The pidfd opened first refers to whichever process holds the pid at that moment, for good:
+    if that one started when the listed one did, it is the listed one, and the signal through
+    the pidfd reaches it or nothing (once it is reaped). Where there are no pidfds the start
+    time is compared again just before the signal (see
+    :class:`~shoal.executors._process_ref.ProcessRef`).
+    """
+    import psutil
+
+    from shoal.executors._process_ref import ProcessRef
+
+    ref = ProcessRef(listed.pid)
+    try:
+        try:  # equal: the same pid and start time (psutil's identity of a process)
+            same = psutil.Process(listed.pid) == listed
+        except psutil.Error:  # gone meanwhile
+            return
+        if same:
+            ref.signal(signal.SIGKILL)
+    finally:
+        ref.close()
 
 
 def actor_context(spec: StartSpec, link: Link) -> TreeContext:

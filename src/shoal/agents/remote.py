@@ -96,7 +96,7 @@ from shoal.events import AgentFinished, AgentStarted
 from shoal.exceptions import AgentError, ConfigError, SerializationError, ShoalError
 from shoal.executors._reaper import kill_tree
 from shoal.executors._shipping import dumps
-from shoal.executors.process import _ForkedProcess, _Process, describe_exit, worker_env
+from shoal.executors.process import _Process, _ref_of, describe_exit, worker_env
 from shoal.executors.results import allowed_result_types, load_result
 from shoal.limits import parse_process_limits
 from shoal.models.base import Usage
@@ -112,6 +112,7 @@ if TYPE_CHECKING:
     from shoal.agents.run import AgentRun
     from shoal.board import Board
     from shoal.exceptions import BudgetExceeded
+    from shoal.executors._process_ref import ProcessRef
     from shoal.limits import ProcessLimits
     from shoal.models.base import Model
     from shoal.models.retry import ModelRetry
@@ -211,6 +212,9 @@ class ProcessChannel(Channel):
     def __init__(self, proc: _Process, reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter) -> None:
         self.proc = proc
+        #: how the process is signalled: never by its bare pid, which another process may
+        #: hold once this one has been reaped
+        self.ref = _ref_of(proc)
         self.lineage = ""  # the agent's, for messages
         self._reader = reader
         self._writer = writer
@@ -243,8 +247,10 @@ class ProcessChannel(Channel):
             reader, writer = await asyncio.open_unix_connection(sock=ours)
         except BaseException:
             ours.close()
-            kill_tree(proc.pid)
-            await proc.wait()
+            ref = _ref_of(proc)
+            kill_tree(ref)
+            await asyncio.shield(proc.wait())
+            _let_go(proc, ref)
             raise
         channel = cls(proc, reader, writer)
         channel.lineage = spec.lineage
@@ -283,14 +289,14 @@ class ProcessChannel(Channel):
     def kill(self) -> None:
         """SIGKILL the process and every descendant (unless it has been reaped)."""
         if self.proc.returncode is None:
-            kill_tree(self.proc.pid)
+            kill_tree(self.ref)
 
     async def ended(self) -> str:
         """How the process ended (it closed its socket: it is gone or going)."""
         try:
             code = await asyncio.wait_for(self.proc.wait(), 2.0)
         except TimeoutError:  # closed its socket yet lingers: not ours to wait for
-            kill_tree(self.proc.pid)
+            kill_tree(self.ref)
             code = await self.proc.wait()
         return getattr(self.proc, "lost", None) or describe_exit(code)
 
@@ -298,13 +304,25 @@ class ProcessChannel(Channel):
         """Kill the process group and every descendant, then reap the process."""
         if self.proc.returncode is None:
             self.kill()
-        else:  # what its tools started may outlive it in its group
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
         self._writer.close()
         await asyncio.shield(self.proc.wait())
-        if isinstance(self.proc, _ForkedProcess):  # its template may reap it now
-            self.proc.close()
+        _let_go(self.proc, self.ref)
+
+
+def _let_go(proc: _Process, ref: ProcessRef) -> None:
+    """Kill what ``proc``'s tools left in its group, then have it reaped; close ``ref``.
+
+    The group is killed while ``proc`` is unreaped (see
+    :meth:`~shoal.executors._process_ref.ProcessRef.kill_group`): a forked agent is a zombie
+    of the template until :meth:`close <shoal.executors.process._ForkedProcess.close>`, a
+    spawned one of this process; once reaped, its pid, which is its group's id, may name
+    another process's group. (Started by asyncio where there are no pidfds, it was reaped
+    already: its group is then killed only while no other process holds its pid.)
+    """
+    ref.kill_group(signal.SIGKILL)
+    if not isinstance(proc, asyncio.subprocess.Process):
+        proc.close()  # reaped now: by the template, or by this process
+    ref.close()
 
 
 def _unimportable(agent: Agent[Any]) -> set[str]:

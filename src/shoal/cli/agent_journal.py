@@ -40,6 +40,7 @@ from shoal.events import Event
 from shoal.exceptions import StoreError
 from shoal.outcome import jsonable
 from shoal.store.base import EventRecord, RunEnded, RunRecord, RunStatus, Store
+from shoal.store.claims import this_process_start
 
 __all__ = ["HEARTBEAT_SECONDS", "AgentJournal", "agent_status_text", "call_counts",
            "event_from_dict", "headline", "is_agent_record", "show_dict", "show_view", "summary",
@@ -127,7 +128,8 @@ class AgentJournal:
                                      **({"composed": True} if composed else {})}
         self.store.write([RunRecord(self.run_id, self._began, 0, "", {}, source,
                                     f"{KIND} {target}", pid=os.getpid(),
-                                    host=socket.gethostname(), heartbeat=self._began)])
+                                    host=socket.gethostname(), heartbeat=self._began,
+                                    pid_start=this_process_start())])
 
     def __call__(self, event: Event) -> None:
         """Keep an event the tree needs for the next batch, under the root's run id."""

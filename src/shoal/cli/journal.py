@@ -66,8 +66,9 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout, 
 def live_status(record: RunRecord, now: float | None = None) -> str:
     """The run's status as people mean it.
 
-    A ``running`` run whose process is gone (on this machine: its pid no longer exists;
-    anywhere: no heartbeat for a while) was killed or crashed: it is ``interrupted``.
+    A ``running`` run whose process is gone (on this machine: its pid no longer exists, or
+    another process, started otherwise, holds it; anywhere: no heartbeat for a while) was
+    killed or crashed: it is ``interrupted``.
     """
     if record.damaged:
         return "damaged"
@@ -76,7 +77,9 @@ def live_status(record: RunRecord, now: float | None = None) -> str:
     now = time.time() if now is None else now
     if now - max(record.heartbeat, record.started_at) > STALE_AFTER:
         return "interrupted"
-    if record.host == socket.gethostname() and record.pid and not _alive(record.pid):
+    # its pid held by another process (after a reboot, or pids wrapped around): gone too
+    here = record.host == socket.gethostname() and record.pid
+    if here and not _alive(record.pid, record.pid_start):
         return "interrupted"
     return record.status
 

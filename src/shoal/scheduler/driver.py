@@ -80,6 +80,7 @@ from shoal.store.base import (
     Store,
     run_record_with,
 )
+from shoal.store.claims import this_process_start
 from shoal.store.journal import Journal
 from shoal.store.resume import Resumption
 
@@ -989,7 +990,8 @@ class Driver:
             record, started_at=self._epoch, status="running", sessions=self._session,
             # the heartbeat says the process is alive: always the wall clock, which readers
             # in other processes compare it with
-            finished_at=None, heartbeat=time.time(), pid=os.getpid(), host=socket.gethostname()))
+            finished_at=None, heartbeat=time.time(), pid=os.getpid(), host=socket.gethostname(),
+            pid_start=this_process_start()))
 
     def _journal_decisions(self, d: Decisions) -> asyncio.Future[None] | None:
         """Journal ``d``'s outcomes and starts; return what the starts must wait for."""

@@ -85,7 +85,9 @@ class RunRecord:
     came from (for a plan file: ``path``, ``sha256`` and ``text``). ``sessions`` counts how
     often the run was started or resumed; ``heartbeat`` is the last time (epoch seconds) a live
     runtime said it was still running the run, so a run whose process died reads as
-    ``interrupted`` rather than ``running``.
+    ``interrupted`` rather than ``running``. ``pid`` and ``host`` name the process that runs
+    it, and ``pid_start`` which process that pid was (its boot and start time): after a
+    reboot or once pids wrap around, another process may hold the pid.
     """
 
     run_id: str
@@ -104,6 +106,9 @@ class RunRecord:
     pid: int = 0
     host: str = ""
     damaged: str = ""  # what of the stored row is damaged (then the rest is a best guess)
+    #: which process ``pid`` was, of all that ever held it on ``host``: its boot and start
+    #: time (:func:`shoal.store.claims.process_start`); ``""`` in records from before it
+    pid_start: str = ""
 
 
 _RUN_FIELDS = tuple(f.name for f in fields(RunRecord))

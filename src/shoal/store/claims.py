@@ -17,6 +17,12 @@ first *claims* its run id, and holds the claim until its session's journal is cl
   record says ``running`` with a live process (by pid on this machine, else by heartbeat)
   counts as claimed.
 
+A pid alone does not name a process for long: after a reboot, or once the pids have wrapped
+around, an unrelated process may hold a dead run's pid. So a run's record holds with its pid
+the process's start (:func:`process_start`: the boot, and the start time since it), and a
+process holding that pid with another start is not the run's (records from before this say
+nothing of it: their pid alone decides, as it did).
+
 A second claim of a claimed run raises :class:`~shoal.exceptions.RunActiveError`, naming the
 process. ``force=True`` (``shoal resume RUN --force``) goes on without the claim: for a person
 who knows that process can no longer run anything.
@@ -25,6 +31,7 @@ who knows that process can no longer run anything.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -45,7 +52,8 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 __all__ = ["HEARTBEAT_STALE", "FileClaim", "LocalClaims", "RunClaim", "claim_run",
-           "claim_run_nothing", "process_alive", "record_beats", "record_is_live"]
+           "claim_run_nothing", "process_alive", "process_start", "record_beats",
+           "record_is_live", "this_process_start"]
 
 log = logging.getLogger("shoal")
 
@@ -102,7 +110,7 @@ def record_is_live(record: RunRecord, now: float | None = None) -> bool:
     if record.status != "running" or record.damaged:
         return False
     if record.host == socket.gethostname() and record.pid:
-        return process_alive(record.pid)
+        return process_alive(record.pid, record.pid_start)
     now = time.time() if now is None else now
     return now - max(record.heartbeat, record.started_at) <= HEARTBEAT_STALE
 
@@ -120,15 +128,82 @@ def record_beats(record: RunRecord, now: float | None = None) -> bool:
     return fresh and record_is_live(record, now)
 
 
-def process_alive(pid: int) -> bool:
-    """Whether a process ``pid`` runs on this machine (under any user); a zombie does not."""
+def process_alive(pid: int, started: str = "") -> bool:
+    """Whether process ``pid`` runs on this machine (under any user); a zombie does not.
+
+    ``started``: the process's :func:`process_start` when it was recorded; a process that
+    holds ``pid`` now but started otherwise (another boot, another time) is another process,
+    and ``pid``'s is gone. Where the start cannot be read now, the pid alone decides.
+    """
     try:
         os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
         return False
     except PermissionError:  # it exists, under another user
         pass
-    return not _zombie(pid)
+    if _zombie(pid):
+        return False
+    if not started:
+        return True
+    now = process_start(pid)
+    return not now or now == started
+
+
+def process_start(pid: int) -> str:
+    """Which process ``pid`` is, of all that ever held its pid: its boot and its start time.
+
+    On Linux the boot id (``/proc/sys/kernel/random/boot_id``) and the start in clock ticks
+    since boot (``/proc/PID/stat``), both exact. Elsewhere the start time psutil reads (the
+    wall clock when the process started, which the kernel keeps), alone: it tells boots apart
+    too, whereas a boot time read afresh moves with the clock (a clock set forward would make
+    a live run's process look like another). ``""`` where it cannot be read (no such process,
+    ``/proc`` hidden).
+    """
+    boot = _boot_id()
+    if boot:
+        ticks = _start_ticks(pid)
+        return "" if ticks is None else f"{boot}:{ticks}"
+    import psutil
+
+    try:
+        return f"{psutil.Process(pid).create_time():.6f}"
+    except (psutil.Error, OSError):
+        return ""
+
+
+_OWN_START: dict[int, str] = {}  # this process's start, by pid (a fork has a start of its own)
+
+
+def this_process_start() -> str:
+    """:func:`process_start` of this process (read once: every run's record holds it)."""
+    pid = os.getpid()
+    start = _OWN_START.get(pid)
+    if start is None:
+        start = _OWN_START[pid] = process_start(pid)
+    return start
+
+
+@functools.cache
+def _boot_id() -> str:
+    """The id of the boot this runs in (Linux), or ``""`` (read once: no process outlives it)."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+    except OSError:
+        return ""
+
+
+def _start_ticks(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot (Linux ``/proc``), or ``None``."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    # "pid (command) state ppid ...": the start time is field 22, the 20th after the command
+    fields = stat.rpartition(")")[2].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
 
 
 def _zombie(pid: int) -> bool:

@@ -68,7 +68,8 @@ CREATE TABLE IF NOT EXISTS runs (
     started_at REAL NOT NULL, finished_at REAL, nodes INTEGER NOT NULL,
     fingerprint TEXT NOT NULL, plan TEXT NOT NULL, source TEXT NOT NULL,
     counts TEXT NOT NULL, makespan REAL NOT NULL, sessions INTEGER NOT NULL,
-    heartbeat REAL NOT NULL, pid INTEGER NOT NULL, host TEXT NOT NULL);
+    heartbeat REAL NOT NULL, pid INTEGER NOT NULL, host TEXT NOT NULL,
+    pid_start TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS runs_by_start ON runs (started_at);
 CREATE TABLE IF NOT EXISTS attempts (
     run_id TEXT NOT NULL, session INTEGER NOT NULL, node_id TEXT NOT NULL,
@@ -106,10 +107,13 @@ _EFFECTS_TABLE = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS effects"):].s
 # Added to files written before attempts said which limit held them, and before attempts and
 # outcomes said where they ran (no version change: an older shoal reads the file as ever,
 # ignoring the columns).
-_ADDED_COLUMNS = {("attempts", "held"), ("attempts", "ran_on"), ("outcomes", "ran_on")}
+# The same for runs' ``pid_start`` (which process their pid was); a run without one is judged
+# by its pid alone, as before.
+_ADDED_COLUMNS = {("attempts", "held"), ("attempts", "ran_on"), ("outcomes", "ran_on"),
+                  ("runs", "pid_start")}
 
 _RUN_COLUMNS = ("run_id, name, status, started_at, finished_at, nodes, fingerprint, plan, "
-                "source, counts, makespan, sessions, heartbeat, pid, host")
+                "source, counts, makespan, sessions, heartbeat, pid, host, pid_start")
 _OUTCOME_COLUMNS = ("node_id, tool, status, encoding, value, view, error, reason, attempts, "
                     "queued_at, started_at, finished_at, executor, abandoned, ran_on")
 _APPROVAL_COLUMNS = ("run_id, node_id, tool, args_hash, arguments, kind, requested_at, "
@@ -243,6 +247,10 @@ class SQLiteStore:
         """``column``, or ``''`` in its place in a read-only file from before it."""
         return "''" if (table, column) in self._lacking else column
 
+    def _run_columns(self) -> str:
+        """:data:`_RUN_COLUMNS`, as a read-only file from before ``pid_start`` has them."""
+        return _RUN_COLUMNS.replace("pid_start", self._column("runs", "pid_start"))
+
     def _schema_version(self, db: _Bound) -> int | None:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if not tables:
@@ -297,7 +305,7 @@ class SQLiteStore:
             if runs:
                 db.executemany(
                     f"INSERT OR REPLACE INTO runs ({_RUN_COLUMNS}) VALUES "
-                    f"({', '.join('?' * 15)})", [_run_row(r) for r in runs])
+                    f"({', '.join('?' * 16)})", [_run_row(r) for r in runs])
             if starts:
                 db.executemany(
                     "INSERT OR REPLACE INTO attempts (run_id, session, node_id, attempt, tool, "
@@ -369,13 +377,14 @@ class SQLiteStore:
 
     def get_run(self, run_id: str) -> RunRecord | None:
         """One run, or ``None``."""
-        rows = self._read(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,))
+        rows = self._read(f"SELECT {self._run_columns()} FROM runs WHERE run_id = ?",
+                          (run_id,))
         return _run_record(rows[0]) if rows else None
 
     def list_runs(self, limit: int = 50) -> list[RunRecord]:
         """The most recently started runs first (without their plan and source, for speed)."""
         # plan and source are big: each is read only when it is not JSON (so damage shows)
-        columns = _RUN_COLUMNS.replace(
+        columns = self._run_columns().replace(
             "plan, source", "CASE WHEN json_valid(plan) THEN '{}' ELSE plan END, "
                             "CASE WHEN json_valid(source) THEN '{}' ELSE source END")
         rows = self._read(f"SELECT {columns} FROM runs ORDER BY started_at DESC LIMIT ?",
@@ -585,13 +594,13 @@ def _event_dict(cell: Any) -> dict[str, Any]:
 def _run_row(r: RunRecord) -> tuple[Any, ...]:
     return (r.run_id, r.name, r.status, r.started_at, r.finished_at, r.nodes, r.fingerprint,
             json.dumps(dict(r.plan)), json.dumps(dict(r.source)), json.dumps(dict(r.counts)),
-            r.makespan, r.sessions, r.heartbeat, r.pid, r.host)
+            r.makespan, r.sessions, r.heartbeat, r.pid, r.host, r.pid_start)
 
 
 def _run_record(row: Sequence[Any]) -> RunRecord:
     """The run of ``row``; a damaged row gives a record saying what is damaged."""
     (run_id, name, status, started_at, finished_at, nodes, fingerprint, plan, source, counts,
-     makespan, sessions, heartbeat, pid, host) = row
+     makespan, sessions, heartbeat, pid, host, pid_start) = row
     try:
         return RunRecord(
             _text(run_id, "run_id"), _number(started_at, "started_at"), _int(nodes, "nodes"),
@@ -600,7 +609,8 @@ def _run_record(row: Sequence[Any]) -> RunRecord:
             _choice(status, "status", RUN_STATUSES),
             _number(finished_at, "finished_at", optional=True), _json(counts, "counts", dict),
             _number(makespan, "makespan"), _int(sessions, "sessions"),
-            _number(heartbeat, "heartbeat"), _int(pid, "pid"), _text(host, "host"))
+            _number(heartbeat, "heartbeat"), _int(pid, "pid"), _text(host, "host"),
+            pid_start=_text(pid_start, "pid_start"))
     except _Damaged as exc:
         return RunRecord(_loose_text(run_id), _loose_number(started_at), 0, "", {}, {},
                          _loose_text(name), damaged=f"runs.{exc}")
