@@ -185,14 +185,45 @@ class Decisions:
     def __init__(self) -> None:
         # ``parked`` / ``freed``: gates (shared with the runtime's other runs) that a node of
         # this run now waits on / that this run released, so the driver can pass wake-ups on.
-        self.parked: list[object] = []
-        self.freed: list[object] = []
+        # These two, ``cancels`` and ``timers`` are rarely written: they start as the shared
+        # empty tuple (read as an empty sequence) and get a list on their first item, through
+        # the methods below; a decision per ended call need not make four lists it never uses.
+        self.parked: list[object] | tuple[object, ...] = ()
+        self.freed: list[object] | tuple[object, ...] = ()
         self.starts: list[Call] = []
-        self.cancels: list[int] = []
-        self.timers: list[tuple[float, str, int]] = []
+        self.cancels: list[int] | tuple[int, ...] = ()
+        self.timers: list[tuple[float, str, int]] | tuple[tuple[float, str, int], ...] = ()
         self.events: list[Event] = []
         self.done: list[Ended] = []
         self.approvals: list[ApprovalAction] = []
+
+    def park(self, gate: object) -> None:
+        """A node of this run now waits on ``gate``."""
+        if isinstance(self.parked, list):
+            self.parked.append(gate)
+        else:
+            self.parked = [gate]
+
+    def free(self, gate: object) -> None:
+        """This run released ``gate``."""
+        if isinstance(self.freed, list):
+            self.freed.append(gate)
+        else:
+            self.freed = [gate]
+
+    def cancel(self, pos: int) -> None:
+        """Stop the running call of the node at ``pos``."""
+        if isinstance(self.cancels, list):
+            self.cancels.append(pos)
+        else:
+            self.cancels = [pos]
+
+    def timer(self, when: float, kind: str, pos: int) -> None:
+        """Call back at ``when`` (``kind``: ``"retry"`` or ``"rate"``) for the node at ``pos``."""
+        if isinstance(self.timers, list):
+            self.timers.append((when, kind, pos))
+        else:
+            self.timers = [(when, kind, pos)]
 
 
 class Ended(NamedTuple):
@@ -580,7 +611,7 @@ class SchedulerState:
                 and slot.node.tool.policy.retry.should_retry(result.error, slot.attempts)):
             delay = slot.node.tool.policy.retry.delay(slot.attempts, self._rng)
             self._set_phase(slot, Phase.BACKOFF)
-            d.timers.append((now + delay, "retry", pos))
+            d.timer(now + delay, "retry", pos)
             if self.record_events:
                 d.events.append(NodeRetrying(
                     run_id=self.run_id, time=now, node_id=slot.node.id, tool=slot.node.tool.name,
@@ -1164,7 +1195,7 @@ class SchedulerState:
             if not gate.available():
                 slot.held = f"{gate.name} max_concurrency={gate.capacity}"
                 self._park(gate, slot)
-                d.parked.append(gate)
+                d.park(gate)
                 return False
         if slot.node.tool.policy.rate is not None:
             limiter = self._gates.rate_for(slot.node.tool)
@@ -1174,7 +1205,7 @@ class SchedulerState:
                 slot.held = f"{limiter.name} rate={limiter.rate}"
                 self._park(limiter, slot)
                 if self._gates.rate_wait(limiter):  # one timer per limiter
-                    d.timers.append((now + wait, "rate", slot.pos))
+                    d.timer(now + wait, "rate", slot.pos)
                 return False
             limiter.take(shared_now)
         return True
@@ -1226,7 +1257,7 @@ class SchedulerState:
         for gate in slot.gates or ():
             gate.release()
             self._wake_one(gate)
-            d.freed.append(gate)  # other runs of the runtime may wait on it too
+            d.free(gate)  # other runs of the runtime may wait on it too
 
     def _error(self, slot: _Slot, result: AttemptResult) -> ErrorInfo | None:
         if result.error is not None:
@@ -1248,7 +1279,7 @@ class SchedulerState:
         if slot.phase is Phase.RUNNING:
             if not slot.cancel_reason:  # the first reason is the one that stopped it
                 slot.cancel_reason, slot.cancel_status = reason, status
-            d.cancels.append(slot.pos)
+            d.cancel(slot.pos)
         else:
             if slot.phase is Phase.APPROVAL and slot.approval is not None:
                 d.approvals.append(Withdraw(slot.pos, slot.node.id, slot.approval.args_hash))
@@ -1269,7 +1300,7 @@ class SchedulerState:
         for gate in slot.gates or ():
             if gate.available():
                 self._wake_one(gate)
-                d.freed.append(gate)
+                d.free(gate)
 
     def _record(self, slot: _Slot, status: Status, now: float, d: Decisions, *, value: Any = None,
                 error: ErrorInfo | None = None, reason: str = "", abandoned: bool = False) -> None:
