@@ -23,7 +23,7 @@ from shoal import Plan, Ref, ToolArgumentError, tool
 from shoal.deps import analyze
 from shoal.events import Event
 from shoal.scheduler.args import isolate_all
-from shoal.scheduler.state import AttemptResult, Phase, SchedulerState
+from shoal.scheduler.state import AttemptResult, Decisions, Phase, SchedulerState
 from shoal.testing import run_virtual
 from shoal.tools import Tool, plain_fields
 
@@ -181,6 +181,32 @@ def test_arguments_of_immutable_values_are_a_new_dict() -> None:
     assert copied == nested and copied["l"] is not nested["l"]
     assert copied["l"][1] is not nested["l"][1]
     assert isolate_all({}) == {}
+
+
+def test_a_node_never_shares_a_dict_its_caller_holds() -> None:
+    """``call`` keeps the keyword dict made for it; a mapping given to ``add`` is copied."""
+    plan = Plan()
+    given: dict[str, Any] = {"i": 1}
+    added, called = plan.add(bare, given), plan.call(bare, **given)
+    mapped = plan.map(bare, over=called, s="y")
+    given["i"] = 2  # the caller's dict stays theirs
+    assert plan.node(added).args == {"i": 1} and plan.node(called).args == {"i": 1}
+    assert plan.node(mapped).args == {"s": "y", "i": called}
+
+
+def test_a_decisions_rarely_written_lists_are_made_on_their_first_item() -> None:
+    d = Decisions()
+    assert (d.parked, d.freed, d.cancels, d.timers) == ((), (), (), ())
+    gate, other = object(), object()
+    d.park(gate)
+    d.park(other)
+    d.free(gate)
+    d.cancel(3)
+    d.timer(1.5, "retry", 3)
+    d.timer(2.0, "rate", 4)
+    assert d.parked == [gate, other] and d.freed == [gate] and d.cancels == [3]
+    assert d.timers == [(1.5, "retry", 3), (2.0, "rate", 4)]
+    assert not Decisions().parked  # a new decision starts empty again
 
 
 # ---- a run of calls that end at once vs the same calls with a task each ----------------------

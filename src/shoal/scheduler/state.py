@@ -198,14 +198,14 @@ class Decisions:
         self.approvals: list[ApprovalAction] = []
 
     def park(self, gate: object) -> None:
-        """A node of this run now waits on ``gate``."""
+        """Note that a node of this run now waits on ``gate``."""
         if isinstance(self.parked, list):
             self.parked.append(gate)
         else:
             self.parked = [gate]
 
     def free(self, gate: object) -> None:
-        """This run released ``gate``."""
+        """Note that this run released ``gate``."""
         if isinstance(self.freed, list):
             self.freed.append(gate)
         else:
