@@ -13,6 +13,7 @@ import dataclasses
 import enum
 import math
 import random
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pydantic
@@ -24,6 +25,9 @@ from shoal.deps import analyze
 from shoal.events import Event
 from shoal.scheduler.args import isolate_all
 from shoal.scheduler.state import AttemptResult, Decisions, Phase, SchedulerState
+from shoal.store import Store
+from shoal.store.memory import MemoryStore
+from shoal.store.sqlite import SQLiteStore
 from shoal.testing import run_virtual
 from shoal.tools import Tool, plain_fields
 
@@ -264,6 +268,31 @@ def test_calls_run_at_once_end_as_calls_with_a_task(options: dict[str, Any]) -> 
     assert quick["n0"].value == "a0" and quick["n3"].status == "failed"
     if not options.get("fail_fast"):
         assert quick["after"].value == "a06"
+
+
+def _journaled(t: Tool[..., Any], store: Store) -> tuple[list[Any], list[Any]]:
+    plan = Plan()
+    for i in range(5):
+        plan.call(t, i=i, label="x" if i % 2 else "", node_id=f"n{i}")
+    result = shoal.Runtime(store=store).run_sync(plan, run_id="r")
+    assert result.outcomes["n1"].value == "x1"
+    attempts = sorted((a.node_id, a.attempt, a.tool == t.name, a.executor, a.status, a.error,
+                       a.where, a.ended_at is not None) for a in store.attempts("r"))
+    stored = store.outcomes("r")
+    return attempts, [(n, _shape(stored[n].outcome)) for n in sorted(stored)]
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_calls_run_at_once_are_journaled_as_calls_with_a_task(kind: str, tmp_path: Path
+                                                              ) -> None:
+    """A call that returns a plain value skips the result object: its journal rows do not."""
+    def store(name: str) -> Store:
+        return MemoryStore() if kind == "memory" else SQLiteStore(tmp_path / f"{name}.db")
+
+    quick = _journaled(instant, store("quick"))
+    assert quick == _journaled(tasked, store("tasked"))
+    assert [shape[0] for _, shape in quick[1]] == ["ok", "ok", "ok", "failed", "ok"]
+    assert len(quick[0]) == (5 if kind == "sqlite" else 0)  # a durable store's attempt rows
 
 
 # ---- the ready queue: nodes queued by begin() and nodes queued later, best first -----------

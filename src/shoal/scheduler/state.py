@@ -596,16 +596,10 @@ class SchedulerState:
     def finish(self, pos: int, result: AttemptResult, now: float) -> Decisions:
         """An attempt ended: retry it, or record the outcome and release its dependents."""
         d = Decisions()
-        slot = self._slots[pos]
-        assert isinstance(slot, _Slot), f"{self.graph.nodes[pos].id} ended twice"
-        self._global.in_use -= 1
-        del self.in_flight[pos]
-        if slot.gates:
-            self._release(slot, d)
+        slot = self._attempt_ended(pos, result.where, d)
         if result.began is not None and slot.attempts == 1 and slot.started_at is not None:
             slot.started_at = max(slot.started_at, result.began)  # exclude waiting for a worker
         status = slot.cancel_status if result.status == "cancelled" else result.status
-        slot.where = result.where or slot.where
         if (status != "ok" and status != "cancelled" and not self.stopping
                 and not slot.cancel_reason and result.error is not None
                 and slot.node.tool.policy.retry.should_retry(result.error, slot.attempts)):
@@ -625,6 +619,30 @@ class SchedulerState:
                          abandoned=result.abandoned)
         self._dispatch(now, d)
         return d
+
+    def finish_ok(self, pos: int, value: Any, where: str, now: float) -> Decisions:
+        """:meth:`finish` for an attempt that returned ``value`` and reported no start time.
+
+        What most calls report, without an :class:`AttemptResult` to carry it.
+        """
+        d = Decisions()
+        slot = self._attempt_ended(pos, where, d)
+        if slot.started_at is not None:
+            self._critical.learn(slot.node.tool.name, now - slot.started_at)
+        self._record(slot, "ok", now, d, value=value)
+        self._dispatch(now, d)
+        return d
+
+    def _attempt_ended(self, pos: int, where: str, d: Decisions) -> _Slot:
+        """The running node at ``pos``, its attempt over: give back what the attempt held."""
+        slot = self._slots[pos]
+        assert isinstance(slot, _Slot), f"{self.graph.nodes[pos].id} ended twice"
+        self._global.in_use -= 1
+        del self.in_flight[pos]
+        if slot.gates:
+            self._release(slot, d)
+        slot.where = where or slot.where
+        return slot
 
     def retry_due(self, pos: int, now: float) -> Decisions:
         """A retry's back-off is over: queue the node again."""
