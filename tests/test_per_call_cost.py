@@ -13,6 +13,7 @@ import dataclasses
 import enum
 import math
 import random
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pydantic
@@ -23,7 +24,10 @@ from shoal import Plan, Ref, ToolArgumentError, tool
 from shoal.deps import analyze
 from shoal.events import Event
 from shoal.scheduler.args import isolate_all
-from shoal.scheduler.state import AttemptResult, Phase, SchedulerState
+from shoal.scheduler.state import AttemptResult, Decisions, Phase, SchedulerState
+from shoal.store import Store
+from shoal.store.memory import MemoryStore
+from shoal.store.sqlite import SQLiteStore
 from shoal.testing import run_virtual
 from shoal.tools import Tool, plain_fields
 
@@ -183,6 +187,32 @@ def test_arguments_of_immutable_values_are_a_new_dict() -> None:
     assert isolate_all({}) == {}
 
 
+def test_a_node_never_shares_a_dict_its_caller_holds() -> None:
+    """``call`` keeps the keyword dict made for it; a mapping given to ``add`` is copied."""
+    plan = Plan()
+    given: dict[str, Any] = {"i": 1}
+    added, called = plan.add(bare, given), plan.call(bare, **given)
+    mapped = plan.map(bare, over=called, s="y")
+    given["i"] = 2  # the caller's dict stays theirs
+    assert plan.node(added).args == {"i": 1} and plan.node(called).args == {"i": 1}
+    assert plan.node(mapped).args == {"s": "y", "i": called}
+
+
+def test_a_decisions_rarely_written_lists_are_made_on_their_first_item() -> None:
+    d = Decisions()
+    assert (d.parked, d.freed, d.cancels, d.timers) == ((), (), (), ())
+    gate, other = object(), object()
+    d.park(gate)
+    d.park(other)
+    d.free(gate)
+    d.cancel(3)
+    d.timer(1.5, "retry", 3)
+    d.timer(2.0, "rate", 4)
+    assert d.parked == [gate, other] and d.freed == [gate] and d.cancels == [3]
+    assert d.timers == [(1.5, "retry", 3), (2.0, "rate", 4)]
+    assert not Decisions().parked  # a new decision starts empty again
+
+
 # ---- a run of calls that end at once vs the same calls with a task each ----------------------
 
 @tool
@@ -238,6 +268,31 @@ def test_calls_run_at_once_end_as_calls_with_a_task(options: dict[str, Any]) -> 
     assert quick["n0"].value == "a0" and quick["n3"].status == "failed"
     if not options.get("fail_fast"):
         assert quick["after"].value == "a06"
+
+
+def _journaled(t: Tool[..., Any], store: Store) -> tuple[list[Any], list[Any]]:
+    plan = Plan()
+    for i in range(5):
+        plan.call(t, i=i, label="x" if i % 2 else "", node_id=f"n{i}")
+    result = shoal.Runtime(store=store).run_sync(plan, run_id="r")
+    assert result.outcomes["n1"].value == "x1"
+    attempts = sorted((a.node_id, a.attempt, a.tool == t.name, a.executor, a.status, a.error,
+                       a.where, a.ended_at is not None) for a in store.attempts("r"))
+    stored = store.outcomes("r")
+    return attempts, [(n, _shape(stored[n].outcome)) for n in sorted(stored)]
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_calls_run_at_once_are_journaled_as_calls_with_a_task(kind: str, tmp_path: Path
+                                                              ) -> None:
+    """A call that returns a plain value skips the result object: its journal rows do not."""
+    def store(name: str) -> Store:
+        return MemoryStore() if kind == "memory" else SQLiteStore(tmp_path / f"{name}.db")
+
+    quick = _journaled(instant, store("quick"))
+    assert quick == _journaled(tasked, store("tasked"))
+    assert [shape[0] for _, shape in quick[1]] == ["ok", "ok", "ok", "failed", "ok"]
+    assert len(quick[0]) == (5 if kind == "sqlite" else 0)  # a durable store's attempt rows
 
 
 # ---- the ready queue: nodes queued by begin() and nodes queued later, best first -----------

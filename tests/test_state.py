@@ -463,7 +463,7 @@ def test_cancelling_a_queued_node_records_it_and_skips_its_dependents() -> None:
     assert started(state.begin(0.0)) == [a.node]
     assert phase_of(state, b) is Phase.READY
     d = state.cancel([b.node], "not needed", 0.5)
-    assert d.cancels == [] and d.starts == []
+    assert not d.cancels and d.starts == []
     assert outcome_of(state, b).status == "cancelled"
     assert outcome_of(state, b).reason == "not needed"
     assert outcome_of(state, b).started_at is None
@@ -569,7 +569,7 @@ def test_a_node_cancelled_while_running_is_not_retried() -> None:
     state.begin(0.0)
     state.cancel([a.node], "user", 0.5)
     d = state.finish(0, AttemptResult("failed", error=ValueError("x")), 0.6)
-    assert d.timers == []
+    assert not d.timers
     assert outcome_of(state, a) is not None
     assert outcome_of(state, a).status in ("cancelled", "failed")
 
@@ -582,7 +582,7 @@ def test_errors_no_retry_can_help_are_never_retried() -> None:
         state = make_state(plan)
         state.begin(0.0)
         d = state.finish(0, AttemptResult("failed", error=error), 0.1)
-        assert d.timers == [], f"{type(error).__name__} was retried"
+        assert not d.timers, f"{type(error).__name__} was retried"
         assert outcome_of(state, a).status == "failed"
         assert outcome_of(state, a).attempts == 1
 

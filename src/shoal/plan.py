@@ -240,8 +240,9 @@ class Plan:
 
         ``after`` is one node (a ref or an id) or several that must finish first.
         """
-        # add()'s body: a plan of many small calls spends a good part of its time here
-        node = self.make_node(tool, args, after=after, node_id=node_id)
+        # add()'s body: a plan of many small calls spends a good part of its time here. ``args``
+        # is a dict made for this call alone: the node keeps it as it is (no copy)
+        node = self._make_node(tool, args, after, node_id, None)
         self.insert(node)
         return Ref(node.id)
 
@@ -293,8 +294,8 @@ class Plan:
                             f"{type(over).__name__}; for a list known now, call plan.call "
                             "once per item")
         chosen = _item_arg(resolved, args, item_arg)
-        node = self.make_node(resolved, {**args, chosen: over}, after=after, node_id=node_id,
-                              map_spec=MapSpec(chosen, partial))
+        node = self._make_node(resolved, {**args, chosen: over}, after, node_id,
+                               MapSpec(chosen, partial))
         self.insert(node)
         return Ref(node.id)
 
@@ -308,12 +309,17 @@ class Plan:
         map_spec: MapSpec | None = None,
     ) -> Node:
         """A node for this plan (its id chosen, its refs found), not added yet (:meth:`insert`)."""
+        return self._make_node(tool, dict(args) if args else {}, after, node_id, map_spec)
+
+    def _make_node(self, tool: Callee, arguments: dict[str, Any],
+                   after: Ref | str | Iterable[Ref | str], node_id: str | None,
+                   map_spec: MapSpec | None) -> Node:
+        """:meth:`make_node` for ``arguments`` made for this node alone (kept, not copied)."""
         resolved_tool = tool if isinstance(tool, Tool) else as_tool(tool)
         if node_id is not None and not isinstance(node_id, str):
             raise TypeError(f"node_id must be a string, got {type(node_id).__name__} "
                             f"{node_id!r}")
         node_id = node_id if node_id is not None else self._next_id(resolved_tool.name)
-        arguments = dict(args) if args else {}
         if after != ():  # not truthiness: a Ref has none
             if not isinstance(after, (*_ONE_NODE, Iterable)):
                 raise TypeError(f"after= takes a ref, a node id or several of them, got "

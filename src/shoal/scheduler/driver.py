@@ -673,6 +673,9 @@ class Driver:
                         raise
                     if self._at_once_stopped:  # a cancel while it ran (from its own code) came
                         self._at_once_stopped.discard(call.pos)  # too late to stop it
+                    if type(result) is not AttemptResult:  # a plain value: the call succeeded
+                        self._returned(call, result)
+                        continue
                 self._attempt_done(call, result)
         finally:
             self._bursting = False
@@ -686,15 +689,20 @@ class Driver:
             self._entered = entered
 
     @staticmethod
-    def _run_at_once(call: Call, context: contextvars.Context) -> AttemptResult:
-        """Run a call that ends in its first step; its end as :meth:`_attempt` would report it."""
+    def _run_at_once(call: Call, context: contextvars.Context) -> AttemptResult | Any:
+        """Run a call that ends in its first step; its end as :meth:`_attempt` would report it.
+
+        A value of a plain type (:data:`_PLAIN`, never an :class:`AttemptResult`) comes back
+        as it is, for :meth:`_returned`: most calls end so, and need no result object.
+        """
         try:
             coro = call.tool.fn(**call.args)
             context.run(coro.send, None)
         except StopIteration as stop:
             value = stop.value
-            unawaited = None if type(value) in _PLAIN else unawaited_result(
-                call.tool.name, value)
+            if type(value) in _PLAIN:
+                return value
+            unawaited = unawaited_result(call.tool.name, value)
             return (AttemptResult("ok", value) if unawaited is None
                     else AttemptResult("failed", error=unawaited))
         except asyncio.CancelledError:
@@ -848,6 +856,29 @@ class Driver:
         self._executors[name] = executor
         return executor
 
+    def _returned(self, call: Call, value: Any) -> None:
+        """:meth:`_attempt_done` for a call that returned ``value``, without an AttemptResult.
+
+        Only for an attempt with nothing to settle or journal and no start time of its own (a
+        call run at once has none of these); any other goes the general way.
+        """
+        if self._streaming or call.began_at is not None or call.tool.injected or (
+                self._settling and call.pos in self._settling):
+            self._attempt_done(call, AttemptResult("ok", value))
+            return
+        try:
+            del self._tasks[call.pos]  # one attempt per node at a time: this is the one
+            where = call.where or self._hosts.get(call.isolation) or self._here(call)
+            self._apply(self.state.finish_ok(call.pos, value, where, self.now()))
+        except Exception as exc:
+            self._internal_error(call, exc)
+
+    def _internal_error(self, call: Call, exc: Exception) -> None:
+        """A bug in shoal itself while recording ``call``'s end: end the run loudly, not hang."""
+        log.exception("internal error while recording %s", call.node_id)
+        if self._finished is not None and not self._finished.done():
+            self._finished.set_exception(exc)
+
     def _attempt_done(self, call: Call, result: AttemptResult) -> None:
         try:
             del self._tasks[call.pos]  # one attempt per node at a time: this is the one
@@ -873,10 +904,8 @@ class Driver:
             if call.tool.injected and not call.abandoned:
                 for name in call.tool.injected:
                     call.args.pop(name, None)
-        except Exception as exc:  # a bug in shoal itself: end the run loudly rather than hang
-            log.exception("internal error while recording %s", call.node_id)
-            if self._finished is not None and not self._finished.done():
-                self._finished.set_exception(exc)
+        except Exception as exc:
+            self._internal_error(call, exc)
 
     def _began(self, stamp: float) -> float | None:
         """A backend's monotonic stamp on the run's clock, if the clock can tell (else None).

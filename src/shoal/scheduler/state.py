@@ -185,14 +185,45 @@ class Decisions:
     def __init__(self) -> None:
         # ``parked`` / ``freed``: gates (shared with the runtime's other runs) that a node of
         # this run now waits on / that this run released, so the driver can pass wake-ups on.
-        self.parked: list[object] = []
-        self.freed: list[object] = []
+        # These two, ``cancels`` and ``timers`` are rarely written: they start as the shared
+        # empty tuple (read as an empty sequence) and get a list on their first item, through
+        # the methods below; a decision per ended call need not make four lists it never uses.
+        self.parked: list[object] | tuple[object, ...] = ()
+        self.freed: list[object] | tuple[object, ...] = ()
         self.starts: list[Call] = []
-        self.cancels: list[int] = []
-        self.timers: list[tuple[float, str, int]] = []
+        self.cancels: list[int] | tuple[int, ...] = ()
+        self.timers: list[tuple[float, str, int]] | tuple[tuple[float, str, int], ...] = ()
         self.events: list[Event] = []
         self.done: list[Ended] = []
         self.approvals: list[ApprovalAction] = []
+
+    def park(self, gate: object) -> None:
+        """Note that a node of this run now waits on ``gate``."""
+        if isinstance(self.parked, list):
+            self.parked.append(gate)
+        else:
+            self.parked = [gate]
+
+    def free(self, gate: object) -> None:
+        """Note that this run released ``gate``."""
+        if isinstance(self.freed, list):
+            self.freed.append(gate)
+        else:
+            self.freed = [gate]
+
+    def cancel(self, pos: int) -> None:
+        """Stop the running call of the node at ``pos``."""
+        if isinstance(self.cancels, list):
+            self.cancels.append(pos)
+        else:
+            self.cancels = [pos]
+
+    def timer(self, when: float, kind: str, pos: int) -> None:
+        """Call back at ``when`` (``kind``: ``"retry"`` or ``"rate"``) for the node at ``pos``."""
+        if isinstance(self.timers, list):
+            self.timers.append((when, kind, pos))
+        else:
+            self.timers = [(when, kind, pos)]
 
 
 class Ended(NamedTuple):
@@ -565,22 +596,16 @@ class SchedulerState:
     def finish(self, pos: int, result: AttemptResult, now: float) -> Decisions:
         """An attempt ended: retry it, or record the outcome and release its dependents."""
         d = Decisions()
-        slot = self._slots[pos]
-        assert isinstance(slot, _Slot), f"{self.graph.nodes[pos].id} ended twice"
-        self._global.in_use -= 1
-        del self.in_flight[pos]
-        if slot.gates:
-            self._release(slot, d)
+        slot = self._attempt_ended(pos, result.where, d)
         if result.began is not None and slot.attempts == 1 and slot.started_at is not None:
             slot.started_at = max(slot.started_at, result.began)  # exclude waiting for a worker
         status = slot.cancel_status if result.status == "cancelled" else result.status
-        slot.where = result.where or slot.where
         if (status != "ok" and status != "cancelled" and not self.stopping
                 and not slot.cancel_reason and result.error is not None
                 and slot.node.tool.policy.retry.should_retry(result.error, slot.attempts)):
             delay = slot.node.tool.policy.retry.delay(slot.attempts, self._rng)
             self._set_phase(slot, Phase.BACKOFF)
-            d.timers.append((now + delay, "retry", pos))
+            d.timer(now + delay, "retry", pos)
             if self.record_events:
                 d.events.append(NodeRetrying(
                     run_id=self.run_id, time=now, node_id=slot.node.id, tool=slot.node.tool.name,
@@ -594,6 +619,30 @@ class SchedulerState:
                          abandoned=result.abandoned)
         self._dispatch(now, d)
         return d
+
+    def finish_ok(self, pos: int, value: Any, where: str, now: float) -> Decisions:
+        """:meth:`finish` for an attempt that returned ``value`` and reported no start time.
+
+        What most calls report, without an :class:`AttemptResult` to carry it.
+        """
+        d = Decisions()
+        slot = self._attempt_ended(pos, where, d)
+        if slot.started_at is not None:
+            self._critical.learn(slot.node.tool.name, now - slot.started_at)
+        self._record(slot, "ok", now, d, value=value)
+        self._dispatch(now, d)
+        return d
+
+    def _attempt_ended(self, pos: int, where: str, d: Decisions) -> _Slot:
+        """The running node at ``pos``, its attempt over: give back what the attempt held."""
+        slot = self._slots[pos]
+        assert isinstance(slot, _Slot), f"{self.graph.nodes[pos].id} ended twice"
+        self._global.in_use -= 1
+        del self.in_flight[pos]
+        if slot.gates:
+            self._release(slot, d)
+        slot.where = where or slot.where
+        return slot
 
     def retry_due(self, pos: int, now: float) -> Decisions:
         """A retry's back-off is over: queue the node again."""
@@ -1164,7 +1213,7 @@ class SchedulerState:
             if not gate.available():
                 slot.held = f"{gate.name} max_concurrency={gate.capacity}"
                 self._park(gate, slot)
-                d.parked.append(gate)
+                d.park(gate)
                 return False
         if slot.node.tool.policy.rate is not None:
             limiter = self._gates.rate_for(slot.node.tool)
@@ -1174,7 +1223,7 @@ class SchedulerState:
                 slot.held = f"{limiter.name} rate={limiter.rate}"
                 self._park(limiter, slot)
                 if self._gates.rate_wait(limiter):  # one timer per limiter
-                    d.timers.append((now + wait, "rate", slot.pos))
+                    d.timer(now + wait, "rate", slot.pos)
                 return False
             limiter.take(shared_now)
         return True
@@ -1226,7 +1275,7 @@ class SchedulerState:
         for gate in slot.gates or ():
             gate.release()
             self._wake_one(gate)
-            d.freed.append(gate)  # other runs of the runtime may wait on it too
+            d.free(gate)  # other runs of the runtime may wait on it too
 
     def _error(self, slot: _Slot, result: AttemptResult) -> ErrorInfo | None:
         if result.error is not None:
@@ -1248,7 +1297,7 @@ class SchedulerState:
         if slot.phase is Phase.RUNNING:
             if not slot.cancel_reason:  # the first reason is the one that stopped it
                 slot.cancel_reason, slot.cancel_status = reason, status
-            d.cancels.append(slot.pos)
+            d.cancel(slot.pos)
         else:
             if slot.phase is Phase.APPROVAL and slot.approval is not None:
                 d.approvals.append(Withdraw(slot.pos, slot.node.id, slot.approval.args_hash))
@@ -1269,7 +1318,7 @@ class SchedulerState:
         for gate in slot.gates or ():
             if gate.available():
                 self._wake_one(gate)
-                d.freed.append(gate)
+                d.free(gate)
 
     def _record(self, slot: _Slot, status: Status, now: float, d: Decisions, *, value: Any = None,
                 error: ErrorInfo | None = None, reason: str = "", abandoned: bool = False) -> None:
