@@ -7,6 +7,10 @@ Re-ranking costs O(nodes), so it happens only when an estimate has moved by more
 ``RELEARN_FACTOR`` since the last ranking, and at most once per ``RERANK_SHARE`` of the plan's
 completions: learning stays O(1) per node, amortised. With a single tool the order cannot
 change, so nothing is ever re-ranked.
+
+Nodes added while a run goes (an open run) get their levels in batches: the scheduler asks
+:meth:`CriticalPath.take_added` for the nodes added since, when the order of its ready queue
+is about to matter, and works their levels out newest first in one pass.
 """
 
 from __future__ import annotations
@@ -35,6 +39,16 @@ class CriticalPath:
         self._used: dict[str, float] = {}  # estimate per tool at the last ranking (nan: none)
         self._next_at = 0  # completions before which no re-ranking happens
         self._multi_tool = len({n.tool.name for n in graph.nodes}) > 1
+        self._ranked = len(graph.nodes)  # positions before it had their level worked out
+
+    def take_added(self) -> range:
+        """The positions added since the last ranking or call, whose levels are not worked out.
+
+        The caller works them out now (newest first: what follows a node came after it).
+        """
+        added = range(self._ranked, len(self.graph.nodes))
+        self._ranked = added.stop
+        return added
 
     def note(self, node: Node) -> None:
         """A node was added while the run goes: a new tool may make re-ranking worthwhile."""
@@ -69,6 +83,7 @@ class CriticalPath:
         self._used = {name: self.estimates[name] for name, _ in cache
                       if name in self.estimates} if self._multi_tool else {}
         self._next_at = done_count + max(1, int(len(nodes) * RERANK_SHARE))
+        self._ranked = len(nodes)
         shared: dict[float, float] = {}  # many nodes share a level: one float object each
         return [shared.setdefault(value, -value) for value in level]
 
