@@ -16,6 +16,7 @@ is about to matter, and works their levels out newest first in one pass.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from shoal.deps import Graph
@@ -63,14 +64,22 @@ class CriticalPath:
             return learned
         return tool.policy.estimate if tool.policy.estimate is not None else DEFAULT_ESTIMATE
 
-    def rank(self, done_count: int) -> list[float]:
-        """Each node's priority, by position (lower pops first from a heap: the negated level)."""
+    def rank(self, done_count: int, ended: Sequence[object] | None = None) -> list[float]:
+        """Each node's priority, by position (lower pops first from a heap: the negated level).
+
+        ``ended[pos]`` is not ``None`` for a node that has ended: it is given 0 and costs nothing
+        (nothing that waits comes before it, and what it ended for runs no more), so a ranking
+        late in a large run works only on what is left.
+        """
         cache: dict[tuple[str, float | None], float] = {}  # per-call options may set estimate=
         by_tool: dict[int, float] = {}  # the same, by the tool object: one lookup per node
         nodes, succs = self.graph.nodes, self.graph.succs
         level = [0.0] * len(nodes)
         at = level.__getitem__
+        over: Callable[[int], object] = (lambda pos: None) if ended is None else ended.__getitem__
         for pos in range(len(nodes) - 1, -1, -1):  # graph.nodes is in topological order
+            if over(pos) is not None:
+                continue  # ended: its level stays 0
             tool = nodes[pos].tool
             own = by_tool.get(id(tool))
             if own is None:

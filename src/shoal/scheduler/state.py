@@ -1347,7 +1347,8 @@ class SchedulerState:
 
     def _rank(self) -> None:
         """Re-rank every node by critical path and rebuild the ready heap."""
-        for slot, priority in zip(self._slots, self._critical.rank(self.done_count), strict=True):
+        ranked = self._critical.rank(self.done_count, self._ended)  # ended nodes cost nothing
+        for slot, priority in zip(self._slots, ranked, strict=True):
             if not isinstance(slot, _Slot):
                 continue  # ended: never queued again
             # a map's item stands for its map (what waits for the map waits for it), which
