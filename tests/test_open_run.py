@@ -526,6 +526,25 @@ def test_a_chain_added_after_a_map_lifts_its_queued_items() -> None:
     assert order[:6] == ["blocker", "list", "solo0", "0", "1", "2"]
 
 
+def test_a_long_chain_fed_node_by_node_goes_before_a_shorter_critical_path() -> None:
+    heavy = unit.options(estimate=100.0)  # one tool in all: nothing is ever re-ranked
+
+    async def main() -> None:
+        async with shoal.Runtime(max_concurrency=1).open_run() as run:
+            run.call(unit, label="blocker")
+            await asyncio.sleep(0.01)  # it holds the one slot while the rest comes
+            run.call(heavy, label="heavy")  # 100 units of work
+            ref = run.call(unit, label="c0")  # the head of a chain of 200 units
+            for i in range(1, 200):
+                ref = run.call(unit, label=f"c{i}", after=ref)
+
+    order.clear()
+    vrun(main())
+    # the whole chain's length counts, not only the part near the node added last: the
+    # chain goes first until what is left of it (100 units from c100) is no longer than heavy
+    assert order[:3] == ["blocker", "c0", "c1"] and order.index("heavy") == 101
+
+
 def test_a_node_id_or_after_of_the_wrong_type_is_a_type_error_and_the_run_goes_on() -> None:
     async def main() -> shoal.RunResult:
         async with shoal.Runtime().open_run() as run:

@@ -290,6 +290,22 @@ def test_bad_arguments_are_reported_even_next_to_refs() -> None:
     assert "'parts'" in found[("bad_arguments", "missing")]
 
 
+def test_nodes_whose_arguments_are_all_refs_are_each_checked_by_their_own_names() -> None:
+    """All-ref arguments are checked once per tool and names: other names, another answer."""
+    plan = Plan()
+    a = plan.call(search, query="x")
+    for i in range(3):
+        plan.call(take, value=a, node_id=f"fine{i}")
+        plan.call(take, value=a, bogus=a, node_id=f"bad{i}")
+        plan.call(take, bogus=a, value=a, node_id=f"swapped{i}")
+        plan.call(take.options(estimate=2.0), value=a, extra=a, node_id=f"other{i}")
+    found = {p.node: p.message for p in problems_of(plan)}
+    assert sorted(found) == sorted(f"{kind}{i}" for kind in ("bad", "swapped", "other")
+                                   for i in range(3))
+    assert all("'bogus'" in found[f"bad{i}"] and "'bogus'" in found[f"swapped{i}"]
+               and "'extra'" in found[f"other{i}"] for i in range(3))
+
+
 def test_a_ref_standing_for_an_argument_is_not_checked_before_the_run() -> None:
     plan = Plan()
     a = plan.call(search, query="x")

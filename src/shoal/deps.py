@@ -451,11 +451,20 @@ def _analyze(plan: Plan) -> Graph:
                      [], len(nodes))
     builder = _Builder(_topological(plan))
     positions = builder.position.values()  # in node order; the ints the graph keeps
+    nodes, position, link = builder.nodes, builder.position, builder.link
     for i in positions:  # in passes, so the edges come in the same order as ever
-        builder.data_and_after(i)
-    for i in positions:
-        builder.footprint(i)
-    for i in positions:
-        builder.barrier(i)
+        node = nodes[i]  # (Builder.data_and_after, inlined: a large plan has a million)
+        for ref in node.refs:
+            link(position[ref.node], i)
+        for dep in node.after:
+            link(position[dep], i)
+    # a pass that finds nothing is skipped: most plans have no footprints or no exclusive tool
+    policies = {id(n.tool.policy): n.tool.policy for n in nodes}.values()
+    if any(p.reads or p.writes or p.merges for p in policies):
+        for i in positions:
+            builder.footprint(i)
+    if any(p.exclusive for p in policies):
+        for i in positions:
+            builder.barrier(i)
     return Graph(builder.nodes, builder.position, builder.preds, builder.succs, builder.extra,
                  len(builder.nodes))

@@ -226,6 +226,8 @@ class Plan:
         self._counts: dict[str, int] = {}
         self._memo: dict[str, tuple[int, Any]] = {}
         self._bracketed: dict[str, list[str]] = {}  # "m" -> ids like "m[3]": map items' ids
+        # static checks of arguments that are all refs, by tool and names (see _static_check)
+        self._static: dict[tuple[Tool[..., Any], tuple[str, ...]], str] = {}
 
     def call(
         self,
@@ -383,7 +385,8 @@ class Plan:
             found.append(PlanProblem("duplicate_id", "another node already has this id; give "
                                                      "every node its own id", node.id))
             found += self._node_problems(node)
-        found += [PlanProblem("cycle", text) for text in find_cycles(self._nodes)]
+        if not self.points_back():  # else acyclic; the analysis reuses the answer
+            found += [PlanProblem("cycle", text) for text in find_cycles(self._nodes)]
         return found
 
     def _look_alike(self, name: str) -> str:
@@ -440,7 +443,7 @@ class Plan:
                                      f"{node.map.item_arg!r} is not one of its arguments "
                                      f"({names})", node.id))
         if node.refs:
-            detail = node.tool.check_static(node.args, _holds_refs)
+            detail = self._static_check(node)
         else:  # fully known now: validate once and keep the result for dispatch ...
             try:
                 checked, detail = node.tool.validate(node.args), ""
@@ -452,6 +455,23 @@ class Plan:
         if detail:
             found.append(PlanProblem("bad_arguments", f"{node.tool.name}: {detail}", node.id))
         return found
+
+    def _static_check(self, node: Node) -> str:
+        """What the tool says of a node's arguments before the run ('' when they fit).
+
+        When every argument is a ref, the answer depends only on the tool and the argument
+        names (all values are still unknown), so it is worked out once for each: a large plan
+        has a few tools and a million such nodes.
+        """
+        args = node.args
+        for value in args.values():
+            if not isinstance(value, Ref):
+                return node.tool.check_static(args, _holds_refs)
+        key = (node.tool, tuple(args))
+        detail = self._static.get(key)
+        if detail is None:
+            detail = self._static[key] = node.tool.check_static(args, _holds_refs)
+        return detail
 
     def validate(self) -> None:
         """Raise :class:`PlanError` listing every problem, if there is any."""

@@ -7,11 +7,16 @@ Re-ranking costs O(nodes), so it happens only when an estimate has moved by more
 ``RELEARN_FACTOR`` since the last ranking, and at most once per ``RERANK_SHARE`` of the plan's
 completions: learning stays O(1) per node, amortised. With a single tool the order cannot
 change, so nothing is ever re-ranked.
+
+Nodes added while a run goes (an open run) get their levels in batches: the scheduler asks
+:meth:`CriticalPath.take_added` for the nodes added since, when the order of its ready queue
+is about to matter, and works their levels out newest first in one pass.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from shoal.deps import Graph
@@ -35,6 +40,16 @@ class CriticalPath:
         self._used: dict[str, float] = {}  # estimate per tool at the last ranking (nan: none)
         self._next_at = 0  # completions before which no re-ranking happens
         self._multi_tool = len({n.tool.name for n in graph.nodes}) > 1
+        self._ranked = len(graph.nodes)  # positions before it had their level worked out
+
+    def take_added(self) -> range:
+        """The positions added since the last ranking or call, whose levels are not worked out.
+
+        The caller works them out now (newest first: what follows a node came after it).
+        """
+        added = range(self._ranked, len(self.graph.nodes))
+        self._ranked = added.stop
+        return added
 
     def note(self, node: Node) -> None:
         """A node was added while the run goes: a new tool may make re-ranking worthwhile."""
@@ -49,14 +64,22 @@ class CriticalPath:
             return learned
         return tool.policy.estimate if tool.policy.estimate is not None else DEFAULT_ESTIMATE
 
-    def rank(self, done_count: int) -> list[float]:
-        """Each node's priority, by position (lower pops first from a heap: the negated level)."""
+    def rank(self, done_count: int, ended: Sequence[object] | None = None) -> list[float]:
+        """Each node's priority, by position (lower pops first from a heap: the negated level).
+
+        ``ended[pos]`` is not ``None`` for a node that has ended: it is given 0 and costs nothing
+        (nothing that waits comes before it, and what it ended for runs no more), so a ranking
+        late in a large run works only on what is left.
+        """
         cache: dict[tuple[str, float | None], float] = {}  # per-call options may set estimate=
         by_tool: dict[int, float] = {}  # the same, by the tool object: one lookup per node
         nodes, succs = self.graph.nodes, self.graph.succs
         level = [0.0] * len(nodes)
         at = level.__getitem__
+        over: Callable[[int], object] = (lambda pos: None) if ended is None else ended.__getitem__
         for pos in range(len(nodes) - 1, -1, -1):  # graph.nodes is in topological order
+            if over(pos) is not None:
+                continue  # ended: its level stays 0
             tool = nodes[pos].tool
             own = by_tool.get(id(tool))
             if own is None:
@@ -69,6 +92,7 @@ class CriticalPath:
         self._used = {name: self.estimates[name] for name, _ in cache
                       if name in self.estimates} if self._multi_tool else {}
         self._next_at = done_count + max(1, int(len(nodes) * RERANK_SHARE))
+        self._ranked = len(nodes)
         shared: dict[float, float] = {}  # many nodes share a level: one float object each
         return [shared.setdefault(value, -value) for value in level]
 

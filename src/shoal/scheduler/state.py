@@ -955,9 +955,8 @@ class SchedulerState:
         self._slots.append(slot)
         self._ended.append(None)
         self._critical.note(node)
-        if priority is None:
+        if priority is None:  # raised by what is added after it, once that matters: _lift_added
             slot.priority = -self._critical.estimate(node.tool)
-            self._lift(slot)
         else:
             slot.priority = priority
         blocked = -1  # the position of a needed node that did not succeed
@@ -983,8 +982,34 @@ class SchedulerState:
             self._make_ready(slot, now, d)
         return slot
 
-    def _lift(self, slot: _Slot) -> None:
-        """Raise the priority of what waits upstream of a new node (its chain got longer).
+    def _lift_added(self) -> None:
+        """Give the nodes added since the last call their critical-path priorities.
+
+        Done in one pass, newest first, when the order of the ready queue matters, not as each
+        node comes: a chain fed node by node would raise every node before it each time
+        (quadratic). Whatever follows a node was added after it, so the pass gives each new
+        node its exact level; only then is what waits upstream of them lifted (:meth:`_lift`).
+        """
+        added = self._critical.take_added()
+        slots, succs, preds = self._slots, self.graph.succs, self.graph.preds
+        for pos in reversed(added):
+            slot = slots[pos]
+            if slot.gather >= 0 or slot.phase not in _UNSTARTED or not isinstance(slot, _Slot):
+                continue  # a map's item stands for its map; a node that started is placed
+            if succs[pos]:  # each successor has its level already: it came later
+                level = self._critical.estimate(slot.node.tool) - min(
+                    slots[s].priority for s in succs[pos])
+                if level > -slot.priority:
+                    slot.priority = -level
+                    if slot.phase is Phase.READY:  # the stale heap entry is skipped later
+                        heapq.heappush(self._heap, (slot.priority, pos))
+                    if slot.rare.items:  # a map: its items rise with it
+                        self._lift_items(slot, LIFT_BUDGET)
+            if preds[pos] and min(preds[pos]) < added.start:  # it waits for an older node
+                self._lift(slot, added.start)
+
+    def _lift(self, slot: _Slot, floor: int) -> None:
+        """Raise the priority of what waits upstream of a node, before position ``floor``.
 
         Only nodes that have not started matter, and the walk is bounded: a graph fed faster
         than it runs keeps O(1) work per node; the periodic re-ranking catches the rest.
@@ -997,6 +1022,8 @@ class SchedulerState:
         while stack and budget > 0:
             below = stack.pop()
             for p in preds[below.pos]:
+                if p >= floor:
+                    continue  # added since the last pass: lifted by it
                 before = slots[p]
                 if before.phase not in _UNSTARTED or not isinstance(before, _Slot):
                     continue
@@ -1112,11 +1139,14 @@ class SchedulerState:
         if self._asking:
             self._ask(now, d)
         limit, slots = self._global, self._slots
-        # order only matters when more nodes are ready than can start; ranking costs O(nodes)
-        if (limit.capacity is not None
-                and len(self._heap) + len(self._sorted) > limit.capacity - limit.in_use
-                and self._critical.stale(self.done_count)):
-            self._rank()
+        # order only matters when one of several ready nodes is about to start (ranking costs
+        # O(nodes)); until then, the priorities of nodes added meanwhile can wait
+        ready = len(self._heap) + len(self._sorted)
+        if ready > 1 and (limit.capacity is None or limit.in_use < limit.capacity):
+            if (limit.capacity is not None and ready > limit.capacity - limit.in_use
+                    and self._critical.stale(self.done_count)):
+                self._rank()
+            self._lift_added()
         heap, ordered = self._heap, self._sorted  # bound after _rank, which replaces the list
         while (heap or ordered) and (limit.capacity is None or limit.in_use < limit.capacity):
             if self.stopping:
@@ -1402,7 +1432,8 @@ class SchedulerState:
 
     def _rank(self) -> None:
         """Re-rank every node by critical path and rebuild the ready heap."""
-        for slot, priority in zip(self._slots, self._critical.rank(self.done_count), strict=True):
+        ranked = self._critical.rank(self.done_count, self._ended)  # ended nodes cost nothing
+        for slot, priority in zip(self._slots, ranked, strict=True):
             if not isinstance(slot, _Slot):
                 continue  # ended: never queued again
             # a map's item stands for its map (what waits for the map waits for it), which

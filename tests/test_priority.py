@@ -1,0 +1,45 @@
+"""Critical-path priorities (shoal.scheduler.priority) on their own."""
+
+from __future__ import annotations
+
+import shoal
+from shoal.deps import analyze
+from shoal.scheduler.priority import CriticalPath
+
+
+@shoal.tool
+async def step(x: int) -> int:
+    return x + 1
+
+
+def chain_graph(length: int) -> CriticalPath:
+    plan = shoal.Plan("chain")
+    ref: shoal.Ref | int = 0
+    for _ in range(length):
+        ref = plan.call(step, x=ref)
+    plan.validate()
+    return CriticalPath(analyze(plan), {})
+
+
+def test_each_node_ranks_by_the_work_behind_it() -> None:
+    assert chain_graph(4).rank(0) == [-4.0, -3.0, -2.0, -1.0]
+
+
+def test_ended_nodes_rank_nothing_and_what_is_left_ranks_as_before() -> None:
+    critical = chain_graph(4)
+    ended: list[object] = ["over", "over", None, None]
+    assert critical.rank(2, ended) == [0.0, 0.0, -2.0, -1.0]
+
+
+def test_nodes_added_after_a_ranking_are_handed_out_once() -> None:
+    critical = chain_graph(3)
+    assert critical.take_added() == range(3, 3)  # the plan's own nodes are ranked by rank()
+    graph = critical.graph
+    for _ in range(2):
+        node = shoal.Plan().make_node(step, {"x": shoal.Ref(graph.nodes[-1].id)},
+                                      node_id=f"more{len(graph.nodes)}")
+        graph.grow(node)
+    assert critical.take_added() == range(3, 5)
+    assert critical.take_added() == range(5, 5)
+    critical.rank(0)
+    assert critical.take_added() == range(5, 5)
