@@ -494,6 +494,8 @@ class AgentRun:
         store = ctx.runtime.store
         resume = (ctx.resumes(self.lineage) and store is not None
                   and store.get_run(run_id) is not None)
+        if not resume and ctx.resumes(self.lineage) and store is not None:
+            _refuse_steps_per_run(store, f"{ctx.run_id}/{self.lineage}")
         sink = self._steps_sink() if ctx.observed_nested else None
         run = self._steps = ctx.runtime.open_run(
             self.lineage, run_id=None if resume else run_id, resume=run_id if resume else None,
@@ -656,6 +658,19 @@ class AgentRun:
                 agent=self.agent.name, status=status, output=str(result.output)[:200],
                 turns=result.turns, total_tokens=total.total_tokens, duration=result.duration,
                 error="" if error is None else str(error)))
+
+
+def _refuse_steps_per_run(store: Store, where: str) -> None:
+    """Refuse to start over an agent whose journal keeps its steps a run each (``model-1``).
+
+    An earlier shoal journaled each step as a run of its own: starting the agent afresh would
+    ask its model again and run its finished calls a second time.
+    """
+    if store.get_run(f"{where}/model-1") is not None:
+        raise PlanChangedError(where.split("/", 1)[0], [
+            f"agent {where.split('/', 1)[-1]}: the journal keeps its steps as a run each "
+            f"({where}/model-1, ...), as shoal wrote them before its steps were one run; "
+            "finish this run with the shoal version that started it"])
 
 
 _TURN_ID = re.compile(r"model-(\d+):(\w+)")

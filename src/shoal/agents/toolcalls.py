@@ -207,8 +207,8 @@ async def execute_calls(
         prepare: a last check or binding per call (see :data:`Preparer`).
         on_event: receives the runtime's events, each stamped with its call's lineage.
         on_reject: told about every call that did not run.
-        start: starts the plan instead of ``runtime.start`` (the agent layer uses it to give
-            each tool phase its own journaled run, and to continue it on resume).
+        start: starts the plan instead of ``runtime.start`` (to give the calls a journaled
+            run of the caller's choosing, or continue one on resume).
         on_records: receives the records before they are returned, and also when the caller
             is cancelled meanwhile: the calls are then cancelled, their outcomes collected and
             passed here, and ``CancelledError`` is raised.
