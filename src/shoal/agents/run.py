@@ -1,13 +1,14 @@
 """The turn loop of one agent run (the lead's, or one subagent's).
 
 Each turn: ask the model (through the tree's shared gate for that model), append its reply,
-and if it asked for tool calls run *all of them as one plan* through the runtime, then send
-the results back in the order it asked. With stream dispatch (``Agent(stream_dispatch=)``,
-on where the model streams its calls) the reply is read as a stream and each call joins the
-turn's tool phase, an open run, the moment it is complete. A reply without tool calls is the
-final answer (checked against ``output_type`` when there is one). Subagent calls are tool
-calls whose tool runs another :class:`AgentRun` with a fresh message list: a sibling can
-neither see nor change it. Everything an agent run owns lives here; the
+and if it asked for tool calls run *all of them at once* through the runtime, then send the
+results back in the order it asked. Every step of an agent run (each model turn, each call)
+is a node of one open run, its steps run, journaled as ``{run id}/{lineage}/steps``. With
+stream dispatch (``Agent(stream_dispatch=)``, on where the model streams its calls) the reply
+is read as a stream and each call starts the moment it is complete. A reply without tool
+calls is the final answer (checked against ``output_type`` when there is one). Subagent
+calls are tool calls whose tool runs another :class:`AgentRun` with a fresh message list: a
+sibling can neither see nor change it. Everything an agent run owns lives here; the
 :class:`~shoal.agents.agent.Agent` it runs is an immutable definition, so one agent can
 run many times at once.
 """
@@ -360,17 +361,17 @@ class AgentRun:
     async def _model_step(self, request: ModelRequest, stream: CallStream | None = None, *,
                           read: Reader | None = None, digest: str | None = None,
                           ) -> ModelResponse:
-        """Ask the model, as a one-node run through the runtime.
+        """Ask the model, as a node of this run's steps run (see :meth:`_steps_run`).
 
         Running the request as a node puts the turn in the runtime's journal (the request's
-        digest as the node's argument, the response as its outcome): a resumed agent gets its
-        finished turns replayed instead of asked again, and a changed definition (other
-        instructions, tools or prompt make another request, so another digest) is caught by
-        resume's change check before anything runs.
+        digest in the node's id and argument, the response as its outcome): a resumed agent
+        gets its finished turns replayed instead of asked again, and a changed definition
+        (other instructions, tools or prompt make another request, so another digest) is
+        refused with :class:`~shoal.exceptions.PlanChangedError` before it is asked.
 
         With a ``stream``, the reply is streamed and each complete call is handed to it at
         once; the node's outcome is still the whole reply, so a resumed turn replays it and
-        its calls replay from the tool phase's journal. When a sink asks for model text, the
+        its calls replay from the steps run's journal. When a sink asks for model text, the
         reply is streamed too (its calls start when it ends); otherwise it is a plain request.
         """
         turn = self.result.turns
