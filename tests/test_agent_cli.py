@@ -98,7 +98,7 @@ def test_agent_runs_are_journaled_listed_and_resumed(tmp_path: Path) -> None:
     listed = json.loads(shoal("runs", "--store", store, "--json").stdout)
     assert [r["run_id"] for r in listed] == [run_id]  # its steps are hidden ...
     steps = json.loads(shoal("runs", "--store", store, "--json", "--steps").stdout)
-    assert f"{run_id}/lead/model-1" in {r["run_id"] for r in steps}  # ... unless asked for
+    assert f"{run_id}/lead/steps" in {r["run_id"] for r in steps}  # ... unless asked for
     resumed = shoal("resume", run_id, "--store", store, "--json")
     assert resumed.returncode == 0, resumed.stderr
     data = json.loads(resumed.stdout)

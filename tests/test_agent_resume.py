@@ -7,11 +7,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 import shoal
+from shoal.store.base import RunRecord
 from shoal.testing import ScriptedModel, call
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,6 +60,18 @@ def test_resuming_with_a_changed_agent_runs_nothing(tmp_path: Path) -> None:
     replay = shoal.Agent(name="lead", instructions="Be brief.", tools=[echo], model=same)
     assert replay.resume_sync("r1", "go", runtime=runtime).output == "done"
     assert same.requests == []  # a finished run replays entirely from the journal
+
+
+def test_a_journal_with_a_run_per_step_is_not_started_over(tmp_path: Path) -> None:
+    # what shoal wrote before an agent's steps were one run: RUN/lead/model-1, RUN/lead/turn-1
+    runtime = shoal.Runtime(store=f"sqlite:///{tmp_path / 'runs.db'}")
+    assert runtime.store is not None
+    runtime.store.write([RunRecord("r1/lead/model-1", time.time(), 1, "", {}, {}, "lead")])
+    model = ScriptedModel(["never"])
+    agent = shoal.Agent(name="lead", model=model)
+    with pytest.raises(shoal.PlanChangedError, match="a run each"):
+        agent.resume_sync("r1", "go", runtime=runtime)
+    assert model.requests == []  # nothing asked again
 
 
 def test_resume_needs_a_journal() -> None:

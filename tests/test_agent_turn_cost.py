@@ -134,3 +134,19 @@ def test_a_model_error_of_any_turn_reaches_the_agent_whole() -> None:
     agent = shoal.Agent(name="a", model=Flaky(), tools=[lookup])
     with pytest.raises(shoal.ModelError, match="turn 2 broke"):
         agent.run_sync("go")
+
+
+def test_an_agents_steps_are_one_journaled_run_and_each_call_knows_its_turn() -> None:
+    model = ScriptedModel([[call("lookup", key="a"), call("lookup", key="b")],
+                           [call("lookup", key="c")], "done"])
+    agent = shoal.Agent(name="lead", model=model, tools=[lookup])
+    runtime = shoal.Runtime()
+    result = agent.run_sync("go", runtime=runtime, run_id="r1")
+    assert [(c.lineage, c.turn) for c in result.calls] == [
+        ("lead/lookup#1", 1), ("lead/lookup#2", 1), ("lead/lookup#3", 2)]
+    store = runtime.store
+    assert store is not None
+    # one run for every model turn and call of the agent, not one per step
+    assert [r.run_id for r in store.list_runs()] == ["r1/lead/steps"]
+    nodes = [node_id.split(":")[0] for node_id in store.outcomes("r1/lead/steps")]
+    assert nodes == ["model-1", "lookup#1", "lookup#2", "model-2", "lookup#3", "model-3"]

@@ -133,7 +133,7 @@ def test_resuming_a_step_of_an_agent_run_names_the_agent_run(unlucky_run: Path) 
     runs = json.loads(shoal_cli("runs", "--store", store, "--json", cwd=ROOT).stdout)
     root = runs[0]["run_id"]
     steps = json.loads(shoal_cli("runs", "--steps", "--store", store, "--json", cwd=ROOT).stdout)
-    step = next(r["run_id"] for r in steps if r["run_id"].endswith("/turn-1"))
+    step = next(r["run_id"] for r in steps if r["run_id"].endswith("/steps"))
     refused = shoal_cli("resume", step, "--store", store, "--json", cwd=ROOT)
     assert refused.returncode == 2, refused.stderr
     assert refused.stderr == (f"error: run {step!r} is a step of agent run {root!r}; resume "

@@ -88,6 +88,24 @@ def test_refs_to_finished_running_and_waiting_nodes_all_resolve() -> None:
     assert result.makespan == pytest.approx(4.0, abs=1e-9)  # 1 + 2 + 1, nothing lost
 
 
+def test_a_node_cancelled_before_the_run_begins_tells_its_waiters_then() -> None:
+    # an agent's steps run: a model turn added, waited for, and cancelled (a budget breach)
+    # before the run's first step; the run stays open for the agent's next steps
+    async def main() -> tuple[str, float]:
+        run = shoal.Runtime().open_run("steps")
+        run.call(nap, seconds=30, node_id="turn")
+        waiting = run.handle.outcome_of("turn")  # a future: its waiter is known now
+        run.cancel("turn", reason="over budget")
+        began = now()
+        outcome = await waiting
+        run.close()
+        await run
+        return f"{outcome.status}: {outcome.reason}", now() - began
+
+    said, took = vrun(main())
+    assert said == "cancelled: over budget" and took < 1
+
+
 def test_value_picks_a_field_and_raises_for_a_node_that_failed() -> None:
     async def main() -> None:
         async with shoal.Runtime().open_run() as run:

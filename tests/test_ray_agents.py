@@ -165,7 +165,7 @@ def test_approvals_reach_the_root_approver_from_remote_agents(
     if journal == "sqlite":  # the requests and decisions are in the root's journal file
         stored = shoal.Runtime(store=store).store
         assert stored is not None
-        runs = [r.run_id for r in stored.list_runs() if r.run_id.endswith("mailer#1/turn-1")]
+        runs = [r.run_id for r in stored.list_runs() if r.run_id.endswith("mailer#1/steps")]
         assert [(a.node_id, a.decision) for a in stored.approvals(runs[0])] == [
             ("send#1", "approved"), ("send#2", "denied")]
 

@@ -287,7 +287,7 @@ def test_agents_land_where_their_resources_say(cluster: Cluster, tmp_path: Path)
         # the journal (on the driver)
         call_where = data["calls"][lineage]["where"]
         assert call_where == agents[lineage]["where"]
-        assert data["journal"][f"{data['tree_run']}/lead/turn-1:{lineage.split('/')[-1]}"] \
+        assert data["journal"][f"{data['tree_run']}/lead/steps:{lineage.split('/')[-1]}"] \
             == call_where
         # the agent's own calls ran in its actor, on the same node, and say so
         own = {k: c for k, c in data["calls"].items() if k.startswith(f"{lineage}/")}

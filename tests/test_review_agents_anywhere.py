@@ -140,7 +140,7 @@ class DurableMemoryStore(shoal.MemoryStore):
 def pry(shoal_node: NodeInjected) -> list[str]:
     """Ask the journal (the parent's, through it) for runs around this agent's own; say how.
 
-    This call's run is ``RUN/LINEAGE/turn-N``: a sibling whose lineage starts with the same
+    This call's run is ``RUN/LINEAGE/steps``: a sibling whose lineage starts with the same
     text (``lead/a#1`` and ``lead/a#10``), the parent's own step and the root run are not
     this agent's.
     """
@@ -149,14 +149,14 @@ def pry(shoal_node: NodeInjected) -> list[str]:
     own = shoal_node.scope.run_id.rsplit("/", 1)[0]  # RUN/LINEAGE
     root = own.split("/", 1)[0]
     said = [type(store).__name__]
-    for run_id in (f"{own}0/turn-1", own, f"{own.rsplit('/', 1)[0]}/turn-1", root):
+    for run_id in (f"{own}0/steps", own, f"{own.rsplit('/', 1)[0]}/steps", root):
         try:
             store.get_run(run_id)
             said.append(f"read {run_id}")
         except shoal.ShoalError as exc:
             said.append("refused" if "may journal only its own runs" in str(exc) else repr(exc))
     try:
-        store.outcomes(f"{own}/turn-1")  # its own: answered
+        store.outcomes(f"{own}/steps")  # its own: answered
         said.append("own ok")
     except shoal.ShoalError as exc:
         said.append(repr(exc))

@@ -312,7 +312,7 @@ def test_show_lists_the_agents_and_calls_of_an_agent_tree_from_code(tmp_path: Pa
     assert [(r["run_id"], r["name"], r["status"], r["counts"]) for r in listed] == [
         (result.run_id, "agent lead", "finished", {"ok": 12})]  # its tool calls, as for shoal run
     steps = shoal_cli("runs", "--store", str(db), "--json", "--steps", "-n", "100")
-    assert len(json.loads(steps.stdout)) == 21  # each model turn and tool phase
+    assert len(json.loads(steps.stdout)) == 7  # each agent's steps
 
 
 # ---- hostile and odd input ----------------------------------------------------------------

@@ -41,6 +41,8 @@ class OpenRun:
     :meth:`close` and ``await`` it for the :class:`~shoal.outcome.RunResult`.
     """
 
+    __slots__ = ("_closed", "_handle", "_plan", "_result")
+
     def __init__(self, handle: RunHandle, plan: Plan) -> None:
         self._handle = handle
         self._plan = plan  # names the nodes and checks each one against those before it

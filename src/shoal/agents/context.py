@@ -16,7 +16,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from shoal import instrumentation
 from shoal.agents.budget import Budget, BudgetTracker
@@ -29,10 +29,10 @@ if TYPE_CHECKING:
     from shoal.agents._launch import AgentLauncher
     from shoal.agents.result import AgentResult
     from shoal.board import Board
-    from shoal.runtime import RunHandle, Runtime
+    from shoal.runtime import Runtime
     from shoal.scheduler.scope import RunScope
 
-__all__ = ["DEFAULT_MODEL", "TREE_KEY", "DefaultModel", "TreeContext", "is_within"]
+__all__ = ["DEFAULT_MODEL", "TREE_KEY", "DefaultModel", "Stoppable", "TreeContext", "is_within"]
 
 #: The key of a tree's own context in the ``shared`` dict of its tool phases' scopes.
 TREE_KEY = "shoal.tree"
@@ -50,6 +50,13 @@ class DefaultModel(str):
 
 
 DEFAULT_MODEL = DefaultModel("local")
+
+
+class Stoppable(Protocol):
+    """A step in flight that its tree can stop: a run's handle, a model turn, a tool phase."""
+
+    def cancel(self, node: None = None, *, reason: str) -> None:
+        """Cancel the step; every call of it still ends with an outcome saying why."""
 
 
 def is_within(lineage: str, root: str) -> bool:
@@ -101,9 +108,9 @@ class TreeContext:
             None if within is None else within.get(ORIGIN_KEY))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._models: dict[str, Model] = {}
-        # lineage -> its steps in flight (model turns and tool phases, each a run)
-        self._handles: dict[str, set[RunHandle]] = {}
-        self._turns: set[RunHandle] = set()  # those of them that are model turns
+        # lineage -> its steps in flight (model turns and tool phases)
+        self._handles: dict[str, set[Stoppable]] = {}
+        self._turns: set[Stoppable] = set()  # those of them that are model turns
         self._cancelled: dict[str, str] = {}  # lineage root -> reason
         self._resumed: set[str] = set()  # lineage roots whose journaled steps are continued
         # lineage -> how to stop the agent there that runs in a process of its own
@@ -340,13 +347,13 @@ class TreeContext:
                 return reason
         return None
 
-    def track_handle(self, lineage: str, handle: RunHandle, *, turn: bool = False) -> None:
+    def track_handle(self, lineage: str, handle: Stoppable, *, turn: bool = False) -> None:
         """Remember a step in flight (``turn``: a model turn), so it can be cancelled."""
         self._handles.setdefault(lineage, set()).add(handle)
         if turn:
             self._turns.add(handle)
 
-    def untrack_handle(self, lineage: str, handle: RunHandle) -> None:
+    def untrack_handle(self, lineage: str, handle: Stoppable) -> None:
         """Forget a finished step (and its agent, once it has none in flight)."""
         handles = self._handles.get(lineage)
         if handles is not None:
@@ -381,7 +388,7 @@ class TreeContext:
         self._cancel_within("", str(breach), spared)
 
     def _cancel_within(self, root: str, reason: str,
-                       spared: set[RunHandle] | None = None) -> None:
+                       spared: set[Stoppable] | None = None) -> None:
         # Deepest agents first, so each call's outcome gets this reason rather than the
         # "parent was cancelled" that a parent's cancellation would give it a moment later.
         for where in sorted(self._handles, key=lambda w: -w.count("/")):

@@ -1,13 +1,14 @@
 """The turn loop of one agent run (the lead's, or one subagent's).
 
 Each turn: ask the model (through the tree's shared gate for that model), append its reply,
-and if it asked for tool calls run *all of them as one plan* through the runtime, then send
-the results back in the order it asked. With stream dispatch (``Agent(stream_dispatch=)``,
-on where the model streams its calls) the reply is read as a stream and each call joins the
-turn's tool phase, an open run, the moment it is complete. A reply without tool calls is the
-final answer (checked against ``output_type`` when there is one). Subagent calls are tool
-calls whose tool runs another :class:`AgentRun` with a fresh message list: a sibling can
-neither see nor change it. Everything an agent run owns lives here; the
+and if it asked for tool calls run *all of them at once* through the runtime, then send the
+results back in the order it asked. Every step of an agent run (each model turn, each call)
+is a node of one open run, its steps run, journaled as ``{run id}/{lineage}/steps``. With
+stream dispatch (``Agent(stream_dispatch=)``, on where the model streams its calls) the reply
+is read as a stream and each call starts the moment it is complete. A reply without tool
+calls is the final answer (checked against ``output_type`` when there is one). Subagent
+calls are tool calls whose tool runs another :class:`AgentRun` with a fresh message list: a
+sibling can neither see nor change it. Everything an agent run owns lives here; the
 :class:`~shoal.agents.agent.Agent` it runs is an immutable definition, so one agent can
 run many times at once.
 """
@@ -19,13 +20,14 @@ import copy
 import hashlib
 import json
 import os
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
 from shoal.agents.context import TreeContext
 from shoal.agents.result import AgentResult, AgentStatus
-from shoal.agents.toolcalls import CallRecord, CallStream, _settled, execute_calls
+from shoal.agents.toolcalls import CallRecord, CallStream, _node_settled, _settled
 from shoal.events import (
     AgentFinished,
     AgentStarted,
@@ -41,6 +43,7 @@ from shoal.exceptions import (
     MaxTurnsExceeded,
     ModelError,
     OutputValidationError,
+    PlanChangedError,
 )
 from shoal.models.base import (
     AssistantMessage,
@@ -56,8 +59,7 @@ from shoal.models.base import (
 )
 from shoal.models.base import TextDelta as TextPiece  # a model's stream item, not the event
 from shoal.openrun import OpenRun
-from shoal.outcome import RunResult, jsonable
-from shoal.plan import Plan
+from shoal.outcome import jsonable
 from shoal.policy import ToolPolicy
 from shoal.runtime import RunHandle
 from shoal.scheduler import driver
@@ -68,6 +70,7 @@ from shoal.tools import Tool
 if TYPE_CHECKING:
     from shoal.agents.agent import Agent
     from shoal.agents.node import NodeContext
+    from shoal.store.base import Store
 
 __all__ = ["AgentRun"]
 
@@ -96,6 +99,8 @@ class ConversationDigest:
     parts that stay the same for a run (instructions, tools, settings, schema, lineage) are
     hashed once per run. Equal requests give equal digests in any process (canonical JSON).
     """
+
+    __slots__ = ("_agent", "_fixed", "_hashed", "_messages")
 
     def __init__(self, agent: Agent[Any] | None = None) -> None:
         self._messages = hashlib.blake2b(digest_size=16)
@@ -163,20 +168,35 @@ MODEL_TURN_POLICY = _MODEL_TURN.policy
 
 
 class _Asking:
-    """The model turn in progress: what its node asks, and the last error an attempt raised."""
+    """The model turn in progress: what its node asks, and the last error an attempt raised.
 
-    __slots__ = ("raised", "read", "request", "stream")
+    Its tree stops it through :meth:`cancel`: the turn's node alone is cancelled.
+    """
+
+    __slots__ = ("handle", "node_id", "raised", "read", "request", "stream")
 
     def __init__(self, request: ModelRequest, stream: CallStream | None,
-                 read: Reader | None) -> None:
+                 read: Reader | None, handle: RunHandle, node_id: str) -> None:
         self.request = request
         self.stream = stream
         self.read = read
+        self.handle = handle
+        self.node_id = node_id
         self.raised: Exception | None = None  # kept whole: the outcome keeps its type name
+
+    def cancel(self, node: None = None, *, reason: str) -> None:
+        """Cancel the turn's node (it still ends with an outcome saying why)."""
+        del node
+        self.handle.cancel(self.node_id, reason=reason)
 
 
 class AgentRun:
     """One run of one agent inside a tree: its messages, counters and result."""
+
+    # slots: a swarm holds a thousand of these while each waits on its model
+    __slots__ = ("_asking", "_counts", "_digest", "_journaled", "_model_tool", "_plan_handle",
+                 "_started", "_started_this_turn", "_steps", "_streams", "agent", "ctx",
+                 "depth", "here", "lineage", "lineages", "model", "result")
 
     def __init__(self, agent: Agent[Any], ctx: TreeContext, *, lineage: str, depth: int,
                  prompt: str, here: bool = False) -> None:
@@ -195,9 +215,15 @@ class AgentRun:
         self._digest = ConversationDigest(agent)
         dispatch = agent.stream_dispatch
         self._streams = self.model.streams_tool_calls if dispatch is None else dispatch
-        self._phase_handles: list[RunHandle] = []  # the current turn's tool phase runs
+        self._plan_handle: RunHandle | None = None  # a planner's plan run, while it goes
         self._model_tool: Tool[..., Any] | None = None  # every model turn's node's tool
         self._asking: _Asking | None = None  # the model turn in progress
+        # every step of this run (model turns and tool calls) is a node of one open run,
+        # opened with the first step and ended with the run (see _steps_run)
+        self._steps: OpenRun | None = None
+        #: each call's node id in the steps run -> its lineage (for its events)
+        self.lineages: dict[str, str] = {}
+        self._journaled: dict[int, str] | None = None  # resumed: turn -> its journaled digest
 
     async def run(self) -> AgentResult[Any]:
         """Run turns until a final answer or a stop; the result records which.
@@ -222,7 +248,11 @@ class AgentRun:
         self.ctx.results[self.lineage] = self.result
         self._emit_started()
         try:
-            self.result.output = await self._turns()
+            try:
+                output = await self._turns()
+            finally:
+                await self._end_steps()
+            self.result.output = output
             self._end("ok")
         except BudgetExceeded as exc:
             self._end("budget_exceeded", exc)
@@ -255,7 +285,7 @@ class AgentRun:
                                        "without a final answer; raise max_turns or simplify")
             stream = self._call_stream() if self._streams else None
             try:
-                response = await self._ask(stream)
+                response = await self.answer(self._next_request(), stream)
                 messages.append(response.as_message())
                 # cancelled or over budget while the model answered (a final answer stands
                 # when only the requests limit was reached meanwhile: it came within the limit)
@@ -264,10 +294,13 @@ class AgentRun:
                     records = await self._tool_phase(response.tool_calls, stream)
                     messages.extend(record.message for record in records)
                     continue
+                if stream is not None:  # no calls: the turn had no tool phase
+                    self._untrack_phase(stream)
             except BaseException as exc:
-                if stream is not None and stream.pending:  # calls started, the turn failed
-                    await stream.abandon(_why_abandoned(exc), self.result.calls.extend)
-                    self._untrack_phase()
+                if stream is not None:
+                    if stream.pending:  # calls started, the turn failed
+                        await stream.abandon(_why_abandoned(exc), self.result.calls.extend)
+                    self._untrack_phase(stream)
                 raise
             spec = agent.output_spec
             try:
@@ -284,15 +317,18 @@ class AgentRun:
                 messages.append(UserMessage(_EMPTY_AGAIN if spec is None
                                             else spec.retry_prompt(str(exc))))
 
-    async def _ask(self, stream: CallStream | None = None) -> ModelResponse:
+    def _next_request(self) -> ModelRequest:
+        """Start the next turn (charged to the budget) and make its request.
+
+        Not a coroutine awaiting :meth:`answer`: a swarm holds each waiting turn's frames.
+        """
         agent = self.agent
         self.start_turn()
-        request = ModelRequest(
+        return ModelRequest(
             instructions=agent.full_instructions, messages=tuple(self.result.messages),
             tools=agent.tool_specs, settings=agent.settings,
             output_schema=agent.output_spec.schema if agent.output_spec else None,
             lineage=self.lineage)
-        return await self.answer(request, stream)
 
     def start_turn(self) -> None:
         """Charge one model request to the budget and count it as this agent's turn."""
@@ -325,30 +361,39 @@ class AgentRun:
     async def _model_step(self, request: ModelRequest, stream: CallStream | None = None, *,
                           read: Reader | None = None, digest: str | None = None,
                           ) -> ModelResponse:
-        """Ask the model, as a one-node run through the runtime.
+        """Ask the model, as a node of this run's steps run (see :meth:`_steps_run`).
 
         Running the request as a node puts the turn in the runtime's journal (the request's
-        digest as the node's argument, the response as its outcome): a resumed agent gets its
-        finished turns replayed instead of asked again, and a changed definition (other
-        instructions, tools or prompt make another request, so another digest) is caught by
-        resume's change check before anything runs.
+        digest in the node's id and argument, the response as its outcome): a resumed agent
+        gets its finished turns replayed instead of asked again, and a changed definition
+        (other instructions, tools or prompt make another request, so another digest) is
+        refused with :class:`~shoal.exceptions.PlanChangedError` before it is asked.
 
         With a ``stream``, the reply is streamed and each complete call is handed to it at
         once; the node's outcome is still the whole reply, so a resumed turn replays it and
-        its calls replay from the tool phase's journal. When a sink asks for model text, the
+        its calls replay from the steps run's journal. When a sink asks for model text, the
         reply is streamed too (its calls start when it ends); otherwise it is a plain request.
         """
         turn = self.result.turns
-        asking = _Asking(request, stream, read)
-        self._asking = asking
         if self._model_tool is None:  # bound once per run, not per turn (a tool is costly)
             self._model_tool = _MODEL_TURN.bound_to(self._ask_model)
-        plan = Plan(name=f"{self.lineage} model turn {turn}")
         digest = digest if digest is not None else self._digest.of(request)
-        node = plan.add(self._model_tool, {"request_digest": digest}, node_id=f"model#{turn}")
+        run = self._steps_run()
+        self._check_turn(turn, digest)
+        node_id = f"model-{turn}:{digest}"
+        asking = self._asking = _Asking(request, stream, read, run.handle, node_id)
+        ctx, handle = self.ctx, run.handle
         try:
-            outcome = (await self._step(plan, f"model-{turn}"))[node]
+            run.add(self._model_tool, {"request_digest": digest}, node_id=node_id)
+            ctx.track_handle(self.lineage, asking, turn=True)
+            try:  # the node's own future, no shield: a swarm holds one per waiting agent
+                outcome = await handle.outcome_of(node_id)
+            except asyncio.CancelledError:  # the future went with the agent: stop the turn
+                handle.cancel(node_id, reason="the agent running these calls was cancelled")
+                await _node_settled(handle, node_id)  # its outcome is recorded, then go
+                raise
         finally:
+            ctx.untrack_handle(self.lineage, asking)
             self._asking = None
         if outcome.status == "ok":
             return cast(ModelResponse, outcome.value)
@@ -413,27 +458,99 @@ class AgentRun:
             ctx.emit(TextDelta(run_id=ctx.run_id, time=ctx.now(), lineage=self.lineage,
                                agent=self.agent.name, turn=self.result.turns, text=text))
 
-    def _call_stream(self) -> CallStream:
-        """The next turn's tool phase, ready to take calls while the model streams."""
-        ctx = self.ctx
+    def _call_stream(self, turn: int | None = None) -> CallStream:
+        """A turn's tool phase (default: the next turn's), ready to take calls.
+
+        Its calls join this run's steps run (see :meth:`_steps_run`) as the model writes them.
+        """
         self._started_this_turn = 0
-        step = f"turn-{self.result.turns + 1}"
+        self._steps_run()
+        stream = CallStream(
+            self.agent.tools_by_name, open_run=self._phase_run, lineage=self.lineage,
+            counts=self._counts, prepare=self._prepare, on_reject=self._rejected,
+            error_format=self.agent.tool_error_format, shared=self,
+            turn=self.result.turns + 1 if turn is None else turn)
+        self.ctx.track_handle(self.lineage, stream)
+        return stream
 
-        def open_run(on_event: EventSink | None) -> OpenRun:
-            run = self._open_step(step, on_event)
-            stop = ctx.stop_reason(self.lineage)  # the last moment before the calls start
-            if stop is not None:  # every call still gets its (cancelled) outcome
-                run.cancel(reason=stop)
+    def _phase_run(self, on_event: EventSink | None) -> OpenRun:
+        """The run a tool phase's calls join: this run's steps run."""
+        del on_event  # the steps run has its sink already
+        return self._steps_run()
+
+    def _steps_run(self) -> OpenRun:
+        """The open run of this agent run's steps: each model turn and each tool call.
+
+        One journaled run, ``{run id}/{lineage}/steps``, opened with the first step and ended
+        with the agent run: a model turn is its node ``model-N:<digest of the request>`` (the
+        digest tells a changed definition on resume), a tool call its node ``tool#n``. When
+        the tree is resumed and the journal knows the run, it is continued: finished turns
+        and calls replay their recorded outcomes.
+        """
+        run = self._steps
+        if run is not None:
             return run
+        ctx = self.ctx
+        run_id = f"{ctx.run_id}/{self.lineage}/steps"
+        store = ctx.runtime.store
+        resume = (ctx.resumes(self.lineage) and store is not None
+                  and store.get_run(run_id) is not None)
+        if not resume and ctx.resumes(self.lineage) and store is not None:
+            _refuse_steps_per_run(store, f"{ctx.run_id}/{self.lineage}")
+        sink = self._steps_sink() if ctx.observed_nested else None
+        run = self._steps = ctx.runtime.open_run(
+            self.lineage, run_id=None if resume else run_id, resume=run_id if resume else None,
+            lineage=self.lineage, on_event=sink, force=ctx.force, within=ctx.scope,
+            board=ctx.board)
+        if resume and store is not None:
+            self._journaled = _journaled_turns(store, run_id)
+        return run
 
-        return CallStream(
-            self.agent.tools_by_name, open_run=open_run, lineage=self.lineage,
-            counts=self._counts, prepare=self._prepare,
-            on_event=ctx.emit_nested if ctx.observed_nested else None, on_reject=self._rejected,
-            error_format=self.agent.tool_error_format)
+    def _steps_sink(self) -> EventSink:
+        """The steps run's events for the tree: each call's stamped with its lineage.
+
+        Not the model turns' (their node ids are ``model-N:...``, a call's ``tool#n``): a
+        model request was never a tool call to the tree's listeners.
+        """
+        emit, lineage, lineages = self.ctx.emit_nested, self.lineage, self.lineages
+
+        def sink(event: Event) -> None:
+            node_id = str(getattr(event, "node_id", ""))
+            if node_id.startswith("model-") and "#" not in node_id:
+                return
+            emit(replace(event, lineage=lineages.get(node_id, lineage)))
+
+        return sink
+
+    def stop_reason(self) -> str | None:
+        """Why this agent must stop (a budget breach, a cancellation), or ``None``."""
+        return self.ctx.stop_reason(self.lineage)
+
+    def _check_turn(self, turn: int, digest: str) -> None:
+        """Refuse a resumed turn whose request is not the one the journal has."""
+        journaled = self._journaled.get(turn) if self._journaled is not None else None
+        if journaled is not None and journaled != digest:
+            run_id = f"{self.ctx.run_id}/{self.lineage}/steps"
+            raise PlanChangedError(run_id, [
+                f"agent {self.lineage}: model turn {turn} asks another request than the "
+                "journal's (its instructions, tools, settings, output type, prompt or an "
+                "earlier turn changed)"])
+
+    async def _end_steps(self) -> None:
+        """End the steps run: every step has ended, so it ends at once (journaled so)."""
+        run = self._steps
+        if run is None:
+            return
+        # its nodes' tools call back into this run: dropped, so that neither is left in a
+        # cycle for the collector's next full pass
+        self._steps = self._model_tool = None
+        run.close()
+        _, cancelled = await _settled(run.handle)
+        if cancelled:
+            raise asyncio.CancelledError
 
     def _open_step(self, step: str, on_event: EventSink | None) -> OpenRun:
-        """Open a tool phase as its own journaled open run (continued when resuming)."""
+        """Open a planner's plan run as its own journaled open run (continued on resume)."""
         ctx = self.ctx
         run_id = f"{ctx.run_id}/{self.lineage}/{step}"
         store = ctx.runtime.store
@@ -444,75 +561,26 @@ class AgentRun:
                                    on_event=on_event, force=ctx.force, within=ctx.scope,
                                    board=ctx.board)
         ctx.track_handle(self.lineage, run.handle)
-        self._phase_handles.append(run.handle)
+        self._plan_handle = run.handle
         return run
 
-    def _untrack_phase(self) -> None:
-        for handle in self._phase_handles:
-            self.ctx.untrack_handle(self.lineage, handle)
-        self._phase_handles.clear()
-
-    async def _step(self, plan: Plan, step: str) -> RunResult:
-        """Run one step of this agent through the runtime and wait for it."""
-        handle = self._start_step(plan, step, None, turn=True)
-        try:  # settle(handle), without its coroutine: one object less per turn in flight
-            result, cancelled = await _settled(handle)
-        finally:
-            self.ctx.untrack_handle(self.lineage, handle)
-        if cancelled:
-            raise asyncio.CancelledError
-        return result
-
-    def _start_step(self, plan: Plan, step: str, on_event: EventSink | None, *,
-                    turn: bool = False) -> RunHandle:
-        """Start a step (a model turn or a tool phase) as its own journaled run.
-
-        When the tree is resumed and the journal knows the step, it is continued instead:
-        finished calls replay their recorded results.
-        """
-        ctx = self.ctx
-        run_id = f"{ctx.run_id}/{self.lineage}/{step}"
-        store = ctx.runtime.store
-        resume = (ctx.resumes(self.lineage) and store is not None
-                  and store.get_run(run_id) is not None)
-        handle = ctx.runtime.start(plan, run_id=None if resume else run_id,
-                                   resume=run_id if resume else None, lineage=self.lineage,
-                                   on_event=on_event, force=ctx.force, within=ctx.scope,
-                                   board=ctx.board)
-        ctx.track_handle(self.lineage, handle, turn=turn)
-        return handle
+    def _untrack_phase(self, stream: CallStream | None = None) -> None:
+        """Forget a tool phase (or the planner's plan run) in the tree's books: it ended."""
+        if stream is not None:
+            self.ctx.untrack_handle(self.lineage, stream)
+        if self._plan_handle is not None:
+            self.ctx.untrack_handle(self.lineage, self._plan_handle)
+            self._plan_handle = None
 
     async def _tool_phase(self, calls: tuple[ToolCall, ...],
                           stream: CallStream | None = None) -> list[CallRecord]:
-        ctx = self.ctx
-        if stream is not None:  # the calls started as the model wrote them (or start now)
-            try:
-                return await stream.finish(calls, self.result.calls.extend)
-            finally:
-                self._untrack_phase()
-        step = f"turn-{self.result.turns}"
-        handles: list[RunHandle] = []
-
-        self._started_this_turn = 0
-
-        def start(plan: Plan, on_event: EventSink | None) -> RunHandle:
-            handle = self._start_step(plan, step, on_event)
-            handles.append(handle)
-            stop = ctx.stop_reason(self.lineage)  # the last moment before the calls start
-            if stop is not None:  # every call still gets its (cancelled) outcome
-                handle.cancel(reason=stop)
-            return handle
-
+        """Run the turn's calls as nodes of the steps run; a record per call, in order."""
+        if stream is None:  # the calls start now, all at once
+            stream = self._call_stream(self.result.turns)
         try:
-            return await execute_calls(
-                calls, self.agent.tools_by_name, runtime=ctx.runtime, lineage=self.lineage,
-                counts=self._counts, prepare=self._prepare,
-                on_event=ctx.emit_nested if ctx.observed_nested else None, on_reject=self._rejected,
-                start=start, on_records=self.result.calls.extend,
-                error_format=self.agent.tool_error_format)
+            return await stream.finish(calls, self.result.calls.extend)
         finally:
-            for handle in handles:
-                ctx.untrack_handle(self.lineage, handle)
+            self._untrack_phase(stream)
 
     def _prepare(self, index: int, call: ToolCall, tool: Tool[..., Any],
                  where: str) -> Tool[..., Any] | BaseException:
@@ -591,6 +659,34 @@ class AgentRun:
                 agent=self.agent.name, status=status, output=str(result.output)[:200],
                 turns=result.turns, total_tokens=total.total_tokens, duration=result.duration,
                 error="" if error is None else str(error)))
+
+
+def _refuse_steps_per_run(store: Store, where: str) -> None:
+    """Refuse to start over an agent whose journal keeps its steps a run each (``model-1``).
+
+    An earlier shoal journaled each step as a run of its own: starting the agent afresh would
+    ask its model again and run its finished calls a second time.
+    """
+    if store.get_run(f"{where}/model-1") is not None:
+        raise PlanChangedError(where.split("/", 1)[0], [
+            f"agent {where.split('/', 1)[-1]}: the journal keeps its steps as a run each "
+            f"({where}/model-1, ...), as shoal wrote them before its steps were one run; "
+            "finish this run with the shoal version that started it"])
+
+
+_TURN_ID = re.compile(r"model-(\d+):(\w+)")
+
+
+def _journaled_turns(store: Store, run_id: str) -> dict[int, str]:
+    """The digest of each model turn the journal knows of steps run ``run_id``."""
+    ids = set(store.outcomes(run_id, decode=False))
+    ids.update(attempt.node_id for attempt in store.attempts(run_id))
+    found: dict[int, str] = {}
+    for node_id in ids:
+        match = _TURN_ID.fullmatch(node_id)
+        if match is not None:
+            found[int(match[1])] = match[2]
+    return found
 
 
 def _why_abandoned(exc: BaseException) -> str:

@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from shoal.events import Event, EventSink
 from shoal.exceptions import ToolArgumentError
@@ -36,8 +36,8 @@ if TYPE_CHECKING:
     from shoal.openrun import OpenRun
     from shoal.runtime import RunHandle, Runtime
 
-__all__ = ["CallRecord", "CallStream", "Opener", "Preparer", "Starter", "ToolErrorFormat",
-           "error_text", "execute_calls", "result_text", "settle", "tool_map"]
+__all__ = ["CallRecord", "CallStream", "Opener", "Preparer", "SharedRun", "Starter",
+           "ToolErrorFormat", "error_text", "execute_calls", "result_text", "settle", "tool_map"]
 
 log = logging.getLogger("shoal")
 
@@ -73,6 +73,8 @@ class CallRecord:
             and traceback, times, attempts); ``None`` for a rejected call.
         epoch: when (epoch seconds) the run that ran the call started: its outcome's times
             count from there (the timeline places calls with it); 0 for a rejected call.
+        turn: the agent's model turn that asked for the call (1 for its first); 0 for a call
+            run outside an agent's turns (:func:`execute_calls`).
     """
 
     call: ToolCall
@@ -81,6 +83,7 @@ class CallRecord:
     message: ToolResultMessage
     outcome: Outcome | None = None
     epoch: float = 0.0
+    turn: int = 0
 
     @property
     def ok(self) -> bool:
@@ -204,8 +207,8 @@ async def execute_calls(
         prepare: a last check or binding per call (see :data:`Preparer`).
         on_event: receives the runtime's events, each stamped with its call's lineage.
         on_reject: told about every call that did not run.
-        start: starts the plan instead of ``runtime.start`` (the agent layer uses it to give
-            each tool phase its own journaled run, and to continue it on resume).
+        start: starts the plan instead of ``runtime.start`` (to give the calls a journaled
+            run of the caller's choosing, or continue one on resume).
         on_records: receives the records before they are returned, and also when the caller
             is cancelled meanwhile: the calls are then cancelled, their outcomes collected and
             passed here, and ``CancelledError`` is raised.
@@ -351,20 +354,25 @@ class CallStream:
                  open_run: Opener, lineage: str = "", counts: dict[str, int] | None = None,
                  prepare: Preparer | None = None, on_event: EventSink | None = None,
                  on_reject: Callable[[CallRecord], None] | None = None,
-                 error_format: ToolErrorFormat | None = None) -> None:
-        self._by_name = tool_map(tools)
+                 error_format: ToolErrorFormat | None = None,
+                 shared: SharedRun | None = None, turn: int = 0) -> None:
+        self._by_name = tools if isinstance(tools, dict) else tool_map(tools)  # only read
         self._counter = _Counter(counts)
         self._open_run = open_run
         self._lineage = lineage
         self._prepare = prepare
         self._on_reject = on_reject
         self._error_format = error_format
-        self._lineages: dict[str, str] = {}
-        self._sink = _sink(on_event, lineage, self._lineages)
+        self._shared = shared
+        self._turn = turn
+        self._lineages: dict[str, str] = shared.lineages if shared is not None else {}
+        self._sink = None if shared is not None else _sink(on_event, lineage, self._lineages)
         self._planned: dict[str, int] = {}
         self._records: list[CallRecord | None] = []
         self._run: OpenRun | None = None
         self._finished = False
+        #: why the calls of this turn are cancelled (a shared run: each one added later too)
+        self._stopped: str | None = None
         #: The calls taken so far, by position.
         self.taken: list[ToolCall] = []
 
@@ -389,6 +397,8 @@ class CallStream:
                        else f"{call.name}?")
         checked = _check(index, call, found, self._by_name, where, self._prepare)
         if isinstance(checked, CallRecord):
+            if self._turn:
+                checked = replace(checked, turn=self._turn)
             self._records[index] = checked
             if self._on_reject is not None:
                 self._on_reject(checked)
@@ -400,6 +410,11 @@ class CallStream:
             self._run = self._open_run(self._sink)
         self._run.add(tool, args, node_id=node_id)
         self._planned[node_id] = index
+        if self._shared is not None:
+            stop = self._stopped if self._stopped is not None else self._shared.stop_reason()
+            if stop is not None:  # the last moment before it starts: it gets its outcome
+                self._stopped = stop
+                self._run.cancel(node_id, reason=stop)
 
     def merged(self, calls: Sequence[ToolCall]) -> tuple[ToolCall, ...]:
         """The reply's ``calls`` with the calls already taken in their positions.
@@ -430,7 +445,14 @@ class CallStream:
         self._finished = True
         taken = list(self.taken)
         try:
-            if self._run is not None:
+            if self._run is not None and self._shared is not None:  # this turn's nodes only
+                handle = self._run.handle
+                outcomes, cancelled = await _nodes_settled(handle, list(self._planned))
+                _fill_outcomes(outcomes, handle.started_at_epoch, self._planned,
+                               self._lineages, taken, self._records, self._turn)
+                if cancelled:
+                    raise asyncio.CancelledError
+            elif self._run is not None:
                 self._run.close()
                 result, cancelled = await _settled(self._run.handle)
                 _fill(result, self._planned, self._lineages, taken, self._records)
@@ -451,9 +473,39 @@ class CallStream:
         started, the budget ran out): nothing keeps running unseen.
         """
         if self._run is not None and not self._finished:
-            self._run.cancel(reason=reason)
+            self.cancel(reason=reason)
         if not self._finished:
             await self.finish(self.taken, on_records)
+
+
+    def cancel(self, node: None = None, *, reason: str) -> None:
+        """Cancel this turn's calls: those started so far, and (a shared run) any added later.
+
+        A run of the turn's own is cancelled as a whole.
+        """
+        del node
+        if self._shared is None:
+            if self._run is not None:
+                self._run.cancel(reason=reason)
+            return
+        if self._stopped is None:
+            self._stopped = reason
+        if self._run is not None and self._planned:
+            self._run.cancel(list(self._planned), reason=reason)
+
+
+class SharedRun(Protocol):
+    """An agent's run of all its steps, as the tool phases of its turns share it.
+
+    ``lineages`` maps each call's node id to its lineage (for its events); ``stop_reason``
+    says why the agent must stop (a budget breach, a cancellation), checked as each call is
+    added: a call added after that is cancelled at once, with an outcome saying why.
+    """
+
+    lineages: dict[str, str]
+
+    def stop_reason(self) -> str | None:
+        """Why the calls must not start, or ``None``."""
 
 
 async def settle(handle: RunHandle) -> RunResult:
@@ -490,6 +542,47 @@ async def _settled(handle: RunHandle) -> tuple[RunResult, bool]:
     return waiting.result(), cancelled
 
 
+async def _node_settled(handle: RunHandle, node_id: str) -> tuple[Outcome, bool]:
+    """The outcome of a node of a run that goes on, and whether the waiter was cancelled.
+
+    As :func:`_settled` for a whole run: if the waiter is cancelled meanwhile, the node is
+    cancelled through the runtime, and its outcome is still collected.
+    """
+    future = handle.outcome_of(node_id)
+    cancelled = False
+    loop = asyncio.get_running_loop()
+    while not future.done():
+        waiter: asyncio.Future[None] = loop.create_future()
+        wake = partial(_wake, waiter)
+        future.add_done_callback(wake)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            future.remove_done_callback(wake)
+            if not cancelled:
+                handle.cancel(node_id, reason="the agent running these calls was cancelled")
+            cancelled = True
+    return future.result(), cancelled
+
+
+async def _nodes_settled(handle: RunHandle, node_ids: list[str],
+                         ) -> tuple[dict[str, Outcome], bool]:
+    """The outcomes of some nodes of a run that goes on; whether the waiter was cancelled.
+
+    If the waiter is cancelled meanwhile, those nodes are cancelled, and their outcomes are
+    still collected.
+    """
+    outcomes: dict[str, Outcome] = {}
+    cancelled = False
+    for node_id in node_ids:
+        outcome, stopped = await _node_settled(handle, node_id)
+        if stopped and not cancelled:  # the others too: each still ends with an outcome
+            handle.cancel(node_ids, reason="the agent running these calls was cancelled")
+        cancelled = cancelled or stopped
+        outcomes[node_id] = outcome
+    return outcomes, cancelled
+
+
 def _wake(waiter: asyncio.Future[None], _: object) -> None:
     if not waiter.done():
         waiter.set_result(None)
@@ -497,13 +590,19 @@ def _wake(waiter: asyncio.Future[None], _: object) -> None:
 
 def _fill(result: RunResult, planned: Mapping[str, int], lineages: Mapping[str, str],
           calls: Sequence[ToolCall], records: list[CallRecord | None]) -> None:
+    _fill_outcomes(result.outcomes, result.started_at_epoch, planned, lineages, calls, records)
+
+
+def _fill_outcomes(outcomes: Mapping[str, Outcome], epoch: float, planned: Mapping[str, int],
+                   lineages: Mapping[str, str], calls: Sequence[ToolCall],
+                   records: list[CallRecord | None], turn: int = 0) -> None:
     for node_id, index in planned.items():
         call = calls[index]
-        outcome = _unsendable(result[node_id], call.name)
+        outcome = _unsendable(outcomes[node_id], call.name)
         text, is_error = result_text(outcome, call.name)
         message = ToolResultMessage(call.id, call.name, text, is_error=is_error)
         records[index] = CallRecord(call, lineages[node_id], outcome.status, message, outcome,
-                                    result.started_at_epoch)
+                                    epoch, turn)
 
 
 def _unsendable(outcome: Outcome, name: str) -> Outcome:

@@ -1,7 +1,7 @@
 """An agent run of ``shoal run module:agent`` in the journal: listed, shown, resumable.
 
-The agent's steps (each model turn and tool phase, ``<run id>/lead/model-1``, ...) journal
-themselves as runs of their own. This adds the *root* record: which agent, which prompt and
+The agent's steps (each agent's model turns and tool calls, ``<run id>/lead/steps``, ...)
+journal themselves as runs of their own. This adds the *root* record: which agent, which prompt and
 model, so ``shoal resume RUN_ID`` can load the agent again and replay what the steps finished;
 a heartbeat while the tree runs (so a killed run reads as ``interrupted``); and how it ended.
 

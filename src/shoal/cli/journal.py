@@ -206,18 +206,19 @@ def runs_command(store: StoreOption = DEFAULT_PATH, as_json: JsonOption = False,
                  limit: Annotated[int, typer.Option("--limit", "-n", min=1, metavar="N",
                                                     help="Show at most N runs.")] = 20,
                  steps: Annotated[bool, typer.Option(
-                     "--steps", help="Also list agent runs' steps (each model turn and tool "
-                                     "phase is a run of its own: RUN/lead/turn-1, ...).")] = False,
+                     "--steps", help="Also list agent runs' steps (each agent's model turns "
+                                     "and tool calls are a run of their own: RUN/lead/steps, "
+                                     "...).")] = False,
                  ) -> None:
     """List runs from the journal, newest first: status, nodes, duration."""
     try:
-        # an agent run's steps have ids below the run's ("RUN/lead/model-1"): hidden by default
+        # an agent run's steps have ids below the run's ("RUN/lead/steps"): hidden by default
         journal = open_journal(store, read_only=True)
         found = journal.list_runs(limit if steps else limit * 50)
         shown = [r for r in found if steps or "/" not in r.run_id]
         if not steps:  # an agent tree run from code journals its steps only: one row for it
-            shown = sorted([*shown, *_step_only_trees(found)], key=lambda r: r.started_at,
-                           reverse=True)
+            shown = sorted([*shown, *_step_only_trees(found, journal)],
+                           key=lambda r: r.started_at, reverse=True)
         records = _with_source(journal, shown[:limit])
     except ShoalError as exc:
         raise typer.Exit(_fail(str(exc), as_json)) from None
@@ -230,7 +231,7 @@ def runs_command(store: StoreOption = DEFAULT_PATH, as_json: JsonOption = False,
     _console().print(runs_table(records))
 
 
-def _step_only_trees(found: Sequence[RunRecord]) -> list[RunRecord]:
+def _step_only_trees(found: Sequence[RunRecord], journal: SQLiteStore) -> list[RunRecord]:
     """A record for each agent tree whose steps are listed but whose root has no record."""
     known = {r.run_id for r in found}
     trees: dict[str, list[RunRecord]] = {}
@@ -238,7 +239,7 @@ def _step_only_trees(found: Sequence[RunRecord]) -> list[RunRecord]:
         root = record.run_id.split("/", 1)[0]
         if root != record.run_id and root not in known:
             trees.setdefault(root, []).append(record)
-    return [tree_record(root, sorted(steps, key=lambda r: (r.started_at, r.run_id)))
+    return [tree_record(root, sorted(steps, key=lambda r: (r.started_at, r.run_id)), journal)
             for root, steps in trees.items()]
 
 
@@ -755,7 +756,7 @@ def _wrong_fields(where: str, data: Mapping[str, Any], fields: Mapping[str, tupl
 
 
 def _agent_of_step(journal: SQLiteStore, run_id: str) -> str | None:
-    """The agent run whose step ``run_id`` is (``RUN/lead/turn-1``), if it is one."""
+    """The agent run whose steps ``run_id`` are (``RUN/lead/steps``), if it is one."""
     root = run_id.split("/", 1)[0]
     if root == run_id:
         return None

@@ -361,6 +361,8 @@ class Driver:
             if self._streaming:
                 self._journal_decisions(early)
             self._publish(early.events)
+            if self._watchers and early.done:  # an open run's node cancelled: say so now
+                self._tell_watchers(early.done)
         self._before_start = None
         if self._deadline is not None:
             self._set_timer(self.now() + self._deadline, "deadline", -1)

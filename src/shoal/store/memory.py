@@ -151,6 +151,9 @@ class MemoryStore:
                                          makespan=r.makespan)
             if r.status != "running":
                 self._finished.setdefault(r.run_id)
+                # runs that were all going at once (a swarm's agents) are over the limit only
+                # once they end: dropped then, not when some later run happens to start
+                self._evict()
             if run.settled:  # an earlier session wrote outcomes this one may have written again
                 _compact(run)
             run.settled = len(run.ended)

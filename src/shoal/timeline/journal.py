@@ -1,9 +1,11 @@
 """A timeline from the journal: a run and every run nested in it (an agent tree's steps).
 
-An agent tree journals each step as a run of its own, ``{run id}/{lineage}/model-N`` (a model
-turn) and ``{run id}/{lineage}/turn-N`` (that turn's tool calls); a plan run inside the tree
-(a composition's plan) is ``{run id}/{lineage}``. Each run's outcome times count from its
-own start (``RunRecord.started_at``), so every call lands on one clock here.
+An agent tree journals each agent run's steps as one run, ``{run id}/{lineage}/steps``: its
+model turns (nodes ``model-N:<digest>``) and the tool calls each turn asked for, in order.
+Journals written before did so as a run per step, ``{run id}/{lineage}/model-N`` (a model
+turn) and ``{run id}/{lineage}/turn-N`` (that turn's tool calls); both read the same here. A
+plan run inside the tree (a composition's plan) is ``{run id}/{lineage}``. Each run's outcome
+times count from its own start (``RunRecord.started_at``), so every call lands on one clock.
 """
 
 from __future__ import annotations
@@ -43,12 +45,17 @@ from shoal.timeline.model import (
 
 __all__ = ["from_journal", "nested_runs", "step_of", "tree_record"]
 
-_STEP = re.compile(r"(.*)/((?:model|turn)-\d+)", re.DOTALL)
+_STEP = re.compile(r"(.*)/((?:model|turn)-\d+|steps)", re.DOTALL)
+_TURN = re.compile(r"model-(\d+):\w+")  # a model turn's node in an agent's steps run
 _ITEM = re.compile(r"(.*)\[\d+\]", re.DOTALL)
 
 
 def step_of(root: str, run_id: str) -> tuple[str, str]:
-    """The lineage and step (``model-2``, ``turn-1``, or ``""``) of a run nested in ``root``."""
+    """The lineage and step of a run nested in ``root``.
+
+    The step is ``steps`` for an agent run's steps, ``model-2`` or ``turn-1`` for one step of
+    a journal written before, or ``""`` for a plan run.
+    """
     if run_id == root:
         return "", ""
     rest = run_id[len(root) + 1:]
@@ -64,11 +71,14 @@ def nested_runs(store: Store, run_id: str) -> list[RunRecord]:
     return sorted((r for r in records if r is not None), key=lambda r: (r.started_at, r.run_id))
 
 
-def tree_record(run_id: str, nested: Sequence[RunRecord]) -> RunRecord:
+def tree_record(run_id: str, nested: Sequence[RunRecord], store: Store | None = None,
+                ) -> RunRecord:
     """A record standing for an agent tree's root, which only its steps journaled.
 
-    ``Agent.run`` with a journaled runtime journals each step (``RUN/lead/model-1``, ...),
-    not the tree itself (``shoal run`` does): its status and times are the steps'.
+    ``Agent.run`` with a journaled runtime journals each agent's steps (``RUN/lead/steps``,
+    ...), not the tree itself (``shoal run`` does): its status and times are the steps'.
+    Its counts are its tool calls' (the model turns that an agent's steps run counts too are
+    taken off, read from ``store``).
     """
     began = min(r.started_at for r in nested)
     running = any(r.status == "running" for r in nested)
@@ -78,14 +88,26 @@ def tree_record(run_id: str, nested: Sequence[RunRecord]) -> RunRecord:
         "cancelled" if any(r.status == "cancelled" for r in nested) else "finished")
     counts: dict[str, int] = {}  # of the tool calls, as for a tree shoal run journaled
     for r in nested:
-        if step_of(run_id, r.run_id)[1].startswith("model-"):
+        step = step_of(run_id, r.run_id)[1]
+        if step.startswith("model-"):
             continue
+        turns = _turn_counts(store, r.run_id) if step == "steps" and store else {}
         for name, n in r.counts.items():
-            counts[name] = counts.get(name, 0) + n
+            if n - turns.get(name, 0) > 0:
+                counts[name] = counts.get(name, 0) + n - turns.get(name, 0)
     lead = step_of(run_id, nested[0].run_id)[0].split("/", 1)[0]
     return RunRecord(run_id, began, 0, "", name=f"agent {lead}" if lead else "agent tree",
                      status=status, finished_at=None if running else ended, counts=counts,
                      makespan=ended - began, heartbeat=max(r.heartbeat for r in nested))
+
+
+def _turn_counts(store: Store, run_id: str) -> dict[str, int]:
+    """How many of an agent's model turns ended in each status, in its steps run."""
+    counts: dict[str, int] = {}
+    for node_id, stored in store.outcomes(run_id, decode=False).items():
+        if _TURN.fullmatch(node_id):
+            counts[stored.outcome.status] = counts.get(stored.outcome.status, 0) + 1
+    return counts
 
 
 @dataclass(slots=True)
@@ -112,7 +134,7 @@ def from_journal(store: Store, run_id: str, *, status: str | None = None,
     if root is None:  # an agent tree run from code journals only its steps
         if not nested:
             raise RunNotFoundError(run_id)
-        root = tree_record(run_id, nested)
+        root = tree_record(run_id, nested, store)
     runs = [_load(store, r, run_id) for r in [root, *nested]]
     # a damaged row reads as started at 0: it must not stretch the page over decades
     origin = min((r.record.started_at for r in runs if r.record.started_at > 0), default=0.0)
@@ -178,13 +200,19 @@ def _run_bars(run: _Run, lane: int, origin: float) -> list[Bar]:
     for attempt in run.attempts:
         tries.setdefault(attempt.node_id, []).append(attempt)
     bars: list[Bar] = []
+    turn = "0"  # in a steps run: the model turn the calls that follow belong to
     for node_id in _node_ids(run):
         key = f"{run.record.run_id}|{node_id}"
         bar = _bar(run, node_id, key, lane, offset, tools, tries.get(node_id, []))
-        bar.step = run.step
-        if run.step.startswith("model-"):
+        step = run.step
+        if step == "steps":
+            found = _TURN.fullmatch(node_id)
+            turn = found[1] if found is not None else turn
+            step = f"model-{turn}" if found is not None else f"turn-{turn}"
+        bar.step = step
+        if step.startswith("model-"):
             bar.kind = "model"
-            bar.node_id = f"model turn {run.step.removeprefix('model-')}"
+            bar.node_id = f"model turn {step.removeprefix('model-')}"
         bars.append(bar)
     by_key = {b.key: b for b in bars}
     for edge in run.record.plan.get("edge_list") or ():

@@ -476,7 +476,7 @@ def from_agent_result(result: AgentResult[Any]) -> Timeline:
     """The timeline of an agent tree as its result holds it: a lane per agent, its calls.
 
     Model turns are not in the result (the journal has them: :mod:`shoal.timeline.journal`);
-    the calls of one turn are known by the run that ran them.
+    each call's record says which turn asked for it.
     """
     agents = result.walk()
     starts = [a.started_at for a in agents if a.started_at] + [
@@ -495,7 +495,7 @@ def from_agent_result(result: AgentResult[Any]) -> Timeline:
                 continue
             bar = outcome_bar(call.outcome, call.lineage, index, call.epoch - origin,
                               node_id=node_id)
-            bar.step = f"turn-{turns.index(call.epoch) + 1}"
+            bar.step = f"turn-{call.turn or turns.index(call.epoch) + 1}"
             bar.kind = "agent" if any(a.lineage == call.lineage for a in agents) else "call"
             bars.append(bar)
     by_key = {b.key: b for b in bars}
