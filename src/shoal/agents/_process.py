@@ -391,9 +391,10 @@ class ParentMirror(ParentStore):
     awaited), so that an agent retried in a new process after this one died (``resuming``)
     finds in the parent's journal every step this one finished, and replays it instead of
     asking its model or running its calls again, as an inline agent retried in the same run
-    does. A memory journal gets a step's outcomes when the step ends (see
-    :mod:`shoal.scheduler.driver`): a run's start is held back until then and goes with them,
-    one message per step; a step still going when the process dies runs again.
+    does. Each step's outcome is journaled as the step ends (``journals_ends``: a memory
+    journal otherwise gets a run's outcomes when the run ends, see
+    :mod:`shoal.scheduler.driver`); a run's start is held back until its first outcome and
+    goes with it; a step still going when the process dies runs again.
 
     The parent keeps what it is sent as it came, and loads it into its store only when it
     is read (see :class:`~shoal.agents.remote.Mirrored`): most agents are never retried, and
@@ -404,6 +405,9 @@ class ParentMirror(ParentStore):
     """
 
     durable = False
+    #: the driver journals each node's outcome as it ends, not all at the session's end: an
+    #: agent's steps are nodes of one run, which a process that dies never ends
+    journals_ends = True
 
     def __init__(self, link: Link, keeps_events: bool, *, resuming: bool) -> None:
         from shoal.store.memory import MemoryStore

@@ -140,12 +140,12 @@ class Driver:
     # dict of this many attributes costs a kilobyte and is one more object for the collector
     __slots__ = (
         "_at_once", "_at_once_stopped", "_before_start", "_burst_due", "_bursting", "_clock",
-        "_context", "_deadline", "_desk", "_early", "_entered", "_epoch", "_executor_for",
-        "_executors", "_finished", "_given_clock", "_hosts", "_internal", "_journal", "_loop",
-        "_observer", "_on_pool", "_origin_epoch", "_quick", "_resume", "_run_approvals",
-        "_run_record", "_session", "_settling", "_shift", "_sinks", "_starting", "_stopped_late",
-        "_store", "_streaming", "_t0", "_tasks", "_time", "_timers", "_to_pool", "_watchers",
-        "cancelled_reason", "lineage", "scope", "sinks", "state"
+        "_context", "_deadline", "_desk", "_early", "_ends_each", "_entered", "_epoch",
+        "_executor_for", "_executors", "_finished", "_given_clock", "_hosts", "_internal",
+        "_journal", "_loop", "_observer", "_on_pool", "_origin_epoch", "_quick", "_resume",
+        "_run_approvals", "_run_record", "_session", "_settling", "_shift", "_sinks", "_starting",
+        "_stopped_late", "_store", "_streaming", "_t0", "_tasks", "_time", "_timers", "_to_pool",
+        "_watchers", "cancelled_reason", "lineage", "scope", "sinks", "state",
     )
 
     def __init__(
@@ -199,6 +199,10 @@ class Driver:
         # A durable journal gets every outcome and attempt as it happens; a memory store,
         # which dies with the process anyway, gets the outcomes once, when the session ends.
         self._streaming = store is not None and store.durable
+        # A memory journal whose outcomes must outlive this process as they come (a remote
+        # agent's, mirrored to its parent so a retry replays what it finished) says so
+        self._ends_each = (not self._streaming and store is not None
+                           and bool(getattr(store, "journals_ends", False)))
         if store is not None:
             # only a durable journal's writer looks for cancel requests (from other processes)
             self._journal = Journal(
@@ -360,6 +364,8 @@ class Driver:
         for early in self._before_start or ():  # cancellations asked for before its first turn
             if self._streaming:
                 self._journal_decisions(early)
+            elif self._ends_each:
+                self._journal_ends(early.done)
             self._publish(early.events)
             if self._watchers and early.done:  # an open run's node cancelled: say so now
                 self._tell_watchers(early.done)
@@ -508,7 +514,12 @@ class Driver:
 
     def _apply(self, d: Decisions) -> None:
         assert self._loop is not None
-        barrier = self._journal_decisions(d) if self._streaming else None
+        if self._streaming:
+            barrier = self._journal_decisions(d)
+        else:
+            barrier = None
+            if self._ends_each and d.done:
+                self._journal_ends(d.done)
         # Starts before cancels: one decision can start a call and (fail_fast) cancel it.
         observer = self._observer
         to_pool = self._to_pool
@@ -1037,6 +1048,13 @@ class Driver:
                                        call.tool.name, call.isolation, now, call.held))
         return journal.barrier() if d.starts else None
 
+    def _journal_ends(self, done: Sequence[Ended]) -> None:
+        """Journal these nodes' outcomes now (no attempts, no barrier: see ``_ends_each``)."""
+        journal = self._journal
+        if journal is not None:
+            run_id = self.state.run_id
+            journal.add_many(OutcomeRecord(run_id, ended.outcome, ended.order) for ended in done)
+
     def _restore(self, resume: Resumption) -> None:
         """Resume: hold what is in doubt, replay what completed, record what a person settled."""
         now = self.now()
@@ -1047,7 +1065,7 @@ class Driver:
         self._apply(self.state.restore([*resume.replay, *resume.settled], now))
         if self._watchers or self._early:  # replayed outcomes are not decisions: tell them
             self._tell_all_watchers()
-        if self._streaming and self._journal is not None:
+        if (self._streaming or self._ends_each) and self._journal is not None:
             for outcome in resume.settled:  # new to the journal, unlike the replayed ones
                 index = self.graph.nodes[self.graph.position[outcome.node_id]].index
                 self._journal.add(OutcomeRecord(self.state.run_id, outcome, index))
@@ -1068,7 +1086,7 @@ class Driver:
         if result is None:
             result = self.result()
         status: RunStatus = "cancelled" if self.cancelled_reason else "finished"
-        if not self._streaming:
+        if not self._streaming and not self._ends_each:
             run_id = self.state.run_id
             journal.add_many(OutcomeRecord(run_id, ended.outcome, ended.order)
                              for ended in self.state.ended())
