@@ -509,7 +509,9 @@ class SchedulerState:
         # The nodes begin() queues, sorted once, and taken from the front: a wide plan's nodes
         # would otherwise each go through the heap (a push, and a pop of log n comparisons).
         # The ready queue is the union of both; _dispatch takes the smaller of their heads.
-        self._sorted: deque[tuple[float, int]] = deque()
+        # the nodes ready at the start, best last (popped from the end; a list, not a deque:
+        # an empty deque costs 600 bytes per run, and a swarm opens a run per agent)
+        self._sorted: list[tuple[float, int]] = []
         self._sorting: list[tuple[float, int]] | None = None  # set while begin() queues
         self._hard = _HardPairs(graph)
         executors: dict[int, Isolation] = {}  # by tool object: a large plan has few tools
@@ -569,8 +571,8 @@ class SchedulerState:
                     self._make_ready(slot, now, d)
         finally:
             self._sorting = None
-        queued.sort()  # in plan order already, unless ranked otherwise: one pass
-        self._sorted.extend(queued)
+        queued.sort(reverse=True)  # in plan order already, unless ranked otherwise: one pass
+        self._sorted = queued
         self._dispatch(now, d)
         return d
 
@@ -1151,9 +1153,9 @@ class SchedulerState:
         while (heap or ordered) and (limit.capacity is None or limit.in_use < limit.capacity):
             if self.stopping:
                 return
-            # the best of both queues: the front of the sorted one is its smallest entry
-            if ordered and (not heap or ordered[0] < heap[0]):
-                slot = slots[ordered.popleft()[1]]
+            # the best of both queues: the end of the sorted one is its smallest entry
+            if ordered and (not heap or ordered[-1] < heap[0]):
+                slot = slots[ordered.pop()[1]]
             else:
                 slot = slots[heapq.heappop(heap)[1]]
             if slot.phase is not Phase.READY or not isinstance(slot, _Slot):
