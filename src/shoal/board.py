@@ -79,8 +79,9 @@ class BoardConflict:
 
     def __str__(self) -> str:
         first, second = self.writers
-        return (f"board key {self.key!r}: {second} wrote {self.values[1]!r:.60} over "
-                f"{self.values[0]!r:.60} from {first} without reading it (kept the later)")
+        return (f"board key {self.key!r}: {second} wrote {merge.shown(self.values[1])} over "
+                f"{merge.shown(self.values[0])} from {first} without reading it (kept the "
+                "later)")
 
     def to_dict(self) -> dict[str, Any]:
         """The conflict as data (how the journal keeps it)."""
@@ -281,7 +282,10 @@ class Board:
         merged: dict[str, Any] = {}
         for key, values in by_key.items():
             slot = self._slots[key]
-            if slot.rule.in_place:
+            if slot.rule.in_place:  # merged only once all else did: it must not fail then
+                problem = slot.rule.trial(slot.value, values)
+                if problem:
+                    raise BoardValueError(f"board key {key!r} ({slot.rule!r}): {problem}")
                 continue
             value = slot.value
             try:
@@ -289,7 +293,7 @@ class Board:
                     value = slot.rule.fold(value, item)
             except Exception as exc:
                 raise BoardValueError(f"board key {key!r} ({slot.rule!r}) cannot merge "
-                                      f"{item!r:.80}: {type(exc).__name__}: {exc}") from exc
+                                      f"{merge.shown(item)}: {merge.error_text(exc)}") from exc
             merged[key] = value
         return merged
 

@@ -1,0 +1,214 @@
+"""Hostile input against the board's merge rules, plan text, the journal and the CLI.
+
+Each test pins a defect found by attacking shoal as a user would (values whose own code
+raises, numbers past a float's range, NaN, repeated arguments, a journal another process
+holds locked): the failure is a typed error with a message a person can act on, and nothing
+else is lost.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import threading
+from contextlib import closing
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import shoal
+from shoal.exceptions import BoardValueError, PlanError, StoreError
+from shoal.plantext import parse_plan_text
+from shoal.store.sqlite import SQLiteStore
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Hostile:
+    """A value whose own code fails at everything: repr, equality, order, hash."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("repr refuses")
+
+    def __eq__(self, other: object) -> bool:
+        raise RuntimeError("eq refuses")
+
+    def __lt__(self, other: object) -> bool:
+        raise ValueError("lt refuses")
+
+    def __gt__(self, other: object) -> bool:
+        raise ValueError("gt refuses")
+
+    def __hash__(self) -> int:
+        raise RuntimeError("hash refuses")
+
+
+class Unhashable:
+    """Unhashable, and its repr fails too."""
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        raise RuntimeError("repr refuses")
+
+
+class Colliding:
+    """Hashable, but every instance has the same hash and equality raises."""
+
+    def __hash__(self) -> int:
+        return 7
+
+    def __eq__(self, other: object) -> bool:
+        raise RuntimeError("eq refuses")
+
+
+# ---- the board's merge rules -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("rule", "value"), [
+    (shoal.merge.union, Hostile()),        # __hash__ raises RuntimeError, not TypeError
+    (shoal.merge.union, Unhashable()),     # the message's repr raised
+    (shoal.merge.counter, Hostile()),      # the message's repr raised
+    (shoal.merge.minimum, Hostile()),      # __lt__ raises ValueError, not TypeError
+    (shoal.merge.maximum, Hostile()),
+])
+def test_a_value_whose_own_code_raises_is_a_board_value_error(rule: Any, value: Any) -> None:
+    board = shoal.Board(k=rule)
+    if rule in (shoal.merge.minimum, shoal.merge.maximum):
+        board.write("k", 1)  # something to compare with
+    before = board.snapshot()
+    with pytest.raises(BoardValueError, match=r"board key 'k'.*(Hostile|Unhashable)"):
+        board.write("k", value)
+    assert board.snapshot() == before
+
+
+def test_a_counter_adds_integers_too_large_for_a_float() -> None:
+    board = shoal.Board(n=shoal.merge.counter)
+    board.write("n", 10 ** 5000)  # math.isfinite raised OverflowError on it
+    board.write("n", 1)
+    assert board["n"] == 10 ** 5000 + 1
+
+
+def test_a_counter_refuses_a_sum_that_overflows_a_float() -> None:
+    # 1e308 + 1e308 - 1e308 is inf or 1e308 depending on the order of the writes: a
+    # commutative rule must not let the order decide, so the overflowing write is refused
+    board = shoal.Board(n=shoal.merge.counter)
+    board.write("n", 1e308)
+    with pytest.raises(BoardValueError, match="overflows a float"):
+        board.write("n", 1e308)
+    assert board["n"] == 1e308
+
+
+@pytest.mark.parametrize("rule", [shoal.merge.minimum, shoal.merge.maximum])
+@pytest.mark.parametrize("nan", [math.nan, Decimal("NaN")])
+def test_minimum_and_maximum_refuse_nan_whose_result_would_depend_on_order(
+        rule: Any, nan: float | Decimal) -> None:
+    board = shoal.Board(k=rule)
+    with pytest.raises(BoardValueError, match="cannot be compared"):
+        board.write("k", nan)
+    board.write("k", 1)
+    with pytest.raises(BoardValueError, match="cannot be compared"):
+        board.write("k", nan)
+    assert board["k"] == 1
+
+
+def test_a_conflict_between_values_whose_repr_raises_still_describes_itself() -> None:
+    board = shoal.Board(k=shoal.merge.last_writer)
+    board.write("k", Hostile(), writer="a")
+    [conflict] = board.write("k", Hostile(), writer="b")
+    assert "repr failed with RuntimeError" in str(conflict)
+
+
+def test_a_union_commit_whose_equality_raises_commits_nothing_of_the_call() -> None:
+    # Each call alone is fine (its value is hashable); the second to commit meets the first's
+    # value of equal hash, whose __eq__ raises. That used to raise from set.add half way
+    # through the commit, after the call's other keys were merged: all or none is the rule.
+    board = shoal.Board(tags=shoal.merge.union, items=shoal.merge.append)
+    first_done = threading.Event()
+
+    @shoal.tool
+    def first(board: shoal.BoardHandle) -> str:
+        board.write("tags", Colliding())
+        return "first"
+
+    @shoal.tool
+    def second(board: shoal.BoardHandle) -> str:
+        board.write("items", "kept only if tags merge")
+        board.write("tags", Colliding())  # fine against the empty set this call sees
+        first_done.wait(5)
+        return "second"
+
+    @shoal.tool
+    def sibling() -> str:
+        return "sibling"
+
+    plan = shoal.Plan()
+    late = plan.call(second, node_id="second")
+    plan.call(first, node_id="first")
+    plan.call(sibling, node_id="sibling")
+
+    def release(event: shoal.Event) -> None:
+        if isinstance(event, shoal.NodeFinished) and event.node_id == "first":
+            first_done.set()
+
+    result = shoal.Runtime(on_event=release).run_sync(plan, board=board)
+    error = result[late].error
+    assert error is not None and error.type == "shoal.exceptions.BoardValueError"
+    assert "cannot be compared with the set's values" in error.message
+    assert result["first"].value == "first" and result["sibling"].value == "sibling"
+    assert board["items"] == [] and len(board["tags"]) == 1
+
+
+# ---- plan text ----------------------------------------------------------------------------------
+
+
+@shoal.tool
+def search(query: str) -> str:
+    """Search for ``query``."""
+    return query
+
+
+def test_plan_text_refuses_an_argument_given_twice_by_name() -> None:
+    # ast.parse accepts f(a=1, a=2) (only Python's compiler refuses it); the later value
+    # silently won, where a plan file refuses a key given twice
+    with pytest.raises(PlanError) as caught:
+        parse_plan_text('1. search(query="a", query="b")\n2. search(query="c")', [search])
+    [problem] = caught.value.problems
+    assert problem.code == "syntax" and problem.node == "1"
+    assert "'query' is given twice" in problem.message and "line 1" in problem.message
+
+
+# ---- the journal ---------------------------------------------------------------------------------
+
+_HOLD_LOCK = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.read()  # until the test closes our stdin
+"""
+
+
+def test_a_journal_locked_by_another_process_says_so_not_that_it_is_unusable(
+        tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    SQLiteStore(path).close()
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(path)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        with pytest.raises(StoreError) as caught:
+            SQLiteStore(path, timeout=0.2)
+    finally:
+        assert holder.stdin is not None and holder.stdout is not None
+        holder.stdin.close()
+        holder.wait(10)
+        holder.stdout.close()
+    message = str(caught.value)
+    assert "not a usable shoal journal" not in message  # the file is fine: it is busy
+    assert "another process has held it locked" in message and "try again" in message
+    with closing(SQLiteStore(path, timeout=0.2)) as store:  # once let go, it opens
+        assert store.list_runs() == []
