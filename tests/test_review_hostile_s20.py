@@ -8,7 +8,9 @@ else is lost.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import subprocess
 import sys
 import threading
@@ -20,11 +22,19 @@ from typing import Any
 import pytest
 
 import shoal
-from shoal.exceptions import BoardValueError, PlanError, StoreError
+from shoal.exceptions import BoardValueError, ConfigError, PlanError, StoreError
 from shoal.plantext import parse_plan_text
 from shoal.store.sqlite import SQLiteStore
 
 ROOT = Path(__file__).resolve().parent.parent
+PLAN = '{"nodes": [{"id": "one", "tool": "tests.plan_tools:add", "args": {"a": 1, "b": 2}}]}'
+
+
+def _shoal(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The ``shoal`` command, run as a real subprocess in ``cwd``."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "120"}
+    return subprocess.run([sys.executable, "-m", "shoal.cli.app", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 class Hostile:
@@ -212,3 +222,58 @@ def test_a_journal_locked_by_another_process_says_so_not_that_it_is_unusable(
     assert "another process has held it locked" in message and "try again" in message
     with closing(SQLiteStore(path, timeout=0.2)) as store:  # once let go, it opens
         assert store.list_runs() == []
+
+
+# ---- the command line ----------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_an_events_file_on_a_full_disk_is_one_warning_not_a_traceback(tmp_path: Path) -> None:
+    # every event logged an error with a traceback, and closing the file crashed the command
+    # with a raw OSError traceback after the run had finished
+    (tmp_path / "plan.json").write_text(PLAN)
+    done = _shoal("run", "plan.json", "--json", "--no-store", "--events", "/dev/full",
+                  cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["ok"] is True
+    assert "Traceback" not in done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "events file" in line]
+    assert warnings == ["shoal: WARNING: cannot write the events file '/dev/full': No space "
+                        "left on device; the events from here on are not in it"]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_an_events_sink_that_fails_counts_what_it_lost() -> None:
+    sink = shoal.JsonlSink("/dev/full")
+    plan = shoal.Plan()
+    found = plan.call(search, query="x")
+    result = shoal.run_sync(plan, on_event=sink)
+    sink.close()
+    assert result[found].value == "x"
+    assert "No space left on device" in sink.error and sink.lost == 5  # every event
+
+
+@pytest.mark.parametrize("deadline", ["nan", "-nan", "NaN"])
+def test_a_nan_deadline_is_a_bad_option_not_a_run_that_times_out_at_once(
+        tmp_path: Path, deadline: str) -> None:
+    # NaN <= 0 is false: the run started and every call "timed out" at once
+    (tmp_path / "plan.json").write_text(PLAN)
+    done = _shoal("run", "plan.json", "--no-store", "--deadline", deadline, cwd=tmp_path)
+    assert done.returncode == 2, done.stdout
+    assert "error: deadline must be positive" in done.stderr and "nan" in done.stderr
+    assert "timed_out" not in done.stdout
+
+
+@pytest.mark.parametrize("deadline", [math.nan, -1.0, 0.0])
+def test_a_run_s_own_deadline_is_checked_like_the_runtime_s(deadline: float) -> None:
+    plan = shoal.Plan()
+    plan.call(search, query="x")
+    with pytest.raises(ConfigError, match="deadline must be positive"):
+        shoal.Runtime(deadline=deadline)
+    with pytest.raises(ConfigError, match="deadline must be positive"):
+        shoal.Runtime().run_sync(plan, deadline=deadline)  # ran, every call timed out
+
+
+def test_an_agent_budget_refuses_a_nan_wall_clock() -> None:
+    with pytest.raises(ConfigError, match="wall_clock must be positive"):
+        shoal.Budget(wall_clock=math.nan)
