@@ -277,3 +277,15 @@ def test_a_run_s_own_deadline_is_checked_like_the_runtime_s(deadline: float) -> 
 def test_an_agent_budget_refuses_a_nan_wall_clock() -> None:
     with pytest.raises(ConfigError, match="wall_clock must be positive"):
         shoal.Budget(wall_clock=math.nan)
+
+
+def test_runs_with_a_limit_past_sqlite_s_integers_lists_them_all(tmp_path: Path) -> None:
+    # --limit only checked N >= 1: 10**23 reached SQLite and crashed with OverflowError
+    (tmp_path / "plan.json").write_text(PLAN)
+    assert _shoal("run", "plan.json", "--store", "runs.db", cwd=tmp_path).returncode == 0
+    done = _shoal("runs", "--store", "runs.db", "--json", "--limit", str(10 ** 23),
+                  cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads(done.stdout)) == 1 and "Traceback" not in done.stderr
+    with closing(SQLiteStore(tmp_path / "runs.db")) as store:
+        assert len(store.list_runs(limit=2 ** 80)) == 1

@@ -397,7 +397,7 @@ class SQLiteStore:
             "plan, source", "CASE WHEN json_valid(plan) THEN '{}' ELSE plan END, "
                             "CASE WHEN json_valid(source) THEN '{}' ELSE source END")
         rows = self._read(f"SELECT {columns} FROM runs ORDER BY started_at DESC LIMIT ?",
-                          (limit,))
+                          (min(limit, _MAX_SQL_INT),))  # SQLite's ints stop at 2**63 - 1
         return [_run_record(row) for row in rows]
 
     def outcomes(self, run_id: str, *, decode: bool = True) -> dict[str, StoredOutcome]:
@@ -544,6 +544,9 @@ class SQLiteStore:
         """Close the connection (checkpointing the WAL into the main file)."""
         with self._lock:
             self._conn.close()
+
+
+_MAX_SQL_INT = 2 ** 63 - 1
 
 
 def _busy(exc: BaseException) -> bool:
