@@ -23,6 +23,7 @@ import pytest
 
 import shoal
 from shoal.exceptions import BoardValueError, ConfigError, PlanError, StoreError
+from shoal.planfile import load_plan
 from shoal.plantext import parse_plan_text
 from shoal.store.sqlite import SQLiteStore
 
@@ -289,3 +290,17 @@ def test_runs_with_a_limit_past_sqlite_s_integers_lists_them_all(tmp_path: Path)
     assert len(json.loads(done.stdout)) == 1 and "Traceback" not in done.stderr
     with closing(SQLiteStore(tmp_path / "runs.db")) as store:
         assert len(store.list_runs(limit=2 ** 80)) == 1
+
+
+@pytest.mark.parametrize("module", ["..", ".plan_tools", "..tests.plan_tools"])
+def test_a_relative_module_name_in_a_plan_file_says_to_write_the_full_name(
+        tmp_path: Path, module: str) -> None:
+    # importlib raised TypeError ('package' argument required), shown as "raised TypeError
+    # ...; fix that module", as if the module's own code had failed
+    (tmp_path / "plan.json").write_text(json.dumps(
+        {"nodes": [{"id": "a", "tool": f"{module}:add", "args": {"a": 1, "b": 2}}]}))
+    done = _shoal("run", "plan.json", "--no-store", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "relative to no package" in done.stderr and "TypeError" not in done.stderr
+    with pytest.raises(PlanError, match="relative to no package"):
+        load_plan(tmp_path / "plan.json")

@@ -464,6 +464,9 @@ def import_object(path: str) -> Any:
     module_name, _, attr_path = path.partition(":")
     if not module_name or not attr_path:
         raise ImportError(f"{path!r} is not an import path; write 'package.module:function'")
+    if module_name.startswith("."):  # relative to nothing: importlib fails with a TypeError
+        raise ImportError(f"{path!r} names a module relative to no package; write the "
+                          "module's full name, 'package.module:function'")
     obj: Any = _import_module(module_name, path)
     owner = module_name
     for part in attr_path.split("."):
