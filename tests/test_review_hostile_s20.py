@@ -173,6 +173,31 @@ def test_a_union_commit_whose_equality_raises_commits_nothing_of_the_call() -> N
     assert board["items"] == [] and len(board["tags"]) == 1
 
 
+
+class Uncopyable:
+    """An initial value copy.deepcopy cannot copy."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        raise RuntimeError("copy refuses")
+
+
+@pytest.mark.parametrize("initial", [threading.Lock(), Uncopyable()])
+def test_a_using_rule_whose_initial_cannot_be_copied_is_a_config_error(initial: Any) -> None:
+    # each board starts from a deep copy of initial: that raised TypeError / RuntimeError
+    with pytest.raises(ConfigError, match=r"board key 'k'.*initial value cannot be copied"):
+        shoal.Board(k=shoal.merge.using(lambda merged, value: value, initial=initial))
+
+
+@pytest.mark.parametrize("fn", [lambda merged, value, extra: merged, lambda: None,
+                                lambda *, merged, value: merged])
+def test_a_merge_function_that_cannot_take_two_values_is_refused_when_declared(fn: Any) -> None:
+    # it was accepted, and each call writing the key then failed with a BoardValueError
+    with pytest.raises(ConfigError, match="two arguments"):
+        shoal.Board(k=fn)
+    with pytest.raises(TypeError, match="two arguments"):
+        shoal.merge.using(fn)
+    assert shoal.Board(k=max)["k"] is None  # builtins without a signature are still taken
+
 # ---- plan text ----------------------------------------------------------------------------------
 
 

@@ -104,10 +104,22 @@ def _as_rule(key: str, rule: Any) -> Rule:
     if isinstance(rule, Rule):
         return rule
     if callable(rule):
-        return using(rule)
+        try:
+            return using(rule)
+        except TypeError as exc:  # a function that cannot take (merged, value)
+            raise ConfigError(f"board key {key!r}: {exc}") from None
     raise ConfigError(f"board key {key!r}: a merge rule is one of shoal.merge.append, union, "
                       f"counter, minimum, maximum, last_writer, using(fn), or a function "
-                      f"(merged, value) -> merged; got {rule!r}")
+                      f"(merged, value) -> merged; got {merge.shown(rule)}")
+
+
+def _new_slot(key: str, rule: Rule) -> _Slot:
+    try:
+        return _Slot(rule)
+    except Exception as exc:  # using(fn, initial=...) deep-copies initial for each board
+        raise ConfigError(f"board key {key!r} ({rule!r}): its initial value cannot be copied "
+                          f"({merge.error_text(exc)}); give one that copy.deepcopy can copy "
+                          "(each board starts from its own copy)") from exc
 
 
 class Board:
@@ -132,7 +144,7 @@ class Board:
         bad = [k for k in declared if not isinstance(k, str) or not k]
         if bad:
             raise ConfigError(f"board keys are non-empty strings, got {bad[0]!r}")
-        self._slots = {key: _Slot(_as_rule(key, rule)) for key, rule in declared.items()}
+        self._slots = {key: _new_slot(key, _as_rule(key, rule)) for key, rule in declared.items()}
         self._lock = threading.Lock()
         self._conflicts: list[BoardConflict] = []
         # (run id, node id, digest of the tool and arguments) of each committed call: a call

@@ -27,6 +27,7 @@ a key need not wait for one another (see ``merges=`` in :func:`shoal.tool`).
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import numbers
 import reprlib
@@ -252,7 +253,15 @@ def using(fn: Callable[[Any, Any], Any], *, initial: Any = None,
     never matters (then calls that only merge into the key need not wait for each other).
     """
     if not callable(fn):
-        raise TypeError(f"merge.using takes a function (merged, value) -> merged, got {fn!r}")
+        raise TypeError(f"merge.using takes a function (merged, value) -> merged, got "
+                        f"{shown(fn)}")
+    try:
+        inspect.signature(fn).bind(None, None)
+    except TypeError as exc:  # found now, not at the first write, where it fails a call
+        raise TypeError(f"merge.using takes a function of two arguments (merged, value) -> "
+                        f"merged; {shown(fn)} cannot take them: {exc}") from None
+    except ValueError:  # no signature to check (some builtins): the first merge will tell
+        pass
     name = getattr(fn, "__name__", type(fn).__name__)
     return Rule(f"using({name})", lambda: copy.deepcopy(initial), fn,
                 commutative=bool(commutative))
