@@ -329,3 +329,40 @@ def test_a_relative_module_name_in_a_plan_file_says_to_write_the_full_name(
     assert "relative to no package" in done.stderr and "TypeError" not in done.stderr
     with pytest.raises(PlanError, match="relative to no package"):
         load_plan(tmp_path / "plan.json")
+
+
+LOCK_TOOL = '''
+import threading
+
+import shoal
+
+
+@shoal.tool
+def lock() -> object:
+    """A result that cannot be journaled: on resume the call is in doubt."""
+    return threading.Lock()
+'''
+
+
+@pytest.mark.parametrize(("value", "says"), [
+    ("9" * 5000, "Exceeds the limit (4300 digits)"),   # ValueError, not a JSONDecodeError
+    ("[" * 5000 + "]" * 5000, "nested too deep"),      # RecursionError
+])
+def test_mark_done_with_json_python_cannot_read_is_a_bad_option_not_a_traceback(
+        tmp_path: Path, value: str, says: str) -> None:
+    (tmp_path / "lock_tools.py").write_text(LOCK_TOOL)
+    (tmp_path / "plan.json").write_text('{"nodes": [{"id": "l", "tool": "lock_tools:lock"}]}')
+    assert _shoal("run", "plan.json", "--store", "runs.db", cwd=tmp_path).returncode == 0
+    with closing(SQLiteStore(tmp_path / "runs.db")) as store:
+        [run] = store.list_runs()
+    done = _shoal("resume", run.run_id, "--store", "runs.db", "--mark-done", f"l={value}",
+                  cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"error: --mark-done l=...: the value is JSON that cannot be read ({says}" \
+        in done.stderr
+    settled = _shoal("resume", run.run_id, "--store", "runs.db", "--mark-done", "l=7",
+                     "--json", cwd=tmp_path)  # the run is still resumable, and settles
+    assert settled.returncode == 0, settled.stderr
+    [outcome] = json.loads(settled.stdout)["outcomes"]
+    assert outcome["node_id"] == "l" and outcome["status"] == "ok" and outcome["value"] == 7
