@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 
 import shoal
-from shoal.exceptions import BoardValueError, ConfigError, PlanError, StoreError
+from shoal.exceptions import (BoardValueError, ConfigError, PlanError, RunActiveError,
+                              StoreError)
 from shoal.planfile import load_plan
 from shoal.plantext import parse_plan_text
 from shoal.store.sqlite import SQLiteStore
@@ -366,3 +367,21 @@ def test_mark_done_with_json_python_cannot_read_is_a_bad_option_not_a_traceback(
     assert settled.returncode == 0, settled.stderr
     [outcome] = json.loads(settled.stdout)["outcomes"]
     assert outcome["node_id"] == "l" and outcome["status"] == "ok" and outcome["value"] == 7
+
+
+@pytest.mark.parametrize("written", ['{"pid": "x", "host": 5}', '{"pid": 1e999}',
+                                     "[" * 100_000, '{"pid": [1]}'])
+def test_a_run_lock_file_written_over_still_refuses_with_run_active_error(
+        tmp_path: Path, written: str) -> None:
+    # the holder's pid and host are read from the lock file: a file someone wrote over
+    # raised ValueError / OverflowError / RecursionError instead of RunActiveError
+    with closing(SQLiteStore(tmp_path / "runs.db")) as store:
+        claim = store.claim_run("r1")
+        try:
+            [lock] = (tmp_path / "runs.db-locks").iterdir()
+            lock.write_text(written)
+            with pytest.raises(RunActiveError, match="r1"):
+                store.claim_run("r1")
+        finally:
+            claim.release()
+        store.claim_run("r1").release()  # once let go, it can be claimed
