@@ -22,8 +22,7 @@ from typing import Any
 import pytest
 
 import shoal
-from shoal.exceptions import (BoardValueError, ConfigError, PlanError, RunActiveError,
-                              StoreError)
+from shoal.exceptions import BoardValueError, ConfigError, PlanError, RunActiveError, StoreError
 from shoal.planfile import load_plan
 from shoal.plantext import parse_plan_text
 from shoal.store.sqlite import SQLiteStore
