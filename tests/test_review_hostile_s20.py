@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -384,3 +385,19 @@ def test_a_run_lock_file_written_over_still_refuses_with_run_active_error(
         finally:
             claim.release()
         store.claim_run("r1").release()  # once let go, it can be claimed
+
+
+@pytest.mark.parametrize("started", ["1e308", "-1e308", "9e999"])
+def test_a_run_started_at_no_calendar_time_is_listed_and_shown(tmp_path: Path,
+                                                                started: str) -> None:
+    # a damaged row's start time (SQLite keeps 9e999 as inf) crashed shoal runs and shoal
+    # show with OverflowError from datetime: such rows must never stop them
+    (tmp_path / "plan.json").write_text(PLAN)
+    assert _shoal("run", "plan.json", "--store", "runs.db", cwd=tmp_path).returncode == 0
+    with closing(sqlite3.connect(tmp_path / "runs.db")) as db, db:
+        db.execute(f"UPDATE runs SET started_at = {started}")
+        [run_id] = [row[0] for row in db.execute("SELECT run_id FROM runs")]
+    for args in (("runs",), ("show", run_id)):
+        done = _shoal(*args, "--store", "runs.db", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert "(no such time)" in done.stdout and "Traceback" not in done.stderr

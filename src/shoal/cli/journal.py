@@ -143,9 +143,13 @@ def _console() -> Console:
 
 
 def _when(epoch: float | None) -> str:
+    """A journaled time as local date and time; one no calendar holds as the number."""
     if not epoch:
         return "-"
-    return dt.datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S")
+    try:
+        return dt.datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, OSError, ValueError):  # a damaged row: 1e308, inf, year 10**6
+        return f"{epoch:.6g} (no such time)"
 
 
 def _duration(record: RunRecord) -> float:
