@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from contextlib import closing
 from decimal import Decimal
 from pathlib import Path
@@ -334,6 +336,7 @@ def test_a_relative_module_name_in_a_plan_file_says_to_write_the_full_name(
 
 LOCK_TOOL = '''
 import threading
+import time
 
 import shoal
 
@@ -401,3 +404,37 @@ def test_a_run_started_at_no_calendar_time_is_listed_and_shown(tmp_path: Path,
         done = _shoal(*args, "--store", "runs.db", cwd=tmp_path)
         assert done.returncode == 0, done.stderr
         assert "(no such time)" in done.stdout and "Traceback" not in done.stderr
+
+
+SLOW_TOOL = '''
+import time
+
+import shoal
+
+
+@shoal.tool
+def nap(seconds: float) -> float:
+    """Sleep a while."""
+    time.sleep(seconds)
+    return seconds
+'''
+SHOAL_SCRIPT = Path(sys.executable).parent / "shoal"
+
+
+@pytest.mark.skipif(not SHOAL_SCRIPT.exists(), reason="the shoal console script is not installed")
+@pytest.mark.parametrize("delay", [0.3, 0.6, 0.9, 1.5])
+def test_ctrl_c_while_the_command_line_loads_exits_130_without_a_traceback(
+        tmp_path: Path, delay: float) -> None:
+    # loading typer, rich and the commands takes a while on a busy machine: a Ctrl-C then
+    # printed the KeyboardInterrupt traceback of an import (and no exit code 130)
+    (tmp_path / "slow_tools.py").write_text(SLOW_TOOL)
+    (tmp_path / "plan.json").write_text(
+        '{"nodes": [{"id": "a", "tool": "slow_tools:nap", "args": {"seconds": 5}}]}')
+    shoal_cli = subprocess.Popen([str(SHOAL_SCRIPT), "run", "plan.json", "--no-store"],
+                                 cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True)
+    time.sleep(delay)
+    shoal_cli.send_signal(signal.SIGINT)
+    out, err = shoal_cli.communicate(timeout=60)
+    assert shoal_cli.returncode == 130, (out, err)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
