@@ -438,3 +438,34 @@ def test_ctrl_c_while_the_command_line_loads_exits_130_without_a_traceback(
     out, err = shoal_cli.communicate(timeout=60)
     assert shoal_cli.returncode == 130, (out, err)
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_plan_file_that_is_a_fifo_nobody_writes_to_is_refused_not_waited_on(
+        tmp_path: Path) -> None:
+    # opening a FIFO waits for a writer: shoal run hung forever
+    os.mkfifo(tmp_path / "plan.yaml")
+    done = _shoal("run", "plan.yaml", "--no-store", cwd=tmp_path, timeout=30)
+    assert done.returncode == 2 and "the plan is empty" in done.stderr
+    with pytest.raises(PlanError, match="the plan is empty"):
+        load_plan(tmp_path / "plan.yaml")
+
+
+@pytest.mark.parametrize(("make", "says"), [
+    (lambda path: path.write_bytes(b"rules:\n  - allow: \xff\xfe\n"), "not UTF-8 text"),
+    (lambda path: os.mkfifo(path), "a rules file holds a mapping"),   # hung: no writer
+    (lambda path: path.symlink_to("/dev/zero"), "larger than 16 MiB"),  # filled memory
+])
+def test_a_hostile_approval_rules_file_is_one_error_line(tmp_path: Path, make: Any,
+                                                          says: str) -> None:
+    if not Path("/dev/zero").exists() or not hasattr(os, "mkfifo"):
+        pytest.skip("needs /dev/zero and FIFOs")
+    make(tmp_path / "rules.yaml")
+    (tmp_path / "plan.json").write_text(PLAN)
+    done = _shoal("run", "plan.json", "--no-store", "--approve", "rules.yaml", cwd=tmp_path,
+                  timeout=30)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: ") and says in done.stderr
+    assert "Traceback" not in done.stderr
+    with pytest.raises(ConfigError, match=says):
+        shoal.RulesApprover.from_file(tmp_path / "rules.yaml")
