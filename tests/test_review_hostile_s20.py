@@ -469,3 +469,23 @@ def test_a_hostile_approval_rules_file_is_one_error_line(tmp_path: Path, make: A
     assert "Traceback" not in done.stderr
     with pytest.raises(ConfigError, match=says):
         shoal.RulesApprover.from_file(tmp_path / "rules.yaml")
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize("args", [("run", "plan.json", "--json"), ("run", "plan.json"),
+                                  ("runs",), ("runs", "--json")])
+def test_output_to_a_full_disk_is_one_error_line_not_a_traceback(tmp_path: Path,
+                                                                 args: tuple[str, ...]) -> None:
+    # shoal run plan.json --json > result.json on a full disk printed shoal's traceback, as
+    # if shoal had a bug
+    (tmp_path / "plan.json").write_text(PLAN)
+    assert _shoal("run", "plan.json", "--store", "runs.db", cwd=tmp_path).returncode == 0
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "shoal.cli.app", *args, "--store",
+                               "runs.db"], cwd=tmp_path, env=env, stdout=full,
+                              stderr=subprocess.PIPE, text=True, timeout=60, check=False)
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == \
+        "error: cannot write the output: No space left on device"
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
