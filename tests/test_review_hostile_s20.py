@@ -489,3 +489,41 @@ def test_output_to_a_full_disk_is_one_error_line_not_a_traceback(tmp_path: Path,
     assert done.stderr.splitlines()[-1] == \
         "error: cannot write the output: No space left on device"
     assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
+
+
+def test_changing_what_a_read_returned_changes_nothing_on_the_board() -> None:
+    # reads were shallow copies (append) or the merged value itself (last_writer, using):
+    # a call that changed what it read, then failed, changed the board, outside the journal
+    board = shoal.Board(items=shoal.merge.append, last=shoal.merge.last_writer,
+                        merged=shoal.merge.using(lambda merged, value: value, initial={}))
+    board.write("items", {"x": 1})
+    board.write("last", {"y": [1]})
+    board.write("merged", {"z": {"deep": 1}})
+
+    @shoal.tool
+    def meddle(board: shoal.BoardHandle) -> str:
+        board.read("items")[0]["x"] = "changed"
+        board.read("last")["y"].append("changed")
+        board.read("merged")["z"]["deep"] = "changed"
+        raise ValueError("fails, so it writes nothing")
+
+    plan = shoal.Plan()
+    plan.call(meddle, node_id="meddle")
+    result = shoal.run_sync(plan, board=board)
+    assert result["meddle"].status == "failed"
+    assert board.snapshot() == {"items": [{"x": 1}], "last": {"y": [1]},
+                                "merged": {"z": {"deep": 1}}}
+
+
+def test_a_read_of_a_value_that_cannot_be_deep_copied_still_reads() -> None:
+    board = shoal.Board(items=shoal.merge.append)
+    lock = threading.Lock()
+    board.write("items", lock)
+
+    @shoal.tool
+    def look(board: shoal.BoardHandle) -> bool:
+        return board.read("items")[0] is lock
+
+    plan = shoal.Plan()
+    plan.call(look, node_id="look")
+    assert shoal.run_sync(plan, board=board)["look"].value is True

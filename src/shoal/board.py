@@ -34,6 +34,7 @@ another process: a tool asking for one must run inline or on a thread.
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -408,10 +409,19 @@ class BoardHandle:
             self._pending.append((key, value))
 
     def read(self, key: str) -> Any:
-        """``key``'s merged value as this call sees it (a copy)."""
+        """``key``'s merged value as this call sees it (a deep copy).
+
+        Deep: changing what it holds (``read("items")[0]["x"] = 1``) must not change the
+        board behind the merge rules' back, and so outside the journal, nor from a call that
+        then fails. A value that cannot be deep-copied (a lock) is given in a shallow copy.
+        """
         with self._lock:
             self._check_open()
-            return self._view(key)
+            value = self._view(key)
+        try:
+            return copy.deepcopy(value)
+        except Exception:  # its own __deepcopy__ or __reduce__ fails: the shallow copy
+            return value
 
     def __getitem__(self, key: str) -> Any:
         return self.read(key)
