@@ -25,7 +25,14 @@ from typing import Any
 import pytest
 
 import shoal
-from shoal.exceptions import BoardValueError, ConfigError, PlanError, RunActiveError, StoreError
+from shoal.exceptions import (
+    BoardKeyError,
+    BoardValueError,
+    ConfigError,
+    PlanError,
+    RunActiveError,
+    StoreError,
+)
 from shoal.planfile import load_plan
 from shoal.plantext import parse_plan_text
 from shoal.store.sqlite import SQLiteStore
@@ -527,3 +534,14 @@ def test_a_read_of_a_value_that_cannot_be_deep_copied_still_reads() -> None:
     plan = shoal.Plan()
     plan.call(look, node_id="look")
     assert shoal.run_sync(plan, board=board)["look"].value is True
+
+
+@pytest.mark.parametrize("key", [["items"], {"k": 1}, None, 7, Hostile()])
+def test_a_key_that_is_not_text_is_a_board_key_error(key: Any) -> None:
+    # a list (unhashable) raised TypeError from the key lookup; a key whose repr raises
+    # broke the message
+    board = shoal.Board(items=shoal.merge.append)
+    with pytest.raises(BoardKeyError, match=r"no key .*its keys are \['items'\]"):
+        board.write(key, 1)
+    with pytest.raises(BoardKeyError):
+        board[key]

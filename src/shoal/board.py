@@ -201,9 +201,10 @@ class Board:
     # ---- for handles and the runtime ----------------------------------------------------
 
     def _slot(self, key: str) -> _Slot:
-        slot = self._slots.get(key)
+        # keys may come from a model: one that is not text (a list) is no key, not a TypeError
+        slot = self._slots.get(key) if isinstance(key, str) else None
         if slot is None:
-            raise BoardKeyError(f"the board has no key {key!r}; its keys are "
+            raise BoardKeyError(f"the board has no key {merge.shown(key)}; its keys are "
                                 f"{sorted(self._slots) or 'none'} (declare keys in Board(...))")
         return slot
 
