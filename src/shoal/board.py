@@ -34,6 +34,7 @@ another process: a tool asking for one must run inline or on a thread.
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -79,8 +80,9 @@ class BoardConflict:
 
     def __str__(self) -> str:
         first, second = self.writers
-        return (f"board key {self.key!r}: {second} wrote {self.values[1]!r:.60} over "
-                f"{self.values[0]!r:.60} from {first} without reading it (kept the later)")
+        return (f"board key {self.key!r}: {second} wrote {merge.shown(self.values[1])} over "
+                f"{merge.shown(self.values[0])} from {first} without reading it (kept the "
+                "later)")
 
     def to_dict(self) -> dict[str, Any]:
         """The conflict as data (how the journal keeps it)."""
@@ -103,10 +105,22 @@ def _as_rule(key: str, rule: Any) -> Rule:
     if isinstance(rule, Rule):
         return rule
     if callable(rule):
-        return using(rule)
+        try:
+            return using(rule)
+        except TypeError as exc:  # a function that cannot take (merged, value)
+            raise ConfigError(f"board key {key!r}: {exc}") from None
     raise ConfigError(f"board key {key!r}: a merge rule is one of shoal.merge.append, union, "
                       f"counter, minimum, maximum, last_writer, using(fn), or a function "
-                      f"(merged, value) -> merged; got {rule!r}")
+                      f"(merged, value) -> merged; got {merge.shown(rule)}")
+
+
+def _new_slot(key: str, rule: Rule) -> _Slot:
+    try:
+        return _Slot(rule)
+    except Exception as exc:  # using(fn, initial=...) deep-copies initial for each board
+        raise ConfigError(f"board key {key!r} ({rule!r}): its initial value cannot be copied "
+                          f"({merge.error_text(exc)}); give one that copy.deepcopy can copy "
+                          "(each board starts from its own copy)") from exc
 
 
 class Board:
@@ -131,7 +145,7 @@ class Board:
         bad = [k for k in declared if not isinstance(k, str) or not k]
         if bad:
             raise ConfigError(f"board keys are non-empty strings, got {bad[0]!r}")
-        self._slots = {key: _Slot(_as_rule(key, rule)) for key, rule in declared.items()}
+        self._slots = {key: _new_slot(key, _as_rule(key, rule)) for key, rule in declared.items()}
         self._lock = threading.Lock()
         self._conflicts: list[BoardConflict] = []
         # (run id, node id, digest of the tool and arguments) of each committed call: a call
@@ -187,9 +201,10 @@ class Board:
     # ---- for handles and the runtime ----------------------------------------------------
 
     def _slot(self, key: str) -> _Slot:
-        slot = self._slots.get(key)
+        # keys may come from a model: one that is not text (a list) is no key, not a TypeError
+        slot = self._slots.get(key) if isinstance(key, str) else None
         if slot is None:
-            raise BoardKeyError(f"the board has no key {key!r}; its keys are "
+            raise BoardKeyError(f"the board has no key {merge.shown(key)}; its keys are "
                                 f"{sorted(self._slots) or 'none'} (declare keys in Board(...))")
         return slot
 
@@ -281,7 +296,10 @@ class Board:
         merged: dict[str, Any] = {}
         for key, values in by_key.items():
             slot = self._slots[key]
-            if slot.rule.in_place:
+            if slot.rule.in_place:  # merged only once all else did: it must not fail then
+                problem = slot.rule.trial(slot.value, values)
+                if problem:
+                    raise BoardValueError(f"board key {key!r} ({slot.rule!r}): {problem}")
                 continue
             value = slot.value
             try:
@@ -289,7 +307,7 @@ class Board:
                     value = slot.rule.fold(value, item)
             except Exception as exc:
                 raise BoardValueError(f"board key {key!r} ({slot.rule!r}) cannot merge "
-                                      f"{item!r:.80}: {type(exc).__name__}: {exc}") from exc
+                                      f"{merge.shown(item)}: {merge.error_text(exc)}") from exc
             merged[key] = value
         return merged
 
@@ -392,10 +410,19 @@ class BoardHandle:
             self._pending.append((key, value))
 
     def read(self, key: str) -> Any:
-        """``key``'s merged value as this call sees it (a copy)."""
+        """``key``'s merged value as this call sees it (a deep copy).
+
+        Deep: changing what it holds (``read("items")[0]["x"] = 1``) must not change the
+        board behind the merge rules' back, and so outside the journal, nor from a call that
+        then fails. A value that cannot be deep-copied (a lock) is given in a shallow copy.
+        """
         with self._lock:
             self._check_open()
-            return self._view(key)
+            value = self._view(key)
+        try:
+            return copy.deepcopy(value)
+        except Exception:  # its own __deepcopy__ or __reduce__ fails: the shallow copy
+            return value
 
     def __getitem__(self, key: str) -> Any:
         return self.read(key)

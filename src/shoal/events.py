@@ -17,6 +17,7 @@ reply only when such a sink listens, and sends a plain request otherwise.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -367,17 +368,42 @@ def wants_text(sink: EventSink) -> bool:
 
 
 class JsonlSink:
-    """Writes each event as one JSON line to a file (opened on creation, closed by ``close``)."""
+    """Writes each event as one JSON line to a file (opened on creation, closed by ``close``).
+
+    A file that stops taking lines (a full disk, a file system gone read-only) does not fail
+    the run: the first failure is logged once as a warning on the ``shoal`` logger, saying
+    why; :attr:`error` keeps that reason and :attr:`lost` counts the events not written.
+    """
 
     def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self.error = ""  # why events stopped being written ('' while all is well)
+        self.lost = 0
         # held open for the run's lifetime; closed by close(). Line-buffered: a file being
         # followed (tail -f) is current, and a killed run loses no event it had written.
         self._file: IO[str] = Path(path).open("a", encoding="utf-8", buffering=1)  # noqa: SIM115
 
     def __call__(self, event: Event) -> None:
         """Append ``event`` as one line."""
-        self._file.write(json.dumps(event.to_dict()) + "\n")
+        if self.error:
+            self.lost += 1
+            return
+        try:
+            self._file.write(json.dumps(event.to_dict()) + "\n")
+        except OSError as exc:
+            self.lost += 1
+            self._failed(exc)
 
     def close(self) -> None:
         """Flush and close the file."""
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError as exc:  # the last line could not be flushed: closed all the same
+            self._failed(exc)
+
+    def _failed(self, exc: OSError) -> None:
+        if self.error:
+            return
+        self.error = (f"cannot write the events file {self.path!r}: {exc.strerror or exc}; "
+                      "the events from here on are not in it")
+        logging.getLogger("shoal").warning("%s", self.error)

@@ -27,10 +27,13 @@ a key need not wait for one another (see ``merges=`` in :func:`shoal.tool`).
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import numbers
+import reprlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 __all__ = [
@@ -51,6 +54,51 @@ def _nothing_wrong(value: Any, current: Callable[[], Any]) -> str:
     return ""
 
 
+class _ShortRepr(reprlib.Repr):
+    """Bounded (a huge or self-containing value costs little); a failing repr is named."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxstring = self.maxother = 80
+        self.maxlevel = 3
+
+    def repr_instance(self, x: Any, level: int) -> str:
+        try:
+            return repr(x)
+        except Exception as exc:
+            return _unrepresentable(x, exc)
+
+
+def _unrepresentable(value: Any, exc: BaseException) -> str:
+    return f"<{type(value).__qualname__}: repr failed with {type(exc).__name__}>"
+
+
+_SHORT = _ShortRepr()
+
+
+def shown(value: Any) -> str:
+    """A short repr of a written value for an error message; never raises.
+
+    Values come from tools and models: a ``__repr__`` that raises (or a container whose
+    items misbehave) gives a placeholder naming the type, so the error that quotes the value
+    is still the one raised.
+    """
+    try:
+        text = _SHORT.repr(value)
+    except Exception as exc:
+        return _unrepresentable(value, exc)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def error_text(exc: BaseException) -> str:
+    """``Type: message`` of an exception raised by a value's own code; never raises."""
+    try:
+        message = str(exc)
+    except Exception:
+        message = "<its message cannot be shown>"
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Rule:
     """How the values written to one board key combine into its merged value.
@@ -59,7 +107,9 @@ class Rule:
     one written value in and returns the result (rules with ``in_place`` update ``merged``
     itself and cannot fail); ``check(value, current)`` says why ``value`` cannot be written
     ('' if it can; ``current()`` gives the merged value the writer sees); ``copy`` gives
-    readers their own copy of a merged value. ``commutative`` rules do not care in which
+    readers their own copy of a merged value; ``trial(merged, values)`` says why values
+    that passed ``check`` cannot be merged in place now ('' if they can), before anything
+    changes, so that a commit stays all or none. ``commutative`` rules do not care in which
     order parallel writers commit; ``reports_conflicts`` marks ``last_writer``.
     """
 
@@ -71,6 +121,7 @@ class Rule:
     in_place: bool = False
     reports_conflicts: bool = False
     copy: Callable[[Any], Any] = lambda merged: merged
+    trial: Callable[[Any, list[Any]], str] = lambda merged, values: ""
 
     def __repr__(self) -> str:
         return f"merge.{self.name}"
@@ -89,27 +140,73 @@ def _added(merged: set[Any], value: Any) -> set[Any]:
 def _hashable(value: Any, current: Callable[[], Any]) -> str:
     try:
         hash(value)
-    except TypeError:
-        return f"a set holds only hashable values, got {type(value).__name__} {value!r:.80}"
+    except Exception as exc:  # TypeError, or a __hash__ of the value's own that raises
+        return (f"a set holds only hashable values, got {type(value).__name__} "
+                f"{shown(value)} ({error_text(exc)})")
+    return ""  # whether it compares with the set's values is tried at commit (_findable)
+
+
+def _findable(merged: set[Any], values: list[Any]) -> str:
+    """Why ``values`` cannot be added to ``merged`` ('' if they can).
+
+    Adding compares a value with the members of equal hash, so an ``__eq__`` that raises
+    would fail the add half way through a commit; this tries the same comparisons first.
+    """
+    for value in values:
+        try:
+            value in merged  # noqa: B015 - the lookup is the test
+        except Exception as exc:
+            return (f"{type(value).__name__} {shown(value)} cannot be compared with the "
+                    f"set's values ({error_text(exc)})")
+    try:
+        set(values)
+    except Exception as exc:
+        return f"the values written cannot be compared with one another ({error_text(exc)})"
     return ""
 
 
 def _number(value: Any, current: Callable[[], Any]) -> str:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return f"a counter adds numbers, got {type(value).__name__} {value!r:.80}"
-    if not math.isfinite(value):
-        return f"a counter adds finite numbers, got {value!r}"
+        return f"a counter adds numbers, got {type(value).__name__} {shown(value)}"
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int (or fraction) too large for a float is still finite
+        finite = True
+    except Exception as exc:  # a number type of its own whose __float__ raises
+        return f"a counter adds numbers, got {shown(value)}, which is not one ({error_text(exc)})"
+    if not finite:
+        return f"a counter adds finite numbers, got {shown(value)}"
     return ""
+
+
+def _sum(merged: Any, value: Any) -> Any:
+    total = merged + value
+    if isinstance(total, float) and not math.isfinite(total):
+        # an infinite sum would make the result depend on the order of the writes
+        raise OverflowError(f"the sum {shown(merged)} + {shown(value)} overflows a float; count in "
+                            "smaller units or with ints")
+    return total
+
+
+def _is_nan(value: Any) -> bool:
+    """Whether ``value`` is a NaN (float or Decimal), without running the value's own code."""
+    if isinstance(value, float):
+        return math.isnan(value)
+    return isinstance(value, Decimal) and value.is_nan()
 
 
 def _comparable(pick: Callable[[Any, Any], Any]) -> Callable[[Any, Callable[[], Any]], str]:
     def check(value: Any, current: Callable[[], Any]) -> str:
         if value is None:
             return "None cannot be compared; write a value"
+        if _is_nan(value):  # neither smaller nor larger: the result would depend on order
+            return f"{value!r} cannot be compared (it is neither smaller nor larger than " \
+                   "any number); write a number"
         try:
             pick(current(), value)
-        except TypeError as exc:
-            return f"{value!r:.80} cannot be compared with the value so far ({exc})"
+        except Exception as exc:  # TypeError, or a comparison of the value's own that raises
+            return (f"{shown(value)} cannot be compared with the value so far "
+                    f"({error_text(exc)})")
         return ""
 
     return check
@@ -126,11 +223,11 @@ def _larger(merged: Any, value: Any) -> Any:
 append = Rule("append", list, _appended, commutative=True, in_place=True, copy=list)
 """Keep every written value, in a list, in commit order."""
 
-union = Rule("union", set, _added, commutative=True, check=_hashable, in_place=True, copy=set)
+union = Rule("union", set, _added, commutative=True, check=_hashable, in_place=True, copy=set,
+             trial=_findable)
 """A set of the written values."""
 
-counter = Rule("counter", int, lambda merged, value: merged + value, commutative=True,
-               check=_number)
+counter = Rule("counter", int, _sum, commutative=True, check=_number)
 """The sum of the written numbers."""
 
 minimum = Rule("minimum", lambda: None, _smaller, commutative=True, check=_comparable(_smaller))
@@ -156,7 +253,15 @@ def using(fn: Callable[[Any, Any], Any], *, initial: Any = None,
     never matters (then calls that only merge into the key need not wait for each other).
     """
     if not callable(fn):
-        raise TypeError(f"merge.using takes a function (merged, value) -> merged, got {fn!r}")
+        raise TypeError(f"merge.using takes a function (merged, value) -> merged, got "
+                        f"{shown(fn)}")
+    try:
+        inspect.signature(fn).bind(None, None)
+    except TypeError as exc:  # found now, not at the first write, where it fails a call
+        raise TypeError(f"merge.using takes a function of two arguments (merged, value) -> "
+                        f"merged; {shown(fn)} cannot take them: {exc}") from None
+    except ValueError:  # no signature to check (some builtins): the first merge will tell
+        pass
     name = getattr(fn, "__name__", type(fn).__name__)
     return Rule(f"using({name})", lambda: copy.deepcopy(initial), fn,
                 commutative=bool(commutative))

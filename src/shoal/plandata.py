@@ -25,9 +25,11 @@ import json
 import json.decoder
 import json.scanner
 import math
+import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "check_value",
     "parse_json",
     "parse_yaml",
+    "read_text",
 ]
 
 MAX_BYTES = 16 * 1024 * 1024
@@ -67,6 +70,46 @@ class DataError(ValueError):
         self.code = code
         self.message = message
         super().__init__(message)
+
+
+def read_text(path: str | Path, what: str = "file") -> str:
+    """The UTF-8 text of the file at ``path``, read as untrusted input (``what`` names its kind).
+
+    At most :data:`MAX_BYTES` are read, so ``/dev/zero`` or an endless pipe cannot fill
+    memory; a FIFO nobody writes to reads as empty instead of waiting for a writer forever;
+    a UTF-8 byte order mark is skipped.
+
+    Raises:
+        DataError: ``not_found``, ``unreadable`` (a folder, no permission), ``too_large``, or
+            ``syntax`` (not UTF-8, saying where), with a message saying what to do.
+    """
+    file = Path(path)
+    try:
+        data = _read_bytes(file)
+    except FileNotFoundError:
+        raise DataError("not_found", f"no such file: {file} (relative paths start at "
+                                     f"{Path.cwd()}); check the path") from None
+    except OSError as exc:
+        raise DataError("unreadable", f"cannot read {file}: {exc.strerror or exc}; check that "
+                                      "it is a readable file") from None
+    if len(data) > MAX_BYTES:
+        raise DataError("too_large", f"the file is larger than {MAX_BYTES // 2**20} MiB, the "
+                                     f"limit for a {what}; split it")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError("syntax", f"the file is not UTF-8 text ({exc.reason} at byte "
+                                  f"{exc.start}, line {line}); save it as UTF-8") from None
+
+
+def _read_bytes(file: Path) -> bytes:
+    # Opened without blocking: opening a FIFO waits for a writer, forever if none comes.
+    # Reading then blocks as usual; a FIFO without a writer reads as empty at once.
+    fd = os.open(file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with open(fd, "rb") as stream:
+        os.set_blocking(fd, True)
+        return stream.read(MAX_BYTES + 1)
 
 
 # --- walking parsed values -------------------------------------------------------------------

@@ -54,7 +54,7 @@ from typing import Any
 
 from shoal.exceptions import PlanError, PlanProblem, ShoalError, describe_exception
 from shoal.plan import MapSpec, Plan, Ref, _item_arg, as_tool
-from shoal.plandata import MAX_BYTES, DataError, check_value, parse_json, parse_yaml
+from shoal.plandata import DataError, check_value, parse_json, parse_yaml, read_text
 from shoal.tools import Tool
 
 __all__ = ["convert_refs", "import_object", "load_plan", "parse_ref", "plan_from_dict"]
@@ -213,25 +213,11 @@ def _read_data(file: Path, source: str, duplicates: list[DataError]) -> Any:
 
 
 def _read_text(file: Path, source: str) -> str:
-    """The file's text; at most MAX_BYTES are read, so /dev/zero or a FIFO cannot fill memory."""
+    """The file's text, read with the limits of :func:`shoal.plandata.read_text`."""
     try:
-        with file.open("rb") as stream:
-            data = stream.read(MAX_BYTES + 1)
-    except FileNotFoundError:
-        raise _fail("not_found", f"no such file: {file} (relative paths start at "
-                                 f"{Path.cwd()}); check the path", source) from None
-    except OSError as exc:
-        raise _fail("unreadable", f"cannot read {file}: {exc.strerror or exc}; check that it "
-                                  "is a readable file", source) from None
-    if len(data) > MAX_BYTES:
-        raise _fail("too_large", f"the file is larger than {MAX_BYTES // 2**20} MiB, the limit "
-                                 "for a plan file; split the plan", source)
-    try:
-        return data.decode("utf-8-sig")  # a byte order mark, as some editors write, is skipped
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise _fail("syntax", f"the file is not UTF-8 text ({exc.reason} at byte {exc.start}, "
-                              f"line {line}); save it as UTF-8", source) from None
+        return read_text(file, "plan file")
+    except DataError as exc:
+        raise _fail(exc.code, exc.message, source) from None
 
 
 def _fail(code: str, message: str, source: str) -> PlanError:
@@ -464,6 +450,9 @@ def import_object(path: str) -> Any:
     module_name, _, attr_path = path.partition(":")
     if not module_name or not attr_path:
         raise ImportError(f"{path!r} is not an import path; write 'package.module:function'")
+    if module_name.startswith("."):  # relative to nothing: importlib fails with a TypeError
+        raise ImportError(f"{path!r} names a module relative to no package; write the "
+                          "module's full name, 'package.module:function'")
     obj: Any = _import_module(module_name, path)
     owner = module_name
     for part in attr_path.split("."):

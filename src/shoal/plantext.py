@@ -397,6 +397,8 @@ def _parse_call(pending: _Pending, code: str) -> tuple[ParsedCall | None, list[s
     for keyword in call.keywords:
         if keyword.arg is None:
             errors.append(f"'**{ast.unparse(keyword.value)}' is not supported; write name=value")
+        elif keyword.arg in kwargs:  # Python's compiler refuses it; ast.parse lets it through
+            errors.append(f"argument {keyword.arg!r} is given twice; give it once")
         else:
             kwargs[keyword.arg] = _argument(keyword.value, f"argument {keyword.arg!r}", errors)
     return ParsedCall(pending.id, call.func.id, args, kwargs, pending.line), errors

@@ -264,8 +264,7 @@ class Runtime:
             raise ConfigError(f"max_concurrency must be at least 1, got {max_concurrency}")
         if executor is not None and executor not in ISOLATIONS:
             raise ConfigError(f"executor must be one of {ISOLATIONS}, got {executor!r}")
-        if deadline is not None and deadline <= 0:
-            raise ConfigError(f"deadline must be positive, got {deadline}")
+        _check_deadline(deadline)
         for key, cap in (resource_limits or {}).items():
             if cap < 1:
                 raise ConfigError(f"resource limit {key!r} must be at least 1, got {cap}")
@@ -554,6 +553,7 @@ class Runtime:
         sharing: _Sharing | None = None,
         open_run: bool = False,
     ) -> tuple[Driver, RunClaim]:
+        _check_deadline(deadline)
         plan.validate()
         graph = analyze(plan)
         run_id, record, resumption, claim = self._journal_for(plan, graph, run_id, journaling)
@@ -977,3 +977,9 @@ def run_sync(plan: Plan, *, board: Board | None = None, budget: Budget | None = 
              **options: Any) -> RunResult:
     """Run ``plan`` from synchronous code with a fresh :class:`Runtime` (see :func:`run`)."""
     return Runtime(**_throwaway(options, plan)).run_sync(plan, board=board, budget=budget)
+
+
+def _check_deadline(deadline: float | None) -> None:
+    """Refuse a deadline that is not a positive number of seconds (NaN compares false)."""
+    if deadline is not None and not deadline > 0:
+        raise ConfigError(f"deadline must be positive (in seconds), got {deadline}")

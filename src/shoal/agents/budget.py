@@ -68,7 +68,7 @@ class Budget:
             object.__setattr__(self, "requests", self.turns)
         for name in ("tokens", "cost", "requests", "subagents", "fan_out", "wall_clock"):
             value = getattr(self, name)
-            if value is not None and value <= 0:
+            if value is not None and not value > 0:  # NaN too
                 raise ConfigError(f"budget {name} must be positive, got {value}")
         if self.depth is not None and self.depth < 0:
             raise ConfigError(f"budget depth must be 0 or more, got {self.depth}")

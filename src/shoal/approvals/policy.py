@@ -389,12 +389,14 @@ class RulesApprover(Approver):
 
         ``otherwise: ask`` without an ``ask`` approver denies.
         """
+        from shoal.plandata import DataError, read_text
+
         source = Path(path)
-        try:
-            text = source.read_text(encoding="utf-8")
-        except OSError as exc:
+        try:  # bounded, and a FIFO or /dev/zero neither hangs nor fills memory
+            text = read_text(source, "rules file")
+        except DataError as exc:
             raise ConfigError(f"cannot read the rules file {str(source)!r}: "
-                              f"{exc.strerror or exc}") from None
+                              f"{exc.message}") from None
         return cls.from_dict(_parse_rules(text, source), ask=ask)
 
 

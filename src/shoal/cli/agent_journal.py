@@ -398,4 +398,7 @@ def _interrupted(record: RunRecord, status: str) -> list[RenderableType]:
 
 
 def _when(epoch: float) -> str:
-    return dt.datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S") if epoch else "-"
+    try:
+        return dt.datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S") if epoch else "-"
+    except (OverflowError, OSError, ValueError):  # a damaged row: 1e308, inf, year 10**6
+        return f"{epoch:.6g} (no such time)"

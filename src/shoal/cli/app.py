@@ -11,6 +11,8 @@ Exit codes: 0 every node ok; 1 some node did not succeed; 2 a bad plan or bad op
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -442,9 +444,28 @@ def main() -> None:
     except typer.Abort:
         sys.stderr.write("aborted\n")
         code = EXIT_FAILED
+    except OSError as exc:
+        code = _cannot_write(exc) if exc.errno in _FULL else _crashed()
     except Exception as exc:
         code = _command_line_error(exc) if _is_usage_error(exc) else _crashed()
     sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+# a disk full, over quota, a file too large, an I/O error, a read-only file system: the
+# output (stdout redirected to a file, say) could not be written; no bug to show a traceback of
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS})
+
+
+def _cannot_write(exc: OSError) -> int:
+    """Say that the output could not be written, in one line."""
+    where = repr(str(exc.filename)) if exc.filename else "the output"
+    sys.stderr.write(f"error: cannot write {clean(where)}: {exc.strerror or exc}\n")
+    # what stdout still holds cannot be written either: send it nowhere, rather than have
+    # the interpreter's last flush print the same failure again as it exits
+    with contextlib.suppress(OSError, ValueError):
+        nowhere = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(nowhere, sys.stdout.fileno())
+    return EXIT_FAILED
 
 
 def _is_usage_error(exc: Exception) -> bool:

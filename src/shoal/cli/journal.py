@@ -120,7 +120,17 @@ def parse_mark_done(items: Sequence[str]) -> dict[str, Any]:
             found[node] = json.loads(text)
         except json.JSONDecodeError:
             found[node] = text
+        except (ValueError, RecursionError) as exc:  # JSON, but past what Python reads
+            raise ShoalError(f"--mark-done {node}=...: the value is JSON that cannot be read "
+                             f"({_beyond(exc)}); record a smaller value, or the number as "
+                             "text") from None
     return found
+
+
+def _beyond(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deep"
+    return str(exc).split(";")[0]  # Python's own advice (set_int_max_str_digits) is not ours
 
 
 def _fail(message: str, as_json: bool, kind: str = "journal") -> int:
@@ -136,9 +146,13 @@ def _console() -> Console:
 
 
 def _when(epoch: float | None) -> str:
+    """A journaled time as local date and time; one no calendar holds as the number."""
     if not epoch:
         return "-"
-    return dt.datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S")
+    try:
+        return dt.datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, OSError, ValueError):  # a damaged row: 1e308, inf, year 10**6
+        return f"{epoch:.6g} (no such time)"
 
 
 def _duration(record: RunRecord) -> float:

@@ -295,8 +295,9 @@ class FileClaim:
             except BlockingIOError:
                 os.close(fd)
                 holder = _written_holder(path)
-                raise RunActiveError(run_id, int(holder.get("pid") or 0),
-                                     str(holder.get("host") or ""),
+                pid, host = holder.get("pid"), holder.get("host")
+                raise RunActiveError(run_id, pid if type(pid) is int else 0,  # a file
+                                     host if isinstance(host, str) else "",  # written over
                                      "it holds the run's lock") from None
             if _same_file(fd, path):
                 break
@@ -340,6 +341,6 @@ def _holder(path: Path) -> dict[str, Any]:
     """Who holds the lock, as its file says (empty if it has not written it yet)."""
     try:
         data = json.loads(path.read_text(encoding="ascii") or "{}")
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # a lock file someone wrote over
         return {}
     return data if isinstance(data, dict) else {}

@@ -158,6 +158,7 @@ class SQLiteStore:
         self.path = str(path)
         self.keeps_events = keep_events
         self.read_only = read_only and self.path != ":memory:"
+        self._timeout = timeout
         self._lock = threading.RLock()
         self._claims = LocalClaims()  # for ":memory:", which no other process can open
         # columns of _ADDED_COLUMNS that a file opened read-only lacks (older files: _setup)
@@ -218,15 +219,30 @@ class SQLiteStore:
                         db.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT NOT NULL "
                                    "DEFAULT ''")
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path!r} is not a usable shoal journal: {exc}"
-                             f"{_read_only_note(self.path)}") from exc
+            raise self._unusable(exc) from exc
+
+    def _unusable(self, exc: sqlite3.DatabaseError) -> StoreError:
+        """The error for a file that could not be opened as a journal."""
+        if _busy(exc):  # usable, but another process holds it: not the file's fault
+            return StoreError(f"cannot open the journal {self.path!r}: {exc}"
+                              f"{self._busy_note(exc)}")
+        return StoreError(f"{self.path!r} is not a usable shoal journal: {exc}"
+                          f"{_read_only_note(self.path)}")
+
+    def _busy_note(self, exc: BaseException) -> str:
+        """What to do about a lock another process holds ('' for other errors)."""
+        if not _busy(exc):
+            return ""
+        return (f" (another process has held it locked for over {self._timeout:g} s, "
+                "longer than this store waits: try again once that process is done with it, "
+                "or use another file)")
 
     def _check_readable(self) -> None:
         """The version check of :meth:`_setup`, for a file this store only reads."""
         try:
             found = self._schema_version(_Bound(self._conn))
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path!r} is not a usable shoal journal: {exc}") from exc
+            raise self._unusable(exc) from exc
         if found is None:
             raise StoreError(f"{self.path!r} holds no shoal journal yet (it is empty)")
         if found > SCHEMA_VERSION:
@@ -285,7 +301,8 @@ class SQLiteStore:
             with self._lock:
                 return self._conn.execute(sql, _bind(params)).fetchall()
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot read the journal {self.path!r}: {exc}") from exc
+            raise StoreError(f"cannot read the journal {self.path!r}: {exc}"
+                             f"{self._busy_note(exc)}") from exc
 
     @contextmanager
     def _writing(self) -> Iterator[_Bound]:
@@ -294,7 +311,8 @@ class SQLiteStore:
             with self._tx() as db:
                 yield db
         except (sqlite3.Error, ValueError, OverflowError) as exc:  # a value SQLite cannot hold
-            raise StoreError(f"cannot write to the journal {self.path!r}: {exc}") from exc
+            raise StoreError(f"cannot write to the journal {self.path!r}: {exc}"
+                             f"{self._busy_note(exc)}") from exc
 
     # ---- writing ------------------------------------------------------------------------
 
@@ -388,7 +406,7 @@ class SQLiteStore:
             "plan, source", "CASE WHEN json_valid(plan) THEN '{}' ELSE plan END, "
                             "CASE WHEN json_valid(source) THEN '{}' ELSE source END")
         rows = self._read(f"SELECT {columns} FROM runs ORDER BY started_at DESC LIMIT ?",
-                          (limit,))
+                          (min(limit, _MAX_SQL_INT),))  # SQLite's ints stop at 2**63 - 1
         return [_run_record(row) for row in rows]
 
     def outcomes(self, run_id: str, *, decode: bool = True) -> dict[str, StoredOutcome]:
@@ -535,6 +553,15 @@ class SQLiteStore:
         """Close the connection (checkpointing the WAL into the main file)."""
         with self._lock:
             self._conn.close()
+
+
+_MAX_SQL_INT = 2 ** 63 - 1
+
+
+def _busy(exc: BaseException) -> bool:
+    """Whether ``exc`` says another connection holds a lock SQLite waited for in vain."""
+    name = getattr(exc, "sqlite_errorname", "")
+    return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "is locked" in str(exc)
 
 
 def _read_only_note(path: str) -> str:
