@@ -56,7 +56,7 @@ from shoal.exceptions import ConfigError, ShoalError
 from shoal.outcome import RunResult
 from shoal.plan import Plan, Ref
 from shoal.policy import ToolPolicy
-from shoal.runtime import Runtime, run_blocking
+from shoal.runtime import Runtime, check_run_id, run_blocking
 from shoal.scheduler.scope import RunScope
 from shoal.tools import Tool
 
@@ -180,6 +180,8 @@ class Pattern:
         Raises the error of the step that failed (e.g. :class:`~shoal.BudgetExceeded`), or
         :class:`PatternError`.
         """
+        if run_id is not None:  # its inner runs are named under it by '/'
+            check_run_id(run_id)
         own = runtime is None
         active = runtime if runtime is not None else Runtime()
         plan = Plan(name=self.name)

@@ -45,9 +45,10 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib
+import inspect
 import re
 import reprlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,12 +168,19 @@ _SHORT.maxlevel = 3
 # --- reading files ---------------------------------------------------------------------------
 
 
-def load_plan(path: str | Path, *, tools: Mapping[str, Tool[..., Any]] | None = None) -> Plan:
+def load_plan(path: str | Path, *, tools: Mapping[str, Tool[..., Any]] | None = None,
+              modules: Sequence[str] | None = None) -> Plan:
     """Read a JSON (``.json``) or YAML (``.yaml``/``.yml``) plan file into a :class:`Plan`.
 
     Other extensions are read as JSON, then as YAML. ``tools`` maps bare tool names used in
     the file to tools; other nodes name their tool by import path ``"module:attr"``. The
     plan's name defaults to the file's stem.
+
+    ``modules`` limits what those import paths may name: a module listed, or one inside a
+    package listed (``"mypkg"`` allows ``mypkg.tools``), checked before anything is imported;
+    ``()`` allows the ``tools`` names only; ``None`` (the default) allows any module. Whatever
+    it says, an import path must name a Python function, a tool, an agent or a pattern:
+    classes, modules and builtins (``builtins:eval``, ``os:system``) are refused.
 
     Raises:
         PlanError: listing every problem found (missing file, syntax, limits, duplicate keys,
@@ -184,7 +192,7 @@ def load_plan(path: str | Path, *, tools: Mapping[str, Tool[..., Any]] | None = 
     # a duplicate key is not fatal: the plan is still built, so that its problems come too
     found = [PlanProblem(d.code, d.message) for d in duplicates]
     try:  # parsing checked the data's limits already: walking a big file twice costs seconds
-        plan = _build(data, tools or {}, str(path))
+        plan = _build(data, _Lookup(tools or {}, _modules(modules)), str(path))
     except PlanError as exc:
         raise PlanError(found + exc.problems, str(path)) from None
     if found:
@@ -239,9 +247,12 @@ class _Spec:
 
 
 def plan_from_dict(
-    data: Any, *, tools: Mapping[str, Tool[..., Any]] | None = None, source: str = ""
+    data: Any, *, tools: Mapping[str, Tool[..., Any]] | None = None, source: str = "",
+    modules: Sequence[str] | None = None,
 ) -> Plan:
     """Build a :class:`Plan` from already-parsed plan data (see the module docstring).
+
+    ``tools`` and ``modules`` as for :func:`load_plan`.
 
     Raises:
         PlanError: listing every problem at once; ``source`` names where the data came from.
@@ -249,10 +260,36 @@ def plan_from_dict(
     bad = check_value(data)
     if bad is not None:  # nothing further can be read safely from such data
         raise PlanError([PlanProblem(bad.code, bad.message)], source)
-    return _build(data, tools or {}, source)
+    return _build(data, _Lookup(tools or {}, _modules(modules)), source)
 
 
-def _build(data: Any, tools: Mapping[str, Tool[..., Any]], source: str) -> Plan:
+@dataclass(frozen=True, slots=True)
+class _Lookup:
+    """Where a node's tool may come from: the names passed in, and the modules allowed."""
+
+    tools: Mapping[str, Tool[..., Any]]
+    modules: tuple[str, ...] | None  # None: any module
+
+    def allows(self, module_name: str) -> bool:
+        """Whether an import path may name ``module_name`` (a listed module, or inside one)."""
+        return self.modules is None or any(
+            module_name == allowed or module_name.startswith(allowed + ".")
+            for allowed in self.modules)
+
+
+def _modules(modules: Sequence[str] | None) -> tuple[str, ...] | None:
+    if modules is None:
+        return None
+    if isinstance(modules, str):  # "a,b" is one module name, never its characters
+        modules = [modules]
+    bad = [m for m in modules if not isinstance(m, str) or not m.strip(". ")]
+    if bad:
+        raise TypeError(f"modules takes module or package names such as 'mypkg.tools', got "
+                        f"{bad[0]!r}")
+    return tuple(m.strip() for m in modules)
+
+
+def _build(data: Any, tools: _Lookup, source: str) -> Plan:
     """:func:`plan_from_dict` for data already checked (a file's, by its parser)."""
     problems: list[PlanProblem] = []
     name, raw_nodes = _read_top(data, problems)
@@ -340,7 +377,7 @@ def _read_top(data: Any, problems: list[PlanProblem]) -> tuple[str, list[Any]]:
 
 
 def _read_nodes(
-    raw_nodes: list[Any], tools: Mapping[str, Tool[..., Any]], problems: list[PlanProblem]
+    raw_nodes: list[Any], tools: _Lookup, problems: list[PlanProblem]
 ) -> list[_Spec]:
     specs: list[_Spec] = []
     first_index: dict[str, int] = {}
@@ -358,7 +395,7 @@ def _read_nodes(
 
 
 def _read_node(
-    index: int, raw: Any, tools: Mapping[str, Tool[..., Any]], problems: list[PlanProblem]
+    index: int, raw: Any, tools: _Lookup, problems: list[PlanProblem]
 ) -> _Spec | None:
     if not isinstance(raw, Mapping):
         problems.append(PlanProblem("bad_shape", f"nodes[{index}] must be a mapping with 'id' "
@@ -398,7 +435,7 @@ def _read_id(index: int, value: Any, problems: list[PlanProblem]) -> str | None:
 
 
 def _resolve(
-    value: Any, tools: Mapping[str, Tool[..., Any]], label: str, problems: list[PlanProblem]
+    value: Any, tools: _Lookup, label: str, problems: list[PlanProblem]
 ) -> Tool[..., Any] | None:
     if value is None or not isinstance(value, str) or not value:
         got = "no 'tool'" if value is None else f"a bad 'tool' {_show(value)}"
@@ -413,21 +450,60 @@ def _resolve(
     return found
 
 
-def _find_tool(name: str, tools: Mapping[str, Tool[..., Any]]) -> Tool[..., Any] | PlanProblem:
+def _find_tool(name: str, lookup: _Lookup) -> Tool[..., Any] | PlanProblem:
     """Return the tool ``name`` stands for, or a problem (without a node) saying why not."""
+    tools = lookup.tools
     if name in tools:
         return as_tool(tools[name])
     if ":" not in name:
         return PlanProblem("unknown_tool", _unknown_tool(name, tools))
+    module_name = name.partition(":")[0]
+    if not lookup.allows(module_name):  # before importing: a module's import runs its code
+        return PlanProblem("bad_import", _not_allowed(name, module_name, lookup))
     try:
         obj = import_object(name)
     except ImportError as exc:
         return PlanProblem("bad_import", str(exc))
+    kind = _unusable_kind(obj)
+    if kind:
+        return PlanProblem("bad_import", f"{_show(name)} cannot be used as a tool: it is "
+                                         f"{kind}, which a plan file may not call; point it "
+                                         "at a Python function, a shoal tool, an agent or a "
+                                         "pattern")
     try:
         return as_tool(obj)
     except Exception as exc:  # any user function can fail schema building; report, not crash
         return PlanProblem("bad_import", f"{_show(name)} cannot be used as a tool: "
                                          f"{describe_exception(exc)}")
+
+
+def _not_allowed(name: str, module_name: str, lookup: _Lookup) -> str:
+    allowed = (f"modules allowed: {', '.join(sorted(lookup.modules))}" if lookup.modules
+               else "no module is allowed, only the tool names passed in")
+    return (f"{_show(name)} names module {_show(module_name)}, which this plan may not import "
+            f"({allowed}); allow more with load_plan(..., modules=[...]), shoal run "
+            "--modules or SHOAL_PLAN_MODULES")
+
+
+def _unusable_kind(obj: Any) -> str:
+    """What ``obj`` is when a plan file may not call it ("" when it may).
+
+    A plan file may call what a person wrote to be called: a Python function (or a method
+    bound to one), a :class:`Tool`, an agent or a pattern. Never a class (constructing one
+    runs arbitrary code), a module, or a builtin such as ``eval`` or ``os.system``, which are
+    never tools but reach the interpreter and the shell.
+    """
+    if isinstance(obj, Tool) or hasattr(type(obj), "__shoal_node__"):
+        return ""
+    if inspect.isfunction(obj) or (inspect.ismethod(obj) and inspect.isfunction(obj.__func__)):
+        return ""
+    if inspect.isbuiltin(obj) or inspect.ismethoddescriptor(obj):
+        return "a builtin function"
+    if inspect.isclass(obj):
+        return "a class"
+    if inspect.ismodule(obj):
+        return "a module"
+    return f"a {type(obj).__name__} object, not a function"
 
 
 def _unknown_tool(name: str, tools: Mapping[str, Tool[..., Any]]) -> str:

@@ -24,6 +24,8 @@ from shoal.limits import ProcessLimits, Rate, finite, parse_process_limits, pars
 
 __all__ = [
     "ISOLATIONS",
+    "MAX_BACKOFF_SECONDS",
+    "MAX_RETRIES",
     "RAY_OPTIONS",
     "RESOURCE_STEP",
     "ApprovalRule",
@@ -72,6 +74,18 @@ _BACKOFF = 0.1  # seconds before the first retry
 _MAX_BACKOFF = 10.0  # the longest wait between two attempts
 
 
+#: The most extra attempts a tool may have: more would retry a failing call practically forever.
+MAX_RETRIES = 1000
+#: The longest wait between two attempts a tool may ask for (a day): longer never ends.
+MAX_BACKOFF_SECONDS = 86400.0
+
+
+def _short(value: object) -> str:
+    """``repr(value)``, cut short: a 10**100 in a plan file should not flood the message."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _old_keyword(old: str, old_value: float | None, new: str, new_value: float,
                  default: float) -> float:
     """The value of a renamed keyword of :class:`RetryPolicy`, given by its old or new name."""
@@ -117,13 +131,13 @@ class RetryPolicy:
         backoff = _old_keyword("base_delay", base_delay, "backoff", backoff, _BACKOFF)
         max_backoff = _old_keyword("max_delay", max_delay, "max_backoff", max_backoff,
                                    _MAX_BACKOFF)
-        if not _is_int(retries) or retries < 0:
-            raise ToolDefinitionError(f"retries must be a whole number, 0 or more, "
-                                      f"got {retries!r}")
+        if not _is_int(retries) or not 0 <= retries <= MAX_RETRIES:
+            raise ToolDefinitionError(f"retries must be a whole number from 0 to {MAX_RETRIES}, "
+                                      f"got {_short(retries)}")
         for what, value in (("backoff", backoff), ("max_backoff", max_backoff)):
-            if not _is_number(value) or value < 0:
-                raise ToolDefinitionError(f"{what} must be a finite number of seconds, 0 or "
-                                          f"more, got {value!r}")
+            if not _is_number(value) or not 0 <= value <= MAX_BACKOFF_SECONDS:
+                raise ToolDefinitionError(f"{what} must be a number of seconds from 0 to "
+                                          f"{MAX_BACKOFF_SECONDS:g}, got {_short(value)}")
         if not _is_number(jitter) or not 0.0 <= jitter <= 1.0:
             raise ToolDefinitionError(f"jitter must be a number within [0, 1], got {jitter!r}")
         # frozen: the dataclass way to set fields in __init__

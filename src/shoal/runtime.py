@@ -56,8 +56,8 @@ if TYPE_CHECKING:
     from shoal.board import Board
     from shoal.openrun import OpenRun
 
-__all__ = ["DEFAULT_MAX_CONCURRENCY", "RunHandle", "Runtime", "run", "run_blocking", "run_sync",
-           "stream"]
+__all__ = ["DEFAULT_MAX_CONCURRENCY", "MAX_RUN_ID", "RunHandle", "Runtime", "check_run_id", "run",
+           "run_blocking", "run_sync", "stream"]
 
 T = TypeVar("T")
 
@@ -79,6 +79,67 @@ def new_run_id() -> str:
     """A sortable, unique run id such as ``20261128-184500-3fa2c1``."""
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
     return f"{stamp}-{secrets.token_hex(3)}"
+
+
+#: The longest run id a caller may choose (ids are keys in the journal and shown in tables).
+MAX_RUN_ID = 200
+_RUN_ID_RULE = (f"a run id is 1 to {MAX_RUN_ID} printable characters, without '/' (shoal "
+                "names an agent's step runs '<run id>/<agent>', so '/' is its own)")
+
+
+def check_run_id(run_id: object, what: str = "run_id") -> str:
+    """Return ``run_id`` if a caller may name a new run so, else raise :class:`ConfigError`.
+
+    Allowed: 1 to :data:`MAX_RUN_ID` printable characters (letters, digits, punctuation,
+    spaces) and no ``/``: shoal joins an agent's step runs to their root with ``/``, so a
+    chosen id holding one would pass for another run's step (``shoal runs`` lists it so).
+    """
+    problem = _run_id_problem(run_id)
+    if problem:
+        raise ConfigError(f"{what} {_show_id(run_id)} {problem}; {_RUN_ID_RULE}")
+    assert isinstance(run_id, str)
+    return run_id
+
+
+def _run_id_problem(run_id: object) -> str:
+    """Why ``run_id`` may not name a new run ("" if it may)."""
+    if not isinstance(run_id, str):
+        return f"is a {type(run_id).__name__}, not text"
+    if not run_id:
+        return "is empty"
+    if len(run_id) > MAX_RUN_ID:
+        return f"is {len(run_id)} characters long"
+    if "/" in run_id:
+        return "holds '/'"
+    # isprintable() is False for control and format characters, line separators and lone
+    # surrogates (which SQLite cannot even store); a plain space is printable
+    bad = next((c for c in run_id if not c.isprintable()), None)
+    if bad is not None:
+        return f"holds the unprintable character U+{ord(bad):04X}"
+    return ""
+
+
+def _show_id(run_id: object) -> str:
+    text = ascii(run_id)  # ascii(): a lone surrogate or a control character shows escaped
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_resume_id(store: Store | None, run_id: object, what: str = "run_id") -> None:
+    """Raise :class:`ConfigError` for a run id to resume that no run could have been given.
+
+    An id the journal holds is resumed whatever it is (it came from the journal: an agent's
+    step run holds '/'); any other must be one :func:`check_run_id` allows, so that a
+    malformed id is reported as such rather than as a run that is not found.
+    """
+    if not _run_id_problem(run_id):
+        return
+    if store is not None and isinstance(run_id, str):
+        try:
+            if store.get_run(run_id) is not None:
+                return
+        except (ValueError, UnicodeError, ShoalError):  # text the store cannot even look up
+            pass
+    check_run_id(run_id, what)
 
 
 class RunHandle:
@@ -366,8 +427,10 @@ class Runtime:
         (a :class:`shoal.Budget`) holds across every agent node of the run; ``within`` is the
         scope of the run this one is nested in (a pattern's or an agent node's inner run),
         whose board and budget it shares.
-        Raises :class:`~shoal.exceptions.PlanError` (every problem listed) before anything runs.
+        Raises :class:`~shoal.exceptions.PlanError` (every problem listed) before anything runs,
+        and :class:`~shoal.exceptions.ConfigError` for a ``run_id`` :func:`check_run_id` refuses.
         """
+        self._check_ids(run_id, resume, within)
         driver, claim = self._driver(
             plan, deadline, fail_fast, on_event, run_id,
             _Journaling(resume, tuple(rerun_in_doubt), mark_done, source, force), lineage,
@@ -408,6 +471,7 @@ class Runtime:
         except RuntimeError:
             raise RuntimeError("open_run() needs a running event loop: use it in async code, "
                                "as 'async with runtime.open_run() as run: ...'") from None
+        self._check_ids(run_id, resume, within)
         plan = Plan(name)
         driver, claim = self._driver(
             plan, deadline, fail_fast, on_event, run_id,
@@ -436,8 +500,9 @@ class Runtime:
 
         ``lineage`` says whose calls these are (an agent layer passes ``"lead/researcher#2"``):
         approval requests carry ``f"{lineage}/{node_id}"``. ``board``, ``budget`` and
-        ``within`` as in :meth:`start`.
+        ``within`` as in :meth:`start`; ``run_id`` must pass :func:`check_run_id`.
         """
+        self._check_ids(run_id, None, within)
         driver, claim = self._driver(plan, deadline, fail_fast, on_event, run_id,
                                      _Journaling(source=source), lineage,
                                      _Sharing(board, budget, within))
@@ -495,7 +560,11 @@ class Runtime:
 
         A run that wrote to a board needs one again (``board=``, with the same keys): the
         writes of the calls it replays are merged into it first, in their journaled order.
+
+        A ``run_id`` the journal does not hold, and that no run could have been started with
+        (see :func:`check_run_id`), is refused with :class:`~shoal.exceptions.ConfigError`.
         """
+        check_resume_id(self.store, run_id)
         driver, claim = self._driver(plan, deadline, fail_fast, on_event, None,
                                      _Journaling(run_id, tuple(rerun_in_doubt), mark_done,
                                                  force=force), "", _Sharing(board, budget))
@@ -540,6 +609,20 @@ class Runtime:
             await self._end_runs(everywhere=False)
         else:
             await self.aclose()
+
+    def _check_ids(self, run_id: str | None, resume: str | None,
+                   within: RunScope | None) -> None:
+        """Check the run ids a caller chose; a nested run's (``within``) are shoal's own.
+
+        shoal names the runs it nests (an agent's steps, a pattern's inner runs) with '/'
+        after the outer run's id, already checked when that run started.
+        """
+        if within is not None:
+            return
+        if run_id is not None:
+            check_run_id(run_id)
+        if resume is not None:
+            check_resume_id(self.store, resume, "resume")
 
     def _driver(
         self,

@@ -365,8 +365,11 @@ class Agent(Generic[T]):
         run that a live process is running is refused with
         :class:`~shoal.exceptions.RunActiveError` (``force=True``: go on regardless).
         """
-        from shoal.runtime import Runtime, new_run_id
+        from shoal.runtime import Runtime, check_resume_id, check_run_id, new_run_id
         from shoal.store.claims import claim_run, claim_run_nothing
+
+        if run_id is not None and not resume:  # the tree's step runs hang under it by '/'
+            check_run_id(run_id)
 
         if approver is not None and runtime is not None:
             raise ConfigError("approver= applies to the runtime an agent run makes; you passed "
@@ -378,6 +381,8 @@ class Agent(Generic[T]):
             check_board(board)
         own_runtime = runtime is None
         active = runtime if runtime is not None else Runtime(approver=approver)
+        if run_id is not None and resume:
+            check_resume_id(active.store, run_id)
         override = None
         if model is not None:
             from shoal.models import resolve_model

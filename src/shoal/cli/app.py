@@ -18,7 +18,7 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -99,6 +99,7 @@ class RunOptions:
     rerun_in_doubt: tuple[str, ...] = ()
     mark_done: Mapping[str, Any] | None = None
     force: bool = False  # resume even if another process seems to run the run
+    modules: tuple[str, ...] | None = None  # what the plan may import (None: see plan_modules)
 
     def start_options(self) -> dict[str, Any]:
         """What ``Runtime.start`` needs besides the plan: where it came from, or the resume."""
@@ -181,6 +182,25 @@ RUN_HELP = "\n\n".join([
 ])
 
 
+#: The environment variable that lists the modules a plan file may import (comma-separated).
+MODULES_ENV = "SHOAL_PLAN_MODULES"
+
+
+def split_modules(values: Sequence[str]) -> tuple[str, ...]:
+    """``["a,b", "c"]`` -> ``("a", "b", "c")``: --modules given several times, or with commas."""
+    return tuple(part.strip() for value in values for part in value.split(",") if part.strip())
+
+
+def plan_modules(given: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """What a plan file may import: ``--modules``, else ``$SHOAL_PLAN_MODULES``, else anything.
+
+    An empty or blank variable counts as unset.
+    """
+    if given is not None:
+        return given
+    value = os.environ.get(MODULES_ENV, "")
+    return split_modules([value]) if value.strip() else None
+
 @app.command("run", help=RUN_HELP)
 def run_command(
     plan_file: Annotated[Path, typer.Argument(
@@ -243,6 +263,12 @@ def run_command(
     no_store: Annotated[bool, typer.Option(
         "--no-store", help="Do not journal the run (it cannot be resumed).",
     )] = False,
+    modules: Annotated[list[str] | None, typer.Option(
+        "--modules", metavar="PKG[,PKG...]", show_default=False,
+        help=f"Plan files only: the modules and packages the plan's import paths may name "
+             f"(repeatable or comma-separated); nothing else is imported. Default: "
+             f"${MODULES_ENV} if set, else any module.",
+    )] = None,
 ) -> None:
     """Run a plan file or an agent (see RUN_HELP)."""
     if is_agent_target(str(plan_file)):
@@ -258,8 +284,10 @@ def run_command(
     options = RunOptions(plan_file, as_json, max_concurrency,
                          executor.value if executor is not None else None,
                          deadline, fail_fast, events, approve, approval_timeout, process_workers,
-                         None if no_store else store)
+                         None if no_store else store,
+                         modules=None if modules is None else split_modules(modules))
     raise typer.Exit(run_plan(options))
+
 
 
 register_journal_commands(app)  # runs, show, resume, cancel
@@ -337,7 +365,7 @@ def _run_checked(options: RunOptions) -> int:
     live = not options.as_json and sys.stdout.isatty()
     pause = LivePause() if live else None
     runtime = options.runtime(pause)
-    plan = load_plan(options.plan_file)
+    plan = load_plan(options.plan_file, modules=plan_modules(options.modules))
     sink = _open_events(options.events)
     if isinstance(sink, str):
         return _bad_input("events", sink, options.as_json)
