@@ -628,8 +628,12 @@ class Driver:
             error = future.exception()
             if error is None:
                 value = future.result()
-                unawaited = None if type(value) in _PLAIN else unawaited_result(
-                    call.tool.name, value)
+                if type(value) in _PLAIN:  # most calls: no result object (see _returned)
+                    del self._on_pool[call.pos]
+                    assert self._context is not None
+                    self._context.run(self._report, self._returned, call, value)
+                    return
+                unawaited = unawaited_result(call.tool.name, value)
                 result = (AttemptResult("ok", value) if unawaited is None
                           else AttemptResult("failed", error=unawaited))
             elif isinstance(error, asyncio.CancelledError):
@@ -678,6 +682,7 @@ class Driver:
                     result = AttemptResult("cancelled")  # cancelled before it ran: it never does
                 else:
                     ran += 1
+                    began = self.now()  # not when it was started: it waited in this queue
                     try:
                         result = self._run_at_once(call, call_context)
                     except BaseException:  # KeyboardInterrupt: it stays to be reported cancelled
@@ -687,8 +692,9 @@ class Driver:
                     if self._at_once_stopped:  # a cancel while it ran (from its own code) came
                         self._at_once_stopped.discard(call.pos)  # too late to stop it
                     if type(result) is not AttemptResult:  # a plain value: the call succeeded
-                        self._returned(call, result)
+                        self._returned(call, result, began)
                         continue
+                    result.began = began
                 self._attempt_done(call, result)
         finally:
             self._bursting = False
@@ -869,20 +875,24 @@ class Driver:
         self._executors[name] = executor
         return executor
 
-    def _returned(self, call: Call, value: Any) -> None:
+    def _returned(self, call: Call, value: Any, began: float | None = None) -> None:
         """:meth:`_attempt_done` for a call that returned ``value``, without an AttemptResult.
 
-        Only for an attempt with nothing to settle or journal and no start time of its own (a
-        call run at once has none of these); any other goes the general way.
+        ``began`` is when a call run at once ran (run time); a pool call's start is its
+        ``began_at``. Only for an attempt with nothing to settle or journal (a call run at
+        once, or a plain sync call on the pool, has none); any other goes the general way.
         """
-        if self._streaming or call.began_at is not None or call.tool.injected or (
+        if self._streaming or call.tool.injected or (
                 self._settling and call.pos in self._settling):
-            self._attempt_done(call, AttemptResult("ok", value))
+            self._attempt_done(call, AttemptResult("ok", value, began=began))
             return
         try:
             del self._tasks[call.pos]  # one attempt per node at a time: this is the one
+            if call.began_at is not None:
+                began = self._began(call.began_at)
+                began = None if began is None else began - self._t0
             where = call.where or self._hosts.get(call.isolation) or self._here(call)
-            self._apply(self.state.finish_ok(call.pos, value, where, self.now()))
+            self._apply(self.state.finish_ok(call.pos, value, where, self.now(), began))
         except Exception as exc:
             self._internal_error(call, exc)
 

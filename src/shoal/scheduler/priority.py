@@ -27,6 +27,10 @@ __all__ = ["DEFAULT_ESTIMATE", "CriticalPath"]
 
 DEFAULT_ESTIMATE = 1.0
 RELEARN_FACTOR = 2.0
+#: Estimates below this many seconds count as equal when judging whether to re-rank: a trivial
+#: call's duration jitters by large factors (a cache miss, a collection), and ordering among
+#: such calls is worth far less than a re-ranking of the whole plan.
+RELEARN_FLOOR = 0.001
 RERANK_SHARE = 0.1
 LEARN_WEIGHT = 0.3
 
@@ -108,8 +112,11 @@ class CriticalPath:
         if not self._used or done_count < self._next_at:
             return False
         for name, used in self._used.items():
-            current = self.estimates.get(name, used)
-            if math.isnan(used) or not used / RELEARN_FACTOR <= current <= used * RELEARN_FACTOR:
+            if math.isnan(used):
+                return True
+            used = max(used, RELEARN_FLOOR)
+            current = max(self.estimates.get(name, used), RELEARN_FLOOR)
+            if not used / RELEARN_FACTOR <= current <= used * RELEARN_FACTOR:
                 return True
         return False
 

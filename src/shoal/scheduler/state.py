@@ -622,13 +622,16 @@ class SchedulerState:
         self._dispatch(now, d)
         return d
 
-    def finish_ok(self, pos: int, value: Any, where: str, now: float) -> Decisions:
-        """:meth:`finish` for an attempt that returned ``value`` and reported no start time.
+    def finish_ok(self, pos: int, value: Any, where: str, now: float,
+                  began: float | None = None) -> Decisions:
+        """:meth:`finish` for an attempt that returned ``value`` (and began at ``began``).
 
         What most calls report, without an :class:`AttemptResult` to carry it.
         """
         d = Decisions()
         slot = self._attempt_ended(pos, where, d)
+        if began is not None and slot.attempts == 1 and slot.started_at is not None:
+            slot.started_at = max(slot.started_at, began)  # exclude waiting to run
         if slot.started_at is not None:
             self._critical.learn(slot.node.tool.name, now - slot.started_at)
         self._record(slot, "ok", now, d, value=value)
