@@ -43,3 +43,24 @@ def test_nodes_added_after_a_ranking_are_handed_out_once() -> None:
     assert critical.take_added() == range(5, 5)
     critical.rank(0)
     assert critical.take_added() == range(5, 5)
+
+
+@shoal.tool
+async def other(x: int) -> int:
+    return x
+
+
+def test_jitter_among_sub_millisecond_estimates_does_not_call_for_a_re_ranking() -> None:
+    """A trivial tool's durations jump by large factors; below 1 ms they count as equal."""
+    plan = shoal.Plan("two tools")
+    plan.call(other, x=plan.call(step, x=0))
+    plan.validate()
+    critical = CriticalPath(analyze(plan), {})
+    critical.learn("step", 0.0001)
+    critical.rank(0)
+    for seconds in (0.00001, 0.0008, 0.00002):  # factors of 10 and more, all trivial
+        critical.learn("step", seconds)
+        assert not critical.stale(100)
+    for _ in range(10):  # real work now: the estimate moves past the floor
+        critical.learn("step", 0.05)
+    assert critical.stale(100)
