@@ -462,6 +462,9 @@ def _show_dict(record: RunRecord, outcomes: Mapping[str, StoredOutcome],
                attempts: Sequence[AttemptRecord],
                approvals: Sequence[ApprovalRecord]) -> dict[str, Any]:
     nodes = []
+    by_node: dict[str, list[AttemptRecord]] = {}  # once: a scan per node is quadratic
+    for attempt in attempts:
+        by_node.setdefault(attempt.node_id, []).append(attempt)
     for node_id in _node_facts(record, outcomes, attempts):
         stored = outcomes.get(node_id)
         entry: dict[str, Any] = (
@@ -469,7 +472,7 @@ def _show_dict(record: RunRecord, outcomes: Mapping[str, StoredOutcome],
             "node_id": node_id, "status": "not run"}
         if stored is not None and stored.damaged:
             entry |= {"status": "damaged", "damaged": stored.damaged}
-        entry["attempt_log"] = [_attempt_dict(a) for a in attempts if a.node_id == node_id]
+        entry["attempt_log"] = [_attempt_dict(a) for a in by_node.get(node_id, ())]
         nodes.append(entry)
     return {**_run_dict(record), "outcomes": nodes, "edges": _edges(record),
             "approvals": [_approval_dict(a) for a in approvals]}
