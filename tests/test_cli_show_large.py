@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,7 +46,7 @@ def shoal(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
                           stdin=subprocess.DEVNULL)
 
 
-def run(where: Path, nodes: list[dict[str, object]], name: str) -> str:
+def run(where: Path, nodes: list[dict[str, Any]], name: str) -> str:
     """Run a plan of ``nodes`` into ``where/runs.db``; the run's id."""
     (where / f"{name}.json").write_text(json.dumps({"name": name, "nodes": nodes}))
     assert shoal("run", f"{name}.json", "--store", "runs.db", cwd=where).returncode == 1
@@ -57,7 +58,7 @@ def run(where: Path, nodes: list[dict[str, object]], name: str) -> str:
 def big(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     where = tmp_path_factory.mktemp("large")
     (where / "ltools.py").write_text(TOOLS)
-    nodes: list[dict[str, object]] = [{"id": f"n{i}", "tool": "ltools:step", "args": {"i": i}}
+    nodes: list[dict[str, Any]] = [{"id": f"n{i}", "tool": "ltools:step", "args": {"i": i}}
                                       for i in range(NODES)]
     return where, run(where, nodes, "big")
 
