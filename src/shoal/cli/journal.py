@@ -29,7 +29,7 @@ from rich.text import Text
 from shoal.cli import agent_journal
 from shoal.cli.agent_journal import is_agent_record
 from shoal.cli.render import ID_WIDTH, STATUS_STYLES, FitToWidth, detail, id_width, seconds
-from shoal.cli.safe import clean, one_line
+from shoal.cli.safe import clean, one_line, shorten
 from shoal.cli.safe import console as safe_console
 from shoal.cli.safe import text as safe_text
 from shoal.exceptions import (
@@ -41,7 +41,7 @@ from shoal.exceptions import (
     StoreVersionError,
     bounded_text,
 )
-from shoal.outcome import STATUSES, jsonable
+from shoal.outcome import STATUSES, Outcome, jsonable
 from shoal.store.base import ApprovalRecord, AttemptRecord, RunRecord, StoredOutcome
 from shoal.store.claims import process_alive as _alive
 from shoal.store.journal import STALE_AFTER
@@ -56,6 +56,12 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 ARGUMENTS_WIDTH = 300  # of an approval's arguments and reason (--json has them whole)
 ERROR_WIDTH = 2000  # characters of an error message (--json has it whole)
 SHORT_WIDTH = 24  # of a column of short words (a decision, who decided, why an edge exists)
+# ``shoal show`` of a run with more nodes than this prints a summary (``--all``: every row);
+# a table of 100,000 rows takes Rich over a minute and no one reads it on a terminal.
+SUMMARY_OVER = 200
+PROBLEMS_SHOWN = 50  # nodes that did not succeed, listed first in the summary
+SLOWEST_SHOWN = 10  # the slowest nodes listed in the summary
+NOT_OK = ("failed", "timed_out", "denied", "cancelled", "in_doubt", "damaged")
 
 StoreOption = Annotated[Path, typer.Option(
     "--store", metavar="PATH", help="The journal file.", show_default=True,
@@ -315,9 +321,15 @@ HtmlOption = Annotated[Path | None, typer.Option(
 )]
 
 
+AllOption = Annotated[bool, typer.Option(
+    "--all", help=f"List every node, edge and approval even when the run has more than "
+                  f"{SUMMARY_OVER} nodes (then only a summary is shown).",
+)]
+
+
 def show_command(run_id: Annotated[str, typer.Argument(metavar="RUN_ID", show_default=False)],
                  store: StoreOption = DEFAULT_PATH, as_json: JsonOption = False,
-                 html: HtmlOption = None) -> None:
+                 html: HtmlOption = None, every: AllOption = False) -> None:
     """Show one run: outcomes, timings, edges and their reasons, approvals and who decided."""
     try:
         journal = open_journal(store, read_only=True)
@@ -351,7 +363,14 @@ def show_command(run_id: Annotated[str, typer.Argument(metavar="RUN_ID", show_de
         data = _show_dict(record, outcomes, attempts, approvals)
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
-    _console().print(_show_view(record, outcomes, attempts, approvals))
+    console = _console()
+    rows = _node_rows(record, outcomes, attempts)
+    if len(rows) <= SUMMARY_OVER:
+        console.print(_show_view(record, outcomes, attempts, approvals, rows))
+    elif not every:
+        console.print(_summary_view(record, outcomes, attempts, approvals, rows))
+    else:
+        _print_everything(console, record, outcomes, attempts, approvals, rows)
 
 
 def _write_timeline(journal: SQLiteStore, run_id: str, record: RunRecord | None, path: Path,
@@ -443,6 +462,9 @@ def _show_dict(record: RunRecord, outcomes: Mapping[str, StoredOutcome],
                attempts: Sequence[AttemptRecord],
                approvals: Sequence[ApprovalRecord]) -> dict[str, Any]:
     nodes = []
+    by_node: dict[str, list[AttemptRecord]] = {}  # once: a scan per node is quadratic
+    for attempt in attempts:
+        by_node.setdefault(attempt.node_id, []).append(attempt)
     for node_id in _node_facts(record, outcomes, attempts):
         stored = outcomes.get(node_id)
         entry: dict[str, Any] = (
@@ -450,7 +472,7 @@ def _show_dict(record: RunRecord, outcomes: Mapping[str, StoredOutcome],
             "node_id": node_id, "status": "not run"}
         if stored is not None and stored.damaged:
             entry |= {"status": "damaged", "damaged": stored.damaged}
-        entry["attempt_log"] = [_attempt_dict(a) for a in attempts if a.node_id == node_id]
+        entry["attempt_log"] = [_attempt_dict(a) for a in by_node.get(node_id, ())]
         nodes.append(entry)
     return {**_run_dict(record), "outcomes": nodes, "edges": _edges(record),
             "approvals": [_approval_dict(a) for a in approvals]}
@@ -471,67 +493,205 @@ def _approval_dict(a: ApprovalRecord) -> dict[str, Any]:
             "decided_at": a.decided_at, "used": a.used}
 
 
-def _show_view(record: RunRecord, outcomes: Mapping[str, StoredOutcome],
-               attempts: Sequence[AttemptRecord],
-               approvals: Sequence[ApprovalRecord]) -> RenderableType:
-    status = live_status(record)
+def _head(record: RunRecord, status: str, count: int) -> Text:
     head = Text.assemble(("run ", "bold"), safe_text(record.run_id, "bold", width=ID_WIDTH), "  ",
                          _status_text(status))
     where = one_line(str(record.source.get("path") or record.name or ""), ID_WIDTH * 4)
-    count = max(_node_count(record), len(_node_facts(record, outcomes, attempts)))
-    head.append(f"\n{count} nodes · started {_when(record.started_at)} · took "
+    head.append(f"\n{max(_node_count(record), count)} nodes · started "
+                f"{_when(record.started_at)} · took "
                 f"{seconds(_duration(record))} · {record.sessions} session"
                 f"{'s' if record.sessions != 1 else ''}{f' · {where}' if where else ''}")
-    parts: list[RenderableType] = [head, FitToWidth(
-        lambda width: _node_table(record, outcomes, attempts, id_width(width)))]
+    return head
+
+
+def _show_view(record: RunRecord, outcomes: Mapping[str, StoredOutcome],
+               attempts: Sequence[AttemptRecord], approvals: Sequence[ApprovalRecord],
+               rows: Sequence[_Row] | None = None) -> RenderableType:
+    """``shoal show`` of a run: every node, edge and approval in tables."""
+    status = live_status(record)
+    if rows is None:
+        rows = _node_rows(record, outcomes, attempts)
+    parts: list[RenderableType] = [_head(record, status, len(rows)), FitToWidth(
+        lambda width: _node_table(rows, id_width(width)))]
     edges = _edges(record)
     if edges:
         parts.append(FitToWidth(lambda width: _edge_table(edges, id_width(width))))
     if approvals:
         # two more columns than the others: ids get less room
         parts.append(FitToWidth(lambda width: _approval_table(approvals, id_width(width - 20))))
+    return Group(*parts, *_footer(record, status, outcomes, attempts))
+
+
+def _footer(record: RunRecord, status: str, outcomes: Mapping[str, StoredOutcome],
+            attempts: Sequence[AttemptRecord]) -> list[RenderableType]:
+    """What closes ``shoal show``: how to continue an interrupted run, damage found."""
+    parts: list[RenderableType] = []
     if status == "interrupted":
         parts.append(Text(f"the process running it stopped; continue with: shoal resume "
                           f"{clean(record.run_id)}", style="yellow"))
     damage = [record.damaged, *(s.damaged for s in outcomes.values()),
               *(a.damaged for a in attempts)]
     if any(damage):
+        shown = [d for d in damage if d]
+        more = len(shown) - PROBLEMS_SHOWN
         parts.append(safe_text("damaged in the journal (it cannot be resumed):\n  "
-                               + "\n  ".join(d for d in damage if d), "red", newlines=True))
-    return Group(*parts)
+                               + "\n  ".join(shown[:PROBLEMS_SHOWN])
+                               + (f"\n  ... and {more} more" if more > 0 else ""),
+                               "red", newlines=True))
+    return parts
 
 
-def _node_table(record: RunRecord, outcomes: Mapping[str, StoredOutcome],
-                attempts: Sequence[AttemptRecord], ids: int = ID_WIDTH) -> Table:
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, title="outcomes",
-                  title_justify="left")
-    for name in ("node", "tool", "status", "tries", "started", "time", "result"):
-        table.add_column(name, no_wrap=name != "result",
-                         justify="right" if name in ("tries", "started", "time") else "left")
+def _summary_view(record: RunRecord, outcomes: Mapping[str, StoredOutcome],
+                  attempts: Sequence[AttemptRecord], approvals: Sequence[ApprovalRecord],
+                  rows: Sequence[_Row]) -> RenderableType:
+    """``shoal show`` of a run of more than :data:`SUMMARY_OVER` nodes: what a person reads.
+
+    Counts by status, the nodes that did not succeed (the first :data:`PROBLEMS_SHOWN`), the
+    :data:`SLOWEST_SHOWN` slowest, the makespan, and how to see every row.
+    """
+    status = live_status(record)
+    by_status: dict[str, int] = {}
+    for row in rows:
+        by_status[row.status] = by_status.get(row.status, 0) + 1
+    counts = Text("by status: ")
+    for name, n in sorted(by_status.items(), key=lambda kv: -kv[1]):
+        counts.append(f"{n} {name}", style=_ROW_STYLES.get(name, ""))
+        counts.append("  ")
+    counts.rstrip()
+    parts: list[RenderableType] = [_head(record, status, len(rows)), counts]
+    problems = [r for r in rows if r.status in NOT_OK]
+    if problems:
+        shown = problems[:PROBLEMS_SHOWN]
+        parts.append(FitToWidth(lambda width: _node_table(
+            shown, id_width(width), f"did not succeed ({len(problems)})")))
+        if len(problems) > PROBLEMS_SHOWN:
+            parts.append(Text(f"... and {len(problems) - PROBLEMS_SHOWN} more"))
+    timed = sorted((r for r in rows if r.took is not None), key=lambda r: -(r.took or 0.0))
+    if timed:
+        slowest = timed[:SLOWEST_SHOWN]
+        parts.append(FitToWidth(lambda width: _node_table(
+            slowest, id_width(width), f"slowest {len(slowest)}")))
+    edges = len(record.plan.get("edge_list", []))
+    parts.append(Text(f"makespan {seconds(_duration(record))} · {len(rows)} nodes · {edges} "
+                      f"edge{'s' if edges != 1 else ''} · {len(approvals)} approval"
+                      f"{'s' if len(approvals) != 1 else ''}"))
+    parts.append(Text(f"more than {SUMMARY_OVER} nodes: a summary. Every row: shoal show "
+                      f"{clean(record.run_id)} --all (or --json, as data)", style="dim"))
+    return Group(*parts, *_footer(record, status, outcomes, attempts))
+
+
+def _print_everything(console: Console, record: RunRecord,
+                      outcomes: Mapping[str, StoredOutcome], attempts: Sequence[AttemptRecord],
+                      approvals: Sequence[ApprovalRecord], rows: Sequence[_Row]) -> None:
+    """``shoal show --all`` of a large run: every row as plain text, padded columns.
+
+    Rich's table measures every cell of every row (over a minute for 100,000 rows); columns
+    padded to their widest cell print the same rows in about a second. Cells are escaped
+    by :func:`clean` (via the rows) and written as text, never parsed as markup.
+    """
+    status = live_status(record)
+    console.print(_head(record, status, len(rows)))
+    out = console.file
+    width = console.width
+    names = ("node", "tool", "status", "tries", "started", "time", "result")
+    ids = id_width(width)
+    cells = [(shorten(r.node, ids), shorten(r.tool, ids), r.status, r.tries, r.started, r.time)
+             for r in rows]
+    widths = [max([len(n), *(len(c[i]) for c in cells)]) for i, n in enumerate(names[:-1])]
+    right = (False, False, False, True, True, True)
+
+    def line(values: Sequence[str], result: str) -> str:
+        text = "  ".join(v.rjust(w) if r else v.ljust(w)
+                         for v, w, r in zip(values, widths, right, strict=True))
+        return shorten(f"{text}  {result}".rstrip(), width)
+
+    out.write("outcomes\n" + line(names[:-1], names[-1]) + "\n"
+              + line(["-" * w for w in widths], "-" * 6) + "\n")
+    chunk: list[str] = []
+    for r, c in zip(rows, cells, strict=True):
+        chunk.append(line(c, r.result))
+        if len(chunk) >= 2000:  # bounded memory, few writes
+            out.write("\n".join(chunk) + "\n")
+            chunk.clear()
+    out.write("".join(f"{c}\n" for c in chunk))
+    lines = []
+    for edge in _edges(record):
+        lines.append(" -> ".join(clean(str(edge[k])) for k in ("source", "target"))
+                     + f"  {clean(str(edge['kind']))}  {one_line(str(edge['detail']), 200)}")
+    if lines:
+        out.write("edges\n" + "".join(f"{shorten(line, width)}\n" for line in lines))
+    out.flush()
+    if approvals:
+        console.print(FitToWidth(lambda w: _approval_table(approvals, id_width(w - 20))))
+    for part in _footer(record, status, outcomes, attempts):
+        console.print(part)
+
+
+_ROW_STYLES = {**STATUS_STYLES, "damaged": "bold red", "not run": "dim", "in flight": "dim"}
+
+
+class _Row:
+    """One node as ``shoal show`` lists it: every cell already escaped, one line each.
+
+    The result cell (a repr or an error, the costliest cell) is made when first asked for:
+    a summary shows a few dozen of 100,000 rows.
+    """
+
+    __slots__ = ("_outcome", "_result", "node", "started", "status", "time", "took", "tool",
+                 "tries")
+
+    def __init__(self, node: str, tool: str, status: str, tries: str = "-", started: str = "-",
+                 took: float | None = None, result: str | Outcome = "") -> None:
+        self.node, self.tool, self.status, self.tries = node, tool, status, tries
+        self.started, self.took = started, took
+        self._outcome: Outcome | None = None if isinstance(result, str) else result
+        self._result = result if isinstance(result, str) else ""
+        self.time = seconds(took) if took is not None else "-"
+
+    @property
+    def result(self) -> str:
+        """The value's preview, the error or the reason it did not run (see ``detail``)."""
+        if self._outcome is not None:
+            self._result, self._outcome = detail(self._outcome), None
+        return self._result
+
+
+def _node_rows(record: RunRecord, outcomes: Mapping[str, StoredOutcome],
+               attempts: Sequence[AttemptRecord]) -> list[_Row]:
+    """Every node of the run, in the order :func:`_node_facts` gives, as rows to print."""
     flying = {a.node_id for a in attempts if a.ended_at is None}
     everything = _node_facts(record, outcomes, attempts)
     # a map with items has begun: it is under way until it gathers them
     flying |= {owner[1] for n in everything if (owner := _ITEM_ID.fullmatch(n))}
+    rows = []
     for node_id, facts in everything.items():
         stored = outcomes.get(node_id)
         if stored is None:
-            state = "in flight" if node_id in flying else "not run"
-            table.add_row(safe_text(node_id, width=ids),
-                          safe_text(str(facts[0]), width=ids), Text(state, style="dim"),
-                          "-", "-", "-", "")
-            continue
-        o = stored.outcome
-        if stored.damaged:
-            table.add_row(safe_text(node_id, width=ids), safe_text(o.tool, width=ids),
-                          Text("damaged", style="bold red"), "-", "-", "-",
-                          safe_text(stored.damaged, width=200))
-            continue
-        started = f"{o.started_at:.2f}s" if o.started_at is not None else "-"
-        took = seconds(o.duration) if o.started_at is not None else "-"
-        table.add_row(safe_text(o.node_id, width=ids), safe_text(o.tool, width=ids),
-                      safe_text(o.status, STATUS_STYLES.get(o.status, ""), width=ids),
-                      str(o.attempts), started, took,
-                      Text(detail(o), no_wrap=True, overflow="ellipsis"))
+            rows.append(_Row(clean(node_id), clean(str(facts[0])),
+                             "in flight" if node_id in flying else "not run"))
+        elif stored.damaged:
+            rows.append(_Row(clean(node_id), clean(stored.outcome.tool), "damaged",
+                             result=one_line(stored.damaged, 200)))
+        else:
+            o = stored.outcome
+            ran = o.started_at is not None
+            rows.append(_Row(clean(o.node_id), clean(o.tool), clean(o.status), str(o.attempts),
+                             f"{o.started_at:.2f}s" if ran else "-",
+                             o.duration if ran else None, o))
+    return rows
+
+
+def _node_table(rows: Sequence[_Row], ids: int = ID_WIDTH, title: str = "outcomes") -> Table:
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, title=title,
+                  title_justify="left")
+    for name in ("node", "tool", "status", "tries", "started", "time", "result"):
+        table.add_column(name, no_wrap=name != "result",
+                         justify="right" if name in ("tries", "started", "time") else "left")
+    for r in rows:  # Text cells: rich parses no markup in them (and spends no time on it)
+        table.add_row(Text(shorten(r.node, ids)), Text(shorten(r.tool, ids)),
+                      Text(shorten(r.status, ids), style=_ROW_STYLES.get(r.status, "")),
+                      Text(r.tries), Text(r.started), Text(r.time),
+                      Text(r.result, no_wrap=True, overflow="ellipsis"))
     return table
 
 
