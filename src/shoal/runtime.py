@@ -91,8 +91,9 @@ def check_run_id(run_id: object, what: str = "run_id") -> str:
     """Return ``run_id`` if a caller may name a new run so, else raise :class:`ConfigError`.
 
     Allowed: 1 to :data:`MAX_RUN_ID` printable characters (letters, digits, punctuation,
-    spaces) and no ``/``: shoal joins an agent's step runs to their root with ``/``, so a
-    chosen id holding one would pass for another run's step (``shoal runs`` lists it so).
+    spaces; lone surrogates too, which the journal keeps exactly) and no ``/``: shoal joins
+    an agent's step runs to their root with ``/``, so a chosen id holding one would pass for
+    another run's step (``shoal runs`` lists it so).
     """
     problem = _run_id_problem(run_id)
     if problem:
@@ -111,12 +112,17 @@ def _run_id_problem(run_id: object) -> str:
         return f"is {len(run_id)} characters long"
     if "/" in run_id:
         return "holds '/'"
-    # isprintable() is False for control and format characters, line separators and lone
-    # surrogates (which SQLite cannot even store); a plain space is printable
-    bad = next((c for c in run_id if not c.isprintable()), None)
+    # isprintable() is False for control and format characters and line separators (a plain
+    # space is printable), and for lone surrogates too, which are let through: valid JSON a
+    # model or tool may produce, kept exactly by the journal, like node ids (docs/journal.md)
+    bad = next((c for c in run_id if not c.isprintable() and not _is_surrogate(c)), None)
     if bad is not None:
         return f"holds the unprintable character U+{ord(bad):04X}"
     return ""
+
+
+def _is_surrogate(char: str) -> bool:
+    return "\ud800" <= char <= "\udfff"
 
 
 def _show_id(run_id: object) -> str:
