@@ -143,6 +143,18 @@ def no_child_process_leak() -> Iterator[None]:
     assert not extra, f"child processes left behind: {[p.cmdline() for p in extra]}"
 
 
+def pid_gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended (gone, or a zombie nobody reaped yet).
+
+    One psutil call: ``pid_exists`` then ``Process`` would race with the process ending
+    in between (``NoSuchProcess``).
+    """
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 async def until(predicate: Callable[[], object], within: float = 30.0,
                 every: float = 0.01) -> None:
     """Wait, without blocking the loop, until ``predicate()`` holds; fail after ``within`` s.

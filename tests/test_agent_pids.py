@@ -29,12 +29,12 @@ from shoal.executors import process
 from shoal.executors._template import fork_supported
 from shoal.executors.process import worker_env
 from tests.conftest import arun, until, wait_until
+from tests.conftest import pid_gone as gone
 from tests.test_process_pids import (
     a_zombie,
     alive,
     can_choose_pids,
     free,
-    gone,
     newcomers,
     take_pid,
 )

@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from shoal import Plan, Runtime
-from tests.conftest import arun, until, wait_until
+from tests.conftest import arun, pid_gone, until, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 CALLS = 50
@@ -174,8 +174,7 @@ def test_ctrl_c_with_50_calls_in_flight(workdir: Path, backend: str) -> None:
         assert len(started) >= CALLS + CALLS // 2  # 50 workers and the tools' 25 sleeps
     else:
         assert threads > CALLS  # the calls ran on threads of the shoal process ...
-    assert not psutil.pid_exists(proc.pid) or psutil.Process(proc.pid).status() == (
-        psutil.STATUS_ZOMBIE)  # ... which ended with it
+    assert pid_gone(proc.pid)  # ... which ended with it
     assert wait_until(lambda: not alive(started), timeout=2.0), alive(started)
     print(f"\nCtrl-C with {CALLS} calls in flight on {backend}: exited in {took:.3f} s")
 

@@ -10,17 +10,9 @@ import signal
 import subprocess
 import threading
 
-import psutil
-
 from shoal.models.local import _keep, _kill_group
+from tests.conftest import pid_gone as gone
 from tests.conftest import wait_until
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def a_server() -> tuple[subprocess.Popen[bytes], int]:

@@ -46,6 +46,7 @@ from shoal.executors.process import (
 from shoal.limits import ProcessLimits
 from tests import process_tools as pt
 from tests.conftest import arun, until, wait_until
+from tests.conftest import pid_gone as gone
 
 pytestmark = pytest.mark.usefixtures("no_child_process_leak")
 
@@ -121,13 +122,6 @@ def test_live_workers_finds_forked_and_spawned_workers() -> None:
             assert wait_until(lambda: live_workers() == [], 10), method
 
     arun(main(), timeout=SLOW)
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 # ---- the pieces ----------------------------------------------------------------------------------

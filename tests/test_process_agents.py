@@ -31,7 +31,7 @@ from shoal.executors._template import fork_supported
 from shoal.models.retry import ModelGates
 from shoal.testing import ScriptedModel, call
 from shoal.testing.conformance import peak_overlap
-from tests.conftest import until
+from tests.conftest import pid_gone, until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -271,8 +271,7 @@ def test_a_wall_clock_budget_stops_process_agents_and_leaves_no_process(
     assert [r.status for r in result.children] == ["budget_exceeded"] * 2
     for pid_file in (tmp_path / "a", tmp_path / "b"):
         pid = int(pid_file.read_text())
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == (
-            psutil.STATUS_ZOMBIE)
+        assert pid_gone(pid)
 
 
 class LoggedModel(ScriptedModel):
@@ -384,8 +383,7 @@ def test_a_tree_killed_mid_run_resumes_without_repeating_the_process_agents_work
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
     assert sorted(log.read_text().split()) == ["a", "x1"]
     helper_pid = int((tmp_path / "log.txt.helper").read_text())
-    assert not psutil.pid_exists(helper_pid) or psutil.Process(
-        helper_pid).status() == psutil.STATUS_ZOMBIE  # it ended with its parent
+    assert pid_gone(helper_pid)  # it ended with its parent
     resumed = script("resume")
     assert resumed.returncode == 0, resumed.stderr
     report = json.loads(resumed.stdout)
@@ -677,7 +675,7 @@ def test_a_run_deadline_ends_a_process_agent_node(tmp_path: Path) -> None:
     assert time.monotonic() - began < 6.0
     assert result[node].status != "ok"
     pid = int(pid_file.read_text())
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert pid_gone(pid)
 
 
 @shoal.tool

@@ -28,6 +28,7 @@ from shoal.executors.base import Call
 from shoal.executors.process import ProcessExecutor
 from tests import process_tools as pt
 from tests.conftest import arun, until, wait_until
+from tests.conftest import pid_gone as gone
 
 pytestmark = pytest.mark.usefixtures("no_child_process_leak")
 
@@ -102,13 +103,6 @@ def a_zombie(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 # ---- the reference itself -------------------------------------------------------------------

@@ -27,6 +27,7 @@ from shoal.executors.process import ProcessExecutor
 from shoal.tools import Tool
 from tests import process_tools as pt
 from tests.conftest import arun, until, wait_until
+from tests.conftest import pid_gone as gone
 
 pytestmark = [pytest.mark.usefixtures("no_child_process_leak"),
               pytest.mark.skipif(not fork_supported(), reason="workers are forked on Linux only")]
@@ -37,13 +38,6 @@ SLOW = 120.0  # arun's limit: a loaded machine may take seconds to start the tem
 
 def a_call(target: Tool[..., Any], **args: Any) -> Call:
     return Call(0, "node", target, args, 1, "process", None, "run")
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def test_a_forked_worker_is_isolated_and_limited_as_before(

@@ -24,7 +24,6 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 import shoal
@@ -34,7 +33,7 @@ from shoal.exceptions import ConfigError
 from shoal.models.retry import ModelGates
 from shoal.testing import ScriptedModel, call
 from shoal.testing.conformance import peak_overlap
-from tests.conftest import until
+from tests.conftest import pid_gone, until
 from tests.test_process_agents import (
     _logged,
     _pid_in,
@@ -206,10 +205,6 @@ def die(path: str) -> str:
     return "unreachable"
 
 
-def _gone(pid: int) -> bool:
-    return not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-
-
 def test_cancelling_one_ray_subagent_ends_its_actor_within_a_second(
         ray_cluster: str, tmp_path: Path) -> None:
     pid_file = tmp_path / "pid"
@@ -226,7 +221,7 @@ def test_cancelling_one_ray_subagent_ends_its_actor_within_a_second(
         pid = await _pid_in(pid_file, within=60.0)
         began = time.monotonic()
         handle.cancel("lead/reader#1", reason="stopped by the test")
-        await until(lambda: _gone(pid))
+        await until(lambda: pid_gone(pid))
         gone = time.monotonic() - began
         return await handle, gone
 
@@ -304,9 +299,9 @@ def test_a_driver_killed_mid_run_resumes_without_repeating_the_ray_agents_work(
     assert sorted(log.read_text().split()) == ["a", "x1"]
     actor_pid = int((tmp_path / "log.txt.helper").read_text())
     end = time.monotonic() + 10
-    while not _gone(actor_pid) and time.monotonic() < end:  # it ended with its parent
+    while not pid_gone(actor_pid) and time.monotonic() < end:  # it ended with its parent
         time.sleep(0.05)
-    assert _gone(actor_pid)
+    assert pid_gone(actor_pid)
     resumed = script("resume")
     assert resumed.returncode == 0, resumed.stderr
     report = json.loads(resumed.stdout.strip().splitlines()[-1])
@@ -467,9 +462,9 @@ def test_a_wall_clock_budget_stops_ray_agents_and_leaves_no_actor(ray_cluster: s
     for pid_file in (p for p in (tmp_path / "a", tmp_path / "b") if p.exists()):
         pid = int(pid_file.read_text())
         end = time.monotonic() + 2.0
-        while not _gone(pid) and time.monotonic() < end:
+        while not pid_gone(pid) and time.monotonic() < end:
             time.sleep(0.02)
-        assert _gone(pid)
+        assert pid_gone(pid)
 
 
 def test_ray_agents_write_the_trees_board_as_inline_agents_do(ray_cluster: str) -> None:

@@ -24,6 +24,7 @@ import shoal
 from shoal.board import replay_journal, stands_alone
 from shoal.testing import ScriptedModel, call
 from tests.board_commit_kill import KILL_AT_COMMIT, kill_orders, new_board, note
+from tests.conftest import pid_gone
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,7 +69,7 @@ def _gone_within(pid: int, seconds: float) -> bool:
 
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+        if pid_gone(pid):
             return True
         time.sleep(0.05)
     return False
