@@ -27,7 +27,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 from shoal.agents.context import TreeContext
 from shoal.agents.result import AgentResult, AgentStatus
-from shoal.agents.toolcalls import CallRecord, CallStream, _node_settled, _settled
+from shoal.agents.toolcalls import (
+    _CANCELLED_WITH_AGENT,
+    CallRecord,
+    CallStream,
+    _node_settled,
+    _settled,
+)
 from shoal.events import (
     AgentFinished,
     AgentStarted,
@@ -389,7 +395,7 @@ class AgentRun:
             try:  # the node's own future, no shield: a swarm holds one per waiting agent
                 outcome = await handle.outcome_of(node_id)
             except asyncio.CancelledError:  # the future went with the agent: stop the turn
-                handle.cancel(node_id, reason="the agent running these calls was cancelled")
+                handle.cancel(node_id, reason=_CANCELLED_WITH_AGENT)
                 await _node_settled(handle, node_id)  # its outcome is recorded, then go
                 raise
         finally:

@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from shoal.events import Event, EventSink
 from shoal.exceptions import ToolArgumentError
@@ -520,26 +520,19 @@ async def settle(handle: RunHandle) -> RunResult:
     return result
 
 
+T = TypeVar("T")
+_CANCELLED_WITH_AGENT = "the agent running these calls was cancelled"
+
+
 async def _settled(handle: RunHandle) -> tuple[RunResult, bool]:
-    waiting = handle.as_future()  # not ensure_future: that wraps the handle in one more task
-    cancelled = False
-    loop = asyncio.get_running_loop()
-    while not waiting.done():
-        # what asyncio.shield does, with one future and one callback instead of its future,
-        # two closures and their cells: a swarm has a step of each agent waiting here
-        waiter: asyncio.Future[None] = loop.create_future()
-        wake = partial(_wake, waiter)
-        waiting.add_done_callback(wake)
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            waiting.remove_done_callback(wake)
-            # Our caller was cancelled (maybe again): cancel the calls through the runtime, so
-            # each one still ends with a recorded outcome, collect them, then let it go on.
-            if not cancelled:
-                handle.cancel(reason="the agent running these calls was cancelled")
-            cancelled = True
-    return waiting.result(), cancelled
+    """The run's result once it ended, and whether the waiter was cancelled meanwhile.
+
+    If the waiter is cancelled (maybe again), the run's calls are cancelled through the
+    runtime, so each one still ends with a recorded outcome; they are collected, then the
+    cancellation is the caller's to raise.
+    """
+    return await _unshielded(handle.as_future(),  # not ensure_future: one task less
+                             partial(handle.cancel, reason=_CANCELLED_WITH_AGENT))
 
 
 async def _node_settled(handle: RunHandle, node_id: str) -> tuple[Outcome, bool]:
@@ -548,21 +541,31 @@ async def _node_settled(handle: RunHandle, node_id: str) -> tuple[Outcome, bool]
     As :func:`_settled` for a whole run: if the waiter is cancelled meanwhile, the node is
     cancelled through the runtime, and its outcome is still collected.
     """
-    future = handle.outcome_of(node_id)
+    return await _unshielded(handle.outcome_of(node_id),
+                             partial(handle.cancel, node_id, reason=_CANCELLED_WITH_AGENT))
+
+
+async def _unshielded(waiting: asyncio.Future[T], stop: Callable[[], object],
+                      ) -> tuple[T, bool]:
+    """``waiting``'s result, calling ``stop()`` once if the waiter is cancelled meanwhile.
+
+    What ``asyncio.shield`` does, with one future and one callback instead of its future, two
+    closures and their cells: a swarm has a step of each agent waiting here.
+    """
     cancelled = False
     loop = asyncio.get_running_loop()
-    while not future.done():
+    while not waiting.done():
         waiter: asyncio.Future[None] = loop.create_future()
         wake = partial(_wake, waiter)
-        future.add_done_callback(wake)
+        waiting.add_done_callback(wake)
         try:
             await waiter
         except asyncio.CancelledError:
-            future.remove_done_callback(wake)
+            waiting.remove_done_callback(wake)
             if not cancelled:
-                handle.cancel(node_id, reason="the agent running these calls was cancelled")
+                stop()
             cancelled = True
-    return future.result(), cancelled
+    return waiting.result(), cancelled
 
 
 async def _nodes_settled(handle: RunHandle, node_ids: list[str],
@@ -577,7 +580,7 @@ async def _nodes_settled(handle: RunHandle, node_ids: list[str],
     for node_id in node_ids:
         outcome, stopped = await _node_settled(handle, node_id)
         if stopped and not cancelled:  # the others too: each still ends with an outcome
-            handle.cancel(node_ids, reason="the agent running these calls was cancelled")
+            handle.cancel(node_ids, reason=_CANCELLED_WITH_AGENT)
         cancelled = cancelled or stopped
         outcomes[node_id] = outcome
     return outcomes, cancelled
