@@ -657,10 +657,12 @@ class Driver:
     def _burst(self) -> None:
         """Run the calls waiting to run at once, and those their ends start, in a loop.
 
-        Each call's end is fed to the state machine here, and the calls it releases join the
-        queue: a cascade runs iteratively, never by recursion. After :data:`AT_ONCE_BURST`
-        calls, or :data:`AT_ONCE_SLICE` seconds of them, the rest waits for the next loop turn,
-        so timers and other tasks get theirs.
+        The calls queued now run one after another; those that returned a plain value are
+        then fed to the state machine together (one decision for the batch, see
+        :meth:`_returned_many`), and the calls they release join the queue for the next round:
+        a cascade runs iteratively, never by recursion. One clock reading ends a call and
+        begins the next. After :data:`AT_ONCE_BURST` calls, or :data:`AT_ONCE_SLICE` seconds
+        of them, the rest waits for the next loop turn, so timers and other tasks get theirs.
         """
         assert self._context is not None
         if not self._entered:  # each end is fed to the state machine in the driver's context
@@ -669,35 +671,50 @@ class Driver:
         self._bursting, self._burst_due = True, False
         queue, ran = self._at_once, 0
         until = time.perf_counter() + AT_ONCE_SLICE
+        returned: list[tuple[Call, Any, float, float]] = []  # (call, value, began, finished)
         try:
             while queue:
-                if ran >= AT_ONCE_BURST or (ran and time.perf_counter() >= until):
-                    assert self._loop is not None
-                    self._burst_due = True
-                    self._loop.call_soon(self._burst)
-                    return
-                call, call_context = queue.popleft()
-                if self._at_once_stopped and call.pos in self._at_once_stopped:
-                    self._at_once_stopped.discard(call.pos)
-                    result = AttemptResult("cancelled")  # cancelled before it ran: it never does
-                else:
+                began = self.now()
+                for _ in range(len(queue)):  # this round: the calls queued before it
+                    if ran >= AT_ONCE_BURST or (ran and time.perf_counter() >= until):
+                        assert self._loop is not None
+                        self._burst_due = True
+                        self._loop.call_soon(self._burst)
+                        return
+                    call, call_context = queue.popleft()
+                    if self._at_once_stopped and call.pos in self._at_once_stopped:
+                        self._at_once_stopped.discard(call.pos)
+                        self._flush(returned)  # ends are fed in the order they came
+                        self._attempt_done(call, AttemptResult("cancelled"))  # it never runs
+                        continue
                     ran += 1
-                    began = self.now()  # not when it was started: it waited in this queue
                     try:
                         result = self._run_at_once(call, call_context)
                     except BaseException:  # KeyboardInterrupt: it stays to be reported cancelled
                         self._at_once_stopped.add(call.pos)
                         queue.appendleft((call, call_context))
                         raise
+                    finished = self.now()
                     if self._at_once_stopped:  # a cancel while it ran (from its own code) came
                         self._at_once_stopped.discard(call.pos)  # too late to stop it
                     if type(result) is not AttemptResult:  # a plain value: the call succeeded
-                        self._returned(call, result, began)
-                        continue
-                    result.began = began
-                self._attempt_done(call, result)
+                        returned.append((call, result, began, finished))
+                    else:
+                        self._flush(returned)
+                        result.began = began
+                        self._attempt_done(call, result)
+                    began = finished
+                self._flush(returned)  # the calls these ends release join the queue
         finally:
+            self._flush(returned)
             self._bursting = False
+
+    def _flush(self, returned: list[tuple[Call, Any, float, float]]) -> None:
+        """Feed the plain returns collected so far to the state machine, and forget them."""
+        if returned:
+            batch = returned.copy()
+            returned.clear()
+            self._returned_many(batch)
 
     def _report(self, step: Callable[..., None], *args: object) -> None:
         """Run ``step`` (already in the driver's context), noting that the context is entered."""
@@ -790,8 +807,11 @@ class Driver:
                 else:
                     async with asyncio.timeout(call.timeout) as scope:
                         value = await executor.execute(call)
-                unawaited = None if type(value) in _PLAIN else unawaited_result(
-                    call.tool.name, value)  # every backend's result
+                if type(value) in _PLAIN:  # most calls: no result object (see _returned)
+                    assert self._context is not None
+                    self._context.run(self._report, self._returned, call, value)
+                    return
+                unawaited = unawaited_result(call.tool.name, value)  # every backend's result
                 result = (AttemptResult("ok", value) if unawaited is None
                           else AttemptResult("failed", error=unawaited))
         except TimeoutError as exc:
@@ -895,6 +915,26 @@ class Driver:
             self._apply(self.state.finish_ok(call.pos, value, where, self.now(), began))
         except Exception as exc:
             self._internal_error(call, exc)
+
+    def _returned_many(self, batch: list[tuple[Call, Any, float, float]]) -> None:
+        """:meth:`_returned` for calls run at once, ``(call, value, began, finished)`` each.
+
+        One decision for the batch: what their ends release is dispatched once.
+        """
+        if self._streaming:  # each end is journaled with its decision: one at a time
+            for call, value, began, _ in batch:
+                self._returned(call, value, began)
+            return
+        tasks, hosts = self._tasks, self._hosts
+        ended: list[tuple[int, Any, str, float, float]] = []
+        try:
+            for call, value, began, finished in batch:
+                del tasks[call.pos]  # one attempt per node at a time: this is the one
+                where = call.where or hosts.get(call.isolation) or self._here(call)
+                ended.append((call.pos, value, where, began, finished))
+            self._apply(self.state.finish_ok_many(ended))
+        except Exception as exc:
+            self._internal_error(batch[len(ended) - 1 if ended else 0][0], exc)
 
     def _internal_error(self, call: Call, exc: Exception) -> None:
         """A bug in shoal itself while recording ``call``'s end: end the run loudly, not hang."""

@@ -39,7 +39,7 @@ import heapq
 import itertools
 import random
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, cast
 
@@ -635,6 +635,27 @@ class SchedulerState:
         if slot.started_at is not None:
             self._critical.learn(slot.node.tool.name, now - slot.started_at)
         self._record(slot, "ok", now, d, value=value)
+        self._dispatch(now, d)
+        return d
+
+    def finish_ok_many(self, ended: Sequence[tuple[int, Any, str, float, float]]) -> Decisions:
+        """:meth:`finish_ok` for several attempts that ended one after another, in that order.
+
+        Each is ``(pos, value, where, began, finished)``; what they release is dispatched
+        once, at the end. For calls the driver ran without giving the loop a turn: one
+        decision for the batch instead of one per call (the same outcomes and starts).
+        """
+        d = Decisions()
+        now = 0.0
+        learn = self._critical.learn
+        for pos, value, where, began, now in ended:
+            slot = self._attempt_ended(pos, where, d)
+            started = slot.started_at
+            if started is not None:
+                if slot.attempts == 1 and began > started:
+                    slot.started_at = started = began  # exclude waiting to run
+                learn(slot.node.tool.name, now - started)
+            self._record(slot, "ok", now, d, value=value)
         self._dispatch(now, d)
         return d
 
