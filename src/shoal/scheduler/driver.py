@@ -686,6 +686,7 @@ class Driver:
                         self._at_once_stopped.discard(call.pos)
                         self._flush(returned)  # ends are fed in the order they came
                         self._attempt_done(call, AttemptResult("cancelled"))  # it never runs
+                        began = self.now()
                         continue
                     ran += 1
                     try:
@@ -699,11 +700,12 @@ class Driver:
                         self._at_once_stopped.discard(call.pos)  # too late to stop it
                     if type(result) is not AttemptResult:  # a plain value: the call succeeded
                         returned.append((call, result, began, finished))
+                        began = finished
                     else:
                         self._flush(returned)
                         result.began = began
                         self._attempt_done(call, result)
-                    began = finished
+                        began = self.now()
                 self._flush(returned)  # the calls these ends release join the queue
         finally:
             self._flush(returned)
