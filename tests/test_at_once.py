@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import itertools
 import sys
 import threading
 from collections.abc import Coroutine
@@ -399,3 +400,60 @@ def test_instant_calls_and_tasks_mix_under_an_eager_task_factory() -> None:
     chained, failed = asyncio.run(main())
     assert chained.ok and len(chained.outcomes) == 3001
     assert sorted(o.status for o in failed.outcomes.values()) == ["cancelled"] * 4 + ["failed"]
+
+
+@shoal.tool
+async def burns(ms: float) -> float:
+    """Compute for ``ms`` milliseconds without awaiting (ends in its first step)."""
+    import time
+
+    until = time.perf_counter() + ms / 1000
+    while time.perf_counter() < until:
+        pass
+    return ms
+
+
+def test_instant_calls_run_in_one_round_are_timed_back_to_back() -> None:
+    """Each is timed from when it ran: one's start is the previous one's end, never earlier.
+
+    The calls of a round run one after another and are fed to the state machine together;
+    a start taken for the whole round would make them overlap.
+    """
+    plan = shoal.Plan()
+    for _ in range(5):  # 1 ms in all: within one burst's slice of the loop
+        plan.call(burns, ms=0.2)
+    result = shoal.run_sync(plan)
+    spans = sorted((o.started_at or 0.0, o.finished_at or 0.0) for o in result.outcomes.values())
+    assert result.ok
+    for (_, end), (start, _) in itertools.pairwise(spans):
+        assert start >= end - 1e-9, spans
+    assert all(end - start >= 0.0002 for start, end in spans), spans
+
+
+def test_a_call_cancelled_by_a_later_one_in_its_round_keeps_the_value_it_returned() -> None:
+    """Cancelling a node that ran earlier in the same round (its end not yet fed) is too late.
+
+    As when each end was fed at once: the node ran and returned, so it ends ``ok`` with its
+    value; the call that cancelled it ends too, and the run has nothing left hanging.
+    """
+    handle_box: list[shoal.RunHandle] = []
+
+    @shoal.tool
+    async def cancels(node: str) -> str:
+        handle_box[0].cancel(node)
+        return node
+
+    async def main() -> shoal.RunResult:
+        plan = shoal.Plan()
+        plan.call(instant, i=1, node_id="first")
+        plan.call(cancels, node="first", node_id="second")
+        plan.call(instant, i=3, node_id="third")
+        async with shoal.Runtime() as runtime:
+            handle = runtime.start(plan)
+            handle_box.append(handle)
+            return await handle
+
+    result = asyncio.run(main())
+    assert result.outcomes["first"].status == "ok" and result.outcomes["first"].value == 1
+    assert result.outcomes["second"].value == "first"
+    assert result.outcomes["third"].status == "ok"

@@ -927,11 +927,13 @@ class Driver:
             for call, value, began, _ in batch:
                 self._returned(call, value, began)
             return
-        tasks, hosts = self._tasks, self._hosts
+        tasks, hosts, stopped = self._tasks, self._hosts, self._at_once_stopped
         ended: list[tuple[int, Any, str, float, float]] = []
         try:
             for call, value, began, finished in batch:
                 del tasks[call.pos]  # one attempt per node at a time: this is the one
+                if stopped:  # cancelled after it ran, before its end was fed: too late
+                    stopped.discard(call.pos)
                 where = call.where or hosts.get(call.isolation) or self._here(call)
                 ended.append((call.pos, value, where, began, finished))
             self._apply(self.state.finish_ok_many(ended))
