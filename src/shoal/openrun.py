@@ -18,9 +18,10 @@ again, or is held in doubt) by the usual rules of :mod:`shoal.store.resume`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Generator, Iterable, Mapping
+import concurrent.futures
+from collections.abc import Callable, Generator, Iterable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from shoal.exceptions import PlanError, PlanProblem, RunClosedError, UpstreamFailedError
 from shoal.outcome import Outcome, RunResult
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     from shoal.runtime import RunHandle
 
 __all__ = ["OpenRun"]
+
+_T = TypeVar("_T")
 
 
 class OpenRun:
@@ -79,7 +82,8 @@ class OpenRun:
             args: Mapping[str, Any] | None = None, *,
             after: Ref | str | Iterable[Ref | str] = (), node_id: str | None = None) -> Ref:
         """Add a call with arguments given as a mapping; return a ref to its output."""
-        return self._insert(self._plan.make_node(tool, args, after=after, node_id=node_id))
+        return self._on_loop(lambda: self._insert(
+            self._plan.make_node(tool, args, after=after, node_id=node_id)))
 
     def map(self, tool: Callee, /, *, over: Ref,
             item_arg: str | None = None, partial: bool = False,
@@ -94,9 +98,9 @@ class OpenRun:
                             f"{type(over).__name__}")
         resolved = as_tool(tool)
         chosen = _item_arg(resolved, args, item_arg)
-        return self._insert(self._plan.make_node(
+        return self._on_loop(lambda: self._insert(self._plan.make_node(
             resolved, {**args, chosen: over}, after=after, node_id=node_id,
-            map_spec=MapSpec(chosen, partial)))
+            map_spec=MapSpec(chosen, partial))))
 
     def problems(self, tool: Callee, args: Mapping[str, Any] | None = None, *,
                  node_id: str) -> list[PlanProblem]:
@@ -104,8 +108,35 @@ class OpenRun:
 
         For a caller that must reserve something (a budget's slot) only for calls that fit.
         """
-        node = self._plan.make_node(tool, args, node_id=node_id)
-        return self._plan.node_problems(node)
+        return self._on_loop(lambda: self._plan.node_problems(
+            self._plan.make_node(tool, args, node_id=node_id)))
+
+    def _on_loop(self, work: Callable[[], _T]) -> _T:
+        """``work()`` on the run's event loop, whichever thread asks.
+
+        The run's state is its loop's alone, and a loop asleep in ``select`` is not woken by a
+        change made from another thread: a node added from there would never start (and the
+        run never end). So another thread hands ``work`` to the loop and waits for its answer.
+        """
+        loop = self._handle.as_future().get_loop()
+        if _running_loop() is loop:
+            return work()
+        if self._handle.done():
+            raise RunClosedError(f"open run {self.run_id} has ended: it takes no more nodes")
+        answer: concurrent.futures.Future[_T] = concurrent.futures.Future()
+
+        def there() -> None:
+            try:
+                answer.set_result(work())
+            except BaseException as exc:  # handed back to the thread that asked
+                answer.set_exception(exc)
+
+        try:
+            loop.call_soon_threadsafe(there)
+        except RuntimeError:  # its loop is closed: the run is long over
+            raise RunClosedError(f"open run {self.run_id} has ended: it takes no more "
+                                 "nodes") from None
+        return answer.result()
 
     def _insert(self, node: Node) -> Ref:
         if self._closed:
@@ -166,10 +197,11 @@ class OpenRun:
         self.close()
 
     def close(self) -> None:
-        """Take no more nodes: the run ends once every node has ended."""
+        """Take no more nodes: the run ends once every node has ended (from any thread)."""
         if not self._closed:
-            self._closed = True
-            self._handle.close()
+            self._closed = True  # at once, so this thread's later adds are refused
+            if not self._handle.done():
+                self._on_loop(self._handle.close)
 
     def __await__(self) -> Generator[Any, None, RunResult]:
         return self._finish().__await__()
@@ -193,3 +225,11 @@ class OpenRun:
         except asyncio.CancelledError:
             if exc is None:
                 raise
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, if any."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

@@ -163,8 +163,8 @@ class SQLiteStore:
         self._claims = LocalClaims()  # for ":memory:", which no other process can open
         # columns of _ADDED_COLUMNS that a file opened read-only lacks (older files: _setup)
         self._lacking: set[tuple[str, str]] = set()
-        if self.path != ":memory:" and not self.read_only:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        if self.path != ":memory:":
+            self._check_path()
         try:
             self._conn = self._connect(timeout)
         except sqlite3.Error as exc:
@@ -177,6 +177,28 @@ class SQLiteStore:
 
     def __repr__(self) -> str:
         return f"<SQLiteStore {self.path!r}>"
+
+    def _check_path(self) -> None:
+        """Refuse a path no journal file can be at, saying why (SQLite's own words are vague).
+
+        Also makes the file's folder (for writing), so a folder that cannot be made is a
+        :class:`StoreError` too, not an ``OSError`` from deep inside.
+        """
+        where = Path(self.path)
+        try:
+            if "\0" in self.path:
+                raise ValueError("a path cannot hold a NUL character")
+            if where.exists() and not where.is_file():
+                kind = ("a folder" if where.is_dir()
+                        else "not a regular file (a FIFO, socket or device)")
+                raise ValueError(f"it is {kind}; name a file, such as runs.db, instead")
+            if not self.read_only:
+                try:
+                    where.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise ValueError(f"its folder cannot be made ({exc})") from exc
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"cannot open the journal {self.path!r}: {exc}") from exc
 
     def _connect(self, timeout: float) -> sqlite3.Connection:
         """The connection: read-write, or (``read_only``) as read-only as the file needs."""
@@ -201,6 +223,9 @@ class SQLiteStore:
             self._check_readable()
             return
         try:
+            # before WAL mode is set (it stays set in the file): another program's database,
+            # or a newer shoal's journal, is refused without being changed at all
+            self._refuse_newer(self._schema_version(_Bound(self._conn)))
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
             with self._tx() as db:
@@ -211,9 +236,9 @@ class SQLiteStore:
                             db.execute(statement)
                     db.executemany("INSERT INTO meta VALUES (?, ?)", [
                         ("schema_version", str(SCHEMA_VERSION)), ("created_by", __version__)])
-                elif found > SCHEMA_VERSION:
-                    raise StoreVersionError(self.path, found, SCHEMA_VERSION)
-                else:  # a file from before calls had effects (board writes): add their table
+                else:
+                    self._refuse_newer(found)
+                    # a file from before calls had effects (board writes): add their table
                     db.execute(_EFFECTS_TABLE)
                     for table, column in self._lacks(db):  # or before newer columns
                         db.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT NOT NULL "
@@ -245,9 +270,13 @@ class SQLiteStore:
             raise self._unusable(exc) from exc
         if found is None:
             raise StoreError(f"{self.path!r} holds no shoal journal yet (it is empty)")
-        if found > SCHEMA_VERSION:
-            raise StoreVersionError(self.path, found, SCHEMA_VERSION)
+        self._refuse_newer(found)
         self._lacking = self._lacks(_Bound(self._conn))
+
+    def _refuse_newer(self, found: int | None) -> None:
+        """Raise :class:`StoreVersionError` for a file a newer shoal wrote."""
+        if found is not None and found > SCHEMA_VERSION:
+            raise StoreVersionError(self.path, found, SCHEMA_VERSION)
 
     @staticmethod
     def _lacks(db: _Bound) -> set[tuple[str, str]]:
