@@ -8,6 +8,7 @@ never woke its loop, and patterns given arguments of the wrong kind.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import subprocess
@@ -15,13 +16,24 @@ import sys
 import threading
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import shoal
 from shoal.exceptions import StoreError
 from shoal.openrun import OpenRun
+from shoal.patterns import (
+    NotAcceptedError,
+    PatternError,
+    Reflection,
+    fan_out,
+    pipeline,
+    reflect,
+    verdict_of,
+)
 from shoal.store.sqlite import SQLiteStore
+from shoal.testing import ScriptedModel, run_virtual
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -202,3 +214,149 @@ def test_a_node_added_after_the_runs_loop_is_gone_is_refused() -> None:
     with pytest.raises(shoal.RunClosedError):
         run.call(plus_one)
     run.close()  # closing twice, after the loop is gone too, is harmless
+
+
+# ---- patterns given what they cannot use ---------------------------------------------------------
+
+
+class _Hostile:
+    """A value whose ``__repr__`` and ``__str__`` raise."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("repr boom")
+
+    def __str__(self) -> str:
+        raise RuntimeError("str boom")
+
+
+def _agent(name: str, steps: list[Any] | None = None) -> shoal.Agent[Any]:
+    return shoal.Agent(name=name, model=ScriptedModel(steps or ["done"]))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: pipeline(_Hostile()),  # type: ignore[arg-type]
+    lambda: fan_out(_agent("a"), aggregate=_Hostile()),  # type: ignore[arg-type]
+    lambda: reflect(_Hostile(), _agent("c")),  # type: ignore[arg-type]
+    lambda: pipeline(_agent("a"), name=_Hostile()),  # type: ignore[arg-type]
+    lambda: reflect(_agent("w"), _agent("c"), must_accept="no"),  # type: ignore[arg-type]
+    lambda: reflect(_agent("w"), _agent("c"), must_accept=None),  # type: ignore[arg-type]
+], ids=["step", "aggregate", "worker", "name", "must-accept-text", "must-accept-none"])
+def test_a_pattern_built_from_what_it_cannot_use_is_a_config_error(make: Any) -> None:
+    with pytest.raises(shoal.ConfigError) as caught:
+        make()
+    assert "boom" not in str(caught.value)
+
+
+@pytest.mark.parametrize("option", [
+    {"runtime": 5}, {"budget": 5}, {"budget": {"tokens": 10}}, {"on_event": 5},
+    {"on_event": [print, 5]}, {"on_event": "print"}],
+    ids=["runtime", "budget", "budget-dict", "on-event", "on-event-list", "on-event-text"])
+def test_a_pattern_run_with_options_of_the_wrong_kind_is_a_config_error(option: dict[str, Any],
+                                                                        ) -> None:
+    worker = _agent("a")
+    with pytest.raises(shoal.ConfigError, match=next(iter(option))):
+        pipeline(worker).run_sync("task", **option)
+    assert not model_requests(worker)  # refused before any agent ran
+
+
+@pytest.mark.parametrize("option", [{"budget": 5}, {"on_event": 5}, {"on_event": [None]}])
+def test_a_plan_run_with_options_of_the_wrong_kind_is_a_config_error(option: dict[str, Any],
+                                                                     ) -> None:
+    plan = shoal.Plan()
+    plan.call(plus_one)
+    with pytest.raises(shoal.ConfigError, match=next(iter(option))):
+        shoal.Runtime().run_sync(plan, **option)
+    with pytest.raises(shoal.ConfigError, match="on_event"):
+        shoal.Runtime(on_event=5)  # type: ignore[arg-type]
+
+
+def model_requests(a: shoal.Agent[Any]) -> list[Any]:
+    assert isinstance(a.model, ScriptedModel)
+    return list(a.model.requests)
+
+
+@pytest.mark.parametrize("review", [_Hostile(), {"accept": "yes"}],
+                         ids=["unrepresentable", "accept-text"])
+def test_a_critic_answering_a_hostile_value_is_a_pattern_error(review: Any) -> None:
+    with pytest.raises(PatternError, match="reflect loop: the critic must answer") as caught:
+        verdict_of(review, "loop")
+    assert "boom" not in str(caught.value)
+
+
+def test_a_verdict_whose_feedback_cannot_be_printed_still_counts() -> None:
+    verdict = verdict_of({"accept": True, "feedback": _Hostile()}, "loop")
+    assert verdict.accept and "repr failed" in verdict.feedback
+
+
+def test_a_critic_that_never_accepts_stops_at_max_rounds_under_the_virtual_clock() -> None:
+    worker = _agent("w", [f"draft {i}" for i in range(1, 8)])
+    critic = shoal.Agent(name="c", model=ScriptedModel(["no, again"] * 7, latency=600))
+    found = run_virtual(reflect(worker, critic, max_rounds=7).run("write"))
+    assert isinstance(found, Reflection)
+    assert (found.accepted, found.rounds, found.output) == (False, 7, "draft 7")
+    critic2 = shoal.Agent(name="c", model=ScriptedModel(["no"] * 2, latency=600))
+    loop = reflect(_agent("w", ["d1", "d2"]), critic2, max_rounds=2, must_accept=True)
+    with pytest.raises(NotAcceptedError):
+        run_virtual(loop.run("write"))
+
+
+# ---- a resume killed in its turn ---------------------------------------------------------------
+
+
+def _sweep(folder: Path, kill: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The crash sweep's 100-node plan (tests/crash_tools.py), run or resumed in a process."""
+    env = {**os.environ, "SHOAL_SWEEP_DIR": str(folder), "PYTHONPATH": str(ROOT)}
+    env.pop("SHOAL_SWEEP_KILL", None)
+    if kill:
+        env["SHOAL_SWEEP_KILL"] = kill
+    return subprocess.run([sys.executable, "-m", "tests.crash_tools", str(folder / "runs.db"),
+                           "r1", *args], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+def _effects(folder: Path) -> list[str]:
+    path = folder / "effects"
+    return [line.split()[0] for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def _settling(folder: Path) -> list[str]:
+    """Settle each call the journal holds in doubt as a person would: done if its effect is
+    there, run again if not."""
+    with closing(SQLiteStore(folder / "runs.db", read_only=True)) as store:
+        doubt = [n for n, o in store.outcomes("r1").items() if o.outcome.status == "in_doubt"]
+    done = set(_effects(folder))
+    args: list[str] = []
+    for node in doubt:
+        inputs = 0 if node.startswith("n0_") else 2
+        args += (["--mark-done", f'{node}="{node}<{inputs}"'] if node in done
+                 else ["--rerun", node])
+    return args
+
+
+def test_a_node_in_flight_when_a_resume_is_killed_is_in_doubt_not_run_again(tmp_path: Path,
+                                                                             ) -> None:
+    """A node that ended ``skipped`` in one session and was in flight when the next was
+    killed must not run again on the session after: the older outcome is not its state."""
+    assert _sweep(tmp_path, "tool:n2_5:after", "run").returncode == -9
+    first = _sweep(tmp_path, "", "resume")  # in-doubt calls block layers 3..9: all skipped
+    assert first.returncode == 0, first.stderr[-2000:]
+    # the person settles them, and this resume is killed as n8_2's outcome is committed
+    killed = _sweep(tmp_path, "store:n8_2:precommit", "resume", *_settling(tmp_path))
+    assert killed.returncode == -9
+    ran = set(_effects(tmp_path))
+    again = _sweep(tmp_path, "", "resume")
+    assert again.returncode == 0, again.stderr[-2000:]
+    outcomes = json.loads(again.stdout.splitlines()[-1])
+    in_doubt = {n for n, (status, _) in outcomes.items() if status == "in_doubt"}
+    # n8_2 (not idempotent) took effect, then died uncommitted; others may have been in flight
+    assert "n8_2" in in_doubt and "n8_2" in ran
+    effects = _effects(tmp_path)
+    assert len(effects) == len(set(effects)), "a side effect happened twice"
+    assert ran <= set(effects)
+    final = _sweep(tmp_path, "", "resume", *_settling(tmp_path))
+    assert final.returncode == 0, final.stderr[-2000:]
+    assert all(status == "ok" for status, _ in json.loads(final.stdout.splitlines()[-1]).values())
+    effects = _effects(tmp_path)
+    assert sorted(effects) == sorted(set(effects)) and len(effects) == 100
+    with closing(sqlite3.connect(tmp_path / "runs.db")) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -37,6 +37,7 @@ from shoal.executors.base import Executor
 from shoal.executors.inline import InlineExecutor
 from shoal.executors.thread import DEFAULT_THREAD_WORKERS, ThreadExecutor
 from shoal.limits import Rate, parse_rate
+from shoal.merge import shown
 from shoal.outcome import Outcome, RunResult
 from shoal.plan import Node, Plan, Ref
 from shoal.scheduler.driver import Driver, Snapshot, epoch_now
@@ -975,7 +976,15 @@ def _sink_list(on_event: EventSink | Sequence[EventSink] | None) -> list[Callabl
         return []
     if callable(on_event):
         return [on_event]
-    return list(on_event)
+    if isinstance(on_event, str | bytes) or not isinstance(on_event, Iterable):
+        raise ConfigError(f"on_event= takes a callable or a list of them, got "
+                          f"{type(on_event).__name__} {shown(on_event)}")
+    sinks = list(on_event)
+    for sink in sinks:
+        if not callable(sink):
+            raise ConfigError(f"on_event= takes callables; one of them is "
+                              f"{type(sink).__name__} {shown(sink)}")
+    return sinks
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

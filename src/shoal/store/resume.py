@@ -12,6 +12,9 @@ For each node of the run, by what the journal says:
   until someone decides to run it again (``rerun_in_doubt``);
 * an ``in_doubt`` outcome from an earlier resume: still in doubt, unless named in
   ``rerun_in_doubt``;
+* an outcome other than a replayable ``ok`` (``failed``, ``skipped``, ``in_doubt`` ...) from an
+  earlier session, and an attempt of a later session that never ended: that later attempt
+  counts (in flight, as above), since the node ran again after the outcome was stored;
 * nothing at all: runs as it would have.
 
 A replayed call's effects (its board writes, :class:`~shoal.store.base.EffectRecord`) are
@@ -47,7 +50,14 @@ from shoal.exceptions import (
 )
 from shoal.outcome import Outcome
 from shoal.plan import Node
-from shoal.store.base import EffectRecord, RunRecord, Store, StoredEffect, StoredOutcome
+from shoal.store.base import (
+    AttemptRecord,
+    EffectRecord,
+    RunRecord,
+    Store,
+    StoredEffect,
+    StoredOutcome,
+)
 from shoal.store.fingerprint import plan_differences
 
 __all__ = ["Resumption", "prepare_resume", "standing_effects"]
@@ -135,7 +145,8 @@ def prepare_resume(store: Store, run_id: str, graph: Graph, description: Mapping
     changes = plan_differences(record.plan, description)
     if changes:
         raise PlanChangedError(run_id, changes)
-    open_attempts = {a.node_id: a for a in attempts if a.ended_at is None}
+    open_attempts = _in_flight(attempts)
+    stored = _superseded(stored, open_attempts)
     wanted, done = set(rerun_in_doubt), dict(mark_done or {})
     both = sorted(wanted & done.keys())
     if both:
@@ -181,6 +192,30 @@ def prepare_resume(store: Store, run_id: str, graph: Graph, description: Mapping
         raise ConfigError(f"{unknown} are not in doubt in run {run_id!r}, so they cannot be "
                           f"run again or marked done; in doubt: {sorted(doubtful) or 'none'}")
     return result
+
+
+def _in_flight(attempts: list[AttemptRecord]) -> dict[str, AttemptRecord]:
+    """The nodes whose latest attempt (of the latest session to run them) never ended."""
+    latest: dict[str, AttemptRecord] = {}
+    for attempt in attempts:
+        known = latest.get(attempt.node_id)
+        if known is None or (attempt.session, attempt.attempt) >= (known.session, known.attempt):
+            latest[attempt.node_id] = attempt
+    return {node_id: a for node_id, a in latest.items() if a.ended_at is None}
+
+
+def _superseded(stored: dict[str, StoredOutcome],
+                open_attempts: Mapping[str, AttemptRecord]) -> dict[str, StoredOutcome]:
+    """``stored`` without the outcomes a later session's attempt, still in flight, overtook.
+
+    A node that ended ``failed`` (or ``skipped``, ``in_doubt`` ...) in one session runs again
+    in the next; if that session stops with it in flight, the journal still holds the older
+    outcome, which is no longer what became of the node: it was in flight, and may have
+    taken effect. (A replayable ``ok`` outcome stands: a node that has one never runs again.)
+    """
+    return {node_id: known for node_id, known in stored.items()
+            if node_id not in open_attempts
+            or (known.outcome.status in _REPLAYED and known.replayable)}
 
 
 def _doubt(node: Node, stored: StoredOutcome | None, in_flight: bool,
