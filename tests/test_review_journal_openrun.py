@@ -360,3 +360,17 @@ def test_a_node_in_flight_when_a_resume_is_killed_is_in_doubt_not_run_again(tmp_
     assert sorted(effects) == sorted(set(effects)) and len(effects) == 100
     with closing(sqlite3.connect(tmp_path / "runs.db")) as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+@pytest.mark.parametrize("mark", ["user_version = 7", "application_id = 1179603539"])
+def test_an_empty_database_another_program_marked_as_its_own_is_not_taken(tmp_path: Path,
+                                                                          mark: str) -> None:
+    path = tmp_path / "theirs.db"
+    with closing(sqlite3.connect(path)) as db:
+        db.execute(f"PRAGMA {mark}")
+        db.commit()
+    before = path.read_bytes()
+    for read_only in (False, True):
+        with pytest.raises(StoreError, match="another program"):
+            SQLiteStore(path, read_only=read_only)
+    assert path.read_bytes() == before and _journal_mode(path) == "delete"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 from collections.abc import Callable, Generator, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -201,7 +202,8 @@ class OpenRun:
         if not self._closed:
             self._closed = True  # at once, so this thread's later adds are refused
             if not self._handle.done():
-                self._on_loop(self._handle.close)
+                with contextlib.suppress(RunClosedError):  # its loop is gone: nothing to close
+                    self._on_loop(self._handle.close)
 
     def __await__(self) -> Generator[Any, None, RunResult]:
         return self._finish().__await__()

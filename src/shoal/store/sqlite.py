@@ -299,6 +299,13 @@ class SQLiteStore:
     def _schema_version(self, db: _Bound) -> int | None:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if not tables:
+            # no tables, but marked by the program that made it (shoal never sets these)
+            marks = {name: db.execute(f"PRAGMA {name}").fetchone()[0]
+                     for name in ("user_version", "application_id")}
+            if any(marks.values()):
+                raise StoreError(f"{self.path!r} is a SQLite database of another program, not a "
+                                 f"shoal journal (it has no tables, but "
+                                 f"{', '.join(f'{k}={v}' for k, v in marks.items() if v)})")
             return None
         if "meta" not in tables:
             raise StoreError(f"{self.path!r} is a SQLite database but not a shoal journal "
