@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -374,3 +376,82 @@ def test_an_empty_database_another_program_marked_as_its_own_is_not_taken(tmp_pa
         with pytest.raises(StoreError, match="another program"):
             SQLiteStore(path, read_only=read_only)
     assert path.read_bytes() == before and _journal_mode(path) == "delete"
+
+
+_OPEN_RUN_SCRIPT = '''
+import asyncio, json, os, sys, time
+from pathlib import Path
+import shoal
+
+FOLDER = Path(os.environ["OPEN_RUN_DIR"])
+
+@shoal.tool
+def step(i: int, prev: int = 0) -> int:
+    """Append an effect each time it runs (not idempotent)."""
+    with (FOLDER / "effects").open("a") as out:
+        out.write(f"s{i}\\n"); out.flush(); os.fsync(out.fileno())
+    time.sleep(0.05)
+    return prev + i
+
+async def main(mode, rerun):
+    runtime = shoal.Runtime(store=str(FOLDER / "runs.db"))
+    opened = runtime.open_run(**({"resume": "or1", "rerun_in_doubt": rerun}
+                                if mode == "resume" else {"run_id": "or1"}))
+    async with opened as run:
+        prev = None
+        for i in range(30):
+            ref = run.call(step, node_id=f"s{i}", i=i,
+                           **({} if prev is None else {"prev": prev}))
+            prev = ref if i % 3 == 0 else prev
+            await asyncio.sleep(0.01)
+    print(json.dumps({o.node_id: o.status for o in run.result}))
+    await runtime.aclose()
+
+asyncio.run(main(sys.argv[1], sys.argv[2:]))
+'''
+
+
+def _open_run(folder: Path, *args: str, kill_at: int = 0) -> dict[str, str]:
+    """Run the open-run script; with ``kill_at``, SIGKILL it once that many effects exist."""
+    env = {**os.environ, "OPEN_RUN_DIR": str(folder), "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, str(folder / "script.py"), *args]
+    if not kill_at:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        found: dict[str, str] = json.loads(done.stdout.splitlines()[-1])
+        return found
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while len(_effects_of(folder)) < kill_at and proc.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    return {}
+
+
+def _effects_of(folder: Path) -> list[str]:
+    path = folder / "effects"
+    return path.read_text(encoding="utf-8").split() if path.exists() else []
+
+
+def test_an_open_run_killed_during_its_resume_holds_its_calls_in_flight_in_doubt(
+        tmp_path: Path) -> None:
+    (tmp_path / "script.py").write_text(_OPEN_RUN_SCRIPT, encoding="utf-8")
+    _open_run(tmp_path, "run", kill_at=8)
+    first = _open_run(tmp_path, "resume")
+    doubt = sorted(n for n, status in first.items() if status == "in_doubt")
+    assert doubt and any(s == "skipped" for s in first.values())
+    before = len(_effects_of(tmp_path))
+    # the person has those run again; this session dies with later nodes in flight
+    _open_run(tmp_path, "resume", *doubt, kill_at=before + len(doubt) + 6)
+    ran_then = _effects_of(tmp_path)
+    last = _open_run(tmp_path, "resume")
+    effects = _effects_of(tmp_path)
+    assert effects[:len(ran_then)] == ran_then
+    once = [e for e in effects if e not in doubt]  # those were run again as asked
+    assert len(once) == len(set(once)), f"a call ran twice: {effects}"
+    assert any(status == "in_doubt" for status in last.values())
