@@ -141,7 +141,7 @@ async def plus_one(x: int = 0) -> int:
 
 def test_a_node_added_and_the_run_closed_from_another_thread_wakes_the_loop() -> None:
     async def main() -> shoal.RunResult:
-        async with shoal.Runtime().open_run() as run:
+        async with shoal.Runtime() as runtime, runtime.open_run() as run:
             def feed() -> None:
                 run.call(plus_one, x=1, node_id="late")
                 run.close()
@@ -156,7 +156,7 @@ def test_a_node_added_and_the_run_closed_from_another_thread_wakes_the_loop() ->
 
 def test_threads_and_a_sync_tool_add_nodes_at_once_and_every_one_runs() -> None:
     async def main() -> shoal.RunResult:
-        async with shoal.Runtime().open_run() as run:
+        async with shoal.Runtime() as runtime, runtime.open_run() as run:
             @shoal.tool
             def spawner(count: int) -> int:
                 for i in range(count):  # on a worker thread, while the loop runs
@@ -180,7 +180,7 @@ def test_threads_and_a_sync_tool_add_nodes_at_once_and_every_one_runs() -> None:
 def test_a_refusal_reaches_the_thread_that_added_the_node() -> None:
     async def main() -> list[BaseException]:
         errors: list[BaseException] = []
-        async with shoal.Runtime().open_run() as run:
+        async with shoal.Runtime() as runtime, runtime.open_run() as run:
             run.call(plus_one, node_id="a")
 
             def clash() -> None:
@@ -208,7 +208,7 @@ def _refused(run: OpenRun) -> BaseException:
 
 def test_a_node_added_after_the_runs_loop_is_gone_is_refused() -> None:
     async def main() -> OpenRun:
-        async with shoal.Runtime().open_run() as run:
+        async with shoal.Runtime() as runtime, runtime.open_run() as run:
             run.call(plus_one)
         return run
 
@@ -455,3 +455,28 @@ def test_an_open_run_killed_during_its_resume_holds_its_calls_in_flight_in_doubt
     once = [e for e in effects if e not in doubt]  # those were run again as asked
     assert len(once) == len(set(once)), f"a call ran twice: {effects}"
     assert any(status == "in_doubt" for status in last.values())
+
+
+@pytest.mark.parametrize(("option", "match"), [
+    ({"rerun_in_doubt": "n1_2"}, r"list of node ids, got str 'n1_2' \(write \['n1_2'\]\)"),
+    ({"rerun_in_doubt": 5}, "list of node ids, got int"),
+    ({"rerun_in_doubt": [5]}, "by their ids"),
+    ({"mark_done": ["n1_2"]}, "mark_done takes a mapping"),
+    ({"mark_done": "n1_2"}, "mark_done takes a mapping"),
+    ({"mark_done": {5: "x"}}, "by their ids"),
+], ids=["rerun-text", "rerun-int", "rerun-int-item", "done-list", "done-text", "done-int-key"])
+def test_settling_calls_in_doubt_with_arguments_of_the_wrong_kind_is_a_config_error(
+        tmp_path: Path, option: dict[str, Any], match: str) -> None:
+    plan = shoal.Plan()
+    plan.call(plus_one, node_id="n1_2")
+    runtime = shoal.Runtime(store=tmp_path / "runs.db")
+    runtime.run_sync(plan, run_id="r")
+    with pytest.raises(shoal.ConfigError, match=match):
+        shoal.Runtime(store=tmp_path / "runs.db").resume_sync("r", plan, **option)
+
+    async def reopen() -> None:
+        async with shoal.Runtime(store=tmp_path / "runs.db").open_run(resume="r", **option):
+            pass
+
+    with pytest.raises(shoal.ConfigError, match=match):
+        asyncio.run(reopen())

@@ -48,7 +48,7 @@ from shoal.store.base import RunRecord, Store
 from shoal.store.claims import RunClaim, claim_run, claim_run_nothing
 from shoal.store.fingerprint import LazyDescription, describe_plan, fingerprint
 from shoal.store.open import StoreLike, open_store
-from shoal.store.resume import Resumption, prepare_resume
+from shoal.store.resume import Resumption, check_settling, prepare_resume
 from shoal.streaming import DEFAULT_BUFFER, EventStream, Started
 from shoal.tools import ISOLATIONS, Isolation
 
@@ -438,9 +438,10 @@ class Runtime:
         and :class:`~shoal.exceptions.ConfigError` for a ``run_id`` :func:`check_run_id` refuses.
         """
         self._check_ids(run_id, resume, within)
+        rerun = check_settling(rerun_in_doubt, mark_done)
         driver, claim = self._driver(
             plan, deadline, fail_fast, on_event, run_id,
-            _Journaling(resume, tuple(rerun_in_doubt), mark_done, source, force), lineage,
+            _Journaling(resume, rerun, mark_done, source, force), lineage,
             _Sharing(board, budget, within))
         task = asyncio.get_running_loop().create_task(self._drive(driver, claim))
         # a task cancelled before its first step never runs _drive: its end is told here
@@ -480,9 +481,10 @@ class Runtime:
                                "as 'async with runtime.open_run() as run: ...'") from None
         self._check_ids(run_id, resume, within)
         plan = Plan(name)
+        rerun = check_settling(rerun_in_doubt, mark_done)
         driver, claim = self._driver(
             plan, deadline, fail_fast, on_event, run_id,
-            _Journaling(resume, tuple(rerun_in_doubt), mark_done, {"open_run": True}, force),
+            _Journaling(resume, rerun, mark_done, {"open_run": True}, force),
             lineage, _Sharing(board, budget, within), open_run=True)
         task = loop.create_task(self._drive(driver, claim))
         # a task cancelled before its first step never runs _drive: its end is told here
@@ -572,9 +574,10 @@ class Runtime:
         (see :func:`check_run_id`), is refused with :class:`~shoal.exceptions.ConfigError`.
         """
         check_resume_id(self.store, run_id)
+        rerun = check_settling(rerun_in_doubt, mark_done)
         driver, claim = self._driver(plan, deadline, fail_fast, on_event, None,
-                                     _Journaling(run_id, tuple(rerun_in_doubt), mark_done,
-                                                 force=force), "", _Sharing(board, budget))
+                                     _Journaling(run_id, rerun, mark_done, force=force), "",
+                                     _Sharing(board, budget))
         return await self._drive(driver, claim)
 
     def resume_sync(self, run_id: str, plan: Plan, **options: Any) -> RunResult:

@@ -37,7 +37,7 @@ rows raises :class:`~shoal.exceptions.JournalDamagedError`: what they said canno
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -48,6 +48,7 @@ from shoal.exceptions import (
     PlanChangedError,
     RunNotFoundError,
 )
+from shoal.merge import shown
 from shoal.outcome import Outcome
 from shoal.plan import Node
 from shoal.store.base import (
@@ -60,7 +61,7 @@ from shoal.store.base import (
 )
 from shoal.store.fingerprint import plan_differences
 
-__all__ = ["Resumption", "prepare_resume", "standing_effects"]
+__all__ = ["Resumption", "check_settling", "prepare_resume", "standing_effects"]
 
 _REPLAYED = ("ok", "denied")
 
@@ -131,6 +132,8 @@ def prepare_resume(store: Store, run_id: str, graph: Graph, description: Mapping
     Raises :class:`RunNotFoundError`, :class:`PlanChangedError`, or :class:`ConfigError`
     when ``rerun_in_doubt`` or ``mark_done`` names a node that is not in doubt.
     """
+    asked, done = _settling(rerun_in_doubt, mark_done)
+    wanted = set(asked)
     record = store.get_run(run_id)
     if record is None:
         raise RunNotFoundError(run_id, _where(store))
@@ -147,7 +150,6 @@ def prepare_resume(store: Store, run_id: str, graph: Graph, description: Mapping
         raise PlanChangedError(run_id, changes)
     open_attempts = _in_flight(attempts)
     stored = _superseded(stored, open_attempts)
-    wanted, done = set(rerun_in_doubt), dict(mark_done or {})
     both = sorted(wanted & done.keys())
     if both:
         raise ConfigError(f"{both} cannot be both run again and marked done")
@@ -192,6 +194,38 @@ def prepare_resume(store: Store, run_id: str, graph: Graph, description: Mapping
         raise ConfigError(f"{unknown} are not in doubt in run {run_id!r}, so they cannot be "
                           f"run again or marked done; in doubt: {sorted(doubtful) or 'none'}")
     return result
+
+
+def check_settling(rerun_in_doubt: Any, mark_done: Any) -> tuple[str, ...]:
+    """The node ids of ``rerun_in_doubt``, once both it and ``mark_done`` are checked.
+
+    Raises :class:`ConfigError` for what is neither (see :func:`prepare_resume`).
+    """
+    return tuple(_settling(rerun_in_doubt, mark_done)[0])
+
+
+def _settling(rerun_in_doubt: Any, mark_done: Any) -> tuple[list[str], dict[str, Any]]:
+    """``rerun_in_doubt`` as a set of node ids and ``mark_done`` as a dict, checked.
+
+    Raises :class:`ConfigError` for anything else: a lone string would be taken for the
+    set of its characters, and a list for ``mark_done`` could not say each node's value.
+    """
+    if isinstance(rerun_in_doubt, str | bytes) or not isinstance(
+            rerun_in_doubt, Iterable | None):
+        raise ConfigError(f"rerun_in_doubt takes a list of node ids, got "
+                          f"{type(rerun_in_doubt).__name__} {shown(rerun_in_doubt)}"
+                          + (f" (write [{rerun_in_doubt!r}])"
+                             if isinstance(rerun_in_doubt, str) else ""))
+    wanted = list(rerun_in_doubt or ())
+    if mark_done is not None and not isinstance(mark_done, Mapping):
+        raise ConfigError(f"mark_done takes a mapping of node ids to the values they gave, "
+                          f"got {type(mark_done).__name__} {shown(mark_done)}")
+    done = dict(mark_done or {})
+    odd = [n for n in [*wanted, *done] if not isinstance(n, str)]
+    if odd:
+        raise ConfigError(f"rerun_in_doubt and mark_done name nodes by their ids (text), got "
+                          f"{', '.join(shown(n) for n in odd[:5])}")
+    return wanted, done
 
 
 def _in_flight(attempts: list[AttemptRecord]) -> dict[str, AttemptRecord]:
