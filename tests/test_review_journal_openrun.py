@@ -480,3 +480,21 @@ def test_settling_calls_in_doubt_with_arguments_of_the_wrong_kind_is_a_config_er
 
     with pytest.raises(shoal.ConfigError, match=match):
         asyncio.run(reopen())
+
+
+def test_another_programs_database_with_a_meta_table_like_shoals_is_not_taken(
+        tmp_path: Path) -> None:
+    path = tmp_path / "theirs.db"
+    with closing(sqlite3.connect(path)) as db:  # the same key/value convention, by chance
+        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        db.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+        db.execute("CREATE TABLE items (name TEXT)")
+        db.commit()
+    before = path.read_bytes()
+    for read_only in (False, True):
+        with pytest.raises(StoreError, match="lacks the tables"):
+            SQLiteStore(path, read_only=read_only)
+    assert path.read_bytes() == before and _journal_mode(path) == "delete"
+    with closing(sqlite3.connect(path)) as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    assert tables == {"meta", "items", "sqlite_autoindex_meta_1"}

@@ -103,6 +103,9 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_by_run ON events (run_id);
 """
 
+# the tables every journal has had since version 1 (effects came later: added on opening)
+_CORE_TABLES = {"meta", "runs", "attempts", "outcomes", "approvals", "cancels", "events"}
+
 _EFFECTS_TABLE = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS effects"):].split(";")[0]
 # Added to files written before attempts said which limit held them, and before attempts and
 # outcomes said where they ran (no version change: an older shoal reads the file as ever,
@@ -314,11 +317,16 @@ class SQLiteStore:
         if row is None:
             raise StoreError(f"{self.path!r} has no schema version; it is not a shoal journal")
         try:
-            return int(row[0])
+            version = int(row[0])
         except (TypeError, ValueError):
             raise JournalDamagedError(
                 self.path, [f"meta.schema_version: {_shown(row[0])} is not a version number"],
             ) from None
+        lacking = sorted(_CORE_TABLES - tables)
+        if lacking and version <= SCHEMA_VERSION:  # another program's 'meta', not ours
+            raise StoreError(f"{self.path!r} is not a shoal journal, or a damaged one: it has a "
+                             f"schema version but lacks the tables {lacking}")
+        return version
 
     @contextmanager
     def _tx(self) -> Iterator[_Bound]:
