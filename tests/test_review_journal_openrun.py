@@ -498,3 +498,34 @@ def test_another_programs_database_with_a_meta_table_like_shoals_is_not_taken(
     with closing(sqlite3.connect(path)) as db:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
     assert tables == {"meta", "items", "sqlite_autoindex_meta_1"}
+
+
+def test_an_open_run_given_the_wrong_kind_of_thing_says_what_it_takes() -> None:
+    async def main() -> list[str]:
+        said: list[str] = []
+        async with shoal.Runtime() as runtime, runtime.open_run() as run:
+            first = run.call(plus_one)
+            for wrong in (5, None, b"f#1"):
+                with pytest.raises(TypeError, match="named by a ref or its id") as caught:
+                    await run.wait(wrong)  # type: ignore[arg-type]
+                said.append(str(caught.value))
+            with pytest.raises(TypeError, match=r"cancel\(\) takes a ref"):
+                run.cancel(5)  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match=r"cancel\(\) takes a ref"):
+                run.cancel([first, 7])  # type: ignore[list-item]
+            with pytest.raises(shoal.ToolDefinitionError, match="got None"):
+                run.call(None)  # type: ignore[arg-type]
+            for args in ([1, 2], "x", _Hostile()):
+                with pytest.raises(TypeError, match="args must be a mapping"):
+                    run.add(plus_one, args)  # type: ignore[arg-type]
+            assert (await run.wait(first)).ok  # the run went on
+        assert len(run.result) == 1
+        return said
+
+    said = asyncio.run(main())
+    assert "got int 5" in said[0]
+    plan = shoal.Plan()  # a plan's own calls say the same
+    with pytest.raises(shoal.ToolDefinitionError, match="got None"):
+        plan.call(None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="args must be a mapping"):
+        plan.add(plus_one, [("x", 1)])  # type: ignore[arg-type]

@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from shoal.exceptions import PlanError, PlanProblem, RunClosedError, UpstreamFailedError
+from shoal.merge import shown
 from shoal.outcome import Outcome, RunResult
 from shoal.plan import Callee, MapSpec, Node, Plan, Ref, _item_arg, as_tool
 from shoal.streaming import DEFAULT_BUFFER, EventStream, Started
@@ -174,7 +175,7 @@ class OpenRun:
 
     async def wait(self, node: Ref | str) -> Outcome:
         """The outcome of a node of this run, once it has one."""
-        return await self._handle.outcome_of(node.node if isinstance(node, Ref) else node)
+        return await self._handle.outcome_of(_node_id(node))
 
     async def value(self, ref: Ref | str) -> Any:
         """The value ``ref`` stands for, once its node has ended.
@@ -235,3 +236,13 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
+
+
+def _node_id(node: object) -> str:
+    """The id ``node`` names: a :class:`Ref`'s node, or an id given as text."""
+    if isinstance(node, Ref):
+        return node.node
+    if not isinstance(node, str):
+        raise TypeError(f"a node of an open run is named by a ref or its id (text), got "
+                        f"{type(node).__name__} {shown(node)}")
+    return node

@@ -252,7 +252,13 @@ def _node_ids(node: Ref | str | Iterable[Ref | str]) -> list[str]:
         return [node.node]
     if isinstance(node, str):
         return [node]
-    return [n.node if isinstance(n, Ref) else n for n in node]
+    ids = [n.node if isinstance(n, Ref) else n for n in node] if isinstance(
+        node, Iterable) and not isinstance(node, bytes) else [node]
+    odd = [n for n in ids if not isinstance(n, str)]
+    if odd:
+        raise TypeError(f"cancel() takes a ref, a node id or several of them, got "
+                        f"{type(odd[0]).__name__} {shown(odd[0])}")
+    return ids
 
 
 class Runtime:
