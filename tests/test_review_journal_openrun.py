@@ -529,3 +529,19 @@ def test_an_open_run_given_the_wrong_kind_of_thing_says_what_it_takes() -> None:
         plan.call(None)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="args must be a mapping"):
         plan.add(plus_one, [("x", 1)])  # type: ignore[arg-type]
+
+
+def test_closing_an_open_runs_handle_from_another_thread_ends_the_run_at_once() -> None:
+    async def main() -> tuple[shoal.RunResult, float]:
+        async with shoal.Runtime() as runtime, runtime.open_run() as run:
+            run.call(plus_one, node_id="only")
+            await run.wait("only")
+            threading.Timer(0.2, run.handle.close).start()  # the handle's close, not the run's
+            began = time.monotonic()
+            # an idle loop wakes on its own only now and then: the close must wake it at once
+            result = await asyncio.wait_for(asyncio.shield(run.handle.as_future()), 30)
+            return result, time.monotonic() - began
+
+    result, took = asyncio.run(main())
+    assert result.ok and result["only"].value == 1
+    assert took < 2.5, f"the run ended {took:.1f} s after it was closed"

@@ -227,8 +227,22 @@ class RunHandle:
         self._driver.add(nodes)
 
     def close(self) -> None:
-        """An open run takes no more nodes; it ends once every node has ended."""
-        self._driver.close()
+        """An open run takes no more nodes; it ends once every node has ended.
+
+        Safe to call from any thread, as :meth:`cancel` is (handed to the run's loop).
+        """
+        if self._task.done():
+            return
+        loop = self._task.get_loop()
+        if _running_loop() is loop:
+            self._driver.close()
+            return
+        with contextlib.suppress(RuntimeError):  # a closed loop: the run is over anyway
+            loop.call_soon_threadsafe(self._close_soon)
+
+    def _close_soon(self) -> None:
+        if not self._task.done():
+            self._driver.close()
 
     def outcome_of(self, node_id: str) -> asyncio.Future[Outcome]:
         """A future for one node's outcome."""
