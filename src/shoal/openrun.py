@@ -18,11 +18,14 @@ again, or is held in doubt) by the usual rules of :mod:`shoal.store.resume`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Generator, Iterable, Mapping
+import concurrent.futures
+import contextlib
+from collections.abc import Callable, Generator, Iterable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from shoal.exceptions import PlanError, PlanProblem, RunClosedError, UpstreamFailedError
+from shoal.merge import shown
 from shoal.outcome import Outcome, RunResult
 from shoal.plan import Callee, MapSpec, Node, Plan, Ref, _item_arg, as_tool
 from shoal.streaming import DEFAULT_BUFFER, EventStream, Started
@@ -32,6 +35,8 @@ if TYPE_CHECKING:
     from shoal.runtime import RunHandle
 
 __all__ = ["OpenRun"]
+
+_T = TypeVar("_T")
 
 
 class OpenRun:
@@ -79,7 +84,8 @@ class OpenRun:
             args: Mapping[str, Any] | None = None, *,
             after: Ref | str | Iterable[Ref | str] = (), node_id: str | None = None) -> Ref:
         """Add a call with arguments given as a mapping; return a ref to its output."""
-        return self._insert(self._plan.make_node(tool, args, after=after, node_id=node_id))
+        return self._on_loop(lambda: self._insert(
+            self._plan.make_node(tool, args, after=after, node_id=node_id)))
 
     def map(self, tool: Callee, /, *, over: Ref,
             item_arg: str | None = None, partial: bool = False,
@@ -94,9 +100,9 @@ class OpenRun:
                             f"{type(over).__name__}")
         resolved = as_tool(tool)
         chosen = _item_arg(resolved, args, item_arg)
-        return self._insert(self._plan.make_node(
+        return self._on_loop(lambda: self._insert(self._plan.make_node(
             resolved, {**args, chosen: over}, after=after, node_id=node_id,
-            map_spec=MapSpec(chosen, partial)))
+            map_spec=MapSpec(chosen, partial))))
 
     def problems(self, tool: Callee, args: Mapping[str, Any] | None = None, *,
                  node_id: str) -> list[PlanProblem]:
@@ -104,8 +110,35 @@ class OpenRun:
 
         For a caller that must reserve something (a budget's slot) only for calls that fit.
         """
-        node = self._plan.make_node(tool, args, node_id=node_id)
-        return self._plan.node_problems(node)
+        return self._on_loop(lambda: self._plan.node_problems(
+            self._plan.make_node(tool, args, node_id=node_id)))
+
+    def _on_loop(self, work: Callable[[], _T]) -> _T:
+        """``work()`` on the run's event loop, whichever thread asks.
+
+        The run's state is its loop's alone, and a loop asleep in ``select`` is not woken by a
+        change made from another thread: a node added from there would never start (and the
+        run never end). So another thread hands ``work`` to the loop and waits for its answer.
+        """
+        loop = self._handle.as_future().get_loop()
+        if _running_loop() is loop:
+            return work()
+        if self._handle.done():
+            raise RunClosedError(f"open run {self.run_id} has ended: it takes no more nodes")
+        answer: concurrent.futures.Future[_T] = concurrent.futures.Future()
+
+        def there() -> None:
+            try:
+                answer.set_result(work())
+            except BaseException as exc:  # handed back to the thread that asked
+                answer.set_exception(exc)
+
+        try:
+            loop.call_soon_threadsafe(there)
+        except RuntimeError:  # its loop is closed: the run is long over
+            raise RunClosedError(f"open run {self.run_id} has ended: it takes no more "
+                                 "nodes") from None
+        return answer.result()
 
     def _insert(self, node: Node) -> Ref:
         if self._closed:
@@ -142,7 +175,7 @@ class OpenRun:
 
     async def wait(self, node: Ref | str) -> Outcome:
         """The outcome of a node of this run, once it has one."""
-        return await self._handle.outcome_of(node.node if isinstance(node, Ref) else node)
+        return await self._handle.outcome_of(_node_id(node))
 
     async def value(self, ref: Ref | str) -> Any:
         """The value ``ref`` stands for, once its node has ended.
@@ -166,10 +199,12 @@ class OpenRun:
         self.close()
 
     def close(self) -> None:
-        """Take no more nodes: the run ends once every node has ended."""
+        """Take no more nodes: the run ends once every node has ended (from any thread)."""
         if not self._closed:
-            self._closed = True
-            self._handle.close()
+            self._closed = True  # at once, so this thread's later adds are refused
+            if not self._handle.done():
+                with contextlib.suppress(RunClosedError):  # its loop is gone: nothing to close
+                    self._on_loop(self._handle.close)
 
     def __await__(self) -> Generator[Any, None, RunResult]:
         return self._finish().__await__()
@@ -193,3 +228,21 @@ class OpenRun:
         except asyncio.CancelledError:
             if exc is None:
                 raise
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, if any."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _node_id(node: object) -> str:
+    """The id ``node`` names: a :class:`Ref`'s node, or an id given as text."""
+    if isinstance(node, Ref):
+        return node.node
+    if not isinstance(node, str):
+        raise TypeError(f"a node of an open run is named by a ref or its id (text), got "
+                        f"{type(node).__name__} {shown(node)}")
+    return node

@@ -53,6 +53,7 @@ from shoal.agents.node import (
     run_observed,
 )
 from shoal.exceptions import ConfigError, ShoalError
+from shoal.merge import shown
 from shoal.outcome import RunResult
 from shoal.plan import Plan, Ref
 from shoal.policy import ToolPolicy
@@ -129,8 +130,8 @@ class Pattern:
     def __init__(self, name: str | None) -> None:
         self.name = self.kind if name is None else name
         if not isinstance(self.name, str) or not _NAME.match(self.name):
-            raise ConfigError(f"{self.kind} name {self.name!r} must be 1-64 letters, digits, '_' "
-                              "or '-' (it names the pattern's nodes and their lineage)")
+            raise ConfigError(f"{self.kind} name {shown(self.name)} must be 1-64 letters, digits, "
+                              "'_' or '-' (it names the pattern's nodes and their lineage)")
 
     # -- as a node --------------------------------------------------------------------------
 
@@ -182,6 +183,9 @@ class Pattern:
         """
         if run_id is not None:  # its inner runs are named under it by '/'
             check_run_id(run_id)
+        if runtime is not None and not isinstance(runtime, Runtime):
+            raise ConfigError(f"{self.kind} {self.name}: runtime= takes a shoal.Runtime, got "
+                              f"{type(runtime).__name__} {shown(runtime)}")
         own = runtime is None
         active = runtime if runtime is not None else Runtime()
         plan = Plan(name=self.name)
@@ -245,7 +249,8 @@ Step = Agent[Any] | Pattern
 
 def _check_step(owner: str, step: Any) -> Step:
     if not isinstance(step, Agent | Pattern):
-        raise ConfigError(f"{owner}: a step must be an Agent or a pattern, got {step!r}")
+        raise ConfigError(f"{owner}: a step must be an Agent or a pattern, got "
+                          f"{type(step).__name__} {shown(step)}")
     return step
 
 
@@ -399,6 +404,9 @@ class Reflect(Pattern):
         if isinstance(max_rounds, bool) or not isinstance(max_rounds, int) or max_rounds < 1:
             raise ConfigError(f"reflect {self.name}: max_rounds must be a whole number, 1 or "
                               f"more, got {max_rounds!r}")
+        if not isinstance(must_accept, bool):  # 'no' would be taken as true
+            raise ConfigError(f"reflect {self.name}: must_accept must be True or False, got "
+                              f"{shown(must_accept)}")
         self.max_rounds = max_rounds
         self.must_accept = must_accept
 
@@ -458,10 +466,21 @@ def verdict_of(review: Any, where: str = "") -> Verdict:
             return Verdict(accept=True, feedback=_ACCEPT.sub("", review, count=1).strip(" :.-\n*"))
         return Verdict(accept=False, feedback=review.strip())
     fields = review if isinstance(review, Mapping) else getattr(review, "__dict__", {})
-    if isinstance(fields.get("accept"), bool):
-        return Verdict(accept=fields["accept"], feedback=str(fields.get("feedback", "")))
+    if isinstance(fields, Mapping) and isinstance(fields.get("accept"), bool):
+        return Verdict(accept=fields["accept"], feedback=_feedback(fields.get("feedback", "")))
     raise PatternError(f"reflect {where}: the critic must answer a shoal.patterns.Verdict "
-                       f"(output_type=Verdict) or text starting with ACCEPT; got {review!r:.80}")
+                       f"(output_type=Verdict) or text starting with ACCEPT; got "
+                       f"{shown(review)}")
+
+
+def _feedback(value: Any) -> str:
+    """A look-alike verdict's feedback as text (a value whose ``__str__`` raises: its repr)."""
+    if isinstance(value, str):
+        return value
+    try:
+        return str(value)
+    except Exception:  # the critic's value's own code: the loop goes on, quoting it
+        return shown(value)
 
 
 def pipeline(*steps: Step, name: str | None = None) -> Pipeline:

@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, Protocol, TypeVar, cast
 
-from shoal.exceptions import PlanError, PlanProblem, ToolArgumentError
+from shoal.exceptions import PlanError, PlanProblem, ToolArgumentError, ToolDefinitionError
+from shoal.merge import shown
 from shoal.tools import Tool, tool
 
 __all__ = ["MapSpec", "Node", "Plan", "Ref", "find_refs"]
@@ -199,6 +200,8 @@ def as_tool(obj: Callee) -> Tool[..., Any]:
     """
     if isinstance(obj, Tool):
         return obj
+    if obj is None:  # tool(None) would be a decorator waiting for its function, not a tool
+        raise ToolDefinitionError("a tool wraps a function, got None")
     made = _wrapped.get(obj)  # type: ignore[arg-type]  # a miss for anything not a function
     if made is None:
         node = getattr(type(obj), "__shoal_node__", None)
@@ -311,6 +314,9 @@ class Plan:
         map_spec: MapSpec | None = None,
     ) -> Node:
         """A node for this plan (its id chosen, its refs found), not added yet (:meth:`insert`)."""
+        if args is not None and not isinstance(args, Mapping):
+            raise TypeError(f"args must be a mapping of argument names to values, got "
+                            f"{type(args).__name__} {shown(args)}")
         return self._make_node(tool, dict(args) if args else {}, after, node_id, map_spec)
 
     def _make_node(self, tool: Callee, arguments: dict[str, Any],

@@ -37,6 +37,7 @@ from shoal.executors.base import Executor
 from shoal.executors.inline import InlineExecutor
 from shoal.executors.thread import DEFAULT_THREAD_WORKERS, ThreadExecutor
 from shoal.limits import Rate, parse_rate
+from shoal.merge import shown
 from shoal.outcome import Outcome, RunResult
 from shoal.plan import Node, Plan, Ref
 from shoal.scheduler.driver import Driver, Snapshot, epoch_now
@@ -47,7 +48,7 @@ from shoal.store.base import RunRecord, Store
 from shoal.store.claims import RunClaim, claim_run, claim_run_nothing
 from shoal.store.fingerprint import LazyDescription, describe_plan, fingerprint
 from shoal.store.open import StoreLike, open_store
-from shoal.store.resume import Resumption, prepare_resume
+from shoal.store.resume import Resumption, check_settling, prepare_resume
 from shoal.streaming import DEFAULT_BUFFER, EventStream, Started
 from shoal.tools import ISOLATIONS, Isolation
 
@@ -226,8 +227,22 @@ class RunHandle:
         self._driver.add(nodes)
 
     def close(self) -> None:
-        """An open run takes no more nodes; it ends once every node has ended."""
-        self._driver.close()
+        """An open run takes no more nodes; it ends once every node has ended.
+
+        Safe to call from any thread, as :meth:`cancel` is (handed to the run's loop).
+        """
+        if self._task.done():
+            return
+        loop = self._task.get_loop()
+        if _running_loop() is loop:
+            self._driver.close()
+            return
+        with contextlib.suppress(RuntimeError):  # a closed loop: the run is over anyway
+            loop.call_soon_threadsafe(self._close_soon)
+
+    def _close_soon(self) -> None:
+        if not self._task.done():
+            self._driver.close()
 
     def outcome_of(self, node_id: str) -> asyncio.Future[Outcome]:
         """A future for one node's outcome."""
@@ -251,7 +266,13 @@ def _node_ids(node: Ref | str | Iterable[Ref | str]) -> list[str]:
         return [node.node]
     if isinstance(node, str):
         return [node]
-    return [n.node if isinstance(n, Ref) else n for n in node]
+    ids = [n.node if isinstance(n, Ref) else n for n in node] if isinstance(
+        node, Iterable) and not isinstance(node, bytes) else [node]
+    odd = [n for n in ids if not isinstance(n, str)]
+    if odd:
+        raise TypeError(f"cancel() takes a ref, a node id or several of them, got "
+                        f"{type(odd[0]).__name__} {shown(odd[0])}")
+    return ids
 
 
 class Runtime:
@@ -437,9 +458,10 @@ class Runtime:
         and :class:`~shoal.exceptions.ConfigError` for a ``run_id`` :func:`check_run_id` refuses.
         """
         self._check_ids(run_id, resume, within)
+        rerun = check_settling(rerun_in_doubt, mark_done)
         driver, claim = self._driver(
             plan, deadline, fail_fast, on_event, run_id,
-            _Journaling(resume, tuple(rerun_in_doubt), mark_done, source, force), lineage,
+            _Journaling(resume, rerun, mark_done, source, force), lineage,
             _Sharing(board, budget, within))
         task = asyncio.get_running_loop().create_task(self._drive(driver, claim))
         # a task cancelled before its first step never runs _drive: its end is told here
@@ -479,9 +501,10 @@ class Runtime:
                                "as 'async with runtime.open_run() as run: ...'") from None
         self._check_ids(run_id, resume, within)
         plan = Plan(name)
+        rerun = check_settling(rerun_in_doubt, mark_done)
         driver, claim = self._driver(
             plan, deadline, fail_fast, on_event, run_id,
-            _Journaling(resume, tuple(rerun_in_doubt), mark_done, {"open_run": True}, force),
+            _Journaling(resume, rerun, mark_done, {"open_run": True}, force),
             lineage, _Sharing(board, budget, within), open_run=True)
         task = loop.create_task(self._drive(driver, claim))
         # a task cancelled before its first step never runs _drive: its end is told here
@@ -571,9 +594,10 @@ class Runtime:
         (see :func:`check_run_id`), is refused with :class:`~shoal.exceptions.ConfigError`.
         """
         check_resume_id(self.store, run_id)
+        rerun = check_settling(rerun_in_doubt, mark_done)
         driver, claim = self._driver(plan, deadline, fail_fast, on_event, None,
-                                     _Journaling(run_id, tuple(rerun_in_doubt), mark_done,
-                                                 force=force), "", _Sharing(board, budget))
+                                     _Journaling(run_id, rerun, mark_done, force=force), "",
+                                     _Sharing(board, budget))
         return await self._drive(driver, claim)
 
     def resume_sync(self, run_id: str, plan: Plan, **options: Any) -> RunResult:
@@ -975,7 +999,15 @@ def _sink_list(on_event: EventSink | Sequence[EventSink] | None) -> list[Callabl
         return []
     if callable(on_event):
         return [on_event]
-    return list(on_event)
+    if isinstance(on_event, str | bytes) or not isinstance(on_event, Iterable):
+        raise ConfigError(f"on_event= takes a callable or a list of them, got "
+                          f"{type(on_event).__name__} {shown(on_event)}")
+    sinks = list(on_event)
+    for sink in sinks:
+        if not callable(sink):
+            raise ConfigError(f"on_event= takes callables; one of them is "
+                              f"{type(sink).__name__} {shown(sink)}")
+    return sinks
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

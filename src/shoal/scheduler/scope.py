@@ -89,6 +89,13 @@ class RunScope:
             from shoal.board import check_board
 
             check_board(self.board)
+        if self.budget is not None:  # so does a budget (not at its first agent's first turn)
+            from shoal.agents.budget import Budget
+            from shoal.merge import shown
+
+            if not isinstance(self.budget, Budget):
+                raise ConfigError(f"budget= takes a shoal.Budget(tokens=..., cost=..., ...), "
+                                  f"got {type(self.budget).__name__} {shown(self.budget)}")
 
     def where(self, node_id: str) -> str:
         """The lineage of a node of this run (``lead/reader#2``)."""

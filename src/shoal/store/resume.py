@@ -12,6 +12,9 @@ For each node of the run, by what the journal says:
   until someone decides to run it again (``rerun_in_doubt``);
 * an ``in_doubt`` outcome from an earlier resume: still in doubt, unless named in
   ``rerun_in_doubt``;
+* an outcome other than a replayable ``ok`` (``failed``, ``skipped``, ``in_doubt`` ...) from an
+  earlier session, and an attempt of a later session that never ended: that later attempt
+  counts (in flight, as above), since the node ran again after the outcome was stored;
 * nothing at all: runs as it would have.
 
 A replayed call's effects (its board writes, :class:`~shoal.store.base.EffectRecord`) are
@@ -34,7 +37,7 @@ rows raises :class:`~shoal.exceptions.JournalDamagedError`: what they said canno
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -45,12 +48,20 @@ from shoal.exceptions import (
     PlanChangedError,
     RunNotFoundError,
 )
+from shoal.merge import shown
 from shoal.outcome import Outcome
 from shoal.plan import Node
-from shoal.store.base import EffectRecord, RunRecord, Store, StoredEffect, StoredOutcome
+from shoal.store.base import (
+    AttemptRecord,
+    EffectRecord,
+    RunRecord,
+    Store,
+    StoredEffect,
+    StoredOutcome,
+)
 from shoal.store.fingerprint import plan_differences
 
-__all__ = ["Resumption", "prepare_resume", "standing_effects"]
+__all__ = ["Resumption", "check_settling", "prepare_resume", "standing_effects"]
 
 _REPLAYED = ("ok", "denied")
 
@@ -121,6 +132,8 @@ def prepare_resume(store: Store, run_id: str, graph: Graph, description: Mapping
     Raises :class:`RunNotFoundError`, :class:`PlanChangedError`, or :class:`ConfigError`
     when ``rerun_in_doubt`` or ``mark_done`` names a node that is not in doubt.
     """
+    asked, done = _settling(rerun_in_doubt, mark_done)
+    wanted = set(asked)
     record = store.get_run(run_id)
     if record is None:
         raise RunNotFoundError(run_id, _where(store))
@@ -135,8 +148,8 @@ def prepare_resume(store: Store, run_id: str, graph: Graph, description: Mapping
     changes = plan_differences(record.plan, description)
     if changes:
         raise PlanChangedError(run_id, changes)
-    open_attempts = {a.node_id: a for a in attempts if a.ended_at is None}
-    wanted, done = set(rerun_in_doubt), dict(mark_done or {})
+    open_attempts = _in_flight(attempts)
+    stored = _superseded(stored, open_attempts)
     both = sorted(wanted & done.keys())
     if both:
         raise ConfigError(f"{both} cannot be both run again and marked done")
@@ -181,6 +194,62 @@ def prepare_resume(store: Store, run_id: str, graph: Graph, description: Mapping
         raise ConfigError(f"{unknown} are not in doubt in run {run_id!r}, so they cannot be "
                           f"run again or marked done; in doubt: {sorted(doubtful) or 'none'}")
     return result
+
+
+def check_settling(rerun_in_doubt: Any, mark_done: Any) -> tuple[str, ...]:
+    """The node ids of ``rerun_in_doubt``, once both it and ``mark_done`` are checked.
+
+    Raises :class:`ConfigError` for what is neither (see :func:`prepare_resume`).
+    """
+    return tuple(_settling(rerun_in_doubt, mark_done)[0])
+
+
+def _settling(rerun_in_doubt: Any, mark_done: Any) -> tuple[list[str], dict[str, Any]]:
+    """``rerun_in_doubt`` as a set of node ids and ``mark_done`` as a dict, checked.
+
+    Raises :class:`ConfigError` for anything else: a lone string would be taken for the
+    set of its characters, and a list for ``mark_done`` could not say each node's value.
+    """
+    if isinstance(rerun_in_doubt, str | bytes) or not isinstance(
+            rerun_in_doubt, Iterable | None):
+        raise ConfigError(f"rerun_in_doubt takes a list of node ids, got "
+                          f"{type(rerun_in_doubt).__name__} {shown(rerun_in_doubt)}"
+                          + (f" (write [{rerun_in_doubt!r}])"
+                             if isinstance(rerun_in_doubt, str) else ""))
+    wanted = list(rerun_in_doubt or ())
+    if mark_done is not None and not isinstance(mark_done, Mapping):
+        raise ConfigError(f"mark_done takes a mapping of node ids to the values they gave, "
+                          f"got {type(mark_done).__name__} {shown(mark_done)}")
+    done = dict(mark_done or {})
+    odd = [n for n in [*wanted, *done] if not isinstance(n, str)]
+    if odd:
+        raise ConfigError(f"rerun_in_doubt and mark_done name nodes by their ids (text), got "
+                          f"{', '.join(shown(n) for n in odd[:5])}")
+    return wanted, done
+
+
+def _in_flight(attempts: list[AttemptRecord]) -> dict[str, AttemptRecord]:
+    """The nodes whose latest attempt (of the latest session to run them) never ended."""
+    latest: dict[str, AttemptRecord] = {}
+    for attempt in attempts:
+        known = latest.get(attempt.node_id)
+        if known is None or (attempt.session, attempt.attempt) >= (known.session, known.attempt):
+            latest[attempt.node_id] = attempt
+    return {node_id: a for node_id, a in latest.items() if a.ended_at is None}
+
+
+def _superseded(stored: dict[str, StoredOutcome],
+                open_attempts: Mapping[str, AttemptRecord]) -> dict[str, StoredOutcome]:
+    """``stored`` without the outcomes a later session's attempt, still in flight, overtook.
+
+    A node that ended ``failed`` (or ``skipped``, ``in_doubt`` ...) in one session runs again
+    in the next; if that session stops with it in flight, the journal still holds the older
+    outcome, which is no longer what became of the node: it was in flight, and may have
+    taken effect. (A replayable ``ok`` outcome stands: a node that has one never runs again.)
+    """
+    return {node_id: known for node_id, known in stored.items()
+            if node_id not in open_attempts
+            or (known.outcome.status in _REPLAYED and known.replayable)}
 
 
 def _doubt(node: Node, stored: StoredOutcome | None, in_flight: bool,

@@ -103,6 +103,9 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_by_run ON events (run_id);
 """
 
+# the tables every journal has had since version 1 (effects came later: added on opening)
+_CORE_TABLES = {"meta", "runs", "attempts", "outcomes", "approvals", "cancels", "events"}
+
 _EFFECTS_TABLE = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS effects"):].split(";")[0]
 # Added to files written before attempts said which limit held them, and before attempts and
 # outcomes said where they ran (no version change: an older shoal reads the file as ever,
@@ -163,8 +166,8 @@ class SQLiteStore:
         self._claims = LocalClaims()  # for ":memory:", which no other process can open
         # columns of _ADDED_COLUMNS that a file opened read-only lacks (older files: _setup)
         self._lacking: set[tuple[str, str]] = set()
-        if self.path != ":memory:" and not self.read_only:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        if self.path != ":memory:":
+            self._check_path()
         try:
             self._conn = self._connect(timeout)
         except sqlite3.Error as exc:
@@ -177,6 +180,28 @@ class SQLiteStore:
 
     def __repr__(self) -> str:
         return f"<SQLiteStore {self.path!r}>"
+
+    def _check_path(self) -> None:
+        """Refuse a path no journal file can be at, saying why (SQLite's own words are vague).
+
+        Also makes the file's folder (for writing), so a folder that cannot be made is a
+        :class:`StoreError` too, not an ``OSError`` from deep inside.
+        """
+        where = Path(self.path)
+        try:
+            if "\0" in self.path:
+                raise ValueError("a path cannot hold a NUL character")
+            if where.exists() and not where.is_file():
+                kind = ("a folder" if where.is_dir()
+                        else "not a regular file (a FIFO, socket or device)")
+                raise ValueError(f"it is {kind}; name a file, such as runs.db, instead")
+            if not self.read_only:
+                try:
+                    where.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise ValueError(f"its folder cannot be made ({exc})") from exc
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"cannot open the journal {self.path!r}: {exc}") from exc
 
     def _connect(self, timeout: float) -> sqlite3.Connection:
         """The connection: read-write, or (``read_only``) as read-only as the file needs."""
@@ -201,6 +226,9 @@ class SQLiteStore:
             self._check_readable()
             return
         try:
+            # before WAL mode is set (it stays set in the file): another program's database,
+            # or a newer shoal's journal, is refused without being changed at all
+            self._refuse_newer(self._schema_version(_Bound(self._conn)))
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
             with self._tx() as db:
@@ -211,9 +239,9 @@ class SQLiteStore:
                             db.execute(statement)
                     db.executemany("INSERT INTO meta VALUES (?, ?)", [
                         ("schema_version", str(SCHEMA_VERSION)), ("created_by", __version__)])
-                elif found > SCHEMA_VERSION:
-                    raise StoreVersionError(self.path, found, SCHEMA_VERSION)
-                else:  # a file from before calls had effects (board writes): add their table
+                else:
+                    self._refuse_newer(found)
+                    # a file from before calls had effects (board writes): add their table
                     db.execute(_EFFECTS_TABLE)
                     for table, column in self._lacks(db):  # or before newer columns
                         db.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT NOT NULL "
@@ -245,9 +273,13 @@ class SQLiteStore:
             raise self._unusable(exc) from exc
         if found is None:
             raise StoreError(f"{self.path!r} holds no shoal journal yet (it is empty)")
-        if found > SCHEMA_VERSION:
-            raise StoreVersionError(self.path, found, SCHEMA_VERSION)
+        self._refuse_newer(found)
         self._lacking = self._lacks(_Bound(self._conn))
+
+    def _refuse_newer(self, found: int | None) -> None:
+        """Raise :class:`StoreVersionError` for a file a newer shoal wrote."""
+        if found is not None and found > SCHEMA_VERSION:
+            raise StoreVersionError(self.path, found, SCHEMA_VERSION)
 
     @staticmethod
     def _lacks(db: _Bound) -> set[tuple[str, str]]:
@@ -270,6 +302,13 @@ class SQLiteStore:
     def _schema_version(self, db: _Bound) -> int | None:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if not tables:
+            # no tables, but marked by the program that made it (shoal never sets these)
+            marks = {name: db.execute(f"PRAGMA {name}").fetchone()[0]
+                     for name in ("user_version", "application_id")}
+            if any(marks.values()):
+                raise StoreError(f"{self.path!r} is a SQLite database of another program, not a "
+                                 f"shoal journal (it has no tables, but "
+                                 f"{', '.join(f'{k}={v}' for k, v in marks.items() if v)})")
             return None
         if "meta" not in tables:
             raise StoreError(f"{self.path!r} is a SQLite database but not a shoal journal "
@@ -278,11 +317,16 @@ class SQLiteStore:
         if row is None:
             raise StoreError(f"{self.path!r} has no schema version; it is not a shoal journal")
         try:
-            return int(row[0])
+            version = int(row[0])
         except (TypeError, ValueError):
             raise JournalDamagedError(
                 self.path, [f"meta.schema_version: {_shown(row[0])} is not a version number"],
             ) from None
+        lacking = sorted(_CORE_TABLES - tables)
+        if lacking and version <= SCHEMA_VERSION:  # another program's 'meta', not ours
+            raise StoreError(f"{self.path!r} is not a shoal journal, or a damaged one: it has a "
+                             f"schema version but lacks the tables {lacking}")
+        return version
 
     @contextmanager
     def _tx(self) -> Iterator[_Bound]:
