@@ -417,15 +417,17 @@ class AgentRun:
         if asking is None:  # only a turn in progress runs its node
             raise AssertionError(f"agent {self.lineage} has no model turn in progress")
         request, stream = asking.request, asking.stream
-        try:
+        if self.model.changes_requests:
             # a private copy per attempt, as the runtime gives any call: the model may
             # change it freely; the messages inside are immutable, shared, never copied
+            request = copy.deepcopy(request)
+        try:
             if asking.read is not None:
-                return await asking.read(copy.deepcopy(request))
+                return await asking.read(request)
             if stream is not None or self.ctx.wants_text:
-                return await self._streamed(copy.deepcopy(request), stream)
+                return await self._streamed(request, stream)
             return await self.ctx.gates.for_model(self.model).request(
-                self.model, copy.deepcopy(request), on_event=self._model_event)
+                self.model, request, on_event=self._model_event)
         except Exception as exc:  # kept whole: the outcome only keeps its type name
             asking.raised = exc
             raise

@@ -312,6 +312,13 @@ class Model(ABC):
     #: ``Agent(stream_dispatch=...)``); the default :meth:`stream` yields them at the end.
     streams_tool_calls: bool = False
 
+    #: Whether the model may change the requests it is given (assumed of any model). An agent
+    #: then gives it a private copy of each request (its tool schemas, settings and output
+    #: schema; the messages are immutable and shared), so that a change reaches no other turn,
+    #: run or agent definition. A model that only reads its requests says ``False`` and gets
+    #: the agent's request itself: no copy per turn, and nothing more to keep while it waits.
+    changes_requests: bool = True
+
     @abstractmethod
     async def request(self, request: ModelRequest) -> ModelResponse:
         """Send one request and return the whole response."""

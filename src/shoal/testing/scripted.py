@@ -47,6 +47,7 @@ never used or any request went unanswered.
 from __future__ import annotations
 
 import asyncio
+import copy
 import itertools
 import json
 import math
@@ -126,9 +127,14 @@ class ScriptedModel(Model):
     """
 
     streams_tool_calls = True
+    # it only reads its requests; a step that is a function gets a copy of its own (below)
+    changes_requests = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if ({"request", "stream"} & cls.__dict__.keys()
+                and "changes_requests" not in cls.__dict__):
+            cls.changes_requests = True  # its own code may change them
         if "request" in cls.__dict__ and "stream" not in cls.__dict__:
             # A subclass that changes request() (to be slow, to fail) streams through it,
             # as any model does by default, so the change applies to streamed turns too.
@@ -179,7 +185,7 @@ class ScriptedModel(Model):
         if self.latency:
             await asyncio.sleep(self.latency)
         step = self._step_for(request)
-        played = step(request) if callable(step) else step
+        played = step(copy.deepcopy(request)) if callable(step) else step
         response = self._response(played, request)
         waited = sum(item.seconds for item in _items(played) if isinstance(item, Pause))
         texts = [i for i in _items(played) if isinstance(i, str)] or [response.text]
@@ -199,7 +205,7 @@ class ScriptedModel(Model):
         if self.latency:
             await asyncio.sleep(self.latency)
         step = self._step_for(request)
-        played = step(request) if callable(step) else step
+        played = step(copy.deepcopy(request)) if callable(step) else step
         response = self._response(played, request)  # checks the step before anything streams
         items = _items(played)
         if not items:  # a str or ModelResponse step: text first, then the calls
