@@ -173,6 +173,8 @@ def error_text(name: str, outcome: Outcome) -> str:
 class _Counter:
     """Names calls ``tool#n``, counting per tool name (shared across an agent's turns)."""
 
+    __slots__ = ("counts",)
+
     def __init__(self, counts: dict[str, int] | None = None) -> None:
         self.counts = counts if counts is not None else {}
 
@@ -349,6 +351,11 @@ class CallStream:
     repeats the calls it had sent, and those already started stand (see :meth:`merged`).
     The other arguments are those of :func:`execute_calls`.
     """
+
+    # slots: a swarm holds one per agent whose turn is in flight
+    __slots__ = ("_by_name", "_counter", "_error_format", "_finished", "_lineage", "_lineages",
+                 "_on_reject", "_open_run", "_planned", "_prepare", "_records", "_run",
+                 "_shared", "_sink", "_stopped", "_turn", "taken")
 
     def __init__(self, tools: Iterable[Tool[..., Any]] | Mapping[str, Tool[..., Any]], *,
                  open_run: Opener, lineage: str = "", counts: dict[str, int] | None = None,
@@ -573,16 +580,22 @@ async def _nodes_settled(handle: RunHandle, node_ids: list[str],
     """The outcomes of some nodes of a run that goes on; whether the waiter was cancelled.
 
     If the waiter is cancelled meanwhile, those nodes are cancelled, and their outcomes are
-    still collected.
+    still collected. Each node's own outcome future is awaited as it is, with no shield: it
+    is this waiter's alone (a cancelled one is simply asked for again), and a turn's calls
+    mostly have their outcomes by the time the first is read, so they cost no wait at all.
     """
     outcomes: dict[str, Outcome] = {}
     cancelled = False
     for node_id in node_ids:
-        outcome, stopped = await _node_settled(handle, node_id)
-        if stopped and not cancelled:  # the others too: each still ends with an outcome
-            handle.cancel(node_ids, reason=_CANCELLED_WITH_AGENT)
-        cancelled = cancelled or stopped
-        outcomes[node_id] = outcome
+        while True:
+            future = handle.outcome_of(node_id)
+            try:
+                outcomes[node_id] = future.result() if future.done() else await future
+                break
+            except asyncio.CancelledError:  # the waiter: each node still ends with an outcome
+                if not cancelled:
+                    handle.cancel(node_ids, reason=_CANCELLED_WITH_AGENT)
+                cancelled = True
     return outcomes, cancelled
 
 
