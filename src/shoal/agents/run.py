@@ -390,7 +390,7 @@ class AgentRun:
         asking = self._asking = _Asking(request, stream, read, run.handle, node_id)
         ctx, handle = self.ctx, run.handle
         try:
-            run.add(self._model_tool, {"request_digest": digest}, node_id=node_id)
+            run.add_owned(self._model_tool, {"request_digest": digest}, node_id=node_id)
             ctx.track_handle(self.lineage, asking, turn=True)
             try:  # the node's own future, no shield: a swarm holds one per waiting agent
                 outcome = await handle.outcome_of(node_id)

@@ -269,7 +269,10 @@ class ScriptedModel(Model):
                        f"{_last(request)}")
         if advance:
             self._next += 1
-        self._used.setdefault(key, set()).add(index)
+        used = self._used.get(key)
+        if used is None:
+            used = self._used[key] = set()
+        used.add(index)
         return script[index]
 
     def _fail(self, message: str) -> NoReturn:
@@ -341,7 +344,11 @@ def _conversation(request: ModelRequest) -> tuple[str, int]:
     each joiner reply as an assistant turn, so its script alternates plans and joiner replies.
     """
     prompt = _first_prompt(request)
-    return prompt, sum(isinstance(m, AssistantMessage) for m in request.messages)
+    turn = 0
+    for message in request.messages:  # a loop, not sum() over a generator: once per request
+        if isinstance(message, AssistantMessage):
+            turn += 1
+    return prompt, turn
 
 
 def _first_prompt(request: ModelRequest) -> str:
@@ -358,6 +365,10 @@ def _last(request: ModelRequest) -> str:
 
 
 def _estimate(request: ModelRequest, response: ModelResponse) -> Usage:
-    sent = len(request.instructions) + sum(len(getattr(m, "content", "")) for m in request.messages)
-    said = len(response.text) + sum(len(c.arguments) + len(c.name) for c in response.tool_calls)
+    sent = len(request.instructions)
+    for message in request.messages:
+        sent += len(getattr(message, "content", ""))
+    said = len(response.text)
+    for tool_call in response.tool_calls:
+        said += len(tool_call.arguments) + len(tool_call.name)
     return Usage(input_tokens=sent // 4 + 1, output_tokens=said // 4 + 1, requests=1)
