@@ -23,6 +23,7 @@ import os
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 from shoal.agents.context import TreeContext
@@ -615,23 +616,25 @@ class AgentRun:
 
     def _bind_subagent(self, child: Agent[Any], template: Tool[..., Any],
                        where: str) -> Tool[..., Any]:
-        ctx, parent = self.ctx, self
+        # a partial, not a closure: two objects for each subagent waiting in its call, where
+        # a closure held a function, its closure tuple and a cell per name
+        return template.bound_to(partial(AgentRun._run_subagent, self, child, where))
 
-        async def run_subagent(task: str, shoal_node: NodeContext | None = None) -> Any:
-            child_run = AgentRun(child, ctx, lineage=where, depth=parent.depth + 1, prompt=task)
-            parent.result.children.append(child_run.result)
-            try:
-                result = await child_run.run()
-            finally:  # the call's outcome says where the subagent ran (a Ray node), ended or not
-                if shoal_node is not None:
-                    shoal_node.ran_on(child_run.result.where)
-            if result.status != "ok":
-                assert result.error is not None
-                raise result.error
-            output = result.output
-            return output if isinstance(output, str) else json.dumps(jsonable(output))
-
-        return template.bound_to(run_subagent)
+    async def _run_subagent(self, child: Agent[Any], where: str, task: str,
+                            shoal_node: NodeContext | None = None) -> Any:
+        """A subagent call's tool: run ``child`` at ``where`` on ``task``; its answer."""
+        child_run = AgentRun(child, self.ctx, lineage=where, depth=self.depth + 1, prompt=task)
+        self.result.children.append(child_run.result)
+        try:
+            result = await child_run.run()
+        finally:  # the call's outcome says where the subagent ran (a Ray node), ended or not
+            if shoal_node is not None:
+                shoal_node.ran_on(child_run.result.where)
+        if result.status != "ok":
+            assert result.error is not None
+            raise result.error
+        output = result.output
+        return output if isinstance(output, str) else json.dumps(jsonable(output))
 
     def _model_event(self, event: Event) -> None:
         """A retry or a starting server, from the gate or the model: on the tree's sinks."""
