@@ -297,8 +297,13 @@ class AgentRun:
                 # cancelled or over budget while the model answered (a final answer stands
                 # when only the requests limit was reached meanwhile: it came within the limit)
                 self.ctx.check(self.lineage, answered=not response.tool_calls)
-                if response.tool_calls:
-                    records = await self._tool_phase(response.tool_calls, stream)
+                if response.tool_calls:  # the tool phase: the turn's calls, as steps
+                    if stream is None:  # not streamed: the calls start now, all at once
+                        stream = self._call_stream(self.result.turns)
+                    # awaited here, not in a coroutine of its own: a swarm holds each agent's
+                    # frames for as long as its calls run
+                    records = await stream.finish(response.tool_calls, self.result.calls.extend)
+                    self._untrack_phase(stream)
                     messages.extend(record.message for record in records)
                     continue
                 if stream is not None:  # no calls: the turn had no tool phase
@@ -587,16 +592,6 @@ class AgentRun:
         if self._plan_handle is not None:
             self.ctx.untrack_handle(self.lineage, self._plan_handle)
             self._plan_handle = None
-
-    async def _tool_phase(self, calls: tuple[ToolCall, ...],
-                          stream: CallStream | None = None) -> list[CallRecord]:
-        """Run the turn's calls as nodes of the steps run; a record per call, in order."""
-        if stream is None:  # the calls start now, all at once
-            stream = self._call_stream(self.result.turns)
-        try:
-            return await stream.finish(calls, self.result.calls.extend)
-        finally:
-            self._untrack_phase(stream)
 
     def _prepare(self, index: int, call: ToolCall, tool: Tool[..., Any],
                  where: str) -> Tool[..., Any] | BaseException:

@@ -449,28 +449,43 @@ class CallStream:
         """
         for index in range(len(self.taken), len(calls)):
             self.add(index, calls[index])
-        self._finished = True
-        taken = list(self.taken)
+        self._finished = True  # from here on, ``taken`` and ``_planned`` stay as they are
+        cancelled = False
         try:
             if self._run is not None and self._shared is not None:  # this turn's nodes only
+                # waited for here, not in a coroutine of its own: a swarm holds the frames
+                # of each agent's tool phase for as long as its calls run
                 handle = self._run.handle
-                outcomes, cancelled = await _nodes_settled(handle, list(self._planned))
+                outcomes: dict[str, Outcome] = {}
+                for node_id in self._planned:
+                    while True:
+                        # the node's own future, no shield: it is this waiter's alone (a
+                        # cancelled one is asked for again), and mostly has its outcome
+                        # already by the time the turn's first call ended
+                        future = handle.outcome_of(node_id)
+                        try:
+                            outcomes[node_id] = (future.result() if future.done()
+                                                 else await future)
+                            break
+                        except asyncio.CancelledError:  # each node still ends with an outcome
+                            if not cancelled:
+                                handle.cancel(list(self._planned), reason=_CANCELLED_WITH_AGENT)
+                            cancelled = True
                 _fill_outcomes(outcomes, handle.started_at_epoch, self._planned,
-                               self._lineages, taken, self._records, self._turn)
-                if cancelled:
-                    raise asyncio.CancelledError
+                               self._lineages, self.taken, self._records, self._turn)
             elif self._run is not None:
                 self._run.close()
                 result, cancelled = await _settled(self._run.handle)
-                _fill(result, self._planned, self._lineages, taken, self._records)
-                if cancelled:
-                    raise asyncio.CancelledError
+                _fill(result, self._planned, self._lineages, self.taken, self._records)
+            if cancelled:
+                raise asyncio.CancelledError
         finally:
             if self._error_format is not None:
                 _reword(self._records, self._error_format)
+            records = [r for r in self._records if r is not None]
             if on_records is not None:
-                on_records([r for r in self._records if r is not None])
-        return [r for r in self._records if r is not None]
+                on_records(records)
+        return records
 
     async def abandon(self, reason: str,
                       on_records: Callable[[list[CallRecord]], None] | None = None) -> None:
@@ -573,30 +588,6 @@ async def _unshielded(waiting: asyncio.Future[T], stop: Callable[[], object],
                 stop()
             cancelled = True
     return waiting.result(), cancelled
-
-
-async def _nodes_settled(handle: RunHandle, node_ids: list[str],
-                         ) -> tuple[dict[str, Outcome], bool]:
-    """The outcomes of some nodes of a run that goes on; whether the waiter was cancelled.
-
-    If the waiter is cancelled meanwhile, those nodes are cancelled, and their outcomes are
-    still collected. Each node's own outcome future is awaited as it is, with no shield: it
-    is this waiter's alone (a cancelled one is simply asked for again), and a turn's calls
-    mostly have their outcomes by the time the first is read, so they cost no wait at all.
-    """
-    outcomes: dict[str, Outcome] = {}
-    cancelled = False
-    for node_id in node_ids:
-        while True:
-            future = handle.outcome_of(node_id)
-            try:
-                outcomes[node_id] = future.result() if future.done() else await future
-                break
-            except asyncio.CancelledError:  # the waiter: each node still ends with an outcome
-                if not cancelled:
-                    handle.cancel(node_ids, reason=_CANCELLED_WITH_AGENT)
-                cancelled = True
-    return outcomes, cancelled
 
 
 def _wake(waiter: asyncio.Future[None], _: object) -> None:
