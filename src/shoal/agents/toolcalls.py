@@ -179,8 +179,13 @@ class _Counter:
         self.counts = counts if counts is not None else {}
 
     def next(self, name: str) -> str:
-        self.counts[name] = self.counts.get(name, 0) + 1
-        return f"{name}#{self.counts[name]}"
+        return _next_name(self.counts, name)
+
+
+def _next_name(counts: dict[str, int], name: str) -> str:
+    """The next call of ``name``'s node name, ``tool#n``, counted in ``counts``."""
+    n = counts[name] = counts.get(name, 0) + 1
+    return f"{name}#{n}"
 
 
 async def execute_calls(
@@ -353,7 +358,7 @@ class CallStream:
     """
 
     # slots: a swarm holds one per agent whose turn is in flight
-    __slots__ = ("_by_name", "_counter", "_error_format", "_finished", "_lineage", "_lineages",
+    __slots__ = ("_by_name", "_counts", "_error_format", "_finished", "_lineage", "_lineages",
                  "_on_reject", "_open_run", "_planned", "_prepare", "_records", "_run",
                  "_shared", "_sink", "_stopped", "_turn", "taken")
 
@@ -364,7 +369,7 @@ class CallStream:
                  error_format: ToolErrorFormat | None = None,
                  shared: SharedRun | None = None, turn: int = 0) -> None:
         self._by_name = tools if isinstance(tools, dict) else tool_map(tools)  # only read
-        self._counter = _Counter(counts)
+        self._counts = counts if counts is not None else {}  # per tool, across turns
         self._open_run = open_run
         self._lineage = lineage
         self._prepare = prepare
@@ -400,7 +405,7 @@ class CallStream:
         self.taken.append(call)
         self._records.append(None)
         found = self._by_name.get(call.name)
-        where = _child(self._lineage, self._counter.next(call.name) if found
+        where = _child(self._lineage, _next_name(self._counts, call.name) if found
                        else f"{call.name}?")
         checked = _check(index, call, found, self._by_name, where, self._prepare)
         if isinstance(checked, CallRecord):
