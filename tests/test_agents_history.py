@@ -107,6 +107,63 @@ def test_a_model_that_changes_its_request_changes_no_other_turn_or_run() -> None
     assert dict(agent.settings.extra) == {"seed": 1}
 
 
+class Reader(shoal.Model):
+    """Only reads its requests, and says so: it gets the agent's own request, not a copy."""
+
+    name = "reader"
+    changes_requests = False
+
+    def __init__(self) -> None:
+        self.requests: list[ModelRequest] = []
+
+    async def request(self, request: ModelRequest) -> ModelResponse:
+        self.requests.append(request)
+        if len(self.requests) < 3:
+            return ModelResponse(tool_calls=(call("echo", text="x"),), usage=Usage(1, 1, 1))
+        return ModelResponse(text="done", usage=Usage(1, 1, 1))
+
+
+def test_a_model_that_only_reads_its_requests_gets_no_copy_per_turn() -> None:
+    model = Reader()
+    agent = shoal.Agent(name="lead", model=model, tools=[echo])
+    assert agent.run_sync("go").ok
+    # the definition's own schemas: no private copy was made for any of the three turns
+    assert all(r.tools is agent.tool_specs and r.settings is agent.settings
+               for r in model.requests)
+    assert Vandal.changes_requests  # the default: any model may change what it is given
+
+
+def test_a_scripted_step_function_gets_a_copy_of_its_own_to_change() -> None:
+    def scribble(request: ModelRequest) -> str:
+        request.tools[0].parameters["vandalised"] = True  # type: ignore[index]
+        request.settings.extra["vandalised"] = True  # type: ignore[index]
+        return "done"
+
+    model = shoal.testing.ScriptedModel([scribble, scribble])
+    assert not model.changes_requests  # the model itself only reads them
+    agent = shoal.Agent(name="lead", model=model, tools=[echo],
+                        settings=shoal.ModelSettings(extra={"seed": 1}), stream_dispatch=False)
+    assert agent.run_sync("go").ok
+    streamed = shoal.Agent(name="lead", model=model, tools=[echo])
+    assert streamed.run_sync("go").ok
+    for changed in (agent, streamed):
+        assert "vandalised" not in changed.tool_specs[0].parameters
+    assert dict(agent.settings.extra) == {"seed": 1}
+
+
+def test_a_scripted_model_whose_subclass_answers_itself_gets_copies_again() -> None:
+    class Scribbler(shoal.testing.ScriptedModel):
+        async def request(self, request: ModelRequest) -> ModelResponse:
+            request.tools[0].parameters["vandalised"] = True  # type: ignore[index]
+            return await super().request(request)
+
+    model = Scribbler(["done"])
+    assert model.changes_requests
+    agent = shoal.Agent(name="lead", model=model, tools=[echo])
+    assert agent.run_sync("go").ok
+    assert "vandalised" not in agent.tool_specs[0].parameters
+
+
 def test_deepcopy_of_a_request_shares_the_messages_and_copies_the_rest() -> None:
     messages = [UserMessage(f"m{i}") for i in range(1000)]
     request = ModelRequest("i", messages, tools=[ToolSpec("t", "d", {"type": "object"})],

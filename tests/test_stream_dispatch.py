@@ -375,3 +375,42 @@ def test_a_budget_breach_mid_stream_stops_the_started_calls() -> None:
     assert ended == pytest.approx(1.0, abs=0.01)
     assert result.status == "budget_exceeded"
     assert [r.status for r in result.calls] == ["cancelled"]
+
+
+def test_cancelling_the_task_that_waits_for_a_turns_calls_still_ends_each_call() -> None:
+    # the tool phase reads each call's outcome from its own future, unshielded: the waiter's
+    # cancellation (even repeated) must still cancel every call and wait for its outcome
+    stopped: list[str] = []
+
+    @shoal.tool
+    async def nap(key: str) -> str:
+        """Sleep long."""
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            stopped.append(key)
+            raise
+        return "slept"
+
+    model = ScriptedModel([[call("nap", key="a"), call("nap", key="b")], "never"])
+    agent: shoal.Agent[str] = shoal.Agent(name="lead", model=model, tools=[nap])
+    events: list[Any] = []
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        task = asyncio.ensure_future(agent.run("go", on_event=events.append))
+        await asyncio.sleep(1)  # both calls run; the agent waits for their outcomes
+        task.cancel()
+        await asyncio.sleep(0)
+        task.cancel()  # again, while the calls are being stopped
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return loop.time()
+
+    ended = run_virtual(main())
+    assert ended < 2  # not the calls' 10 s
+    assert sorted(stopped) == ["a", "b"]
+    finished = {e.node_id: e for e in events if isinstance(e, shoal.events.NodeFinished)
+                and e.tool == "nap"}
+    assert sorted(finished) == ["nap#1", "nap#2"]
+    assert {e.status for e in finished.values()} == {"cancelled"}

@@ -319,6 +319,10 @@ class Plan:
                             f"{type(args).__name__} {shown(args)}")
         return self._make_node(tool, dict(args) if args else {}, after, node_id, map_spec)
 
+    def make_owned_node(self, tool: Callee, arguments: dict[str, Any], node_id: str) -> Node:
+        """:meth:`make_node` for ``arguments`` made for this node alone: kept, not copied."""
+        return self._make_node(tool, arguments, (), node_id, None)
+
     def _make_node(self, tool: Callee, arguments: dict[str, Any],
                    after: Ref | str | Iterable[Ref | str], node_id: str | None,
                    map_spec: MapSpec | None) -> Node:

@@ -23,6 +23,7 @@ import os
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 from shoal.agents.context import TreeContext
@@ -65,7 +66,7 @@ from shoal.models.base import (
 )
 from shoal.models.base import TextDelta as TextPiece  # a model's stream item, not the event
 from shoal.openrun import OpenRun
-from shoal.outcome import jsonable
+from shoal.outcome import Outcome, jsonable
 from shoal.policy import ToolPolicy
 from shoal.runtime import RunHandle
 from shoal.scheduler import driver
@@ -296,8 +297,13 @@ class AgentRun:
                 # cancelled or over budget while the model answered (a final answer stands
                 # when only the requests limit was reached meanwhile: it came within the limit)
                 self.ctx.check(self.lineage, answered=not response.tool_calls)
-                if response.tool_calls:
-                    records = await self._tool_phase(response.tool_calls, stream)
+                if response.tool_calls:  # the tool phase: the turn's calls, as steps
+                    if stream is None:  # not streamed: the calls start now, all at once
+                        stream = self._call_stream(self.result.turns)
+                    # awaited here, not in a coroutine of its own: a swarm holds each agent's
+                    # frames for as long as its calls run
+                    records = await stream.finish(response.tool_calls, self.result.calls.extend)
+                    self._untrack_phase(stream)
                     messages.extend(record.message for record in records)
                     continue
                 if stream is not None:  # no calls: the turn had no tool phase
@@ -343,15 +349,40 @@ class AgentRun:
 
     async def answer(self, request: ModelRequest, stream: CallStream | None = None, *,
                      read: Reader | None = None, digest: str | None = None) -> ModelResponse:
-        """Ask the model for this turn (see :meth:`_model_step`); count its usage and say so.
+        """Ask the model for this turn, as a node of the steps run; count its usage, say so.
 
+        Running the request as a node puts the turn in the runtime's journal (the request's
+        digest in the node's id and argument, the response as its outcome): a resumed agent
+        gets its finished turns replayed instead of asked again, and a changed definition
+        (other instructions, tools or prompt make another request, so another digest) is
+        refused with :class:`~shoal.exceptions.PlanChangedError` before it is asked.
+
+        With a ``stream``, the reply is streamed and each complete call is handed to it at
+        once; the node's outcome is still the whole reply, so a resumed turn replays it and
+        its calls replay from the steps run's journal. When a sink asks for model text, the
+        reply is streamed too (its calls start when it ends); otherwise it is a plain request.
         ``read`` streams the reply itself (the planner reads plan text as it arrives);
         ``digest`` replaces the conversation digest, for requests whose messages do not
         extend the previous request's.
+
+        One coroutine, with the node added by :meth:`_model_step` (not a coroutine awaited
+        from here): a swarm holds a waiting turn's frames for each agent.
         """
         ctx, agent = self.ctx, self.agent
         began = ctx.now()
-        response = await self._model_step(request, stream, read=read, digest=digest)
+        asking = self._model_step(request, stream, read, digest)
+        handle, node_id = asking.handle, asking.node_id
+        try:
+            try:  # the node's own future, no shield: a swarm holds one per waiting agent
+                outcome = await handle.outcome_of(node_id)
+            except asyncio.CancelledError:  # the future went with the agent: stop the turn
+                handle.cancel(node_id, reason=_CANCELLED_WITH_AGENT)
+                await _node_settled(handle, node_id)  # its outcome is recorded, then go
+                raise
+        finally:
+            ctx.untrack_handle(self.lineage, asking)
+            self._asking = None
+        response = self._response_of(outcome, asking)
         usage = response.usage if response.usage.requests else _one_request(response.usage)
         self.result.own_usage = self.result.own_usage + usage
         if ctx.observed:
@@ -364,22 +395,9 @@ class AgentRun:
         ctx.tracker.add_usage(usage, self.lineage)
         return response
 
-    async def _model_step(self, request: ModelRequest, stream: CallStream | None = None, *,
-                          read: Reader | None = None, digest: str | None = None,
-                          ) -> ModelResponse:
-        """Ask the model, as a node of this run's steps run (see :meth:`_steps_run`).
-
-        Running the request as a node puts the turn in the runtime's journal (the request's
-        digest in the node's id and argument, the response as its outcome): a resumed agent
-        gets its finished turns replayed instead of asked again, and a changed definition
-        (other instructions, tools or prompt make another request, so another digest) is
-        refused with :class:`~shoal.exceptions.PlanChangedError` before it is asked.
-
-        With a ``stream``, the reply is streamed and each complete call is handed to it at
-        once; the node's outcome is still the whole reply, so a resumed turn replays it and
-        its calls replay from the steps run's journal. When a sink asks for model text, the
-        reply is streamed too (its calls start when it ends); otherwise it is a plain request.
-        """
+    def _model_step(self, request: ModelRequest, stream: CallStream | None,
+                    read: Reader | None, digest: str | None) -> _Asking:
+        """Add the turn's node to the steps run (see :meth:`_steps_run`); the turn in progress."""
         turn = self.result.turns
         if self._model_tool is None:  # bound once per run, not per turn (a tool is costly)
             self._model_tool = _MODEL_TURN.bound_to(self._ask_model)
@@ -388,19 +406,16 @@ class AgentRun:
         self._check_turn(turn, digest)
         node_id = f"model-{turn}:{digest}"
         asking = self._asking = _Asking(request, stream, read, run.handle, node_id)
-        ctx, handle = self.ctx, run.handle
         try:
-            run.add(self._model_tool, {"request_digest": digest}, node_id=node_id)
-            ctx.track_handle(self.lineage, asking, turn=True)
-            try:  # the node's own future, no shield: a swarm holds one per waiting agent
-                outcome = await handle.outcome_of(node_id)
-            except asyncio.CancelledError:  # the future went with the agent: stop the turn
-                handle.cancel(node_id, reason=_CANCELLED_WITH_AGENT)
-                await _node_settled(handle, node_id)  # its outcome is recorded, then go
-                raise
-        finally:
-            ctx.untrack_handle(self.lineage, asking)
+            run.add_owned(self._model_tool, {"request_digest": digest}, node_id=node_id)
+        except BaseException:
             self._asking = None
+            raise
+        self.ctx.track_handle(self.lineage, asking, turn=True)
+        return asking
+
+    def _response_of(self, outcome: Outcome, asking: _Asking) -> ModelResponse:
+        """The reply of a model turn's node, or the error it ended with, raised."""
         if outcome.status == "ok":
             return cast(ModelResponse, outcome.value)
         if asking.raised is not None:
@@ -411,51 +426,51 @@ class AgentRun:
                          str(outcome.error or outcome.reason or outcome.status))
 
     async def _ask_model(self, request_digest: str) -> ModelResponse:
-        """The model turn's node: ask the model for the request of the turn in progress."""
+        """The model turn's node: ask the model for the request of the turn in progress.
+
+        With a ``stream`` (or a sink that asks for text), the reply is streamed and each call
+        handed to the stream the moment it is complete; its text goes to the sinks that asked
+        for it, piece by piece, as it arrives. Read here, not in a coroutine of its own: a
+        swarm holds a waiting turn's frames for each agent.
+        """
         del request_digest
         asking = self._asking
         if asking is None:  # only a turn in progress runs its node
             raise AssertionError(f"agent {self.lineage} has no model turn in progress")
-        request, stream = asking.request, asking.stream
-        try:
+        request, stream, model = asking.request, asking.stream, self.model
+        if model.changes_requests:
             # a private copy per attempt, as the runtime gives any call: the model may
             # change it freely; the messages inside are immutable, shared, never copied
+            request = copy.deepcopy(request)
+        try:
             if asking.read is not None:
-                return await asking.read(copy.deepcopy(request))
-            if stream is not None or self.ctx.wants_text:
-                return await self._streamed(copy.deepcopy(request), stream)
-            return await self.ctx.gates.for_model(self.model).request(
-                self.model, copy.deepcopy(request), on_event=self._model_event)
+                return await asking.read(request)
+            gate = self.ctx.gates.for_model(model)
+            if stream is None and not self.ctx.wants_text:
+                return await gate.request(model, request, on_event=self._model_event)
+            response: ModelResponse | None = None
+            # the agent keeps only the whole reply, so text already streamed is no reason
+            # not to retry, as a plain request would be retried (a listener sees
+            # ModelRetrying, then the turn's text again from its start)
+            async for event in gate.stream(model, request, on_event=self._model_event,
+                                           retry_after_text=True):
+                if isinstance(event, ToolCallDone):
+                    if stream is not None:
+                        stream.add(event.index, event.call)
+                elif isinstance(event, ResponseDone):
+                    response = event.response
+                elif isinstance(event, TextPiece):
+                    self.text_streamed(event.text)
+            if response is None:
+                raise ModelError(model.name, "the stream ended without a complete reply")
+            if stream is None:
+                return response
+            calls = stream.merged(response.tool_calls)
+            return (response if calls == response.tool_calls
+                    else replace(response, tool_calls=calls))
         except Exception as exc:  # kept whole: the outcome only keeps its type name
             asking.raised = exc
             raise
-
-    async def _streamed(self, request: ModelRequest,
-                        stream: CallStream | None) -> ModelResponse:
-        """Stream the reply, handing each call to ``stream`` the moment it is complete.
-
-        Its text goes to the sinks that asked for it, piece by piece, as it arrives.
-        """
-        gate, model = self.ctx.gates.for_model(self.model), self.model
-        response: ModelResponse | None = None
-        # the agent keeps only the whole reply, so text already streamed is no reason not
-        # to retry, as a plain request would be retried (a listener sees ModelRetrying, then
-        # the turn's text again from its start)
-        async for event in gate.stream(model, request, on_event=self._model_event,
-                                       retry_after_text=True):
-            if isinstance(event, ToolCallDone):
-                if stream is not None:
-                    stream.add(event.index, event.call)
-            elif isinstance(event, ResponseDone):
-                response = event.response
-            elif isinstance(event, TextPiece):
-                self.text_streamed(event.text)
-        if response is None:
-            raise ModelError(model.name, "the stream ended without a complete reply")
-        if stream is None:
-            return response
-        calls = stream.merged(response.tool_calls)
-        return response if calls == response.tool_calls else replace(response, tool_calls=calls)
 
     def text_streamed(self, text: str) -> None:
         """Hand a piece of the reply's text to the sinks that asked for text."""
@@ -578,16 +593,6 @@ class AgentRun:
             self.ctx.untrack_handle(self.lineage, self._plan_handle)
             self._plan_handle = None
 
-    async def _tool_phase(self, calls: tuple[ToolCall, ...],
-                          stream: CallStream | None = None) -> list[CallRecord]:
-        """Run the turn's calls as nodes of the steps run; a record per call, in order."""
-        if stream is None:  # the calls start now, all at once
-            stream = self._call_stream(self.result.turns)
-        try:
-            return await stream.finish(calls, self.result.calls.extend)
-        finally:
-            self._untrack_phase(stream)
-
     def _prepare(self, index: int, call: ToolCall, tool: Tool[..., Any],
                  where: str) -> Tool[..., Any] | BaseException:
         """Refuse calls over the turn's fan-out; bind subagent calls to this tree."""
@@ -606,23 +611,25 @@ class AgentRun:
 
     def _bind_subagent(self, child: Agent[Any], template: Tool[..., Any],
                        where: str) -> Tool[..., Any]:
-        ctx, parent = self.ctx, self
+        # a partial, not a closure: two objects for each subagent waiting in its call, where
+        # a closure held a function, its closure tuple and a cell per name
+        return template.bound_to(partial(AgentRun._run_subagent, self, child, where))
 
-        async def run_subagent(task: str, shoal_node: NodeContext | None = None) -> Any:
-            child_run = AgentRun(child, ctx, lineage=where, depth=parent.depth + 1, prompt=task)
-            parent.result.children.append(child_run.result)
-            try:
-                result = await child_run.run()
-            finally:  # the call's outcome says where the subagent ran (a Ray node), ended or not
-                if shoal_node is not None:
-                    shoal_node.ran_on(child_run.result.where)
-            if result.status != "ok":
-                assert result.error is not None
-                raise result.error
-            output = result.output
-            return output if isinstance(output, str) else json.dumps(jsonable(output))
-
-        return template.bound_to(run_subagent)
+    async def _run_subagent(self, child: Agent[Any], where: str, task: str,
+                            shoal_node: NodeContext | None = None) -> Any:
+        """A subagent call's tool: run ``child`` at ``where`` on ``task``; its answer."""
+        child_run = AgentRun(child, self.ctx, lineage=where, depth=self.depth + 1, prompt=task)
+        self.result.children.append(child_run.result)
+        try:
+            result = await child_run.run()
+        finally:  # the call's outcome says where the subagent ran (a Ray node), ended or not
+            if shoal_node is not None:
+                shoal_node.ran_on(child_run.result.where)
+        if result.status != "ok":
+            assert result.error is not None
+            raise result.error
+        output = result.output
+        return output if isinstance(output, str) else json.dumps(jsonable(output))
 
     def _model_event(self, event: Event) -> None:
         """A retry or a starting server, from the gate or the model: on the tree's sinks."""

@@ -173,12 +173,19 @@ def error_text(name: str, outcome: Outcome) -> str:
 class _Counter:
     """Names calls ``tool#n``, counting per tool name (shared across an agent's turns)."""
 
+    __slots__ = ("counts",)
+
     def __init__(self, counts: dict[str, int] | None = None) -> None:
         self.counts = counts if counts is not None else {}
 
     def next(self, name: str) -> str:
-        self.counts[name] = self.counts.get(name, 0) + 1
-        return f"{name}#{self.counts[name]}"
+        return _next_name(self.counts, name)
+
+
+def _next_name(counts: dict[str, int], name: str) -> str:
+    """The next call of ``name``'s node name, ``tool#n``, counted in ``counts``."""
+    n = counts[name] = counts.get(name, 0) + 1
+    return f"{name}#{n}"
 
 
 async def execute_calls(
@@ -350,6 +357,11 @@ class CallStream:
     The other arguments are those of :func:`execute_calls`.
     """
 
+    # slots: a swarm holds one per agent whose turn is in flight
+    __slots__ = ("_by_name", "_counts", "_error_format", "_finished", "_lineage", "_lineages",
+                 "_on_reject", "_open_run", "_planned", "_prepare", "_records", "_run",
+                 "_shared", "_sink", "_stopped", "_turn", "taken")
+
     def __init__(self, tools: Iterable[Tool[..., Any]] | Mapping[str, Tool[..., Any]], *,
                  open_run: Opener, lineage: str = "", counts: dict[str, int] | None = None,
                  prepare: Preparer | None = None, on_event: EventSink | None = None,
@@ -357,7 +369,7 @@ class CallStream:
                  error_format: ToolErrorFormat | None = None,
                  shared: SharedRun | None = None, turn: int = 0) -> None:
         self._by_name = tools if isinstance(tools, dict) else tool_map(tools)  # only read
-        self._counter = _Counter(counts)
+        self._counts = counts if counts is not None else {}  # per tool, across turns
         self._open_run = open_run
         self._lineage = lineage
         self._prepare = prepare
@@ -393,7 +405,7 @@ class CallStream:
         self.taken.append(call)
         self._records.append(None)
         found = self._by_name.get(call.name)
-        where = _child(self._lineage, self._counter.next(call.name) if found
+        where = _child(self._lineage, _next_name(self._counts, call.name) if found
                        else f"{call.name}?")
         checked = _check(index, call, found, self._by_name, where, self._prepare)
         if isinstance(checked, CallRecord):
@@ -408,7 +420,7 @@ class CallStream:
         self._lineages[node_id] = where
         if self._run is None:
             self._run = self._open_run(self._sink)
-        self._run.add(tool, args, node_id=node_id)
+        self._run.add_owned(tool, args, node_id=node_id)  # validated afresh: its own
         self._planned[node_id] = index
         if self._shared is not None:
             stop = self._stopped if self._stopped is not None else self._shared.stop_reason()
@@ -442,28 +454,43 @@ class CallStream:
         """
         for index in range(len(self.taken), len(calls)):
             self.add(index, calls[index])
-        self._finished = True
-        taken = list(self.taken)
+        self._finished = True  # from here on, ``taken`` and ``_planned`` stay as they are
+        cancelled = False
         try:
             if self._run is not None and self._shared is not None:  # this turn's nodes only
+                # waited for here, not in a coroutine of its own: a swarm holds the frames
+                # of each agent's tool phase for as long as its calls run
                 handle = self._run.handle
-                outcomes, cancelled = await _nodes_settled(handle, list(self._planned))
+                outcomes: dict[str, Outcome] = {}
+                for node_id in self._planned:
+                    while True:
+                        # the node's own future, no shield: it is this waiter's alone (a
+                        # cancelled one is asked for again), and mostly has its outcome
+                        # already by the time the turn's first call ended
+                        future = handle.outcome_of(node_id)
+                        try:
+                            outcomes[node_id] = (future.result() if future.done()
+                                                 else await future)
+                            break
+                        except asyncio.CancelledError:  # each node still ends with an outcome
+                            if not cancelled:
+                                handle.cancel(list(self._planned), reason=_CANCELLED_WITH_AGENT)
+                            cancelled = True
                 _fill_outcomes(outcomes, handle.started_at_epoch, self._planned,
-                               self._lineages, taken, self._records, self._turn)
-                if cancelled:
-                    raise asyncio.CancelledError
+                               self._lineages, self.taken, self._records, self._turn)
             elif self._run is not None:
                 self._run.close()
                 result, cancelled = await _settled(self._run.handle)
-                _fill(result, self._planned, self._lineages, taken, self._records)
-                if cancelled:
-                    raise asyncio.CancelledError
+                _fill(result, self._planned, self._lineages, self.taken, self._records)
+            if cancelled:
+                raise asyncio.CancelledError
         finally:
             if self._error_format is not None:
                 _reword(self._records, self._error_format)
+            records = [r for r in self._records if r is not None]
             if on_records is not None:
-                on_records([r for r in self._records if r is not None])
-        return [r for r in self._records if r is not None]
+                on_records(records)
+        return records
 
     async def abandon(self, reason: str,
                       on_records: Callable[[list[CallRecord]], None] | None = None) -> None:
@@ -566,24 +593,6 @@ async def _unshielded(waiting: asyncio.Future[T], stop: Callable[[], object],
                 stop()
             cancelled = True
     return waiting.result(), cancelled
-
-
-async def _nodes_settled(handle: RunHandle, node_ids: list[str],
-                         ) -> tuple[dict[str, Outcome], bool]:
-    """The outcomes of some nodes of a run that goes on; whether the waiter was cancelled.
-
-    If the waiter is cancelled meanwhile, those nodes are cancelled, and their outcomes are
-    still collected.
-    """
-    outcomes: dict[str, Outcome] = {}
-    cancelled = False
-    for node_id in node_ids:
-        outcome, stopped = await _node_settled(handle, node_id)
-        if stopped and not cancelled:  # the others too: each still ends with an outcome
-            handle.cancel(node_ids, reason=_CANCELLED_WITH_AGENT)
-        cancelled = cancelled or stopped
-        outcomes[node_id] = outcome
-    return outcomes, cancelled
 
 
 def _wake(waiter: asyncio.Future[None], _: object) -> None:

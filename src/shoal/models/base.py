@@ -128,7 +128,8 @@ class AssistantMessage:
     role: Literal["assistant"] = "assistant"
 
     def __post_init__(self) -> None:
-        _frozen_tuple(self, "tool_calls")
+        if type(self.tool_calls) is not tuple:
+            _frozen_tuple(self, "tool_calls")
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,9 +225,14 @@ class ModelRequest:
     plan_tools: Sequence[ToolSpec] = ()
 
     def __post_init__(self) -> None:
-        _frozen_tuple(self, "messages")
-        _frozen_tuple(self, "tools")
-        _frozen_tuple(self, "plan_tools")
+        # the type checks inline: most requests hold tuples already (an agent's do), and a
+        # call per field was a good part of making one
+        if type(self.messages) is not tuple:
+            _frozen_tuple(self, "messages")
+        if type(self.tools) is not tuple:
+            _frozen_tuple(self, "tools")
+        if type(self.plan_tools) is not tuple:
+            _frozen_tuple(self, "plan_tools")
 
     def __deepcopy__(self, memo: dict[int, Any]) -> ModelRequest:
         tools, plan_tools = _specs_copy(self.tools, memo), _specs_copy(self.plan_tools, memo)
@@ -258,7 +264,8 @@ class ModelResponse:
     stop_reason: str = ""
 
     def __post_init__(self) -> None:
-        _frozen_tuple(self, "tool_calls")
+        if type(self.tool_calls) is not tuple:
+            _frozen_tuple(self, "tool_calls")
 
     def as_message(self) -> AssistantMessage:
         """The response as the assistant message that goes into the conversation."""
@@ -311,6 +318,13 @@ class Model(ABC):
     #: complete, before the reply ends. Agents then start each call at that moment (see
     #: ``Agent(stream_dispatch=...)``); the default :meth:`stream` yields them at the end.
     streams_tool_calls: bool = False
+
+    #: Whether the model may change the requests it is given (assumed of any model). An agent
+    #: then gives it a private copy of each request (its tool schemas, settings and output
+    #: schema; the messages are immutable and shared), so that a change reaches no other turn,
+    #: run or agent definition. A model that only reads its requests says ``False`` and gets
+    #: the agent's request itself: no copy per turn, and nothing more to keep while it waits.
+    changes_requests: bool = True
 
     @abstractmethod
     async def request(self, request: ModelRequest) -> ModelResponse:

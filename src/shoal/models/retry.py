@@ -181,7 +181,18 @@ class ModelGate:
             try:
                 await self.acquire()  # not an async context manager: one object less per reply
                 try:
-                    async for event in self._events(model, request, on_event):
+                    # the model's stream read here, not through a generator of its own: each
+                    # layer of ``async for`` costs every event of every reply a step more
+                    stream = aiter(model.stream(request))
+                    notices = notices_to(on_event)  # one for the reply, entered per step
+                    while True:
+                        # set around each step only: a generator's context must not stay
+                        # changed for its consumer while it is suspended
+                        with notices:
+                            try:
+                                event = await anext(stream)
+                            except StopAsyncIteration:
+                                break
                         sent_text = sent_text or (isinstance(event, TextDelta)
                                                   and not retry_after_text)
                         yield event
@@ -193,23 +204,6 @@ class ModelGate:
                 if sent_text or not _transient(exc) or failures > self.retry.retries:
                     raise
                 await asyncio.sleep(self._back_off(model, exc, failures, on_event))
-
-    @staticmethod
-    async def _events(model: Model, request: ModelRequest,
-                      on_event: EventCallback | None) -> AsyncIterator[StreamEvent]:
-        """The model's stream, with its notices going to ``on_event`` between our yields.
-
-        The context variable is set around each step only: a generator's context must not
-        stay changed for its consumer while it is suspended.
-        """
-        stream = aiter(model.stream(request))
-        while True:
-            with notices_to(on_event):
-                try:
-                    event = await anext(stream)
-                except StopAsyncIteration:
-                    return
-            yield event
 
     async def acquire(self) -> None:
         """Take a slot and wait until the gate is open: a request may go out now.

@@ -47,6 +47,7 @@ never used or any request went unanswered.
 from __future__ import annotations
 
 import asyncio
+import copy
 import itertools
 import json
 import math
@@ -126,9 +127,14 @@ class ScriptedModel(Model):
     """
 
     streams_tool_calls = True
+    # it only reads its requests; a step that is a function gets a copy of its own (below)
+    changes_requests = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if ({"request", "stream"} & cls.__dict__.keys()
+                and "changes_requests" not in cls.__dict__):
+            cls.changes_requests = True  # its own code may change them
         if "request" in cls.__dict__ and "stream" not in cls.__dict__:
             # A subclass that changes request() (to be slow, to fail) streams through it,
             # as any model does by default, so the change applies to streamed turns too.
@@ -179,7 +185,7 @@ class ScriptedModel(Model):
         if self.latency:
             await asyncio.sleep(self.latency)
         step = self._step_for(request)
-        played = step(request) if callable(step) else step
+        played = step(copy.deepcopy(request)) if callable(step) else step
         response = self._response(played, request)
         waited = sum(item.seconds for item in _items(played) if isinstance(item, Pause))
         texts = [i for i in _items(played) if isinstance(i, str)] or [response.text]
@@ -199,7 +205,7 @@ class ScriptedModel(Model):
         if self.latency:
             await asyncio.sleep(self.latency)
         step = self._step_for(request)
-        played = step(request) if callable(step) else step
+        played = step(copy.deepcopy(request)) if callable(step) else step
         response = self._response(played, request)  # checks the step before anything streams
         items = _items(played)
         if not items:  # a str or ModelResponse step: text first, then the calls
@@ -263,7 +269,10 @@ class ScriptedModel(Model):
                        f"{_last(request)}")
         if advance:
             self._next += 1
-        self._used.setdefault(key, set()).add(index)
+        used = self._used.get(key)
+        if used is None:
+            used = self._used[key] = set()
+        used.add(index)
         return script[index]
 
     def _fail(self, message: str) -> NoReturn:
@@ -335,7 +344,11 @@ def _conversation(request: ModelRequest) -> tuple[str, int]:
     each joiner reply as an assistant turn, so its script alternates plans and joiner replies.
     """
     prompt = _first_prompt(request)
-    return prompt, sum(isinstance(m, AssistantMessage) for m in request.messages)
+    turn = 0
+    for message in request.messages:  # a loop, not sum() over a generator: once per request
+        if isinstance(message, AssistantMessage):
+            turn += 1
+    return prompt, turn
 
 
 def _first_prompt(request: ModelRequest) -> str:
@@ -352,6 +365,10 @@ def _last(request: ModelRequest) -> str:
 
 
 def _estimate(request: ModelRequest, response: ModelResponse) -> Usage:
-    sent = len(request.instructions) + sum(len(getattr(m, "content", "")) for m in request.messages)
-    said = len(response.text) + sum(len(c.arguments) + len(c.name) for c in response.tool_calls)
+    sent = len(request.instructions)
+    for message in request.messages:
+        sent += len(getattr(message, "content", ""))
+    said = len(response.text)
+    for tool_call in response.tool_calls:
+        said += len(tool_call.arguments) + len(tool_call.name)
     return Usage(input_tokens=sent // 4 + 1, output_tokens=said // 4 + 1, requests=1)
