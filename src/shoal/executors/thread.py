@@ -166,8 +166,7 @@ class _Pool:
     the old pool's ``max_workers``, not the new one's (as a closed ``ThreadPoolExecutor``'s).
     """
 
-    __slots__ = ("__weakref__", "closed", "coming", "idle", "max_workers", "queue", "threads",
-                 "waiting")
+    __slots__ = ("closed", "coming", "idle", "max_workers", "queue", "threads", "waiting")
 
     def __init__(self, max_workers: int) -> None:
         self.max_workers = max_workers
