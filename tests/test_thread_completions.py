@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 
 import shoal
 from shoal.executors.thread import ThreadExecutor
-from tests.conftest import until
+from tests.conftest import until, wait_until
 
 CALLS = 40
 _barrier = threading.Barrier(CALLS)
@@ -125,28 +126,33 @@ def test_many_or_one_sync_calls_all_finish(n: int) -> None:
 
 def test_a_callback_that_raises_leaves_the_rest_of_its_batch_to_the_next_turn() -> None:
     """One caller's error (a KeyboardInterrupt, say) must not lose the other ends of a batch."""
-    from concurrent.futures import Future
+    from shoal.executors.base import Call
+    from shoal.executors.thread import PoolJob
 
-    from shoal.executors.thread import _Completions
+    @shoal.tool
+    def ident(i: int) -> int:
+        return i
 
     seen: list[int] = []
     errors: list[object] = []
 
-    def bad(_: Future[Any]) -> None:
-        raise RuntimeError("a caller's bug")
+    def on_end(job: PoolJob) -> None:
+        if job.value == 0:
+            raise RuntimeError("a caller's bug")
+        seen.append(job.value)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(lambda _, context: errors.append(context.get("exception")))
-        completions = _Completions(loop)
-        futures: list[Future[Any]] = [Future() for _ in range(3)]
-        completions.tell(bad, futures[0])
-        for future in futures[1:]:
-            completions.tell(lambda f: seen.append(f.result()), future)
-        for i, future in enumerate(futures):
-            future.set_result(i)
+        executor = ThreadExecutor(1)  # one thread: the calls end in order
+        calls = [(Call(i, f"n{i}", ident, {"i": i}, 1, "thread"), contextvars.copy_context())
+                 for i in range(3)]
+        jobs = executor.submit(calls, on_end)
+        # the loop is held until all three have ended: they are one batch
+        assert wait_until(lambda: all(job.ended for job in jobs), timeout=30.0)
         for _ in range(5):
             await asyncio.sleep(0)
+        await executor.close()
 
     asyncio.run(main())
     assert seen == [1, 2]

@@ -16,7 +16,7 @@ from typing import Any
 
 from shoal.exceptions import ToolDefinitionError
 
-__all__ = ["PLAIN_RESULTS", "call_on_thread", "unawaited_result"]
+__all__ = ["PLAIN_RESULTS", "call_on_thread", "stop_iteration_error", "unawaited_result"]
 
 #: Result types that are certainly not awaitables: checked by exact type first, as most are
 #: these (the driver checks them itself, saving a call per attempt).
@@ -69,4 +69,12 @@ def call_on_thread(fn: Callable[..., Any], args: dict[str, Any]) -> Any:
     try:
         return fn(**args)
     except StopIteration as exc:
+        raise stop_iteration_error(exc) from exc
+
+
+def stop_iteration_error(exc: StopIteration) -> RuntimeError:
+    """The error a tool that raised ``exc`` fails with (see :func:`call_on_thread`), chained."""
+    try:
         raise RuntimeError(f"the tool raised StopIteration({exc.value!r})") from exc
+    except RuntimeError as error:  # raised, so that it has a traceback as call_on_thread's
+        return error

@@ -41,7 +41,6 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
@@ -56,7 +55,7 @@ from shoal.executors._results import PLAIN_RESULTS as _PLAIN
 from shoal.executors._results import unawaited_result
 from shoal.executors.base import Call, Executor
 from shoal.executors.inline import InlineExecutor
-from shoal.executors.thread import ThreadExecutor
+from shoal.executors.thread import PoolJob, ThreadExecutor
 from shoal.instrumentation import RunObserver
 from shoal.outcome import ErrorInfo, Outcome, RunResult
 from shoal.plan import _ITEM_ID, Node
@@ -222,12 +221,12 @@ class Driver:
         self._burst_due = False  # a burst continues on the next loop turn
         # id(tool) -> its function's code, whether its calls run at once
         self._quick: dict[int, tuple[object, bool]] = {}
-        # position -> the pool and future of a sync call handed to the thread pool without a
+        # position -> the pool and job of a sync call handed to the thread pool without a
         # task (see _pool_now); positions of such calls stopped, whose end is on its way
-        self._on_pool: dict[int, tuple[ThreadExecutor, Future[Any]]] = {}
+        self._on_pool: dict[int, tuple[ThreadExecutor, PoolJob]] = {}
         self._stopped_late: set[int] = set()
-        # sync calls to hand to the pool on the next loop turn, all at once (see _submit)
-        self._to_pool: list[tuple[Call, ThreadExecutor, contextvars.Context]] = []
+        # sync calls to hand to each pool on the next loop turn, all at once (see _submit)
+        self._to_pool: dict[ThreadExecutor, list[tuple[Call, contextvars.Context]]] = {}
         self._hosts: dict[str, str] = {}  # backend -> where its calls run (see _here)
         self._context: contextvars.Context | None = None  # the driver's (see _attempt)
         self._settling: dict[int, list[Settles]] = {}  # position -> its attempt's board handles
@@ -536,7 +535,10 @@ class Driver:
                 pool = self._pool_now(call)
                 if pool is not None:
                     self._tasks[call.pos] = (None, call)
-                    to_pool.append((call, pool, contextvars.copy_context()))
+                    queued = to_pool.get(pool)
+                    if queued is None:
+                        queued = to_pool[pool] = []
+                    queued.append((call, contextvars.copy_context()))
                     continue
             attempt = self._attempt(call, barrier)
             task = (self._loop.create_task(attempt) if observer is None  # not instrumented
@@ -595,53 +597,66 @@ class Driver:
         return None
 
     def _submit(self) -> None:
-        """Hand the sync calls started since the last turn to the pool, one after another.
+        """Hand the sync calls started since the last turn to their pool, all at once.
 
         Not as each starts: a batch of ends, each starting a call, would wake a pool thread
         per call while the loop still works through the batch, and the loop and the threads
         would take the GIL from each other call by call.
         """
-        batch, self._to_pool = self._to_pool, []
-        for call, pool, context in batch:
-            if self._at_once_stopped and call.pos in self._at_once_stopped:
-                self._at_once.append((call, context))  # reported cancelled, never run
-            else:
-                try:
-                    future = pool.submit(call, context, partial(self._pool_ended, call))
-                except Exception as exc:  # the pool refused it: its outcome, as from its task
-                    assert self._context is not None
+        batch, self._to_pool = self._to_pool, {}
+        for pool, calls in batch.items():
+            if self._at_once_stopped:
+                calls = self._not_stopped(calls)
+            try:
+                jobs = pool.submit(calls, self._pool_ended)
+            except Exception as exc:  # the pool refused them: their outcome, as from a task
+                assert self._context is not None
+                for call, _ in calls:
                     self._context.run(self._report, self._attempt_done, call,
                                       AttemptResult("failed", error=exc))
-                    continue
-                self._on_pool[call.pos] = (pool, future)
+                continue
+            on_pool = self._on_pool
+            for job in jobs:
+                on_pool[job.call.pos] = (pool, job)
         if self._at_once and not self._bursting and not self._burst_due:
             self._burst()
 
-    def _pool_ended(self, call: Call, future: Future[Any]) -> None:
-        """A call handed to the pool without a task ended: report it as its task would have."""
-        on_pool = self._on_pool.get(call.pos)
-        if on_pool is None or on_pool[1] is not future:  # stopped: reported already
-            return
-        if future.cancelled():
-            result = AttemptResult("cancelled")
-        else:
-            error = future.exception()
-            if error is None:
-                value = future.result()
-                if type(value) in _PLAIN:  # most calls: no result object (see _returned)
-                    del self._on_pool[call.pos]
-                    assert self._context is not None
-                    self._context.run(self._report, self._returned, call, value)
-                    return
-                unawaited = unawaited_result(call.tool.name, value)
-                result = (AttemptResult("ok", value) if unawaited is None
-                          else AttemptResult("failed", error=unawaited))
-            elif isinstance(error, asyncio.CancelledError):
-                result = AttemptResult("cancelled", abandoned=call.abandoned)
-            elif isinstance(error, KeyboardInterrupt):
-                raise error  # as from its task; the run's stop reports the call cancelled
+    def _not_stopped(self, calls: list[tuple[Call, contextvars.Context]]
+                     ) -> list[tuple[Call, contextvars.Context]]:
+        """The calls not cancelled before they were handed over; those are reported, not run."""
+        kept = []
+        for call, context in calls:
+            if call.pos in self._at_once_stopped:
+                self._at_once.append((call, context))  # reported cancelled, never run
             else:
-                result = AttemptResult("failed", error=error)
+                kept.append((call, context))
+        return kept
+
+    def _pool_ended(self, job: PoolJob) -> None:
+        """A call handed to the pool without a task ended: report it as its task would have."""
+        call = job.call
+        on_pool = self._on_pool.get(call.pos)
+        if on_pool is None or on_pool[1] is not job:  # stopped: reported already
+            return
+        error = job.error
+        if job.cancelled:  # its pool closed before a thread took it
+            result = AttemptResult("cancelled")
+        elif error is None:
+            value = job.value
+            if type(value) in _PLAIN:  # most calls: no result object (see _returned)
+                del self._on_pool[call.pos]
+                assert self._context is not None
+                self._context.run(self._report, self._returned, call, value)
+                return
+            unawaited = unawaited_result(call.tool.name, value)
+            result = (AttemptResult("ok", value) if unawaited is None
+                      else AttemptResult("failed", error=unawaited))
+        elif isinstance(error, asyncio.CancelledError):
+            result = AttemptResult("cancelled", abandoned=call.abandoned)
+        elif isinstance(error, KeyboardInterrupt):
+            raise error  # as from its task; the run's stop reports the call cancelled
+        else:
+            result = AttemptResult("failed", error=error)
         del self._on_pool[call.pos]
         assert self._context is not None
         self._context.run(self._report, self._attempt_done, call, result)
@@ -851,8 +866,8 @@ class Driver:
     def _stop_taskless(self, pos: int, call: Call) -> None:
         on_pool = self._on_pool.pop(pos, None)
         if on_pool is not None:  # on the pool: cancelled if no thread has it, else abandoned
-            pool, future = on_pool
-            pool.stop(call, future)
+            pool, job = on_pool
+            pool.stop(call, job)
             assert self._loop is not None
             self._stopped_late.add(pos)
             self._loop.call_soon(self._stopped_end, call,
