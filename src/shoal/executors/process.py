@@ -58,6 +58,16 @@ time (a spawn blocks the event loop until the child has exec'd; the template for
 time), so a Ctrl-C or a cancellation is handled between starts rather than after all of them.
 A template exits when its socket to the parent hangs up, so it is no orphan either. POSIX only.
 
+**Event loops.** A worker's pipes and the template's socket are served by the event loop that
+opened them, so a pool used by several loops at once (threads, each running runs on one
+runtime) keeps a *lane* per loop: its workers, its template, what its callers wait on. Each
+call runs in a worker of its own loop and its result comes back there; ``max_workers`` counts
+the workers of every loop, and a loop that needs room has another loop stop one of its idle
+workers (on that loop; from here if it has stopped). :meth:`ProcessExecutor.leave` ends a
+loop's lane as the loop ends, :meth:`ProcessExecutor.close` every lane (each on its own loop
+while it runs), and the lane of a loop that closed without either is ended from the next loop
+to use the pool.
+
 **Pids.** A worker is signalled through a :class:`~shoal.executors._process_ref.ProcessRef`
 (a pidfd, or its start time where there are none), never by its bare pid: a pid that was
 reaped may belong to another process by then. A worker that has ended stays unreaped (a
