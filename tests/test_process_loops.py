@@ -184,7 +184,7 @@ def slow_square_here(x: int) -> int:
     return x * x
 
 
-@pytest.mark.parametrize("target", [slow_square, slow_square_here])
+@pytest.mark.parametrize("target", [slow_square, slow_square_here], ids=["process", "thread"])
 def test_run_sync_from_two_threads_at_once_sharing_the_worker_cap(target: Any) -> None:
     """The runs share the cap on workers (a gate of the runtime): one freeing a place wakes
     the other's loop, another thread's, which would otherwise sleep on."""
