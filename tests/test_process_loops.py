@@ -89,6 +89,8 @@ def test_two_loops_at_once_each_keep_their_workers_and_get_their_own_results(
             assert all(alive(pid) for pid in first), "a worker of this loop was dropped"
             await asyncio.to_thread(both_going.wait)  # neither loop leaves under the other
             await executor.leave()
+            # killed: a tool's pid is not always the worker's own (a spawned worker runs
+            # tools below a stand-in), and a killed process takes a moment to end
             gone = await asyncio.to_thread(
                 wait_until, lambda: not any(alive(pid) for pid in first), timeout=5.0)
             assert gone, "this loop's workers outlived leave()"
