@@ -237,3 +237,29 @@ def test_a_loop_that_ends_without_leaving_has_its_workers_ended_by_another() -> 
     assert asyncio.run(second()) == 16
     assert wait_until(lambda: not alive(pid), timeout=5.0)
     gc.collect()  # the warnings about the first loop's transports stay with this test
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_worker_that_started_while_its_loop_left_is_still_ended_by_close(method: str) -> None:
+    executor = ProcessExecutor(2, start_method=method)
+
+    async def main() -> list[int]:
+        call = a_call(pt.pid)
+        preparing = asyncio.ensure_future(executor.prepare(call))
+        await asyncio.sleep(0)  # the start is under way
+        await executor.leave()
+        try:
+            await preparing
+            await executor.execute(call)
+        except Exception:  # the template was stopped under the start: no worker came of it
+            return []
+        workers = executor.worker_pids
+        try:
+            assert len(workers) == 1  # in the books, not lost
+        finally:
+            await executor.close()
+        assert executor.worker_pids == []
+        return workers
+
+    workers = asyncio.run(main())
+    assert wait_until(lambda: not any(alive(pid) for pid in workers), timeout=5.0)

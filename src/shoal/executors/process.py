@@ -995,7 +995,14 @@ class ProcessExecutor(Executor):
             raise
         with self._books:
             self._starting -= 1
-            lane.live.add(worker)
+            # The loop's lane, made again if leave() ended it while this worker started: the
+            # worker stays in the books, for close() to end (its pipes are this loop's still)
+            current = self._lanes.setdefault(lane.loop, lane)
+            if current is lane and lane.template is not None and (
+                    lane.template not in self._templates):
+                self._templates.append(lane.template)
+            worker.lane = current
+            current.live.add(worker)
         self.workers_started += 1
         return worker
 
