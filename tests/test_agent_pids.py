@@ -28,16 +28,16 @@ from shoal.agents.remote import ProcessChannel
 from shoal.executors import process
 from shoal.executors._template import fork_supported
 from shoal.executors.process import worker_env
-from tests.conftest import arun, until, wait_until
-from tests.conftest import pid_gone as gone
-from tests.test_process_pids import (
+from tests._pids import (
     a_zombie,
     alive,
-    can_choose_pids,
     free,
+    needs_pid_choice,
     newcomers,
     take_pid,
 )
+from tests.conftest import arun, until, wait_until
+from tests.conftest import pid_gone as gone
 
 __all__ = ["newcomers"]  # the fixture, for the tests below
 
@@ -46,8 +46,6 @@ pytestmark = pytest.mark.usefixtures("no_child_process_leak")
 ROOT = Path(__file__).resolve().parents[1]
 SLOW = 60.0
 
-needs_pid_choice = pytest.mark.skipif(
-    not can_choose_pids(), reason="setting the next pid (ns_last_pid) needs CAP_SYS_ADMIN")
 needs_pidfds = pytest.mark.skipif(not process._PIDFDS, reason="no pidfds here (Linux 5.3+)")
 
 

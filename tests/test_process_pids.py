@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,82 +26,27 @@ from shoal.executors._reaper import kill_tree
 from shoal.executors.base import Call
 from shoal.executors.process import ProcessExecutor
 from tests import process_tools as pt
+from tests._pids import (
+    a_zombie,
+    alive,
+    free,
+    needs_pid_choice,
+    needs_pidfds,
+    newcomers,
+    take_pid,
+)
 from tests.conftest import arun, until, wait_until
 from tests.conftest import pid_gone as gone
 
 pytestmark = pytest.mark.usefixtures("no_child_process_leak")
 
-NEXT_PID = Path("/proc/sys/kernel/ns_last_pid")
 SLOW = 60.0
+
+__all__ = ["newcomers"]  # the fixture, for the tests below
 
 
 def a_call(target: Any, run_id: str = "run", **args: Any) -> Call:
     return Call(0, "node", target, args, 1, "process", None, run_id)
-
-
-def can_choose_pids() -> bool:
-    try:
-        with NEXT_PID.open("w") as f:
-            f.write(NEXT_PID.read_text())
-    except OSError:
-        return False
-    return True
-
-
-needs_pid_choice = pytest.mark.skipif(
-    not can_choose_pids(), reason="setting the next pid (ns_last_pid) needs CAP_SYS_ADMIN")
-needs_pidfds = pytest.mark.skipif(not pidfds_work(), reason="no pidfds here (Linux 5.3+)")
-
-
-def take_pid(pid: int) -> subprocess.Popen[bytes]:
-    """Start ``sleep`` as process ``pid`` (free by now), leading a session and group of its own.
-
-    Other processes on the machine may take the pid first: then try again. A pid is free once
-    no process holds it, nor a process group of that id (members of a dead worker's group may
-    take a moment to end).
-    """
-    assert wait_until(lambda: free(pid), timeout=10.0), f"pid {pid} still held"
-    for _ in range(200):
-        with NEXT_PID.open("w") as f:
-            f.write(str(pid - 1))
-        newcomer = subprocess.Popen(["sleep", "60"], start_new_session=True)
-        if newcomer.pid == pid:
-            return newcomer
-        newcomer.kill()
-        newcomer.wait()
-    pytest.skip(f"pid {pid} kept being taken by other processes")
-
-
-def free(pid: int) -> bool:
-    if psutil.pid_exists(pid):
-        return False
-    try:
-        os.killpg(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
-def alive(proc: subprocess.Popen[bytes]) -> bool:
-    return proc.poll() is None
-
-
-@pytest.fixture
-def newcomers() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Processes started on reused pids: killed and reaped after the test, whatever happened."""
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-
-
-def a_zombie(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 # ---- the reference itself -------------------------------------------------------------------
@@ -134,6 +78,47 @@ def test_a_process_ref_never_reaches_the_process_that_took_its_pid(
     time.sleep(0.1)
     assert alive(newcomer)
     ref.close()
+
+
+needs_linux_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(),
+                                      reason="starts in clock ticks come from Linux's /proc")
+
+
+@needs_linux_proc
+def test_a_start_time_ref_knows_its_process_by_clock_ticks_since_boot() -> None:
+    ours = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        first, second = ProcessRef(ours.pid, pidfd=False), ProcessRef(ours.pid, pidfd=False)
+        ticks = int(Path(f"/proc/{ours.pid}/stat").read_text().rpartition(")")[2].split()[19])
+        assert first._started == second._started == ticks  # read twice: the same, exactly
+        assert first.unreaped() and second.unreaped()
+    finally:
+        ours.kill()
+        ours.wait()
+    assert not first.unreaped()
+
+
+@needs_linux_proc
+def test_a_stepped_system_clock_does_not_make_a_start_time_ref_withhold_its_kill(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """psutil's create_time() adds the boot time, which Linux works out again from the wall
+    clock at each read: a clock stepped after the ref was made moved it, and the ref took its
+    own process for another (a kill withheld, a worker left running)."""
+    ours = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        ref = ProcessRef(ours.pid, pidfd=False)
+        stepped = psutil.boot_time() + 3600.0  # the clock set an hour forward since
+        monkeypatch.setattr(psutil, "boot_time", lambda: stepped)
+        linux = getattr(psutil, "_pslinux", None)
+        if linux is not None:
+            monkeypatch.setattr(linux, "boot_time", lambda: stepped)
+        assert ref.unreaped()
+        assert ref.kill_group(signal.SIGKILL)
+        assert ours.wait(timeout=10.0) == -signal.SIGKILL
+    finally:
+        if ours.poll() is None:
+            ours.kill()
+            ours.wait()
 
 
 @pytest.mark.parametrize("pidfd", [True, False], ids=["pidfd", "start-time"])
@@ -171,7 +156,7 @@ def test_killing_a_worker_reaped_before_its_exit_was_seen_spares_the_pids_new_ow
         executor = ProcessExecutor(1, start_method="spawn")
         try:
             await executor.execute(a_call(pt.pid))
-            (worker,) = executor._live
+            (worker,) = [w for lane in executor._lanes.values() for w in lane.live]
             assert isinstance(worker.proc, asyncio.subprocess.Process)
             os.kill(worker.pid, signal.SIGKILL)
             # No await from here on: the watcher's thread reaps the worker, the loop cannot

@@ -38,15 +38,13 @@ from shoal.store.claims import (
 )
 from shoal.store.memory import MemoryStore
 from shoal.store.sqlite import SQLiteStore
-from tests.test_process_pids import can_choose_pids, newcomers, take_pid
+from tests._pids import needs_pid_choice, newcomers, take_pid
 
 __all__ = ["newcomers"]  # the fixture, for the tests below
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = socket.gethostname()
 
-needs_pid_choice = pytest.mark.skipif(
-    not can_choose_pids(), reason="setting the next pid (ns_last_pid) needs CAP_SYS_ADMIN")
 needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 
 

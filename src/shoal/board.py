@@ -437,7 +437,13 @@ class BoardHandle:
         rule = self.board._slot(key).rule
         for written, item in self._pending:
             if written == key:
-                value = rule.fold(value, item)
+                try:
+                    value = rule.fold(value, item)
+                except Exception as exc:  # another call committed what this one's cannot join
+                    raise BoardValueError(
+                        f"board key {key!r} ({rule!r}): this call's write {merge.shown(item)} "
+                        f"cannot merge with what another call committed since: "
+                        f"{merge.error_text(exc)}") from exc
         return value
 
     def _check_open(self) -> None:

@@ -10,7 +10,9 @@ Each key of a board declares how the values written to it combine:
 ``counter``
     the sum of the written numbers (start: 0).
 ``minimum`` / ``maximum`` (also ``min`` / ``max``)
-    the smallest / largest value written (start: ``None``); values must compare.
+    the smallest / largest value written (start: ``None``); values must compare, and be
+    ordered: two sets neither of which holds the other are refused (of them, the one kept
+    would be the one committed first).
 ``last_writer``
     the last committed value wins. Overwriting a value another writer committed, without
     having read that value first, is a *conflict*: the run reports it with both writers'
@@ -213,11 +215,32 @@ def _comparable(pick: Callable[[Any, Any], Any]) -> Callable[[Any, Callable[[], 
 
 
 def _smaller(merged: Any, value: Any) -> Any:
-    return value if merged is None or value < merged else merged
+    if merged is None or value < merged:
+        return value
+    _ordered(merged, value, "smallest")
+    return merged
 
 
 def _larger(merged: Any, value: Any) -> Any:
-    return value if merged is None or value > merged else merged
+    if merged is None or value > merged:
+        return value
+    _ordered(merged, value, "largest")
+    return merged
+
+
+def _ordered(merged: Any, value: Any, which: str) -> None:
+    """Raise unless ``value`` is larger than, or equal to, ``merged`` (for the smallest).
+
+    ``value`` is known not to win: that means it loses only if the two are ordered. Of two
+    sets neither of which holds the other, neither wins, and the one kept would be the one
+    committed first: parallel writers would leave a board that depends on timing.
+    """
+    if merged < value or merged > value or merged == value:
+        return
+    raise ValueError(f"{shown(value)} and {shown(merged)} are not ordered (neither is smaller, "
+                     f"nor are they equal), so the {which} would depend on the order of the "
+                     "writes; write values that all compare (numbers, strings, tuples of "
+                     "them), or use another rule")
 
 
 append = Rule("append", list, _appended, commutative=True, in_place=True, copy=list)

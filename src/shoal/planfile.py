@@ -46,6 +46,7 @@ import difflib
 import functools
 import importlib
 import inspect
+import os
 import re
 import reprlib
 from collections.abc import Mapping, Sequence
@@ -58,7 +59,8 @@ from shoal.plan import MapSpec, Plan, Ref, _item_arg, as_tool
 from shoal.plandata import DataError, check_value, parse_json, parse_yaml, read_text
 from shoal.tools import Tool
 
-__all__ = ["convert_refs", "import_object", "load_plan", "parse_ref", "plan_from_dict"]
+__all__ = ["check_import", "convert_refs", "import_object", "load_plan", "parse_ref",
+           "plan_from_dict"]
 
 _REF = re.compile(
     r"\$(?:\{(?P<braced>[^{}]+)\}|(?P<plain>[\w-]+))(?P<path>(?:\.[\w-]+|\[-?[0-9]+\])*)"
@@ -477,11 +479,37 @@ def _find_tool(name: str, lookup: _Lookup) -> Tool[..., Any] | PlanProblem:
                                          f"{describe_exception(exc)}")
 
 
+def check_import(name: str, modules: Sequence[str] | None, source: str = "") -> None:
+    """Refuse import path ``name`` (``module:attribute``) unless ``modules`` allows its module.
+
+    What :func:`load_plan` checks for each of a plan file's import paths, for the other things
+    that name code to import (``shoal run module:agent``, ``--model module:name``, ``shoal mcp
+    serve module:tools``): the same :class:`PlanError` (``bad_import``), before anything is
+    imported. ``modules=None`` allows any module. A file path (``dir/file.py:agent``) names no
+    module: it is refused whenever the modules are listed.
+    """
+    lookup = _Lookup({}, _modules(modules))
+    if lookup.modules is None:
+        return
+    module_name = name.rpartition(":")[0] or name
+    if module_name.endswith(".py") or "/" in module_name or os.sep in module_name:
+        message = (f"{_show(name)} names a file, {_show(module_name)}, which may not be "
+                   f"imported while the modules are listed ({_listed(lookup)}); put it in "
+                   "an allowed package and name it package.module:name")
+        raise PlanError([PlanProblem("bad_import", message)], source)
+    if not lookup.allows(module_name):
+        raise PlanError([PlanProblem("bad_import", _not_allowed(name, module_name, lookup))],
+                        source)
+
+
+def _listed(lookup: _Lookup) -> str:
+    return (f"modules allowed: {', '.join(sorted(lookup.modules))}" if lookup.modules
+            else "no module is allowed, only the tool names passed in")
+
+
 def _not_allowed(name: str, module_name: str, lookup: _Lookup) -> str:
-    allowed = (f"modules allowed: {', '.join(sorted(lookup.modules))}" if lookup.modules
-               else "no module is allowed, only the tool names passed in")
     return (f"{_show(name)} names module {_show(module_name)}, which this plan may not import "
-            f"({allowed}); allow more with load_plan(..., modules=[...]), shoal run "
+            f"({_listed(lookup)}); allow more with load_plan(..., modules=[...]), shoal run "
             "--modules or SHOAL_PLAN_MODULES")
 
 

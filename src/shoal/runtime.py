@@ -637,6 +637,8 @@ class Runtime:
         if any(ended.get_loop() is not here and not ended.get_loop().is_closed()
                for ended in list(self._runs.values())):
             await self._end_runs(everywhere=False)
+            for executor in {id(e): e for e in self._executors.values()}.values():
+                await executor.leave()  # what this loop holds: it ends with this call
         else:
             await self.aclose()
 

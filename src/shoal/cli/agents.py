@@ -14,7 +14,7 @@ import importlib
 import importlib.util
 import json
 import sys
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -51,6 +51,7 @@ from shoal.exceptions import (
 )
 from shoal.models import resolve_model
 from shoal.models.base import Model
+from shoal.planfile import check_import
 from shoal.runtime import Runtime, new_run_id
 
 __all__ = ["AgentOptions", "check_models", "is_agent_target", "load_agent", "model_option",
@@ -78,6 +79,7 @@ class AgentOptions:
     model_spec: str | None = None  # --model as given, for the journal
     resume: bool = False  # continue journal.run_id instead of starting a new run
     force: bool = False  # resume even if another process seems to run it (--force)
+    modules: tuple[str, ...] | None = None  # what the target may import (None: any module)
 
 
 def is_agent_target(target: str) -> bool:
@@ -88,13 +90,15 @@ def is_agent_target(target: str) -> bool:
     return bool(sep and module and name.isidentifier())
 
 
-def load_agent(target: str) -> Agent[Any] | Composed:
+def load_agent(target: str, modules: Sequence[str] | None = None) -> Agent[Any] | Composed:
     """Import what ``target`` names: an agent, a pattern, or a function making a plan.
 
-    (See :mod:`shoal.cli.compose`.) Raises :class:`ConfigError` saying what is wrong.
+    (See :mod:`shoal.cli.compose`.) Raises :class:`ConfigError` saying what is wrong, and
+    :class:`PlanError` (before importing anything) for a module ``modules`` does not allow,
+    as for a plan file's import paths.
     """
     module_name, _, attr = target.rpartition(":")
-    module = _import(module_name)
+    module = _import(module_name, modules, target)
     try:
         found = getattr(module, attr)
     except AttributeError:
@@ -109,17 +113,18 @@ def load_agent(target: str) -> Agent[Any] | Composed:
     return cast("Agent[Any] | Composed", found)
 
 
-def model_option(spec: str) -> str | Model:
+def model_option(spec: str, modules: Sequence[str] | None = None) -> str | Model:
     """The ``--model`` option: a model string, or a model object named as ``module:name``.
 
     Model strings (``openai:...``, ``anthropic:...``, ``local``) are kept as they are; anything
-    else names a :class:`Model` object (or a function making one) to import.
+    else names a :class:`Model` object (or a function making one) to import, from a module
+    ``modules`` allows (see :func:`load_agent`).
     """
     provider, sep, _ = spec.partition(":")
     if not sep or provider in ("openai", "anthropic", "local"):
         return spec
     module_name, _, attr = spec.rpartition(":")
-    found = getattr(_import(module_name), attr, None)
+    found = getattr(_import(module_name, modules, spec), attr, None)
     if callable(found) and not isinstance(found, Model):
         found = found()
     if not isinstance(found, Model):
@@ -128,7 +133,9 @@ def model_option(spec: str) -> str | Model:
     return found
 
 
-def _import(module_name: str) -> Any:
+def _import(module_name: str, modules: Sequence[str] | None = None, name: str = "") -> Any:
+    """The module (or file) ``module_name``, imported once ``modules`` allows it."""
+    check_import(name or module_name, modules, name or module_name)  # before its code runs
     if module_name.endswith(".py") or "/" in module_name:
         path = Path(module_name)
         if not path.is_file():
@@ -173,7 +180,7 @@ def run_agent_target(options: AgentOptions, console: Console, live: bool) -> int
     if not options.prompt:
         raise ConfigError(f"give the prompt after the agent: shoal run {options.target} "
                           "\"your question\"")
-    agent = load_agent(options.target)
+    agent = load_agent(options.target, options.modules)
     if isinstance(agent, Agent):
         check_models(agent, options.model)
     view = AgentTree(text=live)  # the live tree shows what the models are writing

@@ -53,7 +53,7 @@ from shoal.exceptions import (
 )
 from shoal.outcome import RunResult
 from shoal.plan import Plan
-from shoal.planfile import load_plan
+from shoal.planfile import check_import, load_plan
 from shoal.runtime import Runtime, new_run_id
 from shoal.store.sqlite import DEFAULT_PATH, SQLiteStore
 
@@ -265,9 +265,9 @@ def run_command(
     )] = False,
     modules: Annotated[list[str] | None, typer.Option(
         "--modules", metavar="PKG[,PKG...]", show_default=False,
-        help=f"Plan files only: the modules and packages the plan's import paths may name "
-             f"(repeatable or comma-separated); nothing else is imported. Default: "
-             f"${MODULES_ENV} if set, else any module.",
+        help=f"The modules and packages the plan's import paths (or the module:agent and "
+             f"--model module:name given) may name (repeatable or comma-separated); nothing "
+             f"else is imported. Default: ${MODULES_ENV} if set, else any module.",
     )] = None,
 ) -> None:
     """Run a plan file or an agent (see RUN_HELP)."""
@@ -276,7 +276,8 @@ def run_command(
                                    executor.value if executor is not None else None,
                                    deadline, events, approve=approve,
                                    approval_timeout=approval_timeout,
-                                   store=None if no_store else store))
+                                   store=None if no_store else store,
+                                   modules=None if modules is None else split_modules(modules)))
     if prompt is not None or model is not None:
         raise typer.Exit(_bad_input(
             "usage", f"a PROMPT and --model are for agents (module:agent); {str(plan_file)!r} "
@@ -298,13 +299,17 @@ def run_agent(target: str, prompt: str | None, model: str | None, as_json: bool,
               max_concurrency: int | None, executor: str | None, deadline: float | None,
               events: Path | None, *, approve: str | None = None,
               approval_timeout: float | None = None, store: Path | None = None,
-              resume: str | None = None, force: bool = False) -> int:
+              resume: str | None = None, force: bool = False,
+              modules: tuple[str, ...] | None = None) -> int:
     """Run the agent ``target`` names on ``prompt`` as ``shoal run`` does; return the exit code.
 
     ``deadline`` becomes the tree's wall-clock budget. ``approve`` names the approver as
     ``--approve`` does (console by default on a terminal; the live tree pauses while it asks).
     With ``store`` the run is journaled there; ``resume`` continues that journaled run.
+    ``modules`` (else ``$SHOAL_PLAN_MODULES``) lists what the target and ``--model`` may
+    import, as for a plan file.
     """
+    allowed = plan_modules(modules)
     _put_cwd_on_path()
     sink = _open_events(events)
     if isinstance(sink, str):
@@ -313,6 +318,7 @@ def run_agent(target: str, prompt: str | None, model: str | None, as_json: bool,
     console = safe_console()  # a sane size whatever COLUMNS and LINES say
     pause = LivePause() if live else None
     try:
+        check_import(target, allowed, target)  # before anything is made, or imported
         settings: dict[str, Any] = {"executor": executor, "approval_timeout": approval_timeout,
                                     "approver": approver_for(approve, pause)}
         if max_concurrency is not None:
@@ -321,10 +327,10 @@ def run_agent(target: str, prompt: str | None, model: str | None, as_json: bool,
         if store is not None:  # the run id is printed once the run is journaled
             settings["store"] = SQLiteStore(store, keep_events=True)
             journal = AgentJournal(settings["store"], resume or new_run_id())
-        chosen = model_option(model) if model is not None else None
+        chosen = model_option(model, allowed) if model is not None else None
         options = AgentOptions(target, prompt, chosen, as_json, Runtime(**settings),
                                Budget(wall_clock=deadline) if deadline else None, sink, pause,
-                               journal, model, resume is not None, force)
+                               journal, model, resume is not None, force, allowed)
         return run_agent_target(options, console, live)
     except PlanError as exc:  # a plan function's plan: every problem, as for a plan file
         return _bad_plan(exc, as_json)

@@ -20,7 +20,13 @@ from typing import Annotated, Any
 
 import typer
 
-from shoal.exceptions import ConfigError, MissingDependencyError, StoreError, bounded_text
+from shoal.exceptions import (
+    ConfigError,
+    MissingDependencyError,
+    PlanError,
+    StoreError,
+    bounded_text,
+)
 
 __all__ = ["load_tools", "register"]
 
@@ -67,17 +73,30 @@ def serve_command(
         "--max-concurrency", metavar="N", min=1, show_default=False,
         help="Calls running at once across all clients (default 1000).",
     )] = None,
+    modules: Annotated[list[str] | None, typer.Option(
+        "--modules", metavar="PKG[,PKG...]", show_default=False,
+        help="The modules and packages MODULE:TOOLS may name (repeatable or "
+             "comma-separated); nothing else is imported. Default: $SHOAL_PLAN_MODULES if "
+             "set, else any module.",
+    )] = None,
 ) -> None:
     """Serve tools over MCP (see SERVE_HELP)."""
+    from shoal.cli.app import split_modules
+
     raise typer.Exit(serve(target, http=http, host=host, approve=approve, store=store,
-                           max_concurrency=max_concurrency))
+                           max_concurrency=max_concurrency,
+                           modules=None if modules is None else split_modules(modules)))
 
 
 def serve(target: str, *, http: int | None = None, host: str = "127.0.0.1",
           approve: str | None = None, store: Path | None = None,
-          max_concurrency: int | None = None) -> int:
-    """Run ``shoal mcp serve``; return the exit code."""
-    from shoal.cli.app import EXIT_BAD_INPUT, EXIT_OK, approver_for
+          max_concurrency: int | None = None, modules: Sequence[str] | None = None) -> int:
+    """Run ``shoal mcp serve``; return the exit code.
+
+    ``modules`` (else ``$SHOAL_PLAN_MODULES``) lists what ``target`` may import, as for a
+    plan file: another module is refused before it is imported.
+    """
+    from shoal.cli.app import EXIT_BAD_INPUT, EXIT_OK, approver_for, plan_modules
     from shoal.runtime import Runtime
     from shoal.store.sqlite import SQLiteStore
 
@@ -86,7 +105,7 @@ def serve(target: str, *, http: int | None = None, host: str = "127.0.0.1",
             raise ConfigError("--approve console needs --http: on stdio, stdin carries MCP")
         from shoal.integrations import mcp
 
-        found = load_tools(target)
+        found = load_tools(target, plan_modules(None if modules is None else tuple(modules)))
         settings: dict[str, Any] = {"approver": approver_for(approve or "deny")}
         if store is not None:
             settings["store"] = SQLiteStore(store, keep_events=True)
@@ -94,7 +113,7 @@ def serve(target: str, *, http: int | None = None, host: str = "127.0.0.1",
             settings["max_concurrency"] = max_concurrency
         runtime = Runtime(**settings)
         mcp.served_tools(found)  # a bad list fails here, before anything listens
-    except (ConfigError, MissingDependencyError, StoreError) as exc:
+    except (ConfigError, MissingDependencyError, StoreError, PlanError) as exc:
         sys.stderr.write(f"error: {bounded_text(str(exc), 2000)}\n")
         return EXIT_BAD_INPUT
 
@@ -111,8 +130,12 @@ def serve(target: str, *, http: int | None = None, host: str = "127.0.0.1",
     return EXIT_OK
 
 
-def load_tools(target: str) -> list[Any]:
-    """The tools ``target`` names: a list or tuple of tools or functions, or one of them."""
+def load_tools(target: str, modules: Sequence[str] | None = None) -> list[Any]:
+    """The tools ``target`` names: a list or tuple of tools or functions, or one of them.
+
+    From a module ``modules`` allows (``None``: any): another is refused with a
+    :class:`PlanError` before it is imported, as a plan file's import paths are.
+    """
     from shoal.cli.agents import _import as import_target  # as shoal run imports agents
 
     cwd = os.getcwd()  # as python -m does (and shoal run): modules under here import
@@ -122,7 +145,7 @@ def load_tools(target: str) -> list[Any]:
     if not sep or not module_name or not attr.isidentifier():
         raise ConfigError(f"name the tools as package.module:name or path/file.py:name, got "
                           f"{target!r}")
-    module = import_target(module_name)
+    module = import_target(module_name, modules, target)
     try:
         found = getattr(module, attr)
     except AttributeError:

@@ -5,9 +5,14 @@ reaped, the kernel may give its pid to an unrelated process, and a kill by pid w
 one. A :class:`ProcessRef` holds a *pidfd* (Linux 5.3+), which refers to that exact process for
 as long as it is open, whoever takes its pid later: a signal sent through it reaches the
 process while it runs or is a zombie, and fails once it has been reaped. Where there are no
-pidfds (macOS, older kernels) it records the process's start time (psutil) when made, and
+pidfds (macOS, older kernels) it records the process's start time when made, and
 signals only while the process holding the pid started then (to the resolution of that time:
-a clock tick, 10 ms, on Linux; a pid is seldom reused so soon). Not through
+a clock tick, 10 ms, on Linux; a pid is seldom reused so soon). On Linux that start is the
+kernel's count of clock ticks since boot (``/proc/PID/stat``), which a step of the system
+clock cannot change; psutil's ``create_time()`` adds the boot time, which the kernel works
+out again from the wall clock at each read, so a clock stepped between the two reads would
+make the same process look like another, and a kill be withheld. Elsewhere it is psutil's
+``create_time()``. Not through
 :meth:`psutil.Process.send_signal`: once that object has seen its process gone, it signals
 the pid without checking again.
 
@@ -30,7 +35,7 @@ import os
 import signal
 from contextlib import suppress
 
-__all__ = ["ProcessRef", "pidfds_work"]
+__all__ = ["ProcessRef", "pidfds_work", "start_ticks"]
 
 
 def pidfds_work() -> bool:
@@ -57,7 +62,7 @@ class ProcessRef:
         """Refer to process ``pid``; ``pidfd=False``: by its start time, even with pidfds."""
         self.pid = pid
         self.fd = -1  # the pidfd, or -1 (none here, forgotten or closed)
-        self._started: float | None = None  # the start time, where there are no pidfds
+        self._started: float | None = None  # the start (see _start_of), where no pidfds
         self._gone = False  # forgotten or closed: no signal goes out any more
         if pidfd and hasattr(os, "pidfd_open"):
             try:
@@ -68,11 +73,8 @@ class ProcessRef:
                 return
             except OSError:  # ENOSYS (a kernel before 5.3): fall back to the start time
                 pass
-        import psutil
-
-        try:
-            self._started = psutil.Process(pid).create_time()
-        except psutil.Error:
+        self._started = _start_of(pid)
+        if self._started is None:
             self._gone = True
 
     @property
@@ -104,12 +106,8 @@ class ProcessRef:
 
     def _same_start(self) -> bool:
         """Whether the process holding the pid now started when this one did."""
-        import psutil
-
-        try:
-            return bool(psutil.Process(self.pid).create_time() == self._started)
-        except psutil.Error:  # no such process (or a zombie psutil cannot read)
-            return False
+        started = _start_of(self.pid)
+        return started is not None and started == self._started
 
     def unreaped(self) -> bool:
         """Whether the process still exists, running or a zombie (its pid is still its own)."""
@@ -149,3 +147,45 @@ class ProcessRef:
         if fd >= 0:
             with suppress(OSError):
                 os.close(fd)
+
+
+
+def start_ticks(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot (Linux ``/proc``), or ``None``.
+
+    Field 22 of ``/proc/PID/stat`` (a zombie's too): fixed for the process's life, whatever
+    the system clock does. ``None``: no such process, or no such file (not Linux).
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            stat = file.read()
+    except OSError:
+        return None
+    # "pid (command) state ppid ...": the command may hold spaces and ')' itself; the start
+    # is field 22, the 20th after the command
+    fields = stat.rpartition(b")")[2].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _start_of(pid: int) -> float | None:
+    """When process ``pid`` started, in a unit only compared with itself; ``None``: no such.
+
+    On Linux :func:`start_ticks`; elsewhere psutil's ``create_time()`` (seconds since the
+    epoch, as the kernel keeps it).
+    """
+    if _PROCFS:
+        ticks = start_ticks(pid)
+        return None if ticks is None else float(ticks)
+    import psutil
+
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:  # no such process (or a zombie psutil cannot read)
+        return None
+
+
+#: Whether processes' starts are read from a Linux ``/proc`` (``/proc/self/stat`` is there).
+_PROCFS = start_ticks(os.getpid()) is not None

@@ -129,3 +129,11 @@ class Executor(ABC):
     async def close(self) -> None:
         """Release resources; never waits for abandoned work."""
         return None
+
+    async def leave(self) -> None:
+        """Release what the running event loop holds, which is about to end; not the rest.
+
+        For a backend shared by several event loops at once (threads, each running runs on
+        one runtime): the loop leaving is done with it, the others go on.
+        """
+        return None

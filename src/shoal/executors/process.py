@@ -58,6 +58,16 @@ time (a spawn blocks the event loop until the child has exec'd; the template for
 time), so a Ctrl-C or a cancellation is handled between starts rather than after all of them.
 A template exits when its socket to the parent hangs up, so it is no orphan either. POSIX only.
 
+**Event loops.** A worker's pipes and the template's socket are served by the event loop that
+opened them, so a pool used by several loops at once (threads, each running runs on one
+runtime) keeps a *lane* per loop: its workers, its template, what its callers wait on. Each
+call runs in a worker of its own loop and its result comes back there; ``max_workers`` counts
+the workers of every loop, and a loop that needs room has another loop stop one of its idle
+workers (on that loop; from here if it has stopped). :meth:`ProcessExecutor.leave` ends a
+loop's lane as the loop ends, :meth:`ProcessExecutor.close` every lane (each on its own loop
+while it runs), and the lane of a loop that closed without either is ended from the next loop
+to use the pool.
+
 **Pids.** A worker is signalled through a :class:`~shoal.executors._process_ref.ProcessRef`
 (a pidfd, or its start time where there are none), never by its bare pid: a pid that was
 reaped may belong to another process by then. A worker that has ended stays unreaped (a
@@ -124,6 +134,7 @@ _SHOAL_ROOT = str(Path(__file__).resolve().parents[2])  # the directory holding 
 _TEMPLATE_WAIT = 120.0  # seconds the template gets to import (a loaded machine) or to answer
 _GONE_WAIT = 1.0  # seconds a template whose socket hung up gets to end by itself
 _OTHER_LOOP_CLOSE = 5.0  # seconds another thread's loop gets to close its pool (close())
+_EVICT_RETRY = 0.05  # seconds between looks at the pool while another loop is to make room
 _PIDFDS = pidfds_work()  # spawned workers are then reaped here, not by asyncio's watcher
 
 #: The values of ``ProcessExecutor(start_method=...)``.
@@ -493,10 +504,11 @@ def _ref_of(proc: _Process) -> ProcessRef:
 class _Worker:
     """One worker process and the parent's ends of its two pipes."""
 
-    def __init__(self, proc: _Process, profile: Profile) -> None:
+    def __init__(self, proc: _Process, profile: Profile, lane: _Lane) -> None:
         self.proc = proc
         self.ref = _ref_of(proc)
         self.profile = profile
+        self.lane = lane  # the event loop's share of the pool it belongs to
         self.reader = _MessageReader()
         self._read_pipe: asyncio.ReadTransport | None = None
         self._write_pipe: asyncio.WriteTransport | None = None
@@ -599,8 +611,8 @@ def _widen(*fds: int) -> None:
                 fcntl.fcntl(fd, size, _PIPE_SIZE)
 
 
-def _kill_pids(refs: set[ProcessRef], template: _TemplateHandle | None) -> None:
-    """The safety net of an unclosed pool: kill its workers and template (collection, exit).
+def _kill_pids(refs: set[ProcessRef], templates: list[_TemplateHandle]) -> None:
+    """The safety net of an unclosed pool: kill its workers and templates (collection, exit).
 
     Through each worker's :class:`ProcessRef`: a worker that died with its template was reaped
     by whoever inherited it, and its pid may belong to another process by now.
@@ -609,15 +621,59 @@ def _kill_pids(refs: set[ProcessRef], template: _TemplateHandle | None) -> None:
         kill_tree(ref)
         ref.close()
     refs.clear()
-    if template is not None:
+    for template in list(templates):
         template.stop()
+
+
+class _Lane:
+    """One event loop's share of a pool: its workers, its template, what its callers wait on.
+
+    A worker's pipes and a template's socket are served by the loop that opened them, so each
+    loop using the pool (threads, each running a run) has workers and a template of its own;
+    the cap on workers is the pool's, across loops.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, template: _TemplateHandle | None) -> None:
+        self.loop = loop
+        self.template = template
+        self.idle: dict[Profile, list[_Worker]] = {}
+        self.live: set[_Worker] = set()  # idle and busy
+        self.freed = asyncio.Event()  # a worker became idle or went away (any loop's)
+        self.spawning = asyncio.Lock()  # one fork/exec at a time: see _spawn_once
+        self.waiting = 0  # callers of this loop waiting for room in the pool
+
+    def wake(self) -> None:
+        """Wake this loop's callers waiting for room; from any thread."""
+        if _running_loop() is self.loop:
+            self.freed.set()
+        elif self.waiting:
+            with suppress(RuntimeError):  # closed: nobody waits there any more
+                self.loop.call_soon_threadsafe(self.freed.set)
+
+    def victim(self) -> _Worker | None:
+        """The longest-idle worker of any profile, if any."""
+        for workers in self.idle.values():
+            if workers:
+                return workers[0]
+        return None
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 class ProcessExecutor(Executor):
     """Runs each call in a worker process: crash-safe, killable, with limits and a clean env.
 
+    One pool may serve several event loops at once (threads, each running runs on a runtime):
+    each loop gets workers (and a template) of its own, since their pipes are that loop's;
+    ``max_workers`` counts them all, an idle worker of one loop making room for another's.
+
     Args:
-        max_workers: the most worker processes alive at once, across all profiles.
+        max_workers: the most worker processes alive at once, across all profiles and loops.
         pass_env: environment variable names every worker may see besides :data:`ALLOWED_ENV`.
         sandbox: ``"none"``, or ``"namespace"`` to run each worker in user, PID and mount
             namespaces of its own (Linux): see :mod:`shoal.executors._sandbox`.
@@ -641,34 +697,45 @@ class ProcessExecutor(Executor):
         #: How workers start here: ``"template"`` only where forking one is supported.
         self.start_method = (start_method if start_method == "spawn" or fork_supported()
                              else "spawn")
-        self._template = _TemplateHandle() if self.start_method == "template" else None
         self.max_workers = max(1, max_workers)
         self.pass_env = tuple(pass_env)
-        self._idle: dict[Profile, list[_Worker]] = {}
-        self._live: set[_Worker] = set()  # idle and busy
+        self._lanes: dict[asyncio.AbstractEventLoop, _Lane] = {}
+        # The books (lanes, their idle and live workers, _starting) are shared by the threads
+        # of every loop: changed only under this lock, never across an await.
+        self._books = threading.RLock()
         self._starting = 0  # workers being started (they count against max_workers)
         self._crashes: dict[tuple[str, str], int] = {}  # (run id, tool name) -> crashes
         self._pids: set[ProcessRef] = set()  # every worker not yet reaped, for the finalizer
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._freed = asyncio.Event()  # a worker became idle or went away
-        self._spawning = asyncio.Lock()  # one fork/exec at a time: see _spawn
+        self._templates: list[_TemplateHandle] = []  # every lane's, for the finalizer
         self.workers_started = 0
         self.workers_crashed = 0
-        weakref.finalize(self, _kill_pids, self._pids, self._template)
+        weakref.finalize(self, _kill_pids, self._pids, self._templates)
 
     @property
     def worker_pids(self) -> list[int]:
-        """Process ids of the live workers, idle or busy."""
-        return sorted(w.pid for w in self._live)
+        """Process ids of the live workers, idle or busy, of every event loop."""
+        with self._books:
+            return sorted(w.pid for lane in self._lanes.values() for w in lane.live)
 
     @property
     def template_pid(self) -> int | None:
-        """The process id of the template workers are forked from, while it runs."""
-        return None if self._template is None else self._template.pid
+        """The process id of the template workers are forked from, while it runs.
+
+        The running event loop's template; outside one (or before it has one), the first
+        template that runs.
+        """
+        loop = _running_loop()
+        with self._books:
+            lanes = list(self._lanes.values())
+        here = [lane for lane in lanes if lane.loop is loop]
+        for lane in here + lanes:
+            if lane.template is not None and lane.template.pid is not None:
+                return lane.template.pid
+        return None
 
     async def start(self) -> None:
         """Bind to the running event loop (workers themselves start when calls need them)."""
-        self._bind_loop()
+        self._lane()
 
     prepares = True
 
@@ -678,9 +745,9 @@ class ProcessExecutor(Executor):
         Starting one may take a fraction of a second, which must not count against the call's
         timeout; the driver awaits this before the timeout starts.
         """
-        self._bind_loop()
+        lane = self._lane()
         self._check_quarantine(call)
-        worker = await self._acquire(_profile(call))
+        worker = await self._acquire(lane, _profile(call))
         fn_blob = dumps_callable(call.tool)
         if fn_blob not in worker.loaded:  # importing the tool's module is warm-up, not the call
             await self._load(call, worker, fn_blob)
@@ -726,34 +793,40 @@ class ProcessExecutor(Executor):
         return _unwrap(call, body)
 
     async def close(self) -> None:
-        """Kill every worker and reap it; the pool can start afresh afterwards.
+        """Kill every worker of every event loop and reap it; the pool can start afresh.
 
-        A pool whose workers belong to another thread's event loop, still running, is closed
-        on that loop (their pipes are its own); one that does not get to it within
-        :data:`_OTHER_LOOP_CLOSE` seconds (blocked), or has stopped, is closed from here.
+        Workers of another thread's event loop, still running, are closed on that loop (their
+        pipes are its own); one that does not get to it within :data:`_OTHER_LOOP_CLOSE`
+        seconds (blocked), or has stopped, has them closed from here.
         """
-        if self._loop is not asyncio.get_running_loop():
-            if await self._close_on_own_loop():
-                return
-            self._bind_loop()  # workers of a loop that cannot: killed from here
-            if self._template is not None:
-                self._template.stop()
-            return
-        workers = list(self._live)
+        here = asyncio.get_running_loop()
+        with self._books:
+            lanes = list(self._lanes.values())
+        for lane in lanes:
+            if lane.loop is here:
+                await self._close_lane(lane)
+            elif not await self._close_on_own_loop(lane):
+                self._abandon(lane)
+        self._prune()
+
+    async def _close_lane(self, lane: _Lane) -> None:
+        """Kill and reap a lane's workers, stop its template (on the lane's own loop)."""
+        with self._books:
+            workers = list(lane.live)
         for worker in workers:
             worker.retired = True
         await asyncio.gather(*(self._discard(w) for w in workers))
-        if self._template is not None:
-            async with self._spawning:  # not while a worker is being forked
-                self._template.stop()
+        if lane.template is not None:
+            async with lane.spawning:  # not while a worker is being forked
+                lane.template.stop()
 
-    async def _close_on_own_loop(self) -> bool:
-        """Have the loop the workers belong to (another thread's) close the pool; whether it did."""
-        loop = self._loop
-        if loop is None or loop.is_closed() or not loop.is_running():
+    async def _close_on_own_loop(self, lane: _Lane) -> bool:
+        """Have the loop a lane belongs to (another thread's) close it; whether it did."""
+        loop = lane.loop
+        if loop.is_closed() or not loop.is_running():
             return False
         try:
-            closing = asyncio.run_coroutine_threadsafe(self.close(), loop)
+            closing = asyncio.run_coroutine_threadsafe(self._close_lane(lane), loop)
         except RuntimeError:  # closed meanwhile
             return False
         try:
@@ -762,74 +835,182 @@ class ProcessExecutor(Executor):
             return False
         return True
 
+    def _abandon(self, lane: _Lane) -> None:
+        """End a lane's workers and template from here: its loop is closed, stopped or stuck."""
+        with self._books:
+            workers = list(lane.live)
+        for worker in workers:
+            worker.retired = True
+            self._drop(worker)  # the loop's child watcher, a thread or the template reaps it
+        if lane.template is not None:
+            lane.template.stop()
+
+    async def leave(self) -> None:
+        """Kill and reap the running event loop's workers (it is ending); other loops' stay.
+
+        A loop that closes with workers of its own leaves them to be ended from another loop
+        (at the next call or :meth:`close`), their pipes unclosed until then.
+        """
+        lane = self._lanes.get(asyncio.get_running_loop())
+        if lane is None:
+            return
+        await self._close_lane(lane)
+        with self._books:
+            self._lanes.pop(lane.loop, None)
+            if lane.template in self._templates:
+                self._templates.remove(lane.template)
+        self._wake_all()
+
     # ---- the pool ------------------------------------------------------------------------
 
-    def _bind_loop(self) -> None:
+    def _lane(self) -> _Lane:
+        """The running loop's lane, made on its first use there."""
         loop = asyncio.get_running_loop()
-        if loop is self._loop:
-            return
-        for worker in list(self._live):  # made on another loop: their pipes cannot serve here
-            self._drop(worker)  # that loop's child watcher reaps them
-        self._loop = loop
-        self._freed = asyncio.Event()
-        self._spawning = asyncio.Lock()
+        lane = self._lanes.get(loop)
+        if lane is not None:
+            return lane
+        self._prune()
+        template = _TemplateHandle() if self.start_method == "template" else None
+        lane = _Lane(loop, template)
+        with self._books:
+            self._lanes[loop] = lane
+            if template is not None:
+                self._templates.append(template)
+        return lane
+
+    def _prune(self) -> None:
+        """Forget the lanes of loops that are closed, ending what is left of them."""
+        with self._books:
+            dead = [lane for lane in self._lanes.values() if lane.loop.is_closed()]
+        for lane in dead:
+            self._abandon(lane)
+            with self._books:
+                self._lanes.pop(lane.loop, None)
+                if lane.template in self._templates:
+                    self._templates.remove(lane.template)
 
     def _check_quarantine(self, call: Call) -> None:
         crashes = self._crashes.get((call.run_id, call.tool.name), 0)
         if crashes >= QUARANTINE_AFTER:
             raise ToolQuarantinedError(call.tool.name, crashes)
 
-    async def _acquire(self, profile: Profile) -> _Worker:
+    async def _acquire(self, lane: _Lane, profile: Profile) -> _Worker:
         """An idle worker of ``profile``, or a new one when the cap allows (evicting if need be)."""
-        while True:
-            worker = self._take_idle(profile)
-            if worker is not None:
-                return worker
-            if len(self._live) + self._starting < self.max_workers:
-                return await self._start_worker(profile, None)
-            victim = self._idle_victim()
-            if victim is not None:
-                return await self._start_worker(profile, victim)
-            # Every worker is busy: the scheduler's limit makes this rare (only when the pool is
-            # shared with callers outside it), so waking every waiter to retry is good enough.
-            self._freed.clear()
-            await self._freed.wait()
+        # Counted as waiting from before the first look at the books: room made by another
+        # loop's thread at any point after it wakes this loop (a call_soon_threadsafe, which
+        # runs only once this task awaits, so after the clear() below).
+        lane.waiting += 1
+        try:
+            while True:
+                worker = self._take_idle(lane, profile)
+                if worker is not None:
+                    return worker
+                placed, victim = self._reserve(lane)
+                if placed:
+                    return await self._start_worker(lane, profile, victim)
+                # Every worker of this loop is busy: the scheduler's limit makes this rare
+                # (the pool is shared with callers outside it, or with other loops), so
+                # waking every waiter to retry is good enough.
+                lane.freed.clear()
+                if not self._evict_elsewhere(lane):
+                    await lane.freed.wait()
+                    continue
+                # Asked of another loop, which may stop before it gets to it (its callback
+                # queue is then dropped): looked at again every moment meanwhile.
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(lane.freed.wait(), _EVICT_RETRY)
+        finally:
+            lane.waiting -= 1
 
-    def _take_idle(self, profile: Profile) -> _Worker | None:
-        idle = self._idle.get(profile)
-        while idle:
-            worker = idle.pop()  # the most recently used one: its caches are warm
+    def _reserve(self, lane: _Lane) -> tuple[bool, _Worker | None]:
+        """Take a place for a new worker, if there is one; and the idle worker to stop for it.
+
+        Room under the cap: ``(True, None)``; none, but this loop has an idle worker:
+        ``(True, worker)``; neither: ``(False, None)``.
+        """
+        with self._books:
+            victim = None
+            if self._count() >= self.max_workers:
+                victim = lane.victim()
+                if victim is None:
+                    return False, None
+                self._forget(victim)  # its place is the new worker's
+            self._starting += 1  # before any await: concurrent callers see the cap
+            return True, victim
+
+    def _count(self) -> int:
+        """Workers alive or starting, across every loop (under the books' lock)."""
+        return self._starting + sum(len(lane.live) for lane in self._lanes.values())
+
+    def _take_idle(self, lane: _Lane, profile: Profile) -> _Worker | None:
+        while True:
+            with self._books:
+                idle = lane.idle.get(profile)
+                if not idle:
+                    return None
+                worker = idle.pop()  # the most recently used one: its caches are warm
             if worker.alive():
                 return worker
             self._drop(worker)  # died while idle (killed from outside)
-        return None
 
-    def _idle_victim(self) -> _Worker | None:
-        """The longest-idle worker of any profile (the asking one has none idle)."""
-        for workers in self._idle.values():
-            if workers:
-                return workers[0]
-        return None
+    def _evict_elsewhere(self, lane: _Lane) -> bool:
+        """Have another loop stop an idle worker of its own, to make room for ``lane``'s.
 
-    async def _start_worker(self, profile: Profile, victim: _Worker | None) -> _Worker:
+        Whether that loop was asked (and may not get to it); a loop that has stopped has its
+        worker stopped from here, and one that has closed all of them.
+        """
+        self._prune()
+        with self._books:
+            others = [o for o in self._lanes.values() if o is not lane and o.victim()]
+        for other in others:
+            if other.loop.is_running():
+                with suppress(RuntimeError):  # closed meanwhile: pruned next time
+                    other.loop.call_soon_threadsafe(self._evict, other)
+                    return True
+            else:  # stopped: nothing serves its pipes, which are closed from here
+                self._evict(other)
+                return False
+        return False
+
+    def _evict(self, lane: _Lane) -> None:
+        """Stop ``lane``'s longest-idle worker, if it has one (on its loop, or it is stopped)."""
+        with self._books:
+            victim = lane.victim()
+            if victim is not None:
+                self._forget(victim)
         if victim is not None:
-            self._forget(victim)
-        self._starting += 1  # taken before any await, so concurrent callers respect the cap
+            self._drop(victim)
+
+    async def _start_worker(self, lane: _Lane, profile: Profile,
+                            victim: _Worker | None) -> _Worker:
+        """Start a worker in the place :meth:`_acquire` reserved (``_starting``)."""
         try:
             if victim is not None:
                 await self._discard(victim)
-            worker = await self._spawn(profile)
-        finally:
+            worker = await self._spawn(lane, profile)
+        except BaseException:
+            with self._books:
+                self._starting -= 1
+            self._wake_all()
+            raise
+        with self._books:
             self._starting -= 1
-        self._live.add(worker)
+            # The loop's lane, made again if leave() ended it while this worker started: the
+            # worker stays in the books, for close() to end (its pipes are this loop's still)
+            current = self._lanes.setdefault(lane.loop, lane)
+            if current is lane and lane.template is not None and (
+                    lane.template not in self._templates):
+                self._templates.append(lane.template)
+            worker.lane = current
+            current.live.add(worker)
         self.workers_started += 1
         return worker
 
-    async def _spawn(self, profile: Profile) -> _Worker:
+    async def _spawn(self, lane: _Lane, profile: Profile) -> _Worker:
         """Start a worker; a template that died is started again, once."""
         for attempt in range(2):
             try:
-                return await self._spawn_once(profile)
+                return await self._spawn_once(lane, profile)
             except _TemplateGone as gone:
                 if attempt:
                     ended = "" if gone.code is None else f" ({describe_exit(gone.code)})"
@@ -839,7 +1020,7 @@ class ProcessExecutor(Executor):
                         "start_method='spawn' to start each worker afresh") from None
         raise AssertionError("unreachable")
 
-    async def _spawn_once(self, profile: Profile) -> _Worker:
+    async def _spawn_once(self, lane: _Lane, profile: Profile) -> _Worker:
         """Start a worker, hand it the import path and limits, and wait until it is ready."""
         limits, env_names = profile
         cmd_read, cmd_write = os.pipe()
@@ -850,8 +1031,8 @@ class ProcessExecutor(Executor):
             # (slow when many workers start on few cores), and the template answers one
             # request at a time. The loop runs in between, so a Ctrl-C or a cancel is handled
             # at once instead of after every pending start.
-            async with self._spawning:
-                proc = await self._launch(worker_env((*self.pass_env, *env_names)),
+            async with lane.spawning:
+                proc = await self._launch(lane, worker_env((*self.pass_env, *env_names)),
                                           cmd_read, reply_write)
         except BaseException:
             os.close(cmd_write)
@@ -860,7 +1041,7 @@ class ProcessExecutor(Executor):
         finally:  # only the worker may hold these: end of file must mean it is gone
             os.close(cmd_read)
             os.close(reply_write)
-        worker = _Worker(proc, profile)
+        worker = _Worker(proc, profile, lane)
         self._pids.add(worker.ref)
         try:
             await worker.connect(cmd_write, reply_read)
@@ -870,9 +1051,10 @@ class ProcessExecutor(Executor):
             raise
         return worker
 
-    async def _launch(self, env: dict[str, str], cmd_read: int, reply_write: int) -> _Process:
+    async def _launch(self, lane: _Lane, env: dict[str, str], cmd_read: int,
+                      reply_write: int) -> _Process:
         """A new worker process holding ``cmd_read`` and ``reply_write``."""
-        if self._template is None:
+        if lane.template is None:
             command = python_module("shoal.executors._worker", str(cmd_read), str(reply_write))
             # A session of its own: a terminal's Ctrl-C reaches the parent only (which
             # decides what stops), and killing the group stops what a tool started too.
@@ -881,7 +1063,7 @@ class ProcessExecutor(Executor):
             return await asyncio.create_subprocess_exec(
                 *command, stdin=asyncio.subprocess.DEVNULL, env=env,
                 pass_fds=(cmd_read, reply_write), start_new_session=True)
-        template = self._template
+        template = lane.template
         if template.proc is None or template.proc.poll() is not None:  # none yet, or it died
             template.stop()
             template.start(worker_env(self.pass_env))
@@ -920,17 +1102,29 @@ class ProcessExecutor(Executor):
                                 f"{detail}")
 
     def _release(self, worker: _Worker) -> None:
-        if worker in self._live:  # not retired by close() meanwhile
-            self._idle.setdefault(worker.profile, []).append(worker)
-            self._freed.set()
+        with self._books:
+            lane = worker.lane
+            if worker not in lane.live:  # retired by close() meanwhile
+                return
+            lane.idle.setdefault(worker.profile, []).append(worker)
+        self._wake_all()
 
     def _forget(self, worker: _Worker) -> None:
         """Take a worker out of the pool's books (it is about to be killed or is dead)."""
-        self._live.discard(worker)
-        idle = self._idle.get(worker.profile)
-        if idle is not None and worker in idle:
-            idle.remove(worker)
-        self._freed.set()
+        with self._books:
+            lane = worker.lane
+            lane.live.discard(worker)
+            idle = lane.idle.get(worker.profile)
+            if idle is not None and worker in idle:
+                idle.remove(worker)
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        """Room was made in the pool: wake the callers waiting for it, on every loop."""
+        with self._books:
+            lanes = list(self._lanes.values())
+        for lane in lanes:
+            lane.wake()
 
     def _drop(self, worker: _Worker) -> None:
         """Kill a worker without waiting for it (the event loop's child watcher reaps it)."""

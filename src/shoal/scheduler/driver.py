@@ -41,6 +41,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
@@ -781,9 +782,23 @@ class Driver:
             shared.freed(gate, self)
 
     def _gate_freed(self, gate: object) -> None:
-        """Another run freed ``gate``; look again on the next loop turn (never re-entrantly)."""
-        if self._loop is not None and not self.state.finished:
-            self._loop.call_soon(self._recheck_gate, gate)
+        """Another run freed ``gate``; look again on the next loop turn (never re-entrantly).
+
+        That run may be another thread's (``run_sync`` from several threads on one runtime):
+        then this loop is woken through its thread-safe queue, or it would sleep on.
+        """
+        loop = self._loop
+        if loop is None or self.state.finished:
+            return
+        try:
+            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # freed from a thread that runs no loop
+            here = None
+        if here is loop:
+            loop.call_soon(self._recheck_gate, gate)
+            return
+        with suppress(RuntimeError):  # closed: its run has ended
+            loop.call_soon_threadsafe(self._recheck_gate, gate)
 
     def _recheck_gate(self, gate: object) -> None:
         if not self.state.finished:

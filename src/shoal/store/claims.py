@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from shoal.exceptions import RunActiveError
+from shoal.executors._process_ref import start_ticks as _start_ticks
 from shoal.store.base import RunRecord, Store
 
 try:  # POSIX; elsewhere the record's pid and heartbeat are the only signs of life
@@ -190,20 +191,6 @@ def _boot_id() -> str:
         return Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
     except OSError:
         return ""
-
-
-def _start_ticks(pid: int) -> int | None:
-    """When ``pid`` started, in clock ticks since boot (Linux ``/proc``), or ``None``."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
-    except OSError:
-        return None
-    # "pid (command) state ppid ...": the start time is field 22, the 20th after the command
-    fields = stat.rpartition(")")[2].split()
-    try:
-        return int(fields[19])
-    except (IndexError, ValueError):
-        return None
 
 
 def _zombie(pid: int) -> bool:
