@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from tests.agent_models import HOLD_SECONDS, MAIN_JOB_FAILS, REQUEST_LOG
+from tests.cli_process import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 MAIN_JOB = "examples/literature_review/agents.py:review"
@@ -35,9 +36,7 @@ def env(**extra: str) -> dict[str, str]:
 
 
 def shoal(*args: str, timeout: float = 120, **extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "shoal.cli.app", *args], cwd=ROOT,
-                          env=env(**extra), capture_output=True, text=True, timeout=timeout,
-                          check=False)
+    return run_cli(args, cwd=ROOT, env=env(**extra), timeout=timeout)
 
 
 def start(*args: str, **extra: str) -> subprocess.Popen[str]:
