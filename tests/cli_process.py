@@ -7,8 +7,9 @@ the run's working directory, environment, ``sys.path`` (the working directory, t
 ``PYTHONPATH``), ``sys.argv``, and standard streams (files), calls :func:`shoal.cli.app.main`,
 and exits as an interpreter does (non-daemon threads joined, ``atexit`` run, streams flushed).
 Its exit code, standard output and standard error come back as :func:`subprocess.run` gives
-them. Tests of the interpreter's own start (the console script, Ctrl-C while the command line
-loads) start real interpreters instead.
+them. The template is no child of the test process (tests count that process's children); it
+ends when the test process does (its stdin closes). Tests of the interpreter's own start (the
+console script, Ctrl-C while the command line loads) start real interpreters instead.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # stdin) and answers each with the child's pid, then its exit code (JSON lines on its stdout).
 TEMPLATE = r'''
 import json, os, sys, threading
+if os.fork():  # the template lives on as an orphan: tests count the test process's children
+    os._exit(0)
 import shoal.cli.app
 assert threading.active_count() == 1, "the template must not fork with threads running"
 base_path = sys.path[1:]
@@ -81,16 +84,23 @@ class _Template:
     def __init__(self) -> None:
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         self.proc = subprocess.Popen([sys.executable, "-c", TEMPLATE], cwd=ROOT, env=env,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     start_new_session=True)
+        self.proc.wait(30)  # it forked the template and left: the pipes reach the template
         self.pending = b""
+        self.ended = False
 
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        return not self.ended
 
     def send(self, request: Mapping[str, object]) -> None:
         assert self.proc.stdin is not None
-        self.proc.stdin.write((json.dumps(request) + "\n").encode())
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write((json.dumps(request) + "\n").encode())
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            self.ended = True
+            raise RuntimeError("the command-line template ended") from None
 
     def receive(self, timeout: float | None) -> dict[str, int] | None:
         """The template's next answer; None if none came within ``timeout`` seconds."""
@@ -102,22 +112,19 @@ class _Template:
                 return None
             chunk = os.read(fd, 4096)
             if not chunk:
-                raise RuntimeError(f"the command-line template ended ({self.proc.wait()})")
+                self.ended = True
+                raise RuntimeError("the command-line template ended")
             self.pending += chunk
         line, self.pending = self.pending.split(b"\n", 1)
         answer: dict[str, int] = json.loads(line)
         return answer
 
     def close(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        """Close its stdin: the template ends when it reads that end."""
+        self.ended = True
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                stream.close()
 
 
 _lock = threading.Lock()
@@ -130,15 +137,6 @@ def _the_template() -> _Template:
         _template = _Template()
         atexit.register(_template.close)
     return _template
-
-
-def close_template() -> None:
-    """End the template (tests that count this process's children must not see it)."""
-    global _template
-    with _lock:
-        if _template is not None:
-            _template.close()
-            _template = None
 
 
 def run_cli(args: list[str] | tuple[str, ...], *, cwd: Path | str, env: Mapping[str, str],

@@ -16,7 +16,6 @@ import psutil
 import pytest
 
 from shoal.testing import run_virtual
-from tests.cli_process import close_template
 
 T = TypeVar("T")
 
@@ -188,13 +187,3 @@ def collect_garbage() -> Iterator[None]:
     """
     yield
     gc.collect()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _command_line_template_ended() -> Iterator[None]:
-    """End :mod:`tests.cli_process`'s template with the module that started it.
-
-    Tests elsewhere count this process's children; the template must not be among them.
-    """
-    yield
-    close_template()
