@@ -82,8 +82,8 @@ class _Template:
     """The template process and the one request it serves at a time."""
 
     def __init__(self) -> None:
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        self.proc = subprocess.Popen([sys.executable, "-c", TEMPLATE], cwd=ROOT, env=env,
+        # this process's environment: shoal is imported from where this process has it
+        self.proc = subprocess.Popen([sys.executable, "-c", TEMPLATE], cwd=ROOT,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      start_new_session=True)
         self.proc.wait(30)  # it forked the template and left: the pipes reach the template
