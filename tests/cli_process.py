@@ -15,6 +15,7 @@ console script, Ctrl-C while the command line loads) start real interpreters ins
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import locale
 import os
@@ -157,13 +158,23 @@ def run_cli(args: list[str] | tuple[str, ...], *, cwd: Path | str, env: Mapping[
         for name in ("stdout", "stderr"):
             (streams / name).touch()
         template = _the_template()
-        template.send({"args": list(args), "cwd": str(Path(cwd).resolve()), "env": dict(env),
-                       "stdin": stdin, "stdout": str(streams / "stdout"),
-                       "stderr": str(streams / "stderr")})
-        started = template.receive(30)
-        if started is None:
-            raise RuntimeError("the command-line template did not fork")
-        done = template.receive(timeout)
+        started: dict[str, int] | None = None
+        try:
+            template.send({"args": list(args), "cwd": str(Path(cwd).resolve()),
+                           "env": dict(env), "stdin": stdin, "stdout": str(streams / "stdout"),
+                           "stderr": str(streams / "stderr")})
+            started = template.receive(30)
+            if started is None:
+                raise RuntimeError("the command-line template did not fork")
+            done = template.receive(timeout)
+        except BaseException:
+            # interrupted (the test's own timeout, say): this template may still be waiting
+            # for that run, and its answers would go to the next; a new one serves the next
+            if started is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(started["pid"], signal.SIGKILL)
+            template.close()
+            raise
         if done is None:
             os.kill(started["pid"], signal.SIGKILL)
             template.receive(None)
