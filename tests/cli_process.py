@@ -73,6 +73,7 @@ while (request := read_line()) is not None:
     pid = os.fork()
     if pid == 0:
         child(request)  # raises SystemExit: the interpreter ends as after any command
+        raise SystemExit(0)  # never a second template, whatever main() did
     os.write(1, (json.dumps({"pid": pid}) + "\n").encode())
     _, status = os.waitpid(pid, 0)
     os.write(1, (json.dumps({"code": os.waitstatus_to_exitcode(status)}) + "\n").encode())
