@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli_process import run_cli
 from tests.wire import ErrorReply, OpenAIWireServer, closed_port_url, text_reply
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,8 +24,7 @@ def shoal(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     # a wide, fixed width: tables are read here (readline, once imported by any test, puts
     # COLUMNS=80 into the environment that child processes inherit)
     env = {**os.environ, "COLUMNS": "160"}
-    return subprocess.run([sys.executable, "-m", "shoal.cli.app", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return run_cli(args, cwd=ROOT, env=env, timeout=timeout)
 
 
 def test_the_example_agent_runs_with_readers_in_parallel() -> None:
@@ -117,8 +117,7 @@ def shoal_env(*args: str, env: dict[str, str | None], timeout: float = 60,
     """``shoal`` with the environment changed (``None`` removes a variable)."""
     merged = {k: v for k, v in os.environ.items() if env.get(k, "") is not None}
     merged.update({k: v for k, v in env.items() if v is not None})
-    return subprocess.run([sys.executable, "-m", "shoal.cli.app", *args], cwd=ROOT, env=merged,
-                          capture_output=True, text=True, timeout=timeout)
+    return run_cli(args, cwd=ROOT, env=merged, timeout=timeout)
 
 
 def test_no_api_key_is_one_line_saying_what_to_do() -> None:

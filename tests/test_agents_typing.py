@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import shoal
+from tests.mypy_run import of_program, strict_mypy
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -99,16 +100,12 @@ if TYPE_CHECKING:
 
 
 @pytest.mark.timeout(600)
-def test_typical_agent_programs_pass_mypy_strict(tmp_path: Path) -> None:
-    program = tmp_path / "user_program.py"
-    program.write_text(textwrap.dedent(USER_PROGRAM))
-    done = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--no-error-summary", "--hide-error-context",
-         # the repository's own cache: test_quality's full mypy run then finds the library
-         # and its dependencies analysed already (about 20 s less on two cores)
-         "--cache-dir", str(ROOT / ".mypy_cache"), str(program)],
-        capture_output=True, text=True, cwd=tmp_path, timeout=580)
-    lines = done.stdout.splitlines()
+def test_typical_agent_programs_pass_mypy_strict() -> None:
+    # checked with the repository's files in one run (tests/test_quality.py's): the analysis
+    # of shoal and its dependencies is done once for both tests
+    done = strict_mypy(USER_PROGRAM)
+    lines = of_program(done.stdout.splitlines())
+    assert lines, done.stdout + done.stderr  # the program was checked
     errors = [line for line in lines if ": error:" in line]
     assert errors == [], "\n".join(errors)
     revealed = [line.split("Revealed type is ", 1)[1].replace("builtins.", "") for line in lines

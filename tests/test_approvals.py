@@ -49,6 +49,7 @@ from shoal.store.base import Decision as StoredDecision
 from shoal.store.memory import MemoryStore
 from shoal.store.sqlite import SQLiteStore
 from shoal.testing import run_virtual
+from tests.cli_process import run_cli
 from tests.conftest import arun, elapsed, until, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -1061,10 +1062,8 @@ CLI_PLAN = {"nodes": [
 
 
 def shoal_run(cwd: Path, *args: str, stdin: str = "") -> tuple[int, dict[str, str], str]:
-    proc = subprocess.run([sys.executable, "-m", "shoal.cli.app", "run", "plan.json", "--json",
-                           *args], cwd=cwd, input=stdin, capture_output=True, text=True,
-                          timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
-                          check=False)
+    proc = run_cli(["run", "plan.json", "--json", *args], cwd=cwd, input=stdin, timeout=60,
+                   env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
     if proc.returncode == 2:
         return 2, {}, proc.stderr
     doc = json.loads(proc.stdout)

@@ -7,12 +7,13 @@ correctness fields are: every call ok, refs resolved, no ordering violations.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import math
 import random
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -40,6 +41,21 @@ from shoal.plantext import PlanTextParser
 from shoal.testing import run_virtual
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def earlier_objects_frozen() -> Iterator[None]:
+    """Keep the collector off what the tests before these left alive.
+
+    The benchmarks collect garbage between trials; late in a long test session each full
+    collection walks every object earlier tests keep (modules, caches, fixtures): seconds
+    per benchmark, and none of it a benchmark's garbage. Frozen, those are left out.
+    """
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def assert_correct(result: BenchResult) -> None:

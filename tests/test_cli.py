@@ -1,4 +1,4 @@
-"""The ``shoal`` command line, run as a real subprocess (``python -m shoal.cli.app``)."""
+"""The ``shoal`` command line, run as a real process (``python -m shoal.cli.app``, forked warm)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.cli_process import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,8 +96,7 @@ def env() -> dict[str, str]:
 
 
 def shoal(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "shoal.cli.app", *args], cwd=cwd, env=env(),
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    return run_cli(args, cwd=cwd, env=env(), timeout=timeout)
 
 
 def start_shoal(*args: str, cwd: Path) -> subprocess.Popen[str]:

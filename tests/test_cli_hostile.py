@@ -21,6 +21,7 @@ import pytest
 
 from shoal.exceptions import MAX_PROBLEM_CHARS, PlanError, PlanProblem, describe_exception
 from shoal.planfile import plan_from_dict
+from tests.cli_process import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 PAYLOAD = "A\x1b[6nB\x1b]0;PWN\x07C\x9b31mD\u202eE\x08F\rG[bold red]H\u200bI"
@@ -29,9 +30,7 @@ RAW = ["\x1b", "\x07", "\x9b", "\u202e", "\x08", "\r", "\u200b"]
 
 def shoal(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     environ = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "120"}
-    return subprocess.run([sys.executable, "-m", "shoal.cli.app", *args], cwd=cwd, env=environ,
-                          capture_output=True, text=True, timeout=120, check=False,
-                          stdin=subprocess.DEVNULL, errors="surrogateescape")
+    return run_cli(args, cwd=cwd, env=environ, timeout=120, errors="surrogateescape")
 
 
 def raw_in(output: str) -> list[str]:

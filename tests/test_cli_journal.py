@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from tests.cli_process import run_cli
+
 ROOT = Path(__file__).resolve().parents[1]
 
 TOOLS = textwrap.dedent('''
@@ -72,9 +74,7 @@ def write_plan(where: Path, nodes: list[dict[str, Any]], name: str = "plan.json"
 
 def shoal(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "shoal.cli.app", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout, check=False,
-                          stdin=subprocess.DEVNULL)
+    return run_cli(args, cwd=cwd, env=env, timeout=timeout)
 
 
 def run_id_of(proc: subprocess.CompletedProcess[str]) -> str:

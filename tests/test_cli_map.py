@@ -7,7 +7,6 @@ import io
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from rich.console import Console
 
 import shoal
 from shoal.cli.live import render_snapshot
+from tests.cli_process import run_cli
 from tests.conftest import arun
 from tests.map_tools import build_plan, feed
 
@@ -23,8 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def shoal_cli(*args: str, where: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200", "SHOAL_MAP_DIR": str(where)}
-    return subprocess.run([sys.executable, "-m", "shoal.cli.app", *args], cwd=where, env=env,
-                          capture_output=True, text=True, timeout=120, check=False)
+    return run_cli(args, cwd=where, env=env, timeout=120)
 
 
 def _runs(where: Path, monkeypatch: Any) -> Path:

@@ -39,6 +39,7 @@ from shoal.exceptions import PlanError, PlanProblem
 from shoal.outcome import ErrorInfo, Outcome, RunResult
 from shoal.scheduler.driver import Snapshot
 from shoal.store.base import ApprovalRecord, AttemptRecord, RunRecord, StoredOutcome
+from tests.cli_process import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -362,9 +363,7 @@ TOOLS = textwrap.dedent('''
 
 def shoal(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
     environ = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200", **env}
-    return subprocess.run([sys.executable, "-m", "shoal.cli.app", *args], cwd=cwd, env=environ,
-                          capture_output=True, text=True, timeout=120, check=False,
-                          stdin=subprocess.DEVNULL, errors="surrogateescape")
+    return run_cli(args, cwd=cwd, env=environ, timeout=120, errors="surrogateescape")
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import pytest
 
 from shoal.cli.journal import PROBLEMS_SHOWN, SLOWEST_SHOWN, SUMMARY_OVER
+from tests.cli_process import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 NODES = 1000
@@ -41,9 +41,7 @@ TOOLS = textwrap.dedent('''
 
 def shoal(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{cwd}", "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "shoal.cli.app", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300, check=False,
-                          stdin=subprocess.DEVNULL)
+    return run_cli(args, cwd=cwd, env=env, timeout=300)
 
 
 def run(where: Path, nodes: list[dict[str, Any]], name: str) -> str:

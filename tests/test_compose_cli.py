@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from tests.agent_models import HOLD_SECONDS, MAIN_JOB_FAILS, REQUEST_LOG
+from tests.cli_process import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 MAIN_JOB = "examples/literature_review/agents.py:review"
@@ -35,9 +36,7 @@ def env(**extra: str) -> dict[str, str]:
 
 
 def shoal(*args: str, timeout: float = 120, **extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "shoal.cli.app", *args], cwd=ROOT,
-                          env=env(**extra), capture_output=True, text=True, timeout=timeout,
-                          check=False)
+    return run_cli(args, cwd=ROOT, env=env(**extra), timeout=timeout)
 
 
 def start(*args: str, **extra: str) -> subprocess.Popen[str]:
@@ -240,9 +239,8 @@ def test_a_module_that_fails_on_import_is_a_clear_error(tmp_path: Path, module: 
             else "import sys\nsys.exit(4)\n")
     (tmp_path / f"{module}.py").write_text(body)
     for target in (f"{module}:review", str(tmp_path / f"{module}.py") + ":review"):
-        done = subprocess.run([sys.executable, "-m", "shoal.cli.app", "run", target, "task",
-                               "--no-store"], cwd=tmp_path, env=env(), capture_output=True,
-                              text=True, timeout=60, check=False)
+        done = run_cli(["run", target, "task", "--no-store"], cwd=tmp_path, env=env(),
+                       timeout=60)
         assert done.returncode == 2, (target, done.stdout, done.stderr)
         assert f"importing {target.rpartition(':')[0]!r} failed" in done.stderr
         assert "Traceback" not in done.stderr
@@ -323,10 +321,8 @@ def test_a_deadline_stops_a_composition_and_says_why() -> None:
 @pytest.mark.parametrize("target", [f"{TARGETS}:echoes", MAIN_JOB])
 def test_a_missing_key_for_model_is_one_line_and_exit_code_2(target: str) -> None:
     environment = {k: v for k, v in env().items() if k != "OPENAI_API_KEY"}
-    done = subprocess.run([sys.executable, "-m", "shoal.cli.app", "run", target, "task",
-                           "--model", "openai:gpt-4.1-mini", "--no-store"], cwd=ROOT,
-                          env=environment, capture_output=True, text=True, timeout=60,
-                          check=False)
+    done = run_cli(["run", target, "task", "--model", "openai:gpt-4.1-mini", "--no-store"],
+                   cwd=ROOT, env=environment, timeout=60)
     assert done.returncode == 2, done.stderr
     assert done.stderr == ("error: OPENAI_API_KEY is not set (the model 'openai:gpt-4.1-mini' "
                            "needs it): export it, or pass --model local\n")

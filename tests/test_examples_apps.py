@@ -33,6 +33,7 @@ from shoal.models.base import AssistantMessage, ModelRequest, UserMessage
 from shoal.patterns import Reflection
 from shoal.testing import ScriptedModel, run_virtual
 from tests.app_models import ACCEPTED, COMMENTARY, DRAFT_1, DRAFT_2, FEEDBACK, NOTES
+from tests.cli_process import run_cli
 from tests.spans import finished, started
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -498,18 +499,14 @@ def shoal_run(target: str, task: str, cwd: Path, *args: str
               ) -> subprocess.CompletedProcess[str]:
     """``shoal run target task --json`` from ``cwd``, journaled there."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "shoal.cli.app", "run", target, task,
-                           "--json", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=120, check=False)
+    return run_cli(["run", target, task, "--json", *args], cwd=cwd, env=env, timeout=120)
 
 
 def test_the_plan_file_maps_and_reduces_the_same(
         tmp_path: Path, aggregation: tuple[Path, shoal.RunResult]) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
-    proc = subprocess.run([sys.executable, "-m", "shoal.cli.app", "run",
-                           str(ROOT / "examples/data_aggregation/plan.yaml"), "--json"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
-                          check=False)
+    proc = run_cli(["run", str(ROOT / "examples/data_aggregation/plan.yaml"), "--json"],
+                   cwd=tmp_path, env=env, timeout=120)
     assert proc.returncode == 1  # the May shard's call failed; every other node is ok
     outcomes = {o["node_id"]: o for o in json.loads(proc.stdout)["outcomes"]}
     assert [k for k, o in outcomes.items() if o["status"] != "ok"] == ["summaries[4]"]

@@ -23,6 +23,7 @@ import shoal
 from shoal.exceptions import StoreError
 from shoal.store.claims import process_alive, process_start
 from shoal.store.sqlite import SQLiteStore
+from tests.cli_process import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,8 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def shoal_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """``shoal ARGS`` in ``cwd``, its output captured."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "shoal.cli.app", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120, check=False)
+    return run_cli(args, cwd=cwd, env=env, timeout=120)
 
 
 @shoal.tool

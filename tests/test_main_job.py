@@ -12,12 +12,13 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.cli_process import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 MAIN_JOB = "examples/literature_review/agents.py:review"
@@ -29,8 +30,7 @@ STOPWORDS = {"about", "after", "again", "their", "there", "these", "which", "whi
 
 def shoal(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "160"}
-    return subprocess.run([sys.executable, "-m", "shoal.cli.app", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    return run_cli(args, cwd=ROOT, env=env, timeout=timeout)
 
 
 def papers() -> dict[str, tuple[str, str]]:

@@ -26,6 +26,8 @@ from typing import Any
 import psutil
 import pytest
 
+from tests.cli_process import run_cli
+
 pytest.importorskip("mcp", reason="the mcp extra is not installed: pip install -e '.[mcp]'")
 
 import shoal
@@ -858,9 +860,7 @@ def test_shoal_mcp_serve_rejects_bad_targets_with_exit_code_2(tmp_path: Path) ->
                             (f"{bad}:missing", "has no attribute 'missing'"),
                             ("no_such_module_x:tools", "cannot import"),
                             ("tests.mcp_tools", "package.module:name")):
-        out = subprocess.run([sys.executable, "-m", "shoal.cli.app", "mcp", "serve", target],
-                             capture_output=True, text=True, cwd=ROOT, timeout=SLOW,
-                             stdin=subprocess.DEVNULL)
+        out = run_cli(["mcp", "serve", target], cwd=ROOT, env=os.environ, timeout=SLOW)
         assert out.returncode == 2, (target, out.stderr)
         assert message in out.stderr, (target, out.stderr)
         assert "Traceback" not in out.stderr

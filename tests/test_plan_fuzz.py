@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -27,6 +25,7 @@ from shoal.plan import Plan
 from shoal.planfile import load_plan, plan_from_dict
 from shoal.plantext import PlanTextParser, parse_plan_text
 from shoal.tools import Tool
+from tests.cli_process import run_cli
 from tests.plan_tools import add, anything, merge, search
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -283,9 +282,7 @@ def test_shoal_run_on_random_files(data: bytes, suffix: str) -> None:
         path = Path(folder) / f"plan{suffix}"
         path.write_bytes(data)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        proc = subprocess.run([sys.executable, "-m", "shoal.cli.app", "run", str(path)],
-                              cwd=folder, env=env, capture_output=True, text=True, timeout=60,
-                              check=False)
+        proc = run_cli(["run", str(path)], cwd=folder, env=env, timeout=60)
     assert "Traceback" not in proc.stderr + proc.stdout
     if proc.returncode == 2:
         assert proc.stderr.startswith(f"error: invalid plan {path}: ")

@@ -28,6 +28,7 @@ from shoal.plandata import (
 )
 from shoal.planfile import load_plan, plan_from_dict
 from shoal.plantext import parse_plan_text
+from tests.cli_process import run_cli as run_shoal
 from tests.plan_tools import anything
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -439,9 +440,7 @@ def hostile_files() -> Iterator[tuple[str, str | bytes, str]]:
 
 def run_cli(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "shoal.cli.app", "run", *args, str(path)],
-                          cwd=path.parent, env=env, capture_output=True, text=True, timeout=60,
-                          check=False)
+    return run_shoal(["run", *args, str(path)], cwd=path.parent, env=env, timeout=60)
 
 
 def test_shoal_run_reports_hostile_files_without_a_traceback(tmp_path: Path) -> None:

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.mypy_run import strict_mypy
+from tests.test_agents_typing import USER_PROGRAM
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -28,7 +31,8 @@ def test_mypy_strict_is_clean() -> None:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["mypy"]
     assert config["strict"] is True
     assert {"src/shoal", "tests", "bench", "examples"} <= set(config["files"])
-    done = run("-m", "mypy")
+    # one run with tests/test_agents_typing.py's user program (its lines are that test's)
+    done = strict_mypy(USER_PROGRAM)
     print(done.stdout, done.stderr)
     assert done.returncode == 0, f"mypy found problems:\n{done.stdout}{done.stderr}"
     assert "Success" in done.stdout

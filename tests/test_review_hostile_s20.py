@@ -36,16 +36,16 @@ from shoal.exceptions import (
 from shoal.planfile import load_plan
 from shoal.plantext import parse_plan_text
 from shoal.store.sqlite import SQLiteStore
+from tests.cli_process import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAN = '{"nodes": [{"id": "one", "tool": "tests.plan_tools:add", "args": {"a": 1, "b": 2}}]}'
 
 
 def _shoal(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """The ``shoal`` command, run as a real subprocess in ``cwd``."""
+    """The ``shoal`` command, run as a real process in ``cwd``."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "120"}
-    return subprocess.run([sys.executable, "-m", "shoal.cli.app", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    return run_cli(args, cwd=cwd, env=env, timeout=timeout)
 
 
 class Hostile:

@@ -20,6 +20,7 @@ from shoal.policy import MAX_RETRIES, RetryPolicy
 from shoal.runtime import MAX_RUN_ID, Runtime, check_resume_id, check_run_id
 from shoal.store.sqlite import SQLiteStore
 from shoal.testing import ScriptedModel
+from tests.cli_process import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -266,8 +267,7 @@ def cli(*args: str, cwd: Path, extra_env: dict[str, str] | None = None,
     env = {k: v for k, v in os.environ.items() if k != "SHOAL_PLAN_MODULES"}
     env.update({"PYTHONPATH": os.pathsep.join([str(cwd / "lib"), str(ROOT)]),
                 "COLUMNS": "200", **(extra_env or {})})
-    return subprocess.run([sys.executable, "-m", "shoal.cli.app", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120, check=False)
+    return run_cli(args, cwd=cwd, env=env, timeout=120)
 
 
 def test_cli_modules_option_and_environment_variable(tmp_path: Path, sidepkg: Path) -> None:

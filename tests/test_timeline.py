@@ -12,7 +12,6 @@ import json
 import os
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +28,7 @@ from shoal.timeline import embed, from_journal, render
 from shoal.timeline.critical import longest_chain
 from tests.agent_models import REVIEW_PROMPT, review_model
 from tests.browser import Browser, find_chromium
+from tests.cli_process import run_cli
 from tests.review_agents import lead
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,8 +39,7 @@ HOSTILE = ("</script><script>window.pwned=1</script><!-- <img src=x onerror=wind
 
 def shoal_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "160"}
-    return subprocess.run([sys.executable, "-m", "shoal.cli.app", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return run_cli(args, cwd=ROOT, env=env, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
