@@ -27,7 +27,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from shoal.agents.agent import Agent  # at run time: the node tool's schema reads the hints
-from shoal.agents.context import TREE_KEY, TreeContext, is_within
+from shoal.agents.context import TreeContext, is_within, tree_in
 from shoal.agents.result import AgentResult
 from shoal.agents.run import AgentRun
 from shoal.exceptions import AgentError, ShoalError
@@ -156,8 +156,8 @@ def composition(scope: RunScope) -> Composition:
     """The :class:`Composition` of the outermost run around ``scope`` (made on first use)."""
     found = scope.shared.get(SHARED_KEY)
     if found is None:
-        tree = scope.shared.get(TREE_KEY)  # a pattern among an agent's tools: join its tree
-        if isinstance(tree, TreeContext):
+        tree = tree_in(scope.shared)  # a pattern among an agent's tools: join its tree
+        if tree is not None:
             found = Composition(tree, owned=False)
         else:
             found = Composition(TreeContext(
