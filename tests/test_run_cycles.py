@@ -12,11 +12,13 @@ import asyncio
 import gc
 import weakref
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 import shoal
 from shoal.agents.context import TreeContext
+from shoal.patterns import pipeline
 from shoal.store.memory import MemoryStore
 from shoal.testing import ScriptedModel, call
 
@@ -120,3 +122,26 @@ def test_a_budget_breach_still_stops_the_tree() -> None:
     with pytest.raises(shoal.BudgetExceeded) as caught:
         asyncio.run(lead.run("go", budget=shoal.Budget(requests=2)))
     assert caught.value.limit == "requests"
+
+
+def test_an_agent_with_a_pattern_among_its_tools_is_freed_without_the_collector(
+        no_collector: None) -> None:
+    writer = shoal.Agent(name="writer", model=ScriptedModel.per_prompt({"*": ["a draft"]}))
+    tools: list[Any] = [pipeline(writer, name="drafting")]  # a pattern is a tool here
+    lead = shoal.Agent(name="lead", tools=tools,
+                       model=ScriptedModel([[call("drafting", task="write")], "report"]))
+    lead.tool_specs  # noqa: B018  # made once per agent, not per run
+
+    async def main() -> list[weakref.ref[object]]:
+        handle = lead.start("go")
+        result = await handle
+        assert result.output == "report" and result.calls[0].status == "ok"
+        return _tree_refs(handle, result)
+
+    loop = asyncio.new_event_loop()
+    try:
+        refs = loop.run_until_complete(main())
+        alive = [ref() for ref in refs]
+        assert alive == [None] * len(refs), [type(o).__name__ for o in alive if o is not None]
+    finally:
+        loop.close()

@@ -146,6 +146,9 @@ class TreeContext:
         self._remotes: dict[str, Callable[[str, BudgetExceeded | None], None]] = {}
         self._launcher: AgentLauncher | None = None  # starts them, once one is needed
         self.results: dict[str, AgentResult[Any]] = {}  # every agent's result, by lineage
+        #: the exceptions of the failed pattern nodes among its agents' tools, by lineage (the
+        #: errors of the :class:`~shoal.agents.node.Composition` such a pattern joins)
+        self.joined_errors: dict[str, BaseException] = {}
         self._deadline: asyncio.TimerHandle | None = None
         self._clock_origin: float | None = None  # when the wall clock was first armed
         self._scope: RunScope | None = None

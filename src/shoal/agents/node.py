@@ -158,16 +158,17 @@ def composition(scope: RunScope) -> Composition:
     if found is None:
         tree = tree_in(scope.shared)  # a pattern among an agent's tools: join its tree
         if tree is not None:
-            found = Composition(tree, owned=False)
-        else:
-            found = Composition(TreeContext(
-                run_id=scope.run_id, runtime=scope.runtime, budget=scope.budget,
-                sinks=scope.sinks, resuming=scope.resuming, board=scope.board,
-                within=scope.shared))  # its events on the run's clock, traced as it is
-            # held until the outermost run ends: its agents' models stay open from one node
-            # to the next (a local model server is not restarted for each)
-            found.enter()
-            scope.at_end(found.leave)
+            # made afresh each time, its errors kept by the tree: kept in the tree's own
+            # scope, it would make the tree a reference cycle (tree, scope, composition)
+            return Composition(tree, owned=False, errors=tree.joined_errors)
+        found = Composition(TreeContext(
+            run_id=scope.run_id, runtime=scope.runtime, budget=scope.budget,
+            sinks=scope.sinks, resuming=scope.resuming, board=scope.board,
+            within=scope.shared))  # its events on the run's clock, traced as it is
+        # held until the outermost run ends: its agents' models stay open from one node
+        # to the next (a local model server is not restarted for each)
+        found.enter()
+        scope.at_end(found.leave)
         scope.shared[SHARED_KEY] = found
     assert isinstance(found, Composition)
     return found
