@@ -30,8 +30,9 @@ async def fetch(key: str) -> str:
 
 
 @shoal.tool
-def double(x: int) -> int:
-    """Double ``x``."""
+async def double(x: int) -> int:
+    """Double ``x`` (on the loop: a thread pool's idle worker may hold its last call a moment
+    after the run, which would make the assertions below racy)."""
     return 2 * x
 
 
@@ -66,13 +67,36 @@ def test_a_plan_run_and_its_memory_store_are_freed_without_the_collector(
     assert [ref() for ref in refs] == [None, None, None]
 
 
-def test_shoal_run_frees_its_run_without_the_collector(no_collector: None) -> None:
-    plan, _ = _plan()
+LOOPS: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+
+@shoal.tool
+async def note_loop() -> str:
+    """Note the loop the call runs on."""
+    LOOPS.append(weakref.ref(asyncio.get_running_loop()))
+    return "noted"
+
+
+def test_shoal_run_sync_frees_its_run_and_its_loop_without_the_collector(
+        no_collector: None) -> None:
+    LOOPS.clear()
+    plan = shoal.Plan()  # calls on the loop only: a thread pool's idle worker may still hold
+    plan.call(note_loop, after=plan.call(fetch, key="a"))  # its last call's loop a moment
     result = shoal.run_sync(plan)
-    assert result.ok
+    assert result.ok and len(LOOPS) == 1
     ref = weakref.ref(result)
     del result
     assert ref() is None
+    assert LOOPS[0]() is None  # the loop run_sync made, with the clock the run kept on it
+
+
+def test_agent_run_sync_frees_its_loop_without_the_collector(no_collector: None) -> None:
+    LOOPS.clear()
+    agent = shoal.Agent(name="a", tools=[note_loop],
+                        model=ScriptedModel([[call("note_loop")], "done"]))
+    agent.tool_specs  # noqa: B018  # made once per agent, not per run
+    assert agent.run_sync("go").output == "done"
+    assert len(LOOPS) == 1 and LOOPS[0]() is None
 
 
 def _tree() -> shoal.Agent:
