@@ -33,8 +33,8 @@ if TYPE_CHECKING:
     from shoal.runtime import Runtime
     from shoal.scheduler.scope import RunScope
 
-__all__ = ["DEFAULT_MODEL", "TREE_KEY", "DefaultModel", "Stoppable", "TreeContext", "is_within",
-           "tree_in"]
+__all__ = ["DEFAULT_MODEL", "TREE_KEY", "DefaultModel", "Stoppable", "TreeContext",
+           "breach_stopper", "is_within", "tree_in"]
 
 #: The key of a tree's own context in the ``shared`` dict of its tool phases' scopes.
 TREE_KEY = "shoal.tree"
@@ -77,7 +77,7 @@ def tree_in(shared: dict[str, Any]) -> TreeContext | None:
     return tree if isinstance(tree, TreeContext) else None
 
 
-def _breach_stopper(ctx: TreeContext) -> Callable[[BudgetExceeded], None]:
+def breach_stopper(ctx: TreeContext) -> Callable[[BudgetExceeded], None]:
     """What the tree's budget tracker calls on a breach: stop ``ctx``'s steps.
 
     It holds the tree weakly: the tracker's callback holding it (as a bound method would)
@@ -114,7 +114,7 @@ class TreeContext:
         self.runtime = runtime
         #: the board every tool of the tree (subagents' too) reads and writes, if any
         self.board = board
-        self.tracker = BudgetTracker(budget, _breach_stopper(self))
+        self.tracker = BudgetTracker(budget, breach_stopper(self))
         self.gates = gates or ModelGates()
         self.model_override = model_override
         #: whether this tree continues a journaled run: steps the journal knows are resumed
