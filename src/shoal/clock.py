@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from shoal.exceptions import ConfigError
 
-__all__ = ["Clock", "clock_of", "read_epoch"]
+__all__ = ["Clock", "clock_of", "forget_clock", "read_epoch"]
 
 
 class Clock:
@@ -112,3 +112,13 @@ def clock_of(loop: asyncio.AbstractEventLoop | None = None) -> Clock:
     with contextlib.suppress(AttributeError):  # a loop that takes no attribute: one per run
         setattr(loop, _MADE, made)
     return made
+
+
+def forget_clock(loop: asyncio.AbstractEventLoop) -> None:
+    """Drop the clock :func:`clock_of` keeps on ``loop`` (a loop that has run its last).
+
+    The clock and its loop refer to each other, so a closed loop that kept one would wait for
+    a full garbage collection to be freed, not go when its last user drops it.
+    """
+    with contextlib.suppress(AttributeError):
+        delattr(loop, _MADE)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from shoal import instrumentation
 from shoal.approvals import ApprovalRequest, Approver, Callback, as_approver
 from shoal.approvals.desk import ApprovalDesk
-from shoal.clock import Clock, read_epoch
+from shoal.clock import Clock, forget_clock, read_epoch
 from shoal.deps import Graph, analyze
 from shoal.events import Event, EventSink
 from shoal.exceptions import ConfigError, ShoalError
@@ -1036,7 +1036,13 @@ def run_blocking(coro: Coroutine[Any, Any, T],
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(coro)
+        runner = asyncio.Runner()  # asyncio.run(coro), keeping hold of its loop
+        loop = runner.get_loop()
+        try:
+            with runner:
+                return runner.run(coro)
+        finally:
+            forget_clock(loop)  # else the closed loop and its clock wait for the collector
     coro.close()
     raise ShoalError(f"a *_sync function was called from inside a running event loop; use "
                      f"{instead} there instead")

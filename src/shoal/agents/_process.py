@@ -150,6 +150,7 @@ class Link:
 def remote_tracker(link: Link, ctx: TreeContext) -> BudgetTracker:
     """A budget tracker whose charges the root's tracker answers (limits stay exact)."""
     from shoal.agents.budget import BudgetTracker
+    from shoal.agents.context import breach_stopper
     from shoal.exceptions import BudgetExceeded
 
     class RemoteTracker(BudgetTracker):
@@ -174,7 +175,7 @@ def remote_tracker(link: Link, ctx: TreeContext) -> BudgetTracker:
                 self.subagents += 1
             return refusal
 
-    return RemoteTracker(ctx.tracker.budget, ctx._stop_everything)
+    return RemoteTracker(ctx.tracker.budget, breach_stopper(ctx))  # not a cycle with ctx
 
 
 def remote_gates(link: Link, retry: Any) -> ModelGates:

@@ -25,7 +25,7 @@ from shoal.agents.context import DEFAULT_MODEL, TreeContext
 from shoal.agents.output import OutputSpec
 from shoal.agents.result import AgentResult
 from shoal.agents.run import AgentRun
-from shoal.agents.toolcalls import ToolErrorFormat
+from shoal.agents.toolcalls import ToolErrorFormat, check_run_options
 from shoal.approvals import Approver, Callback
 from shoal.events import EventSink
 from shoal.exceptions import AgentError, ConfigError, ShoalError, ToolDefinitionError
@@ -36,6 +36,7 @@ from shoal.models.retry import ModelGates
 from shoal.plan import as_tool
 from shoal.policy import ToolPolicy, _labels, _resources
 from shoal.runtime import run_blocking
+from shoal.scheduler.scope import check_budget
 from shoal.schema import Injected
 from shoal.streaming import DEFAULT_BUFFER, EventStream, Started
 from shoal.tools import Tool
@@ -172,6 +173,10 @@ class Agent(Generic[T]):
         except ConfigError as exc:
             raise ConfigError(f"agent {self.name!r}: {exc}") from None
         self._check_counts()
+        try:
+            check_budget(self.budget)
+        except ConfigError as exc:
+            raise ConfigError(f"agent {self.name!r}: {exc}") from None
         agents = [t for t in self._listed("tools") if isinstance(t, Agent)]
         if agents:  # a pattern is welcome: it runs as a tool within this agent's tree
             raise ConfigError(f"agent {self.name!r}: {agents[0]!r} is not a tool; an agent the "
@@ -371,6 +376,7 @@ class Agent(Generic[T]):
         if run_id is not None and not resume:  # the tree's step runs hang under it by '/'
             check_run_id(run_id)
 
+        sinks = check_run_options(runtime, budget, on_event, gates)
         if approver is not None and runtime is not None:
             raise ConfigError("approver= applies to the runtime an agent run makes; you passed "
                               "your own runtime, so give it the approver: "
@@ -388,7 +394,6 @@ class Agent(Generic[T]):
             from shoal.models import resolve_model
 
             override = model if isinstance(model, Model) else resolve_model(model)
-        sinks = [] if on_event is None else [on_event] if callable(on_event) else list(on_event)
         ctx = TreeContext(run_id=run_id or new_run_id(), runtime=active,
                           budget=budget or self.budget, sinks=sinks, gates=gates,
                           model_override=override, resuming=resume, force=force, board=board)
@@ -480,9 +485,9 @@ class Agent(Generic[T]):
         the run never waits for the reader); leaving the loop early cancels the run. The
         other arguments are those of :meth:`run`.
         """
+        sinks = check_run_options(runtime, budget, on_event, gates)  # now, not when iterated
+
         def begin(sink: EventSink) -> Started[AgentResult[T]]:
-            sinks = [] if on_event is None else [on_event] if callable(on_event) else list(
-                on_event)
             handle = self.start(prompt, runtime=runtime, model=model, budget=budget,
                                 on_event=[*sinks, sink], run_id=run_id, gates=gates,
                                 approver=approver, board=board)
@@ -523,6 +528,7 @@ class Agent(Generic[T]):
         that wrote to a board needs it again (``board=``): replayed calls merge their writes
         into it once more.
         """
+        check_run_options(runtime, None, None, None)
         if runtime is None or runtime.store is None:
             raise ConfigError("resuming an agent needs the runtime whose journal holds the run: "
                               "Runtime(store='sqlite:///runs.db')")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
@@ -32,7 +33,8 @@ if TYPE_CHECKING:
     from shoal.runtime import Runtime
     from shoal.scheduler.scope import RunScope
 
-__all__ = ["DEFAULT_MODEL", "TREE_KEY", "DefaultModel", "Stoppable", "TreeContext", "is_within"]
+__all__ = ["DEFAULT_MODEL", "TREE_KEY", "DefaultModel", "Stoppable", "TreeContext",
+           "breach_stopper", "is_within", "tree_in"]
 
 #: The key of a tree's own context in the ``shared`` dict of its tool phases' scopes.
 TREE_KEY = "shoal.tree"
@@ -64,6 +66,33 @@ def is_within(lineage: str, root: str) -> bool:
     return lineage == root or lineage.startswith(root + "/")
 
 
+def tree_in(shared: dict[str, Any]) -> TreeContext | None:
+    """The agent tree whose tool phases a run's ``shared`` dict belongs to, if any.
+
+    The tree's scope holds it weakly (the tree holds its scope, so a strong reference back
+    would make every tree a reference cycle, freed only by a full garbage collection).
+    """
+    ref = shared.get(TREE_KEY)
+    tree = ref() if isinstance(ref, weakref.ref) else None
+    return tree if isinstance(tree, TreeContext) else None
+
+
+def breach_stopper(ctx: TreeContext) -> Callable[[BudgetExceeded], None]:
+    """What the tree's budget tracker calls on a breach: stop ``ctx``'s steps.
+
+    It holds the tree weakly: the tracker's callback holding it (as a bound method would)
+    made every tree a reference cycle, kept with all its results until a full collection.
+    """
+    tree = weakref.ref(ctx)
+
+    def stop(breach: BudgetExceeded) -> None:
+        alive = tree()
+        if alive is not None:  # else the tree ended, and nothing of it runs to stop
+            alive._stop_everything(breach)
+
+    return stop
+
+
 class TreeContext:
     """The state one agent tree shares (see the module docstring)."""
 
@@ -85,7 +114,7 @@ class TreeContext:
         self.runtime = runtime
         #: the board every tool of the tree (subagents' too) reads and writes, if any
         self.board = board
-        self.tracker = BudgetTracker(budget, self._stop_everything)
+        self.tracker = BudgetTracker(budget, breach_stopper(self))
         self.gates = gates or ModelGates()
         self.model_override = model_override
         #: whether this tree continues a journaled run: steps the journal knows are resumed
@@ -117,6 +146,9 @@ class TreeContext:
         self._remotes: dict[str, Callable[[str, BudgetExceeded | None], None]] = {}
         self._launcher: AgentLauncher | None = None  # starts them, once one is needed
         self.results: dict[str, AgentResult[Any]] = {}  # every agent's result, by lineage
+        #: the exceptions of the failed pattern nodes among its agents' tools, by lineage (the
+        #: errors of the :class:`~shoal.agents.node.Composition` such a pattern joins)
+        self.joined_errors: dict[str, BaseException] = {}
         self._deadline: asyncio.TimerHandle | None = None
         self._clock_origin: float | None = None  # when the wall clock was first armed
         self._scope: RunScope | None = None
@@ -136,7 +168,8 @@ class TreeContext:
             from shoal.scheduler.scope import ORIGIN_KEY, RunScope  # (it needs no agents)
 
             self._scope = RunScope(self.runtime, self.run_id, resuming=self.resuming,
-                                   shared={TREE_KEY: self, ORIGIN_KEY: self.started,
+                                   shared={TREE_KEY: weakref.ref(self),
+                                           ORIGIN_KEY: self.started,
                                            instrumentation.SHARED_KEY: self.observing})
         return self._scope
 

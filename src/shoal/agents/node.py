@@ -27,7 +27,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from shoal.agents.agent import Agent  # at run time: the node tool's schema reads the hints
-from shoal.agents.context import TREE_KEY, TreeContext, is_within
+from shoal.agents.context import TreeContext, is_within, tree_in
 from shoal.agents.result import AgentResult
 from shoal.agents.run import AgentRun
 from shoal.exceptions import AgentError, ShoalError
@@ -156,18 +156,19 @@ def composition(scope: RunScope) -> Composition:
     """The :class:`Composition` of the outermost run around ``scope`` (made on first use)."""
     found = scope.shared.get(SHARED_KEY)
     if found is None:
-        tree = scope.shared.get(TREE_KEY)  # a pattern among an agent's tools: join its tree
-        if isinstance(tree, TreeContext):
-            found = Composition(tree, owned=False)
-        else:
-            found = Composition(TreeContext(
-                run_id=scope.run_id, runtime=scope.runtime, budget=scope.budget,
-                sinks=scope.sinks, resuming=scope.resuming, board=scope.board,
-                within=scope.shared))  # its events on the run's clock, traced as it is
-            # held until the outermost run ends: its agents' models stay open from one node
-            # to the next (a local model server is not restarted for each)
-            found.enter()
-            scope.at_end(found.leave)
+        tree = tree_in(scope.shared)  # a pattern among an agent's tools: join its tree
+        if tree is not None:
+            # made afresh each time, its errors kept by the tree: kept in the tree's own
+            # scope, it would make the tree a reference cycle (tree, scope, composition)
+            return Composition(tree, owned=False, errors=tree.joined_errors)
+        found = Composition(TreeContext(
+            run_id=scope.run_id, runtime=scope.runtime, budget=scope.budget,
+            sinks=scope.sinks, resuming=scope.resuming, board=scope.board,
+            within=scope.shared))  # its events on the run's clock, traced as it is
+        # held until the outermost run ends: its agents' models stay open from one node
+        # to the next (a local model server is not restarted for each)
+        found.enter()
+        scope.at_end(found.leave)
         scope.shared[SHARED_KEY] = found
     assert isinstance(found, Composition)
     return found

@@ -26,7 +26,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from shoal.events import Event, EventSink
-from shoal.exceptions import ToolArgumentError
+from shoal.exceptions import ConfigError, ToolArgumentError
 from shoal.models.base import ToolCall, ToolResultMessage
 from shoal.outcome import ErrorInfo, Outcome, RunResult, jsonable
 from shoal.plan import Plan
@@ -37,7 +37,8 @@ if TYPE_CHECKING:
     from shoal.runtime import RunHandle, Runtime
 
 __all__ = ["CallRecord", "CallStream", "Opener", "Preparer", "SharedRun", "Starter",
-           "ToolErrorFormat", "error_text", "execute_calls", "result_text", "settle", "tool_map"]
+           "ToolErrorFormat", "check_run_options", "error_text", "execute_calls", "result_text",
+           "settle", "tool_map"]
 
 log = logging.getLogger("shoal")
 
@@ -223,6 +224,9 @@ async def execute_calls(
         error_format: words the message of each call that did not succeed (see
             :data:`ToolErrorFormat`); default: shoal's own sentence (:func:`error_text`).
     """
+    check_run_options(runtime, None, on_event, None)
+    if on_event is not None and not callable(on_event):  # a list: one sink is taken here
+        raise ConfigError(f"on_event= takes one callable here, got {type(on_event).__name__}")
     by_name = tool_map(tools)
     counter = _Counter(counts)
     records: list[CallRecord | None] = [None] * len(calls)
@@ -253,6 +257,31 @@ async def execute_calls(
         if on_records is not None:
             on_records([r for r in records if r is not None])
     return [r for r in records if r is not None]
+
+
+def check_run_options(runtime: object, budget: object, on_event: object,
+                   gates: object) -> list[Callable[[Event], None]]:
+    """Refuse wrong-typed run options before anything starts; return the event sinks.
+
+    For an agent run (:meth:`~shoal.agents.agent.Agent.start` and what calls it) and a batch
+    of tool calls (:func:`execute_calls`).
+
+    Raises :class:`~shoal.exceptions.ConfigError` saying what each option takes (as a plan
+    run does, with the same checks), not an ``AttributeError`` from deep inside the run.
+    """
+    from shoal.merge import shown
+    from shoal.models.retry import ModelGates
+    from shoal.runtime import Runtime, _sink_list
+    from shoal.scheduler.scope import check_budget
+
+    if runtime is not None and not isinstance(runtime, Runtime):
+        raise ConfigError(f"runtime= takes a shoal.Runtime(...), got {type(runtime).__name__} "
+                          f"{shown(runtime)}")
+    if gates is not None and not isinstance(gates, ModelGates):
+        raise ConfigError(f"gates= takes a shoal.models.ModelGates(), got "
+                          f"{type(gates).__name__} {shown(gates)}")
+    check_budget(budget)
+    return _sink_list(on_event)  # type: ignore[arg-type]  # checked there
 
 
 def _reword(records: list[CallRecord | None], error_format: ToolErrorFormat) -> None:

@@ -34,7 +34,7 @@ from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, Statu
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
-from shoal.agents.context import TREE_KEY, TreeContext
+from shoal.agents.context import TreeContext, tree_in
 from shoal.agents.run import MODEL_TURN_POLICY
 from shoal.deps import Edge
 from shoal.events import (
@@ -181,8 +181,8 @@ class Tracing:
     def tree_of(self, driver: Driver) -> TreeSpans | None:
         """The spans of the agent tree a run belongs to, if it belongs to one."""
         scope = driver.scope
-        tree = scope.shared.get(TREE_KEY) if scope is not None else None
-        if not isinstance(tree, TreeContext):
+        tree = tree_in(scope.shared) if scope is not None else None
+        if tree is None:
             return None
         with self._lock:
             return self._trees.get(tree)

@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from shoal.runtime import Runtime
 
 __all__ = [
-    "INJECTORS", "ORIGIN_KEY", "REPLAYERS", "RunScope", "Settles", "events_origin", "inject",
-    "register_injector", "register_replayer",
+    "INJECTORS", "ORIGIN_KEY", "REPLAYERS", "RunScope", "Settles", "check_budget",
+    "events_origin", "inject", "register_injector", "register_replayer",
 ]
 
 #: The key, in :attr:`RunScope.shared`, of the start (loop time, epoch seconds) that every
@@ -49,6 +49,18 @@ def events_origin(shared: dict[str, Any], now: float, epoch: float) -> tuple[flo
     """
     loop_time, wall = shared.setdefault(ORIGIN_KEY, (now, epoch))
     return float(loop_time), float(wall)
+
+
+def check_budget(budget: object) -> None:
+    """Refuse a ``budget=`` that is neither ``None`` nor a :class:`~shoal.Budget`."""
+    if budget is None:
+        return
+    from shoal.agents.budget import Budget
+    from shoal.merge import shown
+
+    if not isinstance(budget, Budget):
+        raise ConfigError(f"budget= takes a shoal.Budget(tokens=..., cost=..., ...), "
+                          f"got {type(budget).__name__} {shown(budget)}")
 
 
 @dataclass(slots=True, eq=False)
@@ -89,13 +101,7 @@ class RunScope:
             from shoal.board import check_board
 
             check_board(self.board)
-        if self.budget is not None:  # so does a budget (not at its first agent's first turn)
-            from shoal.agents.budget import Budget
-            from shoal.merge import shown
-
-            if not isinstance(self.budget, Budget):
-                raise ConfigError(f"budget= takes a shoal.Budget(tokens=..., cost=..., ...), "
-                                  f"got {type(self.budget).__name__} {shown(self.budget)}")
+        check_budget(self.budget)  # so does a budget (not at its first agent's first turn)
 
     def where(self, node_id: str) -> str:
         """The lineage of a node of this run (``lead/reader#2``)."""

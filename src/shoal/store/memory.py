@@ -104,11 +104,6 @@ class MemoryStore:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._claims = LocalClaims()
-        self._write: dict[type, Callable[[Any], None]] = {
-            RunRecord: self._put_run, RunEnded: self._end_run, AttemptStarted: self._start,
-            AttemptEnded: self._end, OutcomeRecord: self._outcome, EventRecord: self._event,
-            EffectRecord: self._effect,
-        }  # fmt: skip
 
     def __repr__(self) -> str:
         return f"<MemoryStore {len(self._runs)} runs>"
@@ -119,7 +114,7 @@ class MemoryStore:
         """Store ``records`` (at once: no other thread sees half of them)."""
         with self._lock:
             for record in records:
-                self._write[type(record)](record)
+                _WRITERS[type(record)](self, record)
 
     def _put_run(self, record: RunRecord) -> None:
         known = self._runs.get(record.run_id)
@@ -330,6 +325,17 @@ class MemoryStore:
         if run is None:
             raise RunNotFoundError(run_id, "(an in-memory store)")
         return run
+
+
+# each kind of record's writer, as plain functions: a table of the store's own bound methods
+# would make every store a reference cycle, kept (with every run and outcome it holds) until
+# the garbage collector's next full pass instead of freed when its runtime is dropped
+_WRITERS: dict[type, Callable[[MemoryStore, Any], None]] = {
+    RunRecord: MemoryStore._put_run, RunEnded: MemoryStore._end_run,
+    AttemptStarted: MemoryStore._start, AttemptEnded: MemoryStore._end,
+    OutcomeRecord: MemoryStore._outcome, EventRecord: MemoryStore._event,
+    EffectRecord: MemoryStore._effect,
+}  # fmt: skip
 
 
 def _same_call(record: ApprovalRecord, node_id: str, args_hash: str) -> bool:
