@@ -20,6 +20,7 @@ import numbers
 import os
 import random
 import secrets
+import threading
 import time
 from collections.abc import Callable, Collection, Coroutine, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -380,6 +381,10 @@ class Runtime:
         self._rng = random.Random(seed)
         self._estimates: dict[str, float] = {}
         self._executors: dict[str, Executor] = {}
+        # made under this lock: runs of several threads (run_sync from each) ask for a backend
+        # at once, and two made for one isolation would each have the whole cap on workers,
+        # and aclose() would close only the one kept (the other's workers live on)
+        self._making = threading.Lock()
         # the runs going on this runtime, each with what ends when it has: aclose() ends them
         # first, so none goes on with the backends it closes (a closed pool would be made anew
         # by the run's next call, and nothing would close it)
@@ -405,6 +410,14 @@ class Runtime:
         existing = self._executors.get(isolation)
         if existing is not None:
             return existing
+        with self._making:
+            existing = self._executors.get(isolation)  # made by another thread meanwhile
+            if existing is None:
+                existing = self._executors[isolation] = self._make_executor(isolation)
+            return existing
+
+    def _make_executor(self, isolation: str) -> Executor:
+        """A new backend for ``isolation`` (:meth:`executor_for` keeps it)."""
         made: Executor
         if isolation in self._custom:
             made = self._custom[isolation]
@@ -423,7 +436,6 @@ class Runtime:
             made = RayExecutor(address=self.ray_address)
         else:
             raise ConfigError(f"no executor for isolation {isolation!r}; use one of {ISOLATIONS}")
-        self._executors[isolation] = made
         return made
 
     def start(
@@ -838,7 +850,8 @@ class Runtime:
         try:
             await self._end_runs()
         finally:  # no await since the last run ended: a run started now makes its own backends
-            executors, self._executors = self._executors, {}
+            with self._making:  # not while another thread makes one into the old table
+                executors, self._executors = self._executors, {}
             await self.approvals.aclose()
             for executor in {id(e): e for e in executors.values()}.values():
                 await executor.close()

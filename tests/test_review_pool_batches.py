@@ -1,0 +1,101 @@
+"""A hostile user's review of the thread pool, of calls fed to the state machine in batches,
+and of the process executor serving several event loops.
+
+Each test pins a defect found there (it failed before the fix).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+import shoal
+from shoal.executors.base import Executor
+from tests import process_tools as pt
+
+
+@pytest.fixture
+def switch_often() -> Iterator[None]:
+    """Threads switch every microsecond: a race between them shows up in a few tries."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
+
+
+@pytest.mark.parametrize("isolation", ["thread", "process"])
+@pytest.mark.usefixtures("switch_often")
+def test_threads_asking_for_a_backend_at_once_get_the_same_one(isolation: str) -> None:
+    """Runs of several threads on one runtime (``run_sync`` from each) share its backends.
+
+    Two made at once for one isolation would each have the whole cap on workers, and
+    ``aclose()`` would close only the one the runtime kept: the other's threads or worker
+    processes would live on.
+    """
+    for _ in range(150):
+        runtime = shoal.Runtime(store=None)
+        ready = threading.Barrier(4, timeout=30.0)
+        got: list[Executor] = []
+
+        def ask(runtime: shoal.Runtime = runtime, ready: threading.Barrier = ready,
+                got: list[Executor] = got) -> None:
+            ready.wait()
+            got.append(runtime.executor_for(isolation))
+
+        threads = [threading.Thread(target=ask) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30.0)
+        assert len(got) == 4
+        assert len({id(executor) for executor in got}) == 1, "two backends for one isolation"
+        assert got[0] is runtime.executor_for(isolation)
+
+
+# Each loop closes with its workers idle (no leave()); asyncio then warns about their
+# transports, as test_process_loops.py's test_a_loop_that_ends_without_leaving_... says.
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.usefixtures("no_child_process_leak")
+def test_two_threads_runs_then_close_from_a_third_leave_no_worker_behind() -> None:
+    """Two threads each run process tools on one runtime (one cancelled mid-run); a third
+    closes it: every worker and template of both loops ends, though the handles live on."""
+    runtime = shoal.Runtime(store=None, process_workers=3)
+    handles: list[shoal.RunHandle] = []
+    outcomes: dict[int, set[str]] = {}
+    both = threading.Barrier(2, timeout=60.0)
+
+    def run(k: int, cancel: bool) -> None:
+        async def main() -> set[str]:
+            plan = shoal.Plan(f"plan-{k}")
+            for i in range(8):
+                plan.add(pt.identity, {"value": i}, node_id=f"v{i}")
+            both.wait()
+            handle = runtime.start(plan)
+            handles.append(handle)  # kept: the run's backends must not depend on collection
+            if cancel:
+                await asyncio.sleep(0.05)
+                handle.cancel(reason="stopped mid-run")
+            result = await handle
+            return {outcome.status for outcome in result.outcomes.values()}
+
+        outcomes[k] = asyncio.run(main())
+
+    threads = [threading.Thread(target=run, args=(k, k == 2), daemon=True) for k in (1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120.0)
+        assert not thread.is_alive()
+    closer = threading.Thread(target=lambda: asyncio.run(runtime.aclose()), daemon=True)
+    closer.start()
+    closer.join(60.0)
+    assert not closer.is_alive()
+    assert outcomes[1] == {"ok"}
+    assert outcomes[2] <= {"ok", "cancelled"}
