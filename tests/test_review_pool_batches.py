@@ -7,8 +7,11 @@ Each test pins a defect found there (it failed before the fix).
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import sys
+import textwrap
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -99,3 +102,51 @@ def test_two_threads_runs_then_close_from_a_third_leave_no_worker_behind() -> No
     assert not closer.is_alive()
     assert outcomes[1] == {"ok"}
     assert outcomes[2] <= {"ok", "cancelled"}
+
+
+def run_script(body: str) -> tuple[str, float]:
+    """Run ``body`` in a fresh interpreter; its output and how long it took to exit."""
+    began = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(body)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip(), time.monotonic() - began
+
+
+CHAIN_IN_A_THREAD = """
+    import collections, threading, time
+    import shoal
+    {touch}
+
+    @shoal.tool
+    def step(i: int) -> int:
+        time.sleep(0.05)
+        return i + 1
+
+    def work():
+        plan = shoal.Plan()
+        last = plan.call(step, i=0)
+        for _ in range(5):
+            last = plan.call(step, i=last)
+        result = shoal.run_sync(plan)
+        print(sorted(collections.Counter(o.status for o in result.outcomes.values()).items()),
+              result[last].value, flush=True)
+
+    threading.Thread(target=work, daemon={daemon}).start()
+    time.sleep(0.02)  # main returns while the run goes on
+"""
+
+
+@pytest.mark.parametrize("touch", ["shoal.run_sync", ""], ids=["loaded", "loaded-while-exiting"])
+def test_a_run_in_a_thread_python_waits_for_goes_on_after_main_returns(touch: str) -> None:
+    """Python waits for a thread that is not a daemon: its run's sync calls still run (they
+    were refused, failing the run; and shoal's modules first loaded then failed to import)."""
+    out, _ = run_script(CHAIN_IN_A_THREAD.format(touch=touch, daemon=False))
+    assert out == "[('ok', 6)] 6"
+
+
+def test_a_run_in_a_daemon_thread_does_not_hold_the_exit_up() -> None:
+    body = CHAIN_IN_A_THREAD.replace("range(5)", "range(2000)")  # 100 s of calls
+    out, took = run_script(body.format(touch="shoal.run_sync", daemon=True))
+    assert out == ""  # the run never ended: the interpreter did not wait for it
+    assert took < 60

@@ -58,7 +58,7 @@ _RUNNING = 1  # a thread took it
 _CANCELLED = 2  # stopped, or its pool closed, before a thread took it: it never runs
 _DONE = 3  # it ran; ``value`` or ``error`` says how it ended
 
-#: Set once the interpreter starts to exit (see _at_exit): pools take no more calls.
+#: Set once the interpreter starts to exit (see _at_exit): from then on no worker parks.
 _exiting = False
 
 
@@ -211,12 +211,22 @@ class _Workers:
         return self._pool is not None
 
     def _opened_locked(self) -> _Pool:
-        """The pool, made if there is none (never yet, or closed since); the lock held."""
-        if _exiting:  # as a ThreadPoolExecutor then: its threads are being joined
-            raise RuntimeError("cannot run a call on a thread: the interpreter is exiting")
+        """The pool, made if there is none (never yet, or closed since); the lock held.
+
+        Once the interpreter exits, a pool still takes the calls of a thread that is not a
+        daemon (Python waits for that thread, so its run goes on; a ``ThreadPoolExecutor``
+        refuses them), but it is made closed: its workers run what is queued and exit
+        instead of parking, so none keeps the interpreter waiting. A daemon thread's calls,
+        or those of the main thread at exit, are refused: nothing would wait for them, and
+        serving them would hold the exit up.
+        """
+        if _exiting and not _waited_for(threading.current_thread()):
+            raise RuntimeError("cannot run a call on a thread: the interpreter is exiting "
+                               "(and does not wait for this thread's run)")
         pool = self._pool
         if pool is None:
             pool = self._pool = _Pool(self.max_workers)
+            pool.closed = _exiting
         return pool
 
     def open(self) -> None:
@@ -231,7 +241,7 @@ class _Workers:
             pool = self._opened_locked()
         jobs = [PoolJob(call, context, on_end, sink, pool) for call, context in calls]
         with self._lock:
-            if pool.closed:  # closed meanwhile (from another thread): the calls go on anew
+            if pool is not self._pool:  # closed meanwhile (another thread): they go on anew
                 pool = self._opened_locked()
                 for job in jobs:
                     job.pool = pool
@@ -416,6 +426,11 @@ def _closed_locked(pool: _Pool, *, cancel: bool) -> list[Callable[[], None]]:
     return then
 
 
+def _waited_for(thread: threading.Thread) -> bool:
+    """Whether the exiting interpreter waits for ``thread`` (not a daemon, not the main one)."""
+    return not thread.daemon and thread is not threading.main_thread()
+
+
 def _run(job: PoolJob) -> None:
     """Run ``job``'s call in its context on this thread; keep its value or its error."""
     call = job.call
@@ -546,6 +561,9 @@ def _after_fork() -> None:
 
 # as concurrent.futures does: called before the interpreter joins its (non-daemon) threads,
 # which parked workers would otherwise keep waiting forever
-threading._register_atexit(_at_exit)  # type: ignore[attr-defined]
+try:
+    threading._register_atexit(_at_exit)  # type: ignore[attr-defined]
+except RuntimeError:  # first imported by a thread that runs on while the interpreter exits
+    _exiting = True
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)
