@@ -13,6 +13,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -150,3 +151,21 @@ def test_a_run_in_a_daemon_thread_does_not_hold_the_exit_up() -> None:
     out, took = run_script(body.format(touch="shoal.run_sync", daemon=True))
     assert out == ""  # the run never ended: the interpreter did not wait for it
     assert took < 60
+
+
+@pytest.mark.parametrize("setting", ["thread_workers", "process_workers", "max_concurrency"])
+@pytest.mark.parametrize("value", [0, -1, 2.5, "4", True, float("nan")])
+def test_a_count_of_workers_or_calls_that_is_no_whole_number_of_at_least_one_is_refused(
+        setting: str, value: Any) -> None:
+    """0 was read as "the default" (a thousand threads), 2.5 and True were taken as they
+    were, "4" failed with a bare TypeError."""
+    options: dict[str, Any] = {setting: value}
+    with pytest.raises(shoal.ConfigError, match=f"{setting} must be a whole number"):
+        shoal.Runtime(store=None, **options)
+
+
+@pytest.mark.parametrize("cap", [0, 1.5, "2", None, True])
+def test_a_resource_limit_that_is_no_whole_number_of_at_least_one_is_refused(
+        cap: Any) -> None:
+    with pytest.raises(shoal.ConfigError, match="resource limit 'db' must be a whole number"):
+        shoal.Runtime(store=None, resource_limits={"db": cap})

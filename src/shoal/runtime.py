@@ -349,21 +349,23 @@ class Runtime:
         approval_budget: int | None = None,
         clock: Clock | None = None,
     ) -> None:
-        if max_concurrency is not None and max_concurrency < 1:
-            raise ConfigError(f"max_concurrency must be at least 1, got {max_concurrency}")
+        for name, count in (("max_concurrency", max_concurrency),
+                            ("thread_workers", thread_workers),
+                            ("process_workers", process_workers)):
+            _check_count(name, count)
         if executor is not None and executor not in ISOLATIONS:
             raise ConfigError(f"executor must be one of {ISOLATIONS}, got {executor!r}")
         _check_deadline(deadline)
         for key, cap in (resource_limits or {}).items():
-            if cap < 1:
-                raise ConfigError(f"resource limit {key!r} must be at least 1, got {cap}")
+            if cap is None:
+                raise ConfigError(f"resource limit {key!r} must be a whole number, at least 1, "
+                                  "got None")
+            _check_count(f"resource limit {key!r}", cap)
         self.max_concurrency = max_concurrency
         self.executor = executor
-        self.thread_workers = thread_workers or max(
+        self.thread_workers = thread_workers if thread_workers is not None else max(
             DEFAULT_THREAD_WORKERS, max_concurrency or DEFAULT_MAX_CONCURRENCY)
-        self.process_workers = process_workers or _cpus()
-        if self.process_workers < 1 or self.thread_workers < 1:
-            raise ConfigError("thread_workers and process_workers must be at least 1")
+        self.process_workers = process_workers if process_workers is not None else _cpus()
         self.pass_env = tuple(pass_env)
         if process_sandbox not in ("none", "namespace"):
             raise ConfigError(f"process_sandbox must be 'none' or 'namespace', "
@@ -1113,6 +1115,16 @@ def run_sync(plan: Plan, *, board: Board | None = None, budget: Budget | None = 
              **options: Any) -> RunResult:
     """Run ``plan`` from synchronous code with a fresh :class:`Runtime` (see :func:`run`)."""
     return Runtime(**_throwaway(options, plan)).run_sync(plan, board=board, budget=budget)
+
+
+def _check_count(name: str, count: object) -> None:
+    """Refuse a count (of workers, of calls at once) that is not a whole number of at least 1.
+
+    ``0`` is refused too, not read as "the default": it would run nothing, or everything.
+    """
+    if count is not None and (isinstance(count, bool) or not isinstance(count, numbers.Integral)
+                              or count < 1):
+        raise ConfigError(f"{name} must be a whole number, at least 1, got {count!r}")
 
 
 def _check_deadline(deadline: float | None) -> None:
