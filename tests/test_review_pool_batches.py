@@ -19,6 +19,8 @@ import pytest
 
 import shoal
 from shoal.executors.base import Executor
+from shoal.executors.process import ProcessExecutor
+from shoal.executors.thread import ThreadExecutor
 from tests import process_tools as pt
 
 
@@ -169,3 +171,11 @@ def test_a_resource_limit_that_is_no_whole_number_of_at_least_one_is_refused(
         cap: Any) -> None:
     with pytest.raises(shoal.ConfigError, match="resource limit 'db' must be a whole number"):
         shoal.Runtime(store=None, resource_limits={"db": cap})
+
+
+@pytest.mark.parametrize("make", [ThreadExecutor, ProcessExecutor], ids=["thread", "process"])
+@pytest.mark.parametrize("count", [0, -3, 2.5, True])
+def test_a_pool_of_no_whole_number_of_workers_is_refused(make: Any, count: Any) -> None:
+    """0 or -3 were made 1 without a word, 2.5 and True were taken as they were."""
+    with pytest.raises(shoal.ConfigError, match="max_workers must be a whole number"):
+        make(count)

@@ -34,7 +34,7 @@ from shoal.clock import Clock, read_epoch
 from shoal.deps import Graph, analyze
 from shoal.events import Event, EventSink
 from shoal.exceptions import ConfigError, ShoalError
-from shoal.executors.base import Executor
+from shoal.executors.base import Executor, check_count
 from shoal.executors.inline import InlineExecutor
 from shoal.executors.thread import DEFAULT_THREAD_WORKERS, ThreadExecutor
 from shoal.limits import Rate, parse_rate
@@ -352,7 +352,7 @@ class Runtime:
         for name, count in (("max_concurrency", max_concurrency),
                             ("thread_workers", thread_workers),
                             ("process_workers", process_workers)):
-            _check_count(name, count)
+            check_count(name, count)
         if executor is not None and executor not in ISOLATIONS:
             raise ConfigError(f"executor must be one of {ISOLATIONS}, got {executor!r}")
         _check_deadline(deadline)
@@ -360,7 +360,7 @@ class Runtime:
             if cap is None:
                 raise ConfigError(f"resource limit {key!r} must be a whole number, at least 1, "
                                   "got None")
-            _check_count(f"resource limit {key!r}", cap)
+            check_count(f"resource limit {key!r}", cap)
         self.max_concurrency = max_concurrency
         self.executor = executor
         self.thread_workers = thread_workers if thread_workers is not None else max(
@@ -1115,16 +1115,6 @@ def run_sync(plan: Plan, *, board: Board | None = None, budget: Budget | None = 
              **options: Any) -> RunResult:
     """Run ``plan`` from synchronous code with a fresh :class:`Runtime` (see :func:`run`)."""
     return Runtime(**_throwaway(options, plan)).run_sync(plan, board=board, budget=budget)
-
-
-def _check_count(name: str, count: object) -> None:
-    """Refuse a count (of workers, of calls at once) that is not a whole number of at least 1.
-
-    ``0`` is refused too, not read as "the default": it would run nothing, or everything.
-    """
-    if count is not None and (isinstance(count, bool) or not isinstance(count, numbers.Integral)
-                              or count < 1):
-        raise ConfigError(f"{name} must be a whole number, at least 1, got {count!r}")
 
 
 def _check_deadline(deadline: float | None) -> None:

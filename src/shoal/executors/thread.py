@@ -46,7 +46,7 @@ from functools import partial
 from typing import Any, Literal
 
 from shoal.executors._results import stop_iteration_error
-from shoal.executors.base import Call, Executor
+from shoal.executors.base import Call, Executor, check_count
 
 __all__ = ["DEFAULT_THREAD_WORKERS", "PoolJob", "ThreadExecutor"]
 
@@ -470,7 +470,8 @@ class ThreadExecutor(Executor):
     runs_here = True
 
     def __init__(self, max_workers: int = DEFAULT_THREAD_WORKERS) -> None:
-        self.max_workers = max(1, max_workers)
+        check_count("max_workers", max_workers)
+        self.max_workers = max_workers
         self._workers = _Workers(self.max_workers)
         # an executor dropped without close(): its idle threads exit (not at interpreter
         # exit: _at_exit sees to the threads then)
