@@ -179,3 +179,73 @@ def test_a_pool_of_no_whole_number_of_workers_is_refused(make: Any, count: Any) 
     """0 or -3 were made 1 without a word, 2.5 and True were taken as they were."""
     with pytest.raises(shoal.ConfigError, match="max_workers must be a whole number"):
         make(count)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS as Linux has it")
+def test_threads_the_os_refuses_slow_the_calls_down_but_every_one_runs() -> None:
+    """A real refusal (not a mock): each thread's stack is 256 MiB, and the address space
+    has room for three, so the pool gets a few threads; the calls wait for them."""
+    out, _ = run_script("""
+        import collections, resource, threading, time
+        import psutil
+        import shoal
+        shoal.run_sync  # loaded before the limit
+
+        @shoal.tool
+        def slow(i: int) -> int:
+            time.sleep(0.05)
+            return i
+
+        threading.stack_size(256 * 1024 * 1024)
+        used = psutil.Process().memory_info().vms
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        resource.setrlimit(resource.RLIMIT_AS, (used + 3 * 256 * 1024 * 1024 + 100 * 2**20, hard))
+        started = 0
+        try:
+            for _ in range(12):  # the refusal is real: at most a few threads start
+                threading.Thread(target=time.sleep, args=(0.5,)).start()
+                started += 1
+        except RuntimeError:
+            pass
+        time.sleep(0.6)
+        plan = shoal.Plan()
+        refs = [plan.call(slow, i=i) for i in range(12)]
+        result = shoal.run_sync(plan, thread_workers=50)
+        print(started < 12, sorted(collections.Counter(
+            o.status for o in result.outcomes.values()).items()),
+            [result[ref].value for ref in refs] == list(range(12)))
+    """)
+    assert out == "True [('ok', 12)] True"
+
+
+@shoal.tool
+def plus_one(i: int) -> int:
+    return i + 1
+
+
+def test_ten_thousand_calls_from_four_loops_at_once_each_end_once_and_no_thread_stays() -> None:
+    before = set(threading.enumerate())
+    runtime = shoal.Runtime(store=None)
+    ready = threading.Barrier(4, timeout=60.0)
+    totals: dict[int, tuple[int, int]] = {}
+
+    def run(k: int) -> None:
+        plan = shoal.Plan(f"plan-{k}")
+        for i in range(2500):
+            plan.call(plus_one, i=i)
+        ready.wait()
+        result = runtime.run_sync(plan)
+        totals[k] = (result.counts["ok"], sum(o.value for o in result.outcomes.values()))
+
+    threads = [threading.Thread(target=run, args=(k,), daemon=True) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120.0)
+        assert not thread.is_alive()
+    assert totals == {k: (2500, 2500 * 2501 // 2) for k in range(4)}
+    asyncio.run(runtime.aclose())
+    deadline = time.monotonic() + 10.0
+    while (left := set(threading.enumerate()) - before) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not left, sorted(thread.name for thread in left)
