@@ -107,11 +107,14 @@ def test_two_threads_runs_then_close_from_a_third_leave_no_worker_behind() -> No
     assert outcomes[2] <= {"ok", "cancelled"}
 
 
-def run_script(body: str) -> tuple[str, float]:
+def run_script(body: str, *, within: float = 120.0) -> tuple[str, float]:
     """Run ``body`` in a fresh interpreter; its output and how long it took to exit."""
     began = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(body)], capture_output=True,
-                          text=True, timeout=120)
+    try:
+        done = subprocess.run([sys.executable, "-c", textwrap.dedent(body)],
+                              capture_output=True, text=True, timeout=within)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the interpreter did not exit within {within:.0f} s")
     assert done.returncode == 0, done.stderr
     return done.stdout.strip(), time.monotonic() - began
 
@@ -249,3 +252,54 @@ def test_ten_thousand_calls_from_four_loops_at_once_each_end_once_and_no_thread_
     while (left := set(threading.enumerate()) - before) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not left, sorted(thread.name for thread in left)
+
+
+def test_an_abandoned_call_that_hangs_does_not_keep_the_process_alive() -> None:
+    """Its run ended (timed out, abandoned); nobody waits for it: the interpreter exits
+    (it waited for the call's thread, for ever if the call never returned)."""
+    out, took = run_script("""
+        import threading
+        import shoal
+
+        @shoal.tool(timeout=0.1)
+        def hangs() -> int:
+            threading.Event().wait()  # never returns
+            return 1
+
+        plan = shoal.Plan()
+        ref = plan.call(hangs)
+        outcome = shoal.run_sync(plan)[ref]
+        print(outcome.status, outcome.abandoned)
+    """, within=60.0)
+    assert out == "timed_out True"
+    assert took < 30
+
+
+def test_calls_running_when_the_interpreter_exits_still_end() -> None:
+    """Not abandoned: someone may wait for them (a run in a daemon thread here); the exit
+    waits for them as it would for a ThreadPoolExecutor's."""
+    out, _ = run_script("""
+        import threading, time
+        import shoal
+
+        started = threading.Semaphore(0)
+
+        @shoal.tool
+        def slow(i: int) -> int:
+            started.release()
+            time.sleep(0.3)
+            print("ended", i, flush=True)
+            return i
+
+        def work():
+            plan = shoal.Plan()
+            for i in range(3):
+                plan.call(slow, i=i)
+            shoal.run_sync(plan)
+
+        threading.Thread(target=work, daemon=True).start()
+        for _ in range(3):
+            assert started.acquire(timeout=60)
+        # main returns while the three calls run
+    """)
+    assert sorted(out.splitlines()) == ["ended 0", "ended 1", "ended 2"]

@@ -3,7 +3,8 @@
 The pool is sized for waiting, not for CPUs (default: as many threads as the run may have calls
 in flight), and threads are created only as calls need them. A thread cannot be killed: a call
 that times out or is cancelled keeps running in the background, is marked *abandoned* in its
-outcome and counted here, and its late result is dropped.
+outcome and counted here, and its late result is dropped; the interpreter's exit does not wait
+for it (the workers are daemon threads; see ``_at_exit`` for the calls the exit waits for).
 
 Why shoal runs its own pool instead of ``concurrent.futures.ThreadPoolExecutor``: what a call
 costs there is mostly bookkeeping that shoal does not need. Each ``submit`` makes a ``Future``
@@ -60,6 +61,8 @@ _DONE = 3  # it ran; ``value`` or ``error`` says how it ended
 
 #: Set once the interpreter starts to exit (see _at_exit): from then on no worker parks.
 _exiting = False
+#: How often the exit looks whether the calls it waits for have ended (seconds).
+_EXIT_POLL = 0.01
 
 
 class PoolJob:
@@ -191,7 +194,7 @@ class _Workers:
     """
 
     __slots__ = ("__weakref__", "_completions", "_current", "_lock", "_names", "_pool",
-                 "abandoned_running", "abandoned_total", "max_workers")
+                 "abandoned_running", "abandoned_total", "max_workers", "running")
 
     def __init__(self, max_workers: int) -> None:
         self.max_workers = max_workers
@@ -199,6 +202,7 @@ class _Workers:
         self._pool: _Pool | None = None
         self._names = itertools.count()
         self.abandoned_running = 0  # abandoned calls whose threads have not returned yet
+        self.running = 0  # calls a thread runs that are not abandoned (the exit waits for them)
         self.abandoned_total = 0
         # per event loop (a runtime may serve several, one after another)
         self._completions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Completions] = (
@@ -285,7 +289,9 @@ class _Workers:
             return
         park = _thread.allocate_lock()
         park.acquire()  # a worker parks by acquiring its lock again; a release wakes it
-        thread = threading.Thread(target=self._work, args=(pool, park), daemon=False,
+        # a daemon: the exit does not wait for an abandoned call (one that hangs would keep
+        # the process alive for ever); it waits for the others (see _at_exit)
+        thread = threading.Thread(target=self._work, args=(pool, park), daemon=True,
                                   name=f"shoal-tool_{next(self._names)}")
         try:
             thread.start()
@@ -336,6 +342,7 @@ class _Workers:
                     if taken.state == _QUEUED:  # else cancelled: skipped
                         taken.state = _RUNNING
                         pool.waiting -= 1
+                        self.running += 1
                         job = taken
                         break
                 closed = pool.closed
@@ -369,6 +376,7 @@ class _Workers:
         if job.abandoned:  # stopped while it ran: nobody waits for its end
             self.abandoned_running -= 1
             return None
+        self.running -= 1
         return job.sink if job.sink.add_locked(job) else None
 
     def stop(self, call: Call, job: PoolJob) -> None:
@@ -380,6 +388,7 @@ class _Workers:
             if job.state == _RUNNING and not job.abandoned:
                 job.abandoned = call.abandoned = True
                 self.abandoned_running += 1
+                self.running -= 1
                 self.abandoned_total += 1
 
     def close(self) -> None:
@@ -401,13 +410,19 @@ class _Workers:
         for release in wake:
             release()
 
+    @property
+    def busy(self) -> bool:
+        """Whether calls wait or run that are not abandoned (the interpreter's exit waits)."""
+        with self._lock:
+            return self.running > 0 or (self._pool is not None and self._pool.waiting > 0)
+
     def forked(self) -> None:
         """In a child process just forked: the parent's threads are not here, nor its loops."""
         self._lock = _thread.allocate_lock()
         self._pool = None
         self._current = None
         self._completions = weakref.WeakKeyDictionary()
-        self.abandoned_running = 0
+        self.abandoned_running = self.running = 0
 
 
 def _closed_locked(pool: _Pool, *, cancel: bool) -> list[Callable[[], None]]:
@@ -538,11 +553,19 @@ _all_workers: weakref.WeakSet[_Workers] = weakref.WeakSet()
 
 
 def _at_exit() -> None:
-    """Before Python joins its threads at exit: no more calls, and the idle threads exit."""
+    """Before Python joins its threads at exit: the calls running or queued end first.
+
+    As a ``ThreadPoolExecutor``'s would, but not the abandoned ones: nobody waits for
+    those, and one that hangs would keep the process alive for ever (the workers are
+    daemons, so the exit does not wait for their threads). Idle workers exit.
+    """
     global _exiting
     _exiting = True
-    for workers in list(_all_workers):
+    pools = list(_all_workers)
+    for workers in pools:
         workers.at_exit()
+    while any(workers.busy for workers in pools):
+        time.sleep(_EXIT_POLL)
 
 
 def _dropped(workers: _Workers) -> None:
@@ -561,7 +584,7 @@ def _after_fork() -> None:
 
 
 # as concurrent.futures does: called before the interpreter joins its (non-daemon) threads,
-# which parked workers would otherwise keep waiting forever
+# so that the calls still to end do, before it finalizes under its (daemon) workers
 try:
     threading._register_atexit(_at_exit)  # type: ignore[attr-defined]
 except RuntimeError:  # first imported by a thread that runs on while the interpreter exits
