@@ -279,7 +279,7 @@ def test_calls_running_when_the_interpreter_exits_still_end() -> None:
     """Not abandoned: someone may wait for them (a run in a daemon thread here); the exit
     waits for them as it would for a ThreadPoolExecutor's."""
     out, _ = run_script("""
-        import threading, time
+        import os, threading, time
         import shoal
 
         started = threading.Semaphore(0)
@@ -288,7 +288,7 @@ def test_calls_running_when_the_interpreter_exits_still_end() -> None:
         def slow(i: int) -> int:
             started.release()
             time.sleep(0.3)
-            print("ended", i, flush=True)
+            os.write(1, f"ended {i}\\n".encode())  # one write: the threads' lines stay whole
             return i
 
         def work():
@@ -303,3 +303,51 @@ def test_calls_running_when_the_interpreter_exits_still_end() -> None:
         # main returns while the three calls run
     """)
     assert sorted(out.splitlines()) == ["ended 0", "ended 1", "ended 2"]
+
+
+def test_a_run_sync_that_ends_leaves_a_run_another_thread_just_started_alone() -> None:
+    """Thread A's ``run_sync`` ends and closes the runtime, as no other thread's run goes on;
+    thread B starts a run right then (held there with a trace hook, no mock: in real use a
+    thread switch does it). B's run was cancelled as if the runtime had been closed under it
+    (aclose() ends every loop's runs); now A sees it and leaves it the backends."""
+    runtime = shoal.Runtime(store=None)
+    paused, resume = threading.Event(), threading.Event()
+
+    def hold_at_end_runs(frame: Any, event: str, _: Any) -> Any:
+        if (event == "call" and frame.f_code.co_name == "_end_runs"
+                and not paused.is_set()):
+            paused.set()  # A is about to end the runs it must end: B starts one now
+            resume.wait(30.0)
+        return None
+
+    def thread_a() -> None:
+        plan = shoal.Plan("a")
+        plan.call(plus_one, i=1)
+        sys.settrace(hold_at_end_runs)
+        try:
+            runtime.run_sync(plan)
+        finally:
+            sys.settrace(None)
+
+    results: list[shoal.RunResult] = []
+
+    async def thread_b_run() -> None:
+        plan = shoal.Plan("b")
+        plan.call(plus_one, i=2, node_id="b")
+        handle = runtime.start(plan)
+        resume.set()  # registered: A goes on
+        results.append(await handle)
+
+    a = threading.Thread(target=thread_a, daemon=True)
+    a.start()
+    assert paused.wait(30.0)
+    b = threading.Thread(target=lambda: asyncio.run(thread_b_run()), daemon=True)
+    b.start()
+    a.join(60.0)
+    b.join(60.0)
+    assert not a.is_alive() and not b.is_alive()
+    resume.set()
+    [result] = results
+    assert result["b"].status == "ok", result["b"].reason
+    assert result["b"].value == 3
+    asyncio.run(runtime.aclose())

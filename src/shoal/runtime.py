@@ -648,13 +648,33 @@ class Runtime:
         keep the backends, which the last of them to end closes; this loop's runs end here.
         """
         here = asyncio.get_running_loop()
-        if any(ended.get_loop() is not here and not ended.get_loop().is_closed()
-               for ended in list(self._runs.values())):
-            await self._end_runs(everywhere=False)
+        await self._end_runs(everywhere=False)
+        # Looked at, and the backends taken, at once with respect to runs starting (which
+        # register under the same lock): a run another thread starts meanwhile is not
+        # cancelled as aclose() would, and either keeps these backends or makes its own.
+        with self._making:
+            executors = None if self._runs_elsewhere(here) else self._take_executors()
+        if executors is None:
             for executor in {id(e): e for e in self._executors.values()}.values():
                 await executor.leave()  # what this loop holds: it ends with this call
-        else:
-            await self.aclose()
+            return
+        await self._close_backends(executors)
+
+    def _runs_elsewhere(self, here: asyncio.AbstractEventLoop) -> bool:
+        """Whether runs of another thread's loop (still open) go on with this runtime."""
+        return any(ended.get_loop() is not here and not ended.get_loop().is_closed()
+                   for ended in list(self._runs.values()))
+
+    def _take_executors(self) -> dict[str, Executor]:
+        """The backends, taken out (under ``_making``): a run started now makes its own."""
+        executors, self._executors = self._executors, {}
+        return executors
+
+    async def _close_backends(self, executors: Mapping[str, Executor]) -> None:
+        """Close ``executors`` (taken out of the runtime) and the approval desk."""
+        await self.approvals.aclose()
+        for executor in {id(e): e for e in executors.values()}.values():
+            await executor.close()
 
     def _check_ids(self, run_id: str | None, resume: str | None,
                    within: RunScope | None) -> None:
@@ -694,8 +714,8 @@ class Runtime:
             driver.scope = self._scope(driver, sharing, resumption is not None)
             if resumption is not None and resumption.effects:  # the replayed calls' board writes
                 driver.scope.replay(resumption.effects)
-            with contextlib.suppress(RuntimeError):  # no running loop: start() says so
-                self._runs[driver] = asyncio.get_running_loop().create_future()
+            with contextlib.suppress(RuntimeError), self._making:  # no running loop: start()
+                self._runs[driver] = asyncio.get_running_loop().create_future()  # says so
             return driver, claim
         except BaseException:
             claim.release()
@@ -853,10 +873,8 @@ class Runtime:
             await self._end_runs()
         finally:  # no await since the last run ended: a run started now makes its own backends
             with self._making:  # not while another thread makes one into the old table
-                executors, self._executors = self._executors, {}
-            await self.approvals.aclose()
-            for executor in {id(e): e for e in executors.values()}.values():
-                await executor.close()
+                executors = self._take_executors()
+            await self._close_backends(executors)
 
     async def _end_runs(self, *, everywhere: bool = True) -> None:
         """Cancel and close every run still going, and wait until each has ended.
