@@ -203,14 +203,17 @@ def test_threads_the_os_refuses_slow_the_calls_down_but_every_one_runs() -> None
         used = psutil.Process().memory_info().vms
         _, hard = resource.getrlimit(resource.RLIMIT_AS)
         resource.setrlimit(resource.RLIMIT_AS, (used + 3 * 256 * 1024 * 1024 + 100 * 2**20, hard))
-        started = 0
+        probes = []
         try:
             for _ in range(12):  # the refusal is real: at most a few threads start
-                threading.Thread(target=time.sleep, args=(0.5,)).start()
-                started += 1
+                probe = threading.Thread(target=time.sleep, args=(0.2,))
+                probe.start()
+                probes.append(probe)
         except RuntimeError:
             pass
-        time.sleep(0.6)
+        started = len(probes)
+        for probe in probes:  # their stacks are given back: the pool's threads get them
+            probe.join()
         plan = shoal.Plan()
         refs = [plan.call(slow, i=i) for i in range(12)]
         result = shoal.run_sync(plan, thread_workers=50)
