@@ -20,6 +20,7 @@ import numbers
 import os
 import random
 import secrets
+import threading
 import time
 from collections.abc import Callable, Collection, Coroutine, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from shoal.clock import Clock, forget_clock, read_epoch
 from shoal.deps import Graph, analyze
 from shoal.events import Event, EventSink
 from shoal.exceptions import ConfigError, ShoalError
-from shoal.executors.base import Executor
+from shoal.executors.base import Executor, check_count
 from shoal.executors.inline import InlineExecutor
 from shoal.executors.thread import DEFAULT_THREAD_WORKERS, ThreadExecutor
 from shoal.limits import Rate, parse_rate
@@ -348,21 +349,23 @@ class Runtime:
         approval_budget: int | None = None,
         clock: Clock | None = None,
     ) -> None:
-        if max_concurrency is not None and max_concurrency < 1:
-            raise ConfigError(f"max_concurrency must be at least 1, got {max_concurrency}")
+        for name, count in (("max_concurrency", max_concurrency),
+                            ("thread_workers", thread_workers),
+                            ("process_workers", process_workers)):
+            check_count(name, count)
         if executor is not None and executor not in ISOLATIONS:
             raise ConfigError(f"executor must be one of {ISOLATIONS}, got {executor!r}")
         _check_deadline(deadline)
         for key, cap in (resource_limits or {}).items():
-            if cap < 1:
-                raise ConfigError(f"resource limit {key!r} must be at least 1, got {cap}")
+            if cap is None:
+                raise ConfigError(f"resource limit {key!r} must be a whole number, at least 1, "
+                                  "got None")
+            check_count(f"resource limit {key!r}", cap)
         self.max_concurrency = max_concurrency
         self.executor = executor
-        self.thread_workers = thread_workers or max(
+        self.thread_workers = thread_workers if thread_workers is not None else max(
             DEFAULT_THREAD_WORKERS, max_concurrency or DEFAULT_MAX_CONCURRENCY)
-        self.process_workers = process_workers or _cpus()
-        if self.process_workers < 1 or self.thread_workers < 1:
-            raise ConfigError("thread_workers and process_workers must be at least 1")
+        self.process_workers = process_workers if process_workers is not None else _cpus()
         self.pass_env = tuple(pass_env)
         if process_sandbox not in ("none", "namespace"):
             raise ConfigError(f"process_sandbox must be 'none' or 'namespace', "
@@ -380,6 +383,10 @@ class Runtime:
         self._rng = random.Random(seed)
         self._estimates: dict[str, float] = {}
         self._executors: dict[str, Executor] = {}
+        # made under this lock: runs of several threads (run_sync from each) ask for a backend
+        # at once, and two made for one isolation would each have the whole cap on workers,
+        # and aclose() would close only the one kept (the other's workers live on)
+        self._making = threading.Lock()
         # the runs going on this runtime, each with what ends when it has: aclose() ends them
         # first, so none goes on with the backends it closes (a closed pool would be made anew
         # by the run's next call, and nothing would close it)
@@ -405,6 +412,14 @@ class Runtime:
         existing = self._executors.get(isolation)
         if existing is not None:
             return existing
+        with self._making:
+            existing = self._executors.get(isolation)  # made by another thread meanwhile
+            if existing is None:
+                existing = self._executors[isolation] = self._make_executor(isolation)
+            return existing
+
+    def _make_executor(self, isolation: str) -> Executor:
+        """A new backend for ``isolation`` (:meth:`executor_for` keeps it)."""
         made: Executor
         if isolation in self._custom:
             made = self._custom[isolation]
@@ -423,7 +438,6 @@ class Runtime:
             made = RayExecutor(address=self.ray_address)
         else:
             raise ConfigError(f"no executor for isolation {isolation!r}; use one of {ISOLATIONS}")
-        self._executors[isolation] = made
         return made
 
     def start(
@@ -634,13 +648,33 @@ class Runtime:
         keep the backends, which the last of them to end closes; this loop's runs end here.
         """
         here = asyncio.get_running_loop()
-        if any(ended.get_loop() is not here and not ended.get_loop().is_closed()
-               for ended in list(self._runs.values())):
-            await self._end_runs(everywhere=False)
+        await self._end_runs(everywhere=False)
+        # Looked at, and the backends taken, at once with respect to runs starting (which
+        # register under the same lock): a run another thread starts meanwhile is not
+        # cancelled as aclose() would, and either keeps these backends or makes its own.
+        with self._making:
+            executors = None if self._runs_elsewhere(here) else self._take_executors()
+        if executors is None:
             for executor in {id(e): e for e in self._executors.values()}.values():
                 await executor.leave()  # what this loop holds: it ends with this call
-        else:
-            await self.aclose()
+            return
+        await self._close_backends(executors)
+
+    def _runs_elsewhere(self, here: asyncio.AbstractEventLoop) -> bool:
+        """Whether runs of another thread's loop (still open) go on with this runtime."""
+        return any(ended.get_loop() is not here and not ended.get_loop().is_closed()
+                   for ended in list(self._runs.values()))
+
+    def _take_executors(self) -> dict[str, Executor]:
+        """The backends, taken out (under ``_making``): a run started now makes its own."""
+        executors, self._executors = self._executors, {}
+        return executors
+
+    async def _close_backends(self, executors: Mapping[str, Executor]) -> None:
+        """Close ``executors`` (taken out of the runtime) and the approval desk."""
+        await self.approvals.aclose()
+        for executor in {id(e): e for e in executors.values()}.values():
+            await executor.close()
 
     def _check_ids(self, run_id: str | None, resume: str | None,
                    within: RunScope | None) -> None:
@@ -680,8 +714,8 @@ class Runtime:
             driver.scope = self._scope(driver, sharing, resumption is not None)
             if resumption is not None and resumption.effects:  # the replayed calls' board writes
                 driver.scope.replay(resumption.effects)
-            with contextlib.suppress(RuntimeError):  # no running loop: start() says so
-                self._runs[driver] = asyncio.get_running_loop().create_future()
+            with contextlib.suppress(RuntimeError), self._making:  # no running loop: start()
+                self._runs[driver] = asyncio.get_running_loop().create_future()  # says so
             return driver, claim
         except BaseException:
             claim.release()
@@ -838,10 +872,9 @@ class Runtime:
         try:
             await self._end_runs()
         finally:  # no await since the last run ended: a run started now makes its own backends
-            executors, self._executors = self._executors, {}
-            await self.approvals.aclose()
-            for executor in {id(e): e for e in executors.values()}.values():
-                await executor.close()
+            with self._making:  # not while another thread makes one into the old table
+                executors = self._take_executors()
+            await self._close_backends(executors)
 
     async def _end_runs(self, *, everywhere: bool = True) -> None:
         """Cancel and close every run still going, and wait until each has ended.

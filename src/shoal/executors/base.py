@@ -9,15 +9,17 @@ The scheduler never learns how a backend works, only this contract.
 
 from __future__ import annotations
 
+import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from shoal._deprecation import renamed
+from shoal.exceptions import ConfigError
 from shoal.tools import Isolation, Tool
 
-__all__ = ["Call", "Executor"]
+__all__ = ["Call", "Executor", "check_count"]
 
 
 @dataclass(slots=True, init=False)
@@ -137,3 +139,14 @@ class Executor(ABC):
         one runtime): the loop leaving is done with it, the others go on.
         """
         return None
+
+
+def check_count(name: str, count: object) -> None:
+    """Refuse a count (of workers, of calls at once) that is not a whole number of at least 1.
+
+    ``None`` passes (the caller's default). ``0`` is refused too, never read as "the
+    default": it would run nothing, or everything.
+    """
+    if count is not None and (isinstance(count, bool) or not isinstance(count, numbers.Integral)
+                              or count < 1):
+        raise ConfigError(f"{name} must be a whole number, at least 1, got {count!r}")

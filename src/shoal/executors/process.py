@@ -110,7 +110,7 @@ from shoal.executors._reaper import kill_tree
 from shoal.executors._sandbox import problem as sandbox_problem
 from shoal.executors._shipping import dumps, dumps_callable
 from shoal.executors._template import PID, STATUS, exit_code, fork_supported
-from shoal.executors.base import Call, Executor
+from shoal.executors.base import Call, Executor, check_count
 from shoal.executors.results import load_result
 from shoal.limits import ProcessLimits
 
@@ -697,7 +697,8 @@ class ProcessExecutor(Executor):
         #: How workers start here: ``"template"`` only where forking one is supported.
         self.start_method = (start_method if start_method == "spawn" or fork_supported()
                              else "spawn")
-        self.max_workers = max(1, max_workers)
+        check_count("max_workers", max_workers)
+        self.max_workers = max_workers
         self.pass_env = tuple(pass_env)
         self._lanes: dict[asyncio.AbstractEventLoop, _Lane] = {}
         # The books (lanes, their idle and live workers, _starting) are shared by the threads

@@ -3,7 +3,8 @@
 The pool is sized for waiting, not for CPUs (default: as many threads as the run may have calls
 in flight), and threads are created only as calls need them. A thread cannot be killed: a call
 that times out or is cancelled keeps running in the background, is marked *abandoned* in its
-outcome and counted here, and its late result is dropped.
+outcome and counted here, and its late result is dropped; the interpreter's exit does not wait
+for it (the workers are daemon threads; see ``_at_exit`` for the calls the exit waits for).
 
 Why shoal runs its own pool instead of ``concurrent.futures.ThreadPoolExecutor``: what a call
 costs there is mostly bookkeeping that shoal does not need. Each ``submit`` makes a ``Future``
@@ -46,7 +47,7 @@ from functools import partial
 from typing import Any, Literal
 
 from shoal.executors._results import stop_iteration_error
-from shoal.executors.base import Call, Executor
+from shoal.executors.base import Call, Executor, check_count
 
 __all__ = ["DEFAULT_THREAD_WORKERS", "PoolJob", "ThreadExecutor"]
 
@@ -58,8 +59,10 @@ _RUNNING = 1  # a thread took it
 _CANCELLED = 2  # stopped, or its pool closed, before a thread took it: it never runs
 _DONE = 3  # it ran; ``value`` or ``error`` says how it ended
 
-#: Set once the interpreter starts to exit (see _at_exit): pools take no more calls.
+#: Set once the interpreter starts to exit (see _at_exit): from then on no worker parks.
 _exiting = False
+#: How often the exit looks whether the calls it waits for have ended (seconds).
+_EXIT_POLL = 0.01
 
 
 class PoolJob:
@@ -191,7 +194,7 @@ class _Workers:
     """
 
     __slots__ = ("__weakref__", "_completions", "_current", "_lock", "_names", "_pool",
-                 "abandoned_running", "abandoned_total", "max_workers")
+                 "abandoned_running", "abandoned_total", "max_workers", "running")
 
     def __init__(self, max_workers: int) -> None:
         self.max_workers = max_workers
@@ -199,6 +202,7 @@ class _Workers:
         self._pool: _Pool | None = None
         self._names = itertools.count()
         self.abandoned_running = 0  # abandoned calls whose threads have not returned yet
+        self.running = 0  # calls a thread runs that are not abandoned (the exit waits for them)
         self.abandoned_total = 0
         # per event loop (a runtime may serve several, one after another)
         self._completions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Completions] = (
@@ -211,12 +215,22 @@ class _Workers:
         return self._pool is not None
 
     def _opened_locked(self) -> _Pool:
-        """The pool, made if there is none (never yet, or closed since); the lock held."""
-        if _exiting:  # as a ThreadPoolExecutor then: its threads are being joined
-            raise RuntimeError("cannot run a call on a thread: the interpreter is exiting")
+        """The pool, made if there is none (never yet, or closed since); the lock held.
+
+        Once the interpreter exits, a pool still takes the calls of a thread that is not a
+        daemon (Python waits for that thread, so its run goes on; a ``ThreadPoolExecutor``
+        refuses them), but it is made closed: its workers run what is queued and exit
+        instead of parking, so none keeps the interpreter waiting. A daemon thread's calls,
+        or those of the main thread at exit, are refused: nothing would wait for them, and
+        serving them would hold the exit up.
+        """
+        if _exiting and not _waited_for(threading.current_thread()):
+            raise RuntimeError("cannot run a call on a thread: the interpreter is exiting "
+                               "(and does not wait for this thread's run)")
         pool = self._pool
         if pool is None:
             pool = self._pool = _Pool(self.max_workers)
+            pool.closed = _exiting
         return pool
 
     def open(self) -> None:
@@ -231,7 +245,7 @@ class _Workers:
             pool = self._opened_locked()
         jobs = [PoolJob(call, context, on_end, sink, pool) for call, context in calls]
         with self._lock:
-            if pool.closed:  # closed meanwhile (from another thread): the calls go on anew
+            if pool is not self._pool:  # closed meanwhile (another thread): they go on anew
                 pool = self._opened_locked()
                 for job in jobs:
                     job.pool = pool
@@ -275,7 +289,9 @@ class _Workers:
             return
         park = _thread.allocate_lock()
         park.acquire()  # a worker parks by acquiring its lock again; a release wakes it
-        thread = threading.Thread(target=self._work, args=(pool, park), daemon=False,
+        # a daemon: the exit does not wait for an abandoned call (one that hangs would keep
+        # the process alive for ever); it waits for the others (see _at_exit)
+        thread = threading.Thread(target=self._work, args=(pool, park), daemon=True,
                                   name=f"shoal-tool_{next(self._names)}")
         try:
             thread.start()
@@ -326,6 +342,7 @@ class _Workers:
                     if taken.state == _QUEUED:  # else cancelled: skipped
                         taken.state = _RUNNING
                         pool.waiting -= 1
+                        self.running += 1
                         job = taken
                         break
                 closed = pool.closed
@@ -359,6 +376,7 @@ class _Workers:
         if job.abandoned:  # stopped while it ran: nobody waits for its end
             self.abandoned_running -= 1
             return None
+        self.running -= 1
         return job.sink if job.sink.add_locked(job) else None
 
     def stop(self, call: Call, job: PoolJob) -> None:
@@ -370,6 +388,7 @@ class _Workers:
             if job.state == _RUNNING and not job.abandoned:
                 job.abandoned = call.abandoned = True
                 self.abandoned_running += 1
+                self.running -= 1
                 self.abandoned_total += 1
 
     def close(self) -> None:
@@ -391,13 +410,19 @@ class _Workers:
         for release in wake:
             release()
 
+    @property
+    def busy(self) -> bool:
+        """Whether calls wait or run that are not abandoned (the interpreter's exit waits)."""
+        with self._lock:
+            return self.running > 0 or (self._pool is not None and self._pool.waiting > 0)
+
     def forked(self) -> None:
         """In a child process just forked: the parent's threads are not here, nor its loops."""
         self._lock = _thread.allocate_lock()
         self._pool = None
         self._current = None
         self._completions = weakref.WeakKeyDictionary()
-        self.abandoned_running = 0
+        self.abandoned_running = self.running = 0
 
 
 def _closed_locked(pool: _Pool, *, cancel: bool) -> list[Callable[[], None]]:
@@ -414,6 +439,11 @@ def _closed_locked(pool: _Pool, *, cancel: bool) -> list[Callable[[], None]]:
                     then.append(job.sink.wake)
         pool.waiting = 0
     return then
+
+
+def _waited_for(thread: threading.Thread) -> bool:
+    """Whether the exiting interpreter waits for ``thread`` (not a daemon, not the main one)."""
+    return not thread.daemon and thread is not threading.main_thread()
 
 
 def _run(job: PoolJob) -> None:
@@ -455,7 +485,8 @@ class ThreadExecutor(Executor):
     runs_here = True
 
     def __init__(self, max_workers: int = DEFAULT_THREAD_WORKERS) -> None:
-        self.max_workers = max(1, max_workers)
+        check_count("max_workers", max_workers)
+        self.max_workers = max_workers
         self._workers = _Workers(self.max_workers)
         # an executor dropped without close(): its idle threads exit (not at interpreter
         # exit: _at_exit sees to the threads then)
@@ -522,11 +553,19 @@ _all_workers: weakref.WeakSet[_Workers] = weakref.WeakSet()
 
 
 def _at_exit() -> None:
-    """Before Python joins its threads at exit: no more calls, and the idle threads exit."""
+    """Before Python joins its threads at exit: the calls running or queued end first.
+
+    As a ``ThreadPoolExecutor``'s would, but not the abandoned ones: nobody waits for
+    those, and one that hangs would keep the process alive for ever (the workers are
+    daemons, so the exit does not wait for their threads). Idle workers exit.
+    """
     global _exiting
     _exiting = True
-    for workers in list(_all_workers):
+    pools = list(_all_workers)
+    for workers in pools:
         workers.at_exit()
+    while any(workers.busy for workers in pools):
+        time.sleep(_EXIT_POLL)
 
 
 def _dropped(workers: _Workers) -> None:
@@ -545,7 +584,10 @@ def _after_fork() -> None:
 
 
 # as concurrent.futures does: called before the interpreter joins its (non-daemon) threads,
-# which parked workers would otherwise keep waiting forever
-threading._register_atexit(_at_exit)  # type: ignore[attr-defined]
+# so that the calls still to end do, before it finalizes under its (daemon) workers
+try:
+    threading._register_atexit(_at_exit)  # type: ignore[attr-defined]
+except RuntimeError:  # first imported by a thread that runs on while the interpreter exits
+    _exiting = True
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)
