@@ -61,16 +61,21 @@ class SharedLimits:
         between this run's check and now, when nobody knew to tell this run; the caller then
         looks again itself. (A release after this call tells it.)
         """
+        waiting = self._waiting.get(gate)
+        if waiting is not None and run in waiting:
+            return False  # in the books since before: every release since has told it
         with self.lock:
             self._waiting.setdefault(gate, {})[run] = wake
             return isinstance(gate, ConcurrencyLimit) and gate.available()
 
     def freed(self, gate: object, by: object) -> None:
         """``by`` released ``gate``: tell every other run waiting on it."""
+        # A look without the lock may miss a run getting in the books just now; that run
+        # checks the gate as it does (see wait_on), after this release, so it misses nothing.
+        waiting = self._waiting.get(gate)
+        if not waiting or (len(waiting) == 1 and by in waiting):
+            return  # nobody else waits: most releases
         with self.lock:
-            waiting = self._waiting.get(gate)
-            if not waiting:
-                return
             others = [wake for run, wake in waiting.items() if run is not by]
         for wake in others:  # outside the lock: a wake-up only queues a look on a loop
             wake(gate)
