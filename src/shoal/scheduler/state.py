@@ -1269,20 +1269,22 @@ class SchedulerState:
 
         Check and take are one step under the lock of the runtime's gates: runs on other
         threads' loops check and take them too, and a room seen must still be there when taken.
+        A gate seen full needs no lock to wait on: whoever frees it wakes this node.
         """
+        gates = slot.gates or ()
+        for gate in gates:
+            if not gate.available():
+                return self._wait_for(gate, slot, d)
         limiter = (self._gates.rate_for(slot.node.tool)
                    if slot.node.tool.policy.rate is not None else None)
         lock = self._gates.lock
         lock.acquire()  # not ``with``: half the cost, paid by every call with a limit
         try:
-            found = self._take(slot.gates or (), limiter, now)
+            found = self._take(gates, limiter, now)
         finally:
             lock.release()
-        if isinstance(found, ConcurrencyLimit):
-            slot.held = f"{found.name} max_concurrency={found.capacity}"
-            self._park(found, slot)
-            d.park(found)
-            return False
+        if isinstance(found, ConcurrencyLimit):  # taken meanwhile by a run on another thread
+            return self._wait_for(found, slot, d)
         if found <= 0:
             return True
         assert limiter is not None
@@ -1290,6 +1292,13 @@ class SchedulerState:
         self._park(limiter, slot)
         if self._gates.rate_wait(limiter):  # one timer per limiter
             d.timer(now + found, "rate", slot.pos)
+        return False
+
+    def _wait_for(self, gate: ConcurrencyLimit, slot: _Slot, d: Decisions) -> bool:
+        """Park ``slot`` on ``gate``, which is full (always False: it does not start now)."""
+        slot.held = f"{gate.name} max_concurrency={gate.capacity}"
+        self._park(gate, slot)
+        d.park(gate)
         return False
 
     def _take(self, gates: tuple[ConcurrencyLimit, ...], limiter: RateLimiter | None,
