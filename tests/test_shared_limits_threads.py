@@ -24,7 +24,7 @@ import shoal
 from shoal import Plan, RunResult
 from shoal.deps import analyze
 from shoal.events import Event, NodeQueued
-from shoal.limits import ConcurrencyLimit
+from shoal.limits import ConcurrencyLimit, Rate, RateLimiter
 from shoal.scheduler.gates import Gates, SharedLimits
 from shoal.scheduler.state import AttemptResult, Decisions, SchedulerState
 from tests.conftest import Gauge
@@ -416,3 +416,17 @@ def test_runs_on_several_threads_spend_each_token_of_a_shared_rate_once() -> Non
             worker.join(JOIN)
             assert not worker.is_alive()
         assert sum(counts) == 200, f"{sum(counts)} starts from a bucket of 200 ({counts})"
+
+
+def test_a_rate_limiter_read_with_an_older_time_than_another_runs_keeps_its_tokens() -> None:
+    """Each run reads its ``now`` before it takes the lock, so a run on another thread may have
+    refilled the bucket at a later time meanwhile: the older time must not take tokens back."""
+    limiter = RateLimiter("tool t", Rate(2, 1.0))
+    assert limiter.wait_time(0.0) == 0.0
+    limiter.take(0.0)
+    limiter.take(0.0)  # empty at 0.0
+    assert limiter.wait_time(10.0) == 0.0  # full again (2 tokens) at 10.0: another run's look
+    assert limiter.wait_time(9.0) == 0.0  # a run that read 9.0 before that look: still full
+    limiter.take(9.0)
+    limiter.take(9.0)
+    assert limiter.wait_time(10.0) == pytest.approx(0.5)  # both spent; the next in 0.5 s

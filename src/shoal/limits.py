@@ -3,7 +3,7 @@
 Nothing here sleeps or reads a clock: the scheduler's state machine passes ``now`` in and asks
 *whether* and *when* a call may start. That keeps limits exact (no race between a check and a
 take) and testable without time passing. Nor do they lock: a limit that runs on several threads
-change (the gates of a runtime shared by threads) is checked and taken under its owner's lock.
+use (the gates of a runtime those threads share) is checked and taken under its owner's lock.
 """
 
 from __future__ import annotations

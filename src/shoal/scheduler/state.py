@@ -1303,7 +1303,7 @@ class SchedulerState:
 
     def _take(self, gates: tuple[ConcurrencyLimit, ...], limiter: RateLimiter | None,
               now: float) -> ConcurrencyLimit | float:
-        """Take ``gates`` and a token of ``limiter`` if all have room now (under their lock).
+        """Take ``gates`` and a token of ``limiter`` if all have room now (call under their lock).
 
         Returns 0.0 when taken; else the first gate with no room, or how long until the
         limiter has a token (and takes nothing).
