@@ -2,7 +2,8 @@
 
 Nothing here sleeps or reads a clock: the scheduler's state machine passes ``now`` in and asks
 *whether* and *when* a call may start. That keeps limits exact (no race between a check and a
-take) and testable without time passing.
+take) and testable without time passing. Nor do they lock: a limit that runs on several threads
+use (the gates of a runtime those threads share) is checked and taken under its owner's lock.
 """
 
 from __future__ import annotations
@@ -125,10 +126,12 @@ class RateLimiter:
         self._stamp: float | None = None
 
     def _refill(self, now: float) -> None:
-        if self._stamp is not None:
+        if self._stamp is None:
+            self._stamp = now
+        elif now > self._stamp:  # a ``now`` read before another run's refill adds nothing
             gained = (now - self._stamp) * self.rate.count / self.rate.period
             self._tokens = min(self.rate.count, self._tokens + gained)
-        self._stamp = now
+            self._stamp = now
 
     def wait_time(self, now: float) -> float:
         """Seconds until one token is available (0 when one is available now)."""

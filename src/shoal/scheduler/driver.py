@@ -777,7 +777,10 @@ class Driver:
         """
         shared = self.state.shared_limits
         for gate in d.parked:
-            shared.wait_on(gate, self, self._gate_freed)
+            if shared.wait_on(gate, self, self._gate_freed):
+                # a run on another thread freed it after this run's check, before this run was
+                # in the books, so nobody told it: look again now, or it may wait forever
+                self._gate_freed(gate)
         for gate in d.freed:
             shared.freed(gate, self)
 

@@ -11,11 +11,17 @@ means 2 calls in flight across the lead and all its subagents' tool phases, not 
 Parked nodes stay with their own run; when a call of one run frees a gate that nodes of
 another run wait on, the freeing run's driver tells the other one (see
 :meth:`SharedLimits.freed`), which gives its parked nodes another look.
+
+The runs of one runtime may be on several threads at once (``run_sync`` from each, every one on
+a loop of its own), so every read-then-write of the shared gates (a check and a take, a release,
+a gate made on first use, the books of who waits) happens under :attr:`SharedLimits.lock`.
+Calls with no gate (most) never take it.
 """
 
 from __future__ import annotations
 
 import heapq
+import threading
 from collections.abc import Callable, Mapping
 from fnmatch import fnmatchcase
 from typing import Any
@@ -33,6 +39,9 @@ class SharedLimits:
     """The concurrency gates and rate limiters every run of one runtime counts against."""
 
     def __init__(self) -> None:
+        #: Held around every read-then-write of the gates below, which runs on other threads'
+        #: loops change too: a check with its take, a release, a gate made on first use.
+        self.lock = threading.Lock()
         self.tool_limits: dict[tuple[str, int], ConcurrencyLimit] = {}
         self.key_limits: dict[str, ConcurrencyLimit] = {}
         self.executor_limits: dict[str, ConcurrencyLimit] = {}
@@ -42,27 +51,40 @@ class SharedLimits:
 
     def executor_gate(self, name: str, cap: int) -> ConcurrencyLimit:
         """The worker-count gate of one backend."""
-        gate = self.executor_limits.get(name)
-        if gate is None:
-            gate = self.executor_limits[name] = ConcurrencyLimit(f"{name} workers", cap)
-        return gate
+        with self.lock:
+            return self.executor_limits.setdefault(name, ConcurrencyLimit(f"{name} workers", cap))
 
-    def wait_on(self, gate: object, run: object, wake: Callable[[object], None]) -> None:
-        """Remember that ``run`` has nodes parked on ``gate``; ``wake(gate)`` when it frees."""
-        self._waiting.setdefault(gate, {})[run] = wake
+    def wait_on(self, gate: object, run: object, wake: Callable[[object], None]) -> bool:
+        """Remember that ``run`` has nodes parked on ``gate``; ``wake(gate)`` when it frees.
+
+        Returns whether ``gate`` has room already: a run on another thread may have freed it
+        between this run's check and now, when nobody knew to tell this run; the caller then
+        looks again itself. (A release after this call tells it.)
+        """
+        waiting = self._waiting.get(gate)
+        if waiting is not None and run in waiting:
+            return False  # in the books since before: every release since has told it
+        with self.lock:
+            self._waiting.setdefault(gate, {})[run] = wake
+            return isinstance(gate, ConcurrencyLimit) and gate.available()
 
     def freed(self, gate: object, by: object) -> None:
         """``by`` released ``gate``: tell every other run waiting on it."""
+        # A look without the lock may miss a run getting in the books just now; that run
+        # checks the gate as it does (see wait_on), after this release, so it misses nothing.
         waiting = self._waiting.get(gate)
-        if waiting:
-            for run, wake in list(waiting.items()):
-                if run is not by:
-                    wake(gate)
+        if not waiting or (len(waiting) == 1 and by in waiting):
+            return  # nobody else waits: most releases
+        with self.lock:
+            others = [wake for run, wake in waiting.items() if run is not by]
+        for wake in others:  # outside the lock: a wake-up only queues a look on a loop
+            wake(gate)
 
     def forget(self, run: object) -> None:
         """``run`` ended: it waits on nothing any more."""
-        for waiting in self._waiting.values():
-            waiting.pop(run, None)
+        with self.lock:
+            for waiting in self._waiting.values():
+                waiting.pop(run, None)
 
 
 class Gates:
@@ -80,6 +102,7 @@ class Gates:
         self._tool_limits = self.shared.tool_limits
         self._key_limits = self.shared.key_limits
         self._rates = self.shared.rates
+        self.lock = self.shared.lock  # held by the state machine to check and take its gates
         self._parked: dict[object, list[Parked]] = {}
         # rate limiters with a wake-up timer set (made on first use: few runs have a rate)
         self._rate_waits: set[RateLimiter] | None = None
@@ -102,9 +125,12 @@ class Gates:
         gates: list[ConcurrencyLimit] = []
         if cap is not None:
             key = (tool.name, cap)
-            if key not in self._tool_limits:
-                self._tool_limits[key] = ConcurrencyLimit(f"tool {tool.name}", cap)
-            gates.append(self._tool_limits[key])
+            gate = self._tool_limits.get(key)
+            if gate is None:  # made once per runtime, even by two threads at once
+                with self.lock:
+                    gate = self._tool_limits.setdefault(
+                        key, ConcurrencyLimit(f"tool {tool.name}", cap))
+            gates.append(gate)
         if executor in self._executor_gates:
             gates.append(self._executor_gates[executor])
         if self._resource_limits:
@@ -117,10 +143,13 @@ class Gates:
             key = str(render_key(template, args, {}))
             for pattern, cap in self._resource_limits.items():
                 if fnmatchcase(key, pattern):
-                    if key not in self._key_limits:
-                        self._key_limits[key] = ConcurrencyLimit(f"resource {key}", cap)
-                    if self._key_limits[key] not in gates:
-                        gates.append(self._key_limits[key])
+                    gate = self._key_limits.get(key)
+                    if gate is None:  # made once per runtime, even by two threads at once
+                        with self.lock:
+                            gate = self._key_limits.setdefault(
+                                key, ConcurrencyLimit(f"resource {key}", cap))
+                    if gate not in gates:
+                        gates.append(gate)
                     break
         return gates
 
@@ -129,9 +158,11 @@ class Gates:
         rate = tool.policy.rate
         assert rate is not None
         key = (tool.name, str(rate))
-        if key not in self._rates:
-            self._rates[key] = RateLimiter(f"tool {tool.name}", rate)
-        return self._rates[key]
+        limiter = self._rates.get(key)
+        if limiter is None:  # made once per runtime, even by two threads at once
+            with self.lock:
+                limiter = self._rates.setdefault(key, RateLimiter(f"tool {tool.name}", rate))
+        return limiter
 
     def park(self, gate: object, item: Parked) -> None:
         """Make ``item`` wait on ``gate``."""

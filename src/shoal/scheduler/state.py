@@ -58,7 +58,7 @@ from shoal.events import (
     NodeStarted,
 )
 from shoal.executors.base import Call
-from shoal.limits import ConcurrencyLimit
+from shoal.limits import ConcurrencyLimit, RateLimiter
 from shoal.outcome import STATUSES, ErrorInfo, Outcome, Status, jsonable
 from shoal.plan import Node, Ref
 from shoal.scheduler.args import isolate_all, resolve_arguments
@@ -1189,11 +1189,12 @@ class SchedulerState:
                 continue
             if slot.gates is None:
                 slot.gates = self._gates.for_call(node.tool, slot.executor, slot.args or {})
-            if (slot.gates or node.tool.policy.rate is not None) and not self._admit(
-                    slot, now, d):
-                continue
+            # the approval first: past _admit, the node holds its limits
             if (slot.rare is not _COMMON and slot.rare.approval is not None
                     and not self._still_approved(slot, now, d)):
+                continue
+            if (slot.gates or node.tool.policy.rate is not None) and not self._admit(
+                    slot, now, d):
                 continue
             self._start(slot, now, d)
         if (heap or ordered) and limit.capacity is not None and limit.in_use >= limit.capacity:
@@ -1264,25 +1265,61 @@ class SchedulerState:
         return ref.pick(outcome.value)
 
     def _admit(self, slot: _Slot, now: float, d: Decisions) -> bool:
-        """Whether every limit on the node has room now; if not, park it where it waits."""
-        for gate in slot.gates or ():
+        """Take every limit on the node if all have room now; if not, park it where it waits.
+
+        Check and take are one step under the lock of the runtime's gates: runs on other
+        threads' loops check and take them too, and a room seen must still be there when taken.
+        A gate seen full needs no lock to wait on: whoever frees it wakes this node.
+        """
+        gates = slot.gates or ()
+        for gate in gates:
             if not gate.available():
-                slot.held = f"{gate.name} max_concurrency={gate.capacity}"
-                self._park(gate, slot)
-                d.park(gate)
-                return False
-        if slot.node.tool.policy.rate is not None:
-            limiter = self._gates.rate_for(slot.node.tool)
-            shared_now = now + self.clock_origin
+                return self._wait_for(gate, slot, d)
+        limiter = (self._gates.rate_for(slot.node.tool)
+                   if slot.node.tool.policy.rate is not None else None)
+        lock = self._gates.lock
+        lock.acquire()  # not ``with``: half the cost, paid by every call with a limit
+        try:
+            found = self._take(gates, limiter, now)
+        finally:
+            lock.release()
+        if isinstance(found, ConcurrencyLimit):  # taken meanwhile by a run on another thread
+            return self._wait_for(found, slot, d)
+        if found <= 0:
+            return True
+        assert limiter is not None
+        slot.held = f"{limiter.name} rate={limiter.rate}"
+        self._park(limiter, slot)
+        if self._gates.rate_wait(limiter):  # one timer per limiter
+            d.timer(now + found, "rate", slot.pos)
+        return False
+
+    def _wait_for(self, gate: ConcurrencyLimit, slot: _Slot, d: Decisions) -> bool:
+        """Park ``slot`` on ``gate``, which is full (always False: it does not start now)."""
+        slot.held = f"{gate.name} max_concurrency={gate.capacity}"
+        self._park(gate, slot)
+        d.park(gate)
+        return False
+
+    def _take(self, gates: tuple[ConcurrencyLimit, ...], limiter: RateLimiter | None,
+              now: float) -> ConcurrencyLimit | float:
+        """Take ``gates`` and a token of ``limiter`` if all have room now (call under their lock).
+
+        Returns 0.0 when taken; else the first gate with no room, or how long until the
+        limiter has a token (and takes nothing).
+        """
+        for gate in gates:
+            if not gate.available():
+                return gate
+        if limiter is not None:
+            shared_now = now + self.clock_origin  # the time line of every run's limiters
             wait = limiter.wait_time(shared_now)
             if wait > 0:
-                slot.held = f"{limiter.name} rate={limiter.rate}"
-                self._park(limiter, slot)
-                if self._gates.rate_wait(limiter):  # one timer per limiter
-                    d.timer(now + wait, "rate", slot.pos)
-                return False
+                return wait
             limiter.take(shared_now)
-        return True
+        for gate in gates:
+            gate.acquire()
+        return 0.0
 
     def _park(self, gate: object, slot: _Slot) -> None:
         self._gates.park(gate, (slot.priority, slot.pos))
@@ -1303,9 +1340,7 @@ class SchedulerState:
 
     def _start(self, slot: _Slot, now: float, d: Decisions) -> None:
         assert slot.gates is not None and slot.args is not None
-        self._global.in_use += 1
-        for gate in slot.gates:
-            gate.acquire()
+        self._global.in_use += 1  # (its gates were taken by _admit)
         self._set_phase(slot, Phase.RUNNING)
         slot.attempts += 1
         if slot.started_at is None:
@@ -1328,8 +1363,15 @@ class SchedulerState:
 
         (The run-wide limit and ``in_flight`` are given back by :meth:`finish` itself.)
         """
-        for gate in slot.gates or ():
-            gate.release()
+        gates = slot.gates or ()
+        lock = self._gates.lock  # runs on other threads' loops take and give back these too
+        lock.acquire()  # not ``with``: half the cost, paid by every call with a limit
+        try:
+            for gate in gates:
+                gate.release()
+        finally:
+            lock.release()
+        for gate in gates:
             self._wake_one(gate)
             d.free(gate)  # other runs of the runtime may wait on it too
 
