@@ -187,3 +187,14 @@ def collect_garbage() -> Iterator[None]:
     """
     yield
     gc.collect()
+
+
+@pytest.fixture
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector paused for the test (what it frees, it frees after)."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()

@@ -9,9 +9,8 @@ in a swarm of agents is a large share of its CPU time.
 from __future__ import annotations
 
 import asyncio
-import gc
 import weakref
-from collections.abc import Iterator
+from collections.abc import Coroutine
 from typing import Any
 
 import pytest
@@ -36,16 +35,6 @@ async def double(x: int) -> int:
     return 2 * x
 
 
-@pytest.fixture
-def no_collector() -> Iterator[None]:
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
 def _plan() -> tuple[shoal.Plan, shoal.Ref]:
     plan = shoal.Plan()
     first = plan.call(fetch, key="a")
@@ -54,7 +43,7 @@ def _plan() -> tuple[shoal.Plan, shoal.Ref]:
 
 
 def test_a_plan_run_and_its_memory_store_are_freed_without_the_collector(
-        no_collector: None) -> None:
+        collector_paused: None) -> None:
     plan, first = _plan()
     runtime = shoal.Runtime()  # the default journal: a MemoryStore
     store = runtime.store
@@ -78,7 +67,7 @@ async def note_loop() -> str:
 
 
 def test_shoal_run_sync_frees_its_run_and_its_loop_without_the_collector(
-        no_collector: None) -> None:
+        collector_paused: None) -> None:
     LOOPS.clear()
     plan = shoal.Plan()  # calls on the loop only: a thread pool's idle worker may still hold
     plan.call(note_loop, after=plan.call(fetch, key="a"))  # its last call's loop a moment
@@ -90,7 +79,7 @@ def test_shoal_run_sync_frees_its_run_and_its_loop_without_the_collector(
     assert LOOPS[0]() is None  # the loop run_sync made, with the clock the run kept on it
 
 
-def test_agent_run_sync_frees_its_loop_without_the_collector(no_collector: None) -> None:
+def test_agent_run_sync_frees_its_loop_without_the_collector(collector_paused: None) -> None:
     LOOPS.clear()
     agent = shoal.Agent(name="a", tools=[note_loop],
                         model=ScriptedModel([[call("note_loop")], "done"]))
@@ -120,8 +109,20 @@ def _tree_refs(handle: shoal.AgentHandle[str], result: shoal.AgentResult[str]
     return [weakref.ref(o) for o in objects]
 
 
+def _assert_freed(tree_run: Coroutine[Any, Any, list[weakref.ref[object]]]) -> None:
+    """Run ``tree_run`` on a loop of its own, closed only after the check: what the weak
+    references it returns name must be freed already, without the collector."""
+    loop = asyncio.new_event_loop()
+    try:
+        refs = loop.run_until_complete(tree_run)
+        alive = [ref() for ref in refs]
+        assert alive == [None] * len(refs), [type(o).__name__ for o in alive if o is not None]
+    finally:
+        loop.close()
+
+
 def test_an_agent_tree_with_subagents_is_freed_without_the_collector(
-        no_collector: None) -> None:
+        collector_paused: None) -> None:
     lead = _tree()
 
     async def main() -> list[weakref.ref[object]]:
@@ -131,13 +132,7 @@ def test_an_agent_tree_with_subagents_is_freed_without_the_collector(
         assert all(child.ok and len(child.calls) == 2 for child in result.children)
         return _tree_refs(handle, result)
 
-    loop = asyncio.new_event_loop()
-    try:
-        refs = loop.run_until_complete(main())
-        alive = [ref() for ref in refs]
-        assert alive == [None] * len(refs), [type(o).__name__ for o in alive if o is not None]
-    finally:
-        loop.close()
+    _assert_freed(main())
 
 
 def test_a_budget_breach_still_stops_the_tree() -> None:
@@ -149,7 +144,7 @@ def test_a_budget_breach_still_stops_the_tree() -> None:
 
 
 def test_an_agent_with_a_pattern_among_its_tools_is_freed_without_the_collector(
-        no_collector: None) -> None:
+        collector_paused: None) -> None:
     writer = shoal.Agent(name="writer", model=ScriptedModel.per_prompt({"*": ["a draft"]}))
     tools: list[Any] = [pipeline(writer, name="drafting")]  # a pattern is a tool here
     lead = shoal.Agent(name="lead", tools=tools,
@@ -162,10 +157,4 @@ def test_an_agent_with_a_pattern_among_its_tools_is_freed_without_the_collector(
         assert result.output == "report" and result.calls[0].status == "ok"
         return _tree_refs(handle, result)
 
-    loop = asyncio.new_event_loop()
-    try:
-        refs = loop.run_until_complete(main())
-        alive = [ref() for ref in refs]
-        assert alive == [None] * len(refs), [type(o).__name__ for o in alive if o is not None]
-    finally:
-        loop.close()
+    _assert_freed(main())

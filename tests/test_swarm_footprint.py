@@ -107,16 +107,6 @@ def test_an_idle_subagent_holds_few_bytes() -> None:
     assert per_agent <= MAX_BYTES, f"{per_agent / 1024:.1f} KiB per idle subagent"
 
 
-@pytest.fixture
-def collector_paused() -> Iterator[None]:
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
 @pytest.mark.usefixtures("collector_paused")
 def test_a_swarms_steps_leave_no_cycles_while_the_tree_lives() -> None:
     # what a full pass of the collector would free while the tree still holds its results
