@@ -23,10 +23,12 @@ cannot be kept, or was used already, denies the call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -62,8 +64,30 @@ class _Pending:
     sent: bool = False  # handed to the approver
 
 
+@dataclass(slots=True, eq=False)
+class _Lane:
+    """The desk's requests of one event loop, and what serves them there.
+
+    A runtime may run plans from several threads at once, each on its own loop: each loop's
+    requests wait, are timed out, batched and reviewed on that loop (a task, a timer or a
+    handle belongs to one loop), while the approver, the budget and the rate are the desk's.
+    """
+
+    loop: asyncio.AbstractEventLoop
+    queue: list[_Pending] = field(default_factory=list)
+    open: dict[str, _Pending] = field(default_factory=dict)
+    batch: list[_Pending] = field(default_factory=list)
+    review: asyncio.Task[None] | None = None
+    flush_soon: asyncio.Handle | None = None
+    rate_timer: asyncio.TimerHandle | None = None
+
+
 class ApprovalDesk:
     """Batches, paces and times out a runtime's approval requests; see the module docstring.
+
+    Requests are served on the event loop that submitted them (one lane per loop, see
+    :class:`_Lane`), so runs on several threads' loops each get their answers; the budget and
+    the rate count the requests of every loop together.
 
     Args:
         approver: who decides (``None``: every request is denied with :data:`NO_APPROVER`).
@@ -82,83 +106,119 @@ class ApprovalDesk:
         self.ledger: ApprovalLedger = ledger if ledger is not None else MemoryLedger()
         self._limiter = RateLimiter("approval requests", rate) if rate is not None else None
         self.requested = 0  # requests passed to the approver (what the budget counts)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: list[_Pending] = []
-        self._open: dict[str, _Pending] = {}
-        self._batch: list[_Pending] = []
-        self._review: asyncio.Task[None] | None = None
-        self._flush_soon: asyncio.Handle | None = None
-        self._rate_timer: asyncio.TimerHandle | None = None
+        # the budget and the rate are checked and taken under this lock: lanes of several
+        # threads' loops share them
+        self._shared = threading.Lock()
+        self._lanes: dict[asyncio.AbstractEventLoop, _Lane] = {}
 
     def pending(self, run_id: str | None = None) -> list[ApprovalRequest]:
-        """Requests waiting for a decision (of one run, or all)."""
-        return [p.request for p in self._open.values()
+        """Requests waiting for a decision (of one run, or all), on every loop."""
+        return [p.request for lane in list(self._lanes.values())
+                for p in list(lane.open.values())
                 if run_id is None or p.request.run_id == run_id]
 
     def submit(self, request: ApprovalRequest, on_ruling: Ruling) -> None:
         """Queue ``request``; ``on_ruling`` is called once, on the loop, with the decision."""
-        self._bind()
-        assert self._loop is not None
+        lane = self._lane()
         pending = _Pending(request, on_ruling)
-        self._open[request.id] = pending
-        self._queue.append(pending)
+        lane.open[request.id] = pending
+        lane.queue.append(pending)
         if self.timeout is not None:
-            pending.timer = self._loop.call_later(self.timeout, self._expire, request.id)
-        if self._flush_soon is None:  # later submits of this loop turn join the same batch
-            self._flush_soon = self._loop.call_soon(self._flush)
+            pending.timer = lane.loop.call_later(self.timeout, self._expire, lane, request.id)
+        if lane.flush_soon is None:  # later submits of this loop turn join the same batch
+            lane.flush_soon = lane.loop.call_soon(self._flush, lane)
 
     def withdraw(self, request_id: str) -> None:
         """The call no longer needs a decision (it was cancelled); no ruling follows."""
-        pending = self._close(request_id)
+        lane = self._lane_of(request_id)
+        if lane is None:  # answered or withdrawn already
+            return
+        pending = self._close(lane, request_id)
         if pending is not None and pending.sent and self.approver is not None:
             self._tell_withdrawn(self.approver, [pending.request])
 
     async def drain(self, run_id: str) -> None:
         """Withdraw ``run_id``'s requests and wait for a review that only they kept going."""
-        for request in self.pending(run_id):
-            self.withdraw(request.id)
-        review = self._review
+        lane = self._lane()
+        for pending in [p for p in lane.open.values() if p.request.run_id == run_id]:
+            self.withdraw(pending.request.id)
+        review = lane.review
         if review is not None and review.cancelling():
             # bounded: an approver that ignores cancellation must not hold the run open
             await asyncio.wait({review}, timeout=DRAIN_GRACE)
 
     async def aclose(self) -> None:
-        """Withdraw everything and stop a review in progress."""
-        for request_id in list(self._open):
-            self.withdraw(request_id)
-        for handle in (self._flush_soon, self._rate_timer):
+        """Withdraw everything and stop the reviews in progress (each on its own loop)."""
+        here = asyncio.get_running_loop()
+        for lane in list(self._lanes.values()):
+            if lane.loop is here:
+                await self._close_lane(lane)
+            elif not lane.loop.is_closed():  # another thread's: closed there, not waited for
+                with contextlib.suppress(RuntimeError):  # closed meanwhile
+                    lane.loop.call_soon_threadsafe(self._stop_lane, lane)
+
+    async def _close_lane(self, lane: _Lane) -> None:
+        review = self._stop_lane(lane)
+        if review is not None:
+            await asyncio.wait({review}, timeout=DRAIN_GRACE)
+
+    def _stop_lane(self, lane: _Lane) -> asyncio.Task[None] | None:
+        """Withdraw a lane's requests and cancel its review (on its loop); the review, if any."""
+        for request_id in list(lane.open):
+            pending = self._close(lane, request_id)
+            if pending is not None and pending.sent and self.approver is not None:
+                self._tell_withdrawn(self.approver, [pending.request])
+        for handle in (lane.flush_soon, lane.rate_timer):
             if handle is not None:
                 handle.cancel()
-        self._flush_soon = self._rate_timer = None
-        review = self._review
-        if review is not None and not review.done():
-            review.cancel()
-            await asyncio.wait({review}, timeout=DRAIN_GRACE)
+        lane.flush_soon = lane.rate_timer = None
+        review = lane.review
+        if review is None or review.done():
+            return None
+        review.cancel()
+        return review
 
     # ---- internals ------------------------------------------------------------------------
 
-    def _bind(self) -> None:
+    def _lane(self) -> _Lane:
+        """The lane of the running loop (made on its first request)."""
         loop = asyncio.get_running_loop()
-        if loop is not self._loop:  # requests of a loop that is gone cannot be answered there
-            self._loop = loop
-            self._queue, self._open, self._batch = [], {}, []
-            self._review = self._flush_soon = self._rate_timer = None
+        lane = self._lanes.get(loop)
+        if lane is None:
+            with self._shared:  # other threads may be making theirs
+                # the lanes of loops closed since are dropped (a runtime may serve a new loop
+                # per asyncio.run): nothing of theirs can be answered any more
+                for gone in [old for old in self._lanes if old.is_closed()]:
+                    del self._lanes[gone]
+                lane = self._lanes[loop] = _Lane(loop)
+        return lane
 
-    def _close(self, request_id: str) -> _Pending | None:
+    def _lane_of(self, request_id: str) -> _Lane | None:
+        """The lane where ``request_id`` waits: the running loop's, as a rule."""
+        try:
+            here = self._lanes.get(asyncio.get_running_loop())
+        except RuntimeError:  # no loop in this thread
+            here = None
+        if here is not None and request_id in here.open:
+            return here
+        return next((lane for lane in list(self._lanes.values()) if request_id in lane.open),
+                    None)
+
+    def _close(self, lane: _Lane, request_id: str) -> _Pending | None:
         """Mark a request answered or withdrawn; stop a review nobody waits for any more."""
-        pending = self._open.pop(request_id, None)
+        pending = lane.open.pop(request_id, None)
         if pending is None:
             return None
         pending.open = False
         if pending.timer is not None:
             pending.timer.cancel()
-        if (self._review is not None and pending in self._batch
-                and not any(p.open for p in self._batch)):
-            self._review.cancel()
+        if (lane.review is not None and pending in lane.batch
+                and not any(p.open for p in lane.batch)):
+            lane.review.cancel()
         return pending
 
-    def _expire(self, request_id: str) -> None:
-        pending = self._close(request_id)
+    def _expire(self, lane: _Lane, request_id: str) -> None:
+        pending = self._close(lane, request_id)
         if pending is None:
             return
         if pending.sent and self.approver is not None:
@@ -166,59 +226,62 @@ class ApprovalDesk:
         reason = f"no decision within {self.timeout:g} s (the approval timeout)"
         self._rule(pending, Decision.deny(reason), "timeout")
 
-    def _flush(self) -> None:
+    def _flush(self, lane: _Lane) -> None:
         """Pass queued requests on as one batch, within the budget and the rate."""
-        self._flush_soon = None
-        if self._review is not None:
+        lane.flush_soon = None
+        if lane.review is not None:
             return  # the review in progress flushes again when it ends
-        assert self._loop is not None
         batch: list[_Pending] = []
-        while self._queue:
-            pending = self._queue[0]
+        queue = lane.queue
+        while queue:
+            pending = queue[0]
             if not pending.open:
-                self._queue.pop(0)
+                queue.pop(0)
                 continue
             if self.approver is None:
-                self._deny_now(pending, NO_APPROVER, "no approver")
+                self._deny_now(lane, pending, NO_APPROVER, "no approver")
                 continue
-            if self.budget is not None and self.requested >= self.budget:
-                self._deny_now(pending, f"the approval budget of {self.budget} requests is "
-                               "used up", "budget")
+            with self._shared:  # checked and counted at once: other loops' lanes count too
+                spent = self.budget is not None and self.requested >= self.budget
+                taken = not spent and self._take_token(lane)
+                if taken:
+                    self.requested += 1
+            if spent:
+                self._deny_now(lane, pending, f"the approval budget of {self.budget} requests "
+                               "is used up", "budget")
                 continue
-            if not self._take_token():
+            if not taken:
                 break
-            self._queue.pop(0)
+            queue.pop(0)
             pending.sent = True
-            self.requested += 1
             batch.append(pending)
         if batch:
-            self._batch = batch
-            self._review = self._loop.create_task(self._run_review(batch))
+            lane.batch = batch
+            lane.review = lane.loop.create_task(self._run_review(lane, batch))
 
-    def _deny_now(self, pending: _Pending, reason: str, by: str) -> None:
-        self._queue.pop(0)
-        self._close(pending.request.id)
+    def _deny_now(self, lane: _Lane, pending: _Pending, reason: str, by: str) -> None:
+        lane.queue.pop(0)
+        self._close(lane, pending.request.id)
         self._rule(pending, Decision.deny(reason), by)
 
-    def _take_token(self) -> bool:
+    def _take_token(self, lane: _Lane) -> bool:
         """Whether the rate allows one more request now; if not, flush again when it does."""
         if self._limiter is None:
             return True
-        assert self._loop is not None
-        now = self._loop.time()
+        now = lane.loop.time()
         wait = self._limiter.wait_time(now)
         if wait <= 0:
             self._limiter.take(now)
             return True
-        if self._rate_timer is None:
-            self._rate_timer = self._loop.call_later(wait, self._rate_due)
+        if lane.rate_timer is None:
+            lane.rate_timer = lane.loop.call_later(wait, self._rate_due, lane)
         return False
 
-    def _rate_due(self) -> None:
-        self._rate_timer = None
-        self._flush()
+    def _rate_due(self, lane: _Lane) -> None:
+        lane.rate_timer = None
+        self._flush(lane)
 
-    async def _run_review(self, batch: list[_Pending]) -> None:
+    async def _run_review(self, lane: _Lane, batch: list[_Pending]) -> None:
         approver = self.approver
         assert approver is not None
         try:
@@ -226,12 +289,12 @@ class ApprovalDesk:
         except asyncio.CancelledError:
             return  # every request in the batch was answered or withdrawn meanwhile
         finally:
-            self._review, self._batch = None, []
-            if self._queue and self._flush_soon is None and self._loop is not None:
-                self._flush_soon = self._loop.call_soon(self._flush)
+            lane.review, lane.batch = None, []
+            if lane.queue and lane.flush_soon is None and not lane.loop.is_closed():
+                lane.flush_soon = lane.loop.call_soon(self._flush, lane)
         for pending, decision in zip(batch, decisions, strict=True):
             if pending.open:
-                self._close(pending.request.id)
+                self._close(lane, pending.request.id)
                 self._rule(pending, decision, _name_of(approver))
 
     async def _ask(self, approver: Approver, requests: list[ApprovalRequest]) -> list[Decision]:
