@@ -27,6 +27,7 @@ import contextlib
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -73,7 +74,7 @@ class _Lane:
     handle belongs to one loop), while the approver, the budget and the rate are the desk's.
     """
 
-    loop: asyncio.AbstractEventLoop
+    loop: weakref.ReferenceType[asyncio.AbstractEventLoop]  # weakly: see ApprovalDesk._lanes
     queue: list[_Pending] = field(default_factory=list)
     open: dict[str, _Pending] = field(default_factory=dict)
     batch: list[_Pending] = field(default_factory=list)
@@ -109,24 +110,27 @@ class ApprovalDesk:
         # the budget and the rate are checked and taken under this lock: lanes of several
         # threads' loops share them
         self._shared = threading.Lock()
-        self._lanes: dict[asyncio.AbstractEventLoop, _Lane] = {}
+        # weakly, both ways: a runtime outlives the loops it served (a new one per
+        # asyncio.run), and must not keep them alive; a lane refers to its loop weakly too
+        self._lanes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Lane] = (
+            weakref.WeakKeyDictionary())
 
     def pending(self, run_id: str | None = None) -> list[ApprovalRequest]:
         """Requests waiting for a decision (of one run, or all), on every loop."""
-        return [p.request for lane in list(self._lanes.values())
-                for p in list(lane.open.values())
+        return [p.request for lane in self._all_lanes() for p in list(lane.open.values())
                 if run_id is None or p.request.run_id == run_id]
 
     def submit(self, request: ApprovalRequest, on_ruling: Ruling) -> None:
         """Queue ``request``; ``on_ruling`` is called once, on the loop, with the decision."""
+        loop = asyncio.get_running_loop()
         lane = self._lane()
         pending = _Pending(request, on_ruling)
         lane.open[request.id] = pending
         lane.queue.append(pending)
         if self.timeout is not None:
-            pending.timer = lane.loop.call_later(self.timeout, self._expire, lane, request.id)
+            pending.timer = loop.call_later(self.timeout, self._expire, lane, request.id)
         if lane.flush_soon is None:  # later submits of this loop turn join the same batch
-            lane.flush_soon = lane.loop.call_soon(self._flush, lane)
+            lane.flush_soon = loop.call_soon(self._flush, lane)
 
     def withdraw(self, request_id: str) -> None:
         """The call no longer needs a decision (it was cancelled); no ruling follows."""
@@ -139,7 +143,9 @@ class ApprovalDesk:
 
     async def drain(self, run_id: str) -> None:
         """Withdraw ``run_id``'s requests and wait for a review that only they kept going."""
-        lane = self._lane()
+        lane = self._lanes.get(asyncio.get_running_loop())
+        if lane is None:  # this loop never asked anything
+            return
         for pending in [p for p in lane.open.values() if p.request.run_id == run_id]:
             self.withdraw(pending.request.id)
         review = lane.review
@@ -150,12 +156,13 @@ class ApprovalDesk:
     async def aclose(self) -> None:
         """Withdraw everything and stop the reviews in progress (each on its own loop)."""
         here = asyncio.get_running_loop()
-        for lane in list(self._lanes.values()):
-            if lane.loop is here:
+        for lane in self._all_lanes():
+            loop = lane.loop()
+            if loop is here:
                 await self._close_lane(lane)
-            elif not lane.loop.is_closed():  # another thread's: closed there, not waited for
-                with contextlib.suppress(RuntimeError):  # closed meanwhile
-                    lane.loop.call_soon_threadsafe(self._stop_lane, lane)
+            elif loop is not None and not loop.is_closed():  # another thread's: closed
+                with contextlib.suppress(RuntimeError):  # there, not waited for (or gone)
+                    loop.call_soon_threadsafe(self._stop_lane, lane)
 
     async def _close_lane(self, lane: _Lane) -> None:
         review = self._stop_lane(lane)
@@ -186,12 +193,13 @@ class ApprovalDesk:
         lane = self._lanes.get(loop)
         if lane is None:
             with self._shared:  # other threads may be making theirs
-                # the lanes of loops closed since are dropped (a runtime may serve a new loop
-                # per asyncio.run): nothing of theirs can be answered any more
-                for gone in [old for old in self._lanes if old.is_closed()]:
-                    del self._lanes[gone]
-                lane = self._lanes[loop] = _Lane(loop)
+                lane = self._lanes[loop] = _Lane(weakref.ref(loop))
         return lane
+
+    def _all_lanes(self) -> list[_Lane]:
+        """Every loop's lane (copied under the lock: other threads may be adding theirs)."""
+        with self._shared:
+            return list(self._lanes.values())
 
     def _lane_of(self, request_id: str) -> _Lane | None:
         """The lane where ``request_id`` waits: the running loop's, as a rule."""
@@ -201,8 +209,7 @@ class ApprovalDesk:
             here = None
         if here is not None and request_id in here.open:
             return here
-        return next((lane for lane in list(self._lanes.values()) if request_id in lane.open),
-                    None)
+        return next((lane for lane in self._all_lanes() if request_id in lane.open), None)
 
     def _close(self, lane: _Lane, request_id: str) -> _Pending | None:
         """Mark a request answered or withdrawn; stop a review nobody waits for any more."""
@@ -255,9 +262,9 @@ class ApprovalDesk:
             queue.pop(0)
             pending.sent = True
             batch.append(pending)
-        if batch:
+        if batch:  # on the lane's loop: this runs there (a handle or a timer of its own)
             lane.batch = batch
-            lane.review = lane.loop.create_task(self._run_review(lane, batch))
+            lane.review = asyncio.get_running_loop().create_task(self._run_review(lane, batch))
 
     def _deny_now(self, lane: _Lane, pending: _Pending, reason: str, by: str) -> None:
         lane.queue.pop(0)
@@ -268,13 +275,14 @@ class ApprovalDesk:
         """Whether the rate allows one more request now; if not, flush again when it does."""
         if self._limiter is None:
             return True
-        now = lane.loop.time()
+        loop = asyncio.get_running_loop()  # the lane's: flushes run on it
+        now = loop.time()
         wait = self._limiter.wait_time(now)
         if wait <= 0:
             self._limiter.take(now)
             return True
         if lane.rate_timer is None:
-            lane.rate_timer = lane.loop.call_later(wait, self._rate_due, lane)
+            lane.rate_timer = loop.call_later(wait, self._rate_due, lane)
         return False
 
     def _rate_due(self, lane: _Lane) -> None:
@@ -290,8 +298,9 @@ class ApprovalDesk:
             return  # every request in the batch was answered or withdrawn meanwhile
         finally:
             lane.review, lane.batch = None, []
-            if lane.queue and lane.flush_soon is None and not lane.loop.is_closed():
-                lane.flush_soon = lane.loop.call_soon(self._flush, lane)
+            loop = asyncio.get_running_loop()  # the review's task runs on the lane's loop
+            if lane.queue and lane.flush_soon is None and not loop.is_closed():
+                lane.flush_soon = loop.call_soon(self._flush, lane)
         for pending, decision in zip(batch, decisions, strict=True):
             if pending.open:
                 self._close(lane, pending.request.id)
