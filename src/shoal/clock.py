@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from shoal.exceptions import ConfigError
 
-__all__ = ["Clock", "clock_of", "forget_clock", "read_epoch"]
+__all__ = ["Clock", "clock_of", "forget_clock", "read_epoch", "running_loop"]
 
 
 class Clock:
@@ -122,3 +122,11 @@ def forget_clock(loop: asyncio.AbstractEventLoop) -> None:
     """
     with contextlib.suppress(AttributeError):
         delattr(loop, _MADE)
+
+
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, if any (``None`` where none runs)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

@@ -24,6 +24,7 @@ from collections.abc import Callable, Generator, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from shoal.clock import running_loop
 from shoal.exceptions import PlanError, PlanProblem, RunClosedError, UpstreamFailedError
 from shoal.merge import shown
 from shoal.outcome import Outcome, RunResult
@@ -129,7 +130,7 @@ class OpenRun:
         run never end). So another thread hands ``work`` to the loop and waits for its answer.
         """
         loop = self._handle.as_future().get_loop()
-        if _running_loop() is loop:
+        if running_loop() is loop:
             return work()
         if self._handle.done():
             raise RunClosedError(f"open run {self.run_id} has ended: it takes no more nodes")
@@ -236,14 +237,6 @@ class OpenRun:
         except asyncio.CancelledError:
             if exc is None:
                 raise
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    """The event loop running in this thread, if any."""
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
 
 
 def _node_id(node: object) -> str:

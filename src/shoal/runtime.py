@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from shoal import instrumentation
 from shoal.approvals import ApprovalRequest, Approver, Callback, as_approver
 from shoal.approvals.desk import ApprovalDesk
-from shoal.clock import Clock, forget_clock, read_epoch
+from shoal.clock import Clock, forget_clock, read_epoch, running_loop
 from shoal.deps import Graph, analyze
 from shoal.events import Event, EventSink
 from shoal.exceptions import ConfigError, ShoalError
@@ -203,7 +203,7 @@ class RunHandle:
             if unknown:
                 raise KeyError(f"no node(s) {unknown} in run {self.run_id}")
         loop = self._task.get_loop()
-        if _running_loop() is loop:
+        if running_loop() is loop:
             self._driver.cancel(ids, reason)
             return
         # another thread: the driver is the loop's alone, and the loop may be asleep (waiting
@@ -235,7 +235,7 @@ class RunHandle:
         if self._task.done():
             return
         loop = self._task.get_loop()
-        if _running_loop() is loop:
+        if running_loop() is loop:
             self._driver.close()
             return
         with contextlib.suppress(RuntimeError):  # a closed loop: the run is over anyway
@@ -1043,14 +1043,6 @@ def _sink_list(on_event: EventSink | Sequence[EventSink] | None) -> list[Callabl
             raise ConfigError(f"on_event= takes callables; one of them is "
                               f"{type(sink).__name__} {shown(sink)}")
     return sinks
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    """The event loop running in this thread, if any."""
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
 
 
 @functools.cache

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 from shoal.approvals.ledger import ApprovalLedger, MemoryLedger, RunLedger
 from shoal.approvals.policy import ApprovalRequest, Approver, Decision
 from shoal.approvals.policy import request_id as request_id_of  # its parameters are ids
+from shoal.clock import running_loop
 from shoal.exceptions import describe_exception
 from shoal.limits import Rate, RateLimiter
 from shoal.scheduler.state import Ask, Withdraw
@@ -203,10 +204,8 @@ class ApprovalDesk:
 
     def _lane_of(self, request_id: str) -> _Lane | None:
         """The lane where ``request_id`` waits: the running loop's, as a rule."""
-        try:
-            here = self._lanes.get(asyncio.get_running_loop())
-        except RuntimeError:  # no loop in this thread
-            here = None
+        loop = running_loop()
+        here = self._lanes.get(loop) if loop is not None else None
         if here is not None and request_id in here.open:
             return here
         return next((lane for lane in self._all_lanes() if request_id in lane.open), None)

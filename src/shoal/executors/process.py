@@ -97,6 +97,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import IO, Any
 
+from shoal.clock import running_loop
 from shoal.exceptions import (
     ConfigError,
     ExecutorError,
@@ -644,7 +645,7 @@ class _Lane:
 
     def wake(self) -> None:
         """Wake this loop's callers waiting for room; from any thread."""
-        if _running_loop() is self.loop:
+        if running_loop() is self.loop:
             self.freed.set()
         elif self.waiting:
             with suppress(RuntimeError):  # closed: nobody waits there any more
@@ -655,13 +656,6 @@ class _Lane:
         for workers in self.idle.values():
             if workers:
                 return workers[0]
-        return None
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
         return None
 
 
@@ -725,7 +719,7 @@ class ProcessExecutor(Executor):
         The running event loop's template; outside one (or before it has one), the first
         template that runs.
         """
-        loop = _running_loop()
+        loop = running_loop()
         with self._books:
             lanes = list(self._lanes.values())
         here = [lane for lane in lanes if lane.loop is loop]
