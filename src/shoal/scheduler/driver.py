@@ -48,7 +48,7 @@ from typing import Any
 
 from shoal.approvals.desk import ApprovalDesk, RunApprovals
 from shoal.approvals.policy import ApprovalRequest
-from shoal.clock import Clock, clock_of, read_epoch
+from shoal.clock import Clock, clock_of, read_epoch, running_loop
 from shoal.deps import Graph
 from shoal.events import Event, RunFinished, RunStarted
 from shoal.exceptions import ConfigError, RunClosedError, StoreError, ToolTimeoutError
@@ -793,11 +793,7 @@ class Driver:
         loop = self._loop
         if loop is None or self.state.finished:
             return
-        try:
-            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:  # freed from a thread that runs no loop
-            here = None
-        if here is loop:
+        if running_loop() is loop:  # (None: freed from a thread that runs no loop)
             loop.call_soon(self._recheck_gate, gate)
             return
         with suppress(RuntimeError):  # closed: its run has ended
