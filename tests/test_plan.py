@@ -135,6 +135,33 @@ def test_auto_ids_skip_ids_taken_explicitly() -> None:
     assert plan.call(search, query="y").node == "search#2"
 
 
+def test_auto_ids_and_indexes_stay_right_around_chosen_ids_and_duplicates() -> None:
+    """Each node's index is its place in the plan, duplicates counted, whichever way it came."""
+    plan = Plan()
+    plan.call(search, query="a")
+    plan.call(search, query="b", node_id="search#3")
+    plan.call(search, query="c", node_id="search#3")  # a duplicate, kept aside
+    refs = [plan.call(search, query=str(i)) for i in range(3)]
+    assert [r.node for r in refs] == ["search#2", "search#4", "search#5"]
+    assert [n.index for n in plan.nodes] == [0, 1, 3, 4, 5]
+    assert [(n.id, n.args, n.after, n.refs) for n in plan.nodes][-1] == (
+        "search#5", {"query": "2"}, (), ())
+
+
+def test_a_plan_validated_checks_ref_free_arguments_once_and_keeps_them() -> None:
+    """Arguments the schema keeps as they are are the node's own; others are converted once."""
+    @tool
+    async def count(n: int) -> int:
+        return n
+
+    plan = Plan()
+    kept = plan.node(plan.call(count, n=3))
+    converted = plan.node(plan.call(count, n="3"))
+    plan.validate()
+    assert kept.checked is kept.args
+    assert converted.checked == {"n": 3} and converted.args == {"n": "3"}
+
+
 def test_chosen_ids_and_plan_order() -> None:
     plan = Plan("demo")
     plan.call(search, query="x", node_id="first")

@@ -232,6 +232,40 @@ def test_validation_coerces_values_and_fills_defaults() -> None:
     assert add.validate({"a": "1", "b": 2.0}) == {"a": 1, "b": 2}
 
 
+@tool
+def scaled(a: int, factor: float = 1.0, label: str = "x", on: bool = True) -> str:
+    """Every field plain: validation keeps values of exactly their types as they are."""
+    return label * a
+
+
+@pytest.mark.parametrize("args", [
+    {"a": 1, "factor": 2.0, "label": "y", "on": False},  # kept
+    {"a": 1},  # defaults filled in: a new dict
+    {"factor": 2.0, "a": 1, "label": "y", "on": False},  # another order
+    {"a": True, "factor": 2.0, "label": "y", "on": False},  # a bool for an int: converted
+    {"a": 1, "factor": 2, "label": "y", "on": False},  # an int for a float: converted
+    {"a": "1", "factor": 2.0, "label": "y", "on": False},  # a str for an int: converted
+    {"a": 1, "factor": 2.0, "label": "y", "on": False, "more": 1},  # refused
+    {},  # refused: a is required
+])
+def test_keeps_says_whether_validation_returns_the_arguments_as_they_are(
+        args: dict[str, Any]) -> None:
+    """``keeps`` (the plan's check without a new dict) agrees with what ``validate`` does."""
+    try:
+        checked = scaled.validate(args)
+    except ToolArgumentError:
+        as_they_are = False
+    else:
+        as_they_are = (list(checked) == list(args) and all(
+            checked[name] is value for name, value in args.items()))
+    assert scaled.keeps(args) is as_they_are
+
+
+def test_keeps_is_false_for_a_tool_whose_fields_are_not_plain() -> None:
+    assert not search.keeps({"query": "q", "limit": 3, "tags": None})  # tags: a list field
+    assert add.keeps({"a": 1, "b": 2})  # every field plain
+
+
 def test_validation_error_names_the_argument() -> None:
     with pytest.raises(ToolArgumentError) as info:
         search.validate({"query": "q", "limit": "many"})

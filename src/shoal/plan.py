@@ -247,6 +247,22 @@ class Plan:
         """
         # add()'s body: a plan of many small calls spends a good part of its time here. ``args``
         # is a dict made for this call alone: the node keeps it as it is (no copy)
+        nodes = self._nodes
+        if node_id is None and after == () and isinstance(tool, Tool) and not self._duplicates:
+            # the usual call, inlined (_make_node, _next_id, _refs_in, insert): a tool, the
+            # next id of its name free, no after. An id like "name#3" cannot be a map item's
+            name = tool.name
+            count = self._counts.get(name, 0) + 1
+            new_id = f"{name}#{count}"
+            if new_id not in nodes:
+                self._counts[name] = count
+                refs: tuple[Ref, ...] = ()
+                for value in args.values():
+                    if type(value) not in _NO_REFS:
+                        refs = tuple(find_refs(args))
+                        break
+                nodes[new_id] = Node(new_id, tool, args, (), len(nodes), refs)
+                return Ref(new_id)
         node = self._make_node(tool, args, after, node_id, None)
         self.insert(node)
         return Ref(node.id)
@@ -390,7 +406,12 @@ class Plan:
         """Every problem with the plan (empty when it is valid)."""
         found: list[PlanProblem] = []
         for node in self._nodes.values():
-            found += self._node_problems(node)
+            tool = node.tool
+            if (node.refs or node.after or node.map is not None or tool.has_default_factory
+                    or not tool.keeps(node.args) or node.id.endswith("]")):
+                found += self._node_problems(node)
+            else:  # most nodes of a large plan: no refs, and arguments the schema keeps as is
+                node.checked = node.args  # (what _node_problems finds for them, sooner)
         for node in self._duplicates:  # checked too, so that none of its problems is hidden
             found.append(PlanProblem("duplicate_id", "another node already has this id; give "
                                                      "every node its own id", node.id))

@@ -219,6 +219,25 @@ class Tool(Generic[P, R]):
             values.update(instance.__pydantic_extra__)
         return values
 
+    @functools.cached_property
+    def _kept_as_is(self) -> tuple[tuple[str, ...], tuple[type, ...]] | None:
+        """The plain fields' names and types (see :meth:`keeps`), if every field is plain."""
+        plain = self._plain
+        if plain is None:
+            return None
+        return tuple(name for name, _, _ in plain), tuple(kind for _, kind, _ in plain)
+
+    def keeps(self, args: Mapping[str, Any]) -> bool:
+        """Whether :meth:`validate` returns ``args`` as they are: names, order and values.
+
+        True when every field is a plain one (see :func:`plain_fields`) and ``args`` gives
+        each, in field order, a value of exactly its type, and nothing else: a check with no
+        new dict, for a plan's many ref-free calls (validated once, before the run).
+        """
+        signature = self._kept_as_is
+        return (signature is not None and tuple(args) == signature[0]
+                and tuple(map(type, args.values())) == signature[1])
+
     def check_static(self, args: Mapping[str, Any], is_pending: Callable[[Any], bool]) -> str:
         """Problems with ``args`` that can be seen before the run ('' when none).
 
