@@ -261,22 +261,80 @@ def test_blocking_calls_get_a_thread_each_and_quick_ones_share_a_few() -> None:
 
 def test_a_thread_that_cannot_be_started_fails_the_calls_that_would_wait_for_it(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    def no_thread(_: threading.Thread) -> None:
-        raise RuntimeError("can't start new thread")
-
     plan = shoal.Plan()
     refs = [plan.call(quick, name=str(i)) for i in range(3)]
 
     async def main() -> shoal.RunResult:
         async with shoal.Runtime(store=None) as runtime:
             await runtime.executor_for("thread").start()
-            monkeypatch.setattr(threading.Thread, "start", no_thread)
+            monkeypatch.setattr(threading.Thread, "start", no_new_thread)
             return await asyncio.wait_for(runtime.run(plan), 30)
 
     result = asyncio.run(main())
     for ref in refs:
         outcome = result[ref]
         assert outcome.status == "failed" and "can't start new thread" in str(outcome.error)
+        assert outcome.error is not None and outcome.error.type.endswith("NoThreadError")
+
+
+def no_new_thread(_: threading.Thread) -> None:
+    raise RuntimeError("can't start new thread")
+
+
+def test_a_call_no_busy_thread_takes_fails_once_the_pool_took_none_for_a_while(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The OS refuses a thread while the only one is blocked: the queued call fails, typed.
+
+    It never runs, and the blocked call still ends as its own (it would otherwise wait for
+    the blocked one, here for as long as that blocks).
+    """
+    monkeypatch.setattr("shoal.executors.thread.NO_THREAD_WAIT", 0.2)
+
+    async def main() -> None:
+        executor = ThreadExecutor(4)
+        await executor.start()
+        first = asyncio.ensure_future(executor.execute(call(0, held, name="first")))
+        await until(lambda: ran == ["first"])
+        monkeypatch.setattr(threading.Thread, "start", no_new_thread)
+        began = time.monotonic()
+        with pytest.raises(shoal.NoThreadError, match="can't start new thread") as info:
+            await asyncio.wait_for(executor.execute(call(1, quick, name="second")), 10)
+        assert time.monotonic() - began < 8  # not after the blocked call: it still blocks
+        assert (info.value.tool, info.value.busy, info.value.waited) == ("quick", 1, 0.2)
+        assert isinstance(info.value.__cause__, RuntimeError)
+        assert "thread_workers" in str(info.value)  # says what to do
+        gate.set()
+        assert await first == "first"
+        await asyncio.sleep(0.05)
+        assert ran == ["first"]  # the second never ran
+        await executor.close()
+
+    asyncio.run(main())
+
+
+def test_queued_calls_wait_for_busy_threads_while_these_take_calls(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No new thread to be had, but the one there keeps taking calls: none of them fails."""
+    monkeypatch.setattr("shoal.executors.thread.NO_THREAD_WAIT", 0.25)
+
+    @shoal.tool
+    def nap(name: str) -> str:
+        time.sleep(0.05)
+        return threading.current_thread().name
+
+    async def main() -> None:
+        executor, ends = ThreadExecutor(4), Ends()
+        executor.submit([(call(0, quick, name="warm"), contextvars.copy_context())], ends)
+        await until(lambda: len(ends.jobs) == 1)  # one thread, parked
+        monkeypatch.setattr(threading.Thread, "start", no_new_thread)
+        executor.submit([(call(i, nap, name=str(i)), contextvars.copy_context())
+                         for i in range(1, 21)], ends)  # 1 s of calls on the one thread
+        await until(lambda: len(ends.jobs) == 21)
+        assert [job.error for job in ends.jobs] == [None] * 21
+        assert len({job.value for job in ends.jobs[1:]}) == 1  # all on the one thread
+        await executor.close()
+
+    asyncio.run(main())
 
 
 def test_an_executor_dropped_unclosed_lets_its_threads_exit() -> None:

@@ -13,7 +13,9 @@
     ├── ExecutorError               a backend could not run a call (not the tool's own error)
     │   ├── SerializationError      arguments or a result could not be moved to the backend
     │   ├── WorkerCrashedError      the worker process died during the call; ``.cause`` says how
-    │   └── ToolQuarantinedError    a tool crashed its workers too often in this run: not started
+    │   ├── ToolQuarantinedError    a tool crashed its workers too often in this run: not started
+    │   └── NoThreadError           the OS refused a new thread while the pool's were all busy:
+    │                               a sync call that waited too long for one is not started
     ├── RemoteToolError             stands in for a tool's exception that could not be pickled
     ├── ConfigError                 an invalid runtime setting (limits, executors, rates)
     ├── MissingDependencyError      an optional extra is not installed; says what to install
@@ -80,6 +82,7 @@ __all__ = [
     "MaxTurnsExceeded",
     "MissingAPIKeyError",
     "MissingDependencyError",
+    "NoThreadError",
     "ModelConnectionError",
     "ModelError",
     "ModelHTTPError",
@@ -253,6 +256,29 @@ class ToolQuarantinedError(ExecutorError):
 
     def __reduce__(self) -> tuple[type[ToolQuarantinedError], tuple[str, int]]:
         return (ToolQuarantinedError, (self.tool, self.crashes))
+
+
+class NoThreadError(ExecutorError):
+    """A sync call got no thread: the OS refused to start one, and the pool's were all busy.
+
+    ``busy`` is how many threads the pool had (0: none at all), ``waited`` how many seconds
+    the call waited for one of them to take it. The call never ran.
+    """
+
+    def __init__(self, tool: str, cause: str, busy: int, waited: float) -> None:
+        self.tool = tool
+        self.cause = cause
+        self.busy = busy
+        self.waited = waited
+        others = (f"the pool's {busy} threads were all busy for {waited:g} s" if busy
+                  else "the pool has no thread")
+        super().__init__(f"no thread to run tool {tool!r}: the OS refused to start one "
+                         f"({cause}), and {others}; lower the runtime's thread_workers or "
+                         "max_concurrency, or raise the process's thread limit (ulimit -u, "
+                         "a container's pids limit)")
+
+    def __reduce__(self) -> tuple[type[NoThreadError], tuple[str, str, int, float]]:
+        return (NoThreadError, (self.tool, self.cause, self.busy, self.waited))
 
 
 class RemoteToolError(ShoalError):

@@ -46,6 +46,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, Literal
 
+from shoal.exceptions import NoThreadError, describe_exception
 from shoal.executors._results import stop_iteration_error
 from shoal.executors.base import Call, Executor, check_count
 
@@ -63,6 +64,10 @@ _DONE = 3  # it ran; ``value`` or ``error`` says how it ended
 _exiting = False
 #: How often the exit looks whether the calls it waits for have ended (seconds).
 _EXIT_POLL = 0.01
+#: When the OS refuses a new thread, how long the queued calls wait for a busy thread to take
+#: one of them (seconds): while the pool's threads keep taking calls they wait on; once none
+#: was taken for this long, they fail with :class:`~shoal.exceptions.NoThreadError`.
+NO_THREAD_WAIT = 1.0
 
 
 class PoolJob:
@@ -118,6 +123,11 @@ class _Completions:
         self._batch: list[PoolJob] = []
         self._waking = False  # a wake-up is on its way to the loop
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The loop these are the completions of, if it is still there."""
+        return self._loop()
+
     def loop_is(self, loop: asyncio.AbstractEventLoop) -> bool:
         """Whether these are the completions of ``loop``."""
         return self._loop() is loop
@@ -169,7 +179,8 @@ class _Pool:
     the old pool's ``max_workers``, not the new one's (as a closed ``ThreadPoolExecutor``'s).
     """
 
-    __slots__ = ("closed", "coming", "idle", "max_workers", "queue", "threads", "waiting")
+    __slots__ = ("closed", "coming", "idle", "max_workers", "queue", "stalled", "taken",
+                 "threads", "waiting")
 
     def __init__(self, max_workers: int) -> None:
         self.max_workers = max_workers
@@ -179,6 +190,8 @@ class _Pool:
         self.threads = 0  # started or starting
         self.coming = False  # a worker is on its way to the queue (woken, or starting)
         self.closed = False  # workers exit once the queue is empty
+        self.taken = 0  # calls the workers took so far: whether they take any (see _stalled)
+        self.stalled = False  # a thread was refused, and a look at the queue is due
 
 
 #: What to do, the lock released, for calls that wait: wake that parked worker, start a thread.
@@ -301,21 +314,58 @@ class _Workers:
                 raise
 
     def _not_started(self, pool: _Pool, exc: BaseException) -> None:
-        """A thread could not be started: with no other thread left, the queued calls fail."""
+        """A thread could not be started: the queued calls wait for a busy one, for a while.
+
+        With no thread left, nobody will ever take them: they fail now. Else they wait while
+        the busy threads take calls, and fail once none was taken for ``NO_THREAD_WAIT``
+        seconds (see :meth:`_stalled`): a queued call that a running one waits for would
+        otherwise hold both up until a timeout, if any. (A ``ThreadPoolExecutor`` fails the
+        call at once; a thread taking calls that end at once serves them all, though.)
+        """
         wake: list[_Completions] = []
+        loop: asyncio.AbstractEventLoop | None = None
         with self._lock:
             pool.threads -= 1
             pool.coming = False
-            if pool.threads == 0:  # nobody will ever take them: they end now, failed
-                while pool.queue:
-                    job = pool.queue.popleft()
-                    if job.state == _QUEUED:
-                        job.state, job.error = _DONE, exc
-                        if job.sink.add_locked(job):
-                            wake.append(job.sink)
-                pool.waiting = 0
+            if pool.threads == 0:
+                wake = _fail_queued_locked(pool, exc, 0.0)
+            elif pool.waiting and not pool.stalled:
+                loop = _loop_of_queued_locked(pool)
+                pool.stalled = loop is not None
+            taken = pool.taken
         for sink in wake:
             sink.wake()
+        if loop is not None:
+            try:
+                loop.call_soon_threadsafe(loop.call_later, NO_THREAD_WAIT, self._stalled, pool,
+                                          exc, taken)
+            except RuntimeError:  # the loop closed meanwhile: the others' calls must not wait
+                self._stalled(pool, exc, taken)
+
+    def _stalled(self, pool: _Pool, exc: BaseException, taken: int) -> None:
+        """``NO_THREAD_WAIT`` after a thread was refused: fail the queued calls if none was taken.
+
+        Runs on the loop of a queued call. While the busy threads take calls, it looks again
+        later (each refusal does not: one look at a time).
+        """
+        wake: list[_Completions] = []
+        loop: asyncio.AbstractEventLoop | None = None
+        with self._lock:
+            pool.stalled = False
+            if not pool.waiting:  # all taken (or cancelled): nothing waits any more
+                return
+            if pool.taken != taken:  # the busy threads take calls: they wait on
+                loop = _loop_of_queued_locked(pool)
+                pool.stalled = loop is not None
+                taken = pool.taken
+            else:
+                wake = _fail_queued_locked(pool, exc, NO_THREAD_WAIT)
+        for sink in wake:
+            sink.wake()
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # closed: the next refusal looks again
+                loop.call_soon_threadsafe(loop.call_later, NO_THREAD_WAIT, self._stalled,
+                                          pool, exc, taken)
 
     def _work(self, pool: _Pool, park: _thread.LockType) -> None:
         """A worker: take calls from the queue while there are any, park when there are none.
@@ -342,6 +392,7 @@ class _Workers:
                     if taken.state == _QUEUED:  # else cancelled: skipped
                         taken.state = _RUNNING
                         pool.waiting -= 1
+                        pool.taken += 1
                         self.running += 1
                         job = taken
                         break
@@ -439,6 +490,30 @@ def _closed_locked(pool: _Pool, *, cancel: bool) -> list[Callable[[], None]]:
                     then.append(job.sink.wake)
         pool.waiting = 0
     return then
+
+
+def _fail_queued_locked(pool: _Pool, exc: BaseException, waited: float) -> list[_Completions]:
+    """End every queued call failed: no thread takes them (the lock held); the loops to wake."""
+    wake: list[_Completions] = []
+    cause = describe_exception(exc)
+    while pool.queue:
+        job = pool.queue.popleft()
+        if job.state == _QUEUED:
+            job.state = _DONE
+            job.error = NoThreadError(job.call.tool.name, cause, pool.threads, waited)
+            job.error.__cause__ = exc
+            if job.sink.add_locked(job):
+                wake.append(job.sink)
+    pool.waiting = 0
+    return wake
+
+
+def _loop_of_queued_locked(pool: _Pool) -> asyncio.AbstractEventLoop | None:
+    """The loop of the first queued call, if it is still there (the lock held)."""
+    for job in pool.queue:
+        if job.state == _QUEUED:
+            return job.sink.loop
+    return None
 
 
 def _waited_for(thread: threading.Thread) -> bool:
