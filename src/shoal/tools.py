@@ -235,8 +235,14 @@ class Tool(Generic[P, R]):
         new dict, for a plan's many ref-free calls (validated once, before the run).
         """
         signature = self._kept_as_is
-        return (signature is not None and tuple(args) == signature[0]
-                and tuple(map(type, args.values())) == signature[1])
+        if signature is None or len(args) != len(signature[0]):
+            return False
+        names, kinds = signature
+        # a loop, not tuples made to compare: calls have few arguments
+        for at, (name, value) in enumerate(args.items()):
+            if name != names[at] or type(value) is not kinds[at]:
+                return False
+        return True
 
     def check_static(self, args: Mapping[str, Any], is_pending: Callable[[Any], bool]) -> str:
         """Problems with ``args`` that can be seen before the run ('' when none).
