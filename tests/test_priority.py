@@ -64,3 +64,23 @@ def test_jitter_among_sub_millisecond_estimates_does_not_call_for_a_re_ranking()
     for _ in range(10):  # real work now: the estimate moves past the floor
         critical.learn("step", 0.05)
     assert critical.stale(100)
+
+
+def test_a_plan_without_edges_ranks_each_node_by_its_own_tools_estimate() -> None:
+    """A wide plan's ranking (no step per node) gives what the chain's would: own estimates."""
+    @shoal.tool(estimate=3.0)
+    async def slow(x: int) -> int:
+        return x
+
+    plan = shoal.Plan("wide")
+    for i in range(6):
+        plan.call(slow if i % 3 == 0 else step, x=i)
+    plan.validate()
+    critical = CriticalPath(analyze(plan), {"step": 0.5})  # learned: it beats the default
+    assert critical.rank(0) == [-3.0, -0.5, -0.5, -3.0, -0.5, -0.5]
+    assert critical.rank(0, [None] * 6) == critical.rank(0)
+    assert critical.rank(2, ["over", None, None, None, None, None]) == [
+        0.0, -0.5, -0.5, -3.0, -0.5, -0.5]  # an ended node ranks nothing
+    assert critical.take_added() == range(6, 6)
+    critical.learn("slow", 30.0)  # moved far from the 3.0 ranked with: a re-ranking is due
+    assert not critical.stale(1) and critical.stale(10)

@@ -24,6 +24,7 @@ import string
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, Literal, NamedTuple
 
 from shoal.plan import Node, Plan, find_refs, hard_predecessors
@@ -452,14 +453,15 @@ def _analyze(plan: Plan) -> Graph:
     builder = _Builder(_topological(plan))
     positions = builder.position.values()  # in node order; the ints the graph keeps
     nodes, position, link = builder.nodes, builder.position, builder.link
-    for i in positions:  # in passes, so the edges come in the same order as ever
-        node = nodes[i]  # (Builder.data_and_after, inlined: a large plan has a million)
-        for ref in node.refs:
-            link(position[ref.node], i)
-        for dep in node.after:
-            link(position[dep], i)
+    for i, node in zip(positions, nodes, strict=True):  # in passes, so the edges come in the
+        if node.refs or node.after:  # same order as ever (Builder.data_and_after, inlined: a
+            for ref in node.refs:  # large plan has a million nodes, most with no edge)
+                link(position[ref.node], i)
+            for dep in node.after:
+                link(position[dep], i)
     # a pass that finds nothing is skipped: most plans have no footprints or no exclusive tool
-    policies = {id(n.tool.policy): n.tool.policy for n in nodes}.values()
+    # (tools compare by identity: the set is made at C speed; a plan has few of them)
+    policies = {id(t.policy): t.policy for t in set(map(attrgetter("tool"), nodes))}.values()
     if any(p.reads or p.writes or p.merges for p in policies):
         for i in positions:
             builder.footprint(i)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from operator import attrgetter
 from typing import Any
 
 from shoal.deps import Graph
@@ -78,6 +79,8 @@ class CriticalPath:
         cache: dict[tuple[str, float | None], float] = {}  # per-call options may set estimate=
         by_tool: dict[int, float] = {}  # the same, by the tool object: one lookup per node
         nodes, succs = self.graph.nodes, self.graph.succs
+        if not any(succs) and (ended is None or ended.count(None) == len(ended)):
+            return self._rank_unlinked(cache, done_count)
         level = [0.0] * len(nodes)
         at = level.__getitem__
         over: Callable[[int], object] = (lambda pos: None) if ended is None else ended.__getitem__
@@ -93,12 +96,34 @@ class CriticalPath:
                 own = by_tool[id(tool)] = cache[key]
             below = succs[pos]
             level[pos] = own + max(map(at, below)) if below else own
-        self._used = {name: self.estimates[name] for name, _ in cache
-                      if name in self.estimates} if self._multi_tool else {}
-        self._next_at = done_count + max(1, int(len(nodes) * RERANK_SHARE))
-        self._ranked = len(nodes)
+        self._ranked_now(cache, done_count)
         shared: dict[float, float] = {}  # many nodes share a level: one float object each
         return [shared.setdefault(value, -value) for value in level]
+
+    def _rank_unlinked(self, cache: dict[tuple[str, float | None], float],
+                       done_count: int) -> list[float]:
+        """:meth:`rank` of a graph without edges, none of its nodes ended (a wide plan's start).
+
+        Each node's level is its own estimate: worked out per tool, and handed out per node
+        without a Python step per node.
+        """
+        nodes = self.graph.nodes
+        tools = set(map(attrgetter("tool"), nodes))  # tools compare by identity; few of them
+        negated: dict[int, float] = {}
+        for tool in tools:
+            key = (tool.name, tool.policy.estimate)
+            if key not in cache:
+                cache[key] = self.estimate(tool)
+            negated[id(tool)] = -cache[key]
+        self._ranked_now(cache, done_count)
+        return list(map(negated.__getitem__, map(id, map(attrgetter("tool"), nodes))))
+
+    def _ranked_now(self, cache: dict[tuple[str, float | None], float], done_count: int) -> None:
+        """Note a ranking made now with the estimates in ``cache``: when the next may be due."""
+        self._used = {name: self.estimates[name] for name, _ in cache
+                      if name in self.estimates} if self._multi_tool else {}
+        self._next_at = done_count + max(1, int(len(self.graph.nodes) * RERANK_SHARE))
+        self._ranked = len(self.graph.nodes)
 
     def learn(self, tool_name: str, seconds: float) -> None:
         """Fold one measured duration into the tool's estimate."""
