@@ -109,14 +109,14 @@ class CriticalPath:
         """
         nodes = self.graph.nodes
         tools = set(map(attrgetter("tool"), nodes))  # tools compare by identity; few of them
-        negated: dict[int, float] = {}
+        negated: dict[Tool[..., Any], float] = {}
         for tool in tools:
             key = (tool.name, tool.policy.estimate)
             if key not in cache:
                 cache[key] = self.estimate(tool)
-            negated[id(tool)] = -cache[key]
+            negated[tool] = -cache[key]
         self._ranked_now(cache, done_count)
-        return list(map(negated.__getitem__, map(id, map(attrgetter("tool"), nodes))))
+        return list(map(negated.__getitem__, map(attrgetter("tool"), nodes)))
 
     def _ranked_now(self, cache: dict[tuple[str, float | None], float], done_count: int) -> None:
         """Note a ranking made now with the estimates in ``cache``: when the next may be due."""
