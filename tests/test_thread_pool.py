@@ -312,6 +312,40 @@ def test_a_call_no_busy_thread_takes_fails_once_the_pool_took_none_for_a_while(
     asyncio.run(main())
 
 
+def test_a_look_due_on_a_loop_that_closed_is_made_again_on_a_loop_that_runs(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Calls of two loops wait; the loop the look was due on closes: the other's still fail."""
+    monkeypatch.setattr("shoal.executors.thread.NO_THREAD_WAIT", 0.2)
+
+    async def queue_one_and_close(executor: ThreadExecutor) -> None:
+        executor.submit([(call(1, quick, name="left"), contextvars.copy_context())], Ends())
+
+    async def main() -> None:
+        executor = ThreadExecutor(4)
+        await executor.start()
+        first = asyncio.ensure_future(executor.execute(call(0, held, name="first")))
+        await until(lambda: ran == ["first"])
+        go, closed = threading.Event(), threading.Event()
+
+        def other_loop() -> None:  # another thread's loop queues a call (the look is due
+            go.wait(10)  # there), then closes
+            asyncio.run(queue_one_and_close(executor))
+            closed.set()
+
+        threading.Thread(target=other_loop, daemon=True).start()  # before threads are refused
+        monkeypatch.setattr(threading.Thread, "start", no_new_thread)
+        go.set()
+        await until(closed.is_set)
+        with pytest.raises(shoal.NoThreadError, match="can't start new thread"):
+            await asyncio.wait_for(executor.execute(call(2, quick, name="second")), 10)
+        gate.set()
+        assert await first == "first"
+        assert ran == ["first"]  # neither queued call ran
+        await executor.close()
+
+    asyncio.run(main())
+
+
 def test_queued_calls_wait_for_busy_threads_while_these_take_calls(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """No new thread to be had, but the one there keeps taking calls: none of them fails."""

@@ -191,7 +191,8 @@ class _Pool:
         self.coming = False  # a worker is on its way to the queue (woken, or starting)
         self.closed = False  # workers exit once the queue is empty
         self.taken = 0  # calls the workers took so far: whether they take any (see _stalled)
-        self.stalled = False  # a thread was refused, and a look at the queue is due
+        # a thread was refused: the loop where a look at the queue is due (see _stalled)
+        self.stalled: weakref.ref[asyncio.AbstractEventLoop] | None = None
 
 
 #: What to do, the lock released, for calls that wait: wake that parked worker, start a thread.
@@ -329,9 +330,9 @@ class _Workers:
             pool.coming = False
             if pool.threads == 0:
                 wake = _fail_queued_locked(pool, exc, 0.0)
-            elif pool.waiting and not pool.stalled:
+            elif pool.waiting and not _watched_locked(pool):
                 loop = _loop_of_queued_locked(pool)
-                pool.stalled = loop is not None
+                pool.stalled = None if loop is None else weakref.ref(loop)
             taken = pool.taken
         for sink in wake:
             sink.wake()
@@ -351,12 +352,12 @@ class _Workers:
         wake: list[_Completions] = []
         loop: asyncio.AbstractEventLoop | None = None
         with self._lock:
-            pool.stalled = False
+            pool.stalled = None
             if not pool.waiting:  # all taken (or cancelled): nothing waits any more
                 return
             if pool.taken != taken:  # the busy threads take calls: they wait on
                 loop = _loop_of_queued_locked(pool)
-                pool.stalled = loop is not None
+                pool.stalled = None if loop is None else weakref.ref(loop)
                 taken = pool.taken
             else:
                 wake = _fail_queued_locked(pool, exc, NO_THREAD_WAIT)
@@ -508,11 +509,22 @@ def _fail_queued_locked(pool: _Pool, exc: BaseException, waited: float) -> list[
     return wake
 
 
+def _watched_locked(pool: _Pool) -> bool:
+    """Whether a look at a stalled queue is due on a loop that still runs (the lock held).
+
+    A loop closed (or gone) before the look was due drops it: the next refusal arms another.
+    """
+    loop = None if pool.stalled is None else pool.stalled()
+    return loop is not None and not loop.is_closed()
+
+
 def _loop_of_queued_locked(pool: _Pool) -> asyncio.AbstractEventLoop | None:
-    """The loop of the first queued call, if it is still there (the lock held)."""
+    """The loop of the first queued call whose loop still runs, if any (the lock held)."""
     for job in pool.queue:
         if job.state == _QUEUED:
-            return job.sink.loop
+            loop = job.sink.loop
+            if loop is not None and not loop.is_closed():
+                return loop
     return None
 
 
