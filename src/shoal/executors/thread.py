@@ -28,6 +28,12 @@ parked worker or, if none is parked, starting a thread (up to ``max_workers``). 
 block get a thread each, started one after another by the workers rather than the loop, while
 calls that end at once are run by the few threads already there (3 to 8 threads for the
 10,000 calls above). Closing wakes one parked worker; each that exits wakes the next.
+
+When the OS refuses a new thread (a process or container thread limit), the queued calls wait
+for the threads already there while these keep taking calls: calls that end at once are all
+served by them. Once none was taken for ``NO_THREAD_WAIT`` seconds (every thread blocked, or
+waiting for a queued call) the queued calls fail with :class:`~shoal.exceptions.NoThreadError`,
+never having run; with no thread at all they fail at once, as a ``ThreadPoolExecutor``'s would.
 """
 
 from __future__ import annotations
