@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import gc
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -303,6 +304,9 @@ def test_a_call_no_busy_thread_takes_fails_once_the_pool_took_none_for_a_while(
         assert (info.value.tool, info.value.busy, info.value.waited) == ("quick", 1, 0.2)
         assert isinstance(info.value.__cause__, RuntimeError)
         assert "thread_workers" in str(info.value)  # says what to do
+        copy = pickle.loads(pickle.dumps(info.value))  # as every shoal error, with its fields
+        assert (str(copy), copy.tool, copy.busy, copy.waited) == (
+            str(info.value), "quick", 1, 0.2)
         gate.set()
         assert await first == "first"
         await asyncio.sleep(0.05)
