@@ -83,11 +83,12 @@ from shoal.store.base import (
 from shoal.store.claims import this_process_start
 from shoal.store.journal import Journal
 from shoal.store.resume import Resumption
+from shoal.tools import Tool
 
 __all__ = ["Driver", "Snapshot", "epoch_now"]
 
 log = logging.getLogger("shoal")
-#: Most calls run at once (see _run_at_once) before the driver gives the loop a turn: a long
+#: Most calls run at once (see _burst) before the driver gives the loop a turn: a long
 #: cascade of calls that end in their first step must not hold the loop (timers, a deadline,
 #: other runs) longer than a loop turn of as many tasks would.
 AT_ONCE_BURST = 1000
@@ -211,7 +212,7 @@ class Driver:
             if store.keeps_events:
                 self._internal = (self._journal_event,)
         self._observer: RunObserver | None = None  # the instrumentation's (see observe)
-        # position -> attempt (no task: it runs at once, see _run_at_once, and has not yet)
+        # position -> attempt (no task: it runs at once, see _burst, and has not yet)
         self._tasks: dict[int, tuple[asyncio.Task[None] | None, Call]] = {}
         # calls that end in their first step, to run at once, each in the context a task of
         # its own would have copied; those cancelled before they ran; whether a burst runs
@@ -521,33 +522,12 @@ class Driver:
             if self._ends_each and d.done:
                 self._journal_ends(d.done)
         # Starts before cancels: one decision can start a call and (fail_fast) cancel it.
-        observer = self._observer
-        to_pool = self._to_pool
-        submitting = bool(to_pool)
-        # Each attempt reports its own end (see _attempt): no done-callback, no extra loop hop
-        for call in d.starts:
-            if barrier is None and observer is None:
-                # no task: start after this decision's cancels (one that fail_fast stops here
-                # never runs), in the context a task made now would copy
-                if self._ends_at_once(call):
-                    self._tasks[call.pos] = (None, call)
-                    self._at_once.append((call, contextvars.copy_context()))
-                    continue
-                pool = self._pool_now(call)
-                if pool is not None:
-                    self._tasks[call.pos] = (None, call)
-                    queued = to_pool.get(pool)
-                    if queued is None:
-                        queued = to_pool[pool] = []
-                    queued.append((call, contextvars.copy_context()))
-                    continue
-            attempt = self._attempt(call, barrier)
-            task = (self._loop.create_task(attempt) if observer is None  # not instrumented
-                    else self._loop.create_task(attempt, context=observer.attempt_context(call)))
-            self._tasks[call.pos] = (task, call)
+        submitting = bool(self._to_pool)
+        if d.starts:
+            self._start_calls(d.starts, barrier)
         for pos in d.cancels:
             self._stop(pos)
-        if to_pool and not submitting:
+        if self._to_pool and not submitting:
             self._loop.call_soon(self._submit)
         for when, kind, pos in d.timers:
             self._set_timer(when, kind, pos)
@@ -566,24 +546,57 @@ class Driver:
         if self._at_once and not self._bursting and not self._burst_due:
             self._burst()
 
-    def _ends_at_once(self, call: Call) -> bool:
-        """Whether ``call`` runs without a task: an inline call that cannot suspend.
+    def _start_calls(self, starts: list[Call], barrier: asyncio.Future[None] | None) -> None:
+        """Start these attempts: each with a task, on a pool without one, or to run at once.
 
-        Such a call (see :mod:`shoal.scheduler.eager`) can neither wait nor be interrupted, so
-        a timeout cannot fire and nothing can cancel it once it runs; a task would only add
-        its cost and a loop turn. Not for injected values (their settling is the task's).
+        Each attempt reports its own end (see _attempt): no done-callback, no extra loop hop.
         """
-        if call.isolation != "inline":
-            return False
-        tool = call.tool
-        # keyed by the code too: a hot reload (IPython's autoreload, say) swaps a function's
-        # code in place, and the new code may await
+        assert self._loop is not None
+        observer, to_pool = self._observer, self._to_pool
+        taskless = barrier is None and observer is None
+        tasks, at_once, quick, copy_context = (
+            self._tasks, self._at_once, self._quick, contextvars.copy_context)
+        inline_here = type(self._executors.get("inline")) is InlineExecutor
+        for call in starts:
+            if taskless:
+                # no task: start after this decision's cancels (one that fail_fast stops here
+                # never runs), in the context a task made now would copy. An inline call that
+                # ends in its first step runs at once (see _quick_for; checked here inline:
+                # every call of a wide run passes here)
+                tool = call.tool
+                known = quick.get(id(tool))
+                if known is None or (known[1] and known[0] is not tool.fn.__code__):
+                    known = self._quick_for(tool)
+                if known[1] and inline_here and call.isolation == "inline":
+                    tasks[call.pos] = (None, call)
+                    at_once.append((call, copy_context()))
+                    continue
+                pool = self._pool_now(call)
+                if pool is not None:
+                    tasks[call.pos] = (None, call)
+                    queued = to_pool.get(pool)
+                    if queued is None:
+                        queued = to_pool[pool] = []
+                    queued.append((call, copy_context()))
+                    continue
+            attempt = self._attempt(call, barrier)
+            task = (self._loop.create_task(attempt) if observer is None  # not instrumented
+                    else self._loop.create_task(attempt, context=observer.attempt_context(call)))
+            tasks[call.pos] = (task, call)
+
+    def _quick_for(self, tool: Tool[..., Any]) -> tuple[object, bool]:
+        """Whether ``tool``'s inline calls run without a task, noted by tool (see :meth:`_apply`).
+
+        Those of a tool whose coroutine ends in its first step (see :mod:`shoal.scheduler.eager`):
+        it can neither wait nor be interrupted, so a timeout cannot fire and nothing can cancel
+        it once it runs; a task would only add its cost and a loop turn. Not for injected values
+        (their settling is the task's). Noted with its function's code: a hot reload (IPython's
+        autoreload, say) swaps a function's code in place, and the new code may await.
+        """
         code = getattr(tool.fn, "__code__", None)
-        known = self._quick.get(id(tool))
-        if known is None or known[0] is not code:
-            known = self._quick[id(tool)] = (code, (
-                tool.is_async and not tool.injected and ends_in_first_step(tool.fn)))
-        return known[1] and type(self._executors.get("inline")) is InlineExecutor
+        known = self._quick[id(tool)] = (code, (
+            tool.is_async and not tool.injected and ends_in_first_step(tool.fn)))
+        return known
 
     def _pool_now(self, call: Call) -> ThreadExecutor | None:
         """The thread pool to hand ``call`` to now, without a task, if it fits.
@@ -685,12 +698,16 @@ class Driver:
             self._context.run(self._report, self._burst)
             return
         self._bursting, self._burst_due = True, False
-        queue, ran = self._at_once, 0
+        queue, ran, stopped = self._at_once, 0, self._at_once_stopped
+        clock, t0 = self._time, self._t0
+        assert clock is not None
         until = time.perf_counter() + AT_ONCE_SLICE
-        returned: list[tuple[Call, Any, float, float]] = []  # (call, value, began, finished)
+        here = ""  # where these calls run (all inline: this machine), asked once
+        # (pos, value, where, began, finished) of the calls that returned a plain value
+        returned: list[tuple[int, Any, str, float, float]] = []
         try:
             while queue:
-                began = self.now()
+                began = clock() - t0
                 for _ in range(len(queue)):  # this round: the calls queued before it
                     if ran >= AT_ONCE_BURST or (ran and time.perf_counter() >= until):
                         assert self._loop is not None
@@ -698,36 +715,48 @@ class Driver:
                         self._loop.call_soon(self._burst)
                         return
                     call, call_context = queue.popleft()
-                    if self._at_once_stopped and call.pos in self._at_once_stopped:
-                        self._at_once_stopped.discard(call.pos)
+                    if stopped and call.pos in stopped:
+                        stopped.discard(call.pos)
                         self._flush(returned)  # ends are fed in the order they came
                         self._attempt_done(call, AttemptResult("cancelled"))  # it never runs
-                        began = self.now()
+                        began = clock() - t0
                         continue
                     ran += 1
+                    # the call itself, inline; its end as _attempt would report it (a plain
+                    # value, most calls' end, as it is: no result object, see _returned)
                     try:
-                        result = self._run_at_once(call, call_context)
-                    except BaseException:  # KeyboardInterrupt: it stays to be reported cancelled
-                        self._at_once_stopped.add(call.pos)
+                        coro = call.tool.fn(**call.args)
+                        call_context.run(coro.send, None)
+                        result: Any = _suspended(call, coro)
+                    except StopIteration as stop:
+                        result = stop.value
+                        if type(result) not in _PLAIN:
+                            result = _returned_value(call, result)
+                    except KeyboardInterrupt:  # it stays to be reported cancelled
+                        stopped.add(call.pos)
                         queue.appendleft((call, call_context))
                         raise
-                    finished = self.now()
-                    if self._at_once_stopped:  # a cancel while it ran (from its own code) came
-                        self._at_once_stopped.discard(call.pos)  # too late to stop it
+                    except BaseException as exc:  # incl. SystemExit: a tool's exit fails it
+                        result = _raised(call, exc)
+                    finished = clock() - t0
+                    if stopped:  # a cancel while it ran (from its own code) came
+                        stopped.discard(call.pos)  # too late to stop it
                     if type(result) is not AttemptResult:  # a plain value: the call succeeded
-                        returned.append((call, result, began, finished))
+                        if not here:
+                            here = self._hosts.get(call.isolation) or self._here(call)
+                        returned.append((call.pos, result, call.where or here, began, finished))
                         began = finished
                     else:
                         self._flush(returned)
                         result.began = began
                         self._attempt_done(call, result)
-                        began = self.now()
+                        began = clock() - t0
                 self._flush(returned)  # the calls these ends release join the queue
         finally:
             self._flush(returned)
             self._bursting = False
 
-    def _flush(self, returned: list[tuple[Call, Any, float, float]]) -> None:
+    def _flush(self, returned: list[tuple[int, Any, str, float, float]]) -> None:
         """Feed the plain returns collected so far to the state machine, and forget them."""
         if returned:
             batch = returned.copy()
@@ -741,33 +770,6 @@ class Driver:
             step(*args)
         finally:
             self._entered = entered
-
-    @staticmethod
-    def _run_at_once(call: Call, context: contextvars.Context) -> AttemptResult | Any:
-        """Run a call that ends in its first step; its end as :meth:`_attempt` would report it.
-
-        A value of a plain type (:data:`_PLAIN`, never an :class:`AttemptResult`) comes back
-        as it is, for :meth:`_returned`: most calls end so, and need no result object.
-        """
-        try:
-            coro = call.tool.fn(**call.args)
-            context.run(coro.send, None)
-        except StopIteration as stop:
-            value = stop.value
-            if type(value) in _PLAIN:
-                return value
-            unawaited = unawaited_result(call.tool.name, value)
-            return (AttemptResult("ok", value) if unawaited is None
-                    else AttemptResult("failed", error=unawaited))
-        except asyncio.CancelledError:
-            return AttemptResult("cancelled", abandoned=call.abandoned)
-        except KeyboardInterrupt:
-            raise
-        except BaseException as exc:  # incl. SystemExit: a tool's exit fails it; the run lives
-            return AttemptResult("failed", error=exc)
-        coro.close()  # its code has no await: it cannot get here
-        return AttemptResult("failed", error=RuntimeError(
-            f"tool {call.tool.name!r} suspended in a step that cannot suspend"))
 
     def _share_gates(self, d: Decisions) -> None:
         """Pass wake-ups between the runtime's runs that share gates.
@@ -945,33 +947,31 @@ class Driver:
             where = call.where or self._hosts.get(call.isolation) or self._here(call)
             self._apply(self.state.finish_ok(call.pos, value, where, self.now(), began))
         except Exception as exc:
-            self._internal_error(call, exc)
+            self._internal_error(call.node_id, exc)
 
-    def _returned_many(self, batch: list[tuple[Call, Any, float, float]]) -> None:
-        """:meth:`_returned` for calls run at once, ``(call, value, began, finished)`` each.
+    def _returned_many(self, batch: list[tuple[int, Any, str, float, float]]) -> None:
+        """:meth:`_returned` for calls run at once, ``(pos, value, where, began, finished)`` each.
 
         One decision for the batch: what their ends release is dispatched once.
         """
+        tasks, stopped = self._tasks, self._at_once_stopped
         if self._streaming:  # each end is journaled with its decision: one at a time
-            for call, value, began, _ in batch:
-                self._returned(call, value, began)
+            for pos, value, _, began, _ in batch:
+                self._returned(tasks[pos][1], value, began)
             return
-        tasks, hosts, stopped = self._tasks, self._hosts, self._at_once_stopped
-        ended: list[tuple[int, Any, str, float, float]] = []
+        pos = batch[0][0]
         try:
-            for call, value, began, finished in batch:
-                del tasks[call.pos]  # one attempt per node at a time: this is the one
-                if stopped:  # cancelled after it ran, before its end was fed: too late
-                    stopped.discard(call.pos)
-                where = call.where or hosts.get(call.isolation) or self._here(call)
-                ended.append((call.pos, value, where, began, finished))
-            self._apply(self.state.finish_ok_many(ended))
+            for pos, _, _, _, _ in batch:
+                del tasks[pos]  # one attempt per node at a time: this is the one
+            if stopped:  # cancelled after they ran, before their ends were fed: too late
+                stopped.difference_update([ended[0] for ended in batch])
+            self._apply(self.state.finish_ok_many(batch))
         except Exception as exc:
-            self._internal_error(batch[len(ended) - 1 if ended else 0][0], exc)
+            self._internal_error(self.graph.nodes[pos].id, exc)
 
-    def _internal_error(self, call: Call, exc: Exception) -> None:
-        """A bug in shoal itself while recording ``call``'s end: end the run loudly, not hang."""
-        log.exception("internal error while recording %s", call.node_id)
+    def _internal_error(self, node_id: str, exc: Exception) -> None:
+        """A bug in shoal itself while recording a call's end: end the run loudly, not hang."""
+        log.exception("internal error while recording %s", node_id)
         if self._finished is not None and not self._finished.done():
             self._finished.set_exception(exc)
 
@@ -1001,7 +1001,7 @@ class Driver:
                 for name in call.tool.injected:
                     call.args.pop(name, None)
         except Exception as exc:
-            self._internal_error(call, exc)
+            self._internal_error(call.node_id, exc)
 
     def _began(self, stamp: float) -> float | None:
         """A backend's monotonic stamp on the run's clock, if the clock can tell (else None).
@@ -1233,3 +1233,27 @@ class Driver:
     def _approval_barrier(self) -> asyncio.Future[None] | None:
         """What approval requests wait for: the run's record must be in the store first."""
         return self._journal.barrier() if self._journal is not None else None
+
+
+def _returned_value(call: Call, value: Any) -> AttemptResult:
+    """The end of a call run at once that returned ``value``, not of a plain type.
+
+    As :meth:`Driver._attempt` reports it: ok, unless the value is an awaitable nobody awaited.
+    """
+    unawaited = unawaited_result(call.tool.name, value)
+    return (AttemptResult("ok", value) if unawaited is None
+            else AttemptResult("failed", error=unawaited))
+
+
+def _raised(call: Call, exc: BaseException) -> AttemptResult:
+    """The end of a call run at once that raised ``exc`` (not a ``KeyboardInterrupt``)."""
+    if isinstance(exc, asyncio.CancelledError):
+        return AttemptResult("cancelled", abandoned=call.abandoned)
+    return AttemptResult("failed", error=exc)  # incl. SystemExit: it fails the call, not the run
+
+
+def _suspended(call: Call, coro: Coroutine[Any, Any, Any]) -> AttemptResult:
+    """A call run at once that did not end in its first step (its code has no ``await``)."""
+    coro.close()
+    return AttemptResult("failed", error=RuntimeError(
+        f"tool {call.tool.name!r} suspended in a step that cannot suspend"))

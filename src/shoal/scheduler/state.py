@@ -57,7 +57,7 @@ from shoal.events import (
     NodeSkipped,
     NodeStarted,
 )
-from shoal.executors.base import Call
+from shoal.executors.base import Call, new_call
 from shoal.limits import ConcurrencyLimit, RateLimiter
 from shoal.outcome import STATUSES, ErrorInfo, Outcome, Status, jsonable
 from shoal.plan import Node, Ref
@@ -648,14 +648,43 @@ class SchedulerState:
         d = Decisions()
         now = 0.0
         learn = self._critical.learn
-        for pos, value, where, began, now in ended:
-            slot = self._attempt_ended(pos, where, d)
-            started = slot.started_at
-            if started is not None:
-                if slot.attempts == 1 and began > started:
-                    slot.started_at = started = began  # exclude waiting to run
-                learn(slot.node.tool.name, now - started)
-            self._record(slot, "ok", now, d, value=value)
+        slots, outcomes, done, in_flight = self._slots, self._ended, d.done, self.in_flight
+        succs, general = self.graph.succs, self.record_events
+        quiet = 0  # the outcomes recorded here, without _record
+        try:
+            for pos, value, where, began, now in ended:
+                slot = slots[pos]
+                assert isinstance(slot, _Slot) and slot.phase is Phase.RUNNING, (
+                    f"{self.graph.nodes[pos].id} ended twice")
+                del in_flight[pos]
+                if slot.gates:
+                    self._release(slot, d)
+                started = slot.started_at
+                if started is not None:
+                    if slot.attempts == 1 and began > started:
+                        slot.started_at = started = began  # exclude waiting to run
+                    learn(slot.node.tool.name, now - started)
+                if general or slot.gather >= 0 or succs[pos]:  # events, or nodes wait for it
+                    self._global.in_use -= 1
+                    slot.where = where or slot.where
+                    self._record(slot, "ok", now, d, value=value)
+                    continue
+                # most ends of a wide run: nothing waits for the node, nobody listens. What
+                # _record would do, inline: the outcome, the slot given way, the end reported
+                node = slot.node
+                outcomes[pos] = outcome = Outcome(
+                    node.id, node.tool.name, "ok", value, None, "", slot.attempts,
+                    slot.queued_at, started, now, slot.executor, False, where or slot.where)
+                slot.phase = Phase.DONE
+                slots[pos] = _GONE
+                if slot.rare is not _COMMON:
+                    self._kept_rare[pos] = slot.rare
+                done.append(_ended((pos, node.index, outcome)))
+                quiet += 1
+        finally:  # counted once for the batch (nothing above reads these counts)
+            self._global.in_use -= quiet
+            self.done_count += quiet
+            self.status_counts["ok"] += quiet
         self._dispatch(now, d)
         return d
 
@@ -916,6 +945,7 @@ class SchedulerState:
             slot.held, slot.ready_mark = "", self._global_blocks
 
     def _make_ready(self, slot: _Slot, now: float, d: Decisions) -> None:
+        assert slot.phase is Phase.WAITING, f"{slot.node.id}: {slot.phase} -> ready"
         if self.stopping:
             self._record(slot, "cancelled", now, d, reason=self.stopping)
             return
@@ -934,7 +964,9 @@ class SchedulerState:
                 self._asking = []
             self._asking.append(slot)
             return
-        self._set_phase(slot, Phase.READY)
+        # WAITING -> READY (only waiting nodes are made ready), without _set_phase's call: every
+        # node passes here
+        slot.phase, slot.held, slot.ready_mark = Phase.READY, "", self._global_blocks
         slot.queued_at = now
         if self._sorting is not None:  # begin(): sorted once they are all in
             self._sorting.append((slot.priority, slot.pos))
@@ -1340,9 +1372,10 @@ class SchedulerState:
 
     def _start(self, slot: _Slot, now: float, d: Decisions) -> None:
         assert slot.gates is not None and slot.args is not None
+        assert slot.phase is Phase.READY, f"{slot.node.id}: {slot.phase} -> running"
         self._global.in_use += 1  # (its gates were taken by _admit)
-        self._set_phase(slot, Phase.RUNNING)
-        slot.attempts += 1
+        slot.phase = Phase.RUNNING  # (every call passes here: no _set_phase call)
+        slot.attempts = attempts = slot.attempts + 1
         if slot.started_at is None:
             slot.started_at = now
         args = slot.args
@@ -1350,8 +1383,8 @@ class SchedulerState:
         tool = slot.node.tool
         held = slot.held or (self._global_held if self._global_blocks > slot.ready_mark
                              else "")
-        d.starts.append(Call(slot.pos, slot.node.id, tool, args, slot.attempts, slot.executor,
-                             tool.policy.timeout, self.run_id, held=held))
+        d.starts.append(new_call(slot.pos, slot.node.id, tool, args, attempts, slot.executor,
+                                 tool.policy.timeout, self.run_id, held))
         self.in_flight[slot.pos] = now
         if self.record_events:
             d.events.append(NodeStarted(run_id=self.run_id, time=now, node_id=slot.node.id,
