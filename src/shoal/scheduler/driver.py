@@ -36,6 +36,7 @@ import asyncio
 import contextvars
 import logging
 import math
+import operator
 import os
 import socket
 import time
@@ -65,7 +66,6 @@ from shoal.scheduler.scope import RunScope, Settles, events_origin, inject
 from shoal.scheduler.state import (
     AttemptResult,
     Decisions,
-    Ended,
     SchedulerState,
 )
 from shoal.store.base import (
@@ -97,6 +97,7 @@ AT_ONCE_BURST = 1000
 AT_ONCE_SLICE = 0.002
 #: This machine's name: where the calls of backends that run everything here ran.
 HOST = socket.gethostname()
+_FINISHED_AT = operator.attrgetter("finished_at")
 
 
 def epoch_now(loop: asyncio.AbstractEventLoop | None = None) -> float:
@@ -450,9 +451,8 @@ class Driver:
             pos = position.get(node_id)
             if pos is not None:  # made: wait for it as for any node (it may have ended)
                 self._watchers.setdefault(pos, []).extend(self._early.pop(node_id))
-                outcome = state.outcome_at(pos)
-                if outcome is not None:
-                    self._tell_watchers([Ended(pos, 0, outcome)])
+                if state.outcome_at(pos) is not None:
+                    self._tell_watchers([pos])
                 continue
             owner = _ITEM_ID.fullmatch(node_id)
             assert owner is not None  # only item ids of maps are waited for early
@@ -469,20 +469,24 @@ class Driver:
                 if not future.done():
                     future.set_exception(error)
 
-    def _tell_watchers(self, ended: Iterable[Ended]) -> None:
-        """Resolve the futures of callers waiting for these nodes' outcomes."""
-        for pos, _, outcome in ended:
-            for future in self._watchers.pop(pos, ()):
-                if not future.done():
-                    future.set_result(outcome)
+    def _tell_watchers(self, ended: Iterable[int]) -> None:
+        """Resolve the futures of callers waiting for the outcomes of the nodes at ``ended``."""
+        outcome_at = self.state.outcome_at
+        for pos in ended:
+            waiting = self._watchers.pop(pos, None)
+            if waiting:
+                outcome = outcome_at(pos)
+                assert outcome is not None  # told only once it has one
+                for future in waiting:
+                    if not future.done():
+                        future.set_result(outcome)
 
     def _tell_all_watchers(self) -> None:
         """Outcomes that came from no decision (replayed on resume; the run's end)."""
         if self._early:
             self._look_early()
         outcome_at = self.state.outcome_at
-        self._tell_watchers([Ended(pos, 0, outcome) for pos in list(self._watchers)
-                             if (outcome := outcome_at(pos)) is not None])
+        self._tell_watchers([pos for pos in list(self._watchers) if outcome_at(pos) is not None])
 
     def close(self) -> None:
         """No more nodes: the run ends once every node it has has ended."""
@@ -503,7 +507,10 @@ class Driver:
     def result(self) -> RunResult:
         """The outcomes so far (all of them once the run is over)."""
         outcomes = self.state.outcomes_by_id()
-        makespan = max((o.finished_at or 0.0 for o in outcomes.values()), default=0.0)
+        try:  # every outcome has its end time (unless replayed from an older journal)
+            makespan = max(map(_FINISHED_AT, outcomes.values()), default=0.0)
+        except TypeError:  # one is None: it counts as 0
+            makespan = max((o.finished_at or 0.0 for o in outcomes.values()), default=0.0)
         result = RunResult(self.state.run_id, outcomes, makespan, self.graph, self._epoch,
                            self.cancelled_reason)
         board = self.scope.board if self.scope is not None else None
@@ -1124,19 +1131,27 @@ class Driver:
         if journal is None:
             return None
         run_id, now = self.state.run_id, self.now()
-        for ended in d.done:
-            journal.add(OutcomeRecord(run_id, ended.outcome, ended.order))
+        for pos in d.done:
+            journal.add(self._outcome_record(pos))
         for call in d.starts:
             journal.add(AttemptStarted(run_id, self._session, call.node_id, call.attempt,
                                        call.tool.name, call.isolation, now, call.held))
         return journal.barrier() if d.starts else None
 
-    def _journal_ends(self, done: Sequence[Ended]) -> None:
-        """Journal these nodes' outcomes now (no attempts, no barrier: see ``_ends_each``)."""
+    def _journal_ends(self, done: Sequence[int]) -> None:
+        """Journal the outcomes of the nodes at these positions now (see ``_ends_each``).
+
+        No attempts, no barrier.
+        """
         journal = self._journal
         if journal is not None:
-            run_id = self.state.run_id
-            journal.add_many(OutcomeRecord(run_id, ended.outcome, ended.order) for ended in done)
+            journal.add_many(self._outcome_record(pos) for pos in done)
+
+    def _outcome_record(self, pos: int) -> OutcomeRecord:
+        """The journal's record of the outcome of the node at ``pos`` (which has ended)."""
+        outcome = self.state.outcome_at(pos)
+        assert outcome is not None, f"{self.graph.nodes[pos].id} reported ended without one"
+        return OutcomeRecord(self.state.run_id, outcome, self.graph.nodes[pos].index)
 
     def _restore(self, resume: Resumption) -> None:
         """Resume: hold what is in doubt, replay what completed, record what a person settled."""

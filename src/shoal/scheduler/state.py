@@ -34,7 +34,6 @@ nodes then cost no heap traffic); the best of both goes first.
 
 from __future__ import annotations
 
-import functools
 import heapq
 import itertools
 import random
@@ -175,9 +174,11 @@ class _Approval:
 class Decisions:
     """What the driver must do after an input: start, cancel, set timers, publish events.
 
-    ``done`` lists the nodes that got their outcome in this input, with the outcome: the
-    driver journals them before it starts anything (a node's outcome is committed before its
-    dependents start) and tells whoever waits for them.
+    ``done`` lists the positions of the nodes that got their outcome in this input (each
+    outcome is :meth:`SchedulerState.outcome_at`, its journal order the node's plan index):
+    the driver journals them before it starts anything (a node's outcome is committed before
+    its dependents start) and tells whoever waits for them. Positions, not records: a wide
+    run's decision lists thousands, and most runs neither journal them nor wait for them.
     """
 
     __slots__ = ("approvals", "cancels", "done", "events", "freed", "parked", "starts", "timers")
@@ -194,7 +195,7 @@ class Decisions:
         self.cancels: list[int] | tuple[int, ...] = ()
         self.timers: list[tuple[float, str, int]] | tuple[tuple[float, str, int], ...] = ()
         self.events: list[Event] = []
-        self.done: list[Ended] = []
+        self.done: list[int] = []  # positions (see the class docstring)
         self.approvals: list[ApprovalAction] = []
 
     def park(self, gate: object) -> None:
@@ -246,10 +247,6 @@ class _Rare:
         self.root = ""  # for a skipped node: the failure at the start of its chain
         self.items: list[int] | None = None  # a map node, once expanded: its items' positions
 
-
-#: ``Ended(pos, order, outcome)`` without the Python-level ``__new__`` of a named tuple (every
-#: node's outcome makes one): the tuple is built in C
-_ended = functools.partial(tuple.__new__, Ended)
 
 _COMMON = _Rare()  # the defaults, shared by every slot that never set one (never written)
 
@@ -458,8 +455,8 @@ class SchedulerState:
     __slots__ = (
         "_ask_doubt", "_asking", "_begun", "_critical", "_default_executor", "_doubt", "_ended",
         "_gates", "_global", "_global_blocks", "_global_held", "_hard", "_heap", "_kept_rare",
-        "_maps_due", "_next_index", "_rng", "_slots", "_sorted", "_sorting", "clock_origin",
-        "closed", "done_count",
+        "_maps_due", "_next_index", "_plan_order", "_rng", "_slots", "_sorted", "_sorting",
+        "clock_origin", "closed", "done_count",
         "fail_fast", "fate_of", "graph", "in_flight", "record_events", "run_id",
         "status_counts", "stopping",
     )
@@ -487,6 +484,7 @@ class SchedulerState:
         self.closed = not open_run
         self._begun = False
         self._next_index = max((n.index for n in graph.nodes), default=-1) + 1
+        self._plan_order: bool | None = None  # whether positions follow plan order (once known)
         #: resume: what the journal says about a node added while the run goes (see add())
         self.fate_of: Callable[[Node], Fate] | None = None
         self.run_id = run_id
@@ -672,14 +670,14 @@ class SchedulerState:
                 # most ends of a wide run: nothing waits for the node, nobody listens. What
                 # _record would do, inline: the outcome, the slot given way, the end reported
                 node = slot.node
-                outcomes[pos] = outcome = Outcome(
+                outcomes[pos] = Outcome(
                     node.id, node.tool.name, "ok", value, None, "", slot.attempts,
                     slot.queued_at, started, now, slot.executor, False, where or slot.where)
                 slot.phase = Phase.DONE
                 slots[pos] = _GONE
                 if slot.rare is not _COMMON:
                     self._kept_rare[pos] = slot.rare
-                done.append(_ended((pos, node.index, outcome)))
+                done.append(pos)
                 quiet += 1
         finally:  # counted once for the batch (nothing above reads these counts)
             self._global.in_use -= quiet
@@ -918,8 +916,14 @@ class SchedulerState:
         return [o for o in ended if o is not None]
 
     def _in_plan_order(self) -> bool:
-        """Whether positions follow plan order (a plan whose refs point back, say)."""
-        return not any(a.index > b.index for a, b in itertools.pairwise(self.graph.nodes))
+        """Whether positions follow plan order (not so for a plan whose refs point back, say).
+
+        Looked at once: a node added while the run goes comes last in both orders.
+        """
+        if self._plan_order is None:
+            self._plan_order = not any(
+                a.index > b.index for a, b in itertools.pairwise(self.graph.nodes))
+        return self._plan_order
 
     def outcomes_by_id(self) -> dict[str, Outcome]:
         """The outcomes recorded so far by node id, in plan order (a run's result).
@@ -1131,12 +1135,10 @@ class SchedulerState:
         slot.started_at = outcome.started_at
         self._record(slot, outcome.status, now, d, value=outcome.value, error=outcome.error,
                      reason=outcome.reason, abandoned=outcome.abandoned)
-        at = next(i for i, e in enumerate(d.done) if e.pos == slot.pos)
+        self._ended[slot.pos] = outcome  # what the driver reports for it (see Decisions.done)
         if kind == "replay":  # in the journal already: not written again
+            at = len(d.done) - 1 - d.done[::-1].index(slot.pos)
             del d.done[at]
-        else:
-            d.done[at] = Ended(slot.pos, slot.node.index, outcome)
-        self._ended[slot.pos] = outcome
 
     def _expand(self, slot: _Slot, now: float, d: Decisions) -> None:
         """A map's list is known: add one node per item, each with the item in its place."""
@@ -1514,7 +1516,7 @@ class SchedulerState:
         self._ended[slot.pos] = outcome
         if slot.rare is not _COMMON:
             self._kept_rare[slot.pos] = slot.rare
-        d.done.append(_ended((slot.pos, slot.node.index, outcome)))
+        d.done.append(slot.pos)
         if not self.record_events:
             return
         nid = slot.node.id
