@@ -141,13 +141,14 @@ class Driver:
     # slots: a swarm holds a run per agent turn in flight, thousands at once; an instance
     # dict of this many attributes costs a kilobyte and is one more object for the collector
     __slots__ = (
-        "_at_once", "_at_once_stopped", "_before_start", "_burst_due", "_bursting", "_clock",
+        "_at_once", "_at_once_contexts", "_at_once_stopped", "_before_start", "_burst_due",
+        "_bursting", "_clock",
         "_context", "_deadline", "_desk", "_early", "_ends_each", "_entered", "_epoch",
         "_executor_for", "_executors", "_finished", "_given_clock", "_hosts", "_internal",
         "_journal", "_loop", "_observer", "_on_pool", "_origin_epoch", "_quick", "_resume",
         "_run_approvals", "_run_record", "_session", "_settling", "_shift", "_sinks", "_starting",
-        "_stopped_late", "_store", "_streaming", "_t0", "_tasks", "_time", "_timers", "_to_pool",
-        "_watchers", "cancelled_reason", "lineage", "scope", "sinks", "state",
+        "_stopped_late", "_store", "_streaming", "_t0", "_task_of", "_tasks", "_time", "_timers",
+        "_to_pool", "_watchers", "cancelled_reason", "lineage", "scope", "sinks", "state",
     )
 
     def __init__(
@@ -214,10 +215,14 @@ class Driver:
                 self._internal = (self._journal_event,)
         self._observer: RunObserver | None = None  # the instrumentation's (see observe)
         # position -> attempt (no task: it runs at once, see _burst, and has not yet)
-        self._tasks: dict[int, tuple[asyncio.Task[None] | None, Call]] = {}
+        self._tasks: dict[int, Call] = {}
+        # position -> the task of its attempt, for those that have one (most calls run at once
+        # or on a pool have none: no pair per call to make)
+        self._task_of: dict[int, asyncio.Task[None]] = {}
         # calls that end in their first step, to run at once, each in the context a task of
         # its own would have copied; those cancelled before they ran; whether a burst runs
-        self._at_once: deque[tuple[Call, contextvars.Context]] = deque()
+        self._at_once: deque[Call] = deque()
+        self._at_once_contexts: deque[contextvars.Context] = deque()  # theirs, in that order
         self._at_once_stopped: set[int] = set()
         self._bursting = False
         self._entered = False  # whether the driver's context is the current one (see _report)
@@ -561,8 +566,9 @@ class Driver:
         assert self._loop is not None
         observer, to_pool = self._observer, self._to_pool
         taskless = barrier is None and observer is None
-        tasks, at_once, quick, copy_context = (
-            self._tasks, self._at_once, self._quick, contextvars.copy_context)
+        tasks, at_once, contexts, quick, copy_context = (
+            self._tasks, self._at_once, self._at_once_contexts, self._quick,
+            contextvars.copy_context)
         inline_here = type(self._executors.get("inline")) is InlineExecutor
         for call in starts:
             if taskless:
@@ -575,12 +581,13 @@ class Driver:
                 if known is None or (known[1] and known[0] is not tool.fn.__code__):
                     known = self._quick_for(tool)
                 if known[1] and inline_here and call.isolation == "inline":
-                    tasks[call.pos] = (None, call)
-                    at_once.append((call, copy_context()))
+                    tasks[call.pos] = call
+                    at_once.append(call)
+                    contexts.append(copy_context())
                     continue
                 pool = self._pool_now(call)
                 if pool is not None:
-                    tasks[call.pos] = (None, call)
+                    tasks[call.pos] = call
                     queued = to_pool.get(pool)
                     if queued is None:
                         queued = to_pool[pool] = []
@@ -589,7 +596,8 @@ class Driver:
             attempt = self._attempt(call, barrier)
             task = (self._loop.create_task(attempt) if observer is None  # not instrumented
                     else self._loop.create_task(attempt, context=observer.attempt_context(call)))
-            tasks[call.pos] = (task, call)
+            tasks[call.pos] = call
+            self._task_of[call.pos] = task
 
     def _quick_for(self, tool: Tool[..., Any]) -> tuple[object, bool]:
         """Whether ``tool``'s inline calls run without a task, noted by tool (see :meth:`_apply`).
@@ -648,7 +656,8 @@ class Driver:
         kept = []
         for call, context in calls:
             if call.pos in self._at_once_stopped:
-                self._at_once.append((call, context))  # reported cancelled, never run
+                self._at_once.append(call)  # reported cancelled, never run
+                self._at_once_contexts.append(context)
             else:
                 kept.append((call, context))
         return kept
@@ -685,8 +694,7 @@ class Driver:
     def _stopped_end(self, call: Call, result: AttemptResult) -> None:
         """The end of a stopped call that had no task, one loop turn later (as a task's)."""
         self._stopped_late.discard(call.pos)
-        running = self._tasks.get(call.pos)
-        if running is not None and running[1] is call:
+        if self._tasks.get(call.pos) is call:
             assert self._context is not None
             self._context.run(self._report, self._attempt_done, call, result)
 
@@ -705,7 +713,8 @@ class Driver:
             self._context.run(self._report, self._burst)
             return
         self._bursting, self._burst_due = True, False
-        queue, ran, stopped = self._at_once, 0, self._at_once_stopped
+        queue, contexts, stopped = self._at_once, self._at_once_contexts, self._at_once_stopped
+        ran = 0
         clock, t0 = self._time, self._t0
         assert clock is not None
         until = time.perf_counter() + AT_ONCE_SLICE
@@ -721,7 +730,7 @@ class Driver:
                         self._burst_due = True
                         self._loop.call_soon(self._burst)
                         return
-                    call, call_context = queue.popleft()
+                    call, call_context = queue.popleft(), contexts.popleft()
                     if stopped and call.pos in stopped:
                         stopped.discard(call.pos)
                         self._flush(returned)  # ends are fed in the order they came
@@ -741,7 +750,8 @@ class Driver:
                             result = _returned_value(call, result)
                     except KeyboardInterrupt:  # it stays to be reported cancelled
                         stopped.add(call.pos)
-                        queue.appendleft((call, call_context))
+                        queue.appendleft(call)
+                        contexts.appendleft(call_context)
                         raise
                     except BaseException as exc:  # incl. SystemExit: a tool's exit fails it
                         result = _raised(call, exc)
@@ -877,9 +887,9 @@ class Driver:
         began has no side effect), and never reaches the code that reports its end, so a
         done-callback reports it (a no-op if the attempt did report).
         """
-        running = self._tasks.get(pos)
-        if running is not None:
-            task, call = running
+        call = self._tasks.get(pos)
+        if call is not None:
+            task = self._task_of.get(pos)
             if task is None:
                 self._stop_taskless(pos, call)
                 return
@@ -904,8 +914,8 @@ class Driver:
         Only after an error broke off the code that would have (a ``KeyboardInterrupt`` in a
         batch of pool completions, say): the run is stopping, and must not wait for them.
         """
-        for pos, (task, call) in list(self._tasks.items()):
-            if (task is None and self._tasks.get(pos, (None, None))[1] is call
+        for pos, call in list(self._tasks.items()):
+            if (pos not in self._task_of and self._tasks.get(pos) is call
                     and pos not in self._on_pool and pos not in self._stopped_late
                     and not self._at_once and not self._to_pool):
                 assert self._context is not None
@@ -913,8 +923,7 @@ class Driver:
                                   AttemptResult("cancelled"))
 
     def _unreported(self, call: Call, task: asyncio.Task[None]) -> None:
-        running = self._tasks.get(call.pos)
-        if running is not None and running[0] is task:  # it ended without saying so
+        if self._task_of.get(call.pos) is task:  # it ended without saying so
             self._attempt_done(call, AttemptResult("cancelled"))
 
     async def _new_executor(self, call: Call) -> Executor:
@@ -948,6 +957,8 @@ class Driver:
             return
         try:
             del self._tasks[call.pos]  # one attempt per node at a time: this is the one
+            if self._task_of:
+                self._task_of.pop(call.pos, None)
             if call.began_at is not None:
                 began = self._began(call.began_at)
                 began = None if began is None else began - self._t0
@@ -964,7 +975,7 @@ class Driver:
         tasks, stopped = self._tasks, self._at_once_stopped
         if self._streaming:  # each end is journaled with its decision: one at a time
             for pos, value, _, began, _ in batch:
-                self._returned(tasks[pos][1], value, began)
+                self._returned(tasks[pos], value, began)
             return
         pos = batch[0][0]
         try:
@@ -985,6 +996,8 @@ class Driver:
     def _attempt_done(self, call: Call, result: AttemptResult) -> None:
         try:
             del self._tasks[call.pos]  # one attempt per node at a time: this is the one
+            if self._task_of:
+                self._task_of.pop(call.pos, None)
             settling = self._settling.pop(call.pos, None) if self._settling else None
             if settling:
                 result = self._settle(settling, result)
@@ -1228,7 +1241,7 @@ class Driver:
     async def _drain(self) -> None:
         """Wait for cancelled attempts to end, so no task outlives the run."""
         while self._tasks:
-            pending = [task for task, _ in self._tasks.values() if task is not None]
+            pending = list(self._task_of.values())
             for pos in list(self._tasks):
                 self._stop(pos)
             if self._at_once and not self._bursting:  # calls that were to run at once never do
@@ -1238,8 +1251,9 @@ class Driver:
             else:  # only calls without tasks: their ends come on the next turn
                 await asyncio.sleep(0)
                 self._orphans()
-            for task, call in list(self._tasks.values()):
-                if task is not None and task.done():  # ended without reporting (Ctrl-C, say)
+            for pos, task in list(self._task_of.items()):
+                call = self._tasks.get(pos)
+                if call is not None and task.done():  # ended without reporting (Ctrl-C, say)
                     self._unreported(call, task)
         await self._desk.drain(self.state.run_id)
 

@@ -564,15 +564,31 @@ class SchedulerState:
         queued: list[tuple[float, int]] = []
         self._sorting = queued
         try:
-            for slot in self._slots:
-                if slot.waiting == 0 and slot.phase is Phase.WAITING and isinstance(slot, _Slot):
-                    self._make_ready(slot, now, d)
+            self._queue_ready(queued, now, d)
         finally:
             self._sorting = None
         queued.sort(reverse=True)  # in plan order already, unless ranked otherwise: one pass
         self._sorted = queued
         self._dispatch(now, d)
         return d
+
+    def _queue_ready(self, queued: list[tuple[float, int]], now: float, d: Decisions) -> None:
+        """begin(): make every node without dependencies ready (into ``queued``, sorted later).
+
+        Most of them are plain (no map, no approval, nobody listens, not stopping): made ready
+        here, as :meth:`_make_ready` would, without its call; the rest go through it.
+        """
+        ready, blocks = Phase.READY, self._global_blocks
+        plain = not (self.stopping or self.record_events or self._doubt)
+        for slot in self._slots:
+            if slot.waiting == 0 and slot.phase is Phase.WAITING and isinstance(slot, _Slot):
+                node = slot.node
+                if plain and node.map is None and node.tool.policy.approval is False:
+                    slot.phase, slot.held, slot.ready_mark, slot.queued_at = ready, "", blocks, now
+                    queued.append((slot.priority, slot.pos))
+                else:
+                    self._make_ready(slot, now, d)
+                    plain = not (self.stopping or self.record_events or self._doubt)
 
     def add(self, nodes: Iterable[Node], now: float) -> Decisions:
         """Nodes added to an open run: each waits for the nodes it needs, then runs as usual.
@@ -1208,7 +1224,10 @@ class SchedulerState:
                 self._rank()
             self._lift_added()
         heap, ordered = self._heap, self._sorted  # bound after _rank, which replaces the list
-        while (heap or ordered) and (limit.capacity is None or limit.in_use < limit.capacity):
+        gates_for, capacity = self._gates.for_call, limit.capacity
+        starts, in_flight, run_id = d.starts, self.in_flight, self.run_id
+        events = d.events if self.record_events else None
+        while (heap or ordered) and (capacity is None or limit.in_use < capacity):
             if self.stopping:
                 return
             # the best of both queues: the end of the sorted one is its smallest entry
@@ -1219,10 +1238,18 @@ class SchedulerState:
             if slot.phase is not Phase.READY or not isinstance(slot, _Slot):
                 continue  # cancelled or skipped while queued: its heap entry is stale
             node = slot.node
-            if slot.args is None and not self._prepare(slot, now, d):
-                continue
+            if slot.args is None:
+                if node.checked is None or node.refs or slot.rare is not _COMMON:
+                    if not self._prepare(slot, now, d):
+                        continue
+                else:  # most nodes: arguments checked with the plan, only copied (see _prepare)
+                    try:
+                        slot.args = isolate_all(node.checked)
+                    except Exception:  # a failing __deepcopy__, say: _prepare fails the node
+                        if not self._prepare(slot, now, d):
+                            continue
             if slot.gates is None:
-                slot.gates = self._gates.for_call(node.tool, slot.executor, slot.args or {})
+                slot.gates = gates_for(node.tool, slot.executor, slot.args or {})
             # the approval first: past _admit, the node holds its limits
             if (slot.rare is not _COMMON and slot.rare.approval is not None
                     and not self._still_approved(slot, now, d)):
@@ -1230,7 +1257,24 @@ class SchedulerState:
             if (slot.gates or node.tool.policy.rate is not None) and not self._admit(
                     slot, now, d):
                 continue
-            self._start(slot, now, d)
+            # started (every call passes here: _start's work, without its call)
+            slot.phase = Phase.RUNNING
+            limit.in_use += 1  # (its gates were taken by _admit)
+            slot.attempts = attempts = slot.attempts + 1
+            if slot.started_at is None:
+                slot.started_at = now
+            # a retry resolves afresh, so it never sees what this attempt mutated
+            args, slot.args, tool = slot.args, None, node.tool
+            assert args is not None  # prepared above
+            held = slot.held or (self._global_held if self._global_blocks > slot.ready_mark
+                                 else "")
+            starts.append(new_call(slot.pos, node.id, tool, args, attempts, slot.executor,
+                                   tool.policy.timeout, run_id, held))
+            in_flight[slot.pos] = now
+            if events is not None:
+                events.append(NodeStarted(run_id=run_id, time=now, node_id=node.id,
+                                          tool=tool.name, attempt=attempts,
+                                          executor=slot.executor))
         if (heap or ordered) and limit.capacity is not None and limit.in_use >= limit.capacity:
             self._global_blocks += 1  # the nodes left ready were held by the run-wide limit
 
@@ -1371,27 +1415,6 @@ class SchedulerState:
 
     def _is_ready(self, pos: int) -> bool:
         return self._slots[pos].phase is Phase.READY  # not cancelled while it was parked
-
-    def _start(self, slot: _Slot, now: float, d: Decisions) -> None:
-        assert slot.gates is not None and slot.args is not None
-        assert slot.phase is Phase.READY, f"{slot.node.id}: {slot.phase} -> running"
-        self._global.in_use += 1  # (its gates were taken by _admit)
-        slot.phase = Phase.RUNNING  # (every call passes here: no _set_phase call)
-        slot.attempts = attempts = slot.attempts + 1
-        if slot.started_at is None:
-            slot.started_at = now
-        args = slot.args
-        slot.args = None  # a retry resolves afresh, so it never sees what this attempt mutated
-        tool = slot.node.tool
-        held = slot.held or (self._global_held if self._global_blocks > slot.ready_mark
-                             else "")
-        d.starts.append(new_call(slot.pos, slot.node.id, tool, args, attempts, slot.executor,
-                                 tool.policy.timeout, self.run_id, held))
-        self.in_flight[slot.pos] = now
-        if self.record_events:
-            d.events.append(NodeStarted(run_id=self.run_id, time=now, node_id=slot.node.id,
-                                        tool=tool.name, attempt=slot.attempts,
-                                        executor=slot.executor))
 
     def _release(self, slot: _Slot, d: Decisions) -> None:
         """Give back the slot's gates and return one parked node per freed gate to the heap.
