@@ -248,6 +248,8 @@ class _Rare:
         self.items: list[int] | None = None  # a map node, once expanded: its items' positions
 
 
+_NEVER = float("-inf")  # a start time earlier than any (see SchedulerState.finish_ok)
+
 _COMMON = _Rare()  # the defaults, shared by every slot that never set one (never written)
 
 
@@ -640,17 +642,11 @@ class SchedulerState:
                   began: float | None = None) -> Decisions:
         """:meth:`finish` for an attempt that returned ``value`` (and began at ``began``).
 
-        What most calls report, without an :class:`AttemptResult` to carry it.
+        What most calls report, without an :class:`AttemptResult` to carry it: a batch of one
+        for :meth:`finish_ok_many` (a start of ``-inf`` moves no start time).
         """
-        d = Decisions()
-        slot = self._attempt_ended(pos, where, d)
-        if began is not None and slot.attempts == 1 and slot.started_at is not None:
-            slot.started_at = max(slot.started_at, began)  # exclude waiting to run
-        if slot.started_at is not None:
-            self._critical.learn(slot.node.tool.name, now - slot.started_at)
-        self._record(slot, "ok", now, d, value=value)
-        self._dispatch(now, d)
-        return d
+        return self.finish_ok_many(((pos, value, where, _NEVER if began is None else began,
+                                     now),))
 
     def finish_ok_many(self, ended: Sequence[tuple[int, Any, str, float, float]]) -> Decisions:
         """:meth:`finish_ok` for several attempts that ended one after another, in that order.
