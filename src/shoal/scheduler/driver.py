@@ -115,6 +115,19 @@ def epoch_now(loop: asyncio.AbstractEventLoop | None = None) -> float:
     return clock_of(loop).epoch()
 
 
+def _reader(clock: Clock, loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
+    """What reads ``clock``'s time: its ``time``, or the very function it calls.
+
+    A plain asyncio loop's ``time()`` is ``time.monotonic()`` in a Python frame of its own:
+    read directly, each of the run's clock readings (two per call) costs no frame.
+    """
+    reads = clock.time
+    if (getattr(reads, "__func__", None) is asyncio.BaseEventLoop.time
+            and getattr(reads, "__self__", None) is loop):
+        return time.monotonic
+    return reads
+
+
 def _shifted(event: Event, shift: float, epoch: float) -> Event:
     """``event`` timed from ``shift`` seconds earlier: from the start at ``epoch``."""
     if isinstance(event, RunStarted):  # the wall-clock time its time counts from
@@ -326,8 +339,8 @@ class Driver:
         # a resumed run keeps the clock of its first session: replayed times stay comparable
         offset = 0.0 if self._resume is None else self._epoch - self._resume.record.started_at
         self._epoch -= offset
-        self._t0 = clock.time() - offset
-        self._time = clock.time
+        self._time = _reader(clock, self._loop)
+        self._t0 = self._time() - offset
         self.state.clock_origin = self._t0  # rate limiters shared across runs use this clock
         if self.scope is not None:  # the first run of a composition sets its events' origin
             origin, self._origin_epoch = events_origin(self.scope.shared, self._t0, self._epoch)
@@ -570,17 +583,22 @@ class Driver:
             self._tasks, self._at_once, self._at_once_contexts, self._quick,
             contextvars.copy_context)
         inline_here = type(self._executors.get("inline")) is InlineExecutor
+        last: Tool[..., Any] | None = None  # the tool of the call before (most share one)
+        at_once_ok = False
         for call in starts:
             if taskless:
                 # no task: start after this decision's cancels (one that fail_fast stops here
                 # never runs), in the context a task made now would copy. An inline call that
                 # ends in its first step runs at once (see _quick_for; checked here inline:
-                # every call of a wide run passes here)
+                # every call of a wide run passes here, and asked once per tool in a row: no
+                # code runs between these starts, so none can be reloaded meanwhile)
                 tool = call.tool
-                known = quick.get(id(tool))
-                if known is None or (known[1] and known[0] is not tool.fn.__code__):
-                    known = self._quick_for(tool)
-                if known[1] and inline_here and call.isolation == "inline":
+                if tool is not last:
+                    known = quick.get(id(tool))
+                    if known is None or (known[1] and known[0] is not tool.fn.__code__):
+                        known = self._quick_for(tool)
+                    last, at_once_ok = tool, known[1] and inline_here
+                if at_once_ok and call.isolation == "inline":
                     tasks[call.pos] = call
                     at_once.append(call)
                     contexts.append(copy_context())
@@ -714,7 +732,7 @@ class Driver:
             return
         self._bursting, self._burst_due = True, False
         queue, contexts, stopped = self._at_once, self._at_once_contexts, self._at_once_stopped
-        ran = 0
+        tasks, ran = self._tasks, 0
         clock, t0 = self._time, self._t0
         assert clock is not None
         until = time.perf_counter() + AT_ONCE_SLICE
@@ -761,6 +779,9 @@ class Driver:
                     if type(result) is not AttemptResult:  # a plain value: the call succeeded
                         if not here:
                             here = self._hosts.get(call.isolation) or self._here(call)
+                        # its attempt is over: a cancel from here on finds nothing to stop,
+                        # as one that came after it ran would change nothing (see _flush)
+                        del tasks[call.pos]
                         returned.append((call.pos, result, call.where or here, began, finished))
                         began = finished
                     else:
@@ -970,22 +991,15 @@ class Driver:
     def _returned_many(self, batch: list[tuple[int, Any, str, float, float]]) -> None:
         """:meth:`_returned` for calls run at once, ``(pos, value, where, began, finished)`` each.
 
-        One decision for the batch: what their ends release is dispatched once.
+        One decision for the batch: what their ends release is dispatched once. (Their
+        attempts are out of ``_tasks`` already, see :meth:`_burst`; calls run at once have no
+        journal to write one at a time: a durable journal's starts wait for its barrier.)
         """
-        tasks, stopped = self._tasks, self._at_once_stopped
-        if self._streaming:  # each end is journaled with its decision: one at a time
-            for pos, value, _, began, _ in batch:
-                self._returned(tasks[pos], value, began)
-            return
-        pos = batch[0][0]
+        assert not self._streaming, "a call ran at once with a durable journal"
         try:
-            for pos, _, _, _, _ in batch:
-                del tasks[pos]  # one attempt per node at a time: this is the one
-            if stopped:  # cancelled after they ran, before their ends were fed: too late
-                stopped.difference_update([ended[0] for ended in batch])
             self._apply(self.state.finish_ok_many(batch))
         except Exception as exc:
-            self._internal_error(self.graph.nodes[pos].id, exc)
+            self._internal_error(self.graph.nodes[batch[-1][0]].id, exc)
 
     def _internal_error(self, node_id: str, exc: Exception) -> None:
         """A bug in shoal itself while recording a call's end: end the run loudly, not hang."""

@@ -457,8 +457,8 @@ class SchedulerState:
     __slots__ = (
         "_ask_doubt", "_asking", "_begun", "_critical", "_default_executor", "_doubt", "_ended",
         "_gates", "_global", "_global_blocks", "_global_held", "_hard", "_heap", "_kept_rare",
-        "_maps_due", "_next_index", "_plan_order", "_rng", "_slots", "_sorted", "_sorting",
-        "clock_origin", "closed", "done_count",
+        "_maps_due", "_next_index", "_one_tool", "_plan_order", "_rng", "_slots", "_sorted",
+        "_sorting", "clock_origin", "closed", "done_count",
         "fail_fast", "fate_of", "graph", "in_flight", "record_events", "run_id",
         "status_counts", "stopping",
     )
@@ -479,7 +479,8 @@ class SchedulerState:
         shared_limits: SharedLimits | None = None,
         open_run: bool = False,
     ) -> None:
-        if open_run or any(n.map is not None for n in graph.nodes):
+        grows = open_run or any(n.map is not None for n in graph.nodes)
+        if grows:
             graph = graph.fork()  # it grows while the run goes; the plan's own stays as it is
         self.graph = graph
         #: whether no more nodes will be added (an open run is closed by :meth:`close`)
@@ -522,6 +523,9 @@ class SchedulerState:
         ]
         #: each node's outcome, by position (``None`` until it has one); an ended node's slot
         #: gives way to ``_GONE``, and its rare fields, if it set any, to ``_kept_rare``
+        # every node the same tool (object: the same estimate), none added later: if none
+        # needs another either, every node has the same critical-path level (see begin)
+        self._one_tool = len(executors) <= 1 and not grows
         self._ended: list[Outcome | None] = [None] * len(self._slots)
         self._kept_rare: dict[int, _Rare] = {}
         self.done_count = 0
@@ -561,7 +565,10 @@ class SchedulerState:
         d = Decisions()
         self._begun = True
         cap = self._global.capacity
-        if cap is not None and len(self._slots) > cap:  # otherwise every node starts once ready
+        # otherwise every node starts once ready; and ranking nodes of one level changes no
+        # order (ties go by position either way)
+        if cap is not None and len(self._slots) > cap and not (
+                self._one_tool and not any(self.graph.succs)):
             self._rank()
         queued: list[tuple[float, int]] = []
         self._sorting = queued
