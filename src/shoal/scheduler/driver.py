@@ -235,7 +235,9 @@ class Driver:
         # calls that end in their first step, to run at once, each in the context a task of
         # its own would have copied; those cancelled before they ran; whether a burst runs
         self._at_once: deque[Call] = deque()
-        self._at_once_contexts: deque[contextvars.Context] = deque()  # theirs, in that order
+        # ... and theirs, in that order: for each call, the pair its start decision made (see
+        # _start_calls): [the context as its calls started, the copy they run in]
+        self._at_once_contexts: deque[list[contextvars.Context]] = deque()
         self._at_once_stopped: set[int] = set()
         self._bursting = False
         self._entered = False  # whether the driver's context is the current one (see _report)
@@ -584,6 +586,7 @@ class Driver:
             contextvars.copy_context)
         inline_here = type(self._executors.get("inline")) is InlineExecutor
         last: Tool[..., Any] | None = None  # the tool of the call before (most share one)
+        shared: list[contextvars.Context] | None = None  # (see _at_once_contexts)
         at_once_ok = False
         for call in starts:
             if taskless:
@@ -601,7 +604,10 @@ class Driver:
                 if at_once_ok and call.isolation == "inline":
                     tasks[call.pos] = call
                     at_once.append(call)
-                    contexts.append(copy_context())
+                    if shared is None:  # one copy for these calls, while none changes it
+                        base = copy_context()
+                        shared = [base, base.copy()]
+                    contexts.append(shared)
                     continue
                 pool = self._pool_now(call)
                 if pool is not None:
@@ -675,7 +681,7 @@ class Driver:
         for call, context in calls:
             if call.pos in self._at_once_stopped:
                 self._at_once.append(call)  # reported cancelled, never run
-                self._at_once_contexts.append(context)
+                self._at_once_contexts.append([context, context])
             else:
                 kept.append((call, context))
         return kept
@@ -748,7 +754,7 @@ class Driver:
                         self._burst_due = True
                         self._loop.call_soon(self._burst)
                         return
-                    call, call_context = queue.popleft(), contexts.popleft()
+                    call, pair = queue.popleft(), contexts.popleft()
                     if stopped and call.pos in stopped:
                         stopped.discard(call.pos)
                         self._flush(returned)  # ends are fed in the order they came
@@ -758,6 +764,7 @@ class Driver:
                     ran += 1
                     # the call itself, inline; its end as _attempt would report it (a plain
                     # value, most calls' end, as it is: no result object, see _returned)
+                    call_context = pair[1]
                     try:
                         coro = call.tool.fn(**call.args)
                         call_context.run(coro.send, None)
@@ -769,10 +776,12 @@ class Driver:
                     except KeyboardInterrupt:  # it stays to be reported cancelled
                         stopped.add(call.pos)
                         queue.appendleft(call)
-                        contexts.appendleft(call_context)
+                        contexts.appendleft(pair)
                         raise
                     except BaseException as exc:  # incl. SystemExit: a tool's exit fails it
                         result = _raised(call, exc)
+                    if call_context != pair[0]:  # it set a context variable: the calls started
+                        pair[1] = pair[0].copy()  # with it run in a copy of what they started in
                     finished = clock() - t0
                     if stopped:  # a cancel while it ran (from its own code) came
                         stopped.discard(call.pos)  # too late to stop it

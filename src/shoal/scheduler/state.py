@@ -455,12 +455,11 @@ class SchedulerState:
 
     # slots: an agent swarm holds a run, so a state, per turn in flight (thousands at once)
     __slots__ = (
-        "_ask_doubt", "_asking", "_begun", "_critical", "_default_executor", "_doubt", "_ended",
-        "_gates", "_global", "_global_blocks", "_global_held", "_hard", "_heap", "_kept_rare",
-        "_maps_due", "_next_index", "_one_tool", "_plan_order", "_rng", "_slots", "_sorted",
-        "_sorting", "clock_origin", "closed", "done_count",
-        "fail_fast", "fate_of", "graph", "in_flight", "record_events", "run_id",
-        "status_counts", "stopping",
+        "_ask_doubt", "_asking", "_backends", "_begun", "_critical", "_default_executor", "_doubt",
+        "_ended", "_gates", "_global", "_global_blocks", "_global_held", "_hard", "_heap",
+        "_kept_rare", "_maps_due", "_next_index", "_one_tool", "_plan_order", "_rng", "_slots",
+        "_sorted", "_sorting", "clock_origin", "closed", "done_count", "fail_fast", "fate_of",
+        "graph", "in_flight", "record_events", "run_id", "status_counts", "stopping",
     )
 
     def __init__(
@@ -523,6 +522,7 @@ class SchedulerState:
         ]
         #: each node's outcome, by position (``None`` until it has one); an ended node's slot
         #: gives way to ``_GONE``, and its rare fields, if it set any, to ``_kept_rare``
+        self._backends = set(executors.values())
         # every node the same tool (object: the same estimate), none added later: if none
         # needs another either, every node has the same critical-path level (see begin)
         self._one_tool = len(executors) <= 1 and not grows
@@ -872,8 +872,8 @@ class SchedulerState:
         return len(self._slots)
 
     def backends(self) -> set[Isolation]:
-        """The backends the run's nodes use so far."""
-        return {s.executor for s in self._slots if isinstance(s, _Slot)}
+        """The backends the run's nodes use so far (ended nodes' included)."""
+        return set(self._backends)
 
     def outcome_at(self, pos: int) -> Outcome | None:
         """The outcome of the node at ``pos``, if it has one."""
@@ -1032,6 +1032,7 @@ class SchedulerState:
         self._next_index += 1
         pos = self.graph.grow(node, gather if gather >= 0 else None)
         slot = _Slot(pos, node, 0, choose_executor(node.tool, self._default_executor))
+        self._backends.add(slot.executor)
         slot.gather = gather
         self._slots.append(slot)
         self._ended.append(None)
@@ -1228,6 +1229,7 @@ class SchedulerState:
             self._lift_added()
         heap, ordered = self._heap, self._sorted  # bound after _rank, which replaces the list
         gates_for, capacity = self._gates.for_call, limit.capacity
+        by_arguments, gated = self._gates.by_arguments, self._gates.gated_backends
         starts, in_flight, run_id = d.starts, self.in_flight, self.run_id
         events = d.events if self.record_events else None
         while (heap or ordered) and (capacity is None or limit.in_use < capacity):
@@ -1251,8 +1253,10 @@ class SchedulerState:
                     except Exception:  # a failing __deepcopy__, say: _prepare fails the node
                         if not self._prepare(slot, now, d):
                             continue
-            if slot.gates is None:
-                slot.gates = gates_for(node.tool, slot.executor, slot.args or {})
+            if slot.gates is None:  # for_call's answer for most calls, without its call
+                slot.gates = (gates_for(node.tool, slot.executor, slot.args or {})
+                              if by_arguments or slot.executor in gated
+                              or node.tool.policy.max_concurrency is not None else ())
             # the approval first: past _admit, the node holds its limits
             if (slot.rare is not _COMMON and slot.rare.approval is not None
                     and not self._still_approved(slot, now, d)):
