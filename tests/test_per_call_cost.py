@@ -336,7 +336,7 @@ def test_outcomes_are_the_same_whether_anyone_listens_or_not(t: Tool[..., Any]) 
 
         async def go() -> shoal.RunResult:
             return await shoal.run(plan, max_concurrency=2,
-                                   **({"on_event": sink.append} if listen else {}))
+                                   on_event=sink.append if listen else None)
 
         result = run_virtual(go())
         assert bool(sink) == listen
