@@ -1218,6 +1218,8 @@ class SchedulerState:
         """Start ready nodes, best first, while the run-wide limit has room."""
         if self._asking:
             self._ask(now, d)
+        if not self._heap and not self._sorted:
+            return  # nothing ready (each end of a wide run's last calls, say)
         limit, slots = self._global, self._slots
         # order only matters when one of several ready nodes is about to start (ranking costs
         # O(nodes)); until then, the priorities of nodes added meanwhile can wait
