@@ -23,6 +23,7 @@ import shoal
 from shoal import Plan, Ref, ToolArgumentError, tool
 from shoal.deps import analyze
 from shoal.events import Event
+from shoal.executors.base import Call, new_call
 from shoal.scheduler.args import isolate_all
 from shoal.scheduler.state import AttemptResult, Decisions, Phase, SchedulerState
 from shoal.store import Store
@@ -293,6 +294,82 @@ def test_calls_run_at_once_are_journaled_as_calls_with_a_task(kind: str, tmp_pat
     assert quick == _journaled(tasked, store("tasked"))
     assert [shape[0] for _, shape in quick[1]] == ["ok", "ok", "ok", "failed", "ok"]
     assert len(quick[0]) == (5 if kind == "sqlite" else 0)  # a durable store's attempt rows
+
+
+def test_a_call_made_field_by_field_is_the_call_its_init_makes() -> None:
+    """The scheduler's :func:`new_call` sets every field, as ``Call(...)`` would."""
+    args = {"i": 1}
+    made = new_call(3, "n3", instant, args, 2, "inline", 1.5, "r", "held back")
+    expected = Call(3, "n3", instant, args, 2, "inline", 1.5, "r", held="held back")
+    names = [f.name for f in dataclasses.fields(Call)]
+    assert [getattr(made, n) for n in names] == [getattr(expected, n) for n in names]
+    assert made.args is args  # the state's private copy, handed over (not copied again)
+
+
+@tool
+async def slept(i: int, label: str = "") -> str:
+    """Takes ``i`` tenths of a second (virtual): starts, ends and queueing times differ."""
+    await asyncio.sleep(i / 10)
+    if i == 3:
+        raise ValueError("three")
+    return f"{label}{i}"
+
+
+def _full(outcome: shoal.Outcome) -> tuple[Any, ...]:
+    return (*_shape(outcome), outcome.queued_at, outcome.started_at, outcome.finished_at)
+
+
+@pytest.mark.parametrize("t", [instant, tasked, slept], ids=["at_once", "tasked", "slept"])
+def test_outcomes_are_the_same_whether_anyone_listens_or_not(t: Tool[..., Any]) -> None:
+    """Ends nobody waits for and nobody listens to are recorded inline: as the general way.
+
+    With a listener every end goes the general way (it has events to make); without one, the
+    ends of nodes nothing depends on are recorded inline. Same outcomes, times included.
+    """
+    def run(listen: bool) -> dict[str, tuple[Any, ...]]:
+        plan = Plan()
+        first = plan.call(t, i=0, label="a", node_id="n0")
+        for i in range(1, 6):
+            plan.call(t, i=i, node_id=f"n{i}")
+        plan.call(t, i=6, label=first, node_id="after")
+        sink: list[Event] = []
+
+        async def go() -> shoal.RunResult:
+            return await shoal.run(plan, max_concurrency=2,
+                                   on_event=sink.append if listen else None)
+
+        result = run_virtual(go())
+        assert bool(sink) == listen
+        return {o.node_id: _full(o) for o in result.outcomes.values()}
+
+    quiet = run(False)
+    assert quiet == run(True)
+    assert quiet["after"][1] == "a06" and quiet["n3"][0] == "failed"
+    if t is slept:  # times that tell queueing, starting and ending apart
+        assert quiet["n5"][-3:] == (0.0, pytest.approx(0.4), pytest.approx(0.9))
+
+
+def _twins() -> tuple[SchedulerState, SchedulerState, int]:
+    plan = Plan()
+    first = plan.call(bare, i=1)
+    plan.call(bare, i=2, s=first)
+    twins = [SchedulerState(analyze(plan), run_id="r", max_concurrency=None) for _ in range(2)]
+    for state in twins:
+        started = state.begin(1.0).starts
+        assert [call.pos for call in started] == [0]
+    return twins[0], twins[1], 0
+
+
+@pytest.mark.parametrize("began", [None, 0.5, 2.0])
+def test_a_plain_return_ends_as_a_result_object_would(began: float | None) -> None:
+    """``finish_ok`` (a batch of one) gives what ``finish`` gives for the same ok end."""
+    quick, general, pos = _twins()
+    d_quick = quick.finish_ok(pos, "v", "here", 3.0, began)
+    d_general = general.finish(pos, AttemptResult("ok", "v", began=began, where="here"), 3.0)
+    assert d_quick.done == d_general.done == [pos]  # positions: the outcome is the state's
+    assert _full(quick.outcome_at(pos)) == _full(general.outcome_at(pos))  # type: ignore[arg-type]
+    assert quick.outcome_at(pos).started_at == (2.0 if began == 2.0 else 1.0)  # type: ignore[union-attr]
+    assert [(c.pos, c.args) for c in d_quick.starts] == [(c.pos, c.args) for c in d_general.starts]
 
 
 # ---- the ready queue: nodes queued by begin() and nodes queued later, best first -----------

@@ -1092,9 +1092,23 @@ def _throwaway(options: dict[str, Any], plan: Plan) -> dict[str, Any]:
     with injected parameters): retried, such a node replays its finished turns and tool
     phases from the journal instead of running them again, so those plans keep the default.
     """
-    if "store" in options or any(node.tool.injected for node in plan.nodes):
+    if "store" in options or _injects(plan):
         return options
     return {**options, "store": None}
+
+
+def _injects(plan: Plan) -> bool:
+    """Whether a node of ``plan`` has a tool with injected parameters.
+
+    Asked once per tool in a row: a wide plan's nodes mostly share one.
+    """
+    last: object = None
+    for node in plan.nodes:
+        if node.tool is not last:
+            last = node.tool
+            if node.tool.injected:
+                return True
+    return False
 
 
 def stream(plan: Plan, *, board: Board | None = None, budget: Budget | None = None,

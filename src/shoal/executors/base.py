@@ -19,7 +19,7 @@ from shoal._deprecation import renamed
 from shoal.exceptions import ConfigError
 from shoal.tools import Isolation, Tool
 
-__all__ = ["Call", "Executor", "check_count"]
+__all__ = ["Call", "Executor", "check_count", "new_call"]
 
 
 @dataclass(slots=True, init=False)
@@ -83,6 +83,34 @@ class Call:
         """Deprecated: the former name of :attr:`isolation`."""
         renamed("Call.executor", "Call.isolation")
         return self.isolation
+
+
+_new = object.__new__
+
+
+def new_call(pos: int, node_id: str, tool: Tool[..., Any], args: dict[str, Any], attempt: int,
+             isolation: Isolation, timeout: float | None, run_id: str, held: str) -> Call:
+    """A :class:`Call` as the scheduler makes one per attempt: :meth:`Call.__init__`'s result.
+
+    Built field by field, without ``__init__``'s defaults and its check of the deprecated
+    keyword: less than half its cost, paid by every attempt of every run.
+    """
+    call = _new(Call)
+    call.pos = pos
+    call.node_id = node_id
+    call.tool = tool
+    call.args = args
+    call.attempt = attempt
+    call.isolation = isolation
+    call.timeout = timeout
+    call.run_id = run_id
+    call.abandoned = False
+    call.began_at = None
+    call.lease = None
+    call.trace = None
+    call.held = held
+    call.where = ""
+    return call
 
 
 def _isolation_from_executor(isolation: Isolation | None, executor: Isolation) -> Isolation:

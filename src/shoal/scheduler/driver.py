@@ -36,6 +36,7 @@ import asyncio
 import contextvars
 import logging
 import math
+import operator
 import os
 import socket
 import time
@@ -65,7 +66,6 @@ from shoal.scheduler.scope import RunScope, Settles, events_origin, inject
 from shoal.scheduler.state import (
     AttemptResult,
     Decisions,
-    Ended,
     SchedulerState,
 )
 from shoal.store.base import (
@@ -83,11 +83,12 @@ from shoal.store.base import (
 from shoal.store.claims import this_process_start
 from shoal.store.journal import Journal
 from shoal.store.resume import Resumption
+from shoal.tools import Tool
 
 __all__ = ["Driver", "Snapshot", "epoch_now"]
 
 log = logging.getLogger("shoal")
-#: Most calls run at once (see _run_at_once) before the driver gives the loop a turn: a long
+#: Most calls run at once (see _burst) before the driver gives the loop a turn: a long
 #: cascade of calls that end in their first step must not hold the loop (timers, a deadline,
 #: other runs) longer than a loop turn of as many tasks would.
 AT_ONCE_BURST = 1000
@@ -96,6 +97,7 @@ AT_ONCE_BURST = 1000
 AT_ONCE_SLICE = 0.002
 #: This machine's name: where the calls of backends that run everything here ran.
 HOST = socket.gethostname()
+_FINISHED_AT = operator.attrgetter("finished_at")
 
 
 def epoch_now(loop: asyncio.AbstractEventLoop | None = None) -> float:
@@ -111,6 +113,19 @@ def epoch_now(loop: asyncio.AbstractEventLoop | None = None) -> float:
         except RuntimeError:
             return time.time()
     return clock_of(loop).epoch()
+
+
+def _reader(clock: Clock, loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
+    """What reads ``clock``'s time: its ``time``, or the very function it calls.
+
+    A plain asyncio loop's ``time()`` is ``time.monotonic()`` in a Python frame of its own:
+    read directly, each of the run's clock readings (two per call) costs no frame.
+    """
+    reads = clock.time
+    if (getattr(reads, "__func__", None) is asyncio.BaseEventLoop.time
+            and getattr(reads, "__self__", None) is loop):
+        return time.monotonic
+    return reads
 
 
 def _shifted(event: Event, shift: float, epoch: float) -> Event:
@@ -139,13 +154,14 @@ class Driver:
     # slots: a swarm holds a run per agent turn in flight, thousands at once; an instance
     # dict of this many attributes costs a kilobyte and is one more object for the collector
     __slots__ = (
-        "_at_once", "_at_once_stopped", "_before_start", "_burst_due", "_bursting", "_clock",
+        "_at_once", "_at_once_contexts", "_at_once_stopped", "_before_start", "_burst_due",
+        "_bursting", "_clock",
         "_context", "_deadline", "_desk", "_early", "_ends_each", "_entered", "_epoch",
         "_executor_for", "_executors", "_finished", "_given_clock", "_hosts", "_internal",
         "_journal", "_loop", "_observer", "_on_pool", "_origin_epoch", "_quick", "_resume",
         "_run_approvals", "_run_record", "_session", "_settling", "_shift", "_sinks", "_starting",
-        "_stopped_late", "_store", "_streaming", "_t0", "_tasks", "_time", "_timers", "_to_pool",
-        "_watchers", "cancelled_reason", "lineage", "scope", "sinks", "state",
+        "_stopped_late", "_store", "_streaming", "_t0", "_task_of", "_tasks", "_time", "_timers",
+        "_to_pool", "_watchers", "cancelled_reason", "lineage", "scope", "sinks", "state",
     )
 
     def __init__(
@@ -211,11 +227,17 @@ class Driver:
             if store.keeps_events:
                 self._internal = (self._journal_event,)
         self._observer: RunObserver | None = None  # the instrumentation's (see observe)
-        # position -> attempt (no task: it runs at once, see _run_at_once, and has not yet)
-        self._tasks: dict[int, tuple[asyncio.Task[None] | None, Call]] = {}
+        # position -> attempt (no task: it runs at once, see _burst, and has not yet)
+        self._tasks: dict[int, Call] = {}
+        # position -> the task of its attempt, for those that have one (most calls run at once
+        # or on a pool have none: no pair per call to make)
+        self._task_of: dict[int, asyncio.Task[None]] = {}
         # calls that end in their first step, to run at once, each in the context a task of
         # its own would have copied; those cancelled before they ran; whether a burst runs
-        self._at_once: deque[tuple[Call, contextvars.Context]] = deque()
+        self._at_once: deque[Call] = deque()
+        # ... and theirs, in that order: for each call, the pair its start decision made (see
+        # _start_calls): [the context as its calls started, the copy they run in]
+        self._at_once_contexts: deque[list[contextvars.Context]] = deque()
         self._at_once_stopped: set[int] = set()
         self._bursting = False
         self._entered = False  # whether the driver's context is the current one (see _report)
@@ -319,8 +341,8 @@ class Driver:
         # a resumed run keeps the clock of its first session: replayed times stay comparable
         offset = 0.0 if self._resume is None else self._epoch - self._resume.record.started_at
         self._epoch -= offset
-        self._t0 = clock.time() - offset
-        self._time = clock.time
+        self._time = _reader(clock, self._loop)
+        self._t0 = self._time() - offset
         self.state.clock_origin = self._t0  # rate limiters shared across runs use this clock
         if self.scope is not None:  # the first run of a composition sets its events' origin
             origin, self._origin_epoch = events_origin(self.scope.shared, self._t0, self._epoch)
@@ -449,9 +471,8 @@ class Driver:
             pos = position.get(node_id)
             if pos is not None:  # made: wait for it as for any node (it may have ended)
                 self._watchers.setdefault(pos, []).extend(self._early.pop(node_id))
-                outcome = state.outcome_at(pos)
-                if outcome is not None:
-                    self._tell_watchers([Ended(pos, 0, outcome)])
+                if state.outcome_at(pos) is not None:
+                    self._tell_watchers([pos])
                 continue
             owner = _ITEM_ID.fullmatch(node_id)
             assert owner is not None  # only item ids of maps are waited for early
@@ -468,20 +489,24 @@ class Driver:
                 if not future.done():
                     future.set_exception(error)
 
-    def _tell_watchers(self, ended: Iterable[Ended]) -> None:
-        """Resolve the futures of callers waiting for these nodes' outcomes."""
-        for pos, _, outcome in ended:
-            for future in self._watchers.pop(pos, ()):
-                if not future.done():
-                    future.set_result(outcome)
+    def _tell_watchers(self, ended: Iterable[int]) -> None:
+        """Resolve the futures of callers waiting for the outcomes of the nodes at ``ended``."""
+        outcome_at = self.state.outcome_at
+        for pos in ended:
+            waiting = self._watchers.pop(pos, None)
+            if waiting:
+                outcome = outcome_at(pos)
+                assert outcome is not None  # told only once it has one
+                for future in waiting:
+                    if not future.done():
+                        future.set_result(outcome)
 
     def _tell_all_watchers(self) -> None:
         """Outcomes that came from no decision (replayed on resume; the run's end)."""
         if self._early:
             self._look_early()
         outcome_at = self.state.outcome_at
-        self._tell_watchers([Ended(pos, 0, outcome) for pos in list(self._watchers)
-                             if (outcome := outcome_at(pos)) is not None])
+        self._tell_watchers([pos for pos in list(self._watchers) if outcome_at(pos) is not None])
 
     def close(self) -> None:
         """No more nodes: the run ends once every node it has has ended."""
@@ -502,7 +527,10 @@ class Driver:
     def result(self) -> RunResult:
         """The outcomes so far (all of them once the run is over)."""
         outcomes = self.state.outcomes_by_id()
-        makespan = max((o.finished_at or 0.0 for o in outcomes.values()), default=0.0)
+        try:  # every outcome has its end time (unless replayed from an older journal)
+            makespan = max(map(_FINISHED_AT, outcomes.values()), default=0.0)
+        except TypeError:  # one is None: it counts as 0
+            makespan = max((o.finished_at or 0.0 for o in outcomes.values()), default=0.0)
         result = RunResult(self.state.run_id, outcomes, makespan, self.graph, self._epoch,
                            self.cancelled_reason)
         board = self.scope.board if self.scope is not None else None
@@ -521,33 +549,12 @@ class Driver:
             if self._ends_each and d.done:
                 self._journal_ends(d.done)
         # Starts before cancels: one decision can start a call and (fail_fast) cancel it.
-        observer = self._observer
-        to_pool = self._to_pool
-        submitting = bool(to_pool)
-        # Each attempt reports its own end (see _attempt): no done-callback, no extra loop hop
-        for call in d.starts:
-            if barrier is None and observer is None:
-                # no task: start after this decision's cancels (one that fail_fast stops here
-                # never runs), in the context a task made now would copy
-                if self._ends_at_once(call):
-                    self._tasks[call.pos] = (None, call)
-                    self._at_once.append((call, contextvars.copy_context()))
-                    continue
-                pool = self._pool_now(call)
-                if pool is not None:
-                    self._tasks[call.pos] = (None, call)
-                    queued = to_pool.get(pool)
-                    if queued is None:
-                        queued = to_pool[pool] = []
-                    queued.append((call, contextvars.copy_context()))
-                    continue
-            attempt = self._attempt(call, barrier)
-            task = (self._loop.create_task(attempt) if observer is None  # not instrumented
-                    else self._loop.create_task(attempt, context=observer.attempt_context(call)))
-            self._tasks[call.pos] = (task, call)
+        submitting = bool(self._to_pool)
+        if d.starts:
+            self._start_calls(d.starts, barrier)
         for pos in d.cancels:
             self._stop(pos)
-        if to_pool and not submitting:
+        if self._to_pool and not submitting:
             self._loop.call_soon(self._submit)
         for when, kind, pos in d.timers:
             self._set_timer(when, kind, pos)
@@ -566,24 +573,69 @@ class Driver:
         if self._at_once and not self._bursting and not self._burst_due:
             self._burst()
 
-    def _ends_at_once(self, call: Call) -> bool:
-        """Whether ``call`` runs without a task: an inline call that cannot suspend.
+    def _start_calls(self, starts: list[Call], barrier: asyncio.Future[None] | None) -> None:
+        """Start these attempts: each with a task, on a pool without one, or to run at once.
 
-        Such a call (see :mod:`shoal.scheduler.eager`) can neither wait nor be interrupted, so
-        a timeout cannot fire and nothing can cancel it once it runs; a task would only add
-        its cost and a loop turn. Not for injected values (their settling is the task's).
+        Each attempt reports its own end (see _attempt): no done-callback, no extra loop hop.
         """
-        if call.isolation != "inline":
-            return False
-        tool = call.tool
-        # keyed by the code too: a hot reload (IPython's autoreload, say) swaps a function's
-        # code in place, and the new code may await
+        assert self._loop is not None
+        observer, to_pool = self._observer, self._to_pool
+        taskless = barrier is None and observer is None
+        tasks, at_once, contexts, quick, copy_context = (
+            self._tasks, self._at_once, self._at_once_contexts, self._quick,
+            contextvars.copy_context)
+        inline_here = type(self._executors.get("inline")) is InlineExecutor
+        last: Tool[..., Any] | None = None  # the tool of the call before (most share one)
+        shared: list[contextvars.Context] | None = None  # (see _at_once_contexts)
+        at_once_ok = False
+        for call in starts:
+            if taskless:
+                # no task: start after this decision's cancels (one that fail_fast stops here
+                # never runs), in the context a task made now would copy. An inline call that
+                # ends in its first step runs at once (see _quick_for; checked here inline:
+                # every call of a wide run passes here, and asked once per tool in a row: no
+                # code runs between these starts, so none can be reloaded meanwhile)
+                tool = call.tool
+                if tool is not last:
+                    known = quick.get(id(tool))
+                    if known is None or (known[1] and known[0] is not tool.fn.__code__):
+                        known = self._quick_for(tool)
+                    last, at_once_ok = tool, known[1] and inline_here
+                if at_once_ok and call.isolation == "inline":
+                    tasks[call.pos] = call
+                    at_once.append(call)
+                    if shared is None:  # one copy for these calls, while none changes it
+                        base = copy_context()
+                        shared = [base, base.copy()]
+                    contexts.append(shared)
+                    continue
+                pool = self._pool_now(call)
+                if pool is not None:
+                    tasks[call.pos] = call
+                    queued = to_pool.get(pool)
+                    if queued is None:
+                        queued = to_pool[pool] = []
+                    queued.append((call, copy_context()))
+                    continue
+            attempt = self._attempt(call, barrier)
+            task = (self._loop.create_task(attempt) if observer is None  # not instrumented
+                    else self._loop.create_task(attempt, context=observer.attempt_context(call)))
+            tasks[call.pos] = call
+            self._task_of[call.pos] = task
+
+    def _quick_for(self, tool: Tool[..., Any]) -> tuple[object, bool]:
+        """Whether ``tool``'s inline calls run without a task, noted by tool (see :meth:`_apply`).
+
+        Those of a tool whose coroutine ends in its first step (see :mod:`shoal.scheduler.eager`):
+        it can neither wait nor be interrupted, so a timeout cannot fire and nothing can cancel
+        it once it runs; a task would only add its cost and a loop turn. Not for injected values
+        (their settling is the task's). Noted with its function's code: a hot reload (IPython's
+        autoreload, say) swaps a function's code in place, and the new code may await.
+        """
         code = getattr(tool.fn, "__code__", None)
-        known = self._quick.get(id(tool))
-        if known is None or known[0] is not code:
-            known = self._quick[id(tool)] = (code, (
-                tool.is_async and not tool.injected and ends_in_first_step(tool.fn)))
-        return known[1] and type(self._executors.get("inline")) is InlineExecutor
+        known = self._quick[id(tool)] = (code, (
+            tool.is_async and not tool.injected and ends_in_first_step(tool.fn)))
+        return known
 
     def _pool_now(self, call: Call) -> ThreadExecutor | None:
         """The thread pool to hand ``call`` to now, without a task, if it fits.
@@ -628,7 +680,8 @@ class Driver:
         kept = []
         for call, context in calls:
             if call.pos in self._at_once_stopped:
-                self._at_once.append((call, context))  # reported cancelled, never run
+                self._at_once.append(call)  # reported cancelled, never run
+                self._at_once_contexts.append([context, context])
             else:
                 kept.append((call, context))
         return kept
@@ -665,8 +718,7 @@ class Driver:
     def _stopped_end(self, call: Call, result: AttemptResult) -> None:
         """The end of a stopped call that had no task, one loop turn later (as a task's)."""
         self._stopped_late.discard(call.pos)
-        running = self._tasks.get(call.pos)
-        if running is not None and running[1] is call:
+        if self._tasks.get(call.pos) is call:
             assert self._context is not None
             self._context.run(self._report, self._attempt_done, call, result)
 
@@ -685,49 +737,73 @@ class Driver:
             self._context.run(self._report, self._burst)
             return
         self._bursting, self._burst_due = True, False
-        queue, ran = self._at_once, 0
+        queue, contexts, stopped = self._at_once, self._at_once_contexts, self._at_once_stopped
+        tasks, ran = self._tasks, 0
+        clock, t0 = self._time, self._t0
+        assert clock is not None
         until = time.perf_counter() + AT_ONCE_SLICE
-        returned: list[tuple[Call, Any, float, float]] = []  # (call, value, began, finished)
+        here = ""  # where these calls run (all inline: this machine), asked once
+        # (pos, value, where, began, finished) of the calls that returned a plain value
+        returned: list[tuple[int, Any, str, float, float]] = []
         try:
             while queue:
-                began = self.now()
+                began = clock() - t0
                 for _ in range(len(queue)):  # this round: the calls queued before it
                     if ran >= AT_ONCE_BURST or (ran and time.perf_counter() >= until):
                         assert self._loop is not None
                         self._burst_due = True
                         self._loop.call_soon(self._burst)
                         return
-                    call, call_context = queue.popleft()
-                    if self._at_once_stopped and call.pos in self._at_once_stopped:
-                        self._at_once_stopped.discard(call.pos)
+                    call, pair = queue.popleft(), contexts.popleft()
+                    if stopped and call.pos in stopped:
+                        stopped.discard(call.pos)
                         self._flush(returned)  # ends are fed in the order they came
                         self._attempt_done(call, AttemptResult("cancelled"))  # it never runs
-                        began = self.now()
+                        began = clock() - t0
                         continue
                     ran += 1
+                    # the call itself, inline; its end as _attempt would report it (a plain
+                    # value, most calls' end, as it is: no result object, see _returned)
+                    call_context = pair[1]
                     try:
-                        result = self._run_at_once(call, call_context)
-                    except BaseException:  # KeyboardInterrupt: it stays to be reported cancelled
-                        self._at_once_stopped.add(call.pos)
-                        queue.appendleft((call, call_context))
+                        coro = call.tool.fn(**call.args)
+                        call_context.run(coro.send, None)
+                        result: Any = _suspended(call, coro)
+                    except StopIteration as stop:
+                        result = stop.value
+                        if type(result) not in _PLAIN:
+                            result = _returned_value(call, result)
+                    except KeyboardInterrupt:  # it stays to be reported cancelled
+                        stopped.add(call.pos)
+                        queue.appendleft(call)
+                        contexts.appendleft(pair)
                         raise
-                    finished = self.now()
-                    if self._at_once_stopped:  # a cancel while it ran (from its own code) came
-                        self._at_once_stopped.discard(call.pos)  # too late to stop it
+                    except BaseException as exc:  # incl. SystemExit: a tool's exit fails it
+                        result = _raised(call, exc)
+                    if call_context != pair[0]:  # it set a context variable: the calls started
+                        pair[1] = pair[0].copy()  # with it run in a copy of what they started in
+                    finished = clock() - t0
+                    if stopped:  # a cancel while it ran (from its own code) came
+                        stopped.discard(call.pos)  # too late to stop it
                     if type(result) is not AttemptResult:  # a plain value: the call succeeded
-                        returned.append((call, result, began, finished))
+                        if not here:
+                            here = self._hosts.get(call.isolation) or self._here(call)
+                        # its attempt is over: a cancel from here on finds nothing to stop,
+                        # as one that came after it ran would change nothing (see _flush)
+                        del tasks[call.pos]
+                        returned.append((call.pos, result, call.where or here, began, finished))
                         began = finished
                     else:
                         self._flush(returned)
                         result.began = began
                         self._attempt_done(call, result)
-                        began = self.now()
+                        began = clock() - t0
                 self._flush(returned)  # the calls these ends release join the queue
         finally:
             self._flush(returned)
             self._bursting = False
 
-    def _flush(self, returned: list[tuple[Call, Any, float, float]]) -> None:
+    def _flush(self, returned: list[tuple[int, Any, str, float, float]]) -> None:
         """Feed the plain returns collected so far to the state machine, and forget them."""
         if returned:
             batch = returned.copy()
@@ -741,33 +817,6 @@ class Driver:
             step(*args)
         finally:
             self._entered = entered
-
-    @staticmethod
-    def _run_at_once(call: Call, context: contextvars.Context) -> AttemptResult | Any:
-        """Run a call that ends in its first step; its end as :meth:`_attempt` would report it.
-
-        A value of a plain type (:data:`_PLAIN`, never an :class:`AttemptResult`) comes back
-        as it is, for :meth:`_returned`: most calls end so, and need no result object.
-        """
-        try:
-            coro = call.tool.fn(**call.args)
-            context.run(coro.send, None)
-        except StopIteration as stop:
-            value = stop.value
-            if type(value) in _PLAIN:
-                return value
-            unawaited = unawaited_result(call.tool.name, value)
-            return (AttemptResult("ok", value) if unawaited is None
-                    else AttemptResult("failed", error=unawaited))
-        except asyncio.CancelledError:
-            return AttemptResult("cancelled", abandoned=call.abandoned)
-        except KeyboardInterrupt:
-            raise
-        except BaseException as exc:  # incl. SystemExit: a tool's exit fails it; the run lives
-            return AttemptResult("failed", error=exc)
-        coro.close()  # its code has no await: it cannot get here
-        return AttemptResult("failed", error=RuntimeError(
-            f"tool {call.tool.name!r} suspended in a step that cannot suspend"))
 
     def _share_gates(self, d: Decisions) -> None:
         """Pass wake-ups between the runtime's runs that share gates.
@@ -868,9 +917,9 @@ class Driver:
         began has no side effect), and never reaches the code that reports its end, so a
         done-callback reports it (a no-op if the attempt did report).
         """
-        running = self._tasks.get(pos)
-        if running is not None:
-            task, call = running
+        call = self._tasks.get(pos)
+        if call is not None:
+            task = self._task_of.get(pos)
             if task is None:
                 self._stop_taskless(pos, call)
                 return
@@ -895,8 +944,8 @@ class Driver:
         Only after an error broke off the code that would have (a ``KeyboardInterrupt`` in a
         batch of pool completions, say): the run is stopping, and must not wait for them.
         """
-        for pos, (task, call) in list(self._tasks.items()):
-            if (task is None and self._tasks.get(pos, (None, None))[1] is call
+        for pos, call in list(self._tasks.items()):
+            if (pos not in self._task_of and self._tasks.get(pos) is call
                     and pos not in self._on_pool and pos not in self._stopped_late
                     and not self._at_once and not self._to_pool):
                 assert self._context is not None
@@ -904,8 +953,7 @@ class Driver:
                                   AttemptResult("cancelled"))
 
     def _unreported(self, call: Call, task: asyncio.Task[None]) -> None:
-        running = self._tasks.get(call.pos)
-        if running is not None and running[0] is task:  # it ended without saying so
+        if self._task_of.get(call.pos) is task:  # it ended without saying so
             self._attempt_done(call, AttemptResult("cancelled"))
 
     async def _new_executor(self, call: Call) -> Executor:
@@ -939,45 +987,40 @@ class Driver:
             return
         try:
             del self._tasks[call.pos]  # one attempt per node at a time: this is the one
+            if self._task_of:
+                self._task_of.pop(call.pos, None)
             if call.began_at is not None:
                 began = self._began(call.began_at)
                 began = None if began is None else began - self._t0
             where = call.where or self._hosts.get(call.isolation) or self._here(call)
             self._apply(self.state.finish_ok(call.pos, value, where, self.now(), began))
         except Exception as exc:
-            self._internal_error(call, exc)
+            self._internal_error(call.node_id, exc)
 
-    def _returned_many(self, batch: list[tuple[Call, Any, float, float]]) -> None:
-        """:meth:`_returned` for calls run at once, ``(call, value, began, finished)`` each.
+    def _returned_many(self, batch: list[tuple[int, Any, str, float, float]]) -> None:
+        """:meth:`_returned` for calls run at once, ``(pos, value, where, began, finished)`` each.
 
-        One decision for the batch: what their ends release is dispatched once.
+        One decision for the batch: what their ends release is dispatched once. (Their
+        attempts are out of ``_tasks`` already, see :meth:`_burst`; calls run at once have no
+        journal to write one at a time: a durable journal's starts wait for its barrier.)
         """
-        if self._streaming:  # each end is journaled with its decision: one at a time
-            for call, value, began, _ in batch:
-                self._returned(call, value, began)
-            return
-        tasks, hosts, stopped = self._tasks, self._hosts, self._at_once_stopped
-        ended: list[tuple[int, Any, str, float, float]] = []
+        assert not self._streaming, "a call ran at once with a durable journal"
         try:
-            for call, value, began, finished in batch:
-                del tasks[call.pos]  # one attempt per node at a time: this is the one
-                if stopped:  # cancelled after it ran, before its end was fed: too late
-                    stopped.discard(call.pos)
-                where = call.where or hosts.get(call.isolation) or self._here(call)
-                ended.append((call.pos, value, where, began, finished))
-            self._apply(self.state.finish_ok_many(ended))
+            self._apply(self.state.finish_ok_many(batch))
         except Exception as exc:
-            self._internal_error(batch[len(ended) - 1 if ended else 0][0], exc)
+            self._internal_error(self.graph.nodes[batch[-1][0]].id, exc)
 
-    def _internal_error(self, call: Call, exc: Exception) -> None:
-        """A bug in shoal itself while recording ``call``'s end: end the run loudly, not hang."""
-        log.exception("internal error while recording %s", call.node_id)
+    def _internal_error(self, node_id: str, exc: Exception) -> None:
+        """A bug in shoal itself while recording a call's end: end the run loudly, not hang."""
+        log.exception("internal error while recording %s", node_id)
         if self._finished is not None and not self._finished.done():
             self._finished.set_exception(exc)
 
     def _attempt_done(self, call: Call, result: AttemptResult) -> None:
         try:
             del self._tasks[call.pos]  # one attempt per node at a time: this is the one
+            if self._task_of:
+                self._task_of.pop(call.pos, None)
             settling = self._settling.pop(call.pos, None) if self._settling else None
             if settling:
                 result = self._settle(settling, result)
@@ -1001,7 +1044,7 @@ class Driver:
                 for name in call.tool.injected:
                     call.args.pop(name, None)
         except Exception as exc:
-            self._internal_error(call, exc)
+            self._internal_error(call.node_id, exc)
 
     def _began(self, stamp: float) -> float | None:
         """A backend's monotonic stamp on the run's clock, if the clock can tell (else None).
@@ -1124,19 +1167,27 @@ class Driver:
         if journal is None:
             return None
         run_id, now = self.state.run_id, self.now()
-        for ended in d.done:
-            journal.add(OutcomeRecord(run_id, ended.outcome, ended.order))
+        for pos in d.done:
+            journal.add(self._outcome_record(pos))
         for call in d.starts:
             journal.add(AttemptStarted(run_id, self._session, call.node_id, call.attempt,
                                        call.tool.name, call.isolation, now, call.held))
         return journal.barrier() if d.starts else None
 
-    def _journal_ends(self, done: Sequence[Ended]) -> None:
-        """Journal these nodes' outcomes now (no attempts, no barrier: see ``_ends_each``)."""
+    def _journal_ends(self, done: Sequence[int]) -> None:
+        """Journal the outcomes of the nodes at these positions now (see ``_ends_each``).
+
+        No attempts, no barrier.
+        """
         journal = self._journal
         if journal is not None:
-            run_id = self.state.run_id
-            journal.add_many(OutcomeRecord(run_id, ended.outcome, ended.order) for ended in done)
+            journal.add_many(self._outcome_record(pos) for pos in done)
+
+    def _outcome_record(self, pos: int) -> OutcomeRecord:
+        """The journal's record of the outcome of the node at ``pos`` (which has ended)."""
+        outcome = self.state.outcome_at(pos)
+        assert outcome is not None, f"{self.graph.nodes[pos].id} reported ended without one"
+        return OutcomeRecord(self.state.run_id, outcome, self.graph.nodes[pos].index)
 
     def _restore(self, resume: Resumption) -> None:
         """Resume: hold what is in doubt, replay what completed, record what a person settled."""
@@ -1213,7 +1264,7 @@ class Driver:
     async def _drain(self) -> None:
         """Wait for cancelled attempts to end, so no task outlives the run."""
         while self._tasks:
-            pending = [task for task, _ in self._tasks.values() if task is not None]
+            pending = list(self._task_of.values())
             for pos in list(self._tasks):
                 self._stop(pos)
             if self._at_once and not self._bursting:  # calls that were to run at once never do
@@ -1223,8 +1274,9 @@ class Driver:
             else:  # only calls without tasks: their ends come on the next turn
                 await asyncio.sleep(0)
                 self._orphans()
-            for task, call in list(self._tasks.values()):
-                if task is not None and task.done():  # ended without reporting (Ctrl-C, say)
+            for pos, task in list(self._task_of.items()):
+                call = self._tasks.get(pos)
+                if call is not None and task.done():  # ended without reporting (Ctrl-C, say)
                     self._unreported(call, task)
         await self._desk.drain(self.state.run_id)
 
@@ -1233,3 +1285,27 @@ class Driver:
     def _approval_barrier(self) -> asyncio.Future[None] | None:
         """What approval requests wait for: the run's record must be in the store first."""
         return self._journal.barrier() if self._journal is not None else None
+
+
+def _returned_value(call: Call, value: Any) -> AttemptResult:
+    """The end of a call run at once that returned ``value``, not of a plain type.
+
+    As :meth:`Driver._attempt` reports it: ok, unless the value is an awaitable nobody awaited.
+    """
+    unawaited = unawaited_result(call.tool.name, value)
+    return (AttemptResult("ok", value) if unawaited is None
+            else AttemptResult("failed", error=unawaited))
+
+
+def _raised(call: Call, exc: BaseException) -> AttemptResult:
+    """The end of a call run at once that raised ``exc`` (not a ``KeyboardInterrupt``)."""
+    if isinstance(exc, asyncio.CancelledError):
+        return AttemptResult("cancelled", abandoned=call.abandoned)
+    return AttemptResult("failed", error=exc)  # incl. SystemExit: it fails the call, not the run
+
+
+def _suspended(call: Call, coro: Coroutine[Any, Any, Any]) -> AttemptResult:
+    """A call run at once that did not end in its first step (its code has no ``await``)."""
+    coro.close()
+    return AttemptResult("failed", error=RuntimeError(
+        f"tool {call.tool.name!r} suspended in a step that cannot suspend"))

@@ -99,6 +99,11 @@ class Gates:
         # rather than inside the backend where its timeout would already be running.
         self._executor_gates = {name: self.shared.executor_gate(name, cap)
                                 for name, cap in (executor_limits or {}).items()}
+        #: The backends with a gate of their own, and whether resource limits apply (they
+        #: depend on each call's arguments): without these, a call of a tool without a limit
+        #: of its own passes no gate (read by the state machine to skip :meth:`for_call`).
+        self.gated_backends = frozenset(self._executor_gates)
+        self.by_arguments = bool(self._resource_limits)
         self._tool_limits = self.shared.tool_limits
         self._key_limits = self.shared.key_limits
         self._rates = self.shared.rates
@@ -120,7 +125,7 @@ class Gates:
                  args: Mapping[str, Any]) -> tuple[ConcurrencyLimit, ...]:
         """The concurrency gates one call must pass (its arguments are resolved by now)."""
         cap = tool.policy.max_concurrency
-        if cap is None and not self._resource_limits and executor not in self._executor_gates:
+        if cap is None and not self.by_arguments and executor not in self.gated_backends:
             return ()  # most calls: nothing but the run-wide limit
         gates: list[ConcurrencyLimit] = []
         if cap is not None:

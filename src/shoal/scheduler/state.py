@@ -34,7 +34,6 @@ nodes then cost no heap traffic); the best of both goes first.
 
 from __future__ import annotations
 
-import functools
 import heapq
 import itertools
 import random
@@ -57,7 +56,7 @@ from shoal.events import (
     NodeSkipped,
     NodeStarted,
 )
-from shoal.executors.base import Call
+from shoal.executors.base import Call, new_call
 from shoal.limits import ConcurrencyLimit, RateLimiter
 from shoal.outcome import STATUSES, ErrorInfo, Outcome, Status, jsonable
 from shoal.plan import Node, Ref
@@ -175,9 +174,11 @@ class _Approval:
 class Decisions:
     """What the driver must do after an input: start, cancel, set timers, publish events.
 
-    ``done`` lists the nodes that got their outcome in this input, with the outcome: the
-    driver journals them before it starts anything (a node's outcome is committed before its
-    dependents start) and tells whoever waits for them.
+    ``done`` lists the positions of the nodes that got their outcome in this input (each
+    outcome is :meth:`SchedulerState.outcome_at`, its journal order the node's plan index):
+    the driver journals them before it starts anything (a node's outcome is committed before
+    its dependents start) and tells whoever waits for them. Positions, not records: a wide
+    run's decision lists thousands, and most runs neither journal them nor wait for them.
     """
 
     __slots__ = ("approvals", "cancels", "done", "events", "freed", "parked", "starts", "timers")
@@ -194,7 +195,7 @@ class Decisions:
         self.cancels: list[int] | tuple[int, ...] = ()
         self.timers: list[tuple[float, str, int]] | tuple[tuple[float, str, int], ...] = ()
         self.events: list[Event] = []
-        self.done: list[Ended] = []
+        self.done: list[int] = []  # positions (see the class docstring)
         self.approvals: list[ApprovalAction] = []
 
     def park(self, gate: object) -> None:
@@ -247,9 +248,7 @@ class _Rare:
         self.items: list[int] | None = None  # a map node, once expanded: its items' positions
 
 
-#: ``Ended(pos, order, outcome)`` without the Python-level ``__new__`` of a named tuple (every
-#: node's outcome makes one): the tuple is built in C
-_ended = functools.partial(tuple.__new__, Ended)
+_NEVER = float("-inf")  # a start time earlier than any (see SchedulerState.finish_ok)
 
 _COMMON = _Rare()  # the defaults, shared by every slot that never set one (never written)
 
@@ -456,12 +455,11 @@ class SchedulerState:
 
     # slots: an agent swarm holds a run, so a state, per turn in flight (thousands at once)
     __slots__ = (
-        "_ask_doubt", "_asking", "_begun", "_critical", "_default_executor", "_doubt", "_ended",
-        "_gates", "_global", "_global_blocks", "_global_held", "_hard", "_heap", "_kept_rare",
-        "_maps_due", "_next_index", "_rng", "_slots", "_sorted", "_sorting", "clock_origin",
-        "closed", "done_count",
-        "fail_fast", "fate_of", "graph", "in_flight", "record_events", "run_id",
-        "status_counts", "stopping",
+        "_ask_doubt", "_asking", "_backends", "_begun", "_critical", "_default_executor", "_doubt",
+        "_ended", "_gates", "_global", "_global_blocks", "_global_held", "_hard", "_heap",
+        "_kept_rare", "_maps_due", "_next_index", "_one_tool", "_plan_order", "_rng", "_slots",
+        "_sorted", "_sorting", "clock_origin", "closed", "done_count", "fail_fast", "fate_of",
+        "graph", "in_flight", "record_events", "run_id", "status_counts", "stopping",
     )
 
     def __init__(
@@ -480,13 +478,15 @@ class SchedulerState:
         shared_limits: SharedLimits | None = None,
         open_run: bool = False,
     ) -> None:
-        if open_run or any(n.map is not None for n in graph.nodes):
+        grows = open_run or any(n.map is not None for n in graph.nodes)
+        if grows:
             graph = graph.fork()  # it grows while the run goes; the plan's own stays as it is
         self.graph = graph
         #: whether no more nodes will be added (an open run is closed by :meth:`close`)
         self.closed = not open_run
         self._begun = False
         self._next_index = max((n.index for n in graph.nodes), default=-1) + 1
+        self._plan_order: bool | None = None  # whether positions follow plan order (once known)
         #: resume: what the journal says about a node added while the run goes (see add())
         self.fate_of: Callable[[Node], Fate] | None = None
         self.run_id = run_id
@@ -522,6 +522,10 @@ class SchedulerState:
         ]
         #: each node's outcome, by position (``None`` until it has one); an ended node's slot
         #: gives way to ``_GONE``, and its rare fields, if it set any, to ``_kept_rare``
+        self._backends = set(executors.values())
+        # every node the same tool (object: the same estimate), none added later: if none
+        # needs another either, every node has the same critical-path level (see begin)
+        self._one_tool = len(executors) <= 1 and not grows
         self._ended: list[Outcome | None] = [None] * len(self._slots)
         self._kept_rare: dict[int, _Rare] = {}
         self.done_count = 0
@@ -561,20 +565,39 @@ class SchedulerState:
         d = Decisions()
         self._begun = True
         cap = self._global.capacity
-        if cap is not None and len(self._slots) > cap:  # otherwise every node starts once ready
+        # otherwise every node starts once ready; and ranking nodes of one level changes no
+        # order (ties go by position either way)
+        if cap is not None and len(self._slots) > cap and not (
+                self._one_tool and not any(self.graph.succs)):
             self._rank()
         queued: list[tuple[float, int]] = []
         self._sorting = queued
         try:
-            for slot in self._slots:
-                if slot.waiting == 0 and slot.phase is Phase.WAITING and isinstance(slot, _Slot):
-                    self._make_ready(slot, now, d)
+            self._queue_ready(queued, now, d)
         finally:
             self._sorting = None
         queued.sort(reverse=True)  # in plan order already, unless ranked otherwise: one pass
         self._sorted = queued
         self._dispatch(now, d)
         return d
+
+    def _queue_ready(self, queued: list[tuple[float, int]], now: float, d: Decisions) -> None:
+        """begin(): make every node without dependencies ready (into ``queued``, sorted later).
+
+        Most of them are plain (no map, no approval, nobody listens, not stopping): made ready
+        here, as :meth:`_make_ready` would, without its call; the rest go through it.
+        """
+        ready, blocks = Phase.READY, self._global_blocks
+        plain = not (self.stopping or self.record_events or self._doubt)
+        for slot in self._slots:
+            if slot.waiting == 0 and slot.phase is Phase.WAITING and isinstance(slot, _Slot):
+                node = slot.node
+                if plain and node.map is None and node.tool.policy.approval is False:
+                    slot.phase, slot.held, slot.ready_mark, slot.queued_at = ready, "", blocks, now
+                    queued.append((slot.priority, slot.pos))
+                else:
+                    self._make_ready(slot, now, d)
+                    plain = not (self.stopping or self.record_events or self._doubt)
 
     def add(self, nodes: Iterable[Node], now: float) -> Decisions:
         """Nodes added to an open run: each waits for the nodes it needs, then runs as usual.
@@ -626,17 +649,11 @@ class SchedulerState:
                   began: float | None = None) -> Decisions:
         """:meth:`finish` for an attempt that returned ``value`` (and began at ``began``).
 
-        What most calls report, without an :class:`AttemptResult` to carry it.
+        What most calls report, without an :class:`AttemptResult` to carry it: a batch of one
+        for :meth:`finish_ok_many` (a start of ``-inf`` moves no start time).
         """
-        d = Decisions()
-        slot = self._attempt_ended(pos, where, d)
-        if began is not None and slot.attempts == 1 and slot.started_at is not None:
-            slot.started_at = max(slot.started_at, began)  # exclude waiting to run
-        if slot.started_at is not None:
-            self._critical.learn(slot.node.tool.name, now - slot.started_at)
-        self._record(slot, "ok", now, d, value=value)
-        self._dispatch(now, d)
-        return d
+        return self.finish_ok_many(((pos, value, where, _NEVER if began is None else began,
+                                     now),))
 
     def finish_ok_many(self, ended: Sequence[tuple[int, Any, str, float, float]]) -> Decisions:
         """:meth:`finish_ok` for several attempts that ended one after another, in that order.
@@ -648,14 +665,43 @@ class SchedulerState:
         d = Decisions()
         now = 0.0
         learn = self._critical.learn
-        for pos, value, where, began, now in ended:
-            slot = self._attempt_ended(pos, where, d)
-            started = slot.started_at
-            if started is not None:
-                if slot.attempts == 1 and began > started:
-                    slot.started_at = started = began  # exclude waiting to run
-                learn(slot.node.tool.name, now - started)
-            self._record(slot, "ok", now, d, value=value)
+        slots, outcomes, done, in_flight = self._slots, self._ended, d.done, self.in_flight
+        succs, general = self.graph.succs, self.record_events
+        quiet = 0  # the outcomes recorded here, without _record
+        try:
+            for pos, value, where, began, now in ended:
+                slot = slots[pos]
+                assert isinstance(slot, _Slot) and slot.phase is Phase.RUNNING, (
+                    f"{self.graph.nodes[pos].id} ended twice")
+                del in_flight[pos]
+                if slot.gates:
+                    self._release(slot, d)
+                started = slot.started_at
+                if started is not None:
+                    if slot.attempts == 1 and began > started:
+                        slot.started_at = started = began  # exclude waiting to run
+                    learn(slot.node.tool.name, now - started)
+                if general or slot.gather >= 0 or succs[pos]:  # events, or nodes wait for it
+                    self._global.in_use -= 1
+                    slot.where = where or slot.where
+                    self._record(slot, "ok", now, d, value=value)
+                    continue
+                # most ends of a wide run: nothing waits for the node, nobody listens. What
+                # _record would do, inline: the outcome, the slot given way, the end reported
+                node = slot.node
+                outcomes[pos] = Outcome(
+                    node.id, node.tool.name, "ok", value, None, "", slot.attempts,
+                    slot.queued_at, started, now, slot.executor, False, where or slot.where)
+                slot.phase = Phase.DONE
+                slots[pos] = _GONE
+                if slot.rare is not _COMMON:
+                    self._kept_rare[pos] = slot.rare
+                done.append(pos)
+                quiet += 1
+        finally:  # counted once for the batch (nothing above reads these counts)
+            self._global.in_use -= quiet
+            self.done_count += quiet
+            self.status_counts["ok"] += quiet
         self._dispatch(now, d)
         return d
 
@@ -826,8 +872,8 @@ class SchedulerState:
         return len(self._slots)
 
     def backends(self) -> set[Isolation]:
-        """The backends the run's nodes use so far."""
-        return {s.executor for s in self._slots if isinstance(s, _Slot)}
+        """The backends the run's nodes use so far (ended nodes' included)."""
+        return set(self._backends)
 
     def outcome_at(self, pos: int) -> Outcome | None:
         """The outcome of the node at ``pos``, if it has one."""
@@ -889,8 +935,14 @@ class SchedulerState:
         return [o for o in ended if o is not None]
 
     def _in_plan_order(self) -> bool:
-        """Whether positions follow plan order (a plan whose refs point back, say)."""
-        return not any(a.index > b.index for a, b in itertools.pairwise(self.graph.nodes))
+        """Whether positions follow plan order (not so for a plan whose refs point back, say).
+
+        Looked at once: a node added while the run goes comes last in both orders.
+        """
+        if self._plan_order is None:
+            self._plan_order = not any(
+                a.index > b.index for a, b in itertools.pairwise(self.graph.nodes))
+        return self._plan_order
 
     def outcomes_by_id(self) -> dict[str, Outcome]:
         """The outcomes recorded so far by node id, in plan order (a run's result).
@@ -916,6 +968,7 @@ class SchedulerState:
             slot.held, slot.ready_mark = "", self._global_blocks
 
     def _make_ready(self, slot: _Slot, now: float, d: Decisions) -> None:
+        assert slot.phase is Phase.WAITING, f"{slot.node.id}: {slot.phase} -> ready"
         if self.stopping:
             self._record(slot, "cancelled", now, d, reason=self.stopping)
             return
@@ -934,7 +987,9 @@ class SchedulerState:
                 self._asking = []
             self._asking.append(slot)
             return
-        self._set_phase(slot, Phase.READY)
+        # WAITING -> READY (only waiting nodes are made ready), without _set_phase's call: every
+        # node passes here
+        slot.phase, slot.held, slot.ready_mark = Phase.READY, "", self._global_blocks
         slot.queued_at = now
         if self._sorting is not None:  # begin(): sorted once they are all in
             self._sorting.append((slot.priority, slot.pos))
@@ -977,6 +1032,7 @@ class SchedulerState:
         self._next_index += 1
         pos = self.graph.grow(node, gather if gather >= 0 else None)
         slot = _Slot(pos, node, 0, choose_executor(node.tool, self._default_executor))
+        self._backends.add(slot.executor)
         slot.gather = gather
         self._slots.append(slot)
         self._ended.append(None)
@@ -1099,12 +1155,10 @@ class SchedulerState:
         slot.started_at = outcome.started_at
         self._record(slot, outcome.status, now, d, value=outcome.value, error=outcome.error,
                      reason=outcome.reason, abandoned=outcome.abandoned)
-        at = next(i for i, e in enumerate(d.done) if e.pos == slot.pos)
+        self._ended[slot.pos] = outcome  # what the driver reports for it (see Decisions.done)
         if kind == "replay":  # in the journal already: not written again
+            at = len(d.done) - 1 - d.done[::-1].index(slot.pos)
             del d.done[at]
-        else:
-            d.done[at] = Ended(slot.pos, slot.node.index, outcome)
-        self._ended[slot.pos] = outcome
 
     def _expand(self, slot: _Slot, now: float, d: Decisions) -> None:
         """A map's list is known: add one node per item, each with the item in its place."""
@@ -1164,6 +1218,8 @@ class SchedulerState:
         """Start ready nodes, best first, while the run-wide limit has room."""
         if self._asking:
             self._ask(now, d)
+        if not self._heap and not self._sorted:
+            return  # nothing ready (each end of a wide run's last calls, say)
         limit, slots = self._global, self._slots
         # order only matters when one of several ready nodes is about to start (ranking costs
         # O(nodes)); until then, the priorities of nodes added meanwhile can wait
@@ -1174,7 +1230,11 @@ class SchedulerState:
                 self._rank()
             self._lift_added()
         heap, ordered = self._heap, self._sorted  # bound after _rank, which replaces the list
-        while (heap or ordered) and (limit.capacity is None or limit.in_use < limit.capacity):
+        gates_for, capacity = self._gates.for_call, limit.capacity
+        by_arguments, gated = self._gates.by_arguments, self._gates.gated_backends
+        starts, in_flight, run_id = d.starts, self.in_flight, self.run_id
+        events = d.events if self.record_events else None
+        while (heap or ordered) and (capacity is None or limit.in_use < capacity):
             if self.stopping:
                 return
             # the best of both queues: the end of the sorted one is its smallest entry
@@ -1185,10 +1245,20 @@ class SchedulerState:
             if slot.phase is not Phase.READY or not isinstance(slot, _Slot):
                 continue  # cancelled or skipped while queued: its heap entry is stale
             node = slot.node
-            if slot.args is None and not self._prepare(slot, now, d):
-                continue
-            if slot.gates is None:
-                slot.gates = self._gates.for_call(node.tool, slot.executor, slot.args or {})
+            if slot.args is None:
+                if node.checked is None or node.refs or slot.rare is not _COMMON:
+                    if not self._prepare(slot, now, d):
+                        continue
+                else:  # most nodes: arguments checked with the plan, only copied (see _prepare)
+                    try:
+                        slot.args = isolate_all(node.checked)
+                    except Exception:  # a failing __deepcopy__, say: _prepare fails the node
+                        if not self._prepare(slot, now, d):
+                            continue
+            if slot.gates is None:  # for_call's answer for most calls, without its call
+                slot.gates = (gates_for(node.tool, slot.executor, slot.args or {})
+                              if by_arguments or slot.executor in gated
+                              or node.tool.policy.max_concurrency is not None else ())
             # the approval first: past _admit, the node holds its limits
             if (slot.rare is not _COMMON and slot.rare.approval is not None
                     and not self._still_approved(slot, now, d)):
@@ -1196,7 +1266,24 @@ class SchedulerState:
             if (slot.gates or node.tool.policy.rate is not None) and not self._admit(
                     slot, now, d):
                 continue
-            self._start(slot, now, d)
+            # started (every call passes here: _start's work, without its call)
+            slot.phase = Phase.RUNNING
+            limit.in_use += 1  # (its gates were taken by _admit)
+            slot.attempts = attempts = slot.attempts + 1
+            if slot.started_at is None:
+                slot.started_at = now
+            # a retry resolves afresh, so it never sees what this attempt mutated
+            args, slot.args, tool = slot.args, None, node.tool
+            assert args is not None  # prepared above
+            held = slot.held or (self._global_held if self._global_blocks > slot.ready_mark
+                                 else "")
+            starts.append(new_call(slot.pos, node.id, tool, args, attempts, slot.executor,
+                                   tool.policy.timeout, run_id, held))
+            in_flight[slot.pos] = now
+            if events is not None:
+                events.append(NodeStarted(run_id=run_id, time=now, node_id=node.id,
+                                          tool=tool.name, attempt=attempts,
+                                          executor=slot.executor))
         if (heap or ordered) and limit.capacity is not None and limit.in_use >= limit.capacity:
             self._global_blocks += 1  # the nodes left ready were held by the run-wide limit
 
@@ -1338,26 +1425,6 @@ class SchedulerState:
     def _is_ready(self, pos: int) -> bool:
         return self._slots[pos].phase is Phase.READY  # not cancelled while it was parked
 
-    def _start(self, slot: _Slot, now: float, d: Decisions) -> None:
-        assert slot.gates is not None and slot.args is not None
-        self._global.in_use += 1  # (its gates were taken by _admit)
-        self._set_phase(slot, Phase.RUNNING)
-        slot.attempts += 1
-        if slot.started_at is None:
-            slot.started_at = now
-        args = slot.args
-        slot.args = None  # a retry resolves afresh, so it never sees what this attempt mutated
-        tool = slot.node.tool
-        held = slot.held or (self._global_held if self._global_blocks > slot.ready_mark
-                             else "")
-        d.starts.append(Call(slot.pos, slot.node.id, tool, args, slot.attempts, slot.executor,
-                             tool.policy.timeout, self.run_id, held=held))
-        self.in_flight[slot.pos] = now
-        if self.record_events:
-            d.events.append(NodeStarted(run_id=self.run_id, time=now, node_id=slot.node.id,
-                                        tool=tool.name, attempt=slot.attempts,
-                                        executor=slot.executor))
-
     def _release(self, slot: _Slot, d: Decisions) -> None:
         """Give back the slot's gates and return one parked node per freed gate to the heap.
 
@@ -1481,7 +1548,7 @@ class SchedulerState:
         self._ended[slot.pos] = outcome
         if slot.rare is not _COMMON:
             self._kept_rare[slot.pos] = slot.rare
-        d.done.append(_ended((slot.pos, slot.node.index, outcome)))
+        d.done.append(slot.pos)
         if not self.record_events:
             return
         nid = slot.node.id
