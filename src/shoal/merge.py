@@ -8,7 +8,8 @@ Each key of a board declares how the values written to it combine:
 ``union``
     a set of the written values (each must be hashable).
 ``counter``
-    the sum of the written numbers (start: 0).
+    the sum of the written numbers (start: 0). Floats are summed exactly and the sum rounded
+    once when read, so it does not depend on the order in which writers commit.
 ``minimum`` / ``maximum`` (also ``min`` / ``max``)
     the smallest / largest value written (start: ``None``); values must compare, and be
     ordered: two sets neither of which holds the other are refused (of them, the one kept
@@ -36,6 +37,7 @@ import reprlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 __all__ = [
@@ -181,13 +183,53 @@ def _number(value: Any, current: Callable[[], Any]) -> str:
     return ""
 
 
+class _ExactSum:
+    """A counter's sum that holds floats: kept exact, rounded to a float once, when read.
+
+    Adding floats one by one rounds at each step, so parallel writers committing in another
+    order would give another float; the exact sum of the same numbers is one number.
+    """
+
+    __slots__ = ("exact", "value")
+
+    def __init__(self, exact: Fraction) -> None:
+        self.exact = exact
+        try:
+            self.value = float(exact)
+        except OverflowError:
+            raise OverflowError("the sum overflows a float; count in smaller units or with "
+                                "ints") from None
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
 def _sum(merged: Any, value: Any) -> Any:
-    total = merged + value
+    exact = _exact_part(merged)
+    if exact is not None and isinstance(value, float | int | Fraction) and (
+            isinstance(merged, _ExactSum | float) or isinstance(value, float)):
+        return _ExactSum(exact + Fraction(value))  # a float's Fraction is its exact value
+    total = merged.value if isinstance(merged, _ExactSum) else merged
+    total = total + value
     if isinstance(total, float) and not math.isfinite(total):
         # an infinite sum would make the result depend on the order of the writes
         raise OverflowError(f"the sum {shown(merged)} + {shown(value)} overflows a float; count in "
                             "smaller units or with ints")
     return total
+
+
+def _exact_part(merged: Any) -> Fraction | None:
+    """``merged`` as an exact number when exact float sums apply to it (else ``None``)."""
+    if isinstance(merged, _ExactSum):
+        return merged.exact
+    if isinstance(merged, float | int | Fraction):
+        return Fraction(merged)
+    return None
+
+
+def _sum_read(merged: Any) -> Any:
+    """What readers of a counter get: its sum as a plain number."""
+    return merged.value if isinstance(merged, _ExactSum) else merged
 
 
 def _is_nan(value: Any) -> bool:
@@ -250,8 +292,8 @@ union = Rule("union", set, _added, commutative=True, check=_hashable, in_place=T
              trial=_findable)
 """A set of the written values."""
 
-counter = Rule("counter", int, _sum, commutative=True, check=_number)
-"""The sum of the written numbers."""
+counter = Rule("counter", int, _sum, commutative=True, check=_number, copy=_sum_read)
+"""The sum of the written numbers (of floats: exact, rounded once, whatever the order)."""
 
 minimum = Rule("minimum", lambda: None, _smaller, commutative=True, check=_comparable(_smaller))
 """The smallest value written."""
