@@ -1,5 +1,6 @@
 """Plans: refs, ids, after=, and validation that reports every problem at once."""
 
+import asyncio
 import itertools
 import re
 import signal
@@ -413,3 +414,59 @@ def test_field_constraints_are_checked_when_another_argument_is_a_ref() -> None:
     plan.call(page, number=0, source=a, node_id="p")
     found = {(p.code, p.node) for p in problems_of(plan)}
     assert ("bad_arguments", "p") in found
+
+
+@pytest.mark.parametrize("bad", ["a/b", "/", "lead/steps", ""])
+def test_a_node_id_holding_the_separator_or_empty_is_refused_with_the_reason(bad: str) -> None:
+    """``/`` joins run ids and lineages: a node ``lead/steps`` would name another journal."""
+    from shoal.exceptions import PlanError
+
+    plan = Plan()
+    for add in (lambda: plan.call(_nodeid_tool, x=1, node_id=bad),
+                lambda: plan.add(_nodeid_tool, {"x": 1}, node_id=bad),
+                lambda: plan.map(_nodeid_tool, over=plan.call(_nodeid_list), node_id=bad)):
+        with pytest.raises(PlanError) as caught:
+            add()
+        (problem,) = caught.value.problems
+        assert problem.code == "bad_id"
+        assert ("'/'" in problem.message) if bad else ("empty" in problem.message)
+    assert [n.id for n in plan] == ["_nodeid_list#1"]  # only the map's input went in
+
+
+def test_a_plan_file_node_id_holding_the_separator_is_a_problem_of_the_file() -> None:
+    from shoal.exceptions import PlanError
+    from shoal.planfile import plan_from_dict
+
+    with pytest.raises(PlanError) as caught:
+        plan_from_dict({"nodes": [{"id": "x/y", "tool": "t", "args": {"x": 1}},
+                                  {"id": "ok", "tool": "t", "args": {"x": 2}}]},
+                       tools={"t": _nodeid_tool})
+    assert [p.code for p in caught.value.problems if p.node == "x/y"] == ["bad_id"]
+    assert "nodes[0]" in str(caught.value) and "'/'" in str(caught.value)
+
+
+def test_an_open_run_refuses_a_node_id_holding_the_separator() -> None:
+    from shoal.exceptions import PlanError
+
+    async def main() -> list[str]:
+        async with shoal.Runtime().open_run() as run:
+            assert [p.code for p in run.problems(_nodeid_tool, {"x": 1}, node_id="a/b")] == [
+                "bad_id"]
+            with pytest.raises(PlanError, match="cannot hold '/'"):
+                run.call(_nodeid_tool, x=1, node_id="a/b")
+            run.call(_nodeid_tool, x=1, node_id="a-b")
+        return [o.node_id for o in run.result.outcomes.values()]
+
+    assert asyncio.run(main()) == ["a-b"]
+
+
+@shoal.tool
+def _nodeid_tool(x: int) -> int:
+    """Return x."""
+    return x
+
+
+@shoal.tool
+def _nodeid_list() -> list[int]:
+    """A list."""
+    return [1]

@@ -119,8 +119,14 @@ class OpenRun:
 
         For a caller that must reserve something (a budget's slot) only for calls that fit.
         """
-        return self._on_loop(lambda: self._plan.node_problems(
-            self._plan.make_node(tool, args, node_id=node_id)))
+        def check() -> list[PlanProblem]:
+            try:
+                node = self._plan.make_node(tool, args, node_id=node_id)
+            except PlanError as exc:  # an id no node may have (a "/" in it)
+                return exc.problems
+            return self._plan.node_problems(node)
+
+        return self._on_loop(check)
 
     def _on_loop(self, work: Callable[[], _T]) -> _T:
         """``work()`` on the run's event loop, whichever thread asks.

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn, Protocol, TypeVar, cast
 
 from shoal.exceptions import PlanError, PlanProblem, ToolArgumentError, ToolDefinitionError
+from shoal.nodeids import check_node_id
 from shoal.merge import shown
 from shoal.tools import Tool, tool
 
@@ -331,6 +332,8 @@ class Plan:
         if node_id is not None and not isinstance(node_id, str):
             raise TypeError(f"node_id must be a string, got {type(node_id).__name__} "
                             f"{node_id!r}")
+        if node_id is not None and ("/" in node_id or not node_id):
+            check_node_id(node_id)  # raises PlanError (bad_id): "/" joins run ids and lineages
         node_id = node_id if node_id is not None else self._next_id(resolved_tool.name)
         if after != ():  # not truthiness: a Ref has none
             if not isinstance(after, (*_ONE_NODE, Iterable)):

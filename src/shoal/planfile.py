@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.exceptions import PlanError, PlanProblem, ShoalError, describe_exception
+from shoal.nodeids import node_id_problem
 from shoal.plan import MapSpec, Plan, Ref, _item_arg, as_tool
 from shoal.plandata import DataError, check_value, parse_json, parse_yaml, read_text
 from shoal.tools import Tool
@@ -430,6 +431,9 @@ def _read_id(index: int, value: Any, problems: list[PlanProblem]) -> str | None:
     elif not isinstance(value, str) or not value:
         message = (f"nodes[{index}]: 'id' must be a non-empty string, got {_show(value)}; "
                    "quote it (e.g. id: \"1\")")
+    elif problem := node_id_problem(value):
+        problems.append(PlanProblem("bad_id", f"nodes[{index}]: {problem}", value))
+        return None
     else:
         return value
     problems.append(PlanProblem("bad_shape", message))
