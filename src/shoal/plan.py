@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn, Protocol, TypeVar, cast
 
 from shoal.exceptions import PlanError, PlanProblem, ToolArgumentError, ToolDefinitionError
-from shoal.nodeids import check_node_id
 from shoal.merge import shown
+from shoal.nodeids import check_node_id
 from shoal.tools import Tool, tool
 
 __all__ = ["MapSpec", "Node", "Plan", "Ref", "find_refs"]

@@ -133,8 +133,9 @@ def _lossy(value: Any) -> bool:
     """Whether ``value``'s canonical JSON also stands for other values.
 
     So it is for values too large, too deep or self-containing to convert, which become a
-    bounded repr (the caller also checks for that repr), and for numbers JSON cannot hold, which become text (``NaN`` reads as the string
-    ``"NaN"``; every integer of one bit length too long to write out reads the same).
+    bounded repr (the caller also checks for that repr), and for numbers JSON cannot hold,
+    which become text (``NaN`` reads as the string ``"NaN"``; every integer of one bit length
+    too long to write out reads the same).
     """
     if not _converts_in_bounds(value):
         return True
