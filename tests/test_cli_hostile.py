@@ -481,3 +481,27 @@ def test_show_keeps_every_column_of_its_tables_in_sight(width: int) -> None:
     for header in ("status", "result", "why", "detail", "decision", "reason", "arguments"):
         assert header in shown, (header, shown)
     assert max(len(line) for line in shown.splitlines()) <= width
+
+
+def test_a_call_raising_keyboard_interrupt_says_what_stopped_the_run(tmp_path: Path) -> None:
+    """Ctrl-C in the command raises nothing (its handler cancels the run); a call may."""
+    (tmp_path / "kbtools.py").write_text(textwrap.dedent('''
+        import time
+
+        def interrupt() -> None:
+            raise KeyboardInterrupt
+
+        def nap() -> str:
+            time.sleep(0.3)
+            return "rested"
+    '''))
+    (tmp_path / "plan.json").write_text(json.dumps({"nodes": [
+        {"id": "a", "tool": "kbtools:interrupt"}, {"id": "b", "tool": "kbtools:nap"}]}))
+    proc = shoal("run", "plan.json", "--json", cwd=tmp_path)
+    assert proc.returncode == 130, proc.stderr
+    doc = json.loads(proc.stdout)
+    run_id = doc["run_id"]
+    assert doc["error"] == "interrupted" and f"shoal resume {run_id}" in doc["message"]
+    assert "KeyboardInterrupt" in proc.stderr and "Traceback" not in proc.stderr
+    shown = json.loads(shoal("show", run_id, "--json", cwd=tmp_path).stdout)
+    assert shown["status"] == "cancelled"

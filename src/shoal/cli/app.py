@@ -376,9 +376,12 @@ def _run_checked(options: RunOptions) -> int:
     if isinstance(sink, str):
         return _bad_input("events", sink, options.as_json)
     console = safe_console()  # a sane size whatever COLUMNS and LINES say
+    started: list[str] = []  # the run's id, once it has one
     try:
         result, interrupted = asyncio.run(_drive(runtime, plan, sink, console if live else None,
-                                                 pause, options.start_options()))
+                                                 pause, options.start_options(), started))
+    except KeyboardInterrupt:  # a call's own: Ctrl-C during the run raises none (see CtrlC)
+        return _stopped_by_a_call(started, runtime.store is not None, options.as_json)
     finally:
         if sink is not None:
             sink.close()
@@ -406,12 +409,36 @@ def _open_events(path: Path | None) -> JsonlSink | str | None:
         return f"cannot open the events file {str(path)!r}: {exc.strerror or exc}"
 
 
+def _stopped_by_a_call(started: list[str], journaled: bool, as_json: bool) -> int:
+    """Say that a call raised ``KeyboardInterrupt``, which stopped the run as Ctrl-C would.
+
+    The run's calls end cancelled, and a journaled run can be shown and resumed.
+    """
+    run_id = clean(started[0]) if started else ""
+    message = ("a call raised KeyboardInterrupt, which stops a run as Ctrl-C does: its calls "
+               "still going were cancelled")
+    if run_id and journaled:
+        message += (f"; 'shoal show {run_id}' shows every outcome, 'shoal resume {run_id}' "
+                    "runs what is left")
+    sys.stderr.write(f"error: {message}\n")
+    if as_json:
+        sys.stdout.write(json.dumps({"error": "interrupted", "run_id": run_id or None,
+                                     "message": message}, indent=2) + "\n")
+    return EXIT_INTERRUPTED
+
+
 async def _drive(runtime: Runtime, plan: Plan, sink: JsonlSink | None,
                  live: Console | None, pause: LivePause | None = None,
-                 start: Mapping[str, Any] | None = None) -> tuple[RunResult, bool]:
-    """Run ``plan``; return its result and whether Ctrl-C stopped it."""
+                 start: Mapping[str, Any] | None = None,
+                 started: list[str] | None = None) -> tuple[RunResult, bool]:
+    """Run ``plan``; return its result and whether Ctrl-C stopped it.
+
+    ``started`` gets the run's id as soon as it has one.
+    """
     try:
         handle = runtime.start(plan, on_event=sink, **(start or {}))
+        if started is not None:
+            started.append(handle.run_id)
         if runtime.store is not None:  # the id that shoal show / resume / cancel take
             announce(handle.run_id, bool((start or {}).get("resume")),
                      getattr(runtime.store, "path", "the store"))
