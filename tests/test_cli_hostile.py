@@ -505,3 +505,23 @@ def test_a_call_raising_keyboard_interrupt_says_what_stopped_the_run(tmp_path: P
     assert "KeyboardInterrupt" in proc.stderr and "Traceback" not in proc.stderr
     shown = json.loads(shoal("show", run_id, "--json", cwd=tmp_path).stdout)
     assert shown["status"] == "cancelled"
+
+
+def test_an_agents_call_raising_keyboard_interrupt_says_what_stopped_the_run(
+        tmp_path: Path) -> None:
+    (tmp_path / "kbagent.py").write_text(textwrap.dedent('''
+        import shoal
+        from shoal.testing import ScriptedModel, call
+
+        @shoal.tool
+        def boom() -> str:
+            """Raise KeyboardInterrupt."""
+            raise KeyboardInterrupt
+
+        agent = shoal.Agent(name="lead", tools=[boom],
+                            model=ScriptedModel([[call("boom")], "done"]))
+    '''))
+    proc = shoal("run", "kbagent.py:agent", "go", cwd=tmp_path)
+    assert proc.returncode == 130, proc.stderr
+    assert "a call raised KeyboardInterrupt" in proc.stderr and "shoal resume" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -33,7 +33,7 @@ from shoal.approvals import Approver, Rule, RulesApprover
 from shoal.cli.agent_journal import AgentJournal
 from shoal.cli.agents import AgentOptions, is_agent_target, model_option, run_agent_target
 from shoal.cli.approver import ConsoleApprover
-from shoal.cli.interrupt import EXIT_INTERRUPTED, CtrlC
+from shoal.cli.interrupt import EXIT_INTERRUPTED, CtrlC, stopped_by_a_call
 from shoal.cli.journal import register as register_journal_commands
 from shoal.cli.live import SHOW_CURSOR, LivePause, follow
 from shoal.cli.mcp import register as register_mcp_commands
@@ -381,7 +381,8 @@ def _run_checked(options: RunOptions) -> int:
         result, interrupted = asyncio.run(_drive(runtime, plan, sink, console if live else None,
                                                  pause, options.start_options(), started))
     except KeyboardInterrupt:  # a call's own: Ctrl-C during the run raises none (see CtrlC)
-        return _stopped_by_a_call(started, runtime.store is not None, options.as_json)
+        return stopped_by_a_call(started[0] if started else "", runtime.store is not None,
+                                 options.as_json)
     finally:
         if sink is not None:
             sink.close()
@@ -407,24 +408,6 @@ def _open_events(path: Path | None) -> JsonlSink | str | None:
         return JsonlSink(path)
     except OSError as exc:
         return f"cannot open the events file {str(path)!r}: {exc.strerror or exc}"
-
-
-def _stopped_by_a_call(started: list[str], journaled: bool, as_json: bool) -> int:
-    """Say that a call raised ``KeyboardInterrupt``, which stopped the run as Ctrl-C would.
-
-    The run's calls end cancelled, and a journaled run can be shown and resumed.
-    """
-    run_id = clean(started[0]) if started else ""
-    message = ("a call raised KeyboardInterrupt, which stops a run as Ctrl-C does: its calls "
-               "still going were cancelled")
-    if run_id and journaled:
-        message += (f"; 'shoal show {run_id}' shows every outcome, 'shoal resume {run_id}' "
-                    "runs what is left")
-    sys.stderr.write(f"error: {message}\n")
-    if as_json:
-        sys.stdout.write(json.dumps({"error": "interrupted", "run_id": run_id or None,
-                                     "message": message}, indent=2) + "\n")
-    return EXIT_INTERRUPTED
 
 
 async def _drive(runtime: Runtime, plan: Plan, sink: JsonlSink | None,
