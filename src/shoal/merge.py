@@ -37,7 +37,6 @@ import reprlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from fractions import Fraction
 from typing import Any
 
 __all__ = [
@@ -187,30 +186,51 @@ class _ExactSum:
     """A counter's sum that holds floats: kept exact, rounded to a float once, when read.
 
     Adding floats one by one rounds at each step, so parallel writers committing in another
-    order would give another float; the exact sum of the same numbers is one number.
+    order would give another float; the exact sum of the same numbers is one number. Every
+    finite float is a whole multiple of 2**-1074, so the sum is kept as a whole number of
+    those (``scaled``): adding is adding ints, and Python divides ints correctly rounded.
     """
 
-    __slots__ = ("exact", "value")
+    __slots__ = ("scaled",)
 
-    def __init__(self, exact: Fraction) -> None:
-        self.exact = exact
-        try:
-            self.value = float(exact)
-        except OverflowError:
-            raise OverflowError("the sum overflows a float; count in smaller units or with "
-                                "ints") from None
+    def __init__(self, scaled: int) -> None:
+        self.scaled = scaled
+
+    @property
+    def value(self) -> float:
+        """The sum, rounded once."""
+        return self.scaled / _ONE
 
     def __repr__(self) -> str:
         return repr(self.value)
 
 
+_TINY_BITS = 1074  # 2**-1074: the smallest float step
+_ONE = 1 << _TINY_BITS
+# sums this large (in steps of 2**-1074) round to infinity: 2**1024 less half a last place
+_OVERFLOW = ((1 << 1024) - (1 << 970)) << _TINY_BITS
+
+
+def _scaled(number: float | int) -> int:
+    """``number`` as a whole number of 2**-1074 steps (exact for ints and finite floats)."""
+    if isinstance(number, int):
+        return number << _TINY_BITS
+    numerator, denominator = number.as_integer_ratio()  # the denominator: a power of two
+    return numerator << (_TINY_BITS + 1 - denominator.bit_length())
+
+
 def _sum(merged: Any, value: Any) -> Any:
-    exact = _exact_part(merged)
-    if exact is not None and isinstance(value, float | int | Fraction) and (
-            isinstance(merged, _ExactSum | float) or isinstance(value, float)):
-        return _ExactSum(exact + Fraction(value))  # a float's Fraction is its exact value
-    total = merged.value if isinstance(merged, _ExactSum) else merged
-    total = total + value
+    exact = type(merged) is _ExactSum or isinstance(merged, float)
+    if (exact or isinstance(value, float)) and isinstance(value, float | int) and (
+            exact or isinstance(merged, int)):
+        total = (merged.scaled if type(merged) is _ExactSum else _scaled(merged)) + _scaled(value)
+        if abs(total) >= _OVERFLOW:  # order-free too: only the exact total decides
+            raise OverflowError(f"the sum {shown(merged)} + {shown(value)} overflows a float; "
+                                "count in smaller units or with ints")
+        return _ExactSum(total)
+    if type(merged) is _ExactSum:
+        merged = merged.value
+    total = merged + value
     if isinstance(total, float) and not math.isfinite(total):
         # an infinite sum would make the result depend on the order of the writes
         raise OverflowError(f"the sum {shown(merged)} + {shown(value)} overflows a float; count in "
@@ -218,18 +238,9 @@ def _sum(merged: Any, value: Any) -> Any:
     return total
 
 
-def _exact_part(merged: Any) -> Fraction | None:
-    """``merged`` as an exact number when exact float sums apply to it (else ``None``)."""
-    if isinstance(merged, _ExactSum):
-        return merged.exact
-    if isinstance(merged, float | int | Fraction):
-        return Fraction(merged)
-    return None
-
-
 def _sum_read(merged: Any) -> Any:
     """What readers of a counter get: its sum as a plain number."""
-    return merged.value if isinstance(merged, _ExactSum) else merged
+    return merged.value if type(merged) is _ExactSum else merged
 
 
 def _is_nan(value: Any) -> bool:
