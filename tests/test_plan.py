@@ -470,3 +470,28 @@ def _nodeid_tool(x: int) -> int:
 def _nodeid_list() -> list[int]:
     """A list."""
     return [1]
+
+
+def test_arguments_holding_themselves_are_walked_once() -> None:
+    """Finding refs walks each container once: one holding itself used to walk forever.
+
+    In a child process with bounded memory and time: the endless walk grows without end.
+    """
+    import resource
+    import subprocess
+    import sys
+
+    code = ("from shoal.plan import Ref, find_refs\n"
+            "loop = [Ref('a')]; loop.append(loop)\n"
+            "table = {'ref': Ref('b')}; table['self'] = table\n"
+            "print(sorted(repr(r) for r in find_refs({'x': loop, 'y': table})))\n")
+
+    def bounded() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=30, preexec_fn=bounded)
+    except subprocess.TimeoutExpired:
+        pytest.fail("find_refs did not end on a value holding itself")
+    assert proc.stdout.strip() == "['$a', '$b']", proc.stderr[-500:]

@@ -118,13 +118,42 @@ def find_refs(value: Any) -> list[Ref]:
     """
     found: list[Ref] = []
     stack = [value]
+    left = _CONTAINERS_UNTRACKED  # past this many, a value may hold itself: walk it tracked
     while stack:
         item = stack.pop()
         if isinstance(item, Ref):
             found.append(item)
         elif isinstance(item, dict):
             stack.extend(item.values())
+            left -= 1
+            if left < 0:
+                return _find_refs_tracked(value)
         elif isinstance(item, _WALKED):
+            stack.extend(item)
+            left -= 1
+            if left < 0:
+                return _find_refs_tracked(value)
+    return found
+
+
+_CONTAINERS_UNTRACKED = 1_000_000  # about a tenth of a second of walking
+
+
+def _find_refs_tracked(value: Any) -> list[Ref]:
+    """:func:`find_refs` walking each container once (one holding itself would never end)."""
+    found: list[Ref] = []
+    stack = [value]
+    walked: set[int] = set()
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Ref):
+            found.append(item)
+        elif isinstance(item, dict):
+            if id(item) not in walked:
+                walked.add(id(item))
+                stack.extend(item.values())
+        elif isinstance(item, _WALKED) and id(item) not in walked:
+            walked.add(id(item))
             stack.extend(item)
     return found
 

@@ -55,7 +55,7 @@ def approval_hash(tool: str, arguments: Mapping[str, Any]) -> str:
         data = jsonable(arguments)  # a bounded repr (text) if it cannot be converted
         text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         if isinstance(data, str) or _lossy(arguments):  # its JSON stands for others too
-            text += f"\n{_exact_digest(arguments)}"  # so bind the exact arguments
+            text += f"\n{exact_digest(arguments)}"  # so bind the exact arguments
     return hashlib.sha256(f"{tool}\n{text}".encode("utf-8", "surrogatepass")).hexdigest()
 
 
@@ -168,7 +168,7 @@ def _scalar_digest(item: Any) -> bytes:
     return hashlib.sha256(body).digest()
 
 
-def _exact_digest(value: Any) -> str:
+def exact_digest(value: Any) -> str:
     """A digest of exactly ``value``: equal values agree, different ones do not.
 
     Iterative (nesting of any depth), each container digested once (shared parts cost
