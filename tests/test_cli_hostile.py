@@ -525,3 +525,30 @@ def test_an_agents_call_raising_keyboard_interrupt_says_what_stopped_the_run(
     assert proc.returncode == 130, proc.stderr
     assert "a call raised KeyboardInterrupt" in proc.stderr and "shoal resume" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_ctrl_c_while_typer_builds_the_command_line_exits_130_with_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A Ctrl-C lands where it lands: here while typer makes the command from its functions,
+    before click's own handling (which makes one in a command exit 130) has begun."""
+    import typer.main
+
+    from shoal.cli import app as cli_app
+
+    def pressed(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(typer.main, "get_command", pressed)
+    (tmp_path / "plan.json").write_text('{"nodes": []}')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["shoal", "run", "plan.json", "--no-store"])
+    code: object = None
+    try:
+        cli_app.main()
+    except KeyboardInterrupt:
+        pytest.fail("the Ctrl-C escaped shoal.cli.app.main (a traceback, exit -2)")
+    except SystemExit as exited:
+        code = exited.code
+    assert code == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted"

@@ -479,20 +479,30 @@ def _bad_input(kind: str, message: str, as_json: bool) -> int:
 def main() -> None:
     """Entry point of the ``shoal`` console script.
 
-    Ctrl-C outside a run (say, while a slow tool module imports) needs nothing here: typer
-    turns the KeyboardInterrupt into exit code 130 itself.
+    Ctrl-C outside a run (while typer builds the command line, or a slow tool module
+    imports) ends it with exit code 130 and one line, as during a run.
     """
     install_log_handler()  # the library's warnings quote node ids and errors: escape them
     try:
         code = app(standalone_mode=False)  # so that errors come back here to be escaped
-    except typer.Abort:
-        sys.stderr.write("aborted\n")
-        code = EXIT_FAILED
+    except KeyboardInterrupt:  # before click's own handling starts: typer making the command
+        code = _interrupted()
+    except typer.Abort as exc:  # click's word for a Ctrl-C (or end of input) in a command
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            code = _interrupted()
+        else:
+            sys.stderr.write("aborted\n")
+            code = EXIT_FAILED
     except OSError as exc:
         code = _cannot_write(exc) if exc.errno in _FULL else _crashed()
     except Exception as exc:
         code = _command_line_error(exc) if _is_usage_error(exc) else _crashed()
     sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+def _interrupted() -> int:
+    sys.stderr.write("interrupted\n")
+    return EXIT_INTERRUPTED
 
 
 # a disk full, over quota, a file too large, an I/O error, a read-only file system: the
