@@ -63,9 +63,10 @@ def _deep(depth: int) -> list[Any]:
 def test_hostile_arguments_hash_stably_and_apart() -> None:
     cycle: list[Any] = []
     cycle.append(cycle)
-    values = [{"x": float("nan")}, {"x": float("inf")}, {"x": b"\xff"}, {"x": "\xff"},
-              {"x": _deep(100_000)}, {"x": _deep(99_999)}, {"x": cycle}, {"x": 10**5000},
-              {"x": 10**5000 + 1}, {"x": "a" * 10_000_000}]
+    values: list[dict[str, Any]] = [
+        {"x": float("nan")}, {"x": float("inf")}, {"x": b"\xff"}, {"x": "\xff"},
+        {"x": _deep(100_000)}, {"x": _deep(99_999)}, {"x": cycle}, {"x": 10**5000},
+        {"x": 10**5000 + 1}, {"x": "a" * 10_000_000}]
     hashes = [approval_hash("t", v) for v in values]
     assert hashes == [approval_hash("t", v) for v in values]
     assert len(set(hashes)) == len(values)

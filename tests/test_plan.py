@@ -4,6 +4,7 @@ import asyncio
 import itertools
 import re
 import signal
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import pydantic
@@ -422,9 +423,11 @@ def test_a_node_id_holding_the_separator_or_empty_is_refused_with_the_reason(bad
     from shoal.exceptions import PlanError
 
     plan = Plan()
-    for add in (lambda: plan.call(_nodeid_tool, x=1, node_id=bad),
+    adds: list[Callable[[], object]] = [
+                lambda: plan.call(_nodeid_tool, x=1, node_id=bad),
                 lambda: plan.add(_nodeid_tool, {"x": 1}, node_id=bad),
-                lambda: plan.map(_nodeid_tool, over=plan.call(_nodeid_list), node_id=bad)):
+                lambda: plan.map(_nodeid_tool, over=plan.call(_nodeid_list), node_id=bad)]
+    for add in adds:
         with pytest.raises(PlanError) as caught:
             add()
         (problem,) = caught.value.problems

@@ -283,6 +283,7 @@ def _named(tools: Mapping[str, Any] | Iterable[Any] | None) -> Mapping[str, Any]
         raise TypeError(f"tools takes a mapping of names to tools or a list of tools, got "
                         f"{type(tools).__name__} {shown(tools)}")
     table: dict[str, Any] = {}
+    item: Any
     for item in tools:
         try:
             found = as_tool(item)
