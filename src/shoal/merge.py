@@ -220,6 +220,8 @@ def _scaled(number: float | int) -> int:
 
 
 def _sum(merged: Any, value: Any) -> Any:
+    if type(merged) is int and type(value) is int:  # the usual count: exact already
+        return merged + value
     exact = type(merged) is _ExactSum or isinstance(merged, float)
     if (exact or isinstance(value, float)) and isinstance(value, float | int) and (
             exact or isinstance(merged, int)):
