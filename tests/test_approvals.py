@@ -57,6 +57,22 @@ ROOT = Path(__file__).resolve().parents[1]
 # ---- tools -------------------------------------------------------------------------------------
 
 RAN: list[tuple[str, dict[str, Any]]] = []  # (tool, arguments) of every call that really ran
+def test_an_answer_after_the_approval_timeout_is_a_denial_even_from_a_loop_blocking_approver(
+        ) -> None:
+    """A sync approver holds the loop, so the timeout's timer cannot fire before it answers;
+    the answer, late, must not approve (real time: the approver takes 0.3 s of a 0.1 s limit).
+    """
+    def slow_yes(request: Any) -> bool:
+        time.sleep(0.3)
+        return True
+
+    plan = Plan()
+    a = plan.call(delete, path="x")
+    result = run(plan, approver=slow_yes, approval_timeout=0.1)
+    assert result[a].status == "denied" and "no decision within 0.1 s" in result[a].reason
+    assert RAN == []
+
+
 _ran_lock = threading.Lock()
 
 

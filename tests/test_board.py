@@ -617,3 +617,35 @@ def test_a_journal_from_before_boards_gets_their_table(tmp_path: Path) -> None:
     [effect] = store.effects(first.run_id)
     assert effect.record.data["writes"] == [["findings", "x"], ["count", 1]]
     store.close()
+
+
+def test_a_counter_of_floats_does_not_depend_on_the_commit_order() -> None:
+    """Floats are summed exactly and rounded once: every commit order gives one float."""
+    import itertools
+    import math
+
+    values = [0.1, 1e16, -1e16, 0.2, 0.3, 1e-7]
+    sums = set()
+    for order in itertools.permutations(values):
+        board = shoal.Board(n=shoal.merge.counter)
+        for value in order:
+            board.write("n", value)
+        sums.add(board["n"])
+    assert sums == {math.fsum(values)}
+    assert type(board["n"]) is float and type(board.snapshot()["n"]) is float
+
+
+def test_a_counter_read_inside_a_call_sees_a_plain_number() -> None:
+    seen: list[Any] = []
+
+    @shoal.tool
+    def add(x: float, board: shoal.BoardHandle) -> None:
+        """Add and read back."""
+        board.write("n", x)
+        seen.append(board.read("n"))
+
+    plan = shoal.Plan()
+    plan.call(add, x=0.5)
+    result = shoal.run_sync(plan, board=shoal.Board(n=shoal.merge.counter))
+    assert result.ok and seen == [0.5] and type(seen[0]) is float
+    assert result.board == {"n": 0.5}

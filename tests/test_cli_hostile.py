@@ -481,3 +481,74 @@ def test_show_keeps_every_column_of_its_tables_in_sight(width: int) -> None:
     for header in ("status", "result", "why", "detail", "decision", "reason", "arguments"):
         assert header in shown, (header, shown)
     assert max(len(line) for line in shown.splitlines()) <= width
+
+
+def test_a_call_raising_keyboard_interrupt_says_what_stopped_the_run(tmp_path: Path) -> None:
+    """Ctrl-C in the command raises nothing (its handler cancels the run); a call may."""
+    (tmp_path / "kbtools.py").write_text(textwrap.dedent('''
+        import time
+
+        def interrupt() -> None:
+            raise KeyboardInterrupt
+
+        def nap() -> str:
+            time.sleep(0.3)
+            return "rested"
+    '''))
+    (tmp_path / "plan.json").write_text(json.dumps({"nodes": [
+        {"id": "a", "tool": "kbtools:interrupt"}, {"id": "b", "tool": "kbtools:nap"}]}))
+    proc = shoal("run", "plan.json", "--json", cwd=tmp_path)
+    assert proc.returncode == 130, proc.stderr
+    doc = json.loads(proc.stdout)
+    run_id = doc["run_id"]
+    assert doc["error"] == "interrupted" and f"shoal resume {run_id}" in doc["message"]
+    assert "KeyboardInterrupt" in proc.stderr and "Traceback" not in proc.stderr
+    shown = json.loads(shoal("show", run_id, "--json", cwd=tmp_path).stdout)
+    assert shown["status"] == "cancelled"
+
+
+def test_an_agents_call_raising_keyboard_interrupt_says_what_stopped_the_run(
+        tmp_path: Path) -> None:
+    (tmp_path / "kbagent.py").write_text(textwrap.dedent('''
+        import shoal
+        from shoal.testing import ScriptedModel, call
+
+        @shoal.tool
+        def boom() -> str:
+            """Raise KeyboardInterrupt."""
+            raise KeyboardInterrupt
+
+        agent = shoal.Agent(name="lead", tools=[boom],
+                            model=ScriptedModel([[call("boom")], "done"]))
+    '''))
+    proc = shoal("run", "kbagent.py:agent", "go", cwd=tmp_path)
+    assert proc.returncode == 130, proc.stderr
+    assert "a call raised KeyboardInterrupt" in proc.stderr and "shoal resume" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_ctrl_c_while_typer_builds_the_command_line_exits_130_with_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A Ctrl-C lands where it lands: here while typer makes the command from its functions,
+    before click's own handling (which makes one in a command exit 130) has begun."""
+    import typer.main
+
+    from shoal.cli import app as cli_app
+
+    def pressed(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(typer.main, "get_command", pressed)
+    (tmp_path / "plan.json").write_text('{"nodes": []}')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["shoal", "run", "plan.json", "--no-store"])
+    code: object = None
+    try:
+        cli_app.main()
+    except KeyboardInterrupt:
+        pytest.fail("the Ctrl-C escaped shoal.cli.app.main (a traceback, exit -2)")
+    except SystemExit as exited:
+        code = exited.code
+    assert code == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted"

@@ -369,7 +369,7 @@ def shoal(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     (tmp_path / "htools.py").write_text(TOOLS)
-    nodes = [{"id": "esc[/INST]", "tool": "htools:hostile"},
+    nodes = [{"id": "esc[bold red]", "tool": "htools:hostile"},
              {"id": "err\x1b[31m", "tool": "htools:hostile", "args": {"kind": "error"}},
              {"id": "raises", "tool": "htools:hostile", "args": {"kind": "raises"}},
              {"id": "loop", "tool": "htools:hostile", "args": {"kind": "loop"}}]
@@ -386,7 +386,7 @@ def test_run_runs_and_show_print_hostile_text_as_text(workdir: Path) -> None:
     proc = shoal("run", "plan.json", cwd=workdir)
     assert proc.returncode == 1, proc.stderr  # the node that raises failed; the rest are ok
     assert no_control(proc.stdout) and no_control(proc.stderr), proc.stdout
-    assert "esc[/INST]" in proc.stdout and "repr failed with ValueError" in proc.stdout
+    assert "esc[bold red]" in proc.stdout and "repr failed with ValueError" in proc.stdout
     assert "\\x1b[2J" in proc.stdout  # the error, escaped
     run_id = re.search(r"shoal: run (\S+) \(journaling", proc.stderr).group(1)  # type: ignore[union-attr]
 
@@ -394,7 +394,7 @@ def test_run_runs_and_show_print_hostile_text_as_text(workdir: Path) -> None:
     assert listed.returncode == 0 and no_control(listed.stdout) and "[/INST]" in listed.stdout
     shown = shoal("show", run_id, cwd=workdir)
     assert shown.returncode == 0, shown.stderr
-    assert no_control(shown.stdout) and "esc[/INST]" in shown.stdout
+    assert no_control(shown.stdout) and "esc[bold red]" in shown.stdout
     doc = json.loads(shoal("runs", "--json", cwd=workdir).stdout)
     assert doc[0]["plan_file"] == str((workdir / "plan.json").resolve())
     data = shoal("show", run_id, "--json", cwd=workdir).stdout
@@ -528,7 +528,7 @@ def test_live_view_on_a_terminal_with_odd_sizes(workdir: Path, columns: str, lin
     finally:
         code = session.close()
     assert code == 1, out
-    assert "4 nodes" in out and "esc[/INST]" in out
+    assert "4 nodes" in out and "esc[bold red]" in out
     assert "\x1b]0;" not in out and "\x9b" not in out  # the tool's sequences stayed text
 
 

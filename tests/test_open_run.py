@@ -747,3 +747,50 @@ def test_a_run_started_while_aclose_waits_is_ended_too_before_the_backends_close
     assert first.cancelled_reason == second.cancelled_reason == shoal.runtime.CLOSED_REASON
     assert first.outcomes["slow"].status == "cancelled"
     assert [second.outcomes[n].status for n in ("one", "two")] == ["cancelled", "cancelled"]
+
+
+_CLOSED_FIRST = """
+import asyncio, threading, time
+import shoal
+
+@shoal.tool
+def noted(x: int) -> int:
+    return x
+
+async def begin():
+    return await shoal.Runtime().open_run().__aenter__()
+
+loop = asyncio.new_event_loop()
+run = loop.run_until_complete(begin())
+told = []
+
+def add():
+    try:
+        run.call(noted, x=1)
+        told.append("accepted")
+    except BaseException as exc:
+        told.append(type(exc).__name__)
+
+adder = threading.Thread(target=add, daemon=True)
+adder.start()
+time.sleep(0.2)  # it waits for the loop now
+loop.set_exception_handler(lambda loop, context: None)
+loop.close()  # without running again: the run's task is left pending, on purpose
+adder.join(10)
+print("still waiting" if adder.is_alive() else told)
+"""
+
+
+def test_a_thread_adding_to_a_run_whose_loop_closes_first_is_told_not_left_waiting() -> None:
+    """The loop stopped (between run_until_complete calls), then closed without running the
+    thread's work: the thread used to wait for an answer forever.
+
+    In a child process: closing a loop with the run's task pending is the point here, and
+    that task is then destroyed unfinished.
+    """
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _CLOSED_FIRST], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.stdout.strip() == "['RunClosedError']", (proc.stdout, proc.stderr[-800:])

@@ -1,8 +1,10 @@
 """Plans: refs, ids, after=, and validation that reports every problem at once."""
 
+import asyncio
 import itertools
 import re
 import signal
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import pydantic
@@ -440,3 +442,86 @@ def test_field_constraints_are_checked_when_another_argument_is_a_ref() -> None:
     plan.call(page, number=0, source=a, node_id="p")
     found = {(p.code, p.node) for p in problems_of(plan)}
     assert ("bad_arguments", "p") in found
+
+
+@pytest.mark.parametrize("bad", ["a/b", "/", "lead/steps", ""])
+def test_a_node_id_holding_the_separator_or_empty_is_refused_with_the_reason(bad: str) -> None:
+    """``/`` joins run ids and lineages: a node ``lead/steps`` would name another journal."""
+    from shoal.exceptions import PlanError
+
+    plan = Plan()
+    adds: list[Callable[[], object]] = [
+                lambda: plan.call(_nodeid_tool, x=1, node_id=bad),
+                lambda: plan.add(_nodeid_tool, {"x": 1}, node_id=bad),
+                lambda: plan.map(_nodeid_tool, over=plan.call(_nodeid_list), node_id=bad)]
+    for add in adds:
+        with pytest.raises(PlanError) as caught:
+            add()
+        (problem,) = caught.value.problems
+        assert problem.code == "bad_id"
+        assert ("'/'" in problem.message) if bad else ("empty" in problem.message)
+    assert [n.id for n in plan] == ["_nodeid_list#1"]  # only the map's input went in
+
+
+def test_a_plan_file_node_id_holding_the_separator_is_a_problem_of_the_file() -> None:
+    from shoal.exceptions import PlanError
+    from shoal.planfile import plan_from_dict
+
+    with pytest.raises(PlanError) as caught:
+        plan_from_dict({"nodes": [{"id": "x/y", "tool": "t", "args": {"x": 1}},
+                                  {"id": "ok", "tool": "t", "args": {"x": 2}}]},
+                       tools={"t": _nodeid_tool})
+    assert [p.code for p in caught.value.problems if p.node == "x/y"] == ["bad_id"]
+    assert "nodes[0]" in str(caught.value) and "'/'" in str(caught.value)
+
+
+def test_an_open_run_refuses_a_node_id_holding_the_separator() -> None:
+    from shoal.exceptions import PlanError
+
+    async def main() -> list[str]:
+        async with shoal.Runtime().open_run() as run:
+            assert [p.code for p in run.problems(_nodeid_tool, {"x": 1}, node_id="a/b")] == [
+                "bad_id"]
+            with pytest.raises(PlanError, match="cannot hold '/'"):
+                run.call(_nodeid_tool, x=1, node_id="a/b")
+            run.call(_nodeid_tool, x=1, node_id="a-b")
+        return [o.node_id for o in run.result.outcomes.values()]
+
+    assert asyncio.run(main()) == ["a-b"]
+
+
+@shoal.tool
+def _nodeid_tool(x: int) -> int:
+    """Return x."""
+    return x
+
+
+@shoal.tool
+def _nodeid_list() -> list[int]:
+    """A list."""
+    return [1]
+
+
+def test_arguments_holding_themselves_are_walked_once() -> None:
+    """Finding refs walks each container once: one holding itself used to walk forever.
+
+    In a child process with bounded memory and time: the endless walk grows without end.
+    """
+    import resource
+    import subprocess
+    import sys
+
+    code = ("from shoal.plan import Ref, find_refs\n"
+            "loop = [Ref('a')]; loop.append(loop)\n"
+            "table = {'ref': Ref('b')}; table['self'] = table\n"
+            "print(sorted(repr(r) for r in find_refs({'x': loop, 'y': table})))\n")
+
+    def bounded() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=30, preexec_fn=bounded)
+    except subprocess.TimeoutExpired:
+        pytest.fail("find_refs did not end on a value holding itself")
+    assert proc.stdout.strip() == "['$a', '$b']", proc.stderr[-500:]

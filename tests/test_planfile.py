@@ -469,3 +469,16 @@ def test_a_plan_file_may_ask_for_more_care() -> None:
                                           options={"approval": True, "timeout": 2})]},
                           tools={"add": plan_tools.add.options(approval=True)})
     assert kept.node("a").tool.policy.approval is True
+
+
+def test_tools_may_be_given_as_a_list_like_an_agents() -> None:
+    data = {"nodes": [{"id": "a", "tool": "add", "args": {"a": 1, "b": 2}},
+                      {"id": "b", "tool": "shout", "args": {"text": "x"}}]}
+    plan = plan_from_dict(data, tools=[plan_tools.add, plan_tools.shout])
+    assert [(n.id, n.tool.name) for n in plan] == [("a", "add"), ("b", "shout")]
+
+
+@pytest.mark.parametrize("tools", [5, "add", [1]])
+def test_tools_of_the_wrong_kind_are_a_type_error_saying_what_is_taken(tools: Any) -> None:
+    with pytest.raises(TypeError, match="tools"):
+        plan_from_dict({"nodes": []}, tools=tools)

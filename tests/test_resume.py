@@ -321,3 +321,38 @@ def test_with_an_approver_a_person_decides_whether_a_call_in_doubt_runs_again(
     assert records["n1_1"].kind == "in_doubt" and records["n1_1"].decision == "approved"
     assert all(records[n].decision == "denied" for n in others)
     assert (tmp_path / "effects").read_text().split().count("n1_1") == 1
+
+
+def _nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def _holding_itself() -> list[Any]:
+    value: list[Any] = [1]
+    value.append(value)
+    return value
+
+
+@shoal.tool
+def _kind_of(v: Any = None) -> str:
+    """The type name of ``v``."""
+    return type(v).__name__
+
+
+@pytest.mark.parametrize("make", [lambda: _nested(100_000), _holding_itself,
+                                  lambda: 10**5000, lambda: {"n": [10**5000]}],
+                         ids=["100000-deep", "holding-itself", "huge-int", "nested-huge-int"])
+def test_a_journaled_run_takes_arguments_its_fingerprint_could_not_write(
+        tmp_path: Path, make: Any) -> None:
+    """The plan's fingerprint digests every argument: deep, self-holding or huge ones too."""
+    plan = shoal.Plan()
+    node = plan.call(_kind_of, v=make(), node_id="n")
+    runtime = shoal.Runtime(store=SQLiteStore(tmp_path / "runs.db"))
+    result = runtime.run_sync(plan)
+    assert result[node].status == "ok", result[node].error
+    again = shoal.Runtime(store=SQLiteStore(tmp_path / "runs.db")).resume_sync(
+        result.run_id, plan)  # the same arguments: the same fingerprint, nothing to rerun
+    assert again[node].status == "ok"

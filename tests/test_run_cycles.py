@@ -158,3 +158,27 @@ def test_an_agent_with_a_pattern_among_its_tools_is_freed_without_the_collector(
         return _tree_refs(handle, result)
 
     _assert_freed(main())
+
+
+def test_a_run_on_the_callers_own_loop_frees_that_loop_without_the_collector(
+        collector_paused: None) -> None:
+    """The clock shoal keeps for a loop must not hold the loop in a cycle with it."""
+    LOOPS.clear()
+
+    async def main() -> bool:
+        plan = shoal.Plan()
+        plan.call(note_loop, after=plan.call(fetch, key="a"))
+        runtime = shoal.Runtime()
+        try:
+            return (await runtime.run(plan)).ok
+        finally:
+            await runtime.aclose()
+
+    assert asyncio.run(main())  # the caller's loop: shoal's *_sync entry points are not used
+    loop = asyncio.new_event_loop()
+    try:
+        assert loop.run_until_complete(main())
+    finally:
+        loop.close()
+    del loop
+    assert len(LOOPS) == 2 and [ref() for ref in LOOPS] == [None, None]

@@ -653,3 +653,22 @@ def test_a_handle_as_a_future_outlives_a_cancelled_shielded_waiter() -> None:
 
     result, cancelled = arun(main())
     assert result.ok and cancelled
+
+
+@pytest.mark.parametrize("start", [
+    lambda p: shoal.run_sync(p), lambda p: Runtime().run_sync(p),
+    lambda p: arun(Runtime().run(p))])
+@pytest.mark.parametrize("not_a_plan", ["plan.yaml", None, [1]])
+def test_a_run_of_what_is_not_a_plan_is_a_config_error_saying_so(
+        start: Any, not_a_plan: Any) -> None:
+    with pytest.raises(ConfigError, match=r"a run takes a shoal\.Plan") as caught:
+        start(not_a_plan)
+    assert ("shoal.load_plan" in str(caught.value)) == isinstance(not_a_plan, str)
+
+
+@pytest.mark.parametrize("deadline", ["1", [1], True])
+def test_a_deadline_that_is_not_a_number_is_a_config_error(deadline: Any) -> None:
+    plan = Plan()
+    plan.call(lambda: 1)
+    with pytest.raises(ConfigError, match="deadline must be positive"):
+        shoal.run_sync(plan, deadline=deadline)

@@ -513,3 +513,11 @@ def test_object_with_async_call_is_an_async_tool() -> None:
     ref = plan.call(t, x=21)
     result = shoal.run_sync(plan)
     assert result[ref].value == 42
+
+
+@pytest.mark.parametrize("fn", [int, max])
+def test_a_callable_without_a_readable_signature_is_a_tool_definition_error(fn: Any) -> None:
+    from shoal.exceptions import ToolDefinitionError
+
+    with pytest.raises(ToolDefinitionError, match=r"parameters cannot be read.*wrap it"):
+        shoal.tool(fn)

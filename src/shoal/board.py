@@ -444,7 +444,7 @@ class BoardHandle:
                         f"board key {key!r} ({rule!r}): this call's write {merge.shown(item)} "
                         f"cannot merge with what another call committed since: "
                         f"{merge.error_text(exc)}") from exc
-        return value
+        return rule.copy(value)  # as readers see it (a counter's exact sum, rounded)
 
     def _check_open(self) -> None:
         if not self._open:

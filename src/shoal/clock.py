@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import math
 import time
+import weakref
 from collections.abc import Callable
 
 from shoal.exceptions import ConfigError
@@ -33,7 +34,7 @@ class Clock:
         loop: the event loop whose timers the run sets.
     """
 
-    __slots__ = ("_shift", "loop", "time")
+    __slots__ = ("__weakref__", "_shift", "loop", "time")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         if type(self) is not Clock and "time" in _defined_below_clock(type(self)):
@@ -92,9 +93,10 @@ def read_epoch(clock: Clock) -> float:
 
 
 #: Where the clock made for a loop that keeps none of its own is kept: on the loop itself, so
-#: there is one per loop, not one per run (an agent runs each of its turns as a run; a swarm,
-#: thousands at once), and it goes with its loop. (Not a table keyed weakly by loop: the
-#: clock holds its loop, so the table would keep every loop that ever ran a run alive.)
+#: there is one per loop while runs use it, not one per run (an agent runs each of its turns
+#: as a run; a swarm, thousands at once), and it goes with its loop. The loop holds it weakly:
+#: the clock holds its loop, and a loop holding its clock would be a reference cycle, keeping
+#: a caller's finished loop (and what it holds) until the garbage collector's next full pass.
 _MADE = "_shoal_made_clock"
 
 
@@ -105,20 +107,20 @@ def clock_of(loop: asyncio.AbstractEventLoop | None = None) -> Clock:
     own = getattr(loop, "shoal_clock", None)
     if isinstance(own, Clock):
         return own
-    made = getattr(loop, _MADE, None)
+    kept = getattr(loop, _MADE, None)
+    made = kept() if isinstance(kept, weakref.ref) else None
     if isinstance(made, Clock) and made.time == loop.time:  # else its time() was replaced
         return made
     made = Clock(loop)
     with contextlib.suppress(AttributeError):  # a loop that takes no attribute: one per run
-        setattr(loop, _MADE, made)
+        setattr(loop, _MADE, weakref.ref(made))
     return made
 
 
 def forget_clock(loop: asyncio.AbstractEventLoop) -> None:
     """Drop the clock :func:`clock_of` keeps on ``loop`` (a loop that has run its last).
 
-    The clock and its loop refer to each other, so a closed loop that kept one would wait for
-    a full garbage collection to be freed, not go when its last user drops it.
+    The loop holds it weakly (no cycle): this only tidies the loop's attribute away.
     """
     with contextlib.suppress(AttributeError):
         delattr(loop, _MADE)

@@ -120,9 +120,10 @@ class PlanProblem:
     """One thing wrong with a plan: where it is (``node``, may be empty), a code, and a message.
 
     Codes: ``unknown_tool``, ``bad_arguments``, ``dangling_ref``, ``self_ref``, ``cycle``,
-    ``duplicate_id``, ``bad_after``, ``syntax``, ``bad_import``, ``bad_shape`` (including bad
-    ``options``), and for plan files ``not_found``, ``unreadable``, ``duplicate_key`` (a key
-    twice in one mapping) and ``too_large`` (past a limit of :mod:`shoal.plandata`).
+    ``duplicate_id``, ``bad_id`` (an id holding ``/``, or empty), ``bad_after``, ``syntax``,
+    ``bad_import``, ``bad_shape`` (including bad ``options``), and for plan files ``not_found``,
+    ``unreadable``, ``duplicate_key`` (a key twice in one mapping) and ``too_large`` (past a
+    limit of :mod:`shoal.plandata`).
     """
 
     code: str

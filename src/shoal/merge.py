@@ -8,7 +8,8 @@ Each key of a board declares how the values written to it combine:
 ``union``
     a set of the written values (each must be hashable).
 ``counter``
-    the sum of the written numbers (start: 0).
+    the sum of the written numbers (start: 0). Floats are summed exactly and the sum rounded
+    once when read, so it does not depend on the order in which writers commit.
 ``minimum`` / ``maximum`` (also ``min`` / ``max``)
     the smallest / largest value written (start: ``None``); values must compare, and be
     ordered: two sets neither of which holds the other are refused (of them, the one kept
@@ -181,13 +182,67 @@ def _number(value: Any, current: Callable[[], Any]) -> str:
     return ""
 
 
+class _ExactSum:
+    """A counter's sum that holds floats: kept exact, rounded to a float once, when read.
+
+    Adding floats one by one rounds at each step, so parallel writers committing in another
+    order would give another float; the exact sum of the same numbers is one number. Every
+    finite float is a whole multiple of 2**-1074, so the sum is kept as a whole number of
+    those (``scaled``): adding is adding ints, and Python divides ints correctly rounded.
+    """
+
+    __slots__ = ("scaled",)
+
+    def __init__(self, scaled: int) -> None:
+        self.scaled = scaled
+
+    @property
+    def value(self) -> float:
+        """The sum, rounded once."""
+        return self.scaled / _ONE
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+_TINY_BITS = 1074  # 2**-1074: the smallest float step
+_ONE = 1 << _TINY_BITS
+# sums this large (in steps of 2**-1074) round to infinity: 2**1024 less half a last place
+_OVERFLOW = ((1 << 1024) - (1 << 970)) << _TINY_BITS
+
+
+def _scaled(number: float | int) -> int:
+    """``number`` as a whole number of 2**-1074 steps (exact for ints and finite floats)."""
+    if isinstance(number, int):
+        return number << _TINY_BITS
+    numerator, denominator = number.as_integer_ratio()  # the denominator: a power of two
+    return numerator << (_TINY_BITS + 1 - denominator.bit_length())
+
+
 def _sum(merged: Any, value: Any) -> Any:
+    if type(merged) is int and type(value) is int:  # the usual count: exact already
+        return merged + value
+    exact = type(merged) is _ExactSum or isinstance(merged, float)
+    if (exact or isinstance(value, float)) and isinstance(value, float | int) and (
+            exact or isinstance(merged, int)):
+        total = (merged.scaled if type(merged) is _ExactSum else _scaled(merged)) + _scaled(value)
+        if abs(total) >= _OVERFLOW:  # order-free too: only the exact total decides
+            raise OverflowError(f"the sum {shown(merged)} + {shown(value)} overflows a float; "
+                                "count in smaller units or with ints")
+        return _ExactSum(total)
+    if type(merged) is _ExactSum:
+        merged = merged.value
     total = merged + value
     if isinstance(total, float) and not math.isfinite(total):
         # an infinite sum would make the result depend on the order of the writes
         raise OverflowError(f"the sum {shown(merged)} + {shown(value)} overflows a float; count in "
                             "smaller units or with ints")
     return total
+
+
+def _sum_read(merged: Any) -> Any:
+    """What readers of a counter get: its sum as a plain number."""
+    return merged.value if type(merged) is _ExactSum else merged
 
 
 def _is_nan(value: Any) -> bool:
@@ -250,8 +305,8 @@ union = Rule("union", set, _added, commutative=True, check=_hashable, in_place=T
              trial=_findable)
 """A set of the written values."""
 
-counter = Rule("counter", int, _sum, commutative=True, check=_number)
-"""The sum of the written numbers."""
+counter = Rule("counter", int, _sum, commutative=True, check=_number, copy=_sum_read)
+"""The sum of the written numbers (of floats: exact, rounded once, whatever the order)."""
 
 minimum = Rule("minimum", lambda: None, _smaller, commutative=True, check=_comparable(_smaller))
 """The smallest value written."""

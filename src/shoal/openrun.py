@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["OpenRun"]
 
 _T = TypeVar("_T")
+_LOOP_CHECK = 0.5  # seconds between looks at whether the run's loop was closed
 
 
 class OpenRun:
@@ -119,8 +120,14 @@ class OpenRun:
 
         For a caller that must reserve something (a budget's slot) only for calls that fit.
         """
-        return self._on_loop(lambda: self._plan.node_problems(
-            self._plan.make_node(tool, args, node_id=node_id)))
+        def check() -> list[PlanProblem]:
+            try:
+                node = self._plan.make_node(tool, args, node_id=node_id)
+            except PlanError as exc:  # an id no node may have (a "/" in it)
+                return exc.problems
+            return self._plan.node_problems(node)
+
+        return self._on_loop(check)
 
     def _on_loop(self, work: Callable[[], _T]) -> _T:
         """``work()`` on the run's event loop, whichever thread asks.
@@ -147,7 +154,15 @@ class OpenRun:
         except RuntimeError:  # its loop is closed: the run is long over
             raise RunClosedError(f"open run {self.run_id} has ended: it takes no more "
                                  "nodes") from None
-        return answer.result()
+        while True:  # a loop stopped for now may run again; one closed meanwhile never will
+            try:
+                return answer.result(timeout=_LOOP_CHECK)
+            except TimeoutError:
+                if answer.done():  # the work's own TimeoutError
+                    raise
+                if loop.is_closed():
+                    raise RunClosedError(f"open run {self.run_id}: its event loop was closed "
+                                         "before it could take the node") from None
 
     def _insert(self, node: Node) -> Ref:
         if self._closed:

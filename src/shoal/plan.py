@@ -17,6 +17,7 @@ from typing import Any, NoReturn, Protocol, TypeVar, cast
 
 from shoal.exceptions import PlanError, PlanProblem, ToolArgumentError, ToolDefinitionError
 from shoal.merge import shown
+from shoal.nodeids import check_node_id
 from shoal.tools import Tool, tool
 
 __all__ = ["MapSpec", "Node", "Plan", "Ref", "find_refs"]
@@ -117,13 +118,42 @@ def find_refs(value: Any) -> list[Ref]:
     """
     found: list[Ref] = []
     stack = [value]
+    left = _CONTAINERS_UNTRACKED  # past this many, a value may hold itself: walk it tracked
     while stack:
         item = stack.pop()
         if isinstance(item, Ref):
             found.append(item)
         elif isinstance(item, dict):
             stack.extend(item.values())
+            left -= 1
+            if left < 0:
+                return _find_refs_tracked(value)
         elif isinstance(item, _WALKED):
+            stack.extend(item)
+            left -= 1
+            if left < 0:
+                return _find_refs_tracked(value)
+    return found
+
+
+_CONTAINERS_UNTRACKED = 1_000_000  # about a tenth of a second of walking
+
+
+def _find_refs_tracked(value: Any) -> list[Ref]:
+    """:func:`find_refs` walking each container once (one holding itself would never end)."""
+    found: list[Ref] = []
+    stack = [value]
+    walked: set[int] = set()
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Ref):
+            found.append(item)
+        elif isinstance(item, dict):
+            if id(item) not in walked:
+                walked.add(id(item))
+                stack.extend(item.values())
+        elif isinstance(item, _WALKED) and id(item) not in walked:
+            walked.add(id(item))
             stack.extend(item)
     return found
 
@@ -347,6 +377,8 @@ class Plan:
         if node_id is not None and not isinstance(node_id, str):
             raise TypeError(f"node_id must be a string, got {type(node_id).__name__} "
                             f"{node_id!r}")
+        if node_id is not None and ("/" in node_id or not node_id):
+            check_node_id(node_id)  # raises PlanError (bad_id): "/" joins run ids and lineages
         node_id = node_id if node_id is not None else self._next_id(resolved_tool.name)
         if after != ():  # not truthiness: a Ref has none
             if not isinstance(after, (*_ONE_NODE, Iterable)):

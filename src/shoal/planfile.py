@@ -49,12 +49,14 @@ import inspect
 import os
 import re
 import reprlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from shoal.exceptions import PlanError, PlanProblem, ShoalError, describe_exception
+from shoal.merge import shown
+from shoal.nodeids import node_id_problem
 from shoal.plan import MapSpec, Plan, Ref, _item_arg, as_tool
 from shoal.plandata import DataError, check_value, parse_json, parse_yaml, read_text
 from shoal.tools import Tool
@@ -170,13 +172,14 @@ _SHORT.maxlevel = 3
 # --- reading files ---------------------------------------------------------------------------
 
 
-def load_plan(path: str | Path, *, tools: Mapping[str, Tool[..., Any]] | None = None,
+def load_plan(path: str | Path, *,
+              tools: Mapping[str, Tool[..., Any]] | Iterable[Any] | None = None,
               modules: Sequence[str] | None = None) -> Plan:
     """Read a JSON (``.json``) or YAML (``.yaml``/``.yml``) plan file into a :class:`Plan`.
 
     Other extensions are read as JSON, then as YAML. ``tools`` maps bare tool names used in
-    the file to tools; other nodes name their tool by import path ``"module:attr"``. The
-    plan's name defaults to the file's stem.
+    the file to tools (a list of tools is keyed by their names); other nodes name their tool
+    by import path ``"module:attr"``. The plan's name defaults to the file's stem.
 
     ``modules`` limits what those import paths may name: a module listed, or one inside a
     package listed (``"mypkg"`` allows ``mypkg.tools``), checked before anything is imported;
@@ -194,7 +197,7 @@ def load_plan(path: str | Path, *, tools: Mapping[str, Tool[..., Any]] | None = 
     # a duplicate key is not fatal: the plan is still built, so that its problems come too
     found = [PlanProblem(d.code, d.message) for d in duplicates]
     try:  # parsing checked the data's limits already: walking a big file twice costs seconds
-        plan = _build(data, _Lookup(tools or {}, _modules(modules)), str(path))
+        plan = _build(data, _Lookup(_named(tools), _modules(modules)), str(path))
     except PlanError as exc:
         raise PlanError(found + exc.problems, str(path)) from None
     if found:
@@ -249,7 +252,8 @@ class _Spec:
 
 
 def plan_from_dict(
-    data: Any, *, tools: Mapping[str, Tool[..., Any]] | None = None, source: str = "",
+    data: Any, *, tools: Mapping[str, Tool[..., Any]] | Iterable[Any] | None = None,
+    source: str = "",
     modules: Sequence[str] | None = None,
 ) -> Plan:
     """Build a :class:`Plan` from already-parsed plan data (see the module docstring).
@@ -262,7 +266,32 @@ def plan_from_dict(
     bad = check_value(data)
     if bad is not None:  # nothing further can be read safely from such data
         raise PlanError([PlanProblem(bad.code, bad.message)], source)
-    return _build(data, _Lookup(tools or {}, _modules(modules)), source)
+    return _build(data, _Lookup(_named(tools), _modules(modules)), source)
+
+
+def _named(tools: Mapping[str, Any] | Iterable[Any] | None) -> Mapping[str, Any]:
+    """``tools`` as a mapping of the names plan files use to tools.
+
+    A mapping is taken as it is; a list (of tools, or functions, as an agent's ``tools=``)
+    is keyed by each tool's name.
+    """
+    if tools is None:
+        return {}
+    if isinstance(tools, Mapping):
+        return tools
+    if isinstance(tools, str | bytes) or not isinstance(tools, Iterable):
+        raise TypeError(f"tools takes a mapping of names to tools or a list of tools, got "
+                        f"{type(tools).__name__} {shown(tools)}")
+    table: dict[str, Any] = {}
+    item: Any
+    for item in tools:
+        try:
+            found = as_tool(item)
+        except Exception as exc:
+            raise TypeError(f"tools: {shown(item)} is not a tool nor a function: "
+                            f"{exc}") from None
+        table[found.name] = found
+    return table
 
 
 @dataclass(frozen=True, slots=True)
@@ -430,6 +459,9 @@ def _read_id(index: int, value: Any, problems: list[PlanProblem]) -> str | None:
     elif not isinstance(value, str) or not value:
         message = (f"nodes[{index}]: 'id' must be a non-empty string, got {_show(value)}; "
                    "quote it (e.g. id: \"1\")")
+    elif problem := node_id_problem(value):
+        problems.append(PlanProblem("bad_id", f"nodes[{index}]: {problem}", value))
+        return None
     else:
         return value
     problems.append(PlanProblem("bad_shape", message))

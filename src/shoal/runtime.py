@@ -702,6 +702,7 @@ class Runtime:
         sharing: _Sharing | None = None,
         open_run: bool = False,
     ) -> tuple[Driver, RunClaim]:
+        _check_plan(plan)
         _check_deadline(deadline)
         plan.validate()
         graph = analyze(plan)
@@ -1092,6 +1093,7 @@ def _throwaway(options: dict[str, Any], plan: Plan) -> dict[str, Any]:
     with injected parameters): retried, such a node replays its finished turns and tool
     phases from the journal instead of running them again, so those plans keep the default.
     """
+    _check_plan(plan)
     if "store" in options or _injects(plan):
         return options
     return {**options, "store": None}
@@ -1147,7 +1149,18 @@ def run_sync(plan: Plan, *, board: Board | None = None, budget: Budget | None = 
     return Runtime(**_throwaway(options, plan)).run_sync(plan, board=board, budget=budget)
 
 
+def _check_plan(plan: object) -> None:
+    """Refuse what is not a :class:`~shoal.plan.Plan` (a plan file's path, say), saying so."""
+    if not isinstance(plan, Plan):
+        hint = ("; read a plan file with shoal.load_plan(path) first"
+                if isinstance(plan, str) or hasattr(plan, "__fspath__") else "")
+        raise ConfigError(f"a run takes a shoal.Plan, got {type(plan).__name__} "
+                          f"{shown(plan)}{hint}")
+
+
 def _check_deadline(deadline: float | None) -> None:
     """Refuse a deadline that is not a positive number of seconds (NaN compares false)."""
-    if deadline is not None and not deadline > 0:
-        raise ConfigError(f"deadline must be positive (in seconds), got {deadline}")
+    if deadline is not None and (isinstance(deadline, bool) or not isinstance(
+            deadline, int | float) or not deadline > 0):
+        raise ConfigError(f"deadline must be positive (a number of seconds), got "
+                          f"{type(deadline).__name__} {shown(deadline)}")

@@ -225,7 +225,12 @@ def args_model(
         hints = get_type_hints(_hint_source(fn), include_extras=True)
     except Exception:  # unresolvable forward references: fall back to raw annotations
         hints = {}
-    params = list(inspect.signature(fn).parameters.values())
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError) as exc:  # builtins (max), classes written in C (int)
+        raise ToolDefinitionError(
+            f"tool {name!r}: its parameters cannot be read ({exc}); wrap it in a Python "
+            f"function with named, annotated parameters") from None
     taken = {p.name for p in params}
     fields: dict[str, Any] = {}
     renames: dict[str, str] = {}

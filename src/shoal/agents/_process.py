@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from shoal.agents.remote import HEADER
+from shoal.clock import running_loop
 from shoal.executors._shipping import dumps, loads
 
 log = logging.getLogger("shoal")
@@ -427,10 +428,7 @@ class ParentMirror(ParentStore):
         from shoal.store.base import RunRecord
 
         self._local.write(records)
-        try:
-            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
+        loop = running_loop()
         with self._lock:
             for record in records:
                 if type(record) is RunRecord and record.status == "running":

@@ -62,6 +62,7 @@ class _Pending:
     request: ApprovalRequest
     on_ruling: Ruling
     timer: asyncio.TimerHandle | None = None
+    deadline: float | None = None  # loop time past which an answer comes too late
     open: bool = True
     sent: bool = False  # handed to the approver
 
@@ -129,7 +130,8 @@ class ApprovalDesk:
         lane.open[request.id] = pending
         lane.queue.append(pending)
         if self.timeout is not None:
-            pending.timer = loop.call_later(self.timeout, self._expire, lane, request.id)
+            pending.deadline = loop.time() + self.timeout
+            pending.timer = loop.call_at(pending.deadline, self._expire, lane, request.id)
         if lane.flush_soon is None:  # later submits of this loop turn join the same batch
             lane.flush_soon = loop.call_soon(self._flush, lane)
 
@@ -223,11 +225,12 @@ class ApprovalDesk:
             lane.review.cancel()
         return pending
 
-    def _expire(self, lane: _Lane, request_id: str) -> None:
+    def _expire(self, lane: _Lane, request_id: str, *, answered: bool = False) -> None:
+        """Deny a request nobody decided on within the timeout (``answered``: too late)."""
         pending = self._close(lane, request_id)
         if pending is None:
             return
-        if pending.sent and self.approver is not None:
+        if pending.sent and not answered and self.approver is not None:
             self._tell_withdrawn(self.approver, [pending.request])
         reason = f"no decision within {self.timeout:g} s (the approval timeout)"
         self._rule(pending, Decision.deny(reason), "timeout")
@@ -300,10 +303,17 @@ class ApprovalDesk:
             loop = asyncio.get_running_loop()  # the review's task runs on the lane's loop
             if lane.queue and lane.flush_soon is None and not loop.is_closed():
                 lane.flush_soon = loop.call_soon(self._flush, lane)
+        now = asyncio.get_running_loop().time()
         for pending, decision in zip(batch, decisions, strict=True):
-            if pending.open:
-                self._close(lane, pending.request.id)
-                self._rule(pending, decision, _name_of(approver))
+            if not pending.open:
+                continue
+            if pending.deadline is not None and now >= pending.deadline:
+                # answered after the timeout, whose timer could not run meanwhile (a sync
+                # approver holding the loop): the timeout's denial stands, not the answer
+                self._expire(lane, pending.request.id, answered=True)
+                continue
+            self._close(lane, pending.request.id)
+            self._rule(pending, decision, _name_of(approver))
 
     async def _ask(self, approver: Approver, requests: list[ApprovalRequest]) -> list[Decision]:
         """The approver's decisions, one per request; a failing approver denies them all."""

@@ -16,7 +16,9 @@ approval (or an edit) to its arguments and uses it.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -41,21 +43,99 @@ def approval_hash(tool: str, arguments: Mapping[str, Any]) -> str:
 
     Text is hashed as UTF-8 with lone surrogates (``"\ud800"``, valid JSON from a model)
     kept as their own bytes (``surrogatepass``): any text hashes, the same arguments always
-    give the same hash, and arguments that differ only there give different ones.
+    give the same hash, and arguments that differ only there give different ones. A set's
+    members are taken in a canonical order (the order a set iterates in changes from one
+    process to the next). Arguments that are plain JSON data (what a model sends) are written
+    out in one pass of the C JSON encoder, however large.
     """
     arguments = dict(arguments)
-    text = f"{tool}\n{canonical_json(arguments)}"
-    if _lossy(arguments):  # its JSON stands for other arguments too: bind the exact ones
-        text += f"\n{_exact_digest(arguments)}"
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    text = _plain_json(arguments)
+    if text is None:  # sets, bytes, numbers JSON cannot hold, self-containing or other values
+        arguments = _sets_ordered(arguments)
+        data = jsonable(arguments)  # a bounded repr (text) if it cannot be converted
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        if isinstance(data, str) or _lossy(arguments):  # its JSON stands for others too
+            text += f"\n{exact_digest(arguments)}"  # so bind the exact arguments
+    return hashlib.sha256(f"{tool}\n{text}".encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _plain_json(value: dict[str, Any]) -> str | None:
+    """``value``'s canonical JSON if it is plain JSON data, else ``None``.
+
+    Plain: dicts with text keys, lists, tuples, text, finite floats, ints short enough to
+    write out, booleans and ``None``, nested less deep than the recursion limit. For such a
+    value the text is what :func:`~shoal.store.base.canonical_json` gives (hashes made
+    before stay valid), written by the C encoder without a pass in Python per item.
+    """
+    try:
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                          allow_nan=False)
+    except (TypeError, ValueError, RecursionError):  # not plain, NaN, circular, too deep
+        return None
+    return text if _text_keys_only(value) else None
+
+
+def _text_keys_only(value: Any) -> bool:
+    """Whether every dict in ``value`` (plain JSON data, so finite) has only text keys.
+
+    JSON writes the keys ``1`` and ``"1"`` alike; such values take the general path.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if not all(isinstance(key, str) for key in item):
+                return False
+            item = item.values()
+        stack.extend(child for child in item if isinstance(child, dict | list | tuple))
+    return True
+
+
+def _sets_ordered(value: Any) -> Any:
+    """``value`` with each set in it (not too deep) as a list of its members in canonical order.
+
+    Ordered by each member's canonical JSON, then its repr: the same members give the same
+    list in every process. A value that holds no set is returned as it is; one too large or
+    holding itself is left to the exact digest (which orders sets itself).
+    """
+    if not _converts_in_bounds(value) or not _holds_a_set(value):
+        return value
+    return _with_sets_ordered(value, sys.getrecursionlimit() // 4)
+
+
+def _holds_a_set(value: Any) -> bool:
+    stack = [value]
+    while stack:  # in bounds: at most JSON_ITEMS items
+        item = stack.pop()
+        if isinstance(item, set | frozenset):
+            return True
+        if isinstance(item, Mapping):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return False
+
+
+def _with_sets_ordered(value: Any, depth: int) -> Any:
+    if depth <= 0:
+        return value
+    if isinstance(value, set | frozenset):
+        members = [_with_sets_ordered(member, depth - 1) for member in value]
+        return sorted(members, key=lambda member: (canonical_json(member), repr(member)))
+    if isinstance(value, Mapping):
+        return {key: _with_sets_ordered(item, depth - 1) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_with_sets_ordered(item, depth - 1) for item in value]
+    return value
 
 
 def _lossy(value: Any) -> bool:
     """Whether ``value``'s canonical JSON also stands for other values.
 
-    So it is for values too large (or self-containing) to convert, which become a bounded
-    repr, and for numbers JSON cannot hold, which become text (``NaN`` reads as the string
-    ``"NaN"``; every integer of one bit length too long to write out reads the same).
+    So it is for values too large, too deep or self-containing to convert, which become a
+    bounded repr (the caller also checks for that repr), and for numbers JSON cannot hold,
+    which become text (``NaN`` reads as the string ``"NaN"``; every integer of one bit length
+    too long to write out reads the same).
     """
     if not _converts_in_bounds(value):
         return True
@@ -88,7 +168,7 @@ def _scalar_digest(item: Any) -> bytes:
     return hashlib.sha256(body).digest()
 
 
-def _exact_digest(value: Any) -> str:
+def exact_digest(value: Any) -> str:
     """A digest of exactly ``value``: equal values agree, different ones do not.
 
     Iterative (nesting of any depth), each container digested once (shared parts cost

@@ -35,7 +35,7 @@ from shoal.cli.compose import (
     is_composition,
     start_composition,
 )
-from shoal.cli.interrupt import EXIT_INTERRUPTED, Cancellable, CtrlC
+from shoal.cli.interrupt import EXIT_INTERRUPTED, Cancellable, CtrlC, stopped_by_a_call
 from shoal.cli.live import LivePause
 from shoal.cli.render import announce
 from shoal.cli.safe import one_line, safe_str
@@ -191,7 +191,12 @@ def run_agent_target(options: AgentOptions, console: Console, live: bool) -> int
         sinks.append(notice_lines)
     drive = (_drive(agent, options, sinks, console, view, live) if isinstance(agent, Agent)
              else _drive_composition(agent, options, sinks, console, view, live))
-    result, error, interrupted = asyncio.run(drive)
+    try:
+        result, error, interrupted = asyncio.run(drive)
+    except KeyboardInterrupt:  # a call's own: Ctrl-C during the run raises none (see CtrlC)
+        journal = options.journal
+        return stopped_by_a_call(journal.run_id if journal is not None else "",
+                                 journal is not None, options.as_json)
     composed = not isinstance(agent, Agent)
     if composed and options.resume and result is not None:
         # the live view saw this session's events only; the result has the nodes and agents

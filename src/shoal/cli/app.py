@@ -33,7 +33,7 @@ from shoal.approvals import Approver, Rule, RulesApprover
 from shoal.cli.agent_journal import AgentJournal
 from shoal.cli.agents import AgentOptions, is_agent_target, model_option, run_agent_target
 from shoal.cli.approver import ConsoleApprover
-from shoal.cli.interrupt import EXIT_INTERRUPTED, CtrlC
+from shoal.cli.interrupt import EXIT_INTERRUPTED, CtrlC, stopped_by_a_call
 from shoal.cli.journal import register as register_journal_commands
 from shoal.cli.live import SHOW_CURSOR, LivePause, follow
 from shoal.cli.mcp import register as register_mcp_commands
@@ -376,9 +376,13 @@ def _run_checked(options: RunOptions) -> int:
     if isinstance(sink, str):
         return _bad_input("events", sink, options.as_json)
     console = safe_console()  # a sane size whatever COLUMNS and LINES say
+    started: list[str] = []  # the run's id, once it has one
     try:
         result, interrupted = asyncio.run(_drive(runtime, plan, sink, console if live else None,
-                                                 pause, options.start_options()))
+                                                 pause, options.start_options(), started))
+    except KeyboardInterrupt:  # a call's own: Ctrl-C during the run raises none (see CtrlC)
+        return stopped_by_a_call(started[0] if started else "", runtime.store is not None,
+                                 options.as_json)
     finally:
         if sink is not None:
             sink.close()
@@ -408,10 +412,16 @@ def _open_events(path: Path | None) -> JsonlSink | str | None:
 
 async def _drive(runtime: Runtime, plan: Plan, sink: JsonlSink | None,
                  live: Console | None, pause: LivePause | None = None,
-                 start: Mapping[str, Any] | None = None) -> tuple[RunResult, bool]:
-    """Run ``plan``; return its result and whether Ctrl-C stopped it."""
+                 start: Mapping[str, Any] | None = None,
+                 started: list[str] | None = None) -> tuple[RunResult, bool]:
+    """Run ``plan``; return its result and whether Ctrl-C stopped it.
+
+    ``started`` gets the run's id as soon as it has one.
+    """
     try:
         handle = runtime.start(plan, on_event=sink, **(start or {}))
+        if started is not None:
+            started.append(handle.run_id)
         if runtime.store is not None:  # the id that shoal show / resume / cancel take
             announce(handle.run_id, bool((start or {}).get("resume")),
                      getattr(runtime.store, "path", "the store"))
@@ -469,20 +479,30 @@ def _bad_input(kind: str, message: str, as_json: bool) -> int:
 def main() -> None:
     """Entry point of the ``shoal`` console script.
 
-    Ctrl-C outside a run (say, while a slow tool module imports) needs nothing here: typer
-    turns the KeyboardInterrupt into exit code 130 itself.
+    Ctrl-C outside a run (while typer builds the command line, or a slow tool module
+    imports) ends it with exit code 130 and one line, as during a run.
     """
     install_log_handler()  # the library's warnings quote node ids and errors: escape them
     try:
         code = app(standalone_mode=False)  # so that errors come back here to be escaped
-    except typer.Abort:
-        sys.stderr.write("aborted\n")
-        code = EXIT_FAILED
+    except KeyboardInterrupt:  # before click's own handling starts: typer making the command
+        code = _interrupted()
+    except typer.Abort as exc:  # click's word for a Ctrl-C (or end of input) in a command
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            code = _interrupted()
+        else:
+            sys.stderr.write("aborted\n")
+            code = EXIT_FAILED
     except OSError as exc:
         code = _cannot_write(exc) if exc.errno in _FULL else _crashed()
     except Exception as exc:
         code = _command_line_error(exc) if _is_usage_error(exc) else _crashed()
     sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+def _interrupted() -> int:
+    sys.stderr.write("interrupted\n")
+    return EXIT_INTERRUPTED
 
 
 # a disk full, over quota, a file too large, an I/O error, a read-only file system: the

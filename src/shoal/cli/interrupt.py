@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -10,7 +11,7 @@ from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import Any, Protocol
 
-__all__ = ["EXIT_INTERRUPTED", "INTERRUPT_REASON", "Cancellable", "CtrlC"]
+__all__ = ["EXIT_INTERRUPTED", "INTERRUPT_REASON", "Cancellable", "CtrlC", "stopped_by_a_call"]
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a process stopped by Ctrl-C
 INTERRUPT_REASON = "interrupted (Ctrl-C)"
@@ -80,3 +81,25 @@ class CtrlC:
         print("\ninterrupted: cancelling the run; press Ctrl-C again to quit at once",
               file=sys.stderr, flush=True)
         self._handle.cancel(reason=INTERRUPT_REASON)
+
+
+def stopped_by_a_call(run_id: str, journaled: bool, as_json: bool) -> int:
+    """Say that a call raised ``KeyboardInterrupt``, which stopped the run as Ctrl-C would.
+
+    Ctrl-C during a run raises none (:class:`CtrlC` cancels the run instead), so one that
+    ends the command came from a call. Its calls still going ended cancelled; a journaled run
+    (``run_id``) can be shown and resumed. Returns the exit code, 130.
+    """
+    from shoal.cli.safe import clean  # rich and the rest only when it comes to this
+
+    run_id = clean(run_id)
+    message = ("a call raised KeyboardInterrupt, which stops a run as Ctrl-C does: its calls "
+               "still going were cancelled")
+    if run_id and journaled:
+        message += (f"; 'shoal show {run_id}' shows every outcome, 'shoal resume {run_id}' "
+                    "runs what is left")
+    sys.stderr.write(f"error: {message}\n")
+    if as_json:
+        sys.stdout.write(json.dumps({"error": "interrupted", "run_id": run_id or None,
+                                     "message": message}, indent=2) + "\n")
+    return EXIT_INTERRUPTED
