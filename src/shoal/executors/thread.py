@@ -80,19 +80,22 @@ class PoolJob:
     """One call handed to the pool: what runs, in which context, and how it ended.
 
     ``on_end(job)`` runs on the event loop that handed the call over, once it ended (ran, or
-    was cancelled by the pool's closing), batched with the other calls that ended meanwhile.
+    was cancelled by the pool's closing), batched with the other calls that ended meanwhile;
+    ``after_batch()``, if given, once after the ``on_end`` calls of such a batch.
     A call stopped with :meth:`ThreadExecutor.stop` is not reported: whoever stopped it knows.
     """
 
-    __slots__ = ("abandoned", "call", "context", "error", "on_end", "pool", "sink", "state",
-                 "value")
+    __slots__ = ("abandoned", "after_batch", "call", "context", "error", "on_end", "pool",
+                 "sink", "state", "value")
 
     def __init__(self, call: Call, context: contextvars.Context,
-                 on_end: Callable[[PoolJob], None], sink: _Completions, pool: _Pool) -> None:
+                 on_end: Callable[[PoolJob], None], sink: _Completions, pool: _Pool,
+                 after_batch: Callable[[], None] | None = None) -> None:
         self.call = call
         self.pool = pool
         self.context = context
         self.on_end = on_end
+        self.after_batch = after_batch
         self.sink = sink
         self.state = _QUEUED
         self.value: Any = None
@@ -115,8 +118,9 @@ class _Completions:
 
     A thread that ends a call appends it here and wakes the loop only if the batch was empty
     (one ``call_soon_threadsafe`` per batch, not one per call); the loop then runs every
-    call's ``on_end`` in one callback. The lock is the executor's (the one a thread holds
-    anyway when it ends a call).
+    call's ``on_end`` in one callback, then each distinct ``after_batch`` of the batch once
+    (a caller that feeds ends onward in batches, the driver, learns where a batch ends). The
+    lock is the executor's (the one a thread holds anyway when it ends a call).
     """
 
     __slots__ = ("_batch", "_lock", "_loop", "_waking")
@@ -157,12 +161,20 @@ class _Completions:
     def _settle(self) -> None:
         with self._lock:
             batch, self._batch, self._waking = self._batch, [], False
-        for index, job in enumerate(batch):
-            try:
-                job.on_end(job)
-            except BaseException:  # a KeyboardInterrupt, say: the rest still end, next turn
-                self._again(batch[index + 1:])
-                raise
+        after: list[Callable[[], None]] = []  # distinct (equal bound methods are one)
+        try:
+            for index, job in enumerate(batch):
+                try:
+                    job.on_end(job)
+                except BaseException:  # a KeyboardInterrupt, say: the rest still end, next turn
+                    self._again(batch[index + 1:])
+                    raise
+                hook = job.after_batch
+                if hook is not None and hook not in after:
+                    after.append(hook)
+        finally:  # the ends taken in are fed on even when one raised
+            for hook in after:
+                hook()
 
     def _again(self, rest: list[PoolJob]) -> None:
         if not rest:
@@ -259,11 +271,13 @@ class _Workers:
 
     def submit(self, loop: asyncio.AbstractEventLoop,
                calls: Sequence[tuple[Call, contextvars.Context]],
-               on_end: Callable[[PoolJob], None]) -> list[PoolJob]:
+               on_end: Callable[[PoolJob], None],
+               after_batch: Callable[[], None] | None = None) -> list[PoolJob]:
         sink = self._completions_of(loop)
         with self._lock:
             pool = self._opened_locked()
-        jobs = [PoolJob(call, context, on_end, sink, pool) for call, context in calls]
+        jobs = [PoolJob(call, context, on_end, sink, pool, after_batch)
+                for call, context in calls]
         with self._lock:
             if pool is not self._pool:  # closed meanwhile (another thread): they go on anew
                 pool = self._opened_locked()
@@ -617,17 +631,19 @@ class ThreadExecutor(Executor):
         return self._workers._pool is not None  # asked per call: one attribute, no property
 
     def submit(self, calls: Sequence[tuple[Call, contextvars.Context]],
-               on_end: Callable[[PoolJob], None]) -> list[PoolJob]:
+               on_end: Callable[[PoolJob], None],
+               after_batch: Callable[[], None] | None = None) -> list[PoolJob]:
         """Start ``calls`` on pool threads now, each in its context, with no task on the loop.
 
         ``on_end(job)`` runs on the running loop once a call ended (``job.value``, or
         ``job.error``, or ``job.cancelled`` if the pool closed before a thread took it),
-        batched with the other calls that ended meanwhile. For a caller that keeps no task
-        per call (the scheduler's driver), handing over many calls at once: to stop one, it
-        calls :meth:`stop`. A pool closed since the calls were handed over is made anew, as
-        :meth:`execute` does: the run they belong to goes on.
+        batched with the other calls that ended meanwhile; ``after_batch()`` once after the
+        ``on_end`` calls of each such batch that held one of these calls. For a caller that
+        keeps no task per call (the scheduler's driver), handing over many calls at once: to
+        stop one, it calls :meth:`stop`. A pool closed since the calls were handed over is made
+        anew, as :meth:`execute` does: the run they belong to goes on.
         """
-        return self._workers.submit(asyncio.get_running_loop(), calls, on_end)
+        return self._workers.submit(asyncio.get_running_loop(), calls, on_end, after_batch)
 
     def stop(self, call: Call, job: PoolJob) -> None:
         """Stop ``call``'s work: cancel it if no thread has it yet, else mark it abandoned.

@@ -95,6 +95,8 @@ AT_ONCE_BURST = 1000
 #: ... and after this many seconds of them (wall time), however few: a call that cannot suspend
 #: may still compute a while, and a chain of such calls had a loop turn after each with tasks.
 AT_ONCE_SLICE = 0.002
+#: A start time earlier than any: a call's end fed with it moves no start (finish_ok_many).
+_NO_START = float("-inf")
 #: This machine's name: where the calls of backends that run everything here ran.
 HOST = socket.gethostname()
 _FINISHED_AT = operator.attrgetter("finished_at")
@@ -158,7 +160,8 @@ class Driver:
         "_bursting", "_clock",
         "_context", "_deadline", "_desk", "_early", "_ends_each", "_entered", "_epoch",
         "_executor_for", "_executors", "_finished", "_given_clock", "_hosts", "_internal",
-        "_journal", "_loop", "_observer", "_on_pool", "_origin_epoch", "_quick", "_resume",
+        "_journal", "_loop", "_observer", "_on_pool", "_origin_epoch", "_pool_returned", "_quick",
+        "_resume",
         "_run_approvals", "_run_record", "_session", "_settling", "_shift", "_sinks", "_starting",
         "_stopped_late", "_store", "_streaming", "_t0", "_task_of", "_tasks", "_time", "_timers",
         "_to_pool", "_watchers", "cancelled_reason", "lineage", "scope", "sinks", "state",
@@ -247,6 +250,9 @@ class Driver:
         # position -> the pool and job of a sync call handed to the thread pool without a
         # task (see _pool_now); positions of such calls stopped, whose end is on its way
         self._on_pool: dict[int, tuple[ThreadExecutor, PoolJob]] = {}
+        # (pos, value, where, began, finished) of pool calls that returned a plain value, fed
+        # to the state machine together once the pool's batch of ends is in (_pool_batch_end)
+        self._pool_returned: list[tuple[int, Any, str, float, float]] = []
         self._stopped_late: set[int] = set()
         # sync calls to hand to each pool on the next loop turn, all at once (see _submit)
         self._to_pool: dict[ThreadExecutor, list[tuple[Call, contextvars.Context]]] = {}
@@ -661,7 +667,7 @@ class Driver:
             if self._at_once_stopped:
                 calls = self._not_stopped(calls)
             try:
-                jobs = pool.submit(calls, self._pool_ended)
+                jobs = pool.submit(calls, self._pool_ended, self._pool_batch_end)
             except Exception as exc:  # the pool refused them: their outcome, as from a task
                 assert self._context is not None
                 for call, _ in calls:
@@ -687,7 +693,12 @@ class Driver:
         return kept
 
     def _pool_ended(self, job: PoolJob) -> None:
-        """A call handed to the pool without a task ended: report it as its task would have."""
+        """A call handed to the pool without a task ended: report it as its task would have.
+
+        A plain value, most calls' end, waits in ``_pool_returned`` for the pool's batch of
+        ends to be in (:meth:`_pool_batch_end`): one decision for the batch, as for calls run
+        at once. Any other end first feeds those, so ends are fed in the order they came.
+        """
         call = job.call
         on_pool = self._on_pool.get(call.pos)
         if on_pool is None or on_pool[1] is not job:  # stopped: reported already
@@ -699,8 +710,16 @@ class Driver:
             value = job.value
             if type(value) in _PLAIN:  # most calls: no result object (see _returned)
                 del self._on_pool[call.pos]
-                assert self._context is not None
-                self._context.run(self._report, self._returned, call, value)
+                if self._streaming or call.tool.injected or (
+                        self._settling and call.pos in self._settling):
+                    self._pool_batch_end()
+                    assert self._context is not None
+                    self._context.run(self._report, self._returned, call, value)
+                else:
+                    try:
+                        self._pool_returned.append(self._plain_end(call, value))
+                    except Exception as exc:
+                        self._internal_error(call.node_id, exc)
                 return
             unawaited = unawaited_result(call.tool.name, value)
             result = (AttemptResult("ok", value) if unawaited is None
@@ -712,8 +731,30 @@ class Driver:
         else:
             result = AttemptResult("failed", error=error)
         del self._on_pool[call.pos]
+        self._pool_batch_end()
         assert self._context is not None
         self._context.run(self._report, self._attempt_done, call, result)
+
+    def _plain_end(self, call: Call, value: Any) -> tuple[int, Any, str, float, float]:
+        """A pool call's plain return as :meth:`_returned_many` takes it; its attempt is over.
+
+        Out of ``_tasks`` from here on: a cancel finds nothing to stop, as one that came after
+        it ran would change nothing (as for calls run at once, see :meth:`_burst`).
+        """
+        del self._tasks[call.pos]  # one attempt per node at a time: this is the one
+        if self._task_of:
+            self._task_of.pop(call.pos, None)
+        began = None if call.began_at is None else self._began(call.began_at)
+        where = call.where or self._hosts.get(call.isolation) or self._here(call)
+        return (call.pos, value, where, _NO_START if began is None else began - self._t0,
+                self.now())
+
+    def _pool_batch_end(self) -> None:
+        """Feed the pool calls' plain returns collected so far to the state machine at once."""
+        if self._pool_returned:
+            batch, self._pool_returned = self._pool_returned, []
+            assert self._context is not None
+            self._context.run(self._report, self._returned_many, batch)
 
     def _stopped_end(self, call: Call, result: AttemptResult) -> None:
         """The end of a stopped call that had no task, one loop turn later (as a task's)."""
@@ -998,11 +1039,12 @@ class Driver:
             self._internal_error(call.node_id, exc)
 
     def _returned_many(self, batch: list[tuple[int, Any, str, float, float]]) -> None:
-        """:meth:`_returned` for calls run at once, ``(pos, value, where, began, finished)`` each.
+        """:meth:`_returned` for several calls, ``(pos, value, where, began, finished)`` each.
 
-        One decision for the batch: what their ends release is dispatched once. (Their
-        attempts are out of ``_tasks`` already, see :meth:`_burst`; calls run at once have no
-        journal to write one at a time: a durable journal's starts wait for its barrier.)
+        Calls run at once, or pool calls whose ends came in one batch. One decision for the
+        batch: what their ends release is dispatched once. (Their attempts are out of
+        ``_tasks`` already, see :meth:`_burst` and :meth:`_plain_end`; neither kind is fed
+        this way with a journal that writes ends one at a time.)
         """
         assert not self._streaming, "a call ran at once with a durable journal"
         try:
