@@ -18,6 +18,7 @@ import shoal
 from shoal.agents.run import ConversationDigest
 from shoal.models.base import (
     AssistantMessage,
+    Message,
     ModelRequest,
     ModelResponse,
     ModelSettings,
@@ -212,12 +213,13 @@ def test_the_turn_digest_is_incremental_but_equals_a_digest_from_scratch() -> No
 def test_the_turn_digest_of_every_kind_of_message_is_the_one_an_earlier_shoal_journaled() -> None:
     # Resume compares each turn's digest with the journal's: a digest computed another way
     # (here, messages written out without their dataclass repr) must give the same value.
-    messages = [UserMessage("go 'é' \"x\"\n\ud800"),
-                AssistantMessage("", (ToolCall("1", "fetch", '{"key": "a"}'),)),
-                AssistantMessage("t", (ToolCall("1", "fetch", "{}"), ToolCall("2", "x", "{'"))),
-                AssistantMessage("hi"),
-                ToolResultMessage("1", "fetch", "v\t", is_error=True),
-                ToolResultMessage("2", "x", "ok"), UserMessage("again")]
+    messages: list[Message] = [
+        UserMessage("go 'é' \"x\"\n\ud800"),
+        AssistantMessage("", (ToolCall("1", "fetch", '{"key": "a"}'),)),
+        AssistantMessage("t", (ToolCall("1", "fetch", "{}"), ToolCall("2", "x", "{'"))),
+        AssistantMessage("hi"),
+        ToolResultMessage("1", "fetch", "v\t", is_error=True),
+        ToolResultMessage("2", "x", "ok"), UserMessage("again")]
     running = ConversationDigest()
     digests = [running.of(ModelRequest("be brief", messages[:end], lineage="lead/w#1"))
                for end in range(1, len(messages) + 1)]
