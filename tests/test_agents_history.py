@@ -18,9 +18,11 @@ import shoal
 from shoal.agents.run import ConversationDigest
 from shoal.models.base import (
     AssistantMessage,
+    Message,
     ModelRequest,
     ModelResponse,
     ModelSettings,
+    ToolCall,
     ToolResultMessage,
     ToolSpec,
     Usage,
@@ -206,6 +208,24 @@ def test_the_turn_digest_is_incremental_but_equals_a_digest_from_scratch() -> No
     for end in range(1, len(conversation) + 1):
         request = ModelRequest("be brief", conversation[:end], lineage="lead")
         assert running.of(request) == ConversationDigest().of(request)
+
+
+def test_the_turn_digest_of_every_kind_of_message_is_the_one_an_earlier_shoal_journaled() -> None:
+    # Resume compares each turn's digest with the journal's: a digest computed another way
+    # (here, messages written out without their dataclass repr) must give the same value.
+    messages: list[Message] = [
+        UserMessage("go 'é' \"x\"\n\ud800"),
+        AssistantMessage("", (ToolCall("1", "fetch", '{"key": "a"}'),)),
+        AssistantMessage("t", (ToolCall("1", "fetch", "{}"), ToolCall("2", "x", "{'"))),
+        AssistantMessage("hi"),
+        ToolResultMessage("1", "fetch", "v\t", is_error=True),
+        ToolResultMessage("2", "x", "ok"), UserMessage("again")]
+    running = ConversationDigest()
+    digests = [running.of(ModelRequest("be brief", messages[:end], lineage="lead/w#1"))
+               for end in range(1, len(messages) + 1)]
+    assert digests[0] == "9f540e7fd525e05b3167791a948c0a26"
+    assert digests[1] == "5db1ac974196becba3e0c8d8cd1381b5"
+    assert digests[-1] == "58d4cdc2d91d9ea44517acfc998ec14a"
 
 
 def test_the_turn_digest_changes_with_any_part_of_the_request() -> None:

@@ -414,3 +414,47 @@ def test_cancelling_the_task_that_waits_for_a_turns_calls_still_ends_each_call()
                 and e.tool == "nap"}
     assert sorted(finished) == ["nap#1", "nap#2"]
     assert {e.status for e in finished.values()} == {"cancelled"}
+
+
+class _Announces(Model):
+    """A streaming model that says its server starts while it streams (as LocalModel does)."""
+
+    name = "announces"
+    streams_tool_calls = True
+
+    async def request(self, request: ModelRequest) -> ModelResponse:
+        raise AssertionError("streamed")
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
+        from shoal.events import ModelServerStarting
+        from shoal.models._common import notify
+
+        notify(ModelServerStarting(run_id="", time=0.0, model=self.name))
+        await asyncio.sleep(0.1)
+        if not any(m.role == "tool" for m in request.messages):
+            yield ToolCallDone(0, shoal.models.ToolCall("c1", "note", '{"text": "a"}'))
+            yield ResponseDone(ModelResponse("", (shoal.models.ToolCall(
+                "c1", "note", '{"text": "a"}'),), stop_reason="tool_calls"))
+        else:
+            yield ResponseDone(ModelResponse("done"))
+
+
+@pytest.mark.parametrize("observed", [True, False])
+def test_what_a_streaming_model_announces_reaches_the_trees_sinks_with_its_lineage(
+        observed: bool) -> None:
+    from shoal.events import Event, ModelServerStarting
+
+    @shoal.tool
+    async def note(text: str) -> str:
+        """Note."""
+        return text
+
+    worker = shoal.Agent(name="worker", model=_Announces(), tools=[note])
+    lead = shoal.Agent(name="lead", model=ScriptedModel([[call("worker", task="t")], "ok"]),
+                       subagents=[worker])
+    events: list[Event] = []
+    result = run_virtual(lead.run("go", on_event=events.append if observed else None))
+    assert result.output == "ok" and result.children[0].output == "done"
+    said = [e for e in events if isinstance(e, ModelServerStarting)]
+    # one per model request of the worker (2 turns), stamped with the worker's lineage
+    assert [e.lineage for e in said] == (["lead/worker#1"] * 2 if observed else [])

@@ -300,6 +300,17 @@ class Agent(Generic[T]):
         return parts
 
     @functools.cached_property
+    def _request_json(self) -> tuple[bytes, bytes]:
+        """The canonical JSON of :attr:`_request_parts` with a lineage, split around it.
+
+        The digest of each run's requests hashes ``before + lineage + after``: the parts that
+        are the same for every run are encoded once per definition, not once per run.
+        """
+        from shoal.agents.run import request_json_around_lineage
+
+        return request_json_around_lineage(self._request_parts)
+
+    @functools.cached_property
     def subagent_tool(self) -> Tool[..., Any]:
         """The tool a parent's model sees for this agent: it takes a ``task``."""
         about = self.description or (self.instructions.strip().splitlines() or [""])[0]

@@ -382,7 +382,10 @@ class TreeContext:
 
     def track_handle(self, lineage: str, handle: Stoppable, *, turn: bool = False) -> None:
         """Remember a step in flight (``turn``: a model turn), so it can be cancelled."""
-        self._handles.setdefault(lineage, set()).add(handle)
+        handles = self._handles.get(lineage)
+        if handles is None:  # not setdefault: that made a set each time, mostly thrown away
+            handles = self._handles[lineage] = set()
+        handles.add(handle)
         if turn:
             self._turns.add(handle)
 

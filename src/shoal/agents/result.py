@@ -23,6 +23,10 @@ T = TypeVar("T", default=str)  # the answer's type: str unless the agent has an 
 AgentStatus = Literal["ok", "failed", "cancelled", "max_turns", "budget_exceeded", "running"]
 
 
+#: The usage of a result with none yet: immutable, so one serves every result (not two each).
+_NOTHING_YET = Usage()
+
+
 @dataclass(slots=True)
 class AgentResult(Generic[T]):
     """One agent's run: its answer, usage, messages, every tool call's outcome, its subagents.
@@ -63,8 +67,8 @@ class AgentResult(Generic[T]):
     output: T = None  # type: ignore[assignment]  # None only until (and unless) there is an answer
     status: AgentStatus = "running"
     error: BaseException | None = None
-    usage: Usage = field(default_factory=Usage)
-    own_usage: Usage = field(default_factory=Usage)
+    usage: Usage = _NOTHING_YET
+    own_usage: Usage = _NOTHING_YET
     turns: int = 0
     messages: list[Message] = field(default_factory=list)
     calls: list[CallRecord] = field(default_factory=list)

@@ -58,6 +58,7 @@ from shoal.models.base import (
     ModelRequest,
     ModelResponse,
     ResponseDone,
+    StreamEvent,
     ToolCall,
     ToolCallDone,
     ToolResultMessage,
@@ -104,7 +105,8 @@ class ConversationDigest:
     Hashing the whole conversation on every turn would make a turn's cost grow with the
     conversation; here each message is hashed once, when it is first asked about, and the
     parts that stay the same for a run (instructions, tools, settings, schema, lineage) are
-    hashed once per run. Equal requests give equal digests in any process (canonical JSON).
+    hashed once per run (and encoded once per agent definition). Equal requests give equal
+    digests in any process (canonical JSON).
     """
 
     __slots__ = ("_agent", "_fixed", "_hashed", "_messages")
@@ -112,30 +114,51 @@ class ConversationDigest:
     def __init__(self, agent: Agent[Any] | None = None) -> None:
         self._messages = hashlib.blake2b(digest_size=16)
         self._hashed = 0  # how many messages of the conversation are in the hash
-        self._fixed: bytes | None = None
+        self._fixed: hashlib.blake2b | None = None  # the fixed parts hashed, copied per turn
         self._agent = agent  # whose requests' fixed parts are canonical already, once
 
     def of(self, request: ModelRequest) -> str:
         """The request's digest; ``request.messages`` extends the previous request's."""
         if self._fixed is None:
-            agent = self._agent
-            if agent is not None and _of_agent(request, agent):  # the same JSON, hashed once
-                fixed = {**agent._request_parts, "lineage": request.lineage}
-            else:
-                parts = {"instructions": request.instructions, "tools": request.tools,
-                         "settings": request.settings, "output_schema": request.output_schema,
-                         "lineage": request.lineage}
-                if request.plan_tools:  # only then: other requests keep the digests they had
-                    parts["plan_tools"] = request.plan_tools
-                fixed = canonical(parts)
-            self._fixed = _encoded(fixed)
+            self._fixed = hashlib.blake2b(self._fixed_json(request), digest_size=16)
         messages = request.messages
-        for message in messages[self._hashed:]:
-            self._messages.update(_message_bytes(message))
-        self._hashed = len(messages)
-        whole = hashlib.blake2b(self._fixed, digest_size=16)
+        hashed = self._hashed
+        if hashed < len(messages):
+            update = self._messages.update
+            for index in range(hashed, len(messages)):
+                update(_message_bytes(messages[index]))
+            self._hashed = len(messages)
+        whole = self._fixed.copy()
         whole.update(self._messages.digest())
         return whole.hexdigest()
+
+    def _fixed_json(self, request: ModelRequest) -> bytes:
+        """The canonical JSON of the request's parts that stay the same for a run."""
+        agent = self._agent
+        if agent is not None and _of_agent(request, agent):  # the same JSON, encoded once
+            before, after = agent._request_json
+            return before + _encoded(request.lineage) + after
+        parts = {"instructions": request.instructions, "tools": request.tools,
+                 "settings": request.settings, "output_schema": request.output_schema,
+                 "lineage": request.lineage}
+        if request.plan_tools:  # only then: other requests keep the digests they had
+            parts["plan_tools"] = request.plan_tools
+        return _encoded(canonical(parts))
+
+
+def request_json_around_lineage(parts: dict[str, Any]) -> tuple[bytes, bytes]:
+    """``_encoded({**parts, "lineage": x})`` cut into what comes before ``x`` and after it.
+
+    ``parts`` is canonical JSON data. Sorted keys put ``lineage`` among the others, so each
+    item is encoded as ``json.dumps(..., sort_keys=True)`` would, and the items joined.
+    """
+    keys = sorted({*parts, "lineage"})
+    place = keys.index("lineage")
+    items = [_encoded(key) + b":" + _encoded(parts[key]) if key != "lineage" else b""
+             for key in keys]
+    before = b"{" + b",".join(items[:place]) + (b"," if place else b"") + b'"lineage":'
+    after = (b"," if place < len(keys) - 1 else b"") + b",".join(items[place + 1:]) + b"}"
+    return before, after
 
 
 def _of_agent(request: ModelRequest, agent: Agent[Any]) -> bool:
@@ -146,15 +169,34 @@ def _of_agent(request: ModelRequest, agent: Agent[Any]) -> bool:
             and request.output_schema is (spec.schema if spec else None))
 
 
-_PLAIN_MESSAGES = frozenset({UserMessage, AssistantMessage, ToolResultMessage})
-
-
 def _message_bytes(message: Message) -> bytes:
     # The repr of shoal's own (frozen, str-only) messages is exact and the same in every
     # process, and ten times quicker than JSON; anything else goes through canonical JSON.
     # Neither holds a raw newline, so it separates messages safely.
-    text = repr(message) if type(message) in _PLAIN_MESSAGES else _encoded(canonical(message))
-    return (text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")) + b"\n"
+    if type(message) is ToolResultMessage:
+        text = (f"ToolResultMessage(call_id={message.call_id!r}, name={message.name!r}, "
+                f"content={message.content!r}, is_error={message.is_error!r}, "
+                f"role={message.role!r})")
+    elif type(message) is AssistantMessage:
+        text = _assistant_repr(message)
+    elif type(message) is UserMessage:
+        text = f"UserMessage(content={message.content!r}, role={message.role!r})"
+    else:
+        return _encoded(canonical(message)) + b"\n"
+    return text.encode("utf-8", "surrogatepass") + b"\n"
+
+
+def _assistant_repr(message: AssistantMessage) -> str:
+    """``repr(message)``, built without the dataclass repr's per-object bookkeeping."""
+    calls = message.tool_calls
+    if any(type(call) is not ToolCall for call in calls):  # a subclass has its own repr
+        shown = repr(calls)
+    else:
+        shown = ", ".join([f"ToolCall(id={call.id!r}, name={call.name!r}, "
+                           f"arguments={call.arguments!r})" for call in calls])
+        shown = f"({shown},)" if len(calls) == 1 else f"({shown})"
+    return (f"AssistantMessage(content={message.content!r}, tool_calls={shown}, "
+            f"role={message.role!r})")
 
 
 def _encoded(data: Any) -> bytes:
@@ -177,10 +219,13 @@ MODEL_TURN_POLICY = _MODEL_TURN.policy
 class _Asking:
     """The model turn in progress: what its node asks, and the last error an attempt raised.
 
-    Its tree stops it through :meth:`cancel`: the turn's node alone is cancelled.
+    Its tree stops it through :meth:`cancel`: the turn's node alone is cancelled. A streamed
+    reply's events are handed to it as they come (it is the gate's ``take``): each call to
+    the turn's stream, the text to ``text``, and the whole reply kept as :attr:`response`.
     """
 
-    __slots__ = ("handle", "node_id", "raised", "read", "request", "stream")
+    __slots__ = ("handle", "node_id", "raised", "read", "request", "response", "stream",
+                 "text")
 
     def __init__(self, request: ModelRequest, stream: CallStream | None,
                  read: Reader | None, handle: RunHandle, node_id: str) -> None:
@@ -190,6 +235,18 @@ class _Asking:
         self.handle = handle
         self.node_id = node_id
         self.raised: Exception | None = None  # kept whole: the outcome keeps its type name
+        self.response: ModelResponse | None = None  # the streamed reply, once complete
+        self.text: Callable[[str], None] | None = None  # where streamed text goes
+
+    def __call__(self, event: StreamEvent) -> None:
+        """Take one event of the streamed reply."""
+        if isinstance(event, ToolCallDone):
+            if self.stream is not None:
+                self.stream.add(event.index, event.call)
+        elif isinstance(event, ResponseDone):
+            self.response = event.response
+        elif isinstance(event, TextPiece) and self.text is not None:
+            self.text(event.text)
 
     def cancel(self, node: None = None, *, reason: str) -> None:
         """Cancel the turn's node (it still ends with an outcome saying why)."""
@@ -369,7 +426,7 @@ class AgentRun:
         from here): a swarm holds a waiting turn's frames for each agent.
         """
         ctx, agent = self.ctx, self.agent
-        began = ctx.now()
+        began = ctx.now() if ctx.observed else 0.0  # only its event tells how long it took
         asking = self._model_step(request, stream, read, digest)
         handle, node_id = asking.handle, asking.node_id
         try:
@@ -445,22 +502,20 @@ class AgentRun:
         try:
             if asking.read is not None:
                 return await asking.read(request)
-            gate = self.ctx.gates.for_model(model)
-            if stream is None and not self.ctx.wants_text:
-                return await gate.request(model, request, on_event=self._model_event)
-            response: ModelResponse | None = None
+            ctx = self.ctx
+            gate = ctx.gates.for_model(model)
+            # the model's own events (a retry, a server starting) only when someone listens
+            on_event = self._model_event if ctx.observed else None
+            if stream is None and not ctx.wants_text:
+                return await gate.request(model, request, on_event=on_event)
+            asking.response = None  # a retried attempt's reply is its own
+            asking.text = self.text_streamed if ctx.wants_text else None
             # the agent keeps only the whole reply, so text already streamed is no reason
             # not to retry, as a plain request would be retried (a listener sees
             # ModelRetrying, then the turn's text again from its start)
-            async for event in gate.stream(model, request, on_event=self._model_event,
-                                           retry_after_text=True):
-                if isinstance(event, ToolCallDone):
-                    if stream is not None:
-                        stream.add(event.index, event.call)
-                elif isinstance(event, ResponseDone):
-                    response = event.response
-                elif isinstance(event, TextPiece):
-                    self.text_streamed(event.text)
+            await gate.stream_to(model, request, asking, on_event=on_event,
+                                 retry_after_text=True)
+            response = asking.response
             if response is None:
                 raise ModelError(model.name, "the stream ended without a complete reply")
             if stream is None:

@@ -233,7 +233,10 @@ class notices_to:  # a function once: its lower-case name stays
         self._token: Token[Callable[[Event], None] | None] | None = None
 
     def __enter__(self) -> None:
-        self._token = _notices.set(self._sink)
+        # nothing to set when the sink is the one in force already (mostly: none, when no one
+        # listens): each set makes the task's context anew, objects that each step then kept
+        if _notices.get() is not self._sink:
+            self._token = _notices.set(self._sink)
 
     def __exit__(self, *exc: object) -> None:
         if self._token is not None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import json
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -88,6 +88,14 @@ class ToolCall:
     def parsed_arguments(self) -> dict[str, Any]:
         """The arguments as a dict; raises ``ValueError`` saying what is wrong with them."""
         text = self.arguments.strip() or "{}"
+        try:  # what json.loads does with stripped text, less its layers: every call's case
+            value, end = _scan_json(text, 0)
+        except Exception:  # read again below, for json.loads's own error
+            end = -1
+        if end == len(text):
+            if isinstance(value, dict):
+                return value
+            raise ValueError(f"the arguments must be a JSON object, got {text[:200]!r}")
         try:
             value = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -98,6 +106,11 @@ class ToolCall:
         if not isinstance(value, dict):
             raise ValueError(f"the arguments must be a JSON object, got {text[:200]!r}")
         return value
+
+
+#: Reads one JSON value at a position: ``json.loads`` is this, plus whitespace and checks.
+_scan_json: Callable[[str, int], tuple[Any, int]] = (
+    json.JSONDecoder().scan_once)  # type: ignore[attr-defined]  # set in its __init__
 
 
 def _frozen_tuple(obj: object, name: str) -> None:

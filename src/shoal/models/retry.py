@@ -205,6 +205,47 @@ class ModelGate:
                     raise
                 await asyncio.sleep(self._back_off(model, exc, failures, on_event))
 
+    async def stream_to(self, model: Model, request: ModelRequest,
+                        take: Callable[[StreamEvent], object], *,
+                        on_event: EventCallback | None = None,
+                        retry_after_text: bool = False) -> None:
+        """:meth:`stream`, handing each event to ``take`` instead of yielding it.
+
+        The same retries, for a consumer that acts on each event at once (an agent's turn):
+        one generator less between the model and it, which every event of every reply
+        crossed. An error ``take`` raises is the caller's, never retried.
+        """
+        failures = 0
+        while True:
+            sent_text = False
+            failed: ModelError | None = None
+            await self.acquire()
+            try:
+                notices = notices_to(on_event)
+                try:
+                    stream = aiter(model.stream(request))
+                except ModelError as exc:
+                    failed = exc
+                while failed is None:
+                    try:
+                        with notices:  # around each step only, as in :meth:`stream`
+                            event = await anext(stream)
+                    except StopAsyncIteration:
+                        return
+                    except ModelError as exc:
+                        failed = exc
+                        break
+                    sent_text = sent_text or (isinstance(event, TextDelta)
+                                              and not retry_after_text)
+                    take(event)
+            finally:
+                self.release()
+            assert failed is not None  # the stream ended otherwise: returned above
+            failures += 1
+            if sent_text or not _transient(failed) or failures > self.retry.retries:
+                raise failed
+            await asyncio.sleep(self._back_off(model, failed, failures, on_event))
+
     async def acquire(self) -> None:
         """Take a slot and wait until the gate is open: a request may go out now.
 

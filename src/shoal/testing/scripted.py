@@ -281,23 +281,22 @@ class ScriptedModel(Model):
         raise error
 
     def _response(self, step: Any, request: ModelRequest) -> ModelResponse:
+        usage: Usage | None = None
+        stop = ""
         if isinstance(step, ModelResponse):
-            response = step
+            text, calls, usage, stop = step.text, step.tool_calls, step.usage, step.stop_reason
         elif isinstance(step, str):
-            response = ModelResponse(text=step)
-        elif isinstance(step, Sequence) and not isinstance(step, (str, bytes, bytearray)) and all(
-                isinstance(s, (str, ToolCall, Pause)) for s in step):
-            text = "".join(s for s in step if isinstance(s, str))
-            calls = tuple(s for s in step if isinstance(s, ToolCall))
-            response = ModelResponse(text=text, tool_calls=calls)
+            text, calls = step, ()
         else:
-            self._fail(f"a step must be a str, a list of call(...) (and text, pause(...)), a "
-                       f"ModelResponse or a function returning one; got {step!r}")
-        usage = (response.usage if response.usage.requests else
-                 self._usage or _estimate(request, response))
-        return ModelResponse(response.text, response.tool_calls, usage, self.name,
-                             response.stop_reason or ("tool_calls" if response.tool_calls
-                                                      else "stop"))
+            parts = _list_parts(step)
+            if parts is None:
+                self._fail(f"a step must be a str, a list of call(...) (and text, pause(...)), "
+                           f"a ModelResponse or a function returning one; got {step!r}")
+            text, calls = parts
+        if usage is None or not usage.requests:
+            usage = self._usage or _estimate(request, text, calls)
+        return ModelResponse(text, calls, usage, self.name,
+                             stop or ("tool_calls" if calls else "stop"))
 
     def unused(self) -> list[str]:
         """The steps never played, described (``conversation: step n``)."""
@@ -331,9 +330,28 @@ async def _sleep_until(loop: asyncio.AbstractEventLoop, due: float) -> None:
 
 def _items(step: Any) -> list[ToolCall | str | Pause]:
     """The items of a list step, in order; empty for any other step."""
+    if type(step) is list:  # most steps: no need to ask the abstract Sequence
+        return list(step)
     if isinstance(step, (str, bytes, bytearray, ModelResponse)) or not isinstance(step, Sequence):
         return []
     return list(step)
+
+
+def _list_parts(step: Any) -> tuple[str, tuple[ToolCall, ...]] | None:
+    """The text and the calls of a list step, or ``None`` if ``step`` is not one."""
+    if type(step) is not list and (isinstance(step, (str, bytes, bytearray))
+                                   or not isinstance(step, Sequence)):
+        return None
+    texts: list[str] = []
+    calls: list[ToolCall] = []
+    for item in step:
+        if isinstance(item, ToolCall):
+            calls.append(item)
+        elif isinstance(item, str):
+            texts.append(item)
+        elif not isinstance(item, Pause):
+            return None
+    return "".join(texts), tuple(calls)
 
 
 def _conversation(request: ModelRequest) -> tuple[str, int]:
@@ -364,11 +382,11 @@ def _last(request: ModelRequest) -> str:
     return repr(request.messages[-1])[:160]
 
 
-def _estimate(request: ModelRequest, response: ModelResponse) -> Usage:
+def _estimate(request: ModelRequest, text: str, calls: Sequence[ToolCall]) -> Usage:
     sent = len(request.instructions)
     for message in request.messages:
         sent += len(getattr(message, "content", ""))
-    said = len(response.text)
-    for tool_call in response.tool_calls:
+    said = len(text)
+    for tool_call in calls:
         said += len(tool_call.arguments) + len(tool_call.name)
-    return Usage(input_tokens=sent // 4 + 1, output_tokens=said // 4 + 1, requests=1)
+    return Usage(sent // 4 + 1, said // 4 + 1, 1)
