@@ -521,3 +521,17 @@ def test_a_callable_without_a_readable_signature_is_a_tool_definition_error(fn: 
 
     with pytest.raises(ToolDefinitionError, match=r"parameters cannot be read.*wrap it"):
         shoal.tool(fn)
+
+
+def test_a_tool_name_holding_the_separator_is_refused_with_what_to_give() -> None:
+    """Calls are named ``<tool>#<n>``: a name ``lead/steps`` would read as a nested run's id."""
+
+    def fetch(url: str) -> str:
+        return url
+
+    for make in (lambda: shoal.tool(fetch, name="web/fetch"),
+                 lambda: shoal.tool(name="web/fetch")(fetch),
+                 lambda: shoal.Tool(fetch, name="lead/steps")):
+        with pytest.raises(ToolDefinitionError, match=r"cannot hold '/'.*give name= without it"):
+            make()
+    assert shoal.tool(fetch, name="web_fetch").name == "web_fetch"
