@@ -2,6 +2,7 @@
 
 import asyncio
 import random
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -529,9 +530,11 @@ def test_a_tool_name_holding_the_separator_is_refused_with_what_to_give() -> Non
     def fetch(url: str) -> str:
         return url
 
-    for make in (lambda: shoal.tool(fetch, name="web/fetch"),
-                 lambda: shoal.tool(name="web/fetch")(fetch),
-                 lambda: shoal.Tool(fetch, name="lead/steps")):
+    makers: list[Callable[[], object]] = [
+        lambda: shoal.tool(fetch, name="web/fetch"),
+        lambda: shoal.tool(name="web/fetch")(fetch),
+        lambda: shoal.Tool(fetch, name="lead/steps")]
+    for make in makers:
         with pytest.raises(ToolDefinitionError, match=r"cannot hold '/'.*give name= without it"):
             make()
     assert shoal.tool(fetch, name="web_fetch").name == "web_fetch"
