@@ -463,6 +463,20 @@ def test_a_node_id_holding_the_separator_or_empty_is_refused_with_the_reason(bad
     assert [n.id for n in plan] == ["_nodeid_list#1"]  # only the map's input went in
 
 
+@pytest.mark.parametrize("bad", ["a/b", ""])
+def test_a_node_inserted_by_hand_passes_the_same_id_rule(bad: str) -> None:
+    """``plan.insert(Node(...))`` is how code builds nodes itself: it may not skip the rule."""
+    from shoal.plan import Node
+
+    plan = Plan()
+    with pytest.raises(PlanError) as caught:
+        plan.insert(Node(bad, _nodeid_tool, {"x": 1}))
+    assert [p.code for p in caught.value.problems] == ["bad_id"]
+    assert len(plan) == 0
+    plan.insert(Node("a-b", _nodeid_tool, {"x": 1}))
+    assert [n.id for n in plan] == ["a-b"]
+
+
 def test_a_plan_file_node_id_holding_the_separator_is_a_problem_of_the_file() -> None:
     from shoal.exceptions import PlanError
     from shoal.planfile import plan_from_dict

@@ -556,3 +556,46 @@ def _embedded(page: str) -> str:
     start = page.index('<script type="application/json" id="data">') + len(
         '<script type="application/json" id="data">')
     return page[start:page.index("</script>", start)]
+
+
+@shoal.tool
+async def wait_for(seconds: float) -> float:
+    """Take ``seconds`` of the (virtual) clock."""
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+@shoal.tool
+async def breaks(seconds: float) -> None:
+    """Fail after ``seconds``."""
+    await asyncio.sleep(seconds)
+    raise ValueError("broken")
+
+
+def test_a_huge_run_draws_its_critical_path_failures_and_longest_calls_and_says_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page of every call of a 200,000-call run was 70 MB: past MAX_BARS it draws a part."""
+    from shoal.timeline import model
+
+    monkeypatch.setattr(model, "MAX_BARS", 6)
+    plan = shoal.Plan("huge")
+    first = plan.call(wait_for, seconds=5.0, node_id="first")
+    plan.call(wait_for, seconds=first, node_id="second")  # the critical path: 10 s
+    plan.call(breaks, seconds=0.5, node_id="broken")
+    for i in range(12):  # quick ones; the two longest of them fill the page
+        plan.call(wait_for, seconds=0.1 * (i + 1), node_id=f"quick-{i}")
+
+    async def go() -> shoal.RunResult:
+        async with shoal.Runtime(store=SQLiteStore(tmp_path / "runs.db")) as runtime:
+            return await runtime.run(plan)
+
+    result = run_virtual(go())
+    from_result = model.from_run_result(result)
+    journaled = from_journal(SQLiteStore(tmp_path / "runs.db", read_only=True), result.run_id)
+    for view in (from_result, journaled):
+        assert view.calls == 15 and len(view.bars) == 6
+        assert [b.node_id for b in view.bars] == [
+            "first", "second", "broken", "quick-9", "quick-10", "quick-11"]
+        assert any("15 calls: the page draws 6 of them" in n for n in view.notes)
+        page = view.html()
+        assert "quick-0" not in page and "quick-11" in page and "--json" in page

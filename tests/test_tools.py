@@ -2,6 +2,7 @@
 
 import asyncio
 import random
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -521,3 +522,19 @@ def test_a_callable_without_a_readable_signature_is_a_tool_definition_error(fn: 
 
     with pytest.raises(ToolDefinitionError, match=r"parameters cannot be read.*wrap it"):
         shoal.tool(fn)
+
+
+def test_a_tool_name_holding_the_separator_is_refused_with_what_to_give() -> None:
+    """Calls are named ``<tool>#<n>``: a name ``lead/steps`` would read as a nested run's id."""
+
+    def fetch(url: str) -> str:
+        return url
+
+    makers: list[Callable[[], object]] = [
+        lambda: shoal.tool(fetch, name="web/fetch"),
+        lambda: shoal.tool(name="web/fetch")(fetch),
+        lambda: shoal.Tool(fetch, name="lead/steps")]
+    for make in makers:
+        with pytest.raises(ToolDefinitionError, match=r"cannot hold '/'.*give name= without it"):
+            make()
+    assert shoal.tool(fetch, name="web_fetch").name == "web_fetch"

@@ -393,7 +393,13 @@ class Plan:
                     len(self._nodes) + len(self._duplicates), refs, map=map_spec)
 
     def insert(self, node: Node) -> None:
-        """Add a node made by :meth:`make_node` (a taken id is kept aside for validation)."""
+        """Add a node made by :meth:`make_node` (a taken id is kept aside for validation).
+
+        Raises :class:`~shoal.exceptions.PlanError` (code ``bad_id``) for an id holding ``/``
+        or empty, as :meth:`call` does: a :class:`Node` made by hand passes the same rule.
+        """
+        if "/" in node.id or not node.id:
+            check_node_id(node.id)
         if node.id in self._nodes:
             self._duplicates = (*self._duplicates, node)
         else:

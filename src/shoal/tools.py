@@ -18,6 +18,7 @@ from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 import pydantic
 
 from shoal.exceptions import ToolArgumentError, ToolDefinitionError
+from shoal.nodeids import SEPARATOR
 from shoal.policy import (
     ISOLATIONS,
     ApprovalRule,
@@ -81,6 +82,12 @@ class Tool(Generic[P, R]):
         while isinstance(base, functools.partial):  # name and docs come from the function
             base = base.func
         self.name: str = name or str(getattr(base, "__name__", type(base).__name__))
+        if SEPARATOR in self.name:
+            raise ToolDefinitionError(
+                f"tool name {self.name!r} cannot hold {SEPARATOR!r}: shoal names a call "
+                f"'<tool>#<n>' and joins run ids, lineages and node ids with {SEPARATOR!r}, so "
+                f"the call's id would read as two levels; give name= without it, such as "
+                f"{self.name.replace(SEPARATOR, '_')!r}")
         doc = inspect.getdoc(base) or ""
         self.description = description if description is not None else summary(doc)
         self._model = _model or args_model(self.name, fn, param_docs(doc))

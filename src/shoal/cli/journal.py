@@ -400,10 +400,11 @@ def _write_timeline(journal: SQLiteStore, run_id: str, record: RunRecord | None,
                          f"{exc.strerror or exc}") from None
     if as_json:
         sys.stdout.write(json.dumps({"run_id": run_id, "html": str(path),
-                                     "calls": len(view.bars), "lanes": len(view.lanes)},
-                                    indent=2) + "\n")
+                                     "calls": view.calls, "drawn": len(view.bars),
+                                     "lanes": len(view.lanes)}, indent=2) + "\n")
         return
-    _console().print(Text(f"timeline of run {clean(run_id)} ({len(view.bars)} calls on "
+    drawn = f", {len(view.bars)} drawn" if len(view.bars) < view.calls else ""
+    _console().print(Text(f"timeline of run {clean(run_id)} ({view.calls} calls{drawn} on "
                           f"{len(view.lanes)} lane{'s' if len(view.lanes) != 1 else ''}): "
                           f"{clean(str(path))}"))
 

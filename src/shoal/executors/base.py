@@ -49,6 +49,9 @@ class Call:
     #: where the attempt ran, when the backend knows it per call (a Ray node); see
     #: :attr:`Executor.runs_here` for backends whose calls all run on this machine
     where: str
+    #: when the work really ended (``time.monotonic()``), for a backend that stamps it where the
+    #: work ran (a pool thread): the outcome's end, not when the event loop got round to it
+    ended_at: float | None
 
     # Written out (not generated) for the deprecated ``executor=`` keyword; a test checks that
     # it sets every field. The scheduler creates one per attempt: keep it plain assignments.
@@ -56,8 +59,8 @@ class Call:
                  attempt: int, isolation: Isolation | None = None,
                  timeout: float | None = None, run_id: str = "", abandoned: bool = False,
                  began_at: float | None = None, lease: Any = None,
-                 trace: dict[str, str] | None = None, held: str = "", where: str = "", *,
-                 executor: Isolation | None = None) -> None:
+                 trace: dict[str, str] | None = None, held: str = "", where: str = "",
+                 ended_at: float | None = None, *, executor: Isolation | None = None) -> None:
         if executor is not None:
             isolation = _isolation_from_executor(isolation, executor)
         if isolation is None:
@@ -73,6 +76,7 @@ class Call:
         self.run_id = run_id
         self.abandoned = abandoned
         self.began_at = began_at
+        self.ended_at = ended_at
         self.lease = lease
         self.trace = trace
         self.held = held
@@ -106,6 +110,7 @@ def new_call(pos: int, node_id: str, tool: Tool[..., Any], args: dict[str, Any],
     call.run_id = run_id
     call.abandoned = False
     call.began_at = None
+    call.ended_at = None
     call.lease = None
     call.trace = None
     call.held = held
@@ -152,7 +157,9 @@ class Executor(ABC):
         On cancellation, stop the work if the backend can, otherwise set
         ``call.abandoned = True``; then re-raise the cancellation. Backends that know when the
         work really began (a pool thread picking it up) set ``call.began_at``
-        (``time.monotonic()``), so reported timings exclude time spent waiting for a worker.
+        (``time.monotonic()``), so reported timings exclude time spent waiting for a worker;
+        those that know when it ended set ``call.ended_at`` too, so they exclude the time the
+        end waited for the event loop.
         (Plain ``async def`` implementations fit this signature.)
         """
 

@@ -567,6 +567,9 @@ def _run(job: PoolJob) -> None:
         job.error = stop_iteration_error(exc)
     except BaseException as exc:  # the tool's to report, KeyboardInterrupt too (on the loop)
         job.error = exc
+    # when it really ended: its end may wait for a busy loop (a journal's commits, thousands
+    # of other ends), which is no part of the call's duration
+    call.ended_at = time.monotonic()
 
 
 def _run_async(fn: Callable[..., Any], args: dict[str, Any]) -> Any:

@@ -1034,7 +1034,8 @@ class Driver:
                 began = self._began(call.began_at)
                 began = None if began is None else began - self._t0
             where = call.where or self._hosts.get(call.isolation) or self._here(call)
-            self._apply(self.state.finish_ok(call.pos, value, where, self.now(), began))
+            self._apply(self.state.finish_ok(call.pos, value, where, self.now(), began,
+                                             self._ended(call)))
         except Exception as exc:
             self._internal_error(call.node_id, exc)
 
@@ -1070,6 +1071,7 @@ class Driver:
                 began = self._began(call.began_at)
                 if began is not None:
                     result.began = began - self._t0
+            result.ended = self._ended(call)
             result.where = call.where or self._hosts.get(call.isolation) or self._here(call)
             now = self.now()
             if self._streaming and self._journal is not None:
@@ -1087,6 +1089,13 @@ class Driver:
                     call.args.pop(name, None)
         except Exception as exc:
             self._internal_error(call.node_id, exc)
+
+    def _ended(self, call: Call) -> float | None:
+        """When ``call``'s work really ended (run time), if its backend stamped it (see _began)."""
+        if call.ended_at is None:
+            return None
+        ended = self._began(call.ended_at)
+        return None if ended is None else ended - self._t0
 
     def _began(self, stamp: float) -> float | None:
         """A backend's monotonic stamp on the run's clock, if the clock can tell (else None).

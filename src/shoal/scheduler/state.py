@@ -133,6 +133,7 @@ class AttemptResult:
     error: BaseException | None = None
     abandoned: bool = False
     began: float | None = None  # run time at which a worker really started (if known)
+    ended: float | None = None  # run time at which the work really ended (if known)
     where: str = ""  # where the attempt ran (a host, a Ray node), if the backend said
 
 
@@ -637,30 +638,41 @@ class SchedulerState:
                     attempt=slot.attempts, delay=delay, error=str(ErrorInfo.from_exception(
                         result.error, with_traceback=False))))
         else:
+            end = (_end_of(result.ended, slot.started_at, now)
+                   if result.status in ("ok", "failed") else now)  # a timeout ends at now
             if slot.started_at is not None:
-                self._critical.learn(slot.node.tool.name, now - slot.started_at)
+                self._critical.learn(slot.node.tool.name, end - slot.started_at)
             error = None if status == "ok" else self._error(slot, result)
-            self._record(slot, status, now, d, value=result.value, error=error,
+            self._record(slot, status, end, d, value=result.value, error=error,
                          abandoned=result.abandoned)
         self._dispatch(now, d)
         return d
 
     def finish_ok(self, pos: int, value: Any, where: str, now: float,
-                  began: float | None = None) -> Decisions:
-        """:meth:`finish` for an attempt that returned ``value`` (and began at ``began``).
+                  began: float | None = None, ended: float | None = None) -> Decisions:
+        """:meth:`finish` for an attempt that returned ``value`` (began at ``began``).
 
         What most calls report, without an :class:`AttemptResult` to carry it: a batch of one
-        for :meth:`finish_ok_many` (a start of ``-inf`` moves no start time).
+        for :meth:`finish_ok_many` (a start of ``-inf`` moves no start time). ``ended`` (when
+        the work really ended, before ``now``) is the outcome's end; what it releases is
+        decided at ``now``.
         """
-        return self.finish_ok_many(((pos, value, where, _NEVER if began is None else began,
-                                     now),))
+        start = _NEVER if began is None else began
+        slot = self._slots[pos]
+        started = slot.started_at if isinstance(slot, _Slot) else None
+        if started is not None and start > started:
+            started = start
+        finished = now if ended is None else _end_of(ended, started, now)
+        return self.finish_ok_many(((pos, value, where, start, finished),), now)
 
-    def finish_ok_many(self, ended: Sequence[tuple[int, Any, str, float, float]]) -> Decisions:
+    def finish_ok_many(self, ended: Sequence[tuple[int, Any, str, float, float]],
+                       at: float | None = None) -> Decisions:
         """:meth:`finish_ok` for several attempts that ended one after another, in that order.
 
         Each is ``(pos, value, where, began, finished)``; what they release is dispatched
-        once, at the end. For calls the driver ran without giving the loop a turn: one
-        decision for the batch instead of one per call (the same outcomes and starts).
+        once, at the end (at ``at``, if later than the last ``finished``). For calls the driver
+        ran without giving the loop a turn: one decision for the batch instead of one per call
+        (the same outcomes and starts).
         """
         d = Decisions()
         now = 0.0
@@ -702,7 +714,7 @@ class SchedulerState:
             self._global.in_use -= quiet
             self.done_count += quiet
             self.status_counts["ok"] += quiet
-        self._dispatch(now, d)
+        self._dispatch(now if at is None or at < now else at, d)
         return d
 
     def _attempt_ended(self, pos: int, where: str, d: Decisions) -> _Slot:
@@ -1596,6 +1608,17 @@ class _HardPairs:
         source, target = pair
         node, nid = self.graph.nodes[target], self.graph.nodes[source].id
         return nid in node.after or any(r.node == nid for r in node.refs)
+
+
+def _end_of(ended: float | None, started: float | None, now: float) -> float:
+    """When an attempt ended: ``ended`` as its backend stamped it, kept between its start and now.
+
+    A pool thread stamps the end where the work ran; the loop may see it much later (busy
+    with a journal's commits or with thousands of other ends), which is no part of the call.
+    """
+    if ended is None or ended > now:
+        return now
+    return ended if started is None or ended >= started else started
 
 
 def _detail(outcome: Outcome) -> str:

@@ -38,7 +38,6 @@ from shoal.timeline.model import (
     finish,
     link_map_items,
     outcome_bar,
-    outcome_detail,
     preview,
     turn_links,
 )
@@ -250,8 +249,8 @@ def _bar(run: _Run, node_id: str, key: str, lane: int, offset: float,
             bar.status, bar.detail = "damaged", preview(stored.damaged)
         if spans:  # each attempt is listed: the detail need not count them
             bar.attempts = spans
-            if not stored.damaged:
-                bar.detail = outcome_detail(stored.outcome)
+            if not stored.damaged and stored.outcome.attempts > 1:  # (as outcome_bar said it)
+                bar.detail = bar.detail.removeprefix(f"{stored.outcome.attempts} attempts\n")
         return bar
     facts = tools.get(node_id)
     tool = str(facts[0]) if isinstance(facts, list) and facts else (

@@ -39,6 +39,9 @@ __all__ = ["Attempt", "Bar", "Lane", "Timeline", "Wait", "from_agent_result", "f
 
 WAIT_SHOWN = 0.001  # seconds: shorter waits are scheduling noise, not worth explaining
 MAX_ROWS = 60  # rows of one lane; more calls at once overlap on them
+#: calls one page draws: a page of 10,000 is about 2.6 MB and loads in seconds; a run of more
+#: gets the calls on its critical path, those that did not succeed, then the longest, and a note
+MAX_BARS = 10_000
 DETAIL_WIDTH = 1_500  # characters of a result or error kept for the page
 TREE_OUTPUT_WIDTH = 20_000  # characters of an agent's answer kept for the page
 EDGE_WORDS = {"data": "data dependency", "resource": "resource conflict", "after": "ordered by",
@@ -132,6 +135,7 @@ class Timeline:
     agents: Any = None  # the agent tree (agent, lineage, status, turns, ... children)
     answer: str | None = None
     notes: list[str] = field(default_factory=list)
+    calls: int = 0  # how many calls the run had: more than ``bars`` when the page holds a part
 
     def to_data(self) -> dict[str, Any]:
         """The timeline as JSON-ready data (what the page embeds)."""
@@ -393,6 +397,28 @@ def finish(timeline: Timeline, extra: Mapping[str, list[tuple[str, str]]] | None
     timeline.critical_time = mark_critical(timeline.bars, timeline.lanes, extra)
     ends = [t for b in timeline.bars for t in (b.end, b.start, b.queued) if t is not None]
     timeline.duration = max([timeline.duration, *ends]) if ends else timeline.duration
+    timeline.calls = len(timeline.bars)
+    if len(timeline.bars) > MAX_BARS:
+        timeline.bars = drawn_part(timeline.bars, MAX_BARS)
+        timeline.notes.append(
+            f"{timeline.calls:,} calls: the page draws {len(timeline.bars):,} of them (every "
+            f"call on the critical path and every one that did not succeed, then the longest); "
+            f"`shoal show RUN --json` lists every call")
+
+
+def drawn_part(bars: Sequence[Bar], limit: int = MAX_BARS) -> list[Bar]:
+    """The ``limit`` bars a page of a huge run draws, in their order (see :data:`MAX_BARS`).
+
+    A page of every call of a run of 200,000 is some 70 MB that no browser draws usefully.
+    First the critical path, then the calls that did not succeed, then the longest.
+    """
+    def rank(index: int) -> tuple[int, float]:
+        bar = bars[index]
+        tier = 0 if bar.critical else 1 if bar.status not in ("ok", "skipped") else 2
+        return tier, -bar.duration
+
+    kept = heapq.nsmallest(limit, range(len(bars)), key=rank)
+    return [bars[i] for i in sorted(kept)]
 
 
 # ---- from a RunResult ----------------------------------------------------------------------
