@@ -746,15 +746,16 @@ class Driver:
             self._task_of.pop(call.pos, None)
         began = None if call.began_at is None else self._began(call.began_at)
         where = call.where or self._hosts.get(call.isolation) or self._here(call)
+        now, ended = self.now(), self._ended(call)  # its end as the pool thread stamped it
         return (call.pos, value, where, _NO_START if began is None else began - self._t0,
-                self.now())
+                now if ended is None or ended > now else ended)
 
     def _pool_batch_end(self) -> None:
         """Feed the pool calls' plain returns collected so far to the state machine at once."""
         if self._pool_returned:
             batch, self._pool_returned = self._pool_returned, []
             assert self._context is not None
-            self._context.run(self._report, self._returned_many, batch)
+            self._context.run(self._report, self._returned_many, batch, self.now())
 
     def _stopped_end(self, call: Call, result: AttemptResult) -> None:
         """The end of a stopped call that had no task, one loop turn later (as a task's)."""
@@ -1039,17 +1040,19 @@ class Driver:
         except Exception as exc:
             self._internal_error(call.node_id, exc)
 
-    def _returned_many(self, batch: list[tuple[int, Any, str, float, float]]) -> None:
+    def _returned_many(self, batch: list[tuple[int, Any, str, float, float]],
+                       at: float | None = None) -> None:
         """:meth:`_returned` for several calls, ``(pos, value, where, began, finished)`` each.
 
         Calls run at once, or pool calls whose ends came in one batch. One decision for the
         batch: what their ends release is dispatched once. (Their attempts are out of
         ``_tasks`` already, see :meth:`_burst` and :meth:`_plain_end`; neither kind is fed
-        this way with a journal that writes ends one at a time.)
+        this way with a journal that writes ends one at a time.) What they release is
+        decided at ``at`` (now), if given: a pool call's end is when its thread stamped it.
         """
         assert not self._streaming, "a call ran at once with a durable journal"
         try:
-            self._apply(self.state.finish_ok_many(batch))
+            self._apply(self.state.finish_ok_many(batch, at))
         except Exception as exc:
             self._internal_error(self.graph.nodes[batch[-1][0]].id, exc)
 

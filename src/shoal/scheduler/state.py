@@ -692,6 +692,8 @@ class SchedulerState:
                 if started is not None:
                     if slot.attempts == 1 and began > started:
                         slot.started_at = started = began  # exclude waiting to run
+                    if now < started:  # a backend's stamp, kept after the start (see _end_of)
+                        now = started
                     learn(slot.node.tool.name, now - started)
                 if general or slot.gather >= 0 or succs[pos]:  # events, or nodes wait for it
                     self._global.in_use -= 1
