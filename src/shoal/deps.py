@@ -186,6 +186,10 @@ def render_key(template: str, args: Mapping[str, Any], defaults: Mapping[str, An
     return _Key("".join(out), wild=False)
 
 
+#: A use of a resource key by a node: the key, the node's position, the mode.
+_Use = tuple["_Key", int, str]
+
+
 class _Builder:
     """Accumulates edges while walking nodes in order.
 
@@ -213,8 +217,11 @@ class _Builder:
         self._last_writer: dict[_Key, int] = {}
         self._readers: dict[_Key, list[int]] = {}  # since the key's last writer
         self._mergers: dict[_Key, list[int]] = {}  # since the key's last writer
-        self._wild: list[tuple[_Key, int, str]] = []  # wildcard uses, checked by later keys
-        self._history: list[tuple[_Key, int, str]] = []  # all uses, checked by later wildcards
+        # wildcard uses, checked by later keys; all uses, checked by later wildcards. The
+        # shared empty tuple until a node with a footprint comes: most open runs (an agent's
+        # steps) have none, and a swarm keeps one builder per agent in flight
+        self._wild: list[_Use] | tuple[()] = ()
+        self._history: list[_Use] | tuple[()] = ()
         self._last_barrier: int | None = None
         self._since: list[int] = []  # nodes since the last barrier
         self._maps: dict[int, _Builder] = {}  # a map's position -> what its items meet
@@ -357,20 +364,24 @@ class _Builder:
         policy = node.tool.policy
         if not policy.reads and not policy.writes and not policy.merges:
             return
+        history, wild = self._history, self._wild
+        if not isinstance(history, list) or not isinstance(wild, list):  # the first footprint
+            history, wild = [], []
+            self._history, self._wild = history, wild
         defaults = node.tool.defaults
         uses = [(render_key(t, node.args, defaults), "reads") for t in policy.reads]
         uses += [(render_key(t, node.args, defaults), "writes") for t in policy.writes]
         uses += [(render_key(t, node.args, defaults), "merges") for t in policy.merges]
         for key, mode in uses:
             if with_edges:
-                for other_key, j, other_mode in (self._history if key.wild else self._wild):
+                for other_key, j, other_mode in (history if key.wild else wild):
                     if _clash(mode, other_mode) and key.meets(other_key):
                         self.add(j, i, "resource", f"{other_mode} {other_key} / {mode} {key}")
             if not key.wild:
                 self._exact_use(i, key, mode, with_edges)
             else:
-                self._wild.append((key, i, mode))
-            self._history.append((key, i, mode))
+                wild.append((key, i, mode))
+            history.append((key, i, mode))
 
     def _exact_use(self, i: int, key: _Key, mode: str, with_edges: bool) -> None:
         """Order node ``i``'s use of ``key`` after the earlier uses it clashes with."""
