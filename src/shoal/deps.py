@@ -280,10 +280,16 @@ class _Builder:
         graph = self.graph
         if graph is not None and graph.listed is not None:
             graph.listed += hard_edges(node)
-        self.data_and_after(i)
+        if node.refs or node.after:
+            self.data_and_after(i)
         order = self if within is None else self._items_of(within)
-        order.footprint(i)
-        order.barrier(i)
+        policy = node.tool.policy
+        if policy.reads or policy.writes or policy.merges:
+            order.footprint(i)
+        if policy.exclusive or order._last_barrier is not None:
+            order.barrier(i)
+        else:  # what barrier() does for most nodes: no barrier before it, none itself
+            order._since.append(i)
         return i
 
     def _items_of(self, map_pos: int) -> _Builder:

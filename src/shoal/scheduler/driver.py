@@ -574,7 +574,9 @@ class Driver:
             self._look_early()
         if self._watchers and d.done:
             self._tell_watchers(d.done)
-        if self.state.finished and self._finished is not None and not self._finished.done():
+        state = self.state  # closed first: an open run's decisions, until it is closed
+        if (state.closed and state.finished and self._finished is not None
+                and not self._finished.done()):
             self._finished.set_result(None)
         if self._at_once and not self._bursting and not self._burst_due:
             self._burst()
@@ -615,7 +617,9 @@ class Driver:
                         shared = [base, base.copy()]
                     contexts.append(shared)
                     continue
-                pool = self._pool_now(call)
+                # (an inline call never goes to a pool: most calls of an agent's steps)
+                pool = (None if inline_here and call.isolation == "inline"
+                        else self._pool_now(call))
                 if pool is not None:
                     tasks[call.pos] = call
                     queued = to_pool.get(pool)
