@@ -123,6 +123,8 @@ class Graph:
         from the map's earlier items only.
         """
         if self.builder is None:
+            if self is _NO_NODES:  # shared by every empty plan: a run grows its own fork
+                raise RuntimeError("the empty plans' shared graph cannot grow: fork it first")
             self.builder = _Builder.resume(self)
         return self.builder.extend(node, within)
 
@@ -463,6 +465,8 @@ def analyze(plan: Plan) -> Graph:
 
 
 def _analyze(plan: Plan) -> Graph:
+    if not len(plan):  # an open run as it opens (one per agent of a swarm): the shared graph
+        return _NO_NODES
     if len(plan) <= 1:  # no edges to find (an agent's model turn, an open run as it opens)
         nodes = plan.nodes
         return Graph(nodes, {n.id: 0 for n in nodes}, [()] * len(nodes), [()] * len(nodes),
@@ -487,3 +491,7 @@ def _analyze(plan: Plan) -> Graph:
             builder.barrier(i)
     return Graph(builder.nodes, builder.position, builder.preds, builder.succs, builder.extra,
                  len(builder.nodes))
+
+
+#: The graph of every empty plan (an open run's, as it opens): read, forked, never grown.
+_NO_NODES = Graph([], {}, [], [], [], 0)
