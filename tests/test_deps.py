@@ -3,6 +3,7 @@
 import random
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -321,3 +322,17 @@ def test_analysis_is_deterministic() -> None:
         else:
             plan.call(choice, path=rng.choice("xyz"), node_id=f"n{i}")
     assert analyze(plan).edges == analyze(plan).edges
+
+
+def test_empty_plans_share_one_graph_that_only_their_runs_forks_grow() -> None:
+    # an open run opens with an empty plan (a swarm: one per agent); its graph is shared,
+    # so growing it in place would hand one run's nodes to every other
+    shared = analyze(Plan("one"))
+    assert analyze(Plan("two")) is shared and len(shared.nodes) == 0
+    first, second = shared.fork(), shared.fork()
+    first.grow(Plan("x").make_node(read, {"path": "a"}, node_id="a"))
+    assert [n.id for n in first.nodes] == ["a"]
+    assert second.nodes == [] and shared.nodes == [] and shared.preds == []
+    with pytest.raises(RuntimeError, match="fork it first"):
+        shared.grow(Plan("x").make_node(read, {"path": "b"}, node_id="b"))
+    assert shared.nodes == [] and shared.position == {}

@@ -88,6 +88,18 @@ def test_refs_to_finished_running_and_waiting_nodes_all_resolve() -> None:
     assert result.makespan == pytest.approx(4.0, abs=1e-9)  # 1 + 2 + 1, nothing lost
 
 
+def test_every_waiter_of_a_node_gets_its_outcome_however_many_wait() -> None:
+    # one waiter per node is kept without a list, more in one: each count is told the outcome
+    async def main() -> list[list[float]]:
+        async with shoal.Runtime().open_run("waiters") as run:
+            refs = [run.call(nap, seconds=1 + n, node_id=f"n{n}") for n in range(4)]
+            waiting = [[run.value(refs[n]) for _ in range(n)] for n in range(4)]
+            waiting[0].append(run.value(refs[0]))  # one waiter, asked after the others
+            return [list(await asyncio.gather(*each)) for each in waiting]
+
+    assert vrun(main()) == [[1.0], [2.0], [3.0, 3.0], [4.0, 4.0, 4.0]]
+
+
 def test_a_node_cancelled_before_the_run_begins_tells_its_waiters_then() -> None:
     # an agent's steps run: a model turn added, waited for, and cancelled (a budget breach)
     # before the run's first step; the run stays open for the agent's next steps

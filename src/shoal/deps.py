@@ -123,6 +123,8 @@ class Graph:
         from the map's earlier items only.
         """
         if self.builder is None:
+            if self is _NO_NODES:  # shared by every empty plan: a run grows its own fork
+                raise RuntimeError("the empty plans' shared graph cannot grow: fork it first")
             self.builder = _Builder.resume(self)
         return self.builder.extend(node, within)
 
@@ -186,6 +188,10 @@ def render_key(template: str, args: Mapping[str, Any], defaults: Mapping[str, An
     return _Key("".join(out), wild=False)
 
 
+#: A use of a resource key by a node: the key, the node's position, the mode.
+_Use = tuple["_Key", int, str]
+
+
 class _Builder:
     """Accumulates edges while walking nodes in order.
 
@@ -213,8 +219,11 @@ class _Builder:
         self._last_writer: dict[_Key, int] = {}
         self._readers: dict[_Key, list[int]] = {}  # since the key's last writer
         self._mergers: dict[_Key, list[int]] = {}  # since the key's last writer
-        self._wild: list[tuple[_Key, int, str]] = []  # wildcard uses, checked by later keys
-        self._history: list[tuple[_Key, int, str]] = []  # all uses, checked by later wildcards
+        # wildcard uses, checked by later keys; all uses, checked by later wildcards. The
+        # shared empty tuple until a node with a footprint comes: most open runs (an agent's
+        # steps) have none, and a swarm keeps one builder per agent in flight
+        self._wild: list[_Use] | tuple[()] = ()
+        self._history: list[_Use] | tuple[()] = ()
         self._last_barrier: int | None = None
         self._since: list[int] = []  # nodes since the last barrier
         self._maps: dict[int, _Builder] = {}  # a map's position -> what its items meet
@@ -273,10 +282,16 @@ class _Builder:
         graph = self.graph
         if graph is not None and graph.listed is not None:
             graph.listed += hard_edges(node)
-        self.data_and_after(i)
+        if node.refs or node.after:
+            self.data_and_after(i)
         order = self if within is None else self._items_of(within)
-        order.footprint(i)
-        order.barrier(i)
+        policy = node.tool.policy
+        if policy.reads or policy.writes or policy.merges:
+            order.footprint(i)
+        if policy.exclusive or order._last_barrier is not None:
+            order.barrier(i)
+        else:  # what barrier() does for most nodes: no barrier before it, none itself
+            order._since.append(i)
         return i
 
     def _items_of(self, map_pos: int) -> _Builder:
@@ -357,20 +372,24 @@ class _Builder:
         policy = node.tool.policy
         if not policy.reads and not policy.writes and not policy.merges:
             return
+        history, wild = self._history, self._wild
+        if not isinstance(history, list) or not isinstance(wild, list):  # the first footprint
+            history, wild = [], []
+            self._history, self._wild = history, wild
         defaults = node.tool.defaults
         uses = [(render_key(t, node.args, defaults), "reads") for t in policy.reads]
         uses += [(render_key(t, node.args, defaults), "writes") for t in policy.writes]
         uses += [(render_key(t, node.args, defaults), "merges") for t in policy.merges]
         for key, mode in uses:
             if with_edges:
-                for other_key, j, other_mode in (self._history if key.wild else self._wild):
+                for other_key, j, other_mode in (history if key.wild else wild):
                     if _clash(mode, other_mode) and key.meets(other_key):
                         self.add(j, i, "resource", f"{other_mode} {other_key} / {mode} {key}")
             if not key.wild:
                 self._exact_use(i, key, mode, with_edges)
             else:
-                self._wild.append((key, i, mode))
-            self._history.append((key, i, mode))
+                wild.append((key, i, mode))
+            history.append((key, i, mode))
 
     def _exact_use(self, i: int, key: _Key, mode: str, with_edges: bool) -> None:
         """Order node ``i``'s use of ``key`` after the earlier uses it clashes with."""
@@ -446,6 +465,8 @@ def analyze(plan: Plan) -> Graph:
 
 
 def _analyze(plan: Plan) -> Graph:
+    if not len(plan):  # an open run as it opens (one per agent of a swarm): the shared graph
+        return _NO_NODES
     if len(plan) <= 1:  # no edges to find (an agent's model turn, an open run as it opens)
         nodes = plan.nodes
         return Graph(nodes, {n.id: 0 for n in nodes}, [()] * len(nodes), [()] * len(nodes),
@@ -470,3 +491,7 @@ def _analyze(plan: Plan) -> Graph:
             builder.barrier(i)
     return Graph(builder.nodes, builder.position, builder.preds, builder.succs, builder.extra,
                  len(builder.nodes))
+
+
+#: The graph of every empty plan (an open run's, as it opens): read, forked, never grown.
+_NO_NODES = Graph([], {}, [], [], [], 0)

@@ -45,7 +45,7 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any
+from typing import Any, TypeAlias
 
 from shoal.approvals.desk import ApprovalDesk, RunApprovals
 from shoal.approvals.policy import ApprovalRequest
@@ -100,6 +100,8 @@ _NO_START = float("-inf")
 #: This machine's name: where the calls of backends that run everything here ran.
 HOST = socket.gethostname()
 _FINISHED_AT = operator.attrgetter("finished_at")
+#: Who waits for a node's outcome: one future, or several.
+_Waiting: TypeAlias = "asyncio.Future[Outcome] | list[asyncio.Future[Outcome]]"
 
 
 def epoch_now(loop: asyncio.AbstractEventLoop | None = None) -> float:
@@ -267,7 +269,9 @@ class Driver:
         self._epoch = 0.0
         self._finished: asyncio.Future[None] | None = None
         self._before_start: list[Decisions] | None = None
-        self._watchers: dict[int, list[asyncio.Future[Outcome]]] = {}  # position -> waiting
+        # position -> who waits for its outcome: one future (most nodes: the agent that added
+        # it), a list only once there are more (a swarm holds one per agent in flight)
+        self._watchers: dict[int, _Waiting] = {}
         # item id -> waiting: items of maps whose list is not known yet (see outcome_of)
         self._early: dict[str, list[asyncio.Future[Outcome]]] = {}
         self.cancelled_reason = ""
@@ -467,8 +471,18 @@ class Driver:
         if outcome is not None:
             future.set_result(outcome)
         else:
-            self._watchers.setdefault(pos, []).append(future)
+            self._watch(pos, future)
         return future
+
+    def _watch(self, pos: int, future: asyncio.Future[Outcome]) -> None:
+        """Let ``future`` wait for the outcome of the node at ``pos``."""
+        waiting = self._watchers.get(pos)
+        if waiting is None:
+            self._watchers[pos] = future
+        elif isinstance(waiting, list):
+            waiting.append(future)
+        else:
+            self._watchers[pos] = [waiting, future]
 
     def _look_early(self) -> None:
         """Hand the waiters of map items that now exist on; fail those whose map ended."""
@@ -476,7 +490,8 @@ class Driver:
         for node_id in list(self._early):
             pos = position.get(node_id)
             if pos is not None:  # made: wait for it as for any node (it may have ended)
-                self._watchers.setdefault(pos, []).extend(self._early.pop(node_id))
+                for future in self._early.pop(node_id):
+                    self._watch(pos, future)
                 if state.outcome_at(pos) is not None:
                     self._tell_watchers([pos])
                 continue
@@ -500,10 +515,10 @@ class Driver:
         outcome_at = self.state.outcome_at
         for pos in ended:
             waiting = self._watchers.pop(pos, None)
-            if waiting:
+            if waiting is not None:
                 outcome = outcome_at(pos)
                 assert outcome is not None  # told only once it has one
-                for future in waiting:
+                for future in waiting if isinstance(waiting, list) else (waiting,):
                     if not future.done():
                         future.set_result(outcome)
 
@@ -574,7 +589,9 @@ class Driver:
             self._look_early()
         if self._watchers and d.done:
             self._tell_watchers(d.done)
-        if self.state.finished and self._finished is not None and not self._finished.done():
+        state = self.state  # closed first: an open run's decisions, until it is closed
+        if (state.closed and state.finished and self._finished is not None
+                and not self._finished.done()):
             self._finished.set_result(None)
         if self._at_once and not self._bursting and not self._burst_due:
             self._burst()
@@ -615,7 +632,9 @@ class Driver:
                         shared = [base, base.copy()]
                     contexts.append(shared)
                     continue
-                pool = self._pool_now(call)
+                # (an inline call never goes to a pool: most calls of an agent's steps)
+                pool = (None if inline_here and call.isolation == "inline"
+                        else self._pool_now(call))
                 if pool is not None:
                     tasks[call.pos] = call
                     queued = to_pool.get(pool)

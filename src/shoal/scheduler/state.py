@@ -512,7 +512,7 @@ class SchedulerState:
         # The ready queue is the union of both; _dispatch takes the smaller of their heads.
         # the nodes ready at the start, best last (popped from the end; a list, not a deque:
         # an empty deque costs 600 bytes per run, and a swarm opens a run per agent)
-        self._sorted: list[tuple[float, int]] = []
+        self._sorted: list[tuple[float, int]] = _NONE_SORTED
         self._sorting: list[tuple[float, int]] | None = None  # set while begin() queues
         self._hard = _HardPairs(graph)
         executors: dict[int, Isolation] = {}  # by tool object: a large plan has few tools
@@ -580,6 +580,8 @@ class SchedulerState:
         queued.sort(reverse=True)  # in plan order already, unless ranked otherwise: one pass
         self._sorted = queued
         self._dispatch(now, d)
+        if not self._sorted:  # every one started (an open run's first step): the list goes
+            self._sorted = _NONE_SORTED
         return d
 
     def _queue_ready(self, queued: list[tuple[float, int]], now: float, d: Decisions) -> None:
@@ -1592,6 +1594,11 @@ class SchedulerState:
                       for _, p in itertools.chain(self._heap, self._sorted)]
         self._sorted.clear()
         heapq.heapify(self._heap)
+
+
+#: The sorted ready queue once empty after begin() (an open run's, one per agent of a swarm):
+#: shared, so never appended to (nodes queued later go to the heap), only read or cleared.
+_NONE_SORTED: list[tuple[float, int]] = []
 
 
 class _HardPairs:
