@@ -253,8 +253,9 @@ class Driver:
         # task (see _pool_now); positions of such calls stopped, whose end is on its way
         self._on_pool: dict[int, tuple[ThreadExecutor, PoolJob]] = {}
         # (pos, value, where, began, finished) of pool calls that returned a plain value, fed
-        # to the state machine together once the pool's batch of ends is in (_pool_batch_end)
-        self._pool_returned: list[tuple[int, Any, str, float, float]] = []
+        # to the state machine together once the pool's batch of ends is in (_pool_batch_end);
+        # made on first use (an agent's steps run has none, and a swarm keeps a thousand runs)
+        self._pool_returned: list[tuple[int, Any, str, float, float]] | None = None
         self._stopped_late: set[int] = set()
         # sync calls to hand to each pool on the next loop turn, all at once (see _submit)
         self._to_pool: dict[ThreadExecutor, list[tuple[Call, contextvars.Context]]] = {}
@@ -736,7 +737,11 @@ class Driver:
                     self._context.run(self._report, self._returned, call, value)
                 else:
                     try:
-                        self._pool_returned.append(self._plain_end(call, value))
+                        end = self._plain_end(call, value)
+                        if self._pool_returned is None:
+                            self._pool_returned = [end]
+                        else:
+                            self._pool_returned.append(end)
                     except Exception as exc:
                         self._internal_error(call.node_id, exc)
                 return
@@ -772,7 +777,7 @@ class Driver:
     def _pool_batch_end(self) -> None:
         """Feed the pool calls' plain returns collected so far to the state machine at once."""
         if self._pool_returned:
-            batch, self._pool_returned = self._pool_returned, []
+            batch, self._pool_returned = self._pool_returned, None
             assert self._context is not None
             self._context.run(self._report, self._returned_many, batch, self.now())
 
