@@ -89,13 +89,15 @@ class OpenRun:
         return self._on_loop(lambda: self._insert(
             self._plan.make_node(tool, args, after=after, node_id=node_id)))
 
-    def add_owned(self, tool: Callee, args: dict[str, Any], *, node_id: str) -> None:
+    def add_owned(self, tool: Callee, args: dict[str, Any], *, node_id: str,
+                  validated: bool = False) -> None:
         """:meth:`add` for ``args`` made for this call alone, kept as they are (not copied).
 
         For callers that build each call's arguments afresh (an agent's model turns and tool
         calls): a swarm adds a dozen nodes per agent, and the copy was one more dict each.
+        ``validated``: ``args`` are the tool's validation's output (not validated again).
         """
-        self._insert(self._plan.make_owned_node(tool, args, node_id))
+        self._insert(self._plan.make_owned_node(tool, args, node_id, validated=validated))
 
     def map(self, tool: Callee, /, *, over: Ref,
             item_arg: str | None = None, partial: bool = False,

@@ -365,9 +365,18 @@ class Plan:
                             f"{type(args).__name__} {shown(args)}")
         return self._make_node(tool, dict(args) if args else {}, after, node_id, map_spec)
 
-    def make_owned_node(self, tool: Callee, arguments: dict[str, Any], node_id: str) -> Node:
-        """:meth:`make_node` for ``arguments`` made for this node alone: kept, not copied."""
-        return self._make_node(tool, arguments, (), node_id, None)
+    def make_owned_node(self, tool: Callee, arguments: dict[str, Any], node_id: str, *,
+                        validated: bool = False) -> Node:
+        """:meth:`make_node` for ``arguments`` made for this node alone: kept, not copied.
+
+        ``validated``: ``arguments`` are what the tool's validation made of what was asked
+        (an agent checks a model's call before it adds it): kept as the checked arguments,
+        not validated again (a validator that transforms a value would transform it twice).
+        """
+        node = self._make_node(tool, arguments, (), node_id, None)
+        if validated and not node.refs and not node.tool.has_default_factory:
+            node.checked = arguments
+        return node
 
     def _make_node(self, tool: Callee, arguments: dict[str, Any],
                    after: Ref | str | Iterable[Ref | str], node_id: str | None,
@@ -513,6 +522,8 @@ class Plan:
                                      f"({names})", node.id))
         if node.refs:
             detail = self._static_check(node)
+        elif node.checked is not None:  # validated already (see make_owned_node), or before
+            detail = ""
         else:  # fully known now: validate once and keep the result for dispatch ...
             try:
                 checked, detail = node.tool.validate(node.args), ""

@@ -449,7 +449,8 @@ class CallStream:
         self._lineages[node_id] = where
         if self._run is None:
             self._run = self._open_run(self._sink)
-        self._run.add_owned(tool, args, node_id=node_id)  # validated afresh: its own
+        # checked by _check: validated once (a transforming validator must not run twice)
+        self._run.add_owned(tool, args, node_id=node_id, validated=tool is found)
         self._planned[node_id] = index
         if self._shared is not None:
             stop = self._stopped if self._stopped is not None else self._shared.stop_reason()
