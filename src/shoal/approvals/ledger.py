@@ -62,27 +62,38 @@ def approval_hash(tool: str, arguments: Mapping[str, Any]) -> str:
 def _plain_json(value: dict[str, Any]) -> str | None:
     """``value``'s canonical JSON if it is plain JSON data, else ``None``.
 
-    Plain: dicts with text keys, lists, tuples, text, finite floats, ints short enough to
-    write out, booleans and ``None``, nested less deep than the recursion limit. For such a
-    value the text is what :func:`~shoal.store.base.canonical_json` gives (hashes made
-    before stay valid), written by the C encoder without a pass in Python per item.
+    Plain: a tree (no container in it twice) of dicts with text keys, lists, tuples, text,
+    finite floats, ints short enough to write out, booleans and ``None``, nested less deep
+    than the recursion limit. For such a value the text is what
+    :func:`~shoal.store.base.canonical_json` gives (hashes made before stay valid), written by
+    the C encoder without a pass in Python per item.
     """
+    if not _text_keyed_tree(value):
+        return None
     try:
         text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                           allow_nan=False)
-    except (TypeError, ValueError, RecursionError):  # not plain, NaN, circular, too deep
+    except (TypeError, ValueError, RecursionError):  # not plain, NaN, too deep
         return None
-    return text if _text_keys_only(value) else None
+    return text
 
 
-def _text_keys_only(value: Any) -> bool:
-    """Whether every dict in ``value`` (plain JSON data, so finite) has only text keys.
+def _text_keyed_tree(value: Any) -> bool:
+    """Whether ``value``'s dicts all have text keys and no container appears in it twice.
 
-    JSON writes the keys ``1`` and ``"1"`` alike; such values take the general path.
+    JSON writes the keys ``1`` and ``"1"`` alike; such values take the general path. So do
+    values with shared parts: JSON writes a part out each time it appears, and a list made
+    of shared parts doubles with each level (``2**200`` items from 400 objects), which the
+    encoder would never finish; one that holds itself never ends. (What a model sends, parsed
+    JSON, is always a tree.) One look per container, none per scalar.
     """
+    seen: set[int] = set()
     stack = [value]
     while stack:
         item = stack.pop()
+        if id(item) in seen:
+            return False
+        seen.add(id(item))  # every item is alive in ``value``: its id stays its own
         if isinstance(item, dict):
             if not all(isinstance(key, str) for key in item):
                 return False

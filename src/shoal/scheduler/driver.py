@@ -550,8 +550,8 @@ class Driver:
         """The outcomes so far (all of them once the run is over)."""
         outcomes = self.state.outcomes_by_id()
         try:  # every outcome has its end time (unless replayed from an older journal)
-            makespan = max(map(_FINISHED_AT, outcomes.values()), default=0.0)
-        except TypeError:  # one is None: it counts as 0
+            makespan = max(map(_FINISHED_AT, outcomes.values()), default=0.0) or 0.0
+        except TypeError:  # one is None: it counts as 0 (a lone None is compared with none)
             makespan = max((o.finished_at or 0.0 for o in outcomes.values()), default=0.0)
         result = RunResult(self.state.run_id, outcomes, makespan, self.graph, self._epoch,
                            self.cancelled_reason)
