@@ -26,6 +26,7 @@ from shoal.store.sqlite import SQLiteStore
 from shoal.testing import run_virtual
 from shoal.timeline import embed, from_journal, render
 from shoal.timeline.critical import longest_chain
+from shoal.timeline.model import from_run_result
 from tests.agent_models import REVIEW_PROMPT, review_model
 from tests.browser import Browser, find_chromium
 from tests.cli_process import run_cli
@@ -198,6 +199,9 @@ def test_waits_are_explained_from_the_journal(tmp_path: Path) -> None:
     assert retry.end - retry.start >= 0.02  # the backoff, at least half of 0.05 (jitter)
     flaky = next(b for b in view.bars if b.node_id == "flaky")
     assert [a.status for a in flaky.attempts][-1] == "ok" and len(flaky.attempts) == 2
+    assert flaky.detail == "ok"  # each attempt is drawn: the detail need not count them
+    from_result = next(b for b in from_run_result(result).bars if b.node_id == "flaky")
+    assert from_result.detail == "2 attempts\nok"  # one attempt bar: the detail says it
     approval = waits["pay"]["approval"]
     assert "approval approved" in approval.text and approval.end - approval.start >= 0.04
     assert waits["later"]["after"].text == "waited for api-2 (ordered by: after=api-2)"
@@ -578,6 +582,14 @@ def test_a_huge_run_draws_its_critical_path_failures_and_longest_calls_and_says_
     from shoal.timeline import model
 
     monkeypatch.setattr(model, "MAX_BARS", 6)
+    described: list[str] = []  # the calls whose value was written out for the page
+
+    def outcome_detail(outcome: shoal.Outcome) -> str:
+        described.append(outcome.node_id)
+        return original_detail(outcome)
+
+    original_detail = model.outcome_detail
+    monkeypatch.setattr(model, "outcome_detail", outcome_detail)
     plan = shoal.Plan("huge")
     first = plan.call(wait_for, seconds=5.0, node_id="first")
     plan.call(wait_for, seconds=first, node_id="second")  # the critical path: 10 s
@@ -590,12 +602,16 @@ def test_a_huge_run_draws_its_critical_path_failures_and_longest_calls_and_says_
             return await runtime.run(plan)
 
     result = run_virtual(go())
-    from_result = model.from_run_result(result)
-    journaled = from_journal(SQLiteStore(tmp_path / "runs.db", read_only=True), result.run_id)
-    for view in (from_result, journaled):
+    for source in (result, SQLiteStore(tmp_path / "runs.db", read_only=True)):
+        described.clear()
+        view = (model.from_run_result(source) if isinstance(source, shoal.RunResult)
+                else from_journal(source, result.run_id))
         assert view.calls == 15 and len(view.bars) == 6
         assert [b.node_id for b in view.bars] == [
             "first", "second", "broken", "quick-9", "quick-10", "quick-11"]
         assert any("15 calls: the page draws 6 of them" in n for n in view.notes)
         page = view.html()
         assert "quick-0" not in page and "quick-11" in page and "--json" in page
+        # only the drawn calls' values are written out (at 100,000 calls, seconds of JSON)
+        assert sorted(described) == sorted(b.node_id for b in view.bars), described
+        assert all(b.detail and b.source is None for b in view.bars)

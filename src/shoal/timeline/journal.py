@@ -246,11 +246,9 @@ def _bar(run: _Run, node_id: str, key: str, lane: int, offset: float,
     if stored is not None:
         bar = outcome_bar(stored.outcome, key, lane, offset)
         if stored.damaged:
-            bar.status, bar.detail = "damaged", preview(stored.damaged)
+            bar.status, bar.detail, bar.source = "damaged", preview(stored.damaged), None
         if spans:  # each attempt is listed: the detail need not count them
-            bar.attempts = spans
-            if not stored.damaged and stored.outcome.attempts > 1:  # (as outcome_bar said it)
-                bar.detail = bar.detail.removeprefix(f"{stored.outcome.attempts} attempts\n")
+            bar.attempts, bar.count_attempts = spans, False
         return bar
     facts = tools.get(node_id)
     tool = str(facts[0]) if isinstance(facts, list) and facts else (
