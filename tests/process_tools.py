@@ -169,6 +169,12 @@ def chatty(lines: int) -> int:
 
 
 @tool(isolation="process")
+def nap(seconds: float) -> None:
+    """Sleep ``seconds`` (wall-clock time, whatever the machine's load)."""
+    time.sleep(seconds)
+
+
+@tool(isolation="process")
 def burn(seconds: float) -> int:
     """Use ``seconds`` of CPU time; return the worker's pid."""
     end = time.process_time() + seconds

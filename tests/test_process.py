@@ -723,3 +723,45 @@ def test_starting_a_cold_worker_does_not_count_against_the_timeout() -> None:
     refs = [plan.call(pt.square.options(timeout=0.1), x=i) for i in range(4)]
     result = shoal.run_sync(plan, process_workers=4)
     assert [result[r].status for r in refs] == ["ok"] * 4
+
+
+def test_a_calls_end_is_when_its_worker_finished_not_when_the_loop_looked() -> None:
+    """The worker stamps a call's end: a loop busy elsewhere does not lengthen the call."""
+
+    @tool(isolation="inline")
+    async def hog(seconds: float) -> None:
+        await asyncio.sleep(0.1)  # the process call is sent by now
+        # holds the event loop on purpose: the worker's reply waits to be read
+        time.sleep(seconds)  # noqa: ASYNC251
+
+    async def main() -> shoal.RunResult:
+        async with Runtime() as runtime:
+            warm = Plan()
+            warm.call(pt.square, x=1)
+            await runtime.run(warm)  # a warm worker: the call below is sent at once
+            plan = Plan()
+            plan.call(pt.nap, seconds=0.3, node_id="work")
+            plan.call(hog, seconds=1.5, node_id="hog")
+            return await runtime.run(plan)
+
+    result = arun(main(), timeout=SLOW)
+    work = result.outcomes["work"]
+    assert result.ok and work.duration is not None
+    # read by the loop 1.5 s after it started, at the earliest; the work itself took 0.3 s
+    assert 0.25 <= work.duration < 1.0, work.duration
+
+
+def test_a_forged_end_stamp_is_kept_within_the_calls_own_window() -> None:
+    """The worker runs the tool's code: its stamp counts only between sending and now."""
+    from shoal.executors._worker import ENDED
+    from shoal.executors.process import _unstamped
+
+    call = a_call(pt.noop)
+    call.began_at = sent = time.monotonic()
+    for stamp, expected in ((float("nan"), None), (sent - 5.0, None), (float("-inf"), None)):
+        body = bytearray(ENDED.pack(stamp) + b"reply")
+        assert _unstamped(call, body) is expected and body == b"reply"
+    late = _unstamped(call, bytearray(ENDED.pack(float("inf")) + b"reply"))
+    assert late is not None and sent <= late <= time.monotonic()  # the future is now
+    with pytest.raises(SerializationError, match="malformed reply"):
+        _unstamped(call, bytearray(b"\x00\x01"))

@@ -15,7 +15,10 @@ message is an 8-byte big-endian length followed by that many bytes of a pickled 
   is instrumented, a sixth field holds the call's W3C trace context (see
   :mod:`shoal.executors._tracing`);
 * worker -> parent, per call: ``("ok", value)`` or ``("error", exception_blob | None, type,
-  message, traceback)`` (the blob is ``None`` when the exception cannot be pickled).
+  message, traceback)`` (the blob is ``None`` when the exception cannot be pickled), after an
+  8-byte big-endian double, :data:`ENDED`: ``time.monotonic()`` here when the call's work
+  ended (the parent's event loop may read the reply later, busy with other calls; a call's
+  recorded end is when its work ended). The reply to a ``load`` command starts with one too.
 
 Calls and ``ok`` replies are cloudpickled whole rather than holding separately pickled blobs:
 with tens of megabytes of arguments or results, every copy counts.
@@ -40,6 +43,7 @@ import pickle
 import struct
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -52,6 +56,7 @@ from shoal.executors._shipping import dumps, loads, loads_callable
 from shoal.executors._tracing import joined
 
 HEADER = struct.Struct(">Q")
+ENDED = struct.Struct(">d")  # before a reply to a command: when its work ended, see above
 
 
 def read_message(stream: IO[bytes]) -> bytes | None:
@@ -64,10 +69,17 @@ def read_message(stream: IO[bytes]) -> bytes | None:
     return body if len(body) == size else None
 
 
-def write_message(stream: IO[bytes], body: bytes) -> None:
-    """Send one message; exit quietly if the parent stopped listening."""
+def write_message(stream: IO[bytes], body: bytes, *, ended: float | None = None) -> None:
+    """Send one message, after ``ended`` if given; exit quietly if the parent stopped listening.
+
+    The stamp is written on its own, not joined to ``body``: a reply may be many megabytes.
+    """
     try:
-        stream.write(HEADER.pack(len(body)))
+        if ended is None:
+            stream.write(HEADER.pack(len(body)))
+        else:
+            stream.write(HEADER.pack(ENDED.size + len(body)))
+            stream.write(ENDED.pack(ended))
         stream.write(body)
         stream.flush()
     except BrokenPipeError:
@@ -247,9 +259,10 @@ def main(argv: list[str]) -> int:
     write_message(replies, pickle.dumps(("ready", os.getpid())))
     while (body := read_message(commands)) is not None:
         reply = handle(body, cpu_seconds)
+        ended = time.monotonic()  # not after flushing what the tool printed: the parent's work
         del body  # free a large call before sending a large reply
         flush_output()
-        write_message(replies, reply)
+        write_message(replies, reply, ended=ended)
         del reply
     return 0
 

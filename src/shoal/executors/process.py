@@ -111,6 +111,7 @@ from shoal.executors._reaper import kill_tree
 from shoal.executors._sandbox import problem as sandbox_problem
 from shoal.executors._shipping import dumps, dumps_callable
 from shoal.executors._template import PID, STATUS, exit_code, fork_supported
+from shoal.executors._worker import ENDED
 from shoal.executors.base import Call, Executor, check_count
 from shoal.executors.results import load_result
 from shoal.limits import ProcessLimits
@@ -758,6 +759,7 @@ class ProcessExecutor(Executor):
             await self._discard(worker)
             raise
         try:
+            _unstamped(call, body)  # a load is no part of the call: its end stamp is not kept
             _unwrap(call, body)  # raises the import error, if the module failed to load
         except BaseException:
             self._release(worker)
@@ -785,6 +787,7 @@ class ProcessExecutor(Executor):
             await self._discard(worker)
             raise
         self._release(worker)
+        call.ended_at = _unstamped(call, body)
         return _unwrap(call, body)
 
     async def close(self) -> None:
@@ -1189,6 +1192,24 @@ def _call_message(call: Call) -> bytes:
         for key, value in call.args.items():  # say which argument, when one alone fails
             dumps(value, f"argument {key!r} of tool {name!r}")
         raise
+
+
+def _unstamped(call: Call, body: bytearray) -> float | None:
+    """Take the worker's end stamp off the front of ``body``; when the work ended, if it can tell.
+
+    The worker runs the tool's code, which could change the stamp: it is kept only within
+    when the call was sent and now (``call.began_at`` and ``time.monotonic()``, the same clock
+    as the worker's on one machine).
+    """
+    if len(body) < ENDED.size:
+        raise SerializationError(f"the worker process running tool {call.tool.name!r} sent a "
+                                 "malformed reply")
+    ended: float = ENDED.unpack_from(body)[0]
+    del body[:ENDED.size]  # in place: a bytearray drops its first bytes without a copy
+    began = call.began_at
+    if began is None or not began <= ended:  # NaN fails this too
+        return None
+    return min(ended, time.monotonic())
 
 
 def _unwrap(call: Call, body: bytearray) -> Any:
