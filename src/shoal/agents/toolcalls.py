@@ -640,9 +640,15 @@ def _fill_outcomes(outcomes: Mapping[str, Outcome], epoch: float, planned: Mappi
                    records: list[CallRecord | None], turn: int = 0) -> None:
     for node_id, index in planned.items():
         call = calls[index]
-        outcome = _unsendable(outcomes[node_id], call.name)
-        text, is_error = result_text(outcome, call.name)
-        message = ToolResultMessage(call.id, call.name, text, is_error=is_error)
+        outcome = outcomes[node_id]
+        value = outcome.value
+        if (type(value) is str and outcome.status == "ok"
+                and len(value) <= MAX_RESULT_CHARS):  # most calls: the text as it is
+            text, is_error = value, False
+        else:
+            outcome = _unsendable(outcome, call.name)
+            text, is_error = result_text(outcome, call.name)
+        message = ToolResultMessage(call.id, call.name, text, is_error)
         records[index] = CallRecord(call, lineages[node_id], outcome.status, message, outcome,
                                     epoch, turn)
 
