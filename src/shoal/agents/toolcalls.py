@@ -433,9 +433,15 @@ class CallStream:
             return
         self.taken.append(call)
         self._records.append(None)
-        found = self._by_name.get(call.name)
-        where = _child(self._lineage, _next_name(self._counts, call.name) if found
-                       else f"{call.name}?")
+        name = call.name
+        found = self._by_name.get(name)
+        if found:  # named tool#n, as _next_name does (inline: every call's case)
+            counts = self._counts
+            n = counts[name] = counts.get(name, 0) + 1
+            node_name = f"{name}#{n}"
+        else:
+            node_name = f"{name}?"
+        where = f"{self._lineage}/{node_name}" if self._lineage else node_name
         checked = _check(index, call, found, self._by_name, where, self._prepare)
         if isinstance(checked, CallRecord):
             if self._turn:
