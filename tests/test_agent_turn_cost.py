@@ -67,7 +67,8 @@ def _request(agent: shoal.Agent[Any], lineage: str, **changes: Any) -> ModelRequ
 @pytest.mark.parametrize("agent", _agents(), ids=lambda a: a.name)
 def test_an_agents_request_digest_is_the_one_computed_from_the_request_alone(
         agent: shoal.Agent[Any]) -> None:
-    for lineage in ("lead", "lead/worker#7"):
+    # quotes, escapes, non-ASCII and a lone surrogate: the lineage's JSON is made by hand
+    for lineage in ("lead", "lead/worker#7", 'lead/"w\\ö"#2', "lead/\u2028\ud800\n"):
         request = _request(agent, lineage)
         assert ConversationDigest(agent).of(request) == ConversationDigest().of(request)
 

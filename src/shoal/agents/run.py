@@ -24,6 +24,7 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from functools import partial
+from json.encoder import encode_basestring_ascii
 from typing import TYPE_CHECKING, Any, cast
 
 from shoal.agents.context import TreeContext
@@ -137,7 +138,7 @@ class ConversationDigest:
         agent = self._agent
         if agent is not None and _of_agent(request, agent):  # the same JSON, encoded once
             before, after = agent._request_json
-            return before + _encoded(request.lineage) + after
+            return before + _encoded_str(request.lineage) + after
         parts = {"instructions": request.instructions, "tools": request.tools,
                  "settings": request.settings, "output_schema": request.output_schema,
                  "lineage": request.lineage}
@@ -197,6 +198,14 @@ def _assistant_repr(message: AssistantMessage) -> str:
         shown = f"({shown},)" if len(calls) == 1 else f"({shown})"
     return (f"AssistantMessage(content={message.content!r}, tool_calls={shown}, "
             f"role={message.role!r})")
+
+
+def _encoded_str(text: str) -> bytes:
+    """``_encoded(text)`` for a str, without making a JSON encoder (once per agent run)."""
+    if type(text) is not str:
+        return _encoded(text)
+    # what json.dumps(text) returns with its default ensure_ascii
+    return encode_basestring_ascii(text).encode("utf-8", "surrogatepass")
 
 
 def _encoded(data: Any) -> bytes:
@@ -361,7 +370,7 @@ class AgentRun:
                     # frames for as long as its calls run
                     records = await stream.finish(response.tool_calls, self.result.calls.extend)
                     self._untrack_phase(stream)
-                    messages.extend(record.message for record in records)
+                    messages.extend([record.message for record in records])
                     continue
                 if stream is not None:  # no calls: the turn had no tool phase
                     self._untrack_phase(stream)
@@ -464,7 +473,9 @@ class AgentRun:
         node_id = f"model-{turn}:{digest}"
         asking = self._asking = _Asking(request, stream, read, run.handle, node_id)
         try:
-            run.add_owned(self._model_tool, {"request_digest": digest}, node_id=node_id)
+            # the digest is a str made here: the model turn's schema has nothing to check
+            run.add_owned(self._model_tool, {"request_digest": digest}, node_id=node_id,
+                          validated=True)
         except BaseException:
             self._asking = None
             raise

@@ -433,9 +433,15 @@ class CallStream:
             return
         self.taken.append(call)
         self._records.append(None)
-        found = self._by_name.get(call.name)
-        where = _child(self._lineage, _next_name(self._counts, call.name) if found
-                       else f"{call.name}?")
+        name = call.name
+        found = self._by_name.get(name)
+        if found:  # named tool#n, as _next_name does (inline: every call's case)
+            counts = self._counts
+            n = counts[name] = counts.get(name, 0) + 1
+            node_name = f"{name}#{n}"
+        else:
+            node_name = f"{name}?"
+        where = f"{self._lineage}/{node_name}" if self._lineage else node_name
         checked = _check(index, call, found, self._by_name, where, self._prepare)
         if isinstance(checked, CallRecord):
             if self._turn:
@@ -640,9 +646,15 @@ def _fill_outcomes(outcomes: Mapping[str, Outcome], epoch: float, planned: Mappi
                    records: list[CallRecord | None], turn: int = 0) -> None:
     for node_id, index in planned.items():
         call = calls[index]
-        outcome = _unsendable(outcomes[node_id], call.name)
-        text, is_error = result_text(outcome, call.name)
-        message = ToolResultMessage(call.id, call.name, text, is_error=is_error)
+        outcome = outcomes[node_id]
+        value = outcome.value
+        if (type(value) is str and outcome.status == "ok"
+                and len(value) <= MAX_RESULT_CHARS):  # most calls: the text as it is
+            text, is_error = value, False
+        else:
+            outcome = _unsendable(outcome, call.name)
+            text, is_error = result_text(outcome, call.name)
+        message = ToolResultMessage(call.id, call.name, text, is_error)
         records[index] = CallRecord(call, lineages[node_id], outcome.status, message, outcome,
                                     epoch, turn)
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from shoal._deprecation import renamed
 from shoal.events import Event, ModelRetrying
 from shoal.exceptions import ConfigError, ModelConnectionError, ModelError, ModelHTTPError
-from shoal.models._common import notices_to
+from shoal.models._common import _notices, notices_to
 from shoal.models.base import Model, ModelRequest, ModelResponse, StreamEvent, TextDelta
 
 __all__ = ["EventCallback", "ModelGate", "ModelGates", "ModelRetry"]
@@ -222,14 +222,18 @@ class ModelGate:
             await self.acquire()
             try:
                 notices = notices_to(on_event)
+                in_force = _notices.get  # the sink the model's notices go to now
                 try:
                     stream = aiter(model.stream(request))
                 except ModelError as exc:
                     failed = exc
                 while failed is None:
                     try:
-                        with notices:  # around each step only, as in :meth:`stream`
+                        if in_force() is on_event:  # what the block would set: nothing to do
                             event = await anext(stream)
+                        else:
+                            with notices:  # around each step only, as in :meth:`stream`
+                                event = await anext(stream)
                     except StopAsyncIteration:
                         return
                     except ModelError as exc:

@@ -51,6 +51,7 @@ import copy
 import itertools
 import json
 import math
+import operator
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -382,10 +383,16 @@ def _last(request: ModelRequest) -> str:
     return repr(request.messages[-1])[:160]
 
 
+_content = operator.attrgetter("content")
+
+
 def _estimate(request: ModelRequest, text: str, calls: Sequence[ToolCall]) -> Usage:
     sent = len(request.instructions)
-    for message in request.messages:
-        sent += len(getattr(message, "content", ""))
+    try:  # every message of shoal's own has a content: summed in C, not message by message
+        sent += sum(map(len, map(_content, request.messages)))
+    except AttributeError:  # a message of another kind: one without content counts nothing
+        for message in request.messages:
+            sent += len(getattr(message, "content", ""))
     said = len(text)
     for tool_call in calls:
         said += len(tool_call.arguments) + len(tool_call.name)
