@@ -1,0 +1,101 @@
+"""Async calls whose tasks end in one loop turn are fed to the state machine together.
+
+A plain return of an inline async call joins its turn's batch of task ends, fed on the next
+turn in one decision (as pool ends and calls run at once are). Nothing else changes: the same
+outcomes, what the ends release still runs, and every other end or input of the run first
+feeds the batch, so the state machine (and whoever listens) sees ends in the order they came.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+import shoal
+from shoal.events import Event, NodeFinished
+from shoal.scheduler.state import SchedulerState
+from shoal.testing import run_virtual
+
+N = 30
+
+ended: list[str] = []  # node ids in the order their tools ended
+
+
+@shoal.tool
+async def wait_then(name: str, fail: bool = False) -> str:
+    """Wait 10 ms (all together, on the virtual clock), note the end, then return or fail."""
+    await asyncio.sleep(0.01)
+    ended.append(name)
+    if fail:
+        raise ValueError(f"{name} failed")
+    return name
+
+
+@shoal.tool
+async def after(x: str) -> str:
+    """Run once what it uses has ended."""
+    return x + "!"
+
+
+def _noting_batches(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
+    batches: list[list[int]] = []
+    original = SchedulerState.finish_ok_many
+
+    def noted(self: SchedulerState, ends: Sequence[tuple[int, Any, str, float, float]],
+              at: float | None = None) -> Any:
+        batches.append([pos for pos, *_ in ends])
+        return original(self, ends, at)
+
+    monkeypatch.setattr(SchedulerState, "finish_ok_many", noted)
+    return batches
+
+
+def test_task_ends_in_one_turn_are_fed_in_one_decision(monkeypatch: pytest.MonkeyPatch) -> None:
+    batches = _noting_batches(monkeypatch)
+    plan = shoal.Plan()
+    calls = [plan.call(wait_then, name=f"c{i}", node_id=f"c{i}") for i in range(N)]
+    last = plan.call(after, x=calls[-1])
+    result = run_virtual(shoal.run(plan))
+    assert result.ok
+    assert [result[c].value for c in calls] == [f"c{i}" for i in range(N)]
+    assert result[last].value == f"c{N - 1}!"  # what an end fed in a batch releases runs
+    assert [result[c].finished_at for c in calls] == [pytest.approx(0.01)] * N
+    # the N tasks ended in one loop turn: one decision for them all, not one each
+    assert max(len(b) for b in batches) == N, batches
+
+
+@pytest.mark.parametrize("failing", [0, N // 2, N - 1])
+def test_ends_are_fed_and_told_in_the_order_they_came(failing: int) -> None:
+    """A failure among plain returns of the same turn first feeds the returns before it."""
+    ended.clear()
+    plan = shoal.Plan()
+    for i in range(N):
+        plan.call(wait_then, name=f"c{i}", fail=i == failing, node_id=f"c{i}")
+    events: list[Event] = []
+    result = run_virtual(shoal.run(plan, on_event=events.append))
+    finished = [e.node_id for e in events if isinstance(e, NodeFinished)]
+    assert len(ended) == N
+    assert finished == ended  # the order the tools ended in, the failure in its place
+    assert result[f"c{failing}"].status == "failed"
+    assert [o.status for o in result.outcomes.values()].count("ok") == N - 1
+
+
+def test_returned_calls_keep_their_outcome_when_fail_fast_stops_the_run() -> None:
+    """Calls that returned in the turn a failure stops the run in keep their values.
+
+    Their ends wait in the batch when the failure comes; it feeds them first. The calls whose
+    tasks had not yet taken their step in that turn are cancelled, as they always were.
+    """
+    ended.clear()
+    plan = shoal.Plan()
+    for i in range(N):
+        plan.call(wait_then, name=f"c{i}", fail=i == N // 2, node_id=f"c{i}")
+    result = run_virtual(shoal.run(plan, fail_fast=True))
+    statuses = {o.node_id: o.status for o in result.outcomes.values()}
+    assert ended[-1] == f"c{N // 2}" and statuses[ended[-1]] == "failed"
+    assert len(ended) > 1
+    assert [statuses[name] for name in ended[:-1]] == ["ok"] * (len(ended) - 1)
+    assert sorted(statuses.values()).count("cancelled") == N - len(ended)
