@@ -57,14 +57,70 @@ def test_task_ends_in_one_turn_are_fed_in_one_decision(monkeypatch: pytest.Monke
     batches = _noting_batches(monkeypatch)
     plan = shoal.Plan()
     calls = [plan.call(wait_then, name=f"c{i}", node_id=f"c{i}") for i in range(N)]
-    last = plan.call(after, x=calls[-1])
     result = run_virtual(shoal.run(plan))
     assert result.ok
     assert [result[c].value for c in calls] == [f"c{i}" for i in range(N)]
-    assert result[last].value == f"c{N - 1}!"  # what an end fed in a batch releases runs
     assert [result[c].finished_at for c in calls] == [pytest.approx(0.01)] * N
     # the N tasks ended in one loop turn: one decision for them all, not one each
-    assert max(len(b) for b in batches) == N, batches
+    assert sorted(map(len, batches)) == [N], batches
+
+
+def test_an_end_that_releases_a_node_is_fed_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An end a node waits for is not held for the batch: the rest of the batch goes first."""
+    batches = _noting_batches(monkeypatch)
+    plan = shoal.Plan()
+    calls = [plan.call(wait_then, name=f"c{i}", node_id=f"c{i}") for i in range(N)]
+    last = plan.call(after, x=calls[N // 2])
+    result = run_virtual(shoal.run(plan))
+    assert result.ok and result[last].value == f"c{N // 2}!"
+    fed_alone = [b for b in batches if b == [N // 2]]
+    assert len(fed_alone) == 1, batches
+    assert sum(map(len, batches)) == N + 1  # each end once (``after``'s too)
+
+
+turns = [0]  # loop turns counted by a callback that reschedules itself
+seen: dict[str, int] = {}  # the turn a tool ended or started in
+
+
+def _count_turns() -> None:
+    turns[0] += 1
+    if "stop" not in seen:
+        asyncio.get_running_loop().call_soon(_count_turns)
+
+
+@shoal.tool
+async def step(name: str) -> str:
+    """Yield the loop once, then note the turn it ended in."""
+    await asyncio.sleep(0)
+    seen[name] = turns[0]
+    return name
+
+
+@shoal.tool
+async def next_step(x: str) -> str:
+    """Note the turn it started in (its task's first step), then yield the loop once."""
+    seen["next"] = turns[0]
+    await asyncio.sleep(0)
+    return x
+
+
+def test_a_dependent_starts_in_the_loop_turn_after_its_input_ended() -> None:
+    """Its task is made in the turn its input's task ended (first step: the next turn)."""
+    seen.clear()
+    plan = shoal.Plan()
+    plan.call(step, name="other")  # ends in the same turn, fed in a batch
+    first = plan.call(step, name="first")
+    plan.call(next_step, x=first)
+
+    async def go() -> shoal.RunResult:
+        asyncio.get_running_loop().call_soon(_count_turns)
+        try:
+            return await shoal.run(plan)
+        finally:
+            seen["stop"] = 0
+
+    assert asyncio.run(go()).ok
+    assert seen["next"] == seen["first"] + 1, seen
 
 
 @pytest.mark.parametrize("failing", [0, N // 2, N - 1])

@@ -997,9 +997,11 @@ class Driver:
 
         Its backend is the loop itself, and it has no barrier, no injected value and no
         timeout (see :meth:`_start_calls`): the tool's coroutine is awaited directly. A plain
-        return, most calls' end, joins this loop turn's batch of task ends, fed to the state
-        machine together on the next turn (:meth:`_task_batch_end`): one decision for the
-        ends that came together (a fan-out's timers fire together), not one each.
+        return that starts nothing at once (no node waits for it, it holds no limit, nobody
+        awaits its outcome: a fan-out's calls) joins this loop turn's batch of task ends, fed
+        to the state machine together on the next turn (:meth:`_task_batch_end`): one
+        decision for the ends that came together (a fan-out's timers fire together), not one
+        each. Any other end is fed at once, so what waits for it starts in this loop turn.
         """
         result: AttemptResult
         try:
@@ -1011,7 +1013,14 @@ class Driver:
         except BaseException as exc:  # incl. SystemExit: a tool's exit fails it; the run lives
             result = AttemptResult("failed", error=exc)
         else:
-            if type(value) in _PLAIN and call.began_at is None and call.ended_at is None:
+            if type(value) in _PLAIN:  # most calls: no result object (see _returned)
+                pos = call.pos
+                if (call.began_at is not None or call.ended_at is not None
+                        or pos in self._watchers or self.state.releases(pos)):
+                    # something waits for it: fed now, so it starts in this loop turn
+                    assert self._context is not None
+                    self._context.run(self._report, self._returned, call, value)
+                    return
                 try:
                     self._task_returned_plain(call, value)
                 except Exception as exc:
