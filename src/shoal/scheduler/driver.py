@@ -617,7 +617,7 @@ class Driver:
         inline_here = type(self._executors.get("inline")) is InlineExecutor
         last: Tool[..., Any] | None = None  # the tool of the call before (most share one)
         shared: list[contextvars.Context] | None = None  # (see _at_once_contexts)
-        at_once_ok = False
+        at_once_ok = lean_ok = False
         # an inline async call with nothing around it gets the lean attempt (see
         # _attempt_inline), its task made directly: no task factory to honour (an eager one
         # would run its first step before the driver has recorded it)
@@ -637,6 +637,7 @@ class Driver:
                     if known is None or (known[1] and known[0] is not tool.fn.__code__):
                         known = self._quick_for(tool)
                     last, at_once_ok = tool, known[1] and inline_here
+                    lean_ok = lean and tool.is_async and not tool.injected
                 if at_once_ok and call.isolation == "inline":
                     tasks[call.pos] = call
                     at_once.append(call)
@@ -646,20 +647,20 @@ class Driver:
                     contexts.append(shared)
                     continue
                 # (an inline call never goes to a pool: most calls of an agent's steps)
-                pool = (None if inline_here and call.isolation == "inline"
-                        else self._pool_now(call))
-                if pool is not None:
-                    tasks[call.pos] = call
-                    queued = to_pool.get(pool)
-                    if queued is None:
-                        queued = to_pool[pool] = []
-                    queued.append((call, copy_context()))
-                    continue
-                if (lean and call.isolation == "inline" and call.timeout is None
-                        and call.tool.is_async and not call.tool.injected):
-                    tasks[call.pos] = call
-                    task_of[call.pos] = asyncio.Task(self._attempt_inline(call), loop=loop)
-                    continue
+                if inline_here and call.isolation == "inline":
+                    if lean_ok and call.timeout is None:
+                        tasks[call.pos] = call
+                        task_of[call.pos] = asyncio.Task(self._attempt_inline(call), loop=loop)
+                        continue
+                else:
+                    pool = self._pool_now(call)
+                    if pool is not None:
+                        tasks[call.pos] = call
+                        queued = to_pool.get(pool)
+                        if queued is None:
+                            queued = to_pool[pool] = []
+                        queued.append((call, copy_context()))
+                        continue
             attempt = self._attempt(call, barrier)
             task = (self._loop.create_task(attempt) if observer is None  # not instrumented
                     else self._loop.create_task(attempt, context=observer.attempt_context(call)))
