@@ -155,3 +155,38 @@ def test_returned_calls_keep_their_outcome_when_fail_fast_stops_the_run() -> Non
     assert len(ended) > 1
     assert [statuses[name] for name in ended[:-1]] == ["ok"] * (len(ended) - 1)
     assert sorted(statuses.values()).count("cancelled") == N - len(ended)
+
+
+running: list[asyncio.Task[Any]] = []  # the task of the run that `cancel_run` cancels
+
+
+@shoal.tool
+async def cancel_run() -> str:
+    """Wait as long as the others, then cancel the run from inside (as a caller would)."""
+    await asyncio.sleep(0.01)
+    running[0].cancel()
+    await asyncio.sleep(1)
+    return "never"
+
+
+def test_ends_that_came_before_the_run_was_cancelled_keep_their_outcome() -> None:
+    ended.clear()
+    running.clear()
+    plan = shoal.Plan()
+    plan.call(cancel_run, node_id="canceller")
+    for i in range(N):
+        plan.call(wait_then, name=f"c{i}", node_id=f"c{i}")
+    events: list[Event] = []
+
+    async def go() -> None:
+        running.append(asyncio.create_task(shoal.run(plan, on_event=events.append)))
+        with pytest.raises(asyncio.CancelledError):
+            await running[0]
+
+    run_virtual(go())
+    finished = {e.node_id: e.status for e in events if isinstance(e, NodeFinished)}
+    assert ended  # some calls returned in the turn the run was cancelled in (the others
+    # had not taken their step yet: cancelled)
+    assert {name: finished.get(name) for name in ended} == dict.fromkeys(ended, "ok")
+    assert finished["canceller"] == "cancelled"
+    assert len(finished) == N + 1
