@@ -1048,15 +1048,16 @@ class Driver:
         if self._task_returned is None:
             self._task_returned = [end]
             assert self._loop is not None
-            self._loop.call_soon(self._task_batch_end, context=self._context)
+            self._loop.call_soon(self._task_ends_first)
         else:
             self._task_returned.append(end)
 
     def _task_batch_end(self) -> None:
         """Feed the tasks' plain returns collected so far to the state machine at once.
 
-        On the loop turn after they came, in the driver's context; before any other end or
-        input that the state machine gets meanwhile, so it sees ends in the order they came.
+        On the loop turn after they came (see :meth:`_task_ends_first`), or before any other
+        end or input that the state machine gets meanwhile, so it sees ends in the order they
+        came. Run in the driver's context.
         """
         batch = self._task_returned
         if batch:
@@ -1064,7 +1065,11 @@ class Driver:
             self._report(self._returned_many, batch, self.now())
 
     def _task_ends_first(self) -> None:
-        """Feed the tasks' plain returns not fed yet, before another end or input of the run."""
+        """Feed the tasks' plain returns not fed yet, in the driver's context.
+
+        On the loop turn after the first of them came, or before another end or input of the
+        run, whichever is first.
+        """
         if self._task_returned:
             if self._entered:
                 self._task_batch_end()
