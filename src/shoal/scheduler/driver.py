@@ -165,7 +165,8 @@ class Driver:
         "_journal", "_loop", "_observer", "_on_pool", "_origin_epoch", "_pool_returned", "_quick",
         "_resume",
         "_run_approvals", "_run_record", "_session", "_settling", "_shift", "_sinks", "_starting",
-        "_stopped_late", "_store", "_streaming", "_t0", "_task_of", "_tasks", "_time", "_timers",
+        "_stopped_late", "_store", "_streaming", "_t0", "_task_of", "_task_returned", "_tasks",
+        "_time", "_timers",
         "_to_pool", "_watchers", "cancelled_reason", "lineage", "scope", "sinks", "state",
     )
 
@@ -257,6 +258,10 @@ class Driver:
         # made on first use (an agent's steps run has none, and a swarm keeps a thousand runs)
         self._pool_returned: list[tuple[int, Any, str, float, float]] | None = None
         self._stopped_late: set[int] = set()
+        # (pos, value, where, began, finished) of tasks (see _attempt_inline) that returned a
+        # plain value in this loop turn, fed to the state machine together on the next
+        # (_task_batch_end); None while there are none
+        self._task_returned: list[tuple[int, Any, str, float, float]] | None = None
         # sync calls to hand to each pool on the next loop turn, all at once (see _submit)
         self._to_pool: dict[ThreadExecutor, list[tuple[Call, contextvars.Context]]] = {}
         self._hosts: dict[str, str] = {}  # backend -> where its calls run (see _here)
@@ -365,6 +370,7 @@ class Driver:
             await self._finished
         except asyncio.CancelledError:
             self.cancelled_reason = self.cancelled_reason or "the run was cancelled"
+            self._task_ends_first()  # those that ended before the cancel keep their outcome
             self._apply(self.state.cancel(None, self.cancelled_reason, self.now()))
             await self._drain()
             await self._close_journal(quiet=True)
@@ -611,7 +617,13 @@ class Driver:
         inline_here = type(self._executors.get("inline")) is InlineExecutor
         last: Tool[..., Any] | None = None  # the tool of the call before (most share one)
         shared: list[contextvars.Context] | None = None  # (see _at_once_contexts)
-        at_once_ok = False
+        at_once_ok = lean_ok = False
+        # an inline async call with nothing around it gets the lean attempt (see
+        # _attempt_inline), its task made directly: no task factory to honour (an eager one
+        # would run its first step before the driver has recorded it)
+        lean = (taskless and inline_here and not self._streaming
+                and self._loop.get_task_factory() is None)
+        loop, task_of = self._loop, self._task_of
         for call in starts:
             if taskless:
                 # no task: start after this decision's cancels (one that fail_fast stops here
@@ -625,6 +637,7 @@ class Driver:
                     if known is None or (known[1] and known[0] is not tool.fn.__code__):
                         known = self._quick_for(tool)
                     last, at_once_ok = tool, known[1] and inline_here
+                    lean_ok = lean and tool.is_async and not tool.injected
                 if at_once_ok and call.isolation == "inline":
                     tasks[call.pos] = call
                     at_once.append(call)
@@ -634,15 +647,20 @@ class Driver:
                     contexts.append(shared)
                     continue
                 # (an inline call never goes to a pool: most calls of an agent's steps)
-                pool = (None if inline_here and call.isolation == "inline"
-                        else self._pool_now(call))
-                if pool is not None:
-                    tasks[call.pos] = call
-                    queued = to_pool.get(pool)
-                    if queued is None:
-                        queued = to_pool[pool] = []
-                    queued.append((call, copy_context()))
-                    continue
+                if inline_here and call.isolation == "inline":
+                    if lean_ok and call.timeout is None:
+                        tasks[call.pos] = call
+                        task_of[call.pos] = asyncio.Task(self._attempt_inline(call), loop=loop)
+                        continue
+                else:
+                    pool = self._pool_now(call)
+                    if pool is not None:
+                        tasks[call.pos] = call
+                        queued = to_pool.get(pool)
+                        if queued is None:
+                            queued = to_pool[pool] = []
+                        queued.append((call, copy_context()))
+                        continue
             attempt = self._attempt(call, barrier)
             task = (self._loop.create_task(attempt) if observer is None  # not instrumented
                     else self._loop.create_task(attempt, context=observer.attempt_context(call)))
@@ -975,6 +993,90 @@ class Driver:
         assert self._context is not None
         self._context.run(self._report, self._attempt_done, call, result)
 
+    async def _attempt_inline(self, call: Call) -> None:
+        """:meth:`_attempt` for an async call run inline with nothing around it: most calls.
+
+        Its backend is the loop itself, and it has no barrier, no injected value and no
+        timeout (see :meth:`_start_calls`): the tool's coroutine is awaited directly. A plain
+        return that starts nothing at once (no node waits for it, it holds no limit, nobody
+        awaits its outcome: a fan-out's calls) joins this loop turn's batch of task ends, fed
+        to the state machine together on the next turn (:meth:`_task_batch_end`): one
+        decision for the ends that came together (a fan-out's timers fire together), not one
+        each. Any other end is fed at once, so what waits for it starts in this loop turn.
+        """
+        result: AttemptResult
+        try:
+            value = await call.tool.fn(**call.args)
+        except asyncio.CancelledError:
+            result = AttemptResult("cancelled", abandoned=call.abandoned)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # incl. SystemExit: a tool's exit fails it; the run lives
+            result = AttemptResult("failed", error=exc)
+        else:
+            if type(value) in _PLAIN:  # most calls: no result object (see _returned)
+                pos = call.pos
+                if (call.began_at is not None or call.ended_at is not None
+                        or pos in self._watchers or self.state.releases(pos)):
+                    # something waits for it: fed now, so it starts in this loop turn
+                    assert self._context is not None
+                    self._context.run(self._report, self._returned, call, value)
+                    return
+                try:
+                    self._task_returned_plain(call, value)
+                except Exception as exc:
+                    self._internal_error(call.node_id, exc)
+                return
+            unawaited = unawaited_result(call.tool.name, value)
+            result = (AttemptResult("ok", value) if unawaited is None
+                      else AttemptResult("failed", error=unawaited))
+        assert self._context is not None
+        self._context.run(self._report, self._attempt_done, call, result)
+
+    def _task_returned_plain(self, call: Call, value: Any) -> None:
+        """Note the plain return of a lean attempt's task; its attempt is over.
+
+        Out of ``_tasks`` from here on: a cancel finds nothing to stop, as one that came after
+        it returned would change nothing (as for calls run at once, see :meth:`_burst`).
+        """
+        pos = call.pos
+        del self._tasks[pos]  # one attempt per node at a time: this is the one
+        del self._task_of[pos]
+        assert self._time is not None
+        end = (pos, value, call.where or self._hosts.get(call.isolation) or self._here(call),
+               _NO_START, self._time() - self._t0)
+        if self._task_returned is None:
+            self._task_returned = [end]
+            assert self._loop is not None
+            self._loop.call_soon(self._task_ends_first)
+        else:
+            self._task_returned.append(end)
+
+    def _task_batch_end(self) -> None:
+        """Feed the tasks' plain returns collected so far to the state machine at once.
+
+        On the loop turn after they came (see :meth:`_task_ends_first`), or before any other
+        end or input that the state machine gets meanwhile, so it sees ends in the order they
+        came. Run in the driver's context.
+        """
+        batch = self._task_returned
+        if batch:
+            self._task_returned = None
+            self._report(self._returned_many, batch, self.now())
+
+    def _task_ends_first(self) -> None:
+        """Feed the tasks' plain returns not fed yet, in the driver's context.
+
+        On the loop turn after the first of them came, or before another end or input of the
+        run, whichever is first.
+        """
+        if self._task_returned:
+            if self._entered:
+                self._task_batch_end()
+            else:
+                assert self._context is not None
+                self._context.run(self._task_batch_end)
+
     def _stop(self, pos: int) -> None:
         """Cancel the running attempt of ``pos``.
 
@@ -1047,6 +1149,8 @@ class Driver:
         ``began_at``. Only for an attempt with nothing to settle or journal (a call run at
         once, or a plain sync call on the pool, has none); any other goes the general way.
         """
+        if self._task_returned:
+            self._task_ends_first()
         if self._streaming or call.tool.injected or (
                 self._settling and call.pos in self._settling):
             self._attempt_done(call, AttemptResult("ok", value, began=began))
@@ -1075,6 +1179,8 @@ class Driver:
         decided at ``at`` (now), if given: a pool call's end is when its thread stamped it.
         """
         assert not self._streaming, "a call ran at once with a durable journal"
+        if self._task_returned:
+            self._task_ends_first()
         try:
             self._apply(self.state.finish_ok_many(batch, at))
         except Exception as exc:
@@ -1087,6 +1193,8 @@ class Driver:
             self._finished.set_exception(exc)
 
     def _attempt_done(self, call: Call, result: AttemptResult) -> None:
+        if self._task_returned:
+            self._task_ends_first()
         try:
             del self._tasks[call.pos]  # one attempt per node at a time: this is the one
             if self._task_of:
@@ -1182,6 +1290,8 @@ class Driver:
         self._timers.add(handle)
 
     def _on_timer(self, kind: str, pos: int) -> None:
+        if self._task_returned:
+            self._task_ends_first()
         now = self.now()
         if kind == "retry":
             self._apply(self.state.retry_due(pos, now))
@@ -1341,6 +1451,7 @@ class Driver:
 
     async def _drain(self) -> None:
         """Wait for cancelled attempts to end, so no task outlives the run."""
+        self._task_ends_first()
         while self._tasks:
             pending = list(self._task_of.values())
             for pos in list(self._tasks):
@@ -1356,6 +1467,7 @@ class Driver:
                 call = self._tasks.get(pos)
                 if call is not None and task.done():  # ended without reporting (Ctrl-C, say)
                     self._unreported(call, task)
+            self._task_ends_first()
         await self._desk.drain(self.state.run_id)
 
     # ---- approvals ----------------------------------------------------------------------

@@ -721,6 +721,17 @@ class SchedulerState:
         self._dispatch(now if at is None or at < now else at, d)
         return d
 
+    def releases(self, pos: int) -> bool:
+        """Whether the end of the running node at ``pos`` may start another node at once.
+
+        A node waits for it (a dependent, or its map if it is an item), or it holds a gate
+        (a tool's or a resource's limit) that a parked node may wait on. The driver feeds such
+        an end at once and batches the others (see ``Driver._attempt_inline``).
+        """
+        slot = self._slots[pos]
+        return bool(self.graph.succs[pos]) or not isinstance(slot, _Slot) or (
+            slot.gather >= 0 or bool(slot.gates))
+
     def _attempt_ended(self, pos: int, where: str, d: Decisions) -> _Slot:
         """The running node at ``pos``, its attempt over: give back what the attempt held."""
         slot = self._slots[pos]
