@@ -38,7 +38,7 @@ from shoal.cli.compose import (
 from shoal.cli.interrupt import EXIT_INTERRUPTED, Cancellable, CtrlC, stopped_by_a_call
 from shoal.cli.live import LivePause
 from shoal.cli.render import announce
-from shoal.cli.safe import one_line, safe_str
+from shoal.cli.safe import one_line, others_to_stderr, safe_str
 from shoal.cli.tree import AgentTree, render_tree
 from shoal.events import Event, JsonlSink, ModelRetrying, ModelServerStarted, ModelServerStarting
 from shoal.exceptions import (
@@ -180,9 +180,10 @@ def run_agent_target(options: AgentOptions, console: Console, live: bool) -> int
     if not options.prompt:
         raise ConfigError(f"give the prompt after the agent: shoal run {options.target} "
                           "\"your question\"")
-    agent = load_agent(options.target, options.modules)
-    if isinstance(agent, Agent):
-        check_models(agent, options.model)
+    with others_to_stderr(options.as_json):  # a module printing as it imports
+        agent = load_agent(options.target, options.modules)
+        if isinstance(agent, Agent):
+            check_models(agent, options.model)
     view = AgentTree(text=live)  # the live tree shows what the models are writing
     sinks: list[Any] = [view] + ([options.events] if options.events is not None else [])
     if options.journal is not None:
@@ -192,7 +193,8 @@ def run_agent_target(options: AgentOptions, console: Console, live: bool) -> int
     drive = (_drive(agent, options, sinks, console, view, live) if isinstance(agent, Agent)
              else _drive_composition(agent, options, sinks, console, view, live))
     try:
-        result, error, interrupted = asyncio.run(drive)
+        with others_to_stderr(options.as_json):  # a tool's print is not the JSON's
+            result, error, interrupted = asyncio.run(drive)
     except KeyboardInterrupt:  # a call's own: Ctrl-C during the run raises none (see CtrlC)
         journal = options.journal
         return stopped_by_a_call(journal.run_id if journal is not None else "",

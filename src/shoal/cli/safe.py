@@ -24,12 +24,14 @@ JSON output (``--json``, ``--events``) needs none of this: ``json.dumps`` with i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import reprlib
 import sys
+from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -39,7 +41,8 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_HEIGHT", "MAX_WIDTH", "MIN_HEIGHT", "MIN_WIDTH", "PLAIN_WIDTH", "SafeFormatter",
     "SPACE_RUN", "clean", "console", "console_size", "exact_json_view", "install_log_handler",
-    "is_safe", "json_view", "one_line", "safe_repr", "safe_str", "shorten", "text", "view_text",
+    "is_safe", "json_view", "one_line", "others_to_stderr", "safe_repr", "safe_str", "shorten",
+    "text", "view_text",
 ]
 
 PLAIN_WIDTH = 120  # when not a terminal: rich would otherwise squeeze tables to 80 columns
@@ -320,3 +323,32 @@ def console(*, stderr: bool = False) -> Console:
 
     width, height = console_size(sys.stderr if stderr else sys.stdout)
     return Console(stderr=stderr, highlight=False, width=width, height=height)
+
+
+@contextlib.contextmanager
+def others_to_stderr(divert: bool) -> Iterator[None]:
+    """While it lasts (if ``divert``), whatever writes to stdout writes to stderr instead.
+
+    ``--json`` promises stdout holds the JSON and nothing else, but a tool's ``print`` (on the
+    loop, on a thread, or in a worker process, which inherits descriptor 1), or a tool
+    module printing as it imports, would write there first. So descriptor 1 is pointed at
+    stderr while the plan loads and runs, and restored for the JSON once it ends.
+    """
+    if not divert:
+        yield
+        return
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+    try:
+        kept = os.dup(1)
+        os.dup2(2, 1)
+    except OSError:  # no descriptor 1 or 2 to speak of: nothing to keep apart
+        yield
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()  # what the tools printed, still to stderr
+        os.dup2(kept, 1)
+        os.close(kept)

@@ -1,0 +1,82 @@
+"""Hostile input found in session 23: what a harsh new user of the command line tries.
+
+Each case runs the real command in a process of its own and checks what reaches stdout and
+stderr, the exit code, and what the journal kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.cli_process import run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# a tool module that prints as it imports and whose tool prints, escapes and markup included
+PRINTING_TOOLS = textwrap.dedent('''
+    import shoal
+    from shoal.testing import ScriptedModel, call
+
+    print("importing \\x1b[31m[bold]tools[/bold]")
+
+
+    @shoal.tool
+    def chatty(text: str) -> str:
+        """Print, then return ``text``."""
+        print("chatty says \\x1b[2J", text, flush=True)
+        return text
+
+
+    @shoal.tool
+    async def chatty_async(text: str) -> str:
+        """Print on the event loop, then return ``text``."""
+        print("chatty_async says", text)
+        return text
+
+
+    lead = shoal.Agent(name="lead", tools=[chatty], model=ScriptedModel([
+        [call("chatty", text="from the agent")], "done"]))
+''')
+
+
+def shoal(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    environ = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "120"}
+    return run_cli(args, cwd=cwd, env=environ, timeout=120, errors="surrogateescape")
+
+
+@pytest.mark.parametrize("isolation", ["inline", "thread", "process"])
+def test_json_output_holds_the_json_whatever_the_tools_print(tmp_path: Path,
+                                                             isolation: str) -> None:
+    (tmp_path / "printing_tools.py").write_text(PRINTING_TOOLS, encoding="utf-8")
+    tool = "chatty_async" if isolation == "inline" else "chatty"
+    plan = {"nodes": [{"id": "talk", "tool": f"printing_tools:{tool}",
+                       "args": {"text": "hello"}, "options": {"isolation": isolation}}]}
+    (tmp_path / "plan.json").write_text(json.dumps(plan), encoding="utf-8")
+    proc = shoal("run", "plan.json", "--json", "--no-store", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)  # nothing but the JSON on stdout
+    assert [o["value"] for o in doc["outcomes"]] == ["hello"]
+    assert "importing" in proc.stderr and "hello" in proc.stderr  # moved, not lost
+
+
+def test_an_agent_s_json_output_holds_the_json_whatever_its_tools_print(tmp_path: Path) -> None:
+    (tmp_path / "printing_tools.py").write_text(PRINTING_TOOLS, encoding="utf-8")
+    proc = shoal("run", "printing_tools.py:lead", "go", "--json", "--no-store", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["output"] == "done"
+    assert "chatty says" in proc.stderr and "from the agent" in proc.stderr
+
+
+def test_json_output_of_a_bad_plan_is_still_on_stdout(tmp_path: Path) -> None:
+    (tmp_path / "printing_tools.py").write_text(PRINTING_TOOLS, encoding="utf-8")
+    plan = {"nodes": [{"id": "talk", "tool": "printing_tools:chatty", "args": {"nope": 1}}]}
+    (tmp_path / "plan.json").write_text(json.dumps(plan), encoding="utf-8")
+    proc = shoal("run", "plan.json", "--json", "--no-store", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert json.loads(proc.stdout)["error"] == "plan"
