@@ -6,14 +6,20 @@ stderr, the exit code, and what the journal kept.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
+import shoal
+from shoal.store.sqlite import SQLiteStore
+from tests import process_tools as pt
 from tests.cli_process import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +51,7 @@ PRINTING_TOOLS = textwrap.dedent('''
 ''')
 
 
-def shoal(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def run_shoal(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     environ = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "120"}
     return run_cli(args, cwd=cwd, env=environ, timeout=120, errors="surrogateescape")
 
@@ -58,7 +64,7 @@ def test_json_output_holds_the_json_whatever_the_tools_print(tmp_path: Path,
     plan = {"nodes": [{"id": "talk", "tool": f"printing_tools:{tool}",
                        "args": {"text": "hello"}, "options": {"isolation": isolation}}]}
     (tmp_path / "plan.json").write_text(json.dumps(plan), encoding="utf-8")
-    proc = shoal("run", "plan.json", "--json", "--no-store", cwd=tmp_path)
+    proc = run_shoal("run", "plan.json", "--json", "--no-store", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)  # nothing but the JSON on stdout
     assert [o["value"] for o in doc["outcomes"]] == ["hello"]
@@ -67,7 +73,7 @@ def test_json_output_holds_the_json_whatever_the_tools_print(tmp_path: Path,
 
 def test_an_agent_s_json_output_holds_the_json_whatever_its_tools_print(tmp_path: Path) -> None:
     (tmp_path / "printing_tools.py").write_text(PRINTING_TOOLS, encoding="utf-8")
-    proc = shoal("run", "printing_tools.py:lead", "go", "--json", "--no-store", cwd=tmp_path)
+    proc = run_shoal("run", "printing_tools.py:lead", "go", "--json", "--no-store", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["output"] == "done"
     assert "chatty says" in proc.stderr and "from the agent" in proc.stderr
@@ -77,6 +83,52 @@ def test_json_output_of_a_bad_plan_is_still_on_stdout(tmp_path: Path) -> None:
     (tmp_path / "printing_tools.py").write_text(PRINTING_TOOLS, encoding="utf-8")
     plan = {"nodes": [{"id": "talk", "tool": "printing_tools:chatty", "args": {"nope": 1}}]}
     (tmp_path / "plan.json").write_text(json.dumps(plan), encoding="utf-8")
-    proc = shoal("run", "plan.json", "--json", "--no-store", cwd=tmp_path)
+    proc = run_shoal("run", "plan.json", "--json", "--no-store", cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert json.loads(proc.stdout)["error"] == "plan"
+
+
+@shoal.tool
+async def hog_the_loop(seconds: float) -> str:
+    """An async tool that blocks the event loop (a ``time.sleep`` where ``await`` belonged)."""
+    time.sleep(seconds)  # noqa: ASYNC251 (the point of the tool)
+    return "hogged"
+
+
+@pytest.mark.parametrize("stop", ["cancel", "deadline"])
+def test_a_stop_while_a_tool_blocks_the_loop_stops_a_starting_process_call(
+        tmp_path: Path, stop: str) -> None:
+    # The process call asks the template for a worker, then the loop is blocked; its answer
+    # and the stop (a Ctrl-C from another thread, or the run's deadline on the loop's clock)
+    # are handled in the same turn of the loop. Python 3.11's wait_for returned the answer
+    # and dropped the cancel, so the call ran for ever; read and then cancelled, the answer
+    # was lost, and the next worker's start waited minutes for it.
+    async def main() -> tuple[dict[str, str], float, str]:
+        runtime = shoal.Runtime(store=SQLiteStore(tmp_path / "runs.db"))
+        try:
+            plan = shoal.Plan()
+            plan.call(pt.busy_forever, node_id="busy")
+            plan.call(hog_the_loop, seconds=2.0, node_id="hog")
+            began = time.monotonic()
+            handle = runtime.start(plan, deadline=0.5 if stop == "deadline" else None)
+            if stop == "cancel":
+                loop = asyncio.get_running_loop()
+                threading.Timer(0.5, loop.call_soon_threadsafe, [handle.cancel]).start()
+            async with asyncio.timeout(30):
+                result = await handle
+            took = time.monotonic() - began
+            statuses = {node: outcome.status for node, outcome in result.outcomes.items()}
+            after = shoal.Plan()  # the same template starts the next worker at once
+            square = after.call(pt.square, x=7)
+            async with asyncio.timeout(30):
+                again = await runtime.run(after)
+            return statuses, took, f"{again[square].status} {again[square].value}"
+        finally:
+            await runtime.aclose()
+
+    statuses, took, again = asyncio.run(main())
+    stopped = "cancelled" if stop == "cancel" else "timed_out"
+    assert statuses == {"busy": stopped, "hog": "ok"}
+    assert took < 20, took  # stopped once the loop was free again, not never
+    assert again == "ok 49"
+
