@@ -14,11 +14,14 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import shoal
+from shoal.exceptions import describe_exception
 from shoal.store.sqlite import SQLiteStore
+from tests import hostile_tools as ht
 from tests import process_tools as pt
 from tests.cli_process import run_cli
 
@@ -132,3 +135,54 @@ def test_a_stop_while_a_tool_blocks_the_loop_stops_a_starting_process_call(
     assert took < 20, took  # stopped once the loop was free again, not never
     assert again == "ok 49"
 
+
+@pytest.mark.parametrize("isolation", ["inline", "thread", "process"])
+def test_an_error_whose_message_raises_system_exit_fails_only_its_call(isolation: str) -> None:
+    # ErrorInfo caught Exception only: the tool's error's __str__ raising SystemExit ended
+    # the whole run from inside the scheduler (in a worker process, the worker died)
+    if isolation == "process":
+        fails: shoal.Tool[..., Any] = ht.raise_str_exits_in_a_process
+    elif isolation == "inline":
+        fails = shoal.tool(ht.raise_str_exits_on_the_loop)
+    else:
+        fails = shoal.tool(ht.raise_str_exits)
+    plan = shoal.Plan()
+    failed = plan.call(fails)
+    sibling = plan.call(pt.square, x=3)
+    result = shoal.run_sync(plan)
+    assert result[sibling].value == 9
+    error = result[failed].error
+    assert result[failed].status == "failed" and error is not None
+    assert (error.type.rsplit(".", 1)[-1], error.message) == ("StrExits", "<unprintable StrExits>")
+    assert describe_exception(ht.StrExits()) == (
+        "StrExits: <its message cannot be shown: its __str__ failed>")
+
+
+def test_a_result_whose_pickle_raises_system_exit_is_a_serialization_error() -> None:
+    plan = shoal.Plan()
+    returned = plan.call(ht.return_pickle_exits_from_a_process)
+    result = shoal.run_sync(plan)
+    error = result[returned].error
+    assert error is not None and error.type.endswith("SerializationError"), error
+    assert "SystemExit: 5" in error.message
+
+
+def test_a_value_whose_repr_raises_system_exit_is_shown_as_such(tmp_path: Path) -> None:
+    # safe_repr caught Exception only: `shoal run` exited with the value's code (4), printing
+    # nothing, and the journal said its encoding "took over 10 s"
+    plan = {"nodes": [{"id": "odd", "tool": "tests.hostile_tools:return_repr_exits"},
+                      {"id": "pass_on", "tool": "tests.hostile_tools:pass_on",
+                       "args": {"value": "$odd"}},
+                      {"id": "plain", "tool": "tests.hostile_tools:pass_on", "args": {"value": 1}}]}
+    (tmp_path / "plan.json").write_text(json.dumps(plan), encoding="utf-8")
+    shown = run_shoal("run", "plan.json", "--store", "runs.db", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.count("<ReprExits: repr failed with SystemExit>") == 2
+    as_json = run_shoal("run", "plan.json", "--json", "--no-store", cwd=tmp_path)
+    assert as_json.returncode == 0, as_json.stderr
+    values = [o["value"] for o in json.loads(as_json.stdout)["outcomes"]]
+    assert values == ["<unrepresentable ReprExits>"] * 2 + [1]
+    run_id = json.loads(run_shoal("runs", "--json", "--store", "runs.db",
+                                   cwd=tmp_path).stdout)[0]["run_id"]
+    journaled = run_shoal("show", run_id, "--json", "--store", "runs.db", cwd=tmp_path)
+    assert [o["value"] for o in json.loads(journaled.stdout)["outcomes"]] == values

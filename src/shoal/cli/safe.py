@@ -115,7 +115,9 @@ class _BoundedRepr(reprlib.Repr):
     def repr_instance(self, x: Any, level: int) -> str:
         try:
             found = repr(x)  # raises TypeError itself when __repr__ returns a non-string
-        except Exception as exc:
+        except KeyboardInterrupt:  # Ctrl-C while printing: still stops the command
+            raise
+        except BaseException as exc:  # SystemExit too: a value's code ends no command
             return _unrepresentable(x, exc)
         return found if len(found) <= self.maxother else found[: self.maxother] + "..."
 
@@ -133,7 +135,9 @@ def safe_repr(value: Any, width: int = 200) -> str:
     """
     try:
         found = _BoundedRepr(width).repr(value)
-    except Exception as exc:  # a container whose items misbehave in ways reprlib misses
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # a container whose items misbehave in ways reprlib misses
         found = _unrepresentable(value, exc)
     return shorten(clean(found), width)
 
@@ -145,7 +149,9 @@ def safe_str(value: Any, width: int, *, newlines: bool = True) -> str:
     """
     try:
         found = value if isinstance(value, str) else str(value)  # TypeError if not a str
-    except Exception as exc:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # SystemExit too: a value's code ends no command
         found = f"<{type(value).__qualname__}: str failed with {type(exc).__name__}>"
     return shorten(clean(found[: width + 1], newlines=newlines), width)
 
