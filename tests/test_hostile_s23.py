@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 import shoal
+from shoal.cli.safe import safe_repr
 from shoal.exceptions import describe_exception
 from shoal.store.sqlite import SQLiteStore
 from tests import hostile_tools as ht
@@ -186,3 +187,11 @@ def test_a_value_whose_repr_raises_system_exit_is_shown_as_such(tmp_path: Path) 
                                    cwd=tmp_path).stdout)[0]["run_id"]
     journaled = run_shoal("show", run_id, "--json", "--store", "runs.db", cwd=tmp_path)
     assert [o["value"] for o in json.loads(journaled.stdout)["outcomes"]] == values
+
+
+def test_a_huge_integer_in_a_table_cell_leaves_the_rest_of_its_value_in_sight() -> None:
+    # repr of an int past Python's 4300 digits raised ValueError: the whole dict showed as
+    # "<dict: repr failed with ValueError>"
+    shown = safe_repr({"big": 10 ** 5000, "n": 1, "neg": [-(10 ** 6000)]})
+    assert shown == ("{'big': <an integer of 16,610 bits, too long to write out>, 'n': 1, "
+                     "'neg': [<an integer of 19,932 bits, too long to write out>]}")

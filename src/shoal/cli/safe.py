@@ -112,6 +112,12 @@ class _BoundedRepr(reprlib.Repr):
         self.maxdict = 10
         self.maxlevel = 4
 
+    def repr_int(self, x: int, level: int) -> str:
+        try:
+            return super().repr_int(x, level)
+        except ValueError:  # past Python's limit on digits: the rest of a container still shows
+            return f"<an integer of {x.bit_length():,} bits, too long to write out>"
+
     def repr_instance(self, x: Any, level: int) -> str:
         try:
             found = repr(x)  # raises TypeError itself when __repr__ returns a non-string
