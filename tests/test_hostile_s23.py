@@ -195,3 +195,29 @@ def test_a_huge_integer_in_a_table_cell_leaves_the_rest_of_its_value_in_sight() 
     shown = safe_repr({"big": 10 ** 5000, "n": 1, "neg": [-(10 ** 6000)]})
     assert shown == ("{'big': <an integer of 16,610 bits, too long to write out>, 'n': 1, "
                      "'neg': [<an integer of 19,932 bits, too long to write out>]}")
+
+
+def test_a_target_file_python_cannot_load_is_one_error_line(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "notes.txt").write_text("not python\n", encoding="utf-8")
+    proc = run_shoal("run", "data/notes.txt:lead", "hi", "--no-store", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr  # was an AssertionError's traceback, exit code 1
+    assert proc.stderr == ("error: 'data/notes.txt' is not a Python file: name a .py file, as "
+                           "dir/file.py:agent\n")
+
+
+@pytest.mark.parametrize("command", [["run", "raises.py:lead", "hi", "--no-store"],
+                                     ["mcp", "serve", "raises.py:TOOLS"]])
+def test_a_shoal_error_raised_as_a_target_imports_is_one_escaped_line(
+        tmp_path: Path, command: list[str]) -> None:
+    # any ShoalError went through as it was: one the command does not print (a model's
+    # ScriptError, a ToolError) came out as a traceback; shoal mcp serve printed the
+    # module's message unescaped
+    (tmp_path / "raises.py").write_text(textwrap.dedent('''
+        from shoal.exceptions import ScriptError
+        raise ScriptError("ran out of steps \\x1b[2J[bold]")
+    '''), encoding="utf-8")
+    proc = run_shoal(*command, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == ("error: importing 'raises.py' failed: ScriptError: ran out of steps "
+                           "\\x1b[2J[bold]\n")
