@@ -121,7 +121,8 @@ def test_a_stop_while_a_tool_blocks_the_loop_stops_a_starting_process_call(
             async with asyncio.timeout(30):
                 result = await handle
             took = time.monotonic() - began
-            statuses = {node: outcome.status for node, outcome in result.outcomes.items()}
+            statuses: dict[str, str] = {node: outcome.status
+                                        for node, outcome in result.outcomes.items()}
             after = shoal.Plan()  # the same template starts the next worker at once
             square = after.call(pt.square, x=7)
             async with asyncio.timeout(30):
