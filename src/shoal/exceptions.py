@@ -147,7 +147,9 @@ def describe_exception(exc: BaseException) -> str:
     """``Type: message`` of any exception, never raising (a ``__str__`` may fail or lie)."""
     try:
         message = str(exc)
-    except Exception:
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # SystemExit too: an error's own code must not end the program
         message = "<its message cannot be shown: its __str__ failed>"
     name = type(exc).__name__
     return f"{name}: {message}" if isinstance(message, str) and message else name

@@ -49,7 +49,9 @@ _REPR = _bounded_repr()
 def _safe_repr(value: Any) -> str:
     try:
         return _REPR.repr(value)
-    except Exception:  # a __repr__ that raises must not break a report
+    except KeyboardInterrupt:  # Ctrl-C while reporting: still stops the program
+        raise
+    except BaseException:  # a __repr__ that raises (SystemExit too) must not break a report
         return f"<unrepresentable {type(value).__qualname__}>"
 
 
@@ -140,7 +142,9 @@ def _safe(render: Callable[[], str], fallback: str) -> str:
     """``render()``, or ``fallback`` if it raises (a broken ``__str__`` must not stop a run)."""
     try:
         return render()
-    except Exception:
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # SystemExit too: an error's own code must not end the run
         return fallback
 
 

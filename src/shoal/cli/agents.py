@@ -38,15 +38,16 @@ from shoal.cli.compose import (
 from shoal.cli.interrupt import EXIT_INTERRUPTED, Cancellable, CtrlC, stopped_by_a_call
 from shoal.cli.live import LivePause
 from shoal.cli.render import announce
-from shoal.cli.safe import one_line, safe_str
+from shoal.cli.safe import one_line, others_to_stderr, safe_str
 from shoal.cli.tree import AgentTree, render_tree
 from shoal.events import Event, JsonlSink, ModelRetrying, ModelServerStarted, ModelServerStarting
 from shoal.exceptions import (
     AgentError,
     ConfigError,
     MissingAPIKeyError,
+    MissingDependencyError,
     ModelError,
-    ShoalError,
+    PlanError,
     describe_exception,
 )
 from shoal.models import resolve_model
@@ -141,7 +142,9 @@ def _import(module_name: str, modules: Sequence[str] | None = None, name: str = 
         if not path.is_file():
             raise ConfigError(f"no such file: {module_name!r}")
         spec = importlib.util.spec_from_file_location(path.stem, path)
-        assert spec is not None and spec.loader is not None
+        if spec is None or spec.loader is None:  # /etc/passwd: Python makes nothing of it
+            raise ConfigError(f"{module_name!r} is not a Python file: name a .py file, as "
+                              "dir/file.py:agent")
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module
         # as python does for a script: its directory first on the path, so that its
@@ -159,17 +162,23 @@ def _import(module_name: str, modules: Sequence[str] | None = None, name: str = 
                           "from the directory "
                           "that holds the package, or give a file path (dir/file.py:agent)"
                           ) from None
-    except (ShoalError, KeyboardInterrupt):
+    except _SAID_AS_IS:
         raise
     except BaseException as exc:  # as for a file: its error, not a traceback or its exit
         raise ConfigError(f"importing {module_name!r} failed: {describe_exception(exc)}"
                           ) from None
 
 
+# errors of a module's import that the commands print as they are; any other error (a
+# ScriptError of a model run as the module loads, say) is named in a ConfigError, never
+# shown as a traceback
+_SAID_AS_IS = (ConfigError, PlanError, MissingDependencyError, KeyboardInterrupt)
+
+
 def _exec(loader: Any, module: Any, where: str) -> None:
     try:
         loader.exec_module(module)
-    except (ShoalError, KeyboardInterrupt):
+    except _SAID_AS_IS:
         raise
     except BaseException as exc:  # SystemExit too: importing a module does not end the command
         raise ConfigError(f"importing {where!r} failed: {describe_exception(exc)}") from None
@@ -180,9 +189,10 @@ def run_agent_target(options: AgentOptions, console: Console, live: bool) -> int
     if not options.prompt:
         raise ConfigError(f"give the prompt after the agent: shoal run {options.target} "
                           "\"your question\"")
-    agent = load_agent(options.target, options.modules)
-    if isinstance(agent, Agent):
-        check_models(agent, options.model)
+    with others_to_stderr(options.as_json):  # a module printing as it imports
+        agent = load_agent(options.target, options.modules)
+        if isinstance(agent, Agent):
+            check_models(agent, options.model)
     view = AgentTree(text=live)  # the live tree shows what the models are writing
     sinks: list[Any] = [view] + ([options.events] if options.events is not None else [])
     if options.journal is not None:
@@ -192,7 +202,8 @@ def run_agent_target(options: AgentOptions, console: Console, live: bool) -> int
     drive = (_drive(agent, options, sinks, console, view, live) if isinstance(agent, Agent)
              else _drive_composition(agent, options, sinks, console, view, live))
     try:
-        result, error, interrupted = asyncio.run(drive)
+        with others_to_stderr(options.as_json):  # a tool's print is not the JSON's
+            result, error, interrupted = asyncio.run(drive)
     except KeyboardInterrupt:  # a call's own: Ctrl-C during the run raises none (see CtrlC)
         journal = options.journal
         return stopped_by_a_call(journal.run_id if journal is not None else "",

@@ -38,7 +38,7 @@ from shoal.cli.journal import register as register_journal_commands
 from shoal.cli.live import SHOW_CURSOR, LivePause, follow
 from shoal.cli.mcp import register as register_mcp_commands
 from shoal.cli.render import announce, plan_problems, render_result
-from shoal.cli.safe import clean, install_log_handler, one_line
+from shoal.cli.safe import clean, install_log_handler, one_line, others_to_stderr
 from shoal.cli.safe import console as safe_console
 from shoal.events import JsonlSink
 from shoal.exceptions import (
@@ -371,15 +371,18 @@ def _run_checked(options: RunOptions) -> int:
     live = not options.as_json and sys.stdout.isatty()
     pause = LivePause() if live else None
     runtime = options.runtime(pause)
-    plan = load_plan(options.plan_file, modules=plan_modules(options.modules))
+    with others_to_stderr(options.as_json):  # a tool module printing as it imports
+        plan = load_plan(options.plan_file, modules=plan_modules(options.modules))
     sink = _open_events(options.events)
     if isinstance(sink, str):
         return _bad_input("events", sink, options.as_json)
     console = safe_console()  # a sane size whatever COLUMNS and LINES say
     started: list[str] = []  # the run's id, once it has one
     try:
-        result, interrupted = asyncio.run(_drive(runtime, plan, sink, console if live else None,
-                                                 pause, options.start_options(), started))
+        with others_to_stderr(options.as_json):  # a tool's print is not the JSON's
+            result, interrupted = asyncio.run(_drive(
+                runtime, plan, sink, console if live else None, pause,
+                options.start_options(), started))
     except KeyboardInterrupt:  # a call's own: Ctrl-C during the run raises none (see CtrlC)
         return stopped_by_a_call(started[0] if started else "", runtime.store is not None,
                                  options.as_json)

@@ -20,6 +20,7 @@ from typing import Annotated, Any
 
 import typer
 
+from shoal.cli.safe import clean
 from shoal.exceptions import (
     ConfigError,
     MissingDependencyError,
@@ -114,7 +115,7 @@ def serve(target: str, *, http: int | None = None, host: str = "127.0.0.1",
         runtime = Runtime(**settings)
         mcp.served_tools(found)  # a bad list fails here, before anything listens
     except (ConfigError, MissingDependencyError, StoreError, PlanError) as exc:
-        sys.stderr.write(f"error: {bounded_text(str(exc), 2000)}\n")
+        sys.stderr.write(f"error: {clean(bounded_text(str(exc), 2000), newlines=True)}\n")
         return EXIT_BAD_INPUT
 
     def ready() -> None:
@@ -125,7 +126,7 @@ def serve(target: str, *, http: int | None = None, host: str = "127.0.0.1",
     try:
         asyncio.run(mcp.serve(found, port=http, host=host, runtime=runtime, ready=ready))
     except ConfigError as exc:
-        sys.stderr.write(f"error: {exc}\n")
+        sys.stderr.write(f"error: {clean(str(exc), newlines=True)}\n")
         return EXIT_BAD_INPUT
     return EXIT_OK
 

@@ -24,12 +24,14 @@ JSON output (``--json``, ``--events``) needs none of this: ``json.dumps`` with i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import reprlib
 import sys
+from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -39,7 +41,8 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_HEIGHT", "MAX_WIDTH", "MIN_HEIGHT", "MIN_WIDTH", "PLAIN_WIDTH", "SafeFormatter",
     "SPACE_RUN", "clean", "console", "console_size", "exact_json_view", "install_log_handler",
-    "is_safe", "json_view", "one_line", "safe_repr", "safe_str", "shorten", "text", "view_text",
+    "is_safe", "json_view", "one_line", "others_to_stderr", "safe_repr", "safe_str", "shorten",
+    "text", "view_text",
 ]
 
 PLAIN_WIDTH = 120  # when not a terminal: rich would otherwise squeeze tables to 80 columns
@@ -109,10 +112,18 @@ class _BoundedRepr(reprlib.Repr):
         self.maxdict = 10
         self.maxlevel = 4
 
+    def repr_int(self, x: int, level: int) -> str:
+        try:
+            return super().repr_int(x, level)
+        except ValueError:  # past Python's limit on digits: the rest of a container still shows
+            return f"<an integer of {x.bit_length():,} bits, too long to write out>"
+
     def repr_instance(self, x: Any, level: int) -> str:
         try:
             found = repr(x)  # raises TypeError itself when __repr__ returns a non-string
-        except Exception as exc:
+        except KeyboardInterrupt:  # Ctrl-C while printing: still stops the command
+            raise
+        except BaseException as exc:  # SystemExit too: a value's code ends no command
             return _unrepresentable(x, exc)
         return found if len(found) <= self.maxother else found[: self.maxother] + "..."
 
@@ -130,7 +141,9 @@ def safe_repr(value: Any, width: int = 200) -> str:
     """
     try:
         found = _BoundedRepr(width).repr(value)
-    except Exception as exc:  # a container whose items misbehave in ways reprlib misses
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # a container whose items misbehave in ways reprlib misses
         found = _unrepresentable(value, exc)
     return shorten(clean(found), width)
 
@@ -142,7 +155,9 @@ def safe_str(value: Any, width: int, *, newlines: bool = True) -> str:
     """
     try:
         found = value if isinstance(value, str) else str(value)  # TypeError if not a str
-    except Exception as exc:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # SystemExit too: a value's code ends no command
         found = f"<{type(value).__qualname__}: str failed with {type(exc).__name__}>"
     return shorten(clean(found[: width + 1], newlines=newlines), width)
 
@@ -320,3 +335,32 @@ def console(*, stderr: bool = False) -> Console:
 
     width, height = console_size(sys.stderr if stderr else sys.stdout)
     return Console(stderr=stderr, highlight=False, width=width, height=height)
+
+
+@contextlib.contextmanager
+def others_to_stderr(divert: bool) -> Iterator[None]:
+    """While it lasts (if ``divert``), whatever writes to stdout writes to stderr instead.
+
+    ``--json`` promises stdout holds the JSON and nothing else, but a tool's ``print`` (on the
+    loop, on a thread, or in a worker process, which inherits descriptor 1), or a tool
+    module printing as it imports, would write there first. So descriptor 1 is pointed at
+    stderr while the plan loads and runs, and restored for the JSON once it ends.
+    """
+    if not divert:
+        yield
+        return
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+    try:
+        kept = os.dup(1)
+        os.dup2(2, 1)
+    except OSError:  # no descriptor 1 or 2 to speak of: nothing to keep apart
+        yield
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()  # what the tools printed, still to stderr
+        os.dup2(kept, 1)
+        os.close(kept)

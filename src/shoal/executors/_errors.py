@@ -29,12 +29,12 @@ def error_reply(exc: BaseException) -> bytes:
     """``("error", pickled exception or None, type name, message, traceback)``, pickled."""
     try:
         message = str(exc)
-    except Exception:  # a broken __str__ must not lose the error
+    except BaseException:  # a broken __str__ (SystemExit too) must not lose the error
         message = f"<unprintable {type(exc).__qualname__}>"
     text = "".join(traceback.format_exception(exc))
     try:
         blob: bytes | None = dumps(exc, "the exception")
-    except Exception:  # the other side raises a RemoteToolError naming the type instead
+    except BaseException:  # the other side raises a RemoteToolError naming the type instead
         blob = None
     return pickle.dumps(("error", blob, type_name(exc), message, text), pickle.HIGHEST_PROTOCOL)
 

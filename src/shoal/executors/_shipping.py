@@ -16,7 +16,7 @@ from typing import Any
 
 import cloudpickle  # type: ignore[import-untyped]
 
-from shoal.exceptions import SerializationError
+from shoal.exceptions import SerializationError, describe_exception
 from shoal.tools import Tool
 
 __all__ = ["dumps", "dumps_callable", "loads", "loads_callable"]
@@ -86,8 +86,11 @@ def dumps(value: Any, what: str) -> bytes:
     """Cloudpickle ``value``, or raise :class:`SerializationError` naming ``what`` it is."""
     try:
         blob: bytes = cloudpickle.dumps(value)
-    except Exception as exc:
-        raise SerializationError(f"{what} cannot be pickled: {type(exc).__name__}: {exc}") from exc
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # a __reduce__ raising SystemExit too
+        raise SerializationError(f"{what} cannot be pickled: {describe_exception(exc)}"
+                                 ) from exc
     return blob
 
 

@@ -167,7 +167,7 @@ def run_call(message: tuple[Any, ...], cpu_seconds: int | None) -> bytes:
         return error_reply(unawaited)
     try:
         return dumps(("ok", value), f"the result of tool {name!r}")
-    except Exception as exc:
+    except BaseException as exc:  # a __reduce__ raising SystemExit too: the worker lives on
         return error_reply(exc)
 
 

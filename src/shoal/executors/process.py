@@ -390,6 +390,7 @@ class _TemplateHandle:
         self.sock: socket.socket | None = None
         self.ready = False
         self.owed = 0  # replies to requests whose callers were cancelled meanwhile
+        self.reading: asyncio.Task[bytes] | None = None  # the read of the next reply
 
     @property
     def pid(self) -> int | None:
@@ -456,8 +457,17 @@ class _TemplateHandle:
     async def _receive(self) -> bytes:
         assert self.sock is not None
         loop = asyncio.get_running_loop()
+        # One read at a time, in a task of its own that a cancel of the caller leaves going:
+        # a reply read as the cancel came (both at once after a tool blocked the loop) is
+        # kept for the next caller, who owes it, never dropped. And asyncio.timeout, not
+        # wait_for: Python 3.11's wait_for returns such a reply and drops the cancel, so the
+        # call that a Ctrl-C cancelled went on to run in full.
+        if self.reading is None:
+            self.reading = loop.create_task(loop.sock_recv(self.sock, 4096))
         try:
-            data = await asyncio.wait_for(loop.sock_recv(self.sock, 4096), _TEMPLATE_WAIT)
+            async with asyncio.timeout(_TEMPLATE_WAIT):
+                data = await asyncio.shield(self.reading)
+            self.reading = None
         except TimeoutError:
             raise ExecutorError(f"the template process that starts workers did not answer "
                                 f"within {_TEMPLATE_WAIT:.0f} s") from None
@@ -481,6 +491,9 @@ class _TemplateHandle:
         # killing its workers, and stopping it halfway could leave some of them frozen.
         if proc is not None and proc.poll() is None:
             proc.kill()
+        if self.reading is not None:
+            self.reading.cancel()
+            self.reading = None
         if self.sock is not None:
             self.sock.close()
             self.sock = None
@@ -915,8 +928,9 @@ class ProcessExecutor(Executor):
                     continue
                 # Asked of another loop, which may stop before it gets to it (its callback
                 # queue is then dropped): looked at again every moment meanwhile.
-                with suppress(TimeoutError):
-                    await asyncio.wait_for(lane.freed.wait(), _EVICT_RETRY)
+                with suppress(TimeoutError):  # (not wait_for, which may drop a cancel)
+                    async with asyncio.timeout(_EVICT_RETRY):
+                        await lane.freed.wait()
         finally:
             lane.waiting -= 1
 

@@ -168,7 +168,9 @@ def _encode_object(value: Any) -> Encoded:
         pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(value)
     except _TooBig:
         return _note(value, f"over {_mb(MAX_VALUE_BYTES)} pickled")
-    except Exception:  # unpicklable (locks, generators, lambdas, too deep ...): keep the view
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # unpicklable (locks, lambdas, a __reduce__ raising SystemExit ...)
         return Encoded("repr", view.encode("utf-8"), view)
     return Encoded("pickle", buffer.getvalue(), view)
 
@@ -298,7 +300,9 @@ class _Unknown(Exception):
 def _short_repr(value: Any) -> str:
     try:
         text = repr(value)
-    except Exception:  # a __repr__ that raises must not stop the journal
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # a __repr__ that raises (SystemExit too) must not stop the journal
         return f"<unrepresentable {_type_name(value)}>"
     return text if len(text) <= VIEW_TEXT else f"{text[:VIEW_TEXT]}…"
 
