@@ -86,7 +86,7 @@ class OpenRun:
         # it as it is (add() copies the mapping it is handed). Called on the run's own loop
         # (the usual case, every node of a large feed), the node is added here and now
         if _get_running_loop() is self._loop:
-            return self._insert(self._plan.make_owned_node(tool, args, node_id, after=after))
+            return self._insert(self._plan._make_node(tool, args, after, node_id, None))
         return self._on_loop(lambda: self._insert(
             self._plan.make_owned_node(tool, args, node_id, after=after)))
 

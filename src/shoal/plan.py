@@ -417,8 +417,8 @@ class Plan:
         else:
             after_ids = ()
         refs = _refs_in(arguments)
-        return Node(node_id, resolved_tool, arguments, after_ids,
-                    len(self._nodes) + len(self._duplicates), refs, map=map_spec)
+        return Node(node_id, resolved_tool, arguments, after_ids,  # (positional: sooner)
+                    len(self._nodes) + len(self._duplicates), refs, None, map_spec)
 
     def insert(self, node: Node) -> None:
         """Add a node made by :meth:`make_node` (a taken id is kept aside for validation).

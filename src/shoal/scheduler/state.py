@@ -1393,7 +1393,7 @@ class SchedulerState:
     def _lookup(self, ref: Ref) -> Any:
         outcome = self._ended[self.graph.position[ref.node]]
         assert outcome is not None and outcome.status == "ok"
-        return ref.pick(outcome.value)
+        return ref.pick(outcome.value) if ref.path else outcome.value
 
     def _admit(self, slot: _Slot, now: float, d: Decisions) -> bool:
         """Take every limit on the node if all have room now; if not, park it where it waits.
