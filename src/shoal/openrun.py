@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from asyncio import _get_running_loop
 import contextlib
+from asyncio import _get_running_loop
 from collections.abc import Callable, Generator, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar

@@ -249,8 +249,8 @@ class _Rare:
         self.items: list[int] | None = None  # a map node, once expanded: its items' positions
 
 
-_NEVER = float("-inf")
-_RUN: Fate = ("run", None)  # a node's fate when no journal says otherwise: run it  # a start time earlier than any (see SchedulerState.finish_ok)
+_NEVER = float("-inf")  # a start time earlier than any (see SchedulerState.finish_ok)
+_RUN: Fate = ("run", None)  # a node's fate when no journal says otherwise: run it
 
 _COMMON = _Rare()  # the defaults, shared by every slot that never set one (never written)
 
