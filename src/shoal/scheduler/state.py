@@ -458,11 +458,10 @@ class SchedulerState:
     # slots: an agent swarm holds a run, so a state, per turn in flight (thousands at once)
     __slots__ = (
         "_ask_doubt", "_asking", "_backends", "_begun", "_critical", "_default_executor", "_doubt",
-        "_ended", "_executor_of", "_gates", "_global", "_global_blocks", "_global_held", "_hard",
-        "_heap", "_kept_rare", "_maps_due", "_next_index", "_one_tool", "_plan_order", "_rng",
-        "_slots", "_sorted", "_sorting", "_spare", "clock_origin", "closed", "done_count",
-        "fail_fast", "fate_of", "graph", "in_flight", "record_events", "run_id", "status_counts",
-        "stopping",
+        "_ended", "_gates", "_global", "_global_blocks", "_global_held", "_hard", "_heap",
+        "_kept_rare", "_maps_due", "_next_index", "_one_tool", "_plan_order", "_rng", "_slots",
+        "_sorted", "_sorting", "_spare", "clock_origin", "closed", "done_count", "fail_fast",
+        "fate_of", "graph", "in_flight", "record_events", "run_id", "status_counts", "stopping",
     )
 
     def __init__(
@@ -526,9 +525,6 @@ class SchedulerState:
         #: each node's outcome, by position (``None`` until it has one); an ended node's slot
         #: gives way to ``_GONE``, and its rare fields, if it set any, to ``_kept_rare``
         self._backends = set(executors.values())
-        # id(tool) -> its backend, for the nodes added later too (the graph keeps every node's
-        # tool alive, so an id is never another tool's); _backends holds each value
-        self._executor_of = executors
         # every node the same tool (object: the same estimate), none added later: if none
         # needs another either, every node has the same critical-path level (see begin)
         self._one_tool = len(executors) <= 1 and not grows
@@ -1067,12 +1063,8 @@ class SchedulerState:
         self._next_index += 1
         pos = self.graph.grow(node, gather if gather >= 0 else None)
         tool = node.tool
-        executor = self._executor_of.get(id(tool))
-        if executor is None:
-            executor = self._executor_of[id(tool)] = choose_executor(tool,
-                                                                     self._default_executor)
-            self._backends.add(executor)
-        slot = _Slot(pos, node, 0, executor)
+        slot = _Slot(pos, node, 0, choose_executor(tool, self._default_executor))
+        self._backends.add(slot.executor)
         if gather >= 0:
             slot.gather = gather
         slots, ended = self._slots, self._ended
