@@ -121,6 +121,27 @@ def test_find_refs_walks_nested_containers() -> None:
     assert find_refs("plain") == []
 
 
+@tool
+async def three(x: Any = None, y: Any = None, z: Any = None) -> Any:
+    return x
+
+
+@pytest.mark.parametrize("args", [
+    {"x": Ref("a")},
+    {"x": Ref("a"), "y": 3, "z": Ref("b")["k"]},
+    {"x": Ref("a"), "y": [Ref("b"), 1], "z": Ref("c")},
+    {"x": 1, "y": "two", "z": None},
+])
+def test_a_nodes_refs_are_found_in_find_refs_order(args: dict[str, Any]) -> None:
+    # a node's refs skip the walk when each argument is a ref or a scalar: same refs, same order
+    plan = Plan()
+    for name in "abc":
+        plan.call(take, value=1, node_id=name)
+    node = plan.make_owned_node(three, dict(args))
+    assert node.refs == tuple(find_refs(args))
+    assert plan.node_problems(node) == []
+
+
 # ---- ids and after= -----------------------------------------------------------------------------
 
 

@@ -279,10 +279,14 @@ class _Builder:
         self.position[node.id] = i
         self.preds.append(())
         self.succs.append(())
-        graph = self.graph
+        grown = self._graph  # (the graph property, without its call: every node passes here)
+        graph = grown() if grown is not None else None
         if graph is not None and graph.listed is not None:
             graph.listed += hard_edges(node)
-        if node.refs or node.after:
+        refs = node.refs
+        if len(refs) == 1 and not node.after:  # a chain's or a fan-out's node: one link
+            self.link(self.position[refs[0].node], i)
+        elif refs or node.after:
             self.data_and_after(i)
         order = self if within is None else self._items_of(within)
         policy = node.tool.policy

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+from asyncio import _get_running_loop
 from collections.abc import Callable, Generator, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -48,10 +49,11 @@ class OpenRun:
     :meth:`close` and ``await`` it for the :class:`~shoal.outcome.RunResult`.
     """
 
-    __slots__ = ("_closed", "_handle", "_plan", "_result")
+    __slots__ = ("_closed", "_handle", "_loop", "_plan", "_result")
 
     def __init__(self, handle: RunHandle, plan: Plan) -> None:
         self._handle = handle
+        self._loop = handle.as_future().get_loop()  # the run's state is this loop's alone
         self._plan = plan  # names the nodes and checks each one against those before it
         self._closed = False
         self._result: RunResult | None = None
@@ -80,7 +82,13 @@ class OpenRun:
              after: Ref | str | Iterable[Ref | str] = (), node_id: str | None = None,
              **args: Any) -> Ref:
         """Add a call of ``tool`` with ``args`` (refs allowed); return a ref to its output."""
-        return self.add(tool, args, after=after, node_id=node_id)
+        # ``args``, the keyword arguments, is a dict made for this call alone: the node keeps
+        # it as it is (add() copies the mapping it is handed). Called on the run's own loop
+        # (the usual case, every node of a large feed), the node is added here and now
+        if _get_running_loop() is self._loop:
+            return self._insert(self._plan._make_node(tool, args, after, node_id, None))
+        return self._on_loop(lambda: self._insert(
+            self._plan.make_owned_node(tool, args, node_id, after=after)))
 
     def add(self, tool: Callee,
             args: Mapping[str, Any] | None = None, *,
@@ -138,7 +146,7 @@ class OpenRun:
         change made from another thread: a node added from there would never start (and the
         run never end). So another thread hands ``work`` to the loop and waits for its answer.
         """
-        loop = self._handle.as_future().get_loop()
+        loop = self._loop
         if running_loop() is loop:
             return work()
         if self._handle.done():

@@ -162,11 +162,21 @@ _NO_REFS = frozenset({int, str, float, bool, bytes, type(None)})  # values that 
 
 
 def _refs_in(arguments: dict[str, Any]) -> tuple[Ref, ...]:
-    """The refs in a call's arguments; no walk when every value is a plain scalar."""
+    """The refs in a call's arguments; no walk when every value is a plain scalar or a ref.
+
+    In :func:`find_refs`'s order (the arguments' refs last to first), which the node keeps.
+    """
+    found: list[Ref] | None = None
     for value in arguments.values():
-        if type(value) not in _NO_REFS:
+        kind = type(value)
+        if kind is Ref:  # a chain's or a fan-out's argument: the ref itself
+            if found is None:
+                found = [value]
+            else:
+                found.insert(0, value)
+        elif kind not in _NO_REFS:
             return tuple(find_refs(arguments))
-    return ()
+    return () if found is None else tuple(found)
 
 
 def _holds_refs(value: Any) -> bool:
@@ -365,7 +375,9 @@ class Plan:
                             f"{type(args).__name__} {shown(args)}")
         return self._make_node(tool, dict(args) if args else {}, after, node_id, map_spec)
 
-    def make_owned_node(self, tool: Callee, arguments: dict[str, Any], node_id: str, *,
+    def make_owned_node(self, tool: Callee, arguments: dict[str, Any],
+                        node_id: str | None = None, *,
+                        after: Ref | str | Iterable[Ref | str] = (),
                         validated: bool = False) -> Node:
         """:meth:`make_node` for ``arguments`` made for this node alone: kept, not copied.
 
@@ -373,7 +385,7 @@ class Plan:
         (an agent checks a model's call before it adds it): kept as the checked arguments,
         not validated again (a validator that transforms a value would transform it twice).
         """
-        node = self._make_node(tool, arguments, (), node_id, None)
+        node = self._make_node(tool, arguments, after, node_id, None)
         if validated and not node.refs and not node.tool.has_default_factory:
             node.checked = arguments
         return node
@@ -383,12 +395,19 @@ class Plan:
                    map_spec: MapSpec | None) -> Node:
         """:meth:`make_node` for ``arguments`` made for this node alone (kept, not copied)."""
         resolved_tool = tool if isinstance(tool, Tool) else as_tool(tool)
-        if node_id is not None and not isinstance(node_id, str):
+        if node_id is None:  # the next id of the tool's name (_next_id, inlined: most nodes)
+            name = resolved_tool.name
+            count = self._counts.get(name, 0) + 1
+            node_id = f"{name}#{count}"
+            if node_id in self._nodes:  # taken by a node given that id: the next one free
+                node_id = self._next_id(name)
+            else:
+                self._counts[name] = count
+        elif not isinstance(node_id, str):
             raise TypeError(f"node_id must be a string, got {type(node_id).__name__} "
                             f"{node_id!r}")
-        if node_id is not None and ("/" in node_id or not node_id):
+        elif "/" in node_id or not node_id:
             check_node_id(node_id)  # raises PlanError (bad_id): "/" joins run ids and lineages
-        node_id = node_id if node_id is not None else self._next_id(resolved_tool.name)
         if after != ():  # not truthiness: a Ref has none
             if not isinstance(after, (*_ONE_NODE, Iterable)):
                 raise TypeError(f"after= takes a ref, a node id or several of them, got "
@@ -398,8 +417,8 @@ class Plan:
         else:
             after_ids = ()
         refs = _refs_in(arguments)
-        return Node(node_id, resolved_tool, arguments, after_ids,
-                    len(self._nodes) + len(self._duplicates), refs, map=map_spec)
+        return Node(node_id, resolved_tool, arguments, after_ids,  # (positional: sooner)
+                    len(self._nodes) + len(self._duplicates), refs, None, map_spec)
 
     def insert(self, node: Node) -> None:
         """Add a node made by :meth:`make_node` (a taken id is kept aside for validation).

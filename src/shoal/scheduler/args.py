@@ -173,7 +173,17 @@ def resolve_arguments(args: dict[str, Any], lookup: Callable[[Ref], Any]) -> dic
     Refs are replaced inside exactly the containers :func:`shoal.plan.find_refs` walks: dicts
     (their values), lists, tuples, sets and frozensets, subclasses included.
     """
-    return {name: _resolve(value, lookup) for name, value in args.items()}
+    resolved: dict[str, Any] = {}
+    for name, value in args.items():  # (_resolve's first cases, without its call: most values)
+        kind = type(value)
+        if kind is Ref:  # an argument that is a ref: its node's output, copied
+            found = lookup(value)
+            resolved[name] = found if type(found) in _IMMUTABLE else isolate(found)
+        elif kind in _SCALARS:
+            resolved[name] = value
+        else:
+            resolved[name] = _resolve(value, lookup)
+    return resolved
 
 
 def _resolve(value: Any, lookup: Callable[[Ref], Any]) -> Any:

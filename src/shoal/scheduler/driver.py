@@ -453,6 +453,8 @@ class Driver:
             why = f" ({self.cancelled_reason})" if self.cancelled_reason else ""
             raise RunClosedError(f"run {self.state.run_id} is closed: it takes no more nodes{why}")
         decisions = self.state.add(nodes, self.now())
+        if decisions is None:  # nothing to carry out: the nodes wait for their inputs
+            return
         if self._loop is None:  # not started: only replays and skips can be pending
             self._pending(decisions)
         else:

@@ -250,6 +250,7 @@ class _Rare:
 
 
 _NEVER = float("-inf")  # a start time earlier than any (see SchedulerState.finish_ok)
+_RUN: Fate = ("run", None)  # a node's fate when no journal says otherwise: run it
 
 _COMMON = _Rare()  # the defaults, shared by every slot that never set one (never written)
 
@@ -459,8 +460,8 @@ class SchedulerState:
         "_ask_doubt", "_asking", "_backends", "_begun", "_critical", "_default_executor", "_doubt",
         "_ended", "_gates", "_global", "_global_blocks", "_global_held", "_hard", "_heap",
         "_kept_rare", "_maps_due", "_next_index", "_one_tool", "_plan_order", "_rng", "_slots",
-        "_sorted", "_sorting", "clock_origin", "closed", "done_count", "fail_fast", "fate_of",
-        "graph", "in_flight", "record_events", "run_id", "status_counts", "stopping",
+        "_sorted", "_sorting", "_spare", "clock_origin", "closed", "done_count", "fail_fast",
+        "fate_of", "graph", "in_flight", "record_events", "run_id", "status_counts", "stopping",
     )
 
     def __init__(
@@ -536,6 +537,9 @@ class SchedulerState:
         # gated nodes whose inputs are ready, not yet asked about (made for the first one)
         self._asking: list[_Slot] | None = None
         self._doubt: dict[int, str] = {}  # resume: calls in doubt that an approver settles
+        # what add() decides into: kept while adding decides nothing (a node that waits for
+        # its inputs, most nodes of a graph fed faster than it runs), handed out when it does
+        self._spare: Decisions | None = None
 
     @property
     def slots(self) -> _SlotsView:
@@ -602,19 +606,30 @@ class SchedulerState:
                     self._make_ready(slot, now, d)
                     plain = not (self.stopping or self.record_events or self._doubt)
 
-    def add(self, nodes: Iterable[Node], now: float) -> Decisions:
+    def add(self, nodes: Iterable[Node], now: float) -> Decisions | None:
         """Nodes added to an open run: each waits for the nodes it needs, then runs as usual.
 
         A node's refs and ``after`` must name nodes the run has (checked by the caller); its
         resource and barrier edges come from every node added before it. Before
-        :meth:`begin` nodes are only recorded; ``begin`` queues them.
+        :meth:`begin` nodes are only recorded; ``begin`` queues them. Returns ``None`` when
+        there is nothing to carry out (the nodes wait for their inputs).
         """
-        d = Decisions()
-        for node in nodes:
-            self._add_node(node, now, d)
-        if self._begun:
-            self._dispatch(now, d)
-        return d
+        d = self._spare
+        if d is None:
+            d = self._spare = Decisions()
+        try:
+            for node in nodes:
+                self._add_node(node, now, d)
+            if self._begun:
+                self._dispatch(now, d)
+        except BaseException:
+            self._spare = None  # what it holds was decided halfway: never carried out later
+            raise
+        if (d.starts or d.done or d.events or d.approvals or d.timers or d.cancels or d.parked
+                or d.freed):
+            self._spare = None
+            return d
+        return None  # d is still empty: the next add decides into it
 
     def close(self, now: float) -> Decisions:
         """No more nodes will be added: the run ends once every node has an outcome."""
@@ -1054,27 +1069,32 @@ class SchedulerState:
     def _add_node(self, node: Node, now: float, d: Decisions, *, gather: int = -1,
                   priority: float | None = None) -> _Slot:
         """Grow the graph by ``node`` and give it a slot: waiting, replayed, skipped or queued."""
-        fate: Fate = self.fate_of(node) if self.fate_of is not None else ("run", None)
+        fate: Fate = self.fate_of(node) if self.fate_of is not None else _RUN
         node.index = self._next_index
         self._next_index += 1
         pos = self.graph.grow(node, gather if gather >= 0 else None)
-        slot = _Slot(pos, node, 0, choose_executor(node.tool, self._default_executor))
+        tool = node.tool
+        slot = _Slot(pos, node, 0, choose_executor(tool, self._default_executor))
         self._backends.add(slot.executor)
-        slot.gather = gather
-        self._slots.append(slot)
-        self._ended.append(None)
+        if gather >= 0:
+            slot.gather = gather
+        slots, ended = self._slots, self._ended
+        slots.append(slot)
+        ended.append(None)
         self._critical.note(node)
         if priority is None:  # raised by what is added after it, once that matters: _lift_added
-            slot.priority = -self._critical.estimate(node.tool)
+            slot.priority = -self._critical.estimate(tool)
         else:
             slot.priority = priority
         blocked = -1  # the position of a needed node that did not succeed
+        waiting, done = 0, Phase.DONE
         for p in self.graph.preds[pos]:
-            if self._slots[p].phase is not Phase.DONE:
-                slot.waiting += 1
-            elif blocked < 0 and (ended := self._ended[p]) is not None and (
-                    ended.status != "ok" and (p, pos) in self._hard):
+            if slots[p].phase is not done:
+                waiting += 1
+            elif blocked < 0 and (failed := ended[p]) is not None and (
+                    failed.status != "ok" and (p, pos) in self._hard):
                 blocked = p
+        slot.waiting = waiting
         if self.stopping:
             self._record(slot, "cancelled", now, d, reason=self.stopping)
         elif fate[0] != "run":
@@ -1376,7 +1396,7 @@ class SchedulerState:
     def _lookup(self, ref: Ref) -> Any:
         outcome = self._ended[self.graph.position[ref.node]]
         assert outcome is not None and outcome.status == "ok"
-        return ref.pick(outcome.value)
+        return ref.pick(outcome.value) if ref.path else outcome.value
 
     def _admit(self, slot: _Slot, now: float, d: Decisions) -> bool:
         """Take every limit on the node if all have room now; if not, park it where it waits.
