@@ -222,3 +222,28 @@ def test_a_shoal_error_raised_as_a_target_imports_is_one_escaped_line(
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr == ("error: importing 'raises.py' failed: ScriptError: ran out of steps "
                            "\\x1b[2J[bold]\n")
+
+
+def test_a_scripted_model_out_of_steps_is_one_error_line(tmp_path: Path) -> None:
+    """A ScriptedModel's ScriptError under ``shoal run``: the run fails, no traceback."""
+    (tmp_path / "short.py").write_text(textwrap.dedent('''
+        import shoal
+        from shoal.testing import ScriptedModel, call
+
+
+        @shoal.tool
+        def add(a: int, b: int) -> int:
+            """Add two numbers."""
+            return a + b
+
+
+        lead = shoal.Agent(name="lead", tools=[add],
+                           model=ScriptedModel([[call("add", a=1, b=2)]]))  # no answer step
+    '''), encoding="utf-8")
+    done = run_shoal("run", "short.py:lead", "add them", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "error: scripted: unexpected request: request 2 (lead) has no step" in done.stderr
+    as_json = run_shoal("run", "short.py:lead", "add them", "--json", cwd=tmp_path)
+    assert as_json.returncode == 1 and "Traceback" not in as_json.stderr, as_json.stderr
+    assert json.loads(as_json.stdout)["error"]["type"] == "ScriptError"

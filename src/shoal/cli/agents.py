@@ -48,6 +48,7 @@ from shoal.exceptions import (
     MissingDependencyError,
     ModelError,
     PlanError,
+    ScriptError,
     describe_exception,
 )
 from shoal.models import resolve_model
@@ -335,7 +336,8 @@ async def _watch(run: Cancellable, result_of: Awaitable[AgentResult[Any]], run_i
                                 if live else result_of)
                 interrupted = ctrl_c.interrupted
                 return result, None if result.ok else result.error, interrupted
-            except (AgentError, ModelError) as exc:
+            except (AgentError, ModelError, ScriptError) as exc:  # ScriptError: a ScriptedModel
+                # asked what its script does not cover: the program's own mistake, one line
                 result, interrupted = getattr(exc, "result", None), ctrl_c.interrupted
                 return result, exc, interrupted
     finally:
