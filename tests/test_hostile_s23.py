@@ -247,3 +247,10 @@ def test_a_scripted_model_out_of_steps_is_one_error_line(tmp_path: Path) -> None
     as_json = run_shoal("run", "short.py:lead", "add them", "--json", cwd=tmp_path)
     assert as_json.returncode == 1 and "Traceback" not in as_json.stderr, as_json.stderr
     assert json.loads(as_json.stdout)["error"]["type"] == "ScriptError"
+
+
+@pytest.mark.parametrize("name", ["x" * 100_000, "\x1b" * 100_000, "ok/" * 30_000])
+def test_a_huge_bad_agent_name_gets_a_message_of_bounded_size(name: str) -> None:
+    with pytest.raises(shoal.ConfigError, match="must be 1-64 letters") as raised:
+        shoal.Agent(name=name, model="local")
+    assert len(str(raised.value)) < 400 and "characters left out" in str(raised.value)

@@ -28,7 +28,13 @@ from shoal.agents.run import AgentRun
 from shoal.agents.toolcalls import ToolErrorFormat, check_run_options
 from shoal.approvals import Approver, Callback
 from shoal.events import EventSink
-from shoal.exceptions import AgentError, ConfigError, ShoalError, ToolDefinitionError
+from shoal.exceptions import (
+    AgentError,
+    ConfigError,
+    ShoalError,
+    ToolDefinitionError,
+    bounded_text,
+)
 from shoal.limits import ProcessLimits, parse_process_limits
 from shoal.models import check_model_spec
 from shoal.models.base import Model, ModelSettings, ToolSpec
@@ -166,7 +172,8 @@ class Agent(Generic[T]):
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
-            raise ConfigError(f"agent name {self.name!r} must be 1-64 letters, digits, '_' or "
+            shown = bounded_text(repr(self.name), 120)  # a message to read: bounded
+            raise ConfigError(f"agent name {shown} must be 1-64 letters, digits, '_' or "
                               "'-' (it becomes a tool name for parent agents)")
         try:
             check_model_spec(self.model)  # a misspelt model fails here, not when a run starts
