@@ -321,6 +321,20 @@ def test_show_lists_the_agents_and_calls_of_an_agent_tree_from_code(tmp_path: Pa
 # ---- hostile and odd input ----------------------------------------------------------------
 
 
+def test_a_turn_and_the_calls_it_streamed_overlap_but_count_once_on_the_critical_path() -> None:
+    """A call starts while its turn still streams: the summed durations count that twice."""
+    from shoal.timeline.model import Bar, Lane, mark_critical, turn_links
+
+    bars = [Bar("m1", "model-1", "model", 0, "ok", start=0.0, end=1.0, step="model-1"),
+            Bar("c1", "fetch#1", "fetch", 0, "ok", start=0.9, end=2.0, step="turn-1"),
+            Bar("m2", "model-2", "model", 0, "ok", start=2.0, end=2.5, step="model-2")]
+    assert mark_critical(bars, [Lane("lead", "lead")], turn_links(bars)) == 2.5  # not 2.6
+    assert all(b.critical for b in bars)
+    apart = [Bar("m1", "model-1", "model", 0, "ok", start=0.0, end=1.0, step="model-1"),
+             Bar("c1", "fetch#1", "fetch", 0, "ok", start=1.5, end=2.0, step="turn-1")]
+    assert mark_critical(apart, [Lane("lead", "lead")], turn_links(apart)) == 1.5  # no gap
+
+
 def test_the_longest_chain_ends_on_a_cycle_too() -> None:
     weights = {"a": 1.0, "b": 5.0, "c": 2.0, "d": 4.0}
     assert longest_chain(list(weights), weights, [("a", "j"), ("j", "b"), ("a", "c")]) == (

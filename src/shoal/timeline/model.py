@@ -312,7 +312,9 @@ def mark_critical(bars: Sequence[Bar], lanes: Sequence[Lane],
 
     Calls of one lane are linked by their edges and (``extra``) by the agent's turn order; a
     call that ran an agent whose lane is here stands for that agent's work, and the chain goes
-    on inside it. Returns the chain's total duration.
+    on inside it. Returns the chain's total duration, at most the time from its first start to
+    its last end: a call the model asked for starts while the rest of its turn still streams,
+    so a turn and its calls may overlap, and their summed durations count the overlap twice.
     """
     by_lane: dict[int, list[Bar]] = {}
     for bar in bars:
@@ -338,7 +340,14 @@ def mark_critical(bars: Sequence[Bar], lanes: Sequence[Lane],
         inner = lane_of.get(call_lineage(lanes[bar.lane].lineage, bar.node_id))
         if inner is not None and inner != bar.lane and inner in by_lane:
             todo += _lane_chain(by_lane[inner], extra or {})[0]
-    return best[1]
+    return min(best[1], _span([by_key[k] for k in best[0] if k in by_key]))
+
+
+def _span(bars: Sequence[Bar]) -> float:
+    """Seconds from the first start to the last end of ``bars`` (infinite if none tells)."""
+    starts = [b.start for b in bars if b.start is not None]
+    ends = [b.end for b in bars if b.end is not None]
+    return max(ends) - min(starts) if starts and ends else math.inf
 
 
 def call_lineage(lane: str, node_id: str) -> str:
