@@ -765,15 +765,11 @@ class Driver:
                     except Exception as exc:
                         self._internal_error(call.node_id, exc)
                 return
-            unawaited = unawaited_result(call.tool.name, value)
-            result = (AttemptResult("ok", value) if unawaited is None
-                      else AttemptResult("failed", error=unawaited))
-        elif isinstance(error, asyncio.CancelledError):
-            result = AttemptResult("cancelled", abandoned=call.abandoned)
+            result = _returned_value(call, value)
         elif isinstance(error, KeyboardInterrupt):
             raise error  # as from its task; the run's stop reports the call cancelled
         else:
-            result = AttemptResult("failed", error=error)
+            result = _raised(call, error)
         del self._on_pool[call.pos]
         self._pool_batch_end()
         assert self._context is not None
@@ -977,21 +973,17 @@ class Driver:
                     assert self._context is not None
                     self._context.run(self._report, self._returned, call, value)
                     return
-                unawaited = unawaited_result(call.tool.name, value)  # every backend's result
-                result = (AttemptResult("ok", value) if unawaited is None
-                          else AttemptResult("failed", error=unawaited))
+                result = _returned_value(call, value)  # every backend's result
         except TimeoutError as exc:
             if scope is not None and scope.expired():
                 result = AttemptResult("timed_out", error=ToolTimeoutError(
                     call.tool.name, call.timeout or 0.0), abandoned=call.abandoned)
             else:
                 result = AttemptResult("failed", error=exc)
-        except asyncio.CancelledError:
-            result = AttemptResult("cancelled", abandoned=call.abandoned)
         except KeyboardInterrupt:
             raise
-        except BaseException as exc:  # incl. SystemExit: a tool's exit fails it; the run lives
-            result = AttemptResult("failed", error=exc)
+        except BaseException as exc:  # a cancel, or a tool's raise (SystemExit too: see _raised)
+            result = _raised(call, exc)
         assert self._context is not None
         self._context.run(self._report, self._attempt_done, call, result)
 
@@ -1009,12 +1001,10 @@ class Driver:
         result: AttemptResult
         try:
             value = await call.tool.fn(**call.args)
-        except asyncio.CancelledError:
-            result = AttemptResult("cancelled", abandoned=call.abandoned)
         except KeyboardInterrupt:
             raise
-        except BaseException as exc:  # incl. SystemExit: a tool's exit fails it; the run lives
-            result = AttemptResult("failed", error=exc)
+        except BaseException as exc:  # a cancel, or a tool's raise (SystemExit too: see _raised)
+            result = _raised(call, exc)
         else:
             if type(value) in _PLAIN:  # most calls: no result object (see _returned)
                 pos = call.pos
@@ -1029,9 +1019,7 @@ class Driver:
                 except Exception as exc:
                     self._internal_error(call.node_id, exc)
                 return
-            unawaited = unawaited_result(call.tool.name, value)
-            result = (AttemptResult("ok", value) if unawaited is None
-                      else AttemptResult("failed", error=unawaited))
+            result = _returned_value(call, value)
         assert self._context is not None
         self._context.run(self._report, self._attempt_done, call, result)
 
@@ -1480,9 +1468,9 @@ class Driver:
 
 
 def _returned_value(call: Call, value: Any) -> AttemptResult:
-    """The end of a call run at once that returned ``value``, not of a plain type.
+    """The end of an attempt (on any backend) that returned ``value``, not of a plain type.
 
-    As :meth:`Driver._attempt` reports it: ok, unless the value is an awaitable nobody awaited.
+    Ok, unless the value is an awaitable nobody awaited.
     """
     unawaited = unawaited_result(call.tool.name, value)
     return (AttemptResult("ok", value) if unawaited is None
@@ -1490,7 +1478,7 @@ def _returned_value(call: Call, value: Any) -> AttemptResult:
 
 
 def _raised(call: Call, exc: BaseException) -> AttemptResult:
-    """The end of a call run at once that raised ``exc`` (not a ``KeyboardInterrupt``)."""
+    """The end of an attempt (on any backend) that raised ``exc`` (not a ``KeyboardInterrupt``)."""
     if isinstance(exc, asyncio.CancelledError):
         return AttemptResult("cancelled", abandoned=call.abandoned)
     return AttemptResult("failed", error=exc)  # incl. SystemExit: it fails the call, not the run
