@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import functools
 import logging
 import math
@@ -78,9 +77,23 @@ _OTHER_LOOP_POLL = 0.05  # seconds between looks at another loop while its runs 
 
 
 def new_run_id() -> str:
-    """A sortable, unique run id such as ``20261128-184500-3fa2c1``."""
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
-    return f"{stamp}-{secrets.token_hex(3)}"
+    """A sortable, unique run id such as ``20261128-184500-3fa2c1d09e7b``.
+
+    48 random bits after the second: with 24, a thousand runs a second on one runtime met an
+    id its journal holds already within minutes (every half minute on a durable journal,
+    which keeps every id), and the run was refused.
+    """
+    return f"{_utc_stamp(int(time.time()))}-{secrets.token_hex(6)}"
+
+
+@functools.lru_cache(maxsize=2)
+def _utc_stamp(second: int) -> str:
+    """``second`` (since the epoch) as ``YYYYmmdd-HHMMSS`` in UTC, formatted once per second.
+
+    Formatting a date costs more than a small run's scheduling, and a swarm starts many runs
+    in one second.
+    """
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime(second))
 
 
 #: The longest run id a caller may choose (ids are keys in the journal and shown in tables).
@@ -380,7 +393,9 @@ class Runtime:
         self.fail_fast = fail_fast
         self.deadline = deadline
         self._sinks = _sink_list(on_event)
-        self._rng = random.Random(seed)
+        # unseeded runtimes share one generator: seeding a new one reads the OS's entropy, which
+        # cost a small run a tenth of its time (shoal.run makes a runtime per call)
+        self._rng = random.Random(seed) if seed is not None else _UNSEEDED
         self._estimates: dict[str, float] = {}
         self._executors: dict[str, Executor] = {}
         # made under this lock: runs of several threads (run_sync from each) ask for a backend
@@ -1044,6 +1059,10 @@ def _sink_list(on_event: EventSink | Sequence[EventSink] | None) -> list[Callabl
             raise ConfigError(f"on_event= takes callables; one of them is "
                               f"{type(sink).__name__} {shown(sink)}")
     return sinks
+
+
+#: the retry jitter of runtimes made without a seed (see Runtime.__init__)
+_UNSEEDED = random.Random()
 
 
 @functools.cache

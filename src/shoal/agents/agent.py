@@ -36,6 +36,7 @@ from shoal.exceptions import (
     bounded_text,
 )
 from shoal.limits import ProcessLimits, parse_process_limits
+from shoal.merge import shown
 from shoal.models import check_model_spec
 from shoal.models.base import Model, ModelSettings, ToolSpec
 from shoal.models.retry import ModelGates
@@ -172,14 +173,19 @@ class Agent(Generic[T]):
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
-            shown = bounded_text(repr(self.name), 120)  # a message to read: bounded
-            raise ConfigError(f"agent name {shown} must be 1-64 letters, digits, '_' or "
+            named = bounded_text(repr(self.name), 120)  # a message to read: bounded
+            raise ConfigError(f"agent name {named} must be 1-64 letters, digits, '_' or "
                               "'-' (it becomes a tool name for parent agents)")
         try:
             check_model_spec(self.model)  # a misspelt model fails here, not when a run starts
         except ConfigError as exc:
             raise ConfigError(f"agent {self.name!r}: {exc}") from None
         self._check_counts()
+        for text in ("instructions", "description"):  # both go into prompts as they are
+            if not isinstance(getattr(self, text), str):
+                raise ConfigError(f"agent {self.name!r}: {text} must be a str, got "
+                                  f"{type(getattr(self, text)).__name__} "
+                                  f"{shown(getattr(self, text))}")
         try:
             check_budget(self.budget)
         except ConfigError as exc:
@@ -367,6 +373,12 @@ class Agent(Generic[T]):
 
     # -- running ----------------------------------------------------------------------
 
+    def _check_prompt(self, prompt: object) -> None:
+        """Refuse a prompt that is not a str: caught here, not as a run failed in its turn."""
+        if not isinstance(prompt, str):
+            raise ConfigError(f"agent {self.name!r}: the prompt must be a str, got "
+                              f"{type(prompt).__name__} {shown(prompt)}")
+
     def start(
         self,
         prompt: str,
@@ -391,6 +403,7 @@ class Agent(Generic[T]):
         from shoal.runtime import Runtime, check_resume_id, check_run_id, new_run_id
         from shoal.store.claims import claim_run, claim_run_nothing
 
+        self._check_prompt(prompt)
         if run_id is not None and not resume:  # the tree's step runs hang under it by '/'
             check_run_id(run_id)
 
@@ -503,7 +516,8 @@ class Agent(Generic[T]):
         the run never waits for the reader); leaving the loop early cancels the run. The
         other arguments are those of :meth:`run`.
         """
-        sinks = check_run_options(runtime, budget, on_event, gates)  # now, not when iterated
+        self._check_prompt(prompt)  # these two now, not when iterated
+        sinks = check_run_options(runtime, budget, on_event, gates)
 
         def begin(sink: EventSink) -> Started[AgentResult[T]]:
             handle = self.start(prompt, runtime=runtime, model=model, budget=budget,

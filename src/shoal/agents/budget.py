@@ -17,11 +17,14 @@ Two kinds of breach:
 
 from __future__ import annotations
 
+import math
+import numbers
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from shoal.exceptions import BudgetExceeded, ConfigError
+from shoal.merge import shown
 from shoal.models.base import Usage
 
 __all__ = ["Budget", "BudgetTracker"]
@@ -66,12 +69,31 @@ class Budget:
                 raise ConfigError(f"budget requests={self.requests} and turns={self.turns} "
                                   "disagree; give only requests")
             object.__setattr__(self, "requests", self.turns)
-        for name in ("tokens", "cost", "requests", "subagents", "fan_out", "wall_clock"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:  # NaN too
-                raise ConfigError(f"budget {name} must be positive, got {value}")
-        if self.depth is not None and self.depth < 0:
-            raise ConfigError(f"budget depth must be 0 or more, got {self.depth}")
+        for name in ("tokens", "requests", "subagents", "fan_out", "depth"):
+            _check_whole(name, getattr(self, name), least=0 if name == "depth" else 1)
+        for name in ("cost", "wall_clock"):
+            _check_amount(name, getattr(self, name))
+
+
+def _check_whole(name: str, value: object, *, least: int) -> None:
+    """Refuse a count that is not a whole number of at least ``least`` (``None`` passes).
+
+    ``True`` and ``1.5`` are refused too: a count compared with ``>=`` would take them, and
+    ``subagents=1.5`` would quietly mean 2.
+    """
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+                              or value < least):
+        what = "a positive whole number" if least == 1 else f"a whole number, {least} or more"
+        raise ConfigError(f"budget {name} must be {what}; got "
+                          f"{type(value).__name__} {shown(value)}")
+
+
+def _check_amount(name: str, value: object) -> None:
+    """Refuse an amount (dollars, seconds) not finite and positive (``None`` passes)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)
+                              or not 0 < value < math.inf):  # NaN compares false
+        raise ConfigError(f"budget {name} must be a positive, finite number (None for no "
+                          f"limit); got {type(value).__name__} {shown(value)}")
 
 
 class BudgetTracker:
