@@ -311,7 +311,7 @@ def test_a_run_s_own_deadline_is_checked_like_the_runtime_s(deadline: float) -> 
 
 
 def test_an_agent_budget_refuses_a_nan_wall_clock() -> None:
-    with pytest.raises(ConfigError, match="wall_clock must be a positive, finite number"):
+    with pytest.raises(ConfigError, match="wall_clock must be a positive number"):
         shoal.Budget(wall_clock=math.nan)
 
 

@@ -368,7 +368,7 @@ class Runtime:
             check_count(name, count)
         if executor is not None and executor not in ISOLATIONS:
             raise ConfigError(f"executor must be one of {ISOLATIONS}, got {executor!r}")
-        _check_deadline(deadline)
+        check_deadline(deadline)
         for key, cap in (resource_limits or {}).items():
             if cap is None:
                 raise ConfigError(f"resource limit {key!r} must be a whole number, at least 1, "
@@ -718,7 +718,7 @@ class Runtime:
         open_run: bool = False,
     ) -> tuple[Driver, RunClaim]:
         _check_plan(plan)
-        _check_deadline(deadline)
+        check_deadline(deadline)
         plan.validate()
         graph = analyze(plan)
         run_id, record, resumption, claim = self._journal_for(plan, graph, run_id, journaling)
@@ -1177,7 +1177,7 @@ def _check_plan(plan: object) -> None:
                           f"{shown(plan)}{hint}")
 
 
-def _check_deadline(deadline: float | None) -> None:
+def check_deadline(deadline: float | None) -> None:
     """Refuse a deadline that is not a positive number of seconds (NaN compares false)."""
     if deadline is not None and (isinstance(deadline, bool) or not isinstance(
             deadline, int | float) or not deadline > 0):

@@ -17,7 +17,6 @@ Two kinds of breach:
 
 from __future__ import annotations
 
-import math
 import numbers
 import warnings
 from collections.abc import Callable
@@ -89,11 +88,14 @@ def _check_whole(name: str, value: object, *, least: int) -> None:
 
 
 def _check_amount(name: str, value: object) -> None:
-    """Refuse an amount (dollars, seconds) not finite and positive (``None`` passes)."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)
-                              or not 0 < value < math.inf):  # NaN compares false
-        raise ConfigError(f"budget {name} must be a positive, finite number (None for no "
-                          f"limit); got {type(value).__name__} {shown(value)}")
+    """Refuse an amount (dollars, seconds) that is not a positive number (``None`` passes).
+
+    Infinity passes, as a runtime's ``deadline`` does: no limit, as ``None`` is.
+    """
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                              or not value > 0):  # NaN compares false
+        raise ConfigError(f"budget {name} must be a positive number (None for no limit); "
+                          f"got {type(value).__name__} {shown(value)}")
 
 
 class BudgetTracker:

@@ -54,7 +54,7 @@ from shoal.exceptions import (
 from shoal.outcome import RunResult
 from shoal.plan import Plan
 from shoal.planfile import check_import, load_plan
-from shoal.runtime import Runtime, new_run_id
+from shoal.runtime import Runtime, check_deadline, new_run_id
 from shoal.store.sqlite import DEFAULT_PATH, SQLiteStore
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_OK", "RunOptions", "app", "approver_for", "main",
@@ -319,6 +319,7 @@ def run_agent(target: str, prompt: str | None, model: str | None, as_json: bool,
     pause = LivePause() if live else None
     try:
         check_import(target, allowed, target)  # before anything is made, or imported
+        check_deadline(deadline)  # as for a plan: 0 is refused, not read as "no deadline"
         settings: dict[str, Any] = {"executor": executor, "approval_timeout": approval_timeout,
                                     "approver": approver_for(approve, pause)}
         if max_concurrency is not None:
@@ -329,8 +330,8 @@ def run_agent(target: str, prompt: str | None, model: str | None, as_json: bool,
             journal = AgentJournal(settings["store"], resume or new_run_id())
         chosen = model_option(model, allowed) if model is not None else None
         options = AgentOptions(target, prompt, chosen, as_json, Runtime(**settings),
-                               Budget(wall_clock=deadline) if deadline else None, sink, pause,
-                               journal, model, resume is not None, force, allowed)
+                               None if deadline is None else Budget(wall_clock=deadline), sink,
+                               pause, journal, model, resume is not None, force, allowed)
         return run_agent_target(options, console, live)
     except PlanError as exc:  # a plan function's plan: every problem, as for a plan file
         return _bad_plan(exc, as_json)
