@@ -386,7 +386,7 @@ class Driver:
             self.cancelled_reason = self.cancelled_reason or (
                 f"the run stopped on an error: {type(exc).__name__}: {exc}")
             await self._drain()
-            await self._close_journal(quiet=True)
+            await self._close_journal(quiet=True, raising=exc)
             raise
         finally:
             for handle in self._timers or ():
@@ -1392,10 +1392,12 @@ class Driver:
         if self._journal is not None:
             self._journal.add(EventRecord(self.state.run_id, event))
 
-    async def _close_journal(self, *, quiet: bool = False,
+    async def _close_journal(self, *, quiet: bool = False, raising: BaseException | None = None,
                              result: RunResult | None = None) -> None:
         """Record how this session ended and wait until everything is committed.
 
+        ``quiet``: the run is stopping on another error (``raising``, if known), so a journal
+        that could not be written is logged instead of raised, unless ``raising`` says so.
         ``result``: the session's result, when the caller has it (a large run's is large).
         """
         journal, self._journal = self._journal, None
@@ -1413,9 +1415,11 @@ class Driver:
                                  result.makespan))
         try:
             await journal.close()
-        except StoreError:
+        except StoreError as exc:
             if not quiet:
                 raise
+            if raising is None or raising.__cause__ is not journal.failed:
+                log.error("%s", exc)  # else nobody would hear of it
 
     def _cancel_request(self, request: CancelRequest) -> None:
         """A cancel request from the journal (``shoal cancel`` in another process)."""
@@ -1441,9 +1445,10 @@ class Driver:
     def _journal_failed(self, error: BaseException) -> None:
         """The journal cannot be written: stop the run, since durability is no longer kept."""
         if self._finished is not None and not self._finished.done():
-            self._finished.set_exception(StoreError(
-                f"the journal of run {self.state.run_id} could not be written, so the run "
-                f"stopped: {error}"))
+            stopped = StoreError(f"the journal of run {self.state.run_id} could not be written, "
+                                 f"so the run stopped: {error}")
+            stopped.__cause__ = error  # the run raises this one: nothing else says it
+            self._finished.set_exception(stopped)
 
     async def _drain(self) -> None:
         """Wait for cancelled attempts to end, so no task outlives the run."""
