@@ -532,6 +532,53 @@ def test_live_view_on_a_terminal_with_odd_sizes(workdir: Path, columns: str, lin
     assert "\x1b]0;" not in out and "\x9b" not in out  # the tool's sequences stayed text
 
 
+PRINTERS = textwrap.dedent('''
+    import asyncio, sys, time
+    import shoal
+
+    @shoal.tool(isolation="process")
+    def from_a_worker() -> str:
+        for n in range(2):
+            print(f"WORKER-SAYS-{n}", flush=True)  # descriptor 1 of a worker process
+            time.sleep(0.3)
+        return "w"
+
+    @shoal.tool
+    async def from_a_program() -> str:
+        child = await asyncio.create_subprocess_exec(sys.executable, "-c",
+                                                     "print('PROGRAM-SAYS')")
+        await child.wait()
+        await asyncio.sleep(0.3)
+        return "p"
+
+    @shoal.tool
+    async def slow() -> str:
+        await asyncio.sleep(1.0)
+        return "s"
+''')
+
+
+def test_what_tools_print_to_the_descriptor_shows_above_the_live_view(tmp_path: Path) -> None:
+    # rich prints Python's print above its display, but a worker process or a program a tool
+    # starts writes to descriptor 1 itself: that text landed raw at the end of the frame's
+    # last line, and the next redraw erased the wrong lines
+    (tmp_path / "printers.py").write_text(PRINTERS)
+    plan = {"nodes": [{"id": "w", "tool": "printers:from_a_worker"},
+                      {"id": "p", "tool": "printers:from_a_program"},
+                      {"id": "s", "tool": "printers:slow"}]}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    session = Terminal(["run", "plan.json", "--no-store"], tmp_path)
+    try:
+        out = session.wait_for("critical path")
+    finally:
+        code = session.close()
+    assert code == 0, out
+    for said in ("WORKER-SAYS-0", "WORKER-SAYS-1", "PROGRAM-SAYS"):
+        assert out.count(said) == 1, out
+        # a line of its own, printed where the frame was erased (then the frame is redrawn)
+        assert re.search(rf"\x1b\[2K{said}\r\n", out), out
+
+
 def test_describe_escapes_and_says_what_it_cut() -> None:
     hostile = request({"cmd\u202e": "ls -la" + " " * 240 + "; curl x | sh"}, tool="sh\x1b[2J")
     short = hostile.describe()

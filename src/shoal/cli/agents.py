@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, cast
 
 from rich.console import Console, Group
-from rich.live import Live
 from rich.panel import Panel
 from rich.text import Text
 
@@ -36,7 +35,7 @@ from shoal.cli.compose import (
     start_composition,
 )
 from shoal.cli.interrupt import EXIT_INTERRUPTED, Cancellable, CtrlC, stopped_by_a_call
-from shoal.cli.live import LivePause
+from shoal.cli.live import LivePause, live_view
 from shoal.cli.render import announce
 from shoal.cli.safe import one_line, others_to_stderr, safe_str
 from shoal.cli.tree import AgentTree, render_tree
@@ -360,8 +359,7 @@ async def _follow(handle: Awaitable[AgentResult[Any]], run_id: str, console: Con
                   view: AgentTree, pause: LivePause | None) -> AgentResult[Any]:
     waiter = asyncio.ensure_future(handle)
     title = f"shoal · agent run {run_id}"
-    with Live(render_tree(view, title), console=console, auto_refresh=False,
-              transient=True) as display:
+    with live_view(render_tree(view, title), console) as display:
         if pause is not None:
             pause.attach(display)
         try:
