@@ -14,6 +14,7 @@ import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -577,6 +578,45 @@ def test_what_tools_print_to_the_descriptor_shows_above_the_live_view(tmp_path: 
         assert out.count(said) == 1, out
         # a line of its own, printed where the frame was erased (then the frame is redrawn)
         assert re.search(rf"\x1b\[2K{said}\r\n", out), out
+
+
+SLOW = textwrap.dedent('''
+    import asyncio
+    import shoal
+    from shoal.testing import ScriptedModel, call
+
+    @shoal.tool
+    async def slow() -> str:
+        for _ in range(600):  # deaf to the first Ctrl-C's cancel: the view stays up
+            try:
+                await asyncio.sleep(0.1)
+            except asyncio.CancelledError:
+                pass
+        return "s"
+
+    lead = shoal.Agent(name="lead", tools=[slow], model=ScriptedModel([[call("slow")], "done"]))
+''')
+
+
+@pytest.mark.parametrize("target", [["plan.json"], ["slow_tools.py:lead", "go"]],
+                         ids=["plan", "agent"])
+def test_ctrl_c_twice_during_the_live_view_gives_the_cursor_back(tmp_path: Path,
+                                                                  target: list[str]) -> None:
+    (tmp_path / "slow_tools.py").write_text(SLOW)
+    (tmp_path / "plan.json").write_text(json.dumps(
+        {"nodes": [{"id": "s", "tool": "slow_tools:slow"}]}))
+    session = Terminal(["run", *target, "--no-store"], tmp_path)
+    try:
+        session.wait_for("running 1" if target == ["plan.json"] else "slow")
+        for _ in range(2):
+            session.proc.send_signal(signal.SIGINT)
+            time.sleep(0.3)
+        out = session.wait_for("interrupted twice")
+    finally:
+        code = session.close()
+    assert code == 130, out
+    assert "\x1b[?25l" in out  # the live view hid it ...
+    assert out.rindex("\x1b[?25h") > out.rindex("\x1b[?25l"), out  # ... and it is back
 
 
 def test_describe_escapes_and_says_what_it_cut() -> None:

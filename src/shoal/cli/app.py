@@ -21,6 +21,7 @@ import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,7 +36,7 @@ from shoal.cli.agents import AgentOptions, is_agent_target, model_option, run_ag
 from shoal.cli.approver import ConsoleApprover
 from shoal.cli.interrupt import EXIT_INTERRUPTED, CtrlC, stopped_by_a_call
 from shoal.cli.journal import register as register_journal_commands
-from shoal.cli.live import SHOW_CURSOR, LivePause, follow
+from shoal.cli.live import LivePause, follow, show_cursor
 from shoal.cli.mcp import register as register_mcp_commands
 from shoal.cli.render import announce, plan_problems, render_result
 from shoal.cli.safe import clean, install_log_handler, one_line, others_to_stderr
@@ -428,16 +429,13 @@ async def _drive(runtime: Runtime, plan: Plan, sink: JsonlSink | None,
         if runtime.store is not None:  # the id that shoal show / resume / cancel take
             announce(handle.run_id, bool((start or {}).get("resume")),
                      getattr(runtime.store, "path", "the store"))
-        with CtrlC(handle, on_hard_exit=_show_cursor if live else _nothing) as ctrl_c:
+        with CtrlC(handle, on_hard_exit=(partial(show_cursor, live) if live is not None
+                                         else _nothing)) as ctrl_c:
             title = f"shoal · {plan.name}" if plan.name else "shoal"
             result = await (follow(handle, live, title, pause) if live is not None else handle)
         return result, ctrl_c.interrupted
     finally:
         await runtime.aclose()
-
-
-def _show_cursor() -> None:
-    os.write(sys.stdout.fileno(), SHOW_CURSOR)
 
 
 def _nothing() -> None:

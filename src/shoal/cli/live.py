@@ -30,7 +30,7 @@ from shoal.scheduler.driver import Snapshot
 
 __all__ = [
     "MAX_RUNNING_ROWS", "REFRESH_PER_SECOND", "SHOW_CURSOR", "LivePause", "follow",
-    "live_view", "render_snapshot",
+    "live_view", "render_snapshot", "show_cursor",
 ]  # fmt: skip
 
 REFRESH_PER_SECOND = 8
@@ -53,6 +53,16 @@ def live_view(frame: RenderableType, console: Console) -> Iterator[Live]:
     with _relayed_stdout(console), Live(frame, console=console, auto_refresh=False,
                                         transient=True, redirect_stdout=False) as live:
         yield live
+
+
+def show_cursor(console: Console) -> None:
+    """Give the cursor back on the terminal ``console`` draws on (a forced exit's last act).
+
+    To the console's file, not descriptor 1: while a live view is up, that is the relay's pipe.
+    Written as bytes when it can be: the handler may have interrupted a write in progress.
+    """
+    with contextlib.suppress(Exception):
+        os.write(console.file.fileno(), SHOW_CURSOR)
 
 
 @contextmanager
