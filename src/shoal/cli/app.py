@@ -27,6 +27,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from shoal import __version__
 from shoal.agents.budget import Budget
@@ -64,11 +65,31 @@ __all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_OK", "RunOptions", "app", "app
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 USAGE_ERROR_WIDTH = 2000  # characters of a command-line error, which quotes what was typed
 
+class _Interrupted(Exception):
+    """A Ctrl-C inside a command, carried past typer to :func:`main` (see :class:`_Commands`)."""
+
+
+class _Commands(TyperGroup):
+    """``shoal``'s commands; a Ctrl-C in one reaches :func:`main` to be said in one line.
+
+    typer turns it into a silent exit 130 of its own (click, into an ``Abort``): ``shoal show``
+    stopped so printed nothing, where every other Ctrl-C says ``interrupted``.
+    """
+
+    def invoke(self, ctx: Any) -> Any:  # click's Context, which typer may vendor
+        """Run the command; a ``KeyboardInterrupt`` comes out as :class:`_Interrupted`."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            raise _Interrupted from exc
+
+
 app = typer.Typer(
     name="shoal",
     help="Run DAGs of tool calls with all the parallelism their dependencies allow.",
     no_args_is_help=True,
     add_completion=False,
+    cls=_Commands,
 )
 
 
@@ -486,7 +507,7 @@ def main() -> None:
     install_log_handler()  # the library's warnings quote node ids and errors: escape them
     try:
         code = app(standalone_mode=False)  # so that errors come back here to be escaped
-    except KeyboardInterrupt:  # before click's own handling starts: typer making the command
+    except (KeyboardInterrupt, _Interrupted):  # in a command, or while typer makes it
         code = _interrupted()
     except typer.Abort as exc:  # click's word for a Ctrl-C (or end of input) in a command
         if isinstance(exc.__cause__, KeyboardInterrupt):
