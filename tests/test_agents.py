@@ -354,6 +354,28 @@ def test_cancelling_one_subagent_leaves_its_siblings_and_parent_running() -> Non
     assert result.children[1].status == "cancelled"
 
 
+def test_a_subagent_cancelled_alone_ends_its_call_cancelled_with_the_reason() -> None:
+    # The subagent's CancelledError reaches its parent's call from the subagent, not from a
+    # cancel of the call: still a cancellation (not a tool's failure), saying why
+    sub = shoal.Agent(name="sub", model=ScriptedModel([[call("slow_lookup", key="x")], "never"]),
+                      tools=[slow_lookup])
+    lead = shoal.Agent(name="lead", model=ScriptedModel([[call("sub", task="t")], "lead done"]),
+                       subagents=[sub])
+
+    async def main() -> shoal.AgentResult[Any]:
+        handle = lead.start("go")
+        await asyncio.sleep(0.1)  # the subagent's lookup is in flight
+        handle.cancel("lead/sub#1", reason="not needed")
+        return await handle
+
+    result = arun(main(), virtual=True)
+    assert result.output == "lead done"
+    (record,) = result.calls
+    assert record.outcome is not None and record.outcome.status == "cancelled"
+    assert record.outcome.reason == "not needed"
+    assert record.message.content == "sub was cancelled: not needed"
+
+
 def test_cancelling_the_whole_tree_raises_with_the_result_so_far() -> None:
     model = ScriptedModel([[call("slow_lookup", key="x")], "never"])
     agent = shoal.Agent(name="lead", model=model, tools=[slow_lookup])

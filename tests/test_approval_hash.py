@@ -70,3 +70,50 @@ def test_hostile_arguments_hash_stably_and_apart() -> None:
     hashes = [approval_hash("t", v) for v in values]
     assert hashes == [approval_hash("t", v) for v in values]
     assert len(set(hashes)) == len(values)
+
+
+class _Counted(list[Any]):
+    """A list that counts how often it is walked."""
+
+    walks = 0
+
+    def __iter__(self) -> Any:
+        type(self).walks += 1
+        return super().__iter__()
+
+
+@pytest.mark.parametrize("shape", ["list", "dict", "through a tuple"])
+def test_a_value_holding_itself_is_found_out_without_walking_a_million_items(shape: str) -> None:
+    # it was walked until the million-item bound ran out: a second or more of the event loop
+    # per look (an approval hashed it, and made it JSON, five looks), and ~16 s for one call
+    # whose argument held itself
+    from shoal.outcome import jsonable
+
+    _Counted.walks = 0
+    looped = _Counted([1])
+    holder: Any = {"me": looped} if shape == "dict" else (
+        (looped,) if shape == "through a tuple" else looped)
+    looped.append(holder)
+    first = approval_hash("tool", {"x": looped})
+    assert isinstance(jsonable({"x": looped}), str)  # a bounded repr
+    assert approval_hash("tool", {"x": looped}) == first
+    assert _Counted.walks < 100_000, _Counted.walks  # it was millions
+
+
+def test_shared_parts_still_count_each_time_they_appear() -> None:
+    from shoal.outcome import jsonable
+
+    part: list[Any] = [0]
+    for _ in range(25):  # 2**25 items as JSON, from 26 lists: too large to convert
+        part = [part, part]
+    assert isinstance(jsonable(part), str)
+    small: list[Any] = [0]
+    for _ in range(8):
+        small = [small, small]
+    assert jsonable(small) == json_copy(small)
+
+
+def json_copy(value: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(value))

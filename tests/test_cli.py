@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import json
 import os
@@ -307,6 +308,23 @@ def test_version_help_and_no_arguments(workdir: Path) -> None:
                    "--events"):
         assert option in proc.stdout
     assert shoal(cwd=workdir).returncode == 2  # prints help, as for any usage error
+
+
+@pytest.mark.parametrize("command", ["runs", "show", "resume", "cancel"])
+def test_a_commands_help_wraps_each_paragraph_to_the_terminal(workdir: Path,
+                                                               command: str) -> None:
+    # as wide as the longest paragraph: each one is a single line, not broken where the
+    # docstring's source lines end
+    from shoal.cli.app import app
+
+    (found,) = [c for c in app.registered_commands if c.name == command]
+    assert found.callback is not None
+    paragraphs = inspect.cleandoc(found.callback.__doc__ or "").split("\n\n")
+    proc = run_cli((command, "--help"), cwd=workdir, env={**env(), "COLUMNS": "400"})
+    assert proc.returncode == 0, proc.stderr
+    lines = [line.strip() for line in proc.stdout.splitlines()]
+    for paragraph in paragraphs:
+        assert " ".join(paragraph.split()) in lines, (paragraph, proc.stdout)
 
 
 def test_console_script_exists() -> None:

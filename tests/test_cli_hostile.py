@@ -552,3 +552,26 @@ def test_ctrl_c_while_typer_builds_the_command_line_exits_130_with_one_line(
         code = exited.code
     assert code == 130
     assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted"
+
+
+@pytest.mark.parametrize("argv", [["show", "r1"], ["runs"], ["cancel", "r1"]])
+def test_ctrl_c_inside_a_command_exits_130_with_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    """Inside a command typer turned the Ctrl-C into a silent exit 130: no line said so."""
+    from shoal.cli import app as cli_app
+    from shoal.cli import journal as cli_journal
+
+    def pressed(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_journal, "open_journal", pressed)  # e.g. reading a large journal
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["shoal", *argv])
+    code: object = None
+    try:
+        cli_app.main()
+    except SystemExit as exited:
+        code = exited.code
+    assert code == 130
+    assert capsys.readouterr().err.strip().splitlines() == ["interrupted"]

@@ -14,6 +14,7 @@ import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -530,6 +531,92 @@ def test_live_view_on_a_terminal_with_odd_sizes(workdir: Path, columns: str, lin
     assert code == 1, out
     assert "4 nodes" in out and "esc[bold red]" in out
     assert "\x1b]0;" not in out and "\x9b" not in out  # the tool's sequences stayed text
+
+
+PRINTERS = textwrap.dedent('''
+    import asyncio, sys, time
+    import shoal
+
+    @shoal.tool(isolation="process")
+    def from_a_worker() -> str:
+        for n in range(2):
+            print(f"WORKER-SAYS-{n}", flush=True)  # descriptor 1 of a worker process
+            time.sleep(0.3)
+        return "w"
+
+    @shoal.tool
+    async def from_a_program() -> str:
+        child = await asyncio.create_subprocess_exec(sys.executable, "-c",
+                                                     "print('PROGRAM-SAYS')")
+        await child.wait()
+        await asyncio.sleep(0.3)
+        return "p"
+
+    @shoal.tool
+    async def slow() -> str:
+        await asyncio.sleep(1.0)
+        return "s"
+''')
+
+
+def test_what_tools_print_to_the_descriptor_shows_above_the_live_view(tmp_path: Path) -> None:
+    # rich prints Python's print above its display, but a worker process or a program a tool
+    # starts writes to descriptor 1 itself: that text landed raw at the end of the frame's
+    # last line, and the next redraw erased the wrong lines
+    (tmp_path / "printers.py").write_text(PRINTERS)
+    plan = {"nodes": [{"id": "w", "tool": "printers:from_a_worker"},
+                      {"id": "p", "tool": "printers:from_a_program"},
+                      {"id": "s", "tool": "printers:slow"}]}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    session = Terminal(["run", "plan.json", "--no-store"], tmp_path)
+    try:
+        out = session.wait_for("critical path")
+    finally:
+        code = session.close()
+    assert code == 0, out
+    for said in ("WORKER-SAYS-0", "WORKER-SAYS-1", "PROGRAM-SAYS"):
+        assert out.count(said) == 1, out
+        # a line of its own, printed where the frame was erased (then the frame is redrawn)
+        assert re.search(rf"\x1b\[2K{said}\r\n", out), out
+
+
+SLOW = textwrap.dedent('''
+    import asyncio
+    import shoal
+    from shoal.testing import ScriptedModel, call
+
+    @shoal.tool
+    async def slow() -> str:
+        for _ in range(600):  # deaf to the first Ctrl-C's cancel: the view stays up
+            try:
+                await asyncio.sleep(0.1)
+            except asyncio.CancelledError:
+                pass
+        return "s"
+
+    lead = shoal.Agent(name="lead", tools=[slow], model=ScriptedModel([[call("slow")], "done"]))
+''')
+
+
+@pytest.mark.parametrize("target", [["plan.json"], ["slow_tools.py:lead", "go"]],
+                         ids=["plan", "agent"])
+def test_ctrl_c_twice_during_the_live_view_gives_the_cursor_back(tmp_path: Path,
+                                                                  target: list[str]) -> None:
+    (tmp_path / "slow_tools.py").write_text(SLOW)
+    (tmp_path / "plan.json").write_text(json.dumps(
+        {"nodes": [{"id": "s", "tool": "slow_tools:slow"}]}))
+    session = Terminal(["run", *target, "--no-store"], tmp_path)
+    try:
+        session.wait_for("running 1" if target == ["plan.json"] else "slow")
+        for _ in range(2):
+            session.proc.send_signal(signal.SIGINT)
+            time.sleep(0.3)
+        out = session.wait_for("interrupted twice")
+    finally:
+        code = session.close()
+    assert code == 130, out
+    assert "\x1b[?25l" in out  # the live view hid it ...
+    assert out.rindex("\x1b[?25h") > out.rindex("\x1b[?25l"), out  # ... and it is back
 
 
 def test_describe_escapes_and_says_what_it_cut() -> None:

@@ -334,6 +334,74 @@ def test_a_sync_tool_raising_system_exit_fails() -> None:
     assert out.status == "failed" and out.executor == "thread"
 
 
+@tool
+async def raises_cancelled_at_once() -> None:
+    raise asyncio.CancelledError("from the tool")  # no await: run without a task of its own
+
+
+@tool(timeout=5.0)
+async def raises_cancelled_after_an_await() -> None:
+    await asyncio.sleep(0.01)
+    raise asyncio.CancelledError
+
+
+@tool
+async def awaits_a_task_cancelled_elsewhere() -> None:
+    inner = asyncio.ensure_future(asyncio.sleep(10))
+    await asyncio.sleep(0.01)
+    inner.cancel()  # as a library closing a connection cancels what waits on it
+    await inner
+
+
+@tool
+def sync_raises_cancelled() -> None:
+    raise asyncio.CancelledError
+
+
+@pytest.mark.parametrize("bad", [raises_cancelled_at_once, raises_cancelled_after_an_await,
+                                 awaits_a_task_cancelled_elsewhere, sync_raises_cancelled],
+                         ids=lambda t: t.name)
+def test_a_tool_raising_cancelled_error_itself_fails_saying_so(bad: shoal.Tool[..., Any]) -> None:
+    # Nothing cancelled the call: a CancelledError from the tool's own code is its failure
+    # (as on the process backend), not a cancellation with no reason, and it is retried
+    plan = Plan()
+    ref = plan.call(bad.options(retries=1, backoff=0.001))
+    sibling = plan.call(nap, seconds=0.05, value="kept")
+    result = arun(shoal.run(plan), virtual=bad is not sync_raises_cancelled)
+    out = result[ref]
+    assert out.status == "failed", out
+    assert out.attempts == 2
+    assert out.error is not None and out.error.type == "shoal.exceptions.ToolDefinitionError"
+    assert out.error.message.startswith(f"tool {bad.name!r} raised CancelledError, but nothing "
+                                        "cancelled its call")
+    # the CancelledError is the cause: the traceback shows where the tool raised it
+    assert "CancelledError" in out.error.traceback
+    assert bad.fn.__code__.co_name in out.error.traceback
+    assert result[sibling].value == "kept"
+
+
+def test_a_call_cancelled_while_its_tool_catches_and_reraises_stays_cancelled() -> None:
+    # the other side: a cancel the run asked for is a cancellation, whatever the tool does
+    @tool
+    async def tidy() -> None:
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.01)  # cleans up, then lets the cancellation go on
+            raise asyncio.CancelledError("tidied") from None
+
+    async def main() -> RunResult:
+        plan = Plan()
+        plan.call(tidy, node_id="t")
+        handle = Runtime().start(plan)
+        await asyncio.sleep(0.1)
+        handle.cancel("t", reason="not needed")
+        return await handle
+
+    out = arun(main(), virtual=True)["t"]
+    assert out.status == "cancelled" and out.reason == "not needed"
+
+
 # ---- cancellation -------------------------------------------------------------------------------
 
 

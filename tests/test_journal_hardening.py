@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import resource
 import shutil
 import socket
 import sqlite3
@@ -95,6 +96,84 @@ def test_a_read_only_journal_is_listed_and_shown_and_refused_for_writing(
         assert refused.stderr.startswith("error: ") and refused.stderr.count("\n") == 1
     with pytest.raises(StoreError, match="cannot write"):
         SQLiteStore(store, read_only=True).heartbeat("r1", 1.0)
+
+
+@shoal.tool
+def items(n: int) -> list[str]:
+    """``n`` texts of 200 characters."""
+    return [f"{i:05d}" + "x" * 195 for i in range(n)]
+
+
+def journal_failure_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "could not be written" in line
+            or "cannot write" in line]
+
+
+def test_a_journal_that_fills_up_stops_the_run_with_one_line_saying_what_to_do(
+        tmp_path: Path) -> None:
+    # a file size limit stands for a full disk: SQLite's writes fail part way through the run
+    path = journal_with_a_run(tmp_path)
+    (tmp_path / "plan.yaml").write_text(
+        "nodes:\n  - {id: i, tool: 'tests.test_journal_hardening:items', args: {n: 3000}}\n"
+        "  - {id: each, tool: 'tests.test_journal_hardening:echo', map: {over: $i, "
+        "item_arg: text}}\n")
+    limit = path.stat().st_size + 200_000
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "shoal.cli.app", "run", "plan.yaml", "--store", str(path)],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"},
+        capture_output=True, text=True, timeout=120, preexec_fn=small_files, check=False)
+    assert done.returncode == 2, done.stderr
+    (line,) = journal_failure_lines(done.stderr)  # said once, not logged and raised both
+    assert line.startswith("error: the journal of run ") and "so the run stopped" in line
+    assert "free some space, or journal to another file" in line
+
+
+@pytest.fixture
+def read_only_file(tmp_path: Path) -> Iterator[Path]:
+    """A journal file that cannot be written, in a folder that can (a read-only bind mount
+    of the file as root)."""
+    path = journal_with_a_run(tmp_path)
+    (tmp_path / "plan.yaml").write_text(
+        f"nodes:\n  - {{id: t, tool: 'tests.test_journal_hardening:touch', "
+        f"args: {{path: {str(tmp_path / 'touched')!r}}}}}\n")
+    if os.geteuid() != 0:
+        path.chmod(0o444)
+        yield path
+        path.chmod(0o644)
+        return
+    mount = shutil.which("mount")
+    done = mount and subprocess.run([mount, "--bind", str(path), str(path)],
+                                    capture_output=True, check=False)
+    if not done or done.returncode:
+        pytest.skip("cannot make a read-only file here")
+    try:
+        if subprocess.run([mount, "-o", "remount,bind,ro", str(path)],  # type: ignore[list-item]
+                          capture_output=True, check=False).returncode:
+            pytest.skip("cannot remount read-only here")
+        yield path
+    finally:
+        subprocess.run(["umount", "--lazy", str(path)], capture_output=True, check=False)
+
+
+@shoal.tool
+def touch(path: str) -> str:
+    """Create ``path``: a side effect a run that cannot be journaled must not have."""
+    Path(path).touch()
+    return path
+
+
+def test_a_run_on_a_read_only_journal_file_stops_with_one_line_and_runs_nothing(
+        read_only_file: Path) -> None:
+    where = read_only_file.parent
+    done = shoal_cli("run", "plan.yaml", "--store", str(read_only_file), cwd=where)
+    assert done.returncode == 2, done.stderr
+    (line,) = journal_failure_lines(done.stderr)
+    assert line.startswith("error: ") and "read-only: make it writable" in line
+    assert not (where / "touched").exists()
 
 
 def test_read_only_opening_refuses_what_is_not_a_journal(tmp_path: Path) -> None:

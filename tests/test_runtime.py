@@ -672,3 +672,23 @@ def test_a_deadline_that_is_not_a_number_is_a_config_error(deadline: Any) -> Non
     plan.call(lambda: 1)
     with pytest.raises(ConfigError, match="deadline must be positive"):
         shoal.run_sync(plan, deadline=deadline)
+
+
+def test_a_sync_run_hands_its_tools_no_exception_of_its_own() -> None:
+    # run_sync looked for a running loop with try/except and ran the whole run inside the
+    # except: every tool's error had "RuntimeError: no running event loop" as its context (in
+    # its recorded traceback), and a tool asking sys.exc_info() found that error in hand
+    seen: list[object] = []
+
+    @tool
+    async def fails() -> None:
+        seen.append(sys.exc_info()[1])
+        raise ValueError("its own")
+
+    plan = Plan()
+    ref = plan.call(fails)
+    out = shoal.run_sync(plan)[ref]
+    assert seen == [None]
+    assert out.error is not None and "its own" in out.error.traceback
+    assert "no running event loop" not in out.error.traceback
+    assert "During handling" not in out.error.traceback

@@ -63,6 +63,11 @@ def _converts_in_bounds(value: Any) -> bool:
     generator (converting would use it up, or never end).
     """
     stack, left = [value], JSON_ITEMS
+    # Past the first items (where most values end), the containers expanded are noted: one
+    # that comes again is a shared part, or the value holding itself, which one walk tells
+    # apart, instead of counting a cycle's million items (seconds, on the event loop)
+    expanded: set[int] | None = None
+    noting = True  # until a shared part showed the value does not hold itself
     while stack:
         item = stack.pop()
         left -= 1
@@ -70,13 +75,47 @@ def _converts_in_bounds(value: Any) -> bool:
             return False
         if isinstance(item, _SCALAR_TYPES):
             continue
-        if isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, (list, tuple, set, frozenset)):
-            stack.extend(item)
+        if isinstance(item, _CONTAINER_TYPES):
+            if noting and left < _NOTED_FROM:
+                if expanded is None:
+                    expanded = set()
+                if id(item) not in expanded:
+                    expanded.add(id(item))
+                elif _holds_itself(value):
+                    return False
+                else:  # only shared parts: they count each time, as JSON copies them
+                    noting, expanded = False, None
+            stack.extend(item.values() if isinstance(item, dict) else item)
         elif isinstance(item, (Iterator, AsyncIterator)):
             return False
     return True
+
+
+#: How many items of a value are walked before the containers expanded are noted
+_NOTED_FROM = JSON_ITEMS - 10_000
+_CONTAINER_TYPES = (dict, list, tuple, set, frozenset)
+
+
+def _holds_itself(value: Any) -> bool:
+    """Whether a container in ``value`` holds itself, directly or through others."""
+    on_path: set[int] = set()
+    done: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(value, False)]
+    while stack:
+        item, leaving = stack.pop()
+        key = id(item)
+        if leaving:
+            on_path.discard(key)
+            done.add(key)
+        elif key in on_path:
+            return True
+        elif key not in done:
+            on_path.add(key)
+            stack.append((item, True))
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, False) for child in children
+                         if isinstance(child, _CONTAINER_TYPES))
+    return False
 
 
 def jsonable(value: Any) -> Any:

@@ -1081,16 +1081,21 @@ def run_blocking(coro: Coroutine[Any, Any, T],
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        runner = asyncio.Runner()  # asyncio.run(coro), keeping hold of its loop
-        loop = runner.get_loop()
-        try:
-            with runner:
-                return runner.run(coro)
-        finally:
-            forget_clock(loop)  # else the closed loop and its clock wait for the collector
-    coro.close()
-    raise ShoalError(f"a *_sync function was called from inside a running event loop; use "
-                     f"{instead} there instead")
+        pass  # no loop: run it, outside this handler (see below)
+    else:
+        coro.close()
+        raise ShoalError(f"a *_sync function was called from inside a running event loop; use "
+                         f"{instead} there instead")
+    # Not inside the ``except``: there, every exception raised in the run (a tool's error,
+    # recorded with its traceback) had the RuntimeError as its context, and a tool asking
+    # sys.exc_info() found it being handled
+    runner = asyncio.Runner()  # asyncio.run(coro), keeping hold of its loop
+    loop = runner.get_loop()
+    try:
+        with runner:
+            return runner.run(coro)
+    finally:
+        forget_clock(loop)  # else the closed loop and its clock wait for the collector
 
 
 async def run(plan: Plan, *, board: Board | None = None, budget: Budget | None = None,

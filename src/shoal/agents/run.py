@@ -688,6 +688,15 @@ class AgentRun:
         self.result.children.append(child_run.result)
         try:
             result = await child_run.run()
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if child_run.result.status == "running" or (
+                    current is not None and current.cancelling()):
+                raise  # this call was cancelled (its turn, the run): the driver knows why
+            # the subagent alone was cancelled (its lineage, a budget breach): its call ends
+            # cancelled too, saying why, not as an error of the tool
+            raise driver.CallCancelled(self.ctx.cancelled_reason(where)
+                                       or str(child_run.result.error or "cancelled")) from None
         finally:  # the call's outcome says where the subagent ran (a Ray node), ended or not
             if shoal_node is not None:
                 shoal_node.ran_on(child_run.result.where)

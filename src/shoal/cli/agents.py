@@ -16,11 +16,11 @@ import json
 import sys
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
 from rich.console import Console, Group
-from rich.live import Live
 from rich.panel import Panel
 from rich.text import Text
 
@@ -36,7 +36,7 @@ from shoal.cli.compose import (
     start_composition,
 )
 from shoal.cli.interrupt import EXIT_INTERRUPTED, Cancellable, CtrlC, stopped_by_a_call
-from shoal.cli.live import LivePause
+from shoal.cli.live import LivePause, live_view, show_cursor
 from shoal.cli.render import announce
 from shoal.cli.safe import one_line, others_to_stderr, safe_str
 from shoal.cli.tree import AgentTree, render_tree
@@ -330,7 +330,8 @@ async def _watch(run: Cancellable, result_of: Awaitable[AgentResult[Any]], run_i
     result: AgentResult[Any] | None = None
     interrupted = False
     try:
-        with CtrlC(run) as ctrl_c:
+        with CtrlC(run, on_hard_exit=partial(show_cursor, console) if live else _no_cursor
+                   ) as ctrl_c:
             try:
                 result = await (_follow(result_of, run_id, console, view, options.pause)
                                 if live else result_of)
@@ -349,6 +350,10 @@ async def _watch(run: Cancellable, result_of: Awaitable[AgentResult[Any]], run_i
         await runtime.aclose()
 
 
+def _no_cursor() -> None:
+    """Without a live tree there is no cursor to give back on a forced exit."""
+
+
 async def _abandon(runtime: Runtime, journal: AgentJournal | None, resume: bool) -> None:
     """A run refused before it started: end its new record, release the runtime."""
     if journal is not None and not resume:  # never end a live run's record
@@ -360,8 +365,7 @@ async def _follow(handle: Awaitable[AgentResult[Any]], run_id: str, console: Con
                   view: AgentTree, pause: LivePause | None) -> AgentResult[Any]:
     waiter = asyncio.ensure_future(handle)
     title = f"shoal · agent run {run_id}"
-    with Live(render_tree(view, title), console=console, auto_refresh=False,
-              transient=True) as display:
+    with live_view(render_tree(view, title), console) as display:
         if pause is not None:
             pause.attach(display)
         try:

@@ -21,11 +21,13 @@ import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from shoal import __version__
 from shoal.agents.budget import Budget
@@ -35,7 +37,7 @@ from shoal.cli.agents import AgentOptions, is_agent_target, model_option, run_ag
 from shoal.cli.approver import ConsoleApprover
 from shoal.cli.interrupt import EXIT_INTERRUPTED, CtrlC, stopped_by_a_call
 from shoal.cli.journal import register as register_journal_commands
-from shoal.cli.live import SHOW_CURSOR, LivePause, follow
+from shoal.cli.live import LivePause, follow, show_cursor
 from shoal.cli.mcp import register as register_mcp_commands
 from shoal.cli.render import announce, plan_problems, render_result
 from shoal.cli.safe import clean, install_log_handler, one_line, others_to_stderr
@@ -63,11 +65,31 @@ __all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_OK", "RunOptions", "app", "app
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 USAGE_ERROR_WIDTH = 2000  # characters of a command-line error, which quotes what was typed
 
+class _Interrupted(Exception):
+    """A Ctrl-C inside a command, carried past typer to :func:`main` (see :class:`_Commands`)."""
+
+
+class _Commands(TyperGroup):
+    """``shoal``'s commands; a Ctrl-C in one reaches :func:`main` to be said in one line.
+
+    typer turns it into a silent exit 130 of its own (click, into an ``Abort``): ``shoal show``
+    stopped so printed nothing, where every other Ctrl-C says ``interrupted``.
+    """
+
+    def invoke(self, ctx: Any) -> Any:  # click's Context, which typer may vendor
+        """Run the command; a ``KeyboardInterrupt`` comes out as :class:`_Interrupted`."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            raise _Interrupted from exc
+
+
 app = typer.Typer(
     name="shoal",
     help="Run DAGs of tool calls with all the parallelism their dependencies allow.",
     no_args_is_help=True,
     add_completion=False,
+    cls=_Commands,
 )
 
 
@@ -429,16 +451,13 @@ async def _drive(runtime: Runtime, plan: Plan, sink: JsonlSink | None,
         if runtime.store is not None:  # the id that shoal show / resume / cancel take
             announce(handle.run_id, bool((start or {}).get("resume")),
                      getattr(runtime.store, "path", "the store"))
-        with CtrlC(handle, on_hard_exit=_show_cursor if live else _nothing) as ctrl_c:
+        with CtrlC(handle, on_hard_exit=(partial(show_cursor, live) if live is not None
+                                         else _nothing)) as ctrl_c:
             title = f"shoal · {plan.name}" if plan.name else "shoal"
             result = await (follow(handle, live, title, pause) if live is not None else handle)
         return result, ctrl_c.interrupted
     finally:
         await runtime.aclose()
-
-
-def _show_cursor() -> None:
-    os.write(sys.stdout.fileno(), SHOW_CURSOR)
 
 
 def _nothing() -> None:
@@ -489,7 +508,7 @@ def main() -> None:
     install_log_handler()  # the library's warnings quote node ids and errors: escape them
     try:
         code = app(standalone_mode=False)  # so that errors come back here to be escaped
-    except KeyboardInterrupt:  # before click's own handling starts: typer making the command
+    except (KeyboardInterrupt, _Interrupted):  # in a command, or while typer makes it
         code = _interrupted()
     except typer.Abort as exc:  # click's word for a Ctrl-C (or end of input) in a command
         if isinstance(exc.__cause__, KeyboardInterrupt):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import inspect
 import json
 import re
 import socket
@@ -743,9 +744,10 @@ def cancel_command(
     """Cancel a run going on in another process, or some of its nodes.
 
     The request is written into the journal; the running process polls for requests every
-    0.2 s, cancels, and records every outcome as usual. Exit codes: 0 the run took the
-    request, 1 the run is not running (finished or its process stopped) or did not take the
-    request in time, 2 no such run or node.
+    0.2 s, cancels, and records every outcome as usual.
+
+    Exit codes: 0 the run took the request, 1 the run is not running (finished or its process
+    stopped) or did not take the request in time, 2 no such run or node.
     """
     try:
         journal = open_journal(store)
@@ -841,12 +843,15 @@ def resume_command(
     """Continue a run that stopped (crashed, killed, cancelled, or with failures).
 
     The plan file recorded in the journal is loaded again; it must describe the same plan.
+
     Completed calls replay their recorded results and never run again; failed, cancelled and
     skipped ones run again; calls in flight at a crash run again if their tool is idempotent,
     else they end in_doubt until you settle them with --rerun-in-doubt or --mark-done.
+
     A run that is still running in another process is refused (exit 2), since resuming it
     would run its calls in flight a second time; --force overrides that. So is a run whose
     journal rows are damaged.
+
     Exit codes as for shoal run; 2 also for an unknown run or a changed plan.
     """
     from shoal.cli.app import RunOptions, run_agent, run_plan  # the app imports this module
@@ -992,9 +997,18 @@ def _on_path(recorded_cwd: str) -> None:
         sys.path.append(recorded_cwd)
 
 
+def command_help(doc: str | None) -> str:
+    """A command's docstring as help text: its paragraphs, each one line for the help to wrap.
+
+    Left to typer, a docstring's line breaks inside a paragraph stay (its rich help keeps
+    them), so each wrapped line of the terminal's width ended early where the source did.
+    """
+    paragraphs = inspect.cleandoc(doc or "").split("\n\n")
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
+
+
 def register(app: typer.Typer) -> None:
     """Add ``runs``, ``show``, ``resume`` and ``cancel`` to the ``shoal`` command."""
-    app.command("runs")(runs_command)
-    app.command("show")(show_command)
-    app.command("resume")(resume_command)
-    app.command("cancel")(cancel_command)
+    for name, command in (("runs", runs_command), ("show", show_command),
+                          ("resume", resume_command), ("cancel", cancel_command)):
+        app.command(name, help=command_help(command.__doc__))(command)

@@ -8,6 +8,11 @@ own refresh thread is off; this loop redraws).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import select
+import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -25,12 +30,94 @@ from shoal.scheduler.driver import Snapshot
 
 __all__ = [
     "MAX_RUNNING_ROWS", "REFRESH_PER_SECOND", "SHOW_CURSOR", "LivePause", "follow",
-    "render_snapshot",
+    "live_view", "render_snapshot", "show_cursor",
 ]  # fmt: skip
 
 REFRESH_PER_SECOND = 8
 MAX_RUNNING_ROWS = 15
 SHOW_CURSOR = b"\x1b[?25h"  # Live hides the cursor; a hard exit must give it back
+RELAY_POLL = 0.05  # seconds between the relay's looks at whether the view has ended
+
+
+@contextmanager
+def live_view(frame: RenderableType, console: Console) -> Iterator[Live]:
+    """A transient :class:`~rich.live.Live` display, with what the run prints shown above it.
+
+    rich shows Python's ``print`` above its display, but only what goes through
+    ``sys.stdout``: a worker process, a program a tool starts or a C library writes to
+    descriptor 1 itself, which put its text raw among the frame's lines (and the next redraw
+    erased the wrong ones). So while the view is up, descriptor 1 is a pipe whose lines are
+    printed above the frame, as rich prints Python's; the display itself writes to the
+    terminal through a copy of the descriptor.
+    """
+    with _relayed_stdout(console), Live(frame, console=console, auto_refresh=False,
+                                        transient=True, redirect_stdout=False) as live:
+        yield live
+
+
+def show_cursor(console: Console) -> None:
+    """Give the cursor back on the terminal ``console`` draws on (a forced exit's last act).
+
+    To the console's file, not descriptor 1: while a live view is up, that is the relay's pipe.
+    Written as bytes when it can be: the handler may have interrupted a write in progress.
+    """
+    with contextlib.suppress(Exception):
+        os.write(console.file.fileno(), SHOW_CURSOR)
+
+
+@contextmanager
+def _relayed_stdout(console: Console) -> Iterator[None]:
+    """Point descriptor 1 at a pipe whose lines ``console`` prints; ``console`` keeps the tty."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+    try:
+        kept = os.dup(1)
+        read_end, write_end = os.pipe()
+    except OSError:  # no descriptor 1, or none left: print as before
+        yield
+        return
+    terminal = open(kept, "w", encoding=console.encoding, errors="replace",  # noqa: SIM115
+                    closefd=True)
+    console.file = terminal
+    os.dup2(write_end, 1)
+    os.close(write_end)
+    ended = threading.Event()
+    relay = threading.Thread(target=_relay, args=(read_end, console, ended),
+                             name="shoal-stdout-relay", daemon=True)
+    relay.start()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()  # what Python still held for descriptor 1: into the pipe
+        os.dup2(kept, 1)  # from here on, this process writes to the terminal again
+        ended.set()
+        relay.join()
+        os.close(read_end)  # a worker process still writing gets a broken pipe, not a hang
+        console.file = None  # type: ignore[assignment]  # rich: back to sys.stdout
+        terminal.close()
+
+
+def _relay(read_end: int, console: Console, ended: threading.Event) -> None:
+    """Print each line that comes down the pipe above the display, until it ended and is dry."""
+    pending = b""
+    while True:
+        ready, _, _ = select.select([read_end], [], [], RELAY_POLL)
+        chunk = os.read(read_end, 65536) if ready else b""
+        if chunk:
+            *lines, pending = (pending + chunk).split(b"\n")
+            _print_lines(console, lines)
+        elif ended.is_set() or ready:  # dry after the end, or every writer closed it
+            break
+    if pending:
+        _print_lines(console, [pending])
+
+
+def _print_lines(console: Console, lines: list[bytes]) -> None:
+    """``lines`` printed as rich prints a ``print``'s: colours kept, other controls dropped."""
+    with contextlib.suppress(Exception):  # a terminal that went away: nothing to tell
+        console.print(Text("\n").join(
+            Text.from_ansi(line.decode("utf-8", "replace")) for line in lines))
 
 
 class LivePause:
@@ -125,7 +212,7 @@ async def follow(handle: RunHandle, console: Console, title: str,
     """
     waiter = asyncio.ensure_future(handle)
     frame = render_snapshot(handle.snapshot(), title)
-    with Live(frame, console=console, auto_refresh=False, transient=True) as live:
+    with live_view(frame, console) as live:
         if pause is not None:
             pause.attach(live)
         try:

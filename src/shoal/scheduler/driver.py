@@ -52,7 +52,13 @@ from shoal.approvals.policy import ApprovalRequest
 from shoal.clock import Clock, clock_of, read_epoch, running_loop
 from shoal.deps import Graph
 from shoal.events import Event, RunFinished, RunStarted
-from shoal.exceptions import ConfigError, RunClosedError, StoreError, ToolTimeoutError
+from shoal.exceptions import (
+    ConfigError,
+    RunClosedError,
+    StoreError,
+    ToolDefinitionError,
+    ToolTimeoutError,
+)
 from shoal.executors._results import PLAIN_RESULTS as _PLAIN
 from shoal.executors._results import unawaited_result
 from shoal.executors.base import Call, Executor
@@ -85,7 +91,7 @@ from shoal.store.journal import Journal
 from shoal.store.resume import Resumption
 from shoal.tools import Tool
 
-__all__ = ["Driver", "Snapshot", "epoch_now"]
+__all__ = ["CallCancelled", "Driver", "Snapshot", "epoch_now"]
 
 log = logging.getLogger("shoal")
 #: Most calls run at once (see _burst) before the driver gives the loop a turn: a long
@@ -380,7 +386,7 @@ class Driver:
             self.cancelled_reason = self.cancelled_reason or (
                 f"the run stopped on an error: {type(exc).__name__}: {exc}")
             await self._drain()
-            await self._close_journal(quiet=True)
+            await self._close_journal(quiet=True, raising=exc)
             raise
         finally:
             for handle in self._timers or ():
@@ -983,7 +989,7 @@ class Driver:
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # a cancel, or a tool's raise (SystemExit too: see _raised)
-            result = _raised(call, exc)
+            result = _raised(call, exc, _cancel_asked())
         assert self._context is not None
         self._context.run(self._report, self._attempt_done, call, result)
 
@@ -1004,7 +1010,7 @@ class Driver:
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # a cancel, or a tool's raise (SystemExit too: see _raised)
-            result = _raised(call, exc)
+            result = _raised(call, exc, _cancel_asked())
         else:
             if type(value) in _PLAIN:  # most calls: no result object (see _returned)
                 pos = call.pos
@@ -1386,10 +1392,12 @@ class Driver:
         if self._journal is not None:
             self._journal.add(EventRecord(self.state.run_id, event))
 
-    async def _close_journal(self, *, quiet: bool = False,
+    async def _close_journal(self, *, quiet: bool = False, raising: BaseException | None = None,
                              result: RunResult | None = None) -> None:
         """Record how this session ended and wait until everything is committed.
 
+        ``quiet``: the run is stopping on another error (``raising``, if known), so a journal
+        that could not be written is logged instead of raised, unless ``raising`` says so.
         ``result``: the session's result, when the caller has it (a large run's is large).
         """
         journal, self._journal = self._journal, None
@@ -1407,9 +1415,11 @@ class Driver:
                                  result.makespan))
         try:
             await journal.close()
-        except StoreError:
+        except StoreError as exc:
             if not quiet:
                 raise
+            if raising is None or raising.__cause__ is not journal.failed:
+                log.error("%s", exc)  # else nobody would hear of it
 
     def _cancel_request(self, request: CancelRequest) -> None:
         """A cancel request from the journal (``shoal cancel`` in another process)."""
@@ -1435,9 +1445,10 @@ class Driver:
     def _journal_failed(self, error: BaseException) -> None:
         """The journal cannot be written: stop the run, since durability is no longer kept."""
         if self._finished is not None and not self._finished.done():
-            self._finished.set_exception(StoreError(
-                f"the journal of run {self.state.run_id} could not be written, so the run "
-                f"stopped: {error}"))
+            stopped = StoreError(f"the journal of run {self.state.run_id} could not be written, "
+                                 f"so the run stopped: {error}")
+            stopped.__cause__ = error  # the run raises this one: nothing else says it
+            self._finished.set_exception(stopped)
 
     async def _drain(self) -> None:
         """Wait for cancelled attempts to end, so no task outlives the run."""
@@ -1477,10 +1488,47 @@ def _returned_value(call: Call, value: Any) -> AttemptResult:
             else AttemptResult("failed", error=unawaited))
 
 
-def _raised(call: Call, exc: BaseException) -> AttemptResult:
-    """The end of an attempt (on any backend) that raised ``exc`` (not a ``KeyboardInterrupt``)."""
+class CallCancelled(asyncio.CancelledError):
+    """Raised by a tool to end its call ``cancelled``, saying why (``reason``).
+
+    For a tool that stands for work cancelled elsewhere: a subagent's call, when that subagent
+    alone was cancelled (``handle.cancel("lead/sub#2")``), ends so, with the subagent's reason.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _cancel_asked() -> bool:
+    """Whether someone asked to cancel the running task (the driver stopping its attempt).
+
+    ``False`` when a ``CancelledError`` came from the tool's own code: it raised one, or
+    awaited a task or future that something else cancelled.
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _raised(call: Call, exc: BaseException, stopped: bool = False) -> AttemptResult:
+    """The end of an attempt (on any backend) that raised ``exc`` (not a ``KeyboardInterrupt``).
+
+    ``stopped``: the attempt was asked to stop (its task cancelled). A ``CancelledError``
+    nobody asked for is the tool's own doing, not a cancellation of its call: it fails the
+    call (as it does on the process backend), with an error that says so and keeps it as the
+    cause, so its traceback shows where it came from; retries apply as to any failure.
+    """
     if isinstance(exc, asyncio.CancelledError):
-        return AttemptResult("cancelled", abandoned=call.abandoned)
+        if isinstance(exc, CallCancelled):
+            return AttemptResult("cancelled", abandoned=call.abandoned, reason=exc.reason)
+        if stopped:
+            return AttemptResult("cancelled", abandoned=call.abandoned)
+        error = ToolDefinitionError(
+            f"tool {call.tool.name!r} raised CancelledError, but nothing cancelled its call "
+            "(it raised one itself, or awaited a task or future that something else "
+            "cancelled); catch it in the tool, or raise an ordinary exception to fail the call")
+        error.__cause__ = exc
+        return AttemptResult("failed", error=error)
     return AttemptResult("failed", error=exc)  # incl. SystemExit: it fails the call, not the run
 
 

@@ -135,6 +135,7 @@ class AttemptResult:
     began: float | None = None  # run time at which a worker really started (if known)
     ended: float | None = None  # run time at which the work really ended (if known)
     where: str = ""  # where the attempt ran (a host, a Ray node), if the backend said
+    reason: str = ""  # why a cancelled attempt stopped, when the attempt itself said so
 
 
 @dataclass(frozen=True, slots=True)
@@ -660,7 +661,8 @@ class SchedulerState:
             if slot.started_at is not None:
                 self._critical.learn(slot.node.tool.name, end - slot.started_at)
             error = None if status == "ok" else self._error(slot, result)
-            self._record(slot, status, end, d, value=result.value, error=error,
+            said = (slot.cancel_reason or result.reason) if status == "cancelled" else ""
+            self._record(slot, status, end, d, value=result.value, error=error, reason=said,
                          abandoned=result.abandoned)
         self._dispatch(now, d)
         return d
@@ -1492,8 +1494,8 @@ class SchedulerState:
     def _error(self, slot: _Slot, result: AttemptResult) -> ErrorInfo | None:
         if result.error is not None:
             return ErrorInfo.from_exception(result.error)
-        if result.status == "cancelled" and slot.cancel_reason:
-            return ErrorInfo("CallCancelledError", slot.cancel_reason)
+        if result.status == "cancelled" and (slot.cancel_reason or result.reason):
+            return ErrorInfo("CallCancelledError", slot.cancel_reason or result.reason)
         return None
 
     def _cancel_slot(self, slot: Kept, reason: str, status: Status, now: float,

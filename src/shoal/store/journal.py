@@ -153,9 +153,10 @@ class Journal:
                 future.set_result(None)  # waiters check ``failed`` before going on
 
     def _fail(self, error: BaseException) -> None:
+        # not logged here: the run raises it (on_failure, or close()), and a log line too
+        # would say the same thing twice
         if self.failed is None:
             self.failed = error
-            log.error("the journal of run %s could not be written: %s", self.run_id, error)
             if self._on_failure is not None:
                 self._on_failure(error)
 

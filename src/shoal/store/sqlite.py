@@ -254,8 +254,10 @@ class SQLiteStore:
         if _busy(exc):  # usable, but another process holds it: not the file's fault
             return StoreError(f"cannot open the journal {self.path!r}: {exc}"
                               f"{self._busy_note(exc)}")
-        return StoreError(f"{self.path!r} is not a usable shoal journal: {exc}"
-                          f"{_read_only_note(self.path)}")
+        read_only = _read_only_note(self.path)
+        if read_only:  # a journal, but this process cannot write it: not the file's fault
+            return StoreError(f"cannot write to the journal {self.path!r}: {exc}{read_only}")
+        return StoreError(f"{self.path!r} is not a usable shoal journal: {exc}")
 
     def _busy_note(self, exc: BaseException) -> str:
         """What to do about a lock another process holds ('' for other errors)."""
@@ -356,7 +358,14 @@ class SQLiteStore:
                 yield db
         except (sqlite3.Error, ValueError, OverflowError) as exc:  # a value SQLite cannot hold
             raise StoreError(f"cannot write to the journal {self.path!r}: {exc}"
-                             f"{self._busy_note(exc)}") from exc
+                             f"{self._write_note(exc)}") from exc
+
+    def _write_note(self, exc: BaseException) -> str:
+        """What to do about a failed write: a lock held elsewhere, a read-only file, a full disk."""
+        if not isinstance(exc, sqlite3.Error):
+            return ""
+        return (self._busy_note(exc) or _read_only_note(self.path)
+                or (_FULL_NOTE if getattr(exc, "sqlite_errorname", "") in _FULL else ""))
 
     # ---- writing ------------------------------------------------------------------------
 
@@ -614,8 +623,15 @@ def _read_only_note(path: str) -> str:
     if path == ":memory:" or not where.is_file():
         return ""
     if not os.access(where, os.W_OK) or not os.access(where.resolve().parent, os.W_OK):
-        return " (the file or its folder is read-only; shoal runs and shoal show can read it)"
+        return (" (the file or its folder is read-only: make it writable, or journal to another "
+                "file; shoal runs and shoal show can still read this one)")
     return ""
+
+
+#: SQLite's words for a write that found no room (a write past a file size limit is an I/O error)
+_FULL = frozenset({"SQLITE_FULL", "SQLITE_IOERR_WRITE"})
+_FULL_NOTE = (" (the disk may be full, or the file over a size limit: free some space, or "
+              "journal to another file)")
 
 
 def _split(records: Sequence[Record]) -> tuple[list[RunRecord], list[AttemptStarted],
