@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import unicodedata
 from pathlib import Path
@@ -29,6 +30,7 @@ from hypothesis import strategies as st
 from rich.console import Console, RenderableType
 
 from shoal.approvals import ApprovalRequest
+from shoal.cli import live
 from shoal.cli.approver import ConsoleApprover
 from shoal.cli.journal import _show_view, runs_table
 from shoal.cli.live import render_snapshot
@@ -578,6 +580,32 @@ def test_what_tools_print_to_the_descriptor_shows_above_the_live_view(tmp_path: 
         assert out.count(said) == 1, out
         # a line of its own, printed where the frame was erased (then the frame is redrawn)
         assert re.search(rf"\x1b\[2K{said}\r\n", out), out
+
+
+def test_the_relay_stops_draining_a_writer_that_never_stops(monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    # a program a tool started, left running, inherits the pipe: printed on and on, the relay
+    # drained forever and the command never returned once its view had ended
+    monkeypatch.setattr(live, "RELAY_DRAIN", 0.3)
+    read_end, write_end = os.pipe()
+    writer = subprocess.Popen([sys.executable, "-c", "while True: print('again', flush=True)"],
+                              stdout=write_end)
+    os.close(write_end)
+    console = Console(file=io.StringIO(), force_terminal=False, width=80)
+    ended = threading.Event()
+    relay = threading.Thread(target=live._relay, args=(read_end, console, ended))
+    try:
+        relay.start()
+        time.sleep(0.2)
+        ended.set()
+        relay.join(timeout=30)
+        assert not relay.is_alive()
+    finally:
+        writer.kill()
+        writer.wait()
+        os.close(read_end)
+    printed = console.file.getvalue()  # type: ignore[attr-defined]
+    assert printed.count("again") > 10 and "\x1b" not in printed
 
 
 SLOW = textwrap.dedent('''

@@ -13,6 +13,7 @@ import os
 import select
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -37,6 +38,7 @@ REFRESH_PER_SECOND = 8
 MAX_RUNNING_ROWS = 15
 SHOW_CURSOR = b"\x1b[?25h"  # Live hides the cursor; a hard exit must give it back
 RELAY_POLL = 0.05  # seconds between the relay's looks at whether the view has ended
+RELAY_DRAIN = 1.0  # seconds the relay goes on printing what still comes once the view ended
 
 
 @contextmanager
@@ -99,9 +101,15 @@ def _relayed_stdout(console: Console) -> Iterator[None]:
 
 
 def _relay(read_end: int, console: Console, ended: threading.Event) -> None:
-    """Print each line that comes down the pipe above the display, until it ended and is dry."""
+    """Print each line that comes down the pipe above the display, until it ended and is dry.
+
+    Once the view has ended, it drains for :data:`RELAY_DRAIN` seconds at most: a process
+    that inherited the pipe and writes on and on (a program a tool started, left running)
+    would otherwise keep the command from ever returning.
+    """
     pending = b""
-    while True:
+    drain_until: float | None = None
+    while drain_until is None or time.monotonic() < drain_until:
         ready, _, _ = select.select([read_end], [], [], RELAY_POLL)
         chunk = os.read(read_end, 65536) if ready else b""
         if chunk:
@@ -109,6 +117,8 @@ def _relay(read_end: int, console: Console, ended: threading.Event) -> None:
             _print_lines(console, lines)
         elif ended.is_set() or ready:  # dry after the end, or every writer closed it
             break
+        if drain_until is None and ended.is_set():
+            drain_until = time.monotonic() + RELAY_DRAIN
     if pending:
         _print_lines(console, [pending])
 
