@@ -198,3 +198,17 @@ def collector_paused() -> Iterator[None]:
         yield
     finally:
         gc.enable()
+
+
+#: The tests that read the suite's one strict mypy run (``tests/mypy_run.py``).
+MYPY_TESTS = {"test_mypy_strict_is_clean", "test_typical_agent_programs_pass_mypy_strict"}
+
+
+@pytest.hookimpl(trylast=True)  # after -k and -m have deselected what they will
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Start the strict mypy run now, beside the tests, when a test selected will read it."""
+    if not config.option.collectonly and any(item.name in MYPY_TESTS for item in items):
+        from tests.mypy_run import start
+        from tests.test_agents_typing import USER_PROGRAM
+
+        start(USER_PROGRAM)
