@@ -7,9 +7,9 @@ dependencies, so one run serves both (the second test asks for it, gets it at on
 
 The run takes half a minute of one core, and the suite mostly keeps one core busy: in a run
 of the whole suite, ``tests/conftest.py`` calls :func:`start` once collection is done, so
-mypy works beside the tests before them (at the lowest priority) and the first of the two
-mostly just reads its report. mypy runs as no child of the test process (as the command
-line's template in ``tests/cli_process.py``): tests count that process's children.
+mypy works beside the tests before them and the first of the two mostly just reads its
+report. mypy runs as no child of the test process (as the command line's template in
+``tests/cli_process.py``): tests count that process's children.
 """
 
 from __future__ import annotations
@@ -32,15 +32,15 @@ PROGRAM = "user_program.py"
 TIMEOUT = 580.0
 
 # Run by the launcher: forks, the launcher exits at once (so mypy is no child of the test
-# process), and the orphan runs mypy at the lowest priority, writing its output to files and
-# its exit code last (renamed into place: a reader sees all of it or none).
+# process), and the orphan runs mypy, writing its output to files and its exit code last
+# (renamed into place: a reader sees all of it or none). At the priority of the tests: a
+# lower one would starve it on a machine kept busy by others, past its timeout.
 DETACHED = r'''
 import json, os, subprocess, sys
 folder, timeout, command = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
 if os.fork():
     os._exit(0)
 os.setsid()
-os.nice(19)  # only what the tests leave idle: timed tests beside it keep their cores
 with open(os.path.join(folder, "stdout"), "w") as out, \
         open(os.path.join(folder, "stderr"), "w") as err:
     try:
