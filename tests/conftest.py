@@ -198,3 +198,24 @@ def collector_paused() -> Iterator[None]:
         yield
     finally:
         gc.enable()
+
+
+#: The tests that read the suite's one strict mypy run (``tests/mypy_run.py``).
+MYPY_TESTS = {"test_mypy_strict_is_clean", "test_typical_agent_programs_pass_mypy_strict"}
+
+
+@pytest.hookimpl(trylast=True)  # after -k and -m have deselected what they will
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Start the strict mypy run now, beside the tests, in a run of the whole suite.
+
+    There the tests before its first reader (tests/test_agents_typing.py) are the
+    ``test_agent*`` files, which hold no tight real-time bound. A run of chosen files can
+    put a timed test there (a Ctrl-C answered within 2 s, say): mypy runs when asked, then.
+    """
+    whole_suite = config.args_source is pytest.Config.ArgsSource.TESTPATHS
+    if (whole_suite and not config.option.collectonly
+            and any(item.name in MYPY_TESTS for item in items)):
+        from tests.mypy_run import start
+        from tests.test_agents_typing import USER_PROGRAM
+
+        start(USER_PROGRAM)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import random
+import struct
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import replace
 from typing import Any, Literal
@@ -125,6 +126,36 @@ INVALID = {
 # -- llama.cpp's grammar engine ----------------------------------------------------------------
 
 
+class Candidates:
+    """Tokens offered to a grammar sampler: llama.cpp's array of them, built once.
+
+    A random walk asks the sampler about the same hundred tokens thousands of times; building
+    the ctypes array each time, and reading it back field by field, took most of the walk. The
+    sampler marks each token it forbids with a logit of -inf (it neither drops nor reorders
+    them): a copy of the array as built (every logit 0) is put back before each use.
+    """
+
+    LAYOUT = struct.Struct("=iff")  # llama_token_data: id, logit, p
+
+    def __init__(self, tokens: Sequence[int]) -> None:
+        assert LLAMA is not None
+        assert ctypes.sizeof(LLAMA.llama_token_data) == self.LAYOUT.size
+        self.size = len(tokens)
+        self.data = (LLAMA.llama_token_data * self.size)(
+            *(LLAMA.llama_token_data(t, 0.0, 0.0) for t in tokens))
+        self.built = bytes(self.data)
+        self.array = LLAMA.llama_token_data_array(self.data, self.size, -1, False)
+
+    def allowed(self, sampler: Any) -> list[int]:
+        """The tokens that ``sampler`` allows next, in the order given."""
+        assert LLAMA is not None
+        ctypes.memmove(self.data, self.built, len(self.built))
+        self.array.size, self.array.selected, self.array.sorted = self.size, -1, False
+        LLAMA.llama_sampler_apply(sampler, ctypes.byref(self.array))
+        return [token for token, logit, _ in self.LAYOUT.iter_unpack(bytes(self.data))
+                if logit != float("-inf")]
+
+
 class Engine:
     """llama.cpp's grammar sampler over SmolLM2's vocabulary (loaded without weights)."""
 
@@ -138,6 +169,7 @@ class Engine:
         self.vocab = LLAMA.llama_model_get_vocab(self.model)
         self.eos = LLAMA.llama_vocab_eos(self.vocab)
         self.chars = self._one_character_tokens()
+        self._candidates: dict[tuple[int, ...], Candidates] = {}
 
     def close(self) -> None:
         LLAMA.llama_model_free(self.model)
@@ -169,11 +201,11 @@ class Engine:
 
     def allowed(self, sampler: Any, tokens: Sequence[int]) -> list[int]:
         """The tokens among ``tokens`` that the grammar allows next."""
-        data = (LLAMA.llama_token_data * len(tokens))(
-            *(LLAMA.llama_token_data(t, 0.0, 0.0) for t in tokens))
-        candidates = LLAMA.llama_token_data_array(data, len(tokens), -1, False)
-        LLAMA.llama_sampler_apply(sampler, ctypes.byref(candidates))
-        return [d.id for d in data if d.logit != float("-inf")]
+        key = tuple(tokens)
+        candidates = self._candidates.get(key)
+        if candidates is None:
+            candidates = self._candidates[key] = Candidates(key)
+        return candidates.allowed(sampler)
 
     def accepts(self, grammar: str, text: str) -> bool:
         """Whether the grammar allows ``text`` and then the end of the reply."""
@@ -201,13 +233,14 @@ class Engine:
         sampler = self.sampler(grammar)
         assert sampler, "the grammar does not parse"
         pool = [*self.chars, self.eos]
+        weight = {t: 20 if t == self.eos or self.chars.get(t, "") in '")]}\n,' else 1
+                  for t in pool}
         text: list[str] = []
         try:
             for _ in range(budget):
                 allowed = self.allowed(sampler, pool)
                 assert allowed, f"the grammar allows nothing after {''.join(text)!r}"
-                weights = [20 if t == self.eos or self.chars.get(t, "") in '")]}\n,' else 1
-                           for t in allowed]
+                weights = [weight[t] for t in allowed]
                 token = rng.choices(allowed, weights)[0]
                 if token == self.eos:
                     return "".join(text)

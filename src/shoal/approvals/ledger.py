@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from shoal.outcome import _converts_in_bounds, _odd_number, jsonable
+from shoal.outcome import _converts_in_bounds, _odd_number, _safe_repr, jsonable
 from shoal.store.base import ApprovalRecord, canonical_json
 from shoal.store.base import Decision as StoredDecision
 
@@ -51,8 +51,12 @@ def approval_hash(tool: str, arguments: Mapping[str, Any]) -> str:
     arguments = dict(arguments)
     text = _plain_json(arguments)
     if text is None:  # sets, bytes, numbers JSON cannot hold, self-containing or other values
-        arguments = _sets_ordered(arguments)
-        data = jsonable(arguments)  # a bounded repr (text) if it cannot be converted
+        # looked at once: for a value too large or holding itself, the look walks JSON_ITEMS
+        if _converts_in_bounds(arguments):
+            arguments = _sets_ordered(arguments)
+            data = jsonable(arguments)  # a bounded repr (text) if it cannot be converted
+        else:
+            data = _safe_repr(arguments)  # as jsonable gives it
         text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         if isinstance(data, str) or _lossy(arguments):  # its JSON stands for others too
             text += f"\n{exact_digest(arguments)}"  # so bind the exact arguments
@@ -98,18 +102,24 @@ def _text_keyed_tree(value: Any) -> bool:
             if not all(isinstance(key, str) for key in item):
                 return False
             item = item.values()
-        stack.extend(child for child in item if isinstance(child, dict | list | tuple))
+        if any(issubclass(kind, _CONTAINERS) for kind in set(map(type, item))):
+            stack.extend(child for child in item if isinstance(child, _CONTAINERS))
+        # else: scalars only (a long list of numbers, say), seen at C speed, nothing to add
     return True
+
+
+_CONTAINERS = (dict, list, tuple)
 
 
 def _sets_ordered(value: Any) -> Any:
     """``value`` with each set in it (not too deep) as a list of its members in canonical order.
 
     Ordered by each member's canonical JSON, then its repr: the same members give the same
-    list in every process. A value that holds no set is returned as it is; one too large or
-    holding itself is left to the exact digest (which orders sets itself).
+    list in every process. A value that holds no set is returned as it is. Only for values
+    that convert in bounds: one too large or holding itself is left to the exact digest
+    (which orders sets itself).
     """
-    if not _converts_in_bounds(value) or not _holds_a_set(value):
+    if not _holds_a_set(value):
         return value
     return _with_sets_ordered(value, sys.getrecursionlimit() // 4)
 
