@@ -56,11 +56,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import http.client
 import importlib.util
 import json
 import logging
 import os
+import platform
 import re
 import secrets
 import signal
@@ -146,9 +148,58 @@ runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
 
 # llama.cpp builds made with -march=native on CPUs with AMX (recent Xeons) can die with
 # SIGILL on the first prompt of two or more tokens, in the AMX matrix kernels; one token per
-# micro-batch takes the vector path instead. Learned once per process, then used directly.
+# micro-batch takes the vector path instead. Learned once per process, then used directly, and
+# remembered for later processes in a marker file (see _sigill_marker): a server that dies
+# first costs every `shoal run` on such a machine some five seconds.
 _SIGILL_SAFE_UBATCH = 1
 _needs_safe_ubatch = False
+
+
+def _sigill_marker() -> Path | None:
+    """The file whose presence says this llama.cpp build dies with SIGILL on this CPU.
+
+    In the user's cache folder, named by a digest of the build (its libraries' names, sizes
+    and times) and of the CPU (its flags): a rebuilt llama.cpp, or another machine sharing
+    the home folder, learns anew. ``None`` where there is no such folder to name.
+    """
+    try:
+        spec = importlib.util.find_spec("llama_cpp")
+        if spec is None or spec.origin is None:
+            return None
+        libraries = sorted((Path(spec.origin).parent / "lib").glob("*llama*"))
+        build = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in libraries]
+        digest = hashlib.sha256(repr((build, _cpu_flags())).encode()).hexdigest()[:16]
+        cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(cache) / "shoal" / f"llama-sigill-{digest}"
+    except (OSError, RuntimeError, ValueError):  # RuntimeError: no home folder
+        return None
+
+
+def _cpu_flags() -> str:
+    """The CPU's feature flags (Linux), else what the platform says of the processor."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("flags"):
+                return line
+    return platform.processor()
+
+
+def _sigill_remembered() -> bool:
+    """Whether an earlier process found this build dying with SIGILL on this CPU."""
+    marker = _sigill_marker()
+    return marker is not None and marker.is_file()
+
+
+def _remember_sigill() -> None:
+    """Leave the marker for later processes.
+
+    Best effort: a cache folder that cannot be written costs only a slower start next time.
+    """
+    marker = _sigill_marker()
+    if marker is not None:
+        with contextlib.suppress(OSError):
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
 
 
 def _missing(package: str, extra: str = "local") -> MissingDependencyError:
@@ -361,7 +412,8 @@ class LocalModelServer:
             began = time.monotonic()
             deadline = began + self.startup_timeout
             ubatch = self.n_ubatch
-            if ubatch is None and _needs_safe_ubatch:
+            if ubatch is None and (_needs_safe_ubatch or _sigill_remembered()):
+                _needs_safe_ubatch = True
                 ubatch = _SIGILL_SAFE_UBATCH
             for attempt in range(1, 4):
                 try:
@@ -381,6 +433,7 @@ class LocalModelServer:
                                         "AMX kernels in a -march=native build); restarting "
                                         "it with n_ubatch=1")
                             _needs_safe_ubatch = True
+                            _remember_sigill()
                             ubatch = _SIGILL_SAFE_UBATCH
                             self._cleanup()
                             continue
