@@ -531,14 +531,29 @@ def test_the_board_after_a_kill_and_resume_has_every_write_exactly_once(tmp_path
     json.dumps(result.to_dict())  # the whole result, board included, is JSON
 
 
+def _journaled_board_writes(db: Path, run_id: str) -> int:
+    """How many board writes of ``run_id``'s tree the journal holds now (0 before it exists)."""
+    try:
+        with closing(SQLiteStore(db, read_only=True)) as store:
+            return sum(e.record.kind == "board" for e in store.effects(run_id, nested=True))
+    except shoal.ShoalError:  # not made yet
+        return 0
+
+
 def _run_until_killed(module: str, db: Path, marks: Path, run_id: str, at: int) -> None:
-    """Run ``python -m module DB RUN_ID`` and SIGKILL it once ``marks`` has ``at`` lines."""
+    """Run ``python -m module DB RUN_ID``; SIGKILL it once ``marks`` has ``at`` lines and the
+    journal holds a board write.
+
+    A mark says a call wrote; its commit comes later (the journal's writer may lag far behind
+    on a loaded machine), and the test needs some writes journaled when the run dies.
+    """
     env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "SHOAL_BOARD_MARKS": str(marks)}
     process = subprocess.Popen([sys.executable, "-m", module, str(db), run_id],
                                env=env, cwd=ROOT, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
-        while not (marks.exists() and len(marks.read_text().splitlines()) >= at):
+        while not (marks.exists() and len(marks.read_text().splitlines()) >= at
+                   and _journaled_board_writes(db, run_id)):
             if process.poll() is not None:
                 raise AssertionError(process.communicate()[1].decode()[-2000:])
             assert time.monotonic() < deadline, "the run never got going"

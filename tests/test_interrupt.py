@@ -32,10 +32,13 @@ TOOLS = textwrap.dedent('''
     import asyncio
     import os
     import subprocess
+    import threading
     import time
     from pathlib import Path
 
     from shoal import tool
+
+    release = threading.Event()  # ends every ``held`` call (a test in this process sets it)
 
 
     def _mark(marker, text=""):
@@ -47,6 +50,14 @@ TOOLS = textwrap.dedent('''
         _mark(marker)
         time.sleep(seconds)
         return seconds
+
+
+    @tool
+    def held(marker: str) -> str:
+        """Runs until ``release`` is set: never done before the test says so."""
+        _mark(marker)
+        release.wait(60)
+        return "released"
 
 
     @tool
@@ -313,18 +324,23 @@ def test_a_cancelled_thread_run_leaves_no_thread(workdir: Path,
     threads_before = set(threading.enumerate())
     plan = Plan()
     for i in range(CALLS):
-        plan.call(cc_tools.nap, seconds=0.3, marker=str(workdir / "markers" / str(i)))
+        # held until the run is cancelled: a call timed to end on its own could end first,
+        # ok, when its siblings are slow to start on a loaded machine
+        plan.call(cc_tools.held, marker=str(workdir / "markers" / str(i)))
 
     async def main() -> None:
         async with Runtime(executor="thread") as runtime:
             handle = runtime.start(plan)
-            await until(lambda: len(marked(workdir)) >= CALLS)
-            handle.cancel()
-            result = await handle
+            try:
+                await until(lambda: len(marked(workdir)) >= CALLS)
+                handle.cancel()
+                result = await handle
+            finally:
+                cc_tools.release.set()
             assert result.counts["cancelled"] == CALLS
             assert len(result.abandoned) == CALLS  # threads cannot be killed: they say so
 
     arun(main())
-    # abandoned calls end on their own; the pool's threads go with the runtime
+    # abandoned calls end on their own (released); the pool's threads go with the runtime
     assert wait_until(lambda: set(threading.enumerate()) <= threads_before, timeout=2.0), (
         set(threading.enumerate()) - threads_before)

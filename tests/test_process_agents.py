@@ -743,6 +743,7 @@ def test_a_process_agent_that_cannot_hear_a_cancel_is_killed_within_a_second(
     stuck, fine = result.children
     assert stuck.status == "cancelled" and "stopped by the test" in str(stuck.error)
     assert stuck.usage.requests == 1  # what it was charged stays on its record
+    assert stuck.turns == 1  # and the turn it took (killed, it could not report it itself)
     assert fine.status == "ok" and result.output == "lead done"
     assert _ends(events, "lead/reader#1") == ["AgentStarted", "AgentFinished"]
 

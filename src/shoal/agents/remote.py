@@ -381,6 +381,7 @@ class TreeServer:
         #: what the agent's tree charged so far (a crashed agent's result still says it)
         self.usage = Usage()
         self.requests = 0  # requests charged (one whose usage never came still counts)
+        self.turns = 0  # the requests the agent itself started: its turns, its subagents' not
         self.started = False  # whether the agent said it started (AgentStarted)
         self._tasks: set[asyncio.Task[None]] = set()
         # journal writes of board commits under way: let finish, never cancelled (a commit
@@ -458,6 +459,7 @@ class TreeServer:
             if op == "start_request":
                 tracker.start_request(*args)
                 self.requests += 1
+                self.turns += args[0] == self.lineage  # as AgentRun.start_turn counts them
             elif op == "add_usage":
                 self.usage = self.usage + args[0]
                 tracker.add_usage(*args)
@@ -930,14 +932,15 @@ def _fail(run: AgentRun, status: AgentStatus, error: BaseException,
           server: TreeServer | None = None) -> None:
     """Record an end the agent could not record itself, and say so on the tree's sinks.
 
-    What its tree was charged (``server``) stays on the result: the lead's usage still sums
-    what the whole tree spent.
+    What its tree was charged and the turns it took (``server``) stay on the result: the
+    lead's usage still sums what the whole tree spent.
     """
     ctx, result = run.ctx, run.result
     result.status, result.error = status, error
     if server is not None:
         usage = server.usage
         result.usage = replace(usage, requests=max(usage.requests, server.requests))
+        result.turns = max(result.turns, server.turns)  # taken, though it could not say so
     if result.started_at:
         result.duration = time.time() - result.started_at
     if isinstance(error, AgentError) and error.result is None:
