@@ -27,6 +27,9 @@ from tests.conftest import arun, pid_gone, until, wait_until
 ROOT = Path(__file__).resolve().parents[1]
 CALLS = 50
 EXIT_WITHIN = 2.0  # seconds from Ctrl-C to the process having exited
+# the same with 50 worker processes to stop: 0.5 s idle (1.5 s while they are still being
+# forked), 3-5 s on a machine loaded ten times over its cores; the bound is for a hang
+PROCESSES_EXIT_WITHIN = 8.0
 
 TOOLS = textwrap.dedent('''
     import asyncio
@@ -177,7 +180,8 @@ def test_ctrl_c_with_50_calls_in_flight(workdir: Path, backend: str) -> None:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, err
-    assert took < EXIT_WITHIN, f"exit took {took:.2f} s"
+    assert took < (EXIT_WITHIN if backend == "thread" else PROCESSES_EXIT_WITHIN), (
+        f"exit took {took:.2f} s")
     outcomes = check_outcomes(out, CALLS)
     assert outcomes["n00"]["reason"] == "interrupted (Ctrl-C)"
     assert "Traceback" not in err
@@ -186,7 +190,7 @@ def test_ctrl_c_with_50_calls_in_flight(workdir: Path, backend: str) -> None:
     else:
         assert threads > CALLS  # the calls ran on threads of the shoal process ...
     assert pid_gone(proc.pid)  # ... which ended with it
-    assert wait_until(lambda: not alive(started), timeout=2.0), alive(started)
+    assert wait_until(lambda: not alive(started), timeout=10.0), alive(started)
     print(f"\nCtrl-C with {CALLS} calls in flight on {backend}: exited in {took:.3f} s")
 
 
@@ -202,9 +206,9 @@ def test_ctrl_c_while_process_workers_are_still_starting(workdir: Path) -> None:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, err
-    assert took < EXIT_WITHIN, f"exit took {took:.2f} s"
+    assert took < PROCESSES_EXIT_WITHIN, f"exit took {took:.2f} s"
     check_outcomes(out, CALLS)
-    assert wait_until(lambda: not alive(started), timeout=2.0), alive(started)
+    assert wait_until(lambda: not alive(started), timeout=10.0), alive(started)
     print(f"\nCtrl-C while workers start: exited in {took:.3f} s")
 
 
@@ -228,7 +232,7 @@ def test_a_second_ctrl_c_forces_and_leaves_no_process(workdir: Path) -> None:
             proc.kill()
     assert time.monotonic() - sent < EXIT_WITHIN
     assert proc.returncode == 130 and "interrupted twice" in err
-    assert wait_until(lambda: not alive(started), timeout=2.0), alive(started)
+    assert wait_until(lambda: not alive(started), timeout=10.0), alive(started)
 
 
 def test_killing_shoal_leaves_no_worker_or_tool_process(workdir: Path) -> None:
@@ -244,7 +248,7 @@ def test_killing_shoal_leaves_no_worker_or_tool_process(workdir: Path) -> None:
         proc.kill()  # SIGKILL: shoal cannot clean up; the workers see their pipe close
         # a tool's process still alive would hold shoal's output pipes open
         proc.communicate(timeout=10)
-    assert wait_until(lambda: not alive(started), timeout=2.0), alive(started)
+    assert wait_until(lambda: not alive(started), timeout=10.0), alive(started)
 
 
 def test_ctrl_c_while_a_call_waits_for_approval(workdir: Path) -> None:
@@ -307,7 +311,7 @@ def test_a_cancelled_process_run_leaves_no_process_or_thread(
             assert result.counts["cancelled"] == 8
         # killed when close returns; a process may take a moment to finish dying (its memory
         # being freed) on a busy machine: one that survived would still be here after 2 s
-        assert wait_until(lambda: not alive(started), timeout=2.0), alive(started)
+        assert wait_until(lambda: not alive(started), timeout=10.0), alive(started)
 
     arun(main(), timeout=60)
     # every process this run started is gone (checked inside); give any other child of this
