@@ -25,6 +25,7 @@ import pytest
 import shoal
 from shoal.events import Event, ModelServerStarted, ModelServerStarting
 from shoal.exceptions import ConfigError, MissingDependencyError, ModelError
+from shoal.models import local as local_module
 from shoal.models.base import (
     AssistantMessage,
     Message,
@@ -388,3 +389,23 @@ def test_a_starting_server_is_announced_and_so_is_its_failure(
     assert starting.model == "local:fake" and starting.detail == "starting local model server"
     assert "exited while starting" in started.error and started.duration > 0
     assert not model.server.running
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
+                    reason="the marker names a llama.cpp build: needs llama-cpp-python")
+def test_a_sigill_is_remembered_per_build_and_cpu_in_the_cache_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the server's first start on an AMX machine dies with SIGILL and is restarted with
+    # n_ubatch=1: learned per process, each `shoal run` paid the crash again (some 5 s)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "one"))
+    assert not local_module._sigill_remembered()
+    local_module._remember_sigill()
+    marker = local_module._sigill_marker()
+    assert marker is not None and marker.parent == tmp_path / "one" / "shoal"
+    assert local_module._sigill_remembered()
+    assert local_module._sigill_marker() == marker  # the same build and CPU: the same name
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "two"))
+    assert not local_module._sigill_remembered()  # another cache folder knows nothing
+    (tmp_path / "ro").mkdir(mode=0o500)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "ro" / "sub"))
+    local_module._remember_sigill()  # cannot be written (unless root): only slower later
