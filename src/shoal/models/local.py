@@ -339,7 +339,8 @@ class LocalModelServer:
 
     A build of llama.cpp that dies with ``SIGILL`` (illegal instruction) on its first real
     prompt is restarted once with ``n_ubatch=1``, which avoids the AMX kernels that native
-    builds on recent Xeons get wrong; a warning says so. Set ``n_ubatch`` to opt out.
+    builds on recent Xeons get wrong; a warning says so, and a file in the user's cache folder
+    remembers it for later processes (docs/models.md). Set ``n_ubatch`` to opt out.
 
     Raises:
         MissingDependencyError: llama-cpp-python with its ``[server]`` extra, or
