@@ -380,6 +380,21 @@ def test_a_tool_raising_cancelled_error_itself_fails_saying_so(bad: shoal.Tool[.
     assert result[sibling].value == "kept"
 
 
+@pytest.mark.parametrize("bad", [raises_cancelled_at_once, sync_raises_cancelled],
+                         ids=lambda t: t.name)
+def test_a_tool_raising_cancelled_error_in_a_worker_process_fails_the_same_way(
+        bad: shoal.Tool[..., Any]) -> None:
+    # one contract on every backend: in a worker process it failed as a bare CancelledError
+    # (empty message for the async tool), where the other backends give the error below
+    plan = Plan()
+    ref = plan.call(bad)
+    out = shoal.Runtime(executor="process", process_workers=1).run_sync(plan)[ref]
+    assert out.status == "failed" and out.attempts == 1, out
+    assert out.error is not None and out.error.type == "shoal.exceptions.ToolDefinitionError"
+    assert out.error.message.startswith(f"tool {bad.name!r} raised CancelledError, but nothing "
+                                        "cancelled its call")
+
+
 def test_a_call_cancelled_while_its_tool_catches_and_reraises_stays_cancelled() -> None:
     # the other side: a cancel the run asked for is a cancellation, whatever the tool does
     @tool

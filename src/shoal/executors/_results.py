@@ -16,7 +16,10 @@ from typing import Any
 
 from shoal.exceptions import ToolDefinitionError
 
-__all__ = ["PLAIN_RESULTS", "call_on_thread", "stop_iteration_error", "unawaited_result"]
+__all__ = [
+    "PLAIN_RESULTS", "call_on_thread", "stop_iteration_error", "unasked_cancel_error",
+    "unawaited_result",
+]
 
 #: Result types that are certainly not awaitables: checked by exact type first, as most are
 #: these (the driver checks them itself, saving a call per attempt).
@@ -57,6 +60,23 @@ def _unawaited(value: Any) -> str | None:
     if inspect.isawaitable(value):
         return f"an awaitable ({type(value).__qualname__}); did you forget 'await'?"
     return None
+
+
+def unasked_cancel_error(tool: str, exc: BaseException) -> ToolDefinitionError:
+    """The error a call fails with when its tool raised ``CancelledError`` nobody asked for.
+
+    Raised by the tool itself, or from a task or future something else cancelled: not a
+    cancellation of the call, which would end it ``cancelled`` (and never retried). The same
+    on every backend: the driver decides it for calls on its loop and threads, a worker
+    process for its own (where nothing cancels a call: stopping one kills the process).
+    ``exc`` is kept as the cause, so the traceback shows where it came from.
+    """
+    error = ToolDefinitionError(
+        f"tool {tool!r} raised CancelledError, but nothing cancelled its call (it raised one "
+        "itself, or awaited a task or future that something else cancelled); catch it in the "
+        "tool, or raise an ordinary exception to fail the call")
+    error.__cause__ = exc
+    return error
 
 
 def call_on_thread(fn: Callable[..., Any], args: dict[str, Any]) -> Any:

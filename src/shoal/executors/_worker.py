@@ -51,7 +51,7 @@ from typing import IO, Any
 # before "ready", keeps it out of the first call's measured time.
 from shoal.exceptions import SerializationError
 from shoal.executors._errors import error_reply
-from shoal.executors._results import unawaited_result
+from shoal.executors._results import unasked_cancel_error, unawaited_result
 from shoal.executors._shipping import dumps, loads, loads_callable
 from shoal.executors._tracing import joined
 
@@ -160,6 +160,8 @@ def run_call(message: tuple[Any, ...], cpu_seconds: int | None) -> bytes:
             else:
                 value = fn(**args)
     except BaseException as exc:  # SystemExit too: the tool failed, the worker lives on
+        if _cancelled(exc):  # nothing cancels a call here (a stop kills the worker): the
+            return error_reply(unasked_cancel_error(name, exc))  # tool's own doing
         return error_reply(exc)
     del args  # free large arguments before the result is pickled
     unawaited = unawaited_result(name, value)  # a coroutine would not even pickle
@@ -169,6 +171,16 @@ def run_call(message: tuple[Any, ...], cpu_seconds: int | None) -> bytes:
         return dumps(("ok", value), f"the result of tool {name!r}")
     except BaseException as exc:  # a __reduce__ raising SystemExit too: the worker lives on
         return error_reply(exc)
+
+
+def _cancelled(exc: BaseException) -> bool:
+    """Whether ``exc`` is asyncio's ``CancelledError`` (asyncio is imported only if a tool did).
+
+    Without asyncio loaded, nothing could have raised one; a worker for sync tools never
+    pays for the import.
+    """
+    asyncio = sys.modules.get("asyncio")
+    return asyncio is not None and isinstance(exc, asyncio.CancelledError)
 
 
 def flush_output() -> None:

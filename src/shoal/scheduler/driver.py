@@ -56,11 +56,10 @@ from shoal.exceptions import (
     ConfigError,
     RunClosedError,
     StoreError,
-    ToolDefinitionError,
     ToolTimeoutError,
 )
 from shoal.executors._results import PLAIN_RESULTS as _PLAIN
-from shoal.executors._results import unawaited_result
+from shoal.executors._results import unasked_cancel_error, unawaited_result
 from shoal.executors.base import Call, Executor
 from shoal.executors.inline import InlineExecutor
 from shoal.executors.thread import PoolJob, ThreadExecutor
@@ -1523,12 +1522,7 @@ def _raised(call: Call, exc: BaseException, stopped: bool = False) -> AttemptRes
             return AttemptResult("cancelled", abandoned=call.abandoned, reason=exc.reason)
         if stopped:
             return AttemptResult("cancelled", abandoned=call.abandoned)
-        error = ToolDefinitionError(
-            f"tool {call.tool.name!r} raised CancelledError, but nothing cancelled its call "
-            "(it raised one itself, or awaited a task or future that something else "
-            "cancelled); catch it in the tool, or raise an ordinary exception to fail the call")
-        error.__cause__ = exc
-        return AttemptResult("failed", error=error)
+        return AttemptResult("failed", error=unasked_cancel_error(call.tool.name, exc))
     return AttemptResult("failed", error=exc)  # incl. SystemExit: it fails the call, not the run
 
 
