@@ -608,6 +608,27 @@ def test_the_relay_stops_draining_a_writer_that_never_stops(monkeypatch: pytest.
     assert printed.count("again") > 10 and "\x1b" not in printed
 
 
+def test_a_program_that_outlives_the_view_goes_on_printing_to_the_terminal(
+        capfd: pytest.CaptureFixture[str]) -> None:
+    # the pipe closed at the view's end killed such a program (SIGPIPE) at its next line
+    read_end, write_end = os.pipe()
+    writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import time
+        for i in range(20):
+            print("still here", i, flush=True)
+            time.sleep(0.02)
+    """)], stdout=write_end)
+    os.close(write_end)
+    live._hand_over(read_end)  # as the view ends: nothing of this process reads it any more
+    assert writer.wait(timeout=60) == 0  # no broken pipe
+    printed = ""
+    deadline = time.monotonic() + 30
+    while printed.count("still here") < 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        printed += capfd.readouterr().out
+    assert [f"still here {i}" for i in range(20)] == printed.splitlines()
+
+
 SLOW = textwrap.dedent('''
     import asyncio
     import shoal

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import select
+import subprocess
 import sys
 import threading
 import time
@@ -95,9 +96,30 @@ def _relayed_stdout(console: Console) -> Iterator[None]:
         os.dup2(kept, 1)  # from here on, this process writes to the terminal again
         ended.set()
         relay.join()
-        os.close(read_end)  # a worker process still writing gets a broken pipe, not a hang
+        _hand_over(read_end)
         console.file = None  # type: ignore[assignment]  # rich: back to sys.stdout
         terminal.close()
+
+
+def _hand_over(read_end: int) -> None:
+    """Leave the pipe to a ``cat`` of its own that copies it to the terminal, then close it.
+
+    A program a tool started may outlive the view, and this process, and go on writing: closed
+    here, the pipe would kill it (SIGPIPE) at its next line, and left unread, block it. The
+    ``cat`` (in its own session: a Ctrl-C meant for shoal does not reach it) ends when the last
+    such writer has closed the pipe, at once when there is none. Without ``cat``, the pipe is
+    closed as before.
+    """
+    _HANDED[:] = [cat for cat in _HANDED if cat.poll() is None]
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        _HANDED.append(subprocess.Popen(["cat"], stdin=read_end, stdout=1,
+                                        stderr=subprocess.DEVNULL, start_new_session=True))
+    os.close(read_end)
+
+
+#: the ``cat`` processes of :func:`_hand_over` still copying (held: a running child's object
+#: must not be collected, and one that has ended is reaped here)
+_HANDED: list[subprocess.Popen[bytes]] = []
 
 
 def _relay(read_end: int, console: Console, ended: threading.Event) -> None:
