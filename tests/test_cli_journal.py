@@ -54,6 +54,16 @@ TOOLS = textwrap.dedent('''
         return name
 
 
+    @tool
+    def raw() -> bytes:
+        return b"\\xff\\x00\\x1b[2J"
+
+
+    @tool
+    def nested() -> dict:
+        return {"blob": b"\\xff\\xfe", "text": b"hello", "said": "b'hello'"}
+
+
     @tool(approval=True)
     def pay(amount: int) -> str:
         return f"paid {amount}"
@@ -147,6 +157,21 @@ def test_runs_and_show(workdir: Path) -> None:
 
     missing = shoal("show", "nope", cwd=workdir)
     assert missing.returncode == 2 and "no run 'nope'" in missing.stderr
+
+
+def test_show_tells_bytes_from_text_as_the_live_table_does(workdir: Path) -> None:
+    plan = write_plan(workdir, [{"id": "raw", "tool": "jtools:raw"},
+                                {"id": "nested", "tool": "jtools:nested"}])
+    live = shoal("run", str(plan), cwd=workdir)
+    assert r"b'\xff\x00\x1b[2J'" in live.stdout
+    text = shoal("show", run_id_of(live), cwd=workdir).stdout
+    assert r"b'\xff\x00\x1b[2J'" in text and "_wAbWzJK" not in text
+    assert r"""{'blob': b'\xff\xfe', 'said': "b'hello'", 'text': b'hello'}""" in text
+    shown = json.loads(shoal("show", run_id_of(live), "--json", cwd=workdir).stdout)
+    values = {o["node_id"]: o["value"] for o in shown["outcomes"]}
+    assert values["raw"] == {"$bytes": "_wAbWzJK"}  # URL-safe base64, tagged as bytes
+    assert values["nested"] == {"blob": {"$bytes": "__4="}, "text": {"$bytes": "aGVsbG8="},
+                                "said": "b'hello'"}
 
 
 def test_show_lists_approvals_and_who_decided(workdir: Path) -> None:

@@ -132,6 +132,37 @@ def test_a_journal_that_fills_up_stops_the_run_with_one_line_saying_what_to_do(
     assert "free some space, or journal to another file" in line
 
 
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_run_whose_journal_fails_shows_the_calls_it_ran(tmp_path: Path, as_json: bool) -> None:
+    # the calls that ran before the journal failed had their effects: the user must see them
+    path = journal_with_a_run(tmp_path)
+    (tmp_path / "plan.yaml").write_text(
+        "nodes:\n  - {id: i, tool: 'tests.test_journal_hardening:items', args: {n: 3000}}\n"
+        "  - {id: each, tool: 'tests.test_journal_hardening:echo', map: {over: $i, "
+        "item_arg: text}}\n")
+    limit = path.stat().st_size + 200_000
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "shoal.cli.app", "run", "plan.yaml", "--store", str(path),
+         *(["--json"] if as_json else [])],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"},
+        capture_output=True, text=True, timeout=120, preexec_fn=small_files, check=False)
+    assert done.returncode == 2, done.stderr
+    assert len(journal_failure_lines(done.stderr)) == 1  # the error, said once
+    if not as_json:
+        assert "3002 nodes: 1 ok" in done.stdout  # i ran; the table lists the map's items
+        assert "each[0]" in done.stdout and "run stopped: " in done.stdout
+        return
+    shown = json.loads(done.stdout)
+    assert shown["error"] == "journal" and "so the run stopped" in shown["message"]
+    outcomes = {o["node_id"]: o for o in shown["result"]["outcomes"]}
+    assert outcomes["i"]["status"] == "ok" and len(outcomes["i"]["value"]) == 3000
+    assert len(outcomes) > 1  # the map's items that had begun or ended, too
+
+
 @pytest.fixture
 def read_only_file(tmp_path: Path) -> Iterator[Path]:
     """A journal file that cannot be written, in a folder that can (a read-only bind mount

@@ -21,6 +21,8 @@
     ├── MissingDependencyError      an optional extra is not installed; says what to install
     ├── StoreError                  the journal cannot be opened, read or written
     │   ├── StoreVersionError       the journal file is newer than this shoal; names both versions
+    │   ├── JournalWriteError       a run stopped because its journal could not be written;
+    │   │                           ``.result`` holds the outcomes it had (the calls that ran)
     │   ├── JournalDamagedError     part of the journal is not what shoal wrote; ``.damage``
     │   │                           says where (a run cannot be resumed from damaged rows)
     │   ├── RunActiveError          resume: the run is still running in another process (or
@@ -67,6 +69,9 @@ from typing import TYPE_CHECKING, Any
 
 from shoal import _lazy
 
+if TYPE_CHECKING:
+    from shoal.outcome import RunResult
+
 __all__ = [
     "BoardError",
     "BoardKeyError",
@@ -76,6 +81,7 @@ __all__ = [
     "BudgetExceeded",
     "ExecutorError",
     "JournalDamagedError",
+    "JournalWriteError",
     "MCPServerError",
     "MCPToolError",
     "MaxReplansExceeded",
@@ -373,6 +379,17 @@ def source_checkout() -> str:
 
 class StoreError(ShoalError):
     """The journal could not be opened, read or written (a locked or corrupt file, a full disk)."""
+
+
+class JournalWriteError(StoreError):
+    """A run's journal could not be written, so the run stopped (a full disk, a read-only file).
+
+    ``result`` holds the outcomes the run had when it stopped: which calls ran and which
+    finished (their side effects happened, though the journal may not say so), or ``None``
+    if it stopped before it had any.
+    """
+
+    result: RunResult | None = None
 
 
 class StoreVersionError(StoreError):

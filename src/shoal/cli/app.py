@@ -45,6 +45,7 @@ from shoal.cli.safe import console as safe_console
 from shoal.events import JsonlSink
 from shoal.exceptions import (
     ConfigError,
+    JournalWriteError,
     MissingDependencyError,
     PlanChangedError,
     PlanError,
@@ -385,8 +386,27 @@ def run_plan(options: RunOptions) -> int:
         return _bad_input("plan_changed", str(exc), options.as_json)
     except RunActiveError as exc:
         return _bad_input("run_active", str(exc), options.as_json)
+    except JournalWriteError as exc:
+        return _journal_stopped(exc, options.as_json)
     except StoreError as exc:
         return _bad_input("journal", str(exc), options.as_json)
+
+
+def _journal_stopped(exc: JournalWriteError, as_json: bool) -> int:
+    """The error, and what the run did before its journal failed: those calls ran."""
+    if exc.result is None:
+        return _bad_input("journal", str(exc), as_json)
+    message = str(exc)
+    sys.stderr.write(f"error: {clean(bounded_text(message, USAGE_ERROR_WIDTH), newlines=True)}\n")
+    if as_json:
+        sys.stdout.write(json.dumps({"error": "journal", "message": message,
+                                     "result": exc.result.to_dict()}, indent=2) + "\n")
+    else:
+        safe_console().print(render_result(exc.result))
+    sys.stdout.flush()
+    if exc.result.abandoned:
+        _exit_leaving_threads(exc.result, EXIT_BAD_INPUT)
+    return EXIT_BAD_INPUT
 
 
 def _run_checked(options: RunOptions) -> int:

@@ -9,6 +9,7 @@ running the run polls for requests and acts within a fraction of a second.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import inspect
@@ -45,6 +46,7 @@ from shoal.exceptions import (
 from shoal.outcome import STATUSES, Outcome, jsonable
 from shoal.store.base import ApprovalRecord, AttemptRecord, RunRecord, StoredOutcome
 from shoal.store.claims import process_alive as _alive
+from shoal.store.codec import untag_bytes
 from shoal.store.journal import STALE_AFTER
 from shoal.store.sqlite import DEFAULT_PATH, SQLiteStore
 from shoal.timeline import Timeline, from_journal
@@ -639,8 +641,8 @@ class _Row:
     a summary shows a few dozen of 100,000 rows.
     """
 
-    __slots__ = ("_outcome", "_result", "node", "started", "status", "time", "took", "tool",
-                 "tries")
+    __slots__ = ("_outcome", "_result", "node", "started", "status", "tagged", "time", "took",
+                 "tool", "tries")
 
     def __init__(self, node: str, tool: str, status: str, tries: str = "-", started: str = "-",
                  took: float | None = None, result: str | Outcome = "") -> None:
@@ -649,12 +651,16 @@ class _Row:
         self._outcome: Outcome | None = None if isinstance(result, str) else result
         self._result = result if isinstance(result, str) else ""
         self.time = seconds(took) if took is not None else "-"
+        self.tagged = False  # whether the outcome's value is a view (see untag_bytes)
 
     @property
     def result(self) -> str:
         """The value's preview, the error or the reason it did not run (see ``detail``)."""
         if self._outcome is not None:
-            self._result, self._outcome = detail(self._outcome), None
+            shown = self._outcome
+            if self.tagged:  # a view: its bytes are tagged objects, shown as bytes again
+                shown = dataclasses.replace(shown, value=untag_bytes(shown.value))
+            self._result, self._outcome = detail(shown), None
         return self._result
 
 
@@ -680,6 +686,7 @@ def _node_rows(record: RunRecord, outcomes: Mapping[str, StoredOutcome],
             rows.append(_Row(clean(o.node_id), clean(o.tool), clean(o.status), str(o.attempts),
                              f"{o.started_at:.2f}s" if ran else "-",
                              o.duration if ran else None, o))
+            rows[-1].tagged = stored.encoding != "json"
     return rows
 
 

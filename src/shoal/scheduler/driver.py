@@ -54,6 +54,7 @@ from shoal.deps import Graph
 from shoal.events import Event, RunFinished, RunStarted
 from shoal.exceptions import (
     ConfigError,
+    JournalWriteError,
     RunClosedError,
     StoreError,
     ToolTimeoutError,
@@ -386,6 +387,8 @@ class Driver:
                 f"the run stopped on an error: {type(exc).__name__}: {exc}")
             await self._drain()
             await self._close_journal(quiet=True, raising=exc)
+            if isinstance(exc, JournalWriteError):  # which calls ran: their effects happened
+                exc.result = self.result()
             raise
         finally:
             for handle in self._timers or ():
@@ -1444,8 +1447,9 @@ class Driver:
     def _journal_failed(self, error: BaseException) -> None:
         """The journal cannot be written: stop the run, since durability is no longer kept."""
         if self._finished is not None and not self._finished.done():
-            stopped = StoreError(f"the journal of run {self.state.run_id} could not be written, "
-                                 f"so the run stopped: {error}")
+            stopped = JournalWriteError(
+                f"the journal of run {self.state.run_id} could not be written, "
+                f"so the run stopped: {error}")
             stopped.__cause__ = error  # the run raises this one: nothing else says it
             self._finished.set_exception(stopped)
 

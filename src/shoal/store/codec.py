@@ -10,7 +10,8 @@ Three encodings, tried in this order:
 ``pickle``
     Anything else that pickles (tuples, sets, bytes, datetimes, pydantic models, dataclasses,
     your own classes, subclasses of ``str``/``int``/``dict``, lists that contain themselves):
-    stored as a pickle, plus a JSON view for ``shoal show``, which never unpickles. Reading it
+    stored as a pickle, plus a JSON view for ``shoal show``, which never unpickles (bytes in a
+    view are ``{"$bytes": URL-safe base64}``, so they are not taken for text). Reading it
     back needs the value's classes to be importable; a journal is trusted like your own code,
     since unpickling can run code.
 ``repr``
@@ -31,6 +32,7 @@ consumed.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import pickle
@@ -43,16 +45,15 @@ from typing import Any, Literal
 
 from pydantic_core import to_jsonable_python
 
-from shoal.outcome import jsonable
-
 __all__ = [
-    "ENCODE_TIMEOUT", "MAX_VALUE_BYTES", "VIEW_ITEMS", "VIEW_TEXT", "DamagedValueError",
-    "Encoded", "Encoding",
-    "decode_value", "encode_value", "is_plain_json", "view_value",
+    "BYTES_TAG", "ENCODE_TIMEOUT", "MAX_VALUE_BYTES", "VIEW_ITEMS", "VIEW_TEXT",
+    "DamagedValueError", "Encoded", "Encoding",
+    "decode_value", "encode_value", "is_plain_json", "untag_bytes", "view_value",
 ]  # fmt: skip
 
 Encoding = Literal["json", "pickle", "repr"]
 
+BYTES_TAG = "$bytes"  # a view's bytes: {"$bytes": URL-safe base64, "size": n when cut}
 MAX_VALUE_BYTES = 64 * 2**20  # a stored value's limit: bigger ones are kept as a note only
 ENCODE_TIMEOUT = 10.0  # seconds a value's own code (pickling, its view) may take
 VIEW_ITEMS = 2000  # items (containers and scalars) a view shows at most
@@ -237,7 +238,7 @@ def _viewable(value: Any, depth: int, left: list[int], path: set[int]) -> Any:
     if kind is int:
         return value if -_BIG < value < _BIG else f"<int of {value.bit_length()} bits>"
     if kind in (bytes, bytearray):
-        return jsonable(bytes(value[:VIEW_TEXT]))
+        return _bytes_view(value)
     if kind in _CONTAINERS:
         if depth >= VIEW_DEPTH:
             return "…"
@@ -258,6 +259,15 @@ def _viewable(value: Any, depth: int, left: list[int], path: set[int]) -> Any:
     except Exception:  # a model whose serialiser fails
         return _short_repr(value)
     return _viewable(data, depth, left, path) if depth < VIEW_DEPTH else "…"
+
+
+def _bytes_view(value: bytes | bytearray) -> dict[str, Any]:
+    """Bytes as a :data:`BYTES_TAG` object, so that a view tells them apart from text."""
+    shown: dict[str, Any] = {
+        BYTES_TAG: base64.urlsafe_b64encode(bytes(value[:VIEW_TEXT])).decode("ascii")}
+    if len(value) > VIEW_TEXT:
+        shown["size"] = len(value)
+    return shown
 
 
 def _container_view(value: Any, depth: int, left: list[int], path: set[int]) -> Any:
@@ -402,3 +412,22 @@ class DamagedValueError(ValueError):
 def view_value(view: str | None) -> Any:
     """The JSON view of a stored value, for display (``None`` when there is none)."""
     return None if view is None else json.loads(view)
+
+
+def untag_bytes(data: Any) -> Any:
+    """A view's data with its :data:`BYTES_TAG` objects as ``bytes``, for display.
+
+    Views written before bytes were tagged hold them as text or base64: those stay the
+    strings they are.
+    """
+    if isinstance(data, list):
+        return [untag_bytes(item) for item in data]
+    if not isinstance(data, dict):
+        return data
+    tagged = data.get(BYTES_TAG)
+    if type(tagged) is str and set(data) <= {BYTES_TAG, "size"}:
+        try:
+            return base64.urlsafe_b64decode(tagged.encode("ascii"))
+        except (ValueError, UnicodeError):  # not base64: a dict of the tool's own
+            pass
+    return {key: untag_bytes(item) for key, item in data.items()}
