@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import os
 import select
-import subprocess
 import sys
 import threading
 import time
@@ -110,16 +109,25 @@ def _hand_over(read_end: int) -> None:
     such writer has closed the pipe, at once when there is none. Without ``cat``, the pipe is
     closed as before.
     """
-    _HANDED[:] = [cat for cat in _HANDED if cat.poll() is None]
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        _HANDED.append(subprocess.Popen(["cat"], stdin=read_end, stdout=1,
-                                        stderr=subprocess.DEVNULL, start_new_session=True))
+    _reap_handed()
+    with contextlib.suppress(OSError):  # spawned, not Popen: no object to warn when collected
+        _HANDED.append(os.posix_spawnp("cat", ["cat"], os.environ, setsid=True, file_actions=[
+            (os.POSIX_SPAWN_DUP2, read_end, 0),
+            (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0)]))
     os.close(read_end)
 
 
-#: the ``cat`` processes of :func:`_hand_over` still copying (held: a running child's object
-#: must not be collected, and one that has ended is reaped here)
-_HANDED: list[subprocess.Popen[bytes]] = []
+#: the ``cat`` processes of :func:`_hand_over` not yet reaped
+_HANDED: list[int] = []
+
+
+def _reap_handed() -> None:
+    """Reap the ``cat`` processes of earlier views that have ended (no zombies pile up)."""
+    for pid in list(_HANDED):
+        with contextlib.suppress(ChildProcessError):
+            if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                continue  # still copying
+        _HANDED.remove(pid)
 
 
 def _relay(read_end: int, console: Console, ended: threading.Event) -> None:
