@@ -87,7 +87,12 @@ from shoal.exceptions import (
     WorkerCrashedError,
 )
 from shoal.executors._errors import error_reply, rebuild_error
-from shoal.executors._results import call_on_thread, unasked_cancel_error, unawaited_result
+from shoal.executors._results import (
+    call_on_thread,
+    stop_iteration_error,
+    unasked_cancel_error,
+    unawaited_result,
+)
 from shoal.executors._shipping import dumps, dumps_callable, loads, loads_callable
 from shoal.executors._tracing import joined
 from shoal.executors.base import Call, Executor
@@ -214,6 +219,8 @@ def run_task(call: bytes) -> tuple[bytes, str]:
         raise
     except asyncio.CancelledError as exc:
         return error_reply(unasked_cancel_error(name, exc)), _here()
+    except StopIteration as exc:  # a sync tool's (Python turns a coroutine's into RuntimeError)
+        return error_reply(stop_iteration_error(exc)), _here()  # the error threads give
     except BaseException as exc:  # SystemExit too: the tool failed, the worker lives on
         return error_reply(exc), _here()
     return _ok_reply(name, value), _here()
