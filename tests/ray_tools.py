@@ -67,6 +67,19 @@ async def fail_async(message: str, code: int) -> None:
 
 
 @tool
+def raise_cancelled() -> None:
+    """Raise ``CancelledError`` though nothing cancelled the call."""
+    raise asyncio.CancelledError("from the tool")
+
+
+@tool
+async def raise_cancelled_async() -> None:
+    """Raise ``CancelledError`` after an ``await``, though nothing cancelled the call."""
+    await asyncio.sleep(0)
+    raise asyncio.CancelledError("from the tool")
+
+
+@tool
 def span(seconds: float) -> tuple[float, float]:
     """Sleep; return the (start, end) wall-clock times, for overlap checks."""
     start = time.time()

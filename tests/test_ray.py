@@ -110,6 +110,28 @@ def test_values_and_typed_errors_come_back_intact(kind: str,
 
 
 @pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("resources", [None, FREE], ids=["task", "pool"])
+def test_a_tool_raising_cancelled_error_itself_fails_saying_so(
+        kind: str, resources: dict[str, int] | None) -> None:
+    # the contract of the other backends: nothing cancelled the call, so it is the tool's
+    # failure (retried as one), not a crashed worker or a cancellation
+    extra = {} if resources is None else {"resources": resources}
+    bad = on_ray(rt.pick(rt.raise_cancelled, rt.raise_cancelled_async, kind), retries=1,
+                 backoff=0.01, **extra)
+    plan = Plan()
+    ref = plan.call(bad)
+    sibling = plan.call(on_ray(rt.echo, resources=FREE), value="kept")
+    result = run(plan)
+    out = result[ref]
+    assert out.status == "failed" and out.attempts == 2, out
+    assert out.error is not None and out.error.type == "shoal.exceptions.ToolDefinitionError"
+    assert out.error.message.startswith(f"tool {bad.name!r} raised CancelledError, but nothing "
+                                        "cancelled its call"), out.error.message
+    assert bad.fn.__name__ in out.error.traceback  # the cause: where the tool raised it
+    assert result.value(sibling) == "kept"
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_sync_and_async_tools_run_in_ray_workers(kind: str) -> None:
     where = rt.pick(rt.where, rt.where_async, kind)
     plan = Plan()

@@ -140,7 +140,8 @@ def test_a_sync_tool_raising_stop_iteration_fails_instead_of_hanging(isolation: 
     outcome = run_one(ut.stops, isolation)  # used to wait forever on the thread backend
     assert outcome.status == "failed" and outcome.error is not None
     assert outcome.error.type == "RuntimeError"
-    assert "StopIteration" in outcome.error.message
+    assert outcome.error.message == "the tool raised StopIteration('u')"  # the same everywhere
+    assert "StopIteration: u" in outcome.error.traceback  # the tool's own, as the cause
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs ray")
@@ -160,4 +161,7 @@ def test_a_sync_tool_raising_stop_iteration_fails_on_rays_actor_pool() -> None:
     for node in (pooled, task):
         error = result[node].error
         assert result[node].status == "failed" and error is not None, result[node]
-        assert "StopIteration" in error.message
+        # as on threads: a Ray task sent it back bare, and the driver's coroutine said only
+        # "coroutine raised StopIteration"
+        assert error.type == "RuntimeError"
+        assert error.message == "the tool raised StopIteration('u')"

@@ -51,7 +51,11 @@ from typing import IO, Any
 # before "ready", keeps it out of the first call's measured time.
 from shoal.exceptions import SerializationError
 from shoal.executors._errors import error_reply
-from shoal.executors._results import unasked_cancel_error, unawaited_result
+from shoal.executors._results import (
+    stop_iteration_error,
+    unasked_cancel_error,
+    unawaited_result,
+)
 from shoal.executors._shipping import dumps, loads, loads_callable
 from shoal.executors._tracing import joined
 
@@ -162,6 +166,8 @@ def run_call(message: tuple[Any, ...], cpu_seconds: int | None) -> bytes:
     except BaseException as exc:  # SystemExit too: the tool failed, the worker lives on
         if _cancelled(exc):  # nothing cancels a call here (a stop kills the worker): the
             return error_reply(unasked_cancel_error(name, exc))  # tool's own doing
+        if isinstance(exc, StopIteration):  # a sync tool's: the error threads give it
+            return error_reply(stop_iteration_error(exc))
         return error_reply(exc)
     del args  # free large arguments before the result is pickled
     unawaited = unawaited_result(name, value)  # a coroutine would not even pickle

@@ -87,7 +87,12 @@ from shoal.exceptions import (
     WorkerCrashedError,
 )
 from shoal.executors._errors import error_reply, rebuild_error
-from shoal.executors._results import call_on_thread, unawaited_result
+from shoal.executors._results import (
+    call_on_thread,
+    stop_iteration_error,
+    unasked_cancel_error,
+    unawaited_result,
+)
 from shoal.executors._shipping import dumps, dumps_callable, loads, loads_callable
 from shoal.executors._tracing import joined
 from shoal.executors.base import Call, Executor
@@ -196,18 +201,35 @@ def run_task(call: bytes) -> tuple[bytes, str]:
     """One call (from :func:`_pack`) as a Ray task: its reply (bytes) and the node it ran on.
 
     Every outcome becomes a reply; ``KeyboardInterrupt`` (how ``ray.cancel`` stops a task)
-    and cancellation propagate.
+    propagates. A ``CancelledError`` is the tool's own: ``ray.cancel`` never raises one here
+    (``asyncio.run`` turns its interrupt into ``KeyboardInterrupt`` too), so it fails the call
+    as on the other backends.
     """
     _take_sigint()
     try:
         name, is_async, fn, args, trace = _unpack(call)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # SystemExit too (from the tool's module, say)
+        return error_reply(exc), _here()
+    try:
         with joined(trace):
             value = asyncio.run(fn(**args)) if is_async else fn(**args)
-    except (KeyboardInterrupt, asyncio.CancelledError):
+    except KeyboardInterrupt:
         raise
+    except asyncio.CancelledError as exc:
+        return error_reply(unasked_cancel_error(name, exc)), _here()
+    except StopIteration as exc:  # a sync tool's (Python turns a coroutine's into RuntimeError)
+        return error_reply(stop_iteration_error(exc)), _here()  # the error threads give
     except BaseException as exc:  # SystemExit too: the tool failed, the worker lives on
         return error_reply(exc), _here()
     return _ok_reply(name, value), _here()
+
+
+def _cancel_asked() -> bool:
+    """Whether ``ray.cancel`` cancelled the running call (its actor task), not the tool."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 class PoolWorker:
@@ -219,10 +241,15 @@ class PoolWorker:
     async def run(self, call: bytes) -> tuple[bytes, str]:
         """One call (from :func:`_pack`): async tools on this loop, sync tools on threads.
 
-        Returns the reply and the node this actor runs on.
+        Returns the reply and the node this actor runs on. ``ray.cancel`` of the call cancels
+        this task, which propagates; a ``CancelledError`` nobody asked for is the tool's own,
+        and fails the call as on the other backends.
         """
         try:
             name, is_async, fn, args, trace = _unpack(call)
+        except BaseException as exc:
+            return error_reply(exc), _here()
+        try:
             with joined(trace):  # this task's context; a thread gets a copy of it
                 if is_async:
                     value = await fn(**args)
@@ -231,8 +258,10 @@ class PoolWorker:
                     value = await loop.run_in_executor(
                         self._threads, functools.partial(contextvars.copy_context().run,
                                                          call_on_thread, fn, args))
-        except asyncio.CancelledError:  # ray.cancel of this call
-            raise
+        except asyncio.CancelledError as exc:
+            if _cancel_asked():
+                raise
+            return error_reply(unasked_cancel_error(name, exc)), _here()
         except BaseException as exc:
             return error_reply(exc), _here()
         return _ok_reply(name, value), _here()
