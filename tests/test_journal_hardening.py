@@ -109,9 +109,12 @@ def journal_failure_lines(stderr: str) -> list[str]:
             or "cannot write" in line]
 
 
-def test_a_journal_that_fills_up_stops_the_run_with_one_line_saying_what_to_do(
-        tmp_path: Path) -> None:
-    # a file size limit stands for a full disk: SQLite's writes fail part way through the run
+def run_until_the_journal_fills_up(tmp_path: Path, *options: str
+                                   ) -> subprocess.CompletedProcess[str]:
+    """``shoal run`` of a map of 3,000 items whose journal file hits a size limit mid-run.
+
+    A file size limit stands for a full disk: SQLite's writes fail part way through the run.
+    """
     path = journal_with_a_run(tmp_path)
     (tmp_path / "plan.yaml").write_text(
         "nodes:\n  - {id: i, tool: 'tests.test_journal_hardening:items', args: {n: 3000}}\n"
@@ -122,10 +125,16 @@ def test_a_journal_that_fills_up_stops_the_run_with_one_line_saying_what_to_do(
     def small_files() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    done = subprocess.run(
-        [sys.executable, "-m", "shoal.cli.app", "run", "plan.yaml", "--store", str(path)],
+    return subprocess.run(
+        [sys.executable, "-m", "shoal.cli.app", "run", "plan.yaml", "--store", str(path),
+         *options],
         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"},
         capture_output=True, text=True, timeout=120, preexec_fn=small_files, check=False)
+
+
+def test_a_journal_that_fills_up_stops_the_run_with_one_line_saying_what_to_do(
+        tmp_path: Path) -> None:
+    done = run_until_the_journal_fills_up(tmp_path)
     assert done.returncode == 2, done.stderr
     (line,) = journal_failure_lines(done.stderr)  # said once, not logged and raised both
     assert line.startswith("error: the journal of run ") and "so the run stopped" in line
@@ -135,21 +144,7 @@ def test_a_journal_that_fills_up_stops_the_run_with_one_line_saying_what_to_do(
 @pytest.mark.parametrize("as_json", [False, True])
 def test_a_run_whose_journal_fails_shows_the_calls_it_ran(tmp_path: Path, as_json: bool) -> None:
     # the calls that ran before the journal failed had their effects: the user must see them
-    path = journal_with_a_run(tmp_path)
-    (tmp_path / "plan.yaml").write_text(
-        "nodes:\n  - {id: i, tool: 'tests.test_journal_hardening:items', args: {n: 3000}}\n"
-        "  - {id: each, tool: 'tests.test_journal_hardening:echo', map: {over: $i, "
-        "item_arg: text}}\n")
-    limit = path.stat().st_size + 200_000
-
-    def small_files() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    done = subprocess.run(
-        [sys.executable, "-m", "shoal.cli.app", "run", "plan.yaml", "--store", str(path),
-         *(["--json"] if as_json else [])],
-        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"},
-        capture_output=True, text=True, timeout=120, preexec_fn=small_files, check=False)
+    done = run_until_the_journal_fills_up(tmp_path, *(["--json"] if as_json else []))
     assert done.returncode == 2, done.stderr
     assert len(journal_failure_lines(done.stderr)) == 1  # the error, said once
     if not as_json:
