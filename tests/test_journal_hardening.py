@@ -5,6 +5,7 @@ Every case runs the real ``shoal`` command in a subprocess on a real SQLite file
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -65,20 +66,27 @@ def read_only_dir(tmp_path: Path) -> Iterator[Path]:
         yield source
         source.chmod(0o755)
         return
+    with bound_read_only(source, mounted, "folder"):
+        yield mounted
+
+
+@contextlib.contextmanager
+def bound_read_only(source: Path, target: Path, what: str) -> Iterator[None]:
+    """``source`` bind-mounted read-only at ``target`` (as root); the test skips where not."""
     mount = shutil.which("mount")
     done = mount and subprocess.run(
-        [mount, "--bind", str(source), str(mounted)], capture_output=True, check=False)
+        [mount, "--bind", str(source), str(target)], capture_output=True, check=False)
     if not done or done.returncode:
-        pytest.skip("cannot make a read-only folder here")
+        pytest.skip(f"cannot make a read-only {what} here")
     try:
-        if subprocess.run([mount, "-o", "remount,bind,ro", str(mounted)],  # type: ignore[list-item]
+        if subprocess.run([mount, "-o", "remount,bind,ro", str(target)],  # type: ignore[list-item]
                           capture_output=True, check=False).returncode:
             pytest.skip("cannot remount read-only here")
-        yield mounted
+        yield
     finally:
         # lazily: a journal still open in this process must not keep the mount (and the
         # machine's mount table) around after the test
-        subprocess.run(["umount", "--lazy", str(mounted)], capture_output=True, check=False)
+        subprocess.run(["umount", "--lazy", str(target)], capture_output=True, check=False)
 
 
 def test_a_read_only_journal_is_listed_and_shown_and_refused_for_writing(
@@ -171,18 +179,8 @@ def read_only_file(tmp_path: Path) -> Iterator[Path]:
         yield path
         path.chmod(0o644)
         return
-    mount = shutil.which("mount")
-    done = mount and subprocess.run([mount, "--bind", str(path), str(path)],
-                                    capture_output=True, check=False)
-    if not done or done.returncode:
-        pytest.skip("cannot make a read-only file here")
-    try:
-        if subprocess.run([mount, "-o", "remount,bind,ro", str(path)],  # type: ignore[list-item]
-                          capture_output=True, check=False).returncode:
-            pytest.skip("cannot remount read-only here")
+    with bound_read_only(path, path, "file"):
         yield path
-    finally:
-        subprocess.run(["umount", "--lazy", str(path)], capture_output=True, check=False)
 
 
 @shoal.tool
