@@ -27,8 +27,9 @@ from tests.conftest import arun, pid_gone, until, wait_until
 ROOT = Path(__file__).resolve().parents[1]
 CALLS = 50
 EXIT_WITHIN = 2.0  # seconds from Ctrl-C to the process having exited
-# the same with 50 worker processes to stop: 0.5 s idle (1.5 s while they are still being
-# forked), 3-5 s on a machine loaded ten times over its cores; the bound is for a hang
+# the same with 50 worker processes to stop (killed together: one walk of /proc for all):
+# 0.2-0.4 s whether or not they are still being forked (0.5 and 1-1.5 s when each was killed
+# in turn), more on a machine loaded many times over its cores; the bound is for a hang
 PROCESSES_EXIT_WITHIN = 8.0
 
 TOOLS = textwrap.dedent('''

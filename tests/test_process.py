@@ -35,6 +35,7 @@ from shoal import (
     WorkerCrashedError,
     tool,
 )
+from shoal.executors import _reaper
 from shoal.executors.base import Call
 from shoal.executors.process import (
     ALLOWED_ENV,
@@ -594,6 +595,41 @@ def test_cancelling_a_run_kills_every_busy_worker(tmp_path: Path) -> None:
             assert all(gone(p) for p in pids), time.perf_counter() - t0
             print(f"\ncancel of {count} busy workers: all gone in {time.perf_counter() - t0:.3f} s")
             assert live_workers() == []
+
+    arun(main(), timeout=SLOW)
+
+
+def test_cancelling_a_run_kills_its_workers_together_with_one_look_at_the_process_table(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed one at a time, each worker cost two walks of ``/proc`` while the rest ran on."""
+    count = 8
+    walks = 0
+    walk = _reaper._parents
+
+    def counted() -> dict[int, int]:
+        nonlocal walks
+        walks += 1
+        return walk()
+
+    async def main() -> None:
+        async with Runtime(process_workers=count) as runtime:
+            plan = Plan()
+            for i in range(count):
+                plan.call(pt.spawn_and_sleep, pid_file=str(tmp_path / f"{i}.pid"))
+            handle = runtime.start(plan)
+            files = [tmp_path / f"{i}.pid" for i in range(count)]
+            await until(lambda: all(f.exists() and f.read_text() for f in files), every=0.05)
+            sleeps = [int(f.read_text()) for f in files]
+            workers = [w.pid for w in live_workers()]
+            assert len(workers) == count
+            monkeypatch.setattr(_reaper, "_parents", counted)
+            handle.cancel()
+            result = await handle
+            assert result.counts["cancelled"] == count
+            assert walks <= 3, walks  # one that freezes every tree, one that finds no more
+            await until(lambda: all(gone(p) for p in workers), within=10.0)
+            await until(lambda: not any(psutil.pid_exists(p) and not gone(p)
+                                               for p in sleeps), within=10.0)
 
     arun(main(), timeout=SLOW)
 

@@ -107,7 +107,7 @@ from shoal.exceptions import (
 )
 from shoal.executors._errors import rebuild_error
 from shoal.executors._process_ref import ProcessRef, pidfds_work
-from shoal.executors._reaper import kill_tree
+from shoal.executors._reaper import kill_trees
 from shoal.executors._sandbox import problem as sandbox_problem
 from shoal.executors._shipping import dumps, dumps_callable
 from shoal.executors._template import PID, STATUS, exit_code, fork_supported
@@ -529,6 +529,7 @@ class _Worker:
         self._write_pipe: asyncio.WriteTransport | None = None
         self.retired = False  # stopped by the pool itself (close), not by a crash
         self.loaded: set[bytes] = set()  # tool functions this worker has imported already
+        self.kill_queued: _KillBatch | None = None  # to be killed on the loop's next turn
 
     async def connect(self, cmd_fd: int, reply_fd: int) -> None:
         """Attach the parent's pipe ends to the event loop; the transports own them from here."""
@@ -575,7 +576,7 @@ class _Worker:
         before its ``returncode`` is set) is left alone, whoever holds its pid now.
         """
         if self.proc.returncode is None:
-            kill_tree(self.ref)
+            kill_trees([self.ref])
 
     async def reap(self, *, group: bool = False) -> int:
         """Wait for the process to end (killing it if it lingers); close the pipes.
@@ -584,6 +585,8 @@ class _Worker:
         (processes its tool left there would outlive it), while the group's id is still its.
         """
         try:
+            if self.kill_queued is not None:  # its batch has not been killed yet: now
+                self.kill_queued.kill()
             try:
                 code = await asyncio.wait_for(self.proc.wait(), _REAP_GRACE)
             except TimeoutError:  # closed its reply pipe yet lives on: not ours to wait for
@@ -632,12 +635,42 @@ def _kill_pids(refs: set[ProcessRef], templates: list[_TemplateHandle]) -> None:
     Through each worker's :class:`ProcessRef`: a worker that died with its template was reaped
     by whoever inherited it, and its pid may belong to another process by now.
     """
+    kill_trees(list(refs))
     for ref in list(refs):
-        kill_tree(ref)
         ref.close()
     refs.clear()
     for template in list(templates):
         template.stop()
+
+
+class _KillBatch:
+    """Workers to kill together, on the next turn of the event loop that queued them.
+
+    Stopping a run cancels each of its calls in a task of its own, and each one's worker is
+    killed as its task handles the cancel. Killed one at a time, each kill walked ``/proc``
+    twice (the worker's tree, then a pass that finds nothing new) while the workers not yet
+    killed, many still starting, kept the cores busy: with fifty of them, most of a second
+    (seconds on a loaded machine) between Ctrl-C and exit. Queued here instead, the workers
+    that one turn stops are killed by one :func:`kill_trees`.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.workers: list[_Worker] = []
+
+    def add(self, worker: _Worker) -> None:
+        """Queue ``worker``; the first one queued has the batch killed on the next turn."""
+        worker.kill_queued = self
+        self.workers.append(worker)
+        if len(self.workers) == 1:
+            self.loop.call_soon(self.kill)
+
+    def kill(self) -> None:
+        """Kill every queued worker not reaped yet, with all they started (idempotent)."""
+        workers, self.workers = self.workers, []
+        for worker in workers:
+            worker.kill_queued = None
+        kill_trees([w.ref for w in workers if w.proc.returncode is None])
 
 
 class _Lane:
@@ -656,6 +689,7 @@ class _Lane:
         self.freed = asyncio.Event()  # a worker became idle or went away (any loop's)
         self.spawning = asyncio.Lock()  # one fork/exec at a time: see _spawn_once
         self.waiting = 0  # callers of this loop waiting for room in the pool
+        self.kills = _KillBatch(loop)  # workers this loop stopped, killed on its next turn
 
     def wake(self) -> None:
         """Wake this loop's callers waiting for room; from any thread."""
@@ -1148,8 +1182,26 @@ class ProcessExecutor(Executor):
     async def _discard(self, worker: _Worker) -> None:
         """Kill and reap a worker; a second cancellation cannot stop the reaping."""
         self._forget(worker)
-        worker.kill()  # at once: whatever happens to this task, the process stops now
+        self._kill_soon(worker)
         await asyncio.shield(self._reap(worker))
+
+    @staticmethod
+    def _kill_soon(worker: _Worker) -> None:
+        """Kill ``worker`` on this loop's next turn, with the others stopped in this one.
+
+        Whatever happens to the caller's task, the process stops then: the loop runs the
+        batch's callback before the reaping task this caller starts (queued after it), and
+        the reaping kills the batch itself should it come first. Off the worker's own loop
+        (it is not running here), it is killed at once.
+        """
+        try:
+            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if worker.lane.loop is here and not here.is_closed():
+            worker.lane.kills.add(worker)
+        else:
+            worker.kill()
 
     async def _reap(self, worker: _Worker, *, group: bool = False) -> int:
         try:
