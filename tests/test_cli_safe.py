@@ -43,6 +43,7 @@ from shoal.outcome import ErrorInfo, Outcome, RunResult
 from shoal.scheduler.driver import Snapshot
 from shoal.store.base import ApprovalRecord, AttemptRecord, RunRecord, StoredOutcome
 from tests.cli_process import run_cli
+from tests.conftest import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -627,6 +628,14 @@ def test_a_program_that_outlives_the_view_goes_on_printing_to_the_terminal(
         time.sleep(0.05)
         printed += capfd.readouterr().out
     assert [f"still here {i}" for i in range(20)] == printed.splitlines()
+    # the writer gone, the cat ends: reaped, it leaves no zombie child (later tests count them)
+    assert wait_until(all_cats_reaped, timeout=30)
+
+
+def all_cats_reaped() -> bool:
+    """Reap the live view's ended ``cat`` processes; whether none is left."""
+    live._reap_handed()
+    return not live._HANDED
 
 
 SLOW = textwrap.dedent('''
