@@ -574,18 +574,24 @@ def test_fifty_megabytes_in_and_out() -> None:
 # ---- (10) cancellation ---------------------------------------------------------------------------
 
 
+async def start_writing_pids(runtime: Runtime, tool: Any, folder: Path,
+                             count: int) -> tuple[shoal.RunHandle, list[int]]:
+    """Start ``count`` calls of ``tool``, each writing a pid to its file; those pids, written."""
+    plan = Plan()
+    for i in range(count):
+        plan.call(tool, pid_file=str(folder / f"{i}.pid"))
+    handle = runtime.start(plan)
+    files = [folder / f"{i}.pid" for i in range(count)]
+    await until(lambda: all(f.exists() and f.read_text() for f in files), every=0.05)
+    return handle, [int(f.read_text()) for f in files]
+
+
 def test_cancelling_a_run_kills_every_busy_worker(tmp_path: Path) -> None:
     count = 20
 
     async def main() -> None:
         async with Runtime(process_workers=count) as runtime:
-            plan = Plan()
-            for i in range(count):
-                plan.call(pt.sleep_forever, pid_file=str(tmp_path / f"{i}.pid"))
-            handle = runtime.start(plan)
-            files = [tmp_path / f"{i}.pid" for i in range(count)]
-            await until(lambda: all(f.exists() and f.read_text() for f in files), every=0.05)
-            pids = [int(f.read_text()) for f in files]
+            handle, pids = await start_writing_pids(runtime, pt.sleep_forever, tmp_path, count)
             t0 = time.perf_counter()
             handle.cancel()
             result = await handle
@@ -613,13 +619,8 @@ def test_cancelling_a_run_kills_its_workers_together_with_one_look_at_the_proces
 
     async def main() -> None:
         async with Runtime(process_workers=count) as runtime:
-            plan = Plan()
-            for i in range(count):
-                plan.call(pt.spawn_and_sleep, pid_file=str(tmp_path / f"{i}.pid"))
-            handle = runtime.start(plan)
-            files = [tmp_path / f"{i}.pid" for i in range(count)]
-            await until(lambda: all(f.exists() and f.read_text() for f in files), every=0.05)
-            sleeps = [int(f.read_text()) for f in files]
+            handle, sleeps = await start_writing_pids(runtime, pt.spawn_and_sleep, tmp_path,
+                                                      count)
             workers = [w.pid for w in live_workers()]
             assert len(workers) == count
             monkeypatch.setattr(_reaper, "_parents", counted)
