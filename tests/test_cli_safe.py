@@ -609,6 +609,29 @@ def test_the_relay_stops_draining_a_writer_that_never_stops(monkeypatch: pytest.
     assert printed.count("again") > 10 and "\x1b" not in printed
 
 
+def test_the_relay_shows_a_line_without_end_in_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a program writing megabytes with no newline (a progress bar, a binary): held whole
+    # until its end, it grew the relay's memory without bound and showed nothing meanwhile
+    monkeypatch.setattr(live, "RELAY_LINE", 1000)
+    read_end, write_end = os.pipe()
+    console = Console(file=io.StringIO(), force_terminal=False, width=80, soft_wrap=True)
+    ended = threading.Event()
+    relay = threading.Thread(target=live._relay, args=(read_end, console, ended))
+    relay.start()
+    try:
+        os.write(write_end, b"x" * 5000)
+        deadline = time.monotonic() + 30
+        while "x" * 1000 not in console.file.getvalue() and time.monotonic() < deadline:  # type: ignore[attr-defined]
+            time.sleep(0.02)
+        assert "x" * 1000 in console.file.getvalue()  # type: ignore[attr-defined]
+    finally:
+        os.close(write_end)
+        ended.set()
+        relay.join(timeout=30)
+        os.close(read_end)
+    assert console.file.getvalue().count("x") == 5000  # type: ignore[attr-defined]
+
+
 def test_a_program_that_outlives_the_view_goes_on_printing_to_the_terminal(
         capfd: pytest.CaptureFixture[str]) -> None:
     # the pipe closed at the view's end killed such a program (SIGPIPE) at its next line

@@ -38,6 +38,7 @@ REFRESH_PER_SECOND = 8
 MAX_RUNNING_ROWS = 15
 SHOW_CURSOR = b"\x1b[?25h"  # Live hides the cursor; a hard exit must give it back
 RELAY_POLL = 0.05  # seconds between the relay's looks at whether the view has ended
+RELAY_LINE = 65536  # bytes of a line without its end that the relay holds before showing them
 RELAY_DRAIN = 1.0  # seconds the relay goes on printing what still comes once the view ended
 
 
@@ -144,6 +145,9 @@ def _relay(read_end: int, console: Console, ended: threading.Event) -> None:
         chunk = os.read(read_end, 65536) if ready else b""
         if chunk:
             *lines, pending = (pending + chunk).split(b"\n")
+            if len(pending) > RELAY_LINE:  # a line without end (a binary, a progress bar):
+                lines.append(pending)      # shown in pieces, not held in memory whole
+                pending = b""
             _print_lines(console, lines)
         elif ended.is_set() or ready:  # dry after the end, or every writer closed it
             break
