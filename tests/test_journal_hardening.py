@@ -25,6 +25,7 @@ import shoal
 from shoal.exceptions import StoreError
 from shoal.store.claims import process_alive, process_start
 from shoal.store.sqlite import SQLiteStore
+from shoal.testing import ScriptedModel, call
 from tests.cli_process import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,6 +165,45 @@ def test_a_run_whose_journal_fails_shows_the_calls_it_ran(tmp_path: Path, as_jso
     outcomes = {o["node_id"]: o for o in shown["result"]["outcomes"]}
     assert outcomes["i"]["status"] == "ok" and len(outcomes["i"]["value"]) == 3000
     assert len(outcomes) > 1  # the map's items that had begun or ended, too
+
+
+@shoal.tool
+def cap_journal() -> str:
+    """Let no file of this process grow any more: the journal's next growth fails (EFBIG)."""
+    biggest = max(path.stat().st_size for path in Path.cwd().glob("runs.db*") if path.is_file())
+    resource.setrlimit(resource.RLIMIT_FSIZE, (biggest, biggest))
+    return "capped"
+
+
+# its second turn's call makes the journal fail as it records that call's end
+CAPPING_AGENT = shoal.Agent(name="lead", model=ScriptedModel([
+    [call("items", n=1)], [call("cap_journal")], "never asked for"]),
+    tools=[items, cap_journal])
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_an_agent_whose_journal_fails_stops_and_shows_what_it_ran(tmp_path: Path,
+                                                                  as_json: bool) -> None:
+    # the CLI printed the error alone (the run's end record, failing as well, hid the run's
+    # result), and the agent asked its model again after its steps run had stopped
+    path = journal_with_a_run(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "shoal.cli.app", "run", "tests.test_journal_hardening:CAPPING_AGENT",
+         "go", "--store", str(path), *(["--json"] if as_json else [])],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"},
+        capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2, done.stderr
+    if not as_json:
+        (line,) = journal_failure_lines(done.stderr)  # the error, said once
+        assert line.startswith("error: the journal of run ") and "free some space" in line
+        assert "lead  failed" in done.stdout and "items#1  ok" in done.stdout
+        assert "cap_journal#1  ok" in done.stdout  # ran: it shows as it ended
+        return
+    shown = json.loads(done.stdout)
+    assert shown["status"] == "failed" and shown["error"]["type"] == "JournalWriteError"
+    assert [c["tool"] for c in shown["calls"]] == ["items", "cap_journal"]
+    assert shown["calls"][0]["status"] == "ok"  # ran before: its effects happened
+    assert shown["usage"]["requests"] == 2  # not asked again once its journal had failed
 
 
 @pytest.fixture

@@ -274,6 +274,13 @@ class RunHandle:
         """The outcomes recorded so far, without waiting for the run to end."""
         return self._driver.result()
 
+    def stopped_by(self) -> BaseException | None:
+        """The error that stopped the run before its end (a journal that failed), or ``None``.
+
+        Known as soon as the run stops, while its calls are still being cancelled.
+        """
+        return self._driver.stopped_by()
+
 
 def _node_ids(node: Ref | str | Iterable[Ref | str]) -> list[str]:
     if isinstance(node, Ref):

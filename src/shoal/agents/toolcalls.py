@@ -514,6 +514,7 @@ class CallStream:
                             cancelled = True
                 _fill_outcomes(outcomes, handle.started_at_epoch, self._planned,
                                self._lineages, self.taken, self._records, self._turn)
+                _raise_if_stopped(handle)
             elif self._run is not None:
                 self._run.close()
                 result, cancelled = await _settled(self._run.handle)
@@ -581,6 +582,17 @@ async def settle(handle: RunHandle) -> RunResult:
     if cancelled:
         raise asyncio.CancelledError
     return result
+
+
+def _raise_if_stopped(handle: RunHandle) -> None:
+    """Raise the error that stopped a shared run (its journal failed, say).
+
+    Called once the turn's calls have their outcomes: the agent must not ask its model again
+    as if nothing had happened.
+    """
+    error = handle.stopped_by()
+    if error is not None:
+        raise error
 
 
 T = TypeVar("T")

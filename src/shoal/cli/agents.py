@@ -44,11 +44,13 @@ from shoal.events import Event, JsonlSink, ModelRetrying, ModelServerStarted, Mo
 from shoal.exceptions import (
     AgentError,
     ConfigError,
+    JournalWriteError,
     MissingAPIKeyError,
     MissingDependencyError,
     ModelError,
     PlanError,
     ScriptError,
+    StoreError,
     describe_exception,
 )
 from shoal.models import resolve_model
@@ -63,6 +65,7 @@ REFRESH_PER_SECOND = 8
 ANSWER_WIDTH = 20_000  # characters of the answer shown (--json has it whole)
 NOTICE_WIDTH = 500  # characters of a line saying what a model waits for
 PLAN_SUFFIXES = (".yaml", ".yml", ".json")
+EXIT_JOURNAL_FAILED = 2  # as ``shoal run PLAN`` says a journal that failed mid-run
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +220,8 @@ def run_agent_target(options: AgentOptions, console: Console, live: bool) -> int
     _print(result, error, options.as_json, console, view, composed=composed)
     if interrupted:
         return EXIT_INTERRUPTED
+    if _journal_failed(error):  # the run's calls are shown above, and what to do
+        return EXIT_JOURNAL_FAILED
     return 0 if error is None else 1
 
 
@@ -320,14 +325,17 @@ async def _watch(run: Cancellable, result_of: Awaitable[AgentResult[Any]], run_i
     """Follow a started agent or composition to its end; close the runtime after.
 
     The live tree (or nothing), Ctrl-C, and the journal's heartbeat, which also brings
-    ``shoal cancel`` from another process.
+    ``shoal cancel`` from another process. A journal that cannot be written stops the run
+    (as it stops a plan's) and is the error returned, beside the result so far: the calls
+    that ran are shown, never lost behind the error.
     """
     journal = options.journal
     if journal is not None:
         announce(journal.run_id, options.resume, getattr(journal.store, "path", "the store"))
-    beating = (asyncio.ensure_future(journal.beat(lambda why: run.cancel(reason=why)))
-               if journal is not None else None)  # shoal cancel RUN from another process
+    beating = (asyncio.ensure_future(_beat(journal, run)) if journal is not None
+               else None)  # shoal cancel RUN from another process
     result: AgentResult[Any] | None = None
+    error: BaseException | None = None
     interrupted = False
     try:
         with CtrlC(run, on_hard_exit=partial(show_cursor, console) if live else _no_cursor
@@ -335,19 +343,54 @@ async def _watch(run: Cancellable, result_of: Awaitable[AgentResult[Any]], run_i
             try:
                 result = await (_follow(result_of, run_id, console, view, options.pause)
                                 if live else result_of)
-                interrupted = ctrl_c.interrupted
-                return result, None if result.ok else result.error, interrupted
-            except (AgentError, ModelError, ScriptError) as exc:  # ScriptError: a ScriptedModel
-                # asked what its script does not cover: the program's own mistake, one line
-                result, interrupted = getattr(exc, "result", None), ctrl_c.interrupted
-                return result, exc, interrupted
+                error = None if result.ok else result.error
+            except (AgentError, ModelError, ScriptError, JournalWriteError) as exc:
+                # ScriptError: a ScriptedModel asked what its script does not cover (the
+                # program's own mistake, one line); JournalWriteError: a step's journal failed,
+                # the run stopped with what it had (the agent puts its result on each)
+                so_far = getattr(exc, "result", None)
+                result, error = so_far if isinstance(so_far, AgentResult) else None, exc
+            interrupted = ctrl_c.interrupted
     finally:
-        if beating is not None:
-            beating.cancel()
-            await asyncio.gather(beating, return_exceptions=True)
+        journal_error = await _stop_beating(beating)
         if journal is not None:
-            journal.end(result, interrupted)
+            journal_error = journal_error or _ended(journal, result, interrupted)
         await runtime.aclose()
+    return result, error or journal_error, interrupted
+
+
+async def _beat(journal: AgentJournal, run: Cancellable) -> None:
+    """The journal's heartbeat; a journal that cannot be written stops the run, then raises."""
+    try:
+        await journal.beat(lambda why: run.cancel(reason=why))
+    except StoreError as exc:
+        run.cancel(reason=f"the journal could not be written: {exc}")
+        raise
+
+
+async def _stop_beating(beating: asyncio.Future[None] | None) -> StoreError | None:
+    """Stop the heartbeat; the journal's error if that is what had stopped it."""
+    if beating is None:
+        return None
+    beating.cancel()
+    (ended,) = await asyncio.gather(beating, return_exceptions=True)
+    return ended if isinstance(ended, StoreError) else None
+
+
+def _ended(journal: AgentJournal, result: AgentResult[Any] | None,
+           interrupted: bool) -> StoreError | None:
+    """Record the run's end; the journal's error if it cannot be written."""
+    try:
+        journal.end(result, interrupted)
+    except StoreError as exc:
+        return exc
+    return None
+
+
+def _journal_failed(error: BaseException | None) -> bool:
+    """Whether the run stopped because its journal (or a step's) could not be written."""
+    return isinstance(error, StoreError) or isinstance(getattr(error, "__cause__", None),
+                                                       StoreError)
 
 
 def _no_cursor() -> None:

@@ -552,6 +552,17 @@ class Driver:
         if self._loop is not None:
             self._apply(decisions)
 
+    def stopped_by(self) -> BaseException | None:
+        """The error that stopped the run (its journal failed, say), as soon as one did.
+
+        Set before the run's calls are cancelled and its own task ends with that error, so a
+        caller handed those cancelled outcomes can tell why.
+        """
+        finished = self._finished
+        if finished is None or not finished.done() or finished.cancelled():
+            return None
+        return finished.exception()
+
     def snapshot(self) -> Snapshot:
         """Counts and in-flight calls now."""
         return Snapshot(self.state.run_id, self.state.size, self.now(),
