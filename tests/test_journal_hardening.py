@@ -206,6 +206,35 @@ def test_an_agent_whose_journal_fails_stops_and_shows_what_it_ran(tmp_path: Path
     assert shown["usage"]["requests"] == 2  # not asked again once its journal had failed
 
 
+@shoal.tool
+def cap_journal_and_wait() -> str:
+    """Cap the journal's growth, then outlast a heartbeat (which writes the tree's events)."""
+    cap_journal()
+    time.sleep(2.5)
+    return "waited"
+
+
+def test_an_agent_whose_journal_fails_between_its_steps_shows_what_it_ran(
+        tmp_path: Path) -> None:
+    # the heartbeat's write (or, on a slow machine, the end record's) is the one that fails:
+    # either way the run stops, and the tree and the error are shown, not the error alone
+    (tmp_path / "waiting.py").write_text(
+        "import shoal\nfrom shoal.testing import ScriptedModel, call\n"
+        "from tests.test_journal_hardening import cap_journal_and_wait\n"
+        "agent = shoal.Agent(name='lead', model=ScriptedModel([[call('cap_journal_and_wait')],"
+        " 'done']), tools=[cap_journal_and_wait])\n")
+    path = journal_with_a_run(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "shoal.cli.app", "run", "waiting:agent", "go", "--store", str(path)],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}",
+                           "COLUMNS": "200"},
+        capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2, done.stderr
+    (line,) = journal_failure_lines(done.stderr)
+    assert "free some space" in line
+    assert "lead  failed" in done.stdout and "cap_journal_and_wait#1" in done.stdout
+
+
 @pytest.fixture
 def read_only_file(tmp_path: Path) -> Iterator[Path]:
     """A journal file that cannot be written, in a folder that can (a read-only bind mount

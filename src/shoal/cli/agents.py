@@ -44,7 +44,6 @@ from shoal.events import Event, JsonlSink, ModelRetrying, ModelServerStarted, Mo
 from shoal.exceptions import (
     AgentError,
     ConfigError,
-    JournalWriteError,
     MissingAPIKeyError,
     MissingDependencyError,
     ModelError,
@@ -344,10 +343,11 @@ async def _watch(run: Cancellable, result_of: Awaitable[AgentResult[Any]], run_i
                 result = await (_follow(result_of, run_id, console, view, options.pause)
                                 if live else result_of)
                 error = None if result.ok else result.error
-            except (AgentError, ModelError, ScriptError, JournalWriteError) as exc:
+            except (AgentError, ModelError, ScriptError, StoreError) as exc:
                 # ScriptError: a ScriptedModel asked what its script does not cover (the
-                # program's own mistake, one line); JournalWriteError: a step's journal failed,
-                # the run stopped with what it had (the agent puts its result on each)
+                # program's own mistake, one line); StoreError: the journal of a step failed
+                # (JournalWriteError) or could not record its end, and the run stopped with
+                # what it had (the agent puts its result on each)
                 so_far = getattr(exc, "result", None)
                 result, error = so_far if isinstance(so_far, AgentResult) else None, exc
             interrupted = ctrl_c.interrupted
