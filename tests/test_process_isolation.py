@@ -262,6 +262,43 @@ def test_a_crash_ends_what_the_tool_started_outside_the_workers_group(how: str,
     assert wait_until(lambda: not sleeps(token)), sleeps(token)
 
 
+#: A worker's stand-in forks the worker (see shoal.executors._sandbox.split); argv[1] says when
+#: the stand-in dies: ``before`` the worker asks for its death signal, or ``after``.
+STAND_IN_DIES = textwrap.dedent("""
+    import os, sys, time
+    from shoal.executors._sandbox import _die_with
+
+    alive, held = os.pipe()
+    stand_in = os.getpid()
+    if os.fork():
+        os.close(alive)
+        if sys.argv[1] == "after":
+            time.sleep(0.5)
+        os._exit(0)
+    os.close(held)
+    if sys.argv[1] == "before":
+        while os.getppid() == stand_in:  # gone, and its child given to another parent
+            time.sleep(0.01)
+    _die_with(alive)
+    print("past", flush=True)
+    time.sleep(40)
+    print("outlived its stand-in", flush=True)
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+@pytest.mark.parametrize("dies", ["before", "after"])
+def test_a_worker_dies_with_its_stand_in_even_one_that_died_as_it_started(dies: str) -> None:
+    """The death signal is set after the fork: a stand-in dead by then is caught another way."""
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", STAND_IN_DIES, dies], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    # the worker holds the output pipe until it ends: the run returns once it has
+    assert "outlived" not in done.stdout and time.monotonic() - started < 30, done.stdout
+    assert done.stdout.split() == ([] if dies == "before" else ["past"]), done.stderr
+
+
 def test_a_tool_holding_the_callers_pipe_does_not_keep_it_open(token: str) -> None:
     # A detached process inherits the worker's stdout, the caller's pipe: until it ends, a
     # caller reading that pipe to its end (subprocess.run, a shell pipeline) would wait.

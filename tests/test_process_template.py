@@ -197,6 +197,27 @@ def test_killing_the_parent_leaves_no_template_and_no_worker(tmp_path: Path) -> 
         p for p in pids if not gone(p)]
 
 
+def test_a_template_whose_parent_dies_while_it_imports_ends_at_once() -> None:
+    """It reads its socket only once its imports are done: its death signal ends it before."""
+    script = textwrap.dedent("""
+        from shoal.executors.process import _TemplateHandle, worker_env
+
+        template = _TemplateHandle()
+        template.start(worker_env(("PYTHONPATH", "SLOW_IMPORT")), ("tests.slow_import",))
+        print(template.pid, flush=True)
+    """)  # and this parent ends, its template still importing for a minute
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SLOW_IMPORT": "60"}
+    started = time.monotonic()
+    parent = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, timeout=SLOW,
+                            capture_output=True, text=True)
+    # the template holds the output pipe too: the run returns once both have ended
+    took = time.monotonic() - started
+    assert parent.returncode == 0, parent.stderr
+    assert took < 30, (took, parent.stderr)
+    # its files closed as it began to exit: dead, or nearly
+    assert wait_until(lambda: gone(int(parent.stdout)), timeout=10.0)
+
+
 def test_many_workers_start_at_once() -> None:
     count = 16
 

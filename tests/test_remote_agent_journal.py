@@ -9,13 +9,16 @@ the call, run again, does not write twice. Real subprocesses and SQLite files th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import psutil
 import pytest
@@ -37,10 +40,9 @@ def _crash_then_resume(tmp_path: Path, middle: str, *, env: dict[str, str] | Non
     store, log = tmp_path / "runs.db", tmp_path / "log.txt"
 
     def script(mode: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
+        return _run_whole(
             [sys.executable, "-m", "tests.nested_agent_crash", str(store), "tree-1", mode,
-             str(log), middle], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-            env=env)
+             str(log), middle], timeout=timeout, env=env)
 
     crashed = script("crash")
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
@@ -51,6 +53,80 @@ def _crash_then_resume(tmp_path: Path, middle: str, *, env: dict[str, str] | Non
     resumed = script("resume")
     assert resumed.returncode == 0, resumed.stderr
     return json.loads(resumed.stdout.strip().splitlines()[-1]), log
+
+
+#: Seconds the processes a script started may outlive it (they notice within a second).
+OUTLIVE = 30.0
+
+
+def _run_whole(command: list[str], *, timeout: float,
+               env: dict[str, str] | None) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` as ``subprocess.run`` would; fail, naming them, if its processes outlive it.
+
+    Every process of the script's tree inherits its output pipes: one that outlives the script
+    keeps them open, and ``subprocess.run`` would wait for it until its timeout, saying
+    nothing of who. Here the script gets ``timeout`` seconds to end, and whatever it started
+    :data:`OUTLIVE` more to let go of the pipes; then the test fails listing the culprits.
+    """
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    pipe = os.fstat(proc.stdout.fileno()).st_ino
+    streams = {"out": proc.stdout, "err": proc.stderr}
+    read: dict[str, bytes] = {}
+
+    def drain(name: str, file: IO[bytes]) -> None:
+        read[name] = file.read()
+
+    readers = [threading.Thread(target=drain, args=item, daemon=True) for item in streams.items()]
+    for reader in readers:
+        reader.start()
+    try:
+        code = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        tree = [_described(p.pid) for p in psutil.Process(proc.pid).children(recursive=True)]
+        _kill_all([proc.pid, *_pipe_holders(pipe)])
+        pytest.fail(f"{' '.join(command[2:])} did not end within {timeout:.0f} s; its "
+                    f"processes: {tree}")
+    end = time.monotonic() + OUTLIVE
+    for reader in readers:
+        reader.join(max(0.0, end - time.monotonic()))
+    if any(reader.is_alive() for reader in readers):
+        holders = _pipe_holders(pipe)
+        described = [_described(pid) for pid in holders]
+        _kill_all(holders)
+        pytest.fail(f"processes of {' '.join(command[2:])} outlived it by {OUTLIVE:.0f} s, holding "
+                    f"its output pipes: {described or 'not found (not Linux?)'}")
+    for file in streams.values():
+        file.close()
+    return subprocess.CompletedProcess(command, code, read["out"].decode(errors="replace"),
+                                       read["err"].decode(errors="replace"))
+
+
+def _pipe_holders(inode: int) -> list[int]:
+    """The other processes that have the pipe ``inode`` open (Linux ``/proc``; else none)."""
+    found = []
+    for name in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            fds = os.listdir(f"/proc/{name}/fd")
+            if any(_links_to(f"/proc/{name}/fd/{fd}", f"pipe:[{inode}]") for fd in fds):
+                found.append(int(name))
+    return found
+
+
+def _links_to(link: str, target: str) -> bool:
+    try:
+        return os.readlink(link) == target
+    except OSError:  # closed meanwhile
+        return False
+
+
+def _kill_all(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _described(pid: int) -> str:
@@ -65,8 +141,6 @@ def _described(pid: int) -> str:
 
 
 def _gone_within(pid: int, seconds: float) -> bool:
-    import time
-
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         if pid_gone(pid):

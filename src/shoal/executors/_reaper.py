@@ -6,8 +6,8 @@ A tool may start processes that leave the worker's process group (``start_new_se
 it rather than to init, so its descendants stay findable as a tree below it.
 :func:`kill_tree` freezes that tree top-down with ``SIGSTOP`` (a stopped process cannot fork,
 exit or reap a child, so no pid in the tree can change owner meanwhile), walks it again until a
-pass finds nothing new, then ``SIGKILL``s every process in it. Elsewhere (macOS) only the
-process group is killed.
+pass finds nothing new, then ``SIGKILL``s every process in it, children before their parents
+(see :func:`_kill_below`). Elsewhere (macOS) only the process group is killed.
 
 Only the standard library is imported here: the worker imports this module too.
 """
@@ -73,17 +73,22 @@ def descendants(root: int) -> set[int]:
 
 def descendants_of(roots: set[int]) -> set[int]:
     """The pids of every process below any of ``roots`` (not the roots), from one look."""
+    return set(_below(roots))
+
+
+def _below(roots: set[int]) -> list[int]:
+    """:func:`descendants_of`, each process listed after its parent."""
     children: dict[int, list[int]] = {}
     for pid, parent in _parents().items():
         children.setdefault(parent, []).append(pid)
-    found: set[int] = set()
+    found: dict[int, None] = {}  # in the order found: breadth first
     frontier = list(roots)
-    while frontier:
-        for child in children.get(frontier.pop(), ()):
+    for parent in frontier:  # grows as it goes
+        for child in children.get(parent, ()):
             if child not in found and child not in roots:
-                found.add(child)
+                found[child] = None
                 frontier.append(child)
-    return found
+    return list(found)
 
 
 def _signal(pid: int, sig: int) -> None:
@@ -128,34 +133,42 @@ def kill_trees(refs: Iterable[ProcessRef]) -> set[int]:
 
 
 def _kill_below(roots: dict[int, ProcessRef | None], *, include_root: bool = True) -> set[int]:
-    """Freeze the roots' descendants, then kill each root's group, them and the roots.
+    """Freeze the roots' descendants; kill them (children first), each root's group, the roots.
 
     A root given with its :class:`ProcessRef` is signalled only through it; one given as a
     plain pid (``None``) is a child of ours not yet reaped, or (``include_root=False``) the
     caller itself, which is spared.
+
+    Children before their parents: a frozen process whose parent is killed first is given to
+    init (or to a subreaper above), out of the roots' tree; were this process killed then
+    (the caller may be a process agent that its own parent's kill reaches), it would stay
+    frozen for good, out of reach of whoever kills the tree next, holding whatever it holds
+    (the output pipes of the program that started the tree). Killed from the bottom up, each
+    process not killed yet still has its parent, frozen, in the tree.
     """
-    frozen: set[int] = set()
+    frozen: dict[int, None] = {}  # parents before their children
     if sys.platform.startswith("linux"):
         for _ in range(_MAX_PASSES):
-            new = descendants_of(set(roots)) - frozen
+            new = [pid for pid in _below(set(roots)) if pid not in frozen]
             if not new:
                 break
             for pid in new:
                 _signal(pid, signal.SIGSTOP)
-            frozen |= new
+                frozen[pid] = None
+    for pid in reversed(frozen):
+        _signal(pid, signal.SIGKILL)
     for root, ref in roots.items():
         if ref is not None:
             ref.kill_group(signal.SIGKILL)  # only while the leader is still there
         elif include_root:
             with suppress(ProcessLookupError, PermissionError):
                 os.killpg(root, signal.SIGKILL)
-    for pid in frozen:
-        _signal(pid, signal.SIGKILL)
     for root, ref in roots.items():
         if ref is not None:
             ref.signal(signal.SIGKILL)
         elif include_root:
             _signal(root, signal.SIGKILL)
+    killed = set(frozen)
     if include_root:
-        frozen |= set(roots)
-    return frozen
+        killed |= set(roots)
+    return killed

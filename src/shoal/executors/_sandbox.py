@@ -92,14 +92,46 @@ def split(close_in_stand_in: tuple[int, ...]) -> None:
     a tool started as the *worker's sibling* (``clone(CLONE_PARENT)``, then ``setsid``) is in
     the tree the application kills: the stand-in, not the application, is its parent.
     """
+    os.close(_split(close_in_stand_in))
+
+
+def _split(close_in_stand_in: tuple[int, ...]) -> int:
+    """:func:`split`; in the child, returns its end of a pipe only the stand-in writes to.
+
+    The stand-in holds the pipe's other end until it dies, so the child can check again after
+    a later change of credentials that its stand-in still lives (see :func:`_die_with`).
+    """
+    alive, held = os.pipe()
     child = os.fork()
     if child:
-        for fd in close_in_stand_in:
+        for fd in (*close_in_stand_in, alive):
             os.close(fd)
-        _stand_in(child)
+        _stand_in(child)  # holding ``held`` open until it ends
+    os.close(held)
     # The child dies with its stand-in, whoever kills that (the template process that forked
     # the stand-in included: see shoal.executors._template).
+    _die_with(alive)
+    return alive
+
+
+def _die_with(alive: int) -> None:
+    """Be killed when the stand-in ends; exit now if it is ending already.
+
+    ``PR_SET_PDEATHSIG`` acts only on a death after it is set: a stand-in killed between the
+    fork and here (the ``SIGTERM`` of a template that died, before the stand-in's handler is
+    in place) sent nothing, and its child would live on with the worker's pipes, a worker
+    nobody ends. Hence the check after it: ``alive``, the read end of a pipe that only the
+    stand-in holds open, at its end. A dying process closes its files before its children are
+    given a new parent (when their death signals go out), so either the pipe has ended by the
+    time of the check, or the signal is still to come.
+    """
+    import select
+
     _libc().prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    poller = select.poll()
+    poller.register(alive, select.POLLIN)
+    if poller.poll(0):  # ended (POLLHUP): exit, as process 1 of a PID namespace must
+        os._exit(1)  # (it ignores a SIGKILL of its own)
 
 
 def _stand_in(child: int) -> None:
@@ -143,15 +175,17 @@ def enter(close_in_stand_in: tuple[int, ...]) -> None:
              "unshare(CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS)")
     _map_ids(0, uid, 0, gid)  # root of this namespace: it may mount
     _mount(None, "/", None, _MS_REC | _MS_PRIVATE, "making mounts private")
-    split(close_in_stand_in)
+    alive = _split(close_in_stand_in)
     # process 1 of the new PID namespace
     _mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, "mounting /proc")
     # Mounts copied into a less privileged mount namespace are locked together: the new
     # /proc can no longer be unmounted to uncover the host's. The tool gets its own ids back.
     _unshare(_CLONE_NEWUSER | _CLONE_NEWNS, "unshare(CLONE_NEWUSER | CLONE_NEWNS), again")
     _map_ids(uid, 0, gid, 0)
-    # it dies with its stand-in, whoever kills that (set last: new credentials clear it)
-    _libc().prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    # it dies with its stand-in, whoever kills that (set last: new credentials clear it, and
+    # the stand-in may have died since the first one)
+    _die_with(alive)
+    os.close(alive)
 
 
 @functools.cache

@@ -36,7 +36,9 @@ the zombie until the parent closes that pipe: until then the pid, and the worker
 group id, cannot be reused, just as for a child of the parent's own. A worker dies with the
 template (``PR_SET_PDEATHSIG``: a ``SIGTERM`` on which the worker's stand-in kills everything
 below it), so none outlives the process that would report its end. When its socket hangs up
-(the parent died) the template kills every worker's tree, reaps them, and exits.
+(the parent died) the template kills every worker's tree, reaps them, and exits. It also dies
+with its parent by a death signal of its own (``SIGTERM``, which does the same once it serves):
+at once, even while it is still importing, and even if a process it forked holds the socket.
 
 Why not :mod:`multiprocessing.forkserver`: it is one server per interpreter, started with the
 parent's whole environment (secrets included, readable in every child's
@@ -96,6 +98,7 @@ class Template:
             for fd, _ in self.poller.poll():
                 if fd == self.sock.fileno():
                     if not self.request():
+                        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # ending already
                         self.end_workers()
                         return
                 elif fd in self.running:
@@ -140,6 +143,10 @@ class Template:
     def fork(self, program: str, fds: list[int], env: dict[str, str], cwd: str | None) -> int:
         """Fork a child running ``program`` on ``fds``; the template keeps only its status pipe."""
         *given, status_fd = fds
+        # SIGTERM held back across the fork: the child must not run the template's handler
+        # (it would end its siblings), only its own or none
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        pid = -1
         try:
             threads = len(os.listdir("/proc/self/task"))
             if threads != 1:  # a fork would copy locks other threads may hold
@@ -149,7 +156,12 @@ class Template:
             for fd in fds:
                 os.close(fd)
             raise
+        finally:
+            if pid != 0:  # the child unblocks once its handler is the default again
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
             self.become_worker(program, given, status_fd, env, cwd)
         for fd in given:
             os.close(fd)
@@ -176,7 +188,18 @@ class Template:
         for pid, _ in self.running.values():
             kill_tree(pid)
         for pid in (*(p for p, _ in self.running.values()), *self.ended.values()):
-            os.waitpid(pid, 0)
+            with contextlib.suppress(ChildProcessError):  # reaped as it reported its end
+                os.waitpid(pid, 0)
+
+    def terminated(self, number: int, _: object) -> None:
+        """The parent died (the death signal, ``SIGTERM``): end every worker's tree, then exit.
+
+        What the socket's hang-up does too, but at once: a template that is busy (forking) or
+        slow to be scheduled on a loaded machine could leave its workers running meanwhile.
+        """
+        signal.signal(number, signal.SIG_IGN)  # once
+        self.end_workers()
+        os._exit(0)
 
     def child_ended(self, pidfd: int) -> None:
         """Report a worker's end on its status pipe; keep the zombie until the pipe closes."""
@@ -260,14 +283,31 @@ def preload(extra: list[str] | None = None) -> None:
 def main(argv: list[str]) -> int:
     """Serve one pool: ``python -m shoal.executors._template SOCKET_FD [MODULE ...]``."""
     sock = socket.socket(fileno=int(argv[1]))
+    # Dies with its parent even while it imports (its socket is read only once it serves):
+    # a SIGTERM, which kills it outright until serve() has workers to end first.
+    set_parent_death_signal(signal.SIGTERM)
+    if hung_up(sock):  # the parent died before the line above: no signal will come
+        return 0
     preload(argv[2:])
     import gc
 
     gc.freeze()  # what is loaded now stays shared: a fork's collections do not copy it
     template = Template(sock)
+    signal.signal(signal.SIGTERM, template.terminated)
     with contextlib.suppress(ConnectionError):  # the parent went away mid-reply
         template.serve()
     return 0
+
+
+def hung_up(sock: socket.socket) -> bool:
+    """Whether the other end of ``sock`` has closed (a parent that closed it or died).
+
+    A dying process closes its files before its children get their death signals: a parent
+    whose death came too early for the signal has closed its end by the time of this check.
+    """
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return any(events & select.POLLHUP for _, events in poller.poll(0))
 
 
 if __name__ == "__main__":

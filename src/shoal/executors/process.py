@@ -398,7 +398,12 @@ class _TemplateHandle:
         return None if self.proc is None else self.proc.pid
 
     def start(self, env: dict[str, str], preload: Sequence[str] = ()) -> None:
-        """Start the template (it imports, ``preload`` too, while the caller goes on)."""
+        """Start the template (it imports, ``preload`` too, while the caller goes on).
+
+        Call it on the thread of the event loop that serves the template: the template dies
+        with the thread that started it (its death signal, ``PR_SET_PDEATHSIG``, follows the
+        forking thread, not the process), and it is of no use once that loop has ended.
+        """
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self.proc = subprocess.Popen(
