@@ -7,6 +7,9 @@ a hung test run) and checks that no asyncio task outlived the run.
 
 import asyncio
 import gc
+import os
+import select
+import subprocess
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -176,6 +179,28 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 3.0) -> bool:
             return True
         time.sleep(0.01)
     return predicate()
+
+
+def stderr_until(proc: subprocess.Popen[str], needle: str, timeout: float = 60.0) -> str:
+    """Read ``proc``'s stderr until it shows ``needle``; return what was read.
+
+    For a subprocess test to act once the program has said it reached a state (a prompt, the
+    first Ctrl-C taken) rather than after a fixed sleep. It reads the pipe's descriptor, as
+    ``communicate()`` does, so nothing is held in a buffer ``communicate()`` would not see:
+    add what this returns to the ``err`` that ``communicate()`` gives later.
+    """
+    assert proc.stderr is not None
+    fd = proc.stderr.fileno()
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while needle.encode() not in seen:
+        assert time.monotonic() < deadline, f"no {needle!r} within {timeout} s: {seen!r}"
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if ready:
+            chunk = os.read(fd, 65536)
+            assert chunk, f"stderr closed before {needle!r}: {seen!r}"
+            seen += chunk
+    return seen.decode(errors="replace")
 
 
 @pytest.fixture
