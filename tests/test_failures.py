@@ -64,7 +64,7 @@ def test_a_sync_timeout_abandons_the_thread_and_drops_its_late_result() -> None:
 
     @tool(timeout=0.1)
     def blocking() -> str:
-        release.wait(5)
+        release.wait(60)
         returned.append("returned")
         return "late value"
 
@@ -74,7 +74,8 @@ def test_a_sync_timeout_abandons_the_thread_and_drops_its_late_result() -> None:
     # real time: a sync tool blocks a real thread, which the virtual clock cannot see
     start = time.perf_counter()
     result = shoal.run_sync(plan)
-    assert time.perf_counter() - start < 1.0  # the run did not wait for the thread
+    # the run did not wait for the thread (60 s); a wide margin, for a loaded machine
+    assert time.perf_counter() - start < 10
     out = result[ref]
     assert out.status == "timed_out"
     assert out.abandoned is True
