@@ -355,7 +355,7 @@ def test_ctrl_c_cancels_the_run_and_exits_130(workdir: Path) -> None:
     proc.send_signal(signal.SIGINT)
     sent = time.monotonic()
     out, err = proc.communicate(timeout=30)
-    assert time.monotonic() - sent < 2.0
+    assert time.monotonic() - sent < 5.0  # not the calls' 30 s; room for a loaded machine
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     outcomes = by_id(json.loads(out))
