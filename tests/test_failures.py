@@ -118,15 +118,17 @@ def test_a_tool_raising_timeout_error_itself_failed_rather_than_timed_out() -> N
 
 
 def test_waiting_for_a_free_thread_does_not_eat_the_timeout() -> None:
-    @tool(timeout=0.3)
+    # 0.7 s to spare for a call on a loaded machine; the last two wait 1.2 s for a thread,
+    # which, were it counted, would time them out
+    @tool(timeout=1.0)
     def job(i: int) -> int:
-        time.sleep(0.15)
+        time.sleep(0.3)
         return i
 
     plan = Plan()
-    refs = [plan.call(job, i=i) for i in range(6)]
+    refs = [plan.call(job, i=i) for i in range(10)]
     result = shoal.run_sync(plan, thread_workers=2)
-    assert [result[r].status for r in refs] == ["ok"] * 6
+    assert [result[r].status for r in refs] == ["ok"] * 10
 
 
 # ---- retries ------------------------------------------------------------------------------------
