@@ -2,7 +2,9 @@
 
 ``python -m tests.board_crash DB RUN_ID`` runs :func:`build_plan` on a SQLite journal; each
 ``note`` call appends a line to ``$SHOAL_BOARD_MARKS`` once it has written to the board, so a
-test can kill the process with SIGKILL once some calls are done, then resume the run.
+test can kill the process with SIGKILL once some calls are done, then resume the run. With
+``$SHOAL_BOARD_HOLD_AFTER`` set, a call that wrote that mark or a later one stays in flight, so
+the run cannot end before the test has killed it.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ def note(fact: str, board: shoal.BoardHandle) -> str:
     if marks:
         with Path(marks).open("a", encoding="utf-8") as file:
             file.write(fact + "\n")
+        hold_after = int(os.environ.get("SHOAL_BOARD_HOLD_AFTER", "0"))
+        if hold_after and len(Path(marks).read_text().splitlines()) >= hold_after:
+            # in flight until the test kills the process: the run cannot end before it does
+            time.sleep(60)
     return fact
 
 

@@ -7,6 +7,9 @@ a hung test run) and checks that no asyncio task outlived the run.
 
 import asyncio
 import gc
+import os
+import select
+import subprocess
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -19,12 +22,16 @@ from shoal.testing import run_virtual
 
 T = TypeVar("T")
 
-#: Upper bound for one run in a test: far above what any healthy run here needs.
+#: Upper bound for one run in a test on the virtual clock: far above what any healthy run
+#: here needs.
 HANG_TIMEOUT = 5.0
+#: The same for a run in real time: wider, as a machine loaded many times over its cores
+#: stretches a healthy run of a second several times over (a hang still fails, later).
+REAL_HANG_TIMEOUT = 30.0
 
 
 class Hung(AssertionError):
-    """The run did not finish within :data:`HANG_TIMEOUT`: the scheduler stalled."""
+    """The run did not finish within its hang bound: the scheduler stalled."""
 
 
 def leftover_tasks() -> list[asyncio.Task[Any]]:
@@ -33,7 +40,7 @@ def leftover_tasks() -> list[asyncio.Task[Any]]:
     return [t for t in asyncio.all_tasks() if t is not me and not t.done()]
 
 
-def arun(coro: Coroutine[Any, Any, T], *, timeout: float = HANG_TIMEOUT,
+def arun(coro: Coroutine[Any, Any, T], *, timeout: float | None = None,
          check_tasks: bool = True, virtual: bool = False) -> T:
     """Run ``coro`` on a fresh loop; fail (instead of hanging) when it takes over ``timeout``.
 
@@ -41,7 +48,11 @@ def arun(coro: Coroutine[Any, Any, T], *, timeout: float = HANG_TIMEOUT,
     time and ``loop.time()`` is exact, so a test can assert the very moment things happen
     (see :func:`elapsed`). ``timeout`` is then virtual too. Only for pure-asyncio work: thread
     and process backends run in real time, which the virtual clock does not see.
+    ``timeout`` defaults to :data:`HANG_TIMEOUT` on the virtual clock and to
+    :data:`REAL_HANG_TIMEOUT` in real time.
     """
+    if timeout is None:
+        timeout = HANG_TIMEOUT if virtual else REAL_HANG_TIMEOUT
 
     async def main() -> T:
         scope = asyncio.timeout(timeout)  # in this task, so leftover_tasks() stays exact
@@ -176,6 +187,28 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 3.0) -> bool:
             return True
         time.sleep(0.01)
     return predicate()
+
+
+def stderr_until(proc: subprocess.Popen[str], needle: str, timeout: float = 60.0) -> str:
+    """Read ``proc``'s stderr until it shows ``needle``; return what was read.
+
+    For a subprocess test to act once the program has said it reached a state (a prompt, the
+    first Ctrl-C taken) rather than after a fixed sleep. It reads the pipe's descriptor, as
+    ``communicate()`` does, so nothing is held in a buffer ``communicate()`` would not see:
+    add what this returns to the ``err`` that ``communicate()`` gives later.
+    """
+    assert proc.stderr is not None
+    fd = proc.stderr.fileno()
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while needle.encode() not in seen:
+        assert time.monotonic() < deadline, f"no {needle!r} within {timeout} s: {seen!r}"
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if ready:
+            chunk = os.read(fd, 65536)
+            assert chunk, f"stderr closed before {needle!r}: {seen!r}"
+            seen += chunk
+    return seen.decode(errors="replace")
 
 
 @pytest.fixture

@@ -117,7 +117,7 @@ def test_cancelling_a_subtree_while_its_model_request_runs() -> None:
         handle.cancel("lead/researcher#1", reason="not needed")
         return await handle
 
-    result = arun(main())
+    result = arun(main(), virtual=True)
     assert result.output == "report"
     assert [c.status for c in result.calls] == ["cancelled", "ok"]
     assert [c.status for c in result.children] == ["cancelled", "ok"]
@@ -276,7 +276,7 @@ def test_wall_clock_does_not_fire_after_the_run_ended() -> None:
         await asyncio.sleep(0.1)  # the timer would have fired by now
         return result
 
-    result = arun(main())
+    result = arun(main(), virtual=True)
     assert result.status == "ok"
 
 
@@ -297,7 +297,7 @@ def test_wall_clock_during_a_subagents_tool_phase_stops_everything() -> None:
             await lead.run("go", budget=shoal.Budget(wall_clock=0.2))
         return info.value
 
-    breach = arun(main())
+    breach = arun(main(), virtual=True)
     assert breach.limit == "wall_clock"
     assert breach.result is not None
     for child in breach.result.children:
@@ -388,7 +388,7 @@ def test_cancelling_a_run_parked_on_a_shared_gate_strands_no_one() -> None:
             assert fresh.ok
             return ra, rb, rc
 
-    ra, rb, rc = arun(main())
+    ra, rb, rc = arun(main(), virtual=True)
     assert ra.ok and rc.ok
     assert "cancelled" in rb.counts and rb.counts["cancelled"] >= 4
     assert gauge.peak == 1
@@ -417,7 +417,7 @@ def test_a_run_that_holds_a_shared_gate_and_is_task_cancelled_frees_it() -> None
                 await holder
             return await waiter
 
-    assert arun(main()).ok
+    assert arun(main(), virtual=True).ok
 
 
 def _rate_plan(n: int) -> shoal.Plan:
@@ -556,7 +556,7 @@ def test_a_second_cancellation_does_not_lose_the_calls_records() -> None:
             with pytest.raises(asyncio.CancelledError):
                 await task
 
-    arun(main())
+    arun(main(), virtual=True)
     assert sorted(r.status for r in got) == ["cancelled", "rejected"]
 
 
@@ -615,7 +615,7 @@ def test_cancelling_one_call_of_a_run_parked_on_a_shared_gate_does_not_hang_it()
             a.cancel("a1", reason="not needed")
             return await a
 
-    result = arun(main(), timeout=1.2)
+    result = arun(main(), timeout=1.2, virtual=True)
     assert result["a2"].status == "ok"
 
 

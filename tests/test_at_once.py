@@ -22,6 +22,7 @@ import shoal
 from shoal.scheduler import driver as driver_module
 from shoal.scheduler.eager import ends_in_first_step
 from shoal.testing import run_virtual
+from tests.conftest import until
 
 ran: list[int] = []
 where: contextvars.ContextVar[str] = contextvars.ContextVar("where", default="unset")
@@ -274,6 +275,7 @@ def test_an_instant_call_with_a_timeout_ends_ok(timeout: float | None) -> None:
 # ---- sync calls go to the thread pool without a task ---------------------------------------
 
 gate = threading.Event()
+blocking: list[int] = []  # what blocks() holds on its thread, in order
 
 
 @shoal.tool
@@ -287,6 +289,7 @@ def sync_marks(i: int) -> str:
 @shoal.tool
 def blocks(i: int) -> int:
     """Block until the test lets it go."""
+    blocking.append(i)
     gate.wait(10)
     return i
 
@@ -320,6 +323,7 @@ def test_sync_calls_without_a_timeout_make_no_task_and_keep_their_context() -> N
 def test_stopped_sync_calls_are_cancelled_or_abandoned_as_before() -> None:
     """One thread: the first call runs (abandoned when cancelled), the second never starts."""
     gate.clear()
+    blocking.clear()
 
     async def main() -> tuple[shoal.RunResult, shoal.RunResult]:
         plan = shoal.Plan()
@@ -329,7 +333,7 @@ def test_stopped_sync_calls_are_cancelled_or_abandoned_as_before() -> None:
         timed.call(sync_too_slow)
         async with shoal.Runtime(thread_workers=1) as runtime:
             handle = runtime.start(plan)
-            await asyncio.sleep(0.2)
+            await until(lambda: blocking == [1])  # the first runs on the one thread
             handle.cancel()
             cancelled = await handle
             timed_out = await runtime.run(timed)

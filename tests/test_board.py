@@ -495,20 +495,7 @@ def test_board_writes_that_cannot_be_journaled_make_the_call_in_doubt(tmp_path: 
 
 def test_the_board_after_a_kill_and_resume_has_every_write_exactly_once(tmp_path: Path) -> None:
     db, marks = tmp_path / "runs.db", tmp_path / "marks"
-    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "SHOAL_BOARD_MARKS": str(marks)}
-    process = subprocess.Popen([sys.executable, "-m", "tests.board_crash", str(db), "crash"],
-                               env=env, cwd=ROOT, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60
-        while not (marks.exists() and len(marks.read_text().splitlines()) >= 8):
-            assert process.poll() is None, process.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
-            assert time.monotonic() < deadline, "the run never got going"
-            time.sleep(0.01)
-        process.send_signal(signal.SIGKILL)
-    finally:
-        process.wait(10)
-        process.stderr.close()  # type: ignore[union-attr]
-    assert process.returncode == -signal.SIGKILL
+    _run_until_killed("tests.board_crash", db, marks, "crash", 8)
 
     store = SQLiteStore(db)
     done = {n for n, s in store.outcomes("crash").items() if s.outcome.status == "ok"}
@@ -545,9 +532,12 @@ def _run_until_killed(module: str, db: Path, marks: Path, run_id: str, at: int) 
     journal holds a board write.
 
     A mark says a call wrote; its commit comes later (the journal's writer may lag far behind
-    on a loaded machine), and the test needs some writes journaled when the run dies.
+    on a loaded machine), and the test needs some writes journaled when the run dies. A tool
+    that reads ``SHOAL_BOARD_HOLD_AFTER`` stays in flight once it wrote mark ``at``, so the
+    run cannot end before it is killed, however long the test takes to look.
     """
-    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "SHOAL_BOARD_MARKS": str(marks)}
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "SHOAL_BOARD_MARKS": str(marks),
+           "SHOAL_BOARD_HOLD_AFTER": str(at)}  # tools that know it stay in flight from there
     process = subprocess.Popen([sys.executable, "-m", module, str(db), run_id],
                                env=env, cwd=ROOT, stderr=subprocess.PIPE)
     try:

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.cli_process import run_cli
+from tests.conftest import stderr_until
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -354,7 +355,7 @@ def test_ctrl_c_cancels_the_run_and_exits_130(workdir: Path) -> None:
     proc.send_signal(signal.SIGINT)
     sent = time.monotonic()
     out, err = proc.communicate(timeout=30)
-    assert time.monotonic() - sent < 2.0
+    assert time.monotonic() - sent < 5.0  # not the calls' 30 s; room for a loaded machine
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     outcomes = by_id(json.loads(out))
@@ -369,9 +370,11 @@ def test_second_ctrl_c_exits_at_once(workdir: Path) -> None:
     proc = start_shoal("run", str(write_plan(workdir, nodes)), cwd=workdir)
     wait_for_markers(workdir / "markers", 1, proc)
     proc.send_signal(signal.SIGINT)
+    # the first press taken (two signals sent before it was would count as one)
+    first = stderr_until(proc, "press Ctrl-C again")
     time.sleep(0.3)
     assert proc.poll() is None  # the tool ignores cancellation, so the run goes on
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=10)
     assert proc.returncode == 130
-    assert "interrupted twice" in err
+    assert "interrupted twice" in first + err

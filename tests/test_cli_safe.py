@@ -597,7 +597,9 @@ def test_the_relay_stops_draining_a_writer_that_never_stops(monkeypatch: pytest.
     relay = threading.Thread(target=live._relay, args=(read_end, console, ended))
     try:
         relay.start()
-        time.sleep(0.2)
+        # the writer is up and relayed (its interpreter may take long to start on a busy machine)
+        relayed = console.file.getvalue  # type: ignore[attr-defined]
+        assert wait_until(lambda: relayed().count("again") > 10, timeout=30)
         ended.set()
         relay.join(timeout=30)
         assert not relay.is_alive()
@@ -689,9 +691,10 @@ def test_ctrl_c_twice_during_the_live_view_gives_the_cursor_back(tmp_path: Path,
     session = Terminal(["run", *target, "--no-store"], tmp_path)
     try:
         session.wait_for("running 1" if target == ["plan.json"] else "slow")
-        for _ in range(2):
-            session.proc.send_signal(signal.SIGINT)
-            time.sleep(0.3)
+        session.proc.send_signal(signal.SIGINT)
+        # the first press taken (two signals sent before it was would count as one)
+        session.wait_for("press Ctrl-C again")
+        session.proc.send_signal(signal.SIGINT)
         out = session.wait_for("interrupted twice")
     finally:
         code = session.close()

@@ -172,7 +172,7 @@ def test_an_open_run_whose_block_raises_drops_the_writes_of_cancelled_items() ->
             return i
 
         @shoal.tool
-        def numbers(n: int) -> list[int]:
+        async def numbers(n: int) -> list[int]:  # async: the whole run is on the virtual clock
             return list(range(n))
 
         board = shoal.Board(count=shoal.merge.counter)
@@ -180,11 +180,11 @@ def test_an_open_run_whose_block_raises_drops_the_writes_of_cancelled_items() ->
             async with shoal.Runtime().open_run("x", board=board) as run:
                 run.map(slow, over=run.call(numbers, n=5))
                 await gate.wait()
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.01)  # item 0 has ended: the clock is virtual
                 raise KeyError("boom")
         return run.result
 
-    result = arun(scenario())
+    result = arun(scenario(), virtual=True)
     assert result.board == {"count": 1}  # only item 0 succeeded
     assert [result[f"slow#1[{i}]"].status for i in range(5)] == ["ok"] + ["cancelled"] * 4
 
@@ -622,17 +622,22 @@ def test_waiting_for_a_map_item_before_the_map_has_its_list() -> None:
 
 
 def test_an_open_run_whose_block_raises_while_patterns_run_cancels_them_all() -> None:
+    @shoal.tool(name="listing")
+    async def async_listing(n: int) -> list[str]:  # async: the whole run is on the virtual clock
+        """``n`` document names."""
+        return [f"doc{i}" for i in range(n)]
+
     async def scenario() -> shoal.RunResult:
         slow = pipeline(reader("s1", latency=30.0), reader("s2"))
         with pytest.raises(ValueError, match="oops"):  # noqa: PT012 - raised inside an open run
             async with shoal.Runtime().open_run("y") as run:
-                run.map(slow, over=run.call(listing, n=3))
+                run.map(slow, over=run.call(async_listing, n=3))
                 run.call(slow, task="t")
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(0.2)  # the listing has ended, its items run: virtual clock
                 raise ValueError("oops")
         return run.result
 
-    result = arun(scenario())
+    result = arun(scenario(), virtual=True)
     assert result["listing#1"].status == "ok"
     cancelled = [n for n, o in result.outcomes.items() if o.status == "cancelled"]
     assert sorted(cancelled) == ["pipeline#1", "pipeline#1[0]", "pipeline#1[1]",

@@ -147,7 +147,9 @@ def test_one_429_pauses_every_caller_of_the_gate(server: WireServer) -> None:
     async def main() -> None:
         first = asyncio.create_task(gate.request(model, ask("first")))
         await until(lambda: any(r.status == 429 for r in server.requests), every=0.005)
-        await asyncio.sleep(0.05)  # the 429 has reached the gate: it is closed now
+        # the 429 has reached the gate: it is closed now (the client reads the reply a moment
+        # after the server logged it, a long moment on a loaded machine)
+        await until(lambda: gate._open_at > 0, every=0.005)
         second = await gate.request(model, ask("second"))  # must wait for the pause too
         assert second.text == "ok"
         await first

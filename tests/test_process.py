@@ -234,7 +234,7 @@ def test_a_sync_tool_that_never_returns_is_timed_out_and_its_process_killed(
             elapsed = time.perf_counter() - t0
             assert result[ref].status == "timed_out"
             assert not result[ref].abandoned  # a process can be stopped, unlike a thread
-            assert elapsed < 1.5, elapsed
+            assert elapsed < 5.0, elapsed  # not forever: a wide margin, for a loaded machine
             pid = int(pid_file.read_text())
             # frozen and killed before the outcome was recorded; it ran below the worker's
             # stand-in, so whoever adopts it once that is gone reaps it, a moment later
@@ -244,7 +244,7 @@ def test_a_sync_tool_that_never_returns_is_timed_out_and_its_process_killed(
             assert executor.workers_crashed == 0  # a timeout is not a crash
             assert executor.worker_pids == []
 
-    arun(main())
+    arun(main(), timeout=SLOW)  # a worker starts: real time, which a loaded machine stretches
 
 
 def test_cancellation_while_a_worker_starts_leaves_no_process() -> None:
@@ -778,14 +778,15 @@ def test_a_calls_end_is_when_its_worker_finished_not_when_the_loop_looked() -> N
             await runtime.run(warm)  # a warm worker: the call below is sent at once
             plan = Plan()
             plan.call(pt.nap, seconds=0.3, node_id="work")
-            plan.call(hog, seconds=1.5, node_id="hog")
+            plan.call(hog, seconds=3.0, node_id="hog")
             return await runtime.run(plan)
 
     result = arun(main(), timeout=SLOW)
     work = result.outcomes["work"]
     assert result.ok and work.duration is not None
-    # read by the loop 1.5 s after it started, at the earliest; the work itself took 0.3 s
-    assert 0.25 <= work.duration < 1.0, work.duration
+    # read by the loop 3 s after it started, at the earliest; the work itself took 0.3 s (the
+    # margins are wide: a loaded machine stretches real time)
+    assert 0.25 <= work.duration < 2.0, work.duration
 
 
 def test_a_forged_end_stamp_is_kept_within_the_calls_own_window() -> None:

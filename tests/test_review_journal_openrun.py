@@ -385,12 +385,17 @@ import shoal
 
 FOLDER = Path(os.environ["OPEN_RUN_DIR"])
 
+HOLD_AFTER = int(os.environ.get("OPEN_RUN_HOLD_AFTER", "0"))
+
 @shoal.tool
 def step(i: int, prev: int = 0) -> int:
     """Append an effect each time it runs (not idempotent)."""
     with (FOLDER / "effects").open("a") as out:
         out.write(f"s{i}\\n"); out.flush(); os.fsync(out.fileno())
-    time.sleep(0.05)
+    done = len((FOLDER / "effects").read_text().split())
+    # past HOLD_AFTER effects, calls stay in flight until the test kills this process: the
+    # run cannot end first, however long the test takes to look
+    time.sleep(60 if HOLD_AFTER and done >= HOLD_AFTER else 0.05)
     return prev + i
 
 async def main(mode, rerun):
@@ -413,7 +418,8 @@ asyncio.run(main(sys.argv[1], sys.argv[2:]))
 
 def _open_run(folder: Path, *args: str, kill_at: int = 0) -> dict[str, str]:
     """Run the open-run script; with ``kill_at``, SIGKILL it once that many effects exist."""
-    env = {**os.environ, "OPEN_RUN_DIR": str(folder), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OPEN_RUN_DIR": str(folder), "PYTHONPATH": str(ROOT),
+           "OPEN_RUN_HOLD_AFTER": str(kill_at)}
     command = [sys.executable, str(folder / "script.py"), *args]
     if not kill_at:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
@@ -424,7 +430,8 @@ def _open_run(folder: Path, *args: str, kill_at: int = 0) -> dict[str, str]:
                             stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
-        while len(_effects_of(folder)) < kill_at and proc.poll() is None:
+        while len(_effects_of(folder)) < kill_at:
+            assert proc.poll() is None, "the run ended before it was killed"
             assert time.monotonic() < deadline
             time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)

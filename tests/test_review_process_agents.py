@@ -88,7 +88,7 @@ def test_what_an_agents_tools_started_ends_when_its_template_is_killed(tmp_path:
     result = shoal.Agent(name="lead", model=model, subagents=[reader]).run_sync("go")
     assert result.children[0].status == "failed"
     try:
-        assert wait_until(lambda: not _alive(pids), 3.0), _alive(pids)
+        assert wait_until(lambda: not _alive(pids), 30.0), _alive(pids)
     finally:
         _kill(_alive(pids))
 
@@ -118,7 +118,7 @@ def test_what_a_cancelled_agents_tools_started_ends_with_it(
 
     asyncio.run(main())
     try:
-        assert wait_until(lambda: not _alive(pids), 3.0), _alive(pids)
+        assert wait_until(lambda: not _alive(pids), 30.0), _alive(pids)
     finally:
         _kill(_alive(pids))
 

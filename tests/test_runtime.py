@@ -343,11 +343,11 @@ def test_cancelled_nodes_get_a_cancel_event() -> None:
     async def main() -> RunResult:
         async with Runtime(max_concurrency=1, on_event=events.append) as runtime:
             handle = runtime.start(plan)
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # "running" runs, "queued" waits: the clock is virtual
             handle.cancel()
             return await handle
 
-    result = arun(main())
+    result = arun(main(), virtual=True)
     per_node = check_event_stream(events, plan)
     assert per_node["running"] == ["NodeQueued", "NodeStarted", "NodeFinished"]
     assert per_node["queued"] == ["NodeQueued", "NodeCancelled"]
