@@ -702,7 +702,7 @@ def test_an_unclosed_pool_is_cleaned_up_when_collected() -> None:
         return pid
 
     pid = arun(main())
-    assert wait_until(lambda: gone(pid), timeout=3.0)
+    assert wait_until(lambda: gone(pid), timeout=30.0)
     gc.collect()
 
 
