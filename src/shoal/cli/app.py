@@ -32,6 +32,7 @@ from typer.core import TyperGroup
 from shoal import __version__
 from shoal.agents.budget import Budget
 from shoal.approvals import Approver, Rule, RulesApprover
+from shoal.cli import presses
 from shoal.cli.agent_journal import AgentJournal
 from shoal.cli.agents import AgentOptions, is_agent_target, model_option, run_agent_target
 from shoal.cli.approver import ConsoleApprover
@@ -421,19 +422,23 @@ def _run_checked(options: RunOptions) -> int:
         return _bad_input("events", sink, options.as_json)
     console = safe_console()  # a sane size whatever COLUMNS and LINES say
     started: list[str] = []  # the run's id, once it has one
+    # Ctrl-C is held from before the loop is made: a press at any moment from here on
+    # cancels the run (as it starts, if it has not yet), none is lost in between
+    ctrl_c = CtrlC(on_hard_exit=partial(show_cursor, console) if live else _nothing)
     try:
-        with others_to_stderr(options.as_json):  # a tool's print is not the JSON's
-            result, interrupted = asyncio.run(_drive(
-                runtime, plan, sink, console if live else None, pause,
-                options.start_options(), started))
-    except KeyboardInterrupt:  # a call's own: Ctrl-C during the run raises none (see CtrlC)
-        return stopped_by_a_call(started[0] if started else "", runtime.store is not None,
-                                 options.as_json)
+        with others_to_stderr(options.as_json), ctrl_c:  # a tool's print is not the JSON's
+            try:
+                result, _ = asyncio.run(_drive(
+                    runtime, plan, sink, console if live else None, pause,
+                    options.start_options(), started, ctrl_c))
+            except KeyboardInterrupt:  # a call's own: Ctrl-C raises none here (see CtrlC)
+                return stopped_by_a_call(started[0] if started else "",
+                                         runtime.store is not None, options.as_json)
     finally:
         if sink is not None:
             sink.close()
     _print_result(result, options.as_json, console)
-    code = EXIT_INTERRUPTED if interrupted else (EXIT_OK if result.ok else EXIT_FAILED)
+    code = EXIT_INTERRUPTED if ctrl_c.interrupted else (EXIT_OK if result.ok else EXIT_FAILED)
     if result.abandoned:
         _exit_leaving_threads(result, code)
     return code
@@ -459,23 +464,28 @@ def _open_events(path: Path | None) -> JsonlSink | str | None:
 async def _drive(runtime: Runtime, plan: Plan, sink: JsonlSink | None,
                  live: Console | None, pause: LivePause | None = None,
                  start: Mapping[str, Any] | None = None,
-                 started: list[str] | None = None) -> tuple[RunResult, bool]:
+                 started: list[str] | None = None,
+                 ctrl_c: CtrlC | None = None) -> tuple[RunResult, bool]:
     """Run ``plan``; return its result and whether Ctrl-C stopped it.
 
-    ``started`` gets the run's id as soon as it has one.
+    ``started`` gets the run's id as soon as it has one. ``ctrl_c``, entered already, is
+    given the run to cancel; without it one is entered for the run.
     """
     try:
         handle = runtime.start(plan, on_event=sink, **(start or {}))
+        if ctrl_c is not None:  # a press before this cancels the run now
+            ctrl_c.attach(handle)
         if started is not None:
             started.append(handle.run_id)
         if runtime.store is not None:  # the id that shoal show / resume / cancel take
             announce(handle.run_id, bool((start or {}).get("resume")),
                      getattr(runtime.store, "path", "the store"))
-        with CtrlC(handle, on_hard_exit=(partial(show_cursor, live) if live is not None
-                                         else _nothing)) as ctrl_c:
+        with contextlib.nullcontext(ctrl_c) if ctrl_c is not None else CtrlC(
+                handle, on_hard_exit=(partial(show_cursor, live) if live is not None
+                                      else _nothing)) as watching:
             title = f"shoal · {plan.name}" if plan.name else "shoal"
             result = await (follow(handle, live, title, pause) if live is not None else handle)
-        return result, ctrl_c.interrupted
+        return result, watching.interrupted
     finally:
         await runtime.aclose()
 
@@ -525,8 +535,8 @@ def main() -> None:
     Ctrl-C outside a run (while typer builds the command line, or a slow tool module
     imports) ends it with exit code 130 and one line, as during a run.
     """
-    install_log_handler()  # the library's warnings quote node ids and errors: escape them
     try:
+        install_log_handler()  # the library's warnings quote node ids and errors: escape them
         code = app(standalone_mode=False)  # so that errors come back here to be escaped
     except (KeyboardInterrupt, _Interrupted):  # in a command, or while typer makes it
         code = _interrupted()
@@ -540,6 +550,8 @@ def main() -> None:
         code = _cannot_write(exc) if exc.errno in _FULL else _crashed()
     except Exception as exc:
         code = _command_line_error(exc) if _is_usage_error(exc) else _crashed()
+    if presses() and code != EXIT_INTERRUPTED:  # a press whose KeyboardInterrupt was lost
+        code = _interrupted()
     sys.exit(code if isinstance(code, int) else EXIT_OK)
 
 

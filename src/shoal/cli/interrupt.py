@@ -25,11 +25,18 @@ class Cancellable(Protocol):
 
 
 class CtrlC:
-    """Context manager handling SIGINT for one run on the running event loop.
+    """Context manager handling SIGINT for one run: the first press cancels it on its loop.
 
     First press: ``handle.cancel(...)`` on the loop; the run still ends normally with every
     outcome recorded, and ``interrupted`` becomes true. Second press: ``on_hard_exit()``, then
     ``os._exit(130)`` without waiting for anything.
+
+    Entered around ``asyncio.run`` without a handle, it holds SIGINT from before the loop
+    exists: a press before the run has started is recorded, and :meth:`attach` cancels the run
+    as it starts. (Otherwise ``asyncio.run`` puts its own handler in the gap, which cancels
+    the main task and may turn the press into a bare ``CancelledError``.) Presses counted by
+    :func:`shoal.cli.presses` whose ``KeyboardInterrupt`` was lost count as made before the
+    run. Entered on a running loop with a handle, it is attached at once.
 
     This is a plain ``signal.signal`` handler rather than ``loop.add_signal_handler``: a loop
     handler only runs when the loop gets control, so a tool that blocks the loop (an async
@@ -39,38 +46,60 @@ class CtrlC:
     asyncio's own signal support does) or exits.
     """
 
-    def __init__(self, handle: Cancellable, on_hard_exit: Callable[[], None] = lambda: None):
+    def __init__(self, handle: Cancellable | None = None,
+                 on_hard_exit: Callable[[], None] = lambda: None):
         self._handle = handle
         self._on_hard_exit = on_hard_exit
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._installed = False
         self._previous: Any = None
         self._presses = 0
+        self._cancelled = False
 
     @property
     def interrupted(self) -> bool:
-        """Whether Ctrl-C was pressed during the run."""
+        """Whether Ctrl-C was pressed during the run (or before it, see the class)."""
         return self._presses > 0
 
     def __enter__(self) -> CtrlC:
-        loop = asyncio.get_running_loop()
-        try:
+        from shoal.cli import presses  # this package's: light
+
+        self._presses = presses()
+        try:  # the handler may run before signal.signal returns: it needs nothing set here
             self._previous = signal.signal(signal.SIGINT, self._on_sigint)
         except ValueError:
             return self  # not the main thread: Ctrl-C keeps its usual meaning
-        self._loop = loop
+        self._installed = True
+        if self._handle is not None:
+            self.attach(self._handle)
         return self
+
+    def attach(self, handle: Cancellable) -> None:
+        """Let Ctrl-C cancel ``handle``, a run just started; called on its running loop.
+
+        A press made before (since :meth:`__enter__`) cancels it now.
+        """
+        self._handle = handle
+        if not self._installed:
+            return
+        self._loop = asyncio.get_running_loop()  # set first: a press from here on is handed
+        if self._presses:  # to the loop, one before it is seen now
+            self._cancel()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if self._loop is not None:  # None: the old handler was not installed from Python
+        if self._installed:  # not installed: the old handler was not set from Python
             signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
+            self._installed = False
+        self._loop = None
 
     def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
-        assert self._loop is not None
         self._presses += 1
         if self._presses == 1:
-            self._loop.call_soon_threadsafe(self._cancel)
-            return
+            loop = self._loop
+            if loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(self._cancel)
+            return  # no run attached yet: attach() cancels it as it starts
         self._on_hard_exit()
         # os.write, not print: the handler may have interrupted a print in progress
         os.write(2, b"\ninterrupted twice: exiting without waiting for running calls\n")
@@ -78,6 +107,9 @@ class CtrlC:
 
     def _cancel(self) -> None:
         # on the loop, so printing is safe, and a live view shows the message above itself
+        if self._cancelled or self._handle is None:
+            return
+        self._cancelled = True
         print("\ninterrupted: cancelling the run; press Ctrl-C again to quit at once",
               file=sys.stderr, flush=True)
         self._handle.cancel(reason=INTERRUPT_REASON)
