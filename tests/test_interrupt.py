@@ -403,6 +403,27 @@ def test_a_ctrl_c_whose_keyboard_interrupt_a_finalizer_drops_still_stops_the_run
     assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
 
 
+def test_a_ctrl_c_lost_while_an_agent_module_imports_stops_the_agent_as_it_starts(
+        tmp_path: Path) -> None:
+    # as for a plan: the agent's run started after the lost press and went on to its end
+    (tmp_path / "lost_press.py").write_text(LOST_PRESS_TOOLS + textwrap.dedent(f'''
+        import shoal
+        from shoal.testing import ScriptedModel, call
+
+        agent = shoal.Agent(name="lead", tools=[nap], model=ScriptedModel(
+            [[call("nap", seconds=30, marker={str(tmp_path / "ran")!r})], "done"]))
+    '''))
+    done = subprocess.run(
+        [sys.executable, "-c", "from shoal.cli import main; main()", "run", "lost_press:agent",
+         "go", "--json", "--no-store"], cwd=tmp_path, capture_output=True, text=True,
+        timeout=60, stdin=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{tmp_path}"})
+    assert done.returncode == 130, done.stderr
+    assert not (tmp_path / "ran").exists()  # cancelled as it started: the call never ran
+    assert json.loads(done.stdout)["status"] == "cancelled"
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
+
+
 def test_a_ctrl_c_before_the_run_starts_cancels_it_as_it_starts(
         workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # between asyncio.run's start and the run's own handler, asyncio's handler took the press:

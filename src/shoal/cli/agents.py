@@ -202,11 +202,15 @@ def run_agent_target(options: AgentOptions, console: Console, live: bool) -> int
         sinks.append(options.journal)
     if not live:  # nobody watches a tree: say on stderr what the models are waiting for
         sinks.append(notice_lines)
-    drive = (_drive(agent, options, sinks, console, view, live) if isinstance(agent, Agent)
-             else _drive_composition(agent, options, sinks, console, view, live))
+    # Ctrl-C is held from before the loop is made (as for a plan): a press at any moment from
+    # here on cancels the run, as it starts if it has not yet; none is lost in between
+    ctrl_c = CtrlC(on_hard_exit=partial(show_cursor, console) if live else _no_cursor)
     try:
-        with others_to_stderr(options.as_json):  # a tool's print is not the JSON's
-            result, error, interrupted = asyncio.run(drive)
+        with others_to_stderr(options.as_json), ctrl_c:  # a tool's print is not the JSON's
+            result, error = asyncio.run(
+                _drive(agent, options, sinks, console, view, live, ctrl_c)
+                if isinstance(agent, Agent)
+                else _drive_composition(agent, options, sinks, console, view, live, ctrl_c))
     except KeyboardInterrupt:  # a call's own: Ctrl-C during the run raises none (see CtrlC)
         journal = options.journal
         return stopped_by_a_call(journal.run_id if journal is not None else "",
@@ -217,7 +221,7 @@ def run_agent_target(options: AgentOptions, console: Console, live: bool) -> int
         # taken from the journal too
         view = AgentTree.from_summary(summary(result))
     _print(result, error, options.as_json, console, view, composed=composed)
-    if interrupted:
+    if ctrl_c.interrupted:
         return EXIT_INTERRUPTED
     if _journal_failed(error):  # the run's calls are shown above, and what to do
         return EXIT_JOURNAL_FAILED
@@ -268,8 +272,8 @@ def notice_lines(event: Event) -> None:
 
 
 async def _drive(agent: Agent[Any], options: AgentOptions, sinks: list[Any], console: Console,
-                 view: AgentTree, live: bool,
-                 ) -> tuple[AgentResult[Any] | None, BaseException | None, bool]:
+                 view: AgentTree, live: bool, ctrl_c: CtrlC,
+                 ) -> tuple[AgentResult[Any] | None, BaseException | None]:
     runtime = options.runtime or Runtime()
     journal = options.journal
     if journal is not None and not options.resume:
@@ -282,12 +286,13 @@ async def _drive(agent: Agent[Any], options: AgentOptions, sinks: list[Any], con
     except BaseException:
         await _abandon(runtime, journal, options.resume)
         raise
-    return await _watch(handle, handle, handle.run_id, options, runtime, console, view, live)
+    return await _watch(handle, handle, handle.run_id, options, runtime, console, view, live,
+                        ctrl_c)
 
 
 async def _drive_composition(composed: Composed, options: AgentOptions, sinks: list[Any],
-                             console: Console, view: AgentTree, live: bool,
-                             ) -> tuple[AgentResult[Any] | None, BaseException | None, bool]:
+                             console: Console, view: AgentTree, live: bool, ctrl_c: CtrlC,
+                             ) -> tuple[AgentResult[Any] | None, BaseException | None]:
     """Run a pattern or a plan function as ``_drive`` runs an agent (see shoal.cli.compose)."""
     runtime = options.runtime or Runtime()
     journal = options.journal
@@ -315,15 +320,17 @@ async def _drive_composition(composed: Composed, options: AgentOptions, sinks: l
     except BaseException:
         await _abandon(runtime, journal, options.resume)
         raise
-    return await _watch(run, run.wait(), run_id, options, runtime, console, view, live)
+    return await _watch(run, run.wait(), run_id, options, runtime, console, view, live, ctrl_c)
 
 
 async def _watch(run: Cancellable, result_of: Awaitable[AgentResult[Any]], run_id: str,
                  options: AgentOptions, runtime: Runtime, console: Console, view: AgentTree,
-                 live: bool) -> tuple[AgentResult[Any] | None, BaseException | None, bool]:
+                 live: bool, ctrl_c: CtrlC,
+                 ) -> tuple[AgentResult[Any] | None, BaseException | None]:
     """Follow a started agent or composition to its end; close the runtime after.
 
-    The live tree (or nothing), Ctrl-C, and the journal's heartbeat, which also brings
+    The live tree (or nothing), Ctrl-C (``ctrl_c``, entered before the loop was made, is
+    given the run here), and the journal's heartbeat, which also brings
     ``shoal cancel`` from another process. A journal that cannot be written stops the run
     (as it stops a plan's) and is the error returned, beside the result so far: the calls
     that ran are shown, never lost behind the error.
@@ -335,28 +342,25 @@ async def _watch(run: Cancellable, result_of: Awaitable[AgentResult[Any]], run_i
                else None)  # shoal cancel RUN from another process
     result: AgentResult[Any] | None = None
     error: BaseException | None = None
-    interrupted = False
+    ctrl_c.attach(run)  # a press made before this cancels the run now
     try:
-        with CtrlC(run, on_hard_exit=partial(show_cursor, console) if live else _no_cursor
-                   ) as ctrl_c:
-            try:
-                result = await (_follow(result_of, run_id, console, view, options.pause)
-                                if live else result_of)
-                error = None if result.ok else result.error
-            except (AgentError, ModelError, ScriptError, StoreError) as exc:
-                # ScriptError: a ScriptedModel asked what its script does not cover (the
-                # program's own mistake, one line); StoreError: the journal of a step failed
-                # (JournalWriteError) or could not record its end, and the run stopped with
-                # what it had (the agent puts its result on each)
-                so_far = getattr(exc, "result", None)
-                result, error = so_far if isinstance(so_far, AgentResult) else None, exc
-            interrupted = ctrl_c.interrupted
+        try:
+            result = await (_follow(result_of, run_id, console, view, options.pause)
+                            if live else result_of)
+            error = None if result.ok else result.error
+        except (AgentError, ModelError, ScriptError, StoreError) as exc:
+            # ScriptError: a ScriptedModel asked what its script does not cover (the
+            # program's own mistake, one line); StoreError: the journal of a step failed
+            # (JournalWriteError) or could not record its end, and the run stopped with
+            # what it had (the agent puts its result on each)
+            so_far = getattr(exc, "result", None)
+            result, error = so_far if isinstance(so_far, AgentResult) else None, exc
     finally:
         journal_error = await _stop_beating(beating)
         if journal is not None:
-            journal_error = journal_error or _ended(journal, result, interrupted)
+            journal_error = journal_error or _ended(journal, result, ctrl_c.interrupted)
         await runtime.aclose()
-    return result, error or journal_error, interrupted
+    return result, error or journal_error
 
 
 async def _beat(journal: AgentJournal, run: Cancellable) -> None:
