@@ -426,11 +426,12 @@ def _run_checked(options: RunOptions) -> int:
     # cancels the run (as it starts, if it has not yet), none is lost in between
     ctrl_c = CtrlC(on_hard_exit=partial(show_cursor, console) if live else _nothing)
     try:
-        with others_to_stderr(options.as_json), ctrl_c:  # a tool's print is not the JSON's
+        with ctrl_c:
             try:
-                result, _ = asyncio.run(_drive(
-                    runtime, plan, sink, console if live else None, pause,
-                    options.start_options(), started, ctrl_c))
+                with others_to_stderr(options.as_json):  # a tool's print is not the JSON's
+                    result, _ = asyncio.run(_drive(
+                        runtime, plan, sink, console if live else None, pause,
+                        options.start_options(), started, ctrl_c))
             except KeyboardInterrupt:  # a call's own: Ctrl-C raises none here (see CtrlC)
                 return stopped_by_a_call(started[0] if started else "",
                                          runtime.store is not None, options.as_json)
