@@ -225,6 +225,20 @@ def test_exactly_one_outcome_per_node() -> None:
     assert all(s.phase is Phase.DONE for s in state.slots)
 
 
+@pytest.mark.parametrize("forward", [False, True])
+def test_outcomes_by_id_are_in_plan_order(forward: bool) -> None:
+    """Refs that point forward put positions out of plan order; the result keeps plan order."""
+    plan = Plan()
+    for i in range(5):  # forward: node i uses node i + 1, added after it
+        value = Ref(f"n{i + 1}") if forward and i < 4 else i
+        plan.call(step, value=value, node_id=f"n{i}")
+    state = make_state(plan)
+    drive(state)
+    assert state.graph.nodes[0].id == ("n4" if forward else "n0")
+    assert list(state.outcomes_by_id()) == [f"n{i}" for i in range(5)]
+    assert all(o.status == "ok" for o in state.outcomes_by_id().values())
+
+
 def test_a_second_finish_for_a_finished_node_is_refused() -> None:
     plan = Plan()
     a = plan.call(step, value=1)

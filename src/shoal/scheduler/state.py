@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import operator
 import random
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -250,6 +251,7 @@ class _Rare:
         self.items: list[int] | None = None  # a map node, once expanded: its items' positions
 
 
+_INDEX = operator.attrgetter("index")  # a node's plan index
 _NEVER = float("-inf")  # a start time earlier than any (see SchedulerState.finish_ok)
 _RUN: Fate = ("run", None)  # a node's fate when no journal says otherwise: run it
 
@@ -983,9 +985,9 @@ class SchedulerState:
 
         Looked at once: a node added while the run goes comes last in both orders.
         """
-        if self._plan_order is None:
-            self._plan_order = not any(
-                a.index > b.index for a, b in itertools.pairwise(self.graph.nodes))
+        if self._plan_order is None:  # indexes never decrease: compared without a Python step
+            indexes = list(map(_INDEX, self.graph.nodes))
+            self._plan_order = all(map(operator.le, indexes, itertools.islice(indexes, 1, None)))
         return self._plan_order
 
     def outcomes_by_id(self) -> dict[str, Outcome]:
