@@ -182,7 +182,10 @@ def test_without_network_each_retry_is_a_line_at_once() -> None:
 
 def test_a_provider_that_recovers_shows_its_retries_then_answers() -> None:
     with OpenAIWireServer(text_reply("hello there")) as server:
-        server.fail_next(2, status=503)
+        # told when to come back (Retry-After), the CLI waits 0.05 s, not the default backoff's
+        # 0.5 s then 1 s: the retries are shown all the same (the backoff's own lines are the
+        # test without network's)
+        server.fail_next(2, status=503, retry_after=0.05)
         done = shoal_env("run", f"{NEWCOMER}:hosted", "hi", "--no-store",
                          env={"OPENAI_API_KEY": "k", "OPENAI_BASE_URL": server.url})
     assert done.returncode == 0, done.stderr

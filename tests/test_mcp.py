@@ -226,7 +226,7 @@ DELAY = 0.5
 
 
 def relayed(program: str, log: Path) -> list[str]:
-    """``program`` behind tests/mcp_relay.py: answers DELAY s late, every message logged."""
+    """``program`` behind tests/mcp_relay.py: tool calls answered DELAY s late, all logged."""
     return [sys.executable, str(ROOT / "tests" / "mcp_relay.py"), str(log), str(DELAY), program]
 
 
