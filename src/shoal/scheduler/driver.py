@@ -408,15 +408,18 @@ class Driver:
         if self._watchers or self._early:
             self._tell_all_watchers()
         result = self.result()
-        self._publish([RunFinished(run_id=self.state.run_id, time=max(self.now(), result.makespan),
-                                   counts=self._counts(), makespan=result.makespan)])
+        if self._sinks or self._internal:  # else nobody listens: no event to make
+            self._publish([RunFinished(
+                run_id=self.state.run_id, time=max(self.now(), result.makespan),
+                counts=self._counts(), makespan=result.makespan)])
         await self._close_journal(result=result)  # after RunFinished: a journal that keeps events
         return result  # has it too
 
     def _begin(self) -> None:
         """Announce the run, set its deadline, restore what a resume replays, start it."""
-        self._publish([RunStarted(run_id=self.state.run_id, time=self.now(),
-                                  nodes=self.state.size, epoch=self._epoch)])
+        if self._sinks or self._internal:  # else nobody listens: no event to make
+            self._publish([RunStarted(run_id=self.state.run_id, time=self.now(),
+                                      nodes=self.state.size, epoch=self._epoch)])
         for early in self._before_start or ():  # cancellations asked for before its first turn
             if self._streaming:
                 self._journal_decisions(early)
