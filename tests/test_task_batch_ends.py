@@ -104,8 +104,8 @@ async def next_step(x: str) -> str:
     return x
 
 
-def test_a_dependent_starts_in_the_loop_turn_its_input_ended() -> None:
-    """It runs in the task of its input, as that ends: not a turn later in a task of its own."""
+def test_a_dependent_starts_in_the_loop_turn_after_its_input_ended() -> None:
+    """Its task is made in the turn its input's task ended (first step: the next turn)."""
     seen.clear()
     plan = shoal.Plan()
     plan.call(step, name="other")  # ends in the same turn, fed in a batch
@@ -120,7 +120,7 @@ def test_a_dependent_starts_in_the_loop_turn_its_input_ended() -> None:
             seen["stop"] = 0
 
     assert asyncio.run(go()).ok
-    assert seen["next"] == seen["first"], seen
+    assert seen["next"] == seen["first"] + 1, seen
 
 
 @pytest.mark.parametrize("failing", [0, N // 2, N - 1])
@@ -190,3 +190,40 @@ def test_ends_that_came_before_the_run_was_cancelled_keep_their_outcome() -> Non
     assert {name: finished.get(name) for name in ended} == dict.fromkeys(ended, "ok")
     assert finished["canceller"] == "cancelled"
     assert len(finished) == N + 1
+
+
+loop_turns = [0]  # counted by a callback that schedules itself again
+returned_in: dict[str, int] = {}  # node -> the loop turn its tool returned in
+
+
+@shoal.tool
+async def note_turn(name: str) -> str:
+    """Let the loop turn once, then note the turn it returns in."""
+    await asyncio.sleep(0)
+    returned_in[name] = loop_turns[0]
+    return name
+
+
+def test_the_last_end_is_fed_at_once_not_a_loop_turn_later() -> None:
+    """No attempt is left to join the batch of ends, so the run's end is not held a turn."""
+    returned_in.clear()
+    plan = shoal.Plan()
+    for i in range(3):
+        plan.call(note_turn, name=f"s{i}")
+
+    async def go() -> int:
+        loop = asyncio.get_running_loop()
+        done = [False]
+
+        def tick() -> None:
+            loop_turns[0] += 1
+            if not done[0]:
+                loop.call_soon(tick)
+
+        loop.call_soon(tick)
+        assert (await shoal.run(plan)).ok
+        done[0] = True
+        return loop_turns[0]
+
+    returned_at = asyncio.run(go())
+    assert returned_at - max(returned_in.values()) <= 1, (returned_at, returned_in)

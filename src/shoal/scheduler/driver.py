@@ -101,10 +101,6 @@ AT_ONCE_BURST = 1000
 #: ... and after this many seconds of them (wall time), however few: a call that cannot suspend
 #: may still compute a while, and a chain of such calls had a loop turn after each with tasks.
 AT_ONCE_SLICE = 0.002
-#: Most attempts one task runs in a row, each started by the end of the one before (see
-#: _attempt_inline): a chain of calls that return without suspending must give the loop a turn
-#: as often as a task per call would, about (as a burst of calls run at once does).
-CHAIN_BURST = 100
 #: A start time earlier than any: a call's end fed with it moves no start (finish_ok_many).
 _NO_START = float("-inf")
 #: This machine's name: where the calls of backends that run everything here ran.
@@ -171,8 +167,7 @@ class Driver:
         "_at_once", "_at_once_contexts", "_at_once_stopped", "_before_start", "_burst_due",
         "_bursting", "_clock",
         "_context", "_deadline", "_desk", "_early", "_ends_each", "_entered", "_epoch",
-        "_executor_for", "_executors", "_finished", "_given_clock", "_handed", "_host", "_hosts",
-        "_internal",
+        "_executor_for", "_executors", "_finished", "_given_clock", "_hosts", "_internal",
         "_journal", "_loop", "_observer", "_on_pool", "_origin_epoch", "_pool_returned", "_quick",
         "_resume",
         "_run_approvals", "_run_record", "_session", "_settling", "_shift", "_sinks", "_starting",
@@ -249,10 +244,6 @@ class Driver:
         # position -> the task of its attempt, for those that have one (most calls run at once
         # or on a pool have none: no pair per call to make)
         self._task_of: dict[int, asyncio.Task[None]] = {}
-        # the task feeding its attempt's end, free to run the first inline call that end
-        # starts (see _attempt_inline); the call handed to it, not begun yet
-        self._host: asyncio.Task[None] | None = None
-        self._handed: Call | None = None
         # calls that end in their first step, to run at once, each in the context a task of
         # its own would have copied; those cancelled before they ran; whether a burst runs
         self._at_once: deque[Call] = deque()
@@ -656,7 +647,7 @@ class Driver:
         # would run its first step before the driver has recorded it)
         lean = (taskless and inline_here and not self._streaming
                 and self._loop.get_task_factory() is None)
-        loop, task_of, host = self._loop, self._task_of, self._host
+        loop, task_of = self._loop, self._task_of
         for call in starts:
             if taskless:
                 # no task: start after this decision's cancels (one that fail_fast stops here
@@ -683,10 +674,6 @@ class Driver:
                 if inline_here and call.isolation == "inline":
                     if lean_ok and call.timeout is None:
                         tasks[call.pos] = call
-                        if host is not None:  # the task whose end started it runs it next
-                            task_of[call.pos], self._handed = host, call
-                            host = self._host = None
-                            continue
                         task_of[call.pos] = asyncio.Task(self._attempt_inline(call), loop=loop)
                         continue
                 else:
@@ -1034,69 +1021,34 @@ class Driver:
         each. Any other end is fed at once, so what waits for it starts in this loop turn; so
         is the batch once no attempt is left in flight (at the run's end, say): no end can
         join it any more, and it would hold the run's end a loop turn.
-
-        The first inline call such an end starts runs next in this same task (see
-        :meth:`_feed_then_next`), as a task of its own would, a loop turn sooner: a chain's
-        step starts as its input ends, not on the loop turn after.
         """
-        chained = 0
-        while True:
-            result: AttemptResult
-            try:
-                value = await call.tool.fn(**call.args)
-            except KeyboardInterrupt:
-                raise
-            except BaseException as exc:  # a cancel, or a tool's raise (SystemExit too)
-                result = _raised(call, exc, _cancel_asked())
-            else:
-                if type(value) in _PLAIN:  # most calls: no result object (see _returned)
-                    pos = call.pos
-                    if (call.began_at is not None or call.ended_at is not None
-                            or pos in self._watchers or self.state.releases(pos)):
-                        # something waits for it: fed now, so it starts in this loop turn
-                        chained += 1
-                        handed = self._feed_then_next(call, value, chained < CHAIN_BURST)
-                        if handed is None:
-                            return
-                        call = handed
-                        continue
-                    try:
-                        self._task_returned_plain(call, value)
-                    except Exception as exc:
-                        self._internal_error(call.node_id, exc)
-                        return
-                    if not self._tasks:  # no attempt in flight, so no end can join the
-                        self._task_ends_first()  # batch: fed now (the run's end, say)
-                    return
-                result = _returned_value(call, value)
-            assert self._context is not None
-            self._context.run(self._report, self._attempt_done, call, result)
-            return
-
-    def _feed_then_next(self, call: Call, value: Any, may_chain: bool) -> Call | None:
-        """Feed the plain return of ``call`` (a lean attempt) now; then the call to run next.
-
-        If ``may_chain``, the task (the current one) is offered to the first inline call this
-        end starts that would get a lean task of its own (see :meth:`_start_calls`), and this
-        returns that call, for the task to run now. Only where running it here is running it
-        as its own task would: this task's context is still the one such a task would copy
-        (the tool set no context variable), and nobody asked to cancel this task. A cancel of
-        the handed call before it runs gives it its own task, cancelled (see :meth:`_stop`).
-        """
-        context = self._context
-        assert context is not None
-        host = self._task_of.get(call.pos) if may_chain else None
-        if (host is not None and host.cancelling() == 0
-                and contextvars.copy_context() == context):
-            self._host = host
+        result: AttemptResult
         try:
-            context.run(self._report, self._returned, call, value)
-        finally:
-            handed, self._handed, self._host = self._handed, None, None
-        if (handed is not None and self._tasks.get(handed.pos) is handed
-                and self._task_of.get(handed.pos) is host):
-            return handed
-        return None
+            value = await call.tool.fn(**call.args)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # a cancel, or a tool's raise (SystemExit too: see _raised)
+            result = _raised(call, exc, _cancel_asked())
+        else:
+            if type(value) in _PLAIN:  # most calls: no result object (see _returned)
+                pos = call.pos
+                if (call.began_at is not None or call.ended_at is not None
+                        or pos in self._watchers or self.state.releases(pos)):
+                    # something waits for it: fed now, so it starts in this loop turn
+                    assert self._context is not None
+                    self._context.run(self._report, self._returned, call, value)
+                    return
+                try:
+                    self._task_returned_plain(call, value)
+                except Exception as exc:
+                    self._internal_error(call.node_id, exc)
+                    return
+                if not self._tasks:  # no attempt in flight, so no end can join the batch:
+                    self._task_ends_first()  # fed now, or it would hold the run's end a turn
+                return
+            result = _returned_value(call, value)
+        assert self._context is not None
+        self._context.run(self._report, self._attempt_done, call, result)
 
     def _task_returned_plain(self, call: Call, value: Any) -> None:
         """Note the plain return of a lean attempt's task; its attempt is over.
@@ -1156,12 +1108,6 @@ class Driver:
             if task is None:
                 self._stop_taskless(pos, call)
                 return
-            if call is self._handed:  # handed to the task feeding the end before it: it has
-                # not begun, so it gets the task it would have had, cancelled before it runs
-                assert self._loop is not None
-                self._handed = None
-                task = self._task_of[pos] = asyncio.Task(self._attempt_inline(call),
-                                                         loop=self._loop)
             task.cancel()
             task.add_done_callback(partial(self._unreported, call))
 

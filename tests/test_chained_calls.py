@@ -1,9 +1,7 @@
-"""A call its input's end starts runs next in its input's task, as its own task would.
+"""A chain of inline async calls: each starts the moment its input ends, as a call of its own.
 
-The first inline async call that an end starts runs in the task that ran the ended call, as
-that call's end is fed (no new task, no loop turn to wait for). It must be as if it had a task
-of its own: a cancel before it runs means it never runs, it never sees a context variable its
-input set, and a chain of calls that return without suspending still gives the loop turns.
+Each step runs as in a task of its own: a cancel that comes as it is started means its tool
+never runs, and it never sees a context variable its input set.
 """
 
 from __future__ import annotations
@@ -13,7 +11,6 @@ import contextvars
 
 import shoal
 from shoal.events import Event, NodeStarted
-from shoal.scheduler.driver import CHAIN_BURST
 from shoal.testing import run_virtual
 
 ran: list[str] = []  # the calls whose tools began, in order
@@ -98,40 +95,3 @@ def test_a_call_never_sees_a_context_variable_its_input_set() -> None:
     result = run_virtual(shoal.run(plan))
     assert result[b].value == "a:unset"  # as in a task of its own: the run's context
     assert result[c].value == "a:unset:unset"
-
-
-turns = [0]  # loop turns, counted by a callback that schedules itself again
-turn_seen: list[int] = []  # the turn each call of ``maybe_wait`` ran in
-
-
-@shoal.tool
-async def maybe_wait(x: int) -> int:
-    """Return at once (no suspension) unless asked to wait; note the loop turn."""
-    turn_seen.append(turns[0])
-    if x < 0:
-        await asyncio.sleep(0)
-    return x + 1
-
-
-def test_a_chain_that_never_suspends_still_gives_the_loop_turns() -> None:
-    steps = 3 * CHAIN_BURST
-    plan = shoal.Plan()
-    ref = plan.call(maybe_wait, x=0)
-    for _ in range(steps - 1):
-        ref = plan.call(maybe_wait, x=ref)
-    turns[0] = 0
-    turn_seen.clear()
-
-    def tick() -> None:
-        turns[0] += 1
-        if len(turn_seen) < steps:
-            asyncio.get_running_loop().call_soon(tick)
-
-    async def go() -> shoal.RunResult:
-        asyncio.get_running_loop().call_soon(tick)
-        return await shoal.run(plan)
-
-    result = asyncio.run(go())
-    assert result.ok and result[ref].value == steps
-    # a task per call: a turn per call; one task runs CHAIN_BURST of them at most in a row
-    assert turn_seen[-1] - turn_seen[0] >= steps // CHAIN_BURST - 1, turn_seen
