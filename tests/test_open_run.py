@@ -16,6 +16,7 @@ import pytest
 import shoal
 from shoal.events import Event, NodeFinished, NodeQueued, NodeStarted, RunFinished
 from shoal.exceptions import PlanError, UpstreamFailedError
+from shoal.openrun import OpenRun
 from shoal.testing import run_virtual
 from tests.conftest import arun, until
 
@@ -806,3 +807,58 @@ def test_a_thread_adding_to_a_run_whose_loop_closes_first_is_told_not_left_waiti
     proc = subprocess.run([sys.executable, "-c", _CLOSED_FIRST], capture_output=True,
                           text=True, timeout=60)
     assert proc.stdout.strip() == "['RunClosedError']", (proc.stdout, proc.stderr[-800:])
+
+
+gate = threading.Event()  # holds the node below until the other loop waits for it
+
+
+@shoal.tool(isolation="thread")
+def gated() -> str:
+    gate.wait(30)
+    return "through"
+
+
+def test_a_thread_with_a_loop_of_its_own_waits_for_nodes_and_the_run() -> None:
+    # awaiting run.wait / run.value / the run itself from another event loop (a thread's
+    # asyncio.run) used to hang for good: the future it awaited was set from the run's thread,
+    # which never woke the other loop
+    gate.clear()
+    seen: dict[str, Any] = {}
+
+    def elsewhere(run: OpenRun, ref: shoal.Ref) -> None:
+        async def waits() -> None:
+            async with asyncio.timeout(20):
+                gate.set()  # the node ends only once this loop is waiting
+                seen["outcome"] = (await run.wait(ref)).status
+                seen["value"] = await run.value(ref)
+                with pytest.raises(KeyError, match="no node 'nothing#9'"):
+                    await run.wait("nothing#9")
+                run.close()
+                seen["result"] = (await run).ok
+
+        asyncio.run(waits())
+
+    async def main() -> shoal.RunResult:
+        async with shoal.Runtime() as runtime:
+            run = runtime.open_run()
+            ref = run.call(gated)
+            await asyncio.to_thread(elsewhere, run, ref)
+            return await run
+
+    result = arun(main())
+    assert seen == {"outcome": "ok", "value": "through", "result": True}
+    assert result["gated#1"].value == "through"
+
+
+def test_waiting_from_another_loop_after_the_runs_loop_closed_says_so() -> None:
+    async def opened() -> tuple[OpenRun, shoal.Ref]:
+        runtime = shoal.Runtime()
+        async with runtime.open_run() as run:
+            ref = run.call(quick_inline)
+        await runtime.aclose()
+        return run, ref
+
+    run, ref = asyncio.run(opened())  # its loop is closed now
+    assert run.result.ok
+    with pytest.raises(shoal.RunClosedError, match=r"read run\.result"):
+        asyncio.run(run.wait(ref))
