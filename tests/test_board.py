@@ -654,3 +654,70 @@ def test_a_counter_read_inside_a_call_sees_a_plain_number() -> None:
     result = shoal.run_sync(plan, board=shoal.Board(n=shoal.merge.counter))
     assert result.ok and seen == [0.5] and type(seen[0]) is float
     assert result.board == {"n": 0.5}
+
+
+def within(seconds: float, work: Any) -> Any:
+    """``work()`` on a thread of its own; fail (instead of hanging the suite) if it hangs."""
+    answer: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            answer["value"] = work()
+        except BaseException as exc:
+            answer["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)  # a deadlocked one is left behind
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"hung for {seconds} s (deadlocked?)"
+    if "error" in answer:
+        raise answer["error"]
+    return answer["value"]
+
+
+def capped_board() -> shoal.Board:
+    """A merge function that reads another key: it runs while the board commits."""
+    def capped(total: int, value: int) -> int:
+        return min(total + value, board["cap"])
+
+    board = shoal.Board(cap=shoal.merge.last_writer,
+                        total=shoal.merge.using(capped, initial=0))
+    board.write("cap", 5)
+    return board
+
+
+def test_a_merge_function_that_reads_the_board_fails_its_call_instead_of_hanging() -> None:
+    # it waited for the lock its own thread held: the run (its event loop) hung for good
+    board = capped_board()
+
+    @shoal.tool
+    def add(n: int, board: shoal.BoardHandle) -> None:
+        board.write("total", n)
+
+    plan = shoal.Plan()
+    plan.call(add, n=2)
+    result = within(30, lambda: shoal.run_sync(plan, board=board))
+    outcome = result["add#1"]
+    assert outcome.status == "failed"
+    assert outcome.error is not None
+    assert outcome.error.type == "shoal.exceptions.BoardValueError"
+    assert "a merge function" in outcome.error.message
+    assert "cannot read or write the board" in outcome.error.message
+    assert board.snapshot() == {"cap": 5, "total": 0}  # nothing half-committed
+    with pytest.raises(BoardValueError, match="cannot read or write the board"):
+        within(30, lambda: board.write("total", 1))  # from outside a run too
+    assert board["total"] == 0 and board["cap"] == 5  # and the board is usable still
+
+
+def test_a_value_whose_comparison_reads_the_board_is_refused_not_deadlocked() -> None:
+    board = shoal.Board(best=shoal.merge.maximum)
+
+    class Nosy(int):
+        def __gt__(self, other: object) -> bool:
+            board.snapshot()  # compared while the board merges
+            return int(self) > int(other)  # type: ignore[call-overload]
+
+    board.write("best", 1)
+    with pytest.raises(BoardError, match="cannot read or write the board"):
+        within(30, lambda: board.write("best", Nosy(3)))
+    assert board["best"] == 1

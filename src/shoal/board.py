@@ -123,6 +123,36 @@ def _new_slot(key: str, rule: Rule) -> _Slot:
                           "(each board starts from its own copy)") from exc
 
 
+class _Guard:
+    """The board's lock, knowing which thread holds it.
+
+    A board runs code of its users while it holds its lock: merge functions (``using``) and
+    written values' own ``__eq__``, ``__hash__`` and comparisons. Such code coming back to
+    the board on the same thread (a merge function reading another key) would wait for
+    the lock its own thread holds, and the run would hang for good; it is refused instead.
+    """
+
+    __slots__ = ("_holder", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holder: int | None = None  # set and cleared only by the holding thread
+
+    def __enter__(self) -> None:
+        me = threading.get_ident()
+        if self._holder == me:
+            raise BoardError("the board is merging a commit on this thread: a merge function "
+                             "(or a written value's own __eq__, __hash__ or comparison) cannot "
+                             "read or write the board; merge from (merged, value) alone, and "
+                             "read other keys in the tool, writing what is to be merged")
+        self._lock.acquire()
+        self._holder = me
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._holder = None
+        self._lock.release()
+
+
 class Board:
     """Named keys, each with a merge rule, shared by the calls of a run (and of agent trees).
 
@@ -146,7 +176,7 @@ class Board:
         if bad:
             raise ConfigError(f"board keys are non-empty strings, got {bad[0]!r}")
         self._slots = {key: _new_slot(key, _as_rule(key, rule)) for key, rule in declared.items()}
-        self._lock = threading.Lock()
+        self._lock = _Guard()
         self._conflicts: list[BoardConflict] = []
         # (run id, node id, digest of the tool and arguments) of each committed call: a call
         # is known by all three (a model asked again may make another call under one name)
