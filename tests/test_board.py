@@ -678,7 +678,8 @@ def within(seconds: float, work: Any) -> Any:
 def capped_board() -> shoal.Board:
     """A merge function that reads another key: it runs while the board commits."""
     def capped(total: int, value: int) -> int:
-        return min(total + value, board["cap"])
+        cap: int = board["cap"]
+        return min(total + value, cap)
 
     board = shoal.Board(cap=shoal.merge.last_writer,
                         total=shoal.merge.using(capped, initial=0))
@@ -713,9 +714,9 @@ def test_a_value_whose_comparison_reads_the_board_is_refused_not_deadlocked() ->
     board = shoal.Board(best=shoal.merge.maximum)
 
     class Nosy(int):
-        def __gt__(self, other: object) -> bool:
+        def __gt__(self, other: int) -> bool:
             board.snapshot()  # compared while the board merges
-            return int(self) > int(other)  # type: ignore[call-overload]
+            return int(self) > int(other)
 
     board.write("best", 1)
     with pytest.raises(BoardError, match="cannot read or write the board"):
