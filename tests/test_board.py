@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import signal
 import sqlite3
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections import Counter
 from contextlib import closing
 from pathlib import Path
@@ -722,3 +724,38 @@ def test_a_value_whose_comparison_reads_the_board_is_refused_not_deadlocked() ->
     with pytest.raises(BoardError, match="cannot read or write the board"):
         within(30, lambda: board.write("best", Nosy(3)))
     assert board["best"] == 1
+
+
+async def summed(total: int, value: int) -> int:
+    return total + value
+
+
+def test_an_async_merge_function_is_refused_when_the_board_is_declared() -> None:
+    # it was taken: the key then held an unawaited coroutine (garbage, that the journal
+    # cannot keep), and every call writing to it succeeded
+    with pytest.raises(ConfigError, match=r"board key 'total'.*async function.*make it a def"):
+        shoal.Board(total=summed)
+    with pytest.raises(TypeError, match="async function"):
+        shoal.merge.using(summed, initial=0)
+
+
+def test_a_merge_function_returning_a_coroutine_fails_the_call_and_keeps_the_board() -> None:
+    def sneaky(total: int, value: int) -> Any:
+        return summed(total, value)  # a plain def that hands back a coroutine
+
+    board = shoal.Board(total=shoal.merge.using(sneaky, initial=0))
+
+    @shoal.tool
+    def add(board: shoal.BoardHandle) -> None:
+        board.write("total", 1)
+
+    plan = shoal.Plan()
+    plan.call(add)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "coroutine was never awaited" left behind
+        result = shoal.run_sync(plan, board=board)
+        gc.collect()
+    error = result["add#1"].error
+    assert error is not None and error.type == "shoal.exceptions.BoardValueError"
+    assert "returned an awaitable (coroutine)" in error.message
+    assert board["total"] == 0
