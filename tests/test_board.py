@@ -759,3 +759,46 @@ def test_a_merge_function_returning_a_coroutine_fails_the_call_and_keeps_the_boa
     assert error is not None and error.type == "shoal.exceptions.BoardValueError"
     assert "returned an awaitable (coroutine)" in error.message
     assert board["total"] == 0
+
+
+class Quits:
+    """A value whose equality exits the interpreter (its own code, run as the board commits)."""
+
+    def __hash__(self) -> int:
+        return 1
+
+    def __eq__(self, other: object) -> bool:
+        raise SystemExit(3)
+
+
+def quitting(merged: int, value: int) -> int:
+    raise SystemExit(3)  # say, a helper that calls sys.exit
+
+
+@pytest.mark.parametrize(("rule", "value", "said"), [
+    (shoal.merge.using(quitting, initial=0), 1, "cannot merge 1: SystemExit: 3"),
+    (shoal.merge.union, Quits(), "SystemExit: 3"),
+])
+def test_user_code_exiting_as_the_board_commits_fails_only_its_call(
+        rule: Any, value: Any, said: str) -> None:
+    # the SystemExit escaped the commit: the run stopped with an internal KeyError
+    board = shoal.Board(key=rule)
+    if rule is shoal.merge.union:
+        board.write("key", Quits())  # so that the next one is compared with it
+
+    @shoal.tool
+    def write(board: shoal.BoardHandle) -> None:
+        board.write("key", value)
+
+    @shoal.tool
+    def bystander() -> int:
+        return 7
+
+    plan = shoal.Plan()
+    plan.call(write)
+    plan.call(bystander)
+    result = within(30, lambda: shoal.run_sync(plan, board=board))
+    error = result["write#1"].error
+    assert error is not None and error.type == "shoal.exceptions.BoardValueError"
+    assert said in error.message
+    assert result["bystander#1"].value == 7

@@ -327,7 +327,12 @@ class Board:
         for key, values in by_key.items():
             slot = self._slots[key]
             if slot.rule.in_place:  # merged only once all else did: it must not fail then
-                problem = slot.rule.trial(slot.value, values)
+                try:
+                    problem = slot.rule.trial(slot.value, values)
+                except KeyboardInterrupt:
+                    raise
+                except BaseException as exc:  # a value's own __eq__ raising SystemExit
+                    problem = merge.error_text(exc)
                 if problem:
                     raise BoardValueError(f"board key {key!r} ({slot.rule!r}): {problem}")
                 continue
@@ -335,7 +340,10 @@ class Board:
             try:
                 for item in values:
                     value = slot.rule.fold(value, item)
-            except Exception as exc:
+            except KeyboardInterrupt:  # Ctrl-C stops the run, as in a tool
+                raise
+            except BaseException as exc:  # SystemExit too: user code fails its call, as a
+                # tool's exit does (escaping, it stopped the run with an internal error)
                 raise BoardValueError(f"board key {key!r} ({slot.rule!r}) cannot merge "
                                       f"{merge.shown(item)}: {merge.error_text(exc)}") from exc
             merged[key] = value
@@ -387,7 +395,9 @@ def _same(a: Any, b: Any) -> bool:
     """Whether two values are equal; values that cannot say (arrays) count as different."""
     try:
         return bool(a == b)
-    except Exception:
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # SystemExit too: the values' own code, run as the board commits
         return False
 
 
