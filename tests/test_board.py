@@ -802,3 +802,30 @@ def test_user_code_exiting_as_the_board_commits_fails_only_its_call(
     assert error is not None and error.type == "shoal.exceptions.BoardValueError"
     assert said in error.message
     assert result["bystander#1"].value == 7
+
+
+def test_resuming_with_another_rule_for_a_key_says_to_use_the_runs_board(
+        tmp_path: Path) -> None:
+    # it was a bare BoardValueError about merging 'text', as if a call of the resumed
+    # session wrote it, with nothing saying the board given to resume was the cause
+    def made(rule: Any) -> tuple[shoal.Board, shoal.Plan]:
+        @shoal.tool(idempotent=True)
+        def say(board: shoal.BoardHandle) -> None:
+            board.write("notes", "text")
+
+        plan = shoal.Plan()
+        plan.call(say)
+        return shoal.Board(notes=rule), plan
+
+    board, plan = made(shoal.merge.append)
+    first = shoal.Runtime(store=SQLiteStore(tmp_path / "runs.db")).run_sync(plan, board=board)
+    assert first.ok
+    other, again = made(shoal.merge.counter)
+    with pytest.raises(ConfigError, match=r"'say#1' do not merge into this board .*cannot "
+                                          r"merge 'text'.*the same keys and merge rules"):
+        shoal.Runtime(store=SQLiteStore(tmp_path / "runs.db")).resume_sync(
+            first.run_id, again, board=other)
+    board, again = made(shoal.merge.append)  # the run's own board: it resumes
+    resumed = shoal.Runtime(store=SQLiteStore(tmp_path / "runs.db")).resume_sync(
+        first.run_id, again, board=board)
+    assert resumed.ok and board["notes"] == ["text"]

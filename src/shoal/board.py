@@ -381,8 +381,14 @@ class Board:
             raise ConfigError(f"run {record.run_id!r} wrote board keys {unknown} that this "
                               f"board does not declare (its keys: {sorted(self._slots)}); "
                               "resume with the board the run started with")
-        self._commit(writer, writes, {}, call=(record.run_id, record.node_id),
-                     recorded=conflicts, number=number, args=args)
+        try:
+            self._commit(writer, writes, {}, call=(record.run_id, record.node_id),
+                         recorded=conflicts, number=number, args=args)
+        except BoardValueError as exc:  # they merged when written: the rules are not those
+            raise ConfigError(f"run {record.run_id!r}: the journaled board writes of "
+                              f"{record.node_id!r} do not merge into this board ({exc}); "
+                              "resume with the board the run started with (the same keys "
+                              "and merge rules)") from exc
 
 
 def _digest_of(record: EffectRecord) -> str:
