@@ -759,6 +759,9 @@ def cancel_command(
     try:
         journal = open_journal(store)
         record = journal.get_run(run_id)
+        if record is None and nested_runs(journal, run_id):  # an agent tree run from code
+            _cancel_tree(journal, run_id, nodes or [], reason, wait)
+            return
         if record is None:
             raise ShoalError(f"no run {run_id!r} in {str(store)!r} (shoal runs lists them)")
         planned = record.plan.get("nodes", {})
@@ -787,6 +790,35 @@ def cancel_command(
         _not_running(run_id, late)
     sys.stderr.write(clean(f"cancelled {what} {run_id}" if wait else
                            f"asked to cancel {what} {run_id}") + "\n")
+
+
+def _cancel_tree(journal: SQLiteStore, run_id: str, nodes: Sequence[str], reason: str,
+                 wait: float) -> None:
+    """``shoal cancel`` of an agent tree run from Python (``Agent.run`` with a journal).
+
+    Such a tree has no run record of its own, only its agents' steps (``RUN/lead/steps``,
+    ...), which ``shoal runs`` and ``shoal show`` read it from: each step run going on takes
+    the request, and an agent whose steps are cancelled is cancelled, its subagents with it.
+    """
+    if nodes:
+        raise ShoalError(f"run {run_id!r} is an agent tree run from Python: shoal cancel stops "
+                         "it whole; leave out the node(s)")
+    nested = nested_runs(journal, run_id)
+    running = [r.run_id for r in nested if live_status(r) == "running"]
+    if not running:
+        _not_running(run_id, live_status(tree_record(run_id, nested, journal)))
+    for step in running:
+        journal.request_cancel(step, (), reason=reason)
+    late = [_not_taken(journal, step, wait) for step in running] if wait else []
+    if "waiting" in late:
+        sys.stderr.write(clean(f"asked to cancel run {run_id}, but the run has not taken the "
+                               f"request within {wait:g} s; it will when it next looks") + "\n")
+        raise typer.Exit(EXIT_FAILED)
+    if late and all(status is not None for status in late):  # it ended before it looked
+        _not_running(run_id, live_status(tree_record(run_id, nested_runs(journal, run_id),
+                                                     journal)))
+    sys.stderr.write(clean(f"cancelled run {run_id}" if wait else
+                           f"asked to cancel run {run_id}") + "\n")
 
 
 def _not_running(run_id: str, status: str) -> None:
