@@ -338,6 +338,9 @@ def test_cancel_an_agent_tree_run_from_python_in_another_process(workdir: Path) 
     assert again.returncode == 1 and "is not running (it is cancelled)" in again.stderr
     missing = shoal("cancel", "tree-2", cwd=workdir)
     assert missing.returncode == 2 and "no run 'tree-2'" in missing.stderr
+    resumed = shoal("resume", "tree-1", cwd=workdir)  # it said "no run" too
+    assert resumed.returncode == 2
+    assert "resume it from Python with agent.resume('tree-1'" in resumed.stderr
 
 
 def test_a_journal_from_a_newer_shoal_is_a_clear_error(workdir: Path) -> None:

@@ -898,6 +898,10 @@ def resume_command(
     try:
         journal = open_journal(store)
         record = journal.get_run(run_id)
+        if record is None and nested_runs(journal, run_id):  # an agent tree run from code
+            raise ShoalError(f"run {run_id!r} is an agent tree run from Python, which the "
+                             "command line cannot load again: resume it from Python with "
+                             f"agent.resume({run_id!r}, prompt, runtime=...)")
         if record is None:
             raise ShoalError(f"no run {run_id!r} in {str(store)!r} (shoal runs lists them)")
         if record.damaged:
