@@ -343,6 +343,24 @@ def test_cancel_an_agent_tree_run_from_python_in_another_process(workdir: Path) 
     assert "resume it from Python with agent.resume('tree-1'" in resumed.stderr
 
 
+def test_a_run_id_cut_short_names_the_runs_it_may_mean(workdir: Path) -> None:
+    # it said only "no run '2026...' (shoal runs lists them)"
+    plan = write_plan(workdir, SIBLINGS[:1])
+    made = [run_id_of(shoal("run", str(plan), cwd=workdir)) for _ in range(2)]
+    short = made[0][:-4]
+    for args in (("show", short), ("show", short, "--json"), ("cancel", short),
+                 ("resume", short)):
+        proc = shoal(*args, cwd=workdir)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert "run ids are given whole: did you mean" in proc.stderr
+        assert repr(made[0]) in proc.stderr
+    as_json = json.loads(shoal("show", short, "--json", cwd=workdir).stdout)
+    assert repr(made[0]) in as_json["message"]
+    other = shoal("show", "x;rm\x1b[31m", cwd=workdir)  # no run starts so: as it was
+    assert other.returncode == 2 and "(shoal runs lists them)" in other.stderr
+    assert "did you mean" not in other.stderr and "\x1b" not in other.stderr
+
+
 def test_a_journal_from_a_newer_shoal_is_a_clear_error(workdir: Path) -> None:
     plan = write_plan(workdir, SIBLINGS[:1])
     assert shoal("run", str(plan), cwd=workdir).returncode == 0
