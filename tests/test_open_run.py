@@ -862,3 +862,49 @@ def test_waiting_from_another_loop_after_the_runs_loop_closed_says_so() -> None:
     assert run.result.ok
     with pytest.raises(shoal.RunClosedError, match=r"read run\.result"):
         asyncio.run(run.wait(ref))
+
+
+seen_first = threading.Event()  # the reader on another loop saw the first node finish
+
+
+@shoal.tool
+async def until_seen() -> bool:
+    """Whether the reader saw the first node's end while this node waited (10 s at most)."""
+    return await asyncio.to_thread(seen_first.wait, 10)
+
+
+def test_an_open_runs_events_are_read_on_another_loop_as_they_come() -> None:
+    # reading them from a thread's asyncio.run: its waits for events were never woken from
+    # the run's thread (the events came only once the run ended), and the end raised
+    # "got Future attached to a different loop"
+    seen_first.clear()
+    read: list[Any] = []
+
+    def reader(stream: shoal.EventStream[shoal.RunResult]) -> None:
+        async def reads() -> None:
+            async with asyncio.timeout(30):
+                async for item in stream:
+                    read.append(item)
+                    if isinstance(item, NodeFinished) and item.node_id == "produce#1":
+                        seen_first.set()
+
+        asyncio.run(reads())
+
+    async def main() -> shoal.RunResult:
+        async with shoal.Runtime() as runtime:
+            run = runtime.open_run()
+            stream = run.events()
+            reading = asyncio.ensure_future(asyncio.to_thread(reader, stream))
+            await asyncio.sleep(0.2)  # the reader waits on its own loop for the first event
+            first = run.call(produce, value=1)
+            run.call(until_seen, after=first)
+            run.close()
+            result = await run
+            await reading
+            return result
+
+    result = arun(main())
+    assert result["until_seen#1"].value is True  # seen while the run went on
+    assert isinstance(read[-1], shoal.RunResult) and read[-1].ok
+    finished = [e.node_id for e in read[:-1] if isinstance(e, NodeFinished)]
+    assert finished == ["produce#1", "until_seen#1"]

@@ -200,8 +200,8 @@ class OpenRun:
         def begin(sink: EventSink) -> Started[RunResult]:
             handle.observe(sink)
 
-            async def result() -> RunResult:
-                return await handle
+            async def result() -> RunResult:  # read on another loop too: handed over
+                return await self._from_run_loop(lambda: handle)
 
             return Started(result, self._stop)
 
