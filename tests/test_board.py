@@ -829,3 +829,19 @@ def test_resuming_with_another_rule_for_a_key_says_to_use_the_runs_board(
     resumed = shoal.Runtime(store=SQLiteStore(tmp_path / "runs.db")).resume_sync(
         first.run_id, again, board=board)
     assert resumed.ok and board["notes"] == ["text"]
+
+
+def test_an_unknown_key_of_a_board_with_many_keys_is_a_short_error() -> None:
+    # it listed every declared key: a megabyte of message for a board of 100,000 keys (and
+    # a model that wrote a wrong key got all of it back)
+    board = shoal.Board({f"k{n}": shoal.merge.counter for n in range(100_000)})
+    with pytest.raises(BoardKeyError) as raised:
+        board["nope"]
+    message = str(raised.value)
+    assert len(message) < 1_000
+    assert message.startswith("the board has no key 'nope'; its keys are ['k0', 'k1', ")
+    assert "and 99980 more (declare keys in Board(...))" in message
+    long_key = shoal.Board({"x" * 1_000_000: shoal.merge.counter})
+    with pytest.raises(BoardKeyError) as raised:
+        long_key["nope"]
+    assert len(str(raised.value)) < 1_000

@@ -59,6 +59,7 @@ __all__ = [
 KIND = "board"  # the kind of injected parameter, and of the journal's effect records
 
 _FAR = frozenset({"process", "ray"})  # backends whose calls run in another process
+_KEYS_SHOWN = 20  # the declared keys an unknown key's error names at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,8 +236,17 @@ class Board:
         slot = self._slots.get(key) if isinstance(key, str) else None
         if slot is None:
             raise BoardKeyError(f"the board has no key {merge.shown(key)}; its keys are "
-                                f"{sorted(self._slots) or 'none'} (declare keys in Board(...))")
+                                f"{self._keys_shown()} (declare keys in Board(...))")
         return slot
+
+    def _keys_shown(self) -> str:
+        """The declared keys for an error message, bounded: it may go back to a model."""
+        keys = sorted(self._slots)
+        if not keys:
+            return "none"
+        shown = ", ".join(merge.shown(key) for key in keys[:_KEYS_SHOWN])
+        more = f" and {len(keys) - _KEYS_SHOWN} more" if len(keys) > _KEYS_SHOWN else ""
+        return f"[{shown}]{more}"
 
     def _read(self, key: str) -> tuple[Any, int]:
         """A copy of ``key``'s merged value, and its version."""
