@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import signal
 import sqlite3
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections import Counter
 from contextlib import closing
 from pathlib import Path
@@ -654,3 +656,192 @@ def test_a_counter_read_inside_a_call_sees_a_plain_number() -> None:
     result = shoal.run_sync(plan, board=shoal.Board(n=shoal.merge.counter))
     assert result.ok and seen == [0.5] and type(seen[0]) is float
     assert result.board == {"n": 0.5}
+
+
+def within(seconds: float, work: Any) -> Any:
+    """``work()`` on a thread of its own; fail (instead of hanging the suite) if it hangs."""
+    answer: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            answer["value"] = work()
+        except BaseException as exc:
+            answer["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)  # a deadlocked one is left behind
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"hung for {seconds} s (deadlocked?)"
+    if "error" in answer:
+        raise answer["error"]
+    return answer["value"]
+
+
+def capped_board() -> shoal.Board:
+    """A merge function that reads another key: it runs while the board commits."""
+    def capped(total: int, value: int) -> int:
+        cap: int = board["cap"]
+        return min(total + value, cap)
+
+    board = shoal.Board(cap=shoal.merge.last_writer,
+                        total=shoal.merge.using(capped, initial=0))
+    board.write("cap", 5)
+    return board
+
+
+def test_a_merge_function_that_reads_the_board_fails_its_call_instead_of_hanging() -> None:
+    # it waited for the lock its own thread held: the run (its event loop) hung for good
+    board = capped_board()
+
+    @shoal.tool
+    def add(n: int, board: shoal.BoardHandle) -> None:
+        board.write("total", n)
+
+    plan = shoal.Plan()
+    plan.call(add, n=2)
+    result = within(30, lambda: shoal.run_sync(plan, board=board))
+    outcome = result["add#1"]
+    assert outcome.status == "failed"
+    assert outcome.error is not None
+    assert outcome.error.type == "shoal.exceptions.BoardValueError"
+    assert "a merge function" in outcome.error.message
+    assert "cannot read or write the board" in outcome.error.message
+    assert board.snapshot() == {"cap": 5, "total": 0}  # nothing half-committed
+    with pytest.raises(BoardValueError, match="cannot read or write the board"):
+        within(30, lambda: board.write("total", 1))  # from outside a run too
+    assert board["total"] == 0 and board["cap"] == 5  # and the board is usable still
+
+
+def test_a_value_whose_comparison_reads_the_board_is_refused_not_deadlocked() -> None:
+    board = shoal.Board(best=shoal.merge.maximum)
+
+    class Nosy(int):
+        def __gt__(self, other: int) -> bool:
+            board.snapshot()  # compared while the board merges
+            return int(self) > int(other)
+
+    board.write("best", 1)
+    with pytest.raises(BoardError, match="cannot read or write the board"):
+        within(30, lambda: board.write("best", Nosy(3)))
+    assert board["best"] == 1
+
+
+async def summed(total: int, value: int) -> int:
+    return total + value
+
+
+def test_an_async_merge_function_is_refused_when_the_board_is_declared() -> None:
+    # it was taken: the key then held an unawaited coroutine (garbage, that the journal
+    # cannot keep), and every call writing to it succeeded
+    with pytest.raises(ConfigError, match=r"board key 'total'.*async function.*make it a def"):
+        shoal.Board(total=summed)
+    with pytest.raises(TypeError, match="async function"):
+        shoal.merge.using(summed, initial=0)
+
+
+def test_a_merge_function_returning_a_coroutine_fails_the_call_and_keeps_the_board() -> None:
+    def sneaky(total: int, value: int) -> Any:
+        return summed(total, value)  # a plain def that hands back a coroutine
+
+    board = shoal.Board(total=shoal.merge.using(sneaky, initial=0))
+
+    @shoal.tool
+    def add(board: shoal.BoardHandle) -> None:
+        board.write("total", 1)
+
+    plan = shoal.Plan()
+    plan.call(add)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "coroutine was never awaited" left behind
+        result = shoal.run_sync(plan, board=board)
+        gc.collect()
+    error = result["add#1"].error
+    assert error is not None and error.type == "shoal.exceptions.BoardValueError"
+    assert "returned an awaitable (coroutine)" in error.message
+    assert board["total"] == 0
+
+
+class Quits:
+    """A value whose equality exits the interpreter (its own code, run as the board commits)."""
+
+    def __hash__(self) -> int:
+        return 1
+
+    def __eq__(self, other: object) -> bool:
+        raise SystemExit(3)
+
+
+def quitting(merged: int, value: int) -> int:
+    raise SystemExit(3)  # say, a helper that calls sys.exit
+
+
+@pytest.mark.parametrize(("rule", "value", "said"), [
+    (shoal.merge.using(quitting, initial=0), 1, "cannot merge 1: SystemExit: 3"),
+    (shoal.merge.union, Quits(), "SystemExit: 3"),
+])
+def test_user_code_exiting_as_the_board_commits_fails_only_its_call(
+        rule: Any, value: Any, said: str) -> None:
+    # the SystemExit escaped the commit: the run stopped with an internal KeyError
+    board = shoal.Board(key=rule)
+    if rule is shoal.merge.union:
+        board.write("key", Quits())  # so that the next one is compared with it
+
+    @shoal.tool
+    def write(board: shoal.BoardHandle) -> None:
+        board.write("key", value)
+
+    @shoal.tool
+    def bystander() -> int:
+        return 7
+
+    plan = shoal.Plan()
+    plan.call(write)
+    plan.call(bystander)
+    result = within(30, lambda: shoal.run_sync(plan, board=board))
+    error = result["write#1"].error
+    assert error is not None and error.type == "shoal.exceptions.BoardValueError"
+    assert said in error.message
+    assert result["bystander#1"].value == 7
+
+
+def test_resuming_with_another_rule_for_a_key_says_to_use_the_runs_board(
+        tmp_path: Path) -> None:
+    # it was a bare BoardValueError about merging 'text', as if a call of the resumed
+    # session wrote it, with nothing saying the board given to resume was the cause
+    def made(rule: Any) -> tuple[shoal.Board, shoal.Plan]:
+        @shoal.tool(idempotent=True)
+        def say(board: shoal.BoardHandle) -> None:
+            board.write("notes", "text")
+
+        plan = shoal.Plan()
+        plan.call(say)
+        return shoal.Board(notes=rule), plan
+
+    board, plan = made(shoal.merge.append)
+    first = shoal.Runtime(store=SQLiteStore(tmp_path / "runs.db")).run_sync(plan, board=board)
+    assert first.ok
+    other, again = made(shoal.merge.counter)
+    with pytest.raises(ConfigError, match=r"'say#1' do not merge into this board .*cannot "
+                                          r"merge 'text'.*the same keys and merge rules"):
+        shoal.Runtime(store=SQLiteStore(tmp_path / "runs.db")).resume_sync(
+            first.run_id, again, board=other)
+    board, again = made(shoal.merge.append)  # the run's own board: it resumes
+    resumed = shoal.Runtime(store=SQLiteStore(tmp_path / "runs.db")).resume_sync(
+        first.run_id, again, board=board)
+    assert resumed.ok and board["notes"] == ["text"]
+
+
+def test_an_unknown_key_of_a_board_with_many_keys_is_a_short_error() -> None:
+    # it listed every declared key: a megabyte of message for a board of 100,000 keys (and
+    # a model that wrote a wrong key got all of it back)
+    board = shoal.Board({f"k{n}": shoal.merge.counter for n in range(100_000)})
+    with pytest.raises(BoardKeyError) as raised:
+        board["nope"]
+    message = str(raised.value)
+    assert len(message) < 1_000
+    assert message.startswith("the board has no key 'nope'; its keys are ['k0', 'k1', ")
+    assert "and 99980 more (declare keys in Board(...))" in message
+    long_key = shoal.Board({"x" * 1_000_000: shoal.merge.counter})
+    with pytest.raises(BoardKeyError) as raised:
+        long_key["nope"]
+    assert len(str(raised.value)) < 1_000

@@ -284,6 +284,83 @@ def test_cancel_a_run_going_on_in_another_process(workdir: Path) -> None:
     assert json.loads(shoal("runs", "--json", cwd=workdir).stdout)[0]["status"] == "cancelled"
 
 
+TREE = textwrap.dedent('''
+    import sys
+    import time
+    from pathlib import Path
+
+    import shoal
+    from shoal.testing import ScriptedModel, call
+
+
+    @shoal.tool
+    def nap(seconds: float) -> str:
+        Path("started").write_text("yes")
+        time.sleep(seconds)
+        return "slept"
+
+
+    lead = shoal.Agent(name="lead", model=ScriptedModel([[call("nap", seconds=30)], "done"]),
+                       tools=[nap])
+    runtime = shoal.Runtime(store=shoal.SQLiteStore(".shoal/runs.db"))
+    try:
+        lead.run_sync("go", runtime=runtime, run_id=sys.argv[1])
+    except shoal.AgentError as exc:
+        print(exc)
+''')
+
+
+def test_cancel_an_agent_tree_run_from_python_in_another_process(workdir: Path) -> None:
+    # shoal runs listed it and shoal show drew it, but shoal cancel said "no run" (exit 2):
+    # such a tree journals only its agents' steps, not a run record of its own
+    (workdir / "tree.py").write_text(TREE)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    running = subprocess.Popen([sys.executable, "tree.py", "tree-1"], cwd=workdir, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (workdir / "started").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        listed = json.loads(shoal("runs", "--json", cwd=workdir).stdout)
+        assert [(r["run_id"], r["status"]) for r in listed] == [("tree-1", "running")]
+        some = shoal("cancel", "tree-1", "nap#1", cwd=workdir)
+        assert some.returncode == 2 and "leave out the node(s)" in some.stderr
+        whole = shoal("cancel", "tree-1", cwd=workdir)
+        assert whole.returncode == 0, whole.stderr
+        assert "cancelled run tree-1" in whole.stderr
+        out, err = running.communicate(timeout=30)
+    finally:
+        running.kill()
+    assert "agent lead was cancelled" in out, err
+    shown = json.loads(shoal("show", "tree-1", "--json", cwd=workdir).stdout)
+    assert shown["status"] == "cancelled"
+    again = shoal("cancel", "tree-1", cwd=workdir)
+    assert again.returncode == 1 and "is not running (it is cancelled)" in again.stderr
+    missing = shoal("cancel", "tree-2", cwd=workdir)
+    assert missing.returncode == 2 and "no run 'tree-2'" in missing.stderr
+    resumed = shoal("resume", "tree-1", cwd=workdir)  # it said "no run" too
+    assert resumed.returncode == 2
+    assert "resume it from Python with agent.resume('tree-1'" in resumed.stderr
+
+
+def test_a_run_id_cut_short_names_the_runs_it_may_mean(workdir: Path) -> None:
+    # it said only "no run '2026...' (shoal runs lists them)"
+    plan = write_plan(workdir, SIBLINGS[:1])
+    made = [run_id_of(shoal("run", str(plan), cwd=workdir)) for _ in range(2)]
+    short = made[0][:-4]
+    for args in (("show", short), ("show", short, "--json"), ("cancel", short),
+                 ("resume", short)):
+        proc = shoal(*args, cwd=workdir)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert "run ids are given whole: did you mean" in proc.stderr
+        assert repr(made[0]) in proc.stderr
+    as_json = json.loads(shoal("show", short, "--json", cwd=workdir).stdout)
+    assert repr(made[0]) in as_json["message"]
+    other = shoal("show", "x;rm\x1b[31m", cwd=workdir)  # no run starts so: as it was
+    assert other.returncode == 2 and "(shoal runs lists them)" in other.stderr
+    assert "did you mean" not in other.stderr and "\x1b" not in other.stderr
+
+
 def test_a_journal_from_a_newer_shoal_is_a_clear_error(workdir: Path) -> None:
     plan = write_plan(workdir, SIBLINGS[:1])
     assert shoal("run", str(plan), cwd=workdir).returncode == 0

@@ -16,6 +16,7 @@ import pytest
 import shoal
 from shoal.events import Event, NodeFinished, NodeQueued, NodeStarted, RunFinished
 from shoal.exceptions import PlanError, UpstreamFailedError
+from shoal.openrun import OpenRun
 from shoal.testing import run_virtual
 from tests.conftest import arun, until
 
@@ -806,3 +807,104 @@ def test_a_thread_adding_to_a_run_whose_loop_closes_first_is_told_not_left_waiti
     proc = subprocess.run([sys.executable, "-c", _CLOSED_FIRST], capture_output=True,
                           text=True, timeout=60)
     assert proc.stdout.strip() == "['RunClosedError']", (proc.stdout, proc.stderr[-800:])
+
+
+gate = threading.Event()  # holds the node below until the other loop waits for it
+
+
+@shoal.tool(isolation="thread")
+def gated() -> str:
+    gate.wait(30)
+    return "through"
+
+
+def test_a_thread_with_a_loop_of_its_own_waits_for_nodes_and_the_run() -> None:
+    # awaiting run.wait / run.value / the run itself from another event loop (a thread's
+    # asyncio.run) used to hang for good: the future it awaited was set from the run's thread,
+    # which never woke the other loop
+    gate.clear()
+    seen: dict[str, Any] = {}
+
+    def elsewhere(run: OpenRun, ref: shoal.Ref) -> None:
+        async def waits() -> None:
+            async with asyncio.timeout(20):
+                gate.set()  # the node ends only once this loop is waiting
+                seen["outcome"] = (await run.wait(ref)).status
+                seen["value"] = await run.value(ref)
+                with pytest.raises(KeyError, match="no node 'nothing#9'"):
+                    await run.wait("nothing#9")
+                run.close()
+                seen["result"] = (await run).ok
+
+        asyncio.run(waits())
+
+    async def main() -> shoal.RunResult:
+        async with shoal.Runtime() as runtime:
+            run = runtime.open_run()
+            ref = run.call(gated)
+            await asyncio.to_thread(elsewhere, run, ref)
+            return await run
+
+    result = arun(main())
+    assert seen == {"outcome": "ok", "value": "through", "result": True}
+    assert result["gated#1"].value == "through"
+
+
+def test_waiting_from_another_loop_after_the_runs_loop_closed_says_so() -> None:
+    async def opened() -> tuple[OpenRun, shoal.Ref]:
+        runtime = shoal.Runtime()
+        async with runtime.open_run() as run:
+            ref = run.call(quick_inline)
+        await runtime.aclose()
+        return run, ref
+
+    run, ref = asyncio.run(opened())  # its loop is closed now
+    assert run.result.ok
+    with pytest.raises(shoal.RunClosedError, match=r"read run\.result"):
+        asyncio.run(run.wait(ref))
+
+
+seen_first = threading.Event()  # the reader on another loop saw the first node finish
+
+
+@shoal.tool
+async def until_seen() -> bool:
+    """Whether the reader saw the first node's end while this node waited (10 s at most)."""
+    return await asyncio.to_thread(seen_first.wait, 10)
+
+
+def test_an_open_runs_events_are_read_on_another_loop_as_they_come() -> None:
+    # reading them from a thread's asyncio.run: its waits for events were never woken from
+    # the run's thread (the events came only once the run ended), and the end raised
+    # "got Future attached to a different loop"
+    seen_first.clear()
+    read: list[Any] = []
+
+    def reader(stream: shoal.EventStream[shoal.RunResult]) -> None:
+        async def reads() -> None:
+            async with asyncio.timeout(30):
+                async for item in stream:
+                    read.append(item)
+                    if isinstance(item, NodeFinished) and item.node_id == "produce#1":
+                        seen_first.set()
+
+        asyncio.run(reads())
+
+    async def main() -> shoal.RunResult:
+        async with shoal.Runtime() as runtime:
+            run = runtime.open_run()
+            stream = run.events()
+            reading = asyncio.ensure_future(asyncio.to_thread(reader, stream))
+            await asyncio.sleep(0.2)  # the reader waits on its own loop for the first event
+            first = run.call(produce, value=1)
+            run.call(until_seen, after=first)
+            run.close()
+            result = await run
+            await reading
+            return result
+
+    result = arun(main())
+    assert result["until_seen#1"].value is True  # seen while the run went on
+    assert isinstance(read[-1], shoal.RunResult) and read[-1].ok
+    finished = [e.node_id for e in read[:-1] if isinstance(e, NodeFinished)]
+    assert finished == ["produce#1", "until_seen#1"]

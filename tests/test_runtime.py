@@ -565,6 +565,23 @@ def test_run_sync_inside_a_running_loop_is_a_clear_error() -> None:
     assert not [w for w in caught if "never awaited" in str(w.message)]
 
 
+def test_run_sync_given_a_runtime_says_to_call_the_runtime() -> None:
+    # shoal.run_sync(plan, runtime=mine) passed runtime= on to Runtime(...), whose TypeError
+    # ("unexpected keyword argument 'runtime'") did not say what to do
+    plan = Plan()
+    plan.call(nap, seconds=0)
+    mine = Runtime()
+    with pytest.raises(ConfigError, match=r"runtime\.run_sync\(plan"):
+        shoal.run_sync(plan, runtime=mine)
+
+    async def main() -> None:
+        with pytest.raises(ConfigError, match=r"await runtime\.run\(plan"):
+            await shoal.run(plan, runtime=mine)
+
+    arun(main())
+    assert mine.run_sync(plan).ok  # what the message says to do
+
+
 def test_await_run_and_runtime_context() -> None:
     plan = Plan()
     ref = plan.call(nap, seconds=0, value="v")

@@ -59,6 +59,7 @@ __all__ = [
 KIND = "board"  # the kind of injected parameter, and of the journal's effect records
 
 _FAR = frozenset({"process", "ray"})  # backends whose calls run in another process
+_KEYS_SHOWN = 20  # the declared keys an unknown key's error names at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +124,36 @@ def _new_slot(key: str, rule: Rule) -> _Slot:
                           "(each board starts from its own copy)") from exc
 
 
+class _Guard:
+    """The board's lock, knowing which thread holds it.
+
+    A board runs code of its users while it holds its lock: merge functions (``using``) and
+    written values' own ``__eq__``, ``__hash__`` and comparisons. Such code coming back to
+    the board on the same thread (a merge function reading another key) would wait for
+    the lock its own thread holds, and the run would hang for good; it is refused instead.
+    """
+
+    __slots__ = ("_holder", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holder: int | None = None  # set and cleared only by the holding thread
+
+    def __enter__(self) -> None:
+        me = threading.get_ident()
+        if self._holder == me:
+            raise BoardError("the board is merging a commit on this thread: a merge function "
+                             "(or a written value's own __eq__, __hash__ or comparison) cannot "
+                             "read or write the board; merge from (merged, value) alone, and "
+                             "read other keys in the tool, writing what is to be merged")
+        self._lock.acquire()
+        self._holder = me
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._holder = None
+        self._lock.release()
+
+
 class Board:
     """Named keys, each with a merge rule, shared by the calls of a run (and of agent trees).
 
@@ -146,7 +177,7 @@ class Board:
         if bad:
             raise ConfigError(f"board keys are non-empty strings, got {bad[0]!r}")
         self._slots = {key: _new_slot(key, _as_rule(key, rule)) for key, rule in declared.items()}
-        self._lock = threading.Lock()
+        self._lock = _Guard()
         self._conflicts: list[BoardConflict] = []
         # (run id, node id, digest of the tool and arguments) of each committed call: a call
         # is known by all three (a model asked again may make another call under one name)
@@ -205,8 +236,17 @@ class Board:
         slot = self._slots.get(key) if isinstance(key, str) else None
         if slot is None:
             raise BoardKeyError(f"the board has no key {merge.shown(key)}; its keys are "
-                                f"{sorted(self._slots) or 'none'} (declare keys in Board(...))")
+                                f"{self._keys_shown()} (declare keys in Board(...))")
         return slot
+
+    def _keys_shown(self) -> str:
+        """The declared keys for an error message, bounded: it may go back to a model."""
+        keys = sorted(self._slots)
+        if not keys:
+            return "none"
+        shown = ", ".join(merge.shown(key) for key in keys[:_KEYS_SHOWN])
+        more = f" and {len(keys) - _KEYS_SHOWN} more" if len(keys) > _KEYS_SHOWN else ""
+        return f"[{shown}]{more}"
 
     def _read(self, key: str) -> tuple[Any, int]:
         """A copy of ``key``'s merged value, and its version."""
@@ -297,7 +337,12 @@ class Board:
         for key, values in by_key.items():
             slot = self._slots[key]
             if slot.rule.in_place:  # merged only once all else did: it must not fail then
-                problem = slot.rule.trial(slot.value, values)
+                try:
+                    problem = slot.rule.trial(slot.value, values)
+                except KeyboardInterrupt:
+                    raise
+                except BaseException as exc:  # a value's own __eq__ raising SystemExit
+                    problem = merge.error_text(exc)
                 if problem:
                     raise BoardValueError(f"board key {key!r} ({slot.rule!r}): {problem}")
                 continue
@@ -305,7 +350,10 @@ class Board:
             try:
                 for item in values:
                     value = slot.rule.fold(value, item)
-            except Exception as exc:
+            except KeyboardInterrupt:  # Ctrl-C stops the run, as in a tool
+                raise
+            except BaseException as exc:  # SystemExit too: user code fails its call, as a
+                # tool's exit does (escaping, it stopped the run with an internal error)
                 raise BoardValueError(f"board key {key!r} ({slot.rule!r}) cannot merge "
                                       f"{merge.shown(item)}: {merge.error_text(exc)}") from exc
             merged[key] = value
@@ -343,8 +391,14 @@ class Board:
             raise ConfigError(f"run {record.run_id!r} wrote board keys {unknown} that this "
                               f"board does not declare (its keys: {sorted(self._slots)}); "
                               "resume with the board the run started with")
-        self._commit(writer, writes, {}, call=(record.run_id, record.node_id),
-                     recorded=conflicts, number=number, args=args)
+        try:
+            self._commit(writer, writes, {}, call=(record.run_id, record.node_id),
+                         recorded=conflicts, number=number, args=args)
+        except BoardValueError as exc:  # they merged when written: the rules are not those
+            raise ConfigError(f"run {record.run_id!r}: the journaled board writes of "
+                              f"{record.node_id!r} do not merge into this board ({exc}); "
+                              "resume with the board the run started with (the same keys "
+                              "and merge rules)") from exc
 
 
 def _digest_of(record: EffectRecord) -> str:
@@ -357,7 +411,9 @@ def _same(a: Any, b: Any) -> bool:
     """Whether two values are equal; values that cannot say (arrays) count as different."""
     try:
         return bool(a == b)
-    except Exception:
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # SystemExit too: the values' own code, run as the board commits
         return False
 
 

@@ -333,6 +333,10 @@ def using(fn: Callable[[Any, Any], Any], *, initial: Any = None,
     if not callable(fn):
         raise TypeError(f"merge.using takes a function (merged, value) -> merged, got "
                         f"{shown(fn)}")
+    if _is_async(fn):  # its merge would give an unawaited coroutine, kept as the value
+        raise TypeError(f"merge.using takes a plain function (merged, value) -> merged, got "
+                        f"the async function {shown(fn)}: a board merges as it commits, "
+                        "without awaiting; make it a def")
     try:
         inspect.signature(fn).bind(None, None)
     except TypeError as exc:  # found now, not at the first write, where it fails a call
@@ -341,5 +345,32 @@ def using(fn: Callable[[Any, Any], Any], *, initial: Any = None,
     except ValueError:  # no signature to check (some builtins): the first merge will tell
         pass
     name = getattr(fn, "__name__", type(fn).__name__)
-    return Rule(f"using({name})", lambda: copy.deepcopy(initial), fn,
+    return Rule(f"using({name})", lambda: copy.deepcopy(initial), _not_awaitable(fn),
                 commutative=bool(commutative))
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    """Whether calling ``fn`` gives a coroutine or an async generator, not a value."""
+    call = getattr(fn, "__call__", None)  # noqa: B004 - an object's own async __call__
+    return any(inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f)
+               for f in (fn, call) if f is not None)
+
+
+def _not_awaitable(fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    """``fn``, refusing a result that must be awaited (a function returning a coroutine).
+
+    Kept as the merged value, a coroutine would never run: the board would hold garbage,
+    and the journal could not keep it.
+    """
+    def fold(merged: Any, value: Any) -> Any:
+        result = fn(merged, value)
+        if inspect.isawaitable(result):
+            close = getattr(result, "close", None)
+            if callable(close):
+                close()  # no "never awaited" warning: the error says it all
+            raise TypeError(f"the merge function {shown(fn)} returned an awaitable "
+                            f"({type(result).__name__}), not the merged value; a board "
+                            "merges without awaiting: make it a plain function")
+        return result
+
+    return fold

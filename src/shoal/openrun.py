@@ -21,7 +21,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 from asyncio import _get_running_loop
-from collections.abc import Callable, Generator, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -200,16 +200,53 @@ class OpenRun:
         def begin(sink: EventSink) -> Started[RunResult]:
             handle.observe(sink)
 
-            async def result() -> RunResult:
-                return await handle
+            async def result() -> RunResult:  # read on another loop too: handed over
+                return await self._from_run_loop(lambda: handle)
 
             return Started(result, self._stop)
 
         return EventStream(begin, buffer=buffer, eager=True)
 
     async def wait(self, node: Ref | str) -> Outcome:
-        """The outcome of a node of this run, once it has one."""
-        return await self._handle.outcome_of(_node_id(node))
+        """The outcome of a node of this run, once it has one (from any event loop)."""
+        node_id = _node_id(node)
+        handle = self._handle
+        return await self._from_run_loop(lambda: handle.outcome_of(node_id))
+
+    async def _from_run_loop(self, waiting: Callable[[], Awaitable[_T]]) -> _T:
+        """Await ``waiting()`` on the run's loop, from whichever loop awaits this.
+
+        The run's state is its loop's alone: a future made on another loop would be set from
+        the run's thread, which never wakes that loop, and its waiter would hang for good.
+        So another loop (a thread's ``asyncio.run``) hands the wait to the run's loop and
+        awaits the answer, looking now and then whether the run's loop was closed meanwhile.
+        """
+        loop = self._loop
+        if running_loop() is loop:
+            return await waiting()
+
+        async def there() -> _T:
+            return await waiting()
+
+        coroutine = there()
+        try:
+            handed = asyncio.run_coroutine_threadsafe(coroutine, loop)
+        except RuntimeError:  # its loop is closed: the run is long over
+            coroutine.close()
+            raise RunClosedError(f"open run {self.run_id} has ended and its event loop is "
+                                 "closed: read run.result for its outcomes") from None
+        answer = asyncio.wrap_future(handed)
+        try:
+            while True:  # a loop stopped for now may run again; one closed never will
+                done, _ = await asyncio.wait({answer}, timeout=_LOOP_CHECK)
+                if done:
+                    return answer.result()
+                if loop.is_closed():
+                    raise RunClosedError(f"open run {self.run_id}: its event loop was closed "
+                                         "before it could answer; wait on that loop while it "
+                                         "runs") from None
+        finally:
+            answer.cancel()  # this waiter was cancelled: so is the wait on the run's loop
 
     async def value(self, ref: Ref | str) -> Any:
         """The value ``ref`` stands for, once its node has ended.
@@ -245,7 +282,8 @@ class OpenRun:
 
     async def _finish(self) -> RunResult:
         self.close()
-        self._result = await self._handle
+        handle = self._handle
+        self._result = await self._from_run_loop(lambda: handle)
         return self._result
 
     async def __aenter__(self) -> OpenRun:

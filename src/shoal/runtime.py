@@ -1125,6 +1125,10 @@ def _throwaway(options: dict[str, Any], plan: Plan) -> dict[str, Any]:
     phases from the journal instead of running them again, so those plans keep the default.
     """
     _check_plan(plan)
+    if "runtime" in options:  # Runtime(runtime=...) would say only "unexpected keyword"
+        raise ConfigError("shoal.run / run_sync make a runtime of their own for one run; to "
+                          "run on yours, call it: runtime.run_sync(plan, ...) or await "
+                          "runtime.run(plan, ...)")
     if "store" in options or _injects(plan):
         return options
     return {**options, "store": None}

@@ -37,12 +37,14 @@ before anything runs (a :class:`~shoal.exceptions.PlanError`, a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
+from shoal.clock import running_loop
 from shoal.events import (
     Event,
     EventsDropped,
@@ -175,15 +177,32 @@ class _Buffer:
         """Until an item arrives or :meth:`wake` is called."""
         self._waiter = asyncio.get_running_loop().create_future()
         try:
-            await self._waiter
+            if not self._slots:  # one may have come from the run's thread as this began
+                await self._waiter
         finally:
             self._waiter = None
 
     def wake(self, *_: object) -> None:
-        """Wake the consumer waiting in :meth:`wait`, if any."""
+        """Wake the consumer waiting in :meth:`wait`, if any (from any thread).
+
+        An open run's stream may be read on another event loop than the run's (a thread's
+        ``asyncio.run``): its waiter is then woken on its own loop, which a future set
+        from the run's thread would never wake.
+        """
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
+        if waiter is None or waiter.done():
+            return
+        loop = waiter.get_loop()
+        if running_loop() is loop:
             waiter.set_result(None)
+            return
+        with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(_wake_up, waiter)
+
+
+def _wake_up(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class _Run(Generic[R]):

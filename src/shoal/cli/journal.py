@@ -348,7 +348,7 @@ def show_command(run_id: Annotated[str, typer.Argument(metavar="RUN_ID", show_de
                 _console().print(_tree_view(view))
             return
         if record is None:
-            raise ShoalError(f"no run {run_id!r} in {str(store)!r} (shoal runs lists them)")
+            raise _no_run(journal, run_id, store)
         if agent_journal.is_agent_record(record):
             events = journal.events(run_id)
             if as_json:
@@ -390,8 +390,7 @@ def _write_timeline(journal: SQLiteStore, run_id: str, record: RunRecord | None,
         view = from_journal(journal, run_id,
                             status=live_status(record) if record is not None else None)
     except RunNotFoundError:
-        raise ShoalError(f"no run {run_id!r} in {str(store)!r} (shoal runs lists them)"
-                         ) from None
+        raise _no_run(journal, run_id, store) from None
     if to_stdout:
         sys.stdout.write(view.html())
         sys.stdout.flush()
@@ -759,8 +758,11 @@ def cancel_command(
     try:
         journal = open_journal(store)
         record = journal.get_run(run_id)
+        if record is None and nested_runs(journal, run_id):  # an agent tree run from code
+            _cancel_tree(journal, run_id, nodes or [], reason, wait)
+            return
         if record is None:
-            raise ShoalError(f"no run {run_id!r} in {str(store)!r} (shoal runs lists them)")
+            raise _no_run(journal, run_id, store)
         planned = record.plan.get("nodes", {})
         # an open run's nodes and a map's items are added while the run goes: the run decides
         unknown = [] if record.source.get("open_run") else sorted(
@@ -787,6 +789,60 @@ def cancel_command(
         _not_running(run_id, late)
     sys.stderr.write(clean(f"cancelled {what} {run_id}" if wait else
                            f"asked to cancel {what} {run_id}") + "\n")
+
+
+def _cancel_tree(journal: SQLiteStore, run_id: str, nodes: Sequence[str], reason: str,
+                 wait: float) -> None:
+    """``shoal cancel`` of an agent tree run from Python (``Agent.run`` with a journal).
+
+    Such a tree has no run record of its own, only its agents' steps (``RUN/lead/steps``,
+    ...), which ``shoal runs`` and ``shoal show`` read it from: each step run going on takes
+    the request, and an agent whose steps are cancelled is cancelled, its subagents with it.
+    """
+    if nodes:
+        raise ShoalError(f"run {run_id!r} is an agent tree run from Python: shoal cancel stops "
+                         "it whole; leave out the node(s)")
+    nested = nested_runs(journal, run_id)
+    running = [r.run_id for r in nested if live_status(r) == "running"]
+    if not running:
+        _not_running(run_id, live_status(tree_record(run_id, nested, journal)))
+    for step in running:
+        journal.request_cancel(step, (), reason=reason)
+    late = [_not_taken(journal, step, wait) for step in running] if wait else []
+    if "waiting" in late:
+        sys.stderr.write(clean(f"asked to cancel run {run_id}, but the run has not taken the "
+                               f"request within {wait:g} s; it will when it next looks") + "\n")
+        raise typer.Exit(EXIT_FAILED)
+    if late and all(status is not None for status in late):  # it ended before it looked
+        _not_running(run_id, live_status(tree_record(run_id, nested_runs(journal, run_id),
+                                                     journal)))
+    sys.stderr.write(clean(f"cancelled run {run_id}" if wait else
+                           f"asked to cancel run {run_id}") + "\n")
+
+
+def _no_run(journal: SQLiteStore, run_id: str, store: Path) -> ShoalError:
+    """The error for a run id the journal does not know, naming the runs it may have meant.
+
+    An id cut short (copied from a narrow table, typed from memory) names the runs whose ids
+    start with it, so the next command can be the right one.
+    """
+    said = f"no run {run_id!r} in {str(store)!r}"
+    if not run_id:
+        return ShoalError(f"{said} (shoal runs lists them)")
+    try:
+        runs = journal.list_runs(2**62)
+    except ShoalError:  # a journal that cannot list its runs: the id alone is the news
+        runs = []
+    roots = dict.fromkeys(r.run_id.split("/")[0] for r in runs)
+    meant = [root for root in roots if root.startswith(run_id)]
+    if not meant:
+        return ShoalError(f"{said} (shoal runs lists them)")
+    named = ", ".join(repr(root) for root in meant[:_MEANT_SHOWN])
+    more = f" and {len(meant) - _MEANT_SHOWN} more" if len(meant) > _MEANT_SHOWN else ""
+    return ShoalError(f"{said}; run ids are given whole: did you mean {named}{more}?")
+
+
+_MEANT_SHOWN = 5  # the runs an unknown id's error names at most, newest first
 
 
 def _not_running(run_id: str, status: str) -> None:
@@ -866,8 +922,12 @@ def resume_command(
     try:
         journal = open_journal(store)
         record = journal.get_run(run_id)
+        if record is None and nested_runs(journal, run_id):  # an agent tree run from code
+            raise ShoalError(f"run {run_id!r} is an agent tree run from Python, which the "
+                             "command line cannot load again: resume it from Python with "
+                             f"agent.resume({run_id!r}, prompt, runtime=...)")
         if record is None:
-            raise ShoalError(f"no run {run_id!r} in {str(store)!r} (shoal runs lists them)")
+            raise _no_run(journal, run_id, store)
         if record.damaged:
             raise JournalDamagedError(f"run {run_id!r} in {str(store)!r}; it cannot be resumed",
                                       [record.damaged])
