@@ -6,10 +6,13 @@ a hung test run) and checks that no asyncio task outlived the run.
 """
 
 import asyncio
+import functools
 import gc
 import os
 import select
+import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -28,6 +31,12 @@ HANG_TIMEOUT = 5.0
 #: The same for a run in real time: wider, as a machine loaded many times over its cores
 #: stretches a healthy run of a second several times over (a hang still fails, later).
 REAL_HANG_TIMEOUT = 30.0
+
+#: The tests that pytest-xdist (``-n``, ``--dist loadgroup``) runs one after another, on one
+#: worker: those on the one Ray head (or a Ray of their own: one test's Ray workers would
+#: take another's cores and time), those that load the local model (memory and both cores),
+#: and the suite's one strict mypy run with its readers. Other tests run beside them.
+ONE_AT_A_TIME = pytest.mark.xdist_group("one_at_a_time")
 
 
 class Hung(AssertionError):
@@ -231,6 +240,21 @@ def collector_paused() -> Iterator[None]:
         yield
     finally:
         gc.enable()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In the main process of a pytest-xdist run: a folder for the run's one strict mypy run.
+
+    Each worker collects the suite and reaches the hook below; the folder (passed on in the
+    environment, which the workers inherit) lets the first start mypy and the rest read it.
+    """
+    if hasattr(config, "workerinput") or config.getoption("dist", "no") == "no":
+        return
+    from tests.mypy_run import SHARED_FOLDER
+
+    folder = tempfile.mkdtemp(prefix="shoal-mypy-")
+    os.environ[SHARED_FOLDER] = folder
+    config.add_cleanup(functools.partial(shutil.rmtree, folder, ignore_errors=True))
 
 
 #: The tests that read the suite's one strict mypy run (``tests/mypy_run.py``).

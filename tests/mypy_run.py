@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import atexit
 import functools
+import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -54,18 +56,44 @@ os.replace(os.path.join(folder, "code.part"), os.path.join(folder, "code"))
 '''
 
 
+#: Set by the main process of a pytest-xdist run (``tests/conftest.py``) for its workers: the
+#: folder where the run's one mypy run works, whichever worker starts it.
+SHARED_FOLDER = "SHOAL_TEST_MYPY_FOLDER"
+
+
+def run_folder(program: str) -> tuple[Path, bool]:
+    """The folder of the mypy run over ``program``, and whether the caller is to start it.
+
+    In a pytest-xdist run every worker asks: the first to create the program's folder under
+    :data:`SHARED_FOLDER` starts mypy there, the others read the same run's report (mypy once
+    per test run, not once per worker). The main process removes that folder at the end.
+    """
+    shared = os.environ.get(SHARED_FOLDER)
+    if not shared:
+        folder = Path(tempfile.mkdtemp(prefix="shoal-mypy-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        return folder, True
+    folder = Path(shared) / hashlib.sha256(program.encode()).hexdigest()[:16]
+    try:
+        folder.mkdir()
+    except FileExistsError:
+        return folder, False
+    return folder, True
+
+
 class MypyRun:
     """A strict mypy run under way in a process of its own; :meth:`result` waits for it."""
 
     def __init__(self, program: str) -> None:
         files = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))[
             "tool"]["mypy"]["files"]
-        self.folder = Path(tempfile.mkdtemp(prefix="shoal-mypy-"))
-        atexit.register(shutil.rmtree, self.folder, ignore_errors=True)
+        self.folder, starter = run_folder(program)
         path = self.folder / PROGRAM
-        path.write_text(textwrap.dedent(program), encoding="utf-8")
         self.command = [sys.executable, "-m", "mypy", *files, str(path)]
         self.deadline = time.monotonic() + TIMEOUT + 10
+        if not starter:
+            return
+        path.write_text(textwrap.dedent(program), encoding="utf-8")
         subprocess.run([sys.executable, "-c", DETACHED, str(self.folder), str(TIMEOUT),
                         *self.command], cwd=ROOT, stdin=subprocess.DEVNULL,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True,
@@ -92,7 +120,8 @@ def start(program: str) -> MypyRun:
     """Start ``mypy`` (settings from pyproject: strict) over its files and ``program``.
 
     ``program`` is written to ``user_program.py`` in a folder of its own: mypy reports its
-    lines under that name, and its module is ``user_program``. Started once per program.
+    lines under that name, and its module is ``user_program``. Started once per program (and
+    once per test run under pytest-xdist: see :func:`run_folder`).
     """
     return MypyRun(program)
 

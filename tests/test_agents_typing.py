@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import shoal
+from tests.conftest import ONE_AT_A_TIME
 from tests.mypy_run import of_program, strict_mypy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,6 +100,7 @@ if TYPE_CHECKING:
 '''
 
 
+@ONE_AT_A_TIME  # the suite's one mypy run
 @pytest.mark.timeout(600)
 def test_typical_agent_programs_pass_mypy_strict() -> None:
     # checked with the repository's files in one run (tests/test_quality.py's): the analysis

@@ -23,6 +23,7 @@ from shoal.policy import Isolation
 from shoal.store.codec import decode_value, encode_value
 from shoal.store.sqlite import SQLiteStore
 from tests.awkward_values import KINDS, REPLAYABLE, after, awkward, sibling
+from tests.conftest import ONE_AT_A_TIME
 
 # a worker process cannot make Looping's result travel back: its pickling never ends there
 # either, and only a tool timeout stops it (see the process backend)
@@ -150,6 +151,7 @@ def test_a_view_never_consumes_a_generator() -> None:
     assert list(made) == [0, 1, 2]
 
 
+@ONE_AT_A_TIME  # the one Ray head
 @pytest.mark.parametrize("route", ["pool", "task"])
 def test_awkward_results_from_ray_workers(route: str, tmp_path: Path) -> None:
     """All kinds in one plan (a Ray connection per case would cost minutes): each ends in an

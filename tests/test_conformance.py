@@ -16,6 +16,7 @@ from shoal.executors.base import Call
 from shoal.executors.thread import ThreadExecutor
 from shoal.testing import ExecutorConformance
 from shoal.testing.conformance import Route
+from tests.conftest import ONE_AT_A_TIME
 
 
 def _import_error(module: str) -> str:
@@ -94,6 +95,7 @@ def ray_cluster() -> Iterator[None]:
         asyncio.run(holder.close())  # shuts down only a Ray that shoal started
 
 
+@ONE_AT_A_TIME  # the one Ray head
 @pytest.mark.skipif(bool(RAY_MISSING), reason=f"Ray backend unavailable: {RAY_MISSING}")
 class TestRayConformance(ExecutorConformance):
     executor = "ray"

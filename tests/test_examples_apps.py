@@ -34,6 +34,7 @@ from shoal.patterns import Reflection
 from shoal.testing import ScriptedModel, run_virtual
 from tests.app_models import ACCEPTED, COMMENTARY, DRAFT_1, DRAFT_2, FEEDBACK, NOTES
 from tests.cli_process import run_cli
+from tests.conftest import ONE_AT_A_TIME
 from tests.spans import finished, started
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -594,6 +595,7 @@ def _local_model_missing() -> str | None:
 LOCAL_MISSING = _local_model_missing()
 
 
+@ONE_AT_A_TIME  # the local model
 @pytest.mark.skipif(LOCAL_MISSING is not None, reason=str(LOCAL_MISSING))
 def test_both_examples_run_on_the_local_model(tmp_path: Path) -> None:
     # one commentary request, then one analyst, one draft and one review: four in all

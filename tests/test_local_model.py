@@ -47,7 +47,9 @@ from shoal.models.local import (
     smollm2_path,
 )
 from shoal.models.retry import ModelGate
-from tests.conftest import arun, wait_until
+from tests.conftest import ONE_AT_A_TIME, arun, wait_until
+
+pytestmark = ONE_AT_A_TIME  # the local model
 
 ROOT = Path(__file__).resolve().parent.parent
 

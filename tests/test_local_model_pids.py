@@ -11,8 +11,10 @@ import subprocess
 import threading
 
 from shoal.models.local import _keep, _kill_group
+from tests.conftest import ONE_AT_A_TIME, wait_until
 from tests.conftest import pid_gone as gone
-from tests.conftest import wait_until
+
+pytestmark = ONE_AT_A_TIME  # the local model
 
 
 def a_server() -> tuple[subprocess.Popen[bytes], int]:

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests.cli_process import run_cli
+from tests.conftest import ONE_AT_A_TIME
 
 ROOT = Path(__file__).resolve().parent.parent
 MAIN_JOB = "examples/literature_review/agents.py:review"
@@ -118,6 +119,7 @@ def test_the_main_job_is_journaled_and_shown(tmp_path: Path) -> None:
     assert len(readers(data["agent"])) == 6
 
 
+@ONE_AT_A_TIME  # the local model
 @pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
                     reason="the local model needs the 'local' extra")
 def test_the_main_job_on_the_local_model(tmp_path: Path) -> None:

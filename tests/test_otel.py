@@ -36,7 +36,7 @@ from shoal import Plan, Runtime
 from shoal.exceptions import ConfigError
 from shoal.testing import ScriptedModel, call, run_virtual
 from tests import otel_tools
-from tests.conftest import arun
+from tests.conftest import ONE_AT_A_TIME, arun
 
 if TYPE_CHECKING:
     from tests.otlp import Receiver
@@ -743,6 +743,7 @@ def test_the_ray_worker_side_runs_each_call_in_the_trace_context_it_came_with(
     assert trace.get_current_span().get_span_context().span_id == 0  # detached afterwards
 
 
+@ONE_AT_A_TIME  # the one Ray head
 @pytest.mark.skipif(not os.environ.get("RAY_ADDRESS"),
                     reason="needs a running Ray head (RAY_ADDRESS); CI starts one")
 @pytest.mark.parametrize("resources", [None, {"num_cpus": 0}], ids=["task", "pool"])

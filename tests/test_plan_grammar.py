@@ -35,7 +35,7 @@ from shoal.models.base import (
 from shoal.plangrammar import _literal, plan_grammar
 from shoal.plantext import parse_plan_text
 from shoal.tools import Tool
-from tests.conftest import arun
+from tests.conftest import ONE_AT_A_TIME, arun
 
 
 def _load_llama() -> tuple[Any, str]:
@@ -570,6 +570,7 @@ def _ask_for_a_plan(server: Any, question: str,
     ("Weather in Paris and Berlin?", 160),  # the plan ends where the grammar ends it
     ("What is 2 + 3, and the weather in Rome?", 40),  # cut off by max_tokens mid-call
 ])
+@ONE_AT_A_TIME  # the local model
 def test_the_local_model_writes_a_plan_that_parses_and_runs(server: Any, question: str,
                                                             max_tokens: int) -> None:
     whole, streamed = _ask_for_a_plan(server, question, max_tokens)
@@ -593,6 +594,7 @@ def test_the_local_model_writes_a_plan_that_parses_and_runs(server: Any, questio
         assert all(outcome.status == "ok" for outcome in result.outcomes.values()), text
 
 
+@ONE_AT_A_TIME  # the local model
 @needs_llama
 def test_the_planner_agent_on_the_local_model_plans_and_runs_its_plan(server: Any) -> None:
     """The planner mode end to end on SmolLM2: its plan (under the grammar) parses and runs."""

@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import ONE_AT_A_TIME
 from tests.mypy_run import strict_mypy
 from tests.test_agents_typing import USER_PROGRAM
+
+pytestmark = ONE_AT_A_TIME  # the suite's one mypy run
 
 ROOT = Path(__file__).resolve().parent.parent
 

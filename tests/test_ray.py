@@ -34,7 +34,9 @@ from shoal.exceptions import (  # noqa: E402
 from shoal.executors.ray import RayExecutor, _is_loopback, ray_options  # noqa: E402
 from shoal.outcome import RunResult  # noqa: E402
 from tests import ray_tools as rt  # noqa: E402
-from tests.conftest import arun, until  # noqa: E402
+from tests.conftest import ONE_AT_A_TIME, arun, until  # noqa: E402
+
+pytestmark = ONE_AT_A_TIME  # the one Ray head
 
 ROOT = Path(__file__).resolve().parents[1]
 FREE = {"num_cpus": 0}  # reserves nothing: runs on shoal's actor pool

@@ -33,7 +33,7 @@ from shoal.exceptions import ConfigError
 from shoal.models.retry import ModelGates
 from shoal.testing import ScriptedModel, call
 from shoal.testing.conformance import peak_overlap
-from tests.conftest import pid_gone, until
+from tests.conftest import ONE_AT_A_TIME, pid_gone, until
 from tests.test_process_agents import (
     _logged,
     _pid_in,
@@ -50,7 +50,8 @@ pytest.importorskip("ray")
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = [pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.timeout(180),
+              ONE_AT_A_TIME]  # the one Ray head
 
 
 @pytest.fixture(scope="module")

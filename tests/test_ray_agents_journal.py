@@ -23,11 +23,13 @@ from shoal.board import replay_journal
 from shoal.events import AgentStarted, Event
 from shoal.testing import ScriptedModel, call
 from tests.board_commit_kill import KILL_AT_COMMIT, kill_orders, new_board, note
+from tests.conftest import ONE_AT_A_TIME
 from tests.test_remote_agent_journal import _crash_then_resume
 
 pytest.importorskip("ray")
 
-pytestmark = [pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.timeout(240),
+              ONE_AT_A_TIME]  # the one Ray head
 
 
 @pytest.fixture(scope="module")

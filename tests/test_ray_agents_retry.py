@@ -16,11 +16,13 @@ import pytest
 
 import shoal
 from shoal.agents.remote import load_mirrored
+from tests.conftest import ONE_AT_A_TIME
 from tests.test_remote_agent_retry import retried_helper, run_inline_twin, step_runs, turns_asked
 
 pytest.importorskip("ray")
 
-pytestmark = [pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.timeout(240),
+              ONE_AT_A_TIME]  # the one Ray head
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,8 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import ONE_AT_A_TIME
+
 pytest.importorskip("ray")
 psutil = pytest.importorskip("psutil")
 
@@ -45,6 +47,7 @@ pytestmark = [
                        reason="needs loopback addresses besides 127.0.0.1 (Linux)"),
     pytest.mark.skipif(not RAY, reason="the ray command (from pip install 'shoal[ray]') is "
                        "not beside this Python nor on PATH"),
+    ONE_AT_A_TIME,  # Ray clusters of their own
 ]
 
 

@@ -17,7 +17,9 @@ import shoal
 from shoal import Plan, Runtime
 from shoal.executors.ray import RayExecutor
 from tests import process_tools as pt
-from tests.conftest import arun
+from tests.conftest import ONE_AT_A_TIME, arun
+
+pytestmark = ONE_AT_A_TIME  # the one Ray head
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -28,7 +28,10 @@ from shoal.agents.agent import Agent
 from shoal.approvals import RulesApprover, approval_hash
 from shoal.exceptions import ConfigError, ToolDefinitionError
 from shoal.testing import ScriptedModel, call
+from tests.conftest import ONE_AT_A_TIME
 from tests.test_approvals import console_approver, request, review
+
+pytestmark = ONE_AT_A_TIME  # the one Ray head (most of its tests)
 
 # ---- the approval hash -------------------------------------------------------------------
 

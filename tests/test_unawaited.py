@@ -18,7 +18,7 @@ import shoal
 from shoal import Plan, Runtime
 from shoal.testing import ScriptedModel, call
 from tests import unawaited_tools as ut
-from tests.conftest import arun
+from tests.conftest import ONE_AT_A_TIME, arun
 
 FORGOT = "returned a coroutine; did you forget 'await'?"
 
@@ -85,6 +85,7 @@ def test_a_returned_task_is_cancelled_not_left_running() -> None:
     assert seen[0].cancelled() or seen[0].cancelling()
 
 
+@ONE_AT_A_TIME  # the one Ray head
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs ray")
 @pytest.mark.timeout(300)
 def test_a_returned_coroutine_fails_on_ray_as_well() -> None:
@@ -144,6 +145,7 @@ def test_a_sync_tool_raising_stop_iteration_fails_instead_of_hanging(isolation: 
     assert "StopIteration: u" in outcome.error.traceback  # the tool's own, as the cause
 
 
+@ONE_AT_A_TIME  # the one Ray head
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs ray")
 @pytest.mark.timeout(300)
 def test_a_sync_tool_raising_stop_iteration_fails_on_rays_actor_pool() -> None:
