@@ -269,6 +269,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     ``test_agent*`` files, which hold no tight real-time bound. A run of chosen files can
     put a timed test there (a Ctrl-C answered within 2 s, say): mypy runs when asked, then.
     """
+    keep_groups_together(config, items)
     whole_suite = config.args_source is pytest.Config.ArgsSource.TESTPATHS
     if (whole_suite and not config.option.collectonly
             and any(item.name in MYPY_TESTS for item in items)):
@@ -276,3 +277,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         from tests.test_agents_typing import USER_PROGRAM
 
         start(USER_PROGRAM)
+
+
+def keep_groups_together(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On a pytest-xdist worker under ``--dist loadgroup``: end grouped tests' ids in ``@group``.
+
+    The scheduler reads a test's group from that ending, which pytest-xdist writes into the
+    old ``_nodeid`` field; since pytest 9.2 an item's id lives in ``_id`` and that write is
+    lost: the groups are silently spread over the workers (pytest-xdist issue 1386). Written
+    here where the ending is missing (and so not twice once pytest-xdist writes it again).
+    """
+    if not getattr(config.option, "loadgroup", False) or not hasattr(config, "workerinput"):
+        return
+    from _pytest.nodeid import NodeId  # where pytest keeps an item's id since 9.2
+
+    for item in items:
+        groups = sorted({str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+                         for mark in item.iter_markers("xdist_group")})
+        ending = "@" + "_".join(groups)
+        if groups and not item.nodeid.endswith(ending) and hasattr(item, "_id"):
+            item._id = NodeId.parse(item.nodeid + ending)
