@@ -343,6 +343,34 @@ def test_cancel_an_agent_tree_run_from_python_in_another_process(workdir: Path) 
     assert "resume it from Python with agent.resume('tree-1'" in resumed.stderr
 
 
+def test_cancel_of_a_killed_agent_tree_says_to_resume_it_from_python(workdir: Path) -> None:
+    # shoal runs and show said "running"; cancel said "not running (it is running)", and
+    # would have said "resume it with: shoal resume tree-1", which refuses such a tree
+    (workdir / "tree.py").write_text(TREE)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    running = subprocess.Popen([sys.executable, "tree.py", "tree-1"], cwd=workdir, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not (workdir / "started").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (workdir / "started").exists()
+    finally:
+        running.send_signal(signal.SIGKILL)
+        running.wait(timeout=30)
+    # its steps' process is gone: interrupted, as a killed plan run is (it said "running")
+    listed = json.loads(shoal("runs", "--json", cwd=workdir).stdout)
+    assert [(r["run_id"], r["status"]) for r in listed] == [("tree-1", "interrupted")]
+    shown = json.loads(shoal("show", "tree-1", "--json", cwd=workdir).stdout)
+    assert shown["status"] == "interrupted"
+    done = shoal("cancel", "tree-1", cwd=workdir)
+    assert done.returncode == 1, done.stderr
+    assert "is not running (it is interrupted)" in done.stderr
+    assert "resume it with: agent.resume('tree-1', prompt, runtime=...) from Python" in (
+        done.stderr)
+    assert "shoal resume" not in done.stderr
+
+
 def test_a_run_id_cut_short_names_the_runs_it_may_mean(workdir: Path) -> None:
     # it said only "no run '2026...' (shoal runs lists them)"
     plan = write_plan(workdir, SIBLINGS[:1])

@@ -262,8 +262,8 @@ def _step_only_trees(found: Sequence[RunRecord], journal: SQLiteStore) -> list[R
         root = record.run_id.split("/", 1)[0]
         if root != record.run_id and root not in known:
             trees.setdefault(root, []).append(record)
-    return [tree_record(root, sorted(steps, key=lambda r: (r.started_at, r.run_id)), journal)
-            for root, steps in trees.items()]
+    return [tree_record(root, sorted(steps, key=lambda r: (r.started_at, r.run_id)), journal,
+                        live_status) for root, steps in trees.items()]
 
 
 def runs_table(records: Sequence[RunRecord]) -> Table:
@@ -341,7 +341,7 @@ def show_command(run_id: Annotated[str, typer.Argument(metavar="RUN_ID", show_de
             _write_timeline(journal, run_id, record, html, store, as_json)
             return
         if record is None and nested_runs(journal, run_id):  # an agent tree run from code
-            view = from_journal(journal, run_id)
+            view = from_journal(journal, run_id, status=_tree_status(journal, run_id))
             if as_json:
                 sys.stdout.write(json.dumps(_tree_dict(view), indent=2) + "\n")
             else:
@@ -387,8 +387,8 @@ def _write_timeline(journal: SQLiteStore, run_id: str, record: RunRecord | None,
         raise ShoalError("--html - writes the page to standard output, where --json would "
                          "write too: give --html a file name, or leave out --json")
     try:
-        view = from_journal(journal, run_id,
-                            status=live_status(record) if record is not None else None)
+        view = from_journal(journal, run_id, status=live_status(record) if record is not None
+                            else _tree_status(journal, run_id))
     except RunNotFoundError:
         raise _no_run(journal, run_id, store) from None
     if to_stdout:
@@ -804,8 +804,9 @@ def _cancel_tree(journal: SQLiteStore, run_id: str, nodes: Sequence[str], reason
                          "it whole; leave out the node(s)")
     nested = nested_runs(journal, run_id)
     running = [r.run_id for r in nested if live_status(r) == "running"]
+    resume = f"agent.resume({run_id!r}, prompt, runtime=...) from Python"  # not the CLI's
     if not running:
-        _not_running(run_id, live_status(tree_record(run_id, nested, journal)))
+        _not_running(run_id, _tree_status(journal, run_id) or "gone", resume)
     for step in running:
         journal.request_cancel(step, (), reason=reason)
     late = [_not_taken(journal, step, wait) for step in running] if wait else []
@@ -814,10 +815,19 @@ def _cancel_tree(journal: SQLiteStore, run_id: str, nodes: Sequence[str], reason
                                f"request within {wait:g} s; it will when it next looks") + "\n")
         raise typer.Exit(EXIT_FAILED)
     if late and all(status is not None for status in late):  # it ended before it looked
-        _not_running(run_id, live_status(tree_record(run_id, nested_runs(journal, run_id),
-                                                     journal)))
+        _not_running(run_id, _tree_status(journal, run_id) or "gone", resume)
     sys.stderr.write(clean(f"cancelled run {run_id}" if wait else
                            f"asked to cancel run {run_id}") + "\n")
+
+
+def _tree_status(journal: SQLiteStore, run_id: str) -> str | None:
+    """The status of an agent tree run from Python, from its steps' (``None``: no such tree).
+
+    A step whose process died is ``interrupted``, and so then is the tree: its record has
+    no process of its own whose death :func:`live_status` could see.
+    """
+    nested = nested_runs(journal, run_id)
+    return live_status(tree_record(run_id, nested, journal, live_status)) if nested else None
 
 
 def _no_run(journal: SQLiteStore, run_id: str, store: Path) -> ShoalError:
@@ -845,9 +855,13 @@ def _no_run(journal: SQLiteStore, run_id: str, store: Path) -> ShoalError:
 _MEANT_SHOWN = 5  # the runs an unknown id's error names at most, newest first
 
 
-def _not_running(run_id: str, status: str) -> None:
-    """Say that ``run_id`` is not running (it is ``status``) and exit with code 1."""
-    hint = f"; resume it with: shoal resume {run_id}" if status == "interrupted" else ""
+def _not_running(run_id: str, status: str, resume: str = "") -> None:
+    """Say that ``run_id`` is not running (it is ``status``) and exit with code 1.
+
+    An interrupted run is told how to resume: ``resume``, or else ``shoal resume``.
+    """
+    resume = resume or f"shoal resume {run_id}"
+    hint = f"; resume it with: {resume}" if status == "interrupted" else ""
     sys.stderr.write(clean(f"run {run_id} is not running (it is {status}){hint}") + "\n")
     raise typer.Exit(EXIT_FAILED)
 

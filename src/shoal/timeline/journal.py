@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,20 +71,23 @@ def nested_runs(store: Store, run_id: str) -> list[RunRecord]:
 
 
 def tree_record(run_id: str, nested: Sequence[RunRecord], store: Store | None = None,
-                ) -> RunRecord:
+                status_of: Callable[[RunRecord], str] | None = None) -> RunRecord:
     """A record standing for an agent tree's root, which only its steps journaled.
 
     ``Agent.run`` with a journaled runtime journals each agent's steps (``RUN/lead/steps``,
     ...), not the tree itself (``shoal run`` does): its status and times are the steps'.
     Its counts are its tool calls' (the model turns that an agent's steps run counts too are
-    taken off, read from ``store``).
+    taken off, read from ``store``). ``status_of``: a step's status as the caller knows it
+    (a ``running`` step whose process died is ``interrupted``); the recorded one by default.
+    The record has no process of its own to look at, so its status must come from its steps'.
     """
     began = min(r.started_at for r in nested)
-    running = any(r.status == "running" for r in nested)
+    statuses = {status_of(r) if status_of is not None else r.status for r in nested}
+    running = "running" in statuses
     ended = max((r.finished_at or r.started_at) for r in nested)
     status: RunStatus = "running" if running else (
-        "interrupted" if any(r.status == "interrupted" for r in nested) else
-        "cancelled" if any(r.status == "cancelled" for r in nested) else "finished")
+        "interrupted" if "interrupted" in statuses else
+        "cancelled" if "cancelled" in statuses else "finished")
     counts: dict[str, int] = {}  # of the tool calls, as for a tree shoal run journaled
     for r in nested:
         step = step_of(run_id, r.run_id)[1]
