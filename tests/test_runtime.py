@@ -709,3 +709,60 @@ def test_a_sync_run_hands_its_tools_no_exception_of_its_own() -> None:
     assert out.error is not None and "its own" in out.error.traceback
     assert "no running event loop" not in out.error.traceback
     assert "During handling" not in out.error.traceback
+
+
+held = threading.Event()  # holds the node below until the other loop waits for its outcome
+
+
+@tool(isolation="thread")
+def held_call() -> str:
+    held.wait(30)
+    return "let go"
+
+
+def test_a_nodes_outcome_is_awaited_from_another_event_loop() -> None:
+    # a thread's own loop, with no timer of its own to wake it: the future it awaited was set
+    # from the run's thread, which never woke that loop, and the wait hung for good
+    held.clear()
+    seen: list[Any] = []
+
+    def elsewhere(handle: shoal.RunHandle) -> None:
+        async def waits() -> None:
+            future = handle.outcome_of("h")
+            held.set()  # the node ends only once this loop waits
+            seen.append((await future).value)
+
+        asyncio.run(waits())
+
+    async def main() -> None:
+        async with Runtime() as runtime:
+            plan = Plan()
+            plan.call(held_call, node_id="h")
+            handle = runtime.start(plan)
+            thread = threading.Thread(target=elsewhere, args=(handle,), daemon=True)
+            thread.start()
+            await handle
+            await asyncio.to_thread(thread.join, 20)
+            assert not thread.is_alive(), "the other loop never saw the outcome"
+
+    arun(main())
+    assert seen == ["let go"]
+
+
+def test_a_nodes_outcome_asked_after_the_runs_loop_closed_says_so() -> None:
+    async def finished() -> shoal.RunHandle:
+        async with Runtime() as runtime:
+            plan = Plan()
+            plan.call(held_call, node_id="h")
+            held.set()
+            handle = runtime.start(plan)
+            await handle
+            return handle
+
+    handle = asyncio.run(finished())  # its loop is closed now
+
+    async def ask() -> None:
+        handle.outcome_of("h")
+
+    with pytest.raises(shoal.RunClosedError, match="read its result"):
+        asyncio.run(ask())

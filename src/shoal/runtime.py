@@ -32,7 +32,7 @@ from shoal.approvals.desk import ApprovalDesk
 from shoal.clock import Clock, forget_clock, read_epoch, running_loop
 from shoal.deps import Graph, analyze
 from shoal.events import Event, EventSink
-from shoal.exceptions import ConfigError, ShoalError
+from shoal.exceptions import ConfigError, RunClosedError, ShoalError
 from shoal.executors.base import Executor, check_count
 from shoal.executors.inline import InlineExecutor
 from shoal.executors.thread import DEFAULT_THREAD_WORKERS, ThreadExecutor
@@ -259,8 +259,27 @@ class RunHandle:
             self._driver.close()
 
     def outcome_of(self, node_id: str) -> asyncio.Future[Outcome]:
-        """A future for one node's outcome."""
-        return self._driver.outcome_of(node_id)
+        """A future for one node's outcome, on the event loop that asks (any loop).
+
+        The run's state is its own loop's: another loop (a thread's ``asyncio.run``) has the
+        question asked on the run's loop and the answer handed back thread-safely; a future
+        of its own loop, set from the run's thread, would never wake it.
+        """
+        loop = self._task.get_loop()
+        if running_loop() in (loop, None):
+            return self._driver.outcome_of(node_id)
+        driver = self._driver
+
+        async def there() -> Outcome:
+            return await driver.outcome_of(node_id)
+
+        asked = there()
+        try:
+            return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(asked, loop))
+        except RuntimeError:  # its loop is closed: the run is over, and nothing can answer
+            asked.close()
+            raise RunClosedError(f"run {self.run_id} has ended and its event loop is closed: "
+                                 "read its result instead") from None
 
     def snapshot(self) -> Snapshot:
         """Counts per status and the calls in flight, for progress displays."""
