@@ -53,7 +53,7 @@ import random
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -848,6 +848,39 @@ def predict_planner(task: Task, setting: Setting, thought_per_call: bool, reads:
     return now + setting.first_token(reads[1]) + tokens(JOIN_REPLY) / setting.rate
 
 
+def best_plan_then_answer(task: Task, setting: Setting) -> float:
+    """The latency of the best strategy that writes the calls in one request and answers in
+    a second, the way every strategy here pays its model: a bound, not a strategy.
+
+    Its first request reads only what the others' first request reads (no planner prompt of
+    its own); it writes each call in the plan's shortest syntax (no numbers, thoughts or
+    ``join()``), and each call starts the moment its text has streamed and its inputs are
+    done; its answer's request reads what it must (without a kept context: the task, the calls
+    written and their results; with one: the results only) and writes the same last
+    turn as every strategy. Whatever a planner adds to this costs time, so no planner, shoal's
+    or LLMCompiler's, is faster on these settings.
+    """
+    prompt = prompt_tokens(task)
+    first = setting.first_token(prompt)
+    written = list(itertools.accumulate(tokens(call_text(c)) for c in task.calls))
+    done = dag_finish(task, [first + w / setting.rate for w in written],
+                      first + written[-1] / setting.rate)
+    results = RESULT_TOKENS * len(task.calls)
+    answer_read = results if setting.keeps_context else prompt + written[-1] + results
+    return done + setting.first_token(answer_read) + FINAL_TOKENS / setting.rate
+
+
+def calls_written_free(task: Task, setting: Setting) -> float:
+    """A looser bound still: :func:`best_plan_then_answer` with the calls written in no time
+    and an answer's request that reads nothing: one first token, the tools' critical path,
+    then the last turn."""
+    finish: list[float] = []
+    for call in task.calls:
+        finish.append(max([0.0, *(finish[d] for d in call.deps)]) + call.duration)
+    return (setting.first_token(prompt_tokens(task)) + max(finish) + setting.first_token(0)
+            + FINAL_TOKENS / setting.rate)
+
+
 def dag_finish(task: Task, sent: list[float], stream_end: float) -> float:
     """When the last call ends, each starting once sent and its inputs are done."""
     finish: list[float] = []
@@ -883,6 +916,10 @@ class Stats:
     #: the planner's speedup over ReAct by its formula, had shoal's prompts been as long as
     #: the instructions assumed for the others
     as_assumed: list[float] = field(default_factory=list)
+    #: the speedup over ReAct of :func:`best_plan_then_answer` and of
+    #: :func:`calls_written_free`: what no planner can pass on these settings
+    best_plan: list[float] = field(default_factory=list)
+    written_free: list[float] = field(default_factory=list)
 
 
 async def run_dataset(tasks: list[Task], setting: Setting) -> Stats:
@@ -905,6 +942,9 @@ async def run_dataset(tasks: list[Task], setting: Setting) -> Stats:
                             if r.instructions_read else 0) for r in (plan, join)]
         stats.as_assumed.append(trials["react"].latency
                                 / predict(task, "planner", setting, reads))
+        react_latency = trials["react"].latency
+        stats.best_plan.append(react_latency / best_plan_then_answer(task, setting))
+        stats.written_free.append(react_latency / calls_written_free(task, setting))
         for s, t in trials.items():
             stats.speedup.setdefault(s, []).append(trials["react"].latency / t.latency)
             stats.tokens_in.setdefault(s, []).append(t.tokens_in)
@@ -970,13 +1010,35 @@ def beside_published(found: dict[str, list[Task]], stats: dict[tuple[str, str], 
                      setting: Setting) -> list[str]:
     """Each dataset's median speedups beside the published ones for the same shape."""
     rows = ["| dataset | published benchmark of that shape | planner | LLMCompiler | "
-            "parallel FC | OpenAI parallel FC |", "|---|---|---|---|---|---|"]
+            "parallel FC | OpenAI parallel FC | best plan-then-answer (bound) | "
+            "calls written free (bound) |", "|---|---|---|---|---|---|---|---|"]
     for name in found:
         s = stats[(setting.name, name)]
         bench, compiler, openai = MATCHED[name]
         rows.append(f"| {name} | {bench} | {median(s.speedup['planner']):.2f}x | "
                     f"{compiler:.2f}x | {median(s.speedup['parallel_fc']):.2f}x | "
-                    f"{openai:.2f}x |")
+                    f"{openai:.2f}x | {median(s.best_plan):.2f}x | "
+                    f"{median(s.written_free):.2f}x |")
+    return rows
+
+
+#: Model speeds to try the bound on beside the published settings' (what-if figures, not
+#: published ones): (seconds to the first token beyond reading, output tokens per second).
+WHAT_IF_SPEEDS = ((0.265, 81.0), (0.4, 60.0), (0.5, 30.0), (0.6, 20.0), (1.0, 20.0))
+
+
+def bound_at_other_speeds(found: dict[str, list[Task]]) -> list[str]:
+    """The best plan-then-answer strategy's median speedup over ReAct at other model speeds
+    (hosted reading, no kept context): whether a slower or faster model would lift the bound
+    past the published figures. Formulas only: nothing is run."""
+    rows = ["| TTFT base, output tok/s | " + " | ".join(found) + " |",
+            "|---|" + "---|" * len(found)]
+    for base, rate in WHAT_IF_SPEEDS:
+        setting = replace(HOSTED, name="what-if", base=base, rate=rate)
+        cells = [median([predict(t, "react", setting) / best_plan_then_answer(t, setting)
+                          for t in tasks]) for tasks in found.values()]
+        rows.append(f"| {base:g} s, {rate:g} | " + " | ".join(f"{c:.2f}x" for c in cells)
+                    + " |")
     return rows
 
 
@@ -987,6 +1049,10 @@ def judge(result: BenchResult, name: str, s: Stats) -> None:
                median(s.model_share))
     result.add(f"{name}: planner speedup over ReAct, median", median(s.speedup["planner"]),
                "", target=Target("value", ">=", PLANNER_TARGET[name]))
+    result.add(f"{name}:   the best any plan-then-answer strategy can reach, median",
+               median(s.best_plan))
+    result.add(f"{name}:   the same with the calls written in no time, median",
+               median(s.written_free))
     deep = [i for i, d in enumerate(s.deep) if d]
     if deep:
         over = [s.latency["parallel_fc"][i] / s.latency["planner"][i] for i in deep]
@@ -1062,6 +1128,10 @@ def main(quick: bool = False) -> BenchResult:
         result.note(f"medians, setting {setting.name}, beside the published figures:")
         for row in beside_published(found, stats, setting):
             result.note(row)
+    result.note("the bound (best plan-then-answer, median speedup over ReAct) at other model "
+                f"speeds, prefill {HOSTED.prefill:g} tok/s, no kept context:")
+    for row in bound_at_other_speeds(found):
+        result.note(row)
     result.header("targets (hosted setting)")
     for name in found:
         judge(result, name, stats[(HOSTED.name, name)])

@@ -214,6 +214,25 @@ def test_latency_orders_of_the_strategies_on_one_task() -> None:
     assert t["planner"] < t["planner_thoughts"]
 
 
+@pytest.mark.parametrize("setting", [latency.HOSTED, latency.LOCAL], ids=lambda s: s.name)
+def test_latency_bounds_hold_below_the_strategies(setting: latency.Setting) -> None:
+    """The bounds printed beside the published figures: no strategy run here beats the best
+    plan-then-answer strategy, which is slower than writing the calls in no time."""
+    task = latency_task()
+
+    async def go() -> dict[str, float]:
+        return {s: (await latency.trial(task, s, setting)).latency for s in latency.STRATEGIES}
+
+    measured = run_virtual(go())
+    best = latency.best_plan_then_answer(task, setting)
+    free = latency.calls_written_free(task, setting)
+    assert free < best < min(measured.values())
+    # written free: one first token, the critical path (0.7 s then 0.4 s), the last turn
+    last_turn = setting.first_token(0) + latency.FINAL_TOKENS / setting.rate
+    assert free == pytest.approx(
+        setting.first_token(latency.prompt_tokens(task)) + 0.7 + 0.4 + last_turn)
+
+
 def test_latency_planner_is_shoals_planner_agent() -> None:
     """The planner strategies run ``Agent(mode="plan")``: its prompt, its streamed plan with
     each call started as its line arrives, its joiner; the usage is the agent's."""
