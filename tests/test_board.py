@@ -726,6 +726,32 @@ def test_a_value_whose_comparison_reads_the_board_is_refused_not_deadlocked() ->
     assert board["best"] == 1
 
 
+def test_a_value_whose_comparison_reads_the_call_s_handle_is_refused_not_deadlocked() -> None:
+    # the handle checks a write under its own lock; the value's comparison read the handle
+    # and waited for the lock its own thread held: the tool's thread hung for good
+    board = shoal.Board(best=shoal.merge.maximum)
+    board.write("best", 1)
+    seen: list[int] = []
+
+    @shoal.tool
+    def bid(board: shoal.BoardHandle) -> None:
+        class Nosy(int):
+            def __gt__(self, other: int) -> bool:
+                seen.append(board.read("best"))
+                return int(self) > int(other)
+
+        board.write("best", Nosy(3))
+
+    plan = shoal.Plan()
+    plan.call(bid.options(isolation="thread"))
+    result = within(30, lambda: shoal.run_sync(plan, board=board))
+    outcome = result["bid#1"]
+    assert outcome.status == "failed" and outcome.error is not None
+    assert outcome.error.type == "shoal.exceptions.BoardValueError"
+    assert "cannot use the handle" in outcome.error.message
+    assert seen == [] and board["best"] == 1
+
+
 async def summed(total: int, value: int) -> int:
     return total + value
 

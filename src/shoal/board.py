@@ -124,8 +124,17 @@ def _new_slot(key: str, rule: Rule) -> _Slot:
                           "(each board starts from its own copy)") from exc
 
 
+_MERGING = ("the board is merging a commit on this thread: a merge function (or a written "
+            "value's own __eq__, __hash__ or comparison) cannot read or write the board; merge "
+            "from (merged, value) alone, and read other keys in the tool, writing what is to "
+            "be merged")
+_CHECKING = ("this call's board handle is checking a write on this thread: a written value's "
+             "own __eq__, __hash__ or comparison cannot use the handle; compare from the "
+             "values alone, and read the board in the tool before writing")
+
+
 class _Guard:
-    """The board's lock, knowing which thread holds it.
+    """A board's (or a board handle's) lock, knowing which thread holds it.
 
     A board runs code of its users while it holds its lock: merge functions (``using``) and
     written values' own ``__eq__``, ``__hash__`` and comparisons. Such code coming back to
@@ -133,19 +142,17 @@ class _Guard:
     the lock its own thread holds, and the run would hang for good; it is refused instead.
     """
 
-    __slots__ = ("_holder", "_lock")
+    __slots__ = ("_holder", "_lock", "_refusal")
 
-    def __init__(self) -> None:
+    def __init__(self, refusal: str = _MERGING) -> None:
         self._lock = threading.Lock()
         self._holder: int | None = None  # set and cleared only by the holding thread
+        self._refusal = refusal  # what coming back on the holding thread is told
 
     def __enter__(self) -> None:
         me = threading.get_ident()
         if self._holder == me:
-            raise BoardError("the board is merging a commit on this thread: a merge function "
-                             "(or a written value's own __eq__, __hash__ or comparison) cannot "
-                             "read or write the board; merge from (merged, value) alone, and "
-                             "read other keys in the tool, writing what is to be merged")
+            raise BoardError(self._refusal)
         self._lock.acquire()
         self._holder = me
 
@@ -438,7 +445,9 @@ class BoardHandle:
         self._pending: list[tuple[str, Any]] = []
         self._seen: dict[str, int] = {}
         self._open = True
-        self._lock = threading.Lock()
+        # a guard, not a plain lock: a written value's comparison runs under it, and one that
+        # reads this handle would otherwise wait for its own thread for good
+        self._lock = _Guard(_CHECKING)
 
     def __repr__(self) -> str:
         return f"<BoardHandle of {self.writer or 'a call'}: {len(self._pending)} pending>"
