@@ -32,7 +32,7 @@ from shoal.approvals.desk import ApprovalDesk
 from shoal.clock import Clock, forget_clock, read_epoch, running_loop
 from shoal.deps import Graph, analyze
 from shoal.events import Event, EventSink
-from shoal.exceptions import ConfigError, RunClosedError, ShoalError
+from shoal.exceptions import ConfigError, NoEventLoopError, RunClosedError, ShoalError
 from shoal.executors.base import Executor, check_count
 from shoal.executors.inline import InlineExecutor
 from shoal.executors.thread import DEFAULT_THREAD_WORKERS, ThreadExecutor
@@ -552,8 +552,10 @@ class Runtime:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            raise RuntimeError("open_run() needs a running event loop: use it in async code, "
-                               "as 'async with runtime.open_run() as run: ...'") from None
+            raise NoEventLoopError(
+                "open_run() needs a running event loop: call it in async code, as 'async with "
+                "runtime.open_run() as run: ...' inside a coroutine run by asyncio.run(); from "
+                "sync code, build a shoal.Plan and use runtime.run_sync(plan)") from None
         self._check_ids(run_id, resume, within)
         plan = Plan(name)
         rerun = check_settling(rerun_in_doubt, mark_done)
