@@ -35,6 +35,7 @@ from shoal.models.prices import Price, cost
 
 __all__ = [
     "LOCAL_API_KEY",
+    "UNNAMED",
     "PerLoop",
     "check_base_url",
     "describe_cause",
@@ -57,6 +58,10 @@ T = TypeVar("T")
 
 #: Sent to local servers (llama.cpp, vLLM, Ollama) that need no key: the SDKs insist on one.
 LOCAL_API_KEY = "shoal-local-no-key"
+
+#: The name sent back for a call the model gave no name: the APIs refuse an empty one, and
+#: the whole conversation with it (the call itself was answered "no tool named ''").
+UNNAMED = "unnamed_tool"
 
 _LOCAL_NAMES = {"localhost", "host.docker.internal"}
 

@@ -26,6 +26,7 @@ from shoal.exceptions import (
     ModelHTTPError,
 )
 from shoal.models._common import (
+    UNNAMED,
     PerLoop,
     http_error,
     priced_usage,
@@ -152,7 +153,7 @@ class OpenAIModel(Model):
                     stream_options={"include_usage": True}) as raw:
                 async for line in raw.iter_lines():
                     chunk = self._sse_chunk(line, state)
-                    if chunk is not None and (text := state.add(chunk)):
+                    if chunk is not None and (text := self._take(state, chunk, line)):
                         yield TextDelta(text)
                     for index, done in state.complete(final=False):
                         yield ToolCallDone(index, done)
@@ -165,6 +166,14 @@ class OpenAIModel(Model):
     async def aclose(self) -> None:
         """Close this loop's connections of the client this model made (never one passed in)."""
         await self._clients.aclose()
+
+    def _take(self, state: _StreamState, chunk: dict[str, Any], line: str) -> str:
+        """``state.add(chunk)``; a chunk of the wrong shape is a :class:`ModelError`."""
+        try:
+            return state.add(chunk)
+        except _Malformed as exc:  # a server off the protocol: say so, never crash inside
+            raise ModelError(self.name, f"malformed stream chunk ({exc}): "
+                                        f"{line[5:].strip()[:200]!r}") from None
 
     def _sse_chunk(self, line: str, state: _StreamState) -> dict[str, Any] | None:
         """The chunk one SSE line carries, or ``None`` (blank lines, comments, ``[DONE]``).
@@ -227,7 +236,7 @@ class OpenAIModel(Model):
 
     def _finish(self, state: _StreamState) -> ModelResponse:
         calls = tuple(ToolCall(c.id or _call_id(), c.name, "".join(c.arguments) or "{}")
-                      for _, c in sorted(state.calls.items()))
+                      for c in state.calls)
         usage = state.usage or {}
         return ModelResponse(text="".join(state.text), tool_calls=calls,
                              usage=self._usage(usage, state.model),
@@ -264,6 +273,19 @@ class OpenAIModel(Model):
             raise
 
 
+class _Malformed(ValueError):
+    """A stream chunk of a shape the API never sends (a list where an object belongs...)."""
+
+
+def _expect(value: Any, kind: type | tuple[type, ...], what: str) -> Any:
+    """``value`` if it is of ``kind`` (``None`` stands for an empty one), else ``_Malformed``."""
+    if value is None:
+        return kind() if isinstance(kind, type) else None
+    if not isinstance(value, kind):
+        raise _Malformed(f"{what} is {type(value).__name__}")
+    return value
+
+
 @dataclass(slots=True)
 class _PartialCall:
     id: str = ""
@@ -273,10 +295,18 @@ class _PartialCall:
 
 @dataclass(slots=True)
 class _StreamState:
-    """A streamed completion put back together from its chunks (plain JSON objects)."""
+    """A streamed completion put back together from its chunks (plain JSON objects).
+
+    Calls are kept in the order they began, which is the order of their ``index`` on a
+    server that follows the API. One that does not is still read whole: an index reused by
+    a call with another id begins a new call (some servers send every call at index 0), and
+    an index lower than one seen before is a new call after it, not a call slipped in front
+    of calls already reported complete (which then ran twice, and the new one never).
+    """
 
     text: list[str] = field(default_factory=list)
-    calls: dict[int, _PartialCall] = field(default_factory=dict)
+    calls: list[_PartialCall] = field(default_factory=list)  # in the order they began
+    at: dict[int, int] = field(default_factory=dict)  # a delta's index -> its call's position
     usage: dict[str, Any] | None = None
     model: str = ""
     finish_reason: str = ""
@@ -284,50 +314,72 @@ class _StreamState:
     emitted: int = 0  # tool calls already reported complete
 
     def add(self, chunk: dict[str, Any]) -> str:
-        """Take in one chunk; return its text (empty when it carries none)."""
+        """Take in one chunk; return its text (empty when it carries none).
+
+        Raises ``_Malformed`` for a chunk of a shape the API never sends.
+        """
         self.model = self.model or str(chunk.get("model") or "")
         if isinstance(usage := chunk.get("usage"), dict):  # the last chunk, with include_usage
             self.usage = usage
-        choices = chunk.get("choices") or []
+        choices = _expect(chunk.get("choices"), list, "choices")
         if not choices:
             return ""
-        choice = choices[0]
-        self.finish_reason = choice.get("finish_reason") or self.finish_reason
-        delta = choice.get("delta") or {}
-        for part in delta.get("tool_calls") or ():
-            self._add_call(part)
+        choice = _expect(choices[0], dict, "choices[0]")
+        self.finish_reason = str(choice.get("finish_reason") or self.finish_reason)
+        delta = _expect(choice.get("delta"), dict, "delta")
+        for part in _expect(delta.get("tool_calls"), list, "delta.tool_calls"):
+            self._add_call(_expect(part, dict, "a tool call delta"))
         text = delta.get("content") or delta.get("refusal") or ""
         if text:
+            text = str(text)
             self.text.append(text)
         return str(text)
 
     def complete(self, *, final: bool) -> list[tuple[int, ToolCall]]:
         """The calls completed since the last look, with their positions.
 
-        Every call but the one with the highest index is complete (calls stream in index
-        order); at the end (``final``), that one is too. A call without an id gets one here,
-        the same one the whole response then carries.
+        Every call but the last one begun is complete (calls stream one after another); at
+        the end (``final``), that one is too. A call without an id gets one here, the same
+        one the whole response then carries.
         """
-        keys = sorted(self.calls)
-        ready = keys if final else keys[:-1]
+        ready = len(self.calls) if final else len(self.calls) - 1
         out: list[tuple[int, ToolCall]] = []
-        for position in range(self.emitted, len(ready)):
-            call = self.calls[ready[position]]
+        for position in range(self.emitted, ready):
+            call = self.calls[position]
             call.id = call.id or _call_id()
             out.append((position, ToolCall(call.id, call.name, "".join(call.arguments) or "{}")))
-        self.emitted = max(self.emitted, len(ready))
+        self.emitted = max(self.emitted, ready)
         return out
 
     def _add_call(self, part: dict[str, Any]) -> None:
-        # Index is required by the API, but not every compatible server sends it.
+        # Index is required by the API, but not every compatible server sends it: such a
+        # server sends each call whole, so a part with no index and an id or name begins one
         index = part.get("index")
-        call = self.calls.setdefault(index if isinstance(index, int) else len(self.calls),
-                                     _PartialCall())
-        call.id = call.id or part.get("id") or ""
-        function = part.get("function") or {}
+        index = index if isinstance(index, int) and not isinstance(index, bool) else None
+        function = _expect(part.get("function"), dict, "a tool call's function")
+        call_id = part.get("id")
+        call_id = call_id if isinstance(call_id, str) else ""
+        position = self.at.get(index) if index is not None else (
+            None if call_id or function.get("name") else len(self.calls) - 1)
+        if position is None or position < 0 or (
+                call_id and self.calls[position].id and call_id != self.calls[position].id):
+            position = len(self.calls)
+            self.calls.append(_PartialCall())
+            if index is not None:
+                self.at[index] = position
+        call = self.calls[position]
+        call.id = call.id or call_id
         # The name comes whole in the first delta; some servers repeat it in later ones.
-        call.name = call.name or function.get("name") or ""
-        call.arguments.append(function.get("arguments") or "")
+        name = function.get("name")
+        call.name = call.name or (name if isinstance(name, str) else str(name or ""))
+        call.arguments.append(_argument_text(function.get("arguments")))
+
+
+def _argument_text(arguments: object) -> str:
+    """A piece of a call's arguments as text: some servers send them as a JSON object."""
+    if arguments is None or isinstance(arguments, str):
+        return arguments or ""
+    return json.dumps(arguments, ensure_ascii=False)  # read from JSON: it writes back
 
 
 def openai_messages(request: ModelRequest) -> list[dict[str, Any]]:
@@ -351,7 +403,7 @@ def _assistant(message: AssistantMessage) -> dict[str, Any]:
     if not message.tool_calls:
         return {"role": "assistant", "content": message.content}
     calls = [{"id": c.id, "type": "function",
-              "function": {"name": c.name, "arguments": c.arguments}}
+              "function": {"name": c.name or UNNAMED, "arguments": c.arguments}}
              for c in message.tool_calls]
     # null, not "", is the API's "no text": some servers render "" as an empty turn
     return {"role": "assistant", "content": message.content or None, "tool_calls": calls}
