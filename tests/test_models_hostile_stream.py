@@ -313,3 +313,23 @@ def test_anthropic_a_block_never_stopped_still_runs_once() -> None:
     result, _ = run_agent(RawAnthropic, [stream])
     assert result.output == "done", result
     assert sorted(ran) == [1, 2]
+
+
+@pytest.mark.parametrize(("events", "said"), [
+    (["event: content_block_delta\ndata: {not json\n\n"], "malformed stream data"),
+    ([sse({"type": "content_block_start", "index": 0}, "content_block_start")],
+     "'content_block_start' event of the wrong shape"),
+    ([block_start(0, "toolu_a", "echo"),
+      sse({"type": "content_block_delta", "index": 0}, "content_block_delta")],
+     "'content_block_delta' event of the wrong shape"),
+    ([block_start(0, "toolu_a", "echo"),
+      sse({"type": "content_block_delta", "index": 0,
+           "delta": {"type": "input_json_delta", "partial_json": 5}}, "content_block_delta"),
+      block_stop(0)], "partial_json of block 0 is not text"),
+], ids=["not-json", "no-block", "no-delta", "partial-not-text"])
+def test_anthropic_an_event_of_the_wrong_shape_is_a_typed_model_error(
+        events: list[str], said: str) -> None:
+    # it ended the agent with the SDK's or Python's own error (AttributeError, TypeError...)
+    result, _ = run_agent(RawAnthropic, [[message_start(), *events]])
+    assert isinstance(result, ModelError), repr(result)
+    assert said in str(result)

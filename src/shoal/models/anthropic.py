@@ -175,6 +175,11 @@ class AnthropicModel(Model):
             return state.add(event)
         except _OffProtocol as exc:  # say so, never drop the model's work without a word
             raise ModelError(self.name, f"the stream broke the protocol: {exc}") from None
+        except (AttributeError, TypeError) as exc:  # the SDK builds events unchecked: an
+            # event missing a field (a block start with no block) has None in its place
+            raise ModelError(self.name, f"the stream broke the protocol: a "
+                                        f"{getattr(event, 'type', 'nameless')!r} event of the "
+                                        f"wrong shape ({exc})") from None
 
     async def aclose(self) -> None:
         """Close this loop's connections of the client this model made (never one passed in)."""
@@ -251,6 +256,9 @@ class AnthropicModel(Model):
             raise unreachable(self.name, exc.request.url, exc) from exc
         except anthropic.AnthropicError as exc:
             raise ModelError(self.name, str(exc)) from exc
+        except json.JSONDecodeError as exc:  # the SDK reads each event's data as JSON
+            raise ModelError(self.name, f"malformed stream data ({exc.msg}): "
+                                        f"{exc.doc[:200]!r}") from exc
         except Exception as exc:
             if (lost := transport_error(self.name, exc)) is not None:
                 raise lost from exc
@@ -310,6 +318,8 @@ class _StreamState:
             if delta.type == "text_delta":
                 return self._text(delta.text)
             if delta.type == "input_json_delta" and event.index in self.open:
+                if not isinstance(delta.partial_json, str):
+                    raise _OffProtocol(f"partial_json of block {event.index} is not text")
                 self.calls[self.open[event.index]].arguments.append(delta.partial_json)
         elif event.type == "content_block_stop":
             self._known(event.index, event.type)
