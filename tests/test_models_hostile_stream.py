@@ -293,8 +293,9 @@ def test_anthropic_a_block_started_again_before_its_stop_is_a_typed_model_error(
     assert "started again before it stopped" in str(result)
 
 
-def test_anthropic_a_call_with_no_name_is_answered_and_the_run_goes_on() -> None:
-    stream = [message_start(), *tool_block(0, "toolu_a", "{}", name=""),
+@pytest.mark.parametrize("name", ["nope", "ec\x00ho", "ec\ud800ho", "<b>echo</b>", ""])
+def test_anthropic_a_tool_not_offered_is_answered_and_the_run_goes_on(name: str) -> None:
+    stream = [message_start(), *tool_block(0, "toolu_a", "{}", name=name),
               *tool_block(1, "toolu_b", '{"x": 2}'), *message_end()]
     result, server = run_agent(RawAnthropic, [stream])
     assert result.output == "done", result
@@ -333,3 +334,14 @@ def test_anthropic_an_event_of_the_wrong_shape_is_a_typed_model_error(
     result, _ = run_agent(RawAnthropic, [[message_start(), *events]])
     assert isinstance(result, ModelError), repr(result)
     assert said in str(result)
+
+
+@pytest.mark.parametrize("depth", [200, 990])
+def test_anthropic_arguments_nested_deep_but_readable_do_not_end_the_run(depth: int) -> None:
+    # the input goes back in the next request as an object: writing it must not fail
+    deep = "[" * depth + "]" * depth
+    stream = [message_start(), *tool_block(0, "toolu_a", '{"x": ' + deep + "}"),
+              *tool_block(1, "toolu_b", '{"x": 2}'), *message_end()]
+    result, server = run_agent(RawAnthropic, [stream])
+    assert result.output == "done", repr(result)
+    assert 2 in ran and "got 2" in sent_back(server)
