@@ -1,4 +1,4 @@
-"""Streams that break the wire protocol, over the real SDKs and HTTP: never a hang or a crash.
+"""Streams and replies off the wire protocol, over the real SDKs and HTTP: never a crash.
 
 A server that speaks chat completions or the messages API badly (arguments that are not JSON,
 a stream cut short, tool call indexes out of order or reused, events for a block never
@@ -16,6 +16,7 @@ import pytest
 
 import shoal
 from shoal.exceptions import ModelError, ShoalError
+from shoal.models.base import ModelRequest, ToolSpec, UserMessage
 from tests.conftest import arun
 from tests.wire import AnthropicWireServer, OpenAIWireServer, Reply, text_reply
 from tests.wire.base import sse
@@ -345,3 +346,67 @@ def test_anthropic_arguments_nested_deep_but_readable_do_not_end_the_run(depth: 
     result, server = run_agent(RawAnthropic, [stream])
     assert result.output == "done", repr(result)
     assert 2 in ran and "got 2" in sent_back(server)
+
+
+# ---- whole replies (not streamed) ----------------------------------------------------------
+
+ASK = ModelRequest("", (UserMessage("hi"),),
+                   tools=(ToolSpec("echo", "", {"type": "object", "properties": {}}),))
+
+
+def request_once(server_class: type[Any], answer: dict[str, Any]) -> Any:
+    """``model.request`` of a server whose reply is ``answer`` (raw JSON); or its error."""
+    with server_class(answer) as server:
+        model = server.model()
+
+        async def main() -> Any:
+            try:
+                return await model.request(ASK)
+            finally:
+                await model.aclose()
+
+        try:
+            return arun(main(), timeout=30)
+        except ShoalError as exc:
+            return exc
+
+
+def completion(**choice: Any) -> dict[str, Any]:
+    """A chat completion with one choice holding ``choice``."""
+    return {"id": "x", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "finish_reason": "stop", **choice}]}
+
+
+@pytest.mark.parametrize("answer", [
+    {**completion(), "choices": "x"}, {**completion(), "choices": ["x"]}, completion(),
+    completion(message={"role": "assistant", "tool_calls": ["x"]}),
+    completion(message={"role": "assistant", "tool_calls": [{"id": "a", "type": "function"}]}),
+], ids=["choices", "choice", "no-message", "call", "no-function"])
+def test_a_completion_of_the_wrong_shape_is_a_typed_model_error(answer: dict[str, Any]) -> None:
+    # it raised the AttributeError of the SDK's unchecked objects
+    error = request_once(OpenAIWireServer, answer)
+    assert isinstance(error, ModelError), repr(error)
+    assert "malformed response" in str(error)
+
+
+def test_a_completions_arguments_and_text_sent_as_objects_are_read_as_json_text() -> None:
+    # the ToolCall's arguments were the dict itself (not text), which failed when parsed
+    call = {"id": "a", "type": "function", "function": {"name": "echo", "arguments": {"x": 1}}}
+    response = request_once(OpenAIWireServer, completion(
+        message={"role": "assistant", "content": {"a": 1}, "tool_calls": [call]}))
+    assert response.tool_calls[0].parsed_arguments() == {"x": 1}
+    assert response.text == '{"a": 1}'
+
+
+MESSAGE = {"id": "m", "type": "message", "role": "assistant", "model": "c",
+           "stop_reason": "end_turn", "usage": {"input_tokens": 1, "output_tokens": 1}}
+
+
+@pytest.mark.parametrize("answer", [
+    {**MESSAGE, "content": "x"}, {**MESSAGE, "content": ["x"]},
+    {**MESSAGE, "content": [], "usage": None}, {},
+], ids=["content", "block", "no-usage", "empty"])
+def test_a_message_of_the_wrong_shape_is_a_typed_model_error(answer: dict[str, Any]) -> None:
+    error = request_once(AnthropicWireServer, answer)
+    assert isinstance(error, ModelError), repr(error)
+    assert "malformed response" in str(error)

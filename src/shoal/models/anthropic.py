@@ -207,6 +207,17 @@ class AnthropicModel(Model):
         return params
 
     def _response(self, message: AnthropicMessage) -> ModelResponse:
+        """The SDK's message as shoal's response; one of the wrong shape is a ModelError.
+
+        The SDK builds responses unchecked: a server off the protocol (content as text, no
+        usage) leaves a field of the wrong type, or ``None``, in its place.
+        """
+        try:
+            return self._read(message)
+        except (AttributeError, TypeError) as exc:
+            raise ModelError(self.name, f"malformed response ({exc})") from None
+
+    def _read(self, message: AnthropicMessage) -> ModelResponse:
         texts: list[str] = []
         calls: list[ToolCall] = []
         for block in message.content:

@@ -220,14 +220,25 @@ class OpenAIModel(Model):
         return params
 
     def _response(self, completion: ChatCompletion) -> ModelResponse:
+        """The SDK's completion as shoal's response; one of the wrong shape is a ModelError.
+
+        The SDK builds responses unchecked: a server off the protocol (choices as text, a
+        call with no function) leaves a field of the wrong type, or ``None``, in its place.
+        """
         if not completion.choices:
             raise ModelError(self.name, "the response has no choices")
+        try:
+            return self._read(completion)
+        except (AttributeError, TypeError) as exc:
+            raise ModelError(self.name, f"malformed response ({exc})") from None
+
+    def _read(self, completion: ChatCompletion) -> ModelResponse:
         choice, usage = completion.choices[0], completion.usage
-        calls = tuple(ToolCall(call.id or _call_id(), call.function.name,
-                               call.function.arguments or "{}")
+        calls = tuple(ToolCall(call.id or _call_id(), _as_text(call.function.name),
+                               _argument_text(call.function.arguments) or "{}")
                       for call in choice.message.tool_calls or () if call.type == "function")
         # a refusal (structured outputs) is the model's answer too: show it, do not drop it
-        text = choice.message.content or choice.message.refusal or ""
+        text = _as_text(choice.message.content) or _as_text(choice.message.refusal)
         return ModelResponse(text=text, tool_calls=calls,
                              usage=self._usage(usage.model_dump() if usage else {},
                                                completion.model),
@@ -329,11 +340,10 @@ class _StreamState:
         delta = _expect(choice.get("delta"), dict, "delta")
         for part in _expect(delta.get("tool_calls"), list, "delta.tool_calls"):
             self._add_call(_expect(part, dict, "a tool call delta"))
-        text = delta.get("content") or delta.get("refusal") or ""
+        text = _as_text(delta.get("content")) or _as_text(delta.get("refusal"))
         if text:
-            text = str(text)
             self.text.append(text)
-        return str(text)
+        return text
 
     def complete(self, *, final: bool) -> list[tuple[int, ToolCall]]:
         """The calls completed since the last look, with their positions.
@@ -371,15 +381,20 @@ class _StreamState:
         call.id = call.id or call_id
         # The name comes whole in the first delta; some servers repeat it in later ones.
         name = function.get("name")
-        call.name = call.name or (name if isinstance(name, str) else str(name or ""))
+        call.name = call.name or _as_text(name)
         call.arguments.append(_argument_text(function.get("arguments")))
 
 
 def _argument_text(arguments: object) -> str:
     """A piece of a call's arguments as text: some servers send them as a JSON object."""
-    if arguments is None or isinstance(arguments, str):
-        return arguments or ""
-    return json.dumps(arguments, ensure_ascii=False)  # read from JSON: it writes back
+    return _as_text(arguments)
+
+
+def _as_text(value: object) -> str:
+    """A field the API sends as text (``None``: empty); anything else as its JSON text."""
+    if value is None or isinstance(value, str):
+        return value or ""
+    return json.dumps(value, ensure_ascii=False, default=repr)
 
 
 def openai_messages(request: ModelRequest) -> list[dict[str, Any]]:
