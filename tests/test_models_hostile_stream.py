@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import shoal
-from shoal.exceptions import ModelError, ShoalError
+from shoal.exceptions import ModelConnectionError, ModelError, ShoalError
 from shoal.models.base import ModelRequest, ToolSpec, UserMessage
 from tests.conftest import arun
 from tests.wire import AnthropicWireServer, OpenAIWireServer, Reply, text_reply
@@ -410,3 +410,21 @@ def test_a_message_of_the_wrong_shape_is_a_typed_model_error(answer: dict[str, A
     error = request_once(AnthropicWireServer, answer)
     assert isinstance(error, ModelError), repr(error)
     assert "malformed response" in str(error)
+
+
+@pytest.mark.parametrize("server_class", [OpenAIWireServer, AnthropicWireServer])
+def test_a_stream_that_stalls_ends_in_a_connection_error_saying_so(
+        server_class: type[Any]) -> None:
+    # chat completions said only "connection lost: " (httpx's ReadTimeout has no text)
+    with server_class(text_reply("a b c d", chunk_delay=5)) as server:
+        model = server.model(timeout=0.5)
+
+        async def main() -> None:
+            try:
+                async for _ in model.stream(ASK):
+                    pass
+            finally:
+                await model.aclose()
+
+        with pytest.raises(ModelConnectionError, match=r"within 0\.5 s"):
+            arun(main(), timeout=30)

@@ -271,7 +271,7 @@ class AnthropicModel(Model):
             raise ModelError(self.name, f"malformed stream data ({exc.msg}): "
                                         f"{exc.doc[:200]!r}") from exc
         except Exception as exc:
-            if (lost := transport_error(self.name, exc)) is not None:
+            if (lost := transport_error(self.name, exc, self.timeout)) is not None:
                 raise lost from exc
             raise
 

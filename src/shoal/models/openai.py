@@ -279,7 +279,7 @@ class OpenAIModel(Model):
         except openai.OpenAIError as exc:
             raise ModelError(self.name, str(exc)) from exc
         except Exception as exc:
-            if (lost := transport_error(self.name, exc)) is not None:
+            if (lost := transport_error(self.name, exc, self.timeout)) is not None:
                 raise lost from exc
             raise
 
