@@ -10,8 +10,8 @@
     ├── UpstreamFailedError         an open run's ``value()`` of a node that did not succeed
     ├── RunClosedError              a node added to an open run that takes no more (closed, or
     │                               its runtime closed); also a ``RuntimeError``
-    ├── RunNotEndedError            an open run's ``result`` read before the run ended; also a
-    │                               ``RuntimeError``
+    ├── RunNotEndedError            an open run's or an event stream's ``result`` read before
+    │                               the run ended; also a ``RuntimeError``
     ├── NoEventLoopError            ``open_run()`` called with no running event loop (from sync
     │                               code); also a ``RuntimeError``
     ├── AsyncOnlyError              an open run used with ``with``, not ``async with``; also a
@@ -244,9 +244,10 @@ class RunClosedError(ShoalError, RuntimeError):
 
 
 class RunNotEndedError(ShoalError, RuntimeError):
-    """An open run's ``result`` was read before the run ended; the message says how to end it.
+    """A ``result`` was read before its run ended (an open run's, an event stream's).
 
-    A ``RuntimeError`` too, as this refusal was before it had a type of its own.
+    The message says when it can be read. A ``RuntimeError`` too, as this refusal was before
+    it had a type of its own.
     """
 
 
