@@ -190,6 +190,19 @@ def test_calls_that_all_reuse_index_zero_each_run_once() -> None:
     assert all(f"got {n}" in sent_back(server) for n in (1, 2, 3))
 
 
+def test_calls_without_an_index_are_told_apart_by_their_ids() -> None:
+    # one call in pieces that each repeat its id, then a call sent whole
+    def part(call_id: str, arguments: str, name: str | None = None) -> dict[str, Any]:
+        function = {"arguments": arguments, **({"name": name} if name else {})}
+        return {"tool_calls": [{"id": call_id, "type": "function", "function": function}]}
+
+    stream = openai_stream(part("call_a", '{"x"', "echo"), part("call_a", ": 1}"),
+                           part("call_b", '{"x": 2}', "echo"))
+    result, server = run_agent(RawOpenAI, [stream])
+    assert result.output == "done", result
+    assert sorted(ran) == [1, 2] and "got 1" in sent_back(server)
+
+
 def test_calls_whose_indexes_come_out_of_order_each_run_once_whole() -> None:
     # index 2 then 3 then 1: it ran index 3's call twice (as positions 1 and 2) and never 1's
     stream = openai_stream(opening(2, "call_c", "echo", '{"x": 3}'),

@@ -235,7 +235,7 @@ class OpenAIModel(Model):
     def _read(self, completion: ChatCompletion) -> ModelResponse:
         choice, usage = completion.choices[0], completion.usage
         calls = tuple(ToolCall(call.id or _call_id(), _as_text(call.function.name),
-                               _argument_text(call.function.arguments) or "{}")
+                               _as_text(call.function.arguments) or "{}")
                       for call in choice.message.tool_calls or () if call.type == "function")
         # a refusal (structured outputs) is the model's answer too: show it, do not drop it
         text = _as_text(choice.message.content) or _as_text(choice.message.refusal)
@@ -362,16 +362,16 @@ class _StreamState:
         return out
 
     def _add_call(self, part: dict[str, Any]) -> None:
-        # Index is required by the API, but not every compatible server sends it: such a
-        # server sends each call whole, so a part with no index and an id or name begins one
+        # Index is required by the API, but not every compatible server sends it: without
+        # one, a part with a new id or a name begins a call (see _unindexed_position)
         index = part.get("index")
         index = index if isinstance(index, int) and not isinstance(index, bool) else None
         function = _expect(part.get("function"), dict, "a tool call's function")
         call_id = part.get("id")
         call_id = call_id if isinstance(call_id, str) else ""
-        position = self.at.get(index) if index is not None else (
-            None if call_id or function.get("name") else len(self.calls) - 1)
-        if position is None or position < 0 or (
+        position = self.at.get(index) if index is not None else _unindexed_position(
+            self.calls, call_id, function)
+        if position is None or (
                 call_id and self.calls[position].id and call_id != self.calls[position].id):
             position = len(self.calls)
             self.calls.append(_PartialCall())
@@ -382,16 +382,27 @@ class _StreamState:
         # The name comes whole in the first delta; some servers repeat it in later ones.
         name = function.get("name")
         call.name = call.name or _as_text(name)
-        call.arguments.append(_argument_text(function.get("arguments")))
+        call.arguments.append(_as_text(function.get("arguments")))
 
 
-def _argument_text(arguments: object) -> str:
-    """A piece of a call's arguments as text: some servers send them as a JSON object."""
-    return _as_text(arguments)
+def _unindexed_position(calls: list[_PartialCall], call_id: str,
+                        function: dict[str, Any]) -> int | None:
+    """The call a part without an index continues (``None``: it begins a new one).
+
+    A part that names no call continues the last one; so does one repeating its id.
+    """
+    if not calls:
+        return None
+    if call_id:
+        return len(calls) - 1 if call_id == calls[-1].id else None
+    return None if function.get("name") else len(calls) - 1
 
 
 def _as_text(value: object) -> str:
-    """A field the API sends as text (``None``: empty); anything else as its JSON text."""
+    """A field the API sends as text (``None``: empty); anything else as its JSON text.
+
+    Some servers send a call's arguments as a JSON object, not as the text of one.
+    """
     if value is None or isinstance(value, str):
         return value or ""
     return json.dumps(value, ensure_ascii=False, default=repr)
