@@ -138,8 +138,9 @@ class OpenAIModel(Model):
     async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
         """Stream a chat completion: text and complete tool calls as they arrive, then all.
 
-        A tool call is complete when the next call's deltas begin (calls come in index
-        order), or when the stream ends.
+        A tool call is complete when the next call begins (calls stream one after another),
+        or when the stream ends. A stream off the protocol (a chunk of the wrong shape, data
+        that is not JSON) is a :class:`~shoal.exceptions.ModelError`.
         """
         client = self._client()
         state = _StreamState()
