@@ -12,8 +12,8 @@
     │                               its runtime closed); also a ``RuntimeError``
     ├── RunNotEndedError            an open run's or an event stream's ``result`` read before
     │                               the run ended; also a ``RuntimeError``
-    ├── NoEventLoopError            ``open_run()`` called with no running event loop (from sync
-    │                               code); also a ``RuntimeError``
+    ├── NoEventLoopError            ``open_run()`` or ``start()`` called with no running event
+    │                               loop (from sync code); also a ``RuntimeError``
     ├── AsyncOnlyError              an open run used with ``with``, not ``async with``; also a
     │                               ``TypeError``
     ├── ExecutorError               a backend could not run a call (not the tool's own error)
@@ -252,7 +252,7 @@ class RunNotEndedError(ShoalError, RuntimeError):
 
 
 class NoEventLoopError(ShoalError, RuntimeError):
-    """``open_run()`` was called with no running event loop: an open run lives in async code.
+    """``open_run()`` or ``start()`` was called with no running event loop (from sync code).
 
     A ``RuntimeError`` too, as this refusal was before it had a type of its own.
     """
