@@ -371,6 +371,69 @@ def test_cancel_of_a_killed_agent_tree_says_to_resume_it_from_python(workdir: Pa
     assert "shoal resume" not in done.stderr
 
 
+PYTHON_PLAN = textwrap.dedent('''
+    import sys
+    import time
+    from pathlib import Path
+
+    import shoal
+
+
+    @shoal.tool
+    def nap(seconds: float) -> str:
+        Path("started").write_text("yes")
+        time.sleep(seconds)
+        return "slept"
+
+
+    plan = shoal.Plan()
+    plan.call(nap, seconds=30)
+    runtime = shoal.Runtime(store=shoal.SQLiteStore(".shoal/runs.db"))
+    runtime.run_sync(plan, run_id=sys.argv[1])
+''')
+
+
+def killed_once_started(workdir: Path, script: str, run_id: str) -> None:
+    """Run ``script`` (written to a file) with ``run_id`` and kill it once its tool started."""
+    (workdir / "script.py").write_text(script)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    running = subprocess.Popen([sys.executable, "script.py", run_id], cwd=workdir, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not (workdir / "started").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (workdir / "started").exists()
+    finally:
+        running.send_signal(signal.SIGKILL)
+        running.wait(timeout=30)
+
+
+def test_cancel_of_a_killed_plan_run_from_python_says_to_resume_it_from_python(
+        workdir: Path) -> None:
+    # it said "resume it with: shoal resume py-1", which refuses a run not from a plan file
+    killed_once_started(workdir, PYTHON_PLAN, "py-1")
+    done = shoal("cancel", "py-1", cwd=workdir)
+    assert done.returncode == 1, done.stderr
+    assert "is not running (it is interrupted)" in done.stderr
+    assert "resume it with: Runtime.resume from Python" in done.stderr
+    assert "shoal resume" not in done.stderr
+
+
+def test_cancel_of_a_step_of_a_killed_agent_tree_says_to_resume_the_tree(workdir: Path) -> None:
+    # it said "resume it with: shoal resume tree-1/...", which refuses a step and a tree alike
+    killed_once_started(workdir, TREE, "tree-1")
+    with closing(sqlite3.connect(workdir / ".shoal" / "runs.db")) as db:
+        steps = [row[0] for row in db.execute("SELECT run_id FROM runs")]
+    assert steps and all(step.startswith("tree-1/") for step in steps), steps
+    done = shoal("cancel", steps[0], cwd=workdir)
+    assert done.returncode == 1, done.stderr
+    assert "is not running (it is interrupted)" in done.stderr
+    assert "resume it with: agent.resume('tree-1', prompt, runtime=...) from Python" in (
+        done.stderr)
+    assert "shoal resume" not in done.stderr
+
+
 def test_a_run_id_cut_short_names_the_runs_it_may_mean(workdir: Path) -> None:
     # it said only "no run '2026...' (shoal runs lists them)"
     plan = write_plan(workdir, SIBLINGS[:1])

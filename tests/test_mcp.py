@@ -912,3 +912,70 @@ def test_blob_content_is_described_not_dropped() -> None:
         blob=base64.b64encode(b"z" * 300).decode()))
     value = result_value(CallToolResult(content=[TextContent(text="see:"), blob]), remote)
     assert value == "see:\n[resource file:///a.bin: application/zip, about 300 bytes]"
+
+
+# -- servers that misbehave ---------------------------------------------------------------------
+
+HOSTILE = [sys.executable, str(ROOT / "tests" / "mcp_hostile_server.py")]
+
+
+def test_a_server_ending_itself_mid_call_fails_that_call_and_its_sibling_still_answers() -> None:
+    async def main() -> None:
+        found = by_name(await shoal.mcp.tools(command=HOSTILE, name="hostile", timeout=30))
+        plan = shoal.Plan()
+        dies = plan.call(found["die"])
+        sibling = plan.call(found["echo"], text="sibling")
+        result = await shoal.run(plan)
+        error = result[dies].error
+        assert result[dies].status == "failed" and error is not None
+        assert error.type.endswith("MCPServerError") and "while calling 'die'" in error.message
+        assert result[sibling].value == {"result": "sibling"}
+
+    arun(main(), timeout=SLOW)
+
+
+def test_a_server_that_hangs_up_its_output_times_out_per_the_tools_policy() -> None:
+    async def main() -> None:
+        found = by_name(await shoal.mcp.tools(command=HOSTILE, name="hostile", timeout=1))
+        plan = shoal.Plan()
+        hung = plan.call(found["hang_up"])
+        began = time.perf_counter()
+        result = await shoal.run(plan)
+        assert time.perf_counter() - began < 20
+        assert result[hung].status == "timed_out"
+
+    arun(main(), timeout=SLOW)
+
+
+def test_a_line_that_is_not_json_rpc_does_not_end_the_session() -> None:
+    async def main() -> None:
+        found = by_name(await shoal.mcp.tools(command=HOSTILE, name="hostile", timeout=30))
+        plan = shoal.Plan()
+        garbled = plan.call(found["garble"])
+        result = await shoal.run(plan)
+        assert result[garbled].value == {"result": "answered after garbage"}
+
+    arun(main(), timeout=SLOW)
+
+
+def test_a_server_dying_after_megabytes_of_stderr_quotes_its_end_without_reading_it_all(
+        ) -> None:
+    # the whole stderr file was read into memory to quote its last 2,000 characters
+    import tracemalloc
+
+    async def main() -> None:
+        found = by_name(await shoal.mcp.tools(command=HOSTILE, name="hostile", timeout=60))
+        plan = shoal.Plan()
+        dies = plan.call(found["babble_and_die"], megabytes=48)
+        tracemalloc.start()
+        try:
+            result = await shoal.run(plan)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        error = result[dies].error
+        assert error is not None and error.type.endswith("MCPServerError")
+        assert "the last words (while calling 'babble_and_die')" in error.message
+        assert peak < 16 * 2**20, f"{peak / 2**20:.0f} MB"
+
+    arun(main(), timeout=SLOW)

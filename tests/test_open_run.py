@@ -223,6 +223,38 @@ def test_nodes_added_after_close_are_refused_with_a_clear_error() -> None:
     vrun(main())
 
 
+def test_result_read_before_the_run_ends_raises_a_typed_error_saying_what_to_do() -> None:
+    async def main() -> None:
+        run = shoal.Runtime().open_run()
+        run.call(nap, seconds=1)
+        with pytest.raises(shoal.RunNotEndedError, match=r"after 'await run'") as early:
+            _ = run.result
+        assert isinstance(early.value, RuntimeError)  # caught as before
+        assert (await run).ok
+
+    vrun(main())
+
+
+def test_open_run_outside_an_event_loop_raises_a_typed_error_saying_what_to_do() -> None:
+    with pytest.raises(shoal.NoEventLoopError, match=r"async with.*run_sync") as refused:
+        shoal.Runtime().open_run()
+    assert isinstance(refused.value, RuntimeError)  # caught as before
+
+
+def test_a_plain_with_is_refused_with_a_typed_error_and_the_run_closed() -> None:
+    async def main() -> shoal.RunResult:
+        run = shoal.Runtime().open_run()
+        with pytest.raises(shoal.AsyncOnlyError, match="needs 'async with") as refused, \
+                run:  # what a hasty user writes
+            pass
+        assert isinstance(refused.value, TypeError)  # caught as before
+        with pytest.raises(shoal.RunClosedError):  # closed: not left waiting for nodes
+            run.call(nap, seconds=1)
+        return await run  # ends at once, with nothing in it
+
+    assert len(vrun(main(), limit=5)) == 0
+
+
 def test_an_open_run_with_no_nodes_ends_when_closed() -> None:
     async def main() -> shoal.RunResult:
         async with shoal.Runtime().open_run() as run:

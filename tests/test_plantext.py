@@ -385,3 +385,11 @@ def test_a_call_over_2500_lines_parses_fast() -> None:
     plan = parse_plan_text(long_call(2500), TOOLS)
     assert time.process_time() - began < 2  # took 20 s when every line rescanned the call
     assert len(plan.node("1").args["parts"]) == 2500
+
+
+@pytest.mark.parametrize("written", ["$1[" + "9" * 5000 + "]", '"$1[' + "9" * 5000 + ']"'])
+def test_an_item_index_of_thousands_of_digits_is_a_plan_problem(written: str) -> None:
+    # int() refused its 5,000 digits with a ValueError, which escaped the parse
+    error = problems_of(f'1. search("x")\n2. search({written})\n3. join()')
+    assert codes(error) == ["syntax"]
+    assert "not a valid reference" in str(error)

@@ -766,3 +766,9 @@ def test_a_nodes_outcome_asked_after_the_runs_loop_closed_says_so() -> None:
 
     with pytest.raises(shoal.RunClosedError, match="read its result"):
         asyncio.run(ask())
+
+
+def test_start_outside_an_event_loop_raises_a_typed_error_saying_what_to_do() -> None:
+    # it was asyncio's bare RuntimeError "no running event loop"
+    with pytest.raises(shoal.NoEventLoopError, match=r"await runtime\.run\(plan\).*run_sync"):
+        shoal.Runtime().start(shoal.Plan())

@@ -147,6 +147,17 @@ def test_parallel_subagents_text_interleaves_in_arrival_order() -> None:
                for e in items if isinstance(e, TextDelta) and e.lineage != "lead")
 
 
+def test_the_result_read_before_the_stream_ends_is_a_typed_error_saying_when() -> None:
+    async def main() -> None:
+        stream = three_researchers().stream("go")
+        with pytest.raises(shoal.RunNotEndedError, match="after 'async for item in stream'"):
+            stream.result  # noqa: B018
+        async for _ in stream:
+            pass
+
+    virtual(main())
+
+
 def test_the_stream_has_the_typed_result_when_it_ends() -> None:
     async def main() -> None:
         stream = three_researchers().stream("go")

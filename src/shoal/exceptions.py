@@ -10,6 +10,12 @@
     ├── UpstreamFailedError         an open run's ``value()`` of a node that did not succeed
     ├── RunClosedError              a node added to an open run that takes no more (closed, or
     │                               its runtime closed); also a ``RuntimeError``
+    ├── RunNotEndedError            an open run's or an event stream's ``result`` read before
+    │                               the run ended; also a ``RuntimeError``
+    ├── NoEventLoopError            ``open_run()`` or ``start()`` called with no running event
+    │                               loop (from sync code); also a ``RuntimeError``
+    ├── AsyncOnlyError              an open run used with ``with``, not ``async with``; also a
+    │                               ``TypeError``
     ├── ExecutorError               a backend could not run a call (not the tool's own error)
     │   ├── SerializationError      arguments or a result could not be moved to the backend
     │   ├── WorkerCrashedError      the worker process died during the call; ``.cause`` says how
@@ -78,6 +84,7 @@ __all__ = [
     "BoardValueError",
     "ConfigError",
     "AgentError",
+    "AsyncOnlyError",
     "BudgetExceeded",
     "ExecutorError",
     "JournalDamagedError",
@@ -88,6 +95,7 @@ __all__ = [
     "MaxTurnsExceeded",
     "MissingAPIKeyError",
     "MissingDependencyError",
+    "NoEventLoopError",
     "NoThreadError",
     "ModelConnectionError",
     "ModelError",
@@ -98,6 +106,8 @@ __all__ = [
     "PlanProblem",
     "RemoteToolError",
     "RunActiveError",
+    "RunClosedError",
+    "RunNotEndedError",
     "RunNotFoundError",
     "ScriptError",
     "SerializationError",
@@ -230,6 +240,28 @@ class RunClosedError(ShoalError, RuntimeError):
     The run was closed (its block left, ``close()``), or its runtime was closed while it went
     (:meth:`shoal.Runtime.aclose` ends the runs still going on it). A ``RuntimeError`` too, as
     this refusal was before it had a type of its own.
+    """
+
+
+class RunNotEndedError(ShoalError, RuntimeError):
+    """A ``result`` was read before its run ended (an open run's, an event stream's).
+
+    The message says when it can be read. A ``RuntimeError`` too, as this refusal was before
+    it had a type of its own.
+    """
+
+
+class NoEventLoopError(ShoalError, RuntimeError):
+    """``open_run()`` or ``start()`` was called with no running event loop (from sync code).
+
+    A ``RuntimeError`` too, as this refusal was before it had a type of its own.
+    """
+
+
+class AsyncOnlyError(ShoalError, TypeError):
+    """An open run was used with ``with``; it needs ``async with`` (or ``close()`` and ``await``).
+
+    A ``TypeError`` too, as Python's own refusal of ``with`` on it was before.
     """
 
 

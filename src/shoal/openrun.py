@@ -26,7 +26,14 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from shoal.clock import running_loop
-from shoal.exceptions import PlanError, PlanProblem, RunClosedError, UpstreamFailedError
+from shoal.exceptions import (
+    AsyncOnlyError,
+    PlanError,
+    PlanProblem,
+    RunClosedError,
+    RunNotEndedError,
+    UpstreamFailedError,
+)
 from shoal.merge import shown
 from shoal.outcome import Outcome, RunResult
 from shoal.plan import Callee, MapSpec, Node, Plan, Ref, _item_arg, as_tool
@@ -72,8 +79,10 @@ class OpenRun:
     def result(self) -> RunResult:
         """Every node's outcome, once the run has ended (after the ``async with`` block)."""
         if self._result is None:
-            raise RuntimeError(f"open run {self.run_id} has not ended yet: close it and await "
-                               "it, or leave its 'async with' block, first")
+            raise RunNotEndedError(f"open run {self.run_id} has not ended yet: read its result "
+                                   "after its 'async with' block, or after 'await run' (which "
+                                   "closes it and waits for every node); 'await run.wait(ref)' "
+                                   "gives one node's outcome while it goes")
         return self._result
 
     # ---- adding nodes -----------------------------------------------------------------
@@ -288,6 +297,20 @@ class OpenRun:
 
     async def __aenter__(self) -> OpenRun:
         return self
+
+    def __enter__(self) -> OpenRun:
+        """Refuse a plain ``with``: the run is closed (it took no node) and the error says why.
+
+        Leaving the block must wait for every node, which only ``async with`` can do.
+        """
+        self.close()  # started by open_run(): left open, it would wait for nodes for good
+        raise AsyncOnlyError(f"open run {self.run_id} needs 'async with runtime.open_run() as "
+                             "run:', not 'with' (leaving the block awaits every node); it was "
+                             "closed with no nodes")
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        """Never reached (``__enter__`` raises); here so ``with`` gets to ``__enter__``."""
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:

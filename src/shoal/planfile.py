@@ -64,10 +64,13 @@ from shoal.tools import Tool
 __all__ = ["check_import", "convert_refs", "import_object", "load_plan", "parse_ref",
            "plan_from_dict"]
 
+# an item index has at most 18 digits: no list is longer, and int() refuses a 4,301-digit
+# one with a ValueError, which crashed the parse of a plan that wrote $a[999...9]
 _REF = re.compile(
-    r"\$(?:\{(?P<braced>[^{}]+)\}|(?P<plain>[\w-]+))(?P<path>(?:\.[\w-]+|\[-?[0-9]+\])*)"
+    r"\$(?:\{(?P<braced>[^{}]+)\}|(?P<plain>[\w-]+))"
+    r"(?P<path>(?:\.[\w-]+|\[-?[0-9]{1,18}\])*)"
 )
-_STEP = re.compile(r"\.(?P<field>[\w-]+)|\[(?P<item>-?[0-9]+)\]")
+_STEP = re.compile(r"\.(?P<field>[\w-]+)|\[(?P<item>-?[0-9]{1,18})\]")
 _NODE_KEYS = ("id", "tool", "args", "after", "options", "map")
 _MAP_KEYS = ("over", "item_arg", "partial")
 _TOP_KEYS = ("name", "nodes")

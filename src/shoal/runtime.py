@@ -32,7 +32,7 @@ from shoal.approvals.desk import ApprovalDesk
 from shoal.clock import Clock, forget_clock, read_epoch, running_loop
 from shoal.deps import Graph, analyze
 from shoal.events import Event, EventSink
-from shoal.exceptions import ConfigError, RunClosedError, ShoalError
+from shoal.exceptions import ConfigError, NoEventLoopError, RunClosedError, ShoalError
 from shoal.executors.base import Executor, check_count
 from shoal.executors.inline import InlineExecutor
 from shoal.executors.thread import DEFAULT_THREAD_WORKERS, ThreadExecutor
@@ -512,13 +512,14 @@ class Runtime:
         Raises :class:`~shoal.exceptions.PlanError` (every problem listed) before anything runs,
         and :class:`~shoal.exceptions.ConfigError` for a ``run_id`` :func:`check_run_id` refuses.
         """
+        loop = _loop_for("start(plan)", "await runtime.run(plan)")  # before a journal claim
         self._check_ids(run_id, resume, within)
         rerun = check_settling(rerun_in_doubt, mark_done)
         driver, claim = self._driver(
             plan, deadline, fail_fast, on_event, run_id,
             _Journaling(resume, rerun, mark_done, source, force), lineage,
             _Sharing(board, budget, within))
-        task = asyncio.get_running_loop().create_task(self._drive(driver, claim))
+        task = loop.create_task(self._drive(driver, claim))
         # a task cancelled before its first step never runs _drive: its end is told here
         task.add_done_callback(functools.partial(self._run_ended, driver))
         return RunHandle(driver, task)
@@ -549,11 +550,7 @@ class Runtime:
         """
         from shoal.openrun import OpenRun
 
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            raise RuntimeError("open_run() needs a running event loop: use it in async code, "
-                               "as 'async with runtime.open_run() as run: ...'") from None
+        loop = _loop_for("open_run()", "async with runtime.open_run() as run: ...")
         self._check_ids(run_id, resume, within)
         plan = Plan(name)
         rerun = check_settling(rerun_in_doubt, mark_done)
@@ -1195,6 +1192,17 @@ def _awaiter(handle: RunHandle) -> Callable[[], Coroutine[Any, Any, RunResult]]:
         return await handle
 
     return result
+
+
+def _loop_for(what: str, usage: str) -> asyncio.AbstractEventLoop:
+    """The running event loop, or :class:`NoEventLoopError` saying how to use ``what``."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        raise NoEventLoopError(
+            f"{what} needs a running event loop: call it in async code, as '{usage}' inside "
+            "a coroutine run by asyncio.run(); from sync code, runtime.run_sync(plan) runs a "
+            "shoal.Plan") from None
 
 
 def run_sync(plan: Plan, *, board: Board | None = None, budget: Budget | None = None,

@@ -54,7 +54,7 @@ from shoal.events import (
     NodeStarted,
     TextDelta,
 )
-from shoal.exceptions import ConfigError
+from shoal.exceptions import ConfigError, RunNotEndedError
 
 __all__ = ["DEFAULT_BUFFER", "EventStream", "Started", "check_buffer"]
 
@@ -245,7 +245,8 @@ class EventStream(Generic[R]):
     def result(self) -> R:
         """The run's result, once the stream has yielded it."""
         if not self._run.ended:
-            raise RuntimeError("the stream has not ended yet: its last item is the result")
+            raise RunNotEndedError("the stream has not ended yet: its last item is the result; "
+                                   "read it after 'async for item in stream' ends")
         return self._run.result  # type: ignore[return-value]  # set with ended
 
     @property

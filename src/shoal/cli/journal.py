@@ -773,8 +773,9 @@ def cancel_command(
     except ShoalError as exc:
         raise typer.Exit(_fail(str(exc), False)) from None
     status = live_status(record)
+    resume = _resume_hint(journal, record)
     if status != "running":
-        _not_running(run_id, status)
+        _not_running(run_id, status, resume)
     what = f"node(s) {', '.join(nodes)} of run" if nodes else "run"
     try:
         journal.request_cancel(run_id, nodes or (), reason=reason)
@@ -786,7 +787,7 @@ def cancel_command(
                                f"the request within {wait:g} s; it will when it next looks") + "\n")
         raise typer.Exit(EXIT_FAILED)
     if late is not None:  # it ended (or died) before it looked: the request will be dropped
-        _not_running(run_id, late)
+        _not_running(run_id, late, resume)
     sys.stderr.write(clean(f"cancelled {what} {run_id}" if wait else
                            f"asked to cancel {what} {run_id}") + "\n")
 
@@ -804,7 +805,7 @@ def _cancel_tree(journal: SQLiteStore, run_id: str, nodes: Sequence[str], reason
                          "it whole; leave out the node(s)")
     nested = nested_runs(journal, run_id)
     running = [r.run_id for r in nested if live_status(r) == "running"]
-    resume = f"agent.resume({run_id!r}, prompt, runtime=...) from Python"  # not the CLI's
+    resume = _tree_resume(run_id)
     if not running:
         _not_running(run_id, _tree_status(journal, run_id) or "gone", resume)
     for step in running:
@@ -818,6 +819,32 @@ def _cancel_tree(journal: SQLiteStore, run_id: str, nodes: Sequence[str], reason
         _not_running(run_id, _tree_status(journal, run_id) or "gone", resume)
     sys.stderr.write(clean(f"cancelled run {run_id}" if wait else
                            f"asked to cancel run {run_id}") + "\n")
+
+
+def _tree_resume(run_id: str) -> str:
+    """How to resume an agent tree run from Python: from Python (the CLI cannot load it)."""
+    return f"agent.resume({run_id!r}, prompt, runtime=...) from Python"
+
+
+def _resume_hint(journal: SQLiteStore, record: RunRecord) -> str:
+    """What resumes ``record``'s run once it stopped: what ``shoal resume`` would not refuse.
+
+    A step of an agent tree resumes with its tree (a tree run from Python, from Python); a
+    run started from Python, not from a plan file, resumes from Python too.
+    """
+    run_id = record.run_id
+    root = run_id.split("/", 1)[0]
+    if root != run_id:
+        owner = journal.get_run(root)
+        if owner is not None and is_agent_record(owner):
+            return f"shoal resume {root}"
+        if owner is None and nested_runs(journal, root):
+            return _tree_resume(root)
+    if not is_agent_record(record) and not record.source.get("path"):
+        how = ("Runtime.open_run(resume=...), adding its nodes again"
+               if record.source.get("open_run") else "Runtime.resume")
+        return f"{how} from Python (it was not started from a plan file)"
+    return f"shoal resume {run_id}"
 
 
 def _tree_status(journal: SQLiteStore, run_id: str) -> str | None:

@@ -387,7 +387,10 @@ class _Session:
         if self._errlog is not None and not self._errlog.closed:
             with contextlib.suppress(OSError, ValueError):
                 self._errlog.flush()
-                self._errlog.seek(0)
+                # only the end is read: a chatty server's stderr may hold gigabytes (a start
+                # inside a character reads as U+FFFD, cut off with the rest of the start)
+                end = self._errlog.seek(0, os.SEEK_END)
+                self._errlog.seek(max(0, end - 4 * STDERR_TAIL))
                 tail = self._errlog.read()[-STDERR_TAIL:].strip()
         return f"{cause}; its stderr ends: {tail}" if tail else cause
 

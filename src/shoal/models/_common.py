@@ -35,6 +35,7 @@ from shoal.models.prices import Price, cost
 
 __all__ = [
     "LOCAL_API_KEY",
+    "UNNAMED",
     "PerLoop",
     "check_base_url",
     "describe_cause",
@@ -57,6 +58,10 @@ T = TypeVar("T")
 
 #: Sent to local servers (llama.cpp, vLLM, Ollama) that need no key: the SDKs insist on one.
 LOCAL_API_KEY = "shoal-local-no-key"
+
+#: The name sent back for a call the model gave no name: the APIs refuse an empty one, and
+#: the whole conversation with it (the call itself was answered "no tool named ''").
+UNNAMED = "unnamed_tool"
 
 _LOCAL_NAMES = {"localhost", "host.docker.internal"}
 
@@ -170,17 +175,23 @@ def _error_message(body: object) -> str:
     return _error_message(inner) if isinstance(inner, Mapping) else ""
 
 
-def transport_error(name: str, exc: BaseException) -> ModelConnectionError | None:
+def transport_error(name: str, exc: BaseException,
+                    timeout: float | None = None) -> ModelConnectionError | None:
     """A :class:`ModelConnectionError` for a raw transport error, else ``None``.
 
     A connection that drops while a stream is read surfaces as the HTTP library's own error,
     not the SDK's; the SDKs ship ``httpx`` (or its successor ``httpx2``) under different
-    names across versions, so the error is recognised by its ``TransportError`` base.
+    names across versions, so the error is recognised by its ``TransportError`` base. A
+    stream that stalled past ``timeout`` (the request's) says so: its error has no text.
     """
-    for cls in type(exc).__mro__:
-        if cls.__name__ == "TransportError" and cls.__module__.startswith("httpx"):
-            return ModelConnectionError(name, f"connection lost: {exc or type(exc).__name__}")
-    return None
+    bases = {cls.__name__ for cls in type(exc).__mro__ if cls.__module__.startswith("httpx")}
+    if "TransportError" not in bases:
+        return None
+    if "TimeoutException" in bases:
+        within = f" within {timeout:g} s" if timeout is not None else ""
+        return ModelConnectionError(name, f"the reply stopped coming: no data{within} while "
+                                          f"it streamed ({type(exc).__name__})")
+    return ModelConnectionError(name, f"connection lost: {str(exc) or type(exc).__name__}")
 
 
 def describe_cause(exc: BaseException) -> str:

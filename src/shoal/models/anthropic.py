@@ -28,6 +28,7 @@ from shoal.exceptions import (
     ModelHTTPError,
 )
 from shoal.models._common import (
+    UNNAMED,
     PerLoop,
     http_error,
     priced_usage,
@@ -160,13 +161,25 @@ class AnthropicModel(Model):
             events = await client.messages.create(**sendable(self._params(request)), stream=True)
             async with events:
                 async for event in events:
-                    if text := state.add(event):
+                    if text := self._take(state, event):
                         yield TextDelta(text)
                     while state.finished:
                         yield ToolCallDone(*state.finished.pop(0))
         if prices is not None:
             await prices
         yield ResponseDone(self._finish(state))
+
+    def _take(self, state: _StreamState, event: RawMessageStreamEvent) -> str:
+        """``state.add(event)``; an event off the protocol is a :class:`ModelError`."""
+        try:
+            return state.add(event)
+        except _OffProtocol as exc:  # say so, never drop the model's work without a word
+            raise ModelError(self.name, f"the stream broke the protocol: {exc}") from None
+        except (AttributeError, TypeError) as exc:  # the SDK builds events unchecked: an
+            # event missing a field (a block start with no block) has None in its place
+            raise ModelError(self.name, f"the stream broke the protocol: a "
+                                        f"{getattr(event, 'type', 'nameless')!r} event of the "
+                                        f"wrong shape ({exc})") from None
 
     async def aclose(self) -> None:
         """Close this loop's connections of the client this model made (never one passed in)."""
@@ -194,6 +207,17 @@ class AnthropicModel(Model):
         return params
 
     def _response(self, message: AnthropicMessage) -> ModelResponse:
+        """The SDK's message as shoal's response; one of the wrong shape is a ModelError.
+
+        The SDK builds responses unchecked: a server off the protocol (content as text, no
+        usage) leaves a field of the wrong type, or ``None``, in its place.
+        """
+        try:
+            return self._read(message)
+        except (AttributeError, TypeError) as exc:
+            raise ModelError(self.name, f"malformed response ({exc})") from None
+
+    def _read(self, message: AnthropicMessage) -> ModelResponse:
         texts: list[str] = []
         calls: list[ToolCall] = []
         for block in message.content:
@@ -210,7 +234,7 @@ class AnthropicModel(Model):
 
     def _finish(self, state: _StreamState) -> ModelResponse:
         calls = tuple(ToolCall(c.id, c.name, "".join(c.arguments) or "{}")
-                      for _, c in sorted(state.calls.items()))
+                      for c in state.calls)
         return ModelResponse(text="".join(state.text), tool_calls=calls,
                              usage=self._usage(state, state.model),
                              model=state.model or self.model, stop_reason=state.stop_reason)
@@ -243,8 +267,11 @@ class AnthropicModel(Model):
             raise unreachable(self.name, exc.request.url, exc) from exc
         except anthropic.AnthropicError as exc:
             raise ModelError(self.name, str(exc)) from exc
+        except json.JSONDecodeError as exc:  # the SDK reads each event's data as JSON
+            raise ModelError(self.name, f"malformed stream data ({exc.msg}): "
+                                        f"{exc.doc[:200]!r}") from exc
         except Exception as exc:
-            if (lost := transport_error(self.name, exc)) is not None:
+            if (lost := transport_error(self.name, exc, self.timeout)) is not None:
                 raise lost from exc
             raise
 
@@ -262,12 +289,25 @@ class _PartialCall:
     arguments: list[str] = field(default_factory=list)
 
 
+class _OffProtocol(ValueError):
+    """A stream event the messages API never sends in that place (a block never started)."""
+
+
 @dataclass(slots=True)
 class _StreamState:
-    """A streamed message put back together from its raw events."""
+    """A streamed message put back together from its raw events.
+
+    Tool calls are kept in the order their blocks began. An event for a block never started
+    is ``_OffProtocol`` (its arguments were dropped without a word); a block index started
+    again after its stop begins a new call (the second start replaced the first call, whose
+    result then answered no call of the reply, and the second call never ran); a block
+    stopped twice is reported once.
+    """
 
     text: list[str] = field(default_factory=list)
-    calls: dict[int, _PartialCall] = field(default_factory=dict)
+    calls: list[_PartialCall] = field(default_factory=list)  # in the order their blocks began
+    open: dict[int, int] = field(default_factory=dict)  # a tool block's index -> its position
+    started: set[int] = field(default_factory=set)  # every block index begun (text too)
     input_tokens: int = 0  # not read from or written to the prompt cache
     output_tokens: int = 0
     cache_read_tokens: int = 0
@@ -282,26 +322,42 @@ class _StreamState:
             self.model = event.message.model
             self.take_usage(event.message.usage)
         elif event.type == "content_block_start":
-            block = event.content_block
-            if block.type == "tool_use":
-                self.calls[event.index] = _PartialCall(block.id, block.name)
-            elif block.type == "text":
-                return self._text(block.text)
+            return self._start(event.index, event.content_block)
         elif event.type == "content_block_delta":
+            self._known(event.index, event.type)
             delta = event.delta
             if delta.type == "text_delta":
                 return self._text(delta.text)
-            if delta.type == "input_json_delta" and event.index in self.calls:
-                self.calls[event.index].arguments.append(delta.partial_json)
-        elif event.type == "content_block_stop" and event.index in self.calls:
-            call = self.calls[event.index]
-            position = sorted(self.calls).index(event.index)
-            self.finished.append((position, ToolCall(call.id, call.name,
-                                                     "".join(call.arguments) or "{}")))
+            if delta.type == "input_json_delta" and event.index in self.open:
+                if not isinstance(delta.partial_json, str):
+                    raise _OffProtocol(f"partial_json of block {event.index} is not text")
+                self.calls[self.open[event.index]].arguments.append(delta.partial_json)
+        elif event.type == "content_block_stop":
+            self._known(event.index, event.type)
+            position = self.open.pop(event.index, None)
+            if position is not None:  # not a text block, nor one stopped already
+                call = self.calls[position]
+                self.finished.append((position, ToolCall(call.id, call.name,
+                                                         "".join(call.arguments) or "{}")))
         elif event.type == "message_delta":
             self.stop_reason = event.delta.stop_reason or self.stop_reason
             self.output_tokens = token_count(event.usage.output_tokens)  # cumulative
         return ""
+
+    def _start(self, index: int, block: Any) -> str:
+        if index in self.open:
+            raise _OffProtocol(f"content block {index} started again before it stopped")
+        self.started.add(index)
+        if block.type == "tool_use":
+            self.open[index] = len(self.calls)
+            self.calls.append(_PartialCall(block.id, block.name))
+        elif block.type == "text":
+            return self._text(block.text)
+        return ""
+
+    def _known(self, index: int, kind: str) -> None:
+        if index not in self.started:
+            raise _OffProtocol(f"{kind} for content block {index}, which was never started")
 
     def take_usage(self, usage: AnthropicUsage) -> None:
         """Take the counts of a message's usage (Anthropic counts cached input apart)."""
@@ -338,7 +394,7 @@ def _blocks(message: Message) -> tuple[str, list[dict[str, Any]]]:
     if isinstance(message, UserMessage):
         return "user", _text_blocks(message.content)
     if isinstance(message, AssistantMessage):
-        uses = [{"type": "tool_use", "id": c.id, "name": c.name, "input": _input(c)}
+        uses = [{"type": "tool_use", "id": c.id, "name": c.name or UNNAMED, "input": _input(c)}
                 for c in message.tool_calls]
         return "assistant", _text_blocks(message.content) + uses
     return "user", [tool_result_block(message)]

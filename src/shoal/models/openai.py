@@ -26,6 +26,7 @@ from shoal.exceptions import (
     ModelHTTPError,
 )
 from shoal.models._common import (
+    UNNAMED,
     PerLoop,
     http_error,
     priced_usage,
@@ -137,8 +138,9 @@ class OpenAIModel(Model):
     async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
         """Stream a chat completion: text and complete tool calls as they arrive, then all.
 
-        A tool call is complete when the next call's deltas begin (calls come in index
-        order), or when the stream ends.
+        A tool call is complete when the next call begins (calls stream one after another),
+        or when the stream ends. A stream off the protocol (a chunk of the wrong shape, data
+        that is not JSON) is a :class:`~shoal.exceptions.ModelError`.
         """
         client = self._client()
         state = _StreamState()
@@ -152,7 +154,7 @@ class OpenAIModel(Model):
                     stream_options={"include_usage": True}) as raw:
                 async for line in raw.iter_lines():
                     chunk = self._sse_chunk(line, state)
-                    if chunk is not None and (text := state.add(chunk)):
+                    if chunk is not None and (text := self._take(state, chunk, line)):
                         yield TextDelta(text)
                     for index, done in state.complete(final=False):
                         yield ToolCallDone(index, done)
@@ -165,6 +167,14 @@ class OpenAIModel(Model):
     async def aclose(self) -> None:
         """Close this loop's connections of the client this model made (never one passed in)."""
         await self._clients.aclose()
+
+    def _take(self, state: _StreamState, chunk: dict[str, Any], line: str) -> str:
+        """``state.add(chunk)``; a chunk of the wrong shape is a :class:`ModelError`."""
+        try:
+            return state.add(chunk)
+        except _Malformed as exc:  # a server off the protocol: say so, never crash inside
+            raise ModelError(self.name, f"malformed stream chunk ({exc}): "
+                                        f"{line[5:].strip()[:200]!r}") from None
 
     def _sse_chunk(self, line: str, state: _StreamState) -> dict[str, Any] | None:
         """The chunk one SSE line carries, or ``None`` (blank lines, comments, ``[DONE]``).
@@ -211,14 +221,25 @@ class OpenAIModel(Model):
         return params
 
     def _response(self, completion: ChatCompletion) -> ModelResponse:
+        """The SDK's completion as shoal's response; one of the wrong shape is a ModelError.
+
+        The SDK builds responses unchecked: a server off the protocol (choices as text, a
+        call with no function) leaves a field of the wrong type, or ``None``, in its place.
+        """
         if not completion.choices:
             raise ModelError(self.name, "the response has no choices")
+        try:
+            return self._read(completion)
+        except (AttributeError, TypeError) as exc:
+            raise ModelError(self.name, f"malformed response ({exc})") from None
+
+    def _read(self, completion: ChatCompletion) -> ModelResponse:
         choice, usage = completion.choices[0], completion.usage
-        calls = tuple(ToolCall(call.id or _call_id(), call.function.name,
-                               call.function.arguments or "{}")
+        calls = tuple(ToolCall(call.id or _call_id(), _as_text(call.function.name),
+                               _as_text(call.function.arguments) or "{}")
                       for call in choice.message.tool_calls or () if call.type == "function")
         # a refusal (structured outputs) is the model's answer too: show it, do not drop it
-        text = choice.message.content or choice.message.refusal or ""
+        text = _as_text(choice.message.content) or _as_text(choice.message.refusal)
         return ModelResponse(text=text, tool_calls=calls,
                              usage=self._usage(usage.model_dump() if usage else {},
                                                completion.model),
@@ -227,7 +248,7 @@ class OpenAIModel(Model):
 
     def _finish(self, state: _StreamState) -> ModelResponse:
         calls = tuple(ToolCall(c.id or _call_id(), c.name, "".join(c.arguments) or "{}")
-                      for _, c in sorted(state.calls.items()))
+                      for c in state.calls)
         usage = state.usage or {}
         return ModelResponse(text="".join(state.text), tool_calls=calls,
                              usage=self._usage(usage, state.model),
@@ -259,9 +280,22 @@ class OpenAIModel(Model):
         except openai.OpenAIError as exc:
             raise ModelError(self.name, str(exc)) from exc
         except Exception as exc:
-            if (lost := transport_error(self.name, exc)) is not None:
+            if (lost := transport_error(self.name, exc, self.timeout)) is not None:
                 raise lost from exc
             raise
+
+
+class _Malformed(ValueError):
+    """A stream chunk of a shape the API never sends (a list where an object belongs...)."""
+
+
+def _expect(value: Any, kind: type | tuple[type, ...], what: str) -> Any:
+    """``value`` if it is of ``kind`` (``None`` stands for an empty one), else ``_Malformed``."""
+    if value is None:
+        return kind() if isinstance(kind, type) else None
+    if not isinstance(value, kind):
+        raise _Malformed(f"{what} is {type(value).__name__}")
+    return value
 
 
 @dataclass(slots=True)
@@ -273,10 +307,18 @@ class _PartialCall:
 
 @dataclass(slots=True)
 class _StreamState:
-    """A streamed completion put back together from its chunks (plain JSON objects)."""
+    """A streamed completion put back together from its chunks (plain JSON objects).
+
+    Calls are kept in the order they began, which is the order of their ``index`` on a
+    server that follows the API. One that does not is still read whole: an index reused by
+    a call with another id begins a new call (some servers send every call at index 0), and
+    an index lower than one seen before is a new call after it, not a call slipped in front
+    of calls already reported complete (which then ran twice, and the new one never).
+    """
 
     text: list[str] = field(default_factory=list)
-    calls: dict[int, _PartialCall] = field(default_factory=dict)
+    calls: list[_PartialCall] = field(default_factory=list)  # in the order they began
+    at: dict[int, int] = field(default_factory=dict)  # a delta's index -> its call's position
     usage: dict[str, Any] | None = None
     model: str = ""
     finish_reason: str = ""
@@ -284,50 +326,87 @@ class _StreamState:
     emitted: int = 0  # tool calls already reported complete
 
     def add(self, chunk: dict[str, Any]) -> str:
-        """Take in one chunk; return its text (empty when it carries none)."""
+        """Take in one chunk; return its text (empty when it carries none).
+
+        Raises ``_Malformed`` for a chunk of a shape the API never sends.
+        """
         self.model = self.model or str(chunk.get("model") or "")
         if isinstance(usage := chunk.get("usage"), dict):  # the last chunk, with include_usage
             self.usage = usage
-        choices = chunk.get("choices") or []
+        choices = _expect(chunk.get("choices"), list, "choices")
         if not choices:
             return ""
-        choice = choices[0]
-        self.finish_reason = choice.get("finish_reason") or self.finish_reason
-        delta = choice.get("delta") or {}
-        for part in delta.get("tool_calls") or ():
-            self._add_call(part)
-        text = delta.get("content") or delta.get("refusal") or ""
+        choice = _expect(choices[0], dict, "choices[0]")
+        self.finish_reason = str(choice.get("finish_reason") or self.finish_reason)
+        delta = _expect(choice.get("delta"), dict, "delta")
+        for part in _expect(delta.get("tool_calls"), list, "delta.tool_calls"):
+            self._add_call(_expect(part, dict, "a tool call delta"))
+        text = _as_text(delta.get("content")) or _as_text(delta.get("refusal"))
         if text:
             self.text.append(text)
-        return str(text)
+        return text
 
     def complete(self, *, final: bool) -> list[tuple[int, ToolCall]]:
         """The calls completed since the last look, with their positions.
 
-        Every call but the one with the highest index is complete (calls stream in index
-        order); at the end (``final``), that one is too. A call without an id gets one here,
-        the same one the whole response then carries.
+        Every call but the last one begun is complete (calls stream one after another); at
+        the end (``final``), that one is too. A call without an id gets one here, the same
+        one the whole response then carries.
         """
-        keys = sorted(self.calls)
-        ready = keys if final else keys[:-1]
+        ready = len(self.calls) if final else len(self.calls) - 1
         out: list[tuple[int, ToolCall]] = []
-        for position in range(self.emitted, len(ready)):
-            call = self.calls[ready[position]]
+        for position in range(self.emitted, ready):
+            call = self.calls[position]
             call.id = call.id or _call_id()
             out.append((position, ToolCall(call.id, call.name, "".join(call.arguments) or "{}")))
-        self.emitted = max(self.emitted, len(ready))
+        self.emitted = max(self.emitted, ready)
         return out
 
     def _add_call(self, part: dict[str, Any]) -> None:
-        # Index is required by the API, but not every compatible server sends it.
+        # Index is required by the API, but not every compatible server sends it: without
+        # one, a part with a new id or a name begins a call (see _unindexed_position)
         index = part.get("index")
-        call = self.calls.setdefault(index if isinstance(index, int) else len(self.calls),
-                                     _PartialCall())
-        call.id = call.id or part.get("id") or ""
-        function = part.get("function") or {}
+        index = index if isinstance(index, int) and not isinstance(index, bool) else None
+        function = _expect(part.get("function"), dict, "a tool call's function")
+        call_id = part.get("id")
+        call_id = call_id if isinstance(call_id, str) else ""
+        position = self.at.get(index) if index is not None else _unindexed_position(
+            self.calls, call_id, function)
+        if position is None or (
+                call_id and self.calls[position].id and call_id != self.calls[position].id):
+            position = len(self.calls)
+            self.calls.append(_PartialCall())
+            if index is not None:
+                self.at[index] = position
+        call = self.calls[position]
+        call.id = call.id or call_id
         # The name comes whole in the first delta; some servers repeat it in later ones.
-        call.name = call.name or function.get("name") or ""
-        call.arguments.append(function.get("arguments") or "")
+        name = function.get("name")
+        call.name = call.name or _as_text(name)
+        call.arguments.append(_as_text(function.get("arguments")))
+
+
+def _unindexed_position(calls: list[_PartialCall], call_id: str,
+                        function: dict[str, Any]) -> int | None:
+    """The call a part without an index continues (``None``: it begins a new one).
+
+    A part that names no call continues the last one; so does one repeating its id.
+    """
+    if not calls:
+        return None
+    if call_id:
+        return len(calls) - 1 if call_id == calls[-1].id else None
+    return None if function.get("name") else len(calls) - 1
+
+
+def _as_text(value: object) -> str:
+    """A field the API sends as text (``None``: empty); anything else as its JSON text.
+
+    Some servers send a call's arguments as a JSON object, not as the text of one.
+    """
+    if value is None or isinstance(value, str):
+        return value or ""
+    return json.dumps(value, ensure_ascii=False, default=repr)
 
 
 def openai_messages(request: ModelRequest) -> list[dict[str, Any]]:
@@ -351,7 +430,7 @@ def _assistant(message: AssistantMessage) -> dict[str, Any]:
     if not message.tool_calls:
         return {"role": "assistant", "content": message.content}
     calls = [{"id": c.id, "type": "function",
-              "function": {"name": c.name, "arguments": c.arguments}}
+              "function": {"name": c.name or UNNAMED, "arguments": c.arguments}}
              for c in message.tool_calls]
     # null, not "", is the API's "no text": some servers render "" as an empty turn
     return {"role": "assistant", "content": message.content or None, "tool_calls": calls}

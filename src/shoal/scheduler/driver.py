@@ -1285,7 +1285,10 @@ class Driver:
         for value in settling:
             try:
                 record = value.settle(ok)
-            except Exception as exc:
+            except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C stops the run
+                raise
+            except BaseException as exc:  # SystemExit too: the value's own code fails its
+                # call, as a tool's exit does (escaping, it stopped the run as an internal error)
                 result, ok = AttemptResult("failed", error=exc), False
                 continue
             if record is not None and self._journal is not None:
