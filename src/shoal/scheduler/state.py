@@ -61,7 +61,7 @@ from shoal.executors.base import Call, new_call
 from shoal.limits import ConcurrencyLimit, RateLimiter
 from shoal.outcome import STATUSES, ErrorInfo, Outcome, Status, jsonable
 from shoal.plan import Node, Ref
-from shoal.scheduler.args import isolate_all, resolve_arguments
+from shoal.scheduler.args import IMMUTABLE, isolate_all, resolve_arguments
 from shoal.scheduler.gates import Gates, SharedLimits
 from shoal.scheduler.priority import CriticalPath
 from shoal.tools import Isolation, Tool
@@ -1290,6 +1290,7 @@ class SchedulerState:
         by_arguments, gated = self._gates.by_arguments, self._gates.gated_backends
         starts, in_flight, run_id = d.starts, self.in_flight, self.run_id
         events = d.events if self.record_events else None
+        immutable = IMMUTABLE
         while (heap or ordered) and (capacity is None or limit.in_use < capacity):
             if self.stopping:
                 return
@@ -1302,15 +1303,22 @@ class SchedulerState:
                 continue  # cancelled or skipped while queued: its heap entry is stale
             node = slot.node
             if slot.args is None:
-                if node.checked is None or node.refs or slot.rare is not _COMMON:
+                checked = node.checked
+                if checked is None or node.refs or slot.rare is not _COMMON:
                     if not self._prepare(slot, now, d):
                         continue
                 else:  # most nodes: arguments checked with the plan, only copied (see _prepare)
-                    try:
-                        slot.args = isolate_all(node.checked)
-                    except Exception:  # a failing __deepcopy__, say: _prepare fails the node
-                        if not self._prepare(slot, now, d):
-                            continue
+                    for value in checked.values():  # isolate_all's look, without its call
+                        if type(value) not in immutable:
+                            break
+                    else:  # every value immutable (most calls' numbers and strings): a copy
+                        slot.args = dict(checked)
+                    if slot.args is None:
+                        try:
+                            slot.args = isolate_all(checked)
+                        except Exception:  # a failing __deepcopy__, say: _prepare fails it
+                            if not self._prepare(slot, now, d):
+                                continue
             if slot.gates is None:  # for_call's answer for most calls, without its call
                 slot.gates = (gates_for(node.tool, slot.executor, slot.args or {})
                               if by_arguments or slot.executor in gated
