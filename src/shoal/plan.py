@@ -409,6 +409,7 @@ class Plan:
         elif "/" in node_id or not node_id:
             check_node_id(node_id)  # raises PlanError (bad_id): "/" joins run ids and lineages
         kind = type(after)
+        after_ids: tuple[str, ...]
         if kind is tuple and not after:
             after_ids = ()
         elif kind is list or kind is tuple:  # most after=: no ABC check, no generator
