@@ -115,6 +115,28 @@ def test_which_functions_end_in_their_first_step() -> None:
     assert not ends_in_first_step(instant)  # the Tool object itself: only its function is
 
 
+def test_the_answer_follows_a_functions_code_and_keeps_few_codes_alive() -> None:
+    from shoal.scheduler import eager
+
+    async def swapped(x: int) -> int:
+        return x
+
+    async def awaits() -> None:
+        await asyncio.sleep(0)
+
+    assert ends_in_first_step(swapped)
+    swapped.__code__ = awaits.__code__  # a hot reload: asked again, the new code answers
+    assert not ends_in_first_step(swapped)
+    made = []
+    for i in range(eager._RECENT_MAX * 2):  # new code objects, each asked about
+        scope: dict[str, Any] = {}
+        exec(f"async def f{i}(x):\n    return x + {i}\n", scope)
+        made.append(scope[f"f{i}"])
+        assert ends_in_first_step(made[-1])
+    assert len(eager._recent) <= eager._RECENT_MAX  # the fast answers keep few of them alive
+    assert all(ends_in_first_step(fn) for fn in made)
+
+
 def test_calls_that_end_in_their_first_step_make_no_task() -> None:
     """100 instant calls: no attempt task; each outcome as before, in plan order."""
     seen: list[str] = []

@@ -238,6 +238,41 @@ def test_after_accepts_refs_and_ids() -> None:
     plan.validate()
 
 
+def test_after_takes_any_collection_of_refs_and_ids() -> None:
+    plan = Plan()
+    a = plan.call(search, query="a")
+    b = plan.call(search, query="b", node_id="bee")
+    given: list[Any] = [(a, "bee"), [a, "bee"], {"bee"}, (x for x in [a, "bee"]), [], ()]
+    made = [plan.call(search, query="c", after=after) for after in given]
+    assert [plan.node(ref).after for ref in made] == [
+        (a.node, "bee"), (a.node, "bee"), ("bee",), (a.node, "bee"), (), ()]
+    assert all(plan.node(ref).needs == frozenset() for ref in made)
+    with pytest.raises(TypeError, match="after= takes a ref"):
+        plan.call(search, query="d", after=3)  # type: ignore[arg-type]
+    assert b.node == "bee"
+    plan.validate()
+
+
+def test_a_node_with_after_gets_its_arguments_checked() -> None:
+    @tool
+    async def count(n: int) -> int:
+        return n
+
+    plan = Plan()
+    first = plan.call(count, n=1)
+    kept = plan.call(count, n=2, after=[first])
+    coerced = plan.call(count, n="3", after=[first])
+    plan.validate()
+    assert plan.node(kept).checked is plan.node(kept).args  # kept as given: no copy made
+    assert plan.node(coerced).checked == {"n": 3}  # the tool's own validation, as without after
+    result = shoal.run_sync(plan)
+    assert [result[r].value for r in (first, kept, coerced)] == [1, 2, 3]
+    bad = Plan()
+    head = bad.call(count, n=1)
+    bad.call(count, n="many", after=[head], node_id="bad")
+    assert [(p.code, p.node) for p in bad.problems()] == [("bad_arguments", "bad")]
+
+
 def test_add_takes_arguments_named_like_reserved_keywords() -> None:
     @tool
     async def schedule(after: str, node_id: int) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -82,3 +83,41 @@ def test_a_rate_limit_is_shared_by_concurrent_runs() -> None:
     # 10 tokens at once, then 10 per second: on the virtual clock the last of the twenty starts
     # at exactly 1 s, where per-run buckets would let all twenty through at once
     assert took == pytest.approx(1.0, abs=1e-9), took
+
+
+def test_runs_share_the_thread_workers_gate_made_by_the_first_that_needs_it() -> None:
+    gauge = Gauge()
+
+    @shoal.tool
+    async def quick(i: int) -> int:
+        """Run inline: needs no worker."""
+        return i
+
+    @shoal.tool
+    def slow(i: int) -> int:
+        """Run on a pool thread."""
+        with gauge:
+            time.sleep(0.02)
+        return i
+
+    def plan(tool: shoal.Tool[..., int], n: int) -> shoal.Plan:
+        p = shoal.Plan()
+        for i in range(n):
+            p.call(tool, i=i)
+        return p
+
+    async def main() -> list[shoal.RunResult]:
+        async with shoal.Runtime(thread_workers=2) as runtime:
+            inline = await runtime.run(plan(quick, 5))
+            made_by_inline_runs = dict(runtime._limits.executor_limits)
+            pooled = await asyncio.gather(*(runtime.run(plan(slow, 4)) for _ in range(3)))
+            gates = runtime._limits.executor_limits
+            assert made_by_inline_runs == {}  # no worker was needed: no gate made
+            assert [(name, g.capacity, g.in_use) for name, g in gates.items()] == [
+                ("thread", 2, 0)]  # one for every run, all given back
+            return [inline, *pooled]
+
+    results = arun(main())
+    assert all(r.ok for r in results)
+    assert gauge.total == 12
+    assert gauge.peak == 2  # the runtime's two workers, not two per run

@@ -408,7 +408,13 @@ class Plan:
                             f"{node_id!r}")
         elif "/" in node_id or not node_id:
             check_node_id(node_id)  # raises PlanError (bad_id): "/" joins run ids and lineages
-        if after != ():  # not truthiness: a Ref has none
+        kind = type(after)
+        after_ids: tuple[str, ...]
+        if kind is tuple and not after:
+            after_ids = ()
+        elif kind is list or kind is tuple:  # most after=: no ABC check, no generator
+            after_ids = tuple([a.node if isinstance(a, Ref) else str(a) for a in after])
+        elif after != ():  # not truthiness: a Ref has none
             if not isinstance(after, (*_ONE_NODE, Iterable)):
                 raise TypeError(f"after= takes a ref, a node id or several of them, got "
                                 f"{type(after).__name__} {after!r}")
@@ -543,6 +549,8 @@ class Plan:
             detail = self._static_check(node)
         elif node.checked is not None:  # validated already (see make_owned_node), or before
             detail = ""
+        elif not node.tool.has_default_factory and node.tool.keeps(node.args):
+            node.checked, detail = node.args, ""  # what validate() returns (see problems())
         else:  # fully known now: validate once and keep the result for dispatch ...
             try:
                 checked, detail = node.tool.validate(node.args), ""

@@ -391,7 +391,8 @@ class Runtime:
         for name, count in (("max_concurrency", max_concurrency),
                             ("thread_workers", thread_workers),
                             ("process_workers", process_workers)):
-            check_count(name, count)
+            if count is not None and (type(count) is not int or count < 1):  # else it passes:
+                check_count(name, count)  # (an int's check, without an ABC's isinstance)
         if executor is not None and executor not in ISOLATIONS:
             raise ConfigError(f"executor must be one of {ISOLATIONS}, got {executor!r}")
         check_deadline(deadline)
@@ -411,7 +412,7 @@ class Runtime:
                               f"got {process_sandbox!r}")
         self.process_sandbox = process_sandbox
         self.ray_address = ray_address
-        unknown = set(executors or {}) - set(ISOLATIONS)
+        unknown = set(executors) - set(ISOLATIONS) if executors else ()
         if unknown:
             raise ConfigError(f"executors may replace {ISOLATIONS}; got {sorted(unknown)}")
         self._custom: dict[str, Executor] = dict(executors or {})
@@ -1156,7 +1157,7 @@ def _injects(plan: Plan) -> bool:
     Asked once per tool in a row: a wide plan's nodes mostly share one.
     """
     last: object = None
-    for node in plan.nodes:
+    for node in plan:  # (not plan.nodes: no list made)
         if node.tool is not last:
             last = node.tool
             if node.tool.injected:

@@ -146,8 +146,8 @@ class ApprovalDesk:
 
     async def drain(self, run_id: str) -> None:
         """Withdraw ``run_id``'s requests and wait for a review that only they kept going."""
-        lane = self._lanes.get(asyncio.get_running_loop())
-        if lane is None:  # this loop never asked anything
+        lane = self._lanes.get(asyncio.get_running_loop()) if self._lanes else None
+        if lane is None:  # this loop never asked anything (no loop did: most runtimes)
             return
         for pending in [p for p in lane.open.values() if p.request.run_id == run_id]:
             self.withdraw(pending.request.id)
@@ -201,6 +201,8 @@ class ApprovalDesk:
 
     def _all_lanes(self) -> list[_Lane]:
         """Every loop's lane (copied under the lock: other threads may be adding theirs)."""
+        if not self._lanes:  # no loop ever asked anything (most runtimes): no copy to make
+            return []
         with self._shared:
             return list(self._lanes.values())
 

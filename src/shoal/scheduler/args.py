@@ -25,9 +25,11 @@ import pydantic
 
 from shoal.plan import Ref
 
-__all__ = ["isolate", "isolate_all", "resolve_arguments"]
+__all__ = ["IMMUTABLE", "isolate", "isolate_all", "resolve_arguments"]
 
 _IMMUTABLE = frozenset({str, int, float, bool, bytes, complex, type(None), range, frozenset})
+#: The types whose values :func:`isolate` keeps as they are (the scheduler's look at them).
+IMMUTABLE = _IMMUTABLE
 _SCALARS = _IMMUTABLE - {frozenset}  # a frozenset may still hold refs to resolve
 _UNCOPYABLE = (TypeError, copy.Error)  # what deepcopy raises for locks, sockets, modules ...
 # tuples rather than unions, as isinstance checks them about twice as fast

@@ -31,6 +31,12 @@ _SUSPENDING = frozenset({
 })  # fmt: skip
 
 _known: weakref.WeakKeyDictionary[types.CodeType, bool] = weakref.WeakKeyDictionary()
+# The answers asked for lately, by the code's id (held with the code, so that id stays its
+# own): asked once per run (shoal.run makes a driver per run), a lookup here takes a tenth of
+# the weak one's (which makes a weak reference, and hashes the code's contents, per lookup).
+# Emptied when full, so it never keeps more than a few hundred code objects alive.
+_recent: dict[int, tuple[types.CodeType, bool]] = {}
+_RECENT_MAX = 256
 
 
 def ends_in_first_step(fn: Callable[..., Any]) -> bool:
@@ -38,8 +44,14 @@ def ends_in_first_step(fn: Callable[..., Any]) -> bool:
     if type(fn) is not types.FunctionType:
         return False
     code = fn.__code__
+    recent = _recent.get(id(code))
+    if recent is not None:
+        return recent[1]
     known = _known.get(code)
     if known is None:
         known = _known[code] = bool(code.co_flags & inspect.CO_COROUTINE) and not any(
             ins.opname in _SUSPENDING for ins in dis.get_instructions(code))
+    if len(_recent) >= _RECENT_MAX:
+        _recent.clear()
+    _recent[id(code)] = (code, known)
     return known

@@ -51,6 +51,9 @@ class SharedLimits:
 
     def executor_gate(self, name: str, cap: int) -> ConcurrencyLimit:
         """The worker-count gate of one backend."""
+        gate = self.executor_limits.get(name)  # made once per runtime: no lock to look
+        if gate is not None:
+            return gate
         with self.lock:
             return self.executor_limits.setdefault(name, ConcurrencyLimit(f"{name} workers", cap))
 
@@ -82,6 +85,8 @@ class SharedLimits:
 
     def forget(self, run: object) -> None:
         """``run`` ended: it waits on nothing any more."""
+        if not self._waiting:  # no run ever parked a node here (most runtimes): no lock
+            return
         with self.lock:
             for waiting in self._waiting.values():
                 waiting.pop(run, None)
@@ -97,12 +102,14 @@ class Gates:
         self.shared = shared if shared is not None else SharedLimits()
         # A call waiting for a worker (a pool thread, a process) waits here, in the queue,
         # rather than inside the backend where its timeout would already be running.
-        self._executor_gates = {name: self.shared.executor_gate(name, cap)
-                                for name, cap in (executor_limits or {}).items()}
+        # Each taken from the shared ones on the first call that needs it: most runs make no
+        # call on a pool (their calls run inline), and a run per agent turn would make them
+        self._executor_caps = dict(executor_limits) if executor_limits else {}
+        self._executor_gates: dict[str, ConcurrencyLimit] = {}
         #: The backends with a gate of their own, and whether resource limits apply (they
         #: depend on each call's arguments): without these, a call of a tool without a limit
         #: of its own passes no gate (read by the state machine to skip :meth:`for_call`).
-        self.gated_backends = frozenset(self._executor_gates)
+        self.gated_backends = frozenset(self._executor_caps)
         self.by_arguments = bool(self._resource_limits)
         self._tool_limits = self.shared.tool_limits
         self._key_limits = self.shared.key_limits
@@ -136,11 +143,19 @@ class Gates:
                     gate = self._tool_limits.setdefault(
                         key, ConcurrencyLimit(f"tool {tool.name}", cap))
             gates.append(gate)
-        if executor in self._executor_gates:
-            gates.append(self._executor_gates[executor])
+        if executor in self._executor_caps:
+            gates.append(self._executor_gate(executor))
         if self._resource_limits:
             gates += self._key_gates(tool, args)
         return tuple(gates)
+
+    def _executor_gate(self, executor: str) -> ConcurrencyLimit:
+        """The worker-count gate of backend ``executor`` (the runtime's, taken on first use)."""
+        gate = self._executor_gates.get(executor)
+        if gate is None:
+            gate = self._executor_gates[executor] = self.shared.executor_gate(
+                executor, self._executor_caps[executor])
+        return gate
 
     def _key_gates(self, tool: Tool[..., Any], args: Mapping[str, Any]) -> list[ConcurrencyLimit]:
         gates: list[ConcurrencyLimit] = []

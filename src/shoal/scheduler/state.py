@@ -61,7 +61,7 @@ from shoal.executors.base import Call, new_call
 from shoal.limits import ConcurrencyLimit, RateLimiter
 from shoal.outcome import STATUSES, ErrorInfo, Outcome, Status, jsonable
 from shoal.plan import Node, Ref
-from shoal.scheduler.args import isolate_all, resolve_arguments
+from shoal.scheduler.args import IMMUTABLE, isolate_all, resolve_arguments
 from shoal.scheduler.gates import Gates, SharedLimits
 from shoal.scheduler.priority import CriticalPath
 from shoal.tools import Isolation, Tool
@@ -252,6 +252,8 @@ class _Rare:
 
 
 _INDEX = operator.attrgetter("index")  # a node's plan index
+_MAP = operator.attrgetter("map")  # a node's MapSpec, if it is a map
+_TOOL = operator.attrgetter("tool")
 _NEVER = float("-inf")  # a start time earlier than any (see SchedulerState.finish_ok)
 _RUN: Fate = ("run", None)  # a node's fate when no journal says otherwise: run it
 
@@ -483,14 +485,15 @@ class SchedulerState:
         shared_limits: SharedLimits | None = None,
         open_run: bool = False,
     ) -> None:
-        grows = open_run or any(n.map is not None for n in graph.nodes)
+        # (scans at C speed: a MapSpec is true, None false; every run of a wide plan pays them)
+        grows = open_run or any(map(_MAP, graph.nodes))
         if grows:
             graph = graph.fork()  # it grows while the run goes; the plan's own stays as it is
         self.graph = graph
         #: whether no more nodes will be added (an open run is closed by :meth:`close`)
         self.closed = not open_run
         self._begun = False
-        self._next_index = max((n.index for n in graph.nodes), default=-1) + 1
+        self._next_index = max(map(_INDEX, graph.nodes), default=-1) + 1
         self._plan_order: bool | None = None  # whether positions follow plan order (once known)
         #: resume: what the journal says about a node added while the run goes (see add())
         self.fate_of: Callable[[Node], Fate] | None = None
@@ -519,12 +522,14 @@ class SchedulerState:
         self._sorted: list[tuple[float, int]] = _NONE_SORTED
         self._sorting: list[tuple[float, int]] | None = None  # set while begin() queues
         self._hard = _HardPairs(graph)
-        executors: dict[int, Isolation] = {}  # by tool object: a large plan has few tools
-        self._slots: list[Kept] = [  # positions as the graph's own ints: one of each
-            _Slot(i, n, len(graph.preds[i]), executors.get(id(n.tool)) or executors.setdefault(
-                id(n.tool), choose_executor(n.tool, default_executor)))
-            for i, n in zip(graph.position.values(), graph.nodes, strict=True)
-        ]
+        # by tool object (a large plan has few tools, found at C speed: tools hash by identity)
+        executors = {tool: choose_executor(tool, default_executor)
+                     for tool in set(map(_TOOL, graph.nodes))}
+        # positions as the graph's own ints (one of each), in node order as ``preds`` is; made
+        # by map() without a Python step per node: every run pays one slot per node
+        self._slots: list[Kept] = list(map(
+            _Slot, graph.position.values(), graph.nodes, map(len, graph.preds),
+            map(executors.__getitem__, map(_TOOL, graph.nodes))))
         #: each node's outcome, by position (``None`` until it has one); an ended node's slot
         #: gives way to ``_GONE``, and its rare fields, if it set any, to ``_kept_rare``
         self._backends = set(executors.values())
@@ -1285,6 +1290,7 @@ class SchedulerState:
         by_arguments, gated = self._gates.by_arguments, self._gates.gated_backends
         starts, in_flight, run_id = d.starts, self.in_flight, self.run_id
         events = d.events if self.record_events else None
+        immutable = IMMUTABLE
         while (heap or ordered) and (capacity is None or limit.in_use < capacity):
             if self.stopping:
                 return
@@ -1297,15 +1303,22 @@ class SchedulerState:
                 continue  # cancelled or skipped while queued: its heap entry is stale
             node = slot.node
             if slot.args is None:
-                if node.checked is None or node.refs or slot.rare is not _COMMON:
+                checked = node.checked
+                if checked is None or node.refs or slot.rare is not _COMMON:
                     if not self._prepare(slot, now, d):
                         continue
                 else:  # most nodes: arguments checked with the plan, only copied (see _prepare)
-                    try:
-                        slot.args = isolate_all(node.checked)
-                    except Exception:  # a failing __deepcopy__, say: _prepare fails the node
-                        if not self._prepare(slot, now, d):
-                            continue
+                    for value in checked.values():  # isolate_all's look, without its call
+                        if type(value) not in immutable:
+                            break
+                    else:  # every value immutable (most calls' numbers and strings): a copy
+                        slot.args = dict(checked)
+                    if slot.args is None:
+                        try:
+                            slot.args = isolate_all(checked)
+                        except Exception:  # a failing __deepcopy__, say: _prepare fails it
+                            if not self._prepare(slot, now, d):
+                                continue
             if slot.gates is None:  # for_call's answer for most calls, without its call
                 slot.gates = (gates_for(node.tool, slot.executor, slot.args or {})
                               if by_arguments or slot.executor in gated
