@@ -150,7 +150,8 @@ class ModelGate:
         while True:
             try:
                 with notices_to(on_event):
-                    await self.acquire()
+                    if self._gated():
+                        await self.acquire()
                     try:
                         return await model.request(request)
                     finally:
@@ -179,7 +180,8 @@ class ModelGate:
         while True:
             sent_text = False
             try:
-                await self.acquire()  # not an async context manager: one object less per reply
+                if self._gated():  # not an async context manager: one object less per reply
+                    await self.acquire()
                 try:
                     # the model's stream read here, not through a generator of its own: each
                     # layer of ``async for`` costs every event of every reply a step more
@@ -219,7 +221,8 @@ class ModelGate:
         while True:
             sent_text = False
             failed: ModelError | None = None
-            await self.acquire()
+            if self._gated():
+                await self.acquire()
             try:
                 notices = notices_to(on_event)
                 in_force = _notices.get  # the sink the model's notices go to now
@@ -249,6 +252,14 @@ class ModelGate:
             if sent_text or not _transient(failed) or failures > self.retry.retries:
                 raise failed
             await asyncio.sleep(self._back_off(model, failed, failures, on_event))
+
+    def _gated(self) -> bool:
+        """Whether a request may have to wait here: a cap on requests, or a pause met once.
+
+        Otherwise :meth:`acquire` has nothing to wait for, and its two coroutines per request
+        (a swarm sends thousands) are not made.
+        """
+        return self._slots is not None or self._open_at != 0.0
 
     async def acquire(self) -> None:
         """Take a slot and wait until the gate is open: a request may go out now.
