@@ -199,3 +199,26 @@ def test_a_streams_calls_stand_as_started_and_a_reply_of_the_same_calls_is_kept_
 def _no_run(on_event: object) -> Any:
     raise AssertionError("a rejected call opens no run")
 
+
+
+def test_a_gate_whose_slots_are_elsewhere_is_entered_and_left_for_every_request() -> None:
+    # a process agent's gate takes its slots from its tree's root: skipping an open gate's
+    # wait must not skip its enter while its release still tells the root a slot came back
+    class Counted(ModelGate):
+        entered = left = 0
+
+        async def acquire(self) -> None:
+            Counted.entered += 1
+
+        def release(self) -> None:
+            Counted.left += 1
+
+    async def main() -> None:
+        gate = Counted("m")
+        model = ScriptedModel(["a", "b", "c"])
+        await gate.stream_to(model, REQUEST, lambda event: None)
+        _ = [event async for event in gate.stream(model, REQUEST)]
+        await gate.request(model, REQUEST)
+
+    run_virtual(main())
+    assert (Counted.entered, Counted.left) == (3, 3)

@@ -136,6 +136,10 @@ class ModelGate:
         self.retry = retry or ModelRetry()
         self._slots = asyncio.Semaphore(max_concurrency) if max_concurrency else None
         self._open_at = 0.0  # loop time before which nobody sends (set by Retry-After)
+        # a gate whose slots are kept elsewhere (a process agent's, by its tree's root) is
+        # entered and left for every request, whatever it holds here
+        self._slots_here = (type(self).acquire is ModelGate.acquire
+                            and type(self).release is ModelGate.release)
         self._rng = rng or random.Random()
         self.retries = 0  # transient failures retried so far, for reports and tests
 
@@ -254,12 +258,12 @@ class ModelGate:
             await asyncio.sleep(self._back_off(model, failed, failures, on_event))
 
     def _gated(self) -> bool:
-        """Whether a request may have to wait here: a cap on requests, or a pause met once.
+        """Whether a request may have to wait: a cap, a pause met once, or slots elsewhere.
 
         Otherwise :meth:`acquire` has nothing to wait for, and its two coroutines per request
         (a swarm sends thousands) are not made.
         """
-        return self._slots is not None or self._open_at != 0.0
+        return not self._slots_here or self._slots is not None or self._open_at != 0.0
 
     async def acquire(self) -> None:
         """Take a slot and wait until the gate is open: a request may go out now.
