@@ -19,6 +19,7 @@ import pytest
 
 import shoal
 from shoal.agents.run import ConversationDigest
+from shoal.agents.toolcalls import CallStream
 from shoal.models.base import (
     AssistantMessage,
     ModelRequest,
@@ -27,7 +28,10 @@ from shoal.models.base import (
     ToolSpec,
     UserMessage,
 )
-from shoal.testing import ScriptedModel, call
+from shoal.models.retry import ModelGate
+from shoal.testing import ScriptedModel, call, run_virtual
+
+REQUEST = ModelRequest("", [UserMessage("go")])
 
 
 @shoal.tool
@@ -151,3 +155,70 @@ def test_an_agents_steps_are_one_journaled_run_and_each_call_knows_its_turn() ->
     assert [r.run_id for r in store.list_runs()] == ["r1/lead/steps"]
     nodes = [node_id.split(":")[0] for node_id in store.outcomes("r1/lead/steps")]
     assert nodes == ["model-1", "lookup#1", "lookup#2", "model-2", "lookup#3", "model-3"]
+
+
+def test_a_gate_paused_once_still_holds_every_reply_until_it_opens() -> None:
+    # a gate with no cap that was never paused lets a reply through without waiting (its
+    # wait is not even begun); one paused once must hold streamed and plain replies alike
+    async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+        gate = ModelGate("m")
+        model = ScriptedModel(["a", "b", "c", "d"], latency=0.1)
+        arrived: list[float] = []
+        start = loop.time()
+        await gate.stream_to(model, REQUEST, lambda event: None)
+        arrived.append(loop.time() - start)
+        gate.pause(0.5)
+        start = loop.time()
+        await gate.stream_to(model, REQUEST, lambda event: None)
+        arrived.append(loop.time() - start)
+        gate.pause(0.5)
+        start = loop.time()
+        _ = [event async for event in gate.stream(model, REQUEST)]
+        arrived.append(loop.time() - start)
+        gate.pause(0.5)
+        start = loop.time()
+        await gate.request(model, REQUEST)
+        arrived.append(loop.time() - start)
+        return arrived
+
+    assert run_virtual(main()) == pytest.approx([0.1, 0.6, 0.6, 0.6])
+
+
+def test_a_streams_calls_stand_as_started_and_a_reply_of_the_same_calls_is_kept_whole() -> None:
+    a, b, c = call("a", x=1), call("b"), call("c")
+    stream = CallStream({}, open_run=_no_run)  # unknown tools: rejected, never run
+    stream.add(0, a)
+    stream.add(1, b)
+    reply = (a, b)
+    assert stream.merged(reply) is reply  # every call started as the reply has it
+    assert stream.merged((a, c)) == (a, b)  # a retried stream's other call: the first stands
+    assert stream.merged((a, b, c)) == (a, b, c)
+
+
+def _no_run(on_event: object) -> Any:
+    raise AssertionError("a rejected call opens no run")
+
+
+
+def test_a_gate_whose_slots_are_elsewhere_is_entered_and_left_for_every_request() -> None:
+    # a process agent's gate takes its slots from its tree's root: skipping an open gate's
+    # wait must not skip its enter while its release still tells the root a slot came back
+    class Counted(ModelGate):
+        entered = left = 0
+
+        async def acquire(self) -> None:
+            Counted.entered += 1
+
+        def release(self) -> None:
+            Counted.left += 1
+
+    async def main() -> None:
+        gate = Counted("m")
+        model = ScriptedModel(["a", "b", "c"])
+        await gate.stream_to(model, REQUEST, lambda event: None)
+        _ = [event async for event in gate.stream(model, REQUEST)]
+        await gate.request(model, REQUEST)
+
+    run_virtual(main())
+    assert (Counted.entered, Counted.left) == (3, 3)

@@ -114,7 +114,7 @@ class OpenRun:
         calls): a swarm adds a dozen nodes per agent, and the copy was one more dict each.
         ``validated``: ``args`` are the tool's validation's output (not validated again).
         """
-        self._insert(self._plan.make_owned_node(tool, args, node_id, validated=validated))
+        self._insert_node(self._plan.make_owned_node(tool, args, node_id, validated=validated))
 
     def map(self, tool: Callee, /, *, over: Ref,
             item_arg: str | None = None, partial: bool = False,
@@ -184,6 +184,11 @@ class OpenRun:
                                          "before it could take the node") from None
 
     def _insert(self, node: Node) -> Ref:
+        self._insert_node(node)
+        return Ref(node.id)
+
+    def _insert_node(self, node: Node) -> None:
+        """Add ``node`` to the run (no ref made: an agent's steps never use one)."""
         if self._closed:
             raise RunClosedError(f"open run {self.run_id} is closed: it takes no more nodes")
         problems = self._plan.node_problems(node)
@@ -191,7 +196,6 @@ class OpenRun:
             raise PlanError(problems, self._plan.name)
         self._handle.add([node])  # may raise (a resumed run's journal knows another tool)
         self._plan.insert(node)
-        return Ref(node.id)
 
     # ---- waiting ----------------------------------------------------------------------
 

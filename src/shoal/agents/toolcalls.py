@@ -19,6 +19,7 @@ import asyncio
 import inspect
 import json
 import logging
+import operator
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -451,7 +452,7 @@ class CallStream:
                 self._on_reject(checked)
             return
         tool, args = checked
-        node_id = where.rsplit("/", 1)[-1]
+        node_id = node_name  # the last part of ``where``: a tool's name never holds a "/"
         self._lineages[node_id] = where
         if self._run is None:
             self._run = self._open_run(self._sink)
@@ -471,6 +472,9 @@ class CallStream:
         start (with their ids), then the retried reply's calls past them: the model then
         reads the result of every call that ran, and a resumed turn replays exactly these.
         """
+        taken = self.taken
+        if len(calls) == len(taken) and all(map(operator.is_, calls, taken)):
+            return tuple(calls)  # every call started as the reply has it: most replies
         changed = [i for i, c in enumerate(calls[:len(self.taken)])
                    if (c.name, c.arguments) != (self.taken[i].name, self.taken[i].arguments)]
         if changed:

@@ -136,6 +136,10 @@ class ModelGate:
         self.retry = retry or ModelRetry()
         self._slots = asyncio.Semaphore(max_concurrency) if max_concurrency else None
         self._open_at = 0.0  # loop time before which nobody sends (set by Retry-After)
+        # a gate whose slots are kept elsewhere (a process agent's, by its tree's root) is
+        # entered and left for every request, whatever it holds here
+        self._slots_here = (type(self).acquire is ModelGate.acquire
+                            and type(self).release is ModelGate.release)
         self._rng = rng or random.Random()
         self.retries = 0  # transient failures retried so far, for reports and tests
 
@@ -150,7 +154,8 @@ class ModelGate:
         while True:
             try:
                 with notices_to(on_event):
-                    await self.acquire()
+                    if self._gated():
+                        await self.acquire()
                     try:
                         return await model.request(request)
                     finally:
@@ -179,7 +184,8 @@ class ModelGate:
         while True:
             sent_text = False
             try:
-                await self.acquire()  # not an async context manager: one object less per reply
+                if self._gated():  # not an async context manager: one object less per reply
+                    await self.acquire()
                 try:
                     # the model's stream read here, not through a generator of its own: each
                     # layer of ``async for`` costs every event of every reply a step more
@@ -219,7 +225,8 @@ class ModelGate:
         while True:
             sent_text = False
             failed: ModelError | None = None
-            await self.acquire()
+            if self._gated():
+                await self.acquire()
             try:
                 notices = notices_to(on_event)
                 in_force = _notices.get  # the sink the model's notices go to now
@@ -249,6 +256,14 @@ class ModelGate:
             if sent_text or not _transient(failed) or failures > self.retry.retries:
                 raise failed
             await asyncio.sleep(self._back_off(model, failed, failures, on_event))
+
+    def _gated(self) -> bool:
+        """Whether a request may have to wait: a cap, a pause met once, or slots elsewhere.
+
+        Otherwise :meth:`acquire` has nothing to wait for, and its two coroutines per request
+        (a swarm sends thousands) are not made.
+        """
+        return not self._slots_here or self._slots is not None or self._open_at != 0.0
 
     async def acquire(self) -> None:
         """Take a slot and wait until the gate is open: a request may go out now.

@@ -224,6 +224,11 @@ class ScriptedModel(Model):
                 due += item.seconds
                 await _sleep_until(loop, due)
             elif isinstance(item, str):
+                if self.tokens_per_second is None:  # no rate: the text in one piece, at once
+                    if item:
+                        tokens += 1
+                        yield TextDelta(item)
+                    continue
                 for piece in self._pieces(item):
                     if tokens and self.tokens_per_second is not None:
                         due += 1.0 / self.tokens_per_second
