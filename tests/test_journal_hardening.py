@@ -371,7 +371,9 @@ def test_shoal_cancel_of_a_run_that_dies_while_it_waits_says_so_at_once(tmp_path
         holder.wait()
         _, err = cancel.communicate(timeout=60)
         assert cancel.returncode == 1, err
-        assert err == "run r is not running (it is interrupted); resume it with: shoal resume r\n"
+        # the run was started from Python (journal_with_a_run), which shoal resume refuses
+        assert err == ("run r is not running (it is interrupted); resume it with: Runtime.resume"
+                       " from Python (it was not started from a plan file)\n")
         assert time.monotonic() - began < 60  # not the 100 s it was willing to wait
     finally:
         holder.kill()

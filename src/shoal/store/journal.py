@@ -128,7 +128,10 @@ class Journal:
             assert self._queue is not None  # a writer thread has its queue
             self._queue.put(None)
             await asyncio.shield(self._stopped)
-            self._thread = None
+            # its last step set _stopped: it has only to return, and once it has, no writer
+            # thread of this run is left (the caller may count threads as soon as we return)
+            thread, self._thread = self._thread, None
+            thread.join()
         if self.failed is not None:
             raise StoreError(f"the journal could not be written: {self.failed}") from self.failed
 
