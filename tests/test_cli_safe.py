@@ -634,6 +634,33 @@ def test_the_relay_shows_a_line_without_end_in_pieces(monkeypatch: pytest.Monkey
     assert console.file.getvalue().count("x") == 5000  # type: ignore[attr-defined]
 
 
+def test_the_relay_keeps_colours_but_no_link_or_control_a_tool_printed() -> None:
+    # rich's reading of a printed line kept a C1 CSI, bidi overrides and zero-width characters
+    # as text, raw on the terminal, and turned an OSC 8 hyperlink into a link it wrote out
+    # again: a line could read as anything and point anywhere
+    read_end, write_end = os.pipe()
+    console = Console(file=io.StringIO(), force_terminal=True, color_system="truecolor",
+                      width=200)
+    ended = threading.Event()
+    relay = threading.Thread(target=live._relay, args=(read_end, console, ended))
+    relay.start()
+    try:
+        os.write(write_end, ("\x1b[31mred\x1b[0m \x1b]8;;https://evil.example\x1b\\click"
+                             "\x1b]8;;\x1b\\ A\x9b2JB \u202eC\u200bD [bold]E[/] x\ty\n"
+                             ).encode())
+    finally:
+        os.close(write_end)
+        ended.set()
+        relay.join(timeout=30)
+        os.close(read_end)
+    printed = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "\x1b[31mred\x1b[0m" in printed  # colours kept
+    assert "\x1b]" not in printed and "evil.example" not in printed and "click" in printed
+    assert "A\\x9b2JB" in printed and "\\u202eC\\u200bD" in printed  # shown, escaped
+    assert "[bold]E[/]" in printed and re.search(r"x +y", printed)  # tab: spaces
+    assert not [c for c in printed if not c.isprintable() and c not in "\x1b\n"], printed
+
+
 def test_a_program_that_outlives_the_view_goes_on_printing_to_the_terminal(
         capfd: pytest.CaptureFixture[str]) -> None:
     # the pipe closed at the view's end killed such a program (SIGPIPE) at its next line
