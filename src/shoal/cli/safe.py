@@ -40,9 +40,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_HEIGHT", "MAX_WIDTH", "MIN_HEIGHT", "MIN_WIDTH", "PLAIN_WIDTH", "SafeFormatter",
-    "SPACE_RUN", "clean", "console", "console_size", "exact_json_view", "install_log_handler",
-    "is_safe", "json_view", "one_line", "others_to_stderr", "safe_repr", "safe_str", "shorten",
-    "text", "view_text",
+    "SPACE_RUN", "clean", "console", "console_size", "count", "exact_json_view",
+    "install_log_handler", "is_safe", "json_view", "one_line", "others_to_stderr", "safe_repr",
+    "safe_str", "shorten", "text", "view_text",
 ]
 
 PLAIN_WIDTH = 120  # when not a terminal: rich would otherwise squeeze tables to 80 columns
@@ -146,6 +146,17 @@ def safe_repr(value: Any, width: int = 200) -> str:
     except BaseException as exc:  # a container whose items misbehave in ways reprlib misses
         found = _unrepresentable(value, exc)
     return shorten(clean(found), width)
+
+
+def count(value: int) -> str:
+    """A number a model or a journal reported (tokens, turns), written out; never raises.
+
+    An integer past Python's limit on digits (a model may report anything) is described.
+    """
+    try:
+        return str(value)
+    except ValueError:
+        return safe_repr(value)
 
 
 def safe_str(value: Any, width: int, *, newlines: bool = True) -> str:
