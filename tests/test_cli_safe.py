@@ -29,6 +29,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rich.console import Console, RenderableType
 
+from shoal import Plan, run_sync
+from shoal import tool as make_tool
 from shoal.approvals import ApprovalRequest
 from shoal.cli import live
 from shoal.cli.approver import ConsoleApprover
@@ -224,6 +226,25 @@ def test_live_view_prints_no_control(title: str, running: list[tuple[str, str, s
                     False, [(n, t, 0.1) for n, t, _ in running])
     out = printed(render_snapshot(snap, title))
     assert unsafe_in(out) == [] and len(out) < 300 * (len(running) + 6)
+
+
+@make_tool
+async def one() -> int:
+    """One."""
+    return 1
+
+
+def test_a_huge_node_id_costs_the_table_no_more_than_a_short_one() -> None:
+    # the whole id was escaped before being cut to the column: a plan whose node id held
+    # 8 million escape characters took seconds of CPU per print of the table (and per redraw
+    # of the live view, eight a second, for a running node)
+    plan = Plan()
+    plan.add(one, node_id="\x1b" * 8_000_000)
+    result = run_sync(plan)
+    began = time.process_time()
+    shown = printed(render_result(result))
+    assert time.process_time() - began < 1.0  # it took 7.5 s before
+    assert "\\x1b\\x1b" in shown and "…" in shown and unsafe_in(shown) == []
 
 
 @given(hostile_text, st.lists(st.tuples(hostile_text, hostile_text), max_size=12))

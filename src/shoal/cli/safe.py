@@ -175,11 +175,17 @@ def safe_str(value: Any, width: int, *, newlines: bool = True) -> str:
 
 def text(value: str, style: str = "", *, newlines: bool = False,
          width: int | None = None) -> Text:
-    """``value`` escaped (see :func:`clean`) as a rich ``Text``: never parsed as markup."""
+    """``value`` escaped (see :func:`clean`) as a rich ``Text``: never parsed as markup.
+
+    With ``width``, only as much of ``value`` is escaped as can show: a node id of megabytes
+    costs a live view's redraw no more than a short one.
+    """
     from rich.text import Text
 
-    cleaned = clean(value, newlines=newlines)
-    return Text(cleaned if width is None else shorten(cleaned, width), style=style)
+    if width is None:
+        return Text(clean(value, newlines=newlines), style=style)
+    cleaned = clean(value[: max(width, 1) + 1], newlines=newlines)  # longer than width if cut
+    return Text(shorten(cleaned, width), style=style)
 
 
 # Shown as \uXXXX in a JSON view so that the marker of a run of spaces cannot be faked.
