@@ -7,7 +7,13 @@ import os
 from pathlib import Path
 
 import shoal
-from shoal.models.base import ModelRequest, ModelResponse, ToolResultMessage, UserMessage
+from shoal.models.base import (
+    ModelRequest,
+    ModelResponse,
+    ToolResultMessage,
+    Usage,
+    UserMessage,
+)
 from shoal.testing import ScriptedModel, call, pause
 
 REVIEW_PROMPT = "Review the papers"
@@ -139,3 +145,12 @@ def slow_review_model() -> ScriptedModel:
     model = review_model()
     model.latency = 2.0
     return model
+
+
+def odd_usage_model() -> ScriptedModel:
+    """A model reporting a cost that is not a number and more tokens than can be written out."""
+    return ScriptedModel([ModelResponse("done", (), Usage(10**5000, 5, 1, float("nan")),
+                                        "odd", "stop")])
+
+
+odd_usage_agent = shoal.Agent(name="odd", model=odd_usage_model())  # no budget to check

@@ -46,6 +46,30 @@ def test_json_output_holds_the_whole_tree() -> None:
     assert data["usage"]["requests"] == 14
 
 
+def test_a_model_reporting_odd_numbers_gives_strict_json_and_a_readable_tree(
+        tmp_path: Path) -> None:
+    # a cost of NaN went out as a bare NaN (which strict JSON readers refuse) in --json and
+    # --events, and a token count past Python's digit limit crashed the tree and --json
+    events = tmp_path / "events.jsonl"
+    odd = "tests/agent_models.py:odd_usage_agent"
+    done = shoal("run", odd, "hi", "--json", "--no-store", "--events", str(events))
+    assert done.returncode == 0, done.stderr
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"not strict JSON: {constant}")
+
+    data = json.loads(done.stdout, parse_constant=refuse)
+    assert data["status"] == "ok" and data["usage"]["cost"] == "NaN"
+    assert "too long to write out" in data["usage"]["input_tokens"]
+    kinds = [json.loads(line, parse_constant=refuse)["kind"]
+             for line in events.read_text().splitlines()]
+    assert "ModelResponded" in kinds
+    shown = shoal("run", odd, "hi", "--no-store")
+    assert shown.returncode == 0, shown.stderr
+    assert "Traceback" not in shown.stderr
+    assert "odd  ok" in shown.stdout and "too long to write out> tokens" in shown.stdout
+
+
 def test_events_file_carries_lineage(tmp_path: Path) -> None:
     events = tmp_path / "events.jsonl"
     done = shoal("run", EXAMPLE, "Review the papers", "--model", SCRIPTED, "--events",

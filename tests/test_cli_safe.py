@@ -29,6 +29,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rich.console import Console, RenderableType
 
+from shoal import Plan, run_sync
+from shoal import tool as make_tool
 from shoal.approvals import ApprovalRequest
 from shoal.cli import live
 from shoal.cli.approver import ConsoleApprover
@@ -224,6 +226,25 @@ def test_live_view_prints_no_control(title: str, running: list[tuple[str, str, s
                     False, [(n, t, 0.1) for n, t, _ in running])
     out = printed(render_snapshot(snap, title))
     assert unsafe_in(out) == [] and len(out) < 300 * (len(running) + 6)
+
+
+@make_tool
+async def one() -> int:
+    """One."""
+    return 1
+
+
+def test_a_huge_node_id_costs_the_table_no_more_than_a_short_one() -> None:
+    # the whole id was escaped before being cut to the column: a plan whose node id held
+    # 8 million escape characters took seconds of CPU per print of the table (and per redraw
+    # of the live view, eight a second, for a running node)
+    plan = Plan()
+    plan.add(one, node_id="\x1b" * 8_000_000)
+    result = run_sync(plan)
+    began = time.process_time()
+    shown = printed(render_result(result))
+    assert time.process_time() - began < 1.0  # it took 7.5 s before
+    assert "\\x1b\\x1b" in shown and "…" in shown and unsafe_in(shown) == []
 
 
 @given(hostile_text, st.lists(st.tuples(hostile_text, hostile_text), max_size=12))
@@ -632,6 +653,33 @@ def test_the_relay_shows_a_line_without_end_in_pieces(monkeypatch: pytest.Monkey
         relay.join(timeout=30)
         os.close(read_end)
     assert console.file.getvalue().count("x") == 5000  # type: ignore[attr-defined]
+
+
+def test_the_relay_keeps_colours_but_no_link_or_control_a_tool_printed() -> None:
+    # rich's reading of a printed line kept a C1 CSI, bidi overrides and zero-width characters
+    # as text, raw on the terminal, and turned an OSC 8 hyperlink into a link it wrote out
+    # again: a line could read as anything and point anywhere
+    read_end, write_end = os.pipe()
+    console = Console(file=io.StringIO(), force_terminal=True, color_system="truecolor",
+                      width=200)
+    ended = threading.Event()
+    relay = threading.Thread(target=live._relay, args=(read_end, console, ended))
+    relay.start()
+    try:
+        os.write(write_end, ("\x1b[31mred\x1b[0m \x1b]8;;https://evil.example\x1b\\click"
+                             "\x1b]8;;\x1b\\ A\x9b2JB \u202eC\u200bD [bold]E[/] x\ty\n"
+                             ).encode())
+    finally:
+        os.close(write_end)
+        ended.set()
+        relay.join(timeout=30)
+        os.close(read_end)
+    printed = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "\x1b[31mred\x1b[0m" in printed  # colours kept
+    assert "\x1b]" not in printed and "evil.example" not in printed and "click" in printed
+    assert "A\\x9b2JB" in printed and "\\u202eC\\u200bD" in printed  # shown, escaped
+    assert "[bold]E[/]" in printed and re.search(r"x +y", printed)  # tab: spaces
+    assert not [c for c in printed if not c.isprintable() and c not in "\x1b\n"], printed
 
 
 def test_a_program_that_outlives_the_view_goes_on_printing_to_the_terminal(

@@ -548,6 +548,28 @@ def test_hostile_values_are_bounded_and_cleaned_so_exporting_never_fails() -> No
     assert encode_spans(spans).SerializeToString()
 
 
+def test_a_list_attribute_is_bounded_as_a_whole() -> None:
+    # each name was cut to the limit, but not the list: a turn asking for 300 calls of
+    # made-up 100-character names gave the chat span an attribute of 30,000 characters
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    shoal.otel.instrument(provider, max_attribute_length=1000)
+    try:
+        names = [f"{n:03d}" + "x" * 97 for n in range(300)]
+        model = ScriptedModel([[call(name) for name in names], "done"])
+        run_virtual(shoal.Agent(name="lead", model=model).run("go"))
+    finally:
+        shoal.otel.uninstrument()
+    chat = exporter.get_finished_spans()
+    (first,) = [s for s in chat if attr(s, "shoal.model.tool_calls")]
+    listed = list(attr(first, "shoal.model.tool_calls"))
+    assert sum(map(len, listed)) < 1200, sum(map(len, listed))
+    assert listed[:10] == names[:10]  # the first ones, as they were
+    assert listed[-1] == f"... [{300 - len(listed) + 1} more items]"
+    assert encode_spans(chat).SerializeToString()
+
+
 def test_captured_content_is_what_each_call_ran_with_and_gave_back() -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()

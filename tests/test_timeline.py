@@ -355,6 +355,21 @@ def test_embedded_data_cannot_end_the_script_or_start_markup() -> None:
     assert page.isascii() and page.count("</script>") == 2
 
 
+def test_data_that_holds_itself_or_nests_deep_is_embedded_as_its_repr() -> None:
+    # a value holding itself (with a NaN beside it, or not) or nested 10,000 deep raised
+    # RecursionError out of embed and render
+    itself: dict[str, Any] = {"text": HOSTILE}
+    itself["me"] = itself
+    deep: list[Any] = []
+    for _ in range(10_000):
+        deep = [deep]
+    for data in (itself, [float("nan"), itself], deep, {"n": 10**5000, "me": itself}):
+        text = embed(data)
+        assert text.isascii() and not set("<>&") & set(text)
+        assert isinstance(json.loads(text), str)  # its bounded repr, as a JSON string
+        assert render(data).count("</script>") == 2
+
+
 def test_hostile_values_stay_text_in_a_real_browser(tmp_path: Path, browser: Browser) -> None:
     plan = shoal.Plan(HOSTILE)
     plan.call(echo, text=HOSTILE, node_id="echoed")

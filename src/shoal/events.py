@@ -25,6 +25,8 @@ from typing import IO, Any
 
 from pydantic_core import to_jsonable_python
 
+from shoal.outcome import _strict
+
 __all__ = [
     "ApprovalDecided",
     "ApprovalRequested",
@@ -74,7 +76,8 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         """The event as JSON-ready data, with its ``kind``."""
-        data: dict[str, Any] = to_jsonable_python(asdict(self), fallback=repr)
+        # strict JSON: a model may report a NaN cost or a token count too long to write out
+        data: dict[str, Any] = _strict(to_jsonable_python(asdict(self), fallback=repr))
         data["kind"] = self.kind
         return data
 

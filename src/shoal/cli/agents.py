@@ -38,7 +38,7 @@ from shoal.cli.compose import (
 from shoal.cli.interrupt import EXIT_INTERRUPTED, Cancellable, CtrlC, stopped_by_a_call
 from shoal.cli.live import LivePause, live_view, show_cursor
 from shoal.cli.render import announce
-from shoal.cli.safe import one_line, others_to_stderr, safe_str
+from shoal.cli.safe import count, one_line, others_to_stderr, safe_str
 from shoal.cli.tree import AgentTree, render_tree
 from shoal.events import Event, JsonlSink, ModelRetrying, ModelServerStarted, ModelServerStarting
 from shoal.exceptions import (
@@ -54,6 +54,7 @@ from shoal.exceptions import (
 )
 from shoal.models import resolve_model
 from shoal.models.base import Model
+from shoal.outcome import _strict
 from shoal.planfile import check_import
 from shoal.runtime import Runtime, new_run_id
 
@@ -432,7 +433,8 @@ def _print(result: AgentResult[Any] | None, error: BaseException | None, as_json
         data: dict[str, Any] = _json(result) if result is not None else {}
         if error is not None:
             data["error"] = {"type": type(error).__name__, "message": str(error)}
-        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        # strict JSON: a model may report a NaN cost or a count too long to write out
+        sys.stdout.write(json.dumps(_strict(data), indent=2) + "\n")
         sys.stdout.flush()
         return
     title = f"shoal · agent run {result.run_id}" if result is not None else "shoal"
@@ -457,7 +459,7 @@ def _summary_line(result: AgentResult[Any]) -> str:
             f"{usage.requests} model request{'s' if usage.requests != 1 else ''}, "
             f"{calls} tool call{'s' if calls != 1 else ''}"
             + (f" ({failed} failed)" if failed else "")
-            + f", {usage.total_tokens} tokens"
+            + f", {count(usage.total_tokens)} tokens"
             + (f", ${usage.cost:.4f}" if usage.cost is not None else "")
             + f", {result.duration:.2f} s")
 
@@ -471,7 +473,7 @@ def _composed_line(result: AgentResult[Any]) -> str:
     return (f"{nodes} node{'s' if nodes != 1 else ''}" + (f" ({failed} not ok)" if failed else "")
             + f", {agents} agent{'s' if agents != 1 else ''}, "
             f"{usage.requests} model request{'s' if usage.requests != 1 else ''}, "
-            f"{usage.total_tokens} tokens"
+            f"{count(usage.total_tokens)} tokens"
             + (f", ${usage.cost:.4f}" if usage.cost is not None else "")
             + f", {result.duration:.2f} s")
 

@@ -24,6 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from shoal.cli.render import ID_WIDTH, STATUS_STYLES, seconds
+from shoal.cli.safe import clean
 from shoal.cli.safe import text as safe_text
 from shoal.outcome import RunResult
 from shoal.runtime import RunHandle
@@ -160,8 +161,23 @@ def _relay(read_end: int, console: Console, ended: threading.Event) -> None:
 def _print_lines(console: Console, lines: list[bytes]) -> None:
     """``lines`` printed as rich prints a ``print``'s: colours kept, other controls dropped."""
     with contextlib.suppress(Exception):  # a terminal that went away: nothing to tell
-        console.print(Text("\n").join(
-            Text.from_ansi(line.decode("utf-8", "replace")) for line in lines))
+        console.print(Text("\n").join(_printed_line(console, line) for line in lines))
+
+
+def _printed_line(console: Console, line: bytes) -> Text:
+    """One line a tool printed: its colours and styles, and its text escaped (see ``clean``).
+
+    rich's reading of escape sequences keeps what it does not know as text (a C1 control such
+    as the one-byte CSI, a bidi override) and turns an OSC 8 hyperlink into a link of its own,
+    which it writes out again: a line could point anywhere while reading as anything.
+    """
+    decoded = Text.from_ansi(line.decode("utf-8", "replace"))
+    decoded.expand_tabs()
+    out = Text()
+    for segment in decoded.render(console, end=""):
+        style = segment.style.clear_meta_and_links() if segment.style else None
+        out.append(clean(segment.text), style)
+    return out
 
 
 class LivePause:

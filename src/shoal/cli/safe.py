@@ -40,9 +40,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_HEIGHT", "MAX_WIDTH", "MIN_HEIGHT", "MIN_WIDTH", "PLAIN_WIDTH", "SafeFormatter",
-    "SPACE_RUN", "clean", "console", "console_size", "exact_json_view", "install_log_handler",
-    "is_safe", "json_view", "one_line", "others_to_stderr", "safe_repr", "safe_str", "shorten",
-    "text", "view_text",
+    "SPACE_RUN", "clean", "console", "console_size", "count", "exact_json_view",
+    "install_log_handler", "is_safe", "json_view", "one_line", "others_to_stderr", "safe_repr",
+    "safe_str", "shorten", "text", "view_text",
 ]
 
 PLAIN_WIDTH = 120  # when not a terminal: rich would otherwise squeeze tables to 80 columns
@@ -148,6 +148,17 @@ def safe_repr(value: Any, width: int = 200) -> str:
     return shorten(clean(found), width)
 
 
+def count(value: int) -> str:
+    """A number a model or a journal reported (tokens, turns), written out; never raises.
+
+    An integer past Python's limit on digits (a model may report anything) is described.
+    """
+    try:
+        return str(value)
+    except ValueError:
+        return safe_repr(value)
+
+
 def safe_str(value: Any, width: int, *, newlines: bool = True) -> str:
     """``str(value)`` escaped and cut to ``width``; a ``__str__`` that fails gives a placeholder.
 
@@ -164,11 +175,17 @@ def safe_str(value: Any, width: int, *, newlines: bool = True) -> str:
 
 def text(value: str, style: str = "", *, newlines: bool = False,
          width: int | None = None) -> Text:
-    """``value`` escaped (see :func:`clean`) as a rich ``Text``: never parsed as markup."""
+    """``value`` escaped (see :func:`clean`) as a rich ``Text``: never parsed as markup.
+
+    With ``width``, only as much of ``value`` is escaped as can show: a node id of megabytes
+    costs a live view's redraw no more than a short one.
+    """
     from rich.text import Text
 
-    cleaned = clean(value, newlines=newlines)
-    return Text(cleaned if width is None else shorten(cleaned, width), style=style)
+    if width is None:
+        return Text(clean(value, newlines=newlines), style=style)
+    cleaned = clean(value[: max(width, 1) + 1], newlines=newlines)  # longer than width if cut
+    return Text(shorten(cleaned, width), style=style)
 
 
 # Shown as \uXXXX in a JSON view so that the marker of a run of spaces cannot be faked.

@@ -25,7 +25,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from shoal.cli.render import ID_WIDTH, STATUS_STYLES, seconds
-from shoal.cli.safe import ELLIPSIS, clean, one_line
+from shoal.cli.safe import ELLIPSIS, clean, count, one_line
 from shoal.cli.safe import text as safe_text
 from shoal.events import (
     AgentFinished,
@@ -273,7 +273,7 @@ def _label(view: AgentTree, row: Row, now: float) -> Text:
     took = (row.ended if row.ended is not None else now) - row.started
     text.append(f"  {seconds(max(took, 0.0))}", style="dim")
     if row.is_agent:
-        text.append(f"  turns {row.turns}  tokens {row.tokens}", style="dim")
+        text.append(f"  turns {count(row.turns)}  tokens {count(row.tokens)}", style="dim")
         if row.isolation not in ("", "inline"):  # inline (the default) would only take room
             text.append(f"  {one_line(row.placement, ID_WIDTH)}", style="dim")
     if row.arguments and not row.is_agent:
@@ -340,7 +340,7 @@ def _swarm_summary(branch: Tree, view: AgentTree, subagents: list[Row], now: flo
     line = Text(f"{len(subagents)} subagents: ", style="bold")
     line.append(", ".join(f"{n} {one_line(status, ID_WIDTH)}" for status, n in order),
                 style="")
-    line.append(f"  tokens {tokens}" + ("" if cost is None else f"  cost ${cost:.4f}"),
+    line.append(f"  tokens {count(tokens)}" + ("" if cost is None else f"  cost ${cost:.4f}"),
                 style="dim")
     running = sorted((s for s in subagents if s.status == "running"), key=lambda s: s.started)
     failed = [s for s in subagents if s.status not in ("running", "ok")]

@@ -125,10 +125,28 @@ class Cleaner:
             if _kept(value, limit):
                 out[key] = value
             elif isinstance(value, tuple | list):
-                out[key] = [self.text(v) for v in value]
+                out[key] = self.texts(value)
             else:
                 out[key] = self.text(value)
         return out
+
+    def texts(self, values: tuple[object, ...] | list[object]) -> list[str]:
+        """Clean strings for a list attribute, all of them together bounded by the limit too.
+
+        Each string is bounded on its own, but a model can ask for thousands of calls in one
+        turn: the list stops once its items hold ``limit`` characters, its last item saying
+        how many more there were.
+        """
+        kept: list[str] = []
+        used = 0
+        for index, value in enumerate(values):
+            if used >= self.limit:
+                kept.append(f"... [{len(values) - index} more items]")
+                break
+            text = self.text(value)
+            kept.append(text)
+            used += max(len(text), 1)  # empty strings count: the number of items is bounded
+        return kept
 
 
 def _kept(value: object, limit: int) -> TypeGuard[AttributeValue]:

@@ -49,8 +49,9 @@ def instrument(tracer_provider: TracerProvider | None = None, *, capture_content
         capture_content: also record what calls and agents were given and gave back (tool
             arguments and results, prompts, answers, model text) as ``gen_ai.*`` attributes.
             Off by default: they may hold personal or secret data.
-        max_attribute_length: characters kept of any string attribute; every string is also
-            made valid UTF-8 without control characters, so no value can break an exporter.
+        max_attribute_length: characters kept of any string attribute (and, about, of all
+            the items of a list attribute together); every string is also made valid UTF-8
+            without control characters, so no value can break an exporter.
 
     Calling it again replaces the earlier settings (runs in flight keep theirs).
     """

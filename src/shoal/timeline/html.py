@@ -22,13 +22,19 @@ __all__ = ["embed", "render", "write"]
 def embed(data: Any) -> str:
     """``data`` as JSON that is safe inside a ``<script>`` block (pure ASCII, no ``<>&``)."""
     try:
-        text = json.dumps(data, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
-    except ValueError:  # NaN or an infinity somewhere: written as text, as jsonable does
-        text = json.dumps(_finite(data), ensure_ascii=True, allow_nan=False,
-                          separators=(",", ":"))
+        text = _dumps(data)
+    except (ValueError, RecursionError):  # NaN or an infinity somewhere: written as text, as
+        try:                              # jsonable does (the common case: keeps all of it)
+            text = _dumps(_finite(data))
+        except (TypeError, ValueError, RecursionError):  # it holds itself, or nests too deep
+            text = _dumps(jsonable(data))
     except TypeError:  # a value JSON cannot hold as it is: its JSON view
-        text = json.dumps(jsonable(data), ensure_ascii=True, separators=(",", ":"))
+        text = _dumps(jsonable(data))
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
 
 
 def _finite(data: Any) -> Any:
