@@ -5,7 +5,7 @@
 (:mod:`shoal.cli.journal`).
 
 Exit codes: 0 every node ok; 1 some node did not succeed; 2 a bad plan or bad options;
-130 interrupted by Ctrl-C.
+130 interrupted by Ctrl-C; 143 stopped by SIGTERM (taken as Ctrl-C is).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from shoal.cli import presses
 from shoal.cli.agent_journal import AgentJournal
 from shoal.cli.agents import AgentOptions, is_agent_target, model_option, run_agent_target
 from shoal.cli.approver import ConsoleApprover
-from shoal.cli.interrupt import EXIT_INTERRUPTED, CtrlC, stopped_by_a_call
+from shoal.cli.interrupt import EXIT_INTERRUPTED, CtrlC, say_stopped, stopped_by_a_call
 from shoal.cli.journal import register as register_journal_commands
 from shoal.cli.live import LivePause, follow, show_cursor
 from shoal.cli.mcp import register as register_mcp_commands
@@ -201,8 +201,8 @@ RUN_HELP = "\n\n".join([
     "tools' package, e.g. from the repository root: shoal run examples/site_report/plan.yaml",
     "On a terminal a live view shows progress; piped, only the final table is printed.",
     "Exit codes: 0 every node ok; 1 some node did not succeed; 2 bad plan or options; "
-    "130 interrupted (Ctrl-C once cancels the run and still prints every outcome; twice quits "
-    "at once).",
+    "130 interrupted (Ctrl-C once cancels the run and still prints every outcome, and how to "
+    "resume it; twice quits at once); 143 the same after SIGTERM.",
 ])
 
 
@@ -439,7 +439,9 @@ def _run_checked(options: RunOptions) -> int:
         if sink is not None:
             sink.close()
     _print_result(result, options.as_json, console)
-    code = EXIT_INTERRUPTED if ctrl_c.interrupted else (EXIT_OK if result.ok else EXIT_FAILED)
+    if ctrl_c.interrupted and started and runtime.store is not None and not result.ok:
+        say_stopped(started[0], ctrl_c.reason)  # after the table: the last thing a user sees
+    code = ctrl_c.exit_code if ctrl_c.interrupted else (EXIT_OK if result.ok else EXIT_FAILED)
     if result.abandoned:
         _exit_leaving_threads(result, code)
     return code
