@@ -1171,6 +1171,19 @@ def test_cli_rules_file(cli_dir: Path) -> None:
     assert code == 2 and "cannot read the rules file" in err
 
 
+def test_cli_warns_of_a_rule_that_names_no_tool_of_the_plan(cli_dir: Path) -> None:
+    # a misspelt deny rule denied nothing, silently: with otherwise: allow the call it was
+    # written against ran unasked
+    (cli_dir / "rules.yaml").write_text(
+        "rules:\n  - deny: \"r_m\"\n  - allow: \"r*\"\n  - deny: \"\\e[31mx\"\n"
+        "otherwise: allow\n")
+    code, got, err = shoal_run(cli_dir, "--approve", "rules.yaml")
+    assert (code, got) == (0, {"a": "ok", "b": "ok", "c": "ok"})  # a warning, not a refusal
+    assert "the rule deny 'r_m' matches no tool of this plan (rm)" in err
+    assert "the rule deny '\\x1b[31mx' matches no tool" in err  # escaped, never sent raw
+    assert "'r*'" not in err  # a rule that matches is not warned of
+
+
 def test_cli_approval_timeout(cli_dir: Path) -> None:
     slow_stdin = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"],
                                   stdout=subprocess.PIPE)

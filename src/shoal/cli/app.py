@@ -21,6 +21,7 @@ import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from fnmatch import fnmatchcase
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
@@ -417,6 +418,7 @@ def _run_checked(options: RunOptions) -> int:
     runtime = options.runtime(pause)
     with others_to_stderr(options.as_json):  # a tool module printing as it imports
         plan = load_plan(options.plan_file, modules=plan_modules(options.modules))
+    _warn_of_rules_for_no_tool(runtime.approvals.approver, plan)
     sink = _open_events(options.events)
     if isinstance(sink, str):
         return _bad_input("events", sink, options.as_json)
@@ -445,6 +447,22 @@ def _run_checked(options: RunOptions) -> int:
     if result.abandoned:
         _exit_leaving_threads(result, code)
     return code
+
+
+def _warn_of_rules_for_no_tool(approver: Approver | None, plan: Plan) -> None:
+    """Warn of each rule whose tool pattern matches no tool of ``plan``: a misspelt name.
+
+    ``deny: delet_file`` denies nothing, silently; with ``otherwise: allow`` the call it meant
+    runs unasked. A warning only: a plan's agents may call tools that are not its nodes.
+    """
+    if not isinstance(approver, RulesApprover):
+        return
+    tools = sorted({node.tool.name for node in plan.nodes})
+    for rule in approver.rules:
+        if not any(fnmatchcase(name, rule.tool) for name in tools):
+            sys.stderr.write(
+                f"warning: the rule {rule.action} '{clean(rule.tool)}' matches no tool of this "
+                f"plan ({clean(one_line(', '.join(tools), 120))}); is the name misspelt?\n")
 
 
 def _put_cwd_on_path() -> None:
