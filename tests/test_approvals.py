@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import json
 import logging
 import os
@@ -374,6 +375,60 @@ def test_every_way_of_not_approving_denies(approver: Approver, why: str) -> None
     assert statuses(result) == {a.node: "denied", b.node: "denied"}
     assert why in result[a].reason
     assert RAN == []
+
+
+class Endless(Approver):
+    async def review(self, batch: Sequence[ApprovalRequest]) -> Sequence[Decision]:
+        return itertools.repeat(Decision.deny("endless"))  # type: ignore[return-value]
+
+
+def test_an_approver_answering_with_an_endless_iterator_neither_hangs_nor_approves() -> None:
+    # its answers were read whole (list(...)) on the event loop: the process hung for good,
+    # past the approval timeout and any cancel
+    plan = Plan()
+    a = plan.call(delete, path="x")
+    b = plan.call(delete_sync, path="y")
+
+    async def main() -> RunResult:
+        async with Runtime(approver=Endless(), approval_timeout=5) as runtime:
+            return await runtime.run(plan)
+
+    result = run_in_thread_within(main, 30.0)
+    assert statuses(result) == {a.node: "denied", b.node: "denied"}
+    assert result[a].reason == "endless" and RAN == []
+
+
+@pytest.mark.parametrize("answer", ["x" * 10_000_000, ["y"] * 1_000_000])
+def test_a_huge_wrong_answer_is_quoted_in_bounds_in_the_denial(answer: object) -> None:
+    # the whole repr became the stored reason, which an agent reads as the tool's result:
+    # 10 MB of it for a 10 MB string
+    plan = Plan()
+    a = plan.call(delete, path="x")
+    b = plan.call(delete_sync, path="y")
+    callback = CallbackApprover(lambda r: answer)  # type: ignore[arg-type, return-value]
+    for approver in (callback, Wrong(answer)):
+        result = run(plan, approver=approver)
+        assert statuses(result) == {a.node: "denied", b.node: "denied"}
+        assert "not a Decision" in result[a].reason and len(result[a].reason) < 5_000
+    assert RAN == []
+
+
+class Wrong(Approver):
+    def __init__(self, answer: object) -> None:
+        self.answer = answer
+
+    async def review(self, batch: Sequence[ApprovalRequest]) -> Sequence[Decision]:
+        return [self.answer for _ in batch]  # type: ignore[misc]
+
+
+def run_in_thread_within(main: Any, seconds: float) -> RunResult:
+    """``asyncio.run(main())`` on a daemon thread; fails (not hangs) if it takes longer."""
+    box: list[RunResult] = []
+    worker = threading.Thread(target=lambda: box.append(asyncio.run(main())), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert box, f"the run did not end within {seconds} s"
+    return box[0]
 
 
 def test_an_approval_timeout_is_a_denial() -> None:
@@ -1114,6 +1169,19 @@ def test_cli_rules_file(cli_dir: Path) -> None:
     assert (code, got) == (1, {"a": "denied", "b": "ok", "c": "ok"})
     code, _, err = shoal_run(cli_dir, "--approve", "missing.yaml")
     assert code == 2 and "cannot read the rules file" in err
+
+
+def test_cli_warns_of_a_rule_that_names_no_tool_of_the_plan(cli_dir: Path) -> None:
+    # a misspelt deny rule denied nothing, silently: with otherwise: allow the call it was
+    # written against ran unasked
+    (cli_dir / "rules.yaml").write_text(
+        "rules:\n  - deny: \"r_m\"\n  - allow: \"r*\"\n  - deny: \"\\e[31mx\"\n"
+        "otherwise: allow\n")
+    code, got, err = shoal_run(cli_dir, "--approve", "rules.yaml")
+    assert (code, got) == (0, {"a": "ok", "b": "ok", "c": "ok"})  # a warning, not a refusal
+    assert "the rule deny 'r_m' matches no tool of this plan (rm)" in err
+    assert "the rule deny '\\x1b[31mx' matches no tool" in err  # escaped, never sent raw
+    assert "'r*'" not in err  # a rule that matches is not warned of
 
 
 def test_cli_approval_timeout(cli_dir: Path) -> None:

@@ -448,3 +448,51 @@ def test_a_ctrl_c_before_the_run_starts_cancels_it_as_it_starts(
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
     assert ctrl_c.interrupted and result.counts["cancelled"] == 1
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(("signum", "code", "reason"), [
+    (signal.SIGINT, 130, "interrupted (Ctrl-C)"), (signal.SIGTERM, 143, "terminated (SIGTERM)")])
+def test_a_signal_cancels_the_run_records_it_and_says_how_to_resume(
+        workdir: Path, signum: signal.Signals, code: int, reason: str) -> None:
+    # SIGTERM (kill, docker stop) used to end shoal outright: no outcome printed, the calls
+    # left in flight in the journal (a resume found them in doubt); neither signal said how
+    # to go on
+    write_plan(workdir, sleepers(workdir, "nap", count=4))
+    proc = start(workdir, "--executor", "thread")
+    try:
+        wait_for_markers(workdir, 4, proc)
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == code, err
+    outcomes = check_outcomes(out, 4)
+    assert {o["reason"] for o in outcomes.values()} == {reason}
+    run_id = json.loads(out)["run_id"]
+    assert f"shoal resume {run_id}" in err and "Traceback" not in err
+    shown = subprocess.run(
+        [sys.executable, "-m", "shoal.cli.app", "show", run_id, "--json"], cwd=workdir,
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    journaled = json.loads(shown.stdout)
+    assert journaled["status"] == "cancelled"  # not left running: every outcome journaled
+    assert {o["status"] for o in journaled["outcomes"]} == {"cancelled"}
+
+
+def test_sigterm_counts_as_a_press_and_its_handler_is_put_back() -> None:
+    from shoal.cli.interrupt import CtrlC
+
+    with CtrlC() as ctrl_c:
+        signal.raise_signal(signal.SIGTERM)  # no run yet: recorded, the process lives on
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back
+    assert ctrl_c.interrupted and ctrl_c.exit_code == 143
+    assert ctrl_c.reason == "terminated (SIGTERM)"
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:  # a SIGTERM the caller ignores (nohup-like) stays ignored
+        with CtrlC() as ctrl_c:
+            signal.raise_signal(signal.SIGTERM)
+        assert not ctrl_c.interrupted
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import threading
 import time
@@ -39,6 +40,7 @@ from shoal.approvals.policy import request_id as request_id_of  # its parameters
 from shoal.clock import running_loop
 from shoal.exceptions import describe_exception
 from shoal.limits import Rate, RateLimiter
+from shoal.outcome import _safe_repr
 from shoal.scheduler.state import Ask, Withdraw
 
 if TYPE_CHECKING:
@@ -319,14 +321,14 @@ class ApprovalDesk:
 
     async def _ask(self, approver: Approver, requests: list[ApprovalRequest]) -> list[Decision]:
         """The approver's decisions, one per request; a failing approver denies them all."""
-        try:
-            answers = list(await approver.review(requests))
+        try:  # no more answers than requests are read: an endless iterator must not hang
+            answers = list(itertools.islice(await approver.review(requests), len(requests)))
         except Exception as exc:  # the approver's bug: deny, and say so, rather than run
             log.exception("approver %s failed", _name_of(approver))
             why = f"the approver failed: {describe_exception(exc)}"
             return [Decision.deny(why) for _ in requests]
-        decisions = [a if isinstance(a, Decision) else Decision.deny(
-            f"the approver answered {a!r}, not a Decision") for a in answers[:len(requests)]]
+        decisions = [a if isinstance(a, Decision) else Decision.deny(  # quoted in bounds
+            f"the approver answered {_safe_repr(a)}, not a Decision") for a in answers]
         missing = len(requests) - len(decisions)
         return decisions + [Decision.deny("the approver gave no decision")] * missing
 

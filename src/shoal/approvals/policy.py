@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from shoal.exceptions import ConfigError, describe_exception
+from shoal.outcome import _safe_repr
 from shoal.store.base import canonical_json
 
 if TYPE_CHECKING:
@@ -234,7 +235,8 @@ def _as_decision(answer: object) -> Decision:
         return Decision.approve()
     if answer is False or answer is None:
         return Decision.deny("denied by the approval callback")
-    return Decision.deny(f"the approval callback returned {answer!r}, not a Decision or bool")
+    return Decision.deny(f"the approval callback returned {_safe_repr(answer)}, not a Decision "
+                         "or bool")  # quoted in bounds: it becomes the stored reason
 
 
 def as_approver(value: Approver | Callback | None) -> Approver | None:

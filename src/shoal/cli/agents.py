@@ -35,7 +35,7 @@ from shoal.cli.compose import (
     is_composition,
     start_composition,
 )
-from shoal.cli.interrupt import EXIT_INTERRUPTED, Cancellable, CtrlC, stopped_by_a_call
+from shoal.cli.interrupt import Cancellable, CtrlC, say_stopped, stopped_by_a_call
 from shoal.cli.live import LivePause, live_view, show_cursor
 from shoal.cli.render import announce
 from shoal.cli.safe import count, one_line, others_to_stderr, safe_str
@@ -223,7 +223,9 @@ def run_agent_target(options: AgentOptions, console: Console, live: bool) -> int
         view = AgentTree.from_summary(summary(result))
     _print(result, error, options.as_json, console, view, composed=composed)
     if ctrl_c.interrupted:
-        return EXIT_INTERRUPTED
+        if options.journal is not None and (result is None or not result.ok):
+            say_stopped(options.journal.run_id, ctrl_c.reason)
+        return ctrl_c.exit_code
     if _journal_failed(error):  # the run's calls are shown above, and what to do
         return EXIT_JOURNAL_FAILED
     return 0 if error is None else 1

@@ -5,7 +5,7 @@
 (:mod:`shoal.cli.journal`).
 
 Exit codes: 0 every node ok; 1 some node did not succeed; 2 a bad plan or bad options;
-130 interrupted by Ctrl-C.
+130 interrupted by Ctrl-C; 143 stopped by SIGTERM (taken as Ctrl-C is).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from fnmatch import fnmatchcase
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
@@ -36,7 +37,7 @@ from shoal.cli import presses
 from shoal.cli.agent_journal import AgentJournal
 from shoal.cli.agents import AgentOptions, is_agent_target, model_option, run_agent_target
 from shoal.cli.approver import ConsoleApprover
-from shoal.cli.interrupt import EXIT_INTERRUPTED, CtrlC, stopped_by_a_call
+from shoal.cli.interrupt import EXIT_INTERRUPTED, CtrlC, say_stopped, stopped_by_a_call
 from shoal.cli.journal import register as register_journal_commands
 from shoal.cli.live import LivePause, follow, show_cursor
 from shoal.cli.mcp import register as register_mcp_commands
@@ -201,8 +202,8 @@ RUN_HELP = "\n\n".join([
     "tools' package, e.g. from the repository root: shoal run examples/site_report/plan.yaml",
     "On a terminal a live view shows progress; piped, only the final table is printed.",
     "Exit codes: 0 every node ok; 1 some node did not succeed; 2 bad plan or options; "
-    "130 interrupted (Ctrl-C once cancels the run and still prints every outcome; twice quits "
-    "at once).",
+    "130 interrupted (Ctrl-C once cancels the run and still prints every outcome, and how to "
+    "resume it; twice quits at once); 143 the same after SIGTERM.",
 ])
 
 
@@ -417,6 +418,7 @@ def _run_checked(options: RunOptions) -> int:
     runtime = options.runtime(pause)
     with others_to_stderr(options.as_json):  # a tool module printing as it imports
         plan = load_plan(options.plan_file, modules=plan_modules(options.modules))
+    _warn_of_rules_for_no_tool(runtime.approvals.approver, plan)
     sink = _open_events(options.events)
     if isinstance(sink, str):
         return _bad_input("events", sink, options.as_json)
@@ -439,10 +441,28 @@ def _run_checked(options: RunOptions) -> int:
         if sink is not None:
             sink.close()
     _print_result(result, options.as_json, console)
-    code = EXIT_INTERRUPTED if ctrl_c.interrupted else (EXIT_OK if result.ok else EXIT_FAILED)
+    if ctrl_c.interrupted and started and runtime.store is not None and not result.ok:
+        say_stopped(started[0], ctrl_c.reason)  # after the table: the last thing a user sees
+    code = ctrl_c.exit_code if ctrl_c.interrupted else (EXIT_OK if result.ok else EXIT_FAILED)
     if result.abandoned:
         _exit_leaving_threads(result, code)
     return code
+
+
+def _warn_of_rules_for_no_tool(approver: Approver | None, plan: Plan) -> None:
+    """Warn of each rule whose tool pattern matches no tool of ``plan``: a misspelt name.
+
+    ``deny: delet_file`` denies nothing, silently; with ``otherwise: allow`` the call it meant
+    runs unasked. A warning only: a plan's agents may call tools that are not its nodes.
+    """
+    if not isinstance(approver, RulesApprover):
+        return
+    tools = sorted({node.tool.name for node in plan.nodes})
+    for rule in approver.rules:
+        if not any(fnmatchcase(name, rule.tool) for name in tools):
+            sys.stderr.write(
+                f"warning: the rule {rule.action} '{clean(rule.tool)}' matches no tool of this "
+                f"plan ({clean(one_line(', '.join(tools), 120))}); is the name misspelt?\n")
 
 
 def _put_cwd_on_path() -> None:

@@ -1,4 +1,8 @@
-"""Ctrl-C during a run: the first press cancels it cleanly, a second one exits at once."""
+"""Ctrl-C during a run: the first press cancels it cleanly, a second one exits at once.
+
+``SIGTERM`` (``kill``, ``docker stop``, a supervisor ending the command) is taken the same way:
+the run is cancelled with every outcome recorded, and the command exits with 143.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +15,17 @@ from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import Any, Protocol
 
-__all__ = ["EXIT_INTERRUPTED", "INTERRUPT_REASON", "Cancellable", "CtrlC", "stopped_by_a_call"]
+__all__ = ["EXIT_INTERRUPTED", "EXIT_TERMINATED", "INTERRUPT_REASON", "TERMINATE_REASON",
+           "Cancellable", "CtrlC", "resume_hint", "say_stopped", "stopped_by_a_call"]
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a process stopped by Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what shells report for a process stopped by kill
 INTERRUPT_REASON = "interrupted (Ctrl-C)"
+TERMINATE_REASON = "terminated (SIGTERM)"
+
+#: What the first signal of each kind cancels the run with: the reason and the exit code.
+_STOPS = {signal.SIGINT: (INTERRUPT_REASON, EXIT_INTERRUPTED),
+          signal.SIGTERM: (TERMINATE_REASON, EXIT_TERMINATED)}
 
 
 class Cancellable(Protocol):
@@ -25,11 +36,14 @@ class Cancellable(Protocol):
 
 
 class CtrlC:
-    """Context manager handling SIGINT for one run: the first press cancels it on its loop.
+    """Context manager handling SIGINT and SIGTERM for one run: the first cancels it on its loop.
 
     First press: ``handle.cancel(...)`` on the loop; the run still ends normally with every
     outcome recorded, and ``interrupted`` becomes true. Second press: ``on_hard_exit()``, then
-    ``os._exit(130)`` without waiting for anything.
+    ``os._exit(130)`` without waiting for anything. A ``SIGTERM`` counts as a press (so a
+    process that is asked to stop records its outcomes and stays resumable rather than dying
+    with its calls in flight, which a resume would find in doubt); a run it stopped exits with
+    143 (:attr:`exit_code`), and its calls are cancelled with :data:`TERMINATE_REASON`.
 
     Entered around ``asyncio.run`` without a handle, it holds SIGINT from before the loop
     exists: a press before the run has started is recorded, and :meth:`attach` cancels the run
@@ -55,11 +69,24 @@ class CtrlC:
         self._previous: Any = None
         self._presses = 0
         self._cancelled = False
+        self._first: signal.Signals = signal.SIGINT  # the signal that stopped the run
+        self._previous_term: Any = None
+        self._term_installed = False
 
     @property
     def interrupted(self) -> bool:
         """Whether Ctrl-C was pressed during the run (or before it, see the class)."""
         return self._presses > 0
+
+    @property
+    def reason(self) -> str:
+        """Why the run was cancelled: :data:`INTERRUPT_REASON` or :data:`TERMINATE_REASON`."""
+        return _STOPS[self._first][0]
+
+    @property
+    def exit_code(self) -> int:
+        """The command's exit code for a run it stopped: 130 after Ctrl-C, 143 after SIGTERM."""
+        return _STOPS[self._first][1]
 
     def __enter__(self) -> CtrlC:
         from shoal.cli import presses  # this package's: light
@@ -70,6 +97,9 @@ class CtrlC:
         except ValueError:
             return self  # not the main thread: Ctrl-C keeps its usual meaning
         self._installed = True
+        self._term_installed = signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN
+        if self._term_installed:  # a SIGTERM the caller ignores stays ignored
+            self._previous_term = signal.signal(signal.SIGTERM, self._on_sigint)
         if self._handle is not None:
             self.attach(self._handle)
         return self
@@ -90,12 +120,15 @@ class CtrlC:
                  tb: TracebackType | None) -> None:
         if self._installed:  # not installed: the old handler was not set from Python
             signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
+            if self._term_installed:
+                signal.signal(signal.SIGTERM, self._previous_term or signal.SIG_DFL)
             self._installed = False
         self._loop = None
 
     def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
         self._presses += 1
         if self._presses == 1:
+            self._first = signal.Signals(signum)
             loop = self._loop
             if loop is not None and not loop.is_closed():
                 loop.call_soon_threadsafe(self._cancel)
@@ -103,16 +136,33 @@ class CtrlC:
         self._on_hard_exit()
         # os.write, not print: the handler may have interrupted a print in progress
         os.write(2, b"\ninterrupted twice: exiting without waiting for running calls\n")
-        os._exit(EXIT_INTERRUPTED)
+        os._exit(self.exit_code)
 
     def _cancel(self) -> None:
         # on the loop, so printing is safe, and a live view shows the message above itself
         if self._cancelled or self._handle is None:
             return
         self._cancelled = True
-        print("\ninterrupted: cancelling the run; press Ctrl-C again to quit at once",
+        reason = self.reason
+        again = ("press Ctrl-C again" if self._first == signal.SIGINT
+                 else "send SIGTERM or press Ctrl-C again")
+        print(f"\n{reason.split(' (')[0]}: cancelling the run; {again} to quit at once",
               file=sys.stderr, flush=True)
-        self._handle.cancel(reason=INTERRUPT_REASON)
+        self._handle.cancel(reason=reason)
+
+
+def resume_hint(run_id: str) -> str:
+    """How to see and continue a journaled run that stopped before its end (``run_id`` clean)."""
+    return f"'shoal show {run_id}' shows every outcome, 'shoal resume {run_id}' runs what is left"
+
+
+def say_stopped(run_id: str, reason: str) -> None:
+    """Tell on stderr that a signal stopped the journaled run ``run_id``, and how to resume it."""
+    from shoal.cli.safe import clean  # rich and the rest only when it comes to this
+
+    run_id = clean(run_id)
+    sys.stderr.write(f"run {run_id} {reason.split(' (')[0]}; {resume_hint(run_id)}\n")
+    sys.stderr.flush()
 
 
 def stopped_by_a_call(run_id: str, journaled: bool, as_json: bool) -> int:
@@ -128,8 +178,7 @@ def stopped_by_a_call(run_id: str, journaled: bool, as_json: bool) -> int:
     message = ("a call raised KeyboardInterrupt, which stops a run as Ctrl-C does: its calls "
                "still going were cancelled")
     if run_id and journaled:
-        message += (f"; 'shoal show {run_id}' shows every outcome, 'shoal resume {run_id}' "
-                    "runs what is left")
+        message += f"; {resume_hint(run_id)}"
     sys.stderr.write(f"error: {message}\n")
     if as_json:
         sys.stdout.write(json.dumps({"error": "interrupted", "run_id": run_id or None,
