@@ -122,6 +122,7 @@ __all__ = [
     "WorkerCrashedError",
     "bounded_text",
     "describe_exception",
+    "exception_message",
     "install_hint",
     "source_checkout",
 ]
@@ -161,14 +162,20 @@ MAX_PROBLEM_CHARS = 2000  # of a plan problem's message
 
 def describe_exception(exc: BaseException) -> str:
     """``Type: message`` of any exception, never raising (a ``__str__`` may fail or lie)."""
+    message = exception_message(exc)
+    name = type(exc).__name__
+    return f"{name}: {message}" if message else name
+
+
+def exception_message(exc: BaseException) -> str:
+    """``str(exc)``, never raising: an exception's own ``__str__`` may fail."""
     try:
         message = str(exc)
     except KeyboardInterrupt:
         raise
     except BaseException:  # SystemExit too: an error's own code must not end the program
-        message = "<its message cannot be shown: its __str__ failed>"
-    name = type(exc).__name__
-    return f"{name}: {message}" if isinstance(message, str) and message else name
+        return "<its message cannot be shown: its __str__ failed>"
+    return message if isinstance(message, str) else ""
 
 
 def bounded_text(text: str, limit: int) -> str:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from shoal.agents.remote import HEADER
 from shoal.clock import running_loop
+from shoal.exceptions import describe_exception
 from shoal.executors._shipping import dumps, loads
 
 log = logging.getLogger("shoal")
@@ -713,7 +714,7 @@ def _serve(argv: list[str]) -> int:
     try:
         message = link.read()
     except Exception as exc:  # the agent's definition needs what cannot be imported here
-        link.send(("error", f"{type(exc).__name__}: {exc}"))
+        link.send(("error", describe_exception(exc)))
         return 1
     if message is None:
         return 0

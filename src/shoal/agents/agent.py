@@ -34,6 +34,7 @@ from shoal.exceptions import (
     ShoalError,
     ToolDefinitionError,
     bounded_text,
+    exception_message,
 )
 from shoal.limits import ProcessLimits, parse_process_limits
 from shoal.merge import shown
@@ -670,7 +671,8 @@ async def _run_root(root: AgentRun, own_runtime: bool, own_model: Model | None) 
         return result
     error = result.error
     if not isinstance(error, ShoalError):
-        error = AgentError(f"agent {root.lineage} ended {result.status}: {error}")
+        error = AgentError(f"agent {root.lineage} ended {result.status}: "
+                           f"{exception_message(error) if error is not None else ''}")
     error.result = result  # type: ignore[attr-defined]  # also on ModelError: the run so far
     raise error
 

@@ -79,6 +79,7 @@ from shoal.agents.toolcalls import (
     _unsendable,
     bounded,
     result_text,
+    unknown_part,
 )
 from shoal.events import Event, ModelRetrying, PlanCallParsed
 from shoal.exceptions import (
@@ -89,6 +90,7 @@ from shoal.exceptions import (
     PlanError,
     PlanProblem,
     ShoalError,
+    describe_exception,
 )
 from shoal.models.base import (
     AssistantMessage,
@@ -237,7 +239,7 @@ class _PlanCalls:
         except Exception as exc:  # a literal no check foresaw: refused, never the agent's end
             log.exception("%s: checking plan step %s failed", self.agent_run.lineage, call.id)
             problems = [PlanProblem("bad_arguments", f"the arguments cannot be checked: "
-                                    f"{type(exc).__name__}: {exc}", call.id)]
+                                    f"{describe_exception(exc)}", call.id)]
         if problems:
             self._reject(round_, call, _problems(problems, call.line), tool.name, args)
             return
@@ -290,7 +292,7 @@ class _PlanCalls:
         name = tool or call.tool
         arguments = _arguments(args if args is not None else _raw_args(call))
         record = _rejected(ToolCall(call.id, name, arguments),
-                           where or _child(self.agent_run.lineage, f"{name}?"), why)
+                           where or _child(self.agent_run.lineage, unknown_part(name)), why)
         self.refused.setdefault(call.id, why)
         round_.entries.append(record)
         if self._first_time((call.id, why)):

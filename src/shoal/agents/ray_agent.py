@@ -78,7 +78,7 @@ from shoal.agents.remote import (
     routed_store,
     start_spec,
 )
-from shoal.exceptions import AgentError, ConfigError, SerializationError
+from shoal.exceptions import AgentError, ConfigError, SerializationError, describe_exception
 from shoal.executors._shipping import dumps
 from shoal.executors.ray import _here
 from shoal.executors.results import load_result
@@ -693,7 +693,7 @@ class AgentActor:
         try:
             message = link.read()
         except Exception as exc:  # the agent's definition needs what cannot be imported here
-            link.send(("error", f"{type(exc).__name__}: {exc}"))
+            link.send(("error", describe_exception(exc)))
             return "could not load the agent"
         if message is None:
             return "the parent went away"

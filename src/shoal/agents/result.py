@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal
 from typing_extensions import TypeVar
 
 from shoal.agents.toolcalls import CallRecord
+from shoal.exceptions import describe_exception
 from shoal.models.base import Message, Usage
 from shoal.outcome import jsonable
 
@@ -107,7 +108,7 @@ class AgentResult(Generic[T]):
         return {
             "agent": self.agent, "lineage": self.lineage, "run_id": self.run_id,
             "prompt": self.prompt, "status": self.status, "output": jsonable(self.output),
-            "error": None if self.error is None else f"{type(self.error).__name__}: {self.error}",
+            "error": None if self.error is None else describe_exception(self.error),
             "turns": self.turns, "duration": self.duration, "where": self.where,
             "pid": self.pid, "isolation": self.isolation,
             "usage": _usage(self.usage), "own_usage": _usage(self.own_usage),

@@ -52,6 +52,7 @@ from shoal.exceptions import (
     ModelError,
     OutputValidationError,
     PlanChangedError,
+    exception_message,
 )
 from shoal.models.base import (
     AssistantMessage,
@@ -746,7 +747,7 @@ class AgentRun:
                 run_id=self.ctx.run_id, time=self.ctx.now(), lineage=self.lineage,
                 agent=self.agent.name, status=status, output=str(result.output)[:200],
                 turns=result.turns, total_tokens=total.total_tokens, duration=result.duration,
-                error="" if error is None else str(error)))
+                error="" if error is None else exception_message(error)))
 
 
 def _refuse_steps_per_run(store: Store, where: str) -> None:
@@ -783,7 +784,7 @@ def _why_abandoned(exc: BaseException) -> str:
         return "the agent running these calls was cancelled"
     if isinstance(exc, BudgetExceeded):
         return str(exc)
-    return f"the model turn that asked for these calls failed: {exc}"
+    return f"the model turn that asked for these calls failed: {exception_message(exc)}"
 
 
 def _one_request(usage: Usage) -> Usage:

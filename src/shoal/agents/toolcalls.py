@@ -236,7 +236,7 @@ async def execute_calls(
     lineages: dict[str, str] = {}
     for index, call in enumerate(calls):
         found = by_name.get(call.name)
-        where = _child(lineage, counter.next(call.name) if found else f"{call.name}?")
+        where = _child(lineage, counter.next(call.name) if found else unknown_part(call.name))
         checked = _check(index, call, found, by_name, where, prepare)
         if isinstance(checked, CallRecord):
             records[index] = checked
@@ -298,6 +298,15 @@ def _reword(records: list[CallRecord | None], error_format: ToolErrorFormat) -> 
             continue
         message = replace(record.message, content=bounded(str(text)))
         records[index] = replace(record, message=message)
+
+
+def unknown_part(name: str) -> str:
+    """The lineage part of a call of a tool no one offered: its name, then ``?``.
+
+    A ``/`` in the name a model made up is written ``%2F``: lineages are split at ``/``, and
+    a name holding one would read as calls nested in calls that never were.
+    """
+    return f"{name.replace('/', '%2F')}?"
 
 
 def _child(lineage: str, name: str) -> str:
@@ -441,7 +450,7 @@ class CallStream:
             n = counts[name] = counts.get(name, 0) + 1
             node_name = f"{name}#{n}"
         else:
-            node_name = f"{name}?"
+            node_name = unknown_part(name)
         where = f"{self._lineage}/{node_name}" if self._lineage else node_name
         checked = _check(index, call, found, self._by_name, where, self._prepare)
         if isinstance(checked, CallRecord):

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from shoal.events import placement
+from shoal.exceptions import describe_exception
 from shoal.outcome import Outcome, jsonable
 from shoal.timeline.critical import longest_chain
 
@@ -570,7 +571,7 @@ def _agent_detail(agent: AgentResult[Any]) -> str:
     if where:
         text += f" · {where}"
     if agent.error is not None:
-        text += f"\n{type(agent.error).__name__}: {agent.error}"
+        text += f"\n{describe_exception(agent.error)}"
     return preview(text)
 
 
