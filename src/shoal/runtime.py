@@ -281,6 +281,18 @@ class RunHandle:
             raise RunClosedError(f"run {self.run_id} has ended and its event loop is closed: "
                                  "read its result instead") from None
 
+    def _ended_outcomes(self) -> Callable[[str], Outcome | None] | None:
+        """A reader of the nodes' outcomes they have now (``None`` for one that has none yet).
+
+        For shoal's agents, which wait for a tool phase's calls in turn and find most of them
+        ended by then: read at once, no future made for each. ``None`` instead of a reader
+        when asked from another loop than the run's: the run's state is its loop's alone, so
+        such a caller waits through :meth:`outcome_of`.
+        """
+        if running_loop() is not self._task.get_loop():
+            return None
+        return self._driver.outcome_if_ended
+
     def snapshot(self) -> Snapshot:
         """Counts per status and the calls in flight, for progress displays."""
         return self._driver.snapshot()

@@ -494,6 +494,16 @@ class Driver:
             self._watch(pos, future)
         return future
 
+    def outcome_if_ended(self, node_id: str) -> Outcome | None:
+        """The outcome of ``node_id`` if it has one now, else ``None``; makes no future.
+
+        For a waiter that asks for several nodes' outcomes and finds most already there (an
+        agent's tool phase, once its first call ended): :meth:`outcome_of` would make a
+        future to hold each of them. Only on the run's loop (its state is that loop's alone).
+        """
+        pos = self.graph.position.get(node_id)
+        return None if pos is None else self.state.outcome_at(pos)
+
     def _watch(self, pos: int, future: asyncio.Future[Outcome]) -> None:
         """Let ``future`` wait for the outcome of the node at ``pos``."""
         waiting = self._watchers.get(pos)
