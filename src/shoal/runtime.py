@@ -533,8 +533,9 @@ class Runtime:
             _Journaling(resume, rerun, mark_done, source, force), lineage,
             _Sharing(board, budget, within))
         task = loop.create_task(self._drive(driver, claim))
-        # a task cancelled before its first step never runs _drive: its end is told here
-        task.add_done_callback(functools.partial(self._run_ended, driver))
+        # a task cancelled before its first step never runs _drive: its end is told here (the
+        # function, not a bound method, in the partial: one object less per run in flight)
+        task.add_done_callback(functools.partial(Runtime._run_ended, self, driver))
         return RunHandle(driver, task)
 
     def open_run(
@@ -572,8 +573,9 @@ class Runtime:
             _Journaling(resume, rerun, mark_done, {"open_run": True}, force),
             lineage, _Sharing(board, budget, within), open_run=True)
         task = loop.create_task(self._drive(driver, claim))
-        # a task cancelled before its first step never runs _drive: its end is told here
-        task.add_done_callback(functools.partial(self._run_ended, driver))
+        # a task cancelled before its first step never runs _drive: its end is told here (the
+        # function, not a bound method, in the partial: one object less per run in flight)
+        task.add_done_callback(functools.partial(Runtime._run_ended, self, driver))
         return OpenRun(RunHandle(driver, task), plan)
 
     async def run(

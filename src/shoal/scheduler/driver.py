@@ -263,7 +263,9 @@ class Driver:
         # to the state machine together once the pool's batch of ends is in (_pool_batch_end);
         # made on first use (an agent's steps run has none, and a swarm keeps a thousand runs)
         self._pool_returned: list[tuple[int, Any, str, float, float]] | None = None
-        self._stopped_late: set[int] = set()
+        # positions of pool calls stopped whose end is on its way (made on first use: most
+        # runs never stop one, and a swarm keeps a run per agent in flight)
+        self._stopped_late: set[int] | None = None
         # (pos, value, where, began, finished) of tasks (see _attempt_inline) that returned a
         # plain value in this loop turn, fed to the state machine together on the next
         # (_task_batch_end); None while there are none
@@ -831,7 +833,8 @@ class Driver:
 
     def _stopped_end(self, call: Call, result: AttemptResult) -> None:
         """The end of a stopped call that had no task, one loop turn later (as a task's)."""
-        self._stopped_late.discard(call.pos)
+        if self._stopped_late is not None:
+            self._stopped_late.discard(call.pos)
         if self._tasks.get(call.pos) is call:
             assert self._context is not None
             self._context.run(self._report, self._attempt_done, call, result)
@@ -1127,11 +1130,13 @@ class Driver:
             pool, job = on_pool
             pool.stop(call, job)
             assert self._loop is not None
+            if self._stopped_late is None:
+                self._stopped_late = set()
             self._stopped_late.add(pos)
             self._loop.call_soon(self._stopped_end, call,
                                  AttemptResult("cancelled", abandoned=call.abandoned))
-        elif pos not in self._stopped_late:  # to run at once, and not yet: it never will
-            self._at_once_stopped.add(pos)
+        elif not self._stopped_late or pos not in self._stopped_late:
+            self._at_once_stopped.add(pos)  # to run at once, and not yet: it never will
 
     def _orphans(self) -> None:
         """Report cancelled the calls without a task that nothing will report any more.
@@ -1141,7 +1146,8 @@ class Driver:
         """
         for pos, call in list(self._tasks.items()):
             if (pos not in self._task_of and self._tasks.get(pos) is call
-                    and pos not in self._on_pool and pos not in self._stopped_late
+                    and pos not in self._on_pool
+                    and (not self._stopped_late or pos not in self._stopped_late)
                     and not self._at_once and not self._to_pool):
                 assert self._context is not None
                 self._context.run(self._report, self._attempt_done, call,
