@@ -253,7 +253,7 @@ def _futures_per_run(calls: int) -> int:
     finally:
         loop.close()
     assert result.ok and len(result.calls) == 3 * calls
-    assert [c.outcome.value for c in result.calls[:calls]] == [f"k{c}" for c in range(calls)]
+    assert [c.message.content for c in result.calls[:calls]] == [f"k{c}" for c in range(calls)]
     return loop.made
 
 
