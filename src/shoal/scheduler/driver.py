@@ -245,11 +245,13 @@ class Driver:
         # or on a pool have none: no pair per call to make)
         self._task_of: dict[int, asyncio.Task[None]] = {}
         # calls that end in their first step, to run at once, each in the context a task of
-        # its own would have copied; those cancelled before they ran; whether a burst runs
-        self._at_once: deque[Call] = deque()
+        # its own would have copied; those cancelled before they ran; whether a burst runs.
+        # The two queues are made with the first such call (see _at_once_queues): an agent's
+        # steps run has none, and an empty deque is 600 bytes per run in flight.
+        self._at_once: deque[Call] | None = None
         # ... and theirs, in that order: for each call, the pair its start decision made (see
         # _start_calls): [the context as its calls started, the copy they run in]
-        self._at_once_contexts: deque[list[contextvars.Context]] = deque()
+        self._at_once_contexts: deque[list[contextvars.Context]] | None = None
         self._at_once_stopped: set[int] = set()
         self._bursting = False
         self._entered = False  # whether the driver's context is the current one (see _report)
@@ -676,6 +678,8 @@ class Driver:
                     lean_ok = lean and tool.is_async and not tool.injected
                 if at_once_ok and call.isolation == "inline":
                     tasks[call.pos] = call
+                    if at_once is None or contexts is None:
+                        at_once, contexts = self._at_once_queues()
                     at_once.append(call)
                     if shared is None:  # one copy for these calls, while none changes it
                         base = copy_context()
@@ -702,6 +706,12 @@ class Driver:
                     else self._loop.create_task(attempt, context=observer.attempt_context(call)))
             tasks[call.pos] = call
             self._task_of[call.pos] = task
+
+    def _at_once_queues(self) -> tuple[deque[Call], deque[list[contextvars.Context]]]:
+        """The queues of the calls to run at once and of their contexts (made on first use)."""
+        if self._at_once is None or self._at_once_contexts is None:
+            self._at_once, self._at_once_contexts = deque(), deque()
+        return self._at_once, self._at_once_contexts
 
     def _quick_for(self, tool: Tool[..., Any]) -> tuple[object, bool]:
         """Whether ``tool``'s inline calls run without a task, noted by tool (see :meth:`_apply`).
@@ -760,8 +770,9 @@ class Driver:
         kept = []
         for call, context in calls:
             if call.pos in self._at_once_stopped:
-                self._at_once.append(call)  # reported cancelled, never run
-                self._at_once_contexts.append([context, context])
+                queue, contexts = self._at_once_queues()
+                queue.append(call)  # reported cancelled, never run
+                contexts.append([context, context])
             else:
                 kept.append((call, context))
         return kept
@@ -853,8 +864,11 @@ class Driver:
         if not self._entered:  # each end is fed to the state machine in the driver's context
             self._context.run(self._report, self._burst)
             return
-        self._bursting, self._burst_due = True, False
         queue, contexts, stopped = self._at_once, self._at_once_contexts, self._at_once_stopped
+        if queue is None or contexts is None:  # no call was ever queued to run at once
+            self._burst_due = False
+            return
+        self._bursting, self._burst_due = True, False
         tasks, ran = self._tasks, 0
         clock, t0 = self._time, self._t0
         assert clock is not None
