@@ -574,7 +574,11 @@ class SchedulerState:
 
     def begin(self, now: float) -> Decisions:
         """Queue every node without dependencies and start what the limits allow."""
-        d = Decisions()
+        # the empty decision nodes added before the start kept (see add), else a new one: an
+        # open run's state keeps no spare from its first step on (an agent's steps run is
+        # opened with one node added, then waits on it: five objects a swarm holds per agent)
+        d = self._spare if self._spare is not None else Decisions()
+        self._spare = None
         self._begun = True
         cap = self._global.capacity
         # otherwise every node starts once ready; and ranking nodes of one level changes no
