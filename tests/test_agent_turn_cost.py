@@ -222,3 +222,43 @@ def test_a_gate_whose_slots_are_elsewhere_is_entered_and_left_for_every_request(
 
     run_virtual(main())
     assert (Counted.entered, Counted.left) == (3, 3)
+
+
+@shoal.tool
+async def quick_fetch(key: str) -> str:
+    """Fetch a key at once."""
+    return key
+
+
+class _FutureCounting(asyncio.SelectorEventLoop):
+    """An event loop that counts the futures made on it."""
+
+    made = 0
+
+    def create_future(self) -> asyncio.Future[Any]:
+        self.made += 1
+        return super().create_future()
+
+
+def _futures_per_run(calls: int) -> int:
+    model = ScriptedModel.per_prompt(
+        {"*": [*([call("quick_fetch", key=f"k{c}") for c in range(calls)] for _ in range(3)),
+               "done"]})
+    agent = shoal.Agent(name="worker", model=model, tools=[quick_fetch])
+    loop = _FutureCounting()
+    try:
+        loop.run_until_complete(agent.run("go"))  # first-use work out of the count
+        loop.made = 0
+        result = loop.run_until_complete(agent.run("go"))
+    finally:
+        loop.close()
+    assert result.ok and len(result.calls) == 3 * calls
+    assert [c.message.content for c in result.calls[:calls]] == [f"k{c}" for c in range(calls)]
+    return loop.made
+
+
+def test_a_tool_phase_reads_the_outcomes_its_calls_have_without_a_future_each() -> None:
+    # calls that end at once have their outcomes when the phase is waited for: one future
+    # per call (made and set at once) was six per subagent of a swarm
+    made = [_futures_per_run(n) for n in (1, 2, 4)]
+    assert made[0] == made[1] == made[2], made

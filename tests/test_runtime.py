@@ -749,6 +749,44 @@ def test_a_nodes_outcome_is_awaited_from_another_event_loop() -> None:
     assert seen == ["let go"]
 
 
+def test_an_ended_nodes_outcome_is_read_at_once_on_the_runs_loop_only() -> None:
+    # an agent's tool phase reads its ended calls' outcomes without a future each; a node
+    # still running, an unknown id and another loop's question get None (they wait instead)
+    held.clear()
+    asked_elsewhere: list[object] = []
+
+    def elsewhere(handle: shoal.RunHandle) -> None:
+        async def ask() -> None:
+            asked_elsewhere.append(handle._ended_outcomes())
+
+        asyncio.run(ask())
+
+    async def main() -> None:
+        async with Runtime() as runtime:
+            plan = Plan()
+            plan.call(nap, seconds=0, value=3, node_id="quick")
+            plan.call(held_call, node_id="h")
+            handle = runtime.start(plan)
+            ended_now = handle._ended_outcomes()
+            assert ended_now is not None
+            assert ended_now("quick") is None  # not started yet
+            await handle.outcome_of("quick")
+            ended = ended_now("quick")
+            assert ended is not None and ended.value == 3
+            assert ended_now("h") is None  # still running
+            assert ended_now("nobody") is None
+            thread = threading.Thread(target=elsewhere, args=(handle,), daemon=True)
+            thread.start()
+            await asyncio.to_thread(thread.join, 20)
+            held.set()
+            await handle
+            over = ended_now("h")
+            assert over is not None and over.value == "let go"
+
+    arun(main())
+    assert asked_elsewhere == [None]
+
+
 def test_a_nodes_outcome_asked_after_the_runs_loop_closed_says_so() -> None:
     async def finished() -> shoal.RunHandle:
         async with Runtime() as runtime:

@@ -866,3 +866,19 @@ def test_queries_answer_what_the_driver_needs_without_its_slots() -> None:
     state.deny(ask.pos, "no", 2.0)
     assert state.awaiting(ask.pos) is None
     assert len(list(state.ended())) == 2
+
+
+def test_an_open_runs_state_keeps_no_spare_decision_once_it_has_begun() -> None:
+    # an agent's steps run: its first step added before the start (nothing to decide then),
+    # the start starts it, and the run waits on it holding no empty decision and its lists
+    state = make_state(Plan("steps"), open_run=True)
+    first = Plan("more").make_node(step, {"value": 1}, node_id="model-1")
+    assert state.add([first], 0.0) is None  # recorded: the start queues it
+    d = state.begin(0.0)
+    assert started(d) == ["model-1"]
+    assert state._spare is None
+    d = state.finish(0, ok(1), 1.0)
+    assert outcome_of(state, "model-1").value == 1
+    second = Plan("more").make_node(step, {"value": 2}, node_id="fetch#1")
+    added = state.add([second], 1.0)
+    assert added is not None and started(added) == ["fetch#1"] and state._spare is None

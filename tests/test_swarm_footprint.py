@@ -205,3 +205,28 @@ def test_a_one_node_plans_graph_is_the_one_the_builder_makes() -> None:
         assert graph.edges == []
     empty = analyze(Plan("none"))
     assert (empty.nodes, empty.position, empty.preds, empty.static_count) == ([], {}, [], 0)
+
+
+@shoal.tool
+async def awaits(key: str) -> str:
+    """Wait a moment, then give the key back."""
+    await asyncio.sleep(0)
+    return key
+
+
+def test_a_run_makes_its_at_once_queues_only_with_a_call_that_runs_at_once() -> None:
+    # an agent's steps run (every call awaits) holds no empty deques while it goes; a call
+    # that ends in its first step, added later, still runs at once
+    async def main() -> tuple[bool, bool, list[object]]:
+        async with shoal.Runtime().open_run("steps") as run:
+            first = run.call(awaits, key="a")
+            await run.wait(first)
+            driver = run.handle._driver
+            before = driver._at_once is None
+            second = run.call(fetch, key="b")  # ends in its first step: runs at once
+            after = driver._at_once is not None
+            values = [await run.value(first), await run.value(second)]
+        return before, after, values
+
+    before, after, values = asyncio.run(main())
+    assert before and after and values == ["a", "b"]

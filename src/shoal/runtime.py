@@ -281,6 +281,18 @@ class RunHandle:
             raise RunClosedError(f"run {self.run_id} has ended and its event loop is closed: "
                                  "read its result instead") from None
 
+    def _ended_outcomes(self) -> Callable[[str], Outcome | None] | None:
+        """A reader of the nodes' outcomes they have now (``None`` for one that has none yet).
+
+        For shoal's agents, which wait for a tool phase's calls in turn and find most of them
+        ended by then: read at once, no future made for each. ``None`` instead of a reader
+        when asked from another loop than the run's: the run's state is its loop's alone, so
+        such a caller waits through :meth:`outcome_of`.
+        """
+        if running_loop() is not self._task.get_loop():
+            return None
+        return self._driver.outcome_if_ended
+
     def snapshot(self) -> Snapshot:
         """Counts per status and the calls in flight, for progress displays."""
         return self._driver.snapshot()
@@ -521,8 +533,9 @@ class Runtime:
             _Journaling(resume, rerun, mark_done, source, force), lineage,
             _Sharing(board, budget, within))
         task = loop.create_task(self._drive(driver, claim))
-        # a task cancelled before its first step never runs _drive: its end is told here
-        task.add_done_callback(functools.partial(self._run_ended, driver))
+        # a task cancelled before its first step never runs _drive: its end is told here (the
+        # function, not a bound method, in the partial: one object less per run in flight)
+        task.add_done_callback(functools.partial(Runtime._run_ended, self, driver))
         return RunHandle(driver, task)
 
     def open_run(
@@ -560,8 +573,9 @@ class Runtime:
             _Journaling(resume, rerun, mark_done, {"open_run": True}, force),
             lineage, _Sharing(board, budget, within), open_run=True)
         task = loop.create_task(self._drive(driver, claim))
-        # a task cancelled before its first step never runs _drive: its end is told here
-        task.add_done_callback(functools.partial(self._run_ended, driver))
+        # a task cancelled before its first step never runs _drive: its end is told here (the
+        # function, not a bound method, in the partial: one object less per run in flight)
+        task.add_done_callback(functools.partial(Runtime._run_ended, self, driver))
         return OpenRun(RunHandle(driver, task), plan)
 
     async def run(

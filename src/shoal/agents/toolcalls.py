@@ -511,11 +511,16 @@ class CallStream:
                 # of each agent's tool phase for as long as its calls run
                 handle = self._run.handle
                 outcomes: dict[str, Outcome] = {}
+                # most nodes have their outcome by the time the turn's first call ended:
+                # read at once, no future made to hold it
+                ended_now = handle._ended_outcomes()
                 for node_id in self._planned:
+                    if ended_now is not None and (ended := ended_now(node_id)) is not None:
+                        outcomes[node_id] = ended
+                        continue
                     while True:
                         # the node's own future, no shield: it is this waiter's alone (a
-                        # cancelled one is asked for again), and mostly has its outcome
-                        # already by the time the turn's first call ended
+                        # cancelled one is asked for again)
                         future = handle.outcome_of(node_id)
                         try:
                             outcomes[node_id] = (future.result() if future.done()

@@ -245,11 +245,13 @@ class Driver:
         # or on a pool have none: no pair per call to make)
         self._task_of: dict[int, asyncio.Task[None]] = {}
         # calls that end in their first step, to run at once, each in the context a task of
-        # its own would have copied; those cancelled before they ran; whether a burst runs
-        self._at_once: deque[Call] = deque()
+        # its own would have copied; those cancelled before they ran; whether a burst runs.
+        # The two queues are made with the first such call (see _at_once_queues): an agent's
+        # steps run has none, and an empty deque is 600 bytes per run in flight.
+        self._at_once: deque[Call] | None = None
         # ... and theirs, in that order: for each call, the pair its start decision made (see
         # _start_calls): [the context as its calls started, the copy they run in]
-        self._at_once_contexts: deque[list[contextvars.Context]] = deque()
+        self._at_once_contexts: deque[list[contextvars.Context]] | None = None
         self._at_once_stopped: set[int] = set()
         self._bursting = False
         self._entered = False  # whether the driver's context is the current one (see _report)
@@ -263,7 +265,9 @@ class Driver:
         # to the state machine together once the pool's batch of ends is in (_pool_batch_end);
         # made on first use (an agent's steps run has none, and a swarm keeps a thousand runs)
         self._pool_returned: list[tuple[int, Any, str, float, float]] | None = None
-        self._stopped_late: set[int] = set()
+        # positions of pool calls stopped whose end is on its way (made on first use: most
+        # runs never stop one, and a swarm keeps a run per agent in flight)
+        self._stopped_late: set[int] | None = None
         # (pos, value, where, began, finished) of tasks (see _attempt_inline) that returned a
         # plain value in this loop turn, fed to the state machine together on the next
         # (_task_batch_end); None while there are none
@@ -494,6 +498,16 @@ class Driver:
             self._watch(pos, future)
         return future
 
+    def outcome_if_ended(self, node_id: str) -> Outcome | None:
+        """The outcome of ``node_id`` if it has one now, else ``None``; makes no future.
+
+        For a waiter that asks for several nodes' outcomes and finds most already there (an
+        agent's tool phase, once its first call ended): :meth:`outcome_of` would make a
+        future to hold each of them. Only on the run's loop (its state is that loop's alone).
+        """
+        pos = self.graph.position.get(node_id)
+        return None if pos is None else self.state.outcome_at(pos)
+
     def _watch(self, pos: int, future: asyncio.Future[Outcome]) -> None:
         """Let ``future`` wait for the outcome of the node at ``pos``."""
         waiting = self._watchers.get(pos)
@@ -664,6 +678,8 @@ class Driver:
                     lean_ok = lean and tool.is_async and not tool.injected
                 if at_once_ok and call.isolation == "inline":
                     tasks[call.pos] = call
+                    if at_once is None or contexts is None:
+                        at_once, contexts = self._at_once_queues()
                     at_once.append(call)
                     if shared is None:  # one copy for these calls, while none changes it
                         base = copy_context()
@@ -690,6 +706,12 @@ class Driver:
                     else self._loop.create_task(attempt, context=observer.attempt_context(call)))
             tasks[call.pos] = call
             self._task_of[call.pos] = task
+
+    def _at_once_queues(self) -> tuple[deque[Call], deque[list[contextvars.Context]]]:
+        """The queues of the calls to run at once and of their contexts (made on first use)."""
+        if self._at_once is None or self._at_once_contexts is None:
+            self._at_once, self._at_once_contexts = deque(), deque()
+        return self._at_once, self._at_once_contexts
 
     def _quick_for(self, tool: Tool[..., Any]) -> tuple[object, bool]:
         """Whether ``tool``'s inline calls run without a task, noted by tool (see :meth:`_apply`).
@@ -748,8 +770,9 @@ class Driver:
         kept = []
         for call, context in calls:
             if call.pos in self._at_once_stopped:
-                self._at_once.append(call)  # reported cancelled, never run
-                self._at_once_contexts.append([context, context])
+                queue, contexts = self._at_once_queues()
+                queue.append(call)  # reported cancelled, never run
+                contexts.append([context, context])
             else:
                 kept.append((call, context))
         return kept
@@ -821,7 +844,8 @@ class Driver:
 
     def _stopped_end(self, call: Call, result: AttemptResult) -> None:
         """The end of a stopped call that had no task, one loop turn later (as a task's)."""
-        self._stopped_late.discard(call.pos)
+        if self._stopped_late is not None:
+            self._stopped_late.discard(call.pos)
         if self._tasks.get(call.pos) is call:
             assert self._context is not None
             self._context.run(self._report, self._attempt_done, call, result)
@@ -840,8 +864,11 @@ class Driver:
         if not self._entered:  # each end is fed to the state machine in the driver's context
             self._context.run(self._report, self._burst)
             return
-        self._bursting, self._burst_due = True, False
         queue, contexts, stopped = self._at_once, self._at_once_contexts, self._at_once_stopped
+        if queue is None or contexts is None:  # no call was ever queued to run at once
+            self._burst_due = False
+            return
+        self._bursting, self._burst_due = True, False
         tasks, ran = self._tasks, 0
         clock, t0 = self._time, self._t0
         assert clock is not None
@@ -1117,11 +1144,13 @@ class Driver:
             pool, job = on_pool
             pool.stop(call, job)
             assert self._loop is not None
+            if self._stopped_late is None:
+                self._stopped_late = set()
             self._stopped_late.add(pos)
             self._loop.call_soon(self._stopped_end, call,
                                  AttemptResult("cancelled", abandoned=call.abandoned))
-        elif pos not in self._stopped_late:  # to run at once, and not yet: it never will
-            self._at_once_stopped.add(pos)
+        elif not self._stopped_late or pos not in self._stopped_late:
+            self._at_once_stopped.add(pos)  # to run at once, and not yet: it never will
 
     def _orphans(self) -> None:
         """Report cancelled the calls without a task that nothing will report any more.
@@ -1131,7 +1160,8 @@ class Driver:
         """
         for pos, call in list(self._tasks.items()):
             if (pos not in self._task_of and self._tasks.get(pos) is call
-                    and pos not in self._on_pool and pos not in self._stopped_late
+                    and pos not in self._on_pool
+                    and (not self._stopped_late or pos not in self._stopped_late)
                     and not self._at_once and not self._to_pool):
                 assert self._context is not None
                 self._context.run(self._report, self._attempt_done, call,

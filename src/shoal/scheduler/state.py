@@ -463,7 +463,7 @@ class SchedulerState:
     # slots: an agent swarm holds a run, so a state, per turn in flight (thousands at once)
     __slots__ = (
         "_ask_doubt", "_asking", "_backends", "_begun", "_critical", "_default_executor", "_doubt",
-        "_ended", "_gates", "_global", "_global_blocks", "_global_held", "_hard", "_heap",
+        "_ended", "_gates", "_global", "_global_blocks", "_global_held", "_heap",
         "_kept_rare", "_maps_due", "_next_index", "_one_tool", "_plan_order", "_rng", "_slots",
         "_sorted", "_sorting", "_spare", "clock_origin", "closed", "done_count", "fail_fast",
         "fate_of", "graph", "in_flight", "record_events", "run_id", "status_counts", "stopping",
@@ -521,7 +521,6 @@ class SchedulerState:
         # an empty deque costs 600 bytes per run, and a swarm opens a run per agent)
         self._sorted: list[tuple[float, int]] = _NONE_SORTED
         self._sorting: list[tuple[float, int]] | None = None  # set while begin() queues
-        self._hard = _HardPairs(graph)
         # by tool object (a large plan has few tools, found at C speed: tools hash by identity)
         executors = {tool: choose_executor(tool, default_executor)
                      for tool in set(map(_TOOL, graph.nodes))}
@@ -575,7 +574,11 @@ class SchedulerState:
 
     def begin(self, now: float) -> Decisions:
         """Queue every node without dependencies and start what the limits allow."""
-        d = Decisions()
+        # the empty decision nodes added before the start kept (see add), else a new one: an
+        # open run's state keeps no spare from its first step on (an agent's steps run is
+        # opened with one node added, then waits on it: five objects a swarm holds per agent)
+        d = self._spare if self._spare is not None else Decisions()
+        self._spare = None
         self._begun = True
         cap = self._global.capacity
         # otherwise every node starts once ready; and ranking nodes of one level changes no
@@ -926,6 +929,18 @@ class SchedulerState:
         """The backends the run's nodes use so far (ended nodes' included)."""
         return set(self._backends)
 
+    def _must_succeed(self, source: int, target: int) -> bool:
+        """Whether ``target`` needs ``source`` to *succeed* (data and after edges).
+
+        Resource and barrier edges only order. Asked only when a node did not succeed, so
+        worked out from the target's refs and ``after`` then: no set of every such pair (a
+        large run would hold millions), nor an object per run to ask (a swarm holds a run
+        per agent in flight).
+        """
+        nodes = self.graph.nodes
+        node, nid = nodes[target], nodes[source].id
+        return nid in node.after or any(r.node == nid for r in node.refs)
+
     def outcome_at(self, pos: int) -> Outcome | None:
         """The outcome of the node at ``pos``, if it has one."""
         return self._ended[pos]
@@ -1101,7 +1116,7 @@ class SchedulerState:
             if slots[p].phase is not done:
                 waiting += 1
             elif blocked < 0 and (failed := ended[p]) is not None and (
-                    failed.status != "ok" and (p, pos) in self._hard):
+                    failed.status != "ok" and self._must_succeed(p, pos)):
                 blocked = p
         slot.waiting = waiting
         if self.stopping:
@@ -1583,7 +1598,7 @@ class SchedulerState:
                 after = self._slots[succ]
                 if after.phase is Phase.DONE or not isinstance(after, _Slot):
                     continue
-                if failed and (done.pos, succ) in self._hard:
+                if failed and self._must_succeed(done.pos, succ):
                     after.root = done.root or _root_cause(done.node.id, done.outcome)
                     why = f"needs {done.node.id!r}, which " + (
                         f"was skipped; root cause: {after.root}" if done.root else
@@ -1647,24 +1662,6 @@ class SchedulerState:
 #: The sorted ready queue once empty after begin() (an open run's, one per agent of a swarm):
 #: shared, so never appended to (nodes queued later go to the heap), only read or cleared.
 _NONE_SORTED: list[tuple[float, int]] = []
-
-
-class _HardPairs:
-    """Which edges' sources must *succeed* (data and after); resource and barrier edges order.
-
-    Asked only when a node did not succeed, so it is worked out from the target node's refs
-    and ``after`` then, not kept as a set of every such pair (a large run would hold millions).
-    """
-
-    __slots__ = ("graph",)
-
-    def __init__(self, graph: Graph) -> None:
-        self.graph = graph
-
-    def __contains__(self, pair: tuple[int, int]) -> bool:
-        source, target = pair
-        node, nid = self.graph.nodes[target], self.graph.nodes[source].id
-        return nid in node.after or any(r.node == nid for r in node.refs)
 
 
 def _end_of(ended: float | None, started: float | None, now: float) -> float:
