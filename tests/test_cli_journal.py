@@ -284,7 +284,8 @@ def test_cancel_a_run_going_on_in_another_process(workdir: Path) -> None:
     assert json.loads(shoal("runs", "--json", cwd=workdir).stdout)[0]["status"] == "cancelled"
 
 
-TREE = textwrap.dedent('''
+#: A script's tool that says when it started, then sleeps (the script is killed meanwhile).
+NAP = textwrap.dedent('''
     import sys
     import time
     from pathlib import Path
@@ -298,7 +299,9 @@ TREE = textwrap.dedent('''
         Path("started").write_text("yes")
         time.sleep(seconds)
         return "slept"
+''')
 
+TREE = NAP + textwrap.dedent('''
 
     lead = shoal.Agent(name="lead", model=ScriptedModel([[call("nap", seconds=30)], "done"]),
                        tools=[nap])
@@ -371,20 +374,7 @@ def test_cancel_of_a_killed_agent_tree_says_to_resume_it_from_python(workdir: Pa
     assert "shoal resume" not in done.stderr
 
 
-PYTHON_PLAN = textwrap.dedent('''
-    import sys
-    import time
-    from pathlib import Path
-
-    import shoal
-
-
-    @shoal.tool
-    def nap(seconds: float) -> str:
-        Path("started").write_text("yes")
-        time.sleep(seconds)
-        return "slept"
-
+PYTHON_PLAN = NAP + textwrap.dedent('''
 
     plan = shoal.Plan()
     plan.call(nap, seconds=30)

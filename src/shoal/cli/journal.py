@@ -841,10 +841,15 @@ def _resume_hint(journal: SQLiteStore, record: RunRecord) -> str:
         if owner is None and nested_runs(journal, root):
             return _tree_resume(root)
     if not is_agent_record(record) and not record.source.get("path"):
-        how = ("Runtime.open_run(resume=...), adding its nodes again"
-               if record.source.get("open_run") else "Runtime.resume")
-        return f"{how} from Python (it was not started from a plan file)"
+        return f"{_python_resume(record)} from Python (it was not started from a plan file)"
     return f"shoal resume {run_id}"
+
+
+def _python_resume(record: RunRecord) -> str:
+    """What resumes, from Python, a run started from Python (a plan or an open run)."""
+    if record.source.get("open_run"):
+        return "Runtime.open_run(resume=...), adding its nodes again"
+    return "Runtime.resume"
 
 
 def _tree_status(journal: SQLiteStore, run_id: str) -> str | None:
@@ -1056,10 +1061,8 @@ def _recorded_plan(record: RunRecord, store: Path) -> Path:
     """The run's plan file; if it is gone, a copy of the text the journal kept."""
     source = record.source
     if not source.get("path"):
-        how = ("Runtime.open_run(resume=...), adding its nodes again" if source.get("open_run")
-               else "Runtime.resume")
         raise ShoalError(f"run {record.run_id!r} was not started from a plan file; resume it "
-                         f"from Python with {how}")
+                         f"from Python with {_python_resume(record)}")
     _on_path(str(source.get("cwd") or ""))
     path = Path(str(source["path"]))
     text, why = _plan_text(path)
