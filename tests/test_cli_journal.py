@@ -346,12 +346,11 @@ def test_cancel_an_agent_tree_run_from_python_in_another_process(workdir: Path) 
     assert "resume it from Python with agent.resume('tree-1'" in resumed.stderr
 
 
-def test_cancel_of_a_killed_agent_tree_says_to_resume_it_from_python(workdir: Path) -> None:
-    # shoal runs and show said "running"; cancel said "not running (it is running)", and
-    # would have said "resume it with: shoal resume tree-1", which refuses such a tree
-    (workdir / "tree.py").write_text(TREE)
+def killed_once_started(workdir: Path, script: str, run_id: str) -> None:
+    """Run ``script`` (written to a file) with ``run_id`` and kill it once its tool started."""
+    (workdir / "script.py").write_text(script)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    running = subprocess.Popen([sys.executable, "tree.py", "tree-1"], cwd=workdir, env=env,
+    running = subprocess.Popen([sys.executable, "script.py", run_id], cwd=workdir, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
@@ -361,6 +360,12 @@ def test_cancel_of_a_killed_agent_tree_says_to_resume_it_from_python(workdir: Pa
     finally:
         running.send_signal(signal.SIGKILL)
         running.wait(timeout=30)
+
+
+def test_cancel_of_a_killed_agent_tree_says_to_resume_it_from_python(workdir: Path) -> None:
+    # shoal runs and show said "running"; cancel said "not running (it is running)", and
+    # would have said "resume it with: shoal resume tree-1", which refuses such a tree
+    killed_once_started(workdir, TREE, "tree-1")
     # its steps' process is gone: interrupted, as a killed plan run is (it said "running")
     listed = json.loads(shoal("runs", "--json", cwd=workdir).stdout)
     assert [(r["run_id"], r["status"]) for r in listed] == [("tree-1", "interrupted")]
@@ -381,22 +386,6 @@ PYTHON_PLAN = NAP + textwrap.dedent('''
     runtime = shoal.Runtime(store=shoal.SQLiteStore(".shoal/runs.db"))
     runtime.run_sync(plan, run_id=sys.argv[1])
 ''')
-
-
-def killed_once_started(workdir: Path, script: str, run_id: str) -> None:
-    """Run ``script`` (written to a file) with ``run_id`` and kill it once its tool started."""
-    (workdir / "script.py").write_text(script)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    running = subprocess.Popen([sys.executable, "script.py", run_id], cwd=workdir, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while not (workdir / "started").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert (workdir / "started").exists()
-    finally:
-        running.send_signal(signal.SIGKILL)
-        running.wait(timeout=30)
 
 
 def test_cancel_of_a_killed_plan_run_from_python_says_to_resume_it_from_python(
