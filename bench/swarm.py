@@ -11,6 +11,10 @@ calls (50 ms each), then a turn with its answer; the lead then answers. Everythi
    garbage collector paused (what the collector costs a swarm, told apart from the steps),
    and of a run with the collector's thresholds raised as the agents docs suggest for
    swarms (``gc.set_threshold(50_000, 20, 100)``, a program's own opt-in; restored after).
+   Beside it, measured in the same run and interleaved with it: the same workload written on
+   bare asyncio (a task per worker, sleeps and ``gather``, no framework), the floor any
+   framework sits above; and the CPU shoal spends to start every subagent up to its first
+   model request, which with the critical path bounds shoal's makespan from below.
 2. Peak memory of that run: the process's peak RSS, and tracemalloc's peak in a second,
    traced run (tracing slows a run, so it is not the timed one).
 3. Memory per idle subagent: 1,000 workers parked on their first model request (a model
@@ -133,6 +137,63 @@ async def run_swarm(swarm: Swarm, make_worker: WorkerFactory = scripted_worker) 
           and sum(len(w.calls) for w in workers) == swarm.workers * swarm.tool_turns * swarm.calls)
     detail = "" if ok else f"lead {result.status}: {result.error}"
     return SwarmRun(elapsed, cpu, ok, detail)
+
+
+async def raw_floor(swarm: Swarm) -> SwarmRun:
+    """The same workload hand-written on bare asyncio: the floor any framework sits above.
+
+    No framework at all: one task per worker, each turn a 50 ms sleep for the model request
+    and ``asyncio.gather`` of the turn's 50 ms sleeps for its calls, the replies kept in a
+    list per worker. Its makespan above the critical path is the event loop's own cost of
+    starting and waking that many timers on one core.
+    """
+
+    async def request() -> str:
+        await asyncio.sleep(LATENCY)
+        return "reply"
+
+    async def tool_call() -> str:
+        await asyncio.sleep(CALL_SECONDS)
+        return "value"
+
+    async def worker() -> list[str]:
+        messages = [await request()]
+        for _ in range(swarm.tool_turns):
+            messages.extend(await asyncio.gather(*(tool_call() for _ in range(swarm.calls))))
+            messages.append(await request())
+        return messages
+
+    began, cpu = time.perf_counter(), time.process_time()
+    await request()  # the lead's turn
+    replies = await asyncio.gather(*(worker() for _ in range(swarm.workers)))
+    await request()  # the lead's answer
+    elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu
+    ok = all(len(messages) == 1 + swarm.tool_turns * (swarm.calls + 1) for messages in replies)
+    return SwarmRun(elapsed, cpu, ok)
+
+
+async def start_cpu(workers: int) -> tuple[float, bool]:
+    """CPU seconds from the lead's start until ``workers`` subagents wait on their first request.
+
+    The lead's first reply is instant, so this is all setup: the lead's tool phase and each
+    subagent's start up to its first model request. No subagent's clock starts before its
+    first request is made, so a swarm's makespan is at least this plus the critical path.
+    """
+    parked = _Parked(workers)
+    worker = shoal.Agent(name="worker", model=parked, tools=[fetch])
+    lead_model = ScriptedModel([[call("worker", task=f"job {i}") for i in range(workers)],
+                                "report"])
+    lead = shoal.Agent(name="lead", model=lead_model, subagents=[worker])
+    cpu = time.process_time()
+    handle = lead.start("go", budget=shoal.Budget(fan_out=workers, subagents=workers))
+    parked_all = asyncio.ensure_future(parked.all_waiting.wait())
+    await asyncio.wait([parked_all, asyncio.ensure_future(_finished(handle))],
+                       return_when=asyncio.FIRST_COMPLETED)
+    cpu = time.process_time() - cpu
+    parked_all.cancel()
+    parked.release()
+    result = await handle
+    return cpu, result.ok and len(result.children) == workers
 
 
 class _Parked(shoal.Model):
@@ -473,8 +534,10 @@ def main(quick: bool = False) -> BenchResult:
                   f"{swarm.calls} calls each, 50 ms per request and per call (ScriptedModel)")
 
     asyncio.run(run_swarm(Swarm(workers=20)))  # warm-up, untimed
-    runs = []
-    for _ in range(reps):
+    runs, floors = [], []
+    for _ in range(reps):  # interleaved: the machine's speed moves both alike
+        gc.collect()
+        floors.append(asyncio.run(raw_floor(swarm)))
         gc.collect()
         runs.append(asyncio.run(run_swarm(swarm)))
     best = min(runs, key=lambda run: run.seconds)
@@ -486,6 +549,17 @@ def main(quick: bool = False) -> BenchResult:
     result.add("  CPU time per subagent", best.cpu / swarm.workers, "s")
     result.check("every subagent finished as scripted", all(run.ok for run in runs),
                  next((run.detail for run in runs if not run.ok), ""))
+    floor = min(floors, key=lambda run: run.seconds)
+    result.add(f"  bare asyncio, same workload: makespan (best of {reps})", floor.seconds, "s",
+               floor=swarm.critical_path)
+    result.add("    its CPU time per subagent", floor.cpu / swarm.workers, "s")
+    result.check("the bare asyncio workload ran whole", all(run.ok for run in floors))
+    result.add("  shoal / bare asyncio, makespan", best.seconds, "s", floor=floor.seconds)
+    setup, ok = asyncio.run(start_cpu(swarm.workers))
+    result.add(f"  CPU to start {swarm.workers} subagents up to their first request", setup, "s")
+    result.add("    lower bound on the makespan: that + the critical path",
+               setup + swarm.critical_path, "s", floor=swarm.critical_path)
+    result.check("subagents started and parked ok", ok)
     paused = without_collector(swarm)
     result.add("  CPU time per subagent, garbage collector paused", paused.cpu / swarm.workers,
                "s")
