@@ -9,6 +9,7 @@ import asyncio
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -21,7 +22,8 @@ import pytest
 
 from shoal import WorkerCrashedError
 from shoal.exceptions import ConfigError, ExecutorError
-from shoal.executors._template import fork_supported
+from shoal.executors import _reaper
+from shoal.executors._template import Template, fork_supported
 from shoal.executors.base import Call
 from shoal.executors.process import ProcessExecutor
 from shoal.tools import Tool
@@ -195,6 +197,40 @@ def test_killing_the_parent_leaves_no_template_and_no_worker(tmp_path: Path) -> 
     assert len(set(pids)) == 5  # the template, two workers and their stand-ins
     assert wait_until(lambda: all(gone(p) for p in pids), timeout=15.0), [
         p for p in pids if not gone(p)]
+
+
+def test_an_ending_template_kills_its_workers_with_one_look_at_the_process_table(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed one tree at a time, each worker cost two walks of ``/proc`` while the rest ran on."""
+    walks = 0
+    walk = _reaper._parents
+
+    def counted() -> dict[int, int]:
+        nonlocal walks
+        walks += 1
+        return walk()
+
+    # workers as the template holds them: its children, each with a child of its own
+    workers = [subprocess.Popen(["sh", "-c", "sleep 300 & wait"]) for _ in range(6)]
+    ours, theirs = socket.socketpair()
+    try:
+        template = Template(ours)
+        template.running = {index: (worker.pid, -1) for index, worker in enumerate(workers)}
+        grandchildren = [psutil.Process(w.pid).children for w in workers]
+        assert wait_until(lambda: all(len(children()) == 1 for children in grandchildren), 10.0)
+        sleeps = [children()[0].pid for children in grandchildren]
+        monkeypatch.setattr(_reaper, "_parents", counted)
+        template.end_workers()
+        assert walks <= 3, walks  # one that freezes every tree, one that finds no more
+        assert all(gone(w.pid) for w in workers)
+        assert wait_until(lambda: all(gone(pid) for pid in sleeps), 10.0)
+    finally:
+        ours.close()
+        theirs.close()
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+            worker.wait()  # reaped already by the template: this only settles the Popen
 
 
 def test_a_template_whose_parent_dies_while_it_imports_ends_at_once() -> None:

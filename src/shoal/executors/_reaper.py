@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from shoal.executors._process_ref import ProcessRef
 
-__all__ = ["become_subreaper", "descendants", "kill_tree", "kill_trees"]
+__all__ = ["become_subreaper", "descendants", "kill_children", "kill_tree", "kill_trees"]
 
 _PR_SET_CHILD_SUBREAPER = 36
 _MAX_PASSES = 100  # a tree that keeps changing after this many passes is killed as it stands
@@ -130,6 +130,20 @@ def kill_trees(refs: Iterable[ProcessRef]) -> set[int]:
     if not stopped:
         return set()
     return _kill_below(stopped)
+
+
+def kill_children(pids: Iterable[int]) -> set[int]:
+    """:func:`kill_tree` for many children of the caller not yet reaped; return those killed.
+
+    As :func:`kill_trees` does for references, one walk of ``/proc`` per pass serves every
+    tree: a template ending fifty workers looks at the process table twice, not a hundred
+    times, and no worker goes on running while the ones before it are killed.
+    """
+    roots: dict[int, ProcessRef | None] = {}
+    for pid in pids:
+        _signal(pid, signal.SIGSTOP)  # unreaped: its pid, and its children's, stay put
+        roots[pid] = None
+    return _kill_below(roots) if roots else set()
 
 
 def _kill_below(roots: dict[int, ProcessRef | None], *, include_root: bool = True) -> set[int]:

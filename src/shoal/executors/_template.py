@@ -183,10 +183,9 @@ class Template:
         each worker's process is a child not yet reaped, also ends the trees of workers that
         are stopped, or slow to notice.
         """
-        from shoal.executors._reaper import kill_tree
+        from shoal.executors._reaper import kill_children
 
-        for pid, _ in self.running.values():
-            kill_tree(pid)
+        kill_children([pid for pid, _ in self.running.values()])  # one look at /proc, not one each
         for pid in (*(p for p, _ in self.running.values()), *self.ended.values()):
             with contextlib.suppress(ChildProcessError):  # reaped as it reported its end
                 os.waitpid(pid, 0)
