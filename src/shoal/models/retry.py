@@ -25,7 +25,7 @@ import numbers
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from shoal._deprecation import renamed
 from shoal.events import Event, ModelRetrying
@@ -186,8 +186,9 @@ def _check_counts(model: Model, usage: object) -> None:
 
 
 def _check_count(model: Model, name: str, value: object) -> None:
+    # any real number (numpy's too), compared as it is: float() of a huge int overflows
     if (isinstance(value, numbers.Real) and not isinstance(value, bool)
-            and 0 <= value <= MAX_REPORTED):  # NaN is neither: refused
+            and 0 <= cast(float, value) <= MAX_REPORTED):  # NaN is neither: refused
         return
     raise ModelError(model.name, f"its reply reports usage {name}={_shown(value)}, not a "
                      f"number from 0 to {MAX_REPORTED:,}: no reply uses more, so the model's "
