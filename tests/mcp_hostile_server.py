@@ -4,10 +4,15 @@ Written with the MCP SDK's own server API: a tool whose call ends the server's p
 that writes a line that is not JSON-RPC where the protocol goes, one that closes the
 protocol's pipe and lives on, one that writes megabytes to stderr before it dies, and one
 whose error text is megabytes long.
+
+The SDK serves the protocol from a private duplicate of stdout and points fd 1 at stderr
+while it serves: a tool that writes to ``sys.stdout`` or closes fd 1 misses the protocol's
+pipe. The tools that must reach it find it as :func:`_wire` says.
 """
 
 import asyncio
 import os
+import stat
 import sys
 
 from mcp.server.mcpserver import MCPServer
@@ -16,6 +21,21 @@ from mcp_types import ToolAnnotations
 
 app = MCPServer("hostile")
 READ_ONLY = ToolAnnotations(read_only_hint=True)
+_PIPE = os.fstat(1)  # the protocol's output, as this process was started with it
+
+
+def _wire() -> list[int]:
+    """The descriptors open on the protocol's output pipe (the SDK's duplicate among them)."""
+    found = []
+    for name in os.listdir("/dev/fd"):
+        try:
+            seen = os.fstat(int(name))
+        except OSError:  # the listing's own descriptor, closed by now
+            continue
+        if stat.S_ISFIFO(seen.st_mode) and (seen.st_dev, seen.st_ino) == (_PIPE.st_dev,
+                                                                         _PIPE.st_ino):
+            found.append(int(name))
+    return found
 
 
 @app.tool(annotations=READ_ONLY)
@@ -34,15 +54,17 @@ async def die() -> str:
 @app.tool(annotations=READ_ONLY)
 async def garble() -> str:
     """Write a line that is not JSON-RPC on the protocol's stream, then answer."""
-    sys.stdout.write("this is not JSON-RPC\n")
-    sys.stdout.flush()
+    os.write(_wire()[0], b"this is not JSON-RPC\n")
     return "answered after garbage"
 
 
 @app.tool(annotations=READ_ONLY)
 async def hang_up() -> str:
     """Close the protocol's output and live on, answering nothing."""
-    os.close(1)
+    sys.stderr.write("hanging up\n")
+    sys.stderr.flush()
+    for fd in _wire():
+        os.close(fd)
     await asyncio.sleep(3600)
     return "unreachable"
 

@@ -46,28 +46,31 @@ def test_json_output_holds_the_whole_tree() -> None:
     assert data["usage"]["requests"] == 14
 
 
-def test_a_model_reporting_odd_numbers_gives_strict_json_and_a_readable_tree(
+def test_a_model_reporting_odd_numbers_fails_its_agent_clearly_in_strict_json_and_the_tree(
         tmp_path: Path) -> None:
     # a cost of NaN went out as a bare NaN (which strict JSON readers refuse) in --json and
-    # --events, and a token count past Python's digit limit crashed the tree and --json
+    # --events, and a token count past Python's digit limit crashed the tree and --json; then
+    # such counts were written out, though no reply can have them (a budget's sums failed on
+    # them): now the reply is refused, naming the model and the count
     events = tmp_path / "events.jsonl"
     odd = "tests/agent_models.py:odd_usage_agent"
     done = shoal("run", odd, "hi", "--json", "--no-store", "--events", str(events))
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1, done.stderr
 
     def refuse(constant: str) -> None:
         raise AssertionError(f"not strict JSON: {constant}")
 
     data = json.loads(done.stdout, parse_constant=refuse)
-    assert data["status"] == "ok" and data["usage"]["cost"] == "NaN"
-    assert "too long to write out" in data["usage"]["input_tokens"]
-    kinds = [json.loads(line, parse_constant=refuse)["kind"]
-             for line in events.read_text().splitlines()]
-    assert "ModelResponded" in kinds
+    assert data["status"] == "failed" and data["error"]["type"] == "ModelError"
+    assert data["error"]["message"].startswith(
+        "model 'scripted': its reply reports usage input_tokens=a number of about 5,001 digits")
+    assert data["usage"]["input_tokens"] == 0
+    for line in events.read_text().splitlines():
+        json.loads(line, parse_constant=refuse)
     shown = shoal("run", odd, "hi", "--no-store")
-    assert shown.returncode == 0, shown.stderr
+    assert shown.returncode == 1, shown.stderr
     assert "Traceback" not in shown.stderr
-    assert "odd  ok" in shown.stdout and "too long to write out> tokens" in shown.stdout
+    assert "odd  failed" in shown.stdout and "usage input_tokens=" in shown.stderr
 
 
 def test_events_file_carries_lineage(tmp_path: Path) -> None:

@@ -53,9 +53,12 @@ def test_resuming_with_a_changed_agent_runs_nothing(tmp_path: Path) -> None:
     first.run_sync("go", runtime=runtime, run_id="r1")
     changed = ScriptedModel(["never"])
     other = shoal.Agent(name="lead", instructions="Be verbose.", tools=[echo], model=changed)
+    ended: list[shoal.AgentFinished] = []
     with pytest.raises(shoal.PlanChangedError):
-        other.resume_sync("r1", "go", runtime=runtime)
+        other.resume_sync("r1", "go", runtime=runtime, on_event=lambda e: ended.extend(
+            [e] if isinstance(e, shoal.AgentFinished) else []))
     assert changed.requests == []
+    assert [e.turns for e in ended] == [0]  # its turn, refused, was never asked: not counted
     same = ScriptedModel([])
     replay = shoal.Agent(name="lead", instructions="Be brief.", tools=[echo], model=same)
     assert replay.resume_sync("r1", "go", runtime=runtime).output == "done"

@@ -8,6 +8,7 @@ approvers built in the test; CLI tests run ``shoal run --approve ...`` as a subp
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import itertools
 import json
@@ -118,6 +119,17 @@ def _broken_rule(args: Mapping[str, Any]) -> bool:
 async def odd(x: int) -> int:
     """A tool whose approval predicate fails."""
     ran("odd", x=x)
+    return x
+
+
+def _exiting_rule(args: Mapping[str, Any]) -> bool:
+    sys.exit("rule exits")
+
+
+@tool(approval=_exiting_rule)
+async def odder(x: int) -> int:
+    """A tool whose approval predicate calls ``sys.exit``."""
+    ran("odder", x=x)
     return x
 
 
@@ -312,9 +324,12 @@ def test_a_predicate_asks_only_for_the_arguments_it_matches() -> None:
 def test_a_failing_predicate_asks_rather_than_runs() -> None:
     plan = Plan()
     plan.call(odd, x=1)
+    plan.call(odder, x=2)  # SystemExit ended the run instead
     d = make_state(plan).begin(0.0)
     assert d.starts == []
-    assert "raised RuntimeError: rule is broken" in d.approvals[0].reason  # type: ignore[union-attr]
+    reasons = [a.reason for a in d.approvals if isinstance(a, Ask)]
+    assert "raised RuntimeError: rule is broken" in reasons[0]
+    assert "raised SystemExit: rule exits" in reasons[1]
 
 
 def test_refs_are_resolved_before_asking() -> None:
@@ -347,6 +362,29 @@ class Raising(Approver):
         raise RuntimeError("approver crashed")
 
 
+class Exiting(Approver):
+    """Raises what is not an ``Exception``: ``SystemExit`` (``sys.exit``), ``GeneratorExit``."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    async def review(self, batch: Sequence[ApprovalRequest]) -> Sequence[Decision]:
+        raise self.error
+
+
+def exits(request: ApprovalRequest) -> bool:
+    sys.exit("no approver here")
+
+
+async def exits_async(request: ApprovalRequest) -> bool:
+    await asyncio.sleep(0)
+    sys.exit(3)
+
+
+def exits_when(args: Mapping[str, Any]) -> bool:
+    sys.exit("no rule here")
+
+
 class Short(Approver):
     async def review(self, batch: Sequence[ApprovalRequest]) -> Sequence[Decision]:
         return []
@@ -363,10 +401,18 @@ class Garbage(Approver):
     (CallbackApprover(lambda r: False), "denied by the approval callback"),
     (CallbackApprover(lambda r: 1 / 0), "ZeroDivisionError"),  # type: ignore[arg-type, return-value]
     (Raising(), "the approver failed: RuntimeError: approver crashed"),
+    # neither ended the run (the process, from asyncio.run) instead of denying the call
+    (Exiting(SystemExit(3)), "the approver failed: SystemExit: 3"),
+    (Exiting(GeneratorExit()), "the approver failed: GeneratorExit"),
+    (CallbackApprover(exits), "the approval callback raised SystemExit: no approver here"),
+    (CallbackApprover(exits_async), "the approval callback raised SystemExit: 3"),
+    (RulesApprover(rules=[Rule("allow", "delete*", when=exits_when)]),
+     "could not be checked: SystemExit: no rule here"),
     (Short(), "gave no decision"),
     (Garbage(), "not a Decision"),
-], ids=["rule", "no-rule", "callback-false", "callback-raises", "approver-raises", "too-few",
-        "garbage"])
+], ids=["rule", "no-rule", "callback-false", "callback-raises", "approver-raises",
+        "approver-exits", "approver-generator-exit", "callback-exits", "async-callback-exits",
+        "rule-exits", "too-few", "garbage"])
 def test_every_way_of_not_approving_denies(approver: Approver, why: str) -> None:
     plan = Plan()
     a = plan.call(delete, path="x")
@@ -375,6 +421,25 @@ def test_every_way_of_not_approving_denies(approver: Approver, why: str) -> None
     assert statuses(result) == {a.node: "denied", b.node: "denied"}
     assert why in result[a].reason
     assert RAN == []
+
+
+def test_an_approver_raising_keyboard_interrupt_stops_the_run_as_ctrl_c_does(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # only Ctrl-C's own exception is not a denial (SystemExit and the rest deny, see above);
+    # raised to the caller, it was logged again later, from the garbage collector, as never
+    # retrieved (with a traceback, which on Python 3.11 could break another ast.parse under way)
+    plan = Plan()
+    plan.call(delete, path="x")
+
+    async def main() -> RunResult:
+        async with Runtime(approver=Exiting(KeyboardInterrupt())) as runtime:
+            return await runtime.run(plan)
+
+    with pytest.raises(KeyboardInterrupt):
+        asyncio.run(main())
+    assert RAN == []
+    gc.collect()
+    assert "never retrieved" not in caplog.text
 
 
 class Endless(Approver):

@@ -7,6 +7,7 @@ no process or thread behind, on the thread and the process backends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -496,3 +497,65 @@ def test_sigterm_counts_as_a_press_and_its_handler_is_put_back() -> None:
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_sigterm_before_the_run_whose_exception_was_lost_still_stops_the_run() -> None:
+    # as a lost Ctrl-C press does: a finalizer dropped its exception, the command went on
+    from shoal.cli.interrupt import CtrlC, Terminated, sigterm_as_ctrl_c
+
+    with sigterm_as_ctrl_c():
+        with contextlib.suppress(Terminated):  # what a finalizer does with it
+            signal.raise_signal(signal.SIGTERM)
+        with CtrlC() as ctrl_c:
+            pass
+        assert ctrl_c.interrupted and ctrl_c.exit_code == 143
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back
+    with sigterm_as_ctrl_c(), CtrlC() as ctrl_c:  # the next command starts afresh
+        pass
+    assert not ctrl_c.interrupted
+
+
+BLOCKING_IMPORT = textwrap.dedent('''
+    """A tool module whose import waits on a fifo nobody writes: the plan is loading."""
+    import os
+    from pathlib import Path
+
+    from shoal import tool
+
+    HERE = Path(__file__).parent
+    (HERE / "importing").write_text(str(os.getpid()))
+    with open(HERE / "never_written", encoding="utf-8") as fifo:  # blocks until signalled
+        fifo.read()
+
+
+    @tool
+    def nap(seconds: float) -> float:
+        return seconds
+''')
+
+
+@pytest.mark.parametrize("entry", ["app", "console_script"])
+def test_a_sigterm_while_the_plan_loads_ends_the_command_as_ctrl_c_does(
+        tmp_path: Path, entry: str) -> None:
+    # SIGTERM's default action ended it there: no message, exit status -15 (Ctrl-C said
+    # "interrupted" and exited 130)
+    (tmp_path / "slow_import.py").write_text(BLOCKING_IMPORT)
+    os.mkfifo(tmp_path / "never_written")
+    write_plan(tmp_path, [{"id": "a", "tool": "slow_import:nap", "args": {"seconds": 0}}])
+    program = (["-m", "shoal.cli.app"] if entry == "app"
+               else ["-c", "from shoal.cli import main; main()"])
+    proc = subprocess.Popen(
+        [sys.executable, *program, "run", "plan.json", "--json", "--no-store"], cwd=tmp_path,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    try:
+        assert wait_until(lambda: (tmp_path / "importing").exists() or proc.poll() is not None,
+                          timeout=60)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGTERM)  # the import is under way: it waits on the fifo
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    assert err == "terminated\n" and out == ""

@@ -204,6 +204,7 @@ def test_an_agent_whose_journal_fails_stops_and_shows_what_it_ran(tmp_path: Path
     assert [c["tool"] for c in shown["calls"]] == ["items", "cap_journal"]
     assert shown["calls"][0]["status"] == "ok"  # ran before: its effects happened
     assert shown["usage"]["requests"] == 2  # not asked again once its journal had failed
+    assert shown["turns"] == 2, shown["turns"]  # nor a third turn counted, never asked
 
 
 @shoal.tool

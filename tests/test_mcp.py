@@ -934,17 +934,27 @@ def test_a_server_ending_itself_mid_call_fails_that_call_and_its_sibling_still_a
     arun(main(), timeout=SLOW)
 
 
-def test_a_server_that_hangs_up_its_output_times_out_per_the_tools_policy() -> None:
+def test_a_server_that_closes_its_output_fails_its_calls_at_once_and_others_go_on() -> None:
+    # the call waited for its timeout, for good without one (the server lives on, and its
+    # closed output was taken for a crash, if at all)
     async def main() -> None:
-        found = by_name(await shoal.mcp.tools(command=HOSTILE, name="hostile", timeout=1))
+        hostile = by_name(await shoal.mcp.tools(command=HOSTILE, name="hostile"))  # no timeout
+        awkward = by_name(await shoal.mcp.tools(command=AWKWARD, name="awkward"))
         plan = shoal.Plan()
-        hung = plan.call(found["hang_up"])
-        began = time.perf_counter()
+        up = plan.call(awkward["slow"], seconds=0)  # the other server is up once this answers
+        hung = plan.call(hostile["hang_up"], after=up)
+        sibling = plan.call(awkward["slow"], seconds=3, after=up)  # in flight meanwhile
         result = await shoal.run(plan)
-        assert time.perf_counter() - began < 20
-        assert result[hung].status == "timed_out"
+        error = result[hung].error
+        assert result[hung].status == "failed" and error is not None
+        assert error.type.endswith("MCPServerError") and "'hostile'" in error.message
+        assert "its output (stdout) ended" in error.message
+        assert "its stderr ends: hanging up (while calling 'hang_up')" in error.message
+        assert result[sibling].value == {"result": "slept 3.0"}
+        assert (result[hung].finished_at or 0) < (result[sibling].finished_at or 0)
 
-    arun(main(), timeout=SLOW)
+    arun(main(), timeout=SLOW)  # a bound for a hang only: the call has no timeout
+    assert not servers("mcp_hostile_server.py")
 
 
 def test_a_line_that_is_not_json_rpc_does_not_end_the_session() -> None:

@@ -234,8 +234,8 @@ class _Asking:
     the turn's stream, the text to ``text``, and the whole reply kept as :attr:`response`.
     """
 
-    __slots__ = ("handle", "node_id", "raised", "read", "request", "response", "stream",
-                 "text")
+    __slots__ = ("asked", "handle", "node_id", "raised", "read", "request", "response",
+                 "stream", "text")
 
     def __init__(self, request: ModelRequest, stream: CallStream | None,
                  read: Reader | None, handle: RunHandle, node_id: str) -> None:
@@ -247,6 +247,7 @@ class _Asking:
         self.raised: Exception | None = None  # kept whole: the outcome keeps its type name
         self.response: ModelResponse | None = None  # the streamed reply, once complete
         self.text: Callable[[str], None] | None = None  # where streamed text goes
+        self.asked = False  # whether its node asked the model (not: the run stopped first)
 
     def __call__(self, event: StreamEvent) -> None:
         """Take one event of the streamed reply."""
@@ -437,8 +438,13 @@ class AgentRun:
         """
         ctx, agent = self.ctx, self.agent
         began = ctx.now() if ctx.observed else 0.0  # only its event tells how long it took
-        asking = self._model_step(request, stream, read, digest)
+        try:
+            asking = self._model_step(request, stream, read, digest)
+        except BaseException:  # never asked (its journal failed, say): not a turn
+            self.result.turns -= 1
+            raise
         handle, node_id = asking.handle, asking.node_id
+        outcome: Outcome | None = None
         try:
             try:  # the node's own future, no shield: a swarm holds one per waiting agent
                 outcome = await handle.outcome_of(node_id)
@@ -449,6 +455,9 @@ class AgentRun:
         finally:
             ctx.untrack_handle(self.lineage, asking)
             self._asking = None
+            if not asking.asked and (outcome is None or outcome.status != "ok"):
+                self.result.turns -= 1  # its run stopped before it asked: not a turn (an ok
+                # outcome unasked is a resumed turn's, replayed from the journal)
         response = self._response_of(outcome, asking)
         usage = response.usage if response.usage.requests else _one_request(response.usage)
         self.result.own_usage = self.result.own_usage + usage
@@ -507,6 +516,7 @@ class AgentRun:
         if asking is None:  # only a turn in progress runs its node
             raise AssertionError(f"agent {self.lineage} has no model turn in progress")
         request, stream, model = asking.request, asking.stream, self.model
+        asking.asked = True
         if model.changes_requests:
             # a private copy per attempt, as the runtime gives any call: the model may
             # change it freely; the messages inside are immutable, shared, never copied

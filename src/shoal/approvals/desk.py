@@ -10,7 +10,8 @@ agent's turns and its subagents' included), so that:
   a **budget** (``approval_budget=N``) caps how many are ever passed on: the rest are denied
   at once, so a runaway agent cannot flood a person;
 * an **approval timeout** (``approval_timeout=S``), counted from the request, denies a call
-  nobody decided on in time; no approver at all, or an approver that fails, also denies.
+  nobody decided on in time; no approver at all, or an approver that fails, also denies (one
+  that raises ``SystemExit`` too: only ``KeyboardInterrupt`` keeps its Ctrl-C meaning).
 
 The desk itself only asks and answers. Each run has a :class:`RunApprovals` at the desk: the
 state machine says which of its nodes to ask about (:class:`~shoal.scheduler.state.Ask`) or
@@ -271,6 +272,7 @@ class ApprovalDesk:
         if batch:  # on the lane's loop: this runs there (a handle or a timer of its own)
             lane.batch = batch
             lane.review = asyncio.get_running_loop().create_task(self._run_review(lane, batch))
+            lane.review.add_done_callback(_retrieved)
 
     def _deny_now(self, lane: _Lane, pending: _Pending, reason: str, by: str) -> None:
         lane.queue.pop(0)
@@ -323,7 +325,9 @@ class ApprovalDesk:
         """The approver's decisions, one per request; a failing approver denies them all."""
         try:  # no more answers than requests are read: an endless iterator must not hang
             answers = list(itertools.islice(await approver.review(requests), len(requests)))
-        except Exception as exc:  # the approver's bug: deny, and say so, rather than run
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            raise  # Ctrl-C keeps its meaning; a cancelled review ends (see _run_review)
+        except BaseException as exc:  # the approver's bug (sys.exit too): deny, saying so
             log.exception("approver %s failed", _name_of(approver))
             why = f"the approver failed: {describe_exception(exc)}"
             return [Decision.deny(why) for _ in requests]
@@ -342,8 +346,20 @@ class ApprovalDesk:
     def _tell_withdrawn(approver: Approver, requests: Sequence[ApprovalRequest]) -> None:
         try:
             approver.withdrawn(requests)
-        except Exception:  # the approver's bug must not break the run
+        except KeyboardInterrupt:
+            raise
+        except BaseException:  # the approver's bug (sys.exit too) must not end the run
             log.exception("approver %s failed on withdrawn requests", _name_of(approver))
+
+
+def _retrieved(review: asyncio.Task[None]) -> None:
+    """Read a review's end: one an approver's ``KeyboardInterrupt`` ended has been raised.
+
+    It went out of the event loop to the run's caller, as Ctrl-C would; left unread, asyncio
+    would log it again, with its traceback, whenever the garbage collector met the task.
+    """
+    if not review.cancelled():
+        review.exception()
 
 
 def _name_of(approver: Approver) -> str:
@@ -354,7 +370,9 @@ def _name_of(approver: Approver) -> str:
     """
     try:
         name = approver.name
-    except Exception:
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # sys.exit too: the approver's code ends no run
         log.exception("approver %s: its name failed", type(approver).__name__)
         name = None
     return name if isinstance(name, str) and name else type(approver).__name__

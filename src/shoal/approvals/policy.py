@@ -66,7 +66,9 @@ def approval_reason(tool: Tool[..., Any], args: Mapping[str, Any]) -> str:
         return ""
     try:
         needed = rule(args)
-    except Exception as exc:  # a failing rule cannot say "no need": ask, to be safe
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        raise
+    except BaseException as exc:  # a failing rule (sys.exit too) cannot say "no need": ask
         return (f"the approval rule of tool {tool.name!r} raised "
                 f"{type(exc).__name__}: {exc}")
     return f"the approval rule of tool {tool.name!r} matched these arguments" if needed else ""
@@ -186,7 +188,8 @@ class CallbackApprover(Approver):
     (deny).
     Async functions answer a batch concurrently; sync ones run on the event loop, one after
     another, so keep them quick (do slow work in an async function). A function that raises
-    denies that request, with the error as the reason.
+    (``SystemExit`` too; not ``KeyboardInterrupt``) denies that request, with the error as the
+    reason.
     """
 
     def __init__(self, fn: Callback, *, name: str | None = None) -> None:
@@ -213,18 +216,22 @@ class CallbackApprover(Approver):
     def _call(self, request: ApprovalRequest) -> object:
         try:
             return self._fn(request)
-        except Exception as exc:  # the user's function failed: deny, saying why
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            raise
+        except BaseException as exc:  # the user's function failed (sys.exit too): deny, why
             return _raised(exc)
 
     @staticmethod
     async def _await(answer: Any) -> object:
         try:
             return await answer
-        except Exception as exc:
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            raise
+        except BaseException as exc:  # sys.exit too, as in _call
             return _raised(exc)
 
 
-def _raised(exc: Exception) -> Decision:
+def _raised(exc: BaseException) -> Decision:
     return Decision.deny(f"the approval callback raised {describe_exception(exc)}")
 
 
@@ -333,7 +340,9 @@ class RulesApprover(Approver):
         for rule in self.rules:
             try:
                 matched = rule.matches(request)
-            except Exception as exc:  # a predicate failed: say no rather than guess yes
+            except (KeyboardInterrupt, asyncio.CancelledError):
+                raise
+            except BaseException as exc:  # a predicate failed (sys.exit too): say no, not yes
                 return Decision.deny(f"rule {rule.tool!r} could not be checked: "
                                      f"{describe_exception(exc)}")
             if matched:

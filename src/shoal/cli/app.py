@@ -5,7 +5,8 @@
 (:mod:`shoal.cli.journal`).
 
 Exit codes: 0 every node ok; 1 some node did not succeed; 2 a bad plan or bad options;
-130 interrupted by Ctrl-C; 143 stopped by SIGTERM (taken as Ctrl-C is).
+130 interrupted by Ctrl-C; 143 stopped by SIGTERM (taken as Ctrl-C is, while the plan loads
+too).
 """
 
 from __future__ import annotations
@@ -37,7 +38,15 @@ from shoal.cli import presses
 from shoal.cli.agent_journal import AgentJournal
 from shoal.cli.agents import AgentOptions, is_agent_target, model_option, run_agent_target
 from shoal.cli.approver import ConsoleApprover
-from shoal.cli.interrupt import EXIT_INTERRUPTED, CtrlC, say_stopped, stopped_by_a_call
+from shoal.cli.interrupt import (
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    CtrlC,
+    say_stopped,
+    sigterm_as_ctrl_c,
+    stopped_by_a_call,
+    terminated,
+)
 from shoal.cli.journal import register as register_journal_commands
 from shoal.cli.live import LivePause, follow, show_cursor
 from shoal.cli.mcp import register as register_mcp_commands
@@ -320,6 +329,7 @@ register_journal_commands(app)  # runs, show, resume, cancel
 register_mcp_commands(app)  # mcp serve
 
 
+@sigterm_as_ctrl_c()  # from the start: its module may import for a while
 def run_agent(target: str, prompt: str | None, model: str | None, as_json: bool,
               max_concurrency: int | None, executor: str | None, deadline: float | None,
               events: Path | None, *, approve: str | None = None,
@@ -373,6 +383,7 @@ def run_agent(target: str, prompt: str | None, model: str | None, as_json: bool,
             sink.close()
 
 
+@sigterm_as_ctrl_c()  # from the start: loading the plan imports its tools' modules
 def run_plan(options: RunOptions) -> int:
     """Run ``options.plan_file`` as ``shoal run`` does, print the result; return the exit code.
 
@@ -559,11 +570,11 @@ def main() -> None:
     try:
         install_log_handler()  # the library's warnings quote node ids and errors: escape them
         code = app(standalone_mode=False)  # so that errors come back here to be escaped
-    except (KeyboardInterrupt, _Interrupted):  # in a command, or while typer makes it
-        code = _interrupted()
+    except (KeyboardInterrupt, _Interrupted) as exc:  # in a command, or while typer makes it
+        code = _interrupted(terminated(exc))
     except typer.Abort as exc:  # click's word for a Ctrl-C (or end of input) in a command
         if isinstance(exc.__cause__, KeyboardInterrupt):
-            code = _interrupted()
+            code = _interrupted(terminated(exc.__cause__))
         else:
             sys.stderr.write("aborted\n")
             code = EXIT_FAILED
@@ -571,14 +582,15 @@ def main() -> None:
         code = _cannot_write(exc) if exc.errno in _FULL else _crashed()
     except Exception as exc:
         code = _command_line_error(exc) if _is_usage_error(exc) else _crashed()
-    if presses() and code != EXIT_INTERRUPTED:  # a press whose KeyboardInterrupt was lost
-        code = _interrupted()
+    if presses() and code not in (EXIT_INTERRUPTED, EXIT_TERMINATED):  # a press whose
+        code = _interrupted()  # KeyboardInterrupt was lost
     sys.exit(code if isinstance(code, int) else EXIT_OK)
 
 
-def _interrupted() -> int:
-    sys.stderr.write("interrupted\n")
-    return EXIT_INTERRUPTED
+def _interrupted(by_sigterm: bool = False) -> int:
+    """Say that Ctrl-C (or SIGTERM, taken as Ctrl-C is) ended the command; its exit code."""
+    sys.stderr.write("terminated\n" if by_sigterm else "interrupted\n")
+    return EXIT_TERMINATED if by_sigterm else EXIT_INTERRUPTED
 
 
 # a disk full, over quota, a file too large, an I/O error, a read-only file system: the

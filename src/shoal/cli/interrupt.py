@@ -1,22 +1,26 @@
 """Ctrl-C during a run: the first press cancels it cleanly, a second one exits at once.
 
 ``SIGTERM`` (``kill``, ``docker stop``, a supervisor ending the command) is taken the same way:
-the run is cancelled with every outcome recorded, and the command exits with 143.
+the run is cancelled with every outcome recorded, and the command exits with 143. Before the
+run exists (``shoal run`` loading its plan or agent, importing their modules), a SIGTERM ends
+the command as Ctrl-C does there, in one line, with 143 (:func:`sigterm_as_ctrl_c`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import FrameType, TracebackType
 from typing import Any, Protocol
 
 __all__ = ["EXIT_INTERRUPTED", "EXIT_TERMINATED", "INTERRUPT_REASON", "TERMINATE_REASON",
-           "Cancellable", "CtrlC", "resume_hint", "say_stopped", "stopped_by_a_call"]
+           "Cancellable", "CtrlC", "Terminated", "resume_hint", "say_stopped",
+           "sigterm_as_ctrl_c", "stopped_by_a_call", "terminated"]
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a process stopped by Ctrl-C
 EXIT_TERMINATED = 143  # 128 + SIGTERM, what shells report for a process stopped by kill
@@ -26,6 +30,53 @@ TERMINATE_REASON = "terminated (SIGTERM)"
 #: What the first signal of each kind cancels the run with: the reason and the exit code.
 _STOPS = {signal.SIGINT: (INTERRUPT_REASON, EXIT_INTERRUPTED),
           signal.SIGTERM: (TERMINATE_REASON, EXIT_TERMINATED)}
+
+
+class Terminated(KeyboardInterrupt):
+    """A SIGTERM outside a run, raised where Ctrl-C's ``KeyboardInterrupt`` would be.
+
+    The command ends as after Ctrl-C there, saying ``terminated`` and exiting with 143.
+    """
+
+
+_terms = 0  # SIGTERMs taken by sigterm_as_ctrl_c while no run held the signal
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    global _terms
+    _terms += 1
+    raise Terminated
+
+
+@contextlib.contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """Take SIGTERM as Ctrl-C is taken meanwhile: :class:`Terminated` where it lands.
+
+    Left as it is, SIGTERM's default action ended the command at once without a word (while
+    it loaded its plan, say). Inside, a run's :class:`CtrlC` takes it over, and counts one
+    whose exception was lost (in a finalizer) as made before the run. A SIGTERM that is
+    ignored, or handled by someone else, stays so; off the main thread nothing changes.
+    """
+    global _terms
+    _terms = 0
+    try:
+        previous = signal.getsignal(signal.SIGTERM)
+        taken = previous is signal.SIG_DFL
+        if taken:
+            signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread
+        taken = False
+    try:
+        yield
+    finally:
+        if taken:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _terms = 0
+
+
+def terminated(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it was raised from) is a SIGTERM's :class:`Terminated`."""
+    return isinstance(exc, Terminated) or isinstance(exc.__cause__, Terminated)
 
 
 class Cancellable(Protocol):
@@ -92,6 +143,8 @@ class CtrlC:
         from shoal.cli import presses  # this package's: light
 
         self._presses = presses()
+        if not self._presses and _terms:  # a SIGTERM before the run, whose exception was lost
+            self._presses, self._first = _terms, signal.SIGTERM
         try:  # the handler may run before signal.signal returns: it needs nothing set here
             self._previous = signal.signal(signal.SIGINT, self._on_sigint)
         except ValueError:

@@ -23,9 +23,9 @@ any option of ``@shoal.tool``) replace what they say.
 A run starts each server it needs on its first call, shares one session among all its calls
 (the MCP SDK matches answers to requests by id, so calls overlap), and stops it when the
 outermost run ends. ``async with server:`` holds one session open instead, for every run and
-direct call meanwhile. A server that dies fails its running calls with
-:class:`~shoal.exceptions.MCPServerError` naming it and what happened; the next call starts
-it again. A result with ``isError: true`` fails the call with
+direct call meanwhile. A server that dies, or closes its output (stdout), fails its running
+calls at once with :class:`~shoal.exceptions.MCPServerError` naming it and what happened;
+the next call starts it again. A result with ``isError: true`` fails the call with
 :class:`~shoal.exceptions.MCPToolError` and the server's text.
 
 The other way, :func:`serve` (``shoal mcp serve module:tools``) is an MCP server whose tools
@@ -443,13 +443,25 @@ class _Session:
         try:
             return task.result()
         except MCPError as exc:
-            if exc.code == mcp_types.CONNECTION_CLOSED:  # the server died under the request
-                self._end(f"the connection closed ({exc.message}); the server may have crashed")
+            if exc.code == mcp_types.CONNECTION_CLOSED:  # its output ended under the request
+                self._end(self._closed_cause(exc))
                 raise self._error(f" (while {doing})") from None
             raise
         except pydantic.ValidationError as exc:  # an answer that is not MCP
             raise MCPServerError(self.server.described, f"answered off-protocol while {doing}: "
                                  f"{bounded_text(str(exc), 2000)}") from None
+
+    def _closed_cause(self, exc: MCPError) -> str:
+        """Why a request got no answer: the server's output ended (its requests all fail).
+
+        A stdio server's stdout ends when it exits, and also when it closes stdout and lives
+        on: no answer can come either way, so the calls waiting fail now, whatever their
+        timeout (none, say), rather than wait for it.
+        """
+        if self.server.command:
+            return ("the connection closed: its output (stdout) ended, so no answer can come "
+                    "(the server exited, or closed its stdout)")
+        return f"the connection closed ({exc.message}); the server may have crashed"
 
     async def close(self) -> None:
         """End the session and wait (boundedly) for its task to finish."""

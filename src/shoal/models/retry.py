@@ -25,12 +25,21 @@ import numbers
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any, cast
 
 from shoal._deprecation import renamed
 from shoal.events import Event, ModelRetrying
 from shoal.exceptions import ConfigError, ModelConnectionError, ModelError, ModelHTTPError
 from shoal.models._common import _notices, notices_to
-from shoal.models.base import Model, ModelRequest, ModelResponse, StreamEvent, TextDelta
+from shoal.models.base import (
+    Model,
+    ModelRequest,
+    ModelResponse,
+    ResponseDone,
+    StreamEvent,
+    TextDelta,
+    Usage,
+)
 
 __all__ = ["EventCallback", "ModelGate", "ModelGates", "ModelRetry"]
 
@@ -42,6 +51,13 @@ EventCallback = Callable[[Event], None]
 
 
 _RETRIES = 7  # eight tries in all: about a minute of waits at the default backoff
+
+#: The most one reply may report of each count in its usage (tokens, requests, US dollars):
+#: more is a broken report, not usage (no context holds 10**15 tokens), and a count of
+#: thousands of digits breaks what is done with it (float budget sums, the journal's text).
+MAX_REPORTED = 10**15
+_COUNTS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+           "requests")
 
 
 def _whole(value: object) -> bool:
@@ -121,6 +137,74 @@ class ModelRetry:
         return float(max(wait, retry_after or 0.0))
 
 
+def checked_usage(model: Model, response: ModelResponse) -> ModelResponse:
+    """``response``, unless its usage reports a count no reply can have: a ModelError then.
+
+    Each count must be a number from 0 to :data:`MAX_REPORTED` (``cost``: or ``None``).
+    Checked where every reply comes in (the gate), so that nothing downstream (a budget,
+    the journal, a result's sums) meets it.
+    """
+    usage = response.usage
+    if not (type(usage) is Usage and _plain(usage)):  # the common case at a glance, else
+        _check_counts(model, usage)  # each field, to name the one that is wrong
+    return response
+
+
+def _plain(usage: Usage) -> bool:
+    """Whether every count of ``usage`` is a plain ``int`` (cost a ``float``) within bounds."""
+    cost = usage.cost
+    return (type(usage.input_tokens) is int and type(usage.output_tokens) is int
+            and type(usage.requests) is int and type(usage.cache_read_tokens) is int
+            and type(usage.cache_write_tokens) is int
+            and 0 <= usage.input_tokens <= MAX_REPORTED
+            and 0 <= usage.output_tokens <= MAX_REPORTED
+            and 0 <= usage.requests <= MAX_REPORTED
+            and 0 <= usage.cache_read_tokens <= MAX_REPORTED
+            and 0 <= usage.cache_write_tokens <= MAX_REPORTED
+            and (cost is None or (type(cost) is float and 0 <= cost <= MAX_REPORTED)))
+
+
+async def _checked_done(model: Model, done: ResponseDone, stream: AsyncIterator[Any]) -> None:
+    """:func:`checked_usage` of a stream's reply; a refused one closes the stream first."""
+    try:
+        checked_usage(model, done.response)
+    except ModelError:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:  # not left to the loop's finalizer, as a task of its own
+            await aclose()
+        raise
+
+
+def _check_counts(model: Model, usage: object) -> None:
+    """Raise a :class:`ModelError` naming the first field of ``usage`` that is not a count."""
+    if not isinstance(usage, Usage):
+        raise ModelError(model.name, f"its reply's usage is {_shown(usage)}, not a Usage")
+    for name in _COUNTS:
+        _check_count(model, name, getattr(usage, name))
+    if usage.cost is not None:
+        _check_count(model, "cost", usage.cost)
+
+
+def _check_count(model: Model, name: str, value: object) -> None:
+    # any real number (numpy's too), compared as it is: float() of a huge int overflows
+    if (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and 0 <= cast(float, value) <= MAX_REPORTED):  # NaN is neither: refused
+        return
+    raise ModelError(model.name, f"its reply reports usage {name}={_shown(value)}, not a "
+                     f"number from 0 to {MAX_REPORTED:,}: no reply uses more, so the model's "
+                     "usage report is broken (a custom model's Usage must count what the "
+                     "request used)")
+
+
+def _shown(value: object) -> str:
+    """``value`` quoted in an error: a huge whole number by its size (its text may not exist)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**100:
+        digits = int(value.bit_length() * math.log10(2)) + 1
+        return f"{'-' if value < 0 else ''}a number of about {digits:,} digits"
+    shown = repr(value) if isinstance(value, int | float | type(None)) else type(value).__name__
+    return shown[:100]
+
+
 def _transient(exc: ModelError) -> bool:
     if isinstance(exc, ModelHTTPError):
         return exc.transient
@@ -157,7 +241,7 @@ class ModelGate:
                     if self._gated():
                         await self.acquire()
                     try:
-                        return await model.request(request)
+                        return checked_usage(model, await model.request(request))
                     finally:
                         self.release()
             except ModelError as exc:
@@ -201,6 +285,8 @@ class ModelGate:
                                 break
                         sent_text = sent_text or (isinstance(event, TextDelta)
                                                   and not retry_after_text)
+                        if type(event) is ResponseDone:
+                            await _checked_done(model, event, stream)
                         yield event
                 finally:
                     self.release()
@@ -248,6 +334,8 @@ class ModelGate:
                         break
                     sent_text = sent_text or (isinstance(event, TextDelta)
                                               and not retry_after_text)
+                    if type(event) is ResponseDone:
+                        await _checked_done(model, event, stream)
                     take(event)
             finally:
                 self.release()
