@@ -38,6 +38,7 @@ from shoal.merge import shown
 from shoal.outcome import Outcome, RunResult
 from shoal.plan import Callee, MapSpec, Node, Plan, Ref, _item_arg, as_tool
 from shoal.streaming import DEFAULT_BUFFER, EventStream, Started
+from shoal.tools import Tool
 
 if TYPE_CHECKING:
     from shoal.events import EventSink
@@ -94,10 +95,16 @@ class OpenRun:
         # ``args``, the keyword arguments, is a dict made for this call alone: the node keeps
         # it as it is (add() copies the mapping it is handed). Called on the run's own loop
         # (the usual case, every node of a large feed), the node is added here and now
-        if _get_running_loop() is self._loop:
-            return self._insert(self._plan._make_node(tool, args, after, node_id, None))
-        return self._on_loop(lambda: self._insert(
-            self._plan.make_owned_node(tool, args, node_id, after=after)))
+        if _get_running_loop() is not self._loop:
+            return self._on_loop(lambda: self._insert(
+                self._plan.make_owned_node(tool, args, node_id, after=after)))
+        plan = self._plan
+        node = (plan.fresh_node(tool, args)
+                if node_id is None and after == () and isinstance(tool, Tool) else None)
+        if node is None:
+            node = plan._make_node(tool, args, after, node_id, None)
+        self._insert_node(node)
+        return Ref(node.id)
 
     def add(self, tool: Callee,
             args: Mapping[str, Any] | None = None, *,

@@ -1094,31 +1094,32 @@ class SchedulerState:
                   priority: float | None = None) -> _Slot:
         """Grow the graph by ``node`` and give it a slot: waiting, replayed, skipped or queued."""
         fate: Fate = self.fate_of(node) if self.fate_of is not None else _RUN
-        node.index = self._next_index
-        self._next_index += 1
-        pos = self.graph.grow(node, gather if gather >= 0 else None)
+        node.index = index = self._next_index
+        self._next_index = index + 1
+        graph, critical = self.graph, self._critical
+        pos = graph.grow(node, gather if gather >= 0 else None)
         tool = node.tool
-        slot = _Slot(pos, node, 0, choose_executor(tool, self._default_executor))
-        self._backends.add(slot.executor)
-        if gather >= 0:
-            slot.gather = gather
+        executor = choose_executor(tool, self._default_executor)
+        backends = self._backends
+        if executor not in backends:
+            backends.add(executor)
         slots, ended = self._slots, self._ended
-        slots.append(slot)
-        ended.append(None)
-        self._critical.note(node)
-        if priority is None:  # raised by what is added after it, once that matters: _lift_added
-            slot.priority = -self._critical.estimate(tool)
-        else:
-            slot.priority = priority
         blocked = -1  # the position of a needed node that did not succeed
         waiting, done = 0, Phase.DONE
-        for p in self.graph.preds[pos]:
+        for p in graph.preds[pos]:
             if slots[p].phase is not done:
                 waiting += 1
             elif blocked < 0 and (failed := ended[p]) is not None and (
                     failed.status != "ok" and self._must_succeed(p, pos)):
                 blocked = p
-        slot.waiting = waiting
+        slot = _Slot(pos, node, waiting, executor)
+        if gather >= 0:
+            slot.gather = gather
+        slots.append(slot)
+        ended.append(None)
+        critical.note(node)
+        # raised by what is added after it, once that matters: _lift_added
+        slot.priority = -critical.estimate(tool) if priority is None else priority
         if self.stopping:
             self._record(slot, "cancelled", now, d, reason=self.stopping)
         elif fate[0] != "run":
@@ -1131,7 +1132,7 @@ class SchedulerState:
             self._store(slot, "skipped", now, d, None, None,
                         f"needs {failed.node_id!r}, which ended {failed.status}"
                         f"{_detail(failed)}", False)
-        elif slot.waiting == 0 and self._begun:
+        elif waiting == 0 and self._begun:
             self._make_ready(slot, now, d)
         return slot
 
