@@ -103,7 +103,9 @@ class OpenRun:
                 if node_id is None and after == () and isinstance(tool, Tool) else None)
         if node is None:
             node = plan._make_node(tool, args, after, node_id, None)
-        self._insert_node(node)
+            self._insert_node(node)
+        else:  # a new id, no map: what _insert_node does, with only the checks that apply
+            self._insert_node(node, plan._node_problems(node))
         return Ref(node.id)
 
     def add(self, tool: Callee,
@@ -194,11 +196,15 @@ class OpenRun:
         self._insert_node(node)
         return Ref(node.id)
 
-    def _insert_node(self, node: Node) -> None:
-        """Add ``node`` to the run (no ref made: an agent's steps never use one)."""
+    def _insert_node(self, node: Node, problems: list[PlanProblem] | None = None) -> None:
+        """Add ``node`` to the run (no ref made: an agent's steps never use one).
+
+        ``problems``: the node's problems, when the caller found them already.
+        """
         if self._closed:
             raise RunClosedError(f"open run {self.run_id} is closed: it takes no more nodes")
-        problems = self._plan.node_problems(node)
+        if problems is None:
+            problems = self._plan.node_problems(node)
         if problems:
             raise PlanError(problems, self._plan.name)
         self._handle.add([node])  # may raise (a resumed run's journal knows another tool)

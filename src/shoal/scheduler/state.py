@@ -959,6 +959,19 @@ class SchedulerState:
         return (Ended(pos, nodes[pos].index, o) for pos, o in enumerate(self._ended)
                 if o is not None)
 
+    def ended_in_order(self) -> tuple[Iterator[Outcome], Iterator[int]]:
+        """:meth:`ended`'s outcomes and their plan indexes, as two iterators in step.
+
+        For a large run's journal: its records are made from these by ``map``, with no
+        :class:`Ended` (nor a Python step of a generator) per node.
+        """
+        ended, indexes = self._ended, map(_INDEX, self.graph.nodes)
+        if self.done_count == len(ended):  # every node ended (a run over): none to leave out
+            return iter(cast(list[Outcome], ended)), indexes
+        have = [outcome is not None for outcome in ended]
+        return (cast(Iterator[Outcome], itertools.compress(ended, have)),
+                itertools.compress(indexes, have))
+
     @property
     def finished(self) -> bool:
         """Whether every node has an outcome and no more can be added."""
@@ -1097,7 +1110,9 @@ class SchedulerState:
         node.index = index = self._next_index
         self._next_index = index + 1
         graph, critical = self.graph, self._critical
-        pos = graph.grow(node, gather if gather >= 0 else None)
+        builder = graph.builder  # (grow's work, without its call, once the graph grows)
+        pos = (builder.extend(node) if builder is not None and gather < 0 else
+               graph.grow(node, gather if gather >= 0 else None))
         tool = node.tool
         executor = choose_executor(tool, self._default_executor)
         backends = self._backends
@@ -1416,7 +1431,9 @@ class SchedulerState:
             return True
         try:
             if node.refs:
-                slot.args = node.tool.validate(resolve_arguments(node.args, self._lookup))
+                resolved = resolve_arguments(node.args, self._lookup)
+                tool = node.tool  # values validation keeps as they are need no new dict
+                slot.args = resolved if tool.keeps(resolved) else tool.validate(resolved)
             elif node.checked is not None:  # validated with the plan: only copy
                 slot.args = isolate_all(node.checked)
             else:
