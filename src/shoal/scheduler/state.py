@@ -1664,13 +1664,20 @@ class SchedulerState:
 
     def _rank(self) -> None:
         """Re-rank every node by critical path and rebuild the ready heap."""
-        ranked = self._critical.rank(self.done_count, self._ended)  # ended nodes cost nothing
-        for slot, priority in zip(self._slots, ranked, strict=True):
-            if not isinstance(slot, _Slot):
-                continue  # ended: never queued again
+        slots = self._slots
+        live: Sequence[int]
+        if self.done_count:  # the nodes not ended, found at C speed: only they are ranked
+            live = list(itertools.compress(range(len(slots)), map(
+                operator.is_, self._ended, itertools.repeat(None))))
+            ranked = self._critical.rank_live(self.done_count, live)
+        else:
+            live, ranked = range(len(slots)), self._critical.rank(0, self._ended)
+        for pos, priority in zip(live, ranked, strict=True):
+            slot = slots[pos]
+            assert isinstance(slot, _Slot)  # not ended
             # a map's item stands for its map (what waits for the map waits for it), which
             # comes before it: the graph has no edge from an item to what follows the map
-            slot.priority = priority if slot.gather < 0 else self._slots[slot.gather].priority
+            slot.priority = priority if slot.gather < 0 else slots[slot.gather].priority
         self._heap = [(self._slots[p].priority, p)
                       for _, p in itertools.chain(self._heap, self._sorted)]
         self._sorted.clear()
