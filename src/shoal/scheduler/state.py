@@ -965,12 +965,13 @@ class SchedulerState:
         For a large run's journal: its records are made from these by ``map``, with no
         :class:`Ended` (nor a Python step of a generator) per node.
         """
-        ended, indexes = self._ended, map(_INDEX, self.graph.nodes)
-        if self.done_count == len(ended):  # every node ended (a run over): none to leave out
-            return iter(cast(list[Outcome], ended)), indexes
-        have = [outcome is not None for outcome in ended]
-        return (cast(Iterator[Outcome], itertools.compress(ended, have)),
-                itertools.compress(indexes, have))
+        ended = self._ended
+
+        def have() -> Iterator[bool]:  # which positions ended (lazily, at C speed)
+            return map(operator.is_not, ended, itertools.repeat(None))
+
+        return (cast(Iterator[Outcome], itertools.compress(ended, have())),
+                itertools.compress(map(_INDEX, self.graph.nodes), have()))
 
     @property
     def finished(self) -> bool:
