@@ -184,6 +184,40 @@ def test_a_node_that_does_not_fit_is_refused_alone_and_the_run_goes_on() -> None
     assert result.ok and sorted(result.outcomes) == ["a", "b"]
 
 
+def test_generated_ids_skip_one_given_by_hand_and_a_ref_to_the_next_id_is_refused() -> None:
+    async def main() -> shoal.RunResult:
+        async with shoal.Runtime().open_run() as run:
+            first = run.call(add, a=1, b=1)  # add#1
+            run.call(add, a=first, b=1, node_id="add#2")  # the next generated id, by hand
+            third = run.call(add, a=first, b=2)  # add#2 is taken: the next id free
+            assert third.node == "add#3"
+            with pytest.raises(PlanError, match=r"add#4.*refers to its own output"):
+                run.call(add, a=shoal.Ref("add#4"), b=1)  # the id it is about to get
+            fifth = run.call(add, a=third, b=0)  # the run goes on; add#4 was never added
+            assert await run.value(fifth) == 4.0
+        return run.result
+
+    result = vrun(main())
+    assert sorted(result.outcomes) == ["add#1", "add#2", "add#3", "add#5"]
+    assert result.ok and result["add#2"].value == 3.0
+
+
+def test_nodes_fed_one_ref_in_turn_share_its_refs_and_each_gets_its_own_value() -> None:
+    async def main() -> tuple[shoal.RunResult, list[shoal.Ref], Any]:
+        async with shoal.Runtime().open_run() as run:
+            hub = run.call(produce, value=7)
+            fanned = [run.call(produce, value=hub) for _ in range(3)]
+            chained = run.call(produce, value=fanned[-1])
+            plan = run._plan
+        return run.result, [*fanned, chained], plan
+
+    result, refs, plan = vrun(main())
+    first, second, third, last = (plan.node(ref) for ref in refs)
+    assert first.refs is second.refs is third.refs  # one tuple for the fan-out's nodes
+    assert last.refs == (refs[2],) and last.refs is not first.refs
+    assert [result.value(ref) for ref in refs] == [7, 7, 7, 7]
+
+
 def test_a_node_named_like_an_item_of_a_map_is_refused_either_way_round() -> None:
     async def main() -> shoal.RunResult:
         async with shoal.Runtime().open_run() as run:

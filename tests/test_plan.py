@@ -595,3 +595,21 @@ def test_arguments_holding_themselves_are_walked_once() -> None:
     except subprocess.TimeoutExpired:
         pytest.fail("find_refs did not end on a value holding itself")
     assert proc.stdout.strip() == "['$a', '$b']", proc.stderr[-500:]
+
+
+def test_a_fan_outs_nodes_share_one_refs_tuple_and_a_chains_do_not() -> None:
+    @shoal.tool
+    async def step(x: int) -> int:
+        """One step."""
+        return x + 1
+
+    plan = shoal.Plan()
+    hub = plan.call(step, x=0)
+    fanned = [plan.call(step, x=hub) for _ in range(3)]
+    given = plan.add(step, {"x": hub})  # made through make_node, not call's own path
+    chained = plan.call(step, x=fanned[0])
+    refs = [plan.node(ref).refs for ref in (*fanned, given)]
+    assert all(r is refs[0] for r in refs) and refs[0] == (hub,)
+    assert plan.node(chained).refs == (fanned[0],)
+    result = shoal.run_sync(plan)
+    assert [result.value(ref) for ref in (*fanned, given, chained)] == [2, 2, 2, 2, 3]

@@ -29,6 +29,24 @@ def test_ended_nodes_rank_nothing_and_what_is_left_ranks_as_before() -> None:
     critical = chain_graph(4)
     ended: list[object] = ["over", "over", None, None]
     assert critical.rank(2, ended) == [0.0, 0.0, -2.0, -1.0]
+    assert critical.rank_live(2, [2, 3]) == [-2.0, -1.0]  # the same, for the live alone
+
+
+def test_ranking_the_live_nodes_alone_gives_their_levels_in_a_branching_graph() -> None:
+    plan = shoal.Plan("branches")
+    root = plan.call(step, x=0)
+    left = plan.call(step, x=plan.call(step, x=plan.call(step, x=root)))
+    right = plan.call(step, x=root)
+    plan.call(step, x=plan.call(step, x=right))
+    plan.validate()
+    critical = CriticalPath(analyze(plan), {})
+    ended: list[object] = [None] * len(plan)
+    ended[1] = ended[2] = "over"  # the left branch's first two ended: its last is left
+    live = [pos for pos, over in enumerate(ended) if over is None]
+    full = critical.rank(2, ended)
+    assert critical.rank_live(2, live) == [full[pos] for pos in live]
+    assert critical.rank_live(2, live) == [-4.0, -1.0, -3.0, -2.0, -1.0]  # root: via right
+    del left
 
 
 def test_nodes_added_after_a_ranking_are_handed_out_once() -> None:

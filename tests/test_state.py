@@ -856,6 +856,8 @@ def test_queries_answer_what_the_driver_needs_without_its_slots() -> None:
     outcome = state.outcome_at(call.pos)
     assert outcome is not None and outcome.value == 5
     assert [(e.pos, e.order, e.outcome) for e in state.ended()] == [(call.pos, 0, outcome)]
+    outcomes, orders = state.ended_in_order()  # the same, in step: one node left out
+    assert list(zip(outcomes, orders, strict=True)) == [(outcome, 0)]
     (ask,) = d.approvals
     assert isinstance(ask, Ask)
     tool = state.awaiting(ask.pos)  # the desk shows its description; no slot read
@@ -866,6 +868,9 @@ def test_queries_answer_what_the_driver_needs_without_its_slots() -> None:
     state.deny(ask.pos, "no", 2.0)
     assert state.awaiting(ask.pos) is None
     assert len(list(state.ended())) == 2
+    outcomes, orders = state.ended_in_order()  # every node ended
+    assert [(o.node_id, o.status, i) for o, i in zip(outcomes, orders, strict=True)] == [
+        ("a", "ok", 0), ("pay", "denied", 1)]
 
 
 def test_an_open_runs_state_keeps_no_spare_decision_once_it_has_begun() -> None:

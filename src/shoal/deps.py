@@ -272,22 +272,31 @@ class _Builder:
         unknown, covers theirs; it is a barrier if they are; it ends after them). Edges from
         nodes added after the map would make it wait for its own items.
         """
-        i = len(self.nodes)
+        nodes, position, preds, succs = self.nodes, self.position, self.preds, self.succs
+        i = len(nodes)
         if node.index == i:  # the same int object as the node's index: a large run keeps one
             i = node.index
-        self.nodes.append(node)
-        self.position[node.id] = i
-        self.preds.append(())
-        self.succs.append(())
+        nodes.append(node)
+        position[node.id] = i
         grown = self._graph  # (the graph property, without its call: every node passes here)
         graph = grown() if grown is not None else None
         if graph is not None and graph.listed is not None:
             graph.listed += hard_edges(node)
         refs = node.refs
-        if len(refs) == 1 and not node.after:  # a chain's or a fan-out's node: one link
-            self.link(self.position[refs[0].node], i)
-        elif refs or node.after:
-            self.data_and_after(i)
+        source = position[refs[0].node] if len(refs) == 1 and not node.after else i
+        if source != i:  # a chain's or a fan-out's node: one link (link's work, inlined)
+            preds.append(self._one(source))  # (read before: the new node has no entry yet)
+            succs.append(())
+            after = succs[source]
+            if isinstance(after, tuple):
+                succs[source] = (*after, i) if len(after) < _SHORT else [*after, i]
+            else:
+                after.append(i)
+        else:
+            preds.append(())
+            succs.append(())
+            if refs or node.after:
+                self.data_and_after(i)
         order = self if within is None else self._items_of(within)
         policy = node.tool.policy
         if policy.reads or policy.writes or policy.merges:

@@ -38,6 +38,7 @@ from shoal.merge import shown
 from shoal.outcome import Outcome, RunResult
 from shoal.plan import Callee, MapSpec, Node, Plan, Ref, _item_arg, as_tool
 from shoal.streaming import DEFAULT_BUFFER, EventStream, Started
+from shoal.tools import Tool
 
 if TYPE_CHECKING:
     from shoal.events import EventSink
@@ -94,10 +95,18 @@ class OpenRun:
         # ``args``, the keyword arguments, is a dict made for this call alone: the node keeps
         # it as it is (add() copies the mapping it is handed). Called on the run's own loop
         # (the usual case, every node of a large feed), the node is added here and now
-        if _get_running_loop() is self._loop:
-            return self._insert(self._plan._make_node(tool, args, after, node_id, None))
-        return self._on_loop(lambda: self._insert(
-            self._plan.make_owned_node(tool, args, node_id, after=after)))
+        if _get_running_loop() is not self._loop:
+            return self._on_loop(lambda: self._insert(
+                self._plan.make_owned_node(tool, args, node_id, after=after)))
+        plan = self._plan
+        node = (plan.fresh_node(tool, args)
+                if node_id is None and after == () and isinstance(tool, Tool) else None)
+        if node is None:
+            node = plan._make_node(tool, args, after, node_id, None)
+            self._insert_node(node)
+        else:  # a new id, no map: what _insert_node does, with only the checks that apply
+            self._insert_node(node, plan._node_problems(node))
+        return Ref(node.id)
 
     def add(self, tool: Callee,
             args: Mapping[str, Any] | None = None, *,
@@ -187,11 +196,15 @@ class OpenRun:
         self._insert_node(node)
         return Ref(node.id)
 
-    def _insert_node(self, node: Node) -> None:
-        """Add ``node`` to the run (no ref made: an agent's steps never use one)."""
+    def _insert_node(self, node: Node, problems: list[PlanProblem] | None = None) -> None:
+        """Add ``node`` to the run (no ref made: an agent's steps never use one).
+
+        ``problems``: the node's problems, when the caller found them already.
+        """
         if self._closed:
             raise RunClosedError(f"open run {self.run_id} is closed: it takes no more nodes")
-        problems = self._plan.node_problems(node)
+        if problems is None:
+            problems = self._plan.node_problems(node)
         if problems:
             raise PlanError(problems, self._plan.name)
         self._handle.add([node])  # may raise (a resumed run's journal knows another tool)

@@ -271,6 +271,9 @@ class Plan:
         self._bracketed: dict[str, list[str]] = {}  # "m" -> ids like "m[3]": map items' ids
         # static checks of arguments that are all refs, by tool and names (see _static_check)
         self._static: dict[tuple[Tool[..., Any], tuple[str, ...]], str] = {}
+        # the refs of the last node that had one ref: the nodes of a fan-out all use their
+        # hub's ref, and share this tuple (see _shared_refs)
+        self._one_ref: tuple[Ref, ...] = ()
 
     def call(
         self,
@@ -299,7 +302,7 @@ class Plan:
                 refs: tuple[Ref, ...] = ()
                 for value in args.values():
                     if type(value) not in _NO_REFS:
-                        refs = tuple(find_refs(args))
+                        refs = self._shared_refs(tuple(find_refs(args)))
                         break
                 nodes[new_id] = Node(new_id, tool, args, (), len(nodes), refs)
                 return Ref(new_id)
@@ -423,8 +426,53 @@ class Plan:
         else:
             after_ids = ()
         refs = _refs_in(arguments)
+        if refs:
+            refs = self._shared_refs(refs)
         return Node(node_id, resolved_tool, arguments, after_ids,  # (positional: sooner)
                     len(self._nodes) + len(self._duplicates), refs, None, map_spec)
+
+    def fresh_node(self, tool: Tool[..., Any], arguments: dict[str, Any]) -> Node | None:
+        """:meth:`_make_node`'s usual case, sooner: ``tool``'s next id, no ``after``, no map.
+
+        ``None`` when that id is taken (by a node given it by hand) or the plan holds
+        duplicates: :meth:`_make_node` then finds the id. An open run fed a million calls
+        makes each of its nodes here; the id, of the form ``name#n``, is never a map item's.
+        """
+        if self._duplicates:
+            return None
+        name = tool.name
+        count = self._counts.get(name, 0) + 1
+        node_id = f"{name}#{count}"
+        nodes = self._nodes
+        if node_id in nodes:
+            return None
+        self._counts[name] = count
+        refs: tuple[Ref, ...] = ()
+        for value in arguments.values():  # (_refs_in, inlined)
+            if type(value) is Ref and len(arguments) == 1:  # a chain's or a fan-out's node
+                one = self._one_ref
+                refs = one if one and one[0] is value else self._shared_refs((value,))
+                break
+            if type(value) not in _NO_REFS:
+                refs = _refs_in(arguments)
+                if refs:
+                    refs = self._shared_refs(refs)
+                break
+        return Node(node_id, tool, arguments, (), len(nodes), refs)
+
+    def _shared_refs(self, refs: tuple[Ref, ...]) -> tuple[Ref, ...]:
+        """``refs``, or an equal tuple kept from the node before (one ref, the same object).
+
+        Each node of a fan-out uses its hub's ref: one tuple for all of them instead of one
+        each, which the garbage collector would walk on every full pass while the plan lives.
+        """
+        if len(refs) != 1:
+            return refs
+        one = self._one_ref
+        if one and one[0] is refs[0]:
+            return one
+        self._one_ref = refs
+        return refs
 
     def insert(self, node: Node) -> None:
         """Add a node made by :meth:`make_node` (a taken id is kept aside for validation).

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import itertools
 import logging
 import math
 import operator
@@ -1461,9 +1462,9 @@ class Driver:
             result = self.result()
         status: RunStatus = "cancelled" if self.cancelled_reason else "finished"
         if not self._streaming and not self._ends_each:
-            run_id = self.state.run_id
-            journal.add_many(OutcomeRecord(run_id, ended.outcome, ended.order)
-                             for ended in self.state.ended())
+            outcomes, orders = self.state.ended_in_order()  # (records made at C speed)
+            journal.add_many(map(OutcomeRecord, itertools.repeat(self.state.run_id), outcomes,
+                                 orders))
         if journal.failed is None:
             journal.add(RunEnded(self.state.run_id, status, self._epoch_now(), self._counts(),
                                  result.makespan))

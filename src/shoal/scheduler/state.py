@@ -959,6 +959,20 @@ class SchedulerState:
         return (Ended(pos, nodes[pos].index, o) for pos, o in enumerate(self._ended)
                 if o is not None)
 
+    def ended_in_order(self) -> tuple[Iterator[Outcome], Iterator[int]]:
+        """:meth:`ended`'s outcomes and their plan indexes, as two iterators in step.
+
+        For a large run's journal: its records are made from these by ``map``, with no
+        :class:`Ended` (nor a Python step of a generator) per node.
+        """
+        ended = self._ended
+
+        def have() -> Iterator[bool]:  # which positions ended (lazily, at C speed)
+            return map(operator.is_not, ended, itertools.repeat(None))
+
+        return (cast(Iterator[Outcome], itertools.compress(ended, have())),
+                itertools.compress(map(_INDEX, self.graph.nodes), have()))
+
     @property
     def finished(self) -> bool:
         """Whether every node has an outcome and no more can be added."""
@@ -1094,31 +1108,34 @@ class SchedulerState:
                   priority: float | None = None) -> _Slot:
         """Grow the graph by ``node`` and give it a slot: waiting, replayed, skipped or queued."""
         fate: Fate = self.fate_of(node) if self.fate_of is not None else _RUN
-        node.index = self._next_index
-        self._next_index += 1
-        pos = self.graph.grow(node, gather if gather >= 0 else None)
+        node.index = index = self._next_index
+        self._next_index = index + 1
+        graph, critical = self.graph, self._critical
+        builder = graph.builder  # (grow's work, without its call, once the graph grows)
+        pos = (builder.extend(node) if builder is not None and gather < 0 else
+               graph.grow(node, gather if gather >= 0 else None))
         tool = node.tool
-        slot = _Slot(pos, node, 0, choose_executor(tool, self._default_executor))
-        self._backends.add(slot.executor)
-        if gather >= 0:
-            slot.gather = gather
+        executor = choose_executor(tool, self._default_executor)
+        backends = self._backends
+        if executor not in backends:
+            backends.add(executor)
         slots, ended = self._slots, self._ended
-        slots.append(slot)
-        ended.append(None)
-        self._critical.note(node)
-        if priority is None:  # raised by what is added after it, once that matters: _lift_added
-            slot.priority = -self._critical.estimate(tool)
-        else:
-            slot.priority = priority
         blocked = -1  # the position of a needed node that did not succeed
         waiting, done = 0, Phase.DONE
-        for p in self.graph.preds[pos]:
+        for p in graph.preds[pos]:
             if slots[p].phase is not done:
                 waiting += 1
             elif blocked < 0 and (failed := ended[p]) is not None and (
                     failed.status != "ok" and self._must_succeed(p, pos)):
                 blocked = p
-        slot.waiting = waiting
+        slot = _Slot(pos, node, waiting, executor)
+        if gather >= 0:
+            slot.gather = gather
+        slots.append(slot)
+        ended.append(None)
+        critical.note(node)
+        # raised by what is added after it, once that matters: _lift_added
+        slot.priority = -critical.estimate(tool) if priority is None else priority
         if self.stopping:
             self._record(slot, "cancelled", now, d, reason=self.stopping)
         elif fate[0] != "run":
@@ -1131,7 +1148,7 @@ class SchedulerState:
             self._store(slot, "skipped", now, d, None, None,
                         f"needs {failed.node_id!r}, which ended {failed.status}"
                         f"{_detail(failed)}", False)
-        elif slot.waiting == 0 and self._begun:
+        elif waiting == 0 and self._begun:
             self._make_ready(slot, now, d)
         return slot
 
@@ -1415,7 +1432,9 @@ class SchedulerState:
             return True
         try:
             if node.refs:
-                slot.args = node.tool.validate(resolve_arguments(node.args, self._lookup))
+                resolved = resolve_arguments(node.args, self._lookup)
+                tool = node.tool  # values validation keeps as they are need no new dict
+                slot.args = resolved if tool.keeps(resolved) else tool.validate(resolved)
             elif node.checked is not None:  # validated with the plan: only copy
                 slot.args = isolate_all(node.checked)
             else:
@@ -1646,13 +1665,20 @@ class SchedulerState:
 
     def _rank(self) -> None:
         """Re-rank every node by critical path and rebuild the ready heap."""
-        ranked = self._critical.rank(self.done_count, self._ended)  # ended nodes cost nothing
-        for slot, priority in zip(self._slots, ranked, strict=True):
-            if not isinstance(slot, _Slot):
-                continue  # ended: never queued again
+        slots = self._slots
+        live: Sequence[int]
+        if self.done_count:  # the nodes not ended, found at C speed: only they are ranked
+            live = list(itertools.compress(range(len(slots)), map(
+                operator.is_, self._ended, itertools.repeat(None))))
+            ranked = self._critical.rank_live(self.done_count, live)
+        else:
+            live, ranked = range(len(slots)), self._critical.rank(0, self._ended)
+        for pos, priority in zip(live, ranked, strict=True):
+            slot = slots[pos]
+            assert isinstance(slot, _Slot)  # not ended
             # a map's item stands for its map (what waits for the map waits for it), which
             # comes before it: the graph has no edge from an item to what follows the map
-            slot.priority = priority if slot.gather < 0 else self._slots[slot.gather].priority
+            slot.priority = priority if slot.gather < 0 else slots[slot.gather].priority
         self._heap = [(self._slots[p].priority, p)
                       for _, p in itertools.chain(self._heap, self._sorted)]
         self._sorted.clear()
