@@ -508,3 +508,4 @@ def _analyze(plan: Plan) -> Graph:
 
 #: The graph of every empty plan (an open run's, as it opens): read, forked, never grown.
 _NO_NODES = Graph([], {}, [], [], [], 0)
+EMPTY_GRAPH = _NO_NODES  #: (the same, for the runtime: an empty plan needs no analysis)

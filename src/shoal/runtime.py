@@ -30,7 +30,7 @@ from shoal import instrumentation
 from shoal.approvals import ApprovalRequest, Approver, Callback, as_approver
 from shoal.approvals.desk import ApprovalDesk
 from shoal.clock import Clock, forget_clock, read_epoch, running_loop
-from shoal.deps import Graph, analyze
+from shoal.deps import EMPTY_GRAPH, Graph, analyze
 from shoal.events import Event, EventSink
 from shoal.exceptions import ConfigError, NoEventLoopError, RunClosedError, ShoalError
 from shoal.executors.base import Executor, check_count
@@ -567,7 +567,9 @@ class Runtime:
         loop = _loop_for("open_run()", "async with runtime.open_run() as run: ...")
         self._check_ids(run_id, resume, within)
         plan = Plan(name)
-        rerun = check_settling(rerun_in_doubt, mark_done)
+        # none given (every agent's steps run): nothing to check, once per subagent started
+        rerun = (() if type(rerun_in_doubt) is tuple and not rerun_in_doubt and mark_done is None
+                 else check_settling(rerun_in_doubt, mark_done))
         driver, claim = self._driver(
             plan, deadline, fail_fast, on_event, run_id,
             _Journaling(resume, rerun, mark_done, {"open_run": True}, force),
@@ -757,8 +759,11 @@ class Runtime:
     ) -> tuple[Driver, RunClaim]:
         _check_plan(plan)
         check_deadline(deadline)
-        plan.validate()
-        graph = analyze(plan)
+        if len(plan):
+            plan.validate()
+            graph = analyze(plan)
+        else:  # no node, no problem (an open run as it opens, one per agent): the shared graph
+            graph = EMPTY_GRAPH
         run_id, record, resumption, claim = self._journal_for(plan, graph, run_id, journaling)
         try:
             sharing = sharing or _Sharing()
