@@ -12,6 +12,7 @@ import functools
 import inspect
 import re
 import textwrap
+import types
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -337,6 +338,13 @@ def is_async_callable(fn: Any) -> bool:
     wrapper of ``functools.lru_cache``): a Python function's own code decides for it, so a
     sync wrapper made with ``functools.wraps`` around an async function stays sync.
     """
+    # most tools' case first, without inspect's unwrapping: an ``async def`` function, or a
+    # method or partial of one (an agent binds one for each subagent and each run it starts)
+    base = fn.func if type(fn) is functools.partial else fn
+    if type(base) is types.MethodType:
+        base = base.__func__
+    if type(base) is types.FunctionType and base.__code__.co_flags & inspect.CO_COROUTINE:
+        return True
     for _ in range(100):  # a bound on the unwrapping, against __wrapped__ loops
         if inspect.iscoroutinefunction(fn):
             return True

@@ -44,6 +44,10 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+#: The cached properties of a tool worked out from its schema alone, immutable: a tool bound to
+#: another function (see :meth:`Tool.bound_to`) takes them over instead of working them out.
+_SCHEMA_FACTS = ("_plain", "_kept_as_is")
+
 class Tool(Generic[P, R]):
     """A named, typed callable with an execution policy.
 
@@ -183,6 +187,10 @@ class Tool(Generic[P, R]):
         bound.__module__ = getattr(base, "__module__", __name__)
         bound.__qualname__ = getattr(base, "__qualname__", self.name)
         bound.__wrapped__ = fn
+        known = self.__dict__  # what this schema's cached properties found: the same for it
+        for name in _SCHEMA_FACTS:
+            if name in known:
+                bound.__dict__[name] = known[name]
         if is_async != self._is_async:  # the policy was checked for the other kind of callable
             check_policy(self.name, is_async, self.policy)
         return bound
