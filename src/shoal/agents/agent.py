@@ -83,6 +83,15 @@ async def _subagent_entry(task: str,
     raise AssertionError("a subagent's tool is bound to its run before it is called")
 
 
+async def _inline_subagent_entry(task: str) -> str:
+    """Run the subagent on a task and return its final answer.
+
+    Args:
+        task: what the subagent should do; it sees nothing else of this conversation.
+    """
+    raise AssertionError("a subagent's tool is bound to its run before it is called")
+
+
 @dataclass(frozen=True, eq=False)
 class Agent(Generic[T]):
     """A model that calls tools and subagents, with every call of a turn running in parallel.
@@ -335,6 +344,24 @@ class Agent(Generic[T]):
         # own journaled steps replay, so nothing it finished is asked or done twice.
         return Tool(_subagent_entry, name=self.name, description=description,
                     policy=ToolPolicy(isolation="inline", idempotent=True))
+
+    @functools.cached_property
+    def _inline_call_tool(self) -> Tool[..., Any]:
+        """What a parent's call of this agent runs when its turn loop runs in the parent's loop.
+
+        :attr:`subagent_tool` without its injected node: the call's outcome names this machine
+        as where it ran, which is where such an agent runs, so nothing is injected, and the
+        call takes the runtime's lean path for an inline call (no injection to settle: one
+        task and two coroutines less to start each subagent of a swarm). Same name,
+        description, arguments and policy.
+        """
+        tool = self.subagent_tool
+        return Tool(_inline_subagent_entry, name=tool.name, description=tool.description,
+                    policy=tool.policy)
+
+    def call_tool(self) -> Tool[..., Any]:
+        """The tool a parent binds for one call of this agent (see :attr:`subagent_tool`)."""
+        return self._inline_call_tool if self.isolation == "inline" else self.subagent_tool
 
     @functools.cached_property
     def node_tool(self) -> Tool[..., Any]:

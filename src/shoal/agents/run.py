@@ -684,13 +684,12 @@ class AgentRun:
         refusal = self.ctx.tracker.take_subagent(self.depth + 1, where)
         if refusal is not None:
             return refusal
-        return self._bind_subagent(child, tool, where)
+        return self._bind_subagent(child, where)
 
-    def _bind_subagent(self, child: Agent[Any], template: Tool[..., Any],
-                       where: str) -> Tool[..., Any]:
+    def _bind_subagent(self, child: Agent[Any], where: str) -> Tool[..., Any]:
         # a partial, not a closure: two objects for each subagent waiting in its call, where
         # a closure held a function, its closure tuple and a cell per name
-        return template.bound_to(partial(AgentRun._run_subagent, self, child, where))
+        return child.call_tool().bound_to(partial(AgentRun._run_subagent, self, child, where))
 
     async def _run_subagent(self, child: Agent[Any], where: str, task: str,
                             shoal_node: NodeContext | None = None) -> Any:
