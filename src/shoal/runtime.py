@@ -773,8 +773,13 @@ class Runtime:
             driver.scope = self._scope(driver, sharing, resumption is not None)
             if resumption is not None and resumption.effects:  # the replayed calls' board writes
                 driver.scope.replay(resumption.effects)
-            with contextlib.suppress(RuntimeError), self._making:  # no running loop: start()
-                self._runs[driver] = asyncio.get_running_loop().create_future()  # says so
+            try:  # (not contextlib.suppress: a run opens per agent started, and it costs)
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no running loop: start() says so
+                pass
+            else:
+                with self._making:
+                    self._runs[driver] = loop.create_future()
             return driver, claim
         except BaseException:
             claim.release()

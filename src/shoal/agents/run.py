@@ -591,9 +591,9 @@ class AgentRun:
         ctx = self.ctx
         run_id = f"{ctx.run_id}/{self.lineage}/steps"
         store = ctx.runtime.store
-        resume = (ctx.resumes(self.lineage) and store is not None
-                  and store.get_run(run_id) is not None)
-        if not resume and ctx.resumes(self.lineage) and store is not None:
+        resumes = store is not None and ctx.resumes(self.lineage)  # asked once per agent
+        resume = resumes and store is not None and store.get_run(run_id) is not None
+        if not resume and resumes and store is not None:
             _refuse_steps_per_run(store, f"{ctx.run_id}/{self.lineage}")
         sink = self._steps_sink() if ctx.observed_nested else None
         run = self._steps = ctx.runtime.open_run(
