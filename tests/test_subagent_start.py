@@ -41,12 +41,12 @@ def test_a_subagent_calls_outcome_says_where_the_subagent_ran(isolation: str) ->
 def test_an_inline_subagents_call_injects_nothing_a_process_agents_its_node() -> None:
     inline = _lead("inline").subagents[0]
     elsewhere = _lead("process").subagents[0]
-    assert not inline.call_tool().injected  # the runtime's lean path: no node to make
-    assert dict(elsewhere.call_tool().injected) == {"shoal_node": "node"}
+    assert not inline._call_tool.injected  # the runtime's lean path: no node to make
+    assert dict(elsewhere._call_tool.injected) == {"shoal_node": "node"}
     # what the parent's model sees is the same for both
-    assert inline.call_tool().json_schema() == inline.subagent_tool.json_schema()
-    assert inline.call_tool().description == inline.subagent_tool.description
-    assert inline.call_tool().policy == inline.subagent_tool.policy
+    assert inline._call_tool.json_schema() == inline.subagent_tool.json_schema()
+    assert inline._call_tool.description == inline.subagent_tool.description
+    assert inline._call_tool.policy == inline.subagent_tool.policy
 
 
 def test_a_bound_tool_validates_as_its_template_after_the_template_did() -> None:

@@ -346,22 +346,20 @@ class Agent(Generic[T]):
                     policy=ToolPolicy(isolation="inline", idempotent=True))
 
     @functools.cached_property
-    def _inline_call_tool(self) -> Tool[..., Any]:
-        """What a parent's call of this agent runs when its turn loop runs in the parent's loop.
+    def _call_tool(self) -> Tool[..., Any]:
+        """The tool a parent binds for each call of this agent: :attr:`subagent_tool`'s kind.
 
-        :attr:`subagent_tool` without its injected node: the call's outcome names this machine
-        as where it ran, which is where such an agent runs, so nothing is injected, and the
-        call takes the runtime's lean path for an inline call (no injection to settle: one
-        task and two coroutines less to start each subagent of a swarm). Same name,
-        description, arguments and policy.
+        For an agent whose turn loop runs in the parent's loop (``isolation="inline"``), the
+        same tool (name, description, arguments, policy) without its injected node: the
+        call's outcome names this machine as where it ran, which is where such an agent runs,
+        so nothing is injected, and the call takes the runtime's lean path for an inline call
+        (no injection to settle: a task's two coroutines less for each subagent of a swarm).
         """
         tool = self.subagent_tool
+        if self.isolation != "inline":  # the node records where it ran (a Ray node)
+            return tool
         return Tool(_inline_subagent_entry, name=tool.name, description=tool.description,
                     policy=tool.policy)
-
-    def call_tool(self) -> Tool[..., Any]:
-        """The tool a parent binds for one call of this agent (see :attr:`subagent_tool`)."""
-        return self._inline_call_tool if self.isolation == "inline" else self.subagent_tool
 
     @functools.cached_property
     def node_tool(self) -> Tool[..., Any]:

@@ -689,7 +689,7 @@ class AgentRun:
     def _bind_subagent(self, child: Agent[Any], where: str) -> Tool[..., Any]:
         # a partial, not a closure: two objects for each subagent waiting in its call, where
         # a closure held a function, its closure tuple and a cell per name
-        return child.call_tool().bound_to(partial(AgentRun._run_subagent, self, child, where))
+        return child._call_tool.bound_to(partial(AgentRun._run_subagent, self, child, where))
 
     async def _run_subagent(self, child: Agent[Any], where: str, task: str,
                             shoal_node: NodeContext | None = None) -> Any:
