@@ -895,7 +895,8 @@ class Runtime:
             # those this run starts: one that another run made meanwhile may still be starting
             started = dict(self._executors)
             for executor in {id(e): e for e in started.values()}.values():
-                await executor.start()
+                if type(executor).start is not Executor.start:  # else it has nothing to do
+                    await executor.start()  # (the inline one's, once per agent started)
             driver.adopt(started)  # started: nodes added later need not start them
             return await driver.run()
         finally:  # the session's journal is closed: another may take the run now
