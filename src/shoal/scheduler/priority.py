@@ -165,10 +165,10 @@ class CriticalPath:
         old = self.estimates.get(tool_name)
         if old is None:
             self.estimates[tool_name] = seconds
-        else:  # a sample far above the estimate counts for less (see SAMPLE_CAP)
-            cap = max(old * SAMPLE_CAP, RELEARN_FLOOR)
-            self.estimates[tool_name] = old + LEARN_WEIGHT * (
-                (seconds if seconds < cap else cap) - old)
+        else:
+            if seconds > old * SAMPLE_CAP and seconds > RELEARN_FLOOR:  # counts for less
+                seconds = max(old * SAMPLE_CAP, RELEARN_FLOOR)  # (see SAMPLE_CAP)
+            self.estimates[tool_name] = old + LEARN_WEIGHT * (seconds - old)
         if self._multi_tool and tool_name not in self._used:
             self._used[tool_name] = math.nan
 
