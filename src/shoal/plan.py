@@ -627,12 +627,8 @@ class Plan:
         known = self._static.get(tool)
         if known is None:
             known = self._static[tool] = {}
-        key: str | tuple[str, ...] = ""
-        if len(args) == 1:  # no tuple made (a chain's or a fan-out's node)
-            for key in args:
-                break
-        else:
-            key = tuple(args)
+        # one name (a chain's or a fan-out's node) is its own key: no tuple made
+        key: str | tuple[str, ...] = next(iter(args)) if len(args) == 1 else tuple(args)
         detail = known.get(key)
         if detail is None:
             detail = known[key] = tool.check_static(args, _holds_refs)

@@ -36,12 +36,13 @@ RELEARN_FLOOR = 0.001
 RERANK_SHARE = 0.1
 LEARN_WEIGHT = 0.3
 #: One measured duration counts for at most this many times the estimate (or for
-#: ``RELEARN_FLOOR``, if that is more): a call that happened to span a pause of the whole process (the
-#: collector's full pass, the machine's other work) says nothing about its tool, yet would
-#: move a trivial tool's estimate by orders of magnitude, and so call for a re-ranking of the
-#: plan and another once it falls back (a trivial tool's estimate stays below the floor after
-#: one such sample, so it calls for none). A tool that really got slower moves its estimate
-#: by up to 1 + LEARN_WEIGHT * (SAMPLE_CAP - 1) = 1.9 times per call: a few calls get it there.
+#: ``RELEARN_FLOOR``, if that is more): a call that happened to span a pause of the whole
+#: process (the collector's full pass, the machine's other work) says nothing about its tool,
+#: yet would move a trivial tool's estimate by orders of magnitude, and so call for a
+#: re-ranking of the plan, and another once it falls back (a trivial tool's estimate stays
+#: below the floor after one such sample, so it calls for none). A tool that really got slower
+#: moves its estimate by up to 1 + LEARN_WEIGHT * (SAMPLE_CAP - 1) = 1.9 times per call: a
+#: few calls get it there.
 SAMPLE_CAP = 4.0
 
 
