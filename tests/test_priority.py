@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 import shoal
 from shoal.deps import analyze
-from shoal.scheduler.priority import CriticalPath
+from shoal.scheduler.priority import RELEARN_FLOOR, CriticalPath
 
 
 @shoal.tool
@@ -102,3 +104,41 @@ def test_a_plan_without_edges_ranks_each_node_by_its_own_tools_estimate() -> Non
     assert critical.take_added() == range(6, 6)
     critical.learn("slow", 30.0)  # moved far from the 3.0 ranked with: a re-ranking is due
     assert not critical.stale(1) and critical.stale(10)
+
+
+def test_one_call_spanning_a_pause_does_not_call_for_a_re_ranking() -> None:
+    """A trivial call that spans a pause of the process says nothing of its tool.
+
+    (A full collection, the machine's other work.) It must not move the estimate past the
+    floor, nor call for a re-ranking, then another as it falls back.
+    """
+    plan = shoal.Plan("two tools")
+    plan.call(other, x=plan.call(step, x=0))
+    plan.validate()
+    critical = CriticalPath(analyze(plan), {})
+    critical.learn("step", 0.000003)
+    critical.rank(0)
+    critical.learn("step", 0.5)  # one call held up by half a second
+    assert critical.estimates["step"] < RELEARN_FLOOR
+    assert not critical.stale(100)
+    for _ in range(20):  # back to its usual few microseconds: still nothing to re-rank
+        critical.learn("step", 0.000003)
+        assert not critical.stale(100)
+
+
+def test_a_tool_that_really_got_slower_is_learned_within_a_few_calls() -> None:
+    """The cap on one sample slows learning a real change down only by a few calls."""
+    plan = shoal.Plan("two tools")
+    plan.call(other, x=plan.call(step, x=0))
+    plan.validate()
+    critical = CriticalPath(analyze(plan), {})
+    critical.learn("step", 0.01)
+    critical.rank(0)
+    calls = 0
+    while not critical.stale(100):
+        critical.learn("step", 1.0)
+        calls += 1
+    assert calls <= 3
+    for _ in range(10):
+        critical.learn("step", 1.0)
+    assert critical.estimates["step"] == pytest.approx(1.0, rel=0.2)

@@ -887,3 +887,21 @@ def test_an_open_runs_state_keeps_no_spare_decision_once_it_has_begun() -> None:
     second = Plan("more").make_node(step, {"value": 2}, node_id="fetch#1")
     added = state.add([second], 1.0)
     assert added is not None and started(added) == ["fetch#1"] and state._spare is None
+
+
+def test_adding_nodes_to_a_full_open_run_starts_them_in_order_and_says_what_held_them() -> None:
+    # the run-wide limit full: a node that waits for its inputs decides nothing (no dispatch);
+    # one ready at once is queued, and says at its start that the run's limit held it back
+    state = make_state(Plan("fed"), open_run=True, max_concurrency=1, record_events=False)
+    more = Plan("more")
+    state.add([more.make_node(step, {"value": 1}, node_id="a")], 0.0)
+    assert started(state.begin(0.0)) == ["a"]
+    assert state.add([more.make_node(step, {"value": Ref("a")}, node_id="b")], 0.1) is None
+    queued = state.add([more.make_node(step, {"value": 3}, node_id="c")], 0.2)
+    assert queued is None or not queued.starts  # the limit is full: c waits
+    (first,) = state.finish(0, ok(1), 1.0).starts  # b, ready only now: nothing held it
+    assert (first.node_id, first.held) == ("b", "")
+    (last,) = state.finish(first.pos, ok(2), 2.0).starts
+    assert last.node_id == "c" and "the run's max_concurrency=1" in last.held
+    state.finish(last.pos, ok(3), 3.0)
+    assert [o.value for o in state.outcomes()] == [1, 2, 3]

@@ -270,7 +270,8 @@ class Plan:
         self._memo: dict[str, tuple[int, Any]] = {}
         self._bracketed: dict[str, list[str]] = {}  # "m" -> ids like "m[3]": map items' ids
         # static checks of arguments that are all refs, by tool and names (see _static_check)
-        self._static: dict[tuple[Tool[..., Any], tuple[str, ...]], str] = {}
+        # (by tool, then by the one name, or the names as a tuple: most nodes have one)
+        self._static: dict[Tool[..., Any], dict[str | tuple[str, ...], str]] = {}
         # the refs of the last node that had one ref: the nodes of a fan-out all use their
         # hub's ref, and share this tuple (see _shared_refs)
         self._one_ref: tuple[Ref, ...] = ()
@@ -622,10 +623,15 @@ class Plan:
         for value in args.values():
             if not isinstance(value, Ref):
                 return node.tool.check_static(args, _holds_refs)
-        key = (node.tool, tuple(args))
-        detail = self._static.get(key)
+        tool = node.tool
+        known = self._static.get(tool)
+        if known is None:
+            known = self._static[tool] = {}
+        # one name (a chain's or a fan-out's node) is its own key: no tuple made
+        key: str | tuple[str, ...] = next(iter(args)) if len(args) == 1 else tuple(args)
+        detail = known.get(key)
         if detail is None:
-            detail = self._static[key] = node.tool.check_static(args, _holds_refs)
+            detail = known[key] = tool.check_static(args, _holds_refs)
         return detail
 
     def validate(self) -> None:

@@ -2,7 +2,8 @@
 
 A node's priority is the longest chain of estimated work from it to the end of the plan
 (its *bottom level*). Estimates start from each tool's ``estimate`` (or one unit) and are
-learned per tool, as an exponential moving average of measured durations, while calls finish.
+learned per tool, as an exponential moving average of measured durations, while calls finish
+(a duration far above the estimate counts for less: see ``SAMPLE_CAP``).
 Re-ranking costs O(nodes), so it happens only when an estimate has moved by more than
 ``RELEARN_FACTOR`` since the last ranking, and at most once per ``RERANK_SHARE`` of the plan's
 completions: learning stays O(1) per node, amortised. With a single tool the order cannot
@@ -34,6 +35,15 @@ RELEARN_FACTOR = 2.0
 RELEARN_FLOOR = 0.001
 RERANK_SHARE = 0.1
 LEARN_WEIGHT = 0.3
+#: One measured duration counts for at most this many times the estimate (or for
+#: ``RELEARN_FLOOR``, if that is more): a call that happened to span a pause of the whole
+#: process (the collector's full pass, the machine's other work) says nothing about its tool,
+#: yet would move a trivial tool's estimate by orders of magnitude, and so call for a
+#: re-ranking of the plan, and another once it falls back (a trivial tool's estimate stays
+#: below the floor after one such sample, so it calls for none). A tool that really got slower
+#: moves its estimate by up to 1 + LEARN_WEIGHT * (SAMPLE_CAP - 1) = 1.9 times per call: a
+#: few calls get it there.
+SAMPLE_CAP = 4.0
 
 
 class CriticalPath:
@@ -154,7 +164,12 @@ class CriticalPath:
     def learn(self, tool_name: str, seconds: float) -> None:
         """Fold one measured duration into the tool's estimate."""
         old = self.estimates.get(tool_name)
-        self.estimates[tool_name] = seconds if old is None else old + LEARN_WEIGHT * (seconds - old)
+        if old is None:
+            self.estimates[tool_name] = seconds
+        else:
+            if seconds > old * SAMPLE_CAP and seconds > RELEARN_FLOOR:  # counts for less
+                seconds = max(old * SAMPLE_CAP, RELEARN_FLOOR)  # (see SAMPLE_CAP)
+            self.estimates[tool_name] = old + LEARN_WEIGHT * (seconds - old)
         if self._multi_tool and tool_name not in self._used:
             self._used[tool_name] = math.nan
 

@@ -628,10 +628,14 @@ class SchedulerState:
         d = self._spare
         if d is None:
             d = self._spare = Decisions()
+        queued = len(self._heap)
         try:
             for node in nodes:
                 self._add_node(node, now, d)
-            if self._begun:
+            # after every input the ready queue is empty or the run-wide limit full: only a
+            # node queued (or ended, or to ask about) now may start something. Most nodes of
+            # a graph fed faster than it runs wait for their inputs, and skip the call
+            if self._begun and (len(self._heap) != queued or d.done or self._asking):
                 self._dispatch(now, d)
         except BaseException:
             self._spare = None  # what it holds was decided halfway: never carried out later
