@@ -48,6 +48,7 @@ R = TypeVar("R")
 #: another function (see :meth:`Tool.bound_to`) takes them over instead of working them out.
 _SCHEMA_FACTS = ("_plain", "_kept_as_is")
 
+
 class Tool(Generic[P, R]):
     """A named, typed callable with an execution policy.
 
