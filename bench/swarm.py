@@ -200,6 +200,7 @@ class _Parked(shoal.Model):
     """A model whose requests wait until :meth:`release`; counts the requests waiting."""
 
     name = "parked"
+    changes_requests = False  # it reads nothing of a request (as ScriptedModel's swarm)
 
     def __init__(self, expected: int) -> None:
         self.waiting = 0

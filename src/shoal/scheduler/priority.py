@@ -17,8 +17,9 @@ is about to matter, and works their levels out newest first in one pass.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from operator import attrgetter
+from collections.abc import Iterable, Sequence
+from itertools import compress, repeat
+from operator import attrgetter, is_
 from typing import Any
 
 from shoal.deps import Graph
@@ -87,27 +88,13 @@ class CriticalPath:
         (nothing that waits comes before it, and what it ended for runs no more), so a ranking
         late in a large run works only on what is left.
         """
-        cache: dict[tuple[str, float | None], float] = {}  # per-call options may set estimate=
-        by_tool: dict[int, float] = {}  # the same, by the tool object: one lookup per node
         nodes, succs = self.graph.nodes, self.graph.succs
         if not any(succs) and (ended is None or ended.count(None) == len(ended)):
-            return self._rank_unlinked(cache, done_count)
-        level = [0.0] * len(nodes)
-        at = level.__getitem__
-        over: Callable[[int], object] = (lambda pos: None) if ended is None else ended.__getitem__
-        for pos in range(len(nodes) - 1, -1, -1):  # graph.nodes is in topological order
-            if over(pos) is not None:
-                continue  # ended: its level stays 0
-            tool = nodes[pos].tool
-            own = by_tool.get(id(tool))
-            if own is None:
-                key = (tool.name, tool.policy.estimate)
-                if key not in cache:
-                    cache[key] = self.estimate(tool)
-                own = by_tool[id(tool)] = cache[key]
-            below = succs[pos]
-            level[pos] = own + max(map(at, below)) if below else own
-        self._ranked_now(cache, done_count)
+            return self._rank_unlinked({}, done_count)
+        last_first: Iterable[int] = range(len(nodes) - 1, -1, -1)  # topological order, last first
+        if ended is not None:  # an ended node's level stays 0 (found at C speed)
+            last_first = compress(last_first, map(is_, reversed(ended), repeat(None)))
+        level = self._levels(last_first, done_count)
         shared: dict[float, float] = {}  # many nodes share a level: one float object each
         return [shared.setdefault(value, -value) for value in level]
 
@@ -117,12 +104,22 @@ class CriticalPath:
         The same levels (an ended node's is 0), worked out without a Python step per ended
         node: late in a large run, or in an open run ranked while it is fed, most have ended.
         """
-        cache: dict[tuple[str, float | None], float] = {}
-        by_tool: dict[int, float] = {}
+        level = self._levels(reversed(live), done_count)
+        shared: dict[float, float] = {}  # many nodes share a level: one float object each
+        return [shared.setdefault(value, -value) for value in map(level.__getitem__, live)]
+
+    def _levels(self, last_first: Iterable[int], done_count: int) -> list[float]:
+        """Every node's bottom level by position, worked out for ``last_first`` (others: 0).
+
+        ``last_first`` holds positions in reverse topological order, so each node's successors
+        have their levels when it is reached.
+        """
+        cache: dict[tuple[str, float | None], float] = {}  # per-call options may set estimate=
+        by_tool: dict[int, float] = {}  # the same, by the tool object: one lookup per node
         nodes, succs = self.graph.nodes, self.graph.succs
         level = [0.0] * len(nodes)
         at = level.__getitem__
-        for pos in reversed(live):  # graph.nodes is in topological order
+        for pos in last_first:
             tool = nodes[pos].tool
             own = by_tool.get(id(tool))
             if own is None:
@@ -133,8 +130,7 @@ class CriticalPath:
             below = succs[pos]
             level[pos] = own + max(map(at, below)) if below else own
         self._ranked_now(cache, done_count)
-        shared: dict[float, float] = {}  # many nodes share a level: one float object each
-        return [shared.setdefault(value, -value) for value in map(at, live)]
+        return level
 
     def _rank_unlinked(self, cache: dict[tuple[str, float | None], float],
                        done_count: int) -> list[float]:
