@@ -70,12 +70,17 @@ async def other(x: int) -> int:
     return x
 
 
-def test_jitter_among_sub_millisecond_estimates_does_not_call_for_a_re_ranking() -> None:
-    """A trivial tool's durations jump by large factors; below 1 ms they count as equal."""
+def two_tools() -> CriticalPath:
+    """The critical path of ``step`` feeding ``other``, nothing learned yet."""
     plan = shoal.Plan("two tools")
     plan.call(other, x=plan.call(step, x=0))
     plan.validate()
-    critical = CriticalPath(analyze(plan), {})
+    return CriticalPath(analyze(plan), {})
+
+
+def test_jitter_among_sub_millisecond_estimates_does_not_call_for_a_re_ranking() -> None:
+    """A trivial tool's durations jump by large factors; below 1 ms they count as equal."""
+    critical = two_tools()
     critical.learn("step", 0.0001)
     critical.rank(0)
     for seconds in (0.00001, 0.0008, 0.00002):  # factors of 10 and more, all trivial
@@ -112,10 +117,7 @@ def test_one_call_spanning_a_pause_does_not_call_for_a_re_ranking() -> None:
     (A full collection, the machine's other work.) It must not move the estimate past the
     floor, nor call for a re-ranking, then another as it falls back.
     """
-    plan = shoal.Plan("two tools")
-    plan.call(other, x=plan.call(step, x=0))
-    plan.validate()
-    critical = CriticalPath(analyze(plan), {})
+    critical = two_tools()
     critical.learn("step", 0.000003)
     critical.rank(0)
     critical.learn("step", 0.5)  # one call held up by half a second
@@ -128,10 +130,7 @@ def test_one_call_spanning_a_pause_does_not_call_for_a_re_ranking() -> None:
 
 def test_a_tool_that_really_got_slower_is_learned_within_a_few_calls() -> None:
     """The cap on one sample slows learning a real change down only by a few calls."""
-    plan = shoal.Plan("two tools")
-    plan.call(other, x=plan.call(step, x=0))
-    plan.validate()
-    critical = CriticalPath(analyze(plan), {})
+    critical = two_tools()
     critical.learn("step", 0.01)
     critical.rank(0)
     calls = 0
