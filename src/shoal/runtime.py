@@ -808,8 +808,9 @@ class Runtime:
             or (self.store is not None and self.store.keeps_events),
             open_run=open_run,
         )
+        backends = state.backends()  # none yet for an open run that opens empty (an agent's)
         executors: dict[str, Executor] = {
-            name: self.executor_for(name) for name in state.backends()}
+            name: self.executor_for(name) for name in backends} if backends else {}
         driver = Driver(state, executors, sinks=sinks,
                         deadline=self.deadline if deadline is None else deadline,
                         store=self.store, run_record=record, resume=resumption,
