@@ -10,6 +10,24 @@ from hypothesis import strategies as st
 from shoal import Graph, Plan, Ref, analyze, tool
 
 
+@pytest.mark.parametrize("listed_first", [False, True])
+def test_an_empty_graphs_fork_grows_the_edges_of_the_same_plan_analysed(
+        listed_first: bool) -> None:
+    # the fork of an empty graph (every agent's steps run) is made without copying anything:
+    # it still finds resource and data edges, and keeps its edge list current once listed
+    plan = Plan("grown")
+    first = plan.call(write, path="a", node_id="w")
+    plan.call(read, path="a", node_id="r")
+    plan.call(make, value=first, node_id="m")
+    empty = Graph([], {}, [], [], [], 0)
+    if listed_first:
+        assert empty.edges == []
+    grown = empty.fork()
+    for node in plan.nodes:
+        grown.grow(node)
+    assert edges_of(grown) == edges_of(analyze(plan)) and len(edges_of(grown)) == 2
+    assert empty.nodes == [] and empty.edges == [] and grown.builder is not None
+
 @tool(reads="file:{path}")
 async def read(path: str) -> str:
     return path

@@ -68,6 +68,37 @@ def test_a_bound_tool_validates_as_its_template_after_the_template_did() -> None
     assert bound.keeps({"task": "a", "times": 2}) and not bound.keeps({"task": 1, "times": 2})
 
 
+
+def test_tools_bound_from_a_template_that_never_validated_share_its_facts() -> None:
+    # an agent binds its call's and its model turn's tool per subagent started: the schema's
+    # facts are worked out once, on the template, not by each bound tool on its first check
+    @shoal.tool
+    async def template(task: str, times: int = 1) -> str:
+        """A task, some times."""
+        return task * times
+
+    async def one(task: str, times: int = 1) -> str:
+        return task
+
+    async def two(task: str, times: int = 1) -> str:
+        return task * 2
+
+    first, second = template.bound_to(one), template.bound_to(two)
+    assert first._kept_as_is is second._kept_as_is is template._kept_as_is is not None
+    assert first.keeps({"task": "a", "times": 2}) and not second.keeps({"task": 1, "times": 2})
+    assert second.validate({"task": "a", "times": "2"}) == {"task": "a", "times": 2}
+    with pytest.raises(ToolArgumentError):
+        first.validate({"task": ["not", "text"]})
+
+    @shoal.tool
+    async def unplain(task: list[str]) -> str:  # not plain: pydantic checks every call
+        """Tasks."""
+        return ",".join(task)
+
+    bound = unplain.bound_to(one)
+    assert bound._kept_as_is is None and not bound.keeps({"task": ["a"]})
+    assert bound.validate({"task": ("a", "b")}) == {"task": ["a", "b"]}
+
 class _Worker:
     async def run(self, task: str) -> str:
         return task

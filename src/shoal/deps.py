@@ -130,6 +130,13 @@ class Graph:
 
     def fork(self) -> Graph:
         """A copy that can grow without changing this one (a plan's graph is cached)."""
+        if not self.nodes and not self.extra:  # nothing to copy (every agent's steps run)
+            copy = Graph([], {}, [], [], [], self.static_count, listed=None if (
+                self.listed is None) else [])
+            builder = copy.builder = _Builder.__new__(_Builder)
+            builder._own()
+            builder._share(copy)
+            return copy
         copy = Graph(list(self.nodes), dict(self.position), [_copied(p) for p in self.preds],
                      [_copied(s) for s in self.succs], list(self.extra), self.static_count)
         if self.listed is not None:

@@ -40,7 +40,7 @@ from shoal.limits import Rate, parse_rate
 from shoal.merge import shown
 from shoal.outcome import Outcome, RunResult
 from shoal.plan import Node, Plan, Ref
-from shoal.scheduler.driver import Driver, Snapshot, epoch_now
+from shoal.scheduler.driver import Driver, Snapshot
 from shoal.scheduler.gates import SharedLimits
 from shoal.scheduler.scope import RunScope
 from shoal.scheduler.state import SchedulerState
@@ -808,8 +808,9 @@ class Runtime:
             or (self.store is not None and self.store.keeps_events),
             open_run=open_run,
         )
+        backends = state.backends()  # none yet for an open run that opens empty (an agent's)
         executors: dict[str, Executor] = {
-            name: self.executor_for(name) for name in state.backends()}
+            name: self.executor_for(name) for name in backends} if backends else {}
         driver = Driver(state, executors, sinks=sinks,
                         deadline=self.deadline if deadline is None else deadline,
                         store=self.store, run_record=record, resume=resumption,
@@ -877,7 +878,9 @@ class Runtime:
             description, digest = self._describe(plan, graph)
         else:  # resumed, if ever, in this process: describe the plan only then
             description, digest = LazyDescription(graph), ""
-        started = read_epoch(self.clock) if self.clock is not None else epoch_now()
+        # dated again when the run starts, before the store sees it (the driver's clock,
+        # read then); a clock given is checked now, so a bad one is refused at the start
+        started = read_epoch(self.clock) if self.clock is not None else 0.0
         return RunRecord(run_id, started, len(graph.nodes), digest, description,
                          dict(journaling.source or {}), plan.name)
 
@@ -894,9 +897,12 @@ class Runtime:
         try:
             # those this run starts: one that another run made meanwhile may still be starting
             started = dict(self._executors)
-            for executor in {id(e): e for e in started.values()}.values():
-                if type(executor).start is not Executor.start:  # else it has nothing to do
-                    await executor.start()  # (the inline one's, once per agent started)
+            begun: set[int] = set()  # (a backend serving several names starts once)
+            for executor in started.values():
+                # the inline one has nothing to start, once per agent started: skipped
+                if type(executor).start is not Executor.start and id(executor) not in begun:
+                    begun.add(id(executor))
+                    await executor.start()
             driver.adopt(started)  # started: nodes added later need not start them
             return await driver.run()
         finally:  # the session's journal is closed: another may take the run now

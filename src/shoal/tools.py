@@ -188,10 +188,11 @@ class Tool(Generic[P, R]):
         bound.__module__ = getattr(base, "__module__", __name__)
         bound.__qualname__ = getattr(base, "__qualname__", self.name)
         bound.__wrapped__ = fn
-        known = self.__dict__  # what this schema's cached properties found: the same for it
+        # this schema's cached facts, worked out on the template (once) if not yet: a bound
+        # tool is made per subagent started and lives for one call, too short to cache them
+        facts = bound.__dict__
         for name in _SCHEMA_FACTS:
-            if name in known:
-                bound.__dict__[name] = known[name]
+            facts[name] = getattr(self, name)
         if is_async != self._is_async:  # the policy was checked for the other kind of callable
             check_policy(self.name, is_async, self.policy)
         return bound

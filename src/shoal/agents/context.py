@@ -244,6 +244,8 @@ class TreeContext:
     @property
     def observed_nested(self) -> bool:
         """Whether any sink hears the runs the tree starts through it (see emit_nested)."""
+        if not self._sinks:  # (nobody listens: asked once per agent started)
+            return False
         own = self.runtime._sinks
         return any(sink not in own for sink in self._sinks)
 
@@ -316,7 +318,8 @@ class TreeContext:
 
     def resumes(self, lineage: str) -> bool:
         """Whether the agent at ``lineage`` continues steps the journal knows."""
-        return self.resuming or any(is_within(lineage, root) for root in self._resumed)
+        return self.resuming or (bool(self._resumed) and any(
+            is_within(lineage, root) for root in self._resumed))
 
     # -- control: what runs, and stopping it --------------------------------------------
 

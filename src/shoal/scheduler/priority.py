@@ -56,7 +56,8 @@ class CriticalPath:
         self._used: dict[str, float] = {}  # estimate per tool at the last ranking (nan: none)
         self._next_at = 0  # completions before which no re-ranking happens
         # the tools found at C speed (they hash by identity; a wide plan has a few), then named
-        self._multi_tool = len({t.name for t in set(map(attrgetter("tool"), graph.nodes))}) > 1
+        self._multi_tool = bool(graph.nodes) and len(
+            {t.name for t in set(map(attrgetter("tool"), graph.nodes))}) > 1
         self._ranked = len(graph.nodes)  # positions before it had their level worked out
 
     def take_added(self) -> range:

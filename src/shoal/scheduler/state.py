@@ -523,7 +523,7 @@ class SchedulerState:
         self._sorting: list[tuple[float, int]] | None = None  # set while begin() queues
         # by tool object (a large plan has few tools, found at C speed: tools hash by identity)
         executors = {tool: choose_executor(tool, default_executor)
-                     for tool in set(map(_TOOL, graph.nodes))}
+                     for tool in set(map(_TOOL, graph.nodes))} if graph.nodes else {}
         # positions as the graph's own ints (one of each), in node order as ``preds`` is; made
         # by map() without a Python step per node: every run pays one slot per node
         self._slots: list[Kept] = list(map(
