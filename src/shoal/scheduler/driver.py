@@ -104,6 +104,10 @@ AT_ONCE_BURST = 1000
 AT_ONCE_SLICE = 0.002
 #: A start time earlier than any: a call's end fed with it moves no start (finish_ok_many).
 _NO_START = float("-inf")
+#: Lean tasks made in one go before the loop gets a turn (see _start_calls): the first of a
+#: wide fan-out's calls take their first step (and set their timers) this many task creations
+#: after the decision, not after all of them; each later turn makes twice as many.
+LEAN_FIRST = 32
 #: This machine's name: where the calls of backends that run everything here ran.
 HOST = socket.gethostname()
 _FINISHED_AT = operator.attrgetter("finished_at")
@@ -169,7 +173,8 @@ class Driver:
         "_bursting", "_clock",
         "_context", "_deadline", "_desk", "_early", "_ends_each", "_entered", "_epoch",
         "_executor_for", "_executors", "_finished", "_given_clock", "_hosts", "_internal",
-        "_journal", "_loop", "_observer", "_on_pool", "_origin_epoch", "_pool_returned", "_quick",
+        "_journal", "_lean_due", "_loop", "_observer", "_on_pool", "_origin_epoch",
+        "_pool_returned", "_quick",
         "_resume",
         "_run_approvals", "_run_record", "_session", "_settling", "_shift", "_sinks", "_starting",
         "_stopped_late", "_store", "_streaming", "_t0", "_task_of", "_task_returned", "_tasks",
@@ -273,6 +278,8 @@ class Driver:
         # plain value in this loop turn, fed to the state machine together on the next
         # (_task_batch_end); None while there are none
         self._task_returned: list[tuple[int, Any, str, float, float]] | None = None
+        # lean attempts decided but whose task is made on a later loop turn (see _start_lean)
+        self._lean_due: deque[tuple[Call, contextvars.Context]] | None = None
         # sync calls to hand to each pool on the next loop turn, all at once (see _submit)
         self._to_pool: dict[ThreadExecutor, list[tuple[Call, contextvars.Context]]] = {}
         self._hosts: dict[str, str] = {}  # backend -> where its calls run (see _here)
@@ -663,6 +670,9 @@ class Driver:
         lean = (taskless and inline_here and not self._streaming
                 and self._loop.get_task_factory() is None)
         loop, task_of = self._loop, self._task_of
+        lean_made = 0  # lean tasks made here (see LEAN_FIRST)
+        due = self._lean_due
+        base: contextvars.Context | None = None  # the context the deferred ones copy
         for call in starts:
             if taskless:
                 # no task: start after this decision's cancels (one that fail_fast stops here
@@ -691,7 +701,18 @@ class Driver:
                 if inline_here and call.isolation == "inline":
                     if lean_ok and call.timeout is None:
                         tasks[call.pos] = call
-                        task_of[call.pos] = asyncio.Task(self._attempt_inline(call), loop=loop)
+                        if lean_made < LEAN_FIRST and not due:
+                            lean_made += 1
+                            task_of[call.pos] = asyncio.Task(self._attempt_inline(call),
+                                                             loop=loop)
+                        else:
+                            if due is None:
+                                due = self._lean_due = deque()
+                            if not due:
+                                loop.call_soon(self._start_lean, LEAN_FIRST * 2)
+                            if base is None:
+                                base = copy_context()
+                            due.append((call, base))
                         continue
                 else:
                     pool = self._pool_now(call)
@@ -707,6 +728,32 @@ class Driver:
                     else self._loop.create_task(attempt, context=observer.attempt_context(call)))
             tasks[call.pos] = call
             self._task_of[call.pos] = task
+
+    def _start_lean(self, count: int) -> None:
+        """Make the tasks of up to ``count`` lean attempts that wait for theirs, in order.
+
+        A wide decision's first :data:`LEAN_FIRST` lean attempts get their task at once, the
+        rest here, twice as many per loop turn: the first calls take their first step (a
+        fan-out's set their timers) before the last tasks are made, as a loop turn after each
+        task would have them, at the cost of a few turns. One stopped meanwhile never runs:
+        reported cancelled, as a task cancelled before its first step is.
+        """
+        due, loop, task_of = self._lean_due, self._loop, self._task_of
+        attempt = self._attempt_inline
+        if due is None or loop is None:
+            return
+        stopped = self._at_once_stopped
+        for _ in range(min(count, len(due))):
+            call, context = due.popleft()
+            if stopped and call.pos in stopped:
+                stopped.discard(call.pos)
+                assert self._context is not None
+                self._context.run(self._report, self._attempt_done, call,
+                                  AttemptResult("cancelled"))
+                continue
+            task_of[call.pos] = asyncio.Task(attempt(call), loop=loop, context=context.copy())
+        if due and count:  # (a drain's call makes them all: nothing is left)
+            loop.call_soon(self._start_lean, count * 2)
 
     def _at_once_queues(self) -> tuple[deque[Call], deque[list[contextvars.Context]]]:
         """The queues of the calls to run at once and of their contexts (made on first use)."""
@@ -1163,7 +1210,7 @@ class Driver:
             if (pos not in self._task_of and self._tasks.get(pos) is call
                     and pos not in self._on_pool
                     and (not self._stopped_late or pos not in self._stopped_late)
-                    and not self._at_once and not self._to_pool):
+                    and not self._at_once and not self._to_pool and not self._lean_due):
                 assert self._context is not None
                 self._context.run(self._report, self._attempt_done, call,
                                   AttemptResult("cancelled"))
@@ -1515,6 +1562,8 @@ class Driver:
                 self._stop(pos)
             if self._at_once and not self._bursting:  # calls that were to run at once never do
                 self._burst()
+            if self._lean_due:  # tasks not made yet: stopped above, reported cancelled now
+                self._start_lean(len(self._lean_due))
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
             else:  # only calls without tasks: their ends come on the next turn
