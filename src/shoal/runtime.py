@@ -21,6 +21,7 @@ import random
 import secrets
 import threading
 import time
+from asyncio import _get_running_loop
 from collections.abc import Callable, Collection, Coroutine, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -773,11 +774,9 @@ class Runtime:
             driver.scope = self._scope(driver, sharing, resumption is not None)
             if resumption is not None and resumption.effects:  # the replayed calls' board writes
                 driver.scope.replay(resumption.effects)
-            try:  # (not contextlib.suppress: a run opens per agent started, and it costs)
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # no running loop: start() says so
-                pass
-            else:
+            # (not get_running_loop under contextlib.suppress: a run opens per agent started)
+            loop = _get_running_loop()
+            if loop is not None:  # else no running loop: start() says so
                 with self._making:
                     self._runs[driver] = loop.create_future()
             return driver, claim
