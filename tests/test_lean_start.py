@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 
 import pytest
 
@@ -34,6 +35,34 @@ def test_first_calls_step_before_the_last_tasks_are_made() -> None:
     # all WIDE tasks at once would be there at the first step; only the first few are
     assert seen[0] <= LEAN_FIRST + 2
     assert [o.node_id for o in result] == [f"wait#{i}" for i in range(1, WIDE + 1)]
+
+
+WHO: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="nobody")
+
+
+def test_calls_whose_task_is_made_later_each_get_their_own_context() -> None:
+    """Each sees what the caller set, and what it sets itself is seen by no other call."""
+    seen: list[tuple[str, str]] = []
+
+    @shoal.tool
+    async def mark(me: int) -> None:
+        before = WHO.get()
+        WHO.set(f"call {me}")
+        await asyncio.sleep(0.01)  # every other call sets its own meanwhile
+        seen.append((before, WHO.get()))
+
+    async def main() -> shoal.RunResult:
+        WHO.set("caller")
+        plan = shoal.Plan()
+        for me in range(WIDE):
+            plan.call(mark, me=me)
+        result = await shoal.run(plan)
+        assert WHO.get() == "caller"  # no call's value reached the caller either
+        return result
+
+    result = arun(main(), virtual=True)
+    assert result.ok
+    assert sorted(seen) == sorted(("caller", f"call {me}") for me in range(WIDE))
 
 
 def test_fail_fast_never_runs_the_calls_whose_task_is_not_made() -> None:

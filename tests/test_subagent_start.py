@@ -131,3 +131,22 @@ def test_an_open_run_still_refuses_what_is_not_node_ids_to_rerun(rerun: Any) -> 
             runtime.open_run(rerun_in_doubt=rerun)
 
     asyncio.run(scenario())
+
+
+def test_a_journaled_steps_run_is_dated_when_it_starts(tmp_path: Any) -> None:
+    """Its record is no longer dated when made: the driver dates it as the run starts."""
+    from shoal.scheduler.driver import epoch_now
+    from shoal.store.open import open_store
+
+    store = str(tmp_path / "runs.db")
+    before = epoch_now()
+    result = _lead("inline").run_sync("go", runtime=shoal.Runtime(store=store))
+    after = epoch_now()
+    assert result.ok
+    journal = open_store(store)
+    try:
+        records = journal.list_runs()
+    finally:
+        journal.close()
+    assert {r.run_id.split("/", 1)[1] for r in records} == {"lead/steps", "lead/worker#1/steps"}
+    assert all(before <= r.started_at <= after for r in records), records
