@@ -165,7 +165,9 @@ def interrupt(proc: subprocess.Popen[str]) -> tuple[float, str, str]:
 def check_outcomes(out: str, count: int) -> dict[str, dict[str, Any]]:
     outcomes = {o["node_id"]: o for o in json.loads(out)["outcomes"]}
     assert len(outcomes) == count  # every outcome recorded
-    assert {o["status"] for o in outcomes.values()} <= {"cancelled", "ok"}
+    others = [(o["node_id"], o["status"], o.get("error"), o.get("reason"))
+              for o in outcomes.values() if o["status"] not in ("cancelled", "ok")]
+    assert not others, others  # each says why it ended otherwise
     return outcomes
 
 
