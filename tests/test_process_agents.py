@@ -639,6 +639,66 @@ def test_an_agent_that_cannot_be_sent_to_a_process_fails_its_call_saying_why() -
     assert "SerializationError" in text and "lead/reader#1" in text and "lock" in text
 
 
+def deep(levels: int) -> list[Any]:
+    """A list nested ``levels`` deep: more than pickle can take."""
+    value: list[Any] = []
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+class Unsent(Exception):
+    """An error holding a lock, so it cannot be pickled."""
+
+    def __init__(self) -> None:
+        import threading
+
+        super().__init__("holds a lock")
+        self.lock = threading.Lock()
+
+
+def raise_unsent() -> str:
+    """Fail with an error that cannot be pickled."""
+    raise Unsent
+
+
+def test_a_value_a_process_agent_cannot_send_back_fails_that_call_only() -> None:
+    model = ScriptedModel.per_prompt({
+        "go": [[call("reader", task="t")], "done"],
+        "t": [[call("deep", levels=100_000), call("where", tag="a"), call("raise_unsent")],
+              "read"]})
+    reader = shoal.Agent(name="reader", model=model, tools=[deep, where, raise_unsent],
+                         isolation="process")
+    result = shoal.Agent(name="lead", model=model, subagents=[reader]).run_sync("go")
+    [child] = result.children
+    assert result.output == "done" and child.status == "ok" and child.output == "read"
+    too_deep, fine, unsent = child.calls
+    assert too_deep.status == "failed" and too_deep.outcome is not None
+    assert too_deep.outcome.error is not None
+    assert too_deep.outcome.error.type == "shoal.exceptions.SerializationError"
+    assert "lead/reader#1/deep#1" in too_deep.outcome.error.message
+    assert "deep recursion" in too_deep.outcome.error.message
+    assert too_deep.message.content.startswith('"[[[')  # what its model was given
+    assert fine.status == "ok" and fine.outcome is not None and fine.outcome.value
+    assert unsent.status == "failed" and "holds a lock" in unsent.message.content
+
+
+def _fail_unsent(_: Any) -> Any:
+    raise Unsent
+
+
+def test_a_process_agent_ending_with_an_error_it_cannot_send_back_still_reports() -> None:
+    model = ScriptedModel.per_prompt({"go": [[call("reader", task="t")], "done"],
+                                      "t": [[call("where", tag="a")], _fail_unsent]})
+    reader = shoal.Agent(name="reader", model=model, tools=[where], isolation="process")
+    result = shoal.Agent(name="lead", model=model, subagents=[reader]).run_sync("go")
+    [child] = result.children
+    assert result.output == "done" and child.status == "failed"
+    assert isinstance(child.error, shoal.SerializationError)
+    assert "lead/reader#1" in str(child.error) and "holds a lock" in str(child.error)
+    assert [c.status for c in child.calls] == ["ok"]  # what it did still comes back
+
+
 def test_process_agents_nest_and_report_through_each_other() -> None:
     seen = {}
     for isolation in ("inline", "process"):

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from shoal.agents.context import TreeContext
     from shoal.agents.remote import StartSpec
     from shoal.agents.result import AgentResult
+    from shoal.agents.toolcalls import CallRecord
     from shoal.approvals import Approver
     from shoal.board import Board
     from shoal.exceptions import BudgetExceeded
@@ -659,17 +660,78 @@ def _stop(ctx: TreeContext, lineage: str, reason: str, breach: BudgetExceeded | 
 
 
 def _shippable(result: AgentResult[Any]) -> tuple[str, Any]:
-    """The ``done`` message, or a failed result saying what could not be pickled."""
+    """The ``done`` message: the result, less only what cannot be pickled, saying what.
+
+    A tool that ran here may return a value pickle cannot take (nested too deeply, say): the
+    agent used it, but it cannot go back, so its call's outcome says so (``failed``, with a
+    :class:`~shoal.exceptions.SerializationError`) and the rest of the result goes back as
+    it is. Only what still cannot be pickled after that costs the answer and the records.
+    """
     from dataclasses import replace
 
     from shoal.exceptions import SerializationError
 
+    if _unpicklable(result) is None:
+        return ("done", result)
+    kept = _picklable_part(result)
+    problem = _unpicklable(kept)
+    if problem is None:
+        return ("done", kept)
+    return ("done", replace(
+        result, status="failed", output=None, messages=[], calls=[], children=[], board=None,
+        conflicts=[], plans=[], error=SerializationError(
+            f"agent {result.lineage}'s result cannot go back to its parent: {problem}")))
+
+
+def _unpicklable(value: object) -> str | None:
+    """Why ``value`` cannot be pickled, or ``None`` when it can."""
+    from shoal.exceptions import SerializationError
+
     try:
-        dumps(("done", result), "the result")
+        dumps(value, "it")
     except SerializationError as exc:
-        return ("done", replace(result, status="failed", output=None, error=SerializationError(
-            f"agent {result.lineage}'s result cannot go back to its parent: {exc}")))
-    return ("done", result)
+        return str(exc)
+    return None
+
+
+def _picklable_part(result: AgentResult[Any]) -> AgentResult[Any]:
+    """``result`` with what cannot be pickled (call values, answer, error) failed, saying so."""
+    from dataclasses import replace
+
+    from shoal.exceptions import SerializationError
+
+    calls = [_picklable_call(record) for record in result.calls]
+    children = [child if _unpicklable(child) is None else _picklable_part(child)
+                for child in result.children]
+    kept = replace(result, calls=calls, children=children)
+    problem = _unpicklable(result.output)
+    if problem is not None:
+        kept = replace(kept, status="failed", output=None, error=SerializationError(
+            f"agent {result.lineage}'s answer cannot go back to its parent: {problem}"))
+    elif result.error is not None and _unpicklable(result.error) is not None:
+        kept = replace(kept, error=SerializationError(
+            f"agent {result.lineage} ended with an error that cannot go back to its parent: "
+            f"{describe_exception(result.error)}"))
+    return kept
+
+
+def _picklable_call(record: CallRecord) -> CallRecord:
+    """``record``, or, when its value cannot be pickled, the same call ``failed`` saying why."""
+    from dataclasses import replace
+
+    from shoal.exceptions import SerializationError
+    from shoal.outcome import ErrorInfo
+
+    outcome = record.outcome
+    problem = None if outcome is None else _unpicklable(outcome.value)
+    if outcome is None or problem is None:
+        return record
+    error = SerializationError(
+        f"{record.lineage} ran and returned a value that cannot go back to the agent's "
+        f"parent: {problem}")
+    failed = replace(outcome, status="failed", value=None,
+                     error=ErrorInfo.from_exception(error, with_traceback=False))
+    return replace(record, status="failed", outcome=failed)
 
 
 def _end_descendants() -> None:
