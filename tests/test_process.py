@@ -11,6 +11,7 @@ import gc
 import os
 import pickle
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -26,11 +27,13 @@ import pytest
 
 import shoal
 from shoal import (
+    ConfigError,
     Plan,
     RemoteToolError,
     Runtime,
     SerializationError,
     Tool,
+    ToolDefinitionError,
     ToolQuarantinedError,
     WorkerCrashedError,
     tool,
@@ -283,6 +286,22 @@ def test_secrets_in_the_parent_never_reach_a_worker_unless_named(
     passed = shoal.run_sync(plan, process_workers=2, pass_env=["OPENAI_API_KEY"])
     assert passed[plain].value["OPENAI_API_KEY"] == "sk-test-0123456789abcdef"
     assert "AWS_SECRET_ACCESS_KEY" not in passed[plain].value
+
+
+@pytest.mark.parametrize(("names", "words"), [
+    ("OPENAI_API_KEY", "takes a list of environment variable names"),  # not letter by letter
+    (["A=B"], "no '=' or NUL"),
+    (["A\0B"], "no '=' or NUL"),
+    ([""], "no '=' or NUL"),
+    ([3], "got 3"),
+    (["\ud800"], "names the OS can hold"),
+])
+def test_environment_names_that_cannot_be_passed_on_are_refused_at_once(
+        names: Any, words: str) -> None:
+    with pytest.raises(ToolDefinitionError, match=re.escape(words)):
+        pt.environment.options(env=names)
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        shoal.Runtime(pass_env=names)
 
 
 # ---- (4) limits ----------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -397,12 +398,19 @@ def test_a_tree_killed_mid_run_resumes_without_repeating_the_process_agents_work
 @pytest.mark.parametrize(("options", "words"), [
     ({"isolation": "thread"}, "isolation must be one of"),
     ({"isolation": "process", "env": "OPENAI_API_KEY"}, "list of environment variable names"),
-    ({"isolation": "process", "env": ["A=B"]}, "list of environment variable names"),
+    ({"isolation": "process", "env": ["A=B"]}, "environment variable names (no '=' or NUL)"),
+    ({"isolation": "process", "env": ["A\0B"]}, "environment variable names (no '=' or NUL)"),
+    ({"isolation": "process", "env": ["\ud800"]}, "names the OS can hold"),
+    ({"isolation": "process", "env": [3]}, "got 3"),
     ({"isolation": "process", "limits": {"memry": 1}}, "unknown process limit"),
+    ({"isolation": "process", "limits": {"memory": float("nan")}}, "memory takes a number"),
+    ({"isolation": "process", "limits": {"memory": 2**63}}, "from 1 to 2**63 - 1"),
+    ({"isolation": "process", "limits": {"cpu_seconds": float("inf")}}, "from 1 to 2**63"),
+    ({"isolation": "process", "limits": {"open_files": 10**5000}}, "about 5,001 digits"),
     ({"env": ["OPENAI_API_KEY"]}, "add isolation='process'"),
 ])
 def test_bad_isolation_settings_are_config_errors(options: dict[str, Any], words: str) -> None:
-    with pytest.raises(ConfigError, match=words):
+    with pytest.raises(ConfigError, match=re.escape(words)):
         shoal.Agent(name="x", model=ScriptedModel(), **options)
 
 
@@ -731,11 +739,13 @@ def test_a_run_deadline_ends_a_process_agent_node(tmp_path: Path) -> None:
     plan = shoal.Plan()
     node = plan.call(reader, task="stuck")
     began = time.monotonic()
-    result = shoal.run_sync(plan, deadline=2.0)
-    assert time.monotonic() - began < 6.0
+    result = shoal.run_sync(plan, deadline=4.0)
+    assert time.monotonic() - began < 10.0
     assert result[node].status != "ok"
-    pid = int(pid_file.read_text())
-    assert pid_gone(pid)
+    # on a machine loaded enough, the deadline can come before the agent's tool starts (no
+    # process is left either way: no_child_process_leak checks after each test)
+    if pid_file.exists():
+        assert pid_gone(int(pid_file.read_text()))
 
 
 @shoal.tool

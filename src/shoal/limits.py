@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from shoal.exceptions import ConfigError
+from shoal.merge import shown
 
 __all__ = [
     "ConcurrencyLimit",
@@ -174,15 +176,26 @@ class ProcessLimits:
     open_files: int | None = None
 
 
+#: The largest OS limit a process can be given (``setrlimit`` takes a signed 64-bit value).
+MAX_LIMIT = 2**63 - 1
+
+
 def _size(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ConfigError(f"memory takes bytes or a size such as '512MB', got {value!r}")
     if isinstance(value, int | float):
-        return int(value)
+        return _whole("memory", value)
     match = _SIZE.match(value.lower())
     if not match or (match.group(2) or "") not in _SIZE_UNITS:
         raise ConfigError(f"cannot read size {value!r}: write e.g. '512MB', '2GiB' or bytes")
-    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2) or ""])
+    return _whole("memory", float(match.group(1)) * _SIZE_UNITS[match.group(2) or ""])
+
+
+def _whole(key: str, value: int | float) -> int:
+    """``value`` as a whole number from 1 to :data:`MAX_LIMIT`, or a ConfigError saying so."""
+    if not finite(value) or not 1 <= value <= MAX_LIMIT:
+        raise ConfigError(f"{key} takes a number from 1 to 2**63 - 1, got {shown(value)}")
+    return int(value)
 
 
 def parse_process_limits(spec: ProcessLimits | dict[str, object] | None) -> ProcessLimits | None:
@@ -201,9 +214,26 @@ def parse_process_limits(spec: ProcessLimits | dict[str, object] | None) -> Proc
     for key in ("cpu_seconds", "open_files"):
         raw = spec.get(key)
         if raw is not None:
-            if isinstance(raw, bool) or not isinstance(raw, int | float) or raw < 1:
+            if isinstance(raw, bool) or not isinstance(raw, int | float):
                 raise ConfigError(f"{key} takes a positive number, got {raw!r}")
-            values[key] = int(raw)
-    if any(v is not None and v < 1 for v in values.values()):
-        raise ConfigError(f"process limits must be positive, got {spec!r}")
+            values[key] = _whole(key, raw)
     return ProcessLimits(**values)
+
+
+def env_problem(names: object) -> str | None:
+    """What is wrong with ``names`` as environment variable names to pass on, or ``None``.
+
+    A list of names (a lone string would be read letter by letter); each non-empty, without
+    ``=`` or NUL (neither can be in a name), and one the OS can hold (no lone surrogate).
+    """
+    if isinstance(names, str | bytes) or not isinstance(names, Iterable):
+        return "takes a list of environment variable names, e.g. ['OPENAI_API_KEY']"
+    for name in names:
+        if not isinstance(name, str) or not name or "=" in name or "\0" in name:
+            return (f"takes environment variable names (no '=' or NUL), "
+                    f"e.g. ['OPENAI_API_KEY'], got {name!r}")
+        try:
+            os.fsencode(name)
+        except UnicodeError:
+            return f"takes names the OS can hold, got {name!r}"
+    return None

@@ -86,6 +86,9 @@ def shown(value: Any) -> str:
     items misbehave) gives a placeholder naming the type, so the error that quotes the value
     is still the one raised.
     """
+    if type(value) is int and abs(value) > 10**100:  # its text may not exist (4,300 digits)
+        digits = int(value.bit_length() * math.log10(2)) + 1
+        return f"{'-' if value < 0 else ''}<a whole number of about {digits:,} digits>"
     try:
         text = _SHORT.repr(value)
     except Exception as exc:

@@ -20,7 +20,14 @@ from shoal.exceptions import (
     ToolDefinitionError,
     ToolQuarantinedError,
 )
-from shoal.limits import ProcessLimits, Rate, finite, parse_process_limits, parse_rate
+from shoal.limits import (
+    ProcessLimits,
+    Rate,
+    env_problem,
+    finite,
+    parse_process_limits,
+    parse_rate,
+)
 
 __all__ = [
     "ISOLATIONS",
@@ -262,9 +269,14 @@ def policy_from(base: ToolPolicy, opts: Mapping[str, Any]) -> ToolPolicy:
             updates[key] = opts[key]
     if "rate" in opts:
         updates["rate"] = None if opts["rate"] is None else parse_rate(opts["rate"])
-    for key in ("reads", "writes", "merges", "env"):
+    for key in ("reads", "writes", "merges"):
         if key in opts:
             updates[key] = _as_keys(opts[key])
+    if "env" in opts:
+        problem = None if opts["env"] is None else env_problem(opts["env"])
+        if problem is not None:
+            raise ToolDefinitionError(f"env {problem}")
+        updates["env"] = tuple(opts["env"] or ())
     if "limits" in opts:
         updates["limits"] = parse_process_limits(opts["limits"])
     if "resources" in opts:

@@ -37,7 +37,7 @@ from shoal.exceptions import ConfigError, NoEventLoopError, RunClosedError, Shoa
 from shoal.executors.base import Executor, check_count
 from shoal.executors.inline import InlineExecutor
 from shoal.executors.thread import DEFAULT_THREAD_WORKERS, ThreadExecutor
-from shoal.limits import Rate, parse_rate
+from shoal.limits import Rate, env_problem, parse_rate
 from shoal.merge import shown
 from shoal.outcome import Outcome, RunResult
 from shoal.plan import Node, Plan, Ref
@@ -419,6 +419,9 @@ class Runtime:
         self.thread_workers = thread_workers if thread_workers is not None else max(
             DEFAULT_THREAD_WORKERS, max_concurrency or DEFAULT_MAX_CONCURRENCY)
         self.process_workers = process_workers if process_workers is not None else _cpus()
+        problem = env_problem(pass_env)
+        if problem is not None:
+            raise ConfigError(f"pass_env {problem}")
         self.pass_env = tuple(pass_env)
         if process_sandbox not in ("none", "namespace"):
             raise ConfigError(f"process_sandbox must be 'none' or 'namespace', "
