@@ -192,8 +192,10 @@ def _message_bytes(message: Message) -> bytes:
 def _assistant_repr(message: AssistantMessage) -> str:
     """``repr(message)``, built without the dataclass repr's per-object bookkeeping."""
     calls = message.tool_calls
-    if any(type(call) is not ToolCall for call in calls):  # a subclass has its own repr
-        shown = repr(calls)
+    for call in calls:  # a loop, not any() of a generator: asked of every reply with calls
+        if type(call) is not ToolCall:  # a subclass has its own repr
+            shown = repr(calls)
+            break
     else:
         shown = ", ".join([f"ToolCall(id={call.id!r}, name={call.name!r}, "
                            f"arguments={call.arguments!r})" for call in calls])
