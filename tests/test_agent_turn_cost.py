@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,9 +24,13 @@ from shoal.agents.toolcalls import CallStream
 from shoal.models.base import (
     AssistantMessage,
     ModelRequest,
+    ModelResponse,
     ModelSettings,
+    ResponseDone,
+    StreamEvent,
     ToolCall,
     ToolSpec,
+    Usage,
     UserMessage,
 )
 from shoal.models.retry import ModelGate
@@ -262,3 +267,40 @@ def test_a_tool_phase_reads_the_outcomes_its_calls_have_without_a_future_each() 
     # per call (made and set at once) was six per subagent of a swarm
     made = [_futures_per_run(n) for n in (1, 2, 4)]
     assert made[0] == made[1] == made[2], made
+
+
+class _HeldAnswer(shoal.Model):
+    """Streams one answer without calls, once :attr:`go` is set; :attr:`asked` says it waits."""
+
+    name = "held"
+    streams_tool_calls = True
+
+    def __init__(self) -> None:
+        self.asked = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def request(self, request: ModelRequest) -> ModelResponse:
+        raise AssertionError("a streaming agent streams its replies")
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
+        self.asked.set()
+        await self.go.wait()
+        yield ResponseDone(ModelResponse(text="done", usage=Usage(1, 1, 1)))
+
+
+def test_a_streamed_reply_opens_its_tool_phase_with_its_first_call_only() -> None:
+    # an answer turn (every agent's last) starts no call: its tree tracks the model turn
+    # alone, not a tool phase made for calls that never come
+    model = _HeldAnswer()
+    agent = shoal.Agent(name="lead", model=model, tools=[lookup])
+
+    async def main() -> tuple[dict[str, int], shoal.AgentResult[Any]]:
+        handle = agent.start("go")
+        await model.asked.wait()
+        books = {where: len(steps) for where, steps in handle._ctx._handles.items()}
+        model.go.set()
+        return books, await handle
+
+    books, result = asyncio.run(main())
+    assert books == {"lead": 1}
+    assert result.ok and result.output == "done" and result.calls == []

@@ -116,7 +116,8 @@ class BudgetTracker:
 
     def start_request(self, where: str) -> None:
         """Charge one model request; breaching the ``requests`` limit stops the tree."""
-        self.check_tree()
+        if self.breach is not None:  # check_tree, inline: every turn of every agent asks
+            raise self.breach
         limit = self.budget.requests
         if limit is not None and self.requests >= limit:
             self.stop(BudgetExceeded("requests", self.requests, limit, where))

@@ -156,6 +156,10 @@ class TreeContext:
         self.observing = observing = instrumentation.of(within)
         if observing is not None:
             self._sinks.append(observing.observe_tree(self))
+        #: Whether anyone listens to events (they are only built when someone does). Set
+        #: once: the sinks are fixed when the tree is made, and each agent's every turn and
+        #: call asks.
+        self.observed = bool(self._sinks)
 
     @property
     def scope(self) -> RunScope:
@@ -208,11 +212,6 @@ class TreeContext:
         origin = self.origin
         assert self._loop is not None  # set with the origin
         return self._loop.time() - origin
-
-    @property
-    def observed(self) -> bool:
-        """Whether anyone listens to events (they are only built when someone does)."""
-        return bool(self._sinks)
 
     def emit(self, event: Event) -> None:
         """Send ``event`` to every sink; a sink that fails is logged, never fatal.
@@ -374,6 +373,8 @@ class TreeContext:
         """Why ``lineage`` must stop (a budget breach, or a cancellation), or ``None``."""
         if self.tracker.breach is not None:
             return str(self.tracker.breach)
+        if not self._cancelled:  # asked as each tool call starts: mostly nothing was
+            return None
         return self.cancelled_reason(lineage)
 
     def cancelled_reason(self, lineage: str) -> str | None:

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from functools import partial
 from json.encoder import encode_basestring_ascii
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from shoal.agents.context import TreeContext
 from shoal.agents.result import AgentResult, AgentStatus
@@ -80,6 +80,7 @@ from shoal.tools import Tool
 if TYPE_CHECKING:
     from shoal.agents.agent import Agent
     from shoal.agents.node import NodeContext
+    from shoal.models.retry import ModelGate
     from shoal.store.base import Store
 
 __all__ = ["AgentRun"]
@@ -191,8 +192,10 @@ def _message_bytes(message: Message) -> bytes:
 def _assistant_repr(message: AssistantMessage) -> str:
     """``repr(message)``, built without the dataclass repr's per-object bookkeeping."""
     calls = message.tool_calls
-    if any(type(call) is not ToolCall for call in calls):  # a subclass has its own repr
-        shown = repr(calls)
+    for call in calls:  # a loop, not any() of a generator: asked of every reply with calls
+        if type(call) is not ToolCall:  # a subclass has its own repr
+            shown = repr(calls)
+            break
     else:
         shown = ", ".join([f"ToolCall(id={call.id!r}, name={call.name!r}, "
                            f"arguments={call.arguments!r})" for call in calls])
@@ -231,16 +234,18 @@ class _Asking:
 
     Its tree stops it through :meth:`cancel`: the turn's node alone is cancelled. A streamed
     reply's events are handed to it as they come (it is the gate's ``take``): each call to
-    the turn's stream, the text to ``text``, and the whole reply kept as :attr:`response`.
+    the turn's tool phase, the text to ``text``, and the whole reply kept as :attr:`response`.
+    With ``phases`` (stream dispatch), the turn's tool phase is opened by its first call: a
+    reply without calls (every agent's answer) opens none.
     """
 
-    __slots__ = ("asked", "handle", "node_id", "raised", "read", "request", "response",
-                 "stream", "text")
+    __slots__ = ("asked", "handle", "node_id", "phases", "raised", "read", "request",
+                 "response", "text")
 
-    def __init__(self, request: ModelRequest, stream: CallStream | None,
+    def __init__(self, request: ModelRequest, phases: AgentRun | None,
                  read: Reader | None, handle: RunHandle, node_id: str) -> None:
         self.request = request
-        self.stream = stream
+        self.phases = phases  # whose tool phase the streamed calls start in, if they do
         self.read = read
         self.handle = handle
         self.node_id = node_id
@@ -252,8 +257,8 @@ class _Asking:
     def __call__(self, event: StreamEvent) -> None:
         """Take one event of the streamed reply."""
         if isinstance(event, ToolCallDone):
-            if self.stream is not None:
-                self.stream.add(event.index, event.call)
+            if self.phases is not None:
+                self.phases.tool_phase().add(event.index, event.call)
         elif isinstance(event, ResponseDone):
             self.response = event.response
         elif isinstance(event, TextPiece) and self.text is not None:
@@ -269,9 +274,9 @@ class AgentRun:
     """One run of one agent inside a tree: its messages, counters and result."""
 
     # slots: a swarm holds a thousand of these while each waits on its model
-    __slots__ = ("_asking", "_counts", "_digest", "_journaled", "_model_tool", "_plan_handle",
-                 "_started", "_started_this_turn", "_steps", "_streams", "agent", "ctx",
-                 "depth", "here", "lineage", "lineages", "model", "result")
+    __slots__ = ("_asking", "_counts", "_digest", "_gate", "_journaled", "_model_tool", "_phase",
+                 "_plan_handle", "_started", "_started_this_turn", "_steps", "_streams", "agent",
+                 "ctx", "depth", "here", "lineage", "lineages", "model", "result")
 
     def __init__(self, agent: Agent[Any], ctx: TreeContext, *, lineage: str, depth: int,
                  prompt: str, here: bool = False) -> None:
@@ -293,6 +298,8 @@ class AgentRun:
         self._plan_handle: RunHandle | None = None  # a planner's plan run, while it goes
         self._model_tool: Tool[..., Any] | None = None  # every model turn's node's tool
         self._asking: _Asking | None = None  # the model turn in progress
+        self._phase: CallStream | None = None  # its tool phase, once its first call came
+        self._gate: ModelGate | None = None  # the tree's gate for this run's model, once asked
         # every step of this run (model turns and tool calls) is a node of one open run,
         # opened with the first step and ended with the run (see _steps_run)
         self._steps: OpenRun | None = None
@@ -358,9 +365,10 @@ class AgentRun:
             if self.result.turns >= agent.max_turns:
                 raise MaxTurnsExceeded(f"agent {self.lineage} used all {agent.max_turns} turns "
                                        "without a final answer; raise max_turns or simplify")
-            stream = self._call_stream() if self._streams else None
+            self._phase = stream = None
             try:
-                response = await self.answer(self._next_request(), stream)
+                response = await self.answer(self._next_request(), streamed=self._streams)
+                stream = self._phase  # opened by the reply's first call, if it streamed one
                 messages.append(response.as_message())
                 # cancelled or over budget while the model answered (a final answer stands
                 # when only the requests limit was reached meanwhile: it came within the limit)
@@ -377,6 +385,8 @@ class AgentRun:
                 if stream is not None:  # no calls: the turn had no tool phase
                     self._untrack_phase(stream)
             except BaseException as exc:
+                if stream is None:  # the reply did not come, but its first calls may have
+                    stream = self._phase
                 if stream is not None:
                     if stream.pending:  # calls started, the turn failed
                         await stream.abandon(_why_abandoned(exc), self.result.calls.extend)
@@ -415,7 +425,7 @@ class AgentRun:
         self.ctx.tracker.start_request(self.lineage)
         self.result.turns += 1
 
-    async def answer(self, request: ModelRequest, stream: CallStream | None = None, *,
+    async def answer(self, request: ModelRequest, *, streamed: bool = False,
                      read: Reader | None = None, digest: str | None = None) -> ModelResponse:
         """Ask the model for this turn, as a node of the steps run; count its usage, say so.
 
@@ -425,9 +435,10 @@ class AgentRun:
         (other instructions, tools or prompt make another request, so another digest) is
         refused with :class:`~shoal.exceptions.PlanChangedError` before it is asked.
 
-        With a ``stream``, the reply is streamed and each complete call is handed to it at
-        once; the node's outcome is still the whole reply, so a resumed turn replays it and
-        its calls replay from the steps run's journal. When a sink asks for model text, the
+        ``streamed``: the reply is streamed and each complete call starts at once, in the
+        turn's tool phase (:meth:`tool_phase`, opened by the first call); the node's outcome
+        is still the whole reply, so a resumed turn replays it and its calls replay from the
+        steps run's journal. When a sink asks for model text, the
         reply is streamed too (its calls start when it ends); otherwise it is a plain request.
         ``read`` streams the reply itself (the planner reads plan text as it arrives);
         ``digest`` replaces the conversation digest, for requests whose messages do not
@@ -439,7 +450,7 @@ class AgentRun:
         ctx, agent = self.ctx, self.agent
         began = ctx.now() if ctx.observed else 0.0  # only its event tells how long it took
         try:
-            asking = self._model_step(request, stream, read, digest)
+            asking = self._model_step(request, streamed, read, digest)
         except BaseException:  # never asked (its journal failed, say): not a turn
             self.result.turns -= 1
             raise
@@ -471,17 +482,19 @@ class AgentRun:
         ctx.tracker.add_usage(usage, self.lineage)
         return response
 
-    def _model_step(self, request: ModelRequest, stream: CallStream | None,
+    def _model_step(self, request: ModelRequest, streamed: bool,
                     read: Reader | None, digest: str | None) -> _Asking:
         """Add the turn's node to the steps run (see :meth:`_steps_run`); the turn in progress."""
         turn = self.result.turns
         if self._model_tool is None:  # bound once per run, not per turn (a tool is costly)
             self._model_tool = _MODEL_TURN.bound_to(self._ask_model)
         digest = digest if digest is not None else self._digest.of(request)
-        run = self._steps_run()
-        self._check_turn(turn, digest)
+        run = self._steps if self._steps is not None else self._steps_run()
+        if self._journaled is not None:  # a resumed run: the journal's request, or refused
+            self._check_turn(turn, digest)
         node_id = f"model-{turn}:{digest}"
-        asking = self._asking = _Asking(request, stream, read, run.handle, node_id)
+        asking = self._asking = _Asking(request, self if streamed else None, read, run.handle,
+                                        node_id)
         try:
             # the digest is a str made here: the model turn's schema has nothing to check
             run.add_owned(self._model_tool, {"request_digest": digest}, node_id=node_id,
@@ -495,7 +508,8 @@ class AgentRun:
     def _response_of(self, outcome: Outcome, asking: _Asking) -> ModelResponse:
         """The reply of a model turn's node, or the error it ended with, raised."""
         if outcome.status == "ok":
-            return cast(ModelResponse, outcome.value)
+            response: ModelResponse = outcome.value
+            return response
         if asking.raised is not None:
             raise asking.raised
         if outcome.status in ("cancelled", "skipped"):
@@ -506,16 +520,16 @@ class AgentRun:
     async def _ask_model(self, request_digest: str) -> ModelResponse:
         """The model turn's node: ask the model for the request of the turn in progress.
 
-        With a ``stream`` (or a sink that asks for text), the reply is streamed and each call
-        handed to the stream the moment it is complete; its text goes to the sinks that asked
-        for it, piece by piece, as it arrives. Read here, not in a coroutine of its own: a
-        swarm holds a waiting turn's frames for each agent.
+        With stream dispatch (or a sink that asks for text), the reply is streamed and each
+        call starts in the turn's tool phase the moment it is complete; its text goes to the
+        sinks that asked for it, piece by piece, as it arrives. Read here, not in a coroutine
+        of its own: a swarm holds a waiting turn's frames for each agent.
         """
         del request_digest
         asking = self._asking
         if asking is None:  # only a turn in progress runs its node
             raise AssertionError(f"agent {self.lineage} has no model turn in progress")
-        request, stream, model = asking.request, asking.stream, self.model
+        request, model = asking.request, self.model
         asking.asked = True
         if model.changes_requests:
             # a private copy per attempt, as the runtime gives any call: the model may
@@ -525,10 +539,12 @@ class AgentRun:
             if asking.read is not None:
                 return await asking.read(request)
             ctx = self.ctx
-            gate = ctx.gates.for_model(model)
+            gate = self._gate
+            if gate is None:  # the tree's gate for the model: looked up once per run
+                gate = self._gate = ctx.gates.for_model(model)
             # the model's own events (a retry, a server starting) only when someone listens
             on_event = self._model_event if ctx.observed else None
-            if stream is None and not ctx.wants_text:
+            if asking.phases is None and not ctx.wants_text:
                 return await gate.request(model, request, on_event=on_event)
             asking.response = None  # a retried attempt's reply is its own
             asking.text = self.text_streamed if ctx.wants_text else None
@@ -540,7 +556,8 @@ class AgentRun:
             response = asking.response
             if response is None:
                 raise ModelError(model.name, "the stream ended without a complete reply")
-            if stream is None:
+            stream = self._phase if asking.phases is not None else None
+            if stream is None:  # no call started while it streamed
                 return response
             calls = stream.merged(response.tool_calls)
             return (response if calls == response.tool_calls
@@ -556,18 +573,25 @@ class AgentRun:
             ctx.emit(TextDelta(run_id=ctx.run_id, time=ctx.now(), lineage=self.lineage,
                                agent=self.agent.name, turn=self.result.turns, text=text))
 
-    def _call_stream(self, turn: int | None = None) -> CallStream:
-        """A turn's tool phase (default: the next turn's), ready to take calls.
+    def tool_phase(self) -> CallStream:
+        """The tool phase of the turn in progress, opened by the first call streamed to it."""
+        phase = self._phase
+        if phase is None:
+            phase = self._phase = self._call_stream(self.result.turns)
+        return phase
+
+    def _call_stream(self, turn: int) -> CallStream:
+        """Turn ``turn``'s tool phase, ready to take calls.
 
         Its calls join this run's steps run (see :meth:`_steps_run`) as the model writes them.
         """
         self._started_this_turn = 0
-        self._steps_run()
+        if self._steps is None:
+            self._steps_run()
         stream = CallStream(
             self.agent.tools_by_name, open_run=self._phase_run, lineage=self.lineage,
             counts=self._counts, prepare=self._prepare, on_reject=self._rejected,
-            error_format=self.agent.tool_error_format, shared=self,
-            turn=self.result.turns + 1 if turn is None else turn)
+            error_format=self.agent.tool_error_format, shared=self, turn=turn)
         self.ctx.track_handle(self.lineage, stream)
         return stream
 
@@ -666,6 +690,8 @@ class AgentRun:
         """Forget a tool phase (or the planner's plan run) in the tree's books: it ended."""
         if stream is not None:
             self.ctx.untrack_handle(self.lineage, stream)
+            if stream is self._phase:  # it holds this run: no cycle left for the collector
+                self._phase = None
         if self._plan_handle is not None:
             self.ctx.untrack_handle(self.lineage, self._plan_handle)
             self._plan_handle = None
@@ -674,14 +700,16 @@ class AgentRun:
                  where: str) -> Tool[..., Any] | BaseException:
         """Refuse calls over the turn's fan-out; bind subagent calls to this tree."""
         # fan_out counts the calls this turn starts: malformed or unknown ones do not count
-        refusal = self.ctx.tracker.fan_out_refusal(self._started_this_turn, self.lineage)
-        if refusal is not None:
-            return refusal
+        tracker = self.ctx.tracker
+        if tracker.budget.fan_out is not None:  # (no limit: nothing to refuse, nothing made)
+            refusal = tracker.fan_out_refusal(self._started_this_turn, self.lineage)
+            if refusal is not None:
+                return refusal
         self._started_this_turn += 1
         child = self.agent.subagents_by_name.get(tool.name)
         if child is None:
             return tool
-        refusal = self.ctx.tracker.take_subagent(self.depth + 1, where)
+        refusal = tracker.take_subagent(self.depth + 1, where)
         if refusal is not None:
             return refusal
         return self._bind_subagent(child, where)
@@ -739,8 +767,8 @@ class AgentRun:
 
     def _end(self, status: AgentStatus, error: BaseException | None = None) -> None:
         # the model turn's tool calls back into this run: dropped, the run is freed as soon
-        # as nothing needs it, not at the collector's next full pass
-        self._model_tool = None
+        # as nothing needs it, not at the collector's next full pass (a tool phase too)
+        self._model_tool = self._phase = None
         result = self.result
         result.status = status
         result.error = error

@@ -150,6 +150,12 @@ def checked_usage(model: Model, response: ModelResponse) -> ModelResponse:
     return response
 
 
+def _plain_reply(response: ModelResponse) -> bool:
+    """Whether :func:`checked_usage` takes ``response`` at a glance (every count plain)."""
+    usage = response.usage
+    return type(usage) is Usage and _plain(usage)
+
+
 def _plain(usage: Usage) -> bool:
     """Whether every count of ``usage`` is a plain ``int`` (cost a ``float``) within bounds."""
     cost = usage.cost
@@ -314,7 +320,7 @@ class ModelGate:
             if self._gated():
                 await self.acquire()
             try:
-                notices = notices_to(on_event)
+                notices: notices_to | None = None  # made when the sink is not in force yet
                 in_force = _notices.get  # the sink the model's notices go to now
                 try:
                     stream = aiter(model.stream(request))
@@ -325,6 +331,8 @@ class ModelGate:
                         if in_force() is on_event:  # what the block would set: nothing to do
                             event = await anext(stream)
                         else:
+                            if notices is None:
+                                notices = notices_to(on_event)
                             with notices:  # around each step only, as in :meth:`stream`
                                 event = await anext(stream)
                     except StopAsyncIteration:
@@ -332,10 +340,10 @@ class ModelGate:
                     except ModelError as exc:
                         failed = exc
                         break
-                    sent_text = sent_text or (isinstance(event, TextDelta)
-                                              and not retry_after_text)
-                    if type(event) is ResponseDone:
-                        await _checked_done(model, event, stream)
+                    if not (sent_text or retry_after_text):
+                        sent_text = isinstance(event, TextDelta)
+                    if type(event) is ResponseDone and not _plain_reply(event.response):
+                        await _checked_done(model, event, stream)  # refused: raises
                     take(event)
             finally:
                 self.release()
