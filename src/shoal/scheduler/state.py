@@ -499,7 +499,7 @@ class SchedulerState:
     # slots: an agent swarm holds a run, so a state, per turn in flight (thousands at once)
     __slots__ = (
         "_ask_doubt", "_asking", "_backends", "_begun", "_critical", "_default_executor", "_doubt",
-        "_ended", "_gates", "_global", "_global_blocks", "_global_held", "_heap",
+        "_ended", "_gates", "_global", "_global_blocks", "_heap",
         "_kept_rare", "_maps_due", "_next_index", "_one_tool", "_plan_order", "_rng", "_slots",
         "_sorted", "_sorting", "_spare", "clock_origin", "closed", "done_count", "fail_fast",
         "fate_of", "graph", "in_flight", "record_events", "run_id", "status_counts", "stopping",
@@ -529,7 +529,8 @@ class SchedulerState:
         #: whether no more nodes will be added (an open run is closed by :meth:`close`)
         self.closed = not open_run
         self._begun = False
-        self._next_index = max(map(_INDEX, graph.nodes), default=-1) + 1
+        nodes = graph.nodes
+        self._next_index = max(map(_INDEX, nodes), default=-1) + 1 if nodes else 0
         self._plan_order: bool | None = None  # whether positions follow plan order (once known)
         #: resume: what the journal says about a node added while the run goes (see add())
         self.fate_of: Callable[[Node], Fate] | None = None
@@ -544,7 +545,6 @@ class SchedulerState:
         self._rng = rng or random.Random()
         self._global = ConcurrencyLimit("run max_concurrency", max_concurrency)
         self._global_blocks = 0  # how often ready nodes were left waiting on self._global
-        self._global_held = f"the run's max_concurrency={max_concurrency}"  # journaled as held
         self._gates = Gates(resource_limits, executor_limits, shared_limits)
         # Where this run's clock starts on the shared clock (the loop's), so rate limiters
         # shared with other runs see one time line; the driver sets it when the run starts.
@@ -557,14 +557,17 @@ class SchedulerState:
         # an empty deque costs 600 bytes per run, and a swarm opens a run per agent)
         self._sorted: list[tuple[float, int]] = _NONE_SORTED
         self._sorting: list[tuple[float, int]] | None = None  # set while begin() queues
-        # by tool object (a large plan has few tools, found at C speed: tools hash by identity)
-        executors = {tool: choose_executor(tool, default_executor)
-                     for tool in set(map(_TOOL, graph.nodes))} if graph.nodes else {}
-        # positions as the graph's own ints (one of each), in node order as ``preds`` is; made
-        # by map() without a Python step per node: every run pays one slot per node
-        self._slots: list[Kept] = list(map(
-            _Slot, graph.position.values(), graph.nodes, map(len, graph.preds),
-            map(executors.__getitem__, map(_TOOL, graph.nodes))))
+        executors: dict[Tool[..., Any], Isolation] = {}
+        self._slots: list[Kept] = []
+        if nodes:  # (else an open run as it opens, an agent's steps run: nothing to map)
+            # by tool object (a large plan has few tools, found at C speed: tools hash by
+            # identity)
+            executors = {tool: choose_executor(tool, default_executor)
+                         for tool in set(map(_TOOL, nodes))}
+            # positions as the graph's own ints (one of each), in node order as ``preds`` is;
+            # made by map() without a Python step per node: every run pays one slot per node
+            self._slots = list(map(_Slot, graph.position.values(), nodes, map(len, graph.preds),
+                                   map(executors.__getitem__, map(_TOOL, nodes))))
         #: each node's outcome, by position (``None`` until it has one); an ended node's slot
         #: gives way to ``_GONE``, and its rare fields, if it set any, to ``_kept_rare``
         self._backends = set(executors.values())
@@ -786,7 +789,8 @@ class SchedulerState:
             self._global.in_use -= quiet
             self.done_count += quiet
             self.status_counts["ok"] += quiet
-        self._dispatch(now if at is None or at < now else at, d)
+        if self._heap or self._sorted or self._asking:  # (else _dispatch has nothing to do)
+            self._dispatch(now if at is None or at < now else at, d)
         return d
 
     def releases(self, pos: int) -> bool:
@@ -1411,8 +1415,8 @@ class SchedulerState:
             # a retry resolves afresh, so it never sees what this attempt mutated
             args, slot.args, tool = slot.args, None, node.tool
             assert args is not None  # prepared above
-            held = slot.held or (self._global_held if self._global_blocks > slot.ready_mark
-                                 else "")
+            held = slot.held or (f"the run's max_concurrency={capacity}"  # journaled as held
+                                 if self._global_blocks > slot.ready_mark else "")
             starts = d.starts  # (its own list from the first start on: see Decisions)
             if starts is _NOTHING:
                 starts = d.starts = []
