@@ -477,7 +477,8 @@ class Driver:
         if self.state.closed:
             why = f" ({self.cancelled_reason})" if self.cancelled_reason else ""
             raise RunClosedError(f"run {self.state.run_id} is closed: it takes no more nodes{why}")
-        decisions = self.state.add(nodes, self.now())
+        now = (self._time() - self._t0) if self._time is not None else 0.0  # (self.now())
+        decisions = self.state.add(nodes, now)
         if decisions is None:  # nothing to carry out: the nodes wait for their inputs
             return
         if self._loop is None:  # not started: only replays and skips can be pending
@@ -1266,8 +1267,8 @@ class Driver:
                 began = self._began(call.began_at)
                 began = None if began is None else began - self._t0
             where = call.where or self._hosts.get(call.isolation) or self._here(call)
-            self._apply(self.state.finish_ok(call.pos, value, where, self.now(), began,
-                                             self._ended(call)))
+            ended = None if call.ended_at is None else self._ended(call)
+            self._apply(self.state.finish_ok(call.pos, value, where, self.now(), began, ended))
         except Exception as exc:
             self._internal_error(call.node_id, exc)
 

@@ -1194,7 +1194,15 @@ class SchedulerState:
                         f"needs {failed.node_id!r}, which ended {failed.status}"
                         f"{_detail(failed)}", False)
         elif waiting == 0 and self._begun:
-            self._make_ready(slot, now, d)
+            if (node.map is None and tool.policy.approval is False and not self._doubt
+                    and not self.record_events and self._sorting is None):
+                # WAITING -> READY: _make_ready's work for a plain node, without its call (most
+                # nodes added to an open run, each call of an agent's steps run)
+                slot.phase, slot.held, slot.ready_mark = Phase.READY, "", self._global_blocks
+                slot.queued_at = now
+                heapq.heappush(self._heap, (slot.priority, pos))
+            else:
+                self._make_ready(slot, now, d)
         return slot
 
     def _lift_added(self) -> None:
