@@ -499,7 +499,7 @@ class SchedulerState:
     # slots: an agent swarm holds a run, so a state, per turn in flight (thousands at once)
     __slots__ = (
         "_ask_doubt", "_asking", "_backends", "_begun", "_critical", "_default_executor", "_doubt",
-        "_ended", "_gates", "_global", "_global_blocks", "_heap",
+        "_ended", "_gates", "_global", "_global_blocks", "_global_held", "_heap",
         "_kept_rare", "_maps_due", "_next_index", "_one_tool", "_plan_order", "_rng", "_slots",
         "_sorted", "_sorting", "_spare", "clock_origin", "closed", "done_count", "fail_fast",
         "fate_of", "graph", "in_flight", "record_events", "run_id", "status_counts", "stopping",
@@ -545,6 +545,8 @@ class SchedulerState:
         self._rng = rng or random.Random()
         self._global = ConcurrencyLimit("run max_concurrency", max_concurrency)
         self._global_blocks = 0  # how often ready nodes were left waiting on self._global
+        # journaled as what held a node back (made when it first does: most runs never wait)
+        self._global_held = ""
         self._gates = Gates(resource_limits, executor_limits, shared_limits)
         # Where this run's clock starts on the shared clock (the loop's), so rate limiters
         # shared with other runs see one time line; the driver sets it when the run starts.
@@ -1423,8 +1425,9 @@ class SchedulerState:
             # a retry resolves afresh, so it never sees what this attempt mutated
             args, slot.args, tool = slot.args, None, node.tool
             assert args is not None  # prepared above
-            held = slot.held or (f"the run's max_concurrency={capacity}"  # journaled as held
-                                 if self._global_blocks > slot.ready_mark else "")
+            held = slot.held or (
+                (self._global_held or self._held_by_global())
+                if self._global_blocks > slot.ready_mark else "")
             starts = d.starts  # (its own list from the first start on: see Decisions)
             if starts is _NOTHING:
                 starts = d.starts = []
@@ -1436,6 +1439,11 @@ class SchedulerState:
                                     tool=tool.name, attempt=attempts, executor=slot.executor))
         if (heap or ordered) and limit.capacity is not None and limit.in_use >= limit.capacity:
             self._global_blocks += 1  # the nodes left ready were held by the run-wide limit
+
+    def _held_by_global(self) -> str:
+        """What the journal says held a node back when the run-wide limit did (made once)."""
+        self._global_held = f"the run's max_concurrency={self._global.capacity}"
+        return self._global_held
 
     def _ask(self, now: float, d: Decisions) -> None:
         """Resolve the arguments of gated nodes and ask about those that need approval."""
