@@ -25,7 +25,7 @@ from shoal.deps import analyze
 from shoal.events import Event
 from shoal.executors.base import Call, new_call
 from shoal.scheduler.args import isolate_all
-from shoal.scheduler.state import AttemptResult, Decisions, Phase, SchedulerState
+from shoal.scheduler.state import AttemptResult, Decisions, Phase, SchedulerState, Withdraw
 from shoal.store import Store
 from shoal.store.memory import MemoryStore
 from shoal.store.sqlite import SQLiteStore
@@ -212,6 +212,57 @@ def test_a_decisions_rarely_written_lists_are_made_on_their_first_item() -> None
     assert d.parked == [gate, other] and d.freed == [gate] and d.cancels == [3]
     assert d.timers == [(1.5, "retry", 3), (2.0, "rate", 4)]
     assert not Decisions().parked  # a new decision starts empty again
+
+
+def test_a_decisions_lists_are_made_on_their_first_item_and_never_shared() -> None:
+    """The empty lists a decision starts with are one shared object, never written."""
+    first, second = Decisions(), Decisions()
+    assert (first.starts, first.events, first.done, first.approvals) == ([], [], [], [])
+    call = new_call(0, "a", bare, {"i": 1}, 1, "inline", None, "r", "")
+    withdraw = Withdraw(0, "a", "hash")
+    first.start(call)
+    first.ended(0)
+    first.ended(1)
+    first.ask(withdraw)
+    assert first.starts == [call] and first.done == [0, 1] and first.approvals == [withdraw]
+    assert (second.starts, second.events, second.done, second.approvals) == ([], [], [], [])
+    assert Decisions().starts == [] and Decisions().done == []
+
+
+@tool(approval=True)
+async def gated(i: int) -> int:
+    """Needs approval (none is given: denied)."""
+    return i
+
+
+@tool(retries=1, backoff=0.0)
+async def failing(i: int) -> int:
+    """Fails every attempt (retried once)."""
+    raise ValueError(i)
+
+
+def test_a_run_that_decides_everything_leaves_the_shared_empty_lists_empty() -> None:
+    """Starts, ends, events, retries, skips and approvals each go to a list of their own.
+
+    In an open run, so that some decisions hold one thing only: a node skipped as it is
+    added (its input failed before), a node asked about as it is added.
+    """
+    events: list[Event] = []
+
+    async def main() -> shoal.RunResult:
+        async with shoal.Runtime().open_run(on_event=events.append) as run:
+            failed = run.call(failing, i=1)
+            await run.wait(failed)
+            run.call(bare, i=failed)  # skipped as it is added
+            await run.wait(run.call(gated, i=2))  # asked about, denied
+            run.call(bare, i=3)
+        return run.result
+
+    counts = asyncio.run(main()).counts
+    assert (counts["denied"], counts["failed"], counts["ok"], counts["skipped"]) == (1, 1, 1, 1)
+    assert {"NodeStarted", "NodeRetrying", "NodeSkipped", "ApprovalRequested"} <= {
+        e.kind for e in events}
+    assert Decisions().events == [] and Decisions().approvals == [] and Decisions().starts == []
 
 
 # ---- a run of calls that end at once vs the same calls with a task each ----------------------

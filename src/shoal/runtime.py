@@ -1063,7 +1063,9 @@ async def _end_elsewhere(loop: asyncio.AbstractEventLoop,
         await watch.pause()
 
 
-@dataclass(frozen=True, slots=True)
+# (not frozen: a frozen dataclass sets each field through object.__setattr__, and every run
+# makes one of each, an agent's steps run too; neither is written after it is made)
+@dataclass(slots=True)
 class _Sharing:
     """What a run shares with its nodes: a board, a tree budget, the enclosing run's scope."""
 
@@ -1072,7 +1074,7 @@ class _Sharing:
     within: RunScope | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Journaling:
     """How a run meets the journal: a fresh run (with where its plan came from) or a resume."""
 

@@ -258,7 +258,9 @@ class Driver:
         # ... and theirs, in that order: for each call, the pair its start decision made (see
         # _start_calls): [the context as its calls started, the copy they run in]
         self._at_once_contexts: deque[list[contextvars.Context]] | None = None
-        self._at_once_stopped: set[int] = set()
+        # positions of those cancelled before they ran (made on first use: an agent's steps
+        # run never has one, and an empty set is 200 bytes the collector walks, per run)
+        self._at_once_stopped: set[int] | None = None
         self._bursting = False
         self._entered = False  # whether the driver's context is the current one (see _report)
         self._burst_due = False  # a burst continues on the next loop turn
@@ -475,7 +477,8 @@ class Driver:
         if self.state.closed:
             why = f" ({self.cancelled_reason})" if self.cancelled_reason else ""
             raise RunClosedError(f"run {self.state.run_id} is closed: it takes no more nodes{why}")
-        decisions = self.state.add(nodes, self.now())
+        now = (self._time() - self._t0) if self._time is not None else 0.0  # (self.now())
+        decisions = self.state.add(nodes, now)
         if decisions is None:  # nothing to carry out: the nodes wait for their inputs
             return
         if self._loop is None:  # not started: only replays and skips can be pending
@@ -761,6 +764,12 @@ class Driver:
             self._at_once, self._at_once_contexts = deque(), deque()
         return self._at_once, self._at_once_contexts
 
+    def _stopped_early(self) -> set[int]:
+        """The positions of calls without a task stopped before they ran (made on first use)."""
+        if self._at_once_stopped is None:
+            self._at_once_stopped = set()
+        return self._at_once_stopped
+
     def _quick_for(self, tool: Tool[..., Any]) -> tuple[object, bool]:
         """Whether ``tool``'s inline calls run without a task, noted by tool (see :meth:`_apply`).
 
@@ -817,7 +826,7 @@ class Driver:
         """The calls not cancelled before they were handed over; those are reported, not run."""
         kept = []
         for call, context in calls:
-            if call.pos in self._at_once_stopped:
+            if call.pos in self._stopped_early():
                 queue, contexts = self._at_once_queues()
                 queue.append(call)  # reported cancelled, never run
                 contexts.append([context, context])
@@ -912,7 +921,7 @@ class Driver:
         if not self._entered:  # each end is fed to the state machine in the driver's context
             self._context.run(self._report, self._burst)
             return
-        queue, contexts, stopped = self._at_once, self._at_once_contexts, self._at_once_stopped
+        queue, contexts, stopped = self._at_once, self._at_once_contexts, self._stopped_early()
         if queue is None or contexts is None:  # no call was ever queued to run at once
             self._burst_due = False
             return
@@ -1198,7 +1207,7 @@ class Driver:
             self._loop.call_soon(self._stopped_end, call,
                                  AttemptResult("cancelled", abandoned=call.abandoned))
         elif not self._stopped_late or pos not in self._stopped_late:
-            self._at_once_stopped.add(pos)  # to run at once, and not yet: it never will
+            self._stopped_early().add(pos)  # to run at once, and not yet: it never will
 
     def _orphans(self) -> None:
         """Report cancelled the calls without a task that nothing will report any more.
@@ -1258,8 +1267,8 @@ class Driver:
                 began = self._began(call.began_at)
                 began = None if began is None else began - self._t0
             where = call.where or self._hosts.get(call.isolation) or self._here(call)
-            self._apply(self.state.finish_ok(call.pos, value, where, self.now(), began,
-                                             self._ended(call)))
+            ended = None if call.ended_at is None else self._ended(call)
+            self._apply(self.state.finish_ok(call.pos, value, where, self.now(), began, ended))
         except Exception as exc:
             self._internal_error(call.node_id, exc)
 

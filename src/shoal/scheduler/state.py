@@ -174,6 +174,11 @@ class _Approval:
         self.args: dict[str, Any] | None = None  # a private copy of the approved arguments
 
 
+#: What a :class:`Decisions` list holds until its first item: shared by every decision, so
+#: never written (each field gets a list of its own through the methods that add to it).
+_NOTHING: list[Any] = []
+
+
 class Decisions:
     """What the driver must do after an input: start, cancel, set timers, publish events.
 
@@ -187,19 +192,50 @@ class Decisions:
     __slots__ = ("approvals", "cancels", "done", "events", "freed", "parked", "starts", "timers")
 
     def __init__(self) -> None:
+        # Every field starts empty and shared, and gets a list of its own on its first item
+        # (through the methods below): an input decides one or two things, and each list
+        # never used was one more object for the collector (two decisions per call of an
+        # agent's steps run: each gen-0 pass of a swarm comes sooner with each). ``starts``,
+        # ``events``, ``done`` and ``approvals`` start as the shared empty list _NOTHING
+        # (read as an empty list, never written); the rest as the empty tuple.
         # ``parked`` / ``freed``: gates (shared with the runtime's other runs) that a node of
         # this run now waits on / that this run released, so the driver can pass wake-ups on.
-        # These two, ``cancels`` and ``timers`` are rarely written: they start as the shared
-        # empty tuple (read as an empty sequence) and get a list on their first item, through
-        # the methods below; a decision per ended call need not make four lists it never uses.
         self.parked: list[object] | tuple[object, ...] = ()
         self.freed: list[object] | tuple[object, ...] = ()
-        self.starts: list[Call] = []
+        self.starts: list[Call] = _NOTHING
         self.cancels: list[int] | tuple[int, ...] = ()
         self.timers: list[tuple[float, str, int]] | tuple[tuple[float, str, int], ...] = ()
-        self.events: list[Event] = []
-        self.done: list[int] = []  # positions (see the class docstring)
-        self.approvals: list[ApprovalAction] = []
+        self.events: list[Event] = _NOTHING
+        self.done: list[int] = _NOTHING  # positions (see the class docstring)
+        self.approvals: list[ApprovalAction] = _NOTHING
+
+    def start(self, call: Call) -> None:
+        """Start ``call`` (an attempt)."""
+        if self.starts is _NOTHING:
+            self.starts = [call]
+        else:
+            self.starts.append(call)
+
+    def event(self, event: Event) -> None:
+        """Publish ``event``."""
+        if self.events is _NOTHING:
+            self.events = [event]
+        else:
+            self.events.append(event)
+
+    def ended(self, pos: int) -> None:
+        """Note that the node at ``pos`` got its outcome (journal it, tell who waits)."""
+        if self.done is _NOTHING:
+            self.done = [pos]
+        else:
+            self.done.append(pos)
+
+    def ask(self, action: ApprovalAction) -> None:
+        """Ask the approver about a node, or withdraw a question."""
+        if self.approvals is _NOTHING:
+            self.approvals = [action]
+        else:
+            self.approvals.append(action)
 
     def park(self, gate: object) -> None:
         """Note that a node of this run now waits on ``gate``."""
@@ -493,7 +529,8 @@ class SchedulerState:
         #: whether no more nodes will be added (an open run is closed by :meth:`close`)
         self.closed = not open_run
         self._begun = False
-        self._next_index = max(map(_INDEX, graph.nodes), default=-1) + 1
+        nodes = graph.nodes
+        self._next_index = max(map(_INDEX, nodes), default=-1) + 1 if nodes else 0
         self._plan_order: bool | None = None  # whether positions follow plan order (once known)
         #: resume: what the journal says about a node added while the run goes (see add())
         self.fate_of: Callable[[Node], Fate] | None = None
@@ -508,7 +545,8 @@ class SchedulerState:
         self._rng = rng or random.Random()
         self._global = ConcurrencyLimit("run max_concurrency", max_concurrency)
         self._global_blocks = 0  # how often ready nodes were left waiting on self._global
-        self._global_held = f"the run's max_concurrency={max_concurrency}"  # journaled as held
+        # journaled as what held a node back (made when it first does: most runs never wait)
+        self._global_held = ""
         self._gates = Gates(resource_limits, executor_limits, shared_limits)
         # Where this run's clock starts on the shared clock (the loop's), so rate limiters
         # shared with other runs see one time line; the driver sets it when the run starts.
@@ -521,14 +559,17 @@ class SchedulerState:
         # an empty deque costs 600 bytes per run, and a swarm opens a run per agent)
         self._sorted: list[tuple[float, int]] = _NONE_SORTED
         self._sorting: list[tuple[float, int]] | None = None  # set while begin() queues
-        # by tool object (a large plan has few tools, found at C speed: tools hash by identity)
-        executors = {tool: choose_executor(tool, default_executor)
-                     for tool in set(map(_TOOL, graph.nodes))} if graph.nodes else {}
-        # positions as the graph's own ints (one of each), in node order as ``preds`` is; made
-        # by map() without a Python step per node: every run pays one slot per node
-        self._slots: list[Kept] = list(map(
-            _Slot, graph.position.values(), graph.nodes, map(len, graph.preds),
-            map(executors.__getitem__, map(_TOOL, graph.nodes))))
+        executors: dict[Tool[..., Any], Isolation] = {}
+        self._slots: list[Kept] = []
+        if nodes:  # (else an open run as it opens, an agent's steps run: nothing to map)
+            # by tool object (a large plan has few tools, found at C speed: tools hash by
+            # identity)
+            executors = {tool: choose_executor(tool, default_executor)
+                         for tool in set(map(_TOOL, nodes))}
+            # positions as the graph's own ints (one of each), in node order as ``preds`` is;
+            # made by map() without a Python step per node: every run pays one slot per node
+            self._slots = list(map(_Slot, graph.position.values(), nodes, map(len, graph.preds),
+                                   map(executors.__getitem__, map(_TOOL, nodes))))
         #: each node's outcome, by position (``None`` until it has one); an ended node's slot
         #: gives way to ``_GONE``, and its rare fields, if it set any, to ``_kept_rare``
         self._backends = set(executors.values())
@@ -665,7 +706,7 @@ class SchedulerState:
             self._set_phase(slot, Phase.BACKOFF)
             d.timer(now + delay, "retry", pos)
             if self.record_events:
-                d.events.append(NodeRetrying(
+                d.event(NodeRetrying(
                     run_id=self.run_id, time=now, node_id=slot.node.id, tool=slot.node.tool.name,
                     attempt=slot.attempts, delay=delay, error=str(ErrorInfo.from_exception(
                         result.error, with_traceback=False))))
@@ -708,9 +749,10 @@ class SchedulerState:
         (the same outcomes and starts).
         """
         d = Decisions()
+        d.done = done = []  # (each call of the batch ends here)
         now = 0.0
         learn = self._critical.learn
-        slots, outcomes, done, in_flight = self._slots, self._ended, d.done, self.in_flight
+        slots, outcomes, in_flight = self._slots, self._ended, self.in_flight
         succs, general = self.graph.succs, self.record_events
         quiet = 0  # the outcomes recorded here, without _record
         try:
@@ -749,7 +791,8 @@ class SchedulerState:
             self._global.in_use -= quiet
             self.done_count += quiet
             self.status_counts["ok"] += quiet
-        self._dispatch(now if at is None or at < now else at, d)
+        if self._heap or self._sorted or self._asking:  # (else _dispatch has nothing to do)
+            self._dispatch(now if at is None or at < now else at, d)
         return d
 
     def releases(self, pos: int) -> bool:
@@ -1080,7 +1123,7 @@ class SchedulerState:
         else:
             heapq.heappush(self._heap, (slot.priority, slot.pos))
         if self.record_events:
-            d.events.append(NodeQueued(run_id=self.run_id, time=now, node_id=slot.node.id,
+            d.event(NodeQueued(run_id=self.run_id, time=now, node_id=slot.node.id,
                                        tool=slot.node.tool.name))
 
     def _run_maps(self, now: float, d: Decisions) -> None:
@@ -1153,7 +1196,15 @@ class SchedulerState:
                         f"needs {failed.node_id!r}, which ended {failed.status}"
                         f"{_detail(failed)}", False)
         elif waiting == 0 and self._begun:
-            self._make_ready(slot, now, d)
+            if (node.map is None and tool.policy.approval is False and not self._doubt
+                    and not self.record_events and self._sorting is None):
+                # WAITING -> READY: _make_ready's work for a plain node, without its call (most
+                # nodes added to an open run, each call of an agent's steps run)
+                slot.phase, slot.held, slot.ready_mark = Phase.READY, "", self._global_blocks
+                slot.queued_at = now
+                heapq.heappush(self._heap, (slot.priority, pos))
+            else:
+                self._make_ready(slot, now, d)
         return slot
 
     def _lift_added(self) -> None:
@@ -1324,8 +1375,7 @@ class SchedulerState:
         heap, ordered = self._heap, self._sorted  # bound after _rank, which replaces the list
         gates_for, capacity = self._gates.for_call, limit.capacity
         by_arguments, gated = self._gates.by_arguments, self._gates.gated_backends
-        starts, in_flight, run_id = d.starts, self.in_flight, self.run_id
-        events = d.events if self.record_events else None
+        in_flight, run_id, events = self.in_flight, self.run_id, self.record_events
         immutable = IMMUTABLE
         while (heap or ordered) and (capacity is None or limit.in_use < capacity):
             if self.stopping:
@@ -1375,17 +1425,25 @@ class SchedulerState:
             # a retry resolves afresh, so it never sees what this attempt mutated
             args, slot.args, tool = slot.args, None, node.tool
             assert args is not None  # prepared above
-            held = slot.held or (self._global_held if self._global_blocks > slot.ready_mark
-                                 else "")
+            held = slot.held or (
+                (self._global_held or self._held_by_global())
+                if self._global_blocks > slot.ready_mark else "")
+            starts = d.starts  # (its own list from the first start on: see Decisions)
+            if starts is _NOTHING:
+                starts = d.starts = []
             starts.append(new_call(slot.pos, node.id, tool, args, attempts, slot.executor,
                                    tool.policy.timeout, run_id, held))
             in_flight[slot.pos] = now
-            if events is not None:
-                events.append(NodeStarted(run_id=run_id, time=now, node_id=node.id,
-                                          tool=tool.name, attempt=attempts,
-                                          executor=slot.executor))
+            if events:
+                d.event(NodeStarted(run_id=run_id, time=now, node_id=node.id,
+                                    tool=tool.name, attempt=attempts, executor=slot.executor))
         if (heap or ordered) and limit.capacity is not None and limit.in_use >= limit.capacity:
             self._global_blocks += 1  # the nodes left ready were held by the run-wide limit
+
+    def _held_by_global(self) -> str:
+        """What the journal says held a node back when the run-wide limit did (made once)."""
+        self._global_held = f"the run's max_concurrency={self._global.capacity}"
+        return self._global_held
 
     def _ask(self, now: float, d: Decisions) -> None:
         """Resolve the arguments of gated nodes and ask about those that need approval."""
@@ -1404,10 +1462,10 @@ class SchedulerState:
                 continue
             args_hash = approval_hash(tool.name, slot.args)
             slot.approval = _Approval(args_hash)
-            d.approvals.append(Ask(slot.pos, slot.node.id, tool.name, jsonable(slot.args),
+            d.ask(Ask(slot.pos, slot.node.id, tool.name, jsonable(slot.args),
                                    args_hash, why, "in_doubt" if doubt else "approval"))
             if self.record_events:
-                d.events.append(ApprovalRequested(
+                d.event(ApprovalRequested(
                     run_id=self.run_id, time=now, node_id=slot.node.id, tool=tool.name,
                     request_id=request_id(self.run_id, slot.node.id, args_hash), reason=why))
 
@@ -1423,7 +1481,7 @@ class SchedulerState:
     def _decided(self, slot: _Slot, verdict: str, reason: str, by: str, now: float,
                  d: Decisions) -> None:
         if self.record_events:
-            d.events.append(ApprovalDecided(
+            d.event(ApprovalDecided(
                 run_id=self.run_id, time=now, node_id=slot.node.id, tool=slot.node.tool.name,
                 verdict=verdict, reason=reason, by=by))
 
@@ -1567,7 +1625,7 @@ class SchedulerState:
             d.cancel(slot.pos)
         else:
             if slot.phase is Phase.APPROVAL and slot.approval is not None:
-                d.approvals.append(Withdraw(slot.pos, slot.node.id, slot.approval.args_hash))
+                d.ask(Withdraw(slot.pos, slot.node.id, slot.approval.args_hash))
             if slot.phase is Phase.READY and slot.gates:
                 self._pass_wakeups_on(slot, d)
             # a node between attempts, or a map with items, was under way: a deadline times
@@ -1650,19 +1708,19 @@ class SchedulerState:
         self._ended[slot.pos] = outcome
         if slot.rare is not _COMMON:
             self._kept_rare[slot.pos] = slot.rare
-        d.done.append(slot.pos)
+        d.ended(slot.pos)
         if not self.record_events:
             return
         nid = slot.node.id
         if status == "skipped":
-            d.events.append(NodeSkipped(run_id=self.run_id, time=now, node_id=nid, tool=tool,
+            d.event(NodeSkipped(run_id=self.run_id, time=now, node_id=nid, tool=tool,
                                         reason=reason))
         elif slot.attempts == 0 and status not in ("failed", "in_doubt", "denied") and not (
                 status == "ok" and slot.items is not None):
-            d.events.append(NodeCancelled(run_id=self.run_id, time=now, node_id=nid, tool=tool,
+            d.event(NodeCancelled(run_id=self.run_id, time=now, node_id=nid, tool=tool,
                                           reason=reason))
         else:
-            d.events.append(NodeFinished(run_id=self.run_id, time=now, node_id=nid, tool=tool,
+            d.event(NodeFinished(run_id=self.run_id, time=now, node_id=nid, tool=tool,
                                          status=status, attempts=slot.attempts,
                                          duration=slot.outcome.duration,
                                          error=str(error) if error else reason))
