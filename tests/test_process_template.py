@@ -360,7 +360,7 @@ def test_a_start_cancelled_as_its_pipes_are_attached_ends_cancelled(start_method
 
         executor = ProcessExecutor(2, start_method=start_method)
         try:
-            loop.connect_read_pipe = cancelled_meanwhile  # type: ignore[method-assign]
+            loop.connect_read_pipe = cancelled_meanwhile  # type: ignore[method-assign,assignment]
             starting = asyncio.ensure_future(executor.execute(a_call(pt.square, x=2)))
             outcome = await asyncio.gather(starting, return_exceptions=True)
             loop.connect_read_pipe = attach  # type: ignore[method-assign]
