@@ -1,9 +1,10 @@
 """An MCP server whose tools misbehave as servers do, run as a program by tests/test_mcp.py.
 
-Written with the MCP SDK's own server API: a tool whose call ends the server's process, one
-that writes a line that is not JSON-RPC where the protocol goes, one that closes the
-protocol's pipe and lives on, one that writes megabytes to stderr before it dies, and one
-whose error text is megabytes long.
+Written with the MCP SDK's own server API: a tool whose call ends the server's process (one
+that first leaves a mark of having run), one that answers and ends the process a moment later,
+while it is idle, one that writes a line that is not JSON-RPC where the protocol goes, one
+that closes the protocol's pipe and lives on, one that writes megabytes to stderr before it
+dies, and one whose error text is megabytes long.
 
 The SDK serves the protocol from a private duplicate of stdout and points fd 1 at stderr
 while it serves: a tool that writes to ``sys.stdout`` or closes fd 1 misses the protocol's
@@ -49,6 +50,27 @@ async def die() -> str:
     """End the server's process in the middle of the call."""
     await asyncio.sleep(0.2)
     os._exit(3)
+
+
+@app.tool()
+def mark_and_die(path: str) -> str:
+    """Append this process's id to ``path`` (a side effect), then end the process mid-call."""
+    with open(path, "a", encoding="utf-8") as marks:
+        marks.write(f"{os.getpid()}\n")
+    os._exit(3)
+
+
+@app.tool(annotations=READ_ONLY)
+async def leave_soon(seconds: float) -> int:
+    """Answer with this process's id, then end the process ``seconds`` later (idle by then)."""
+    asyncio.get_running_loop().call_later(seconds, os._exit, 0)
+    return os.getpid()
+
+
+@app.tool(annotations=READ_ONLY)
+async def pid() -> int:
+    """This server process's id."""
+    return os.getpid()
 
 
 @app.tool(annotations=READ_ONLY)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import sqlite3
@@ -9,10 +10,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import shoal
+from shoal.models.base import ModelRequest
 from shoal.store.base import RunRecord
 from shoal.testing import ScriptedModel, call
 
@@ -81,3 +84,37 @@ def test_resume_needs_a_journal() -> None:
     agent = shoal.Agent(name="lead", model=ScriptedModel([]))
     with pytest.raises(shoal.ConfigError, match="journal"):
         agent.resume_sync("r1", "go", runtime=shoal.Runtime(store=None))
+
+
+@pytest.mark.parametrize("isolation", ["inline", "process"])
+def test_a_turn_refused_on_resume_is_not_charged_to_the_requests_budget(
+        tmp_path: Path, isolation: str) -> None:
+    # The refused turn was never asked, yet it took a request from the tree's budget: the
+    # lead's next turn, the second request really made, was refused as over the limit of 2.
+    runtime = shoal.Runtime(store=f"sqlite:///{tmp_path / 'runs.db'}")
+    handles: list[shoal.AgentHandle[Any]] = []
+
+    def stop_the_run(request: ModelRequest) -> str:
+        handles[0].cancel(reason="stopped mid-way")  # the helper's call is left unfinished
+        return "never kept"
+
+    def agents(instructions: str, model: ScriptedModel, where: str,
+               lead_steps: list[Any]) -> shoal.Agent[Any]:
+        helper = shoal.Agent(name="helper", description="Helps.", instructions=instructions,
+                             model=model, isolation=where)  # type: ignore[arg-type]
+        return shoal.Agent(name="lead", subagents=[helper], model=ScriptedModel(lead_steps))
+
+    async def first() -> None:
+        handles.append(agents("Help.", ScriptedModel([stop_the_run]), "inline", [
+            [call("helper", task="x")]]).start("go", runtime=runtime, run_id="r1"))
+        with pytest.raises(shoal.AgentError, match="stopped mid-way"):
+            await handles[0]
+
+    asyncio.run(first())
+    changed = ScriptedModel(["never"])  # the helper's turn is refused: it asks another request
+    resumed = agents("Help more.", changed, isolation, ["done"]).resume_sync(
+        "r1", "go", runtime=runtime, budget=shoal.Budget(requests=2))
+    assert resumed.output == "done" and changed.requests == []
+    assert resumed.calls[0].status == "failed" and "PlanChangedError" in str(
+        resumed.calls[0].message.content)
+    assert resumed.turns == 2  # the lead's first turn, replayed, and its second, asked

@@ -33,7 +33,7 @@ pytest.importorskip("mcp", reason="the mcp extra is not installed: pip install -
 import shoal
 from shoal.exceptions import MCPServerError, MissingDependencyError
 from shoal.testing import ScriptedModel, call
-from tests.conftest import arun
+from tests.conftest import arun, until
 from tests.mcp_time_client import ZONES, twenty_zones
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -629,9 +629,13 @@ def test_a_held_session_whose_server_died_starts_it_again() -> None:
         slow = by_name(await srv.tools())["slow"]
         async with srv:
             assert await slow(seconds=0) == {"result": "slept 0.0"}
+            # killed with a call in flight (a call made once it is dead is not sent to it:
+            # that one goes to the server started again, as the next call here does)
+            running = asyncio.ensure_future(slow(seconds=5))
+            await asyncio.sleep(0.5)
             servers("mcp_servers.py")[0].send_signal(signal.SIGKILL)
             with pytest.raises(MCPServerError):
-                await slow(seconds=5)
+                await running
             assert await slow(seconds=0) == {"result": "slept 0.0"}
         assert not servers("mcp_servers.py")
 
@@ -989,3 +993,65 @@ def test_a_server_dying_after_megabytes_of_stderr_quotes_its_end_without_reading
         assert peak < 16 * 2**20, f"{peak / 2**20:.0f} MB"
 
     arun(main(), timeout=SLOW)
+
+
+def test_a_server_that_exited_while_idle_is_started_again_for_the_next_call() -> None:
+    # the next call went to the dead server and failed, though nothing had been sent to it
+    async def main() -> None:
+        srv = shoal.mcp.server(HOSTILE, name="hostile")
+        found = by_name(await srv.tools(approval=False))
+        async with srv:  # one session held open: the call after the exit finds it closed
+            first = (await found["leave_soon"](seconds=1.0))["result"]
+            await until(lambda: exited(first), within=SLOW)
+            await asyncio.sleep(1.0)  # room for the session to see the server's output end
+            second = (await found["pid"]())["result"]
+            assert second != first  # on the server started again
+        plan = shoal.Plan()  # within a run: the run's session, ended as the server exits
+        left = plan.call(found["leave_soon"], seconds=1.0)
+        gone = plan.call(wait_for_exit, pid=left, after=left)
+        again = plan.call(found["pid"], after=gone)
+        result = await shoal.run(plan)
+        assert result[again].ok, result[again].error
+        assert result[again].value["result"] != result[left].value["result"]
+
+    arun(main(), timeout=SLOW)
+    assert not servers("mcp_hostile_server.py")
+
+
+def exited(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@shoal.tool
+async def wait_for_exit(pid: dict[str, int]) -> int:
+    """Wait until process ``pid["result"]`` has exited, then a moment more.
+
+    The server answers before it exits (a second later: its answer has gone out by then, even
+    on a loaded machine), and its session sees its output end within moments after that.
+    """
+    await until(lambda: exited(pid["result"]), within=SLOW)
+    await asyncio.sleep(1.0)
+    return pid["result"]
+
+
+def test_a_call_whose_request_was_sent_before_the_server_died_fails_and_is_not_sent_again(
+        tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+
+    async def main() -> None:
+        found = by_name(await shoal.mcp.tools(command=HOSTILE, name="hostile", approval=False))
+        plan = shoal.Plan()
+        dies = plan.call(found["mark_and_die"], path=str(marks))
+        result = await shoal.run(plan)
+        error = result[dies].error
+        assert result[dies].status == "failed" and error is not None
+        assert error.type.endswith("MCPServerError") and "'hostile'" in error.message
+        assert "while calling 'mark_and_die'" in error.message
+        assert "its output (stdout) ended" in error.message  # the cause, named
+
+    arun(main(), timeout=SLOW)
+    assert len(marks.read_text().split()) == 1  # it ran once: never sent to a new server
+    assert not servers("mcp_hostile_server.py")

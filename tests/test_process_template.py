@@ -339,3 +339,36 @@ def test_cancelling_a_start_leaves_the_template_and_the_other_workers_alone() ->
             await executor.close()
 
     arun(main(), timeout=SLOW)
+
+
+@pytest.mark.parametrize("start_method", ["template", "spawn"])
+def test_a_start_cancelled_as_its_pipes_are_attached_ends_cancelled(start_method: str) -> None:
+    # A Ctrl-C landing while a new worker's pipes were being attached closed the worker's
+    # process handle with its pipes; reaping it then raised ValueError (a closed descriptor),
+    # so the call the user cancelled ended failed, and the worker was never killed.
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        attach = loop.connect_read_pipe
+        stops: list[int] = []
+
+        async def cancelled_meanwhile(*args: Any) -> Any:
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()  # the cancel comes as the worker's reply pipe is being attached
+            stops.append(1)
+            return await attach(*args)
+
+        executor = ProcessExecutor(2, start_method=start_method)
+        try:
+            loop.connect_read_pipe = cancelled_meanwhile  # type: ignore[method-assign,assignment]
+            starting = asyncio.ensure_future(executor.execute(a_call(pt.square, x=2)))
+            outcome = await asyncio.gather(starting, return_exceptions=True)
+            loop.connect_read_pipe = attach  # type: ignore[method-assign]
+            assert stops == [1]
+            assert [type(o) for o in outcome] == [asyncio.CancelledError], outcome
+            assert executor.worker_pids == []  # its worker was killed and reaped
+            assert await executor.execute(a_call(pt.square, x=3)) == 9  # the pool goes on
+        finally:
+            await executor.close()
+
+    arun(main(), timeout=SLOW)

@@ -168,6 +168,10 @@ def remote_tracker(link: Link, ctx: TreeContext) -> BudgetTracker:
             self._asked("start_request", where)
             self.requests += 1
 
+        def refund_request(self, where: str) -> None:
+            self._asked("refund_request", where)  # the root's count, which the tree shares
+            super().refund_request(where)
+
         def add_usage(self, usage: Any, where: str) -> None:
             self.usage = self.usage + usage
             self._asked("add_usage", usage, where)

@@ -123,6 +123,16 @@ class BudgetTracker:
             self.stop(BudgetExceeded("requests", self.requests, limit, where))
         self.requests += 1
 
+    def refund_request(self, where: str) -> None:
+        """Take back a request charged by :meth:`start_request` that was never sent.
+
+        A turn stopped before its model was asked (its journal failed, a resume refused it)
+        spent nothing: counted, it would take a request from the rest of the tree.
+        """
+        del where  # named as start_request's, for a tree whose root charges it elsewhere
+        if self.requests > 0:
+            self.requests -= 1
+
     @property
     def turns(self) -> int:
         """The old name of :attr:`requests` (deprecated)."""

@@ -460,6 +460,10 @@ class TreeServer:
                 tracker.start_request(*args)
                 self.requests += 1
                 self.turns += args[0] == self.lineage  # as AgentRun.start_turn counts them
+            elif op == "refund_request":  # a turn stopped before it asked its model
+                tracker.refund_request(*args)
+                self.requests -= 1
+                self.turns -= args[0] == self.lineage
             elif op == "add_usage":
                 self.usage = self.usage + args[0]
                 tracker.add_usage(*args)

@@ -425,6 +425,11 @@ class AgentRun:
         self.ctx.tracker.start_request(self.lineage)
         self.result.turns += 1
 
+    def _unstart_turn(self) -> None:
+        """Take back :meth:`start_turn` for a turn that never asked its model."""
+        self.result.turns -= 1
+        self.ctx.tracker.refund_request(self.lineage)
+
     async def answer(self, request: ModelRequest, *, streamed: bool = False,
                      read: Reader | None = None, digest: str | None = None) -> ModelResponse:
         """Ask the model for this turn, as a node of the steps run; count its usage, say so.
@@ -452,7 +457,7 @@ class AgentRun:
         try:
             asking = self._model_step(request, streamed, read, digest)
         except BaseException:  # never asked (its journal failed, say): not a turn
-            self.result.turns -= 1
+            self._unstart_turn()
             raise
         handle, node_id = asking.handle, asking.node_id
         outcome: Outcome | None = None
@@ -467,7 +472,7 @@ class AgentRun:
             ctx.untrack_handle(self.lineage, asking)
             self._asking = None
             if not asking.asked and (outcome is None or outcome.status != "ok"):
-                self.result.turns -= 1  # its run stopped before it asked: not a turn (an ok
+                self._unstart_turn()  # its run stopped before it asked: not a turn (an ok
                 # outcome unasked is a resumed turn's, replayed from the journal)
         response = self._response_of(outcome, asking)
         usage = response.usage if response.usage.requests else _one_request(response.usage)

@@ -546,7 +546,9 @@ class _Worker:
             self._read_pipe, _ = await loop.connect_read_pipe(lambda: self.reader, files[0])
             self._write_pipe, _ = await loop.connect_write_pipe(asyncio.Protocol, files[1])
         except BaseException:
-            self.close_pipes()  # a transport made already closes its own file
+            # only the pipes: the process is still to be killed and reaped (closing its
+            # handle here left the reaping a closed descriptor, and a cancelled start failed)
+            self._close_transports()  # a transport made already closes its own file
             owned = {t.get_extra_info("pipe") for t in (self._read_pipe, self._write_pipe) if t}
             for file in files:
                 if file not in owned:
@@ -612,6 +614,10 @@ class _Worker:
         if not isinstance(self.proc, asyncio.subprocess.Process):
             self.proc.close()
         self.ref.close()
+        self._close_transports()
+
+    def _close_transports(self) -> None:
+        """Close the parent's ends of both pipes, leaving the process handle open."""
         for transport in (self._write_pipe, self._read_pipe):
             if transport is None:
                 continue

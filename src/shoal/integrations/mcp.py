@@ -25,7 +25,10 @@ A run starts each server it needs on its first call, shares one session among al
 outermost run ends. ``async with server:`` holds one session open instead, for every run and
 direct call meanwhile. A server that dies, or closes its output (stdout), fails its running
 calls at once with :class:`~shoal.exceptions.MCPServerError` naming it and what happened;
-the next call starts it again. A result with ``isError: true`` fails the call with
+the next call starts it again. A call whose request had not been sent when a stdio server's
+connection was found closed (the server exited while idle) goes to the server started again,
+once; one whose request was sent fails (the tool may have run). A result with
+``isError: true`` fails the call with
 :class:`~shoal.exceptions.MCPToolError` and the server's text.
 
 The other way, :func:`serve` (``shoal mcp serve module:tools``) is an MCP server whose tools
@@ -37,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import copy
 import functools
 import hashlib
@@ -71,6 +75,7 @@ from shoal.schema import model_facts
 from shoal.tools import Tool
 
 try:
+    import anyio  # what the mcp SDK's transports run on
     import jsonschema  # type: ignore[import-untyped]  # a dependency of mcp; no type hints
     import mcp_types
     from mcp import Client, StdioServerParameters
@@ -123,6 +128,9 @@ MAX_PAGES = 1000  # tools/list pages read from one server (a server that pages f
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # what model APIs accept as tool names
 _SESSIONS = "shoal.mcp.sessions"  # the key of a run's sessions in RunScope.shared
 _SCOPE_PARAM = "_shoal_mcp_scope"  # the injected parameter that brings a call its run's scope
+#: Why a stdio server's session ended when its output did.
+_STDOUT_ENDED = ("the connection closed: its output (stdout) ended, so no answer can come (the "
+                 "server exited, or closed its stdout)")
 
 
 def _scope_of(call: Call, scope: RunScope | None) -> RunScope | None:
@@ -239,14 +247,14 @@ class MCPServer:
         finally:
             await session.close()
 
-    def _client(self, errlog: TextIO) -> Client:
+    def _client(self, errlog: TextIO, session: _Session) -> Client:
         if self.url is not None:
             return Client(self._http_transport(), cache=None)
         params = StdioServerParameters(command=self.command[0], args=list(self.command[1:]),
                                        env=dict(self.env) if self.env else None, cwd=self.cwd)
         from mcp.client.stdio import stdio_client
 
-        return Client(stdio_client(params, errlog=errlog), cache=None)
+        return Client(_watched(stdio_client(params, errlog=errlog), session), cache=None)
 
     def _http_transport(self) -> Any:
         from mcp.client.streamable_http import streamable_http_client
@@ -358,7 +366,7 @@ class _Session:
             self._errlog = cast(TextIO, errlog)
             cause = "the session was closed"
             try:
-                async with self.server._client(self._errlog) as client:
+                async with self.server._client(self._errlog, self) as client:
                     if not self.server.name and client.server_info and client.server_info.name:
                         self.server._label = client.server_info.name
                     self._client = client
@@ -373,6 +381,15 @@ class _Session:
                 cause = _cause(exc, self._client is None, self.server)
             finally:
                 self._end(cause)
+
+    def output_ended(self) -> None:
+        """The server's output ended (it exited, or closed its stdout): the session is over.
+
+        Not while it starts (a server that exits then could not start, which says more), nor
+        when it is closing (its own shutdown closes the stream too).
+        """
+        if self._client is not None and not self._stop.is_set():
+            self._end(_STDOUT_ENDED)
 
     def _end(self, cause: str) -> None:
         """Mark the session ended with ``cause`` (the first cause wins) and let it close."""
@@ -400,10 +417,30 @@ class _Session:
         return MCPServerError(self.server.described, f"{cause}{doing}")
 
     async def call_tool(self, name: str, arguments: Mapping[str, Any]) -> mcp_types.CallToolResult:
-        """Call ``name``; fail with :class:`MCPServerError` if the server dies meanwhile."""
-        client = await self.open()
-        result: mcp_types.CallToolResult = await self._race(
-            client.call_tool(name, dict(arguments)), f"calling {name!r}")
+        """Call ``name``; fail with :class:`MCPServerError` if the server dies meanwhile.
+
+        :class:`_NotSent` instead when a stdio server's connection was found closed before
+        the call's request was written: the server never saw the call.
+        """
+        connected = self._client is not None and not self.dead
+        try:
+            client = await self.open()
+        except MCPServerError as exc:
+            if connected and self.server.command:  # it was up, and ended before this call
+                raise _NotSent(exc) from None
+            raise
+        sent = _Sent()
+        token = _SENDING.set(sent)  # the request's task, made now, copies it: the writer's mark
+        try:
+            work = asyncio.ensure_future(client.call_tool(name, dict(arguments)))
+        finally:
+            _SENDING.reset(token)
+        try:
+            result: mcp_types.CallToolResult = await self._race(work, f"calling {name!r}")
+        except MCPServerError as exc:
+            if self.server.command and not sent.written:
+                raise _NotSent(exc) from None
+            raise
         return result
 
     async def list_tools(self) -> list[mcp_types.Tool]:
@@ -459,8 +496,7 @@ class _Session:
         timeout (none, say), rather than wait for it.
         """
         if self.server.command:
-            return ("the connection closed: its output (stdout) ended, so no answer can come "
-                    "(the server exited, or closed its stdout)")
+            return _STDOUT_ENDED
         return f"the connection closed ({exc.message}); the server may have crashed"
 
     async def close(self) -> None:
@@ -498,6 +534,112 @@ def _cause(exc: BaseException, starting: bool, server: MCPServer) -> str:
     if starting and isinstance(exc, FileNotFoundError | PermissionError) and server.command:
         return f"cannot start {server.command[0]!r}: {said}"
     return f"{'could not start' if starting else 'failed'}: {said}"
+
+
+class _NotSent(Exception):
+    """A call's request was not written: its stdio server's connection was found closed."""
+
+    def __init__(self, error: MCPServerError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _Sent:
+    """Whether a call's request was handed to its stdio transport (it may have reached it)."""
+
+    __slots__ = ("written",)
+
+    def __init__(self) -> None:
+        self.written = False
+
+
+#: The call whose task writes: set around the making of its request's task, which copies it.
+_SENDING: contextvars.ContextVar[_Sent | None] = contextvars.ContextVar(
+    "shoal_mcp_sending", default=None)
+
+
+@contextlib.asynccontextmanager
+async def _watched(transport: Any, session: _Session) -> AsyncIterator[tuple[Any, Any]]:
+    """A stdio transport whose output's end ends ``session``, and whose writes are marked.
+
+    The session learns that the server's output ended as it happens, idle or not (the SDK
+    only tells the requests waiting then): a call that comes later finds it closed before
+    writing anything, and goes to a server started again. A request written is marked on its
+    call (:data:`_SENDING`), so that a call whose request went out is never sent again.
+    """
+    async with transport as (read, write):
+        yield _WatchedReader(read, session), _WatchedWriter(write, session)
+
+
+class _WatchedReader:
+    """The transport's read stream; its end (the server's stdout ended) ends the session."""
+
+    def __init__(self, inner: Any, session: _Session) -> None:
+        self._inner = inner
+        self._session = session
+
+    async def __aenter__(self) -> _WatchedReader:
+        await self._inner.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        return await self._inner.__aexit__(*exc)
+
+    def __aiter__(self) -> _WatchedReader:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self._inner.receive()
+        except anyio.EndOfStream:
+            self._session.output_ended()
+            raise StopAsyncIteration from None
+        except anyio.ClosedResourceError:
+            self._session.output_ended()
+            raise
+
+    async def aclose(self) -> None:
+        """Close the stream."""
+        await self._inner.aclose()
+
+
+class _WatchedWriter:
+    """The transport's write stream: refuses a request once the output ended, marks one sent."""
+
+    def __init__(self, inner: Any, session: _Session) -> None:
+        self._inner = inner
+        self._session = session
+
+    async def __aenter__(self) -> _WatchedWriter:
+        await self._inner.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        return await self._inner.__aexit__(*exc)
+
+    async def send(self, item: Any) -> None:
+        """Hand ``item`` to the transport, unless the server's output has ended."""
+        if self._session.dead:  # nothing written: the SDK says the connection closed
+            raise anyio.ClosedResourceError
+        sending = _SENDING.get()
+        if sending is None or getattr(getattr(item, "message", None), "method", None) != (
+                "tools/call"):  # not a call's request (a handshake, a cancel notice ...)
+            await self._inner.send(item)
+            return
+        sending.written = True  # from here on it may reach the server
+        try:
+            await self._inner.send(item)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            sending.written = False  # refused before the transport took it (anyio's streams)
+            raise
+
+    async def aclose(self) -> None:
+        """Close the stream."""
+        await self._inner.aclose()
+
+    def close(self) -> None:
+        """Close the stream at once."""
+        self._inner.close()
 
 
 # -- tools ----------------------------------------------------------------------------------
@@ -590,16 +732,21 @@ def _overridden(made: list[MCPTool], overrides: Mapping[str, Mapping[str, Any]],
 async def _invoke(remote: RemoteTool, **arguments: Any) -> Any:
     """Call the remote tool (the function behind every :class:`MCPTool`)."""
     scope = arguments.pop(_SCOPE_PARAM, None)
-    session, own = remote.server._session_for(scope)
-    try:
-        result = await session.call_tool(remote.name, arguments)
-    except MCPError as exc:  # the server refused the call (unknown tool, bad params ...)
-        raise MCPToolError(remote.server.described, remote.name,
-                           f"the server refused the call: {exc.message} (error {exc.code})"
-                           ) from None
-    finally:
-        if own:
-            await session.close()
+    for attempt in range(2):  # a stdio server found gone before the call was sent: once more
+        session, own = remote.server._session_for(scope)
+        try:
+            result = await session.call_tool(remote.name, arguments)
+            break
+        except _NotSent as unsent:  # the next session starts the server again
+            if attempt:
+                raise unsent.error from None
+        except MCPError as exc:  # the server refused the call (unknown tool, bad params ...)
+            raise MCPToolError(remote.server.described, remote.name,
+                               f"the server refused the call: {exc.message} (error {exc.code})"
+                               ) from None
+        finally:
+            if own:
+                await session.close()
     return result_value(result, remote)
 
 
