@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any
 
@@ -389,6 +390,42 @@ def test_cancelling_the_whole_tree_raises_with_the_result_so_far() -> None:
     with pytest.raises(shoal.AgentError, match="cancelled") as caught:
         arun(main(), virtual=True)
     assert caught.value.result.calls[0].status == "cancelled"
+
+
+@pytest.mark.parametrize(("lineage", "reason", "words"), [
+    ("", "why", "takes an agent's lineage such as 'lead/researcher#2'"),  # not the whole tree
+    (3, "why", "got 3"),
+    (["lead/sub#1"], "why", "got ['lead/sub#1']"),
+    ("lead/sub#1", 3, "reason must be text, got int"),
+])
+def test_a_cancel_that_names_no_agent_is_refused_and_stops_nothing(
+        lineage: Any, reason: Any, words: str) -> None:
+    model = ScriptedModel([[call("slow_lookup", key="x")], "lead done"])
+    agent = shoal.Agent(name="lead", model=model, tools=[slow_lookup])
+
+    async def main() -> shoal.AgentResult[Any]:
+        handle = agent.start("go")
+        await asyncio.sleep(0.1)  # the lookup is in flight
+        with pytest.raises(TypeError, match=re.escape(words)):
+            handle.cancel(lineage, reason=reason)
+        return await handle
+
+    result = arun(main(), virtual=True)
+    assert result.output == "lead done" and result.calls[0].status == "ok"
+
+
+def test_a_run_cancel_whose_reason_is_not_text_is_refused() -> None:
+    plan = shoal.Plan()
+    plan.call(slow_lookup, key="x")
+
+    async def main() -> shoal.RunResult:
+        handle = shoal.Runtime().start(plan)
+        await asyncio.sleep(0.1)
+        with pytest.raises(TypeError, match="reason must be text, got dict"):
+            handle.cancel(reason={"not": "text"})  # type: ignore[arg-type]
+        return await handle
+
+    assert arun(main(), virtual=True).ok
 
 
 def test_events_carry_lineage_for_agents_and_calls() -> None:

@@ -209,6 +209,8 @@ class RunHandle:
         Every outcome is still recorded and the awaited result holds them all. Safe to call
         from any thread: from another than the run's, the cancel is handed to its loop.
         """
+        if not isinstance(reason, str):  # it becomes each outcome's reason, and is journaled
+            raise TypeError(f"cancel()'s reason must be text, got {type(reason).__name__}")
         if self._task.done():
             return
         ids = None if node is None else _node_ids(node)

@@ -638,8 +638,16 @@ class AgentHandle(Generic[T]):
         """Cancel the whole tree, or one agent (by ``lineage``) and everything below it.
 
         With ``lineage`` (e.g. ``"lead/researcher#2"``) only that subtree stops; its parent
-        gets an error result for the subagent's call and goes on.
+        gets an error result for the subagent's call and goes on. One not started yet is
+        stopped as it starts.
         """
+        if lineage is not None and (not isinstance(lineage, str) or not lineage):
+            # an empty or mistyped lineage must not stop the whole tree, as no argument does
+            raise TypeError(f"cancel() takes an agent's lineage such as "
+                            f"'{self._root.lineage}/researcher#2', or nothing for the whole "
+                            f"tree; got {shown(lineage)}")
+        if not isinstance(reason, str):
+            raise TypeError(f"cancel()'s reason must be text, got {type(reason).__name__}")
         self._ctx.cancel(lineage or self._root.lineage, reason)
 
     def results(self) -> Mapping[str, AgentResult[Any]]:
