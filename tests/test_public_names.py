@@ -57,6 +57,16 @@ def test_loading_every_public_name_builds_no_pydantic_validator() -> None:
     assert done.stdout.strip() == "False"
 
 
+def test_loading_every_public_name_leaves_modules_of_rare_paths_unloaded() -> None:
+    """``email.utils`` reads an HTTP date in a ``retry-after`` header: loaded when one comes."""
+    probe = ("import sys, shoal; [getattr(shoal, name) for name in shoal.__all__]; "
+             "print([m for m in sys.modules if m.partition('.')[0] == 'email'])")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 def test_a_loaded_name_is_kept_in_the_package() -> None:
     assert shoal.testing.ScriptedModel is vars(shoal.testing)["ScriptedModel"]
     assert shoal.Plan is vars(shoal)["Plan"]
