@@ -19,7 +19,7 @@ from pathlib import Path
 
 BENCHMARKS = ("fanout_async", "fanout_sync", "trivial", "large_plan", "asynchow", "nestools",
               "ray_overhead", "agents", "plan_parsing", "composition", "latency", "process_start",
-              "otel_overhead", "swarm", "swarm_process")
+              "otel_overhead", "swarm", "swarm_process", "import_time")
 #: Left out of a ``--quick`` run unless named with ``--only``: starting Ray alone takes several
 #: seconds, more than the rest of the quick run together.
 SLOW_TO_START = ("ray_overhead",)

@@ -23,6 +23,7 @@ from bench import (
     asynchow,
     fanout_async,
     fanout_sync,
+    import_time,
     large_plan,
     latency,
     nestools,
@@ -67,7 +68,8 @@ def assert_correct(result: BenchResult) -> None:
 
 
 @pytest.mark.parametrize("module", [fanout_async, fanout_sync, trivial, large_plan, agents,
-                                    plan_parsing, process_start, swarm, swarm_process],
+                                    plan_parsing, process_start, swarm, swarm_process,
+                                    import_time],
                          ids=lambda m: m.__name__.rsplit(".", 1)[-1])
 def test_synthetic_benchmarks_are_correct(module: ModuleType) -> None:
     assert_correct(module.main(quick=True))

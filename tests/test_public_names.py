@@ -43,6 +43,30 @@ def test_importing_a_package_loads_none_of_its_lazy_modules() -> None:
     assert done.stdout.strip() == "[]"
 
 
+def test_loading_every_public_name_builds_no_pydantic_validator() -> None:
+    """Validators (a tool's argument model, ``Verdict``) are built on first use, not at import.
+
+    The first validator a process builds makes pydantic look up its plugins (every installed
+    package's entry points): milliseconds that ``import shoal`` would pay for nothing.
+    """
+    probe = ("import sys, shoal; [getattr(shoal, name) for name in shoal.__all__]; "
+             "print('pydantic.plugin._loader' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
+def test_loading_every_public_name_leaves_modules_of_rare_paths_unloaded() -> None:
+    """``email.utils`` reads an HTTP date in a ``retry-after`` header: loaded when one comes."""
+    probe = ("import sys, shoal; [getattr(shoal, name) for name in shoal.__all__]; "
+             "print([m for m in sys.modules if m.partition('.')[0] == 'email'])")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 def test_a_loaded_name_is_kept_in_the_package() -> None:
     assert shoal.testing.ScriptedModel is vars(shoal.testing)["ScriptedModel"]
     assert shoal.Plan is vars(shoal)["Plan"]

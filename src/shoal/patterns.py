@@ -100,6 +100,9 @@ class Verdict(pydantic.BaseModel):
     worker with its draft for the next round) or, on acceptance, any remark.
     """
 
+    # validator built on first use, not at import: ``import shoal`` builds no pydantic validator
+    model_config = pydantic.ConfigDict(defer_build=True)
+
     accept: bool
     feedback: str = ""
 

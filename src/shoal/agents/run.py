@@ -23,7 +23,7 @@ import os
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from functools import partial
+from functools import cache, partial
 from json.encoder import encode_basestring_ascii
 from typing import TYPE_CHECKING, Any
 
@@ -222,11 +222,19 @@ Reader = Callable[[ModelRequest], Awaitable[ModelResponse]]
 
 # Idempotent: asking a model again has no side effect, so a turn in flight at a crash is
 # simply asked again on resume.
-_MODEL_TURN: Tool[..., Any] = Tool(
-    _model_turn, name="model", policy=ToolPolicy(isolation="inline", idempotent=True))
 #: The policy of every model turn's call (the same object): how an observer of a run tells a
 #: model request from a tool call named ``model`` (see :mod:`shoal.integrations.otel`).
-MODEL_TURN_POLICY = _MODEL_TURN.policy
+MODEL_TURN_POLICY = ToolPolicy(isolation="inline", idempotent=True)
+
+
+@cache
+def _model_turn_tool() -> Tool[..., Any]:
+    """The model turn's tool, made on first use rather than at import.
+
+    Its argument model would be the first pydantic validator ``import shoal`` builds, and the
+    first one costs milliseconds more than the rest (pydantic then looks up its plugins).
+    """
+    return Tool(_model_turn, name="model", policy=MODEL_TURN_POLICY)
 
 
 class _Asking:
@@ -492,7 +500,7 @@ class AgentRun:
         """Add the turn's node to the steps run (see :meth:`_steps_run`); the turn in progress."""
         turn = self.result.turns
         if self._model_tool is None:  # bound once per run, not per turn (a tool is costly)
-            self._model_tool = _MODEL_TURN.bound_to(self._ask_model)
+            self._model_tool = _model_turn_tool().bound_to(self._ask_model)
         digest = digest if digest is not None else self._digest.of(request)
         run = self._steps if self._steps is not None else self._steps_run()
         if self._journaled is not None:  # a resumed run: the journal's request, or refused

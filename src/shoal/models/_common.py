@@ -19,7 +19,6 @@ import time
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextvars import ContextVar, Token
-from email.utils import parsedate_to_datetime
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
@@ -128,6 +127,10 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
         return None
     if (seconds := _number(raw)) is not None:
         return max(0.0, seconds)
+    # an HTTP date is rare (servers send seconds): email.utils is loaded for it alone, not with
+    # every ``import shoal`` (it costs a few milliseconds)
+    from email.utils import parsedate_to_datetime
+
     try:
         moment = parsedate_to_datetime(raw)
     except (TypeError, ValueError, IndexError):
