@@ -905,3 +905,20 @@ def test_adding_nodes_to_a_full_open_run_starts_them_in_order_and_says_what_held
     assert last.node_id == "c" and "the run's max_concurrency=1" in last.held
     state.finish(last.pos, ok(3), 3.0)
     assert [o.value for o in state.outcomes()] == [1, 2, 3]
+
+
+def test_a_node_added_to_a_run_that_began_with_nodes_comes_after_all_of_them() -> None:
+    # the next plan index is found when the first node is added (most runs add none): after
+    # the highest index the run began with, not after its node count, then one more each time
+    plan = Plan("grown")
+    for i in range(3):
+        plan.call(step, value=i, node_id=f"n{i}")
+    graph = analyze(plan)
+    graph.nodes[1].index = 7  # a gap, as a plan whose indexes are not 0..n-1 has
+    state = SchedulerState(graph, run_id="test", max_concurrency=None, open_run=True)
+    more = Plan("more")
+    first = more.make_node(step, {"value": 3}, node_id="a")
+    second = more.make_node(step, {"value": 4}, node_id="b")
+    state.add([first], 0.0)
+    state.add([second], 0.0)
+    assert (first.index, second.index) == (8, 9)
