@@ -1075,15 +1075,19 @@ class SchedulerState:
     def outcomes_by_id(self) -> dict[str, Outcome]:
         """The outcomes recorded so far by node id, in plan order (a run's result).
 
-        A finished run's dict is made at its final size, from the graph's ids: grown an entry
-        at a time, a million-entry dict would hold its old table and its new one at once.
+        A large finished run's dict is made at its final size, from the graph's ids: grown an
+        entry at a time, a million-entry dict would hold its old table and its new one at once.
         """
         if not self.finished or not self._in_plan_order():
             return {o.node_id: o for o in self.outcomes()}
         # every node has its outcome, and positions are in plan order: the ids in position
-        # order, each given its node's outcome (no entry is added, so the table never grows)
-        found = cast(dict[str, Outcome], dict.fromkeys(self.graph.position))
-        found.update(zip(self.graph.position, cast(list[Outcome], self._ended), strict=True))
+        # order, each given its node's outcome
+        position = self.graph.position
+        if len(position) <= _GROWN_RESULT:  # small: made in one pass, growing as it goes
+            return dict(zip(position, cast(list[Outcome], self._ended), strict=True))
+        # large: made at its final size first (no entry is added, so the table never grows)
+        found = cast(dict[str, Outcome], dict.fromkeys(position))
+        found.update(zip(position, cast(list[Outcome], self._ended), strict=True))
         return found
 
     # ---- transitions --------------------------------------------------------------------------
@@ -1754,6 +1758,10 @@ class SchedulerState:
 #: The sorted ready queue once empty after begin() (an open run's, one per agent of a swarm):
 #: shared, so never appended to (nodes queued later go to the heap), only read or cleared.
 _NONE_SORTED: list[tuple[float, int]] = []
+#: up to this many nodes, a run's result dict is grown entry by entry (one pass, cheaper than
+#: making it at its final size and then filling it in; what a large one's growing would hold
+#: twice, its old table and its new, is small)
+_GROWN_RESULT = 4096
 #: every status counted 0 (a run's counts start as a copy: cheaper than making it anew)
 _NO_COUNTS: dict[str, int] = dict.fromkeys(STATUSES, 0)
 
