@@ -419,7 +419,8 @@ class Runtime:
         self.thread_workers = thread_workers if thread_workers is not None else max(
             DEFAULT_THREAD_WORKERS, max_concurrency or DEFAULT_MAX_CONCURRENCY)
         self.process_workers = process_workers if process_workers is not None else _cpus()
-        problem = env_problem(pass_env)
+        # (the default, no names, is not looked at: a runtime is made per shoal.run)
+        problem = None if type(pass_env) is tuple and not pass_env else env_problem(pass_env)
         if problem is not None:
             raise ConfigError(f"pass_env {problem}")
         self.pass_env = tuple(pass_env)
