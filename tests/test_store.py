@@ -458,12 +458,12 @@ def test_the_memory_stores_run_end_then_a_heartbeat_then_a_new_session_read_as_w
         assert got is not None
         assert (got.status, got.finished_at, dict(got.counts), got.makespan) == (
             "finished", 10.0, {"ok": 2}, 1.5)
-    store.write([RunEnded("r1", "failed", 11.0, {"failed": 1}, 2.5)])
+    store.write([RunEnded("r1", "interrupted", 11.0, {"failed": 1}, 2.5)])
     store.heartbeat("r1", 12.0)
     got = store.get_run("r1")
     assert got is not None
     assert (got.status, got.finished_at, dict(got.counts), got.makespan, got.heartbeat) == (
-        "failed", 11.0, {"failed": 1}, 2.5, 12.0)
+        "interrupted", 11.0, {"failed": 1}, 2.5, 12.0)
     store.write([RunEnded("r1", "cancelled", 13.0, {"cancelled": 2}, 3.0)])
     store.write([dataclasses.replace(_run("r1"), sessions=2)])  # resumed: running again
     got = store.get_run("r1")
