@@ -11,7 +11,15 @@ from hypothesis import strategies as st
 from shoal import Plan, Ref, ToolTimeoutError, analyze, tool
 from shoal.events import NodeCancelled, NodeFinished, NodeQueued, NodeRetrying, NodeSkipped
 from shoal.exceptions import ToolArgumentError, ToolQuarantinedError
-from shoal.scheduler.state import TRANSITIONS, Ask, AttemptResult, Decisions, Phase, SchedulerState
+from shoal.scheduler.state import (
+    _GROWN_RESULT,
+    TRANSITIONS,
+    Ask,
+    AttemptResult,
+    Decisions,
+    Phase,
+    SchedulerState,
+)
 
 PHASES = (Phase.WAITING, Phase.READY, Phase.RUNNING, Phase.BACKOFF, Phase.DONE)
 
@@ -237,6 +245,20 @@ def test_outcomes_by_id_are_in_plan_order(forward: bool) -> None:
     assert state.graph.nodes[0].id == ("n4" if forward else "n0")
     assert list(state.outcomes_by_id()) == [f"n{i}" for i in range(5)]
     assert all(o.status == "ok" for o in state.outcomes_by_id().values())
+
+
+@pytest.mark.parametrize("size", [1, 5, _GROWN_RESULT + 1])
+def test_a_finished_runs_outcomes_by_id_hold_every_node_in_plan_order(size: int) -> None:
+    # small results are grown entry by entry, large ones made at their final size: the same
+    plan = Plan()
+    for i in range(size):
+        plan.call(step, value=i, node_id=f"n{i}")
+    state = make_state(plan, record_events=False)
+    drive(state)
+    found = state.outcomes_by_id()
+    assert list(found) == [f"n{i}" for i in range(size)]
+    assert [o.value for o in found.values()] == list(range(size))
+    assert all(found[key].node_id == key for key in found)
 
 
 def test_a_second_finish_for_a_finished_node_is_refused() -> None:
@@ -905,3 +927,20 @@ def test_adding_nodes_to_a_full_open_run_starts_them_in_order_and_says_what_held
     assert last.node_id == "c" and "the run's max_concurrency=1" in last.held
     state.finish(last.pos, ok(3), 3.0)
     assert [o.value for o in state.outcomes()] == [1, 2, 3]
+
+
+def test_a_node_added_to_a_run_that_began_with_nodes_comes_after_all_of_them() -> None:
+    # the next plan index is found when the first node is added (most runs add none): after
+    # the highest index the run began with, not after its node count, then one more each time
+    plan = Plan("grown")
+    for i in range(3):
+        plan.call(step, value=i, node_id=f"n{i}")
+    graph = analyze(plan)
+    graph.nodes[1].index = 7  # a gap, as a plan whose indexes are not 0..n-1 has
+    state = SchedulerState(graph, run_id="test", max_concurrency=None, open_run=True)
+    more = Plan("more")
+    first = more.make_node(step, {"value": 3}, node_id="a")
+    second = more.make_node(step, {"value": 4}, node_id="b")
+    state.add([first], 0.0)
+    state.add([second], 0.0)
+    assert (first.index, second.index) == (8, 9)

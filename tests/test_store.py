@@ -445,3 +445,26 @@ def test_a_cancel_request_in_the_journal_stops_a_running_run(tmp_path: Path) -> 
     assert result[slow].status == "cancelled" and "stop from the CLI" in str(result[slow].error)
     run = other.get_run("live")
     assert run is not None and run.status == "cancelled"
+
+
+def test_the_memory_stores_run_end_then_a_heartbeat_then_a_new_session_read_as_written() -> None:
+    # the memory store writes a run's end into its record only when the record is read: every
+    # reader (get_run, list_runs, a heartbeat's update) sees it, and a record written later
+    # (a resumed session) replaces it whole
+    store = MemoryStore()
+    store.write([_run("r1")])
+    store.write([RunEnded("r1", "finished", 10.0, {"ok": 2}, 1.5)])
+    for got in (store.get_run("r1"), store.list_runs()[0]):
+        assert got is not None
+        assert (got.status, got.finished_at, dict(got.counts), got.makespan) == (
+            "finished", 10.0, {"ok": 2}, 1.5)
+    store.write([RunEnded("r1", "interrupted", 11.0, {"failed": 1}, 2.5)])
+    store.heartbeat("r1", 12.0)
+    got = store.get_run("r1")
+    assert got is not None
+    assert (got.status, got.finished_at, dict(got.counts), got.makespan, got.heartbeat) == (
+        "interrupted", 11.0, {"failed": 1}, 2.5, 12.0)
+    store.write([RunEnded("r1", "cancelled", 13.0, {"cancelled": 2}, 3.0)])
+    store.write([dataclasses.replace(_run("r1"), sessions=2)])  # resumed: running again
+    got = store.get_run("r1")
+    assert got is not None and (got.status, got.finished_at, got.sessions) == ("running", None, 2)

@@ -421,7 +421,8 @@ class Runtime:
         self.thread_workers = thread_workers if thread_workers is not None else max(
             DEFAULT_THREAD_WORKERS, max_concurrency or DEFAULT_MAX_CONCURRENCY)
         self.process_workers = process_workers if process_workers is not None else _cpus()
-        problem = env_problem(pass_env)
+        # (the default, no names, is not looked at: a runtime is made per shoal.run)
+        problem = None if type(pass_env) is tuple and not pass_env else env_problem(pass_env)
         if problem is not None:
             raise ConfigError(f"pass_env {problem}")
         self.pass_env = tuple(pass_env)
@@ -734,8 +735,12 @@ class Runtime:
     async def _close_backends(self, executors: Mapping[str, Executor]) -> None:
         """Close ``executors`` (taken out of the runtime) and the approval desk."""
         await self.approvals.aclose()
+        if not executors:
+            return
         for executor in {id(e): e for e in executors.values()}.values():
-            await executor.close()
+            # the inline backend holds nothing (one per shoal.run): its no-op close skipped
+            if type(executor).close is not Executor.close:
+                await executor.close()
 
     def _check_ids(self, run_id: str | None, resume: str | None,
                    within: RunScope | None) -> None:
@@ -958,6 +963,8 @@ class Runtime:
         :func:`_end_elsewhere`), unless not ``everywhere``. Again while runs remain: one
         started while aclose() waited would use the backends it is about to close.
         """
+        if not self._runs:  # every run has ended (a runtime per shoal.run: its one run)
+            return
         loop = asyncio.get_running_loop()
         given_up: set[Driver] = set()  # runs of a loop that stopped, closed or went silent
         while True:

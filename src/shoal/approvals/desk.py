@@ -116,9 +116,10 @@ class ApprovalDesk:
         # threads' loops share them
         self._shared = threading.Lock()
         # weakly, both ways: a runtime outlives the loops it served (a new one per
-        # asyncio.run), and must not keep them alive; a lane refers to its loop weakly too
-        self._lanes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Lane] = (
-            weakref.WeakKeyDictionary())
+        # asyncio.run), and must not keep them alive; a lane refers to its loop weakly too.
+        # Made with the first lane: most runtimes never ask anything (shoal.run makes one per
+        # run), and a weak dictionary costs more to make than the rest of the desk
+        self._lanes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Lane] | None = None
 
     def pending(self, run_id: str | None = None) -> list[ApprovalRequest]:
         """Requests waiting for a decision (of one run, or all), on every loop."""
@@ -149,7 +150,8 @@ class ApprovalDesk:
 
     async def drain(self, run_id: str) -> None:
         """Withdraw ``run_id``'s requests and wait for a review that only they kept going."""
-        lane = self._lanes.get(asyncio.get_running_loop()) if self._lanes else None
+        lanes = self._lanes
+        lane = lanes.get(asyncio.get_running_loop()) if lanes else None
         if lane is None:  # this loop never asked anything (no loop did: most runtimes)
             return
         for pending in [p for p in lane.open.values() if p.request.run_id == run_id]:
@@ -161,6 +163,8 @@ class ApprovalDesk:
 
     async def aclose(self) -> None:
         """Withdraw everything and stop the reviews in progress (each on its own loop)."""
+        if not self._lanes:  # no loop ever asked anything (most runtimes)
+            return
         here = asyncio.get_running_loop()
         for lane in self._all_lanes():
             loop = lane.loop()
@@ -196,23 +200,27 @@ class ApprovalDesk:
     def _lane(self) -> _Lane:
         """The lane of the running loop (made on its first request)."""
         loop = asyncio.get_running_loop()
-        lane = self._lanes.get(loop)
+        lane = self._lanes.get(loop) if self._lanes is not None else None
         if lane is None:
             with self._shared:  # other threads may be making theirs
+                if self._lanes is None:
+                    self._lanes = weakref.WeakKeyDictionary()
                 lane = self._lanes[loop] = _Lane(weakref.ref(loop))
         return lane
 
     def _all_lanes(self) -> list[_Lane]:
         """Every loop's lane (copied under the lock: other threads may be adding theirs)."""
-        if not self._lanes:  # no loop ever asked anything (most runtimes): no copy to make
+        lanes = self._lanes
+        if not lanes:  # no loop ever asked anything (most runtimes): no copy to make
             return []
         with self._shared:
-            return list(self._lanes.values())
+            return list(lanes.values())
 
     def _lane_of(self, request_id: str) -> _Lane | None:
         """The lane where ``request_id`` waits: the running loop's, as a rule."""
         loop = running_loop()
-        here = self._lanes.get(loop) if loop is not None else None
+        lanes = self._lanes
+        here = lanes.get(loop) if loop is not None and lanes is not None else None
         if here is not None and request_id in here.open:
             return here
         return next((lane for lane in self._all_lanes() if request_id in lane.open), None)

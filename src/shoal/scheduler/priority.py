@@ -46,18 +46,23 @@ LEARN_WEIGHT = 0.3
 #: few calls get it there.
 SAMPLE_CAP = 4.0
 
+_TOOL = attrgetter("tool")  # a node's tool
+
 
 class CriticalPath:
     """Per-tool duration estimates and the bottom-level ranking they imply."""
 
-    def __init__(self, graph: Graph, estimates: dict[str, float]) -> None:
+    def __init__(self, graph: Graph, estimates: dict[str, float],
+                 tools: set[Tool[..., Any]] | None = None) -> None:
+        """``tools``: the graph's distinct tools, if the caller has them (else found here)."""
         self.graph = graph
         self.estimates = estimates  # shared with the Runtime, so later runs start informed
         self._used: dict[str, float] = {}  # estimate per tool at the last ranking (nan: none)
         self._next_at = 0  # completions before which no re-ranking happens
-        # the tools found at C speed (they hash by identity; a wide plan has a few), then named
-        self._multi_tool = bool(graph.nodes) and len(
-            {t.name for t in set(map(attrgetter("tool"), graph.nodes))}) > 1
+        if tools is None:  # found at C speed (they hash by identity; a wide plan has a few)
+            tools = set(map(_TOOL, graph.nodes))
+        # several tool objects may share a name (one estimate): the names count
+        self._multi_tool = len(tools) > 1 and len({t.name for t in tools}) > 1
         self._ranked = len(graph.nodes)  # positions before it had their level worked out
 
     def take_added(self) -> range:
@@ -141,7 +146,7 @@ class CriticalPath:
         without a Python step per node.
         """
         nodes = self.graph.nodes
-        tools = set(map(attrgetter("tool"), nodes))  # tools compare by identity; few of them
+        tools = set(map(_TOOL, nodes))  # tools compare by identity; few of them
         negated: dict[Tool[..., Any], float] = {}
         for tool in tools:
             key = (tool.name, tool.policy.estimate)
@@ -149,7 +154,7 @@ class CriticalPath:
                 cache[key] = self.estimate(tool)
             negated[tool] = -cache[key]
         self._ranked_now(cache, done_count)
-        return list(map(negated.__getitem__, map(attrgetter("tool"), nodes)))
+        return list(map(negated.__getitem__, map(_TOOL, nodes)))
 
     def _ranked_now(self, cache: dict[tuple[str, float | None], float], done_count: int) -> None:
         """Note a ranking made now with the estimates in ``cache``: when the next may be due."""

@@ -530,14 +530,15 @@ class SchedulerState:
         self.closed = not open_run
         self._begun = False
         nodes = graph.nodes
-        self._next_index = max(map(_INDEX, nodes), default=-1) + 1 if nodes else 0
+        # the plan index the next node added gets (-1: not worked out yet; most runs add none,
+        # and finding it costs a pass over every node)
+        self._next_index = -1
         self._plan_order: bool | None = None  # whether positions follow plan order (once known)
         #: resume: what the journal says about a node added while the run goes (see add())
         self.fate_of: Callable[[Node], Fate] | None = None
         self.run_id = run_id
         self.fail_fast = fail_fast
         self.record_events = record_events
-        self._critical = CriticalPath(graph, estimates if estimates is not None else {})
         self._default_executor = default_executor
         self._ask_doubt = False  # resume: nodes in doubt go to the approver (see hold_in_doubt)
         # maps to expand or gather (see _make_ready); made for the first map (most runs have none)
@@ -561,11 +562,11 @@ class SchedulerState:
         self._sorting: list[tuple[float, int]] | None = None  # set while begin() queues
         executors: dict[Tool[..., Any], Isolation] = {}
         self._slots: list[Kept] = []
+        # by tool object (a large plan has few tools, found at C speed: tools hash by identity)
+        tools: set[Tool[..., Any]] = set(map(_TOOL, nodes))
+        self._critical = CriticalPath(graph, estimates if estimates is not None else {}, tools)
         if nodes:  # (else an open run as it opens, an agent's steps run: nothing to map)
-            # by tool object (a large plan has few tools, found at C speed: tools hash by
-            # identity)
-            executors = {tool: choose_executor(tool, default_executor)
-                         for tool in set(map(_TOOL, nodes))}
+            executors = {tool: choose_executor(tool, default_executor) for tool in tools}
             # positions as the graph's own ints (one of each), in node order as ``preds`` is;
             # made by map() without a Python step per node: every run pays one slot per node
             self._slots = list(map(_Slot, graph.position.values(), nodes, map(len, graph.preds),
@@ -579,7 +580,7 @@ class SchedulerState:
         self._ended: list[Outcome | None] = [None] * len(self._slots)
         self._kept_rare: dict[int, _Rare] = {}
         self.done_count = 0
-        self.status_counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
+        self.status_counts: dict[str, int] = _NO_COUNTS.copy()
         self.in_flight: dict[int, float] = {}  # position -> when its current attempt started
         self.stopping = ""  # the reason, once the run stops dispatching new work
         # gated nodes whose inputs are ready, not yet asked about (made for the first one)
@@ -1074,15 +1075,19 @@ class SchedulerState:
     def outcomes_by_id(self) -> dict[str, Outcome]:
         """The outcomes recorded so far by node id, in plan order (a run's result).
 
-        A finished run's dict is made at its final size, from the graph's ids: grown an entry
-        at a time, a million-entry dict would hold its old table and its new one at once.
+        A large finished run's dict is made at its final size, from the graph's ids: grown an
+        entry at a time, a million-entry dict would hold its old table and its new one at once.
         """
         if not self.finished or not self._in_plan_order():
             return {o.node_id: o for o in self.outcomes()}
         # every node has its outcome, and positions are in plan order: the ids in position
-        # order, each given its node's outcome (no entry is added, so the table never grows)
-        found = cast(dict[str, Outcome], dict.fromkeys(self.graph.position))
-        found.update(zip(self.graph.position, cast(list[Outcome], self._ended), strict=True))
+        # order, each given its node's outcome
+        position = self.graph.position
+        if len(position) <= _GROWN_RESULT:  # small: made in one pass, growing as it goes
+            return dict(zip(position, cast(list[Outcome], self._ended), strict=True))
+        # large: made at its final size first (no entry is added, so the table never grows)
+        found = cast(dict[str, Outcome], dict.fromkeys(position))
+        found.update(zip(position, cast(list[Outcome], self._ended), strict=True))
         return found
 
     # ---- transitions --------------------------------------------------------------------------
@@ -1155,7 +1160,10 @@ class SchedulerState:
                   priority: float | None = None) -> _Slot:
         """Grow the graph by ``node`` and give it a slot: waiting, replayed, skipped or queued."""
         fate: Fate = self.fate_of(node) if self.fate_of is not None else _RUN
-        node.index = index = self._next_index
+        index = self._next_index
+        if index < 0:  # the first node added: after every node the run started with
+            index = max(map(_INDEX, self.graph.nodes), default=-1) + 1
+        node.index = index
         self._next_index = index + 1
         graph, critical = self.graph, self._critical
         builder = graph.builder  # (grow's work, without its call, once the graph grows)
@@ -1750,6 +1758,12 @@ class SchedulerState:
 #: The sorted ready queue once empty after begin() (an open run's, one per agent of a swarm):
 #: shared, so never appended to (nodes queued later go to the heap), only read or cleared.
 _NONE_SORTED: list[tuple[float, int]] = []
+#: up to this many nodes, a run's result dict is grown entry by entry (one pass, cheaper than
+#: making it at its final size and then filling it in; what a large one's growing would hold
+#: twice, its old table and its new, is small)
+_GROWN_RESULT = 4096
+#: every status counted 0 (a run's counts start as a copy: cheaper than making it anew)
+_NO_COUNTS: dict[str, int] = dict.fromkeys(STATUSES, 0)
 
 
 def _end_of(ended: float | None, started: float | None, now: float) -> float:

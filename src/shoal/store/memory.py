@@ -59,6 +59,20 @@ class _Run:
     effects: dict[tuple[str, str], tuple[int, EffectRecord]] = field(default_factory=dict)
     cancels: list[CancelRequest] | None = None
     taken: int = 0  # cancel requests handed out so far
+    # how its last session ended (status, finished_at, counts, makespan), not yet folded into
+    # ``record``: folded when the record is read (see _fold), so a run's end makes no record
+    # (most runs' records are never read again: an agent's every turn is a run)
+    ended_as: tuple[str, float, dict[str, int], float] | None = None
+
+
+def _fold(run: _Run) -> RunRecord:
+    """``run``'s record, with how its last session ended written into it (under the lock)."""
+    if run.ended_as is not None:
+        status, finished_at, counts, makespan = run.ended_as
+        run.record = run_record_with(run.record, status=status, finished_at=finished_at,
+                                     counts=counts, makespan=makespan)
+        run.ended_as = None
+    return run.record
 
 
 def _position(item: tuple[int, Outcome]) -> int:
@@ -119,7 +133,7 @@ class MemoryStore:
     def _put_run(self, record: RunRecord) -> None:
         known = self._runs.get(record.run_id)
         if known is not None:
-            known.record = record
+            known.record, known.ended_as = record, None  # the record as written, whole
         else:
             self._runs[record.run_id] = _Run(record)
         if record.status == "running":  # a resumed run runs again
@@ -141,9 +155,7 @@ class MemoryStore:
     def _end_run(self, r: RunEnded) -> None:
         run = self._runs.get(r.run_id)
         if run is not None:
-            run.record = run_record_with(run.record, status=r.status,
-                                         finished_at=r.finished_at, counts=dict(r.counts),
-                                         makespan=r.makespan)
+            run.ended_as = (r.status, r.finished_at, dict(r.counts), r.makespan)
             if r.status != "running":
                 self._finished.setdefault(r.run_id)
                 # runs that were all going at once (a swarm's agents) are over the limit only
@@ -202,19 +214,24 @@ class MemoryStore:
         with self._lock:
             run = self._runs.get(run_id)
             if run is not None:
-                run.record = replace(run.record, heartbeat=at)
+                run.record = replace(_fold(run), heartbeat=at)
 
     # ---- reading ------------------------------------------------------------------------
 
     def get_run(self, run_id: str) -> RunRecord | None:
         """One run, or ``None``."""
         run = self._runs.get(run_id)
-        return None if run is None else run.record
+        if run is None:
+            return None
+        if run.ended_as is None:  # (read without the lock, as a record is replaced whole)
+            return run.record
+        with self._lock:
+            return _fold(run)
 
     def list_runs(self, limit: int = 50) -> list[RunRecord]:
         """The most recently started runs first."""
         with self._lock:
-            records = [run.record for run in self._runs.values()]
+            records = [_fold(run) for run in self._runs.values()]
         records.sort(key=lambda r: r.started_at, reverse=True)
         return records[:limit]
 
