@@ -49,22 +49,23 @@ def test_loading_every_public_name_builds_no_pydantic_validator() -> None:
     The first validator a process builds makes pydantic look up its plugins (every installed
     package's entry points): milliseconds that ``import shoal`` would pay for nothing.
     """
-    probe = ("import sys, shoal; [getattr(shoal, name) for name in shoal.__all__]; "
-             "print('pydantic.plugin._loader' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                          cwd=ROOT, timeout=60, check=False)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "False"
+    assert _printed_after_loading_all("'pydantic.plugin._loader' in sys.modules") == "False"
 
 
 def test_loading_every_public_name_leaves_modules_of_rare_paths_unloaded() -> None:
     """``email.utils`` reads an HTTP date in a ``retry-after`` header: loaded when one comes."""
+    assert _printed_after_loading_all(
+        "[m for m in sys.modules if m.partition('.')[0] == 'email']") == "[]"
+
+
+def _printed_after_loading_all(expression: str) -> str:
+    """What ``expression`` prints in a fresh interpreter that loaded every public name."""
     probe = ("import sys, shoal; [getattr(shoal, name) for name in shoal.__all__]; "
-             "print([m for m in sys.modules if m.partition('.')[0] == 'email'])")
+             f"print({expression})")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           cwd=ROOT, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    return done.stdout.strip()
 
 
 def test_a_loaded_name_is_kept_in_the_package() -> None:

@@ -53,7 +53,7 @@ import socket
 import tempfile
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, TextIO, cast
+from typing import TYPE_CHECKING, Any, Literal, Self, TextIO, cast
 
 import pydantic
 
@@ -571,19 +571,27 @@ async def _watched(transport: Any, session: _Session) -> AsyncIterator[tuple[Any
         yield _WatchedReader(read, session), _WatchedWriter(write, session)
 
 
-class _WatchedReader:
-    """The transport's read stream; its end (the server's stdout ended) ends the session."""
+class _Watched:
+    """One of a transport's streams, used through this wrapper, which tells ``session``."""
 
     def __init__(self, inner: Any, session: _Session) -> None:
         self._inner = inner
         self._session = session
 
-    async def __aenter__(self) -> _WatchedReader:
+    async def __aenter__(self) -> Self:
         await self._inner.__aenter__()
         return self
 
     async def __aexit__(self, *exc: Any) -> Any:
         return await self._inner.__aexit__(*exc)
+
+    async def aclose(self) -> None:
+        """Close the stream."""
+        await self._inner.aclose()
+
+
+class _WatchedReader(_Watched):
+    """The transport's read stream; its end (the server's stdout ended) ends the session."""
 
     def __aiter__(self) -> _WatchedReader:
         return self
@@ -598,24 +606,9 @@ class _WatchedReader:
             self._session.output_ended()
             raise
 
-    async def aclose(self) -> None:
-        """Close the stream."""
-        await self._inner.aclose()
 
-
-class _WatchedWriter:
+class _WatchedWriter(_Watched):
     """The transport's write stream: refuses a request once the output ended, marks one sent."""
-
-    def __init__(self, inner: Any, session: _Session) -> None:
-        self._inner = inner
-        self._session = session
-
-    async def __aenter__(self) -> _WatchedWriter:
-        await self._inner.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc: Any) -> Any:
-        return await self._inner.__aexit__(*exc)
 
     async def send(self, item: Any) -> None:
         """Hand ``item`` to the transport, unless the server's output has ended."""
@@ -632,10 +625,6 @@ class _WatchedWriter:
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             sending.written = False  # refused before the transport took it (anyio's streams)
             raise
-
-    async def aclose(self) -> None:
-        """Close the stream."""
-        await self._inner.aclose()
 
     def close(self) -> None:
         """Close the stream at once."""
