@@ -48,6 +48,7 @@ from shoal.executors.process import (
     worker_env,
 )
 from shoal.limits import ProcessLimits
+from shoal.testing import ScriptedModel
 from tests import process_tools as pt
 from tests.conftest import arun, until, wait_until
 from tests.conftest import pid_gone as gone
@@ -302,6 +303,15 @@ def test_environment_names_that_cannot_be_passed_on_are_refused_at_once(
         pt.environment.options(env=names)
     with pytest.raises(ConfigError, match=re.escape(words)):
         shoal.Runtime(pass_env=names)
+
+
+def test_environment_names_given_as_an_iterator_are_all_kept() -> None:
+    names = iter(["HOME", "LANG"])
+    assert shoal.Runtime(pass_env=names).pass_env == ("HOME", "LANG")  # type: ignore[arg-type]
+    assert pt.environment.options(env=iter(["HOME"])).policy.env == ("HOME",)
+    agent = shoal.Agent(name="a", model=ScriptedModel(), isolation="process",
+                        env=iter(["HOME"]))  # type: ignore[arg-type]
+    assert agent.env == ("HOME",)
 
 
 # ---- (4) limits ----------------------------------------------------------------------------------

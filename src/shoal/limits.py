@@ -220,20 +220,22 @@ def parse_process_limits(spec: ProcessLimits | dict[str, object] | None) -> Proc
     return ProcessLimits(**values)
 
 
-def env_problem(names: object) -> str | None:
-    """What is wrong with ``names`` as environment variable names to pass on, or ``None``.
+def env_names(names: object) -> tuple[str, ...]:
+    """``names`` as environment variable names to pass on; a ValueError says what is wrong.
 
-    A list of names (a lone string would be read letter by letter); each non-empty, without
-    ``=`` or NUL (neither can be in a name), and one the OS can hold (no lone surrogate).
+    A list of names (a lone string would be read letter by letter; an iterator is read once,
+    here); each non-empty, without ``=`` or NUL (neither can be in a name), and one the OS
+    can hold (no lone surrogate).
     """
     if isinstance(names, str | bytes) or not isinstance(names, Iterable):
-        return "takes a list of environment variable names, e.g. ['OPENAI_API_KEY']"
-    for name in names:
+        raise ValueError("takes a list of environment variable names, e.g. ['OPENAI_API_KEY']")
+    kept = tuple(names)
+    for name in kept:
         if not isinstance(name, str) or not name or "=" in name or "\0" in name:
-            return (f"takes environment variable names (no '=' or NUL), "
-                    f"e.g. ['OPENAI_API_KEY'], got {name!r}")
+            raise ValueError(f"takes environment variable names (no '=' or NUL), "
+                             f"e.g. ['OPENAI_API_KEY'], got {shown(name)}")
         try:
             os.fsencode(name)
         except UnicodeError:
-            return f"takes names the OS can hold, got {name!r}"
-    return None
+            raise ValueError(f"takes names the OS can hold, got {shown(name)}") from None
+    return kept

@@ -23,7 +23,7 @@ from shoal.exceptions import (
 from shoal.limits import (
     ProcessLimits,
     Rate,
-    env_problem,
+    env_names,
     finite,
     parse_process_limits,
     parse_rate,
@@ -273,10 +273,10 @@ def policy_from(base: ToolPolicy, opts: Mapping[str, Any]) -> ToolPolicy:
         if key in opts:
             updates[key] = _as_keys(opts[key])
     if "env" in opts:
-        problem = None if opts["env"] is None else env_problem(opts["env"])
-        if problem is not None:
-            raise ToolDefinitionError(f"env {problem}")
-        updates["env"] = tuple(opts["env"] or ())
+        try:
+            updates["env"] = () if opts["env"] is None else env_names(opts["env"])
+        except ValueError as exc:
+            raise ToolDefinitionError(f"env {exc}") from None
     if "limits" in opts:
         updates["limits"] = parse_process_limits(opts["limits"])
     if "resources" in opts:

@@ -37,7 +37,7 @@ from shoal.exceptions import ConfigError, NoEventLoopError, RunClosedError, Shoa
 from shoal.executors.base import Executor, check_count
 from shoal.executors.inline import InlineExecutor
 from shoal.executors.thread import DEFAULT_THREAD_WORKERS, ThreadExecutor
-from shoal.limits import Rate, env_problem, parse_rate
+from shoal.limits import Rate, env_names, parse_rate
 from shoal.merge import shown
 from shoal.outcome import Outcome, RunResult
 from shoal.plan import Node, Plan, Ref
@@ -422,10 +422,11 @@ class Runtime:
             DEFAULT_THREAD_WORKERS, max_concurrency or DEFAULT_MAX_CONCURRENCY)
         self.process_workers = process_workers if process_workers is not None else _cpus()
         # (the default, no names, is not looked at: a runtime is made per shoal.run)
-        problem = None if type(pass_env) is tuple and not pass_env else env_problem(pass_env)
-        if problem is not None:
-            raise ConfigError(f"pass_env {problem}")
-        self.pass_env = tuple(pass_env)
+        try:
+            self.pass_env = () if type(pass_env) is tuple and not pass_env else env_names(
+                pass_env)
+        except ValueError as exc:
+            raise ConfigError(f"pass_env {exc}") from None
         if process_sandbox not in ("none", "namespace"):
             raise ConfigError(f"process_sandbox must be 'none' or 'namespace', "
                               f"got {process_sandbox!r}")

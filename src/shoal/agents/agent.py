@@ -36,7 +36,7 @@ from shoal.exceptions import (
     bounded_text,
     exception_message,
 )
-from shoal.limits import ProcessLimits, env_problem, parse_process_limits
+from shoal.limits import ProcessLimits, env_names, parse_process_limits
 from shoal.merge import shown
 from shoal.models import check_model_spec
 from shoal.models.base import Model, ModelSettings, ToolSpec
@@ -234,10 +234,10 @@ class Agent(Generic[T]):
         if not isinstance(self.isolation, str) or self.isolation not in isolations:
             raise ConfigError(f"agent {self.name!r}: isolation must be one of "
                               f"{', '.join(map(repr, isolations))}, got {self.isolation!r}")
-        problem = env_problem(self.env)
-        if problem is not None:
-            raise ConfigError(f"agent {self.name!r}: env {problem}")
-        object.__setattr__(self, "env", tuple(self.env))
+        try:
+            object.__setattr__(self, "env", env_names(self.env))
+        except ValueError as exc:
+            raise ConfigError(f"agent {self.name!r}: env {exc}") from None
         try:
             object.__setattr__(self, "limits", parse_process_limits(self.limits))
         except ConfigError as exc:
