@@ -282,8 +282,10 @@ def where_am_i() -> str:
 def test_a_template_that_cannot_import_is_reported_by_its_own_exit_code(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # shoal's own processes import only from the parent's sys.path: a PYTHONPATH entry the
-    # worker environment passes on, with a calendar.py that fails, breaks their imports
-    (tmp_path / "calendar.py").write_text("raise ImportError('a broken calendar')\n")
+    # worker environment passes on, with a pickle.py that fails, breaks their imports (a
+    # module each of them imports: calendar, this test's first choice, is now imported only
+    # when an HTTP date is read)
+    (tmp_path / "pickle.py").write_text("raise ImportError('a broken pickle')\n")
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     model = ScriptedModel.per_prompt({"go": [[call("reader", task="t")], "done"],
                                       "t": ["read t"]})
