@@ -250,9 +250,9 @@ def pid_of_worker() -> int:
 
 def test_a_project_module_named_as_the_standard_librarys_does_not_break_shoals_processes(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # the working directory of a project with its own calendar.py (shoal's processes import
-    # the standard library's calendar while they start)
-    (tmp_path / "calendar.py").write_text("raise ImportError('the project calendar')\n")
+    # the working directory of a project with its own pickle.py (shoal's processes import
+    # the standard library's pickle while they start)
+    (tmp_path / "pickle.py").write_text("raise ImportError('the project pickle')\n")
     monkeypatch.chdir(tmp_path)
     model = ScriptedModel.per_prompt({"go": [[call("reader", task="t")], "done"],
                                       "t": [[call("where_am_i")], "read t"]})
