@@ -58,6 +58,16 @@ def test_loading_every_public_name_leaves_modules_of_rare_paths_unloaded() -> No
         "[m for m in sys.modules if m.partition('.')[0] == 'email']") == "[]"
 
 
+def test_the_module_agent_processes_run_makes_the_model_turn_tool_as_it_is_imported() -> None:
+    """Their template imports it once: each fork starts with the tool (and pydantic) ready."""
+    probe = ("import shoal.agents._process, shoal.agents.run as run; "
+             "print(run._model_turn_tool.cache_info().currsize)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1"
+
+
 def _printed_after_loading_all(expression: str) -> str:
     """What ``expression`` prints in a fresh interpreter that loaded every public name."""
     probe = ("import sys, shoal; [getattr(shoal, name) for name in shoal.__all__]; "

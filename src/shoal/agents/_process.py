@@ -34,11 +34,18 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from shoal.agents.remote import HEADER
+from shoal.agents.run import _model_turn_tool
 from shoal.clock import running_loop
 from shoal.exceptions import describe_exception
 from shoal.executors._shipping import dumps, loads
 
 log = logging.getLogger("shoal")
+
+# Every agent process asks its model first: the model turn's tool is made as this module is
+# imported, which the template that forks agent processes does once, rather than on each
+# fork's first turn (the first pydantic validator a process builds makes pydantic look up
+# its plugins: ~45 ms of every process agent's start; see run._model_turn_tool).
+_model_turn_tool()
 
 if TYPE_CHECKING:
     from shoal.agents.budget import BudgetTracker
