@@ -37,10 +37,7 @@ def test_importing_a_package_loads_none_of_its_lazy_modules() -> None:
     probe = ("import sys, shoal, shoal.models, shoal.testing; "
              "print([m for m in ('shoal.runtime', 'shoal.models.openai', 'shoal.agents.agent', "
              "'shoal.testing.scripted', 'shoal.testing.conformance') if m in sys.modules])")
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                          cwd=ROOT, timeout=60, check=False)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    assert _printed(probe) == "[]"
 
 
 def test_loading_every_public_name_builds_no_pydantic_validator() -> None:
@@ -62,16 +59,17 @@ def test_the_module_agent_processes_run_makes_the_model_turn_tool_as_it_is_impor
     """Their template imports it once: each fork starts with the tool (and pydantic) ready."""
     probe = ("import shoal.agents._process, shoal.agents.run as run; "
              "print(run._model_turn_tool.cache_info().currsize)")
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                          cwd=ROOT, timeout=60, check=False)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "1"
+    assert _printed(probe) == "1"
 
 
 def _printed_after_loading_all(expression: str) -> str:
     """What ``expression`` prints in a fresh interpreter that loaded every public name."""
-    probe = ("import sys, shoal; [getattr(shoal, name) for name in shoal.__all__]; "
-             f"print({expression})")
+    return _printed("import sys, shoal; [getattr(shoal, name) for name in shoal.__all__]; "
+                    f"print({expression})")
+
+
+def _printed(probe: str) -> str:
+    """What the program ``probe`` prints in a fresh interpreter (which must succeed)."""
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           cwd=ROOT, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
