@@ -19,6 +19,7 @@ import pydantic
 import pytest
 
 import shoal
+from shoal.agents.context import TreeContext
 from shoal.agents.run import ConversationDigest
 from shoal.agents.toolcalls import CallStream
 from shoal.models.base import (
@@ -297,10 +298,74 @@ def test_a_streamed_reply_opens_its_tool_phase_with_its_first_call_only() -> Non
     async def main() -> tuple[dict[str, int], shoal.AgentResult[Any]]:
         handle = agent.start("go")
         await model.asked.wait()
-        books = {where: len(steps) for where, steps in handle._ctx._handles.items()}
+        books = {where: len(handle._ctx.in_flight(where)) for where in handle._ctx._handles}
         model.go.set()
         return books, await handle
 
     books, result = asyncio.run(main())
     assert books == {"lead": 1}
     assert result.ok and result.output == "done" and result.calls == []
+
+
+def _awaiting(task: asyncio.Task[Any]) -> list[str]:
+    """The qualified names of the coroutines ``task`` is suspended in, outermost first."""
+    names: list[str] = []
+    awaited: Any = task.get_coro()
+    while awaited is not None and hasattr(awaited, "cr_code"):
+        names.append(awaited.cr_code.co_qualname)
+        awaited = awaited.cr_await
+    return names
+
+
+def test_a_turn_waits_on_its_model_in_the_turn_loop_itself() -> None:
+    # a coroutine per turn between the turn loop and the model turn's outcome was one more
+    # object per waiting agent of a swarm, and one more frame each wake-up went through
+    model = _HeldAnswer()
+    agent = shoal.Agent(name="lead", model=model, tools=[lookup])
+
+    async def main() -> tuple[list[list[str]], shoal.AgentResult[Any]]:
+        handle = agent.start("go")
+        await model.asked.wait()
+        chains = [_awaiting(task) for task in asyncio.all_tasks()]
+        model.go.set()
+        return chains, await handle
+
+    chains, result = asyncio.run(main())
+    turn_loop = [chain for chain in chains if "AgentRun._turns" in chain]
+    assert len(turn_loop) == 1, chains
+    assert "AgentRun.answer" not in turn_loop[0], turn_loop
+    assert turn_loop[0][-1] == "AgentRun._turns"  # it awaits the node's future directly
+    assert result.ok and result.output == "done" and result.turns == 1
+
+
+class _Step:
+    """A step in flight that says whether (and why) it was cancelled."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+    def cancel(self, node: None = None, *, reason: str) -> None:
+        self.reason = reason
+
+
+def test_a_trees_books_hold_one_step_as_itself_and_two_in_a_set() -> None:
+    # an agent has one step in flight most of the time: kept as it is, not in a set made and
+    # dropped for each step; a streamed reply's tool phase beside its turn makes it two
+    ctx = TreeContext(run_id="r", runtime=shoal.Runtime(), budget=None, sinks=[])
+    turn, phase, other = _Step(), _Step(), _Step()
+    ctx.track_handle("lead", turn, turn=True)
+    assert ctx._handles["lead"] is turn and ctx.in_flight("lead") == [turn]
+    ctx.track_handle("lead", turn, turn=True)  # again: still the one step
+    assert ctx._handles["lead"] is turn
+    ctx.track_handle("lead", phase)
+    ctx.track_handle("lead/worker#1", other)
+    assert isinstance(ctx._handles["lead"], set)
+    assert set(ctx.in_flight("lead")) == {turn, phase}
+    ctx.cancel("lead", "stopped")
+    assert turn.reason == phase.reason == other.reason == "stopped"
+    ctx.untrack_handle("lead", turn)
+    assert ctx.in_flight("lead") == [phase] and ctx._turns == set()
+    ctx.untrack_handle("lead", phase)
+    ctx.untrack_handle("lead/worker#1", other)
+    ctx.untrack_handle("lead", phase)  # forgotten already: nothing to do
+    assert ctx._handles == {} and ctx.in_flight("lead") == []

@@ -137,8 +137,10 @@ class TreeContext:
             None if within is None else within.get(ORIGIN_KEY))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._models: dict[str, Model] = {}
-        # lineage -> its steps in flight (model turns and tool phases)
-        self._handles: dict[str, set[Stoppable]] = {}
+        # lineage -> its steps in flight (model turns and tool phases): the step itself when
+        # it is the only one (an agent's case but while a streamed reply starts its calls),
+        # not a set made and dropped for each step of each agent
+        self._handles: dict[str, Stoppable | set[Stoppable]] = {}
         self._turns: set[Stoppable] = set()  # those of them that are model turns
         self._cancelled: dict[str, str] = {}  # lineage root -> reason
         self._resumed: set[str] = set()  # lineage roots whose journaled steps are continued
@@ -386,21 +388,35 @@ class TreeContext:
 
     def track_handle(self, lineage: str, handle: Stoppable, *, turn: bool = False) -> None:
         """Remember a step in flight (``turn``: a model turn), so it can be cancelled."""
-        handles = self._handles.get(lineage)
-        if handles is None:  # not setdefault: that made a set each time, mostly thrown away
-            handles = self._handles[lineage] = set()
-        handles.add(handle)
+        handles = self._handles
+        held = handles.get(lineage)
+        if held is None:
+            handles[lineage] = handle
+        elif isinstance(held, set):
+            held.add(handle)
+        elif held is not handle:
+            handles[lineage] = {held, handle}
         if turn:
             self._turns.add(handle)
 
     def untrack_handle(self, lineage: str, handle: Stoppable) -> None:
         """Forget a finished step (and its agent, once it has none in flight)."""
-        handles = self._handles.get(lineage)
-        if handles is not None:
-            handles.discard(handle)
-            if not handles:
-                del self._handles[lineage]
+        handles = self._handles
+        held = handles.get(lineage)
+        if held is handle:
+            del handles[lineage]
+        elif isinstance(held, set):
+            held.discard(handle)
+            if not held:
+                del handles[lineage]
         self._turns.discard(handle)
+
+    def in_flight(self, lineage: str) -> list[Stoppable]:
+        """The steps of the agent at ``lineage`` in flight (model turns and tool phases)."""
+        held = self._handles.get(lineage)
+        if held is None:
+            return []
+        return list(held) if isinstance(held, set) else [held]
 
     def track_remote(self, lineage: str,
                      stop: Callable[[str, BudgetExceeded | None], None]) -> None:
@@ -433,7 +449,7 @@ class TreeContext:
         # "parent was cancelled" that a parent's cancellation would give it a moment later.
         for where in sorted(self._handles, key=lambda w: -w.count("/")):
             if not root or is_within(where, root):
-                for handle in list(self._handles[where]):
+                for handle in self.in_flight(where):
                     if spared is None or handle not in spared:
                         handle.cancel(reason=reason)
         for where, stop in list(self._remotes.items()):  # they spare their own turns

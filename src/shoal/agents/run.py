@@ -247,12 +247,13 @@ class _Asking:
     reply without calls (every agent's answer) opens none.
     """
 
-    __slots__ = ("asked", "handle", "node_id", "phases", "raised", "read", "request",
+    __slots__ = ("asked", "began", "handle", "node_id", "phases", "raised", "read", "request",
                  "response", "text")
 
     def __init__(self, request: ModelRequest, phases: AgentRun | None,
-                 read: Reader | None, handle: RunHandle, node_id: str) -> None:
+                 read: Reader | None, handle: RunHandle, node_id: str, began: float) -> None:
         self.request = request
+        self.began = began  # the tree's time when it was asked (if anyone listens)
         self.phases = phases  # whose tool phase the streamed calls start in, if they do
         self.read = read
         self.handle = handle
@@ -375,7 +376,19 @@ class AgentRun:
                                        "without a final answer; raise max_turns or simplify")
             self._phase = stream = None
             try:
-                response = await self.answer(self._next_request(), streamed=self._streams)
+                # what answer() does, awaited here: a coroutine less for each turn of each
+                # agent (each made, held while the model answers, and resumed through)
+                asking = self._model_step(self._next_request(), self._streams, None, None)
+                outcome: Outcome | None = None
+                try:
+                    try:
+                        outcome = await asking.handle.outcome_of(asking.node_id)
+                    except asyncio.CancelledError:
+                        await self._stop_turn(asking)
+                        raise
+                finally:
+                    self._turn_over(asking, outcome)
+                response = self._answered(asking, outcome)
                 stream = self._phase  # opened by the reply's first call, if it streamed one
                 messages.append(response.as_message())
                 # cancelled or over budget while the model answered (a final answer stands
@@ -458,64 +471,83 @@ class AgentRun:
         extend the previous request's.
 
         One coroutine, with the node added by :meth:`_model_step` (not a coroutine awaited
-        from here): a swarm holds a waiting turn's frames for each agent.
+        from here): a swarm holds a waiting turn's frames for each agent. The turn loop does
+        the same steps without this coroutine (see :meth:`_turns`).
         """
-        ctx, agent = self.ctx, self.agent
-        began = ctx.now() if ctx.observed else 0.0  # only its event tells how long it took
-        try:
-            asking = self._model_step(request, streamed, read, digest)
-        except BaseException:  # never asked (its journal failed, say): not a turn
-            self._unstart_turn()
-            raise
-        handle, node_id = asking.handle, asking.node_id
+        asking = self._model_step(request, streamed, read, digest)
         outcome: Outcome | None = None
         try:
             try:  # the node's own future, no shield: a swarm holds one per waiting agent
-                outcome = await handle.outcome_of(node_id)
+                outcome = await asking.handle.outcome_of(asking.node_id)
             except asyncio.CancelledError:  # the future went with the agent: stop the turn
-                handle.cancel(node_id, reason=_CANCELLED_WITH_AGENT)
-                await _node_settled(handle, node_id)  # its outcome is recorded, then go
+                await self._stop_turn(asking)
                 raise
         finally:
-            ctx.untrack_handle(self.lineage, asking)
-            self._asking = None
-            if not asking.asked and (outcome is None or outcome.status != "ok"):
-                self._unstart_turn()  # its run stopped before it asked: not a turn (an ok
-                # outcome unasked is a resumed turn's, replayed from the journal)
-        response = self._response_of(outcome, asking)
+            self._turn_over(asking, outcome)
+        return self._answered(asking, outcome)
+
+    @staticmethod
+    async def _stop_turn(asking: _Asking) -> None:
+        """Cancel a turn whose waiter was cancelled; return once its outcome is recorded."""
+        handle, node_id = asking.handle, asking.node_id
+        handle.cancel(node_id, reason=_CANCELLED_WITH_AGENT)
+        await _node_settled(handle, node_id)
+
+    def _turn_over(self, asking: _Asking, outcome: Outcome | None) -> None:
+        """Forget the model turn in flight, whatever its end; a turn never asked is no turn."""
+        self.ctx.untrack_handle(self.lineage, asking)
+        self._asking = None
+        if not asking.asked and (outcome is None or outcome.status != "ok"):
+            self._unstart_turn()  # its run stopped before it asked: not a turn (an ok
+            # outcome unasked is a resumed turn's, replayed from the journal)
+
+    def _answered(self, asking: _Asking, outcome: Outcome | None) -> ModelResponse:
+        """The turn's reply (or its error, raised), its usage counted and, if heard, told."""
+        assert outcome is not None  # the waiter returned: the node has its outcome
+        response: ModelResponse = (outcome.value if outcome.status == "ok"
+                                   else self._response_of(outcome, asking))
         usage = response.usage if response.usage.requests else _one_request(response.usage)
-        self.result.own_usage = self.result.own_usage + usage
+        result = self.result
+        result.own_usage = result.own_usage + usage
+        ctx = self.ctx
         if ctx.observed:
             ctx.emit(ModelResponded(
-                run_id=ctx.run_id, time=ctx.now(), lineage=self.lineage, agent=agent.name,
-                model=self.model.name, turn=self.result.turns, text=response.text[:500],
+                run_id=ctx.run_id, time=ctx.now(), lineage=self.lineage, agent=self.agent.name,
+                model=self.model.name, turn=result.turns, text=response.text[:500],
                 tool_calls=tuple(c.name for c in response.tool_calls),
                 input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-                duration=ctx.now() - began, cost=usage.cost))
+                duration=ctx.now() - asking.began, cost=usage.cost))
         ctx.tracker.add_usage(usage, self.lineage)
         return response
 
     def _model_step(self, request: ModelRequest, streamed: bool,
                     read: Reader | None, digest: str | None) -> _Asking:
-        """Add the turn's node to the steps run (see :meth:`_steps_run`); the turn in progress."""
-        turn = self.result.turns
-        if self._model_tool is None:  # bound once per run, not per turn (a tool is costly)
-            self._model_tool = _model_turn_tool().bound_to(self._ask_model)
-        digest = digest if digest is not None else self._digest.of(request)
-        run = self._steps if self._steps is not None else self._steps_run()
-        if self._journaled is not None:  # a resumed run: the journal's request, or refused
-            self._check_turn(turn, digest)
-        node_id = f"model-{turn}:{digest}"
-        asking = self._asking = _Asking(request, self if streamed else None, read, run.handle,
-                                        node_id)
+        """Add the turn's node to the steps run (see :meth:`_steps_run`); the turn in progress.
+
+        A turn whose node could not be added (its journal failed, say) never asked its model:
+        its request is taken back (see :meth:`start_turn`) before the error goes on.
+        """
+        ctx = self.ctx
+        began = ctx.now() if ctx.observed else 0.0  # only its event tells how long it took
         try:
+            turn = self.result.turns
+            if self._model_tool is None:  # bound once per run, not per turn (a tool is costly)
+                self._model_tool = _model_turn_tool().bound_to(self._ask_model)
+            digest = digest if digest is not None else self._digest.of(request)
+            run = self._steps if self._steps is not None else self._steps_run()
+            if self._journaled is not None:  # a resumed run: the journal's request, or refused
+                self._check_turn(turn, digest)
+            node_id = f"model-{turn}:{digest}"
+            asking = self._asking = _Asking(request, self if streamed else None, read,
+                                            run.handle, node_id, began)
             # the digest is a str made here: the model turn's schema has nothing to check
             run.add_owned(self._model_tool, {"request_digest": digest}, node_id=node_id,
                           validated=True)
         except BaseException:
             self._asking = None
+            self._unstart_turn()
             raise
-        self.ctx.track_handle(self.lineage, asking, turn=True)
+        ctx.track_handle(self.lineage, asking, turn=True)
         return asking
 
     def _response_of(self, outcome: Outcome, asking: _Asking) -> ModelResponse:
