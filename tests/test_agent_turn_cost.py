@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
+import inspect
+import pickle
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pydantic
@@ -21,7 +24,7 @@ import pytest
 import shoal
 from shoal.agents.context import TreeContext
 from shoal.agents.run import ConversationDigest
-from shoal.agents.toolcalls import CallStream
+from shoal.agents.toolcalls import CallRecord, CallStream
 from shoal.models.base import (
     AssistantMessage,
     ModelRequest,
@@ -29,7 +32,10 @@ from shoal.models.base import (
     ModelSettings,
     ResponseDone,
     StreamEvent,
+    TextDelta,
     ToolCall,
+    ToolCallDone,
+    ToolResultMessage,
     ToolSpec,
     Usage,
     UserMessage,
@@ -369,3 +375,42 @@ def test_a_trees_books_hold_one_step_as_itself_and_two_in_a_set() -> None:
     ctx.untrack_handle("lead/worker#1", other)
     ctx.untrack_handle("lead", phase)  # forgotten already: nothing to do
     assert ctx._handles == {} and ctx.in_flight("lead") == []
+
+
+_RECORDS = [Usage, ToolCall, UserMessage, AssistantMessage, ToolResultMessage, ModelRequest,
+            ModelResponse, TextDelta, ToolCallDone, ResponseDone, CallRecord]
+
+
+@pytest.mark.parametrize("record", _RECORDS, ids=lambda record: record.__name__)
+def test_a_records_init_sets_its_slots_directly_with_the_dataclasss_signature(
+        record: type[Any]) -> None:
+    # the records every turn and call makes: set through each slot's descriptor, not through
+    # object.__setattr__ field by field, as the frozen dataclass's own __init__ does
+    assert "__setattr__" not in record.__init__.__code__.co_names
+    same: Any = dataclasses.dataclass(frozen=True, slots=True)(
+        type(record.__name__, (), {"__annotations__": dict(record.__annotations__), **{
+            f.name: f.default for f in dataclasses.fields(record)
+            if f.default is not dataclasses.MISSING}}))
+    assert inspect.signature(record.__init__) == inspect.signature(same.__init__)
+    assert record.__init__.__qualname__ == f"{record.__name__}.__init__"
+
+
+def test_records_made_by_the_quick_init_are_the_dataclasses_they_were() -> None:
+    request = ModelRequest("i", [UserMessage("go")], lineage="lead")  # a list: made a tuple
+    assert type(request.messages) is tuple and request.lineage == "lead"
+    assert request.tools == () and request.output_schema is None
+    assert request == ModelRequest("i", (UserMessage("go"),), lineage="lead")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        request.lineage = "other"  # type: ignore[misc]
+    assert replace(request, lineage="x").lineage == "x"
+    assert pickle.loads(pickle.dumps(request)) == request
+    assert Usage(1, 2) + Usage(3, 4, 1, 0.5) == Usage(4, 6, 1, 0.5)
+    assert repr(ToolCall("1", "f")) == "ToolCall(id='1', name='f', arguments='{}')"
+    with pytest.raises(TypeError):
+        ToolCall("1")  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        Usage(1, 2, 3, None, 4, 5, 6)  # type: ignore[call-arg]
+    record = CallRecord(ToolCall("1", "f"), "lead/f#1", "ok", ToolResultMessage("1", "f", "x"))
+    assert record.turn == 0 and record.outcome is None and record.ok
+    tagged = _Tagged(instructions="i", messages=[], tag="t")  # a subclass: its own init
+    assert tagged.tag == "t" and tagged.messages == ()

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from shoal.events import Event, EventSink
 from shoal.exceptions import ConfigError, ToolArgumentError
-from shoal.models.base import ToolCall, ToolResultMessage
+from shoal.models.base import ToolCall, ToolResultMessage, slot_init
 from shoal.outcome import ErrorInfo, Outcome, RunResult, jsonable
 from shoal.plan import Plan
 from shoal.tools import Tool
@@ -55,6 +55,7 @@ Starter = Callable[[Plan, "EventSink | None"], "RunHandle"]
 Opener = Callable[["EventSink | None"], "OpenRun"]
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class CallRecord:
     """One tool call a model asked for and how it ended.
