@@ -93,11 +93,23 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from shoal.events import AgentFinished, AgentStarted
-from shoal.exceptions import AgentError, ConfigError, SerializationError, ShoalError
+from shoal.exceptions import (
+    AgentError,
+    ConfigError,
+    SerializationError,
+    ShoalError,
+    describe_exception,
+)
 from shoal.executors._reaper import kill_tree
 from shoal.executors._shipping import dumps
 from shoal.executors.process import _Process, _ref_of, describe_exit, worker_env
-from shoal.executors.results import allowed_result_types, load_result
+from shoal.executors.results import (
+    Refused,
+    allowed_result_types,
+    load_result,
+    load_salvaging,
+    refusal_in,
+)
 from shoal.limits import parse_process_limits
 from shoal.models.base import Usage
 from shoal.scheduler import driver
@@ -122,8 +134,8 @@ if TYPE_CHECKING:
 
 __all__ = ["CANCEL_GRACE", "PARENT_EVENTS", "PARENT_MEMORY", "PARENT_MEMORY_EVENTS",
            "PARENT_STORE", "STORE_METHODS", "Channel", "Mirrored", "ProcessChannel",
-           "StartSpec", "TreeServer", "load_mirrored", "routed_store", "run_elsewhere",
-           "start_spec"]
+           "StartSpec", "TreeServer", "load_message", "load_mirrored", "routed_store",
+           "run_elsewhere", "start_spec", "without_refused"]
 
 #: Seconds a cancelled agent process gets to record its end before it is killed.
 CANCEL_GRACE = 0.5
@@ -281,7 +293,7 @@ class ProcessChannel(Channel):
             return None
         # restricted: an agent process runs tools, and must not run code here (see the
         # module docstring)
-        message = load_result(body, f"a message from the process running agent {self.lineage}")
+        message = load_message(body, f"a message from the process running agent {self.lineage}")
         if not isinstance(message, tuple) or not message:
             raise SerializationError("an agent process sent a malformed message")
         return message
@@ -307,6 +319,81 @@ class ProcessChannel(Channel):
         self._writer.close()
         await asyncio.shield(self.proc.wait())
         _let_go(self.proc, self.ref)
+
+
+def load_message(body: bytes, what: str) -> Any:
+    """A message from an agent's process or Ray actor, loaded with the restricted loader.
+
+    The agent's result (``done``), when the loader refuses something in it, is loaded again
+    with each refused thing left out (see :func:`without_refused`): a tool value of a class
+    this process does not allow costs only its own call, not the whole agent. Checked here,
+    by this process's own rules, rather than in the agent's process, whose rules may differ
+    (it may have imported modules this one has not); and only once the load has failed, so a
+    result that loads costs nothing more. Any other message this loader refuses raises, as
+    :func:`~shoal.executors.results.load_result` does.
+    """
+    try:
+        return load_result(body, what)
+    except SerializationError as refused:
+        try:
+            message = load_salvaging(body)
+        except Exception:
+            raise refused from None
+        if not (isinstance(message, tuple) and len(message) == 2 and message[0] == "done"):
+            raise refused from None
+        from shoal.agents.result import AgentResult
+
+        result = message[1]
+        if not isinstance(result, AgentResult):
+            raise refused from None
+        kept = without_refused(result)
+        if refusal_in(kept) is not None:
+            raise refused from None
+        return ("done", kept)
+
+
+def without_refused(result: AgentResult[Any]) -> AgentResult[Any]:
+    """``result`` (as :func:`~shoal.executors.results.load_salvaging` loads it), less the refused.
+
+    A call whose value holds something refused is ``failed`` with a
+    :class:`~shoal.exceptions.SerializationError` naming the call and what was refused (its
+    model was given the value as usual); an answer, the agent ``failed`` with such an error;
+    an end error, such an error in its place; the same in each agent below. The rest is kept.
+    """
+    from shoal.agents.result import AgentResult
+
+    calls = [_call_without_refused(record) for record in result.calls]
+    children = [child if not isinstance(child, AgentResult) or refusal_in(child) is None
+                else without_refused(child) for child in result.children]
+    kept = replace(result, calls=calls, children=children)
+    if (why := refusal_in(result.output)) is not None:
+        kept = replace(kept, status="failed", output=None, error=SerializationError(
+            f"agent {result.lineage}'s answer was refused by its parent: {why}"))
+    elif (why := refusal_in(result.error)) is not None:
+        error = result.error
+        said = (describe_exception(error) if isinstance(error, BaseException)
+                and not isinstance(error, Refused) else "an error")
+        kept = replace(kept, error=SerializationError(
+            f"agent {result.lineage} ended with an error its parent refused ({said}): {why}"))
+    return kept
+
+
+def _call_without_refused(record: Any) -> Any:
+    """``record``, or, when its value holds something refused, the call ``failed`` saying so."""
+    from shoal.agents.toolcalls import CallRecord
+    from shoal.outcome import ErrorInfo, Outcome
+
+    outcome = getattr(record, "outcome", None)
+    if not isinstance(record, CallRecord) or not isinstance(outcome, Outcome):
+        return record
+    why = refusal_in(outcome.value)
+    if why is None:
+        return record
+    error = SerializationError(f"{record.lineage} ran and returned a value its agent's parent "
+                               f"refused: {why}")
+    failed = replace(outcome, status="failed", value=None,
+                     error=ErrorInfo.from_exception(error, with_traceback=False))
+    return replace(record, status="failed", outcome=failed)
 
 
 def _let_go(proc: _Process, ref: ProcessRef) -> None:

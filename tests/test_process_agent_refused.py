@@ -1,0 +1,196 @@
+"""A process agent whose result holds something its parent's loader refuses loses only that part.
+
+The parent loads what an agent process sends with the restricted loader
+(:mod:`shoal.executors.results`). A tool value, an answer or an end error that loader refuses
+(an instance of a class that is not allowed, a value whose pickle calls a function) fails only
+its own part, saying why; the agent's answer, its other calls and its children come back.
+Real agent processes throughout.
+"""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import pytest
+
+import shoal
+from shoal.testing import ScriptedModel, call
+
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_child_process_leak")]
+
+REFUSED = "shoal.exceptions.SerializationError"
+
+
+class Opaque:
+    """A plain class: neither a dataclass, a pydantic model nor registered, so refused."""
+
+    def __init__(self, text: str = "opaque") -> None:
+        self.text = text
+
+
+class Sneaky:
+    """Pickles as a call of a function (``print``), which results may not name."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (print, ("should never run in the parent",))
+
+
+@shoal.tool
+def opaque() -> Any:
+    """Return an instance of a class the parent's loader refuses."""
+    return Opaque("secret")
+
+
+@shoal.tool
+def sneaky() -> Any:
+    """Return a value whose pickle calls a function."""
+    return [1, {"inner": Sneaky()}]
+
+
+@shoal.tool
+def fine(tag: str) -> str:
+    """Return plain data."""
+    return f"fine {tag}"
+
+
+def _failed_for_refusal(record: Any, lineage: str, names: str) -> None:
+    assert record.status == "failed" and record.outcome is not None
+    assert record.outcome.status == "failed" and record.outcome.value is None
+    error = record.outcome.error
+    assert error is not None and error.type == REFUSED
+    assert lineage in error.message and names in error.message
+    assert "allow_result_types" in error.message  # says how to let it through
+
+
+def test_a_refused_tool_value_fails_that_call_only() -> None:
+    model = ScriptedModel.per_prompt({
+        "go": [[call("reader", task="t")], "done"],
+        "t": [[call("opaque"), call("fine", tag="a"), call("sneaky")], "read"]})
+    reader = shoal.Agent(name="reader", model=model, tools=[opaque, fine, sneaky],
+                         isolation="process")
+    result = shoal.Agent(name="lead", model=model, subagents=[reader]).run_sync("go")
+    [child] = result.children
+    assert result.output == "done" and child.status == "ok" and child.output == "read"
+    refused, kept, called = child.calls
+    _failed_for_refusal(refused, "lead/reader#1/opaque#1", "Opaque")
+    _failed_for_refusal(called, "lead/reader#1/sneaky#1", "print")
+    assert "Opaque" in refused.message.content  # its model was given the value as usual
+    assert kept.status == "ok" and kept.outcome is not None
+    assert kept.outcome.value == "fine a"
+
+
+class Wrapped(pydantic.BaseModel):
+    """An answer whose validator wraps its text in a refused class."""
+
+    model_config = pydantic.ConfigDict(arbitrary_types_allowed=True)
+
+    text: Any
+
+    @pydantic.field_validator("text")
+    @classmethod
+    def _wrap(cls, value: Any) -> Any:
+        return Opaque(value)
+
+
+def test_a_refused_answer_fails_the_agent_and_keeps_its_calls() -> None:
+    model = ScriptedModel.per_prompt({
+        "go": [[call("reader", task="t")], "done"],
+        "t": [[call("fine", tag="a")], '{"text": "hi"}']})
+    reader = shoal.Agent(name="reader", model=model, tools=[fine], output_type=Wrapped,
+                         isolation="process")
+    result = shoal.Agent(name="lead", model=model, subagents=[reader]).run_sync("go")
+    [child] = result.children
+    assert result.output == "done"
+    assert child.status == "failed" and child.output is None
+    assert isinstance(child.error, shoal.SerializationError)
+    assert "lead/reader#1's answer" in str(child.error) and "Opaque" in str(child.error)
+    assert [c.status for c in child.calls] == ["ok"]
+    assert child.calls[0].outcome is not None and child.calls[0].outcome.value == "fine a"
+
+
+class Holding(Exception):
+    """An error that holds an instance of a refused class."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.thing = Opaque()
+
+
+def _fail_holding(_: Any) -> Any:
+    raise Holding("the model broke")
+
+
+def test_a_refused_end_error_is_replaced_saying_why() -> None:
+    model = ScriptedModel.per_prompt({"go": [[call("reader", task="t")], "done"],
+                                      "t": [[call("fine", tag="a")], _fail_holding]})
+    reader = shoal.Agent(name="reader", model=model, tools=[fine], isolation="process")
+    result = shoal.Agent(name="lead", model=model, subagents=[reader]).run_sync("go")
+    [child] = result.children
+    assert result.output == "done" and child.status == "failed"
+    assert isinstance(child.error, shoal.SerializationError)
+    text = str(child.error)
+    assert "lead/reader#1" in text and "Holding" in text and "the model broke" in text
+    assert "Opaque" in text
+    assert [c.status for c in child.calls] == ["ok"]
+
+
+@pytest.mark.parametrize("isolation", ["inline", "process"])
+def test_a_refused_value_of_a_grandchild_fails_only_its_call(isolation: Any) -> None:
+    model = ScriptedModel.per_prompt({
+        "go": [[call("reader", task="t")], "done"],
+        "t": [[call("digger", task="u"), call("fine", tag="r")], "read"],
+        "u": [[call("opaque"), call("fine", tag="d")], "dug"]})
+    digger = shoal.Agent(name="digger", model=model, tools=[opaque, fine], isolation=isolation)
+    reader = shoal.Agent(name="reader", model=model, tools=[fine], subagents=[digger],
+                         isolation="process")
+    result = shoal.Agent(name="lead", model=model, subagents=[reader]).run_sync("go")
+    [child] = result.children
+    [grandchild] = child.children
+    assert result.output == "done" and child.output == "read" and grandchild.output == "dug"
+    assert [c.status for c in child.calls] == ["ok", "ok"]
+    refused, kept = grandchild.calls
+    _failed_for_refusal(refused, "lead/reader#1/digger#1/opaque#1", "Opaque")
+    assert kept.status == "ok"
+
+
+MODULE = '''
+import dataclasses
+
+
+@dataclasses.dataclass
+class Found:
+    """A dataclass of a module only the agent's process imports."""
+
+    text: str
+'''
+
+
+def test_a_value_of_a_module_only_the_agent_process_imported_fails_that_call(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The agent's process would allow it (a dataclass of a module it imported); its parent
+    # refuses it (loading a result never imports anything): the parent's rules decide.
+    name = f"shoal_refused_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(MODULE))
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    @shoal.tool
+    def lazily() -> Any:
+        """Import a module in the agent's process and return one of its dataclasses."""
+        import importlib
+
+        return importlib.import_module(name).Found("x")
+
+    model = ScriptedModel.per_prompt({"go": [[call("reader", task="t")], "done"],
+                                      "t": [[call("lazily"), call("fine", tag="a")], "read"]})
+    reader = shoal.Agent(name="reader", model=model, tools=[lazily, fine], isolation="process")
+    result = shoal.Agent(name="lead", model=model, subagents=[reader]).run_sync("go")
+    assert name not in sys.modules
+    [child] = result.children
+    assert child.status == "ok" and child.output == "read"
+    refused, kept = child.calls
+    _failed_for_refusal(refused, "lead/reader#1/lazily#1", "not imported in this process")
+    assert kept.status == "ok"
