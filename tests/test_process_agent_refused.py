@@ -9,6 +9,7 @@ Real agent processes throughout.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import textwrap
 from pathlib import Path
@@ -18,6 +19,7 @@ import pydantic
 import pytest
 
 import shoal
+from shoal.agents.remote import load_mirrored
 from shoal.testing import ScriptedModel, call
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_child_process_leak")]
@@ -194,3 +196,95 @@ def test_a_value_of_a_module_only_the_agent_process_imported_fails_that_call(
     refused, kept = child.calls
     _failed_for_refusal(refused, "lead/reader#1/lazily#1", "not imported in this process")
     assert kept.status == "ok"
+
+
+@dataclasses.dataclass
+class Misfit:
+    """An allowed class (a dataclass) whose pickle calls it with arguments it does not take."""
+
+    text: str
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Misfit, (1, 2, 3))
+
+
+class MisfitError(Exception):
+    """An error whose pickle calls its class with arguments it does not take."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (MisfitError, (1, 2, 3))
+
+
+@shoal.tool
+def misfit() -> Any:
+    """Return a value that pickles in the agent's process but does not load in its parent."""
+    return {"ok": 1, "misfit": Misfit("x")}
+
+
+def _fail_misfit(_: Any) -> Any:
+    raise MisfitError("the model broke")
+
+
+def test_a_value_that_pickles_but_does_not_load_in_the_parent_fails_that_part_only() -> None:
+    model = ScriptedModel.per_prompt({"go": [[call("reader", task="t")], "done"],
+                                      "t": [[call("misfit"), call("fine", tag="a")],
+                                            _fail_misfit]})
+    reader = shoal.Agent(name="reader", model=model, tools=[misfit, fine], isolation="process")
+    result = shoal.Agent(name="lead", model=model, subagents=[reader]).run_sync("go")
+    [child] = result.children
+    assert result.output == "done" and child.status == "failed"
+    refused, kept = child.calls
+    assert refused.status == "failed" and refused.outcome is not None
+    assert refused.outcome.error is not None and refused.outcome.error.type == REFUSED
+    assert "lead/reader#1/misfit#1" in refused.outcome.error.message
+    assert "Misfit" in refused.outcome.error.message
+    assert "TypeError" in refused.outcome.error.message
+    assert kept.status == "ok"
+    assert isinstance(child.error, shoal.SerializationError)
+    text = str(child.error)
+    assert "lead/reader#1" in text and "MisfitError" in text and "TypeError" in text
+
+
+ODD = "a\ud800b\x00c\x1b[31m\udfffd\r\n\x7f"  # lone surrogates, NUL, control characters
+
+
+@shoal.tool
+def odd() -> str:
+    """Return text that is not valid UTF-8 and holds control characters."""
+    return ODD
+
+
+@shoal.tool
+def odd_error() -> str:
+    """Fail with such text in the error's message."""
+    raise ValueError(f"bad {ODD}")
+
+
+@pytest.mark.parametrize("journal", ["memory", "sqlite"])
+def test_odd_text_survives_the_trip_back_and_the_journal(journal: str, tmp_path: Path) -> None:
+    model = ScriptedModel.per_prompt({"go": [[call("reader", task="t")], "done"],
+                                      "t": [[call("odd"), call("odd_error")], f"answer {ODD}"]})
+    reader = shoal.Agent(name="reader", model=model, tools=[odd, odd_error],
+                         isolation="process")
+    runtime = shoal.Runtime(store=str(tmp_path / "journal.db")) if journal == "sqlite" else (
+        shoal.Runtime())
+    result = shoal.Agent(name="lead", model=model, subagents=[reader]).run_sync(
+        "go", runtime=runtime, run_id="r1")
+    [child] = result.children
+    assert child.status == "ok" and child.output == f"answer {ODD}"
+    value, error = child.calls
+    assert value.outcome is not None and value.outcome.value == ODD
+    assert error.outcome is not None and error.outcome.error is not None
+    assert error.outcome.error.message == f"bad {ODD}"
+    # the agent's process journaled them (in the file, or sent to its parent's memory)
+    assert runtime.store is not None
+    if journal == "memory":
+        load_mirrored(runtime.store)
+    kept = runtime.store.outcomes("r1/lead/reader#1/steps")
+    assert kept["odd#1"].outcome.value == ODD
+    assert kept["odd_error#1"].outcome.error is not None
+    assert kept["odd_error#1"].outcome.error.message == f"bad {ODD}"
+    assert runtime.store.outcomes("r1/lead/steps")["reader#1"].outcome.value == f"answer {ODD}"

@@ -126,3 +126,41 @@ def test_a_cycle_is_walked_once() -> None:
 def test_bytes_that_do_not_load_still_raise() -> None:
     with pytest.raises(Exception):  # noqa: B017, PT011  (truncated: pickle's own error)
         load_salvaging(pickle.dumps([1, 2, 3])[:-3])
+
+
+@dataclasses.dataclass
+class Checked:
+    """An allowed class whose ``__setstate__`` takes only a dict."""
+
+    value: Any = None
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, dict):
+            raise TypeError(f"a dict, not {type(state).__name__}")
+        self.__dict__.update(state)
+
+
+class BadState:
+    """Pickles as a ``Checked`` given a state its class does not take."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        import copyreg
+
+        return (copyreg._reconstructor, (Checked, object, None), "not a dict")
+
+
+class BadArgs:
+    """Pickles as a call of ``Box`` with arguments it does not take."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Box, (1, 2, 3))
+
+
+def test_an_allowed_class_that_does_not_take_what_it_is_given_is_replaced() -> None:
+    blob = pickle.dumps({"state": BadState(), "args": BadArgs(), "ok": Checked(1)})
+    with pytest.raises(SerializationError, match="cannot be unpickled"):
+        load_result(blob, "it")
+    loaded = load_salvaging(blob)
+    assert isinstance(loaded["state"], Refused) and "TypeError: a dict" in loaded["state"].why
+    assert isinstance(loaded["args"], Refused) and "TypeError" in loaded["args"].why
+    assert loaded["ok"] == Checked(1)

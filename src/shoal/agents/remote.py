@@ -368,13 +368,14 @@ def without_refused(result: AgentResult[Any]) -> AgentResult[Any]:
     kept = replace(result, calls=calls, children=children)
     if (why := refusal_in(result.output)) is not None:
         kept = replace(kept, status="failed", output=None, error=SerializationError(
-            f"agent {result.lineage}'s answer was refused by its parent: {why}"))
+            f"agent {result.lineage}'s answer cannot be loaded by its parent: {why}"))
     elif (why := refusal_in(result.error)) is not None:
         error = result.error
         said = (describe_exception(error) if isinstance(error, BaseException)
                 and not isinstance(error, Refused) else "an error")
         kept = replace(kept, error=SerializationError(
-            f"agent {result.lineage} ended with an error its parent refused ({said}): {why}"))
+            f"agent {result.lineage} ended with an error its parent cannot load ({said}): "
+            f"{why}"))
     return kept
 
 
@@ -390,7 +391,7 @@ def _call_without_refused(record: Any) -> Any:
     if why is None:
         return record
     error = SerializationError(f"{record.lineage} ran and returned a value its agent's parent "
-                               f"refused: {why}")
+                               f"cannot load: {why}")
     failed = replace(outcome, status="failed", value=None,
                      error=ErrorInfo.from_exception(error, with_traceback=False))
     return replace(record, status="failed", outcome=failed)

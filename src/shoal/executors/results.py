@@ -58,7 +58,7 @@ from typing import Any, ClassVar
 
 import pydantic
 
-from shoal.exceptions import SerializationError
+from shoal.exceptions import SerializationError, describe_exception
 
 __all__ = ["allow_result_types", "load_result", "load_salvaging", "refusal_in"]
 
@@ -241,7 +241,10 @@ def _check_call(cls: Any, args: Any, kwargs: Any = None) -> None:
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except Exception:  # an allowed class's own __repr__ may fail
+        text = f"<{type(value).__qualname__} object>"
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -428,6 +431,9 @@ class _SalvagingUnpickler(_CarefulUnpickler):
             return make()
         except SerializationError as exc:
             return Refused(str(exc))
+        except Exception as exc:  # an allowed class that does not take what it is given
+            return Refused(f"building {_short(func)} from {_short(args)} failed here: "
+                           f"{describe_exception(exc)}")
 
     def _instantiate(self, klass: Any, args: Any) -> None:
         def make() -> Any:
@@ -478,7 +484,11 @@ class _SalvagingUnpickler(_CarefulUnpickler):
             self.stack[-1] = Refused(f"it sets the state of {_short(target)}, which results "
                                      "may not")
         else:
-            _BASE[pickle.BUILD[0]](self)
+            try:
+                _BASE[pickle.BUILD[0]](self)
+            except Exception as exc:  # a state its class does not take
+                self.stack[-1] = Refused(f"setting the state of {_short(type(target))} failed "
+                                         f"here: {describe_exception(exc)}")
 
     dispatch[pickle.REDUCE[0]] = load_reduce
     dispatch[pickle.NEWOBJ[0]] = load_newobj
