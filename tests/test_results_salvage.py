@@ -146,7 +146,8 @@ class BadState:
     def __reduce__(self) -> tuple[Any, ...]:
         import copyreg
 
-        return (copyreg._reconstructor, (Checked, object, None), "not a dict")
+        rebuild = copyreg._reconstructor  # type: ignore[attr-defined]
+        return (rebuild, (Checked, object, None), "not a dict")
 
 
 class BadArgs:

@@ -67,8 +67,10 @@ What the child sends is loaded with the restricted loader of
 :mod:`shoal.executors.results`, as a tool worker's replies are: the agent's process runs tools
 and reads what models write, so it must not be able to run code in the parent (which holds
 the keys it was not given). Its results hold allowed types only (plain data, dataclasses,
-pydantic models, exceptions...); anything else fails the agent with a
-:class:`~shoal.exceptions.SerializationError` naming it (``allow_result_types`` widens it).
+pydantic models, exceptions...); anything else is refused (``allow_result_types`` widens
+it). A refusal in the agent's result costs only its part (a call's value, the answer, the end
+error: see :func:`load_message`); in any other message, it fails the agent with a
+:class:`~shoal.exceptions.SerializationError` naming it.
 """
 
 from __future__ import annotations
