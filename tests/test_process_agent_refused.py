@@ -288,3 +288,51 @@ def test_odd_text_survives_the_trip_back_and_the_journal(journal: str, tmp_path:
     assert kept["odd_error#1"].outcome.error is not None
     assert kept["odd_error#1"].outcome.error.message == f"bad {ODD}"
     assert runtime.store.outcomes("r1/lead/steps")["reader#1"].outcome.value == f"answer {ODD}"
+
+
+@shoal.tool
+def locked() -> Any:
+    """Return a value that cannot be pickled at all."""
+    import threading
+
+    return {"lock": threading.Lock()}
+
+
+def test_a_journal_through_the_parent_takes_the_rest_of_a_step_with_a_refused_value(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A durable journal that is not a SQLite file (a store of your own; here SQLite in
+    # memory) is written through the parent: a value it refuses, or that does not pickle,
+    # or that only the parent refuses (its module is imported in the agent's process only),
+    # must not stop the agent's journal: those calls are journaled failed, saying why.
+    from shoal.store.sqlite import SQLiteStore
+
+    name = f"shoal_journaled_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(MODULE))
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    @shoal.tool
+    def lazily() -> Any:
+        """Import a module in the agent's process and return one of its dataclasses."""
+        import importlib
+
+        return importlib.import_module(name).Found("x")
+
+    store = SQLiteStore(":memory:")
+    model = ScriptedModel.per_prompt({
+        "go": [[call("reader", task="t")], "done"],
+        "t": [[call("opaque"), call("locked"), call("lazily"), call("odd")], "read"]})
+    reader = shoal.Agent(name="reader", model=model, tools=[opaque, locked, lazily, odd],
+                         isolation="process")
+    result = shoal.Agent(name="lead", model=model, subagents=[reader]).run_sync(
+        "go", runtime=shoal.Runtime(store=store), run_id="r1")
+    [child] = result.children
+    assert child.status == "ok" and child.output == "read", child.error
+    assert [c.status for c in child.calls] == ["failed", "failed", "failed", "ok"]
+    kept = store.outcomes("r1/lead/reader#1/steps")
+    for node, names in (("opaque#1", "Opaque"), ("locked#1", "lock"),
+                        ("lazily#1", "not imported in this process")):
+        outcome = kept[node].outcome
+        assert outcome.status == "failed" and outcome.error is not None
+        assert outcome.error.type == REFUSED and names in outcome.error.message
+    assert kept["odd#1"].outcome.status == "ok" and kept["odd#1"].outcome.value == ODD
+    assert store.outcomes("r1/lead/steps")["reader#1"].outcome.value == "read"

@@ -320,8 +320,39 @@ class ParentStore:
         return self._link.ask("store", name, args, kwargs)
 
     def write(self, records: Sequence[Any]) -> None:
-        """Store ``records`` in one transaction of the root's store."""
-        self._ask("write", list(records))
+        """Store ``records`` in one transaction of the root's store.
+
+        A record the parent would refuse, or that cannot be pickled (a tool value of a class
+        it does not allow, holding a lock), must not stop the agent's journal: the records
+        are then sent one by one, and a call's outcome that cannot go is journaled ``failed``
+        with a :class:`~shoal.exceptions.SerializationError` saying why, as the agent's
+        result reports that call (see :func:`shoal.agents.remote.without_refused`); any
+        other such record is left out, with a warning (that step is not replayed).
+        """
+        from shoal.exceptions import SerializationError
+
+        records = list(records)
+        try:
+            self._ask("write", records)
+        except SerializationError:
+            for record in records:
+                self._write_one(record)
+
+    def _write_one(self, record: Any) -> None:
+        from shoal.exceptions import SerializationError
+
+        try:
+            self._ask("write", [record])
+            return
+        except SerializationError as exc:
+            why = str(exc)
+        failed = _failed_outcome(record, why)
+        if failed is not None:
+            with contextlib.suppress(SerializationError):
+                self._ask("write", [failed])
+                return
+        log.warning("a journal record of an agent (%s) cannot go to its parent: %s; that step "
+                    "is not replayed if the agent is retried", type(record).__name__, why)
 
     def get_run(self, run_id: str) -> Any:
         """One run, or ``None``."""
@@ -724,6 +755,24 @@ def _picklable_part(result: AgentResult[Any]) -> AgentResult[Any]:
             f"agent {result.lineage} ended with an error that cannot go back to its parent: "
             f"{describe_exception(result.error)}"))
     return kept
+
+
+def _failed_outcome(record: Any, why: str) -> Any:
+    """An outcome record whose value cannot go to the parent, ``failed`` saying why."""
+    from dataclasses import replace
+
+    from shoal.exceptions import SerializationError
+    from shoal.outcome import ErrorInfo
+    from shoal.store.base import OutcomeRecord
+
+    if not isinstance(record, OutcomeRecord) or record.outcome.status != "ok":
+        return None
+    outcome = record.outcome
+    error = SerializationError(f"{outcome.node_id} ran and returned a value that cannot go to "
+                               f"the agent's parent: {why}")
+    return record._replace(outcome=replace(
+        outcome, status="failed", value=None,
+        error=ErrorInfo.from_exception(error, with_traceback=False)))
 
 
 def _picklable_call(record: CallRecord) -> CallRecord:

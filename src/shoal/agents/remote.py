@@ -331,8 +331,9 @@ def load_message(body: bytes, what: str) -> Any:
     this process does not allow costs only its own call, not the whole agent. Checked here,
     by this process's own rules, rather than in the agent's process, whose rules may differ
     (it may have imported modules this one has not); and only once the load has failed, so a
-    result that loads costs nothing more. Any other message this loader refuses raises, as
-    :func:`~shoal.executors.results.load_result` does.
+    result that loads costs nothing more. A request (``call``) this loader refuses becomes
+    ``("refused", id, op, why)``, which the agent is answered with as an error; any other
+    message it refuses raises, as :func:`~shoal.executors.results.load_result` does.
     """
     try:
         return load_result(body, what)
@@ -341,6 +342,11 @@ def load_message(body: bytes, what: str) -> Any:
             message = load_salvaging(body)
         except Exception:
             raise refused from None
+        if (isinstance(message, tuple) and len(message) == 4 and message[0] == "call"
+                and type(message[1]) is int and type(message[2]) is str):
+            # a request this process refuses (the agent's own check let it by: its rules
+            # may differ): refused to the asking call, not to the whole agent
+            return ("refused", message[1], message[2], str(refused))
         if not (isinstance(message, tuple) and len(message) == 2 and message[0] == "done"):
             raise refused from None
         from shoal.agents.result import AgentResult
@@ -502,6 +508,8 @@ class TreeServer:
                 self.ctx.emit(event)
             elif kind == "call":
                 self._call(message[1], message[2], message[3])
+            elif kind == "refused":  # see load_message
+                self._reply(message[1], message[2], False, SerializationError(message[3]))
             elif kind == "gate_exit":
                 self._release(message[1])
             elif kind == "gate_pause":
