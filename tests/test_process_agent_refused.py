@@ -336,3 +336,28 @@ def test_a_journal_through_the_parent_takes_the_rest_of_a_step_with_a_refused_va
         assert outcome.error.type == REFUSED and names in outcome.error.message
     assert kept["odd#1"].outcome.status == "ok" and kept["odd#1"].outcome.value == ODD
     assert store.outcomes("r1/lead/steps")["reader#1"].outcome.value == "read"
+
+
+def test_a_memory_journal_mirrored_to_the_parent_keeps_the_rest_of_a_step() -> None:
+    # The agent's in-memory journal goes to its parent's one step at a time; a value the
+    # parent refuses, or that does not pickle, costs only its own call's record (journaled
+    # failed, saying why), not the step's.
+    model = ScriptedModel.per_prompt({
+        "go": [[call("reader", task="t")], "done"],
+        "t": [[call("opaque"), call("locked"), call("odd")], "read"]})
+    reader = shoal.Agent(name="reader", model=model, tools=[opaque, locked, odd],
+                         isolation="process")
+    runtime = shoal.Runtime()
+    result = shoal.Agent(name="lead", model=model, subagents=[reader]).run_sync(
+        "go", runtime=runtime, run_id="r1")
+    [child] = result.children
+    assert child.status == "ok" and [c.status for c in child.calls] == ["failed", "failed", "ok"]
+    assert runtime.store is not None
+    load_mirrored(runtime.store)
+    kept = runtime.store.outcomes("r1/lead/reader#1/steps")
+    for node, names in (("opaque#1", "Opaque"), ("locked#1", "lock")):
+        outcome = kept[node].outcome
+        assert outcome.status == "failed" and outcome.error is not None
+        assert outcome.error.type == REFUSED and names in outcome.error.message
+    assert kept["odd#1"].outcome.value == ODD
+    assert any(node.startswith("model-2") for node in kept)  # the step after it, too

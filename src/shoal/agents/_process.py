@@ -560,8 +560,9 @@ def journal_entries(records: list[Any]) -> list[tuple[str, bytes]]:
     ids (plain data: nothing to check) and keeps the rest as it came until it is read; and a
     run whose records it cannot load then is the only one lost. A run's plan description,
     worked out only when needed in memory, is worked out now: the run may be resumed in
-    another process. A record that does not pickle is left out, and so is the rest of its
-    run: that step of the agent runs again if it is retried.
+    another process. A call's outcome whose value does not pickle is sent ``failed``, saying
+    why (as the agent's result reports that call); any other record that does not pickle is
+    left out, logged: that step of the agent runs again if it is retried.
     """
     from shoal.exceptions import SerializationError
 
@@ -577,9 +578,29 @@ def journal_entries(records: list[Any]) -> list[tuple[str, bytes]]:
             pass
         try:
             entries.append((run_id, dumps(kept, f"the journal records of run {run_id}")))
-        except SerializationError as exc:
-            log.warning("%s: that step cannot be replayed if the agent is retried", exc)
+            continue
+        except SerializationError:  # one record's value, most likely: the others go
+            pass
+        sendable = [found for found in map(_sendable_record, kept) if found is not None]
+        with contextlib.suppress(SerializationError):  # logged for each record left out
+            entries.append((run_id, dumps(sendable, f"the journal records of run {run_id}")))
     return entries
+
+
+def _sendable_record(record: Any) -> Any:
+    """``record`` if it pickles; a call's outcome that does not, ``failed`` saying why."""
+    from shoal.exceptions import SerializationError
+
+    try:
+        dumps(record, "it")
+        return record
+    except SerializationError as exc:
+        why = str(exc)
+    failed = _failed_outcome(record, why)
+    if failed is None:
+        log.warning("a journal record of an agent (%s) cannot go to its parent: %s; that step "
+                    "cannot be replayed if the agent is retried", type(record).__name__, why)
+    return failed
 
 
 def _described(record: Any) -> Any:
@@ -762,10 +783,11 @@ def _failed_outcome(record: Any, why: str) -> Any:
     from dataclasses import replace
 
     from shoal.exceptions import SerializationError
-    from shoal.outcome import ErrorInfo
+    from shoal.outcome import ErrorInfo, Outcome
     from shoal.store.base import OutcomeRecord
 
-    if not isinstance(record, OutcomeRecord) or record.outcome.status != "ok":
+    if not (isinstance(record, OutcomeRecord) and isinstance(record.outcome, Outcome)
+            and record.outcome.status == "ok"):
         return None
     outcome = record.outcome
     error = SerializationError(f"{outcome.node_id} ran and returned a value that cannot go to "

@@ -848,8 +848,7 @@ class Mirrored:
                 try:
                     records = load_result(blob, f"the journal records of run {run_id}")
                 except SerializationError as exc:
-                    log.warning("%s: that step of the agent is not replayed", exc)
-                    continue
+                    records = _loadable_records(blob, exc)
                 if not isinstance(records, list):
                     continue
                 try:
@@ -857,6 +856,35 @@ class Mirrored:
                 except Exception:  # a broken record: the journal goes on without that run
                     log.warning("the journal records of run %s could not be stored", run_id,
                                 exc_info=True)
+
+
+def _loadable_records(blob: bytes, refused: SerializationError) -> Any:
+    """Journal records the loader refused, less what it refused (see :class:`Mirrored`).
+
+    A call's outcome whose value it refuses is kept ``failed``, saying why (as the agent's
+    result reports that call); any other record holding something refused is left out,
+    logged: that step of the agent is not replayed.
+    """
+    from shoal.agents._process import _failed_outcome
+
+    try:
+        records = load_salvaging(blob)
+    except Exception:
+        records = None
+    if not isinstance(records, list):
+        log.warning("%s: that step of the agent is not replayed", refused)
+        return []
+    kept = []
+    for record in records:
+        why = refusal_in(record)
+        if why is not None:
+            record = _failed_outcome(record, why)
+            if record is None or refusal_in(record) is not None:
+                log.warning("a journal record of an agent was refused: %s; that step of the "
+                            "agent is not replayed", why)
+                continue
+        kept.append(record)
+    return kept
 
 
 def load_mirrored(store: Store) -> None:
