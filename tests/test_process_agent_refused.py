@@ -361,3 +361,50 @@ def test_a_memory_journal_mirrored_to_the_parent_keeps_the_rest_of_a_step() -> N
         assert outcome.error.type == REFUSED and names in outcome.error.message
     assert kept["odd#1"].outcome.value == ODD
     assert any(node.startswith("model-2") for node in kept)  # the step after it, too
+
+
+class Mute(Exception):
+    """An error whose ``__str__`` raises, holding an instance of a refused class."""
+
+    def __init__(self, message: str = "mute") -> None:
+        super().__init__(message)
+        self.thing = Opaque()
+
+    def __str__(self) -> str:
+        raise RuntimeError("no message for you")
+
+
+class NoReduce(Exception):
+    """An error whose ``__reduce__`` raises."""
+
+    def __reduce__(self) -> Any:
+        raise RuntimeError("no pickle for you")
+
+
+class GarbageReduce(Exception):
+    """An error whose ``__reduce__`` returns garbage."""
+
+    def __reduce__(self) -> Any:
+        return 42
+
+
+def _raiser(kind: type[Exception]) -> Any:
+    def fail(_: Any) -> Any:
+        raise kind() if kind is Mute else kind("it broke")
+
+    return fail
+
+
+@pytest.mark.parametrize(("kind", "said"), [
+    (Mute, "its __str__ failed"), (NoReduce, "NoReduce: it broke"),
+    (GarbageReduce, "GarbageReduce: it broke")])
+def test_an_end_error_that_cannot_come_back_as_it_is_is_replaced(kind: Any, said: str) -> None:
+    model = ScriptedModel.per_prompt({"go": [[call("reader", task="t")], "done"],
+                                      "t": [[call("fine", tag="a")], _raiser(kind)]})
+    reader = shoal.Agent(name="reader", model=model, tools=[fine], isolation="process")
+    result = shoal.Agent(name="lead", model=model, subagents=[reader]).run_sync("go")
+    [child] = result.children
+    assert result.output == "done" and child.status == "failed"
+    assert isinstance(child.error, shoal.SerializationError)
+    assert "lead/reader#1" in str(child.error) and said in str(child.error)
+    assert [c.status for c in child.calls] == ["ok"]
