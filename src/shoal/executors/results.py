@@ -28,6 +28,11 @@ state; instances are never called, and a class's attributes are never set.
 A tool whose code is as trusted as the application's own can opt out:
 ``@tool(trust_results=True)`` makes the process backend load its replies with plain pickle.
 
+A reply that was refused can be loaded again with :func:`load_salvaging`, which builds a
+:class:`Refused` stand-in (never called, built or given state) in place of each thing it
+refuses, so that the rest of it can be used (:func:`refusal_in` finds the stand-ins): an agent
+process's result loses only the parts that hold one (see :mod:`shoal.agents.remote`).
+
 Loading has two stages, for speed: the C unpickler loads data that names only immutable builtin
 types (most replies); a reply that names anything else is loaded again by the pure-Python
 unpickler, which checks each call and each state it applies.
@@ -60,7 +65,7 @@ import pydantic
 
 from shoal.exceptions import SerializationError, describe_exception
 
-__all__ = ["allow_result_types", "load_result", "load_salvaging", "refusal_in"]
+__all__ = ["Refused", "allow_result_types", "load_result", "load_salvaging", "refusal_in"]
 
 _Global = tuple[str, str]
 
