@@ -86,6 +86,10 @@ class Link:
         """Send one message (from any thread)."""
         self._send(dumps(message, "a message from an agent process"))
 
+    def send_done(self, body: bytes) -> None:
+        """Send the ``done`` message, pickled already (see :func:`done_message`)."""
+        self._send(body)
+
     def _send(self, body: bytes) -> None:
         # a parent that is gone raises OSError here: the reader thread ends this process
         with self._send_lock, contextlib.suppress(OSError):
@@ -709,7 +713,7 @@ async def run(spec: StartSpec, link: Link, ctx: TreeContext | None = None) -> Ag
     if isinstance(ctx.runtime.store, ParentMirror):  # the journal first: the parent stops
         ctx.runtime.store.flush()  # reading once the result is in
     # sent from here: a thread abandoned by a cancelled call would hold up the loop's end
-    link.send(_shippable(agent_run.result))
+    link.send_done(done_message(agent_run.result))
     return agent_run.result
 
 
@@ -720,6 +724,17 @@ def _stop(ctx: TreeContext, lineage: str, reason: str, breach: BudgetExceeded | 
     elif ctx.tracker.breach is None:
         ctx.tracker.breach = breach
         ctx._stop_everything(breach)
+
+
+def done_message(result: AgentResult[Any]) -> bytes:
+    """The ``done`` message, pickled: once, for a result that pickles whole (most do)."""
+    from shoal.exceptions import SerializationError
+
+    what = f"the result of agent {result.lineage}"
+    try:
+        return dumps(("done", result), what)
+    except SerializationError:
+        return dumps(_shippable(result), what)
 
 
 def _shippable(result: AgentResult[Any]) -> tuple[str, Any]:

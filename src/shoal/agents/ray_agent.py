@@ -597,6 +597,11 @@ class _ActorLink(Link):
             self.finished = True
         super().send(message)
 
+    def send_done(self, body: bytes) -> None:
+        """Send the result, marking the agent finished first."""
+        self.finished = True
+        super().send_done(body)
+
     def _read_all(self) -> None:
         try:
             self._take_all()
