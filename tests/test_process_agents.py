@@ -832,11 +832,18 @@ def opaque() -> Opaque:
 
 
 def test_an_agent_process_cannot_send_its_parent_what_the_loader_refuses() -> None:
+    # only the call whose value the parent's loader refuses loses it (and fails, saying why):
+    # see tests/test_process_agent_refused.py
     model = ScriptedModel.per_prompt({"go": [[call("reader", task="t")], "done"],
                                       "t": [[call("opaque")], "read"]})
     reader = shoal.Agent(name="reader", model=model, tools=[opaque], isolation="process")
     result = shoal.Agent(name="lead", model=model, subagents=[reader]).run_sync("go")
     assert result.output == "done"
-    assert result.children[0].status == "failed"
-    text = result.calls[0].message.content
-    assert "SerializationError" in text and "Opaque" in text
+    [child] = result.children
+    assert child.status == "ok" and child.output == "read"
+    [refused] = child.calls
+    assert refused.status == "failed" and refused.outcome is not None
+    assert refused.outcome.value is None and refused.outcome.error is not None
+    text = refused.outcome.error.message
+    assert refused.outcome.error.type == "shoal.exceptions.SerializationError"
+    assert "Opaque" in text and "lead/reader#1/opaque#1" in text

@@ -86,6 +86,10 @@ class Link:
         """Send one message (from any thread)."""
         self._send(dumps(message, "a message from an agent process"))
 
+    def send_done(self, body: bytes) -> None:
+        """Send the ``done`` message, pickled already (see :func:`done_message`)."""
+        self._send(body)
+
     def _send(self, body: bytes) -> None:
         # a parent that is gone raises OSError here: the reader thread ends this process
         with self._send_lock, contextlib.suppress(OSError):
@@ -320,8 +324,39 @@ class ParentStore:
         return self._link.ask("store", name, args, kwargs)
 
     def write(self, records: Sequence[Any]) -> None:
-        """Store ``records`` in one transaction of the root's store."""
-        self._ask("write", list(records))
+        """Store ``records`` in one transaction of the root's store.
+
+        A record the parent would refuse, or that cannot be pickled (a tool value of a class
+        it does not allow, holding a lock), must not stop the agent's journal: the records
+        are then sent one by one, and a call's outcome that cannot go is journaled ``failed``
+        with a :class:`~shoal.exceptions.SerializationError` saying why, as the agent's
+        result reports that call (see :func:`shoal.agents.remote.without_refused`); any
+        other such record is left out, with a warning (that step is not replayed).
+        """
+        from shoal.exceptions import SerializationError
+
+        records = list(records)
+        try:
+            self._ask("write", records)
+        except SerializationError:
+            for record in records:
+                self._write_one(record)
+
+    def _write_one(self, record: Any) -> None:
+        from shoal.exceptions import SerializationError
+
+        try:
+            self._ask("write", [record])
+            return
+        except SerializationError as exc:
+            why = str(exc)
+        failed = _failed_outcome(record, why)
+        if failed is not None:
+            with contextlib.suppress(SerializationError):
+                self._ask("write", [failed])
+                return
+        log.warning("a journal record of an agent (%s) cannot go to its parent: %s; that step "
+                    "is not replayed if the agent is retried", type(record).__name__, why)
 
     def get_run(self, run_id: str) -> Any:
         """One run, or ``None``."""
@@ -529,8 +564,9 @@ def journal_entries(records: list[Any]) -> list[tuple[str, bytes]]:
     ids (plain data: nothing to check) and keeps the rest as it came until it is read; and a
     run whose records it cannot load then is the only one lost. A run's plan description,
     worked out only when needed in memory, is worked out now: the run may be resumed in
-    another process. A record that does not pickle is left out, and so is the rest of its
-    run: that step of the agent runs again if it is retried.
+    another process. A call's outcome whose value does not pickle is sent ``failed``, saying
+    why (as the agent's result reports that call); any other record that does not pickle is
+    left out, logged: that step of the agent runs again if it is retried.
     """
     from shoal.exceptions import SerializationError
 
@@ -546,9 +582,29 @@ def journal_entries(records: list[Any]) -> list[tuple[str, bytes]]:
             pass
         try:
             entries.append((run_id, dumps(kept, f"the journal records of run {run_id}")))
-        except SerializationError as exc:
-            log.warning("%s: that step cannot be replayed if the agent is retried", exc)
+            continue
+        except SerializationError:  # one record's value, most likely: the others go
+            pass
+        sendable = [found for found in map(_sendable_record, kept) if found is not None]
+        with contextlib.suppress(SerializationError):  # logged for each record left out
+            entries.append((run_id, dumps(sendable, f"the journal records of run {run_id}")))
     return entries
+
+
+def _sendable_record(record: Any) -> Any:
+    """``record`` if it pickles; a call's outcome that does not, ``failed`` saying why."""
+    from shoal.exceptions import SerializationError
+
+    try:
+        dumps(record, "it")
+        return record
+    except SerializationError as exc:
+        why = str(exc)
+    failed = _failed_outcome(record, why)
+    if failed is None:
+        log.warning("a journal record of an agent (%s) cannot go to its parent: %s; that step "
+                    "cannot be replayed if the agent is retried", type(record).__name__, why)
+    return failed
 
 
 def _described(record: Any) -> Any:
@@ -657,7 +713,7 @@ async def run(spec: StartSpec, link: Link, ctx: TreeContext | None = None) -> Ag
     if isinstance(ctx.runtime.store, ParentMirror):  # the journal first: the parent stops
         ctx.runtime.store.flush()  # reading once the result is in
     # sent from here: a thread abandoned by a cancelled call would hold up the loop's end
-    link.send(_shippable(agent_run.result))
+    link.send_done(done_message(agent_run.result))
     return agent_run.result
 
 
@@ -668,6 +724,17 @@ def _stop(ctx: TreeContext, lineage: str, reason: str, breach: BudgetExceeded | 
     elif ctx.tracker.breach is None:
         ctx.tracker.breach = breach
         ctx._stop_everything(breach)
+
+
+def done_message(result: AgentResult[Any]) -> bytes:
+    """The ``done`` message, pickled: once, for a result that pickles whole (most do)."""
+    from shoal.exceptions import SerializationError
+
+    what = f"the result of agent {result.lineage}"
+    try:
+        return dumps(("done", result), what)
+    except SerializationError:
+        return dumps(_shippable(result), what)
 
 
 def _shippable(result: AgentResult[Any]) -> tuple[str, Any]:
@@ -724,6 +791,25 @@ def _picklable_part(result: AgentResult[Any]) -> AgentResult[Any]:
             f"agent {result.lineage} ended with an error that cannot go back to its parent: "
             f"{describe_exception(result.error)}"))
     return kept
+
+
+def _failed_outcome(record: Any, why: str) -> Any:
+    """An outcome record whose value cannot go to the parent, ``failed`` saying why."""
+    from dataclasses import replace
+
+    from shoal.exceptions import SerializationError
+    from shoal.outcome import ErrorInfo, Outcome
+    from shoal.store.base import OutcomeRecord
+
+    if not (isinstance(record, OutcomeRecord) and isinstance(record.outcome, Outcome)
+            and record.outcome.status == "ok"):
+        return None
+    outcome = record.outcome
+    error = SerializationError(f"{outcome.node_id} ran and returned a value that cannot go to "
+                               f"the agent's parent: {why}")
+    return record._replace(outcome=replace(
+        outcome, status="failed", value=None,
+        error=ErrorInfo.from_exception(error, with_traceback=False)))
 
 
 def _picklable_call(record: CallRecord) -> CallRecord:

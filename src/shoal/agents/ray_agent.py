@@ -75,13 +75,13 @@ from shoal.agents.remote import (
     _Gone,
     _stopped,
     _unimportable,
+    load_message,
     routed_store,
     start_spec,
 )
 from shoal.exceptions import AgentError, ConfigError, SerializationError, describe_exception
 from shoal.executors._shipping import dumps
 from shoal.executors.ray import _here
-from shoal.executors.results import load_result
 from shoal.scheduler import driver
 
 if TYPE_CHECKING:
@@ -189,7 +189,8 @@ class RayChannel(Channel):
             body = await self._reader.readexactly(HEADER.unpack(header)[0])
         except (asyncio.IncompleteReadError, ConnectionError):
             return None
-        message = load_result(body, f"a message from the Ray actor running agent {self.lineage}")
+        message = load_message(body,
+                               f"a message from the Ray actor running agent {self.lineage}")
         if not isinstance(message, tuple) or not message:
             raise SerializationError("an agent's Ray actor sent a malformed message")
         return message
@@ -595,6 +596,11 @@ class _ActorLink(Link):
         if message[0] == "done":
             self.finished = True
         super().send(message)
+
+    def send_done(self, body: bytes) -> None:
+        """Send the result, marking the agent finished first."""
+        self.finished = True
+        super().send_done(body)
 
     def _read_all(self) -> None:
         try:

@@ -67,8 +67,10 @@ What the child sends is loaded with the restricted loader of
 :mod:`shoal.executors.results`, as a tool worker's replies are: the agent's process runs tools
 and reads what models write, so it must not be able to run code in the parent (which holds
 the keys it was not given). Its results hold allowed types only (plain data, dataclasses,
-pydantic models, exceptions...); anything else fails the agent with a
-:class:`~shoal.exceptions.SerializationError` naming it (``allow_result_types`` widens it).
+pydantic models, exceptions...); anything else is refused (``allow_result_types`` widens
+it). A refusal in the agent's result costs only its part (a call's value, the answer, the end
+error: see :func:`load_message`); in any other message, it fails the agent with a
+:class:`~shoal.exceptions.SerializationError` naming it.
 """
 
 from __future__ import annotations
@@ -93,11 +95,23 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from shoal.events import AgentFinished, AgentStarted
-from shoal.exceptions import AgentError, ConfigError, SerializationError, ShoalError
+from shoal.exceptions import (
+    AgentError,
+    ConfigError,
+    SerializationError,
+    ShoalError,
+    describe_exception,
+)
 from shoal.executors._reaper import kill_tree
 from shoal.executors._shipping import dumps
 from shoal.executors.process import _Process, _ref_of, describe_exit, worker_env
-from shoal.executors.results import allowed_result_types, load_result
+from shoal.executors.results import (
+    Refused,
+    allowed_result_types,
+    load_result,
+    load_salvaging,
+    refusal_in,
+)
 from shoal.limits import parse_process_limits
 from shoal.models.base import Usage
 from shoal.scheduler import driver
@@ -122,8 +136,8 @@ if TYPE_CHECKING:
 
 __all__ = ["CANCEL_GRACE", "PARENT_EVENTS", "PARENT_MEMORY", "PARENT_MEMORY_EVENTS",
            "PARENT_STORE", "STORE_METHODS", "Channel", "Mirrored", "ProcessChannel",
-           "StartSpec", "TreeServer", "load_mirrored", "routed_store", "run_elsewhere",
-           "start_spec"]
+           "StartSpec", "TreeServer", "load_message", "load_mirrored", "routed_store",
+           "run_elsewhere", "start_spec", "without_refused"]
 
 #: Seconds a cancelled agent process gets to record its end before it is killed.
 CANCEL_GRACE = 0.5
@@ -281,7 +295,7 @@ class ProcessChannel(Channel):
             return None
         # restricted: an agent process runs tools, and must not run code here (see the
         # module docstring)
-        message = load_result(body, f"a message from the process running agent {self.lineage}")
+        message = load_message(body, f"a message from the process running agent {self.lineage}")
         if not isinstance(message, tuple) or not message:
             raise SerializationError("an agent process sent a malformed message")
         return message
@@ -307,6 +321,88 @@ class ProcessChannel(Channel):
         self._writer.close()
         await asyncio.shield(self.proc.wait())
         _let_go(self.proc, self.ref)
+
+
+def load_message(body: bytes, what: str) -> Any:
+    """A message from an agent's process or Ray actor, loaded with the restricted loader.
+
+    The agent's result (``done``), when the loader refuses something in it, is loaded again
+    with each refused thing left out (see :func:`without_refused`): a tool value of a class
+    this process does not allow costs only its own call, not the whole agent. Checked here,
+    by this process's own rules, rather than in the agent's process, whose rules may differ
+    (it may have imported modules this one has not); and only once the load has failed, so a
+    result that loads costs nothing more. A request (``call``) this loader refuses becomes
+    ``("refused", id, op, why)``, which the agent is answered with as an error; any other
+    message it refuses raises, as :func:`~shoal.executors.results.load_result` does.
+    """
+    try:
+        return load_result(body, what)
+    except SerializationError as refused:
+        try:
+            message = load_salvaging(body)
+        except Exception:
+            raise refused from None
+        if (isinstance(message, tuple) and len(message) == 4 and message[0] == "call"
+                and type(message[1]) is int and type(message[2]) is str):
+            # a request this process refuses (the agent's own check let it by: its rules
+            # may differ): refused to the asking call, not to the whole agent
+            return ("refused", message[1], message[2], str(refused))
+        if not (isinstance(message, tuple) and len(message) == 2 and message[0] == "done"):
+            raise refused from None
+        from shoal.agents.result import AgentResult
+
+        result = message[1]
+        if not isinstance(result, AgentResult):
+            raise refused from None
+        kept = without_refused(result)
+        if refusal_in(kept) is not None:
+            raise refused from None
+        return ("done", kept)
+
+
+def without_refused(result: AgentResult[Any]) -> AgentResult[Any]:
+    """``result`` (as :func:`~shoal.executors.results.load_salvaging` loads it), less the refused.
+
+    A call whose value holds something refused is ``failed`` with a
+    :class:`~shoal.exceptions.SerializationError` naming the call and what was refused (its
+    model was given the value as usual); an answer, the agent ``failed`` with such an error;
+    an end error, such an error in its place; the same in each agent below. The rest is kept.
+    """
+    from shoal.agents.result import AgentResult
+
+    calls = [_call_without_refused(record) for record in result.calls]
+    children = [child if not isinstance(child, AgentResult) or refusal_in(child) is None
+                else without_refused(child) for child in result.children]
+    kept = replace(result, calls=calls, children=children)
+    if (why := refusal_in(result.output)) is not None:
+        kept = replace(kept, status="failed", output=None, error=SerializationError(
+            f"agent {result.lineage}'s answer cannot be loaded by its parent: {why}"))
+    elif (why := refusal_in(result.error)) is not None:
+        error = result.error
+        said = (describe_exception(error) if isinstance(error, BaseException)
+                and not isinstance(error, Refused) else "an error")
+        kept = replace(kept, error=SerializationError(
+            f"agent {result.lineage} ended with an error its parent cannot load ({said}): "
+            f"{why}"))
+    return kept
+
+
+def _call_without_refused(record: Any) -> Any:
+    """``record``, or, when its value holds something refused, the call ``failed`` saying so."""
+    from shoal.agents.toolcalls import CallRecord
+    from shoal.outcome import ErrorInfo, Outcome
+
+    outcome = getattr(record, "outcome", None)
+    if not isinstance(record, CallRecord) or not isinstance(outcome, Outcome):
+        return record
+    why = refusal_in(outcome.value)
+    if why is None:
+        return record
+    error = SerializationError(f"{record.lineage} ran and returned a value its agent's parent "
+                               f"cannot load: {why}")
+    failed = replace(outcome, status="failed", value=None,
+                     error=ErrorInfo.from_exception(error, with_traceback=False))
+    return replace(record, status="failed", outcome=failed)
 
 
 def _let_go(proc: _Process, ref: ProcessRef) -> None:
@@ -412,6 +508,8 @@ class TreeServer:
                 self.ctx.emit(event)
             elif kind == "call":
                 self._call(message[1], message[2], message[3])
+            elif kind == "refused":  # see load_message
+                self._reply(message[1], message[2], False, SerializationError(message[3]))
             elif kind == "gate_exit":
                 self._release(message[1])
             elif kind == "gate_pause":
@@ -750,8 +848,7 @@ class Mirrored:
                 try:
                     records = load_result(blob, f"the journal records of run {run_id}")
                 except SerializationError as exc:
-                    log.warning("%s: that step of the agent is not replayed", exc)
-                    continue
+                    records = _loadable_records(blob, exc)
                 if not isinstance(records, list):
                     continue
                 try:
@@ -759,6 +856,35 @@ class Mirrored:
                 except Exception:  # a broken record: the journal goes on without that run
                     log.warning("the journal records of run %s could not be stored", run_id,
                                 exc_info=True)
+
+
+def _loadable_records(blob: bytes, refused: SerializationError) -> Any:
+    """Journal records the loader refused, less what it refused (see :class:`Mirrored`).
+
+    A call's outcome whose value it refuses is kept ``failed``, saying why (as the agent's
+    result reports that call); any other record holding something refused is left out,
+    logged: that step of the agent is not replayed.
+    """
+    from shoal.agents._process import _failed_outcome
+
+    try:
+        records = load_salvaging(blob)
+    except Exception:
+        records = None
+    if not isinstance(records, list):
+        log.warning("%s: that step of the agent is not replayed", refused)
+        return []
+    kept = []
+    for record in records:
+        why = refusal_in(record)
+        if why is not None:
+            record = _failed_outcome(record, why)
+            if record is None or refusal_in(record) is not None:
+                log.warning("a journal record of an agent was refused: %s; that step of the "
+                            "agent is not replayed", why)
+                continue
+        kept.append(record)
+    return kept
 
 
 def load_mirrored(store: Store) -> None:

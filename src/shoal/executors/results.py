@@ -28,6 +28,11 @@ state; instances are never called, and a class's attributes are never set.
 A tool whose code is as trusted as the application's own can opt out:
 ``@tool(trust_results=True)`` makes the process backend load its replies with plain pickle.
 
+A reply that was refused can be loaded again with :func:`load_salvaging`, which builds a
+:class:`Refused` stand-in (never called, built or given state) in place of each thing it
+refuses, so that the rest of it can be used (:func:`refusal_in` finds the stand-ins): an agent
+process's result loses only the parts that hold one (see :mod:`shoal.agents.remote`).
+
 Loading has two stages, for speed: the C unpickler loads data that names only immutable builtin
 types (most replies); a reply that names anything else is loaded again by the pure-Python
 unpickler, which checks each call and each state it applies.
@@ -58,9 +63,9 @@ from typing import Any, ClassVar
 
 import pydantic
 
-from shoal.exceptions import SerializationError
+from shoal.exceptions import SerializationError, describe_exception
 
-__all__ = ["allow_result_types", "load_result"]
+__all__ = ["Refused", "allow_result_types", "load_result", "load_salvaging", "refusal_in"]
 
 _Global = tuple[str, str]
 
@@ -241,7 +246,10 @@ def _check_call(cls: Any, args: Any, kwargs: Any = None) -> None:
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except Exception:  # an allowed class's own __repr__ may fail
+        text = f"<{type(value).__qualname__} object>"
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -357,3 +365,179 @@ def load_result(blob: bytes | bytearray, what: str) -> Any:
     except Exception as exc:
         raise SerializationError(f"{what} cannot be unpickled here: {type(exc).__name__}: "
                                  f"{exc}") from exc
+
+
+class Refused:
+    """What :func:`load_salvaging` builds in place of something the loader refuses.
+
+    It absorbs what the pickle goes on to do with it (items appended, keys set, state given)
+    and is never called; :attr:`why` says what was refused.
+    """
+
+    __slots__ = ("why",)
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+    def __repr__(self) -> str:
+        return f"<refused: {self.why}>"
+
+    def append(self, item: Any) -> None:
+        """Absorb an item (``APPEND``)."""
+
+    def extend(self, items: Any) -> None:
+        """Absorb items (``APPENDS``)."""
+
+    def add(self, item: Any) -> None:
+        """Absorb an item (``ADDITEMS``)."""
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        """Absorb an item (``SETITEM``)."""
+
+    def __setstate__(self, state: Any) -> None:
+        """Absorb a state (``BUILD``)."""
+
+
+def _first_refused(values: Any) -> Refused | None:
+    for value in values if isinstance(values, tuple | list) else (values,):
+        if isinstance(value, Refused):
+            return value
+    return None
+
+
+class _SalvagingUnpickler(_CarefulUnpickler):
+    """The careful unpickler, building a :class:`Refused` for each thing it refuses.
+
+    Nothing refused is called, built or given state: a :class:`Refused` stands in for it,
+    and for whatever a call of it (or with it as an argument) would have built.
+    """
+
+    dispatch: ClassVar[dict[int, Callable[[Any], None]]] = dict(_CarefulUnpickler.dispatch)
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _resolve(module, name)
+        except SerializationError as exc:
+            return Refused(str(exc))
+
+    def persistent_load(self, pid: Any) -> Any:
+        return Refused("it holds a persistent id, which results may not")
+
+    def get_extension(self, code: int) -> Any:
+        self.append(Refused(f"it names copyreg extension {code}, which results may not"))
+
+    def _made(self, func: Any, args: Any, kwargs: Any, make: Callable[[], Any]) -> Any:
+        """``make()``, or a :class:`Refused` when it or what it is given is refused."""
+        refused = _first_refused(func) or _first_refused(args) or (
+            _first_refused(list(kwargs.values())) if isinstance(kwargs, dict) else None)
+        if refused is not None:
+            return refused
+        try:
+            return make()
+        except SerializationError as exc:
+            return Refused(str(exc))
+        except Exception as exc:  # an allowed class that does not take what it is given
+            return Refused(f"building {_short(func)} from {_short(args)} failed here: "
+                           f"{describe_exception(exc)}")
+
+    def _instantiate(self, klass: Any, args: Any) -> None:
+        def make() -> Any:
+            _CarefulUnpickler._instantiate(self, klass, args)
+            return self.stack.pop()
+
+        self.append(self._made(klass, args, None, make))
+
+    def load_reduce(self) -> None:
+        stack = self.stack
+        args = stack.pop()
+        func = stack[-1]
+
+        def make() -> Any:
+            if id(func) not in _SAFE_CALLABLES and id(func) not in _registered:
+                _check_call(func, args)
+            return func(*args)
+
+        stack[-1] = self._made(func, args, None, make)
+
+    def load_newobj(self) -> None:
+        args = self.stack.pop()
+        cls = self.stack.pop()
+
+        def make() -> Any:
+            _check_call(cls, args)
+            return cls.__new__(cls, *args)
+
+        self.append(self._made(cls, args, None, make))
+
+    def load_newobj_ex(self) -> None:
+        kwargs = self.stack.pop()
+        args = self.stack.pop()
+        cls = self.stack.pop()
+
+        def make() -> Any:
+            _check_call(cls, args, kwargs)
+            return cls.__new__(cls, *args, **kwargs)
+
+        self.append(self._made(cls, args, kwargs, make))
+
+    def load_build(self) -> None:
+        target = self.stack[-2]
+        if isinstance(target, Refused):
+            self.stack.pop()
+        elif isinstance(target, type) or not _class_allowed(type(target)):
+            self.stack.pop()
+            self.stack[-1] = Refused(f"it sets the state of {_short(target)}, which results "
+                                     "may not")
+        else:
+            try:
+                _BASE[pickle.BUILD[0]](self)
+            except Exception as exc:  # a state its class does not take
+                self.stack[-1] = Refused(f"setting the state of {_short(type(target))} failed "
+                                         f"here: {describe_exception(exc)}")
+
+    dispatch[pickle.REDUCE[0]] = load_reduce
+    dispatch[pickle.NEWOBJ[0]] = load_newobj
+    dispatch[pickle.NEWOBJ_EX[0]] = load_newobj_ex
+    dispatch[pickle.BUILD[0]] = load_build
+
+
+def load_salvaging(blob: bytes | bytearray) -> Any:
+    """Load ``blob`` as :func:`load_result` does, with a :class:`Refused` for each refusal.
+
+    For a reply that :func:`load_result` refused: what it holds besides the refused parts can
+    still be used; :func:`refusal_in` finds the parts that hold a refusal. Raises what
+    :func:`load_result` raises for bytes that do not load for another reason.
+    """
+    data = blob if isinstance(blob, bytes) else bytes(blob)
+    return _SalvagingUnpickler(io.BytesIO(data)).load()
+
+
+class _Finder(pickle.Pickler):
+    """Walks a value as pickling it would, noting the first :class:`Refused` in it."""
+
+    def __init__(self) -> None:
+        super().__init__(io.BytesIO(), protocol=pickle.HIGHEST_PROTOCOL)
+        self.found: Refused | None = None
+
+    def persistent_id(self, obj: Any) -> Any:
+        if isinstance(obj, Refused):
+            self.found = self.found or obj
+            return 0
+        return None
+
+
+def refusal_in(value: Any) -> str | None:
+    """Why ``value`` (loaded by :func:`load_salvaging`) holds something refused, or ``None``.
+
+    A value that cannot be walked (it does not pickle again) counts as refused.
+    """
+    if isinstance(value, Refused):
+        return value.why
+    if value is None or isinstance(value, str | bytes | int | float | bool):
+        return None
+    finder = _Finder()
+    try:
+        finder.dump(value)
+    except Exception as exc:
+        return f"it cannot be checked here ({type(exc).__name__}: {exc})"
+    return None if finder.found is None else finder.found.why
