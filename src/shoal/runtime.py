@@ -18,7 +18,6 @@ import math
 import numbers
 import os
 import random
-import secrets
 import threading
 import time
 from asyncio import _get_running_loop
@@ -45,7 +44,7 @@ from shoal.scheduler.driver import Driver, Snapshot
 from shoal.scheduler.gates import SharedLimits
 from shoal.scheduler.scope import RunScope
 from shoal.scheduler.state import SchedulerState
-from shoal.store.base import RunRecord, Store
+from shoal.store.base import RunRecord, RunStart, Store
 from shoal.store.claims import RunClaim, claim_run, claim_run_nothing
 from shoal.store.fingerprint import LazyDescription, describe_plan, fingerprint
 from shoal.store.open import StoreLike, open_store
@@ -84,7 +83,8 @@ def new_run_id() -> str:
     id its journal holds already within minutes (every half minute on a durable journal,
     which keeps every id), and the run was refused.
     """
-    return f"{_utc_stamp(int(time.time()))}-{secrets.token_hex(6)}"
+    # (os.urandom: what secrets.token_hex reads, without its three Python calls per run)
+    return f"{_utc_stamp(int(time.time()))}-{os.urandom(6).hex()}"
 
 
 @functools.lru_cache(maxsize=2)
@@ -769,8 +769,10 @@ class Runtime:
         sharing: _Sharing | None = None,
         open_run: bool = False,
     ) -> tuple[Driver, RunClaim]:
-        _check_plan(plan)
-        check_deadline(deadline)
+        if type(plan) is not Plan:  # (shoal.run has checked it; open_run made it)
+            _check_plan(plan)
+        if deadline is not None:
+            check_deadline(deadline)
         if len(plan):
             plan.validate()
             graph = analyze(plan)
@@ -795,12 +797,12 @@ class Runtime:
             claim.release()
             raise
 
-    def _make_driver(self, graph: Graph, run_id: str, record: RunRecord | None,
+    def _make_driver(self, graph: Graph, run_id: str, record: RunRecord | RunStart | None,
                      resumption: Resumption | None, deadline: float | None,
                      fail_fast: bool | None,
                      on_event: EventSink | Sequence[EventSink] | None, lineage: str,
                      open_run: bool = False, within: dict[str, Any] | None = None) -> Driver:
-        sinks = [*self._sinks, *_sink_list(on_event)]
+        sinks = [*self._sinks, *_sink_list(on_event)] if on_event is not None else [*self._sinks]
         # OpenTelemetry, if instrumented: once per run (a nested run: as its outermost one is)
         observing = instrumentation.of(within)
         state = SchedulerState(
@@ -846,8 +848,10 @@ class Runtime:
 
     def _journal_for(
         self, plan: Plan, graph: Graph, run_id: str | None, journaling: _Journaling,
-    ) -> tuple[str, RunRecord | None, Resumption | None, RunClaim]:
+    ) -> tuple[str, RunRecord | RunStart | None, Resumption | None, RunClaim]:
         """The run's id, its journal record, (resuming) what to replay, and its claim.
+
+        The record of a new run is a :class:`RunStart`: the driver completes it as it starts.
 
         The run id is claimed (:mod:`shoal.store.claims`) before the journal is read, and held
         until the session ends: a resume of a run that a live process runs is refused.
@@ -880,7 +884,7 @@ class Runtime:
         return run_id, record, None, claim
 
     def _new_record(self, store: Store, plan: Plan, graph: Graph, run_id: str,
-                    journaling: _Journaling) -> RunRecord:
+                    journaling: _Journaling) -> RunStart:
         if store.get_run(run_id) is not None:
             raise ConfigError(f"run {run_id!r} is in the journal already; continue it with "
                               f"Runtime.resume({run_id!r}, plan) or choose another run_id")
@@ -888,11 +892,12 @@ class Runtime:
             description, digest = self._describe(plan, graph)
         else:  # resumed, if ever, in this process: describe the plan only then
             description, digest = LazyDescription(graph), ""
-        # dated again when the run starts, before the store sees it (the driver's clock,
-        # read then); a clock given is checked now, so a bad one is refused at the start
-        started = read_epoch(self.clock) if self.clock is not None else 0.0
-        return RunRecord(run_id, started, len(graph.nodes), digest, description,
-                         dict(journaling.source or {}), plan.name)
+        # dated when the run starts, on the driver's clock; a clock given is checked now, so
+        # a bad one is refused at the start
+        if self.clock is not None:
+            read_epoch(self.clock)
+        return RunStart(run_id, len(graph.nodes), digest, description,
+                        dict(journaling.source or {}), plan.name)
 
     @staticmethod
     def _describe(plan: Plan, graph: Graph) -> tuple[Mapping[str, Any], str]:

@@ -148,6 +148,11 @@ class ApprovalDesk:
         if pending is not None and pending.sent and self.approver is not None:
             self._tell_withdrawn(self.approver, [pending.request])
 
+    @property
+    def asked(self) -> bool:
+        """Whether a run ever asked this desk anything (else :meth:`drain` has nothing to do)."""
+        return self._lanes is not None
+
     async def drain(self, run_id: str) -> None:
         """Withdraw ``run_id``'s requests and wait for a review that only they kept going."""
         lanes = self._lanes

@@ -81,8 +81,10 @@ from shoal.store.base import (
     CancelRequest,
     EventRecord,
     OutcomeRecord,
+    Record,
     RunEnded,
     RunRecord,
+    RunStart,
     RunStatus,
     Store,
     run_record_with,
@@ -190,7 +192,7 @@ class Driver:
         sinks: Sequence[Callable[[Event], None]] = (),
         deadline: float | None = None,
         store: Store | None = None,
-        run_record: RunRecord | None = None,
+        run_record: RunRecord | RunStart | None = None,
         resume: Resumption | None = None,
         approvals: ApprovalDesk | None = None,
         lineage: str = "",
@@ -409,7 +411,8 @@ class Driver:
                 handle.cancel()
             self._timers = None
             self.state.shared_limits.forget(self)
-        await self._desk.drain(self.state.run_id)
+        if self._desk.asked:  # (no coroutine for a desk never asked: most runs' desk)
+            await self._desk.drain(self.state.run_id)
         if self._watchers or self._early:
             self._tell_all_watchers()
         result = self.result()
@@ -417,8 +420,11 @@ class Driver:
             self._publish([RunFinished(
                 run_id=self.state.run_id, time=max(self.now(), result.makespan),
                 counts=self._counts(), makespan=result.makespan)])
-        await self._close_journal(result=result)  # after RunFinished: a journal that keeps events
-        return result  # has it too
+        # after RunFinished: a journal that keeps events has it too
+        journal = self._end_journal(result)
+        if journal is not None:  # (one without a writer thread closes without a coroutine)
+            await journal.close() if journal.durable else journal.close_written()
+        return result
 
     def _begin(self) -> None:
         """Announce the run, set its deadline, restore what a resume replays, start it."""
@@ -1444,16 +1450,22 @@ class Driver:
     # ---- the journal --------------------------------------------------------------------
 
     def _open_journal(self) -> None:
+        """Journal the run as started: a new run's record is made here, a resumed one's anew."""
         if self._journal is None or self._run_record is None:
             return
         assert self._loop is not None
         self._journal.open(self._loop)
         record, self._run_record = self._run_record, None  # the store keeps it from here
+        # the heartbeat says the process is alive: always the wall clock, which readers in
+        # other processes compare it with
+        heartbeat, pid = time.time(), os.getpid()
+        if isinstance(record, RunStart):  # a new run (its first session)
+            self._journal.add(record.started(self._epoch, heartbeat=heartbeat, pid=pid,
+                                             host=HOST, pid_start=this_process_start()))
+            return
         self._journal.add(run_record_with(
             record, started_at=self._epoch, status="running", sessions=self._session,
-            # the heartbeat says the process is alive: always the wall clock, which readers
-            # in other processes compare it with
-            finished_at=None, heartbeat=time.time(), pid=os.getpid(), host=socket.gethostname(),
+            finished_at=None, heartbeat=heartbeat, pid=pid, host=HOST,
             pid_start=this_process_start()))
 
     def _journal_decisions(self, d: Decisions) -> asyncio.Future[None] | None:
@@ -1511,19 +1523,9 @@ class Driver:
         that could not be written is logged instead of raised, unless ``raising`` says so.
         ``result``: the session's result, when the caller has it (a large run's is large).
         """
-        journal, self._journal = self._journal, None
+        journal = self._end_journal(result)
         if journal is None:
             return
-        if result is None:
-            result = self.result()
-        status: RunStatus = "cancelled" if self.cancelled_reason else "finished"
-        if not self._streaming and not self._ends_each:
-            outcomes, orders = self.state.ended_in_order()  # (records made at C speed)
-            journal.add_many(map(OutcomeRecord, itertools.repeat(self.state.run_id), outcomes,
-                                 orders))
-        if journal.failed is None:
-            journal.add(RunEnded(self.state.run_id, status, self._epoch_now(), self._counts(),
-                                 result.makespan))
         try:
             await journal.close()
         except StoreError as exc:
@@ -1531,6 +1533,30 @@ class Driver:
                 raise
             if raising is None or raising.__cause__ is not journal.failed:
                 log.error("%s", exc)  # else nobody would hear of it
+
+    def _end_journal(self, result: RunResult | None = None) -> Journal | None:
+        """Journal how this session ended; the journal, to be closed (``None``: none).
+
+        A memory store gets the outcomes and the end in one write (it wrote nothing before).
+        """
+        journal, self._journal = self._journal, None
+        if journal is None:
+            return None
+        if result is None:
+            result = self.result()
+        status: RunStatus = "cancelled" if self.cancelled_reason else "finished"
+        ended = RunEnded(self.state.run_id, status, self._epoch_now(), self._counts(),
+                         result.makespan)
+        if not self._streaming and not self._ends_each:
+            outcomes, orders = self.state.ended_in_order()  # (records made at C speed)
+            records: Iterable[Record] = map(
+                OutcomeRecord, itertools.repeat(self.state.run_id), outcomes, orders)
+            # a journal that failed already journals no end (after the outcomes, or with them)
+            journal.add_many(records if journal.failed is not None
+                             else itertools.chain(records, (ended,)))
+        elif journal.failed is None:
+            journal.add(ended)
+        return journal
 
     def _cancel_request(self, request: CancelRequest) -> None:
         """A cancel request from the journal (``shoal cancel`` in another process)."""

@@ -44,6 +44,7 @@ __all__ = [
     "RUN_STATUSES",
     "RunEnded",
     "RunRecord",
+    "RunStart",
     "RunStatus",
     "Store",
     "StoredEffect",
@@ -130,6 +131,29 @@ def run_record_with(record: RunRecord, **changes: Any) -> RunRecord:
             raise TypeError(f"RunRecord has no field {name!r}")
         values[index] = value
     return RunRecord(*values)
+
+
+class RunStart(NamedTuple):
+    """A new run's :class:`RunRecord`, but for what is known only once it starts.
+
+    The runtime knows these when it makes a run, the driver the rest when the run starts: the
+    record is made once, then (a frozen record of 17 fields costs more than a small run's
+    scheduling, and an agent runs its every step as a run).
+    """
+
+    run_id: str
+    nodes: int
+    fingerprint: str
+    plan: Mapping[str, Any]
+    source: Mapping[str, Any]
+    name: str
+
+    def started(self, started_at: float, *, heartbeat: float, pid: int, host: str,
+                pid_start: str) -> RunRecord:
+        """The run's record as its first session starts (status ``running``)."""
+        return RunRecord(self.run_id, started_at, self.nodes, self.fingerprint, self.plan,
+                         self.source, self.name, heartbeat=heartbeat, pid=pid, host=host,
+                         pid_start=pid_start)
 
 
 class RunEnded(NamedTuple):

@@ -132,6 +132,13 @@ class Journal:
             # thread of this run is left (the caller may count threads as soon as we return)
             thread, self._thread = self._thread, None
             thread.join()
+        self.close_written()
+
+    def close_written(self) -> None:
+        """:meth:`close` for a journal with no writer thread (a memory store's writes at once).
+
+        Nothing is left to commit: raises :class:`StoreError` if writing failed.
+        """
         if self.failed is not None:
             raise StoreError(f"the journal could not be written: {self.failed}") from self.failed
 
