@@ -1457,15 +1457,17 @@ class Driver:
         self._journal.open(self._loop)
         record, self._run_record = self._run_record, None  # the store keeps it from here
         # the heartbeat says the process is alive: always the wall clock, which readers in
-        # other processes compare it with
-        heartbeat, pid = time.time(), os.getpid()
+        # other processes compare it with; the host is the machine's name, which they compare
+        # with theirs to tell whether they can look the pid up (not HOST: a Ray agent's
+        # process names its node there, for outcomes)
+        heartbeat, pid, host = time.time(), os.getpid(), socket.gethostname()
         if isinstance(record, RunStart):  # a new run (its first session)
             self._journal.add(record.started(self._epoch, heartbeat=heartbeat, pid=pid,
-                                             host=HOST, pid_start=this_process_start()))
+                                             host=host, pid_start=this_process_start()))
             return
         self._journal.add(run_record_with(
             record, started_at=self._epoch, status="running", sessions=self._session,
-            finished_at=None, heartbeat=heartbeat, pid=pid, host=HOST,
+            finished_at=None, heartbeat=heartbeat, pid=pid, host=host,
             pid_start=this_process_start()))
 
     def _journal_decisions(self, d: Decisions) -> asyncio.Future[None] | None:
