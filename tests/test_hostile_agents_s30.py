@@ -1,0 +1,110 @@
+"""Hostile arguments to the agent API and its test model: each fails where it was written,
+with a typed error naming it, instead of misbehaving (or hanging) once a run starts.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+import shoal
+from shoal.exceptions import ConfigError, ToolDefinitionError
+from shoal.models import ModelSettings
+from shoal.testing import ScriptedModel, call
+
+
+@pytest.mark.parametrize("steps", ["hello", b"hi", None, 5, {"go": ["done"]}])
+def test_a_scripted_model_takes_a_list_of_steps(steps: Any) -> None:
+    # a str was played one character per turn ("h", then "e"...), None was a bare TypeError
+    with pytest.raises(TypeError, match=r"ScriptedModel takes a list of steps, e\.g\."):
+        ScriptedModel(steps)
+
+
+def test_a_generator_of_steps_is_a_list_of_steps() -> None:
+    model = ScriptedModel(step for step in ["done"])
+    assert shoal.Agent(name="a", model=model).run_sync("go").output == "done"
+
+
+@pytest.mark.parametrize(("scripts", "said"), [
+    ("go", "per_prompt takes a mapping of first prompts"),
+    (["go"], "per_prompt takes a mapping of first prompts"),
+    ({"go": "done"}, "per_prompt's script for 'go' takes a list of steps"),
+    ({1: ["done"]}, "each key is a first prompt"),
+])
+def test_per_prompt_takes_a_mapping_of_prompts_to_lists(scripts: Any, said: str) -> None:
+    # {"go": "done"} answered "d"; a str or a list failed with AttributeError: 'items'
+    with pytest.raises(TypeError, match=said):
+        ScriptedModel.per_prompt(scripts)
+
+
+@pytest.mark.parametrize("latency", [math.nan, -1, math.inf, "1", True])
+def test_a_scripted_model_s_latency_is_checked_when_made(latency: Any) -> None:
+    # nan made every request sleep forever (a hung run), "1" failed the run in its first turn
+    with pytest.raises(ValueError, match="latency must be a finite number of seconds >= 0"):
+        ScriptedModel(["x"], latency=latency)
+
+
+@pytest.mark.parametrize("name", [5, None, ""])
+def test_a_scripted_model_s_name_is_text(name: Any) -> None:
+    with pytest.raises(TypeError, match="name must be a non-empty str"):
+        ScriptedModel(["x"], name=name)
+
+
+@pytest.mark.parametrize(("args", "kwargs", "said"), [
+    ((5,), {}, "call\\(\\) takes the tool's name as a str, got int 5"),
+    (("echo",), {"call_id": 5}, "call_id must be a str"),
+    (("echo",), {"raw_arguments": 5}, "raw_arguments must be a str"),
+    (("echo",), {"x": object()}, "call\\('echo'\\): the arguments must be JSON values"),
+])
+def test_a_scripted_call_is_checked_when_written(args: tuple[Any, ...], kwargs: dict[str, Any],
+                                                 said: str) -> None:
+    # call(5) and call_id=5 made ToolCalls that are not; raw_arguments=5 failed the run with
+    # "object of type 'int' has no len()"
+    with pytest.raises(TypeError, match=said):
+        call(*args, **kwargs)
+
+
+@pytest.mark.parametrize("settings", [{"temperature": 0.2}, None, "hot"])
+def test_an_agent_s_settings_are_model_settings(settings: Any) -> None:
+    # accepted before, to fail at the provider (settings.temperature) in the first turn
+    with pytest.raises(ConfigError, match=r"agent 'a': settings= takes a shoal\.models\."
+                                          r"ModelSettings"):
+        shoal.Agent(name="a", model=ScriptedModel(["x"]), settings=settings)
+
+
+@pytest.mark.parametrize(("kwargs", "said"), [
+    ({"temperature": math.nan}, "temperature must be a finite number >= 0"),
+    ({"temperature": "hot"}, "temperature must be a finite number >= 0"),
+    ({"temperature": -0.5}, "temperature must be a finite number >= 0"),
+    ({"max_tokens": 0}, "max_tokens must be a whole number >= 1"),
+    ({"max_tokens": True}, "max_tokens must be a whole number >= 1"),
+    ({"max_tokens": 10.5}, "max_tokens must be a whole number >= 1"),
+    ({"parallel_tool_calls": 1}, "parallel_tool_calls must be True, False or None"),
+    ({"extra": None}, "extra must be a mapping of str names"),
+    ({"extra": {1: 2}}, "extra must be a mapping of str names"),
+])
+def test_model_settings_are_checked_when_made(kwargs: dict[str, Any], said: str) -> None:
+    with pytest.raises(ConfigError, match=f"ModelSettings: {said}"):
+        ModelSettings(**kwargs)
+
+
+def test_good_model_settings_are_kept() -> None:
+    settings = ModelSettings(temperature=0, max_tokens=5, parallel_tool_calls=False,
+                             extra={"top_p": 0.5})
+    agent = shoal.Agent(name="a", model=ScriptedModel(["x"]), settings=settings)
+    assert agent.run_sync("go").output == "x"
+    assert ModelSettings(temperature=1.5).temperature == 1.5
+
+
+@pytest.mark.parametrize("item", [None, 1, "search"])
+def test_a_tool_that_is_not_one_names_the_agent_and_its_place(item: Any) -> None:
+    def search(q: str) -> str:
+        """Search."""
+        return q
+
+    # "a tool wraps a function, got None" named neither the agent nor which item
+    with pytest.raises(ToolDefinitionError, match=r"agent 'a': tools\[1\]: a tool wraps a "
+                                                  "function, got"):
+        shoal.Agent(name="a", model=ScriptedModel(["x"]), tools=[search, item])
