@@ -108,3 +108,27 @@ def test_a_tool_that_is_not_one_names_the_agent_and_its_place(item: Any) -> None
     with pytest.raises(ToolDefinitionError, match=r"agent 'a': tools\[1\]: a tool wraps a "
                                                   "function, got"):
         shoal.Agent(name="a", model=ScriptedModel(["x"]), tools=[search, item])
+
+
+def _fails(url: str) -> str:
+    """Fetch a page."""
+    raise ValueError("bad url")
+
+
+def _exits(record: Any) -> str:
+    raise SystemExit(3)
+
+
+@pytest.mark.parametrize("formatter", [_exits, lambda record: None, lambda record: 5],
+                         ids=["sys.exit", "None", "int"])
+def test_a_tool_error_format_that_exits_or_returns_no_text_gets_shoal_s_words(
+        formatter: Any, caplog: pytest.LogCaptureFixture) -> None:
+    # sys.exit() in it ended the whole run with SystemExit (an approver's denies, a merge
+    # function's fails its call); None reached the model as the text 'None'
+    model = ScriptedModel([[call("_fails", url="x"), call("_fails", url="y")], "done"])
+    agent = shoal.Agent(name="a", model=model, tools=[_fails], tool_error_format=formatter)
+    with caplog.at_level("ERROR", logger="shoal"):
+        result = agent.run_sync("go")
+    assert result.output == "done"
+    assert [c.message.content for c in result.calls] == ["_fails failed: ValueError: bad url"] * 2
+    assert "tool_error_format" in caplog.text
