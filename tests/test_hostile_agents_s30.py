@@ -132,3 +132,34 @@ def test_a_tool_error_format_that_exits_or_returns_no_text_gets_shoal_s_words(
     assert result.output == "done"
     assert [c.message.content for c in result.calls] == ["_fails failed: ValueError: bad url"] * 2
     assert "tool_error_format" in caplog.text
+
+
+def _items(count: int) -> list[int]:
+    """Make a list."""
+    return list(range(count))
+
+
+def _double(x: int) -> int:
+    """Double it."""
+    return 2 * x
+
+
+@pytest.mark.parametrize(("kwargs", "said"), [
+    ({"partial": "no"}, r"plan\.map\(_double\): partial= is True or False, got str 'no'"),
+    ({"partial": 1}, r"partial= is True or False, got int 1"),
+    ({"item_arg": 5}, r"plan\.map\(_double\): item_arg= names the argument that gets each "
+                      r"item \(a str\), got int 5"),
+])
+def test_plan_map_s_options_are_checked_when_written(kwargs: dict[str, Any], said: str) -> None:
+    # partial="no" made a partial map (a truthy str); item_arg=5 became a PlanError at run
+    # time about another argument
+    plan = shoal.Plan()
+    with pytest.raises(TypeError, match=said):
+        plan.map(_double, over=plan.call(_items, count=2), **kwargs)
+
+
+@pytest.mark.parametrize("callee", [[_double], {"f": _double}])
+def test_a_list_given_as_the_tool_of_a_node_is_not_a_tool(callee: Any) -> None:
+    # was "TypeError: unhashable type: 'list'"
+    with pytest.raises(ToolDefinitionError, match=r"a tool wraps a function, got (list|dict)"):
+        shoal.Plan().call(callee, x=1)
