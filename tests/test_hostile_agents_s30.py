@@ -163,3 +163,13 @@ def test_a_list_given_as_the_tool_of_a_node_is_not_a_tool(callee: Any) -> None:
     # was "TypeError: unhashable type: 'list'"
     with pytest.raises(ToolDefinitionError, match=r"a tool wraps a function, got (list|dict)"):
         shoal.Plan().call(callee, x=1)
+
+
+def test_starting_an_agent_outside_an_event_loop_says_what_to_do_instead() -> None:
+    # was a bare "RuntimeError: no running event loop", raised after the tree's runtime, its
+    # claim and (for process subagents) its template process had been made
+    agent = shoal.Agent(name="lead", model=ScriptedModel(["done"]))
+    with pytest.raises(RuntimeError, match=r"agent 'lead': start\(\) runs on the running event "
+                                           r"loop, and there is none: .* run_sync\(prompt\)"):
+        agent.start("go")
+    assert agent.run_sync("go").output == "done"

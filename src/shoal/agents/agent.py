@@ -442,6 +442,12 @@ class Agent(Generic[T]):
         from shoal.runtime import Runtime, check_resume_id, check_run_id, new_run_id
         from shoal.store.claims import claim_run, claim_run_nothing
 
+        try:  # first: nothing (a claim, a runtime, a template process) is made for nothing
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(f"agent {self.name!r}: start() runs on the running event loop, "
+                               "and there is none: call it from async code (or use "
+                               "run_sync(prompt) from synchronous code)") from None
         self._check_prompt(prompt)
         if run_id is not None and not resume:  # the tree's step runs hang under it by '/'
             check_run_id(run_id)
@@ -484,7 +490,7 @@ class Agent(Generic[T]):
         if any(agent.isolation == "process" for agent in self.with_subagents()):
             ctx.agent_processes().prestart()  # its imports overlap the lead's first turn
         close_override = override is not None and not isinstance(model, Model)
-        task = asyncio.get_running_loop().create_task(
+        task = loop.create_task(
             _claimed(claim, _run_root(root, own_runtime, override if close_override else None)))
         return AgentHandle(ctx, root, task)
 
