@@ -173,3 +173,27 @@ def test_starting_an_agent_outside_an_event_loop_says_what_to_do_instead() -> No
                                            r"loop, and there is none: .* run_sync\(prompt\)"):
         agent.start("go")
     assert agent.run_sync("go").output == "done"
+
+
+class _Plain:
+    """A class with object's own repr, which names the instance's memory address."""
+
+
+def _plain() -> _Plain:
+    """Make a plain object."""
+    return _Plain()
+
+
+def test_an_agent_whose_tool_returned_a_plain_object_resumes(tmp_path: Any) -> None:
+    # the model read '<...Plain object at 0x7f...>'; the replayed value (unpickled) had another
+    # address, so turn 2's request differed from the journal's: PlanChangedError on resume
+    store = f"sqlite:///{tmp_path / 'runs.db'}"
+    first = shoal.Agent(name="lead", model=ScriptedModel([[call("_plain")], "done"]),
+                        tools=[_plain])
+    result = first.run_sync("go", runtime=shoal.Runtime(store=store), run_id="r1")
+    again = shoal.Agent(name="lead", model=ScriptedModel([]), tools=[_plain])
+    resumed = again.resume_sync("r1", "go", runtime=shoal.Runtime(store=store), force=True)
+    assert resumed.output == "done"
+    assert resumed.calls[0].message.content == result.calls[0].message.content
+    # no address: the same text each time it is shown
+    assert result.calls[0].message.content == f'"<{__name__}._Plain object>"'

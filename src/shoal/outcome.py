@@ -36,8 +36,24 @@ JSON_ITEMS = 1_000_000
 _SCALAR_TYPES = (str, int, float, bool, type(None), bytes)
 
 
+class _StableRepr(reprlib.Repr):
+    """A bounded repr that leaves out the memory address of an object shown by default.
+
+    ``<app.Report object at 0x7f...>`` would name another address each time the same value
+    is shown, e.g. when a resumed agent replays a call whose value it had sent to its model:
+    its next request would then differ from the journal's and resume would refuse it.
+    """
+
+    def repr_instance(self, x: Any, level: int) -> str:
+        """``<module.Class object>`` for a class using ``object.__repr__``, else as reprlib."""
+        kind = type(x)
+        if kind.__repr__ is object.__repr__:  # type: ignore[comparison-overlap]
+            return f"<{kind.__module__}.{kind.__qualname__} object>"
+        return super().repr_instance(x, level)
+
+
 def _bounded_repr() -> reprlib.Repr:
-    shown = reprlib.Repr()
+    shown = _StableRepr()
     shown.maxlevel, shown.maxstring, shown.maxother = 6, 2_000, 10_000
     shown.maxlist = shown.maxtuple = shown.maxdict = shown.maxset = shown.maxfrozenset = 100
     return shown
