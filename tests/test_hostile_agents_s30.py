@@ -46,6 +46,13 @@ def test_a_scripted_model_s_latency_is_checked_when_made(latency: Any) -> None:
         ScriptedModel(["x"], latency=latency)
 
 
+@pytest.mark.parametrize("usage", [5, {"input_tokens": 3}])
+def test_a_scripted_model_s_usage_is_a_usage(usage: Any) -> None:
+    # failed the run in its first turn (ModelError: its reply's usage is 5, not a Usage)
+    with pytest.raises(TypeError, match=r"usage must be a shoal\.models\.Usage\(\.\.\.\)"):
+        ScriptedModel(["x"], usage=usage)
+
+
 @pytest.mark.parametrize("name", [5, None, ""])
 def test_a_scripted_model_s_name_is_text(name: Any) -> None:
     with pytest.raises(TypeError, match="name must be a non-empty str"):

@@ -158,6 +158,11 @@ class ScriptedModel(Model):
             docstring); ``None`` (the default): each text item in one piece.
         first_token: seconds from a request to its first streamed item (time to first
             token), after ``latency``.
+
+    A wrong argument fails here, not in a run's first turn: ``TypeError`` for steps that are
+    not a list (a str would be played one character per turn), a name that is not text or a
+    ``usage`` that is not a :class:`~shoal.models.base.Usage`; ``ValueError`` for a
+    ``latency``, ``first_token`` or ``tokens_per_second`` that is not a finite number >= 0.
     """
 
     streams_tool_calls = True
@@ -184,6 +189,9 @@ class ScriptedModel(Model):
                 or not math.isfinite(tokens_per_second) or tokens_per_second <= 0):
             raise ValueError(f"tokens_per_second must be a positive number (or None), got "
                              f"{tokens_per_second!r}")
+        if usage is not None and not isinstance(usage, Usage):  # else a failed first turn
+            raise TypeError(f"ScriptedModel's usage must be a shoal.models.Usage(...) (or "
+                            f"None), got {type(usage).__name__} {usage!r:.80}")
         if not isinstance(name, str) or not name:
             raise TypeError(f"ScriptedModel's name must be a non-empty str, got {name!r:.80}")
         self.name = name
