@@ -204,3 +204,35 @@ def test_an_agent_whose_tool_returned_a_plain_object_resumes(tmp_path: Any) -> N
     assert resumed.calls[0].message.content == result.calls[0].message.content
     # no address: the same text each time it is shown
     assert result.calls[0].message.content == f'"<{__name__}._Plain object>"'
+
+
+class _ExitingRepr:
+    """A value whose repr calls sys.exit()."""
+
+    def __repr__(self) -> str:
+        raise SystemExit(1)
+
+
+def _printed() -> tuple[str, str, str]:
+    """A conflict of hostile values printed three ways; what was raised instead, if anything."""
+    from shoal.board import BoardConflict
+    from shoal.merge import shown
+
+    deep: list[Any] = []
+    for _ in range(100_000):
+        deep = [deep]
+    conflict = BoardConflict("verdict", ("lead/a#1", "lead/b#1"), (_ExitingRepr(), deep))
+    try:
+        return repr(conflict), str(conflict), shown([_ExitingRepr()])
+    except (SystemExit, RecursionError) as exc:  # kept from pytest, which would exit too
+        return (f"raised {type(exc).__name__}",) * 3
+
+
+def test_board_conflicts_print_whatever_their_values_are() -> None:
+    # repr(conflict) ran the values' own repr: SystemExit (the program ended on a print) or
+    # RecursionError for a value nested 100,000 deep
+    text, said, listed = _printed()
+    assert text == ("BoardConflict(key='verdict', writers=('lead/a#1', 'lead/b#1'), "
+                    "values=(<_ExitingRepr: repr failed with SystemExit>, [[[[...]]]]))")
+    assert "repr failed with SystemExit" in said
+    assert listed == "[<_ExitingRepr: repr failed with SystemExit>]"
