@@ -236,3 +236,33 @@ def test_board_conflicts_print_whatever_their_values_are() -> None:
                     "values=(<_ExitingRepr: repr failed with SystemExit>, [[[[...]]]]))")
     assert "repr failed with SystemExit" in said
     assert listed == "[<_ExitingRepr: repr failed with SystemExit>]"
+
+
+def _deep() -> list[Any]:
+    """A list nested 100,000 deep."""
+    value: list[Any] = []
+    for _ in range(100_000):
+        value = [value]
+    return value
+
+
+def _exiting() -> _ExitingRepr:
+    """A value whose repr calls sys.exit()."""
+    return _ExitingRepr()
+
+
+def _printed_calls() -> str:
+    """An agent's calls of hostile values, printed; what was raised instead, if anything."""
+    model = ScriptedModel([[call("_deep"), call("_exiting")], "done"])
+    result = shoal.Agent(name="lead", model=model, tools=[_deep, _exiting]).run_sync("go")
+    try:
+        return repr(result.calls)
+    except (SystemExit, RecursionError) as exc:  # kept from pytest, which would exit too
+        return f"raised {type(exc).__name__}"
+
+
+def test_an_agent_s_calls_print_whatever_their_tools_returned() -> None:
+    # print(answer.calls) raised RecursionError for the deep value and SystemExit for the other
+    printed = _printed_calls()
+    assert "value=[[[[[[[...]]]]]]]" in printed
+    assert "value=<unrepresentable _ExitingRepr>" in printed

@@ -272,6 +272,15 @@ class Outcome:
             return 0.0
         return self.finished_at - self.started_at
 
+    def __repr__(self) -> str:
+        # the dataclass's own, but with the value (a tool's) bounded and never raising: a
+        # value nested 100,000 deep, or whose repr calls sys.exit(), must not make printing
+        # a result's calls fail
+        shown = (f"{name}={_safe_repr(getattr(self, name)) if name == 'value' else ''}"
+                 f"{'' if name == 'value' else repr(getattr(self, name))}"
+                 for name in self.__dataclass_fields__)
+        return f"Outcome({', '.join(shown)})"
+
     def to_dict(self) -> dict[str, Any]:
         """The outcome as JSON-ready data (see :func:`jsonable` for how the value is converted)."""
         return {
