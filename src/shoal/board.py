@@ -85,6 +85,12 @@ class BoardConflict:
                 f"{merge.shown(self.values[0])} from {first} without reading it (kept the "
                 "later)")
 
+    def __repr__(self) -> str:
+        # the values came from tools: shown bounded, and a repr of theirs that fails (or
+        # calls sys.exit()) or nests too deep must not make printing the conflicts fail
+        return (f"BoardConflict(key={self.key!r}, writers={self.writers!r}, values=("
+                f"{merge.shown(self.values[0])}, {merge.shown(self.values[1])}))")
+
     def to_dict(self) -> dict[str, Any]:
         """The conflict as data (how the journal keeps it)."""
         return {"key": self.key, "writers": list(self.writers), "values": list(self.values)}

@@ -68,7 +68,7 @@ class _ShortRepr(reprlib.Repr):
     def repr_instance(self, x: Any, level: int) -> str:
         try:
             return repr(x)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # sys.exit() in a __repr__ too
             return _unrepresentable(x, exc)
 
 
@@ -91,7 +91,7 @@ def shown(value: Any) -> str:
         return f"{'-' if value < 0 else ''}<a whole number of about {digits:,} digits>"
     try:
         text = _SHORT.repr(value)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a container whose items misbehave, sys.exit()
         return _unrepresentable(value, exc)
     return text if len(text) <= 80 else text[:77] + "..."
 

@@ -36,8 +36,24 @@ JSON_ITEMS = 1_000_000
 _SCALAR_TYPES = (str, int, float, bool, type(None), bytes)
 
 
+class _StableRepr(reprlib.Repr):
+    """A bounded repr that leaves out the memory address of an object shown by default.
+
+    ``<app.Report object at 0x7f...>`` would name another address each time the same value
+    is shown, e.g. when a resumed agent replays a call whose value it had sent to its model:
+    its next request would then differ from the journal's and resume would refuse it.
+    """
+
+    def repr_instance(self, x: Any, level: int) -> str:
+        """``<module.Class object>`` for a class using ``object.__repr__``, else as reprlib."""
+        kind = type(x)
+        if kind.__repr__ is object.__repr__:  # type: ignore[comparison-overlap]
+            return f"<{kind.__module__}.{kind.__qualname__} object>"
+        return super().repr_instance(x, level)
+
+
 def _bounded_repr() -> reprlib.Repr:
-    shown = reprlib.Repr()
+    shown = _StableRepr()
     shown.maxlevel, shown.maxstring, shown.maxother = 6, 2_000, 10_000
     shown.maxlist = shown.maxtuple = shown.maxdict = shown.maxset = shown.maxfrozenset = 100
     return shown
@@ -255,6 +271,15 @@ class Outcome:
         if self.started_at is None or self.finished_at is None:
             return 0.0
         return self.finished_at - self.started_at
+
+    def __repr__(self) -> str:
+        # the dataclass's own, but with the value (a tool's) bounded and never raising: a
+        # value nested 100,000 deep, or whose repr calls sys.exit(), must not make printing
+        # a result's calls fail
+        shown = (f"{name}={_safe_repr(getattr(self, name)) if name == 'value' else ''}"
+                 f"{'' if name == 'value' else repr(getattr(self, name))}"
+                 for name in self.__dataclass_fields__)
+        return f"Outcome({', '.join(shown)})"
 
     def to_dict(self) -> dict[str, Any]:
         """The outcome as JSON-ready data (see :func:`jsonable` for how the value is converted)."""

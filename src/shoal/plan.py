@@ -242,7 +242,11 @@ def as_tool(obj: Callee) -> Tool[..., Any]:
         return obj
     if obj is None:  # tool(None) would be a decorator waiting for its function, not a tool
         raise ToolDefinitionError("a tool wraps a function, got None")
-    made = _wrapped.get(obj)  # type: ignore[arg-type]  # a miss for anything not a function
+    try:
+        made = _wrapped.get(obj)  # type: ignore[arg-type]  # a miss for anything not a function
+    except TypeError:  # unhashable (a list of tools given as one): not a function either
+        raise ToolDefinitionError(f"a tool wraps a function, got {type(obj).__name__} "
+                                  f"{shown(obj)}") from None
     if made is None:
         node = getattr(type(obj), "__shoal_node__", None)
         if node is not None:
@@ -354,6 +358,12 @@ class Plan:
         makes it ``ok`` with the values of the items that succeeded, in item order.
         """
         resolved = as_tool(tool)
+        if item_arg is not None and not isinstance(item_arg, str):
+            raise TypeError(f"plan.map({resolved.name}): item_arg= names the argument that gets "
+                            f"each item (a str), got {type(item_arg).__name__} {item_arg!r:.80}")
+        if not isinstance(partial, bool):  # 'no' would read as True
+            raise TypeError(f"plan.map({resolved.name}): partial= is True or False, got "
+                            f"{type(partial).__name__} {partial!r:.80}")
         if not isinstance(over, Ref):
             raise TypeError(f"plan.map(over=...) takes a ref to a node's output (a list), got "
                             f"{type(over).__name__}; for a list known now, call plan.call "

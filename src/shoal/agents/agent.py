@@ -204,7 +204,7 @@ class Agent(Generic[T]):
         if agents:  # a pattern is welcome: it runs as a tool within this agent's tree
             raise ConfigError(f"agent {self.name!r}: {agents[0]!r} is not a tool; an agent the "
                               "model may delegate to belongs in subagents=")
-        object.__setattr__(self, "tools", tuple(as_tool(t) for t in self._listed("tools")))
+        object.__setattr__(self, "tools", self._as_tools())
         object.__setattr__(self, "subagents", self._listed("subagents"))
         strays = [a for a in self.subagents if not isinstance(a, Agent)]
         if strays:
@@ -213,6 +213,10 @@ class Agent(Generic[T]):
         if self.tool_error_format is not None and not callable(self.tool_error_format):
             raise ConfigError(f"agent {self.name!r}: tool_error_format must be a function of a "
                               f"CallRecord, got {self.tool_error_format!r}")
+        if not isinstance(self.settings, ModelSettings):  # else it fails at the provider
+            raise ConfigError(f"agent {self.name!r}: settings= takes a shoal.models."
+                              f"ModelSettings(temperature=..., max_tokens=...), got "
+                              f"{type(self.settings).__name__} {shown(self.settings)}")
         if self.stream_dispatch is not None and not isinstance(self.stream_dispatch, bool):
             raise ConfigError(f"agent {self.name!r}: stream_dispatch must be True, False or "
                               f"None (on where the model streams), got {self.stream_dispatch!r}")
@@ -278,6 +282,16 @@ class Agent(Generic[T]):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ConfigError(f"agent {self.name!r}: {name} must be a whole number, "
                                   f"{least} or more, got {value!r}")
+
+    def _as_tools(self) -> tuple[Tool[..., Any], ...]:
+        """The ``tools`` as Tools; an item that is not one names the agent and its place."""
+        tools = []
+        for index, item in enumerate(self._listed("tools")):
+            try:
+                tools.append(as_tool(item))
+            except ToolDefinitionError as exc:
+                raise ToolDefinitionError(f"agent {self.name!r}: tools[{index}]: {exc}") from None
+        return tuple(tools)
 
     def _listed(self, field_name: str) -> tuple[Any, ...]:
         """The ``tools`` or ``subagents`` as a tuple; one item given bare is a mistake."""
@@ -428,6 +442,12 @@ class Agent(Generic[T]):
         from shoal.runtime import Runtime, check_resume_id, check_run_id, new_run_id
         from shoal.store.claims import claim_run, claim_run_nothing
 
+        try:  # first: nothing (a claim, a runtime, a template process) is made for nothing
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(f"agent {self.name!r}: start() runs on the running event loop, "
+                               "and there is none: call it from async code (or use "
+                               "run_sync(prompt) from synchronous code)") from None
         self._check_prompt(prompt)
         if run_id is not None and not resume:  # the tree's step runs hang under it by '/'
             check_run_id(run_id)
@@ -470,7 +490,7 @@ class Agent(Generic[T]):
         if any(agent.isolation == "process" for agent in self.with_subagents()):
             ctx.agent_processes().prestart()  # its imports overlap the lead's first turn
         close_override = override is not None and not isinstance(model, Model)
-        task = asyncio.get_running_loop().create_task(
+        task = loop.create_task(
             _claimed(claim, _run_root(root, own_runtime, override if close_override else None)))
         return AgentHandle(ctx, root, task)
 

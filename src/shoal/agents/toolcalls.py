@@ -293,11 +293,15 @@ def _reword(records: list[CallRecord | None], error_format: ToolErrorFormat) -> 
             continue
         try:
             text = error_format(record)
-        except Exception:  # a formatter's bug must not lose the results of a whole turn
+        except (Exception, SystemExit):  # a formatter's bug (sys.exit() too, as an approver's)
             log.exception("tool_error_format failed on %s; the model gets shoal's wording",
-                          record.lineage)
+                          record.lineage)  # must not lose the results of a whole turn
             continue
-        message = replace(record.message, content=bounded(str(text)))
+        if not isinstance(text, str):  # None or a number would reach the model as 'None'
+            log.error("tool_error_format returned %s, not text, on %s; the model gets "
+                      "shoal's wording", type(text).__name__, record.lineage)
+            continue
+        message = replace(record.message, content=bounded(text))
         records[index] = replace(record, message=message)
 
 

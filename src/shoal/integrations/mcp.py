@@ -46,12 +46,13 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shlex
 import socket
 import tempfile
-from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Self, TextIO, cast
 
@@ -165,6 +166,11 @@ class MCPServer:
     _label: str = field(default="", init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if isinstance(self.command, str | bytes) or not isinstance(self.command, Sequence):
+            # a str would run as one program per character ('m c p - s e r v e r ...')
+            raise ConfigError(f"command is a list of program and arguments, e.g. "
+                              f"[{self.command!r:.80}], got {type(self.command).__name__}")
+        object.__setattr__(self, "command", tuple(self.command))
         if bool(self.command) == (self.url is not None):
             raise ConfigError("an MCP server needs exactly one of command=[...] (a program "
                               "speaking MCP on stdio) or url='http://.../mcp' (streamable HTTP)")
@@ -180,9 +186,16 @@ class MCPServer:
         if self.url is not None and not (isinstance(self.url, str)
                                          and re.match(r"^https?://", self.url)):
             raise ConfigError(f"url must be an http:// or https:// URL, got {self.url!r}")
-        if not (isinstance(self.connect_timeout, int | float) and self.connect_timeout > 0):
-            raise ConfigError(f"connect_timeout must be a positive number of seconds, got "
-                              f"{self.connect_timeout!r}")
+        wait = self.connect_timeout
+        if isinstance(wait, bool) or not (isinstance(wait, int | float) and 0 < wait < math.inf):
+            raise ConfigError(f"connect_timeout must be a positive, finite number of seconds, "
+                              f"got {wait!r}")
+        if self.name is not None and not isinstance(self.name, str):
+            raise ConfigError(f"name must be a str (or None), got {type(self.name).__name__} "
+                              f"{self.name!r:.80}")
+        if self.cwd is not None and not isinstance(self.cwd, str | os.PathLike):
+            raise ConfigError(f"cwd must be a directory's path (or None), got "
+                              f"{type(self.cwd).__name__} {self.cwd!r:.80}")
         self._label = self.name or (os.path.basename(self.command[0]) if self.command
                                     else str(self.url))
 
@@ -218,8 +231,11 @@ class MCPServer:
         overrides: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> list[MCPTool]:
         """The server's tools as shoal tools (see :func:`tools` for the options)."""
-        if isinstance(only, str) or (only is not None and not all(
-                isinstance(n, str) for n in only)):
+        if only is not None and not isinstance(only, str | bytes) and isinstance(
+                only, Iterable):
+            only = tuple(only)  # read once: a generator would be empty when used below
+        if isinstance(only, str) or (only is not None and not (isinstance(only, tuple) and all(
+                isinstance(n, str) for n in only))):
             raise ConfigError(f"only is a list of tool names, e.g. [{only!r}], got {only!r}")
         if not isinstance(prefix, str):
             raise ConfigError(f"prefix must be a string, got {prefix!r}")
@@ -911,6 +927,9 @@ def server(command: Sequence[str] | None = None, *, url: str | None = None,
     if isinstance(command, str):
         raise ConfigError(f"command is a list of program and arguments, e.g. "
                           f"[{command!r}], not one string")
+    if command is not None and not isinstance(command, Iterable):
+        raise ConfigError(f"command is a list of program and arguments, got "
+                          f"{type(command).__name__} {command!r:.80}")
     return MCPServer(tuple(command or ()), url, name, env, cwd, headers, connect_timeout)
 
 

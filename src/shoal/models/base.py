@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -232,14 +233,43 @@ def _json_copy(value: Any, memo: dict[int, Any]) -> Any:
     return copy.deepcopy(value, memo)
 
 
+def _settings_problem(settings: ModelSettings) -> str:
+    """What is wrong with ``settings`` (``""``: nothing)."""
+    t, most, parallel = settings.temperature, settings.max_tokens, settings.parallel_tool_calls
+    if t is not None and (isinstance(t, bool) or not isinstance(t, int | float)
+                          or not math.isfinite(t) or t < 0):
+        return f"temperature must be a finite number >= 0 (or None), got {t!r:.80}"
+    if most is not None and (isinstance(most, bool) or not isinstance(most, int) or most < 1):
+        return f"max_tokens must be a whole number >= 1 (or None), got {most!r:.80}"
+    if parallel is not None and not isinstance(parallel, bool):
+        return f"parallel_tool_calls must be True, False or None, got {parallel!r:.80}"
+    extra = settings.extra
+    if not isinstance(extra, Mapping) or not all(isinstance(k, str) for k in extra):
+        return f"extra must be a mapping of str names to values, got {extra!r:.80}"
+    return ""
+
+
 @dataclass(frozen=True, slots=True)
 class ModelSettings:
-    """Sampling settings passed through to the provider (``None``: the provider's default)."""
+    """Sampling settings passed through to the provider (``None``: the provider's default).
+
+    Checked when made, so a mistake fails where it was written, not at the provider in the
+    middle of a run: ``temperature`` a finite number >= 0, ``max_tokens`` a whole number >= 1,
+    ``parallel_tool_calls`` True or False, ``extra`` a mapping of names to values (a
+    :class:`~shoal.exceptions.ConfigError` otherwise).
+    """
 
     temperature: float | None = None
     max_tokens: int | None = None
     parallel_tool_calls: bool | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        problem = _settings_problem(self)
+        if problem:
+            from shoal.exceptions import ConfigError
+
+            raise ConfigError(f"ModelSettings: {problem}")
 
     def __deepcopy__(self, memo: dict[int, Any]) -> ModelSettings:
         # copied with every model request, like ToolSpec's schema: plain values and JSON

@@ -52,7 +52,7 @@ import itertools
 import json
 import math
 import operator
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, NoReturn
@@ -108,8 +108,41 @@ def call(name: str, /, *, raw_arguments: str | None = None, call_id: str | None 
 
     ``raw_arguments`` sends exactly that text instead (to test malformed JSON).
     """
-    text = raw_arguments if raw_arguments is not None else json.dumps(arguments)
+    if not isinstance(name, str):
+        raise TypeError(f"call() takes the tool's name as a str, got {type(name).__name__} "
+                        f"{name!r:.80}")
+    for label, value in (("raw_arguments", raw_arguments), ("call_id", call_id)):
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"call(): {label} must be a str (or None), got "
+                            f"{type(value).__name__} {value!r:.80}")
+    if raw_arguments is not None:
+        text = raw_arguments
+    else:
+        try:
+            text = json.dumps(arguments)
+        except (TypeError, ValueError) as exc:  # an object, a cycle: say which call
+            raise TypeError(f"call({name!r:.80}): the arguments must be JSON values ({exc}); "
+                            "to send other text, give raw_arguments='...'") from None
     return ToolCall(call_id or f"call_{next(_ids)}", name, text)
+
+
+def _script(steps: object, owner: str) -> list[Step]:
+    """``steps`` as a list of steps; a str, or anything that is not a list of them, refused.
+
+    A bare str would otherwise be played one character per turn.
+    """
+    if isinstance(steps, str | bytes | Mapping) or not isinstance(steps, Iterable):
+        raise TypeError(f"{owner} takes a list of steps, e.g. [[call('search', q='x')], "
+                        f"'the answer'], got {type(steps).__name__} {steps!r:.80}")
+    return list(steps)
+
+
+def _seconds(value: object, label: str) -> float:
+    """``value`` as a finite number of seconds >= 0 (``ValueError`` otherwise)."""
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or not math.isfinite(value) or value < 0):
+        raise ValueError(f"{label} must be a finite number of seconds >= 0, got {value!r:.80}")
+    return float(value)
 
 
 class ScriptedModel(Model):
@@ -125,6 +158,11 @@ class ScriptedModel(Model):
             docstring); ``None`` (the default): each text item in one piece.
         first_token: seconds from a request to its first streamed item (time to first
             token), after ``latency``.
+
+    A wrong argument fails here, not in a run's first turn: ``TypeError`` for steps that are
+    not a list (a str would be played one character per turn), a name that is not text or a
+    ``usage`` that is not a :class:`~shoal.models.base.Usage`; ``ValueError`` for a
+    ``latency``, ``first_token`` or ``tokens_per_second`` that is not a finite number >= 0.
     """
 
     streams_tool_calls = True
@@ -151,16 +189,17 @@ class ScriptedModel(Model):
                 or not math.isfinite(tokens_per_second) or tokens_per_second <= 0):
             raise ValueError(f"tokens_per_second must be a positive number (or None), got "
                              f"{tokens_per_second!r}")
-        if (isinstance(first_token, bool) or not isinstance(first_token, (int, float))
-                or not math.isfinite(first_token) or first_token < 0):
-            raise ValueError(f"first_token must be a finite number of seconds >= 0, got "
-                             f"{first_token!r}")
+        if usage is not None and not isinstance(usage, Usage):  # else a failed first turn
+            raise TypeError(f"ScriptedModel's usage must be a shoal.models.Usage(...) (or "
+                            f"None), got {type(usage).__name__} {usage!r:.80}")
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"ScriptedModel's name must be a non-empty str, got {name!r:.80}")
         self.name = name
-        self.latency = latency
+        self.latency = _seconds(latency, "latency")
         self.tokens_per_second = tokens_per_second
-        self.first_token = float(first_token)
+        self.first_token = _seconds(first_token, "first_token")
         self._usage = usage
-        self._steps = list(steps)
+        self._steps = _script(steps, "ScriptedModel")
         self._next = 0
         self._scripts: dict[str, list[Step]] | None = None
         self._used: dict[str, set[int]] = {}
@@ -176,8 +215,17 @@ class ScriptedModel(Model):
         A planner's (``mode="plan"``) script is keyed by its task and alternates plans and
         joiner replies: ``{"task": [plan, "Action: Replan(...)", plan, "Action: Finish(...)"]}``.
         """
+        if not isinstance(scripts, Mapping):
+            raise TypeError("ScriptedModel.per_prompt takes a mapping of first prompts to "
+                            "scripts, e.g. {'go': [[call('search', q='x')], 'done']}, got "
+                            f"{type(scripts).__name__} {scripts!r:.80}")
         model = cls(**options)
-        model._scripts = {prompt: list(steps) for prompt, steps in scripts.items()}
+        model._scripts = {}
+        for prompt, steps in scripts.items():
+            if not isinstance(prompt, str):
+                raise TypeError(f"ScriptedModel.per_prompt: each key is a first prompt (a str, "
+                                f"or '*'), got {type(prompt).__name__} {prompt!r:.80}")
+            model._scripts[prompt] = _script(steps, f"per_prompt's script for {prompt!r:.80}")
         return model
 
     async def request(self, request: ModelRequest) -> ModelResponse:
