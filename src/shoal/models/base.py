@@ -44,6 +44,9 @@ __all__ = [
 
 _Frozen = TypeVar("_Frozen", bound=type)
 
+#: A field with a ``default_factory`` whose argument was not given (see :func:`slot_init`).
+_UNGIVEN: Any = object()
+
 
 def slot_init(cls: _Frozen) -> _Frozen:
     """Give a frozen, slotted dataclass an ``__init__`` that sets each slot directly.
@@ -52,17 +55,22 @@ def slot_init(cls: _Frozen) -> _Frozen:
     own ``__setattr__`` refuses), a generic attribute lookup per field; the slot's descriptor
     sets it directly, in a third of the time. These records are made for every turn and
     every call of every agent (a swarm makes tens of thousands). The same parameters,
-    defaults and ``__post_init__`` call; the class is otherwise the dataclass it was (a
-    subclass made a dataclass gets the dataclass's own ``__init__``).
+    defaults (a ``default_factory`` is called when its argument is not given, as dataclass
+    does) and ``__post_init__`` call; the class is otherwise the dataclass it was (a subclass
+    made a dataclass gets the dataclass's own ``__init__``).
     """
-    names: dict[str, Any] = {}
+    names: dict[str, Any] = {"_UNGIVEN": _UNGIVEN}
     params: list[str] = []
     body: list[str] = []
     for item in dataclasses.fields(cls):
         name = item.name
-        if item.default_factory is not dataclasses.MISSING or not item.init or item.kw_only:
+        if not item.init or item.kw_only:
             raise TypeError(f"slot_init: {cls.__name__}.{name} is not a plain field")
-        if item.default is dataclasses.MISSING:
+        if item.default_factory is not dataclasses.MISSING:
+            names[f"_factory_{name}"] = item.default_factory
+            params.append(f"{name}=_UNGIVEN")
+            body.append(f"    if {name} is _UNGIVEN:\n        {name} = _factory_{name}()")
+        elif item.default is dataclasses.MISSING:
             params.append(name)
         else:
             names[f"_default_{name}"] = item.default
