@@ -490,3 +490,15 @@ def test_run_record_made_with_slot_init_as_its_dataclass_would_make_it() -> None
         RunRecord("d", 1.0, 2)  # type: ignore[call-arg]  # fingerprint is required
     with pytest.raises(dataclasses.FrozenInstanceError):
         given.nodes = 4  # type: ignore[misc]
+
+
+def test_run_records_need_no_model_code() -> None:
+    """slot_init lives in a module of its own: a plan run's store imports no model code."""
+    import subprocess
+    import sys
+
+    code = ("import sys, shoal.store.base; "
+            "print(sorted(m for m in sys.modules if m.startswith('shoal.models')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60)
+    assert out.stdout.strip() == "[]"

@@ -26,8 +26,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
+from shoal._slots import slot_init
 from shoal.events import Event
-from shoal.models.base import slot_init
 from shoal.outcome import Outcome, jsonable
 
 __all__ = [
