@@ -468,3 +468,37 @@ def test_the_memory_stores_run_end_then_a_heartbeat_then_a_new_session_read_as_w
     store.write([dataclasses.replace(_run("r1"), sessions=2)])  # resumed: running again
     got = store.get_run("r1")
     assert got is not None and (got.status, got.finished_at, got.sessions) == ("running", None, 2)
+
+
+def test_run_record_made_with_slot_init_as_its_dataclass_would_make_it() -> None:
+    """RunRecord takes slot_init's faster __init__: the same defaults, a fresh mapping each.
+
+    A ``default_factory`` field (``plan``, ``source``, ``counts``) must get a new value per
+    record when not given, and keep the one given, positionally or by name.
+    """
+    first, second = RunRecord("a", 1.0, 2, "fp"), RunRecord("b", 1.0, 2, "fp")
+    assert first.plan == first.source == first.counts == {}
+    assert first.plan is not second.plan and first.counts is not second.counts
+    assert (first.name, first.status, first.finished_at, first.sessions, first.pid_start) == (
+        "", "running", None, 1, "")
+    plan = {"nodes": 1}
+    given = RunRecord("c", 1.0, 2, "fp", plan, counts={"ok": 2}, status="finished")
+    assert given.plan is plan and given.counts == {"ok": 2} and given.source == {}
+    assert dataclasses.replace(given, nodes=3) == RunRecord(
+        "c", 1.0, 3, "fp", plan, counts={"ok": 2}, status="finished")
+    with pytest.raises(TypeError):
+        RunRecord("d", 1.0, 2)  # type: ignore[call-arg]  # fingerprint is required
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        given.nodes = 4  # type: ignore[misc]
+
+
+def test_run_records_need_no_model_code() -> None:
+    """slot_init lives in a module of its own: a plan run's store imports no model code."""
+    import subprocess
+    import sys
+
+    code = ("import sys, shoal.store.base; "
+            "print(sorted(m for m in sys.modules if m.startswith('shoal.models')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60)
+    assert out.stdout.strip() == "[]"

@@ -538,3 +538,28 @@ def test_a_tool_name_holding_the_separator_is_refused_with_what_to_give() -> Non
         with pytest.raises(ToolDefinitionError, match=r"cannot hold '/'.*give name= without it"):
             make()
     assert shoal.tool(fetch, name="web_fetch").name == "web_fetch"
+
+
+def test_fn_is_async_injected_and_default_isolation_follow_the_wrapped_callable() -> None:
+    """Plain attributes now (read per call by the scheduler), set wherever a callable is wrapped.
+
+    A tool bound to a sync function, or copied with options, must say so as the properties did.
+    """
+
+    def keyed(query: str, key: shoal.IdempotencyKey) -> str:
+        return f"{query}/{key}"
+
+    async def keyed_async(query: str, key: shoal.IdempotencyKey) -> str:
+        return f"{query}/{key}"
+
+    sync = Tool(keyed)
+    assert (sync.fn, sync.is_async, sync.default_isolation) == (keyed, False, "thread")
+    assert dict(sync.injected) == {"key": "idempotency_key"}
+    bound = sync.bound_to(keyed_async)
+    assert (bound.fn, bound.is_async, bound.default_isolation) == (keyed_async, True, "inline")
+    assert bound.injected is sync.injected
+    copied = bound.options(timeout=2)
+    assert (copied.fn, copied.is_async, copied.default_isolation) == (keyed_async, True, "inline")
+    assert dict(copied.injected) == {"key": "idempotency_key"}
+    assert dict(search.injected) == {} and asyncio.run(search(query="x", limit=1)) == ["x"]
+    assert repr(bound) == "<Tool keyed (async, inline)>"

@@ -58,17 +58,32 @@ class Tool(Generic[P, R]):
 
     __slots__ = (
         "__dict__",
-        "_fn",
-        "_is_async",
         "_model",
         "_param_names",
         "_renames",
+        "default_isolation",
         "description",
+        "fn",
         "has_default_factory",
+        "injected",
+        "is_async",
         "model_facts",
         "name",
         "policy",
     )  # fmt: skip
+
+    # fn, is_async, injected and default_isolation are plain attributes, set once (see
+    # _set_callable) rather than properties: the scheduler reads them several times for every
+    # call it runs, and a property is a Python call each time (tens per subagent of a swarm).
+    #: The wrapped function.
+    fn: Callable[..., Any]
+    #: Whether calling the wrapped callable returns a coroutine (see ``is_async_callable``).
+    is_async: bool
+    #: Parameters the runtime fills in (name -> what, e.g. ``"idempotency_key"``). They are
+    #: not arguments: the schema leaves them out (see ``shoal.IdempotencyKey``).
+    injected: Mapping[str, str]
+    #: Where the tool runs when neither it nor the runtime says otherwise.
+    default_isolation: Isolation
 
     def __init__(
         self,
@@ -81,8 +96,7 @@ class Tool(Generic[P, R]):
     ) -> None:
         if not callable(fn):
             raise ToolDefinitionError(f"a tool wraps a function, got {fn!r}")
-        self._fn = fn
-        self._is_async = is_async_callable(fn)
+        self._set_callable(fn)
         base: Any = fn
         while isinstance(base, functools.partial):  # name and docs come from the function
             base = base.func
@@ -97,6 +111,7 @@ class Tool(Generic[P, R]):
         self.description = description if description is not None else summary(doc)
         self._model = _model or args_model(self.name, fn, param_docs(doc))
         self.model_facts = model_facts(self._model)
+        self.injected = self.model_facts.injected
         self._param_names = frozenset(self.model_facts.inputs)
         self._renames = self.model_facts.renames  # empty unless a parameter name needed an alias
         # Whether validating arguments may create new values (a default_factory, here or in a
@@ -108,17 +123,13 @@ class Tool(Generic[P, R]):
         self.__module__ = getattr(base, "__module__", __name__)
         self.__qualname__ = getattr(base, "__qualname__", self.name)
         self.__wrapped__ = fn
-        check_policy(self.name, self._is_async, self.policy)
+        check_policy(self.name, self.is_async, self.policy)
 
-    @property
-    def fn(self) -> Callable[..., Any]:
-        """The wrapped function."""
-        return self._fn
-
-    @property
-    def is_async(self) -> bool:
-        """Whether calling the wrapped callable returns a coroutine (see ``is_async_callable``)."""
-        return self._is_async
+    def _set_callable(self, fn: Callable[..., Any]) -> None:
+        """Wrap ``fn``: it, whether it is async, and so where the tool runs by default."""
+        self.fn = fn
+        self.is_async = is_async = is_async_callable(fn)
+        self.default_isolation = "inline" if is_async else "thread"
 
     @functools.cached_property
     def defaults(self) -> dict[str, Any]:
@@ -128,30 +139,17 @@ class Tool(Generic[P, R]):
                 if not self._model.model_fields[key].is_required()}
 
     @property
-    def default_isolation(self) -> Isolation:
-        """Where the tool runs when neither it nor the runtime says otherwise."""
-        return "inline" if self._is_async else "thread"
-
-    @property
     def parameters(self) -> frozenset[str]:
         """The names of the tool's arguments."""
         return self._param_names
 
-    @property
-    def injected(self) -> Mapping[str, str]:
-        """Parameters the runtime fills in (name -> what, e.g. ``"idempotency_key"``).
-
-        They are not arguments: the schema leaves them out (see ``shoal.IdempotencyKey``).
-        """
-        return self.model_facts.injected
-
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
         """Call the wrapped function directly (no runtime, no policy)."""
-        return self._fn(*args, **kwargs)
+        return self.fn(*args, **kwargs)
 
     def __repr__(self) -> str:
         where = self.policy.isolation or self.default_isolation
-        return f"<Tool {self.name} ({'async' if self._is_async else 'sync'}, {where})>"
+        return f"<Tool {self.name} ({'async' if self.is_async else 'sync'}, {where})>"
 
     def options(self, **overrides: Any) -> Tool[P, R]:
         """A copy of this tool with some policy fields replaced (for one call or one plan).
@@ -160,7 +158,7 @@ class Tool(Generic[P, R]):
         ``search.options(timeout=2, retries=3)``.
         """
         policy = policy_from(self.policy, overrides)
-        return Tool(self._fn, name=self.name, description=self.description, policy=policy,
+        return Tool(self.fn, name=self.name, description=self.description, policy=policy,
                     _model=self._model)
 
     def bound_to(self, fn: Callable[..., Any]) -> Tool[..., Any]:
@@ -175,13 +173,14 @@ class Tool(Generic[P, R]):
         # sharing what depends only on the schema and the policy, which an agent binds for
         # every subagent it starts and every run of its own (the docs are ``fn``'s)
         bound: Tool[..., Any] = Tool.__new__(Tool)
-        bound._fn = fn
-        bound._is_async = is_async = is_async_callable(fn)
+        bound._set_callable(fn)
+        is_async = bound.is_async
         base: Any = fn
         while isinstance(base, functools.partial):  # the docs come from the function
             base = base.func
         bound.name, bound.description, bound.policy = self.name, self.description, self.policy
         bound._model, bound.model_facts = self._model, self.model_facts
+        bound.injected = self.injected
         bound._param_names, bound._renames = self._param_names, self._renames
         bound.has_default_factory = self.has_default_factory
         bound.__doc__ = base.__doc__
@@ -193,7 +192,7 @@ class Tool(Generic[P, R]):
         facts = bound.__dict__
         for name in _SCHEMA_FACTS:
             facts[name] = getattr(self, name)
-        if is_async != self._is_async:  # the policy was checked for the other kind of callable
+        if is_async != self.is_async:  # the policy was checked for the other kind of callable
             check_policy(self.name, is_async, self.policy)
         return bound
 

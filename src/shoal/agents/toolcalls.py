@@ -26,9 +26,10 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from shoal._slots import slot_init
 from shoal.events import Event, EventSink
 from shoal.exceptions import ConfigError, ToolArgumentError
-from shoal.models.base import ToolCall, ToolResultMessage, slot_init
+from shoal.models.base import ToolCall, ToolResultMessage
 from shoal.outcome import ErrorInfo, Outcome, RunResult, jsonable
 from shoal.plan import Plan
 from shoal.tools import Tool

@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
+from shoal._slots import slot_init
 from shoal.events import Event
 from shoal.outcome import Outcome, jsonable
 
@@ -77,6 +78,7 @@ def idempotency_key(run_id: str, node_id: str) -> str:
 # the cheapest immutable records Python builds.
 
 
+@slot_init  # made for every run of every agent's steps (two per subagent of a swarm)
 @dataclass(frozen=True, slots=True)
 class RunRecord:
     """A run as the journal knows it.

@@ -1,0 +1,57 @@
+"""A faster ``__init__`` for frozen, slotted dataclasses (see :func:`slot_init`).
+
+Its own module, with nothing but the standard library: the run records of
+:mod:`shoal.store.base` use it too, and a plan run imports no model code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, TypeVar
+
+_Frozen = TypeVar("_Frozen", bound=type)
+
+#: A field with a ``default_factory`` whose argument was not given (see :func:`slot_init`).
+_UNGIVEN: Any = object()
+
+
+def slot_init(cls: _Frozen) -> _Frozen:
+    """Give a frozen, slotted dataclass an ``__init__`` that sets each slot directly.
+
+    The ``__init__`` a frozen dataclass gets sets each field with ``object.__setattr__`` (its
+    own ``__setattr__`` refuses), a generic attribute lookup per field; the slot's descriptor
+    sets it directly, in a third of the time. These records are made for every turn and
+    every call of every agent (a swarm makes tens of thousands). The same parameters,
+    defaults (a ``default_factory`` is called when its argument is not given, as dataclass
+    does) and ``__post_init__`` call; the class is otherwise the dataclass it was (a subclass
+    made a dataclass gets the dataclass's own ``__init__``).
+    """
+    names: dict[str, Any] = {"_UNGIVEN": _UNGIVEN}
+    params: list[str] = []
+    body: list[str] = []
+    for item in dataclasses.fields(cls):
+        name = item.name
+        if not item.init or item.kw_only:
+            raise TypeError(f"slot_init: {cls.__name__}.{name} is not a plain field")
+        if item.default_factory is not dataclasses.MISSING:
+            names[f"_factory_{name}"] = item.default_factory
+            params.append(f"{name}=_UNGIVEN")
+            body.append(f"    if {name} is _UNGIVEN:\n        {name} = _factory_{name}()")
+        elif item.default is dataclasses.MISSING:
+            params.append(name)
+        else:
+            names[f"_default_{name}"] = item.default
+            params.append(f"{name}=_default_{name}")
+        names[f"_set_{name}"] = cls.__dict__[name].__set__  # the slot's member descriptor
+        body.append(f"    _set_{name}(self, {name})")
+    if hasattr(cls, "__post_init__"):
+        body.append("    self.__post_init__()")
+    source = f"def __init__(self, {', '.join(params)}):\n" + "\n".join(body) + "\n"
+    exec(source, names)  # made from the field names alone, as dataclass makes its own
+    init = names["__init__"]
+    init.__annotations__ = {item.name: item.type for item in dataclasses.fields(cls)}
+    init.__annotations__["return"] = None
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__module__ = cls.__module__
+    cls.__init__ = init  # type: ignore[misc]
+    return cls
