@@ -266,3 +266,45 @@ def test_an_agent_s_calls_print_whatever_their_tools_returned() -> None:
     printed = _printed_calls()
     assert "value=[[[[[[[...]]]]]]]" in printed
     assert "value=<unrepresentable _ExitingRepr>" in printed
+
+
+SURROGATE_TEXTS = ["\ud800\udfff", "a\udbff\udc00b", "\udfff\ud800", "lone \ud800"]
+
+
+@pytest.mark.parametrize("text", SURROGATE_TEXTS)
+def test_text_of_surrogates_comes_back_from_the_journal_as_it_was(text: str) -> None:
+    """JSON reads a high surrogate's escape then a low one's as one character: such text is
+    stored so that every code point comes back (alone, and inside plain data)."""
+    from shoal.store.codec import decode_value, encode_value
+
+    for value in (text, [text, {text: text}], {"k": [1, text]}):
+        encoded = encode_value(value)
+        back, real = decode_value(encoded.encoding, encoded.payload, encoded.view)
+        assert real and back == value
+    astral = encode_value("\U000103ff x")  # a character beyond the BMP: plain JSON as before
+    assert astral.encoding == "json"
+    assert decode_value(astral.encoding, astral.payload, astral.view)[0] == "\U000103ff x"
+
+
+@shoal.tool
+def surrogate_pair() -> str:
+    """Return two lone surrogates side by side (which JSON would read back as one)."""
+    return "\ud800\udfff"
+
+
+def test_a_plan_and_an_agent_replay_text_of_surrogates_as_it_was(tmp_path: Any) -> None:
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    plan = shoal.Plan()
+    ref = plan.call(surrogate_pair)
+    assert shoal.Runtime(store=db).run_sync(plan, run_id="p1")[ref].value == "\ud800\udfff"
+    again = shoal.Runtime(store=db).resume_sync("p1", plan, force=True)
+    assert again[ref].value == "\ud800\udfff"
+    model = ScriptedModel([[call("surrogate_pair")], "done"])
+    agent = shoal.Agent(name="lead", model=model, tools=[surrogate_pair])
+    assert agent.run_sync("go", runtime=shoal.Runtime(store=db), run_id="r1").output == "done"
+    # resumed, the replayed value makes the same request as before: no turn is asked again
+    resumed = shoal.Agent(name="lead", model=ScriptedModel([]), tools=[surrogate_pair]
+                          ).resume_sync("r1", "go", runtime=shoal.Runtime(store=db), force=True)
+    assert resumed.output == "done"
+    assert resumed.calls[0].outcome is not None
+    assert resumed.calls[0].outcome.value == "\ud800\udfff"

@@ -106,6 +106,7 @@ def _scan(value: Any) -> tuple[str, int]:
         kind = type(item)
         if kind is str:
             size += len(item) + 2
+            plain = plain and not _has_surrogate(item)
         elif kind is int:
             size += 2
             plain = plain and -_BIG < item < _BIG
@@ -126,6 +127,23 @@ def _scan(value: Any) -> tuple[str, int]:
     return ("json" if plain else "builtin"), size
 
 
+def _has_surrogate(text: str) -> bool:
+    r"""Whether ``text`` holds a surrogate code point, which JSON cannot keep as it is.
+
+    JSON escapes a lone surrogate as ``\udXXX``, and reads a high one's escape followed by a
+    low one's as one character (the pair a character beyond the BMP is written as): the two
+    code points ``"\ud800\udfff"`` would come back from the journal as ``"\U000103ff"``.
+    Such text is pickled instead, which keeps every code point. (``isascii`` is a flag read.)
+    """
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _add(item: Any, kind: type, stack: list[Any]) -> int:
     """Push ``item``'s contents for :func:`_scan`; the bytes its own frame takes."""
     if kind is dict:
@@ -142,6 +160,8 @@ def encode_value(value: Any) -> Encoded:
     """Encode ``value`` as ``json`` if plain, else ``pickle``, else ``repr``; never raises."""
     kind = type(value)
     if kind is str:  # the common results first, without json.dumps's per-call set-up
+        if _has_surrogate(value):
+            return _encode_object(value)
         return _capped(Encoded("json", encode_basestring_ascii(value).encode("ascii")), value)
     if kind is int and -_BIG < value < _BIG:
         return Encoded("json", str(value).encode("ascii"))
