@@ -308,3 +308,26 @@ def test_a_plan_and_an_agent_replay_text_of_surrogates_as_it_was(tmp_path: Any) 
     assert resumed.output == "done"
     assert resumed.calls[0].outcome is not None
     assert resumed.calls[0].outcome.value == "\ud800\udfff"
+
+
+def _exits(event: Any) -> None:
+    raise SystemExit(3)
+
+
+@shoal.tool
+def one() -> int:
+    """Return 1."""
+    return 1
+
+
+def test_an_event_sink_that_calls_sys_exit_is_logged_and_the_run_goes_on(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """As a sink that raises: an observer's sys.exit ends neither a plan run nor a tree."""
+    plan = shoal.Plan()
+    ref = plan.call(one)
+    result = shoal.run_sync(plan, on_event=_exits)
+    assert result.ok and result[ref].value == 1
+    model = ScriptedModel([[call("one")], "done"])
+    answer = shoal.Agent(name="lead", model=model, tools=[one]).run_sync("go", on_event=_exits)
+    assert answer.output == "done" and [c.status for c in answer.calls] == ["ok"]
+    assert "event sink" in caplog.text and "continuing" in caplog.text

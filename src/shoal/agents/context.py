@@ -223,7 +223,9 @@ class TreeContext:
         for sink in self._text_sinks if isinstance(event, TextDelta) else self._sinks:
             try:
                 sink(event)
-            except Exception:  # an observer's bug must not break the tree it observes
+            # an observer's bug must not break the tree it observes (its sys.exit neither:
+            # Ctrl-C still stops it)
+            except (Exception, SystemExit):
                 log.exception("event sink %r failed on %s; continuing", sink, event.kind)
 
     def emit_nested(self, event: Event) -> None:
@@ -239,7 +241,9 @@ class TreeContext:
                 continue
             try:
                 sink(event)
-            except Exception:  # an observer's bug must not break the tree it observes
+            # an observer's bug must not break the tree it observes (its sys.exit neither:
+            # Ctrl-C still stops it)
+            except (Exception, SystemExit):
                 log.exception("event sink %r failed on %s; continuing", sink, event.kind)
 
     @property

@@ -269,7 +269,7 @@ def notify(event: Event) -> None:
         return
     try:
         sink(event)
-    except Exception:  # an observer's bug must not fail the request it observes
+    except (Exception, SystemExit):  # an observer's bug must not fail the request it observes
         log.exception("a model event sink failed on %s; continuing", event.kind)
 
 

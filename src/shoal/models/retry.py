@@ -403,7 +403,7 @@ class ModelGate:
         if on_event is not None:
             try:
                 on_event(event)
-            except Exception:  # an observer's bug must not stop the retries
+            except (Exception, SystemExit):  # an observer's bug must not stop the retries
                 log.exception("a model event sink failed on %s; continuing", event.kind)
         return delay
 

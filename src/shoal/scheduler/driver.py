@@ -1444,7 +1444,9 @@ class Driver:
         for sink in sinks:
             try:
                 sink(event)
-            except Exception:  # an observer's bug must not break the run it observes
+            # an observer's bug must not break the run it observes (its sys.exit neither:
+            # Ctrl-C still stops it)
+            except (Exception, SystemExit):
                 log.exception("event sink %r failed on %s; continuing", sink, event.kind)
 
     # ---- the journal --------------------------------------------------------------------
