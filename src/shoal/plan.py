@@ -15,7 +15,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, Protocol, TypeVar, cast
 
-from shoal.exceptions import PlanError, PlanProblem, ToolArgumentError, ToolDefinitionError
+from shoal.exceptions import (
+    ConfigError,
+    PlanError,
+    PlanProblem,
+    ToolArgumentError,
+    ToolDefinitionError,
+)
 from shoal.merge import shown
 from shoal.nodeids import check_node_id
 from shoal.tools import Tool, tool
@@ -261,6 +267,12 @@ class Plan:
     """
 
     def __init__(self, name: str = "") -> None:
+        if name is None:  # no name, as the default
+            name = ""
+        if not isinstance(name, str):  # it is journaled and shown as text: refused here,
+            # not as a journal write that fails once the run has started
+            raise ConfigError(f"a plan's name must be a str, got {type(name).__name__} "
+                              f"{shown(name)}")
         self.name = name
         self._nodes: dict[str, Node] = {}
         # nodes added under an id already taken: kept aside (not run, not in ``nodes``) so that
