@@ -106,9 +106,14 @@ def call(name: str, /, *, raw_arguments: str | None = None, call_id: str | None 
          **arguments: Any) -> ToolCall:
     """A tool call for a script: ``call("search", query="x")``.
 
-    ``raw_arguments`` sends exactly that text instead (to test malformed JSON).
+    ``raw_arguments`` sends exactly that text instead (to test malformed JSON). Arguments
+    JSON cannot hold raise ``TypeError`` or ``ValueError`` (nesting too deep included).
     """
-    text = raw_arguments if raw_arguments is not None else json.dumps(arguments)
+    try:
+        text = raw_arguments if raw_arguments is not None else json.dumps(arguments)
+    except RecursionError:
+        raise ValueError("call(): the arguments are nested too deeply to write as "
+                         "JSON; pass raw_arguments= to send text as it is") from None
     return ToolCall(call_id or f"call_{next(_ids)}", name, text)
 
 
