@@ -104,3 +104,76 @@ def test_a_scripted_call_nested_too_deep_is_a_value_error() -> None:
     # a RecursionError from json.dumps before
     with pytest.raises(ValueError, match="nested too deeply to write as JSON"):
         call("echo", x=_deep())
+
+
+_MISFITS = [_deep(), _Unprintable()]
+_AGENT = shoal.Agent(name="a", model="local")
+
+
+@pytest.mark.parametrize("make", [
+    lambda v: shoal.Agent(name="a", model="local", subagents=v),
+    lambda v: shoal.Agent(name="a", model="local", tools=v),
+    lambda v: shoal.Agent(name="a", model="local", isolation=v),
+    lambda v: shoal.Agent(name="a", model="local", max_turns=v),
+    lambda v: shoal.Agent(name="a", model="local", output_type=v),
+    lambda v: shoal.RulesApprover(v),
+    lambda v: shoal.RulesApprover([v]),
+    lambda v: shoal.CallbackApprover(v),
+    lambda v: shoal.Decision(v),
+    lambda v: shoal.Board({v: shoal.merge.append}) if isinstance(v, _Unprintable)
+    else shoal.Board(v),
+    lambda v: shoal.Runtime(max_concurrency=v),
+    lambda v: shoal.Runtime(approver=v),
+    lambda v: shoal.JsonlSink(v),
+    lambda v: shoal.tool(v),
+    lambda v: shoal.tool(reads=v)(echo.fn),
+    lambda v: shoal.tool(resources=v)(echo.fn),
+    lambda v: shoal.tool(timeout=v)(echo.fn),
+    lambda v: shoal.patterns.reflect(_AGENT, _AGENT, max_rounds=v),
+    lambda v: shoal.run_sync(shoal.Plan(), board=v),
+])
+@pytest.mark.parametrize("value", _MISFITS, ids=["100000_deep", "unprintable"])
+def test_a_misfit_whose_repr_fails_is_still_named_in_a_typed_error(make: Any, value: Any
+                                                                    ) -> None:
+    # the message quoted the value with repr(): a RecursionError, or the value's own
+    # RuntimeError, came out instead of the ConfigError
+    with pytest.raises((ConfigError, shoal.ToolDefinitionError)) as raised:
+        make(value)
+    message = str(raised.value)
+    assert "[[[[...]]]]" in message or "repr failed with RuntimeError" in message
+    assert len(message) < 1000
+
+
+@pytest.mark.parametrize("after", [[_deep()], _deep(), [_Unprintable()], _Unprintable(), [5],
+                                   [None]])
+def test_after_names_nodes_by_ref_or_id_only(after: Any) -> None:
+    # str() of each item (a RecursionError, the item's own error), or a node "5" to wait for
+    with pytest.raises(TypeError, match="after= takes"):
+        shoal.Plan().call(echo, x=1, after=after)
+
+
+def test_after_an_object_whose_equality_raises_is_a_type_error() -> None:
+    class Touchy(_Unprintable):
+        def __eq__(self, other: object) -> bool:
+            raise RuntimeError("no eq")
+
+        __hash__ = object.__hash__
+
+    with pytest.raises(TypeError, match="after= takes a ref, a node id or several"):
+        shoal.Plan().call(echo, x=1, after=Touchy())
+
+
+def test_a_plan_file_naming_an_object_whose_repr_fails_is_a_bad_import(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `shoal run` printed a traceback: the bad_import message quoted the object with repr()
+    (tmp_path / "s30_misfits.py").write_text(
+        "class Thing:\n    def __repr__(self):\n        raise RuntimeError('no repr')\n"
+        "thing = Thing()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from shoal.planfile import plan_from_dict
+
+    with pytest.raises(shoal.PlanError) as raised:
+        plan_from_dict({"nodes": [{"id": "a", "tool": "s30_misfits:thing"}]})
+    [problem] = raised.value.problems
+    assert problem.code == "bad_import"
+    assert "Thing <Thing: repr failed with RuntimeError>" in problem.message

@@ -113,6 +113,16 @@ def _has_field(value: Any, name: str) -> bool:
 
 _WALKED = (list, tuple, set, frozenset)  # a tuple, not a union: isinstance is twice as fast
 _ONE_NODE = (Ref, str)
+
+
+def _after_id(step: object) -> str:
+    """The id of one node ``after=`` names: a ref's node, or an id (text, nothing else)."""
+    if isinstance(step, Ref):
+        return step.node
+    if isinstance(step, str):
+        return step
+    raise TypeError(f"after= takes refs and node ids (text), got {type(step).__name__} "
+                    f"{shown(step)}")
 _ITEM_ID = re.compile(r"(.*)\[\d+\]", re.DOTALL)  # "m[3]": the id of an item of map "m"
 
 
@@ -248,6 +258,10 @@ def as_tool(obj: Callee) -> Tool[..., Any]:
         return obj
     if obj is None:  # tool(None) would be a decorator waiting for its function, not a tool
         raise ToolDefinitionError("a tool wraps a function, got None")
+    if not callable(obj) and getattr(type(obj), "__shoal_node__", None) is None:
+        # a list, a dict: not even a key of the cache below (unhashable)
+        raise ToolDefinitionError(f"a tool wraps a function, got {type(obj).__name__} "
+                                  f"{shown(obj)}")
     made = _wrapped.get(obj)  # type: ignore[arg-type]  # a miss for anything not a function
     if made is None:
         node = getattr(type(obj), "__shoal_node__", None)
@@ -304,7 +318,8 @@ class Plan:
         # add()'s body: a plan of many small calls spends a good part of its time here. ``args``
         # is a dict made for this call alone: the node keeps it as it is (no copy)
         nodes = self._nodes
-        if node_id is None and after == () and isinstance(tool, Tool) and not self._duplicates:
+        if (node_id is None and type(after) is tuple and not after and isinstance(tool, Tool)
+                and not self._duplicates):
             # the usual call, inlined (_make_node, _next_id, _refs_in, insert): a tool, the
             # next id of its name free, no after. An id like "name#3" cannot be a map item's
             name = tool.name
@@ -429,15 +444,14 @@ class Plan:
         if kind is tuple and not after:
             after_ids = ()
         elif kind is list or kind is tuple:  # most after=: no ABC check, no generator
-            after_ids = tuple([a.node if isinstance(a, Ref) else str(a) for a in after])
-        elif after != ():  # not truthiness: a Ref has none
+            after_ids = tuple([a.node if isinstance(a, Ref) else a if type(a) is str
+                               else _after_id(a) for a in after])
+        else:
             if not isinstance(after, (*_ONE_NODE, Iterable)):
                 raise TypeError(f"after= takes a ref, a node id or several of them, got "
-                                f"{type(after).__name__} {after!r}")
+                                f"{type(after).__name__} {shown(after)}")
             steps: Iterable[Ref | str] = (after,) if isinstance(after, _ONE_NODE) else after
-            after_ids = tuple(a.node if isinstance(a, Ref) else str(a) for a in steps)
-        else:
-            after_ids = ()
+            after_ids = tuple(_after_id(a) for a in steps)
         refs = _refs_in(arguments)
         if refs:
             refs = self._shared_refs(refs)

@@ -33,6 +33,7 @@ from pydantic import ConfigDict
 from pydantic.fields import FieldInfo
 
 from shoal.exceptions import ToolDefinitionError
+from shoal.merge import shown
 
 if TYPE_CHECKING:
     from griffe import PerStyleOptions
@@ -370,7 +371,7 @@ def describe_errors(errors: Sequence[Any]) -> tuple[str, str]:
     for err in errors:
         loc = ".".join(str(p) for p in err["loc"])
         first = first or str(err["loc"][0] if err["loc"] else "")
-        got = f" (got {err['input']!r})" if err["type"] != "missing" else ""
+        got = f" (got {shown(err['input'])})" if err["type"] != "missing" else ""
         if err["type"] == "extra_forbidden":
             parts.append(f"unexpected argument {loc!r}")
         else:

@@ -18,6 +18,7 @@ from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 import pydantic
 
 from shoal.exceptions import ToolArgumentError, ToolDefinitionError
+from shoal.merge import shown
 from shoal.nodeids import SEPARATOR
 from shoal.policy import (
     ISOLATIONS,
@@ -80,7 +81,7 @@ class Tool(Generic[P, R]):
         _model: type[pydantic.BaseModel] | None = None,
     ) -> None:
         if not callable(fn):
-            raise ToolDefinitionError(f"a tool wraps a function, got {fn!r}")
+            raise ToolDefinitionError(f"a tool wraps a function, got {shown(fn)}")
         self._fn = fn
         self._is_async = is_async_callable(fn)
         base: Any = fn
@@ -170,7 +171,7 @@ class Tool(Generic[P, R]):
         must take the same arguments; the schema is reused, not rebuilt.
         """
         if not callable(fn):
-            raise ToolDefinitionError(f"a tool wraps a function, got {fn!r}")
+            raise ToolDefinitionError(f"a tool wraps a function, got {shown(fn)}")
         # as Tool(fn, name=..., description=..., policy=..., _model=...) would make it, but
         # sharing what depends only on the schema and the policy, which an agent binds for
         # every subagent it starts and every run of its own (the docs are ``fn``'s)
@@ -295,7 +296,7 @@ class Tool(Generic[P, R]):
         try:
             adapter.validate_python(value)
         except pydantic.ValidationError as exc:
-            return [f"argument {name!r}: {e['msg']} (got {value!r})" for e in exc.errors()[:1]]
+            return [f"argument {name!r}: {e['msg']} (got {shown(value)})" for e in exc.errors()[:1]]
         return []
 
     def json_schema(self) -> dict[str, Any]:

@@ -59,6 +59,7 @@ from typing import Any, ClassVar
 import pydantic
 
 from shoal.exceptions import SerializationError
+from shoal.merge import shown
 
 __all__ = ["allow_result_types", "load_result"]
 
@@ -162,7 +163,7 @@ def allow_result_types(*objects: type | Callable[..., Any]) -> None:
     for obj in objects:
         if not isinstance(obj, type | types.FunctionType | types.MethodType
                           | types.BuiltinFunctionType):
-            raise TypeError(f"allow_result_types takes classes and functions, got {obj!r}")
+            raise TypeError(f"allow_result_types takes classes and functions, got {shown(obj)}")
     with _lock:
         for obj in objects:
             _registered[id(obj)] = obj

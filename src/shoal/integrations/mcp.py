@@ -69,6 +69,7 @@ from shoal.exceptions import (
     bounded_text,
     describe_exception,
 )
+from shoal.merge import shown
 from shoal.policy import ApprovalRule, ToolPolicy, policy_from
 from shoal.scheduler.scope import RunScope, register_injector
 from shoal.schema import model_facts
@@ -173,13 +174,13 @@ class MCPServer:
                               f"{list(self.command)!r}")
         if self.env is not None and not (isinstance(self.env, Mapping) and all(
                 isinstance(k, str) and isinstance(v, str) for k, v in self.env.items())):
-            raise ConfigError(f"env maps names to strings, got {self.env!r}")
+            raise ConfigError(f"env maps names to strings, got {shown(self.env)}")
         if self.headers is not None and not (isinstance(self.headers, Mapping) and all(
                 isinstance(k, str) and isinstance(v, str) for k, v in self.headers.items())):
             raise ConfigError("headers map names to strings")
         if self.url is not None and not (isinstance(self.url, str)
                                          and re.match(r"^https?://", self.url)):
-            raise ConfigError(f"url must be an http:// or https:// URL, got {self.url!r}")
+            raise ConfigError(f"url must be an http:// or https:// URL, got {shown(self.url)}")
         if not (isinstance(self.connect_timeout, int | float) and self.connect_timeout > 0):
             raise ConfigError(f"connect_timeout must be a positive number of seconds, got "
                               f"{self.connect_timeout!r}")
@@ -220,9 +221,10 @@ class MCPServer:
         """The server's tools as shoal tools (see :func:`tools` for the options)."""
         if isinstance(only, str) or (only is not None and not all(
                 isinstance(n, str) for n in only)):
-            raise ConfigError(f"only is a list of tool names, e.g. [{only!r}], got {only!r}")
+            raise ConfigError(f"only is a list of tool names, e.g. [{shown(only)}], got "
+                              f"{shown(only)}")
         if not isinstance(prefix, str):
-            raise ConfigError(f"prefix must be a string, got {prefix!r}")
+            raise ConfigError(f"prefix must be a string, got {shown(prefix)}")
         listed = await self._list()
         wanted = set(only) if only is not None else None
         if wanted is not None:
@@ -1027,7 +1029,7 @@ def served_tools(found: Sequence[Any]) -> dict[str, Tool[..., Any]]:
     table: dict[str, Tool[..., Any]] = {}
     for item in found:
         if not callable(item):
-            raise ConfigError(f"only tools and functions can be served, got {item!r}")
+            raise ConfigError(f"only tools and functions can be served, got {shown(item)}")
         made = as_tool(item)
         if made.name in table:
             raise ConfigError(f"two tools are named {made.name!r}; tool names must be unique")

@@ -58,6 +58,7 @@ from types import TracebackType
 from typing import Any, NoReturn
 
 from shoal.exceptions import ScriptError
+from shoal.merge import shown
 from shoal.models.base import (
     AssistantMessage,
     Model,
@@ -90,7 +91,7 @@ def pause(seconds: float) -> Pause:
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
         raise TypeError(f"pause() takes a number of seconds, got {type(seconds).__name__}")
     if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"pause() takes a finite number of seconds >= 0, got {seconds!r}")
+        raise ValueError(f"pause() takes a finite number of seconds >= 0, got {shown(seconds)}")
     return Pause(float(seconds))
 
 
@@ -302,7 +303,7 @@ class ScriptedModel(Model):
             parts = _list_parts(step)
             if parts is None:
                 self._fail(f"a step must be a str, a list of call(...) (and text, pause(...)), "
-                           f"a ModelResponse or a function returning one; got {step!r}")
+                           f"a ModelResponse or a function returning one; got {shown(step)}")
             text, calls = parts
         if usage is None or not usage.requests:
             usage = self._usage or _estimate(request, text, calls)
