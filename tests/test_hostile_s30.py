@@ -177,3 +177,42 @@ def test_a_plan_file_naming_an_object_whose_repr_fails_is_a_bad_import(
     [problem] = raised.value.problems
     assert problem.code == "bad_import"
     assert "Thing <Thing: repr failed with RuntimeError>" in problem.message
+
+
+@pytest.mark.parametrize("default", [_cycle(), list(range(1_000_000))],
+                         ids=["cycle", "a_million_items"])
+def test_a_tool_whose_default_holds_itself_or_is_huge_is_made_at_once(default: Any) -> None:
+    # the check for a default_factory walked the default value too: a list holding itself
+    # looped for ever (memory growing), a huge one cost a walk of every item
+    namespace: dict[str, Any] = {}
+    exec("def f(x=DEFAULT):\n    return len(x)\n", {"DEFAULT": default}, namespace)
+    made = shoal.tool(namespace["f"])
+    plan = shoal.Plan()
+    ref = plan.call(made)
+    assert shoal.run_sync(plan)[ref].value == len(default)
+
+
+def test_a_default_too_deep_to_copy_is_a_plan_problem() -> None:
+    # pydantic copies a mutable default for each call: a RecursionError came out of run_sync
+    namespace: dict[str, Any] = {}
+    exec("def f(x=DEFAULT):\n    return 1\n", {"DEFAULT": _deep()}, namespace)
+    plan = shoal.Plan()
+    plan.call(shoal.tool(namespace["f"]))
+    with pytest.raises(shoal.PlanError) as raised:
+        shoal.run_sync(plan)
+    [problem] = raised.value.problems
+    assert problem.code == "bad_arguments" and "nested too deeply to check" in problem.message
+
+
+def test_a_default_factory_is_still_found_beside_a_default_holding_itself() -> None:
+    import pydantic
+
+    cycle = _cycle()
+    fresh = pydantic.Field(default_factory=list)
+
+    def f(x: list[Any] = cycle, y: list[int] = fresh) -> int:
+        return len(y)
+
+    from shoal.schema import model_facts
+
+    assert model_facts(shoal.tool(f)._model).fresh_defaults is True

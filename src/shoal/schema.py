@@ -316,17 +316,25 @@ def _has_default_factory(schema: Any) -> bool | None:
     """Whether a pydantic core schema uses a ``default_factory`` anywhere (nested models too).
 
     ``None`` when the schema is not built yet (a mock, for unresolved forward references).
+    A default value is the tool's own (it may contain itself, or be huge): it is not walked.
     """
     if not isinstance(schema, dict):
         return None
     stack: list[Any] = [schema]
+    seen: set[int] = set()  # schemas shared by reference are walked once
     while stack:
         item = stack.pop()
-        if isinstance(item, dict):
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if type(item) is dict:
             if "default_factory" in item:
                 return True
-            stack.extend(item.values())
-        elif isinstance(item, list | tuple):
+            if item.get("type") == "default":  # {"type": "default", "schema": ..., "default": v}
+                stack.append(item.get("schema"))
+            else:
+                stack.extend(item.values())
+        elif type(item) is list or type(item) is tuple:
             stack.extend(item)
     return False
 

@@ -230,6 +230,9 @@ class Tool(Generic[P, R]):
         except pydantic.ValidationError as exc:
             argument, message = describe_errors(exc.errors())
             raise ToolArgumentError(self.name, argument, message) from None
+        except RecursionError:  # a value (or a default, copied for each call) nested too deep
+            raise ToolArgumentError(self.name, "", "the arguments (or a default value copied "
+                                    "for the call) are nested too deeply to check") from None
         renames = self._renames
         values = ({renames.get(k, k): v for k, v in instance.__dict__.items()} if renames
                   else dict(instance.__dict__))
