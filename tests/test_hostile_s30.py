@@ -4,7 +4,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
+import os
+import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +17,9 @@ import pytest
 import shoal
 from shoal.exceptions import ConfigError
 from shoal.testing import call
+from tests.cli_process import run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _deep(depth: int = 100_000) -> list[Any]:
@@ -216,3 +224,55 @@ def test_a_default_factory_is_still_found_beside_a_default_holding_itself() -> N
     from shoal.schema import model_facts
 
     assert model_facts(shoal.tool(f)._model).fresh_defaults is True
+
+
+_PLAN = '{"nodes": [{"id": "one", "tool": "tests.plan_tools:add", "args": {"a": 1, "b": 2}}]}'
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_plan_file_that_is_a_fifo_written_once_runs_and_is_journaled(tmp_path: Path) -> None:
+    # the plan was read through the FIFO, then read again for the journal's copy: that second
+    # open waited for a writer that never came, the run started and hung for ever
+    fifo = tmp_path / "plan.json"
+    os.mkfifo(fifo)
+
+    def write_once() -> None:
+        with open(fifo, "w", encoding="utf-8") as stream:  # waits for shoal to open it
+            stream.write(_PLAN)
+
+    writer = threading.Thread(target=write_once, daemon=True)
+    writer.start()
+    try:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "120"}
+        done = run_cli(["run", "plan.json", "--json"], cwd=tmp_path, env=env, timeout=30)
+    finally:
+        _unblock(fifo, writer)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["outcomes"][0]["value"] == 3
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_resume_reads_a_plan_file_become_a_fifo_as_empty_not_waiting(tmp_path: Path) -> None:
+    # `shoal resume` read the recorded plan file with a blocking open: a FIFO in its place
+    # hung the command
+    from shoal.cli.journal import _plan_text
+
+    fifo = tmp_path / "plan.yaml"
+    os.mkfifo(fifo)
+    found: list[tuple[str | None, str]] = []
+    reader = threading.Thread(target=lambda: found.append(_plan_text(fifo)), daemon=True)
+    reader.start()
+    reader.join(10)
+    waited = reader.is_alive()
+    _unblock(fifo, reader, write=True)
+    assert not waited and found == [("", "")]
+
+
+def _unblock(fifo: Path, thread: threading.Thread, *, write: bool = False) -> None:
+    """End a thread still blocked opening ``fifo`` (the bug): open the other end once."""
+    if not thread.is_alive():
+        return
+    flags = (os.O_WRONLY if write else os.O_RDONLY) | os.O_NONBLOCK
+    with contextlib.suppress(OSError):
+        os.close(os.open(fifo, flags))
+    thread.join(5)
