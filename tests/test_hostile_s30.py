@@ -276,3 +276,37 @@ def _unblock(fifo: Path, thread: threading.Thread, *, write: bool = False) -> No
     with contextlib.suppress(OSError):
         os.close(os.open(fifo, flags))
     thread.join(5)
+
+
+class _Unshowable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no str")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+@shoal.tool(isolation="process")
+async def _raises_unshowable() -> None:
+    raise _Unshowable()
+
+
+@shoal.tool(isolation="process")
+async def _leaves_a_task_running() -> str:
+    import asyncio
+
+    asyncio.get_running_loop().create_task(asyncio.sleep(60))  # ended as the call returns
+    return "done"
+
+
+def test_an_async_tool_s_error_whose_repr_raises_keeps_its_type_in_a_worker() -> None:
+    # asyncio.run's own Ctrl-C handler, looked up on the way out, repr'd the task and so the
+    # error: 'RuntimeError: no repr' was recorded instead (threads said _Unshowable)
+    plan = shoal.Plan()
+    failing = plan.call(_raises_unshowable)
+    other = plan.call(_leaves_a_task_running)
+    result = shoal.run_sync(plan)
+    assert result[failing].status == "failed"
+    assert result[failing].error is not None
+    assert result[failing].error.type.endswith("_Unshowable")
+    assert result[other].value == "done"
