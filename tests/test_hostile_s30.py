@@ -310,3 +310,25 @@ def test_an_async_tool_s_error_whose_repr_raises_keeps_its_type_in_a_worker() ->
     assert result[failing].error is not None
     assert result[failing].error.type.endswith("_Unshowable")
     assert result[other].value == "done"
+
+
+@pytest.mark.parametrize("key", [_deep(), None, 1.5, True, ("a",)])
+def test_a_ref_is_indexed_by_field_or_index_only(key: Any) -> None:
+    # kept as a path part: the ref's repr recursed (a 100,000-deep list), reading it failed
+    plan = shoal.Plan()
+    ref = plan.call(echo, x=1)
+    with pytest.raises(TypeError, match=r"takes a field name or an index"):
+        ref[key]
+
+
+@pytest.mark.parametrize("key", [_deep(), None, 5])
+def test_a_result_is_looked_up_by_ref_or_id_only(key: Any) -> None:
+    # an AttributeError ('list' object has no attribute 'node') before
+    with pytest.raises(TypeError, match="looked up by ref or node id"):
+        shoal.run_sync(shoal.Plan())[key]
+
+
+def test_insert_takes_a_node_only() -> None:
+    # an AttributeError ('list' object has no attribute 'id') before
+    with pytest.raises(TypeError, match="insert takes a Node"):
+        shoal.Plan().insert(_deep())  # type: ignore[arg-type]

@@ -42,6 +42,9 @@ class Ref:
         self.path = path
 
     def __getitem__(self, key: PathPart) -> Ref:
+        if type(key) is not str and type(key) is not int:  # a field or an index, as refs read
+            raise TypeError(f"{self!r}[...] takes a field name or an index, got "
+                            f"{type(key).__name__} {shown(key)}")
         return Ref(self.node, (*self.path, key))
 
     def __iter__(self) -> NoReturn:
@@ -507,6 +510,9 @@ class Plan:
         Raises :class:`~shoal.exceptions.PlanError` (code ``bad_id``) for an id holding ``/``
         or empty, as :meth:`call` does: a :class:`Node` made by hand passes the same rule.
         """
+        if not isinstance(node, Node):  # an AttributeError ('id') before
+            raise TypeError(f"insert takes a Node (see make_node), got {type(node).__name__} "
+                            f"{shown(node)}")
         if "/" in node.id or not node.id:
             check_node_id(node.id)
         if node.id in self._nodes:
