@@ -501,6 +501,24 @@ def test_sigterm_counts_as_a_press_and_its_handler_is_put_back() -> None:
         signal.signal(signal.SIGTERM, previous)
 
 
+def test_an_ignored_ctrl_c_stays_ignored_during_the_run() -> None:
+    # a run took Ctrl-C even when shoal started with it ignored (a job a script starts with
+    # `&`): a Ctrl-C meant for the script's foreground command cancelled the run, whereas one
+    # while the command loaded was ignored (shoal.cli._count_presses)
+    from shoal.cli.interrupt import CtrlC
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with CtrlC() as ctrl_c:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGTERM)  # still taken: SIGTERM was not ignored
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # left as it was
+        assert ctrl_c.interrupted and ctrl_c.exit_code == 143  # the SIGTERM alone
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_a_sigterm_before_the_run_whose_exception_was_lost_still_stops_the_run() -> None:
     # as a lost Ctrl-C press does: a finalizer dropped its exception, the command went on
     from shoal.cli.interrupt import CtrlC, Terminated, sigterm_as_ctrl_c

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from shoal import merge
 from shoal.exceptions import BoardError, BoardKeyError, BoardValueError, ConfigError, StoreError
-from shoal.merge import Rule, using
+from shoal.merge import Rule, shown, using
 from shoal.scheduler.scope import register_injector, register_replayer
 from shoal.store.base import EffectRecord
 
@@ -184,11 +184,12 @@ class Board:
     def __init__(self, rules: Mapping[str, Any] | None = None, /, **more: Any) -> None:
         if rules is not None and not isinstance(rules, Mapping):
             raise ConfigError(f"Board takes keys with their rules, as Board(count="
-                              f"shoal.merge.counter) or Board({{'count': ...}}); got {rules!r}")
+                              f"shoal.merge.counter) or Board({{'count': ...}}); got "
+                              f"{shown(rules)}")
         declared = {**(rules or {}), **more}
         bad = [k for k in declared if not isinstance(k, str) or not k]
         if bad:
-            raise ConfigError(f"board keys are non-empty strings, got {bad[0]!r}")
+            raise ConfigError(f"board keys are non-empty strings, got {shown(bad[0])}")
         self._slots = {key: _new_slot(key, _as_rule(key, rule)) for key, rule in declared.items()}
         self._lock = _Guard()
         self._conflicts: list[BoardConflict] = []
@@ -579,7 +580,7 @@ def check_board(board: object) -> Board | None:
     if board is None or isinstance(board, Board):
         return board
     raise ConfigError(f"board= takes a shoal.Board(key=shoal.merge.rule, ...), got "
-                      f"{type(board).__name__} {board!r:.80}")
+                      f"{type(board).__name__} {shown(board)}")
 
 
 def _inject(call: Call, scope: RunScope | None) -> BoardHandle:

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, Literal, NamedTuple
 
+from shoal.exceptions import ConfigError
+from shoal.merge import shown
 from shoal.plan import Node, Plan, find_refs, hard_predecessors
 
 __all__ = ["Edge", "EdgeKind", "Graph", "analyze", "render_key"]
@@ -480,7 +482,13 @@ def _clash(mode: str, other: str) -> bool:
 
 
 def analyze(plan: Plan) -> Graph:
-    """The dependency graph of a valid plan (call :meth:`Plan.validate` first); cached per plan."""
+    """The dependency graph of a valid plan (call :meth:`Plan.validate` first); cached per plan.
+
+    Anything but a :class:`~shoal.plan.Plan` is refused with a :class:`ConfigError`.
+    """
+    if not isinstance(plan, Plan):
+        raise ConfigError(f"analyze takes a shoal.Plan, got {type(plan).__name__} "
+                          f"{shown(plan)}")
     return plan.memo("graph", lambda: _analyze(plan))
 
 

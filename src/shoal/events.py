@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ from typing import IO, Any
 
 from pydantic_core import to_jsonable_python
 
+from shoal.exceptions import ConfigError
+from shoal.merge import shown
 from shoal.outcome import _strict
 
 __all__ = [
@@ -379,6 +382,9 @@ class JsonlSink:
     """
 
     def __init__(self, path: str | Path) -> None:
+        if not isinstance(path, str | os.PathLike):
+            raise ConfigError(f"JsonlSink takes a file path, got {type(path).__name__} "
+                              f"{shown(path)}")
         self.path = str(path)
         self.error = ""  # why events stopped being written ('' while all is well)
         self.lost = 0

@@ -182,7 +182,7 @@ MAX_LIMIT = 2**63 - 1
 
 def _size(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ConfigError(f"memory takes bytes or a size such as '512MB', got {value!r}")
+        raise ConfigError(f"memory takes bytes or a size such as '512MB', got {shown(value)}")
     if isinstance(value, int | float):
         return _whole("memory", value)
     match = _SIZE.match(value.lower())
@@ -203,7 +203,8 @@ def parse_process_limits(spec: ProcessLimits | dict[str, object] | None) -> Proc
     if spec is None or isinstance(spec, ProcessLimits):
         return spec
     if not isinstance(spec, dict):
-        raise ConfigError(f"limits takes a mapping of memory/cpu_seconds/open_files, got {spec!r}")
+        raise ConfigError(f"limits takes a mapping of memory/cpu_seconds/open_files, got "
+                          f"{shown(spec)}")
     unknown = set(spec) - {"memory", "cpu_seconds", "open_files"}
     if unknown:
         raise ConfigError(f"unknown process limit(s) {sorted(unknown)}; "
@@ -215,7 +216,7 @@ def parse_process_limits(spec: ProcessLimits | dict[str, object] | None) -> Proc
         raw = spec.get(key)
         if raw is not None:
             if isinstance(raw, bool) or not isinstance(raw, int | float):
-                raise ConfigError(f"{key} takes a positive number, got {raw!r}")
+                raise ConfigError(f"{key} takes a positive number, got {shown(raw)}")
             values[key] = _whole(key, raw)
     return ProcessLimits(**values)
 

@@ -354,7 +354,10 @@ class RunResult:
         return f"<RunResult {self.run_id} {counts or 'empty'} makespan={self.makespan:.3f}s>"
 
     def __getitem__(self, key: Ref | str) -> Outcome:
-        node_id = key if isinstance(key, str) else key.node
+        node_id = key if isinstance(key, str) else getattr(key, "node", None)
+        if not isinstance(node_id, str):  # a list, None: not a KeyError's (nor AttributeError)
+            raise TypeError(f"a run's outcomes are looked up by ref or node id, got "
+                            f"{type(key).__name__}")
         return self.outcomes[node_id]
 
     def __iter__(self) -> Iterator[Outcome]:

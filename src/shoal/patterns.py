@@ -406,7 +406,7 @@ class Reflect(Pattern):
         self.critic = _check_step(f"reflect {self.name} critic", critic)
         if isinstance(max_rounds, bool) or not isinstance(max_rounds, int) or max_rounds < 1:
             raise ConfigError(f"reflect {self.name}: max_rounds must be a whole number, 1 or "
-                              f"more, got {max_rounds!r}")
+                              f"more, got {shown(max_rounds)}")
         if not isinstance(must_accept, bool):  # 'no' would be taken as true
             raise ConfigError(f"reflect {self.name}: must_accept must be True or False, got "
                               f"{shown(must_accept)}")

@@ -15,7 +15,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, Protocol, TypeVar, cast
 
-from shoal.exceptions import PlanError, PlanProblem, ToolArgumentError, ToolDefinitionError
+from shoal.exceptions import (
+    ConfigError,
+    PlanError,
+    PlanProblem,
+    ToolArgumentError,
+    ToolDefinitionError,
+)
 from shoal.merge import shown
 from shoal.nodeids import check_node_id
 from shoal.tools import Tool, tool
@@ -36,6 +42,9 @@ class Ref:
         self.path = path
 
     def __getitem__(self, key: PathPart) -> Ref:
+        if type(key) is not str and type(key) is not int:  # a field or an index, as refs read
+            raise TypeError(f"{self!r}[...] takes a field name or an index, got "
+                            f"{type(key).__name__} {shown(key)}")
         return Ref(self.node, (*self.path, key))
 
     def __iter__(self) -> NoReturn:
@@ -107,6 +116,16 @@ def _has_field(value: Any, name: str) -> bool:
 
 _WALKED = (list, tuple, set, frozenset)  # a tuple, not a union: isinstance is twice as fast
 _ONE_NODE = (Ref, str)
+
+
+def _after_id(step: object) -> str:
+    """The id of one node ``after=`` names: a ref's node, or an id (text, nothing else)."""
+    if isinstance(step, Ref):
+        return step.node
+    if isinstance(step, str):
+        return step
+    raise TypeError(f"after= takes refs and node ids (text), got {type(step).__name__} "
+                    f"{shown(step)}")
 _ITEM_ID = re.compile(r"(.*)\[\d+\]", re.DOTALL)  # "m[3]": the id of an item of map "m"
 
 
@@ -242,11 +261,11 @@ def as_tool(obj: Callee) -> Tool[..., Any]:
         return obj
     if obj is None:  # tool(None) would be a decorator waiting for its function, not a tool
         raise ToolDefinitionError("a tool wraps a function, got None")
-    try:
-        made = _wrapped.get(obj)  # type: ignore[arg-type]  # a miss for anything not a function
-    except TypeError:  # unhashable (a list of tools given as one): not a function either
+    if not callable(obj) and getattr(type(obj), "__shoal_node__", None) is None:
+        # a list, a dict: not even a key of the cache below (unhashable)
         raise ToolDefinitionError(f"a tool wraps a function, got {type(obj).__name__} "
-                                  f"{shown(obj)}") from None
+                                  f"{shown(obj)}")
+    made = _wrapped.get(obj)  # type: ignore[arg-type]  # a miss for anything not a function
     if made is None:
         node = getattr(type(obj), "__shoal_node__", None)
         if node is not None:
@@ -265,6 +284,12 @@ class Plan:
     """
 
     def __init__(self, name: str = "") -> None:
+        if name is None:  # no name, as the default
+            name = ""
+        if not isinstance(name, str):  # it is journaled and shown as text: refused here,
+            # not as a journal write that fails once the run has started
+            raise ConfigError(f"a plan's name must be a str, got {type(name).__name__} "
+                              f"{shown(name)}")
         self.name = name
         self._nodes: dict[str, Node] = {}
         # nodes added under an id already taken: kept aside (not run, not in ``nodes``) so that
@@ -296,7 +321,8 @@ class Plan:
         # add()'s body: a plan of many small calls spends a good part of its time here. ``args``
         # is a dict made for this call alone: the node keeps it as it is (no copy)
         nodes = self._nodes
-        if node_id is None and after == () and isinstance(tool, Tool) and not self._duplicates:
+        if (node_id is None and type(after) is tuple and not after and isinstance(tool, Tool)
+                and not self._duplicates):
             # the usual call, inlined (_make_node, _next_id, _refs_in, insert): a tool, the
             # next id of its name free, no after. An id like "name#3" cannot be a map item's
             name = tool.name
@@ -360,10 +386,10 @@ class Plan:
         resolved = as_tool(tool)
         if item_arg is not None and not isinstance(item_arg, str):
             raise TypeError(f"plan.map({resolved.name}): item_arg= names the argument that gets "
-                            f"each item (a str), got {type(item_arg).__name__} {item_arg!r:.80}")
+                            f"each item (a str), got {type(item_arg).__name__} {shown(item_arg)}")
         if not isinstance(partial, bool):  # 'no' would read as True
             raise TypeError(f"plan.map({resolved.name}): partial= is True or False, got "
-                            f"{type(partial).__name__} {partial!r:.80}")
+                            f"{type(partial).__name__} {shown(partial)}")
         if not isinstance(over, Ref):
             raise TypeError(f"plan.map(over=...) takes a ref to a node's output (a list), got "
                             f"{type(over).__name__}; for a list known now, call plan.call "
@@ -427,15 +453,14 @@ class Plan:
         if kind is tuple and not after:
             after_ids = ()
         elif kind is list or kind is tuple:  # most after=: no ABC check, no generator
-            after_ids = tuple([a.node if isinstance(a, Ref) else str(a) for a in after])
-        elif after != ():  # not truthiness: a Ref has none
+            after_ids = tuple([a.node if isinstance(a, Ref) else a if type(a) is str
+                               else _after_id(a) for a in after])
+        else:
             if not isinstance(after, (*_ONE_NODE, Iterable)):
                 raise TypeError(f"after= takes a ref, a node id or several of them, got "
-                                f"{type(after).__name__} {after!r}")
+                                f"{type(after).__name__} {shown(after)}")
             steps: Iterable[Ref | str] = (after,) if isinstance(after, _ONE_NODE) else after
-            after_ids = tuple(a.node if isinstance(a, Ref) else str(a) for a in steps)
-        else:
-            after_ids = ()
+            after_ids = tuple(_after_id(a) for a in steps)
         refs = _refs_in(arguments)
         if refs:
             refs = self._shared_refs(refs)
@@ -491,6 +516,9 @@ class Plan:
         Raises :class:`~shoal.exceptions.PlanError` (code ``bad_id``) for an id holding ``/``
         or empty, as :meth:`call` does: a :class:`Node` made by hand passes the same rule.
         """
+        if not isinstance(node, Node):  # an AttributeError ('id') before
+            raise TypeError(f"insert takes a Node (see make_node), got {type(node).__name__} "
+                            f"{shown(node)}")
         if "/" in node.id or not node.id:
             check_node_id(node.id)
         if node.id in self._nodes:

@@ -604,7 +604,7 @@ def import_object(path: str) -> Any:
         owner = f"{owner}.{part}"
     if not callable(obj) and not hasattr(type(obj), "__shoal_node__"):  # agents, patterns
         raise ImportError(f"{path!r} is not callable (it is {type(obj).__name__} "
-                          f"{obj!r:.40}); point it at a function, tool, agent or pattern")
+                          f"{shown(obj)}); point it at a function, tool, agent or pattern")
     return obj
 
 

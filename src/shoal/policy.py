@@ -28,6 +28,7 @@ from shoal.limits import (
     parse_process_limits,
     parse_rate,
 )
+from shoal.merge import shown
 
 __all__ = [
     "ISOLATIONS",
@@ -72,7 +73,7 @@ def _exception_types(value: object) -> tuple[type[BaseException], ...]:
     if bad:
         raise ToolDefinitionError(
             f"retry_on takes an exception class or a list/tuple of them (e.g. "
-            f"retry_on=[TimeoutError, ConnectionError]), got {value!r}"
+            f"retry_on=[TimeoutError, ConnectionError]), got {shown(value)}"
         )
     return cast(tuple[type[BaseException], ...], items)
 
@@ -146,7 +147,7 @@ class RetryPolicy:
                 raise ToolDefinitionError(f"{what} must be a number of seconds from 0 to "
                                           f"{MAX_BACKOFF_SECONDS:g}, got {_short(value)}")
         if not _is_number(jitter) or not 0.0 <= jitter <= 1.0:
-            raise ToolDefinitionError(f"jitter must be a number within [0, 1], got {jitter!r}")
+            raise ToolDefinitionError(f"jitter must be a number within [0, 1], got {shown(jitter)}")
         # frozen: the dataclass way to set fields in __init__
         object.__setattr__(self, "retries", retries)
         object.__setattr__(self, "on", _exception_types(on))
@@ -239,7 +240,7 @@ def _as_keys(value: str | Sequence[str] | None) -> tuple[str, ...]:
     if not all(isinstance(k, str) for k in keys):
         raise ToolDefinitionError(
             f"reads/writes/merges take a resource key or a list of them, such as 'file:{{path}}', "
-            f"got {value!r}"
+            f"got {shown(value)}"
         )
     return keys
 
@@ -253,7 +254,7 @@ def policy_from(base: ToolPolicy, opts: Mapping[str, Any]) -> ToolPolicy:
         )
     retry = opts.get("retry", base.retry)
     if not isinstance(retry, RetryPolicy):
-        raise ToolDefinitionError(f"retry takes a RetryPolicy, got {retry!r}")
+        raise ToolDefinitionError(f"retry takes a RetryPolicy, got {shown(retry)}")
     retry_fields = {
         "retries": opts.get("retries"), "on": opts.get("retry_on"),
         "backoff": opts.get("backoff"), "max_backoff": opts.get("max_backoff"),
@@ -299,7 +300,7 @@ def _resources(spec: Any) -> tuple[tuple[str, float], ...]:
         return ()
     if not isinstance(spec, Mapping):
         raise ToolDefinitionError(f"resources takes a mapping such as {{'num_cpus': 2}}, "
-                                  f"got {spec!r}")
+                                  f"got {shown(spec)}")
     items: list[tuple[str, float]] = []
     options: dict[str, str] = {}
     for key, value in spec.items():
@@ -307,7 +308,7 @@ def _resources(spec: Any) -> tuple[tuple[str, float], ...]:
         if (isinstance(value, bool) or not isinstance(value, int | float)
                 or not finite(value) or value < 0):
             raise ToolDefinitionError(f"resource {key!r} needs a number of 0 or more, "
-                                      f"got {value!r}")
+                                      f"got {shown(value)}")
         if 0 < value < RESOURCE_STEP:
             raise ToolDefinitionError(
                 f"resource {key!r}: {value!r} is below the smallest amount Ray counts "
@@ -328,7 +329,7 @@ def _labels(spec: Any) -> tuple[tuple[str, str], ...]:
         return ()
     if not isinstance(spec, Mapping):
         raise ToolDefinitionError(f"labels takes a mapping of node label to value, such as "
-                                  f"{{'zone': 'b'}}, got {spec!r}")
+                                  f"{{'zone': 'b'}}, got {shown(spec)}")
     for key, value in spec.items():
         if not isinstance(key, str) or not key.strip() or not isinstance(value, str):
             raise ToolDefinitionError(f"labels: a label is non-empty text and its value is "
@@ -341,7 +342,7 @@ def _check_resource_name(key: Any) -> None:
     """A resource name must be text a Ray node can declare (``--resources='{"gpu-a": 1}'``)."""
     if not isinstance(key, str) or not key.strip():
         raise ToolDefinitionError(f"resource names are non-empty text such as 'num_cpus' or "
-                                  f"'node-b', got {key!r}")
+                                  f"'node-b', got {shown(key)}")
     if key != key.strip() or not key.isprintable():
         raise ToolDefinitionError(f"resource name {key!r} has spaces at its ends or "
                                   "unprintable characters; no node could declare it")
@@ -351,7 +352,7 @@ def check_policy(name: str, is_async: bool, p: ToolPolicy) -> None:
     """Raise :class:`ToolDefinitionError` for a policy value that cannot work."""
     if p.isolation is not None and p.isolation not in ISOLATIONS:
         raise ToolDefinitionError(
-            f"tool {name!r}: isolation must be one of {ISOLATIONS}, got {p.isolation!r}"
+            f"tool {name!r}: isolation must be one of {ISOLATIONS}, got {shown(p.isolation)}"
         )
     if p.isolation == "inline" and not is_async:
         raise ToolDefinitionError(
@@ -361,26 +362,26 @@ def check_policy(name: str, is_async: bool, p: ToolPolicy) -> None:
     if p.timeout is not None and not (_is_number(p.timeout) and p.timeout > 0):
         raise ToolDefinitionError(
             f"tool {name!r}: timeout must be positive: a finite number of seconds, or None; "
-            f"got {p.timeout!r}"
+            f"got {shown(p.timeout)}"
         )
     if p.max_concurrency is not None and not (_is_int(p.max_concurrency)
                                               and p.max_concurrency >= 1):
         raise ToolDefinitionError(
             f"tool {name!r}: max_concurrency must be at least 1: a whole number, or None; "
-            f"got {p.max_concurrency!r}"
+            f"got {shown(p.max_concurrency)}"
         )
     if p.estimate is not None and not (_is_number(p.estimate) and p.estimate >= 0):
         raise ToolDefinitionError(
             f"tool {name!r}: estimate must be a finite number of seconds, 0 or more, or "
-            f"None, got {p.estimate!r}"
+            f"None, got {shown(p.estimate)}"
         )
     if not isinstance(p.retry, RetryPolicy):
-        raise ToolDefinitionError(f"tool {name!r}: retry takes a RetryPolicy, got {p.retry!r}")
+        raise ToolDefinitionError(f"tool {name!r}: retry takes a RetryPolicy, got {shown(p.retry)}")
     if p.rate is not None and not isinstance(p.rate, Rate):
-        raise ToolDefinitionError(f"tool {name!r}: rate must be a Rate, got {p.rate!r}")
+        raise ToolDefinitionError(f"tool {name!r}: rate must be a Rate, got {shown(p.rate)}")
     for flag in ("exclusive", "idempotent", "trust_results"):
         if not isinstance(getattr(p, flag), bool):
             raise ToolDefinitionError(
-                f"tool {name!r}: {flag} must be True or False, got {getattr(p, flag)!r}")
+                f"tool {name!r}: {flag} must be True or False, got {shown(getattr(p, flag))}")
     if not (isinstance(p.approval, bool) or callable(p.approval)):
         raise ToolDefinitionError(f"tool {name!r}: approval must be a bool or a predicate")

@@ -33,6 +33,7 @@ from pydantic import ConfigDict
 from pydantic.fields import FieldInfo
 
 from shoal.exceptions import ToolDefinitionError
+from shoal.merge import shown
 
 if TYPE_CHECKING:
     from griffe import PerStyleOptions
@@ -315,17 +316,25 @@ def _has_default_factory(schema: Any) -> bool | None:
     """Whether a pydantic core schema uses a ``default_factory`` anywhere (nested models too).
 
     ``None`` when the schema is not built yet (a mock, for unresolved forward references).
+    A default value is the tool's own (it may contain itself, or be huge): it is not walked.
     """
     if not isinstance(schema, dict):
         return None
     stack: list[Any] = [schema]
+    seen: set[int] = set()  # schemas shared by reference are walked once
     while stack:
         item = stack.pop()
-        if isinstance(item, dict):
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if type(item) is dict:
             if "default_factory" in item:
                 return True
-            stack.extend(item.values())
-        elif isinstance(item, list | tuple):
+            if item.get("type") == "default":  # {"type": "default", "schema": ..., "default": v}
+                stack.append(item.get("schema"))
+            else:
+                stack.extend(item.values())
+        elif type(item) is list or type(item) is tuple:
             stack.extend(item)
     return False
 
@@ -370,7 +379,7 @@ def describe_errors(errors: Sequence[Any]) -> tuple[str, str]:
     for err in errors:
         loc = ".".join(str(p) for p in err["loc"])
         first = first or str(err["loc"][0] if err["loc"] else "")
-        got = f" (got {err['input']!r})" if err["type"] != "missing" else ""
+        got = f" (got {shown(err['input'])})" if err["type"] != "missing" else ""
         if err["type"] == "extra_forbidden":
             parts.append(f"unexpected argument {loc!r}")
         else:

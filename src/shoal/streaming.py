@@ -55,6 +55,7 @@ from shoal.events import (
     TextDelta,
 )
 from shoal.exceptions import ConfigError, RunNotEndedError
+from shoal.merge import shown
 
 __all__ = ["DEFAULT_BUFFER", "EventStream", "Started", "check_buffer"]
 
@@ -72,7 +73,8 @@ STOPPED = "the caller stopped reading the run's events"
 def check_buffer(buffer: object) -> int:
     """``buffer`` as a bound, or :class:`ConfigError` saying what it must be."""
     if isinstance(buffer, bool) or not isinstance(buffer, int) or buffer < 1:
-        raise ConfigError(f"buffer must be a whole number of events, 1 or more, got {buffer!r}")
+        raise ConfigError(f"buffer must be a whole number of events, 1 or more, got "
+                          f"{shown(buffer)}")
     return buffer
 
 

@@ -18,6 +18,7 @@ from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 import pydantic
 
 from shoal.exceptions import ToolArgumentError, ToolDefinitionError
+from shoal.merge import shown
 from shoal.nodeids import SEPARATOR
 from shoal.policy import (
     ISOLATIONS,
@@ -95,7 +96,7 @@ class Tool(Generic[P, R]):
         _model: type[pydantic.BaseModel] | None = None,
     ) -> None:
         if not callable(fn):
-            raise ToolDefinitionError(f"a tool wraps a function, got {fn!r}")
+            raise ToolDefinitionError(f"a tool wraps a function, got {shown(fn)}")
         self._set_callable(fn)
         base: Any = fn
         while isinstance(base, functools.partial):  # name and docs come from the function
@@ -168,7 +169,7 @@ class Tool(Generic[P, R]):
         must take the same arguments; the schema is reused, not rebuilt.
         """
         if not callable(fn):
-            raise ToolDefinitionError(f"a tool wraps a function, got {fn!r}")
+            raise ToolDefinitionError(f"a tool wraps a function, got {shown(fn)}")
         # as Tool(fn, name=..., description=..., policy=..., _model=...) would make it, but
         # sharing what depends only on the schema and the policy, which an agent binds for
         # every subagent it starts and every run of its own (the docs are ``fn``'s)
@@ -228,6 +229,9 @@ class Tool(Generic[P, R]):
         except pydantic.ValidationError as exc:
             argument, message = describe_errors(exc.errors())
             raise ToolArgumentError(self.name, argument, message) from None
+        except RecursionError:  # a value (or a default, copied for each call) nested too deep
+            raise ToolArgumentError(self.name, "", "the arguments (or a default value copied "
+                                    "for the call) are nested too deeply to check") from None
         renames = self._renames
         values = ({renames.get(k, k): v for k, v in instance.__dict__.items()} if renames
                   else dict(instance.__dict__))
@@ -294,7 +298,7 @@ class Tool(Generic[P, R]):
         try:
             adapter.validate_python(value)
         except pydantic.ValidationError as exc:
-            return [f"argument {name!r}: {e['msg']} (got {value!r})" for e in exc.errors()[:1]]
+            return [f"argument {name!r}: {e['msg']} (got {shown(value)})" for e in exc.errors()[:1]]
         return []
 
     def json_schema(self) -> dict[str, Any]:

@@ -17,7 +17,6 @@ from collections.abc import Callable, Coroutine, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, get_args
 
-import pydantic
 from typing_extensions import TypeVar
 
 from shoal.agents.budget import Budget
@@ -34,6 +33,7 @@ from shoal.exceptions import (
     ShoalError,
     ToolDefinitionError,
     bounded_text,
+    describe_exception,
     exception_message,
 )
 from shoal.limits import ProcessLimits, env_names, parse_process_limits
@@ -208,23 +208,26 @@ class Agent(Generic[T]):
         object.__setattr__(self, "subagents", self._listed("subagents"))
         strays = [a for a in self.subagents if not isinstance(a, Agent)]
         if strays:
-            raise ConfigError(f"agent {self.name!r}: subagents must be Agents, got {strays[0]!r}"
-                              " (a function the model may call belongs in tools=)")
+            raise ConfigError(f"agent {self.name!r}: subagents must be Agents, got "
+                              f"{shown(strays[0])} (a function the model may call belongs in "
+                              "tools=)")
         if self.tool_error_format is not None and not callable(self.tool_error_format):
             raise ConfigError(f"agent {self.name!r}: tool_error_format must be a function of a "
-                              f"CallRecord, got {self.tool_error_format!r}")
+                              f"CallRecord, got {shown(self.tool_error_format)}")
         if not isinstance(self.settings, ModelSettings):  # else it fails at the provider
             raise ConfigError(f"agent {self.name!r}: settings= takes a shoal.models."
                               f"ModelSettings(temperature=..., max_tokens=...), got "
                               f"{type(self.settings).__name__} {shown(self.settings)}")
         if self.stream_dispatch is not None and not isinstance(self.stream_dispatch, bool):
             raise ConfigError(f"agent {self.name!r}: stream_dispatch must be True, False or "
-                              f"None (on where the model streams), got {self.stream_dispatch!r}")
+                              f"None (on where the model streams), got "
+                              f"{shown(self.stream_dispatch)}")
         try:
             self.output_spec  # noqa: B018 - built now, so a type pydantic cannot use fails here
-        except pydantic.PydanticUserError as exc:  # schema generation and similar
-            raise ConfigError(f"agent {self.name!r}: output_type {self.output_type!r} cannot be "
-                              f"checked: {exc}") from None
+        except Exception as exc:  # schema generation and similar; pydantic's own repr of a
+            # value that is no type may raise, or recurse without end (a list 100,000 deep)
+            raise ConfigError(f"agent {self.name!r}: output_type {shown(self.output_type)} "
+                              f"cannot be checked: {describe_exception(exc)}") from None
         names = [t.name for t in self._tools] + [a.name for a in self.subagents]
         clashes = sorted({n for n in names if names.count(n) > 1})
         if clashes:
@@ -237,7 +240,7 @@ class Agent(Generic[T]):
         isolations = get_args(AgentIsolation)
         if not isinstance(self.isolation, str) or self.isolation not in isolations:
             raise ConfigError(f"agent {self.name!r}: isolation must be one of "
-                              f"{', '.join(map(repr, isolations))}, got {self.isolation!r}")
+                              f"{', '.join(map(repr, isolations))}, got {shown(self.isolation)}")
         try:
             object.__setattr__(self, "env", env_names(self.env))
         except ValueError as exc:
@@ -271,7 +274,7 @@ class Agent(Generic[T]):
         modes = get_args(AgentMode)
         if not isinstance(self.mode, str) or self.mode not in modes:
             raise ConfigError(f"agent {self.name!r}: mode must be one of "
-                              f"{', '.join(map(repr, modes))}, got {self.mode!r}")
+                              f"{', '.join(map(repr, modes))}, got {shown(self.mode)}")
         if self.mode == "plan" and not self.tools_by_name:
             raise ConfigError(f"agent {self.name!r}: a planner (mode='plan') needs tools to "
                               "plan with: give it tools= or subagents=")
@@ -281,7 +284,7 @@ class Agent(Generic[T]):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ConfigError(f"agent {self.name!r}: {name} must be a whole number, "
-                                  f"{least} or more, got {value!r}")
+                                  f"{least} or more, got {shown(value)}")
 
     def _as_tools(self) -> tuple[Tool[..., Any], ...]:
         """The ``tools`` as Tools; an item that is not one names the agent and its place."""
@@ -299,7 +302,7 @@ class Agent(Generic[T]):
         if isinstance(value, Tool | Agent | str | bytes) or callable(value) or not isinstance(
                 value, Sequence | set | frozenset):
             raise ConfigError(f"agent {self.name!r}: {field_name} must be a list, got "
-                              f"{value!r}; write {field_name}=[...]")
+                              f"{shown(value)}; write {field_name}=[...]")
         return tuple(value)
 
     # -- derived, cached once per definition -------------------------------------------

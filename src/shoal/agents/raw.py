@@ -26,6 +26,8 @@ from typing import Any, TypeVar
 
 from shoal.agents.toolcalls import execute_calls
 from shoal.events import EventSink
+from shoal.exceptions import describe_exception
+from shoal.merge import shown
 from shoal.models.base import ToolCall, ToolResultMessage
 from shoal.runtime import Runtime, run_blocking
 from shoal.tools import Tool, tool
@@ -64,9 +66,10 @@ def openai_calls(source: Any) -> list[ToolCall]:
 def _openai_call(item: Any) -> ToolCall:
     function = _get(item, "function")
     if function is None:  # not a function call (a custom tool): reported as unknown
-        return ToolCall(str(_get(item, "id") or ""), f"<{_get(item, 'type')} tool call>", "{}")
-    return ToolCall(str(_get(item, "id") or ""), str(_get(function, "name") or ""),
-                    str(_get(function, "arguments") or "{}"))
+        return ToolCall(_text(_get(item, "id") or ""), f"<{_text(_get(item, 'type'))} tool call>",
+                        "{}")
+    return ToolCall(_text(_get(item, "id") or ""), _text(_get(function, "name") or ""),
+                    _json_text(_get(function, "arguments") or "{}"))
 
 
 def anthropic_calls(source: Any) -> list[ToolCall]:
@@ -75,9 +78,33 @@ def anthropic_calls(source: Any) -> list[ToolCall]:
         source = _get(source, "content")
     if not isinstance(source, Iterable) or isinstance(source, str | bytes | Mapping):
         return []
-    return [ToolCall(str(_get(block, "id")), str(_get(block, "name")),
-                     json.dumps(_get(block, "input") or {}))
+    return [ToolCall(_text(_get(block, "id")), _text(_get(block, "name")),
+                     _json_text(_get(block, "input") or {}))
             for block in source if _get(block, "type") == "tool_use"]
+
+
+def _text(value: Any) -> str:
+    """``str(value)``, or a short description when its own ``__str__`` fails."""
+    if isinstance(value, str):
+        return value
+    try:
+        return str(value)
+    except Exception:  # a dict made by hand may hold anything: the call is still answered
+        return shown(value)
+
+
+def _json_text(value: Any) -> str:
+    """Arguments as the JSON text a call carries; text is kept as the model wrote it.
+
+    A value JSON cannot hold (a cycle, nesting too deep, an object of no JSON type) becomes
+    text that is not JSON, so that its call is answered with an error, as malformed JSON is.
+    """
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value)
+    except (ValueError, TypeError, RecursionError) as exc:
+        return f"<arguments JSON cannot hold ({describe_exception(exc)}): {shown(value)}>"
 
 
 async def openai_tool_messages(source: Any, tools: Tools, *, runtime: Runtime | None = None,

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from shoal.exceptions import ConfigError, describe_exception
+from shoal.merge import shown
 from shoal.outcome import _safe_repr
 from shoal.store.base import canonical_json
 
@@ -125,16 +126,17 @@ class Decision:
 
     def __post_init__(self) -> None:
         if not isinstance(self.verdict, str) or self.verdict not in ("approve", "deny", "edit"):
-            raise ConfigError(f"a decision is 'approve', 'deny' or 'edit', got {self.verdict!r}")
+            raise ConfigError(f"a decision is 'approve', 'deny' or 'edit', got "
+                              f"{shown(self.verdict)}")
         if (self.verdict == "edit") != (self.args is not None):
             raise ConfigError("an edit carries the new arguments (and only an edit does)")
         if self.args is not None and not isinstance(self.args, Mapping):
             raise ConfigError(f"an edit's arguments are a mapping of argument names to values, "
-                              f"got {self.args!r:.200}")
+                              f"got {shown(self.args)}")
         if self.reason is None:  # no reason given
             object.__setattr__(self, "reason", "")
         elif not isinstance(self.reason, str):  # it is journaled, and shown to agents, as text
-            raise ConfigError(f"a decision's reason is text, got {self.reason!r:.200}")
+            raise ConfigError(f"a decision's reason is text, got {shown(self.reason)}")
 
     @classmethod
     def approve(cls, reason: str = "") -> Decision:
@@ -194,7 +196,7 @@ class CallbackApprover(Approver):
 
     def __init__(self, fn: Callback, *, name: str | None = None) -> None:
         if not callable(fn):
-            raise ConfigError(f"CallbackApprover takes a callable, got {fn!r}")
+            raise ConfigError(f"CallbackApprover takes a callable, got {shown(fn)}")
         self._fn = fn
         self._name = name or getattr(fn, "__qualname__", None) or type(fn).__name__
 
@@ -252,7 +254,7 @@ def as_approver(value: Approver | Callback | None) -> Approver | None:
         return value
     if callable(value):
         return CallbackApprover(value)
-    raise ConfigError(f"approver takes an Approver or a callable, got {value!r}")
+    raise ConfigError(f"approver takes an Approver or a callable, got {shown(value)}")
 
 
 # ---- rules ---------------------------------------------------------------------------------
@@ -282,7 +284,7 @@ class Rule:
 
     def __post_init__(self) -> None:
         if self.action not in ("allow", "deny"):
-            raise ConfigError(f"a rule's action is 'allow' or 'deny', got {self.action!r}")
+            raise ConfigError(f"a rule's action is 'allow' or 'deny', got {shown(self.action)}")
 
     def matches(self, request: ApprovalRequest) -> bool:
         """Whether this rule applies to ``request``."""
@@ -323,14 +325,15 @@ class RulesApprover(Approver):
     def __init__(self, rules: Sequence[Rule] = (), *, allow: Sequence[str] = (),
                  deny: Sequence[str] = (), otherwise: Otherwise = "deny") -> None:
         if not isinstance(otherwise, Approver) and otherwise not in ("deny", "allow"):
-            raise ConfigError(f"otherwise is 'deny', 'allow' or an Approver, got {otherwise!r}")
+            raise ConfigError(f"otherwise is 'deny', 'allow' or an Approver, got "
+                              f"{shown(otherwise)}")
         rules, allow, deny = _listed(rules, "rules"), _listed(allow, "allow"), _listed(deny, "deny")
         if not all(isinstance(rule, Rule) for rule in rules):
             raise ConfigError(f"rules takes Rule objects, e.g. Rule('deny', 'delete_*'), got "
-                              f"{rules!r:.200}")
+                              f"{shown(rules)}")
         if not all(isinstance(pattern, str) for pattern in (*allow, *deny)):
             raise ConfigError(f"allow and deny take tool name patterns (text), got "
-                              f"{[*deny, *allow]!r:.200}")
+                              f"{shown([*deny, *allow])}")
         self.rules: list[Rule] = [*rules, *(Rule("deny", p) for p in deny),
                                   *(Rule("allow", p) for p in allow)]
         self.otherwise = otherwise
@@ -380,7 +383,7 @@ class RulesApprover(Approver):
         if otherwise == "ask":
             return cls(rules, otherwise=ask if ask is not None else "deny")
         if otherwise not in ("deny", "allow"):
-            raise ConfigError(f"otherwise is 'deny', 'allow' or 'ask', got {otherwise!r}")
+            raise ConfigError(f"otherwise is 'deny', 'allow' or 'ask', got {shown(otherwise)}")
         return cls(rules, otherwise=otherwise)
 
     @classmethod
@@ -417,7 +420,7 @@ def _listed(value: Any, name: str) -> list[Any]:
     ``allow="read_*"`` would otherwise allow ``"*"``: every tool.
     """
     if isinstance(value, str | bytes) or not isinstance(value, Iterable):
-        raise ConfigError(f"{name} takes a list, e.g. {name}=[{value!r:.60}], got {value!r:.200}")
+        raise ConfigError(f"{name} takes a list, e.g. {name}=[{shown(value)}], got {shown(value)}")
     return list(value)
 
 
@@ -464,5 +467,5 @@ def _text(item: Mapping[str, Any], key: str, where: str, default: str | None = N
     value = item.get(key, default)
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ConfigError(f"{where}: {key} is text (a pattern such as 'delete_*'"
-                          f"{'' if key != 'reason' else ', or a reason'}), got {value!r}")
+                          f"{'' if key != 'reason' else ', or a reason'}), got {shown(value)}")
     return str(value)

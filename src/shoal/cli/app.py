@@ -67,6 +67,7 @@ from shoal.exceptions import (
 )
 from shoal.outcome import RunResult
 from shoal.plan import Plan
+from shoal.plandata import DataError, read_text
 from shoal.planfile import check_import, load_plan
 from shoal.runtime import Runtime, check_deadline, new_run_id
 from shoal.store.sqlite import DEFAULT_PATH, SQLiteStore
@@ -142,7 +143,10 @@ class RunOptions:
                     "mark_done": self.mark_done, "force": self.force}
         if self.store is None:
             return {}
-        text = self.plan_file.read_text(encoding="utf-8")
+        try:  # as the plan was read: a FIFO read already reads as empty, never waited on
+            text = read_text(self.plan_file, "plan file")
+        except DataError:  # changed since it was loaded: nothing kept to resume from
+            text = ""
         settings = {"executor": self.executor, "max_concurrency": self.max_concurrency,
                     "process_workers": self.process_workers}
         return {"source": {"path": str(self.plan_file.resolve()), "cwd": os.getcwd(),

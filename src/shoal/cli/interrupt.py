@@ -123,6 +123,7 @@ class CtrlC:
         self._first: signal.Signals = signal.SIGINT  # the signal that stopped the run
         self._previous_term: Any = None
         self._term_installed = False
+        self._int_installed = False
 
     @property
     def interrupted(self) -> bool:
@@ -146,7 +147,12 @@ class CtrlC:
         if not self._presses and _terms:  # a SIGTERM before the run, whose exception was lost
             self._presses, self._first = _terms, signal.SIGTERM
         try:  # the handler may run before signal.signal returns: it needs nothing set here
-            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+            # an ignored Ctrl-C stays ignored, as while the command loaded (shoal.cli): a job
+            # a script starts with `&` ignores it, so that Ctrl-C stops the script's
+            # foreground command only; nor does a run started so take it
+            self._int_installed = signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+            if self._int_installed:
+                self._previous = signal.signal(signal.SIGINT, self._on_sigint)
         except ValueError:
             return self  # not the main thread: Ctrl-C keeps its usual meaning
         self._installed = True
@@ -172,7 +178,8 @@ class CtrlC:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         if self._installed:  # not installed: the old handler was not set from Python
-            signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
+            if self._int_installed:
+                signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
             if self._term_installed:
                 signal.signal(signal.SIGTERM, self._previous_term or signal.SIG_DFL)
             self._installed = False

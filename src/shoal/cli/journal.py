@@ -44,6 +44,7 @@ from shoal.exceptions import (
     bounded_text,
 )
 from shoal.outcome import STATUSES, Outcome, jsonable
+from shoal.plandata import DataError, read_text
 from shoal.store.base import ApprovalRecord, AttemptRecord, RunRecord, StoredOutcome
 from shoal.store.claims import process_alive as _alive
 from shoal.store.codec import untag_bytes
@@ -1087,14 +1088,14 @@ def _recorded_plan(record: RunRecord, store: Path) -> Path:
 
 def _plan_text(path: Path) -> tuple[str | None, str]:
     """The text of the plan file at ``path``, or ``None`` and why it cannot be read."""
-    try:
-        return path.read_text(encoding="utf-8"), ""
-    except FileNotFoundError:
-        return None, "is gone"
-    except UnicodeDecodeError:
-        return None, "is no longer UTF-8 text"
-    except OSError as exc:
-        return None, f"cannot be read ({exc.strerror or exc})"
+    try:  # bounded, and a FIFO nobody writes to reads as empty: never waited on
+        return read_text(path, "plan file"), ""
+    except DataError as exc:
+        if exc.code == "not_found":
+            return None, "is gone"
+        if exc.code == "syntax":
+            return None, "is no longer UTF-8 text"
+        return None, f"cannot be read ({exc.message})"
 
 
 def _file_safe(run_id: str) -> str:

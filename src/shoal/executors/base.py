@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 from shoal._deprecation import renamed
 from shoal.exceptions import ConfigError
+from shoal.merge import shown
 from shoal.tools import Isolation, Tool
 
 __all__ = ["Call", "Executor", "check_count", "new_call"]
@@ -184,4 +185,4 @@ def check_count(name: str, count: object) -> None:
     """
     if count is not None and (isinstance(count, bool) or not isinstance(count, numbers.Integral)
                               or count < 1):
-        raise ConfigError(f"{name} must be a whole number, at least 1, got {count!r}")
+        raise ConfigError(f"{name} must be a whole number, at least 1, got {shown(count)}")

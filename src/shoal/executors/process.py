@@ -115,6 +115,7 @@ from shoal.executors._worker import ENDED
 from shoal.executors.base import Call, Executor, check_count
 from shoal.executors.results import load_result
 from shoal.limits import ProcessLimits
+from shoal.merge import shown
 
 __all__ = ["ALLOWED_ENV", "QUARANTINE_AFTER", "SANDBOXES", "START_METHODS", "ProcessExecutor",
            "check_sandbox", "describe_exit", "sandbox_problem", "worker_env"]
@@ -1244,7 +1245,7 @@ SANDBOXES = ("none", "namespace")
 def check_sandbox(sandbox: str) -> str:
     """``sandbox`` if this platform can have it; else :class:`ConfigError` saying why not."""
     if sandbox not in SANDBOXES:
-        raise ConfigError(f"process_sandbox must be one of {SANDBOXES}, got {sandbox!r}")
+        raise ConfigError(f"process_sandbox must be one of {SANDBOXES}, got {shown(sandbox)}")
     if sandbox == "namespace" and not sys.platform.startswith("linux"):
         raise ConfigError("process_sandbox='namespace' needs Linux (user, PID and mount "
                           "namespaces); use process_sandbox='none' here")

@@ -64,6 +64,7 @@ from typing import Any, ClassVar
 import pydantic
 
 from shoal.exceptions import SerializationError, describe_exception
+from shoal.merge import shown
 
 __all__ = ["Refused", "allow_result_types", "load_result", "load_salvaging", "refusal_in"]
 
@@ -167,7 +168,7 @@ def allow_result_types(*objects: type | Callable[..., Any]) -> None:
     for obj in objects:
         if not isinstance(obj, type | types.FunctionType | types.MethodType
                           | types.BuiltinFunctionType):
-            raise TypeError(f"allow_result_types takes classes and functions, got {obj!r}")
+            raise TypeError(f"allow_result_types takes classes and functions, got {shown(obj)}")
     with _lock:
         for obj in objects:
             _registered[id(obj)] = obj

@@ -70,6 +70,7 @@ from shoal.exceptions import (
     bounded_text,
     describe_exception,
 )
+from shoal.merge import shown
 from shoal.policy import ApprovalRule, ToolPolicy, policy_from
 from shoal.scheduler.scope import RunScope, register_injector
 from shoal.schema import model_facts
@@ -169,7 +170,7 @@ class MCPServer:
         if isinstance(self.command, str | bytes) or not isinstance(self.command, Sequence):
             # a str would run as one program per character ('m c p - s e r v e r ...')
             raise ConfigError(f"command is a list of program and arguments, e.g. "
-                              f"[{self.command!r:.80}], got {type(self.command).__name__}")
+                              f"[{shown(self.command)}], got {type(self.command).__name__}")
         object.__setattr__(self, "command", tuple(self.command))
         if bool(self.command) == (self.url is not None):
             raise ConfigError("an MCP server needs exactly one of command=[...] (a program "
@@ -179,23 +180,23 @@ class MCPServer:
                               f"{list(self.command)!r}")
         if self.env is not None and not (isinstance(self.env, Mapping) and all(
                 isinstance(k, str) and isinstance(v, str) for k, v in self.env.items())):
-            raise ConfigError(f"env maps names to strings, got {self.env!r}")
+            raise ConfigError(f"env maps names to strings, got {shown(self.env)}")
         if self.headers is not None and not (isinstance(self.headers, Mapping) and all(
                 isinstance(k, str) and isinstance(v, str) for k, v in self.headers.items())):
             raise ConfigError("headers map names to strings")
         if self.url is not None and not (isinstance(self.url, str)
                                          and re.match(r"^https?://", self.url)):
-            raise ConfigError(f"url must be an http:// or https:// URL, got {self.url!r}")
+            raise ConfigError(f"url must be an http:// or https:// URL, got {shown(self.url)}")
         wait = self.connect_timeout
         if isinstance(wait, bool) or not (isinstance(wait, int | float) and 0 < wait < math.inf):
             raise ConfigError(f"connect_timeout must be a positive, finite number of seconds, "
-                              f"got {wait!r}")
+                              f"got {shown(wait)}")
         if self.name is not None and not isinstance(self.name, str):
             raise ConfigError(f"name must be a str (or None), got {type(self.name).__name__} "
-                              f"{self.name!r:.80}")
+                              f"{shown(self.name)}")
         if self.cwd is not None and not isinstance(self.cwd, str | os.PathLike):
             raise ConfigError(f"cwd must be a directory's path (or None), got "
-                              f"{type(self.cwd).__name__} {self.cwd!r:.80}")
+                              f"{type(self.cwd).__name__} {shown(self.cwd)}")
         self._label = self.name or (os.path.basename(self.command[0]) if self.command
                                     else str(self.url))
 
@@ -236,9 +237,10 @@ class MCPServer:
             only = tuple(only)  # read once: a generator would be empty when used below
         if isinstance(only, str) or (only is not None and not (isinstance(only, tuple) and all(
                 isinstance(n, str) for n in only))):
-            raise ConfigError(f"only is a list of tool names, e.g. [{only!r}], got {only!r}")
+            raise ConfigError(f"only is a list of tool names, e.g. [{shown(only)}], got "
+                              f"{shown(only)}")
         if not isinstance(prefix, str):
-            raise ConfigError(f"prefix must be a string, got {prefix!r}")
+            raise ConfigError(f"prefix must be a string, got {shown(prefix)}")
         listed = await self._list()
         wanted = set(only) if only is not None else None
         if wanted is not None:
@@ -929,7 +931,7 @@ def server(command: Sequence[str] | None = None, *, url: str | None = None,
                           f"[{command!r}], not one string")
     if command is not None and not isinstance(command, Iterable):
         raise ConfigError(f"command is a list of program and arguments, got "
-                          f"{type(command).__name__} {command!r:.80}")
+                          f"{type(command).__name__} {shown(command)}")
     return MCPServer(tuple(command or ()), url, name, env, cwd, headers, connect_timeout)
 
 
@@ -1046,7 +1048,7 @@ def served_tools(found: Sequence[Any]) -> dict[str, Tool[..., Any]]:
     table: dict[str, Tool[..., Any]] = {}
     for item in found:
         if not callable(item):
-            raise ConfigError(f"only tools and functions can be served, got {item!r}")
+            raise ConfigError(f"only tools and functions can be served, got {shown(item)}")
         made = as_tool(item)
         if made.name in table:
             raise ConfigError(f"two tools are named {made.name!r}; tool names must be unique")

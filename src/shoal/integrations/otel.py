@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from shoal import instrumentation
 from shoal.exceptions import ConfigError, MissingDependencyError
+from shoal.merge import shown
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
@@ -58,7 +59,7 @@ def instrument(tracer_provider: TracerProvider | None = None, *, capture_content
     if isinstance(max_attribute_length, bool) or not isinstance(max_attribute_length, int) \
             or max_attribute_length < 16:
         raise ConfigError(f"max_attribute_length must be a whole number of at least 16, "
-                          f"got {max_attribute_length!r}")
+                          f"got {shown(max_attribute_length)}")
     try:
         spans = importlib.import_module("shoal.integrations._otel")
     except ModuleNotFoundError as exc:

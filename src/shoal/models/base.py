@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from shoal._slots import slot_init
+from shoal.merge import shown
 
 __all__ = [
     "AssistantMessage",
@@ -199,14 +200,14 @@ def _settings_problem(settings: ModelSettings) -> str:
     t, most, parallel = settings.temperature, settings.max_tokens, settings.parallel_tool_calls
     if t is not None and (isinstance(t, bool) or not isinstance(t, int | float)
                           or not math.isfinite(t) or t < 0):
-        return f"temperature must be a finite number >= 0 (or None), got {t!r:.80}"
+        return f"temperature must be a finite number >= 0 (or None), got {shown(t)}"
     if most is not None and (isinstance(most, bool) or not isinstance(most, int) or most < 1):
-        return f"max_tokens must be a whole number >= 1 (or None), got {most!r:.80}"
+        return f"max_tokens must be a whole number >= 1 (or None), got {shown(most)}"
     if parallel is not None and not isinstance(parallel, bool):
-        return f"parallel_tool_calls must be True, False or None, got {parallel!r:.80}"
+        return f"parallel_tool_calls must be True, False or None, got {shown(parallel)}"
     extra = settings.extra
     if not isinstance(extra, Mapping) or not all(isinstance(k, str) for k in extra):
-        return f"extra must be a mapping of str names to values, got {extra!r:.80}"
+        return f"extra must be a mapping of str names to values, got {shown(extra)}"
     return ""
 
 

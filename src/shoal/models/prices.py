@@ -30,6 +30,7 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from shoal.exceptions import ConfigError
+from shoal.merge import shown
 
 if TYPE_CHECKING:
     from genai_prices.data_snapshot import DataSnapshot
@@ -65,7 +66,7 @@ class Price:
             if (isinstance(value, bool) or not isinstance(value, int | float)
                     or not math.isfinite(value) or value < 0):
                 raise ConfigError(f"Price.{name} must be a finite number of US dollars per "
-                                  f"million tokens, 0 or more; got {value!r}")
+                                  f"million tokens, 0 or more; got {shown(value)}")
 
     def cost(self, input_tokens: int, output_tokens: int, cache_read_tokens: int = 0,
              cache_write_tokens: int = 0) -> float:
@@ -200,7 +201,7 @@ def _check_counts(counts: Mapping[str, int]) -> None:
     for name, value in counts.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be a whole number of tokens, 0 or more; "
-                             f"got {value!r}")
+                             f"got {shown(value)}")
     cached = counts["cache_read_tokens"] + counts["cache_write_tokens"]
     if cached > counts["input_tokens"]:
         raise ValueError(f"{cached} cached input tokens but input_tokens is "

@@ -30,6 +30,7 @@ from typing import Any, cast
 from shoal._deprecation import renamed
 from shoal.events import Event, ModelRetrying
 from shoal.exceptions import ConfigError, ModelConnectionError, ModelError, ModelHTTPError
+from shoal.merge import shown
 from shoal.models._common import _notices, notices_to
 from shoal.models.base import (
     Model,
@@ -77,7 +78,7 @@ def _from_attempts(attempts: int, retries: int) -> int:
                           "(attempts= counted every try: retries = attempts - 1)")
     if not _whole(attempts) or attempts < 1:
         raise ConfigError(f"ModelRetry: attempts (deprecated: use retries, one less) must be "
-                          f"a whole number, 1 or more, got {attempts!r}")
+                          f"a whole number, 1 or more, got {shown(attempts)}")
     renamed("ModelRetry(attempts=...)", "ModelRetry(retries=...), one less", stacklevel=4)
     return attempts - 1
 
@@ -108,14 +109,14 @@ class ModelRetry:
             retries = _from_attempts(attempts, retries)
         if not _whole(retries) or retries < 0:
             raise ConfigError(f"ModelRetry: retries must be a whole number, 0 or more, "
-                              f"got {retries!r}")
+                              f"got {shown(retries)}")
         for what, value in (("backoff", backoff), ("max_backoff", max_backoff)):
             if not _seconds(value):
                 raise ConfigError(f"ModelRetry: {what} must be a finite number of seconds, 0 "
-                                  f"or more, got {value!r}")
+                                  f"or more, got {shown(value)}")
         if not _seconds(jitter) or jitter > 1:
             raise ConfigError(f"ModelRetry: jitter must be a number within [0, 1], "
-                              f"got {jitter!r}")
+                              f"got {shown(jitter)}")
         for name, value in (("retries", retries), ("backoff", backoff),
                             ("max_backoff", max_backoff), ("jitter", jitter)):
             object.__setattr__(self, name, value)  # frozen: the dataclass way in __init__

@@ -58,6 +58,7 @@ from types import TracebackType
 from typing import Any, NoReturn
 
 from shoal.exceptions import ScriptError
+from shoal.merge import shown
 from shoal.models.base import (
     AssistantMessage,
     Model,
@@ -90,7 +91,7 @@ def pause(seconds: float) -> Pause:
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
         raise TypeError(f"pause() takes a number of seconds, got {type(seconds).__name__}")
     if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"pause() takes a finite number of seconds >= 0, got {seconds!r}")
+        raise ValueError(f"pause() takes a finite number of seconds >= 0, got {shown(seconds)}")
     return Pause(float(seconds))
 
 
@@ -106,22 +107,26 @@ def call(name: str, /, *, raw_arguments: str | None = None, call_id: str | None 
          **arguments: Any) -> ToolCall:
     """A tool call for a script: ``call("search", query="x")``.
 
-    ``raw_arguments`` sends exactly that text instead (to test malformed JSON).
+    ``raw_arguments`` sends exactly that text instead (to test malformed JSON). Arguments
+    JSON cannot hold raise ``TypeError`` or ``ValueError`` (nesting too deep included).
     """
     if not isinstance(name, str):
         raise TypeError(f"call() takes the tool's name as a str, got {type(name).__name__} "
-                        f"{name!r:.80}")
+                        f"{shown(name)}")
     for label, value in (("raw_arguments", raw_arguments), ("call_id", call_id)):
         if value is not None and not isinstance(value, str):
             raise TypeError(f"call(): {label} must be a str (or None), got "
-                            f"{type(value).__name__} {value!r:.80}")
+                            f"{type(value).__name__} {shown(value)}")
     if raw_arguments is not None:
         text = raw_arguments
     else:
         try:
             text = json.dumps(arguments)
+        except RecursionError:
+            raise ValueError("call(): the arguments are nested too deeply to write as "
+                             "JSON; pass raw_arguments= to send text as it is") from None
         except (TypeError, ValueError) as exc:  # an object, a cycle: say which call
-            raise TypeError(f"call({name!r:.80}): the arguments must be JSON values ({exc}); "
+            raise TypeError(f"call({shown(name)}): the arguments must be JSON values ({exc}); "
                             "to send other text, give raw_arguments='...'") from None
     return ToolCall(call_id or f"call_{next(_ids)}", name, text)
 
@@ -133,7 +138,7 @@ def _script(steps: object, owner: str) -> list[Step]:
     """
     if isinstance(steps, str | bytes | Mapping) or not isinstance(steps, Iterable):
         raise TypeError(f"{owner} takes a list of steps, e.g. [[call('search', q='x')], "
-                        f"'the answer'], got {type(steps).__name__} {steps!r:.80}")
+                        f"'the answer'], got {type(steps).__name__} {shown(steps)}")
     return list(steps)
 
 
@@ -141,7 +146,7 @@ def _seconds(value: object, label: str) -> float:
     """``value`` as a finite number of seconds >= 0 (``ValueError`` otherwise)."""
     if (isinstance(value, bool) or not isinstance(value, int | float)
             or not math.isfinite(value) or value < 0):
-        raise ValueError(f"{label} must be a finite number of seconds >= 0, got {value!r:.80}")
+        raise ValueError(f"{label} must be a finite number of seconds >= 0, got {shown(value)}")
     return float(value)
 
 
@@ -191,9 +196,9 @@ class ScriptedModel(Model):
                              f"{tokens_per_second!r}")
         if usage is not None and not isinstance(usage, Usage):  # else a failed first turn
             raise TypeError(f"ScriptedModel's usage must be a shoal.models.Usage(...) (or "
-                            f"None), got {type(usage).__name__} {usage!r:.80}")
+                            f"None), got {type(usage).__name__} {shown(usage)}")
         if not isinstance(name, str) or not name:
-            raise TypeError(f"ScriptedModel's name must be a non-empty str, got {name!r:.80}")
+            raise TypeError(f"ScriptedModel's name must be a non-empty str, got {shown(name)}")
         self.name = name
         self.latency = _seconds(latency, "latency")
         self.tokens_per_second = tokens_per_second
@@ -218,14 +223,14 @@ class ScriptedModel(Model):
         if not isinstance(scripts, Mapping):
             raise TypeError("ScriptedModel.per_prompt takes a mapping of first prompts to "
                             "scripts, e.g. {'go': [[call('search', q='x')], 'done']}, got "
-                            f"{type(scripts).__name__} {scripts!r:.80}")
+                            f"{type(scripts).__name__} {shown(scripts)}")
         model = cls(**options)
         model._scripts = {}
         for prompt, steps in scripts.items():
             if not isinstance(prompt, str):
                 raise TypeError(f"ScriptedModel.per_prompt: each key is a first prompt (a str, "
-                                f"or '*'), got {type(prompt).__name__} {prompt!r:.80}")
-            model._scripts[prompt] = _script(steps, f"per_prompt's script for {prompt!r:.80}")
+                                f"or '*'), got {type(prompt).__name__} {shown(prompt)}")
+            model._scripts[prompt] = _script(steps, f"per_prompt's script for {shown(prompt)}")
         return model
 
     async def request(self, request: ModelRequest) -> ModelResponse:
@@ -345,7 +350,7 @@ class ScriptedModel(Model):
             parts = _list_parts(step)
             if parts is None:
                 self._fail(f"a step must be a str, a list of call(...) (and text, pause(...)), "
-                           f"a ModelResponse or a function returning one; got {step!r}")
+                           f"a ModelResponse or a function returning one; got {shown(step)}")
             text, calls = parts
         if usage is None or not usage.requests:
             usage = self._usage or _estimate(request, text, calls)
