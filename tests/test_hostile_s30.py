@@ -9,6 +9,7 @@ import json
 import math
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -332,3 +333,46 @@ def test_insert_takes_a_node_only() -> None:
     # an AttributeError ('list' object has no attribute 'id') before
     with pytest.raises(TypeError, match="insert takes a Node"):
         shoal.Plan().insert(_deep())  # type: ignore[arg-type]
+
+
+def _nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+class _NoReprNoEq:
+    """A value whose repr and equality raise."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+    def __eq__(self, other: object) -> bool:
+        raise RuntimeError("no eq")
+
+    __hash__ = object.__hash__
+
+
+def test_a_deadline_too_big_for_a_float_is_a_config_error() -> None:
+    with pytest.raises(shoal.ConfigError, match="deadline must be positive"):
+        shoal.run_sync(shoal.Plan(), deadline=10**400)
+
+
+@pytest.mark.parametrize("make", [
+    lambda bad: shoal.Runtime(executor=bad), lambda bad: shoal.Runtime(store=bad)],
+    ids=["executor", "store"])
+@pytest.mark.parametrize("bad", [_nested(100_000), _NoReprNoEq()], ids=["deep", "unprintable"])
+def test_a_runtime_names_a_misfit_executor_or_store_in_a_config_error(
+        make: Callable[[Any], Any], bad: Any) -> None:
+    with pytest.raises(shoal.ConfigError):
+        make(bad)
+
+
+@pytest.mark.parametrize("bad", [None, [], -1, True, b"runs.db"])
+def test_a_sqlite_journal_s_path_that_is_no_path_is_refused_making_no_file(
+        bad: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(shoal.ConfigError, match="path is a str or a path"):
+        shoal.SQLiteStore(bad)
+    assert list(tmp_path.iterdir()) == []

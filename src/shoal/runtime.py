@@ -408,8 +408,9 @@ class Runtime:
                             ("process_workers", process_workers)):
             if count is not None and (type(count) is not int or count < 1):  # else it passes:
                 check_count(name, count)  # (an int's check, without an ABC's isinstance)
-        if executor is not None and executor not in ISOLATIONS:
-            raise ConfigError(f"executor must be one of {ISOLATIONS}, got {executor!r}")
+        if executor is not None and (not isinstance(executor, str)
+                                     or executor not in ISOLATIONS):
+            raise ConfigError(f"executor must be one of {ISOLATIONS}, got {shown(executor)}")
         check_deadline(deadline)
         for key, cap in (resource_limits or {}).items():
             if cap is None:
@@ -1274,6 +1275,14 @@ def _check_plan(plan: object) -> None:
 def check_deadline(deadline: float | None) -> None:
     """Refuse a deadline that is not a positive number of seconds (NaN compares false)."""
     if deadline is not None and (isinstance(deadline, bool) or not isinstance(
-            deadline, int | float) or not deadline > 0):
+            deadline, int | float) or not deadline > 0 or not _finite(deadline)):
         raise ConfigError(f"deadline must be positive (a number of seconds), got "
                           f"{type(deadline).__name__} {shown(deadline)}")
+
+
+def _finite(number: float) -> bool:
+    """Whether ``number`` is finite as a float (an int of 400 digits is not one at all)."""
+    try:
+        return math.isfinite(number)
+    except OverflowError:
+        return False

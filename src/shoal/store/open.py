@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from shoal.exceptions import ConfigError
+from shoal.merge import shown
 from shoal.store.base import Store
 
 __all__ = ["StoreLike", "open_store"]
@@ -25,7 +26,7 @@ def open_store(store: StoreLike) -> Store:
     if not isinstance(store, str):
         if isinstance(store, Store):
             return store
-        raise ConfigError(f"store must be a Store, a URL or a path, got {store!r}")
+        raise ConfigError(f"store must be a Store, a URL or a path, got {shown(store)}")
     if store in ("memory", "memory://", "memory:"):
         from shoal.store.memory import MemoryStore
 
@@ -34,7 +35,7 @@ def open_store(store: StoreLike) -> Store:
         path = store.removeprefix("sqlite://")
         if not path.startswith("/") or path == "/":
             raise ConfigError(f"a SQLite URL is 'sqlite:///relative/path.db' or "
-                              f"'sqlite:////absolute/path.db', got {store!r}")
+                              f"'sqlite:////absolute/path.db', got {shown(store)}")
         return _sqlite(path[1:])
     if store.endswith((".db", ".sqlite", ".sqlite3")) or store == ":memory:":
         return _sqlite(store)

@@ -28,12 +28,14 @@ from typing import Any
 from shoal import __version__
 from shoal.events import Event
 from shoal.exceptions import (
+    ConfigError,
     JournalDamagedError,
     RunActiveError,
     RunNotFoundError,
     StoreError,
     StoreVersionError,
 )
+from shoal.merge import shown
 from shoal.outcome import STATUSES, ErrorInfo, Outcome, jsonable
 from shoal.store.base import (
     DECISIONS,
@@ -158,6 +160,9 @@ class SQLiteStore:
 
     def __init__(self, path: str | Path = DEFAULT_PATH, *, keep_events: bool = False,
                  timeout: float = 30.0, read_only: bool = False) -> None:
+        if not isinstance(path, str | os.PathLike):  # str() would make a file of any value
+            raise ConfigError(f"a SQLite journal's path is a str or a path, got "
+                              f"{type(path).__name__} {shown(path)}")
         self.path = str(path)
         self.keeps_events = keep_events
         self.read_only = read_only and self.path != ":memory:"
