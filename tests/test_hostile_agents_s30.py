@@ -331,3 +331,27 @@ def test_an_event_sink_that_calls_sys_exit_is_logged_and_the_run_goes_on(
     answer = shoal.Agent(name="lead", model=model, tools=[one]).run_sync("go", on_event=_exits)
     assert answer.output == "done" and [c.status for c in answer.calls] == ["ok"]
     assert "event sink" in caplog.text and "continuing" in caplog.text
+
+
+@shoal.tool
+def too_deep() -> list[Any]:
+    """Return a list nested deeper than the journal can keep."""
+    value: list[Any] = []
+    for _ in range(100_000):
+        value = [value]
+    return value
+
+
+def test_an_agent_whose_call_could_not_be_journaled_says_so_on_resume(tmp_path: Any) -> None:
+    """Not "the definition changed": the call in doubt, named, is why it cannot resume."""
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    model = ScriptedModel([[call("too_deep")], "done"])
+    first = shoal.Agent(name="lead", model=model, tools=[too_deep]).run_sync(
+        "go", runtime=shoal.Runtime(store=db), run_id="r1")
+    assert first.output == "done"
+    with pytest.raises(shoal.PlanChangedError) as raised:
+        shoal.Agent(name="lead", model=ScriptedModel([]), tools=[too_deep]).resume_sync(
+            "r1", "go", runtime=shoal.Runtime(store=db), force=True)
+    said = str(raised.value)
+    assert "call lead/too_deep#1 is in_doubt" in said and "could not be stored" in said
+    assert "instructions, tools" not in said

@@ -698,10 +698,25 @@ class AgentRun:
         journaled = self._journaled.get(turn) if self._journaled is not None else None
         if journaled is not None and journaled != digest:
             run_id = f"{self.ctx.run_id}/{self.lineage}/steps"
-            raise PlanChangedError(run_id, [
-                f"agent {self.lineage}: model turn {turn} asks another request than the "
+            raise PlanChangedError(run_id, [self._turn_changed(turn)])
+
+    def _turn_changed(self, turn: int) -> str:
+        """Why a resumed turn's request differs: a call the journal could not replay, if any.
+
+        A call whose value the journal could not keep (too deep, too big) is ``in_doubt`` when
+        resumed, not its value: the model would be told something else than it was.
+        """
+        doubtful = [record for record in self.result.calls if record.status == "in_doubt"]
+        if doubtful:
+            first = doubtful[0]
+            why = first.outcome.reason if first.outcome is not None else ""
+            return (f"agent {self.lineage}: model turn {turn} cannot be asked again as it was: "
+                    f"call {first.lineage} is in_doubt ({why or 'its result was not journaled'})"
+                    ", so its model would be told another result than it was; this agent "
+                    "cannot be resumed (start a new run)")
+        return (f"agent {self.lineage}: model turn {turn} asks another request than the "
                 "journal's (its instructions, tools, settings, output type, prompt or an "
-                "earlier turn changed)"])
+                "earlier turn changed)")
 
     async def _end_steps(self) -> None:
         """End the steps run: every step has ended, so it ends at once (journaled so)."""
