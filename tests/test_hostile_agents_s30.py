@@ -5,7 +5,7 @@ with a typed error naming it, instead of misbehaving (or hanging) once a run sta
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -23,7 +23,7 @@ def test_a_scripted_model_takes_a_list_of_steps(steps: Any) -> None:
 
 
 def test_a_generator_of_steps_is_a_list_of_steps() -> None:
-    model = ScriptedModel(step for step in ["done"])
+    model = ScriptedModel(cast(Any, (step for step in ["done"])))  # typed as a Sequence
     assert shoal.Agent(name="a", model=model).run_sync("go").output == "done"
 
 
@@ -310,7 +310,7 @@ def test_a_plan_and_an_agent_replay_text_of_surrogates_as_it_was(tmp_path: Any) 
     assert resumed.calls[0].outcome.value == "\ud800\udfff"
 
 
-def _exits(event: Any) -> None:
+def _sink_exits(event: shoal.Event) -> None:
     raise SystemExit(3)
 
 
@@ -325,10 +325,11 @@ def test_an_event_sink_that_calls_sys_exit_is_logged_and_the_run_goes_on(
     """As a sink that raises: an observer's sys.exit ends neither a plan run nor a tree."""
     plan = shoal.Plan()
     ref = plan.call(one)
-    result = shoal.run_sync(plan, on_event=_exits)
+    result = shoal.run_sync(plan, on_event=_sink_exits)
     assert result.ok and result[ref].value == 1
     model = ScriptedModel([[call("one")], "done"])
-    answer = shoal.Agent(name="lead", model=model, tools=[one]).run_sync("go", on_event=_exits)
+    lead = shoal.Agent(name="lead", model=model, tools=[one])
+    answer = lead.run_sync("go", on_event=_sink_exits)
     assert answer.output == "done" and [c.status for c in answer.calls] == ["ok"]
     assert "event sink" in caplog.text and "continuing" in caplog.text
 

@@ -11,7 +11,7 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -129,7 +129,7 @@ _AGENT = shoal.Agent(name="a", model="local")
     lambda v: shoal.RulesApprover([v]),
     lambda v: shoal.CallbackApprover(v),
     lambda v: shoal.Decision(v),
-    lambda v: shoal.Board({v: shoal.merge.append}) if isinstance(v, _Unprintable)
+    lambda v: shoal.Board(cast(Any, {v: shoal.merge.append})) if isinstance(v, _Unprintable)
     else shoal.Board(v),
     lambda v: shoal.Runtime(max_concurrency=v),
     lambda v: shoal.Runtime(approver=v),
@@ -169,7 +169,7 @@ def test_after_an_object_whose_equality_raises_is_a_type_error() -> None:
         __hash__ = object.__hash__
 
     with pytest.raises(TypeError, match="after= takes a ref, a node id or several"):
-        shoal.Plan().call(echo, x=1, after=Touchy())
+        shoal.Plan().call(echo, x=1, after=cast(Any, Touchy()))
 
 
 def test_a_plan_file_naming_an_object_whose_repr_fails_is_a_bad_import(
@@ -217,7 +217,7 @@ def test_a_default_factory_is_still_found_beside_a_default_holding_itself() -> N
     import pydantic
 
     cycle = _cycle()
-    fresh = pydantic.Field(default_factory=list)
+    fresh: Any = pydantic.Field(default_factory=list)
 
     def f(x: list[Any] = cycle, y: list[int] = fresh) -> int:
         return len(y)
@@ -308,8 +308,8 @@ def test_an_async_tool_s_error_whose_repr_raises_keeps_its_type_in_a_worker() ->
     other = plan.call(_leaves_a_task_running)
     result = shoal.run_sync(plan)
     assert result[failing].status == "failed"
-    assert result[failing].error is not None
-    assert result[failing].error.type.endswith("_Unshowable")
+    error = result[failing].error
+    assert error is not None and error.type.endswith("_Unshowable")
     assert result[other].value == "done"
 
 

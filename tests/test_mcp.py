@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psutil
 import pytest
@@ -909,7 +909,7 @@ def test_bad_tool_options_are_config_errors() -> None:
 def test_only_given_as_a_generator_keeps_the_tools_it_names() -> None:
     # the generator was read once to check it, then found empty: no tools, and no error
     async def main() -> list[str]:
-        listed = await shoal.mcp.tools(command=AWKWARD, only=(n for n in ["slow"]))
+        listed = await shoal.mcp.tools(command=AWKWARD, only=cast(Any, (n for n in ["slow"])))
         return [t.remote.name for t in listed]
 
     assert arun(main(), timeout=SLOW) == ["slow"]
@@ -918,12 +918,15 @@ def test_only_given_as_a_generator_keeps_the_tools_it_names() -> None:
 @pytest.mark.parametrize(("make", "said"), [
     (lambda: shoal.mcp.MCPServer("mcp-server-time"),  # type: ignore[arg-type]
      r"command is a list of program and arguments, e\.g\. \['mcp-server-time'\], got str"),
-    (lambda: shoal.mcp.server(5), "command is a list of program and arguments, got int 5"),
+    (lambda: shoal.mcp.server(5),  # type: ignore[arg-type]
+     "command is a list of program and arguments, got int 5"),
     (lambda: shoal.mcp.server(AWKWARD, connect_timeout=True), "connect_timeout must be a "
      "positive, finite number of seconds, got True"),
     (lambda: shoal.mcp.server(AWKWARD, connect_timeout=math.inf), "finite number of seconds"),
-    (lambda: shoal.mcp.server(AWKWARD, name=5), r"name must be a str \(or None\), got int 5"),
-    (lambda: shoal.mcp.server(AWKWARD, cwd=5), "cwd must be a directory's path"),
+    (lambda: shoal.mcp.server(AWKWARD, name=5),  # type: ignore[arg-type]
+     r"name must be a str \(or None\), got int 5"),
+    (lambda: shoal.mcp.server(AWKWARD, cwd=5),  # type: ignore[arg-type]
+     "cwd must be a directory's path"),
 ])
 def test_a_server_s_options_are_checked_when_it_is_made(make: Any, said: str) -> None:
     # each was accepted: a str command ran 'm c p - ...', server(5) was a bare TypeError, and

@@ -154,7 +154,9 @@ def test_a_run_in_a_thread_python_waits_for_goes_on_after_main_returns(touch: st
 def test_a_run_in_a_daemon_thread_does_not_hold_the_exit_up() -> None:
     body = CHAIN_IN_A_THREAD.replace("range(5)", "range(2000)")  # 100 s of calls
     out, took = run_script(body.format(touch="shoal.run_sync", daemon=True))
-    assert out == ""  # the run never ended: the interpreter did not wait for it
+    # the interpreter did not wait for the run: it was cut off, or (a race with the exit) it
+    # ended early, its next call refused by the thread pool the interpreter was shutting down
+    assert out == "" or ("('skipped', " in out and "('ok', 2001)" not in out), out
     assert took < 60
 
 

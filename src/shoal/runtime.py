@@ -1275,14 +1275,18 @@ def _check_plan(plan: object) -> None:
 def check_deadline(deadline: float | None) -> None:
     """Refuse a deadline that is not a positive number of seconds (NaN compares false)."""
     if deadline is not None and (isinstance(deadline, bool) or not isinstance(
-            deadline, int | float) or not deadline > 0 or not _finite(deadline)):
+            deadline, int | float) or not deadline > 0 or not _fits_a_float(deadline)):
         raise ConfigError(f"deadline must be positive (a number of seconds), got "
                           f"{type(deadline).__name__} {shown(deadline)}")
 
 
-def _finite(number: float) -> bool:
-    """Whether ``number`` is finite as a float (an int of 400 digits is not one at all)."""
+def _fits_a_float(number: float) -> bool:
+    """Whether ``number`` is a float, or an int that can be one (one of 400 digits cannot).
+
+    Infinity stands: a deadline that never comes, as the command line's ``--deadline inf``.
+    """
     try:
-        return math.isfinite(number)
+        float(number)
     except OverflowError:
         return False
+    return True
