@@ -141,6 +141,11 @@ class PlanTextParser:
         return [p for _, p in sorted(self._problems, key=lambda item: item[0])]
 
     @property
+    def lines_read(self) -> int:
+        """How many lines have been read so far: the number of the last one."""
+        return self._line_no
+
+    @property
     def done(self) -> bool:
         """Whether the end marker has been read (later text is ignored)."""
         return self._done

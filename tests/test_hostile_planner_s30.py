@@ -1,0 +1,93 @@
+"""Hostile plans and streams against the planner (mode="plan"), found in session 30."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import shoal
+from shoal.exceptions import ModelHTTPError
+from shoal.models.base import ModelRequest, StreamEvent, TextDelta
+from shoal.models.retry import ModelGates, ModelRetry
+from shoal.testing import ScriptedModel, call, run_virtual
+
+FINISH = "Thought: done.\nAction: Finish(done)"
+
+
+def _echo(ran: list[str]) -> shoal.Tool[..., Any]:
+    @shoal.tool
+    async def echo(x: str) -> str:
+        """Echo x."""
+        ran.append(x)
+        return f"e:{x}"
+
+    return echo
+
+
+class _RewritesAfterFailure(ScriptedModel):
+    """The first plan stream fails midway (503); the retry writes step 2 as another call."""
+
+    attempts = 0
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
+        self.attempts += 1
+        if self.attempts == 1:
+            yield TextDelta("1. echo('a')\n2. echo('b')\n3. ec")
+            raise ModelHTTPError(self.name, "overloaded", 503)
+        async for event in super().stream(request):
+            yield event
+
+
+def test_a_retried_plan_that_rewrites_a_started_step_does_not_feed_its_refs_the_old_result(
+) -> None:
+    ran: list[str] = []
+    model = _RewritesAfterFailure(["1. echo('a')\n2. echo('c')\n3. echo($2)\n4. join()", FINISH])
+    agent = shoal.Agent(name="p", model=model, tools=[_echo(ran)], mode="plan")
+    gates = ModelGates(retry=ModelRetry(retries=2, backoff=0.1))
+    result = run_virtual(asyncio.wait_for(agent.run("go", gates=gates), 60))
+    assert model.attempts == 2
+    # step 2 of the first reply (b) stands; the retry's step 2 (c) is refused, and so is
+    # step 3, which means c's result: running it on b's would be a silently wrong result
+    assert sorted(ran) == ["a", "b"]
+    by_id = {(r.call.id, r.status): r for r in result.calls}
+    assert set(by_id) == {("1", "ok"), ("2", "ok"), ("2", "rejected"), ("3", "rejected")}
+    why = by_id["3", "rejected"].message.content
+    assert "$2 cannot be used" in why and "sent again after a failure" in why
+    assert result.output == "done"
+
+
+def test_a_native_call_with_unreadable_arguments_is_refused_naming_its_tool_and_line() -> None:
+    ran: list[str] = []
+    reply = [call("echo", raw_arguments='{"x": "a"'), call("echo", x="ok")]
+    agent = shoal.Agent(name="p", model=ScriptedModel([reply, FINISH]), tools=[_echo(ran)],
+                        mode="plan")
+    result = run_virtual(asyncio.wait_for(agent.run("go"), 60))
+    assert ran == ["ok"]
+    refused, fine = result.calls
+    assert (refused.call.id, refused.call.name, refused.status) == ("1", "echo", "rejected")
+    why = refused.message.content
+    # not "invalid syntax; write N. tool(...)", which tells a model using native calls nothing
+    assert why.startswith("Error: line 1: echo's arguments are not a JSON object")
+    assert "syntax" not in why and "{\"x\": \"a\"" in why
+    assert result.plans[0].splitlines()[0].startswith("1. echo(")
+    assert (fine.call.id, fine.status) == ("2", "ok")
+
+
+def test_a_native_call_whose_key_is_no_name_is_not_read_as_other_arguments() -> None:
+    seen: list[tuple[object, object]] = []
+
+    @shoal.tool
+    async def pair(x: object = None, y: object = None) -> str:
+        """Pair."""
+        seen.append((x, y))
+        return "paired"
+
+    reply = [call("pair", **{"x=1, y": "v"})]  # once a plan line, that read as x=1, y='v'
+    agent = shoal.Agent(name="p", model=ScriptedModel([reply, FINISH]), tools=[pair],
+                        mode="plan")
+    result = run_virtual(asyncio.wait_for(agent.run("go"), 60))
+    assert seen == []
+    (record,) = result.calls
+    assert record.status == "rejected" and record.call.name == "pair"
+    assert "'x=1, y' is not a parameter name" in record.message.content
