@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
+
 import shoal
 from shoal.exceptions import ModelHTTPError
 from shoal.models.base import ModelRequest, StreamEvent, TextDelta
@@ -91,3 +93,35 @@ def test_a_native_call_whose_key_is_no_name_is_not_read_as_other_arguments() -> 
     (record,) = result.calls
     assert record.status == "rejected" and record.call.name == "pair"
     assert "'x=1, y' is not a parameter name" in record.message.content
+
+
+class _EndlessPlan(ScriptedModel):
+    """Starts a plan with one call, then writes thoughts forever."""
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
+        yield TextDelta("1. wait('a')\n")
+        while True:
+            yield TextDelta("Thought: and another thing to think about first.\n" * 10)
+            await asyncio.sleep(0.01)
+
+
+def test_an_endless_plan_stream_is_stopped_by_the_token_budget_and_its_call_recorded() -> None:
+    @shoal.tool
+    async def wait(x: str) -> str:
+        """Wait a long time."""
+        await asyncio.sleep(10_000)
+        return x
+
+    agent = shoal.Agent(name="p", model=_EndlessPlan([]), tools=[wait], mode="plan")
+
+    async def main() -> shoal.AgentResult[Any]:
+        handle = agent.start("go", budget=shoal.Budget(tokens=5_000))
+        with pytest.raises(shoal.BudgetExceeded, match="tokens limit is 5000"):
+            await asyncio.wait_for(handle, 600)  # it used to stream until this timed out
+        return handle.result
+
+    result = run_virtual(main())
+    assert result.status == "budget_exceeded"
+    (record,) = result.calls
+    assert (record.call.id, record.status) == ("1", "cancelled")
+    assert "tokens limit" in record.message.content

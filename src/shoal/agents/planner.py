@@ -646,6 +646,8 @@ class _PlanReader:
         model = agent_run.model
         gate = agent_run.ctx.gates.for_model(model)
         streamed: list[str] = []
+        chars = 0  # streamed so far: an endless plan stream is bounded by Budget(tokens=)
+        tracker = agent_run.ctx.tracker
         response: ModelResponse | None = None
 
         def on_event(event: Event) -> None:
@@ -659,6 +661,8 @@ class _PlanReader:
                 self._restart()
                 streamed.clear()
             if isinstance(event, TextDelta):
+                chars += len(event.text)  # a retried stream's text counts again: it was sent
+                tracker.check_streamed(chars, self.planner.lineage)
                 streamed.append(event.text)
                 self.feed(event.text)
                 agent_run.text_streamed(event.text)
