@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -125,3 +126,36 @@ def test_an_endless_plan_stream_is_stopped_by_the_token_budget_and_its_call_reco
     (record,) = result.calls
     assert (record.call.id, record.status) == ("1", "cancelled")
     assert "tokens limit" in record.message.content
+
+
+def _counted_calls(action: Any) -> int:
+    """How many Python and builtin function calls ``action()`` makes (not load-dependent)."""
+    count = 0
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        nonlocal count
+        if event in ("call", "c_call"):
+            count += 1
+
+    sys.setprofile(profile)
+    try:
+        action()
+    finally:
+        sys.setprofile(None)
+    return count
+
+
+def test_a_plan_streaming_many_bad_lines_costs_time_linear_in_them() -> None:
+    ran: list[str] = []
+
+    def plan(bad: int) -> None:
+        lines = [f"not a call {i}\n" for i in range(bad)] + ["1. echo('a')\n", "2. join()"]
+        agent = shoal.Agent(name="p", model=ScriptedModel([lines, FINISH]), tools=[_echo(ran)],
+                            mode="plan")
+        result = run_virtual(asyncio.wait_for(agent.run("go"), 60))
+        assert [r.status for r in result.calls] == ["ok"]
+
+    small, large = _counted_calls(lambda: plan(1000)), _counted_calls(lambda: plan(4000))
+    # four times the lines: about four times the work (every problem sorted at each line, as
+    # the reader once asked for them, is sixteen times)
+    assert large < 6 * small, (small, large)

@@ -742,10 +742,10 @@ class _PlanReader:
 
     def _take(self, parsed: list[ParsedCall]) -> None:
         # the problems found while reading the lines that gave these calls come first
-        problems = self._parser.problems
-        for problem in problems[self._problems:]:
+        problems = self._parser.problems_after(self._problems)
+        for problem in problems:
             self.calls.note(problem, self.round)
-        self._problems = len(problems)
+        self._problems += len(problems)
         for call in parsed:
             self.calls.take(call, self.round)
 
