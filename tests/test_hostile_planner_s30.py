@@ -159,3 +159,34 @@ def test_a_plan_streaming_many_bad_lines_costs_time_linear_in_them() -> None:
     # four times the lines: about four times the work (every problem sorted at each line, as
     # the reader once asked for them, is sixteen times)
     assert large < 6 * small, (small, large)
+
+
+class _EndlessAnswer(ScriptedModel):
+    """Plans one call (to a planner), then answers with text that never ends."""
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
+        if request.plan_tools:
+            async for event in super().stream(request):
+                yield event
+            return
+        while True:
+            yield TextDelta("and so on, " * 100)
+            await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("mode", ["tools", "plan"])
+def test_an_endless_streamed_answer_is_stopped_by_the_token_budget(mode: str) -> None:
+    ran: list[str] = []
+    model = _EndlessAnswer(["1. echo('a')\n2. join()"])
+    agent = shoal.Agent(name="p", model=model, tools=[_echo(ran)], mode=mode)  # type: ignore[arg-type]
+
+    async def main() -> object:
+        items = [item async for item in agent.stream("go", budget=shoal.Budget(tokens=5_000))]
+        return items[-1]
+
+    # it used to stream until this timed out
+    result = run_virtual(asyncio.wait_for(main(), 600))
+    assert isinstance(result, shoal.AgentResult)
+    assert result.status == "budget_exceeded"
+    assert "tokens limit is 5000" in str(result.error)
+    assert ran == (["a"] if mode == "plan" else [])

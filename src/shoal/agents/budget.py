@@ -37,7 +37,9 @@ class Budget:
     counts under the same names, summed over the whole tree.
 
     Args:
-        tokens: input plus output tokens of every model request in the tree.
+        tokens: input plus output tokens of every model request in the tree (a reply still
+            streaming counts a token per 16 characters at least, so one that never ends is
+            stopped too).
         cost: US dollars, for models with a known price.
         requests: model requests across the tree (each agent turn is one request; an agent's
             own ``max_turns`` bounds its requests alone).
