@@ -190,3 +190,13 @@ def test_an_endless_streamed_answer_is_stopped_by_the_token_budget(mode: str) ->
     assert result.status == "budget_exceeded"
     assert "tokens limit is 5000" in str(result.error)
     assert ran == (["a"] if mode == "plan" else [])
+
+
+def test_a_code_fence_inside_a_triple_quoted_argument_is_kept_as_text() -> None:
+    ran: list[str] = []
+    plan = ["```\n", "1. echo('''a\n", "```python\n", "b''')\n", "2. join()\n", "```"]
+    agent = shoal.Agent(name="p", model=ScriptedModel([plan, FINISH]), tools=[_echo(ran)],
+                        mode="plan")
+    result = run_virtual(asyncio.wait_for(agent.run("go"), 60))
+    assert ran == ["a\n```python\nb"]  # the fence lines around the plan are skipped, not it
+    assert [r.status for r in result.calls] == ["ok"]

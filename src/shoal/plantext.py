@@ -153,6 +153,11 @@ class PlanTextParser:
         return [p for _, p in self._problems[count:]]
 
     @property
+    def in_string(self) -> bool:
+        """Whether the lines read so far end inside a call's triple-quoted string."""
+        return self._pending is not None and self._pending.scanner.in_string
+
+    @property
     def lines_read(self) -> int:
         """How many lines have been read so far: the number of the last one."""
         return self._line_no

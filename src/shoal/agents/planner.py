@@ -690,7 +690,7 @@ class _PlanReader:
         *lines, rest = "".join([*self._line, text]).split("\n")
         self._line = [rest] if rest else []
         for line in lines:
-            if not _FENCE.match(line):
+            if not _FENCE.match(line) or self._parser.in_string:  # a fence in a string is text
                 self._take(self._parser.feed(line + "\n"))
 
     def finish(self, response: ModelResponse, streamed: str = "") -> None:
@@ -735,7 +735,7 @@ class _PlanReader:
 
     def _close(self) -> None:
         last = "".join(self._line)
-        if last and not _FENCE.match(last):
+        if last and (not _FENCE.match(last) or self._parser.in_string):
             self._take(self._parser.feed(last))
         self._line = []
         self._take(self._parser.close())
