@@ -134,11 +134,33 @@ class PlanTextParser:
         self._done = False
         self._closed = False
         self._problems: list[tuple[int, PlanProblem]] = []
+        self._unordered = False  # whether a problem came after one of a later line
 
     @property
     def problems(self) -> list[PlanProblem]:
         """Every problem found so far, in line order."""
-        return [p for _, p in sorted(self._problems, key=lambda item: item[0])]
+        return self.problems_after(0)
+
+    def problems_after(self, count: int) -> list[PlanProblem]:
+        """The problems found so far, in line order, after the first ``count`` of them.
+
+        A reader that takes the new ones as it streams asks for those alone: asking for all
+        of them at each line would cost the square of a plan's bad lines.
+        """
+        if self._unordered:  # a broken call's problem is found after later lines' (stable)
+            self._problems.sort(key=lambda item: item[0])
+            self._unordered = False
+        return [p for _, p in self._problems[count:]]
+
+    @property
+    def in_string(self) -> bool:
+        """Whether the lines read so far end inside a call's triple-quoted string."""
+        return self._pending is not None and self._pending.scanner.in_string
+
+    @property
+    def lines_read(self) -> int:
+        """How many lines have been read so far: the number of the last one."""
+        return self._line_no
 
     @property
     def done(self) -> bool:
@@ -243,6 +265,8 @@ class PlanTextParser:
                                                 pending.id))
 
     def _problem(self, line: int, problem: PlanProblem) -> None:
+        if self._problems and line < self._problems[-1][0]:
+            self._unordered = True
         self._problems.append((line, problem))
 
 

@@ -37,7 +37,9 @@ class Budget:
     counts under the same names, summed over the whole tree.
 
     Args:
-        tokens: input plus output tokens of every model request in the tree.
+        tokens: input plus output tokens of every model request in the tree (a reply still
+            streaming counts a token per 16 characters at least, so one that never ends is
+            stopped too).
         cost: US dollars, for models with a known price.
         requests: model requests across the tree (each agent turn is one request; an agent's
             own ``max_turns`` bounds its requests alone).
@@ -98,6 +100,11 @@ def _check_amount(name: str, value: object) -> None:
                           f"got {type(value).__name__} {shown(value)}")
 
 
+#: The most characters a token of a model's reply holds on average, to bound a reply still
+#: streaming (see :meth:`BudgetTracker.check_streamed`): tokenizers average about 4.
+MOST_CHARS_PER_TOKEN = 16
+
+
 class BudgetTracker:
     """Counts a tree's usage against its :class:`Budget`; the first tree-wide breach sticks."""
 
@@ -154,6 +161,19 @@ class BudgetTracker:
             self.stop(BudgetExceeded("tokens", self.usage.total_tokens, tokens, where))
         if cost is not None and (self.usage.cost or 0.0) > cost:
             self.stop(BudgetExceeded("cost", self.usage.cost or 0.0, cost, where))
+
+    def check_streamed(self, chars: int, where: str) -> None:
+        """Stop the tree once a reply still streaming has surely gone over ``tokens``.
+
+        A reply's usage is known only when it ends, which an endless stream never does; its
+        ``chars`` so far count as at least one token per :data:`MOST_CHARS_PER_TOKEN` (a
+        generous bound: no reply within the budget is stopped for it).
+        """
+        tokens = self.budget.tokens
+        if tokens is not None:
+            spent = self.usage.total_tokens + chars // MOST_CHARS_PER_TOKEN
+            if spent > tokens:
+                self.stop(BudgetExceeded("tokens", spent, tokens, where))
 
     def fan_out_refusal(self, index: int, where: str) -> BudgetExceeded | None:
         """The error for the ``index``-th call (0-based) of one turn, if over ``fan_out``."""

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import keyword
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -143,6 +144,9 @@ class _Round:
     renumbered: dict[str, str] = field(default_factory=dict)
     # calls an earlier attempt of a retried stream started (they stand, read again or not)
     carried: list[str] = field(default_factory=list)
+    # numbers of carried calls that the retried stream wrote as other calls (refused): its
+    # $N means the call it wrote, which never ran, not the one that stands
+    changed: dict[str, str] = field(default_factory=dict)  # number -> the call as rewritten
 
     def restart(self) -> None:
         """A retried stream is read again: only the calls that started are kept.
@@ -150,6 +154,7 @@ class _Round:
         Renumberings stay, so that a call read again keeps the number it started under.
         """
         self.carried = self.node_ids
+        self.changed = {}
         self.entries = []
         self.notes.clear()
 
@@ -219,6 +224,8 @@ class _PlanCalls:
                     round_.entries.append(call.id)
             else:
                 taken = self.calls[call.id]
+                if call.id in round_.carried:
+                    round_.changed.setdefault(call.id, f"{call.tool} on line {call.line}")
                 self._reject(round_, call, f"line {call.line}: step {call.id} is already "
                              f"taken by {taken.name}({taken.arguments[:200]}), which stands; "
                              f"give each call its own number (the next free one is "
@@ -230,7 +237,7 @@ class _PlanCalls:
         except PlanError as exc:
             self._reject(round_, call, _problems(exc.problems))
             return
-        unusable = self._refused_inputs(call, args)
+        unusable = self._refused_inputs(call, args, round_)
         if unusable:
             self._reject(round_, call, unusable, tool.name, args)
             return
@@ -245,13 +252,24 @@ class _PlanCalls:
             return
         self._start(call, tool, args, text, round_)
 
-    def _refused_inputs(self, call: ParsedCall, args: Mapping[str, Any]) -> str:
-        """Why ``call`` cannot run for using a result no call above it gives, if so."""
+    def _refused_inputs(self, call: ParsedCall, args: Mapping[str, Any], round_: _Round) -> str:
+        """Why ``call`` cannot run for using a result no call above it gives, if so.
+
+        That includes the result of a call a retried stream wrote anew under the number of
+        a call its first attempt started: the result there is the started call's, not the
+        one the plan now means.
+        """
         nodes = dict.fromkeys(ref.node for ref in find_refs(dict(args)))
+        changed = [n for n in nodes if n in round_.changed]
         refused = [n for n in nodes if n in self.refused and n not in self.written]
         ahead = [n for n in nodes if n not in self.refused and n not in self.written
                  and n != call.id]  # its own number: the plan's check says so
         return "; ".join([
+            *(f"line {call.line}: ${node} cannot be used: the reply was sent again after a "
+              f"failure, and its step {node} ({round_.changed[node]}) was rejected because "
+              f"the first reply's step {node}, {self.calls[node].name}"
+              f"({self.calls[node].arguments[:200]}), had already started and stands; give "
+              "the new call its own number and use that" for node in changed),
             *(f"line {call.line}: ${node} is the result of call {node}, which was rejected and "
               f"never ran ({self.refused[node][:200]}); give the rejected call again, "
               "corrected, under a new number and use that" for node in refused),
@@ -297,6 +315,12 @@ class _PlanCalls:
         round_.entries.append(record)
         if self._first_time((call.id, why)):
             self.agent_run._rejected(record)
+
+    def refuse(self, call: ParsedCall, why: str, round_: _Round) -> None:
+        """Record ``call`` as rejected for ``why`` without reading it (its number is used)."""
+        call = _renumbered(call, round_.renumbered)
+        self.numbers.add(call.id)
+        self._reject(round_, call, why)
 
     def _first_time(self, key: tuple[str, str]) -> bool:
         if key in self.announced:
@@ -622,6 +646,8 @@ class _PlanReader:
         model = agent_run.model
         gate = agent_run.ctx.gates.for_model(model)
         streamed: list[str] = []
+        chars = 0  # streamed so far: an endless plan stream is bounded by Budget(tokens=)
+        tracker = agent_run.ctx.tracker
         response: ModelResponse | None = None
 
         def on_event(event: Event) -> None:
@@ -635,6 +661,8 @@ class _PlanReader:
                 self._restart()
                 streamed.clear()
             if isinstance(event, TextDelta):
+                chars += len(event.text)  # a retried stream's text counts again: it was sent
+                tracker.check_streamed(chars, self.planner.lineage)
                 streamed.append(event.text)
                 self.feed(event.text)
                 agent_run.text_streamed(event.text)
@@ -656,12 +684,13 @@ class _PlanReader:
     def feed(self, text: str) -> None:
         """Take streamed text; each complete line goes to the parser (code fences skipped)."""
         if "\n" not in text:  # a piece of a long line: joined once the line is complete
-            self._line.append(text)
+            if text:  # (an empty piece is no line: the native calls' lines would count it)
+                self._line.append(text)
             return
         *lines, rest = "".join([*self._line, text]).split("\n")
         self._line = [rest] if rest else []
         for line in lines:
-            if not _FENCE.match(line):
+            if not _FENCE.match(line) or self._parser.in_string:  # a fence in a string is text
                 self._take(self._parser.feed(line + "\n"))
 
     def finish(self, response: ModelResponse, streamed: str = "") -> None:
@@ -680,44 +709,69 @@ class _PlanReader:
         if response.tool_calls and not self._parser.done:
             if self._line:  # the text's last line first: its number comes before theirs
                 self.feed("\n")
-            lines = _native_plan(response.tool_calls, self.calls.next_id)
-            self.feed(lines)
+            lines = self._native(response.tool_calls)
             self.text = f"{text.rstrip()}\n{lines}" if text.strip() else lines
         self._close()
 
+    def _native(self, tool_calls: Sequence[ToolCall]) -> str:
+        """Read native tool calls as plan lines numbered on; return those lines.
+
+        A call whose arguments are no JSON object of named values is refused here, saying
+        so (as a plan line it would only be a syntax error, and lose the tool's name).
+        """
+        lines = []
+        for number, native in enumerate(tool_calls, self.calls.next_id):
+            written, why = _native_call(native)
+            lines.append(f"{number}. {written}")
+            if why is None:
+                self.feed(f"{lines[-1]}\n")
+                continue
+            self.feed("\n")  # the line is read (and counted), its call refused below
+            if not self._parser.done:
+                at = self._parser.lines_read
+                refused = ParsedCall(str(number), native.name, (), {}, at)
+                self.calls.refuse(refused, f"line {at}: {why}", self.round)
+        return "\n".join(lines)
+
     def _close(self) -> None:
         last = "".join(self._line)
-        if last and not _FENCE.match(last):
+        if last and (not _FENCE.match(last) or self._parser.in_string):
             self._take(self._parser.feed(last))
         self._line = []
         self._take(self._parser.close())
 
     def _take(self, parsed: list[ParsedCall]) -> None:
         # the problems found while reading the lines that gave these calls come first
-        problems = self._parser.problems
-        for problem in problems[self._problems:]:
+        problems = self._parser.problems_after(self._problems)
+        for problem in problems:
             self.calls.note(problem, self.round)
-        self._problems = len(problems)
+        self._problems += len(problems)
         for call in parsed:
             self.calls.take(call, self.round)
 
 
-def _native_plan(tool_calls: Sequence[ToolCall], first_id: int) -> str:
-    """Native tool calls written as plan lines (``N. name(arg=value)``), numbered on."""
-    return "\n".join(f"{number}. {_native_call(call)}"
-                     for number, call in enumerate(tool_calls, first_id))
+def _native_call(call: ToolCall) -> tuple[str, str | None]:
+    """One native call as a plan call, and why it cannot run when its arguments cannot.
 
-
-def _native_call(call: ToolCall) -> str:
-    """One native call as a plan call; arguments that are no JSON object stay unreadable."""
+    Arguments must be a JSON object whose keys are names: a key such as ``"x=1, y"`` would
+    otherwise be read as two arguments.
+    """
     try:
         args = json.loads(call.arguments or "{}")
     except (ValueError, RecursionError):
         args = None
-    if not isinstance(args, dict):  # the line is then refused by the parser, saying why
-        return f"{call.name}(<arguments that are not a JSON object: {call.arguments[:200]!r}>)"
+    raw = f"{call.arguments[:200]!r}"
+    if not isinstance(args, dict):
+        return (f"{call.name}(<arguments that are not a JSON object: {raw}>)",
+                f"{call.name}'s arguments are not a JSON object ({raw}); send them as a JSON "
+                'object of named values, such as {"query": "x"}')
+    names = [key for key in args if not key.isidentifier() or keyword.iskeyword(key)]
+    if names:
+        return (f"{call.name}(<arguments with a key that is no name: {raw}>)",
+                f"{call.name}'s argument {names[0][:100]!r} is not a parameter name; send "
+                "the arguments as a JSON object of named values")
     # each value's repr is a Python literal (JSON's true, null are True, None there)
-    return f"{call.name}({', '.join(f'{key}={value!r}' for key, value in args.items())})"
+    return f"{call.name}({', '.join(f'{key}={value!r}' for key, value in args.items())})", None
 
 
 def _reply_text(response: ModelResponse) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import hashlib
 import json
 import os
@@ -247,8 +248,8 @@ class _Asking:
     reply without calls (every agent's answer) opens none.
     """
 
-    __slots__ = ("asked", "began", "handle", "node_id", "phases", "raised", "read", "request",
-                 "response", "text")
+    __slots__ = ("asked", "began", "bound", "chars", "handle", "node_id", "phases", "raised",
+                 "read", "request", "response", "text")
 
     def __init__(self, request: ModelRequest, phases: AgentRun | None,
                  read: Reader | None, handle: RunHandle, node_id: str, began: float) -> None:
@@ -261,6 +262,10 @@ class _Asking:
         self.raised: Exception | None = None  # kept whole: the outcome keeps its type name
         self.response: ModelResponse | None = None  # the streamed reply, once complete
         self.text: Callable[[str], None] | None = None  # where streamed text goes
+        # with Budget(tokens=): told the characters streamed so far, raises once surely over
+        # it (a reply's usage comes at its end, which an endless stream never reaches)
+        self.bound: Callable[[int], None] | None = None
+        self.chars = 0
         self.asked = False  # whether its node asked the model (not: the run stopped first)
 
     def __call__(self, event: StreamEvent) -> None:
@@ -270,8 +275,12 @@ class _Asking:
                 self.phases.tool_phase().add(event.index, event.call)
         elif isinstance(event, ResponseDone):
             self.response = event.response
-        elif isinstance(event, TextPiece) and self.text is not None:
-            self.text(event.text)
+        elif isinstance(event, TextPiece):
+            if self.text is not None:
+                self.text(event.text)
+            if self.bound is not None:
+                self.chars += len(event.text)
+                self.bound(self.chars)
 
     def cancel(self, node: None = None, *, reason: str) -> None:
         """Cancel the turn's node (it still ends with an outcome saying why)."""
@@ -593,6 +602,9 @@ class AgentRun:
                 return await gate.request(model, request, on_event=on_event)
             asking.response = None  # a retried attempt's reply is its own
             asking.text = self.text_streamed if ctx.wants_text else None
+            if ctx.tracker.budget.tokens is not None:
+                asking.bound = functools.partial(ctx.tracker.check_streamed,
+                                                 where=self.lineage)
             # the agent keeps only the whole reply, so text already streamed is no reason
             # not to retry, as a plain request would be retried (a listener sees
             # ModelRetrying, then the turn's text again from its start)
