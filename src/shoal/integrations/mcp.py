@@ -498,7 +498,7 @@ class _Session:
         try:
             return task.result()
         except MCPError as exc:
-            if exc.code == mcp_types.CONNECTION_CLOSED:  # its output ended under the request
+            if _connection_closed(exc):  # its output ended under the request
                 self._end(self._closed_cause(exc))
                 raise self._error(f" (while {doing})") from None
             raise
@@ -530,6 +530,17 @@ class _Session:
             await asyncio.wait({task}, timeout=CLOSE_TIMEOUT)
         if task.done():
             _retrieve(task)
+
+
+def _connection_closed(exc: MCPError) -> bool:
+    """Whether the MCP SDK raised ``exc`` because the connection closed under a request.
+
+    Its code, -32000, is also the first of JSON-RPC's server-error codes, which servers send
+    for errors of their own: taken for a closed connection, such an answer ended the session
+    and failed every call in flight on it. The SDK's own error is told by its exact text.
+    """
+    return (exc.code == mcp_types.CONNECTION_CLOSED and exc.message == "Connection closed"
+            and exc.data is None)
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
@@ -1021,6 +1032,9 @@ class _Served:
                 for t in self.table.values()]
 
     async def call(self, name: str, arguments: Mapping[str, Any]) -> mcp_types.CallToolResult:
+        return _encodable(await self._call(name, arguments))
+
+    async def _call(self, name: str, arguments: Mapping[str, Any]) -> mcp_types.CallToolResult:
         from shoal.plan import Plan
 
         found = self.table.get(name)
@@ -1029,12 +1043,38 @@ class _Served:
         plan = Plan(name=f"mcp {name}")
         try:
             ref = plan.add(found, dict(arguments), node_id=name)
-            result = await self.runtime.run(plan)
+            handle = self.runtime.start(plan)
         except PlanError as exc:  # arguments that do not fit: the client can correct them
             return _error_result("; ".join(p.message for p in exc.problems))
         except ShoalError as exc:  # the runtime could not run it (its journal, say)
             return _error_result(f"{type(exc).__name__}: {exc}")
+        try:
+            result = await asyncio.shield(handle.as_future())
+        except asyncio.CancelledError:
+            # the client cancelled the request, or went away: the run is cancelled through its
+            # handle, so the call ends ``cancelled`` and the journal says so (cancelled from
+            # outside, the run read as ``running`` for as long as the server lived)
+            handle.cancel(reason="the MCP client cancelled the call, or disconnected")
+            with anyio.move_on_after(CLOSE_TIMEOUT, shield=True):
+                await asyncio.wait({handle.as_future()})
+            raise
         return _result(result[ref])
+
+
+def _encodable(result: mcp_types.CallToolResult) -> mcp_types.CallToolResult:
+    """``result`` with each lone surrogate (in a value, or an error's message) made ``?``.
+
+    JSON on the wire is UTF-8, which has no lone surrogates: the SDK's writer fails on one and
+    takes the whole server down with it, every client's calls included.
+    """
+    dumped = result.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    text = json.dumps(dumped, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # surrogates sit only inside strings: '?' keeps the JSON valid
+        return mcp_types.CallToolResult.model_validate_json(
+            text.encode("utf-8", "replace"))
+    return result
 
 
 def _error_result(text: str) -> mcp_types.CallToolResult:
