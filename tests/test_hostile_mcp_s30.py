@@ -98,3 +98,38 @@ def test_a_json_rpc_error_coded_minus_32000_fails_that_call_and_keeps_the_sessio
 
     before, after = arun(main(), timeout=60)
     assert before == after
+
+
+_LONE_SURROGATE_SERVER = r"""
+import json, sys
+for line in sys.stdin:
+    request = json.loads(line)
+    answer = {"jsonrpc": "2.0", "id": request.get("id")}
+    if request.get("method") == "initialize":
+        answer["result"] = {"protocolVersion": request["params"]["protocolVersion"],
+                            "capabilities": {"tools": {}},
+                            "serverInfo": {"name": "raw", "version": "1"}}
+    elif request.get("method") == "tools/list":
+        answer["result"] = {"tools": [{"name": "t", "inputSchema": {"type": "object"}}]}
+    elif request.get("method") == "tools/call":  # JSON allows the escape; the SDK refuses it
+        answer["result"] = {"content": [], "structuredContent": {"a": "\ud800"}}
+    else:
+        continue
+    sys.stdout.write(json.dumps(answer) + "\n")
+    sys.stdout.flush()
+"""
+
+
+def test_an_answer_the_sdk_cannot_read_fails_its_call_instead_of_leaving_it_waiting(
+        tmp_path: Path) -> None:
+    # the SDK dropped the line (logging it), and the call, with no timeout, waited for good
+    script = tmp_path / "server.py"
+    script.write_text(_LONE_SURROGATE_SERVER)
+
+    async def main() -> None:
+        [tool] = await shoal.mcp.tools(command=[sys.executable, str(script)])
+        with pytest.raises(shoal.MCPServerError, match="answered off-protocol while calling "
+                           "'t': its answer is JSON the MCP SDK cannot read"):
+            await asyncio.wait_for(tool(), 30)
+
+    arun(main(), timeout=60)

@@ -501,6 +501,9 @@ class _Session:
             if _connection_closed(exc):  # its output ended under the request
                 self._end(self._closed_cause(exc))
                 raise self._error(f" (while {doing})") from None
+            if exc.data == _UNREADABLE:
+                raise MCPServerError(self.server.described, f"answered off-protocol while "
+                                     f"{doing}: {exc.message}") from None
             raise
         except pydantic.ValidationError as exc:  # an answer that is not MCP
             raise MCPServerError(self.server.described, f"answered off-protocol while {doing}: "
@@ -627,13 +630,48 @@ class _WatchedReader(_Watched):
 
     async def __anext__(self) -> Any:
         try:
-            return await self._inner.receive()
+            item = await self._inner.receive()
         except anyio.EndOfStream:
             self._session.output_ended()
             raise StopAsyncIteration from None
         except anyio.ClosedResourceError:
             self._session.output_ended()
             raise
+        if isinstance(item, Exception):  # a line the SDK could not read: dropped, unless ...
+            return _unreadable_answer(item) or item
+        return item
+
+
+#: The ``data`` of the error that stands for an answer the MCP SDK could not read.
+_UNREADABLE = "shoal: the server's answer could not be read"
+
+
+def _unreadable_answer(error: Exception) -> Any:
+    """An error answer to the request a line the SDK could not read answers, if it names one.
+
+    The SDK drops such a line (a lone surrogate's escape, say, which its parser refuses but
+    JSON allows): the call it answered waited for good, without a timeout. Python's parser
+    reads the line; one it cannot read either (nested too deeply) names no request.
+    """
+    from mcp.shared.message import SessionMessage
+
+    errors = getattr(error, "errors", None)
+    found = errors() if callable(errors) else None
+    line = found[0].get("input") if isinstance(found, list) and found and isinstance(
+        found[0], dict) else None
+    try:
+        message = json.loads(line) if isinstance(line, str) else None
+    except (ValueError, RecursionError):
+        return None
+    if not (isinstance(message, dict) and ("result" in message or "error" in message)):
+        return None
+    request = message.get("id")
+    if isinstance(request, bool) or not isinstance(request, int | str):
+        return None
+    reason = found[0].get("ctx", {}).get("error") if isinstance(found, list) else None
+    said = mcp_types.ErrorData(code=mcp_types.INTERNAL_ERROR, data=_UNREADABLE,
+                               message=f"its answer is JSON the MCP SDK cannot read ({reason})")
+    return SessionMessage(mcp_types.JSONRPCError(jsonrpc="2.0", id=request, error=said))
 
 
 class _WatchedWriter(_Watched):
