@@ -4,7 +4,7 @@ Written with the MCP SDK's own server API: a tool whose call ends the server's p
 that first leaves a mark of having run), one that answers and ends the process a moment later,
 while it is idle, one that writes a line that is not JSON-RPC where the protocol goes, one
 that closes the protocol's pipe and lives on, one that writes megabytes to stderr before it
-dies, and one whose error text is megabytes long.
+dies, one whose error text is megabytes long, and one that answers with a JSON-RPC error.
 
 The SDK serves the protocol from a private duplicate of stdout and points fd 1 at stderr
 while it serves: a tool that writes to ``sys.stdout`` or closes fd 1 misses the protocol's
@@ -18,6 +18,7 @@ import sys
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.shared.exceptions import MCPError
 from mcp_types import ToolAnnotations
 
 app = MCPServer("hostile")
@@ -106,6 +107,12 @@ def babble_and_die(megabytes: int) -> str:
 def shout(size: int) -> str:
     """An error result of ``size`` characters."""
     raise ToolError("e" * size)
+
+
+@app.tool(annotations=READ_ONLY)
+def server_error() -> str:
+    """Answer with a JSON-RPC error whose code, -32000, is the first of the server-error range."""
+    raise MCPError(code=-32000, message="the backend is down")
 
 
 if __name__ == "__main__":

@@ -498,9 +498,12 @@ class _Session:
         try:
             return task.result()
         except MCPError as exc:
-            if exc.code == mcp_types.CONNECTION_CLOSED:  # its output ended under the request
+            if _connection_closed(exc):  # its output ended under the request
                 self._end(self._closed_cause(exc))
                 raise self._error(f" (while {doing})") from None
+            if exc.data == _UNREADABLE:
+                raise MCPServerError(self.server.described, f"answered off-protocol while "
+                                     f"{doing}: {exc.message}") from None
             raise
         except pydantic.ValidationError as exc:  # an answer that is not MCP
             raise MCPServerError(self.server.described, f"answered off-protocol while {doing}: "
@@ -530,6 +533,17 @@ class _Session:
             await asyncio.wait({task}, timeout=CLOSE_TIMEOUT)
         if task.done():
             _retrieve(task)
+
+
+def _connection_closed(exc: MCPError) -> bool:
+    """Whether the MCP SDK raised ``exc`` because the connection closed under a request.
+
+    Its code, -32000, is also the first of JSON-RPC's server-error codes, which servers send
+    for errors of their own: taken for a closed connection, such an answer ended the session
+    and failed every call in flight on it. The SDK's own error is told by its exact text.
+    """
+    return (exc.code == mcp_types.CONNECTION_CLOSED and exc.message == "Connection closed"
+            and exc.data is None)
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
@@ -616,13 +630,48 @@ class _WatchedReader(_Watched):
 
     async def __anext__(self) -> Any:
         try:
-            return await self._inner.receive()
+            item = await self._inner.receive()
         except anyio.EndOfStream:
             self._session.output_ended()
             raise StopAsyncIteration from None
         except anyio.ClosedResourceError:
             self._session.output_ended()
             raise
+        if isinstance(item, Exception):  # a line the SDK could not read: dropped, unless ...
+            return _unreadable_answer(item) or item
+        return item
+
+
+#: The ``data`` of the error that stands for an answer the MCP SDK could not read.
+_UNREADABLE = "shoal: the server's answer could not be read"
+
+
+def _unreadable_answer(error: Exception) -> Any:
+    """An error answer to the request a line the SDK could not read answers, if it names one.
+
+    The SDK drops such a line (a lone surrogate's escape, say, which its parser refuses but
+    JSON allows): the call it answered waited for good, without a timeout. Python's parser
+    reads the line; one it cannot read either (nested too deeply) names no request.
+    """
+    from mcp.shared.message import SessionMessage
+
+    errors = getattr(error, "errors", None)
+    found = errors() if callable(errors) else None
+    line = found[0].get("input") if isinstance(found, list) and found and isinstance(
+        found[0], dict) else None
+    try:
+        message = json.loads(line) if isinstance(line, str) else None
+    except (ValueError, RecursionError):
+        return None
+    if not (isinstance(message, dict) and ("result" in message or "error" in message)):
+        return None
+    request = message.get("id")
+    if isinstance(request, bool) or not isinstance(request, int | str):
+        return None
+    reason = found[0].get("ctx", {}).get("error") if isinstance(found, list) else None
+    said = mcp_types.ErrorData(code=mcp_types.INTERNAL_ERROR, data=_UNREADABLE,
+                               message=f"its answer is JSON the MCP SDK cannot read ({reason})")
+    return SessionMessage(mcp_types.JSONRPCError(jsonrpc="2.0", id=request, error=said))
 
 
 class _WatchedWriter(_Watched):
@@ -1021,6 +1070,9 @@ class _Served:
                 for t in self.table.values()]
 
     async def call(self, name: str, arguments: Mapping[str, Any]) -> mcp_types.CallToolResult:
+        return _encodable(await self._call(name, arguments))
+
+    async def _call(self, name: str, arguments: Mapping[str, Any]) -> mcp_types.CallToolResult:
         from shoal.plan import Plan
 
         found = self.table.get(name)
@@ -1029,12 +1081,38 @@ class _Served:
         plan = Plan(name=f"mcp {name}")
         try:
             ref = plan.add(found, dict(arguments), node_id=name)
-            result = await self.runtime.run(plan)
+            handle = self.runtime.start(plan)
         except PlanError as exc:  # arguments that do not fit: the client can correct them
             return _error_result("; ".join(p.message for p in exc.problems))
         except ShoalError as exc:  # the runtime could not run it (its journal, say)
             return _error_result(f"{type(exc).__name__}: {exc}")
+        try:
+            result = await asyncio.shield(handle.as_future())
+        except asyncio.CancelledError:
+            # the client cancelled the request, or went away: the run is cancelled through its
+            # handle, so the call ends ``cancelled`` and the journal says so (cancelled from
+            # outside, the run read as ``running`` for as long as the server lived)
+            handle.cancel(reason="the MCP client cancelled the call, or disconnected")
+            with anyio.move_on_after(CLOSE_TIMEOUT, shield=True):
+                await asyncio.wait({handle.as_future()})
+            raise
         return _result(result[ref])
+
+
+def _encodable(result: mcp_types.CallToolResult) -> mcp_types.CallToolResult:
+    """``result`` with each lone surrogate (in a value, or an error's message) made ``?``.
+
+    JSON on the wire is UTF-8, which has no lone surrogates: the SDK's writer fails on one and
+    takes the whole server down with it, every client's calls included.
+    """
+    dumped = result.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    text = json.dumps(dumped, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # surrogates sit only inside strings: '?' keeps the JSON valid
+        return mcp_types.CallToolResult.model_validate_json(
+            text.encode("utf-8", "replace"))
+    return result
 
 
 def _error_result(text: str) -> mcp_types.CallToolResult:
