@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import math
@@ -376,3 +377,39 @@ def test_a_sqlite_journal_s_path_that_is_no_path_is_refused_making_no_file(
     with pytest.raises(shoal.ConfigError, match="path is a str or a path"):
         shoal.SQLiteStore(bad)
     assert list(tmp_path.iterdir()) == []
+
+
+@shoal.tool
+async def _waits_for_ever() -> str:
+    """Run until cancelled."""
+    await asyncio.sleep(3600)
+    return "never"
+
+
+def test_a_run_cancelled_by_an_anyio_cancel_scope_is_journaled_cancelled(
+        tmp_path: Path) -> None:
+    """An anyio scope cancels every await within it, over and over (as the MCP SDK cancels
+    a handler): the run's drain and journal close still finish, and nothing is left running."""
+    import anyio
+
+    store = shoal.SQLiteStore(tmp_path / "runs.db")
+
+    async def main() -> tuple[str, str, int]:
+        runtime = shoal.Runtime(store=store)
+        plan = shoal.Plan()
+        plan.call(_waits_for_ever)
+        tasks = len(asyncio.all_tasks())
+        with anyio.move_on_after(0.2):
+            await runtime.run(plan, run_id="scoped")
+        for _ in range(500):  # the drain and close finish in a task of their own
+            record = store.get_run("scoped")
+            left = len(asyncio.all_tasks()) - tasks
+            if record is not None and record.status != "running" and left == 0:
+                break
+            await asyncio.sleep(0.01)
+        outcome = store.outcomes("scoped")["_waits_for_ever#1"].outcome
+        await runtime.aclose()
+        assert record is not None
+        return record.status, outcome.status, left
+
+    assert asyncio.run(main()) == ("cancelled", "cancelled", 0)

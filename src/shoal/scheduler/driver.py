@@ -394,8 +394,7 @@ class Driver:
             self.cancelled_reason = self.cancelled_reason or "the run was cancelled"
             self._task_ends_first()  # those that ended before the cancel keep their outcome
             self._apply(self.state.cancel(None, self.cancelled_reason, self.now()))
-            await self._drain()
-            await self._close_journal(quiet=True)
+            await self._stop_cancelled()
             raise
         except BaseException as exc:  # an internal error (in _attempt_done, say): stop, raise it
             # journaled as stopped, not finished: its nodes may not all have their outcomes
@@ -1592,6 +1591,26 @@ class Driver:
             stopped.__cause__ = error  # the run raises this one: nothing else says it
             self._finished.set_exception(stopped)
 
+    async def _stop_cancelled(self) -> None:
+        """Drain the cancelled run and journal its end, though this task is cancelled again.
+
+        An anyio cancel scope (the MCP SDK's, a Starlette request's) cancels every await
+        within it, over and over: awaited here, the drain and the journal's close would be
+        cut short at once (the run left ``running`` in the journal, its calls' tasks going
+        on). They run in a task of their own, which a second cancel leaves to finish.
+        """
+        stopping = asyncio.ensure_future(self._drain_and_close())
+        try:
+            await asyncio.shield(stopping)
+        except asyncio.CancelledError:
+            _STOPPING.add(stopping)  # held until it ends (the loop keeps only weak references)
+            stopping.add_done_callback(_stopped)
+            raise
+
+    async def _drain_and_close(self) -> None:
+        await self._drain()
+        await self._close_journal(quiet=True)
+
     async def _drain(self) -> None:
         """Wait for cancelled attempts to end, so no task outlives the run."""
         self._task_ends_first()
@@ -1630,6 +1649,18 @@ def _returned_value(call: Call, value: Any) -> AttemptResult:
     unawaited = unawaited_result(call.tool.name, value)
     return (AttemptResult("ok", value) if unawaited is None
             else AttemptResult("failed", error=unawaited))
+
+
+#: Cancelled runs still draining and closing their journal after their task was cancelled
+#: again (see :meth:`Driver._stop_cancelled`).
+_STOPPING: set[asyncio.Future[None]] = set()
+
+
+def _stopped(stopping: asyncio.Future[None]) -> None:
+    """A cancelled run's drain and close, left to finish, ended: log what went wrong, if any."""
+    _STOPPING.discard(stopping)
+    if not stopping.cancelled() and stopping.exception() is not None:
+        log.error("a cancelled run could not be stopped cleanly", exc_info=stopping.exception())
 
 
 class CallCancelled(asyncio.CancelledError):
