@@ -600,7 +600,7 @@ class AgentRun:
             on_event = self._model_event if ctx.observed else None
             if asking.phases is None and not ctx.wants_text:
                 return await gate.request(model, request, on_event=on_event)
-            asking.response = None  # a retried attempt's reply is its own
+            asking.response, asking.chars = None, 0  # a retried attempt's reply is its own
             asking.text = self.text_streamed if ctx.wants_text else None
             if ctx.tracker.budget.tokens is not None:
                 asking.bound = functools.partial(ctx.tracker.check_streamed,
