@@ -247,10 +247,8 @@ def _check_call(cls: Any, args: Any, kwargs: Any = None) -> None:
 
 
 def _short(value: Any) -> str:
-    try:
-        text = repr(value)
-    except Exception:  # an allowed class's own __repr__ may fail
-        text = f"<{type(value).__qualname__} object>"
+    # bounded and never raising: an allowed class's own __repr__ may fail, or recurse
+    text = shown(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
