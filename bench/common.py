@@ -232,7 +232,7 @@ def settle_threads(baseline: int, timeout: float = 10.0) -> None:
 
 
 def cli(main: Callable[..., BenchResult], description: str, *, all_flag: bool = False,
-        nodes_flag: bool = False) -> int:
+        nodes_flag: bool = False, select_flag: bool = False) -> int:
     """Run one benchmark from the command line; exit status 1 if a check (or, in a full run, a
     target) failed."""
     parser = argparse.ArgumentParser(description=description)
@@ -243,8 +243,14 @@ def cli(main: Callable[..., BenchResult], description: str, *, all_flag: bool = 
                             help="real-time mode: run every plan, not only the long ones")
     if nodes_flag:
         parser.add_argument("--nodes", type=int, help="plan size (default: the full one)")
+    if select_flag:
+        parser.add_argument("--select-loop", action="store_true", dest="select_loop",
+                            help="real-time mode: an event loop on select(), whose timers wait "
+                                 "microseconds, not epoll's whole milliseconds")
     args = parser.parse_args()
     options: dict[str, Any] = {"all_plans": args.all_plans} if all_flag else {}
+    if select_flag:
+        options["select_loop"] = args.select_loop
     if nodes_flag and args.nodes is not None:
         options["nodes"] = args.nodes
     judge_targets(not args.quick)

@@ -82,6 +82,13 @@ def test_asynchow_quick() -> None:
     assert virtual["virtual makespan / optimal, max"] == pytest.approx(1.0, abs=1e-6)
 
 
+def test_asynchow_runs_its_real_time_mode_on_a_select_loop_when_asked(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    result = asynchow.main(quick=True, select_loop=True)
+    assert_correct(result)
+    assert "an event loop on select()" in capsys.readouterr().out
+
+
 def test_nestools_quick() -> None:
     result = nestools.main(quick=True)
     assert_correct(result)
