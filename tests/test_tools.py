@@ -262,6 +262,30 @@ def test_keeps_says_whether_validation_returns_the_arguments_as_they_are(
     assert scaled.keeps(args) is as_they_are
 
 
+@tool
+def halved(a: float) -> float:
+    """One plain field: ``keeps`` looks it up instead of looping."""
+    return a / 2
+
+
+@pytest.mark.parametrize("args", [
+    {"a": 1.0},  # kept
+    {"a": 1},  # an int for a float: converted
+    {"b": 1.0},  # another name: refused
+    {},  # refused: a is required
+    {"a": 1.0, "b": 1.0},  # refused: one more
+    {"a": None},  # refused
+])
+def test_keeps_agrees_with_validate_for_a_tool_of_one_field(args: dict[str, Any]) -> None:
+    try:
+        checked = halved.validate(args)
+    except ToolArgumentError:
+        as_they_are = False
+    else:
+        as_they_are = list(checked) == list(args) and checked["a"] is args["a"]
+    assert halved.keeps(args) is as_they_are
+
+
 def test_keeps_is_false_for_a_tool_whose_fields_are_not_plain() -> None:
     assert not search.keeps({"query": "q", "limit": 3, "tags": None})  # tags: a list field
     assert add.keeps({"a": 1, "b": 2})  # every field plain

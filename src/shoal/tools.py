@@ -258,6 +258,8 @@ class Tool(Generic[P, R]):
         if signature is None or len(args) != len(signature[0]):
             return False
         names, kinds = signature
+        if len(names) == 1:  # most tools: one argument, looked up (a loop costs 4x as much)
+            return type(args.get(names[0], _UNSET)) is kinds[0]
         # a loop, not tuples made to compare: calls have few arguments
         for at, (name, value) in enumerate(args.items()):
             if name != names[at] or type(value) is not kinds[at]:
