@@ -597,6 +597,7 @@ LOCAL_MISSING = _local_model_missing()
 
 @ONE_AT_A_TIME  # the local model
 @pytest.mark.skipif(LOCAL_MISSING is not None, reason=str(LOCAL_MISSING))
+@pytest.mark.timeout(600)  # the local model's runs may take their whole 600 s on a loaded machine
 def test_both_examples_run_on_the_local_model(tmp_path: Path) -> None:
     # one commentary request, then one analyst, one draft and one review: four in all
     # a model server to start and a small model on a busy machine: minutes, not seconds.

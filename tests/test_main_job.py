@@ -122,6 +122,7 @@ def test_the_main_job_is_journaled_and_shown(tmp_path: Path) -> None:
 @ONE_AT_A_TIME  # the local model
 @pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
                     reason="the local model needs the 'local' extra")
+@pytest.mark.timeout(600)  # the local model's runs may take their whole 600 s on a loaded machine
 def test_the_main_job_on_the_local_model(tmp_path: Path) -> None:
     events = tmp_path / "events.jsonl"
     began = time.monotonic()
