@@ -276,6 +276,31 @@ def test_a_tool_phase_reads_the_outcomes_its_calls_have_without_a_future_each() 
     assert made[0] == made[1] == made[2], made
 
 
+def test_an_agents_turns_share_one_tool_phase_restarted_per_turn(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # a phase made per turn was seven objects each (itself, its containers, the bound
+    # methods it holds); restarted, each turn still names, counts and records its own calls
+    made: list[CallStream] = []
+    original = CallStream.__init__
+
+    def counted(self: CallStream, *args: Any, **kwargs: Any) -> None:
+        made.append(self)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(CallStream, "__init__", counted)
+    for streams in (True, False):
+        made.clear()
+        model = ScriptedModel([[call("lookup", key="a"), call("lookup", key="b")],
+                               [call("lookup", key="c")], "done"])
+        model.streams_tool_calls = streams
+        agent = shoal.Agent(name="lead", model=model, tools=[lookup])
+        result = asyncio.run(agent.run("go"))
+        assert result.ok and result.output == "done" and result.turns == 3
+        assert len(made) == 1, streams
+        assert [(c.lineage, c.turn, c.message.content) for c in result.calls] == [
+            ("lead/lookup#1", 1, "aaa"), ("lead/lookup#2", 1, "bbb"), ("lead/lookup#3", 2, "ccc")]
+
+
 class _HeldAnswer(shoal.Model):
     """Streams one answer without calls, once :attr:`go` is set; :attr:`asked` says it waits."""
 
