@@ -439,3 +439,28 @@ def test_records_made_by_the_quick_init_are_the_dataclasses_they_were() -> None:
     assert record.turn == 0 and record.outcome is None and record.ok
     tagged = _Tagged(instructions="i", messages=[], tag="t")  # a subclass: its own init
     assert tagged.tag == "t" and tagged.messages == ()
+
+
+def test_an_agents_steps_reach_their_runs_driver_without_the_wrappers_between() -> None:
+    # every step of every agent: the node goes straight to the run's driver (not through
+    # _insert_node and RunHandle.add), and the handle asks asyncio which loop runs, not
+    # running_loop() (a call each)
+    from shoal.openrun import OpenRun
+    from shoal.runtime import RunHandle
+
+    assert "_insert_node" not in OpenRun.add_owned.__code__.co_names
+    assert "running_loop" not in RunHandle.outcome_of.__code__.co_names
+
+    async def main() -> None:
+        run = shoal.Runtime().open_run("steps")
+        run.add_owned(lookup, {"key": "a"}, node_id="lookup#1")
+        with pytest.raises(shoal.PlanError):  # the plan's checks still apply: an id taken
+            run.add_owned(lookup, {"key": "b"}, node_id="lookup#1")
+        assert (await run.handle.outcome_of("lookup#1")).value == "aaa"
+        run.close()
+        result = await run
+        assert list(result.outcomes) == ["lookup#1"]
+        with pytest.raises(shoal.RunClosedError):
+            run.add_owned(lookup, {"key": "c"}, node_id="lookup#2")
+
+    asyncio.run(main())

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from shoal import instrumentation
 from shoal.approvals import ApprovalRequest, Approver, Callback, as_approver
 from shoal.approvals.desk import ApprovalDesk
-from shoal.clock import Clock, forget_clock, read_epoch, running_loop
+from shoal.clock import Clock, forget_clock, read_epoch
 from shoal.deps import EMPTY_GRAPH, Graph, analyze
 from shoal.events import Event, EventSink
 from shoal.exceptions import ConfigError, NoEventLoopError, RunClosedError, ShoalError
@@ -219,7 +219,7 @@ class RunHandle:
             if unknown:
                 raise KeyError(f"no node(s) {unknown} in run {self.run_id}")
         loop = self._task.get_loop()
-        if running_loop() is loop:
+        if _get_running_loop() is loop:
             self._driver.cancel(ids, reason)
             return
         # another thread: the driver is the loop's alone, and the loop may be asleep (waiting
@@ -251,7 +251,7 @@ class RunHandle:
         if self._task.done():
             return
         loop = self._task.get_loop()
-        if running_loop() is loop:
+        if _get_running_loop() is loop:
             self._driver.close()
             return
         with contextlib.suppress(RuntimeError):  # a closed loop: the run is over anyway
@@ -269,7 +269,8 @@ class RunHandle:
         of its own loop, set from the run's thread, would never wake it.
         """
         loop = self._task.get_loop()
-        if running_loop() in (loop, None):
+        # (asyncio's own getter, not running_loop(): asked for each step of every agent)
+        if _get_running_loop() in (loop, None):
             return self._driver.outcome_of(node_id)
         driver = self._driver
 
@@ -292,7 +293,7 @@ class RunHandle:
         when asked from another loop than the run's: the run's state is its loop's alone, so
         such a caller waits through :meth:`outcome_of`.
         """
-        if running_loop() is not self._task.get_loop():
+        if _get_running_loop() is not self._task.get_loop():
             return None
         return self._driver.outcome_if_ended
 
