@@ -464,3 +464,25 @@ def test_an_agents_steps_reach_their_runs_driver_without_the_wrappers_between() 
             run.add_owned(lookup, {"key": "c"}, node_id="lookup#2")
 
     asyncio.run(main())
+
+
+def test_a_runtime_waits_on_a_started_runs_own_task_and_drops_one_cancelled_before_it_began(
+        ) -> None:
+    # a future and a done-callback per run (a callback the loop ran when each run's task
+    # ended) were what aclose() waited on: a swarm starts a run per agent
+    async def main() -> None:
+        runtime = shoal.Runtime()
+        run = runtime.open_run("steps")
+        task = run.handle.as_future()
+        assert list(runtime._runs.values()) == [task]
+        task.cancel()  # before its first step: its _drive never runs to say it ended
+        await asyncio.sleep(0)
+        assert task.cancelled()
+        await asyncio.wait_for(runtime.aclose(), 5)
+        assert not runtime._runs
+        ended = runtime.open_run("steps-2")
+        ended.close()
+        await ended
+        assert not runtime._runs  # one that ran forgets itself as it ends
+
+    asyncio.run(main())

@@ -451,10 +451,10 @@ class Runtime:
         # at once, and two made for one isolation would each have the whole cap on workers,
         # and aclose() would close only the one kept (the other's workers live on)
         self._making = threading.Lock()
-        # the runs going on this runtime, each with what ends when it has: aclose() ends them
-        # first, so none goes on with the backends it closes (a closed pool would be made anew
-        # by the run's next call, and nothing would close it)
-        self._runs: dict[Driver, asyncio.Future[None]] = {}
+        # the runs going on this runtime, each with what is done once it has ended (see _track):
+        # aclose() ends them first, so none goes on with the backends it closes (a closed pool
+        # would be made anew by the run's next call, and nothing would close it)
+        self._runs: dict[Driver, asyncio.Future[Any]] = {}
         # Per-tool, per-resource-key and per-backend limits hold across every run of this
         # runtime at once: an agent's parallel subagents share them (see scheduler/gates.py).
         self._limits = SharedLimits()
@@ -543,9 +543,7 @@ class Runtime:
             _Journaling(resume, rerun, mark_done, source, force), lineage,
             _Sharing(board, budget, within))
         task = loop.create_task(self._drive(driver, claim))
-        # a task cancelled before its first step never runs _drive: its end is told here (the
-        # function, not a bound method, in the partial: one object less per run in flight)
-        task.add_done_callback(functools.partial(Runtime._run_ended, self, driver))
+        self._track(driver, task)
         return RunHandle(driver, task)
 
     def open_run(
@@ -585,9 +583,7 @@ class Runtime:
             _Journaling(resume, rerun, mark_done, {"open_run": True}, force),
             lineage, _Sharing(board, budget, within), open_run=True)
         task = loop.create_task(self._drive(driver, claim))
-        # a task cancelled before its first step never runs _drive: its end is told here (the
-        # function, not a bound method, in the partial: one object less per run in flight)
-        task.add_done_callback(functools.partial(Runtime._run_ended, self, driver))
+        self._track(driver, task)
         return OpenRun(RunHandle(driver, task), plan)
 
     async def run(
@@ -614,6 +610,7 @@ class Runtime:
         driver, claim = self._driver(plan, deadline, fail_fast, on_event, run_id,
                                      _Journaling(source=source), lineage,
                                      _Sharing(board, budget, within))
+        self._track(driver, asyncio.get_running_loop().create_future())  # _drive sets it
         return await self._drive(driver, claim)
 
     def stream(self, plan: Plan, *, buffer: int = DEFAULT_BUFFER,
@@ -728,7 +725,7 @@ class Runtime:
     def _runs_elsewhere(self, here: asyncio.AbstractEventLoop) -> bool:
         """Whether runs of another thread's loop (still open) go on with this runtime."""
         return any(ended.get_loop() is not here and not ended.get_loop().is_closed()
-                   for ended in list(self._runs.values()))
+                   and not ended.done() for ended in list(self._runs.values()))
 
     def _take_executors(self) -> dict[str, Executor]:
         """The backends, taken out (under ``_making``): a run started now makes its own."""
@@ -789,11 +786,6 @@ class Runtime:
             driver.scope = self._scope(driver, sharing, resumption is not None)
             if resumption is not None and resumption.effects:  # the replayed calls' board writes
                 driver.scope.replay(resumption.effects)
-            # (not get_running_loop under contextlib.suppress: a run opens per agent started)
-            loop = _get_running_loop()
-            if loop is not None:  # else no running loop: start() says so
-                with self._making:
-                    self._runs[driver] = loop.create_future()
             return driver, claim
         except BaseException:
             claim.release()
@@ -931,10 +923,21 @@ class Runtime:
             finally:
                 self._run_ended(driver)
 
-    def _run_ended(self, driver: Driver, _: object = None) -> None:
-        """``driver``'s run has ended (or its task was cancelled before it began)."""
+    def _track(self, driver: Driver, ended: asyncio.Future[Any]) -> None:
+        """Note a run going on with what is done once it has ended, for aclose() to wait on.
+
+        A started run's own task: done once :meth:`_drive` has cleaned up after the run, or
+        once cancelled before its first step (which runs none of it: then aclose() drops it).
+        No callback on each task to say so: a swarm starts a run per agent. A run awaited
+        in its caller's task (:meth:`run`) has a future, which :meth:`_run_ended` sets.
+        """
+        with self._making:
+            self._runs[driver] = ended
+
+    def _run_ended(self, driver: Driver) -> None:
+        """``driver``'s run has ended (its :meth:`_drive` cleaned up after it)."""
         ended = self._runs.pop(driver, None)
-        if ended is not None and not ended.done():
+        if ended is not None and not isinstance(ended, asyncio.Task) and not ended.done():
             ended.set_result(None)
 
     async def aclose(self) -> None:
@@ -980,7 +983,9 @@ class Runtime:
             by_loop = {}
             # a copy: other threads' runs come and go meanwhile
             for driver, ended in list(self._runs.items()):
-                if ended.get_loop().is_closed():  # its loop was closed under it: nothing runs
+                # its loop was closed under it (nothing runs), or its task was cancelled
+                # before its first step (its _drive never ran to say it ended)
+                if ended.get_loop().is_closed() or ended.done():
                     self._runs.pop(driver, None)
                 elif driver not in given_up:
                     by_loop.setdefault(ended.get_loop(), []).append((driver, ended))
