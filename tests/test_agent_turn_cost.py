@@ -276,6 +276,31 @@ def test_a_tool_phase_reads_the_outcomes_its_calls_have_without_a_future_each() 
     assert made[0] == made[1] == made[2], made
 
 
+def test_an_agents_turns_share_one_tool_phase_restarted_per_turn(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # a phase made per turn was seven objects each (itself, its containers, the bound
+    # methods it holds); restarted, each turn still names, counts and records its own calls
+    made: list[CallStream] = []
+    original = CallStream.__init__
+
+    def counted(self: CallStream, *args: Any, **kwargs: Any) -> None:
+        made.append(self)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(CallStream, "__init__", counted)
+    for streams in (True, False):
+        made.clear()
+        model = ScriptedModel([[call("lookup", key="a"), call("lookup", key="b")],
+                               [call("lookup", key="c")], "done"])
+        model.streams_tool_calls = streams
+        agent = shoal.Agent(name="lead", model=model, tools=[lookup])
+        result = asyncio.run(agent.run("go"))
+        assert result.ok and result.output == "done" and result.turns == 3
+        assert len(made) == 1, streams
+        assert [(c.lineage, c.turn, c.message.content) for c in result.calls] == [
+            ("lead/lookup#1", 1, "aaa"), ("lead/lookup#2", 1, "bbb"), ("lead/lookup#3", 2, "ccc")]
+
+
 class _HeldAnswer(shoal.Model):
     """Streams one answer without calls, once :attr:`go` is set; :attr:`asked` says it waits."""
 
@@ -414,3 +439,50 @@ def test_records_made_by_the_quick_init_are_the_dataclasses_they_were() -> None:
     assert record.turn == 0 and record.outcome is None and record.ok
     tagged = _Tagged(instructions="i", messages=[], tag="t")  # a subclass: its own init
     assert tagged.tag == "t" and tagged.messages == ()
+
+
+def test_an_agents_steps_reach_their_runs_driver_without_the_wrappers_between() -> None:
+    # every step of every agent: the node goes straight to the run's driver (not through
+    # _insert_node and RunHandle.add), and the handle asks asyncio which loop runs, not
+    # running_loop() (a call each)
+    from shoal.openrun import OpenRun
+    from shoal.runtime import RunHandle
+
+    assert "_insert_node" not in OpenRun.add_owned.__code__.co_names
+    assert "running_loop" not in RunHandle.outcome_of.__code__.co_names
+
+    async def main() -> None:
+        run = shoal.Runtime().open_run("steps")
+        run.add_owned(lookup, {"key": "a"}, node_id="lookup#1")
+        with pytest.raises(shoal.PlanError):  # the plan's checks still apply: an id taken
+            run.add_owned(lookup, {"key": "b"}, node_id="lookup#1")
+        assert (await run.handle.outcome_of("lookup#1")).value == "aaa"
+        run.close()
+        result = await run
+        assert list(result.outcomes) == ["lookup#1"]
+        with pytest.raises(shoal.RunClosedError):
+            run.add_owned(lookup, {"key": "c"}, node_id="lookup#2")
+
+    asyncio.run(main())
+
+
+def test_a_runtime_waits_on_a_started_runs_own_task_and_drops_one_cancelled_before_it_began(
+        ) -> None:
+    # a future and a done-callback per run (a callback the loop ran when each run's task
+    # ended) were what aclose() waited on: a swarm starts a run per agent
+    async def main() -> None:
+        runtime = shoal.Runtime()
+        run = runtime.open_run("steps")
+        task = run.handle.as_future()
+        assert list(runtime._runs.values()) == [task]
+        task.cancel()  # before its first step: its _drive never runs to say it ended
+        await asyncio.sleep(0)
+        assert task.cancelled()
+        await asyncio.wait_for(runtime.aclose(), 5)
+        assert not runtime._runs
+        ended = runtime.open_run("steps-2")
+        ended.close()
+        await ended
+        assert not runtime._runs  # one that ran forgets itself as it ends
+
+    asyncio.run(main())

@@ -9,6 +9,7 @@ import pytest
 
 from shoal.exceptions import ScriptError
 from shoal.models.base import (
+    AssistantMessage,
     Model,
     ModelRequest,
     ModelResponse,
@@ -101,3 +102,31 @@ def test_a_bad_step_fails_before_anything_streams() -> None:
 
     with pytest.raises(ScriptError, match="pause"):
         run_virtual(main())
+
+
+def test_a_scripted_request_finds_its_prompt_and_its_turn_in_one_pass() -> None:
+    # asked for every request of every test and swarm: the first prompt and the turn were
+    # two passes over the conversation (and a call more)
+    from shoal.testing.scripted import _conversation
+
+    messages = (AssistantMessage("x"), UserMessage("go"), UserMessage("more"),
+                AssistantMessage("y"))
+    assert _conversation(ModelRequest("", messages)) == ("go", 2)
+    assert _conversation(ModelRequest("", ())) == ("", 0)
+    assert _conversation(ModelRequest("", (UserMessage(""), UserMessage("b")))) == ("", 0)
+    assert "_first_prompt" not in _conversation.__code__.co_names
+
+
+def test_a_scripted_list_step_streams_its_calls_and_text_in_order() -> None:
+    model = ScriptedModel([["a", call("f", x=1), pause(0.0), "b", call("g")]])
+
+    async def main() -> list[StreamEvent]:
+        return [event async for event in model.stream(ModelRequest("", (UserMessage("go"),)))]
+
+    events = asyncio.run(main())
+    assert [type(e).__name__ for e in events] == [
+        "TextDelta", "ToolCallDone", "TextDelta", "ToolCallDone", "ResponseDone"]
+    assert [e.index for e in events if isinstance(e, ToolCallDone)] == [0, 1]
+    done = events[-1]
+    assert isinstance(done, ResponseDone)
+    assert done.response.text == "ab" and [c.name for c in done.response.tool_calls] == ["f", "g"]

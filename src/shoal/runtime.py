@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from shoal import instrumentation
 from shoal.approvals import ApprovalRequest, Approver, Callback, as_approver
 from shoal.approvals.desk import ApprovalDesk
-from shoal.clock import Clock, forget_clock, read_epoch, running_loop
+from shoal.clock import Clock, forget_clock, read_epoch
 from shoal.deps import EMPTY_GRAPH, Graph, analyze
 from shoal.events import Event, EventSink
 from shoal.exceptions import ConfigError, NoEventLoopError, RunClosedError, ShoalError
@@ -219,7 +219,7 @@ class RunHandle:
             if unknown:
                 raise KeyError(f"no node(s) {unknown} in run {self.run_id}")
         loop = self._task.get_loop()
-        if running_loop() is loop:
+        if _get_running_loop() is loop:
             self._driver.cancel(ids, reason)
             return
         # another thread: the driver is the loop's alone, and the loop may be asleep (waiting
@@ -251,7 +251,7 @@ class RunHandle:
         if self._task.done():
             return
         loop = self._task.get_loop()
-        if running_loop() is loop:
+        if _get_running_loop() is loop:
             self._driver.close()
             return
         with contextlib.suppress(RuntimeError):  # a closed loop: the run is over anyway
@@ -269,7 +269,8 @@ class RunHandle:
         of its own loop, set from the run's thread, would never wake it.
         """
         loop = self._task.get_loop()
-        if running_loop() in (loop, None):
+        # (asyncio's own getter, not running_loop(): asked for each step of every agent)
+        if _get_running_loop() in (loop, None):
             return self._driver.outcome_of(node_id)
         driver = self._driver
 
@@ -292,7 +293,7 @@ class RunHandle:
         when asked from another loop than the run's: the run's state is its loop's alone, so
         such a caller waits through :meth:`outcome_of`.
         """
-        if running_loop() is not self._task.get_loop():
+        if _get_running_loop() is not self._task.get_loop():
             return None
         return self._driver.outcome_if_ended
 
@@ -450,10 +451,10 @@ class Runtime:
         # at once, and two made for one isolation would each have the whole cap on workers,
         # and aclose() would close only the one kept (the other's workers live on)
         self._making = threading.Lock()
-        # the runs going on this runtime, each with what ends when it has: aclose() ends them
-        # first, so none goes on with the backends it closes (a closed pool would be made anew
-        # by the run's next call, and nothing would close it)
-        self._runs: dict[Driver, asyncio.Future[None]] = {}
+        # the runs going on this runtime, each with what is done once it has ended (see _track):
+        # aclose() ends them first, so none goes on with the backends it closes (a closed pool
+        # would be made anew by the run's next call, and nothing would close it)
+        self._runs: dict[Driver, asyncio.Future[Any]] = {}
         # Per-tool, per-resource-key and per-backend limits hold across every run of this
         # runtime at once: an agent's parallel subagents share them (see scheduler/gates.py).
         self._limits = SharedLimits()
@@ -542,9 +543,7 @@ class Runtime:
             _Journaling(resume, rerun, mark_done, source, force), lineage,
             _Sharing(board, budget, within))
         task = loop.create_task(self._drive(driver, claim))
-        # a task cancelled before its first step never runs _drive: its end is told here (the
-        # function, not a bound method, in the partial: one object less per run in flight)
-        task.add_done_callback(functools.partial(Runtime._run_ended, self, driver))
+        self._track(driver, task)
         return RunHandle(driver, task)
 
     def open_run(
@@ -584,9 +583,7 @@ class Runtime:
             _Journaling(resume, rerun, mark_done, {"open_run": True}, force),
             lineage, _Sharing(board, budget, within), open_run=True)
         task = loop.create_task(self._drive(driver, claim))
-        # a task cancelled before its first step never runs _drive: its end is told here (the
-        # function, not a bound method, in the partial: one object less per run in flight)
-        task.add_done_callback(functools.partial(Runtime._run_ended, self, driver))
+        self._track(driver, task)
         return OpenRun(RunHandle(driver, task), plan)
 
     async def run(
@@ -613,6 +610,7 @@ class Runtime:
         driver, claim = self._driver(plan, deadline, fail_fast, on_event, run_id,
                                      _Journaling(source=source), lineage,
                                      _Sharing(board, budget, within))
+        self._track(driver, asyncio.get_running_loop().create_future())  # _drive sets it
         return await self._drive(driver, claim)
 
     def stream(self, plan: Plan, *, buffer: int = DEFAULT_BUFFER,
@@ -727,7 +725,7 @@ class Runtime:
     def _runs_elsewhere(self, here: asyncio.AbstractEventLoop) -> bool:
         """Whether runs of another thread's loop (still open) go on with this runtime."""
         return any(ended.get_loop() is not here and not ended.get_loop().is_closed()
-                   for ended in list(self._runs.values()))
+                   and not ended.done() for ended in list(self._runs.values()))
 
     def _take_executors(self) -> dict[str, Executor]:
         """The backends, taken out (under ``_making``): a run started now makes its own."""
@@ -788,11 +786,6 @@ class Runtime:
             driver.scope = self._scope(driver, sharing, resumption is not None)
             if resumption is not None and resumption.effects:  # the replayed calls' board writes
                 driver.scope.replay(resumption.effects)
-            # (not get_running_loop under contextlib.suppress: a run opens per agent started)
-            loop = _get_running_loop()
-            if loop is not None:  # else no running loop: start() says so
-                with self._making:
-                    self._runs[driver] = loop.create_future()
             return driver, claim
         except BaseException:
             claim.release()
@@ -930,10 +923,21 @@ class Runtime:
             finally:
                 self._run_ended(driver)
 
-    def _run_ended(self, driver: Driver, _: object = None) -> None:
-        """``driver``'s run has ended (or its task was cancelled before it began)."""
+    def _track(self, driver: Driver, ended: asyncio.Future[Any]) -> None:
+        """Note a run going on with what is done once it has ended, for aclose() to wait on.
+
+        A started run's own task: done once :meth:`_drive` has cleaned up after the run, or
+        once cancelled before its first step (which runs none of it: then aclose() drops it).
+        No callback on each task to say so: a swarm starts a run per agent. A run awaited
+        in its caller's task (:meth:`run`) has a future, which :meth:`_run_ended` sets.
+        """
+        with self._making:
+            self._runs[driver] = ended
+
+    def _run_ended(self, driver: Driver) -> None:
+        """``driver``'s run has ended (its :meth:`_drive` cleaned up after it)."""
         ended = self._runs.pop(driver, None)
-        if ended is not None and not ended.done():
+        if ended is not None and not isinstance(ended, asyncio.Task) and not ended.done():
             ended.set_result(None)
 
     async def aclose(self) -> None:
@@ -979,7 +983,9 @@ class Runtime:
             by_loop = {}
             # a copy: other threads' runs come and go meanwhile
             for driver, ended in list(self._runs.items()):
-                if ended.get_loop().is_closed():  # its loop was closed under it: nothing runs
+                # its loop was closed under it (nothing runs), or its task was cancelled
+                # before its first step (its _drive never ran to say it ended)
+                if ended.get_loop().is_closed() or ended.done():
                     self._runs.pop(driver, None)
                 elif driver not in given_up:
                     by_loop.setdefault(ended.get_loop(), []).append((driver, ended))

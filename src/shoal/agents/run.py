@@ -292,9 +292,9 @@ class AgentRun:
     """One run of one agent inside a tree: its messages, counters and result."""
 
     # slots: a swarm holds a thousand of these while each waits on its model
-    __slots__ = ("_asking", "_counts", "_digest", "_gate", "_journaled", "_model_tool", "_phase",
-                 "_plan_handle", "_started", "_started_this_turn", "_steps", "_streams", "agent",
-                 "ctx", "depth", "here", "lineage", "lineages", "model", "result")
+    __slots__ = ("_asking", "_calls", "_counts", "_digest", "_gate", "_journaled", "_model_tool",
+                 "_phase", "_plan_handle", "_started", "_started_this_turn", "_steps", "_streams",
+                 "agent", "ctx", "depth", "here", "lineage", "lineages", "model", "result")
 
     def __init__(self, agent: Agent[Any], ctx: TreeContext, *, lineage: str, depth: int,
                  prompt: str, here: bool = False) -> None:
@@ -317,6 +317,7 @@ class AgentRun:
         self._model_tool: Tool[..., Any] | None = None  # every model turn's node's tool
         self._asking: _Asking | None = None  # the model turn in progress
         self._phase: CallStream | None = None  # its tool phase, once its first call came
+        self._calls: CallStream | None = None  # every turn's tool phase, made on first use
         self._gate: ModelGate | None = None  # the tree's gate for this run's model, once asked
         # every step of this run (model turns and tool calls) is a node of one open run,
         # opened with the first step and ended with the run (see _steps_run)
@@ -645,10 +646,15 @@ class AgentRun:
         self._started_this_turn = 0
         if self._steps is None:
             self._steps_run()
-        stream = CallStream(
-            self.agent.tools_by_name, open_run=self._phase_run, lineage=self.lineage,
-            counts=self._counts, prepare=self._prepare, on_reject=self._rejected,
-            error_format=self.agent.tool_error_format, shared=self, turn=turn)
+        stream = self._calls
+        if stream is None:  # made once per run, restarted per turn: a turn's phase cost
+            # seven objects (itself, its containers, the three bound methods it holds)
+            stream = self._calls = CallStream(
+                self.agent.tools_by_name, open_run=self._phase_run, lineage=self.lineage,
+                counts=self._counts, prepare=self._prepare, on_reject=self._rejected,
+                error_format=self.agent.tool_error_format, shared=self, turn=turn)
+        else:
+            stream.restart(turn)
         self.ctx.track_handle(self.lineage, stream)
         return stream
 
@@ -840,7 +846,7 @@ class AgentRun:
     def _end(self, status: AgentStatus, error: BaseException | None = None) -> None:
         # the model turn's tool calls back into this run: dropped, the run is freed as soon
         # as nothing needs it, not at the collector's next full pass (a tool phase too)
-        self._model_tool = self._phase = None
+        self._model_tool = self._phase = self._calls = None
         result = self.result
         result.status = status
         result.error = error

@@ -433,6 +433,20 @@ class CallStream:
         #: The calls taken so far, by position.
         self.taken: list[ToolCall] = []
 
+    def restart(self, turn: int) -> None:
+        """Take the calls of turn ``turn`` of a shared run, as a stream made for it would.
+
+        The last turn's calls are forgotten (:meth:`finish` handed their records out): an
+        agent's turns reuse one stream rather than make one, and its containers, per turn.
+        """
+        self._turn = turn
+        self._planned.clear()
+        self._records.clear()
+        self.taken.clear()
+        self._run = None
+        self._finished = False
+        self._stopped = None
+
     @property
     def pending(self) -> bool:
         """Whether calls may be running that :meth:`finish` has not waited for yet."""

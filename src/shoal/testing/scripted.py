@@ -273,7 +273,10 @@ class ScriptedModel(Model):
             await _sleep_until(loop, due)
         index, tokens = 0, 0
         for item in items:
-            if isinstance(item, Pause):
+            if type(item) is ToolCall:  # most items: asked first, neither a pause nor text
+                yield ToolCallDone(index, response.tool_calls[index])
+                index += 1
+            elif isinstance(item, Pause):
                 due += item.seconds
                 await _sleep_until(loop, due)
             elif isinstance(item, str):
@@ -342,7 +345,13 @@ class ScriptedModel(Model):
     def _response(self, step: Any, request: ModelRequest) -> ModelResponse:
         usage: Usage | None = None
         stop = ""
-        if isinstance(step, ModelResponse):
+        if type(step) is list:  # most steps: no other kind asked about first
+            parts = _list_parts(step)
+            if parts is None:
+                self._fail(f"a step must be a str, a list of call(...) (and text, pause(...)), "
+                           f"a ModelResponse or a function returning one; got {shown(step)}")
+            text, calls = parts
+        elif isinstance(step, ModelResponse):
             text, calls, usage, stop = step.text, step.tool_calls, step.usage, step.stop_reason
         elif isinstance(step, str):
             text, calls = step, ()
@@ -420,19 +429,15 @@ def _conversation(request: ModelRequest) -> tuple[str, int]:
     requests (``Agent(mode="plan")``) are one conversation too: the task, then each plan and
     each joiner reply as an assistant turn, so its script alternates plans and joiner replies.
     """
-    prompt = _first_prompt(request)
+    prompt: str | None = None
     turn = 0
-    for message in request.messages:  # a loop, not sum() over a generator: once per request
+    # one pass, a loop (not sum() over a generator): once per request of every test and swarm
+    for message in request.messages:
         if isinstance(message, AssistantMessage):
             turn += 1
-    return prompt, turn
-
-
-def _first_prompt(request: ModelRequest) -> str:
-    for message in request.messages:
-        if isinstance(message, UserMessage):
-            return message.content
-    return ""
+        elif prompt is None and isinstance(message, UserMessage):
+            prompt = message.content
+    return "" if prompt is None else prompt, turn
 
 
 def _last(request: ModelRequest) -> str:
