@@ -441,14 +441,11 @@ def test_records_made_by_the_quick_init_are_the_dataclasses_they_were() -> None:
     assert tagged.tag == "t" and tagged.messages == ()
 
 
-def test_an_agents_steps_reach_their_runs_driver_without_the_wrappers_between() -> None:
-    # every step of every agent: the node goes straight to the run's driver (not through
-    # _insert_node and RunHandle.add), and the handle asks asyncio which loop runs, not
-    # running_loop() (a call each)
-    from shoal.openrun import OpenRun
+def test_an_agents_steps_are_checked_and_waited_for_without_a_wrapper_per_step() -> None:
+    # every step of every agent: the handle asks asyncio which loop runs, not running_loop()
+    # (a call each); the plan's checks still apply to each step
     from shoal.runtime import RunHandle
 
-    assert "_insert_node" not in OpenRun.add_owned.__code__.co_names
     assert "running_loop" not in RunHandle.outcome_of.__code__.co_names
 
     async def main() -> None:

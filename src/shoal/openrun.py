@@ -123,17 +123,7 @@ class OpenRun:
         calls): a swarm adds a dozen nodes per agent, and the copy was one more dict each.
         ``validated``: ``args`` are the tool's validation's output (not validated again).
         """
-        # what _insert_node does, without its layers (this is every step of every agent):
-        # a new node, checked against the plan, straight to the run's driver
-        if self._closed:
-            raise RunClosedError(f"open run {self.run_id} is closed: it takes no more nodes")
-        plan = self._plan
-        node = plan.make_owned_node(tool, args, node_id, validated=validated)
-        problems = plan.node_problems(node)
-        if problems:
-            raise PlanError(problems, plan.name)
-        self._handle._driver.add([node])  # may raise (a resumed run's journal knows another)
-        plan.insert(node)
+        self._insert_node(self._plan.make_owned_node(tool, args, node_id, validated=validated))
 
     def map(self, tool: Callee, /, *, over: Ref,
             item_arg: str | None = None, partial: bool = False,
