@@ -68,8 +68,9 @@ What the child sends is loaded with the restricted loader of
 and reads what models write, so it must not be able to run code in the parent (which holds
 the keys it was not given). Its results hold allowed types only (plain data, dataclasses,
 pydantic models, exceptions...); anything else is refused (``allow_result_types`` widens
-it). A refusal in the agent's result costs only its part (a call's value, the answer, the end
-error: see :func:`load_message`); in any other message, it fails the agent with a
+it). A refusal in the agent's result costs only its part (a call's value, a message, a plan, a
+board key, the usage, the answer, the end error: see :func:`without_refused`); in any other
+message, it fails the agent with a
 :class:`~shoal.exceptions.SerializationError` naming it.
 """
 
@@ -363,46 +364,266 @@ def load_message(body: bytes, what: str) -> Any:
 def without_refused(result: AgentResult[Any]) -> AgentResult[Any]:
     """``result`` (as :func:`~shoal.executors.results.load_salvaging` loads it), less the refused.
 
-    A call whose value holds something refused is ``failed`` with a
-    :class:`~shoal.exceptions.SerializationError` naming the call and what was refused (its
-    model was given the value as usual); an answer, the agent ``failed`` with such an error;
-    an end error, such an error in its place; the same in each agent below. The rest is kept.
+    Each part that holds something refused is replaced, saying why with a
+    :class:`~shoal.exceptions.SerializationError`'s text that names the part; the rest is kept:
+
+    * a call whose value holds it is ``failed`` with such an error (its model was given the
+      value as usual); a call whose record holds it elsewhere (the model's call, the message
+      its model read) keeps its plain parts, the rest replaced by the error's text;
+    * a message of the conversation (a model's reply of a class or with fields of its own,
+      a tool's text of a ``str`` subclass) is replaced by one of its role whose text is the
+      error's, its tool calls kept as plain :class:`~shoal.models.base.ToolCall` s;
+    * the answer: the agent ``failed`` with such an error; the end error: such an error in
+      its place;
+    * a plan's text: the error's text; a board key's value: the error itself; a conflict:
+      left out; the usage: its plain counts; any other field: its default;
+    * the same in each agent below (one that is refused whole is a ``failed`` result).
     """
     from shoal.agents.result import AgentResult
 
-    calls = [_call_without_refused(record) for record in result.calls]
-    children = [child if not isinstance(child, AgentResult) or refusal_in(child) is None
-                else without_refused(child) for child in result.children]
-    kept = replace(result, calls=calls, children=children)
+    lineage = _text(getattr(result, "lineage", "")) or "?"
+    changes: dict[str, Any] = {}
+    for item in fields(AgentResult):
+        value = getattr(result, item.name, None)
+        if item.name in _SCALARS:
+            if refusal_in(value) is not None or not isinstance(value, _SCALARS[item.name]):
+                changes[item.name] = _default(item)
+                _lost(f"agent {lineage}'s {item.name}", refusal_in(value) or "not loadable")
+            continue
+        if item.name in _KEPT_AS_IS or refusal_in(value) is None:
+            continue
+        fix = _FIXES.get(item.name)
+        changes[item.name] = _default(item) if fix is None else fix(value, lineage)
+    kept = replace(result, **changes) if changes else result
     if (why := refusal_in(result.output)) is not None:
         kept = replace(kept, status="failed", output=None, error=SerializationError(
-            f"agent {result.lineage}'s answer cannot be loaded by its parent: {why}"))
+            f"agent {lineage}'s answer cannot be loaded by its parent: {why}"))
     elif (why := refusal_in(result.error)) is not None:
         error = result.error
         said = (describe_exception(error) if isinstance(error, BaseException)
                 and not isinstance(error, Refused) else "an error")
         kept = replace(kept, error=SerializationError(
-            f"agent {result.lineage} ended with an error its parent cannot load ({said}): "
-            f"{why}"))
+            f"agent {lineage} ended with an error its parent cannot load ({said}): {why}"))
+    elif "status" in changes:
+        kept = replace(kept, status="failed", error=SerializationError(
+            f"agent {lineage}'s status cannot be loaded by its parent: "
+            f"{refusal_in(result.status) or 'it is no text'}"))
     return kept
 
 
-def _call_without_refused(record: Any) -> Any:
-    """``record``, or, when its value holds something refused, the call ``failed`` saying so."""
+#: The fields of :class:`~shoal.agents.result.AgentResult` that are plain values, and their types.
+_SCALARS: dict[str, type | tuple[type, ...]] = {
+    "agent": str, "lineage": str, "run_id": str, "prompt": str, "status": str,
+    "where": str, "isolation": str, "turns": int, "pid": int, "duration": (int, float),
+    "started_at": (int, float)}
+#: The fields :func:`without_refused` handles after the others (answer and end error).
+_KEPT_AS_IS = frozenset({"output", "error"})
+
+
+def _default(item: Any) -> Any:
+    """The default of a dataclass field (``None`` for one without)."""
+    from dataclasses import MISSING
+
+    if item.default is not MISSING:
+        return item.default
+    if item.default_factory is not MISSING:
+        return item.default_factory()
+    return None
+
+
+def _text(value: Any) -> str:
+    """``value`` if it is plain text, else ``""``."""
+    return value if type(value) is str else ""
+
+
+def _lost(what: str, why: str) -> None:
+    log.warning("%s cannot be loaded by its parent and was left out: %s", what, why)
+
+
+def _calls_without_refused(calls: Any, lineage: str) -> list[Any]:
+    if not isinstance(calls, list):
+        _lost(f"agent {lineage}'s calls", refusal_in(calls) or "no list")
+        return []
+    return [_call_without_refused(record, lineage) for record in calls]
+
+
+def _children_without_refused(children: Any, lineage: str) -> list[Any]:
+    from shoal.agents.result import AgentResult
+
+    if not isinstance(children, list):
+        _lost(f"agent {lineage}'s subagents", refusal_in(children) or "no list")
+        return []
+    kept = []
+    for index, child in enumerate(children, 1):
+        why = refusal_in(child)
+        if why is None:
+            kept.append(child)
+        elif isinstance(child, AgentResult):
+            kept.append(without_refused(child))
+        else:  # refused whole: which agent it was is lost with it
+            where = f"{lineage}/?{index}"
+            kept.append(AgentResult(
+                agent="?", lineage=where, run_id="", prompt="", status="failed",
+                error=SerializationError(f"subagent {index} of agent {lineage} cannot be "
+                                         f"loaded by its parent: {why}")))
+    return kept
+
+
+def _messages_without_refused(messages: Any, lineage: str) -> list[Any]:
+    if not isinstance(messages, list):
+        _lost(f"agent {lineage}'s messages", refusal_in(messages) or "no list")
+        return []
+    return [message if refusal_in(message) is None
+            else _plain_message(message, f"message {index} of agent {lineage}")
+            for index, message in enumerate(messages, 1)]
+
+
+def _plain_message(message: Any, where: str, why: str | None = None,
+                   problem: Any = refusal_in) -> Any:
+    """``message``, which holds something refused, as a plain one of its role saying so.
+
+    ``why`` (default: what :func:`refusal_in` says) and ``problem`` (which of its tool calls
+    need replacing: default, those :func:`refusal_in` finds a refusal in) serve the agent's
+    own process too, for a message that does not pickle (``problem``: why not).
+    """
+    from shoal.models.base import AssistantMessage, ToolResultMessage, UserMessage
+
+    said = "cannot be loaded by its parent" if why is None else "cannot go back to its parent"
+    note = f"[SerializationError: {where} {said}: {why or refusal_in(message)}]"
+    if isinstance(message, ToolResultMessage):
+        return ToolResultMessage(_text(message.call_id), _text(message.name), note, True)
+    if isinstance(message, UserMessage):
+        return UserMessage(note)
+    calls = getattr(message, "tool_calls", ())
+    return AssistantMessage(note, tuple(_plain_tool_call(c, problem) for c in calls)
+                            if isinstance(calls, tuple | list) else ())
+
+
+def _plain_tool_call(call: Any, problem: Any = refusal_in) -> Any:
+    """``call``, or, when ``problem`` finds one in it, a plain ``ToolCall`` of its plain parts."""
+    from shoal.models.base import ToolCall
+
+    if problem(call) is None:
+        return call
+    return ToolCall(_text(getattr(call, "id", "")), _text(getattr(call, "name", "")),
+                    _text(getattr(call, "arguments", "")) or "{}")
+
+
+def _plans_without_refused(plans: Any, lineage: str) -> list[Any]:
+    if not isinstance(plans, list):
+        _lost(f"agent {lineage}'s plans", refusal_in(plans) or "no list")
+        return []
+    return [plan if refusal_in(plan) is None and isinstance(plan, str) else
+            f"[SerializationError: plan {index} of agent {lineage} cannot be loaded by its "
+            f"parent: {refusal_in(plan) or 'it is no text'}]"
+            for index, plan in enumerate(plans, 1)]
+
+
+def _board_without_refused(board: Any, lineage: str) -> dict[str, Any] | None:
+    if not isinstance(board, dict):
+        _lost(f"agent {lineage}'s board", refusal_in(board) or "no dict")
+        return None
+    kept: dict[str, Any] = {}
+    for key, value in board.items():
+        if refusal_in(key) is not None or not isinstance(key, str):
+            _lost(f"a board key of agent {lineage}", refusal_in(key) or "no text")
+            continue
+        why = refusal_in(value)
+        kept[key] = value if why is None else SerializationError(
+            f"board key {key!r} of agent {lineage} cannot be loaded by its parent: {why}")
+    return kept
+
+
+def _conflicts_without_refused(conflicts: Any, lineage: str) -> list[Any]:
+    if not isinstance(conflicts, list):
+        _lost(f"agent {lineage}'s board conflicts", refusal_in(conflicts) or "no list")
+        return []
+    kept = []
+    for conflict in conflicts:
+        why = refusal_in(conflict)
+        if why is None:
+            kept.append(conflict)
+        else:
+            _lost(f"a board conflict of agent {lineage}", why)
+    return kept
+
+
+def _usage_without_refused(usage: Any, lineage: str) -> Usage:
+    """The plain counts of ``usage`` (a count that is refused, or no number, is 0)."""
+    counts: dict[str, Any] = {}
+    for item in fields(Usage):
+        value = getattr(usage, item.name, None)
+        if type(value) is int or (item.name == "cost" and type(value) is float):
+            counts[item.name] = value
+    _lost(f"part of agent {lineage}'s usage", refusal_in(usage) or "no usage")
+    return Usage(**counts)
+
+
+_FIXES: dict[str, Any] = {
+    "calls": _calls_without_refused, "children": _children_without_refused,
+    "messages": _messages_without_refused, "plans": _plans_without_refused,
+    "board": _board_without_refused, "conflicts": _conflicts_without_refused,
+    "usage": _usage_without_refused, "own_usage": _usage_without_refused}
+
+
+def _call_without_refused(record: Any, lineage: str) -> Any:
+    """``record``, less what it holds that is refused (see :func:`without_refused`).
+
+    A value that is refused fails the call; a refused call as the model wrote it, or message
+    its model read, is replaced by its plain parts and the error's text.
+    """
     from shoal.agents.toolcalls import CallRecord
+    from shoal.models.base import ToolResultMessage
     from shoal.outcome import ErrorInfo, Outcome
 
-    outcome = getattr(record, "outcome", None)
-    if not isinstance(record, CallRecord) or not isinstance(outcome, Outcome):
+    if refusal_in(record) is None:
         return record
-    why = refusal_in(outcome.value)
-    if why is None:
-        return record
-    error = SerializationError(f"{record.lineage} ran and returned a value its agent's parent "
-                               f"cannot load: {why}")
-    failed = replace(outcome, status="failed", value=None,
-                     error=ErrorInfo.from_exception(error, with_traceback=False))
-    return replace(record, status="failed", outcome=failed)
+    if not isinstance(record, CallRecord):  # refused whole: a call lost, saying so
+        why = refusal_in(record)
+        where = f"a call of agent {lineage}"
+        return _lost_call(where, why)
+    named = _text(record.lineage) or f"a call of agent {lineage}"
+    changes: dict[str, Any] = {}
+    outcome = record.outcome
+    if outcome is not None and (why := refusal_in(outcome)) is not None:
+        if isinstance(outcome, Outcome) and refusal_in(outcome.value) is not None:
+            why = refusal_in(outcome.value)
+            error = SerializationError(f"{named} ran and returned a value its agent's parent "
+                                       f"cannot load: {why}")
+        else:
+            error = SerializationError(f"the outcome of {named} cannot be loaded by its "
+                                       f"agent's parent: {why}")
+        if isinstance(outcome, Outcome) and refusal_in(
+                replace(outcome, value=None, error=None)) is None:
+            changes["outcome"] = replace(
+                outcome, status="failed", value=None,
+                error=ErrorInfo.from_exception(error, with_traceback=False))
+        else:
+            changes["outcome"] = None
+        changes["status"] = "failed"
+    if (why := refusal_in(record.call)) is not None:
+        changes["call"] = _plain_tool_call(record.call)
+    if (why := refusal_in(record.message)) is not None:
+        message = record.message
+        changes["message"] = ToolResultMessage(
+            _text(getattr(message, "call_id", "")), _text(getattr(message, "name", "")),
+            f"[SerializationError: the result its model read for {named} cannot be loaded by "
+            f"its agent's parent: {why}]", True)
+    for name, kind, default in (("lineage", str, ""), ("status", str, "failed"),
+                                ("epoch", (int, float), 0.0), ("turn", int, 0)):
+        value = changes.get(name, getattr(record, name))
+        if refusal_in(value) is not None or not isinstance(value, kind):
+            changes[name] = default
+    return replace(record, **changes)
+
+
+def _lost_call(where: str, why: str | None) -> Any:
+    """The record of a call that was refused whole: ``failed``, saying so."""
+    from shoal.agents.toolcalls import CallRecord
+    from shoal.models.base import ToolCall, ToolResultMessage
+
+    text = f"[SerializationError: {where} cannot be loaded by its parent: {why}]"
+    return CallRecord(ToolCall("", "?"), "", "failed", ToolResultMessage("", "?", text, True))
 
 
 def _let_go(proc: _Process, ref: ProcessRef) -> None:
