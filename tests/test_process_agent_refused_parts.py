@@ -228,3 +228,29 @@ def test_a_message_call_or_subagent_refused_whole_is_replaced_saying_so() -> Non
     assert lost.status == "failed" and isinstance(lost.error, shoal.SerializationError)
     assert "subagent 2 of agent lead/reader#1" in str(lost.error)
     assert "Opaque" in str(lost.error)
+
+
+def _tagged_name(_: Any) -> ModelResponse:
+    """A reply whose tool call's name is of a ``str`` subclass (it still finds the tool)."""
+    return ModelResponse("x", (ToolCall("c1", Tagged("fine"), '{"tag": "a"}'),
+                               call("fine", tag="b")))
+
+
+def test_an_event_the_parent_refuses_is_left_out_and_the_agent_goes_on() -> None:
+    # the model's turn is told to the tree's sinks with its calls' names: that event was
+    # refused by the parent, which failed the agent as it ran
+    events: list[Any] = []
+    model = ScriptedModel.per_prompt({"go": [[call("reader", task="t")], "done"],
+                                      "t": [_tagged_name, "read"]})
+    reader = shoal.Agent(name="reader", model=model, tools=[fine], isolation="process")
+    result = shoal.Agent(name="lead", model=model, subagents=[reader]).run_sync(
+        "go", on_event=events.append)
+    [child] = result.children
+    assert result.output == "done" and child.status == "ok" and child.output == "read"
+    assert [c.status for c in child.calls] == ["ok", "ok"]
+    first = child.calls[0]
+    assert first.outcome is not None and first.outcome.value == "fine a"
+    assert type(first.call) is ToolCall and first.call.id == "c1"
+    finished = [e for e in events if type(e).__name__ == "AgentFinished"
+                and e.lineage == "lead/reader#1"]
+    assert len(finished) == 1 and finished[0].status == "ok"

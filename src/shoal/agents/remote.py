@@ -333,8 +333,9 @@ def load_message(body: bytes, what: str) -> Any:
     by this process's own rules, rather than in the agent's process, whose rules may differ
     (it may have imported modules this one has not); and only once the load has failed, so a
     result that loads costs nothing more. A request (``call``) this loader refuses becomes
-    ``("refused", id, op, why)``, which the agent is answered with as an error; any other
-    message it refuses raises, as :func:`~shoal.executors.results.load_result` does.
+    ``("refused", id, op, why)``, which the agent is answered with as an error; an event it
+    refuses, ``("dropped", "event")`` (left out, logged); any other message it refuses raises,
+    as :func:`~shoal.executors.results.load_result` does.
     """
     try:
         return load_result(body, what)
@@ -348,6 +349,11 @@ def load_message(body: bytes, what: str) -> Any:
             # a request this process refuses (the agent's own check let it by: its rules
             # may differ): refused to the asking call, not to the whole agent
             return ("refused", message[1], message[2], str(refused))
+        if isinstance(message, tuple) and len(message) == 2 and message[0] == "event":
+            # an event holding what this process refuses (a tool call's name of a str
+            # subclass): that event is left out, logged; the agent goes on
+            log.warning("an event of %s was left out: %s", what, refused)
+            return ("dropped", message[0])
         if not (isinstance(message, tuple) and len(message) == 2 and message[0] == "done"):
             raise refused from None
         from shoal.agents.result import AgentResult
