@@ -75,11 +75,13 @@ from shoal.agents.remote import (
     _Gone,
     _stopped,
     _unimportable,
+    checked,
     load_message,
+    read_body,
     routed_store,
     start_spec,
 )
-from shoal.exceptions import AgentError, ConfigError, SerializationError, describe_exception
+from shoal.exceptions import AgentError, ConfigError, describe_exception
 from shoal.executors._shipping import dumps
 from shoal.executors.ray import _here
 from shoal.scheduler import driver
@@ -184,16 +186,9 @@ class RayChannel(Channel):
 
     async def receive(self) -> tuple[Any, ...] | None:
         """The next message, or ``None`` once the connection ends."""
-        try:
-            header = await self._reader.readexactly(HEADER.size)
-            body = await self._reader.readexactly(HEADER.unpack(header)[0])
-        except (asyncio.IncompleteReadError, ConnectionError):
-            return None
-        message = load_message(body,
-                               f"a message from the Ray actor running agent {self.lineage}")
-        if not isinstance(message, tuple) or not message:
-            raise SerializationError("an agent's Ray actor sent a malformed message")
-        return message
+        what = f"a message from the Ray actor running agent {self.lineage}"
+        body = await read_body(self._reader, what)
+        return None if body is None else checked(load_message(body, what), what)
 
     def kill(self) -> None:
         """``ray.kill`` the actor and drop its connection (it kills what it started)."""

@@ -72,6 +72,9 @@ it). A refusal in the agent's result costs only its part (a call's value, a mess
 board key, the usage, the answer, the end error: see :func:`without_refused`); in any other
 message, it fails the agent with a
 :class:`~shoal.exceptions.SerializationError` naming it.
+Bytes that are no message (a tool of the agent's can write to its socket: a length past
+:data:`MAX_MESSAGE`, a message of no known kind or whose parts do not fit it) fail the agent
+with a :class:`~shoal.exceptions.SerializationError` saying what came (see :func:`checked`).
 """
 
 from __future__ import annotations
@@ -95,7 +98,7 @@ from dataclasses import dataclass, field, fields, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from shoal.events import AgentFinished, AgentStarted
+from shoal.events import AgentFinished, AgentStarted, Event
 from shoal.exceptions import (
     AgentError,
     ConfigError,
@@ -114,6 +117,7 @@ from shoal.executors.results import (
     refusal_in,
 )
 from shoal.limits import parse_process_limits
+from shoal.merge import shown
 from shoal.models.base import Usage
 from shoal.scheduler import driver
 from shoal.store.memory import DEFAULT_MAX_RUNS
@@ -157,6 +161,9 @@ STORE_METHODS = frozenset({
 })
 
 HEADER = struct.Struct(">Q")
+#: The most bytes one message from an agent may announce: more is garbage on its socket (a
+#: tool writing to it), whose announced length would be waited for until the agent ended.
+MAX_MESSAGE = 1 << 32
 
 log = logging.getLogger("shoal")
 
@@ -289,17 +296,11 @@ class ProcessChannel(Channel):
 
     async def receive(self) -> tuple[Any, ...] | None:
         """The next message, or ``None`` at the end of the socket."""
-        try:
-            header = await self._reader.readexactly(HEADER.size)
-            body = await self._reader.readexactly(HEADER.unpack(header)[0])
-        except (asyncio.IncompleteReadError, ConnectionError):
-            return None
+        what = f"a message from the process running agent {self.lineage}"
+        body = await read_body(self._reader, what)
         # restricted: an agent process runs tools, and must not run code here (see the
         # module docstring)
-        message = load_message(body, f"a message from the process running agent {self.lineage}")
-        if not isinstance(message, tuple) or not message:
-            raise SerializationError("an agent process sent a malformed message")
-        return message
+        return None if body is None else checked(load_message(body, what), what)
 
     def kill(self) -> None:
         """SIGKILL the process and every descendant (unless it has been reaped)."""
@@ -322,6 +323,67 @@ class ProcessChannel(Channel):
         self._writer.close()
         await asyncio.shield(self.proc.wait())
         _let_go(self.proc, self.ref)
+
+
+async def read_body(reader: asyncio.StreamReader, what: str) -> bytes | None:
+    """The next message's pickled body on ``reader``, or ``None`` once it ends.
+
+    Raises :class:`~shoal.exceptions.SerializationError` for a length past
+    :data:`MAX_MESSAGE` (garbage where a message should start).
+    """
+    try:
+        header = await reader.readexactly(HEADER.size)
+        size = HEADER.unpack(header)[0]
+        if size > MAX_MESSAGE:
+            raise SerializationError(
+                f"{what} announced {size:,} bytes, more than any message may hold "
+                f"({MAX_MESSAGE:,}): something wrote other bytes to its socket ({header!r})")
+        return await reader.readexactly(size)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+
+
+#: The shape of each message an agent sends (see the module docstring): its length, and a
+#: check of its parts after the kind.
+_SHAPES: dict[str, tuple[int, Any]] = {
+    "done": (2, lambda m: _is_result(m[1])),
+    "error": (2, lambda m: isinstance(m[1], str)),
+    "event": (2, lambda m: isinstance(m[1], Event)),
+    "call": (4, lambda m: type(m[1]) is int and isinstance(m[2], str)
+             and isinstance(m[3], tuple)),
+    "refused": (4, lambda m: True),  # made by load_message
+    "dropped": (2, lambda m: True),  # made by load_message
+    "gate_exit": (2, lambda m: isinstance(m[1], str)),
+    "gate_pause": (3, lambda m: isinstance(m[1], str) and type(m[2]) in (int, float)
+                   and 0 <= m[2] < float("inf")),
+    "withdraw": (2, lambda m: isinstance(m[1], list | tuple)),
+    "journal": (2, lambda m: True),  # checked as it is kept (see TreeServer.mirror)
+    "here": (3, lambda m: True),  # a Ray actor's first (checked by its channel)
+}
+
+
+def _is_result(value: Any) -> bool:
+    from shoal.agents.result import AgentResult
+
+    return isinstance(value, AgentResult)
+
+
+def checked(message: Any, what: str) -> tuple[Any, ...]:
+    """``message`` if it has the shape of a message an agent sends, else raise saying so.
+
+    A tool of the agent's can write to its socket: a message of no known kind, or whose
+    parts do not fit its kind, is a :class:`~shoal.exceptions.SerializationError` naming it
+    (the agent is failed), never a ``TypeError`` deep in the parent.
+    """
+    if isinstance(message, tuple) and message and isinstance(message[0], str):
+        shape = _SHAPES.get(message[0])
+        if shape is not None and len(message) == shape[0] and shape[1](message):
+            return message
+    raise SerializationError(f"{what} is malformed: {_cut(shown(message))}")
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def load_message(body: bytes, what: str) -> Any:
