@@ -699,8 +699,23 @@ class AgentActor:
         if message is None:
             return "the parent went away"
         link.start_reading()
+        with contextlib.suppress(ValueError):  # not the main thread: Ray's handler stays
+            signal.signal(signal.SIGTERM, _terminated)
         _run_loop(_run_agent(message[1], link))
         return "done"
+
+
+def _terminated(number: int, _: object) -> None:
+    """End what the tools started, then end by signal ``number`` as without a handler.
+
+    Ray's own handler raises ``SystemExit`` wherever the actor's thread stands: in a tool
+    that ran there, the call failed and the agent went on, a ``SIGTERM`` unheeded. As an
+    agent process does (:func:`shoal.agents._process._terminated`), the actor ends instead,
+    and its parent says how.
+    """
+    _kill_descendants()
+    signal.signal(number, signal.SIG_DFL)
+    os.kill(os.getpid(), number)
 
 
 def _run_loop(main: Coroutine[Any, Any, None]) -> None:
