@@ -88,3 +88,27 @@ def check_garbage(kind: str, isolation: Any) -> None:
 @pytest.mark.parametrize("kind", list(WRITTEN))
 def test_garbage_on_a_process_agents_socket_fails_that_agent_naming_it(kind: str) -> None:
     check_garbage(kind, "process")
+
+
+@shoal.tool
+def refund(tokens: int) -> str:
+    """Report usage of the tool's choosing to the tree, as the agent's process does."""
+    from shoal.models.base import Usage
+
+    _link().ask("add_usage", Usage(tokens, 0, 0), "lead/reader#1")
+    return "reported"
+
+
+def test_an_agent_process_cannot_report_usage_no_reply_has() -> None:
+    # a negative count took tokens off the whole tree's spending: a budget dodged
+    model = ScriptedModel.per_prompt({
+        "go": [[call("reader", task="t")], "done"],
+        "t": [[call("refund", tokens=-10**9), call("refund", tokens=7)], "read"]})
+    reader = shoal.Agent(name="reader", model=model, tools=[refund], isolation="process")
+    result = shoal.Agent(name="lead", model=model, subagents=[reader]).run_sync(
+        "go", budget=shoal.Budget(tokens=10**6))
+    [child] = result.children
+    assert child.status == "ok" and [c.status for c in child.calls] == ["failed", "ok"]
+    assert "which no model reply has" in child.calls[0].message.content
+    assert result.usage.input_tokens > 7  # the lead's turns, the agent's and the 7 reported
+    assert child.usage.input_tokens > 7

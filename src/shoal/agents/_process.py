@@ -187,7 +187,9 @@ def remote_tracker(link: Link, ctx: TreeContext) -> BudgetTracker:
         def add_usage(self, usage: Any, where: str) -> None:
             # its plain counts: a model's Usage of a class (or with fields) of its own may be
             # one the root's loader refuses, which would fail the agent's turn
-            usage = Usage() + usage
+            usage = Usage(int(usage.input_tokens), int(usage.output_tokens),
+                          int(usage.requests), None if usage.cost is None else float(usage.cost),
+                          int(usage.cache_read_tokens), int(usage.cache_write_tokens))
             self.usage = self.usage + usage
             self._asked("add_usage", usage, where)
 

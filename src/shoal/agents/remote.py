@@ -119,6 +119,7 @@ from shoal.executors.results import (
 from shoal.limits import parse_process_limits
 from shoal.merge import shown
 from shoal.models.base import Usage
+from shoal.models.retry import _plain
 from shoal.scheduler import driver
 from shoal.store.memory import DEFAULT_MAX_RUNS
 
@@ -852,7 +853,11 @@ class TreeServer:
                 self.requests -= 1
                 self.turns -= args[0] == self.lineage
             elif op == "add_usage":
-                self.usage = self.usage + args[0]
+                usage = args[0] if len(args) == 2 else None
+                if not (type(usage) is Usage and _plain(usage)):  # never a refund
+                    raise ShoalError(f"an agent process reported usage {_cut(shown(usage))}, "
+                                     "which no model reply has (counts from 0 up)")
+                self.usage = self.usage + usage
                 tracker.add_usage(*args)
             elif op == "take_subagent":
                 value = tracker.take_subagent(*args)
