@@ -764,6 +764,7 @@ class TreeServer:
         self.channel = channel
         self.lineage = lineage
         self._held: Counter[str] = Counter()  # gate slots the agent holds, by model name
+        self._asked: Counter[str] = Counter()  # ids of the approval requests it waits for
         #: what the agent's tree charged so far (a crashed agent's result still says it)
         self.usage = Usage()
         self.requests = 0  # requests charged (one whose usage never came still counts)
@@ -1038,11 +1039,17 @@ class TreeServer:
         desk = self.ctx.runtime.approvals
         if desk.approver is None:  # the agent was told there is none; it denies on its own
             raise ShoalError("this tree has no approver")
+        if not isinstance(batch, list):
+            raise ShoalError(f"agent {self.lineage} asked for decisions on "
+                             f"{_cut(shown(batch))}, not a list of requests")
+        for request in batch:
+            self._check_request(request)
         loop = asyncio.get_running_loop()
         rulings: list[asyncio.Future[Any]] = []
         for request in batch:
             ruling: asyncio.Future[Any] = loop.create_future()
             rulings.append(ruling)
+            self._asked[request.id] += 1
             desk.submit(request, partial(_settle, ruling))
         try:
             return list(await asyncio.gather(*rulings))
@@ -1050,11 +1057,37 @@ class TreeServer:
             for request in batch:
                 desk.withdraw(request.id)
             raise
+        finally:
+            self._asked.subtract(request.id for request in batch)
+            self._asked = +self._asked  # without the ids it no longer waits for
+
+    def _check_request(self, request: Any) -> None:
+        """Refuse a request about a call that is not of the agent's own subtree.
+
+        A request names its call (run, node, arguments) and so does its id; the desk keys
+        pending requests by id. One naming another agent's call would be shown to the
+        approver as that agent's, or take the place of that agent's own pending request
+        (whose call then waited for good).
+        """
+        from shoal.approvals.policy import ApprovalRequest, request_id
+
+        if not (type(request) is ApprovalRequest and type(request.run_id) is str
+                and request.run_id.startswith(self._runs) and type(request.lineage) is str
+                and request.lineage.startswith(f"{self.lineage}/")
+                and type(request.node_id) is str and type(request.args_hash) is str
+                and request.id == request_id(request.run_id, request.node_id,
+                                             request.args_hash)):
+            raise ShoalError(f"agent {self.lineage} asked for a decision on a call that is "
+                             f"not its own: {_cut(shown(request))}")
 
     def _withdraw(self, request_ids: Any) -> None:
-        """The agent no longer needs these decisions (its calls were cancelled or timed out)."""
+        """The agent no longer needs these decisions (its calls were cancelled or timed out).
+
+        Only requests it asked for itself, and still waits for: never another agent's.
+        """
         for request_id in request_ids:
-            self.ctx.runtime.approvals.withdraw(request_id)
+            if isinstance(request_id, str) and self._asked[request_id] > 0:
+                self.ctx.runtime.approvals.withdraw(request_id)
 
     def _release(self, name: str) -> None:
         if self._held[name] > 0:
