@@ -196,3 +196,31 @@ def test_an_agent_process_cannot_ask_or_withdraw_decisions_on_calls_not_its_own(
     assert [r.lineage for r in approver.seen] == ["lead/deploy#1"]
     assert approver.seen[0].reason != "forged" and approver.withdrawn_ids == []
     assert [c.status for c in result.calls] == ["ok", "ok"] and result.output == "done"
+
+
+@shoal.tool
+def write_as(writer: str, run_id: str) -> str:
+    """Commit a board write in the name of ``writer``, as the agent's process does for a call."""
+    call_run = f"{run_id}/lead/reader#1/steps"
+    try:
+        _link().ask("board_commit_call", writer, [("notes", "forged")], {},
+                    (call_run, "write_as#9"), "digest")
+    except shoal.ShoalError as exc:
+        return f"refused: {exc}"
+    return "written"
+
+
+def test_an_agent_process_cannot_write_the_board_as_another_agent() -> None:
+    # a conflict names the writers whose values met: a forged one blamed another agent
+    model = ScriptedModel.per_prompt({
+        "go": [[call("reader", task="t")], "done"],
+        "t": [[call("write_as", writer="lead/other#1/x#1", run_id="r1"),
+               call("write_as", writer="lead/reader#1/mine#1", run_id="r1")], "read"]})
+    reader = shoal.Agent(name="reader", model=model, tools=[write_as], isolation="process")
+    board = shoal.Board(notes=shoal.merge.last_writer)
+    result = shoal.Agent(name="lead", model=model, subagents=[reader]).run_sync(
+        "go", run_id="r1", board=board)
+    [child] = result.children
+    forged, own = (c.message.content for c in child.calls)
+    assert forged.startswith("refused: ") and "not as 'lead/other#1/x#1'" in forged
+    assert own == "written" and result.board == {"notes": "forged"}

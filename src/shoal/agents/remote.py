@@ -905,6 +905,7 @@ class TreeServer:
             return board.conflicts
         if op == "board_commit":
             writer, writes, seen, call, recorded, number, digest = args
+            self._writer(writer)
             if call is not None:
                 self._own(call[0])
             return board._commit(writer, [(str(k), v) for k, v in writes], seen,
@@ -939,6 +940,7 @@ class TreeServer:
                                  "this tree has none")
             writer, writes, seen, call, digest = args
             self._own(call[0])
+            self._writer(writer)
             key = (str(call[0]), str(call[1]))
             record = board._commit_call(str(writer), [(str(k), v) for k, v in writes],
                                         dict(seen), key, str(digest))
@@ -1011,6 +1013,16 @@ class TreeServer:
         else:
             self._own(positional[0] if positional else named.get("run_id"))
         return await asyncio.to_thread(getattr(store, name), *positional, **named)
+
+    def _writer(self, writer: Any) -> None:
+        """Refuse a board write in the name of a writer outside the agent's subtree.
+
+        A conflict names the writers whose values met: one of another agent's would blame it.
+        """
+        if not (isinstance(writer, str) and (writer == self.lineage
+                                             or writer.startswith(f"{self.lineage}/"))):
+            raise ShoalError(f"agent {self.lineage} may write the board only as itself or a "
+                             f"call of its own, not as {_cut(shown(writer))}")
 
     def _own(self, run_id: Any) -> None:
         if not isinstance(run_id, str) or not run_id.startswith(self._runs):
