@@ -13,6 +13,7 @@ is not the agent's own, are refused to the asking call.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import pickle
 import struct
@@ -23,6 +24,7 @@ from typing import Any
 import pytest
 
 import shoal
+from shoal.agents.result import AgentResult
 from shoal.testing import ScriptedModel, call
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_child_process_leak")]
@@ -224,3 +226,46 @@ def test_an_agent_process_cannot_write_the_board_as_another_agent() -> None:
     forged, own = (c.message.content for c in child.calls)
     assert forged.startswith("refused: ") and "not as 'lead/other#1/x#1'" in forged
     assert own == "written" and result.board == {"notes": "forged"}
+
+
+@shoal.tool
+def rewrite_result(kind: str) -> str:
+    """Have the agent's result, as sent, hold itself among its subagents or claim the lead's."""
+    link = _link()
+
+    def send_done(body: bytes) -> None:
+        result = pickle.loads(body)[1]
+        if kind == "cycle":
+            result.children.append(result)
+        else:
+            result.children.append(dataclasses.replace(result, lineage="lead", children=[],
+                                                       output="forged"))
+        with link._send_lock:
+            link._sock.sendall(_message(("done", result)))
+
+    link.send_done = send_done
+    return "armed"
+
+
+@pytest.mark.parametrize("kind", ["cycle", "lineage"])
+def test_a_subagent_result_that_is_not_the_agents_own_is_left_out(kind: str) -> None:
+    # a result among its own subagents made every walk of the tree recurse without end (the
+    # agent failed with a RecursionError, the lead's to_dict and timeline too); one claiming
+    # the lead's lineage took the lead's place in the tree's results
+    model = ScriptedModel.per_prompt({
+        "go": [[call("reader", task="t"), call("reader", task="s")], "done"],
+        "t": [[call("rewrite_result", kind=kind)], "read"], "s": [[call("fine", tag="x")], "b"]})
+    reader = shoal.Agent(name="reader", model=model, tools=[rewrite_result, fine],
+                         isolation="process")
+
+    async def main() -> tuple[AgentResult[Any], dict[str, AgentResult[Any]]]:
+        handle = shoal.Agent(name="lead", model=model, subagents=[reader]).start("go")
+        return await handle, dict(handle.results())
+
+    result, by_lineage = asyncio.run(main())
+    rewritten, sibling = result.children
+    assert rewritten.status == "ok" and rewritten.output == "read" and rewritten.children == []
+    assert sibling.status == "ok"
+    assert by_lineage["lead"] is result and result.output == "done"
+    assert [r.lineage for r in result.walk()] == ["lead", "lead/reader#1", "lead/reader#2"]
+    assert len(result.to_dict()["children"]) == 2 and "lead/reader#1" in result.timeline()

@@ -424,7 +424,10 @@ def load_message(body: bytes, what: str) -> Any:
         result = message[1]
         if not isinstance(result, AgentResult):
             raise refused from None
-        kept = without_refused(result)
+        try:
+            kept = without_refused(result)
+        except RecursionError:  # a result among its own subagents: see _own_subtree
+            raise refused from None
         if refusal_in(kept) is not None:
             raise refused from None
         return ("done", kept)
@@ -1388,13 +1391,52 @@ def _stopped(run: AgentRun, server: TreeServer) -> None:
 
 
 def _adopt(ctx: TreeContext, result: AgentResult[Any], remote: AgentResult[Any]) -> None:
-    """Copy the agent's result into the parent's (the object its parent already holds)."""
+    """Copy the agent's result into the parent's (the object its parent already holds).
+
+    Who the agent is (name, lineage, run, prompt) stays as the parent started it, and its
+    subagents' results are kept only as results of its own subtree, each once (see
+    :func:`_own_subtree`): the tree's lookups by lineage and its walks rely on both.
+    """
     for item in fields(remote):
-        setattr(result, item.name, getattr(remote, item.name))
+        if item.name not in _IDENTITY:
+            setattr(result, item.name, getattr(remote, item.name))
+    _own_subtree(result)
     for found in result.walk():
         ctx.results[found.lineage] = found
     if isinstance(result.error, AgentError) and result.error.result is None:
         result.error.result = result
+
+
+#: What the parent says of an agent it started, whatever the agent's result says.
+_IDENTITY = frozenset({"agent", "lineage", "run_id", "prompt"})
+
+
+def _own_subtree(result: AgentResult[Any]) -> None:
+    """Leave out each subagent result below ``result`` that is not its own, or repeats.
+
+    A result among its own subagents (a cycle) made every walk of the tree recurse without
+    end; one whose lineage is not below its parent's took another agent's place in the
+    tree's results by lineage (the lead's too). Each such one is left out, logged.
+    """
+    from shoal.agents.result import AgentResult
+
+    seen = {id(result)}
+    stack = [result]
+    while stack:
+        parent = stack.pop()
+        kept = []
+        for child in parent.children if isinstance(parent.children, list) else ():
+            if (isinstance(child, AgentResult) and id(child) not in seen
+                    and type(child.lineage) is str
+                    and child.lineage.startswith(f"{parent.lineage}/")):
+                seen.add(id(child))
+                kept.append(child)
+                stack.append(child)
+            else:
+                log.warning("agent %s sent a subagent result that is not one of its own (%s): "
+                            "left out", result.lineage,
+                            _cut(shown(getattr(child, "lineage", child))))
+        parent.children = kept
 
 
 def _fail(run: AgentRun, status: AgentStatus, error: BaseException,
