@@ -237,6 +237,10 @@ def rewrite_result(kind: str) -> str:
         result = pickle.loads(body)[1]
         if kind == "cycle":
             result.children.append(result)
+        elif kind == "usage":
+            from shoal.models.base import Usage
+
+            result.usage = result.own_usage = Usage(-10**9, 0, 1)
         else:
             result.children.append(dataclasses.replace(result, lineage="lead", children=[],
                                                        output="forged"))
@@ -269,3 +273,16 @@ def test_a_subagent_result_that_is_not_the_agents_own_is_left_out(kind: str) -> 
     assert by_lineage["lead"] is result and result.output == "done"
     assert [r.lineage for r in result.walk()] == ["lead", "lead/reader#1", "lead/reader#2"]
     assert len(result.to_dict()["children"]) == 2 and "lead/reader#1" in result.timeline()
+
+
+def test_a_usage_no_model_reply_sums_to_is_taken_as_what_the_agent_was_charged() -> None:
+    # the lead's usage sums its subagents': a negative one made the whole tree's usage so
+    model = ScriptedModel.per_prompt({"go": [[call("reader", task="t")], "done"],
+                                      "t": [[call("rewrite_result", kind="usage")], "read"]})
+    reader = shoal.Agent(name="reader", model=model, tools=[rewrite_result],
+                         isolation="process")
+    result = shoal.Agent(name="lead", model=model, subagents=[reader]).run_sync("go")
+    [child] = result.children
+    assert child.status == "ok" and child.usage.requests == 2
+    assert child.usage.input_tokens > 0 and child.own_usage == child.usage
+    assert result.usage == result.own_usage + child.usage

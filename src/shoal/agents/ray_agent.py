@@ -541,7 +541,7 @@ async def _serve(run: AgentRun, channel: RayChannel, serving: asyncio.Future[Any
                  server: TreeServer, deadlines: list[asyncio.TimerHandle]) -> None:
     """Wait for the agent's result and record its end, whichever way it comes."""
     try:
-        _adopt(run.ctx, run.result, await asyncio.shield(serving))
+        _adopt(run.ctx, run.result, await asyncio.shield(serving), server.usage)
         channel.finished = True
     except asyncio.CancelledError:
         await _stop_now(run, channel, serving, server)
@@ -564,7 +564,8 @@ async def _stop_now(run: AgentRun, channel: Channel, serving: asyncio.Future[Any
     reason = ctx.stop_reason(run.lineage) or "cancelled"
     channel.send(("cancel", reason, ctx.tracker.breach))
     try:
-        _adopt(ctx, run.result, await asyncio.wait_for(asyncio.shield(serving), CANCEL_GRACE))
+        _adopt(ctx, run.result, await asyncio.wait_for(asyncio.shield(serving), CANCEL_GRACE),
+               server.usage)
     except (TimeoutError, _Gone, asyncio.CancelledError):
         _stopped(run, server)
 

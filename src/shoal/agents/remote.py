@@ -1343,7 +1343,7 @@ async def run_elsewhere(run: AgentRun) -> AgentResult[Any]:
         stop(early, ctx.tracker.breach)
     try:
         try:
-            _adopt(ctx, result, await asyncio.shield(serving))
+            _adopt(ctx, result, await asyncio.shield(serving), server.usage)
         except asyncio.CancelledError:
             await _stop(run, channel, serving, server)
             raise
@@ -1374,7 +1374,8 @@ async def _stop(run: AgentRun, channel: Channel, serving: asyncio.Future[Any],
     reason = ctx.stop_reason(run.lineage) or "cancelled"
     channel.send(("cancel", reason, ctx.tracker.breach))
     try:
-        _adopt(ctx, run.result, await asyncio.wait_for(asyncio.shield(serving), CANCEL_GRACE))
+        _adopt(ctx, run.result, await asyncio.wait_for(asyncio.shield(serving), CANCEL_GRACE),
+               server.usage)
     except (TimeoutError, _Gone, asyncio.CancelledError):
         _stopped(run, server)
 
@@ -1390,16 +1391,25 @@ def _stopped(run: AgentRun, server: TreeServer) -> None:
         _fail(run, "cancelled", AgentError(f"agent {run.lineage} was {reason}"), server)
 
 
-def _adopt(ctx: TreeContext, result: AgentResult[Any], remote: AgentResult[Any]) -> None:
+def _adopt(ctx: TreeContext, result: AgentResult[Any], remote: AgentResult[Any],
+           charged: Usage) -> None:
     """Copy the agent's result into the parent's (the object its parent already holds).
 
     Who the agent is (name, lineage, run, prompt) stays as the parent started it, and its
     subagents' results are kept only as results of its own subtree, each once (see
-    :func:`_own_subtree`): the tree's lookups by lineage and its walks rely on both.
+    :func:`_own_subtree`): the tree's lookups by lineage and its walks rely on both. A usage
+    that is no sum of model replies' (a negative count: its parent's usage, which sums its
+    subagents', would be off) is what the agent's subtree was ``charged`` instead.
     """
     for item in fields(remote):
         if item.name not in _IDENTITY:
             setattr(result, item.name, getattr(remote, item.name))
+    for name in ("usage", "own_usage"):
+        usage = getattr(result, name)
+        if not (type(usage) is Usage and _plain(usage)):
+            log.warning("agent %s reported its %s as %s: taken as what it was charged",
+                        result.lineage, name, _cut(shown(usage)))
+            setattr(result, name, charged)
     _own_subtree(result)
     for found in result.walk():
         ctx.results[found.lineage] = found
