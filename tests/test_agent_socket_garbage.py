@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import os
 import pickle
+import signal
 import struct
 import time
 from pathlib import Path
@@ -25,6 +27,7 @@ import pytest
 
 import shoal
 from shoal.agents.result import AgentResult
+from shoal.executors._template import fork_supported
 from shoal.testing import ScriptedModel, call
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_child_process_leak")]
@@ -286,3 +289,27 @@ def test_a_usage_no_model_reply_sums_to_is_taken_as_what_the_agent_was_charged()
     assert child.status == "ok" and child.usage.requests == 2
     assert child.usage.input_tokens > 0 and child.own_usage == child.usage
     assert result.usage == result.own_usage + child.usage
+
+
+@shoal.tool
+def stop_template() -> str:
+    """SIGSTOP the template that forked this agent's process (its parent)."""
+    os.kill(os.getppid(), signal.SIGSTOP)
+    return "stopped"
+
+
+@pytest.mark.skipif(not fork_supported(),
+                    reason="agent processes fork from a template on Linux 5.3+ only")
+def test_a_template_stopped_by_a_tool_holds_up_neither_its_agents_end_nor_the_next_start(
+        ) -> None:
+    # the ended agent's process was waited for until the template reported it (never), and
+    # the next agent's start until the template answered (120 s)
+    model = ScriptedModel.per_prompt({
+        "go": [[call("reader", task="t")], [call("reader", task="s")], "done"],
+        "t": [[call("stop_template")], "read"], "s": [[call("fine", tag="x")], "again"]})
+    reader = shoal.Agent(name="reader", model=model, tools=[stop_template, fine],
+                         isolation="process")
+    result = shoal.Agent(name="lead", model=model, subagents=[reader]).run_sync(
+        "go", budget=shoal.Budget(wall_clock=100))
+    assert result.output == "done"
+    assert [(c.status, c.output) for c in result.children] == [("ok", "read"), ("ok", "again")]
