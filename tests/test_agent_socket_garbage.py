@@ -313,3 +313,35 @@ def test_a_template_stopped_by_a_tool_holds_up_neither_its_agents_end_nor_the_ne
         "go", budget=shoal.Budget(wall_clock=100))
     assert result.output == "done"
     assert [(c.status, c.output) for c in result.children] == [("ok", "read"), ("ok", "again")]
+
+
+@shoal.tool
+def freeze_template() -> str:
+    """SIGSTOP the template that forks this tree's agent processes (from the lead's process)."""
+    from shoal.agents._launch import AgentLauncher
+
+    for found in gc.get_objects():
+        if isinstance(found, AgentLauncher) and found.template_pid is not None:
+            os.kill(found.template_pid, signal.SIGSTOP)
+            return "frozen"
+    return "no template"
+
+
+@pytest.mark.skipif(not fork_supported(),
+                    reason="agent processes fork from a template on Linux 5.3+ only")
+def test_process_agents_stopped_by_a_budget_while_they_start_end_budget_exceeded() -> None:
+    # their starts wait on a stopped template (a second at least) past the wall clock: they
+    # ended "cancelled", where a running process agent and a Ray agent end budget_exceeded
+    model = ScriptedModel.per_prompt({
+        "go": [[call("freeze_template")], [call("reader", task=f"t{i}") for i in range(3)],
+               "done"], "*": ["read"]})
+    reader = shoal.Agent(name="reader", model=model, isolation="process")
+    lead = shoal.Agent(name="lead", model=model, tools=[freeze_template], subagents=[reader])
+    with pytest.raises(shoal.BudgetExceeded) as raised:
+        lead.run_sync("go", budget=shoal.Budget(wall_clock=0.7))
+    result = raised.value.result
+    assert result is not None and result.calls[0].message.content == "frozen"
+    assert len(result.children) == 3
+    for child in result.children:
+        assert child.status == "budget_exceeded", (child.status, child.error)
+        assert isinstance(child.error, shoal.BudgetExceeded)

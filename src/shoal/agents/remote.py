@@ -1325,8 +1325,7 @@ async def run_elsewhere(run: AgentRun) -> AgentResult[Any]:
         _fail(run, "failed", exc)
         return result
     except asyncio.CancelledError:  # while its process started (which then ended)
-        reason = ctx.stop_reason(run.lineage) or "cancelled"
-        _fail(run, "cancelled", AgentError(f"agent {run.lineage} was {reason}"))
+        _stopped(run)  # by a budget: budget_exceeded, as once it runs (and as a Ray agent)
         raise
     server = TreeServer(ctx, channel, run.lineage)
     serving = asyncio.ensure_future(server.serve())
@@ -1380,7 +1379,7 @@ async def _stop(run: AgentRun, channel: Channel, serving: asyncio.Future[Any],
         _stopped(run, server)
 
 
-def _stopped(run: AgentRun, server: TreeServer) -> None:
+def _stopped(run: AgentRun, server: TreeServer | None = None) -> None:
     """Record the end of an agent stopped before it could record its own."""
     ctx = run.ctx
     breach = ctx.tracker.breach
