@@ -3,7 +3,8 @@
 ``python -m tests.process_agent_crash STORE RUN_ID crash|resume LOG``: the lead notes ``a``
 and starts ``helper``, an agent in its own process, which notes ``x1`` and then calls
 ``boom``: in ``crash`` mode that SIGKILLs the lead's process, and the helper, seeing its
-parent gone, ends too. In ``resume`` mode the tree continues from the
+parent gone, ends too. In ``crash-again`` mode the tree resumes and is killed the same way
+again, as the helper replays its turns; in ``resume`` mode the tree continues from the
 journal (one SQLite file, written by both processes). Every ``note`` appends to LOG and to the
 tree's board (which the helper reaches from its process), so a test can see whether anything
 ran or was merged twice; the models fail loudly if asked for a turn that the journal
@@ -44,7 +45,7 @@ def boom() -> str:
     The lead's pid comes from a file: this agent's process may be a fork of the tree's
     template rather than a child of the lead's own.
     """
-    if MODE == "crash":
+    if MODE in ("crash", "crash-again"):
         Path(LOG + ".helper").write_text(str(os.getpid()))
         os.kill(int(Path(LOG + ".lead").read_text()), signal.SIGKILL)
         time.sleep(30)
@@ -59,7 +60,7 @@ def scripts() -> tuple[ScriptedModel, ScriptedModel]:
     lead_steps: list[Any] = [[call("note", text="a")], [call("helper", task="x")],
                              "final answer"]
     sub_steps: list[Any] = [[call("note", text="x1")], [call("boom")], "helper done"]
-    if MODE == "resume":  # finished turns come from the journal, never from the model
+    if MODE != "crash":  # finished turns come from the journal, never from the model
         lead_steps[:2] = [replayed] * 2
         sub_steps[:2] = [replayed] * 2
     return (ScriptedModel.per_prompt({PROMPT: lead_steps}),
@@ -80,6 +81,7 @@ def main() -> None:
         Path(LOG + ".lead").write_text(str(os.getpid()))
         result = lead.run_sync(PROMPT, runtime=runtime, run_id=RUN_ID, board=board)
     else:
+        Path(LOG + ".lead").write_text(str(os.getpid()))
         result = lead.resume_sync(RUN_ID, PROMPT, runtime=runtime, board=board)
     print(json.dumps({"output": result.output, "lead_requests": len(lead_model.requests),
                       "calls": [c.status for c in result.calls],

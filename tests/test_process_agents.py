@@ -371,8 +371,9 @@ def test_a_subagent_process_killed_mid_turn_fails_its_call_naming_the_signal() -
     assert len(finished) == 1 and "SIGKILL" in finished[0].error  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("again", [False, True])
 def test_a_tree_killed_mid_run_resumes_without_repeating_the_process_agents_work(
-        tmp_path: Path) -> None:
+        tmp_path: Path, again: bool) -> None:
     store, log = tmp_path / "runs.db", tmp_path / "log.txt"
 
     def script(mode: str) -> subprocess.CompletedProcess[str]:
@@ -385,6 +386,11 @@ def test_a_tree_killed_mid_run_resumes_without_repeating_the_process_agents_work
     assert sorted(log.read_text().split()) == ["a", "x1"]
     helper_pid = int((tmp_path / "log.txt.helper").read_text())
     assert pid_gone(helper_pid)  # it ended with its parent
+    if again:  # killed again while resuming, the helper replaying its turns
+        crashed = script("crash-again")
+        assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+        assert sorted(log.read_text().split()) == ["a", "x1"]
+        assert pid_gone(int((tmp_path / "log.txt.helper").read_text()))
     resumed = script("resume")
     assert resumed.returncode == 0, resumed.stderr
     report = json.loads(resumed.stdout)

@@ -17,7 +17,9 @@ import pytest
 import shoal
 from shoal.testing import ScriptedModel, call
 from tests.conftest import ONE_AT_A_TIME
+from tests.test_agent_socket_garbage import check_garbage
 from tests.test_process_agent_refused import ODD, REFUSED, _fail_holding, fine, odd, opaque
+from tests.test_process_agent_refused_parts import CASES, _run
 
 pytest.importorskip("ray")
 
@@ -77,3 +79,18 @@ def test_a_ray_agent_journaling_through_the_driver_goes_on_past_a_refused_value(
     assert kept["opaque#1"].outcome.error is not None
     assert "Opaque" in kept["opaque#1"].outcome.error.message
     assert kept["odd#1"].outcome.value == ODD
+
+
+@pytest.mark.usefixtures("ray_cluster")
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_refused_part_of_a_ray_agents_conversation_costs_only_that_part(case: str) -> None:
+    # as for a process agent (tests/test_process_agent_refused_parts.py): it failed the agent
+    turn, check = CASES[case]
+    check(_run(turn(), "ray"))
+
+
+@pytest.mark.usefixtures("ray_cluster")
+@pytest.mark.parametrize("kind", ["ascii", "short done"])
+def test_garbage_on_a_ray_agents_socket_fails_that_agent_naming_it(kind: str) -> None:
+    # as for a process agent (tests/test_agent_socket_garbage.py): the length was waited for
+    check_garbage(kind, "ray")

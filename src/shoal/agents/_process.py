@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from shoal.agents.remote import HEADER
+from shoal.agents.remote import HEADER, _plain_message, _plain_tool_call
 from shoal.agents.run import _model_turn_tool
 from shoal.clock import running_loop
 from shoal.exceptions import describe_exception
@@ -166,6 +166,7 @@ def remote_tracker(link: Link, ctx: TreeContext) -> BudgetTracker:
     from shoal.agents.budget import BudgetTracker
     from shoal.agents.context import breach_stopper
     from shoal.exceptions import BudgetExceeded
+    from shoal.models.base import Usage
 
     class RemoteTracker(BudgetTracker):
         def _asked(self, op: str, *args: Any) -> Any:
@@ -184,6 +185,11 @@ def remote_tracker(link: Link, ctx: TreeContext) -> BudgetTracker:
             super().refund_request(where)
 
         def add_usage(self, usage: Any, where: str) -> None:
+            # its plain counts: a model's Usage of a class (or with fields) of its own may be
+            # one the root's loader refuses, which would fail the agent's turn
+            usage = Usage(int(usage.input_tokens), int(usage.output_tokens),
+                          int(usage.requests), None if usage.cost is None else float(usage.cost),
+                          int(usage.cache_read_tokens), int(usage.cache_write_tokens))
             self.usage = self.usage + usage
             self._asked("add_usage", usage, where)
 
@@ -755,6 +761,10 @@ def _shippable(result: AgentResult[Any]) -> tuple[str, Any]:
     problem = _unpicklable(kept)
     if problem is None:
         return ("done", kept)
+    kept = _picklable_fields(kept)
+    problem = _unpicklable(kept)
+    if problem is None:
+        return ("done", kept)
     return ("done", replace(
         result, status="failed", output=None, messages=[], calls=[], children=[], board=None,
         conflicts=[], plans=[], error=SerializationError(
@@ -791,6 +801,52 @@ def _picklable_part(result: AgentResult[Any]) -> AgentResult[Any]:
             f"agent {result.lineage} ended with an error that cannot go back to its parent: "
             f"{describe_exception(result.error)}"))
     return kept
+
+
+def _picklable_fields(result: AgentResult[Any]) -> AgentResult[Any]:
+    """``result``, each other field that does not pickle replaced (see :func:`_shippable`).
+
+    A message of the conversation (a model's reply with a field of its own that does not
+    pickle, say): one of its role whose text says why; a call's record: its call and message
+    made plain; any other field: its default, logged. The answer, the calls' outcomes and
+    the children are :func:`_picklable_part`'s.
+    """
+    from dataclasses import MISSING, fields, replace
+
+    changes: dict[str, Any] = {}
+    for item in fields(result):
+        value = getattr(result, item.name)
+        if item.name in ("output", "error", "children") or _unpicklable(value) is None:
+            continue
+        if item.name == "messages" and isinstance(value, list):
+            changes["messages"] = [
+                message if (why := _unpicklable(message)) is None else _plain_message(
+                    message, f"message {index} of agent {result.lineage}", why, _unpicklable)
+                for index, message in enumerate(value, 1)]
+        elif item.name == "calls" and isinstance(value, list):
+            changes["calls"] = [_picklable_record(record) for record in value]
+        else:
+            log.warning("agent %s's %s cannot go back to its parent and was left out: %s",
+                        result.lineage, item.name, _unpicklable(value))
+            changes[item.name] = (item.default_factory() if item.default is MISSING
+                                  and item.default_factory is not MISSING else item.default)
+    return replace(result, **changes)
+
+
+def _picklable_record(record: Any) -> Any:
+    """A call's record whose call or message does not pickle, with them made plain."""
+    from dataclasses import replace
+
+    from shoal.agents.toolcalls import CallRecord
+
+    if _unpicklable(record) is None or not isinstance(record, CallRecord):
+        return record
+    changes: dict[str, Any] = {"call": _plain_tool_call(record.call, _unpicklable)}
+    if (why := _unpicklable(record.message)) is not None:
+        changes["message"] = _plain_message(
+            record.message, f"the result its model read for {record.lineage}", why,
+            _unpicklable)
+    return replace(record, **changes)
 
 
 def _failed_outcome(record: Any, why: str) -> Any:

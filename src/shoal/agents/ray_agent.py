@@ -75,11 +75,13 @@ from shoal.agents.remote import (
     _Gone,
     _stopped,
     _unimportable,
+    checked,
     load_message,
+    read_body,
     routed_store,
     start_spec,
 )
-from shoal.exceptions import AgentError, ConfigError, SerializationError, describe_exception
+from shoal.exceptions import AgentError, ConfigError, describe_exception
 from shoal.executors._shipping import dumps
 from shoal.executors.ray import _here
 from shoal.scheduler import driver
@@ -184,16 +186,9 @@ class RayChannel(Channel):
 
     async def receive(self) -> tuple[Any, ...] | None:
         """The next message, or ``None`` once the connection ends."""
-        try:
-            header = await self._reader.readexactly(HEADER.size)
-            body = await self._reader.readexactly(HEADER.unpack(header)[0])
-        except (asyncio.IncompleteReadError, ConnectionError):
-            return None
-        message = load_message(body,
-                               f"a message from the Ray actor running agent {self.lineage}")
-        if not isinstance(message, tuple) or not message:
-            raise SerializationError("an agent's Ray actor sent a malformed message")
-        return message
+        what = f"a message from the Ray actor running agent {self.lineage}"
+        body = await read_body(self._reader, what)
+        return None if body is None else checked(load_message(body, what), what)
 
     def kill(self) -> None:
         """``ray.kill`` the actor and drop its connection (it kills what it started)."""
@@ -546,7 +541,7 @@ async def _serve(run: AgentRun, channel: RayChannel, serving: asyncio.Future[Any
                  server: TreeServer, deadlines: list[asyncio.TimerHandle]) -> None:
     """Wait for the agent's result and record its end, whichever way it comes."""
     try:
-        _adopt(run.ctx, run.result, await asyncio.shield(serving))
+        _adopt(run.ctx, run.result, await asyncio.shield(serving), server.usage)
         channel.finished = True
     except asyncio.CancelledError:
         await _stop_now(run, channel, serving, server)
@@ -569,7 +564,8 @@ async def _stop_now(run: AgentRun, channel: Channel, serving: asyncio.Future[Any
     reason = ctx.stop_reason(run.lineage) or "cancelled"
     channel.send(("cancel", reason, ctx.tracker.breach))
     try:
-        _adopt(ctx, run.result, await asyncio.wait_for(asyncio.shield(serving), CANCEL_GRACE))
+        _adopt(ctx, run.result, await asyncio.wait_for(asyncio.shield(serving), CANCEL_GRACE),
+               server.usage)
     except (TimeoutError, _Gone, asyncio.CancelledError):
         _stopped(run, server)
 
@@ -704,8 +700,23 @@ class AgentActor:
         if message is None:
             return "the parent went away"
         link.start_reading()
+        with contextlib.suppress(ValueError):  # not the main thread: Ray's handler stays
+            signal.signal(signal.SIGTERM, _terminated)
         _run_loop(_run_agent(message[1], link))
         return "done"
+
+
+def _terminated(number: int, _: object) -> None:
+    """End what the tools started, then end by signal ``number`` as without a handler.
+
+    Ray's own handler raises ``SystemExit`` wherever the actor's thread stands: in a tool
+    that ran there, the call failed and the agent went on, a ``SIGTERM`` unheeded. As an
+    agent process does (:func:`shoal.agents._process._terminated`), the actor ends instead,
+    and its parent says how.
+    """
+    _kill_descendants()
+    signal.signal(number, signal.SIG_DFL)
+    os.kill(os.getpid(), number)
 
 
 def _run_loop(main: Coroutine[Any, Any, None]) -> None:

@@ -68,9 +68,13 @@ What the child sends is loaded with the restricted loader of
 and reads what models write, so it must not be able to run code in the parent (which holds
 the keys it was not given). Its results hold allowed types only (plain data, dataclasses,
 pydantic models, exceptions...); anything else is refused (``allow_result_types`` widens
-it). A refusal in the agent's result costs only its part (a call's value, the answer, the end
-error: see :func:`load_message`); in any other message, it fails the agent with a
+it). A refusal in the agent's result costs only its part (a call's value, a message, a plan, a
+board key, the usage, the answer, the end error: see :func:`without_refused`); in any other
+message, it fails the agent with a
 :class:`~shoal.exceptions.SerializationError` naming it.
+Bytes that are no message (a tool of the agent's can write to its socket: a length past
+:data:`MAX_MESSAGE`, a message of no known kind or whose parts do not fit it) fail the agent
+with a :class:`~shoal.exceptions.SerializationError` saying what came (see :func:`checked`).
 """
 
 from __future__ import annotations
@@ -94,7 +98,7 @@ from dataclasses import dataclass, field, fields, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from shoal.events import AgentFinished, AgentStarted
+from shoal.events import AgentFinished, AgentStarted, Event
 from shoal.exceptions import (
     AgentError,
     ConfigError,
@@ -113,7 +117,9 @@ from shoal.executors.results import (
     refusal_in,
 )
 from shoal.limits import parse_process_limits
+from shoal.merge import shown
 from shoal.models.base import Usage
+from shoal.models.retry import _plain
 from shoal.scheduler import driver
 from shoal.store.memory import DEFAULT_MAX_RUNS
 
@@ -156,6 +162,9 @@ STORE_METHODS = frozenset({
 })
 
 HEADER = struct.Struct(">Q")
+#: The most bytes one message from an agent may announce: more is garbage on its socket (a
+#: tool writing to it), whose announced length would be waited for until the agent ended.
+MAX_MESSAGE = 1 << 32
 
 log = logging.getLogger("shoal")
 
@@ -288,17 +297,11 @@ class ProcessChannel(Channel):
 
     async def receive(self) -> tuple[Any, ...] | None:
         """The next message, or ``None`` at the end of the socket."""
-        try:
-            header = await self._reader.readexactly(HEADER.size)
-            body = await self._reader.readexactly(HEADER.unpack(header)[0])
-        except (asyncio.IncompleteReadError, ConnectionError):
-            return None
+        what = f"a message from the process running agent {self.lineage}"
+        body = await read_body(self._reader, what)
         # restricted: an agent process runs tools, and must not run code here (see the
         # module docstring)
-        message = load_message(body, f"a message from the process running agent {self.lineage}")
-        if not isinstance(message, tuple) or not message:
-            raise SerializationError("an agent process sent a malformed message")
-        return message
+        return None if body is None else checked(load_message(body, what), what)
 
     def kill(self) -> None:
         """SIGKILL the process and every descendant (unless it has been reaped)."""
@@ -323,6 +326,67 @@ class ProcessChannel(Channel):
         _let_go(self.proc, self.ref)
 
 
+async def read_body(reader: asyncio.StreamReader, what: str) -> bytes | None:
+    """The next message's pickled body on ``reader``, or ``None`` once it ends.
+
+    Raises :class:`~shoal.exceptions.SerializationError` for a length past
+    :data:`MAX_MESSAGE` (garbage where a message should start).
+    """
+    try:
+        header = await reader.readexactly(HEADER.size)
+        size = HEADER.unpack(header)[0]
+        if size > MAX_MESSAGE:
+            raise SerializationError(
+                f"{what} announced {size:,} bytes, more than any message may hold "
+                f"({MAX_MESSAGE:,}): something wrote other bytes to its socket ({header!r})")
+        return await reader.readexactly(size)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+
+
+#: The shape of each message an agent sends (see the module docstring): its length, and a
+#: check of its parts after the kind.
+_SHAPES: dict[str, tuple[int, Any]] = {
+    "done": (2, lambda m: _is_result(m[1])),
+    "error": (2, lambda m: isinstance(m[1], str)),
+    "event": (2, lambda m: isinstance(m[1], Event)),
+    "call": (4, lambda m: type(m[1]) is int and isinstance(m[2], str)
+             and isinstance(m[3], tuple)),
+    "refused": (4, lambda m: True),  # made by load_message
+    "dropped": (2, lambda m: True),  # made by load_message
+    "gate_exit": (2, lambda m: isinstance(m[1], str)),
+    "gate_pause": (3, lambda m: isinstance(m[1], str) and type(m[2]) in (int, float)
+                   and 0 <= m[2] < float("inf")),
+    "withdraw": (2, lambda m: isinstance(m[1], list | tuple)),
+    "journal": (2, lambda m: True),  # checked as it is kept (see TreeServer.mirror)
+    "here": (3, lambda m: True),  # a Ray actor's first (checked by its channel)
+}
+
+
+def _is_result(value: Any) -> bool:
+    from shoal.agents.result import AgentResult
+
+    return isinstance(value, AgentResult)
+
+
+def checked(message: Any, what: str) -> tuple[Any, ...]:
+    """``message`` if it has the shape of a message an agent sends, else raise saying so.
+
+    A tool of the agent's can write to its socket: a message of no known kind, or whose
+    parts do not fit its kind, is a :class:`~shoal.exceptions.SerializationError` naming it
+    (the agent is failed), never a ``TypeError`` deep in the parent.
+    """
+    if isinstance(message, tuple) and message and isinstance(message[0], str):
+        shape = _SHAPES.get(message[0])
+        if shape is not None and len(message) == shape[0] and shape[1](message):
+            return message
+    raise SerializationError(f"{what} is malformed: {_cut(shown(message))}")
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
 def load_message(body: bytes, what: str) -> Any:
     """A message from an agent's process or Ray actor, loaded with the restricted loader.
 
@@ -332,8 +396,9 @@ def load_message(body: bytes, what: str) -> Any:
     by this process's own rules, rather than in the agent's process, whose rules may differ
     (it may have imported modules this one has not); and only once the load has failed, so a
     result that loads costs nothing more. A request (``call``) this loader refuses becomes
-    ``("refused", id, op, why)``, which the agent is answered with as an error; any other
-    message it refuses raises, as :func:`~shoal.executors.results.load_result` does.
+    ``("refused", id, op, why)``, which the agent is answered with as an error; an event it
+    refuses, ``("dropped", "event")`` (left out, logged); any other message it refuses raises,
+    as :func:`~shoal.executors.results.load_result` does.
     """
     try:
         return load_result(body, what)
@@ -347,6 +412,11 @@ def load_message(body: bytes, what: str) -> Any:
             # a request this process refuses (the agent's own check let it by: its rules
             # may differ): refused to the asking call, not to the whole agent
             return ("refused", message[1], message[2], str(refused))
+        if isinstance(message, tuple) and len(message) == 2 and message[0] == "event":
+            # an event holding what this process refuses (a tool call's name of a str
+            # subclass): that event is left out, logged; the agent goes on
+            log.warning("an event of %s was left out: %s", what, refused)
+            return ("dropped", message[0])
         if not (isinstance(message, tuple) and len(message) == 2 and message[0] == "done"):
             raise refused from None
         from shoal.agents.result import AgentResult
@@ -354,7 +424,10 @@ def load_message(body: bytes, what: str) -> Any:
         result = message[1]
         if not isinstance(result, AgentResult):
             raise refused from None
-        kept = without_refused(result)
+        try:
+            kept = without_refused(result)
+        except RecursionError:  # a result among its own subagents: see _own_subtree
+            raise refused from None
         if refusal_in(kept) is not None:
             raise refused from None
         return ("done", kept)
@@ -363,46 +436,266 @@ def load_message(body: bytes, what: str) -> Any:
 def without_refused(result: AgentResult[Any]) -> AgentResult[Any]:
     """``result`` (as :func:`~shoal.executors.results.load_salvaging` loads it), less the refused.
 
-    A call whose value holds something refused is ``failed`` with a
-    :class:`~shoal.exceptions.SerializationError` naming the call and what was refused (its
-    model was given the value as usual); an answer, the agent ``failed`` with such an error;
-    an end error, such an error in its place; the same in each agent below. The rest is kept.
+    Each part that holds something refused is replaced, saying why with a
+    :class:`~shoal.exceptions.SerializationError`'s text that names the part; the rest is kept:
+
+    * a call whose value holds it is ``failed`` with such an error (its model was given the
+      value as usual); a call whose record holds it elsewhere (the model's call, the message
+      its model read) keeps its plain parts, the rest replaced by the error's text;
+    * a message of the conversation (a model's reply of a class or with fields of its own,
+      a tool's text of a ``str`` subclass) is replaced by one of its role whose text is the
+      error's, its tool calls kept as plain :class:`~shoal.models.base.ToolCall` s;
+    * the answer: the agent ``failed`` with such an error; the end error: such an error in
+      its place;
+    * a plan's text: the error's text; a board key's value: the error itself; a conflict:
+      left out; the usage: its plain counts; any other field: its default;
+    * the same in each agent below (one that is refused whole is a ``failed`` result).
     """
     from shoal.agents.result import AgentResult
 
-    calls = [_call_without_refused(record) for record in result.calls]
-    children = [child if not isinstance(child, AgentResult) or refusal_in(child) is None
-                else without_refused(child) for child in result.children]
-    kept = replace(result, calls=calls, children=children)
+    lineage = _text(getattr(result, "lineage", "")) or "?"
+    changes: dict[str, Any] = {}
+    for item in fields(AgentResult):
+        value = getattr(result, item.name, None)
+        if item.name in _SCALARS:
+            if refusal_in(value) is not None or not isinstance(value, _SCALARS[item.name]):
+                changes[item.name] = _default(item)
+                _lost(f"agent {lineage}'s {item.name}", refusal_in(value) or "not loadable")
+            continue
+        if item.name in _KEPT_AS_IS or refusal_in(value) is None:
+            continue
+        fix = _FIXES.get(item.name)
+        changes[item.name] = _default(item) if fix is None else fix(value, lineage)
+    kept = replace(result, **changes) if changes else result
     if (why := refusal_in(result.output)) is not None:
         kept = replace(kept, status="failed", output=None, error=SerializationError(
-            f"agent {result.lineage}'s answer cannot be loaded by its parent: {why}"))
+            f"agent {lineage}'s answer cannot be loaded by its parent: {why}"))
     elif (why := refusal_in(result.error)) is not None:
         error = result.error
         said = (describe_exception(error) if isinstance(error, BaseException)
                 and not isinstance(error, Refused) else "an error")
         kept = replace(kept, error=SerializationError(
-            f"agent {result.lineage} ended with an error its parent cannot load ({said}): "
-            f"{why}"))
+            f"agent {lineage} ended with an error its parent cannot load ({said}): {why}"))
+    elif "status" in changes:
+        kept = replace(kept, status="failed", error=SerializationError(
+            f"agent {lineage}'s status cannot be loaded by its parent: "
+            f"{refusal_in(result.status) or 'it is no text'}"))
     return kept
 
 
-def _call_without_refused(record: Any) -> Any:
-    """``record``, or, when its value holds something refused, the call ``failed`` saying so."""
+#: The fields of :class:`~shoal.agents.result.AgentResult` that are plain values, and their types.
+_SCALARS: dict[str, type | tuple[type, ...]] = {
+    "agent": str, "lineage": str, "run_id": str, "prompt": str, "status": str,
+    "where": str, "isolation": str, "turns": int, "pid": int, "duration": (int, float),
+    "started_at": (int, float)}
+#: The fields :func:`without_refused` handles after the others (answer and end error).
+_KEPT_AS_IS = frozenset({"output", "error"})
+
+
+def _default(item: Any) -> Any:
+    """The default of a dataclass field (``None`` for one without)."""
+    from dataclasses import MISSING
+
+    if item.default is not MISSING:
+        return item.default
+    if item.default_factory is not MISSING:
+        return item.default_factory()
+    return None
+
+
+def _text(value: Any) -> str:
+    """``value`` if it is plain text, else ``""``."""
+    return value if type(value) is str else ""
+
+
+def _lost(what: str, why: str) -> None:
+    log.warning("%s cannot be loaded by its parent and was left out: %s", what, why)
+
+
+def _calls_without_refused(calls: Any, lineage: str) -> list[Any]:
+    if not isinstance(calls, list):
+        _lost(f"agent {lineage}'s calls", refusal_in(calls) or "no list")
+        return []
+    return [_call_without_refused(record, lineage) for record in calls]
+
+
+def _children_without_refused(children: Any, lineage: str) -> list[Any]:
+    from shoal.agents.result import AgentResult
+
+    if not isinstance(children, list):
+        _lost(f"agent {lineage}'s subagents", refusal_in(children) or "no list")
+        return []
+    kept = []
+    for index, child in enumerate(children, 1):
+        why = refusal_in(child)
+        if why is None:
+            kept.append(child)
+        elif isinstance(child, AgentResult):
+            kept.append(without_refused(child))
+        else:  # refused whole: which agent it was is lost with it
+            where = f"{lineage}/?{index}"
+            kept.append(AgentResult(
+                agent="?", lineage=where, run_id="", prompt="", status="failed",
+                error=SerializationError(f"subagent {index} of agent {lineage} cannot be "
+                                         f"loaded by its parent: {why}")))
+    return kept
+
+
+def _messages_without_refused(messages: Any, lineage: str) -> list[Any]:
+    if not isinstance(messages, list):
+        _lost(f"agent {lineage}'s messages", refusal_in(messages) or "no list")
+        return []
+    return [message if refusal_in(message) is None
+            else _plain_message(message, f"message {index} of agent {lineage}")
+            for index, message in enumerate(messages, 1)]
+
+
+def _plain_message(message: Any, where: str, why: str | None = None,
+                   problem: Any = refusal_in) -> Any:
+    """``message``, which holds something refused, as a plain one of its role saying so.
+
+    ``why`` (default: what :func:`refusal_in` says) and ``problem`` (which of its tool calls
+    need replacing: default, those :func:`refusal_in` finds a refusal in) serve the agent's
+    own process too, for a message that does not pickle (``problem``: why not).
+    """
+    from shoal.models.base import AssistantMessage, ToolResultMessage, UserMessage
+
+    said = "cannot be loaded by its parent" if why is None else "cannot go back to its parent"
+    note = f"[SerializationError: {where} {said}: {why or refusal_in(message)}]"
+    if isinstance(message, ToolResultMessage):
+        return ToolResultMessage(_text(message.call_id), _text(message.name), note, True)
+    if isinstance(message, UserMessage):
+        return UserMessage(note)
+    calls = getattr(message, "tool_calls", ())
+    return AssistantMessage(note, tuple(_plain_tool_call(c, problem) for c in calls)
+                            if isinstance(calls, tuple | list) else ())
+
+
+def _plain_tool_call(call: Any, problem: Any = refusal_in) -> Any:
+    """``call``, or, when ``problem`` finds one in it, a plain ``ToolCall`` of its plain parts."""
+    from shoal.models.base import ToolCall
+
+    if problem(call) is None:
+        return call
+    return ToolCall(_text(getattr(call, "id", "")), _text(getattr(call, "name", "")),
+                    _text(getattr(call, "arguments", "")) or "{}")
+
+
+def _plans_without_refused(plans: Any, lineage: str) -> list[Any]:
+    if not isinstance(plans, list):
+        _lost(f"agent {lineage}'s plans", refusal_in(plans) or "no list")
+        return []
+    return [plan if refusal_in(plan) is None and isinstance(plan, str) else
+            f"[SerializationError: plan {index} of agent {lineage} cannot be loaded by its "
+            f"parent: {refusal_in(plan) or 'it is no text'}]"
+            for index, plan in enumerate(plans, 1)]
+
+
+def _board_without_refused(board: Any, lineage: str) -> dict[str, Any] | None:
+    if not isinstance(board, dict):
+        _lost(f"agent {lineage}'s board", refusal_in(board) or "no dict")
+        return None
+    kept: dict[str, Any] = {}
+    for key, value in board.items():
+        if refusal_in(key) is not None or not isinstance(key, str):
+            _lost(f"a board key of agent {lineage}", refusal_in(key) or "no text")
+            continue
+        why = refusal_in(value)
+        kept[key] = value if why is None else SerializationError(
+            f"board key {key!r} of agent {lineage} cannot be loaded by its parent: {why}")
+    return kept
+
+
+def _conflicts_without_refused(conflicts: Any, lineage: str) -> list[Any]:
+    if not isinstance(conflicts, list):
+        _lost(f"agent {lineage}'s board conflicts", refusal_in(conflicts) or "no list")
+        return []
+    kept = []
+    for conflict in conflicts:
+        why = refusal_in(conflict)
+        if why is None:
+            kept.append(conflict)
+        else:
+            _lost(f"a board conflict of agent {lineage}", why)
+    return kept
+
+
+def _usage_without_refused(usage: Any, lineage: str) -> Usage:
+    """The plain counts of ``usage`` (a count that is refused, or no number, is 0)."""
+    counts: dict[str, Any] = {}
+    for item in fields(Usage):
+        value = getattr(usage, item.name, None)
+        if type(value) is int or (item.name == "cost" and type(value) is float):
+            counts[item.name] = value
+    _lost(f"part of agent {lineage}'s usage", refusal_in(usage) or "no usage")
+    return Usage(**counts)
+
+
+_FIXES: dict[str, Any] = {
+    "calls": _calls_without_refused, "children": _children_without_refused,
+    "messages": _messages_without_refused, "plans": _plans_without_refused,
+    "board": _board_without_refused, "conflicts": _conflicts_without_refused,
+    "usage": _usage_without_refused, "own_usage": _usage_without_refused}
+
+
+def _call_without_refused(record: Any, lineage: str) -> Any:
+    """``record``, less what it holds that is refused (see :func:`without_refused`).
+
+    A value that is refused fails the call; a refused call as the model wrote it, or message
+    its model read, is replaced by its plain parts and the error's text.
+    """
     from shoal.agents.toolcalls import CallRecord
+    from shoal.models.base import ToolResultMessage
     from shoal.outcome import ErrorInfo, Outcome
 
-    outcome = getattr(record, "outcome", None)
-    if not isinstance(record, CallRecord) or not isinstance(outcome, Outcome):
+    if refusal_in(record) is None:
         return record
-    why = refusal_in(outcome.value)
-    if why is None:
-        return record
-    error = SerializationError(f"{record.lineage} ran and returned a value its agent's parent "
-                               f"cannot load: {why}")
-    failed = replace(outcome, status="failed", value=None,
-                     error=ErrorInfo.from_exception(error, with_traceback=False))
-    return replace(record, status="failed", outcome=failed)
+    if not isinstance(record, CallRecord):  # refused whole: a call lost, saying so
+        why = refusal_in(record)
+        where = f"a call of agent {lineage}"
+        return _lost_call(where, why)
+    named = _text(record.lineage) or f"a call of agent {lineage}"
+    changes: dict[str, Any] = {}
+    outcome = record.outcome
+    if outcome is not None and (why := refusal_in(outcome)) is not None:
+        if isinstance(outcome, Outcome) and refusal_in(outcome.value) is not None:
+            why = refusal_in(outcome.value)
+            error = SerializationError(f"{named} ran and returned a value its agent's parent "
+                                       f"cannot load: {why}")
+        else:
+            error = SerializationError(f"the outcome of {named} cannot be loaded by its "
+                                       f"agent's parent: {why}")
+        if isinstance(outcome, Outcome) and refusal_in(
+                replace(outcome, value=None, error=None)) is None:
+            changes["outcome"] = replace(
+                outcome, status="failed", value=None,
+                error=ErrorInfo.from_exception(error, with_traceback=False))
+        else:
+            changes["outcome"] = None
+        changes["status"] = "failed"
+    if (why := refusal_in(record.call)) is not None:
+        changes["call"] = _plain_tool_call(record.call)
+    if (why := refusal_in(record.message)) is not None:
+        message = record.message
+        changes["message"] = ToolResultMessage(
+            _text(getattr(message, "call_id", "")), _text(getattr(message, "name", "")),
+            f"[SerializationError: the result its model read for {named} cannot be loaded by "
+            f"its agent's parent: {why}]", True)
+    for name, kind, default in (("lineage", str, ""), ("status", str, "failed"),
+                                ("epoch", (int, float), 0.0), ("turn", int, 0)):
+        value = changes.get(name, getattr(record, name))
+        if refusal_in(value) is not None or not isinstance(value, kind):
+            changes[name] = default
+    return replace(record, **changes)
+
+
+def _lost_call(where: str, why: str | None) -> Any:
+    """The record of a call that was refused whole: ``failed``, saying so."""
+    from shoal.agents.toolcalls import CallRecord
+    from shoal.models.base import ToolCall, ToolResultMessage
+
+    text = f"[SerializationError: {where} cannot be loaded by its parent: {why}]"
+    return CallRecord(ToolCall("", "?"), "", "failed", ToolResultMessage("", "?", text, True))
 
 
 def _let_go(proc: _Process, ref: ProcessRef) -> None:
@@ -474,6 +767,7 @@ class TreeServer:
         self.channel = channel
         self.lineage = lineage
         self._held: Counter[str] = Counter()  # gate slots the agent holds, by model name
+        self._asked: Counter[str] = Counter()  # ids of the approval requests it waits for
         #: what the agent's tree charged so far (a crashed agent's result still says it)
         self.usage = Usage()
         self.requests = 0  # requests charged (one whose usage never came still counts)
@@ -563,7 +857,11 @@ class TreeServer:
                 self.requests -= 1
                 self.turns -= args[0] == self.lineage
             elif op == "add_usage":
-                self.usage = self.usage + args[0]
+                usage = args[0] if len(args) == 2 else None
+                if not (type(usage) is Usage and _plain(usage)):  # never a refund
+                    raise ShoalError(f"an agent process reported usage {_cut(shown(usage))}, "
+                                     "which no model reply has (counts from 0 up)")
+                self.usage = self.usage + usage
                 tracker.add_usage(*args)
             elif op == "take_subagent":
                 value = tracker.take_subagent(*args)
@@ -610,6 +908,7 @@ class TreeServer:
             return board.conflicts
         if op == "board_commit":
             writer, writes, seen, call, recorded, number, digest = args
+            self._writer(writer)
             if call is not None:
                 self._own(call[0])
             return board._commit(writer, [(str(k), v) for k, v in writes], seen,
@@ -644,6 +943,7 @@ class TreeServer:
                                  "this tree has none")
             writer, writes, seen, call, digest = args
             self._own(call[0])
+            self._writer(writer)
             key = (str(call[0]), str(call[1]))
             record = board._commit_call(str(writer), [(str(k), v) for k, v in writes],
                                         dict(seen), key, str(digest))
@@ -717,6 +1017,16 @@ class TreeServer:
             self._own(positional[0] if positional else named.get("run_id"))
         return await asyncio.to_thread(getattr(store, name), *positional, **named)
 
+    def _writer(self, writer: Any) -> None:
+        """Refuse a board write in the name of a writer outside the agent's subtree.
+
+        A conflict names the writers whose values met: one of another agent's would blame it.
+        """
+        if not (isinstance(writer, str) and (writer == self.lineage
+                                             or writer.startswith(f"{self.lineage}/"))):
+            raise ShoalError(f"agent {self.lineage} may write the board only as itself or a "
+                             f"call of its own, not as {_cut(shown(writer))}")
+
     def _own(self, run_id: Any) -> None:
         if not isinstance(run_id, str) or not run_id.startswith(self._runs):
             raise ShoalError(f"agent {self.lineage} may journal only its own runs "
@@ -744,11 +1054,17 @@ class TreeServer:
         desk = self.ctx.runtime.approvals
         if desk.approver is None:  # the agent was told there is none; it denies on its own
             raise ShoalError("this tree has no approver")
+        if not isinstance(batch, list):
+            raise ShoalError(f"agent {self.lineage} asked for decisions on "
+                             f"{_cut(shown(batch))}, not a list of requests")
+        for request in batch:
+            self._check_request(request)
         loop = asyncio.get_running_loop()
         rulings: list[asyncio.Future[Any]] = []
         for request in batch:
             ruling: asyncio.Future[Any] = loop.create_future()
             rulings.append(ruling)
+            self._asked[request.id] += 1
             desk.submit(request, partial(_settle, ruling))
         try:
             return list(await asyncio.gather(*rulings))
@@ -756,11 +1072,37 @@ class TreeServer:
             for request in batch:
                 desk.withdraw(request.id)
             raise
+        finally:
+            self._asked.subtract(request.id for request in batch)
+            self._asked = +self._asked  # without the ids it no longer waits for
+
+    def _check_request(self, request: Any) -> None:
+        """Refuse a request about a call that is not of the agent's own subtree.
+
+        A request names its call (run, node, arguments) and so does its id; the desk keys
+        pending requests by id. One naming another agent's call would be shown to the
+        approver as that agent's, or take the place of that agent's own pending request
+        (whose call then waited for good).
+        """
+        from shoal.approvals.policy import ApprovalRequest, request_id
+
+        if not (type(request) is ApprovalRequest and type(request.run_id) is str
+                and request.run_id.startswith(self._runs) and type(request.lineage) is str
+                and request.lineage.startswith(f"{self.lineage}/")
+                and type(request.node_id) is str and type(request.args_hash) is str
+                and request.id == request_id(request.run_id, request.node_id,
+                                             request.args_hash)):
+            raise ShoalError(f"agent {self.lineage} asked for a decision on a call that is "
+                             f"not its own: {_cut(shown(request))}")
 
     def _withdraw(self, request_ids: Any) -> None:
-        """The agent no longer needs these decisions (its calls were cancelled or timed out)."""
+        """The agent no longer needs these decisions (its calls were cancelled or timed out).
+
+        Only requests it asked for itself, and still waits for: never another agent's.
+        """
         for request_id in request_ids:
-            self.ctx.runtime.approvals.withdraw(request_id)
+            if isinstance(request_id, str) and self._asked[request_id] > 0:
+                self.ctx.runtime.approvals.withdraw(request_id)
 
     def _release(self, name: str) -> None:
         if self._held[name] > 0:
@@ -983,8 +1325,7 @@ async def run_elsewhere(run: AgentRun) -> AgentResult[Any]:
         _fail(run, "failed", exc)
         return result
     except asyncio.CancelledError:  # while its process started (which then ended)
-        reason = ctx.stop_reason(run.lineage) or "cancelled"
-        _fail(run, "cancelled", AgentError(f"agent {run.lineage} was {reason}"))
+        _stopped(run)  # by a budget: budget_exceeded, as once it runs (and as a Ray agent)
         raise
     server = TreeServer(ctx, channel, run.lineage)
     serving = asyncio.ensure_future(server.serve())
@@ -1001,7 +1342,7 @@ async def run_elsewhere(run: AgentRun) -> AgentResult[Any]:
         stop(early, ctx.tracker.breach)
     try:
         try:
-            _adopt(ctx, result, await asyncio.shield(serving))
+            _adopt(ctx, result, await asyncio.shield(serving), server.usage)
         except asyncio.CancelledError:
             await _stop(run, channel, serving, server)
             raise
@@ -1032,12 +1373,13 @@ async def _stop(run: AgentRun, channel: Channel, serving: asyncio.Future[Any],
     reason = ctx.stop_reason(run.lineage) or "cancelled"
     channel.send(("cancel", reason, ctx.tracker.breach))
     try:
-        _adopt(ctx, run.result, await asyncio.wait_for(asyncio.shield(serving), CANCEL_GRACE))
+        _adopt(ctx, run.result, await asyncio.wait_for(asyncio.shield(serving), CANCEL_GRACE),
+               server.usage)
     except (TimeoutError, _Gone, asyncio.CancelledError):
         _stopped(run, server)
 
 
-def _stopped(run: AgentRun, server: TreeServer) -> None:
+def _stopped(run: AgentRun, server: TreeServer | None = None) -> None:
     """Record the end of an agent stopped before it could record its own."""
     ctx = run.ctx
     breach = ctx.tracker.breach
@@ -1048,14 +1390,62 @@ def _stopped(run: AgentRun, server: TreeServer) -> None:
         _fail(run, "cancelled", AgentError(f"agent {run.lineage} was {reason}"), server)
 
 
-def _adopt(ctx: TreeContext, result: AgentResult[Any], remote: AgentResult[Any]) -> None:
-    """Copy the agent's result into the parent's (the object its parent already holds)."""
+def _adopt(ctx: TreeContext, result: AgentResult[Any], remote: AgentResult[Any],
+           charged: Usage) -> None:
+    """Copy the agent's result into the parent's (the object its parent already holds).
+
+    Who the agent is (name, lineage, run, prompt) stays as the parent started it, and its
+    subagents' results are kept only as results of its own subtree, each once (see
+    :func:`_own_subtree`): the tree's lookups by lineage and its walks rely on both. A usage
+    that is no sum of model replies' (a negative count: its parent's usage, which sums its
+    subagents', would be off) is what the agent's subtree was ``charged`` instead.
+    """
     for item in fields(remote):
-        setattr(result, item.name, getattr(remote, item.name))
+        if item.name not in _IDENTITY:
+            setattr(result, item.name, getattr(remote, item.name))
+    for name in ("usage", "own_usage"):
+        usage = getattr(result, name)
+        if not (type(usage) is Usage and _plain(usage)):
+            log.warning("agent %s reported its %s as %s: taken as what it was charged",
+                        result.lineage, name, _cut(shown(usage)))
+            setattr(result, name, charged)
+    _own_subtree(result)
     for found in result.walk():
         ctx.results[found.lineage] = found
     if isinstance(result.error, AgentError) and result.error.result is None:
         result.error.result = result
+
+
+#: What the parent says of an agent it started, whatever the agent's result says.
+_IDENTITY = frozenset({"agent", "lineage", "run_id", "prompt"})
+
+
+def _own_subtree(result: AgentResult[Any]) -> None:
+    """Leave out each subagent result below ``result`` that is not its own, or repeats.
+
+    A result among its own subagents (a cycle) made every walk of the tree recurse without
+    end; one whose lineage is not below its parent's took another agent's place in the
+    tree's results by lineage (the lead's too). Each such one is left out, logged.
+    """
+    from shoal.agents.result import AgentResult
+
+    seen = {id(result)}
+    stack = [result]
+    while stack:
+        parent = stack.pop()
+        kept = []
+        for child in parent.children if isinstance(parent.children, list) else ():
+            if (isinstance(child, AgentResult) and id(child) not in seen
+                    and type(child.lineage) is str
+                    and child.lineage.startswith(f"{parent.lineage}/")):
+                seen.add(id(child))
+                kept.append(child)
+                stack.append(child)
+            else:
+                log.warning("agent %s sent a subagent result that is not one of its own (%s): "
+                            "left out", result.lineage,
+                            _cut(shown(getattr(child, "lineage", child))))
+        parent.children = kept
 
 
 def _fail(run: AgentRun, status: AgentStatus, error: BaseException,

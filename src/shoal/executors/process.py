@@ -135,6 +135,8 @@ _PREALLOCATE = 1 << 26  # bytes of a message allocated before they arrive, at mo
 _REAP_GRACE = 2.0  # seconds a worker whose pipe closed gets to exit before it is killed
 _SHOAL_ROOT = str(Path(__file__).resolve().parents[2])  # the directory holding the package
 _TEMPLATE_WAIT = 120.0  # seconds the template gets to import (a loaded machine) or to answer
+_REPORT_WAIT = 10.0  # seconds a forked worker's report may come after its end (else: lost)
+_FROZEN_CHECK = 1.0  # seconds between looks at whether a template that does not answer is stopped
 _GONE_WAIT = 1.0  # seconds a template whose socket hung up gets to end by itself
 _OTHER_LOOP_CLOSE = 5.0  # seconds another thread's loop gets to close its pool (close())
 _EVICT_RETRY = 0.05  # seconds between looks at the pool while another loop is to make room
@@ -292,8 +294,19 @@ class _ForkedProcess:
             self.ref.forget()
 
     async def wait(self) -> int:
-        """Wait for the template's report of this worker's end; return its exit code."""
+        """Wait for the template's report of this worker's end; return its exit code.
+
+        A worker that has ended (its pidfd says so) whose report does not come within
+        :data:`_REPORT_WAIT` seconds is taken as ended, how unknown: its template is stopped
+        (a tool of one of its agents can ``SIGSTOP`` it) or hung, and would keep the wait
+        going for good.
+        """
         if self.returncode is None:
+            if self.ref.fd >= 0 and not await _report_or_end(self._status_fd, self.ref.fd):
+                self.lost = ("it ended, but the template process that started it did not say "
+                             "how (the template is stopped or hung)")
+                self.returncode = -signal.SIGKILL
+                return self.returncode
             await _readable(self._status_fd)
             data = os.read(self._status_fd, STATUS.size)
             if len(data) < STATUS.size:  # the template died; the worker dies with it
@@ -365,6 +378,25 @@ def _is_child(pid: int) -> bool:
     except ChildProcessError:
         return False
     return True
+
+
+async def _report_or_end(status_fd: int, pidfd: int) -> bool:
+    """Wait for a forked worker's status report, or its end and then the report a while.
+
+    ``False``: the worker ended and no report came within :data:`_REPORT_WAIT` seconds.
+    """
+    report = asyncio.ensure_future(_readable(status_fd))
+    try:
+        ended = asyncio.ensure_future(_readable(pidfd))
+        try:
+            await asyncio.wait([report, ended], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ended.cancel()
+        if not report.done():
+            await asyncio.wait([report], timeout=_REPORT_WAIT)
+        return report.done()
+    finally:
+        report.cancel()
 
 
 async def _readable(fd: int) -> None:
@@ -472,8 +504,15 @@ class _TemplateHandle:
             self.reading = loop.create_task(loop.sock_recv(self.sock, 4096))
         try:
             async with asyncio.timeout(_TEMPLATE_WAIT):
-                data = await asyncio.shield(self.reading)
-            self.reading = None
+                # asyncio.wait, as shield: a cancel of the caller leaves the read going
+                while not self.reading.done():
+                    await asyncio.wait([self.reading], timeout=_FROZEN_CHECK)
+                    if not self.reading.done() and self._frozen():
+                        # stopped (SIGSTOP: a tool of one of its agents can): it would not
+                        # answer until the wait ran out; gone, it is started again
+                        raise _TemplateGone
+            reading, self.reading = self.reading, None
+            data = reading.result()
         except TimeoutError:
             raise ExecutorError(f"the template process that starts workers did not answer "
                                 f"within {_TEMPLATE_WAIT:.0f} s") from None
@@ -482,6 +521,18 @@ class _TemplateHandle:
         if not data:
             raise _TemplateGone
         return data
+
+    def _frozen(self) -> bool:
+        """Whether the template is stopped (``SIGSTOP``, ``SIGTSTP``): it answers nothing."""
+        proc = self.proc
+        if proc is None:
+            return False
+        try:  # not reaped yet (ours to reap), so its pid is still its own
+            with open(f"/proc/{proc.pid}/stat", "rb") as stat:
+                text = stat.read()
+        except OSError:  # no /proc (macOS forks no template), or gone meanwhile
+            return False
+        return text[text.rfind(b")") + 2:][:1] in (b"T", b"t")
 
     def stop(self, *, gone: bool = False) -> int | None:
         """Kill the template and reap it (its workers die with it); how it ended.
