@@ -853,3 +853,30 @@ def test_an_agent_process_cannot_send_its_parent_what_the_loader_refuses() -> No
     text = refused.outcome.error.message
     assert refused.outcome.error.type == "shoal.exceptions.SerializationError"
     assert "Opaque" in text and "lead/reader#1/opaque#1" in text
+
+
+def test_a_tree_cancelled_before_its_first_step_lets_go_of_its_claim_and_template(
+        tmp_path: Path) -> None:
+    # the task of a tree cancelled before its first step never ran its coroutine: the journal
+    # claim stayed taken, the template forked for its process agents lived on, and the tree's
+    # coroutine was reported never awaited (an error under this suite's warning filters)
+    import gc
+
+    from shoal.store.claims import claim_run
+
+    store = shoal.SQLiteStore(tmp_path / "runs.db")
+    sub = shoal.Agent(name="sub", model=ScriptedModel(["hi"]), isolation="process")
+    lead = shoal.Agent(name="lead", model=ScriptedModel(["done"]), subagents=[sub])
+
+    async def main() -> None:
+        runtime = shoal.Runtime(store=store)
+        outer = asyncio.ensure_future(lead.run("go", runtime=runtime, run_id="tree"))
+        await asyncio.sleep(0)  # start() has run, made the tree's task and started the template
+        outer.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await outer
+        await runtime.aclose()
+
+    asyncio.run(main())
+    gc.collect()  # a coroutine never awaited is reported when it is collected
+    claim_run(store, "tree").release()  # let go: taken again at once (RunActiveError if not)

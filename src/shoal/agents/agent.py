@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import re
 from collections.abc import Callable, Coroutine, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -493,8 +494,9 @@ class Agent(Generic[T]):
         if any(agent.isolation == "process" for agent in self.with_subagents()):
             ctx.agent_processes().prestart()  # its imports overlap the lead's first turn
         close_override = override is not None and not isinstance(model, Model)
-        task = loop.create_task(
-            _claimed(claim, _run_root(root, own_runtime, override if close_override else None)))
+        tree = _run_root(root, own_runtime, override if close_override else None)
+        task = loop.create_task(_claimed(claim, tree))
+        task.add_done_callback(functools.partial(_if_it_never_ran, tree, claim, ctx))
         return AgentHandle(ctx, root, task)
 
     async def run(
@@ -701,6 +703,23 @@ async def _claimed(claim: RunClaim, tree: Coroutine[Any, Any, AgentResult[Any]],
         return await tree
     finally:
         claim.release()
+
+
+def _if_it_never_ran(tree: Coroutine[Any, Any, AgentResult[Any]], claim: RunClaim,
+                     ctx: TreeContext, _: object) -> None:
+    """Let go of what :meth:`Agent.start` made, if the tree's task ended before its first step.
+
+    A task cancelled that soon never runs its coroutine, so neither :func:`_claimed` (which
+    lets the claim go) nor :func:`_run_root` (which ends what the tree holds) ran: the
+    claim would stay taken, the template forked for process agents would live on, and the
+    tree's coroutine would be reported as never awaited. Nothing else ran yet: no model was
+    asked, no run started, so what is left to end needs no coroutine.
+    """
+    if inspect.getcoroutinestate(tree) != inspect.CORO_CREATED:
+        return  # it ran: _claimed and _run_root ended everything
+    tree.close()  # it never will (closed, not reported as never awaited)
+    claim.release()
+    ctx.stop_unstarted()
 
 
 async def _run_root(root: AgentRun, own_runtime: bool, own_model: Model | None) -> AgentResult[Any]:

@@ -301,6 +301,16 @@ class TreeContext:
         if launcher is not None:  # every agent process has ended: its template goes too
             launcher.close()
 
+    def stop_unstarted(self) -> None:
+        """End what a tree that never began holds: the template it may have started.
+
+        Its models were made but never asked (no connection to close), its runtime ran
+        nothing and no tool phase began: only a template process lives on.
+        """
+        launcher, self._launcher = self._launcher, None
+        if launcher is not None:
+            launcher.close()
+
     def agent_processes(self) -> AgentLauncher:
         """What starts this tree's agent processes (see :mod:`shoal.agents._launch`).
 
