@@ -59,6 +59,33 @@ def test_429_waits_at_least_retry_after(server: WireServer) -> None:
     assert gate.retries == 1
 
 
+def test_a_retry_after_longer_than_max_retry_after_fails_at_once(server: WireServer) -> None:
+    # a day asked for (a spent daily quota, a broken proxy): not waited for, silently, with
+    # every agent on that model; the request fails saying how long was asked for
+    server.fail_next(1, status=429, retry_after=86400)
+    gate = ModelGate("m", retry=ModelRetry(retries=7, backoff=0.005, max_retry_after=60))
+    with pytest.raises(ModelHTTPError) as info:
+        arun(gate.request(model_of(server), ask()))
+    assert info.value.status == 429 and info.value.retry_after == 86400
+    assert "asked to wait 86400 s" in str(info.value) and "max_retry_after=60" in str(info.value)
+    assert [r.status for r in server.requests] == [429] and gate.retries == 0
+    # and the gate was not closed for the day: the next request goes out at once
+    assert arun(gate.request(model_of(server), ask())).text == "ok"
+
+
+def test_a_retry_after_within_max_retry_after_is_waited_for(server: WireServer) -> None:
+    server.fail_next(1, status=429, retry_after=0.3)
+    gate = ModelGate("m", retry=ModelRetry(retries=7, backoff=0.005, max_retry_after=0.3))
+    assert arun(gate.request(model_of(server), ask())).text == "ok"
+    assert gap(server, 0, 1) >= 0.29
+
+
+@pytest.mark.parametrize("bad", [-1, float("nan"), float("inf"), True, "60"])
+def test_max_retry_after_must_be_seconds(bad: Any) -> None:
+    with pytest.raises(ConfigError, match="max_retry_after"):
+        ModelRetry(max_retry_after=bad)
+
+
 def test_retry_after_ms_is_honoured(server: WireServer) -> None:
     server.responder = [ErrorReply(429, headers={"retry-after-ms": "300"}), text_reply("ok")]
     arun(ModelGate("m", retry=FAST).request(model_of(server), ask()))

@@ -91,7 +91,10 @@ class ModelRetry:
     them; waits grow from ``backoff`` doubling up to ``max_backoff`` seconds, each multiplied by
     a random factor in ``1 ± jitter``. When the provider sent ``Retry-After`` (up to
     ``max_backoff``), that is the wait instead, stretched by up to ``jitter``; a longer
-    ``Retry-After`` is still honoured, never shortened.
+    ``Retry-After`` is still honoured, never shortened, up to ``max_retry_after`` seconds: a
+    provider (or a proxy) that asks for more (a day, say, for a spent daily quota) is not
+    waited for, silently, with every agent on that model: the request fails at once with
+    the provider's error, saying how long it asked for.
 
     ``attempts``, the former setting that counted every try (``attempts=8`` is ``retries=7``),
     is still accepted and readable for one release, with a :class:`DeprecationWarning`.
@@ -101,16 +104,18 @@ class ModelRetry:
     backoff: float
     max_backoff: float
     jitter: float
+    max_retry_after: float
 
     def __init__(self, retries: int = _RETRIES, backoff: float = 0.5,
                  max_backoff: float = 30.0, jitter: float = 0.25, *,
-                 attempts: int | None = None) -> None:
+                 max_retry_after: float = 600.0, attempts: int | None = None) -> None:
         if attempts is not None:
             retries = _from_attempts(attempts, retries)
         if not _whole(retries) or retries < 0:
             raise ConfigError(f"ModelRetry: retries must be a whole number, 0 or more, "
                               f"got {shown(retries)}")
-        for what, value in (("backoff", backoff), ("max_backoff", max_backoff)):
+        for what, value in (("backoff", backoff), ("max_backoff", max_backoff),
+                            ("max_retry_after", max_retry_after)):
             if not _seconds(value):
                 raise ConfigError(f"ModelRetry: {what} must be a finite number of seconds, 0 "
                                   f"or more, got {shown(value)}")
@@ -118,7 +123,8 @@ class ModelRetry:
             raise ConfigError(f"ModelRetry: jitter must be a number within [0, 1], "
                               f"got {shown(jitter)}")
         for name, value in (("retries", retries), ("backoff", backoff),
-                            ("max_backoff", max_backoff), ("jitter", jitter)):
+                            ("max_backoff", max_backoff), ("jitter", jitter),
+                            ("max_retry_after", max_retry_after)):
             object.__setattr__(self, name, value)  # frozen: the dataclass way in __init__
 
     @property
@@ -390,9 +396,20 @@ class ModelGate:
 
     def _back_off(self, model: Model, exc: ModelError, failures: int,
                   on_event: EventCallback | None) -> float:
-        """Record a transient failure, say so; return this caller's wait before trying again."""
-        self.retries += 1
+        """Record a transient failure, say so; return this caller's wait before trying again.
+
+        Raises a :class:`ModelHTTPError` instead when the provider asked for a wait longer
+        than ``max_retry_after``.
+        """
         retry_after = exc.retry_after if isinstance(exc, ModelHTTPError) else None
+        if retry_after is not None and retry_after > self.retry.max_retry_after:
+            assert isinstance(exc, ModelHTTPError)
+            raise ModelHTTPError(
+                exc.model, f"{exc.detail} (the provider asked to wait {retry_after:g} s before "
+                f"trying again, more than ModelRetry(max_retry_after="
+                f"{self.retry.max_retry_after:g}) waits: not retried)",
+                exc.status, retry_after) from exc
+        self.retries += 1
         if retry_after is not None:  # the provider spoke for the whole model: pause everyone
             self.pause(retry_after)
         delay = self.retry.delay(failures, retry_after, self._rng)
