@@ -71,6 +71,17 @@ class _ShortRepr(reprlib.Repr):
         except (Exception, SystemExit) as exc:  # sys.exit() in a __repr__ too
             return _unrepresentable(x, exc)
 
+    def repr_int(self, x: int, level: int) -> str:
+        if abs(x) > 10**100:  # in a container too: its text may not exist (4,300 digits)
+            return _huge_int(x)
+        return super().repr_int(x, level)
+
+
+def _huge_int(value: int) -> str:
+    """A whole number too long to write out, by its size."""
+    digits = int(value.bit_length() * math.log10(2)) + 1
+    return f"{'-' if value < 0 else ''}<a whole number of about {digits:,} digits>"
+
 
 def _unrepresentable(value: Any, exc: BaseException) -> str:
     return f"<{type(value).__qualname__}: repr failed with {type(exc).__name__}>"
@@ -87,8 +98,7 @@ def shown(value: Any) -> str:
     is still the one raised.
     """
     if type(value) is int and abs(value) > 10**100:  # its text may not exist (4,300 digits)
-        digits = int(value.bit_length() * math.log10(2)) + 1
-        return f"{'-' if value < 0 else ''}<a whole number of about {digits:,} digits>"
+        return _huge_int(value)
     try:
         text = _SHORT.repr(value)
     except (Exception, SystemExit) as exc:  # a container whose items misbehave, sys.exit()

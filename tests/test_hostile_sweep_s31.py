@@ -1,0 +1,68 @@
+"""A hostile user against limits, the board, patterns, the timeline, events and approvals.
+
+Each test here failed before the fix it names: a misfit value is a clear typed error quoting
+it in bounds (:func:`shoal.merge.shown`), never a raw ``repr()``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+import pytest
+
+import shoal
+from shoal import ConfigError
+from shoal.limits import Rate, parse_process_limits, parse_rate
+from shoal.merge import shown
+
+
+class _ExitingRepr:
+    """A value whose ``__repr__`` ends the program."""
+
+    def __repr__(self) -> NoReturn:
+        raise SystemExit(9)
+
+
+HUGE = 10**5000  # no decimal repr: past Python's 4,300 digits
+
+
+def hostile(value: object) -> Any:
+    """``value`` typed as anything: what the type checker would refuse is the point."""
+    return value
+
+
+# ---- limits: rates and process limits --------------------------------------------------------
+
+
+@pytest.mark.parametrize("make", [
+    lambda: Rate(HUGE, 1),
+    lambda: parse_rate((HUGE, 1)),
+    lambda: parse_rate(hostile([_ExitingRepr(), 1])),
+    lambda: parse_rate(hostile(_ExitingRepr())),
+    lambda: shoal.tool(rate=(HUGE, 1))(lambda: 1),
+    lambda: shoal.tool(rate=_ExitingRepr())(lambda: 1),
+    lambda: shoal.Runtime(approval_rate=(HUGE, 1)),
+    lambda: parse_process_limits(hostile({_ExitingRepr(): 1})),
+    lambda: parse_process_limits(hostile({1: 2, "x": 3})),  # keys with no order among them
+    lambda: shoal.tool(limits={_ExitingRepr(): 1})(lambda: 1),
+], ids=["rate-huge", "pair-huge", "pair-exit", "spec-exit", "tool-huge", "tool-exit",
+        "runtime-huge", "limits-exit", "limits-mixed-keys", "tool-limits-exit"])
+def test_a_misfit_rate_or_limit_is_a_config_error_quoting_it_in_bounds(make: Any) -> None:
+    # was: ValueError (no decimal repr of 10**5000), SystemExit from the value's repr, a
+    # TypeError from sorting keys of mixed types
+    with pytest.raises(ConfigError) as caught:
+        make()
+    assert len(str(caught.value)) < 400
+
+
+@pytest.mark.parametrize("make", [lambda: parse_rate("9" * 100_000 + "/fortnight"),
+                                  lambda: parse_process_limits({"memory": "x" * 100_000})])
+def test_a_huge_unreadable_rate_or_size_is_quoted_short(make: Any) -> None:
+    with pytest.raises(ConfigError) as caught:  # was: the whole 100,000 characters
+        make()
+    assert len(str(caught.value)) < 400
+
+
+def test_shown_writes_a_huge_int_inside_a_container_by_its_size() -> None:
+    # was: the whole container became a placeholder (its repr raised ValueError)
+    assert shown((HUGE, 1)) == "(<a whole number of about 5,001 digits>, 1)"
