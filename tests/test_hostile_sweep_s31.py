@@ -66,3 +66,28 @@ def test_a_huge_unreadable_rate_or_size_is_quoted_short(make: Any) -> None:
 def test_shown_writes_a_huge_int_inside_a_container_by_its_size() -> None:
     # was: the whole container became a placeholder (its repr raised ValueError)
     assert shown((HUGE, 1)) == "(<a whole number of about 5,001 digits>, 1)"
+
+
+# ---- approvals: rules --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("data", [{1: 2, "x": 3}, {"rules": [{"deny": "a", 1: 2}]},
+                                  {"rules": [{"deny": "a", _ExitingRepr(): 2}]}],
+                         ids=["top-level", "rule", "rule-exit"])
+def test_a_rules_file_with_keys_of_mixed_types_is_a_config_error(data: Any) -> None:
+    from shoal.approvals import RulesApprover
+
+    # was: a TypeError from sorting the keys (YAML's '1:' is an int), a traceback from
+    # `shoal run --approve rules.yaml`
+    with pytest.raises(ConfigError, match="key"):
+        RulesApprover.from_dict(data)
+
+
+@pytest.mark.parametrize("fields", [{"tool": None}, {"lineage": 3}, {"args": {"a": 1}},
+                                    {"args": "x"}, {"when": 5}, {"reason": 7}])
+def test_a_rule_of_the_wrong_types_is_refused_when_written(fields: dict[str, Any]) -> None:
+    from shoal.approvals import Rule
+
+    # was: accepted; every match then raised TypeError, denying every call it should allow
+    with pytest.raises(ConfigError, match="a rule's"):
+        Rule("allow", **fields)

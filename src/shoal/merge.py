@@ -270,7 +270,7 @@ def _comparable(pick: Callable[[Any, Any], Any]) -> Callable[[Any, Callable[[], 
         if value is None:
             return "None cannot be compared; write a value"
         if _is_nan(value):  # neither smaller nor larger: the result would depend on order
-            return f"{value!r} cannot be compared (it is neither smaller nor larger than " \
+            return f"{shown(value)} cannot be compared (it is neither smaller nor larger than " \
                    "any number); write a number"
         try:
             pick(current(), value)

@@ -283,8 +283,25 @@ class Rule:
     reason: str = ""
 
     def __post_init__(self) -> None:
-        if self.action not in ("allow", "deny"):
+        if not isinstance(self.action, str) or self.action not in ("allow", "deny"):
             raise ConfigError(f"a rule's action is 'allow' or 'deny', got {shown(self.action)}")
+        # checked now: a pattern that is not text failed every match, denying every call
+        # with a TypeError, and the rule said nothing when it was written
+        for name in ("tool", "lineage"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"a rule's {name} is a glob pattern (text), got "
+                                  f"{shown(getattr(self, name))}")
+        if not isinstance(self.args, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.args.items()):
+            raise ConfigError(f"a rule's args map argument names to glob patterns (text), got "
+                              f"{shown(self.args)}")
+        if self.when is not None and not callable(self.when):
+            raise ConfigError(f"a rule's when is a predicate over the arguments, got "
+                              f"{shown(self.when)}")
+        if self.reason is None:
+            object.__setattr__(self, "reason", "")
+        elif not isinstance(self.reason, str):  # stored with the decision, as text
+            raise ConfigError(f"a rule's reason is text, got {shown(self.reason)}")
 
     def matches(self, request: ApprovalRequest) -> bool:
         """Whether this rule applies to ``request``."""
@@ -376,7 +393,7 @@ class RulesApprover(Approver):
             raise ConfigError("a rules file holds a mapping with 'rules' and 'otherwise'")
         unknown = set(data) - {"rules", "otherwise"}
         if unknown:
-            raise ConfigError(f"unknown key(s) {sorted(unknown)} in rules; "
+            raise ConfigError(f"unknown key(s) {_keys(unknown)} in rules; "
                               "known: rules, otherwise")
         rules = [_rule(item, i) for i, item in enumerate(data.get("rules") or [], 1)]
         otherwise = data.get("otherwise", "deny")
@@ -449,13 +466,24 @@ def _rule(item: Any, number: int) -> Rule:
     unknown = set(item) - {"allow", "deny", "args", "lineage", "reason"}
     if len(actions) != 1 or unknown:
         raise ConfigError(f"{where}: needs exactly one of allow/deny (a tool pattern), and "
-                          f"may have args, lineage, reason; got keys {sorted(item)}")
+                          f"may have args, lineage, reason; got keys {_keys(item)}")
     args = item.get("args") or {}
     if not isinstance(args, Mapping) or not all(isinstance(v, str) for v in args.values()):
         raise ConfigError(f"{where}: args maps argument names to patterns (strings)")
     action: Literal["allow", "deny"] = "allow" if actions[0] == "allow" else "deny"
     return Rule(action, _text(item, action, where), {str(k): v for k, v in args.items()},
                 _text(item, "lineage", where, "*"), reason=_text(item, "reason", where, ""))
+
+
+def _keys(keys: Iterable[Any]) -> str:
+    """Keys of a rules file for a message: of any type (YAML's ``1:`` is an int).
+
+    Text keys are quoted whole (the command line bounds its error lines, ``--json`` keeps
+    them), any other quoted with :func:`~shoal.merge.shown`; ten at most.
+    """
+    named = sorted(str.__repr__(key) if isinstance(key, str) else shown(key) for key in keys)
+    more = f" and {len(named) - 10} more" if len(named) > 10 else ""
+    return f"[{', '.join(named[:10])}]{more}"
 
 
 def _text(item: Mapping[str, Any], key: str, where: str, default: str | None = None) -> str:
