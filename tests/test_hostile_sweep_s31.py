@@ -91,3 +91,37 @@ def test_a_rule_of_the_wrong_types_is_refused_when_written(fields: dict[str, Any
     # was: accepted; every match then raised TypeError, denying every call it should allow
     with pytest.raises(ConfigError, match="a rule's"):
         Rule("allow", **fields)
+
+
+# ---- the board's counter ---------------------------------------------------------------------
+
+
+def test_a_counter_of_fractions_and_floats_does_not_depend_on_the_commit_order() -> None:
+    """Fractions (numbers a counter takes) join the exact sum: one float, whatever the order."""
+    import itertools
+    from fractions import Fraction
+
+    values: list[Any] = [0.1, Fraction(1, 3), 0.2, 1e16, -1e16, 7]
+    sums = set()
+    for order in itertools.permutations(values):
+        board = shoal.Board(n=shoal.merge.counter)
+        for value in order:
+            board.write("n", value)
+        sums.add(board["n"])
+    # was: five sums, from 0.0 to 0.633... (Fraction + float rounds at each step, and 1e16
+    # swallowed the third whole in some orders)
+    assert sums == {float(Fraction(0.1) + Fraction(1, 3) + Fraction(0.2) + 7)}
+    assert type(board["n"]) is float
+
+
+def test_a_counter_of_fractions_and_ints_stays_an_exact_fraction() -> None:
+    from fractions import Fraction
+
+    board = shoal.Board(n=shoal.merge.counter)
+    for value in (Fraction(1, 3), 2, Fraction(2, 3)):
+        board.write("n", value)
+    exact: Any = board["n"]
+    assert exact == 3 and isinstance(exact, Fraction)
+    board.write("n", 0.5)  # a float: the sum is read as a float from now on
+    rounded: Any = board["n"]
+    assert rounded == 3.5 and type(rounded) is float

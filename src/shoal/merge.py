@@ -8,8 +8,9 @@ Each key of a board declares how the values written to it combine:
 ``union``
     a set of the written values (each must be hashable).
 ``counter``
-    the sum of the written numbers (start: 0). Floats are summed exactly and the sum rounded
-    once when read, so it does not depend on the order in which writers commit.
+    the sum of the written numbers (start: 0). Floats (and fractions with them) are summed
+    exactly and the sum rounded once when read, so it does not depend on the order in which
+    writers commit.
 ``minimum`` / ``maximum`` (also ``min`` / ``max``)
     the smallest / largest value written (start: ``None``); values must compare, and be
     ordered: two sets neither of which holds the other are refused (of them, the one kept
@@ -37,6 +38,7 @@ import reprlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 __all__ = [
@@ -243,6 +245,10 @@ def _sum(merged: Any, value: Any) -> Any:
             raise OverflowError(f"the sum {shown(merged)} + {shown(value)} overflows a float; "
                                 "count in smaller units or with ints")
         return _ExactSum(total)
+    if _rational(merged) and _rational(value) and (
+            type(merged) is _RationalSum or isinstance(merged, Fraction)
+            or isinstance(value, Fraction)):
+        return _rational_sum(merged, value)
     if type(merged) is _ExactSum:
         merged = merged.value
     total = merged + value
@@ -253,9 +259,56 @@ def _sum(merged: Any, value: Any) -> Any:
     return total
 
 
+class _RationalSum:
+    """A counter's sum of fractions and floats: exact, rounded to a float once, when read.
+
+    ``Fraction + float`` is a float, rounded at each step: parallel writers committing in
+    another order would give another float (or, with large floats, lose a fraction whole).
+    """
+
+    __slots__ = ("total",)
+
+    def __init__(self, total: Fraction) -> None:
+        self.total = total
+
+    @property
+    def value(self) -> float:
+        """The sum, rounded once."""
+        return float(self.total)
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+_FLOAT_LIMIT = (1 << 1024) - (1 << 970)  # sums this large round to infinity
+
+
+def _rational(number: Any) -> bool:
+    """Whether ``number`` is known exactly as a fraction (ints, floats, fractions, sums)."""
+    return isinstance(number, int | float | Fraction | _ExactSum | _RationalSum)
+
+
+def _rational_sum(merged: Any, value: Any) -> Any:
+    """The exact sum of two numbers one of which is a fraction; rounded once if any floats."""
+    def exactly(number: Any) -> Fraction:
+        if type(number) is _ExactSum:
+            return Fraction(number.scaled, _ONE)
+        if type(number) is _RationalSum:
+            return number.total
+        return Fraction(number)
+
+    total = exactly(merged) + exactly(value)
+    if not any(isinstance(n, float | _ExactSum | _RationalSum) for n in (merged, value)):
+        return total  # fractions and ints: a fraction, exactly (as Fraction + int gives)
+    if abs(total) >= _FLOAT_LIMIT:  # order-free too: only the exact total decides
+        raise OverflowError(f"the sum {shown(merged)} + {shown(value)} overflows a float; "
+                            "count in smaller units or with ints")
+    return _RationalSum(total)
+
+
 def _sum_read(merged: Any) -> Any:
     """What readers of a counter get: its sum as a plain number."""
-    return merged.value if type(merged) is _ExactSum else merged
+    return merged.value if type(merged) in (_ExactSum, _RationalSum) else merged
 
 
 def _is_nan(value: Any) -> bool:
