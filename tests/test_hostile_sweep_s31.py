@@ -125,3 +125,43 @@ def test_a_counter_of_fractions_and_ints_stays_an_exact_fraction() -> None:
     board.write("n", 0.5)  # a float: the sum is read as a float from now on
     rounded: Any = board["n"]
     assert rounded == 3.5 and type(rounded) is float
+
+
+# ---- the timeline and the journaled summary of an agent whose error cannot be shown ------------
+
+
+class _Unprintable(Exception):
+    """An error whose own ``__str__`` fails."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no text for this error")
+
+
+def _failed_agent() -> Any:
+    from shoal.testing import ScriptedModel
+
+    def fail(request: Any) -> NoReturn:
+        raise _Unprintable()
+
+    lead = shoal.Agent(name="lead", model=ScriptedModel([fail]), tools=[])
+    with pytest.raises(shoal.AgentError) as caught:
+        lead.run_sync("go")
+    result = caught.value.result
+    assert isinstance(result.error, _Unprintable)
+    return result
+
+
+def test_the_timeline_of_an_agent_whose_error_cannot_be_shown_is_drawn() -> None:
+    from shoal.timeline import from_agent_result
+
+    # was: RuntimeError from the error's __str__ (result.timeline(path) wrote nothing)
+    view = from_agent_result(_failed_agent())
+    assert view.agents["error"] == "_Unprintable: <its message cannot be shown: its __str__ failed>"
+    assert "its __str__ failed" in view.html()
+
+
+def test_the_journaled_summary_of_an_agent_whose_error_cannot_be_shown_is_made() -> None:
+    from shoal.cli.agent_journal import summary
+
+    # was: RuntimeError from the error's __str__ (shoal run journaled no summary)
+    assert "its __str__ failed" in summary(_failed_agent())["error"]
