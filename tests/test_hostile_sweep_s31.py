@@ -165,3 +165,71 @@ def test_the_journaled_summary_of_an_agent_whose_error_cannot_be_shown_is_made()
 
     # was: RuntimeError from the error's __str__ (shoal run journaled no summary)
     assert "its __str__ failed" in summary(_failed_agent())["error"]
+
+
+# ---- the board: a call writing many values to a minimum / maximum key --------------------------
+
+
+class _Counted:
+    """A number that counts how often it is compared."""
+
+    compared = 0
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __lt__(self, other: _Counted) -> bool:
+        _Counted.compared += 1
+        return self.n < other.n
+
+    def __gt__(self, other: _Counted) -> bool:
+        _Counted.compared += 1
+        return self.n > other.n
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Counted) and self.n == other.n
+
+    def __hash__(self) -> int:
+        return hash(self.n)
+
+
+@pytest.mark.parametrize("rule", ["maximum", "minimum"])
+def test_writing_many_values_to_a_minimum_or_maximum_key_is_linear(rule: str) -> None:
+    count = 2_000
+
+    @shoal.tool
+    def many(board: shoal.BoardHandle) -> int:
+        """Write ``count`` values, then read the key once."""
+        for n in range(count):
+            board.write("m", _Counted(n if rule == "maximum" else -n))
+        best: _Counted = board.read("m")
+        return best.n
+
+    _Counted.compared = 0
+    plan = shoal.Plan()
+    plan.call(many)
+    result = shoal.run_sync(plan, board=shoal.Board(m=getattr(shoal.merge, rule)))
+    assert result.ok and result.board is not None
+    assert result.board["m"].n == (count - 1 if rule == "maximum" else 1 - count)
+    # each write is checked against the call's view of the key: that view was folded again
+    # from the first pending write every time, about count**2 / 2 = 2,000,000 comparisons
+    assert _Counted.compared < 10 * count, _Counted.compared
+
+
+def test_a_call_s_view_of_a_key_follows_other_calls_commits() -> None:
+    """The view a handle keeps is dropped when another call commits to the key."""
+    board = shoal.Board(m=shoal.merge.maximum, a=shoal.merge.append)
+    handle = shoal.BoardHandle(board, "one")
+    handle.write("m", 3)
+    handle.write("a", "x")
+    assert handle.read("m") == 3 and handle.read("a") == ["x"]
+    board.write("m", 10, writer="other")
+    board.write("a", "y", writer="other")
+    handle.write("m", 5)  # checked against max(10, 3)
+    handle.write("a", "z")
+    assert handle.read("m") == 10 and handle.read("a") == ["y", "x", "z"]
+    read = handle.read("a")
+    read.append("changed")  # a read is the caller's own: the view is not changed by it
+    assert handle.read("a") == ["y", "x", "z"]
+    handle.settle(True)
+    assert board["m"] == 10 and board["a"] == ["y", "x", "z"]
