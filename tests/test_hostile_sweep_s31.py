@@ -233,3 +233,65 @@ def test_a_call_s_view_of_a_key_follows_other_calls_commits() -> None:
     assert handle.read("a") == ["y", "x", "z"]
     handle.settle(True)
     assert board["m"] == 10 and board["a"] == ["y", "x", "z"]
+
+
+# ---- approvals: a run of thousands of calls that need approval -----------------------------------
+
+
+def _cpu_seconds(work: Any) -> float:
+    import time
+
+    began = time.process_time()
+    work()
+    return time.process_time() - began
+
+
+@pytest.mark.parametrize("kind", ["MemoryStore", "MemoryLedger"])
+def test_a_ledger_of_many_requests_finds_each_call_at_once(kind: str) -> None:
+    from shoal.approvals import MemoryLedger
+    from shoal.store.base import ApprovalRecord
+    from shoal.store.memory import MemoryStore
+
+    ledger: Any = MemoryStore() if kind == "MemoryStore" else MemoryLedger()
+    calls = 20_000
+
+    def requests_decisions_and_uses() -> None:
+        for n in range(calls):
+            ledger.request_approval(ApprovalRecord("run", f"act#{n}", "act", f"h{n}"))
+        for n in range(calls):
+            ledger.decide("run", f"act#{n}", f"h{n}", "approved", decided_by="test")
+        for n in range(calls):
+            assert ledger.use_decision("run", f"act#{n}", f"h{n}") is not None
+
+    # each request, decision and use looked through every record of the run: 600,000,000
+    # looks, half a minute and more; now one each (well under a second)
+    assert _cpu_seconds(requests_decisions_and_uses) < 10
+    records = ledger.approvals("run")
+    assert len(records) == calls and all(r.used and r.decision == "approved" for r in records)
+    assert ledger.use_decision("run", "act#7", "h7") is None  # used once
+    ledger.request_approval(ApprovalRecord("run", "act#7", "act", "h7"))  # asked again: anew
+    assert [r.used for r in ledger.approvals("run") if r.node_id == "act#7"] == [True, False]
+
+
+def test_a_plan_of_many_calls_that_need_approval_is_decided_in_linear_time() -> None:
+    import asyncio
+
+    @shoal.tool(approval=True)
+    async def act(n: int) -> int:
+        """Needs approval."""
+        return n
+
+    plan = shoal.Plan()
+    for n in range(20_000):
+        plan.call(act, n=n)
+    approved: list[str] = []
+
+    def approve(request: shoal.ApprovalRequest) -> bool:
+        approved.append(request.node_id)
+        return True
+
+    runtime = shoal.Runtime(approver=approve)
+    results: list[shoal.RunResult] = []
+    # was about a minute (the memory store looked through every request of the run for each)
+    assert _cpu_seconds(lambda: results.append(asyncio.run(runtime.run(plan)))) < 20
+    assert results[0].ok and len(approved) == 20_000

@@ -30,6 +30,7 @@ import logging
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -80,7 +81,8 @@ class _Lane:
     """
 
     loop: weakref.ReferenceType[asyncio.AbstractEventLoop]  # weakly: see ApprovalDesk._lanes
-    queue: list[_Pending] = field(default_factory=list)
+    # a deque: taken from the front one by one (a list's pop(0) moved the rest each time)
+    queue: deque[_Pending] = field(default_factory=deque)
     open: dict[str, _Pending] = field(default_factory=dict)
     batch: list[_Pending] = field(default_factory=list)
     review: asyncio.Task[None] | None = None
@@ -263,7 +265,7 @@ class ApprovalDesk:
         while queue:
             pending = queue[0]
             if not pending.open:
-                queue.pop(0)
+                queue.popleft()
                 continue
             if self.approver is None:
                 self._deny_now(lane, pending, NO_APPROVER, "no approver")
@@ -279,7 +281,7 @@ class ApprovalDesk:
                 continue
             if not taken:
                 break
-            queue.pop(0)
+            queue.popleft()
             pending.sent = True
             batch.append(pending)
         if batch:  # on the lane's loop: this runs there (a handle or a timer of its own)
@@ -288,7 +290,7 @@ class ApprovalDesk:
             lane.review.add_done_callback(_retrieved)
 
     def _deny_now(self, lane: _Lane, pending: _Pending, reason: str, by: str) -> None:
-        lane.queue.pop(0)
+        lane.queue.popleft()
         self._close(lane, pending.request.id)
         self._rule(pending, Decision.deny(reason), by)
 
