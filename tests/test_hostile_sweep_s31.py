@@ -295,3 +295,15 @@ def test_a_plan_of_many_calls_that_need_approval_is_decided_in_linear_time() -> 
     # was about a minute (the memory store looked through every request of the run for each)
     assert _cpu_seconds(lambda: results.append(asyncio.run(runtime.run(plan)))) < 20
     assert results[0].ok and len(approved) == 20_000
+
+
+# ---- merge.using ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flag", ["no", "false", 0, 1, None])
+def test_using_refuses_a_commutative_flag_that_is_not_a_bool(flag: object) -> None:
+    # was: bool(flag): commutative="no" declared the merge commutative, so calls that only
+    # merge into the key ran unordered and its value depended on their timing
+    with pytest.raises(TypeError, match="commutative= is True or False"):
+        shoal.merge.using(lambda merged, value: value, commutative=hostile(flag))
+

@@ -410,9 +410,11 @@ def using(fn: Callable[[Any, Any], Any], *, initial: Any = None,
                         f"merged; {shown(fn)} cannot take them: {exc}") from None
     except ValueError:  # no signature to check (some builtins): the first merge will tell
         pass
+    if not isinstance(commutative, bool):  # "no" would be taken as true: merges unordered
+        raise TypeError(f"merge.using: commutative= is True or False, got {shown(commutative)}")
     name = getattr(fn, "__name__", type(fn).__name__)
     return Rule(f"using({name})", lambda: copy.deepcopy(initial), _not_awaitable(fn),
-                commutative=bool(commutative))
+                commutative=commutative)
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:
