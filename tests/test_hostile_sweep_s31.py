@@ -307,3 +307,15 @@ def test_using_refuses_a_commutative_flag_that_is_not_a_bool(flag: object) -> No
     with pytest.raises(TypeError, match="commutative= is True or False"):
         shoal.merge.using(lambda merged, value: value, commutative=hostile(flag))
 
+
+
+# ---- events ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["events\0.jsonl", "\ud800.jsonl"], ids=["nul", "surrogate"])
+def test_an_events_file_no_file_system_can_name_is_a_config_error(path: str) -> None:
+    from shoal.events import JsonlSink
+
+    # was: ValueError (embedded null byte) and UnicodeEncodeError, as from a bug
+    with pytest.raises(ConfigError, match="JsonlSink cannot open"):
+        JsonlSink(path)

@@ -390,7 +390,11 @@ class JsonlSink:
         self.lost = 0
         # held open for the run's lifetime; closed by close(). Line-buffered: a file being
         # followed (tail -f) is current, and a killed run loses no event it had written.
-        self._file: IO[str] = Path(path).open("a", encoding="utf-8", buffering=1)  # noqa: SIM115
+        try:
+            self._file: IO[str] = Path(path).open("a", encoding="utf-8",  # noqa: SIM115
+                                                  buffering=1)
+        except ValueError as exc:  # a NUL, a lone surrogate: no file system can name it
+            raise ConfigError(f"JsonlSink cannot open {shown(path)}: {exc}") from None
 
     def __call__(self, event: Event) -> None:
         """Append ``event`` as one line."""
