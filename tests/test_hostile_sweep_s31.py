@@ -319,3 +319,22 @@ def test_an_events_file_no_file_system_can_name_is_a_config_error(path: str) -> 
     # was: ValueError (embedded null byte) and UnicodeEncodeError, as from a bug
     with pytest.raises(ConfigError, match="JsonlSink cannot open"):
         JsonlSink(path)
+
+
+# ---- OpenTelemetry ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("options", [{"capture_content": "false"}, {"capture_content": 1},
+                                     {"tracer_provider": 5},
+                                     {"tracer_provider": _ExitingRepr()}],
+                         ids=["content-text", "content-int", "provider-int", "provider-exit"])
+def test_instrument_refuses_settings_of_the_wrong_type(options: dict[str, Any]) -> None:
+    pytest.importorskip("opentelemetry.sdk")
+    # was: capture_content="false" captured every prompt, argument and result (a true
+    # string); a provider without get_tracer raised AttributeError
+    try:
+        with pytest.raises(ConfigError, match=r"capture_content|tracer_provider"):
+            shoal.otel.instrument(**options)
+        assert not shoal.otel.is_instrumented()
+    finally:
+        shoal.otel.uninstrument()
