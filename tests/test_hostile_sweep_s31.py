@@ -338,3 +338,15 @@ def test_instrument_refuses_settings_of_the_wrong_type(options: dict[str, Any]) 
         assert not shoal.otel.is_instrumented()
     finally:
         shoal.otel.uninstrument()
+
+
+@pytest.mark.parametrize("shown_", [float("nan"), float("inf"), "10", True, 2.9])
+def test_a_console_approver_refuses_a_count_of_characters_that_is_not_whole(
+        shown_: object) -> None:
+    import io
+
+    from shoal.approvals import ConsoleApprover
+
+    # was: ValueError / OverflowError from int(), or a string or a float taken as a count
+    with pytest.raises(ConfigError, match="shown= takes a whole number"):
+        ConsoleApprover(input=io.StringIO(""), shown=hostile(shown_))
