@@ -350,3 +350,57 @@ def test_a_console_approver_refuses_a_count_of_characters_that_is_not_whole(
     # was: ValueError / OverflowError from int(), or a string or a float taken as a count
     with pytest.raises(ConfigError, match="shown= takes a whole number"):
         ConsoleApprover(input=io.StringIO(""), shown=hostile(shown_))
+
+
+# ---- approvals: a call whose arguments cannot be converted to JSON, in a batch -------------------
+
+
+def _unconvertible_batch(approver: Any) -> list[tuple[str, str, str]]:
+    """Two calls asked about in one batch, the first with a key JSON cannot hold."""
+    import asyncio
+
+    @shoal.tool(approval=True)
+    def act(x: Any) -> str:
+        """Needs approval."""
+        return "ran"
+
+    plan = shoal.Plan()
+    plan.call(act, x={"\ud800": 1})  # valid JSON from a model; not convertible to JSON data
+    plan.call(act, x="plain")
+    result = asyncio.run(shoal.Runtime(approver=approver, approval_timeout=10).run(plan))
+    return [(o.node_id, o.status, o.reason) for o in result]
+
+
+def test_a_console_batch_with_arguments_that_are_not_json_still_asks_about_each_call() -> None:
+    import io
+
+    from rich.console import Console
+
+    from shoal.approvals import ConsoleApprover
+
+    screen = io.StringIO()
+    approver = ConsoleApprover(console=Console(file=screen, width=200),
+                               input=io.StringIO("o\nn\nunreadable\ny\n"))
+    # was: dict() of the arguments' text failed the approver: both calls were denied
+    assert _unconvertible_batch(approver) == [
+        ("act#1", "denied", "denied by a person: unreadable"), ("act#2", "ok", "")]
+    assert "not JSON" in screen.getvalue()
+
+
+def test_rules_over_arguments_that_are_not_json_deny_saying_why() -> None:
+    from shoal.approvals import Rule, RulesApprover
+
+    approver = RulesApprover([Rule("deny", "act", args={"x": "evil*"})], allow=["act"])
+    found = _unconvertible_batch(approver)
+    assert found[1] == ("act#2", "ok", "")
+    # was: "string indices must be integers" (the arguments' text indexed by a name)
+    assert found[0][1] == "denied" and "could not be read as JSON" in found[0][2]
+
+
+def test_describing_a_request_whose_arguments_are_not_json() -> None:
+    from shoal.approvals import ApprovalRequest
+
+    request = ApprovalRequest("id", "run", "act#1", "act", hostile("{'x': [[[...]]]}"), "h",
+                              "act#1", "why")
+    # was: AttributeError ('str' object has no attribute 'items')
+    assert request.describe() == 'act("{\'x\': [[[...]]]}")'

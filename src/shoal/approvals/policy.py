@@ -103,7 +103,10 @@ class ApprovalRequest:
         nothing in them can act on a terminal or hide; a cut description ends saying how much
         is left out (``… 4,812 more characters``), never silently.
         """
-        inner = ", ".join(f"{_ascii(k)}={json.dumps(v)}" for k, v in self.args.items())
+        if isinstance(self.args, Mapping):
+            inner = ", ".join(f"{_ascii(k)}={json.dumps(v)}" for k, v in self.args.items())
+        else:  # arguments shoal could not convert (too deep, a key JSON cannot hold): a repr
+            inner = json.dumps(self.args if isinstance(self.args, str) else shown(self.args))
         text = f"{_ascii(self.tool)}({inner})"
         if len(text) <= width:
             return text
@@ -309,6 +312,10 @@ class Rule:
             return False
         if self.lineage != "*" and not fnmatchcase(request.lineage, self.lineage):
             return False
+        if self.args and not isinstance(request.args, Mapping):  # checked: no, not yes
+            raise ValueError("the call's arguments could not be read as JSON (too deep, "
+                             "holding themselves, or a key JSON cannot hold), so its argument "
+                             "patterns cannot be checked")
         for name, pattern in self.args.items():
             if name not in request.args or not fnmatchcase(_value_text(request.args[name]),
                                                            pattern):
