@@ -404,3 +404,40 @@ def test_describing_a_request_whose_arguments_are_not_json() -> None:
                               "act#1", "why")
     # was: AttributeError ('str' object has no attribute 'items')
     assert request.describe() == 'act("{\'x\': [[[...]]]}")'
+
+
+# ---- approvals: a store whose errors cannot be shown ------------------------------------------
+
+
+@pytest.mark.parametrize("failing", ["request_approval", "decide"])
+def test_a_store_failing_with_an_error_that_cannot_be_shown_denies_the_call(failing: str) -> None:
+    import asyncio
+
+    from shoal.store.memory import MemoryStore
+
+    class Failing(MemoryStore):
+        pass
+
+    def fail(*args: Any, **kwargs: Any) -> NoReturn:
+        raise _Unprintable()
+
+    setattr(Failing, failing, fail)
+
+    @shoal.tool(approval=True)
+    async def act() -> str:
+        """Needs approval."""
+        return "ran"
+
+    plan = shoal.Plan()
+    plan.call(act)
+    runtime = shoal.Runtime(store=Failing(), approver=lambda request: True,
+                            approval_timeout=1)
+
+    async def run() -> shoal.RunResult:
+        return await asyncio.wait_for(runtime.run(plan), 30)
+
+    # was (decide): str() of the store's error failed as the call was being denied, and the
+    # call waited for a decision for good (the approval timeout found it answered)
+    result = asyncio.run(run())
+    [outcome] = result
+    assert outcome.status == "denied" and "its __str__ failed" in outcome.reason

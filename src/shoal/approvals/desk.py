@@ -40,7 +40,7 @@ from shoal.approvals.ledger import ApprovalLedger, MemoryLedger, RunLedger
 from shoal.approvals.policy import ApprovalRequest, Approver, Decision
 from shoal.approvals.policy import request_id as request_id_of  # its parameters are ids
 from shoal.clock import running_loop
-from shoal.exceptions import describe_exception
+from shoal.exceptions import describe_exception, exception_message
 from shoal.limits import Rate, RateLimiter
 from shoal.outcome import _safe_repr
 from shoal.scheduler.state import Ask, Withdraw
@@ -459,7 +459,8 @@ class RunApprovals:
             try:
                 known = self.ledger.record(request, ask.kind)
             except Exception as exc:  # unstored, it could not be used once: deny
-                self._deny(ask.pos, request, f"the request could not be stored: {exc}", "journal")
+                self._deny(ask.pos, request, "the request could not be stored: "
+                           f"{exception_message(exc)}", "journal")
                 continue
             if known.decision != "pending":  # decided before the run stopped (resume)
                 earlier = (Decision.approve(known.reason) if known.decision == "approved"
@@ -481,7 +482,9 @@ class RunApprovals:
         try:
             args, args_hash = self.ledger.approve(request, decision, tool, by)
         except Exception as exc:  # bad edited arguments, used already, or an unwritable store
-            self._deny(pos, request, str(exc), by)
+            # (a store's error whose own __str__ fails too: the call is denied all the same,
+            # not left waiting for good)
+            self._deny(pos, request, exception_message(exc), by)
             return
         self._apply(self._state.approve(pos, args_hash, self._now(), args=args, by=by,
                                         reason=decision.reason, verdict=decision.verdict))
