@@ -441,3 +441,35 @@ def test_a_store_failing_with_an_error_that_cannot_be_shown_denies_the_call(fail
     result = asyncio.run(run())
     [outcome] = result
     assert outcome.status == "denied" and "its __str__ failed" in outcome.reason
+
+
+def test_an_approval_predicate_failing_with_an_error_that_cannot_be_shown_asks() -> None:
+    import asyncio
+
+    def needs(args: Any) -> bool:
+        raise _Unprintable()
+
+    @shoal.tool(approval=needs)
+    async def act() -> str:
+        """Needs approval when ``needs`` says so."""
+        return "ran"
+
+    @shoal.tool
+    async def sibling() -> str:
+        """Needs none."""
+        return "also ran"
+
+    reasons: list[str] = []
+
+    def approve(request: shoal.ApprovalRequest) -> bool:
+        reasons.append(request.reason)
+        return True
+
+    plan = shoal.Plan()
+    plan.call(act)
+    plan.call(sibling)
+    # was: RuntimeError from the error's __str__ out of the run: neither call's outcome kept
+    result = asyncio.run(shoal.Runtime(approver=approve).run(plan))
+    assert [(o.node_id, o.status) for o in result] == [("act#1", "ok"), ("sibling#1", "ok")]
+    assert reasons == ["the approval rule of tool 'act' raised _Unprintable: <its message "
+                       "cannot be shown: its __str__ failed>"]

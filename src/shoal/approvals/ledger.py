@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
+from shoal.exceptions import exception_message
 from shoal.outcome import _converts_in_bounds, _odd_number, _safe_repr, jsonable
 from shoal.store.base import ApprovalRecord, canonical_json
 from shoal.store.base import Decision as StoredDecision
@@ -382,7 +383,8 @@ class RunLedger:
         try:
             args = tool.validate(decision.args)
         except Exception as exc:
-            raise ValueError(f"the edited arguments do not fit tool {tool.name!r}: {exc}") from exc
+            raise ValueError(f"the edited arguments do not fit tool {tool.name!r}: "
+                             f"{exception_message(exc)}") from exc
         args_hash = approval_hash(tool.name, args)
         if args_hash != request.args_hash:
             self.ledger.decide(request.run_id, request.node_id, request.args_hash, "denied",

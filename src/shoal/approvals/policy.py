@@ -70,8 +70,8 @@ def approval_reason(tool: Tool[..., Any], args: Mapping[str, Any]) -> str:
     except (KeyboardInterrupt, asyncio.CancelledError):
         raise
     except BaseException as exc:  # a failing rule (sys.exit too) cannot say "no need": ask
-        return (f"the approval rule of tool {tool.name!r} raised "
-                f"{type(exc).__name__}: {exc}")
+        # the rule's error's own __str__ may fail too: it is still the call's reason to ask
+        return f"the approval rule of tool {tool.name!r} raised {describe_exception(exc)}"
     return f"the approval rule of tool {tool.name!r} matched these arguments" if needed else ""
 
 
