@@ -473,3 +473,35 @@ def test_an_approval_predicate_failing_with_an_error_that_cannot_be_shown_asks()
     assert [(o.node_id, o.status) for o in result] == [("act#1", "ok"), ("sibling#1", "ok")]
     assert reasons == ["the approval rule of tool 'act' raised _Unprintable: <its message "
                        "cannot be shown: its __str__ failed>"]
+
+
+class _ExitingError(Exception):
+    """An error whose own ``__str__`` ends the program."""
+
+    def __str__(self) -> NoReturn:
+        raise SystemExit(7)
+
+
+def test_a_merge_failing_with_an_error_whose_text_exits_fails_only_its_call() -> None:
+    def merge_badly(merged: Any, value: Any) -> Any:
+        if value == "bad":
+            raise _ExitingError()
+        return value
+
+    @shoal.tool
+    def put(value: str, board: shoal.BoardHandle) -> None:
+        """Write ``value``."""
+        board.write("k", value)
+
+    plan = shoal.Plan()
+    plan.call(put, value="bad")
+    plan.call(put, value="good")
+    # was: the SystemExit of the error's __str__ (quoting it as the commit failed) came out
+    # instead of the BoardValueError naming the key (Board.write raised it to its caller)
+    result = shoal.run_sync(plan, board=shoal.Board(k=merge_badly))
+    statuses = {o.node_id: o.status for o in result}
+    assert statuses == {"put#1": "failed", "put#2": "ok"}
+    assert result.board == {"k": "good"}
+    error = result["put#1"].error
+    assert error is not None and error.type == "shoal.exceptions.BoardValueError"
+    assert "<its message cannot be shown>" in error.message

@@ -112,7 +112,9 @@ def error_text(exc: BaseException) -> str:
     """``Type: message`` of an exception raised by a value's own code; never raises."""
     try:
         message = str(exc)
-    except Exception:
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # sys.exit() in its __str__ too: the value's code ends no run
         message = "<its message cannot be shown>"
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
