@@ -505,3 +505,24 @@ def test_a_merge_failing_with_an_error_whose_text_exits_fails_only_its_call() ->
     error = result["put#1"].error
     assert error is not None and error.type == "shoal.exceptions.BoardValueError"
     assert "<its message cannot be shown>" in error.message
+
+
+def test_a_sink_whose_attributes_fail_neither_stops_an_agent_nor_gets_text() -> None:
+    from shoal.events import TextDelta
+    from shoal.testing import ScriptedModel
+
+    class Touchy:
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        def __call__(self, event: shoal.Event) -> None:
+            self.seen.append(event.kind)
+
+        def __getattr__(self, name: str) -> NoReturn:
+            raise RuntimeError(f"no {name} here")
+
+    sink = Touchy()
+    lead = shoal.Agent(name="lead", model=ScriptedModel(["done"]), tools=[])
+    # was: RuntimeError out of Agent.run_sync (asked whether the sink wants text)
+    assert lead.run_sync("go", on_event=sink).output == "done"
+    assert "AgentFinished" in sink.seen and TextDelta.__name__ not in sink.seen

@@ -368,9 +368,12 @@ def wants_text(sink: EventSink) -> bool:
     one. Other sinks never see a :class:`TextDelta`, and a run none of whose sinks asks does
     not stream its models' replies.
     """
-    if getattr(sink, "wants_text", False):
-        return True
-    return bool(getattr(getattr(sink, "__self__", None), "wants_text", False))
+    try:
+        if getattr(sink, "wants_text", False):
+            return True
+        return bool(getattr(getattr(sink, "__self__", None), "wants_text", False))
+    except Exception:  # a sink's own __getattr__ (or flag) that fails: it asked for nothing
+        return False
 
 
 class JsonlSink:
