@@ -526,3 +526,40 @@ def test_a_sink_whose_attributes_fail_neither_stops_an_agent_nor_gets_text() -> 
     # was: RuntimeError out of Agent.run_sync (asked whether the sink wants text)
     assert lead.run_sync("go", on_event=sink).output == "done"
     assert "AgentFinished" in sink.seen and TextDelta.__name__ not in sink.seen
+
+
+@pytest.mark.parametrize("failure", ["raise", "exit", "none"])
+def test_a_failing_fallback_approver_denies_only_the_calls_no_rule_decided(failure: str) -> None:
+    import asyncio
+    from collections.abc import Sequence
+
+    from shoal.approvals import Approver, Decision, RulesApprover
+
+    class Broken(Approver):
+        async def review(self, batch: Sequence[shoal.ApprovalRequest]) -> Sequence[Decision]:
+            if failure == "raise":
+                raise RuntimeError("the fallback broke")
+            if failure == "exit":
+                raise SystemExit(3)
+            answer: Sequence[Decision] = hostile(None)  # not a list of answers
+            return answer
+
+    @shoal.tool(approval=True)
+    async def read_notes() -> str:
+        """Allowed by a rule."""
+        return "read"
+
+    @shoal.tool(approval=True)
+    async def delete_notes() -> str:
+        """Left to the fallback."""
+        return "deleted"
+
+    plan = shoal.Plan()
+    plan.call(read_notes)
+    plan.call(delete_notes)
+    approver = RulesApprover(allow=["read_*"], otherwise=Broken())
+    result = asyncio.run(shoal.Runtime(approver=approver).run(plan))
+    # was: the whole batch denied "the approver failed", the call a rule allowed too
+    assert result["read_notes#1"].status == "ok"
+    denied = result["delete_notes#1"]
+    assert denied.status == "denied" and "the fallback approver failed" in denied.reason

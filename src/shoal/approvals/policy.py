@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -381,12 +382,29 @@ class RulesApprover(Approver):
         decided = [self.decide(r) for r in batch]
         rest = [r for r, d in zip(batch, decided, strict=True) if d is None]
         if rest and isinstance(self.otherwise, Approver):
-            answers = iter(await self.otherwise.review(rest))
-            return [d if d is not None else next(answers, Decision.deny("no decision"))
-                    for d in decided]
+            answers = await self._otherwise(rest)
+            return [d if d is not None else answers.pop(0) for d in decided]
         fallback = (Decision.approve("allowed: no rule matched") if self.otherwise == "allow"
                     else Decision.deny("no rule allows this call"))
         return [d if d is not None else fallback for d in decided]
+
+    async def _otherwise(self, rest: list[ApprovalRequest]) -> list[Decision]:
+        """The fallback approver's answers to ``rest``, one each.
+
+        A fallback that fails (raises, ``sys.exit()`` too, or answers what cannot be read as
+        a list of answers) denies ``rest`` only: the calls the rules decided keep their
+        decisions.
+        """
+        assert isinstance(self.otherwise, Approver)
+        try:  # no more answers than requests are read: an endless iterator must not hang
+            answers: list[Any] = list(itertools.islice(await self.otherwise.review(rest),
+                                                       len(rest)))
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            raise
+        except BaseException as exc:  # the fallback's bug: deny what it was asked, saying so
+            why = f"the fallback approver failed: {describe_exception(exc)}"
+            return [Decision.deny(why) for _ in rest]
+        return answers + [Decision.deny("no decision")] * (len(rest) - len(answers))
 
     def withdrawn(self, requests: Sequence[ApprovalRequest]) -> None:
         """Tell the fallback approver, which may be asking about them."""
