@@ -563,3 +563,60 @@ def test_a_failing_fallback_approver_denies_only_the_calls_no_rule_decided(failu
     assert result["read_notes#1"].status == "ok"
     denied = result["delete_notes#1"]
     assert denied.status == "denied" and "the fallback approver failed" in denied.reason
+
+
+# ---- limits: a rate of less than one start per period ----------------------------------------
+
+
+def test_a_rate_of_less_than_one_start_per_period_spaces_its_calls() -> None:
+    import asyncio
+
+    from shoal.testing import run_virtual
+
+    @shoal.tool(rate="0.5/s")
+    async def slow(n: int) -> int:
+        """Rated at one start every two seconds."""
+        return n
+
+    plan = shoal.Plan()
+    for n in range(3):
+        plan.call(slow, n=n)
+
+    async def run() -> shoal.RunResult:
+        return await asyncio.wait_for(shoal.run(plan), 60)
+
+    # was: a bucket of half a token never held the token a start takes: the run waited for
+    # good (here: TimeoutError after 60 virtual seconds)
+    result = run_virtual(run())
+    assert result.ok
+    starts = sorted(o.started_at or 0.0 for o in result)
+    assert starts == pytest.approx([0.0, 2.0, 4.0], abs=1e-6)
+
+
+def test_an_approval_rate_of_less_than_one_request_per_period_passes_them_on() -> None:
+    import asyncio
+
+    from shoal.testing import run_virtual
+
+    @shoal.tool(approval=True)
+    async def act(n: int) -> int:
+        """Needs approval."""
+        return n
+
+    asked: list[float] = []
+
+    def approve(request: shoal.ApprovalRequest) -> bool:
+        asked.append(asyncio.get_running_loop().time())
+        return True
+
+    plan = shoal.Plan()
+    for n in range(2):
+        plan.call(act, n=n)
+
+    async def run() -> shoal.RunResult:
+        runtime = shoal.Runtime(approver=approve, approval_rate="0.25/s")  # one every 4 s
+        return await asyncio.wait_for(runtime.run(plan), 60)
+
+    result = run_virtual(run())
+    assert result.ok and len(asked) == 2
+    assert asked[1] - asked[0] == pytest.approx(4.0, abs=1e-6)

@@ -123,14 +123,20 @@ class ConcurrencyLimit:
 
 
 class RateLimiter:
-    """A token bucket driven by the caller's clock: ``count`` tokens refilled over ``period``."""
+    """A token bucket driven by the caller's clock: ``count`` tokens refilled over ``period``.
 
-    __slots__ = ("_stamp", "_tokens", "name", "rate")
+    The bucket holds at least one token: a rate of less than one start per period
+    (``"0.5/s"``) is one start per ``period / count`` (every 2 s). A bucket of half a token
+    would never hold the whole token a start takes, and its calls would wait for good.
+    """
+
+    __slots__ = ("_capacity", "_stamp", "_tokens", "name", "rate")
 
     def __init__(self, name: str, rate: Rate) -> None:
         self.name = name
         self.rate = rate
-        self._tokens = rate.count
+        self._capacity = max(rate.count, 1.0)
+        self._tokens = self._capacity
         self._stamp: float | None = None
 
     def _refill(self, now: float) -> None:
@@ -138,7 +144,7 @@ class RateLimiter:
             self._stamp = now
         elif now > self._stamp:  # a ``now`` read before another run's refill adds nothing
             gained = (now - self._stamp) * self.rate.count / self.rate.period
-            self._tokens = min(self.rate.count, self._tokens + gained)
+            self._tokens = min(self._capacity, self._tokens + gained)
             self._stamp = now
 
     def wait_time(self, now: float) -> float:
