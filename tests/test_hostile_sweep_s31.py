@@ -620,3 +620,17 @@ def test_an_approval_rate_of_less_than_one_request_per_period_passes_them_on() -
     result = run_virtual(run())
     assert result.ok and len(asked) == 2
     assert asked[1] - asked[0] == pytest.approx(4.0, abs=1e-6)
+
+
+# ---- patterns --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["fan\n", "a b", "", "x" * 65])
+def test_a_pattern_name_that_no_model_api_takes_is_refused(name: str) -> None:
+    from shoal.patterns import pipeline
+    from shoal.testing import ScriptedModel
+
+    step = shoal.Agent(name="step", model=ScriptedModel(["done"]), tools=[])
+    # was: "fan\n" passed ('$' matches before a final newline)
+    with pytest.raises(ConfigError, match="must be 1-64 letters"):
+        pipeline(step, name=name)
