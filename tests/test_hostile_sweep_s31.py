@@ -634,3 +634,22 @@ def test_a_pattern_name_that_no_model_api_takes_is_refused(name: str) -> None:
     # was: "fan\n" passed ('$' matches before a final newline)
     with pytest.raises(ConfigError, match="must be 1-64 letters"):
         pipeline(step, name=name)
+
+
+# ---- the timeline: where it is written -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [5, b"page.html", "\ud800.html", "page\0.html"],
+                         ids=["int", "bytes", "surrogate", "nul"])
+def test_a_timeline_written_to_what_is_no_path_is_a_config_error(path: object) -> None:
+    @shoal.tool
+    async def one() -> int:
+        """One call."""
+        return 1
+
+    plan = shoal.Plan()
+    plan.call(one)
+    result = shoal.run_sync(plan)
+    # was: TypeError, UnicodeEncodeError, ValueError (embedded null byte)
+    with pytest.raises(ConfigError, match="timeline"):
+        result.timeline(hostile(path))
