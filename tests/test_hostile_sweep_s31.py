@@ -653,3 +653,27 @@ def test_a_timeline_written_to_what_is_no_path_is_a_config_error(path: object) -
     # was: TypeError, UnicodeEncodeError, ValueError (embedded null byte)
     with pytest.raises(ConfigError, match="timeline"):
         result.timeline(hostile(path))
+
+
+# ---- the live tree: times that are not finite ---------------------------------------------------
+
+
+def test_the_tree_of_events_with_a_time_that_is_not_finite_is_drawn() -> None:
+    import io
+
+    from rich.console import Console
+
+    from shoal.cli.render import seconds
+    from shoal.cli.tree import AgentTree, render_tree
+    from shoal.events import AgentFinished, AgentStarted
+
+    assert [seconds(v) for v in (float("inf"), float("-inf"), float("nan"))] == ["-"] * 3
+    # (journaled events are read back as they were written: a damaged one may say anything)
+    tree = AgentTree.replay([
+        AgentStarted(run_id="r", time=0.0, lineage="lead", agent="lead", prompt="go", depth=0),
+        AgentFinished(run_id="r", time=float("inf"), lineage="lead", agent="lead",
+                      status="ok", output="done", turns=1, total_tokens=3, duration=1.0)])
+    screen = io.StringIO()
+    # was: OverflowError (int() of an infinite duration) from every view of the run
+    Console(file=screen, width=120).print(render_tree(tree, "run r"))
+    assert "lead" in screen.getvalue()
