@@ -677,3 +677,28 @@ def test_the_tree_of_events_with_a_time_that_is_not_finite_is_drawn() -> None:
     # was: OverflowError (int() of an infinite duration) from every view of the run
     Console(file=screen, width=120).print(render_tree(tree, "run r"))
     assert "lead" in screen.getvalue()
+
+
+def test_an_events_file_closed_while_a_runtime_still_feeds_it_warns_once(
+        tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    from shoal.events import JsonlSink
+
+    sink = JsonlSink(tmp_path / "events.jsonl")
+
+    @shoal.tool
+    async def one() -> int:
+        """One call."""
+        return 1
+
+    plan = shoal.Plan()
+    plan.call(one)
+    runtime = shoal.Runtime(on_event=sink)
+    assert runtime.run_sync(plan).ok
+    sink.close()
+    with caplog.at_level("WARNING", logger="shoal"):
+        assert runtime.run_sync(plan).ok
+    # was: a ValueError (I/O operation on closed file) per event, each logged with its
+    # traceback as a failing sink
+    failures = [r for r in caplog.records if r.name == "shoal"]
+    assert len(failures) == 1 and "the file was closed" in failures[0].getMessage()
+    assert sink.lost > 0 and "closed" in sink.error

@@ -409,6 +409,11 @@ class JsonlSink:
         except OSError as exc:
             self.lost += 1
             self._failed(exc)
+        except ValueError:  # closed (by close(), say, while a runtime still feeds it)
+            if not self._file.closed:
+                raise
+            self.lost += 1
+            self._failed(OSError("the file was closed"))
 
     def close(self) -> None:
         """Flush and close the file."""
