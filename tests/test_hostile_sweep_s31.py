@@ -702,3 +702,40 @@ def test_an_events_file_closed_while_a_runtime_still_feeds_it_warns_once(
     failures = [r for r in caplog.records if r.name == "shoal"]
     assert len(failures) == 1 and "the file was closed" in failures[0].getMessage()
     assert sink.lost > 0 and "closed" in sink.error
+
+
+@pytest.mark.parametrize("run_id", ["plain", "nightly|1", "a%7Cb|c"])
+def test_a_timeline_explains_an_approval_wait_whatever_the_run_id(
+        run_id: str, tmp_path: Any) -> None:
+    import asyncio
+
+    from shoal.store.sqlite import SQLiteStore
+    from shoal.testing import run_virtual
+    from shoal.timeline import from_journal
+
+    @shoal.tool(approval=True)
+    async def act() -> str:
+        """Needs approval."""
+        return "ran"
+
+    async def approve_later(request: shoal.ApprovalRequest) -> bool:
+        await asyncio.sleep(2)
+        return True
+
+    store = SQLiteStore(tmp_path / "runs.db")
+    try:
+        plan = shoal.Plan()
+        plan.call(act)
+
+        async def run() -> shoal.RunResult:
+            return await shoal.Runtime(store=store, approver=approve_later).run(
+                plan, run_id=run_id)
+
+        assert run_virtual(run()).ok
+        [bar] = from_journal(store, run_id).bars
+    finally:
+        store.close()
+    # was, for a run id holding '|': its approvals were looked up under node '1|act#1', and
+    # the two seconds it waited for its approval were put down to a limit
+    assert [w.kind for w in bar.waits] == ["approval"]
+    assert bar.waits[0].end - bar.waits[0].start == pytest.approx(2.0)
