@@ -739,3 +739,12 @@ def test_a_timeline_explains_an_approval_wait_whatever_the_run_id(
     # the two seconds it waited for its approval were put down to a limit
     assert [w.kind for w in bar.waits] == ["approval"]
     assert bar.waits[0].end - bar.waits[0].start == pytest.approx(2.0)
+
+
+def test_a_rules_mapping_with_a_huge_number_for_a_pattern_is_a_config_error() -> None:
+    from shoal.approvals import RulesApprover
+
+    # was: ValueError from str() of a number of 5,001 digits
+    with pytest.raises(ConfigError, match="deny is text"):
+        RulesApprover.from_dict({"rules": [{"deny": HUGE}]})
+    assert RulesApprover.from_dict({"rules": [{"deny": 42}]}).rules[0].tool == "42"

@@ -518,7 +518,8 @@ def _text(item: Mapping[str, Any], key: str, where: str, default: str | None = N
     a pattern such as ``"None"`` that matches nothing, and the rule would silently do nothing.
     """
     value = item.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
+    if isinstance(value, bool) or not isinstance(value, str | int | float) or (
+            isinstance(value, int) and abs(value) > 10**100):  # past 4,300 digits: no str()
         raise ConfigError(f"{where}: {key} is text (a pattern such as 'delete_*'"
                           f"{'' if key != 'reason' else ', or a reason'}), got {shown(value)}")
     return str(value)
