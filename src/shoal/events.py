@@ -368,9 +368,12 @@ def wants_text(sink: EventSink) -> bool:
     one. Other sinks never see a :class:`TextDelta`, and a run none of whose sinks asks does
     not stream its models' replies.
     """
-    if getattr(sink, "wants_text", False):
-        return True
-    return bool(getattr(getattr(sink, "__self__", None), "wants_text", False))
+    try:
+        if getattr(sink, "wants_text", False):
+            return True
+        return bool(getattr(getattr(sink, "__self__", None), "wants_text", False))
+    except Exception:  # a sink's own __getattr__ (or flag) that fails: it asked for nothing
+        return False
 
 
 class JsonlSink:
@@ -390,7 +393,11 @@ class JsonlSink:
         self.lost = 0
         # held open for the run's lifetime; closed by close(). Line-buffered: a file being
         # followed (tail -f) is current, and a killed run loses no event it had written.
-        self._file: IO[str] = Path(path).open("a", encoding="utf-8", buffering=1)  # noqa: SIM115
+        try:
+            self._file: IO[str] = Path(path).open("a", encoding="utf-8",  # noqa: SIM115
+                                                  buffering=1)
+        except ValueError as exc:  # a NUL, a lone surrogate: no file system can name it
+            raise ConfigError(f"JsonlSink cannot open {shown(path)}: {exc}") from None
 
     def __call__(self, event: Event) -> None:
         """Append ``event`` as one line."""
@@ -402,6 +409,11 @@ class JsonlSink:
         except OSError as exc:
             self.lost += 1
             self._failed(exc)
+        except ValueError:  # closed (by close(), say, while a runtime still feeds it)
+            if not self._file.closed:
+                raise
+            self.lost += 1
+            self._failed(OSError("the file was closed"))
 
     def close(self) -> None:
         """Flush and close the file."""

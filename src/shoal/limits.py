@@ -45,8 +45,10 @@ class Rate:
 
     def __post_init__(self) -> None:
         if not all(_positive(v) for v in (self.count, self.period)):
+            # quoted with shown(): a count of 10**5000 has no decimal repr, and a value's own
+            # __repr__ may fail (or call sys.exit())
             raise ConfigError(f"a rate needs a positive, finite count and period, "
-                              f"got count={self.count!r}, period={self.period!r}")
+                              f"got count={shown(self.count)}, period={shown(self.period)}")
 
     def __str__(self) -> str:
         return f"{self.count:g}/{self.period:g}s"
@@ -62,8 +64,12 @@ def finite(value: float | numbers.Real) -> bool:
 
 def _positive(value: object) -> bool:
     """Whether ``value`` is a positive, finite real number (``bool`` is not taken for one)."""
-    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
-            and finite(value) and float(value) > 0)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    try:
+        return finite(value) and float(value) > 0
+    except Exception:  # a number type of its own whose __float__ fails: not a number here
+        return False
 
 
 _FORMS = ("write it as COUNT/UNIT, e.g. '20/s', '100/min', '5/10s', or as a (count, seconds) "
@@ -79,14 +85,14 @@ def parse_rate(spec: str | Rate | tuple[float, float]) -> Rate:
         return spec
     if isinstance(spec, tuple | list):
         if len(spec) != 2 or not all(_positive(v) for v in spec):
-            raise ConfigError(f"cannot read rate {spec!r}: a pair needs a positive count and a "
-                              f"positive number of seconds; {_FORMS}")
+            raise ConfigError(f"cannot read rate {shown(spec)}: a pair needs a positive count "
+                              f"and a positive number of seconds; {_FORMS}")
         return Rate(float(spec[0]), float(spec[1]))
     if not isinstance(spec, str):
-        raise ConfigError(f"cannot read rate {spec!r}: {_FORMS}")
+        raise ConfigError(f"cannot read rate {shown(spec)}: {_FORMS}")
     match = _RATE.match(spec.lower())
     if not match or match.group(3) not in _UNITS:
-        raise ConfigError(f"cannot read rate {spec!r}: {_FORMS}")
+        raise ConfigError(f"cannot read rate {shown(spec)}: {_FORMS}")
     count, multiple, unit = match.groups()
     return Rate(float(count), float(multiple or 1.0) * _UNITS[unit])
 
@@ -117,14 +123,20 @@ class ConcurrencyLimit:
 
 
 class RateLimiter:
-    """A token bucket driven by the caller's clock: ``count`` tokens refilled over ``period``."""
+    """A token bucket driven by the caller's clock: ``count`` tokens refilled over ``period``.
 
-    __slots__ = ("_stamp", "_tokens", "name", "rate")
+    The bucket holds at least one token: a rate of less than one start per period
+    (``"0.5/s"``) is one start per ``period / count`` (every 2 s). A bucket of half a token
+    would never hold the whole token a start takes, and its calls would wait for good.
+    """
+
+    __slots__ = ("_capacity", "_stamp", "_tokens", "name", "rate")
 
     def __init__(self, name: str, rate: Rate) -> None:
         self.name = name
         self.rate = rate
-        self._tokens = rate.count
+        self._capacity = max(rate.count, 1.0)
+        self._tokens = self._capacity
         self._stamp: float | None = None
 
     def _refill(self, now: float) -> None:
@@ -132,7 +144,7 @@ class RateLimiter:
             self._stamp = now
         elif now > self._stamp:  # a ``now`` read before another run's refill adds nothing
             gained = (now - self._stamp) * self.rate.count / self.rate.period
-            self._tokens = min(self.rate.count, self._tokens + gained)
+            self._tokens = min(self._capacity, self._tokens + gained)
             self._stamp = now
 
     def wait_time(self, now: float) -> float:
@@ -187,7 +199,8 @@ def _size(value: object) -> int:
         return _whole("memory", value)
     match = _SIZE.match(value.lower())
     if not match or (match.group(2) or "") not in _SIZE_UNITS:
-        raise ConfigError(f"cannot read size {value!r}: write e.g. '512MB', '2GiB' or bytes")
+        raise ConfigError(f"cannot read size {shown(value)}: write e.g. '512MB', '2GiB' or "
+                          "bytes")
     return _whole("memory", float(match.group(1)) * _SIZE_UNITS[match.group(2) or ""])
 
 
@@ -207,7 +220,10 @@ def parse_process_limits(spec: ProcessLimits | dict[str, object] | None) -> Proc
                           f"{shown(spec)}")
     unknown = set(spec) - {"memory", "cpu_seconds", "open_files"}
     if unknown:
-        raise ConfigError(f"unknown process limit(s) {sorted(unknown)}; "
+        # keys of any type (no order among them), each quoted in bounds
+        named = ", ".join(sorted(shown(key) for key in unknown)[:10])
+        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        raise ConfigError(f"unknown process limit(s) [{named}]{more}; "
                           "known: memory, cpu_seconds, open_files")
     values: dict[str, int | None] = {"memory": None, "cpu_seconds": None, "open_files": None}
     if spec.get("memory") is not None:

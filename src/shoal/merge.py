@@ -8,8 +8,9 @@ Each key of a board declares how the values written to it combine:
 ``union``
     a set of the written values (each must be hashable).
 ``counter``
-    the sum of the written numbers (start: 0). Floats are summed exactly and the sum rounded
-    once when read, so it does not depend on the order in which writers commit.
+    the sum of the written numbers (start: 0). Floats (and fractions with them) are summed
+    exactly and the sum rounded once when read, so it does not depend on the order in which
+    writers commit.
 ``minimum`` / ``maximum`` (also ``min`` / ``max``)
     the smallest / largest value written (start: ``None``); values must compare, and be
     ordered: two sets neither of which holds the other are refused (of them, the one kept
@@ -37,6 +38,7 @@ import reprlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 __all__ = [
@@ -71,6 +73,17 @@ class _ShortRepr(reprlib.Repr):
         except (Exception, SystemExit) as exc:  # sys.exit() in a __repr__ too
             return _unrepresentable(x, exc)
 
+    def repr_int(self, x: int, level: int) -> str:
+        if abs(x) > 10**100:  # in a container too: its text may not exist (4,300 digits)
+            return _huge_int(x)
+        return super().repr_int(x, level)
+
+
+def _huge_int(value: int) -> str:
+    """A whole number too long to write out, by its size."""
+    digits = int(value.bit_length() * math.log10(2)) + 1
+    return f"{'-' if value < 0 else ''}<a whole number of about {digits:,} digits>"
+
 
 def _unrepresentable(value: Any, exc: BaseException) -> str:
     return f"<{type(value).__qualname__}: repr failed with {type(exc).__name__}>"
@@ -87,8 +100,7 @@ def shown(value: Any) -> str:
     is still the one raised.
     """
     if type(value) is int and abs(value) > 10**100:  # its text may not exist (4,300 digits)
-        digits = int(value.bit_length() * math.log10(2)) + 1
-        return f"{'-' if value < 0 else ''}<a whole number of about {digits:,} digits>"
+        return _huge_int(value)
     try:
         text = _SHORT.repr(value)
     except (Exception, SystemExit) as exc:  # a container whose items misbehave, sys.exit()
@@ -100,7 +112,9 @@ def error_text(exc: BaseException) -> str:
     """``Type: message`` of an exception raised by a value's own code; never raises."""
     try:
         message = str(exc)
-    except Exception:
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # sys.exit() in its __str__ too: the value's code ends no run
         message = "<its message cannot be shown>"
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
@@ -233,6 +247,10 @@ def _sum(merged: Any, value: Any) -> Any:
             raise OverflowError(f"the sum {shown(merged)} + {shown(value)} overflows a float; "
                                 "count in smaller units or with ints")
         return _ExactSum(total)
+    if _rational(merged) and _rational(value) and (
+            type(merged) is _RationalSum or isinstance(merged, Fraction)
+            or isinstance(value, Fraction)):
+        return _rational_sum(merged, value)
     if type(merged) is _ExactSum:
         merged = merged.value
     total = merged + value
@@ -243,9 +261,56 @@ def _sum(merged: Any, value: Any) -> Any:
     return total
 
 
+class _RationalSum:
+    """A counter's sum of fractions and floats: exact, rounded to a float once, when read.
+
+    ``Fraction + float`` is a float, rounded at each step: parallel writers committing in
+    another order would give another float (or, with large floats, lose a fraction whole).
+    """
+
+    __slots__ = ("total",)
+
+    def __init__(self, total: Fraction) -> None:
+        self.total = total
+
+    @property
+    def value(self) -> float:
+        """The sum, rounded once."""
+        return float(self.total)
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+_FLOAT_LIMIT = (1 << 1024) - (1 << 970)  # sums this large round to infinity
+
+
+def _rational(number: Any) -> bool:
+    """Whether ``number`` is known exactly as a fraction (ints, floats, fractions, sums)."""
+    return isinstance(number, int | float | Fraction | _ExactSum | _RationalSum)
+
+
+def _rational_sum(merged: Any, value: Any) -> Any:
+    """The exact sum of two numbers one of which is a fraction; rounded once if any floats."""
+    def exactly(number: Any) -> Fraction:
+        if type(number) is _ExactSum:
+            return Fraction(number.scaled, _ONE)
+        if type(number) is _RationalSum:
+            return number.total
+        return Fraction(number)
+
+    total = exactly(merged) + exactly(value)
+    if not any(isinstance(n, float | _ExactSum | _RationalSum) for n in (merged, value)):
+        return total  # fractions and ints: a fraction, exactly (as Fraction + int gives)
+    if abs(total) >= _FLOAT_LIMIT:  # order-free too: only the exact total decides
+        raise OverflowError(f"the sum {shown(merged)} + {shown(value)} overflows a float; "
+                            "count in smaller units or with ints")
+    return _RationalSum(total)
+
+
 def _sum_read(merged: Any) -> Any:
     """What readers of a counter get: its sum as a plain number."""
-    return merged.value if type(merged) is _ExactSum else merged
+    return merged.value if type(merged) in (_ExactSum, _RationalSum) else merged
 
 
 def _is_nan(value: Any) -> bool:
@@ -260,7 +325,7 @@ def _comparable(pick: Callable[[Any, Any], Any]) -> Callable[[Any, Callable[[], 
         if value is None:
             return "None cannot be compared; write a value"
         if _is_nan(value):  # neither smaller nor larger: the result would depend on order
-            return f"{value!r} cannot be compared (it is neither smaller nor larger than " \
+            return f"{shown(value)} cannot be compared (it is neither smaller nor larger than " \
                    "any number); write a number"
         try:
             pick(current(), value)
@@ -347,9 +412,11 @@ def using(fn: Callable[[Any, Any], Any], *, initial: Any = None,
                         f"merged; {shown(fn)} cannot take them: {exc}") from None
     except ValueError:  # no signature to check (some builtins): the first merge will tell
         pass
+    if not isinstance(commutative, bool):  # "no" would be taken as true: merges unordered
+        raise TypeError(f"merge.using: commutative= is True or False, got {shown(commutative)}")
     name = getattr(fn, "__name__", type(fn).__name__)
     return Rule(f"using({name})", lambda: copy.deepcopy(initial), _not_awaitable(fn),
-                commutative=bool(commutative))
+                commutative=commutative)
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:

@@ -72,7 +72,9 @@ __all__ = [
     "Reflection", "Step", "Verdict", "fan_out", "pipeline", "reflect",
 ]  # fmt: skip
 
-_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # as agent names: a pattern may become a tool
+# as agent names: a pattern may become a tool (fullmatch: '$' also matches before a final
+# newline, and 'fan\n' passed, a name no model API takes)
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class PatternError(ShoalError):
@@ -132,7 +134,7 @@ class Pattern:
 
     def __init__(self, name: str | None) -> None:
         self.name = self.kind if name is None else name
-        if not isinstance(self.name, str) or not _NAME.match(self.name):
+        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
             raise ConfigError(f"{self.kind} name {shown(self.name)} must be 1-64 letters, digits, "
                               "'_' or '-' (it names the pattern's nodes and their lineage)")
 

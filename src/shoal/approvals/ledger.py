@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
+from shoal.exceptions import exception_message
 from shoal.outcome import _converts_in_bounds, _odd_number, _safe_repr, jsonable
 from shoal.store.base import ApprovalRecord, canonical_json
 from shoal.store.base import Decision as StoredDecision
@@ -263,6 +264,10 @@ class MemoryLedger:
 
     def __init__(self) -> None:
         self._records: dict[str, list[ApprovalRecord]] = {}
+        # run id -> (node id, args hash) -> where that call's records are in its run's list
+        # (looking through every record of the run for each request made a run of thousands
+        # of approvals quadratic)
+        self._calls: dict[str, dict[tuple[str, str], list[int]]] = {}
         self._lock = threading.Lock()
 
     def request_approval(self, record: ApprovalRecord) -> ApprovalRecord:
@@ -272,7 +277,7 @@ class MemoryLedger:
             if found is not None:
                 return found[1]
             stored = replace(record, requested_at=record.requested_at or time.time())
-            self._records.setdefault(record.run_id, []).append(stored)
+            self._add(stored)
             return stored
 
     def decide(self, run_id: str, node_id: str, args_hash: str, decision: StoredDecision, *,
@@ -281,12 +286,12 @@ class MemoryLedger:
         when = time.time() if at is None else at
         with self._lock:
             found = self._open(run_id, node_id, args_hash)
-            records = self._records.setdefault(run_id, [])
             if found is None:
-                records.append(ApprovalRecord(run_id, node_id, "", args_hash, requested_at=when))
-                found = (len(records) - 1, records[-1])
-            records[found[0]] = replace(found[1], decision=decision, decided_by=decided_by,
-                                        decided_at=when, reason=reason)
+                self._add(ApprovalRecord(run_id, node_id, "", args_hash, requested_at=when))
+                found = (len(self._records[run_id]) - 1, self._records[run_id][-1])
+            self._records[run_id][found[0]] = replace(
+                found[1], decision=decision, decided_by=decided_by, decided_at=when,
+                reason=reason)
 
     def use_decision(self, run_id: str, node_id: str, args_hash: str) -> ApprovalRecord | None:
         """The unused decision for exactly this call, now marked used (or ``None``)."""
@@ -305,10 +310,17 @@ class MemoryLedger:
 
     def _open(self, run_id: str, node_id: str,
               args_hash: str) -> tuple[int, ApprovalRecord] | None:
-        for i, known in enumerate(self._records.get(run_id, [])):
-            if known.node_id == node_id and known.args_hash == args_hash and not known.used:
-                return i, known
+        records = self._records.get(run_id, [])
+        for i in self._calls.get(run_id, {}).get((node_id, args_hash), ()):
+            if not records[i].used:
+                return i, records[i]
         return None
+
+    def _add(self, record: ApprovalRecord) -> None:
+        records = self._records.setdefault(record.run_id, [])
+        calls = self._calls.setdefault(record.run_id, {})
+        calls.setdefault((record.node_id, record.args_hash), []).append(len(records))
+        records.append(record)
 
 
 class RunLedger:
@@ -371,7 +383,8 @@ class RunLedger:
         try:
             args = tool.validate(decision.args)
         except Exception as exc:
-            raise ValueError(f"the edited arguments do not fit tool {tool.name!r}: {exc}") from exc
+            raise ValueError(f"the edited arguments do not fit tool {tool.name!r}: "
+                             f"{exception_message(exc)}") from exc
         args_hash = approval_hash(tool.name, args)
         if args_hash != request.args_hash:
             self.ledger.decide(request.run_id, request.node_id, request.args_hash, "denied",

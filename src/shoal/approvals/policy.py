@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -70,8 +71,8 @@ def approval_reason(tool: Tool[..., Any], args: Mapping[str, Any]) -> str:
     except (KeyboardInterrupt, asyncio.CancelledError):
         raise
     except BaseException as exc:  # a failing rule (sys.exit too) cannot say "no need": ask
-        return (f"the approval rule of tool {tool.name!r} raised "
-                f"{type(exc).__name__}: {exc}")
+        # the rule's error's own __str__ may fail too: it is still the call's reason to ask
+        return f"the approval rule of tool {tool.name!r} raised {describe_exception(exc)}"
     return f"the approval rule of tool {tool.name!r} matched these arguments" if needed else ""
 
 
@@ -103,7 +104,10 @@ class ApprovalRequest:
         nothing in them can act on a terminal or hide; a cut description ends saying how much
         is left out (``… 4,812 more characters``), never silently.
         """
-        inner = ", ".join(f"{_ascii(k)}={json.dumps(v)}" for k, v in self.args.items())
+        if isinstance(self.args, Mapping):
+            inner = ", ".join(f"{_ascii(k)}={json.dumps(v)}" for k, v in self.args.items())
+        else:  # arguments shoal could not convert (too deep, a key JSON cannot hold): a repr
+            inner = json.dumps(self.args if isinstance(self.args, str) else shown(self.args))
         text = f"{_ascii(self.tool)}({inner})"
         if len(text) <= width:
             return text
@@ -283,8 +287,25 @@ class Rule:
     reason: str = ""
 
     def __post_init__(self) -> None:
-        if self.action not in ("allow", "deny"):
+        if not isinstance(self.action, str) or self.action not in ("allow", "deny"):
             raise ConfigError(f"a rule's action is 'allow' or 'deny', got {shown(self.action)}")
+        # checked now: a pattern that is not text failed every match, denying every call
+        # with a TypeError, and the rule said nothing when it was written
+        for name in ("tool", "lineage"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"a rule's {name} is a glob pattern (text), got "
+                                  f"{shown(getattr(self, name))}")
+        if not isinstance(self.args, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.args.items()):
+            raise ConfigError(f"a rule's args map argument names to glob patterns (text), got "
+                              f"{shown(self.args)}")
+        if self.when is not None and not callable(self.when):
+            raise ConfigError(f"a rule's when is a predicate over the arguments, got "
+                              f"{shown(self.when)}")
+        if self.reason is None:
+            object.__setattr__(self, "reason", "")
+        elif not isinstance(self.reason, str):  # stored with the decision, as text
+            raise ConfigError(f"a rule's reason is text, got {shown(self.reason)}")
 
     def matches(self, request: ApprovalRequest) -> bool:
         """Whether this rule applies to ``request``."""
@@ -292,6 +313,10 @@ class Rule:
             return False
         if self.lineage != "*" and not fnmatchcase(request.lineage, self.lineage):
             return False
+        if self.args and not isinstance(request.args, Mapping):  # checked: no, not yes
+            raise ValueError("the call's arguments could not be read as JSON (too deep, "
+                             "holding themselves, or a key JSON cannot hold), so its argument "
+                             "patterns cannot be checked")
         for name, pattern in self.args.items():
             if name not in request.args or not fnmatchcase(_value_text(request.args[name]),
                                                            pattern):
@@ -357,12 +382,29 @@ class RulesApprover(Approver):
         decided = [self.decide(r) for r in batch]
         rest = [r for r, d in zip(batch, decided, strict=True) if d is None]
         if rest and isinstance(self.otherwise, Approver):
-            answers = iter(await self.otherwise.review(rest))
-            return [d if d is not None else next(answers, Decision.deny("no decision"))
-                    for d in decided]
+            answers = await self._otherwise(rest)
+            return [d if d is not None else answers.pop(0) for d in decided]
         fallback = (Decision.approve("allowed: no rule matched") if self.otherwise == "allow"
                     else Decision.deny("no rule allows this call"))
         return [d if d is not None else fallback for d in decided]
+
+    async def _otherwise(self, rest: list[ApprovalRequest]) -> list[Decision]:
+        """The fallback approver's answers to ``rest``, one each.
+
+        A fallback that fails (raises, ``sys.exit()`` too, or answers what cannot be read as
+        a list of answers) denies ``rest`` only: the calls the rules decided keep their
+        decisions.
+        """
+        assert isinstance(self.otherwise, Approver)
+        try:  # no more answers than requests are read: an endless iterator must not hang
+            answers: list[Any] = list(itertools.islice(await self.otherwise.review(rest),
+                                                       len(rest)))
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            raise
+        except BaseException as exc:  # the fallback's bug: deny what it was asked, saying so
+            why = f"the fallback approver failed: {describe_exception(exc)}"
+            return [Decision.deny(why) for _ in rest]
+        return answers + [Decision.deny("no decision")] * (len(rest) - len(answers))
 
     def withdrawn(self, requests: Sequence[ApprovalRequest]) -> None:
         """Tell the fallback approver, which may be asking about them."""
@@ -376,7 +418,7 @@ class RulesApprover(Approver):
             raise ConfigError("a rules file holds a mapping with 'rules' and 'otherwise'")
         unknown = set(data) - {"rules", "otherwise"}
         if unknown:
-            raise ConfigError(f"unknown key(s) {sorted(unknown)} in rules; "
+            raise ConfigError(f"unknown key(s) {_keys(unknown)} in rules; "
                               "known: rules, otherwise")
         rules = [_rule(item, i) for i, item in enumerate(data.get("rules") or [], 1)]
         otherwise = data.get("otherwise", "deny")
@@ -449,13 +491,24 @@ def _rule(item: Any, number: int) -> Rule:
     unknown = set(item) - {"allow", "deny", "args", "lineage", "reason"}
     if len(actions) != 1 or unknown:
         raise ConfigError(f"{where}: needs exactly one of allow/deny (a tool pattern), and "
-                          f"may have args, lineage, reason; got keys {sorted(item)}")
+                          f"may have args, lineage, reason; got keys {_keys(item)}")
     args = item.get("args") or {}
     if not isinstance(args, Mapping) or not all(isinstance(v, str) for v in args.values()):
         raise ConfigError(f"{where}: args maps argument names to patterns (strings)")
     action: Literal["allow", "deny"] = "allow" if actions[0] == "allow" else "deny"
     return Rule(action, _text(item, action, where), {str(k): v for k, v in args.items()},
                 _text(item, "lineage", where, "*"), reason=_text(item, "reason", where, ""))
+
+
+def _keys(keys: Iterable[Any]) -> str:
+    """Keys of a rules file for a message: of any type (YAML's ``1:`` is an int).
+
+    Text keys are quoted whole (the command line bounds its error lines, ``--json`` keeps
+    them), any other quoted with :func:`~shoal.merge.shown`; ten at most.
+    """
+    named = sorted(str.__repr__(key) if isinstance(key, str) else shown(key) for key in keys)
+    more = f" and {len(named) - 10} more" if len(named) > 10 else ""
+    return f"[{', '.join(named[:10])}]{more}"
 
 
 def _text(item: Mapping[str, Any], key: str, where: str, default: str | None = None) -> str:
@@ -465,7 +518,8 @@ def _text(item: Mapping[str, Any], key: str, where: str, default: str | None = N
     a pattern such as ``"None"`` that matches nothing, and the rule would silently do nothing.
     """
     value = item.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
+    if isinstance(value, bool) or not isinstance(value, str | int | float) or (
+            isinstance(value, int) and abs(value) > 10**100):  # past 4,300 digits: no str()
         raise ConfigError(f"{where}: {key} is text (a pattern such as 'delete_*'"
                           f"{'' if key != 'reason' else ', or a reason'}), got {shown(value)}")
     return str(value)

@@ -37,7 +37,7 @@ from shoal.cli.safe import clean, safe_str
 from shoal.cli.safe import text as safe_text
 from shoal.cli.tree import TREE_EVENTS, AgentTree, Row, agent_status, render_tree
 from shoal.events import Event
-from shoal.exceptions import StoreError
+from shoal.exceptions import StoreError, exception_message
 from shoal.outcome import jsonable
 from shoal.store.base import EventRecord, RunEnded, RunRecord, RunStatus, Store
 from shoal.store.claims import this_process_start
@@ -90,7 +90,8 @@ def summary(result: AgentResult[Any]) -> dict[str, Any]:
         "turns": result.turns, "tokens": result.usage.total_tokens,
         "where": result.where, "pid": result.pid, "isolation": result.isolation,
         "duration": result.duration, "output": jsonable(result.output),
-        "error": None if result.error is None else str(result.error),
+        # the error's own __str__ may fail: the summary is journaled all the same
+        "error": None if result.error is None else exception_message(result.error),
         "calls_total": len(result.calls), "failed_calls": failed,
         "calls_failed_in_tree": failed + sum(c["calls_failed_in_tree"] for c in children),
         "calls": calls, "children": children,

@@ -17,13 +17,15 @@ import json
 import queue
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, TextIO
 
 from shoal.approvals.policy import ApprovalRequest, Approver, Decision
-from shoal.cli.safe import clean, exact_json_view, one_line, text, view_text
+from shoal.cli.safe import clean, exact_json_view, one_line, safe_repr, text, view_text
 from shoal.cli.safe import console as safe_console
+from shoal.exceptions import ConfigError
+from shoal.merge import shown as merge_shown
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -131,10 +133,14 @@ class ConsoleApprover(Approver):
     def __init__(self, console: Console | None = None, input: TextIO | None = None, *,
                  pause: Callable[[], AbstractContextManager[None]] | None = None,
                  shown: int = 1000) -> None:
+        if isinstance(shown, bool) or not isinstance(shown, int):
+            # int() of a NaN or an infinity raised ValueError / OverflowError, of 2.9 cut it
+            raise ConfigError(f"ConsoleApprover: shown= takes a whole number of characters, "
+                              f"got {merge_shown(shown)}")
         self._console = console
         self._lines = _Lines(input if input is not None else sys.stdin)
         self.pause = pause
-        self.shown = max(int(shown), 1)
+        self.shown = max(shown, 1)
         self._busy: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
 
     @property
@@ -288,7 +294,13 @@ class _Shown:
 
     def __init__(self, request: ApprovalRequest, shown: int) -> None:
         self.request = request
-        self.view, self.exact = exact_json_view(dict(request.args))
+        if isinstance(request.args, Mapping):
+            self.view, self.exact = exact_json_view(dict(request.args))
+        else:  # arguments too deep, self-containing or with a key JSON cannot hold come as
+            # a bounded repr (text): shown as such, never as seen whole (dict() of it failed
+            # the whole batch, denying every call in it)
+            self.view = json.dumps(f"<not JSON: {safe_repr(request.args, 10_000)}>")
+            self.exact = False
         self.shown = shown
         # the tool's name counts as part of the call: a long one is cut in the table too
         self.hidden = max(len(self.view) - shown, 0) + max(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -47,7 +48,13 @@ def announce(run_id: str, resuming: bool, where: object) -> None:
 
 
 def seconds(value: float) -> str:
-    """A duration for people: ``"0.31s"``, ``"12.4s"``, ``"3m05s"``."""
+    """A duration for people: ``"0.31s"``, ``"12.4s"``, ``"3m05s"``; ``"-"`` if not finite.
+
+    (A journal's times may be anything: an infinite one made ``int()`` raise, and every
+    view that showed the run failed with it.)
+    """
+    if not math.isfinite(value):
+        return "-"
     if value >= 60:
         minutes, rest = divmod(int(value), 60)
         return f"{minutes}m{rest:02d}s"

@@ -60,6 +60,13 @@ def instrument(tracer_provider: TracerProvider | None = None, *, capture_content
             or max_attribute_length < 16:
         raise ConfigError(f"max_attribute_length must be a whole number of at least 16, "
                           f"got {shown(max_attribute_length)}")
+    if not isinstance(capture_content, bool):  # 'false' (say, from an environment variable)
+        # would be true: prompts, arguments and results, personal or secret, would go out
+        raise ConfigError(f"capture_content must be True or False, got {shown(capture_content)}")
+    if tracer_provider is not None and not _is_provider(tracer_provider):
+        raise ConfigError(f"tracer_provider takes an OpenTelemetry TracerProvider (one with "
+                          f"get_tracer), got {type(tracer_provider).__name__} "
+                          f"{shown(tracer_provider)}")
     try:
         spans = importlib.import_module("shoal.integrations._otel")
     except ModuleNotFoundError as exc:
@@ -68,6 +75,14 @@ def instrument(tracer_provider: TracerProvider | None = None, *, capture_content
         raise MissingDependencyError("opentelemetry-api, opentelemetry-sdk", "otel") from None
     instrumentation.install(spans.Tracing(tracer_provider, capture_content=capture_content,
                                           max_attribute_length=max_attribute_length))
+
+
+def _is_provider(value: object) -> bool:
+    """Whether ``value`` can give tracers (the API's ``TracerProvider`` or a look-alike)."""
+    try:
+        return callable(getattr(value, "get_tracer", None))
+    except Exception:  # an attribute of its own that fails: not a provider to rely on
+        return False
 
 
 def uninstrument() -> None:

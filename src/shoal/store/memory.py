@@ -115,6 +115,10 @@ class MemoryStore:
         self._finished: dict[str, None] = {}
         # kept apart from runs: a request may come before its run's first record is written
         self._approvals: dict[str, list[ApprovalRecord]] = {}
+        # run id -> (node id, args hash) -> where that call's records are in its run's list:
+        # a run of thousands of calls that need approval looked at every record of the run
+        # for each request and decision (20,000 of them took a minute)
+        self._approval_calls: dict[str, dict[tuple[str, str], list[int]]] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._claims = LocalClaims()
@@ -150,6 +154,7 @@ class MemoryStore:
             del self._finished[rid]
             del self._runs[rid]
             self._approvals.pop(rid, None)
+            self._approval_calls.pop(rid, None)
             excess -= 1
 
     def _end_run(self, r: RunEnded) -> None:
@@ -272,39 +277,54 @@ class MemoryStore:
     def request_approval(self, record: ApprovalRecord) -> ApprovalRecord:
         """Store a pending request, or return the one already stored for the same call."""
         with self._lock:
-            records = self._approvals.setdefault(record.run_id, [])
-            for known in records:
-                if _same_call(known, record.node_id, record.args_hash) and not known.used:
-                    return known
+            found = self._open_approval(record.run_id, record.node_id, record.args_hash)
+            if found is not None:
+                return found[1]
             stored = replace(record, requested_at=record.requested_at or time.time())
-            records.append(stored)
+            self._add_approval(stored)
             return stored
 
     def decide(self, run_id: str, node_id: str, args_hash: str, decision: Decision, *,
                decided_by: str = "", reason: str = "", at: float | None = None) -> None:
         """Record a decision on the open request for this call (creating one if need be)."""
         with self._lock:
-            records = self._approvals.setdefault(run_id, [])
             when = time.time() if at is None else at
-            for i, known in enumerate(records):
-                if _same_call(known, node_id, args_hash) and not known.used:
-                    records[i] = replace(known, decision=decision, decided_by=decided_by,
-                                         decided_at=when, reason=reason)
-                    return
-            records.append(ApprovalRecord(
+            found = self._open_approval(run_id, node_id, args_hash)
+            if found is not None:
+                index, known = found
+                self._approvals[run_id][index] = replace(
+                    known, decision=decision, decided_by=decided_by, decided_at=when,
+                    reason=reason)
+                return
+            self._add_approval(ApprovalRecord(
                 run_id, node_id, "", args_hash, requested_at=when, decision=decision,
                 decided_by=decided_by, decided_at=when, reason=reason))
 
     def use_decision(self, run_id: str, node_id: str, args_hash: str) -> ApprovalRecord | None:
         """The unused decision for exactly this call, now marked used (or ``None``)."""
         with self._lock:
-            records = self._approvals.get(run_id, [])
-            for i, known in enumerate(records):
-                if (_same_call(known, node_id, args_hash) and not known.used
-                        and known.decision != "pending"):
-                    records[i] = used = replace(known, used=True)
-                    return used
-            return None
+            found = self._open_approval(run_id, node_id, args_hash, decided=True)
+            if found is None:
+                return None
+            index, known = found
+            self._approvals[run_id][index] = used = replace(known, used=True)
+            return used
+
+    def _open_approval(self, run_id: str, node_id: str, args_hash: str, *,
+                       decided: bool = False) -> tuple[int, ApprovalRecord] | None:
+        """The first unused record of this call (``decided``: with a decision), and where."""
+        records = self._approvals.get(run_id, [])
+        for index in self._approval_calls.get(run_id, {}).get((node_id, args_hash), ()):
+            known = records[index]
+            if not known.used and (not decided or known.decision != "pending"):
+                return index, known
+        return None
+
+    def _add_approval(self, record: ApprovalRecord) -> None:
+        records = self._approvals.setdefault(record.run_id, [])
+        calls = self._approval_calls.setdefault(record.run_id, {})
+        calls.setdefault((record.node_id, record.args_hash), []).append(len(records))
+        records.append(record)
 
     def approvals(self, run_id: str, *, pending_only: bool = False) -> list[ApprovalRecord]:
         """The run's approval requests and decisions, oldest first."""
@@ -354,6 +374,3 @@ _WRITERS: dict[type, Callable[[MemoryStore, Any], None]] = {
     EffectRecord: MemoryStore._effect,
 }  # fmt: skip
 
-
-def _same_call(record: ApprovalRecord, node_id: str, args_hash: str) -> bool:
-    return record.node_id == node_id and record.args_hash == args_hash

@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from shoal.exceptions import ConfigError
+from shoal.merge import shown
 from shoal.outcome import jsonable
 
 __all__ = ["embed", "render", "write"]
@@ -54,9 +56,24 @@ def render(data: Any) -> str:
 
 
 def write(data: Any, path: str | os.PathLike[str]) -> str:
-    """Write the page to ``path`` and return it."""
+    """Write the page to ``path`` and return it.
+
+    A path that is not one (a number, bytes) or that no file system can name (a NUL, a lone
+    surrogate) is a :class:`~shoal.exceptions.ConfigError` naming it; the file system's own
+    refusals are the ``OSError`` they are.
+    """
+    try:
+        target = Path(path) if isinstance(path, str | os.PathLike) else None
+    except TypeError:  # a PathLike giving bytes
+        target = None
+    if target is None:
+        raise ConfigError(f"a timeline is written to a file path (text), got "
+                          f"{type(path).__name__} {shown(path)}")
     page = render(data)
-    Path(path).write_text(page, encoding="ascii")
+    try:
+        target.write_text(page, encoding="ascii")
+    except ValueError as exc:  # a NUL, a lone surrogate (the page itself is ASCII)
+        raise ConfigError(f"cannot write the timeline to {shown(path)}: {exc}") from None
     return page
 
 

@@ -204,7 +204,7 @@ def _run_bars(run: _Run, lane: int, origin: float) -> list[Bar]:
     bars: list[Bar] = []
     turn = "0"  # in a steps run: the model turn the calls that follow belong to
     for node_id in _node_ids(run):
-        key = f"{run.record.run_id}|{node_id}"
+        key = _key(run.record.run_id, node_id)
         bar = _bar(run, node_id, key, lane, offset, tools, tries.get(node_id, []))
         step = run.step
         if step == "steps":
@@ -219,9 +219,9 @@ def _run_bars(run: _Run, lane: int, origin: float) -> list[Bar]:
     by_key = {b.key: b for b in bars}
     for edge in run.record.plan.get("edge_list") or ():
         source, target, kind, detail = edge
-        target_key = f"{run.record.run_id}|{target}"
+        target_key = _key(run.record.run_id, target)
         if target_key in by_key:
-            by_key[target_key].preds.append((f"{run.record.run_id}|{source}", kind, detail))
+            by_key[target_key].preds.append((_key(run.record.run_id, source), kind, detail))
     link_map_items(bars)
     approvals: dict[str, list[tuple[float, float | None, str]]] = {}
     for a in run.approvals:
@@ -233,6 +233,16 @@ def _run_bars(run: _Run, lane: int, origin: float) -> list[Bar]:
     for bar in bars:
         explain(bar, by_key, offset, approvals.get(_node_of(bar.key), ()))
     return bars
+
+
+def _key(run_id: str, node_id: str) -> str:
+    """A bar's key: its run and node, the run's '|' (a run id may hold one) written %7C.
+
+    So the first '|' of a key is the one that ends its run id (see :func:`_node_of`): a run
+    named ``nightly|1`` had its bars' approvals looked up under node ``1|act#1``, and a wait
+    for an approval was explained as one for a limit.
+    """
+    return f"{run_id.replace('%', '%25').replace('|', '%7C')}|{node_id}"
 
 
 def _node_of(key: str) -> str:

@@ -583,8 +583,8 @@ def agent_tree(result: AgentResult[Any]) -> dict[str, Any]:
             "duration": _num(result.duration) or 0.0,
             "output": preview(answer_text(result.output), TREE_OUTPUT_WIDTH)
             if result.output is not None else None,
-            "error": None if result.error is None else
-            preview(f"{type(result.error).__name__}: {result.error}"),
+            # its own __str__ may fail: the page is drawn all the same
+            "error": None if result.error is None else preview(describe_exception(result.error)),
             "calls_total": len(result.calls), "failed_calls": result.failed_calls,
             "children": [agent_tree(c) for c in result.children]}
 
