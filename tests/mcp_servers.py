@@ -56,6 +56,12 @@ def dotted() -> str:
     return "dotted answered"
 
 
+@app.tool(name="newline\n", annotations=READ_ONLY)
+def newline_name() -> str:
+    """A valid name but for the newline that ends it."""
+    return "newline answered"
+
+
 @app.tool(name="n" * 100, annotations=READ_ONLY)
 def long_name() -> str:
     """A name of 100 characters."""

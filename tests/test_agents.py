@@ -466,6 +466,15 @@ def test_scripted_model_fails_loudly() -> None:
 def test_bad_agent_definitions_get_clear_errors() -> None:
     with pytest.raises(shoal.ConfigError, match="agent name"):
         shoal.Agent(name="has space")
+    with pytest.raises(shoal.ConfigError, match="agent name"):  # '$' matched before a '\n'
+        shoal.Agent(name="lead\n")
+
+    class Exits:
+        def __repr__(self) -> str:
+            raise SystemExit(3)
+
+    with pytest.raises(shoal.ConfigError, match="agent name"):  # quoted without its repr
+        shoal.Agent(name=Exits())  # type: ignore[arg-type]
     with pytest.raises(shoal.ConfigError, match="unique"):
         shoal.Agent(name="lead", tools=[add], subagents=[shoal.Agent(name="add")])
     with pytest.raises(shoal.ConfigError, match="max_turns"):

@@ -33,7 +33,6 @@ from shoal.exceptions import (
     ConfigError,
     ShoalError,
     ToolDefinitionError,
-    bounded_text,
     describe_exception,
     exception_message,
 )
@@ -183,9 +182,8 @@ class Agent(Generic[T]):
     labels: Mapping[str, str] | tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME.match(self.name):
-            named = bounded_text(repr(self.name), 120)  # a message to read: bounded
-            raise ConfigError(f"agent name {named} must be 1-64 letters, digits, '_' or "
+        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
+            raise ConfigError(f"agent name {shown(self.name)} must be 1-64 letters, digits, '_' or "
                               "'-' (it becomes a tool name for parent agents)")
         try:
             check_model_spec(self.model)  # a misspelt model fails here, not when a run starts

@@ -745,7 +745,7 @@ def _shoal_names(wanted: Sequence[str]) -> list[str]:
     out: list[str] = []
     for name in wanted:
         made = name
-        if not NAME_PATTERN.match(name):
+        if not NAME_PATTERN.fullmatch(name):
             digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
             made = (re.sub(r"[^A-Za-z0-9_-]", "_", name)[:55] or "tool") + "_" + digest
         while made in out:
@@ -1130,7 +1130,7 @@ def served_tools(found: Sequence[Any]) -> dict[str, Tool[..., Any]]:
         made = as_tool(item)
         if made.name in table:
             raise ConfigError(f"two tools are named {made.name!r}; tool names must be unique")
-        if not NAME_PATTERN.match(made.name):
+        if not NAME_PATTERN.fullmatch(made.name):
             raise ConfigError(f"tool name {made.name!r} is not a valid MCP tool name (1-64 "
                               "letters, digits, '_' or '-')")
         table[made.name] = made
