@@ -334,6 +334,30 @@ def test_an_event_sink_that_calls_sys_exit_is_logged_and_the_run_goes_on(
     assert "event sink" in caplog.text and "continuing" in caplog.text
 
 
+class _FailsAndExitsWhenShown:
+    """A sink that raises, and whose repr (what the log quotes it by) calls sys.exit()."""
+
+    def __call__(self, event: shoal.Event) -> None:
+        raise RuntimeError("a sink's bug")
+
+    def __repr__(self) -> str:
+        raise SystemExit(4)
+
+
+def test_a_failing_sink_whose_repr_exits_is_logged_and_the_run_goes_on(
+        caplog: pytest.LogCaptureFixture) -> None:
+    plan = shoal.Plan()
+    ref = plan.call(one)
+    sink = _FailsAndExitsWhenShown()
+    result = shoal.run_sync(plan, on_event=sink)
+    assert result.ok and result[ref].value == 1
+    model = ScriptedModel([[call("one")], "done"])
+    lead = shoal.Agent(name="lead", model=model, tools=[one])
+    answer = lead.run_sync("go", on_event=sink)
+    assert answer.output == "done" and [c.status for c in answer.calls] == ["ok"]
+    assert "event sink" in caplog.text and "a sink's bug" in caplog.text
+
+
 @shoal.tool
 def too_deep() -> list[Any]:
     """Return a list nested deeper than the journal can keep."""

@@ -23,6 +23,7 @@ from shoal import instrumentation
 from shoal.agents.budget import Budget, BudgetTracker
 from shoal.events import Event, EventSink, TextDelta, wants_text
 from shoal.exceptions import BudgetExceeded, MissingDependencyError
+from shoal.merge import shown
 from shoal.models.base import Model
 from shoal.models.retry import ModelGates
 
@@ -226,7 +227,7 @@ class TreeContext:
             # an observer's bug must not break the tree it observes (its sys.exit neither:
             # Ctrl-C still stops it)
             except (Exception, SystemExit):
-                log.exception("event sink %r failed on %s; continuing", sink, event.kind)
+                log.exception("event sink %s failed on %s; continuing", shown(sink), event.kind)
 
     def emit_nested(self, event: Event) -> None:
         """Send an event of a run the tree started (a tool phase, a pattern) to its sinks.
@@ -244,7 +245,7 @@ class TreeContext:
             # an observer's bug must not break the tree it observes (its sys.exit neither:
             # Ctrl-C still stops it)
             except (Exception, SystemExit):
-                log.exception("event sink %r failed on %s; continuing", sink, event.kind)
+                log.exception("event sink %s failed on %s; continuing", shown(sink), event.kind)
 
     @property
     def observed_nested(self) -> bool:

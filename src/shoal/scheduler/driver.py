@@ -66,6 +66,7 @@ from shoal.executors.base import Call, Executor
 from shoal.executors.inline import InlineExecutor
 from shoal.executors.thread import PoolJob, ThreadExecutor
 from shoal.instrumentation import RunObserver
+from shoal.merge import shown
 from shoal.outcome import ErrorInfo, Outcome, RunResult
 from shoal.plan import _ITEM_ID, Node
 from shoal.scheduler.eager import ends_in_first_step
@@ -1446,7 +1447,7 @@ class Driver:
             # an observer's bug must not break the run it observes (its sys.exit neither:
             # Ctrl-C still stops it)
             except (Exception, SystemExit):
-                log.exception("event sink %r failed on %s; continuing", sink, event.kind)
+                log.exception("event sink %s failed on %s; continuing", shown(sink), event.kind)
 
     # ---- the journal --------------------------------------------------------------------
 
