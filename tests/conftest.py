@@ -220,6 +220,22 @@ def stderr_until(proc: subprocess.Popen[str], needle: str, timeout: float = 60.0
     return seen.decode(errors="replace")
 
 
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[None]:
+    """Ray up for one test module, connected as shoal connects (``RAY_ADDRESS`` if set).
+
+    A module that needs more (the cluster's address, say) defines its own.
+    """
+    from shoal.executors.ray import RayExecutor
+
+    holder = RayExecutor()  # holds the connection, so every runtime below reuses it
+    asyncio.run(holder.start())
+    try:
+        yield
+    finally:
+        asyncio.run(holder.close())  # shuts down only a Ray that shoal started
+
+
 @pytest.fixture
 def collect_garbage() -> Iterator[None]:
     """Collect the garbage a stalled run leaves (futures holding errors) before moving on.

@@ -8,11 +8,9 @@ actor ends (what its tools started first), and its parent records how. Real Ray:
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -25,18 +23,6 @@ pytest.importorskip("ray")
 
 pytestmark = [pytest.mark.timeout(180), ONE_AT_A_TIME]  # the one Ray head
 
-
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[None]:
-    """Ray up for this module (as in tests/test_ray_agents.py)."""
-    from shoal.executors.ray import RayExecutor
-
-    holder = RayExecutor()  # holds the connection, so every runtime below reuses it
-    asyncio.run(holder.start())
-    try:
-        yield
-    finally:
-        asyncio.run(holder.close())  # shuts down only a Ray that shoal started
 
 
 @shoal.tool
