@@ -33,6 +33,7 @@ from shoal.exceptions import (
     ConfigError,
     ShoalError,
     ToolDefinitionError,
+    bounded_text,
     describe_exception,
     exception_message,
 )
@@ -183,7 +184,9 @@ class Agent(Generic[T]):
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
-            raise ConfigError(f"agent name {shown(self.name)} must be 1-64 letters, digits, '_' or "
+            named = (bounded_text(repr(self.name), 120) if isinstance(self.name, str)
+                     else shown(self.name))  # a message to read: bounded; no repr of its own
+            raise ConfigError(f"agent name {named} must be 1-64 letters, digits, '_' or "
                               "'-' (it becomes a tool name for parent agents)")
         try:
             check_model_spec(self.model)  # a misspelt model fails here, not when a run starts
