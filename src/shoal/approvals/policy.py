@@ -382,8 +382,8 @@ class RulesApprover(Approver):
         decided = [self.decide(r) for r in batch]
         rest = [r for r, d in zip(batch, decided, strict=True) if d is None]
         if rest and isinstance(self.otherwise, Approver):
-            answers = await self._otherwise(rest)
-            return [d if d is not None else answers.pop(0) for d in decided]
+            answers = iter(await self._otherwise(rest))  # one each, in order
+            return [d if d is not None else next(answers) for d in decided]
         fallback = (Decision.approve("allowed: no rule matched") if self.otherwise == "allow"
                     else Decision.deny("no rule allows this call"))
         return [d if d is not None else fallback for d in decided]
