@@ -15,6 +15,7 @@ server on this machine or a private network needs no key.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -29,11 +30,15 @@ from shoal.exceptions import (
 )
 from shoal.models._common import (
     UNNAMED,
+    Pace,
     PerLoop,
     http_error,
+    not_a_reply,
+    not_a_stream,
     priced_usage,
     resolve_credentials,
     sendable,
+    stalled,
     token_count,
     transport_error,
     unreachable,
@@ -143,8 +148,13 @@ class AnthropicModel(Model):
         client = self._client()
         prices = catalog_loading()  # loads in a thread while the request runs
         with self._sdk_errors():
-            message: AnthropicMessage = await client.messages.create(
-                **sendable(self._params(request)))
+            try:  # the transport's timeout is per read: a server trickling bytes never trips it
+                async with asyncio.timeout(self.timeout):
+                    message: AnthropicMessage = await client.messages.create(
+                        **sendable(self._params(request)))
+            except TimeoutError:
+                raise ModelConnectionError(
+                    self.name, f"no answer within {self.timeout:g} s") from None
         if prices is not None:
             await prices
         return self._response(message)
@@ -158,13 +168,40 @@ class AnthropicModel(Model):
         state = _StreamState()
         prices = catalog_loading()  # loads in a thread while the reply streams
         with self._sdk_errors():
-            events = await client.messages.create(**sendable(self._params(request)), stream=True)
-            async with events:
-                async for event in events:
-                    if text := self._take(state, event):
-                        yield TextDelta(text)
-                    while state.finished:
-                        yield ToolCallDone(*state.finished.pop(0))
+            # each event must come whole within the timeout (the transport's is per read: a
+            # server trickling bytes never trips it), and so must the headers
+            try:
+                async with asyncio.timeout(self.timeout):
+                    events = await client.messages.create(**sendable(self._params(request)),
+                                                          stream=True)
+            except TimeoutError:
+                raise ModelConnectionError(
+                    self.name, f"no answer within {self.timeout:g} s") from None
+            pace = Pace(self.timeout)
+            try:
+                async with events:
+                    if (wrong := await not_a_stream(self.name, events.response,
+                                                    self.timeout)) is not None:
+                        raise wrong
+                    stream = aiter(events)
+                    while True:
+                        pace.begin()
+                        try:
+                            event = await anext(stream)
+                        except StopAsyncIteration:
+                            break
+                        except asyncio.CancelledError:
+                            if pace.stalled():
+                                raise stalled(self.name, self.timeout) from None
+                            raise
+                        finally:
+                            pace.end()
+                        if text := self._take(state, event):
+                            yield TextDelta(text)
+                        while state.finished:
+                            yield ToolCallDone(*state.finished.pop(0))
+            finally:
+                pace.close()
         if prices is not None:
             await prices
         yield ResponseDone(self._finish(state))
@@ -212,6 +249,8 @@ class AnthropicModel(Model):
         The SDK builds responses unchecked: a server off the protocol (content as text, no
         usage) leaves a field of the wrong type, or ``None``, in its place.
         """
+        if isinstance(message, str):  # the SDK's answer to a body that is no JSON
+            raise not_a_reply(self.name, message)
         try:
             return self._read(message)
         except (AttributeError, TypeError) as exc:

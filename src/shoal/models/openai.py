@@ -11,6 +11,7 @@ this machine or a private network needs no key.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -27,11 +28,15 @@ from shoal.exceptions import (
 )
 from shoal.models._common import (
     UNNAMED,
+    Pace,
     PerLoop,
     http_error,
+    not_a_reply,
+    not_a_stream,
     priced_usage,
     resolve_credentials,
     sendable,
+    stalled,
     transport_error,
     unreachable,
 )
@@ -129,8 +134,13 @@ class OpenAIModel(Model):
         client = self._client()
         prices = catalog_loading()  # loads in a thread while the request runs
         with self._sdk_errors():
-            completion: ChatCompletion = await client.chat.completions.create(
-                **sendable(self._params(request)))
+            try:  # the transport's timeout is per read: a server trickling bytes never trips it
+                async with asyncio.timeout(self.timeout):
+                    completion: ChatCompletion = await client.chat.completions.create(
+                        **sendable(self._params(request)))
+            except TimeoutError:
+                raise ModelConnectionError(
+                    self.name, f"no answer within {self.timeout:g} s") from None
         if prices is not None:
             await prices
         return self._response(completion)
@@ -149,15 +159,43 @@ class OpenAIModel(Model):
             # The SDK's own stream iterator stops at [DONE] and leaves its inner generators to
             # the garbage collector, whose finalizer then starts cleanup tasks on this loop;
             # reading the SSE lines to the end ourselves leaves nothing behind.
-            async with client.chat.completions.with_streaming_response.create(
-                    **sendable(self._params(request)), stream=True,
-                    stream_options={"include_usage": True}) as raw:
-                async for line in raw.iter_lines():
+            # Each line must come whole within the timeout (the transport's is per read: a
+            # server trickling bytes never trips it), and so must the headers.
+            opening = client.chat.completions.with_streaming_response.create(
+                **sendable(self._params(request)), stream=True,
+                stream_options={"include_usage": True})
+            try:
+                async with asyncio.timeout(self.timeout):
+                    raw = await opening.__aenter__()
+            except TimeoutError:
+                raise ModelConnectionError(
+                    self.name, f"no answer within {self.timeout:g} s") from None
+            pace = Pace(self.timeout)
+            try:
+                if (wrong := await not_a_stream(self.name, raw.http_response,
+                                                self.timeout)) is not None:
+                    raise wrong
+                lines = aiter(raw.iter_lines())
+                while True:
+                    pace.begin()
+                    try:
+                        line = await anext(lines)
+                    except StopAsyncIteration:
+                        break
+                    except asyncio.CancelledError:
+                        if pace.stalled():
+                            raise stalled(self.name, self.timeout) from None
+                        raise
+                    finally:
+                        pace.end()
                     chunk = self._sse_chunk(line, state)
                     if chunk is not None and (text := self._take(state, chunk, line)):
                         yield TextDelta(text)
                     for index, done in state.complete(final=False):
                         yield ToolCallDone(index, done)
+            finally:
+                pace.close()
+                await opening.__aexit__(None, None, None)
         for index, done in state.complete(final=True):
             yield ToolCallDone(index, done)
         if prices is not None:
@@ -226,9 +264,11 @@ class OpenAIModel(Model):
         The SDK builds responses unchecked: a server off the protocol (choices as text, a
         call with no function) leaves a field of the wrong type, or ``None``, in its place.
         """
-        if not completion.choices:
-            raise ModelError(self.name, "the response has no choices")
+        if isinstance(completion, str):  # the SDK's answer to a body that is no JSON
+            raise not_a_reply(self.name, completion)
         try:
+            if not completion.choices:
+                raise ModelError(self.name, "the response has no choices")
             return self._read(completion)
         except (AttributeError, TypeError) as exc:
             raise ModelError(self.name, f"malformed response ({exc})") from None
