@@ -43,6 +43,7 @@ __all__ = [
     "not_a_reply",
     "not_a_stream",
     "stalled",
+    "text_field",
     "describe_cause",
     "http_error",
     "is_local_url",
@@ -267,6 +268,20 @@ class Pace:
             return
         self._fired = True
         self._task.cancel()
+
+
+def text_field(value: object, what: str, *, optional: bool = True) -> str:
+    """``value``, a field the API sends as text; ``None`` is empty when ``optional``.
+
+    Anything else is a ``TypeError`` naming the field and quoting the value: the SDKs build
+    replies unchecked, and a number or ``null`` where an id or a name belongs went on into
+    the conversation (where the next request failed on it, or the agent did).
+    """
+    if isinstance(value, str):
+        return value
+    if value is None and optional:
+        return ""
+    raise TypeError(f"{what} is {shown(value)}, not text")
 
 
 def not_a_reply(name: str, body: object) -> ModelError:

@@ -39,6 +39,7 @@ from shoal.models._common import (
     resolve_credentials,
     sendable,
     stalled,
+    text_field,
     token_count,
     transport_error,
     unreachable,
@@ -261,15 +262,18 @@ class AnthropicModel(Model):
         calls: list[ToolCall] = []
         for block in message.content:
             if block.type == "text":
-                texts.append(block.text)
+                texts.append(text_field(block.text, "a text block's text"))
             elif block.type == "tool_use":
-                calls.append(ToolCall(block.id, block.name, json.dumps(block.input)))
+                calls.append(ToolCall(text_field(block.id, "a tool_use block's id",
+                                                 optional=False),
+                                      text_field(block.name, "a tool_use block's name",
+                                                 optional=False), json.dumps(block.input)))
         state = _StreamState()
         state.take_usage(message.usage)
         return ModelResponse(text="".join(texts), tool_calls=tuple(calls),
                              usage=self._usage(state, message.model),
-                             model=message.model or self.model,
-                             stop_reason=message.stop_reason or "")
+                             model=text_field(message.model, "model") or self.model,
+                             stop_reason=text_field(message.stop_reason, "stop_reason"))
 
     def _finish(self, state: _StreamState) -> ModelResponse:
         calls = tuple(ToolCall(c.id, c.name, "".join(c.arguments) or "{}")
@@ -358,7 +362,7 @@ class _StreamState:
     def add(self, event: RawMessageStreamEvent) -> str:
         """Take in one event; return its text (empty when it carries none)."""
         if event.type == "message_start":
-            self.model = event.message.model
+            self.model = text_field(event.message.model, "model")
             self.take_usage(event.message.usage)
         elif event.type == "content_block_start":
             return self._start(event.index, event.content_block)
@@ -366,7 +370,7 @@ class _StreamState:
             self._known(event.index, event.type)
             delta = event.delta
             if delta.type == "text_delta":
-                return self._text(delta.text)
+                return self._text(text_field(delta.text, "a text_delta's text"))
             if delta.type == "input_json_delta" and event.index in self.open:
                 if not isinstance(delta.partial_json, str):
                     raise _OffProtocol(f"partial_json of block {event.index} is not text")
@@ -379,7 +383,8 @@ class _StreamState:
                 self.finished.append((position, ToolCall(call.id, call.name,
                                                          "".join(call.arguments) or "{}")))
         elif event.type == "message_delta":
-            self.stop_reason = event.delta.stop_reason or self.stop_reason
+            self.stop_reason = (text_field(event.delta.stop_reason, "stop_reason")
+                                or self.stop_reason)
             self.output_tokens = token_count(event.usage.output_tokens)  # cumulative
         return ""
 
@@ -389,9 +394,11 @@ class _StreamState:
         self.started.add(index)
         if block.type == "tool_use":
             self.open[index] = len(self.calls)
-            self.calls.append(_PartialCall(block.id, block.name))
+            self.calls.append(_PartialCall(
+                text_field(block.id, "a tool_use block's id", optional=False),
+                text_field(block.name, "a tool_use block's name", optional=False)))
         elif block.type == "text":
-            return self._text(block.text)
+            return self._text(text_field(block.text, "a text block's text"))
         return ""
 
     def _known(self, index: int, kind: str) -> None:
