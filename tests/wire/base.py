@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import json
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -337,8 +338,9 @@ def _send_json(handler: _Handler, status: int, payload: dict[str, Any],
 
 def _send_raw(handler: _Handler, answer: RawReply) -> int:
     """Send ``answer``'s head and body as they are, a byte at a time when it pauses."""
+    length = len(answer.body) + (1000 if answer.reset else 0)
     head = (f"HTTP/1.1 {answer.status} Whatever\r\ncontent-type: {answer.content_type}\r\n"
-            f"content-length: {len(answer.body)}\r\n\r\n").encode()
+            f"content-length: {length}\r\n\r\n").encode()
     handler.close_connection = True  # what follows on this connection is not to be trusted
     for data, pause in ((head, answer.head_pause), (answer.body, answer.pause)):
         if not pause:
@@ -349,6 +351,11 @@ def _send_raw(handler: _Handler, answer: RawReply) -> int:
             handler.wfile.write(data[at:at + 1])
             handler.wfile.flush()
             time.sleep(pause)
+    if answer.reset:
+        time.sleep(0.05)  # the client reads what came before the reset
+        handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                      struct.pack("ii", 1, 0))
+        handler.connection.close()
     return answer.status
 
 

@@ -89,7 +89,9 @@ class RawReply:
 
     ``status`` and ``content_type`` go in the head (with ``content-length``); ``pause`` waits
     that many seconds after each byte of the body, and ``head_pause`` after each byte of the
-    head, the way a server that trickles its answer a byte at a time sends it.
+    head, the way a server that trickles its answer a byte at a time sends it. With ``reset``
+    the connection is reset (a TCP RST) once the body is out, its ``content-length`` promising
+    more: a server that falls over mid-answer.
     """
 
     body: bytes
@@ -97,6 +99,7 @@ class RawReply:
     status: int = 200
     pause: float = 0.0
     head_pause: float = 0.0
+    reset: bool = False
 
 
 #: Takes the parsed JSON body of one request, returns what to answer. Called on server

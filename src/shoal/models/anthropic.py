@@ -32,6 +32,7 @@ from shoal.models._common import (
     UNNAMED,
     Pace,
     PerLoop,
+    describe_cause,
     http_error,
     not_a_reply,
     not_a_stream,
@@ -165,6 +166,8 @@ class AnthropicModel(Model):
 
         A tool call is complete at its ``content_block_stop``.
         """
+        from anthropic import APIConnectionError
+
         client = self._client()
         state = _StreamState()
         prices = catalog_loading()  # loads in a thread while the reply streams
@@ -201,6 +204,11 @@ class AnthropicModel(Model):
                             yield TextDelta(text)
                         while state.finished:
                             yield ToolCallDone(*state.finished.pop(0))
+            except APIConnectionError as exc:  # the SDK's, for a connection lost mid-stream
+                if type(exc) is not APIConnectionError:  # its timeout: said in _sdk_errors
+                    raise
+                raise ModelConnectionError(self.name, f"connection lost while the reply "
+                                                      f"streamed: {describe_cause(exc)}") from exc
             finally:
                 pace.close()
         if prices is not None:
