@@ -137,3 +137,23 @@ def test_a_connection_reset_mid_stream_says_it_was_lost_not_never_reached(
     error = ask(server_class, answer, stream=True)
     assert isinstance(error, ModelConnectionError), repr(error)
     assert "connection lost" in str(error) and "cannot reach" not in str(error)
+
+
+@pytest.mark.parametrize("server_class", SERVERS)
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_model_without_a_timeout_still_answers(server_class: type[Any], stream: bool) -> None:
+    # timeout=None (no limit, as the SDKs take it) must not fail on the deadline's arithmetic
+    with server_class(text_reply("abc")) as server:
+        model = server.model(timeout=None)
+
+        async def main() -> str:
+            try:
+                if not stream:
+                    return str((await model.request(ASK)).text)
+                events = [event async for event in model.stream(ASK)]
+                assert isinstance(events[-1], ResponseDone)
+                return events[-1].response.text
+            finally:
+                await model.aclose()
+
+        assert arun(main(), timeout=20) == "abc"

@@ -226,7 +226,7 @@ class Pace:
 
     __slots__ = ("_fired", "_handle", "_loop", "_since", "_task", "within")
 
-    def __init__(self, within: float) -> None:
+    def __init__(self, within: float | None) -> None:
         self.within = within
         self._loop = asyncio.get_running_loop()
         self._task: asyncio.Task[Any] | None = None  # the task reading now, if one is
@@ -238,7 +238,7 @@ class Pace:
         """A read begins (in the running task)."""
         self._task = asyncio.current_task()
         self._since = self._loop.time()
-        if self._handle is None:
+        if self._handle is None and self.within is not None:  # None: no deadline
             self._handle = self._loop.call_at(self._since + self.within, self._check)
 
     def end(self) -> None:
@@ -262,7 +262,7 @@ class Pace:
         self._handle = None
         if self._task is None:  # not reading: the next read arms the timer again
             return
-        due = self._since + self.within
+        due = self._since + (self.within or 0.0)
         if self._loop.time() < due:
             self._handle = self._loop.call_at(due, self._check)
             return
@@ -292,7 +292,7 @@ def not_a_reply(name: str, body: object) -> ModelError:
     return ModelError(name, f"the reply is not a JSON object: {shown(body)}")
 
 
-async def not_a_stream(name: str, response: Any, within: float) -> ModelError | None:
+async def not_a_stream(name: str, response: Any, within: float | None) -> ModelError | None:
     """The error for an answer to a streamed request that is no event stream, else ``None``.
 
     ``response`` is the ``httpx`` response. A server that ignores ``stream`` (and answers a
