@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import shoal
-from shoal.exceptions import ModelConnectionError, ModelError, ShoalError
+from shoal.exceptions import ModelConnectionError, ModelError, ModelHTTPError, ShoalError
 from shoal.models.base import ModelRequest, ToolSpec, UserMessage
 from tests.conftest import arun
 from tests.wire import AnthropicWireServer, OpenAIWireServer, Reply, text_reply
@@ -441,3 +441,124 @@ def test_a_stream_that_stalls_ends_in_a_connection_error_saying_so(
 
         with pytest.raises(ModelConnectionError, match=r"within 0\.5 s"):
             arun(main(), timeout=30)
+
+
+# ---- fields of the wrong type ---------------------------------------------------------------
+
+CALL = {"id": "a", "type": "function", "function": {"name": "echo", "arguments": "{}"}}
+SAID = {"role": "assistant", "content": "hi"}
+
+
+@pytest.mark.parametrize(("answer", "said"), [
+    ({**completion(message=SAID), "model": 5}, "model is 5"),
+    (completion(message=SAID, finish_reason=7), "finish_reason is 7"),
+    (completion(message={"role": "assistant", "tool_calls": [{**CALL, "id": 5}]}),
+     "a tool call's id is 5"),
+], ids=["model", "finish", "id"])
+def test_a_completions_field_of_the_wrong_type_is_a_model_error_naming_it(
+        answer: dict[str, Any], said: str) -> None:
+    # the number went on as the response's model, stop reason or call id (an id the next
+    # request then sent back as a number)
+    error = request_once(OpenAIWireServer, answer)
+    assert isinstance(error, ModelError), repr(error)
+    assert said in str(error)
+
+
+BLOCK = {"type": "tool_use", "id": "toolu_a", "name": "echo", "input": {}}
+
+
+@pytest.mark.parametrize(("answer", "said"), [
+    ({**MESSAGE, "model": 5, "content": []}, "model is 5"),
+    ({**MESSAGE, "stop_reason": 5, "content": []}, "stop_reason is 5"),
+    ({**MESSAGE, "content": [{**BLOCK, "id": None}]}, "id is None"),
+    ({**MESSAGE, "content": [{**BLOCK, "id": 5}]}, "id is 5"),
+    ({**MESSAGE, "content": [{**BLOCK, "name": ["echo"]}]}, "name is ['echo']"),
+], ids=["model", "stop", "no-id", "id", "name"])
+def test_a_messages_field_of_the_wrong_type_is_a_model_error_naming_it(
+        answer: dict[str, Any], said: str) -> None:
+    # a call with id None or a list for its name went on to the agent as it was
+    error = request_once(AnthropicWireServer, answer)
+    assert isinstance(error, ModelError), repr(error)
+    assert "malformed response" in str(error) and said in str(error)
+
+
+@pytest.mark.parametrize(("events", "said"), [
+    ([sse({**HEAD, "model": 5, "choices": []})], "model is int"),
+    ([chunk({"content": "hi"}, 7)], "finish_reason is int"),  # type: ignore[arg-type]
+    (openai_stream({"tool_calls": [{"index": 0, "id": 5, "type": "function",
+                                    "function": {"name": "echo", "arguments": "{}"}}]}),
+     "id is int"),
+    (openai_stream({"tool_calls": [{"index": "0", "id": "c", "type": "function",
+                                    "function": {"name": "echo", "arguments": "{}"}}]}),
+     "index is str"),
+], ids=["model", "finish", "id", "index"])
+def test_a_chunks_field_of_the_wrong_type_is_a_model_error_naming_it(
+        events: list[str], said: str) -> None:
+    # the id was replaced by one made up, silently; "0" read as no index at all; the
+    # number went on as text
+    result, _ = run_agent(RawOpenAI, [events])
+    assert isinstance(result, ModelError), repr(result)
+    assert "malformed stream chunk" in str(result) and said in str(result)
+
+
+def stream_once(server_class: type[Any], events: list[str]) -> Any:
+    """``model.stream`` of a server streaming ``events``: its last event's response, or error."""
+    with server_class(text_reply("unused")) as server:
+        server.raw = [events]
+        model = server.model()
+
+        async def main() -> Any:
+            try:
+                return [event async for event in model.stream(ASK)][-1].response
+            finally:
+                await model.aclose()
+
+        try:
+            return arun(main(), timeout=30)
+        except ShoalError as exc:
+            return exc
+
+
+@pytest.mark.parametrize("error", ["upstream fell over", ["a", "b"], 5])
+def test_an_error_in_a_stream_that_is_no_object_is_an_error_still(error: Any) -> None:
+    # {"error": "..."} was a chunk with nothing in it: the reply ended empty, and silently
+    result = stream_once(RawOpenAI, [chunk({"content": ""}), sse({"error": error})])
+    assert isinstance(result, ModelHTTPError), repr(result)
+    assert result.status == 500 and "the stream reported an error" in str(result)
+
+
+@pytest.mark.parametrize("code", [True, 7, 10**6])
+def test_an_error_code_in_a_stream_that_is_no_http_status_is_a_500(code: Any) -> None:
+    # true was status True ("HTTP True"), 7 a status no retry could tell
+    result = stream_once(RawOpenAI, [sse({"error": {"message": "x", "code": code}})])
+    assert isinstance(result, ModelHTTPError), repr(result)
+    assert result.status == 500 and type(result.status) is int
+
+
+@pytest.mark.parametrize(("event", "said"), [
+    (sse({"type": "message_start", "message": {"model": 5, "usage": {
+        "input_tokens": 1, "output_tokens": 1}}}, "message_start"), "model is 5"),
+    (sse({"type": "content_block_start", "index": 0, "content_block": {
+        "type": "tool_use", "name": "echo", "input": {}}}, "content_block_start"), "id is None"),
+    (sse({"type": "content_block_start", "index": 0, "content_block": {
+        "type": "tool_use", "id": "toolu_a", "name": 5, "input": {}}}, "content_block_start"),
+     "name is 5"),
+    (sse({"type": "message_delta", "delta": {"stop_reason": 5},
+          "usage": {"output_tokens": 1}}, "message_delta"), "stop_reason is 5"),
+], ids=["model", "no-id", "name", "stop"])
+def test_anthropic_an_events_field_of_the_wrong_type_is_a_model_error_naming_it(
+        event: str, said: str) -> None:
+    result, _ = run_agent(RawAnthropic, [[message_start(), event, block_stop(0)]])
+    assert isinstance(result, ModelError), repr(result)
+    assert "the stream broke the protocol" in str(result) and said in str(result)
+
+
+def test_anthropic_text_that_is_a_number_is_a_model_error_not_a_type_error() -> None:
+    # the TypeError of joining the text escaped from the model, after a TextDelta(5)
+    text = [sse({"type": "content_block_start", "index": 0,
+                 "content_block": {"type": "text", "text": ""}}, "content_block_start"),
+            sse({"type": "content_block_delta", "index": 0,
+                 "delta": {"type": "text_delta", "text": 5}}, "content_block_delta")]
+    result, _ = run_agent(RawAnthropic, [[message_start(), *text, *message_end()]])
+    assert isinstance(result, ModelError), repr(result)
+    assert "text_delta's text is 5" in str(result)

@@ -39,6 +39,7 @@ from tests.wire.base import Recorded, WireServer, closed_port_url
 from tests.wire.openai_server import OpenAIWireServer
 from tests.wire.replies import (
     ErrorReply,
+    RawReply,
     Reply,
     Responder,
     WireToolCall,
@@ -51,6 +52,7 @@ __all__ = [
     "AnthropicWireServer",
     "ErrorReply",
     "OpenAIWireServer",
+    "RawReply",
     "Recorded",
     "Reply",
     "Responder",

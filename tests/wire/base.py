@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import json
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -19,11 +20,11 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar, Self
 
-from tests.wire.replies import ErrorReply, Reply, Responder, text_reply
+from tests.wire.replies import ErrorReply, RawReply, Reply, Responder, text_reply
 
 __all__ = ["Recorded", "WireServer", "closed_port_url"]
 
-Answer = Reply | ErrorReply | dict[str, Any]
+Answer = Reply | ErrorReply | RawReply | dict[str, Any]
 
 
 @dataclass
@@ -262,6 +263,8 @@ class WireServer:
     def _send(self, handler: _Handler, body: Any, answer: Answer, stream: bool) -> int:
         if isinstance(answer, dict):
             return _send_json(handler, 200, answer)
+        if isinstance(answer, RawReply):
+            return _send_raw(handler, answer)
         if isinstance(answer, ErrorReply):
             if answer.mid_stream and stream:
                 return _send_events(handler, self.render_stream_error(body, answer), 0.0)
@@ -287,7 +290,7 @@ class WireServer:
 def _as_responder(value: Responder | Answer | Sequence[Answer] | None) -> Responder:
     if value is None:
         value = text_reply("ok")
-    if isinstance(value, Reply | ErrorReply | dict):
+    if isinstance(value, Reply | ErrorReply | RawReply | dict):
         fixed = value
         return lambda body: fixed
     if callable(value):
@@ -331,6 +334,29 @@ def _send_json(handler: _Handler, status: int, payload: dict[str, Any],
     handler.wfile.write(data)
     handler.wfile.flush()
     return status
+
+
+def _send_raw(handler: _Handler, answer: RawReply) -> int:
+    """Send ``answer``'s head and body as they are, a byte at a time when it pauses."""
+    length = len(answer.body) + (1000 if answer.reset else 0)
+    head = (f"HTTP/1.1 {answer.status} Whatever\r\ncontent-type: {answer.content_type}\r\n"
+            f"content-length: {length}\r\n\r\n").encode()
+    handler.close_connection = True  # what follows on this connection is not to be trusted
+    for data, pause in ((head, answer.head_pause), (answer.body, answer.pause)):
+        if not pause:
+            handler.wfile.write(data)
+            handler.wfile.flush()
+            continue
+        for at in range(len(data)):
+            handler.wfile.write(data[at:at + 1])
+            handler.wfile.flush()
+            time.sleep(pause)
+    if answer.reset:
+        time.sleep(0.05)  # the client reads what came before the reset
+        handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                      struct.pack("ii", 1, 0))
+        handler.connection.close()
+    return answer.status
 
 
 def _send_events(handler: _Handler, events: Iterator[str], pause: float) -> int:

@@ -18,6 +18,7 @@ from typing import Any
 
 __all__ = [
     "ErrorReply",
+    "RawReply",
     "Reply",
     "Responder",
     "WireToolCall",
@@ -82,9 +83,28 @@ class ErrorReply:
     mid_stream: bool = False
 
 
+@dataclass(frozen=True)
+class RawReply:
+    """Bytes answered as they are, whatever the request asked: a server off the protocol.
+
+    ``status`` and ``content_type`` go in the head (with ``content-length``); ``pause`` waits
+    that many seconds after each byte of the body, and ``head_pause`` after each byte of the
+    head, the way a server that trickles its answer a byte at a time sends it. With ``reset``
+    the connection is reset (a TCP RST) once the body is out, its ``content-length`` promising
+    more: a server that falls over mid-answer.
+    """
+
+    body: bytes
+    content_type: str = "text/html"
+    status: int = 200
+    pause: float = 0.0
+    head_pause: float = 0.0
+    reset: bool = False
+
+
 #: Takes the parsed JSON body of one request, returns what to answer. Called on server
 #: threads, possibly several at once: keep shared state behind a lock.
-Responder = Callable[[dict[str, Any]], "Reply | ErrorReply | dict[str, Any]"]
+Responder = Callable[[dict[str, Any]], "Reply | ErrorReply | RawReply | dict[str, Any]"]
 
 
 def call(name: str, arguments: Mapping[str, Any] | str | None = None, *,

@@ -27,16 +27,23 @@ from shoal.exceptions import (
     ConfigError,
     MissingAPIKeyError,
     ModelConnectionError,
+    ModelError,
     ModelHTTPError,
 )
+from shoal.merge import shown
 from shoal.models.base import Usage
 from shoal.models.prices import Price, cost
 
 __all__ = [
     "LOCAL_API_KEY",
     "UNNAMED",
+    "Pace",
     "PerLoop",
     "check_base_url",
+    "not_a_reply",
+    "not_a_stream",
+    "stalled",
+    "text_field",
     "describe_cause",
     "http_error",
     "is_local_url",
@@ -195,6 +202,118 @@ def transport_error(name: str, exc: BaseException,
         return ModelConnectionError(name, f"the reply stopped coming: no data{within} while "
                                           f"it streamed ({type(exc).__name__})")
     return ModelConnectionError(name, f"connection lost: {str(exc) or type(exc).__name__}")
+
+
+def stalled(name: str, timeout: float) -> ModelConnectionError:
+    """The error for a stream whose next line (or event) did not come whole within ``timeout``.
+
+    The transport's own timeout is per read: a server that trickles a byte at a time, or
+    sends its headers that way, never trips it, and the request hung for good.
+    """
+    return ModelConnectionError(name, f"the reply stopped coming: nothing whole within "
+                                      f"{timeout:g} s while it streamed")
+
+
+class Pace:
+    """A deadline on each read of a streamed reply: the next line (or event) within ``within`` s.
+
+    Around each read: :meth:`begin`, the read, :meth:`end`; a read that passed the deadline
+    is cancelled, and :meth:`stalled` tells that cancellation from any other. One timer
+    serves the whole stream, moved on only when it fires early: ``asyncio.timeout`` around
+    each read cost an event about 12 microseconds (a stream is thousands of events), and
+    one held across the stream's ``yield`` would fire in its consumer's code.
+    """
+
+    __slots__ = ("_fired", "_handle", "_loop", "_since", "_task", "within")
+
+    def __init__(self, within: float | None) -> None:
+        self.within = within
+        self._loop = asyncio.get_running_loop()
+        self._task: asyncio.Task[Any] | None = None  # the task reading now, if one is
+        self._since = 0.0  # when the read began
+        self._handle: asyncio.TimerHandle | None = None
+        self._fired = False
+
+    def begin(self) -> None:
+        """A read begins (in the running task)."""
+        self._task = asyncio.current_task()
+        self._since = self._loop.time()
+        if self._handle is None and self.within is not None:  # None: no deadline
+            self._handle = self._loop.call_at(self._since + self.within, self._check)
+
+    def end(self) -> None:
+        """The read is over, however it ended."""
+        self._task = None
+
+    def stalled(self) -> bool:
+        """Whether the read was cancelled for passing its deadline (and by nothing else)."""
+        if not self._fired or self._task is None:
+            return False
+        self._fired = False
+        return self._task.uncancel() == 0  # another cancellation too: that one wins
+
+    def close(self) -> None:
+        """No more reads: drop the timer."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _check(self) -> None:
+        self._handle = None
+        if self._task is None:  # not reading: the next read arms the timer again
+            return
+        due = self._since + (self.within or 0.0)
+        if self._loop.time() < due:
+            self._handle = self._loop.call_at(due, self._check)
+            return
+        self._fired = True
+        self._task.cancel()
+
+
+def text_field(value: object, what: str, *, optional: bool = True) -> str:
+    """``value``, a field the API sends as text; ``None`` is empty when ``optional``.
+
+    Anything else is a ``TypeError`` naming the field and quoting the value: the SDKs build
+    replies unchecked, and a number or ``null`` where an id or a name belongs went on into
+    the conversation (where the next request failed on it, or the agent did).
+    """
+    if isinstance(value, str):
+        return value
+    if value is None and optional:
+        return ""
+    raise TypeError(f"{what} is {shown(value)}, not text")
+
+
+def not_a_reply(name: str, body: object) -> ModelError:
+    """The error for a 200 answer whose body is no JSON object (an HTML page, plain text).
+
+    The SDKs hand such a body over as its text instead of the reply they promise.
+    """
+    return ModelError(name, f"the reply is not a JSON object: {shown(body)}")
+
+
+async def not_a_stream(name: str, response: Any, within: float | None) -> ModelError | None:
+    """The error for an answer to a streamed request that is no event stream, else ``None``.
+
+    ``response`` is the ``httpx`` response. A server that ignores ``stream`` (and answers a
+    whole JSON reply) or a proxy's HTML page has a ``content-type`` other than
+    ``text/event-stream``; read as events, it held none, and the reply was silently empty.
+    The error quotes the start of the body (what of it came ``within`` seconds). No
+    ``content-type`` at all is taken as a stream.
+    """
+    kind = str(response.headers.get("content-type") or "")
+    if kind.split(";", 1)[0].strip().lower() in ("", "text/event-stream"):
+        return None
+    start = b""
+    with contextlib.suppress(Exception):  # only for the message: the answer is wrong anyway
+        async with asyncio.timeout(within):
+            async for piece in response.aiter_bytes():
+                start += piece
+                if len(start) >= 200:
+                    break
+    text = start[:200].decode("utf-8", "replace")
+    return ModelError(name, f"the reply to a streamed request is not an event stream "
+                            f"(content-type {shown(kind)}): {shown(text)}")
 
 
 def describe_cause(exc: BaseException) -> str:

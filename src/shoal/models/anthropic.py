@@ -15,6 +15,7 @@ server on this machine or a private network needs no key.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -29,11 +30,17 @@ from shoal.exceptions import (
 )
 from shoal.models._common import (
     UNNAMED,
+    Pace,
     PerLoop,
+    describe_cause,
     http_error,
+    not_a_reply,
+    not_a_stream,
     priced_usage,
     resolve_credentials,
     sendable,
+    stalled,
+    text_field,
     token_count,
     transport_error,
     unreachable,
@@ -143,8 +150,13 @@ class AnthropicModel(Model):
         client = self._client()
         prices = catalog_loading()  # loads in a thread while the request runs
         with self._sdk_errors():
-            message: AnthropicMessage = await client.messages.create(
-                **sendable(self._params(request)))
+            try:  # the transport's timeout is per read: a server trickling bytes never trips it
+                async with asyncio.timeout(self.timeout):
+                    message: AnthropicMessage = await client.messages.create(
+                        **sendable(self._params(request)))
+            except TimeoutError:
+                raise ModelConnectionError(
+                    self.name, f"no answer within {self.timeout:g} s") from None
         if prices is not None:
             await prices
         return self._response(message)
@@ -154,17 +166,51 @@ class AnthropicModel(Model):
 
         A tool call is complete at its ``content_block_stop``.
         """
+        from anthropic import APIConnectionError
+
         client = self._client()
         state = _StreamState()
         prices = catalog_loading()  # loads in a thread while the reply streams
         with self._sdk_errors():
-            events = await client.messages.create(**sendable(self._params(request)), stream=True)
-            async with events:
-                async for event in events:
-                    if text := self._take(state, event):
-                        yield TextDelta(text)
-                    while state.finished:
-                        yield ToolCallDone(*state.finished.pop(0))
+            # each event must come whole within the timeout (the transport's is per read: a
+            # server trickling bytes never trips it), and so must the headers
+            try:
+                async with asyncio.timeout(self.timeout):
+                    events = await client.messages.create(**sendable(self._params(request)),
+                                                          stream=True)
+            except TimeoutError:
+                raise ModelConnectionError(
+                    self.name, f"no answer within {self.timeout:g} s") from None
+            pace = Pace(self.timeout)
+            try:
+                async with events:
+                    if (wrong := await not_a_stream(self.name, events.response,
+                                                    self.timeout)) is not None:
+                        raise wrong
+                    stream = aiter(events)
+                    while True:
+                        pace.begin()
+                        try:
+                            event = await anext(stream)
+                        except StopAsyncIteration:
+                            break
+                        except asyncio.CancelledError:
+                            if pace.stalled():
+                                raise stalled(self.name, self.timeout) from None
+                            raise
+                        finally:
+                            pace.end()
+                        if text := self._take(state, event):
+                            yield TextDelta(text)
+                        while state.finished:
+                            yield ToolCallDone(*state.finished.pop(0))
+            except APIConnectionError as exc:  # the SDK's, for a connection lost mid-stream
+                if type(exc) is not APIConnectionError:  # its timeout: said in _sdk_errors
+                    raise
+                raise ModelConnectionError(self.name, f"connection lost while the reply "
+                                                      f"streamed: {describe_cause(exc)}") from exc
+            finally:
+                pace.close()
         if prices is not None:
             await prices
         yield ResponseDone(self._finish(state))
@@ -212,6 +258,8 @@ class AnthropicModel(Model):
         The SDK builds responses unchecked: a server off the protocol (content as text, no
         usage) leaves a field of the wrong type, or ``None``, in its place.
         """
+        if isinstance(message, str):  # the SDK's answer to a body that is no JSON
+            raise not_a_reply(self.name, message)
         try:
             return self._read(message)
         except (AttributeError, TypeError) as exc:
@@ -222,15 +270,18 @@ class AnthropicModel(Model):
         calls: list[ToolCall] = []
         for block in message.content:
             if block.type == "text":
-                texts.append(block.text)
+                texts.append(text_field(block.text, "a text block's text"))
             elif block.type == "tool_use":
-                calls.append(ToolCall(block.id, block.name, json.dumps(block.input)))
+                calls.append(ToolCall(text_field(block.id, "a tool_use block's id",
+                                                 optional=False),
+                                      text_field(block.name, "a tool_use block's name",
+                                                 optional=False), json.dumps(block.input)))
         state = _StreamState()
         state.take_usage(message.usage)
         return ModelResponse(text="".join(texts), tool_calls=tuple(calls),
                              usage=self._usage(state, message.model),
-                             model=message.model or self.model,
-                             stop_reason=message.stop_reason or "")
+                             model=text_field(message.model, "model") or self.model,
+                             stop_reason=text_field(message.stop_reason, "stop_reason"))
 
     def _finish(self, state: _StreamState) -> ModelResponse:
         calls = tuple(ToolCall(c.id, c.name, "".join(c.arguments) or "{}")
@@ -319,7 +370,7 @@ class _StreamState:
     def add(self, event: RawMessageStreamEvent) -> str:
         """Take in one event; return its text (empty when it carries none)."""
         if event.type == "message_start":
-            self.model = event.message.model
+            self.model = text_field(event.message.model, "model")
             self.take_usage(event.message.usage)
         elif event.type == "content_block_start":
             return self._start(event.index, event.content_block)
@@ -327,7 +378,7 @@ class _StreamState:
             self._known(event.index, event.type)
             delta = event.delta
             if delta.type == "text_delta":
-                return self._text(delta.text)
+                return self._text(text_field(delta.text, "a text_delta's text"))
             if delta.type == "input_json_delta" and event.index in self.open:
                 if not isinstance(delta.partial_json, str):
                     raise _OffProtocol(f"partial_json of block {event.index} is not text")
@@ -340,7 +391,8 @@ class _StreamState:
                 self.finished.append((position, ToolCall(call.id, call.name,
                                                          "".join(call.arguments) or "{}")))
         elif event.type == "message_delta":
-            self.stop_reason = event.delta.stop_reason or self.stop_reason
+            self.stop_reason = (text_field(event.delta.stop_reason, "stop_reason")
+                                or self.stop_reason)
             self.output_tokens = token_count(event.usage.output_tokens)  # cumulative
         return ""
 
@@ -350,9 +402,11 @@ class _StreamState:
         self.started.add(index)
         if block.type == "tool_use":
             self.open[index] = len(self.calls)
-            self.calls.append(_PartialCall(block.id, block.name))
+            self.calls.append(_PartialCall(
+                text_field(block.id, "a tool_use block's id", optional=False),
+                text_field(block.name, "a tool_use block's name", optional=False)))
         elif block.type == "text":
-            return self._text(block.text)
+            return self._text(text_field(block.text, "a text block's text"))
         return ""
 
     def _known(self, index: int, kind: str) -> None:

@@ -11,6 +11,7 @@ this machine or a private network needs no key.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -25,13 +26,19 @@ from shoal.exceptions import (
     ModelError,
     ModelHTTPError,
 )
+from shoal.merge import shown
 from shoal.models._common import (
     UNNAMED,
+    Pace,
     PerLoop,
     http_error,
+    not_a_reply,
+    not_a_stream,
     priced_usage,
     resolve_credentials,
     sendable,
+    stalled,
+    text_field,
     transport_error,
     unreachable,
 )
@@ -129,8 +136,13 @@ class OpenAIModel(Model):
         client = self._client()
         prices = catalog_loading()  # loads in a thread while the request runs
         with self._sdk_errors():
-            completion: ChatCompletion = await client.chat.completions.create(
-                **sendable(self._params(request)))
+            try:  # the transport's timeout is per read: a server trickling bytes never trips it
+                async with asyncio.timeout(self.timeout):
+                    completion: ChatCompletion = await client.chat.completions.create(
+                        **sendable(self._params(request)))
+            except TimeoutError:
+                raise ModelConnectionError(
+                    self.name, f"no answer within {self.timeout:g} s") from None
         if prices is not None:
             await prices
         return self._response(completion)
@@ -149,15 +161,43 @@ class OpenAIModel(Model):
             # The SDK's own stream iterator stops at [DONE] and leaves its inner generators to
             # the garbage collector, whose finalizer then starts cleanup tasks on this loop;
             # reading the SSE lines to the end ourselves leaves nothing behind.
-            async with client.chat.completions.with_streaming_response.create(
-                    **sendable(self._params(request)), stream=True,
-                    stream_options={"include_usage": True}) as raw:
-                async for line in raw.iter_lines():
+            # Each line must come whole within the timeout (the transport's is per read: a
+            # server trickling bytes never trips it), and so must the headers.
+            opening = client.chat.completions.with_streaming_response.create(
+                **sendable(self._params(request)), stream=True,
+                stream_options={"include_usage": True})
+            try:
+                async with asyncio.timeout(self.timeout):
+                    raw = await opening.__aenter__()
+            except TimeoutError:
+                raise ModelConnectionError(
+                    self.name, f"no answer within {self.timeout:g} s") from None
+            pace = Pace(self.timeout)
+            try:
+                if (wrong := await not_a_stream(self.name, raw.http_response,
+                                                self.timeout)) is not None:
+                    raise wrong
+                lines = aiter(raw.iter_lines())
+                while True:
+                    pace.begin()
+                    try:
+                        line = await anext(lines)
+                    except StopAsyncIteration:
+                        break
+                    except asyncio.CancelledError:
+                        if pace.stalled():
+                            raise stalled(self.name, self.timeout) from None
+                        raise
+                    finally:
+                        pace.end()
                     chunk = self._sse_chunk(line, state)
                     if chunk is not None and (text := self._take(state, chunk, line)):
                         yield TextDelta(text)
                     for index, done in state.complete(final=False):
                         yield ToolCallDone(index, done)
+            finally:
+                pace.close()
+                await opening.__aexit__(None, None, None)
         for index, done in state.complete(final=True):
             yield ToolCallDone(index, done)
         if prices is not None:
@@ -196,8 +236,11 @@ class OpenAIModel(Model):
             raise ModelError(self.name, f"malformed stream data: {payload[:200]!r}")
         if isinstance(error := chunk.get("error"), dict):
             code = error.get("code")
-            raise ModelHTTPError(self.name, str(error.get("message") or error),
-                                 code if isinstance(code, int) else 500)
+            status = code if type(code) is int and 400 <= code <= 599 else 500
+            raise ModelHTTPError(self.name, str(error.get("message") or error), status)
+        if error is not None:  # an error of another shape is an error still, not a blank chunk
+            raise ModelHTTPError(self.name, f"the stream reported an error: {shown(error)}",
+                                 500)
         return chunk
 
     def _params(self, request: ModelRequest) -> dict[str, Any]:
@@ -226,16 +269,19 @@ class OpenAIModel(Model):
         The SDK builds responses unchecked: a server off the protocol (choices as text, a
         call with no function) leaves a field of the wrong type, or ``None``, in its place.
         """
-        if not completion.choices:
-            raise ModelError(self.name, "the response has no choices")
+        if isinstance(completion, str):  # the SDK's answer to a body that is no JSON
+            raise not_a_reply(self.name, completion)
         try:
+            if not completion.choices:
+                raise ModelError(self.name, "the response has no choices")
             return self._read(completion)
         except (AttributeError, TypeError) as exc:
             raise ModelError(self.name, f"malformed response ({exc})") from None
 
     def _read(self, completion: ChatCompletion) -> ModelResponse:
         choice, usage = completion.choices[0], completion.usage
-        calls = tuple(ToolCall(call.id or _call_id(), _as_text(call.function.name),
+        calls = tuple(ToolCall(text_field(call.id, "a tool call's id") or _call_id(),
+                               _as_text(call.function.name),
                                _as_text(call.function.arguments) or "{}")
                       for call in choice.message.tool_calls or () if call.type == "function")
         # a refusal (structured outputs) is the model's answer too: show it, do not drop it
@@ -243,8 +289,8 @@ class OpenAIModel(Model):
         return ModelResponse(text=text, tool_calls=calls,
                              usage=self._usage(usage.model_dump() if usage else {},
                                                completion.model),
-                             model=completion.model or self.model,
-                             stop_reason=choice.finish_reason or "")
+                             model=text_field(completion.model, "model") or self.model,
+                             stop_reason=text_field(choice.finish_reason, "finish_reason"))
 
     def _finish(self, state: _StreamState) -> ModelResponse:
         calls = tuple(ToolCall(c.id or _call_id(), c.name, "".join(c.arguments) or "{}")
@@ -330,14 +376,15 @@ class _StreamState:
 
         Raises ``_Malformed`` for a chunk of a shape the API never sends.
         """
-        self.model = self.model or str(chunk.get("model") or "")
+        self.model = self.model or _expect(chunk.get("model"), str, "model")
         if isinstance(usage := chunk.get("usage"), dict):  # the last chunk, with include_usage
             self.usage = usage
         choices = _expect(chunk.get("choices"), list, "choices")
         if not choices:
             return ""
         choice = _expect(choices[0], dict, "choices[0]")
-        self.finish_reason = str(choice.get("finish_reason") or self.finish_reason)
+        self.finish_reason = (_expect(choice.get("finish_reason"), str, "finish_reason")
+                              or self.finish_reason)
         delta = _expect(choice.get("delta"), dict, "delta")
         for part in _expect(delta.get("tool_calls"), list, "delta.tool_calls"):
             self._add_call(_expect(part, dict, "a tool call delta"))
@@ -366,10 +413,10 @@ class _StreamState:
         # Index is required by the API, but not every compatible server sends it: without
         # one, a part with a new id or a name begins a call (see _unindexed_position)
         index = part.get("index")
-        index = index if isinstance(index, int) and not isinstance(index, bool) else None
+        if index is not None and (not isinstance(index, int) or isinstance(index, bool)):
+            raise _Malformed(f"a tool call's index is {type(index).__name__}")
         function = _expect(part.get("function"), dict, "a tool call's function")
-        call_id = part.get("id")
-        call_id = call_id if isinstance(call_id, str) else ""
+        call_id: str = _expect(part.get("id"), str, "a tool call's id")
         position = self.at.get(index) if index is not None else _unindexed_position(
             self.calls, call_id, function)
         if position is None or (
