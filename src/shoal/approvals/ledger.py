@@ -260,13 +260,19 @@ class ApprovalLedger(Protocol):
 
 
 class MemoryLedger:
-    """An :class:`ApprovalLedger` in memory, for runtimes without a store. Thread-safe."""
+    """An :class:`ApprovalLedger` in memory. Thread-safe.
+
+    The ledger of runtimes without a store, and the one a
+    :class:`~shoal.store.memory.MemoryStore` keeps its approvals in.
+    """
 
     def __init__(self) -> None:
+        # run id -> its records, oldest first: kept apart from any run record, as a request may
+        # come before its run's first record is written
         self._records: dict[str, list[ApprovalRecord]] = {}
-        # run id -> (node id, args hash) -> where that call's records are in its run's list
-        # (looking through every record of the run for each request made a run of thousands
-        # of approvals quadratic)
+        # run id -> (node id, args hash) -> where that call's records are in its run's list:
+        # a run of thousands of calls that need approval looked at every record of the run
+        # for each request and decision (20,000 of them took a minute)
         self._calls: dict[str, dict[tuple[str, str], list[int]]] = {}
         self._lock = threading.Lock()
 
@@ -283,23 +289,27 @@ class MemoryLedger:
     def decide(self, run_id: str, node_id: str, args_hash: str, decision: StoredDecision, *,
                decided_by: str = "", reason: str = "", at: float | None = None) -> None:
         """Record a decision on the open request for this call (creating one if need be)."""
-        when = time.time() if at is None else at
         with self._lock:
+            when = time.time() if at is None else at
             found = self._open(run_id, node_id, args_hash)
-            if found is None:
-                self._add(ApprovalRecord(run_id, node_id, "", args_hash, requested_at=when))
-                found = (len(self._records[run_id]) - 1, self._records[run_id][-1])
-            self._records[run_id][found[0]] = replace(
-                found[1], decision=decision, decided_by=decided_by, decided_at=when,
-                reason=reason)
+            if found is not None:
+                index, known = found
+                self._records[run_id][index] = replace(
+                    known, decision=decision, decided_by=decided_by, decided_at=when,
+                    reason=reason)
+                return
+            self._add(ApprovalRecord(
+                run_id, node_id, "", args_hash, requested_at=when, decision=decision,
+                decided_by=decided_by, decided_at=when, reason=reason))
 
     def use_decision(self, run_id: str, node_id: str, args_hash: str) -> ApprovalRecord | None:
         """The unused decision for exactly this call, now marked used (or ``None``)."""
         with self._lock:
-            found = self._open(run_id, node_id, args_hash)
-            if found is None or found[1].decision == "pending":
+            found = self._open(run_id, node_id, args_hash, decided=True)
+            if found is None:
                 return None
-            used = self._records[run_id][found[0]] = replace(found[1], used=True)
+            index, known = found
+            self._records[run_id][index] = used = replace(known, used=True)
             return used
 
     def approvals(self, run_id: str, *, pending_only: bool = False) -> list[ApprovalRecord]:
@@ -308,12 +318,20 @@ class MemoryLedger:
             found = list(self._records.get(run_id, []))
         return [r for r in found if r.decision == "pending"] if pending_only else found
 
-    def _open(self, run_id: str, node_id: str,
-              args_hash: str) -> tuple[int, ApprovalRecord] | None:
+    def forget_run(self, run_id: str) -> None:
+        """Drop every request and decision of ``run_id`` (its store no longer keeps the run)."""
+        with self._lock:
+            self._records.pop(run_id, None)
+            self._calls.pop(run_id, None)
+
+    def _open(self, run_id: str, node_id: str, args_hash: str, *,
+              decided: bool = False) -> tuple[int, ApprovalRecord] | None:
+        """The first unused record of this call (``decided``: with a decision), and where."""
         records = self._records.get(run_id, [])
-        for i in self._calls.get(run_id, {}).get((node_id, args_hash), ()):
-            if not records[i].used:
-                return i, records[i]
+        for index in self._calls.get(run_id, {}).get((node_id, args_hash), ()):
+            known = records[index]
+            if not known.used and (not decided or known.decision != "pending"):
+                return index, known
         return None
 
     def _add(self, record: ApprovalRecord) -> None:
