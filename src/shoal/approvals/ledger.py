@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -34,7 +35,7 @@ if TYPE_CHECKING:  # at run time only their attributes are read: no import cycle
     from shoal.approvals.policy import ApprovalRequest, Decision
     from shoal.tools import Tool
 
-__all__ = ["ApprovalLedger", "MemoryLedger", "RunLedger", "approval_hash"]
+__all__ = ["ApprovalLedger", "MemoryLedger", "RunLedger", "approval_hash", "batched", "batches"]
 
 log = logging.getLogger("shoal")
 
@@ -239,6 +240,9 @@ class ApprovalLedger(Protocol):
     """Where approval requests and decisions are kept.
 
     This is the approval part of :class:`~shoal.store.base.Store`: every store is a ledger.
+    One may also have ``batch()``, a context manager whose writes share one transaction
+    (:meth:`~shoal.store.sqlite.SQLiteStore.batch`): requests asked together and decisions
+    made together are then kept in one commit each (see :func:`batched`).
     """
 
     def request_approval(self, record: ApprovalRecord) -> ApprovalRecord:
@@ -257,6 +261,24 @@ class ApprovalLedger(Protocol):
     def approvals(self, run_id: str, *, pending_only: bool = False) -> list[ApprovalRecord]:
         """The run's requests and decisions, oldest first."""
         ...
+
+
+def batches(ledger: ApprovalLedger) -> bool:
+    """Whether ``ledger`` can make several writes in one transaction (it has ``batch()``)."""
+    return callable(getattr(ledger, "batch", None))
+
+
+def batched(ledger: ApprovalLedger) -> AbstractContextManager[object]:
+    """A block whose writes to ``ledger`` share one transaction, if the ledger can batch.
+
+    That is a ledger with a ``batch()`` method, as :class:`~shoal.store.sqlite.SQLiteStore`
+    has (one commit, one sync to disk, for a whole batch of requests); for any other, a
+    block that changes nothing (each write is stored as it is made).
+    """
+    if batches(ledger):
+        manager: AbstractContextManager[object] = ledger.batch()  # type: ignore[attr-defined]
+        return manager
+    return nullcontext()
 
 
 class MemoryLedger:
@@ -372,10 +394,11 @@ class RunLedger:
         edited arguments do not fit ``tool`` or the decision was used already, and whatever
         the ledger raises if it cannot be written: the call must then be denied.
         """
-        args, args_hash = self._bound_args(request, decision, tool, by)
-        self.ledger.decide(request.run_id, request.node_id, args_hash, "approved",
-                           decided_by=by, reason=decision.reason, at=self._epoch())
-        used = self.ledger.use_decision(request.run_id, request.node_id, args_hash)
+        with batched(self.ledger):  # kept and used in one commit, done before the call runs
+            args, args_hash = self._bound_args(request, decision, tool, by)
+            self.ledger.decide(request.run_id, request.node_id, args_hash, "approved",
+                               decided_by=by, reason=decision.reason, at=self._epoch())
+            used = self.ledger.use_decision(request.run_id, request.node_id, args_hash)
         if used is None or used.decision != "approved":
             raise ValueError("the approval was already used (a decision is used once)")
         return args, args_hash
