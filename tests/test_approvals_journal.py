@@ -158,3 +158,33 @@ def test_requests_whose_commit_fails_are_denied_unasked() -> None:
     assert {o.reason for o in result.outcomes.values()} == {
         "the request could not be stored: disk I/O error"}
     store.close()
+
+
+def test_another_threads_write_waits_for_a_batch_and_is_no_part_of_it() -> None:
+    import threading
+
+    store = SQLiteStore(DB[0])
+    inside, written = threading.Event(), threading.Event()
+
+    def other() -> None:
+        inside.wait(10)
+        store.request_approval(ApprovalRecord("r", "other", "t", "h"))
+        written.set()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    waited: list[bool] = []
+
+    def undone() -> None:
+        with store.batch():
+            store.request_approval(ApprovalRecord("r", "mine", "t", "h"))
+            inside.set()
+            waited.append(not written.wait(0.2))  # it cannot write while the batch is open
+            raise RuntimeError("undo the batch")
+
+    with pytest.raises(RuntimeError):
+        undone()
+    thread.join(10)
+    assert waited == [True] and written.is_set()
+    assert [a.node_id for a in store.approvals("r")] == ["other"]  # its own commit, kept
+    store.close()
