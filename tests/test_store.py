@@ -264,6 +264,32 @@ def test_the_memory_store_evicts_finished_runs_first_and_never_running_ones() ->
     assert store.get_run("c") is None and store.get_run("a") is not None
 
 
+def test_the_memory_store_drops_the_approvals_of_the_runs_it_drops() -> None:
+    store = MemoryStore(max_runs=2)
+    for i in range(3):
+        store.request_approval(ApprovalRecord(f"r{i}", "n", "delete", "h"))
+        store.decide(f"r{i}", "n", "h", "approved", decided_by="me")
+        store.write([_run(f"r{i}"), RunEnded(f"r{i}", "finished", time.time(), {}, 0.0)])
+    assert store.get_run("r0") is None and store.approvals("r0") == []  # r0 went, with them
+    assert store.use_decision("r0", "n", "h") is None
+    for kept in ("r1", "r2"):
+        assert [(a.decision, a.used) for a in store.approvals(kept)] == [("approved", False)]
+        assert store.use_decision(kept, "n", "h") is not None
+
+
+def test_a_memory_ledger_forgets_one_run_and_keeps_the_others() -> None:
+    from shoal.approvals import MemoryLedger
+
+    ledger = MemoryLedger()
+    for run_id in ("a", "b"):
+        ledger.request_approval(ApprovalRecord(run_id, "n", "delete", "h"))
+    ledger.forget_run("a")
+    ledger.forget_run("never-asked")  # nothing to forget: nothing happens
+    assert ledger.approvals("a") == [] and len(ledger.approvals("b")) == 1
+    again = ledger.request_approval(ApprovalRecord("a", "n", "delete", "h"))
+    assert again.decision == "pending" and ledger.approvals("a") == [again]  # asked anew
+
+
 # ---- the runtime's journal -------------------------------------------------------------------
 
 

@@ -31,12 +31,13 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING
 
-from shoal.approvals.ledger import ApprovalLedger, MemoryLedger, RunLedger
+from shoal.approvals.ledger import ApprovalLedger, MemoryLedger, RunLedger, batched, batches
 from shoal.approvals.policy import ApprovalRequest, Approver, Decision
 from shoal.approvals.policy import request_id as request_id_of  # its parameters are ids
 from shoal.clock import running_loop
@@ -47,6 +48,7 @@ from shoal.scheduler.state import Ask, Withdraw
 
 if TYPE_CHECKING:
     from shoal.scheduler.state import ApprovalAction, Decisions, SchedulerState
+    from shoal.store.base import ApprovalRecord
 
 __all__ = ["DRAIN_GRACE", "NO_APPROVER", "ApprovalDesk", "RunApprovals", "Ruling"]
 
@@ -94,6 +96,67 @@ class _Lane:
     rate_timer: asyncio.TimerHandle | None = None
 
 
+class _Rulings:
+    """Decisions made together (one review's): kept in one transaction per ledger, then acted on.
+
+    A run's ruling writes its decision inside its ledger's batch (:meth:`keep`) and leaves
+    what it does with it for later (:meth:`then`); :meth:`close` commits each ledger's batch
+    and only then acts, in the order the decisions came: nothing runs on a decision before it
+    is on disk, and a ledger whose batch does not commit has its calls denied instead.
+    """
+
+    __slots__ = ("_acts", "_batches")
+
+    def __init__(self) -> None:
+        # id(ledger) -> its open batch (None: it could not begin; writes go one by one)
+        self._batches: dict[int, tuple[ApprovalLedger, AbstractContextManager[object] | None]] = {}
+        self._acts: list[tuple[int, Callable[[Exception | None], None]]] = []
+
+    def keep(self, ledger: ApprovalLedger) -> bool:
+        """Open ``ledger``'s batch, unless it is open: the writes that follow join it.
+
+        ``False`` if the ledger cannot batch (a :class:`MemoryLedger`, a memory store): its
+        decisions are acted on at once, as they are kept.
+        """
+        if id(ledger) in self._batches:
+            return True
+        if not batches(ledger):
+            return False
+        manager = batched(ledger)
+        try:
+            manager.__enter__()
+        except Exception:  # it cannot begin: each write is tried (and fails or not) alone
+            self._batches[id(ledger)] = (ledger, None)
+            return True
+        self._batches[id(ledger)] = (ledger, manager)  # the ledger held: its id stays its own
+        return True
+
+    def then(self, ledger: ApprovalLedger, act: Callable[[Exception | None], None]) -> None:
+        """Call ``act`` once the writes to ``ledger`` are committed (with the error if not)."""
+        self._acts.append((id(ledger), act))
+
+    def close(self, error: BaseException | None = None) -> None:
+        """Commit every batch, then act (``error``: one left the block; undo all, do nothing)."""
+        failed: dict[int, Exception] = {}
+        for key, (_, manager) in self._batches.items():
+            if manager is None:
+                continue
+            try:
+                if error is None:
+                    manager.__exit__(None, None, None)
+                else:
+                    manager.__exit__(type(error), error, error.__traceback__)
+            except Exception as exc:  # not committed: what was written in it is not kept
+                failed[key] = exc
+        if error is not None:
+            return
+        for key, act in self._acts:
+            try:
+                act(failed.get(key))
+            except Exception:  # a bug in shoal itself: act on the other decisions
+                log.exception("applying a decision failed")
+
+
 class ApprovalDesk:
     """Batches, paces and times out a runtime's approval requests; see the module docstring.
 
@@ -126,6 +189,31 @@ class ApprovalDesk:
         # Made with the first lane: most runtimes never ask anything (shoal.run makes one per
         # run), and a weak dictionary costs more to make than the rest of the desk
         self._lanes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Lane] | None = None
+        # the decisions being made together on each thread (see rulings): stored in one
+        # transaction per ledger, acted on once committed
+        self._rulings = threading.local()
+
+    @property
+    def rulings(self) -> _Rulings | None:
+        """The decisions this thread is making together, if it is (see :meth:`together`)."""
+        found: _Rulings | None = getattr(self._rulings, "open", None)
+        return found
+
+    @contextlib.contextmanager
+    def together(self) -> Iterator[None]:
+        """Rule inside as one lot: decisions stored in one commit per ledger, then acted on."""
+        if self.rulings is not None:  # within one already: it commits them all
+            yield
+            return
+        rulings = self._rulings.open = _Rulings()
+        try:
+            yield
+        except BaseException as exc:
+            self._rulings.open = None
+            rulings.close(exc)
+            raise
+        self._rulings.open = None
+        rulings.close()
 
     def pending(self, run_id: str | None = None) -> list[ApprovalRequest]:
         """Requests waiting for a decision (of one run, or all), on every loop."""
@@ -330,16 +418,17 @@ class ApprovalDesk:
             if lane.queue and lane.flush_soon is None and not loop.is_closed():
                 lane.flush_soon = loop.call_soon(self._flush, lane)
         now = asyncio.get_running_loop().time()
-        for pending, decision in zip(batch, decisions, strict=True):
-            if not pending.open:
-                continue
-            if pending.deadline is not None and now >= pending.deadline:
-                # answered after the timeout, whose timer could not run meanwhile (a sync
-                # approver holding the loop): the timeout's denial stands, not the answer
-                self._expire(lane, pending.request.id, answered=True)
-                continue
-            self._close(lane, pending.request.id)
-            self._rule(pending, decision, _name_of(approver))
+        with self.together():  # the batch's decisions: one commit (per ledger) for them all
+            for pending, decision in zip(batch, decisions, strict=True):
+                if not pending.open:
+                    continue
+                if pending.deadline is not None and now >= pending.deadline:
+                    # answered after the timeout, whose timer could not run meanwhile (a sync
+                    # approver holding the loop): the timeout's denial stands, not the answer
+                    self._expire(lane, pending.request.id, answered=True)
+                    continue
+                self._close(lane, pending.request.id)
+                self._rule(pending, decision, _name_of(approver))
 
     async def _ask(self, approver: Approver, requests: list[ApprovalRequest]) -> list[Decision]:
         """The approver's decisions, one per request; a failing approver denies them all."""
@@ -452,20 +541,57 @@ class RunApprovals:
             barrier.add_done_callback(lambda _: self._ask(asks))
 
     def _ask(self, asks: list[Ask]) -> None:
+        """Keep the requests of ``asks`` (in one transaction, if the ledger batches), then ask."""
+        if batches(self.ledger.ledger):
+            self._ask_together(asks)
+        else:  # one by one, as each is kept at once (a ledger in memory)
+            for ask in asks:
+                self._ask_together([ask], together=False)
+
+    def _ask_together(self, asks: list[Ask], *, together: bool = True) -> None:
+        """Keep the requests of ``asks`` in one transaction, then ask about them.
+
+        Nothing is asked or acted on before the requests are stored: a commit that fails
+        denies them all, as unstored. ``together``: the earlier decisions found (a resume)
+        are kept in one commit too, then acted on.
+        """
         run_id = self._state.run_id
+        requests: list[tuple[Ask, ApprovalRequest]] = []
         for ask in asks:
             tool = self._state.awaiting(ask.pos)
             if tool is None:
                 continue  # cancelled while its request was being stored
-            request = ApprovalRequest(
+            requests.append((ask, ApprovalRequest(
                 request_id_of(run_id, ask.node_id, ask.args_hash), run_id, ask.node_id, ask.tool,
                 ask.args, ask.args_hash, f"{self.lineage}/{ask.node_id}" if self.lineage
-                else ask.node_id, ask.reason, self._epoch(), tool.description)
-            try:
-                known = self.ledger.record(request, ask.kind)
-            except Exception as exc:  # unstored, it could not be used once: deny
-                self._deny(ask.pos, request, "the request could not be stored: "
-                           f"{exception_message(exc)}", "journal")
+                else ask.node_id, ask.reason, self._epoch(), tool.description)))
+        if not requests:
+            return
+        kept: list[ApprovalRecord | Exception] = []
+        try:
+            with batched(self.ledger.ledger):  # one commit for the lot
+                for ask, request in requests:
+                    try:
+                        kept.append(self.ledger.record(request, ask.kind))
+                    except Exception as exc:  # unstored, it could not be used once: denied
+                        kept.append(exc)
+        except Exception as exc:  # the batch could not begin or commit: none of them is kept
+            kept = [exc] * len(requests)
+        if not together:
+            self._act_on(requests, kept)
+            return
+        with self.desk.together():  # decisions found (a resume): one commit for them too
+            self._act_on(requests, kept)
+
+    def _act_on(self, requests: list[tuple[Ask, ApprovalRequest]],
+                kept: list[ApprovalRecord | Exception]) -> None:
+        """Ask about each request kept; act on an earlier decision; deny the unstored."""
+        for (ask, request), known in zip(requests, kept, strict=True):
+            if self._state.awaiting(ask.pos) is None:
+                continue  # ended meanwhile (another call's denial, say): nothing to ask
+            if isinstance(known, Exception):
+                self._deny(ask.pos, request, "the request could not be stored: "  # in turn
+                           f"{exception_message(known)}", "journal", later=self._later())
                 continue
             if known.decision != "pending":  # decided before the run stopped (resume)
                 earlier = (Decision.approve(known.reason) if known.decision == "approved"
@@ -476,24 +602,62 @@ class RunApprovals:
             self.desk.submit(request, partial(self._ruled, ask.pos, request))
 
     def _ruled(self, pos: int, request: ApprovalRequest, decision: Decision, by: str) -> None:
-        """Keep ``decision``, use it (once), and let the state machine act on it."""
+        """Keep ``decision``, use it (once), and let the state machine act on it.
+
+        Among decisions made together (:meth:`ApprovalDesk.together`), it is kept in their
+        transaction and acted on once that is committed.
+        """
         self._asked.pop(pos, None)
         tool = self._state.awaiting(pos)
         if tool is None:
             return  # cancelled or ended meanwhile: nothing to act on
+        rulings = self._later()
         if decision.verdict == "deny":
-            self._deny(pos, request, decision.reason, by)
+            self._deny(pos, request, decision.reason, by, later=rulings)
             return
         try:
             args, args_hash = self.ledger.approve(request, decision, tool, by)
         except Exception as exc:  # bad edited arguments, used already, or an unwritable store
             # (a store's error whose own __str__ fails too: the call is denied all the same,
             # not left waiting for good)
-            self._deny(pos, request, exception_message(exc), by)
+            self._deny(pos, request, exception_message(exc), by, later=rulings)
             return
-        self._apply(self._state.approve(pos, args_hash, self._now(), args=args, by=by,
-                                        reason=decision.reason, verdict=decision.verdict))
 
-    def _deny(self, pos: int, request: ApprovalRequest, reason: str, by: str) -> None:
+        def approve(error: Exception | None) -> None:
+            if self._state.awaiting(pos) is None:
+                return  # cancelled meanwhile (by a decision acted on before it)
+            if error is not None:  # its commit failed: the approval is not kept
+                self._deny(pos, request, exception_message(error), by)
+                return
+            self._apply(self._state.approve(pos, args_hash, self._now(), args=args, by=by,
+                                            reason=decision.reason, verdict=decision.verdict))
+
+        if rulings is None:
+            approve(None)
+        else:
+            rulings.then(self.ledger.ledger, approve)
+
+    def _later(self) -> _Rulings | None:
+        """The decisions being made together, if this run's ledger keeps them in one commit.
+
+        ``None`` otherwise (no such lot, or a ledger in memory): act on a decision at once.
+        """
+        rulings = self.desk.rulings
+        return rulings if rulings is not None and rulings.keep(self.ledger.ledger) else None
+
+    def _deny(self, pos: int, request: ApprovalRequest, reason: str, by: str, *,
+              later: _Rulings | None = None) -> None:
+        """Keep a denial and deny the call (``later``: once the decisions made with it are kept).
+
+        A denial is safe unrecorded: one whose commit fails denies the call all the same.
+        """
         self.ledger.deny(request, reason, by)
-        self._apply(self._state.deny(pos, reason, self._now(), by=by))
+        if later is None:
+            self._apply(self._state.deny(pos, reason, self._now(), by=by))
+            return
+
+        def deny(_: Exception | None) -> None:
+            if self._state.awaiting(pos) is not None:  # (not cancelled meanwhile)
+                self._apply(self._state.deny(pos, reason, self._now(), by=by))
+
+        later.then(self.ledger.ledger, deny)

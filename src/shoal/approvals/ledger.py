@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -34,7 +35,7 @@ if TYPE_CHECKING:  # at run time only their attributes are read: no import cycle
     from shoal.approvals.policy import ApprovalRequest, Decision
     from shoal.tools import Tool
 
-__all__ = ["ApprovalLedger", "MemoryLedger", "RunLedger", "approval_hash"]
+__all__ = ["ApprovalLedger", "MemoryLedger", "RunLedger", "approval_hash", "batched", "batches"]
 
 log = logging.getLogger("shoal")
 
@@ -239,6 +240,9 @@ class ApprovalLedger(Protocol):
     """Where approval requests and decisions are kept.
 
     This is the approval part of :class:`~shoal.store.base.Store`: every store is a ledger.
+    One may also have ``batch()``, a context manager whose writes share one transaction
+    (:meth:`~shoal.store.sqlite.SQLiteStore.batch`): requests asked together and decisions
+    made together are then kept in one commit each (see :func:`batched`).
     """
 
     def request_approval(self, record: ApprovalRecord) -> ApprovalRecord:
@@ -259,14 +263,38 @@ class ApprovalLedger(Protocol):
         ...
 
 
+def batches(ledger: ApprovalLedger) -> bool:
+    """Whether ``ledger`` can make several writes in one transaction (it has ``batch()``)."""
+    return callable(getattr(ledger, "batch", None))
+
+
+def batched(ledger: ApprovalLedger) -> AbstractContextManager[object]:
+    """A block whose writes to ``ledger`` share one transaction, if the ledger can batch.
+
+    That is a ledger with a ``batch()`` method, as :class:`~shoal.store.sqlite.SQLiteStore`
+    has (one commit, one sync to disk, for a whole batch of requests); for any other, a
+    block that changes nothing (each write is stored as it is made).
+    """
+    if batches(ledger):
+        manager: AbstractContextManager[object] = ledger.batch()  # type: ignore[attr-defined]
+        return manager
+    return nullcontext()
+
+
 class MemoryLedger:
-    """An :class:`ApprovalLedger` in memory, for runtimes without a store. Thread-safe."""
+    """An :class:`ApprovalLedger` in memory. Thread-safe.
+
+    The ledger of runtimes without a store, and the one a
+    :class:`~shoal.store.memory.MemoryStore` keeps its approvals in.
+    """
 
     def __init__(self) -> None:
+        # run id -> its records, oldest first: kept apart from any run record, as a request may
+        # come before its run's first record is written
         self._records: dict[str, list[ApprovalRecord]] = {}
-        # run id -> (node id, args hash) -> where that call's records are in its run's list
-        # (looking through every record of the run for each request made a run of thousands
-        # of approvals quadratic)
+        # run id -> (node id, args hash) -> where that call's records are in its run's list:
+        # a run of thousands of calls that need approval looked at every record of the run
+        # for each request and decision (20,000 of them took a minute)
         self._calls: dict[str, dict[tuple[str, str], list[int]]] = {}
         self._lock = threading.Lock()
 
@@ -283,23 +311,27 @@ class MemoryLedger:
     def decide(self, run_id: str, node_id: str, args_hash: str, decision: StoredDecision, *,
                decided_by: str = "", reason: str = "", at: float | None = None) -> None:
         """Record a decision on the open request for this call (creating one if need be)."""
-        when = time.time() if at is None else at
         with self._lock:
+            when = time.time() if at is None else at
             found = self._open(run_id, node_id, args_hash)
-            if found is None:
-                self._add(ApprovalRecord(run_id, node_id, "", args_hash, requested_at=when))
-                found = (len(self._records[run_id]) - 1, self._records[run_id][-1])
-            self._records[run_id][found[0]] = replace(
-                found[1], decision=decision, decided_by=decided_by, decided_at=when,
-                reason=reason)
+            if found is not None:
+                index, known = found
+                self._records[run_id][index] = replace(
+                    known, decision=decision, decided_by=decided_by, decided_at=when,
+                    reason=reason)
+                return
+            self._add(ApprovalRecord(
+                run_id, node_id, "", args_hash, requested_at=when, decision=decision,
+                decided_by=decided_by, decided_at=when, reason=reason))
 
     def use_decision(self, run_id: str, node_id: str, args_hash: str) -> ApprovalRecord | None:
         """The unused decision for exactly this call, now marked used (or ``None``)."""
         with self._lock:
-            found = self._open(run_id, node_id, args_hash)
-            if found is None or found[1].decision == "pending":
+            found = self._open(run_id, node_id, args_hash, decided=True)
+            if found is None:
                 return None
-            used = self._records[run_id][found[0]] = replace(found[1], used=True)
+            index, known = found
+            self._records[run_id][index] = used = replace(known, used=True)
             return used
 
     def approvals(self, run_id: str, *, pending_only: bool = False) -> list[ApprovalRecord]:
@@ -308,12 +340,20 @@ class MemoryLedger:
             found = list(self._records.get(run_id, []))
         return [r for r in found if r.decision == "pending"] if pending_only else found
 
-    def _open(self, run_id: str, node_id: str,
-              args_hash: str) -> tuple[int, ApprovalRecord] | None:
+    def forget_run(self, run_id: str) -> None:
+        """Drop every request and decision of ``run_id`` (its store no longer keeps the run)."""
+        with self._lock:
+            self._records.pop(run_id, None)
+            self._calls.pop(run_id, None)
+
+    def _open(self, run_id: str, node_id: str, args_hash: str, *,
+              decided: bool = False) -> tuple[int, ApprovalRecord] | None:
+        """The first unused record of this call (``decided``: with a decision), and where."""
         records = self._records.get(run_id, [])
-        for i in self._calls.get(run_id, {}).get((node_id, args_hash), ()):
-            if not records[i].used:
-                return i, records[i]
+        for index in self._calls.get(run_id, {}).get((node_id, args_hash), ()):
+            known = records[index]
+            if not known.used and (not decided or known.decision != "pending"):
+                return index, known
         return None
 
     def _add(self, record: ApprovalRecord) -> None:
@@ -354,10 +394,11 @@ class RunLedger:
         edited arguments do not fit ``tool`` or the decision was used already, and whatever
         the ledger raises if it cannot be written: the call must then be denied.
         """
-        args, args_hash = self._bound_args(request, decision, tool, by)
-        self.ledger.decide(request.run_id, request.node_id, args_hash, "approved",
-                           decided_by=by, reason=decision.reason, at=self._epoch())
-        used = self.ledger.use_decision(request.run_id, request.node_id, args_hash)
+        with batched(self.ledger):  # kept and used in one commit, done before the call runs
+            args, args_hash = self._bound_args(request, decision, tool, by)
+            self.ledger.decide(request.run_id, request.node_id, args_hash, "approved",
+                               decided_by=by, reason=decision.reason, at=self._epoch())
+            used = self.ledger.use_decision(request.run_id, request.node_id, args_hash)
         if used is None or used.decision != "approved":
             raise ValueError("the approval was already used (a decision is used once)")
         return args, args_hash

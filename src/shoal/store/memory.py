@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from shoal.approvals.ledger import MemoryLedger
 from shoal.exceptions import RunNotFoundError
 from shoal.outcome import Outcome
 from shoal.store.base import (
@@ -113,12 +114,10 @@ class MemoryStore:
         # set): eviction takes the first of them instead of scanning every run, which made
         # each new run cost as much as the runs still running (thousands, in an agent swarm)
         self._finished: dict[str, None] = {}
-        # kept apart from runs: a request may come before its run's first record is written
-        self._approvals: dict[str, list[ApprovalRecord]] = {}
-        # run id -> (node id, args hash) -> where that call's records are in its run's list:
-        # a run of thousands of calls that need approval looked at every record of the run
-        # for each request and decision (20,000 of them took a minute)
-        self._approval_calls: dict[str, dict[tuple[str, str], list[int]]] = {}
+        # approval requests and decisions, kept apart from runs (a request may come before its
+        # run's first record is written), behind a lock of their own (taken after this
+        # store's, never before it)
+        self._ledger = MemoryLedger()
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._claims = LocalClaims()
@@ -153,8 +152,7 @@ class MemoryStore:
             rid = next(iter(self._finished))
             del self._finished[rid]
             del self._runs[rid]
-            self._approvals.pop(rid, None)
-            self._approval_calls.pop(rid, None)
+            self._ledger.forget_run(rid)
             excess -= 1
 
     def _end_run(self, r: RunEnded) -> None:
@@ -276,61 +274,21 @@ class MemoryStore:
 
     def request_approval(self, record: ApprovalRecord) -> ApprovalRecord:
         """Store a pending request, or return the one already stored for the same call."""
-        with self._lock:
-            found = self._open_approval(record.run_id, record.node_id, record.args_hash)
-            if found is not None:
-                return found[1]
-            stored = replace(record, requested_at=record.requested_at or time.time())
-            self._add_approval(stored)
-            return stored
+        return self._ledger.request_approval(record)
 
     def decide(self, run_id: str, node_id: str, args_hash: str, decision: Decision, *,
                decided_by: str = "", reason: str = "", at: float | None = None) -> None:
         """Record a decision on the open request for this call (creating one if need be)."""
-        with self._lock:
-            when = time.time() if at is None else at
-            found = self._open_approval(run_id, node_id, args_hash)
-            if found is not None:
-                index, known = found
-                self._approvals[run_id][index] = replace(
-                    known, decision=decision, decided_by=decided_by, decided_at=when,
-                    reason=reason)
-                return
-            self._add_approval(ApprovalRecord(
-                run_id, node_id, "", args_hash, requested_at=when, decision=decision,
-                decided_by=decided_by, decided_at=when, reason=reason))
+        self._ledger.decide(run_id, node_id, args_hash, decision, decided_by=decided_by,
+                            reason=reason, at=at)
 
     def use_decision(self, run_id: str, node_id: str, args_hash: str) -> ApprovalRecord | None:
         """The unused decision for exactly this call, now marked used (or ``None``)."""
-        with self._lock:
-            found = self._open_approval(run_id, node_id, args_hash, decided=True)
-            if found is None:
-                return None
-            index, known = found
-            self._approvals[run_id][index] = used = replace(known, used=True)
-            return used
-
-    def _open_approval(self, run_id: str, node_id: str, args_hash: str, *,
-                       decided: bool = False) -> tuple[int, ApprovalRecord] | None:
-        """The first unused record of this call (``decided``: with a decision), and where."""
-        records = self._approvals.get(run_id, [])
-        for index in self._approval_calls.get(run_id, {}).get((node_id, args_hash), ()):
-            known = records[index]
-            if not known.used and (not decided or known.decision != "pending"):
-                return index, known
-        return None
-
-    def _add_approval(self, record: ApprovalRecord) -> None:
-        records = self._approvals.setdefault(record.run_id, [])
-        calls = self._approval_calls.setdefault(record.run_id, {})
-        calls.setdefault((record.node_id, record.args_hash), []).append(len(records))
-        records.append(record)
+        return self._ledger.use_decision(run_id, node_id, args_hash)
 
     def approvals(self, run_id: str, *, pending_only: bool = False) -> list[ApprovalRecord]:
         """The run's approval requests and decisions, oldest first."""
-        with self._lock:
-            found = list(self._approvals.get(run_id, []))
-        return [a for a in found if a.decision == "pending"] if pending_only else found
+        return self._ledger.approvals(run_id, pending_only=pending_only)
 
     # ---- cancel requests ------------------------------------------------------------------
 

@@ -2,9 +2,10 @@
 
 The file is in WAL mode with ``synchronous=FULL``: a committed transaction is on disk before
 ``commit`` returns, and readers (``shoal runs`` in another terminal) never block the writer.
-Each :meth:`SQLiteStore.write` is one transaction. The schema has a version (table ``meta``);
-opening a file written by a newer shoal raises :class:`~shoal.exceptions.StoreVersionError`
-naming both versions, rather than misreading it.
+Each :meth:`SQLiteStore.write` is one transaction, and so is each approval request or
+decision, unless made inside :meth:`SQLiteStore.batch` (writes made together: one commit).
+The schema has a version (table ``meta``); opening a file written by a newer shoal raises
+:class:`~shoal.exceptions.StoreVersionError` naming both versions, rather than misreading it.
 
 Values are stored as described in :mod:`shoal.store.codec` (JSON where exact, else a pickle
 plus a JSON view, else the view alone). The connection is shared by the threads of one
@@ -168,6 +169,7 @@ class SQLiteStore:
         self.read_only = read_only and self.path != ":memory:"
         self._timeout = timeout
         self._lock = threading.RLock()
+        self._depth = 0  # transactions and savepoints open (on the thread holding _lock)
         self._claims = LocalClaims()  # for ":memory:", which no other process can open
         # columns of _ADDED_COLUMNS that a file opened read-only lacks (older files: _setup)
         self._lacking: set[tuple[str, str]] = set()
@@ -337,15 +339,57 @@ class SQLiteStore:
 
     @contextmanager
     def _tx(self) -> Iterator[_Bound]:
-        """One write transaction (taking the write lock at once, so it cannot deadlock)."""
+        """One write transaction (taking the write lock at once, so it cannot deadlock).
+
+        Inside :meth:`batch` (on the thread that holds it), a savepoint of the batch's
+        transaction instead: undone alone if it fails, committed with the batch.
+        """
         with self._lock:
+            if self._depth:
+                yield from self._savepoint()
+                return
             self._conn.execute("BEGIN IMMEDIATE")
+            self._depth = 1
             try:
                 yield _Bound(self._conn)
             except BaseException:
+                self._depth = 0
                 self._conn.execute("ROLLBACK")
                 raise
+            self._depth = 0
             self._conn.execute("COMMIT")
+
+    def _savepoint(self) -> Iterator[_Bound]:
+        """A savepoint in the transaction of the batch this thread holds (under the lock)."""
+        if not self._conn.in_transaction:  # SQLite rolled it back (a full disk, say)
+            raise sqlite3.OperationalError("the batch's transaction was rolled back")
+        name = f"shoal_{self._depth}"
+        self._conn.execute(f"SAVEPOINT {name}")
+        self._depth += 1
+        try:
+            yield _Bound(self._conn)
+        except BaseException:
+            self._depth -= 1
+            if self._conn.in_transaction:
+                self._conn.execute(f"ROLLBACK TO {name}")
+                self._conn.execute(f"RELEASE {name}")
+            raise
+        self._depth -= 1
+        self._conn.execute(f"RELEASE {name}")
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Make the writes of this thread inside one transaction, committed when it ends.
+
+        For writes made together (the approval requests of one turn, an approval and its
+        use): one commit, one sync to disk, instead of one each. A write inside that fails
+        is undone alone (a savepoint) and raises as it would outside; an exception leaving
+        the block undoes them all. Other threads' writes wait until the block ends, so keep
+        it short and never wait inside it. Raises :class:`~shoal.exceptions.StoreError` if
+        the transaction cannot begin or commit: then none of the writes inside is stored.
+        """
+        with self._writing():
+            yield
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         try:
