@@ -17,7 +17,13 @@ import os
 import socket
 import time
 import weakref
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Mapping,
+)
 from contextvars import ContextVar, Token
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
@@ -224,15 +230,32 @@ class Pace:
     one held across the stream's ``yield`` would fire in its consumer's code.
     """
 
-    __slots__ = ("_fired", "_handle", "_loop", "_since", "_task", "within")
+    __slots__ = ("_fired", "_handle", "_loop", "_since", "_task", "name", "within")
 
-    def __init__(self, within: float | None) -> None:
+    def __init__(self, name: str, within: float | None) -> None:
+        self.name = name  # the model's, for the error
         self.within = within
         self._loop = asyncio.get_running_loop()
         self._task: asyncio.Task[Any] | None = None  # the task reading now, if one is
         self._since = 0.0  # when the read began
         self._handle: asyncio.TimerHandle | None = None
         self._fired = False
+
+    async def read(self, items: AsyncIterator[T]) -> T | None:
+        """The next of ``items`` (lines or events: never ``None``) within the deadline.
+
+        ``None`` once there is none. A read past the deadline is a :func:`stalled` error
+        (transient: retried).
+        """
+        self.begin()
+        try:
+            return await anext(items, None)
+        except asyncio.CancelledError:
+            if self.stalled():
+                raise stalled(self.name, self.within or 0.0) from None
+            raise
+        finally:
+            self.end()
 
     def begin(self) -> None:
         """A read begins (in the running task)."""

@@ -39,7 +39,6 @@ from shoal.models._common import (
     priced_usage,
     resolve_credentials,
     sendable,
-    stalled,
     text_field,
     token_count,
     transport_error,
@@ -181,25 +180,14 @@ class AnthropicModel(Model):
             except TimeoutError:
                 raise ModelConnectionError(
                     self.name, f"no answer within {self.timeout:g} s") from None
-            pace = Pace(self.timeout)
+            pace = Pace(self.name, self.timeout)
             try:
                 async with events:
                     if (wrong := await not_a_stream(self.name, events.response,
                                                     self.timeout)) is not None:
                         raise wrong
                     stream = aiter(events)
-                    while True:
-                        pace.begin()
-                        try:
-                            event = await anext(stream)
-                        except StopAsyncIteration:
-                            break
-                        except asyncio.CancelledError:
-                            if pace.stalled():
-                                raise stalled(self.name, self.timeout) from None
-                            raise
-                        finally:
-                            pace.end()
+                    while (event := await pace.read(stream)) is not None:
                         if text := self._take(state, event):
                             yield TextDelta(text)
                         while state.finished:

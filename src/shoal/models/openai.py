@@ -37,7 +37,6 @@ from shoal.models._common import (
     priced_usage,
     resolve_credentials,
     sendable,
-    stalled,
     text_field,
     transport_error,
     unreachable,
@@ -172,24 +171,13 @@ class OpenAIModel(Model):
             except TimeoutError:
                 raise ModelConnectionError(
                     self.name, f"no answer within {self.timeout:g} s") from None
-            pace = Pace(self.timeout)
+            pace = Pace(self.name, self.timeout)
             try:
                 if (wrong := await not_a_stream(self.name, raw.http_response,
                                                 self.timeout)) is not None:
                     raise wrong
                 lines = aiter(raw.iter_lines())
-                while True:
-                    pace.begin()
-                    try:
-                        line = await anext(lines)
-                    except StopAsyncIteration:
-                        break
-                    except asyncio.CancelledError:
-                        if pace.stalled():
-                            raise stalled(self.name, self.timeout) from None
-                        raise
-                    finally:
-                        pace.end()
+                while (line := await pace.read(lines)) is not None:
                     chunk = self._sse_chunk(line, state)
                     if chunk is not None and (text := self._take(state, chunk, line)):
                         yield TextDelta(text)
