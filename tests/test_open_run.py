@@ -698,7 +698,22 @@ QUICK = {"thread": quick_on_a_thread, "process": quick_in_a_worker, "inline": qu
 
 
 def tool_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("shoal-tool")]
+    """The tool threads alive now that were not when the test began (see _earlier_threads)."""
+    return [t for t in threading.enumerate()
+            if t.name.startswith("shoal-tool") and t not in _EARLIER]
+
+
+#: tool threads alive when the running test began: another test's abandoned call (a sync
+#: tool that ignores its cancel ends on its own time) is none of this test's pools' threads
+_EARLIER: set[threading.Thread] = set()
+
+
+@pytest.fixture(autouse=True)
+def _earlier_threads() -> Iterator[None]:
+    _EARLIER.clear()
+    _EARLIER.update(threading.enumerate())
+    yield
+    _EARLIER.clear()
 
 
 async def no_tool_threads_left() -> None:
