@@ -5,8 +5,6 @@ Backends that cannot run here are skipped with the reason: ``process`` until its
 use that cluster; otherwise one local Ray serves the whole module and is shut down after it.
 """
 
-import asyncio
-from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import pytest
@@ -75,24 +73,8 @@ class TestProcessConformance(ExecutorConformance):
     runtime_options: ClassVar[dict[str, Any]] = {"process_workers": 2}
 
 
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[None]:
-    """Ray up for this module, the way shoal itself connects: ``RAY_ADDRESS`` if set, else a
-    private local Ray bound to 127.0.0.1 only (a plain ``ray.init`` would bind the machine's
-    network address).
-
-    Module scope rather than session: the Ray tests all live here, so Ray starts once either
-    way, and shutting it down right after them keeps its worker processes out of the
-    child-process leak checks of the test modules that run later.
-    """
-    from shoal.executors.ray import RayExecutor
-
-    holder = RayExecutor()  # holds the connection, so every runtime below reuses it
-    asyncio.run(holder.start())
-    try:
-        yield
-    finally:
-        asyncio.run(holder.close())  # shuts down only a Ray that shoal started
+# ray_cluster (tests/conftest.py): Ray up for this module only, so its worker processes stay
+# out of the child-process leak checks of the modules that run later
 
 
 @ONE_AT_A_TIME  # the one Ray head
