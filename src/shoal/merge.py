@@ -10,7 +10,8 @@ Each key of a board declares how the values written to it combine:
 ``counter``
     the sum of the written numbers (start: 0). Floats (and fractions with them) are summed
     exactly and the sum rounded once when read, so it does not depend on the order in which
-    writers commit.
+    writers commit (a sum past a float's range reads as infinity, and as itself again once
+    later writes bring it back).
 ``minimum`` / ``maximum`` (also ``min`` / ``max``)
     the smallest / largest value written (start: ``None``); values must compare, and be
     ordered: two sets neither of which holds the other are refused (of them, the one kept
@@ -215,7 +216,14 @@ class _ExactSum:
 
     @property
     def value(self) -> float:
-        """The sum, rounded once."""
+        """The sum, rounded once (past a float's range: infinity, as IEEE rounds it).
+
+        Sums beyond a float's range along the way are kept exact, so ``1e308 + 1e308 -
+        1e308`` is ``1e308`` in every order of the writes (refusing the write that went past
+        would refuse one write or another by order, or none).
+        """
+        if abs(self.scaled) >= _OVERFLOW:
+            return -math.inf if self.scaled < 0 else math.inf
         return self.scaled / _ONE
 
     def __repr__(self) -> str:
@@ -242,10 +250,8 @@ def _sum(merged: Any, value: Any) -> Any:
     exact = type(merged) is _ExactSum or isinstance(merged, float)
     if (exact or isinstance(value, float)) and isinstance(value, float | int) and (
             exact or isinstance(merged, int)):
+        # past a float's range too: only the exact total, when read, decides (see .value)
         total = (merged.scaled if type(merged) is _ExactSum else _scaled(merged)) + _scaled(value)
-        if abs(total) >= _OVERFLOW:  # order-free too: only the exact total decides
-            raise OverflowError(f"the sum {shown(merged)} + {shown(value)} overflows a float; "
-                                "count in smaller units or with ints")
         return _ExactSum(total)
     if _rational(merged) and _rational(value) and (
             type(merged) is _RationalSum or isinstance(merged, Fraction)
@@ -275,7 +281,9 @@ class _RationalSum:
 
     @property
     def value(self) -> float:
-        """The sum, rounded once."""
+        """The sum, rounded once (past a float's range: infinity, as in :class:`_ExactSum`)."""
+        if abs(self.total) >= _FLOAT_LIMIT:
+            return -math.inf if self.total < 0 else math.inf
         return float(self.total)
 
     def __repr__(self) -> str:
@@ -302,10 +310,7 @@ def _rational_sum(merged: Any, value: Any) -> Any:
     total = exactly(merged) + exactly(value)
     if not any(isinstance(n, float | _ExactSum | _RationalSum) for n in (merged, value)):
         return total  # fractions and ints: a fraction, exactly (as Fraction + int gives)
-    if abs(total) >= _FLOAT_LIMIT:  # order-free too: only the exact total decides
-        raise OverflowError(f"the sum {shown(merged)} + {shown(value)} overflows a float; "
-                            "count in smaller units or with ints")
-    return _RationalSum(total)
+    return _RationalSum(total)  # past a float's range too: see _ExactSum.value
 
 
 def _sum_read(merged: Any) -> Any:

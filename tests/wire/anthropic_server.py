@@ -156,6 +156,8 @@ def _check_messages(messages: list[Any]) -> list[str]:
             open_uses = []
         else:
             open_uses = [b.get("id") for b in blocks if b.get("type") == "tool_use"]
+            if len(set(open_uses)) < len(open_uses):
+                problems.append(f"messages.{i}: `tool_use` ids must be unique: {open_uses}")
             problems += [f"messages.{i}.content.{j}.input: must be an object"
                          for j, b in enumerate(blocks)
                          if b.get("type") == "tool_use" and not isinstance(b.get("input"), dict)]

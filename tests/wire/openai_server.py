@@ -161,6 +161,9 @@ def _check_assistant(i: int, message: dict[str, Any]) -> list[str]:
     if not isinstance(calls, list) or not calls:
         return [f"messages[{i}]: 'tool_calls' must be a non-empty array when present"]
     problems = []
+    ids = [call.get("id") for call in calls]
+    if len(set(ids)) < len(ids):
+        problems.append(f"messages[{i}].tool_calls: duplicate tool call ids {ids}")
     for j, call in enumerate(calls):
         function = call.get("function") or {}
         if not (call.get("id") and call.get("type") == "function" and function.get("name")

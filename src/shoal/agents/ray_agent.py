@@ -494,7 +494,7 @@ async def run_on_ray(run: AgentRun) -> AgentResult[Any]:
         return result  # the tree stopped it (its parent's task goes on)
     finally:
         ctx.untrack_remote(run.lineage)
-    server = RayTreeServer(ctx, channel, run.lineage)
+    server = RayTreeServer(ctx, channel, run.lineage, run.depth)
     serving = asyncio.ensure_future(server.serve())
     deadlines: list[asyncio.TimerHandle] = []
 

@@ -762,10 +762,11 @@ class TreeServer:
     each is answered by a task of its own.
     """
 
-    def __init__(self, ctx: TreeContext, channel: Channel, lineage: str) -> None:
+    def __init__(self, ctx: TreeContext, channel: Channel, lineage: str, depth: int) -> None:
         self.ctx = ctx
         self.channel = channel
         self.lineage = lineage
+        self.depth = depth  # the agent's own: its subagents are deeper
         self._held: Counter[str] = Counter()  # gate slots the agent holds, by model name
         self._asked: Counter[str] = Counter()  # ids of the approval requests it waits for
         #: what the agent's tree charged so far (a crashed agent's result still says it)
@@ -864,7 +865,7 @@ class TreeServer:
                 self.usage = self.usage + usage
                 tracker.add_usage(*args)
             elif op == "take_subagent":
-                value = tracker.take_subagent(*args)
+                value = tracker.take_subagent(*self._subagent_at(args))
             elif op.startswith("board_"):
                 value = self._board(op, args)
             else:
@@ -873,6 +874,20 @@ class TreeServer:
             self._reply(call_id, op, False, exc)
             return
         self._reply(call_id, op, True, value)
+
+    def _subagent_at(self, args: tuple[Any, ...]) -> tuple[int, str]:
+        """The depth and lineage of a subagent the agent asks to start, if its subtree's.
+
+        A child that said its subagent sat at a lesser depth than its own (or outside its
+        subtree) would start subagents past ``Budget(depth=)``: refused.
+        """
+        depth, where = args if len(args) == 2 else (None, None)
+        if not (type(depth) is int and depth > self.depth and type(where) is str
+                and where.startswith(f"{self.lineage}/")):
+            raise ShoalError(f"agent {self.lineage} (at depth {self.depth}) asked for a "
+                             f"subagent at depth {_cut(shown(depth))}, {_cut(shown(where))}: "
+                             "not one of its own subtree")
+        return depth, where
 
     def _later(self, work: Coroutine[Any, Any, None]) -> None:
         """Answer a request by a task of its own (it waits: a gate, a person, the journal)."""
@@ -1327,7 +1342,7 @@ async def run_elsewhere(run: AgentRun) -> AgentResult[Any]:
     except asyncio.CancelledError:  # while its process started (which then ended)
         _stopped(run)  # by a budget: budget_exceeded, as once it runs (and as a Ray agent)
         raise
-    server = TreeServer(ctx, channel, run.lineage)
+    server = TreeServer(ctx, channel, run.lineage, run.depth)
     serving = asyncio.ensure_future(server.serve())
     deadlines: list[asyncio.TimerHandle] = []
 

@@ -36,6 +36,7 @@ from shoal.agents.toolcalls import (
     CallStream,
     _node_settled,
     _settled,
+    with_distinct_ids,
 )
 from shoal.events import (
     AgentFinished,
@@ -592,7 +593,7 @@ class AgentRun:
             request = copy.deepcopy(request)
         try:
             if asking.read is not None:
-                return await asking.read(request)
+                return with_distinct_ids(await asking.read(request), self.lineage)
             ctx = self.ctx
             gate = self._gate
             if gate is None:  # the tree's gate for the model: looked up once per run
@@ -600,7 +601,8 @@ class AgentRun:
             # the model's own events (a retry, a server starting) only when someone listens
             on_event = self._model_event if ctx.observed else None
             if asking.phases is None and not ctx.wants_text:
-                return await gate.request(model, request, on_event=on_event)
+                return with_distinct_ids(await gate.request(model, request, on_event=on_event),
+                                         self.lineage)
             asking.response, asking.chars = None, 0  # a retried attempt's reply is its own
             asking.text = self.text_streamed if ctx.wants_text else None
             if ctx.tracker.budget.tokens is not None:
@@ -616,10 +618,10 @@ class AgentRun:
                 raise ModelError(model.name, "the stream ended without a complete reply")
             stream = self._phase if asking.phases is not None else None
             if stream is None:  # no call started while it streamed
-                return response
+                return with_distinct_ids(response, self.lineage)
             calls = stream.merged(response.tool_calls)
-            return (response if calls == response.tool_calls
-                    else replace(response, tool_calls=calls))
+            return with_distinct_ids(response if calls == response.tool_calls
+                                     else replace(response, tool_calls=calls), self.lineage)
         except Exception as exc:  # kept whole: the outcome only keeps its type name
             asking.raised = exc
             raise

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from shoal._slots import slot_init
 from shoal.events import Event, EventSink
 from shoal.exceptions import ConfigError, ToolArgumentError
-from shoal.models.base import ToolCall, ToolResultMessage
+from shoal.models.base import ModelResponse, ToolCall, ToolResultMessage
 from shoal.outcome import ErrorInfo, Outcome, RunResult, jsonable
 from shoal.plan import Plan
 from shoal.tools import Tool
@@ -306,6 +306,46 @@ def _reword(records: list[CallRecord | None], error_format: ToolErrorFormat) -> 
         records[index] = replace(record, message=message)
 
 
+def with_distinct_ids(response: ModelResponse, where: str) -> ModelResponse:
+    """``response``, each of its calls under an id no earlier call of it has.
+
+    A model (or a proxy in front of one) may give two calls of one reply the same id, or
+    none: both would run, and both results would go back under one id, which the providers
+    refuse (an Anthropic 400 ends the run). A call whose id is taken or empty is given one of
+    its own (see :func:`distinct_call`), in the reply the conversation keeps and in its record.
+    """
+    calls = response.tool_calls
+    if len(calls) < 2 and all(call.id for call in calls):
+        return response  # most replies: nothing to compare
+    seen: set[str] = set()
+    distinct = tuple([distinct_call(call, index, seen, where)
+                      for index, call in enumerate(calls)])
+    if all(map(operator.is_, distinct, calls)):
+        return response
+    return replace(response, tool_calls=distinct)
+
+
+def distinct_call(call: ToolCall, index: int, seen: set[str], where: str) -> ToolCall:
+    """``call``, or a copy with an id not in ``seen``; the id it keeps is added to ``seen``.
+
+    The new id depends only on the calls before it (``seen``) and its position, so a streamed
+    reply's calls, taken one by one, get the ids its whole reply gets afterwards.
+    """
+    if call.id and call.id not in seen:
+        seen.add(call.id)
+        return call
+    from shoal.merge import shown
+
+    new = f"{call.id or 'call'}_{index}"
+    while new in seen:
+        new += "_"
+    seen.add(new)
+    log.warning("%s: the model gave call %d (%s) %s; it is sent and answered as %r",
+                where or "agent", index, shown(call.name),
+                f"the id {shown(call.id)} of an earlier call" if call.id else "no id", new)
+    return replace(call, id=new)
+
+
 def unknown_part(name: str) -> str:
     """The lineage part of a call of a tool no one offered: its name, then ``?``.
 
@@ -403,8 +443,8 @@ class CallStream:
     """
 
     # slots: a swarm holds one per agent whose turn is in flight
-    __slots__ = ("_by_name", "_counts", "_error_format", "_finished", "_lineage", "_lineages",
-                 "_on_reject", "_open_run", "_planned", "_prepare", "_records", "_run",
+    __slots__ = ("_by_name", "_counts", "_error_format", "_finished", "_ids", "_lineage",
+                 "_lineages", "_on_reject", "_open_run", "_planned", "_prepare", "_records", "_run",
                  "_shared", "_sink", "_stopped", "_turn", "taken")
 
     def __init__(self, tools: Iterable[Tool[..., Any]] | Mapping[str, Tool[..., Any]], *,
@@ -432,6 +472,7 @@ class CallStream:
         self._stopped: str | None = None
         #: The calls taken so far, by position.
         self.taken: list[ToolCall] = []
+        self._ids: set[str] = set()  # theirs (each call's own: see distinct_call)
 
     def restart(self, turn: int) -> None:
         """Take the calls of turn ``turn`` of a shared run, as a stream made for it would.
@@ -443,6 +484,7 @@ class CallStream:
         self._planned.clear()
         self._records.clear()
         self.taken.clear()
+        self._ids.clear()
         self._run = None
         self._finished = False
         self._stopped = None
@@ -461,6 +503,11 @@ class CallStream:
         """
         if self._finished or index != len(self.taken):
             return
+        ids = self._ids
+        if call.id in ids or not call.id:
+            call = distinct_call(call, index, ids, self._lineage)
+        else:
+            ids.add(call.id)
         self.taken.append(call)
         self._records.append(None)
         name = call.name

@@ -152,13 +152,18 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
 
 
 def _number(text: str | None) -> float | None:
+    """The header's number; ``inf`` for one too large for a float, ``None`` for NaN.
+
+    ``1e309`` seconds is longer than any wait, so over ``max_retry_after``: never read as no
+    header at all (which backs off and tries again).
+    """
     if text is None:
         return None
     try:
         value = float(text.strip())
     except ValueError:
         return None
-    return value if math.isfinite(value) else None
+    return None if math.isnan(value) else value
 
 
 def http_error(name: str, status: int, headers: Mapping[str, str], body: object,

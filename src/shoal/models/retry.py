@@ -404,8 +404,10 @@ class ModelGate:
         retry_after = exc.retry_after if isinstance(exc, ModelHTTPError) else None
         if retry_after is not None and retry_after > self.retry.max_retry_after:
             assert isinstance(exc, ModelHTTPError)
+            asked = (f"{retry_after:g} s" if math.isfinite(retry_after)
+                     else "longer than a number can say")  # Retry-After: 1e309
             raise ModelHTTPError(
-                exc.model, f"{exc.detail} (the provider asked to wait {retry_after:g} s before "
+                exc.model, f"{exc.detail} (the provider asked to wait {asked} before "
                 f"trying again, more than ModelRetry(max_retry_after="
                 f"{self.retry.max_retry_after:g}) waits: not retried)",
                 exc.status, retry_after) from exc
