@@ -4,8 +4,11 @@ large for a float, and an agent process that lies about its depth.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
+import math
+import threading
 from fractions import Fraction
 from typing import Any
 
@@ -24,7 +27,7 @@ from shoal.models.base import (
     UserMessage,
 )
 from shoal.models.retry import ModelGate, ModelRetry
-from shoal.testing import ScriptedModel, call
+from shoal.testing import ScriptedModel, call, run_virtual
 from tests.conftest import arun
 from tests.wire import (
     AnthropicWireServer,
@@ -177,3 +180,30 @@ def test_a_counter_of_huge_ints_and_a_float_sums_the_same_in_every_order(
             board.write("n", value)
         sums.add(board["n"])
     assert sums == {float(Fraction(5, 6)) if with_fraction else 0.5}  # rounded once
+
+
+async def _slept(seconds: float) -> float:
+    await asyncio.sleep(seconds)
+    return asyncio.get_running_loop().time()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("seconds", [1e12, 1e17, 1e300])
+def test_the_virtual_clock_leaps_to_a_timer_years_away_at_once(seconds: float) -> None:
+    # asyncio caps a select's timeout at a day: the clock crept a day per turn of the loop
+    # (1e300 s: for good), and near 1e300 the timer never came due at all
+    assert seconds <= run_virtual(_slept(seconds)) <= seconds * (1 + 1e-12)
+
+
+@pytest.mark.timeout(60)
+def test_a_sleep_for_ever_on_the_virtual_clock_waits_like_any_other_loop() -> None:
+    # it spun, a day of virtual time per turn of the loop, until something real woke it
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        sleeping = asyncio.ensure_future(asyncio.sleep(math.inf))
+        threading.Timer(0.3, loop.call_soon_threadsafe, (sleeping.cancel,)).start()
+        with pytest.raises(asyncio.CancelledError):
+            await sleeping
+        return loop.time()
+
+    assert run_virtual(main()) == 0  # no timer came due: no virtual time passed

@@ -18,9 +18,10 @@ timings mean nothing.
 from __future__ import annotations
 
 import asyncio
+import math
 import selectors
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from shoal.clock import Clock
@@ -42,6 +43,12 @@ class _Clock:
         self.now = start
 
 
+#: asyncio's longest ``select`` timeout (``MAXIMUM_SELECT_TIMEOUT``): a day
+_CAPPED = 24 * 3600
+#: what asyncio adds to now to find the timers due (its ``_clock_resolution``)
+_RESOLUTION = time.get_clock_info("monotonic").resolution
+
+
 class _JumpingSelector(selectors.BaseSelector):
     """A selector that advances the virtual clock instead of blocking for a timeout.
 
@@ -50,8 +57,9 @@ class _JumpingSelector(selectors.BaseSelector):
     polled first without blocking, so sockets and cross-thread wake-ups still get through.
     """
 
-    def __init__(self, clock: _Clock) -> None:
+    def __init__(self, clock: _Clock, next_timer: Callable[[], float | None]) -> None:
         self._clock = clock
+        self._next_timer = next_timer
         self._real = selectors.DefaultSelector()
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
@@ -62,8 +70,26 @@ class _JumpingSelector(selectors.BaseSelector):
             return self._real.select(None)
         events = self._real.select(0)
         if not events and timeout > 0:
-            self._clock.now += timeout
+            if timeout < _CAPPED:
+                self._clock.now += timeout
+            elif not self._leap():  # ``sleep(inf)``: it waits for good, as on any loop
+                return self._real.select(None)
         return events
+
+    def _leap(self) -> bool:
+        """Jump to the next timer, more than a day away; ``False`` if it is never due.
+
+        To the timer itself, not by the ``timeout`` asyncio gives: that is capped at a day,
+        and ``sleep(1e300)`` would take 1e295 turns of the loop. Just past it where the float
+        cannot tell the timer from now plus the clock's resolution (near 1e300), or the loop
+        would find it not yet due, for good.
+        """
+        when = self._next_timer()
+        if when is None or not math.isfinite(when):
+            return False
+        due = when if when + _RESOLUTION > when else math.nextafter(when, math.inf)
+        self._clock.now = max(self._clock.now, due)
+        return True
 
     def register(self, fileobj: FileDescriptorLike, events: int,
                  data: Any = None) -> selectors.SelectorKey:
@@ -119,13 +145,21 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
         self._clock = _Clock(start)
         self._start = start
         self._wall_start = time.time()
-        super().__init__(_JumpingSelector(self._clock))
+        super().__init__(_JumpingSelector(self._clock, self._next_timer))
         #: The clock shoal's runs on this loop read (see :mod:`shoal.clock`).
         self.shoal_clock: Clock = _VirtualClock(self)
 
     def time(self) -> float:
         """The virtual time in seconds: the start, plus every wait the loop skipped."""
         return self._clock.now
+
+    def _next_timer(self) -> float | None:
+        """When the loop's next timer is due, or ``None``.
+
+        asyncio's heap of timers: its head is not a cancelled one when the loop selects.
+        """
+        scheduled: list[asyncio.TimerHandle] = self._scheduled  # type: ignore[attr-defined]
+        return scheduled[0].when() if scheduled else None
 
     def epoch(self) -> float:
         """Now in epoch seconds on the virtual clock.
