@@ -353,6 +353,16 @@ class ApprovalDesk:
         lane.flush_soon = None
         if lane.review is not None:
             return  # the review in progress flushes again when it ends
+        # the denials made here (no approver, the budget spent) are kept in one commit
+        with self.together():
+            batch = self._take_batch(lane)
+        if batch:  # on the lane's loop: this runs there (a handle or a timer of its own)
+            lane.batch = set(batch)
+            lane.review = asyncio.get_running_loop().create_task(self._run_review(lane, batch))
+            lane.review.add_done_callback(_retrieved)
+
+    def _take_batch(self, lane: _Lane) -> list[_Pending]:
+        """The queued requests the approver gets now; deny those it never will get."""
         batch: list[_Pending] = []
         queue = lane.queue
         while queue:
@@ -377,10 +387,7 @@ class ApprovalDesk:
             queue.popleft()
             pending.sent = True
             batch.append(pending)
-        if batch:  # on the lane's loop: this runs there (a handle or a timer of its own)
-            lane.batch = set(batch)
-            lane.review = asyncio.get_running_loop().create_task(self._run_review(lane, batch))
-            lane.review.add_done_callback(_retrieved)
+        return batch
 
     def _deny_now(self, lane: _Lane, pending: _Pending, reason: str, by: str) -> None:
         lane.queue.popleft()
