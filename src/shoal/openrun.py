@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from shoal.clock import running_loop
 from shoal.exceptions import (
+    ArgumentTypeError,
     AsyncOnlyError,
     PlanError,
     PlanProblem,
@@ -35,6 +36,7 @@ from shoal.exceptions import (
     UpstreamFailedError,
 )
 from shoal.merge import shown
+from shoal.nodeids import plain_text
 from shoal.outcome import Outcome, RunResult
 from shoal.plan import Callee, MapSpec, Node, Plan, Ref, _item_arg, as_tool
 from shoal.streaming import DEFAULT_BUFFER, EventStream, Started
@@ -100,7 +102,8 @@ class OpenRun:
                 self._plan.make_owned_node(tool, args, node_id, after=after)))
         plan = self._plan
         node = (plan.fresh_node(tool, args)
-                if node_id is None and after == () and isinstance(tool, Tool) else None)
+                if node_id is None and type(after) is tuple and not after
+                and isinstance(tool, Tool) else None)
         if node is None:
             node = plan._make_node(tool, args, after, node_id, None)
             self._insert_node(node)
@@ -134,7 +137,7 @@ class OpenRun:
         Returns a ref to the list of results, in item order (see :meth:`shoal.Plan.map`).
         """
         if not isinstance(over, Ref):
-            raise TypeError(f"map(over=...) takes a ref to a node's output (a list), got "
+            raise ArgumentTypeError(f"map(over=...) takes a ref to a node's output (a list), got "
                             f"{type(over).__name__}")
         resolved = as_tool(tool)
         chosen = _item_arg(resolved, args, item_arg)
@@ -347,6 +350,6 @@ def _node_id(node: object) -> str:
     if isinstance(node, Ref):
         return node.node
     if not isinstance(node, str):
-        raise TypeError(f"a node of an open run is named by a ref or its id (text), got "
-                        f"{type(node).__name__} {shown(node)}")
-    return node
+        raise ArgumentTypeError(f"a node of an open run is named by a ref or its id (text), "
+                                f"got {type(node).__name__} {shown(node)}")
+    return plain_text(node)

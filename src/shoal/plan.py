@@ -10,12 +10,14 @@ by :mod:`shoal.planfile` and :mod:`shoal.plantext`.
 from __future__ import annotations
 
 import re
+import sys
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, Protocol, TypeVar, cast
 
 from shoal.exceptions import (
+    ArgumentTypeError,
     ConfigError,
     PlanError,
     PlanProblem,
@@ -23,7 +25,7 @@ from shoal.exceptions import (
     ToolDefinitionError,
 )
 from shoal.merge import shown
-from shoal.nodeids import check_node_id
+from shoal.nodeids import check_node_id, plain_text
 from shoal.tools import Tool, tool
 
 __all__ = ["MapSpec", "Node", "Plan", "Ref", "find_refs"]
@@ -38,13 +40,17 @@ class Ref:
     __slots__ = ("node", "path")
 
     def __init__(self, node: str, path: tuple[PathPart, ...] = ()) -> None:
+        if type(node) is not str:  # an id is compared, hashed and written out wherever it goes
+            node = _ref_node(node)
+        if type(path) is not tuple:
+            raise ArgumentTypeError(f"Ref(..., path) takes a tuple of field names and indexes, "
+                                    f"got {type(path).__name__} {shown(path)}")
         self.node = node
         self.path = path
 
     def __getitem__(self, key: PathPart) -> Ref:
-        if type(key) is not str and type(key) is not int:  # a field or an index, as refs read
-            raise TypeError(f"{self!r}[...] takes a field name or an index, got "
-                            f"{type(key).__name__} {shown(key)}")
+        if type(key) is not str and (type(key) is not int or not -_MAX_INDEX <= key <= _MAX_INDEX):
+            key = _path_step(self, key)  # a field or an index, as refs read
         return Ref(self.node, (*self.path, key))
 
     def __iter__(self) -> NoReturn:
@@ -98,6 +104,28 @@ class Ref:
         return value
 
 
+_MAX_INDEX = sys.maxsize  # no list has an item past it (and its index can be written out)
+
+
+def _ref_node(node: object) -> str:
+    """A ref's node id given as other than a plain ``str``: a subclass's text, else refused."""
+    if isinstance(node, str):
+        return plain_text(node)
+    raise ArgumentTypeError(f"a Ref names a node by its id (text), got {type(node).__name__} "
+                            f"{shown(node)}; refs come from plan.call(...) or Ref('node-id')")
+
+
+def _path_step(ref: Ref, key: object) -> PathPart:
+    """A step ``ref[key]`` may take that is no plain ``str`` or small ``int``, or raise why not."""
+    if isinstance(key, str):
+        return plain_text(key)
+    if type(key) is int:  # an index past any list's end: its text may not even exist
+        raise ConfigError(f"{ref!r}[...]: index {shown(key)} is past the end of any list; an "
+                          f"index is at most {_MAX_INDEX} either way")
+    raise ArgumentTypeError(f"{ref!r}[...] takes a field name or an index, got "
+                            f"{type(key).__name__} {shown(key)}")
+
+
 def _has_field(value: Any, name: str) -> bool:
     """Whether ``name`` is a data attribute of ``value`` that a ref may step into."""
     if name.startswith("_") or isinstance(value, (Sequence, Mapping, str, bytes, bytearray)):
@@ -123,9 +151,9 @@ def _after_id(step: object) -> str:
     if isinstance(step, Ref):
         return step.node
     if isinstance(step, str):
-        return step
-    raise TypeError(f"after= takes refs and node ids (text), got {type(step).__name__} "
-                    f"{shown(step)}")
+        return plain_text(step)
+    raise ArgumentTypeError(f"after= takes refs and node ids (text), got {type(step).__name__} "
+                            f"{shown(step)}")
 _ITEM_ID = re.compile(r"(.*)\[\d+\]", re.DOTALL)  # "m[3]": the id of an item of map "m"
 
 
@@ -290,7 +318,7 @@ class Plan:
             # not as a journal write that fails once the run has started
             raise ConfigError(f"a plan's name must be a str, got {type(name).__name__} "
                               f"{shown(name)}")
-        self.name = name
+        self.name = plain_text(name)
         self._nodes: dict[str, Node] = {}
         # nodes added under an id already taken: kept aside (not run, not in ``nodes``) so that
         # validation reports them along with every other problem instead of add() raising
@@ -384,16 +412,13 @@ class Plan:
         makes it ``ok`` with the values of the items that succeeded, in item order.
         """
         resolved = as_tool(tool)
-        if item_arg is not None and not isinstance(item_arg, str):
-            raise TypeError(f"plan.map({resolved.name}): item_arg= names the argument that gets "
-                            f"each item (a str), got {type(item_arg).__name__} {shown(item_arg)}")
         if not isinstance(partial, bool):  # 'no' would read as True
-            raise TypeError(f"plan.map({resolved.name}): partial= is True or False, got "
-                            f"{type(partial).__name__} {shown(partial)}")
+            raise ArgumentTypeError(f"plan.map({resolved.name}): partial= is True or False, got "
+                                    f"{type(partial).__name__} {shown(partial)}")
         if not isinstance(over, Ref):
-            raise TypeError(f"plan.map(over=...) takes a ref to a node's output (a list), got "
-                            f"{type(over).__name__}; for a list known now, call plan.call "
-                            "once per item")
+            raise ArgumentTypeError(f"plan.map(over=...) takes a ref to a node's output (a "
+                                    f"list), got {type(over).__name__}; for a list known now, "
+                                    "call plan.call once per item")
         chosen = _item_arg(resolved, args, item_arg)
         node = self._make_node(resolved, {**args, chosen: over}, after, node_id,
                                MapSpec(chosen, partial))
@@ -411,7 +436,7 @@ class Plan:
     ) -> Node:
         """A node for this plan (its id chosen, its refs found), not added yet (:meth:`insert`)."""
         if args is not None and not isinstance(args, Mapping):
-            raise TypeError(f"args must be a mapping of argument names to values, got "
+            raise ArgumentTypeError(f"args must be a mapping of argument names to values, got "
                             f"{type(args).__name__} {shown(args)}")
         return self._make_node(tool, dict(args) if args else {}, after, node_id, map_spec)
 
@@ -443,11 +468,11 @@ class Plan:
                 node_id = self._next_id(name)
             else:
                 self._counts[name] = count
-        elif not isinstance(node_id, str):
-            raise TypeError(f"node_id must be a string, got {type(node_id).__name__} "
-                            f"{node_id!r}")
-        elif "/" in node_id or not node_id:
-            check_node_id(node_id)  # raises PlanError (bad_id): "/" joins run ids and lineages
+        else:
+            if type(node_id) is not str:
+                node_id = _given_id(node_id)
+            if "/" in node_id or not node_id:
+                check_node_id(node_id)  # raises PlanError (bad_id): "/" joins ids and lineages
         kind = type(after)
         after_ids: tuple[str, ...]
         if kind is tuple and not after:
@@ -457,7 +482,7 @@ class Plan:
                                else _after_id(a) for a in after])
         else:
             if not isinstance(after, (*_ONE_NODE, Iterable)):
-                raise TypeError(f"after= takes a ref, a node id or several of them, got "
+                raise ArgumentTypeError(f"after= takes a ref, a node id or several of them, got "
                                 f"{type(after).__name__} {shown(after)}")
             steps: Iterable[Ref | str] = (after,) if isinstance(after, _ONE_NODE) else after
             after_ids = tuple(_after_id(a) for a in steps)
@@ -517,8 +542,10 @@ class Plan:
         or empty, as :meth:`call` does: a :class:`Node` made by hand passes the same rule.
         """
         if not isinstance(node, Node):  # an AttributeError ('id') before
-            raise TypeError(f"insert takes a Node (see make_node), got {type(node).__name__} "
-                            f"{shown(node)}")
+            raise ArgumentTypeError(f"insert takes a Node (see make_node), got "
+                                    f"{type(node).__name__} {shown(node)}")
+        if type(node.id) is not str:  # a Node made by hand
+            node.id = _given_id(node.id)
         if "/" in node.id or not node.id:
             check_node_id(node.id)
         if node.id in self._nodes:
@@ -712,15 +739,28 @@ def _same_or(args: dict[str, Any], checked: dict[str, Any]) -> dict[str, Any]:
     return args
 
 
-def _item_arg(tool: Tool[..., Any], given: Mapping[str, Any], chosen: str | None = None) -> str:
+def _given_id(node_id: object) -> str:
+    """A ``node_id=`` that is no plain ``str``: a subclass's text, else refused."""
+    if isinstance(node_id, str):
+        return plain_text(node_id)
+    raise ArgumentTypeError(f"node_id must be a string, got {type(node_id).__name__} "
+                            f"{shown(node_id)}")
+
+
+def _item_arg(tool: Tool[..., Any], given: Mapping[str, Any], chosen: object = None) -> str:
     """The argument of ``tool`` that a map's items go to.
 
-    ``chosen`` if given (not also given a value), else the tool's one required argument not
-    in ``given``.
+    ``chosen`` if given (text, not also given a value), else the tool's one required argument
+    not in ``given``.
     """
     if chosen is not None:
+        if not isinstance(chosen, str):
+            raise ArgumentTypeError(f"plan.map({tool.name}): item_arg= names the argument that "
+                                    f"gets each item (a str), got {type(chosen).__name__} "
+                                    f"{shown(chosen)}")
+        chosen = plain_text(chosen)
         if chosen in given:  # the item would silently replace the value given
-            raise TypeError(f"map({tool.name}): item_arg={chosen!r} gets each item, so it "
+            raise ArgumentTypeError(f"map({tool.name}): item_arg={chosen!r} gets each item, so it "
                             f"cannot also be given a value ({chosen}=...)")
         return chosen
     facts = tool.model_facts
@@ -729,7 +769,7 @@ def _item_arg(tool: Tool[..., Any], given: Mapping[str, Any], chosen: str | None
         return open_params[0]
     which = (f"its required arguments {open_params} are all missing" if open_params
              else "every required argument is given already")
-    raise TypeError(f"plan.map({tool.name}): say which argument gets each item, "
+    raise ArgumentTypeError(f"plan.map({tool.name}): say which argument gets each item, "
                     f"item_arg='...' ({which})")
 
 

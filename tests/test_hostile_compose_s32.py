@@ -1,0 +1,206 @@
+"""A hostile user of the composition layer: plans, open runs, agents as nodes, patterns.
+
+Each test gives a value a new or hostile user would (a str subclass whose methods raise, a
+value whose repr raises, a generator that raises, a number too large to write out) and checks
+the refusal is a typed shoal error naming it, or that the value works as its text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, NoReturn
+
+import pytest
+
+import shoal
+from shoal.exceptions import ArgumentTypeError, ConfigError
+from shoal.patterns import MAX_ROUNDS, FanOut, Pipeline, fan_out, pipeline, reflect
+from shoal.planfile import plan_from_dict
+from shoal.testing import ScriptedModel
+from tests.conftest import arun
+
+
+class Spiteful(str):
+    """Text whose own comparison, hash and text raise: only its characters may be used."""
+
+    def __eq__(self, other: object) -> bool:
+        raise RuntimeError("__eq__ of a hostile str")
+
+    def __hash__(self) -> int:
+        raise RuntimeError("__hash__ of a hostile str")
+
+    def __str__(self) -> str:
+        raise RuntimeError("__str__ of a hostile str")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("__repr__ of a hostile str")
+
+
+class BadRepr:
+    def __repr__(self) -> str:
+        raise RuntimeError("repr of a hostile value")
+
+
+@shoal.tool
+async def echo(x: int = 0) -> int:
+    """Give x back."""
+    return x
+
+
+@shoal.tool
+def count(items: list[int]) -> int:
+    """How many items."""
+    return len(items)
+
+
+def model() -> ScriptedModel:
+    return ScriptedModel.per_prompt({"*": ["ACCEPT: fine"]})
+
+
+# -- plans ------------------------------------------------------------------------------------
+
+
+def test_a_str_subclass_as_node_id_after_and_ref_is_its_text() -> None:
+    plan = shoal.Plan(name=Spiteful("plan"))
+    first = plan.call(echo, x=1, node_id=Spiteful("first"))
+    second = plan.call(echo, x=shoal.Ref(Spiteful("first")), after=[Spiteful("first")],
+                       node_id=Spiteful("second"))
+    third = plan.call(echo, x=second, after=Spiteful("first"))
+    assert type(first.node) is str and type(plan.name) is str
+    assert repr(plan) == "<Plan plan with 3 nodes>"
+    plan.validate()
+    result = shoal.run_sync(plan)
+    assert result.ok and result.value(third) == 1
+    assert [type(nid) for nid in result.outcomes] == [str, str, str]
+
+
+def test_a_node_id_whose_repr_raises_is_an_argument_type_error_quoting_it() -> None:
+    plan = shoal.Plan()
+    with pytest.raises(ArgumentTypeError, match="node_id must be a string, got BadRepr <BadRepr"):
+        plan.call(echo, node_id=BadRepr())  # type: ignore[arg-type]
+    with pytest.raises(TypeError):  # still a TypeError, as before
+        plan.call(echo, node_id=5)  # type: ignore[arg-type]
+
+
+def test_a_ref_to_no_text_is_refused_when_made() -> None:
+    for node in (5, None, BadRepr()):
+        with pytest.raises(ArgumentTypeError, match="a Ref names a node by its id"):
+            shoal.Ref(node)  # type: ignore[arg-type]
+    with pytest.raises(ArgumentTypeError, match="path"):
+        shoal.Ref("a", 5)  # type: ignore[arg-type]
+
+
+def test_a_ref_index_too_large_for_any_list_is_a_config_error() -> None:
+    ref = shoal.Ref("a")
+    with pytest.raises(ConfigError, match="past the end of any list"):
+        ref[10**5000]
+    assert repr(ref[2**62]) == f"$a[{2**62}]"
+    assert repr(ref[Spiteful("field")]) == "$a.field"
+    with pytest.raises(ArgumentTypeError, match="takes a field name or an index"):
+        ref[1.5]  # type: ignore[index]
+
+
+def test_map_item_arg_of_hostile_text_or_no_text() -> None:
+    plan = shoal.Plan()
+    items = plan.call(shoal.tool(lambda: [1, 2], name="items"))
+    plan.map(count, over=items, item_arg=Spiteful("items"))
+    with pytest.raises(ArgumentTypeError, match="item_arg= names the argument"):
+        plan.map(count, over=items, item_arg=BadRepr())  # type: ignore[arg-type]
+    with pytest.raises(ArgumentTypeError, match="takes a ref to a node's output"):
+        plan.map(count, over=[1, 2])  # type: ignore[arg-type]
+
+
+def test_a_hand_made_node_with_a_str_subclass_id_is_inserted_as_its_text() -> None:
+    plan = shoal.Plan()
+    node = plan.make_node(echo, {"x": 2})
+    node.id = Spiteful("made")
+    plan.insert(node)
+    assert "made" in plan and type(plan.node("made").id) is str
+
+
+def test_a_plan_file_with_str_subclass_ids_tools_and_after_builds() -> None:
+    data = {"name": Spiteful("p"), "nodes": [
+        {"id": Spiteful("a"), "tool": Spiteful("echo")},
+        {"id": "b", "tool": "echo", "after": [Spiteful("a")]},
+    ]}
+    plan = plan_from_dict(data, tools={"echo": echo})
+    assert [n.id for n in plan] == ["a", "b"] and plan.node("b").after == ("a",)
+
+
+# -- open runs --------------------------------------------------------------------------------
+
+
+def test_an_open_run_takes_str_subclass_ids_and_refuses_other_kinds_typed() -> None:
+    async def main() -> None:
+        async with shoal.Runtime().open_run() as run:
+            a = run.call(echo, x=3, node_id=Spiteful("a"))
+            run.call(echo, x=a, after=Spiteful("a"))
+            assert (await run.wait(Spiteful("a"))).value == 3
+            assert await run.value(Spiteful("echo#1")) == 3
+            for bad in (5, BadRepr()):
+                with pytest.raises(ArgumentTypeError, match="named by a ref or its id"):
+                    await run.wait(bad)  # type: ignore[arg-type]
+                with pytest.raises(ArgumentTypeError, match="cancel\\(\\) takes a ref"):
+                    run.cancel(bad)  # type: ignore[arg-type]
+            with pytest.raises(KeyError, match="nothing-here"):  # as for any unknown id
+                run.cancel(Spiteful("nothing-here"))
+        assert run.result.ok and len(run.result) == 2
+
+    arun(main())
+
+
+# -- patterns ---------------------------------------------------------------------------------
+
+
+def test_pattern_steps_of_the_wrong_kind_or_a_raising_generator_are_config_errors() -> None:
+    worker = shoal.Agent(name="w", model=model())
+
+    def steps() -> Iterator[Any]:
+        yield worker
+        raise ValueError("the generator broke")
+
+    for make in (Pipeline, FanOut):
+        with pytest.raises(ConfigError, match="as a list of agents and patterns, got int 5"):
+            make(5)  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match="raised ValueError: the generator broke"):
+            make(steps())
+        with pytest.raises(ConfigError, match="give at least one"):
+            make(iter(()))
+    assert pipeline(*(s for s in [worker])).steps == (worker,)
+
+
+@pytest.mark.parametrize("rounds", [10**5000, 10**400, MAX_ROUNDS + 1, 0, -1, True, 2.0],
+                         ids=["5001-digits", "401-digits", "one-too-many", "0", "-1", "True",
+                              "2.0"])
+def test_reflect_max_rounds_is_bounded(rounds: Any) -> None:
+    a, b = (shoal.Agent(name=n, model=model()) for n in ("a", "b"))
+    with pytest.raises(ConfigError, match=f"from 1 to {MAX_ROUNDS}"):
+        reflect(a, b, max_rounds=rounds)
+    assert reflect(a, b, max_rounds=MAX_ROUNDS).max_rounds == MAX_ROUNDS
+
+
+def test_reflect_max_rounds_of_an_int_subclass_is_its_value() -> None:
+    class Spite(int):
+        def __le__(self, other: object) -> NoReturn:
+            raise RuntimeError("__le__ of a hostile int")
+
+        def __str__(self) -> NoReturn:
+            raise RuntimeError("__str__ of a hostile int")
+
+    a, b = (shoal.Agent(name=n, model=model()) for n in ("a", "b"))
+    loop = reflect(a, b, max_rounds=Spite(2))
+    assert type(loop.max_rounds) is int and "up to 2 rounds" in loop.describe()
+
+
+def test_patterns_and_agents_named_by_a_str_subclass_run() -> None:
+    worker = shoal.Agent(name=Spiteful("worker"), model=model())
+    assert type(worker.name) is str
+    flow = pipeline(worker, fan_out(worker, name=Spiteful("many")), name=Spiteful("flow"))
+    assert type(flow.name) is str
+    assert flow.run_sync("go") == ["ACCEPT: fine"]
+
+
+def test_a_pattern_named_by_no_text_is_a_config_error_quoting_it() -> None:
+    worker = shoal.Agent(name="worker", model=model())
+    with pytest.raises(ConfigError, match="pipeline name <BadRepr"):
+        pipeline(worker, name=BadRepr())  # type: ignore[arg-type]
