@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 import pytest
 
 import shoal
-from shoal.exceptions import ArgumentTypeError, ConfigError
+from shoal.exceptions import ArgumentTypeError, ConfigError, PlanError
 from shoal.patterns import MAX_ROUNDS, FanOut, Pipeline, fan_out, pipeline, reflect
 from shoal.planfile import plan_from_dict
 from shoal.testing import ScriptedModel
@@ -204,3 +204,30 @@ def test_a_pattern_named_by_no_text_is_a_config_error_quoting_it() -> None:
     worker = shoal.Agent(name="worker", model=model())
     with pytest.raises(ConfigError, match="pipeline name <BadRepr"):
         pipeline(worker, name=BadRepr())  # type: ignore[arg-type]
+
+
+# -- agents as nodes --------------------------------------------------------------------------
+
+
+def test_an_argument_the_runtime_fills_in_given_to_an_agent_or_pattern_node_is_refused() -> None:
+    worker = shoal.Agent(name="worker", model=model())
+    plan = shoal.Plan()
+    plan.call(worker, task="go", shoal_node="mine")
+    items = plan.call(shoal.tool(lambda: ["a"], name="items"))
+    plan.map(worker, over=items, task="go", item_arg="shoal_node")
+    with pytest.raises(PlanError) as caught:
+        plan.validate()
+    assert [(p.node, p.code) for p in caught.value.problems] == [
+        ("worker#1", "bad_arguments"), ("worker#2", "bad_arguments")]
+    assert "unexpected argument 'shoal_node': the runtime fills it in" in str(caught.value)
+    with pytest.raises(PlanError, match="'shoal_node': the runtime fills it in"):
+        pipeline(worker).run_sync("go", shoal_node=5)
+
+    async def main() -> None:
+        async with shoal.Runtime().open_run() as run:
+            with pytest.raises(PlanError, match="the runtime fills it in"):
+                run.call(worker, task="go", shoal_node=1)
+            run.call(worker, task="go", note="kept")
+        assert run.result.ok and len(run.result) == 1
+
+    arun(main())
