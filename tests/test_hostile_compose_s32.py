@@ -231,3 +231,24 @@ def test_an_argument_the_runtime_fills_in_given_to_an_agent_or_pattern_node_is_r
         assert run.result.ok and len(run.result) == 1
 
     arun(main())
+
+
+def test_a_ref_or_after_naming_a_map_item_by_id_says_how_to_reach_it() -> None:
+    async def main() -> None:
+        async with shoal.Runtime().open_run() as run:
+            found = run.call(shoal.tool(lambda: [1, 2, 3], name="found"))
+            counted = run.map(echo, over=found, item_arg="x")
+            assert (await run.wait(f"{counted.node}[1]")).value == 2  # the item exists
+            with pytest.raises(PlanError, match=r"item 1 of map 'echo#1'.*Ref\('echo#1'\)\[1\]"):
+                run.call(echo, x=shoal.Ref("echo#1[1]"))
+            with pytest.raises(PlanError, match=r"item 1 of map 'echo#1'.*after='echo#1'"):
+                run.call(echo, x=1, after="echo#1[1]")
+            last = run.call(echo, x=counted[1])
+        assert run.result.value(last) == 2
+
+    arun(main())
+    plan = shoal.Plan()
+    plan.map(count, over=plan.call(shoal.tool(lambda: [[1]], name="lists")))
+    plan.call(echo, x=shoal.Ref("count#1[0]"))
+    with pytest.raises(PlanError, match=r"item 0 of map 'count#1'.*Ref\('count#1'\)\[0\]"):
+        plan.validate()

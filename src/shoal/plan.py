@@ -620,6 +620,22 @@ class Plan:
         return (f" (node {found!a} looks the same but is other characters; "
                 f"this is {name!a})")
 
+    def _item_hint(self, name: str, as_ref: bool) -> str:
+        """A hint for ``name`` (an id that is no node) when it is the id of a map's item.
+
+        A map's items are nodes of the run, not of the plan: a ref reaches one through the
+        map's list (``$m[1]``, which prints like ``Ref("m[1]")``), ``after=`` the whole map.
+        """
+        owner = _ITEM_ID.fullmatch(name) if name.endswith("]") else None
+        mapped = self._nodes.get(owner[1]) if owner is not None else None
+        if owner is None or mapped is None or mapped.map is None:
+            return ""
+        index = name[len(owner[1]) + 1:-1]
+        how = (f"index the map's ref instead: Ref({mapped.id!r})[{index}]"
+               if as_ref else f"name the whole map instead: after={mapped.id!r}")
+        return (f" (it is the id of item {index} of map {mapped.id!r}, which is no node a ref "
+                f"or after= may name; {how})")
+
     def node_problems(self, node: Node) -> list[PlanProblem]:
         """The problems of one node against this plan (refs to nodes it has, arguments)."""
         if node.id in self._nodes and self._nodes[node.id] is not node:
@@ -646,12 +662,14 @@ class Plan:
                                          node.id))
             elif ref.node not in self._nodes:
                 found.append(PlanProblem("dangling_ref", f"{ref!r} names no node in the plan"
+                                         f"{self._item_hint(ref.node, True)}"
                                          f"{self._look_alike(ref.node)}", node.id))
         for dep in node.after:
             if dep == node.id:
                 found.append(PlanProblem("self_ref", "a node cannot come after itself", node.id))
             elif dep not in self._nodes:
                 found.append(PlanProblem("bad_after", f"after={dep!r} names no node in the plan"
+                                         f"{self._item_hint(dep, False)}"
                                          f"{self._look_alike(dep)}", node.id))
         if (node.map is not None and node.map.item_arg not in node.tool.parameters
                 and not node.tool.model_facts.accepts_extra):  # **more: any name fits
