@@ -252,3 +252,17 @@ def test_a_ref_or_after_naming_a_map_item_by_id_says_how_to_reach_it() -> None:
     plan.call(echo, x=shoal.Ref("count#1[0]"))
     with pytest.raises(PlanError, match=r"item 0 of map 'count#1'.*Ref\('count#1'\)\[0\]"):
         plan.validate()
+
+
+def test_reflect_refuses_context_named_like_the_loops_own_arguments() -> None:
+    drafts = ScriptedModel.per_prompt({"*": ["a draft"]})
+    worker = shoal.Agent(name="w", model=drafts)
+    critic = shoal.Agent(name="c", model=ScriptedModel.per_prompt({"*": ["more detail"]}))
+    loop = reflect(worker, critic, max_rounds=2)
+    with pytest.raises(ConfigError, match="feedback is the loop's own argument"):
+        loop.run_sync("write", feedback="be brief")
+    with pytest.raises(ConfigError, match="feedback, previous_draft are the loop's own"):
+        loop.run_sync("write", previous_draft="x", feedback="y")
+    assert drafts.requests == []  # refused before any agent ran
+    done = loop.run_sync("write", style="brief")
+    assert (done.rounds, done.accepted, done.feedback) == (2, False, "more detail")

@@ -451,6 +451,12 @@ class Reflect(Pattern):
         return ("output",)
 
     async def _run(self, node: NodeContext, task: Any, context: Mapping[str, Any]) -> Any:
+        taken = sorted(_LOOP_ARGUMENTS.intersection(context))
+        if taken:  # from round 2 the loop's own value would silently replace the caller's
+            raise ConfigError(f"reflect {node.lineage}: {', '.join(taken)} "
+                              f"{'is' if len(taken) == 1 else 'are'} the loop's own argument"
+                              f"{'' if len(taken) == 1 else 's'} for the worker's later "
+                              "rounds; give the value another name")
         draft: Any = None
         verdict = Verdict(accept=False)
         counts: dict[str, int] = {}  # ids go on across rounds: writer#2 is the second draft
@@ -477,6 +483,9 @@ class Reflect(Pattern):
                                    f"{verdict.feedback[:200]}", reflection)
         return reflection
 
+
+#: What a reflect loop's worker gets from round 2 on, besides the task and the context.
+_LOOP_ARGUMENTS = frozenset({"previous_draft", "feedback"})
 
 _ACCEPT = re.compile(r"^\s*\**\s*accept(ed)?\b", re.IGNORECASE)
 
