@@ -7,7 +7,7 @@ the refusal is a typed shoal error naming it, or that the value works as its tex
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, NoReturn
 
 import pytest
@@ -266,3 +266,30 @@ def test_reflect_refuses_context_named_like_the_loops_own_arguments() -> None:
     assert drafts.requests == []  # refused before any agent ran
     done = loop.run_sync("write", style="brief")
     assert (done.rounds, done.accepted, done.feedback) == (2, False, "more detail")
+
+
+def test_args_or_after_whose_own_code_raises_while_read_are_config_errors() -> None:
+    class Broken(Mapping[str, Any]):
+        def __getitem__(self, key: str) -> Any:
+            raise RuntimeError("getitem of a broken mapping")
+
+        def __iter__(self) -> Iterator[str]:
+            raise RuntimeError("iter of a broken mapping")
+
+        def __len__(self) -> int:
+            return 1
+
+    def ids() -> Iterator[str]:
+        yield "echo#1"
+        raise ValueError("the generator broke")
+
+    plan = shoal.Plan()
+    plan.call(echo)
+    with pytest.raises(ConfigError, match="args= could not be read: reading the Broken raised "
+                                          "RuntimeError: iter of a broken mapping"):
+        plan.add(echo, Broken())
+    with pytest.raises(ConfigError, match=r"after= could not be read: .*ValueError: the "
+                                          r"generator broke"):
+        plan.call(echo, after=ids())
+    plan.call(echo, after=(i for i in ["echo#1"]))
+    assert [n.after for n in plan] == [(), ("echo#1",)]

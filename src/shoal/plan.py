@@ -24,7 +24,7 @@ from shoal.exceptions import (
     ToolArgumentError,
     ToolDefinitionError,
 )
-from shoal.merge import shown
+from shoal.merge import error_text, shown
 from shoal.nodeids import check_node_id, plain_text
 from shoal.tools import Tool, tool
 
@@ -438,7 +438,9 @@ class Plan:
         if args is not None and not isinstance(args, Mapping):
             raise ArgumentTypeError(f"args must be a mapping of argument names to values, got "
                             f"{type(args).__name__} {shown(args)}")
-        return self._make_node(tool, dict(args) if args else {}, after, node_id, map_spec)
+        copied = (dict(args) if args else {}) if type(args) is dict or args is None else _read(
+            args, "args")
+        return self._make_node(tool, copied, after, node_id, map_spec)
 
     def make_owned_node(self, tool: Callee, arguments: dict[str, Any],
                         node_id: str | None = None, *,
@@ -481,11 +483,7 @@ class Plan:
             after_ids = tuple([a.node if isinstance(a, Ref) else a if type(a) is str
                                else _after_id(a) for a in after])
         else:
-            if not isinstance(after, (*_ONE_NODE, Iterable)):
-                raise ArgumentTypeError(f"after= takes a ref, a node id or several of them, got "
-                                f"{type(after).__name__} {shown(after)}")
-            steps: Iterable[Ref | str] = (after,) if isinstance(after, _ONE_NODE) else after
-            after_ids = tuple(_after_id(a) for a in steps)
+            after_ids = _other_after(after)
         refs = _refs_in(arguments)
         if refs:
             refs = self._shared_refs(refs)
@@ -769,6 +767,29 @@ def _same_or(args: dict[str, Any], checked: dict[str, Any]) -> dict[str, Any]:
         if key != next(given) or args[key] is not value:  # the same keys in the same order
             return checked
     return args
+
+
+def _other_after(after: object) -> tuple[str, ...]:
+    """The ids ``after=`` names when it is no list or tuple: one node, or any other iterable."""
+    if not isinstance(after, (*_ONE_NODE, Iterable)):
+        raise ArgumentTypeError(f"after= takes a ref, a node id or several of them, got "
+                                f"{type(after).__name__} {shown(after)}")
+    if isinstance(after, _ONE_NODE):
+        return (_after_id(after),)
+    return tuple(_after_id(a) for a in _read(after, "after"))
+
+
+def _read(given: Iterable[Any], what: str) -> Any:
+    """``given`` (a mapping, or another iterable) read into a dict (or a list).
+
+    What its own code raises while it is read (a caller's generator or mapping) is a
+    ``ConfigError`` naming ``what`` it was given as.
+    """
+    try:
+        return dict(given) if isinstance(given, Mapping) else list(given)
+    except Exception as exc:  # the caller's object's own code
+        raise ConfigError(f"{what}= could not be read: reading the {type(given).__name__} "
+                          f"raised {error_text(exc)}") from exc
 
 
 def _given_id(node_id: object) -> str:
