@@ -293,3 +293,44 @@ def test_args_or_after_whose_own_code_raises_while_read_are_config_errors() -> N
         plan.call(echo, after=ids())
     plan.call(echo, after=(i for i in ["echo#1"]))
     assert [n.after for n in plan] == [(), ("echo#1",)]
+
+
+# -- resource keys ----------------------------------------------------------------------------
+
+
+class Unwritable:
+    """A value that cannot be written into a resource key."""
+
+    def __format__(self, spec: str) -> str:
+        raise RuntimeError("__format__ of an unwritable value")
+
+    def __repr__(self) -> str:
+        return "Unwritable()"
+
+
+@shoal.tool(writes="file:{path}")
+def write(path: object) -> str:
+    """Write to path."""
+    return "written"
+
+
+@pytest.mark.parametrize("path", [Unwritable(), 10**5000, Spiteful("p")],
+                         ids=["format-raises", "5001-digits", "hostile-str"])
+def test_a_footprint_value_that_cannot_be_written_orders_the_call_and_keeps_the_run(
+        path: object) -> None:
+    plan = shoal.Plan()
+    first = plan.call(write, path=path)
+    second = plan.call(write, path=path)
+    other = plan.call(write, path="elsewhere")
+    edges = [(e.source, e.target, e.kind) for e in shoal.analyze(plan).edges]
+    assert (first.node, second.node, "resource") in edges  # a wildcard key: never overlap
+    assert (first.node, other.node, "resource") in edges
+    assert shoal.run_sync(plan).ok
+
+    async def main() -> None:
+        async with shoal.Runtime(resource_limits={"file:*": 1}).open_run() as run:
+            for _ in range(3):
+                run.call(write, path=path)  # raised from the graph's growth, half added
+        assert run.result.ok and len(run.result) == 3  # (the run's end then failed: zip())
+
+    arun(main())
