@@ -15,6 +15,7 @@ import pytest
 import shoal
 from shoal.exceptions import ArgumentTypeError, ConfigError, PlanError
 from shoal.patterns import MAX_ROUNDS, FanOut, Pipeline, fan_out, pipeline, reflect
+from shoal.plan import Node
 from shoal.planfile import plan_from_dict
 from shoal.testing import ScriptedModel
 from tests.conftest import arun
@@ -334,3 +335,19 @@ def test_a_footprint_value_that_cannot_be_written_orders_the_call_and_keeps_the_
         assert run.result.ok and len(run.result) == 3  # (the run's end then failed: zip())
 
     arun(main())
+
+
+def test_a_node_made_by_hand_is_made_whole_when_inserted() -> None:
+    plan = shoal.Plan()
+    first = plan.call(echo, x=4)
+    plan.insert(Node("uses", echo, {"x": first}))  # its refs not listed
+    plan.insert(Node("later", echo, {"x": 1}, after="uses"))  # type: ignore[arg-type]
+    plan.insert(Node("plain", lambda: 5, {}))  # type: ignore[arg-type]  # no tool
+    with pytest.raises(ArgumentTypeError, match="its args must be a dict"):
+        plan.insert(Node("bad", echo, [1]))  # type: ignore[arg-type]
+    assert plan.node("uses").refs == (first,) and plan.node("later").after == ("uses",)
+    result = shoal.run_sync(plan)
+    assert result.ok and result.value("uses") == 4  # (the tool got the ref itself: $echo#1)
+    assert result.value("plain") == 5
+    edges = {(e.source, e.target) for e in shoal.analyze(plan).edges}
+    assert {("echo#1", "uses"), ("uses", "later")} <= edges

@@ -211,7 +211,7 @@ class OpenRun:
         if problems:
             raise PlanError(problems, self._plan.name)
         self._handle.add([node])  # may raise (a resumed run's journal knows another tool)
-        self._plan.insert(node)
+        self._plan._insert(node)
 
     # ---- waiting ----------------------------------------------------------------------
 

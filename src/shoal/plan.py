@@ -366,7 +366,7 @@ class Plan:
                 nodes[new_id] = Node(new_id, tool, args, (), len(nodes), refs)
                 return Ref(new_id)
         node = self._make_node(tool, args, after, node_id, None)
-        self.insert(node)
+        self._insert(node)
         return Ref(node.id)
 
     def add(
@@ -384,7 +384,7 @@ class Plan:
         every other problem (the first node keeps the id; the plan cannot run).
         """
         node = self.make_node(tool, args, after=after, node_id=node_id)
-        self.insert(node)
+        self._insert(node)
         return Ref(node.id)
 
     def map(
@@ -422,7 +422,7 @@ class Plan:
         chosen = _item_arg(resolved, args, item_arg)
         node = self._make_node(resolved, {**args, chosen: over}, after, node_id,
                                MapSpec(chosen, partial))
-        self.insert(node)
+        self._insert(node)
         return Ref(node.id)
 
     def make_node(
@@ -534,14 +534,31 @@ class Plan:
         return refs
 
     def insert(self, node: Node) -> None:
-        """Add a node made by :meth:`make_node` (a taken id is kept aside for validation).
+        """Add a node made by :meth:`make_node`, or by hand (a taken id is kept aside).
 
         Raises :class:`~shoal.exceptions.PlanError` (code ``bad_id``) for an id holding ``/``
-        or empty, as :meth:`call` does: a :class:`Node` made by hand passes the same rule.
+        or empty, as :meth:`call` does. A :class:`Node` made by hand is made whole first: a
+        plain function as its tool is wrapped, its ``after`` read as :meth:`call` reads it,
+        and the refs in its arguments found when it lists none (else they would reach the
+        tool as refs, its inputs never waited for).
         """
         if not isinstance(node, Node):  # an AttributeError ('id') before
             raise ArgumentTypeError(f"insert takes a Node (see make_node), got "
                                     f"{type(node).__name__} {shown(node)}")
+        if not isinstance(node.tool, Tool):
+            node.tool = as_tool(node.tool)
+        if not isinstance(node.args, dict):
+            raise ArgumentTypeError(f"node {shown(node.id)}: its args must be a dict of "
+                                    f"argument names to values, got {type(node.args).__name__} "
+                                    f"{shown(node.args)}")
+        if type(node.after) is not tuple or not all(type(a) is str for a in node.after):
+            node.after = _other_after(node.after)
+        if not node.refs:
+            node.refs = _refs_in(node.args)
+        self._insert(node)
+
+    def _insert(self, node: Node) -> None:
+        """:meth:`insert` for a node this plan made (:meth:`make_node`): whole already."""
         if type(node.id) is not str:  # a Node made by hand
             node.id = _given_id(node.id)
         if "/" in node.id or not node.id:
