@@ -7,6 +7,7 @@ the refusal is a typed shoal error naming it, or that the value works as its tex
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any, NoReturn
 
@@ -14,7 +15,16 @@ import pytest
 
 import shoal
 from shoal.exceptions import ArgumentTypeError, ConfigError, PlanError
-from shoal.patterns import MAX_ROUNDS, FanOut, Pipeline, fan_out, pipeline, reflect
+from shoal.patterns import (
+    MAX_ROUNDS,
+    FanOut,
+    Pipeline,
+    Verdict,
+    fan_out,
+    pipeline,
+    reflect,
+    verdict_of,
+)
 from shoal.plan import Node
 from shoal.planfile import plan_from_dict
 from shoal.testing import ScriptedModel
@@ -351,3 +361,12 @@ def test_a_node_made_by_hand_is_made_whole_when_inserted() -> None:
     assert result.value("plain") == 5
     edges = {(e.source, e.target) for e in shoal.analyze(plan).edges}
     assert {("echo#1", "uses"), ("uses", "later")} <= edges
+
+
+def test_a_critic_answer_of_a_long_run_of_whitespace_is_read_in_linear_time() -> None:
+    started = time.perf_counter()
+    verdict = verdict_of(" " * 60_000 + "more detail")  # was quadratic: ~50 s
+    assert time.perf_counter() - started < 10  # (it takes milliseconds)
+    assert verdict == Verdict(accept=False, feedback="more detail")
+    assert verdict_of("\n \t **Accepted**: great") == Verdict(accept=True, feedback="great")
+    assert not verdict_of("  acceptable").accept
