@@ -7,6 +7,7 @@ the refusal is a typed shoal error naming it, or that the value works as its tex
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any, NoReturn
@@ -370,3 +371,29 @@ def test_a_critic_answer_of_a_long_run_of_whitespace_is_read_in_linear_time() ->
     assert verdict == Verdict(accept=False, feedback="more detail")
     assert verdict_of("\n \t **Accepted**: great") == Verdict(accept=True, feedback="great")
     assert not verdict_of("  acceptable").accept
+
+
+def test_plan_lookups_of_what_is_no_id() -> None:
+    plan = shoal.Plan()
+    plan.call(echo, node_id="a")
+    assert plan.node(Spiteful("a")).id == "a" and Spiteful("a") in plan
+    for odd in (10**5000, [1], {1: 2}, BadRepr(), None):
+        assert odd not in plan  # (a list: unhashable type; a huge int: its KeyError's text)
+        with pytest.raises(ArgumentTypeError, match=r"plan.node\(\) takes a ref or a node id"):
+            plan.node(odd)  # type: ignore[arg-type]
+    with pytest.raises(KeyError):
+        plan.node("b")
+
+
+def test_a_cancel_reason_that_is_no_plain_text() -> None:
+    async def main() -> None:
+        async with shoal.Runtime().open_run() as run:
+            slow = run.call(shoal.tool(asyncio.Event().wait, name="waits"))
+            with pytest.raises(ArgumentTypeError, match="reason must be text, got BadRepr <Bad"):
+                run.cancel(slow, reason=BadRepr())  # type: ignore[arg-type]
+            run.cancel(slow, reason=Spiteful("stop it"))
+        outcome = run.result[slow]
+        assert (outcome.status, outcome.reason, type(outcome.reason)) == (
+            "cancelled", "stop it", str)
+
+    arun(main())

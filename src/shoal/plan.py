@@ -587,8 +587,13 @@ class Plan:
         return list(self._nodes.values())
 
     def node(self, ref: Ref | str) -> Node:
-        """The node behind a ref or id."""
-        return self._nodes[ref.node if isinstance(ref, Ref) else ref]
+        """The node behind a ref or id (``KeyError`` when the plan has none)."""
+        if isinstance(ref, Ref):
+            return self._nodes[ref.node]
+        if not isinstance(ref, str):  # its KeyError would quote it, by a repr that may fail
+            raise ArgumentTypeError(f"plan.node() takes a ref or a node id (text), got "
+                                    f"{type(ref).__name__} {shown(ref)}")
+        return self._nodes[plain_text(ref)]
 
     def __len__(self) -> int:
         return len(self._nodes)
@@ -597,8 +602,9 @@ class Plan:
         return iter(self._nodes.values())
 
     def __contains__(self, item: object) -> bool:
-        key = item.node if isinstance(item, Ref) else item
-        return key in self._nodes
+        if isinstance(item, Ref):
+            return item.node in self._nodes
+        return isinstance(item, str) and plain_text(item) in self._nodes  # ids are text
 
     def __repr__(self) -> str:
         return f"<Plan {self.name or ''} with {len(self._nodes)} nodes>".replace("  ", " ")

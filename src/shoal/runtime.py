@@ -217,7 +217,9 @@ class RunHandle:
         from any thread: from another than the run's, the cancel is handed to its loop.
         """
         if not isinstance(reason, str):  # it becomes each outcome's reason, and is journaled
-            raise TypeError(f"cancel()'s reason must be text, got {type(reason).__name__}")
+            raise ArgumentTypeError(f"cancel()'s reason must be text, got "
+                                    f"{type(reason).__name__} {shown(reason)}")
+        reason = plain_text(reason)
         if self._task.done():
             return
         ids = None if node is None else _node_ids(node)
