@@ -28,6 +28,7 @@ from shoal.patterns import (
 )
 from shoal.plan import Node
 from shoal.planfile import plan_from_dict
+from shoal.plantext import PlanTextParser, parse_plan_text
 from shoal.testing import ScriptedModel
 from tests.conftest import arun
 
@@ -397,3 +398,34 @@ def test_a_cancel_reason_that_is_no_plain_text() -> None:
             "cancelled", "stop it", str)
 
     arun(main())
+
+
+# -- plan text and plan files -----------------------------------------------------------------
+
+
+def test_plan_text_of_no_text_or_tools_of_the_wrong_kind_are_argument_type_errors() -> None:
+    for text in (None, b"1. echo(x=1)", ["1. echo(x=1)"]):
+        with pytest.raises(ArgumentTypeError, match="plan text must be a str"):
+            parse_plan_text(text, [echo])  # type: ignore[arg-type]
+    for tools in (None, 5, "echo", [BadRepr()], {5: echo}, {"echo": 5}):
+        with pytest.raises(ArgumentTypeError, match="tools"):
+            parse_plan_text("1. echo(x=1)", tools)  # type: ignore[arg-type]
+    assert [n.id for n in parse_plan_text(Spiteful("1. echo(x=1)\n"), {"echo": echo})] == ["1"]
+    function: Any = count.fn
+    assert len(parse_plan_text("1. count([1])", [function])) == 1  # made a tool
+    parser = PlanTextParser([echo])
+    with pytest.raises(ArgumentTypeError, match="plan text must be a str"):
+        parser.feed(5)  # type: ignore[arg-type]
+
+
+def test_plan_file_tools_named_by_no_text_and_options_whose_repr_raises() -> None:
+    data = {"nodes": [{"id": "a", "tool": "echo"}]}
+    for tools in ({5: echo}, {None: echo}):
+        with pytest.raises(ArgumentTypeError, match="a tool's name must be text"):
+            plan_from_dict(data, tools=tools)
+    with pytest.raises(ArgumentTypeError, match="is not a tool nor a function"):
+        plan_from_dict(data, tools=["echo"])
+    for odd in (BadRepr(), Spiteful("2")):
+        bad = {"nodes": [{"id": "a", "tool": "echo", "options": {"retries": odd}}]}
+        with pytest.raises(PlanError, match="retries"):
+            plan_from_dict(bad, tools=[echo])

@@ -54,8 +54,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shoal.exceptions import PlanError, PlanProblem, ShoalError, describe_exception
-from shoal.merge import shown
+from shoal.exceptions import (
+    ArgumentTypeError,
+    PlanError,
+    PlanProblem,
+    ShoalError,
+    describe_exception,
+)
+from shoal.merge import error_text, shown
 from shoal.nodeids import node_id_problem, plain_text
 from shoal.plan import MapSpec, Plan, Ref, _item_arg, as_tool
 from shoal.plandata import DataError, check_value, parse_json, parse_yaml, read_text
@@ -281,18 +287,22 @@ def _named(tools: Mapping[str, Any] | Iterable[Any] | None) -> Mapping[str, Any]
     if tools is None:
         return {}
     if isinstance(tools, Mapping):
-        return tools
+        odd = [name for name in tools if not isinstance(name, str)]
+        if odd:  # each is matched against a plan's text, and listed in messages
+            raise ArgumentTypeError(f"tools: a tool's name must be text, got "
+                                    f"{type(odd[0]).__name__} {shown(odd[0])}")
+        return {plain_text(name): tool for name, tool in tools.items()}
     if isinstance(tools, str | bytes) or not isinstance(tools, Iterable):
-        raise TypeError(f"tools takes a mapping of names to tools or a list of tools, got "
-                        f"{type(tools).__name__} {shown(tools)}")
+        raise ArgumentTypeError(f"tools takes a mapping of names to tools or a list of tools, "
+                                f"got {type(tools).__name__} {shown(tools)}")
     table: dict[str, Any] = {}
     item: Any
     for item in tools:
         try:
             found = as_tool(item)
         except Exception as exc:
-            raise TypeError(f"tools: {shown(item)} is not a tool nor a function: "
-                            f"{exc}") from None
+            raise ArgumentTypeError(f"tools: {shown(item)} is not a tool nor a function: "
+                                    f"{error_text(exc)}") from None
         table[found.name] = found
     return table
 
