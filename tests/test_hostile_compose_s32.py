@@ -429,3 +429,13 @@ def test_plan_file_tools_named_by_no_text_and_options_whose_repr_raises() -> Non
         bad = {"nodes": [{"id": "a", "tool": "echo", "options": {"retries": odd}}]}
         with pytest.raises(PlanError, match="retries"):
             plan_from_dict(bad, tools=[echo])
+
+
+def test_an_agent_node_given_hostile_text_as_context_writes_its_characters() -> None:
+    model_ = ScriptedModel.per_prompt({"*": ["done"]})
+    worker = shoal.Agent(name="worker", model=model_)
+    plan = shoal.Plan()
+    done = plan.call(worker, task=Spiteful("the task"), note=Spiteful("a note"))
+    result = shoal.run_sync(plan)
+    assert result.ok and result.value(done) == "done"  # (it failed: RuntimeError: __str__)
+    assert model_.requests[0].messages[-1].content == "the task\n\nnote:\na note"
