@@ -439,3 +439,37 @@ def test_an_agent_node_given_hostile_text_as_context_writes_its_characters() -> 
     result = shoal.run_sync(plan)
     assert result.ok and result.value(done) == "done"  # (it failed: RuntimeError: __str__)
     assert model_.requests[0].messages[-1].content == "the task\n\nnote:\na note"
+
+
+# -- an open run's block failing ----------------------------------------------------------------
+
+
+class Unspeakable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("__str__ of an exception")
+
+
+class Verbose(Exception):
+    def __str__(self) -> str:
+        return "x" * 1_000_000
+
+
+@pytest.mark.parametrize("error", [Unspeakable(), Verbose()], ids=["str-raises", "1-MB-message"])
+def test_an_open_runs_block_raising_an_odd_exception_cancels_and_ends_the_run(
+        error: Exception) -> None:
+    async def fail(run: shoal.OpenRun) -> None:
+        async with run:
+            run.call(shoal.tool(asyncio.Event().wait, name="waits"))
+            raise error
+
+    async def main() -> shoal.OpenRun:
+        run = shoal.Runtime().open_run()
+        with pytest.raises(type(error)):  # its own error goes on (was: RuntimeError of str())
+            await fail(run)
+        return run
+
+    run = arun(main(), virtual=True)
+    outcome = run.result["waits#1"]  # (was RunNotEndedError: the run was left going)
+    assert outcome.status == "cancelled"
+    assert outcome.reason.startswith(f"the code adding nodes raised {type(error).__name__}: ")
+    assert len(outcome.reason) < 600

@@ -34,8 +34,9 @@ from shoal.exceptions import (
     RunClosedError,
     RunNotEndedError,
     UpstreamFailedError,
+    bounded_text,
 )
-from shoal.merge import shown
+from shoal.merge import error_text, shown
 from shoal.nodeids import plain_text
 from shoal.outcome import Outcome, RunResult
 from shoal.plan import Callee, MapSpec, Node, Plan, Ref, _item_arg, as_tool
@@ -335,14 +336,24 @@ class OpenRun:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         if exc is not None:  # the block failed: stop what it started, keep every outcome
-            kind = exc_type.__name__ if exc_type is not None else "an error"
-            said = f": {exc}" if str(exc) else ""  # a cancellation or timeout says nothing
-            self.cancel(reason=f"the code adding nodes raised {kind}{said}")
+            self.cancel(reason=f"the code adding nodes raised {_raised(exc)}")
         try:
             await self._finish()
         except asyncio.CancelledError:
             if exc is None:
                 raise
+
+
+_REASON_CHARS = 500  # of the block's error, in each outcome's reason (journaled with each)
+
+
+def _raised(exc: BaseException) -> str:
+    """The error that left an open run's block, for its nodes' reason; never raises.
+
+    ``Type: message``, its message bounded; just the type when it says nothing (a
+    cancellation, a timeout). Its ``__str__`` is the program's own code, and may raise.
+    """
+    return bounded_text(error_text(exc), _REASON_CHARS)
 
 
 def _node_id(node: object) -> str:
