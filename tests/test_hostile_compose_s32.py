@@ -29,7 +29,7 @@ from shoal.patterns import (
 from shoal.plan import Node
 from shoal.planfile import plan_from_dict
 from shoal.plantext import PlanTextParser, parse_plan_text
-from shoal.testing import ScriptedModel
+from shoal.testing import ScriptedModel, call
 from tests.conftest import arun
 
 
@@ -473,3 +473,13 @@ def test_an_open_runs_block_raising_an_odd_exception_cancels_and_ends_the_run(
     assert outcome.status == "cancelled"
     assert outcome.reason.startswith(f"the code adding nodes raised {type(error).__name__}: ")
     assert len(outcome.reason) < 600
+
+
+def test_a_models_call_of_a_pattern_tool_naming_shoal_node_does_not_crash_its_agent() -> None:
+    worker = shoal.Agent(name="w", model=ScriptedModel.per_prompt({"*": ["inner"]}))
+    review = pipeline(worker, name="review")
+    tools: list[Any] = [review]  # (a pattern: not in tools=' type yet)
+    lead = shoal.Agent(name="lead", tools=tools, model=ScriptedModel(
+        [[call("review", task="x", shoal_node="forged")], "final"]))
+    result = lead.run_sync("go")  # the model's call is its tool validation's to judge
+    assert (result.status, result.output) == ("ok", "final")

@@ -698,7 +698,9 @@ class Plan:
             found.append(PlanProblem("bad_arguments", f"{node.tool.name}: map item_arg "
                                      f"{node.map.item_arg!r} is not one of its arguments "
                                      f"({names})", node.id))
-        if (node.tool.injected and not node.tool.injected.keys().isdisjoint(node.args)
+        if (node.tool.injected and node.checked is None  # (checked: by the tool's validation,
+                # an agent's model call; that validation's to refuse, as its caller expects)
+                and not node.tool.injected.keys().isdisjoint(node.args)
                 and node.tool.model_facts.accepts_extra):  # else validation says so below
             found.append(_injected_given(node))
         if node.refs:
