@@ -483,3 +483,18 @@ def test_a_models_call_of_a_pattern_tool_naming_shoal_node_does_not_crash_its_ag
         [[call("review", task="x", shoal_node="forged")], "final"]))
     result = lead.run_sync("go")  # the model's call is its tool validation's to judge
     assert (result.status, result.output) == ("ok", "final")
+
+
+def test_an_open_runs_map_checks_partial_as_a_plans_does() -> None:
+    async def main() -> None:
+        async with shoal.Runtime().open_run() as run:
+            found = run.call(shoal.tool(lambda: [1, 2], name="found"))
+            for odd in ("no", 0, None):  # 'no' was taken as partial=True
+                with pytest.raises(ArgumentTypeError, match="partial= is True or False"):
+                    run.map(echo, over=found, item_arg="x", partial=odd)  # type: ignore[arg-type]
+            with pytest.raises(ArgumentTypeError, match="takes a ref to a node's output"):
+                run.map(echo, over=[1, 2], item_arg="x")  # type: ignore[arg-type]
+            mapped = run.map(echo, over=found, item_arg="x", partial=True)
+        assert run.result.value(mapped) == [1, 2] and len(run.result) == 4
+
+    arun(main())

@@ -39,7 +39,7 @@ from shoal.exceptions import (
 from shoal.merge import error_text, shown
 from shoal.nodeids import plain_text
 from shoal.outcome import Outcome, RunResult
-from shoal.plan import Callee, MapSpec, Node, Plan, Ref, _item_arg, as_tool
+from shoal.plan import Callee, Node, Plan, Ref, as_tool, map_spec
 from shoal.streaming import DEFAULT_BUFFER, EventStream, Started
 from shoal.tools import Tool
 
@@ -137,14 +137,11 @@ class OpenRun:
 
         Returns a ref to the list of results, in item order (see :meth:`shoal.Plan.map`).
         """
-        if not isinstance(over, Ref):
-            raise ArgumentTypeError(f"map(over=...) takes a ref to a node's output (a list), got "
-                            f"{type(over).__name__}")
         resolved = as_tool(tool)
-        chosen = _item_arg(resolved, args, item_arg)
+        spec = map_spec(resolved, args, over, item_arg, partial)
         return self._on_loop(lambda: self._insert(self._plan.make_node(
-            resolved, {**args, chosen: over}, after=after, node_id=node_id,
-            map_spec=MapSpec(chosen, partial))))
+            resolved, {**args, spec.item_arg: over}, after=after, node_id=node_id,
+            map_spec=spec)))
 
     def problems(self, tool: Callee, args: Mapping[str, Any] | None = None, *,
                  node_id: str) -> list[PlanProblem]:

@@ -28,7 +28,7 @@ from shoal.merge import error_text, shown
 from shoal.nodeids import check_node_id, plain_text
 from shoal.tools import Tool, tool
 
-__all__ = ["MapSpec", "Node", "Plan", "Ref", "find_refs"]
+__all__ = ["MapSpec", "Node", "Plan", "Ref", "find_refs", "map_spec"]
 
 PathPart = str | int
 T = TypeVar("T")
@@ -412,16 +412,8 @@ class Plan:
         makes it ``ok`` with the values of the items that succeeded, in item order.
         """
         resolved = as_tool(tool)
-        if not isinstance(partial, bool):  # 'no' would read as True
-            raise ArgumentTypeError(f"plan.map({resolved.name}): partial= is True or False, got "
-                                    f"{type(partial).__name__} {shown(partial)}")
-        if not isinstance(over, Ref):
-            raise ArgumentTypeError(f"plan.map(over=...) takes a ref to a node's output (a "
-                                    f"list), got {type(over).__name__}; for a list known now, "
-                                    "call plan.call once per item")
-        chosen = _item_arg(resolved, args, item_arg)
-        node = self._make_node(resolved, {**args, chosen: over}, after, node_id,
-                               MapSpec(chosen, partial))
+        spec = map_spec(resolved, args, over, item_arg, partial)
+        node = self._make_node(resolved, {**args, spec.item_arg: over}, after, node_id, spec)
         self._insert(node)
         return Ref(node.id)
 
@@ -815,6 +807,24 @@ def _read(given: Iterable[Any], what: str) -> Any:
     except Exception as exc:  # the caller's object's own code
         raise ConfigError(f"{what}= could not be read: reading the {type(given).__name__} "
                           f"raised {error_text(exc)}") from exc
+
+
+def map_spec(tool: Tool[..., Any], args: Mapping[str, Any], over: object, item_arg: object,
+             partial: object) -> MapSpec:
+    """What makes a call of ``tool`` with ``args`` a map over ``over`` (see :meth:`Plan.map`).
+
+    Raises :class:`~shoal.exceptions.ArgumentTypeError` for an ``over`` that is no ref, a
+    ``partial`` that is not a bool (``"no"`` would read as true) or an ``item_arg`` that
+    names no argument it can take.
+    """
+    if not isinstance(partial, bool):
+        raise ArgumentTypeError(f"plan.map({tool.name}): partial= is True or False, got "
+                                f"{type(partial).__name__} {shown(partial)}")
+    if not isinstance(over, Ref):
+        raise ArgumentTypeError(f"plan.map(over=...) takes a ref to a node's output (a list), "
+                                f"got {type(over).__name__}; for a list known now, call "
+                                "plan.call once per item")
+    return MapSpec(_item_arg(tool, args, item_arg), partial)
 
 
 def _given_id(node_id: object) -> str:
