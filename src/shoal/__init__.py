@@ -68,6 +68,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time names load on 
     )
     from shoal.exceptions import (
         AgentError,
+        ArgumentTypeError,
         AsyncOnlyError,
         BoardError,
         BoardKeyError,
@@ -246,6 +247,7 @@ _EXPORTS = {
     "RunNotEndedError": "shoal.exceptions",
     "NoEventLoopError": "shoal.exceptions",
     "AsyncOnlyError": "shoal.exceptions",
+    "ArgumentTypeError": "shoal.exceptions",
     "RunNotFoundError": "shoal.exceptions",
     "SQLiteStore": "shoal.store.sqlite",
     "Store": "shoal.store.base",
@@ -389,6 +391,7 @@ __all__ = [
     "RunNotEndedError",
     "NoEventLoopError",
     "AsyncOnlyError",
+    "ArgumentTypeError",
     "__version__",
     "analyze",
     "otel",

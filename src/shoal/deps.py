@@ -179,22 +179,38 @@ class _Key:
 
 
 def render_key(template: str, args: Mapping[str, Any], defaults: Mapping[str, Any]) -> _Key:
-    """Fill ``template`` from ``args``; stop at the first field whose value is not known yet."""
+    """Fill ``template`` from ``args``; stop at the first field whose value is not known yet.
+
+    The key is then a wildcard: what it was filled with so far, then anything. So is it when
+    a value cannot be written into it (its ``__format__`` or ``__repr__`` raises, an int too
+    long to write out): such a call is ordered after every earlier use of a key it might be,
+    never left to overlap one it clashes with.
+    """
     out: list[str] = []
     values = {**defaults, **args}
     for literal, field_name, spec, conversion in _formatter.parse(template):
         out.append(literal)
         if field_name is None:
             continue
-        try:
-            value, _ = _formatter.get_field(field_name, (), values)
-        except (KeyError, IndexError, AttributeError, TypeError):
+        text = _field_text(field_name, spec, conversion, values)
+        if text is None:
             return _Key("".join(out), wild=True)
-        if find_refs(value):
-            return _Key("".join(out), wild=True)
-        value = _formatter.convert_field(value, conversion)
-        out.append(_formatter.format_field(value, spec or ""))
+        out.append(text)
     return _Key("".join(out), wild=False)
+
+
+def _field_text(field_name: str, spec: str | None, conversion: str | None,
+                values: Mapping[str, Any]) -> str | None:
+    """One field of a key template filled in, or ``None`` when its value is not known."""
+    try:
+        value, _ = _formatter.get_field(field_name, (), values)
+        if find_refs(value):  # known once that node has run
+            return None
+        text: str = _formatter.format_field(_formatter.convert_field(value, conversion),
+                                            spec or "")
+        return text
+    except Exception:  # no such argument (KeyError ...), or the value's own code failed
+        return None
 
 
 #: A use of a resource key by a node: the key, the node's position, the mode.

@@ -24,6 +24,8 @@
     │                               a sync call that waited too long for one is not started
     ├── RemoteToolError             stands in for a tool's exception that could not be pickled
     ├── ConfigError                 an invalid runtime setting (limits, executors, rates)
+    │   └── ArgumentTypeError       a plan's, an open run's or a ref's argument of the wrong
+    │                               kind (a node id that is no text); also a ``TypeError``
     ├── MissingDependencyError      an optional extra is not installed; says what to install
     ├── StoreError                  the journal cannot be opened, read or written
     │   ├── StoreVersionError       the journal file is newer than this shoal; names both versions
@@ -84,6 +86,7 @@ __all__ = [
     "BoardValueError",
     "ConfigError",
     "AgentError",
+    "ArgumentTypeError",
     "AsyncOnlyError",
     "BudgetExceeded",
     "ExecutorError",
@@ -348,6 +351,15 @@ class RemoteToolError(ShoalError):
 
 class ConfigError(ShoalError):
     """An invalid runtime or tool setting; the message names it and what is accepted."""
+
+
+class ArgumentTypeError(ConfigError, TypeError):
+    """A plan, an open run or a ref was given an argument of the wrong kind; the message says so.
+
+    A node id or ``item_arg=`` that is no text, an ``after=`` naming something that is no
+    node, a ref's key that is neither a field name nor an index, a node named by neither a ref
+    nor its id. A ``TypeError`` too, as these refusals were before they had a type of their own.
+    """
 
 
 class MissingDependencyError(ShoalError, ImportError):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from shoal.exceptions import PlanError, PlanProblem
 
-__all__ = ["SEPARATOR", "check_node_id", "node_id_problem"]
+__all__ = ["SEPARATOR", "check_node_id", "node_id_problem", "plain_text"]
 
 #: What joins run ids, lineages and node ids; no node id a user gives holds it.
 SEPARATOR = "/"
@@ -37,3 +37,13 @@ def check_node_id(node_id: str) -> None:
     problem = node_id_problem(node_id)
     if problem:
         raise PlanError([PlanProblem("bad_id", problem, node_id)])
+
+
+def plain_text(text: str) -> str:
+    """``text`` as a plain ``str``, without a subclass's own ``__eq__``, ``__hash__``, ``__str__``.
+
+    An id, a name or a key is compared, hashed and written out wherever the run goes; a ``str``
+    subclass whose methods raise (or lie) would fail there, far from the call that took it.
+    Its text is kept (``str.__str__`` copies a subclass's characters without calling them).
+    """
+    return text if type(text) is str else str.__str__(text)

@@ -27,16 +27,19 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from shoal.clock import running_loop
 from shoal.exceptions import (
+    ArgumentTypeError,
     AsyncOnlyError,
     PlanError,
     PlanProblem,
     RunClosedError,
     RunNotEndedError,
     UpstreamFailedError,
+    bounded_text,
 )
-from shoal.merge import shown
+from shoal.merge import error_text, shown
+from shoal.nodeids import plain_text
 from shoal.outcome import Outcome, RunResult
-from shoal.plan import Callee, MapSpec, Node, Plan, Ref, _item_arg, as_tool
+from shoal.plan import Callee, Node, Plan, Ref, as_tool, map_spec
 from shoal.streaming import DEFAULT_BUFFER, EventStream, Started
 from shoal.tools import Tool
 
@@ -100,7 +103,8 @@ class OpenRun:
                 self._plan.make_owned_node(tool, args, node_id, after=after)))
         plan = self._plan
         node = (plan.fresh_node(tool, args)
-                if node_id is None and after == () and isinstance(tool, Tool) else None)
+                if node_id is None and type(after) is tuple and not after
+                and isinstance(tool, Tool) else None)
         if node is None:
             node = plan._make_node(tool, args, after, node_id, None)
             self._insert_node(node)
@@ -133,14 +137,11 @@ class OpenRun:
 
         Returns a ref to the list of results, in item order (see :meth:`shoal.Plan.map`).
         """
-        if not isinstance(over, Ref):
-            raise TypeError(f"map(over=...) takes a ref to a node's output (a list), got "
-                            f"{type(over).__name__}")
         resolved = as_tool(tool)
-        chosen = _item_arg(resolved, args, item_arg)
+        spec = map_spec(resolved, args, over, item_arg, partial)
         return self._on_loop(lambda: self._insert(self._plan.make_node(
-            resolved, {**args, chosen: over}, after=after, node_id=node_id,
-            map_spec=MapSpec(chosen, partial))))
+            resolved, {**args, spec.item_arg: over}, after=after, node_id=node_id,
+            map_spec=spec)))
 
     def problems(self, tool: Callee, args: Mapping[str, Any] | None = None, *,
                  node_id: str) -> list[PlanProblem]:
@@ -208,7 +209,7 @@ class OpenRun:
         if problems:
             raise PlanError(problems, self._plan.name)
         self._handle.add([node])  # may raise (a resumed run's journal knows another tool)
-        self._plan.insert(node)
+        self._plan._insert(node)
 
     # ---- waiting ----------------------------------------------------------------------
 
@@ -332,9 +333,7 @@ class OpenRun:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         if exc is not None:  # the block failed: stop what it started, keep every outcome
-            kind = exc_type.__name__ if exc_type is not None else "an error"
-            said = f": {exc}" if str(exc) else ""  # a cancellation or timeout says nothing
-            self.cancel(reason=f"the code adding nodes raised {kind}{said}")
+            self.cancel(reason=f"the code adding nodes raised {_raised(exc)}")
         try:
             await self._finish()
         except asyncio.CancelledError:
@@ -342,11 +341,23 @@ class OpenRun:
                 raise
 
 
+_REASON_CHARS = 500  # of the block's error, in each outcome's reason (journaled with each)
+
+
+def _raised(exc: BaseException) -> str:
+    """The error that left an open run's block, for its nodes' reason; never raises.
+
+    ``Type: message``, its message bounded; just the type when it says nothing (a
+    cancellation, a timeout). Its ``__str__`` is the program's own code, and may raise.
+    """
+    return bounded_text(error_text(exc), _REASON_CHARS)
+
+
 def _node_id(node: object) -> str:
     """The id ``node`` names: a :class:`Ref`'s node, or an id given as text."""
     if isinstance(node, Ref):
         return node.node
     if not isinstance(node, str):
-        raise TypeError(f"a node of an open run is named by a ref or its id (text), got "
-                        f"{type(node).__name__} {shown(node)}")
-    return node
+        raise ArgumentTypeError(f"a node of an open run is named by a ref or its id (text), "
+                                f"got {type(node).__name__} {shown(node)}")
+    return plain_text(node)

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -53,7 +53,8 @@ from shoal.agents.node import (
     run_observed,
 )
 from shoal.exceptions import ConfigError, ShoalError
-from shoal.merge import shown
+from shoal.merge import error_text, shown
+from shoal.nodeids import plain_text
 from shoal.outcome import RunResult
 from shoal.plan import Plan, Ref
 from shoal.policy import ToolPolicy
@@ -68,13 +69,17 @@ if TYPE_CHECKING:
     from shoal.runtime import RunHandle
 
 __all__ = [
-    "FanOut", "NotAcceptedError", "Pattern", "PatternError", "Pipeline", "Reflect",
+    "MAX_ROUNDS", "FanOut", "NotAcceptedError", "Pattern", "PatternError", "Pipeline", "Reflect",
     "Reflection", "Step", "Verdict", "fan_out", "pipeline", "reflect",
 ]  # fmt: skip
 
 # as agent names: a pattern may become a tool (fullmatch: '$' also matches before a final
 # newline, and 'fan\n' passed, a name no model API takes)
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+#: The most rounds a :func:`reflect` loop may be given: each is a draft and a review (two
+#: agent runs); a loop meant to go on "until accepted" is bounded by this and by its budget.
+MAX_ROUNDS = 1000
 
 
 class PatternError(ShoalError):
@@ -133,10 +138,11 @@ class Pattern:
     kind: ClassVar[str] = "pattern"
 
     def __init__(self, name: str | None) -> None:
-        self.name = self.kind if name is None else name
-        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
-            raise ConfigError(f"{self.kind} name {shown(self.name)} must be 1-64 letters, digits, "
+        if name is not None and (not isinstance(name, str) or not _NAME.fullmatch(name)):
+            raise ConfigError(f"{self.kind} name {shown(name)} must be 1-64 letters, digits, "
                               "'_' or '-' (it names the pattern's nodes and their lineage)")
+        # a str subclass's own __eq__/__hash__/__str__ would run wherever the name is used
+        self.name = self.kind if name is None else plain_text(name)
 
     # -- as a node --------------------------------------------------------------------------
 
@@ -252,6 +258,26 @@ Step = Agent[Any] | Pattern
 # -- helpers for the patterns ----------------------------------------------------------------
 
 
+def _steps(owner: str, given: object, what: str) -> tuple[Step, ...]:
+    """The steps (``what``: "step", "worker") given to a pattern, each checked.
+
+    A ``ConfigError`` for none, for what is no collection of steps, and for an iterable that
+    raises while it is read (a generator's own error, kept as the cause).
+    """
+    if given is None:
+        given = ()
+    if isinstance(given, str | bytes | Mapping) or not isinstance(given, Iterable):
+        raise ConfigError(f"{owner}: give the {what}s as a list of agents and patterns, got "
+                          f"{type(given).__name__} {shown(given)}")
+    try:
+        steps = tuple(given)
+    except Exception as exc:  # the iterable's own code (a generator that raised)
+        raise ConfigError(f"{owner}: reading its {what}s raised {error_text(exc)}") from exc
+    if not steps:
+        raise ConfigError(f"{owner}: give at least one {what}")
+    return tuple(_check_step(owner, s) for s in steps)
+
+
 def _check_step(owner: str, step: Any) -> Step:
     if not isinstance(step, Agent | Pattern):
         raise ConfigError(f"{owner}: a step must be an Agent or a pattern, got "
@@ -325,11 +351,9 @@ class Pipeline(Pattern):
 
     kind = "pipeline"
 
-    def __init__(self, steps: Sequence[Step], name: str | None = None) -> None:
+    def __init__(self, steps: Iterable[Step], name: str | None = None) -> None:
         super().__init__(name)
-        if not steps:
-            raise ConfigError(f"pipeline {self.name}: give at least one step")
-        self.steps = tuple(_check_step(f"pipeline {self.name}", s) for s in steps)
+        self.steps = _steps(f"pipeline {self.name}", steps, "step")
 
     def describe(self) -> str:
         """``a, then b, then c``."""
@@ -356,12 +380,10 @@ class FanOut(Pattern):
 
     kind = "fan_out"
 
-    def __init__(self, workers: Sequence[Step], aggregate: Step | None = None,
+    def __init__(self, workers: Iterable[Step], aggregate: Step | None = None,
                  name: str | None = None) -> None:
         super().__init__(name)
-        if not workers:
-            raise ConfigError(f"fan_out {self.name}: give at least one worker")
-        self.workers = tuple(_check_step(f"fan_out {self.name}", w) for w in workers)
+        self.workers = _steps(f"fan_out {self.name}", workers, "worker")
         self.aggregate = None if aggregate is None else _check_step(
             f"fan_out {self.name} aggregate", aggregate)
 
@@ -406,13 +428,16 @@ class Reflect(Pattern):
         super().__init__(name)
         self.worker = _check_step(f"reflect {self.name} worker", worker)
         self.critic = _check_step(f"reflect {self.name} critic", critic)
-        if isinstance(max_rounds, bool) or not isinstance(max_rounds, int) or max_rounds < 1:
-            raise ConfigError(f"reflect {self.name}: max_rounds must be a whole number, 1 or "
-                              f"more, got {shown(max_rounds)}")
+        rounds = (int.__int__(max_rounds)  # an int subclass's own comparisons left out
+                  if isinstance(max_rounds, int) and not isinstance(max_rounds, bool) else 0)
+        if not 1 <= rounds <= MAX_ROUNDS:
+            raise ConfigError(f"reflect {self.name}: max_rounds must be a whole number from 1 to "
+                              f"{MAX_ROUNDS}, got {shown(max_rounds)}; a loop that never "
+                              "converges is bounded by it (and by a Budget)")
         if not isinstance(must_accept, bool):  # 'no' would be taken as true
             raise ConfigError(f"reflect {self.name}: must_accept must be True or False, got "
                               f"{shown(must_accept)}")
-        self.max_rounds = max_rounds
+        self.max_rounds = rounds
         self.must_accept = must_accept
 
     def describe(self) -> str:
@@ -426,6 +451,12 @@ class Reflect(Pattern):
         return ("output",)
 
     async def _run(self, node: NodeContext, task: Any, context: Mapping[str, Any]) -> Any:
+        taken = sorted(_LOOP_ARGUMENTS.intersection(context))
+        if taken:  # from round 2 the loop's own value would silently replace the caller's
+            raise ConfigError(f"reflect {node.lineage}: {', '.join(taken)} "
+                              f"{'is' if len(taken) == 1 else 'are'} the loop's own argument"
+                              f"{'' if len(taken) == 1 else 's'} for the worker's later "
+                              "rounds; give the value another name")
         draft: Any = None
         verdict = Verdict(accept=False)
         counts: dict[str, int] = {}  # ids go on across rounds: writer#2 is the second draft
@@ -453,7 +484,12 @@ class Reflect(Pattern):
         return reflection
 
 
-_ACCEPT = re.compile(r"^\s*\**\s*accept(ed)?\b", re.IGNORECASE)
+#: What a reflect loop's worker gets from round 2 on, besides the task and the context.
+_LOOP_ARGUMENTS = frozenset({"previous_draft", "feedback"})
+
+# matched after the leading whitespace is stripped: two '\s*' around '\**' tried every split
+# of a run of spaces between them (32,000 spaces took 14 s, on the event loop)
+_ACCEPT = re.compile(r"\**\s*accept(ed)?\b", re.IGNORECASE)
 
 
 def verdict_of(review: Any, where: str = "") -> Verdict:
@@ -467,8 +503,10 @@ def verdict_of(review: Any, where: str = "") -> Verdict:
     if isinstance(review, Verdict):
         return review
     if isinstance(review, str):
-        if _ACCEPT.match(review):
-            return Verdict(accept=True, feedback=_ACCEPT.sub("", review, count=1).strip(" :.-\n*"))
+        text = review.lstrip()
+        accepted = _ACCEPT.match(text)
+        if accepted:
+            return Verdict(accept=True, feedback=text[accepted.end():].strip(" :.-\n*"))
         return Verdict(accept=False, feedback=review.strip())
     fields = review if isinstance(review, Mapping) else getattr(review, "__dict__", {})
     if isinstance(fields, Mapping) and isinstance(fields.get("accept"), bool):
@@ -519,7 +557,7 @@ def reflect(worker: Step, critic: Step, *, max_rounds: int = 3, must_accept: boo
     The value is a :class:`Reflection`: the last draft, and ``accepted`` saying whether the
     critic accepted it. Reaching ``max_rounds`` without acceptance is not an error (the draft
     may still be useful; check ``accepted``) unless ``must_accept=True``: then the node fails
-    with :class:`NotAcceptedError`.
+    with :class:`NotAcceptedError`. ``max_rounds`` is at most :data:`MAX_ROUNDS`.
     """
     return Reflect(worker, critic, max_rounds, must_accept, name)
 

@@ -10,23 +10,25 @@ by :mod:`shoal.planfile` and :mod:`shoal.plantext`.
 from __future__ import annotations
 
 import re
+import sys
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, Protocol, TypeVar, cast
 
 from shoal.exceptions import (
+    ArgumentTypeError,
     ConfigError,
     PlanError,
     PlanProblem,
     ToolArgumentError,
     ToolDefinitionError,
 )
-from shoal.merge import shown
-from shoal.nodeids import check_node_id
+from shoal.merge import error_text, shown
+from shoal.nodeids import check_node_id, plain_text
 from shoal.tools import Tool, tool
 
-__all__ = ["MapSpec", "Node", "Plan", "Ref", "find_refs"]
+__all__ = ["MapSpec", "Node", "Plan", "Ref", "find_refs", "map_spec"]
 
 PathPart = str | int
 T = TypeVar("T")
@@ -38,13 +40,17 @@ class Ref:
     __slots__ = ("node", "path")
 
     def __init__(self, node: str, path: tuple[PathPart, ...] = ()) -> None:
+        if type(node) is not str:  # an id is compared, hashed and written out wherever it goes
+            node = _ref_node(node)
+        if type(path) is not tuple:
+            raise ArgumentTypeError(f"Ref(..., path) takes a tuple of field names and indexes, "
+                                    f"got {type(path).__name__} {shown(path)}")
         self.node = node
         self.path = path
 
     def __getitem__(self, key: PathPart) -> Ref:
-        if type(key) is not str and type(key) is not int:  # a field or an index, as refs read
-            raise TypeError(f"{self!r}[...] takes a field name or an index, got "
-                            f"{type(key).__name__} {shown(key)}")
+        if type(key) is not str and (type(key) is not int or not -_MAX_INDEX <= key <= _MAX_INDEX):
+            key = _path_step(self, key)  # a field or an index, as refs read
         return Ref(self.node, (*self.path, key))
 
     def __iter__(self) -> NoReturn:
@@ -98,6 +104,28 @@ class Ref:
         return value
 
 
+_MAX_INDEX = sys.maxsize  # no list has an item past it (and its index can be written out)
+
+
+def _ref_node(node: object) -> str:
+    """A ref's node id given as other than a plain ``str``: a subclass's text, else refused."""
+    if isinstance(node, str):
+        return plain_text(node)
+    raise ArgumentTypeError(f"a Ref names a node by its id (text), got {type(node).__name__} "
+                            f"{shown(node)}; refs come from plan.call(...) or Ref('node-id')")
+
+
+def _path_step(ref: Ref, key: object) -> PathPart:
+    """A step ``ref[key]`` may take that is no plain ``str`` or small ``int``, or raise why not."""
+    if isinstance(key, str):
+        return plain_text(key)
+    if type(key) is int:  # an index past any list's end: its text may not even exist
+        raise ConfigError(f"{ref!r}[...]: index {shown(key)} is past the end of any list; an "
+                          f"index is at most {_MAX_INDEX} either way")
+    raise ArgumentTypeError(f"{ref!r}[...] takes a field name or an index, got "
+                            f"{type(key).__name__} {shown(key)}")
+
+
 def _has_field(value: Any, name: str) -> bool:
     """Whether ``name`` is a data attribute of ``value`` that a ref may step into."""
     if name.startswith("_") or isinstance(value, (Sequence, Mapping, str, bytes, bytearray)):
@@ -123,9 +151,9 @@ def _after_id(step: object) -> str:
     if isinstance(step, Ref):
         return step.node
     if isinstance(step, str):
-        return step
-    raise TypeError(f"after= takes refs and node ids (text), got {type(step).__name__} "
-                    f"{shown(step)}")
+        return plain_text(step)
+    raise ArgumentTypeError(f"after= takes refs and node ids (text), got {type(step).__name__} "
+                            f"{shown(step)}")
 _ITEM_ID = re.compile(r"(.*)\[\d+\]", re.DOTALL)  # "m[3]": the id of an item of map "m"
 
 
@@ -290,7 +318,7 @@ class Plan:
             # not as a journal write that fails once the run has started
             raise ConfigError(f"a plan's name must be a str, got {type(name).__name__} "
                               f"{shown(name)}")
-        self.name = name
+        self.name = plain_text(name)
         self._nodes: dict[str, Node] = {}
         # nodes added under an id already taken: kept aside (not run, not in ``nodes``) so that
         # validation reports them along with every other problem instead of add() raising
@@ -338,7 +366,7 @@ class Plan:
                 nodes[new_id] = Node(new_id, tool, args, (), len(nodes), refs)
                 return Ref(new_id)
         node = self._make_node(tool, args, after, node_id, None)
-        self.insert(node)
+        self._insert(node)
         return Ref(node.id)
 
     def add(
@@ -356,7 +384,7 @@ class Plan:
         every other problem (the first node keeps the id; the plan cannot run).
         """
         node = self.make_node(tool, args, after=after, node_id=node_id)
-        self.insert(node)
+        self._insert(node)
         return Ref(node.id)
 
     def map(
@@ -384,20 +412,9 @@ class Plan:
         makes it ``ok`` with the values of the items that succeeded, in item order.
         """
         resolved = as_tool(tool)
-        if item_arg is not None and not isinstance(item_arg, str):
-            raise TypeError(f"plan.map({resolved.name}): item_arg= names the argument that gets "
-                            f"each item (a str), got {type(item_arg).__name__} {shown(item_arg)}")
-        if not isinstance(partial, bool):  # 'no' would read as True
-            raise TypeError(f"plan.map({resolved.name}): partial= is True or False, got "
-                            f"{type(partial).__name__} {shown(partial)}")
-        if not isinstance(over, Ref):
-            raise TypeError(f"plan.map(over=...) takes a ref to a node's output (a list), got "
-                            f"{type(over).__name__}; for a list known now, call plan.call "
-                            "once per item")
-        chosen = _item_arg(resolved, args, item_arg)
-        node = self._make_node(resolved, {**args, chosen: over}, after, node_id,
-                               MapSpec(chosen, partial))
-        self.insert(node)
+        spec = map_spec(resolved, args, over, item_arg, partial)
+        node = self._make_node(resolved, {**args, spec.item_arg: over}, after, node_id, spec)
+        self._insert(node)
         return Ref(node.id)
 
     def make_node(
@@ -411,9 +428,11 @@ class Plan:
     ) -> Node:
         """A node for this plan (its id chosen, its refs found), not added yet (:meth:`insert`)."""
         if args is not None and not isinstance(args, Mapping):
-            raise TypeError(f"args must be a mapping of argument names to values, got "
+            raise ArgumentTypeError(f"args must be a mapping of argument names to values, got "
                             f"{type(args).__name__} {shown(args)}")
-        return self._make_node(tool, dict(args) if args else {}, after, node_id, map_spec)
+        copied = (dict(args) if args else {}) if type(args) is dict or args is None else _read(
+            args, "args")
+        return self._make_node(tool, copied, after, node_id, map_spec)
 
     def make_owned_node(self, tool: Callee, arguments: dict[str, Any],
                         node_id: str | None = None, *,
@@ -443,11 +462,11 @@ class Plan:
                 node_id = self._next_id(name)
             else:
                 self._counts[name] = count
-        elif not isinstance(node_id, str):
-            raise TypeError(f"node_id must be a string, got {type(node_id).__name__} "
-                            f"{node_id!r}")
-        elif "/" in node_id or not node_id:
-            check_node_id(node_id)  # raises PlanError (bad_id): "/" joins run ids and lineages
+        else:
+            if type(node_id) is not str:
+                node_id = _given_id(node_id)
+            if "/" in node_id or not node_id:
+                check_node_id(node_id)  # raises PlanError (bad_id): "/" joins ids and lineages
         kind = type(after)
         after_ids: tuple[str, ...]
         if kind is tuple and not after:
@@ -456,11 +475,7 @@ class Plan:
             after_ids = tuple([a.node if isinstance(a, Ref) else a if type(a) is str
                                else _after_id(a) for a in after])
         else:
-            if not isinstance(after, (*_ONE_NODE, Iterable)):
-                raise TypeError(f"after= takes a ref, a node id or several of them, got "
-                                f"{type(after).__name__} {shown(after)}")
-            steps: Iterable[Ref | str] = (after,) if isinstance(after, _ONE_NODE) else after
-            after_ids = tuple(_after_id(a) for a in steps)
+            after_ids = _other_after(after)
         refs = _refs_in(arguments)
         if refs:
             refs = self._shared_refs(refs)
@@ -511,14 +526,33 @@ class Plan:
         return refs
 
     def insert(self, node: Node) -> None:
-        """Add a node made by :meth:`make_node` (a taken id is kept aside for validation).
+        """Add a node made by :meth:`make_node`, or by hand (a taken id is kept aside).
 
         Raises :class:`~shoal.exceptions.PlanError` (code ``bad_id``) for an id holding ``/``
-        or empty, as :meth:`call` does: a :class:`Node` made by hand passes the same rule.
+        or empty, as :meth:`call` does. A :class:`Node` made by hand is made whole first: a
+        plain function as its tool is wrapped, its ``after`` read as :meth:`call` reads it,
+        and the refs in its arguments found when it lists none (else they would reach the
+        tool as refs, its inputs never waited for).
         """
         if not isinstance(node, Node):  # an AttributeError ('id') before
-            raise TypeError(f"insert takes a Node (see make_node), got {type(node).__name__} "
-                            f"{shown(node)}")
+            raise ArgumentTypeError(f"insert takes a Node (see make_node), got "
+                                    f"{type(node).__name__} {shown(node)}")
+        if not isinstance(node.tool, Tool):
+            node.tool = as_tool(node.tool)
+        if not isinstance(node.args, dict):
+            raise ArgumentTypeError(f"node {shown(node.id)}: its args must be a dict of "
+                                    f"argument names to values, got {type(node.args).__name__} "
+                                    f"{shown(node.args)}")
+        if type(node.after) is not tuple or not all(type(a) is str for a in node.after):
+            node.after = _other_after(node.after)
+        if not node.refs:
+            node.refs = _refs_in(node.args)
+        self._insert(node)
+
+    def _insert(self, node: Node) -> None:
+        """:meth:`insert` for a node this plan made (:meth:`make_node`): whole already."""
+        if type(node.id) is not str:  # a Node made by hand
+            node.id = _given_id(node.id)
         if "/" in node.id or not node.id:
             check_node_id(node.id)
         if node.id in self._nodes:
@@ -545,8 +579,13 @@ class Plan:
         return list(self._nodes.values())
 
     def node(self, ref: Ref | str) -> Node:
-        """The node behind a ref or id."""
-        return self._nodes[ref.node if isinstance(ref, Ref) else ref]
+        """The node behind a ref or id (``KeyError`` when the plan has none)."""
+        if isinstance(ref, Ref):
+            return self._nodes[ref.node]
+        if not isinstance(ref, str):  # its KeyError would quote it, by a repr that may fail
+            raise ArgumentTypeError(f"plan.node() takes a ref or a node id (text), got "
+                                    f"{type(ref).__name__} {shown(ref)}")
+        return self._nodes[plain_text(ref)]
 
     def __len__(self) -> int:
         return len(self._nodes)
@@ -555,8 +594,9 @@ class Plan:
         return iter(self._nodes.values())
 
     def __contains__(self, item: object) -> bool:
-        key = item.node if isinstance(item, Ref) else item
-        return key in self._nodes
+        if isinstance(item, Ref):
+            return item.node in self._nodes
+        return isinstance(item, str) and plain_text(item) in self._nodes  # ids are text
 
     def __repr__(self) -> str:
         return f"<Plan {self.name or ''} with {len(self._nodes)} nodes>".replace("  ", " ")
@@ -593,6 +633,22 @@ class Plan:
         return (f" (node {found!a} looks the same but is other characters; "
                 f"this is {name!a})")
 
+    def _item_hint(self, name: str, as_ref: bool) -> str:
+        """A hint for ``name`` (an id that is no node) when it is the id of a map's item.
+
+        A map's items are nodes of the run, not of the plan: a ref reaches one through the
+        map's list (``$m[1]``, which prints like ``Ref("m[1]")``), ``after=`` the whole map.
+        """
+        owner = _ITEM_ID.fullmatch(name) if name.endswith("]") else None
+        mapped = self._nodes.get(owner[1]) if owner is not None else None
+        if owner is None or mapped is None or mapped.map is None:
+            return ""
+        index = name[len(owner[1]) + 1:-1]
+        how = (f"index the map's ref instead: Ref({mapped.id!r})[{index}]"
+               if as_ref else f"name the whole map instead: after={mapped.id!r}")
+        return (f" (it is the id of item {index} of map {mapped.id!r}, which is no node a ref "
+                f"or after= may name; {how})")
+
     def node_problems(self, node: Node) -> list[PlanProblem]:
         """The problems of one node against this plan (refs to nodes it has, arguments)."""
         if node.id in self._nodes and self._nodes[node.id] is not node:
@@ -619,12 +675,14 @@ class Plan:
                                          node.id))
             elif ref.node not in self._nodes:
                 found.append(PlanProblem("dangling_ref", f"{ref!r} names no node in the plan"
+                                         f"{self._item_hint(ref.node, True)}"
                                          f"{self._look_alike(ref.node)}", node.id))
         for dep in node.after:
             if dep == node.id:
                 found.append(PlanProblem("self_ref", "a node cannot come after itself", node.id))
             elif dep not in self._nodes:
                 found.append(PlanProblem("bad_after", f"after={dep!r} names no node in the plan"
+                                         f"{self._item_hint(dep, False)}"
                                          f"{self._look_alike(dep)}", node.id))
         if (node.map is not None and node.map.item_arg not in node.tool.parameters
                 and not node.tool.model_facts.accepts_extra):  # **more: any name fits
@@ -632,6 +690,11 @@ class Plan:
             found.append(PlanProblem("bad_arguments", f"{node.tool.name}: map item_arg "
                                      f"{node.map.item_arg!r} is not one of its arguments "
                                      f"({names})", node.id))
+        if (node.tool.injected and node.checked is None  # (checked: by the tool's validation,
+                # an agent's model call; that validation's to refuse, as its caller expects)
+                and not node.tool.injected.keys().isdisjoint(node.args)
+                and node.tool.model_facts.accepts_extra):  # else validation says so below
+            found.append(_injected_given(node))
         if node.refs:
             detail = self._static_check(node)
         elif node.checked is not None:  # validated already (see make_owned_node), or before
@@ -697,6 +760,17 @@ class Plan:
         return value
 
 
+def _injected_given(node: Node) -> PlanProblem:
+    """The problem of a node given a value for an argument the runtime fills in.
+
+    A tool taking ``**more`` (an agent, a pattern) would take it as one more argument, and the
+    runtime's value (the node's context, the board's handle) would silently replace it.
+    """
+    name = min(node.tool.injected.keys() & node.args.keys())
+    return PlanProblem("bad_arguments", f"{node.tool.name}: unexpected argument {name!r}: the "
+                       "runtime fills it in; give the value another name", node.id)
+
+
 def _same_or(args: dict[str, Any], checked: dict[str, Any]) -> dict[str, Any]:
     """``args`` itself when validation kept every value as it was, else ``checked``.
 
@@ -712,15 +786,69 @@ def _same_or(args: dict[str, Any], checked: dict[str, Any]) -> dict[str, Any]:
     return args
 
 
-def _item_arg(tool: Tool[..., Any], given: Mapping[str, Any], chosen: str | None = None) -> str:
+def _other_after(after: object) -> tuple[str, ...]:
+    """The ids ``after=`` names when it is no list or tuple: one node, or any other iterable."""
+    if not isinstance(after, (*_ONE_NODE, Iterable)):
+        raise ArgumentTypeError(f"after= takes a ref, a node id or several of them, got "
+                                f"{type(after).__name__} {shown(after)}")
+    if isinstance(after, _ONE_NODE):
+        return (_after_id(after),)
+    return tuple(_after_id(a) for a in _read(after, "after"))
+
+
+def _read(given: Iterable[Any], what: str) -> Any:
+    """``given`` (a mapping, or another iterable) read into a dict (or a list).
+
+    What its own code raises while it is read (a caller's generator or mapping) is a
+    ``ConfigError`` naming ``what`` it was given as.
+    """
+    try:
+        return dict(given) if isinstance(given, Mapping) else list(given)
+    except Exception as exc:  # the caller's object's own code
+        raise ConfigError(f"{what}= could not be read: reading the {type(given).__name__} "
+                          f"raised {error_text(exc)}") from exc
+
+
+def map_spec(tool: Tool[..., Any], args: Mapping[str, Any], over: object, item_arg: object,
+             partial: object) -> MapSpec:
+    """What makes a call of ``tool`` with ``args`` a map over ``over`` (see :meth:`Plan.map`).
+
+    Raises :class:`~shoal.exceptions.ArgumentTypeError` for an ``over`` that is no ref, a
+    ``partial`` that is not a bool (``"no"`` would read as true) or an ``item_arg`` that
+    names no argument it can take.
+    """
+    if not isinstance(partial, bool):
+        raise ArgumentTypeError(f"plan.map({tool.name}): partial= is True or False, got "
+                                f"{type(partial).__name__} {shown(partial)}")
+    if not isinstance(over, Ref):
+        raise ArgumentTypeError(f"plan.map(over=...) takes a ref to a node's output (a list), "
+                                f"got {type(over).__name__}; for a list known now, call "
+                                "plan.call once per item")
+    return MapSpec(_item_arg(tool, args, item_arg), partial)
+
+
+def _given_id(node_id: object) -> str:
+    """A ``node_id=`` that is no plain ``str``: a subclass's text, else refused."""
+    if isinstance(node_id, str):
+        return plain_text(node_id)
+    raise ArgumentTypeError(f"node_id must be a string, got {type(node_id).__name__} "
+                            f"{shown(node_id)}")
+
+
+def _item_arg(tool: Tool[..., Any], given: Mapping[str, Any], chosen: object = None) -> str:
     """The argument of ``tool`` that a map's items go to.
 
-    ``chosen`` if given (not also given a value), else the tool's one required argument not
-    in ``given``.
+    ``chosen`` if given (text, not also given a value), else the tool's one required argument
+    not in ``given``.
     """
     if chosen is not None:
+        if not isinstance(chosen, str):
+            raise ArgumentTypeError(f"plan.map({tool.name}): item_arg= names the argument that "
+                                    f"gets each item (a str), got {type(chosen).__name__} "
+                                    f"{shown(chosen)}")
+        chosen = plain_text(chosen)
         if chosen in given:  # the item would silently replace the value given
-            raise TypeError(f"map({tool.name}): item_arg={chosen!r} gets each item, so it "
+            raise ArgumentTypeError(f"map({tool.name}): item_arg={chosen!r} gets each item, so it "
                             f"cannot also be given a value ({chosen}=...)")
         return chosen
     facts = tool.model_facts
@@ -729,7 +857,7 @@ def _item_arg(tool: Tool[..., Any], given: Mapping[str, Any], chosen: str | None
         return open_params[0]
     which = (f"its required arguments {open_params} are all missing" if open_params
              else "every required argument is given already")
-    raise TypeError(f"plan.map({tool.name}): say which argument gets each item, "
+    raise ArgumentTypeError(f"plan.map({tool.name}): say which argument gets each item, "
                     f"item_arg='...' ({which})")
 
 

@@ -54,9 +54,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shoal.exceptions import PlanError, PlanProblem, ShoalError, describe_exception
-from shoal.merge import shown
-from shoal.nodeids import node_id_problem
+from shoal.exceptions import (
+    ArgumentTypeError,
+    PlanError,
+    PlanProblem,
+    ShoalError,
+    describe_exception,
+)
+from shoal.merge import error_text, shown
+from shoal.nodeids import node_id_problem, plain_text
 from shoal.plan import MapSpec, Plan, Ref, _item_arg, as_tool
 from shoal.plandata import DataError, check_value, parse_json, parse_yaml, read_text
 from shoal.tools import Tool
@@ -281,18 +287,22 @@ def _named(tools: Mapping[str, Any] | Iterable[Any] | None) -> Mapping[str, Any]
     if tools is None:
         return {}
     if isinstance(tools, Mapping):
-        return tools
+        odd = [name for name in tools if not isinstance(name, str)]
+        if odd:  # each is matched against a plan's text, and listed in messages
+            raise ArgumentTypeError(f"tools: a tool's name must be text, got "
+                                    f"{type(odd[0]).__name__} {shown(odd[0])}")
+        return {plain_text(name): tool for name, tool in tools.items()}
     if isinstance(tools, str | bytes) or not isinstance(tools, Iterable):
-        raise TypeError(f"tools takes a mapping of names to tools or a list of tools, got "
-                        f"{type(tools).__name__} {shown(tools)}")
+        raise ArgumentTypeError(f"tools takes a mapping of names to tools or a list of tools, "
+                                f"got {type(tools).__name__} {shown(tools)}")
     table: dict[str, Any] = {}
     item: Any
     for item in tools:
         try:
             found = as_tool(item)
         except Exception as exc:
-            raise TypeError(f"tools: {shown(item)} is not a tool nor a function: "
-                            f"{exc}") from None
+            raise ArgumentTypeError(f"tools: {shown(item)} is not a tool nor a function: "
+                                    f"{error_text(exc)}") from None
         table[found.name] = found
     return table
 
@@ -383,7 +393,7 @@ def _read_map(value: Any, label: str,
     problems += [PlanProblem("bad_shape", message, label) for message in own]
     if own or over is None:
         return None
-    return over, item_arg, partial
+    return over, None if item_arg is None else plain_text(item_arg), partial
 
 
 def _read_top(data: Any, problems: list[PlanProblem]) -> tuple[str, list[Any]]:
@@ -466,7 +476,7 @@ def _read_id(index: int, value: Any, problems: list[PlanProblem]) -> str | None:
         problems.append(PlanProblem("bad_id", f"nodes[{index}]: {problem}", value))
         return None
     else:
-        return value
+        return plain_text(value)  # a str subclass's own __hash__ and __eq__ left out
     problems.append(PlanProblem("bad_shape", message))
     return None
 
@@ -480,7 +490,7 @@ def _resolve(
             "bad_shape", f"the node has {got}; set 'tool' to an import path "
                          "'package.module:function' or a tool name", label))
         return None
-    found = _find_tool(value, tools)
+    found = _find_tool(plain_text(value), tools)
     if isinstance(found, PlanProblem):
         problems.append(PlanProblem(found.code, found.message, label))
         return None
@@ -635,7 +645,7 @@ def _read_args(value: Any, label: str, problems: list[PlanProblem]) -> dict[str,
 
 def _read_after(value: Any, label: str, problems: list[PlanProblem]) -> tuple[str, ...]:
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return tuple(value)
+        return tuple(map(plain_text, value))
     problems.append(PlanProblem("bad_shape", f"'after' must be a list of node ids, got "
                                              f"{_show(value)}; write after: [id1, id2]", label))
     return ()

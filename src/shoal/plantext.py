@@ -37,12 +37,14 @@ import ast
 import difflib
 import inspect
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from shoal.exceptions import PlanError, PlanProblem
-from shoal.plan import Plan, Ref
+from shoal.exceptions import ArgumentTypeError, PlanError, PlanProblem
+from shoal.merge import error_text, shown
+from shoal.nodeids import plain_text
+from shoal.plan import Plan, Ref, as_tool
 from shoal.plandata import check_value
 from shoal.planfile import convert_refs, placeholder_tool
 from shoal.tools import Tool
@@ -171,6 +173,8 @@ class PlanTextParser:
         """Add streamed text; return the calls completed by it, in order."""
         if self._closed:
             raise ValueError("this PlanTextParser is closed; make a new one for new text")
+        if type(chunk) is not str:
+            chunk = _text(chunk)
         if "\n" not in chunk:
             self._parts.append(chunk)
             return []
@@ -476,14 +480,51 @@ def _numbered_refs(value: Any) -> Any:
     return value
 
 
+def _text(given: object) -> str:
+    """Plan text given as other than a plain ``str``: a subclass's text, else refused."""
+    if isinstance(given, str):
+        return plain_text(given)
+    raise ArgumentTypeError(f"plan text must be a str, got {type(given).__name__} "
+                            f"{shown(given)}; decode bytes first")
+
+
 def _tool_table(tools: ToolSet) -> dict[str, Tool[..., Any]]:
+    """The tools by the names plan text calls them: a mapping's, or each tool's own name.
+
+    A plain function is wrapped as a tool (as an agent's ``tools=`` does); anything else, or
+    ``tools`` of another kind, is an :class:`~shoal.exceptions.ArgumentTypeError`.
+    """
     if isinstance(tools, Mapping):
-        return dict(tools)
-    return {t.name: t for t in tools}
+        return {name if type(name) is str else _tool_name(name): _tool(tool)
+                for name, tool in tools.items()}
+    if isinstance(tools, str | bytes) or not isinstance(tools, Iterable):
+        raise ArgumentTypeError(f"tools takes a mapping of names to tools or a list of tools, "
+                                f"got {type(tools).__name__} {shown(tools)}")
+    found = [_tool(t) for t in tools]
+    return {t.name: t for t in found}
+
+
+def _tool(given: object) -> Tool[..., Any]:
+    """One of the tools plan text may call: a tool, or a function made one."""
+    if isinstance(given, Tool):
+        return given
+    try:
+        return as_tool(given)  # type: ignore[arg-type]  # what is no tool: refused below
+    except Exception as exc:
+        raise ArgumentTypeError(f"tools: {shown(given)} is not a tool nor a function: "
+                                f"{error_text(exc)}") from None
+
+
+def _tool_name(name: object) -> str:
+    """A tools mapping's key that is no plain ``str``: a subclass's text, else refused."""
+    if isinstance(name, str):
+        return plain_text(name)
+    raise ArgumentTypeError(f"tools: a tool's name must be text, got {type(name).__name__} "
+                            f"{shown(name)}")
 
 
 def _tool_names(tools: ToolSet) -> set[str]:
-    return set(tools) if isinstance(tools, Mapping) else {t.name for t in tools}
+    return set(_tool_table(tools))
 
 
 def _bind(
@@ -527,6 +568,8 @@ def parse_plan_text(text: str, tools: ToolSet) -> Plan:
             cannot be parsed, unknown tools, positional arguments that do not fit, and the
             plan's own problems (dangling refs, bad arguments, cycles).
     """
+    if type(text) is not str:
+        text = _text(text)
     table = _tool_table(tools)
     parser = PlanTextParser(table)
     calls = parser.feed(text) + parser.close()

@@ -89,8 +89,11 @@ MAX_BACKOFF_SECONDS = 86400.0
 
 
 def _short(value: object) -> str:
-    """``repr(value)``, cut short: a 10**100 in a plan file should not flood the message."""
-    text = repr(value)
+    """``repr(value)``, cut short: a 10**100 in a plan file should not flood the message.
+
+    By :func:`~shoal.merge.shown`: a value whose repr raises or recurses is named by its type.
+    """
+    text = shown(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
 

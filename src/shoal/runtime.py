@@ -32,12 +32,19 @@ from shoal.approvals.desk import ApprovalDesk
 from shoal.clock import Clock, forget_clock, read_epoch
 from shoal.deps import EMPTY_GRAPH, Graph, analyze
 from shoal.events import Event, EventSink
-from shoal.exceptions import ConfigError, NoEventLoopError, RunClosedError, ShoalError
+from shoal.exceptions import (
+    ArgumentTypeError,
+    ConfigError,
+    NoEventLoopError,
+    RunClosedError,
+    ShoalError,
+)
 from shoal.executors.base import Executor, check_count
 from shoal.executors.inline import InlineExecutor
 from shoal.executors.thread import DEFAULT_THREAD_WORKERS, ThreadExecutor
 from shoal.limits import Rate, env_names, parse_rate
 from shoal.merge import shown
+from shoal.nodeids import plain_text
 from shoal.outcome import Outcome, RunResult
 from shoal.plan import Node, Plan, Ref
 from shoal.scheduler.driver import Driver, Snapshot
@@ -210,7 +217,9 @@ class RunHandle:
         from any thread: from another than the run's, the cancel is handed to its loop.
         """
         if not isinstance(reason, str):  # it becomes each outcome's reason, and is journaled
-            raise TypeError(f"cancel()'s reason must be text, got {type(reason).__name__}")
+            raise ArgumentTypeError(f"cancel()'s reason must be text, got "
+                                    f"{type(reason).__name__} {shown(reason)}")
+        reason = plain_text(reason)
         if self._task.done():
             return
         ids = None if node is None else _node_ids(node)
@@ -321,14 +330,14 @@ def _node_ids(node: Ref | str | Iterable[Ref | str]) -> list[str]:
     if isinstance(node, Ref):
         return [node.node]
     if isinstance(node, str):
-        return [node]
+        return [plain_text(node)]
     ids = [n.node if isinstance(n, Ref) else n for n in node] if isinstance(
         node, Iterable) and not isinstance(node, bytes) else [node]
     odd = [n for n in ids if not isinstance(n, str)]
     if odd:
-        raise TypeError(f"cancel() takes a ref, a node id or several of them, got "
-                        f"{type(odd[0]).__name__} {shown(odd[0])}")
-    return ids
+        raise ArgumentTypeError(f"cancel() takes a ref, a node id or several of them, got "
+                                f"{type(odd[0]).__name__} {shown(odd[0])}")
+    return [plain_text(n) for n in ids]
 
 
 class Runtime:

@@ -42,6 +42,7 @@ from shoal.merge import shown
 from shoal.models import check_model_spec
 from shoal.models.base import Model, ModelSettings, ToolSpec
 from shoal.models.retry import ModelGates
+from shoal.nodeids import plain_text
 from shoal.plan import as_tool
 from shoal.policy import ToolPolicy, _labels, _resources
 from shoal.runtime import run_blocking
@@ -188,6 +189,8 @@ class Agent(Generic[T]):
                      else shown(self.name))  # a message to read: bounded; no repr of its own
             raise ConfigError(f"agent name {named} must be 1-64 letters, digits, '_' or "
                               "'-' (it becomes a tool name for parent agents)")
+        if type(self.name) is not str:  # a subclass's own __eq__/__hash__/__str__ left out
+            object.__setattr__(self, "name", plain_text(self.name))
         try:
             check_model_spec(self.model)  # a misspelt model fails here, not when a run starts
         except ConfigError as exc:

@@ -31,6 +31,7 @@ from shoal.agents.context import TreeContext, is_within, tree_in
 from shoal.agents.result import AgentResult
 from shoal.agents.run import AgentRun
 from shoal.exceptions import AgentError, ShoalError
+from shoal.nodeids import plain_text
 from shoal.outcome import jsonable
 from shoal.policy import ToolPolicy
 from shoal.scheduler.scope import RunScope, register_injector
@@ -183,8 +184,8 @@ def render_value(value: Any) -> str:
     JSON as :func:`shoal.outcome.jsonable` makes it: pydantic models and dataclasses become
     objects, and what JSON cannot hold becomes its ``repr``.
     """
-    if isinstance(value, str):
-        return value
+    if isinstance(value, str):  # a subclass's text: its own __str__ and __format__ left out
+        return plain_text(value)
     return json.dumps(jsonable(value), indent=2, ensure_ascii=False)
 
 
