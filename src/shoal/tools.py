@@ -17,8 +17,8 @@ from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 
 import pydantic
 
-from shoal.exceptions import ToolArgumentError, ToolDefinitionError
-from shoal.merge import shown
+from shoal.exceptions import ShoalError, ToolArgumentError, ToolDefinitionError
+from shoal.merge import error_text, shown
 from shoal.nodeids import SEPARATOR
 from shoal.policy import (
     ISOLATIONS,
@@ -37,6 +37,7 @@ from shoal.schema import (
     model_facts,
     param_docs,
     summary,
+    unresolved_names,
 )
 
 __all__ = ["ISOLATIONS", "ApprovalRule", "Isolation", "RetryPolicy", "Tool", "ToolPolicy", "tool"]
@@ -101,6 +102,7 @@ class Tool(Generic[P, R]):
         base: Any = fn
         while isinstance(base, functools.partial):  # name and docs come from the function
             base = base.func
+        name, description = _text("name", name), _text("description", description)
         self.name: str = name or str(getattr(base, "__name__", type(base).__name__))
         if SEPARATOR in self.name:
             raise ToolDefinitionError(
@@ -232,12 +234,31 @@ class Tool(Generic[P, R]):
         except RecursionError:  # a value (or a default, copied for each call) nested too deep
             raise ToolArgumentError(self.name, "", "the arguments (or a default value copied "
                                     "for the call) are nested too deeply to check") from None
+        except KeyboardInterrupt:  # Ctrl-C keeps its meaning
+            raise
+        except BaseException as exc:  # a validator's own error, SystemExit too: not the run's
+            raise self._checker_failed(exc) from None
         renames = self._renames
         values = ({renames.get(k, k): v for k, v in instance.__dict__.items()} if renames
                   else dict(instance.__dict__))
         if instance.__pydantic_extra__:
             values.update(instance.__pydantic_extra__)
         return values
+
+    def _checker_failed(self, exc: BaseException) -> ShoalError:
+        """The error for validation that raised ``exc`` instead of judging the arguments.
+
+        pydantic turns only a validator's ``ValueError`` or ``AssertionError`` into a
+        validation error: anything else a validator (of a nested model, say) raises comes out
+        as it is. It fails the call, as a tool's own error would, and no more: a model reads
+        it as a rejected call, a plan as a bad argument. A model that names a type never
+        defined is the tool's definition at fault, said so (see :func:`unresolved_names`).
+        """
+        if isinstance(exc, pydantic.PydanticUserError):
+            return ToolDefinitionError(f"tool {self.name!r}: {unresolved_names(self._model)}")
+        return ToolArgumentError(self.name, "", f"checking the arguments raised "
+                                 f"{error_text(exc)}; a validator of the tool's argument types "
+                                 "failed on these values")
 
     @functools.cached_property
     def _kept_as_is(self) -> tuple[tuple[str, ...], tuple[type, ...]] | None:
@@ -304,12 +325,32 @@ class Tool(Generic[P, R]):
         return []
 
     def json_schema(self) -> dict[str, Any]:
-        """The JSON schema of the tool's arguments."""
-        schema = self._model.model_json_schema()
+        """The JSON schema of the tool's arguments; a :class:`ToolDefinitionError` if none.
+
+        A parameter pydantic can check but not describe in JSON (a ``Callable``, a default
+        value that cannot be written out, not even by its repr) leaves the tool usable in
+        plans, but no model can be offered it: the error says which of these it is.
+        """
+        try:
+            schema = self._model.model_json_schema()
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # a default's own repr raising SystemExit too
+            raise self._no_schema(exc) from None
         schema.pop("title", None)
         for prop in schema.get("properties", {}).values():
             prop.pop("title", None)
         return schema
+
+    def _no_schema(self, exc: BaseException) -> ToolDefinitionError:
+        """The error for a tool whose JSON schema could not be made: ``exc`` was raised."""
+        if not self._model.__pydantic_complete__:
+            return ToolDefinitionError(f"tool {self.name!r}: {unresolved_names(self._model)}")
+        text = error_text(exc).split("\n\nFor further information", 1)[0]
+        return ToolDefinitionError(
+            f"tool {self.name!r}: its arguments cannot be written as a JSON schema "
+            f"({text[:300]}), so no model can be offered it; give its parameters types and "
+            "defaults JSON can hold, or use it in plans only")
 
     def to_openai(self) -> dict[str, Any]:
         """The tool as an OpenAI chat-completions ``tools`` entry."""
@@ -321,6 +362,16 @@ class Tool(Generic[P, R]):
         """The tool as an Anthropic messages ``tools`` entry."""
         return {"name": self.name, "description": self.description,
                 "input_schema": self.json_schema()}
+
+
+def _text(what: str, value: object) -> str | None:
+    """A tool's ``name=`` or ``description=`` as a plain str (of a subclass too), or ``None``."""
+    if value is None or type(value) is str:
+        return value
+    if not isinstance(value, str):
+        raise ToolDefinitionError(f"a tool's {what} is text (a str) or None, got "
+                                  f"{type(value).__name__} {shown(value)}")
+    return str.__str__(value)  # an enum's member, say: its own __str__ or __eq__ play no part
 
 
 _UNSET: Any = object()  # a field without a default; an argument not given

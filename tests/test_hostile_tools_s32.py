@@ -1,0 +1,173 @@
+"""A hostile user of tools: signatures, argument checks, resource keys, results and timeouts.
+
+Each test here failed before the fix it names: a tool that cannot work is a
+``ToolDefinitionError`` saying why when it is made (or, for what can only be known later, when
+first used); arguments a validator chokes on fail the call, never the run or the agent.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn, TypedDict
+
+import pydantic
+import pytest
+
+import shoal
+from shoal import ToolArgumentError, ToolDefinitionError
+from shoal.testing import ScriptedModel, call
+
+
+def hostile(value: object) -> Any:
+    """``value`` typed as anything: what the type checker would refuse is the point."""
+    return value
+
+
+# ---- argument validators that raise what pydantic does not catch ----------------------------
+
+
+class _Picky(pydantic.BaseModel):
+    """A model whose validator fails with errors pydantic lets through as they are."""
+
+    n: int
+
+    @pydantic.field_validator("n")
+    @classmethod
+    def _judge(cls, value: int) -> int:
+        if value == 1:
+            raise RuntimeError("the validator broke")
+        if value == 2:
+            raise SystemExit(2)
+        return value
+
+
+def _take_picky(item: _Picky) -> int:
+    """Take a picky model."""
+    return item.n
+
+
+take_picky = shoal.tool(_take_picky, name="take_picky")
+
+
+@pytest.mark.parametrize(("n", "raised"), [(1, "RuntimeError: the validator broke"),
+                                           (2, "SystemExit: 2")])
+def test_a_validator_raising_no_value_error_is_a_tool_argument_error(n: int, raised: str) -> None:
+    # was: the RuntimeError (or SystemExit) itself came out of Tool.validate, so out of
+    # plan.call and out of an agent's tool phase
+    with pytest.raises(ToolArgumentError, match=raised):
+        take_picky.validate({"item": {"n": n}})
+    plan = shoal.Plan()
+    plan.call(take_picky, item={"n": n})
+    with pytest.raises(shoal.PlanError, match=raised):
+        shoal.run_sync(plan)
+
+
+def test_a_model_call_whose_validator_fails_is_rejected_and_its_sibling_runs() -> None:
+    # was: the RuntimeError ended the agent's run; the sibling call's result was lost
+    model = ScriptedModel([[call("take_picky", item={"n": 1}), call("take_picky", item={"n": 7})],
+                           "done"])
+    result = shoal.Agent(name="lead", model=model, tools=[take_picky]).run_sync("go")
+    rejected, ran = result.calls
+    assert rejected.message.is_error and "the validator broke" in rejected.message.content
+    assert ran.status == "ok" and ran.message.content == "7"
+
+
+# ---- signatures pydantic cannot check, names it cannot resolve ------------------------------
+
+
+@shoal.tool
+def names_a_later_class(item: DefinedBelow) -> int:
+    """Take a model defined further down the module."""
+    return item.size
+
+
+class DefinedBelow(pydantic.BaseModel):
+    """A model defined after the tool that names it."""
+
+    size: int
+
+
+def test_a_tool_naming_a_class_defined_later_in_its_module_works() -> None:
+    # was: PydanticUserError '... is not fully defined' at every call and every json_schema()
+    assert names_a_later_class.validate({"item": {"size": 3}}) == {"item": DefinedBelow(size=3)}
+    assert "DefinedBelow" in names_a_later_class.json_schema()["$defs"]
+
+
+def _names_nothing(item: NeverDefinedAnywhere) -> int:  # type: ignore[name-defined]  # noqa: F821
+    return 1
+
+
+def test_a_type_name_never_defined_is_a_definition_error_naming_it() -> None:
+    # was: PydanticUserError at each call (out of plan.call, out of an agent) and json_schema()
+    broken = shoal.tool(_names_nothing)
+    plan = shoal.Plan()
+    plan.call(broken, item=1)
+    for use in (lambda: broken.validate({"item": 1}), broken.json_schema,
+                lambda: shoal.run_sync(plan)):
+        with pytest.raises(ToolDefinitionError, match="'NeverDefinedAnywhere', which is not "
+                                                      "defined in module"):
+            use()
+
+
+class _OldTypedDict(TypedDict):
+    """``typing.TypedDict``, which pydantic refuses before Python 3.12."""
+
+    a: int
+
+
+def _takes_old_typed_dict(x: int, shape: _OldTypedDict) -> int:
+    return x
+
+
+def _annotation_raises(x: 1 / 0) -> int:  # type: ignore[valid-type]
+    return 1
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="pydantic takes typing.TypedDict there")
+def test_a_type_pydantic_refuses_is_a_definition_error_naming_the_parameter() -> None:
+    # was: PydanticUserError out of shoal.tool()
+    with pytest.raises(ToolDefinitionError, match="parameter 'shape' cannot be checked"):
+        shoal.tool(_takes_old_typed_dict)
+
+
+def test_an_annotation_whose_text_fails_to_evaluate_is_a_definition_error() -> None:
+    # was: ZeroDivisionError out of shoal.tool()
+    with pytest.raises(ToolDefinitionError, match=r"parameter 'x' .*ZeroDivisionError"):
+        shoal.tool(_annotation_raises)
+
+
+class _ReprFails:
+    def __repr__(self) -> NoReturn:
+        raise RuntimeError("no repr")
+
+
+def _default_without_repr(x: Any = _ReprFails()) -> int:  # noqa: B008 - the hostile default
+    return 1
+
+
+def _takes_a_callable(fn: Callable[[int], int]) -> int:
+    return fn(1)
+
+
+@pytest.mark.parametrize(("fn", "said"), [(_default_without_repr, "RuntimeError: no repr"),
+                                          (_takes_a_callable, "CallableSchema")])
+def test_a_tool_with_no_json_schema_says_so_and_still_runs_in_plans(fn: Any, said: str) -> None:
+    # was: the RuntimeError of the default's repr / PydanticInvalidForJsonSchema out of
+    # json_schema(), to_openai(), to_anthropic()
+    made = shoal.tool(fn)
+    for export in (made.json_schema, made.to_openai, made.to_anthropic):
+        with pytest.raises(ToolDefinitionError, match=f"no model can be offered it.*|{said}"):
+            export()
+    plan = shoal.Plan()
+    ref = plan.call(made, fn=lambda i: i) if fn is _takes_a_callable else plan.call(made)
+    assert shoal.run_sync(plan)[ref].value == 1
+
+
+@pytest.mark.parametrize("option", ["name", "description"])
+@pytest.mark.parametrize("value", [5, b"fetch", ["fetch"]])
+def test_a_name_or_description_that_is_no_text_is_refused(option: str, value: object) -> None:
+    # was: TypeError ('argument of type int is not iterable') for a name; a description of
+    # 5 went out in to_openai() as a number
+    with pytest.raises(ToolDefinitionError, match=f"a tool's {option} is text"):
+        shoal.tool(lambda: 1, **{option: value})
