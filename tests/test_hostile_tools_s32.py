@@ -171,3 +171,37 @@ def test_a_name_or_description_that_is_no_text_is_refused(option: str, value: ob
     # 5 went out in to_openai() as a number
     with pytest.raises(ToolDefinitionError, match=f"a tool's {option} is text"):
         shoal.tool(lambda: 1, **{option: value})
+
+
+# ---- resource key templates ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["file:{", "file:}", "file:{path!z}", "file:{path:{path}}",
+                                 "file:{}", "file:{0}"])
+def test_a_resource_key_no_call_could_fill_in_is_refused_when_the_tool_is_made(key: str) -> None:
+    # was: a raw ValueError at every plan.call (or a key of no argument: every call wild)
+    with pytest.raises(ToolDefinitionError, match="resource key"):
+        shoal.tool(lambda path: path, writes=key)
+
+
+class _FormatExits:
+    def __format__(self, spec: str) -> NoReturn:
+        raise SystemExit(3)
+
+
+@pytest.mark.parametrize("value", ["not a number", {"a": 1}, 10**5000, _FormatExits()],
+                         ids=["spec-misfit", "dict", "huge-int", "format-exits"])
+def test_a_value_a_resource_key_cannot_write_orders_its_call_conservatively(value: Any) -> None:
+    # was: ValueError / TypeError / SystemExit out of plan.call; now the key counts as every
+    # key it may be ('file:'), so the call waits for the write to 'file:1' before it
+    def touch(path: Any) -> str:
+        return "read"
+
+    reader = shoal.tool(touch, name="reader", reads="file:{path:d}")
+    writer = shoal.tool(touch, name="writer", writes="file:{path:d}")
+    plan = shoal.Plan()
+    first = plan.call(writer, path=1)
+    second = plan.call(reader, path=value)
+    result = shoal.run_sync(plan)
+    assert result[first].status == result[second].status == "ok"
+    assert result[second].started_at >= result[first].finished_at

@@ -192,9 +192,28 @@ def render_key(template: str, args: Mapping[str, Any], defaults: Mapping[str, An
             return _Key("".join(out), wild=True)
         if find_refs(value):
             return _Key("".join(out), wild=True)
-        value = _formatter.convert_field(value, conversion)
-        out.append(_formatter.format_field(value, spec or ""))
+        text = _filled(value, conversion, spec)
+        if text is None:
+            return _Key("".join(out), wild=True)
+        out.append(text)
     return _Key("".join(out), wild=False)
+
+
+def _filled(value: Any, conversion: str | None, spec: str | None) -> str | None:
+    """A key field's text for ``value``; ``None`` if the value cannot be written so.
+
+    Such a key counts as any key that starts as far as it got, as for a value not known yet:
+    the call is ordered against every use that may be the same key, never against none.
+    (A spec that does not fit the value's type, an int too long to write out, a value whose
+    own ``__format__`` or ``__repr__`` raises: SystemExit too, user code ends no run.)
+    """
+    try:
+        text = _formatter.format_field(_formatter.convert_field(value, conversion), spec or "")
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        return None
+    return text if type(text) is str else None
 
 
 #: A use of a resource key by a node: the key, the node's position, the mode.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numbers
 import random
+import string
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, cast
@@ -235,14 +236,48 @@ def _as_keys(value: str | Sequence[str] | None) -> tuple[str, ...]:
     if value is None:
         return ()
     if isinstance(value, str):
-        return (value,)
-    keys = tuple(value) if isinstance(value, Iterable) else (value,)
+        keys: tuple[Any, ...] = (value,)
+    else:
+        keys = tuple(value) if isinstance(value, Iterable) else (value,)
     if not all(isinstance(k, str) for k in keys):
         raise ToolDefinitionError(
             f"reads/writes/merges take a resource key or a list of them, such as 'file:{{path}}', "
             f"got {shown(value)}"
         )
+    for key in keys:
+        _check_template(key)
     return keys
+
+
+_FORMATTER = string.Formatter()
+
+
+def _check_template(key: str) -> None:
+    """Refuse a resource key template that no call's arguments could fill in.
+
+    A key is filled in with :meth:`str.format` rules from each call's arguments, by name:
+    a brace left open or alone, a conversion other than ``!r``, ``!s`` or ``!a``, a field
+    with no argument name (``{}``, ``{0}``) or a field nested in a format spec would fail
+    (or match nothing) at every call; they are told when the tool is made.
+    """
+    try:
+        parts = list(_FORMATTER.parse(key))
+    except ValueError as exc:
+        raise ToolDefinitionError(
+            f"resource key {shown(key)} is not a template: {exc} (write a literal brace as "
+            "'{{' or '}}', an argument as '{name}')") from None
+    for _, field_name, spec, conversion in parts:
+        if field_name is None:
+            continue
+        problem = ""
+        if not field_name or field_name[0].isdigit() or field_name[0] in ".[":
+            problem = "a field must name an argument, such as {path}"
+        elif conversion not in (None, "r", "s", "a"):
+            problem = f"unknown conversion !{conversion} (use !r, !s or !a)"
+        elif spec and ("{" in spec or "}" in spec):
+            problem = "a format spec cannot hold another field"
+        if problem:
+            raise ToolDefinitionError(f"resource key {shown(key)}: {problem}")
 
 
 def policy_from(base: ToolPolicy, opts: Mapping[str, Any]) -> ToolPolicy:
