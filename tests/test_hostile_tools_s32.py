@@ -7,6 +7,7 @@ first used); arguments a validator chokes on fail the call, never the run or the
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn, TypedDict
@@ -16,7 +17,7 @@ import pytest
 
 import shoal
 from shoal import ToolArgumentError, ToolDefinitionError
-from shoal.testing import ScriptedModel, call
+from shoal.testing import ScriptedModel, call, run_virtual
 
 
 def hostile(value: object) -> Any:
@@ -205,3 +206,25 @@ def test_a_value_a_resource_key_cannot_write_orders_its_call_conservatively(valu
     result = shoal.run_sync(plan)
     assert result[first].status == result[second].status == "ok"
     assert result[second].started_at >= result[first].finished_at
+
+
+# ---- timeouts -----------------------------------------------------------------------------
+
+
+@shoal.tool(timeout=0.5)
+async def swallows_its_timeout() -> str:
+    """Catch the timeout's cancel and return a value anyway."""
+    try:
+        await asyncio.sleep(10)
+    except asyncio.CancelledError:
+        return "late"
+    return "on time"
+
+
+def test_a_tool_that_catches_its_timeouts_cancel_and_returns_is_timed_out() -> None:
+    # was: 'ok' with the value it returned after its timeout had passed
+    plan = shoal.Plan()
+    ref = plan.call(swallows_its_timeout)
+    outcome = run_virtual(shoal.run(plan))[ref]
+    assert outcome.status == "timed_out" and outcome.value is None
+    assert outcome.error is not None and outcome.error.type == "shoal.exceptions.ToolTimeoutError"
