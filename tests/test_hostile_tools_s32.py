@@ -228,3 +228,48 @@ def test_a_tool_that_catches_its_timeouts_cancel_and_returns_is_timed_out() -> N
     outcome = run_virtual(shoal.run(plan))[ref]
     assert outcome.status == "timed_out" and outcome.value is None
     assert outcome.error is not None and outcome.error.type == "shoal.exceptions.ToolTimeoutError"
+
+
+# ---- arguments holding refs ---------------------------------------------------------------
+
+
+@shoal.tool
+def _one() -> int:
+    return 1
+
+
+@shoal.tool
+def _shape(x: Any) -> str:
+    """Say what it got, in bounds."""
+    return shoal.merge.shown(x)
+
+
+def test_a_value_holding_a_ref_and_itself_gets_the_refs_value_and_still_holds_itself() -> None:
+    # was: RecursionError (the call failed with 'maximum recursion depth exceeded')
+    plan = shoal.Plan()
+    one = plan.call(_one)
+    looped: list[Any] = [one]
+    looped.append(looped)
+    keyed: dict[str, Any] = {"one": one}
+    keyed["self"] = keyed
+    as_list, as_dict = plan.call(_shape, x=looped), plan.call(_shape, x=keyed)
+    result = shoal.run_sync(plan)
+    assert result.value(as_list) == "[1, [1, [1, [...]]]]"
+    assert result.value(as_dict) == ("{'one': 1, 'self': {'one': 1, 'self': {'one': 1, "
+                                     "'self': {...}}}}")
+
+
+def test_a_value_holding_a_ref_nested_too_deep_fails_its_call_naming_the_argument() -> None:
+    # was: a bare RecursionError
+    plan = shoal.Plan()
+    deep: Any = [plan.call(_one)]
+    for _ in range(100_000):
+        deep = [deep]
+    ref = plan.call(_shape, x=deep)
+    sibling = plan.call(_shape, x="kept")
+    result = shoal.run_sync(plan)
+    error = result[ref].error
+    assert result[ref].status == "failed" and error is not None
+    assert error.type == "shoal.exceptions.ToolArgumentError"
+    assert "argument 'x' holds refs nested deeper than Python's recursion limit" in error.message
+    assert result.value(sibling) == "'kept'"
