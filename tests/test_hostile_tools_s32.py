@@ -8,6 +8,7 @@ first used); arguments a validator chokes on fail the call, never the run or the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn, TypedDict
@@ -18,6 +19,7 @@ import pytest
 import shoal
 from shoal import ToolArgumentError, ToolDefinitionError
 from shoal.testing import ScriptedModel, call, run_virtual
+from tests.conftest import arun
 
 
 def hostile(value: object) -> Any:
@@ -273,3 +275,33 @@ def test_a_value_holding_a_ref_nested_too_deep_fails_its_call_naming_the_argumen
     assert error.type == "shoal.exceptions.ToolArgumentError"
     assert "argument 'x' holds refs nested deeper than Python's recursion limit" in error.message
     assert result.value(sibling) == "'kept'"
+
+
+# ---- process workers ----------------------------------------------------------------------
+
+
+def _writes_to_every_descriptor() -> str:
+    """Write bytes to every descriptor it did not open (the worker's reply pipe among them)."""
+    import os
+
+    for fd in range(3, 256):
+        with contextlib.suppress(OSError):
+            os.write(fd, b"\xff" * 64)
+    return "wrote"
+
+
+def test_a_process_tool_writing_to_the_reply_pipe_fails_its_call_instead_of_hanging() -> None:
+    # was: its bytes read as a reply's length (2**64 - 1): the call waited for good
+    async def go() -> shoal.RunResult:
+        async with shoal.Runtime() as runtime:
+            plan = shoal.Plan()
+            plan.call(shoal.tool(_writes_to_every_descriptor, isolation="process"))
+            plan.call(shoal.tool(_shape, isolation="process"), x="kept")
+            return await runtime.run(plan)
+
+    result = arun(go(), timeout=60)
+    scribbler, sibling = result.outcomes.values()
+    assert scribbler.status == "failed" and scribbler.error is not None
+    assert scribbler.error.type == "shoal.exceptions.WorkerCrashedError"
+    assert "reply pipe carried bytes that are no reply" in scribbler.error.message
+    assert sibling.value == "'kept'"
