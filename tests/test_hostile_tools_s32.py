@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import sys
 from collections.abc import Callable
+from fractions import Fraction
 from typing import Any, NoReturn, TypedDict
 
 import pydantic
@@ -230,6 +231,24 @@ def test_a_tool_that_catches_its_timeouts_cancel_and_returns_is_timed_out() -> N
     outcome = run_virtual(shoal.run(plan))[ref]
     assert outcome.status == "timed_out" and outcome.value is None
     assert outcome.error is not None and outcome.error.type == "shoal.exceptions.ToolTimeoutError"
+
+
+
+@shoal.tool
+async def _naps() -> str:
+    await asyncio.sleep(5)
+    return "late"
+
+
+def test_a_timeout_given_as_a_fraction_times_the_call_out() -> None:
+    # was: the run hung for good ('{timeout:g}' of a Fraction raised TypeError as the
+    # ToolTimeoutError was made, inside the attempt, which then reported nothing)
+    plan = shoal.Plan()
+    ref = plan.call(_naps.options(timeout=Fraction(1, 3), retries=1, backoff=Fraction(1, 7)))
+    outcome = arun(shoal.run(plan), virtual=True)[ref]
+    assert outcome.status == "timed_out" and outcome.attempts == 2
+    assert outcome.error is not None and "within its timeout of 0.333333 s" in outcome.error.message
+    assert _naps.options(timeout=Fraction(1, 3)).policy.timeout == 1 / 3
 
 
 # ---- arguments holding refs ---------------------------------------------------------------

@@ -149,12 +149,12 @@ class RetryPolicy:
                                           f"{MAX_BACKOFF_SECONDS:g}, got {_short(value)}")
         if not _is_number(jitter) or not 0.0 <= jitter <= 1.0:
             raise ToolDefinitionError(f"jitter must be a number within [0, 1], got {shown(jitter)}")
-        # frozen: the dataclass way to set fields in __init__
-        object.__setattr__(self, "retries", retries)
+        # frozen: the dataclass way to set fields in __init__; seconds and fractions as floats
+        object.__setattr__(self, "retries", int(retries))
         object.__setattr__(self, "on", _exception_types(on))
-        object.__setattr__(self, "backoff", backoff)
-        object.__setattr__(self, "max_backoff", max_backoff)
-        object.__setattr__(self, "jitter", jitter)
+        object.__setattr__(self, "backoff", float(backoff))
+        object.__setattr__(self, "max_backoff", float(max_backoff))
+        object.__setattr__(self, "jitter", float(jitter))
 
     @property
     def base_delay(self) -> float:
@@ -223,6 +223,18 @@ class ToolPolicy:
     limits: ProcessLimits | None = None
     env: tuple[str, ...] = ()
     trust_results: bool = False
+
+    def __post_init__(self) -> None:
+        """Seconds as floats: a ``Fraction``, a ``numpy`` number or an int given is converted.
+
+        What reads them formats them as floats (``ToolTimeoutError``'s ``{timeout:g}`` raised
+        TypeError for a ``Fraction``); a value that is no finite number is left for
+        :func:`check_policy` to refuse.
+        """
+        for name in ("timeout", "estimate"):
+            value = getattr(self, name)
+            if value is not None and type(value) is not float and _is_number(value):
+                object.__setattr__(self, name, float(value))
 
 
 _POLICY_KEYS = frozenset({
