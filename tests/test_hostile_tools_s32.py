@@ -324,3 +324,34 @@ def test_a_process_tool_writing_to_the_reply_pipe_fails_its_call_instead_of_hang
     assert scribbler.error.type == "shoal.exceptions.WorkerCrashedError"
     assert "reply pipe carried bytes that are no reply" in scribbler.error.message
     assert sibling.value == "'kept'"
+
+
+# ---- retries ------------------------------------------------------------------------------
+
+
+class _CheckFails(type):
+    """A metaclass whose instance check raises (as a broken ``__instancecheck__`` does)."""
+
+    def __instancecheck__(cls, instance: object) -> bool:
+        raise RuntimeError("the instance check broke")
+
+
+class _UncheckableError(Exception, metaclass=_CheckFails):
+    """An error class no instance can be checked against."""
+
+
+def _fails_plainly() -> NoReturn:
+    raise ValueError("plain failure")
+
+
+def test_a_retry_on_class_whose_instance_check_fails_leaves_the_call_failed() -> None:
+    # was: the RuntimeError of the check came out of run_sync (the scheduler asked it as the
+    # call failed): the run crashed, its sibling's result lost
+    failing = shoal.tool(_fails_plainly, retries=2, retry_on=_UncheckableError, backoff=0)
+    plan = shoal.Plan()
+    ref = plan.call(failing)
+    sibling = plan.call(_shape, x="kept")
+    result = shoal.run_sync(plan)
+    assert result[ref].status == "failed" and result[ref].attempts == 1
+    assert result[ref].error is not None and result[ref].error.type == "ValueError"
+    assert result.value(sibling) == "'kept'"

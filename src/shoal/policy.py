@@ -169,12 +169,20 @@ class RetryPolicy:
         return self.max_backoff
 
     def should_retry(self, error: BaseException, attempt: int) -> bool:
-        """Whether attempt number ``attempt`` (1-based), which raised ``error``, gets another."""
-        return (
-            attempt <= self.retries
-            and isinstance(error, self.on)
-            and not isinstance(error, _NEVER_RETRIED)
-        )
+        """Whether attempt number ``attempt`` (1-based), which raised ``error``, gets another.
+
+        A ``retry_on`` class whose own instance check fails (a metaclass's
+        ``__instancecheck__``, an ABC's ``__subclasshook__`` raising) matches nothing: the
+        call ends with its error rather than the run with the check's.
+        """
+        if attempt > self.retries or isinstance(error, _NEVER_RETRIED):
+            return False
+        try:
+            return isinstance(error, self.on)
+        except KeyboardInterrupt:
+            raise
+        except BaseException:  # SystemExit too: user code, run as the scheduler decides
+            return False
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         """Seconds to wait before retry number ``attempt`` (1-based)."""
