@@ -12,7 +12,7 @@ import contextlib
 import sys
 from collections.abc import Callable
 from fractions import Fraction
-from typing import Any, NoReturn, TypedDict
+from typing import Annotated, Any, NoReturn, TypedDict
 
 import pydantic
 import pytest
@@ -355,3 +355,21 @@ def test_a_retry_on_class_whose_instance_check_fails_leaves_the_call_failed() ->
     assert result[ref].status == "failed" and result[ref].attempts == 1
     assert result[ref].error is not None and result[ref].error.type == "ValueError"
     assert result.value(sibling) == "'kept'"
+
+
+def _factory_fails() -> int:
+    raise RuntimeError("the factory broke")
+
+
+def _with_failing_factory(
+        x: Annotated[int, pydantic.Field(default_factory=_factory_fails)]) -> int:
+    return x
+
+
+def test_a_default_factory_that_raises_fails_the_call_naming_it() -> None:
+    # was: the RuntimeError itself came out of Tool.validate (out of plan.call, an agent)
+    made = shoal.tool(_with_failing_factory)
+    with pytest.raises(ToolArgumentError, match="RuntimeError: the factory broke: the tool's "
+                                                "own checking code"):
+        made.validate({})
+    assert made.validate({"x": 2}) == {"x": 2}

@@ -249,16 +249,17 @@ class Tool(Generic[P, R]):
         """The error for validation that raised ``exc`` instead of judging the arguments.
 
         pydantic turns only a validator's ``ValueError`` or ``AssertionError`` into a
-        validation error: anything else a validator (of a nested model, say) raises comes out
-        as it is. It fails the call, as a tool's own error would, and no more: a model reads
-        it as a rejected call, a plan as a bad argument. A model that names a type never
-        defined is the tool's definition at fault, said so (see :func:`unresolved_names`).
+        validation error: anything else a validator (of a nested model, say) or a
+        ``default_factory`` raises comes out as it is. It fails the call, as a tool's own
+        error would, and no more: a model reads it as a rejected call, a plan as a bad
+        argument. A model that names a type never defined is the tool's definition at
+        fault, said so (see :func:`unresolved_names`).
         """
         if isinstance(exc, pydantic.PydanticUserError):
             return ToolDefinitionError(f"tool {self.name!r}: {unresolved_names(self._model)}")
         return ToolArgumentError(self.name, "", f"checking the arguments raised "
-                                 f"{error_text(exc)}; a validator of the tool's argument types "
-                                 "failed on these values")
+                                 f"{error_text(exc)}: the tool's own checking code (a validator "
+                                 "or a default_factory of its argument types) failed on them")
 
     @functools.cached_property
     def _kept_as_is(self) -> tuple[tuple[str, ...], tuple[type, ...]] | None:
