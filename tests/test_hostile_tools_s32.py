@@ -373,3 +373,22 @@ def test_a_default_factory_that_raises_fails_the_call_naming_it() -> None:
                                                 "own checking code"):
         made.validate({})
     assert made.validate({"x": 2}) == {"x": 2}
+
+
+def test_a_resource_key_naming_no_argument_is_refused_when_the_tool_is_made() -> None:
+    # was: accepted; the key was a wildcard over 'file:' at every call, so the tool's calls
+    # waited for every other use of a 'file:' key: the plan ran one call at a time, silently
+    with pytest.raises(ToolDefinitionError, match=r"names 'pth', which is none of its "
+                                                  r"arguments \(path\)"):
+        shoal.tool(lambda path: path, writes="file:{pth}")
+    with pytest.raises(ToolDefinitionError, match="names 'other'"):
+        shoal.tool(lambda path: path).options(merges="board:{other}")
+    shoal.tool(lambda path: path, writes="file:{path.name}")  # an attribute of one is fine
+    shoal.tool(lambda **more: more, writes="file:{anything}")  # **more: any name may come
+
+
+def test_a_tool_policy_made_directly_has_its_resource_keys_checked_too() -> None:
+    # was: ToolPolicy(writes=("file:{",)) passed shoal.Tool(); ValueError at every plan.call
+    policy = shoal.ToolPolicy(writes=("file:{",))
+    with pytest.raises(ToolDefinitionError, match="is not a template"):
+        shoal.Tool(lambda path: path, policy=policy)

@@ -438,5 +438,9 @@ def check_policy(name: str, is_async: bool, p: ToolPolicy) -> None:
         if not isinstance(getattr(p, flag), bool):
             raise ToolDefinitionError(
                 f"tool {name!r}: {flag} must be True or False, got {shown(getattr(p, flag))}")
+    for key in (*p.reads, *p.writes, *p.merges):  # a ToolPolicy made directly too
+        if not isinstance(key, str):
+            raise ToolDefinitionError(f"tool {name!r}: a resource key is text, got {shown(key)}")
+        _check_template(key)
     if not (isinstance(p.approval, bool) or callable(p.approval)):
         raise ToolDefinitionError(f"tool {name!r}: approval must be a bool or a predicate")

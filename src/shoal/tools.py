@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
+import string
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
@@ -127,6 +129,8 @@ class Tool(Generic[P, R]):
         self.__qualname__ = getattr(base, "__qualname__", self.name)
         self.__wrapped__ = fn
         check_policy(self.name, self.is_async, self.policy)
+        if not self.model_facts.accepts_extra:  # (a tool taking **more may get any name)
+            _check_key_fields(self.name, self.policy, self._param_names)
 
     def _set_callable(self, fn: Callable[..., Any]) -> None:
         """Wrap ``fn``: it, whether it is async, and so where the tool runs by default."""
@@ -363,6 +367,28 @@ class Tool(Generic[P, R]):
         """The tool as an Anthropic messages ``tools`` entry."""
         return {"name": self.name, "description": self.description,
                 "input_schema": self.json_schema()}
+
+
+_FIELD_NAME = re.compile(r"[^.\[]*")  # the argument a key's field starts from: 'x' of 'x.y[0]'
+
+
+def _check_key_fields(name: str, policy: ToolPolicy, parameters: frozenset[str]) -> None:
+    """Refuse a resource key whose field names no argument of the tool (a typo, say).
+
+    Its key would be a wildcard over its literal prefix at every call (as for a value not
+    known yet), so the tool's calls would wait for every other use of that prefix: a plan
+    silently run one call at a time. (The template's syntax is checked with the policy.)
+    """
+    for template in (*policy.reads, *policy.writes, *policy.merges):
+        for _, field, _, _ in string.Formatter().parse(template):
+            if field is None:
+                continue
+            argument = _FIELD_NAME.match(field)
+            if argument is not None and argument.group() not in parameters:
+                known = ", ".join(sorted(parameters)) or "none"
+                raise ToolDefinitionError(
+                    f"tool {name!r}: resource key {shown(template)} names "
+                    f"{shown(argument.group())}, which is none of its arguments ({known})")
 
 
 def _text(what: str, value: object) -> str | None:
