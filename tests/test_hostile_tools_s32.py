@@ -174,7 +174,7 @@ def test_a_name_or_description_that_is_no_text_is_refused(option: str, value: ob
     # was: TypeError ('argument of type int is not iterable') for a name; a description of
     # 5 went out in to_openai() as a number
     with pytest.raises(ToolDefinitionError, match=f"a tool's {option} is text"):
-        shoal.tool(lambda: 1, **{option: value})
+        shoal.tool(lambda: 1, **hostile({option: value}))
 
 
 # ---- resource key templates ---------------------------------------------------------------
@@ -208,7 +208,8 @@ def test_a_value_a_resource_key_cannot_write_orders_its_call_conservatively(valu
     second = plan.call(reader, path=value)
     result = shoal.run_sync(plan)
     assert result[first].status == result[second].status == "ok"
-    assert result[second].started_at >= result[first].finished_at
+    started, finished = result[second].started_at, result[first].finished_at
+    assert started is not None and finished is not None and started >= finished
 
 
 # ---- timeouts -----------------------------------------------------------------------------
@@ -347,13 +348,15 @@ def _fails_plainly() -> NoReturn:
 def test_a_retry_on_class_whose_instance_check_fails_leaves_the_call_failed() -> None:
     # was: the RuntimeError of the check came out of run_sync (the scheduler asked it as the
     # call failed): the run crashed, its sibling's result lost
-    failing = shoal.tool(_fails_plainly, retries=2, retry_on=_UncheckableError, backoff=0)
+    failing: shoal.Tool[[], NoReturn] = shoal.tool(_fails_plainly, retries=2,
+                                                   retry_on=_UncheckableError, backoff=0)
     plan = shoal.Plan()
     ref = plan.call(failing)
     sibling = plan.call(_shape, x="kept")
     result = shoal.run_sync(plan)
-    assert result[ref].status == "failed" and result[ref].attempts == 1
-    assert result[ref].error is not None and result[ref].error.type == "ValueError"
+    outcome = result[ref]
+    assert outcome.status == "failed" and outcome.attempts == 1
+    assert outcome.error is not None and outcome.error.type == "ValueError"
     assert result.value(sibling) == "'kept'"
 
 
