@@ -395,3 +395,30 @@ def test_a_tool_policy_made_directly_has_its_resource_keys_checked_too() -> None
     policy = shoal.ToolPolicy(writes=("file:{",))
     with pytest.raises(ToolDefinitionError, match="is not a template"):
         shoal.Tool(lambda path: path, policy=policy)
+
+
+# ---- the runtime's limits on tool calls ---------------------------------------------------
+
+
+@pytest.mark.parametrize(("options", "said"), [
+    ({"resource_limits": "host:*"}, "resource_limits takes a mapping"),
+    ({"resource_limits": {5: 1}}, "a key pattern is text"),
+    ({"fail_fast": "no"}, "fail_fast takes True or False, got str 'no'"),
+    ({"fail_fast": 1}, "fail_fast takes True or False, got int 1"),
+], ids=["limits-str", "limits-int-key", "fail-fast-no", "fail-fast-1"])
+def test_a_runtime_limit_or_flag_of_the_wrong_kind_is_a_config_error(
+        options: dict[str, object], said: str) -> None:
+    # was: AttributeError ('str' object has no attribute 'items'); an int pattern accepted
+    # (fnmatch raised TypeError at the first call with a key); fail_fast='no' was bool('no'):
+    # one failure cancelled every other call
+    with pytest.raises(shoal.ConfigError, match=said):
+        shoal.Runtime(**hostile(options))
+
+
+def test_a_run_given_fail_fast_of_the_wrong_kind_is_refused() -> None:
+    plan = shoal.Plan()
+    plan.call(_shape, x=1)
+    with pytest.raises(shoal.ConfigError, match="fail_fast takes True or False"):
+        shoal.run_sync(plan, fail_fast=hostile("false"))
+    with pytest.raises(shoal.ConfigError, match="fail_fast takes True or False"):
+        shoal.Runtime().run_sync(plan, fail_fast=hostile("false"))
