@@ -73,6 +73,12 @@ def raise_cancelled() -> None:
 
 
 @tool
+def raise_keyboard_interrupt() -> None:
+    """Raise ``KeyboardInterrupt`` itself (which Ray's task cancel raises too)."""
+    raise KeyboardInterrupt
+
+
+@tool
 async def raise_cancelled_async() -> None:
     """Raise ``CancelledError`` after an ``await``, though nothing cancelled the call."""
     await asyncio.sleep(0)

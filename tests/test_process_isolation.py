@@ -28,6 +28,7 @@ import shoal
 from shoal import Plan, Runtime
 from shoal.exceptions import ConfigError
 from shoal.executors import process as process_module
+from shoal.executors._worker import REPLY_MARK
 from shoal.executors.process import sandbox_problem as problem
 from shoal.executors.results import allow_result_types
 from tests import process_tools as pt
@@ -470,12 +471,12 @@ def test_a_worker_announcing_a_huge_reply_costs_only_what_it_sends(
     reader = process_module._MessageReader()
     tracemalloc.start()
     try:
-        reader.data_received(struct.pack(">Q", 1 << 40) + b"x" * 1000)
+        reader.data_received(struct.pack(">4sQ", REPLY_MARK, 1 << 40) + b"x" * 1000)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert peak < (1 << 21)
-    reader.data_received(struct.pack(">Q", 3))  # too short a body: still waiting, no message
+    reader.data_received(struct.pack(">4sQ", REPLY_MARK, 3))  # too short a body: still waiting
     assert not reader._messages
 
 
@@ -486,7 +487,8 @@ def test_messages_larger_than_the_preallocation_arrive_whole(
     monkeypatch.setattr(process_module, "_PREALLOCATE", 10)
     reader = process_module._MessageReader()
     body = bytes(range(256)) * 3
-    data = struct.pack(">Q", len(body)) + body + struct.pack(">Q", 2) + b"ok"
+    data = (struct.pack(">4sQ", REPLY_MARK, len(body)) + body
+            + struct.pack(">4sQ", REPLY_MARK, 2) + b"ok")
     for start in range(0, len(data), 7):  # in odd-sized pieces
         reader.data_received(data[start:start + 7])
     assert list(reader._messages) == [bytearray(body), bytearray(b"ok")]

@@ -201,16 +201,24 @@ def render_key(template: str, args: Mapping[str, Any], defaults: Mapping[str, An
 
 def _field_text(field_name: str, spec: str | None, conversion: str | None,
                 values: Mapping[str, Any]) -> str | None:
-    """One field of a key template filled in, or ``None`` when its value is not known."""
+    """One field of a key template filled in, or ``None``: not known yet, or not writable.
+
+    Such a key counts as any key that starts as far as it got: the call is ordered against
+    every use that may be the same key, never against none. (No such argument, a spec that
+    does not fit the value's type, an int too long to write out, a value whose own
+    ``__getattr__``, ``__format__`` or ``__repr__`` raises: ``SystemExit`` too, user code
+    ends no run.)
+    """
     try:
         value, _ = _formatter.get_field(field_name, (), values)
         if find_refs(value):  # known once that node has run
             return None
-        text: str = _formatter.format_field(_formatter.convert_field(value, conversion),
-                                            spec or "")
-        return text
-    except Exception:  # no such argument (KeyError ...), or the value's own code failed
+        text = _formatter.format_field(_formatter.convert_field(value, conversion), spec or "")
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
         return None
+    return text if type(text) is str else None
 
 
 #: A use of a resource key by a node: the key, the node's position, the mode.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numbers
 import random
+import string
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, cast
@@ -151,12 +152,12 @@ class RetryPolicy:
                                           f"{MAX_BACKOFF_SECONDS:g}, got {_short(value)}")
         if not _is_number(jitter) or not 0.0 <= jitter <= 1.0:
             raise ToolDefinitionError(f"jitter must be a number within [0, 1], got {shown(jitter)}")
-        # frozen: the dataclass way to set fields in __init__
-        object.__setattr__(self, "retries", retries)
+        # frozen: the dataclass way to set fields in __init__; seconds and fractions as floats
+        object.__setattr__(self, "retries", int(retries))
         object.__setattr__(self, "on", _exception_types(on))
-        object.__setattr__(self, "backoff", backoff)
-        object.__setattr__(self, "max_backoff", max_backoff)
-        object.__setattr__(self, "jitter", jitter)
+        object.__setattr__(self, "backoff", float(backoff))
+        object.__setattr__(self, "max_backoff", float(max_backoff))
+        object.__setattr__(self, "jitter", float(jitter))
 
     @property
     def base_delay(self) -> float:
@@ -171,12 +172,20 @@ class RetryPolicy:
         return self.max_backoff
 
     def should_retry(self, error: BaseException, attempt: int) -> bool:
-        """Whether attempt number ``attempt`` (1-based), which raised ``error``, gets another."""
-        return (
-            attempt <= self.retries
-            and isinstance(error, self.on)
-            and not isinstance(error, _NEVER_RETRIED)
-        )
+        """Whether attempt number ``attempt`` (1-based), which raised ``error``, gets another.
+
+        A ``retry_on`` class whose own instance check fails (a metaclass's
+        ``__instancecheck__``, an ABC's ``__subclasshook__`` raising) matches nothing: the
+        call ends with its error rather than the run with the check's.
+        """
+        if attempt > self.retries or isinstance(error, _NEVER_RETRIED):
+            return False
+        try:
+            return isinstance(error, self.on)
+        except KeyboardInterrupt:
+            raise
+        except BaseException:  # SystemExit too: user code, run as the scheduler decides
+            return False
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         """Seconds to wait before retry number ``attempt`` (1-based)."""
@@ -226,6 +235,18 @@ class ToolPolicy:
     env: tuple[str, ...] = ()
     trust_results: bool = False
 
+    def __post_init__(self) -> None:
+        """Seconds as floats: a ``Fraction``, a ``numpy`` number or an int given is converted.
+
+        What reads them formats them as floats (``ToolTimeoutError``'s ``{timeout:g}`` raised
+        TypeError for a ``Fraction``); a value that is no finite number is left for
+        :func:`check_policy` to refuse.
+        """
+        for name in ("timeout", "estimate"):
+            value = getattr(self, name)
+            if value is not None and type(value) is not float and _is_number(value):
+                object.__setattr__(self, name, float(value))
+
 
 _POLICY_KEYS = frozenset({
     "timeout", "retries", "retry_on", "backoff", "max_backoff", "jitter", "isolation",
@@ -238,14 +259,48 @@ def _as_keys(value: str | Sequence[str] | None) -> tuple[str, ...]:
     if value is None:
         return ()
     if isinstance(value, str):
-        return (value,)
-    keys = tuple(value) if isinstance(value, Iterable) else (value,)
+        keys: tuple[Any, ...] = (value,)
+    else:
+        keys = tuple(value) if isinstance(value, Iterable) else (value,)
     if not all(isinstance(k, str) for k in keys):
         raise ToolDefinitionError(
             f"reads/writes/merges take a resource key or a list of them, such as 'file:{{path}}', "
             f"got {shown(value)}"
         )
+    for key in keys:
+        _check_template(key)
     return keys
+
+
+_FORMATTER = string.Formatter()
+
+
+def _check_template(key: str) -> None:
+    """Refuse a resource key template that no call's arguments could fill in.
+
+    A key is filled in with :meth:`str.format` rules from each call's arguments, by name:
+    a brace left open or alone, a conversion other than ``!r``, ``!s`` or ``!a``, a field
+    with no argument name (``{}``, ``{0}``) or a field nested in a format spec would fail
+    (or match nothing) at every call; they are told when the tool is made.
+    """
+    try:
+        parts = list(_FORMATTER.parse(key))
+    except ValueError as exc:
+        raise ToolDefinitionError(
+            f"resource key {shown(key)} is not a template: {exc} (write a literal brace as "
+            "'{{' or '}}', an argument as '{name}')") from None
+    for _, field_name, spec, conversion in parts:
+        if field_name is None:
+            continue
+        problem = ""
+        if not field_name or field_name[0].isdigit() or field_name[0] in ".[":
+            problem = "a field must name an argument, such as {path}"
+        elif conversion not in (None, "r", "s", "a"):
+            problem = f"unknown conversion !{conversion} (use !r, !s or !a)"
+        elif spec and ("{" in spec or "}" in spec):
+            problem = "a format spec cannot hold another field"
+        if problem:
+            raise ToolDefinitionError(f"resource key {shown(key)}: {problem}")
 
 
 def policy_from(base: ToolPolicy, opts: Mapping[str, Any]) -> ToolPolicy:
@@ -386,5 +441,9 @@ def check_policy(name: str, is_async: bool, p: ToolPolicy) -> None:
         if not isinstance(getattr(p, flag), bool):
             raise ToolDefinitionError(
                 f"tool {name!r}: {flag} must be True or False, got {shown(getattr(p, flag))}")
+    for key in (*p.reads, *p.writes, *p.merges):  # a ToolPolicy made directly too
+        if not isinstance(key, str):
+            raise ToolDefinitionError(f"tool {name!r}: a resource key is text, got {shown(key)}")
+        _check_template(key)
     if not (isinstance(p.approval, bool) or callable(p.approval)):
         raise ToolDefinitionError(f"tool {name!r}: approval must be a bool or a predicate")

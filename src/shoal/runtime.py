@@ -422,11 +422,8 @@ class Runtime:
                                      or executor not in ISOLATIONS):
             raise ConfigError(f"executor must be one of {ISOLATIONS}, got {shown(executor)}")
         check_deadline(deadline)
-        for key, cap in (resource_limits or {}).items():
-            if cap is None:
-                raise ConfigError(f"resource limit {key!r} must be a whole number, at least 1, "
-                                  "got None")
-            check_count(f"resource limit {key!r}", cap)
+        _check_resource_limits(resource_limits)
+        _check_flag("fail_fast", fail_fast)
         self.max_concurrency = max_concurrency
         self.executor = executor
         self.thread_workers = thread_workers if thread_workers is not None else max(
@@ -781,6 +778,8 @@ class Runtime:
             _check_plan(plan)
         if deadline is not None:
             check_deadline(deadline)
+        if fail_fast is not None:
+            _check_flag("fail_fast", fail_fast)
         if len(plan):
             plan.validate()
             graph = analyze(plan)
@@ -1153,6 +1152,30 @@ def _sink_list(on_event: EventSink | Sequence[EventSink] | None) -> list[Callabl
 
 #: the retry jitter of runtimes made without a seed (see Runtime.__init__)
 _UNSEEDED = random.Random()
+
+
+def _check_resource_limits(limits: object) -> None:
+    """Refuse ``resource_limits`` that are not key patterns (text) mapped to whole counts."""
+    if limits is None:
+        return
+    if not isinstance(limits, Mapping):
+        raise ConfigError(f"resource_limits takes a mapping of key pattern to a count, such as "
+                          f"{{'host:*': 4}}, got {shown(limits)}")
+    for key, cap in limits.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"resource_limits: a key pattern is text, such as 'host:*', got "
+                              f"{type(key).__name__} {shown(key)}")
+        if cap is None:
+            raise ConfigError(f"resource limit {key!r} must be a whole number, at least 1, "
+                              "got None")
+        check_count(f"resource limit {key!r}", cap)
+
+
+def _check_flag(name: str, value: object) -> None:
+    """Refuse a flag that is not ``True`` or ``False`` (``'no'`` would count as true)."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} takes True or False, got {type(value).__name__} "
+                          f"{shown(value)}")
 
 
 @functools.cache

@@ -33,7 +33,7 @@ from pydantic import ConfigDict
 from pydantic.fields import FieldInfo
 
 from shoal.exceptions import ToolDefinitionError
-from shoal.merge import shown
+from shoal.merge import error_text, shown
 
 if TYPE_CHECKING:
     from griffe import PerStyleOptions
@@ -50,6 +50,7 @@ __all__ = [
     "model_facts",
     "param_docs",
     "summary",
+    "unresolved_names",
 ]
 
 
@@ -264,12 +265,73 @@ def args_model(
             taken.add(key)
             renames[key] = param.name
         fields[key] = _field_spec(annotation, default, docs.get(param.name), alias)
-    config = ConfigDict(arbitrary_types_allowed=True, extra=extra)
-    model_name = re.sub(r"\W", "_", name) + "_args"
-    model: type[pydantic.BaseModel] = pydantic.create_model(model_name, __config__=config, **fields)
+    model = _built_model(name, fn, fields, extra)
     _FACTS[model] = ModelFacts.of(model, renames)
     _FACTS[model].injected = injected
     return model
+
+
+def _built_model(name: str, fn: Callable[..., Any], fields: Mapping[str, Any],
+                 extra: Literal["forbid", "allow"]) -> type[pydantic.BaseModel]:
+    """The argument model of tool ``name`` with these fields, or a ToolDefinitionError.
+
+    The model belongs to ``fn``'s module, so a name its annotations use that is not defined
+    yet (a class further down the module) is looked up there when the model is first used.
+    A type pydantic cannot check (``typing.TypedDict`` before Python 3.12, an annotation
+    whose text does not evaluate) is the tool's error, naming its parameter.
+    """
+    config = ConfigDict(arbitrary_types_allowed=True, extra=extra)
+    model_name = re.sub(r"\W", "_", name) + "_args"
+    module = getattr(_hint_source(fn), "__module__", None)
+    home = module if isinstance(module, str) else __name__
+    try:
+        return pydantic.create_model(model_name, __config__=config, __module__=home, **fields)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # pydantic's refusal, or an annotation's own code failing
+        culprit = _failing_field(model_name, config, home, fields)
+        where = f"parameter {culprit!r}" if culprit else "its parameters"
+        raise ToolDefinitionError(
+            f"tool {name!r}: the type of {where} cannot be checked ({_cut(error_text(exc))}); "
+            "annotate it with a type pydantic supports") from None
+
+
+def _failing_field(model_name: str, config: ConfigDict, module: str,
+                   fields: Mapping[str, Any]) -> str:
+    """The first field of ``fields`` whose model on its own cannot be made ('' if none)."""
+    for key, spec in fields.items():
+        try:
+            pydantic.create_model(model_name, __config__=config, __module__=module, **{key: spec})
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
+            alias = spec[1].alias if isinstance(spec[1], FieldInfo) else None
+            return str(alias or key)
+    return ""
+
+
+def _cut(text: str, most: int = 300) -> str:
+    """``text`` up to ``most`` characters (pydantic's messages carry a whole URL)."""
+    text = text.split("\n\nFor further information", 1)[0]
+    return text if len(text) <= most else text[:most - 3] + "..."
+
+
+def unresolved_names(model: type[pydantic.BaseModel]) -> str:
+    """What stops ``model``'s annotations from resolving, for a tool whose model is not complete.
+
+    pydantic leaves a model whose annotations name something not defined (yet) incomplete,
+    to try again when it is used; this says what is still missing, in a sentence.
+    """
+    try:
+        model.model_rebuild(raise_errors=True)
+    except pydantic.PydanticUndefinedAnnotation as exc:
+        return (f"its parameters' types name {exc.name!r}, which is not defined in module "
+                f"{model.__module__!r}; define or import it there")
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
+        return f"its parameters' types cannot be checked ({_cut(error_text(exc))})"
+    return "its parameters' types could not be checked when it was first used; call it again"
 
 
 @dataclass(slots=True, eq=False)

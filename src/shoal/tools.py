@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
+import string
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 
 import pydantic
 
-from shoal.exceptions import ToolArgumentError, ToolDefinitionError
-from shoal.merge import shown
+from shoal.exceptions import ShoalError, ToolArgumentError, ToolDefinitionError
+from shoal.merge import error_text, shown
 from shoal.nodeids import SEPARATOR
 from shoal.policy import (
     ISOLATIONS,
@@ -37,6 +39,7 @@ from shoal.schema import (
     model_facts,
     param_docs,
     summary,
+    unresolved_names,
 )
 
 __all__ = ["ISOLATIONS", "ApprovalRule", "Isolation", "RetryPolicy", "Tool", "ToolPolicy", "tool"]
@@ -101,6 +104,7 @@ class Tool(Generic[P, R]):
         base: Any = fn
         while isinstance(base, functools.partial):  # name and docs come from the function
             base = base.func
+        name, description = _text("name", name), _text("description", description)
         self.name: str = name or str(getattr(base, "__name__", type(base).__name__))
         if SEPARATOR in self.name:
             raise ToolDefinitionError(
@@ -125,6 +129,8 @@ class Tool(Generic[P, R]):
         self.__qualname__ = getattr(base, "__qualname__", self.name)
         self.__wrapped__ = fn
         check_policy(self.name, self.is_async, self.policy)
+        if not self.model_facts.accepts_extra:  # (a tool taking **more may get any name)
+            _check_key_fields(self.name, self.policy, self._param_names)
 
     def _set_callable(self, fn: Callable[..., Any]) -> None:
         """Wrap ``fn``: it, whether it is async, and so where the tool runs by default."""
@@ -232,12 +238,32 @@ class Tool(Generic[P, R]):
         except RecursionError:  # a value (or a default, copied for each call) nested too deep
             raise ToolArgumentError(self.name, "", "the arguments (or a default value copied "
                                     "for the call) are nested too deeply to check") from None
+        except KeyboardInterrupt:  # Ctrl-C keeps its meaning
+            raise
+        except BaseException as exc:  # a validator's own error, SystemExit too: not the run's
+            raise self._checker_failed(exc) from None
         renames = self._renames
         values = ({renames.get(k, k): v for k, v in instance.__dict__.items()} if renames
                   else dict(instance.__dict__))
         if instance.__pydantic_extra__:
             values.update(instance.__pydantic_extra__)
         return values
+
+    def _checker_failed(self, exc: BaseException) -> ShoalError:
+        """The error for validation that raised ``exc`` instead of judging the arguments.
+
+        pydantic turns only a validator's ``ValueError`` or ``AssertionError`` into a
+        validation error: anything else a validator (of a nested model, say) or a
+        ``default_factory`` raises comes out as it is. It fails the call, as a tool's own
+        error would, and no more: a model reads it as a rejected call, a plan as a bad
+        argument. A model that names a type never defined is the tool's definition at
+        fault, said so (see :func:`unresolved_names`).
+        """
+        if isinstance(exc, pydantic.PydanticUserError):
+            return ToolDefinitionError(f"tool {self.name!r}: {unresolved_names(self._model)}")
+        return ToolArgumentError(self.name, "", f"checking the arguments raised "
+                                 f"{error_text(exc)}: the tool's own checking code (a validator "
+                                 "or a default_factory of its argument types) failed on them")
 
     @functools.cached_property
     def _kept_as_is(self) -> tuple[tuple[str, ...], tuple[type, ...]] | None:
@@ -304,12 +330,32 @@ class Tool(Generic[P, R]):
         return []
 
     def json_schema(self) -> dict[str, Any]:
-        """The JSON schema of the tool's arguments."""
-        schema = self._model.model_json_schema()
+        """The JSON schema of the tool's arguments; a :class:`ToolDefinitionError` if none.
+
+        A parameter pydantic can check but not describe in JSON (a ``Callable``, a default
+        value that cannot be written out, not even by its repr) leaves the tool usable in
+        plans, but no model can be offered it: the error says which of these it is.
+        """
+        try:
+            schema = self._model.model_json_schema()
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # a default's own repr raising SystemExit too
+            raise self._no_schema(exc) from None
         schema.pop("title", None)
         for prop in schema.get("properties", {}).values():
             prop.pop("title", None)
         return schema
+
+    def _no_schema(self, exc: BaseException) -> ToolDefinitionError:
+        """The error for a tool whose JSON schema could not be made: ``exc`` was raised."""
+        if not self._model.__pydantic_complete__:
+            return ToolDefinitionError(f"tool {self.name!r}: {unresolved_names(self._model)}")
+        text = error_text(exc).split("\n\nFor further information", 1)[0]
+        return ToolDefinitionError(
+            f"tool {self.name!r}: its arguments cannot be written as a JSON schema "
+            f"({text[:300]}), so no model can be offered it; give its parameters types and "
+            "defaults JSON can hold, or use it in plans only")
 
     def to_openai(self) -> dict[str, Any]:
         """The tool as an OpenAI chat-completions ``tools`` entry."""
@@ -321,6 +367,38 @@ class Tool(Generic[P, R]):
         """The tool as an Anthropic messages ``tools`` entry."""
         return {"name": self.name, "description": self.description,
                 "input_schema": self.json_schema()}
+
+
+_FIELD_NAME = re.compile(r"[^.\[]*")  # the argument a key's field starts from: 'x' of 'x.y[0]'
+
+
+def _check_key_fields(name: str, policy: ToolPolicy, parameters: frozenset[str]) -> None:
+    """Refuse a resource key whose field names no argument of the tool (a typo, say).
+
+    Its key would be a wildcard over its literal prefix at every call (as for a value not
+    known yet), so the tool's calls would wait for every other use of that prefix: a plan
+    silently run one call at a time. (The template's syntax is checked with the policy.)
+    """
+    for template in (*policy.reads, *policy.writes, *policy.merges):
+        for _, field, _, _ in string.Formatter().parse(template):
+            if field is None:
+                continue
+            argument = _FIELD_NAME.match(field)
+            if argument is not None and argument.group() not in parameters:
+                known = ", ".join(sorted(parameters)) or "none"
+                raise ToolDefinitionError(
+                    f"tool {name!r}: resource key {shown(template)} names "
+                    f"{shown(argument.group())}, which is none of its arguments ({known})")
+
+
+def _text(what: str, value: object) -> str | None:
+    """A tool's ``name=`` or ``description=`` as a plain str (of a subclass too), or ``None``."""
+    if value is None or type(value) is str:
+        return value
+    if not isinstance(value, str):
+        raise ToolDefinitionError(f"a tool's {what} is text (a str) or None, got "
+                                  f"{type(value).__name__} {shown(value)}")
+    return str.__str__(value)  # an enum's member, say: its own __str__ or __eq__ play no part
 
 
 _UNSET: Any = object()  # a field without a default; an argument not given

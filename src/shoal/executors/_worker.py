@@ -4,7 +4,9 @@ The parent (:mod:`shoal.executors.process`) starts it with two pipes of its own 
 pool's template process forks it and calls :func:`main`, see :mod:`shoal.executors._template`;
 elsewhere it runs as this command): commands arrive on ``CMD_FD`` and replies leave on
 ``REPLY_FD``, so whatever a tool prints to stdout or stderr cannot corrupt the protocol. Every
-message is an 8-byte big-endian length followed by that many bytes of a pickled tuple:
+message is an 8-byte big-endian length followed by that many bytes of a pickled tuple (a
+reply's length comes after a 4-byte mark, :data:`REPLY_MARK`: bytes a tool writes to the reply
+pipe itself are told apart, and the worker is killed, rather than read as a length):
 
 * parent -> worker, once: ``("config", sys_path, (memory, cpu_seconds, open_files),
   sandbox)``, where ``sandbox`` is ``"none"`` or ``"namespace"`` (see
@@ -60,6 +62,10 @@ from shoal.executors._shipping import dumps, loads, loads_callable
 from shoal.executors._tracing import joined
 
 HEADER = struct.Struct(">Q")
+#: A reply's header: :data:`REPLY_MARK`, then its length. A tool runs in this process and can
+#: write to the reply pipe's descriptor too; the mark tells its bytes from a reply's.
+REPLY_HEADER = struct.Struct(">4sQ")
+REPLY_MARK = b"shR\x01"
 ENDED = struct.Struct(">d")  # before a reply to a command: when its work ended, see above
 
 
@@ -80,9 +86,9 @@ def write_message(stream: IO[bytes], body: bytes, *, ended: float | None = None)
     """
     try:
         if ended is None:
-            stream.write(HEADER.pack(len(body)))
+            stream.write(REPLY_HEADER.pack(REPLY_MARK, len(body)))
         else:
-            stream.write(HEADER.pack(ENDED.size + len(body)))
+            stream.write(REPLY_HEADER.pack(REPLY_MARK, ENDED.size + len(body)))
             stream.write(ENDED.pack(ended))
         stream.write(body)
         stream.flush()

@@ -111,7 +111,7 @@ from shoal.executors._reaper import kill_trees
 from shoal.executors._sandbox import problem as sandbox_problem
 from shoal.executors._shipping import dumps, dumps_callable
 from shoal.executors._template import PID, STATUS, exit_code, fork_supported
-from shoal.executors._worker import ENDED
+from shoal.executors._worker import ENDED, REPLY_HEADER, REPLY_MARK
 from shoal.executors.base import Call, Executor, check_count
 from shoal.executors.results import load_result
 from shoal.limits import ProcessLimits
@@ -204,7 +204,7 @@ def describe_exit(returncode: int, limits: ProcessLimits | None = None) -> str:
 
 
 class _WorkerDied(Exception):
-    """The reply pipe ended before a reply came: the worker is gone."""
+    """The reply pipe ended before a reply came: the worker is gone (or must be)."""
 
 
 class _MessageReader(asyncio.Protocol):
@@ -223,16 +223,23 @@ class _MessageReader(asyncio.Protocol):
         self._messages: deque[bytearray] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self.eof = False
+        #: Bytes read where a reply's header was due that are none (written by the tool), if any
+        self.garbled: bytes | None = None
 
     def data_received(self, data: bytes) -> None:
+        if self.garbled is not None:  # nothing more is read as replies
+            return
         view = memoryview(data)
         while view:
             if self._body is None:
-                need = _HEADER.size - len(self._header)
+                need = REPLY_HEADER.size - len(self._header)
                 self._header += view[:need]
                 view = view[need:]
-                if len(self._header) == _HEADER.size:
-                    self._size = _HEADER.unpack(self._header)[0]
+                if len(self._header) == REPLY_HEADER.size:
+                    mark, self._size = REPLY_HEADER.unpack(self._header)
+                    if mark != REPLY_MARK:
+                        self._garble()
+                        return
                     self._body = bytearray(min(self._size, _PREALLOCATE))
                     self._header.clear()
                     self._filled = 0
@@ -246,6 +253,13 @@ class _MessageReader(asyncio.Protocol):
                 self._messages.append(self._body)
                 self._body = None
                 self._wake()
+
+    def _garble(self) -> None:
+        """Bytes that are no reply's header came: the pipe is read no more (as at its end)."""
+        self.garbled = bytes(self._header)
+        self._header.clear()
+        self.eof = True
+        self._wake()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.eof = True
@@ -1276,6 +1290,9 @@ class ProcessExecutor(Executor):
         """Reap a worker that died during ``call``; count the crash against the tool."""
         retired = worker.retired
         self._forget(worker)
+        garbled = worker.reader.garbled
+        if garbled is not None:  # alive, but its replies cannot be read any more
+            worker.kill()
         # It reports how it ended; what its tool started in the worker's group would outlive
         # it: that group is killed too, before the worker is reaped (its id is then still its)
         code = await asyncio.shield(self._reap(worker, group=True))
@@ -1286,6 +1303,9 @@ class ProcessExecutor(Executor):
         self._crashes[key] = self._crashes.get(key, 0) + 1
         self.workers_crashed += 1
         cause = getattr(worker.proc, "lost", None) or describe_exit(code, worker.profile[0])
+        if garbled is not None:
+            cause = (f"killed by shoal, as its reply pipe carried bytes that are no reply "
+                     f"({shown(garbled)}); the tool wrote to a file descriptor it did not open")
         return WorkerCrashedError(call.tool.name, cause, code)
 
 

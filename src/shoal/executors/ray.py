@@ -115,7 +115,7 @@ POOL_THREADS = 1_000
 
 # Ray exceptions meaning the process that ran the call is gone, not that the tool failed.
 _CRASHES = ("WorkerCrashedError", "RayActorError", "NodeDiedError", "LocalRayletDiedError",
-            "OutOfMemoryError", "ObjectLostError", "TaskCancelledError")
+            "OutOfMemoryError", "ObjectLostError")
 # How Ray names the node in NodeDiedError's message ("... Node IP: 10.0.0.7, node ID: 4f1c...").
 _DIED_ON = re.compile(r"Node IP: ([^\s,]+), node ID: ([0-9a-fA-F]+)")
 
@@ -677,4 +677,11 @@ def _ray_failure(ray: Any, tool: str, exc: Exception) -> ExecutorError:
                     if hasattr(ray.exceptions, n))
     if isinstance(exc, crashes):
         return WorkerCrashedError(tool, f"Ray reported {summary}")
+    cancelled = getattr(ray.exceptions, "TaskCancelledError", None)
+    if cancelled is not None and isinstance(exc, cancelled):
+        # shoal's own cancel of a call ends its wait first (cancelled or timed out): this one
+        # is the tool's KeyboardInterrupt (how ray.cancel stops a task), or an outside cancel
+        return ExecutorError(
+            f"tool {tool!r} raised KeyboardInterrupt, or something outside shoal cancelled its "
+            f"Ray task (ray.cancel); its worker did not die (Ray reported {summary})")
     return ExecutorError(f"Ray could not run tool {tool!r}: {summary}")

@@ -23,6 +23,7 @@ from typing import Any, cast
 
 import pydantic
 
+from shoal.exceptions import ToolArgumentError
 from shoal.plan import Ref
 
 __all__ = ["IMMUTABLE", "isolate", "isolate_all", "resolve_arguments"]
@@ -169,11 +170,14 @@ def isolate_all(args: dict[str, Any]) -> dict[str, Any]:
     return dict(args)  # every value is immutable (most calls' ints and strings): a plain copy
 
 
-def resolve_arguments(args: dict[str, Any], lookup: Callable[[Ref], Any]) -> dict[str, Any]:
+def resolve_arguments(args: dict[str, Any], lookup: Callable[[Ref], Any],
+                      tool: str) -> dict[str, Any]:
     """``args`` with every ref replaced by ``isolate(lookup(ref))``, all plain data copied.
 
     Refs are replaced inside exactly the containers :func:`shoal.plan.find_refs` walks: dicts
-    (their values), lists, tuples, sets and frozensets, subclasses included.
+    (their values), lists, tuples, sets and frozensets, subclasses included. A list or dict
+    that holds itself is rebuilt as one that does; a value holding refs nested deeper than
+    Python's recursion limit is a :class:`ToolArgumentError` of ``tool`` naming the argument.
     """
     resolved: dict[str, Any] = {}
     for name, value in args.items():  # (_resolve's first cases, without its call: most values)
@@ -184,7 +188,12 @@ def resolve_arguments(args: dict[str, Any], lookup: Callable[[Ref], Any]) -> dic
         elif kind in _SCALARS:
             resolved[name] = value
         else:
-            resolved[name] = _resolve(value, lookup)
+            # most values are small trees, walked without noting the containers met (the
+            # per-call path); one that recursed past the limit is walked again, noting them
+            try:
+                resolved[name] = _resolve(value, lookup)
+            except RecursionError:
+                resolved[name] = _resolved_tracked(name, value, lookup, tool)
     return resolved
 
 
@@ -203,11 +212,67 @@ def _resolve(value: Any, lookup: Callable[[Ref], Any]) -> Any:
     if kind is set or kind is frozenset:
         return kind(_resolve(v, lookup) for v in value)
     if isinstance(value, _WALKED):
-        try:
-            return _rebuild(value, lambda v: _resolve(v, lookup))
-        except _Unbuildable as exc:
-            raise TypeError(
-                f"cannot rebuild a {kind.__qualname__} with the values of the refs inside it; "
-                f"pass a plain dict, list, tuple or set instead"
-            ) from exc.__cause__
+        return _rebuilt(value, lambda v: _resolve(v, lookup))
     return isolate(value)
+
+
+def _rebuilt(value: Any, each: Callable[[Any], Any]) -> Any:
+    """:func:`_rebuild` of a container holding refs, or the ``TypeError`` saying it cannot be."""
+    try:
+        return _rebuild(value, each)
+    except _Unbuildable as exc:
+        raise TypeError(
+            f"cannot rebuild a {type(value).__qualname__} with the values of the refs inside "
+            f"it; pass a plain dict, list, tuple or set instead"
+        ) from exc.__cause__
+
+
+def _resolved_tracked(name: str, value: Any, lookup: Callable[[Ref], Any], tool: str) -> Any:
+    """:func:`_resolve` of argument ``name``, noting each container met (see _resolve_tracked).
+
+    A value that holds itself ends so; one nested too deep for this walk too fails the call.
+    """
+    try:
+        return _resolve_tracked(value, lookup, {})
+    except RecursionError:
+        raise ToolArgumentError(tool, name, (
+            f"argument {name!r} holds refs nested deeper than Python's recursion limit, too "
+            "deep to put their values in; pass it with fewer levels")) from None
+
+
+def _resolve_tracked(value: Any, lookup: Callable[[Ref], Any], memo: dict[int, Any]) -> Any:
+    """:func:`_resolve`, with ``memo`` mapping each container met to its copy.
+
+    Like ``copy.deepcopy``: lists and dicts enter the memo before their items, so one that
+    holds itself is rebuilt as one that does, and a container met twice is rebuilt once.
+    """
+    kind = type(value)
+    if kind in _SCALARS:
+        return value
+    if kind is Ref:
+        return isolate(lookup(value))
+    found = memo.get(id(value), memo)  # the memo itself: "not seen" (None is a value)
+    if found is not memo:
+        return found
+    if kind is dict:
+        new_dict: dict[Any, Any] = {}
+        memo[id(value)] = new_dict
+        for k, v in value.items():
+            new_dict[k] = _resolve_tracked(v, lookup, memo)
+        return new_dict
+    if kind is list:
+        new_list: list[Any] = []
+        memo[id(value)] = new_list
+        new_list.extend([_resolve_tracked(v, lookup, memo) for v in value])
+        return new_list
+    made: Any
+    if kind is tuple:
+        made = tuple([_resolve_tracked(v, lookup, memo) for v in value])
+    elif kind is set or kind is frozenset:
+        made = kind(_resolve_tracked(v, lookup, memo) for v in value)
+    elif isinstance(value, _WALKED):
+        made = _rebuilt(value, lambda v: _resolve_tracked(v, lookup, memo))
+    else:
+        made = isolate(value)
+    memo[id(value)] = made
+    return made

@@ -1081,6 +1081,8 @@ class Driver:
                 else:
                     async with asyncio.timeout(call.timeout) as scope:
                         value = await executor.execute(call)
+                    if scope.expired():  # the tool caught the timeout's cancel and returned
+                        raise TimeoutError
                 if type(value) in _PLAIN:  # most calls: no result object (see _returned)
                     assert self._context is not None
                     self._context.run(self._report, self._returned, call, value)

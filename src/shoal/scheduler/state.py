@@ -1316,7 +1316,7 @@ class SchedulerState:
         node = slot.node
         assert node.map is not None
         try:
-            args = resolve_arguments(node.args, self._lookup)
+            args = resolve_arguments(node.args, self._lookup, node.tool.name)
             items = args.pop(node.map.item_arg)
             if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, (list, tuple)):
                 kind = "None" if items is None else f"a {type(items).__name__}"
@@ -1502,7 +1502,7 @@ class SchedulerState:
             return True
         try:
             if node.refs:
-                resolved = resolve_arguments(node.args, self._lookup)
+                resolved = resolve_arguments(node.args, self._lookup, node.tool.name)
                 tool = node.tool  # values validation keeps as they are need no new dict
                 slot.args = resolved if tool.keeps(resolved) else tool.validate(resolved)
             elif node.checked is not None:  # validated with the plan: only copy
