@@ -33,7 +33,7 @@ from shoal.clock import Clock, forget_clock, read_epoch
 from shoal.deps import EMPTY_GRAPH, Graph, analyze
 from shoal.events import Event, EventSink
 from shoal.exceptions import ConfigError, NoEventLoopError, RunClosedError, ShoalError
-from shoal.executors.base import Executor, check_count
+from shoal.executors.base import Call, Executor, check_count
 from shoal.executors.inline import InlineExecutor
 from shoal.executors.thread import DEFAULT_THREAD_WORKERS, ThreadExecutor
 from shoal.limits import Rate, env_names, parse_rate
@@ -239,9 +239,20 @@ class RunHandle:
         """
         self._driver.observe(sink)
 
-    def add(self, nodes: Sequence[Node]) -> None:
-        """Add checked nodes to an open run (see :class:`shoal.openrun.OpenRun`)."""
-        self._driver.add(nodes)
+    def add(self, nodes: Sequence[Node], *, here: bool = False) -> Call | None:
+        """Add checked nodes to an open run (see :class:`shoal.openrun.OpenRun`).
+
+        ``here``: the attempt of the one node, if it starts now, to run in the caller's task
+        with :meth:`run_here` (see :meth:`Driver.add <shoal.scheduler.driver.Driver.add>`).
+        """
+        return self._driver.add(nodes, here=here)
+
+    def run_here(self, call: Call, cancelled: str) -> Coroutine[Any, Any, Outcome | None]:
+        """Run the attempt :meth:`add` handed over in the awaiting task (see ``Driver``).
+
+        Returns the node's outcome (``None`` if it has none yet: a retry is due).
+        """
+        return self._driver.run_here(call, cancelled)
 
     def close(self) -> None:
         """An open run takes no more nodes; it ends once every node has ended.

@@ -175,7 +175,8 @@ class Driver:
         "_at_once", "_at_once_contexts", "_at_once_stopped", "_before_start", "_burst_due",
         "_bursting", "_clock",
         "_context", "_deadline", "_desk", "_early", "_ends_each", "_entered", "_epoch",
-        "_executor_for", "_executors", "_finished", "_given_clock", "_hosts", "_internal",
+        "_executor_for", "_executors", "_finished", "_given_clock", "_handed", "_handing",
+        "_hosts", "_internal",
         "_journal", "_lean_due", "_loop", "_observer", "_on_pool", "_origin_epoch",
         "_pool_returned", "_quick",
         "_resume",
@@ -253,6 +254,11 @@ class Driver:
         # position -> the task of its attempt, for those that have one (most calls run at once
         # or on a pool have none: no pair per call to make)
         self._task_of: dict[int, asyncio.Task[None]] = {}
+        # position -> the attempt run in the task that added its node (see add(here=True) and
+        # run_here): no task of its own. Made on first use (most runs never hand one over)
+        self._handed: dict[int, _Handed] | None = None
+        # while add(here=True) adds its node: its id, then its lean attempt, if one started
+        self._handing: str | Call | None = None
         # calls that end in their first step, to run at once, each in the context a task of
         # its own would have copied; those cancelled before they ran; whether a burst runs.
         # The two queues are made with the first such call (see _at_once_queues): an agent's
@@ -478,19 +484,87 @@ class Driver:
         if self.scope is not None:  # nested runs (agent nodes, patterns) report to it too
             self.scope.sinks = (*self.scope.sinks, sink)
 
-    def add(self, nodes: Sequence[Node]) -> None:
-        """Add nodes to an open run (validated by the caller); they run once their inputs are."""
+    def add(self, nodes: Sequence[Node], *, here: bool = False) -> Call | None:
+        """Add nodes to an open run (validated by the caller); they run once their inputs are.
+
+        ``here`` (one node): if its attempt starts at once and would get a lean task of its own
+        (an inline async call with nothing around it, see :meth:`_start_calls`), no task is
+        made: the attempt is returned, for the caller to run in its own task, now, with
+        :meth:`run_here` (an agent's model turn: one task and one future less per turn).
+        Otherwise ``None``: it runs as any node does.
+        """
         if self.state.closed:
             why = f" ({self.cancelled_reason})" if self.cancelled_reason else ""
             raise RunClosedError(f"run {self.state.run_id} is closed: it takes no more nodes{why}")
         now = (self._time() - self._t0) if self._time is not None else 0.0  # (self.now())
-        decisions = self.state.add(nodes, now)
-        if decisions is None:  # nothing to carry out: the nodes wait for their inputs
-            return
-        if self._loop is None:  # not started: only replays and skips can be pending
-            self._pending(decisions)
+        if here:
+            self._handing = nodes[0].id
+        try:
+            decisions = self.state.add(nodes, now)
+            if decisions is None:  # nothing to carry out: the nodes wait for their inputs
+                return None
+            if self._loop is None:  # not started: only replays and skips can be pending
+                self._pending(decisions)
+            else:
+                self._apply(decisions)
+        finally:
+            handed, self._handing = self._handing, None
+        return handed if isinstance(handed, Call) else None
+
+    async def run_here(self, call: Call, cancelled: str) -> Outcome | None:
+        """Run the attempt :meth:`add` handed over, in the calling task; report how it ended.
+
+        Returns the node's outcome, or ``None`` if it has none yet (a retry is due).
+
+        As a lean attempt's task would (see :meth:`_attempt_inline`), but its end is fed to
+        the state machine at once, so the caller reads the node's outcome when this returns.
+        A stop of the node (see :meth:`_stop`) cancels the calling task while the attempt
+        runs, and the attempt ends ``cancelled``; that cancellation is taken back
+        (``uncancel``), so the caller goes on. If the calling task is cancelled from outside
+        meanwhile, the node is cancelled with the reason ``cancelled``, its outcome recorded,
+        and the ``CancelledError`` raised on.
+        """
+        task = asyncio.current_task()
+        assert task is not None and self._tasks.get(call.pos) is call
+        handed = _Handed(task)
+        if self._handed is None:
+            self._handed = {}
+        self._handed[call.pos] = handed
+        result: AttemptResult
+        outside: asyncio.CancelledError | None = None
+        try:
+            try:
+                value = await call.tool.fn(**call.args)
+            finally:
+                if handed.sent:  # the node's stop cancelled this task: taken back
+                    task.uncancel()
+        except KeyboardInterrupt:
+            raise
+        except asyncio.CancelledError as exc:
+            if handed.sent and task.cancelling() == 0:  # the node's stop, and nothing else
+                result = _raised(call, exc, True)
+            elif isinstance(exc, CallCancelled) or task.cancelling() == 0:
+                result = _raised(call, exc)  # the tool's own (a cancellation nobody asked for)
+            else:  # the calling task was cancelled: so is the node, saying why
+                outside = exc
+                handed.stopping = True  # nothing left to stop: it ended here
+                self.cancel([call.node_id], cancelled)
+                result = _raised(call, exc, True)
+        except BaseException as exc:  # a tool's raise (SystemExit too: see _raised)
+            result = _raised(call, exc)
         else:
-            self._apply(decisions)
+            del self._handed[call.pos]
+            if type(value) in _PLAIN:  # most calls: no result object (see _returned)
+                assert self._context is not None
+                self._context.run(self._report, self._returned, call, value)
+                return self.state.outcome_at(call.pos)
+            result = _returned_value(call, value)
+        self._handed.pop(call.pos, None)
+        assert self._context is not None
+        self._context.run(self._report, self._attempt_done, call, result)
+        if outside is not None:
+            raise outside
+        return self.state.outcome_at(call.pos)
 
     def outcome_of(self, node_id: str) -> asyncio.Future[Outcome]:
         """A future for the outcome of ``node_id`` (resolved at once if it has one).
@@ -710,6 +784,9 @@ class Driver:
                 if inline_here and call.isolation == "inline":
                     if lean_ok and call.timeout is None:
                         tasks[call.pos] = call
+                        if self._handing is not None and call.node_id == self._handing:
+                            self._handing = call  # run by the task adding it (see add)
+                            continue
                         if lean_made < LEAN_FIRST and not due:
                             lean_made += 1
                             task_of[call.pos] = asyncio.Task(self._attempt_inline(call),
@@ -1196,10 +1273,36 @@ class Driver:
         if call is not None:
             task = self._task_of.get(pos)
             if task is None:
+                handed = self._handed.get(pos) if self._handed else None
+                if handed is not None:
+                    self._stop_handed(pos, handed)
+                    return
                 self._stop_taskless(pos, call)
                 return
             task.cancel()
             task.add_done_callback(partial(self._unreported, call))
+
+    def _stop_handed(self, pos: int, handed: _Handed) -> None:
+        """Cancel the task running a handed-over attempt (see :meth:`run_here`), once.
+
+        From that task itself (the attempt stopping its own node: a budget its reply
+        breached), on the next loop turn, if the attempt still runs then: a task cancelled
+        while it runs would be cancelled at its next ``await``, which may come after its
+        attempt, in the code of its caller.
+        """
+        if handed.stopping:
+            return
+        handed.stopping = True
+        if handed.task is asyncio.current_task():
+            assert self._loop is not None
+            self._loop.call_soon(self._cancel_handed, pos, handed)
+        else:
+            self._cancel_handed(pos, handed)
+
+    def _cancel_handed(self, pos: int, handed: _Handed) -> None:
+        if self._handed and self._handed.get(pos) is handed and not handed.sent:
+            handed.sent = True
+            handed.task.cancel()
 
     def _stop_taskless(self, pos: int, call: Call) -> None:
         on_pool = self._on_pool.pop(pos, None)
@@ -1223,7 +1326,7 @@ class Driver:
         """
         for pos, call in list(self._tasks.items()):
             if (pos not in self._task_of and self._tasks.get(pos) is call
-                    and pos not in self._on_pool
+                    and pos not in self._on_pool and (not self._handed or pos not in self._handed)
                     and (not self._stopped_late or pos not in self._stopped_late)
                     and not self._at_once and not self._to_pool and not self._lean_due):
                 assert self._context is not None
@@ -1640,6 +1743,17 @@ class Driver:
     def _approval_barrier(self) -> asyncio.Future[None] | None:
         """What approval requests wait for: the run's record must be in the store first."""
         return self._journal.barrier() if self._journal is not None else None
+
+
+class _Handed:
+    """An attempt run in the task that added its node (see :meth:`Driver.run_here`)."""
+
+    __slots__ = ("sent", "stopping", "task")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.stopping = False  # its node's stop was asked for (or it is ending already)
+        self.sent = False  # the task was cancelled for it
 
 
 def _returned_value(call: Call, value: Any) -> AttemptResult:
