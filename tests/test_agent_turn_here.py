@@ -5,6 +5,10 @@ outcome), but when its attempt starts at once it is not given a task: the agent'
 would only wait for it, runs it (one task and one future less per turn of every agent of a
 swarm). A stop of the node, of the agent, of the whole tree and a budget the reply breaches
 end it as they did, and the agent's task is left as it was.
+
+A subagent's steps run has no task of its own either: it starts as it is opened (so its
+first turn is run by the subagent's task too) and ends as its last step ends, journaled as
+before; a durable journal's end is still awaited (in a task made then).
 """
 
 from __future__ import annotations
@@ -51,6 +55,12 @@ class _Recording(shoal.Model):
             self.held.set()
             await asyncio.Event().wait()
         return await self.scripted.request(request)
+
+
+def _tasks_running(name: str) -> int:
+    """How many tasks run a coroutine of this qualified name now."""
+    return sum(1 for task in asyncio.all_tasks()
+               if getattr(task.get_coro(), "__qualname__", "") == name)
 
 
 def _steps(runtime: shoal.Runtime, run_id: str) -> dict[str, shoal.Outcome]:
@@ -191,3 +201,51 @@ def test_a_turn_that_raises_in_the_agents_task_fails_as_its_own_task_would() -> 
     steps = _steps(runtime, "r4/lead/steps")
     assert steps["model-2"].status == "failed"
     assert steps["model-2"].error is not None and "turn 2 broke" in steps["model-2"].error.message
+
+
+def test_a_subagents_steps_run_has_no_task_and_its_first_turn_runs_in_the_subagents_task(
+        ) -> None:
+    worker_model = _Recording([[call("lookup", key="a")], "found"], hold=2)
+    worker = shoal.Agent(name="worker", model=worker_model, tools=[lookup])
+    lead = shoal.Agent(name="lead", model=ScriptedModel([[call("worker", task="t")], "done"]),
+                       subagents=[worker])
+    runtime = shoal.Runtime()
+
+    async def main() -> tuple[shoal.AgentResult[Any], int]:
+        handle = lead.start("go", runtime=runtime, run_id="r5")
+        await worker_model.held.wait()
+        drives = _tasks_running("Runtime._drive")  # neither steps run has a task
+        worker_model.hold = None
+        handle.cancel("lead/worker#1", reason="enough")
+        return await handle, drives
+
+    result, drives = asyncio.run(main())
+    assert drives == 0
+    assert worker_model.tasks[0] is worker_model.tasks[1]  # the worker's task: both turns
+    assert result.ok and result.children[0].status == "cancelled"
+    store = runtime.store
+    assert store is not None
+    record = store.get_run("r5/lead/worker#1/steps")  # its agent alone was cancelled
+    assert record is not None and record.status == "finished"
+    steps = _steps(runtime, "r5/lead/worker#1/steps")
+    assert [(node, o.status, o.reason) for node, o in steps.items()] == [
+        ("model-1", "ok", ""), ("lookup#1", "ok", ""), ("model-2", "cancelled", "enough")]
+
+
+def test_a_subagents_steps_run_without_a_task_is_journaled_whole_in_a_durable_journal(
+        tmp_path: Any) -> None:
+    worker = shoal.Agent(name="worker", model=ScriptedModel.per_prompt(
+        {"*": [[call("lookup", key="a")], "found"]}), tools=[lookup])
+    lead = shoal.Agent(name="lead", model=ScriptedModel(
+        [[call("worker", task="t1"), call("worker", task="t2")], "done"]), subagents=[worker])
+    store = shoal.SQLiteStore(str(tmp_path / "journal.db"))
+    runtime = shoal.Runtime(store=store)
+    result = lead.run_sync("go", runtime=runtime, run_id="r6")
+    assert result.ok and [c.output for c in result.children] == ["found", "found"]
+    for n in (1, 2):
+        run_id = f"r6/lead/worker#{n}/steps"
+        record = store.get_run(run_id)
+        assert record is not None and record.status == "finished", record
+        assert [node_id.split(":")[0] for node_id in store.outcomes(run_id)] == [
+            "model-1", "lookup#1", "model-2"]
+        assert all(s.outcome.status == "ok" for s in store.outcomes(run_id).values())

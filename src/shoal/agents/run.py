@@ -701,7 +701,7 @@ class AgentRun:
         run = self._steps = ctx.runtime.open_run(
             self.lineage, run_id=None if resume else run_id, resume=run_id if resume else None,
             lineage=self.lineage, on_event=sink, force=ctx.force, within=ctx.scope,
-            board=ctx.board)
+            board=ctx.board, here=True)  # no task of its own: it starts now, ends as it ends
         if resume and store is not None:
             self._journaled = _journaled_turns(store, run_id)
         return run

@@ -181,8 +181,8 @@ class Driver:
         "_pool_returned", "_quick",
         "_resume",
         "_run_approvals", "_run_record", "_session", "_settling", "_shift", "_sinks", "_starting",
-        "_stopped_late", "_store", "_streaming", "_t0", "_task_of", "_task_returned", "_tasks",
-        "_time", "_timers",
+        "_stopped_late", "_store", "_streaming", "_t0", "_task_of", "_task_returned",
+        "_taskless", "_tasks", "_time", "_timers",
         "_to_pool", "_watchers", "cancelled_reason", "lineage", "scope", "sinks", "state",
     )
 
@@ -303,6 +303,8 @@ class Driver:
         self._t0 = 0.0
         self._epoch = 0.0
         self._finished: asyncio.Future[None] | None = None
+        # started by start_here (no task): where its result goes, and what to call at its end
+        self._taskless: tuple[asyncio.Future[RunResult], Callable[[], None]] | None = None
         self._before_start: list[Decisions] | None = None
         # position -> who waits for its outcome: one future (most nodes: the agent that added
         # it), a list only once there are more (a swarm holds one per agent in flight)
@@ -333,6 +335,11 @@ class Driver:
         """
         for name, executor in executors.items():
             self._executors.setdefault(name, executor)
+
+    @property
+    def instrumented(self) -> bool:
+        """Whether an instrumentation observes this run (see :meth:`instrument`)."""
+        return self._observer is not None
 
     def instrument(self, observer: RunObserver) -> None:
         """Let an instrumentation's ``observer`` see this run (see :mod:`shoal.instrumentation`).
@@ -372,7 +379,91 @@ class Driver:
         finally:  # a run cancelled from outside publishes no RunFinished: its spans end here
             observer.close()
 
+    def start_here(self, ended: asyncio.Future[RunResult], on_end: Callable[[], None]) -> None:
+        """Start the run now, without a task of its own; ``ended`` gets its result.
+
+        What :meth:`run` does, for a run whose end needs no task of its own (a nested open
+        run, not instrumented: an agent's steps): it starts now, in the calling task, and
+        its nodes start as they are added. Once it has ended (see :meth:`_end_here`), its
+        result is set on ``ended`` and ``on_end()`` is called; its end is carried out where
+        it ended, or, when it must be awaited (an approval desk to drain, a durable journal
+        to close, an error to stop on), in a task made then.
+        """
+        self._start()
+        self._taskless = (ended, on_end)
+        try:
+            self._begin()
+        except Exception as exc:  # (as in _run: stopped and journaled at its end)
+            if self._finished is not None and not self._finished.done():
+                self._finished.set_exception(exc)
+        if self._taskless is not None and self._finished is not None and self._finished.done():
+            self._end_here()  # it failed as it began
+
+    def _stopped_here(self) -> None:
+        """A run started by :meth:`start_here` stopped on an error: ended in a task."""
+        if self._taskless is not None and self._loop is not None:
+            self._loop.call_soon(self._end_soon)
+
+    def _end_soon(self) -> None:
+        if self._taskless is not None:
+            self._end_here()
+
+    def _end_here(self) -> None:
+        """End a run started by :meth:`start_here` (its ``_finished`` is done).
+
+        Here and now when nothing needs awaiting (most ends: a memory journal, no approval
+        asked): what :meth:`_run` does after its run finished. Otherwise in a task.
+        """
+        here, self._taskless = self._taskless, None
+        assert here is not None and self._finished is not None and self._loop is not None
+        ended, on_end = here
+        finished = self._finished
+        if (finished.cancelled() or finished.exception() is not None or self._desk.asked
+                or (self._journal is not None and self._journal.durable)):
+            task = self._loop.create_task(self._end_in_task(ended, on_end))
+            _ENDING.add(task)  # held until it ends (the loop keeps only weak references)
+            task.add_done_callback(_ENDING.discard)
+            return
+        try:
+            self._forget_timers()
+            result = self._ended_run()
+            journal = self._end_journal(result)
+            if journal is not None:
+                journal.close_written()
+        except Exception as exc:  # (a bug: the run's awaiter gets it, as a task's would)
+            if not ended.done():
+                ended.set_exception(exc)
+        else:
+            if not ended.done():
+                ended.set_result(result)
+        finally:
+            on_end()
+
+    async def _end_in_task(self, ended: asyncio.Future[RunResult],
+                           on_end: Callable[[], None]) -> None:
+        """:meth:`_end_here` for an end that must be awaited: what :meth:`_run` does."""
+        try:
+            result = await self._finish(begin=False)
+        except asyncio.CancelledError:
+            ended.cancel()
+            raise
+        except BaseException as exc:
+            if not ended.done():
+                ended.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            if not ended.done():
+                ended.set_result(result)
+        finally:
+            on_end()
+
     async def _run(self) -> RunResult:
+        self._start()
+        return await self._finish()
+
+    def _start(self) -> None:
+        """Set the run's loop, clock and times, and journal it as started (nothing runs yet)."""
         self._loop = asyncio.get_running_loop()
         self._context = contextvars.copy_context()
         clock = self._given_clock or clock_of(self._loop)
@@ -394,8 +485,13 @@ class Driver:
             self._shift = self._t0 - origin
         self._finished = self._loop.create_future()
         self._open_journal()
+
+    async def _finish(self, begin: bool = True) -> RunResult:
+        """Begin the run (unless :meth:`start_here` did), wait for its end, then end it."""
+        assert self._finished is not None
         try:
-            self._begin()  # a clock's timer that fails, say: stopped and journaled as below
+            if begin:
+                self._begin()  # a clock's timer that fails, say: stopped and journaled as below
             await self._finished
         except asyncio.CancelledError:
             self.cancelled_reason = self.cancelled_reason or "the run was cancelled"
@@ -413,12 +509,25 @@ class Driver:
                 exc.result = self.result()
             raise
         finally:
-            for handle in self._timers or ():
-                handle.cancel()
-            self._timers = None
-            self.state.shared_limits.forget(self)
+            self._forget_timers()
         if self._desk.asked:  # (no coroutine for a desk never asked: most runs' desk)
             await self._desk.drain(self.state.run_id)
+        result = self._ended_run()
+        # after RunFinished: a journal that keeps events has it too
+        journal = self._end_journal(result)
+        if journal is not None:  # (one without a writer thread closes without a coroutine)
+            await journal.close() if journal.durable else journal.close_written()
+        return result
+
+    def _forget_timers(self) -> None:
+        """The run has ended (or stopped): its timers go, and so do its shared limits' books."""
+        for handle in self._timers or ():
+            handle.cancel()
+        self._timers = None
+        self.state.shared_limits.forget(self)
+
+    def _ended_run(self) -> RunResult:
+        """Tell the waiters still waiting, make the run's result and announce its end."""
         if self._watchers or self._early:
             self._tell_all_watchers()
         result = self.result()
@@ -426,10 +535,6 @@ class Driver:
             self._publish([RunFinished(
                 run_id=self.state.run_id, time=max(self.now(), result.makespan),
                 counts=self._counts(), makespan=result.makespan)])
-        # after RunFinished: a journal that keeps events has it too
-        journal = self._end_journal(result)
-        if journal is not None:  # (one without a writer thread closes without a coroutine)
-            await journal.close() if journal.durable else journal.close_written()
         return result
 
     def _begin(self) -> None:
@@ -726,11 +831,15 @@ class Driver:
         if self._watchers and d.done:
             self._tell_watchers(d.done)
         state = self.state  # closed first: an open run's decisions, until it is closed
+        ends = False
         if (state.closed and state.finished and self._finished is not None
                 and not self._finished.done()):
             self._finished.set_result(None)
+            ends = self._taskless is not None  # no task awaits it: ends here (see start_here)
         if self._at_once and not self._bursting and not self._burst_due:
             self._burst()
+        if ends and self._taskless is not None:
+            self._end_here()
 
     def _start_calls(self, starts: list[Call], barrier: asyncio.Future[None] | None) -> None:
         """Start these attempts: each with a task, on a pool without one, or to run at once.
@@ -1404,6 +1513,7 @@ class Driver:
         log.exception("internal error while recording %s", node_id)
         if self._finished is not None and not self._finished.done():
             self._finished.set_exception(exc)
+            self._stopped_here()
 
     def _attempt_done(self, call: Call, result: AttemptResult) -> None:
         if self._task_returned:
@@ -1694,6 +1804,7 @@ class Driver:
                 f"so the run stopped: {error}")
             stopped.__cause__ = error  # the run raises this one: nothing else says it
             self._finished.set_exception(stopped)
+            self._stopped_here()
 
     async def _stop_cancelled(self) -> None:
         """Drain the cancelled run and journal its end, though this task is cancelled again.
@@ -1765,6 +1876,9 @@ def _returned_value(call: Call, value: Any) -> AttemptResult:
     return (AttemptResult("ok", value) if unawaited is None
             else AttemptResult("failed", error=unawaited))
 
+
+#: The ends of runs started without a task (see :meth:`Driver.start_here`) that must be awaited.
+_ENDING: set[asyncio.Task[None]] = set()
 
 #: Cancelled runs still draining and closing their journal after their task was cancelled
 #: again (see :meth:`Driver._stop_cancelled`).
