@@ -630,7 +630,15 @@ class Driver:
         and the ``CancelledError`` raised on.
         """
         task = asyncio.current_task()
-        assert task is not None and self._tasks.get(call.pos) is call
+        assert task is not None and self._context is not None
+        if self._tasks.get(call.pos) is not call:  # reported ended meanwhile (the run stopped)
+            return self.state.outcome_at(call.pos)
+        stopped = self._at_once_stopped
+        if stopped and call.pos in stopped:  # stopped before it began: it never runs its tool
+            stopped.discard(call.pos)
+            self._context.run(self._report, self._attempt_done, call,
+                              AttemptResult("cancelled", abandoned=call.abandoned))
+            return self.state.outcome_at(call.pos)
         handed = _Handed(task)
         if self._handed is None:
             self._handed = {}
