@@ -45,6 +45,7 @@ from shoal.tools import Tool
 
 if TYPE_CHECKING:
     from shoal.events import EventSink
+    from shoal.executors.base import Call
     from shoal.runtime import RunHandle
 
 __all__ = ["OpenRun"]
@@ -120,14 +121,18 @@ class OpenRun:
             self._plan.make_node(tool, args, after=after, node_id=node_id)))
 
     def add_owned(self, tool: Callee, args: dict[str, Any], *, node_id: str,
-                  validated: bool = False) -> None:
+                  validated: bool = False, here: bool = False) -> Call | None:
         """:meth:`add` for ``args`` made for this call alone, kept as they are (not copied).
 
         For callers that build each call's arguments afresh (an agent's model turns and tool
         calls): a swarm adds a dozen nodes per agent, and the copy was one more dict each.
         ``validated``: ``args`` are the tool's validation's output (not validated again).
+        ``here``: if the node's attempt starts now and needs nothing around it, it is returned
+        instead of given a task, to be run by the caller's task, at once, with
+        ``await run.handle.run_here(call, reason)`` (an agent's model turn).
         """
-        self._insert_node(self._plan.make_owned_node(tool, args, node_id, validated=validated))
+        return self._insert_node(
+            self._plan.make_owned_node(tool, args, node_id, validated=validated), here=here)
 
     def map(self, tool: Callee, /, *, over: Ref,
             item_arg: str | None = None, partial: bool = False,
@@ -197,10 +202,12 @@ class OpenRun:
         self._insert_node(node)
         return Ref(node.id)
 
-    def _insert_node(self, node: Node, problems: list[PlanProblem] | None = None) -> None:
+    def _insert_node(self, node: Node, problems: list[PlanProblem] | None = None, *,
+                     here: bool = False) -> Call | None:
         """Add ``node`` to the run (no ref made: an agent's steps never use one).
 
-        ``problems``: the node's problems, when the caller found them already.
+        ``problems``: the node's problems, when the caller found them already; ``here``: as
+        :meth:`add_owned`'s, and what it returns.
         """
         if self._closed:
             raise RunClosedError(f"open run {self.run_id} is closed: it takes no more nodes")
@@ -208,8 +215,9 @@ class OpenRun:
             problems = self._plan.node_problems(node)
         if problems:
             raise PlanError(problems, self._plan.name)
-        self._handle.add([node])  # may raise (a resumed run's journal knows another tool)
-        self._plan._insert(node)
+        handed = self._handle.add([node], here=here)  # may raise (a resumed run's journal
+        self._plan._insert(node)  # knows another tool)
+        return handed
 
     # ---- waiting ----------------------------------------------------------------------
 

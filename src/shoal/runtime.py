@@ -39,7 +39,7 @@ from shoal.exceptions import (
     RunClosedError,
     ShoalError,
 )
-from shoal.executors.base import Executor, check_count
+from shoal.executors.base import Call, Executor, check_count
 from shoal.executors.inline import InlineExecutor
 from shoal.executors.thread import DEFAULT_THREAD_WORKERS, ThreadExecutor
 from shoal.limits import Rate, env_names, parse_rate
@@ -174,7 +174,7 @@ def check_resume_id(store: Store | None, run_id: object, what: str = "run_id") -
 class RunHandle:
     """A run in progress: await it for the :class:`RunResult`, or watch and cancel it."""
 
-    def __init__(self, driver: Driver, task: asyncio.Task[RunResult]) -> None:
+    def __init__(self, driver: Driver, task: asyncio.Future[RunResult]) -> None:
         self._driver = driver
         self._task = task
 
@@ -248,9 +248,20 @@ class RunHandle:
         """
         self._driver.observe(sink)
 
-    def add(self, nodes: Sequence[Node]) -> None:
-        """Add checked nodes to an open run (see :class:`shoal.openrun.OpenRun`)."""
-        self._driver.add(nodes)
+    def add(self, nodes: Sequence[Node], *, here: bool = False) -> Call | None:
+        """Add checked nodes to an open run (see :class:`shoal.openrun.OpenRun`).
+
+        ``here``: the attempt of the one node, if it starts now, to run in the caller's task
+        with :meth:`run_here` (see :meth:`Driver.add <shoal.scheduler.driver.Driver.add>`).
+        """
+        return self._driver.add(nodes, here=here)
+
+    def run_here(self, call: Call, cancelled: str) -> Coroutine[Any, Any, Outcome | None]:
+        """Run the attempt :meth:`add` handed over in the awaiting task (see ``Driver``).
+
+        Returns the node's outcome (``None`` if it has none yet: a retry is due).
+        """
+        return self._driver.run_here(call, cancelled)
 
     def close(self) -> None:
         """An open run takes no more nodes; it ends once every node has ended.
@@ -568,6 +579,7 @@ class Runtime:
         board: Board | None = None,
         budget: Budget | None = None,
         within: RunScope | None = None,
+        here: bool = False,
     ) -> OpenRun:
         """Start a run that takes nodes while it goes (see :mod:`shoal.openrun`).
 
@@ -575,6 +587,9 @@ class Runtime:
         ``run.result`` holds every outcome. ``resume=RUN_ID`` continues a journaled open run:
         nodes added again under ids the journal knows replay their outcomes. The other
         options are those of :meth:`start`. Call it inside a running event loop.
+        ``here`` (with ``within``): start it without a task of its own where it can be, at
+        once (shoal's agents' steps runs; see :meth:`Driver.start_here
+        <shoal.scheduler.driver.Driver.start_here>`).
         """
         from shoal.openrun import OpenRun
 
@@ -588,9 +603,41 @@ class Runtime:
             plan, deadline, fail_fast, on_event, run_id,
             _Journaling(resume, rerun, mark_done, {"open_run": True}, force),
             lineage, _Sharing(board, budget, within), open_run=True)
-        task = loop.create_task(self._drive(driver, claim))
-        self._track(driver, task)
-        return OpenRun(RunHandle(driver, task), plan)
+        return OpenRun(self._begin_open(driver, claim, loop, here=here), plan)
+
+    def _begin_open(self, driver: Driver, claim: RunClaim, loop: asyncio.AbstractEventLoop, *,
+                    here: bool) -> RunHandle:
+        """Start an open run's driver: in a task of its own, or (``here``) without one.
+
+        Without one (see :meth:`Driver.start_here`) when it can: a nested run (an agent's
+        steps), not instrumented, on the loop's own clock, with no backend to start first.
+        It then starts at once (a node added now starts now), and its end is carried out as
+        it ends: a swarm's agent no longer makes a task for its steps run, nor waits a loop
+        turn for it to start.
+        """
+        if here and (driver.scope is None or driver.scope.outermost or self.clock is not None
+                     or driver.instrumented
+                     or any(type(executor).start is not Executor.start
+                            for executor in self._executors.values())):
+            here = False
+        if not here:
+            task = loop.create_task(self._drive(driver, claim))
+            self._track(driver, task)
+            return RunHandle(driver, task)
+        ended: asyncio.Future[RunResult] = loop.create_future()
+        driver.adopt(self._executors)
+        self._track(driver, ended)
+        try:
+            driver.start_here(ended, functools.partial(self._ended_here, driver, claim))
+        except BaseException:
+            self._ended_here(driver, claim)
+            raise
+        return RunHandle(driver, ended)
+
+    def _ended_here(self, driver: Driver, claim: RunClaim) -> None:
+        """What :meth:`_drive` does once a run has ended, for a run started without a task."""
+        claim.release()
+        self._run_ended(driver)
 
     async def run(
         self,

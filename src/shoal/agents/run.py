@@ -82,6 +82,7 @@ from shoal.tools import Tool
 if TYPE_CHECKING:
     from shoal.agents.agent import Agent
     from shoal.agents.node import NodeContext
+    from shoal.executors.base import Call
     from shoal.models.retry import ModelGate
     from shoal.store.base import Store
 
@@ -249,8 +250,8 @@ class _Asking:
     reply without calls (every agent's answer) opens none.
     """
 
-    __slots__ = ("asked", "began", "bound", "chars", "handle", "node_id", "phases", "raised",
-                 "read", "request", "response", "text")
+    __slots__ = ("asked", "began", "bound", "call", "chars", "handle", "node_id", "phases",
+                 "raised", "read", "request", "response", "text")
 
     def __init__(self, request: ModelRequest, phases: AgentRun | None,
                  read: Reader | None, handle: RunHandle, node_id: str, began: float) -> None:
@@ -268,6 +269,8 @@ class _Asking:
         self.bound: Callable[[int], None] | None = None
         self.chars = 0
         self.asked = False  # whether its node asked the model (not: the run stopped first)
+        #: its node's attempt, when the turn's own task runs it (see :meth:`AgentRun.outcome`)
+        self.call: Call | None = None
 
     def __call__(self, event: StreamEvent) -> None:
         """Take one event of the streamed reply."""
@@ -393,7 +396,12 @@ class AgentRun:
                 outcome: Outcome | None = None
                 try:
                     try:
-                        outcome = await asking.handle.outcome_of(asking.node_id)
+                        call = asking.call
+                        if call is not None:  # its attempt is this task's: run here, now
+                            asking.call = None
+                            outcome = await asking.handle.run_here(call, _CANCELLED_WITH_AGENT)
+                        if outcome is None:
+                            outcome = await asking.handle.outcome_of(asking.node_id)
                     except asyncio.CancelledError:
                         await self._stop_turn(asking)
                         raise
@@ -488,8 +496,13 @@ class AgentRun:
         asking = self._model_step(request, streamed, read, digest)
         outcome: Outcome | None = None
         try:
-            try:  # the node's own future, no shield: a swarm holds one per waiting agent
-                outcome = await asking.handle.outcome_of(asking.node_id)
+            try:
+                call = asking.call
+                if call is not None:  # its attempt is this task's: run here, now
+                    asking.call = None
+                    outcome = await asking.handle.run_here(call, _CANCELLED_WITH_AGENT)
+                if outcome is None:  # the node's own future, no shield
+                    outcome = await asking.handle.outcome_of(asking.node_id)
             except asyncio.CancelledError:  # the future went with the agent: stop the turn
                 await self._stop_turn(asking)
                 raise
@@ -551,9 +564,11 @@ class AgentRun:
             node_id = f"model-{turn}:{digest}"
             asking = self._asking = _Asking(request, self if streamed else None, read,
                                             run.handle, node_id, began)
-            # the digest is a str made here: the model turn's schema has nothing to check
-            run.add_owned(self._model_tool, {"request_digest": digest}, node_id=node_id,
-                          validated=True)
+            # the digest is a str made here: the model turn's schema has nothing to check.
+            # Its attempt, if it starts now, is run by this task (no task, no future of its
+            # own): what the turn awaits anyway
+            asking.call = run.add_owned(self._model_tool, {"request_digest": digest},
+                                        node_id=node_id, validated=True, here=True)
         except BaseException:
             self._asking = None
             self._unstart_turn()
@@ -688,7 +703,7 @@ class AgentRun:
         run = self._steps = ctx.runtime.open_run(
             self.lineage, run_id=None if resume else run_id, resume=run_id if resume else None,
             lineage=self.lineage, on_event=sink, force=ctx.force, within=ctx.scope,
-            board=ctx.board)
+            board=ctx.board, here=True)  # no task of its own: it starts now, ends as it ends
         if resume and store is not None:
             self._journaled = _journaled_turns(store, run_id)
         return run

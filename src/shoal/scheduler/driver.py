@@ -175,13 +175,14 @@ class Driver:
         "_at_once", "_at_once_contexts", "_at_once_stopped", "_before_start", "_burst_due",
         "_bursting", "_clock",
         "_context", "_deadline", "_desk", "_early", "_ends_each", "_entered", "_epoch",
-        "_executor_for", "_executors", "_finished", "_given_clock", "_hosts", "_internal",
+        "_executor_for", "_executors", "_finished", "_given_clock", "_handed", "_handing",
+        "_hosts", "_internal",
         "_journal", "_lean_due", "_loop", "_observer", "_on_pool", "_origin_epoch",
         "_pool_returned", "_quick",
         "_resume",
         "_run_approvals", "_run_record", "_session", "_settling", "_shift", "_sinks", "_starting",
-        "_stopped_late", "_store", "_streaming", "_t0", "_task_of", "_task_returned", "_tasks",
-        "_time", "_timers",
+        "_stopped_late", "_store", "_streaming", "_t0", "_task_of", "_task_returned",
+        "_taskless", "_tasks", "_time", "_timers",
         "_to_pool", "_watchers", "cancelled_reason", "lineage", "scope", "sinks", "state",
     )
 
@@ -253,6 +254,11 @@ class Driver:
         # position -> the task of its attempt, for those that have one (most calls run at once
         # or on a pool have none: no pair per call to make)
         self._task_of: dict[int, asyncio.Task[None]] = {}
+        # position -> the attempt run in the task that added its node (see add(here=True) and
+        # run_here): no task of its own. Made on first use (most runs never hand one over)
+        self._handed: dict[int, _Handed] | None = None
+        # while add(here=True) adds its node: its id, then its lean attempt, if one started
+        self._handing: str | Call | None = None
         # calls that end in their first step, to run at once, each in the context a task of
         # its own would have copied; those cancelled before they ran; whether a burst runs.
         # The two queues are made with the first such call (see _at_once_queues): an agent's
@@ -297,6 +303,8 @@ class Driver:
         self._t0 = 0.0
         self._epoch = 0.0
         self._finished: asyncio.Future[None] | None = None
+        # started by start_here (no task): where its result goes, and what to call at its end
+        self._taskless: tuple[asyncio.Future[RunResult], Callable[[], None]] | None = None
         self._before_start: list[Decisions] | None = None
         # position -> who waits for its outcome: one future (most nodes: the agent that added
         # it), a list only once there are more (a swarm holds one per agent in flight)
@@ -327,6 +335,11 @@ class Driver:
         """
         for name, executor in executors.items():
             self._executors.setdefault(name, executor)
+
+    @property
+    def instrumented(self) -> bool:
+        """Whether an instrumentation observes this run (see :meth:`instrument`)."""
+        return self._observer is not None
 
     def instrument(self, observer: RunObserver) -> None:
         """Let an instrumentation's ``observer`` see this run (see :mod:`shoal.instrumentation`).
@@ -366,7 +379,91 @@ class Driver:
         finally:  # a run cancelled from outside publishes no RunFinished: its spans end here
             observer.close()
 
+    def start_here(self, ended: asyncio.Future[RunResult], on_end: Callable[[], None]) -> None:
+        """Start the run now, without a task of its own; ``ended`` gets its result.
+
+        What :meth:`run` does, for a run whose end needs no task of its own (a nested open
+        run, not instrumented: an agent's steps): it starts now, in the calling task, and
+        its nodes start as they are added. Once it has ended (see :meth:`_end_here`), its
+        result is set on ``ended`` and ``on_end()`` is called; its end is carried out where
+        it ended, or, when it must be awaited (an approval desk to drain, a durable journal
+        to close, an error to stop on), in a task made then.
+        """
+        self._start()
+        self._taskless = (ended, on_end)
+        try:
+            self._begin()
+        except Exception as exc:  # (as in _run: stopped and journaled at its end)
+            if self._finished is not None and not self._finished.done():
+                self._finished.set_exception(exc)
+        if self._taskless is not None and self._finished is not None and self._finished.done():
+            self._end_here()  # it failed as it began
+
+    def _stopped_here(self) -> None:
+        """A run started by :meth:`start_here` stopped on an error: ended in a task."""
+        if self._taskless is not None and self._loop is not None:
+            self._loop.call_soon(self._end_soon)
+
+    def _end_soon(self) -> None:
+        if self._taskless is not None:
+            self._end_here()
+
+    def _end_here(self) -> None:
+        """End a run started by :meth:`start_here` (its ``_finished`` is done).
+
+        Here and now when nothing needs awaiting (most ends: a memory journal, no approval
+        asked): what :meth:`_run` does after its run finished. Otherwise in a task.
+        """
+        here, self._taskless = self._taskless, None
+        assert here is not None and self._finished is not None and self._loop is not None
+        ended, on_end = here
+        finished = self._finished
+        if (finished.cancelled() or finished.exception() is not None or self._desk.asked
+                or (self._journal is not None and self._journal.durable)):
+            task = self._loop.create_task(self._end_in_task(ended, on_end))
+            _ENDING.add(task)  # held until it ends (the loop keeps only weak references)
+            task.add_done_callback(_ENDING.discard)
+            return
+        try:
+            self._forget_timers()
+            result = self._ended_run()
+            journal = self._end_journal(result)
+            if journal is not None:
+                journal.close_written()
+        except Exception as exc:  # (a bug: the run's awaiter gets it, as a task's would)
+            if not ended.done():
+                ended.set_exception(exc)
+        else:
+            if not ended.done():
+                ended.set_result(result)
+        finally:
+            on_end()
+
+    async def _end_in_task(self, ended: asyncio.Future[RunResult],
+                           on_end: Callable[[], None]) -> None:
+        """:meth:`_end_here` for an end that must be awaited: what :meth:`_run` does."""
+        try:
+            result = await self._finish(begin=False)
+        except asyncio.CancelledError:
+            ended.cancel()
+            raise
+        except BaseException as exc:
+            if not ended.done():
+                ended.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            if not ended.done():
+                ended.set_result(result)
+        finally:
+            on_end()
+
     async def _run(self) -> RunResult:
+        self._start()
+        return await self._finish()
+
+    def _start(self) -> None:
+        """Set the run's loop, clock and times, and journal it as started (nothing runs yet)."""
         self._loop = asyncio.get_running_loop()
         self._context = contextvars.copy_context()
         clock = self._given_clock or clock_of(self._loop)
@@ -388,8 +485,13 @@ class Driver:
             self._shift = self._t0 - origin
         self._finished = self._loop.create_future()
         self._open_journal()
+
+    async def _finish(self, begin: bool = True) -> RunResult:
+        """Begin the run (unless :meth:`start_here` did), wait for its end, then end it."""
+        assert self._finished is not None
         try:
-            self._begin()  # a clock's timer that fails, say: stopped and journaled as below
+            if begin:
+                self._begin()  # a clock's timer that fails, say: stopped and journaled as below
             await self._finished
         except asyncio.CancelledError:
             self.cancelled_reason = self.cancelled_reason or "the run was cancelled"
@@ -407,12 +509,25 @@ class Driver:
                 exc.result = self.result()
             raise
         finally:
-            for handle in self._timers or ():
-                handle.cancel()
-            self._timers = None
-            self.state.shared_limits.forget(self)
+            self._forget_timers()
         if self._desk.asked:  # (no coroutine for a desk never asked: most runs' desk)
             await self._desk.drain(self.state.run_id)
+        result = self._ended_run()
+        # after RunFinished: a journal that keeps events has it too
+        journal = self._end_journal(result)
+        if journal is not None:  # (one without a writer thread closes without a coroutine)
+            await journal.close() if journal.durable else journal.close_written()
+        return result
+
+    def _forget_timers(self) -> None:
+        """The run has ended (or stopped): its timers go, and so do its shared limits' books."""
+        for handle in self._timers or ():
+            handle.cancel()
+        self._timers = None
+        self.state.shared_limits.forget(self)
+
+    def _ended_run(self) -> RunResult:
+        """Tell the waiters still waiting, make the run's result and announce its end."""
         if self._watchers or self._early:
             self._tell_all_watchers()
         result = self.result()
@@ -420,10 +535,6 @@ class Driver:
             self._publish([RunFinished(
                 run_id=self.state.run_id, time=max(self.now(), result.makespan),
                 counts=self._counts(), makespan=result.makespan)])
-        # after RunFinished: a journal that keeps events has it too
-        journal = self._end_journal(result)
-        if journal is not None:  # (one without a writer thread closes without a coroutine)
-            await journal.close() if journal.durable else journal.close_written()
         return result
 
     def _begin(self) -> None:
@@ -478,19 +589,95 @@ class Driver:
         if self.scope is not None:  # nested runs (agent nodes, patterns) report to it too
             self.scope.sinks = (*self.scope.sinks, sink)
 
-    def add(self, nodes: Sequence[Node]) -> None:
-        """Add nodes to an open run (validated by the caller); they run once their inputs are."""
+    def add(self, nodes: Sequence[Node], *, here: bool = False) -> Call | None:
+        """Add nodes to an open run (validated by the caller); they run once their inputs are.
+
+        ``here`` (one node): if its attempt starts at once and would get a lean task of its own
+        (an inline async call with nothing around it, see :meth:`_start_calls`), no task is
+        made: the attempt is returned, for the caller to run in its own task, now, with
+        :meth:`run_here` (an agent's model turn: one task and one future less per turn).
+        Otherwise ``None``: it runs as any node does.
+        """
         if self.state.closed:
             why = f" ({self.cancelled_reason})" if self.cancelled_reason else ""
             raise RunClosedError(f"run {self.state.run_id} is closed: it takes no more nodes{why}")
         now = (self._time() - self._t0) if self._time is not None else 0.0  # (self.now())
-        decisions = self.state.add(nodes, now)
-        if decisions is None:  # nothing to carry out: the nodes wait for their inputs
-            return
-        if self._loop is None:  # not started: only replays and skips can be pending
-            self._pending(decisions)
+        if here:
+            self._handing = nodes[0].id
+        try:
+            decisions = self.state.add(nodes, now)
+            if decisions is None:  # nothing to carry out: the nodes wait for their inputs
+                return None
+            if self._loop is None:  # not started: only replays and skips can be pending
+                self._pending(decisions)
+            else:
+                self._apply(decisions)
+        finally:
+            handed, self._handing = self._handing, None
+        return handed if isinstance(handed, Call) else None
+
+    async def run_here(self, call: Call, cancelled: str) -> Outcome | None:
+        """Run the attempt :meth:`add` handed over, in the calling task; report how it ended.
+
+        Returns the node's outcome, or ``None`` if it has none yet (a retry is due).
+
+        As a lean attempt's task would (see :meth:`_attempt_inline`), but its end is fed to
+        the state machine at once, so the caller reads the node's outcome when this returns.
+        A stop of the node (see :meth:`_stop`) cancels the calling task while the attempt
+        runs, and the attempt ends ``cancelled``; that cancellation is taken back
+        (``uncancel``), so the caller goes on. If the calling task is cancelled from outside
+        meanwhile, the node is cancelled with the reason ``cancelled``, its outcome recorded,
+        and the ``CancelledError`` raised on.
+        """
+        task = asyncio.current_task()
+        assert task is not None and self._context is not None
+        if self._tasks.get(call.pos) is not call:  # reported ended meanwhile (the run stopped)
+            return self.state.outcome_at(call.pos)
+        stopped = self._at_once_stopped
+        if stopped and call.pos in stopped:  # stopped before it began: it never runs its tool
+            stopped.discard(call.pos)
+            self._context.run(self._report, self._attempt_done, call,
+                              AttemptResult("cancelled", abandoned=call.abandoned))
+            return self.state.outcome_at(call.pos)
+        handed = _Handed(task)
+        if self._handed is None:
+            self._handed = {}
+        self._handed[call.pos] = handed
+        result: AttemptResult
+        outside: asyncio.CancelledError | None = None
+        try:
+            try:
+                value = await call.tool.fn(**call.args)
+            finally:
+                if handed.sent:  # the node's stop cancelled this task: taken back
+                    task.uncancel()
+        except KeyboardInterrupt:
+            raise
+        except asyncio.CancelledError as exc:
+            if handed.sent and task.cancelling() == 0:  # the node's stop, and nothing else
+                result = _raised(call, exc, True)
+            elif isinstance(exc, CallCancelled) or task.cancelling() == 0:
+                result = _raised(call, exc)  # the tool's own (a cancellation nobody asked for)
+            else:  # the calling task was cancelled: so is the node, saying why
+                outside = exc
+                handed.stopping = True  # nothing left to stop: it ended here
+                self.cancel([call.node_id], cancelled)
+                result = _raised(call, exc, True)
+        except BaseException as exc:  # a tool's raise (SystemExit too: see _raised)
+            result = _raised(call, exc)
         else:
-            self._apply(decisions)
+            del self._handed[call.pos]
+            if type(value) in _PLAIN:  # most calls: no result object (see _returned)
+                assert self._context is not None
+                self._context.run(self._report, self._returned, call, value)
+                return self.state.outcome_at(call.pos)
+            result = _returned_value(call, value)
+        self._handed.pop(call.pos, None)
+        assert self._context is not None
+        self._context.run(self._report, self._attempt_done, call, result)
+        if outside is not None:
+            raise outside
+        return self.state.outcome_at(call.pos)
 
     def outcome_of(self, node_id: str) -> asyncio.Future[Outcome]:
         """A future for the outcome of ``node_id`` (resolved at once if it has one).
@@ -652,11 +839,15 @@ class Driver:
         if self._watchers and d.done:
             self._tell_watchers(d.done)
         state = self.state  # closed first: an open run's decisions, until it is closed
+        ends = False
         if (state.closed and state.finished and self._finished is not None
                 and not self._finished.done()):
             self._finished.set_result(None)
+            ends = self._taskless is not None  # no task awaits it: ends here (see start_here)
         if self._at_once and not self._bursting and not self._burst_due:
             self._burst()
+        if ends and self._taskless is not None:
+            self._end_here()
 
     def _start_calls(self, starts: list[Call], barrier: asyncio.Future[None] | None) -> None:
         """Start these attempts: each with a task, on a pool without one, or to run at once.
@@ -710,6 +901,9 @@ class Driver:
                 if inline_here and call.isolation == "inline":
                     if lean_ok and call.timeout is None:
                         tasks[call.pos] = call
+                        if self._handing is not None and call.node_id == self._handing:
+                            self._handing = call  # run by the task adding it (see add)
+                            continue
                         if lean_made < LEAN_FIRST and not due:
                             lean_made += 1
                             task_of[call.pos] = asyncio.Task(self._attempt_inline(call),
@@ -1198,10 +1392,36 @@ class Driver:
         if call is not None:
             task = self._task_of.get(pos)
             if task is None:
+                handed = self._handed.get(pos) if self._handed else None
+                if handed is not None:
+                    self._stop_handed(pos, handed)
+                    return
                 self._stop_taskless(pos, call)
                 return
             task.cancel()
             task.add_done_callback(partial(self._unreported, call))
+
+    def _stop_handed(self, pos: int, handed: _Handed) -> None:
+        """Cancel the task running a handed-over attempt (see :meth:`run_here`), once.
+
+        From that task itself (the attempt stopping its own node: a budget its reply
+        breached), on the next loop turn, if the attempt still runs then: a task cancelled
+        while it runs would be cancelled at its next ``await``, which may come after its
+        attempt, in the code of its caller.
+        """
+        if handed.stopping:
+            return
+        handed.stopping = True
+        if handed.task is asyncio.current_task():
+            assert self._loop is not None
+            self._loop.call_soon(self._cancel_handed, pos, handed)
+        else:
+            self._cancel_handed(pos, handed)
+
+    def _cancel_handed(self, pos: int, handed: _Handed) -> None:
+        if self._handed and self._handed.get(pos) is handed and not handed.sent:
+            handed.sent = True
+            handed.task.cancel()
 
     def _stop_taskless(self, pos: int, call: Call) -> None:
         on_pool = self._on_pool.pop(pos, None)
@@ -1225,7 +1445,7 @@ class Driver:
         """
         for pos, call in list(self._tasks.items()):
             if (pos not in self._task_of and self._tasks.get(pos) is call
-                    and pos not in self._on_pool
+                    and pos not in self._on_pool and (not self._handed or pos not in self._handed)
                     and (not self._stopped_late or pos not in self._stopped_late)
                     and not self._at_once and not self._to_pool and not self._lean_due):
                 assert self._context is not None
@@ -1303,6 +1523,7 @@ class Driver:
         log.exception("internal error while recording %s", node_id)
         if self._finished is not None and not self._finished.done():
             self._finished.set_exception(exc)
+            self._stopped_here()
 
     def _attempt_done(self, call: Call, result: AttemptResult) -> None:
         if self._task_returned:
@@ -1593,6 +1814,7 @@ class Driver:
                 f"so the run stopped: {error}")
             stopped.__cause__ = error  # the run raises this one: nothing else says it
             self._finished.set_exception(stopped)
+            self._stopped_here()
 
     async def _stop_cancelled(self) -> None:
         """Drain the cancelled run and journal its end, though this task is cancelled again.
@@ -1644,6 +1866,17 @@ class Driver:
         return self._journal.barrier() if self._journal is not None else None
 
 
+class _Handed:
+    """An attempt run in the task that added its node (see :meth:`Driver.run_here`)."""
+
+    __slots__ = ("sent", "stopping", "task")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.stopping = False  # its node's stop was asked for (or it is ending already)
+        self.sent = False  # the task was cancelled for it
+
+
 def _returned_value(call: Call, value: Any) -> AttemptResult:
     """The end of an attempt (on any backend) that returned ``value``, not of a plain type.
 
@@ -1653,6 +1886,9 @@ def _returned_value(call: Call, value: Any) -> AttemptResult:
     return (AttemptResult("ok", value) if unawaited is None
             else AttemptResult("failed", error=unawaited))
 
+
+#: The ends of runs started without a task (see :meth:`Driver.start_here`) that must be awaited.
+_ENDING: set[asyncio.Task[None]] = set()
 
 #: Cancelled runs still draining and closing their journal after their task was cancelled
 #: again (see :meth:`Driver._stop_cancelled`).
