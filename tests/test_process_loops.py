@@ -19,6 +19,7 @@ import pytest
 
 import shoal
 from shoal import Plan, RunResult
+from shoal.executors import process
 from shoal.executors.base import Call
 from shoal.executors.process import ProcessExecutor
 from tests import process_tools as pt
@@ -265,3 +266,27 @@ def test_a_worker_that_started_while_its_loop_left_is_still_ended_by_close(metho
 
     workers = asyncio.run(main())
     assert wait_until(lambda: not any(alive(pid) for pid in workers), timeout=5.0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_lane_closed_twice_at_once_reaps_each_worker_once(
+        method: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a run_sync ending on one thread closes the pool, which closes another thread's lane on
+    # that lane's loop while the lane's own run_sync leaves it: two reaps of one worker, the
+    # second waiting on a status pipe the first had closed (ValueError: Invalid file
+    # descriptor: -1, out of the other thread's run_sync; seen in CI). Two waits on one
+    # status pipe: the second reader took the first's place, which then waited out the grace
+    monkeypatch.setattr(process, "_REAP_GRACE", 120.0)
+    executor = ProcessExecutor(4, start_method=method)
+
+    async def go() -> list[int]:
+        pids = await asyncio.gather(*(run_call(executor, pt.item_pid, item=i)
+                                      for i in range(2)))
+        lane = executor._lanes[asyncio.get_running_loop()]
+        await asyncio.wait_for(asyncio.gather(executor._close_lane(lane),
+                                              executor._close_lane(lane)), 30)
+        return pids
+
+    pids = asyncio.run(go())
+    assert not any(alive(pid) for pid in pids)
+    assert executor.workers_crashed == 0

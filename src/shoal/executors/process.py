@@ -601,6 +601,8 @@ class _Worker:
         self.retired = False  # stopped by the pool itself (close), not by a crash
         self.loaded: set[bytes] = set()  # tool functions this worker has imported already
         self.kill_queued: _KillBatch | None = None  # to be killed on the loop's next turn
+        self._reaping: asyncio.Future[int] | None = None  # see reap()
+        self._kill_group = False
 
     async def connect(self, cmd_fd: int, reply_fd: int) -> None:
         """Attach the parent's pipe ends to the event loop; the transports own them from here."""
@@ -656,7 +658,17 @@ class _Worker:
 
         ``group``: SIGKILL its process group too, once it has ended and before it is reaped
         (processes its tool left there would outlive it), while the group's id is still its.
+        Reaped once: a second caller (a lane closed by its own loop's ``leave()`` and, on that
+        loop, by another thread's ``close()`` at once) waits for the first's reaping. Two
+        waits would put two readers on one status pipe (the second takes the first's place)
+        and read it after the first had closed it.
         """
+        self._kill_group = self._kill_group or group
+        if self._reaping is None:
+            self._reaping = asyncio.ensure_future(self._reap_once())
+        return await asyncio.shield(self._reaping)
+
+    async def _reap_once(self) -> int:
         try:
             if self.kill_queued is not None:  # its batch has not been killed yet: now
                 self.kill_queued.kill()
@@ -665,7 +677,7 @@ class _Worker:
             except TimeoutError:  # closed its reply pipe yet lives on: not ours to wait for
                 self.kill()
                 code = await self.proc.wait()
-            if group:
+            if self._kill_group:
                 self.ref.kill_group(signal.SIGKILL)
             return code
         finally:
