@@ -26,7 +26,7 @@ import shoal
 from shoal import Plan, RunResult, Runtime, tool
 from shoal.scheduler import driver
 from shoal.scheduler.driver import ABANDON_GRACE, CallCancelled, is_abandoned
-from shoal.testing import ScriptedModel, call
+from shoal.testing import ScriptedModel, call, run_virtual
 from tests.conftest import arun, elapsed, leftover_tasks
 
 #: Virtual seconds the stubborn tools ignore cancellation for: far beyond any bound below,
@@ -299,6 +299,33 @@ def test_run_sync_returns_when_a_stray_task_ignores_its_cancellation(
     assert "ignored its cancellation" in caplog.text
     gc.collect()
     assert "destroyed but it is pending" not in caplog.text
+
+
+def test_run_virtual_returns_although_a_tool_never_stops() -> None:
+    """The virtual clock's runner ends its loop as run_sync does: the grace is virtual."""
+    stop = threading.Event()
+
+    @tool(timeout=1)
+    async def forever() -> str:
+        while not stop.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(100)
+        return "late"
+
+    plan = Plan()
+    ref = plan.call(forever)
+    returned: list[tuple[RunResult, float]] = []
+    runner = threading.Thread(
+        target=lambda: returned.append(run_virtual(elapsed(shoal.run(plan)))), daemon=True)
+    runner.start()
+    runner.join(20)  # (a hang never returns: the virtual loop would spin on, 100 s a turn)
+    try:
+        assert returned, "run_virtual did not return"
+    finally:
+        stop.set()
+    result, took = returned[0]
+    assert took == pytest.approx(1 + ABANDON_GRACE, abs=1e-9)
+    check_abandoned(result[ref], "timed_out")
 
 
 # ---- open runs and agents ---------------------------------------------------------------------

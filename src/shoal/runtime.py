@@ -1208,19 +1208,21 @@ def run_blocking(coro: Coroutine[Any, Any, T],
         return runner.run(coro)
     finally:
         try:
-            _close(runner, loop)
+            close_runner(runner, loop)
         finally:
             forget_clock(loop)  # else the closed loop and its clock wait for the collector
 
 
-def _close(runner: asyncio.Runner, loop: asyncio.AbstractEventLoop) -> None:
-    """Close ``runner`` as ``asyncio.run`` does, but never wait forever for a task.
+def close_runner(runner: asyncio.Runner, loop: asyncio.AbstractEventLoop, *,
+                 set_loop: bool = True) -> None:
+    """Close ``runner`` (its loop is ``loop``) as ``asyncio.run`` does, never waiting forever.
 
     ``Runner.close()`` cancels the tasks left and waits for every one to end: a tool that
     ignores its cancellation (an abandoned call, see :data:`~shoal.scheduler.driver.ABANDON_GRACE`)
     would hold the ``*_sync`` call forever. They get a grace (see
     :func:`~shoal.scheduler.driver.end_tasks`); those that ignore it are left, and the loop is
-    closed as the runner would close it, without them.
+    closed as the runner would close it, without them. ``set_loop``: the runner made ``loop``
+    its thread's event loop (it does without a ``loop_factory``), which ends with it.
     """
     try:
         if not end_tasks(loop):
@@ -1230,7 +1232,8 @@ def _close(runner: asyncio.Runner, loop: asyncio.AbstractEventLoop) -> None:
         loop.run_until_complete(loop.shutdown_default_executor())
     finally:
         if not loop.is_closed():  # (a second Ctrl-C as tasks end, say)
-            asyncio.set_event_loop(None)  # (the runner made it this thread's loop)
+            if set_loop:
+                asyncio.set_event_loop(None)
             loop.close()
 
 
