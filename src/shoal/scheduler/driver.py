@@ -16,7 +16,9 @@ queries (``outcome_at``, ``awaiting``, ``ended`` ...) answer the rest.
 Attempts never raise into the driver: a tool's error, a timeout and a cancellation all come back
 as an :class:`~shoal.scheduler.state.AttemptResult`. That is why the driver keeps its own set of
 tasks instead of an ``asyncio.TaskGroup`` (which would cancel every sibling on one error); it
-still never leaves a task behind: on every exit path it cancels and awaits whatever is running.
+still never leaves a task behind: on every exit path it cancels and awaits whatever is running
+(but a task that ignores its cancellation for :data:`ABANDON_GRACE` seconds is abandoned, as a
+thread's call is: its outcome is recorded and the run ends without it).
 
 With a store, the driver journals the run (:mod:`shoal.store.journal`): each input's outcomes
 and the attempts it starts go to the journal before the attempts are created, and each
@@ -1636,7 +1638,7 @@ class Driver:
         await self._close_journal(quiet=True)
 
     async def _drain(self) -> None:
-        """Wait for cancelled attempts to end, so no task outlives the run."""
+        """Wait for cancelled attempts to end, so no task outlives the run (but abandoned ones)."""
         self._task_ends_first()
         while self._tasks:
             pending = list(self._task_of.values())
