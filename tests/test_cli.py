@@ -364,6 +364,38 @@ def test_ctrl_c_cancels_the_run_and_exits_130(workdir: Path) -> None:
     assert outcomes["s00"]["reason"] == "interrupted (Ctrl-C)"
 
 
+#: ``shoal`` with a short abandon grace (0.5 s, not 5): how long it waits for a tool that
+#: ignores its cancellation before it abandons it
+SHORT_GRACE = ("import sys; import shoal.scheduler.driver as driver; driver.ABANDON_GRACE = 0.5; "
+               "from shoal.cli.app import main; main()")
+
+
+def test_one_ctrl_c_ends_a_run_whose_tool_ignores_its_cancellation(workdir: Path) -> None:
+    nodes = [{"id": "stubborn", "tool": "cli_tools:stubborn",
+              "args": {"seconds": 30, "marker": str(workdir / "markers" / "stubborn")}},
+             {"id": "quick", "tool": "cli_tools:add", "args": {"a": 1, "b": 2}}]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SHORT_GRACE, "run", str(write_plan(workdir, nodes)), "--json"],
+        cwd=workdir, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_markers(workdir / "markers", 1, proc)
+        proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        out, err = proc.communicate(timeout=20)  # (the tool would end after 30 s)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert time.monotonic() - sent < 10  # the grace is 0.5 s; room for a loaded machine
+    assert proc.returncode == 130, err
+    outcomes = by_id(json.loads(out))
+    assert outcomes["quick"]["status"] == "ok"
+    stubborn = outcomes["stubborn"]
+    assert stubborn["status"] == "cancelled" and stubborn["abandoned"] is True
+    assert stubborn["reason"].startswith("interrupted (Ctrl-C); ")
+    assert "ignored its cancellation" in stubborn["reason"]
+    assert "abandoned" in err and "Traceback" not in err
+
+
 def test_second_ctrl_c_exits_at_once(workdir: Path) -> None:
     nodes = [{"id": "stubborn", "tool": "cli_tools:stubborn",
               "args": {"seconds": 30, "marker": str(workdir / "markers" / "stubborn")}}]

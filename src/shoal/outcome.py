@@ -240,7 +240,9 @@ class Outcome:
     names it), ``denied`` or ``in_doubt`` (resume: a call that was in flight when the run
     stopped, whose tool is not idempotent, so shoal cannot know whether it took effect; it
     waits for a decision). ``abandoned`` is true when a timed-out or cancelled call was
-    running on a thread, which cannot be stopped: it was left to finish and its result dropped.
+    running on a thread, which cannot be stopped, or was an async call that ignored its
+    cancellation for ``ABANDON_GRACE`` seconds (``reason`` says so): it was left to finish
+    and its result dropped.
     ``where`` names the machine its last attempt ran on: this machine's host name for the
     inline, thread and process backends; for Ray the node's address and Ray node id
     (``"10.0.0.7 node 4f1c..."``); empty when the call never ran or its backend does not say.

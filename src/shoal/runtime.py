@@ -47,7 +47,7 @@ from shoal.merge import shown
 from shoal.nodeids import plain_text
 from shoal.outcome import Outcome, RunResult
 from shoal.plan import Node, Plan, Ref
-from shoal.scheduler.driver import Driver, Snapshot
+from shoal.scheduler.driver import Driver, Snapshot, end_tasks
 from shoal.scheduler.gates import SharedLimits
 from shoal.scheduler.scope import RunScope
 from shoal.scheduler.state import SchedulerState
@@ -1252,10 +1252,36 @@ def run_blocking(coro: Coroutine[Any, Any, T],
     runner = asyncio.Runner()  # asyncio.run(coro), keeping hold of its loop
     loop = runner.get_loop()
     try:
-        with runner:
-            return runner.run(coro)
+        return runner.run(coro)
     finally:
-        forget_clock(loop)  # else the closed loop and its clock wait for the collector
+        try:
+            close_runner(runner, loop)
+        finally:
+            forget_clock(loop)  # else the closed loop and its clock wait for the collector
+
+
+def close_runner(runner: asyncio.Runner, loop: asyncio.AbstractEventLoop, *,
+                 set_loop: bool = True) -> None:
+    """Close ``runner`` (its loop is ``loop``) as ``asyncio.run`` does, never waiting forever.
+
+    ``Runner.close()`` cancels the tasks left and waits for every one to end: a tool that
+    ignores its cancellation (an abandoned call, see :data:`~shoal.scheduler.driver.ABANDON_GRACE`)
+    would hold the ``*_sync`` call forever. They get a grace (see
+    :func:`~shoal.scheduler.driver.end_tasks`); those that ignore it are left, and the loop is
+    closed as the runner would close it, without them. ``set_loop``: the runner made ``loop``
+    its thread's event loop (it does without a ``loop_factory``), which ends with it.
+    """
+    try:
+        if not end_tasks(loop):
+            runner.close()
+            return
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+    finally:
+        if not loop.is_closed():  # (a second Ctrl-C as tasks end, say)
+            if set_loop:
+                asyncio.set_event_loop(None)
+            loop.close()
 
 
 async def run(plan: Plan, *, board: Board | None = None, budget: Budget | None = None,

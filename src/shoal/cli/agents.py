@@ -56,7 +56,7 @@ from shoal.models import resolve_model
 from shoal.models.base import Model
 from shoal.outcome import _strict
 from shoal.planfile import check_import
-from shoal.runtime import Runtime, new_run_id
+from shoal.runtime import Runtime, new_run_id, run_blocking
 
 __all__ = ["AgentOptions", "check_models", "is_agent_target", "load_agent", "model_option",
            "notice_lines", "run_agent_target"]
@@ -208,7 +208,8 @@ def run_agent_target(options: AgentOptions, console: Console, live: bool) -> int
     ctrl_c = CtrlC(on_hard_exit=partial(show_cursor, console) if live else _no_cursor)
     try:
         with others_to_stderr(options.as_json), ctrl_c:  # a tool's print is not the JSON's
-            result, error = asyncio.run(
+            # (asyncio.run, but a task that ignores its cancellation does not hold it forever)
+            result, error = run_blocking(
                 _drive(agent, options, sinks, console, view, live, ctrl_c)
                 if isinstance(agent, Agent)
                 else _drive_composition(agent, options, sinks, console, view, live, ctrl_c))

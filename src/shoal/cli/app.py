@@ -11,7 +11,6 @@ too).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import hashlib
@@ -69,7 +68,7 @@ from shoal.outcome import RunResult
 from shoal.plan import Plan
 from shoal.plandata import DataError, read_text
 from shoal.planfile import check_import, load_plan
-from shoal.runtime import Runtime, check_deadline, new_run_id
+from shoal.runtime import Runtime, check_deadline, new_run_id, run_blocking
 from shoal.store.sqlite import DEFAULT_PATH, SQLiteStore
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_OK", "RunOptions", "app", "approver_for", "main",
@@ -446,7 +445,9 @@ def _run_checked(options: RunOptions) -> int:
         with ctrl_c:
             try:
                 with others_to_stderr(options.as_json):  # a tool's print is not the JSON's
-                    result, _ = asyncio.run(_drive(
+                    # (asyncio.run, but a task that ignores its cancellation, an abandoned
+                    # call's, does not hold the loop's end forever)
+                    result, _ = run_blocking(_drive(
                         runtime, plan, sink, console if live else None, pause,
                         options.start_options(), started, ctrl_c))
             except KeyboardInterrupt:  # a call's own: Ctrl-C raises none here (see CtrlC)
@@ -539,11 +540,14 @@ def _print_result(result: RunResult, as_json: bool, console: Console) -> None:
 
 
 def _exit_leaving_threads(result: RunResult, code: int) -> None:
-    """Exit now: abandoned tool threads cannot be stopped and would hold the process open."""
+    """Exit now: abandoned calls (threads, tasks that ignore cancellation) cannot be stopped.
+
+    A thread would hold the process open.
+    """
     count = len(result.abandoned)
     shown = ", ".join(one_line(n, 60) for n in result.abandoned[:5])
-    sys.stderr.write(f"warning: {count} call{'s' if count != 1 else ''} abandoned on threads "
-                     f"that cannot be stopped ({shown}"
+    sys.stderr.write(f"warning: {count} call{'s' if count != 1 else ''} abandoned, which "
+                     f"cannot be stopped ({shown}"
                      f"{', ...' if count > 5 else ''}); exiting without waiting for them\n")
     sys.stderr.flush()
     os._exit(code)

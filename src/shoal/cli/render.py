@@ -76,8 +76,9 @@ def detail(outcome: Outcome, width: int = PREVIEW_WIDTH) -> str:
         text = f"{short_type}: {outcome.error.message}" if outcome.error.message else short_type
     else:
         text = outcome.reason
-    if outcome.abandoned:
-        text += " (thread abandoned)"
+    if outcome.abandoned:  # a thread's call, or an async one that ignored its cancellation
+        text += " (thread abandoned)" if outcome.executor == "thread" else (
+            "" if "abandoned" in text else " (abandoned: it ignored its cancellation)")
     return one_line(text, width)
 
 

@@ -16,7 +16,9 @@ queries (``outcome_at``, ``awaiting``, ``ended`` ...) answer the rest.
 Attempts never raise into the driver: a tool's error, a timeout and a cancellation all come back
 as an :class:`~shoal.scheduler.state.AttemptResult`. That is why the driver keeps its own set of
 tasks instead of an ``asyncio.TaskGroup`` (which would cancel every sibling on one error); it
-still never leaves a task behind: on every exit path it cancels and awaits whatever is running.
+still never leaves a task behind: on every exit path it cancels and awaits whatever is running
+(but a task that ignores its cancellation for :data:`ABANDON_GRACE` seconds is abandoned, as a
+thread's call is: its outcome is recorded and the run ends without it).
 
 With a store, the driver journals the run (:mod:`shoal.store.journal`): each input's outcomes
 and the attempts it starts go to the journal before the attempts are created, and each
@@ -57,6 +59,7 @@ from shoal.exceptions import (
     ConfigError,
     JournalWriteError,
     RunClosedError,
+    ShoalError,
     StoreError,
     ToolTimeoutError,
 )
@@ -73,6 +76,7 @@ from shoal.scheduler.eager import ends_in_first_step
 from shoal.scheduler.scope import RunScope, Settles, events_origin, inject
 from shoal.scheduler.state import (
     AttemptResult,
+    AttemptStatus,
     Decisions,
     SchedulerState,
 )
@@ -111,6 +115,12 @@ _NO_START = float("-inf")
 #: wide fan-out's calls take their first step (and set their timers) this many task creations
 #: after the decision, not after all of them; each later turn makes twice as many.
 LEAN_FIRST = 32
+#: Seconds a cancelled or timed-out attempt's task may take to end after its cancel. One still
+#: running then ignores its cancellation (it catches ``CancelledError`` and goes on): its call
+#: is *abandoned*, as a thread's is (see :meth:`Driver._abandon`): its outcome is recorded,
+#: and the run ends without it, its task left to end on its own time. A tool that stops when
+#: cancelled ends well within it (its ``finally`` blocks run before its outcome is recorded).
+ABANDON_GRACE = 5.0
 #: This machine's name: where the calls of backends that run everything here ran.
 HOST = socket.gethostname()
 _FINISHED_AT = operator.attrgetter("finished_at")
@@ -175,9 +185,9 @@ class Driver:
         "_at_once", "_at_once_contexts", "_at_once_stopped", "_before_start", "_burst_due",
         "_bursting", "_clock",
         "_context", "_deadline", "_desk", "_early", "_ends_each", "_entered", "_epoch",
-        "_executor_for", "_executors", "_finished", "_given_clock", "_handed", "_handing",
-        "_hosts", "_internal",
-        "_journal", "_lean_due", "_loop", "_observer", "_on_pool", "_origin_epoch",
+        "_executor_for", "_executors", "_finished", "_given_clock", "_graced", "_handed",
+        "_handing", "_hosts", "_internal", "_journal", "_late", "_lean_due", "_loop",
+        "_observer", "_on_pool", "_origin_epoch",
         "_pool_returned", "_quick",
         "_resume",
         "_run_approvals", "_run_record", "_session", "_settling", "_shift", "_sinks", "_starting",
@@ -312,6 +322,11 @@ class Driver:
         # item id -> waiting: items of maps whose list is not known yet (see outcome_of)
         self._early: dict[str, list[asyncio.Future[Outcome]]] = {}
         self.cancelled_reason = ""
+        # id(call) -> (its grace timer, the status it ends with if abandoned) for attempts
+        # whose task was cancelled and has not ended yet; id(call) -> call for the attempts
+        # abandoned (their end, if it ever comes, is not reported). Made on first use.
+        self._graced: dict[int, tuple[asyncio.TimerHandle, AttemptStatus]] | None = None
+        self._late: dict[int, Call] | None = None
 
     @property
     def _approvals(self) -> RunApprovals:
@@ -1273,7 +1288,7 @@ class Driver:
                 if call.timeout is None:
                     value = await executor.execute(call)
                 else:
-                    async with asyncio.timeout(call.timeout) as scope:
+                    async with self._timeout(call) as scope:
                         value = await executor.execute(call)
                     if scope.expired():  # the tool caught the timeout's cancel and returned
                         raise TimeoutError
@@ -1342,6 +1357,8 @@ class Driver:
         Out of ``_tasks`` from here on: a cancel finds nothing to stop, as one that came after
         it returned would change nothing (as for calls run at once, see :meth:`_burst`).
         """
+        if self._late and id(call) in self._late:  # abandoned: its end is not reported
+            return
         pos = call.pos
         del self._tasks[pos]  # one attempt per node at a time: this is the one
         del self._task_of[pos]
@@ -1400,6 +1417,7 @@ class Driver:
                 return
             task.cancel()
             task.add_done_callback(partial(self._unreported, call))
+            self._arm_grace(call, task, "cancelled")
 
     def _stop_handed(self, pos: int, handed: _Handed) -> None:
         """Cancel the task running a handed-over attempt (see :meth:`run_here`), once.
@@ -1481,6 +1499,8 @@ class Driver:
         ``began_at``. Only for an attempt with nothing to settle or journal (a call run at
         once, or a plain sync call on the pool, has none); any other goes the general way.
         """
+        if self._late and id(call) in self._late:  # abandoned: its end is not reported
+            return
         if self._task_returned:
             self._task_ends_first()
         if self._streaming or call.tool.injected or (
@@ -1526,6 +1546,8 @@ class Driver:
             self._stopped_here()
 
     def _attempt_done(self, call: Call, result: AttemptResult) -> None:
+        if self._late and id(call) in self._late:  # abandoned: its end is not reported
+            return
         if self._task_returned:
             self._task_ends_first()
         try:
@@ -1837,7 +1859,7 @@ class Driver:
         await self._close_journal(quiet=True)
 
     async def _drain(self) -> None:
-        """Wait for cancelled attempts to end, so no task outlives the run."""
+        """Wait for cancelled attempts to end, so no task outlives the run (but abandoned ones)."""
         self._task_ends_first()
         while self._tasks:
             pending = list(self._task_of.values())
@@ -1848,7 +1870,7 @@ class Driver:
             if self._lean_due:  # tasks not made yet: stopped above, reported cancelled now
                 self._start_lean(len(self._lean_due))
             if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
+                await self._ended_or_abandoned(pending)
             else:  # only calls without tasks: their ends come on the next turn
                 await asyncio.sleep(0)
                 self._orphans()
@@ -1858,6 +1880,94 @@ class Driver:
                     self._unreported(call, task)
             self._task_ends_first()
         await self._desk.drain(self.state.run_id)
+
+    async def _ended_or_abandoned(self, pending: list[asyncio.Task[None]]) -> None:
+        """Wait for the tasks of stopped attempts to end, at most :data:`ABANDON_GRACE` s.
+
+        One still running then ignores its cancellation: abandoned, as its grace timer
+        abandons it (see :meth:`_abandon`), so that the run ends with its outcome recorded.
+        """
+        done, late = await asyncio.wait(pending, timeout=ABANDON_GRACE)
+        for task in done:  # (retrieved, as gather(return_exceptions=True) did)
+            if not task.cancelled():
+                task.exception()
+        if late:
+            for pos, task in list(self._task_of.items()):
+                call = self._tasks.get(pos)
+                if task in late and call is not None:
+                    graced = self._graced.get(id(call)) if self._graced else None
+                    self._abandon(call, task, "cancelled" if graced is None else graced[1])
+
+    # ---- attempts that ignore their cancellation ------------------------------------------
+
+    def _timeout(self, call: Call) -> asyncio.Timeout:
+        """``asyncio.timeout(call.timeout)`` that arms the grace when it cancels the call."""
+        assert self._loop is not None and call.timeout is not None
+        return _CallTimeout(self._loop.time() + call.timeout, self, call)
+
+    def _timed_out(self, call: Call) -> None:
+        """``call``'s timeout cancelled its task: abandon it if it ignores that (a grace)."""
+        task = self._task_of.get(call.pos)
+        if task is not None and self._tasks.get(call.pos) is call:
+            self._arm_grace(call, task, "timed_out")
+
+    def _arm_grace(self, call: Call, task: asyncio.Task[None], status: AttemptStatus) -> None:
+        """A cancel was issued to ``call``'s task: abandon it if it has not ended in a grace.
+
+        Armed only when a cancel is issued (a timer and a done-callback): a call that is
+        never cancelled costs nothing here. ``status``: what its outcome is if abandoned.
+        """
+        graced = self._graced
+        if graced is None:
+            graced = self._graced = {}
+        elif id(call) in graced:  # cancelled again (the drain stops what runs): armed once
+            return
+        assert self._loop is not None
+        graced[id(call)] = (self._loop.call_later(ABANDON_GRACE, self._abandon, call, task,
+                                                  status), status)
+        task.add_done_callback(partial(self._attempt_gone, call))
+
+    def _attempt_gone(self, call: Call, task: asyncio.Task[None]) -> None:
+        """The task of a cancelled attempt ended: its grace is over; say so if abandoned."""
+        graced = self._graced.pop(id(call), None) if self._graced else None
+        if graced is not None:
+            graced[0].cancel()
+        if self._late and self._late.pop(id(call), None) is not None:
+            log.info("the abandoned call of %s (run %s) ended at last; its end is discarded",
+                     call.node_id, self.state.run_id)
+
+    def _abandon(self, call: Call, task: asyncio.Task[None], status: AttemptStatus) -> None:
+        """``call``'s task still runs :data:`ABANDON_GRACE` s after its cancel: abandon it.
+
+        Its tool ignores cancellation (it catches ``CancelledError`` and goes on). As a
+        thread's call that cannot be stopped, it is abandoned: its outcome (``status``) is
+        recorded now, marked ``abandoned`` with a reason that says so, and its task is left
+        to end on its own time; its end, if it ever comes, is discarded.
+        """
+        if self._graced:
+            graced = self._graced.get(id(call))
+            if graced is not None:
+                graced[0].cancel()  # (called by the drain before its timer fired)
+        if task.done() or self._tasks.get(call.pos) is not call or (
+                self._task_of.get(call.pos) is not task):
+            return  # it ended after all (its end is reported), or was reported already
+        waited = f"{ABANDON_GRACE:g} s"
+        log.warning("tool %r of node %s (run %s) ignored its cancellation for %s: abandoned, "
+                    "still running", call.tool.name, call.node_id, self.state.run_id, waited)
+        reason = (f"tool {call.tool.name!r} ignored its cancellation for {waited}: abandoned, "
+                  "still running")
+        error = (ToolTimeoutError(call.tool.name, call.timeout or 0.0)
+                 if status == "timed_out" else None)
+        result = AttemptResult(status, error=error, abandoned=True, reason=reason)
+        if self._entered:
+            self._attempt_done(call, result)
+        else:
+            assert self._context is not None
+            self._context.run(self._report, self._attempt_done, call, result)
+        if self._late is None:
+            self._late = {}
+        self._late[id(call)] = call  # from here on, its end is not reported
+        keep_abandoned(task)
 
     # ---- approvals ----------------------------------------------------------------------
 
@@ -1882,13 +1992,107 @@ def _returned_value(call: Call, value: Any) -> AttemptResult:
 
     Ok, unless the value is an awaitable nobody awaited.
     """
-    unawaited = unawaited_result(call.tool.name, value)
+    try:
+        unawaited = unawaited_result(call.tool.name, value)
+    except Exception as exc:  # a hostile value (its __class__ raises, say): never unreported
+        return _unrecorded(call, "its returned value", exc)
     return (AttemptResult("ok", value) if unawaited is None
             else AttemptResult("failed", error=unawaited))
 
 
 #: The ends of runs started without a task (see :meth:`Driver.start_here`) that must be awaited.
 _ENDING: set[asyncio.Task[None]] = set()
+
+
+def _unrecorded(call: Call, what: str, exc: Exception) -> AttemptResult:
+    """The end of an attempt whose end could not be made into a result: it fails, saying why.
+
+    An exception while building it (a shoal bug, or a hostile value) would otherwise end
+    the attempt's task without a report, and the run would wait for it forever.
+    """
+    log.error("internal error: shoal could not record how the call of %s (tool %r) ended, "
+              "from %s; it fails", call.node_id, call.tool.name, what, exc_info=exc)
+    error = ShoalError(f"internal error: shoal could not record how tool {call.tool.name!r} "
+                       f"ended, from {what}: {type(exc).__name__}: {exc}")
+    error.__cause__ = exc
+    return AttemptResult("failed", error=error)
+
+
+#: Tasks of abandoned attempts (see :meth:`Driver._abandon`), held until they end: a task
+#: nobody references may be collected while it waits, and nobody else would.
+_ABANDONED: set[asyncio.Task[Any]] = set()
+
+
+def keep_abandoned(task: asyncio.Task[Any]) -> None:
+    """Hold ``task``, whose attempt was abandoned, until it ends; no destroy-pending warning.
+
+    Its loop may be closed before it ends (see :func:`shoal.runtime.run_blocking`): then it
+    never does, and asyncio would log "Task was destroyed but it is pending!" for a task
+    shoal chose to leave, as it does for its own (``run_until_complete``).
+    """
+    if task not in _ABANDONED:
+        _ABANDONED.add(task)
+        task.add_done_callback(_ABANDONED.discard)
+        with suppress(AttributeError):  # (asyncio's own flag for this)
+            task._log_destroy_pending = False  # type: ignore[attr-defined]
+
+
+def is_abandoned(task: asyncio.Task[Any]) -> bool:
+    """Whether ``task`` is the task of an abandoned attempt that has not ended yet."""
+    return task in _ABANDONED
+
+
+def end_tasks(loop: asyncio.AbstractEventLoop) -> list[asyncio.Task[Any]]:
+    """Cancel the tasks left on ``loop`` (run by it) and wait for them, within a grace.
+
+    For a ``*_sync`` call's loop, before it closes: as :class:`asyncio.Runner` does, but it
+    waits at most :data:`ABANDON_GRACE` seconds, and not at all for tasks of attempts
+    abandoned already (each had its grace). Returns the tasks that ignore their cancellation:
+    they are abandoned (logged), and the loop is closed without them.
+    """
+    tasks = asyncio.all_tasks(loop)
+    if not tasks:
+        return []
+    for task in tasks:
+        task.cancel()
+    waiting = [task for task in tasks if task not in _ABANDONED]
+    if waiting:
+        loop.run_until_complete(asyncio.wait(waiting, timeout=ABANDON_GRACE))
+    stuck = []
+    for task in tasks:
+        if not task.done():
+            stuck.append(task)
+        elif not task.cancelled() and task.exception() is not None:  # as asyncio.run reports
+            loop.call_exception_handler({
+                "message": "unhandled exception during shoal's loop shutdown",
+                "exception": task.exception(), "task": task})
+    for task in stuck:
+        if task not in _ABANDONED:
+            log.warning("task %s ignored its cancellation for %g s as its event loop ended: "
+                        "the loop is closed without it", task.get_name(), ABANDON_GRACE)
+            keep_abandoned(task)
+    if stuck:
+        log.warning("%d task(s) that ignore their cancellation were abandoned as the event "
+                    "loop closed (a tool that catches CancelledError and goes on?)", len(stuck))
+    return stuck
+
+
+class _CallTimeout(asyncio.Timeout):  # type: ignore[misc]  # (final in typeshed only)
+    """``asyncio.timeout()`` for a call's attempt that arms the abandon grace as it cancels.
+
+    When it cancels the call, the driver arms the grace after which a tool that ignores the
+    cancellation is abandoned. ``_on_timeout`` is the one place asyncio's timeout cancels its
+    task (Python 3.11-3.13).
+    """
+
+    def __init__(self, when: float, driver: Driver, call: Call) -> None:
+        super().__init__(when)
+        self._driver, self._call = driver, call
+
+    def _on_timeout(self) -> None:
+        super()._on_timeout()  # type: ignore[misc]
+        self._driver._timed_out(self._call)
+
 
 #: Cancelled runs still draining and closing their journal after their task was cancelled
 #: again (see :meth:`Driver._stop_cancelled`).
@@ -1918,9 +2122,13 @@ def _cancel_asked() -> bool:
     """Whether someone asked to cancel the running task (the driver stopping its attempt).
 
     ``False`` when a ``CancelledError`` came from the tool's own code: it raised one, or
-    awaited a task or future that something else cancelled.
+    awaited a task or future that something else cancelled; and without a running loop (an
+    abandoned attempt's coroutine closed after its loop was).
     """
-    task = asyncio.current_task()
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:
+        return False
     return task is not None and task.cancelling() > 0
 
 
@@ -1933,11 +2141,15 @@ def _raised(call: Call, exc: BaseException, stopped: bool = False) -> AttemptRes
     cause, so its traceback shows where it came from; retries apply as to any failure.
     """
     if isinstance(exc, asyncio.CancelledError):
-        if isinstance(exc, CallCancelled):
-            return AttemptResult("cancelled", abandoned=call.abandoned, reason=exc.reason)
-        if stopped:
-            return AttemptResult("cancelled", abandoned=call.abandoned)
-        return AttemptResult("failed", error=unasked_cancel_error(call.tool.name, exc))
+        try:
+            if isinstance(exc, CallCancelled):
+                return AttemptResult("cancelled", abandoned=call.abandoned,
+                                     reason=str(exc.reason))
+            if stopped:
+                return AttemptResult("cancelled", abandoned=call.abandoned)
+            return AttemptResult("failed", error=unasked_cancel_error(call.tool.name, exc))
+        except Exception as error:  # a hostile one (no reason, say): never unreported
+            return _unrecorded(call, f"the {type(exc).__name__} it raised", error)
     return AttemptResult("failed", error=exc)  # incl. SystemExit: it fails the call, not the run
 
 

@@ -718,6 +718,9 @@ class SchedulerState:
                 self._critical.learn(slot.node.tool.name, end - slot.started_at)
             error = None if status == "ok" else self._error(slot, result)
             said = (slot.cancel_reason or result.reason) if status == "cancelled" else ""
+            if result.abandoned and result.reason:  # the driver abandoned it: say so too
+                said = (f"{slot.cancel_reason}; {result.reason}" if slot.cancel_reason
+                        else result.reason)
             self._record(slot, status, end, d, value=result.value, error=error, reason=said,
                          abandoned=result.abandoned)
         self._dispatch(now, d)

@@ -175,7 +175,15 @@ def run_virtual(coro: Coroutine[Any, Any, T], *, debug: bool | None = None) -> T
     """Run ``coro`` to completion on a fresh :class:`VirtualClockLoop`, like :func:`asyncio.run`.
 
     The loop is closed afterwards, after async generators and the default executor are shut
-    down, exactly as :func:`asyncio.run` does it.
+    down, as :func:`asyncio.run` does it, except that tasks left that ignore their
+    cancellation are waited for a grace (virtual: at once), not forever, as ``run_sync``
+    waits for them (see :func:`shoal.runtime.close_runner`).
     """
-    with asyncio.Runner(debug=debug, loop_factory=VirtualClockLoop) as runner:
+    from shoal.runtime import close_runner  # (here: shoal.testing imports little)
+
+    runner = asyncio.Runner(debug=debug, loop_factory=VirtualClockLoop)
+    loop = runner.get_loop()
+    try:
         return runner.run(coro)
+    finally:
+        close_runner(runner, loop, set_loop=False)
