@@ -573,6 +573,8 @@ def test_a_killed_tree_of_a_hundred_agents_resumes_to_the_same_board(tmp_path: P
     assert result.board is not None and result.board["count"] == 1_000
     findings = result.board["findings"]
     assert sorted(findings) == sorted(f"t{i}.{j}" for i in range(100) for j in range(10))
+    # (failed once in CI with two conflicts, not reproduced since: say which they were)
+    assert len(result.conflicts) == 1, [c.to_dict() for c in result.conflicts]
     [conflict] = result.conflicts
     assert sorted(conflict.writers) == ["lead/worker#101/decide#1", "lead/worker#102/decide#1"]
     assert result.board["answer"] == conflict.kept
