@@ -603,6 +603,28 @@ def test_a_thread_left_running_after_a_timeout_cannot_write() -> None:
     assert board["count"] == 0 and len(refused) == 1
 
 
+def test_a_conflict_journaled_without_its_earlier_write_is_counted_once_on_resume(
+        tmp_path: Path) -> None:
+    # A process killed after two blind writers committed may have journaled only the later
+    # one (with the conflict it caused). On resume the earlier call runs again, after the
+    # replayed one, and conflicts with it: one conflict, not that one and the recorded one.
+    plan = shoal.Plan()
+    plan.call(decide, node_id="a", answer="yes")
+    plan.call(decide, node_id="b", answer="no", after=["a"])
+    db = tmp_path / "runs.db"
+    first = shoal.Runtime(store=db).run_sync(plan, board=_board())
+    assert [c.writers for c in first.conflicts] == [("a", "b")]
+    with closing(sqlite3.connect(db)) as conn, conn:  # as if killed before a's entry
+        conn.execute("DELETE FROM outcomes WHERE node_id = 'a'")
+        conn.execute("DELETE FROM effects WHERE node_id = 'a'")
+        conn.execute("UPDATE runs SET status = 'running'")
+    result = shoal.Runtime(store=db).resume_sync(first.run_id, plan, board=_board())
+    assert result.ok
+    [conflict] = result.conflicts
+    assert conflict.writers == ("b", "a") and result.board is not None
+    assert result.board["answer"] == conflict.kept == "yes"
+
+
 def test_damaged_board_writes_in_the_journal_stop_a_resume(tmp_path: Path) -> None:
     plan = shoal.Plan()
     plan.call(note, node_id="n", fact="x")

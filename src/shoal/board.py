@@ -287,7 +287,7 @@ class Board:
             merged = self._merge_failing_first(by_key)
             if call is not None:
                 self._applied.add((*call, args))
-            conflicts = list(recorded) if recorded is not None else [
+            conflicts = self._still_standing(recorded) if recorded is not None else [
                 found for key in by_key if self._slots[key].rule.reports_conflicts
                 and (found := self._conflict(key, merged[key], writer, seen)) is not None]
             for key, values in by_key.items():
@@ -303,6 +303,18 @@ class Board:
             number = self._commits if number is None else number
             self._commits = max(self._commits, number + 1)
             return conflicts, number
+
+    def _still_standing(self, recorded: Iterable[BoardConflict]) -> list[BoardConflict]:
+        """The journaled conflicts of a replayed commit that this board's history still has.
+
+        A conflict names the writer the key held before (``writers[0]``). A process killed
+        after two calls committed may have journaled only the later one: on resume the
+        earlier call runs again and comes after it, conflicting anew if it still does. The
+        recorded conflict with a write this board never saw would be counted twice, once
+        each way round, so it is dropped (called under the lock).
+        """
+        return [c for c in recorded
+                if (slot := self._slots.get(c.key)) is None or slot.writer == c.writers[0]]
 
     def _commit_call(self, writer: str, writes: list[tuple[str, Any]], seen: Mapping[str, int],
                      call: tuple[str, str], args: str = "") -> EffectRecord | None:
