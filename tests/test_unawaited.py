@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import importlib.util
+import io
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -129,11 +130,32 @@ def test_a_generator_is_not_sent_to_a_model() -> None:
     assert "returned a generator; return a list instead" in record.message.content
     assert "<generator" not in record.message.content
     assert record.outcome is not None and record.outcome.status == "failed"
-    # in a plan (no model reads it) a generator is a value like any other
+
+
+@pytest.mark.parametrize(("fn", "isolation"), [
+    (ut.pages_later, "inline"), (ut.pages, "thread"), (ut.pages, "process")])
+def test_a_generator_fails_its_call_in_a_plan_too(fn: Callable[..., Any], isolation: str) -> None:
+    # read once: of two calls given it, the second got nothing (an empty list, silently)
     plan = Plan()
-    node = plan.add(shoal.tool(ut.pages), {"url": "u"})
-    value = shoal.run_sync(plan)[node].value
-    assert list(value) == ["u"]
+    node = plan.add(shoal.tool(fn, isolation=isolation), {"url": "u"})
+    first = plan.call(ut.count, items=node)
+    second = plan.call(ut.count, items=node)
+    result = shoal.run_sync(plan)
+    assert_fails_with(result[node], "returned a generator; return a list instead (e.g. list(")
+    assert result[first].status == result[second].status == "skipped"
+
+
+@pytest.mark.parametrize("value", [
+    map(str, "ab"), iter([1]), zip("a", "b", strict=True), filter(None, [1])])
+def test_other_one_shot_iterators_fail_their_call(value: Any) -> None:
+    outcome = run_one(lambda url: value, "thread")
+    assert_fails_with(outcome, f"returned a one-shot iterator ({type(value).__qualname__})")
+
+
+def test_a_file_object_is_a_value_as_before() -> None:
+    buffer = io.StringIO("text")
+    outcome = run_one(lambda url: buffer, "thread")
+    assert outcome.ok and outcome.value is buffer
 
 
 @pytest.mark.parametrize("isolation", ["thread", "process"])

@@ -53,8 +53,18 @@ async def stream(url: str) -> AsyncIterator[str]:
 
 
 def pages(url: str) -> Iterator[str]:
-    """A generator function used as a tool: fine in a plan, not as an answer to a model."""
+    """A generator function used as a tool: its call gives a generator, read only once."""
     yield url
+
+
+async def pages_later(url: str) -> Iterator[str]:
+    """An async tool that returns a generator."""
+    return pages(url)
+
+
+def count(items: list[str]) -> int:
+    """How many items it was given."""
+    return len(items)
 
 
 def stops(url: str) -> str:

@@ -77,7 +77,6 @@ from shoal.agents.toolcalls import (
     _reword,
     _settled,
     _sink,
-    _unsendable,
     bounded,
     result_text,
     unknown_part,
@@ -373,7 +372,6 @@ class _PlanCalls:
             if outcome is None:  # the run ended before it (cannot happen once it was added)
                 records.append(_rejected(call, self.lineages[entry], "the call never ended"))
                 continue
-            outcome = _unsendable(outcome, call.name)
             text, is_error = result_text(outcome, call.name)
             message = ToolResultMessage(call.id, call.name, text, is_error=is_error)
             records.append(CallRecord(call, self.lineages[entry], outcome.status, message,

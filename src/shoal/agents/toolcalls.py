@@ -16,7 +16,6 @@ is complete, and :meth:`CallStream.finish` returns the records in the order the 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import logging
 import operator
@@ -30,7 +29,7 @@ from shoal._slots import slot_init
 from shoal.events import Event, EventSink
 from shoal.exceptions import ConfigError, ToolArgumentError
 from shoal.models.base import ModelResponse, ToolCall, ToolResultMessage
-from shoal.outcome import ErrorInfo, Outcome, RunResult, jsonable
+from shoal.outcome import Outcome, RunResult, jsonable
 from shoal.plan import Plan
 from shoal.tools import Tool
 
@@ -749,22 +748,10 @@ def _fill_outcomes(outcomes: Mapping[str, Outcome], epoch: float, planned: Mappi
                 and len(value) <= MAX_RESULT_CHARS):  # most calls: the text as it is
             text, is_error = value, False
         else:
-            outcome = _unsendable(outcome, call.name)
             text, is_error = result_text(outcome, call.name)
         message = ToolResultMessage(call.id, call.name, text, is_error)
         records[index] = CallRecord(call, lineages[node_id], outcome.status, message, outcome,
                                     epoch, turn)
-
-
-def _unsendable(outcome: Outcome, name: str) -> Outcome:
-    """A generator cannot go to a model (it would read ``<generator object ...>``): fail it."""
-    if outcome.status != "ok" or not inspect.isgenerator(outcome.value):
-        return outcome
-    outcome.value.close()
-    message = (f"tool {name!r} returned a generator; return a list instead (e.g. "
-               "list(...)), since its result is sent to a model")
-    return replace(outcome, status="failed", value=None,
-                   error=ErrorInfo("shoal.exceptions.ToolDefinitionError", message))
 
 
 def _stamped(event: Event, lineage: str) -> Event:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import inspect
-from collections.abc import Callable
+import io
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from typing import Any
 
@@ -28,13 +29,14 @@ _PLAIN = PLAIN_RESULTS
 
 
 def unawaited_result(tool: str, value: Any) -> ToolDefinitionError | None:
-    """The error for a result that is work still to be awaited, or ``None`` for a real result.
+    """The error for a result that is work still to be done, or ``None`` for a real result.
 
     A tool that forgets an ``await`` returns a coroutine (or a task, a future, an async
-    generator) instead of its value; recorded as ``ok``, a model would be sent
-    ``<coroutine object ...>``. Such a call fails instead, with a message that says what went
-    wrong. The coroutine is closed (so Python does not warn that it was never awaited) and a
-    task or future is cancelled.
+    generator) instead of its value: recorded as ``ok``, a model would be sent ``<coroutine
+    object ...>``. A generator or another one-shot iterator would be read by the first of its
+    dependents only. Such a call fails instead, with a message that says what went wrong. A
+    coroutine or generator is closed (so Python does not warn that it was never awaited) and
+    a task or future is cancelled.
     """
     if type(value) in _PLAIN:
         return None
@@ -42,6 +44,11 @@ def unawaited_result(tool: str, value: Any) -> ToolDefinitionError | None:
     if what is None:
         return None
     return ToolDefinitionError(f"tool {tool!r} returned {what}")
+
+
+# A generator (or a map, zip, iter(...)) is read once: a second call given it as an argument
+# would get nothing, silently, and it cannot be journaled. A file object is left alone.
+_ONCE = "{}; return a list instead (e.g. list(...)): it can be read only once"
 
 
 def _unawaited(value: Any) -> str | None:
@@ -57,6 +64,11 @@ def _unawaited(value: Any) -> str | None:
     if inspect.isasyncgen(value):
         return ("an async generator; return a list instead (e.g. "
                 "[item async for item in ...])")
+    if inspect.isgenerator(value):
+        value.close()
+        return _ONCE.format("a generator")
+    if isinstance(value, Iterator) and not isinstance(value, io.IOBase):
+        return _ONCE.format(f"a one-shot iterator ({type(value).__qualname__})")
     if inspect.isawaitable(value):
         return f"an awaitable ({type(value).__qualname__}); did you forget 'await'?"
     return None
