@@ -15,6 +15,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -505,3 +506,28 @@ def test_an_agent_run_whose_journaled_tree_was_edited_is_listed_and_shown_as_dam
         json.loads(listed.stdout, parse_constant=lambda name: pytest.fail(name))
     shown = shoal_cli("show", run_id, "--store", str(store), "--json", cwd=ROOT)
     assert json.loads(shown.stdout)["damaged"] == problem
+
+
+def test_one_writer_thread_journals_a_swarm_and_ends_with_it(tmp_path: Path) -> None:
+    # each subagent's steps run is a run of its own: it had a writer thread of its own, each
+    # polling the file five times a second (a thousand subagents, a thousand threads)
+    seen: list[int] = []
+
+    def count(_: object) -> None:
+        seen.append(sum(t.name.startswith("shoal-journal") for t in threading.enumerate()))
+
+    worker = shoal.Agent(name="worker", model=ScriptedModel.per_prompt({"*": ["done"]},
+                                                                       latency=0.05))
+    lead = shoal.Agent(name="lead", model=ScriptedModel(
+        [[call("worker", task=f"job {i}") for i in range(60)], "all done"]), subagents=[worker])
+    result = lead.run_sync("go", runtime=shoal.Runtime(store=tmp_path / "runs.db"),
+                           on_event=count, budget=shoal.Budget(fan_out=60, subagents=60))
+    assert result.ok and len(result.children) == 60
+    assert seen and max(seen) == 1
+    assert not [t for t in threading.enumerate() if t.name.startswith("shoal-journal")]
+    store = SQLiteStore(tmp_path / "runs.db")
+    try:  # every steps run journaled, and ended
+        steps = [r for r in store.list_runs(limit=100) if r.run_id.endswith("/steps")]
+        assert len(steps) == 61 and {r.status for r in steps} == {"finished"}
+    finally:
+        store.close()

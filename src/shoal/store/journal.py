@@ -1,18 +1,23 @@
 """The bridge between a run's driver (on the event loop) and its store.
 
-With a durable store, records are written by a writer thread of the run's own, never on the
-event loop. Records added during one loop iteration form one batch; the writer commits every
-batch waiting for it in one transaction (so the more calls end at once, the fewer commits per
-call), then resolves the batches' futures on the loop. The driver makes each call it starts
+With a durable store, records are written by a writer thread, never on the event loop: one
+thread per store, shared by every run journaled to it at the time (a swarm's thousand
+subagents' steps runs had a thread each, every one polling the file five times a second: a
+thousand threads, and the run slowed as it grew). Records added during one loop iteration
+form one batch; the writer commits every batch waiting for it, of whichever run, in one
+transaction (so the more calls end at once, the fewer commits per call), then resolves the
+batches' futures on each run's loop. The driver makes each call it starts
 wait for :meth:`Journal.barrier` first: the commit of everything journaled so far, which
 includes the outcomes that released the call and the call's own "started" record. So an
 outcome is on disk before any dependent starts, and a call that crashes with its process is
 known to have been in flight.
 
-While the run goes, the writer thread also polls the store for cancel requests (from
-``shoal cancel`` in another process) every :data:`POLL_INTERVAL` seconds and writes a
+While runs go, the writer thread also polls the store for cancel requests (from ``shoal
+cancel`` in another process) every :data:`POLL_INTERVAL` seconds and writes each run's
 heartbeat every :data:`HEARTBEAT_INTERVAL` seconds, so readers can tell a live run from one
-whose process died.
+whose process died. A store may offer ``runs_with_cancel_requests()`` (the run ids with a
+request waiting: one look for all runs) and ``heartbeat_many(run_ids, at)`` (one
+transaction); without them each run is asked and beaten on its own.
 
 A store that is not durable (in memory) is written at once, on the loop: a few dictionary
 writes, and nothing to wait for.
@@ -66,22 +71,19 @@ class Journal:
         self._buffer: list[Record] = []
         self._buffer_done: asyncio.Future[None] | None = None
         self._last_sent: asyncio.Future[None] | None = None  # the newest batch not committed
-        # batches, or None: stop (only a durable store's writer thread has one)
-        self._queue: queue.SimpleQueue[object] | None = (
-            queue.SimpleQueue() if self.durable else None)
-        self._thread: threading.Thread | None = None
+        self._writer: _Writer | None = None  # a durable store's, shared with its other runs
         self._stopped: asyncio.Future[None] | None = None
         self._opened_at = 0.0  # cancel requests older than this session are not for it
+        self._next_beat = 0.0  # (the writer's) when this run's next heartbeat is due
 
     def open(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Start journaling on ``loop`` (starts the writer thread for a durable store)."""
+        """Start journaling on ``loop`` (with the store's writer thread, if it is durable)."""
         self._loop = loop
         self._opened_at = time.time()
         if self.durable:
             self._stopped = loop.create_future()
-            self._thread = threading.Thread(target=self._write_loop, daemon=True,
-                                            name=f"shoal-journal-{self.run_id}")
-            self._thread.start()
+            self._next_beat = time.monotonic() + HEARTBEAT_INTERVAL
+            self._writer = _Writer.joined_by(self)
 
     def add(self, record: Record) -> None:
         """Journal ``record``: at once for a memory store, with this iteration's batch else."""
@@ -122,16 +124,18 @@ class Journal:
 
     async def close(self) -> None:
         """Commit what is left and stop the writer; raises :class:`StoreError` if writing failed."""
-        if self._thread is not None and self._stopped is not None:
+        writer = self._writer
+        if writer is not None and self._stopped is not None:
             if self._buffer:
                 self._send()
-            assert self._queue is not None  # a writer thread has its queue
-            self._queue.put(None)
+            writer.queue.put((_LEAVING, self))
             await asyncio.shield(self._stopped)
-            # its last step set _stopped: it has only to return, and once it has, no writer
-            # thread of this run is left (the caller may count threads as soon as we return)
-            thread, self._thread = self._thread, None
-            thread.join()
+            self._writer = None
+            # the last run to leave stops the thread, whose last step set _stopped: it has
+            # only to return, and once it has, no writer thread is left (the caller may count
+            # threads as soon as we return)
+            if writer.ended:
+                writer.thread.join()
         self.close_written()
 
     def close_written(self) -> None:
@@ -151,8 +155,8 @@ class Journal:
         batch, done = self._buffer, self._buffer_done
         self._buffer, self._buffer_done = [], None
         self._last_sent = done
-        assert self._queue is not None  # only a durable journal buffers
-        self._queue.put((batch, done))
+        assert self._writer is not None  # only a durable journal buffers
+        self._writer.queue.put((self, (batch, done)))
 
     def _committed(self, futures: list[asyncio.Future[None]],
                    error: BaseException | None) -> None:
@@ -170,66 +174,23 @@ class Journal:
             if self._on_failure is not None:
                 self._on_failure(error)
 
-    # ---- the writer thread ------------------------------------------------------------------
+    # ---- on the writer thread ----------------------------------------------------------
 
-    def _write_loop(self) -> None:
-        assert self._queue is not None  # a writer thread has its queue
-        next_beat = time.monotonic() + HEARTBEAT_INTERVAL
-        stop = False
-        while not stop:
-            try:
-                first = self._queue.get(timeout=POLL_INTERVAL)
-            except queue.Empty:
-                first = _IDLE  # nothing to write: only upkeep
-            batches, stop = self._gather(first)
-            if batches:
-                self._commit(batches)
-            if not stop:
-                next_beat = self._upkeep(next_beat)
-        self._call_loop(self._set_stopped)
-
-    def _gather(self, first: object) -> tuple[list[_Batch], bool]:
-        """Every batch waiting now (group commit), and whether the journal is closing."""
-        batches: list[_Batch] = []
-        stop = False
-        item = first
-        assert self._queue is not None  # a writer thread has its queue
-        while True:
-            if item is None:
-                stop = True
-            elif item is not _IDLE:
-                batches.append(cast(_Batch, item))
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return batches, stop
-
-    def _commit(self, batches: list[_Batch]) -> None:
-        records = [record for batch, _ in batches for record in batch]
-        error: BaseException | None = None
+    def _upkeep(self, cancels_waiting: bool) -> None:
+        """Take this run's cancel requests (``cancels_waiting``: the store may have some)."""
+        if self._on_cancel is None or not cancels_waiting:
+            return
         try:
-            self.store.write(records)
-        except Exception as exc:
-            error = exc
-        self._call_loop(self._committed, [done for _, done in batches], error)
-
-    def _upkeep(self, next_beat: float) -> float:
-        """Look for cancel requests; write a heartbeat when one is due."""
-        try:
-            if self._on_cancel is not None:
-                for request in self.store.take_cancel_requests(self.run_id):
-                    if request.requested_at < self._opened_at:  # for a session now gone
-                        log.info("run %s: a cancel request made before this session began is "
-                                 "dropped", self.run_id)
-                        continue
-                    self._call_loop(self._on_cancel, request)
-            now = time.monotonic()
-            if now >= next_beat:
-                self.store.heartbeat(self.run_id, time.time())
-                return now + HEARTBEAT_INTERVAL
+            requests = self.store.take_cancel_requests(self.run_id)
         except Exception:  # a busy file for a moment: try again on the next round
             log.debug("journal upkeep failed for run %s", self.run_id, exc_info=True)
-        return next_beat
+            return
+        for request in requests:
+            if request.requested_at < self._opened_at:  # for a session now gone
+                log.info("run %s: a cancel request made before this session began is "
+                         "dropped", self.run_id)
+                continue
+            self._call_loop(self._on_cancel, request)
 
     def _set_stopped(self) -> None:
         if self._stopped is not None and not self._stopped.done():
@@ -241,4 +202,147 @@ class Journal:
             self._loop.call_soon_threadsafe(fn, *args)
 
 
-_IDLE = object()
+class _Writer:
+    """The writer thread of one durable store, shared by the runs journaled to it now.
+
+    Started by the first run that opens a journal on the store, ended by the last to close
+    one (a run opening as it ends starts the next). Each round it commits every batch
+    waiting, of whichever run, in one transaction, then does the runs' upkeep.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        # (journal, batch) to commit, or (_LEAVING, journal): its run's journal closes
+        self.queue: queue.SimpleQueue[tuple[object, object]] = queue.SimpleQueue()
+        self.journals: list[Journal] = []
+        self.ended = False  # no run left: the thread returns (set under _LOCK)
+        self.thread = threading.Thread(target=self._run, daemon=True, name="shoal-journal")
+
+    @classmethod
+    def joined_by(cls, journal: Journal) -> _Writer:
+        """The store's writer, started now if it has none, with ``journal`` among its runs."""
+        with _LOCK:
+            writer = _OF_STORE.get(id(journal.store))
+            started = writer is None
+            if writer is None:
+                writer = _OF_STORE[id(journal.store)] = _Writer(journal.store)
+            writer.journals.append(journal)
+        if started:
+            writer.thread.start()
+        return writer
+
+    def _run(self) -> None:
+        while True:
+            try:
+                first: tuple[object, object] | None = self.queue.get(timeout=POLL_INTERVAL)
+            except queue.Empty:
+                first = None  # nothing to write: only upkeep
+            batches, leaving = self._gather(first)
+            if batches:
+                self._commit(batches)
+            if self._leave(leaving):
+                return
+            self._upkeep()
+
+    def _gather(self, first: tuple[object, object] | None,
+                ) -> tuple[list[tuple[Journal, _Batch]], list[Journal]]:
+        """Every batch waiting now (group commit), and the journals that close."""
+        batches: list[tuple[Journal, _Batch]] = []
+        leaving: list[Journal] = []
+        item = first
+        while item is not None:
+            head, tail = item
+            if head is _LEAVING:
+                leaving.append(cast(Journal, tail))
+            else:
+                batches.append((cast(Journal, head), cast(_Batch, tail)))
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                item = None
+        return batches, leaving
+
+    def _commit(self, batches: list[tuple[Journal, _Batch]]) -> None:
+        try:
+            self.store.write([record for _, (batch, _) in batches for record in batch])
+        except Exception:  # tell each run its own: one run's refused record fails no other
+            by_journal: dict[int, list[tuple[Journal, _Batch]]] = {}
+            for entry in batches:
+                by_journal.setdefault(id(entry[0]), []).append(entry)
+            for own in by_journal.values():
+                self._commit_one(own)
+            return
+        self._committed(batches, None)
+
+    def _commit_one(self, batches: list[tuple[Journal, _Batch]]) -> None:
+        error: BaseException | None = None
+        try:
+            self.store.write([record for _, (batch, _) in batches for record in batch])
+        except Exception as exc:
+            error = exc
+        self._committed(batches, error)
+
+    @staticmethod
+    def _committed(batches: list[tuple[Journal, _Batch]], error: BaseException | None) -> None:
+        by_journal: dict[int, tuple[Journal, list[asyncio.Future[None]]]] = {}
+        for journal, (_, done) in batches:
+            by_journal.setdefault(id(journal), (journal, []))[1].append(done)
+        for journal, futures in by_journal.values():
+            journal._call_loop(journal._committed, futures, error)
+
+    def _leave(self, leaving: list[Journal]) -> bool:
+        """Let the closing journals go (their batches are committed); whether the thread ends."""
+        if not leaving:
+            return False
+        with _LOCK:
+            gone = {id(journal) for journal in leaving}
+            self.journals = [j for j in self.journals if id(j) not in gone]
+            if not self.journals:
+                self.ended = True
+                del _OF_STORE[id(self.store)]
+        for journal in leaving:
+            journal._call_loop(journal._set_stopped)
+        return self.ended
+
+    def _upkeep(self) -> None:
+        """Look for cancel requests; write the heartbeats that are due."""
+        with _LOCK:
+            journals = list(self.journals)
+        waiting = self._runs_with_cancels()
+        for journal in journals:
+            journal._upkeep(waiting is None or journal.run_id in waiting)
+        now = time.monotonic()
+        due = [journal for journal in journals if now >= journal._next_beat]
+        if not due:
+            return
+        for journal in due:
+            journal._next_beat = now + HEARTBEAT_INTERVAL
+        self._beat([journal.run_id for journal in due])
+
+    def _runs_with_cancels(self) -> set[str] | None:
+        """The runs with a cancel request waiting, if the store can say in one look."""
+        look = getattr(self.store, "runs_with_cancel_requests", None)
+        if look is None:
+            return None
+        try:
+            return set(look())
+        except Exception:  # a busy file for a moment: ask each run
+            log.debug("journal upkeep could not look for cancel requests", exc_info=True)
+            return None
+
+    def _beat(self, run_ids: list[str]) -> None:
+        at = time.time()
+        try:
+            many = getattr(self.store, "heartbeat_many", None)
+            if many is not None:
+                many(run_ids, at)
+                return
+            for run_id in run_ids:
+                self.store.heartbeat(run_id, at)
+        except Exception:  # a busy file for a moment: try again on the next round
+            log.debug("journal heartbeat failed for runs %s", run_ids[:5], exc_info=True)
+
+
+_LEAVING = object()  # a queue item: the journal after it closes
+_LOCK = threading.Lock()  # guards _OF_STORE and each writer's journals
+_OF_STORE: dict[int, _Writer] = {}  # by id(store) (a writer holds its store): while it has runs

@@ -490,8 +490,13 @@ class SQLiteStore:
 
     def heartbeat(self, run_id: str, at: float) -> None:
         """Note that a live runtime still runs ``run_id``."""
+        self.heartbeat_many((run_id,), at)
+
+    def heartbeat_many(self, run_ids: Sequence[str], at: float) -> None:
+        """:meth:`heartbeat` for several runs, in one transaction (the journal's writer's)."""
         with self._writing() as db:
-            db.execute("UPDATE runs SET heartbeat = ? WHERE run_id = ?", (at, run_id))
+            db.executemany("UPDATE runs SET heartbeat = ? WHERE run_id = ?",
+                           [(at, run_id) for run_id in run_ids])
 
     # ---- reading ------------------------------------------------------------------------
 
@@ -625,6 +630,14 @@ class SQLiteStore:
             db.execute("INSERT INTO cancels (run_id, node_ids, reason, requested_at) "
                        "VALUES (?, ?, ?, ?)",
                        (run_id, json.dumps(list(node_ids)), reason, time.time()))
+
+    def runs_with_cancel_requests(self) -> list[str]:
+        """The run ids with a cancel request not taken yet (one look for every run here).
+
+        The journal's writer asks it several times a second, for all the runs it journals.
+        """
+        return [_str(row[0]) for row in
+                self._read("SELECT DISTINCT run_id FROM cancels WHERE taken = 0")]
 
     def take_cancel_requests(self, run_id: str) -> list[CancelRequest]:
         """Cancel requests not taken yet, now marked taken."""
