@@ -531,3 +531,32 @@ def test_one_writer_thread_journals_a_swarm_and_ends_with_it(tmp_path: Path) -> 
         assert len(steps) == 61 and {r.status for r in steps} == {"finished"}
     finally:
         store.close()
+
+
+def test_a_swarms_steps_runs_take_no_lock_of_their_own_and_cannot_be_resumed_meanwhile(
+        tmp_path: Path) -> None:
+    # a claim is a lock file made and removed (milliseconds each on a busy disk): one per
+    # subagent made a journaled swarm of 1,000 ten times slower; the tree's claim covers them
+    db = tmp_path / "runs.db"
+    locks: list[int] = []
+    refused: list[BaseException] = []
+
+    @shoal.tool
+    def look() -> str:
+        """Count the lock files; try to resume this very steps run on its own."""
+        locks.append(len(list(Path(f"{db}-locks").iterdir())))
+        try:
+            shoal.Runtime(store=db).resume_sync("swarm/lead/worker#1/steps", shoal.Plan())
+        except shoal.RunActiveError as exc:
+            refused.append(exc)
+        return "looked"
+
+    worker = shoal.Agent(name="worker", model=ScriptedModel.per_prompt(
+        {"*": [[call("look")], "done"]}), tools=[look])
+    lead = shoal.Agent(name="lead", model=ScriptedModel(
+        [[call("worker", task=f"job {i}") for i in range(20)], "all done"]), subagents=[worker])
+    result = lead.run_sync("go", runtime=shoal.Runtime(store=db), run_id="swarm",
+                           budget=shoal.Budget(fan_out=20, subagents=20))
+    assert result.ok and len(locks) == 20
+    assert set(locks) == {1}  # the tree's own, nothing per subagent
+    assert len(refused) == 20 and all("swarm" in str(exc) for exc in refused)

@@ -153,6 +153,36 @@ def _show_id(run_id: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _claim_tree(store: Store, run_id: str, force: bool) -> RunClaim:
+    """Claim ``run_id`` and, for a nested run's id (``root/lead/steps``), its outermost run.
+
+    A nested run takes no claim of its own while its tree runs (the outermost run's covers
+    it), so resuming one on its own asks the outermost run's claim too: refused while a
+    process runs the tree.
+    """
+    root = run_id.split("/", 1)[0]
+    if root == run_id or not root:
+        return claim_run(store, run_id, force=force)
+    outer = claim_run(store, root, force=force)
+    try:
+        return _Claims(outer, claim_run(store, run_id, force=force))
+    except BaseException:
+        outer.release()
+        raise
+
+
+class _Claims:
+    """Two claims held as one (see :func:`_claim_tree`)."""
+
+    def __init__(self, *claims: RunClaim) -> None:
+        self._claims = claims
+
+    def release(self) -> None:
+        """Let each claim go."""
+        for claim in self._claims:
+            claim.release()
+
+
 def check_resume_id(store: Store | None, run_id: object, what: str = "run_id") -> None:
     """Raise :class:`ConfigError` for a run id to resume that no run could have been given.
 
@@ -832,7 +862,9 @@ class Runtime:
             graph = analyze(plan)
         else:  # no node, no problem (an open run as it opens, one per agent): the shared graph
             graph = EMPTY_GRAPH
-        run_id, record, resumption, claim = self._journal_for(plan, graph, run_id, journaling)
+        nested = sharing is not None and sharing.within is not None
+        run_id, record, resumption, claim = self._journal_for(plan, graph, run_id, journaling,
+                                                              nested=nested)
         try:
             sharing = sharing or _Sharing()
             within = sharing.within.shared if sharing.within is not None else None
@@ -896,21 +928,28 @@ class Runtime:
             else outer.shared, outermost=outer is None)
 
     def _journal_for(
-        self, plan: Plan, graph: Graph, run_id: str | None, journaling: _Journaling,
+        self, plan: Plan, graph: Graph, run_id: str | None, journaling: _Journaling, *,
+        nested: bool = False,
     ) -> tuple[str, RunRecord | RunStart | None, Resumption | None, RunClaim]:
         """The run's id, its journal record, (resuming) what to replay, and its claim.
 
         The record of a new run is a :class:`RunStart`: the driver completes it as it starts.
 
         The run id is claimed (:mod:`shoal.store.claims`) before the journal is read, and held
-        until the session ends: a resume of a run that a live process runs is refused.
+        until the session ends: a resume of a run that a live process runs is refused. A
+        ``nested`` run (an agent's steps, a run within another) is covered by the claim of
+        its outermost run, which this process holds: it takes none of its own (a claim is a
+        lock file made and removed, milliseconds on a busy disk, once per subagent). A
+        nested run resumed on its own (its id holds '/') claims its tree's outermost run too,
+        so it is refused while a process runs that tree.
         """
         store = self.store
         if journaling.resume is not None:
             if store is None:
                 raise ConfigError("resuming needs a journal: Runtime(store=...), not store=None")
             description, _ = self._describe(plan, graph)
-            claim = claim_run(store, journaling.resume, force=journaling.force)
+            claim = (claim_run_nothing() if nested
+                     else _claim_tree(store, journaling.resume, journaling.force))
             try:
                 resumption = prepare_resume(store, journaling.resume, graph, description,
                                             rerun_in_doubt=journaling.rerun_in_doubt,
@@ -924,7 +963,7 @@ class Runtime:
         if store is None:
             return run_id or new_run_id(), None, None, claim_run_nothing()
         run_id = run_id or new_run_id()
-        claim = claim_run(store, run_id)
+        claim = claim_run_nothing() if nested else claim_run(store, run_id)
         try:
             record = self._new_record(store, plan, graph, run_id, journaling)
         except BaseException:
