@@ -690,11 +690,6 @@ class Plan:
             found.append(PlanProblem("bad_arguments", f"{node.tool.name}: map item_arg "
                                      f"{node.map.item_arg!r} is not one of its arguments "
                                      f"({names})", node.id))
-        if (node.tool.injected and node.checked is None  # (checked: by the tool's validation,
-                # an agent's model call; that validation's to refuse, as its caller expects)
-                and not node.tool.injected.keys().isdisjoint(node.args)
-                and node.tool.model_facts.accepts_extra):  # else validation says so below
-            found.append(_injected_given(node))
         if node.refs:
             detail = self._static_check(node)
         elif node.checked is not None:  # validated already (see make_owned_node), or before
@@ -758,17 +753,6 @@ class Plan:
         value = compute()
         self._memo[key] = (version, value)
         return value
-
-
-def _injected_given(node: Node) -> PlanProblem:
-    """The problem of a node given a value for an argument the runtime fills in.
-
-    A tool taking ``**more`` (an agent, a pattern) would take it as one more argument, and the
-    runtime's value (the node's context, the board's handle) would silently replace it.
-    """
-    name = min(node.tool.injected.keys() & node.args.keys())
-    return PlanProblem("bad_arguments", f"{node.tool.name}: unexpected argument {name!r}: the "
-                       "runtime fills it in; give the value another name", node.id)
 
 
 def _same_or(args: dict[str, Any], checked: dict[str, Any]) -> dict[str, Any]:
