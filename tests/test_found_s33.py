@@ -12,6 +12,7 @@ import pytest
 import shoal
 from shoal.exceptions import PlanError, ToolArgumentError
 from shoal.testing import ScriptedModel, call
+from tests.conftest import arun
 
 
 def test_a_model_naming_an_injected_argument_of_an_agent_tool_gets_a_rejected_call() -> None:
@@ -41,3 +42,44 @@ def test_a_tool_taking_more_refuses_its_injected_parameter_by_name() -> None:
     plan.call(tool, x=first, key="mine")  # a ref among the arguments: checked one by one
     with pytest.raises(PlanError, match="'key': the runtime fills it in"):
         plan.validate()
+
+
+class _CtrlCWhenWritten:
+    """A value whose text is a Ctrl-C: pressed while a key template is filled in with it."""
+
+    def __format__(self, spec: str) -> str:
+        raise KeyboardInterrupt
+
+
+@shoal.tool(writes="key:{x}")
+async def write_key(x: Any) -> str:
+    """Write the key."""
+    return "written"
+
+
+@shoal.tool
+async def plain(y: int) -> int:
+    """Return y."""
+    return y
+
+
+def test_a_node_whose_addition_is_cut_short_leaves_the_open_run_as_it_was() -> None:
+    # the graph had the node, the run no slot for it: the next node's slot stood at the wrong
+    # position, and the run ended with an IndexError (or waited for the missing node for ever)
+    async def main() -> shoal.RunResult:
+        async with shoal.Runtime().open_run() as run:
+            first = run.call(plain, y=1)
+            with pytest.raises(KeyboardInterrupt):
+                run.call(write_key, x=_CtrlCWhenWritten())
+            second = run.call(write_key, x=1)
+            third = run.call(write_key, x=1)
+            last = run.call(plain, y=first)
+        result = run.result
+        assert [result[r].status for r in (first, second, third, last)] == ["ok"] * 4
+        assert result[last].value == 1
+        return result
+
+    result = arun(main())
+    assert len(result.outcomes) == 4
+    assert sorted((e.source, e.target, e.kind) for e in result.edges) == [
+        ("plain#1", "plain#2", "data"), ("write_key#2", "write_key#3", "resource")]

@@ -1169,28 +1169,33 @@ class SchedulerState:
         node.index = index
         self._next_index = index + 1
         graph, critical = self.graph, self._critical
-        builder = graph.builder  # (grow's work, without its call, once the graph grows)
-        pos = (builder.extend(node) if builder is not None and gather < 0 else
-               graph.grow(node, gather if gather >= 0 else None))
         tool = node.tool
         executor = choose_executor(tool, self._default_executor)
         backends = self._backends
         if executor not in backends:
             backends.add(executor)
         slots, ended = self._slots, self._ended
-        blocked = -1  # the position of a needed node that did not succeed
-        waiting, done = 0, Phase.DONE
-        for p in graph.preds[pos]:
-            if slots[p].phase is not done:
-                waiting += 1
-            elif blocked < 0 and (failed := ended[p]) is not None and (
-                    failed.status != "ok" and self._must_succeed(p, pos)):
-                blocked = p
-        slot = _Slot(pos, node, waiting, executor)
-        if gather >= 0:
-            slot.gather = gather
-        slots.append(slot)
-        ended.append(None)
+        count = len(slots)
+        try:  # the graph grows and the node gets its slot, or neither: see _forget_from
+            builder = graph.builder  # (grow's work, without its call, once the graph grows)
+            pos = (builder.extend(node) if builder is not None and gather < 0 else
+                   graph.grow(node, gather if gather >= 0 else None))
+            blocked = -1  # the position of a needed node that did not succeed
+            waiting, done = 0, Phase.DONE
+            for p in graph.preds[pos]:
+                if slots[p].phase is not done:
+                    waiting += 1
+                elif blocked < 0 and (failed := ended[p]) is not None and (
+                        failed.status != "ok" and self._must_succeed(p, pos)):
+                    blocked = p
+            slot = _Slot(pos, node, waiting, executor)
+            if gather >= 0:
+                slot.gather = gather
+            slots.append(slot)
+            ended.append(None)
+        except BaseException:  # Ctrl-C in a key template's __format__, say
+            self._forget_from(count, index)
+            raise
         critical.note(node)
         # raised by what is added after it, once that matters: _lift_added
         slot.priority = -critical.estimate(tool) if priority is None else priority
@@ -1217,6 +1222,17 @@ class SchedulerState:
             else:
                 self._make_ready(slot, now, d)
         return slot
+
+    def _forget_from(self, count: int, index: int) -> None:
+        """Undo a node's addition cut short by an error: the nodes from position ``count`` on.
+
+        A node in the graph without a slot would shift every later node's slot from its
+        position, and whatever waited for it would wait for ever: the run could not end.
+        """
+        del self._slots[count:], self._ended[count:]
+        slots = self._slots
+        self.graph.forget_from(count, lambda pos: slots[pos].gather)
+        self._next_index = index
 
     def _lift_added(self) -> None:
         """Give the nodes added since the last call their critical-path priorities.
