@@ -5,12 +5,17 @@ piling up, process agents that do not end, short socket reads, unbounded replies
 
 from __future__ import annotations
 
-from typing import Any
+import enum
+import json
+import math
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
+import pydantic
 import pytest
 
 import shoal
-from shoal.exceptions import PlanError, ToolArgumentError
+from shoal.exceptions import PlanError, ToolArgumentError, ToolDefinitionError
 from shoal.testing import ScriptedModel, call
 from tests.conftest import arun
 
@@ -83,3 +88,51 @@ def test_a_node_whose_addition_is_cut_short_leaves_the_open_run_as_it_was() -> N
     assert len(result.outcomes) == 4
     assert sorted((e.source, e.target, e.kind) for e in result.edges) == [
         ("plain#1", "plain#2", "data"), ("write_key#2", "write_key#3", "resource")]
+
+
+class _NotANumber(enum.Enum):
+    missing = float("nan")
+    one = 1.0
+
+
+@dataclass
+class _Tagged:
+    tag: Literal[b"x"]
+
+
+def _bytes_choice(x: Literal[b"x"]) -> None:
+    """Take the bytes b'x'."""
+
+
+def _nan_member(e: _NotANumber | None = None) -> None:
+    """Take a member."""
+
+
+def _nested_bytes_choice(items: list[_Tagged]) -> None:
+    """Take tagged items."""
+
+
+@pytest.mark.parametrize(("fn", "where", "value"), [
+    (_bytes_choice, "x", "b'x'"), (_nan_member, "e", "nan"), (_nested_bytes_choice,
+                                                              "items.tag", "b'x'")])
+def test_a_choice_no_json_schema_can_offer_is_refused_with_its_parameter(
+        fn: Any, where: str, value: str) -> None:
+    # was: Literal[b"x"] offered as the string "x", which validation refused (a str is not
+    # bytes); an Enum member NaN offered as `NaN`, which is no JSON (and validation refused
+    # nan too: nan != nan)
+    made = shoal.tool(fn)
+    with pytest.raises(ToolDefinitionError, match=f"parameter {where!r} may be .*{value}"):
+        made.json_schema()
+    with pytest.raises(ToolDefinitionError, match="no model can be offered it"):
+        shoal.Agent(name="a", model=ScriptedModel(["x"]), tools=[made]).run_sync("go")
+
+
+def test_a_schema_drops_an_infinite_default_or_bound_and_stays_strict_json() -> None:
+    def bounded(y: float = math.inf, z: Annotated[float, pydantic.Field(ge=-math.inf)] = 1.0,
+                w: Literal["a", 1] = "a") -> None:
+        """Take numbers."""
+
+    schema = shoal.tool(bounded).json_schema()
+    json.dumps(schema, allow_nan=False)  # was: ValueError, 'default': inf is no JSON
+    assert schema["properties"]["y"] == {"type": "number"}
+    assert schema["properties"]["w"] == {"default": "a", "enum": ["a", 1]}

@@ -36,8 +36,10 @@ from shoal.schema import (
     describe_errors,
     field_adapter,
     is_async_callable,
+    misstated_choice,
     model_facts,
     param_docs,
+    strict_json,
     summary,
     unresolved_names,
 )
@@ -353,6 +355,19 @@ class Tool(Generic[P, R]):
             raise
         except BaseException as exc:  # a default's own repr raising SystemExit too
             raise self._no_schema(exc) from None
+        misstated = misstated_choice(self._model, self._renames)
+        if misstated is not None:
+            where, value = misstated
+            raise ToolDefinitionError(
+                f"tool {self.name!r}: parameter {where!r} may be {shown(value)}, which a JSON "
+                "schema cannot offer as it is (JSON has strings, not bytes; no NaN or "
+                "infinity), so no model can be offered it; use str or finite values, or use "
+                "it in plans only")
+        stays = strict_json(schema)
+        if stays:  # (a choice was caught above: this is a value pydantic put elsewhere)
+            raise ToolDefinitionError(
+                f"tool {self.name!r}: its JSON schema holds NaN or infinity at {stays}, which "
+                "JSON cannot hold, so no model can be offered it; use it in plans only")
         schema.pop("title", None)
         for prop in schema.get("properties", {}).values():
             prop.pop("title", None)
