@@ -136,3 +136,29 @@ def test_a_schema_drops_an_infinite_default_or_bound_and_stays_strict_json() -> 
     json.dumps(schema, allow_nan=False)  # was: ValueError, 'default': inf is no JSON
     assert schema["properties"]["y"] == {"type": "number"}
     assert schema["properties"]["w"] == {"default": "a", "enum": ["a", 1]}
+
+
+@shoal.tool
+def given(d: Any) -> Any:
+    """Return what was given."""
+    return d
+
+
+def test_a_ref_as_a_dict_key_is_refused_when_the_call_is_made() -> None:
+    # was: the key was never resolved, and the tool got the Ref object itself
+    plan = shoal.Plan()
+    first = plan.call(given, d="k")
+    for keyed in ({first: 1}, [{"a": {(first, 1): 2}}], {"x": {frozenset([first["f"]]): 1}}):
+        with pytest.raises(PlanError, match=r"a ref is a dict key .*never in keys"):
+            plan.call(given, d=keyed)
+    as_values = plan.call(given, d={"k": first, "s": {first}})  # values: still resolved
+    assert shoal.run_sync(plan)[as_values].value == {"k": "k", "s": {"k"}}
+
+    async def main() -> None:
+        async with shoal.Runtime().open_run() as run:
+            one = run.call(given, d=1)
+            with pytest.raises(PlanError, match="a ref is a dict key"):
+                run.call(given, d={"outer": {one: "v"}})
+        assert len(run.result) == 1
+
+    arun(main())
