@@ -8,6 +8,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+import threading
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -16,8 +17,9 @@ import pytest
 
 import shoal
 from shoal.exceptions import PlanError, ToolArgumentError, ToolDefinitionError
+from shoal.scheduler.state import MAX_ABANDONED
 from shoal.testing import ScriptedModel, call
-from tests.conftest import arun
+from tests.conftest import REAL_HANG_TIMEOUT, arun
 
 
 def test_a_model_naming_an_injected_argument_of_an_agent_tool_gets_a_rejected_call() -> None:
@@ -162,3 +164,24 @@ def test_a_ref_as_a_dict_key_is_refused_when_the_call_is_made() -> None:
         assert len(run.result) == 1
 
     arun(main())
+
+
+def test_a_call_that_hangs_on_a_thread_is_retried_once_not_once_per_retry() -> None:
+    # was: timeout=0.05, retries=20 on a sync tool that blocks left 21 threads behind
+    release = threading.Event()
+    began: list[int] = []
+
+    @shoal.tool(timeout=0.05, retries=20, backoff=0.0)
+    def hangs() -> None:
+        began.append(1)
+        release.wait(REAL_HANG_TIMEOUT)
+
+    try:
+        plan = shoal.Plan()
+        ref = plan.call(hangs)
+        outcome = shoal.run_sync(plan)[ref]
+    finally:
+        release.set()
+    assert (outcome.status, outcome.attempts, len(began)) == ("timed_out", MAX_ABANDONED, 2)
+    assert outcome.abandoned and "not retried: 2 of its attempts were abandoned" in (
+        outcome.reason)
