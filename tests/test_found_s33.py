@@ -6,8 +6,11 @@ piling up, process agents that do not end, short socket reads, unbounded replies
 from __future__ import annotations
 
 import enum
+import inspect
 import json
 import math
+import subprocess
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -16,6 +19,7 @@ import pydantic
 import pytest
 
 import shoal
+from shoal.agents import _process
 from shoal.exceptions import PlanError, ToolArgumentError, ToolDefinitionError
 from shoal.scheduler.state import MAX_ABANDONED
 from shoal.testing import ScriptedModel, call
@@ -185,3 +189,34 @@ def test_a_call_that_hangs_on_a_thread_is_retried_once_not_once_per_retry() -> N
     assert (outcome.status, outcome.attempts, len(began)) == ("timed_out", MAX_ABANDONED, 2)
     assert outcome.abandoned and "not retried: 2 of its attempts were abandoned" in (
         outcome.reason)
+
+
+_LEFT_RUNNING = """
+import asyncio, sys
+from shoal.agents import _process
+from shoal.scheduler.driver import keep_abandoned
+
+async def stubborn():
+    while True:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            pass
+
+async def agent():  # as an agent's run ends once its tool's task was abandoned
+    keep_abandoned(asyncio.create_task(stubborn()))
+    await asyncio.sleep(0)
+
+_process.run_to_end(agent())
+print("ended", flush=True)
+"""
+
+
+def test_a_process_agents_loop_ends_though_a_tool_ignores_its_cancellation() -> None:
+    # was: the agent process ended its loop with asyncio.run, which waited for ever for the
+    # abandoned tool's task: the process never ended by itself
+    done = subprocess.run([sys.executable, "-c", _LEFT_RUNNING], capture_output=True,
+                          text=True, timeout=REAL_HANG_TIMEOUT, check=False)
+    assert (done.returncode, done.stdout) == (0, "ended\n"), done.stderr
+    source = inspect.getsource(_process._serve)
+    assert "run_to_end(run(spec, link))" in source and "asyncio.run(" not in source
