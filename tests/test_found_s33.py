@@ -6,9 +6,12 @@ piling up, process agents that do not end, short socket reads, unbounded replies
 from __future__ import annotations
 
 import enum
+import gc
 import inspect
 import json
 import math
+import os
+import struct
 import subprocess
 import sys
 import threading
@@ -19,7 +22,7 @@ import pydantic
 import pytest
 
 import shoal
-from shoal.agents import _process
+from shoal.agents import _process, remote
 from shoal.exceptions import PlanError, ToolArgumentError, ToolDefinitionError
 from shoal.scheduler.state import MAX_ABANDONED
 from shoal.testing import ScriptedModel, call
@@ -220,3 +223,37 @@ def test_a_process_agents_loop_ends_though_a_tool_ignores_its_cancellation() -> 
     assert (done.returncode, done.stdout) == (0, "ended\n"), done.stderr
     source = inspect.getsource(_process._serve)
     assert "run_to_end(run(spec, link))" in source and "asyncio.run(" not in source
+
+
+@shoal.tool
+def half_message(then: str) -> str:
+    """Write a message's length and a part of it to the agent's socket, then go on."""
+    link = next(o for o in gc.get_objects() if isinstance(o, _process.Link))
+    with link._send_lock:
+        link._sock.sendall(struct.pack(">Q", 1 << 24) + b"part")
+    if then == "exit":  # its process ends: the socket closes short of the length
+        os._exit(0)
+    return "written"  # the agent goes on, then waits for replies that cannot come
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.usefixtures("no_child_process_leak")
+@pytest.mark.parametrize("then", ["exit", "wait"])
+def test_a_short_message_on_an_agents_socket_fails_that_agent_naming_it(
+        then: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # was: a legal length was waited for until the agent ended (never, as it waited for its
+    # parent's replies) or, its socket closed, taken for a process that died
+    monkeypatch.setattr(remote, "MESSAGE_WAIT", 2.0)
+    model = ScriptedModel.per_prompt({
+        "go": [[call("reader", task="t"), call("reader", task="s")], "done"],
+        "t": [[call("half_message", then=then)], "read"], "s": [[call("plain", y=1)], "sib"]})
+    reader = shoal.Agent(name="reader", model=model, tools=[half_message, plain],
+                         isolation="process")
+    result = shoal.Agent(name="lead", model=model, subagents=[reader]).run_sync(
+        "go", budget=shoal.Budget(wall_clock=60))
+    short, sibling = result.children
+    assert (result.output, sibling.status, sibling.output) == ("done", "ok", "sib")
+    assert short.status == "failed" and isinstance(short.error, shoal.SerializationError)
+    assert "lead/reader#1" in str(short.error) and "a short read" in str(short.error)
+    assert ("its socket ended after 4" if then == "exit" else "not all came within") in str(
+        short.error)
