@@ -27,6 +27,13 @@ from shoal.exceptions import PlanError, ToolArgumentError, ToolDefinitionError
 from shoal.scheduler.state import MAX_ABANDONED
 from shoal.testing import ScriptedModel, call
 from tests.conftest import REAL_HANG_TIMEOUT, arun
+from tests.wire import (
+    AnthropicWireServer,
+    OpenAIWireServer,
+    text_reply,
+    tool_call_reply,
+)
+from tests.wire import call as wire_call
 
 
 def test_a_model_naming_an_injected_argument_of_an_agent_tool_gets_a_rejected_call() -> None:
@@ -257,3 +264,27 @@ def test_a_short_message_on_an_agents_socket_fails_that_agent_naming_it(
     assert "lead/reader#1" in str(short.error) and "a short read" in str(short.error)
     assert ("its socket ended after 4" if then == "exit" else "not all came within") in str(
         short.error)
+
+
+@pytest.mark.parametrize("server_class", [OpenAIWireServer, AnthropicWireServer])
+def test_a_reply_asks_for_no_more_output_than_the_token_budget_leaves(
+        server_class: Any) -> None:
+    # was: a reply that is not streamed was counted only once it had come, whatever its
+    # length (the provider's own limit, thousands of tokens past the budget)
+    replies = [tool_call_reply(wire_call("plain", {"y": 1})), text_reply("done")]
+    with server_class(replies) as server:
+        model = server.model()
+        agent = shoal.Agent(name="a", model=model, tools=[plain], stream_dispatch=False,
+                            settings=shoal.ModelSettings(max_tokens=100_000))
+
+        async def main() -> Any:
+            try:
+                return await agent.run("go", budget=shoal.Budget(tokens=1000))
+            finally:
+                await model.aclose()
+
+        result = arun(main(), timeout=120)
+        assert not server.errors, server.errors
+        asked = [r.body["max_tokens"] for r in server.requests]
+    assert result.output == "done"
+    assert asked[0] == 1000 and 0 < asked[1] < 1000  # what the first turn spent is taken off
