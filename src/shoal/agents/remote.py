@@ -142,7 +142,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CANCEL_GRACE", "PARENT_EVENTS", "PARENT_MEMORY", "PARENT_MEMORY_EVENTS",
            "PARENT_STORE", "STORE_METHODS", "Channel", "Mirrored", "ProcessChannel",
-           "ShortRead", "StartSpec", "TreeServer", "load_message", "load_mirrored", "routed_store",
+           "StartSpec", "TreeServer", "load_message", "load_mirrored", "routed_store",
            "run_elsewhere", "start_spec", "without_refused"]
 
 #: Seconds a cancelled agent process gets to record its end before it is killed.
@@ -362,13 +362,9 @@ async def read_body(reader: asyncio.StreamReader, what: str) -> bytes | None:
         came = f"its socket failed before all came ({exc})"
     except TimeoutError:
         came = f"not all came within {wait:g} s"
-    raise ShortRead(
+    raise SerializationError(
         f"{what} announced {size:,} bytes, but {came}: a short read (something wrote part of a "
         f"message to its socket, or its process died while writing one)")
-
-
-class ShortRead(SerializationError):
-    """A message from an agent's process or actor whose body did not all come (see read_body)."""
 
 
 #: The shape of each message an agent sends (see the module docstring): its length, and a
@@ -1388,17 +1384,18 @@ async def run_elsewhere(run: AgentRun) -> AgentResult[Any]:
         except asyncio.CancelledError:
             await _stop(run, channel, serving, server)
             raise
-        except (_Gone, ShortRead) as gone:
+        except _Gone:
             if deadlines:  # killed when it did not stop in time: stopped, not crashed
                 _stopped(run, server)
-            elif isinstance(gone, ShortRead):
-                _fail(run, "failed", gone, server)
             else:
                 cause = await channel.ended()
                 _fail(run, "failed", AgentError(
                     f"the process running agent {run.lineage} died: {cause}"), server)
         except Exception as exc:  # it could not load the agent; a reply that does not load
-            _fail(run, "failed", exc, server)
+            if deadlines and isinstance(exc, SerializationError):  # cut short by the kill
+                _stopped(run, server)
+            else:
+                _fail(run, "failed", exc, server)
     finally:
         for timer in deadlines:
             timer.cancel()
