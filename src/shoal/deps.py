@@ -22,7 +22,7 @@ import copy
 import heapq
 import string
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, Literal, NamedTuple
@@ -129,6 +129,33 @@ class Graph:
                 raise RuntimeError("the empty plans' shared graph cannot grow: fork it first")
             self.builder = _Builder.resume(self)
         return self.builder.extend(node, within)
+
+    def forget_from(self, count: int, map_of: Callable[[int], int]) -> None:
+        """Forget every node at position ``count`` or later, and every edge to it.
+
+        For a node whose growth was cut short by an error (see ``SchedulerState``): the graph
+        is as it was before. Rare, so it works from the graph, not from a log of changes:
+        the builder is made again from the nodes kept (``map_of(pos)`` is the position of the
+        map whose item the node at ``pos`` is, or -1).
+        """
+        nodes, preds, succs = self.nodes, self.preds, self.succs
+        if max(len(nodes), len(preds), len(succs)) <= count and all(
+                at < count for at in self.position.values()):
+            return  # nothing grew (the empty plans' shared graph, too, is never changed)
+        for at in range(count, len(preds)):  # each edge is in its target's preds first
+            for source in preds[at]:
+                if source < count:
+                    kept = [s for s in succs[source] if s < count]
+                    succs[source] = kept if isinstance(succs[source], list) else tuple(kept)
+        gone = {n.id for n in nodes[count:]}
+        for name, at in list(self.position.items()):
+            if at >= count:
+                del self.position[name]
+        del nodes[count:], preds[count:], succs[count:]
+        self.extra[:] = [e for e in self.extra if e.target not in gone]
+        self.listed = None  # made again from the nodes, on first use
+        if self.builder is not None:
+            self.builder = _Builder.resume(self, map_of)
 
     def fork(self) -> Graph:
         """A copy that can grow without changing this one (a plan's graph is cached)."""
@@ -262,14 +289,20 @@ class _Builder:
         self._maps: dict[int, _Builder] = {}  # a map's position -> what its items meet
 
     @classmethod
-    def resume(cls, graph: Graph) -> _Builder:
-        """A builder that continues ``graph`` (sharing its lists), to grow it."""
+    def resume(cls, graph: Graph, map_of: Callable[[int], int] | None = None) -> _Builder:
+        """A builder that continues ``graph`` (sharing its lists), to grow it.
+
+        ``map_of(pos)``: the position of the map whose item the node at ``pos`` is (-1: none),
+        for a graph that has maps' items; their footprints meet only their map's other items.
+        """
         b = cls.__new__(cls)  # not cls([]): its lists would be replaced by the graph's at once
         b._own()
         b._share(graph)
         for i in graph.position.values():
-            b.footprint(i, with_edges=False)
-            b.barrier(i, with_edges=False)
+            within = -1 if map_of is None else map_of(i)
+            order = b if within < 0 else b._items_of(within)
+            order.footprint(i, with_edges=False)
+            order.barrier(i, with_edges=False)
         return b
 
     @property

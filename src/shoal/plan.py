@@ -34,6 +34,11 @@ PathPart = str | int
 T = TypeVar("T")
 
 
+#: Whether a :class:`Ref` was ever hashed in this process (put in a set, or made a dict key):
+#: until then no dict of any call's arguments can have one as a key (see _refuse_ref_keys).
+_ref_hashed = False
+
+
 class Ref:
     """The output of a plan node, or a part of it reached through ``[key]`` steps."""
 
@@ -66,6 +71,8 @@ class Ref:
         return isinstance(other, Ref) and (self.node, self.path) == (other.node, other.path)
 
     def __hash__(self) -> int:
+        global _ref_hashed
+        _ref_hashed = True  # it may be a dict key from now on: find_refs looks at keys too
         return hash((self.node, self.path))
 
     def __bool__(self) -> bool:
@@ -163,6 +170,8 @@ def find_refs(value: Any) -> list[Ref]:
     Subclasses (``OrderedDict``, ``defaultdict``, named tuples ...) are walked too; the
     scheduler's ``resolve_arguments`` rebuilds exactly the containers walked here.
     """
+    if _ref_hashed:  # a ref may be a dict key: see _refuse_ref_keys
+        return _find_refs_tracked(value, keys=True)
     found: list[Ref] = []
     stack = [value]
     left = _CONTAINERS_UNTRACKED  # past this many, a value may hold itself: walk it tracked
@@ -186,8 +195,11 @@ def find_refs(value: Any) -> list[Ref]:
 _CONTAINERS_UNTRACKED = 1_000_000  # about a tenth of a second of walking
 
 
-def _find_refs_tracked(value: Any) -> list[Ref]:
-    """:func:`find_refs` walking each container once (one holding itself would never end)."""
+def _find_refs_tracked(value: Any, *, keys: bool = False) -> list[Ref]:
+    """:func:`find_refs` walking each container once (one holding itself would never end).
+
+    ``keys``: each dict's keys are checked too (see :func:`_refuse_ref_keys`).
+    """
     found: list[Ref] = []
     stack = [value]
     walked: set[int] = set()
@@ -199,6 +211,8 @@ def _find_refs_tracked(value: Any) -> list[Ref]:
             if id(item) not in walked:
                 walked.add(id(item))
                 stack.extend(item.values())
+                if keys and not _NO_REFS.issuperset(map(type, item)):
+                    _refuse_ref_keys(item)
         elif isinstance(item, _WALKED) and id(item) not in walked:
             walked.add(id(item))
             stack.extend(item)
@@ -206,6 +220,25 @@ def _find_refs_tracked(value: Any) -> list[Ref]:
 
 
 _NO_REFS = frozenset({int, str, float, bool, bytes, type(None)})  # values that hold no ref
+
+
+def _refuse_ref_keys(mapping: dict[Any, Any]) -> None:
+    """Raise a :class:`PlanError` if a key of ``mapping`` is, or holds, a :class:`Ref`.
+
+    Refs are resolved in values only (the scheduler rebuilds a dict's values, not its keys):
+    such a key would reach the tool as the ref itself. Looking at every key of every dict
+    of every call's arguments would cost a dict-heavy plan a third of its time, so keys are
+    looked at only once a ref has been hashed in this process (a ref is hashed as it becomes
+    a key; shoal's own code never hashes one): see :meth:`Ref.__hash__`.
+    """
+    for key in mapping:
+        if type(key) in _NO_REFS:
+            continue
+        if isinstance(key, Ref) or (isinstance(key, _WALKED) and find_refs(key)):
+            raise PlanError([PlanProblem("bad_arguments", (
+                f"a ref is a dict key ({shown(key)}): refs are filled in only where they are "
+                "values (of a dict, a list, a tuple, a set), never in keys; pass the pairs as "
+                "a list of [key, value] items, or let a tool build the dict"))])
 
 
 def _refs_in(arguments: dict[str, Any]) -> tuple[Ref, ...]:
@@ -690,11 +723,6 @@ class Plan:
             found.append(PlanProblem("bad_arguments", f"{node.tool.name}: map item_arg "
                                      f"{node.map.item_arg!r} is not one of its arguments "
                                      f"({names})", node.id))
-        if (node.tool.injected and node.checked is None  # (checked: by the tool's validation,
-                # an agent's model call; that validation's to refuse, as its caller expects)
-                and not node.tool.injected.keys().isdisjoint(node.args)
-                and node.tool.model_facts.accepts_extra):  # else validation says so below
-            found.append(_injected_given(node))
         if node.refs:
             detail = self._static_check(node)
         elif node.checked is not None:  # validated already (see make_owned_node), or before
@@ -758,17 +786,6 @@ class Plan:
         value = compute()
         self._memo[key] = (version, value)
         return value
-
-
-def _injected_given(node: Node) -> PlanProblem:
-    """The problem of a node given a value for an argument the runtime fills in.
-
-    A tool taking ``**more`` (an agent, a pattern) would take it as one more argument, and the
-    runtime's value (the node's context, the board's handle) would silently replace it.
-    """
-    name = min(node.tool.injected.keys() & node.args.keys())
-    return PlanProblem("bad_arguments", f"{node.tool.name}: unexpected argument {name!r}: the "
-                       "runtime fills it in; give the value another name", node.id)
 
 
 def _same_or(args: dict[str, Any], checked: dict[str, Any]) -> dict[str, Any]:

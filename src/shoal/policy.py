@@ -125,6 +125,11 @@ class RetryPolicy:
     ``[1 - jitter, 1]`` so that many failing calls do not retry in lock-step. These are the
     names ``@tool(retries=, backoff=, max_backoff=, jitter=)`` takes too.
 
+    An attempt that timed out while its work could not be stopped (a sync tool's thread, a
+    task ignoring its cancellation) is *abandoned*, still running. A call is retried after one
+    such attempt, but not after a second (``shoal.scheduler.state.MAX_ABANDONED``), whatever
+    ``retries`` says: each retry of a call that hangs would leave one more thread behind.
+
     ``base_delay`` and ``max_delay``, the former names of ``backoff`` and ``max_backoff``, are
     still accepted (and readable) for one release, with a :class:`DeprecationWarning`.
     """

@@ -8,8 +8,10 @@ publishes the JSON schema. Parameter names pydantic cannot use as fields (``sche
 
 from __future__ import annotations
 
+import enum
 import functools
 import inspect
+import math
 import re
 import textwrap
 import types
@@ -47,8 +49,10 @@ __all__ = [
     "describe_errors",
     "field_adapter",
     "is_async_callable",
+    "misstated_choice",
     "model_facts",
     "param_docs",
+    "strict_json",
     "summary",
     "unresolved_names",
 ]
@@ -399,6 +403,100 @@ def _has_default_factory(schema: Any) -> bool | None:
         elif type(item) is list or type(item) is tuple:
             stack.extend(item)
     return False
+
+
+def _misstated(value: Any) -> bool:
+    """Whether a JSON schema would offer ``value`` as something else, or not as JSON at all.
+
+    pydantic writes a ``bytes`` value out as a string, which validation then refuses (a str
+    is not bytes), and a float NaN or infinity as itself, which strict JSON cannot hold.
+    """
+    if isinstance(value, enum.Enum):
+        value = value.value
+    return isinstance(value, bytes) or (isinstance(value, float) and not math.isfinite(value))
+
+
+def misstated_choice(model: type[pydantic.BaseModel],
+                     renames: Mapping[str, str]) -> tuple[str, Any] | None:
+    """(argument path, value) of a ``Literal`` or ``Enum`` choice no JSON schema can offer.
+
+    Such a choice (see :func:`_misstated`) would be advertised as a value its validation
+    refuses, or as no JSON: ``None`` when the model has none. Defaults are not looked at (a
+    default is the tool's own value: a schema can leave it out).
+    """
+    schema: Any = model.__pydantic_core_schema__
+    if not isinstance(schema, dict):  # not built (unresolved names): said elsewhere
+        return None
+    defs: dict[str, Any] = {}
+    stack: list[tuple[Any, str]] = [(schema, "")]
+    seen: set[int] = set()
+    while stack:
+        item, where = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, (list, tuple)):
+            stack.extend((x, where) for x in item)
+            continue
+        if not isinstance(item, dict):
+            continue
+        kind = item.get("type")
+        if kind == "literal" or kind == "enum":
+            for value in item.get("expected" if kind == "literal" else "members", ()):
+                if _misstated(value):
+                    return where, value
+        if kind == "definitions":
+            defs.update((d["ref"], d) for d in item["definitions"])
+            stack.append((item["schema"], where))
+        elif kind == "definition-ref":
+            stack.append((defs.get(item["schema_ref"]), where))
+        elif kind in ("model-fields", "typed-dict-fields"):
+            top = not where and item.get("model_name") == model.__name__
+            stack.extend((f, _joined(where, renames.get(k, k) if top else k))
+                         for k, f in item["fields"].items())
+        elif kind == "dataclass-args":
+            stack.extend((f, _joined(where, f["name"])) for f in item["fields"])
+        else:
+            stack.extend((v, where) for k, v in item.items()
+                         if k not in ("default", "metadata", "expected", "members"))
+    return None
+
+
+def _joined(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+#: Schema keywords a non-finite float may be dropped from: the schema then says less (no
+#: bound, no default shown), never something validation refuses.
+_DROPPABLE = frozenset({"default", "examples", "minimum", "maximum", "exclusiveMinimum",
+                        "exclusiveMaximum", "multipleOf"})
+
+
+def strict_json(schema: dict[str, Any]) -> str:
+    """Make a JSON schema strict JSON in place: '' once it is, else where a NaN or inf stays.
+
+    A non-finite float under a keyword of :data:`_DROPPABLE` (a default of ``inf``, a bound
+    ``le=math.inf``) is dropped with its keyword; anywhere else it is reported, as a path.
+    """
+    stack: list[tuple[Any, str]] = [(schema, "")]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, dict):
+            for key in [k for k in item if k in _DROPPABLE and _non_finite(item[k])]:
+                del item[key]
+            stack.extend((v, f"{where}/{k}") for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((v, f"{where}/{i}") for i, v in enumerate(item))
+        elif isinstance(item, float) and not math.isfinite(item):
+            return where or "/"
+    return ""
+
+
+def _non_finite(value: Any) -> bool:
+    """Whether ``value`` is, or (a list) holds, a float NaN or infinity."""
+    if isinstance(value, list):
+        return any(map(_non_finite, value))
+    return isinstance(value, float) and not math.isfinite(value)
 
 
 def is_async_callable(fn: Any) -> bool:

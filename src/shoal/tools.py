@@ -36,8 +36,10 @@ from shoal.schema import (
     describe_errors,
     field_adapter,
     is_async_callable,
+    misstated_choice,
     model_facts,
     param_docs,
+    strict_json,
     summary,
     unresolved_names,
 )
@@ -245,9 +247,18 @@ class Tool(Generic[P, R]):
         renames = self._renames
         values = ({renames.get(k, k): v for k, v in instance.__dict__.items()} if renames
                   else dict(instance.__dict__))
-        if instance.__pydantic_extra__:
-            values.update(instance.__pydantic_extra__)
+        extra = instance.__pydantic_extra__
+        if extra:  # a tool taking **more: any name but one the runtime fills in itself
+            if self.injected and not self.injected.keys().isdisjoint(extra):
+                name = next(n for n in extra if n in self.injected)
+                raise ToolArgumentError(self.name, name, self._injected_given(name))
+            values.update(extra)
         return values
+
+    def _injected_given(self, name: str) -> str:
+        """Why a call may not pass ``name``, a parameter the runtime fills in."""
+        return (f"unexpected argument {name!r}: the runtime fills it in "
+                f"({self.injected[name]}); leave it out, or give the value another name")
 
     def _checker_failed(self, exc: BaseException) -> ShoalError:
         """The error for validation that raised ``exc`` instead of judging the arguments.
@@ -309,6 +320,8 @@ class Tool(Generic[P, R]):
         problems = [f"argument {n!r}: Field required" for n in sorted(facts.required - set(args))]
         if not facts.accepts_extra:
             problems += [f"unexpected argument {n!r}" for n in args if n not in self._param_names]
+        elif self.injected:
+            problems += [self._injected_given(n) for n in args if n in self.injected]
         for name, value in args.items():
             if name in self._param_names and name not in pending:
                 problems += self._check_one(name, value)
@@ -342,6 +355,19 @@ class Tool(Generic[P, R]):
             raise
         except BaseException as exc:  # a default's own repr raising SystemExit too
             raise self._no_schema(exc) from None
+        misstated = misstated_choice(self._model, self._renames)
+        if misstated is not None:
+            where, value = misstated
+            raise ToolDefinitionError(
+                f"tool {self.name!r}: parameter {where!r} may be {shown(value)}, which a JSON "
+                "schema cannot offer as it is (JSON has strings, not bytes; no NaN or "
+                "infinity), so no model can be offered it; use str or finite values, or use "
+                "it in plans only")
+        stays = strict_json(schema)
+        if stays:  # (a choice was caught above: this is a value pydantic put elsewhere)
+            raise ToolDefinitionError(
+                f"tool {self.name!r}: its JSON schema holds NaN or infinity at {stays}, which "
+                "JSON cannot hold, so no model can be offered it; use it in plans only")
         schema.pop("title", None)
         for prop in schema.get("properties", {}).values():
             prop.pop("title", None)

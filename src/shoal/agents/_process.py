@@ -30,7 +30,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from shoal.agents.remote import HEADER, _plain_message, _plain_tool_call
@@ -944,8 +944,26 @@ def _serve(argv: list[str]) -> int:
         apply_limits(spec.limits.memory, spec.limits.open_files)
         cpu_budget(spec.limits.cpu_seconds)
     link.start_reading()
-    asyncio.run(run(spec, link))
+    run_to_end(run(spec, link))
     return 0
+
+
+def run_to_end(main: Coroutine[Any, Any, object]) -> None:
+    """Run ``main`` on a fresh event loop, then close the loop without waiting for ever.
+
+    As ``asyncio.run``, but the tasks left get the abandon grace and no more, as a
+    ``*_sync`` call's do (:func:`shoal.runtime.close_runner`): a tool's task that ignores its
+    cancellation (abandoned by its call's timeout) would keep this process, and the agent,
+    from ever ending.
+    """
+    from shoal.runtime import close_runner
+
+    runner = asyncio.Runner()
+    loop = runner.get_loop()
+    try:
+        runner.run(main)
+    finally:
+        close_runner(runner, loop)
 
 
 if __name__ == "__main__":

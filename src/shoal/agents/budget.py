@@ -39,7 +39,9 @@ class Budget:
     Args:
         tokens: input plus output tokens of every model request in the tree (a reply still
             streaming counts a token per 16 characters at least, so one that never ends is
-            stopped too).
+            stopped too; each request asks for no more output than is left, so a reply that
+            is not streamed is bounded too: in a process or Ray agent, by what is left after
+            that agent's own spending).
         cost: US dollars, for models with a known price.
         requests: model requests across the tree (each agent turn is one request; an agent's
             own ``max_turns`` bounds its requests alone).
@@ -161,6 +163,15 @@ class BudgetTracker:
             self.stop(BudgetExceeded("tokens", self.usage.total_tokens, tokens, where))
         if cost is not None and (self.usage.cost or 0.0) > cost:
             self.stop(BudgetExceeded("cost", self.usage.cost or 0.0, cost, where))
+
+    def tokens_left(self) -> int | None:
+        """The tokens the tree may still spend (at least 1), ``None`` without ``tokens``.
+
+        A request's output is capped to it (see ``ModelRequest.token_cap``): a reply that is
+        not streamed is counted only once it has come, whatever its length.
+        """
+        tokens = self.budget.tokens
+        return None if tokens is None else max(tokens - self.usage.total_tokens, 1)
 
     def check_streamed(self, chars: int, where: str) -> None:
         """Stop the tree once a reply still streaming has surely gone over ``tokens``.

@@ -558,7 +558,8 @@ class Planner:
         agent = self.agent
         return ModelRequest(instructions=self.instructions, messages=self._conversation(),
                             tools=(), settings=agent.settings, lineage=self.lineage,
-                            plan_tools=agent.tool_specs if plan else ())
+                            plan_tools=agent.tool_specs if plan else (),
+                            token_cap=self.ctx.tracker.tokens_left())
 
     @property
     def instructions(self) -> str:

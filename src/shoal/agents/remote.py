@@ -165,6 +165,12 @@ HEADER = struct.Struct(">Q")
 #: The most bytes one message from an agent may announce: more is garbage on its socket (a
 #: tool writing to it), whose announced length would be waited for until the agent ended.
 MAX_MESSAGE = 1 << 32
+#: Seconds a message's body may take to come once its length has, plus one per
+#: :data:`SLOWEST_RATE` bytes of it: an agent writes each message whole, so a body that does
+#: not come is part of one written to its socket by something else (a tool), and its length
+#: would be waited for until the agent ended (never, if it waits for a reply meanwhile).
+MESSAGE_WAIT = 30.0
+SLOWEST_RATE = 1 << 20
 
 log = logging.getLogger("shoal")
 
@@ -330,18 +336,35 @@ async def read_body(reader: asyncio.StreamReader, what: str) -> bytes | None:
     """The next message's pickled body on ``reader``, or ``None`` once it ends.
 
     Raises :class:`~shoal.exceptions.SerializationError` for a length past
-    :data:`MAX_MESSAGE` (garbage where a message should start).
+    :data:`MAX_MESSAGE` (garbage where a message should start), and for a body shorter than
+    its length: the socket ended before all of it came, or it did not come within
+    :data:`MESSAGE_WAIT` seconds (more for a large one).
     """
     try:
         header = await reader.readexactly(HEADER.size)
-        size = HEADER.unpack(header)[0]
-        if size > MAX_MESSAGE:
-            raise SerializationError(
-                f"{what} announced {size:,} bytes, more than any message may hold "
-                f"({MAX_MESSAGE:,}): something wrote other bytes to its socket ({header!r})")
-        return await reader.readexactly(size)
     except (asyncio.IncompleteReadError, ConnectionError):
         return None
+    size = HEADER.unpack(header)[0]
+    if size > MAX_MESSAGE:
+        raise SerializationError(
+            f"{what} announced {size:,} bytes, more than any message may hold "
+            f"({MAX_MESSAGE:,}): something wrote other bytes to its socket ({header!r})")
+    buffered = getattr(reader, "_buffer", None)  # (CPython's StreamReader keeps one)
+    if buffered is not None and len(buffered) >= size:  # here whole: no timer to arm
+        return await reader.readexactly(size)
+    wait = MESSAGE_WAIT + size / SLOWEST_RATE
+    try:
+        async with asyncio.timeout(wait):
+            return await reader.readexactly(size)
+    except asyncio.IncompleteReadError as exc:
+        came = f"its socket ended after {len(exc.partial):,}"
+    except ConnectionError as exc:
+        came = f"its socket failed before all came ({exc})"
+    except TimeoutError:
+        came = f"not all came within {wait:g} s"
+    raise SerializationError(
+        f"{what} announced {size:,} bytes, but {came}: a short read (something wrote part of a "
+        f"message to its socket, or its process died while writing one)")
 
 
 #: The shape of each message an agent sends (see the module docstring): its length, and a
@@ -1369,7 +1392,10 @@ async def run_elsewhere(run: AgentRun) -> AgentResult[Any]:
                 _fail(run, "failed", AgentError(
                     f"the process running agent {run.lineage} died: {cause}"), server)
         except Exception as exc:  # it could not load the agent; a reply that does not load
-            _fail(run, "failed", exc, server)
+            if deadlines and isinstance(exc, SerializationError):  # cut short by the kill
+                _stopped(run, server)
+            else:
+                _fail(run, "failed", exc, server)
     finally:
         for timer in deadlines:
             timer.cancel()

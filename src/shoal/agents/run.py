@@ -458,7 +458,7 @@ class AgentRun:
             instructions=agent.full_instructions, messages=tuple(self.result.messages),
             tools=agent.tool_specs, settings=agent.settings,
             output_schema=agent.output_spec.schema if agent.output_spec else None,
-            lineage=self.lineage)
+            lineage=self.lineage, token_cap=self.ctx.tracker.tokens_left())
 
     def start_turn(self) -> None:
         """Charge one model request to the budget and count it as this agent's turn."""

@@ -223,7 +223,7 @@ class AnthropicModel(Model):
         settings = request.settings
         params: dict[str, Any] = {
             "model": self.model,
-            "max_tokens": settings.max_tokens or self.max_tokens,
+            "max_tokens": request.output_tokens(self.max_tokens),
             "messages": anthropic_messages(request.messages),
         }
         if request.instructions:

@@ -262,6 +262,11 @@ class ModelRequest:
             tools (they are described in the instructions, and ``tools`` is empty so that
             the model writes text); a model that can constrain its output to a grammar does
             so.
+        token_cap: the most tokens the tree's ``Budget(tokens=)`` leaves for this reply
+            (``None``: no such budget). An adapter asks for no more output than the lesser of
+            it and ``settings.max_tokens`` (see :meth:`output_tokens`): a reply that is not
+            streamed is counted only once it has come, so only the provider can stop it in
+            time. Not part of the request's identity in the journal.
 
     ``copy.deepcopy`` of a request copies the mutable parts (tool schemas, settings, output
     schema) and shares the immutable messages, so a model that changes its request cannot
@@ -275,6 +280,7 @@ class ModelRequest:
     output_schema: Mapping[str, Any] | None = None
     lineage: str = ""
     plan_tools: Sequence[ToolSpec] = ()
+    token_cap: int | None = None
 
     def __post_init__(self) -> None:
         # the type checks inline: most requests hold tuples already (an agent's do), and a
@@ -296,7 +302,16 @@ class ModelRequest:
         # bookkeeping for the tuples cost more than copying the schemas themselves
         return ModelRequest(
             self.instructions, self.messages, tools, copy.deepcopy(self.settings, memo),
-            _json_copy(self.output_schema, memo), self.lineage, plan_tools)
+            _json_copy(self.output_schema, memo), self.lineage, plan_tools, self.token_cap)
+
+    def output_tokens(self, default: int | None = None) -> int | None:
+        """The most output tokens to ask for (``None``: the provider's own limit).
+
+        That is ``settings.max_tokens`` (else ``default``), lowered to :attr:`token_cap`.
+        """
+        most = self.settings.max_tokens if self.settings.max_tokens is not None else default
+        cap = self.token_cap
+        return most if cap is None or (most is not None and most <= cap) else max(cap, 1)
 
 
 def _specs_copy(specs: Sequence[ToolSpec], memo: dict[int, Any]) -> tuple[ToolSpec, ...]:

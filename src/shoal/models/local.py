@@ -827,7 +827,7 @@ class LocalModel(Model):
                                         "schema": _inline_refs(request.output_schema)}
         settings = request.settings
         extra.update(settings.extra)
-        max_tokens = settings.max_tokens if settings.max_tokens is not None else self.max_tokens
+        max_tokens = request.output_tokens(self.max_tokens)
         settings = replace(settings, max_tokens=max_tokens, parallel_tool_calls=None,
                            extra=extra)
         messages = tuple(_plain_messages(request.messages,

@@ -245,8 +245,8 @@ class OpenAIModel(Model):
                 "name": "output", "schema": dict(request.output_schema), "strict": False}}
         if settings.temperature is not None:
             params["temperature"] = settings.temperature
-        if settings.max_tokens is not None:
-            params[self._max_tokens_key] = settings.max_tokens
+        if (most := request.output_tokens()) is not None:
+            params[self._max_tokens_key] = most
         if settings.extra:
             params["extra_body"] = dict(settings.extra)
         return params

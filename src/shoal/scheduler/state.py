@@ -277,9 +277,10 @@ class Ended(NamedTuple):
 class _Rare:
     """The fields of a slot that few nodes ever set: approvals, cancellations, skips, maps."""
 
-    __slots__ = ("approval", "cancel_reason", "cancel_status", "items", "root")
+    __slots__ = ("abandoned", "approval", "cancel_reason", "cancel_status", "items", "root")
 
     def __init__(self) -> None:
+        self.abandoned = 0  # attempts abandoned with their work still running (see finish)
         self.approval: _Approval | None = None  # set once the node was asked about
         self.cancel_reason = ""
         self.cancel_status: Status = "cancelled"
@@ -479,6 +480,24 @@ class _SlotsView:
 
     def __iter__(self) -> Iterator[AnySlot]:
         return (self._state._record_at(pos) for pos in range(len(self._state._slots)))
+
+
+#: How many attempts of one call may be abandoned with their work still running before it is
+#: retried no more, whatever its ``retries``: a thread cannot be stopped (and a task may ignore
+#: its cancellation), so each retry of a call that hangs would leave one more thread behind,
+#: taking a place in the pool from every other call (``timeout=0.05, retries=20`` on a sync
+#: tool that blocks: 21 threads). So a call that hangs gets one fresh attempt, not twenty.
+MAX_ABANDONED = 2
+
+
+def _left_running(slot: _Slot) -> str:
+    """Count an attempt of ``slot`` abandoned still running; why it is not retried, if not."""
+    rare = slot.own()
+    rare.abandoned += 1
+    if rare.abandoned < MAX_ABANDONED:
+        return ""
+    return (f"not retried: {rare.abandoned} of its attempts were abandoned still running "
+            f"(a thread cannot be stopped), and each retry would leave one more behind")
 
 
 def choose_executor(tool: Tool[..., Any], default: Isolation | None) -> Isolation:
@@ -700,9 +719,11 @@ class SchedulerState:
         if result.began is not None and slot.attempts == 1 and slot.started_at is not None:
             slot.started_at = max(slot.started_at, result.began)  # exclude waiting for a worker
         status = slot.cancel_status if result.status == "cancelled" else result.status
+        kept_running = ""  # why an abandoned attempt is not retried (see MAX_ABANDONED)
         if (status != "ok" and status != "cancelled" and not self.stopping
                 and not slot.cancel_reason and result.error is not None
-                and slot.node.tool.policy.retry.should_retry(result.error, slot.attempts)):
+                and slot.node.tool.policy.retry.should_retry(result.error, slot.attempts)
+                and not (result.abandoned and (kept_running := _left_running(slot)))):
             delay = slot.node.tool.policy.retry.delay(slot.attempts, self._rng)
             self._set_phase(slot, Phase.BACKOFF)
             d.timer(now + delay, "retry", pos)
@@ -721,6 +742,8 @@ class SchedulerState:
             if result.abandoned and result.reason:  # the driver abandoned it: say so too
                 said = (f"{slot.cancel_reason}; {result.reason}" if slot.cancel_reason
                         else result.reason)
+            if kept_running:
+                said = f"{said}; {kept_running}" if said else kept_running
             self._record(slot, status, end, d, value=result.value, error=error, reason=said,
                          abandoned=result.abandoned)
         self._dispatch(now, d)
@@ -1169,28 +1192,33 @@ class SchedulerState:
         node.index = index
         self._next_index = index + 1
         graph, critical = self.graph, self._critical
-        builder = graph.builder  # (grow's work, without its call, once the graph grows)
-        pos = (builder.extend(node) if builder is not None and gather < 0 else
-               graph.grow(node, gather if gather >= 0 else None))
         tool = node.tool
         executor = choose_executor(tool, self._default_executor)
         backends = self._backends
         if executor not in backends:
             backends.add(executor)
         slots, ended = self._slots, self._ended
-        blocked = -1  # the position of a needed node that did not succeed
-        waiting, done = 0, Phase.DONE
-        for p in graph.preds[pos]:
-            if slots[p].phase is not done:
-                waiting += 1
-            elif blocked < 0 and (failed := ended[p]) is not None and (
-                    failed.status != "ok" and self._must_succeed(p, pos)):
-                blocked = p
-        slot = _Slot(pos, node, waiting, executor)
-        if gather >= 0:
-            slot.gather = gather
-        slots.append(slot)
-        ended.append(None)
+        count = len(slots)
+        try:  # the graph grows and the node gets its slot, or neither: see _forget_from
+            builder = graph.builder  # (grow's work, without its call, once the graph grows)
+            pos = (builder.extend(node) if builder is not None and gather < 0 else
+                   graph.grow(node, gather if gather >= 0 else None))
+            blocked = -1  # the position of a needed node that did not succeed
+            waiting, done = 0, Phase.DONE
+            for p in graph.preds[pos]:
+                if slots[p].phase is not done:
+                    waiting += 1
+                elif blocked < 0 and (failed := ended[p]) is not None and (
+                        failed.status != "ok" and self._must_succeed(p, pos)):
+                    blocked = p
+            slot = _Slot(pos, node, waiting, executor)
+            if gather >= 0:
+                slot.gather = gather
+            slots.append(slot)
+            ended.append(None)
+        except BaseException:  # Ctrl-C in a key template's __format__, say
+            self._forget_from(count, index)
+            raise
         critical.note(node)
         # raised by what is added after it, once that matters: _lift_added
         slot.priority = -critical.estimate(tool) if priority is None else priority
@@ -1217,6 +1245,17 @@ class SchedulerState:
             else:
                 self._make_ready(slot, now, d)
         return slot
+
+    def _forget_from(self, count: int, index: int) -> None:
+        """Undo a node's addition cut short by an error: the nodes from position ``count`` on.
+
+        A node in the graph without a slot would shift every later node's slot from its
+        position, and whatever waited for it would wait for ever: the run could not end.
+        """
+        del self._slots[count:], self._ended[count:]
+        slots = self._slots
+        self.graph.forget_from(count, lambda pos: slots[pos].gather)
+        self._next_index = index
 
     def _lift_added(self) -> None:
         """Give the nodes added since the last call their critical-path priorities.
