@@ -360,6 +360,25 @@ class ApprovalDecided(Event):
 
 EventSink = Callable[[Event], None]
 
+_log = logging.getLogger("shoal")
+
+
+def deliver(sink: EventSink, event: Event, what: str = "event sink") -> None:
+    """Give ``event`` to ``sink``; whatever the sink raises is logged, never passed on.
+
+    An observer's bug must not break what it observes. That holds for everything a sink can
+    raise but Ctrl-C (``KeyboardInterrupt``, which still stops the run): its ``sys.exit()``,
+    and a ``CancelledError`` of its own too (a cancelled future's ``result()`` raises one):
+    a sink is called, never awaited, so no cancellation of the run comes through it, and
+    passed on, it broke the run that was recording an outcome (its result lost).
+    """
+    try:
+        sink(event)
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        _log.exception("%s %s failed on %s; continuing", what, shown(sink), event.kind)
+
 
 def wants_text(sink: EventSink) -> bool:
     """Whether ``sink`` asked for :class:`TextDelta` events.
@@ -427,4 +446,4 @@ class JsonlSink:
             return
         self.error = (f"cannot write the events file {self.path!r}: {exc.strerror or exc}; "
                       "the events from here on are not in it")
-        logging.getLogger("shoal").warning("%s", self.error)
+        _log.warning("%s", self.error)

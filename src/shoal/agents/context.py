@@ -21,9 +21,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from shoal import instrumentation
 from shoal.agents.budget import Budget, BudgetTracker
-from shoal.events import Event, EventSink, TextDelta, wants_text
+from shoal.events import Event, EventSink, TextDelta, deliver, wants_text
 from shoal.exceptions import BudgetExceeded, MissingDependencyError
-from shoal.merge import shown
 from shoal.models.base import Model
 from shoal.models.retry import ModelGates
 
@@ -222,12 +221,7 @@ class TreeContext:
         A :class:`~shoal.events.TextDelta` goes only to the sinks that asked for text.
         """
         for sink in self._text_sinks if isinstance(event, TextDelta) else self._sinks:
-            try:
-                sink(event)
-            # an observer's bug must not break the tree it observes (its sys.exit neither:
-            # Ctrl-C still stops it)
-            except (Exception, SystemExit):
-                log.exception("event sink %s failed on %s; continuing", shown(sink), event.kind)
+            deliver(sink, event)  # an observer's bug must not break the tree it observes
 
     def emit_nested(self, event: Event) -> None:
         """Send an event of a run the tree started (a tool phase, a pattern) to its sinks.
@@ -238,14 +232,8 @@ class TreeContext:
         """
         own = self.runtime._sinks
         for sink in self._sinks:
-            if sink in own:
-                continue
-            try:
-                sink(event)
-            # an observer's bug must not break the tree it observes (its sys.exit neither:
-            # Ctrl-C still stops it)
-            except (Exception, SystemExit):
-                log.exception("event sink %s failed on %s; continuing", shown(sink), event.kind)
+            if sink not in own:
+                deliver(sink, event)
 
     @property
     def observed_nested(self) -> bool:

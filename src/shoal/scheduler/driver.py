@@ -54,7 +54,7 @@ from shoal.approvals.desk import ApprovalDesk, RunApprovals
 from shoal.approvals.policy import ApprovalRequest
 from shoal.clock import Clock, clock_of, read_epoch, running_loop
 from shoal.deps import Graph
-from shoal.events import Event, RunFinished, RunStarted
+from shoal.events import Event, RunFinished, RunStarted, deliver
 from shoal.exceptions import (
     ConfigError,
     JournalWriteError,
@@ -69,7 +69,6 @@ from shoal.executors.base import Call, Executor
 from shoal.executors.inline import InlineExecutor
 from shoal.executors.thread import PoolJob, ThreadExecutor
 from shoal.instrumentation import RunObserver
-from shoal.merge import shown
 from shoal.outcome import ErrorInfo, Outcome, RunResult
 from shoal.plan import _ITEM_ID, Node
 from shoal.scheduler.eager import ends_in_first_step
@@ -1687,12 +1686,7 @@ class Driver:
     @staticmethod
     def _send(sinks: Iterable[Callable[[Event], None]], event: Event) -> None:
         for sink in sinks:
-            try:
-                sink(event)
-            # an observer's bug must not break the run it observes (its sys.exit neither:
-            # Ctrl-C still stops it)
-            except (Exception, SystemExit):
-                log.exception("event sink %s failed on %s; continuing", shown(sink), event.kind)
+            deliver(sink, event)  # an observer's bug must not break the run it observes
 
     # ---- the journal --------------------------------------------------------------------
 
