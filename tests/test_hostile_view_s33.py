@@ -5,13 +5,17 @@ no ``except Exception`` catches, live trees too large or too deep to draw, and m
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 from typing import Any
 
 import pytest
+from rich.console import Console
+from rich.tree import Tree
 
 import shoal
-from shoal.events import Event, NodeStarted
+from shoal.cli.tree import MIN_LIVE_ROWS, AgentTree, live_rows, render_tree
+from shoal.events import AgentFinished, AgentStarted, Event, NodeStarted
 from shoal.testing import ScriptedModel, call
 from tests.conftest import arun
 
@@ -84,3 +88,73 @@ def test_a_sink_raising_keyboard_interrupt_still_stops_the_run() -> None:
 
     with pytest.raises(KeyboardInterrupt):
         shoal.run_sync(plan, on_event=sink)
+
+
+# -- the live tree of a swarm of swarms, and of a lineage a journal made deep --------------
+
+
+def printed(renderable: Any, width: int = 120) -> str:
+    out = io.StringIO()
+    Console(file=out, width=width, color_system=None, highlight=False).print(renderable)
+    return out.getvalue()
+
+
+def swarm_of_swarms(tree: AgentTree, width: int, depth: int) -> int:
+    """Agents ``width`` wide and ``depth`` deep under a lead, each with two calls running."""
+    tree(AgentStarted(run_id="r", time=0.0, lineage="lead", agent="lead", prompt="p", depth=0))
+    made, level = 1, ["lead"]
+    for d in range(depth):
+        below = []
+        for parent in level:
+            for i in range(width):
+                lineage = f"{parent}/sub#{i}"
+                tree(AgentStarted(run_id="r", time=1.0, lineage=lineage, agent="sub",
+                                  prompt="p", depth=d + 1))
+                for k in range(2):
+                    tree(NodeStarted(run_id="r", time=2.0, lineage=f"{lineage}/t#{k}",
+                                     node_id=f"t#{k}", tool="t", attempt=1, executor="inline"))
+                below.append(lineage)
+        made += len(below) * 3
+        level = below
+    return made
+
+
+def test_the_live_tree_of_a_swarm_of_swarms_is_bounded_and_says_what_it_left_out() -> None:
+    # every agent had at most 20 subagents, so none was summed up: 1,110 agents and 2,220
+    # calls were drawn on every redraw of the live view, eight a second on the run's own
+    # event loop (about a second each)
+    tree = AgentTree(text=True)
+    total = swarm_of_swarms(tree, 10, 3)
+    assert len(tree.rows) == total == 3331
+    whole = printed(render_tree(tree, "run"))
+    assert len(whole.splitlines()) == total + 1  # unbounded: every row, as before
+    out = printed(render_tree(tree, "run", rows=40))
+    lines = out.splitlines()
+    assert len(lines) < 3 * 40
+    # breadth first: the lead and its ten subagents are drawn, the deeper ones counted
+    assert sum(1 for line in lines if "sub#" in line and "running" in line) >= 10
+    counted = [int(line.split("… ")[1].split()[0]) for line in lines if "more not drawn" in line]
+    assert counted and all("running" in line for line in lines if "more not drawn" in line)
+    drawn = sum(1 for line in lines if ("sub#" in line or "t#" in line) and "  running" in line)
+    assert drawn + 1 <= 40 and sum(counted) > 0
+    assert live_rows(50) == 25 and live_rows(3) == MIN_LIVE_ROWS
+
+
+def test_a_lineage_deeper_than_the_stack_is_a_row_not_a_recursion_error() -> None:
+    # a journal may hold any lineage: one 5,000 levels deep made the tree's sink (and shoal
+    # show) fail with RecursionError
+    tree = AgentTree()
+    lineage = "lead/" + "/".join(f"s#{i}" for i in range(5000))
+    tree(AgentStarted(run_id="r", time=0.0, lineage=lineage, agent="deep", prompt="p",
+                      depth=5000))
+    tree(AgentFinished(run_id="r", time=1.0, lineage=lineage, agent="deep", status="ok",
+                       output="deep end", turns=1, total_tokens=1, duration=1.0))
+    assert len(tree.rows) == 5001 and tree.roots == ["lead"]
+    assert tree.rows["lead/s#0"].children == ["lead/s#0/s#1"]
+    out = printed(render_tree(tree, "run", rows=30), width=400)
+    assert "… 1 more not drawn (1 running)" in out and len(out.splitlines()) == 32
+    whole = render_tree(tree, "run")  # built without recursion too (rich draws it so)
+    for _ in range(5001):
+        assert isinstance(whole, Tree) and len(whole.children) == 1
+        whole = whole.children[0]
+    assert "deep end" in str(whole.label) and not whole.children
