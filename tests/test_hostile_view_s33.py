@@ -158,3 +158,55 @@ def test_a_lineage_deeper_than_the_stack_is_a_row_not_a_recursion_error() -> Non
         assert isinstance(whole, Tree) and len(whole.children) == 1
         whole = whole.children[0]
     assert "deep end" in str(whole.label) and not whole.children
+
+
+# -- a stream closed by another task than the one reading it ------------------------------
+
+
+@shoal.tool
+async def long_work(x: int) -> int:
+    """Sleep ten seconds, then give ``x`` back."""
+    await asyncio.sleep(10)
+    return x
+
+
+@pytest.mark.parametrize("agent", [False, True])
+def test_closing_a_stream_another_task_reads_stops_the_run_and_ends_that_loop(
+        agent: bool) -> None:
+    # aclose() raised RuntimeError ('asynchronous generator is already running') and the
+    # run went on to its end: a stop button could not stop a stream a reader task followed
+    ended: list[Event] = []
+
+    async def main() -> tuple[list[Any], float, float]:
+        loop = asyncio.get_running_loop()
+        if agent:
+            lead = shoal.Agent(name="lead", tools=[long_work], model=ScriptedModel(
+                [[call("long_work", x=1), call("long_work", x=2)], "done"]))
+            stream: Any = lead.stream("go", on_event=ended.append)
+        else:
+            plan = shoal.Plan()
+            for i in range(3):
+                plan.call(long_work, x=i)
+            stream = shoal.Runtime().stream(plan, on_event=ended.append)
+        got: list[Any] = []
+
+        async def reader() -> None:
+            async for item in stream:
+                got.append(item)
+
+        reading = asyncio.ensure_future(reader())
+        await asyncio.sleep(1)
+        await stream.aclose()
+        closed_at = loop.time()
+        await asyncio.wait_for(reading, 1)  # its loop ended (it would have read until 10 s)
+        return got, closed_at, loop.time()
+
+    got, closed_at, at = arun(main(), virtual=True)
+    assert closed_at == at == 1.0
+    assert got and all(isinstance(item, Event) for item in got)  # no result: it was closed
+    assert ended[-1].kind == ("AgentFinished" if agent else "RunFinished")
+    last = ended[-1]
+    if isinstance(last, shoal.events.RunFinished):
+        assert last.counts["cancelled"] == 3
+    else:
+        assert isinstance(last, AgentFinished) and last.status == "cancelled"

@@ -24,8 +24,9 @@ The run never waits for the consumer. Its events go into a buffer of ``buffer`` 
 
 Stopping early stops the run: a stream closed before its end cancels the run and waits for it
 to end (every outcome is still recorded, in the journal too). ``async with agent.stream(...)
-as events:`` closes it at the end of the block, ``await events.aclose()`` at once; so does
-cancelling the reading task while it waits for the next item. After a ``break`` (or an
+as events:`` closes it at the end of the block, ``await events.aclose()`` at once (also from
+another task than the one reading it, whose loop then ends); so does cancelling the reading
+task while it waits for the next item. After a ``break`` (or an
 exception in the loop's body) it is closed when the stream is collected, at once for ``async
 for item in agent.stream(...)``, which holds it nowhere else.
 
@@ -220,6 +221,8 @@ class _Run(Generic[R]):
         self.buffer = buffer
         self.started: Started[R] | None = None
         self.iterating = False  # whether its iterator has begun (it then stops the run itself)
+        self.task: asyncio.Future[R] | None = None  # the run's result, once iteration began
+        self.stopping = False  # closed by another task than the one reading it
         self.ended = False
         self.result: R | None = None
 
@@ -270,6 +273,16 @@ class EventStream(Generic[R]):
             # so closing that would neither stop the run nor the buffer filling up unread
             run.iterating = True  # (once)
             await _stop(run.buffer, run.started)
+        task = run.task
+        if task is not None and self._items.ag_running:
+            # another task waits in the loop for the next item: the iterator cannot be closed
+            # under it (RuntimeError, and the run went on), so that task's loop ends instead
+            run.stopping = run.buffer.closed = True
+            if not task.done():
+                run.started.cancel(STOPPED)  # type: ignore[union-attr]  # set with task
+            run.buffer.wake()
+            await asyncio.wait({task})
+            return
         await self._items.aclose()
 
     async def __aenter__(self) -> EventStream[R]:
@@ -288,12 +301,14 @@ async def _iterate(run: _Run[R]) -> AsyncGenerator[Event | R, None]:
     run.iterating = True
     started = run.started if run.started is not None else run.begin(buffer)
     run.started = started
-    task = asyncio.ensure_future(started.result())
+    task = run.task = asyncio.ensure_future(started.result())
     task.add_done_callback(buffer.wake)
     task.add_done_callback(_retrieve)  # a stream stopped early does not read it
     finished = False
     try:
         while True:
+            if run.stopping:  # closed by another task while this one waited: no more items
+                return
             event = buffer.pop()
             if event is not None:
                 yield event
