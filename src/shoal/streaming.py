@@ -222,6 +222,7 @@ class _Run(Generic[R]):
         self.started: Started[R] | None = None
         self.iterating = False  # whether its iterator has begun (it then stops the run itself)
         self.task: asyncio.Future[R] | None = None  # the run's result, once iteration began
+        self.waiting = False  # its iterator waits for the next item (in a reader's task)
         self.stopping = False  # closed by another task than the one reading it
         self.ended = False
         self.result: R | None = None
@@ -274,7 +275,7 @@ class EventStream(Generic[R]):
             run.iterating = True  # (once)
             await _stop(run.buffer, run.started)
         task = run.task
-        if task is not None and self._items.ag_running:
+        if task is not None and run.waiting:
             # another task waits in the loop for the next item: the iterator cannot be closed
             # under it (RuntimeError, and the run went on), so that task's loop ends instead
             run.stopping = run.buffer.closed = True
@@ -315,7 +316,11 @@ async def _iterate(run: _Run[R]) -> AsyncGenerator[Event | R, None]:
             elif task.done():
                 break
             else:
-                await buffer.wait()
+                run.waiting = True
+                try:
+                    await buffer.wait()
+                finally:
+                    run.waiting = False
         finished = True
         buffer.closed = True
         run.result = task.result()  # a bug's exception, after every event
