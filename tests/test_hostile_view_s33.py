@@ -16,7 +16,12 @@ from rich.tree import Tree
 import shoal
 from shoal.cli.tree import MIN_LIVE_ROWS, AgentTree, live_rows, render_tree
 from shoal.events import AgentFinished, AgentStarted, Event, NodeStarted
+from shoal.store.sqlite import SQLiteStore
 from shoal.testing import ScriptedModel, call
+from shoal.timeline import from_journal
+from shoal.timeline.html import render
+from shoal.timeline.journal import _natural
+from shoal.timeline.model import step_order
 from tests.conftest import arun
 
 
@@ -210,3 +215,40 @@ def test_closing_a_stream_another_task_reads_stops_the_run_and_ends_that_loop(
         assert last.counts["cancelled"] == 3
     else:
         assert isinstance(last, AgentFinished) and last.status == "cancelled"
+
+
+# -- the timeline of a plan whose agent nodes have odd ids ---------------------------------
+
+
+def test_a_timeline_orders_lanes_whatever_digits_their_ids_hold(tmp_path: Any) -> None:
+    # the lanes were sorted by a key that took int() of each run of what isdigit() calls
+    # digits: a node id holding "²" after a number ("a1²"), or a run of digits longer than
+    # Python writes out, made shoal show RUN --html fail with ValueError
+    ids = ["a1²", "a2²", "n" + "7" * 5000]
+    plan = shoal.Plan()
+    for node_id in ids:
+        plan.call(shoal.Agent(name="reader", model=ScriptedModel(["fine"])), task="x",
+                  node_id=node_id)
+    path = tmp_path / "runs.db"
+
+    async def main() -> shoal.RunResult:
+        runtime = shoal.Runtime(store=str(path))
+        try:
+            return await runtime.run(plan)
+        finally:
+            await runtime.aclose()
+
+    result = arun(main())
+    assert result.ok
+    store = SQLiteStore(str(path))
+    try:
+        timeline = from_journal(store, result.run_id)
+    finally:
+        store.close()
+    assert sorted(lane.lineage for lane in timeline.lanes) == sorted(["", *ids])
+    assert "a1\\u00b2" in render(timeline.to_data())  # the page is ASCII
+    keys = ["s10", "s9", "s" + "1" * 5000, "s1²", "s09", "s²", "s"]
+    assert sorted(keys, key=_natural) == ["s", "s1²", "s9", "s09", "s10", "s" + "1" * 5000,
+                                          "s²"]
+    assert step_order("model-²") is None and step_order("turn-" + "9" * 5000) is None
+    assert step_order("turn-12") == (12, 1)

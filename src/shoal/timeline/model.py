@@ -392,7 +392,9 @@ def turn_links(bars: Sequence[Bar]) -> dict[str, list[tuple[str, str]]]:
 def step_order(step: str) -> tuple[int, int] | None:
     """Where a step falls in its agent's loop: ``model-2`` before ``turn-2`` before ``model-3``."""
     kind, _, number = step.partition("-")
-    if kind not in ("model", "turn") or not number.isdigit():
+    # ASCII digits, and few: isdigit() takes "²", and int() no run longer than it writes out
+    if kind not in ("model", "turn") or not (number.isascii() and number.isdigit()
+                                              and len(number) < 19):
         return None
     return int(number), 0 if kind == "model" else 1
 
