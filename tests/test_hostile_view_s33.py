@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +25,10 @@ from shoal.timeline import from_journal
 from shoal.timeline.html import render
 from shoal.timeline.journal import _natural
 from shoal.timeline.model import step_order
+from tests.cli_process import run_cli
 from tests.conftest import arun
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @shoal.tool
@@ -252,3 +258,19 @@ def test_a_timeline_orders_lanes_whatever_digits_their_ids_hold(tmp_path: Any) -
                                           "s²"]
     assert step_order("model-²") is None and step_order("turn-" + "9" * 5000) is None
     assert step_order("turn-12") == (12, 1)
+
+
+# -- shoal run --json of an agent whose model's error cannot be written out -----------------
+
+
+def test_json_output_of_an_agent_whose_model_error_has_no_words() -> None:
+    # str() of the error was taken for --json: the command crashed after the run, with a
+    # traceback and nothing on stdout (the text view showed a placeholder all along)
+    done = run_cli(["run", "tests/view_s33_agents.py:unprintable_error_agent", "hi", "--json",
+                    "--no-store"], cwd=ROOT, env={**os.environ, "COLUMNS": "160"})
+    assert done.returncode == 1, done.stderr
+    data = json.loads(done.stdout)
+    assert data["status"] == "failed"
+    assert data["error"] == {"type": "UnprintableModelError",
+                             "message": "<its message cannot be shown: its __str__ failed>"}
+    assert "Traceback" not in done.stderr

@@ -51,6 +51,7 @@ from shoal.exceptions import (
     ScriptError,
     StoreError,
     describe_exception,
+    exception_message,
 )
 from shoal.models import resolve_model
 from shoal.models.base import Model
@@ -439,7 +440,8 @@ def _print(result: AgentResult[Any] | None, error: BaseException | None, as_json
     if as_json:
         data: dict[str, Any] = _json(result) if result is not None else {}
         if error is not None:
-            data["error"] = {"type": type(error).__name__, "message": str(error)}
+            # a model's own error (a ModelError subclass) may have a __str__ that fails
+            data["error"] = {"type": type(error).__name__, "message": exception_message(error)}
         # strict JSON: a model may report a NaN cost or a count too long to write out
         sys.stdout.write(json.dumps(_strict(data), indent=2) + "\n")
         sys.stdout.flush()
