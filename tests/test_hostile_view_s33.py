@@ -18,7 +18,15 @@ from rich.tree import Tree
 
 import shoal
 from shoal.cli.tree import MIN_LIVE_ROWS, AgentTree, live_rows, render_tree
-from shoal.events import AgentFinished, AgentStarted, Event, NodeStarted
+from shoal.events import (
+    AgentFinished,
+    AgentStarted,
+    Event,
+    JsonlSink,
+    ModelResponded,
+    NodeFinished,
+    NodeStarted,
+)
 from shoal.store.sqlite import SQLiteStore
 from shoal.testing import ScriptedModel, call
 from shoal.timeline import from_journal
@@ -274,3 +282,68 @@ def test_json_output_of_an_agent_whose_model_error_has_no_words() -> None:
     assert data["error"] == {"type": "UnprintableModelError",
                              "message": "<its message cannot be shown: its __str__ failed>"}
     assert "Traceback" not in done.stderr
+
+
+# -- text whose own methods raise, in an event and in a prompt ------------------------------
+
+
+class Touchy(str):
+    """Text whose every method of its own raises."""
+
+    def __deepcopy__(self, memo: Any) -> Any:
+        raise RuntimeError("no deepcopy")
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise RuntimeError("no reduce")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+    def __str__(self) -> str:
+        raise RuntimeError("no str")
+
+    def __eq__(self, other: object) -> bool:
+        raise RuntimeError("no eq")
+
+    def __hash__(self) -> int:
+        raise RuntimeError("no hash")
+
+
+class NoRepr:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+def test_an_event_holding_text_whose_methods_raise_is_written_out(tmp_path: Path) -> None:
+    # to_dict() deep-copied every field (asdict): a str subclass whose copying fails made
+    # JsonlSink lose the event (and any sink writing events out); a value JSON cannot hold
+    # whose repr fails made it raise too
+    path = tmp_path / "events.jsonl"
+    sink = JsonlSink(path)
+    text = Touchy("it said \x1b[31mred\u202e")
+    sink(ModelResponded(run_id="r", time=1.0, lineage="lead", agent="lead", model="m",
+                        turn=1, text=text, tool_calls=(text,), input_tokens=1,
+                        output_tokens=1, duration=0.5))
+    sink(NodeFinished(run_id="r", time=2.0, node_id="n", tool="t", status="failed",
+                      attempts=1, duration=1.0, error=NoRepr()))  # type: ignore[arg-type]
+    sink.close()
+    assert sink.lost == 0 and not sink.error
+    first, second = (json.loads(line) for line in path.read_text().splitlines())
+    assert first["text"] == "it said \x1b[31mred\u202e" and first["tool_calls"] == [first["text"]]
+    assert second["kind"] == "NodeFinished" and "NoRepr" in second["error"]
+
+
+def test_an_agent_takes_a_prompt_whose_own_methods_raise_as_its_text(tmp_path: Path) -> None:
+    # the run failed in its first turn ('no repr', from sizing the request), and its
+    # AgentStarted event was lost from the events file ('no deepcopy')
+    path = tmp_path / "events.jsonl"
+    sink = JsonlSink(path)
+    lead = shoal.Agent(name="lead", model=ScriptedModel(["done"]))
+    try:
+        result = arun(lead.run(Touchy("go \x1b[2J"), on_event=sink), virtual=True)
+    finally:
+        sink.close()
+    assert result.status == "ok" and result.output == "done"
+    kinds = [json.loads(line) for line in path.read_text().splitlines()]
+    assert kinds[0]["kind"] == "AgentStarted" and kinds[0]["prompt"] == "go \x1b[2J"
+    assert sink.lost == 0

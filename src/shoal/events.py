@@ -20,7 +20,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import IO, Any
 
@@ -78,11 +78,35 @@ class Event:
         return type(self).__name__
 
     def to_dict(self) -> dict[str, Any]:
-        """The event as JSON-ready data, with its ``kind``."""
+        """The event as JSON-ready data, with its ``kind``; never raises.
+
+        Its fields as they are, not ``asdict``'s deep copies: a ``str`` subclass (a model's
+        text, a prompt, an error's message) whose copying fails made a sink writing the event
+        out lose it; JSON takes such text by its characters, without calling its methods.
+        """
+        names = _FIELDS.get(type(self))
+        if names is None:
+            names = _FIELDS[type(self)] = tuple(f.name for f in fields(self))
         # strict JSON: a model may report a NaN cost or a token count too long to write out
-        data: dict[str, Any] = _strict(to_jsonable_python(asdict(self), fallback=repr))
+        data: dict[str, Any] = _strict(to_jsonable_python(
+            {name: getattr(self, name) for name in names}, fallback=_shown_in_json))
         data["kind"] = self.kind
         return data
+
+
+#: The field names of each kind of event (for :meth:`Event.to_dict`).
+_FIELDS: dict[type[Event], tuple[str, ...]] = {}
+
+
+def _shown_in_json(value: Any) -> str:
+    """What JSON cannot hold, as its repr; never raises (see :func:`shoal.merge.shown`)."""
+    try:
+        text = repr(value)
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        return shown(value)  # the placeholder naming its type
+    return text if isinstance(text, str) else shown(value)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
