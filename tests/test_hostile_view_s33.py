@@ -347,3 +347,48 @@ def test_an_agent_takes_a_prompt_whose_own_methods_raise_as_its_text(tmp_path: P
     kinds = [json.loads(line) for line in path.read_text().splitlines()]
     assert kinds[0]["kind"] == "AgentStarted" and kinds[0]["prompt"] == "go \x1b[2J"
     assert sink.lost == 0
+
+
+# -- sinks whose __eq__ raises -------------------------------------------------------------
+
+
+class TouchySink:
+    """A sink whose ``__eq__`` raises (an array-like collector's may, or return an array)."""
+
+    def __init__(self) -> None:
+        self.kinds: list[str] = []
+
+    def __call__(self, event: Event) -> None:
+        self.kinds.append(event.kind)
+
+    def take(self, event: Event) -> None:
+        self.kinds.append(event.kind)
+
+    def __eq__(self, other: object) -> bool:
+        raise RuntimeError("no eq")
+
+    __hash__ = object.__hash__
+
+
+def test_sinks_whose_eq_raises_do_not_fail_the_agent_they_observe() -> None:
+    # the tree told its sinks from its runtime's by 'sink in runtime_sinks', which asked
+    # each sink's own __eq__: the agent ended failed with 'no eq'
+    mine, theirs = TouchySink(), TouchySink()
+    both = TouchySink()
+
+    async def main() -> Any:
+        runtime = shoal.Runtime(on_event=[theirs, both.take])
+        lead = shoal.Agent(name="lead", tools=[work],
+                           model=ScriptedModel([[call("work", x=3)], "done"]))
+        try:
+            return await lead.run("go", on_event=[mine, both.take], runtime=runtime)
+        finally:
+            await runtime.aclose()
+
+    result = arun(main(), virtual=True)
+    assert result.status == "ok" and result.output == "done"
+    assert mine.kinds[0] == "AgentStarted" and mine.kinds[-1] == "AgentFinished"
+    assert "NodeFinished" in mine.kinds and "NodeFinished" in theirs.kinds
+    # the same bound method given to both hears each event once, as before
+    for kind in {*mine.kinds, *theirs.kinds}:
+        assert both.kinds.count(kind) == max(mine.kinds.count(kind), theirs.kinds.count(kind))

@@ -15,8 +15,9 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
+from types import MethodType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from shoal import instrumentation
@@ -232,7 +233,7 @@ class TreeContext:
         """
         own = self.runtime._sinks
         for sink in self._sinks:
-            if sink not in own:
+            if not _among(sink, own):
                 deliver(sink, event)
 
     @property
@@ -241,7 +242,7 @@ class TreeContext:
         if not self._sinks:  # (nobody listens: asked once per agent started)
             return False
         own = self.runtime._sinks
-        return any(sink not in own for sink in self._sinks)
+        return any(not _among(sink, own) for sink in self._sinks)
 
     def relay(self, lineage_of: Callable[[Event], str]) -> EventSink:
         """A sink for a tool phase's runtime events that stamps each with its lineage."""
@@ -458,3 +459,18 @@ class TreeContext:
         for where, stop in list(self._remotes.items()):  # they spare their own turns
             if not root or is_within(where, root):
                 stop(reason, self.tracker.breach)
+
+
+def _among(sink: EventSink, sinks: Iterable[EventSink]) -> bool:
+    """Whether ``sink`` is one of ``sinks``: the same object, or the same bound method.
+
+    Never by a sink's own ``__eq__`` (``sink in sinks`` asks it): one that raises, or says
+    anything but a bool, failed the agent whose events it was given.
+    """
+    for other in sinks:
+        if other is sink:
+            return True
+        if isinstance(sink, MethodType) and isinstance(other, MethodType) and (
+                sink.__self__ is other.__self__ and sink.__func__ is other.__func__):
+            return True
+    return False
