@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.tree import Tree
 
 import shoal
+from shoal.cli.render import plan_problems
 from shoal.cli.tree import MIN_LIVE_ROWS, AgentTree, live_rows, render_tree
 from shoal.events import (
     AgentFinished,
@@ -27,6 +28,7 @@ from shoal.events import (
     NodeFinished,
     NodeStarted,
 )
+from shoal.exceptions import PlanError, PlanProblem
 from shoal.store.sqlite import SQLiteStore
 from shoal.testing import ScriptedModel, call
 from shoal.timeline import from_journal
@@ -392,3 +394,22 @@ def test_sinks_whose_eq_raises_do_not_fail_the_agent_they_observe() -> None:
     # the same bound method given to both hears each event once, as before
     for kind in {*mine.kinds, *theirs.kinds}:
         assert both.kinds.count(kind) == max(mine.kinds.count(kind), theirs.kinds.count(kind))
+
+
+# -- the current directory's name in a hint ------------------------------------------------
+
+
+def test_the_import_hint_shows_the_current_directory_escaped(tmp_path: Path,
+                                                              monkeypatch: Any) -> None:
+    # the hint under a plan whose tool module cannot be imported printed the directory's
+    # name raw: a directory named with escapes (an unpacked archive, a clone) set the
+    # terminal's title and colours
+    folder = tmp_path / "tools\x1b]0;pwned\x07\x1b[31m\u202eevil"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    error = PlanError([PlanProblem("bad_import", "no module named 'nosuch' (in 'nosuch:t')",
+                                   "a")])
+    out = plan_problems(error)
+    assert "hint: tool modules are imported from the current directory" in out
+    assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
+    assert "tools\\x1b]0;pwned\\x07\\x1b[31m\\u202eevil" in out
