@@ -413,3 +413,40 @@ def test_the_import_hint_shows_the_current_directory_escaped(tmp_path: Path,
     assert "hint: tool modules are imported from the current directory" in out
     assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
     assert "tools\\x1b]0;pwned\\x07\\x1b[31m\\u202eevil" in out
+
+
+# -- a sink failing on every event ---------------------------------------------------------
+
+
+@shoal.tool
+async def quick(x: int) -> int:
+    """Give ``x`` back."""
+    return x
+
+
+def test_a_sink_failing_on_every_event_is_logged_in_full_a_few_times_then_counted(
+        caplog: Any) -> None:
+    # each failure was logged with its traceback: a run of 5,000 calls wrote 120,000 lines
+    # to the log and ran ten times slower than with no sink
+    plan = shoal.Plan()
+    for i in range(300):
+        plan.call(quick, x=i)
+    calls = 0
+
+    def sink(event: Event) -> None:
+        nonlocal calls
+        calls += 1
+        raise ValueError("this sink is broken")
+
+    async def main() -> shoal.RunResult:
+        return await shoal.Runtime().run(plan, on_event=sink)
+
+    with caplog.at_level(logging.ERROR, logger="shoal"):
+        result = arun(main(), virtual=True)
+    assert result.ok and calls == 902  # every event still goes to it
+    records = [r for r in caplog.records if "event sink" in r.getMessage()]
+    assert [r.exc_info is not None for r in records] == [True, True, True, False, False]
+    assert "from here on, only every 10th" in records[2].getMessage()
+    assert "has failed 10 times in this run" in records[3].getMessage()
+    assert "has failed 100 times" in records[4].getMessage()
+    assert "ValueError: this sink is broken" in records[4].getMessage()

@@ -123,6 +123,7 @@ class TreeContext:
         #: resume even steps that another process seems to run (``Agent.resume(force=True)``)
         self.force = force
         self._sinks = list(sinks)
+        self._sink_failures: dict[int, int] = {}  # by id(sink): see events.deliver
         self._text_sinks = [sink for sink in self._sinks if wants_text(sink)]
         #: whether a sink asked for model text (:class:`~shoal.events.TextDelta`): then every
         #: agent of the tree streams its model's replies (and a nested run's sinks that are
@@ -222,7 +223,8 @@ class TreeContext:
         A :class:`~shoal.events.TextDelta` goes only to the sinks that asked for text.
         """
         for sink in self._text_sinks if isinstance(event, TextDelta) else self._sinks:
-            deliver(sink, event)  # an observer's bug must not break the tree it observes
+            # an observer's bug must not break the tree it observes
+            deliver(sink, event, failures=self._sink_failures)
 
     def emit_nested(self, event: Event) -> None:
         """Send an event of a run the tree started (a tool phase, a pattern) to its sinks.
@@ -234,7 +236,7 @@ class TreeContext:
         own = self.runtime._sinks
         for sink in self._sinks:
             if not _among(sink, own):
-                deliver(sink, event)
+                deliver(sink, event, failures=self._sink_failures)
 
     @property
     def observed_nested(self) -> bool:
