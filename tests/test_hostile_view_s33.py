@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -507,3 +508,45 @@ def test_a_maps_items_share_its_inputs_on_the_timeline_and_the_critical_path_hol
     began = time.process_time()
     assert from_run_result(big).calls == 1500 * 2 + 2
     assert time.process_time() - began < 3.0  # some 10 s before
+
+
+@shoal.tool
+async def minute(x: int) -> int:
+    """Sleep a minute, then give ``x`` back."""
+    await asyncio.sleep(60)
+    return x
+
+
+def test_closing_an_open_runs_stream_read_on_another_loop_stops_the_run() -> None:
+    # closed from the run's loop while a thread's loop read it: RuntimeError ('asynchronous
+    # generator is already running') and the run went on; then, a wait woken from the
+    # reader's thread, which the closing loop did not notice
+    got: list[Any] = []
+
+    async def main() -> tuple[Any, bool]:
+        async with shoal.Runtime().open_run() as run:
+            stream = run.events()
+            run.call(minute, x=1)
+
+            started = threading.Event()
+
+            def reader() -> None:
+                async def read() -> None:
+                    async for item in stream:
+                        got.append(item)
+                        if isinstance(item, NodeStarted):
+                            started.set()
+
+                asyncio.run(read())
+
+            thread = threading.Thread(target=reader)
+            thread.start()
+            assert await asyncio.get_running_loop().run_in_executor(None, started.wait, 20)
+            await asyncio.wait_for(stream.aclose(), 5)  # the call sleeps a minute
+            thread.join(20)
+            alive = thread.is_alive()
+        return run.result, alive
+
+    result, alive = arun(main(), timeout=40)
+    assert not alive and result.counts["cancelled"] == 1
+    assert not any(isinstance(item, shoal.RunResult) for item in got)

@@ -282,7 +282,7 @@ class EventStream(Generic[R]):
             if not task.done():
                 run.started.cancel(STOPPED)  # type: ignore[union-attr]  # set with task
             run.buffer.wake()
-            await asyncio.wait({task})
+            await _ended(task)
             return
         await self._items.aclose()
 
@@ -341,6 +341,29 @@ async def _stop(buffer: _Buffer, started: Started[Any]) -> None:
     task.add_done_callback(_retrieve)
     started.cancel(STOPPED)
     await asyncio.wait({task})
+
+
+async def _ended(task: asyncio.Future[Any]) -> None:
+    """Until ``task`` is done, also when it runs on another loop than this one's.
+
+    (An open run's stream may be read on a thread's loop: a plain wait here would be woken
+    from that thread, which this loop does not notice.)
+    """
+    loop = asyncio.get_running_loop()
+    if task.get_loop() is loop:
+        await asyncio.wait({task})
+        return
+    done = loop.create_future()
+
+    def tell(_: object) -> None:
+        with contextlib.suppress(RuntimeError):  # this loop closed meanwhile: nobody waits
+            loop.call_soon_threadsafe(_wake_up, done)
+
+    try:
+        task.get_loop().call_soon_threadsafe(task.add_done_callback, tell)
+    except RuntimeError:  # its loop is closed: the task is as done as it will ever be
+        return
+    await done
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:
