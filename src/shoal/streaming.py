@@ -24,8 +24,9 @@ The run never waits for the consumer. Its events go into a buffer of ``buffer`` 
 
 Stopping early stops the run: a stream closed before its end cancels the run and waits for it
 to end (every outcome is still recorded, in the journal too). ``async with agent.stream(...)
-as events:`` closes it at the end of the block, ``await events.aclose()`` at once; so does
-cancelling the reading task while it waits for the next item. After a ``break`` (or an
+as events:`` closes it at the end of the block, ``await events.aclose()`` at once (also from
+another task than the one reading it, whose loop then ends); so does cancelling the reading
+task while it waits for the next item. After a ``break`` (or an
 exception in the loop's body) it is closed when the stream is collected, at once for ``async
 for item in agent.stream(...)``, which holds it nowhere else.
 
@@ -220,6 +221,9 @@ class _Run(Generic[R]):
         self.buffer = buffer
         self.started: Started[R] | None = None
         self.iterating = False  # whether its iterator has begun (it then stops the run itself)
+        self.task: asyncio.Future[R] | None = None  # the run's result, once iteration began
+        self.waiting = False  # its iterator waits for the next item (in a reader's task)
+        self.stopping = False  # closed by another task than the one reading it
         self.ended = False
         self.result: R | None = None
 
@@ -270,6 +274,16 @@ class EventStream(Generic[R]):
             # so closing that would neither stop the run nor the buffer filling up unread
             run.iterating = True  # (once)
             await _stop(run.buffer, run.started)
+        task = run.task
+        if task is not None and run.waiting:
+            # another task waits in the loop for the next item: the iterator cannot be closed
+            # under it (RuntimeError, and the run went on), so that task's loop ends instead
+            run.stopping = run.buffer.closed = True
+            if not task.done():
+                run.started.cancel(STOPPED)  # type: ignore[union-attr]  # set with task
+            run.buffer.wake()
+            await _ended(task)
+            return
         await self._items.aclose()
 
     async def __aenter__(self) -> EventStream[R]:
@@ -288,19 +302,25 @@ async def _iterate(run: _Run[R]) -> AsyncGenerator[Event | R, None]:
     run.iterating = True
     started = run.started if run.started is not None else run.begin(buffer)
     run.started = started
-    task = asyncio.ensure_future(started.result())
+    task = run.task = asyncio.ensure_future(started.result())
     task.add_done_callback(buffer.wake)
     task.add_done_callback(_retrieve)  # a stream stopped early does not read it
     finished = False
     try:
         while True:
+            if run.stopping:  # closed by another task while this one waited: no more items
+                return
             event = buffer.pop()
             if event is not None:
                 yield event
             elif task.done():
                 break
             else:
-                await buffer.wait()
+                run.waiting = True
+                try:
+                    await buffer.wait()
+                finally:
+                    run.waiting = False
         finished = True
         buffer.closed = True
         run.result = task.result()  # a bug's exception, after every event
@@ -321,6 +341,29 @@ async def _stop(buffer: _Buffer, started: Started[Any]) -> None:
     task.add_done_callback(_retrieve)
     started.cancel(STOPPED)
     await asyncio.wait({task})
+
+
+async def _ended(task: asyncio.Future[Any]) -> None:
+    """Until ``task`` is done, also when it runs on another loop than this one's.
+
+    (An open run's stream may be read on a thread's loop: a plain wait here would be woken
+    from that thread, which this loop does not notice.)
+    """
+    loop = asyncio.get_running_loop()
+    if task.get_loop() is loop:
+        await asyncio.wait({task})
+        return
+    done = loop.create_future()
+
+    def tell(_: object) -> None:
+        with contextlib.suppress(RuntimeError):  # this loop closed meanwhile: nobody waits
+            loop.call_soon_threadsafe(_wake_up, done)
+
+    try:
+        task.get_loop().call_soon_threadsafe(task.add_done_callback, tell)
+    except RuntimeError:  # its loop is closed: the task is as done as it will ever be
+        return
+    await done
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:

@@ -420,11 +420,17 @@ class Agent(Generic[T]):
 
     # -- running ----------------------------------------------------------------------
 
-    def _check_prompt(self, prompt: object) -> None:
-        """Refuse a prompt that is not a str: caught here, not as a run failed in its turn."""
+    def _check_prompt(self, prompt: object) -> str:
+        """Refuse a prompt that is not a str: caught here, not as a run failed in its turn.
+
+        A ``str`` subclass is taken as its plain text: its own ``__repr__`` or ``__eq__``
+        (which may raise) would be called wherever the prompt goes (the request's size, the
+        events, the journal), and failed the run in its first turn.
+        """
         if not isinstance(prompt, str):
             raise ConfigError(f"agent {self.name!r}: the prompt must be a str, got "
                               f"{type(prompt).__name__} {shown(prompt)}")
+        return plain_text(prompt)
 
     def start(
         self,
@@ -456,7 +462,7 @@ class Agent(Generic[T]):
             raise RuntimeError(f"agent {self.name!r}: start() runs on the running event loop, "
                                "and there is none: call it from async code (or use "
                                "run_sync(prompt) from synchronous code)") from None
-        self._check_prompt(prompt)
+        prompt = self._check_prompt(prompt)
         if run_id is not None and not resume:  # the tree's step runs hang under it by '/'
             check_run_id(run_id)
 
@@ -570,7 +576,7 @@ class Agent(Generic[T]):
         the run never waits for the reader); leaving the loop early cancels the run. The
         other arguments are those of :meth:`run`.
         """
-        self._check_prompt(prompt)  # these two now, not when iterated
+        prompt = self._check_prompt(prompt)  # these two now, not when iterated
         sinks = check_run_options(runtime, budget, on_event, gates)
 
         def begin(sink: EventSink) -> Started[AgentResult[T]]:

@@ -15,15 +15,15 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
+from types import MethodType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from shoal import instrumentation
 from shoal.agents.budget import Budget, BudgetTracker
-from shoal.events import Event, EventSink, TextDelta, wants_text
+from shoal.events import Event, EventSink, TextDelta, deliver, wants_text
 from shoal.exceptions import BudgetExceeded, MissingDependencyError
-from shoal.merge import shown
 from shoal.models.base import Model
 from shoal.models.retry import ModelGates
 
@@ -123,6 +123,7 @@ class TreeContext:
         #: resume even steps that another process seems to run (``Agent.resume(force=True)``)
         self.force = force
         self._sinks = list(sinks)
+        self._sink_failures: dict[int, int] = {}  # by id(sink): see events.deliver
         self._text_sinks = [sink for sink in self._sinks if wants_text(sink)]
         #: whether a sink asked for model text (:class:`~shoal.events.TextDelta`): then every
         #: agent of the tree streams its model's replies (and a nested run's sinks that are
@@ -222,12 +223,8 @@ class TreeContext:
         A :class:`~shoal.events.TextDelta` goes only to the sinks that asked for text.
         """
         for sink in self._text_sinks if isinstance(event, TextDelta) else self._sinks:
-            try:
-                sink(event)
-            # an observer's bug must not break the tree it observes (its sys.exit neither:
-            # Ctrl-C still stops it)
-            except (Exception, SystemExit):
-                log.exception("event sink %s failed on %s; continuing", shown(sink), event.kind)
+            # an observer's bug must not break the tree it observes
+            deliver(sink, event, failures=self._sink_failures)
 
     def emit_nested(self, event: Event) -> None:
         """Send an event of a run the tree started (a tool phase, a pattern) to its sinks.
@@ -238,14 +235,8 @@ class TreeContext:
         """
         own = self.runtime._sinks
         for sink in self._sinks:
-            if sink in own:
-                continue
-            try:
-                sink(event)
-            # an observer's bug must not break the tree it observes (its sys.exit neither:
-            # Ctrl-C still stops it)
-            except (Exception, SystemExit):
-                log.exception("event sink %s failed on %s; continuing", shown(sink), event.kind)
+            if not _among(sink, own):
+                deliver(sink, event, failures=self._sink_failures)
 
     @property
     def observed_nested(self) -> bool:
@@ -253,7 +244,7 @@ class TreeContext:
         if not self._sinks:  # (nobody listens: asked once per agent started)
             return False
         own = self.runtime._sinks
-        return any(sink not in own for sink in self._sinks)
+        return any(not _among(sink, own) for sink in self._sinks)
 
     def relay(self, lineage_of: Callable[[Event], str]) -> EventSink:
         """A sink for a tool phase's runtime events that stamps each with its lineage."""
@@ -470,3 +461,18 @@ class TreeContext:
         for where, stop in list(self._remotes.items()):  # they spare their own turns
             if not root or is_within(where, root):
                 stop(reason, self.tracker.breach)
+
+
+def _among(sink: EventSink, sinks: Iterable[EventSink]) -> bool:
+    """Whether ``sink`` is one of ``sinks``: the same object, or the same bound method.
+
+    Never by a sink's own ``__eq__`` (``sink in sinks`` asks it): one that raises, or says
+    anything but a bool, failed the agent whose events it was given.
+    """
+    for other in sinks:
+        if other is sink:
+            return True
+        if isinstance(sink, MethodType) and isinstance(other, MethodType) and (
+                sink.__self__ is other.__self__ and sink.__func__ is other.__func__):
+            return True
+    return False

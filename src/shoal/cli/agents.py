@@ -20,7 +20,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType
 from rich.panel import Panel
 from rich.text import Text
 
@@ -39,7 +39,7 @@ from shoal.cli.interrupt import Cancellable, CtrlC, say_stopped, stopped_by_a_ca
 from shoal.cli.live import LivePause, live_view, show_cursor
 from shoal.cli.render import announce
 from shoal.cli.safe import count, one_line, others_to_stderr, safe_str
-from shoal.cli.tree import AgentTree, render_tree
+from shoal.cli.tree import AgentTree, live_rows, render_tree
 from shoal.events import Event, JsonlSink, ModelRetrying, ModelServerStarted, ModelServerStarting
 from shoal.exceptions import (
     AgentError,
@@ -51,6 +51,7 @@ from shoal.exceptions import (
     ScriptError,
     StoreError,
     describe_exception,
+    exception_message,
 )
 from shoal.models import resolve_model
 from shoal.models.base import Model
@@ -416,14 +417,18 @@ async def _follow(handle: Awaitable[AgentResult[Any]], run_id: str, console: Con
                   view: AgentTree, pause: LivePause | None) -> AgentResult[Any]:
     waiter = asyncio.ensure_future(handle)
     title = f"shoal · agent run {run_id}"
-    with live_view(render_tree(view, title), console) as display:
+
+    def frame() -> RenderableType:  # bounded: each redraw holds the loop the run is on
+        return render_tree(view, title, rows=live_rows(console.size.height))
+
+    with live_view(frame(), console) as display:
         if pause is not None:
             pause.attach(display)
         try:
             while not waiter.done():
                 await asyncio.wait({waiter}, timeout=1 / REFRESH_PER_SECOND)
                 if pause is None or not pause.paused:  # a prompt holds the terminal
-                    display.update(render_tree(view, title), refresh=True)
+                    display.update(frame(), refresh=True)
         finally:
             if pause is not None:
                 pause.attach(None)
@@ -435,7 +440,8 @@ def _print(result: AgentResult[Any] | None, error: BaseException | None, as_json
     if as_json:
         data: dict[str, Any] = _json(result) if result is not None else {}
         if error is not None:
-            data["error"] = {"type": type(error).__name__, "message": str(error)}
+            # a model's own error (a ModelError subclass) may have a __str__ that fails
+            data["error"] = {"type": type(error).__name__, "message": exception_message(error)}
         # strict JSON: a model may report a NaN cost or a count too long to write out
         sys.stdout.write(json.dumps(_strict(data), indent=2) + "\n")
         sys.stdout.flush()

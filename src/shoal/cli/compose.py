@@ -34,7 +34,7 @@ from shoal.agents.context import TreeContext
 from shoal.agents.node import SHARED_KEY, Composition, component_of
 from shoal.agents.result import AgentResult
 from shoal.agents.toolcalls import CallRecord, result_text
-from shoal.events import AgentFinished, AgentStarted, EventSink
+from shoal.events import AgentFinished, AgentStarted, EventSink, deliver
 from shoal.exceptions import AgentError, ConfigError, PlanError
 from shoal.models.base import Model, ToolCall, ToolResultMessage
 from shoal.outcome import Outcome, RunResult, jsonable
@@ -294,7 +294,7 @@ class CompositionRun:
 
     def _emit(self, event: Any) -> None:
         for sink in self._sinks:
-            sink(event)
+            deliver(sink, event)
 
 
 def start_composition(composed: Composed, task: str, target: str, *, runtime: Runtime,
@@ -322,10 +322,11 @@ def start_composition(composed: Composed, task: str, target: str, *, runtime: Ru
     plan_run = f"{run_id}/{name}"
     store = runtime.store
     again = resume and store is not None and store.get_run(plan_run) is not None
+    started = AgentStarted(run_id=run_id, time=ctx.now(), lineage=name, agent=name,
+                           prompt=task, depth=0, where=driver.HOST, pid=os.getpid(),
+                           isolation="inline")
     for sink in sinks:
-        sink(AgentStarted(run_id=run_id, time=ctx.now(), lineage=name, agent=name,
-                          prompt=task, depth=0, where=driver.HOST, pid=os.getpid(),
-                          isolation="inline"))
+        deliver(sink, started)
     handle = runtime.start(plan, run_id=None if again else plan_run,
                            resume=plan_run if again else None, lineage=name,
                            on_event=list(sinks), force=force, budget=budget,

@@ -241,7 +241,9 @@ def _hints(problems: set[tuple[str, str]]) -> list[str]:
     """What to do about problems the core words for library users, not command-line ones."""
     hints = []
     if any(code == "bad_import" and "no module named" in text for code, text in problems):
-        hints.append(f"hint: tool modules are imported from the current directory ({Path.cwd()}) "
+        # the directory's name is not ours either: a terminal must not act on it
+        hints.append(f"hint: tool modules are imported from the current directory "
+                     f"({clean(str(Path.cwd()))}) "
                      "and installed packages; run shoal from the directory that holds your "
                      "tools' package, or add that directory to PYTHONPATH")
     if any(code == "unknown_tool" for code, _ in problems):

@@ -16,6 +16,7 @@ model is writing (the latest of it, on one line), when the tree asks for text
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,13 +46,14 @@ from shoal.events import (
 )
 
 __all__ = ["MAX_CALLS_SHOWN", "MAX_SUBAGENTS_SHOWN", "SLOWEST_SHOWN", "TREE_EVENTS", "AgentTree",
-           "Row", "agent_status", "render_tree"]
+           "Row", "agent_status", "live_rows", "render_tree"]
 
 MAX_CALLS_SHOWN = 8  # per agent: the most recent; the rest are summed up in one line
 #: Per agent: with more subagents than this (a swarm), they are summed up (counts by status,
 #: totals) and only the slowest running and the latest failed ones get rows of their own.
 MAX_SUBAGENTS_SHOWN = 20
 SLOWEST_SHOWN = 3  # ... how many of the slowest running ones, and of the latest failed ones
+MIN_LIVE_ROWS = 10  # the rows a live tree draws at least, however small its terminal
 _STYLES = {**STATUS_STYLES, "running": "bold cyan", "rejected": "magenta",
            "budget_exceeded": "red", "max_turns": "red"}
 _SERVER = "~server"  # the lineage tail of a model server's row (not a name a call can have)
@@ -196,16 +198,26 @@ class AgentTree:
             server.ended, server.detail = event.time, event.error
 
     def _row(self, lineage: str) -> Row:
+        """The row of ``lineage``, made with those of its ancestors that have none yet.
+
+        Without recursion: a lineage may be as deep as a journal says.
+        """
         row = self.rows.get(lineage)
-        if row is None:
-            row = Row(lineage, lineage.rsplit("/", 1)[-1])
-            self.rows[lineage] = row
-            parent = lineage.rsplit("/", 1)[0] if "/" in lineage else ""
-            if parent:
-                self._row(parent).children.append(lineage)
-            else:
+        if row is not None:
+            return row
+        made = row = self.rows[lineage] = Row(lineage, lineage.rsplit("/", 1)[-1])
+        while True:
+            parent, _, _ = lineage.rpartition("/")
+            if not parent:
                 self.roots.append(lineage)
-        return row
+                return made
+            above = self.rows.get(parent)
+            if above is not None:
+                above.children.append(lineage)
+                return made
+            above = self.rows[parent] = Row(parent, parent.rsplit("/", 1)[-1])
+            above.children.append(lineage)
+            lineage = parent
 
     def calls_of(self, lineage: str) -> tuple[int, int]:
         """An agent's calls that ended, and how many of those did not succeed."""
@@ -297,13 +309,14 @@ def _latest(text: str, width: int) -> str:
     return flat if len(flat) <= width else ELLIPSIS + flat[-(width - 1):]
 
 
-def _add(tree: Tree, view: AgentTree, lineage: str, now: float) -> None:
-    row = view.rows[lineage]
-    branch = tree.add(_label(view, row, now))
+def _plan(view: AgentTree, row: Row, now: float) -> tuple[list[Text], list[str]]:
+    """What goes under ``row``: its summary lines, and the lineages of the children drawn."""
+    lines: list[Text] = []
     children = [view.rows[c] for c in row.children]
     subagents = [c for c in children if c.is_agent]
     if len(subagents) > MAX_SUBAGENTS_SHOWN:  # a swarm: a summary, not a thousand rows
-        shown = _swarm_summary(branch, view, subagents, now)
+        line, shown = _swarm_summary(view, subagents, now)
+        lines.append(line)
         children = [c for c in children if not c.is_agent or c.lineage in shown]
     calls = [c for c in children if not c.is_agent and not c.is_server]
     hidden = calls[:-MAX_CALLS_SHOWN] if len(calls) > MAX_CALLS_SHOWN else []
@@ -313,14 +326,40 @@ def _add(tree: Tree, view: AgentTree, lineage: str, now: float) -> None:
             counts[call.status] = counts.get(call.status, 0) + 1
         summary = ", ".join(f"{n} {one_line(status, ID_WIDTH)}"
                             for status, n in sorted(counts.items()))
-        branch.add(Text(f"… {len(hidden)} earlier calls: {summary}", style="dim"))
+        lines.append(Text(f"… {len(hidden)} earlier calls: {summary}", style="dim"))
     skipped = {c.lineage for c in hidden}
-    for child in children:
-        if child.lineage not in skipped:
-            _add(branch, view, child.lineage, now)
+    return lines, [c.lineage for c in children if c.lineage not in skipped]
 
 
-def _swarm_summary(branch: Tree, view: AgentTree, subagents: list[Row], now: float) -> set[str]:
+def _chosen(view: AgentTree, now: float, rows: int | None,
+            ) -> tuple[dict[str, tuple[list[Text], list[str]]], int]:
+    """The rows drawn, each with what goes under it (see :func:`_plan`); and how many more.
+
+    Chosen breadth first: with more rows than ``rows``, the top of the tree (the lead and its
+    subagents) is drawn and the deepest rows are counted instead.
+    """
+    chosen: dict[str, tuple[list[Text], list[str]]] = {}
+    queue = deque(view.roots)
+    while queue and (rows is None or len(chosen) < rows):
+        lineage = queue.popleft()
+        plan = chosen[lineage] = _plan(view, view.rows[lineage], now)
+        queue.extend(plan[1])
+    return chosen, len(queue)
+
+
+def _not_drawn(view: AgentTree, lineages: list[str]) -> Text:
+    """One line for the rows (and everything under them) a bounded tree leaves out."""
+    counts: dict[str, int] = {}
+    for lineage in lineages:
+        status = view.rows[lineage].status
+        counts[status] = counts.get(status, 0) + 1
+    order = sorted(counts.items(), key=lambda item: (item[0] != "running", item[0]))
+    said = ", ".join(f"{n} {one_line(status, ID_WIDTH)}" for status, n in order)
+    return Text(f"… {len(lineages)} more not drawn ({said})", style="dim")
+
+
+def _swarm_summary(view: AgentTree, subagents: list[Row], now: float,
+                   ) -> tuple[Text, set[str]]:
     """Sum up an agent's many subagents in one line; the lineages still drawn in full.
 
     The line counts them by status and totals their trees' tokens and cost; the slowest
@@ -349,8 +388,7 @@ def _swarm_summary(branch: Tree, view: AgentTree, subagents: list[Row], now: flo
         line.append(f"  (the {len(slowest)} slowest running shown)", style="dim")
     if latest_failed:
         line.append(f"  (the {len(latest_failed)} latest failed shown)", style="dim")
-    branch.add(line)
-    return {s.lineage for s in (*slowest, *latest_failed)}
+    return line, {s.lineage for s in (*slowest, *latest_failed)}
 
 
 def _agents_within(view: AgentTree, row: Row) -> Iterable[Row]:
@@ -363,10 +401,39 @@ def _agents_within(view: AgentTree, row: Row) -> Iterable[Row]:
         stack.extend(view.rows[c] for c in found.children)
 
 
-def render_tree(view: AgentTree, title: str) -> RenderableType:
-    """The tree of agents and calls as it stands (times as of now, while the run goes on)."""
+def live_rows(height: int) -> int:
+    """How many agents and calls a live tree on a terminal ``height`` lines high draws.
+
+    About half the lines: a row whose children are not all drawn takes a second one.
+    """
+    return max(height // 2, MIN_LIVE_ROWS)
+
+
+def render_tree(view: AgentTree, title: str, *, rows: int | None = None) -> RenderableType:
+    """The tree of agents and calls as it stands (times as of now, while the run goes on).
+
+    ``rows`` bounds the agents and calls drawn (the live view's, to what its terminal shows:
+    every redraw is on the event loop, and a swarm of swarms has thousands of rows); the
+    rest are counted, one line under each row whose children are not all drawn. Drawn
+    without recursion: a tree as deep as a journal may say costs no stack.
+    """
     tree = Tree(safe_text(title, "bold", width=ID_WIDTH * 2), guide_style="dim")
     now = view.clock()
-    for root in view.roots:
-        _add(tree, view, root, now)
+    chosen, _ = _chosen(view, now, rows)
+    stack: list[tuple[Tree, list[str]]] = [(tree, list(reversed(view.roots)))]
+    while stack:
+        branch, pending = stack[-1]
+        if not pending:
+            stack.pop()
+            continue
+        if pending[-1] not in chosen:  # the rest of these children: out of room
+            branch.add(_not_drawn(view, pending[::-1]))
+            stack.pop()
+            continue
+        lineage = pending.pop()
+        lines, children = chosen[lineage]
+        sub = branch.add(_label(view, view.rows[lineage], now))
+        for line in lines:
+            sub.add(line)
+        stack.append((sub, children[::-1]))
     return tree

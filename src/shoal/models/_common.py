@@ -28,7 +28,7 @@ from contextvars import ContextVar, Token
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
-from shoal.events import Event
+from shoal.events import Event, deliver
 from shoal.exceptions import (
     ConfigError,
     MissingAPIKeyError,
@@ -414,10 +414,7 @@ def notify(event: Event) -> None:
     sink = _notices.get()
     if sink is None:
         return
-    try:
-        sink(event)
-    except (Exception, SystemExit):  # an observer's bug must not fail the request it observes
-        log.exception("a model event sink failed on %s; continuing", event.kind)
+    deliver(sink, event, "a model event sink")  # its bug must not fail the request it observes
 
 
 class PerLoop(Generic[T]):

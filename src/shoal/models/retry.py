@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from shoal._deprecation import renamed
-from shoal.events import Event, ModelRetrying
+from shoal.events import Event, ModelRetrying, deliver
 from shoal.exceptions import ConfigError, ModelConnectionError, ModelError, ModelHTTPError
 from shoal.merge import shown
 from shoal.models._common import _notices, notices_to
@@ -420,11 +420,8 @@ class ModelGate:
         event = ModelRetrying(run_id="", time=0.0, model=model.name, attempt=failures,
                               attempts=self.retry.retries + 1, delay=delay, error=error)
         log.info("model %s: %s", model.name, event.describe())
-        if on_event is not None:
-            try:
-                on_event(event)
-            except (Exception, SystemExit):  # an observer's bug must not stop the retries
-                log.exception("a model event sink failed on %s; continuing", event.kind)
+        if on_event is not None:  # an observer's bug must not stop the retries
+            deliver(on_event, event, "a model event sink")
         return delay
 
     async def _wait_open(self) -> None:

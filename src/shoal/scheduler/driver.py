@@ -54,7 +54,7 @@ from shoal.approvals.desk import ApprovalDesk, RunApprovals
 from shoal.approvals.policy import ApprovalRequest
 from shoal.clock import Clock, clock_of, read_epoch, running_loop
 from shoal.deps import Graph
-from shoal.events import Event, RunFinished, RunStarted
+from shoal.events import Event, RunFinished, RunStarted, deliver
 from shoal.exceptions import (
     ConfigError,
     JournalWriteError,
@@ -69,7 +69,6 @@ from shoal.executors.base import Call, Executor
 from shoal.executors.inline import InlineExecutor
 from shoal.executors.thread import PoolJob, ThreadExecutor
 from shoal.instrumentation import RunObserver
-from shoal.merge import shown
 from shoal.outcome import ErrorInfo, Outcome, RunResult
 from shoal.plan import _ITEM_ID, Node
 from shoal.scheduler.eager import ends_in_first_step
@@ -190,7 +189,8 @@ class Driver:
         "_observer", "_on_pool", "_origin_epoch",
         "_pool_returned", "_quick",
         "_resume",
-        "_run_approvals", "_run_record", "_session", "_settling", "_shift", "_sinks", "_starting",
+        "_run_approvals", "_run_record", "_session", "_settling", "_shift", "_sink_failures",
+        "_sinks", "_starting",
         "_stopped_late", "_store", "_streaming", "_t0", "_task_of", "_task_returned",
         "_taskless", "_tasks", "_time", "_timers",
         "_to_pool", "_watchers", "cancelled_reason", "lineage", "scope", "sinks", "state",
@@ -230,6 +230,7 @@ class Driver:
         # otherwise allocate (and keep, while the turn waits on its model) a dozen empty ones.
         self._starting: dict[str, asyncio.Future[Executor]] | None = None  # backends starting
         self._sinks = tuple(sinks)
+        self._sink_failures: dict[int, int] = {}  # by id(sink): see events.deliver
         self.sinks = tuple(sinks)  # the observers' own sinks (not the journal's), for nested runs
         # the journal's and the instrumentation's sinks: they see the run's own clock
         self._internal: tuple[Callable[[Event], None], ...] = ()
@@ -1684,15 +1685,11 @@ class Driver:
                 event = _shifted(event, self._shift, self._origin_epoch)
             self._send(self._sinks, event)
 
-    @staticmethod
-    def _send(sinks: Iterable[Callable[[Event], None]], event: Event) -> None:
+    def _send(self, sinks: Iterable[Callable[[Event], None]], event: Event) -> None:
+        failures = self._sink_failures
         for sink in sinks:
-            try:
-                sink(event)
-            # an observer's bug must not break the run it observes (its sys.exit neither:
-            # Ctrl-C still stops it)
-            except (Exception, SystemExit):
-                log.exception("event sink %s failed on %s; continuing", shown(sink), event.kind)
+            # an observer's bug must not break the run it observes
+            deliver(sink, event, failures=failures)
 
     # ---- the journal --------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ times count from its own start (``RunRecord.started_at``), so every call lands o
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -309,21 +310,32 @@ def _tree_order(lanes: list[Lane], bars: Sequence[Bar]) -> list[Lane]:
     for i in range(len(lanes)):
         children.setdefault(parent(i), []).append(i)
     ordered: list[Lane] = []
-
-    def visit(i: int, depth: int) -> None:
+    # depth first without recursion: lanes may nest as deep as a journal says
+    tops = sorted(children.get(None, ()), key=lambda c: first.get(c, 1e300))
+    todo = [(top, 0) for top in reversed(tops)]
+    while todo:
+        i, depth = todo.pop()
         lanes[i].depth = depth
         ordered.append(lanes[i])
-        for child in sorted(children.get(i, ()), key=lambda c: (first.get(c, 1e300),
-                                                                  _natural(lanes[c].lineage))):
-            visit(child, depth + 1)
-
-    for top in sorted(children.get(None, ()), key=lambda c: first.get(c, 1e300)):
-        visit(top, 0)
+        below = sorted(children.get(i, ()), key=lambda c: (first.get(c, 1e300),
+                                                            _natural(lanes[c].lineage)))
+        todo += [(child, depth + 1) for child in reversed(below)]
     return ordered
 
 
 def _natural(text: str) -> list[Any]:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+    """A sort key putting ``sub#2`` before ``sub#10``; for any text (never an ``int()``).
+
+    Its runs of ASCII digits are compared as numbers, by length then digits: ``int()`` took
+    a run longer than Python writes out, and a character ``isdigit`` calls a digit that is
+    not one (``"²"`` after a number in a node id), with a ValueError out of ``shoal show``.
+    """
+    parts = _DIGITS.split(text)
+    return [(len(part.lstrip("0")), part.lstrip("0")) if odd else part
+            for odd, part in zip(itertools.cycle((False, True)), parts, strict=False)]
+
+
+_DIGITS = re.compile(r"([0-9]+)")
 
 
 def _describe_lanes(lanes: Sequence[Lane], tree: Mapping[str, Any] | None,

@@ -265,8 +265,22 @@ def explain(bar: Bar, by_key: Mapping[str, Bar], run_start: float,
 
 
 def _dependency_wait(bar: Bar, by_key: Mapping[str, Bar], since: float, ready: float) -> Wait:
-    """The wait for inputs: named after the predecessor that finished last."""
-    known = [(by_key[k], kind, detail) for k, kind, detail in bar.preds if k in by_key]
+    """The wait for inputs: named after the predecessor that finished last.
+
+    Worked out once for the inputs every item of a map shares (see :class:`SharedPreds`).
+    """
+    preds = bar.preds
+    if isinstance(preds, SharedPreds):
+        if preds.wait is None:
+            found = _inputs_wait(preds, by_key, since, ready)
+            preds.wait = (found.kind, found.text)
+        return Wait(preds.wait[0], since, ready, preds.wait[1])
+    return _inputs_wait(preds, by_key, since, ready)
+
+
+def _inputs_wait(preds: Sequence[tuple[str, str, str]], by_key: Mapping[str, Bar],
+                 since: float, ready: float) -> Wait:
+    known = [(by_key[k], kind, detail) for k, kind, detail in preds if k in by_key]
     if not known:
         return Wait("data", since, ready, "waited for its dependencies")
     last, kind, detail = max(known, key=lambda p: p[0].end if p[0].end is not None else -1.0)
@@ -359,7 +373,17 @@ def call_lineage(lane: str, node_id: str) -> str:
 def _lane_chain(bars: Sequence[Bar], extra: Mapping[str, list[tuple[str, str]]]
                 ) -> tuple[list[str], float]:
     keys = {b.key for b in bars}
-    edges = [(p, b.key) for b in bars for p, _, _ in b.preds if p in keys]
+    edges: list[tuple[str, str]] = []
+    joins: dict[int, str] = {}  # by id: the join point of a map's inputs (see SharedPreds)
+    for b in bars:
+        if isinstance(b.preds, SharedPreds):
+            join = joins.get(id(b.preds))
+            if join is None:
+                join = joins[id(b.preds)] = f"\0inputs:{b.key}"
+                edges += [(p, join) for p, _, _ in b.preds if p in keys]
+            edges.append((join, b.key))
+        else:
+            edges += [(p, b.key) for p, _, _ in b.preds if p in keys]
     for b in bars:
         edges += [(s, t) for s, t in extra.get(b.key, ())]
     weights = {b.key: b.duration for b in bars}
@@ -392,7 +416,9 @@ def turn_links(bars: Sequence[Bar]) -> dict[str, list[tuple[str, str]]]:
 def step_order(step: str) -> tuple[int, int] | None:
     """Where a step falls in its agent's loop: ``model-2`` before ``turn-2`` before ``model-3``."""
     kind, _, number = step.partition("-")
-    if kind not in ("model", "turn") or not number.isdigit():
+    # ASCII digits, and few: isdigit() takes "²", and int() no run longer than it writes out
+    if kind not in ("model", "turn") or not (number.isascii() and number.isdigit()
+                                              and len(number) < 19):
         return None
     return int(number), 0 if kind == "model" else 1
 
@@ -495,17 +521,42 @@ def outcome_bar(outcome: Outcome, key: str, lane: int, offset: float, *,
     return bar
 
 
+class SharedPreds(list[tuple[str, str, str]]):
+    """The inputs of a map, given to each of its items as one list (never copied per item).
+
+    A map of n items whose call takes k inputs (a list of k refs beside ``over``) gave each
+    item its own copy: n * k edges, walked for the critical path and for each item's wait,
+    and a timeline of 800 items over 800 refs took seconds. The edges through it are linked
+    through one join point (see :func:`_lane_chain`), and its wait is worked out once.
+    """
+
+    __slots__ = ("wait",)
+
+    def __init__(self, preds: Iterable[tuple[str, str, str]]) -> None:
+        super().__init__(preds)
+        self.wait: tuple[str, str] | None = None  # (kind, text) of the wait for them
+
+
 def link_map_items(bars: Sequence[Bar]) -> None:
     """A map's items (``m[0]``, ``m[1]`` ...) sit between the map's inputs and the map."""
     by_node = {(b.lane, b.node_id): b for b in bars}
-    inputs = {b.key: list(b.preds) for b in bars}  # before any item is linked
+    pairs = []
     for bar in bars:
         owner_id, bracket, index = bar.node_id.rpartition("[")
         owner = by_node.get((bar.lane, owner_id)) if bracket and index[:-1].isdigit() else None
-        if owner is None:
-            continue
+        if owner is not None:
+            pairs.append((bar, owner))
+    owners = {id(owner) for _, owner in pairs}  # their preds grow: never shared
+    shared: dict[int, SharedPreds] = {}  # by id(owner): its inputs, before any item is linked
+    for _, owner in pairs:
+        shared.setdefault(id(owner), SharedPreds(owner.preds))
+    for bar, owner in pairs:
         owner.kind = "map"
-        bar.preds += [p for p in inputs[owner.key] if p not in bar.preds]
+        inputs = shared[id(owner)]
+        if not bar.preds and id(bar) not in owners:  # the common case: an item of its own
+            bar.preds = inputs
+        else:
+            bar.preds += [p for p in inputs if p not in bar.preds]
         owner.preds.append((bar.key, "data", f"gathers {bar.node_id}"))
 
 
