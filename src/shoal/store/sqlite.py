@@ -147,8 +147,9 @@ class SQLiteStore:
     """A :class:`~shoal.store.base.Store` in a SQLite file (WAL, ``synchronous=FULL``).
 
     Args:
-        path: the database file (its directory is created); ``":memory:"`` for a private,
-            non-persistent database (tests).
+        path: the database file (its directory is created); the text ``":memory:"`` for a
+            private, non-persistent database (tests; a path object ``Path(":memory:")`` names
+            a file). A name starting ``file:`` is a file of that name, not a URI.
         keep_events: also journal every event of every run. Off by default: attempts and
             outcomes already hold what resume and ``shoal show`` need, and events roughly
             double the journal's cost per call (``shoal run`` turns them on).
@@ -164,7 +165,10 @@ class SQLiteStore:
         if not isinstance(path, str | os.PathLike):  # str() would make a file of any value
             raise ConfigError(f"a SQLite journal's path is a str or a path, got "
                               f"{type(path).__name__} {shown(path)}")
-        self.path = str(path)
+        # ":memory:" as text is SQLite's private database; a path object names a file
+        # (``shoal run --store :memory:`` journals to a file of that name, not nowhere)
+        self.path = str(path) if isinstance(path, str) or str(path) != ":memory:" else (
+            "./:memory:")
         self.keeps_events = keep_events
         self.read_only = read_only and self.path != ":memory:"
         self._timeout = timeout
@@ -213,8 +217,8 @@ class SQLiteStore:
     def _connect(self, timeout: float) -> sqlite3.Connection:
         """The connection: read-write, or (``read_only``) as read-only as the file needs."""
         if not self.read_only:
-            return sqlite3.connect(self.path, timeout=timeout, isolation_level=None,
-                                   check_same_thread=False)
+            return sqlite3.connect(_file_name(self.path), timeout=timeout,
+                                   isolation_level=None, check_same_thread=False)
         if not Path(self.path).is_file():
             raise sqlite3.OperationalError("no such file")
         uri = Path(self.path).resolve().as_uri()
@@ -235,9 +239,15 @@ class SQLiteStore:
         try:
             # before WAL mode is set (it stays set in the file): another program's database,
             # or a newer shoal's journal, is refused without being changed at all
-            self._refuse_newer(self._schema_version(_Bound(self._conn)))
+            found = self._schema_version(_Bound(self._conn))
+            self._refuse_newer(found)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
+            if found is not None and not self._outdated(_Bound(self._conn)):
+                # nothing to write: no write lock is taken, so a journal another process
+                # holds locked for a long while (a stopped shoal run, a long commit) still
+                # opens at once for shoal runs and shoal show, which only read it
+                return
             with self._tx() as db:
                 found = self._schema_version(db)
                 if found is None:
@@ -255,6 +265,12 @@ class SQLiteStore:
                                    "DEFAULT ''")
         except sqlite3.DatabaseError as exc:
             raise self._unusable(exc) from exc
+
+    def _outdated(self, db: _Bound) -> bool:
+        """Whether a journal of this version lacks a table or columns added since it was made."""
+        found = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                           "name = 'effects'").fetchone()
+        return found is None or bool(self._lacks(db))
 
     def _unusable(self, exc: sqlite3.DatabaseError) -> StoreError:
         """The error for a file that could not be opened as a journal."""
@@ -658,6 +674,16 @@ class SQLiteStore:
 
 
 _MAX_SQL_INT = 2 ** 63 - 1
+
+
+def _file_name(path: str) -> str:
+    """``path`` as SQLite takes it for the file at ``path``.
+
+    SQLite reads a name that starts with ``file:`` as a URI (Python's builds turn URIs on for
+    every name): ``file:x.db`` would open ``x.db``, another file than the one the run's lock
+    folder (``file:x.db-locks``), ``shoal runs`` and ``shoal show`` look at.
+    """
+    return f"./{path}" if path.startswith("file:") else path
 
 
 def _busy(exc: BaseException) -> bool:

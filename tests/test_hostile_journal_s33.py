@@ -1,0 +1,108 @@
+"""The journal, resume and the command line, attacked again (sweep 33).
+
+Each case runs the real ``shoal`` command in a subprocess (or a real second process) on a real
+SQLite file, and is one defect found: the test fails without its fix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import shoal
+from shoal.store.sqlite import SQLiteStore
+from tests.cli_process import run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shoal_cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``shoal ARGS`` in ``cwd``, its output captured."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    return run_cli(args, cwd=cwd, env=env, timeout=timeout)
+
+
+@shoal.tool
+def echo(text: str) -> str:
+    """Return ``text``."""
+    return text
+
+
+def journal_with_a_run(where: Path, run_id: str = "r1") -> Path:
+    """A journal at ``where`` holding one finished run ``run_id``."""
+    plan = shoal.Plan(name="p")
+    plan.add(echo, {"text": "hi"}, node_id="a")
+    path = where / "runs.db"
+    assert shoal.Runtime(store=SQLiteStore(path)).run_sync(plan, run_id=run_id).ok
+    return path
+
+
+@contextlib.contextmanager
+def write_locked(path: Path) -> Iterator[None]:
+    """Another connection holds the journal's write lock (a shoal run stopped mid-commit)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("UPDATE runs SET name = name")
+        yield
+    finally:
+        conn.execute("ROLLBACK")
+        conn.close()
+
+
+def test_runs_and_show_read_a_journal_another_process_holds_write_locked(
+        tmp_path: Path) -> None:
+    # opening a journal took its write lock (to create or upgrade the schema) even when there
+    # was nothing to write: shoal runs / show waited the store's 30 s for a writer that held
+    # it (a shoal run stopped by Ctrl-Z mid-commit), then fell back to reading
+    path = journal_with_a_run(tmp_path)
+    with write_locked(path):
+        started = time.monotonic()
+        listed = shoal_cli("runs", "--store", str(path), "--json", cwd=tmp_path)
+        shown = shoal_cli("show", "r1", "--store", str(path), "--json", cwd=tmp_path)
+        took = time.monotonic() - started
+        assert listed.returncode == 0, listed.stderr
+        assert shown.returncode == 0, shown.stderr
+        assert '"r1"' in listed.stdout and '"a"' in shown.stdout
+        assert took < 25, took  # without the fix: over 60 s (30 s each)
+        # and in Python: a store opens at once, and reads; a write waits for the lock
+        opened = time.monotonic()
+        store = SQLiteStore(path, timeout=40)
+        assert time.monotonic() - opened < 20
+        record = store.get_run("r1")
+        assert record is not None and record.status == "finished"
+        store.close()
+
+
+PLAN = "nodes:\n  - {id: a, tool: 'tests.test_hostile_journal_s33:echo', args: {text: hi}}\n"
+
+
+def test_a_journal_named_like_a_uri_or_memory_is_a_file_of_that_name(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # SQLite read "file:x.db" as a URI and journaled to x.db, while the run's lock folder,
+    # shoal runs and shoal show looked at "file:x.db" ("no journal at 'file:x.db'"); and
+    # "--store :memory:" journaled nowhere, announcing "journaling in :memory:"
+    (tmp_path / "plan.yaml").write_text(PLAN, encoding="utf-8")
+    for name in ("file:x.db", ":memory:"):
+        ran = shoal_cli("run", "plan.yaml", "--store", name, "--json", cwd=tmp_path)
+        assert ran.returncode == 0, ran.stderr
+        assert (tmp_path / name).is_file(), sorted(p.name for p in tmp_path.iterdir())
+        listed = shoal_cli("runs", "--store", name, "--json", cwd=tmp_path)
+        assert listed.returncode == 0, listed.stderr
+        assert '"finished"' in listed.stdout
+    assert not (tmp_path / "x.db").exists()
+    # in Python too: "file:y.db" is the file of that name, where its lock folder is
+    monkeypatch.chdir(tmp_path)
+    with contextlib.closing(SQLiteStore("file:y.db")) as named:
+        named.claim_run("r").release()
+    assert (tmp_path / "file:y.db").is_file() and (tmp_path / "file:y.db-locks").is_dir()
+    assert not (tmp_path / "y.db").exists()
+    with contextlib.closing(SQLiteStore(":memory:")) as private:
+        assert not private.list_runs()
