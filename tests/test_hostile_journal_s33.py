@@ -106,3 +106,24 @@ def test_a_journal_named_like_a_uri_or_memory_is_a_file_of_that_name(
     assert not (tmp_path / "y.db").exists()
     with contextlib.closing(SQLiteStore(":memory:")) as private:
         assert not private.list_runs()
+
+
+def test_a_journal_path_through_a_symlink_loop_or_to_no_folder_says_so(tmp_path: Path) -> None:
+    # SQLite's words were "unable to open database file", and shoal runs said "no journal"
+    (tmp_path / "plan.yaml").write_text(PLAN, encoding="utf-8")
+    (tmp_path / "loop1").symlink_to("loop2")
+    (tmp_path / "loop2").symlink_to("loop1")
+    (tmp_path / "dangling.db").symlink_to(tmp_path / "gone" / "x.db")
+    for name, said in (("loop1", "in a loop"), ("loop1/runs.db", "in a loop"),
+                       ("dangling.db", "in a folder that does not exist")):
+        ran = shoal_cli("run", "plan.yaml", "--store", name, cwd=tmp_path)
+        assert ran.returncode == 2 and said in ran.stderr, ran.stderr
+        assert "Traceback" not in ran.stderr
+    listed = shoal_cli("runs", "--store", "loop1", cwd=tmp_path)
+    assert listed.returncode == 2 and "in a loop" in listed.stderr, listed.stderr
+    assert not (tmp_path / "gone").exists()
+    # a link to a file in a folder that exists is followed, as ever
+    (tmp_path / "link.db").symlink_to("real.db")
+    ran = shoal_cli("run", "plan.yaml", "--store", "link.db", cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    assert (tmp_path / "real.db").is_file()

@@ -102,7 +102,7 @@ def open_journal(path: Path, *, must_exist: bool = True,
     With ``read_only``, a journal that cannot be opened for writing (a read-only file or file
     system) is opened for reading.
     """
-    if must_exist and not path.exists():
+    if must_exist and not path.exists() and not path.is_symlink():  # a link: the store says
         raise ShoalError(f"no journal at {str(path)!r} (shoal run writes one there; "
                          f"--store names another)")
     try:

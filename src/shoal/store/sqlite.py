@@ -16,6 +16,7 @@ to ``timeout`` seconds for a lock).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import sqlite3
@@ -202,6 +203,7 @@ class SQLiteStore:
         try:
             if "\0" in self.path:
                 raise ValueError("a path cannot hold a NUL character")
+            _check_links(where)
             if where.exists() and not where.is_file():
                 kind = ("a folder" if where.is_dir()
                         else "not a regular file (a FIFO, socket or device)")
@@ -674,6 +676,19 @@ class SQLiteStore:
 
 
 _MAX_SQL_INT = 2 ** 63 - 1
+
+
+def _check_links(where: Path) -> None:
+    """Raise ``ValueError`` saying why symbolic links keep a file from being at ``where``."""
+    try:
+        os.stat(where)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ValueError("symbolic links on it lead round in a loop; name a file, such as "
+                             "runs.db, instead") from None
+        if where.is_symlink() and not where.parent.joinpath(os.readlink(where)).parent.is_dir():
+            raise ValueError(f"it is a symbolic link to {os.readlink(where)!r}, in a folder "
+                             "that does not exist") from None
 
 
 def _file_name(path: str) -> str:
