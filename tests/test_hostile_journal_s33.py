@@ -7,9 +7,11 @@ SQLite file, and is one defect found: the test fails without its fix.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -127,3 +129,46 @@ def test_a_journal_path_through_a_symlink_loop_or_to_no_folder_says_so(tmp_path:
     ran = shoal_cli("run", "plan.yaml", "--store", "link.db", cwd=tmp_path)
     assert ran.returncode == 0, ran.stderr
     assert (tmp_path / "real.db").is_file()
+
+
+_KILLED_WRITER = """
+import os, sys
+import shoal
+from shoal.store.sqlite import SQLiteStore
+from tests.test_hostile_journal_s33 import echo
+store = SQLiteStore(sys.argv[1])
+plan = shoal.Plan(name="late")
+plan.add(echo, {"text": "late"}, node_id="a")
+assert shoal.Runtime(store=store).run_sync(plan, run_id="r2").ok
+os._exit(0)  # as kill -9 would: the WAL is never moved into the file
+"""
+
+
+def test_a_read_only_journal_whose_last_writes_are_in_its_wal_is_not_shown_without_them(
+        tmp_path: Path) -> None:
+    # a writer killed before checkpointing leaves its last transactions in runs.db-wal; with
+    # the -shm file gone and the folder read-only, SQLite cannot read it, and shoal runs said
+    # "cannot write to the journal ... shoal runs and shoal show can still read this one":
+    # of itself, which could not; the error now says where the writes are and what to do
+    from tests.test_journal_hardening import bound_read_only
+
+    source, mounted = tmp_path / "source", tmp_path / "ro"
+    source.mkdir()
+    mounted.mkdir()
+    journal_with_a_run(source)  # r1, moved into the file as its store closed
+    wrote = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(source / "runs.db")],
+                           cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                           capture_output=True, text=True, timeout=120)
+    assert wrote.returncode == 0, wrote.stderr
+    assert (source / "runs.db-wal").stat().st_size > 0
+    (source / "runs.db-shm").unlink()
+    with bound_read_only(source, mounted, "folder"):
+        for command in (("runs",), ("show", "r2"), ("show", "r1")):
+            shown = shoal_cli(*command, "--store", str(mounted / "runs.db"), "--json",
+                              cwd=mounted)
+            assert shown.returncode == 2, shown.stdout
+            assert "runs.db-wal" in shown.stderr and "copy both files" in shown.stderr
+    # where it can be written, every run is there
+    listed = shoal_cli("runs", "--store", str(source / "runs.db"), "--json", cwd=source)
+    assert listed.returncode == 0, listed.stderr
+    assert {r["run_id"] for r in json.loads(listed.stdout)} == {"r1", "r2"}

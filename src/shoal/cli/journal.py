@@ -49,7 +49,7 @@ from shoal.store.base import ApprovalRecord, AttemptRecord, RunRecord, StoredOut
 from shoal.store.claims import process_alive as _alive
 from shoal.store.codec import untag_bytes
 from shoal.store.journal import STALE_AFTER
-from shoal.store.sqlite import DEFAULT_PATH, SQLiteStore
+from shoal.store.sqlite import DEFAULT_PATH, SQLiteStore, unread_wal
 from shoal.timeline import Timeline, from_journal
 from shoal.timeline.journal import nested_runs, tree_record
 
@@ -114,8 +114,9 @@ def open_journal(path: Path, *, must_exist: bool = True,
             raise
         try:
             return SQLiteStore(path, keep_events=True, read_only=True)
-        except StoreError:
-            pass
+        except StoreError as unreadable:
+            if unread_wal(str(path)):  # why it cannot be read either: that is the news
+                raise unreadable from None
         raise  # the first error says best why the file cannot be used
 
 

@@ -230,6 +230,13 @@ class SQLiteStore:
             conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
         except sqlite3.OperationalError:  # WAL, and its shared memory file cannot be made
             conn.close()  # the folder is read-only: no process can be writing the file
+            if unread_wal(self.path):  # opened as immutable, the file would lack its end
+                raise StoreError(
+                    f"cannot read the journal {self.path!r}: its latest writes are in "
+                    f"{self.path + '-wal'!r} (its writer stopped before moving them into the "
+                    "file), which SQLite reads only with a -shm file it cannot make in this "
+                    "read-only folder: copy both files to a writable folder and read the "
+                    "copy, or make this folder writable") from None
             return sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None,
                                    check_same_thread=False)
         return conn
@@ -689,6 +696,20 @@ def _check_links(where: Path) -> None:
         if where.is_symlink() and not where.parent.joinpath(os.readlink(where)).parent.is_dir():
             raise ValueError(f"it is a symbolic link to {os.readlink(where)!r}, in a folder "
                              "that does not exist") from None
+
+
+def unread_wal(path: str) -> bool:
+    """Whether the journal at ``path`` has writes in its ``-wal`` file but no ``-shm`` file.
+
+    Such writes (of a writer that was killed) are read only through the ``-shm`` file, which a
+    read-only folder cannot get.
+    """
+    where = Path(path).resolve()
+    wal, shm = Path(f"{where}-wal"), Path(f"{where}-shm")
+    try:
+        return wal.stat().st_size > 0 and not shm.exists()
+    except OSError:
+        return False
 
 
 def _file_name(path: str) -> str:
