@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -172,3 +174,63 @@ def test_a_read_only_journal_whose_last_writes_are_in_its_wal_is_not_shown_witho
     listed = shoal_cli("runs", "--store", str(source / "runs.db"), "--json", cwd=source)
     assert listed.returncode == 0, listed.stderr
     assert {r["run_id"] for r in json.loads(listed.stdout)} == {"r1", "r2"}
+
+
+@shoal.tool
+def pay_and_hold(marker: str, hold: str) -> str:
+    """Take effect (a line in ``marker``), then keep running while ``hold`` exists."""
+    with open(marker, "a", encoding="utf-8") as file:
+        file.write("paid\n")
+    deadline = time.monotonic() + 120
+    while Path(hold).exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return "paid"
+
+
+def _run_id(stderr: str) -> str:
+    found = re.search(r"shoal: run (\S+) \(", stderr)
+    assert found is not None, stderr
+    return found[1]
+
+
+def test_a_call_abandoned_on_its_thread_by_ctrl_c_is_in_doubt_on_resume_not_run_again(
+        tmp_path: Path) -> None:
+    # Ctrl-C cancels the run; a sync tool's thread cannot be stopped, so its call is journaled
+    # "cancelled (thread abandoned)" and the process exits with it still running: it may
+    # well have taken effect. Resume took "cancelled" as "did not run" and ran it again: the
+    # payment made twice
+    marker, hold = tmp_path / "paid.txt", tmp_path / "hold"
+    hold.touch()
+    (tmp_path / "plan.yaml").write_text(
+        "nodes:\n  - id: pay\n    tool: tests.test_hostile_journal_s33:pay_and_hold\n"
+        f"    args: {{marker: {json.dumps(str(marker))}, hold: {json.dumps(str(hold))}}}\n",
+        encoding="utf-8")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shoal.cli.app", "run", "plan.yaml", "--store", "runs.db",
+         "--json"], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        assert marker.exists(), proc.communicate(timeout=30)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        hold.unlink()
+    assert proc.returncode == 130, err
+    assert json.loads(out)["outcomes"][0]["status"] == "cancelled"
+    run_id = _run_id(err)
+    resumed = shoal_cli("resume", run_id, "--store", "runs.db", "--json", cwd=tmp_path)
+    assert resumed.returncode == 1, resumed.stderr
+    outcome = json.loads(resumed.stdout)["outcomes"][0]
+    assert outcome["status"] == "in_doubt", outcome
+    assert "could not be stopped" in outcome["reason"]
+    assert marker.read_text(encoding="utf-8") == "paid\n"  # once
+    # a person who knows it did not take effect runs it again; one who knows it did, not
+    again = shoal_cli("resume", run_id, "--store", "runs.db", "--mark-done", "pay=\"paid\"",
+                      "--json", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert marker.read_text(encoding="utf-8") == "paid\n"

@@ -704,11 +704,11 @@ def unread_wal(path: str) -> bool:
     Such writes (of a writer that was killed) are read only through the ``-shm`` file, which a
     read-only folder cannot get.
     """
-    where = Path(path).resolve()
-    wal, shm = Path(f"{where}-wal"), Path(f"{where}-shm")
     try:
+        where = Path(path).resolve()  # (a symlink loop: RuntimeError before Python 3.13)
+        wal, shm = Path(f"{where}-wal"), Path(f"{where}-shm")
         return wal.stat().st_size > 0 and not shm.exists()
-    except OSError:
+    except (OSError, RuntimeError):
         return False
 
 
