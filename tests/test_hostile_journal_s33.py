@@ -234,3 +234,74 @@ def test_a_call_abandoned_on_its_thread_by_ctrl_c_is_in_doubt_on_resume_not_run_
                       "--json", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert marker.read_text(encoding="utf-8") == "paid\n"
+
+
+@shoal.tool
+def numbers(count: int, marker: str) -> list[int]:
+    """Take effect (a line in ``marker``) and return ``count`` numbers to map over."""
+    with open(marker, "a", encoding="utf-8") as file:
+        file.write("listed\n")
+    return list(range(count))
+
+
+@shoal.tool
+def number(value: int) -> int:
+    """Return ``value``."""
+    return value
+
+
+def test_the_list_a_wide_map_maps_over_is_committed_before_the_map_makes_its_items(
+        tmp_path: Path) -> None:
+    # the outcome of the call that gave a map its list was journaled with the map's first
+    # items' starts, after the loop had made every item: seconds for 100,000 items, during
+    # which a kill -9 left that finished call (its effect taken) in doubt on resume
+    marker, db = tmp_path / "listed.txt", tmp_path / "runs.db"
+    (tmp_path / "plan.yaml").write_text(
+        "nodes:\n  - id: src\n    tool: tests.test_hostile_journal_s33:numbers\n"
+        f"    args: {{count: 100000, marker: {json.dumps(str(marker))}}}\n"
+        "  - id: m\n    tool: tests.test_hostile_journal_s33:number\n"
+        "    map: {over: $src, item_arg: value}\n", encoding="utf-8")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shoal.cli.app", "run", "plan.yaml", "--store", str(db)],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen = None  # (src committed, item attempts) in one read of the journal
+    try:
+        while proc.poll() is None and seen is None:
+            time.sleep(0.01)
+            with contextlib.suppress(sqlite3.Error), contextlib.closing(
+                    sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as conn:
+                conn.execute("BEGIN")
+                if conn.execute("SELECT count(*) FROM outcomes WHERE node_id = 'src'"
+                                ).fetchone()[0]:
+                    seen = conn.execute("SELECT count(*) FROM attempts WHERE node_id != 'src'"
+                                        ).fetchone()[0]
+        proc.kill()  # as soon as the list is on disk: while the items are being made
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        _, err = proc.communicate(timeout=60)
+    assert seen == 0, (seen, err[-2000:])  # without the fix: committed with the items' starts
+    with contextlib.closing(SQLiteStore(db)) as store:
+        (record,) = store.list_runs()
+        outcomes = store.outcomes(record.run_id, decode=False)
+    assert outcomes["src"].outcome.status == "ok" and outcomes["src"].replayable
+    assert marker.read_text(encoding="utf-8") == "listed\n"
+
+
+def test_reading_commands_leave_an_empty_file_as_it_is(tmp_path: Path) -> None:
+    # shoal runs / show / cancel / resume --store FILE turned an empty file (notes.txt, a
+    # file made by mistake) into a 72 KB journal, then said it held no runs
+    empty = tmp_path / "notes.txt"
+    empty.touch()
+    for command in (("runs",), ("show", "r1"), ("cancel", "r1"), ("resume", "r1")):
+        done = shoal_cli(*command, "--store", str(empty), cwd=tmp_path)
+        assert done.returncode == 2, (command, done.stderr)
+        assert "is an empty file, not a shoal journal" in done.stderr
+        assert empty.stat().st_size == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    # shoal run journals to it, as ever (a file made empty for the purpose)
+    (tmp_path / "plan.yaml").write_text(PLAN, encoding="utf-8")
+    ran = shoal_cli("run", "plan.yaml", "--store", str(empty), cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    assert shoal_cli("runs", "--store", str(empty), cwd=tmp_path).returncode == 0

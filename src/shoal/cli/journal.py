@@ -105,6 +105,9 @@ def open_journal(path: Path, *, must_exist: bool = True,
     if must_exist and not path.exists() and not path.is_symlink():  # a link: the store says
         raise ShoalError(f"no journal at {str(path)!r} (shoal run writes one there; "
                          f"--store names another)")
+    if must_exist and _empty_file(path):  # SQLite would make it a journal: leave it as it is
+        raise ShoalError(f"{str(path)!r} is an empty file, not a shoal journal (shoal run "
+                         f"writes one there; --store names another)")
     try:
         return SQLiteStore(path, keep_events=True)
     except (StoreVersionError, JournalDamagedError):
@@ -118,6 +121,14 @@ def open_journal(path: Path, *, must_exist: bool = True,
             if unread_wal(str(path)):  # why it cannot be read either: that is the news
                 raise unreadable from None
         raise  # the first error says best why the file cannot be used
+
+
+def _empty_file(path: Path) -> bool:
+    """Whether ``path`` is a regular file of no bytes (a journal never is: it has its tables)."""
+    try:
+        return path.is_file() and path.stat().st_size == 0
+    except OSError:
+        return False
 
 
 def parse_mark_done(items: Sequence[str]) -> dict[str, Any]:
