@@ -305,3 +305,50 @@ def test_reading_commands_leave_an_empty_file_as_it_is(tmp_path: Path) -> None:
     ran = shoal_cli("run", "plan.yaml", "--store", str(empty), cwd=tmp_path)
     assert ran.returncode == 0, ran.stderr
     assert shoal_cli("runs", "--store", str(empty), cwd=tmp_path).returncode == 0
+
+
+@shoal.tool
+def hold_on(marker: str, hold: str) -> str:
+    """Say it started (``marker``), then keep running while ``hold`` exists."""
+    Path(marker).touch()
+    deadline = time.monotonic() + 120
+    while Path(hold).exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return "held"
+
+
+def test_a_live_run_whose_heartbeat_waits_on_a_busy_journal_is_not_shown_interrupted(
+        tmp_path: Path) -> None:
+    # the run's heartbeat is written by its journal's writer, which waits (up to 30 s) while
+    # another process holds the file's write lock: after 5 s without one, shoal runs and
+    # shoal show called the live run "interrupted" (and shoal cancel would have said it was
+    # not running), though resume refused it: its process was alive and held the run's lock
+    from shoal.store.journal import STALE_AFTER
+
+    marker, hold, db = tmp_path / "started", tmp_path / "hold", tmp_path / "runs.db"
+    hold.touch()
+    (tmp_path / "plan.yaml").write_text(
+        "nodes:\n  - id: wait\n    tool: tests.test_hostile_journal_s33:hold_on\n"
+        f"    args: {{marker: {json.dumps(str(marker))}, hold: {json.dumps(str(hold))}}}\n",
+        encoding="utf-8")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shoal.cli.app", "run", "plan.yaml", "--store", str(db)],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        assert marker.exists()
+        with write_locked(db):
+            time.sleep(STALE_AFTER + 3)  # the heartbeat is stale by now
+            listed = shoal_cli("runs", "--store", str(db), "--json", cwd=tmp_path)
+            (run,) = json.loads(listed.stdout)
+            shown = shoal_cli("show", run["run_id"], "--store", str(db), "--json",
+                              cwd=tmp_path)
+        assert run["status"] == "running", run
+        assert json.loads(shown.stdout)["status"] == "running"
+    finally:
+        hold.unlink()
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err

@@ -489,8 +489,7 @@ class SQLiteStore:
         """
         if self.path == ":memory:":
             return self._claims.claim(run_id)
-        # resolved: two paths to one journal (a symlink, another cwd) must meet at one lock
-        folder = Path(f"{Path(self.path).resolve()}-locks")
+        folder = self.lock_folder
         try:
             claim = FileClaim.take(folder, run_id)
         except OSError as exc:
@@ -501,6 +500,12 @@ class SQLiteStore:
             claim.release()
             raise
         return claim
+
+    @property
+    def lock_folder(self) -> Path:
+        """Where the runs' lock files are (see :meth:`claim_run`): ``<journal>-locks``."""
+        # resolved: two paths to one journal (a symlink, another cwd) must meet at one lock
+        return Path(f"{Path(self.path).resolve()}-locks")
 
     def _refuse_if_beating(self, run_id: str) -> None:
         """Refuse a run whose record shows a live holder although its lock file was free.
