@@ -352,3 +352,23 @@ def test_a_live_run_whose_heartbeat_waits_on_a_busy_journal_is_not_shown_interru
         hold.unlink()
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
+
+
+def test_a_journal_sqlite_finds_damaged_says_so_and_what_may_save_it(tmp_path: Path) -> None:
+    # "not a usable shoal journal: database disk image is malformed", and for a write
+    # "the journal could not be written", as if the disk were full: nothing to act on
+    path = tmp_path / "runs.db"
+    plan = shoal.Plan(name="p")
+    plan.add(echo, {"text": "hi"}, node_id="a")
+    with contextlib.closing(SQLiteStore(path)) as store:
+        assert shoal.Runtime(store=store).run_sync(plan, run_id="r1").ok
+    assert not (tmp_path / "runs.db-wal").exists()  # all in the file, none in a WAL
+    with open(path, "r+b") as file:  # the pages after the first: the journal's tables
+        file.seek(4096)
+        file.write(b"\xde\xad\xbe\xef" * 1024 * 4)
+    (tmp_path / "plan.yaml").write_text(PLAN, encoding="utf-8")
+    for command in (("runs",), ("show", "r1"), ("run", "plan.yaml")):
+        done = shoal_cli(*command, "--store", str(path), cwd=tmp_path)
+        assert done.returncode == 2, (command, done.stderr)
+        assert "the file is damaged" in done.stderr and ".recover" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr

@@ -289,7 +289,8 @@ class SQLiteStore:
         read_only = _read_only_note(self.path)
         if read_only:  # a journal, but this process cannot write it: not the file's fault
             return StoreError(f"cannot write to the journal {self.path!r}: {exc}{read_only}")
-        return StoreError(f"{self.path!r} is not a usable shoal journal: {exc}")
+        return StoreError(f"{self.path!r} is not a usable shoal journal: {exc}"
+                          f"{_damage_note(self.path, exc)}")
 
     def _busy_note(self, exc: BaseException) -> str:
         """What to do about a lock another process holds ('' for other errors)."""
@@ -422,7 +423,8 @@ class SQLiteStore:
                 return self._conn.execute(sql, _bind(params)).fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read the journal {self.path!r}: {exc}"
-                             f"{self._busy_note(exc)}") from exc
+                             f"{self._busy_note(exc) or _damage_note(self.path, exc)}"
+                             ) from exc
 
     @contextmanager
     def _writing(self) -> Iterator[_Bound]:
@@ -439,7 +441,8 @@ class SQLiteStore:
         if not isinstance(exc, sqlite3.Error):
             return ""
         return (self._busy_note(exc) or _read_only_note(self.path)
-                or (_FULL_NOTE if getattr(exc, "sqlite_errorname", "") in _FULL else ""))
+                or (_FULL_NOTE if getattr(exc, "sqlite_errorname", "") in _FULL else "")
+                or _damage_note(self.path, exc))
 
     # ---- writing ------------------------------------------------------------------------
 
@@ -748,6 +751,14 @@ def _read_only_note(path: str) -> str:
 _FULL = frozenset({"SQLITE_FULL", "SQLITE_IOERR_WRITE"})
 _FULL_NOTE = (" (the disk may be full, or the file over a size limit: free some space, or "
               "journal to another file)")
+
+
+def _damage_note(path: str, exc: BaseException) -> str:
+    """What to do about a file SQLite finds damaged ('' for other errors)."""
+    if getattr(exc, "sqlite_errorname", "") != "SQLITE_CORRUPT":
+        return ""
+    return (f" (the file is damaged, by a disk fault or a copy made while it was written: "
+            f"journal to another file; sqlite3 {path!r} .recover may save what it holds)")
 
 
 def _split(records: Sequence[Record]) -> tuple[list[RunRecord], list[AttemptStarted],
