@@ -372,3 +372,47 @@ def test_a_journal_sqlite_finds_damaged_says_so_and_what_may_save_it(tmp_path: P
         assert done.returncode == 2, (command, done.stderr)
         assert "the file is damaged" in done.stderr and ".recover" in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
+
+
+@shoal.tool
+def wait_item(value: int, marker: str, hold: str) -> int:
+    """Say an item started (``marker``), then wait while ``hold`` exists."""
+    Path(marker).touch()
+    deadline = time.monotonic() + 120
+    while Path(hold).exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return value
+
+
+def test_ctrl_c_of_a_wide_map_prints_a_bounded_table_and_ends_at_once(tmp_path: Path) -> None:
+    # Ctrl-C cancels every item not yet run, and the final table had a row for each node that
+    # did not succeed: 100,000 rows, which rich took 86 s to draw before the command ended
+    marker, hold = tmp_path / "started", tmp_path / "hold"
+    hold.touch()
+    (tmp_path / "plan.yaml").write_text(
+        "nodes:\n  - id: src\n    tool: tests.test_hostile_journal_s33:numbers\n"
+        f"    args: {{count: 3000, marker: {json.dumps(str(tmp_path / 'listed'))}}}\n"
+        "  - id: m\n    tool: tests.test_hostile_journal_s33:wait_item\n"
+        f"    args: {{marker: {json.dumps(str(marker))}, hold: {json.dumps(str(hold))}}}\n"
+        "    map: {over: $src, item_arg: value}\n", encoding="utf-8")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shoal.cli.app", "run", "plan.yaml", "--store", "runs.db",
+         "--max-concurrency", "4"], cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "150"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        assert marker.exists()
+        proc.send_signal(signal.SIGINT)
+        hold.unlink()  # the items running end as they are cancelled
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert len(out.splitlines()) < 260, len(out.splitlines())  # not 3000 rows
+    assert "more that did not succeed" in out and "--json lists every node" in out
+    assert "3002 nodes:" in out  # the summary still counts every node
+    assert "shoal resume" in err
