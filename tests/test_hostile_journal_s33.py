@@ -405,14 +405,16 @@ def test_ctrl_c_of_a_wide_map_prints_a_bounded_table_and_ends_at_once(tmp_path: 
         while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.02)
         assert marker.exists()
-        proc.send_signal(signal.SIGINT)
-        hold.unlink()  # the items running end as they are cancelled
+        proc.send_signal(signal.SIGINT)  # the items running are abandoned: they wait on
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
+        hold.unlink()
     assert proc.returncode == 130, err
-    assert len(out.splitlines()) < 260, len(out.splitlines())  # not 3000 rows
-    assert "more that did not succeed" in out and "--json lists every node" in out
-    assert "3002 nodes:" in out  # the summary still counts every node
+    assert len(out.splitlines()) < 260, out[-3000:]  # not 3000 rows
+    words = " ".join(out.split())  # the caption wraps at the table's width
+    assert "more that did not succeed" in words and "--json lists every node" in words, (
+        out[-3000:])
+    assert "3002 nodes:" in words  # the summary still counts every node
     assert "shoal resume" in err
