@@ -139,7 +139,9 @@ def test_resuming_needs_a_known_run_and_a_store(tmp_path: Path) -> None:
 def test_a_cancelled_run_resumes_in_process_with_the_memory_store() -> None:
     gate = threading.Event()
 
-    @shoal.tool
+    # idempotent: its thread cannot be stopped, so the cancelled call went on (abandoned);
+    # a tool that is not would be in doubt on resume (tests/test_hostile_journal_s33.py)
+    @shoal.tool(idempotent=True)
     def slow(name: str) -> str:
         calls[name] += 1
         gate.wait(5)

@@ -256,8 +256,11 @@ def test_a_journal_locked_by_another_process_says_so_not_that_it_is_unusable(
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
-        with pytest.raises(StoreError) as caught:
-            SQLiteStore(path, timeout=0.2)
+        # opening and reading need no lock (shoal runs / show are not held up); a write does
+        with closing(SQLiteStore(path, timeout=0.2)) as busy:
+            assert busy.list_runs() == []
+            with pytest.raises(StoreError) as caught:
+                busy.write(())
     finally:
         assert holder.stdin is not None and holder.stdout is not None
         holder.stdin.close()

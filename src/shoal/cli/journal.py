@@ -46,10 +46,11 @@ from shoal.exceptions import (
 from shoal.outcome import STATUSES, Outcome, jsonable
 from shoal.plandata import DataError, read_text
 from shoal.store.base import ApprovalRecord, AttemptRecord, RunRecord, StoredOutcome
+from shoal.store.claims import lock_names
 from shoal.store.claims import process_alive as _alive
 from shoal.store.codec import untag_bytes
 from shoal.store.journal import STALE_AFTER
-from shoal.store.sqlite import DEFAULT_PATH, SQLiteStore
+from shoal.store.sqlite import DEFAULT_PATH, SQLiteStore, unread_wal
 from shoal.timeline import Timeline, from_journal
 from shoal.timeline.journal import nested_runs, tree_record
 
@@ -85,13 +86,27 @@ def live_status(record: RunRecord, now: float | None = None) -> str:
     if record.status != "running":
         return record.status
     now = time.time() if now is None else now
-    if now - max(record.heartbeat, record.started_at) > STALE_AFTER:
-        return "interrupted"
     # its pid held by another process (after a reboot, or pids wrapped around): gone too
     here = record.host == socket.gethostname() and record.pid
     if here and not _alive(record.pid, record.pid_start):
         return "interrupted"
+    if now - max(record.heartbeat, record.started_at) > STALE_AFTER and not (
+            here and _holds_its_lock(record)):  # a heartbeat can lag (a busy journal)
+        return "interrupted"
     return record.status
+
+
+#: the lock folder of the journal this command opened (see :func:`open_journal`)
+_LOCKS: list[Path] = []
+
+
+def _holds_its_lock(record: RunRecord) -> bool:
+    """Whether ``record``'s process (alive, on this machine) still holds the run's lock.
+
+    Its heartbeat stops while its journal's writer waits for a lock another process holds
+    on the file: a live run is not taken for an interrupted one, which resume would refuse.
+    """
+    return bool(_LOCKS) and lock_names(_LOCKS[-1], record.run_id, record.pid)
 
 
 
@@ -102,21 +117,39 @@ def open_journal(path: Path, *, must_exist: bool = True,
     With ``read_only``, a journal that cannot be opened for writing (a read-only file or file
     system) is opened for reading.
     """
-    if must_exist and not path.exists():
+    if must_exist and not path.exists() and not path.is_symlink():  # a link: the store says
         raise ShoalError(f"no journal at {str(path)!r} (shoal run writes one there; "
                          f"--store names another)")
+    if must_exist and _empty_file(path):  # SQLite would make it a journal: leave it as it is
+        raise ShoalError(f"{str(path)!r} is an empty file, not a shoal journal (shoal run "
+                         f"writes one there; --store names another)")
     try:
-        return SQLiteStore(path, keep_events=True)
+        return _opened(SQLiteStore(path, keep_events=True))
     except (StoreVersionError, JournalDamagedError):
         raise
     except StoreError:
         if not read_only:
             raise
         try:
-            return SQLiteStore(path, keep_events=True, read_only=True)
-        except StoreError:
-            pass
+            return _opened(SQLiteStore(path, keep_events=True, read_only=True))
+        except StoreError as unreadable:
+            if unread_wal(str(path)):  # why it cannot be read either: that is the news
+                raise unreadable from None
         raise  # the first error says best why the file cannot be used
+
+
+def _opened(journal: SQLiteStore) -> SQLiteStore:
+    """``journal``, its lock folder noted for :func:`live_status`."""
+    _LOCKS.append(journal.lock_folder)
+    return journal
+
+
+def _empty_file(path: Path) -> bool:
+    """Whether ``path`` is a regular file of no bytes (a journal never is: it has its tables)."""
+    try:
+        return path.is_file() and path.stat().st_size == 0
+    except OSError:
+        return False
 
 
 def parse_mark_done(items: Sequence[str]) -> dict[str, Any]:

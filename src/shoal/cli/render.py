@@ -32,6 +32,9 @@ STATUS_STYLES = {
     "in_doubt": "bold magenta",
 }
 FULL_TABLE_LIMIT = 50  # above this many nodes, ok rows are only counted: failures stay visible
+# rows of nodes that did not succeed at most: a table of 100,000 rows (a wide map stopped by
+# Ctrl-C) takes rich minutes to draw, and the command would not end until it had
+ROWS_SHOWN = 200
 PREVIEW_WIDTH = 70
 ERRORS_SHOWN = 5  # errors printed in full below the table
 ERROR_WIDTH = 300
@@ -123,9 +126,14 @@ def outcome_table(result: RunResult, width: int | None = None) -> Table:
     table.add_column("time", justify="right", no_wrap=True)
     table.add_column("result")
     compact = len(result) > FULL_TABLE_LIMIT
+    rows = hidden = 0
     for outcome in _in_order(result):
         if compact and outcome.ok:
             continue
+        if rows >= ROWS_SHOWN:
+            hidden += 1
+            continue
+        rows += 1
         took = seconds(outcome.duration) if outcome.started_at is not None else "-"
         table.add_row(safe_text(outcome.node_id, width=ids),
                       safe_text(outcome.tool, width=ids), _status(outcome),
@@ -134,6 +142,9 @@ def outcome_table(result: RunResult, width: int | None = None) -> Table:
     if compact:
         ok = result.counts["ok"]
         table.caption = f"{ok} ok node{'s' if ok != 1 else ''} not shown"
+        if hidden:
+            table.caption += (f", nor {hidden:,} more that did not succeed (the first "
+                              f"{ROWS_SHOWN} are; --json lists every node)")
         table.caption_justify = "left"
     return table
 

@@ -185,7 +185,8 @@ class Driver:
         "_bursting", "_clock",
         "_context", "_deadline", "_desk", "_early", "_ends_each", "_entered", "_epoch",
         "_executor_for", "_executors", "_finished", "_given_clock", "_graced", "_handed",
-        "_handing", "_hosts", "_internal", "_journal", "_late", "_lean_due", "_loop",
+        "_handing", "_hosts", "_internal", "_journal", "_journaled_early", "_late", "_lean_due",
+        "_loop",
         "_observer", "_on_pool", "_origin_epoch",
         "_pool_returned", "_quick",
         "_resume",
@@ -259,6 +260,10 @@ class Driver:
                 on_cancel=self._cancel_request if store.durable else None)
             if store.keeps_events:
                 self._internal = (self._journal_event,)
+        # outcomes journaled before a wide map made its items (see _journal_before_expanding)
+        self._journaled_early: set[int] | None = None
+        if self._streaming:
+            state.before_expand = self._journal_before_expanding
         self._observer: RunObserver | None = None  # the instrumentation's (see observe)
         # position -> attempt (no task: it runs at once, see _burst, and has not yet)
         self._tasks: dict[int, Call] = {}
@@ -1720,12 +1725,35 @@ class Driver:
         if journal is None:
             return None
         run_id, now = self.state.run_id, self.now()
+        early = self._journaled_early
         for pos in d.done:
+            if early and pos in early:  # on its way to the disk already
+                early.discard(pos)
+                continue
             journal.add(self._outcome_record(pos))
         for call in d.starts:
             journal.add(AttemptStarted(run_id, self._session, call.node_id, call.attempt,
                                        call.tool.name, call.isolation, now, call.held))
         return journal.barrier() if d.starts else None
+
+    def _journal_before_expanding(self, d: Decisions) -> None:
+        """Send ``d``'s outcomes to the disk now: a wide map is about to make its items.
+
+        Making 100,000 items takes seconds on the loop; the outcome that gave the map its list
+        (a call that may have taken effect) would wait for them, and a crash meanwhile would
+        leave it in doubt. Its dependents still start only once it is committed.
+        """
+        journal = self._journal
+        if journal is None:
+            return
+        early = self._journaled_early
+        if early is None:
+            early = self._journaled_early = set()
+        for pos in d.done:
+            if pos not in early:
+                early.add(pos)
+                journal.add(self._outcome_record(pos))
+        journal.send_now()
 
     def _journal_ends(self, done: Sequence[int]) -> None:
         """Journal the outcomes of the nodes at these positions now (see ``_ends_each``).

@@ -76,6 +76,9 @@ LIFT_BUDGET = 64
 
 #: A map over more items than this fails instead of adding them (each item is a node).
 MAX_MAP_ITEMS = 1_000_000
+# a map of this many items or more takes long enough to make (tens of ms and up) that the
+# outcomes decided before it are sent to the journal first (see SchedulerState.before_expand)
+EARLY_JOURNAL_ITEMS = 1000
 
 #: What resume makes of a node the journal knows: ``("run", None)``, ``("replay", outcome)``
 #: (in the journal already), ``("settle", outcome)`` (decided on resume: journal it), or
@@ -520,8 +523,9 @@ class SchedulerState:
         "_ask_doubt", "_asking", "_backends", "_begun", "_critical", "_default_executor", "_doubt",
         "_ended", "_gates", "_global", "_global_blocks", "_global_held", "_heap",
         "_kept_rare", "_maps_due", "_next_index", "_one_tool", "_plan_order", "_rng", "_slots",
-        "_sorted", "_sorting", "_spare", "clock_origin", "closed", "done_count", "fail_fast",
-        "fate_of", "graph", "in_flight", "record_events", "run_id", "status_counts", "stopping",
+        "_sorted", "_sorting", "_spare", "before_expand", "clock_origin", "closed", "done_count",
+        "fail_fast", "fate_of", "graph", "in_flight", "record_events", "run_id", "status_counts",
+        "stopping",
     )
 
     def __init__(
@@ -555,6 +559,9 @@ class SchedulerState:
         self._plan_order: bool | None = None  # whether positions follow plan order (once known)
         #: resume: what the journal says about a node added while the run goes (see add())
         self.fate_of: Callable[[Node], Fate] | None = None
+        #: called with the decisions so far before a map makes EARLY_JOURNAL_ITEMS items or
+        #: more (seconds of work): the driver sends their outcomes to the journal meanwhile
+        self.before_expand: Callable[[Decisions], None] | None = None
         self.run_id = run_id
         self.fail_fast = fail_fast
         self.record_events = record_events
@@ -1370,6 +1377,8 @@ class SchedulerState:
         except Exception as exc:
             self._record(slot, "failed", now, d, error=ErrorInfo.from_exception(exc))
             return
+        if len(items) >= EARLY_JOURNAL_ITEMS and d.done and self.before_expand is not None:
+            self.before_expand(d)
         slot.items = []
         # an item may end as it is added (replayed, in doubt, cancelled): one count more
         # until every item is in the list, or the map would gather without the last ones

@@ -53,8 +53,8 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 __all__ = ["HEARTBEAT_STALE", "FileClaim", "LocalClaims", "RunClaim", "claim_run",
-           "claim_run_nothing", "process_alive", "process_start", "record_beats",
-           "record_is_live", "this_process_start"]
+           "claim_run_nothing", "lock_names", "lock_path", "process_alive", "process_start",
+           "record_beats", "record_is_live", "this_process_start"]
 
 log = logging.getLogger("shoal")
 
@@ -273,8 +273,7 @@ class FileClaim:
         if fcntl is None:  # pragma: no cover - Windows
             return _NoClaim()
         folder.mkdir(parents=True, exist_ok=True)
-        digest = hashlib.sha256(run_id.encode("utf-8", "surrogatepass")).hexdigest()
-        path = folder / f"{digest[:32]}.lock"  # run ids hold slashes and any other text
+        path = lock_path(folder, run_id)
         while True:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by children
             try:
@@ -298,6 +297,21 @@ class FileClaim:
     def release(self) -> None:
         """Remove the lock file and let the lock go."""
         self._closer()
+
+
+def lock_path(folder: Path, run_id: str) -> Path:
+    """The lock file of ``run_id`` in ``folder`` (run ids hold slashes and any other text)."""
+    digest = hashlib.sha256(run_id.encode("utf-8", "surrogatepass")).hexdigest()
+    return folder / f"{digest[:32]}.lock"
+
+
+def lock_names(folder: Path, run_id: str, pid: int) -> bool:
+    """Whether ``run_id``'s lock file in ``folder`` is there and names process ``pid``.
+
+    Its holder removes it when it lets the claim go, and a later claimant writes its own pid:
+    a file that names a live process, the one that runs the run, is that process's claim.
+    """
+    return _holder(lock_path(folder, run_id)).get("pid") == pid
 
 
 def _same_file(fd: int, path: Path) -> bool:

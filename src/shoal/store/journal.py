@@ -146,6 +146,15 @@ class Journal:
         if self.failed is not None:
             raise StoreError(f"the journal could not be written: {self.failed}") from self.failed
 
+    def send_now(self) -> None:
+        """Hand what was journaled so far to the writer now, not at the loop iteration's end.
+
+        For a long stretch of work on the loop (a wide map making its items) that follows:
+        the writer commits meanwhile. :meth:`barrier` still covers it.
+        """
+        if self.durable:
+            self._send()
+
     # ---- the loop side ----------------------------------------------------------------------
 
     def _send(self) -> None:

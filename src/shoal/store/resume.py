@@ -5,7 +5,9 @@ For each node of the run, by what the journal says:
 * an ``ok`` or ``denied`` outcome: **replayed** (the recorded value or decision); it never
   runs again. An ``ok`` value the journal could not store (see :mod:`shoal.store.codec`)
   cannot be replayed: the node runs again if its tool is idempotent, else it is in doubt;
-* a ``failed``, ``timed_out``, ``cancelled`` or ``skipped`` outcome: runs again;
+* a ``failed``, ``timed_out``, ``cancelled`` or ``skipped`` outcome: runs again; but a call
+  that timed out or was cancelled without stopping (abandoned on its thread, which cannot be
+  killed) went on, and may have taken effect: if its tool is not idempotent it is **in doubt**;
 * no outcome, but an attempt that started and never ended: the call was **in flight** when
   the run stopped. It runs again if its tool is idempotent; otherwise shoal cannot know
   whether it took effect, so it is **in doubt** (outcome ``in_doubt``, dependents skipped)
@@ -263,6 +265,14 @@ def _doubt(node: Node, stored: StoredOutcome | None, in_flight: bool,
             return ""
         if status == "in_doubt":
             return stored.outcome.reason
+        if status not in _REPLAYED and stored.outcome.abandoned and node.map is None and (
+                not tool.policy.idempotent):
+            # it ended (cancelled, timed out) without stopping: its thread or task went on,
+            # and may have taken effect before the process ended or since
+            return (f"it ended {status} but could not be stopped (it was abandoned while it "
+                    f"ran), and tool {tool.name!r} is not idempotent: it may or may not have "
+                    f"taken effect (run it again with rerun_in_doubt=[{node.id!r}] or shoal "
+                    f"resume --rerun-in-doubt {node.id})")
         if status not in _REPLAYED:
             into.rerun[node.id] = f"ended {status}"
             return ""

@@ -16,6 +16,7 @@ to ``timeout`` seconds for a lock).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import sqlite3
@@ -147,8 +148,9 @@ class SQLiteStore:
     """A :class:`~shoal.store.base.Store` in a SQLite file (WAL, ``synchronous=FULL``).
 
     Args:
-        path: the database file (its directory is created); ``":memory:"`` for a private,
-            non-persistent database (tests).
+        path: the database file (its directory is created); the text ``":memory:"`` for a
+            private, non-persistent database (tests; a path object ``Path(":memory:")`` names
+            a file). A name starting ``file:`` is a file of that name, not a URI.
         keep_events: also journal every event of every run. Off by default: attempts and
             outcomes already hold what resume and ``shoal show`` need, and events roughly
             double the journal's cost per call (``shoal run`` turns them on).
@@ -164,7 +166,10 @@ class SQLiteStore:
         if not isinstance(path, str | os.PathLike):  # str() would make a file of any value
             raise ConfigError(f"a SQLite journal's path is a str or a path, got "
                               f"{type(path).__name__} {shown(path)}")
-        self.path = str(path)
+        # ":memory:" as text is SQLite's private database; a path object names a file
+        # (``shoal run --store :memory:`` journals to a file of that name, not nowhere)
+        self.path = str(path) if isinstance(path, str) or str(path) != ":memory:" else (
+            "./:memory:")
         self.keeps_events = keep_events
         self.read_only = read_only and self.path != ":memory:"
         self._timeout = timeout
@@ -198,6 +203,7 @@ class SQLiteStore:
         try:
             if "\0" in self.path:
                 raise ValueError("a path cannot hold a NUL character")
+            _check_links(where)
             if where.exists() and not where.is_file():
                 kind = ("a folder" if where.is_dir()
                         else "not a regular file (a FIFO, socket or device)")
@@ -213,8 +219,8 @@ class SQLiteStore:
     def _connect(self, timeout: float) -> sqlite3.Connection:
         """The connection: read-write, or (``read_only``) as read-only as the file needs."""
         if not self.read_only:
-            return sqlite3.connect(self.path, timeout=timeout, isolation_level=None,
-                                   check_same_thread=False)
+            return sqlite3.connect(_file_name(self.path), timeout=timeout,
+                                   isolation_level=None, check_same_thread=False)
         if not Path(self.path).is_file():
             raise sqlite3.OperationalError("no such file")
         uri = Path(self.path).resolve().as_uri()
@@ -224,6 +230,13 @@ class SQLiteStore:
             conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
         except sqlite3.OperationalError:  # WAL, and its shared memory file cannot be made
             conn.close()  # the folder is read-only: no process can be writing the file
+            if unread_wal(self.path):  # opened as immutable, the file would lack its end
+                raise StoreError(
+                    f"cannot read the journal {self.path!r}: its latest writes are in "
+                    f"{self.path + '-wal'!r} (its writer stopped before moving them into the "
+                    "file), which SQLite reads only with a -shm file it cannot make in this "
+                    "read-only folder: copy both files to a writable folder and read the "
+                    "copy, or make this folder writable") from None
             return sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None,
                                    check_same_thread=False)
         return conn
@@ -235,9 +248,15 @@ class SQLiteStore:
         try:
             # before WAL mode is set (it stays set in the file): another program's database,
             # or a newer shoal's journal, is refused without being changed at all
-            self._refuse_newer(self._schema_version(_Bound(self._conn)))
+            found = self._schema_version(_Bound(self._conn))
+            self._refuse_newer(found)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
+            if found is not None and not self._outdated(_Bound(self._conn)):
+                # nothing to write: no write lock is taken, so a journal another process
+                # holds locked for a long while (a stopped shoal run, a long commit) still
+                # opens at once for shoal runs and shoal show, which only read it
+                return
             with self._tx() as db:
                 found = self._schema_version(db)
                 if found is None:
@@ -256,6 +275,12 @@ class SQLiteStore:
         except sqlite3.DatabaseError as exc:
             raise self._unusable(exc) from exc
 
+    def _outdated(self, db: _Bound) -> bool:
+        """Whether a journal of this version lacks a table or columns added since it was made."""
+        found = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                           "name = 'effects'").fetchone()
+        return found is None or bool(self._lacks(db))
+
     def _unusable(self, exc: sqlite3.DatabaseError) -> StoreError:
         """The error for a file that could not be opened as a journal."""
         if _busy(exc):  # usable, but another process holds it: not the file's fault
@@ -264,7 +289,8 @@ class SQLiteStore:
         read_only = _read_only_note(self.path)
         if read_only:  # a journal, but this process cannot write it: not the file's fault
             return StoreError(f"cannot write to the journal {self.path!r}: {exc}{read_only}")
-        return StoreError(f"{self.path!r} is not a usable shoal journal: {exc}")
+        return StoreError(f"{self.path!r} is not a usable shoal journal: {exc}"
+                          f"{_damage_note(self.path, exc)}")
 
     def _busy_note(self, exc: BaseException) -> str:
         """What to do about a lock another process holds ('' for other errors)."""
@@ -397,7 +423,8 @@ class SQLiteStore:
                 return self._conn.execute(sql, _bind(params)).fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read the journal {self.path!r}: {exc}"
-                             f"{self._busy_note(exc)}") from exc
+                             f"{self._busy_note(exc) or _damage_note(self.path, exc)}"
+                             ) from exc
 
     @contextmanager
     def _writing(self) -> Iterator[_Bound]:
@@ -414,7 +441,8 @@ class SQLiteStore:
         if not isinstance(exc, sqlite3.Error):
             return ""
         return (self._busy_note(exc) or _read_only_note(self.path)
-                or (_FULL_NOTE if getattr(exc, "sqlite_errorname", "") in _FULL else ""))
+                or (_FULL_NOTE if getattr(exc, "sqlite_errorname", "") in _FULL else "")
+                or _damage_note(self.path, exc))
 
     # ---- writing ------------------------------------------------------------------------
 
@@ -464,8 +492,7 @@ class SQLiteStore:
         """
         if self.path == ":memory:":
             return self._claims.claim(run_id)
-        # resolved: two paths to one journal (a symlink, another cwd) must meet at one lock
-        folder = Path(f"{Path(self.path).resolve()}-locks")
+        folder = self.lock_folder
         try:
             claim = FileClaim.take(folder, run_id)
         except OSError as exc:
@@ -476,6 +503,12 @@ class SQLiteStore:
             claim.release()
             raise
         return claim
+
+    @property
+    def lock_folder(self) -> Path:
+        """Where the runs' lock files are (see :meth:`claim_run`): ``<journal>-locks``."""
+        # resolved: two paths to one journal (a symlink, another cwd) must meet at one lock
+        return Path(f"{Path(self.path).resolve()}-locks")
 
     def _refuse_if_beating(self, run_id: str) -> None:
         """Refuse a run whose record shows a live holder although its lock file was free.
@@ -673,6 +706,43 @@ class SQLiteStore:
 _MAX_SQL_INT = 2 ** 63 - 1
 
 
+def _check_links(where: Path) -> None:
+    """Raise ``ValueError`` saying why symbolic links keep a file from being at ``where``."""
+    try:
+        os.stat(where)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ValueError("symbolic links on it lead round in a loop; name a file, such as "
+                             "runs.db, instead") from None
+        if where.is_symlink() and not where.parent.joinpath(os.readlink(where)).parent.is_dir():
+            raise ValueError(f"it is a symbolic link to {os.readlink(where)!r}, in a folder "
+                             "that does not exist") from None
+
+
+def unread_wal(path: str) -> bool:
+    """Whether the journal at ``path`` has writes in its ``-wal`` file but no ``-shm`` file.
+
+    Such writes (of a writer that was killed) are read only through the ``-shm`` file, which a
+    read-only folder cannot get.
+    """
+    try:
+        where = Path(path).resolve()  # (a symlink loop: RuntimeError before Python 3.13)
+        wal, shm = Path(f"{where}-wal"), Path(f"{where}-shm")
+        return wal.stat().st_size > 0 and not shm.exists()
+    except (OSError, RuntimeError):
+        return False
+
+
+def _file_name(path: str) -> str:
+    """``path`` as SQLite takes it for the file at ``path``.
+
+    SQLite reads a name that starts with ``file:`` as a URI (Python's builds turn URIs on for
+    every name): ``file:x.db`` would open ``x.db``, another file than the one the run's lock
+    folder (``file:x.db-locks``), ``shoal runs`` and ``shoal show`` look at.
+    """
+    return f"./{path}" if path.startswith("file:") else path
+
+
 def _busy(exc: BaseException) -> bool:
     """Whether ``exc`` says another connection holds a lock SQLite waited for in vain."""
     name = getattr(exc, "sqlite_errorname", "")
@@ -694,6 +764,14 @@ def _read_only_note(path: str) -> str:
 _FULL = frozenset({"SQLITE_FULL", "SQLITE_IOERR_WRITE"})
 _FULL_NOTE = (" (the disk may be full, or the file over a size limit: free some space, or "
               "journal to another file)")
+
+
+def _damage_note(path: str, exc: BaseException) -> str:
+    """What to do about a file SQLite finds damaged ('' for other errors)."""
+    if getattr(exc, "sqlite_errorname", "") != "SQLITE_CORRUPT":
+        return ""
+    return (f" (the file is damaged, by a disk fault or a copy made while it was written: "
+            f"journal to another file; sqlite3 {path!r} .recover may save what it holds)")
 
 
 def _split(records: Sequence[Record]) -> tuple[list[RunRecord], list[AttemptStarted],
