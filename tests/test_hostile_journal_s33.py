@@ -418,3 +418,33 @@ def test_ctrl_c_of_a_wide_map_prints_a_bounded_table_and_ends_at_once(tmp_path: 
         out[-3000:])
     assert "3002 nodes:" in words  # the summary still counts every node
     assert "shoal resume" in err
+
+
+def test_a_nested_run_whose_heartbeat_lags_counts_as_running_while_its_tree_holds_its_lock(
+        tmp_path: Path) -> None:
+    # an agent's steps run takes no lock of its own: its tree's lock says it is live
+    import dataclasses
+    import socket
+
+    from shoal.cli.journal import live_status, open_journal
+    from shoal.store.base import RunRecord
+    from shoal.store.claims import this_process_start
+
+    path = tmp_path / "runs.db"
+    SQLiteStore(path).close()
+    journal = open_journal(path)
+    long_ago = time.time() - 3600
+    nested = RunRecord("tree/lead/steps", long_ago, 0, "", heartbeat=long_ago,
+                       pid=os.getpid(), host=socket.gethostname(),
+                       pid_start=this_process_start())
+    try:
+        assert live_status(nested) == "interrupted"  # no lock: its heartbeat decides
+        claim = journal.claim_run("tree")
+        try:
+            assert live_status(nested) == "running"
+            assert live_status(dataclasses.replace(nested, run_id="other/lead/steps")) == (
+                "interrupted")
+        finally:
+            claim.release()
+    finally:
+        journal.close()

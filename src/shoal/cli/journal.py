@@ -105,8 +105,13 @@ def _holds_its_lock(record: RunRecord) -> bool:
 
     Its heartbeat stops while its journal's writer waits for a lock another process holds
     on the file: a live run is not taken for an interrupted one, which resume would refuse.
+    A nested run holds no lock of its own: its tree's counts.
     """
-    return bool(_LOCKS) and lock_names(_LOCKS[-1], record.run_id, record.pid)
+    if not _LOCKS:
+        return False
+    # a nested run (an agent's steps: 'root/lead/steps') is covered by its tree's lock
+    tree = record.run_id.split("/", 1)[0] or record.run_id
+    return any(lock_names(_LOCKS[-1], run_id, record.pid) for run_id in {record.run_id, tree})
 
 
 
