@@ -15,6 +15,9 @@ calls (50 ms each), then a turn with its answer; the lead then answers. Everythi
    bare asyncio (a task per worker, sleeps and ``gather``, no framework), the floor any
    framework sits above; and the CPU shoal spends to start every subagent up to its first
    model request, which with the critical path bounds shoal's makespan from below.
+   And the same swarm on a SQLite journal (a fresh file): every subagent's steps run is a
+   journaled run of its own, so this is what the file's writer thread, the run records and
+   the claims add (and how many journal writer threads ran at once: one).
 2. Peak memory of that run: the process's peak RSS, and tracemalloc's peak in a second,
    traced run (tracing slows a run, so it is not the timed one).
 3. Memory per idle subagent: 1,000 workers parked on their first model request (a model
@@ -124,12 +127,16 @@ class SwarmRun:
     detail: str = ""
 
 
-async def run_swarm(swarm: Swarm, make_worker: WorkerFactory = scripted_worker) -> SwarmRun:
-    """Run the swarm once: from start to the lead's answer, and whether each worker finished."""
+async def run_swarm(swarm: Swarm, make_worker: WorkerFactory = scripted_worker, *,
+                    runtime: shoal.Runtime | None = None) -> SwarmRun:
+    """Run the swarm once: from start to the lead's answer, and whether each worker finished.
+
+    ``runtime``: the one to run it on (say, with a SQLite journal); the default's otherwise.
+    """
     lead = shoal.Agent(name="lead", model=swarm.lead_model(), subagents=[make_worker(swarm)],
                        max_turns=3)
     began, cpu = time.perf_counter(), time.process_time()
-    result = await lead.run("go", budget=swarm.budget())
+    result = await lead.run("go", budget=swarm.budget(), runtime=runtime)
     elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu
     workers = result.children
     ok = (result.ok and len(workers) == swarm.workers
@@ -296,6 +303,33 @@ def with_collector_tuned(swarm: Swarm) -> SwarmRun:
     finally:
         gc.set_threshold(*previous)
         gc.collect()
+
+
+def journaled(swarm: Swarm) -> tuple[SwarmRun, int]:
+    """A run on a SQLite journal (a fresh file), and the most journal threads seen at once.
+
+    Every subagent's steps run is a journaled run of its own: this is what the file's
+    writer thread, the run records and the claims cost a swarm.
+    """
+    most = 0
+    done = threading.Event()
+
+    def count() -> None:
+        nonlocal most
+        while not done.wait(0.01):
+            most = max(most, sum(t.name.startswith("shoal-journal")
+                                 for t in threading.enumerate()))
+
+    sampler = threading.Thread(target=count, name="bench-journal-threads", daemon=True)
+    with tempfile.TemporaryDirectory() as folder:
+        sampler.start()
+        try:
+            run = asyncio.run(run_swarm(
+                swarm, runtime=shoal.Runtime(store=Path(folder) / "runs.db")))
+        finally:
+            done.set()
+            sampler.join()
+    return run, most
 
 
 def traced_peak(swarm: Swarm) -> tuple[int, bool]:
@@ -570,6 +604,13 @@ def main(quick: bool = False) -> BenchResult:
                "s", floor=swarm.critical_path)
     result.add("  CPU time per subagent, that run", tuned.cpu / swarm.workers, "s")
     result.check("run with the collector tuned ok", tuned.ok, tuned.detail)
+    on_file, threads = journaled(swarm)
+    result.add("  makespan on a SQLite journal (a fresh file)", on_file.seconds, "s",
+               floor=swarm.critical_path)
+    result.add("    CPU time per subagent, that run", on_file.cpu / swarm.workers, "s")
+    result.add("    journal writer threads at once, most", threads, "")
+    result.check("run on a journal ok, one writer thread", on_file.ok and threads == 1,
+                 on_file.detail or ("" if threads == 1 else f"{threads} journal threads"))
     result.add("peak RSS of the process", peak_rss() / 2**20, "MiB")
 
     peak, ok = traced_peak(swarm)
