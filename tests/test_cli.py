@@ -371,7 +371,10 @@ SHORT_GRACE = ("import sys; import shoal.scheduler.driver as driver; driver.ABAN
 
 
 def test_one_ctrl_c_ends_a_run_whose_tool_ignores_its_cancellation(workdir: Path) -> None:
-    nodes = [{"id": "stubborn", "tool": "cli_tools:stubborn",
+    # the stubborn call starts once the quick one has ended (its marker then says so): a
+    # sibling ended before the Ctrl-C keeps its result (on a loaded machine, the quick call
+    # on its thread could still be running when the stubborn one wrote its marker)
+    nodes = [{"id": "stubborn", "tool": "cli_tools:stubborn", "after": ["quick"],
               "args": {"seconds": 30, "marker": str(workdir / "markers" / "stubborn")}},
              {"id": "quick", "tool": "cli_tools:add", "args": {"a": 1, "b": 2}}]
     proc = subprocess.Popen(
