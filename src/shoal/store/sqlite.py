@@ -19,6 +19,7 @@ import dataclasses
 import errno
 import json
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -513,13 +514,21 @@ class SQLiteStore:
     def _refuse_if_beating(self, run_id: str) -> None:
         """Refuse a run whose record shows a live holder although its lock file was free.
 
-        The lock file can be deleted under its holder (someone removed ``<journal>-locks/``);
-        the holder's pid and fresh heartbeat still say it runs.
+        The lock file can be deleted under its holder (someone removed ``<journal>-locks/``),
+        and a copy of a journal a running process writes has a lock folder of its own: the
+        holder's pid and start (on this machine; elsewhere its fresh heartbeat) still say it
+        runs the run, however stale the heartbeat the copy holds.
         """
         record = self.get_run(run_id)
-        if record is not None and record_beats(record):
-            raise RunActiveError(run_id, record.pid, record.host,
-                                 "its heartbeat is fresh, though its lock file is gone")
+        if record is None or not record_beats(record):
+            return
+        if record.host == socket.gethostname() and record.pid:
+            how = (f"that process is alive, though it holds no lock in {str(self.lock_folder)!r}:"
+                   " the lock folder was removed, or this journal is a copy of the one it "
+                   "writes")
+        else:
+            how = "its heartbeat is fresh, though its lock file is gone"
+        raise RunActiveError(run_id, record.pid, record.host, how)
 
     def heartbeat(self, run_id: str, at: float) -> None:
         """Note that a live runtime still runs ``run_id``."""
