@@ -336,6 +336,11 @@ class SQLiteStore:
         return _RUN_COLUMNS.replace("pid_start", self._column("runs", "pid_start"))
 
     def _schema_version(self, db: _Bound) -> int | None:
+        """The journal's schema version (1 and up); ``None`` for a file not yet a journal.
+
+        ``None`` only for a file with no tables at all (an empty file, a new one), which
+        :meth:`_setup` makes a journal; a version below 1 is damage, never "new".
+        """
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if not tables:
             # no tables, but marked by the program that made it (shoal never sets these)
@@ -362,6 +367,10 @@ class SQLiteStore:
         if lacking and version <= SCHEMA_VERSION:  # another program's 'meta', not ours
             raise StoreError(f"{self.path!r} is not a shoal journal, or a damaged one: it has a "
                              f"schema version but lacks the tables {lacking}")
+        if version < 1:  # no shoal wrote it; a file not yet made a journal has no tables
+            raise JournalDamagedError(self.path, [
+                f"meta.schema_version: {version} is no version shoal writes (they start at 1): "
+                "restore the journal from a copy, or move it aside and start a new one"])
         return version
 
     @contextmanager
