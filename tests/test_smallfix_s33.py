@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from shoal.outcome import huge_int_text, itself_text
+from tests.cli_process import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,3 +64,68 @@ def test_the_relay_reads_a_pipe_whose_descriptor_is_past_1024() -> None:
         pytest.skip(done.stdout.strip())
     assert "FAILED: []" in done.stdout, done.stdout
     assert "RELAYED: ['line', 'one', 'line', 'two']" in done.stdout, done.stdout
+
+
+# ---- one wording for a huge int and a self-containing container ----------------------------
+
+ODD_VALUES = textwrap.dedent('''
+    import shoal
+
+    @shoal.tool
+    def huge() -> int:
+        return -(10 ** 5000)
+
+    @shoal.tool
+    def selfish() -> dict:
+        me: dict = {"n": 1}
+        me["me"] = [me]
+        return me
+''')
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    return run_cli(args, cwd=cwd, env=env, timeout=120)
+
+
+def _result_cells(table: str) -> dict[str, str]:
+    """The result cell of rows ``h`` and ``s`` of a printed outcome table."""
+    cells = {}
+    for line in table.splitlines():
+        found = re.match(r"(h|s) +(huge|selfish) +ok .*\d\.\d\ds +(.*?) *$", line)
+        if found:
+            cells[found[1]] = found[3]
+    return cells
+
+
+def test_the_end_of_run_table_and_shoal_show_word_odd_values_alike(tmp_path: Path) -> None:
+    # shoal show said '<int of 16610 bits>' and {'me': ['<the dict itself>'], ...} where the
+    # end-of-run table said <an integer of 16,610 bits, too long to write out> and
+    # {'me': [{'me': [{...}], ...}], ...}: one value, two wordings, one of them quoted as text
+    (tmp_path / "oddvalues.py").write_text(ODD_VALUES)
+    (tmp_path / "plan.json").write_text(json.dumps({"nodes": [
+        {"id": "h", "tool": "oddvalues:huge"}, {"id": "s", "tool": "oddvalues:selfish"}]}))
+    ran = _cli("run", "plan.json", cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    run_id = json.loads(_cli("runs", "--json", cwd=tmp_path).stdout)[0]["run_id"]
+    shown = _cli("show", run_id, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    expected = {"h": huge_int_text(-(10 ** 5000)),
+                "s": f"{{'me': [{itself_text({})}], 'n': 1}}"}
+    assert expected["h"] == "<an integer of 16,610 bits, too long to write out>"
+    assert expected["s"] == "{'me': [<the dict itself>], 'n': 1}"
+    assert _result_cells(ran.stdout) == expected, ran.stdout
+    assert _result_cells(shown.stdout) == expected, shown.stdout
+
+
+def test_a_real_string_that_reads_like_a_placeholder_stays_quoted_in_a_plain_view() -> None:
+    # only a view's placeholders show unquoted: a plain JSON value is shown as it is
+    from shoal.cli.render import detail
+    from shoal.outcome import Outcome
+
+    text = "<the list itself>"
+    outcome = Outcome(node_id="n", tool="t", status="ok", value=[text])
+    assert detail(outcome) == "['<the list itself>']"
+    me: list[object] = []
+    me.append(me)
+    assert detail(Outcome(node_id="n", tool="t", status="ok", value=me)) == "[<the list itself>]"
