@@ -129,3 +129,49 @@ def test_a_real_string_that_reads_like_a_placeholder_stays_quoted_in_a_plain_vie
     me: list[object] = []
     me.append(me)
     assert detail(Outcome(node_id="n", tool="t", status="ok", value=me)) == "[<the list itself>]"
+
+
+# ---- an events file whose writes fail -------------------------------------------------------
+
+needs_dev_full = pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+
+
+@needs_dev_full
+def test_a_run_whose_events_file_failed_says_so_last_and_in_its_json(tmp_path: Path) -> None:
+    # the run exited 0 with only a warning logged as the file failed (scrolled away by the
+    # table): nothing at the end, nor in --json, said the events file asked for was incomplete
+    (tmp_path / "oddvalues.py").write_text(ODD_VALUES)
+    (tmp_path / "plan.json").write_text(json.dumps({"nodes": [
+        {"id": "h", "tool": "oddvalues:huge"}, {"id": "s", "tool": "oddvalues:selfish"}]}))
+    text = _cli("run", "plan.json", "--no-store", "--events", "/dev/full", cwd=tmp_path)
+    assert text.returncode == 0, text.stderr  # the calls ran: the exit code is theirs
+    last = text.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"events file '/dev/full' incomplete: \d+ events not written \(No space "
+                        r"left on device\); the run's calls ran as shown", last), text.stdout
+    as_json = _cli("run", "plan.json", "--no-store", "--events", "/dev/full", "--json",
+                   cwd=tmp_path)
+    assert as_json.returncode == 0, as_json.stderr
+    said = json.loads(as_json.stdout)
+    assert said["ok"] is True
+    events = said["events_file"]
+    assert events["path"] == "/dev/full" and events["complete"] is False and events["lost"] > 0
+    assert "No space left on device" in events["error"]
+    # a file that took every event says so too, and the text output says nothing of it
+    kept = _cli("run", "plan.json", "--no-store", "--events", "ev.jsonl", "--json", cwd=tmp_path)
+    assert json.loads(kept.stdout)["events_file"] == {
+        "path": "ev.jsonl", "complete": True, "error": None, "lost": 0}
+    assert "events file" not in _cli("run", "plan.json", "--no-store", "--events", "ev.jsonl",
+                                      cwd=tmp_path).stdout
+
+
+@needs_dev_full
+def test_an_agent_run_whose_events_file_failed_says_so_too(tmp_path: Path) -> None:
+    args = ("run", "tests/review_agents.py:lead", "Review the papers", "--model",
+            "tests/agent_models.py:review_model", "--no-store", "--events", "/dev/full")
+    text = _cli(*args, cwd=ROOT)
+    assert text.returncode == 0, text.stderr
+    assert "events file '/dev/full' incomplete:" in text.stdout.strip().splitlines()[-1]
+    as_json = _cli(*args, "--json", cwd=ROOT)
+    assert as_json.returncode == 0, as_json.stderr
+    events = json.loads(as_json.stdout)["events_file"]
+    assert events["complete"] is False and events["lost"] > 0
