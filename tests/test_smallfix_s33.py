@@ -5,14 +5,18 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import textwrap
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
+from shoal.exceptions import StoreError
 from shoal.outcome import huge_int_text, itself_text
+from shoal.store.sqlite import SCHEMA_VERSION, SQLiteStore
 from tests.cli_process import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,3 +179,27 @@ def test_an_agent_run_whose_events_file_failed_says_so_too(tmp_path: Path) -> No
     assert as_json.returncode == 0, as_json.stderr
     events = json.loads(as_json.stdout)["events_file"]
     assert events["complete"] is False and events["lost"] > 0
+
+
+# ---- a schema version of 0 or below -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("mark", [-1, -(2 ** 31), 0])
+def test_user_version_zero_alone_means_a_file_not_yet_a_journal(tmp_path: Path, mark: int
+                                                                 ) -> None:
+    # shoal never sets PRAGMA user_version: a file without tables is made a journal only while
+    # it is 0 (SQLite's own start); any other mark, negative included, is another program's
+    path = tmp_path / "j.db"
+    with closing(sqlite3.connect(path)) as db:
+        db.execute(f"PRAGMA user_version = {mark}")
+    if mark:
+        with pytest.raises(StoreError, match=rf"another program.*user_version={mark}"):
+            SQLiteStore(path)
+        with closing(sqlite3.connect(path)) as db:  # left as it was
+            assert db.execute("SELECT name FROM sqlite_master").fetchall() == []
+            assert db.execute("PRAGMA user_version").fetchone() == (mark,)
+    else:
+        SQLiteStore(path).close()
+        with closing(sqlite3.connect(path)) as db:
+            assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'"
+                              ).fetchone() == (str(SCHEMA_VERSION),)
