@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import shutil
 import sqlite3
 from contextlib import closing
@@ -125,3 +126,25 @@ def test_a_damaged_schema_version_is_a_typed_error(journal: tuple[Path, str, str
     listed = cli("runs", cwd=where)
     assert listed.returncode == 2 and "schema_version" in listed.stderr
     assert "Traceback" not in listed.stderr
+
+
+@pytest.mark.parametrize("version", ["0", "-1", "-99999999999999999999"])
+def test_a_schema_version_below_one_is_damage_not_a_new_journal(
+        journal: tuple[Path, str, str], version: str) -> None:
+    # a version of 0 or below was accepted as a journal of its own version: no shoal ever
+    # wrote one, and only a file with no tables at all is a journal not yet made
+    where, run_id, _ = journal
+    db_path = where / ".shoal" / "runs.db"
+    with closing(sqlite3.connect(db_path)) as db, db:
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (version,))
+    for read_only in (False, True):
+        with pytest.raises(shoal.JournalDamagedError,
+                           match=rf"meta\.schema_version: {re.escape(version)} is no version"):
+            SQLiteStore(db_path, read_only=read_only)
+    with closing(sqlite3.connect(db_path)) as db:  # refused, not changed
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'"
+                          ).fetchone() == (version,)
+    for args in (("runs",), ("show", run_id)):
+        done = cli(*args, cwd=where)
+        assert done.returncode == 2 and "is no version shoal writes" in done.stderr
+        assert "Traceback" not in done.stderr

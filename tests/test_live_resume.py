@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 
 import shoal
+from shoal.store.claims import claim_run
 from shoal.store.sqlite import SQLiteStore
 from tests.conftest import arun
 from tests.live_tools import build_agent, build_plan, pay
@@ -230,7 +232,7 @@ def test_a_live_run_whose_lock_folder_was_deleted_is_still_refused(live_dir: Pat
         for lock in (live_dir / "runs.db-locks").iterdir():  # someone tidies up the folder
             lock.unlink()
         (live_dir / "runs.db-locks").rmdir()
-        with pytest.raises(shoal.RunActiveError, match="heartbeat is fresh") as caught:
+        with pytest.raises(shoal.RunActiveError, match="the lock folder was removed") as caught:
             shoal.Runtime(store=live_dir / "runs.db").resume_sync("live", build_plan())
         assert caught.value.pid == proc.pid
         _release(live_dir)
@@ -238,3 +240,52 @@ def test_a_live_run_whose_lock_folder_was_deleted_is_still_refused(live_dir: Pat
     finally:
         proc.kill()
     assert Counter(_lines(live_dir, "effects")) == Counter({"a": 1, "b": 1, "c": 1})
+
+
+def _copy_journal(live_dir: Path, heartbeat_age: float) -> Path:
+    """A consistent copy of the live run's journal elsewhere, its heartbeat that old."""
+    copy_dir = live_dir / "copy"
+    copy_dir.mkdir()
+    source = sqlite3.connect(live_dir / "runs.db")
+    target = sqlite3.connect(copy_dir / "runs.db")
+    try:
+        source.backup(target)
+        then = time.time() - heartbeat_age
+        with target:
+            target.execute("UPDATE runs SET heartbeat = ?, started_at = min(started_at, ?)",
+                           (then, then))
+    finally:
+        source.close()
+        target.close()
+    return copy_dir / "runs.db"
+
+
+def test_resuming_a_copy_of_a_live_journal_is_refused_however_stale_its_heartbeat(
+        live_dir: Path) -> None:
+    # the copy has a lock folder of its own, so only the record tells of the live process:
+    # once the copy's heartbeat was 5 s stale, the resume ran the live run's calls again
+    proc = _start(live_dir, "run", HOLD)  # real time: a real process, live until released
+    try:
+        _wait_for(lambda: "b" in _lines(live_dir, "started"))
+        copy = _copy_journal(live_dir, heartbeat_age=3600)
+        with pytest.raises(shoal.RunActiveError, match="a copy of the one it writes") as caught:
+            shoal.Runtime(store=copy).resume_sync("live", build_plan())
+        assert caught.value.pid == proc.pid and str(proc.pid) in str(caught.value)
+        assert "--force" in str(caught.value)
+        # force=True is still the way around it (nothing resumed here: the claim alone)
+        claim_run(SQLiteStore(copy), "live", force=True).release()
+        _release(live_dir)
+        assert _last_json(proc) == {"a": "ok", "b": "ok", "c": "ok"}
+    finally:
+        proc.kill()
+    assert Counter(_lines(live_dir, "effects")) == Counter({"a": 1, "b": 1, "c": 1})
+
+
+def test_a_copy_of_a_journal_whose_process_was_killed_resumes_at_once(live_dir: Path) -> None:
+    proc = _start(live_dir, "run", HOLD)
+    _wait_for(lambda: "b" in _lines(live_dir, "started"))
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    copy = _copy_journal(live_dir, heartbeat_age=0)  # fresh: the dead pid alone decides
+    result = shoal.Runtime(store=copy).resume_sync("live", build_plan())
+    assert result["b"].status == "in_doubt" and result["a"].status == "ok"

@@ -452,7 +452,8 @@ class JsonlSink:
 
     A file that stops taking lines (a full disk, a file system gone read-only) does not fail
     the run: the first failure is logged once as a warning on the ``shoal`` logger, saying
-    why; :attr:`error` keeps that reason and :attr:`lost` counts the events not written.
+    why; :attr:`error` keeps that message (:attr:`reason` the system's reason alone) and
+    :attr:`lost` counts the events not written.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -461,6 +462,7 @@ class JsonlSink:
                               f"{shown(path)}")
         self.path = str(path)
         self.error = ""  # why events stopped being written ('' while all is well)
+        self.reason = ""  # the system's word for it alone ("No space left on device")
         self.lost = 0
         # held open for the run's lifetime; closed by close(). Line-buffered: a file being
         # followed (tail -f) is current, and a killed run loses no event it had written.
@@ -496,6 +498,7 @@ class JsonlSink:
     def _failed(self, exc: OSError) -> None:
         if self.error:
             return
-        self.error = (f"cannot write the events file {self.path!r}: {exc.strerror or exc}; "
+        self.reason = str(exc.strerror or exc)
+        self.error = (f"cannot write the events file {self.path!r}: {self.reason}; "
                       "the events from here on are not in it")
         _log.warning("%s", self.error)

@@ -187,7 +187,23 @@ def _odd_number(value: Any) -> bool:
 def _number_text(value: float | int) -> str:
     if isinstance(value, float):
         return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
+    return huge_int_text(value)
+
+
+def huge_int_text(value: int) -> str:
+    """How an integer too long to write out is shown: the one wording of every view.
+
+    The end-of-run table, ``shoal show`` (the journal's view of a value), and JSON output.
+    """
     return f"<an integer of {value.bit_length():,} bits, too long to write out>"
+
+
+def itself_text(value: object) -> str:
+    """How a container is shown where it holds itself (a list appended to itself).
+
+    The one wording of the end-of-run table and ``shoal show`` (see :func:`huge_int_text`).
+    """
+    return f"<the {type(value).__name__} itself>"
 
 
 _INF = float("inf")

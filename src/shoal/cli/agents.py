@@ -37,7 +37,7 @@ from shoal.cli.compose import (
 )
 from shoal.cli.interrupt import Cancellable, CtrlC, say_stopped, stopped_by_a_call
 from shoal.cli.live import LivePause, live_view, show_cursor
-from shoal.cli.render import announce
+from shoal.cli.render import announce, events_file, events_incomplete
 from shoal.cli.safe import count, one_line, others_to_stderr, safe_str
 from shoal.cli.tree import AgentTree, live_rows, render_tree
 from shoal.events import Event, JsonlSink, ModelRetrying, ModelServerStarted, ModelServerStarting
@@ -223,7 +223,8 @@ def run_agent_target(options: AgentOptions, console: Console, live: bool) -> int
         # the live view saw this session's events only; the result has the nodes and agents
         # taken from the journal too
         view = AgentTree.from_summary(summary(result))
-    _print(result, error, options.as_json, console, view, composed=composed)
+    _print(result, error, options.as_json, console, view, composed=composed,
+           events=options.events)
     if ctrl_c.interrupted:
         if options.journal is not None and (result is None or not result.ok):
             say_stopped(options.journal.run_id, ctrl_c.reason)
@@ -436,12 +437,15 @@ async def _follow(handle: Awaitable[AgentResult[Any]], run_id: str, console: Con
 
 
 def _print(result: AgentResult[Any] | None, error: BaseException | None, as_json: bool,
-           console: Console, view: AgentTree, *, composed: bool = False) -> None:
+           console: Console, view: AgentTree, *, composed: bool = False,
+           events: JsonlSink | None = None) -> None:
     if as_json:
         data: dict[str, Any] = _json(result) if result is not None else {}
         if error is not None:
             # a model's own error (a ModelError subclass) may have a __str__ that fails
             data["error"] = {"type": type(error).__name__, "message": exception_message(error)}
+        if events is not None:
+            data["events_file"] = events_file(events)
         # strict JSON: a model may report a NaN cost or a count too long to write out
         sys.stdout.write(json.dumps(_strict(data), indent=2) + "\n")
         sys.stdout.flush()
@@ -454,6 +458,9 @@ def _print(result: AgentResult[Any] | None, error: BaseException | None, as_json
     if result is not None:
         line = _composed_line(result) if composed else _summary_line(result)
         parts.append(Text(line, style="dim"))
+    incomplete = events_incomplete(events)
+    if incomplete is not None:
+        parts.append(incomplete)
     console.print(Group(*parts))
     if error is not None:
         sys.stderr.write(f"error: {safe_str(error, ANSWER_WIDTH)}\n")

@@ -49,7 +49,13 @@ from shoal.cli.interrupt import (
 from shoal.cli.journal import register as register_journal_commands
 from shoal.cli.live import LivePause, follow, show_cursor
 from shoal.cli.mcp import register as register_mcp_commands
-from shoal.cli.render import announce, plan_problems, render_result
+from shoal.cli.render import (
+    announce,
+    events_file,
+    events_incomplete,
+    plan_problems,
+    render_result,
+)
 from shoal.cli.safe import clean, install_log_handler, one_line, others_to_stderr
 from shoal.cli.safe import console as safe_console
 from shoal.events import JsonlSink
@@ -456,7 +462,7 @@ def _run_checked(options: RunOptions) -> int:
     finally:
         if sink is not None:
             sink.close()
-    _print_result(result, options.as_json, console)
+    _print_result(result, options.as_json, console, sink)
     if ctrl_c.interrupted and started and runtime.store is not None and not result.ok:
         say_stopped(started[0], ctrl_c.reason)  # after the table: the last thing a user sees
     code = ctrl_c.exit_code if ctrl_c.interrupted else (EXIT_OK if result.ok else EXIT_FAILED)
@@ -531,11 +537,19 @@ def _nothing() -> None:
     """Without a live view there is no cursor to restore on a forced exit."""
 
 
-def _print_result(result: RunResult, as_json: bool, console: Console) -> None:
+def _print_result(result: RunResult, as_json: bool, console: Console,
+                  sink: JsonlSink | None = None) -> None:
+    """The result; and, with ``--events``, whether the events file has every event."""
     if as_json:
-        sys.stdout.write(result.to_json() + "\n")
+        data = result.to_dict()
+        if sink is not None:
+            data["events_file"] = events_file(sink)
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
     else:
         console.print(render_result(result))
+        incomplete = events_incomplete(sink)
+        if incomplete is not None:
+            console.print(incomplete)
     sys.stdout.flush()
 
 

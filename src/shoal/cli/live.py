@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import select
+import selectors
 import sys
 import threading
 import time
@@ -132,28 +132,38 @@ def _reap_handed() -> None:
         _HANDED.remove(pid)
 
 
+#: poll(2) where there is one: any descriptor, and no descriptor of its own (epoll needs one,
+#: which a process out of descriptors has not); select(2) takes none >= 1024 (FD_SETSIZE)
+_Selector: type[selectors.BaseSelector] = getattr(selectors, "PollSelector",
+                                                  selectors.DefaultSelector)
+
+
 def _relay(read_end: int, console: Console, ended: threading.Event) -> None:
     """Print each line that comes down the pipe above the display, until it ended and is dry.
 
     Once the view has ended, it drains for :data:`RELAY_DRAIN` seconds at most: a process
     that inherited the pipe and writes on and on (a program a tool started, left running)
-    would otherwise keep the command from ever returning.
+    would otherwise keep the command from ever returning. It waits with a selector, not
+    ``select.select``: that raises for a descriptor >= 1024, which the pipe gets in a process
+    with many files open, and the relay died with what it had to show (see ``_Selector``).
     """
     pending = b""
     drain_until: float | None = None
-    while drain_until is None or time.monotonic() < drain_until:
-        ready, _, _ = select.select([read_end], [], [], RELAY_POLL)
-        chunk = os.read(read_end, 65536) if ready else b""
-        if chunk:
-            *lines, pending = (pending + chunk).split(b"\n")
-            if len(pending) > RELAY_LINE:  # a line without end (a binary, a progress bar):
-                lines.append(pending)      # shown in pieces, not held in memory whole
-                pending = b""
-            _print_lines(console, lines)
-        elif ended.is_set() or ready:  # dry after the end, or every writer closed it
-            break
-        if drain_until is None and ended.is_set():
-            drain_until = time.monotonic() + RELAY_DRAIN
+    with _Selector() as selector:
+        selector.register(read_end, selectors.EVENT_READ)
+        while drain_until is None or time.monotonic() < drain_until:
+            ready = bool(selector.select(RELAY_POLL))
+            chunk = os.read(read_end, 65536) if ready else b""
+            if chunk:
+                *lines, pending = (pending + chunk).split(b"\n")
+                if len(pending) > RELAY_LINE:  # a line without end (a binary, a progress bar):
+                    lines.append(pending)      # shown in pieces, not held in memory whole
+                    pending = b""
+                _print_lines(console, lines)
+            elif ended.is_set() or ready:  # dry after the end, or every writer closed it
+                break
+            if drain_until is None and ended.is_set():
+                drain_until = time.monotonic() + RELAY_DRAIN
     if pending:
         _print_lines(console, [pending])
 

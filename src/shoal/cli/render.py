@@ -14,12 +14,14 @@ from rich.text import Text
 
 from shoal.cli.safe import clean, one_line, safe_repr, shorten
 from shoal.cli.safe import text as safe_text
+from shoal.events import JsonlSink
 from shoal.exceptions import PlanError
 from shoal.outcome import Outcome, RunResult, _map_items
 
 __all__ = [
-    "ID_WIDTH", "STATUS_STYLES", "FitToWidth", "announce", "detail", "errors", "id_width",
-    "outcome_table", "plan_problems", "render_result", "seconds", "summary",
+    "ID_WIDTH", "STATUS_STYLES", "FitToWidth", "announce", "detail", "errors", "events_file",
+    "events_incomplete", "id_width", "outcome_table", "plan_problems", "render_result",
+    "seconds", "summary",
 ]
 
 STATUS_STYLES = {
@@ -213,6 +215,30 @@ def render_result(result: RunResult) -> RenderableType:
         parts.append(Text(f"run stopped: {one_line(result.cancelled_reason, ERROR_WIDTH)}",
                           style="yellow"))
     return Group(*parts)
+
+
+def events_incomplete(sink: JsonlSink | None) -> Text | None:
+    """The last line of a run whose ``--events`` file stopped taking lines, else ``None``.
+
+    The run's calls ran (its exit code is theirs: run again, they would run again), but the
+    log asked for lacks the events from the failure on: said last, where it is seen, not only
+    in the warning logged when it happened, which the output of the run may have scrolled away.
+    """
+    if sink is None or not sink.error:
+        return None
+    lost = (f"{sink.lost:,} event{'s' if sink.lost != 1 else ''} not written" if sink.lost
+            else "its last lines may be missing")  # the file failed as it was closed
+    return Text(f"events file {one_line(repr(sink.path), ID_WIDTH)} incomplete: {lost} "
+                f"({one_line(sink.reason, ERROR_WIDTH)}); the run's calls ran as shown",
+                style="bold yellow")
+
+
+def events_file(sink: JsonlSink | None) -> dict[str, object] | None:
+    """``--json``'s ``events_file``: where the events went and whether all of them did."""
+    if sink is None:
+        return None
+    return {"path": sink.path, "complete": not sink.error, "lost": sink.lost,
+            "error": sink.error or None}
 
 
 def _where(nodes: list[str]) -> str:

@@ -31,8 +31,11 @@ import os
 import re
 import reprlib
 import sys
+from collections import deque
 from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any
+
+from shoal.outcome import huge_int_text, itself_text
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -49,6 +52,8 @@ PLAIN_WIDTH = 120  # when not a terminal: rich would otherwise squeeze tables to
 MIN_WIDTH, MAX_WIDTH = 20, 1000
 MIN_HEIGHT, MAX_HEIGHT = 5, 1000
 ELLIPSIS = "…"
+# the containers reprlib shows item by item (a subclass is shown by its own repr)
+_CONTAINERS = frozenset({list, tuple, dict, set, frozenset, deque})
 
 # Printable to Python (``str.isprintable``) yet drawn as nothing, or as a plain space: they
 # would let text hide. Everything Python calls unprintable (controls, format characters such
@@ -111,12 +116,25 @@ class _BoundedRepr(reprlib.Repr):
         self.maxlist = self.maxtuple = self.maxset = self.maxfrozenset = self.maxdeque = 20
         self.maxdict = 10
         self.maxlevel = 4
+        self._path: set[int] = set()  # the containers being shown, outermost first
+
+    def repr1(self, x: Any, level: int) -> str:
+        """A container that holds itself reads as ``shoal show`` words it, not four deep."""
+        if type(x) in _CONTAINERS:
+            if id(x) in self._path:
+                return itself_text(x)
+            self._path.add(id(x))
+            try:
+                return super().repr1(x, level)
+            finally:
+                self._path.discard(id(x))
+        return super().repr1(x, level)
 
     def repr_int(self, x: int, level: int) -> str:
         try:
             return super().repr_int(x, level)
         except ValueError:  # past Python's limit on digits: the rest of a container still shows
-            return f"<an integer of {x.bit_length():,} bits, too long to write out>"
+            return huge_int_text(x)
 
     def repr_instance(self, x: Any, level: int) -> str:
         try:

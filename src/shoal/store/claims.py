@@ -117,16 +117,17 @@ def record_is_live(record: RunRecord, now: float | None = None) -> bool:
 
 
 def record_beats(record: RunRecord, now: float | None = None) -> bool:
-    """Whether another live process runs ``record`` and keeps its heartbeat fresh.
+    """Whether ``record`` says another live process runs it: the sign of life beside a lock.
 
-    The second sign of life beside a run's lock: should the lock file be taken from under its
-    holder (its folder deleted), the holder is still known by its pid and heartbeat.
+    Should the run's lock file not be there (its folder deleted under its holder, or this
+    journal a *copy* of one a running process writes, with a lock folder of its own), the
+    holder is still known by its record: on this machine by its pid and start, whatever its
+    heartbeat (a busy or stopped process beats late, and a copy's heartbeat never moves);
+    elsewhere by a fresh heartbeat (see :func:`record_is_live`).
     """
     if record.pid == os.getpid() and record.host == socket.gethostname():
         return False  # this process: its own claims say whether it runs the run
-    now = time.time() if now is None else now
-    fresh = now - max(record.heartbeat, record.started_at) <= HEARTBEAT_STALE
-    return fresh and record_is_live(record, now)
+    return record_is_live(record, now)
 
 
 def process_alive(pid: int, started: str = "") -> bool:

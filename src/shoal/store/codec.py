@@ -37,6 +37,7 @@ import io
 import json
 import pickle
 import queue
+import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ from json.encoder import encode_basestring_ascii
 from typing import Any, Literal
 
 from pydantic_core import to_jsonable_python
+
+from shoal.outcome import huge_int_text, itself_text
 
 __all__ = [
     "BYTES_TAG", "ENCODE_TIMEOUT", "MAX_VALUE_BYTES", "VIEW_ITEMS", "VIEW_TEXT",
@@ -256,14 +259,14 @@ def _viewable(value: Any, depth: int, left: list[int], path: set[int]) -> Any:
     if kind in (bool, float, type(None)):
         return value
     if kind is int:
-        return value if -_BIG < value < _BIG else f"<int of {value.bit_length()} bits>"
+        return value if -_BIG < value < _BIG else huge_int_text(value)
     if kind in (bytes, bytearray):
         return _bytes_view(value)
     if kind in _CONTAINERS:
         if depth >= VIEW_DEPTH:
             return "…"
         if id(value) in path:
-            return f"<the {kind.__name__} itself>"
+            return itself_text(value)
         path.add(id(value))
         try:
             return _container_view(value, depth, left, path)
@@ -438,10 +441,14 @@ def untag_bytes(data: Any) -> Any:
     """A view's data with its :data:`BYTES_TAG` objects as ``bytes``, for display.
 
     Views written before bytes were tagged hold them as text or base64: those stay the
-    strings they are.
+    strings they are. The view's placeholders (an integer too long to write out, a container
+    where it holds itself) become :class:`Placeholder` texts, which show as the end-of-run
+    table shows those values: unquoted.
     """
     if isinstance(data, list):
         return [untag_bytes(item) for item in data]
+    if type(data) is str and data[:1] == "<" and _PLACEHOLDER.fullmatch(data):
+        return Placeholder(data)
     if not isinstance(data, dict):
         return data
     tagged = data.get(BYTES_TAG)
@@ -451,3 +458,18 @@ def untag_bytes(data: Any) -> Any:
         except (ValueError, UnicodeError):  # not base64: a dict of the tool's own
             pass
     return {key: untag_bytes(item) for key, item in data.items()}
+
+
+#: the placeholders of a view (:func:`~shoal.outcome.huge_int_text`,
+#: :func:`~shoal.outcome.itself_text`; ``<int of N bits>``: the wording of views written before)
+_PLACEHOLDER = re.compile(r"<an integer of [0-9,]+ bits, too long to write out>"
+                          r"|<the (?:list|dict|tuple|set|frozenset) itself>|<int of [0-9]+ bits>")
+
+
+class Placeholder(str):
+    """A view's text that stands for a value it could not hold; its repr is the text itself."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return str.__str__(self)

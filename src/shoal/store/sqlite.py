@@ -19,6 +19,7 @@ import dataclasses
 import errno
 import json
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -335,6 +336,11 @@ class SQLiteStore:
         return _RUN_COLUMNS.replace("pid_start", self._column("runs", "pid_start"))
 
     def _schema_version(self, db: _Bound) -> int | None:
+        """The journal's schema version (1 and up); ``None`` for a file not yet a journal.
+
+        ``None`` only for a file with no tables at all (an empty file, a new one), which
+        :meth:`_setup` makes a journal; a version below 1 is damage, never "new".
+        """
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if not tables:
             # no tables, but marked by the program that made it (shoal never sets these)
@@ -361,6 +367,10 @@ class SQLiteStore:
         if lacking and version <= SCHEMA_VERSION:  # another program's 'meta', not ours
             raise StoreError(f"{self.path!r} is not a shoal journal, or a damaged one: it has a "
                              f"schema version but lacks the tables {lacking}")
+        if version < 1:  # no shoal wrote it; a file not yet made a journal has no tables
+            raise JournalDamagedError(self.path, [
+                f"meta.schema_version: {version} is no version shoal writes (they start at 1): "
+                "restore the journal from a copy, or move it aside and start a new one"])
         return version
 
     @contextmanager
@@ -513,13 +523,21 @@ class SQLiteStore:
     def _refuse_if_beating(self, run_id: str) -> None:
         """Refuse a run whose record shows a live holder although its lock file was free.
 
-        The lock file can be deleted under its holder (someone removed ``<journal>-locks/``);
-        the holder's pid and fresh heartbeat still say it runs.
+        The lock file can be deleted under its holder (someone removed ``<journal>-locks/``),
+        and a copy of a journal a running process writes has a lock folder of its own: the
+        holder's pid and start (on this machine; elsewhere its fresh heartbeat) still say it
+        runs the run, however stale the heartbeat the copy holds.
         """
         record = self.get_run(run_id)
-        if record is not None and record_beats(record):
-            raise RunActiveError(run_id, record.pid, record.host,
-                                 "its heartbeat is fresh, though its lock file is gone")
+        if record is None or not record_beats(record):
+            return
+        if record.host == socket.gethostname() and record.pid:
+            how = (f"that process is alive, though it holds no lock in {str(self.lock_folder)!r}:"
+                   " the lock folder was removed, or this journal is a copy of the one it "
+                   "writes")
+        else:
+            how = "its heartbeat is fresh, though its lock file is gone"
+        raise RunActiveError(run_id, record.pid, record.host, how)
 
     def heartbeat(self, run_id: str, at: float) -> None:
         """Note that a live runtime still runs ``run_id``."""
