@@ -23,6 +23,7 @@ import pytest
 import shoal
 from shoal.store.sqlite import SQLiteStore
 from tests.cli_process import run_cli
+from tests.test_journal_hardening import echo, journal_with_a_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,21 +32,6 @@ def shoal_cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.Complet
     """``shoal ARGS`` in ``cwd``, its output captured."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
     return run_cli(args, cwd=cwd, env=env, timeout=timeout)
-
-
-@shoal.tool
-def echo(text: str) -> str:
-    """Return ``text``."""
-    return text
-
-
-def journal_with_a_run(where: Path, run_id: str = "r1") -> Path:
-    """A journal at ``where`` holding one finished run ``run_id``."""
-    plan = shoal.Plan(name="p")
-    plan.add(echo, {"text": "hi"}, node_id="a")
-    path = where / "runs.db"
-    assert shoal.Runtime(store=SQLiteStore(path)).run_sync(plan, run_id=run_id).ok
-    return path
 
 
 @contextlib.contextmanager
