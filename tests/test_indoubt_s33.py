@@ -142,6 +142,26 @@ def test_an_async_call_cancelled_mid_call_is_in_doubt_on_resume_not_run_again(
     assert runtime.resume_sync("r1", plan)["pay"].value == "paid" and _paid(marker) == 2
 
 
+def test_an_approver_decides_whether_a_call_cancelled_mid_call_runs_again(
+        tmp_path: Path) -> None:
+    plan, marker, hold = _plan(pay, tmp_path)
+    runtime = shoal.Runtime(store=SQLiteStore(tmp_path / "runs.db"))
+    _cancel_mid_call(runtime, plan, marker)
+    hold.unlink()
+    asked: list[shoal.ApprovalRequest] = []
+
+    def person(request: shoal.ApprovalRequest) -> bool:
+        asked.append(request)
+        return True  # it did not take effect: run it again
+
+    approving = shoal.Runtime(store=SQLiteStore(tmp_path / "runs.db"), approver=person)
+    resumed = approving.resume_sync("r1", plan)
+    assert [r.node_id for r in asked] == ["pay"]
+    assert "in doubt after the run stopped" in asked[0].reason
+    assert "while its tool ran" in asked[0].reason
+    assert resumed["pay"].status == "ok" and _paid(marker) == 2
+
+
 def test_a_call_cancelled_mid_call_in_a_memory_journal_is_in_doubt_too(tmp_path: Path) -> None:
     """The outcome says it, for journals that keep no attempts (memory, a remote agent's)."""
     plan, marker, hold = _plan(pay, tmp_path)
@@ -209,6 +229,40 @@ def test_a_call_cancelled_while_queued_behind_a_limit_runs_again(tmp_path: Path)
     resumed = runtime.resume_sync("r1", plan)
     assert resumed["first"].status == "in_doubt" and _paid(marker) == 1
     assert resumed["second"].status == "ok" and _paid(other) == 1  # it never ran: run now
+
+
+@shoal.tool(isolation="thread")
+def pay_on_a_thread(marker: str, hold: str) -> str:
+    """As :func:`pay`, on a pool thread (which cannot be stopped: it is abandoned)."""
+    _note(marker, "paid")
+    deadline = time.monotonic() + 60
+    while _held(hold) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return "paid"
+
+
+def test_a_thread_call_cancelled_while_it_waits_for_a_thread_runs_again(tmp_path: Path) -> None:
+    """One thread: the second call waits for it, and never runs before resume.
+
+    The first, abandoned on its thread, is in doubt (as before, see test_hostile_journal_s33).
+    """
+    for store in (MemoryStore(), SQLiteStore(tmp_path / "runs.db")):
+        marker, hold, other = tmp_path / "paid.txt", tmp_path / "hold", tmp_path / "other.txt"
+        marker.unlink(missing_ok=True)
+        other.unlink(missing_ok=True)
+        hold.touch()
+        plan = shoal.Plan(name="p")
+        plan.add(pay_on_a_thread, {"marker": str(marker), "hold": str(hold)}, node_id="first")
+        plan.add(pay_on_a_thread, {"marker": str(other), "hold": str(hold)}, node_id="second")
+        runtime = shoal.Runtime(store=store, thread_workers=1)
+        first = _cancel_mid_call(runtime, plan, marker)
+        hold.unlink()
+        assert first["first"].abandoned and first["first"].interrupted, first["first"]
+        assert first["second"].status == "cancelled" and not first["second"].interrupted
+        assert _paid(other) == 0
+        resumed = runtime.resume_sync("r1", plan)
+        assert resumed["first"].status == "in_doubt" and _paid(marker) == 1
+        assert resumed["second"].status == "ok" and _paid(other) == 1, resumed["second"]
 
 
 @shoal.tool

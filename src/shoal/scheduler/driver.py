@@ -1461,8 +1461,11 @@ class Driver:
             if self._stopped_late is None:
                 self._stopped_late = set()
             self._stopped_late.add(pos)
+            # never ran if no thread took it (a thread stamps began_at as it takes a call;
+            # one that ran to its end is neither abandoned nor unstarted)
             self._loop.call_soon(self._stopped_end, call, AttemptResult(
-                "cancelled", abandoned=call.abandoned, unstarted=not call.abandoned))
+                "cancelled", abandoned=call.abandoned,
+                unstarted=not call.abandoned and call.began_at is None))
         elif not self._stopped_late or pos not in self._stopped_late:
             self._stopped_early().add(pos)  # to run at once, and not yet: it never will
 

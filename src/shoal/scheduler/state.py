@@ -1521,7 +1521,7 @@ class SchedulerState:
             assert slot.args is not None
             tool = slot.node.tool
             doubt = self._doubt.get(slot.pos) if self._doubt else None
-            why = (f"in doubt after a crash ({doubt}); approve to run it again" if doubt
+            why = (f"in doubt after the run stopped ({doubt}); approve to run it again" if doubt
                    else approval_reason(tool, slot.args))
             if not why:  # the tool's predicate says these arguments need no approval
                 self._set_phase(slot, Phase.READY)
