@@ -387,3 +387,63 @@ def test_the_cli_says_a_call_stopped_by_ctrl_c_is_in_doubt_and_how_to_settle_it(
                      "--json"), cwd=tmp_path, env=env, timeout=120)
     assert again.returncode == 0, again.stderr
     assert _paid(marker) == 2
+
+
+AGENT_MODULE = '''
+import asyncio
+import os
+
+import shoal
+from shoal.testing import ScriptedModel, call
+
+
+@shoal.tool
+async def pay(marker: str, hold: str) -> str:
+    """Take effect (a line in marker), then wait while hold exists."""
+    with open(marker, "a", encoding="utf-8") as file:
+        file.write("paid\\n")
+    while os.path.exists(hold):
+        await asyncio.sleep(0.02)
+    return "paid"
+
+
+ARGS = {"marker": os.environ["PAY_MARKER"], "hold": os.environ["PAY_HOLD"]}
+agent = shoal.Agent(name="lead", tools=[pay], model=ScriptedModel(
+    ["told"] if os.environ.get("PAY_RESUMING") else [[call("pay", **ARGS)], "never"]))
+'''
+
+
+def test_the_cli_says_an_agents_call_stopped_by_ctrl_c_is_in_doubt(tmp_path: Path) -> None:
+    marker, hold = tmp_path / "paid.txt", tmp_path / "hold"
+    hold.touch()
+    (tmp_path / "cashier.py").write_text(AGENT_MODULE, encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{tmp_path}",
+           "PAY_MARKER": str(marker), "PAY_HOLD": str(hold), "COLUMNS": "200"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shoal.cli.app", "run", "cashier:agent", "go", "--store",
+         "runs.db", "--json"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        assert marker.exists(), proc.communicate(timeout=30)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    said = " ".join(err.split())
+    assert "call lead/pay#1 was stopped while its tool ran" in said, err
+    assert "tells its agent so" in said, err
+    found = re.search(r"run (\S+) interrupted", said)
+    assert found is not None, err
+    hold.unlink()
+    resumed = run_cli(("resume", found[1], "--store", "runs.db", "--json"), cwd=tmp_path,
+                      env={**env, "PAY_RESUMING": "1"}, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    report = json.loads(resumed.stdout)
+    assert report["output"] == "told"
+    assert [c["status"] for c in report["calls"]] == ["in_doubt"], report["calls"]
+    assert _paid(marker) == 1  # not paid twice
