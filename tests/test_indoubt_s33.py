@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -172,6 +173,26 @@ def test_a_call_cancelled_mid_call_in_a_memory_journal_is_in_doubt_too(tmp_path:
     assert _paid(marker) == 1
     done = runtime.resume_sync("r1", plan, mark_done={"pay": "paid"})
     assert done["pay"].status == "ok" and done["pay"].value == "paid" and _paid(marker) == 1
+
+
+def test_a_stopped_call_journaled_by_an_older_shoal_is_in_doubt_if_it_had_started(
+        tmp_path: Path) -> None:
+    """Its outcome does not say whether its tool ran (no ``interrupted``): it may have."""
+    marker, hold, other = tmp_path / "paid.txt", tmp_path / "hold", tmp_path / "other.txt"
+    hold.touch()
+    plan = shoal.Plan(name="p")
+    plan.add(pay_at_the_till, {"marker": str(marker), "hold": str(hold)}, node_id="first")
+    plan.add(pay_at_the_till, {"marker": str(other), "hold": str(hold)}, node_id="second")
+    db = tmp_path / "runs.db"
+    runtime = shoal.Runtime(store=SQLiteStore(db))
+    _cancel_mid_call(runtime, plan, marker)
+    hold.unlink()
+    with sqlite3.connect(db) as conn:  # as an older shoal wrote them
+        conn.execute("UPDATE outcomes SET interrupted = ''")
+    conn.close()
+    resumed = shoal.Runtime(store=SQLiteStore(db)).resume_sync("r1", plan)
+    assert resumed["first"].status == "in_doubt" and _paid(marker) == 1  # it had started
+    assert resumed["second"].status == "ok" and _paid(other) == 1  # it never started
 
 
 def test_an_idempotent_call_cancelled_mid_call_runs_again(tmp_path: Path) -> None:

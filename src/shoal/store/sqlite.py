@@ -117,10 +117,12 @@ _EFFECTS_TABLE = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS effects"):].s
 # ignoring the columns).
 # The same for runs' ``pid_start`` (which process their pid was); a run without one is judged
 # by its pid alone, as before; and for outcomes' ``interrupted`` ('1' for a call stopped while
-# its tool ran, see :class:`~shoal.outcome.Outcome`): an outcome without it reads as not.
+# its tool ran, '0' not, see :class:`~shoal.outcome.Outcome`): a stopped call's outcome without
+# it (an older shoal's) reads as interrupted if it had started, since it may have run.
 _ADDED_COLUMNS = {("attempts", "held"), ("attempts", "ran_on"), ("outcomes", "ran_on"),
                   ("runs", "pid_start"), ("outcomes", "interrupted")}
 
+_STOPPED = ("cancelled", "timed_out")  # the statuses of a call that may have been stopped mid-call
 _RUN_COLUMNS = ("run_id, name, status, started_at, finished_at, nodes, fingerprint, plan, "
                 "source, counts, makespan, sessions, heartbeat, pid, host, pid_start")
 _OUTCOME_COLUMNS = ("node_id, tool, status, encoding, value, view, error, reason, attempts, "
@@ -857,7 +859,7 @@ def _outcome_row(record: OutcomeRecord) -> tuple[Any, ...]:
         {"type": o.error.type, "message": o.error.message, "traceback": o.error.traceback})
     return (record.run_id, record.position, o.node_id, o.tool, o.status, encoding, payload,
             view, error, o.reason, o.attempts, o.queued_at, o.started_at, o.finished_at,
-            o.executor, int(o.abandoned), o.where, "1" if o.interrupted else "")
+            o.executor, int(o.abandoned), o.where, "1" if o.interrupted else "0")
 
 
 def _effect_row(record: EffectRecord) -> tuple[Any, ...]:
@@ -895,8 +897,12 @@ def _stored_outcome(row: Sequence[Any], decode: bool) -> StoredOutcome:
             _number(queued_at, "queued_at", optional=True),
             _number(started_at, "started_at", optional=True),
             _number(finished_at, "finished_at", optional=True), _text(executor, "executor"),
-            bool(_int(abandoned, "abandoned")), _loose_text(where),
-            _loose_text(interrupted) not in ("", "0"))  # anything else: it may have run
+            bool(_int(abandoned, "abandoned")), _loose_text(where))
+        said = _loose_text(interrupted)
+        if outcome.status in _STOPPED and said != "0" and (said or outcome.attempts):
+            # '1' (or damaged: it may have run); none at all: journaled before outcomes said,
+            # a stopped call that had started may have run (resume holds it in doubt)
+            outcome = dataclasses.replace(outcome, interrupted=True)
     except (_Damaged, TypeError) as exc:  # TypeError: an error cell with other keys
         what = f"outcomes.{exc}" if isinstance(exc, _Damaged) else f"outcomes.error: {exc}"
         name = _loose_text(node_id)
