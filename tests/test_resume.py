@@ -315,7 +315,7 @@ def test_with_an_approver_a_person_decides_whether_a_call_in_doubt_runs_again(
     runtime = shoal.Runtime(store=db, executor="thread", approver=person)
     result = runtime.resume_sync(run_id, build_plan())
     assert "n1_1" in {r.node_id for r in asked}
-    assert all("in doubt after a crash" in r.reason for r in asked)
+    assert all("in doubt after the run stopped" in r.reason for r in asked)
     assert result["n1_1"].status == "ok"
     others = [r.node_id for r in asked if r.node_id != "n1_1"]
     assert others and all(result[n].status == "in_doubt" for n in others)

@@ -259,6 +259,10 @@ class Outcome:
     running on a thread, which cannot be stopped, or was an async call that ignored its
     cancellation for ``ABANDON_GRACE`` seconds (``reason`` says so): it was left to finish
     and its result dropped.
+    ``interrupted`` is true when a ``cancelled`` or ``timed_out`` call was stopped while its
+    tool ran (it may have taken effect: resume holds it in doubt unless its tool is
+    idempotent); false when it was stopped before its tool took its first step (queued,
+    held by a limit or an approval, between attempts, or cancelled as it started).
     ``where`` names the machine its last attempt ran on: this machine's host name for the
     inline, thread and process backends; for Ray the node's address and Ray node id
     (``"10.0.0.7 node 4f1c..."``); empty when the call never ran or its backend does not say.
@@ -277,6 +281,7 @@ class Outcome:
     executor: str = ""
     abandoned: bool = False
     where: str = ""
+    interrupted: bool = False
 
     @property
     def ok(self) -> bool:
@@ -310,7 +315,7 @@ class Outcome:
             "reason": self.reason, "attempts": self.attempts, "queued_at": self.queued_at,
             "started_at": self.started_at, "finished_at": self.finished_at,
             "duration": self.duration, "executor": self.executor, "abandoned": self.abandoned,
-            "where": self.where,
+            "where": self.where, "interrupted": self.interrupted,
         }  # fmt: skip
 
 

@@ -35,7 +35,13 @@ from shoal.cli.compose import (
     is_composition,
     start_composition,
 )
-from shoal.cli.interrupt import Cancellable, CtrlC, say_stopped, stopped_by_a_call
+from shoal.cli.interrupt import (
+    Cancellable,
+    CtrlC,
+    say_stopped,
+    stopped_by_a_call,
+    stopped_in_doubt,
+)
 from shoal.cli.live import LivePause, live_view, show_cursor
 from shoal.cli.render import announce, events_file, events_incomplete
 from shoal.cli.safe import count, one_line, others_to_stderr, safe_str
@@ -227,7 +233,9 @@ def run_agent_target(options: AgentOptions, console: Console, live: bool) -> int
            events=options.events)
     if ctrl_c.interrupted:
         if options.journal is not None and (result is None or not result.ok):
-            say_stopped(options.journal.run_id, ctrl_c.reason)
+            doubtful = (_stopped_in_doubt(agent, result) if isinstance(agent, Agent)
+                        and result is not None else [])
+            say_stopped(options.journal.run_id, ctrl_c.reason, doubtful, agent=True)
         return ctrl_c.exit_code
     if _journal_failed(error):  # the run's calls are shown above, and what to do
         return EXIT_JOURNAL_FAILED
@@ -275,6 +283,27 @@ def notice_lines(event: Event) -> None:
     # a provider's error text is not ours: escaped, on one line, bounded
     sys.stderr.write(f"shoal: {one_line(where + line, NOTICE_WIDTH)}\n")
     sys.stderr.flush()
+
+
+def _stopped_in_doubt(agent: Agent[Any], result: AgentResult[Any]) -> list[str]:
+    """The calls of the tree (by lineage) that its resume will hold in doubt (see interrupt)."""
+    idempotent: dict[str, bool] = {}
+    agents = [agent]
+    while agents:  # the tools of every agent of the tree (a subagent's call is idempotent)
+        each = agents.pop()
+        for name, tool in each.tools_by_name.items():
+            idempotent.setdefault(name, tool.policy.idempotent)
+        agents.extend(each.subagents)
+    found: list[str] = []
+    results = [result]
+    while results:
+        each_result = results.pop(0)
+        outcomes = [c.outcome for c in each_result.calls if c.outcome is not None]
+        doubtful = set(stopped_in_doubt(outcomes, idempotent))
+        found += [c.lineage for c in each_result.calls
+                  if c.outcome is not None and c.outcome.node_id in doubtful]
+        results.extend(each_result.children)
+    return found
 
 
 async def _drive(agent: Agent[Any], options: AgentOptions, sinks: list[Any], console: Console,

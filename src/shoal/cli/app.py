@@ -44,6 +44,7 @@ from shoal.cli.interrupt import (
     say_stopped,
     sigterm_as_ctrl_c,
     stopped_by_a_call,
+    stopped_in_doubt,
     terminated,
 )
 from shoal.cli.journal import register as register_journal_commands
@@ -464,7 +465,9 @@ def _run_checked(options: RunOptions) -> int:
             sink.close()
     _print_result(result, options.as_json, console, sink)
     if ctrl_c.interrupted and started and runtime.store is not None and not result.ok:
-        say_stopped(started[0], ctrl_c.reason)  # after the table: the last thing a user sees
+        # after the table: the last thing a user sees
+        say_stopped(started[0], ctrl_c.reason, stopped_in_doubt(result, {
+            node.tool.name: node.tool.policy.idempotent for node in plan.nodes}))
     code = ctrl_c.exit_code if ctrl_c.interrupted else (EXIT_OK if result.ok else EXIT_FAILED)
     if result.abandoned:
         _exit_leaving_threads(result, code)

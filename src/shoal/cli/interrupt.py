@@ -14,13 +14,16 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import FrameType, TracebackType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from shoal.outcome import Outcome
 
 __all__ = ["EXIT_INTERRUPTED", "EXIT_TERMINATED", "INTERRUPT_REASON", "TERMINATE_REASON",
-           "Cancellable", "CtrlC", "Terminated", "resume_hint", "say_stopped",
-           "sigterm_as_ctrl_c", "stopped_by_a_call", "terminated"]
+           "Cancellable", "CtrlC", "Terminated", "doubt_hint", "resume_hint", "say_stopped",
+           "sigterm_as_ctrl_c", "stopped_by_a_call", "stopped_in_doubt", "terminated"]
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a process stopped by Ctrl-C
 EXIT_TERMINATED = 143  # 128 + SIGTERM, what shells report for a process stopped by kill
@@ -216,13 +219,49 @@ def resume_hint(run_id: str) -> str:
     return f"'shoal show {run_id}' shows every outcome, 'shoal resume {run_id}' runs what is left"
 
 
-def say_stopped(run_id: str, reason: str) -> None:
-    """Tell on stderr that a signal stopped the journaled run ``run_id``, and how to resume it."""
+def say_stopped(run_id: str, reason: str, in_doubt: Sequence[str] = (), *,
+                agent: bool = False) -> None:
+    """Tell on stderr that a signal stopped the journaled run ``run_id``, and how to resume it.
+
+    ``in_doubt``: the calls stopped while their tool ran (not idempotent), which resume holds
+    in doubt: each is named, with how to settle it (``agent``: an agent tree's, whose model
+    is told instead).
+    """
     from shoal.cli.safe import clean  # rich and the rest only when it comes to this
 
     run_id = clean(run_id)
-    sys.stderr.write(f"run {run_id} {reason.split(' (')[0]}; {resume_hint(run_id)}\n")
+    sys.stderr.write(f"run {run_id} {reason.split(' (')[0]}; {resume_hint(run_id)}"
+                     f"{clean(doubt_hint(in_doubt, agent=agent))}\n")
     sys.stderr.flush()
+
+
+def doubt_hint(in_doubt: Sequence[str], *, agent: bool = False) -> str:
+    """What resume does with calls stopped while they ran, naming them ('' for none)."""
+    if not in_doubt:
+        return ""
+    named = ", ".join(in_doubt[:_NAMED]) + (
+        f" and {len(in_doubt) - _NAMED} more" if len(in_doubt) > _NAMED else "")
+    one = len(in_doubt) == 1
+    said = (f"; {'call' if one else 'calls'} {named} {'was' if one else 'were'} stopped while "
+            f"{'its tool' if one else 'their tools'} ran and may have taken effect: resume "
+            f"holds {'it' if one else 'them'} in doubt")
+    if agent:  # its agent is told, and goes on from there
+        return f"{said} (not run again), and tells {'its agent' if one else 'their agents'} so"
+    return (f"{said} until you settle each with --rerun-in-doubt NODE (it did not take "
+            "effect) or --mark-done NODE=VALUE (it did)")
+
+
+_NAMED = 5  # the calls in doubt a message names at most
+
+
+def stopped_in_doubt(outcomes: Iterable[Outcome], idempotent: Mapping[str, bool]) -> list[str]:
+    """The ids of ``outcomes`` that resume will hold in doubt: stopped while their tool ran.
+
+    ``idempotent``: by tool name, whether its calls may run again (a tool not named: no).
+    """
+    return [o.node_id for o in outcomes
+            if o.status in ("cancelled", "timed_out") and (o.interrupted or o.abandoned)
+            and not idempotent.get(o.tool, False)]
 
 
 def stopped_by_a_call(run_id: str, journaled: bool, as_json: bool) -> int:

@@ -965,8 +965,8 @@ def resume_command(
         "--json", help="Print the result as JSON on stdout (nothing else goes there).")] = False,
     rerun_in_doubt: Annotated[list[str] | None, typer.Option(
         "--rerun-in-doubt", metavar="NODE", show_default=False,
-        help="A call in doubt (in flight at the crash, not idempotent) did NOT take effect: "
-             "run it again. Repeat for several.")] = None,
+        help="A call in doubt (in flight at a crash, or stopped while its tool ran; not "
+             "idempotent) did NOT take effect: run it again. Repeat for several.")] = None,
     mark_done: Annotated[list[str] | None, typer.Option(
         "--mark-done", metavar="NODE=VALUE", show_default=False,
         help="A call in doubt DID take effect: record it ok with VALUE (JSON, else text). "
@@ -992,9 +992,11 @@ def resume_command(
 
     The plan file recorded in the journal is loaded again; it must describe the same plan.
 
-    Completed calls replay their recorded results and never run again; failed, cancelled and
-    skipped ones run again; calls in flight at a crash run again if their tool is idempotent,
-    else they end in_doubt until you settle them with --rerun-in-doubt or --mark-done.
+    Completed calls replay their recorded results and never run again; failed and skipped
+    ones, and those cancelled before their tool ran, run again; calls in flight at a crash,
+    or cancelled or timed out while their tool ran (Ctrl-C, a deadline, their timeout), run
+    again if their tool is idempotent, else they end in_doubt until you settle them with
+    --rerun-in-doubt or --mark-done.
 
     A run that is still running in another process is refused (exit 2), since resuming it
     would run its calls in flight a second time; --force overrides that. So is a run whose

@@ -1167,7 +1167,8 @@ class Driver:
                     if stopped and call.pos in stopped:
                         stopped.discard(call.pos)
                         self._flush(returned)  # ends are fed in the order they came
-                        self._attempt_done(call, AttemptResult("cancelled"))  # it never runs
+                        self._attempt_done(call, AttemptResult(  # it never runs
+                            "cancelled", unstarted=True))
                         began = clock() - t0
                         continue
                     ran += 1
@@ -1271,6 +1272,7 @@ class Driver:
         """
         scope: asyncio.Timeout | None = None
         result: AttemptResult
+        sent = False  # handed to its backend: from here its tool may run
         try:
             if call.pos not in self._tasks:
                 # started eagerly (an eager task factory runs a task's first step inside
@@ -1283,7 +1285,7 @@ class Driver:
                 await barrier
             if barrier is not None and self._journal is not None and (
                     self._journal.failed is not None):
-                result = AttemptResult("cancelled")  # the run is stopping: never run it
+                result = AttemptResult("cancelled", unstarted=True)  # stopping: never run it
             else:
                 if call.tool.injected:
                     settling = inject(call, self.scope)
@@ -1291,6 +1293,7 @@ class Driver:
                         self._settling[call.pos] = settling
                 if executor.prepares:  # outside the timeout: waiting for a worker is not the call's
                     await executor.prepare(call)
+                sent = True
                 if call.timeout is None:
                     value = await executor.execute(call)
                 else:
@@ -1313,6 +1316,8 @@ class Driver:
             raise
         except BaseException as exc:  # a cancel, or a tool's raise (SystemExit too: see _raised)
             result = _raised(call, exc, _cancel_asked())
+            if not sent and result.status == "cancelled":  # waiting for its backend or the
+                result.unstarted = True  # journal: its tool never ran
         assert self._context is not None
         self._context.run(self._report, self._attempt_done, call, result)
 
@@ -1456,8 +1461,11 @@ class Driver:
             if self._stopped_late is None:
                 self._stopped_late = set()
             self._stopped_late.add(pos)
-            self._loop.call_soon(self._stopped_end, call,
-                                 AttemptResult("cancelled", abandoned=call.abandoned))
+            # never ran if no thread took it (a thread stamps began_at as it takes a call;
+            # one that ran to its end is neither abandoned nor unstarted)
+            self._loop.call_soon(self._stopped_end, call, AttemptResult(
+                "cancelled", abandoned=call.abandoned,
+                unstarted=not call.abandoned and call.began_at is None))
         elif not self._stopped_late or pos not in self._stopped_late:
             self._stopped_early().add(pos)  # to run at once, and not yet: it never will
 
@@ -1478,7 +1486,9 @@ class Driver:
 
     def _unreported(self, call: Call, task: asyncio.Task[None]) -> None:
         if self._task_of.get(call.pos) is task:  # it ended without saying so
-            self._attempt_done(call, AttemptResult("cancelled"))
+            # cancelled before its first step (an attempt that began says how it ended, a
+            # cancel included): its tool never ran
+            self._attempt_done(call, AttemptResult("cancelled", unstarted=task.cancelled()))
 
     async def _new_executor(self, call: Call) -> Executor:
         # started once, by the first call that needs it; calls arriving meanwhile wait for

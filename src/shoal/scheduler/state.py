@@ -140,6 +140,9 @@ class AttemptResult:
     ended: float | None = None  # run time at which the work really ended (if known)
     where: str = ""  # where the attempt ran (a host, a Ray node), if the backend said
     reason: str = ""  # why a cancelled attempt stopped, when the attempt itself said so
+    # a cancelled attempt stopped before its tool took its first step (it never ran), as the
+    # driver knows: its outcome is not ``interrupted`` (resume runs it again, see Outcome)
+    unstarted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -751,8 +754,12 @@ class SchedulerState:
                         else result.reason)
             if kept_running:
                 said = f"{said}; {kept_running}" if said else kept_running
+            # stopped while its tool ran (not one that ended on its own, or never ran): it
+            # may have taken effect
+            stopped = status == "cancelled" or status == "timed_out"
             self._record(slot, status, end, d, value=result.value, error=error, reason=said,
-                         abandoned=result.abandoned)
+                         abandoned=result.abandoned,
+                         interrupted=stopped and (result.abandoned or not result.unstarted))
         self._dispatch(now, d)
         return d
 
@@ -967,7 +974,7 @@ class SchedulerState:
             slot.attempts, slot.queued_at = outcome.attempts, outcome.queued_at
             slot.started_at = outcome.started_at
             self._store(slot, outcome.status, now, d, outcome.value, outcome.error,
-                        outcome.reason, outcome.abandoned)
+                        outcome.reason, outcome.abandoned, outcome.interrupted)
             # exactly as recorded: times, executor, attempts
             slot.outcome = self._ended[slot.pos] = outcome
             restored.append(slot)
@@ -1354,7 +1361,8 @@ class SchedulerState:
         slot.attempts, slot.queued_at = outcome.attempts, outcome.queued_at
         slot.started_at = outcome.started_at
         self._record(slot, outcome.status, now, d, value=outcome.value, error=outcome.error,
-                     reason=outcome.reason, abandoned=outcome.abandoned)
+                     reason=outcome.reason, abandoned=outcome.abandoned,
+                     interrupted=outcome.interrupted)
         self._ended[slot.pos] = outcome  # what the driver reports for it (see Decisions.done)
         if kind == "replay":  # in the journal already: not written again
             at = len(d.done) - 1 - d.done[::-1].index(slot.pos)
@@ -1513,7 +1521,7 @@ class SchedulerState:
             assert slot.args is not None
             tool = slot.node.tool
             doubt = self._doubt.get(slot.pos) if self._doubt else None
-            why = (f"in doubt after a crash ({doubt}); approve to run it again" if doubt
+            why = (f"in doubt after the run stopped ({doubt}); approve to run it again" if doubt
                    else approval_reason(tool, slot.args))
             if not why:  # the tool's predicate says these arguments need no approval
                 self._set_phase(slot, Phase.READY)
@@ -1705,12 +1713,13 @@ class SchedulerState:
                 d.free(gate)
 
     def _record(self, slot: _Slot, status: Status, now: float, d: Decisions, *, value: Any = None,
-                error: ErrorInfo | None = None, reason: str = "", abandoned: bool = False) -> None:
+                error: ErrorInfo | None = None, reason: str = "", abandoned: bool = False,
+                interrupted: bool = False) -> None:
         """Give ``slot`` its outcome, then release or skip everything that waits for it."""
         # a call that succeeded as it was being cancelled (fail_fast, a deadline) keeps its
         # value, and says nothing of a cancellation that did not happen to it
         said = reason or (slot.cancel_reason if status != "ok" else "")
-        self._store(slot, status, now, d, value, error, said, abandoned)
+        self._store(slot, status, now, d, value, error, said, abandoned, interrupted)
         if slot.gather >= 0 or self.graph.succs[slot.pos]:  # else nothing waits for it
             self._pass_on(slot, now, d)
         if self.fail_fast and status in ("failed", "timed_out") and not self.stopping:
@@ -1751,7 +1760,8 @@ class SchedulerState:
                     self._make_ready(after, now, d)
 
     def _store(self, slot: _Slot, status: Status, now: float, d: Decisions, value: Any,
-               error: ErrorInfo | None, reason: str, abandoned: bool) -> None:
+               error: ErrorInfo | None, reason: str, abandoned: bool,
+               interrupted: bool = False) -> None:
         self._set_phase(slot, Phase.DONE)
         self.done_count += 1
         self.status_counts[status] += 1
@@ -1760,7 +1770,7 @@ class SchedulerState:
         slot.outcome = outcome = Outcome(
             slot.node.id, tool, status, value if status == "ok" else None, error, reason,
             slot.attempts, slot.queued_at, slot.started_at, now,
-            slot.executor if slot.attempts else "", abandoned, slot.where,
+            slot.executor if slot.attempts else "", abandoned, slot.where, interrupted,
         )
         # the slot is done with: the run keeps the outcome, and the rare fields if it set any
         self._slots[slot.pos] = _GONE

@@ -5,9 +5,15 @@ For each node of the run, by what the journal says:
 * an ``ok`` or ``denied`` outcome: **replayed** (the recorded value or decision); it never
   runs again. An ``ok`` value the journal could not store (see :mod:`shoal.store.codec`)
   cannot be replayed: the node runs again if its tool is idempotent, else it is in doubt;
-* a ``failed``, ``timed_out``, ``cancelled`` or ``skipped`` outcome: runs again; but a call
-  that timed out or was cancelled without stopping (abandoned on its thread, which cannot be
-  killed) went on, and may have taken effect: if its tool is not idempotent it is **in doubt**;
+* a ``failed`` or ``skipped`` outcome: runs again (a failed tool said it failed);
+* a ``timed_out`` or ``cancelled`` outcome of a call stopped while its tool ran (its outcome
+  is ``interrupted``: a run cancelled, Ctrl-C, ``fail_fast``, a deadline or a budget, or its
+  own ``timeout=``; or ``abandoned`` on a thread, which cannot be stopped, and went on): it
+  may have taken effect before it stopped, so it runs again only if its tool is idempotent;
+  otherwise it is **in doubt**, as a call in flight at a crash is;
+* a ``timed_out`` or ``cancelled`` outcome of a call stopped before its tool took its first
+  step (queued, held by a limit or an approval, between attempts, or cancelled as it
+  started): it never ran, and runs again;
 * no outcome, but an attempt that started and never ended: the call was **in flight** when
   the run stopped. It runs again if its tool is idempotent; otherwise shoal cannot know
   whether it took effect, so it is **in doubt** (outcome ``in_doubt``, dependents skipped)
@@ -66,6 +72,7 @@ from shoal.store.fingerprint import plan_differences
 __all__ = ["Resumption", "check_settling", "prepare_resume", "standing_effects"]
 
 _REPLAYED = ("ok", "denied")
+_STOPPED = ("cancelled", "timed_out")
 
 
 @dataclass(slots=True)
@@ -265,16 +272,22 @@ def _doubt(node: Node, stored: StoredOutcome | None, in_flight: bool,
             return ""
         if status == "in_doubt":
             return stored.outcome.reason
-        if status not in _REPLAYED and stored.outcome.abandoned and node.map is None and (
-                not tool.policy.idempotent):
-            # it ended (cancelled, timed out) without stopping: its thread or task went on,
-            # and may have taken effect before the process ended or since
-            return (f"it ended {status} but could not be stopped (it was abandoned while it "
-                    f"ran), and tool {tool.name!r} is not idempotent: it may or may not have "
-                    f"taken effect (run it again with rerun_in_doubt=[{node.id!r}] or shoal "
-                    f"resume --rerun-in-doubt {node.id})")
+        if status not in _REPLAYED and node.map is None and _stopped_running(stored.outcome):
+            # stopped (cancelled, timed out) while its tool ran: it may have taken effect
+            # before it stopped, or (abandoned on its thread) since
+            if tool.policy.idempotent:
+                into.rerun[node.id] = (f"ended {status} while its tool ran; the tool is "
+                                       "idempotent")
+                return ""
+            if stored.outcome.abandoned:
+                return (f"it ended {status} but could not be stopped (it was abandoned while "
+                        f"it ran), and tool {tool.name!r} is not idempotent: it may or may not "
+                        f"have taken effect{_settle_hint(node.id)}")
+            return (f"it ended {status} while its tool ran, and tool {tool.name!r} is not "
+                    f"idempotent: it may or may not have taken effect{_settle_hint(node.id)}")
         if status not in _REPLAYED:
-            into.rerun[node.id] = f"ended {status}"
+            into.rerun[node.id] = f"ended {status}" + (
+                " before its tool ran" if status in _STOPPED else "")
             return ""
         if node.map is not None:  # a map calls nothing itself: its items say what ran
             into.rerun[node.id] = (f"{_unreplayable(stored)}; a map gathers its items again "
@@ -291,8 +304,25 @@ def _doubt(node: Node, stored: StoredOutcome | None, in_flight: bool,
         into.rerun[node.id] = "was in flight when the run stopped; the tool is idempotent"
         return ""
     return (f"in flight when the run stopped, and tool {tool.name!r} is not idempotent: it may "
-            f"or may not have taken effect (run it again with rerun_in_doubt=[{node.id!r}] or "
-            f"shoal resume --rerun-in-doubt {node.id})")
+            f"or may not have taken effect{_settle_hint(node.id)}")
+
+
+def _stopped_running(outcome: Outcome) -> bool:
+    """Whether ``outcome`` is of a call stopped (cancelled, timed out) while its tool ran.
+
+    Its outcome says so (``interrupted``, set by the runtime, which knows whether the tool took
+    its first step), or ``abandoned`` (left running on its thread) in journals written
+    before outcomes said it. Not a call stopped before its tool ran (queued, held by a limit
+    or an approval, between attempts, or cancelled as it started), nor a ``failed`` one: its
+    tool said it failed.
+    """
+    return outcome.status in _STOPPED and (outcome.interrupted or outcome.abandoned)
+
+
+def _settle_hint(node_id: str) -> str:
+    """How to settle ``node_id`` in doubt (said in its reason)."""
+    return (f" (run it again with rerun_in_doubt=[{node_id!r}] or shoal resume "
+            f"--rerun-in-doubt {node_id}; or, if it did, mark_done / --mark-done)")
 
 
 def _effects(store: Store, run_id: str) -> list[StoredEffect]:
