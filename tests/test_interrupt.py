@@ -96,6 +96,24 @@ TOOLS = textwrap.dedent('''
 ''')
 
 
+@pytest.fixture(autouse=True)
+def default_signal_handlers() -> Any:
+    """Each test starts with SIGINT's and SIGTERM's default handlers, and leaves them so.
+
+    A test that started Ray in this worker process earlier left Ray's SIGTERM handler
+    (``sys.exit``) installed, which shoal leaves to its owner: the tests here that raise
+    SIGTERM in-process then met Ray's handler instead of the default they assume.
+    """
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     (tmp_path / "cc_tools.py").write_text(TOOLS)
