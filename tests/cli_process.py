@@ -25,7 +25,8 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -192,3 +193,26 @@ def read(streams: Path, errors: str) -> tuple[str, str]:
                   errors=errors) as file:  # universal newlines, as text=True reads them
             texts.append(file.read())
     return texts[0], texts[1]
+
+
+def ctrl_c_once(args: Sequence[str], *, marker: Path, cwd: Path,
+                env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    """``python -m shoal.cli.app ARGS`` in a real interpreter, sent Ctrl-C once ``marker`` exists.
+
+    Its exit code, standard output and standard error, as :func:`subprocess.run` gives them
+    (a tool of the run writes ``marker`` when it is where the test wants the press).
+    """
+    proc = subprocess.Popen([sys.executable, "-m", "shoal.cli.app", *args], cwd=cwd,
+                            env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        assert marker.exists(), proc.communicate(timeout=30)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)

@@ -22,7 +22,7 @@ import pytest
 
 import shoal
 from shoal.store.sqlite import SQLiteStore
-from tests.cli_process import run_cli
+from tests.cli_process import ctrl_c_once, run_cli
 from tests.test_journal_hardening import echo, journal_with_a_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,22 +191,14 @@ def test_a_call_abandoned_on_its_thread_by_ctrl_c_is_in_doubt_on_resume_not_run_
         "nodes:\n  - id: pay\n    tool: tests.test_hostile_journal_s33:pay_and_hold\n"
         f"    args: {{marker: {json.dumps(str(marker))}, hold: {json.dumps(str(hold))}}}\n",
         encoding="utf-8")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shoal.cli.app", "run", "plan.yaml", "--store", "runs.db",
-         "--json"], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.02)
-        assert marker.exists(), proc.communicate(timeout=30)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        stopped = ctrl_c_once(["run", "plan.yaml", "--store", "runs.db", "--json"],
+                              marker=marker, cwd=tmp_path,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
     finally:
-        if proc.poll() is None:
-            proc.kill()
         hold.unlink()
-    assert proc.returncode == 130, err
+    out, err = stopped.stdout, stopped.stderr
+    assert stopped.returncode == 130, err
     assert json.loads(out)["outcomes"][0]["status"] == "cancelled"
     run_id = _run_id(err)
     resumed = shoal_cli("resume", run_id, "--store", "runs.db", "--json", cwd=tmp_path)

@@ -12,10 +12,7 @@ import asyncio
 import json
 import os
 import re
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,7 +23,7 @@ from shoal.events import Event, NodeStarted
 from shoal.store.memory import MemoryStore
 from shoal.store.sqlite import SQLiteStore
 from shoal.testing import ScriptedModel, call
-from tests.cli_process import run_cli
+from tests.cli_process import ctrl_c_once, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -374,21 +371,10 @@ def test_the_cli_says_a_call_stopped_by_ctrl_c_is_in_doubt_and_how_to_settle_it(
         f"    args: {{marker: {json.dumps(str(marker))}, hold: {json.dumps(str(hold))}}}\n",
         encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shoal.cli.app", "run", "plan.yaml", "--store", "runs.db",
-         "--json"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.02)
-        assert marker.exists(), proc.communicate(timeout=30)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, err
+    stopped = ctrl_c_once(["run", "plan.yaml", "--store", "runs.db", "--json"],
+                          marker=marker, cwd=tmp_path, env=env)
+    out, err = stopped.stdout, stopped.stderr
+    assert stopped.returncode == 130, err
     outcome = json.loads(out)["outcomes"][0]
     assert outcome["status"] == "cancelled" and outcome["interrupted"], outcome
     said = " ".join(err.split())
@@ -440,21 +426,10 @@ def test_the_cli_says_an_agents_call_stopped_by_ctrl_c_is_in_doubt(tmp_path: Pat
     (tmp_path / "cashier.py").write_text(AGENT_MODULE, encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{tmp_path}",
            "PAY_MARKER": str(marker), "PAY_HOLD": str(hold), "COLUMNS": "200"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shoal.cli.app", "run", "cashier:agent", "go", "--store",
-         "runs.db", "--json"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.02)
-        assert marker.exists(), proc.communicate(timeout=30)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, err
+    stopped = ctrl_c_once(["run", "cashier:agent", "go", "--store", "runs.db", "--json"],
+                          marker=marker, cwd=tmp_path, env=env)
+    err = stopped.stderr
+    assert stopped.returncode == 130, err
     said = " ".join(err.split())
     assert "call lead/pay#1 was stopped while its tool ran" in said, err
     assert "tells its agent so" in said, err
