@@ -293,3 +293,26 @@ def test_a_lane_closed_twice_at_once_reaps_each_worker_once(
     # line, its parent init, gone within a second; not understood yet, see the s33 note)
     assert wait_until(lambda: not any(alive(pid) for pid in pids), 10.0), pids
     assert executor.workers_crashed == 0
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_worker_evicted_for_another_loop_as_its_own_loop_leaves_is_ended_once(
+        method: str) -> None:
+    # Another loop asks this one (call_soon_threadsafe) to stop an idle worker to make room
+    # for its own; the request runs after this loop's leave() chose its workers to reap and
+    # before the reaping started. The evicted worker's pipes were closed under the reaping,
+    # which then waited on them: ValueError "Invalid file descriptor: -1" out of run_sync
+    # (two threads' run_sync sharing a cap, about one run in 50).
+    executor = ProcessExecutor(2, start_method=method)
+
+    async def go() -> int:
+        pid = int(await run_call(executor, pt.pid))
+        lane = executor._lanes[asyncio.get_running_loop()]
+        # queued now, so it runs before the tasks leave() starts to reap with
+        asyncio.get_running_loop().call_soon(executor._evict, lane)
+        await executor.leave()  # (not in a task of its own, which would start after it)
+        return pid
+
+    pid = asyncio.run(go())
+    assert wait_until(lambda: not alive(pid), 10.0), pid
+    assert executor.workers_crashed == 0

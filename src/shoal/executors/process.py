@@ -602,6 +602,7 @@ class _Worker:
         self.loaded: set[bytes] = set()  # tool functions this worker has imported already
         self.kill_queued: _KillBatch | None = None  # to be killed on the loop's next turn
         self._reaping: asyncio.Future[int] | None = None  # see reap()
+        self.dropped = False  # ended by drop(), its pipes closed: nothing left to reap here
         self._kill_group = False
 
     async def connect(self, cmd_fd: int, reply_fd: int) -> None:
@@ -661,9 +662,13 @@ class _Worker:
         Reaped once: a second caller (a lane closed by its own loop's ``leave()`` and, on that
         loop, by another thread's ``close()`` at once) waits for the first's reaping. Two
         waits would put two readers on one status pipe (the second takes the first's place)
-        and read it after the first had closed it.
+        and read it after the first had closed it. A worker :meth:`drop` ended already has
+        no pipes left to wait on: it is reaped elsewhere, and its code returned at once.
         """
         self._kill_group = self._kill_group or group
+        if self._reaping is None and self.dropped:
+            code = self.proc.returncode
+            return -signal.SIGKILL if code is None else code  # drop() killed it
         if self._reaping is None:
             self._reaping = asyncio.ensure_future(self._reap_once())
         return await asyncio.shield(self._reaping)
@@ -682,6 +687,16 @@ class _Worker:
             return code
         finally:
             self.close_pipes()
+
+    def drop(self) -> None:
+        """Kill the worker without waiting for its end; its template, or a thread, reaps it.
+
+        A later :meth:`reap` (the worker's lane closing as another loop evicts it) returns
+        at once: the pipes it would wait on are closed here.
+        """
+        self.kill()
+        self.dropped = True
+        self.close_pipes()
 
     def close_pipes(self) -> None:
         """Close the parent's ends of both pipes (the worker sees end of file).
@@ -1264,8 +1279,7 @@ class ProcessExecutor(Executor):
     def _drop(self, worker: _Worker) -> None:
         """Kill a worker without waiting for it (the event loop's child watcher reaps it)."""
         self._forget(worker)
-        worker.kill()
-        worker.close_pipes()
+        worker.drop()
         self._pids.discard(worker.ref)
 
     async def _discard(self, worker: _Worker) -> None:
