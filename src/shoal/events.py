@@ -16,6 +16,7 @@ reply only when such a sink listens, and sends a plain request otherwise.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -402,28 +403,67 @@ def deliver(sink: EventSink, event: Event, what: str = "event sink",
     a sink is called, never awaited, so no cancellation of the run comes through it, and
     passed on, it broke the run that was recording an outcome (its result lost).
 
+    A sink runs outside any task: ``asyncio.current_task()`` is ``None`` in it, so it cannot
+    cancel the task that emitted the event (``asyncio.current_task().cancel()`` in a sink
+    fails, and is logged as any failure). That task is the run's own (its driver, an agent's
+    turn, a call's): cancelled at its next ``await``, it ended the whole run ``cancelled``,
+    every call with it, and the caller got a ``CancelledError`` instead of the result.
+
     ``failures``: the failures so far of the sinks of one run (by ``id``; the run holds its
     sinks, so ids stay theirs). With it, a sink failing on every event has its first
     :data:`FAILURES_LOGGED` failures logged with their traceback, then only its 10th, 100th
     ... in one line: a traceback per event flooded the log with 24 lines per event and made
     a run of 5,000 calls ten times slower.
     """
+    loop = _running_loop()
+    task = _current_tasks.get(loop) if loop is not None else None
+    if task is None:  # not on a loop, or between tasks (a loop's callback)
+        try:
+            sink(event)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            _failed(sink, event, what, failures, exc)
+        return
+    assert loop is not None
+    _leave_task(loop, task)  # (see above) entered again whatever the sink does
     try:
         sink(event)
     except KeyboardInterrupt:
         raise
     except BaseException as exc:
-        if failures is None:
-            _log.exception("%s %s failed on %s; continuing", what, shown(sink), event.kind)
-            return
-        n = failures[id(sink)] = failures.get(id(sink), 0) + 1
-        if n <= FAILURES_LOGGED:
-            _log.exception("%s %s failed on %s; continuing%s", what, shown(sink), event.kind,
-                           "" if n < FAILURES_LOGGED else " (from here on, only every "
-                           "10th, 100th, 1000th ... failure is logged)")
-        elif _power_of_ten(n):
-            _log.error("%s %s has failed %d times in this run, the last on %s: %s", what,
-                       shown(sink), n, event.kind, error_text(exc))
+        _failed(sink, event, what, failures, exc)
+    finally:
+        _enter_task(loop, task)
+
+
+def _failed(sink: EventSink, event: Event, what: str, failures: dict[int, int] | None,
+            exc: BaseException) -> None:
+    """Log what ``sink`` raised on ``event`` (see :func:`deliver`), in the except clause."""
+    # a sink that reached for the task it runs on (to cancel it, say) met None: say why
+    why = (" (a sink runs outside any task: asyncio.current_task() is None in it, so it "
+           "cannot cancel the run it observes)"
+           if isinstance(exc, AttributeError) and exc.obj is None else "")
+    if failures is None:
+        _log.exception("%s %s failed on %s; continuing%s", what, shown(sink), event.kind, why)
+        return
+    n = failures[id(sink)] = failures.get(id(sink), 0) + 1
+    if n <= FAILURES_LOGGED:
+        _log.exception("%s %s failed on %s; continuing%s%s", what, shown(sink), event.kind,
+                       why, "" if n < FAILURES_LOGGED else " (from here on, only every "
+                       "10th, 100th, 1000th ... failure is logged)")
+    elif _power_of_ten(n):
+        _log.error("%s %s has failed %d times in this run, the last on %s: %s", what,
+                   shown(sink), n, event.kind, error_text(exc))
+
+
+# the running loop, or None (a sink may be called from a thread); and how a task is made the
+# loop's current one and not (asyncio's own, used as its eager tasks and loops use them)
+_running_loop = asyncio.events._get_running_loop
+_current_tasks: dict[asyncio.AbstractEventLoop, asyncio.Task[Any]] = (
+    asyncio.tasks._current_tasks)  # type: ignore[attr-defined]  # (in asyncio, not its stubs)
+_enter_task = asyncio.tasks._enter_task
+_leave_task = asyncio.tasks._leave_task
 
 
 def _power_of_ten(n: int) -> bool:
