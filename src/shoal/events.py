@@ -17,9 +17,12 @@ reply only when such a sink listens, and sends a plain request otherwise.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
+import shlex
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -487,6 +490,36 @@ def wants_text(sink: EventSink) -> bool:
         return False
 
 
+def _append_fd(path: str) -> int:
+    """``path`` opened to append to (made if missing), a FIFO only if a process reads it.
+
+    Opened without waiting (``O_NONBLOCK``), then made blocking again: a FIFO that no process
+    reads is ``ENXIO`` at once, raised as an :class:`OSError` saying so, not a wait for a
+    reader that may never come (see :class:`JsonlSink`).
+    """
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+    nonblock = getattr(os, "O_NONBLOCK", 0)  # (none on Windows, whose FIFOs are not files)
+    try:
+        fd = os.open(path, flags | nonblock, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO and _is_fifo(path):
+            raise OSError(exc.errno, f"it is a FIFO (named pipe) that no process is reading; "
+                          f"start its reader first (such as: cat {shlex.quote(path)}), then the "
+                          "run",
+                          path) from None
+        raise
+    if nonblock:
+        os.set_blocking(fd, True)  # written as a file is: a full pipe waits for its reader
+    return fd
+
+
+def _is_fifo(path: str) -> bool:
+    try:
+        return stat.S_ISFIFO(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 class JsonlSink:
     """Writes each event as one JSON line to a file (opened on creation, closed by ``close``).
 
@@ -494,6 +527,13 @@ class JsonlSink:
     the run: the first failure is logged once as a warning on the ``shoal`` logger, saying
     why; :attr:`error` keeps that message (:attr:`reason` the system's reason alone) and
     :attr:`lost` counts the events not written.
+
+    A FIFO (named pipe) is written as a reader reads it: start the reader first. With no
+    process reading it, opening one for writing waits until one does (forever, with none
+    coming: ``shoal run --events FIFO`` hung before the run began, saying nothing); it now
+    raises :class:`OSError` at once, naming the path and what to do. A reader that stops
+    reading without closing the pipe holds the run once the pipe is full, as for any pipe;
+    one that closes it ends the file's events as a full disk does (logged once).
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -507,8 +547,8 @@ class JsonlSink:
         # held open for the run's lifetime; closed by close(). Line-buffered: a file being
         # followed (tail -f) is current, and a killed run loses no event it had written.
         try:
-            self._file: IO[str] = Path(path).open("a", encoding="utf-8",  # noqa: SIM115
-                                                  buffering=1)
+            self._file: IO[str] = open(_append_fd(self.path), "a",  # noqa: SIM115
+                                       encoding="utf-8", buffering=1)
         except ValueError as exc:  # a NUL, a lone surrogate: no file system can name it
             raise ConfigError(f"JsonlSink cannot open {shown(path)}: {exc}") from None
 
