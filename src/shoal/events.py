@@ -16,9 +16,13 @@ reply only when such a sink listens, and sends a plain request otherwise.
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import json
 import logging
 import os
+import shlex
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -402,28 +406,67 @@ def deliver(sink: EventSink, event: Event, what: str = "event sink",
     a sink is called, never awaited, so no cancellation of the run comes through it, and
     passed on, it broke the run that was recording an outcome (its result lost).
 
+    A sink runs outside any task: ``asyncio.current_task()`` is ``None`` in it, so it cannot
+    cancel the task that emitted the event (``asyncio.current_task().cancel()`` in a sink
+    fails, and is logged as any failure). That task is the run's own (its driver, an agent's
+    turn, a call's): cancelled at its next ``await``, it ended the whole run ``cancelled``,
+    every call with it, and the caller got a ``CancelledError`` instead of the result.
+
     ``failures``: the failures so far of the sinks of one run (by ``id``; the run holds its
     sinks, so ids stay theirs). With it, a sink failing on every event has its first
     :data:`FAILURES_LOGGED` failures logged with their traceback, then only its 10th, 100th
     ... in one line: a traceback per event flooded the log with 24 lines per event and made
     a run of 5,000 calls ten times slower.
     """
+    loop = _running_loop()
+    task = _current_tasks.get(loop) if loop is not None else None
+    if task is None:  # not on a loop, or between tasks (a loop's callback)
+        try:
+            sink(event)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            _failed(sink, event, what, failures, exc)
+        return
+    assert loop is not None
+    _leave_task(loop, task)  # (see above) entered again whatever the sink does
     try:
         sink(event)
     except KeyboardInterrupt:
         raise
     except BaseException as exc:
-        if failures is None:
-            _log.exception("%s %s failed on %s; continuing", what, shown(sink), event.kind)
-            return
-        n = failures[id(sink)] = failures.get(id(sink), 0) + 1
-        if n <= FAILURES_LOGGED:
-            _log.exception("%s %s failed on %s; continuing%s", what, shown(sink), event.kind,
-                           "" if n < FAILURES_LOGGED else " (from here on, only every "
-                           "10th, 100th, 1000th ... failure is logged)")
-        elif _power_of_ten(n):
-            _log.error("%s %s has failed %d times in this run, the last on %s: %s", what,
-                       shown(sink), n, event.kind, error_text(exc))
+        _failed(sink, event, what, failures, exc)
+    finally:
+        _enter_task(loop, task)
+
+
+def _failed(sink: EventSink, event: Event, what: str, failures: dict[int, int] | None,
+            exc: BaseException) -> None:
+    """Log what ``sink`` raised on ``event`` (see :func:`deliver`), in the except clause."""
+    # a sink that reached for the task it runs on (to cancel it, say) met None: say why
+    why = (" (a sink runs outside any task: asyncio.current_task() is None in it, so it "
+           "cannot cancel the run it observes)"
+           if isinstance(exc, AttributeError) and exc.obj is None else "")
+    if failures is None:
+        _log.exception("%s %s failed on %s; continuing%s", what, shown(sink), event.kind, why)
+        return
+    n = failures[id(sink)] = failures.get(id(sink), 0) + 1
+    if n <= FAILURES_LOGGED:
+        _log.exception("%s %s failed on %s; continuing%s%s", what, shown(sink), event.kind,
+                       why, "" if n < FAILURES_LOGGED else " (from here on, only every "
+                       "10th, 100th, 1000th ... failure is logged)")
+    elif _power_of_ten(n):
+        _log.error("%s %s has failed %d times in this run, the last on %s: %s", what,
+                   shown(sink), n, event.kind, error_text(exc))
+
+
+# the running loop, or None (a sink may be called from a thread); and how a task is made the
+# loop's current one and not (asyncio's own, used as its eager tasks and loops use them)
+_running_loop = asyncio.events._get_running_loop
+_current_tasks: dict[asyncio.AbstractEventLoop, asyncio.Task[Any]] = (
+    asyncio.tasks._current_tasks)  # type: ignore[attr-defined]  # (in asyncio, not its stubs)
+_enter_task = asyncio.tasks._enter_task
+_leave_task = asyncio.tasks._leave_task
 
 
 def _power_of_ten(n: int) -> bool:
@@ -447,6 +490,36 @@ def wants_text(sink: EventSink) -> bool:
         return False
 
 
+def _append_fd(path: str) -> int:
+    """``path`` opened to append to (made if missing), a FIFO only if a process reads it.
+
+    Opened without waiting (``O_NONBLOCK``), then made blocking again: a FIFO that no process
+    reads is ``ENXIO`` at once, raised as an :class:`OSError` saying so, not a wait for a
+    reader that may never come (see :class:`JsonlSink`).
+    """
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+    nonblock = getattr(os, "O_NONBLOCK", 0)  # (none on Windows, whose FIFOs are not files)
+    try:
+        fd = os.open(path, flags | nonblock, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO and _is_fifo(path):
+            raise OSError(exc.errno, f"it is a FIFO (named pipe) that no process is reading; "
+                          f"start its reader first (such as: cat {shlex.quote(path)}), then the "
+                          "run",
+                          path) from None
+        raise
+    if nonblock:
+        os.set_blocking(fd, True)  # written as a file is: a full pipe waits for its reader
+    return fd
+
+
+def _is_fifo(path: str) -> bool:
+    try:
+        return stat.S_ISFIFO(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 class JsonlSink:
     """Writes each event as one JSON line to a file (opened on creation, closed by ``close``).
 
@@ -454,6 +527,13 @@ class JsonlSink:
     the run: the first failure is logged once as a warning on the ``shoal`` logger, saying
     why; :attr:`error` keeps that message (:attr:`reason` the system's reason alone) and
     :attr:`lost` counts the events not written.
+
+    A FIFO (named pipe) is written as a reader reads it: start the reader first. With no
+    process reading it, opening one for writing waits until one does (forever, with none
+    coming: ``shoal run --events FIFO`` hung before the run began, saying nothing); it now
+    raises :class:`OSError` at once, naming the path and what to do. A reader that stops
+    reading without closing the pipe holds the run once the pipe is full, as for any pipe;
+    one that closes it ends the file's events as a full disk does (logged once).
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -467,8 +547,8 @@ class JsonlSink:
         # held open for the run's lifetime; closed by close(). Line-buffered: a file being
         # followed (tail -f) is current, and a killed run loses no event it had written.
         try:
-            self._file: IO[str] = Path(path).open("a", encoding="utf-8",  # noqa: SIM115
-                                                  buffering=1)
+            self._file: IO[str] = open(_append_fd(self.path), "a",  # noqa: SIM115
+                                       encoding="utf-8", buffering=1)
         except ValueError as exc:  # a NUL, a lone surrogate: no file system can name it
             raise ConfigError(f"JsonlSink cannot open {shown(path)}: {exc}") from None
 

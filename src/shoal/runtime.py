@@ -865,6 +865,9 @@ class Runtime:
         nested = sharing is not None and sharing.within is not None
         run_id, record, resumption, claim = self._journal_for(plan, graph, run_id, journaling,
                                                               nested=nested)
+        if resumption is not None and nested and lineage and run_id.endswith("/steps"):
+            # an agent's steps: a person names its calls as shoal show does, by lineage
+            resumption.shown_as = f"{lineage}/"
         try:
             sharing = sharing or _Sharing()
             within = sharing.within.shared if sharing.within is not None else None

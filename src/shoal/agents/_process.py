@@ -673,7 +673,8 @@ def remote_context(spec: StartSpec, link: Link, *, store: Store | str | None = N
     board = None if spec.board is None else remote_board(link, spec.board)
     ctx = TreeContext(run_id=spec.run_id, runtime=runtime, budget=spec.budget, sinks=sinks,
                       gates=remote_gates(link, spec.retry), model_override=spec.override,
-                      resuming=spec.resuming, force=spec.force, board=board)
+                      resuming=spec.resuming, force=spec.force, board=board,
+                      settling=spec.settling)
     ctx.tracker = remote_tracker(link, ctx)
     if elsewhere:
         _, epoch = spec.origin

@@ -14,7 +14,7 @@ import asyncio
 import functools
 import inspect
 import re
-from collections.abc import Callable, Coroutine, Generator, Mapping, Sequence
+from collections.abc import Callable, Collection, Coroutine, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, get_args
 
@@ -52,6 +52,7 @@ from shoal.streaming import DEFAULT_BUFFER, EventStream, Started
 from shoal.tools import Tool
 
 if TYPE_CHECKING:
+    from shoal.agents.settle import Settling
     from shoal.board import Board
     from shoal.runtime import Runtime
     from shoal.store.claims import RunClaim
@@ -446,12 +447,16 @@ class Agent(Generic[T]):
         resume: bool = False,
         force: bool = False,
         board: Board | None = None,
+        rerun_in_doubt: Collection[str] = (),
+        mark_done: Mapping[str, Any] | None = None,
     ) -> AgentHandle[T]:
         """Start a run on the running loop and return its handle at once (see :meth:`run`).
 
         With a journal, the tree claims its run id first (see :mod:`shoal.store.claims`): a
         run that a live process is running is refused with
         :class:`~shoal.exceptions.RunActiveError` (``force=True``: go on regardless).
+        ``rerun_in_doubt`` and ``mark_done`` settle calls in doubt when resuming (see
+        :meth:`resume`).
         """
         from shoal.runtime import Runtime, check_resume_id, check_run_id, new_run_id
         from shoal.store.claims import claim_run, claim_run_nothing
@@ -479,6 +484,7 @@ class Agent(Generic[T]):
         active = runtime if runtime is not None else Runtime(approver=approver)
         if run_id is not None and resume:
             check_resume_id(active.store, run_id)
+        settle = self._settling(active, run_id if resume else None, rerun_in_doubt, mark_done)
         override = None
         if model is not None:
             from shoal.models import resolve_model
@@ -486,7 +492,8 @@ class Agent(Generic[T]):
             override = model if isinstance(model, Model) else resolve_model(model)
         ctx = TreeContext(run_id=run_id or new_run_id(), runtime=active,
                           budget=budget or self.budget, sinks=sinks, gates=gates,
-                          model_override=override, resuming=resume, force=force, board=board)
+                          model_override=override, resuming=resume, force=force, board=board,
+                          settling=settle)
         for agent in self.with_subagents():  # a missing key or SDK stops the run here, not
             ctx.model_for(agent.model)          # when a subagent first runs
         # the whole tree's claim: its steps are runs of their own, claimed one by one
@@ -607,6 +614,19 @@ class Agent(Generic[T]):
                      run_id=run_id, gates=gates, approver=approver, board=board),
             "'await agent.run(prompt)'")
 
+    def _settling(self, runtime: Runtime, resumed: str | None, rerun_in_doubt: Collection[str],
+                  mark_done: Mapping[str, Any] | None) -> Settling | None:
+        """The calls in doubt to settle, by agent (checked), or ``None`` for none."""
+        from shoal.agents.settle import settling
+        from shoal.store.resume import check_settling
+
+        if not check_settling(rerun_in_doubt, mark_done) and not mark_done:
+            return None
+        if resumed is None or runtime.store is None:
+            raise ConfigError("rerun_in_doubt and mark_done apply only when resuming a run "
+                              "(agent.resume(run_id, prompt, runtime=..., ...))")
+        return settling(runtime.store, resumed, self, rerun_in_doubt, mark_done) or None
+
     async def resume(self, run_id: str, prompt: str, *, runtime: Runtime, **options: Any,
                      ) -> AgentResult[T]:
         """Continue the run ``run_id`` from the journal of ``runtime`` (a durable store).
@@ -619,6 +639,14 @@ class Agent(Generic[T]):
         :class:`~shoal.exceptions.RunActiveError`; ``force=True`` resumes it anyway. A tree
         that wrote to a board needs it again (``board=``): replayed calls merge their writes
         into it once more.
+
+        A call in doubt (in flight when the run stopped, or stopped while its tool ran; not
+        idempotent) is told to its agent as in doubt, unless settled here, named by its
+        lineage as ``shoal show`` prints it: ``rerun_in_doubt=["lead/helper#1/pay#1"]`` runs
+        it again (it did not take effect), ``mark_done={"lead/pay#1": value}`` records it
+        ``ok`` with that value (it did); its agent then goes on with that result. A name that
+        is no call in doubt, or one whose agent an earlier resume told already, is a
+        :class:`~shoal.exceptions.ConfigError` before anything runs.
         """
         check_run_options(runtime, None, None, None)
         if runtime is None or runtime.store is None:

@@ -30,6 +30,7 @@ from shoal.models.retry import ModelGates
 if TYPE_CHECKING:
     from shoal.agents._launch import AgentLauncher
     from shoal.agents.result import AgentResult
+    from shoal.agents.settle import Settling
     from shoal.board import Board
     from shoal.runtime import Runtime
     from shoal.scheduler.scope import RunScope
@@ -110,8 +111,12 @@ class TreeContext:
         force: bool = False,
         board: Board | None = None,
         within: dict[str, Any] | None = None,
+        settling: Settling | None = None,
     ) -> None:
         self.run_id = run_id
+        #: calls in doubt a person settled on resume: by agent lineage, the node ids of its
+        #: steps run to run again, and those marked done with their values
+        self.settling = settling or {}
         self.runtime = runtime
         #: the board every tool of the tree (subagents' too) reads and writes, if any
         self.board = board

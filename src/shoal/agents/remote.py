@@ -205,6 +205,8 @@ class StartSpec:
     board: dict[str, Any] | None = None
     #: what the root's restricted loader allows besides plain data (``allow_result_types``)
     allowed: tuple[Any, ...] = ()
+    #: the calls in doubt settled on resume within the agent's subtree (see agents.settle)
+    settling: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = field(default_factory=dict)
 
 
 class Channel(ABC):
@@ -1324,6 +1326,8 @@ def _runtime_options(runtime: Runtime) -> dict[str, Any]:
 
 def start_spec(run: AgentRun) -> StartSpec:
     """What the process running ``run``'s agent is told."""
+    from shoal.agents.context import is_within
+
     ctx, agent = run.ctx, run.agent
     return StartSpec(
         agent=agent, prompt=run.result.prompt, lineage=run.lineage, depth=run.depth,
@@ -1334,7 +1338,9 @@ def start_spec(run: AgentRun) -> StartSpec:
         approver=ctx.runtime.approvals.approver is not None,
         limits=parse_process_limits(agent.limits),
         board=None if ctx.board is None else ctx.board.rules,
-        allowed=allowed_result_types())
+        allowed=allowed_result_types(),
+        settling={lineage: settled for lineage, settled in ctx.settling.items()
+                  if is_within(lineage, run.lineage)})
 
 
 def _check(run: AgentRun) -> None:

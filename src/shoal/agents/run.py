@@ -700,8 +700,11 @@ class AgentRun:
         if not resume and resumes and store is not None:
             _refuse_steps_per_run(store, f"{ctx.run_id}/{self.lineage}")
         sink = self._steps_sink() if ctx.observed_nested else None
+        # calls in doubt a person settled (checked against the journal as the tree started)
+        rerun, done = ctx.settling.get(self.lineage, ((), None)) if resume else ((), None)
         run = self._steps = ctx.runtime.open_run(
             self.lineage, run_id=None if resume else run_id, resume=run_id if resume else None,
+            rerun_in_doubt=rerun, mark_done=done,
             lineage=self.lineage, on_event=sink, force=ctx.force, within=ctx.scope,
             board=ctx.board, here=True)  # no task of its own: it starts now, ends as it ends
         if resume and store is not None:

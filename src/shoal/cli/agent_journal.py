@@ -43,8 +43,8 @@ from shoal.store.base import EventRecord, RunEnded, RunRecord, RunStatus, Store
 from shoal.store.claims import this_process_start
 
 __all__ = ["HEARTBEAT_SECONDS", "AgentJournal", "agent_status_text", "call_counts",
-           "event_from_dict", "headline", "is_agent_record", "show_dict", "show_view", "summary",
-           "summary_problem", "tree_of"]
+           "doubt_lines", "event_from_dict", "headline", "is_agent_record", "show_dict",
+           "show_view", "summary", "summary_problem", "tree_of"]
 
 HEARTBEAT_SECONDS = 1.0
 CANCEL_POLL_SECONDS = 0.2  # how often a run looks for shoal cancel requests
@@ -312,12 +312,18 @@ def agent_status_text(record: RunRecord, status: str) -> Text:
     return safe_text(shown, style, width=ID_WIDTH)  # the journal's text: escaped like any
 
 
-def show_dict(record: RunRecord, events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """``shoal show --json`` of an agent run: the tree, with every call, and the answer."""
+def show_dict(record: RunRecord, events: Sequence[Mapping[str, Any]],
+              in_doubt: Sequence[str] = ()) -> dict[str, Any]:
+    """``shoal show --json`` of an agent run: the tree, with every call, and the answer.
+
+    ``in_doubt``: the calls its resume may hold in doubt (see :func:`doubt_lines`).
+    """
     result = _ended_tree(record)
     data: dict[str, Any] = {"kind": KIND, "target": record.source.get("target"),
                             "prompt": record.source.get("prompt"),
                             "model": record.source.get("model")}
+    if in_doubt:
+        data["in_doubt"] = list(in_doubt)
     if "result" in record.source and summary_problem(record.source["result"]):
         data["damaged"] = summary_problem(record.source["result"])
     if result is not None:
@@ -353,8 +359,11 @@ def _took(tree: AgentTree, row: Row) -> float:
 
 
 def show_view(record: RunRecord, events: Sequence[Mapping[str, Any]],
-              status: str) -> RenderableType:
-    """``shoal show`` of an agent run: the tree of agents and calls, the answer, a summary."""
+              status: str, in_doubt: Sequence[str] = ()) -> RenderableType:
+    """``shoal show`` of an agent run: the tree of agents and calls, the answer, a summary.
+
+    ``in_doubt``: the calls its resume may hold in doubt, named with how to settle them.
+    """
     source = record.source
     head = Text.assemble(("run ", "bold"), (clean(record.run_id), "bold"), "  ")
     head.append_text(agent_status_text(record, status))
@@ -382,12 +391,12 @@ def show_view(record: RunRecord, events: Sequence[Mapping[str, Any]],
                               + (f" ({facts['failed_calls']} not ok)" if facts["failed_calls"]
                                  else "") + f", {agents} agent{'s' if agents != 1 else ''}, "
                               f"{facts['tokens']} tokens", style="dim"))
-            return Group(*parts, *_interrupted(record, status))
+            return Group(*parts, *_interrupted(record, status), *doubt_lines(record, in_doubt))
         parts.append(Text(f"{facts['agents']} agent{'s' if facts['agents'] != 1 else ''}, "
                           f"{facts['turns']} turns by the lead, {facts['calls']} tool calls"
                           + (f" ({facts['failed_calls']} failed)" if facts["failed_calls"]
                              else "") + f", {facts['tokens']} tokens", style="dim"))
-    return Group(*parts, *_interrupted(record, status))
+    return Group(*parts, *_interrupted(record, status), *doubt_lines(record, in_doubt))
 
 
 def _interrupted(record: RunRecord, status: str) -> list[RenderableType]:
@@ -396,6 +405,26 @@ def _interrupted(record: RunRecord, status: str) -> list[RenderableType]:
         return []
     return [Text(f"the process running it stopped; continue with: shoal resume "
                  f"{clean(record.run_id)}", style="yellow")]
+
+
+def doubt_lines(record: RunRecord, in_doubt: Sequence[str]) -> list[RenderableType]:
+    """The calls a resume of the run may hold in doubt, and how to settle them.
+
+    Those in flight when it stopped, or stopped while their tool ran, by lineage (as the
+    options take them): a resume runs each again if its tool is idempotent, else holds it
+    in doubt and tells its agent so, unless it is settled on that resume.
+    """
+    if not in_doubt:
+        return []
+    named = ", ".join(clean(c) for c in in_doubt[:5]) + (
+        f" and {len(in_doubt) - 5} more" if len(in_doubt) > 5 else "")
+    first, run = clean(in_doubt[0]), clean(record.run_id)
+    return [Text(f"{'call' if len(in_doubt) == 1 else 'calls'} {named} may have taken effect "
+                 "(in flight when the run stopped, or stopped while the tool ran): a resume "
+                 "runs each again if its tool is idempotent, else holds it in doubt and tells "
+                 "its agent so, unless you settle it on that resume: shoal resume "
+                 f"{run} --rerun-in-doubt {first} (it did not take effect) or --mark-done "
+                 f"{first}=VALUE (it did)", style="yellow")]
 
 
 def _when(epoch: float) -> str:

@@ -14,7 +14,7 @@ import importlib
 import importlib.util
 import json
 import sys
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -92,6 +92,9 @@ class AgentOptions:
     resume: bool = False  # continue journal.run_id instead of starting a new run
     force: bool = False  # resume even if another process seems to run it (--force)
     modules: tuple[str, ...] | None = None  # what the target may import (None: any module)
+    # calls in doubt settled on resume, by lineage (--rerun-in-doubt, --mark-done)
+    rerun_in_doubt: tuple[str, ...] = ()
+    mark_done: Mapping[str, Any] | None = None
 
 
 def is_agent_target(target: str) -> bool:
@@ -317,7 +320,8 @@ async def _drive(agent: Agent[Any], options: AgentOptions, sinks: list[Any], con
         handle = agent.start(options.prompt or "", runtime=runtime, model=options.model,
                              budget=options.budget, on_event=sinks,
                              run_id=journal.run_id if journal is not None else None,
-                             resume=options.resume, force=options.force)
+                             resume=options.resume, force=options.force,
+                             rerun_in_doubt=options.rerun_in_doubt, mark_done=options.mark_done)
     except BaseException:
         await _abandon(runtime, journal, options.resume)
         raise
@@ -332,6 +336,12 @@ async def _drive_composition(composed: Composed, options: AgentOptions, sinks: l
     runtime = options.runtime or Runtime()
     journal = options.journal
     run_id = journal.run_id if journal is not None else new_run_id()
+    if options.rerun_in_doubt or options.mark_done:
+        await runtime.aclose()
+        raise ConfigError(f"--rerun-in-doubt and --mark-done settle the calls of an agent "
+                          f"tree; {options.target!r} is a pattern or a plan function, whose "
+                          "agents' calls cannot be settled from the command line yet: resume it "
+                          "without them (its agents are told which calls are in doubt)")
     try:  # a bad plan or a missing key: refused before the journal records a run
         plan = build_plan(composed, options.prompt or "", options.target)
         for agent in agents_of(plan):

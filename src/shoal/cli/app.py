@@ -345,12 +345,14 @@ def run_agent(target: str, prompt: str | None, model: str | None, as_json: bool,
               events: Path | None, *, approve: str | None = None,
               approval_timeout: float | None = None, store: Path | None = None,
               resume: str | None = None, force: bool = False,
-              modules: tuple[str, ...] | None = None) -> int:
+              modules: tuple[str, ...] | None = None, rerun_in_doubt: tuple[str, ...] = (),
+              mark_done: Mapping[str, Any] | None = None) -> int:
     """Run the agent ``target`` names on ``prompt`` as ``shoal run`` does; return the exit code.
 
     ``deadline`` becomes the tree's wall-clock budget. ``approve`` names the approver as
     ``--approve`` does (console by default on a terminal; the live tree pauses while it asks).
-    With ``store`` the run is journaled there; ``resume`` continues that journaled run.
+    With ``store`` the run is journaled there; ``resume`` continues that journaled run,
+    settling the calls in doubt that ``rerun_in_doubt`` and ``mark_done`` name (by lineage).
     ``modules`` (else ``$SHOAL_PLAN_MODULES``) lists what the target and ``--model`` may
     import, as for a plan file.
     """
@@ -376,7 +378,8 @@ def run_agent(target: str, prompt: str | None, model: str | None, as_json: bool,
         chosen = model_option(model, allowed) if model is not None else None
         options = AgentOptions(target, prompt, chosen, as_json, Runtime(**settings),
                                None if deadline is None else Budget(wall_clock=deadline), sink,
-                               pause, journal, model, resume is not None, force, allowed)
+                               pause, journal, model, resume is not None, force, allowed,
+                               rerun_in_doubt, mark_done)
         return run_agent_target(options, console, live)
     except PlanError as exc:  # a plan function's plan: every problem, as for a plan file
         return _bad_plan(exc, as_json)

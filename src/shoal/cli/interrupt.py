@@ -245,8 +245,11 @@ def doubt_hint(in_doubt: Sequence[str], *, agent: bool = False) -> str:
     said = (f"; {'call' if one else 'calls'} {named} {'was' if one else 'were'} stopped while "
             f"{'its tool' if one else 'their tools'} ran and may have taken effect: resume "
             f"holds {'it' if one else 'them'} in doubt")
-    if agent:  # its agent is told, and goes on from there
-        return f"{said} (not run again), and tells {'its agent' if one else 'their agents'} so"
+    if agent:  # its agent is told, and goes on from there, unless settled on that resume
+        return (f"{said} (not run again), and tells {'its agent' if one else 'their agents'} "
+                f"so, unless you settle {'it' if one else 'each'} on that resume with "
+                "--rerun-in-doubt CALL (it did not take effect) or --mark-done CALL=VALUE "
+                "(it did)")
     return (f"{said} until you settle each with --rerun-in-doubt NODE (it did not take "
             "effect) or --mark-done NODE=VALUE (it did)")
 

@@ -390,11 +390,13 @@ def show_command(run_id: Annotated[str, typer.Argument(metavar="RUN_ID", show_de
             raise _no_run(journal, run_id, store)
         if agent_journal.is_agent_record(record):
             events = journal.events(run_id)
+            status = live_status(record)
+            doubtful = _open_doubts(journal, run_id, status)
             if as_json:
-                data = _run_dict(record) | agent_journal.show_dict(record, events)
+                data = _run_dict(record) | agent_journal.show_dict(record, events, doubtful)
                 sys.stdout.write(json.dumps(data, indent=2) + "\n")
             else:
-                _console().print(agent_journal.show_view(record, events, live_status(record)))
+                _console().print(agent_journal.show_view(record, events, status, doubtful))
             return
         outcomes = journal.outcomes(run_id, decode=False)  # never unpickle for a display
         attempts = journal.attempts(run_id)
@@ -955,6 +957,19 @@ def _not_taken(journal: SQLiteStore, run_id: str, wait: float) -> str | None:
     return None
 
 
+def _open_doubts(journal: SQLiteStore, run_id: str, status: str) -> list[str]:
+    """The calls of an agent tree that stopped that its resume may hold in doubt (lineages).
+
+    Only for a run that stopped (killed, cancelled): one that finished told every agent of
+    its calls in doubt; and none its agent was told of already (they cannot be settled).
+    """
+    from shoal.agents.settle import in_doubt_calls
+
+    if status not in ("interrupted", "cancelled"):
+        return []
+    return [c for c, how in in_doubt_calls(journal, run_id, None).items() if how != "told"]
+
+
 # ---- shoal resume ---------------------------------------------------------------------------
 
 
@@ -966,7 +981,8 @@ def resume_command(
     rerun_in_doubt: Annotated[list[str] | None, typer.Option(
         "--rerun-in-doubt", metavar="NODE", show_default=False,
         help="A call in doubt (in flight at a crash, or stopped while its tool ran; not "
-             "idempotent) did NOT take effect: run it again. Repeat for several.")] = None,
+             "idempotent) did NOT take effect: run it again. Repeat for several. An agent "
+             "run's call is named as shoal show prints it: lead/helper#1/pay#1.")] = None,
     mark_done: Annotated[list[str] | None, typer.Option(
         "--mark-done", metavar="NODE=VALUE", show_default=False,
         help="A call in doubt DID take effect: record it ok with VALUE (JSON, else text). "
@@ -997,6 +1013,9 @@ def resume_command(
     or cancelled or timed out while their tool ran (Ctrl-C, a deadline, their timeout), run
     again if their tool is idempotent, else they end in_doubt until you settle them with
     --rerun-in-doubt or --mark-done.
+
+    An agent run's calls are named by lineage (lead/helper#1/pay#1), and settled on the
+    first resume after it stopped: unsettled, their agent is told they are in doubt.
 
     A run that is still running in another process is refused (exit 2), since resuming it
     would run its calls in flight a second time; --force overrides that. So is a run whose
@@ -1031,7 +1050,8 @@ def resume_command(
             raise typer.Exit(run_agent(
                 str(source["target"]), str(source["prompt"]), source.get("model"), as_json,
                 max_concurrency, None, deadline, events, approve=approve, store=store,
-                resume=run_id, force=force))
+                resume=run_id, force=force, rerun_in_doubt=tuple(rerun_in_doubt or ()),
+                mark_done=parse_mark_done(mark_done or []) or None))
         plan_file = _recorded_plan(record, store)
         done = parse_mark_done(mark_done or [])
     except RunActiveError as exc:

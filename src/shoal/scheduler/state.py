@@ -1784,8 +1784,8 @@ class SchedulerState:
         if status == "skipped":
             d.event(NodeSkipped(run_id=self.run_id, time=now, node_id=nid, tool=tool,
                                         reason=reason))
-        elif slot.attempts == 0 and status not in ("failed", "in_doubt", "denied") and not (
-                status == "ok" and slot.items is not None):
+        elif slot.attempts == 0 and status in ("cancelled", "timed_out"):
+            # (an ok one that never ran is a map's, or a call in doubt marked done on resume)
             d.event(NodeCancelled(run_id=self.run_id, time=now, node_id=nid, tool=tool,
                                           reason=reason))
         else:

@@ -97,6 +97,9 @@ class Resumption:
     later_tools: dict[str, str] = field(default_factory=dict)  # tool of each one in flight
     rerun_later: frozenset[str] = frozenset()
     done_later: Mapping[str, Any] = field(default_factory=dict)
+    #: what a node's id is prefixed with where a person names it (an agent's steps run:
+    #: its lineage and '/', as ``shoal show`` prints its calls), for the settle hint
+    shown_as: str = ""
 
     def fate_of(self, node: Node) -> tuple[str, Any]:
         """What to do with a node added while the resumed run goes (see SchedulerState.add).
@@ -112,8 +115,8 @@ class Resumption:
             raise PlanChangedError(self.record.run_id, [
                 f"node {node.id!r} was a call of {was!r}, now of {node.tool.name!r}"])
         replayed: list[Outcome] = []
-        why = _doubt(node, stored, stored is None, Resumption(self.record, replayed,
-                                                              rerun=self.rerun))
+        why = _doubt(node, stored, stored is None, Resumption(
+            self.record, replayed, rerun=self.rerun, shown_as=self.shown_as))
         if replayed:
             return "replay", replayed[0]
         if not why:
@@ -135,11 +138,14 @@ class Resumption:
 
 def prepare_resume(store: Store, run_id: str, graph: Graph, description: Mapping[str, Any], *,
                    rerun_in_doubt: Collection[str] = (),
-                   mark_done: Mapping[str, Any] | None = None) -> Resumption:
+                   mark_done: Mapping[str, Any] | None = None,
+                   shown_as: str = "") -> Resumption:
     """Read the journal of ``run_id`` and decide each node's fate (see the module doc).
 
     Raises :class:`RunNotFoundError`, :class:`PlanChangedError`, or :class:`ConfigError`
-    when ``rerun_in_doubt`` or ``mark_done`` names a node that is not in doubt.
+    when ``rerun_in_doubt`` or ``mark_done`` names a node that is not in doubt. ``shown_as``
+    prefixes node ids where the reasons say how to settle them (an agent's steps run: its
+    lineage and '/').
     """
     asked, done = _settling(rerun_in_doubt, mark_done)
     wanted = set(asked)
@@ -162,7 +168,7 @@ def prepare_resume(store: Store, run_id: str, graph: Graph, description: Mapping
     both = sorted(wanted & done.keys())
     if both:
         raise ConfigError(f"{both} cannot be both run again and marked done")
-    result = Resumption(record)
+    result = Resumption(record, shown_as=shown_as)
     doubtful: set[str] = set()
     lost = {e.record.node_id for e in effects if not e.replayable and e.record.run_id == run_id}
     for node in sorted(graph.nodes, key=lambda n: n.index):
@@ -187,8 +193,10 @@ def prepare_resume(store: Store, run_id: str, graph: Graph, description: Mapping
         result.later[node_id] = None  # in flight when the run stopped
         result.later_tools[node_id] = open_attempts[node_id].tool
     # ids not in the plan: a run's own nodes, decided when it adds them (in doubt or not)
+    # (a call stopped while its tool ran too: in doubt if its tool is not idempotent)
     maybe_later = {n for n, known in result.later.items()
-                   if known is None or known.outcome.status == "in_doubt"}
+                   if known is None or known.outcome.status == "in_doubt"
+                   or _stopped_running(known.outcome)}
     result.rerun_later = frozenset(wanted & maybe_later)
     result.done_later = {k: v for k, v in done.items() if k in maybe_later}
     doubtful |= maybe_later
@@ -264,7 +272,7 @@ def _superseded(stored: dict[str, StoredOutcome],
 def _doubt(node: Node, stored: StoredOutcome | None, in_flight: bool,
            into: Resumption) -> str:
     """Why ``node`` is in doubt ('' if it is not); fills ``into``'s replay and rerun."""
-    tool = node.tool
+    tool, hint = node.tool, _settle_hint(into.shown_as + node.id)
     if stored is not None:
         status = stored.outcome.status
         if status in _REPLAYED and stored.replayable:
@@ -282,9 +290,9 @@ def _doubt(node: Node, stored: StoredOutcome | None, in_flight: bool,
             if stored.outcome.abandoned:
                 return (f"it ended {status} but could not be stopped (it was abandoned while "
                         f"it ran), and tool {tool.name!r} is not idempotent: it may or may not "
-                        f"have taken effect{_settle_hint(node.id)}")
+                        f"have taken effect{hint}")
             return (f"it ended {status} while its tool ran, and tool {tool.name!r} is not "
-                    f"idempotent: it may or may not have taken effect{_settle_hint(node.id)}")
+                    f"idempotent: it may or may not have taken effect{hint}")
         if status not in _REPLAYED:
             into.rerun[node.id] = f"ended {status}" + (
                 " before its tool ran" if status in _STOPPED else "")
@@ -304,7 +312,7 @@ def _doubt(node: Node, stored: StoredOutcome | None, in_flight: bool,
         into.rerun[node.id] = "was in flight when the run stopped; the tool is idempotent"
         return ""
     return (f"in flight when the run stopped, and tool {tool.name!r} is not idempotent: it may "
-            f"or may not have taken effect{_settle_hint(node.id)}")
+            f"or may not have taken effect{hint}")
 
 
 def _stopped_running(outcome: Outcome) -> bool:
