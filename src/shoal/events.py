@@ -419,7 +419,7 @@ def deliver(sink: EventSink, event: Event, what: str = "event sink",
     a run of 5,000 calls ten times slower.
     """
     loop = _running_loop()
-    task = _current_tasks.get(loop) if loop is not None else None
+    task = asyncio.current_task(loop) if loop is not None and _leave_task else None
     if task is None:  # not on a loop, or between tasks (a loop's callback)
         try:
             sink(event)
@@ -428,7 +428,7 @@ def deliver(sink: EventSink, event: Event, what: str = "event sink",
         except BaseException as exc:
             _failed(sink, event, what, failures, exc)
         return
-    assert loop is not None
+    assert loop is not None and _leave_task is not None and _enter_task is not None
     _leave_task(loop, task)  # (see above) entered again whatever the sink does
     try:
         sink(event)
@@ -461,12 +461,13 @@ def _failed(sink: EventSink, event: Event, what: str, failures: dict[int, int] |
 
 
 # the running loop, or None (a sink may be called from a thread); and how a task is made the
-# loop's current one and not (asyncio's own, used as its eager tasks and loops use them)
+# loop's current one and not: asyncio's own (3.11 to 3.13), used as its eager tasks use them.
+# Not public: a Python without them calls sinks inside the task, as before.
 _running_loop = asyncio.events._get_running_loop
-_current_tasks: dict[asyncio.AbstractEventLoop, asyncio.Task[Any]] = (
-    asyncio.tasks._current_tasks)  # type: ignore[attr-defined]  # (in asyncio, not its stubs)
-_enter_task = asyncio.tasks._enter_task
-_leave_task = asyncio.tasks._leave_task
+_enter_task: Callable[[asyncio.AbstractEventLoop, asyncio.Task[Any]], None] | None = getattr(
+    asyncio.tasks, "_enter_task", None)
+_leave_task: Callable[[asyncio.AbstractEventLoop, asyncio.Task[Any]], None] | None = getattr(
+    asyncio.tasks, "_leave_task", None)
 
 
 def _power_of_ten(n: int) -> bool:
