@@ -272,7 +272,7 @@ def _superseded(stored: dict[str, StoredOutcome],
 def _doubt(node: Node, stored: StoredOutcome | None, in_flight: bool,
            into: Resumption) -> str:
     """Why ``node`` is in doubt ('' if it is not); fills ``into``'s replay and rerun."""
-    tool, hint = node.tool, _settle_hint(into.shown_as + node.id)
+    tool, shown = node.tool, into.shown_as + node.id
     if stored is not None:
         status = stored.outcome.status
         if status in _REPLAYED and stored.replayable:
@@ -290,9 +290,9 @@ def _doubt(node: Node, stored: StoredOutcome | None, in_flight: bool,
             if stored.outcome.abandoned:
                 return (f"it ended {status} but could not be stopped (it was abandoned while "
                         f"it ran), and tool {tool.name!r} is not idempotent: it may or may not "
-                        f"have taken effect{hint}")
+                        f"have taken effect{_settle_hint(shown)}")
             return (f"it ended {status} while its tool ran, and tool {tool.name!r} is not "
-                    f"idempotent: it may or may not have taken effect{hint}")
+                    f"idempotent: it may or may not have taken effect{_settle_hint(shown)}")
         if status not in _REPLAYED:
             into.rerun[node.id] = f"ended {status}" + (
                 " before its tool ran" if status in _STOPPED else "")
@@ -312,7 +312,7 @@ def _doubt(node: Node, stored: StoredOutcome | None, in_flight: bool,
         into.rerun[node.id] = "was in flight when the run stopped; the tool is idempotent"
         return ""
     return (f"in flight when the run stopped, and tool {tool.name!r} is not idempotent: it may "
-            f"or may not have taken effect{hint}")
+            f"or may not have taken effect{_settle_hint(shown)}")
 
 
 def _stopped_running(outcome: Outcome) -> bool:
