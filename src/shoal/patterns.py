@@ -59,7 +59,6 @@ from shoal.outcome import RunResult
 from shoal.plan import Plan, Ref
 from shoal.policy import ToolPolicy
 from shoal.runtime import Runtime, check_run_id, run_blocking
-from shoal.scheduler.scope import RunScope
 from shoal.tools import Tool
 
 if TYPE_CHECKING:
@@ -201,11 +200,12 @@ class Pattern:
         active = runtime if runtime is not None else Runtime()
         plan = Plan(name=self.name)
         ref = plan.add(self, {"task": task, **context}, node_id=self.name)
-        shared: dict[str, Any] = {}
         try:
+            # an outermost run of its own (not one nested in a stand-in scope): it claims its
+            # run id (the same id run twice at once is refused, not journaled as one run),
+            # and its end closes what its agents' tree made (models made from strings)
             handle = active.start(plan, run_id=run_id, on_event=on_event, budget=budget,
-                                  board=board, within=RunScope(active, "", budget=budget,
-                                                               board=board, shared=shared))
+                                  board=board)
             result = await handle
         finally:
             if own:
@@ -213,7 +213,8 @@ class Pattern:
         outcome = result[ref]
         if outcome.ok:
             return outcome.value
-        found = shared.get(SHARED_KEY)
+        scope = handle.scope
+        found = scope.shared.get(SHARED_KEY) if scope is not None else None
         error = found.errors.get(self.name) if isinstance(found, Composition) else None
         raise error or PatternError(f"{self.kind} {self.name} ended {outcome.status}: "
                                     f"{outcome.error or outcome.reason}")

@@ -216,6 +216,15 @@ class RunHandle:
     def __await__(self) -> Generator[Any, None, RunResult]:
         return self._task.__await__()
 
+    @property
+    def scope(self) -> RunScope | None:
+        """What the run's nodes share (its board, budget, agent tree): for shoal's compositions.
+
+        ``None`` only before the run is set up. A pattern run on its own
+        (:meth:`shoal.patterns.Pattern.run`) reads the error its failed step raised here.
+        """
+        return self._driver.scope
+
     def as_future(self) -> asyncio.Future[RunResult]:
         """The run's result as a future, without a task of its own to wrap the handle.
 
