@@ -73,3 +73,74 @@ def test_a_pattern_run_alone_closes_the_models_its_agents_made_from_strings(
     agent = shoal.Agent(name="reader", model="openai:gpt-4.1-mini")
     assert pipeline(agent, agent).run_sync("go") == "ACCEPT: fine"
     assert len(made) == 1 and Closing.closed == 1
+
+
+# -- a ref stands for a node of the plan that made it -----------------------------------------
+
+
+@shoal.tool
+def fetch(url: str) -> str:
+    """A page's text."""
+    return f"page of {url}"
+
+
+@shoal.tool
+def use(data: str) -> str:
+    """``data`` back."""
+    return data
+
+
+def test_a_ref_of_another_plan_is_refused_not_read_from_this_plans_namesake() -> None:
+    # default ids count per tool, so both plans have fetch#1: the ref of the first plan read
+    # the second plan's fetch#1, and the run gave "page of two" where "page of one" was meant
+    first = shoal.Plan()
+    one = first.call(fetch, url="one")
+    second = shoal.Plan()
+    second.call(fetch, url="two")
+    second.call(use, data=one)
+    with pytest.raises(shoal.PlanError) as refused:
+        shoal.run_sync(second)
+    [problem] = refused.value.problems
+    assert problem.code == "foreign_ref" and problem.node == "use#1"
+    assert "another plan" in problem.message
+    with pytest.raises(shoal.PlanError, match="foreign_ref"):
+        second.call(use, data="x", after=[one])  # after= too, at once
+    with pytest.raises(shoal.PlanError, match="foreign_ref"):
+        second.call(use, data="x", after=one)
+    reaching = shoal.Plan()
+    reaching.call(fetch, url="two")
+    reaching.call(use, data=one[0])  # a step into its output is still the other plan's
+    with pytest.raises(shoal.PlanError, match="foreign_ref"):
+        reaching.validate()
+    # a ref made by hand, or reached from one of this plan's, names an id of the plan
+    third = shoal.Plan()
+    third.call(fetch, url="three")
+    own = third.call(use, data=shoal.Ref("fetch#1"))
+    assert shoal.run_sync(third).value(own) == "page of three"
+
+
+def test_a_ref_of_another_open_run_is_refused_by_call_wait_and_cancel() -> None:
+    async def main() -> tuple[list[str], Any]:
+        runtime = shoal.Runtime()
+        async with runtime.open_run("a") as first:
+            theirs = first.call(fetch, url="one")
+        refused: list[str] = []
+        async with runtime.open_run("b") as second:
+            second.call(fetch, url="two")
+            for attempt in (lambda: second.call(use, data=theirs),
+                            lambda: second.call(use, data="x", after=theirs),
+                            lambda: second.cancel(theirs), lambda: second.cancel([theirs])):
+                with pytest.raises(shoal.PlanError) as caught:
+                    attempt()
+                refused.append(caught.value.problems[0].code)
+            for waiting in (second.wait(theirs), second.value(theirs)):
+                with pytest.raises(shoal.PlanError) as caught:
+                    await waiting
+                refused.append(caught.value.problems[0].code)
+            mine = await second.value(shoal.Ref("fetch#1"))
+        await runtime.aclose()
+        return refused, mine
+
+    refused, mine = arun(main())
+    assert refused == ["foreign_ref"] * 6
+    assert mine == "page of two"

@@ -139,7 +139,8 @@ class ShoalError(Exception):
 class PlanProblem:
     """One thing wrong with a plan: where it is (``node``, may be empty), a code, and a message.
 
-    Codes: ``unknown_tool``, ``bad_arguments``, ``dangling_ref``, ``self_ref``, ``cycle``,
+    Codes: ``unknown_tool``, ``bad_arguments``, ``dangling_ref``, ``foreign_ref`` (a ref
+    another plan or open run made), ``self_ref``, ``cycle``,
     ``duplicate_id``, ``bad_id`` (an id holding ``/``, or empty), ``bad_after``, ``syntax``,
     ``bad_import``, ``bad_shape`` (including bad ``options``), and for plan files ``not_found``,
     ``unreadable``, ``duplicate_key`` (a key twice in one mapping) and ``too_large`` (past a

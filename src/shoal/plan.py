@@ -9,6 +9,7 @@ by :mod:`shoal.planfile` and :mod:`shoal.plantext`.
 
 from __future__ import annotations
 
+import itertools
 import re
 import sys
 import unicodedata
@@ -28,7 +29,7 @@ from shoal.merge import error_text, shown
 from shoal.nodeids import check_node_id, plain_text
 from shoal.tools import Tool, tool
 
-__all__ = ["MapSpec", "Node", "Plan", "Ref", "find_refs", "map_spec"]
+__all__ = ["MapSpec", "Node", "Plan", "Ref", "find_refs", "foreign_ref", "map_spec", "owned_ref"]
 
 PathPart = str | int
 T = TypeVar("T")
@@ -40,9 +41,14 @@ _ref_hashed = False
 
 
 class Ref:
-    """The output of a plan node, or a part of it reached through ``[key]`` steps."""
+    """The output of a plan node, or a part of it reached through ``[key]`` steps.
 
-    __slots__ = ("node", "path")
+    A ref returned by a plan (or an open run) knows which one made it: used in another, where
+    a node may have the same id (``search#1``), it is refused rather than read that node's
+    output. One made by hand (``Ref("a")``, a plan file's ``$a``) names an id in any plan.
+    """
+
+    __slots__ = ("_plan", "node", "path")
 
     def __init__(self, node: str, path: tuple[PathPart, ...] = ()) -> None:
         if type(node) is not str:  # an id is compared, hashed and written out wherever it goes
@@ -52,11 +58,14 @@ class Ref:
                                     f"got {type(path).__name__} {shown(path)}")
         self.node = node
         self.path = path
+        self._plan = 0  # the serial number of the plan that made it (0: none, made by hand)
 
     def __getitem__(self, key: PathPart) -> Ref:
         if type(key) is not str and (type(key) is not int or not -_MAX_INDEX <= key <= _MAX_INDEX):
             key = _path_step(self, key)  # a field or an index, as refs read
-        return Ref(self.node, (*self.path, key))
+        ref = Ref(self.node, (*self.path, key))
+        ref._plan = self._plan
+        return ref
 
     def __iter__(self) -> NoReturn:
         # Without this, __getitem__ would make every Ref an endless iterator ($a[0], $a[1] ...)
@@ -113,6 +122,24 @@ class Ref:
 
 _MAX_INDEX = sys.maxsize  # no list has an item past it (and its index can be written out)
 
+_serials = itertools.count(1)  # each plan's serial number, which the refs it makes carry
+
+
+def owned_ref(node_id: str, plan: int) -> Ref:
+    """A ref to ``node_id`` made by the plan whose serial number is ``plan``."""
+    ref = Ref(node_id)
+    ref._plan = plan
+    return ref
+
+
+def foreign_ref(ref: Ref, node_id: str = "") -> PlanProblem:
+    """The problem of a ref (in an argument, or ``after=``) that another plan or run made."""
+    return PlanProblem("foreign_ref", (
+        f"{ref!r} was made by another plan or open run (its node {ref.node!r} is that one's); "
+        f"a ref only stands for a node of the plan that made it, even where this one has a node "
+        f"of the same id. Use a ref this plan returned, or pass the other run's value (await "
+        f"it, or read its result) as a plain value"), node_id)
+
 
 def _ref_node(node: object) -> str:
     """A ref's node id given as other than a plain ``str``: a subclass's text, else refused."""
@@ -153,9 +180,14 @@ _WALKED = (list, tuple, set, frozenset)  # a tuple, not a union: isinstance is t
 _ONE_NODE = (Ref, str)
 
 
-def _after_id(step: object) -> str:
-    """The id of one node ``after=`` names: a ref's node, or an id (text, nothing else)."""
+def _after_id(step: object, plan: Plan) -> str:
+    """The id of one node ``after=`` names: a ref's node, or an id (text, nothing else).
+
+    A ref that another plan (or open run) made is a :class:`PlanError` (``foreign_ref``).
+    """
     if isinstance(step, Ref):
+        if step._plan and step._plan != plan.serial:
+            raise PlanError([foreign_ref(step)], plan.name)
         return step.node
     if isinstance(step, str):
         return plain_text(step)
@@ -352,6 +384,7 @@ class Plan:
             raise ConfigError(f"a plan's name must be a str, got {type(name).__name__} "
                               f"{shown(name)}")
         self.name = plain_text(name)
+        self.serial = next(_serials)  # carried by the refs this plan makes (see Ref)
         self._nodes: dict[str, Node] = {}
         # nodes added under an id already taken: kept aside (not run, not in ``nodes``) so that
         # validation reports them along with every other problem instead of add() raising
@@ -397,10 +430,10 @@ class Plan:
                         refs = self._shared_refs(tuple(find_refs(args)))
                         break
                 nodes[new_id] = Node(new_id, tool, args, (), len(nodes), refs)
-                return Ref(new_id)
+                return owned_ref(new_id, self.serial)
         node = self._make_node(tool, args, after, node_id, None)
         self._insert(node)
-        return Ref(node.id)
+        return owned_ref(node.id, self.serial)
 
     def add(
         self,
@@ -418,7 +451,7 @@ class Plan:
         """
         node = self.make_node(tool, args, after=after, node_id=node_id)
         self._insert(node)
-        return Ref(node.id)
+        return owned_ref(node.id, self.serial)
 
     def map(
         self,
@@ -448,7 +481,7 @@ class Plan:
         spec = map_spec(resolved, args, over, item_arg, partial)
         node = self._make_node(resolved, {**args, spec.item_arg: over}, after, node_id, spec)
         self._insert(node)
-        return Ref(node.id)
+        return owned_ref(node.id, self.serial)
 
     def make_node(
         self,
@@ -505,10 +538,11 @@ class Plan:
         if kind is tuple and not after:
             after_ids = ()
         elif kind is list or kind is tuple:  # most after=: no ABC check, no generator
-            after_ids = tuple([a.node if isinstance(a, Ref) else a if type(a) is str
-                               else _after_id(a) for a in after])
+            serial = self.serial
+            after_ids = tuple([a.node if isinstance(a, Ref) and a._plan in (0, serial)
+                               else a if type(a) is str else _after_id(a, self) for a in after])
         else:
-            after_ids = _other_after(after)
+            after_ids = _other_after(after, self)
         refs = _refs_in(arguments)
         if refs:
             refs = self._shared_refs(refs)
@@ -577,7 +611,7 @@ class Plan:
                                     f"argument names to values, got {type(node.args).__name__} "
                                     f"{shown(node.args)}")
         if type(node.after) is not tuple or not all(type(a) is str for a in node.after):
-            node.after = _other_after(node.after)
+            node.after = _other_after(node.after, self)
         if not node.refs:
             node.refs = _refs_in(node.args)
         self._insert(node)
@@ -702,8 +736,11 @@ class Plan:
             found.append(PlanProblem("duplicate_id", f"ids {mapped.id}[0], {mapped.id}[1] ... "
                                      f"are the items of map {mapped.id!r}; give this node "
                                      "another id", node.id))
+        serial = self.serial
         for ref in node.refs:
-            if ref.node == node.id:
+            if ref._plan and ref._plan != serial:
+                found.append(foreign_ref(ref, node.id))
+            elif ref.node == node.id:
                 found.append(PlanProblem("self_ref", f"argument refers to its own output {ref!r}",
                                          node.id))
             elif ref.node not in self._nodes:
@@ -803,14 +840,14 @@ def _same_or(args: dict[str, Any], checked: dict[str, Any]) -> dict[str, Any]:
     return args
 
 
-def _other_after(after: object) -> tuple[str, ...]:
+def _other_after(after: object, plan: Plan) -> tuple[str, ...]:
     """The ids ``after=`` names when it is no list or tuple: one node, or any other iterable."""
     if not isinstance(after, (*_ONE_NODE, Iterable)):
         raise ArgumentTypeError(f"after= takes a ref, a node id or several of them, got "
                                 f"{type(after).__name__} {shown(after)}")
     if isinstance(after, _ONE_NODE):
-        return (_after_id(after),)
-    return tuple(_after_id(a) for a in _read(after, "after"))
+        return (_after_id(after, plan),)
+    return tuple(_after_id(a, plan) for a in _read(after, "after"))
 
 
 def _read(given: Iterable[Any], what: str) -> Any:
