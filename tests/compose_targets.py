@@ -45,6 +45,18 @@ def raises(task: str) -> shoal.Plan:
     raise ValueError("no plan today")
 
 
+class Unprintable(Exception):
+    """An error whose message cannot be made (its own ``__str__`` raises)."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("__str__ of a hostile error")
+
+
+def raises_unprintable(task: str) -> shoal.Plan:
+    """Fails while making the plan, with an error whose message cannot be shown."""
+    raise Unprintable
+
+
 def exits(task: str) -> shoal.Plan:
     """Ends the process while making the plan (it must not end the command)."""
     sys.exit(3)

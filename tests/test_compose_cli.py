@@ -206,6 +206,8 @@ def test_ctrl_c_stops_a_composition_with_its_outcomes(tmp_path: Path) -> None:
     ("no_nodes", "with no nodes"),
     ("raises", "making the plan failed: ValueError: no plan today"),
     ("exits", "making the plan failed: SystemExit: 3"),
+    # its __str__ raised inside the error shoal made, and the command ended in a traceback
+    ("raises_unprintable", "making the plan failed: Unprintable: <its message cannot be shown>"),
     ("gives_none", "returned a NoneType"),
     ("gives_dict", "returned a dict"),
     ("takes_nothing", "takes no argument"),

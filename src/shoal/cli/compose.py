@@ -36,6 +36,7 @@ from shoal.agents.result import AgentResult
 from shoal.agents.toolcalls import CallRecord, result_text
 from shoal.events import AgentFinished, AgentStarted, EventSink, deliver
 from shoal.exceptions import AgentError, ConfigError, PlanError
+from shoal.merge import error_text
 from shoal.models.base import Model, ToolCall, ToolResultMessage
 from shoal.outcome import Outcome, RunResult, jsonable
 from shoal.patterns import Pattern
@@ -123,8 +124,8 @@ def _call(function: Callable[[str], Plan], task: str, target: str) -> Plan:
     except (ConfigError, PlanError, KeyboardInterrupt):
         raise
     except BaseException as exc:  # SystemExit too: a plan function does not end the command
-        raise ConfigError(f"{target}: making the plan failed: {type(exc).__name__}: "
-                          f"{exc}") from None
+        # (its message is its own code's: error_text never raises, quoting it)
+        raise ConfigError(f"{target}: making the plan failed: {error_text(exc)}") from None
     if inspect.isgenerator(plan):
         plan.close()
     if not isinstance(plan, Plan):
