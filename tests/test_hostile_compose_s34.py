@@ -15,6 +15,7 @@ import shoal
 import shoal.models
 from shoal.exceptions import RunActiveError
 from shoal.patterns import pipeline
+from shoal.plan import Node
 from shoal.testing import ScriptedModel
 from tests.conftest import arun
 
@@ -144,3 +145,38 @@ def test_a_ref_of_another_open_run_is_refused_by_call_wait_and_cancel() -> None:
     refused, mine = arun(main())
     assert refused == ["foreign_ref"] * 6
     assert mine == "page of two"
+
+
+# -- a node inserted by hand takes its place where it is inserted ------------------------------
+
+
+@shoal.tool
+def echo(x: Any = 0) -> Any:
+    """``x`` back."""
+    return x
+
+
+def test_a_cycle_through_a_node_inserted_by_hand_is_found_not_waited_on_for_good() -> None:
+    # Node(...) has index 0 unless told: inserted after another node of index 0, the plan
+    # looked ordered (every ref pointing back), so validation skipped the cycle search and
+    # the run waited on p and q for good (until a deadline, if it had one)
+    by_hand = shoal.Plan()
+    by_hand.add(echo, {"x": shoal.Ref("q")}, node_id="p")
+    by_hand.insert(Node("q", echo, {"x": shoal.Ref("p")}))
+    # two nodes made before either is inserted, inserted the other way round
+    reversed_ = shoal.Plan()
+    first = reversed_.make_node(echo, {"x": shoal.Ref("b")}, node_id="a")
+    second = reversed_.make_node(echo, {"x": shoal.Ref("a")}, node_id="b")
+    reversed_.insert(second)
+    reversed_.insert(first)
+    for plan in (by_hand, reversed_):
+        with pytest.raises(shoal.PlanError) as refused:
+            shoal.run_sync(plan, deadline=30)
+        assert [p.code for p in refused.value.problems] == ["cycle"]
+    # an order that is no cycle still runs, whatever order the nodes were made in
+    fine = shoal.Plan()
+    late = fine.make_node(echo, {"x": shoal.Ref("early")}, node_id="late")
+    fine.insert(Node("early", echo, {"x": 5}))
+    fine.insert(late)
+    assert [n.index for n in fine.nodes] == [0, 1]  # (both were made as index 0)
+    assert shoal.run_sync(fine).value(shoal.Ref("late")) == 5
