@@ -180,3 +180,72 @@ def test_a_cycle_through_a_node_inserted_by_hand_is_found_not_waited_on_for_good
     fine.insert(late)
     assert [n.index for n in fine.nodes] == [0, 1]  # (both were made as index 0)
     assert shoal.run_sync(fine).value(shoal.Ref("late")) == 5
+
+
+# -- a ref stepping into a hostile output fails its node, never the run ----------------------
+
+
+class ExitingLookup(dict[str, int]):
+    """A mapping whose lookups end the process."""
+
+    def __getitem__(self, key: str) -> int:
+        raise SystemExit(8)
+
+
+class Key:
+    """A key whose repr raises (``how``: an error, or ``sys.exit()``)."""
+
+    def __init__(self, how: BaseException) -> None:
+        self.how = how
+
+    def __repr__(self) -> str:
+        raise self.how
+
+
+@shoal.tool
+def output(kind: str) -> Any:
+    """A hostile output."""
+    if kind == "exiting":
+        return ExitingLookup(a=1)
+    return {Key(SystemExit(5) if kind == "exit" else RuntimeError("repr")): 1}
+
+
+@shoal.tool
+def sibling() -> str:
+    """A call beside the hostile one."""
+    return "kept"
+
+
+def test_an_output_whose_lookup_exits_fails_the_node_that_reads_it_not_the_run() -> None:
+    # the SystemExit left the scheduler as the run's own error: run_sync raised it, and the
+    # sibling's outcome (every outcome) was lost
+    plan = shoal.Plan()
+    kept = plan.call(sibling)
+    read = plan.call(echo, x=plan.call(output, kind="exiting")["a"])
+    result = shoal.run_sync(plan)
+    assert result[kept].value == "kept"
+    assert result[read].status == "failed" and "SystemExit" in str(result[read].error)
+
+
+@pytest.mark.parametrize("kind", ["exit", "raise"])
+def test_a_missing_key_among_keys_whose_repr_fails_is_still_a_key_error_naming_it(
+        kind: str) -> None:
+    # the error listing the mapping's keys called their repr: the node failed with the
+    # repr's RuntimeError (no word of the missing key), or the run ended with its SystemExit
+    plan = shoal.Plan()
+    kept = plan.call(sibling)
+    made = plan.call(output, kind=kind)
+    read = plan.call(echo, x=made["nope"])
+    result = shoal.run_sync(plan)
+    assert result[kept].value == "kept"
+    error = result[read].error
+    assert error is not None and error.type == "KeyError"
+    assert "no key 'nope'" in error.message and "repr failed" in error.message
+
+    async def main() -> None:
+        async with shoal.Runtime().open_run() as run:
+            found = run.call(output, kind=kind)
+            with pytest.raises(KeyError, match="no key 'nope'"):
+                await run.value(found["nope"])
+
+    arun(main())

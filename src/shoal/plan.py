@@ -103,9 +103,8 @@ class Ref:
                 try:
                     value = value[part]
                 except KeyError:  # still a KeyError (a LookupError), saying which ref and keys
-                    keys = ", ".join(repr(k) for k in list(value)[:20])
                     raise KeyError(f"{self!r}: no key {part!r} in a mapping with keys "
-                                   f"[{keys}{', ...' if len(value) > 20 else ''}]") from None
+                                   f"[{_some_keys(value)}]") from None
             elif isinstance(part, int) and isinstance(value, Sequence):
                 try:
                     value = value[part]
@@ -121,6 +120,23 @@ class Ref:
 
 
 _MAX_INDEX = sys.maxsize  # no list has an item past it (and its index can be written out)
+_KEYS_SHOWN = 20  # the keys of a mapping a ref's missing key is said to be missing from
+
+
+def _some_keys(mapping: Mapping[Any, Any]) -> str:
+    """The first keys of ``mapping``, for an error; never raises (but on Ctrl-C).
+
+    The mapping is a tool's output: its keys' own ``__repr__`` may raise, or call
+    ``sys.exit()``, and it may hold millions of keys (only the first are read).
+    """
+    try:
+        keys = list(itertools.islice(mapping, _KEYS_SHOWN + 1))
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # its own __iter__
+        return f"that cannot be listed ({error_text(exc)})"
+    more = ", ..." if len(keys) > _KEYS_SHOWN else ""
+    return ", ".join(shown(k) for k in keys[:_KEYS_SHOWN]) + more
 
 _serials = itertools.count(1)  # each plan's serial number, which the refs it makes carry
 

@@ -1568,7 +1568,12 @@ class SchedulerState:
                 slot.args = isolate_all(node.checked)
             else:
                 slot.args = node.tool.validate(isolate_all(node.args))
-        except Exception as exc:  # refs that do not fit, invalid args, a failing __deepcopy__
+        except KeyboardInterrupt:  # Ctrl-C stops the run
+            raise
+        except BaseException as exc:  # refs that do not fit, invalid args, a failing
+            # __deepcopy__; SystemExit too: a value's own code (an output's __getitem__ or
+            # __repr__ calling sys.exit()) fails the node, as a tool's exit fails its call,
+            # not the run (escaping, it ended the run and every other outcome was lost)
             self._record(slot, "failed", now, d, error=ErrorInfo.from_exception(exc))
             return False
         return True
