@@ -249,3 +249,48 @@ def test_a_missing_key_among_keys_whose_repr_fails_is_still_a_key_error_naming_i
                 await run.value(found["nope"])
 
     arun(main())
+
+
+# -- a map over a list whose own code fails fails the map, never the run ---------------------
+
+
+class ExitingList(list[int]):
+    """A list whose iteration ends the process."""
+
+    def __iter__(self) -> Any:
+        raise SystemExit(3)
+
+
+class ReadOnce(list[int]):
+    """A list that may be read once: the second read raises."""
+
+    def __init__(self, items: list[int]) -> None:
+        super().__init__(items)
+        self.reads = 0
+
+    def __iter__(self) -> Any:
+        self.reads += 1
+        if self.reads > 1:
+            raise RuntimeError("read twice")
+        return super().__iter__()
+
+
+@shoal.tool
+def listing(kind: str) -> list[int]:
+    """A hostile list."""
+    return ExitingList([1, 2]) if kind == "exit" else ReadOnce([1, 2])
+
+
+@pytest.mark.parametrize("kind", ["exit", "once"])
+def test_a_map_over_a_list_whose_own_code_fails_fails_the_map_not_the_run(kind: str) -> None:
+    # the SystemExit of its __iter__ ended the run (every outcome lost); a list read again
+    # as the items were added raised outside any guard: the run ended with its RuntimeError
+    plan = shoal.Plan()
+    kept = plan.call(sibling)
+    mapped = plan.map(echo, over=plan.call(listing, kind=kind), item_arg="x")
+    after = plan.call(sibling, after=mapped)
+    result = shoal.run_sync(plan)
+    assert result[kept].value == "kept"
+    assert result[mapped].status == "failed"
+    assert result[after].status == "skipped"
+    assert ("SystemExit" if kind == "exit" else "read twice") in str(result[mapped].error)

@@ -1379,10 +1379,17 @@ class SchedulerState:
                 kind = "None" if items is None else f"a {type(items).__name__}"
                 raise TypeError(f"map {node.id!r} needs a list to map over; "
                                 f"{node.args[node.map.item_arg]!r} is {kind}")
+            if type(items) is not list and type(items) is not tuple:
+                # a subclass: its own __iter__ and __len__ run here, once, or never (read
+                # again below, an error there would leave the map half expanded, for good)
+                items = list(items)
             if len(items) > MAX_MAP_ITEMS:
                 raise ValueError(f"map {node.id!r}: {len(items)} items is more than "
                                  f"{MAX_MAP_ITEMS}; split the list")
-        except Exception as exc:
+        except KeyboardInterrupt:  # Ctrl-C stops the run
+            raise
+        except BaseException as exc:  # SystemExit too: the list's own code fails the map,
+            # as a tool's exit fails its call, not the run
             self._record(slot, "failed", now, d, error=ErrorInfo.from_exception(exc))
             return
         if len(items) >= EARLY_JOURNAL_ITEMS and d.done and self.before_expand is not None:
