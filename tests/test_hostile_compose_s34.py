@@ -7,6 +7,7 @@ without its fix.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import pytest
@@ -294,3 +295,35 @@ def test_a_map_over_a_list_whose_own_code_fails_fails_the_map_not_the_run(kind: 
     assert result[mapped].status == "failed"
     assert result[after].status == "skipped"
     assert ("SystemExit" if kind == "exit" else "read twice") in str(result[mapped].error)
+
+
+# -- an argument whose copy exits fails its node, never the run ------------------------------
+
+
+@dataclasses.dataclass
+class ExitingCopy:
+    """A dataclass (copied for each call) whose copy ends the process."""
+
+    a: int = 1
+
+    def __deepcopy__(self, memo: Any) -> ExitingCopy:
+        raise SystemExit(6)
+
+
+class ExitingShallow(list[int]):
+    """A list subclass (rebuilt for each call) whose copy ends the process."""
+
+    def __copy__(self) -> ExitingShallow:
+        raise SystemExit(9)
+
+
+@pytest.mark.parametrize("value", [ExitingCopy(), ExitingShallow([1])], ids=["deep", "shallow"])
+def test_an_argument_whose_copy_exits_fails_its_node_not_the_run(value: Any) -> None:
+    # each call gets its own copy of its arguments: for a node with no refs, a copy that
+    # called sys.exit() left the scheduler and ended the run, every outcome lost
+    plan = shoal.Plan()
+    kept = plan.call(sibling)
+    copied = plan.call(echo, x=value)
+    result = shoal.run_sync(plan)
+    assert result[kept].value == "kept"
+    assert result[copied].status == "failed" and "SystemExit" in str(result[copied].error)

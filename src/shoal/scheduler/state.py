@@ -1476,7 +1476,10 @@ class SchedulerState:
                     if slot.args is None:
                         try:
                             slot.args = isolate_all(checked)
-                        except Exception:  # a failing __deepcopy__, say: _prepare fails it
+                        except KeyboardInterrupt:  # Ctrl-C stops the run
+                            raise
+                        except BaseException:  # a failing __deepcopy__ (sys.exit() in it
+                            # too): _prepare fails the node, not the run
                             if not self._prepare(slot, now, d):
                                 continue
             if slot.gates is None:  # for_call's answer for most calls, without its call
