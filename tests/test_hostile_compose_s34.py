@@ -327,3 +327,37 @@ def test_an_argument_whose_copy_exits_fails_its_node_not_the_run(value: Any) -> 
     result = shoal.run_sync(plan)
     assert result[kept].value == "kept"
     assert result[copied].status == "failed" and "SystemExit" in str(result[copied].error)
+
+
+# -- lineage= is text --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lineage", [5, ["lead"], b"lead"])
+def test_a_lineage_that_is_no_text_is_refused_before_the_run(lineage: Any) -> None:
+    # it was taken as it came: events and approval requests carried 5, "5/echo#1" or
+    # "['lead']/echo#1", and an agent node's lineage "b'lead'/writer#1"
+    plan = shoal.Plan()
+    plan.call(sibling)
+    with pytest.raises(shoal.ArgumentTypeError, match="lineage= says whose calls"):
+        shoal.Runtime().run_sync(plan, lineage=lineage)
+
+    async def main() -> None:
+        with pytest.raises(shoal.ArgumentTypeError, match="lineage="):
+            shoal.Runtime().open_run(lineage=lineage)
+
+    arun(main())
+
+
+def test_a_lineage_of_a_str_subclass_or_none_is_its_text() -> None:
+    class Name(str):
+        def __str__(self) -> str:
+            raise RuntimeError("__str__ of a hostile str")
+
+    for given, expected in ((Name("lead"), {"lead", "lead/sibling#1"}), (None, {""})):
+        plan = shoal.Plan()
+        plan.call(sibling)
+        seen: list[Any] = []
+        result = shoal.Runtime().run_sync(plan, lineage=given, on_event=seen.append)
+        assert result.ok
+        lineages = [e.lineage for e in seen if hasattr(e, "lineage")]
+        assert {type(one) for one in lineages} == {str} and set(lineages) == expected

@@ -862,6 +862,8 @@ class Runtime:
     ) -> tuple[Driver, RunClaim]:
         if type(plan) is not Plan:  # (shoal.run has checked it; open_run made it)
             _check_plan(plan)
+        if type(lineage) is not str:  # it starts every event's and approval's lineage
+            lineage = _lineage_text(lineage)
         if deadline is not None:
             check_deadline(deadline)
         if fail_fast is not None:
@@ -1420,6 +1422,16 @@ def run_sync(plan: Plan, *, board: Board | None = None, budget: Budget | None = 
              **options: Any) -> RunResult:
     """Run ``plan`` from synchronous code with a fresh :class:`Runtime` (see :func:`run`)."""
     return Runtime(**_throwaway(options, plan)).run_sync(plan, board=board, budget=budget)
+
+
+def _lineage_text(lineage: object) -> str:
+    """A ``lineage=`` that is no plain ``str``: a subclass's text, ``None`` none, else refused."""
+    if lineage is None:
+        return ""
+    if isinstance(lineage, str):
+        return plain_text(lineage)
+    raise ArgumentTypeError(f"lineage= says whose calls these are, as text (\"lead/reader#2\"), "
+                            f"got {type(lineage).__name__} {shown(lineage)}")
 
 
 def _check_plan(plan: object) -> None:
