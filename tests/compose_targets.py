@@ -88,3 +88,41 @@ async def is_async(task: str) -> shoal.Plan:
 
 class NotAPlan:
     """A class, not a function."""
+
+
+class Unshowable:
+    """A value whose text cannot be made."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("__str__ of a hostile answer")
+
+    def __repr__(self) -> str:
+        raise SystemExit(3)
+
+
+@shoal.tool
+def unshowable() -> Unshowable:
+    """An answer whose text cannot be made."""
+    return Unshowable()
+
+
+@shoal.tool
+def huge_number() -> int:
+    """An answer too long to write out as text."""
+    return 10**5000
+
+
+def answers_unshowable(task: str) -> shoal.Plan:
+    """A plan whose answer's ``__str__`` raises."""
+    plan = shoal.Plan()
+    plan.call(echo, text=task)
+    plan.call(unshowable, node_id="answer")
+    return plan
+
+
+def answers_huge(task: str) -> shoal.Plan:
+    """A plan whose answer is an int of 5,001 digits."""
+    plan = shoal.Plan()
+    plan.call(echo, text=task)
+    plan.call(huge_number, node_id="answer")
+    return plan

@@ -337,3 +337,17 @@ def test_a_run_refused_before_it_starts_leaves_no_record(tmp_path: Path) -> None
         assert done.returncode == 2, done.stderr
     listed = shoal("runs", "--store", store, "--json")
     assert listed.returncode == 0 and json.loads(listed.stdout) == [], listed.stdout
+
+
+@pytest.mark.parametrize("name", ["answers_unshowable", "answers_huge"])
+def test_an_answer_whose_text_cannot_be_made_is_shown_as_it_can_be(name: str) -> None:
+    # the root's AgentFinished took str(answer): the command ended in a traceback (the
+    # answer's own RuntimeError, or the int's "Exceeds the limit (4300 digits)") after the run
+    for extra in ((), ("--json",)):
+        done = shoal("run", f"{TARGETS}:{name}", "task", "--no-store", *extra)
+        assert done.returncode == 0, done.stderr
+        assert "Traceback" not in done.stderr
+        if extra:
+            data = json.loads(done.stdout)
+            assert data["status"] == "ok"
+            assert [c["status"] for c in data["calls"]] == ["ok", "ok"]

@@ -38,6 +38,7 @@ from shoal.events import AgentFinished, AgentStarted, EventSink, deliver
 from shoal.exceptions import AgentError, ConfigError, PlanError
 from shoal.merge import error_text
 from shoal.models.base import Model, ToolCall, ToolResultMessage
+from shoal.nodeids import plain_text
 from shoal.outcome import Outcome, RunResult, jsonable
 from shoal.patterns import Pattern
 from shoal.plan import Plan
@@ -214,7 +215,7 @@ class CompositionRun:
             root.error = error
         self._emit(AgentFinished(
             run_id=self.ctx.run_id, time=self.ctx.now(), lineage=self.name, agent=self.name,
-            status=root.status, output=str(root.output)[:200] if root.ok else "",
+            status=root.status, output=_output_text(root.output) if root.ok else "",
             turns=0, total_tokens=root.usage.total_tokens, duration=root.duration,
             error="" if root.error is None else str(root.error)))
         return root
@@ -336,6 +337,22 @@ def start_composition(composed: Composed, task: str, target: str, *, runtime: Ru
     run = CompositionRun(plan, name, handle, held, sinks)
     run.result.prompt = task
     return run
+
+
+#: Characters of the answer an :class:`AgentFinished` event carries (as an agent's does).
+OUTPUT_CHARS = 200
+
+
+def _output_text(value: Any) -> str:
+    """The answer's start for the root's ``AgentFinished``; never raises.
+
+    The answer is any node's value: a tool's output may be a huge int (no text past 4,300
+    digits), nest too deep for ``str``, or have a ``__str__`` that raises (or exits). It is
+    written as a model reads a tool's result: text as it is, anything else as JSON.
+    """
+    if isinstance(value, str):
+        return plain_text(value)[:OUTPUT_CHARS]
+    return json.dumps(jsonable(value), ensure_ascii=False)[:OUTPUT_CHARS]
 
 
 def _top_agents(results: dict[str, AgentResult[Any]]) -> list[AgentResult[Any]]:
