@@ -154,7 +154,8 @@ def foreign_ref(ref: Ref, node_id: str = "") -> PlanProblem:
         f"{ref!r} was made by another plan or open run (its node {ref.node!r} is that one's); "
         f"a ref only stands for a node of the plan that made it, even where this one has a node "
         f"of the same id. Use a ref this plan returned, or pass the other run's value (await "
-        f"it, or read its result) as a plain value"), node_id)
+        f"it, or read its result) as a plain value; to name this plan's node {ref.node!r} on "
+        f"purpose (a node moved here from another plan), write Ref({ref.node!r})"), node_id)
 
 
 def _ref_node(node: object) -> str:
