@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,7 +17,7 @@ import pytest
 import shoal
 import shoal.models
 from shoal.exceptions import RunActiveError
-from shoal.patterns import pipeline
+from shoal.patterns import FanOut, Pipeline, pipeline
 from shoal.plan import Node
 from shoal.testing import ScriptedModel
 from tests.conftest import arun
@@ -361,3 +363,38 @@ def test_a_lineage_of_a_str_subclass_or_none_is_its_text() -> None:
         assert result.ok
         lineages = [e.lineage for e in seen if hasattr(e, "lineage")]
         assert {type(one) for one in lineages} == {str} and set(lineages) == expected
+
+
+# -- an endless iterator is refused at its first wrong item, not read to the end --------------
+
+
+def endless() -> Iterator[int]:
+    """An iterator that might as well never end (it stops a test that reads it too far)."""
+    for step in itertools.count():
+        if step == 10_000:
+            raise AssertionError("read on past its first item")
+        yield step
+
+
+def test_an_endless_after_or_steps_iterator_is_refused_at_its_first_wrong_item() -> None:
+    # after= and a pattern's steps were read whole before any item was checked: an endless
+    # iterator (itertools.count()) was read until the memory ran out (a MemoryError at 2 GB
+    # under a ulimit; without one, the machine's memory)
+    plan = shoal.Plan()
+    plan.call(sibling)
+    with pytest.raises(shoal.ArgumentTypeError, match="got int 0"):
+        plan.call(sibling, after=endless())  # type: ignore[arg-type]
+    with pytest.raises(shoal.ConfigError, match="got int 0"):
+        Pipeline(endless())  # type: ignore[arg-type]
+    with pytest.raises(shoal.ConfigError, match="got int 0"):
+        FanOut(endless())  # type: ignore[arg-type]
+    # a finite one still reads as before, its own error a ConfigError naming what it raised
+    first = plan.call(sibling, after=(step for step in ["sibling#1"]))
+
+    def broken() -> Iterator[str]:
+        yield "sibling#1"
+        raise ValueError("no more")
+
+    with pytest.raises(shoal.ConfigError, match="ValueError: no more"):
+        plan.call(sibling, after=broken())
+    assert shoal.run_sync(plan)[first].status == "ok"

@@ -270,13 +270,22 @@ def _steps(owner: str, given: object, what: str) -> tuple[Step, ...]:
     if isinstance(given, str | bytes | Mapping) or not isinstance(given, Iterable):
         raise ConfigError(f"{owner}: give the {what}s as a list of agents and patterns, got "
                           f"{type(given).__name__} {shown(given)}")
+    steps: list[Step] = []
     try:
-        steps = tuple(given)
-    except Exception as exc:  # the iterable's own code (a generator that raised)
+        items = iter(given)
+    except Exception as exc:  # the iterable's own code
         raise ConfigError(f"{owner}: reading its {what}s raised {error_text(exc)}") from exc
+    while True:  # each checked as it is read: an endless iterator of what is no step
+        try:     # (itertools.count()) is refused at once, not read until memory runs out
+            step = next(items)
+        except StopIteration:
+            break
+        except Exception as exc:  # the iterable's own code (a generator that raised)
+            raise ConfigError(f"{owner}: reading its {what}s raised {error_text(exc)}") from exc
+        steps.append(_check_step(owner, step))
     if not steps:
         raise ConfigError(f"{owner}: give at least one {what}")
-    return tuple(_check_step(owner, s) for s in steps)
+    return tuple(steps)
 
 
 def _check_step(owner: str, step: Any) -> Step:

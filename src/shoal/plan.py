@@ -868,7 +868,27 @@ def _other_after(after: object, plan: Plan) -> tuple[str, ...]:
                                 f"{type(after).__name__} {shown(after)}")
     if isinstance(after, _ONE_NODE):
         return (_after_id(after, plan),)
-    return tuple(_after_id(a, plan) for a in _read(after, "after"))
+    # each step checked as it is read: an endless iterator of what is no id (after=count())
+    # is refused at its first step, not read until the memory runs out
+    return tuple(_after_id(a, plan) for a in _each(after, "after"))
+
+
+def _each(given: Iterable[Any], what: str) -> Iterator[Any]:
+    """The items of ``given``, read one by one, as :func:`_read` reads them all."""
+    try:
+        items = iter(given)
+    except Exception as exc:  # the caller's object's own code
+        raise ConfigError(f"{what}= could not be read: reading the {type(given).__name__} "
+                          f"raised {error_text(exc)}") from exc
+    while True:
+        try:
+            item = next(items)
+        except StopIteration:
+            return
+        except Exception as exc:  # the caller's object's own code
+            raise ConfigError(f"{what}= could not be read: reading the {type(given).__name__} "
+                              f"raised {error_text(exc)}") from exc
+        yield item
 
 
 def _read(given: Iterable[Any], what: str) -> Any:
