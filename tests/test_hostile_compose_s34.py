@@ -398,3 +398,25 @@ def test_an_endless_after_or_steps_iterator_is_refused_at_its_first_wrong_item()
     with pytest.raises(shoal.ConfigError, match="ValueError: no more"):
         plan.call(sibling, after=broken())
     assert shoal.run_sync(plan)[first].status == "ok"
+
+
+def test_cancel_reads_an_endless_iterator_only_to_its_first_wrong_item() -> None:
+    # cancel() read the iterable whole before looking at any item: cancel(count()) never
+    # returned (and took the memory); an open run's check of another run's refs looked only
+    # into lists and tuples, so a generator holding one cancelled this run's namesake
+    async def main() -> list[str]:
+        runtime = shoal.Runtime()
+        async with runtime.open_run() as other:
+            theirs = other.call(sibling)
+        async with runtime.open_run() as run:
+            run.call(sibling)
+            with pytest.raises(shoal.ArgumentTypeError, match="got int 0"):
+                run.cancel(endless())  # type: ignore[arg-type]
+            with pytest.raises(shoal.ArgumentTypeError, match="got int 0"):
+                run.handle.cancel(endless())  # type: ignore[arg-type]
+            with pytest.raises(shoal.PlanError, match="foreign_ref"):
+                run.cancel(ref for ref in [theirs])
+        await runtime.aclose()
+        return [o.status for o in run.result]
+
+    assert arun(main()) == ["ok"]

@@ -297,13 +297,12 @@ class OpenRun:
     def cancel(self, node: Ref | str | Iterable[Ref | str] | None = None, *,
                reason: str = "cancelled by the user") -> None:
         """Cancel one node, several, or the whole run (see :meth:`shoal.RunHandle.cancel`)."""
-        if isinstance(node, Ref):
-            _node_id(node, self._plan)  # another run's ref: refused, not this run's namesake
-        elif isinstance(node, list | tuple):
-            for one in node:
-                if isinstance(one, Ref):
-                    _node_id(one, self._plan)
-        self._handle.cancel(node, reason=reason)
+        from shoal.runtime import node_ids  # (the runtime imports this module when used)
+
+        plan = self._plan
+        # another run's ref is refused, not taken for this run's node of the same id
+        ids = None if node is None else node_ids(node, lambda ref: _node_id(ref, plan))
+        self._handle.cancel(ids, reason=reason)
 
     def _stop(self, reason: str) -> None:
         """Cancel the whole run and take no more nodes (its event stream was left)."""

@@ -261,7 +261,7 @@ class RunHandle:
         reason = plain_text(reason)
         if self._task.done():
             return
-        ids = None if node is None else _node_ids(node)
+        ids = None if node is None else node_ids(node)
         if ids is not None:
             unknown = [i for i in ids if i not in self._driver.graph.position]
             if unknown:
@@ -376,18 +376,32 @@ class RunHandle:
         return self._driver.stopped_by()
 
 
-def _node_ids(node: Ref | str | Iterable[Ref | str]) -> list[str]:
+def node_ids(node: Ref | str | Iterable[Ref | str],
+             check: Callable[[Ref], object] | None = None) -> list[str]:
+    """The ids ``cancel()`` is given: a ref, an id, or an iterable of them.
+
+    Each is checked as it is read (an endless iterator of what is no id is refused at its
+    first item, not read until memory runs out); ``check`` is called with each ref.
+    """
     if isinstance(node, Ref):
+        if check is not None:
+            check(node)
         return [node.node]
     if isinstance(node, str):
         return [plain_text(node)]
-    ids = [n.node if isinstance(n, Ref) else n for n in node] if isinstance(
-        node, Iterable) and not isinstance(node, bytes) else [node]
-    odd = [n for n in ids if not isinstance(n, str)]
-    if odd:
-        raise ArgumentTypeError(f"cancel() takes a ref, a node id or several of them, got "
-                                f"{type(odd[0]).__name__} {shown(odd[0])}")
-    return [plain_text(n) for n in ids]
+    ids: list[str] = []
+    for one in (node if isinstance(node, Iterable) and not isinstance(node, bytes)
+                else [node]):
+        if isinstance(one, Ref):
+            if check is not None:
+                check(one)
+            ids.append(one.node)
+        elif isinstance(one, str):
+            ids.append(plain_text(one))
+        else:
+            raise ArgumentTypeError(f"cancel() takes a ref, a node id or several of them, "
+                                    f"got {type(one).__name__} {shown(one)}")
+    return ids
 
 
 class Runtime:
