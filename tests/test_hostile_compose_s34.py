@@ -185,6 +185,28 @@ def test_a_cycle_through_a_node_inserted_by_hand_is_found_not_waited_on_for_good
     assert shoal.run_sync(fine).value(shoal.Ref("late")) == 5
 
 
+
+@shoal.tool
+async def three() -> list[int]:
+    """Three items."""
+    return [1, 2, 3]
+
+
+def test_an_open_runs_nodes_keep_the_places_their_run_gave_them() -> None:
+    # (placing every inserted node where the plan has it must leave an open run's alone: its
+    # map items are nodes of the run, not of its plan, so a node added after them has a later
+    # place in the run than in the plan, and its outcome went between the items)
+    async def main() -> list[str]:
+        async with shoal.Runtime().open_run() as run:
+            mapped = run.map(echo, over=run.call(three), item_arg="x")
+            await run.wait(mapped)
+            run.call(echo, x=5)
+            run.call(echo, x=6)
+        return [o.node_id for o in run.result]
+
+    assert arun(main()) == ["three#1", "echo#1", "echo#1[0]", "echo#1[1]", "echo#1[2]",
+                            "echo#2", "echo#3"]
+
 # -- a ref stepping into a hostile output fails its node, never the run ----------------------
 
 

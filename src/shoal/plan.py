@@ -631,6 +631,11 @@ class Plan:
             node.after = _other_after(node.after, self)
         if not node.refs:
             node.refs = _refs_in(node.args)
+        # its place is where it is inserted: a node made by hand (index 0), by another plan or
+        # made before another one inserted first would share an index, and the plan would look
+        # ordered (points_back) with a cycle in it, which the run would then wait on for good.
+        # (Not in _insert: an open run's nodes have the index their run gave them.)
+        node.index = len(self._nodes) + len(self._duplicates)
         self._insert(node)
 
     def _insert(self, node: Node) -> None:
@@ -639,10 +644,6 @@ class Plan:
             node.id = _given_id(node.id)
         if "/" in node.id or not node.id:
             check_node_id(node.id)
-        # its place is where it is inserted: a node made by hand (index 0), by another plan or
-        # made before another one inserted first would share an index, and the plan would look
-        # ordered (points_back) with a cycle in it, which the run would then wait on for good
-        node.index = len(self._nodes) + len(self._duplicates)
         if node.id in self._nodes:
             self._duplicates = (*self._duplicates, node)
         else:
