@@ -442,3 +442,27 @@ def test_cancel_reads_an_endless_iterator_only_to_its_first_wrong_item() -> None
         return [o.status for o in run.result]
 
     assert arun(main()) == ["ok"]
+
+
+# -- a PlanError's message is bounded ---------------------------------------------------------
+
+
+@shoal.tool
+def number(x: int) -> int:
+    """A number back."""
+    return x
+
+
+def test_a_plan_with_thousands_of_problems_has_a_message_of_the_first_and_keeps_all() -> None:
+    # every problem went into the message: 300,000 broken nodes made a 45 MB message, which a
+    # traceback prints whole
+    plan = shoal.Plan("x" * 100_000)
+    for _ in range(5_000):
+        plan.call(number, x="not a number")
+    with pytest.raises(shoal.PlanError) as refused:
+        plan.validate()
+    assert len(refused.value.problems) == 5_000
+    message = str(refused.value)
+    assert len(message) < 50_000
+    assert "5000 problems" in message
+    assert "... and 4,900 more (.problems holds every one)" in message

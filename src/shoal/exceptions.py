@@ -162,6 +162,7 @@ class PlanProblem:
 
 
 MAX_PROBLEM_CHARS = 2000  # of a plan problem's message
+PROBLEMS_IN_MESSAGE = 100  # of a PlanError's problems, in its message (.problems has all)
 
 
 def describe_exception(exc: BaseException) -> str:
@@ -200,9 +201,15 @@ class PlanError(ShoalError):
         super().__init__(self._render())
 
     def _render(self) -> str:
-        head = f"invalid plan{f' {self.source}' if self.source else ''}: "
+        # the source is a plan's name, or a file's path: a 1 MB name must not make the message
+        head = f"invalid plan{f' {bounded_text(self.source, 200)}' if self.source else ''}: "
         head += f"{len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}"
-        return "\n  - ".join([head, *map(str, self.problems)])
+        shown = [head, *map(str, self.problems[:PROBLEMS_IN_MESSAGE])]
+        if len(self.problems) > PROBLEMS_IN_MESSAGE:  # a plan of 300,000 broken nodes: its
+            # message was 45 MB, which a traceback prints whole; the first say enough
+            shown.append(f"... and {len(self.problems) - PROBLEMS_IN_MESSAGE:,} more "
+                         "(.problems holds every one)")
+        return "\n  - ".join(shown)
 
     def __reduce__(self) -> tuple[type[PlanError], tuple[list[PlanProblem], str]]:
         return (PlanError, (self.problems, self.source))
