@@ -17,7 +17,7 @@ import pytest
 import shoal
 import shoal.models
 from shoal.exceptions import RunActiveError
-from shoal.patterns import FanOut, Pipeline, pipeline
+from shoal.patterns import FanOut, Pipeline, pipeline, reflect
 from shoal.plan import Node
 from shoal.testing import ScriptedModel
 from tests.conftest import arun
@@ -466,3 +466,25 @@ def test_a_plan_with_thousands_of_problems_has_a_message_of_the_first_and_keeps_
     assert len(message) < 50_000
     assert "5000 problems" in message
     assert "... and 4,900 more (.problems holds every one)" in message
+
+
+# -- a critic's look-alike verdict with slots ---------------------------------------------------
+
+
+@dataclasses.dataclass(slots=True)
+class SlotVerdict:
+    """A critic's own verdict type: a dataclass with slots (it has no __dict__)."""
+
+    accept: bool
+    feedback: str = ""
+
+
+def test_a_critic_answering_a_slots_dataclass_with_accept_is_read_as_its_verdict() -> None:
+    # a look-alike verdict was read through its __dict__: one with slots has none, and the
+    # loop failed with "the critic must answer a shoal.patterns.Verdict"
+    writer = shoal.Agent(name="writer", model=ScriptedModel.per_prompt({"*": ["a draft"]}))
+    critic = shoal.Agent(name="critic", output_type=SlotVerdict, model=ScriptedModel.per_prompt(
+        {"*": ['{"accept": true, "feedback": "good"}']}))
+    reflection = reflect(writer, critic, max_rounds=2).run_sync("Write it")
+    assert reflection.accepted and reflection.rounds == 1
+    assert reflection.output == "a draft" and reflection.feedback == "good"

@@ -518,12 +518,23 @@ def verdict_of(review: Any, where: str = "") -> Verdict:
         if accepted:
             return Verdict(accept=True, feedback=text[accepted.end():].strip(" :.-\n*"))
         return Verdict(accept=False, feedback=review.strip())
-    fields = review if isinstance(review, Mapping) else getattr(review, "__dict__", {})
-    if isinstance(fields, Mapping) and isinstance(fields.get("accept"), bool):
-        return Verdict(accept=fields["accept"], feedback=_feedback(fields.get("feedback", "")))
+    if isinstance(review, Mapping):
+        accept, feedback = review.get("accept"), review.get("feedback", "")
+    else:  # its attributes, not its __dict__: a dataclass with slots (or a model) has none
+        accept, feedback = _attribute(review, "accept"), _attribute(review, "feedback", "")
+    if isinstance(accept, bool):
+        return Verdict(accept=accept, feedback=_feedback(feedback))
     raise PatternError(f"reflect {where}: the critic must answer a shoal.patterns.Verdict "
                        f"(output_type=Verdict) or text starting with ACCEPT; got "
                        f"{shown(review)}")
+
+
+def _attribute(value: Any, name: str, default: Any = None) -> Any:
+    """``value.name`` if it has one, else ``default`` (its own code's error: ``default`` too)."""
+    try:
+        return getattr(value, name, default)
+    except Exception:  # a property that raises: no such field, as far as a verdict goes
+        return default
 
 
 def _feedback(value: Any) -> str:
