@@ -488,3 +488,20 @@ def test_a_critic_answering_a_slots_dataclass_with_accept_is_read_as_its_verdict
     reflection = reflect(writer, critic, max_rounds=2).run_sync("Write it")
     assert reflection.accepted and reflection.rounds == 1
     assert reflection.output == "a draft" and reflection.feedback == "good"
+
+
+# -- an agent or pattern node on a backend in another process ---------------------------------
+
+
+def test_an_agent_or_pattern_node_sent_to_another_process_says_what_to_do() -> None:
+    # the node's context was pickled for the worker: it failed with "argument 'shoal_node' of
+    # tool 'a' cannot be pickled: cannot pickle '_contextvars.Context' object" (on Ray: a
+    # '_thread.lock'), which says nothing of what to change
+    agent = shoal.Agent(name="reader", model=accepting())
+    for target in (agent, pipeline(agent)):
+        plan = shoal.Plan()
+        node = plan.call(target.node_tool.options(isolation="process"), task="go")
+        outcome = shoal.run_sync(plan)[node]
+        assert outcome.status == "failed" and outcome.error is not None
+        assert outcome.error.type == "shoal.exceptions.ToolDefinitionError"
+        assert "give the Agent isolation='process'" in outcome.error.message
