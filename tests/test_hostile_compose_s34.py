@@ -19,6 +19,7 @@ import shoal.models
 from shoal.exceptions import RunActiveError
 from shoal.patterns import FanOut, Pipeline, pipeline, reflect
 from shoal.plan import Node
+from shoal.planfile import plan_from_dict
 from shoal.testing import ScriptedModel
 from tests.conftest import arun
 
@@ -505,3 +506,38 @@ def test_an_agent_or_pattern_node_sent_to_another_process_says_what_to_do() -> N
         assert outcome.status == "failed" and outcome.error is not None
         assert outcome.error.type == "shoal.exceptions.ToolDefinitionError"
         assert "give the Agent isolation='process'" in outcome.error.message
+
+
+# -- plan data given as Python objects whose repr fails ---------------------------------------
+
+
+class Unquotable:
+    """A key or value whose repr raises (``how``), hashable so it may be a key."""
+
+    def __init__(self, how: BaseException) -> None:
+        self.how = how
+
+    def __repr__(self) -> str:
+        raise self.how
+
+    def __hash__(self) -> int:
+        return 1
+
+
+@pytest.mark.parametrize("how", [RuntimeError("repr"), SystemExit(2)], ids=["raise", "exit"])
+def test_plan_data_quoting_a_value_whose_repr_fails_is_still_a_plan_error(
+        how: BaseException) -> None:
+    # the messages quoted it with reprlib (which lets SystemExit out) or str(): plan_from_dict
+    # raised the repr's own RuntimeError, or ended the program with its SystemExit
+    cases: list[dict[str, Any]] = [
+        {"nodes": [{"id": "a", "tool": "echo", Unquotable(how): 1}]},  # an unknown node key
+        {"nodes": [{"id": Unquotable(how), "tool": "echo"}]},  # an id that is no text
+    ]
+    for data in cases:
+        with pytest.raises(shoal.PlanError) as refused:
+            plan_from_dict(data, tools=[echo])
+        assert "Unquotable" in str(refused.value)
+    # a key that is no text inside an argument is an argument like any other
+    built = plan_from_dict({"nodes": [{"id": "a", "tool": "echo",
+                                       "args": {"x": {Unquotable(how): 1}}}]}, tools=[echo])
+    assert [node.id for node in built] == ["a"]
