@@ -5,7 +5,10 @@ Used by tests/test_compose_cli.py: each bad one must end in a clear error and ex
 
 from __future__ import annotations
 
+import os
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import shoal
@@ -125,4 +128,25 @@ def answers_huge(task: str) -> shoal.Plan:
     plan = shoal.Plan()
     plan.call(echo, text=task)
     plan.call(huge_number, node_id="answer")
+    return plan
+
+
+#: The file whose appearance lets :func:`held` end (its path, in the environment).
+RELEASE = "SHOAL_TEST_RELEASE"
+
+
+@shoal.tool
+def wait_for_release(text: str) -> str:
+    """Wait (at most a minute) until the file named by ``$SHOAL_TEST_RELEASE`` exists."""
+    release = Path(os.environ[RELEASE])
+    deadline = time.monotonic() + 60
+    while not release.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return text
+
+
+def held(task: str) -> shoal.Plan:
+    """A plan that runs until it is released."""
+    plan = shoal.Plan()
+    plan.call(wait_for_release, text=task, node_id="answer")
     return plan

@@ -351,3 +351,27 @@ def test_an_answer_whose_text_cannot_be_made_is_shown_as_it_can_be(name: str) ->
             data = json.loads(done.stdout)
             assert data["status"] == "ok"
             assert [c["status"] for c in data["calls"]] == ["ok", "ok"]
+
+
+def test_a_running_composition_holds_its_runs_lock(tmp_path: Path) -> None:
+    # its plan's run is nested under the root, and nothing claimed the root: a resume from
+    # another process was refused only by the record's pid, with "it holds no lock ...: the
+    # lock folder was removed, or this journal is a copy", neither of which was so
+    store = str(tmp_path / "runs.db")
+    release = tmp_path / "release"
+    running = start("run", f"{TARGETS}:held", "task", "--store", store, "--json",
+                    SHOAL_TEST_RELEASE=str(release))
+    try:
+        wait_for(lambda: (tmp_path / "runs.db").exists() and bool(
+            json.loads(shoal("runs", "--store", store, "--json").stdout)), "the run")
+        refused = shoal("resume", run_id_of(store), "--store", store)
+        assert refused.returncode == 2, refused.stderr
+        assert "holds the run's lock" in refused.stderr, refused.stderr
+        release.touch()
+        out, err = running.communicate(timeout=60)
+    finally:
+        release.touch()
+        running.kill()
+    assert running.returncode == 0, err
+    assert json.loads(out)["output"] == "task"
+    assert not any((tmp_path / "runs.db-locks").iterdir())  # let go at the end

@@ -45,6 +45,7 @@ from shoal.plan import Plan
 from shoal.runtime import RunHandle, Runtime
 from shoal.scheduler import driver
 from shoal.scheduler.scope import ORIGIN_KEY, RunScope
+from shoal.store.claims import RunClaim, claim_run, claim_run_nothing
 
 __all__ = ["ANSWER_NODE", "Composed", "agents_of", "build_plan", "is_composition",
            "start_composition"]
@@ -161,8 +162,9 @@ class CompositionRun:
     """A composed plan running under a root lineage, and the root's result once it ends."""
 
     def __init__(self, plan: Plan, name: str, handle: RunHandle, held: Composition,
-                 sinks: Sequence[EventSink]) -> None:
+                 sinks: Sequence[EventSink], claim: RunClaim | None = None) -> None:
         self.plan = plan
+        self._claim = claim  # the root's run id, held until the run has ended
         self.name = name
         self.handle = handle
         self.held = held  # the agents' tree, entered once for the whole run
@@ -187,7 +189,11 @@ class CompositionRun:
         try:
             run = await self.handle
         finally:
-            await self.held.leave()  # its models close, its wall clock stops
+            try:
+                await self.held.leave()  # its models close, its wall clock stops
+            finally:
+                if self._claim is not None:
+                    self._claim.release()
         return self._finish(run)
 
     def _finish(self, run: RunResult) -> AgentResult[Any]:
@@ -312,6 +318,23 @@ def start_composition(composed: Composed, task: str, target: str, *, runtime: Ru
     """
     name = name_of(composed, target)
     plan = plan if plan is not None else build_plan(composed, task, target)
+    store = runtime.store
+    # the whole composition's claim, as an agent tree's (Agent.start): its plan's run is nested
+    # under the root and claims nothing, so without it a resume from another process while
+    # this one runs was refused only by the record's pid, saying the lock folder was removed
+    claim = claim_run_nothing() if store is None else claim_run(store, run_id, force=force)
+    try:
+        return _start(composed, name, plan, task, runtime, sinks, run_id, claim, resume, model,
+                      budget, force)
+    except BaseException:
+        claim.release()
+        raise
+
+
+def _start(composed: Composed, name: str, plan: Plan, task: str, runtime: Runtime,
+           sinks: Sequence[EventSink], run_id: str, claim: RunClaim, resume: bool,
+           model: Model | None, budget: Budget | None, force: bool) -> CompositionRun:
+    """:func:`start_composition` once the root's run id is claimed."""
     ctx = TreeContext(run_id=run_id, runtime=runtime, budget=budget, sinks=sinks,
                       model_override=model, resuming=resume, force=force)
     for agent in agents_of(plan):  # a missing key or SDK stops the run here
@@ -334,7 +357,7 @@ def start_composition(composed: Composed, task: str, target: str, *, runtime: Ru
                            on_event=list(sinks), force=force, budget=budget,
                            within=RunScope(runtime, run_id, budget=budget, shared=shared,
                                            resuming=resume))
-    run = CompositionRun(plan, name, handle, held, sinks)
+    run = CompositionRun(plan, name, handle, held, sinks, claim)
     run.result.prompt = task
     return run
 
