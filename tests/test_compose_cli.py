@@ -206,6 +206,8 @@ def test_ctrl_c_stops_a_composition_with_its_outcomes(tmp_path: Path) -> None:
     ("no_nodes", "with no nodes"),
     ("raises", "making the plan failed: ValueError: no plan today"),
     ("exits", "making the plan failed: SystemExit: 3"),
+    # its __str__ raised inside the error shoal made, and the command ended in a traceback
+    ("raises_unprintable", "making the plan failed: Unprintable: <its message cannot be shown>"),
     ("gives_none", "returned a NoneType"),
     ("gives_dict", "returned a dict"),
     ("takes_nothing", "takes no argument"),
@@ -335,3 +337,41 @@ def test_a_run_refused_before_it_starts_leaves_no_record(tmp_path: Path) -> None
         assert done.returncode == 2, done.stderr
     listed = shoal("runs", "--store", store, "--json")
     assert listed.returncode == 0 and json.loads(listed.stdout) == [], listed.stdout
+
+
+@pytest.mark.parametrize("name", ["answers_unshowable", "answers_huge"])
+def test_an_answer_whose_text_cannot_be_made_is_shown_as_it_can_be(name: str) -> None:
+    # the root's AgentFinished took str(answer): the command ended in a traceback (the
+    # answer's own RuntimeError, or the int's "Exceeds the limit (4300 digits)") after the run
+    for extra in ((), ("--json",)):
+        done = shoal("run", f"{TARGETS}:{name}", "task", "--no-store", *extra)
+        assert done.returncode == 0, done.stderr
+        assert "Traceback" not in done.stderr
+        if extra:
+            data = json.loads(done.stdout)
+            assert data["status"] == "ok"
+            assert [c["status"] for c in data["calls"]] == ["ok", "ok"]
+
+
+def test_a_running_composition_holds_its_runs_lock(tmp_path: Path) -> None:
+    # its plan's run is nested under the root, and nothing claimed the root: a resume from
+    # another process was refused only by the record's pid, with "it holds no lock ...: the
+    # lock folder was removed, or this journal is a copy", neither of which was so
+    store = str(tmp_path / "runs.db")
+    release = tmp_path / "release"
+    running = start("run", f"{TARGETS}:held", "task", "--store", store, "--json",
+                    SHOAL_TEST_RELEASE=str(release))
+    try:
+        wait_for(lambda: (tmp_path / "runs.db").exists() and bool(
+            json.loads(shoal("runs", "--store", store, "--json").stdout)), "the run")
+        refused = shoal("resume", run_id_of(store), "--store", store)
+        assert refused.returncode == 2, refused.stderr
+        assert "holds the run's lock" in refused.stderr, refused.stderr
+        release.touch()
+        out, err = running.communicate(timeout=60)
+    finally:
+        release.touch()
+        running.kill()
+    assert running.returncode == 0, err
+    assert json.loads(out)["output"] == "task"
+    assert not any((tmp_path / "runs.db-locks").iterdir())  # let go at the end

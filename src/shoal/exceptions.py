@@ -139,7 +139,8 @@ class ShoalError(Exception):
 class PlanProblem:
     """One thing wrong with a plan: where it is (``node``, may be empty), a code, and a message.
 
-    Codes: ``unknown_tool``, ``bad_arguments``, ``dangling_ref``, ``self_ref``, ``cycle``,
+    Codes: ``unknown_tool``, ``bad_arguments``, ``dangling_ref``, ``foreign_ref`` (a ref
+    another plan or open run made), ``self_ref``, ``cycle``,
     ``duplicate_id``, ``bad_id`` (an id holding ``/``, or empty), ``bad_after``, ``syntax``,
     ``bad_import``, ``bad_shape`` (including bad ``options``), and for plan files ``not_found``,
     ``unreadable``, ``duplicate_key`` (a key twice in one mapping) and ``too_large`` (past a
@@ -161,6 +162,7 @@ class PlanProblem:
 
 
 MAX_PROBLEM_CHARS = 2000  # of a plan problem's message
+PROBLEMS_IN_MESSAGE = 100  # of a PlanError's problems, in its message (.problems has all)
 
 
 def describe_exception(exc: BaseException) -> str:
@@ -199,9 +201,15 @@ class PlanError(ShoalError):
         super().__init__(self._render())
 
     def _render(self) -> str:
-        head = f"invalid plan{f' {self.source}' if self.source else ''}: "
+        # the source is a plan's name, or a file's path: a 1 MB name must not make the message
+        head = f"invalid plan{f' {bounded_text(self.source, 200)}' if self.source else ''}: "
         head += f"{len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}"
-        return "\n  - ".join([head, *map(str, self.problems)])
+        shown = [head, *map(str, self.problems[:PROBLEMS_IN_MESSAGE])]
+        if len(self.problems) > PROBLEMS_IN_MESSAGE:  # a plan of 300,000 broken nodes: its
+            # message was 45 MB, which a traceback prints whole; the first say enough
+            shown.append(f"... and {len(self.problems) - PROBLEMS_IN_MESSAGE:,} more "
+                         "(.problems holds every one)")
+        return "\n  - ".join(shown)
 
     def __reduce__(self) -> tuple[type[PlanError], tuple[list[PlanProblem], str]]:
         return (PlanError, (self.problems, self.source))

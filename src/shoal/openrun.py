@@ -39,7 +39,7 @@ from shoal.exceptions import (
 from shoal.merge import error_text, shown
 from shoal.nodeids import plain_text
 from shoal.outcome import Outcome, RunResult
-from shoal.plan import Callee, Node, Plan, Ref, as_tool, map_spec
+from shoal.plan import Callee, Node, Plan, Ref, as_tool, foreign_ref, map_spec, owned_ref
 from shoal.streaming import DEFAULT_BUFFER, EventStream, Started
 from shoal.tools import Tool
 
@@ -111,7 +111,7 @@ class OpenRun:
             self._insert_node(node)
         else:  # a new id, no map: what _insert_node does, with only the checks that apply
             self._insert_node(node, plan._node_problems(node))
-        return Ref(node.id)
+        return owned_ref(node.id, self._plan.serial)
 
     def add(self, tool: Callee,
             args: Mapping[str, Any] | None = None, *,
@@ -200,7 +200,7 @@ class OpenRun:
 
     def _insert(self, node: Node) -> Ref:
         self._insert_node(node)
-        return Ref(node.id)
+        return owned_ref(node.id, self._plan.serial)
 
     def _insert_node(self, node: Node, problems: list[PlanProblem] | None = None, *,
                      here: bool = False) -> Call | None:
@@ -244,7 +244,7 @@ class OpenRun:
 
     async def wait(self, node: Ref | str) -> Outcome:
         """The outcome of a node of this run, once it has one (from any event loop)."""
-        node_id = _node_id(node)
+        node_id = _node_id(node, self._plan)
         handle = self._handle
         return await self._from_run_loop(lambda: handle.outcome_of(node_id))
 
@@ -297,7 +297,12 @@ class OpenRun:
     def cancel(self, node: Ref | str | Iterable[Ref | str] | None = None, *,
                reason: str = "cancelled by the user") -> None:
         """Cancel one node, several, or the whole run (see :meth:`shoal.RunHandle.cancel`)."""
-        self._handle.cancel(node, reason=reason)
+        from shoal.runtime import node_ids  # (the runtime imports this module when used)
+
+        plan = self._plan
+        # another run's ref is refused, not taken for this run's node of the same id
+        ids = None if node is None else node_ids(node, lambda ref: _node_id(ref, plan))
+        self._handle.cancel(ids, reason=reason)
 
     def _stop(self, reason: str) -> None:
         """Cancel the whole run and take no more nodes (its event stream was left)."""
@@ -361,9 +366,15 @@ def _raised(exc: BaseException) -> str:
     return bounded_text(error_text(exc), _REASON_CHARS)
 
 
-def _node_id(node: object) -> str:
-    """The id ``node`` names: a :class:`Ref`'s node, or an id given as text."""
+def _node_id(node: object, plan: Plan) -> str:
+    """The id ``node`` names: a :class:`Ref`'s node, or an id given as text.
+
+    A ref another plan or run made is a :class:`PlanError`: this run's node of the same id
+    (``search#1``) is not the one it stands for.
+    """
     if isinstance(node, Ref):
+        if node._plan and node._plan != plan.serial:
+            raise PlanError([foreign_ref(node)], plan.name)
         return node.node
     if not isinstance(node, str):
         raise ArgumentTypeError(f"a node of an open run is named by a ref or its id (text), "

@@ -59,7 +59,6 @@ from shoal.outcome import RunResult
 from shoal.plan import Plan, Ref
 from shoal.policy import ToolPolicy
 from shoal.runtime import Runtime, check_run_id, run_blocking
-from shoal.scheduler.scope import RunScope
 from shoal.tools import Tool
 
 if TYPE_CHECKING:
@@ -201,11 +200,12 @@ class Pattern:
         active = runtime if runtime is not None else Runtime()
         plan = Plan(name=self.name)
         ref = plan.add(self, {"task": task, **context}, node_id=self.name)
-        shared: dict[str, Any] = {}
         try:
+            # an outermost run of its own (not one nested in a stand-in scope): it claims its
+            # run id (the same id run twice at once is refused, not journaled as one run),
+            # and its end closes what its agents' tree made (models made from strings)
             handle = active.start(plan, run_id=run_id, on_event=on_event, budget=budget,
-                                  board=board, within=RunScope(active, "", budget=budget,
-                                                               board=board, shared=shared))
+                                  board=board)
             result = await handle
         finally:
             if own:
@@ -213,7 +213,8 @@ class Pattern:
         outcome = result[ref]
         if outcome.ok:
             return outcome.value
-        found = shared.get(SHARED_KEY)
+        scope = handle.scope
+        found = scope.shared.get(SHARED_KEY) if scope is not None else None
         error = found.errors.get(self.name) if isinstance(found, Composition) else None
         raise error or PatternError(f"{self.kind} {self.name} ended {outcome.status}: "
                                     f"{outcome.error or outcome.reason}")
@@ -269,13 +270,22 @@ def _steps(owner: str, given: object, what: str) -> tuple[Step, ...]:
     if isinstance(given, str | bytes | Mapping) or not isinstance(given, Iterable):
         raise ConfigError(f"{owner}: give the {what}s as a list of agents and patterns, got "
                           f"{type(given).__name__} {shown(given)}")
+    steps: list[Step] = []
     try:
-        steps = tuple(given)
-    except Exception as exc:  # the iterable's own code (a generator that raised)
+        items = iter(given)
+    except Exception as exc:  # the iterable's own code
         raise ConfigError(f"{owner}: reading its {what}s raised {error_text(exc)}") from exc
+    while True:  # each checked as it is read: an endless iterator of what is no step
+        try:     # (itertools.count()) is refused at once, not read until memory runs out
+            step = next(items)
+        except StopIteration:
+            break
+        except Exception as exc:  # the iterable's own code (a generator that raised)
+            raise ConfigError(f"{owner}: reading its {what}s raised {error_text(exc)}") from exc
+        steps.append(_check_step(owner, step))
     if not steps:
         raise ConfigError(f"{owner}: give at least one {what}")
-    return tuple(_check_step(owner, s) for s in steps)
+    return tuple(steps)
 
 
 def _check_step(owner: str, step: Any) -> Step:
@@ -508,12 +518,23 @@ def verdict_of(review: Any, where: str = "") -> Verdict:
         if accepted:
             return Verdict(accept=True, feedback=text[accepted.end():].strip(" :.-\n*"))
         return Verdict(accept=False, feedback=review.strip())
-    fields = review if isinstance(review, Mapping) else getattr(review, "__dict__", {})
-    if isinstance(fields, Mapping) and isinstance(fields.get("accept"), bool):
-        return Verdict(accept=fields["accept"], feedback=_feedback(fields.get("feedback", "")))
+    if isinstance(review, Mapping):
+        accept, feedback = review.get("accept"), review.get("feedback", "")
+    else:  # its attributes, not its __dict__: a dataclass with slots (or a model) has none
+        accept, feedback = _attribute(review, "accept"), _attribute(review, "feedback", "")
+    if isinstance(accept, bool):
+        return Verdict(accept=accept, feedback=_feedback(feedback))
     raise PatternError(f"reflect {where}: the critic must answer a shoal.patterns.Verdict "
                        f"(output_type=Verdict) or text starting with ACCEPT; got "
                        f"{shown(review)}")
+
+
+def _attribute(value: Any, name: str, default: Any = None) -> Any:
+    """``value.name`` if it has one, else ``default`` (its own code's error: ``default`` too)."""
+    try:
+        return getattr(value, name, default)
+    except Exception:  # a property that raises: no such field, as far as a verdict goes
+        return default
 
 
 def _feedback(value: Any) -> str:

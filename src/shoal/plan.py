@@ -9,6 +9,7 @@ by :mod:`shoal.planfile` and :mod:`shoal.plantext`.
 
 from __future__ import annotations
 
+import itertools
 import re
 import sys
 import unicodedata
@@ -28,7 +29,7 @@ from shoal.merge import error_text, shown
 from shoal.nodeids import check_node_id, plain_text
 from shoal.tools import Tool, tool
 
-__all__ = ["MapSpec", "Node", "Plan", "Ref", "find_refs", "map_spec"]
+__all__ = ["MapSpec", "Node", "Plan", "Ref", "find_refs", "foreign_ref", "map_spec", "owned_ref"]
 
 PathPart = str | int
 T = TypeVar("T")
@@ -40,9 +41,14 @@ _ref_hashed = False
 
 
 class Ref:
-    """The output of a plan node, or a part of it reached through ``[key]`` steps."""
+    """The output of a plan node, or a part of it reached through ``[key]`` steps.
 
-    __slots__ = ("node", "path")
+    A ref returned by a plan (or an open run) knows which one made it: used in another, where
+    a node may have the same id (``search#1``), it is refused rather than read that node's
+    output. One made by hand (``Ref("a")``, a plan file's ``$a``) names an id in any plan.
+    """
+
+    __slots__ = ("_plan", "node", "path")
 
     def __init__(self, node: str, path: tuple[PathPart, ...] = ()) -> None:
         if type(node) is not str:  # an id is compared, hashed and written out wherever it goes
@@ -52,11 +58,14 @@ class Ref:
                                     f"got {type(path).__name__} {shown(path)}")
         self.node = node
         self.path = path
+        self._plan = 0  # the serial number of the plan that made it (0: none, made by hand)
 
     def __getitem__(self, key: PathPart) -> Ref:
         if type(key) is not str and (type(key) is not int or not -_MAX_INDEX <= key <= _MAX_INDEX):
             key = _path_step(self, key)  # a field or an index, as refs read
-        return Ref(self.node, (*self.path, key))
+        ref = Ref(self.node, (*self.path, key))
+        ref._plan = self._plan
+        return ref
 
     def __iter__(self) -> NoReturn:
         # Without this, __getitem__ would make every Ref an endless iterator ($a[0], $a[1] ...)
@@ -94,9 +103,8 @@ class Ref:
                 try:
                     value = value[part]
                 except KeyError:  # still a KeyError (a LookupError), saying which ref and keys
-                    keys = ", ".join(repr(k) for k in list(value)[:20])
                     raise KeyError(f"{self!r}: no key {part!r} in a mapping with keys "
-                                   f"[{keys}{', ...' if len(value) > 20 else ''}]") from None
+                                   f"[{_some_keys(value)}]") from None
             elif isinstance(part, int) and isinstance(value, Sequence):
                 try:
                     value = value[part]
@@ -112,6 +120,42 @@ class Ref:
 
 
 _MAX_INDEX = sys.maxsize  # no list has an item past it (and its index can be written out)
+_KEYS_SHOWN = 20  # the keys of a mapping a ref's missing key is said to be missing from
+
+
+def _some_keys(mapping: Mapping[Any, Any]) -> str:
+    """The first keys of ``mapping``, for an error; never raises (but on Ctrl-C).
+
+    The mapping is a tool's output: its keys' own ``__repr__`` may raise, or call
+    ``sys.exit()``, and it may hold millions of keys (only the first are read).
+    """
+    try:
+        keys = list(itertools.islice(mapping, _KEYS_SHOWN + 1))
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # its own __iter__
+        return f"that cannot be listed ({error_text(exc)})"
+    more = ", ..." if len(keys) > _KEYS_SHOWN else ""
+    return ", ".join(shown(k) for k in keys[:_KEYS_SHOWN]) + more
+
+_serials = itertools.count(1)  # each plan's serial number, which the refs it makes carry
+
+
+def owned_ref(node_id: str, plan: int) -> Ref:
+    """A ref to ``node_id`` made by the plan whose serial number is ``plan``."""
+    ref = Ref(node_id)
+    ref._plan = plan
+    return ref
+
+
+def foreign_ref(ref: Ref, node_id: str = "") -> PlanProblem:
+    """The problem of a ref (in an argument, or ``after=``) that another plan or run made."""
+    return PlanProblem("foreign_ref", (
+        f"{ref!r} was made by another plan or open run (its node {ref.node!r} is that one's); "
+        f"a ref only stands for a node of the plan that made it, even where this one has a node "
+        f"of the same id. Use a ref this plan returned, or pass the other run's value (await "
+        f"it, or read its result) as a plain value; to name this plan's node {ref.node!r} on "
+        f"purpose (a node moved here from another plan), write Ref({ref.node!r})"), node_id)
 
 
 def _ref_node(node: object) -> str:
@@ -153,9 +197,14 @@ _WALKED = (list, tuple, set, frozenset)  # a tuple, not a union: isinstance is t
 _ONE_NODE = (Ref, str)
 
 
-def _after_id(step: object) -> str:
-    """The id of one node ``after=`` names: a ref's node, or an id (text, nothing else)."""
+def _after_id(step: object, plan: Plan) -> str:
+    """The id of one node ``after=`` names: a ref's node, or an id (text, nothing else).
+
+    A ref that another plan (or open run) made is a :class:`PlanError` (``foreign_ref``).
+    """
     if isinstance(step, Ref):
+        if step._plan and step._plan != plan.serial:
+            raise PlanError([foreign_ref(step)], plan.name)
         return step.node
     if isinstance(step, str):
         return plain_text(step)
@@ -352,6 +401,7 @@ class Plan:
             raise ConfigError(f"a plan's name must be a str, got {type(name).__name__} "
                               f"{shown(name)}")
         self.name = plain_text(name)
+        self.serial = next(_serials)  # carried by the refs this plan makes (see Ref)
         self._nodes: dict[str, Node] = {}
         # nodes added under an id already taken: kept aside (not run, not in ``nodes``) so that
         # validation reports them along with every other problem instead of add() raising
@@ -397,10 +447,10 @@ class Plan:
                         refs = self._shared_refs(tuple(find_refs(args)))
                         break
                 nodes[new_id] = Node(new_id, tool, args, (), len(nodes), refs)
-                return Ref(new_id)
+                return owned_ref(new_id, self.serial)
         node = self._make_node(tool, args, after, node_id, None)
         self._insert(node)
-        return Ref(node.id)
+        return owned_ref(node.id, self.serial)
 
     def add(
         self,
@@ -418,7 +468,7 @@ class Plan:
         """
         node = self.make_node(tool, args, after=after, node_id=node_id)
         self._insert(node)
-        return Ref(node.id)
+        return owned_ref(node.id, self.serial)
 
     def map(
         self,
@@ -448,7 +498,7 @@ class Plan:
         spec = map_spec(resolved, args, over, item_arg, partial)
         node = self._make_node(resolved, {**args, spec.item_arg: over}, after, node_id, spec)
         self._insert(node)
-        return Ref(node.id)
+        return owned_ref(node.id, self.serial)
 
     def make_node(
         self,
@@ -505,10 +555,11 @@ class Plan:
         if kind is tuple and not after:
             after_ids = ()
         elif kind is list or kind is tuple:  # most after=: no ABC check, no generator
-            after_ids = tuple([a.node if isinstance(a, Ref) else a if type(a) is str
-                               else _after_id(a) for a in after])
+            serial = self.serial
+            after_ids = tuple([a.node if isinstance(a, Ref) and a._plan in (0, serial)
+                               else a if type(a) is str else _after_id(a, self) for a in after])
         else:
-            after_ids = _other_after(after)
+            after_ids = _other_after(after, self)
         refs = _refs_in(arguments)
         if refs:
             refs = self._shared_refs(refs)
@@ -577,9 +628,14 @@ class Plan:
                                     f"argument names to values, got {type(node.args).__name__} "
                                     f"{shown(node.args)}")
         if type(node.after) is not tuple or not all(type(a) is str for a in node.after):
-            node.after = _other_after(node.after)
+            node.after = _other_after(node.after, self)
         if not node.refs:
             node.refs = _refs_in(node.args)
+        # its place is where it is inserted: a node made by hand (index 0), by another plan or
+        # made before another one inserted first would share an index, and the plan would look
+        # ordered (points_back) with a cycle in it, which the run would then wait on for good.
+        # (Not in _insert: an open run's nodes have the index their run gave them.)
+        node.index = len(self._nodes) + len(self._duplicates)
         self._insert(node)
 
     def _insert(self, node: Node) -> None:
@@ -702,8 +758,11 @@ class Plan:
             found.append(PlanProblem("duplicate_id", f"ids {mapped.id}[0], {mapped.id}[1] ... "
                                      f"are the items of map {mapped.id!r}; give this node "
                                      "another id", node.id))
+        serial = self.serial
         for ref in node.refs:
-            if ref.node == node.id:
+            if ref._plan and ref._plan != serial:
+                found.append(foreign_ref(ref, node.id))
+            elif ref.node == node.id:
                 found.append(PlanProblem("self_ref", f"argument refers to its own output {ref!r}",
                                          node.id))
             elif ref.node not in self._nodes:
@@ -803,14 +862,34 @@ def _same_or(args: dict[str, Any], checked: dict[str, Any]) -> dict[str, Any]:
     return args
 
 
-def _other_after(after: object) -> tuple[str, ...]:
+def _other_after(after: object, plan: Plan) -> tuple[str, ...]:
     """The ids ``after=`` names when it is no list or tuple: one node, or any other iterable."""
     if not isinstance(after, (*_ONE_NODE, Iterable)):
         raise ArgumentTypeError(f"after= takes a ref, a node id or several of them, got "
                                 f"{type(after).__name__} {shown(after)}")
     if isinstance(after, _ONE_NODE):
-        return (_after_id(after),)
-    return tuple(_after_id(a) for a in _read(after, "after"))
+        return (_after_id(after, plan),)
+    # each step checked as it is read: an endless iterator of what is no id (after=count())
+    # is refused at its first step, not read until the memory runs out
+    return tuple(_after_id(a, plan) for a in _each(after, "after"))
+
+
+def _each(given: Iterable[Any], what: str) -> Iterator[Any]:
+    """The items of ``given``, read one by one, as :func:`_read` reads them all."""
+    try:
+        items = iter(given)
+    except Exception as exc:  # the caller's object's own code
+        raise ConfigError(f"{what}= could not be read: reading the {type(given).__name__} "
+                          f"raised {error_text(exc)}") from exc
+    while True:
+        try:
+            item = next(items)
+        except StopIteration:
+            return
+        except Exception as exc:  # the caller's object's own code
+            raise ConfigError(f"{what}= could not be read: reading the {type(given).__name__} "
+                              f"raised {error_text(exc)}") from exc
+        yield item
 
 
 def _read(given: Iterable[Any], what: str) -> Any:

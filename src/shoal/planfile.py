@@ -169,8 +169,17 @@ def _convert_text(text: str, where: _Where, errors: list[str]) -> Any:
 
 
 def _show(value: Any) -> str:
-    """A short repr of ``value`` for a message, costing little however big the value is."""
-    return _SHORT.repr(value)
+    """A short repr of ``value`` for a message, costing little however big the value is.
+
+    Never raises (but on Ctrl-C): plan data given as Python objects (:func:`plan_from_dict`)
+    may hold a value whose ``__repr__`` raises or calls ``sys.exit()``, which reprlib lets out.
+    """
+    try:
+        return _SHORT.repr(value)
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # SystemExit too: quoting a value ends no program
+        return shown(value)
 
 
 _SHORT = reprlib.Repr()
@@ -329,7 +338,7 @@ def _modules(modules: Sequence[str] | None) -> tuple[str, ...] | None:
     bad = [m for m in modules if not isinstance(m, str) or not m.strip(". ")]
     if bad:
         raise TypeError(f"modules takes module or package names such as 'mypkg.tools', got "
-                        f"{bad[0]!r}")
+                        f"{_show(bad[0])}")
     return tuple(m.strip() for m in modules)
 
 
@@ -708,7 +717,8 @@ def _weakened(found: Tool[..., Any], options: Mapping[str, Any]) -> str:
 
 
 def _unknown_key(key: Any, allowed: tuple[str, ...], where: str = "the node") -> str:
-    close = difflib.get_close_matches(str(key)[:100], allowed, n=1)
+    # (a key that is no text has no close match: its own __str__ is not called)
+    close = difflib.get_close_matches(key[:100], allowed, n=1) if isinstance(key, str) else []
     hint = f"did you mean {close[0]!r}? " if close else ""
     return f"{where} has an unknown key {_show(key)}; {hint}allowed keys: {', '.join(allowed)}"
 

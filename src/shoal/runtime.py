@@ -216,6 +216,15 @@ class RunHandle:
     def __await__(self) -> Generator[Any, None, RunResult]:
         return self._task.__await__()
 
+    @property
+    def scope(self) -> RunScope | None:
+        """What the run's nodes share (its board, budget, agent tree): for shoal's compositions.
+
+        ``None`` only before the run is set up. A pattern run on its own
+        (:meth:`shoal.patterns.Pattern.run`) reads the error its failed step raised here.
+        """
+        return self._driver.scope
+
     def as_future(self) -> asyncio.Future[RunResult]:
         """The run's result as a future, without a task of its own to wrap the handle.
 
@@ -252,7 +261,7 @@ class RunHandle:
         reason = plain_text(reason)
         if self._task.done():
             return
-        ids = None if node is None else _node_ids(node)
+        ids = None if node is None else node_ids(node)
         if ids is not None:
             unknown = [i for i in ids if i not in self._driver.graph.position]
             if unknown:
@@ -367,18 +376,32 @@ class RunHandle:
         return self._driver.stopped_by()
 
 
-def _node_ids(node: Ref | str | Iterable[Ref | str]) -> list[str]:
+def node_ids(node: Ref | str | Iterable[Ref | str],
+             check: Callable[[Ref], object] | None = None) -> list[str]:
+    """The ids ``cancel()`` is given: a ref, an id, or an iterable of them.
+
+    Each is checked as it is read (an endless iterator of what is no id is refused at its
+    first item, not read until memory runs out); ``check`` is called with each ref.
+    """
     if isinstance(node, Ref):
+        if check is not None:
+            check(node)
         return [node.node]
     if isinstance(node, str):
         return [plain_text(node)]
-    ids = [n.node if isinstance(n, Ref) else n for n in node] if isinstance(
-        node, Iterable) and not isinstance(node, bytes) else [node]
-    odd = [n for n in ids if not isinstance(n, str)]
-    if odd:
-        raise ArgumentTypeError(f"cancel() takes a ref, a node id or several of them, got "
-                                f"{type(odd[0]).__name__} {shown(odd[0])}")
-    return [plain_text(n) for n in ids]
+    ids: list[str] = []
+    for one in (node if isinstance(node, Iterable) and not isinstance(node, bytes)
+                else [node]):
+        if isinstance(one, Ref):
+            if check is not None:
+                check(one)
+            ids.append(one.node)
+        elif isinstance(one, str):
+            ids.append(plain_text(one))
+        else:
+            raise ArgumentTypeError(f"cancel() takes a ref, a node id or several of them, "
+                                    f"got {type(one).__name__} {shown(one)}")
+    return ids
 
 
 class Runtime:
@@ -853,6 +876,8 @@ class Runtime:
     ) -> tuple[Driver, RunClaim]:
         if type(plan) is not Plan:  # (shoal.run has checked it; open_run made it)
             _check_plan(plan)
+        if type(lineage) is not str:  # it starts every event's and approval's lineage
+            lineage = _lineage_text(lineage)
         if deadline is not None:
             check_deadline(deadline)
         if fail_fast is not None:
@@ -1414,6 +1439,16 @@ def run_sync(plan: Plan, *, board: Board | None = None, budget: Budget | None = 
              **options: Any) -> RunResult:
     """Run ``plan`` from synchronous code with a fresh :class:`Runtime` (see :func:`run`)."""
     return Runtime(**_throwaway(options, plan)).run_sync(plan, board=board, budget=budget)
+
+
+def _lineage_text(lineage: object) -> str:
+    """A ``lineage=`` that is no plain ``str``: a subclass's text, ``None`` none, else refused."""
+    if lineage is None:
+        return ""
+    if isinstance(lineage, str):
+        return plain_text(lineage)
+    raise ArgumentTypeError(f"lineage= says whose calls these are, as text (\"lead/reader#2\"), "
+                            f"got {type(lineage).__name__} {shown(lineage)}")
 
 
 def _check_plan(plan: object) -> None:

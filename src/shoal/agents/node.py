@@ -30,7 +30,7 @@ from shoal.agents.agent import Agent  # at run time: the node tool's schema read
 from shoal.agents.context import TreeContext, is_within, tree_in
 from shoal.agents.result import AgentResult
 from shoal.agents.run import AgentRun
-from shoal.exceptions import AgentError, ShoalError
+from shoal.exceptions import AgentError, ShoalError, ToolDefinitionError
 from shoal.nodeids import plain_text
 from shoal.outcome import jsonable
 from shoal.policy import ToolPolicy
@@ -86,9 +86,17 @@ class NodeContext:
         return self.scope.where(self.node_id)
 
 
+_FAR = frozenset({"process", "ray"})  # backends whose calls run in another process
+
+
 def _node_context(call: Call, scope: RunScope | None) -> NodeContext:
     if scope is None:  # the runtime gives every run a scope; a bare executor call has none
         raise ShoalError(f"{call.tool.name!r} runs agents: run it in a plan through a runtime")
+    if call.isolation in _FAR:  # its context (the run's scope) cannot be sent there
+        raise ToolDefinitionError(
+            f"{call.tool.name!r} runs an agent or pattern node, which only awaits its agents' "
+            f"steps and cannot run on the {call.isolation} backend; leave its node inline and "
+            f"give the Agent isolation={call.isolation!r} to run the agent itself there")
     return NodeContext(scope, call.node_id, call.attempt, call)
 
 

@@ -36,13 +36,16 @@ from shoal.agents.result import AgentResult
 from shoal.agents.toolcalls import CallRecord, result_text
 from shoal.events import AgentFinished, AgentStarted, EventSink, deliver
 from shoal.exceptions import AgentError, ConfigError, PlanError
+from shoal.merge import error_text
 from shoal.models.base import Model, ToolCall, ToolResultMessage
+from shoal.nodeids import plain_text
 from shoal.outcome import Outcome, RunResult, jsonable
 from shoal.patterns import Pattern
 from shoal.plan import Plan
 from shoal.runtime import RunHandle, Runtime
 from shoal.scheduler import driver
 from shoal.scheduler.scope import ORIGIN_KEY, RunScope
+from shoal.store.claims import RunClaim, claim_run, claim_run_nothing
 
 __all__ = ["ANSWER_NODE", "Composed", "agents_of", "build_plan", "is_composition",
            "start_composition"]
@@ -123,8 +126,8 @@ def _call(function: Callable[[str], Plan], task: str, target: str) -> Plan:
     except (ConfigError, PlanError, KeyboardInterrupt):
         raise
     except BaseException as exc:  # SystemExit too: a plan function does not end the command
-        raise ConfigError(f"{target}: making the plan failed: {type(exc).__name__}: "
-                          f"{exc}") from None
+        # (its message is its own code's: error_text never raises, quoting it)
+        raise ConfigError(f"{target}: making the plan failed: {error_text(exc)}") from None
     if inspect.isgenerator(plan):
         plan.close()
     if not isinstance(plan, Plan):
@@ -159,8 +162,9 @@ class CompositionRun:
     """A composed plan running under a root lineage, and the root's result once it ends."""
 
     def __init__(self, plan: Plan, name: str, handle: RunHandle, held: Composition,
-                 sinks: Sequence[EventSink]) -> None:
+                 sinks: Sequence[EventSink], claim: RunClaim | None = None) -> None:
         self.plan = plan
+        self._claim = claim  # the root's run id, held until the run has ended
         self.name = name
         self.handle = handle
         self.held = held  # the agents' tree, entered once for the whole run
@@ -185,7 +189,11 @@ class CompositionRun:
         try:
             run = await self.handle
         finally:
-            await self.held.leave()  # its models close, its wall clock stops
+            try:
+                await self.held.leave()  # its models close, its wall clock stops
+            finally:
+                if self._claim is not None:
+                    self._claim.release()
         return self._finish(run)
 
     def _finish(self, run: RunResult) -> AgentResult[Any]:
@@ -213,7 +221,7 @@ class CompositionRun:
             root.error = error
         self._emit(AgentFinished(
             run_id=self.ctx.run_id, time=self.ctx.now(), lineage=self.name, agent=self.name,
-            status=root.status, output=str(root.output)[:200] if root.ok else "",
+            status=root.status, output=_output_text(root.output) if root.ok else "",
             turns=0, total_tokens=root.usage.total_tokens, duration=root.duration,
             error="" if root.error is None else str(root.error)))
         return root
@@ -310,6 +318,23 @@ def start_composition(composed: Composed, task: str, target: str, *, runtime: Ru
     """
     name = name_of(composed, target)
     plan = plan if plan is not None else build_plan(composed, task, target)
+    store = runtime.store
+    # the whole composition's claim, as an agent tree's (Agent.start): its plan's run is nested
+    # under the root and claims nothing, so without it a resume from another process while
+    # this one runs was refused only by the record's pid, saying the lock folder was removed
+    claim = claim_run_nothing() if store is None else claim_run(store, run_id, force=force)
+    try:
+        return _start(composed, name, plan, task, runtime, sinks, run_id, claim, resume, model,
+                      budget, force)
+    except BaseException:
+        claim.release()
+        raise
+
+
+def _start(composed: Composed, name: str, plan: Plan, task: str, runtime: Runtime,
+           sinks: Sequence[EventSink], run_id: str, claim: RunClaim, resume: bool,
+           model: Model | None, budget: Budget | None, force: bool) -> CompositionRun:
+    """:func:`start_composition` once the root's run id is claimed."""
     ctx = TreeContext(run_id=run_id, runtime=runtime, budget=budget, sinks=sinks,
                       model_override=model, resuming=resume, force=force)
     for agent in agents_of(plan):  # a missing key or SDK stops the run here
@@ -332,9 +357,25 @@ def start_composition(composed: Composed, task: str, target: str, *, runtime: Ru
                            on_event=list(sinks), force=force, budget=budget,
                            within=RunScope(runtime, run_id, budget=budget, shared=shared,
                                            resuming=resume))
-    run = CompositionRun(plan, name, handle, held, sinks)
+    run = CompositionRun(plan, name, handle, held, sinks, claim)
     run.result.prompt = task
     return run
+
+
+#: Characters of the answer an :class:`AgentFinished` event carries (as an agent's does).
+OUTPUT_CHARS = 200
+
+
+def _output_text(value: Any) -> str:
+    """The answer's start for the root's ``AgentFinished``; never raises.
+
+    The answer is any node's value: a tool's output may be a huge int (no text past 4,300
+    digits), nest too deep for ``str``, or have a ``__str__`` that raises (or exits). It is
+    written as a model reads a tool's result: text as it is, anything else as JSON.
+    """
+    if isinstance(value, str):
+        return plain_text(value)[:OUTPUT_CHARS]
+    return json.dumps(jsonable(value), ensure_ascii=False)[:OUTPUT_CHARS]
 
 
 def _top_agents(results: dict[str, AgentResult[Any]]) -> list[AgentResult[Any]]:

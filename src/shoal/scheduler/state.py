@@ -1379,10 +1379,17 @@ class SchedulerState:
                 kind = "None" if items is None else f"a {type(items).__name__}"
                 raise TypeError(f"map {node.id!r} needs a list to map over; "
                                 f"{node.args[node.map.item_arg]!r} is {kind}")
+            if type(items) is not list and type(items) is not tuple:
+                # a subclass: its own __iter__ and __len__ run here, once, or never (read
+                # again below, an error there would leave the map half expanded, for good)
+                items = list(items)
             if len(items) > MAX_MAP_ITEMS:
                 raise ValueError(f"map {node.id!r}: {len(items)} items is more than "
                                  f"{MAX_MAP_ITEMS}; split the list")
-        except Exception as exc:
+        except KeyboardInterrupt:  # Ctrl-C stops the run
+            raise
+        except BaseException as exc:  # SystemExit too: the list's own code fails the map,
+            # as a tool's exit fails its call, not the run
             self._record(slot, "failed", now, d, error=ErrorInfo.from_exception(exc))
             return
         if len(items) >= EARLY_JOURNAL_ITEMS and d.done and self.before_expand is not None:
@@ -1469,7 +1476,10 @@ class SchedulerState:
                     if slot.args is None:
                         try:
                             slot.args = isolate_all(checked)
-                        except Exception:  # a failing __deepcopy__, say: _prepare fails it
+                        except KeyboardInterrupt:  # Ctrl-C stops the run
+                            raise
+                        except BaseException:  # a failing __deepcopy__ (sys.exit() in it
+                            # too): _prepare fails the node, not the run
                             if not self._prepare(slot, now, d):
                                 continue
             if slot.gates is None:  # for_call's answer for most calls, without its call
@@ -1568,7 +1578,12 @@ class SchedulerState:
                 slot.args = isolate_all(node.checked)
             else:
                 slot.args = node.tool.validate(isolate_all(node.args))
-        except Exception as exc:  # refs that do not fit, invalid args, a failing __deepcopy__
+        except KeyboardInterrupt:  # Ctrl-C stops the run
+            raise
+        except BaseException as exc:  # refs that do not fit, invalid args, a failing
+            # __deepcopy__; SystemExit too: a value's own code (an output's __getitem__ or
+            # __repr__ calling sys.exit()) fails the node, as a tool's exit fails its call,
+            # not the run (escaping, it ended the run and every other outcome was lost)
             self._record(slot, "failed", now, d, error=ErrorInfo.from_exception(exc))
             return False
         return True
