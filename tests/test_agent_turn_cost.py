@@ -523,3 +523,43 @@ def test_a_plain_validated_step_is_made_checked_in_one_pass_and_any_other_is_che
 
     asyncio.run(main())
 
+
+def test_a_model_turns_reply_ends_its_node_as_a_plain_value_with_the_same_outcome(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # every turn's reply is a finished result: no check for work left to await and no result
+    # object (the path a tool's str takes); the turn's journaled outcome is as it was
+    from shoal.scheduler import driver
+
+    asked: list[str] = []
+    real = driver._returned_value
+
+    def returned_value(attempt: Any, value: Any) -> Any:
+        asked.append(attempt.node_id)
+        return real(attempt, value)
+
+    monkeypatch.setattr(driver, "_returned_value", returned_value)
+    agent = shoal.Agent(name="a", model=ScriptedModel([[call("lookup", key="k")], "done"]),
+                        tools=[lookup])
+    runtime = shoal.Runtime()
+    result = agent.run_sync("go", runtime=runtime, run_id="r1")
+    assert result.ok and result.output == "done" and asked == []
+    assert runtime.store is not None
+    outcomes = runtime.store.outcomes("r1/a/steps")
+    turns = [o.outcome for node_id, o in outcomes.items() if node_id.startswith("model-")]
+    assert [type(o.value) for o in turns] == [ModelResponse, ModelResponse]
+    assert all(o.status == "ok" and o.attempts == 1 and o.executor == "inline"
+               and o.started_at is not None and o.finished_at is not None for o in turns)
+    assert turns[1].value.text == "done"
+
+
+def test_only_a_type_whose_values_are_never_awaited_or_read_is_a_finished_result() -> None:
+    from shoal.executors._results import finished_result_type
+
+    class Awaitable:
+        def __await__(self) -> Any:
+            yield
+
+    kinds: tuple[type, ...] = (asyncio.Future, Awaitable, type(iter([])))
+    for kind in kinds:
+        with pytest.raises(TypeError):  # work to await or read: never a finished result
+            finished_result_type(kind)
