@@ -483,3 +483,83 @@ def test_a_runtime_waits_on_a_started_runs_own_task_and_drops_one_cancelled_befo
         assert not runtime._runs  # one that ran forgets itself as it ends
 
     asyncio.run(main())
+
+
+def test_a_plain_validated_step_is_made_checked_in_one_pass_and_any_other_is_checked_whole(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # a swarm adds a dozen steps per agent: one with a free id and plain, validated values
+    # has no problem the plan's checks could find, so they are not asked; any other is
+    # checked as before (a taken id, a ref among its values)
+    from shoal.plan import Plan, Ref
+
+    checked: list[str] = []
+    real = Plan.node_problems
+
+    def node_problems(plan: Plan, node: Any) -> Any:
+        checked.append(node.id)
+        return real(plan, node)
+
+    monkeypatch.setattr(Plan, "node_problems", node_problems)
+
+    async def main() -> None:
+        run = shoal.Runtime().open_run("steps")
+        args = {"key": "a", "limit": 3}
+        run.add_owned(lookup, args, node_id="lookup#1", validated=True)
+        assert checked == []
+        node = run._plan.node("lookup#1")
+        assert (node.args is args and node.checked is args and node.refs == ()
+                and node.after == () and node.index == 0 and node.map is None)
+        with pytest.raises(shoal.PlanError):  # an id taken: the general checks say so
+            run.add_owned(lookup, {"key": "b", "limit": 3}, node_id="lookup#1",
+                          validated=True)
+        run.add_owned(lookup, {"key": Ref("lookup#1"), "limit": 2}, node_id="lookup#2",
+                      validated=True)  # a ref: waited for, checked against the tool
+        assert checked == ["lookup#1", "lookup#2"]
+        assert run._plan.node("lookup#2").checked is None
+        assert (await run.handle.outcome_of("lookup#2")).value == "aaaaaa"
+        run.close()
+        result = await run
+        assert list(result.outcomes) == ["lookup#1", "lookup#2"]
+
+    asyncio.run(main())
+
+
+def test_a_model_turns_reply_ends_its_node_as_a_plain_value_with_the_same_outcome(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # every turn's reply is a finished result: no check for work left to await and no result
+    # object (the path a tool's str takes); the turn's journaled outcome is as it was
+    from shoal.scheduler import driver
+
+    asked: list[str] = []
+    real = driver._returned_value
+
+    def returned_value(attempt: Any, value: Any) -> Any:
+        asked.append(attempt.node_id)
+        return real(attempt, value)
+
+    monkeypatch.setattr(driver, "_returned_value", returned_value)
+    agent = shoal.Agent(name="a", model=ScriptedModel([[call("lookup", key="k")], "done"]),
+                        tools=[lookup])
+    runtime = shoal.Runtime()
+    result = agent.run_sync("go", runtime=runtime, run_id="r1")
+    assert result.ok and result.output == "done" and asked == []
+    assert runtime.store is not None
+    outcomes = runtime.store.outcomes("r1/a/steps")
+    turns = [o.outcome for node_id, o in outcomes.items() if node_id.startswith("model-")]
+    assert [type(o.value) for o in turns] == [ModelResponse, ModelResponse]
+    assert all(o.status == "ok" and o.attempts == 1 and o.executor == "inline"
+               and o.started_at is not None and o.finished_at is not None for o in turns)
+    assert turns[1].value.text == "done"
+
+
+def test_only_a_type_whose_values_are_never_awaited_or_read_is_a_finished_result() -> None:
+    from shoal.executors._results import finished_result_type
+
+    class Awaitable:
+        def __await__(self) -> Any:
+            yield
+
+    kinds: tuple[type, ...] = (asyncio.Future, Awaitable, type(iter([])))
+    for kind in kinds:
+        with pytest.raises(TypeError):  # work to await or read: never a finished result
+            finished_result_type(kind)

@@ -51,6 +51,8 @@ if TYPE_CHECKING:
 __all__ = ["OpenRun"]
 
 _T = TypeVar("_T")
+#: what a node checked whole already has (shared, never written): see add_owned
+_NO_PROBLEMS: list[PlanProblem] = []
 _LOOP_CHECK = 0.5  # seconds between looks at whether the run's loop was closed
 
 
@@ -131,8 +133,13 @@ class OpenRun:
         instead of given a task, to be run by the caller's task, at once, with
         ``await run.handle.run_here(call, reason)`` (an agent's model turn).
         """
+        plan = self._plan
+        node = (plan.checked_owned_node(tool, args, node_id)
+                if validated and isinstance(tool, Tool) else None)
+        if node is not None:  # checked whole already: no problem to look for
+            return self._insert_node(node, _NO_PROBLEMS, here=here)
         return self._insert_node(
-            self._plan.make_owned_node(tool, args, node_id, validated=validated), here=here)
+            plan.make_owned_node(tool, args, node_id, validated=validated), here=here)
 
     def map(self, tool: Callee, /, *, over: Ref,
             item_arg: str | None = None, partial: bool = False,

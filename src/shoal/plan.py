@@ -532,6 +532,26 @@ class Plan:
             node.checked = arguments
         return node
 
+    def checked_owned_node(self, tool: Tool[..., Any], arguments: dict[str, Any],
+                           node_id: str) -> Node | None:
+        """:meth:`make_owned_node` with ``validated``, when it has no problem to look for.
+
+        The usual step an agent adds to its steps run (a model turn, a tool call): a free id
+        with neither ``/`` nor a map item's brackets, arguments of plain values only (no ref
+        can hide in them), already validated (no default factory to run again), no ``after``,
+        no map. :meth:`node_problems` finds nothing in such a node, so it is not asked: a
+        swarm adds a dozen per agent. ``None`` otherwise: make the node the general way.
+        """
+        nodes = self._nodes
+        if (type(node_id) is not str or not node_id or "/" in node_id or node_id in nodes
+                or node_id.endswith("]") or tool.has_default_factory):
+            return None
+        for value in arguments.values():
+            if type(value) not in _NO_REFS:
+                return None
+        return Node(node_id, tool, arguments, (), len(nodes) + len(self._duplicates), (),
+                    arguments)
+
     def _make_node(self, tool: Callee, arguments: dict[str, Any],
                    after: Ref | str | Iterable[Ref | str], node_id: str | None,
                    map_spec: MapSpec | None) -> Node:

@@ -56,6 +56,7 @@ from shoal.exceptions import (
     PlanChangedError,
     exception_message,
 )
+from shoal.executors._results import finished_result_type
 from shoal.models.base import (
     AssistantMessage,
     Message,
@@ -99,6 +100,10 @@ async def _model_turn(request_digest: str) -> Any:
     del request_digest
     raise AssertionError("a model turn is bound to its agent before it runs")
 
+
+# A model turn's value, its reply, is a finished result: its end takes the driver's plain path
+# (no check for work left to await, no result object), as a tool's str does.
+finished_result_type(ModelResponse)
 
 # A reply with neither text nor tool calls answers nothing: it is sent back like an answer that
 # does not fit, so a model that stalls gets to try again, then the run ends in a typed error.

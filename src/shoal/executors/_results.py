@@ -18,14 +18,35 @@ from typing import Any
 from shoal.exceptions import ToolDefinitionError
 
 __all__ = [
-    "PLAIN_RESULTS", "call_on_thread", "stop_iteration_error", "unasked_cancel_error",
-    "unawaited_result",
+    "PLAIN_RESULTS", "call_on_thread", "finished_result_type", "stop_iteration_error",
+    "unasked_cancel_error", "unawaited_result",
 ]
 
 #: Result types that are certainly not awaitables: checked by exact type first, as most are
-#: these (the driver checks them itself, saving a call per attempt).
-PLAIN_RESULTS = frozenset({str, int, float, bool, bytes, type(None), dict, list, tuple})
+#: these (the driver checks them itself, saving a call per attempt). Grown only by
+#: :func:`finished_result_type`.
+PLAIN_RESULTS: set[type] = {str, int, float, bool, bytes, type(None), dict, list, tuple}
 _PLAIN = PLAIN_RESULTS
+
+
+def finished_result_type(kind: type) -> None:
+    """Note that a value of exactly type ``kind`` is a finished result, never work to await.
+
+    For shoal's own result types that many calls return (a model turn's reply): their ends
+    take the driver's plain path, as a ``str``'s do, instead of :func:`unawaited_result`'s
+    checks and a result object each. ``kind`` must define neither ``__await__`` nor
+    ``__next__``; its subclasses are checked as any other value is.
+    """
+    if _unawaited_kind(kind):
+        raise TypeError(f"{kind.__qualname__} is no finished result: its values are awaited "
+                        "or iterated")
+    _PLAIN.add(kind)
+
+
+def _unawaited_kind(kind: type) -> bool:
+    """Whether values of ``kind`` may be work to await or an iterator (see _unawaited)."""
+    return (issubclass(kind, (Iterator, asyncio.Future, concurrent.futures.Future))
+            or hasattr(kind, "__await__") or hasattr(kind, "__anext__"))
 
 
 def unawaited_result(tool: str, value: Any) -> ToolDefinitionError | None:
