@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from shoal.tools import tool
 
@@ -20,3 +21,27 @@ def wait_to_be_killed(marker: str) -> int:
 def square(x: int) -> int:
     """``x * x``: a sibling that must keep its result."""
     return x * x
+
+
+class PicklingRaises:
+    """A result whose pickling raises ``SystemExit`` or ``KeyboardInterrupt`` (its kind)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def __reduce__(self) -> NoReturn:
+        if self.kind == "exit":
+            raise SystemExit(7)
+        raise KeyboardInterrupt
+
+
+@tool
+def unpicklable_result(kind: str) -> PicklingRaises:
+    """A result that cannot be pickled, and says so with ``SystemExit`` or ``KeyboardInterrupt``."""
+    return PicklingRaises(kind)
+
+
+@tool
+def echo(value: str) -> str:
+    """``value`` back."""
+    return value

@@ -177,8 +177,10 @@ def _dumps(value: Any, what: str) -> bytes:
     """
     try:
         blob = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
-    except Exception:  # closures, lambdas, local classes: cloudpickle's job
-        return dumps(value, what)
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # closures, lambdas, local classes: cloudpickle's job (and a
+        return dumps(value, what)  # __reduce__ raising SystemExit: SerializationError there)
     return dumps(value, what) if b"__main__" in blob else blob
 
 
@@ -264,7 +266,12 @@ class PoolWorker:
             return error_reply(unasked_cancel_error(name, exc)), _here()
         except BaseException as exc:
             return error_reply(exc), _here()
-        return _ok_reply(name, value), _here()
+        try:
+            return _ok_reply(name, value), _here()
+        except BaseException as exc:  # pickling the value raised KeyboardInterrupt (its
+            # __reduce__: ray.cancel cancels this task instead); out of here it would end the
+            # actor's event loop, and every later call on the actor would wait for ever
+            return error_reply(exc), _here()
 
 
 # ---- driver side --------------------------------------------------------------------------
