@@ -5,6 +5,7 @@ Each test here failed before the fix it names.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 import time
@@ -16,6 +17,7 @@ import pytest
 import shoal
 from shoal import Plan
 from shoal.executors._sandbox import problem
+from shoal.testing import VirtualClockLoop, run_virtual
 from tests import hostile_exec_tools as ht
 
 SANDBOXES = ["none", pytest.param("namespace", marks=pytest.mark.skipif(
@@ -62,3 +64,59 @@ def test_a_worker_killed_by_sigkill_is_reported_killed_not_exit_code_1(
     assert error is not None and error.type == "shoal.exceptions.WorkerCrashedError"
     assert "killed by signal SIGKILL (killed; out of memory?)" in error.message, error.message
     assert result[fine].value == 16
+
+
+# ---- the virtual clock far from 0 --------------------------------------------------------------
+
+
+async def _slept(*seconds: float) -> list[float]:
+    """The loop's time after each sleep of ``seconds``, one after another."""
+    loop = asyncio.get_running_loop()
+    times = []
+    for wait in seconds:
+        await asyncio.sleep(wait)
+        times.append(loop.time())
+    return times
+
+
+@pytest.mark.timeout(30)
+def test_the_virtual_clock_serves_short_timers_after_a_long_wait() -> None:
+    # was: past 2**24 s (194 days) the loop spun for good at the first short timer: the clock
+    # moved to the timer exactly, where now plus asyncio's clock resolution is now, so the
+    # timer never came due (and a timer closer than half the float's step, never either)
+    week, year = 7 * 86400.0, 1e8
+    after = run_virtual(_slept(year, 0.01, week, 1e-9, 0.5))
+    assert after[0] >= year and after[1] >= after[0] + 0.01
+    assert after[2] >= after[1] + week and after[3] > after[2] and after[4] >= after[3] + 0.5
+    assert after[4] <= year + week + 0.52
+
+
+@pytest.mark.timeout(30)
+def test_a_virtual_clock_loop_started_late_serves_its_timers() -> None:
+    # was: VirtualClockLoop(start=3e7) spun for good at its first timer
+    loop = VirtualClockLoop(start=3e7)
+    try:
+        assert loop.run_until_complete(_slept(0.1, 0.2)) == pytest.approx([3e7 + 0.1, 3e7 + 0.3])
+    finally:
+        loop.close()
+
+
+@shoal.tool
+async def _nap() -> str:
+    await asyncio.sleep(0.01)
+    return "ok"
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("count", [1e-8, 1e-300])
+def test_a_very_slow_rate_runs_on_the_virtual_clock(count: float) -> None:
+    # was: the second call started 1 / count seconds in, then its sleep never ended
+    async def main() -> shoal.RunResult:
+        plan = Plan()
+        for _ in range(2):
+            plan.call(_nap.options(rate=(count, 1.0)))
+        async with shoal.Runtime() as runtime:
+            return await runtime.run(plan)
+
+    result = run_virtual(main())
+    assert result.counts["ok"] == 2 and result.makespan >= 1 / count
