@@ -6,10 +6,12 @@ Each test here failed before the fix it names.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any, NoReturn
 
 import psutil
 import pytest
@@ -120,3 +122,62 @@ def test_a_very_slow_rate_runs_on_the_virtual_clock(count: float) -> None:
 
     result = run_virtual(main())
     assert result.counts["ok"] == 2 and result.makespan >= 1 / count
+
+
+# ---- copying a call's arguments runs user code: its SystemExit fails the call ------------------
+
+
+@dataclasses.dataclass
+class _ExitsWhenCopied:
+    """A value whose ``__deepcopy__`` raises ``SystemExit`` (or a list whose ``__copy__`` does)."""
+
+    n: int = 1
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> NoReturn:
+        raise SystemExit(9)
+
+
+class _ListExitsWhenCopied(list[int]):
+    def __copy__(self) -> NoReturn:
+        raise SystemExit(3)
+
+
+@shoal.tool
+def _kind(x: Any) -> str:
+    return type(x).__name__
+
+
+@shoal.tool
+def _made(kind: str) -> Any:
+    return _ExitsWhenCopied() if kind == "dataclass" else [_ExitsWhenCopied()]
+
+
+@pytest.mark.parametrize("isolation", ["thread", "process"])
+@pytest.mark.parametrize("value", [_ExitsWhenCopied(), _ListExitsWhenCopied([1])],
+                         ids=["deepcopy", "copy"])
+def test_an_argument_whose_copy_raises_system_exit_fails_its_call(isolation: str,
+                                                                 value: Any) -> None:
+    # was: the SystemExit came out of run_sync: the run ended, every outcome lost
+    plan = Plan()
+    bad = plan.call(_kind.options(isolation=isolation), x=value)
+    sibling = plan.call(_kind.options(isolation=isolation), x=[1])
+    result = shoal.run_sync(plan)
+    error = result[bad].error
+    assert error is not None and error.type == "SystemExit", result[bad]
+    assert result.value(sibling) == "list"
+
+
+def test_an_upstream_value_whose_copy_raises_system_exit_fails_its_dependents() -> None:
+    # was: the SystemExit came out of run_sync, from the copy of the upstream value given to
+    # a dependent, or to the items of a map over it
+    plan = Plan()
+    one = plan.call(_made, kind="dataclass")
+    items = plan.call(_made, kind="list")
+    by_ref = plan.call(_kind, x=one)
+    mapped = plan.map(_kind, over=items)
+    sibling = plan.call(_kind, x=(1,))
+    result = shoal.run_sync(plan)
+    for ref in (by_ref, mapped):
+        error = result[ref].error
+        assert error is not None and error.type == "SystemExit", result[ref]
+    assert result.value(sibling) == "tuple"

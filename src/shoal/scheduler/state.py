@@ -1382,7 +1382,9 @@ class SchedulerState:
             if len(items) > MAX_MAP_ITEMS:
                 raise ValueError(f"map {node.id!r}: {len(items)} items is more than "
                                  f"{MAX_MAP_ITEMS}; split the list")
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # a failing __deepcopy__'s SystemExit too (user code)
             self._record(slot, "failed", now, d, error=ErrorInfo.from_exception(exc))
             return
         if len(items) >= EARLY_JOURNAL_ITEMS and d.done and self.before_expand is not None:
@@ -1469,8 +1471,10 @@ class SchedulerState:
                     if slot.args is None:
                         try:
                             slot.args = isolate_all(checked)
-                        except Exception:  # a failing __deepcopy__, say: _prepare fails it
-                            if not self._prepare(slot, now, d):
+                        except KeyboardInterrupt:
+                            raise
+                        except BaseException:  # a failing __deepcopy__ (SystemExit too, user
+                            if not self._prepare(slot, now, d):  # code): _prepare fails it
                                 continue
             if slot.gates is None:  # for_call's answer for most calls, without its call
                 slot.gates = (gates_for(node.tool, slot.executor, slot.args or {})
@@ -1556,11 +1560,10 @@ class SchedulerState:
         """Resolve and validate the node's arguments; a node whose inputs do not fit fails here."""
         node = slot.node
         approval = slot.rare.approval
-        if approval is not None and approval.args is not None:
-            slot.args = isolate_all(approval.args)  # a retry runs what was approved
-            return True
         try:
-            if node.refs:
+            if approval is not None and approval.args is not None:
+                slot.args = isolate_all(approval.args)  # a retry runs what was approved
+            elif node.refs:
                 resolved = resolve_arguments(node.args, self._lookup, node.tool.name)
                 tool = node.tool  # values validation keeps as they are need no new dict
                 slot.args = resolved if tool.keeps(resolved) else tool.validate(resolved)
@@ -1568,7 +1571,10 @@ class SchedulerState:
                 slot.args = isolate_all(node.checked)
             else:
                 slot.args = node.tool.validate(isolate_all(node.args))
-        except Exception as exc:  # refs that do not fit, invalid args, a failing __deepcopy__
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # refs that do not fit, invalid args, a failing
+            # __deepcopy__ (user code: its SystemExit fails the call, as a tool's does)
             self._record(slot, "failed", now, d, error=ErrorInfo.from_exception(exc))
             return False
         return True
