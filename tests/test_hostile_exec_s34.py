@@ -181,3 +181,20 @@ def test_an_upstream_value_whose_copy_raises_system_exit_fails_its_dependents() 
         error = result[ref].error
         assert error is not None and error.type == "SystemExit", result[ref]
     assert result.value(sibling) == "tuple"
+
+
+# ---- process limits with a fraction ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("limits", [{"cpu_seconds": 2.5}, {"open_files": 64.5}, {"memory": 1.5}])
+def test_a_process_limit_with_a_fraction_is_refused(limits: dict[str, object]) -> None:
+    # was: cut to a whole number without a word: cpu_seconds=2.5 killed calls at 2 s, and
+    # memory=1.5 (bytes) left a worker that could not start
+    with pytest.raises(shoal.ConfigError, match="takes a whole number"):
+        _kind.options(isolation="process", limits=limits)
+
+
+def test_whole_process_limits_given_as_floats_still_hold() -> None:
+    made = _kind.options(isolation="process",
+                         limits={"memory": 2e9, "cpu_seconds": 3.0, "open_files": 64.0})
+    assert made.policy.limits == shoal.limits.ProcessLimits(2_000_000_000, 3, 64)
