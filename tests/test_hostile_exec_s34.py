@@ -198,3 +198,28 @@ def test_whole_process_limits_given_as_floats_still_hold() -> None:
     made = _kind.options(isolation="process",
                          limits={"memory": 2e9, "cpu_seconds": 3.0, "open_files": 64.0})
     assert made.policy.limits == shoal.limits.ProcessLimits(2_000_000_000, 3, 64)
+
+
+# ---- a default JSON cannot hold ----------------------------------------------------------------
+
+
+class _Opaque:
+    """A default value JSON cannot hold (its repr works)."""
+
+    def __repr__(self) -> str:
+        return "_Opaque()"
+
+
+def _takes_opaque_default(n: int, extra: Any = _Opaque()) -> int:  # noqa: B008 - on purpose
+    """Take a default JSON cannot hold."""
+    return n
+
+
+def test_a_default_json_cannot_hold_is_left_out_of_the_schema_without_a_warning() -> None:
+    # was: pydantic's PydanticJsonSchemaWarning at each json_schema() (and under -W error, as
+    # in this suite, a ToolDefinitionError: the tool could be offered to no model)
+    made = shoal.tool(_takes_opaque_default)
+    schema = made.json_schema()
+    assert schema["required"] == ["n"] and "default" not in schema["properties"]["extra"]
+    assert made.to_openai()["function"]["parameters"] == schema
+    assert made.validate({"n": 1})["extra"].__class__ is _Opaque
