@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from pathlib import Path
 from typing import NoReturn
@@ -45,3 +47,18 @@ def unpicklable_result(kind: str) -> PicklingRaises:
 def echo(value: str) -> str:
     """``value`` back."""
     return value
+
+
+@tool(isolation="process")
+def fork_and_leave(how: str) -> int:
+    """``os.fork()`` with no exec; the child returns too (``how="return"``) or exits."""
+    pid = os.fork()
+    if pid == 0 and how == "exit":
+        sys.exit(0)
+    return pid
+
+
+@tool(isolation="process")
+def number(i: int) -> int:
+    """``i`` back: each call must get its own."""
+    return i

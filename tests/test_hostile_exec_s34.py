@@ -21,6 +21,7 @@ from shoal import Plan
 from shoal.executors._sandbox import problem
 from shoal.testing import VirtualClockLoop, run_virtual
 from tests import hostile_exec_tools as ht
+from tests.conftest import arun
 
 SANDBOXES = ["none", pytest.param("namespace", marks=pytest.mark.skipif(
     problem() is not None, reason=f"namespace sandbox unavailable: {problem()}"))]
@@ -223,3 +224,26 @@ def test_a_default_json_cannot_hold_is_left_out_of_the_schema_without_a_warning(
     assert schema["required"] == ["n"] and "default" not in schema["properties"]["extra"]
     assert made.to_openai()["function"]["parameters"] == schema
     assert made.validate({"n": 1})["extra"].__class__ is _Opaque
+
+
+# ---- a tool that forks without exec ---------------------------------------------------------
+
+
+@pytest.mark.usefixtures("no_child_process_leak")
+@pytest.mark.parametrize("how", ["return", "exit"])
+def test_a_fork_a_tool_makes_never_answers_for_the_worker(how: str) -> None:
+    # was: the fork came back into the worker's loop: it sent a reply of its own (its return
+    # value, or its SystemExit) and read commands from the same pipe, so later calls got
+    # other calls' results (number(i=0) -> None), or failed unpickling half a command
+    async def main() -> None:
+        async with shoal.Runtime(process_workers=1) as runtime:
+            plan = Plan()
+            forked = plan.call(ht.fork_and_leave.options(timeout=20.0), how=how)
+            assert (await runtime.run(plan))[forked].value > 0  # the worker's answer
+            for _ in range(3):
+                plan = Plan()
+                refs = [plan.call(ht.number.options(timeout=20.0), i=i) for i in range(6)]
+                result = await runtime.run(plan)
+                assert [result.value(ref) for ref in refs] == list(range(6))
+
+    arun(main(), timeout=60)

@@ -302,9 +302,13 @@ def main(argv: list[str]) -> int:
         write_message(replies, error_reply(exc))
         return 1
     start_watchdog(cmd_fd)
-    write_message(replies, pickle.dumps(("ready", os.getpid())))
+    me = os.getpid()
+    write_message(replies, pickle.dumps(("ready", me)))
     while (body := read_message(commands)) is not None:
         reply = handle(body, cpu_seconds)
+        if os.getpid() != me:  # a fork the tool made (os.fork(), no exec) returned, or raised
+            flush_output()  # SystemExit, into this loop: its reply and its reading the next
+            os._exit(0)  # command would be taken for the worker's (another call's result)
         ended = time.monotonic()  # not after flushing what the tool printed: the parent's work
         del body  # free a large call before sending a large reply
         flush_output()
