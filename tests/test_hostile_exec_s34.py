@@ -247,3 +247,33 @@ def test_a_fork_a_tool_makes_never_answers_for_the_worker(how: str) -> None:
                 assert [result.value(ref) for ref in refs] == list(range(6))
 
     arun(main(), timeout=60)
+
+
+# ---- a call stopped between its attempts keeps how its last attempt ended -------------------
+
+
+@shoal.tool(retries=3, backoff=10.0, jitter=0.0)
+async def _fails_slowly() -> str:
+    await asyncio.sleep(1)
+    raise ConnectionError("the service refused")
+
+
+@pytest.mark.parametrize("stop", ["deadline", "cancel"])
+def test_a_call_stopped_before_its_retry_says_how_its_last_attempt_ended(stop: str) -> None:
+    # was: "the run's deadline of 5 s passed" / "cancelled by the user", attempts=1 and no
+    # error: nothing in the outcome said that the attempt had failed, or how
+    async def main() -> shoal.RunResult:
+        plan = Plan()
+        plan.call(_fails_slowly)
+        async with shoal.Runtime(deadline=5.0 if stop == "deadline" else None) as runtime:
+            handle = runtime.start(plan)
+            if stop == "cancel":
+                await asyncio.sleep(3)  # its first attempt failed at 1 s; its retry is at 11 s
+                handle.cancel()
+            return await handle
+
+    (outcome,) = run_virtual(main()).outcomes.values()
+    assert outcome.status == ("timed_out" if stop == "deadline" else "cancelled")
+    assert outcome.attempts == 1 and not outcome.interrupted
+    assert outcome.reason.endswith(
+        "(before its retry; attempt 1 ended failed: ConnectionError: the service refused)")
