@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import sys
 import time
@@ -62,3 +64,21 @@ def fork_and_leave(how: str) -> int:
 def number(i: int) -> int:
     """``i`` back: each call must get its own."""
     return i
+
+
+async def _goes_on() -> None:
+    """A task that ignores its cancellation."""
+    while True:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0.05)
+
+
+@tool(isolation="process")
+async def leaves_a_stubborn_task() -> str:
+    """Start a task that ignores its cancellation, then return at once."""
+    _LEFT.append(asyncio.get_running_loop().create_task(_goes_on()))
+    await asyncio.sleep(0)
+    return "done"
+
+
+_LEFT: list[asyncio.Task[None]] = []

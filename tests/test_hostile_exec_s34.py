@@ -277,3 +277,22 @@ def test_a_call_stopped_before_its_retry_says_how_its_last_attempt_ended(stop: s
     assert outcome.attempts == 1 and not outcome.interrupted
     assert outcome.reason.endswith(
         "(before its retry; attempt 1 ended failed: ConnectionError: the service refused)")
+
+
+# ---- an async tool in a worker that leaves a task ignoring its cancellation ------------------
+
+
+@pytest.mark.usefixtures("no_child_process_leak")
+def test_an_async_tool_leaving_a_task_that_ignores_its_cancel_still_returns_its_value() -> None:
+    # was: the worker waited for that task to end for ever (asyncio.run's cleanup): the call
+    # ended timed_out, its value lost, or without a timeout never ended
+    async def main() -> None:
+        async with shoal.Runtime(process_workers=1) as runtime:
+            plan = Plan()
+            left = plan.call(ht.leaves_a_stubborn_task.options(timeout=30.0))
+            assert (await runtime.run(plan)).value(left) == "done"
+            plan = Plan()
+            after = plan.call(ht.number, i=7)  # the worker serves the next call
+            assert (await runtime.run(plan)).value(after) == 7
+
+    arun(main(), timeout=60)

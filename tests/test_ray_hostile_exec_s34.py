@@ -56,3 +56,15 @@ def test_a_result_whose_pickling_exits_is_a_serialization_error_in_a_ray_task() 
     error = arun(main(), timeout=120)[bad].error
     assert error is not None and error.type == "shoal.exceptions.SerializationError", error
     assert "cannot be pickled: SystemExit: 7" in error.message
+
+
+def test_an_async_tool_leaving_a_task_that_ignores_its_cancel_returns_in_a_ray_task() -> None:
+    # was: asyncio.run waited for that task for ever: the call ended timed_out, value lost
+    plan = Plan()
+    left = plan.call(ht.leaves_a_stubborn_task.options(isolation="ray", timeout=30.0))
+
+    async def main() -> RunResult:
+        async with Runtime() as runtime:
+            return await runtime.run(plan)
+
+    assert arun(main(), timeout=120).value(left) == "done"

@@ -54,6 +54,7 @@ from typing import IO, Any
 from shoal.exceptions import SerializationError
 from shoal.executors._errors import error_reply
 from shoal.executors._results import (
+    run_coroutine,
     stop_iteration_error,
     unasked_cancel_error,
     unawaited_result,
@@ -163,7 +164,7 @@ def run_call(message: tuple[Any, ...], cpu_seconds: int | None) -> bytes:
         fn = function_for(fn_blob)
         cpu_budget(cpu_seconds)
         with joined(traced[0] if traced else None):  # the caller's trace, when instrumented
-            value = _run_coroutine(fn(**args)) if is_async else fn(**args)
+            value = run_coroutine(fn(**args)) if is_async else fn(**args)
     except BaseException as exc:  # SystemExit too: the tool failed, the worker lives on
         if _cancelled(exc):  # nothing cancels a call here (a stop kills the worker): the
             return error_reply(unasked_cancel_error(name, exc))  # tool's own doing
@@ -178,33 +179,6 @@ def run_call(message: tuple[Any, ...], cpu_seconds: int | None) -> bytes:
         return dumps(("ok", value), f"the result of tool {name!r}")
     except BaseException as exc:  # a __reduce__ raising SystemExit too: the worker lives on
         return error_reply(exc)
-
-
-def _run_coroutine(coroutine: Any) -> Any:
-    """``asyncio.run(coroutine)``, less its Ctrl-C handler.
-
-    On its way out, ``asyncio.run`` looks its handler up with ``signal.getsignal``, which on
-    Python 3.11 formats it with ``repr``: that reprs the task, so the tool's exception, and
-    an exception whose ``__repr__`` raises was replaced by that error. A Ctrl-C here raises
-    ``KeyboardInterrupt`` as it does in a sync tool: the call fails, the worker lives on.
-    """
-    import asyncio
-
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)  # as asyncio.run's runner does
-    try:
-        return loop.run_until_complete(coroutine)
-    finally:
-        try:  # what asyncio.run does after the main task: end what the tool left running
-            left = asyncio.all_tasks(loop)
-            for task in left:
-                task.cancel()
-            loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.run_until_complete(loop.shutdown_default_executor())
-        finally:
-            asyncio.set_event_loop(None)
-            loop.close()
 
 
 def _cancelled(exc: BaseException) -> bool:

@@ -89,6 +89,7 @@ from shoal.exceptions import (
 from shoal.executors._errors import error_reply, rebuild_error
 from shoal.executors._results import (
     call_on_thread,
+    run_coroutine,
     stop_iteration_error,
     unasked_cancel_error,
     unawaited_result,
@@ -204,8 +205,10 @@ def run_task(call: bytes) -> tuple[bytes, str]:
 
     Every outcome becomes a reply; ``KeyboardInterrupt`` (how ``ray.cancel`` stops a task)
     propagates. A ``CancelledError`` is the tool's own: ``ray.cancel`` never raises one here
-    (``asyncio.run`` turns its interrupt into ``KeyboardInterrupt`` too), so it fails the call
-    as on the other backends.
+    (its interrupt is a ``KeyboardInterrupt`` in an async tool too), so it fails the call as
+    on the other backends. An async tool runs as in a process worker (see
+    :func:`~shoal.executors._results.run_coroutine`): tasks it leaves that ignore their
+    cancellation do not hold its reply.
     """
     _take_sigint()
     try:
@@ -216,7 +219,7 @@ def run_task(call: bytes) -> tuple[bytes, str]:
         return error_reply(exc), _here()
     try:
         with joined(trace):
-            value = asyncio.run(fn(**args)) if is_async else fn(**args)
+            value = run_coroutine(fn(**args)) if is_async else fn(**args)
     except KeyboardInterrupt:
         raise
     except asyncio.CancelledError as exc:
