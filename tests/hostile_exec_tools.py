@@ -82,3 +82,9 @@ async def leaves_a_stubborn_task() -> str:
 
 
 _LEFT: list[asyncio.Task[None]] = []
+
+
+@tool
+def raises_generator_exit() -> int:
+    """Raise ``GeneratorExit``, as a generator's ``close()`` does inside."""
+    raise GeneratorExit

@@ -68,3 +68,21 @@ def test_an_async_tool_leaving_a_task_that_ignores_its_cancel_returns_in_a_ray_t
             return await runtime.run(plan)
 
     assert arun(main(), timeout=120).value(left) == "done"
+
+
+def test_a_sync_tool_raising_generator_exit_on_the_actor_pool_fails_with_it() -> None:
+    # was: failed with ray.exceptions.RayTaskError(GeneratorExit), Ray's wrapper naming its
+    # actor, pid and address: the GeneratorExit escaped the actor's coroutine uncaught
+    plan = Plan()
+    pooled = {"isolation": "ray", "resources": {"num_cpus": 0}, "timeout": 20.0}
+    bad = plan.call(ht.raises_generator_exit.options(**pooled))
+    sibling = plan.call(ht.echo.options(**pooled), value="kept")
+
+    async def main() -> RunResult:
+        async with Runtime() as runtime:
+            return await runtime.run(plan)
+
+    result = arun(main(), timeout=120)
+    error = result[bad].error
+    assert error is not None and error.type == "GeneratorExit", error
+    assert result.value(sibling) == "kept"

@@ -237,6 +237,29 @@ def _cancel_asked() -> bool:
     return task is not None and task.cancelling() > 0
 
 
+class _Raised:
+    """An exception that is no ``Exception`` a sync tool raised on a pool thread, as a value."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _on_pool_thread(fn: Callable[..., Any], args: dict[str, Any]) -> Any:
+    """:func:`call_on_thread` for the actor pool: a ``BaseException`` comes back as a value.
+
+    Set on the future the actor awaits, a ``GeneratorExit`` escapes the actor's coroutine
+    uncaught (Ray drives it), and the call failed with Ray's ``RayTaskError(GeneratorExit)``.
+    """
+    try:
+        return call_on_thread(fn, args)
+    except (Exception, asyncio.CancelledError):  # (a CancelledError: said so as it comes)
+        raise
+    except BaseException as exc:  # SystemExit, KeyboardInterrupt too: the tool's own
+        return _Raised(exc)
+
+
 class PoolWorker:
     """shoal's long-lived async actor: runs calls that reserve no resources, many at once."""
 
@@ -262,7 +285,9 @@ class PoolWorker:
                     loop = asyncio.get_running_loop()
                     value = await loop.run_in_executor(
                         self._threads, functools.partial(contextvars.copy_context().run,
-                                                         call_on_thread, fn, args))
+                                                         _on_pool_thread, fn, args))
+                    if type(value) is _Raised:
+                        return error_reply(value.error), _here()
         except asyncio.CancelledError as exc:
             if _cancel_asked():
                 raise
