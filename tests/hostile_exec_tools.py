@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from shoal.tools import tool
 
@@ -88,3 +88,16 @@ _LEFT: list[asyncio.Task[None]] = []
 def raises_generator_exit() -> int:
     """Raise ``GeneratorExit``, as a generator's ``close()`` does inside."""
     raise GeneratorExit
+
+
+class ProxyError(Exception):
+    """An error that hands attribute lookups on to ``inner``, which it never set: recursion."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@tool(isolation="process")
+def raises_proxy_error() -> int:
+    """Raise an error whose missing attributes (``__notes__``) recurse without end."""
+    raise ProxyError("the wrapped call failed")

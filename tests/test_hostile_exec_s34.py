@@ -296,3 +296,21 @@ def test_an_async_tool_leaving_a_task_that_ignores_its_cancel_still_returns_its_
             assert (await runtime.run(plan)).value(after) == 7
 
     arun(main(), timeout=60)
+
+
+# ---- an error whose own code fails as its traceback is written ------------------------------
+
+
+@pytest.mark.usefixtures("no_child_process_leak")
+def test_an_error_whose_attribute_lookup_recurses_fails_its_call_not_the_worker() -> None:
+    # was: WorkerCrashedError 'died: exit code 1': writing the traceback looks up __notes__,
+    # whose __getattr__ recursed; the RecursionError ended the worker (and counted toward
+    # the tool's quarantine)
+    plan = Plan()
+    bad = plan.call(ht.raises_proxy_error)
+    sibling = plan.call(ht.number, i=3)
+    result = shoal.run_sync(plan, process_workers=1)
+    error = result[bad].error
+    assert error is not None and error.type == "tests.hostile_exec_tools.ProxyError", error
+    assert error.message == "the wrapped call failed"
+    assert result.value(sibling) == 3
