@@ -101,3 +101,24 @@ class ProxyError(Exception):
 def raises_proxy_error() -> int:
     """Raise an error whose missing attributes (``__notes__``) recurse without end."""
     raise ProxyError("the wrapped call failed")
+
+
+class BuiltOnlyHere(Exception):
+    """An error whose constructor raises ``SystemExit`` (or ``KeyboardInterrupt``) elsewhere."""
+
+    def __init__(self, message: str, kind: str = "", pid: int = 0) -> None:
+        super().__init__(message, kind, pid)
+        if pid and pid != os.getpid():
+            raise SystemExit(6) if kind == "exit" else KeyboardInterrupt
+
+
+@tool(isolation="process")
+def raises_built_only_here(kind: str) -> int:
+    """Raise an error that cannot be rebuilt in another process without ending it."""
+    raise BuiltOnlyHere("boom", kind, os.getpid())
+
+
+@tool(isolation="process")
+def returns_built_only_here(kind: str) -> BuiltOnlyHere:
+    """Return an error (a value results may hold) that cannot be rebuilt elsewhere."""
+    return BuiltOnlyHere("boom", kind, os.getpid())

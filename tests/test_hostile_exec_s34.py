@@ -314,3 +314,26 @@ def test_an_error_whose_attribute_lookup_recurses_fails_its_call_not_the_worker(
     assert error is not None and error.type == "tests.hostile_exec_tools.ProxyError", error
     assert error.message == "the wrapped call failed"
     assert result.value(sibling) == 3
+
+
+# ---- a reply whose loading runs code that raises SystemExit or KeyboardInterrupt -------------
+
+
+@pytest.mark.parametrize("kind", ["exit", "interrupt"])
+def test_a_reply_whose_loading_raises_system_exit_or_ctrl_c_fails_only_its_call(kind: str) -> None:
+    # was: building the worker's error (or result) here ran its class's __init__, whose
+    # KeyboardInterrupt stopped the whole run as a Ctrl-C would, and whose SystemExit became
+    # the call's error in place of the tool's own ('SystemExit: 6', the message lost)
+    plan = Plan()
+    raised = plan.call(ht.raises_built_only_here, kind=kind)
+    returned = plan.call(ht.returns_built_only_here, kind=kind)
+    sibling = plan.call(ht.number, i=5)
+    result = shoal.run_sync(plan, process_workers=2)
+    error = result[raised].error
+    assert error is not None and error.type == "tests.hostile_exec_tools.BuiltOnlyHere", error
+    assert "boom" in error.message
+    error = result[returned].error
+    assert error is not None and error.type == "shoal.exceptions.SerializationError", error
+    named = "SystemExit" if kind == "exit" else "KeyboardInterrupt"
+    assert f"building it raised {named}" in error.message
+    assert result.value(sibling) == 5
