@@ -122,3 +122,11 @@ def raises_built_only_here(kind: str) -> int:
 def returns_built_only_here(kind: str) -> BuiltOnlyHere:
     """Return an error (a value results may hold) that cannot be rebuilt elsewhere."""
     return BuiltOnlyHere("boom", kind, os.getpid())
+
+
+@tool(isolation="process", limits={"memory": "400MB"})
+def fills_memory() -> int:
+    """Fill the worker's memory limit with small pieces, held until the MemoryError."""
+    kept = []
+    while True:
+        kept.append(bytearray(1000))

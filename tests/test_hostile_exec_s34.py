@@ -337,3 +337,20 @@ def test_a_reply_whose_loading_raises_system_exit_or_ctrl_c_fails_only_its_call(
     named = "SystemExit" if kind == "exit" else "KeyboardInterrupt"
     assert f"building it raised {named}" in error.message
     assert result.value(sibling) == 5
+
+
+# ---- a tool that fills its memory limit -------------------------------------------------------
+
+
+@pytest.mark.usefixtures("no_child_process_leak")
+def test_a_tool_filling_its_memory_limit_fails_with_memory_error_not_a_crash() -> None:
+    # was: WorkerCrashedError 'died: exit code 1': what the tool held (its frame, kept by the
+    # MemoryError's traceback) still filled the limit, so writing the reply ran out too
+    plan = Plan()
+    full = plan.call(ht.fills_memory.options(timeout=60.0))
+    sibling = plan.call(ht.number, i=9)
+    result = shoal.run_sync(plan, process_workers=2)
+    error = result[full].error
+    assert error is not None and error.type == "MemoryError", error
+    assert "fills_memory" in error.traceback  # where it ran out is still told
+    assert result.value(sibling) == 9

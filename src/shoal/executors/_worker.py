@@ -166,6 +166,10 @@ def run_call(message: tuple[Any, ...], cpu_seconds: int | None) -> bytes:
         with joined(traced[0] if traced else None):  # the caller's trace, when instrumented
             value = run_coroutine(fn(**args)) if is_async else fn(**args)
     except BaseException as exc:  # SystemExit too: the tool failed, the worker lives on
+        if isinstance(exc, MemoryError):  # what the tool holds still fills the memory limit:
+            import traceback  # its frames' locals go (their lines stay), or the reply fails
+
+            traceback.clear_frames(exc.__traceback__)
         if _cancelled(exc):  # nothing cancels a call here (a stop kills the worker): the
             return error_reply(unasked_cancel_error(name, exc))  # tool's own doing
         if isinstance(exc, StopIteration):  # a sync tool's: the error threads give it
