@@ -354,3 +354,48 @@ def test_a_tool_filling_its_memory_limit_fails_with_memory_error_not_a_crash() -
     assert error is not None and error.type == "MemoryError", error
     assert "fills_memory" in error.traceback  # where it ran out is still told
     assert result.value(sibling) == 9
+
+
+# ---- an environment too large to start a worker with ----------------------------------------
+
+
+@pytest.mark.usefixtures("no_child_process_leak")
+@pytest.mark.parametrize("start_method", ["template", "spawn"])
+def test_an_environment_too_large_for_a_worker_is_a_config_error_saying_so(
+        start_method: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # was: OSError '[Errno 90] Message too long' (forked from the template, which was
+    # stopped too) or '[Errno 7] Argument list too long: .../python' (spawned)
+    from shoal.executors._template import fork_supported
+    from shoal.executors.process import ProcessExecutor
+
+    if start_method == "template" and not fork_supported():
+        pytest.skip("workers are forked from a template on Linux 5.3+ only")
+    monkeypatch.setenv("SHOAL_S34_BIG", "x" * 900_000)
+
+    async def main() -> None:
+        pool = ProcessExecutor(1, start_method=start_method)
+        async with shoal.Runtime(executors={"process": pool}) as runtime:
+            plan = Plan()
+            big = plan.call(ht.number.options(env=["SHOAL_S34_BIG"], timeout=20.0), i=1)
+            result = await runtime.run(plan)
+            error = result[big].error
+            assert error is not None and error.type == "shoal.exceptions.ConfigError", error
+            assert "too large to start it" in error.message
+            assert "'SHOAL_S34_BIG', 900,000 characters" in error.message
+            plan = Plan()
+            fine = plan.call(ht.number.options(timeout=20.0), i=2)
+            assert (await runtime.run(plan)).value(fine) == 2
+
+    arun(main(), timeout=60)
+
+
+@pytest.mark.usefixtures("no_child_process_leak")
+def test_a_runtime_pass_env_too_large_for_a_worker_is_a_config_error_saying_so(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # was: OSError '[Errno 7] Argument list too long: .../python' (the template's start)
+    monkeypatch.setenv("SHOAL_S34_BIG", "x" * 200_000)
+    plan = Plan()
+    big = plan.call(ht.number.options(timeout=20.0), i=1)
+    error = shoal.run_sync(plan, pass_env=["SHOAL_S34_BIG"])[big].error
+    assert error is not None and error.type == "shoal.exceptions.ConfigError", error
+    assert "'SHOAL_S34_BIG', 200,000 characters" in error.message
