@@ -196,7 +196,7 @@ def _size(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ConfigError(f"memory takes bytes or a size such as '512MB', got {shown(value)}")
     if isinstance(value, int | float):
-        return _whole("memory", value)
+        return _whole("memory", value, exact=True)
     match = _SIZE.match(value.lower())
     if not match or (match.group(2) or "") not in _SIZE_UNITS:
         raise ConfigError(f"cannot read size {shown(value)}: write e.g. '512MB', '2GiB' or "
@@ -204,10 +204,18 @@ def _size(value: object) -> int:
     return _whole("memory", float(match.group(1)) * _SIZE_UNITS[match.group(2) or ""])
 
 
-def _whole(key: str, value: int | float) -> int:
-    """``value`` as a whole number from 1 to :data:`MAX_LIMIT`, or a ConfigError saying so."""
+def _whole(key: str, value: int | float, *, exact: bool = False) -> int:
+    """``value`` as a whole number from 1 to :data:`MAX_LIMIT`, or a ConfigError saying so.
+
+    ``exact``: a number given with a fraction is refused rather than cut (the OS counts
+    whole seconds, files and bytes: ``cpu_seconds=2.5`` would kill a call at 2 s), not one
+    worked out from a size (``"1.5KB"``).
+    """
     if not finite(value) or not 1 <= value <= MAX_LIMIT:
         raise ConfigError(f"{key} takes a number from 1 to 2**63 - 1, got {shown(value)}")
+    if exact and value != int(value):
+        raise ConfigError(f"{key} takes a whole number (the OS counts no fractions), got "
+                          f"{shown(value)}; give {int(value)} or {int(value) + 1}")
     return int(value)
 
 
@@ -233,7 +241,7 @@ def parse_process_limits(spec: ProcessLimits | dict[str, object] | None) -> Proc
         if raw is not None:
             if isinstance(raw, bool) or not isinstance(raw, int | float):
                 raise ConfigError(f"{key} takes a positive number, got {shown(raw)}")
-            values[key] = _whole(key, raw)
+            values[key] = _whole(key, raw, exact=True)
     return ProcessLimits(**values)
 
 

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 
 import pydantic
+from pydantic.json_schema import GenerateJsonSchema
 
 from shoal.exceptions import ShoalError, ToolArgumentError, ToolDefinitionError
 from shoal.merge import error_text, shown
@@ -350,7 +351,7 @@ class Tool(Generic[P, R]):
         plans, but no model can be offered it: the error says which of these it is.
         """
         try:
-            schema = self._model.model_json_schema()
+            schema = self._model.model_json_schema(schema_generator=_Schema)
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # a default's own repr raising SystemExit too
@@ -393,6 +394,19 @@ class Tool(Generic[P, R]):
         """The tool as an Anthropic messages ``tools`` entry."""
         return {"name": self.name, "description": self.description,
                 "input_schema": self.json_schema()}
+
+
+class _Schema(GenerateJsonSchema):
+    """pydantic's JSON schema, without its warning for a default JSON cannot hold.
+
+    Such a default is left out of the schema: the argument stays optional, and a call that
+    leaves it out gets the default. That is a schema that works, not one to warn about (and
+    under ``-W error``, where the warning raised, a tool no model could be offered).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ignored_warning_kinds = {"skipped-choice", "non-serializable-default"}
 
 
 _FIELD_NAME = re.compile(r"[^.\[]*")  # the argument a key's field starts from: 'x' of 'x.y[0]'

@@ -31,7 +31,12 @@ def error_reply(exc: BaseException) -> bytes:
         message = str(exc)
     except BaseException:  # a broken __str__ (SystemExit too) must not lose the error
         message = f"<unprintable {type(exc).__qualname__}>"
-    text = "".join(traceback.format_exception(exc))
+    try:
+        text = "".join(traceback.format_exception(exc))
+    except BaseException as failed:  # the error's own code (a __getattr__ raising, looked up
+        # for __notes__) must not end the worker: the call fails with the error all the same
+        text = (f"{type_name(exc)}: {message}\n(its traceback could not be written out: "
+                f"{type(failed).__name__} from the exception's own code)\n")
     try:
         blob: bytes | None = dumps(exc, "the exception")
     except BaseException:  # the other side raises a RemoteToolError naming the type instead

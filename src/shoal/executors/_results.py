@@ -18,7 +18,8 @@ from typing import Any
 from shoal.exceptions import ToolDefinitionError
 
 __all__ = [
-    "PLAIN_RESULTS", "call_on_thread", "finished_result_type", "stop_iteration_error",
+    "LEFT_TASKS_GRACE", "PLAIN_RESULTS", "call_on_thread", "finished_result_type",
+    "run_coroutine", "stop_iteration_error",
     "unasked_cancel_error", "unawaited_result",
 ]
 
@@ -131,3 +132,54 @@ def stop_iteration_error(exc: StopIteration) -> RuntimeError:
         raise RuntimeError(f"the tool raised StopIteration({exc.value!r})") from exc
     except RuntimeError as error:  # raised, so that it has a traceback as call_on_thread's
         return error
+
+
+#: Seconds an async tool's event loop in a worker process waits, once the tool has ended, for
+#: the tasks it left behind to end after their cancellation (and for its default executor's
+#: threads): as long as a run's loop waits for its own (``ABANDON_GRACE``).
+LEFT_TASKS_GRACE = 5.0
+
+
+def run_coroutine(coroutine: Any) -> Any:
+    """``asyncio.run(coroutine)`` for an async tool in a worker, less two ways to hang.
+
+    Less its Ctrl-C handler: on its way out, ``asyncio.run`` looks its handler up with
+    ``signal.getsignal``, which on Python 3.11 formats it with ``repr``: that reprs the task,
+    so the tool's exception, and an exception whose ``__repr__`` raises was replaced by that
+    error. A Ctrl-C here raises ``KeyboardInterrupt`` as it does in a sync tool.
+
+    And with a bound on its cleanup: ``asyncio.run`` waits for every task the tool left to
+    end after their cancellation, and for every thread of the default executor, for ever. A
+    task that ignores its cancellation (``except CancelledError: pass`` in a loop) would hold
+    a call whose tool had returned until it timed out (failed: ``timed_out``, its value lost)
+    or for ever. They get :data:`LEFT_TASKS_GRACE` seconds; the loop is closed without those
+    that go on.
+    """
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)  # as asyncio.run's runner does
+    try:
+        return loop.run_until_complete(coroutine)
+    finally:
+        try:  # what asyncio.run does after the main task: end what the tool left running
+            _end_left_tasks(loop)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            shutting = loop.create_task(loop.shutdown_default_executor())
+            loop.run_until_complete(asyncio.wait([shutting], timeout=LEFT_TASKS_GRACE))
+            if not shutting.done():  # a thread that does not end: it is not waited for
+                shutting.cancel()
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+
+def _end_left_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel the tasks left on ``loop``; wait for them, :data:`LEFT_TASKS_GRACE` at most."""
+    left = asyncio.all_tasks(loop)
+    if not left:
+        return
+    for task in left:
+        task.cancel()
+    loop.run_until_complete(asyncio.wait(left, timeout=LEFT_TASKS_GRACE))
+    for task in left:  # their errors are the tool's leftovers: retrieved, as gather() would
+        if task.done() and not task.cancelled():
+            task.exception()

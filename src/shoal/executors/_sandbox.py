@@ -158,7 +158,8 @@ def _stand_in(child: int) -> None:
     kill_tree(os.getpid(), include_root=False)
     if terminated or os.WIFSIGNALED(status):
         number = terminated[0] if terminated else os.WTERMSIG(status)
-        signal.signal(number, signal.SIG_DFL)
+        if number != signal.SIGKILL:  # (whose action cannot be set, nor needs to be: an OOM
+            signal.signal(number, signal.SIG_DFL)  # kill must read as one, not as exit 1)
         os.kill(os.getpid(), number)
     os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1)
 

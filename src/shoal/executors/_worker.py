@@ -54,6 +54,7 @@ from typing import IO, Any
 from shoal.exceptions import SerializationError
 from shoal.executors._errors import error_reply
 from shoal.executors._results import (
+    run_coroutine,
     stop_iteration_error,
     unasked_cancel_error,
     unawaited_result,
@@ -163,8 +164,12 @@ def run_call(message: tuple[Any, ...], cpu_seconds: int | None) -> bytes:
         fn = function_for(fn_blob)
         cpu_budget(cpu_seconds)
         with joined(traced[0] if traced else None):  # the caller's trace, when instrumented
-            value = _run_coroutine(fn(**args)) if is_async else fn(**args)
+            value = run_coroutine(fn(**args)) if is_async else fn(**args)
     except BaseException as exc:  # SystemExit too: the tool failed, the worker lives on
+        if isinstance(exc, MemoryError):  # what the tool holds still fills the memory limit:
+            import traceback  # its frames' locals go (their lines stay), or the reply fails
+
+            traceback.clear_frames(exc.__traceback__)
         if _cancelled(exc):  # nothing cancels a call here (a stop kills the worker): the
             return error_reply(unasked_cancel_error(name, exc))  # tool's own doing
         if isinstance(exc, StopIteration):  # a sync tool's: the error threads give it
@@ -178,33 +183,6 @@ def run_call(message: tuple[Any, ...], cpu_seconds: int | None) -> bytes:
         return dumps(("ok", value), f"the result of tool {name!r}")
     except BaseException as exc:  # a __reduce__ raising SystemExit too: the worker lives on
         return error_reply(exc)
-
-
-def _run_coroutine(coroutine: Any) -> Any:
-    """``asyncio.run(coroutine)``, less its Ctrl-C handler.
-
-    On its way out, ``asyncio.run`` looks its handler up with ``signal.getsignal``, which on
-    Python 3.11 formats it with ``repr``: that reprs the task, so the tool's exception, and
-    an exception whose ``__repr__`` raises was replaced by that error. A Ctrl-C here raises
-    ``KeyboardInterrupt`` as it does in a sync tool: the call fails, the worker lives on.
-    """
-    import asyncio
-
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)  # as asyncio.run's runner does
-    try:
-        return loop.run_until_complete(coroutine)
-    finally:
-        try:  # what asyncio.run does after the main task: end what the tool left running
-            left = asyncio.all_tasks(loop)
-            for task in left:
-                task.cancel()
-            loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.run_until_complete(loop.shutdown_default_executor())
-        finally:
-            asyncio.set_event_loop(None)
-            loop.close()
 
 
 def _cancelled(exc: BaseException) -> bool:
@@ -302,9 +280,13 @@ def main(argv: list[str]) -> int:
         write_message(replies, error_reply(exc))
         return 1
     start_watchdog(cmd_fd)
-    write_message(replies, pickle.dumps(("ready", os.getpid())))
+    me = os.getpid()
+    write_message(replies, pickle.dumps(("ready", me)))
     while (body := read_message(commands)) is not None:
         reply = handle(body, cpu_seconds)
+        if os.getpid() != me:  # a fork the tool made (os.fork(), no exec) returned, or raised
+            flush_output()  # SystemExit, into this loop: its reply and its reading the next
+            os._exit(0)  # command would be taken for the worker's (another call's result)
         ended = time.monotonic()  # not after flushing what the tool printed: the parent's work
         del body  # free a large call before sending a large reply
         flush_output()

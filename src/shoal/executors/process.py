@@ -78,6 +78,7 @@ with it, so that its process group, whose id is its pid, is still its own when i
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import os
 import pickle
@@ -279,6 +280,16 @@ class _MessageReader(asyncio.Protocol):
         return self._messages.popleft()
 
 
+def _too_large(env: dict[str, str]) -> ConfigError:
+    """The error for a worker's environment too large to start it with."""
+    size = sum(len(name) + len(value) + 2 for name, value in env.items())
+    largest = max(env, key=lambda name: len(env[name]), default="")
+    return ConfigError(
+        f"the environment of a worker process is too large to start it ({size:,} bytes; the "
+        f"largest variable is {largest!r}, {len(env.get(largest, '')):,} characters): pass "
+        "large values to tools as arguments or in files, not through pass_env= or env=")
+
+
 class _TemplateGone(Exception):
     """The template process ended (or never got ready): start it again."""
 
@@ -457,8 +468,10 @@ class _TemplateHandle:
                 python_module("shoal.executors._template", str(theirs.fileno()), *preload),
                 pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL,
                 start_new_session=True)  # like a worker: out of a terminal's Ctrl-C
-        except BaseException:
+        except BaseException as exc:
             ours.close()
+            if isinstance(exc, OSError) and exc.errno == errno.E2BIG:  # pass_env= of the
+                raise _too_large(env) from None  # runtime: a variable over 128 KiB
             raise
         finally:
             theirs.close()
@@ -485,14 +498,19 @@ class _TemplateHandle:
                 cwd: str | None = os.getcwd()
             except OSError:  # deleted: the worker keeps the template's
                 cwd = None
+            request = pickle.dumps((program, env, cwd))
             try:
-                socket.send_fds(self.sock, [pickle.dumps((program, env, cwd))], list(fds))
+                socket.send_fds(self.sock, [request], list(fds))
             except (BrokenPipeError, ConnectionError):
                 raise _TemplateGone from None
+            except OSError as exc:
+                if exc.errno != errno.EMSGSIZE:
+                    raise
+                raise _too_large(env) from None
             self.owed += 1
             reply = await self._receive()
             self.owed -= 1
-        except (_TemplateGone, asyncio.CancelledError):
+        except (_TemplateGone, asyncio.CancelledError, ConfigError):  # (ConfigError: unsent)
             # gone: the caller stops it and says how it ended; cancelled: the reply stays
             # owed and the next request skips it (the template and its workers live on)
             raise
@@ -1208,11 +1226,16 @@ class ProcessExecutor(Executor):
             command = python_module("shoal.executors._worker", str(cmd_read), str(reply_write))
             # A session of its own: a terminal's Ctrl-C reaches the parent only (which
             # decides what stops), and killing the group stops what a tool started too.
-            if _PIDFDS:
-                return _SpawnedProcess.start(command, env, (cmd_read, reply_write))
-            return await asyncio.create_subprocess_exec(
-                *command, stdin=asyncio.subprocess.DEVNULL, env=env,
-                pass_fds=(cmd_read, reply_write), start_new_session=True)
+            try:
+                if _PIDFDS:
+                    return _SpawnedProcess.start(command, env, (cmd_read, reply_write))
+                return await asyncio.create_subprocess_exec(
+                    *command, stdin=asyncio.subprocess.DEVNULL, env=env,
+                    pass_fds=(cmd_read, reply_write), start_new_session=True)
+            except OSError as exc:
+                if exc.errno != errno.E2BIG:  # (a variable over 128 KiB, on Linux)
+                    raise
+                raise _too_large(env) from None
         template = lane.template
         if template.proc is None or template.proc.poll() is not None:  # none yet, or it died
             template.stop()

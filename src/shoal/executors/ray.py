@@ -89,6 +89,7 @@ from shoal.exceptions import (
 from shoal.executors._errors import error_reply, rebuild_error
 from shoal.executors._results import (
     call_on_thread,
+    run_coroutine,
     stop_iteration_error,
     unasked_cancel_error,
     unawaited_result,
@@ -177,8 +178,10 @@ def _dumps(value: Any, what: str) -> bytes:
     """
     try:
         blob = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
-    except Exception:  # closures, lambdas, local classes: cloudpickle's job
-        return dumps(value, what)
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # closures, lambdas, local classes: cloudpickle's job (and a
+        return dumps(value, what)  # __reduce__ raising SystemExit: SerializationError there)
     return dumps(value, what) if b"__main__" in blob else blob
 
 
@@ -202,8 +205,10 @@ def run_task(call: bytes) -> tuple[bytes, str]:
 
     Every outcome becomes a reply; ``KeyboardInterrupt`` (how ``ray.cancel`` stops a task)
     propagates. A ``CancelledError`` is the tool's own: ``ray.cancel`` never raises one here
-    (``asyncio.run`` turns its interrupt into ``KeyboardInterrupt`` too), so it fails the call
-    as on the other backends.
+    (its interrupt is a ``KeyboardInterrupt`` in an async tool too), so it fails the call as
+    on the other backends. An async tool runs as in a process worker (see
+    :func:`~shoal.executors._results.run_coroutine`): tasks it leaves that ignore their
+    cancellation do not hold its reply.
     """
     _take_sigint()
     try:
@@ -214,7 +219,7 @@ def run_task(call: bytes) -> tuple[bytes, str]:
         return error_reply(exc), _here()
     try:
         with joined(trace):
-            value = asyncio.run(fn(**args)) if is_async else fn(**args)
+            value = run_coroutine(fn(**args)) if is_async else fn(**args)
     except KeyboardInterrupt:
         raise
     except asyncio.CancelledError as exc:
@@ -230,6 +235,29 @@ def _cancel_asked() -> bool:
     """Whether ``ray.cancel`` cancelled the running call (its actor task), not the tool."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+class _Raised:
+    """An exception that is no ``Exception`` a sync tool raised on a pool thread, as a value."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _on_pool_thread(fn: Callable[..., Any], args: dict[str, Any]) -> Any:
+    """:func:`call_on_thread` for the actor pool: a ``BaseException`` comes back as a value.
+
+    Set on the future the actor awaits, a ``GeneratorExit`` escapes the actor's coroutine
+    uncaught (Ray drives it), and the call failed with Ray's ``RayTaskError(GeneratorExit)``.
+    """
+    try:
+        return call_on_thread(fn, args)
+    except (Exception, asyncio.CancelledError):  # (a CancelledError: said so as it comes)
+        raise
+    except BaseException as exc:  # SystemExit, KeyboardInterrupt too: the tool's own
+        return _Raised(exc)
 
 
 class PoolWorker:
@@ -257,14 +285,21 @@ class PoolWorker:
                     loop = asyncio.get_running_loop()
                     value = await loop.run_in_executor(
                         self._threads, functools.partial(contextvars.copy_context().run,
-                                                         call_on_thread, fn, args))
+                                                         _on_pool_thread, fn, args))
+                    if type(value) is _Raised:
+                        return error_reply(value.error), _here()
         except asyncio.CancelledError as exc:
             if _cancel_asked():
                 raise
             return error_reply(unasked_cancel_error(name, exc)), _here()
         except BaseException as exc:
             return error_reply(exc), _here()
-        return _ok_reply(name, value), _here()
+        try:
+            return _ok_reply(name, value), _here()
+        except BaseException as exc:  # pickling the value raised KeyboardInterrupt (its
+            # __reduce__: ray.cancel cancels this task instead); out of here it would end the
+            # actor's event loop, and every later call on the actor would wait for ever
+            return error_reply(exc), _here()
 
 
 # ---- driver side --------------------------------------------------------------------------

@@ -364,6 +364,11 @@ def load_result(blob: bytes | bytearray, what: str) -> Any:
     except Exception as exc:
         raise SerializationError(f"{what} cannot be unpickled here: {type(exc).__name__}: "
                                  f"{exc}") from exc
+    except BaseException as exc:  # an allowed class's own code, building a value the worker
+        # sent, raised SystemExit or KeyboardInterrupt: the worker's doing, not this process's
+        # to obey (it stopped the run, as a Ctrl-C, or failed the call as the tool's own exit)
+        raise SerializationError(f"{what} cannot be unpickled here: building it raised "
+                                 f"{type(exc).__name__} {shown(exc.args)[:200]}") from None
 
 
 class Refused:
@@ -435,7 +440,8 @@ class _SalvagingUnpickler(_CarefulUnpickler):
             return make()
         except SerializationError as exc:
             return Refused(str(exc))
-        except Exception as exc:  # an allowed class that does not take what it is given
+        except BaseException as exc:  # an allowed class that does not take what it is
+            # given, or whose code raises SystemExit (KeyboardInterrupt): not this process's
             return Refused(f"building {_short(func)} from {_short(args)} failed here: "
                            f"{describe_exception(exc)}")
 

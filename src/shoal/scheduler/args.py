@@ -9,8 +9,9 @@ as they are, because copying those is usually wrong (a copied connection pool is
 and often impossible. So is a model or dataclass that ``copy.deepcopy`` cannot copy (one that
 holds a lock, say, fails with ``TypeError``): it is passed as it is, shared, rather than failing
 the call. An object whose ``__deepcopy__`` raises anything else refuses on purpose, and that
-error fails the call. A value nested deeper than Python's recursion limit (a 10,000-level
-dict) cannot be copied by walking it either: it too is passed as it is, shared.
+error fails the call (a ``SystemExit`` too: it is user code, as a tool's own). A value nested
+deeper than Python's recursion limit (a 10,000-level dict) cannot be copied by walking it
+either: it too is passed as it is, shared.
 """
 
 from __future__ import annotations

@@ -283,10 +283,12 @@ class Ended(NamedTuple):
 class _Rare:
     """The fields of a slot that few nodes ever set: approvals, cancellations, skips, maps."""
 
-    __slots__ = ("abandoned", "approval", "cancel_reason", "cancel_status", "items", "root")
+    __slots__ = ("abandoned", "approval", "cancel_reason", "cancel_status", "failed_before",
+                 "items", "root")
 
     def __init__(self) -> None:
         self.abandoned = 0  # attempts abandoned with their work still running (see finish)
+        self.failed_before = ""  # how its last attempt ended, once a retry is due (see finish)
         self.approval: _Approval | None = None  # set once the node was asked about
         self.cancel_reason = ""
         self.cancel_status: Status = "cancelled"
@@ -737,11 +739,13 @@ class SchedulerState:
             delay = slot.node.tool.policy.retry.delay(slot.attempts, self._rng)
             self._set_phase(slot, Phase.BACKOFF)
             d.timer(now + delay, "retry", pos)
+            failed = str(ErrorInfo.from_exception(result.error, with_traceback=False))
+            # kept for its outcome, should the call be stopped before its next attempt ends
+            slot.own().failed_before = f"attempt {slot.attempts} ended {status}: {failed}"
             if self.record_events:
                 d.event(NodeRetrying(
                     run_id=self.run_id, time=now, node_id=slot.node.id, tool=slot.node.tool.name,
-                    attempt=slot.attempts, delay=delay, error=str(ErrorInfo.from_exception(
-                        result.error, with_traceback=False))))
+                    attempt=slot.attempts, delay=delay, error=failed))
         else:
             end = (_end_of(result.ended, slot.started_at, now)
                    if result.status in ("ok", "failed") else now)  # a timeout ends at now
@@ -1566,11 +1570,10 @@ class SchedulerState:
         """Resolve and validate the node's arguments; a node whose inputs do not fit fails here."""
         node = slot.node
         approval = slot.rare.approval
-        if approval is not None and approval.args is not None:
-            slot.args = isolate_all(approval.args)  # a retry runs what was approved
-            return True
         try:
-            if node.refs:
+            if approval is not None and approval.args is not None:
+                slot.args = isolate_all(approval.args)  # a retry runs what was approved
+            elif node.refs:
                 resolved = resolve_arguments(node.args, self._lookup, node.tool.name)
                 tool = node.tool  # values validation keeps as they are need no new dict
                 slot.args = resolved if tool.keeps(resolved) else tool.validate(resolved)
@@ -1713,6 +1716,8 @@ class SchedulerState:
             # a node between attempts, or a map with items, was under way: a deadline times
             # it out; one that never started is only cancelled
             final: Status = status if slot.phase is Phase.BACKOFF or slot.items else "cancelled"
+            if slot.rare.failed_before:  # its outcome says why it was to run again
+                reason = f"{reason} (before its retry; {slot.rare.failed_before})"
             self._record(slot, final, now, d, reason=reason)
 
     def _pass_wakeups_on(self, slot: _Slot, d: Decisions) -> None:

@@ -43,8 +43,6 @@ class _Clock:
         self.now = start
 
 
-#: asyncio's longest ``select`` timeout (``MAXIMUM_SELECT_TIMEOUT``): a day
-_CAPPED = 24 * 3600
 #: what asyncio adds to now to find the timers due (its ``_clock_resolution``)
 _RESOLUTION = time.get_clock_info("monotonic").resolution
 
@@ -69,20 +67,29 @@ class _JumpingSelector(selectors.BaseSelector):
             # for it in real time; jumping would leave nothing to jump to.
             return self._real.select(None)
         events = self._real.select(0)
-        if not events and timeout > 0:
-            if timeout < _CAPPED:
-                self._clock.now += timeout
-            elif not self._leap():  # ``sleep(inf)``: it waits for good, as on any loop
-                return self._real.select(None)
+        if not events and (timeout > 0 or self._stuck()) and not self._leap():
+            return self._real.select(None)  # ``sleep(inf)``: it waits for good, as any loop
         return events
 
+    def _stuck(self) -> bool:
+        """Whether the next timer is due now but the loop cannot see it (see :meth:`_leap`).
+
+        Past 2**24 s a timer set less than half the float's step ahead (``call_later(1e-9)``;
+        ``sleep(0.01)`` near 1e300) is due at now itself, which asyncio finds not yet due
+        (now plus its resolution is now) and selects for 0 s: it would spin for good.
+        """
+        when = self._next_timer()
+        now = self._clock.now
+        return when is not None and when <= now and not when < now + _RESOLUTION
+
     def _leap(self) -> bool:
-        """Jump to the next timer, more than a day away; ``False`` if it is never due.
+        """Jump to the next timer; ``False`` if it is never due (``sleep(inf)``).
 
         To the timer itself, not by the ``timeout`` asyncio gives: that is capped at a day,
         and ``sleep(1e300)`` would take 1e295 turns of the loop. Just past it where the float
-        cannot tell the timer from now plus the clock's resolution (near 1e300), or the loop
-        would find it not yet due, for good.
+        cannot tell the timer from now plus the clock's resolution (from 2**24 s, 194 days,
+        on: after a long wait, or from a large ``start``), or the loop would find it not yet
+        due and select again with a timeout of 0, for good.
         """
         when = self._next_timer()
         if when is None or not math.isfinite(when):
