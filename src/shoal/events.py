@@ -419,17 +419,10 @@ def deliver(sink: EventSink, event: Event, what: str = "event sink",
     a run of 5,000 calls ten times slower.
     """
     loop = _running_loop()
-    task = asyncio.current_task(loop) if loop is not None and _leave_task else None
-    if task is None:  # not on a loop, or between tasks (a loop's callback)
-        try:
-            sink(event)
-        except KeyboardInterrupt:
-            raise
-        except BaseException as exc:
-            _failed(sink, event, what, failures, exc)
-        return
-    assert loop is not None and _leave_task is not None and _enter_task is not None
-    _leave_task(loop, task)  # (see above) entered again whatever the sink does
+    # none: not on a loop, or between tasks (a loop's callback)
+    task = asyncio.current_task(loop) if loop is not None and _CAN_LEAVE else None
+    if task is not None:
+        _leave_task(task.get_loop(), task)  # (see above) entered again whatever the sink does
     try:
         sink(event)
     except KeyboardInterrupt:
@@ -437,7 +430,8 @@ def deliver(sink: EventSink, event: Event, what: str = "event sink",
     except BaseException as exc:
         _failed(sink, event, what, failures, exc)
     finally:
-        _enter_task(loop, task)
+        if task is not None:
+            _enter_task(task.get_loop(), task)
 
 
 def _failed(sink: EventSink, event: Event, what: str, failures: dict[int, int] | None,
@@ -464,10 +458,15 @@ def _failed(sink: EventSink, event: Event, what: str, failures: dict[int, int] |
 # loop's current one and not: asyncio's own (3.11 to 3.13), used as its eager tasks use them.
 # Not public: a Python without them calls sinks inside the task, as before.
 _running_loop = asyncio.events._get_running_loop
-_enter_task: Callable[[asyncio.AbstractEventLoop, asyncio.Task[Any]], None] | None = getattr(
-    asyncio.tasks, "_enter_task", None)
-_leave_task: Callable[[asyncio.AbstractEventLoop, asyncio.Task[Any]], None] | None = getattr(
-    asyncio.tasks, "_leave_task", None)
+_CAN_LEAVE = hasattr(asyncio.tasks, "_enter_task") and hasattr(asyncio.tasks, "_leave_task")
+
+
+def _unavailable(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
+    """Stands in for asyncio's helper where it has none (never called: see _CAN_LEAVE)."""
+
+
+_enter_task = getattr(asyncio.tasks, "_enter_task", _unavailable)
+_leave_task = getattr(asyncio.tasks, "_leave_task", _unavailable)
 
 
 def _power_of_ten(n: int) -> bool:
