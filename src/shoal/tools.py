@@ -9,6 +9,7 @@ approval, idempotency) travels with it and can be overridden for one call with
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import re
@@ -273,9 +274,41 @@ class Tool(Generic[P, R]):
         """
         if isinstance(exc, pydantic.PydanticUserError):
             return ToolDefinitionError(f"tool {self.name!r}: {unresolved_names(self._model)}")
+        copied = self._default_copy_failed(exc)
+        if copied is not None:
+            return copied
         return ToolArgumentError(self.name, "", f"checking the arguments raised "
                                  f"{error_text(exc)}: the tool's own checking code (a validator "
                                  "or a default_factory of its argument types) failed on them")
+
+    def _default_copy_failed(self, exc: BaseException) -> ToolArgumentError | None:
+        """The error for a default whose copy raised ``exc``, if that is what raised it.
+
+        pydantic gives each call its own ``copy.deepcopy`` of a mutable default, so a default
+        whose ``__deepcopy__`` (or an item's) raises fails every call that leaves it out: the
+        error names the parameter and its default, not the checking code. A ``deepcopy``
+        called right from validation (no frame of a validator between) is such a copy.
+        """
+        tb, caller = exc.__traceback__, None
+        while tb is not None:
+            code = tb.tb_frame.f_code
+            if (code.co_name == "deepcopy" and code.co_filename == copy.__file__
+                    and caller is Tool.validate.__code__):
+                break
+            caller, tb = code, tb.tb_next
+        if tb is None:
+            return None
+        value = tb.tb_frame.f_locals.get("x")
+        fields = self._model.model_fields
+        found = [outside for outside, key in self.model_facts.inputs.items()
+                 if not fields[key].is_required() and fields[key].default is value]
+        what = (f"the default of {found[0]!r}, {shown(value)}," if found
+                else "a default value of a nested model's field")
+        return ToolArgumentError(
+            self.name, found[0] if found else "",
+            f"{what} is copied for each call that leaves it out, and copying it (copy.deepcopy) "
+            f"raised {error_text(exc)}; give a default that can be copied, or default to None "
+            "and make the value in the function")
 
     @functools.cached_property
     def _kept_as_is(self) -> tuple[tuple[str, ...], tuple[type, ...]] | None:
