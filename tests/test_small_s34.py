@@ -52,3 +52,31 @@ def test_a_validator_that_copies_and_fails_is_still_the_checking_code() -> None:
     made = shoal.tool(_validator_copies)
     with pytest.raises(ToolArgumentError, match="the tool's own checking code"):
         made.validate({"x": [1]})
+
+
+# ---- tool names model APIs refuse ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "better"), [
+    ("café", "cafe"), ("a.b", "a_b"), ("look up", "look_up"), ("x" * 65, "x" * 64)])
+def test_a_tool_name_model_apis_refuse_is_refused_where_a_model_is_offered_it(
+        name: str, better: str) -> None:
+    # was: accepted; every model request of the agent then failed at the provider (HTTP 400)
+    made = shoal.tool(lambda q: q, name=name)  # plans take it: @tool does not refuse it
+    assert made.name == name
+    with pytest.raises(shoal.ToolDefinitionError, match=(
+            rf"agent 'helper': tools\[1\]: tool name .* cannot be offered to a model: .* "
+            rf"1-64 letters, digits, '_' or '-' .* @shoal.tool\(name='{better}'\)")):
+        shoal.Agent("helper", tools=[shoal.tool(lambda q: q, name="fine"), made])
+    for export in (made.to_openai, made.to_anthropic):
+        with pytest.raises(shoal.ToolDefinitionError, match="cannot be offered to a model"):
+            export()
+    renamed = shoal.Tool(made.fn, name=better)
+    assert shoal.Agent("helper", tools=[renamed]).tools_by_name.keys() == {better}
+    assert renamed.to_openai()["function"]["name"] == better
+
+
+def test_a_plan_keeps_a_tool_name_no_model_api_takes() -> None:
+    plan = shoal.Plan()
+    ref = plan.call(shoal.tool(lambda q: q, name="café"), q=1)
+    assert shoal.run_sync(plan).value(ref) == 1
