@@ -1,6 +1,7 @@
 """Small defects of sweep 34: tool names, uncopyable defaults, limits, pattern ids, deadlines."""
 
 import copy
+from pathlib import Path
 from typing import Annotated, Any
 
 import pydantic
@@ -8,6 +9,9 @@ import pytest
 
 import shoal
 from shoal import ToolArgumentError
+from shoal.models.base import ModelRequest
+from shoal.patterns import Pattern, pipeline
+from shoal.testing import ScriptedModel
 
 # ---- a default whose copy raises ----------------------------------------------------------
 
@@ -80,3 +84,35 @@ def test_a_plan_keeps_a_tool_name_no_model_api_takes() -> None:
     plan = shoal.Plan()
     ref = plan.call(shoal.tool(lambda q: q, name="café"), q=1)
     assert shoal.run_sync(plan).value(ref) == 1
+
+
+# ---- a pattern's run_id in the journal already ----------------------------------------------
+
+
+def _down(request: ModelRequest) -> str:
+    raise RuntimeError("model down")
+
+
+def _two_steps(a: list[Any], b: list[Any]) -> Pattern:
+    return pipeline(shoal.Agent("a", model=ScriptedModel(a)),
+                    shoal.Agent("b", model=ScriptedModel(b)))
+
+
+def test_a_pattern_run_id_journaled_already_says_what_a_pattern_user_can_do(
+        tmp_path: Path) -> None:
+    # was: "continue it with Runtime.resume('r1', plan)": the pattern's user has no plan
+    store = f"sqlite:///{tmp_path / 'runs.db'}"
+    with pytest.raises(RuntimeError, match="model down"):
+        _two_steps(["A"], [_down]).run_sync("go", runtime=shoal.Runtime(store=store),
+                                            run_id="r1")
+    again = _two_steps(["A"], ["B"])
+    with pytest.raises(shoal.ConfigError, match=(
+            r"pipeline pipeline: run 'r1' is in the journal already; run\(\) starts a new run, "
+            r"so give another run_id \(or none\)\. .* plan = shoal.Plan\(name='pipeline'\); "
+            r"plan.add\(pattern, .* node_id='pipeline'\); runtime.resume\('r1', plan\)")):
+        again.run_sync("go", runtime=shoal.Runtime(store=store), run_id="r1")
+    plan = shoal.Plan(name="pipeline")  # what the message says to do works
+    ref = plan.add(again, {"task": "go"}, node_id="pipeline")
+    assert shoal.Runtime(store=store).resume_sync("r1", plan)[ref].value == "B"
+    fresh = _two_steps(["A"], ["B"])
+    assert fresh.run_sync("go", runtime=shoal.Runtime(store=store), run_id="r2") == "B"
