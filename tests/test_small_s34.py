@@ -12,6 +12,7 @@ from shoal import ToolArgumentError
 from shoal.models.base import ModelRequest
 from shoal.patterns import Pattern, pipeline
 from shoal.testing import ScriptedModel
+from tests import process_tools as pt
 
 # ---- a default whose copy raises ----------------------------------------------------------
 
@@ -116,3 +117,22 @@ def test_a_pattern_run_id_journaled_already_says_what_a_pattern_user_can_do(
     assert shoal.Runtime(store=store).resume_sync("r1", plan)[ref].value == "B"
     fresh = _two_steps(["A"], ["B"])
     assert fresh.run_sync("go", runtime=shoal.Runtime(store=store), run_id="r2") == "B"
+
+
+# ---- an open_files limit too small to load the tool ---------------------------------------
+
+
+def test_an_open_files_limit_too_small_to_load_the_tool_says_so() -> None:
+    # was: the call failed with the import's bare "OSError: [Errno 24] Too many open files"
+    plan = shoal.Plan()
+    starved = plan.call(pt.square.options(limits={"open_files": 1}), x=3)
+    roomy = plan.call(pt.item_pid.options(limits={"open_files": 64}), item=1)
+    result = shoal.run_sync(plan)
+    error = result[starved].error
+    assert result[starved].status == "failed" and error is not None
+    assert error.type == "shoal.exceptions.ConfigError"
+    assert "limits open_files=1 leaves the worker process too few file descriptors" in (
+        error.message)
+    assert "Too many open files" in error.message and "give a larger open_files" in (
+        error.message)
+    assert result[roomy].ok
