@@ -1,5 +1,6 @@
 """Small defects of sweep 34: tool names, uncopyable defaults, limits, pattern ids, deadlines."""
 
+import asyncio
 import copy
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,6 +14,7 @@ from shoal.models.base import ModelRequest
 from shoal.patterns import Pattern, pipeline
 from shoal.testing import ScriptedModel
 from tests import process_tools as pt
+from tests.conftest import arun
 
 # ---- a default whose copy raises ----------------------------------------------------------
 
@@ -136,3 +138,35 @@ def test_an_open_files_limit_too_small_to_load_the_tool_says_so() -> None:
     assert "Too many open files" in error.message and "give a larger open_files" in (
         error.message)
     assert result[roomy].ok
+
+
+# ---- the run's deadline and a call between attempts ---------------------------------------
+
+
+async def _fails_then_waits(hold: float) -> str:
+    if hold == 0:
+        raise RuntimeError("try again")
+    await asyncio.sleep(hold)
+    return "done"
+
+
+async def _deadline_between_attempts(backoff: float) -> shoal.Outcome:
+    # one slot: the retry of the failed call is due at `backoff`, but the other call holds
+    # the slot until after the deadline (at 1 s)
+    made = shoal.tool(_fails_then_waits, max_concurrency=1, retries=1, backoff=backoff,
+                      jitter=0)
+    plan = shoal.Plan()
+    retried = plan.call(made, hold=0)
+    plan.call(made, hold=60)  # started second (same priority): when the first has failed
+    result = await shoal.Runtime(deadline=1).run(plan)
+    return result[retried]
+
+
+@pytest.mark.parametrize("backoff", [0.1, 30])
+def test_a_retry_the_deadline_stops_is_timed_out_whether_queued_or_in_backoff(
+        backoff: float) -> None:
+    # was: 'cancelled' when the retry was due but held by the limit (backoff 0.1), while one
+    # still in its backoff (30) was 'timed_out': both are calls under way, between attempts
+    outcome = arun(_deadline_between_attempts(backoff), virtual=True)
+    assert outcome.status == "timed_out" and outcome.attempts == 1
+    assert "deadline of 1 s passed (before its retry; attempt 1 ended failed" in outcome.reason
