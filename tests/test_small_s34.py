@@ -12,7 +12,7 @@ import shoal
 from shoal import ToolArgumentError
 from shoal.models.base import ModelRequest
 from shoal.patterns import Pattern, pipeline
-from shoal.testing import ScriptedModel
+from shoal.testing import ScriptedModel, call
 from tests import process_tools as pt
 from tests.conftest import arun
 
@@ -170,3 +170,17 @@ def test_a_retry_the_deadline_stops_is_timed_out_whether_queued_or_in_backoff(
     outcome = arun(_deadline_between_attempts(backoff), virtual=True)
     assert outcome.status == "timed_out" and outcome.attempts == 1
     assert "deadline of 1 s passed (before its retry; attempt 1 ended failed" in outcome.reason
+
+
+def test_an_open_files_limit_too_small_to_start_an_agents_process_says_so() -> None:
+    # was: "the process running agent lead/reader#1 died: exit code 1"
+    model = ScriptedModel.per_prompt({"go": [[call("reader", task="r1")], "done"],
+                                      "r1": ["r1 done"]})
+    reader = shoal.Agent(name="reader", model=model, isolation="process",
+                         limits={"open_files": 1})
+    result = shoal.Agent(name="lead", model=model, subagents=[reader]).run_sync("go")
+    [failed] = result.calls
+    assert failed.status == "failed"
+    text = str(failed.message.content)
+    assert "the process for agent lead/reader#1 could not start: limits open_files=1 " in text
+    assert "Too many open files" in text and "give a larger open_files" in text
