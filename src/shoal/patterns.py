@@ -204,6 +204,14 @@ class Pattern:
             # an outermost run of its own (not one nested in a stand-in scope): it claims its
             # run id (the same id run twice at once is refused, not journaled as one run),
             # and its end closes what its agents' tree made (models made from strings)
+            if run_id is not None and active.store is not None and active.store.get_run(
+                    run_id) is not None:  # (the runtime's own words name a plan this has not)
+                raise ConfigError(
+                    f"{self.kind} {self.name}: run {run_id!r} is in the journal already; "
+                    "run() starts a new run, so give another run_id (or none). To continue "
+                    f"that run, resume the one-node plan run() made: plan = shoal.Plan(name="
+                    f"{self.name!r}); plan.add(pattern, {{'task': task, **the same context}}, "
+                    f"node_id={self.name!r}); runtime.resume({run_id!r}, plan)")
             handle = active.start(plan, run_id=run_id, on_event=on_event, budget=budget,
                                   board=board)
             result = await handle

@@ -9,10 +9,12 @@ approval, idempotency) travels with it and can be overridden for one call with
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import re
 import string
+import unicodedata
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
@@ -20,7 +22,12 @@ from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 import pydantic
 from pydantic.json_schema import GenerateJsonSchema
 
-from shoal.exceptions import ShoalError, ToolArgumentError, ToolDefinitionError
+from shoal.exceptions import (
+    ShoalError,
+    ToolArgumentError,
+    ToolDefinitionError,
+    bounded_text,
+)
 from shoal.merge import error_text, shown
 from shoal.nodeids import SEPARATOR
 from shoal.policy import (
@@ -273,9 +280,41 @@ class Tool(Generic[P, R]):
         """
         if isinstance(exc, pydantic.PydanticUserError):
             return ToolDefinitionError(f"tool {self.name!r}: {unresolved_names(self._model)}")
+        copied = self._default_copy_failed(exc)
+        if copied is not None:
+            return copied
         return ToolArgumentError(self.name, "", f"checking the arguments raised "
                                  f"{error_text(exc)}: the tool's own checking code (a validator "
                                  "or a default_factory of its argument types) failed on them")
+
+    def _default_copy_failed(self, exc: BaseException) -> ToolArgumentError | None:
+        """The error for a default whose copy raised ``exc``, if that is what raised it.
+
+        pydantic gives each call its own ``copy.deepcopy`` of a mutable default, so a default
+        whose ``__deepcopy__`` (or an item's) raises fails every call that leaves it out: the
+        error names the parameter and its default, not the checking code. A ``deepcopy``
+        called right from validation (no frame of a validator between) is such a copy.
+        """
+        tb, caller = exc.__traceback__, None
+        while tb is not None:
+            code = tb.tb_frame.f_code
+            if (code.co_name == "deepcopy" and code.co_filename == copy.__file__
+                    and caller is Tool.validate.__code__):
+                break
+            caller, tb = code, tb.tb_next
+        if tb is None:
+            return None
+        value = tb.tb_frame.f_locals.get("x")
+        fields = self._model.model_fields
+        found = [outside for outside, key in self.model_facts.inputs.items()
+                 if not fields[key].is_required() and fields[key].default is value]
+        what = (f"the default of {found[0]!r}, {shown(value)}," if found
+                else "a default value of a nested model's field")
+        return ToolArgumentError(
+            self.name, found[0] if found else "",
+            f"{what} is copied for each call that leaves it out, and copying it (copy.deepcopy) "
+            f"raised {error_text(exc)}; give a default that can be copied, or default to None "
+            "and make the value in the function")
 
     @functools.cached_property
     def _kept_as_is(self) -> tuple[tuple[str, ...], tuple[type, ...]] | None:
@@ -384,14 +423,39 @@ class Tool(Generic[P, R]):
             f"({text[:300]}), so no model can be offered it; give its parameters types and "
             "defaults JSON can hold, or use it in plans only")
 
+    def check_api_name(self) -> None:
+        """Raise :class:`ToolDefinitionError` if model APIs would refuse the tool's name.
+
+        OpenAI and Anthropic take ``^[a-zA-Z0-9_-]{1,64}$`` as a function or tool name, and
+        answer any other with an HTTP 400 for the whole request. Plans take any name but
+        ``/``, so :func:`tool` does not check this: an agent's tools and the schema
+        exporters do, where the tool is offered to a model.
+        """
+        if _API_NAME.fullmatch(self.name):
+            return
+        ascii_name = unicodedata.normalize("NFKD", self.name).encode("ascii", "ignore").decode()
+        better = re.sub(r"[^A-Za-z0-9_-]+", "_", ascii_name).strip("_")[:64] or "tool"
+        long = f" ({len(self.name)} characters)" if len(self.name) > 64 else ""
+        raise ToolDefinitionError(
+            f"tool name {bounded_text(repr(self.name), 120)}{long} cannot be offered to a model: "
+            "model APIs (OpenAI, Anthropic) take 1-64 letters, digits, '_' or '-' and refuse "
+            f"the whole request otherwise; rename it with @shoal.tool(name={better!r}) or "
+            f"shoal.Tool(fn, name={better!r}) (plans may keep the name)")
+
     def to_openai(self) -> dict[str, Any]:
-        """The tool as an OpenAI chat-completions ``tools`` entry."""
+        """The tool as an OpenAI chat-completions ``tools`` entry.
+
+        Raises :class:`ToolDefinitionError` for a name the API refuses (see
+        :meth:`check_api_name`) or arguments with no JSON schema.
+        """
+        self.check_api_name()
         return {"type": "function", "function": {
             "name": self.name, "description": self.description, "parameters": self.json_schema(),
         }}  # fmt: skip
 
     def to_anthropic(self) -> dict[str, Any]:
-        """The tool as an Anthropic messages ``tools`` entry."""
+        """The tool as an Anthropic messages ``tools`` entry (checked as :meth:`to_openai`)."""
+        self.check_api_name()
         return {"name": self.name, "description": self.description,
                 "input_schema": self.json_schema()}
 
@@ -409,6 +473,7 @@ class _Schema(GenerateJsonSchema):
         self.ignored_warning_kinds = {"skipped-choice", "non-serializable-default"}
 
 
+_API_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # tool names OpenAI and Anthropic accept
 _FIELD_NAME = re.compile(r"[^.\[]*")  # the argument a key's field starts from: 'x' of 'x.y[0]'
 
 

@@ -945,12 +945,35 @@ def _serve(argv: list[str]) -> int:
         apply_limits(spec.limits.memory, spec.limits.open_files)
         cpu_budget(spec.limits.cpu_seconds)
     link.start_reading()
-    run_to_end(run(spec, link))
+    runner = asyncio.Runner()
+    try:
+        runner.get_loop()  # its selector and wake-up pipe: the first descriptors it opens
+    except OSError as exc:
+        starved = _starved(spec, exc)
+        if starved is None:
+            raise
+        link.send(("unstartable", starved))
+        return 1
+    run_to_end(run(spec, link), runner)
     return 0
 
 
-def run_to_end(main: Coroutine[Any, Any, object]) -> None:
-    """Run ``main`` on a fresh event loop, then close the loop without waiting for ever.
+def _starved(spec: StartSpec, exc: OSError) -> str | None:
+    """What to change, if ``exc`` is the ``open_files`` limit leaving the process none."""
+    import errno
+
+    limits = spec.limits
+    if exc.errno != errno.EMFILE or limits is None or limits.open_files is None:
+        return None
+    return (f"limits open_files={limits.open_files} leaves the agent's process too few file "
+            f"descriptors to start ({type(exc).__name__}: {exc}): the limit counts the "
+            "process's own (its standard streams, its socket to shoal, its event loop's), "
+            "besides its model's connections and its tools' files; give a larger open_files "
+            "(256 leaves room for them), or none")
+
+
+def run_to_end(main: Coroutine[Any, Any, object], runner: asyncio.Runner | None = None) -> None:
+    """Run ``main`` on a fresh event loop (``runner``'s), then close the loop without waiting.
 
     As ``asyncio.run``, but the tasks left get the abandon grace and no more, as a
     ``*_sync`` call's do (:func:`shoal.runtime.close_runner`): a tool's task that ignores its
@@ -959,7 +982,7 @@ def run_to_end(main: Coroutine[Any, Any, object]) -> None:
     """
     from shoal.runtime import close_runner
 
-    runner = asyncio.Runner()
+    runner = runner or asyncio.Runner()
     loop = runner.get_loop()
     try:
         runner.run(main)

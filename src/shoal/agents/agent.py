@@ -297,9 +297,11 @@ class Agent(Generic[T]):
         tools = []
         for index, item in enumerate(self._listed("tools")):
             try:
-                tools.append(as_tool(item))
-            except ToolDefinitionError as exc:
+                made = as_tool(item)
+                made.check_api_name()  # the model is offered it: a name its API refuses fails
+            except ToolDefinitionError as exc:  # every request, not this line
                 raise ToolDefinitionError(f"agent {self.name!r}: tools[{index}]: {exc}") from None
+            tools.append(made)
         return tuple(tools)
 
     def _listed(self, field_name: str) -> tuple[Any, ...]:

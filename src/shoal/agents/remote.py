@@ -59,7 +59,7 @@ seconds)``, ``("withdraw", request_ids)`` (approval requests it no longer needs)
 ``("journal", [(run_id, pickled records), ...])`` (the steps it finished, with the
 in-memory journal) and last
 ``("done", result)`` (or ``("error", text)`` when it cannot even load the agent's
-definition). The parent side
+definition, ``("unstartable", text)`` when its limits leave it no event loop). The parent side
 (:class:`TreeServer`) only needs a :class:`Channel`, and the child side
 (:mod:`shoal.agents._process`) only a connected socket, so another transport plugs in there:
 for Ray, an actor whose socket connects back to a listener of the parent over TCP.
@@ -374,6 +374,7 @@ async def read_body(reader: asyncio.StreamReader, what: str) -> bytes | None:
 _SHAPES: dict[str, tuple[int, Any]] = {
     "done": (2, lambda m: _is_result(m[1])),
     "error": (2, lambda m: isinstance(m[1], str)),
+    "unstartable": (2, lambda m: isinstance(m[1], str)),
     "event": (2, lambda m: isinstance(m[1], Event)),
     "call": (4, lambda m: type(m[1]) is int and isinstance(m[2], str)
              and isinstance(m[3], tuple)),
@@ -815,6 +816,9 @@ class TreeServer:
             if kind == "done":
                 result: AgentResult[Any] = message[1]
                 return result
+            if kind == "unstartable":  # its process cannot run it (a limit too small)
+                raise AgentError(f"the process for agent {self.lineage} could not start: "
+                                 f"{message[1]}")
             if kind == "error":
                 raise AgentError(
                     f"the process for agent {self.lineage} could not load its definition: "

@@ -51,7 +51,7 @@ from typing import IO, Any
 
 # Importing the package runs shoal/__init__; tools import it anyway, and paying for it here,
 # before "ready", keeps it out of the first call's measured time.
-from shoal.exceptions import SerializationError
+from shoal.exceptions import ConfigError, SerializationError
 from shoal.executors._errors import error_reply
 from shoal.executors._results import (
     run_coroutine,
@@ -136,8 +136,36 @@ def function_for(fn_blob: bytes) -> Callable[..., Any]:
     if fn is None:
         if len(_functions) >= MAX_FUNCTIONS:
             _functions.clear()
-        fn = _functions[fn_blob] = loads_callable(fn_blob)
+        try:
+            fn = _functions[fn_blob] = loads_callable(fn_blob)
+        except OSError as exc:
+            raise short_of_files(exc) from None
     return fn
+
+
+#: ``(open_files, descriptors held)`` when the worker has an ``open_files`` limit: the limit
+#: given, and how many descriptors (the lowest numbers) the worker held when it was set.
+_files_limit: tuple[int, int] | None = None
+
+
+def short_of_files(exc: OSError) -> BaseException:
+    """``exc``, or what to change if it is the ``open_files`` limit stopping the tool's load.
+
+    ``RLIMIT_NOFILE`` caps the worker's descriptors, its own included: a value that leaves
+    the import of the tool's module none to open fails it with ``EMFILE``, which, as it is,
+    reads as the tool's own error.
+    """
+    import errno
+
+    if _files_limit is None or exc.errno != errno.EMFILE:
+        return exc
+    limit, held = _files_limit
+    return ConfigError(
+        f"limits open_files={limit} leaves the worker process too few file descriptors to "
+        f"load the tool ({type(exc).__name__}: {exc}): the limit counts the worker's own, "
+        f"{held} held before the tool's module is imported (its standard streams and pipes "
+        "to shoal), and the files the import opens; give a larger open_files (64 leaves "
+        "room for both), or none")
 
 
 def handle(body: bytes, cpu_seconds: int | None) -> bytes:
@@ -261,6 +289,11 @@ def configure(body: bytes, pipes: tuple[int, int]) -> int | None:
         split(pipes)  # the parent's child stays as a stand-in: tools cannot start its siblings
     become_subreaper()  # orphans of the tools' processes stay below this worker
     sys.path[:] = parent_path  # import exactly what the parent would
+    if open_files is not None:
+        global _files_limit  # set once per worker, before any call
+        probe = os.open(os.devnull, os.O_RDONLY)  # the lowest free descriptor: those below
+        os.close(probe)  # it are the worker's own
+        _files_limit = (open_files, probe)
     apply_limits(memory, open_files)
     return cpu_seconds  # type: ignore[no-any-return]
 

@@ -1713,9 +1713,11 @@ class SchedulerState:
                 d.ask(Withdraw(slot.pos, slot.node.id, slot.approval.args_hash))
             if slot.phase is Phase.READY and slot.gates:
                 self._pass_wakeups_on(slot, d)
-            # a node between attempts, or a map with items, was under way: a deadline times
-            # it out; one that never started is only cancelled
-            final: Status = status if slot.phase is Phase.BACKOFF or slot.items else "cancelled"
+            # a node between attempts (in its backoff, or its retry due and queued for a
+            # limit or an approval), or a map with items, was under way: a deadline times it
+            # out; one that never started is only cancelled
+            under_way = slot.phase is Phase.BACKOFF or slot.items or slot.rare.failed_before
+            final: Status = status if under_way else "cancelled"
             if slot.rare.failed_before:  # its outcome says why it was to run again
                 reason = f"{reason} (before its retry; {slot.rare.failed_before})"
             self._record(slot, final, now, d, reason=reason)
