@@ -40,6 +40,7 @@ from shoal.merge import error_text, shown
 from shoal.nodeids import plain_text
 from shoal.outcome import Outcome, RunResult
 from shoal.plan import Callee, Node, Plan, Ref, as_tool, foreign_ref, map_spec, owned_ref
+from shoal.scheduler.driver import RUNNING
 from shoal.streaming import DEFAULT_BUFFER, EventStream, Started
 from shoal.tools import Tool
 
@@ -250,9 +251,17 @@ class OpenRun:
         return EventStream(begin, buffer=buffer, eager=True)
 
     async def wait(self, node: Ref | str) -> Outcome:
-        """The outcome of a node of this run, once it has one (from any event loop)."""
+        """The outcome of a node of this run, once it has one (from any event loop).
+
+        From a node of this run (its tool's code), a wait that could never end (on the node
+        itself, on a node that waits on it or needs its output) raises
+        :class:`~shoal.exceptions.SelfWaitError` at once.
+        """
         node_id = _node_id(node, self._plan)
         handle = self._handle
+        running = RUNNING.get()
+        if running is not None and running_loop() is self._loop:  # perhaps a node's wait
+            return await handle.wait_from(running, node_id)
         return await self._from_run_loop(lambda: handle.outcome_of(node_id))
 
     async def _from_run_loop(self, waiting: Callable[[], Awaitable[_T]]) -> _T:
@@ -328,6 +337,9 @@ class OpenRun:
         return self._finish().__await__()
 
     async def _finish(self) -> RunResult:
+        running = RUNNING.get()
+        if running is not None and running_loop() is self._loop:  # perhaps a node's wait:
+            self._handle.whole_run_wait(running)  # refused before the run is closed
         self.close()
         handle = self._handle
         self._result = await self._from_run_loop(lambda: handle)

@@ -59,6 +59,7 @@ from shoal.exceptions import (
     ConfigError,
     JournalWriteError,
     RunClosedError,
+    SelfWaitError,
     ShoalError,
     StoreError,
     ToolTimeoutError,
@@ -125,6 +126,12 @@ HOST = socket.gethostname()
 _FINISHED_AT = operator.attrgetter("finished_at")
 #: Who waits for a node's outcome: one future, or several.
 _Waiting: TypeAlias = "asyncio.Future[Outcome] | list[asyncio.Future[Outcome]]"
+#: the attempt whose tool runs in this context (its driver and call), for an open run's waits
+#: to tell whether a node waits on what cannot end while it runs (see Driver.waiting_for).
+#: Set by the attempts that can wait, in the task made for each (_attempt, _attempt_inline):
+#: calls run at once cannot await, and a call's wait is checked only when it waits
+RUNNING: contextvars.ContextVar[tuple[Driver, Call] | None] = contextvars.ContextVar(
+    "shoal_running", default=None)
 
 
 def epoch_now(loop: asyncio.AbstractEventLoop | None = None) -> float:
@@ -194,7 +201,7 @@ class Driver:
         "_sinks", "_starting",
         "_stopped_late", "_store", "_streaming", "_t0", "_task_of", "_task_returned",
         "_taskless", "_tasks", "_time", "_timers",
-        "_to_pool", "_watchers", "cancelled_reason", "lineage", "scope", "sinks", "state",
+        "_to_pool", "_waits", "_watchers", "cancelled_reason", "lineage", "scope", "sinks", "state",
     )
 
     def __init__(
@@ -333,6 +340,8 @@ class Driver:
         # abandoned (their end, if it ever comes, is not reported). Made on first use.
         self._graced: dict[int, tuple[asyncio.TimerHandle, AttemptStatus]] | None = None
         self._late: dict[int, Call] | None = None
+        # position -> the nodes its attempt waits on now (see wait_from); made on first use
+        self._waits: dict[int, list[int]] | None = None
 
     @property
     def _approvals(self) -> RunApprovals:
@@ -722,6 +731,108 @@ class Driver:
         else:
             self._watch(pos, future)
         return future
+
+    def waiter(self, running: tuple[Driver, Call] | None) -> Call | None:
+        """The attempt of this run that cannot end before the current task's wait does.
+
+        ``running`` is :data:`RUNNING` as the waiting code sees it: an attempt of this run
+        still in flight, whose own task is the current one, or awaits it (directly, or through
+        ``gather``, at any depth). A task it started and does not await is no such waiter:
+        the attempt may end without it. ``None`` when there is none (most waits: the code that
+        opened the run). Only on the run's loop; asked only by waits, never by a call's start.
+        """
+        if running is None or running[0] is not self:
+            return None
+        call = running[1]
+        own = self._task_of.get(call.pos)
+        if own is None or self._tasks.get(call.pos) is not call:  # ended, or run here
+            return None
+        current = asyncio.current_task()
+        if current is None or not (current is own or _awaits(own, current, 0)):
+            return None
+        return call
+
+    def whole_run_wait(self, running: tuple[Driver, Call] | None) -> None:
+        """Refuse ``await run`` from an attempt of this run (see :meth:`waiter`)."""
+        call = self.waiter(running)
+        if call is not None:
+            raise SelfWaitError(
+                f"node {call.node_id!r} of open run {self.state.run_id} awaits the whole run, "
+                f"which cannot end while {call.node_id!r} runs: that wait would never end. "
+                "Wait on the nodes it needs (await run.wait(ref) or run.value(ref)) and leave "
+                "awaiting the run to the code that opened it")
+
+    async def wait_from(self, running: tuple[Driver, Call] | None, node_id: str) -> Outcome:
+        """:meth:`outcome_of`, awaited, for a wait that may come from a node of this run.
+
+        A wait that could never end raises :class:`~shoal.exceptions.SelfWaitError` at once
+        (see :meth:`_wait_cycle`); the others are noted while they wait, so a later wait that
+        closes a cycle through them is found.
+        """
+        call = self.waiter(running)
+        if call is None:
+            return await self.outcome_of(node_id)
+        me = call.pos
+        target = self.graph.position.get(node_id)
+        if target is None:  # an item of a map whose list is not known yet: wait on the map
+            owner = _ITEM_ID.fullmatch(node_id)
+            target = self.graph.position.get(owner[1]) if owner is not None else None
+        if target is not None:
+            self._wait_cycle(call, target)
+        future = self.outcome_of(node_id)
+        if future.done() or target is None:
+            return await future
+        if self._waits is None:
+            self._waits = {}
+        waits = self._waits.setdefault(me, [])
+        waits.append(target)
+        try:
+            return await future
+        finally:
+            waits.remove(target)
+            if not waits and self._waits.get(me) is waits:
+                del self._waits[me]
+
+    def _wait_cycle(self, call: Call, target: int) -> None:
+        """Raise :class:`SelfWaitError` if the node at ``target`` cannot end before ``call``.
+
+        It cannot when it is ``call``'s own node, or reaches it through nodes without an
+        outcome: each waits for its inputs (data, ``after``, resource edges) and, once
+        running, for the nodes its attempt waits on now (noted by :meth:`wait_from`).
+        """
+        me, state, preds, waits = call.pos, self.state, self.graph.preds, self._waits
+        nodes = self.graph.nodes
+        if target == me:
+            raise SelfWaitError(
+                f"node {call.node_id!r} of open run {state.run_id} waits on its own outcome, "
+                "which it has only once it returns: that wait would never end. Return the "
+                "value instead, or wait on another node")
+        came: dict[int, tuple[int, bool]] = {target: (-1, False)}  # node -> (from, by a wait)
+        todo = [target]
+        while todo:
+            pos = todo.pop()
+            if state.outcome_at(pos) is not None:
+                continue
+            for nxt, waited in (*((p, False) for p in preds[pos]),
+                                *((p, True) for p in (waits or {}).get(pos, ()))):
+                if nxt in came:
+                    continue
+                came[nxt] = (pos, waited)
+                if nxt != me:
+                    todo.append(nxt)
+                    continue
+                steps, at = [], me
+                while came[at][0] != -1:
+                    before, by_wait = came[at]
+                    steps.append(f"{nodes[before].id!r} "
+                                 + ("waits on" if by_wait else "needs the end of")
+                                 + f" {nodes[at].id!r}")
+                    at = before
+                raise SelfWaitError(
+                    f"node {call.node_id!r} of open run {state.run_id} waits on "
+                    f"{nodes[target].id!r}, which cannot end before {call.node_id!r} does "
+                    f"({', and '.join(reversed(steps))}): that wait would never end. Wait on "
+                    "a node that does not need this one, or give what it needs another way")
 
     def outcome_if_ended(self, node_id: str) -> Outcome | None:
         """The outcome of ``node_id`` if it has one now, else ``None``; makes no future.
@@ -1294,6 +1405,7 @@ class Driver:
                 if executor.prepares:  # outside the timeout: waiting for a worker is not the call's
                     await executor.prepare(call)
                 sent = True
+                RUNNING.set((self, call))  # (this task's context is its own)
                 if call.timeout is None:
                     value = await executor.execute(call)
                 else:
@@ -1335,6 +1447,7 @@ class Driver:
         join it any more, and it would hold the run's end a loop turn.
         """
         result: AttemptResult
+        RUNNING.set((self, call))  # (this task's context is its own)
         try:
             value = await call.tool.fn(**call.args)
         except KeyboardInterrupt:
@@ -2037,6 +2150,27 @@ def _returned_value(call: Call, value: Any) -> AttemptResult:
 
 #: The ends of runs started without a task (see :meth:`Driver.start_here`) that must be awaited.
 _ENDING: set[asyncio.Task[None]] = set()
+
+
+def _awaits(holder: asyncio.Future[Any], task: asyncio.Task[Any], depth: int) -> bool:
+    """Whether ``holder`` (a task) is awaiting ``task`` now: directly, or through ``gather``.
+
+    Read from what asyncio's tasks and gathering futures keep (``_fut_waiter``,
+    ``_children``); ``False`` where they keep none, so it never finds a wait that is not there.
+    """
+    waiting = getattr(holder, "_fut_waiter", None)
+    if waiting is None or depth > _AWAIT_DEPTH:
+        return False
+    if waiting is task:
+        return True
+    inner = getattr(waiting, "_children", None)  # a gather's
+    if isinstance(inner, list):
+        return any(child is task or (isinstance(child, asyncio.Task)
+                                     and _awaits(child, task, depth + 1)) for child in inner)
+    return isinstance(waiting, asyncio.Task) and _awaits(waiting, task, depth + 1)
+
+
+_AWAIT_DEPTH = 16  # tasks awaiting tasks followed at most (a chain longer is not looked at)
 
 
 def _unrecorded(call: Call, what: str, exc: Exception) -> AttemptResult:
