@@ -98,6 +98,26 @@ def make(box: Box) -> dict[str, Any]:
         await run.wait(later)
         return "never"
 
+    @shoal.tool
+    async def awaits_task(me: str) -> str:
+        """Wait on this node's own outcome from a task it awaits."""
+        await asyncio.sleep(0.1)
+        await asyncio.ensure_future(box.get().wait(me))
+        return "never"
+
+    @shoal.tool
+    async def gathers_deep(me: str) -> str:
+        """Wait on the whole run from a task two gathers down."""
+        async def inner() -> None:
+            await box.get()
+
+        async def middle() -> None:
+            await asyncio.gather(inner())
+
+        await asyncio.sleep(0.1)
+        await asyncio.gather(middle())
+        return "never"
+
     @shoal.tool(timeout=60)
     async def own_with_timeout(me: str) -> str:
         """As ``own``, for a call with a timeout (a full attempt, not a lean one)."""
@@ -106,7 +126,7 @@ def make(box: Box) -> dict[str, Any]:
         return "never"
 
     return {f.name: f for f in (whole, own, first_step_own, waits_on, gathers, adds_consumer,
-                                own_with_timeout)}
+                                own_with_timeout, awaits_task, gathers_deep)}
 
 
 def self_wait(outcome: shoal.Outcome) -> str:
@@ -149,7 +169,8 @@ def test_await_whole_run_from_a_node_fails_at_once() -> None:
     assert "'w'" in text and "whole run" in text
 
 
-@pytest.mark.parametrize("name", ["own", "first_step_own", "gathers", "own_with_timeout"])
+@pytest.mark.parametrize("name", ["own", "first_step_own", "gathers", "own_with_timeout",
+                                  "awaits_task"])
 def test_wait_on_own_node_fails_at_once(name: str) -> None:
     box = Box()
     tools = make(box)
@@ -161,6 +182,19 @@ def test_wait_on_own_node_fails_at_once(name: str) -> None:
     result = vrun(in_run(box, build))
     assert result["other"].status == "ok"
     assert "waits on its own outcome" in self_wait(result["me"])
+
+
+def test_await_whole_run_from_a_gathered_task_fails() -> None:
+    box = Box()
+    tools = make(box)
+
+    def build(run: OpenRun) -> None:
+        run.call(nap, node_id="other", seconds=1.0)
+        run.call(tools["gathers_deep"], node_id="g", me="g")
+
+    result = vrun(in_run(box, build))
+    assert result["other"].status == "ok"
+    assert "awaits the whole run" in self_wait(result["g"])
 
 
 def test_cycle_of_two_waits_fails_the_second_waiter() -> None:

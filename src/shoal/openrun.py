@@ -40,7 +40,6 @@ from shoal.merge import error_text, shown
 from shoal.nodeids import plain_text
 from shoal.outcome import Outcome, RunResult
 from shoal.plan import Callee, Node, Plan, Ref, as_tool, foreign_ref, map_spec, owned_ref
-from shoal.scheduler.driver import RUNNING
 from shoal.streaming import DEFAULT_BUFFER, EventStream, Started
 from shoal.tools import Tool
 
@@ -259,9 +258,8 @@ class OpenRun:
         """
         node_id = _node_id(node, self._plan)
         handle = self._handle
-        running = RUNNING.get()
-        if running is not None and running_loop() is self._loop:  # perhaps a node's wait
-            return await handle.wait_from(running, node_id)
+        if running_loop() is self._loop:  # perhaps a node's wait: checked there
+            return await handle.wait_from(node_id)
         return await self._from_run_loop(lambda: handle.outcome_of(node_id))
 
     async def _from_run_loop(self, waiting: Callable[[], Awaitable[_T]]) -> _T:
@@ -337,9 +335,8 @@ class OpenRun:
         return self._finish().__await__()
 
     async def _finish(self) -> RunResult:
-        running = RUNNING.get()
-        if running is not None and running_loop() is self._loop:  # perhaps a node's wait:
-            self._handle.whole_run_wait(running)  # refused before the run is closed
+        if running_loop() is self._loop:  # perhaps a node's wait: refused before the run
+            self._handle.whole_run_wait()  # is closed
         self.close()
         handle = self._handle
         self._result = await self._from_run_loop(lambda: handle)

@@ -126,12 +126,6 @@ HOST = socket.gethostname()
 _FINISHED_AT = operator.attrgetter("finished_at")
 #: Who waits for a node's outcome: one future, or several.
 _Waiting: TypeAlias = "asyncio.Future[Outcome] | list[asyncio.Future[Outcome]]"
-#: the attempt whose tool runs in this context (its driver and call), for an open run's waits
-#: to tell whether a node waits on what cannot end while it runs (see Driver.waiting_for).
-#: Set by the attempts that can wait, in the task made for each (_attempt, _attempt_inline):
-#: calls run at once cannot await, and a call's wait is checked only when it waits
-RUNNING: contextvars.ContextVar[tuple[Driver, Call] | None] = contextvars.ContextVar(
-    "shoal_running", default=None)
 
 
 def epoch_now(loop: asyncio.AbstractEventLoop | None = None) -> float:
@@ -732,29 +726,31 @@ class Driver:
             self._watch(pos, future)
         return future
 
-    def waiter(self, running: tuple[Driver, Call] | None) -> Call | None:
+    def waiter(self) -> Call | None:
         """The attempt of this run that cannot end before the current task's wait does.
 
-        ``running`` is :data:`RUNNING` as the waiting code sees it: an attempt of this run
-        still in flight, whose own task is the current one, or awaits it (directly, or through
-        ``gather``, at any depth). A task it started and does not await is no such waiter:
-        the attempt may end without it. ``None`` when there is none (most waits: the code that
-        opened the run). Only on the run's loop; asked only by waits, never by a call's start.
+        An attempt of this run in flight whose own task is the current one, or awaits it
+        (``await task``, or through ``asyncio.gather``, at any depth). A task it started and
+        does not await is no such waiter: the attempt may end without it. ``None`` when there
+        is none (most waits: the code that opened the run). Found from the tasks themselves
+        (see :func:`_attempt_of`), only when something waits: no call pays for it as it starts.
+        Only on the run's loop.
         """
-        if running is None or running[0] is not self:
-            return None
-        call = running[1]
-        own = self._task_of.get(call.pos)
-        if own is None or self._tasks.get(call.pos) is not call:  # ended, or run here
-            return None
         current = asyncio.current_task()
-        if current is None or not (current is own or _awaits(own, current, 0)):
-            return None
-        return call
+        task: asyncio.Future[Any] | None = current
+        for _ in range(_AWAIT_DEPTH):
+            if task is None or not isinstance(task, asyncio.Task):
+                return None
+            call = _attempt_of(task, self)
+            if call is not None:
+                return call if self._task_of.get(call.pos) is task and (
+                    self._tasks.get(call.pos) is call) else None
+            task = _awaiter(task)
+        return None
 
-    def whole_run_wait(self, running: tuple[Driver, Call] | None) -> None:
+    def whole_run_wait(self) -> None:
         """Refuse ``await run`` from an attempt of this run (see :meth:`waiter`)."""
-        call = self.waiter(running)
+        call = self.waiter()
         if call is not None:
             raise SelfWaitError(
                 f"node {call.node_id!r} of open run {self.state.run_id} awaits the whole run, "
@@ -762,14 +758,14 @@ class Driver:
                 "Wait on the nodes it needs (await run.wait(ref) or run.value(ref)) and leave "
                 "awaiting the run to the code that opened it")
 
-    async def wait_from(self, running: tuple[Driver, Call] | None, node_id: str) -> Outcome:
+    async def wait_from(self, node_id: str) -> Outcome:
         """:meth:`outcome_of`, awaited, for a wait that may come from a node of this run.
 
         A wait that could never end raises :class:`~shoal.exceptions.SelfWaitError` at once
         (see :meth:`_wait_cycle`); the others are noted while they wait, so a later wait that
         closes a cycle through them is found.
         """
-        call = self.waiter(running)
+        call = self.waiter()
         if call is None:
             return await self.outcome_of(node_id)
         me = call.pos
@@ -1405,7 +1401,6 @@ class Driver:
                 if executor.prepares:  # outside the timeout: waiting for a worker is not the call's
                     await executor.prepare(call)
                 sent = True
-                RUNNING.set((self, call))  # (this task's context is its own)
                 if call.timeout is None:
                     value = await executor.execute(call)
                 else:
@@ -1447,7 +1442,6 @@ class Driver:
         join it any more, and it would hold the run's end a loop turn.
         """
         result: AttemptResult
-        RUNNING.set((self, call))  # (this task's context is its own)
         try:
             value = await call.tool.fn(**call.args)
         except KeyboardInterrupt:
@@ -2152,25 +2146,57 @@ def _returned_value(call: Call, value: Any) -> AttemptResult:
 _ENDING: set[asyncio.Task[None]] = set()
 
 
-def _awaits(holder: asyncio.Future[Any], task: asyncio.Task[Any], depth: int) -> bool:
-    """Whether ``holder`` (a task) is awaiting ``task`` now: directly, or through ``gather``.
+_ATTEMPTS = frozenset({Driver._attempt.__code__, Driver._attempt_inline.__code__})
+_AWAIT_DEPTH = 16  # tasks awaiting tasks followed at most (a longer chain is not looked at)
 
-    Read from what asyncio's tasks and gathering futures keep (``_fut_waiter``,
-    ``_children``); ``False`` where they keep none, so it never finds a wait that is not there.
+
+def _attempt_of(task: asyncio.Task[Any], driver: Driver) -> Call | None:
+    """The call whose attempt ``task`` runs, if it is one of ``driver``'s attempt tasks.
+
+    Read from the task's coroutine (:meth:`Driver._attempt` or ``_attempt_inline``, whose
+    frame holds the call), so no attempt notes anything as it starts; the caller checks the
+    call against the driver's own record of its attempts.
     """
-    waiting = getattr(holder, "_fut_waiter", None)
-    if waiting is None or depth > _AWAIT_DEPTH:
-        return False
-    if waiting is task:
-        return True
-    inner = getattr(waiting, "_children", None)  # a gather's
-    if isinstance(inner, list):
-        return any(child is task or (isinstance(child, asyncio.Task)
-                                     and _awaits(child, task, depth + 1)) for child in inner)
-    return isinstance(waiting, asyncio.Task) and _awaits(waiting, task, depth + 1)
+    coroutine = task.get_coro()
+    if getattr(coroutine, "cr_code", None) not in _ATTEMPTS:
+        return None
+    frame = getattr(coroutine, "cr_frame", None)
+    if frame is None:
+        return None
+    names = frame.f_locals
+    call = names.get("call")
+    return call if names.get("self") is driver and isinstance(call, Call) else None
 
 
-_AWAIT_DEPTH = 16  # tasks awaiting tasks followed at most (a chain longer is not looked at)
+def _awaiter(task: asyncio.Task[Any]) -> asyncio.Task[Any] | None:
+    """The task that is awaiting ``task`` now (``await task``, or ``gather`` of it), if any.
+
+    Found from ``task``'s done-callbacks (the awaiting task's wake-up, or a gather's
+    callback, whose gathering future the awaiting task waits on), and kept only if that
+    task's own ``_fut_waiter`` shows it waits on ``task`` (or the gather): so a callback of
+    another kind, or asyncio keeping these otherwise, finds nothing, never a wrong task.
+    """
+    for callback, _ in getattr(task, "_callbacks", None) or ():
+        parent = getattr(callback, "__self__", None)
+        if isinstance(parent, asyncio.Task):
+            if getattr(parent, "_fut_waiter", None) is task:
+                return parent
+            continue
+        for cell in getattr(callback, "__closure__", None) or ():
+            try:
+                outer = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            children = getattr(outer, "_children", None)
+            if not isinstance(outer, asyncio.Future) or not isinstance(children, list) or (
+                    task not in children):
+                continue
+            for waker, _ in getattr(outer, "_callbacks", None) or ():
+                parent = getattr(waker, "__self__", None)
+                if isinstance(parent, asyncio.Task) and (
+                        getattr(parent, "_fut_waiter", None) is outer):
+                    return parent
+    return None
 
 
 def _unrecorded(call: Call, what: str, exc: Exception) -> AttemptResult:
