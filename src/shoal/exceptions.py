@@ -12,6 +12,8 @@
     │                               its runtime closed); also a ``RuntimeError``
     ├── RunNotEndedError            an open run's or an event stream's ``result`` read before
     │                               the run ended; also a ``RuntimeError``
+    ├── SelfWaitError               a node of an open run awaited the run, itself, or a node
+    │                               that waits on it (it would hang); also a ``RuntimeError``
     ├── NoEventLoopError            ``open_run()`` or ``start()`` called with no running event
     │                               loop (from sync code); also a ``RuntimeError``
     ├── AsyncOnlyError              an open run used with ``with``, not ``async with``; also a
@@ -113,6 +115,7 @@ __all__ = [
     "RunNotEndedError",
     "RunNotFoundError",
     "ScriptError",
+    "SelfWaitError",
     "SerializationError",
     "ShoalError",
     "StoreError",
@@ -266,6 +269,15 @@ class RunNotEndedError(ShoalError, RuntimeError):
 
     The message says when it can be read. A ``RuntimeError`` too, as this refusal was before
     it had a type of its own.
+    """
+
+
+class SelfWaitError(ShoalError, RuntimeError):
+    """A node of an open run waited on what cannot end while it runs; the message says why.
+
+    ``await run`` (the whole run) from one of its nodes, ``run.wait(...)`` on the node itself,
+    on a node that waits on it, or on one that needs its output: that wait would never end.
+    Raised by the waiting call, at once; the run goes on.
     """
 
 

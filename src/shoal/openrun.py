@@ -250,9 +250,16 @@ class OpenRun:
         return EventStream(begin, buffer=buffer, eager=True)
 
     async def wait(self, node: Ref | str) -> Outcome:
-        """The outcome of a node of this run, once it has one (from any event loop)."""
+        """The outcome of a node of this run, once it has one (from any event loop).
+
+        From a node of this run (its tool's code), a wait that could never end (on the node
+        itself, on a node that waits on it or needs its output) raises
+        :class:`~shoal.exceptions.SelfWaitError` at once.
+        """
         node_id = _node_id(node, self._plan)
         handle = self._handle
+        if running_loop() is self._loop:  # perhaps a node's wait: checked there
+            return await handle.wait_from(node_id)
         return await self._from_run_loop(lambda: handle.outcome_of(node_id))
 
     async def _from_run_loop(self, waiting: Callable[[], Awaitable[_T]]) -> _T:
@@ -328,6 +335,8 @@ class OpenRun:
         return self._finish().__await__()
 
     async def _finish(self) -> RunResult:
+        if running_loop() is self._loop:  # perhaps a node's wait: refused before the run
+            self._handle.whole_run_wait()  # is closed
         self.close()
         handle = self._handle
         self._result = await self._from_run_loop(lambda: handle)

@@ -302,6 +302,18 @@ class RunHandle:
         """
         return self._driver.run_here(call, cancelled)
 
+    def wait_from(self, node_id: str) -> Coroutine[Any, Any, Outcome]:
+        """One node's outcome, for a wait on the run's loop that may come from a node of it.
+
+        A wait that could never end (on the node itself, on one that waits on it) raises
+        :class:`~shoal.exceptions.SelfWaitError` (see :meth:`Driver.wait_from`).
+        """
+        return self._driver.wait_from(node_id)
+
+    def whole_run_wait(self) -> None:
+        """Refuse ``await run`` from a node of this run (on the run's loop): it never ends."""
+        self._driver.whole_run_wait()
+
     def close(self) -> None:
         """An open run takes no more nodes; it ends once every node has ended.
 

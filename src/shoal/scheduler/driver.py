@@ -59,6 +59,7 @@ from shoal.exceptions import (
     ConfigError,
     JournalWriteError,
     RunClosedError,
+    SelfWaitError,
     ShoalError,
     StoreError,
     ToolTimeoutError,
@@ -194,7 +195,7 @@ class Driver:
         "_sinks", "_starting",
         "_stopped_late", "_store", "_streaming", "_t0", "_task_of", "_task_returned",
         "_taskless", "_tasks", "_time", "_timers",
-        "_to_pool", "_watchers", "cancelled_reason", "lineage", "scope", "sinks", "state",
+        "_to_pool", "_waits", "_watchers", "cancelled_reason", "lineage", "scope", "sinks", "state",
     )
 
     def __init__(
@@ -333,6 +334,8 @@ class Driver:
         # abandoned (their end, if it ever comes, is not reported). Made on first use.
         self._graced: dict[int, tuple[asyncio.TimerHandle, AttemptStatus]] | None = None
         self._late: dict[int, Call] | None = None
+        # position -> the nodes its attempt waits on now (see wait_from); made on first use
+        self._waits: dict[int, list[int]] | None = None
 
     @property
     def _approvals(self) -> RunApprovals:
@@ -722,6 +725,110 @@ class Driver:
         else:
             self._watch(pos, future)
         return future
+
+    def waiter(self) -> Call | None:
+        """The attempt of this run that cannot end before the current task's wait does.
+
+        An attempt of this run in flight whose own task is the current one, or awaits it
+        (``await task``, or through ``asyncio.gather``, at any depth). A task it started and
+        does not await is no such waiter: the attempt may end without it. ``None`` when there
+        is none (most waits: the code that opened the run). Found from the tasks themselves
+        (see :func:`_attempt_of`), only when something waits: no call pays for it as it starts.
+        Only on the run's loop.
+        """
+        current = asyncio.current_task()
+        task: asyncio.Future[Any] | None = current
+        for _ in range(_AWAIT_DEPTH):
+            if task is None or not isinstance(task, asyncio.Task):
+                return None
+            call = _attempt_of(task, self)
+            if call is not None:
+                return call if self._task_of.get(call.pos) is task and (
+                    self._tasks.get(call.pos) is call) else None
+            task = _awaiter(task)
+        return None
+
+    def whole_run_wait(self) -> None:
+        """Refuse ``await run`` from an attempt of this run (see :meth:`waiter`)."""
+        call = self.waiter()
+        if call is not None:
+            raise SelfWaitError(
+                f"node {call.node_id!r} of open run {self.state.run_id} awaits the whole run, "
+                f"which cannot end while {call.node_id!r} runs: that wait would never end. "
+                "Wait on the nodes it needs (await run.wait(ref) or run.value(ref)) and leave "
+                "awaiting the run to the code that opened it")
+
+    async def wait_from(self, node_id: str) -> Outcome:
+        """:meth:`outcome_of`, awaited, for a wait that may come from a node of this run.
+
+        A wait that could never end raises :class:`~shoal.exceptions.SelfWaitError` at once
+        (see :meth:`_wait_cycle`); the others are noted while they wait, so a later wait that
+        closes a cycle through them is found.
+        """
+        call = self.waiter()
+        if call is None:
+            return await self.outcome_of(node_id)
+        me = call.pos
+        target = self.graph.position.get(node_id)
+        if target is None:  # an item of a map whose list is not known yet: wait on the map
+            owner = _ITEM_ID.fullmatch(node_id)
+            target = self.graph.position.get(owner[1]) if owner is not None else None
+        if target is not None:
+            self._wait_cycle(call, target)
+        future = self.outcome_of(node_id)
+        if future.done() or target is None:
+            return await future
+        if self._waits is None:
+            self._waits = {}
+        waits = self._waits.setdefault(me, [])
+        waits.append(target)
+        try:
+            return await future
+        finally:
+            waits.remove(target)
+            if not waits and self._waits.get(me) is waits:
+                del self._waits[me]
+
+    def _wait_cycle(self, call: Call, target: int) -> None:
+        """Raise :class:`SelfWaitError` if the node at ``target`` cannot end before ``call``.
+
+        It cannot when it is ``call``'s own node, or reaches it through nodes without an
+        outcome: each waits for its inputs (data, ``after``, resource edges) and, once
+        running, for the nodes its attempt waits on now (noted by :meth:`wait_from`).
+        """
+        me, state, preds, waits = call.pos, self.state, self.graph.preds, self._waits
+        nodes = self.graph.nodes
+        if target == me:
+            raise SelfWaitError(
+                f"node {call.node_id!r} of open run {state.run_id} waits on its own outcome, "
+                "which it has only once it returns: that wait would never end. Return the "
+                "value instead, or wait on another node")
+        came: dict[int, tuple[int, bool]] = {target: (-1, False)}  # node -> (from, by a wait)
+        todo = [target]
+        while todo:
+            pos = todo.pop()
+            if state.outcome_at(pos) is not None:
+                continue
+            for nxt, waited in (*((p, False) for p in preds[pos]),
+                                *((p, True) for p in (waits or {}).get(pos, ()))):
+                if nxt in came:
+                    continue
+                came[nxt] = (pos, waited)
+                if nxt != me:
+                    todo.append(nxt)
+                    continue
+                steps, at = [], me
+                while came[at][0] != -1:
+                    before, by_wait = came[at]
+                    steps.append(f"{nodes[before].id!r} "
+                                 + ("waits on" if by_wait else "needs the end of")
+                                 + f" {nodes[at].id!r}")
+                    at = before
+                raise SelfWaitError(
+                    f"node {call.node_id!r} of open run {state.run_id} waits on "
+                    f"{nodes[target].id!r}, which cannot end before {call.node_id!r} does "
+                    f"({', and '.join(reversed(steps))}): that wait would never end. Wait on "
+                    "a node that does not need this one, or give what it needs another way")
 
     def outcome_if_ended(self, node_id: str) -> Outcome | None:
         """The outcome of ``node_id`` if it has one now, else ``None``; makes no future.
@@ -2037,6 +2144,59 @@ def _returned_value(call: Call, value: Any) -> AttemptResult:
 
 #: The ends of runs started without a task (see :meth:`Driver.start_here`) that must be awaited.
 _ENDING: set[asyncio.Task[None]] = set()
+
+
+_ATTEMPTS = frozenset({Driver._attempt.__code__, Driver._attempt_inline.__code__})
+_AWAIT_DEPTH = 16  # tasks awaiting tasks followed at most (a longer chain is not looked at)
+
+
+def _attempt_of(task: asyncio.Task[Any], driver: Driver) -> Call | None:
+    """The call whose attempt ``task`` runs, if it is one of ``driver``'s attempt tasks.
+
+    Read from the task's coroutine (:meth:`Driver._attempt` or ``_attempt_inline``, whose
+    frame holds the call), so no attempt notes anything as it starts; the caller checks the
+    call against the driver's own record of its attempts.
+    """
+    coroutine = task.get_coro()
+    if getattr(coroutine, "cr_code", None) not in _ATTEMPTS:
+        return None
+    frame = getattr(coroutine, "cr_frame", None)
+    if frame is None:
+        return None
+    names = frame.f_locals
+    call = names.get("call")
+    return call if names.get("self") is driver and isinstance(call, Call) else None
+
+
+def _awaiter(task: asyncio.Task[Any]) -> asyncio.Task[Any] | None:
+    """The task that is awaiting ``task`` now (``await task``, or ``gather`` of it), if any.
+
+    Found from ``task``'s done-callbacks (the awaiting task's wake-up, or a gather's
+    callback, whose gathering future the awaiting task waits on), and kept only if that
+    task's own ``_fut_waiter`` shows it waits on ``task`` (or the gather): so a callback of
+    another kind, or asyncio keeping these otherwise, finds nothing, never a wrong task.
+    """
+    for callback, _ in getattr(task, "_callbacks", None) or ():
+        parent = getattr(callback, "__self__", None)
+        if isinstance(parent, asyncio.Task):
+            if getattr(parent, "_fut_waiter", None) is task:
+                return parent
+            continue
+        for cell in getattr(callback, "__closure__", None) or ():
+            try:
+                outer = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            children = getattr(outer, "_children", None)
+            if not isinstance(outer, asyncio.Future) or not isinstance(children, list) or (
+                    task not in children):
+                continue
+            for waker, _ in getattr(outer, "_callbacks", None) or ():
+                parent = getattr(waker, "__self__", None)
+                if isinstance(parent, asyncio.Task) and (
+                        getattr(parent, "_fut_waiter", None) is outer):
+                    return parent
+    return None
 
 
 def _unrecorded(call: Call, what: str, exc: Exception) -> AttemptResult:
