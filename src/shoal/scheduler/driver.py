@@ -74,6 +74,7 @@ from shoal.outcome import ErrorInfo, Outcome, RunResult
 from shoal.plan import _ITEM_ID, Node
 from shoal.scheduler.eager import ends_in_first_step
 from shoal.scheduler.scope import RunScope, Settles, events_origin, inject
+from shoal.scheduler.selfwait import awaiter, cycle_error
 from shoal.scheduler.state import (
     AttemptResult,
     AttemptStatus,
@@ -745,7 +746,7 @@ class Driver:
             if call is not None:
                 return call if self._task_of.get(call.pos) is task and (
                     self._tasks.get(call.pos) is call) else None
-            task = _awaiter(task)
+            task = awaiter(task)
         return None
 
     def whole_run_wait(self) -> None:
@@ -790,45 +791,11 @@ class Driver:
                 del self._waits[me]
 
     def _wait_cycle(self, call: Call, target: int) -> None:
-        """Raise :class:`SelfWaitError` if the node at ``target`` cannot end before ``call``.
-
-        It cannot when it is ``call``'s own node, or reaches it through nodes without an
-        outcome: each waits for its inputs (data, ``after``, resource edges) and, once
-        running, for the nodes its attempt waits on now (noted by :meth:`wait_from`).
-        """
-        me, state, preds, waits = call.pos, self.state, self.graph.preds, self._waits
-        nodes = self.graph.nodes
-        if target == me:
-            raise SelfWaitError(
-                f"node {call.node_id!r} of open run {state.run_id} waits on its own outcome, "
-                "which it has only once it returns: that wait would never end. Return the "
-                "value instead, or wait on another node")
-        came: dict[int, tuple[int, bool]] = {target: (-1, False)}  # node -> (from, by a wait)
-        todo = [target]
-        while todo:
-            pos = todo.pop()
-            if state.outcome_at(pos) is not None:
-                continue
-            for nxt, waited in (*((p, False) for p in preds[pos]),
-                                *((p, True) for p in (waits or {}).get(pos, ()))):
-                if nxt in came:
-                    continue
-                came[nxt] = (pos, waited)
-                if nxt != me:
-                    todo.append(nxt)
-                    continue
-                steps, at = [], me
-                while came[at][0] != -1:
-                    before, by_wait = came[at]
-                    steps.append(f"{nodes[before].id!r} "
-                                 + ("waits on" if by_wait else "needs the end of")
-                                 + f" {nodes[at].id!r}")
-                    at = before
-                raise SelfWaitError(
-                    f"node {call.node_id!r} of open run {state.run_id} waits on "
-                    f"{nodes[target].id!r}, which cannot end before {call.node_id!r} does "
-                    f"({', and '.join(reversed(steps))}): that wait would never end. Wait on "
-                    "a node that does not need this one, or give what it needs another way")
+        """Raise :class:`SelfWaitError` if the node at ``target`` cannot end before ``call``."""
+        error = cycle_error(call.node_id, call.pos, target, self.state.run_id, self.graph,
+                            self.state.outcome_at, self._waits or {})
+        if error is not None:
+            raise error
 
     def outcome_if_ended(self, node_id: str) -> Outcome | None:
         """The outcome of ``node_id`` if it has one now, else ``None``; makes no future.
@@ -2166,37 +2133,6 @@ def _attempt_of(task: asyncio.Task[Any], driver: Driver) -> Call | None:
     names = frame.f_locals
     call = names.get("call")
     return call if names.get("self") is driver and isinstance(call, Call) else None
-
-
-def _awaiter(task: asyncio.Task[Any]) -> asyncio.Task[Any] | None:
-    """The task that is awaiting ``task`` now (``await task``, or ``gather`` of it), if any.
-
-    Found from ``task``'s done-callbacks (the awaiting task's wake-up, or a gather's
-    callback, whose gathering future the awaiting task waits on), and kept only if that
-    task's own ``_fut_waiter`` shows it waits on ``task`` (or the gather): so a callback of
-    another kind, or asyncio keeping these otherwise, finds nothing, never a wrong task.
-    """
-    for callback, _ in getattr(task, "_callbacks", None) or ():
-        parent = getattr(callback, "__self__", None)
-        if isinstance(parent, asyncio.Task):
-            if getattr(parent, "_fut_waiter", None) is task:
-                return parent
-            continue
-        for cell in getattr(callback, "__closure__", None) or ():
-            try:
-                outer = cell.cell_contents
-            except ValueError:  # an empty cell
-                continue
-            children = getattr(outer, "_children", None)
-            if not isinstance(outer, asyncio.Future) or not isinstance(children, list) or (
-                    task not in children):
-                continue
-            for waker, _ in getattr(outer, "_callbacks", None) or ():
-                parent = getattr(waker, "__self__", None)
-                if isinstance(parent, asyncio.Task) and (
-                        getattr(parent, "_fut_waiter", None) is outer):
-                    return parent
-    return None
 
 
 def _unrecorded(call: Call, what: str, exc: Exception) -> AttemptResult:
