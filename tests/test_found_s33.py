@@ -229,7 +229,7 @@ def test_a_process_agents_loop_ends_though_a_tool_ignores_its_cancellation() -> 
                           text=True, timeout=REAL_HANG_TIMEOUT, check=False)
     assert (done.returncode, done.stdout) == (0, "ended\n"), done.stderr
     source = inspect.getsource(_process._serve)
-    assert "run_to_end(run(spec, link))" in source and "asyncio.run(" not in source
+    assert "run_to_end(run(spec, link)" in source and "asyncio.run(" not in source
 
 
 @shoal.tool
