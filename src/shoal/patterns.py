@@ -56,7 +56,7 @@ from shoal.exceptions import ConfigError, ShoalError
 from shoal.merge import error_text, shown
 from shoal.nodeids import plain_text
 from shoal.outcome import RunResult
-from shoal.plan import Plan, Ref
+from shoal.plan import Plan, Ref, each_item
 from shoal.policy import ToolPolicy
 from shoal.runtime import Runtime, check_run_id, run_blocking
 from shoal.tools import Tool
@@ -278,19 +278,11 @@ def _steps(owner: str, given: object, what: str) -> tuple[Step, ...]:
     if isinstance(given, str | bytes | Mapping) or not isinstance(given, Iterable):
         raise ConfigError(f"{owner}: give the {what}s as a list of agents and patterns, got "
                           f"{type(given).__name__} {shown(given)}")
-    steps: list[Step] = []
-    try:
-        items = iter(given)
-    except Exception as exc:  # the iterable's own code
-        raise ConfigError(f"{owner}: reading its {what}s raised {error_text(exc)}") from exc
-    while True:  # each checked as it is read: an endless iterator of what is no step
-        try:     # (itertools.count()) is refused at once, not read until memory runs out
-            step = next(items)
-        except StopIteration:
-            break
-        except Exception as exc:  # the iterable's own code (a generator that raised)
-            raise ConfigError(f"{owner}: reading its {what}s raised {error_text(exc)}") from exc
-        steps.append(_check_step(owner, step))
+    def failed(exc: Exception) -> ConfigError:  # the iterable's own code raised
+        return ConfigError(f"{owner}: reading its {what}s raised {error_text(exc)}")
+
+    # each checked as it is read: an endless iterator (itertools.count()) is refused at once
+    steps = [_check_step(owner, step) for step in each_item(given, failed)]
     if not steps:
         raise ConfigError(f"{owner}: give at least one {what}")
     return tuple(steps)

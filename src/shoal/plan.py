@@ -29,7 +29,8 @@ from shoal.merge import error_text, shown
 from shoal.nodeids import check_node_id, plain_text
 from shoal.tools import Tool, tool
 
-__all__ = ["MapSpec", "Node", "Plan", "Ref", "find_refs", "foreign_ref", "map_spec", "owned_ref"]
+__all__ = ["MapSpec", "Node", "Plan", "Ref", "each_item", "find_refs", "foreign_ref", "map_spec",
+           "owned_ref"]
 
 PathPart = str | int
 T = TypeVar("T")
@@ -889,26 +890,28 @@ def _other_after(after: object, plan: Plan) -> tuple[str, ...]:
                                 f"{type(after).__name__} {shown(after)}")
     if isinstance(after, _ONE_NODE):
         return (_after_id(after, plan),)
-    # each step checked as it is read: an endless iterator of what is no id (after=count())
-    # is refused at its first step, not read until the memory runs out
-    return tuple(_after_id(a, plan) for a in _each(after, "after"))
+    # each checked as it is read (after=itertools.count() is refused at its first step)
+    return tuple(_after_id(a, plan) for a in each_item(after, _unreadable(after, "after")))
 
 
-def _each(given: Iterable[Any], what: str) -> Iterator[Any]:
-    """The items of ``given``, read one by one, as :func:`_read` reads them all."""
+def each_item(given: Iterable[Any], failed: Callable[[Exception], Exception]) -> Iterator[Any]:
+    """The items of ``given``, read one by one; what its own code raises is ``failed(exc)``.
+
+    For what a caller gives as any iterable: each item can be checked as it comes, so an
+    endless iterator of what does not fit (``itertools.count()``) is refused at its first
+    item, not read until memory runs out.
+    """
     try:
         items = iter(given)
     except Exception as exc:  # the caller's object's own code
-        raise ConfigError(f"{what}= could not be read: reading the {type(given).__name__} "
-                          f"raised {error_text(exc)}") from exc
+        raise failed(exc) from exc
     while True:
         try:
             item = next(items)
         except StopIteration:
             return
         except Exception as exc:  # the caller's object's own code
-            raise ConfigError(f"{what}= could not be read: reading the {type(given).__name__} "
-                              f"raised {error_text(exc)}") from exc
+            raise failed(exc) from exc
         yield item
 
 
@@ -921,8 +924,13 @@ def _read(given: Iterable[Any], what: str) -> Any:
     try:
         return dict(given) if isinstance(given, Mapping) else list(given)
     except Exception as exc:  # the caller's object's own code
-        raise ConfigError(f"{what}= could not be read: reading the {type(given).__name__} "
-                          f"raised {error_text(exc)}") from exc
+        raise _unreadable(given, what)(exc) from exc
+
+
+def _unreadable(given: object, what: str) -> Callable[[Exception], ConfigError]:
+    """The error for ``what=`` whose reading raised (see :func:`each_item`)."""
+    return lambda exc: ConfigError(f"{what}= could not be read: reading the "
+                                   f"{type(given).__name__} raised {error_text(exc)}")
 
 
 def map_spec(tool: Tool[..., Any], args: Mapping[str, Any], over: object, item_arg: object,

@@ -395,15 +395,9 @@ def node_ids(node: Ref | str | Iterable[Ref | str],
     Each is checked as it is read (an endless iterator of what is no id is refused at its
     first item, not read until memory runs out); ``check`` is called with each ref.
     """
-    if isinstance(node, Ref):
-        if check is not None:
-            check(node)
-        return [node.node]
-    if isinstance(node, str):
-        return [plain_text(node)]
+    alone = isinstance(node, Ref | str | bytes) or not isinstance(node, Iterable)
     ids: list[str] = []
-    for one in (node if isinstance(node, Iterable) and not isinstance(node, bytes)
-                else [node]):
+    for one in [node] if alone else node:
         if isinstance(one, Ref):
             if check is not None:
                 check(one)
