@@ -309,7 +309,10 @@ def test_wall_clock_during_a_subagents_tool_phase_stops_everything() -> None:
 
 
 def test_scripted_model_rejects_list_items_that_are_not_calls() -> None:
-    model = ScriptedModel([[{"name": "add", "arguments": "{}"}]])  # type: ignore[list-item]
+    bad: Any = [{"name": "add", "arguments": "{}"}]
+    with pytest.raises(TypeError, match="step 1 must be"):  # refused when the script is made
+        ScriptedModel([bad])
+    model = ScriptedModel([lambda request: bad])  # played by a function: when its turn comes
     with pytest.raises(ScriptError):
         shoal.Agent(name="lead", model=model).run_sync("go")
 

@@ -143,12 +143,26 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
     """An event loop whose ``time()`` is virtual and which never sleeps waiting for a timer.
 
     Args:
-        start: the virtual time the loop starts at (``loop.time()`` before anything waits).
+        start: the virtual time the loop starts at (``loop.time()`` before anything waits):
+            a finite number (``TypeError``/``ValueError`` otherwise).
 
     Only for pure-asyncio code; see the module docstring for why threads do not mix.
     """
 
+    def __new__(cls, start: float = 0.0) -> VirtualClockLoop:
+        """Refuse a ``start`` that is not a finite number, before the loop exists.
+
+        (A loop whose ``__init__`` raised complains when it is collected.)
+        """
+        if isinstance(start, bool) or not isinstance(start, int | float):
+            raise TypeError(f"VirtualClockLoop's start must be a number of seconds, got "
+                            f"{type(start).__name__}")
+        if not math.isfinite(start):  # timers at inf or nan would never be due, or always
+            raise ValueError(f"VirtualClockLoop's start must be a finite number, got {start!r}")
+        return super().__new__(cls)
+
     def __init__(self, start: float = 0.0) -> None:
+        start = float(start)
         self._clock = _Clock(start)
         self._start = start
         self._wall_start = time.time()

@@ -11,7 +11,8 @@ Give it the turns to play, in order::
 
 A step is a string (a text answer), a list of :func:`call` (tool calls, optionally with a
 text as the first item), a :class:`~shoal.models.base.ModelResponse`, or a function of the
-:class:`~shoal.models.base.ModelRequest` returning one of those.
+:class:`~shoal.models.base.ModelRequest` returning one of those (an ``async def`` function
+too: its result is awaited).
 
 A list step may also hold :func:`pause` items, which time the step when it is streamed::
 
@@ -48,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import inspect
 import itertools
 import json
 import math
@@ -139,7 +141,16 @@ def _script(steps: object, owner: str) -> list[Step]:
     if isinstance(steps, str | bytes | Mapping) or not isinstance(steps, Iterable):
         raise TypeError(f"{owner} takes a list of steps, e.g. [[call('search', q='x')], "
                         f"'the answer'], got {type(steps).__name__} {shown(steps)}")
-    return list(steps)
+    script = list(steps)
+    for number, step in enumerate(script, 1):
+        # a step of no kind would fail only when its turn comes, as the model's error in
+        # the middle of a run; a function's result is checked when it is played
+        if not (callable(step) or isinstance(step, str | ModelResponse)
+                or _list_parts(step) is not None):
+            raise TypeError(f"{owner}: step {number} must be a str, a list of call(...) (and "
+                            f"text, pause(...)), a ModelResponse or a function returning one; "
+                            f"got {type(step).__name__} {shown(step)}")
+    return script
 
 
 def _seconds(value: object, label: str) -> float:
@@ -238,8 +249,7 @@ class ScriptedModel(Model):
         self.requests.append(request)
         if self.latency:
             await asyncio.sleep(self.latency)
-        step = self._step_for(request)
-        played = step(copy.deepcopy(request)) if callable(step) else step
+        played = await self._play(self._step_for(request), request)
         response = self._response(played, request)
         waited = sum(item.seconds for item in _items(played) if isinstance(item, Pause))
         texts = [i for i in _items(played) if isinstance(i, str)] or [response.text]
@@ -258,8 +268,7 @@ class ScriptedModel(Model):
         self.requests.append(request)
         if self.latency:
             await asyncio.sleep(self.latency)
-        step = self._step_for(request)
-        played = step(copy.deepcopy(request)) if callable(step) else step
+        played = await self._play(self._step_for(request), request)
         response = self._response(played, request)  # checks the step before anything streams
         items = _items(played)
         if not items:  # a str or ModelResponse step: text first, then the calls
@@ -336,6 +345,14 @@ class ScriptedModel(Model):
             used = self._used[key] = set()
         used.add(index)
         return script[index]
+
+    @staticmethod
+    async def _play(step: Step, request: ModelRequest) -> Any:
+        """What ``step`` answers ``request`` with: a function's result (awaited if async)."""
+        if not callable(step):
+            return step
+        played = step(copy.deepcopy(request))  # a copy: the function may change it
+        return await played if inspect.isawaitable(played) else played
 
     def _fail(self, message: str) -> NoReturn:
         error = ScriptError(f"{self.name}: unexpected request: {message}")
