@@ -510,10 +510,7 @@ class Runtime:
                               f"got {process_sandbox!r}")
         self.process_sandbox = process_sandbox
         self.ray_address = ray_address
-        unknown = set(executors) - set(ISOLATIONS) if executors else ()
-        if unknown:
-            raise ConfigError(f"executors may replace {ISOLATIONS}; got {sorted(unknown)}")
-        self._custom: dict[str, Executor] = dict(executors or {})
+        self._custom: dict[str, Executor] = _custom_executors(executors)
         self.resource_limits = dict(resource_limits or {})
         self.fail_fast = fail_fast
         self.deadline = deadline
@@ -1035,11 +1032,16 @@ class Runtime:
             # those this run starts: one that another run made meanwhile may still be starting
             started = dict(self._executors)
             begun: set[int] = set()  # (a backend serving several names starts once)
-            for executor in started.values():
+            for name, executor in started.items():
                 # the inline one has nothing to start, once per agent started: skipped
                 if type(executor).start is not Executor.start and id(executor) not in begun:
                     begun.add(id(executor))
-                    await executor.start()
+                    try:
+                        await executor.start()
+                    except Exception as exc:  # a backend's own error: say which backend
+                        exc.add_note(f"(raised starting the {name!r} backend, "
+                                     f"{type(executor).__qualname__}, before the run began)")
+                        raise
             driver.adopt(started)  # started: nodes added later need not start them
             return await driver.run()
         finally:  # the session's journal is closed: another may take the run now
@@ -1484,3 +1486,27 @@ def _fits_a_float(number: float) -> bool:
     except OverflowError:
         return False
     return True
+
+
+def _custom_executors(executors: object) -> dict[str, Executor]:
+    """``Runtime(executors=)`` checked: backend instances by the isolation names they serve."""
+    if executors is None:
+        return {}
+    if not isinstance(executors, Mapping):
+        raise ConfigError(f"executors must map isolation names to backends, e.g. "
+                          f"{{'process': MyExecutor()}}, got {type(executors).__name__}")
+    unknown = [name for name in executors if name not in ISOLATIONS]
+    if unknown:
+        raise ConfigError(f"executors may replace {ISOLATIONS}; "
+                          f"got {', '.join(map(repr, unknown))}")
+    for name, executor in executors.items():
+        if isinstance(executor, type):  # the class, not a backend
+            raise ConfigError(f"executors[{name!r}] is the class {executor.__qualname__}: give "
+                              f"an instance of it ({executor.__qualname__}(...))")
+        missing = [method for method in ("start", "execute", "close")
+                   if not callable(getattr(executor, method, None))]
+        if missing:
+            raise ConfigError(f"executors[{name!r}] is not a backend ({type(executor).__name__} "
+                              f"has no {', '.join(missing)}): give an instance of a "
+                              "shoal.executors.base.Executor subclass")
+    return dict(executors)
