@@ -27,7 +27,7 @@ from shoal.exceptions import (
 )
 from shoal.merge import error_text, shown
 from shoal.nodeids import check_node_id, plain_text
-from shoal.tools import Tool, tool
+from shoal.tools import Tool, not_a_function, tool
 
 __all__ = ["MapSpec", "Node", "Plan", "Ref", "each_item", "find_refs", "foreign_ref", "map_spec",
            "owned_ref"]
@@ -374,8 +374,7 @@ def as_tool(obj: Callee) -> Tool[..., Any]:
         raise ToolDefinitionError("a tool wraps a function, got None")
     if not callable(obj) and getattr(type(obj), "__shoal_node__", None) is None:
         # a list, a dict: not even a key of the cache below (unhashable)
-        raise ToolDefinitionError(f"a tool wraps a function, got {type(obj).__name__} "
-                                  f"{shown(obj)}")
+        raise not_a_function(obj)
     made = _wrapped.get(obj)  # type: ignore[arg-type]  # a miss for anything not a function
     if made is None:
         node = getattr(type(obj), "__shoal_node__", None)

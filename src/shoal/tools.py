@@ -109,7 +109,7 @@ class Tool(Generic[P, R]):
         _model: type[pydantic.BaseModel] | None = None,
     ) -> None:
         if not callable(fn):
-            raise ToolDefinitionError(f"a tool wraps a function, got {shown(fn)}")
+            raise not_a_function(fn)
         self._set_callable(fn)
         base: Any = fn
         while isinstance(base, functools.partial):  # name and docs come from the function
@@ -185,7 +185,7 @@ class Tool(Generic[P, R]):
         must take the same arguments; the schema is reused, not rebuilt.
         """
         if not callable(fn):
-            raise ToolDefinitionError(f"a tool wraps a function, got {shown(fn)}")
+            raise not_a_function(fn)
         # as Tool(fn, name=..., description=..., policy=..., _model=...) would make it, but
         # sharing what depends only on the schema and the policy, which an agent binds for
         # every subagent it starts and every run of its own (the docs are ``fn``'s)
@@ -578,6 +578,20 @@ class _ToolDecorator(Protocol):
     def __call__(self, fn: Callable[P, R], /) -> Tool[P, R]: ...
 
 
+def not_a_function(obj: object) -> ToolDefinitionError:
+    """The error for making a tool of ``obj``, which is not callable.
+
+    A coroutine (``f(x)`` given for ``f``) is closed: refused, it will never be awaited, and
+    Python would warn that it never was, beside the error.
+    """
+    if inspect.iscoroutine(obj):
+        obj.close()
+        return ToolDefinitionError(
+            f"a tool wraps a function, got the coroutine {obj.__qualname__}(...): give the "
+            f"function itself, and its arguments to plan.call")
+    return ToolDefinitionError(f"a tool wraps a function, got {type(obj).__name__} {shown(obj)}")
+
+
 @overload
 def tool(
     fn: Callable[P, Awaitable[R]], /, *, name: str | None = ..., description: str | None = ...,
@@ -615,6 +629,11 @@ def tool(
     """
 
     def make(func: Callable[..., Any]) -> Tool[Any, Any]:
+        if isinstance(func, Tool):  # a tool made a tool again: its options, with these on top
+            return Tool(func.fn, name=func.name if name is None else name,
+                        description=func.description if description is None else description,
+                        policy=policy_from(func.policy, policy),
+                        _model=func._model if name is None else None)
         return Tool(func, name=name, description=description,
                     policy=policy_from(ToolPolicy(), policy))
 
