@@ -58,3 +58,12 @@ def test_a_coroutine_given_for_its_function_is_refused_and_closed() -> None:
         del coroutine
         gc.collect()
     assert not [w for w in caught if "never awaited" in str(w.message)]
+
+
+def test_an_agent_made_a_tool_says_where_an_agent_goes() -> None:
+    from shoal.testing import ScriptedModel
+
+    helper = shoal.Agent(name="helper", model=ScriptedModel(["hi"]))
+    with pytest.raises(ToolDefinitionError, match=r"it is a plan node as it is \(plan.call\(it, "
+                                                  r"task=...\)\).*subagents="):
+        shoal.tool(helper)  # type: ignore[call-overload]

@@ -589,6 +589,11 @@ def not_a_function(obj: object) -> ToolDefinitionError:
         return ToolDefinitionError(
             f"a tool wraps a function, got the coroutine {obj.__qualname__}(...): give the "
             f"function itself, and its arguments to plan.call")
+    if getattr(type(obj), "__shoal_node__", None) is not None:  # an Agent, a pattern
+        return ToolDefinitionError(
+            f"a tool wraps a function, got {type(obj).__name__} {shown(obj)}: it is a plan node "
+            f"as it is (plan.call(it, task=...)); an agent a model may delegate to belongs in "
+            f"the lead's subagents=")
     return ToolDefinitionError(f"a tool wraps a function, got {type(obj).__name__} {shown(obj)}")
 
 
