@@ -326,8 +326,9 @@ def test_cancel_an_agent_tree_run_from_python_in_another_process(workdir: Path) 
             time.sleep(0.05)
         listed = json.loads(shoal("runs", "--json", cwd=workdir).stdout)
         assert [(r["run_id"], r["status"]) for r in listed] == [("tree-1", "running")]
-        some = shoal("cancel", "tree-1", "nap#1", cwd=workdir)
-        assert some.returncode == 2 and "leave out the node(s)" in some.stderr
+        some = shoal("cancel", "tree-1", "nope#1", cwd=workdir)  # (a call: test_cli_cancel_calls)
+        assert some.returncode == 2 and "has no call(s) ['nope#1'] going on" in some.stderr
+        assert "lead/nap#1" in some.stderr  # the calls there are, as shoal show names them
         whole = shoal("cancel", "tree-1", cwd=workdir)
         assert whole.returncode == 0, whole.stderr
         assert "cancelled run tree-1" in whole.stderr

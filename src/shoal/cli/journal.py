@@ -18,7 +18,7 @@ import re
 import socket
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,7 +28,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from shoal.cli import agent_journal
+from shoal.cli import agent_journal, tree_nodes
 from shoal.cli.agent_journal import is_agent_record
 from shoal.cli.render import ID_WIDTH, STATUS_STYLES, FitToWidth, detail, id_width, seconds
 from shoal.cli.safe import clean, one_line, shorten
@@ -804,6 +804,10 @@ def cancel_command(
             return
         if record is None:
             raise _no_run(journal, run_id, store)
+        if nodes and is_agent_record(record):  # its calls are nodes of the runs nested in it
+            _cancel_tree_calls(journal, run_id, nodes, reason, wait,
+                               lambda: live_status(record), _resume_hint(journal, record))
+            return
         planned = record.plan.get("nodes", {})
         # an open run's nodes and a map's items are added while the run goes: the run decides
         unknown = [] if record.source.get("open_run") else sorted(
@@ -842,8 +846,9 @@ def _cancel_tree(journal: SQLiteStore, run_id: str, nodes: Sequence[str], reason
     the request, and an agent whose steps are cancelled is cancelled, its subagents with it.
     """
     if nodes:
-        raise ShoalError(f"run {run_id!r} is an agent tree run from Python: shoal cancel stops "
-                         "it whole; leave out the node(s)")
+        _cancel_tree_calls(journal, run_id, nodes, reason, wait,
+                           lambda: _tree_status(journal, run_id) or "gone", _tree_resume(run_id))
+        return
     nested = nested_runs(journal, run_id)
     running = [r.run_id for r in nested if live_status(r) == "running"]
     resume = _tree_resume(run_id)
@@ -860,6 +865,32 @@ def _cancel_tree(journal: SQLiteStore, run_id: str, nodes: Sequence[str], reason
         _not_running(run_id, _tree_status(journal, run_id) or "gone", resume)
     sys.stderr.write(clean(f"cancelled run {run_id}" if wait else
                            f"asked to cancel run {run_id}") + "\n")
+
+
+def _cancel_tree_calls(journal: SQLiteStore, run_id: str, names: Sequence[str], reason: str,
+                       wait: float, status: Callable[[], str], resume: str) -> None:
+    """``shoal cancel RUN CALL...`` of an agent tree: each call's request to the run holding it.
+
+    The calls are named as ``shoal show`` prints them (see :mod:`shoal.cli.tree_nodes`); the
+    nested run going on that holds each takes the request as any run does.
+    """
+    nested = nested_runs(journal, run_id)
+    if not any(live_status(r) == "running" for r in nested):
+        _not_running(run_id, status(), resume)
+    found = tree_nodes.targets(journal, run_id, names, nested,
+                               lambda r: live_status(r) == "running")
+    for step, node_ids in found.items():
+        journal.request_cancel(step, node_ids, reason=reason)
+    what = f"call(s) {', '.join(names)} of run"
+    late = {_not_taken(journal, step, wait) for step in found} if wait else set()
+    if "waiting" in late:
+        sys.stderr.write(clean(f"asked to cancel {what} {run_id}, but the run has not taken "
+                               f"the request within {wait:g} s; it will when it next looks") + "\n")
+        raise typer.Exit(EXIT_FAILED)
+    if late and None not in late:  # it ended before it looked: the request will be dropped
+        _not_running(run_id, status(), resume)
+    sys.stderr.write(clean(f"cancelled {what} {run_id}" if wait else
+                           f"asked to cancel {what} {run_id}") + "\n")
 
 
 def _tree_resume(run_id: str) -> str:
