@@ -1,4 +1,4 @@
-"""An ``async def`` event sink is refused where it is given (session 35's hostile read).
+"""An ``async def`` event sink is refused where it is given; a stream has one reader (session 35).
 
 A sink is called with each event and never awaited: an async one made a coroutine per event
 that nothing ran (it saw no event, and Python warned "never awaited" once per event). A plain
@@ -7,6 +7,7 @@ sink that returns a coroutine is found when it does, and logged as a failing sin
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from typing import Any
@@ -16,7 +17,7 @@ import pytest
 import shoal
 from shoal.events import Event
 from shoal.exceptions import ConfigError
-from shoal.testing import ScriptedModel
+from shoal.testing import ScriptedModel, run_virtual
 
 
 @shoal.tool
@@ -74,3 +75,29 @@ def test_a_plain_sink_and_a_callable_object_still_see_every_event() -> None:
 
     assert shoal.run_sync(_plan(), on_event=[Recorder(), lambda event: None]).ok
     assert seen == ["RunStarted", "NodeQueued", "NodeStarted", "NodeFinished", "RunFinished"]
+
+
+def test_a_second_task_reading_a_stream_is_told_a_stream_has_one_reader() -> None:
+    # it got asyncio's "anext(): asynchronous generator is already running"
+    @shoal.tool
+    async def nap(seconds: float) -> float:
+        """Sleep ``seconds``."""
+        await asyncio.sleep(seconds)
+        return seconds
+
+    plan = shoal.Plan()
+    for i in range(3):
+        plan.call(nap, seconds=0.1 * i)
+
+    async def main() -> tuple[Any, Any]:
+        stream = shoal.stream(plan)
+
+        async def read() -> list[str]:
+            return [type(item).__name__ async for item in stream]
+
+        first, second = await asyncio.gather(read(), read(), return_exceptions=True)
+        return first, second
+
+    first, second = run_virtual(main())
+    assert isinstance(first, list) and first[-1] == "RunResult"
+    assert isinstance(second, RuntimeError) and "a stream has one reader" in str(second)

@@ -246,6 +246,7 @@ class EventStream(Generic[R]):
         if eager:  # the run is started already (an open run): listen from now on
             self._run.started = begin(self._run.buffer)
         self._items = self._run.iterate()
+        self._reading = False  # a task waits for the next item
 
     @property
     def result(self) -> R:
@@ -261,10 +262,19 @@ class EventStream(Generic[R]):
         return self._run.buffer.dropped
 
     def __aiter__(self) -> AsyncIterator[Event | R]:
-        return self._items
+        return self
 
     async def __anext__(self) -> Event | R:
-        return await anext(self._items)
+        # one reader at a time: a second task's read met the generator's "already running"
+        if self._reading:
+            raise RuntimeError("this stream is being read by another task: a stream has one "
+                               "reader (read it in one task and hand items on, or give the "
+                               "run on_event= sinks for other listeners)")
+        self._reading = True
+        try:
+            return await anext(self._items)
+        finally:
+            self._reading = False
 
     async def aclose(self) -> None:
         """Stop reading: a run still going is cancelled, and this waits for it to end."""
