@@ -149,7 +149,7 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
     Only for pure-asyncio code; see the module docstring for why threads do not mix.
     """
 
-    def __new__(cls, start: float = 0.0) -> VirtualClockLoop:
+    def __new__(cls, start: float = 0.0, *args: Any, **kwargs: Any) -> VirtualClockLoop:
         """Refuse a ``start`` that is not a finite number, before the loop exists.
 
         (A loop whose ``__init__`` raised complains when it is collected.)
@@ -159,6 +159,7 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
                             f"{type(start).__name__}")
         if not math.isfinite(start):  # timers at inf or nan would never be due, or always
             raise ValueError(f"VirtualClockLoop's start must be a finite number, got {start!r}")
+        del args, kwargs  # a subclass's own arguments, for its __init__
         return super().__new__(cls)
 
     def __init__(self, start: float = 0.0) -> None:
