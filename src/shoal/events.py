@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import inspect
 import json
 import logging
 import os
@@ -424,11 +423,8 @@ def deliver(sink: EventSink, event: Event, what: str = "event sink",
     task = asyncio.current_task(loop) if loop is not None and _CAN_LEAVE else None
     if task is not None:
         _leave_task(task.get_loop(), task)  # (see above) entered again whatever the sink does
-    call: Callable[[Event], object] = sink  # typed to return nothing; some return something
     try:
-        returned = call(event)
-        if returned is not None:  # its value is unused: looked at only when there is one
-            _check_returned(returned)
+        sink(event)
     except KeyboardInterrupt:
         raise
     except BaseException as exc:
@@ -436,20 +432,6 @@ def deliver(sink: EventSink, event: Event, what: str = "event sink",
     finally:
         if task is not None:
             _enter_task(task.get_loop(), task)
-
-
-def _check_returned(returned: object) -> None:
-    """Refuse a coroutine a sink returned: nothing awaits it (see :func:`deliver`).
-
-    An ``async def`` sink is refused where it is given; a plain one that returns a coroutine
-    (``lambda e: save(e)``) is found here, its coroutine closed rather than left to warn that
-    it was never awaited, and the failure logged as any sink's.
-    """
-    if inspect.iscoroutine(returned):
-        returned.close()
-        raise TypeError("the sink returned a coroutine, which is never awaited (a sink is "
-                        "called, never awaited): make it a plain function, or read events "
-                        "with 'async for' over shoal.stream(...)")
 
 
 def _failed(sink: EventSink, event: Event, what: str, failures: dict[int, int] | None,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import inspect
 import logging
 import math
 import numbers
@@ -1261,7 +1260,7 @@ def _sink_list(on_event: EventSink | Sequence[EventSink] | None) -> list[Callabl
     if on_event is None:
         return []
     if callable(on_event):
-        return [_plain_sink(on_event)]
+        return [on_event]
     if isinstance(on_event, str | bytes) or not isinstance(on_event, Iterable):
         raise ConfigError(f"on_event= takes a callable or a list of them, got "
                           f"{type(on_event).__name__} {shown(on_event)}")
@@ -1270,27 +1269,7 @@ def _sink_list(on_event: EventSink | Sequence[EventSink] | None) -> list[Callabl
         if not callable(sink):
             raise ConfigError(f"on_event= takes callables; one of them is "
                               f"{type(sink).__name__} {shown(sink)}")
-        _plain_sink(sink)
     return sinks
-
-
-def _plain_sink(sink: Callable[[Event], None]) -> Callable[[Event], None]:
-    """``sink``, refused if it is an ``async def`` function (or an object whose call is).
-
-    A sink is called, never awaited (the run never waits for its observers): an async one
-    made a coroutine per event that nothing ran, and saw nothing, with a warning per event.
-    """
-    # (a callable object: its class's __call__ says)
-    call: object = (sink if inspect.isroutine(sink) or isinstance(sink, functools.partial)
-                    else type(sink).__call__)
-    while isinstance(call, functools.partial):
-        call = call.func
-    if inspect.iscoroutinefunction(call) or inspect.isasyncgenfunction(call):
-        raise ConfigError(f"on_event= takes plain functions, called with each event and never "
-                          f"awaited; {shown(sink)} is async: read events with "
-                          f"'async for event in shoal.stream(plan)' (or agent.stream(task)) "
-                          f"instead, or make the sink a plain def")
-    return sink
 
 
 #: the retry jitter of runtimes made without a seed (see Runtime.__init__)
