@@ -477,6 +477,10 @@ class _Session:
                     "answer the MCP SDK cannot read, such as one nested too deeply, is "
                     "dropped and logged; connect_timeout= gives a slow server longer)")
                                      ) from None
+            except MCPError as exc:  # an error answer: its listing failed on its side
+                raise MCPServerError(self.server.described, (
+                    f"answered the listing of its tools with an error: {exc.message} "
+                    f"(error {exc.code})")) from None
             found += page.tools
             cursor = page.next_cursor
             if not cursor:

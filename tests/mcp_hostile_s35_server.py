@@ -1,0 +1,45 @@
+"""A raw MCP server (the SDK's low-level API) that misbehaves as asked, for session 35's tests.
+
+``python mcp_hostile_s35_server.py MODE``: ``list_error`` answers the listing of its tools
+with an error; ``bad_bytes`` writes bytes that are not UTF-8 on the protocol's pipe (a line of
+its own) before each answer, and answers ``echo`` with such bytes inside its text.
+"""
+
+import asyncio
+import os
+import sys
+from typing import Any
+
+import mcp_types
+from mcp.server.lowlevel import Server
+from mcp.server.stdio import stdio_server
+
+MODE = sys.argv[1] if len(sys.argv) > 1 else ""
+WIRE = os.dup(1)  # the protocol's pipe (the SDK points fd 1 elsewhere while it serves)
+READ_ONLY = mcp_types.ToolAnnotations(read_only_hint=True)
+
+
+async def on_list(ctx: Any, params: Any) -> mcp_types.ListToolsResult:
+    if MODE == "list_error":
+        raise RuntimeError("the tool registry is down")
+    return mcp_types.ListToolsResult(tools=[mcp_types.Tool(
+        name="echo", input_schema={"type": "object", "properties": {"text": {"type": "string"}}},
+        annotations=READ_ONLY)])
+
+
+async def on_call(ctx: Any, params: mcp_types.CallToolRequestParams,
+                  ) -> mcp_types.CallToolResult:
+    text = str((params.arguments or {}).get("text", ""))
+    if MODE == "bad_bytes":
+        os.write(WIRE, b"a stray line \xff\xfe that is not UTF-8\n")
+    return mcp_types.CallToolResult(content=[mcp_types.TextContent(text=f"echo: {text}")])
+
+
+async def main() -> None:
+    server: Server[Any] = Server("hostile35", on_list_tools=on_list, on_call_tool=on_call)
+    async with stdio_server() as (read, write):
+        await server.run(read, write, server.create_initialization_options())
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

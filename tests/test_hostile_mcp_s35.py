@@ -1,0 +1,35 @@
+"""Hostile MCP servers against shoal's MCP client, found in session 35.
+
+Each server is a real subprocess speaking MCP over stdio (tests/mcp_hostile_s35_server.py,
+on the SDK's low-level server API): whatever it does, shoal answers with a typed error a
+person can act on, or the result, never a traceback from inside the SDK or a hang.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("mcp", reason="the mcp extra is not installed: pip install -e '.[mcp]'")
+
+import shoal
+from shoal.exceptions import MCPServerError
+from tests.conftest import arun
+
+SERVER = [sys.executable, str(Path(__file__).parent / "mcp_hostile_s35_server.py")]
+SLOW = 60.0  # seconds a test may take: only a bound for a hang (servers start in a second)
+
+
+def test_an_error_answer_to_the_listing_of_tools_is_an_mcp_server_error() -> None:
+    # the SDK's own MCPError escaped shoal.mcp.tools(), with a traceback from inside the SDK
+    async def main() -> None:
+        with pytest.raises(MCPServerError) as caught:
+            await shoal.mcp.tools(command=[*SERVER, "list_error"], name="lister")
+        said = str(caught.value)
+        assert said.startswith("MCP server 'lister' (")
+        assert "answered the listing of its tools with an error" in said
+        assert "(error -32603)" in said
+
+    arun(main(), timeout=SLOW)
