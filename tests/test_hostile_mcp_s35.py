@@ -33,3 +33,18 @@ def test_an_error_answer_to_the_listing_of_tools_is_an_mcp_server_error() -> Non
         assert "(error -32603)" in said
 
     arun(main(), timeout=SLOW)
+
+
+def test_bytes_that_are_not_utf8_on_stdout_are_read_as_replacement_characters() -> None:
+    # strictly decoded, they ended the SDK's reader (into a drain that lasts as long as the
+    # server): every call then waited for good, the handshake too when a banner held them
+    async def main() -> None:
+        (echo,) = await shoal.mcp.tools(command=[*SERVER, "bad_bytes"], timeout=30)
+        plan = shoal.Plan()
+        first = plan.call(echo, text="one")
+        second = plan.call(echo, text="two", after=first)
+        result = await shoal.run(plan)
+        assert (result[first].status, result[second].status) == ("ok", "ok")
+        assert (result[first].value, result[second].value) == ("echo: one", "echo: two")
+
+    arun(main(), timeout=SLOW)

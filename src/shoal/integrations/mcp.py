@@ -268,8 +268,11 @@ class MCPServer:
     def _client(self, errlog: TextIO, session: _Session) -> Client:
         if self.url is not None:
             return Client(self._http_transport(), cache=None)
+        # bytes that are not UTF-8 read as U+FFFD: strictly decoded, they ended the SDK's
+        # reader in a drain that lasts as long as the server, and every call waited for good
         params = StdioServerParameters(command=self.command[0], args=list(self.command[1:]),
-                                       env=dict(self.env) if self.env else None, cwd=self.cwd)
+                                       env=dict(self.env) if self.env else None, cwd=self.cwd,
+                                       encoding_error_handler="replace")
         from mcp.client.stdio import stdio_client
 
         return Client(_watched(stdio_client(params, errlog=errlog), session), cache=None)
