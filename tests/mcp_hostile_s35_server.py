@@ -2,7 +2,8 @@
 
 ``python mcp_hostile_s35_server.py MODE``: ``list_error`` answers the listing of its tools
 with an error; ``bad_bytes`` writes bytes that are not UTF-8 on the protocol's pipe (a line of
-its own) before each answer, and answers ``echo`` with such bytes inside its text.
+its own) before each answer; ``out_of_schema`` declares an output schema that its results do
+not fit (a count that is no integer), ``bad_output_schema`` one that is no schema.
 """
 
 import asyncio
@@ -19,12 +20,19 @@ WIRE = os.dup(1)  # the protocol's pipe (the SDK points fd 1 elsewhere while it 
 READ_ONLY = mcp_types.ToolAnnotations(read_only_hint=True)
 
 
+OUTPUT_SCHEMAS: dict[str, dict[str, Any]] = {
+    "out_of_schema": {"type": "object", "properties": {"count": {"type": "integer"}},
+                      "required": ["count"]},
+    "bad_output_schema": {"type": "no-such-type"},
+}
+
+
 async def on_list(ctx: Any, params: Any) -> mcp_types.ListToolsResult:
     if MODE == "list_error":
         raise RuntimeError("the tool registry is down")
     return mcp_types.ListToolsResult(tools=[mcp_types.Tool(
         name="echo", input_schema={"type": "object", "properties": {"text": {"type": "string"}}},
-        annotations=READ_ONLY)])
+        output_schema=OUTPUT_SCHEMAS.get(MODE), annotations=READ_ONLY)])
 
 
 async def on_call(ctx: Any, params: mcp_types.CallToolRequestParams,
@@ -32,6 +40,9 @@ async def on_call(ctx: Any, params: mcp_types.CallToolRequestParams,
     text = str((params.arguments or {}).get("text", ""))
     if MODE == "bad_bytes":
         os.write(WIRE, b"a stray line \xff\xfe that is not UTF-8\n")
+    if MODE in OUTPUT_SCHEMAS:
+        return mcp_types.CallToolResult(content=[mcp_types.TextContent(text="many")],
+                                        structured_content={"count": "many"})
     return mcp_types.CallToolResult(content=[mcp_types.TextContent(text=f"echo: {text}")])
 
 

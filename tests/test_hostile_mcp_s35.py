@@ -48,3 +48,27 @@ def test_bytes_that_are_not_utf8_on_stdout_are_read_as_replacement_characters() 
         assert (result[first].value, result[second].value) == ("echo: one", "echo: two")
 
     arun(main(), timeout=SLOW)
+
+
+@pytest.mark.parametrize(("mode", "said"), [
+    ("out_of_schema", "Invalid structured content returned by tool echo: 'many' is not of type "
+                      "'integer'"),
+    ("bad_output_schema", "Invalid schema for tool echo: 'no-such-type' is not valid"),
+])
+def test_a_result_its_output_schema_refuses_fails_its_call_naming_the_server(
+        mode: str, said: str) -> None:
+    # the MCP SDK's RuntimeError was the call's error: no server named, no MCP error type
+    async def main() -> None:
+        (echo,) = await shoal.mcp.tools(command=[*SERVER, mode], name="counter", timeout=30)
+        plan = shoal.Plan()
+        counted = plan.call(echo, text="x")
+        sibling = plan.call(echo, text="y")
+        result = await shoal.run(plan)
+        for ref in (counted, sibling):
+            error = result[ref].error
+            assert result[ref].status == "failed" and error is not None
+            assert error.type == "shoal.exceptions.MCPServerError"
+            assert error.message.startswith("MCP server 'counter' (")
+            assert f"answered off-protocol while calling 'echo': {said}" in error.message
+
+    arun(main(), timeout=SLOW)

@@ -69,6 +69,7 @@ from shoal.exceptions import (
     ToolDefinitionError,
     bounded_text,
     describe_exception,
+    exception_message,
 )
 from shoal.merge import shown
 from shoal.policy import ApprovalRule, ToolPolicy, policy_from
@@ -515,6 +516,11 @@ class _Session:
         except pydantic.ValidationError as exc:  # an answer that is not MCP
             raise MCPServerError(self.server.described, f"answered off-protocol while {doing}: "
                                  f"{bounded_text(str(exc), 2000)}") from None
+        except RuntimeError as exc:  # the SDK's check of a result against the output schema
+            said = exception_message(exc) if type(exc) is RuntimeError else describe_exception(
+                exc)  # (a RecursionError, say, of a result nested too deeply to check)
+            raise MCPServerError(self.server.described, f"answered off-protocol while {doing}: "
+                                 f"{bounded_text(said, 2000)}") from None
 
     def _closed_cause(self, exc: MCPError) -> str:
         """Why a request got no answer: the server's output ended (its requests all fail).
