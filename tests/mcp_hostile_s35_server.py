@@ -31,13 +31,15 @@ async def on_list(ctx: Any, params: Any) -> mcp_types.ListToolsResult:
     if MODE == "list_error":
         raise RuntimeError("the tool registry is down")
     return mcp_types.ListToolsResult(tools=[mcp_types.Tool(
-        name="echo", input_schema={"type": "object", "properties": {"text": {"type": "string"}}},
+        name="echo", input_schema={"type": "object", "properties": {
+            "text": {"type": "string"}, "max-chars": {"type": "integer"}}},
         output_schema=OUTPUT_SCHEMAS.get(MODE), annotations=READ_ONLY)])
 
 
 async def on_call(ctx: Any, params: mcp_types.CallToolRequestParams,
                   ) -> mcp_types.CallToolResult:
-    text = str((params.arguments or {}).get("text", ""))
+    text = str((params.arguments or {}).get("text", ""))[:(params.arguments or {}).get(
+        "max-chars")]  # an argument whose name is no Python name
     if MODE == "bad_bytes":
         os.write(WIRE, b"a stray line \xff\xfe that is not UTF-8\n")
     if MODE in OUTPUT_SCHEMAS:

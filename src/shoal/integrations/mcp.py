@@ -890,6 +890,15 @@ class MCPTool(Tool[..., Any]):
         return MCPTool(self.remote, self.name, policy_from(self.policy, overrides),
                        _model=self._model)
 
+    def positional_names(self) -> list[str]:
+        """The schema's properties, in its order: plan text may give any of them by position.
+
+        (The function behind the tool takes only ``**arguments``: read off it, a plan line
+        such as ``get_current_time("UTC")`` was refused, and so was every call of a tool
+        whose argument names are no Python names, such as ``"max-results"``.)
+        """
+        return [str(name) for name in self.remote.schema.get("properties") or {}]
+
     def json_schema(self) -> dict[str, Any]:
         """The server's input schema, as the server gave it."""
         return copy.deepcopy(dict(self.remote.schema))

@@ -1,0 +1,42 @@
+"""Hostile plans against the planner (mode="plan") and plan text, found in session 35."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+import shoal
+from shoal.testing import ScriptedModel
+from tests.conftest import arun
+
+SERVER = [sys.executable, str(Path(__file__).parent / "mcp_hostile_s35_server.py")]
+SLOW = 60.0  # seconds a test with a real MCP server may take: only a bound for a hang
+FINISH = "Thought: done.\nAction: Finish(done)"
+
+
+def test_a_plan_gives_an_mcp_tool_its_arguments_by_position_in_its_schemas_order() -> None:
+    # read off the function behind the tool (it takes only **arguments), no argument could be
+    # given by position: get_current_time("UTC") was rejected ("takes at most 0 positional
+    # argument(s) (none)"), and an argument named "max-chars", which cannot be written as a
+    # keyword, could not be given at all
+    pytest.importorskip("mcp", reason="the mcp extra is not installed")
+
+    async def main() -> None:
+        (echo,) = await shoal.mcp.tools(command=SERVER, timeout=30)
+        plan = ("1. echo('hello', 3)\n2. echo('again')\n3. echo($1, text='twice')\n"
+                "4. echo('a', 1, 2)\n5. join()")
+        agent = shoal.Agent(name="p", model=ScriptedModel([plan, FINISH]), tools=[echo],
+                            mode="plan")
+        result = await agent.run("go")
+        by_id = {c.call.id: c for c in result.calls}
+        assert (by_id["1"].status, by_id["1"].message.content) == ("ok", "echo: hel")
+        assert (by_id["2"].status, by_id["2"].message.content) == ("ok", "echo: again")
+        assert by_id["3"].status == "rejected"
+        assert "'text' is given both by position and by name" in by_id["3"].message.content
+        assert by_id["4"].status == "rejected"
+        assert ("echo takes at most 2 positional argument(s) (text, max-chars), got 3"
+                in by_id["4"].message.content)
+
+    arun(main(), timeout=SLOW)
