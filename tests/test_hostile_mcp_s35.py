@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,3 +73,49 @@ def test_a_result_its_output_schema_refuses_fails_its_call_naming_the_server(
             assert f"answered off-protocol while calling 'echo': {said}" in error.message
 
     arun(main(), timeout=SLOW)
+
+
+def _nested(levels: int, leaf: Any = "leaf") -> Any:
+    value: Any = leaf
+    for _ in range(levels):
+        value = {"kid": value}
+    return value
+
+
+def test_an_argument_nested_deeper_than_a_request_carries_is_refused_before_the_run() -> None:
+    # the call failed at run time with a bare "ValueError: Maximum serialization depth
+    # exceeded" from inside the SDK (which writes at most about 250 levels)
+    async def main() -> None:
+        (echo,) = await shoal.mcp.tools(command=SERVER, timeout=30)
+        plan = shoal.Plan()
+        deep = plan.call(echo, text="ok", x=_nested(100))
+        assert (await shoal.run(plan))[deep].value == "echo: ok"
+        plan = shoal.Plan()
+        plan.call(echo, text="no", x=_nested(251))
+        with pytest.raises(shoal.PlanError) as caught:
+            await shoal.run(plan)
+        (problem,) = caught.value.problems
+        assert problem.code == "bad_arguments"
+        assert problem.message == ("echo: argument 'x' is nested more than 250 levels deep, "
+                                   "more than an MCP request can carry; pass it flatter (or as "
+                                   "text)")
+
+    arun(main(), timeout=SLOW)
+
+
+def test_a_value_too_deep_for_a_recursive_schema_is_not_blamed_on_the_schema() -> None:
+    # the check's RecursionError read "the server's input schema cannot check arguments"
+    from shoal.integrations.mcp import MCPTool, RemoteTool
+    from shoal.policy import ToolPolicy
+
+    node = {"type": "object", "properties": {"kid": {"$ref": "#/$defs/node"}}}
+    schema = {"type": "object", "$defs": {"node": node},
+              "properties": {"root": {"$ref": "#/$defs/node"}}}
+    tree = MCPTool(RemoteTool(shoal.mcp.server(["x"]), "tree", "", schema), "tree",
+                   ToolPolicy(isolation="inline"))
+    assert tree.validate({"root": _nested(20, {})}) == {"root": _nested(20, {})}
+    with pytest.raises(shoal.ToolArgumentError) as caught:
+        tree.validate({"root": _nested(249, {})})
+    assert caught.value.detail == ("the arguments are nested too deeply to check against the "
+                                   "server's input schema; pass it flatter (or as text)")
+    assert "nested too deeply" in tree.check_static({"root": _nested(249, {})}, lambda v: False)

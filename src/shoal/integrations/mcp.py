@@ -127,6 +127,7 @@ logging.getLogger("mcp.client.stdio").addFilter(_OneLineNoise())
 CONNECT_TIMEOUT = 30.0  # seconds for a server to start and answer the handshake
 CLOSE_TIMEOUT = 10.0  # seconds for a session to close before its task is cancelled
 STDERR_TAIL = 2000  # characters of a server's stderr quoted when it fails
+MAX_ARGUMENT_DEPTH = 250  # levels of nesting of an argument's value a call can send
 MAX_PAGES = 1000  # tools/list pages read from one server (a server that pages forever stops)
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # what model APIs accept as tool names
 _SESSIONS = "shoal.mcp.sessions"  # the key of a run's sessions in RunScope.shared
@@ -905,6 +906,7 @@ class MCPTool(Tool[..., Any]):
 
     def validate(self, args: Mapping[str, Any]) -> dict[str, Any]:
         """Check ``args`` against the server's schema; raise :class:`ToolArgumentError`."""
+        self._check_depth(args)
         errors = sorted(self._schema_errors(dict(args), None, ""), key=_error_order)
         if errors:
             first = errors[0]
@@ -921,6 +923,10 @@ class MCPTool(Tool[..., Any]):
             except ToolArgumentError as exc:
                 return exc.detail
             return ""
+        try:
+            self._check_depth(args)
+        except ToolArgumentError as exc:
+            return exc.detail
         schema = self.remote.schema
         properties = schema.get("properties") or {}
         problems = [f"argument {n!r}: Field required"
@@ -936,6 +942,19 @@ class MCPTool(Tool[..., Any]):
                     problems.append(exc.detail)
         return "; ".join(problems)
 
+    def _check_depth(self, args: Mapping[str, Any]) -> None:
+        """Refuse an argument nested deeper than an MCP request can carry.
+
+        The MCP SDK cannot write one (pydantic's serializer stops at about 250 levels): the
+        call failed with a bare ``ValueError``, and checking it against the schema first
+        failed with a ``RecursionError`` blamed on the server's schema.
+        """
+        for name, value in args.items():
+            if _nested_deeper(value, MAX_ARGUMENT_DEPTH):
+                raise ToolArgumentError(self.name, str(name), (
+                    f"argument {str(name)!r} is nested more than {MAX_ARGUMENT_DEPTH} levels "
+                    "deep, more than an MCP request can carry; pass it flatter (or as text)"))
+
     def _schema_errors(self, value: Any, schema: Any, path: str) -> list[Any]:
         """What the server's schema finds wrong with ``value`` (``schema``: a part of it).
 
@@ -946,9 +965,30 @@ class MCPTool(Tool[..., Any]):
             if schema is None:
                 return list(self._validator.iter_errors(value))
             return list(self._validator.descend(value, schema, path=path))
+        except RecursionError:  # the value's doing, not the schema's ($refs cost frames)
+            raise ToolArgumentError(self.name, path, (
+                f"{f'argument {path!r} is' if path else 'the arguments are'} nested too deeply "
+                "to check against the server's input schema; pass it flatter (or as text)")
+                                    ) from None
         except Exception as exc:
             raise ToolArgumentError(self.name, path, f"the server's input schema cannot "
                                     f"check arguments: {describe_exception(exc)}") from None
+
+
+def _nested_deeper(value: Any, limit: int) -> bool:
+    """Whether ``value`` holds lists or mappings nested more than ``limit`` levels deep."""
+    level: list[Any] = [value]
+    for _ in range(limit + 1):
+        inner: list[Any] = []
+        for item in level:
+            if isinstance(item, Mapping):
+                inner += item.values()
+            elif isinstance(item, list | tuple):
+                inner += item
+        if not inner:
+            return False
+        level = inner
+    return True
 
 
 def _error_order(error: Any) -> tuple[int, str]:
