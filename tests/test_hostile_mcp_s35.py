@@ -7,7 +7,11 @@ person can act on, or the result, never a traceback from inside the SDK or a han
 
 from __future__ import annotations
 
+import json
+import logging
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -119,3 +123,83 @@ def test_a_value_too_deep_for_a_recursive_schema_is_not_blamed_on_the_schema() -
     assert caught.value.detail == ("the arguments are nested too deeply to check against the "
                                    "server's input schema; pass it flatter (or as text)")
     assert "nested too deeply" in tree.check_static({"root": _nested(249, {})}, lambda v: False)
+
+
+class _OffProtocolHTTP(BaseHTTPRequestHandler):
+    """An MCP server over HTTP that handshakes and lists, then answers calls with garbage.
+
+    ``/sse``: an event stream whose event is no JSON; ``/json``: a JSON body that is not JSON.
+    """
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet."""
+
+    def _send(self, body: bytes, kind: str = "application/json") -> None:
+        self.send_response(200)
+        self.send_header("content-type", kind)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self) -> None:
+        """Answer one JSON-RPC message."""
+        message = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)))
+        if "id" not in message:  # a notification
+            self.send_response(202)
+            self.end_headers()
+            return
+        method, answer = message["method"], {"jsonrpc": "2.0", "id": message["id"]}
+        if method == "initialize":
+            answer["result"] = {"protocolVersion": message["params"]["protocolVersion"],
+                                "capabilities": {"tools": {}},
+                                "serverInfo": {"name": "garbler", "version": "1"}}
+        elif method == "tools/list":
+            answer["result"] = {"tools": [{"name": "t", "inputSchema": {"type": "object"},
+                                           "annotations": {"readOnlyHint": True}}]}
+        elif self.path == "/sse":
+            self._send(b"data: garbage\n\n", "text/event-stream")
+            return
+        else:
+            self._send(b"{not json")
+            return
+        self._send(json.dumps(answer).encode())
+
+    def do_GET(self) -> None:
+        """No stream of the server's own messages."""
+        self.send_response(405)
+        self.end_headers()
+
+    def do_DELETE(self) -> None:
+        """The session's end."""
+        self.send_response(200)
+        self.end_headers()
+
+
+@pytest.mark.parametrize("path", ["sse", "json"])
+def test_an_http_answer_that_is_not_json_rpc_is_off_protocol_logged_in_one_line(
+        path: str, caplog: pytest.LogCaptureFixture) -> None:
+    # it failed the call with MCPToolError "the server refused the call" (the tool refused
+    # nothing), and the SDK's log of it carried a traceback
+    web = ThreadingHTTPServer(("127.0.0.1", 0), _OffProtocolHTTP)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{web.server_address[1]}/{path}"
+
+    async def main() -> None:
+        (tool,) = await shoal.mcp.tools(url=url, timeout=30)
+        plan = shoal.Plan()
+        called = plan.call(tool)
+        error = (await shoal.run(plan))[called].error
+        assert error is not None and error.type == "shoal.exceptions.MCPServerError"
+        assert error.message.startswith(f"MCP server 'garbler' ({url}): answered off-protocol "
+                                        "while calling 't': Failed to parse ")
+
+    try:
+        with caplog.at_level(logging.WARNING, "mcp"):
+            arun(main(), timeout=SLOW)
+    finally:
+        web.shutdown()
+        web.server_close()
+    said = [r for r in caplog.records if r.name == "mcp.client.streamable_http"]
+    assert said and all(r.exc_info is None for r in said)
+    assert said[0].getMessage() == ("MCP server answered over HTTP with what is not JSON-RPC: "
+                                    + ("garbage" if path == "sse" else "{not json"))

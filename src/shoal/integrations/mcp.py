@@ -110,6 +110,12 @@ class _OneLineNoise(logging.Filter):
             record.msg, record.args = ("MCP server printed a line that is not JSON-RPC on "
                                        "stdout (ignored): %s"), (_printed(record.exc_info[1]),)
             record.exc_info = record.exc_text = None
+        elif record.exc_info and record.getMessage() in _HTTP_NOISE:
+            # an HTTP server's answer that is not JSON-RPC: the request it answers fails
+            # saying so (MCPServerError, "answered off-protocol"); the log needs one line
+            record.msg, record.args = ("MCP server answered over HTTP with what is not "
+                                       "JSON-RPC: %s"), (_printed(record.exc_info[1]),)
+            record.exc_info = record.exc_text = None
         return True
 
 
@@ -119,10 +125,18 @@ def _printed(error: BaseException | None) -> str:
     found = errors() if callable(errors) else None
     said = found[0].get("input") if isinstance(found, list) and found and isinstance(
         found[0], dict) else error
+    if isinstance(said, bytes):  # the body of an HTTP answer
+        said = said.decode("utf-8", "replace")
     return bounded_text(str(said), 200)
 
 
+#: What the MCP SDK's HTTP client logs, with a traceback, of an answer that is not JSON-RPC.
+_HTTP_NOISE = frozenset({"Error parsing SSE message", "Error parsing JSON response"})
+#: The start of the error it answers the request with then (code -32700, a parse error).
+_HTTP_UNREADABLE = ("Failed to parse SSE message: ", "Failed to parse JSON response: ")
+
 logging.getLogger("mcp.client.stdio").addFilter(_OneLineNoise())
+logging.getLogger("mcp.client.streamable_http").addFilter(_OneLineNoise())
 
 CONNECT_TIMEOUT = 30.0  # seconds for a server to start and answer the handshake
 CLOSE_TIMEOUT = 10.0  # seconds for a session to close before its task is cancelled
@@ -510,9 +524,11 @@ class _Session:
             if _connection_closed(exc):  # its output ended under the request
                 self._end(self._closed_cause(exc))
                 raise self._error(f" (while {doing})") from None
-            if exc.data == _UNREADABLE:
+            if exc.data == _UNREADABLE or (  # or the SDK's HTTP client could not read it
+                    exc.code == mcp_types.PARSE_ERROR and exc.data is None
+                    and exc.message.startswith(_HTTP_UNREADABLE)):
                 raise MCPServerError(self.server.described, f"answered off-protocol while "
-                                     f"{doing}: {exc.message}") from None
+                                     f"{doing}: {bounded_text(exc.message, 2000)}") from None
             raise
         except pydantic.ValidationError as exc:  # an answer that is not MCP
             raise MCPServerError(self.server.described, f"answered off-protocol while {doing}: "
