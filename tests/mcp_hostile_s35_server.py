@@ -3,7 +3,10 @@
 ``python mcp_hostile_s35_server.py MODE``: ``list_error`` answers the listing of its tools
 with an error; ``bad_bytes`` writes bytes that are not UTF-8 on the protocol's pipe (a line of
 its own) before each answer; ``out_of_schema`` declares an output schema that its results do
-not fit (a count that is no integer), ``bad_output_schema`` one that is no schema.
+not fit (a count that is no integer), ``bad_output_schema`` one that is no schema;
+``list_error_after_a_call`` and ``list_hangs_after_a_call`` list their tools until they have
+answered a call; ``list_error_when_marked PATH`` lists them once, marking PATH, and then
+refuses (so in every process started later), and marks PATH again for each call it answers.
 """
 
 import asyncio
@@ -27,8 +30,23 @@ OUTPUT_SCHEMAS: dict[str, dict[str, Any]] = {
 }
 
 
+CALLED: list[str] = []  # the calls this process answered
+
+
+def _mark(text: str) -> bool:
+    """Append ``text`` to the mark file (made if missing); whether it was missing."""
+    missing = not os.path.exists(sys.argv[2])
+    with open(sys.argv[2], "a", encoding="utf-8") as marks:
+        marks.write(text)
+    return missing
+
+
 async def on_list(ctx: Any, params: Any) -> mcp_types.ListToolsResult:
-    if MODE == "list_error":
+    if MODE == "list_error" or (MODE == "list_error_after_a_call" and CALLED):
+        raise RuntimeError("the tool registry is down")
+    if MODE == "list_hangs_after_a_call" and CALLED:
+        await asyncio.Event().wait()
+    if MODE == "list_error_when_marked" and not _mark(""):  # marked: not the first listing
         raise RuntimeError("the tool registry is down")
     return mcp_types.ListToolsResult(tools=[mcp_types.Tool(
         name="echo", input_schema={"type": "object", "properties": {
@@ -38,6 +56,9 @@ async def on_list(ctx: Any, params: Any) -> mcp_types.ListToolsResult:
 
 async def on_call(ctx: Any, params: mcp_types.CallToolRequestParams,
                   ) -> mcp_types.CallToolResult:
+    CALLED.append(params.name)
+    if MODE == "list_error_when_marked":
+        _mark("called\n")
     text = str((params.arguments or {}).get("text", ""))[:(params.arguments or {}).get(
         "max-chars")]  # an argument whose name is no Python name
     if MODE == "bad_bytes":

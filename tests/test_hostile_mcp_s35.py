@@ -203,3 +203,38 @@ def test_an_http_answer_that_is_not_json_rpc_is_off_protocol_logged_in_one_line(
     assert said and all(r.exc_info is None for r in said)
     assert said[0].getMessage() == ("MCP server answered over HTTP with what is not JSON-RPC: "
                                     + ("garbage" if path == "sse" else "{not json"))
+
+
+@pytest.mark.parametrize("mode", ["list_error_after_a_call", "list_hangs_after_a_call"])
+def test_a_listing_that_fails_after_a_call_ran_does_not_take_its_answer(mode: str) -> None:
+    # the MCP SDK lists the tools after a call's answer (to check it against its output
+    # schema) when it has no listing yet: an error answer failed the call that had run, as
+    # "the server refused the call", and a listing that never came kept its answer from it
+    async def main() -> None:
+        (echo,) = await shoal.mcp.tools(command=[*SERVER, mode], timeout=30)
+        plan = shoal.Plan()
+        first = plan.call(echo, text="one")
+        second = plan.call(echo, text="two", after=first)
+        result = await shoal.run(plan)
+        assert (result[first].value, result[second].value) == ("echo: one", "echo: two")
+
+    arun(main(), timeout=SLOW)
+
+
+def test_a_server_that_cannot_list_its_tools_is_sent_no_call(tmp_path: Path) -> None:
+    # the call ran, then failed as MCPToolError "the server refused the call"
+    marks = tmp_path / "marks"
+
+    async def main() -> None:
+        (echo,) = await shoal.mcp.tools(command=[*SERVER, "list_error_when_marked",
+                                                 str(marks)], name="lister", timeout=30)
+        plan = shoal.Plan()
+        called = plan.call(echo, text="one")
+        error = (await shoal.run(plan))[called].error
+        assert error is not None and error.type == "shoal.exceptions.MCPServerError"
+        assert error.message.startswith("MCP server 'lister' (")
+        assert ("answered the listing of its tools with an error: Internal server error "
+                "(error -32603)") in error.message
+
+    arun(main(), timeout=SLOW)
+    assert marks.read_text() == ""  # listed once (by shoal.mcp.tools), never called

@@ -20,7 +20,8 @@ description the server's, and its policy comes from the server's tool annotation
 Annotations are hints from the server: ``approval=`` (every tool) and ``overrides=`` (per tool,
 any option of ``@shoal.tool``) replace what they say.
 
-A run starts each server it needs on its first call, shares one session among all its calls
+A run starts each server it needs on its first call, lists its tools before it sends any call
+(a server that cannot list them is sent none), shares one session among all its calls
 (the MCP SDK matches answers to requests by id, so calls overlap), and stops it when the
 outermost run ends. ``async with server:`` holds one session open instead, for every run and
 direct call meanwhile. A server that dies, or closes its output (stdout), fails its running
@@ -372,6 +373,8 @@ class _Session:
         self._dead: asyncio.Future[str] | None = None  # its result: why the session ended
         self._stop = asyncio.Event()
         self._errlog: TextIO | None = None
+        # the listing of its tools made once it started (see open())
+        self._listing: asyncio.Future[list[mcp_types.Tool]] | None = None
 
     @property
     def dead(self) -> bool:
@@ -379,6 +382,22 @@ class _Session:
         return self._dead is not None and self._dead.done()
 
     async def open(self) -> Client:
+        """Start the session and list its tools (once; concurrent callers wait for the same).
+
+        The tools are listed before any call is sent: the MCP SDK lists them itself after a
+        call's answer came (to check it against the tool's output schema) when it has no
+        listing, so that a listing that failed failed a call that had run ("refused"), and
+        one that never answered kept its answer from it.
+        """
+        client = await self._connect()
+        if self._listing is None:
+            self._listing = asyncio.ensure_future(self._list_all(client))
+            self._listing.add_done_callback(_retrieve)
+        # shielded: one caller's cancellation must not cancel the listing for the others
+        await asyncio.shield(self._listing)
+        return client
+
+    async def _connect(self) -> Client:
         """Start the session (once; concurrent callers wait for the same start)."""
         if self._task is None:
             loop = asyncio.get_running_loop()
@@ -459,7 +478,10 @@ class _Session:
         :class:`_NotSent` instead when a stdio server's connection was found closed before
         the call's request was written: the server never saw the call.
         """
-        connected = self._client is not None and not self.dead
+        listing = self._listing
+        connected = (self._client is not None and not self.dead and listing is not None
+                     and listing.done() and not listing.cancelled()
+                     and listing.exception() is None)  # up and listed: then it ended
         try:
             client = await self.open()
         except MCPServerError as exc:
@@ -481,8 +503,14 @@ class _Session:
         return result
 
     async def list_tools(self) -> list[mcp_types.Tool]:
-        """Every tool the server lists (all pages)."""
+        """Every tool the server lists (all pages): listed anew unless it just started."""
+        listed = self._listing is not None and self._listing.done()
         client = await self.open()
+        assert self._listing is not None
+        return await self._list_all(client) if listed else self._listing.result()
+
+    async def _list_all(self, client: Client) -> list[mcp_types.Tool]:
+        """List every tool (all pages); a listing that fails ends the session, saying why."""
         found: list[mcp_types.Tool] = []
         cursor: str | None = None
         for _ in range(MAX_PAGES):
@@ -491,15 +519,14 @@ class _Session:
                     page = await self._race(client.list_tools(cursor=cursor),
                                             "listing its tools")
             except TimeoutError:
-                raise MCPServerError(self.server.described, (
-                    f"did not list its tools within {self.server.connect_timeout:g} s (an "
-                    "answer the MCP SDK cannot read, such as one nested too deeply, is "
-                    "dropped and logged; connect_timeout= gives a slow server longer)")
-                                     ) from None
+                self._end(f"did not list its tools within {self.server.connect_timeout:g} s "
+                          "(an answer the MCP SDK cannot read, such as one nested too deeply, "
+                          "is dropped and logged; connect_timeout= gives a slow server longer)")
+                raise self._error() from None
             except MCPError as exc:  # an error answer: its listing failed on its side
-                raise MCPServerError(self.server.described, (
-                    f"answered the listing of its tools with an error: {exc.message} "
-                    f"(error {exc.code})")) from None
+                self._end(f"answered the listing of its tools with an error: {exc.message} "
+                          f"(error {exc.code})")
+                raise self._error() from None
             found += page.tools
             cursor = page.next_cursor
             if not cursor:
