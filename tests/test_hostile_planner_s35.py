@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 import shoal
-from shoal.testing import ScriptedModel
+from shoal.models.base import ModelResponse
+from shoal.testing import ScriptedModel, run_virtual
 from tests.conftest import arun
 
 SERVER = [sys.executable, str(Path(__file__).parent / "mcp_hostile_s35_server.py")]
@@ -40,3 +41,32 @@ def test_a_plan_gives_an_mcp_tool_its_arguments_by_position_in_its_schemas_order
                 in by_id["4"].message.content)
 
     arun(main(), timeout=SLOW)
+
+
+@shoal.tool
+async def _echo(x: str) -> str:
+    """Echo x."""
+    return f"e:{x}"
+
+
+def test_a_plan_cut_off_at_the_token_limit_tells_the_joiner_so() -> None:
+    # the joiner (and a person reading the run) only read that line 2's brackets never close
+    cut = ModelResponse(text="1. _echo('a')\n2. _echo('b", stop_reason="length")
+    model = ScriptedModel([cut, FINISH])
+    agent = shoal.Agent(name="p", model=model, tools=[_echo], mode="plan")
+    result = run_virtual(agent.run("go"))
+    assert [(c.call.id, c.status) for c in result.calls] == [("1", "ok"), ("2", "rejected")]
+    judged = model.requests[1].messages[-1].content
+    assert ("Note: the plan was cut off at the model's limit of output tokens (stop reason "
+            "'length'), so its last call may be incomplete") in judged
+    assert "raise the model's max_tokens" in judged
+
+
+def test_a_plan_that_reached_join_before_the_token_limit_has_no_such_note() -> None:
+    whole = ModelResponse(text="1. _echo('a')\n2. join()\nThought: and now a long ",
+                          stop_reason="length")
+    model = ScriptedModel([whole, FINISH])
+    agent = shoal.Agent(name="p", model=model, tools=[_echo], mode="plan")
+    result = run_virtual(agent.run("go"))
+    assert [(c.call.id, c.status) for c in result.calls] == [("1", "ok")]
+    assert "cut off" not in model.requests[1].messages[-1].content
