@@ -7,6 +7,7 @@ person can act on, or the result, never a traceback from inside the SDK or a han
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
@@ -238,3 +239,31 @@ def test_a_server_that_cannot_list_its_tools_is_sent_no_call(tmp_path: Path) -> 
 
     arun(main(), timeout=SLOW)
     assert marks.read_text() == ""  # listed once (by shoal.mcp.tools), never called
+
+
+def test_a_listing_cancelled_while_its_server_starts_stops_the_start_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ctrl-C (or a cancelled run) while a server started waited CLOSE_TIMEOUT (10 s) for a
+    # handshake that would not come before the start was stopped; made huge here, a wait for
+    # it is a hang, while stopping the start takes the SDK's own shutdown (about 2.5 s)
+    import psutil
+
+    from shoal.integrations import mcp
+
+    monkeypatch.setattr(mcp, "CLOSE_TIMEOUT", 3600.0)
+    silent = [sys.executable, "-c", "import time; time.sleep(3600)  # never speaks MCP"]
+
+    def starting() -> list[psutil.Process]:
+        return [p for p in psutil.Process().children(recursive=True)
+                if "never speaks MCP" in " ".join(p.cmdline())]
+
+    async def main() -> None:
+        listing = asyncio.ensure_future(shoal.mcp.tools(command=silent, connect_timeout=3600))
+        while not starting():  # noqa: ASYNC110 (until its process runs: a wait, not a check)
+            await asyncio.sleep(0.05)
+        listing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await listing
+
+    arun(main(), timeout=SLOW)
+    assert not [p for p in starting() if p.status() != psutil.STATUS_ZOMBIE]

@@ -583,6 +583,8 @@ class _Session:
         self._stop.set()
         if task is None:
             return
+        if self._client is None:  # still starting (no handshake yet): stopped at once, as
+            task.cancel()  # open()'s timeout does; it waited CLOSE_TIMEOUT for the start
         # asyncio.wait: the task's own ending (even its cancellation) is not raised here
         await asyncio.wait({task}, timeout=CLOSE_TIMEOUT)
         if not task.done():  # a transport that does not close in time is cancelled
