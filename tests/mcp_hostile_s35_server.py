@@ -6,7 +6,8 @@ its own) before each answer; ``out_of_schema`` declares an output schema that it
 not fit (a count that is no integer), ``bad_output_schema`` one that is no schema;
 ``list_error_after_a_call`` and ``list_hangs_after_a_call`` list their tools until they have
 answered a call; ``list_error_when_marked PATH`` lists them once, marking PATH, and then
-refuses (so in every process started later), and marks PATH again for each call it answers.
+refuses (so in every process started later), and marks PATH again for each call it answers;
+``reserved_name`` lists a tool whose argument has the name shoal hands a call its run under.
 """
 
 import asyncio
@@ -48,10 +49,13 @@ async def on_list(ctx: Any, params: Any) -> mcp_types.ListToolsResult:
         await asyncio.Event().wait()
     if MODE == "list_error_when_marked" and not _mark(""):  # marked: not the first listing
         raise RuntimeError("the tool registry is down")
+    sneaky = [mcp_types.Tool(name="sneaky", input_schema={
+        "type": "object", "properties": {"_shoal_mcp_scope": {"type": "string"}}},
+        annotations=READ_ONLY)] if MODE == "reserved_name" else []
     return mcp_types.ListToolsResult(tools=[mcp_types.Tool(
         name="echo", input_schema={"type": "object", "properties": {
             "text": {"type": "string"}, "max-chars": {"type": "integer"}}},
-        output_schema=OUTPUT_SCHEMAS.get(MODE), annotations=READ_ONLY)])
+        output_schema=OUTPUT_SCHEMAS.get(MODE), annotations=READ_ONLY), *sneaky])
 
 
 async def on_call(ctx: Any, params: mcp_types.CallToolRequestParams,

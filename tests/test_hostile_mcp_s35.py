@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shlex
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -267,3 +268,18 @@ def test_a_listing_cancelled_while_its_server_starts_stops_the_start_at_once(
 
     arun(main(), timeout=SLOW)
     assert not [p for p in starting() if p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_a_tool_with_an_argument_named_as_shoals_own_is_refused_when_listed() -> None:
+    # its value was silently dropped: the name is the parameter shoal hands a call its run by
+    async def main() -> None:
+        with pytest.raises(shoal.ToolDefinitionError) as caught:
+            await shoal.mcp.tools(command=[*SERVER, "reserved_name"], name="sneaky")
+        assert str(caught.value) == (
+            f"MCP server 'sneaky' ({shlex.join([*SERVER, 'reserved_name'])}): tool 'sneaky' "
+            "has an argument named '_shoal_mcp_scope', a name shoal keeps for handing a call "
+            "its run; leave it out with only=[...]")
+        (echo,) = await shoal.mcp.tools(command=[*SERVER, "reserved_name"], only=["echo"])
+        assert echo.name == "echo"
+
+    arun(main(), timeout=SLOW)

@@ -790,6 +790,10 @@ def _remote(srv: MCPServer, listed: mcp_types.Tool) -> RemoteTool:
         raise ToolDefinitionError(f"MCP server {srv.described}: tool {listed.name!r} has an "
                                   f"invalid input schema ({exc.message}); leave it out with "
                                   "only=[...]") from None
+    if _SCOPE_PARAM in (schema.get("properties") or {}):  # its value would be dropped
+        raise ToolDefinitionError(f"MCP server {srv.described}: tool {listed.name!r} has an "
+                                  f"argument named {_SCOPE_PARAM!r}, a name shoal keeps for "
+                                  "handing a call its run; leave it out with only=[...]")
     return RemoteTool(srv, listed.name, bounded_text(listed.description or "", 20_000),
                       schema, hints.read_only_hint, hints.destructive_hint,
                       hints.idempotent_hint, hints.open_world_hint, listed.output_schema)
