@@ -23,6 +23,7 @@ pytest.importorskip("mcp", reason="the mcp extra is not installed: pip install -
 
 import shoal
 from shoal.exceptions import MCPServerError
+from shoal.testing import ScriptedModel
 from tests.conftest import arun
 
 SERVER = [sys.executable, str(Path(__file__).parent / "mcp_hostile_s35_server.py")]
@@ -283,3 +284,20 @@ def test_a_tool_with_an_argument_named_as_shoals_own_is_refused_when_listed() ->
         assert echo.name == "echo"
 
     arun(main(), timeout=SLOW)
+
+
+def test_two_servers_tools_of_one_name_in_an_agent_are_told_how_to_tell_them_apart() -> None:
+    # "names must be unique" said nothing of how an MCP tool's name is chosen
+    from shoal.integrations.mcp import MCPTool, RemoteTool
+    from shoal.policy import ToolPolicy
+
+    def fetch(program: str) -> MCPTool:
+        remote = RemoteTool(shoal.mcp.server([program]), "fetch", "", {"type": "object"})
+        return MCPTool(remote, "fetch", ToolPolicy(isolation="inline"))
+
+    with pytest.raises(shoal.ConfigError) as caught:
+        shoal.Agent(name="a", model=ScriptedModel(["hi"]), tools=[fetch("a"), fetch("b")])
+    assert str(caught.value) == (
+        "agent 'a' has several tools or subagents named ['fetch']; names must be unique (two "
+        "MCP servers with the same tool names: give one's tools a prefix, "
+        "shoal.mcp.tools(..., prefix='b_'))")
