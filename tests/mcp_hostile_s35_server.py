@@ -7,7 +7,9 @@ not fit (a count that is no integer), ``bad_output_schema`` one that is no schem
 ``list_error_after_a_call`` and ``list_hangs_after_a_call`` list their tools until they have
 answered a call; ``list_error_when_marked PATH`` lists them once, marking PATH, and then
 refuses (so in every process started later), and marks PATH again for each call it answers;
-``reserved_name`` lists a tool whose argument has the name shoal hands a call its run under.
+``reserved_name`` lists a tool whose argument has the name shoal hands a call its run under;
+``pages_in_a_loop`` pages its listing with the same cursor over and over, and
+``pages_without_end`` pages it without end.
 """
 
 import asyncio
@@ -49,6 +51,11 @@ async def on_list(ctx: Any, params: Any) -> mcp_types.ListToolsResult:
         await asyncio.Event().wait()
     if MODE == "list_error_when_marked" and not _mark(""):  # marked: not the first listing
         raise RuntimeError("the tool registry is down")
+    if MODE in ("pages_in_a_loop", "pages_without_end"):
+        at = int(params.cursor) if params is not None and params.cursor else 0
+        return mcp_types.ListToolsResult(tools=[mcp_types.Tool(
+            name=f"page{at}", input_schema={"type": "object"}, annotations=READ_ONLY)],
+            next_cursor="1" if MODE == "pages_in_a_loop" else str(at + 1))
     sneaky = [mcp_types.Tool(name="sneaky", input_schema={
         "type": "object", "properties": {"_shoal_mcp_scope": {"type": "string"}}},
         annotations=READ_ONLY)] if MODE == "reserved_name" else []

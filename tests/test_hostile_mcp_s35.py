@@ -301,3 +301,25 @@ def test_two_servers_tools_of_one_name_in_an_agent_are_told_how_to_tell_them_apa
         "agent 'a' has several tools or subagents named ['fetch']; names must be unique (two "
         "MCP servers with the same tool names: give one's tools a prefix, "
         "shoal.mcp.tools(..., prefix='b_'))")
+
+
+def test_a_listing_paged_in_a_loop_or_without_end_is_an_error_not_copies_of_its_tools(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # a cursor that came again gave 1,000 copies of the same tool (page1, page1_1, ...), and
+    # a listing without end was cut at 1,000 pages, silently
+    from shoal.integrations import mcp
+
+    monkeypatch.setattr(mcp, "MAX_PAGES", 5)
+
+    async def main() -> None:
+        with pytest.raises(MCPServerError) as caught:
+            await shoal.mcp.tools(command=[*SERVER, "pages_in_a_loop"], name="pager")
+        assert str(caught.value).endswith(
+            ": pages the listing of its tools in a loop (its cursor '1' came again, after 2 "
+            "tools)")
+        with pytest.raises(MCPServerError) as caught:
+            await shoal.mcp.tools(command=[*SERVER, "pages_without_end"], name="pager")
+        assert str(caught.value).endswith(
+            ": lists more than 5 pages of tools (5 tools so far); shoal reads at most that many")
+
+    arun(main(), timeout=SLOW)

@@ -143,7 +143,7 @@ CONNECT_TIMEOUT = 30.0  # seconds for a server to start and answer the handshake
 CLOSE_TIMEOUT = 10.0  # seconds for a session to close before its task is cancelled
 STDERR_TAIL = 2000  # characters of a server's stderr quoted when it fails
 MAX_ARGUMENT_DEPTH = 250  # levels of nesting of an argument's value a call can send
-MAX_PAGES = 1000  # tools/list pages read from one server (a server that pages forever stops)
+MAX_PAGES = 1000  # tools/list pages read from one server (one that pages on: MCPServerError)
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # what model APIs accept as tool names
 _SESSIONS = "shoal.mcp.sessions"  # the key of a run's sessions in RunScope.shared
 _SCOPE_PARAM = "_shoal_mcp_scope"  # the injected parameter that brings a call its run's scope
@@ -513,6 +513,7 @@ class _Session:
         """List every tool (all pages); a listing that fails ends the session, saying why."""
         found: list[mcp_types.Tool] = []
         cursor: str | None = None
+        cursors: set[str] = set()
         for _ in range(MAX_PAGES):
             try:  # bounded like the handshake: no tool timeout covers a listing
                 async with asyncio.timeout(self.server.connect_timeout):
@@ -530,8 +531,16 @@ class _Session:
             found += page.tools
             cursor = page.next_cursor
             if not cursor:
-                break
-        return found
+                return found
+            if cursor in cursors:  # it would page on for good, its tools over and over
+                self._end(f"pages the listing of its tools in a loop (its cursor "
+                          f"{bounded_text(repr(cursor), 100)} came again, after {len(found)} "
+                          "tools)")
+                raise self._error()
+            cursors.add(cursor)
+        self._end(f"lists more than {MAX_PAGES} pages of tools ({len(found)} tools so far); "
+                  "shoal reads at most that many")
+        raise self._error()
 
     async def _race(self, work: Any, doing: str) -> Any:
         """Await ``work`` unless the session ends first (then raise why)."""
