@@ -9,7 +9,8 @@ answered a call; ``list_error_when_marked PATH`` lists them once, marking PATH, 
 refuses (so in every process started later), and marks PATH again for each call it answers;
 ``reserved_name`` lists a tool whose argument has the name shoal hands a call its run under;
 ``pages_in_a_loop`` pages its listing with the same cursor over and over, and
-``pages_without_end`` pages it without end.
+``pages_without_end`` pages it without end; ``listed_twice`` lists ``echo`` twice alike,
+``two_different`` a second, different ``echo``.
 """
 
 import asyncio
@@ -59,10 +60,13 @@ async def on_list(ctx: Any, params: Any) -> mcp_types.ListToolsResult:
     sneaky = [mcp_types.Tool(name="sneaky", input_schema={
         "type": "object", "properties": {"_shoal_mcp_scope": {"type": "string"}}},
         annotations=READ_ONLY)] if MODE == "reserved_name" else []
-    return mcp_types.ListToolsResult(tools=[mcp_types.Tool(
+    echo = mcp_types.Tool(
         name="echo", input_schema={"type": "object", "properties": {
             "text": {"type": "string"}, "max-chars": {"type": "integer"}}},
-        output_schema=OUTPUT_SCHEMAS.get(MODE), annotations=READ_ONLY), *sneaky])
+        output_schema=OUTPUT_SCHEMAS.get(MODE), annotations=READ_ONLY)
+    again = {"listed_twice": [echo.model_copy()],
+             "two_different": [echo.model_copy(update={"description": "another echo"})]}
+    return mcp_types.ListToolsResult(tools=[echo, *sneaky, *again.get(MODE, [])])
 
 
 async def on_call(ctx: Any, params: mcp_types.CallToolRequestParams,

@@ -323,3 +323,17 @@ def test_a_listing_paged_in_a_loop_or_without_end_is_an_error_not_copies_of_its_
             ": lists more than 5 pages of tools (5 tools so far); shoal reads at most that many")
 
     arun(main(), timeout=SLOW)
+
+
+def test_a_tool_listed_twice_is_one_tool_and_two_different_of_one_name_are_refused() -> None:
+    # the second became echo_1, whose calls ran whichever tool the server picks for "echo"
+    async def main() -> None:
+        (echo,) = await shoal.mcp.tools(command=[*SERVER, "listed_twice"])
+        assert echo.name == "echo"
+        with pytest.raises(shoal.ToolDefinitionError) as caught:
+            await shoal.mcp.tools(command=[*SERVER, "two_different"], name="twins")
+        assert str(caught.value).endswith(
+            "two_different) lists two different tools named 'echo' (a call names one by its "
+            "name alone); leave them out with only=[...]")
+
+    arun(main(), timeout=SLOW)

@@ -267,7 +267,7 @@ class MCPServer:
                                   f"{', '.join(map(repr, sorted(missing)))}; it has "
                                   f"{', '.join(t.name for t in listed) or 'none'}")
             listed = [t for t in listed if t.name in wanted]
-        remotes = [_remote(self, t) for t in listed]
+        remotes = [_remote(self, t) for t in _once_each(self, listed)]
         names = _shoal_names([prefix + r.name for r in remotes])
         made = [MCPTool(r, n, _policy(self, r, approval, timeout))
                 for r, n in zip(remotes, names, strict=True)]
@@ -806,6 +806,22 @@ def _remote(srv: MCPServer, listed: mcp_types.Tool) -> RemoteTool:
     return RemoteTool(srv, listed.name, bounded_text(listed.description or "", 20_000),
                       schema, hints.read_only_hint, hints.destructive_hint,
                       hints.idempotent_hint, hints.open_world_hint, listed.output_schema)
+
+
+def _once_each(srv: MCPServer, listed: list[mcp_types.Tool]) -> list[mcp_types.Tool]:
+    """The tools listed, each name once: a tool listed twice alike is one tool.
+
+    A call names its tool, so two different tools under one name cannot both be called: the
+    second became ``name_1``, whose calls ran whichever the server picks for the name.
+    """
+    kept: dict[str, mcp_types.Tool] = {}
+    for tool in listed:
+        first = kept.setdefault(tool.name, tool)
+        if first is not tool and first != tool:
+            raise ToolDefinitionError(f"MCP server {srv.described} lists two different tools "
+                                      f"named {tool.name!r} (a call names one by its name "
+                                      "alone); leave them out with only=[...]")
+    return list(kept.values())
 
 
 def _shoal_names(wanted: Sequence[str]) -> list[str]:
