@@ -337,3 +337,22 @@ def test_a_tool_listed_twice_is_one_tool_and_two_different_of_one_name_are_refus
             "name alone); leave them out with only=[...]")
 
     arun(main(), timeout=SLOW)
+
+
+@pytest.mark.parametrize("mode", ["list_error", "silent"])
+def test_a_server_held_open_that_fails_to_start_leaves_nothing_running(mode: str) -> None:
+    # the failed start's session (its task, the SDK's, the server's process) lived on past the
+    # async with, ending only when the event loop did
+    import psutil
+
+    command = ([*SERVER, mode] if mode != "silent" else
+               [sys.executable, "-c", "import time; time.sleep(3600)  # held, never speaks"])
+
+    async def main() -> None:
+        with pytest.raises(MCPServerError):
+            async with shoal.mcp.server(command, connect_timeout=3):
+                pass
+
+    arun(main(), timeout=SLOW)  # which also fails on tasks left running
+    assert not [p for p in psutil.Process().children(recursive=True)
+                if p.status() != psutil.STATUS_ZOMBIE and command[-1] in " ".join(p.cmdline())]

@@ -331,7 +331,11 @@ class MCPServer:
         if self._held is not None:
             raise ConfigError(f"MCP server {self.described} is held open already")
         session = _Session(self)
-        await session.open()
+        try:
+            await session.open()
+        except BaseException:  # its start (and process) ends here, not after the block
+            await asyncio.shield(session.close())
+            raise
         self._held = session
         return self
 
