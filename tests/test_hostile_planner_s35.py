@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,3 +71,28 @@ def test_a_plan_that_reached_join_before_the_token_limit_has_no_such_note() -> N
     result = run_virtual(agent.run("go"))
     assert [(c.call.id, c.status) for c in result.calls] == [("1", "ok")]
     assert "cut off" not in model.requests[1].messages[-1].content
+
+
+def test_the_plan_prompt_says_which_arguments_can_only_be_given_by_position() -> None:
+    # it listed "max-chars: int = None" as any other: a model wrote max-chars=3, which no
+    # plan line can parse
+    pytest.importorskip("mcp", reason="the mcp extra is not installed")
+    from shoal.agents.planprompts import tool_signature
+    from shoal.integrations.mcp import MCPTool, RemoteTool
+    from shoal.policy import ToolPolicy
+
+    schema = {"type": "object", "properties": {"text": {"type": "string"},
+                                               "max-chars": {"type": "integer"},
+                                               "class": {"type": "string"}}}
+    echo = MCPTool(RemoteTool(shoal.mcp.server(["x"]), "echo", "Echo.", schema), "echo",
+                   ToolPolicy(isolation="inline"))
+    agent = shoal.Agent(name="p", model=ScriptedModel([FINISH]), tools=[echo], mode="plan")
+    assert tool_signature(agent.tool_specs[0]) == (
+        "echo(text: str = None, max-chars: int = None, class: str = None) "
+        "[by position only: max-chars, class]")
+    assert tool_signature(_echo_spec()) == "_echo(x: str)"
+
+
+def _echo_spec() -> Any:
+    agent = shoal.Agent(name="p", model=ScriptedModel([FINISH]), tools=[_echo], mode="plan")
+    return agent.tool_specs[0]
