@@ -356,3 +356,23 @@ def test_a_server_held_open_that_fails_to_start_leaves_nothing_running(mode: str
     arun(main(), timeout=SLOW)  # which also fails on tasks left running
     assert not [p for p in psutil.Process().children(recursive=True)
                 if p.status() != psutil.STATUS_ZOMBIE and command[-1] in " ".join(p.cmdline())]
+
+
+def test_an_mcp_call_on_the_virtual_clock_says_it_cannot_be_made_there() -> None:
+    # the virtual clock jumped past connect_timeout while the server started in real time:
+    # "did not start and answer the MCP handshake within 30 s", after seconds of real time
+    from shoal.integrations.mcp import MCPTool, RemoteTool
+    from shoal.policy import ToolPolicy
+    from shoal.testing import run_virtual
+
+    schema = {"type": "object", "properties": {"text": {"type": "string"}}}
+    echo = MCPTool(RemoteTool(shoal.mcp.server(SERVER, name="echoer"), "echo", "", schema),
+                   "echo", ToolPolicy(isolation="inline"))
+    plan = shoal.Plan()
+    called = plan.call(echo, text="a")
+    error = run_virtual(shoal.run(plan))[called].error
+    assert error is not None and error.type == "shoal.exceptions.MCPServerError"
+    assert error.message.endswith(
+        "cannot be reached on shoal.testing's virtual clock: an MCP server answers in real "
+        "time, which that clock does not wait for; call MCP tools on a real event loop "
+        "(asyncio.run)")

@@ -405,6 +405,13 @@ class _Session:
         """Start the session (once; concurrent callers wait for the same start)."""
         if self._task is None:
             loop = asyncio.get_running_loop()
+            from shoal.testing.clock import VirtualClockLoop
+
+            if isinstance(loop, VirtualClockLoop):  # it jumped past connect_timeout at once
+                raise MCPServerError(self.server.described, (
+                    "cannot be reached on shoal.testing's virtual clock: an MCP server answers "
+                    "in real time, which that clock does not wait for; call MCP tools on a "
+                    "real event loop (asyncio.run)"))
             self._ready, self._dead = loop.create_future(), loop.create_future()
             self._task = loop.create_task(self._own(), name=f"shoal.mcp {self.server.label}")
         assert self._ready is not None and self._dead is not None
