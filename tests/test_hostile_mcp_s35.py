@@ -15,7 +15,7 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -376,3 +376,78 @@ def test_an_mcp_call_on_the_virtual_clock_says_it_cannot_be_made_there() -> None
         "cannot be reached on shoal.testing's virtual clock: an MCP server answers in real "
         "time, which that clock does not wait for; call MCP tools on a real event loop "
         "(asyncio.run)")
+
+
+class _ForgetfulHTTP(_OffProtocolHTTP):
+    """An MCP server over HTTP with sessions, which forgets them all when it "restarts".
+
+    Each session id is of one generation; ``restart()`` starts the next, and a request with an
+    id of an earlier one is answered 404, as the streamable HTTP transport says a server does
+    for a session it no longer knows.
+    """
+
+    generation = 0
+    calls: ClassVar[list[str]] = []  # the session id each call came with
+
+    @classmethod
+    def restart(cls) -> None:
+        """Forget every session."""
+        cls.generation += 1
+
+    def do_POST(self) -> None:
+        """Answer one JSON-RPC message within a session."""
+        message = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)))
+        known = self.headers.get("mcp-session-id")
+        if known is not None and known != f"s{self.generation}":
+            self.send_response(404)
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
+        if "id" not in message:
+            self.send_response(202)
+            self.end_headers()
+            return
+        answer: dict[str, Any] = {"jsonrpc": "2.0", "id": message["id"]}
+        if message["method"] == "initialize":
+            answer["result"] = {"protocolVersion": message["params"]["protocolVersion"],
+                                "capabilities": {"tools": {}},
+                                "serverInfo": {"name": "forgetful", "version": "1"}}
+        elif message["method"] == "tools/list":
+            answer["result"] = {"tools": [{"name": "t", "inputSchema": {"type": "object"},
+                                           "annotations": {"readOnlyHint": True}}]}
+        elif message["method"] == "tools/call":
+            self.calls.append(str(known))
+            answer["result"] = {"content": [{"type": "text", "text": f"in {known}"}]}
+        else:
+            answer["error"] = {"code": -32601, "message": "Method not found"}
+        body = json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("mcp-session-id", f"s{self.generation}")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_a_call_in_a_session_the_http_server_forgot_goes_to_a_new_session() -> None:
+    # the 404 ("Session terminated") failed the call as MCPToolError "the server refused the
+    # call", and every later call of the held session (or of the run) the same way, for good;
+    # the server never saw the call (it knew no such session), so it goes again, once
+    web = ThreadingHTTPServer(("127.0.0.1", 0), _ForgetfulHTTP)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    srv = shoal.mcp.server(url=f"http://127.0.0.1:{web.server_address[1]}/mcp")
+
+    async def main() -> None:
+        (tool,) = await srv.tools()
+        async with srv:
+            assert await tool() == "in s0"
+            _ForgetfulHTTP.restart()  # the server restarted: it knows no session
+            assert await tool() == "in s1"
+            assert await tool() == "in s1"
+
+    try:
+        arun(main(), timeout=SLOW)
+    finally:
+        web.shutdown()
+        web.server_close()
+    assert _ForgetfulHTTP.calls == ["s0", "s1", "s1"]  # each call ran once

@@ -379,6 +379,7 @@ class _Session:
         self._errlog: TextIO | None = None
         # the listing of its tools made once it started (see open())
         self._listing: asyncio.Future[list[mcp_types.Tool]] | None = None
+        self.terminated = False  # an HTTP server ended it, unread request and all (404)
 
     @property
     def dead(self) -> bool:
@@ -508,7 +509,7 @@ class _Session:
         try:
             result: mcp_types.CallToolResult = await self._race(work, f"calling {name!r}")
         except MCPServerError as exc:
-            if self.server.command and not sent.written:
+            if (self.server.command and not sent.written) or self.terminated:
                 raise _NotSent(exc) from None
             raise
         return result
@@ -571,6 +572,13 @@ class _Session:
             if _connection_closed(exc):  # its output ended under the request
                 self._end(self._closed_cause(exc))
                 raise self._error(f" (while {doing})") from None
+            if self.server.url is not None and _session_terminated(exc):
+                # 404 to the session's id: the server knows it no more (it restarted, or let
+                # it expire) and never read the request, which may go to a new session
+                self.terminated = True
+                self._end("the server no longer knows the session (it answered 404 to its "
+                          "id: it restarted, or let the session expire)")
+                raise self._error(f" (while {doing})") from None
             if exc.data == _UNREADABLE or (  # or the SDK's HTTP client could not read it
                     exc.code == mcp_types.PARSE_ERROR and exc.data is None
                     and exc.message.startswith(_HTTP_UNREADABLE)):
@@ -622,6 +630,12 @@ def _connection_closed(exc: MCPError) -> bool:
     and failed every call in flight on it. The SDK's own error is told by its exact text.
     """
     return (exc.code == mcp_types.CONNECTION_CLOSED and exc.message == "Connection closed"
+            and exc.data is None)
+
+
+def _session_terminated(exc: MCPError) -> bool:
+    """Whether the MCP SDK's HTTP client raised ``exc`` for a 404 to the session's id."""
+    return (exc.code == mcp_types.INVALID_REQUEST and exc.message == "Session terminated"
             and exc.data is None)
 
 
