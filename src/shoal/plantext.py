@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import ast
 import difflib
-import inspect
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -540,7 +539,7 @@ def _bind(
         # keep positional values (under names no tool uses) so refs in them are still checked
         args = {f"_positional_{i}": v for i, v in enumerate(call.args)} | call.kwargs
         return None, args, [PlanProblem("unknown_tool", message, call.id)]
-    names = _positional_names(found)
+    names = found.positional_names()
     args = dict(zip(names, call.args, strict=False))
     problems: list[str] = []
     if len(call.args) > len(names):
@@ -552,12 +551,6 @@ def _bind(
     args.update(call.kwargs)
     return found, args, [PlanProblem("bad_arguments", f"line {call.line}: {p}", call.id)
                          for p in problems]
-
-
-def _positional_names(found: Tool[..., Any]) -> list[str]:
-    """List the tool's parameters that can be passed by position, in signature order."""
-    params = inspect.signature(found.fn).parameters.values()
-    return [p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
 
 
 def parse_plan_text(text: str, tools: ToolSet) -> Plan:

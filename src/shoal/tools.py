@@ -343,6 +343,11 @@ class Tool(Generic[P, R]):
                 return False
         return True
 
+    def positional_names(self) -> list[str]:
+        """The arguments a call may give by position (plan text's ``tool("x")``), in order."""
+        params = inspect.signature(self.fn).parameters.values()
+        return [p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+
     def check_static(self, args: Mapping[str, Any], is_pending: Callable[[Any], bool]) -> str:
         """Problems with ``args`` that can be seen before the run ('' when none).
 

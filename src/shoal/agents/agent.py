@@ -237,8 +237,12 @@ class Agent(Generic[T]):
         names = [t.name for t in self._tools] + [a.name for a in self.subagents]
         clashes = sorted({n for n in names if names.count(n) > 1})
         if clashes:
+            remote = any(hasattr(t, "remote") for t in self._tools if t.name in clashes)
             raise ConfigError(f"agent {self.name!r} has several tools or subagents named "
-                              f"{clashes}; names must be unique")
+                              f"{clashes}; names must be unique" + (
+                                  " (two MCP servers with the same tool names: give one's "
+                                  "tools a prefix, shoal.mcp.tools(..., prefix='b_'))"
+                                  if remote else ""))
         self._check_mode()
         self._check_isolation()
 

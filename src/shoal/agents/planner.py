@@ -120,6 +120,8 @@ log = logging.getLogger("shoal")
 MAX_OBSERVATION_CHARS = 4 * MAX_RESULT_CHARS
 
 _FENCE = re.compile(r"\s*```")
+#: Stop reasons of a reply cut off at the output token limit (OpenAI's, Anthropic's).
+_CUT_OFF = frozenset({"length", "max_tokens"})
 
 
 # ---- one round's calls ------------------------------------------------------------------------
@@ -711,6 +713,13 @@ class _PlanReader:
             lines = self._native(response.tool_calls)
             self.text = f"{text.rstrip()}\n{lines}" if text.strip() else lines
         self._close()
+        if response.stop_reason in _CUT_OFF and not self._parser.done:
+            # else the joiner only read that the last line's brackets never close, say
+            self.round.notes.append(
+                f"the plan was cut off at the model's limit of output tokens (stop reason "
+                f"{response.stop_reason!r}), so its last call may be incomplete and calls "
+                "meant to follow it are missing; write a shorter plan, or raise the model's "
+                "max_tokens")
 
     def _native(self, tool_calls: Sequence[ToolCall]) -> str:
         """Read native tool calls as plan lines numbered on; return those lines.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import json
+import keyword
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -44,7 +45,11 @@ def tool_signature(spec: ToolSpec) -> str:
     enum's or a ``Literal``'s values (``'a' | 'b'``), a mapping's values (``dict[str, int]``).
     """
     defs = spec.parameters.get("$defs", {})
-    return f"{spec.name}({_fields(spec.parameters, defs, 0, '{name}')})"
+    signature = f"{spec.name}({_fields(spec.parameters, defs, 0, '{name}')})"
+    # a name no keyword argument can have (an MCP tool's "max-results"): by position only
+    unnamed = [name for name in list(spec.parameters.get("properties", {}))[:_MAX_FIELDS]
+               if not (str(name).isidentifier() and not keyword.iskeyword(name))]
+    return f"{signature} [by position only: {', '.join(unnamed)}]" if unnamed else signature
 
 
 def _fields(schema: Mapping[str, Any], defs: Mapping[str, Any], depth: int, key: str) -> str:

@@ -20,7 +20,8 @@ description the server's, and its policy comes from the server's tool annotation
 Annotations are hints from the server: ``approval=`` (every tool) and ``overrides=`` (per tool,
 any option of ``@shoal.tool``) replace what they say.
 
-A run starts each server it needs on its first call, shares one session among all its calls
+A run starts each server it needs on its first call, lists its tools before it sends any call
+(a server that cannot list them is sent none), shares one session among all its calls
 (the MCP SDK matches answers to requests by id, so calls overlap), and stops it when the
 outermost run ends. ``async with server:`` holds one session open instead, for every run and
 direct call meanwhile. A server that dies, or closes its output (stdout), fails its running
@@ -69,6 +70,7 @@ from shoal.exceptions import (
     ToolDefinitionError,
     bounded_text,
     describe_exception,
+    exception_message,
 )
 from shoal.merge import shown
 from shoal.policy import ApprovalRule, ToolPolicy, policy_from
@@ -109,6 +111,12 @@ class _OneLineNoise(logging.Filter):
             record.msg, record.args = ("MCP server printed a line that is not JSON-RPC on "
                                        "stdout (ignored): %s"), (_printed(record.exc_info[1]),)
             record.exc_info = record.exc_text = None
+        elif record.exc_info and record.getMessage() in _HTTP_NOISE:
+            # an HTTP server's answer that is not JSON-RPC: the request it answers fails
+            # saying so (MCPServerError, "answered off-protocol"); the log needs one line
+            record.msg, record.args = ("MCP server answered over HTTP with what is not "
+                                       "JSON-RPC: %s"), (_printed(record.exc_info[1]),)
+            record.exc_info = record.exc_text = None
         return True
 
 
@@ -118,15 +126,24 @@ def _printed(error: BaseException | None) -> str:
     found = errors() if callable(errors) else None
     said = found[0].get("input") if isinstance(found, list) and found and isinstance(
         found[0], dict) else error
+    if isinstance(said, bytes):  # the body of an HTTP answer
+        said = said.decode("utf-8", "replace")
     return bounded_text(str(said), 200)
 
 
+#: What the MCP SDK's HTTP client logs, with a traceback, of an answer that is not JSON-RPC.
+_HTTP_NOISE = frozenset({"Error parsing SSE message", "Error parsing JSON response"})
+#: The start of the error it answers the request with then (code -32700, a parse error).
+_HTTP_UNREADABLE = ("Failed to parse SSE message: ", "Failed to parse JSON response: ")
+
 logging.getLogger("mcp.client.stdio").addFilter(_OneLineNoise())
+logging.getLogger("mcp.client.streamable_http").addFilter(_OneLineNoise())
 
 CONNECT_TIMEOUT = 30.0  # seconds for a server to start and answer the handshake
 CLOSE_TIMEOUT = 10.0  # seconds for a session to close before its task is cancelled
 STDERR_TAIL = 2000  # characters of a server's stderr quoted when it fails
-MAX_PAGES = 1000  # tools/list pages read from one server (a server that pages forever stops)
+MAX_ARGUMENT_DEPTH = 250  # levels of nesting of an argument's value a call can send
+MAX_PAGES = 1000  # tools/list pages read from one server (one that pages on: MCPServerError)
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # what model APIs accept as tool names
 _SESSIONS = "shoal.mcp.sessions"  # the key of a run's sessions in RunScope.shared
 _SCOPE_PARAM = "_shoal_mcp_scope"  # the injected parameter that brings a call its run's scope
@@ -250,7 +267,7 @@ class MCPServer:
                                   f"{', '.join(map(repr, sorted(missing)))}; it has "
                                   f"{', '.join(t.name for t in listed) or 'none'}")
             listed = [t for t in listed if t.name in wanted]
-        remotes = [_remote(self, t) for t in listed]
+        remotes = [_remote(self, t) for t in _once_each(self, listed)]
         names = _shoal_names([prefix + r.name for r in remotes])
         made = [MCPTool(r, n, _policy(self, r, approval, timeout))
                 for r, n in zip(remotes, names, strict=True)]
@@ -268,8 +285,11 @@ class MCPServer:
     def _client(self, errlog: TextIO, session: _Session) -> Client:
         if self.url is not None:
             return Client(self._http_transport(), cache=None)
+        # bytes that are not UTF-8 read as U+FFFD: strictly decoded, they ended the SDK's
+        # reader in a drain that lasts as long as the server, and every call waited for good
         params = StdioServerParameters(command=self.command[0], args=list(self.command[1:]),
-                                       env=dict(self.env) if self.env else None, cwd=self.cwd)
+                                       env=dict(self.env) if self.env else None, cwd=self.cwd,
+                                       encoding_error_handler="replace")
         from mcp.client.stdio import stdio_client
 
         return Client(_watched(stdio_client(params, errlog=errlog), session), cache=None)
@@ -311,7 +331,11 @@ class MCPServer:
         if self._held is not None:
             raise ConfigError(f"MCP server {self.described} is held open already")
         session = _Session(self)
-        await session.open()
+        try:
+            await session.open()
+        except BaseException:  # its start (and process) ends here, not after the block
+            await asyncio.shield(session.close())
+            raise
         self._held = session
         return self
 
@@ -353,6 +377,9 @@ class _Session:
         self._dead: asyncio.Future[str] | None = None  # its result: why the session ended
         self._stop = asyncio.Event()
         self._errlog: TextIO | None = None
+        # the listing of its tools made once it started (see open())
+        self._listing: asyncio.Future[list[mcp_types.Tool]] | None = None
+        self.terminated = False  # an HTTP server ended it, unread request and all (404)
 
     @property
     def dead(self) -> bool:
@@ -360,9 +387,32 @@ class _Session:
         return self._dead is not None and self._dead.done()
 
     async def open(self) -> Client:
+        """Start the session and list its tools (once; concurrent callers wait for the same).
+
+        The tools are listed before any call is sent: the MCP SDK lists them itself after a
+        call's answer came (to check it against the tool's output schema) when it has no
+        listing, so that a listing that failed failed a call that had run ("refused"), and
+        one that never answered kept its answer from it.
+        """
+        client = await self._connect()
+        if self._listing is None:
+            self._listing = asyncio.ensure_future(self._list_all(client))
+            self._listing.add_done_callback(_retrieve)
+        # shielded: one caller's cancellation must not cancel the listing for the others
+        await asyncio.shield(self._listing)
+        return client
+
+    async def _connect(self) -> Client:
         """Start the session (once; concurrent callers wait for the same start)."""
         if self._task is None:
             loop = asyncio.get_running_loop()
+            from shoal.testing.clock import VirtualClockLoop
+
+            if isinstance(loop, VirtualClockLoop):  # it jumped past connect_timeout at once
+                raise MCPServerError(self.server.described, (
+                    "cannot be reached on shoal.testing's virtual clock: an MCP server answers "
+                    "in real time, which that clock does not wait for; call MCP tools on a "
+                    "real event loop (asyncio.run)"))
             self._ready, self._dead = loop.create_future(), loop.create_future()
             self._task = loop.create_task(self._own(), name=f"shoal.mcp {self.server.label}")
         assert self._ready is not None and self._dead is not None
@@ -440,7 +490,10 @@ class _Session:
         :class:`_NotSent` instead when a stdio server's connection was found closed before
         the call's request was written: the server never saw the call.
         """
-        connected = self._client is not None and not self.dead
+        listing = self._listing
+        connected = (self._client is not None and not self.dead and listing is not None
+                     and listing.done() and not listing.cancelled()
+                     and listing.exception() is None)  # up and listed: then it ended
         try:
             client = await self.open()
         except MCPServerError as exc:
@@ -456,32 +509,50 @@ class _Session:
         try:
             result: mcp_types.CallToolResult = await self._race(work, f"calling {name!r}")
         except MCPServerError as exc:
-            if self.server.command and not sent.written:
+            if (self.server.command and not sent.written) or self.terminated:
                 raise _NotSent(exc) from None
             raise
         return result
 
     async def list_tools(self) -> list[mcp_types.Tool]:
-        """Every tool the server lists (all pages)."""
+        """Every tool the server lists (all pages): listed anew unless it just started."""
+        listed = self._listing is not None and self._listing.done()
         client = await self.open()
+        assert self._listing is not None
+        return await self._list_all(client) if listed else self._listing.result()
+
+    async def _list_all(self, client: Client) -> list[mcp_types.Tool]:
+        """List every tool (all pages); a listing that fails ends the session, saying why."""
         found: list[mcp_types.Tool] = []
         cursor: str | None = None
+        cursors: set[str] = set()
         for _ in range(MAX_PAGES):
             try:  # bounded like the handshake: no tool timeout covers a listing
                 async with asyncio.timeout(self.server.connect_timeout):
                     page = await self._race(client.list_tools(cursor=cursor),
                                             "listing its tools")
             except TimeoutError:
-                raise MCPServerError(self.server.described, (
-                    f"did not list its tools within {self.server.connect_timeout:g} s (an "
-                    "answer the MCP SDK cannot read, such as one nested too deeply, is "
-                    "dropped and logged; connect_timeout= gives a slow server longer)")
-                                     ) from None
+                self._end(f"did not list its tools within {self.server.connect_timeout:g} s "
+                          "(an answer the MCP SDK cannot read, such as one nested too deeply, "
+                          "is dropped and logged; connect_timeout= gives a slow server longer)")
+                raise self._error() from None
+            except MCPError as exc:  # an error answer: its listing failed on its side
+                self._end(f"answered the listing of its tools with an error: {exc.message} "
+                          f"(error {exc.code})")
+                raise self._error() from None
             found += page.tools
             cursor = page.next_cursor
             if not cursor:
-                break
-        return found
+                return found
+            if cursor in cursors:  # it would page on for good, its tools over and over
+                self._end(f"pages the listing of its tools in a loop (its cursor "
+                          f"{bounded_text(repr(cursor), 100)} came again, after {len(found)} "
+                          "tools)")
+                raise self._error()
+            cursors.add(cursor)
+        self._end(f"lists more than {MAX_PAGES} pages of tools ({len(found)} tools so far); "
+                  "shoal reads at most that many")
+        raise self._error()
 
     async def _race(self, work: Any, doing: str) -> Any:
         """Await ``work`` unless the session ends first (then raise why)."""
@@ -501,13 +572,27 @@ class _Session:
             if _connection_closed(exc):  # its output ended under the request
                 self._end(self._closed_cause(exc))
                 raise self._error(f" (while {doing})") from None
-            if exc.data == _UNREADABLE:
+            if self.server.url is not None and _session_terminated(exc):
+                # 404 to the session's id: the server knows it no more (it restarted, or let
+                # it expire) and never read the request, which may go to a new session
+                self.terminated = True
+                self._end("the server no longer knows the session (it answered 404 to its "
+                          "id: it restarted, or let the session expire)")
+                raise self._error(f" (while {doing})") from None
+            if exc.data == _UNREADABLE or (  # or the SDK's HTTP client could not read it
+                    exc.code == mcp_types.PARSE_ERROR and exc.data is None
+                    and exc.message.startswith(_HTTP_UNREADABLE)):
                 raise MCPServerError(self.server.described, f"answered off-protocol while "
-                                     f"{doing}: {exc.message}") from None
+                                     f"{doing}: {bounded_text(exc.message, 2000)}") from None
             raise
         except pydantic.ValidationError as exc:  # an answer that is not MCP
             raise MCPServerError(self.server.described, f"answered off-protocol while {doing}: "
                                  f"{bounded_text(str(exc), 2000)}") from None
+        except RuntimeError as exc:  # the SDK's check of a result against the output schema
+            said = exception_message(exc) if type(exc) is RuntimeError else describe_exception(
+                exc)  # (a RecursionError, say, of a result nested too deeply to check)
+            raise MCPServerError(self.server.described, f"answered off-protocol while {doing}: "
+                                 f"{bounded_text(said, 2000)}") from None
 
     def _closed_cause(self, exc: MCPError) -> str:
         """Why a request got no answer: the server's output ended (its requests all fail).
@@ -526,6 +611,8 @@ class _Session:
         self._stop.set()
         if task is None:
             return
+        if self._client is None:  # still starting (no handshake yet): stopped at once, as
+            task.cancel()  # open()'s timeout does; it waited CLOSE_TIMEOUT for the start
         # asyncio.wait: the task's own ending (even its cancellation) is not raised here
         await asyncio.wait({task}, timeout=CLOSE_TIMEOUT)
         if not task.done():  # a transport that does not close in time is cancelled
@@ -543,6 +630,12 @@ def _connection_closed(exc: MCPError) -> bool:
     and failed every call in flight on it. The SDK's own error is told by its exact text.
     """
     return (exc.code == mcp_types.CONNECTION_CLOSED and exc.message == "Connection closed"
+            and exc.data is None)
+
+
+def _session_terminated(exc: MCPError) -> bool:
+    """Whether the MCP SDK's HTTP client raised ``exc`` for a 404 to the session's id."""
+    return (exc.code == mcp_types.INVALID_REQUEST and exc.message == "Session terminated"
             and exc.data is None)
 
 
@@ -731,9 +824,29 @@ def _remote(srv: MCPServer, listed: mcp_types.Tool) -> RemoteTool:
         raise ToolDefinitionError(f"MCP server {srv.described}: tool {listed.name!r} has an "
                                   f"invalid input schema ({exc.message}); leave it out with "
                                   "only=[...]") from None
+    if _SCOPE_PARAM in (schema.get("properties") or {}):  # its value would be dropped
+        raise ToolDefinitionError(f"MCP server {srv.described}: tool {listed.name!r} has an "
+                                  f"argument named {_SCOPE_PARAM!r}, a name shoal keeps for "
+                                  "handing a call its run; leave it out with only=[...]")
     return RemoteTool(srv, listed.name, bounded_text(listed.description or "", 20_000),
                       schema, hints.read_only_hint, hints.destructive_hint,
                       hints.idempotent_hint, hints.open_world_hint, listed.output_schema)
+
+
+def _once_each(srv: MCPServer, listed: list[mcp_types.Tool]) -> list[mcp_types.Tool]:
+    """The tools listed, each name once: a tool listed twice alike is one tool.
+
+    A call names its tool, so two different tools under one name cannot both be called: the
+    second became ``name_1``, whose calls ran whichever the server picks for the name.
+    """
+    kept: dict[str, mcp_types.Tool] = {}
+    for tool in listed:
+        first = kept.setdefault(tool.name, tool)
+        if first is not tool and first != tool:
+            raise ToolDefinitionError(f"MCP server {srv.described} lists two different tools "
+                                      f"named {tool.name!r} (a call names one by its name "
+                                      "alone); leave them out with only=[...]")
+    return list(kept.values())
 
 
 def _shoal_names(wanted: Sequence[str]) -> list[str]:
@@ -877,12 +990,22 @@ class MCPTool(Tool[..., Any]):
         return MCPTool(self.remote, self.name, policy_from(self.policy, overrides),
                        _model=self._model)
 
+    def positional_names(self) -> list[str]:
+        """The schema's properties, in its order: plan text may give any of them by position.
+
+        (The function behind the tool takes only ``**arguments``: read off it, a plan line
+        such as ``get_current_time("UTC")`` was refused, and so was every call of a tool
+        whose argument names are no Python names, such as ``"max-results"``.)
+        """
+        return [str(name) for name in self.remote.schema.get("properties") or {}]
+
     def json_schema(self) -> dict[str, Any]:
         """The server's input schema, as the server gave it."""
         return copy.deepcopy(dict(self.remote.schema))
 
     def validate(self, args: Mapping[str, Any]) -> dict[str, Any]:
         """Check ``args`` against the server's schema; raise :class:`ToolArgumentError`."""
+        self._check_depth(args)
         errors = sorted(self._schema_errors(dict(args), None, ""), key=_error_order)
         if errors:
             first = errors[0]
@@ -899,6 +1022,10 @@ class MCPTool(Tool[..., Any]):
             except ToolArgumentError as exc:
                 return exc.detail
             return ""
+        try:
+            self._check_depth(args)
+        except ToolArgumentError as exc:
+            return exc.detail
         schema = self.remote.schema
         properties = schema.get("properties") or {}
         problems = [f"argument {n!r}: Field required"
@@ -914,6 +1041,19 @@ class MCPTool(Tool[..., Any]):
                     problems.append(exc.detail)
         return "; ".join(problems)
 
+    def _check_depth(self, args: Mapping[str, Any]) -> None:
+        """Refuse an argument nested deeper than an MCP request can carry.
+
+        The MCP SDK cannot write one (pydantic's serializer stops at about 250 levels): the
+        call failed with a bare ``ValueError``, and checking it against the schema first
+        failed with a ``RecursionError`` blamed on the server's schema.
+        """
+        for name, value in args.items():
+            if _nested_deeper(value, MAX_ARGUMENT_DEPTH):
+                raise ToolArgumentError(self.name, str(name), (
+                    f"argument {str(name)!r} is nested more than {MAX_ARGUMENT_DEPTH} levels "
+                    "deep, more than an MCP request can carry; pass it flatter (or as text)"))
+
     def _schema_errors(self, value: Any, schema: Any, path: str) -> list[Any]:
         """What the server's schema finds wrong with ``value`` (``schema``: a part of it).
 
@@ -924,9 +1064,30 @@ class MCPTool(Tool[..., Any]):
             if schema is None:
                 return list(self._validator.iter_errors(value))
             return list(self._validator.descend(value, schema, path=path))
+        except RecursionError:  # the value's doing, not the schema's ($refs cost frames)
+            raise ToolArgumentError(self.name, path, (
+                f"{f'argument {path!r} is' if path else 'the arguments are'} nested too deeply "
+                "to check against the server's input schema; pass it flatter (or as text)")
+                                    ) from None
         except Exception as exc:
             raise ToolArgumentError(self.name, path, f"the server's input schema cannot "
                                     f"check arguments: {describe_exception(exc)}") from None
+
+
+def _nested_deeper(value: Any, limit: int) -> bool:
+    """Whether ``value`` holds lists or mappings nested more than ``limit`` levels deep."""
+    level: list[Any] = [value]
+    for _ in range(limit + 1):
+        inner: list[Any] = []
+        for item in level:
+            if isinstance(item, Mapping):
+                inner += item.values()
+            elif isinstance(item, list | tuple):
+                inner += item
+        if not inner:
+            return False
+        level = inner
+    return True
 
 
 def _error_order(error: Any) -> tuple[int, str]:
