@@ -22,6 +22,7 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
+    Iterator,
     Mapping,
 )
 from contextvars import ContextVar, Token
@@ -531,12 +532,44 @@ def sendable(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _repaired(value: Any) -> Any:
+    """``value`` with each string and non-finite float in it made sendable (see ``sendable``).
+
+    Walked with a stack of its own, not by recursion: a model's arguments nested as deep as
+    JSON text can carry them (an Anthropic call's ``input`` goes back as an object) fit
+    ``json.dumps``, which runs in C, but not Python's recursion limit.
+    """
+    if not isinstance(value, dict | list | tuple):
+        return _repaired_leaf(value)
+    top: dict[Any, Any] | list[Any] = {} if isinstance(value, dict) else []
+    stack: list[tuple[Iterator[Any], dict[Any, Any] | list[Any]]] = [
+        (iter(value.items()) if isinstance(value, dict) else iter(value), top)]
+    while stack:
+        items, out = stack[-1]
+        for item in items:
+            if isinstance(out, dict):
+                key, item = item
+                key = _repaired_leaf(key)
+            if isinstance(item, dict | list | tuple):
+                inner: dict[Any, Any] | list[Any] = {} if isinstance(item, dict) else []
+                if isinstance(out, dict):
+                    out[key] = inner
+                else:
+                    out.append(inner)
+                stack.append((iter(item.items()) if isinstance(item, dict) else iter(item),
+                              inner))
+                break
+            if isinstance(out, dict):
+                out[key] = _repaired_leaf(item)
+            else:
+                out.append(_repaired_leaf(item))
+        else:
+            stack.pop()
+    return top
+
+
+def _repaired_leaf(value: Any) -> Any:
     if isinstance(value, str):
         return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, dict):
-        return {_repaired(k): _repaired(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_repaired(v) for v in value]
     return value

@@ -1,0 +1,38 @@
+"""Agents and their models against a hostile user and hostile models (session 35).
+
+Over the real SDKs and HTTP (the strict wire servers of :mod:`tests.wire`), in processes of
+their own and on the virtual clock: what a model sends, and what is done to an agent, must end
+in a typed error or a recorded outcome, never a crash of the whole run.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.test_models_hostile_stream import (
+    RawAnthropic,
+    message_end,
+    message_start,
+    ran,
+    run_agent,
+    sent_back,
+    tool_block,
+)
+
+
+@pytest.mark.parametrize("odd", ["NaN", "Infinity", '"a\\ud800b"'])
+def test_anthropic_arguments_nested_deep_with_a_nan_or_surrogate_do_not_end_the_run(
+        odd: str) -> None:
+    # the arguments go back as an object: made sendable by recursion, 480 levels of them
+    # (two frames a level) ended the whole run in a RecursionError
+    deep = "[" * 600 + odd + "]" * 600
+    stream = [message_start(), *tool_block(0, "toolu_a", '{"x": ' + deep + "}"),
+              *tool_block(1, "toolu_b", '{"x": 2}'), *message_end()]
+    result, server = run_agent(RawAnthropic, [stream])
+    assert result.output == "done", repr(result)
+    assert len(ran) == 2 and 2 in ran  # both calls ran, and both results went back
+    assert "got 2" in sent_back(server)
+    sent = json.dumps(server.requests[1].body["messages"][1]["content"][0]["input"])
+    assert sent.count("[") == 600 and "\\ud800" not in sent  # the input, made sendable
