@@ -8,9 +8,12 @@ in a typed error or a recorded outcome, never a crash of the whole run.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
+from shoal.exceptions import ConfigError
+from shoal.models import ModelGate, ModelGates, ModelRetry
 from tests.test_models_hostile_stream import (
     RawAnthropic,
     message_end,
@@ -36,3 +39,16 @@ def test_anthropic_arguments_nested_deep_with_a_nan_or_surrogate_do_not_end_the_
     assert "got 2" in sent_back(server)
     sent = json.dumps(server.requests[1].body["messages"][1]["content"][0]["input"])
     assert sent.count("[") == 600 and "\\ud800" not in sent  # the input, made sendable
+
+
+@pytest.mark.parametrize("options", [{"max_concurrency": 0}, {"max_concurrency": -1},
+                                     {"max_concurrency": 1.5}, {"max_concurrency": "2"},
+                                     {"max_concurrency": True}, {"retry": 3}])
+def test_model_gates_of_the_wrong_kind_are_refused_when_made(options: dict[str, Any]) -> None:
+    # they were taken, then failed every agent of the tree at its first request (-1, "2",
+    # retry=3), or quietly meant no cap at all (0)
+    for make in (lambda: ModelGates(**options), lambda: ModelGate("m", **options)):
+        with pytest.raises(ConfigError, match=r"max_concurrency must be at least 1|retry= takes"):
+            make()
+    assert ModelGates(max_concurrency=2, retry=ModelRetry(retries=1)) is not None
+
