@@ -12,17 +12,25 @@ from typing import Any
 
 import pytest
 
-from shoal.exceptions import ConfigError
+from shoal.exceptions import ConfigError, ModelError
 from shoal.models import ModelGate, ModelGates, ModelRetry
 from tests.test_models_hostile_stream import (
     RawAnthropic,
+    RawOpenAI,
+    block_start,
+    block_stop,
+    completion,
     message_end,
     message_start,
+    openai_stream,
+    opening,
     ran,
+    request_once,
     run_agent,
     sent_back,
     tool_block,
 )
+from tests.wire import AnthropicWireServer, OpenAIWireServer, RawReply
 
 
 @pytest.mark.parametrize("odd", ["NaN", "Infinity", '"a\\ud800b"'])
@@ -52,3 +60,46 @@ def test_model_gates_of_the_wrong_kind_are_refused_when_made(options: dict[str, 
             make()
     assert ModelGates(max_concurrency=2, retry=ModelRetry(retries=1)) is not None
 
+
+
+DEEP = "[" * 100_000 + "]" * 100_000  # valid JSON, deeper than Python's reader recurses
+
+
+def _with_deep_field(reply: dict[str, Any]) -> RawReply:
+    return RawReply((json.dumps(reply)[:-1] + ', "extra": ' + DEEP + "}").encode(),
+                    content_type="application/json")
+
+
+@pytest.mark.parametrize(("server_class", "reply"), [
+    (OpenAIWireServer, completion(message={"role": "assistant", "content": "hi"})),
+    (AnthropicWireServer, {"id": "m", "type": "message", "role": "assistant", "model": "c",
+                           "stop_reason": "end_turn", "stop_sequence": None,
+                           "usage": {"input_tokens": 1, "output_tokens": 1},
+                           "content": [{"type": "text", "text": "hi"}]}),
+], ids=["openai", "anthropic"])
+def test_a_reply_nested_too_deep_to_read_is_a_model_error(server_class: Any,
+                                                          reply: dict[str, Any]) -> None:
+    # the JSON reader's RecursionError came out of model.request as it was
+    answer: Any = _with_deep_field(reply)  # request_once takes any answer the server sends
+    error = request_once(server_class, answer)
+    assert isinstance(error, ModelError), repr(error)[:300]
+    assert "nested too deeply to read" in str(error)
+
+
+def test_a_stream_chunk_nested_too_deep_ends_the_turn_in_a_model_error() -> None:
+    stream = openai_stream(opening(0, "call_a", "echo", '{"x": 1}'))
+    stream.insert(1, 'data: {"extra": ' + DEEP + "}\n\n")
+    result, _ = run_agent(RawOpenAI, [stream])
+    assert isinstance(result, ModelError), repr(result)[:300]
+    assert "nested too deeply to read" in str(result)
+
+
+def test_an_anthropic_event_nested_too_deep_ends_the_turn_in_a_model_error() -> None:
+    event = ('event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0, '
+             '"delta": {"type": "input_json_delta", "partial_json": "{}"}, "x": ' + DEEP
+             + "}\n\n")
+    stream = [message_start(), block_start(0, "toolu_a", "echo"), event, block_stop(0),
+              *message_end()]
+    result, _ = run_agent(RawAnthropic, [stream])
+    assert isinstance(result, ModelError), repr(result)[:300]
+    assert "nested too deeply to read" in str(result)

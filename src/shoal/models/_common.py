@@ -50,6 +50,7 @@ __all__ = [
     "not_a_reply",
     "not_a_stream",
     "stalled",
+    "too_deep",
     "text_field",
     "describe_cause",
     "http_error",
@@ -319,6 +320,16 @@ def not_a_reply(name: str, body: object) -> ModelError:
     The SDKs hand such a body over as its text instead of the reply they promise.
     """
     return ModelError(name, f"the reply is not a JSON object: {shown(body)}")
+
+
+def too_deep(name: str, exc: RecursionError) -> ModelError:
+    """The error for a reply (or a stream's event) nested deeper than JSON can be read.
+
+    Python's JSON reader recurses once a level: a body 100,000 arrays deep raised the
+    reader's own ``RecursionError`` out of the model, where a reply off the protocol is a
+    :class:`ModelError` (not retried: the server would send it again).
+    """
+    return ModelError(name, f"the reply is nested too deeply to read ({exc})")
 
 
 async def not_a_stream(name: str, response: Any, within: float | None) -> ModelError | None:

@@ -41,6 +41,7 @@ from shoal.models._common import (
     sendable,
     text_field,
     token_count,
+    too_deep,
     transport_error,
     unreachable,
 )
@@ -309,6 +310,8 @@ class AnthropicModel(Model):
         except json.JSONDecodeError as exc:  # the SDK reads each event's data as JSON
             raise ModelError(self.name, f"malformed stream data ({exc.msg}): "
                                         f"{exc.doc[:200]!r}") from exc
+        except RecursionError as exc:  # the reader's, for JSON nested too deep to read
+            raise too_deep(self.name, exc) from None
         except Exception as exc:
             if (lost := transport_error(self.name, exc, self.timeout)) is not None:
                 raise lost from exc

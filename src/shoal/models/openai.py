@@ -38,6 +38,7 @@ from shoal.models._common import (
     resolve_credentials,
     sendable,
     text_field,
+    too_deep,
     transport_error,
     unreachable,
 )
@@ -313,6 +314,8 @@ class OpenAIModel(Model):
             raise unreachable(self.name, exc.request.url, exc) from exc
         except openai.OpenAIError as exc:
             raise ModelError(self.name, str(exc)) from exc
+        except RecursionError as exc:  # the reader's, for JSON nested too deep to read
+            raise too_deep(self.name, exc) from None
         except Exception as exc:
             if (lost := transport_error(self.name, exc, self.timeout)) is not None:
                 raise lost from exc
