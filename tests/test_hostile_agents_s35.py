@@ -12,8 +12,11 @@ from typing import Any
 
 import pytest
 
-from shoal.exceptions import ConfigError, ModelError
+import shoal
+from shoal.events import ModelRetrying
+from shoal.exceptions import ConfigError, ModelError, ModelHTTPError
 from shoal.models import ModelGate, ModelGates, ModelRetry
+from tests.conftest import arun
 from tests.test_models_hostile_stream import (
     RawAnthropic,
     RawOpenAI,
@@ -103,3 +106,37 @@ def test_an_anthropic_event_nested_too_deep_ends_the_turn_in_a_model_error() -> 
     result, _ = run_agent(RawAnthropic, [stream])
     assert isinstance(result, ModelError), repr(result)[:300]
     assert "nested too deeply to read" in str(result)
+
+
+@pytest.mark.parametrize("server_class", [OpenAIWireServer, AnthropicWireServer])
+def test_a_proxys_error_page_of_megabytes_is_quoted_in_part(server_class: Any) -> None:
+    # the whole 5 MB page was the error's message: in the agent's error, every retry's event
+    # and log line, and the journal
+    page = b"<html>" + b"x" * 5_000_000 + b"</html>"
+    with server_class(RawReply(page, status=502)) as server:
+        model = server.model()
+        agent = shoal.Agent(name="a", model=model)
+        seen: list[Any] = []
+
+        async def main() -> Any:
+            try:
+                return await agent.run("go", on_event=seen.append,
+                                       gates=ModelGates(retry=ModelRetry(retries=1, backoff=0)))
+            finally:
+                await model.aclose()
+
+        with pytest.raises(ModelHTTPError) as raised:
+            arun(main(), timeout=60)
+    error = raised.value
+    assert error.status == 502 and raised.value.result.error is error  # type: ignore[attr-defined]
+    assert len(str(error)) < 2_200 and "characters left out" in str(error)
+    assert str(error).endswith("x</html>")  # its start and its end
+    retried = [e for e in seen if isinstance(e, ModelRetrying)]
+    assert len(retried) == 1 and len(retried[0].error) < 2_200
+
+
+def test_an_error_event_of_megabytes_in_a_stream_is_quoted_in_part() -> None:
+    error_event = 'data: {"error": {"message": "' + "y" * 5_000_000 + '", "code": 400}}\n\n'
+    result, _ = run_agent(RawOpenAI, [[error_event]])
+    assert isinstance(result, ModelHTTPError), repr(result)[:300]
+    assert len(str(result)) < 2_200 and "characters left out" in str(result)

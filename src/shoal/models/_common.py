@@ -36,6 +36,7 @@ from shoal.exceptions import (
     ModelConnectionError,
     ModelError,
     ModelHTTPError,
+    bounded_text,
 )
 from shoal.merge import shown
 from shoal.models.base import Usage
@@ -168,14 +169,20 @@ def _number(text: str | None) -> float | None:
     return None if math.isnan(value) else value
 
 
+#: The most characters of a provider's error body an error quotes (its start and its end).
+ERROR_BODY_CHARS = 2_000
+
+
 def http_error(name: str, status: int, headers: Mapping[str, str], body: object,
                fallback: str, *, model_id: str = "", key_env: str = "") -> ModelHTTPError:
     """A :class:`ModelHTTPError` for an SDK status error, with the provider's own message.
 
     A refused key (401), a key without the right (403) and an unknown model (404) say so
-    first, and what to check.
+    first, and what to check. The provider's words are quoted up to
+    :data:`ERROR_BODY_CHARS` characters: a proxy's error page of megabytes was the error's
+    message whole, in every retry's event and log line, the agent's result and the journal.
     """
-    message = _error_message(body) or fallback
+    message = bounded_text(_error_message(body) or fallback, ERROR_BODY_CHARS)
     if status == 401:
         message = (f"the API key was refused"
                    f"{f' (check {key_env})' if key_env else ''}: {message}")

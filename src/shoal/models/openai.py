@@ -25,9 +25,11 @@ from shoal.exceptions import (
     ModelConnectionError,
     ModelError,
     ModelHTTPError,
+    bounded_text,
 )
 from shoal.merge import shown
 from shoal.models._common import (
+    ERROR_BODY_CHARS,
     UNNAMED,
     Pace,
     PerLoop,
@@ -226,7 +228,8 @@ class OpenAIModel(Model):
         if isinstance(error := chunk.get("error"), dict):
             code = error.get("code")
             status = code if type(code) is int and 400 <= code <= 599 else 500
-            raise ModelHTTPError(self.name, str(error.get("message") or error), status)
+            raise ModelHTTPError(self.name, bounded_text(str(error.get("message") or error),
+                                                         ERROR_BODY_CHARS), status)
         if error is not None:  # an error of another shape is an error still, not a blank chunk
             raise ModelHTTPError(self.name, f"the stream reported an error: {shown(error)}",
                                  500)
