@@ -33,7 +33,14 @@ from tests.test_models_hostile_stream import (
     sent_back,
     tool_block,
 )
-from tests.wire import AnthropicWireServer, OpenAIWireServer, RawReply
+from tests.wire import (
+    AnthropicWireServer,
+    OpenAIWireServer,
+    RawReply,
+    call,
+    text_reply,
+    tool_call_reply,
+)
 
 
 @pytest.mark.parametrize("odd", ["NaN", "Infinity", '"a\\ud800b"'])
@@ -140,3 +147,43 @@ def test_an_error_event_of_megabytes_in_a_stream_is_quoted_in_part() -> None:
     result, _ = run_agent(RawOpenAI, [[error_event]])
     assert isinstance(result, ModelHTTPError), repr(result)[:300]
     assert len(str(result)) < 2_200 and "characters left out" in str(result)
+
+
+@pytest.mark.parametrize("server_class", [OpenAIWireServer, AnthropicWireServer])
+def test_a_made_up_tool_name_of_a_megabyte_is_cut_in_its_lineage_and_its_error(
+        server_class: Any) -> None:
+    # the whole name was the call's lineage (in every event, the journal, the live view) and
+    # went into the error its model read, 100,000 characters of it, on every later turn
+    name = "/#x" * 400_000
+    result, server = _run(server_class, tool_call_reply(call(name, {"x": 1}),
+                                                        call("echo", {"x": 2})))
+    unknown, fine = result.calls
+    assert unknown.status == "rejected" and fine.status == "ok"
+    assert unknown.lineage.startswith("a/%2F#x%2F#x") and unknown.lineage.endswith("?")
+    assert len(unknown.lineage) < 200 and "characters left out" in unknown.lineage
+    assert "/" not in unknown.lineage[2:]  # still one part of the lineage
+    assert len(unknown.message.content) < 400 and "the tools are: echo" in unknown.message.content
+    assert "got 2" in json.dumps(server.requests[1].body["messages"])
+
+
+@shoal.tool
+async def echo(x: int = 0) -> str:
+    """Say what came in."""
+    return f"got {x}"
+
+
+def _run(server_class: Any, first: Any) -> tuple[Any, Any]:
+    """Run an agent with ``echo`` whose model answers ``first``, then "done"."""
+    with server_class([first, text_reply("done")]) as server:
+        model = server.model()
+        agent = shoal.Agent(name="a", model=model, tools=[echo])
+
+        async def main() -> Any:
+            try:
+                return await agent.run("go")
+            finally:
+                await model.aclose()
+
+        result = arun(main(), timeout=60)
+        assert not server.errors
+        return result, server
