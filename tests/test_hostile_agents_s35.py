@@ -35,6 +35,7 @@ from tests.test_models_hostile_stream import (
 )
 from tests.wire import (
     AnthropicWireServer,
+    ErrorReply,
     OpenAIWireServer,
     RawReply,
     call,
@@ -187,3 +188,52 @@ def _run(server_class: Any, first: Any) -> tuple[Any, Any]:
         result = arun(main(), timeout=60)
         assert not server.errors
         return result, server
+
+
+def _like_openai(body: dict[str, Any]) -> Any:
+    """Answer as OpenAI does: a request asking for more output than the model writes is a 400."""
+    asked = body.get("max_tokens", body.get("max_completion_tokens"))
+    if asked is not None and asked > 32_768:
+        return ErrorReply(400, f"max_tokens is too large: {asked}. This model supports at most "
+                               f"32768 completion tokens, whereas you provided {asked}.")
+    if body["messages"][-1]["role"] == "tool":
+        return text_reply("done")
+    return tool_call_reply(call("echo", {"x": 1}))
+
+
+@pytest.mark.parametrize("stream_dispatch", [True, False])
+def test_a_large_token_budget_does_not_make_every_openai_request_ask_too_much(
+        stream_dispatch: bool) -> None:
+    # each request asked for all the tokens the budget left (200,000), more than any OpenAI
+    # model writes: every request was refused, as in the first example of docs/agents.md
+    with OpenAIWireServer(_like_openai) as server:
+        model = server.model()
+        agent = shoal.Agent(name="a", model=model, tools=[echo], stream_dispatch=stream_dispatch)
+
+        async def main() -> Any:
+            try:
+                return await agent.run("go", budget=shoal.Budget(tokens=200_000))
+            finally:
+                await model.aclose()
+
+        result = arun(main(), timeout=60)
+        assert not server.errors
+        asked = [r.body.get("max_tokens") for r in server.requests]
+    assert result.output == "done" and asked == [None, None]
+
+
+def test_a_small_token_budget_left_still_caps_an_openai_reply() -> None:
+    with OpenAIWireServer(_like_openai) as server:
+        model = server.model()
+        agent = shoal.Agent(name="a", model=model, tools=[echo], stream_dispatch=False)
+
+        async def main() -> Any:
+            try:
+                return await agent.run("go", budget=shoal.Budget(tokens=3_000))
+            finally:
+                await model.aclose()
+
+        result = arun(main(), timeout=60)
+        asked = [r.body.get("max_tokens") for r in server.requests]
+    assert result.output == "done"
+    assert asked[0] == 3_000 and 0 < asked[1] < 3_000

@@ -69,6 +69,12 @@ if TYPE_CHECKING:
 __all__ = ["OpenAIModel", "openai_messages", "openai_tools", "tool_message"]
 
 
+#: The largest output cap a tree's ``Budget(tokens=)`` alone makes a request ask for: every
+#: chat model writes at least this many tokens. Past it the request asks for nothing (the
+#: model's own limit), and a streamed reply is still stopped as it goes over the budget.
+BUDGET_CAP_SENT = 4_096
+
+
 def _require_sdk() -> None:
     try:
         import openai  # noqa: F401
@@ -249,7 +255,11 @@ class OpenAIModel(Model):
                 "name": "output", "schema": dict(request.output_schema), "strict": False}}
         if settings.temperature is not None:
             params["temperature"] = settings.temperature
-        if (most := request.output_tokens()) is not None:
+        most = request.output_tokens()
+        if most is not None and (settings.max_tokens is not None or most <= BUDGET_CAP_SENT):
+            # a cap that only a budget sets goes out only when it is small: servers refuse a
+            # request asking for more output than the model can write (gpt-4.1-mini: 32,768;
+            # "max_tokens is too large"), so Budget(tokens=200_000) failed every request
             params[self._max_tokens_key] = most
         if settings.extra:
             params["extra_body"] = dict(settings.extra)
