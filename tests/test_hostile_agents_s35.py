@@ -7,6 +7,7 @@ in a typed error or a recorded outcome, never a crash of the whole run.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -16,6 +17,8 @@ import shoal
 from shoal.events import ModelRetrying
 from shoal.exceptions import ConfigError, ModelError, ModelHTTPError
 from shoal.models import ModelGate, ModelGates, ModelRetry
+from shoal.testing import ScriptedModel
+from shoal.testing import call as scripted_call
 from tests.conftest import arun
 from tests.test_models_hostile_stream import (
     RawAnthropic,
@@ -237,3 +240,45 @@ def test_a_small_token_budget_left_still_caps_an_openai_reply() -> None:
         asked = [r.body.get("max_tokens") for r in server.requests]
     assert result.output == "done"
     assert asked[0] == 3_000 and 0 < asked[1] < 3_000
+
+
+@shoal.tool(approval=True)
+def send(text: str) -> str:
+    """Send ``text`` (a side effect that needs a person's approval)."""
+    return f"sent {text}"
+
+
+def test_a_subagent_cancelled_while_its_approval_waits_lets_its_siblings_answer_come(
+        ) -> None:
+    # the approver (a person who walked away) never answers mailer#1's request: cancelling
+    # mailer#1 withdrew it, but its function went on, and the answer to mailer#2's request,
+    # in the same batch, waited for it for good: the run hung
+    model = ScriptedModel.per_prompt({
+        "go": [[scripted_call("mailer", task="m"), scripted_call("mailer", task="n")], "done"],
+        "m": [[scripted_call("send", text="never")], "mailed m"],
+        "n": [[scripted_call("send", text="yes")], "mailed n"],
+    })
+    mailer = shoal.Agent(name="mailer", model=model, tools=[send])
+    lead = shoal.Agent(name="lead", model=model, subagents=[mailer])
+    asked: list[str] = []
+    both_asked, walked_away = asyncio.Event(), asyncio.Event()
+
+    async def approver(request: shoal.ApprovalRequest) -> shoal.Decision:
+        asked.append(request.args["text"])
+        if len(asked) == 2:
+            both_asked.set()
+        if request.args["text"] == "never":
+            await walked_away.wait()
+        return shoal.Decision.approve()
+
+    async def scenario() -> Any:
+        handle = lead.start("go", approver=approver)
+        await both_asked.wait()
+        handle.cancel("lead/mailer#1")
+        return await handle
+
+    result = arun(scenario(), virtual=True)
+    assert result.output == "done"
+    stuck, fine = result.children
+    assert fine.status == "ok" and [c.status for c in fine.calls] == ["ok"]
+    assert [c.status for c in stuck.calls] == ["cancelled"]
