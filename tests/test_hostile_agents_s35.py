@@ -314,3 +314,38 @@ def test_an_agent_process_cannot_close_its_trees_model_gate_for_good() -> None:
     gates = ModelGates(retry=ModelRetry(max_retry_after=0.5))
     result = arun(lead.run("go", gates=gates), timeout=30)
     assert result.output == "done" and result.children[0].output == "read"
+
+
+class _NoUsage(OpenAIWireServer):
+    """A compatible server that reports no usage, streamed or not."""
+
+    def render_json(self, body: dict[str, Any], reply: Any) -> dict[str, Any]:
+        return {**super().render_json(body, reply), "usage": None}
+
+    def render_events(self, body: dict[str, Any], reply: Any) -> Any:
+        return (event for event in super().render_events(body, reply) if '"usage"' not in event)
+
+
+@pytest.mark.parametrize("stream_dispatch", [True, False])
+def test_a_token_budget_holds_against_a_server_that_reports_no_usage(
+        stream_dispatch: bool) -> None:
+    # its replies counted no tokens: Budget(tokens=) never stopped anything, however much
+    # the tree read and wrote
+    long_text = "word " * 4_000  # 20,000 characters a turn: 1,250 tokens at the least
+    with _NoUsage(lambda body: tool_call_reply(call("echo", {"x": 1}), text=long_text)) as server:
+        model = server.model()
+        agent = shoal.Agent(name="a", model=model, tools=[echo], max_turns=50,
+                            stream_dispatch=stream_dispatch)
+
+        async def main() -> Any:
+            try:
+                return await agent.run("go", budget=shoal.Budget(tokens=5_000))
+            finally:
+                await model.aclose()
+
+        with pytest.raises(shoal.BudgetExceeded) as raised:
+            arun(main(), timeout=60)
+    assert raised.value.limit == "tokens"
+    assert 2 <= len(server.requests) <= 4  # not until max_turns
+    result = raised.value.result
+    assert result is not None and result.usage.output_tokens >= 1_250

@@ -24,6 +24,7 @@ from collections.abc import (
     Callable,
     Iterator,
     Mapping,
+    Sequence,
 )
 from contextvars import ContextVar, Token
 from typing import Any, Generic, TypeVar
@@ -39,7 +40,7 @@ from shoal.exceptions import (
     bounded_text,
 )
 from shoal.merge import shown
-from shoal.models.base import Usage
+from shoal.models.base import Message, ModelRequest, ToolCall, Usage
 from shoal.models.prices import Price, cost
 
 __all__ = [
@@ -65,6 +66,7 @@ __all__ = [
     "token_count",
     "transport_error",
     "unreachable",
+    "unreported_tokens",
 ]
 
 log = logging.getLogger("shoal")
@@ -530,6 +532,29 @@ def priced_usage(model: str, served_by: str, tokens_in: object, tokens_out: obje
         if price is not None:
             break
     return Usage(tokens_in, tokens_out, 1, price, read, write)
+
+
+#: Characters counted as one token where a server reports none: tokenizers average about 4
+#: a token, so this is a lower bound (the one ``Budget(tokens=)`` puts on a streaming reply).
+UNREPORTED_CHARS_PER_TOKEN = 16
+
+
+def unreported_tokens(request: ModelRequest, text: str,
+                      calls: Sequence[ToolCall]) -> tuple[int, int]:
+    """A lower bound on the input and output tokens of a reply whose server reported none.
+
+    A token per :data:`UNREPORTED_CHARS_PER_TOKEN` characters of the request's instructions
+    and messages, and of the reply's text and calls; at least one each.
+    """
+    asked = len(request.instructions) + sum(_chars(m) for m in request.messages)
+    said = len(text) + sum(len(c.name) + len(c.arguments) for c in calls)
+    return (max(asked // UNREPORTED_CHARS_PER_TOKEN, 1),
+            max(said // UNREPORTED_CHARS_PER_TOKEN, 1))
+
+
+def _chars(message: Message) -> int:
+    calls = getattr(message, "tool_calls", ())
+    return len(message.content) + sum(len(c.name) + len(c.arguments) for c in calls)
 
 
 def sendable(params: dict[str, Any]) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from shoal.models._common import (
     too_deep,
     transport_error,
     unreachable,
+    unreported_tokens,
 )
 from shoal.models.base import (
     AssistantMessage,
@@ -153,7 +154,7 @@ class OpenAIModel(Model):
                     self.name, f"no answer within {self.timeout:g} s") from None
         if prices is not None:
             await prices
-        return self._response(completion)
+        return self._response(completion, request)
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
         """Stream a chat completion: text and complete tool calls as they arrive, then all.
@@ -199,7 +200,7 @@ class OpenAIModel(Model):
             yield ToolCallDone(index, done)
         if prices is not None:
             await prices
-        yield ResponseDone(self._finish(state))
+        yield ResponseDone(self._finish(state, request))
 
     async def aclose(self) -> None:
         """Close this loop's connections of the client this model made (never one passed in)."""
@@ -265,7 +266,7 @@ class OpenAIModel(Model):
             params["extra_body"] = dict(settings.extra)
         return params
 
-    def _response(self, completion: ChatCompletion) -> ModelResponse:
+    def _response(self, completion: ChatCompletion, request: ModelRequest) -> ModelResponse:
         """The SDK's completion as shoal's response; one of the wrong shape is a ModelError.
 
         The SDK builds responses unchecked: a server off the protocol (choices as text, a
@@ -276,11 +277,11 @@ class OpenAIModel(Model):
         try:
             if not completion.choices:
                 raise ModelError(self.name, "the response has no choices")
-            return self._read(completion)
+            return self._read(completion, request)
         except (AttributeError, TypeError) as exc:
             raise ModelError(self.name, f"malformed response ({exc})") from None
 
-    def _read(self, completion: ChatCompletion) -> ModelResponse:
+    def _read(self, completion: ChatCompletion, request: ModelRequest) -> ModelResponse:
         choice, usage = completion.choices[0], completion.usage
         calls = tuple(ToolCall(text_field(call.id, "a tool call's id") or _call_id(),
                                _as_text(call.function.name),
@@ -288,26 +289,37 @@ class OpenAIModel(Model):
                       for call in choice.message.tool_calls or () if call.type == "function")
         # a refusal (structured outputs) is the model's answer too: show it, do not drop it
         text = _as_text(choice.message.content) or _as_text(choice.message.refusal)
+        served_by = text_field(completion.model, "model")
         return ModelResponse(text=text, tool_calls=calls,
-                             usage=self._usage(usage.model_dump() if usage else {},
-                                               completion.model),
-                             model=text_field(completion.model, "model") or self.model,
+                             usage=self._usage(usage.model_dump() if usage else None,
+                                               served_by, request, text, calls),
+                             model=served_by or self.model,
                              stop_reason=text_field(choice.finish_reason, "finish_reason"))
 
-    def _finish(self, state: _StreamState) -> ModelResponse:
+    def _finish(self, state: _StreamState, request: ModelRequest) -> ModelResponse:
         calls = tuple(ToolCall(c.id or _call_id(), c.name, "".join(c.arguments) or "{}")
                       for c in state.calls)
-        usage = state.usage or {}
-        return ModelResponse(text="".join(state.text), tool_calls=calls,
-                             usage=self._usage(usage, state.model),
+        text = "".join(state.text)
+        return ModelResponse(text=text, tool_calls=calls,
+                             usage=self._usage(state.usage, state.model, request, text, calls),
                              model=state.model or self.model, stop_reason=state.finish_reason)
 
-    def _usage(self, usage: Mapping[str, Any], served_by: str) -> Usage:
-        """Usage from the API's ``usage`` object; cached prompt tokens are among the prompt's."""
+    def _usage(self, usage: Mapping[str, Any] | None, served_by: str, request: ModelRequest,
+               text: str, calls: Sequence[ToolCall]) -> Usage:
+        """Usage from the API's ``usage`` object; cached prompt tokens are among the prompt's.
+
+        A server that reports no token counts (some compatible servers send no usage, or
+        nulls) is charged a lower bound instead (see :func:`unreported_tokens`): counted as
+        none, its replies never reached a ``Budget(tokens=)``, which then held nothing.
+        """
+        usage = usage or {}
+        tokens_in, tokens_out = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if tokens_in is None and tokens_out is None:
+            tokens_in, tokens_out = unreported_tokens(request, text, calls)
         details = usage.get("prompt_tokens_details")
         cached = details.get("cached_tokens") if isinstance(details, Mapping) else None
-        return priced_usage(self.model, served_by, usage.get("prompt_tokens"),
-                            usage.get("completion_tokens"), self._prices, cache_read=cached,
+        return priced_usage(self.model, served_by, tokens_in, tokens_out, self._prices,
+                            cache_read=cached,
                             provider=provider_for_url(self._base_url, "openai"))
 
     @contextmanager
