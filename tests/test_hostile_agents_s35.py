@@ -349,3 +349,22 @@ def test_a_token_budget_holds_against_a_server_that_reports_no_usage(
     assert 2 <= len(server.requests) <= 4  # not until max_turns
     result = raised.value.result
     assert result is not None and result.usage.output_tokens >= 1_250
+
+
+@pytest.mark.parametrize("timeout", [0, -1, float("nan"), "30", True])
+@pytest.mark.parametrize("server_class", [OpenAIWireServer, AnthropicWireServer])
+def test_a_models_timeout_that_is_no_time_is_refused_when_made(server_class: Any,
+                                                              timeout: Any) -> None:
+    # 0, -1 and NaN failed every request as a timeout, retried before the run failed; "30"
+    # failed the agent with Python's TypeError
+    with server_class(text_reply("hi")) as server, pytest.raises(
+            ConfigError, match="timeout must be a positive number of seconds"):
+        server.model(timeout=timeout)
+
+
+@pytest.mark.parametrize("max_tokens", [0, -5, 2.5, "100", None])
+def test_an_anthropic_models_max_tokens_that_is_no_count_is_refused_when_made(
+        max_tokens: Any) -> None:
+    with AnthropicWireServer(text_reply("hi")) as server, pytest.raises(
+            ConfigError, match="max_tokens must be a whole number"):
+        server.model(max_tokens=max_tokens)

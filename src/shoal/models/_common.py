@@ -49,6 +49,7 @@ __all__ = [
     "Pace",
     "PerLoop",
     "check_base_url",
+    "check_timeout",
     "not_a_reply",
     "not_a_stream",
     "stalled",
@@ -129,6 +130,19 @@ def check_base_url(url: str, where: str) -> None:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"{where} {url!r} is not a URL: give the API root as "
                           "http(s)://host[:port][/path], e.g. http://localhost:8080/v1")
+
+
+def check_timeout(name: str, timeout: object) -> None:
+    """Refuse a model's ``timeout`` that is not a positive number of seconds (or ``None``).
+
+    Checked when the model is made: ``0``, ``-1`` or NaN failed every request as a timeout
+    (retried, as timeouts are, before the run failed), and ``"30"`` failed the agent with
+    Python's ``TypeError``.
+    """
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)
+                                or not timeout > 0):  # NaN compares false
+        raise ConfigError(f"model {name!r}: timeout must be a positive number of seconds, or "
+                          f"None for no limit; got {shown(timeout)}")
 
 
 def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:

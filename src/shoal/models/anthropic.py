@@ -23,15 +23,18 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from shoal.exceptions import (
+    ConfigError,
     MissingDependencyError,
     ModelConnectionError,
     ModelError,
     ModelHTTPError,
 )
+from shoal.merge import shown
 from shoal.models._common import (
     UNNAMED,
     Pace,
     PerLoop,
+    check_timeout,
     describe_cause,
     http_error,
     not_a_reply,
@@ -121,7 +124,11 @@ class AnthropicModel(Model):
         _require_sdk()
         self.model = model
         self.name = name or f"anthropic:{model}"
+        check_timeout(self.name, timeout)
         self.timeout = timeout
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ConfigError(f"model {self.name!r}: max_tokens must be a whole number, 1 or "
+                              f"more (the API requires it); got {shown(max_tokens)}")
         self.max_tokens = max_tokens
         self._prices = prices
         self._given = client.with_options(max_retries=0) if client is not None else None

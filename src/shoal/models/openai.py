@@ -33,6 +33,7 @@ from shoal.models._common import (
     UNNAMED,
     Pace,
     PerLoop,
+    check_timeout,
     http_error,
     not_a_reply,
     not_a_stream,
@@ -112,6 +113,7 @@ class OpenAIModel(Model):
         _require_sdk()
         self.model = model
         self.name = name or f"openai:{model}"
+        check_timeout(self.name, timeout)
         self.timeout = timeout
         self._prices = prices
         self._given = client.with_options(max_retries=0) if client is not None else None
