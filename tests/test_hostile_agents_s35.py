@@ -368,3 +368,15 @@ def test_an_anthropic_models_max_tokens_that_is_no_count_is_refused_when_made(
     with AnthropicWireServer(text_reply("hi")) as server, pytest.raises(
             ConfigError, match="max_tokens must be a whole number"):
         server.model(max_tokens=max_tokens)
+
+
+@pytest.mark.parametrize("first", [
+    tool_call_reply(call("echo", {"x": 1}), text="\n\n"),
+    text_reply(" \n\t"),  # blank: sent back as an empty answer, and asked again
+], ids=["blank-before-a-call", "blank-answer"])
+def test_anthropic_blank_text_of_a_reply_is_not_sent_back(first: Any) -> None:
+    # the API refuses a message whose text is only whitespace ("text content blocks must
+    # contain non-whitespace text"): every later request of the run was refused
+    result, server = _run(AnthropicWireServer, first)
+    assert result.output == "done"
+    assert len(server.requests) == 2 and all(r.status == 200 for r in server.requests)

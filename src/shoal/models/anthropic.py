@@ -448,7 +448,11 @@ def _blocks(message: Message) -> tuple[str, list[dict[str, Any]]]:
     if isinstance(message, AssistantMessage):
         uses = [{"type": "tool_use", "id": c.id, "name": c.name or UNNAMED, "input": _input(c)}
                 for c in message.tool_calls]
-        return "assistant", _text_blocks(message.content) + uses
+        # text of nothing but whitespace ("\n\n" before a call, a blank answer sent back as
+        # empty) is left out: the API refuses it ("text content blocks must contain
+        # non-whitespace text"), and with it every later request of the conversation
+        text = message.content if message.content.strip() else ""
+        return "assistant", _text_blocks(text) + uses
     return "user", [tool_result_block(message)]
 
 
