@@ -16,7 +16,7 @@ import pytest
 
 import shoal
 from shoal.events import ModelRetrying
-from shoal.exceptions import ConfigError, ModelError, ModelHTTPError
+from shoal.exceptions import ConfigError, ModelConnectionError, ModelError, ModelHTTPError
 from shoal.models import ModelGate, ModelGates, ModelRetry
 from shoal.testing import ScriptedModel
 from shoal.testing import call as scripted_call
@@ -26,6 +26,7 @@ from tests.test_models_hostile_stream import (
     RawOpenAI,
     block_start,
     block_stop,
+    chunk,
     completion,
     message_end,
     message_start,
@@ -380,3 +381,21 @@ def test_anthropic_blank_text_of_a_reply_is_not_sent_back(first: Any) -> None:
     result, server = _run(AnthropicWireServer, first)
     assert result.output == "done"
     assert len(server.requests) == 2 and all(r.status == 200 for r in server.requests)
+
+
+def test_an_openai_stream_broken_off_mid_event_is_retried_as_a_lost_connection() -> None:
+    # its last line, cut short, read as data that is not JSON: a ModelError, not retried,
+    # where a stream broken off anywhere else is a lost connection, retried
+    whole = chunk({"content": "hello there"})
+    cut = [chunk({"role": "assistant", "content": ""}), whole[:len(whole) // 2]]
+    result, server = run_agent(RawOpenAI, [cut, None])
+    assert result.output == "unused", repr(result)  # the second request's reply
+    assert len(server.requests) == 2
+
+
+def test_an_openai_stream_line_that_is_no_json_before_more_lines_is_not_retried() -> None:
+    stream = [chunk({"role": "assistant", "content": ""}), 'data: {"id": 1, ',
+              chunk({"content": "more"})]
+    result, server = run_agent(RawOpenAI, [stream, None])
+    assert isinstance(result, ModelError) and not isinstance(result, ModelConnectionError)
+    assert "malformed stream data" in str(result) and len(server.requests) == 1

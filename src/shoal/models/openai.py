@@ -163,7 +163,9 @@ class OpenAIModel(Model):
 
         A tool call is complete when the next call begins (calls stream one after another),
         or when the stream ends. A stream off the protocol (a chunk of the wrong shape, data
-        that is not JSON) is a :class:`~shoal.exceptions.ModelError`.
+        that is not JSON) is a :class:`~shoal.exceptions.ModelError`; one whose last line is
+        cut short broke off mid-event: a :class:`~shoal.exceptions.ModelConnectionError`
+        (transient: retried).
         """
         client = self._client()
         state = _StreamState()
@@ -190,7 +192,17 @@ class OpenAIModel(Model):
                     raise wrong
                 lines = aiter(raw.iter_lines())
                 while (line := await pace.read(lines)) is not None:
-                    chunk = self._sse_chunk(line, state)
+                    try:
+                        chunk = self._sse_chunk(line, state)
+                    except _NotJSON as exc:
+                        # the last line, cut short: the stream broke off mid-event (a server
+                        # or a proxy that fell over), transient as a lost connection is
+                        if await pace.read(lines) is None:
+                            raise ModelConnectionError(
+                                self.name, f"the stream broke off in the middle of an event: "
+                                           f"{exc.payload[:200]!r}") from None
+                        raise ModelError(self.name, f"malformed stream data: "
+                                                    f"{exc.payload[:200]!r}") from None
                     if chunk is not None and (text := self._take(state, chunk, line)):
                         yield TextDelta(text)
                     for index, done in state.complete(final=False):
@@ -231,7 +243,7 @@ class OpenAIModel(Model):
         try:
             chunk = json.loads(payload)
         except ValueError:
-            raise ModelError(self.name, f"malformed stream data: {payload[:200]!r}") from None
+            raise _NotJSON(payload) from None
         if not isinstance(chunk, dict):
             raise ModelError(self.name, f"malformed stream data: {payload[:200]!r}")
         if isinstance(error := chunk.get("error"), dict):
@@ -347,6 +359,14 @@ class OpenAIModel(Model):
             if (lost := transport_error(self.name, exc, self.timeout)) is not None:
                 raise lost from exc
             raise
+
+
+class _NotJSON(ValueError):
+    """A stream's data line that is not JSON (see :meth:`OpenAIModel.stream`)."""
+
+    def __init__(self, payload: str) -> None:
+        super().__init__(payload)
+        self.payload = payload
 
 
 class _Malformed(ValueError):
