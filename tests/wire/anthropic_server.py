@@ -151,6 +151,9 @@ def _check_messages(messages: list[Any]) -> list[str]:
             continue
         problems += [f"messages.{i}.content.{j}: text content blocks must be non-empty"
                      for j, b in enumerate(blocks) if b.get("type") == "text" and not b.get("text")]
+        texts = [b.get("text") for b in blocks if b.get("type") == "text"]
+        if texts and all(isinstance(t, str) and t and not t.strip() for t in texts):
+            problems.append(f"messages.{i}: text content blocks must contain non-whitespace text")
         if role == "user":
             problems += _check_results(i, blocks, open_uses)
             open_uses = []

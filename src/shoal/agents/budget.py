@@ -41,7 +41,9 @@ class Budget:
             streaming counts a token per 16 characters at least, so one that never ends is
             stopped too; each request asks for no more output than is left, so a reply that
             is not streamed is bounded too: in a process or Ray agent, by what is left after
-            that agent's own spending).
+            that agent's own spending; the OpenAI adapter, with no ``max_tokens`` set, asks
+            so only once at most 4,096 are left, as providers refuse a request asking for
+            more output than the model writes).
         cost: US dollars, for models with a known price.
         requests: model requests across the tree (each agent turn is one request; an agent's
             own ``max_turns`` bounds its requests alone).

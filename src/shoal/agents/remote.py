@@ -837,7 +837,10 @@ class TreeServer:
             elif kind == "gate_exit":
                 self._release(message[1])
             elif kind == "gate_pause":
-                self.ctx.gates.for_name(message[1]).pause(message[2])
+                # no longer than this tree's gates wait for a Retry-After: a pause of 1e300 s
+                # (the check above takes any finite one) closed the gate for good
+                gate = self.ctx.gates.for_name(message[1])
+                gate.pause(min(message[2], gate.retry.max_retry_after))
             elif kind == "withdraw":
                 self._withdraw(message[1])
             elif kind == "journal":

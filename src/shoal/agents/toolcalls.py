@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from shoal._slots import slot_init
 from shoal.events import Event, EventSink
-from shoal.exceptions import ConfigError, ToolArgumentError
+from shoal.exceptions import ConfigError, ToolArgumentError, bounded_text
 from shoal.models.base import ModelResponse, ToolCall, ToolResultMessage
 from shoal.outcome import Outcome, RunResult, jsonable
 from shoal.plan import Plan
@@ -345,12 +345,20 @@ def distinct_call(call: ToolCall, index: int, seen: set[str], where: str) -> Too
     return replace(call, id=new)
 
 
+#: The most characters of a made-up tool name a lineage, or the error its model reads, holds.
+UNKNOWN_NAME_CHARS = 100
+
+
 def unknown_part(name: str) -> str:
     """The lineage part of a call of a tool no one offered: its name, then ``?``.
 
     A ``/`` in the name a model made up is written ``%2F``: lineages are split at ``/``, and
-    a name holding one would read as calls nested in calls that never were.
+    a name holding one would read as calls nested in calls that never were. A name longer
+    than :data:`UNKNOWN_NAME_CHARS` is cut in the middle (saying how much): a model's name of
+    a megabyte was the lineage of its call, in every event and the journal.
     """
+    if len(name) > UNKNOWN_NAME_CHARS:
+        name = bounded_text(name, UNKNOWN_NAME_CHARS)
     return f"{name.replace('/', '%2F')}?"
 
 
@@ -365,7 +373,8 @@ def _check(
     """The tool and validated arguments of a call, or the record of why it cannot run."""
     if found is None:
         known = ", ".join(sorted(by_name)) or "none"
-        return _rejected(call, where, f"Error: there is no tool named {call.name!r}; "
+        named = bounded_text(repr(call.name), UNKNOWN_NAME_CHARS)
+        return _rejected(call, where, f"Error: there is no tool named {named}; "
                                       f"the tools are: {known}")
     try:
         args = found.validate(call.parsed_arguments())

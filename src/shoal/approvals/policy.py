@@ -195,7 +195,9 @@ class CallbackApprover(Approver):
     Async functions answer a batch concurrently; sync ones run on the event loop, one after
     another, so keep them quick (do slow work in an async function). A function that raises
     (``SystemExit`` too; not ``KeyboardInterrupt``) denies that request, with the error as the
-    reason.
+    reason. An async function still at work on a request that is withdrawn (its call was
+    cancelled, or timed out) is cancelled: the other requests of its batch get their answers
+    without waiting for it.
     """
 
     def __init__(self, fn: Callback, *, name: str | None = None) -> None:
@@ -203,6 +205,7 @@ class CallbackApprover(Approver):
             raise ConfigError(f"CallbackApprover takes a callable, got {shown(fn)}")
         self._fn = fn
         self._name = name or getattr(fn, "__qualname__", None) or type(fn).__name__
+        self._asking: dict[str, asyncio.Future[object]] = {}  # request id -> its answer
 
     @property
     def name(self) -> str:
@@ -214,10 +217,32 @@ class CallbackApprover(Approver):
         answers = [self._call(r) for r in batch]
         waiting = [i for i, a in enumerate(answers) if inspect.isawaitable(a)]
         if waiting:  # only async answers need the loop: sync ones cost no task
-            done = await asyncio.gather(*(self._await(answers[i]) for i in waiting))
+            # a task each, known by its request: withdrawn, it is cancelled (see withdrawn);
+            # else a function that never answers a request nobody needs any more (a person
+            # who walked away) held back the answers of the whole batch for good
+            asking = {batch[i].id: asyncio.ensure_future(self._await(answers[i]))
+                      for i in waiting}
+            self._asking.update(asking)
+            try:
+                done = await asyncio.gather(*asking.values(), return_exceptions=True)
+            finally:
+                for request_id, task in asking.items():
+                    if self._asking.get(request_id) is task:
+                        del self._asking[request_id]
             for i, answer in zip(waiting, done, strict=True):
+                if isinstance(answer, asyncio.CancelledError):  # withdrawn: nobody reads it
+                    answer = Decision.deny("withdrawn")
+                elif isinstance(answer, BaseException):  # KeyboardInterrupt: _await lets it by
+                    raise answer
                 answers[i] = answer
         return [a if isinstance(a, Decision) else _as_decision(a) for a in answers]
+
+    def withdrawn(self, requests: Sequence[ApprovalRequest]) -> None:
+        """Cancel the function's work on these requests: no one waits for their answers."""
+        for request in requests:
+            task = self._asking.pop(request.id, None)
+            if task is not None:
+                task.cancel()
 
     def _call(self, request: ApprovalRequest) -> object:
         try:

@@ -22,7 +22,9 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
+    Iterator,
     Mapping,
+    Sequence,
 )
 from contextvars import ContextVar, Token
 from typing import Any, Generic, TypeVar
@@ -35,9 +37,10 @@ from shoal.exceptions import (
     ModelConnectionError,
     ModelError,
     ModelHTTPError,
+    bounded_text,
 )
 from shoal.merge import shown
-from shoal.models.base import Usage
+from shoal.models.base import Message, ModelRequest, ToolCall, Usage
 from shoal.models.prices import Price, cost
 
 __all__ = [
@@ -46,9 +49,11 @@ __all__ = [
     "Pace",
     "PerLoop",
     "check_base_url",
+    "check_timeout",
     "not_a_reply",
     "not_a_stream",
     "stalled",
+    "too_deep",
     "text_field",
     "describe_cause",
     "http_error",
@@ -62,6 +67,7 @@ __all__ = [
     "token_count",
     "transport_error",
     "unreachable",
+    "unreported_tokens",
 ]
 
 log = logging.getLogger("shoal")
@@ -126,6 +132,19 @@ def check_base_url(url: str, where: str) -> None:
                           "http(s)://host[:port][/path], e.g. http://localhost:8080/v1")
 
 
+def check_timeout(name: str, timeout: object) -> None:
+    """Refuse a model's ``timeout`` that is not a positive number of seconds (or ``None``).
+
+    Checked when the model is made: ``0``, ``-1`` or NaN failed every request as a timeout
+    (retried, as timeouts are, before the run failed), and ``"30"`` failed the agent with
+    Python's ``TypeError``.
+    """
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)
+                                or not timeout > 0):  # NaN compares false
+        raise ConfigError(f"model {name!r}: timeout must be a positive number of seconds, or "
+                          f"None for no limit; got {shown(timeout)}")
+
+
 def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
     """Seconds a response asks us to wait: ``retry-after-ms``, else ``retry-after``.
 
@@ -166,14 +185,20 @@ def _number(text: str | None) -> float | None:
     return None if math.isnan(value) else value
 
 
+#: The most characters of a provider's error body an error quotes (its start and its end).
+ERROR_BODY_CHARS = 2_000
+
+
 def http_error(name: str, status: int, headers: Mapping[str, str], body: object,
                fallback: str, *, model_id: str = "", key_env: str = "") -> ModelHTTPError:
     """A :class:`ModelHTTPError` for an SDK status error, with the provider's own message.
 
     A refused key (401), a key without the right (403) and an unknown model (404) say so
-    first, and what to check.
+    first, and what to check. The provider's words are quoted up to
+    :data:`ERROR_BODY_CHARS` characters: a proxy's error page of megabytes was the error's
+    message whole, in every retry's event and log line, the agent's result and the journal.
     """
-    message = _error_message(body) or fallback
+    message = bounded_text(_error_message(body) or fallback, ERROR_BODY_CHARS)
     if status == 401:
         message = (f"the API key was refused"
                    f"{f' (check {key_env})' if key_env else ''}: {message}")
@@ -318,6 +343,16 @@ def not_a_reply(name: str, body: object) -> ModelError:
     The SDKs hand such a body over as its text instead of the reply they promise.
     """
     return ModelError(name, f"the reply is not a JSON object: {shown(body)}")
+
+
+def too_deep(name: str, exc: RecursionError) -> ModelError:
+    """The error for a reply (or a stream's event) nested deeper than JSON can be read.
+
+    Python's JSON reader recurses once a level: a body 100,000 arrays deep raised the
+    reader's own ``RecursionError`` out of the model, where a reply off the protocol is a
+    :class:`ModelError` (not retried: the server would send it again).
+    """
+    return ModelError(name, f"the reply is nested too deeply to read ({exc})")
 
 
 async def not_a_stream(name: str, response: Any, within: float | None) -> ModelError | None:
@@ -513,6 +548,29 @@ def priced_usage(model: str, served_by: str, tokens_in: object, tokens_out: obje
     return Usage(tokens_in, tokens_out, 1, price, read, write)
 
 
+#: Characters counted as one token where a server reports none: tokenizers average about 4
+#: a token, so this is a lower bound (the one ``Budget(tokens=)`` puts on a streaming reply).
+UNREPORTED_CHARS_PER_TOKEN = 16
+
+
+def unreported_tokens(request: ModelRequest, text: str,
+                      calls: Sequence[ToolCall]) -> tuple[int, int]:
+    """A lower bound on the input and output tokens of a reply whose server reported none.
+
+    A token per :data:`UNREPORTED_CHARS_PER_TOKEN` characters of the request's instructions
+    and messages, and of the reply's text and calls; at least one each.
+    """
+    asked = len(request.instructions) + sum(_chars(m) for m in request.messages)
+    said = len(text) + sum(len(c.name) + len(c.arguments) for c in calls)
+    return (max(asked // UNREPORTED_CHARS_PER_TOKEN, 1),
+            max(said // UNREPORTED_CHARS_PER_TOKEN, 1))
+
+
+def _chars(message: Message) -> int:
+    calls = getattr(message, "tool_calls", ())
+    return len(message.content) + sum(len(c.name) + len(c.arguments) for c in calls)
+
+
 def sendable(params: dict[str, Any]) -> dict[str, Any]:
     r"""``params`` as a provider's JSON body can carry them.
 
@@ -531,12 +589,44 @@ def sendable(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _repaired(value: Any) -> Any:
+    """``value`` with each string and non-finite float in it made sendable (see ``sendable``).
+
+    Walked with a stack of its own, not by recursion: a model's arguments nested as deep as
+    JSON text can carry them (an Anthropic call's ``input`` goes back as an object) fit
+    ``json.dumps``, which runs in C, but not Python's recursion limit.
+    """
+    if not isinstance(value, dict | list | tuple):
+        return _repaired_leaf(value)
+    top: dict[Any, Any] | list[Any] = {} if isinstance(value, dict) else []
+    stack: list[tuple[Iterator[Any], dict[Any, Any] | list[Any]]] = [
+        (iter(value.items()) if isinstance(value, dict) else iter(value), top)]
+    while stack:
+        items, out = stack[-1]
+        for item in items:
+            if isinstance(out, dict):
+                key, item = item
+                key = _repaired_leaf(key)
+            if isinstance(item, dict | list | tuple):
+                inner: dict[Any, Any] | list[Any] = {} if isinstance(item, dict) else []
+                if isinstance(out, dict):
+                    out[key] = inner
+                else:
+                    out.append(inner)
+                stack.append((iter(item.items()) if isinstance(item, dict) else iter(item),
+                              inner))
+                break
+            if isinstance(out, dict):
+                out[key] = _repaired_leaf(item)
+            else:
+                out.append(_repaired_leaf(item))
+        else:
+            stack.pop()
+    return top
+
+
+def _repaired_leaf(value: Any) -> Any:
     if isinstance(value, str):
         return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, dict):
-        return {_repaired(k): _repaired(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_repaired(v) for v in value]
     return value

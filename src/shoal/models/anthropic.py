@@ -23,15 +23,18 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from shoal.exceptions import (
+    ConfigError,
     MissingDependencyError,
     ModelConnectionError,
     ModelError,
     ModelHTTPError,
 )
+from shoal.merge import shown
 from shoal.models._common import (
     UNNAMED,
     Pace,
     PerLoop,
+    check_timeout,
     describe_cause,
     http_error,
     not_a_reply,
@@ -41,6 +44,7 @@ from shoal.models._common import (
     sendable,
     text_field,
     token_count,
+    too_deep,
     transport_error,
     unreachable,
 )
@@ -120,7 +124,11 @@ class AnthropicModel(Model):
         _require_sdk()
         self.model = model
         self.name = name or f"anthropic:{model}"
+        check_timeout(self.name, timeout)
         self.timeout = timeout
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ConfigError(f"model {self.name!r}: max_tokens must be a whole number, 1 or "
+                              f"more (the API requires it); got {shown(max_tokens)}")
         self.max_tokens = max_tokens
         self._prices = prices
         self._given = client.with_options(max_retries=0) if client is not None else None
@@ -309,6 +317,8 @@ class AnthropicModel(Model):
         except json.JSONDecodeError as exc:  # the SDK reads each event's data as JSON
             raise ModelError(self.name, f"malformed stream data ({exc.msg}): "
                                         f"{exc.doc[:200]!r}") from exc
+        except RecursionError as exc:  # the reader's, for JSON nested too deep to read
+            raise too_deep(self.name, exc) from None
         except Exception as exc:
             if (lost := transport_error(self.name, exc, self.timeout)) is not None:
                 raise lost from exc
@@ -438,7 +448,11 @@ def _blocks(message: Message) -> tuple[str, list[dict[str, Any]]]:
     if isinstance(message, AssistantMessage):
         uses = [{"type": "tool_use", "id": c.id, "name": c.name or UNNAMED, "input": _input(c)}
                 for c in message.tool_calls]
-        return "assistant", _text_blocks(message.content) + uses
+        # text of nothing but whitespace ("\n\n" before a call, a blank answer sent back as
+        # empty) is left out: the API refuses it ("text content blocks must contain
+        # non-whitespace text"), and with it every later request of the conversation
+        text = message.content if message.content.strip() else ""
+        return "assistant", _text_blocks(text) + uses
     return "user", [tool_result_block(message)]
 
 

@@ -266,7 +266,9 @@ class ModelRequest:
             (``None``: no such budget). An adapter asks for no more output than the lesser of
             it and ``settings.max_tokens`` (see :meth:`output_tokens`): a reply that is not
             streamed is counted only once it has come, so only the provider can stop it in
-            time. Not part of the request's identity in the journal.
+            time (the OpenAI adapter sends a cap that only it sets when it is at most
+            4,096: a larger one may be more than the model writes, which providers refuse).
+            Not part of the request's identity in the journal.
 
     ``copy.deepcopy`` of a request copies the mutable parts (tool schemas, settings, output
     schema) and shares the immutable messages, so a model that changes its request cannot

@@ -90,7 +90,7 @@ from shoal.exceptions import (
     ModelError,
     ModelHTTPError,
 )
-from shoal.models._common import notify
+from shoal.models._common import check_timeout, notify
 from shoal.models.base import (
     AssistantMessage,
     Message,
@@ -683,6 +683,7 @@ class LocalModel(Model):
         self.parallel_calls = parallel_calls
         self.plan_calls = plan_calls
         self.max_concurrency = max_concurrency
+        check_timeout(self.name, timeout)
         self.timeout = timeout
         self._inner: OpenAIModel | None = None
         self._inner_url = ""

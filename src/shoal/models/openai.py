@@ -25,12 +25,15 @@ from shoal.exceptions import (
     ModelConnectionError,
     ModelError,
     ModelHTTPError,
+    bounded_text,
 )
 from shoal.merge import shown
 from shoal.models._common import (
+    ERROR_BODY_CHARS,
     UNNAMED,
     Pace,
     PerLoop,
+    check_timeout,
     http_error,
     not_a_reply,
     not_a_stream,
@@ -38,8 +41,10 @@ from shoal.models._common import (
     resolve_credentials,
     sendable,
     text_field,
+    too_deep,
     transport_error,
     unreachable,
+    unreported_tokens,
 )
 from shoal.models.base import (
     AssistantMessage,
@@ -64,6 +69,12 @@ if TYPE_CHECKING:
     from openai.types.chat import ChatCompletion
 
 __all__ = ["OpenAIModel", "openai_messages", "openai_tools", "tool_message"]
+
+
+#: The largest output cap a tree's ``Budget(tokens=)`` alone makes a request ask for: every
+#: chat model writes at least this many tokens. Past it the request asks for nothing (the
+#: model's own limit), and a streamed reply is still stopped as it goes over the budget.
+BUDGET_CAP_SENT = 4_096
 
 
 def _require_sdk() -> None:
@@ -102,6 +113,7 @@ class OpenAIModel(Model):
         _require_sdk()
         self.model = model
         self.name = name or f"openai:{model}"
+        check_timeout(self.name, timeout)
         self.timeout = timeout
         self._prices = prices
         self._given = client.with_options(max_retries=0) if client is not None else None
@@ -144,14 +156,16 @@ class OpenAIModel(Model):
                     self.name, f"no answer within {self.timeout:g} s") from None
         if prices is not None:
             await prices
-        return self._response(completion)
+        return self._response(completion, request)
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
         """Stream a chat completion: text and complete tool calls as they arrive, then all.
 
         A tool call is complete when the next call begins (calls stream one after another),
         or when the stream ends. A stream off the protocol (a chunk of the wrong shape, data
-        that is not JSON) is a :class:`~shoal.exceptions.ModelError`.
+        that is not JSON) is a :class:`~shoal.exceptions.ModelError`; one whose last line is
+        cut short broke off mid-event: a :class:`~shoal.exceptions.ModelConnectionError`
+        (transient: retried).
         """
         client = self._client()
         state = _StreamState()
@@ -178,7 +192,17 @@ class OpenAIModel(Model):
                     raise wrong
                 lines = aiter(raw.iter_lines())
                 while (line := await pace.read(lines)) is not None:
-                    chunk = self._sse_chunk(line, state)
+                    try:
+                        chunk = self._sse_chunk(line, state)
+                    except _NotJSON as exc:
+                        # the last line, cut short: the stream broke off mid-event (a server
+                        # or a proxy that fell over), transient as a lost connection is
+                        if await pace.read(lines) is None:
+                            raise ModelConnectionError(
+                                self.name, f"the stream broke off in the middle of an event: "
+                                           f"{exc.payload[:200]!r}") from None
+                        raise ModelError(self.name, f"malformed stream data: "
+                                                    f"{exc.payload[:200]!r}") from None
                     if chunk is not None and (text := self._take(state, chunk, line)):
                         yield TextDelta(text)
                     for index, done in state.complete(final=False):
@@ -190,7 +214,7 @@ class OpenAIModel(Model):
             yield ToolCallDone(index, done)
         if prices is not None:
             await prices
-        yield ResponseDone(self._finish(state))
+        yield ResponseDone(self._finish(state, request))
 
     async def aclose(self) -> None:
         """Close this loop's connections of the client this model made (never one passed in)."""
@@ -219,13 +243,14 @@ class OpenAIModel(Model):
         try:
             chunk = json.loads(payload)
         except ValueError:
-            raise ModelError(self.name, f"malformed stream data: {payload[:200]!r}") from None
+            raise _NotJSON(payload) from None
         if not isinstance(chunk, dict):
             raise ModelError(self.name, f"malformed stream data: {payload[:200]!r}")
         if isinstance(error := chunk.get("error"), dict):
             code = error.get("code")
             status = code if type(code) is int and 400 <= code <= 599 else 500
-            raise ModelHTTPError(self.name, str(error.get("message") or error), status)
+            raise ModelHTTPError(self.name, bounded_text(str(error.get("message") or error),
+                                                         ERROR_BODY_CHARS), status)
         if error is not None:  # an error of another shape is an error still, not a blank chunk
             raise ModelHTTPError(self.name, f"the stream reported an error: {shown(error)}",
                                  500)
@@ -245,13 +270,17 @@ class OpenAIModel(Model):
                 "name": "output", "schema": dict(request.output_schema), "strict": False}}
         if settings.temperature is not None:
             params["temperature"] = settings.temperature
-        if (most := request.output_tokens()) is not None:
+        most = request.output_tokens()
+        if most is not None and (settings.max_tokens is not None or most <= BUDGET_CAP_SENT):
+            # a cap that only a budget sets goes out only when it is small: servers refuse a
+            # request asking for more output than the model can write (gpt-4.1-mini: 32,768;
+            # "max_tokens is too large"), so Budget(tokens=200_000) failed every request
             params[self._max_tokens_key] = most
         if settings.extra:
             params["extra_body"] = dict(settings.extra)
         return params
 
-    def _response(self, completion: ChatCompletion) -> ModelResponse:
+    def _response(self, completion: ChatCompletion, request: ModelRequest) -> ModelResponse:
         """The SDK's completion as shoal's response; one of the wrong shape is a ModelError.
 
         The SDK builds responses unchecked: a server off the protocol (choices as text, a
@@ -262,11 +291,11 @@ class OpenAIModel(Model):
         try:
             if not completion.choices:
                 raise ModelError(self.name, "the response has no choices")
-            return self._read(completion)
+            return self._read(completion, request)
         except (AttributeError, TypeError) as exc:
             raise ModelError(self.name, f"malformed response ({exc})") from None
 
-    def _read(self, completion: ChatCompletion) -> ModelResponse:
+    def _read(self, completion: ChatCompletion, request: ModelRequest) -> ModelResponse:
         choice, usage = completion.choices[0], completion.usage
         calls = tuple(ToolCall(text_field(call.id, "a tool call's id") or _call_id(),
                                _as_text(call.function.name),
@@ -274,26 +303,37 @@ class OpenAIModel(Model):
                       for call in choice.message.tool_calls or () if call.type == "function")
         # a refusal (structured outputs) is the model's answer too: show it, do not drop it
         text = _as_text(choice.message.content) or _as_text(choice.message.refusal)
+        served_by = text_field(completion.model, "model")
         return ModelResponse(text=text, tool_calls=calls,
-                             usage=self._usage(usage.model_dump() if usage else {},
-                                               completion.model),
-                             model=text_field(completion.model, "model") or self.model,
+                             usage=self._usage(usage.model_dump() if usage else None,
+                                               served_by, request, text, calls),
+                             model=served_by or self.model,
                              stop_reason=text_field(choice.finish_reason, "finish_reason"))
 
-    def _finish(self, state: _StreamState) -> ModelResponse:
+    def _finish(self, state: _StreamState, request: ModelRequest) -> ModelResponse:
         calls = tuple(ToolCall(c.id or _call_id(), c.name, "".join(c.arguments) or "{}")
                       for c in state.calls)
-        usage = state.usage or {}
-        return ModelResponse(text="".join(state.text), tool_calls=calls,
-                             usage=self._usage(usage, state.model),
+        text = "".join(state.text)
+        return ModelResponse(text=text, tool_calls=calls,
+                             usage=self._usage(state.usage, state.model, request, text, calls),
                              model=state.model or self.model, stop_reason=state.finish_reason)
 
-    def _usage(self, usage: Mapping[str, Any], served_by: str) -> Usage:
-        """Usage from the API's ``usage`` object; cached prompt tokens are among the prompt's."""
+    def _usage(self, usage: Mapping[str, Any] | None, served_by: str, request: ModelRequest,
+               text: str, calls: Sequence[ToolCall]) -> Usage:
+        """Usage from the API's ``usage`` object; cached prompt tokens are among the prompt's.
+
+        A server that reports no token counts (some compatible servers send no usage, or
+        nulls) is charged a lower bound instead (see :func:`unreported_tokens`): counted as
+        none, its replies never reached a ``Budget(tokens=)``, which then held nothing.
+        """
+        usage = usage or {}
+        tokens_in, tokens_out = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if tokens_in is None and tokens_out is None:
+            tokens_in, tokens_out = unreported_tokens(request, text, calls)
         details = usage.get("prompt_tokens_details")
         cached = details.get("cached_tokens") if isinstance(details, Mapping) else None
-        return priced_usage(self.model, served_by, usage.get("prompt_tokens"),
-                            usage.get("completion_tokens"), self._prices, cache_read=cached,
+        return priced_usage(self.model, served_by, tokens_in, tokens_out, self._prices,
+                            cache_read=cached,
                             provider=provider_for_url(self._base_url, "openai"))
 
     @contextmanager
@@ -313,10 +353,20 @@ class OpenAIModel(Model):
             raise unreachable(self.name, exc.request.url, exc) from exc
         except openai.OpenAIError as exc:
             raise ModelError(self.name, str(exc)) from exc
+        except RecursionError as exc:  # the reader's, for JSON nested too deep to read
+            raise too_deep(self.name, exc) from None
         except Exception as exc:
             if (lost := transport_error(self.name, exc, self.timeout)) is not None:
                 raise lost from exc
             raise
+
+
+class _NotJSON(ValueError):
+    """A stream's data line that is not JSON (see :meth:`OpenAIModel.stream`)."""
+
+    def __init__(self, payload: str) -> None:
+        super().__init__(payload)
+        self.payload = payload
 
 
 class _Malformed(ValueError):

@@ -218,6 +218,21 @@ def _shown(value: object) -> str:
     return shown[:100]
 
 
+def _check_gate(where: str, retry: object, max_concurrency: object) -> None:
+    """Refuse a gate's ``retry`` or ``max_concurrency`` of the wrong kind, when it is made.
+
+    Not when the first request meets them: a wrong one failed every agent of the tree
+    (``-1``, ``"2"``), or quietly meant something else (``0``: no cap at all).
+    """
+    if retry is not None and not isinstance(retry, ModelRetry):
+        raise ConfigError(f"{where}: retry= takes a ModelRetry(retries=..., backoff=...), "
+                          f"got {shown(retry)}")
+    if max_concurrency is not None and not (_whole(max_concurrency)
+                                            and cast(int, max_concurrency) >= 1):
+        raise ConfigError(f"{where}: max_concurrency must be at least 1: a whole number, or "
+                          f"None for no cap; got {shown(max_concurrency)}")
+
+
 def _transient(exc: ModelError) -> bool:
     if isinstance(exc, ModelHTTPError):
         return exc.transient
@@ -229,6 +244,7 @@ class ModelGate:
 
     def __init__(self, name: str, *, max_concurrency: int | None = None,
                  retry: ModelRetry | None = None, rng: random.Random | None = None) -> None:
+        _check_gate("ModelGate", retry, max_concurrency)
         self.name = name
         self.retry = retry or ModelRetry()
         self._slots = asyncio.Semaphore(max_concurrency) if max_concurrency else None
@@ -438,6 +454,7 @@ class ModelGates:
 
     def __init__(self, *, retry: ModelRetry | None = None,
                  max_concurrency: int | None = None, seed: int | None = None) -> None:
+        _check_gate("ModelGates", retry, max_concurrency)
         self._retry = retry
         self._max_concurrency = max_concurrency
         self._rng = random.Random(seed)
