@@ -947,7 +947,11 @@ def _serve(argv: list[str]) -> int:
     link.start_reading()
     runner = asyncio.Runner()
     try:
-        runner.get_loop()  # its selector and wake-up pipe: the first descriptors it opens
+        # its selector and wake-up pipe: the first descriptors it opens; asked for ahead, as
+        # a loop whose wake-up pipe cannot be made is left half built, and its __del__ then
+        # prints an AttributeError on stderr
+        _room_for(_LOOP_DESCRIPTORS)
+        runner.get_loop()
     except OSError as exc:
         starved = _starved(spec, exc)
         if starved is None:
@@ -956,6 +960,21 @@ def _serve(argv: list[str]) -> int:
         return 1
     run_to_end(run(spec, link), runner)
     return 0
+
+
+#: the descriptors an event loop opens as it is made: its selector and its wake-up pipe's two
+_LOOP_DESCRIPTORS = 3
+
+
+def _room_for(count: int) -> None:
+    """Raise the ``OSError`` that opening ``count`` descriptors at once would; open none."""
+    taken: list[int] = []
+    try:
+        for _ in range(count):
+            taken.append(os.open(os.devnull, os.O_RDONLY))
+    finally:
+        for number in taken:
+            os.close(number)
 
 
 def _starved(spec: StartSpec, exc: OSError) -> str | None:
