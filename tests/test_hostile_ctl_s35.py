@@ -6,10 +6,77 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+import shoal
+from shoal import Plan
+from shoal.testing import ScriptedModel, call
+from tests import process_tools as pt
+from tests.hostile_ctl_s35_tools import SocketHungryModel, read_missing
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-# ---- open_files: too few descriptors for an agent's event loop --------------------------------
+# ---- open_files: a limit the tools' files or the model's connections reach --------------------
+
+
+def test_a_tools_files_reaching_its_workers_open_files_limit_say_what_to_give() -> None:
+    # was: the tool failed with the bare "OSError: [Errno 24] Too many open files"
+    limited = pt.open_many.options(limits={"open_files": 32})
+    plan = Plan()
+    few = plan.call(limited, count=5)
+    many = plan.call(limited, count=100, after=few)
+    result = shoal.run_sync(plan, process_workers=1)
+    assert result[few].value == 5
+    error = result[many].error
+    assert result[many].status == "failed" and error is not None
+    assert error.type == "shoal.exceptions.ConfigError"
+    message = error.message
+    assert "limits open_files=32 was reached in the worker process running tool 'open_many'" in (
+        message)
+    assert "Too many open files" in message and "file descriptors of its own" in message
+    assert "give a larger open_files (at least 64" in message
+
+
+def test_a_tools_own_oserror_is_left_as_it_is_under_an_open_files_limit() -> None:
+    plan = Plan()
+    missing = plan.call(read_missing.options(limits={"open_files": 64}))
+    error = shoal.run_sync(plan, process_workers=1)[missing].error
+    assert error is not None and error.type == "FileNotFoundError"
+
+
+def test_a_models_connections_reaching_a_process_agents_limit_say_what_to_give() -> None:
+    # was: the agent failed with "ModelError: ... cannot connect: [Errno 24] Too many open
+    # files", which names no limit
+    lead = ScriptedModel.per_prompt({"go": [[call("reader", task="r1")], "done"]})
+    reader = shoal.Agent(name="reader", model=SocketHungryModel(100), isolation="process",
+                         limits={"open_files": 64})
+    result = shoal.Agent(name="lead", model=lead, subagents=[reader]).run_sync("go")
+    [failed] = result.calls
+    text = str(failed.message.content)
+    assert failed.status == "failed", text
+    assert "ConfigError: limits open_files=64 was reached in the process of agent " in text
+    assert "lead/reader#1" in text and "Too many open files" in text
+    assert "give a larger open_files (at least 256" in text
+    roomy = shoal.Agent(name="reader", model=SocketHungryModel(10), isolation="process",
+                        limits={"open_files": 64})
+    lead = ScriptedModel.per_prompt({"go": [[call("reader", task="r1")], "done"]})
+    ok = shoal.Agent(name="lead", model=lead, subagents=[roomy]).run_sync("go")
+    assert [c.status for c in ok.calls] == ["ok"]
+
+
+def test_a_process_agent_whose_model_cannot_be_made_says_why(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # was: a traceback on stderr and "the process running agent lead/reader#1 died: exit
+    # code 1" (its model's key set here, but not passed to its process: no env=)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    lead = ScriptedModel.per_prompt({"go": [[call("reader", task="r1")], "done"]})
+    reader = shoal.Agent(name="reader", model="openai:gpt-4.1-mini", isolation="process")
+    result = shoal.Agent(name="lead", model=lead, subagents=[reader]).run_sync("go")
+    [failed] = result.calls
+    text = str(failed.message.content)
+    assert failed.status == "failed"
+    assert "the process for agent lead/reader#1 could not start: MissingAPIKeyError" in text
 
 
 _STARVED = """

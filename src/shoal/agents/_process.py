@@ -38,6 +38,7 @@ from shoal.agents.run import _model_turn_tool
 from shoal.clock import running_loop
 from shoal.exceptions import describe_exception
 from shoal.executors._shipping import dumps, loads
+from shoal.limits import files_limit_error, lowest_free_descriptor
 
 log = logging.getLogger("shoal")
 
@@ -695,10 +696,13 @@ class _Forward:
         self._link.send(("event", event))
 
 
-async def run(spec: StartSpec, link: Link, ctx: TreeContext | None = None) -> AgentResult[Any]:
+async def run(spec: StartSpec, link: Link,
+              ctx: TreeContext | None = None) -> AgentResult[Any] | None:
     """Run the agent of ``spec``; the result whatever happens (a cancelled run's too).
 
-    ``ctx``: the agent's tree context (default: :func:`remote_context`'s).
+    ``ctx``: the agent's tree context (default: :func:`remote_context`'s). ``None`` when the
+    agent cannot start here (its model cannot be made: a key not passed in ``env=``, an
+    ``open_files`` limit its client's import reaches): the parent is told why.
     """
     from shoal.agents.run import AgentRun
 
@@ -709,14 +713,22 @@ async def run(spec: StartSpec, link: Link, ctx: TreeContext | None = None) -> Ag
         loop.call_soon_threadsafe(_stop, ctx, spec.lineage, reason, breach)
 
     link.on_cancel(cancel)
-    agent_run = AgentRun(spec.agent, ctx, lineage=spec.lineage, depth=spec.depth,
-                         prompt=spec.prompt, here=True)
+    try:
+        agent_run = AgentRun(spec.agent, ctx, lineage=spec.lineage, depth=spec.depth,
+                             prompt=spec.prompt, here=True)
+    except Exception as exc:  # was: a traceback on stderr, and "died: exit code 1"
+        await ctx.close_models()
+        await ctx.runtime.aclose()
+        failed = _files_limit_reached(exc, spec) or exc
+        link.send(("unstartable", describe_exception(failed)))
+        return None
     try:
         with contextlib.suppress(asyncio.CancelledError):  # recorded on the result
             await agent_run.run()
     finally:
         await ctx.close_models()
         await ctx.runtime.aclose()
+    agent_run.result.error = _files_limit_reached(agent_run.result.error, spec)
     if isinstance(ctx.runtime.store, ParentMirror):  # the journal first: the parent stops
         ctx.runtime.store.flush()  # reading once the result is in
     # sent from here: a thread abandoned by a cancelled call would hold up the loop's end
@@ -942,6 +954,8 @@ def _serve(argv: list[str]) -> int:
     if spec.limits is not None:
         from shoal.executors._worker import apply_limits, cpu_budget
 
+        global _own_descriptors  # once per process, before anything of the agent's opens one
+        _own_descriptors = lowest_free_descriptor()
         apply_limits(spec.limits.memory, spec.limits.open_files)
         cpu_budget(spec.limits.cpu_seconds)
     link.start_reading()
@@ -965,6 +979,10 @@ def _serve(argv: list[str]) -> int:
 #: the descriptors an event loop opens as it is made: its selector and its wake-up pipe's two
 _LOOP_DESCRIPTORS = 3
 
+#: with an ``open_files`` limit: the descriptors the process held before anything of the
+#: agent's opened one
+_own_descriptors: int | None = None
+
 
 def _room_for(count: int) -> None:
     """Raise the ``OSError`` that opening ``count`` descriptors at once would; open none."""
@@ -975,6 +993,24 @@ def _room_for(count: int) -> None:
     finally:
         for number in taken:
             os.close(number)
+
+
+def _files_limit_reached(error: BaseException | None, spec: StartSpec) -> BaseException | None:
+    """``error``, or what to change if it is the ``open_files`` limit of this process reached.
+
+    A model's connection or a tool's file that the limit refused would otherwise end the
+    agent with the bare ``OSError: Too many open files``.
+    """
+    if error is None or _own_descriptors is None or spec.limits is None:
+        return error
+    limit = spec.limits.open_files
+    if limit is None:
+        return error
+    reached = files_limit_error(error, limit, _own_descriptors,
+                                f"the process of agent {spec.lineage}", "its model's "
+                                "connections, its tools' files and the modules they import",
+                                256)
+    return error if reached is None else reached
 
 
 def _starved(spec: StartSpec, exc: OSError) -> str | None:
