@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 import shoal
-from shoal import Plan
+from shoal import ApprovalRequest, Approver, Decision, Plan, RulesApprover
 from shoal.agents.settle import in_doubt_calls
 from shoal.cli.app import app
 from shoal.store.base import nested_run_ids
@@ -21,6 +23,7 @@ from shoal.store.sqlite import SQLiteStore
 from shoal.testing import ScriptedModel, call
 from shoal.timeline.journal import nested_runs
 from tests import process_tools as pt
+from tests.conftest import arun
 from tests.hostile_ctl_s35_tools import SocketHungryModel, read_missing
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -181,3 +184,55 @@ def test_nested_run_ids_of_a_store_without_the_method_are_picked_from_its_runs()
             return memory.list_runs(limit)
 
     assert nested_run_ids(Plain(), "tree") == expected  # type: ignore[arg-type]
+
+
+# ---- an approver's own CancelledError --------------------------------------------------------
+
+
+@shoal.tool(approval=True)
+async def _pay(to: str, amount: int) -> str:
+    return f"paid {amount} to {to}"
+
+
+@shoal.tool
+async def _free(x: int) -> int:
+    await asyncio.sleep(1)
+    return x
+
+
+class _CancelledUnder(Approver):
+    """An approver whose review awaits a task of its own that something else cancelled."""
+
+    async def review(self, batch: Sequence[ApprovalRequest]) -> Sequence[Decision]:
+        inner = asyncio.ensure_future(asyncio.sleep(3600))
+        asyncio.get_running_loop().call_soon(inner.cancel)
+        await inner  # raises CancelledError here: nothing cancelled the review
+        return [Decision.approve() for _ in batch]
+
+
+async def _cancelled_under(approver: object) -> tuple[str, str, object]:
+    plan = shoal.Plan()
+    paid = plan.call(_pay, to="bob", amount=5)
+    free = plan.call(_free, x=1)
+    result = await shoal.Runtime(approver=approver).run(plan)  # type: ignore[arg-type]
+    return result[paid].status, result[paid].reason, result[free].value
+
+
+async def _raises_cancelled(request: ApprovalRequest) -> bool:
+    raise asyncio.CancelledError
+
+
+def _raises_cancelled_sync(request: ApprovalRequest) -> bool:
+    raise asyncio.CancelledError
+
+
+@pytest.mark.parametrize("approver", [
+    _CancelledUnder(), _raises_cancelled, _raises_cancelled_sync,
+    RulesApprover([], otherwise=_CancelledUnder())], ids=["review", "async", "sync", "rules"])
+def test_an_approvers_own_cancelled_error_denies_rather_than_waiting_for_good(
+        approver: object) -> None:
+    # was: taken for a batch withdrawn meanwhile: the call waited for a decision for ever
+    # (with no approval_timeout), and the run never ended
+    status, reason, free = arun(_cancelled_under(approver), virtual=True)
+    assert (status, free) == ("denied", 1)
+    assert "CancelledError" in reason and ("failed" in reason or "raised" in reason), reason

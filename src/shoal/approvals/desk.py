@@ -38,7 +38,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from shoal.approvals.ledger import ApprovalLedger, MemoryLedger, RunLedger, batched, batches
-from shoal.approvals.policy import ApprovalRequest, Approver, Decision
+from shoal.approvals.policy import ApprovalRequest, Approver, Decision, stopped
 from shoal.approvals.policy import request_id as request_id_of  # its parameters are ids
 from shoal.clock import running_loop
 from shoal.exceptions import describe_exception, exception_message
@@ -441,8 +441,18 @@ class ApprovalDesk:
         """The approver's decisions, one per request; a failing approver denies them all."""
         try:  # no more answers than requests are read: an endless iterator must not hang
             answers = list(itertools.islice(await approver.review(requests), len(requests)))
-        except (KeyboardInterrupt, asyncio.CancelledError):
-            raise  # Ctrl-C keeps its meaning; a cancelled review ends (see _run_review)
+        except KeyboardInterrupt:
+            raise  # Ctrl-C keeps its meaning
+        except asyncio.CancelledError as exc:
+            if stopped():
+                raise  # the desk (or the loop's end) cancelled the review: it ends there
+            # the approver's own CancelledError (a task of its own cancelled under it): as
+            # any failure of its code; was taken for a withdrawn batch, and its calls waited
+            # for a decision for good (with no approval_timeout)
+            log.warning("approver %s raised CancelledError that nothing asked for",
+                        _name_of(approver))
+            why = f"the approver failed: {describe_exception(exc)} (nothing cancelled it)"
+            return [Decision.deny(why) for _ in requests]
         except BaseException as exc:  # the approver's bug (sys.exit too): deny, saying so
             log.exception("approver %s failed", _name_of(approver))
             why = f"the approver failed: {describe_exception(exc)}"

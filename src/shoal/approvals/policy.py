@@ -222,8 +222,12 @@ class CallbackApprover(Approver):
     def _call(self, request: ApprovalRequest) -> object:
         try:
             return self._fn(request)
-        except (KeyboardInterrupt, asyncio.CancelledError):
+        except KeyboardInterrupt:
             raise
+        except asyncio.CancelledError as exc:
+            if stopped():
+                raise
+            return _raised(exc)  # the function's own, not the review's cancellation
         except BaseException as exc:  # the user's function failed (sys.exit too): deny, why
             return _raised(exc)
 
@@ -231,10 +235,24 @@ class CallbackApprover(Approver):
     async def _await(answer: Any) -> object:
         try:
             return await answer
-        except (KeyboardInterrupt, asyncio.CancelledError):
+        except KeyboardInterrupt:
             raise
+        except asyncio.CancelledError as exc:
+            if stopped():
+                raise
+            return _raised(exc)  # as in _call
         except BaseException as exc:  # sys.exit too, as in _call
             return _raised(exc)
+
+
+def stopped() -> bool:
+    """Whether the running task was asked to stop (cancelled), or no task runs.
+
+    A ``CancelledError`` that an approver's own code raises (a task of its own cancelled
+    under it) is not that: it is its failure, and denies, where a stop must go on up.
+    """
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
 
 
 def _raised(exc: BaseException) -> Decision:
@@ -399,8 +417,13 @@ class RulesApprover(Approver):
         try:  # no more answers than requests are read: an endless iterator must not hang
             answers: list[Any] = list(itertools.islice(await self.otherwise.review(rest),
                                                        len(rest)))
-        except (KeyboardInterrupt, asyncio.CancelledError):
+        except KeyboardInterrupt:
             raise
+        except asyncio.CancelledError as exc:
+            if stopped():
+                raise
+            why = f"the fallback approver failed: {describe_exception(exc)} (nothing cancelled it)"
+            return [Decision.deny(why) for _ in rest]  # and the rules' decisions stand
         except BaseException as exc:  # the fallback's bug: deny what it was asked, saying so
             why = f"the fallback approver failed: {describe_exception(exc)}"
             return [Decision.deny(why) for _ in rest]
