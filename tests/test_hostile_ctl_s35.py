@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import sqlite3
 import subprocess
 import sys
@@ -236,3 +237,33 @@ def test_an_approvers_own_cancelled_error_denies_rather_than_waiting_for_good(
     status, reason, free = arun(_cancelled_under(approver), virtual=True)
     assert (status, free) == ("denied", 1)
     assert "CancelledError" in reason and ("failed" in reason or "raised" in reason), reason
+
+
+# ---- a merge function raising KeyboardInterrupt ----------------------------------------------
+
+
+def _interrupting(merged: object, value: object) -> object:
+    raise KeyboardInterrupt
+
+
+async def _writes(x: int, board: shoal.BoardHandle) -> int:
+    board.write("k", x)
+    return x
+
+
+def test_a_merge_functions_keyboard_interrupt_stops_the_run_without_a_logged_traceback(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # was: raised to the caller as Ctrl-C, and then logged again, with its traceback, as
+    # "Task exception was never retrieved" (the attempt's task that raised it, left unread)
+    board = shoal.Board(k=shoal.merge.using(_interrupting))
+    plan = Plan()
+    plan.call(shoal.tool(_writes), x=1)
+
+    async def main() -> object:
+        async with shoal.Runtime() as runtime:
+            return await runtime.run(plan, board=board)
+
+    with pytest.raises(KeyboardInterrupt):
+        asyncio.run(main())
+    gc.collect()
+    assert "never retrieved" not in caplog.text

@@ -1713,7 +1713,14 @@ class Driver:
         for value in settling:
             try:
                 record = value.settle(ok)
-            except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C stops the run
+            except KeyboardInterrupt:  # a merge function's: stops the run, as Ctrl-C does
+                task = asyncio.current_task()
+                if task is not None:  # raised to the run's caller from the loop: the task
+                    # that raised it, left unread, was logged as never retrieved, with its
+                    # traceback, when the garbage collector met it
+                    task.add_done_callback(_read_exception)
+                raise
+            except asyncio.CancelledError:
                 raise
             except BaseException as exc:  # SystemExit too: the value's own code fails its
                 # call, as a tool's exit does (escaping, it stopped the run as an internal error)
@@ -2289,3 +2296,9 @@ def _suspended(call: Call, coro: Coroutine[Any, Any, Any]) -> AttemptResult:
     coro.close()
     return AttemptResult("failed", error=RuntimeError(
         f"tool {call.tool.name!r} suspended in a step that cannot suspend"))
+
+
+def _read_exception(task: asyncio.Task[Any]) -> None:
+    """Read a task's end, so that asyncio does not log it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
