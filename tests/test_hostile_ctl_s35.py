@@ -90,6 +90,7 @@ def test_a_process_agent_whose_model_cannot_be_made_says_why(
     text = str(failed.message.content)
     assert failed.status == "failed"
     assert "the process for agent lead/reader#1 could not start: MissingAPIKeyError" in text
+    assert "give env=['OPENAI_API_KEY'] to pass the key by name" in text
 
 
 _STARVED = """

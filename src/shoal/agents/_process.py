@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from shoal.agents.remote import HEADER, _plain_message, _plain_tool_call
 from shoal.agents.run import _model_turn_tool
 from shoal.clock import running_loop
-from shoal.exceptions import describe_exception
+from shoal.exceptions import MissingAPIKeyError, describe_exception
 from shoal.executors._shipping import dumps, loads
 from shoal.limits import files_limit_error, lowest_free_descriptor
 
@@ -720,7 +720,11 @@ async def run(spec: StartSpec, link: Link,
         await ctx.close_models()
         await ctx.runtime.aclose()
         failed = _files_limit_reached(exc, spec) or exc
-        link.send(("unstartable", describe_exception(failed)))
+        said = describe_exception(failed)
+        if isinstance(exc, MissingAPIKeyError) and exc.env_var not in spec.agent.env:
+            said += (f" (an agent in a process of its own sees only the environment variables "
+                     f"its env= names: give env=[{exc.env_var!r}] to pass the key by name)")
+        link.send(("unstartable", said))
         return None
     try:
         with contextlib.suppress(asyncio.CancelledError):  # recorded on the result
