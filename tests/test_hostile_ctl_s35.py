@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
+import pickle
 import sqlite3
 import subprocess
 import sys
@@ -18,6 +20,7 @@ import shoal
 from shoal import ApprovalRequest, Approver, Decision, Plan, RulesApprover
 from shoal.agents.settle import in_doubt_calls
 from shoal.cli.app import app
+from shoal.exceptions import OpenFilesLimitError
 from shoal.store.base import nested_run_ids
 from shoal.store.memory import MemoryStore
 from shoal.store.sqlite import SQLiteStore
@@ -43,7 +46,7 @@ def test_a_tools_files_reaching_its_workers_open_files_limit_say_what_to_give() 
     assert result[few].value == 5
     error = result[many].error
     assert result[many].status == "failed" and error is not None
-    assert error.type == "shoal.exceptions.ConfigError"
+    assert error.type == "shoal.exceptions.OpenFilesLimitError"
     message = error.message
     assert "limits open_files=32 was reached in the worker process running tool 'open_many'" in (
         message)
@@ -68,7 +71,8 @@ def test_a_models_connections_reaching_a_process_agents_limit_say_what_to_give()
     [failed] = result.calls
     text = str(failed.message.content)
     assert failed.status == "failed", text
-    assert "ConfigError: limits open_files=64 was reached in the process of agent " in text
+    assert "OpenFilesLimitError: limits open_files=64 was reached in the process of agent " in (
+        text)
     assert "lead/reader#1" in text and "Too many open files" in text
     assert "give a larger open_files (at least 256" in text
     roomy = shoal.Agent(name="reader", model=SocketHungryModel(10), isolation="process",
@@ -268,3 +272,22 @@ def test_a_merge_functions_keyboard_interrupt_stops_the_run_without_a_logged_tra
         asyncio.run(main())
     gc.collect()
     assert "never retrieved" not in caplog.text
+
+
+def test_the_open_files_limit_error_is_an_oserror_too_and_pickles_whole() -> None:
+    # so that what caught or retried the bare OSError (retry_on=OSError) still does
+    error = OpenFilesLimitError("limits open_files=8 was reached", 8, 5)
+    assert isinstance(error, OSError) and isinstance(error, shoal.ConfigError)
+    assert error.errno == errno.EMFILE and str(error) == "limits open_files=8 was reached"
+    again = pickle.loads(pickle.dumps(error))
+    assert (type(again), str(again), again.errno, again.limit, again.own) == (
+        OpenFilesLimitError, str(error), errno.EMFILE, 8, 5)
+
+
+def test_a_call_retried_on_oserror_is_retried_when_its_files_reach_the_limit() -> None:
+    limited = pt.open_many.options(limits={"open_files": 32}, retries=1, retry_on=OSError,
+                                   backoff=0.01)
+    plan = Plan()
+    many = plan.call(limited, count=100)
+    outcome = shoal.run_sync(plan, process_workers=1)[many]
+    assert outcome.status == "failed" and outcome.attempts == 2

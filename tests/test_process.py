@@ -339,7 +339,7 @@ def test_an_open_files_limit_makes_opening_many_files_fail() -> None:
     assert result[many].status == "failed"
     error = result[many].error
     assert error is not None
-    assert error.type == "shoal.exceptions.ConfigError"  # naming the limit reached
+    assert error.type == "shoal.exceptions.OpenFilesLimitError"  # naming the limit reached
     assert "Too many open files" in error.message and "open_files=32" in error.message
 
 

@@ -15,7 +15,12 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from shoal.exceptions import ConfigError, bounded_text, describe_exception
+from shoal.exceptions import (
+    ConfigError,
+    OpenFilesLimitError,
+    bounded_text,
+    describe_exception,
+)
 from shoal.merge import shown
 
 __all__ = [
@@ -292,7 +297,7 @@ def out_of_descriptors(exc: BaseException) -> OSError | None:
 
 
 def files_limit_error(exc: BaseException, limit: int, own: int, who: str, users: str,
-                      roomy: int) -> ConfigError | None:
+                      roomy: int) -> OpenFilesLimitError | None:
     """What to change, if ``exc`` is the ``open_files`` limit of ``who`` (a process) reached.
 
     ``None`` when ``exc`` has no ``EMFILE`` in its chain. ``own``: the descriptors the process
@@ -302,8 +307,8 @@ def files_limit_error(exc: BaseException, limit: int, own: int, who: str, users:
     if out_of_descriptors(exc) is None:
         return None
     what = bounded_text(describe_exception(exc), 300)
-    return ConfigError(
+    return OpenFilesLimitError(
         f"limits open_files={limit} was reached in {who} ({what}): the process held {own} "
         f"file descriptors of its own (its standard streams and its links to shoal), which "
         f"leaves {max(limit - own, 0)} to {users}; give a larger open_files (at least "
-        f"{max(2 * limit, roomy)} leaves room for them), or none")
+        f"{max(2 * limit, roomy)} leaves room for them), or none", limit, own)
