@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import gc
+import os
 import pickle
 import sqlite3
 import subprocess
@@ -20,6 +21,7 @@ import shoal
 from shoal import ApprovalRequest, Approver, Decision, Plan, RulesApprover
 from shoal.agents.settle import in_doubt_calls
 from shoal.cli.app import app
+from shoal.cli.tree import agent_status, not_ok_word
 from shoal.exceptions import OpenFilesLimitError
 from shoal.store.base import nested_run_ids
 from shoal.store.memory import MemoryStore
@@ -27,6 +29,7 @@ from shoal.store.sqlite import SQLiteStore
 from shoal.testing import ScriptedModel, call
 from shoal.timeline.journal import nested_runs
 from tests import process_tools as pt
+from tests.cli_process import run_cli
 from tests.conftest import arun
 from tests.hostile_ctl_s35_tools import SocketHungryModel, read_missing
 
@@ -291,3 +294,34 @@ def test_a_call_retried_on_oserror_is_retried_when_its_files_reach_the_limit() -
     many = plan.call(limited, count=100)
     outcome = shoal.run_sync(plan, process_workers=1)[many]
     assert outcome.status == "failed" and outcome.attempts == 2
+
+
+# ---- a denied call is not shown as failed -----------------------------------------------------
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli(args, cwd=ROOT, env={**os.environ, "COLUMNS": "160"}, timeout=60)
+
+
+def test_an_agents_denied_call_is_said_denied_not_failed(tmp_path: Path) -> None:
+    # was: "1 tool call (1 failed)" at the run's end, "ok, 1/1 call failed" in shoal runs and
+    # shoal show, and "1 tool calls (1 failed)": a person's denial read as the tool breaking
+    store = str(tmp_path / "runs.db")
+    done = _cli("run", "tests/agent_models.py:payer", "pay ann", "--approve", "deny",
+                "--store", store)
+    assert done.returncode == 0, done.stderr
+    assert "1 tool call (1 denied)" in done.stdout and "failed" not in done.stdout
+    listed = _cli("runs", "--store", store)
+    assert "ok, 1/1 call denied" in listed.stdout, listed.stdout
+    run_id = SQLiteStore(tmp_path / "runs.db").list_runs(1)[0].run_id.split("/")[0]
+    shown = _cli("show", run_id, "--store", store)
+    assert "payer  ok, 1/1 call denied" in shown.stdout
+    assert "1 tool call (1 denied)" in shown.stdout and "failed" not in shown.stdout
+
+
+def test_calls_that_ended_in_several_ways_are_said_not_ok() -> None:
+    assert not_ok_word(["ok", "denied", "denied"]) == "denied"
+    assert not_ok_word(["timed_out", "ok"]) == "timed out"
+    assert not_ok_word(["failed", "cancelled"]) == "not ok"
+    assert agent_status("ok", 3, 2, not_ok_word(["failed", "denied", "ok"])) == (
+        "ok, 2/3 calls not ok")
