@@ -325,3 +325,20 @@ def test_calls_that_ended_in_several_ways_are_said_not_ok() -> None:
     assert not_ok_word(["failed", "cancelled"]) == "not ok"
     assert agent_status("ok", 3, 2, not_ok_word(["failed", "denied", "ok"])) == (
         "ok, 2/3 calls not ok")
+
+
+def test_a_tools_files_reaching_a_process_agents_limit_say_what_to_give() -> None:
+    # was: the tool (run in the agent's process) failed with the bare "OSError: [Errno 24]
+    # Too many open files", which its agent's model and the tree showed as it was
+    model = ScriptedModel.per_prompt({"go": [[call("reader", task="r1")], "done"],
+                                      "r1": [[call("open_many", count=200)], "r1 done"]})
+    reader = shoal.Agent(name="reader", model=model, isolation="process",
+                         tools=[pt.open_many.options(isolation="thread")],
+                         limits={"open_files": 64})
+    result = shoal.Agent(name="lead", model=model, subagents=[reader]).run_sync("go")
+    [opened] = result.children[0].calls
+    assert opened.status == "failed"
+    text = str(opened.message.content)
+    assert "OpenFilesLimitError: limits open_files=64 was reached in the process of agent " in (
+        text)
+    assert "Too many open files" in text

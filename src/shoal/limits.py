@@ -312,3 +312,25 @@ def files_limit_error(exc: BaseException, limit: int, own: int, who: str, users:
         f"file descriptors of its own (its standard streams and its links to shoal), which "
         f"leaves {max(limit - own, 0)} to {users}; give a larger open_files (at least "
         f"{max(2 * limit, roomy)} leaves room for them), or none", limit, own)
+
+
+#: This process's ``open_files`` limit, when it is an agent's process started with one: the
+#: arguments of :func:`files_limit_error` but the error (see :func:`note_files_limit`)
+_process_files_limit: tuple[int, int, str, str, int] | None = None
+
+
+def note_files_limit(limit: int, own: int, who: str, users: str, roomy: int) -> None:
+    """Say that this process runs under an ``open_files`` limit (an agent's process does).
+
+    From then on :func:`within_files_limit` words the ``EMFILE`` errors of the calls run
+    here (a tool's files, a model's connections) as the limit reached.
+    """
+    global _process_files_limit
+    _process_files_limit = (limit, own, who, users, roomy)
+
+
+def within_files_limit(exc: BaseException) -> BaseException:
+    """``exc``, or an :class:`OpenFilesLimitError` if it is this process's limit reached."""
+    if _process_files_limit is None:
+        return exc
+    return files_limit_error(exc, *_process_files_limit) or exc

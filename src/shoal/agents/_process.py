@@ -38,7 +38,7 @@ from shoal.agents.run import _model_turn_tool
 from shoal.clock import running_loop
 from shoal.exceptions import MissingAPIKeyError, describe_exception
 from shoal.executors._shipping import dumps, loads
-from shoal.limits import files_limit_error, lowest_free_descriptor
+from shoal.limits import lowest_free_descriptor, note_files_limit, within_files_limit
 
 log = logging.getLogger("shoal")
 
@@ -719,7 +719,7 @@ async def run(spec: StartSpec, link: Link,
     except Exception as exc:  # was: a traceback on stderr, and "died: exit code 1"
         await ctx.close_models()
         await ctx.runtime.aclose()
-        failed = _files_limit_reached(exc, spec) or exc
+        failed = within_files_limit(exc)
         said = describe_exception(failed)
         if isinstance(exc, MissingAPIKeyError) and exc.env_var not in spec.agent.env:
             said += (f" (an agent in a process of its own sees only the environment variables "
@@ -732,7 +732,8 @@ async def run(spec: StartSpec, link: Link,
     finally:
         await ctx.close_models()
         await ctx.runtime.aclose()
-    agent_run.result.error = _files_limit_reached(agent_run.result.error, spec)
+    if agent_run.result.error is not None:  # a model's connection the limit refused, say
+        agent_run.result.error = within_files_limit(agent_run.result.error)
     if isinstance(ctx.runtime.store, ParentMirror):  # the journal first: the parent stops
         ctx.runtime.store.flush()  # reading once the result is in
     # sent from here: a thread abandoned by a cancelled call would hold up the loop's end
@@ -958,8 +959,10 @@ def _serve(argv: list[str]) -> int:
     if spec.limits is not None:
         from shoal.executors._worker import apply_limits, cpu_budget
 
-        global _own_descriptors  # once per process, before anything of the agent's opens one
-        _own_descriptors = lowest_free_descriptor()
+        if spec.limits.open_files is not None:  # before anything of the agent's opens one
+            note_files_limit(spec.limits.open_files, lowest_free_descriptor(),
+                             f"the process of agent {spec.lineage}", "its model's "
+                             "connections, its tools' files and the modules they import", 256)
         apply_limits(spec.limits.memory, spec.limits.open_files)
         cpu_budget(spec.limits.cpu_seconds)
     link.start_reading()
@@ -983,11 +986,6 @@ def _serve(argv: list[str]) -> int:
 #: the descriptors an event loop opens as it is made: its selector and its wake-up pipe's two
 _LOOP_DESCRIPTORS = 3
 
-#: with an ``open_files`` limit: the descriptors the process held before anything of the
-#: agent's opened one
-_own_descriptors: int | None = None
-
-
 def _room_for(count: int) -> None:
     """Raise the ``OSError`` that opening ``count`` descriptors at once would; open none."""
     taken: list[int] = []
@@ -997,24 +995,6 @@ def _room_for(count: int) -> None:
     finally:
         for number in taken:
             os.close(number)
-
-
-def _files_limit_reached(error: BaseException | None, spec: StartSpec) -> BaseException | None:
-    """``error``, or what to change if it is the ``open_files`` limit of this process reached.
-
-    A model's connection or a tool's file that the limit refused would otherwise end the
-    agent with the bare ``OSError: Too many open files``.
-    """
-    if error is None or _own_descriptors is None or spec.limits is None:
-        return error
-    limit = spec.limits.open_files
-    if limit is None:
-        return error
-    reached = files_limit_error(error, limit, _own_descriptors,
-                                f"the process of agent {spec.lineage}", "its model's "
-                                "connections, its tools' files and the modules they import",
-                                256)
-    return error if reached is None else reached
 
 
 def _starved(spec: StartSpec, exc: OSError) -> str | None:

@@ -70,6 +70,7 @@ from shoal.executors.base import Call, Executor
 from shoal.executors.inline import InlineExecutor
 from shoal.executors.thread import PoolJob, ThreadExecutor
 from shoal.instrumentation import RunObserver
+from shoal.limits import within_files_limit
 from shoal.outcome import ErrorInfo, Outcome, RunResult
 from shoal.plan import _ITEM_ID, Node
 from shoal.scheduler.eager import ends_in_first_step
@@ -2288,7 +2289,9 @@ def _raised(call: Call, exc: BaseException, stopped: bool = False) -> AttemptRes
             return AttemptResult("failed", error=unasked_cancel_error(call.tool.name, exc))
         except Exception as error:  # a hostile one (no reason, say): never unreported
             return _unrecorded(call, f"the {type(exc).__name__} it raised", error)
-    return AttemptResult("failed", error=exc)  # incl. SystemExit: it fails the call, not the run
+    # incl. SystemExit: it fails the call, not the run; in an agent's process with an
+    # open_files limit, a tool's "Too many open files" says which limit it reached
+    return AttemptResult("failed", error=within_files_limit(exc))
 
 
 def _suspended(call: Call, coro: Coroutine[Any, Any, Any]) -> AttemptResult:
