@@ -10,7 +10,7 @@ import pickle
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 import shoal
-from shoal import ApprovalRequest, Approver, Decision, Plan, RulesApprover
+from shoal import ApprovalRequest, Approver, Decision, Plan, Rule, RulesApprover
 from shoal.agents.settle import in_doubt_calls
 from shoal.cli.app import app
 from shoal.cli.tree import agent_status, not_ok_word
@@ -342,3 +342,31 @@ def test_a_tools_files_reaching_a_process_agents_limit_say_what_to_give() -> Non
     assert "OpenFilesLimitError: limits open_files=64 was reached in the process of agent " in (
         text)
     assert "Too many open files" in text
+
+
+# ---- a rule's when that must be awaited ------------------------------------------------------
+
+
+async def _async_check(args: Mapping[str, Any]) -> bool:
+    return False
+
+
+def test_a_rule_with_an_async_when_is_refused_when_written() -> None:
+    # was: its coroutine, never awaited, was true: the allow rule approved every call
+    with pytest.raises(shoal.ConfigError, match="a rule's when is a plain predicate"):
+        Rule("allow", "_pay", when=_async_check)  # type: ignore[arg-type]
+
+
+def test_a_rules_when_returning_a_coroutine_denies_rather_than_allows() -> None:
+    def sneaky(args: Mapping[str, Any]) -> Any:
+        return _async_check(args)
+
+    async def main() -> tuple[str, str]:
+        plan = Plan()
+        paid = plan.call(_pay, to="bob", amount=5)
+        approver = RulesApprover([Rule("allow", "_pay", when=sneaky)])
+        result = await shoal.Runtime(approver=approver).run(plan)
+        return result[paid].status, result[paid].reason
+
+    status, reason = arun(main(), virtual=True)
+    assert status == "denied" and "could not be checked" in reason and "awaited" in reason

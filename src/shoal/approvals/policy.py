@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from shoal.exceptions import ConfigError, describe_exception
-from shoal.merge import shown
+from shoal.merge import _is_async, shown
 from shoal.outcome import _safe_repr
 from shoal.store.base import canonical_json
 
@@ -320,6 +320,12 @@ class Rule:
         if self.when is not None and not callable(self.when):
             raise ConfigError(f"a rule's when is a predicate over the arguments, got "
                               f"{shown(self.when)}")
+        if self.when is not None and _is_async(self.when):
+            # its coroutine, never awaited, is true: the rule matched every call it was
+            # asked about (an allow rule approved them all, unchecked)
+            raise ConfigError(f"a rule's when is a plain predicate over the arguments (rules "
+                              f"decide at once), got an async function {shown(self.when)}; "
+                              "decide in an async approver, as otherwise=")
         if self.reason is None:
             object.__setattr__(self, "reason", "")
         elif not isinstance(self.reason, str):  # stored with the decision, as text
@@ -339,7 +345,15 @@ class Rule:
             if name not in request.args or not fnmatchcase(_value_text(request.args[name]),
                                                            pattern):
                 return False
-        return self.when is None or bool(self.when(request.args))
+        if self.when is None:
+            return True
+        verdict = self.when(request.args)
+        if inspect.isawaitable(verdict):  # a sync function returning one: never true
+            if inspect.iscoroutine(verdict):
+                verdict.close()
+            raise TypeError(f"when returned {_safe_repr(verdict)}, to be awaited: a rule's "
+                            "when is a plain predicate")
+        return bool(verdict)
 
     def decision(self) -> Decision:
         """What this rule says."""
