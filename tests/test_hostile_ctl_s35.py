@@ -370,3 +370,49 @@ def test_a_rules_when_returning_a_coroutine_denies_rather_than_allows() -> None:
 
     status, reason = arun(main(), virtual=True)
     assert status == "denied" and "could not be checked" in reason and "awaited" in reason
+
+
+# ---- a tool's approval predicate: async, or answering with a hostile truth value -------------
+
+
+class _NoTruth:
+    def __bool__(self) -> bool:
+        raise RuntimeError("no truth value")
+
+
+def _hostile_answer(args: Mapping[str, Any]) -> Any:
+    return _NoTruth()
+
+
+def _awaitable_answer(args: Mapping[str, Any]) -> Any:
+    return _async_check(args)
+
+
+@pytest.mark.parametrize(("predicate", "why"), [
+    (_hostile_answer, "raised RuntimeError: no truth value"),
+    (_awaitable_answer, "to be awaited, not an answer")], ids=["bool-raises", "awaitable"])
+def test_an_approval_predicates_odd_answer_asks_and_ends_no_run(predicate: Any, why: str) -> None:
+    # was: a truth value that raised escaped the scheduler: the run ended with a traceback,
+    # its sibling's result lost; an awaitable was true (asked) and warned it was never awaited
+    gated = shoal.tool(_pay.fn, approval=predicate, name="gated")
+    asked: list[str] = []
+
+    def approver(request: ApprovalRequest) -> bool:
+        asked.append(request.reason)
+        return True
+
+    async def main() -> tuple[str, object]:
+        plan = Plan()
+        paid = plan.call(gated, to="bob", amount=5)
+        free = plan.call(_free, x=1)
+        result = await shoal.Runtime(approver=approver).run(plan)
+        return result[paid].status, result[free].value
+
+    assert arun(main(), virtual=True) == ("ok", 1)
+    [reason] = asked
+    assert why in reason
+
+
+def test_an_async_approval_predicate_is_refused_when_the_tool_is_made() -> None:
+    with pytest.raises(shoal.ToolDefinitionError, match="approval takes a plain predicate"):
+        shoal.tool(_pay.fn, approval=_async_check, name="gated")

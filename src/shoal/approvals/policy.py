@@ -68,6 +68,12 @@ def approval_reason(tool: Tool[..., Any], args: Mapping[str, Any]) -> str:
         return ""
     try:
         needed = rule(args)
+        if inspect.isawaitable(needed):  # a plain function returning one: it says nothing
+            if inspect.iscoroutine(needed):
+                needed.close()  # (never awaited: not left to warn so)
+            return (f"the approval rule of tool {tool.name!r} returned "
+                    f"{_safe_repr(needed)}, to be awaited, not an answer")
+        needed = bool(needed)  # its own __bool__ may raise: was out of the run, ending it
     except (KeyboardInterrupt, asyncio.CancelledError):
         raise
     except BaseException as exc:  # a failing rule (sys.exit too) cannot say "no need": ask
