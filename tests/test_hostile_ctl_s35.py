@@ -416,3 +416,37 @@ def test_an_approval_predicates_odd_answer_asks_and_ends_no_run(predicate: Any, 
 def test_an_async_approval_predicate_is_refused_when_the_tool_is_made() -> None:
     with pytest.raises(shoal.ToolDefinitionError, match="approval takes a plain predicate"):
         shoal.tool(_pay.fn, approval=_async_check, name="gated")
+
+
+# ---- an event sink that must be awaited -------------------------------------------------------
+
+
+async def _async_sink(event: shoal.Event) -> None:
+    raise AssertionError("never run")
+
+
+def test_an_async_event_sink_is_refused_where_it_is_given() -> None:
+    # was: taken, and never run: each event made a coroutine that warned it was never awaited
+    with pytest.raises(shoal.ConfigError, match="on_event= takes plain functions"):
+        shoal.Runtime(on_event=_async_sink)  # type: ignore[arg-type]
+    with pytest.raises(shoal.ConfigError, match="on_event= takes plain functions"):
+        shoal.Runtime(on_event=[print, _async_sink])  # type: ignore[list-item]
+    lead = shoal.Agent(name="lead", model=ScriptedModel(["done"]))
+    with pytest.raises(shoal.ConfigError, match="on_event= takes plain functions"):
+        lead.run_sync("go", on_event=_async_sink)  # type: ignore[arg-type]
+
+
+def test_a_sink_returning_a_coroutine_is_logged_as_failing_and_the_run_goes_on(
+        caplog: pytest.LogCaptureFixture) -> None:
+    def sneaky(event: shoal.Event) -> Any:
+        return _async_sink(event)
+
+    async def main() -> object:
+        plan = Plan()
+        free = plan.call(_free, x=1)
+        result = await shoal.Runtime().run(plan, on_event=sneaky)
+        return result[free].value
+
+    assert arun(main(), virtual=True) == 1
+    gc.collect()
+    assert "to be awaited: a sink is called, never awaited" in caplog.text
