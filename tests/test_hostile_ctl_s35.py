@@ -450,3 +450,38 @@ def test_a_sink_returning_a_coroutine_is_logged_as_failing_and_the_run_goes_on(
     assert arun(main(), virtual=True) == 1
     gc.collect()
     assert "to be awaited: a sink is called, never awaited" in caplog.text
+
+
+# ---- an approver's async withdrawn ------------------------------------------------------------
+
+
+class _AsyncWithdrawn(Approver):
+    def __init__(self) -> None:
+        self.told: list[str] = []
+
+    async def review(self, batch: Sequence[ApprovalRequest]) -> Sequence[Decision]:
+        await asyncio.sleep(60)
+        return [Decision.approve() for _ in batch]
+
+    async def withdrawn(  # type: ignore[override]
+            self, requests: Sequence[ApprovalRequest]) -> None:
+        await asyncio.sleep(0.1)
+        self.told += [request.node_id for request in requests]
+
+
+def test_an_approvers_async_withdrawn_is_run() -> None:
+    # was: called and never awaited: the approver was never told, and a warning said so
+    approver = _AsyncWithdrawn()
+
+    async def main() -> str:
+        plan = Plan()
+        paid = plan.call(_pay, to="bob", amount=5)
+        handle = shoal.Runtime(approver=approver).start(plan)
+        await asyncio.sleep(1)
+        handle.cancel(paid)
+        result = await handle
+        await asyncio.sleep(1)
+        return result[paid].status
+
+    assert arun(main(), virtual=True) == "cancelled"
+    assert approver.told == ["_pay#1"]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import itertools
 import logging
 import threading
@@ -35,7 +36,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shoal.approvals.ledger import ApprovalLedger, MemoryLedger, RunLedger, batched, batches
 from shoal.approvals.policy import ApprovalRequest, Approver, Decision, stopped
@@ -471,11 +472,31 @@ class ApprovalDesk:
     @staticmethod
     def _tell_withdrawn(approver: Approver, requests: Sequence[ApprovalRequest]) -> None:
         try:
-            approver.withdrawn(requests)
+            told: object = approver.withdrawn(requests)  # type: ignore[func-returns-value]
+            if told is not None and inspect.isawaitable(told):  # an async def withdrawn: run
+                # it (was never awaited: the approver was never told, and it warned so)
+                telling = asyncio.ensure_future(told)
+                _TELLING.add(telling)
+                telling.add_done_callback(partial(_told, approver))
         except KeyboardInterrupt:
             raise
         except BaseException:  # the approver's bug (sys.exit too) must not end the run
             log.exception("approver %s failed on withdrawn requests", _name_of(approver))
+
+
+#: the approvers' async ``withdrawn`` calls under way (the loop keeps only weak references)
+_TELLING: set[asyncio.Future[Any]] = set()
+
+
+def _told(approver: Approver, telling: asyncio.Future[Any]) -> None:
+    """An async ``withdrawn`` ended: log what it raised, as a sync one's failure is."""
+    _TELLING.discard(telling)
+    if telling.cancelled():
+        return
+    failed = telling.exception()
+    if failed is not None:
+        log.error("approver %s failed on withdrawn requests", _name_of(approver),
+                  exc_info=failed)
 
 
 def _retrieved(review: asyncio.Task[None]) -> None:

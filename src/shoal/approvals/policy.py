@@ -184,7 +184,8 @@ class Approver(ABC):
     def withdrawn(self, requests: Sequence[ApprovalRequest]) -> None:
         """These requests no longer need an answer (their calls were cancelled or timed out).
 
-        Called on the event loop; the default does nothing.
+        Called on the event loop; the default does nothing. It may be an ``async def``: it
+        then runs as a task of its own (what it raises is logged).
         """
         return None
 
