@@ -485,3 +485,23 @@ def test_an_approvers_async_withdrawn_is_run() -> None:
 
     assert arun(main(), virtual=True) == "cancelled"
     assert approver.told == ["_pay#1"]
+
+
+class _PlainReview(Approver):
+    def review(  # type: ignore[override]
+            self, batch: Sequence[ApprovalRequest]) -> Sequence[Decision]:
+        return [Decision.approve("fine") for _ in batch]
+
+
+@pytest.mark.parametrize("approver", [_PlainReview(), RulesApprover([], otherwise=_PlainReview())],
+                         ids=["approver", "otherwise"])
+def test_an_approver_whose_review_is_a_plain_function_is_heard(approver: Approver) -> None:
+    # was: "the approver failed: TypeError: object list can't be used in 'await' expression":
+    # every call it approved was denied
+    async def main() -> tuple[str, object]:
+        plan = Plan()
+        paid = plan.call(_pay, to="bob", amount=5)
+        result = await shoal.Runtime(approver=approver).run(plan)
+        return result[paid].status, result[paid].value
+
+    assert arun(main(), virtual=True) == ("ok", "paid 5 to bob")

@@ -39,7 +39,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from shoal.approvals.ledger import ApprovalLedger, MemoryLedger, RunLedger, batched, batches
-from shoal.approvals.policy import ApprovalRequest, Approver, Decision, stopped
+from shoal.approvals.policy import ApprovalRequest, Approver, Decision, reviewed, stopped
 from shoal.approvals.policy import request_id as request_id_of  # its parameters are ids
 from shoal.clock import running_loop
 from shoal.exceptions import describe_exception, exception_message
@@ -441,7 +441,7 @@ class ApprovalDesk:
     async def _ask(self, approver: Approver, requests: list[ApprovalRequest]) -> list[Decision]:
         """The approver's decisions, one per request; a failing approver denies them all."""
         try:  # no more answers than requests are read: an endless iterator must not hang
-            answers = list(itertools.islice(await approver.review(requests), len(requests)))
+            answers = list(itertools.islice(await reviewed(approver, requests), len(requests)))
         except KeyboardInterrupt:
             raise  # Ctrl-C keeps its meaning
         except asyncio.CancelledError as exc:

@@ -252,6 +252,17 @@ class CallbackApprover(Approver):
             return _raised(exc)
 
 
+async def reviewed(approver: Approver, batch: Sequence[ApprovalRequest]) -> Any:
+    """What ``approver.review(batch)`` answers, awaited if it is to be awaited.
+
+    A ``review`` written as a plain ``def`` answers at once: its list was taken for an
+    approver's failure (``object list can't be used in 'await' expression``), denying every
+    call it approved.
+    """
+    answer: Any = approver.review(batch)
+    return await answer if inspect.isawaitable(answer) else answer
+
+
 def stopped() -> bool:
     """Whether the running task was asked to stop (cancelled), or no task runs.
 
@@ -436,7 +447,7 @@ class RulesApprover(Approver):
         """
         assert isinstance(self.otherwise, Approver)
         try:  # no more answers than requests are read: an endless iterator must not hang
-            answers: list[Any] = list(itertools.islice(await self.otherwise.review(rest),
+            answers: list[Any] = list(itertools.islice(await reviewed(self.otherwise, rest),
                                                        len(rest)))
         except KeyboardInterrupt:
             raise
