@@ -505,3 +505,40 @@ def test_an_approver_whose_review_is_a_plain_function_is_heard(approver: Approve
         return result[paid].status, result[paid].value
 
     assert arun(main(), virtual=True) == ("ok", "paid 5 to bob")
+
+
+# ---- a board write is the value as it was written ---------------------------------------------
+
+
+_KEPT: list[list[int]] = []
+
+
+async def _writes_then_changes(board: shoal.BoardHandle) -> int:
+    value = [1]
+    board.write("k", value)
+    value.append(666)  # after the write, before the commit
+    _KEPT.append(value)
+    return 1
+
+
+async def _changes_later() -> int:
+    await asyncio.sleep(1)
+    _KEPT[0].append(777)  # another call, after the commit
+    return 2
+
+
+def test_a_board_write_is_the_value_as_written_not_the_object_the_tool_keeps(
+        tmp_path: Path) -> None:
+    # was: the board held the tool's own object: [[1, 666, 777]], changed after the commit
+    # by another call, behind the merge rules and the journal (which held [[1, 666]])
+    _KEPT.clear()
+    board = shoal.Board(k=shoal.merge.append)
+
+    async def main() -> None:
+        plan = Plan()
+        plan.call(shoal.tool(_writes_then_changes))
+        plan.call(shoal.tool(_changes_later))
+        await shoal.Runtime().run(plan, board=board)
+
+    arun(main(), virtual=True)
+    assert board["k"] == [[1]]

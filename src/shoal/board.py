@@ -486,12 +486,21 @@ class BoardHandle:
 
         Raises :class:`BoardKeyError` for a key the board does not declare and
         :class:`BoardValueError` for a value its rule cannot merge.
+
+        What is written is ``value`` as it is now (a deep copy, as a read gives): the tool
+        changing it later (or another call, given the same object) changes nothing on the
+        board, whose commits the journal holds. A value that cannot be deep-copied (a lock)
+        is kept as it is.
         """
         rule = self.board._slot(key).rule
         if key in self._merges and not rule.commutative:
             raise BoardError(f"the tool declares merges=['board:{key}'], but the board's rule "
                              f"for {key!r} is {rule!r}, which depends on the order of writes; "
                              f"declare writes=['board:{key}'] instead")
+        try:
+            value = copy.deepcopy(value)
+        except Exception:  # its own __deepcopy__ or __reduce__ fails, or it is too deep
+            pass
         with self._lock:
             self._check_open()
             problem = rule.check(value, lambda: self._view(key))
