@@ -34,6 +34,7 @@ another process: a tool asking for one must run inline or on a thread.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import threading
 from collections.abc import Iterable, Mapping
@@ -497,10 +498,8 @@ class BoardHandle:
             raise BoardError(f"the tool declares merges=['board:{key}'], but the board's rule "
                              f"for {key!r} is {rule!r}, which depends on the order of writes; "
                              f"declare writes=['board:{key}'] instead")
-        try:
+        with contextlib.suppress(Exception):  # its own __deepcopy__ fails, or too deep: as is
             value = copy.deepcopy(value)
-        except Exception:  # its own __deepcopy__ or __reduce__ fails, or it is too deep
-            pass
         with self._lock:
             self._check_open()
             problem = rule.check(value, lambda: self._view(key))
