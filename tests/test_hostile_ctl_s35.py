@@ -542,3 +542,45 @@ def test_a_board_write_is_the_value_as_written_not_the_object_the_tool_keeps(
 
     arun(main(), virtual=True)
     assert board["k"] == [[1]]
+
+
+# ---- a review that ignores its cancellation --------------------------------------------------
+
+
+class _Stubborn(Approver):
+    """Its first review ignores the cancellation of its withdrawn batch for 30 s."""
+
+    def __init__(self) -> None:
+        self.reviews = 0
+
+    async def review(self, batch: Sequence[ApprovalRequest]) -> Sequence[Decision]:
+        self.reviews += 1
+        if self.reviews == 1:
+            try:
+                await asyncio.sleep(1000)
+            except asyncio.CancelledError:
+                await asyncio.sleep(30)
+        return [Decision.approve() for _ in batch]
+
+
+def test_a_review_ignoring_its_cancellation_does_not_hold_the_next_runs_requests() -> None:
+    # was: the runtime's next batch waited for the cancelled review to end: for good (here,
+    # 30 s), with no approval_timeout, the next run's call never decided
+    async def main() -> tuple[str, str, float]:
+        runtime = shoal.Runtime(approver=_Stubborn())
+        plan = Plan()
+        first = plan.call(_pay, to="ann", amount=1)
+        handle = runtime.start(plan)
+        await asyncio.sleep(1)
+        handle.cancel()
+        cancelled = (await handle)[first].status
+        began = asyncio.get_running_loop().time()
+        again = Plan()
+        second = again.call(_pay, to="bob", amount=2)
+        result = await runtime.run(again)
+        took = asyncio.get_running_loop().time() - began
+        await asyncio.sleep(40)  # the stubborn review ends (its answer dropped)
+        return cancelled, result[second].status, took
+
+    cancelled, status, took = arun(main(), virtual=True, timeout=100)
+    assert (cancelled, status) == ("cancelled", "ok") and took < 5

@@ -336,8 +336,28 @@ class ApprovalDesk:
         if lane.review is not None and pending in lane.batch:
             lane.batch.discard(pending)
             if not lane.batch:
-                lane.review.cancel()
+                review = lane.review
+                review.cancel()
+                # one that ignores its cancellation must not hold the lane (the next batch,
+                # of this run or another, waited for it, for good without approval_timeout)
+                review.get_loop().call_later(DRAIN_GRACE, self._abandon_review, lane, review)
         return pending
+
+    def _abandon_review(self, lane: _Lane, review: asyncio.Task[None]) -> None:
+        """A review cancelled :data:`DRAIN_GRACE` s ago still runs: free its lane of it.
+
+        Its answers, if it ever gives any, are for requests closed already: they are
+        dropped. The next batch is reviewed meanwhile (the approver, which ignored the
+        cancellation, is then asked while its old review goes on).
+        """
+        if lane.review is not review or review.done():
+            return
+        log.warning("approver %s ignored the cancellation of a review whose requests were all "
+                    "withdrawn, for %g s: the next batch is reviewed without waiting for it",
+                    _name_of(self.approver) if self.approver is not None else "?", DRAIN_GRACE)
+        lane.review, lane.batch = None, set()
+        if lane.queue and lane.flush_soon is None:
+            lane.flush_soon = review.get_loop().call_soon(self._flush, lane)
 
     def _expire(self, lane: _Lane, request_id: str, *, answered: bool = False) -> None:
         """Deny a request nobody decided on within the timeout (``answered``: too late)."""
@@ -421,10 +441,13 @@ class ApprovalDesk:
         except asyncio.CancelledError:
             return  # every request in the batch was answered or withdrawn meanwhile
         finally:
-            lane.review, lane.batch = None, set()
-            loop = asyncio.get_running_loop()  # the review's task runs on the lane's loop
-            if lane.queue and lane.flush_soon is None and not loop.is_closed():
-                lane.flush_soon = loop.call_soon(self._flush, lane)
+            loop = asyncio._get_running_loop()  # the review's task runs on the lane's loop
+            # (none: its coroutine closed as garbage, its loop gone); a review abandoned
+            # (see _abandon_review) no longer holds the lane: another's may be under way
+            if loop is not None and lane.review is asyncio.current_task():
+                lane.review, lane.batch = None, set()
+                if lane.queue and lane.flush_soon is None and not loop.is_closed():
+                    lane.flush_soon = loop.call_soon(self._flush, lane)
         now = asyncio.get_running_loop().time()
         with self.together():  # the batch's decisions: one commit (per ledger) for them all
             for pending, decision in zip(batch, decisions, strict=True):
@@ -444,6 +467,11 @@ class ApprovalDesk:
             answers = list(itertools.islice(await reviewed(approver, requests), len(requests)))
         except KeyboardInterrupt:
             raise  # Ctrl-C keeps its meaning
+        except GeneratorExit:
+            if asyncio._get_running_loop() is None:  # the review's coroutine closed as
+                raise  # garbage (its loop gone): no answer can be given any more
+            log.exception("approver %s failed", _name_of(approver))
+            return [Decision.deny("the approver failed: GeneratorExit") for _ in requests]
         except asyncio.CancelledError as exc:
             if stopped():
                 raise  # the desk (or the loop's end) cancelled the review: it ends there
