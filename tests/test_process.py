@@ -339,8 +339,8 @@ def test_an_open_files_limit_makes_opening_many_files_fail() -> None:
     assert result[many].status == "failed"
     error = result[many].error
     assert error is not None
-    assert error.type == "OSError"
-    assert "Too many open files" in error.message
+    assert error.type == "shoal.exceptions.OpenFilesLimitError"  # naming the limit reached
+    assert "Too many open files" in error.message and "open_files=32" in error.message
 
 
 def test_a_cpu_limit_kills_a_busy_loop() -> None:

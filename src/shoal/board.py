@@ -34,6 +34,7 @@ another process: a tool asking for one must run inline or on a thread.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import threading
 from collections.abc import Iterable, Mapping
@@ -486,12 +487,19 @@ class BoardHandle:
 
         Raises :class:`BoardKeyError` for a key the board does not declare and
         :class:`BoardValueError` for a value its rule cannot merge.
+
+        What is written is ``value`` as it is now (a deep copy, as a read gives): the tool
+        changing it later (or another call, given the same object) changes nothing on the
+        board, whose commits the journal holds. A value that cannot be deep-copied (a lock)
+        is kept as it is.
         """
         rule = self.board._slot(key).rule
         if key in self._merges and not rule.commutative:
             raise BoardError(f"the tool declares merges=['board:{key}'], but the board's rule "
                              f"for {key!r} is {rule!r}, which depends on the order of writes; "
                              f"declare writes=['board:{key}'] instead")
+        with contextlib.suppress(Exception):  # its own __deepcopy__ fails, or too deep: as is
+            value = copy.deepcopy(value)
         with self._lock:
             self._check_open()
             problem = rule.check(value, lambda: self._view(key))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import inspect
 import json
 import logging
 import os
@@ -424,7 +425,12 @@ def deliver(sink: EventSink, event: Event, what: str = "event sink",
     if task is not None:
         _leave_task(task.get_loop(), task)  # (see above) entered again whatever the sink does
     try:
-        sink(event)
+        answer: object = sink(event)  # type: ignore[func-returns-value]  # a sink may lie
+        if answer is not None and inspect.isawaitable(answer):  # nothing will await it
+            if inspect.iscoroutine(answer):
+                answer.close()  # (not left to warn that it was never awaited)
+            raise TypeError(f"it returned {type(answer).__name__}, to be awaited: a sink is "
+                            "called, never awaited; handle the event in the call")
     except KeyboardInterrupt:
         raise
     except BaseException as exc:

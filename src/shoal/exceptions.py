@@ -26,8 +26,10 @@
     │                               a sync call that waited too long for one is not started
     ├── RemoteToolError             stands in for a tool's exception that could not be pickled
     ├── ConfigError                 an invalid runtime setting (limits, executors, rates)
-    │   └── ArgumentTypeError       a plan's, an open run's or a ref's argument of the wrong
-    │                               kind (a node id that is no text); also a ``TypeError``
+    │   ├── ArgumentTypeError       a plan's, an open run's or a ref's argument of the wrong
+    │   │                           kind (a node id that is no text); also a ``TypeError``
+    │   └── OpenFilesLimitError     a process's ``open_files`` limit reached by its tools' files
+    │                               or its model's connections; also an ``OSError`` (EMFILE)
     ├── MissingDependencyError      an optional extra is not installed; says what to install
     ├── StoreError                  the journal cannot be opened, read or written
     │   ├── StoreVersionError       the journal file is newer than this shoal; names both versions
@@ -101,6 +103,7 @@ __all__ = [
     "MissingAPIKeyError",
     "MissingDependencyError",
     "NoEventLoopError",
+    "OpenFilesLimitError",
     "NoThreadError",
     "ModelConnectionError",
     "ModelError",
@@ -371,6 +374,31 @@ class RemoteToolError(ShoalError):
 
 class ConfigError(ShoalError):
     """An invalid runtime or tool setting; the message names it and what is accepted."""
+
+
+class OpenFilesLimitError(ConfigError, OSError):
+    """A process's ``open_files`` limit was reached; the message says what limit to give.
+
+    Raised in place of the bare ``OSError: [Errno 24] Too many open files`` that a tool's
+    files, an agent's model connections or their imports met in a worker or agent process
+    with ``limits={"open_files": N}``: ``limit`` is N, ``own`` the descriptors the process
+    held of its own before any of them opened one. An ``OSError`` too (``errno`` is
+    ``EMFILE``), so what caught or retried the bare error still does.
+    """
+
+    def __init__(self, message: str, limit: int = 0, own: int = 0) -> None:
+        import errno
+
+        super().__init__(message)
+        self.errno = errno.EMFILE
+        self.limit = limit
+        self.own = own
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.limit, self.own))
 
 
 class ArgumentTypeError(ConfigError, TypeError):

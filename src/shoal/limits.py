@@ -15,7 +15,12 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from shoal.exceptions import ConfigError
+from shoal.exceptions import (
+    ConfigError,
+    OpenFilesLimitError,
+    bounded_text,
+    describe_exception,
+)
 from shoal.merge import shown
 
 __all__ = [
@@ -264,3 +269,68 @@ def env_names(names: object) -> tuple[str, ...]:
         except UnicodeError:
             raise ValueError(f"takes names the OS can hold, got {shown(name)}") from None
     return kept
+
+
+def lowest_free_descriptor() -> int:
+    """The lowest file descriptor number free now: those below it are this process's own."""
+    probe = os.open(os.devnull, os.O_RDONLY)
+    os.close(probe)
+    return probe
+
+
+def out_of_descriptors(exc: BaseException) -> OSError | None:
+    """The ``EMFILE`` error (too many open files) in ``exc``'s chain of causes, if any.
+
+    Read through ``__cause__`` and ``__context__``: a model's client wraps the socket's error
+    in a connection error of its own.
+    """
+    import errno
+
+    seen: set[int] = set()
+    each: BaseException | None = exc
+    while each is not None and id(each) not in seen and len(seen) < 32:
+        seen.add(id(each))
+        if isinstance(each, OSError) and each.errno == errno.EMFILE:
+            return each
+        each = each.__cause__ or each.__context__
+    return None
+
+
+def files_limit_error(exc: BaseException, limit: int, own: int, who: str, users: str,
+                      roomy: int) -> OpenFilesLimitError | None:
+    """What to change, if ``exc`` is the ``open_files`` limit of ``who`` (a process) reached.
+
+    ``None`` when ``exc`` has no ``EMFILE`` in its chain. ``own``: the descriptors the process
+    held before anything of ``users`` (what opens the rest) opened one; ``roomy``: a limit
+    that leaves room for most.
+    """
+    if out_of_descriptors(exc) is None:
+        return None
+    what = bounded_text(describe_exception(exc), 300)
+    return OpenFilesLimitError(
+        f"limits open_files={limit} was reached in {who} ({what}): the process held {own} "
+        f"file descriptors of its own (its standard streams and its links to shoal), which "
+        f"leaves {max(limit - own, 0)} to {users}; give a larger open_files (at least "
+        f"{max(2 * limit, roomy)} leaves room for them), or none", limit, own)
+
+
+#: This process's ``open_files`` limit, when it is an agent's process started with one: the
+#: arguments of :func:`files_limit_error` but the error (see :func:`note_files_limit`)
+_process_files_limit: tuple[int, int, str, str, int] | None = None
+
+
+def note_files_limit(limit: int, own: int, who: str, users: str, roomy: int) -> None:
+    """Say that this process runs under an ``open_files`` limit (an agent's process does).
+
+    From then on :func:`within_files_limit` words the ``EMFILE`` errors of the calls run
+    here (a tool's files, a model's connections) as the limit reached.
+    """
+    global _process_files_limit
+    _process_files_limit = (limit, own, who, users, roomy)
+
+
+def within_files_limit(exc: BaseException) -> BaseException:
+    """``exc``, or an :class:`OpenFilesLimitError` if it is this process's limit reached."""
+    if _process_files_limit is None:
+        return exc
+    return files_limit_error(exc, *_process_files_limit) or exc

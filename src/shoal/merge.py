@@ -425,10 +425,17 @@ def using(fn: Callable[[Any, Any], Any], *, initial: Any = None,
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:
-    """Whether calling ``fn`` gives a coroutine or an async generator, not a value."""
-    call = getattr(fn, "__call__", None)  # noqa: B004 - an object's own async __call__
-    return any(inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f)
-               for f in (fn, call) if f is not None)
+    """Whether calling ``fn`` gives a coroutine or an async generator, not a value.
+
+    An object whose own attribute lookups fail (a ``__getattr__`` raising what is not an
+    ``AttributeError``, which ``inspect`` lets through) is taken for a plain callable.
+    """
+    try:
+        call = getattr(fn, "__call__", None)  # noqa: B004 - an object's own async __call__
+        return any(inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f)
+                   for f in (fn, call) if f is not None)
+    except Exception:
+        return False
 
 
 def _not_awaitable(fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:

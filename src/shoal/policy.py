@@ -29,7 +29,7 @@ from shoal.limits import (
     parse_process_limits,
     parse_rate,
 )
-from shoal.merge import shown
+from shoal.merge import _is_async, shown
 
 __all__ = [
     "ISOLATIONS",
@@ -452,3 +452,8 @@ def check_policy(name: str, is_async: bool, p: ToolPolicy) -> None:
         _check_template(key)
     if not (isinstance(p.approval, bool) or callable(p.approval)):
         raise ToolDefinitionError(f"tool {name!r}: approval must be a bool or a predicate")
+    if not isinstance(p.approval, bool) and _is_async(p.approval):  # its coroutine, never
+        # awaited, is true: every call was asked about, and a warning said it was not awaited
+        raise ToolDefinitionError(f"tool {name!r}: approval takes a plain predicate over the "
+                                  f"arguments (it decides at once), got an async function "
+                                  f"{shown(p.approval)}")

@@ -43,7 +43,7 @@ from shoal.executors.base import Call, Executor, check_count
 from shoal.executors.inline import InlineExecutor
 from shoal.executors.thread import DEFAULT_THREAD_WORKERS, ThreadExecutor
 from shoal.limits import Rate, env_names, parse_rate
-from shoal.merge import shown
+from shoal.merge import _is_async, shown
 from shoal.nodeids import plain_text
 from shoal.outcome import Outcome, RunResult
 from shoal.plan import Node, Plan, Ref
@@ -1260,7 +1260,7 @@ def _sink_list(on_event: EventSink | Sequence[EventSink] | None) -> list[Callabl
     if on_event is None:
         return []
     if callable(on_event):
-        return [on_event]
+        return [_plain_sink(on_event)]
     if isinstance(on_event, str | bytes) or not isinstance(on_event, Iterable):
         raise ConfigError(f"on_event= takes a callable or a list of them, got "
                           f"{type(on_event).__name__} {shown(on_event)}")
@@ -1269,7 +1269,21 @@ def _sink_list(on_event: EventSink | Sequence[EventSink] | None) -> list[Callabl
         if not callable(sink):
             raise ConfigError(f"on_event= takes callables; one of them is "
                               f"{type(sink).__name__} {shown(sink)}")
+        _plain_sink(sink)
     return sinks
+
+
+def _plain_sink(sink: EventSink) -> EventSink:
+    """``sink``, refused if it is an ``async def``: a sink is called, never awaited.
+
+    Its coroutine, never run, did nothing on any event, and each one warned that it was
+    never awaited.
+    """
+    if _is_async(sink):
+        raise ConfigError(f"on_event= takes plain functions (a sink is called, never "
+                          f"awaited), got an async function {shown(sink)}; to handle events "
+                          "in a task, put them on an asyncio.Queue from a plain function")
+    return sink
 
 
 #: the retry jitter of runtimes made without a seed (see Runtime.__init__)

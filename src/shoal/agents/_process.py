@@ -36,8 +36,9 @@ from typing import TYPE_CHECKING, Any
 from shoal.agents.remote import HEADER, _plain_message, _plain_tool_call
 from shoal.agents.run import _model_turn_tool
 from shoal.clock import running_loop
-from shoal.exceptions import describe_exception
+from shoal.exceptions import MissingAPIKeyError, describe_exception
 from shoal.executors._shipping import dumps, loads
+from shoal.limits import lowest_free_descriptor, note_files_limit, within_files_limit
 
 log = logging.getLogger("shoal")
 
@@ -695,10 +696,13 @@ class _Forward:
         self._link.send(("event", event))
 
 
-async def run(spec: StartSpec, link: Link, ctx: TreeContext | None = None) -> AgentResult[Any]:
+async def run(spec: StartSpec, link: Link,
+              ctx: TreeContext | None = None) -> AgentResult[Any] | None:
     """Run the agent of ``spec``; the result whatever happens (a cancelled run's too).
 
-    ``ctx``: the agent's tree context (default: :func:`remote_context`'s).
+    ``ctx``: the agent's tree context (default: :func:`remote_context`'s). ``None`` when the
+    agent cannot start here (its model cannot be made: a key not passed in ``env=``, an
+    ``open_files`` limit its client's import reaches): the parent is told why.
     """
     from shoal.agents.run import AgentRun
 
@@ -709,14 +713,27 @@ async def run(spec: StartSpec, link: Link, ctx: TreeContext | None = None) -> Ag
         loop.call_soon_threadsafe(_stop, ctx, spec.lineage, reason, breach)
 
     link.on_cancel(cancel)
-    agent_run = AgentRun(spec.agent, ctx, lineage=spec.lineage, depth=spec.depth,
-                         prompt=spec.prompt, here=True)
+    try:
+        agent_run = AgentRun(spec.agent, ctx, lineage=spec.lineage, depth=spec.depth,
+                             prompt=spec.prompt, here=True)
+    except Exception as exc:  # was: a traceback on stderr, and "died: exit code 1"
+        await ctx.close_models()
+        await ctx.runtime.aclose()
+        failed = within_files_limit(exc)
+        said = describe_exception(failed)
+        if isinstance(exc, MissingAPIKeyError) and exc.env_var not in spec.agent.env:
+            said += (f" (an agent in a process of its own sees only the environment variables "
+                     f"its env= names: give env=[{exc.env_var!r}] to pass the key by name)")
+        link.send(("unstartable", said))
+        return None
     try:
         with contextlib.suppress(asyncio.CancelledError):  # recorded on the result
             await agent_run.run()
     finally:
         await ctx.close_models()
         await ctx.runtime.aclose()
+    if agent_run.result.error is not None:  # a model's connection the limit refused, say
+        agent_run.result.error = within_files_limit(agent_run.result.error)
     if isinstance(ctx.runtime.store, ParentMirror):  # the journal first: the parent stops
         ctx.runtime.store.flush()  # reading once the result is in
     # sent from here: a thread abandoned by a cancelled call would hold up the loop's end
@@ -942,12 +959,20 @@ def _serve(argv: list[str]) -> int:
     if spec.limits is not None:
         from shoal.executors._worker import apply_limits, cpu_budget
 
+        if spec.limits.open_files is not None:  # before anything of the agent's opens one
+            note_files_limit(spec.limits.open_files, lowest_free_descriptor(),
+                             f"the process of agent {spec.lineage}", "its model's "
+                             "connections, its tools' files and the modules they import", 256)
         apply_limits(spec.limits.memory, spec.limits.open_files)
         cpu_budget(spec.limits.cpu_seconds)
     link.start_reading()
     runner = asyncio.Runner()
     try:
-        runner.get_loop()  # its selector and wake-up pipe: the first descriptors it opens
+        # its selector and wake-up pipe: the first descriptors it opens; asked for ahead, as
+        # a loop whose wake-up pipe cannot be made is left half built, and its __del__ then
+        # prints an AttributeError on stderr
+        _room_for(_LOOP_DESCRIPTORS)
+        runner.get_loop()
     except OSError as exc:
         starved = _starved(spec, exc)
         if starved is None:
@@ -956,6 +981,20 @@ def _serve(argv: list[str]) -> int:
         return 1
     run_to_end(run(spec, link), runner)
     return 0
+
+
+#: the descriptors an event loop opens as it is made: its selector and its wake-up pipe's two
+_LOOP_DESCRIPTORS = 3
+
+def _room_for(count: int) -> None:
+    """Raise the ``OSError`` that opening ``count`` descriptors at once would; open none."""
+    taken: list[int] = []
+    try:
+        for _ in range(count):
+            taken.append(os.open(os.devnull, os.O_RDONLY))
+    finally:
+        for number in taken:
+            os.close(number)
 
 
 def _starved(spec: StartSpec, exc: OSError) -> str | None:

@@ -59,7 +59,8 @@ seconds)``, ``("withdraw", request_ids)`` (approval requests it no longer needs)
 ``("journal", [(run_id, pickled records), ...])`` (the steps it finished, with the
 in-memory journal) and last
 ``("done", result)`` (or ``("error", text)`` when it cannot even load the agent's
-definition, ``("unstartable", text)`` when its limits leave it no event loop). The parent side
+definition, ``("unstartable", text)`` when its limits leave it no event loop, or its model
+cannot be made there). The parent side
 (:class:`TreeServer`) only needs a :class:`Channel`, and the child side
 (:mod:`shoal.agents._process`) only a connected socket, so another transport plugs in there:
 for Ray, an actor whose socket connects back to a listener of the parent over TCP.

@@ -81,12 +81,12 @@ def in_doubt_calls(store: Store, run_id: str, agent: Agent[Any] | None) -> dict[
     with no ``agent``, every tool: ``shoal show``, which loads none); never a subagent's
     call (it runs again: its own steps say what ran) nor a model turn.
     """
+    from shoal.store.base import nested_run_ids
     from shoal.store.resume import _in_flight, _stopped_running
 
     idempotent = _idempotent_tools(agent) if agent is not None else {}
     prefix, found = f"{run_id}/", {}
-    steps = [r.run_id for r in store.list_runs(2**62)
-             if r.run_id.startswith(prefix) and r.run_id.endswith("/steps")]
+    steps = [r for r in nested_run_ids(store, run_id) if r.endswith("/steps")]
     agents = {r[len(prefix):-len("/steps")] for r in steps}
     for steps_id in steps:
         lineage = steps_id[len(prefix):-len("/steps")]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import itertools
 import logging
 import threading
@@ -35,10 +36,10 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shoal.approvals.ledger import ApprovalLedger, MemoryLedger, RunLedger, batched, batches
-from shoal.approvals.policy import ApprovalRequest, Approver, Decision
+from shoal.approvals.policy import ApprovalRequest, Approver, Decision, reviewed, stopped
 from shoal.approvals.policy import request_id as request_id_of  # its parameters are ids
 from shoal.clock import running_loop
 from shoal.exceptions import describe_exception, exception_message
@@ -335,8 +336,28 @@ class ApprovalDesk:
         if lane.review is not None and pending in lane.batch:
             lane.batch.discard(pending)
             if not lane.batch:
-                lane.review.cancel()
+                review = lane.review
+                review.cancel()
+                # one that ignores its cancellation must not hold the lane (the next batch,
+                # of this run or another, waited for it, for good without approval_timeout)
+                review.get_loop().call_later(DRAIN_GRACE, self._abandon_review, lane, review)
         return pending
+
+    def _abandon_review(self, lane: _Lane, review: asyncio.Task[None]) -> None:
+        """A review cancelled :data:`DRAIN_GRACE` s ago still runs: free its lane of it.
+
+        Its answers, if it ever gives any, are for requests closed already: they are
+        dropped. The next batch is reviewed meanwhile (the approver, which ignored the
+        cancellation, is then asked while its old review goes on).
+        """
+        if lane.review is not review or review.done():
+            return
+        log.warning("approver %s ignored the cancellation of a review whose requests were all "
+                    "withdrawn, for %g s: the next batch is reviewed without waiting for it",
+                    _name_of(self.approver) if self.approver is not None else "?", DRAIN_GRACE)
+        lane.review, lane.batch = None, set()
+        if lane.queue and lane.flush_soon is None:
+            lane.flush_soon = review.get_loop().call_soon(self._flush, lane)
 
     def _expire(self, lane: _Lane, request_id: str, *, answered: bool = False) -> None:
         """Deny a request nobody decided on within the timeout (``answered``: too late)."""
@@ -420,10 +441,13 @@ class ApprovalDesk:
         except asyncio.CancelledError:
             return  # every request in the batch was answered or withdrawn meanwhile
         finally:
-            lane.review, lane.batch = None, set()
-            loop = asyncio.get_running_loop()  # the review's task runs on the lane's loop
-            if lane.queue and lane.flush_soon is None and not loop.is_closed():
-                lane.flush_soon = loop.call_soon(self._flush, lane)
+            loop = asyncio._get_running_loop()  # the review's task runs on the lane's loop
+            # (none: its coroutine closed as garbage, its loop gone); a review abandoned
+            # (see _abandon_review) no longer holds the lane: another's may be under way
+            if loop is not None and lane.review is asyncio.current_task():
+                lane.review, lane.batch = None, set()
+                if lane.queue and lane.flush_soon is None and not loop.is_closed():
+                    lane.flush_soon = loop.call_soon(self._flush, lane)
         now = asyncio.get_running_loop().time()
         with self.together():  # the batch's decisions: one commit (per ledger) for them all
             for pending, decision in zip(batch, decisions, strict=True):
@@ -440,9 +464,24 @@ class ApprovalDesk:
     async def _ask(self, approver: Approver, requests: list[ApprovalRequest]) -> list[Decision]:
         """The approver's decisions, one per request; a failing approver denies them all."""
         try:  # no more answers than requests are read: an endless iterator must not hang
-            answers = list(itertools.islice(await approver.review(requests), len(requests)))
-        except (KeyboardInterrupt, asyncio.CancelledError):
-            raise  # Ctrl-C keeps its meaning; a cancelled review ends (see _run_review)
+            answers = list(itertools.islice(await reviewed(approver, requests), len(requests)))
+        except KeyboardInterrupt:
+            raise  # Ctrl-C keeps its meaning
+        except GeneratorExit:
+            if asyncio._get_running_loop() is None:  # the review's coroutine closed as
+                raise  # garbage (its loop gone): no answer can be given any more
+            log.exception("approver %s failed", _name_of(approver))
+            return [Decision.deny("the approver failed: GeneratorExit") for _ in requests]
+        except asyncio.CancelledError as exc:
+            if stopped():
+                raise  # the desk (or the loop's end) cancelled the review: it ends there
+            # the approver's own CancelledError (a task of its own cancelled under it): as
+            # any failure of its code; was taken for a withdrawn batch, and its calls waited
+            # for a decision for good (with no approval_timeout)
+            log.warning("approver %s raised CancelledError that nothing asked for",
+                        _name_of(approver))
+            why = f"the approver failed: {describe_exception(exc)} (nothing cancelled it)"
+            return [Decision.deny(why) for _ in requests]
         except BaseException as exc:  # the approver's bug (sys.exit too): deny, saying so
             log.exception("approver %s failed", _name_of(approver))
             why = f"the approver failed: {describe_exception(exc)}"
@@ -461,11 +500,31 @@ class ApprovalDesk:
     @staticmethod
     def _tell_withdrawn(approver: Approver, requests: Sequence[ApprovalRequest]) -> None:
         try:
-            approver.withdrawn(requests)
+            told: object = approver.withdrawn(requests)  # type: ignore[func-returns-value]
+            if told is not None and inspect.isawaitable(told):  # an async def withdrawn: run
+                # it (was never awaited: the approver was never told, and it warned so)
+                telling = asyncio.ensure_future(told)
+                _TELLING.add(telling)
+                telling.add_done_callback(partial(_told, approver))
         except KeyboardInterrupt:
             raise
         except BaseException:  # the approver's bug (sys.exit too) must not end the run
             log.exception("approver %s failed on withdrawn requests", _name_of(approver))
+
+
+#: the approvers' async ``withdrawn`` calls under way (the loop keeps only weak references)
+_TELLING: set[asyncio.Future[Any]] = set()
+
+
+def _told(approver: Approver, telling: asyncio.Future[Any]) -> None:
+    """An async ``withdrawn`` ended: log what it raised, as a sync one's failure is."""
+    _TELLING.discard(telling)
+    if telling.cancelled():
+        return
+    failed = telling.exception()
+    if failed is not None:
+        log.error("approver %s failed on withdrawn requests", _name_of(approver),
+                  exc_info=failed)
 
 
 def _retrieved(review: asyncio.Task[None]) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from shoal.exceptions import ConfigError, describe_exception
-from shoal.merge import shown
+from shoal.merge import _is_async, shown
 from shoal.outcome import _safe_repr
 from shoal.store.base import canonical_json
 
@@ -68,6 +68,12 @@ def approval_reason(tool: Tool[..., Any], args: Mapping[str, Any]) -> str:
         return ""
     try:
         needed = rule(args)
+        if inspect.isawaitable(needed):  # a plain function returning one: it says nothing
+            if inspect.iscoroutine(needed):
+                needed.close()  # (never awaited: not left to warn so)
+            return (f"the approval rule of tool {tool.name!r} returned "
+                    f"{_safe_repr(needed)}, to be awaited, not an answer")
+        needed = bool(needed)  # its own __bool__ may raise: was out of the run, ending it
     except (KeyboardInterrupt, asyncio.CancelledError):
         raise
     except BaseException as exc:  # a failing rule (sys.exit too) cannot say "no need": ask
@@ -163,7 +169,9 @@ class Approver(ABC):
 
     ``review`` may take as long as a person needs; the runtime's ``approval_timeout`` turns
     a late answer into a denial. It is never called twice at once by one runtime (the next
-    batch waits), but one approver may serve several runtimes.
+    batch waits), but one approver may serve several runtimes; a review cancelled (every
+    request of its batch withdrawn) that ignores its cancellation for a second no longer
+    holds up the next batch.
     """
 
     @property
@@ -178,7 +186,8 @@ class Approver(ABC):
     def withdrawn(self, requests: Sequence[ApprovalRequest]) -> None:
         """These requests no longer need an answer (their calls were cancelled or timed out).
 
-        Called on the event loop; the default does nothing.
+        Called on the event loop; the default does nothing. It may be an ``async def``: it
+        then runs as a task of its own (what it raises is logged).
         """
         return None
 
@@ -247,8 +256,12 @@ class CallbackApprover(Approver):
     def _call(self, request: ApprovalRequest) -> object:
         try:
             return self._fn(request)
-        except (KeyboardInterrupt, asyncio.CancelledError):
+        except KeyboardInterrupt:
             raise
+        except asyncio.CancelledError as exc:
+            if stopped():
+                raise
+            return _raised(exc)  # the function's own, not the review's cancellation
         except BaseException as exc:  # the user's function failed (sys.exit too): deny, why
             return _raised(exc)
 
@@ -256,10 +269,35 @@ class CallbackApprover(Approver):
     async def _await(answer: Any) -> object:
         try:
             return await answer
-        except (KeyboardInterrupt, asyncio.CancelledError):
+        except KeyboardInterrupt:
             raise
+        except asyncio.CancelledError as exc:
+            if stopped():
+                raise
+            return _raised(exc)  # as in _call
         except BaseException as exc:  # sys.exit too, as in _call
             return _raised(exc)
+
+
+async def reviewed(approver: Approver, batch: Sequence[ApprovalRequest]) -> Any:
+    """What ``approver.review(batch)`` answers, awaited if it is to be awaited.
+
+    A ``review`` written as a plain ``def`` answers at once: its list was taken for an
+    approver's failure (``object list can't be used in 'await' expression``), denying every
+    call it approved.
+    """
+    answer: Any = approver.review(batch)
+    return await answer if inspect.isawaitable(answer) else answer
+
+
+def stopped() -> bool:
+    """Whether the running task was asked to stop (cancelled), or no task runs.
+
+    A ``CancelledError`` that an approver's own code raises (a task of its own cancelled
+    under it) is not that: it is its failure, and denies, where a stop must go on up.
+    """
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
 
 
 def _raised(exc: BaseException) -> Decision:
@@ -327,6 +365,12 @@ class Rule:
         if self.when is not None and not callable(self.when):
             raise ConfigError(f"a rule's when is a predicate over the arguments, got "
                               f"{shown(self.when)}")
+        if self.when is not None and _is_async(self.when):
+            # its coroutine, never awaited, is true: the rule matched every call it was
+            # asked about (an allow rule approved them all, unchecked)
+            raise ConfigError(f"a rule's when is a plain predicate over the arguments (rules "
+                              f"decide at once), got an async function {shown(self.when)}; "
+                              "decide in an async approver, as otherwise=")
         if self.reason is None:
             object.__setattr__(self, "reason", "")
         elif not isinstance(self.reason, str):  # stored with the decision, as text
@@ -346,7 +390,15 @@ class Rule:
             if name not in request.args or not fnmatchcase(_value_text(request.args[name]),
                                                            pattern):
                 return False
-        return self.when is None or bool(self.when(request.args))
+        if self.when is None:
+            return True
+        verdict = self.when(request.args)
+        if inspect.isawaitable(verdict):  # a sync function returning one: never true
+            if inspect.iscoroutine(verdict):
+                verdict.close()
+            raise TypeError(f"when returned {_safe_repr(verdict)}, to be awaited: a rule's "
+                            "when is a plain predicate")
+        return bool(verdict)
 
     def decision(self) -> Decision:
         """What this rule says."""
@@ -422,10 +474,15 @@ class RulesApprover(Approver):
         """
         assert isinstance(self.otherwise, Approver)
         try:  # no more answers than requests are read: an endless iterator must not hang
-            answers: list[Any] = list(itertools.islice(await self.otherwise.review(rest),
+            answers: list[Any] = list(itertools.islice(await reviewed(self.otherwise, rest),
                                                        len(rest)))
-        except (KeyboardInterrupt, asyncio.CancelledError):
+        except KeyboardInterrupt:
             raise
+        except asyncio.CancelledError as exc:
+            if stopped():
+                raise
+            why = f"the fallback approver failed: {describe_exception(exc)} (nothing cancelled it)"
+            return [Decision.deny(why) for _ in rest]  # and the rules' decisions stand
         except BaseException as exc:  # the fallback's bug: deny what it was asked, saying so
             why = f"the fallback approver failed: {describe_exception(exc)}"
             return [Decision.deny(why) for _ in rest]

@@ -35,7 +35,14 @@ from shoal.agents.result import AgentResult, AgentStatus
 from shoal.cli.render import ID_WIDTH, seconds
 from shoal.cli.safe import clean, safe_str
 from shoal.cli.safe import text as safe_text
-from shoal.cli.tree import TREE_EVENTS, AgentTree, Row, agent_status, render_tree
+from shoal.cli.tree import (
+    TREE_EVENTS,
+    AgentTree,
+    Row,
+    agent_status,
+    not_ok_word,
+    render_tree,
+)
 from shoal.events import Event
 from shoal.exceptions import StoreError, exception_message
 from shoal.outcome import jsonable
@@ -293,9 +300,11 @@ def headline(record: RunRecord) -> dict[str, Any]:
         return {"target": record.source.get("target", record.name.removeprefix(f"{KIND} "))}
     calls = sum(record.counts.values())
     failed = sum(n for status, n in record.counts.items() if status != "ok")
+    how = not_ok_word(status for status, n in record.counts.items() if n)
     return {"target": record.source.get("target", ""), "status": result.get("status"),
             "agents": _count_agents(result), "turns": result.get("turns", 0),
-            "tokens": result.get("tokens", 0), "calls": calls, "failed_calls": failed}
+            "tokens": result.get("tokens", 0), "calls": calls, "failed_calls": failed,
+            "not_ok": how}
 
 
 def _count_agents(tree: Mapping[str, Any]) -> int:
@@ -307,7 +316,8 @@ def agent_status_text(record: RunRecord, status: str) -> Text:
     facts = headline(record)
     if status != "finished" or facts.get("status") is None:
         return safe_text(status, width=ID_WIDTH)
-    shown = agent_status(str(facts["status"]), facts["calls"], facts["failed_calls"])
+    shown = agent_status(str(facts["status"]), facts["calls"], facts["failed_calls"],
+                         facts["not_ok"])
     style = ("green" if shown == "ok" else "yellow" if facts["status"] == "ok" else "red")
     return safe_text(shown, style, width=ID_WIDTH)  # the journal's text: escaped like any
 
@@ -392,10 +402,13 @@ def show_view(record: RunRecord, events: Sequence[Mapping[str, Any]],
                                  else "") + f", {agents} agent{'s' if agents != 1 else ''}, "
                               f"{facts['tokens']} tokens", style="dim"))
             return Group(*parts, *_interrupted(record, status), *doubt_lines(record, in_doubt))
+        calls = facts["calls"]
         parts.append(Text(f"{facts['agents']} agent{'s' if facts['agents'] != 1 else ''}, "
-                          f"{facts['turns']} turns by the lead, {facts['calls']} tool calls"
-                          + (f" ({facts['failed_calls']} failed)" if facts["failed_calls"]
-                             else "") + f", {facts['tokens']} tokens", style="dim"))
+                          f"{facts['turns']} turns by the lead, {calls} tool "
+                          f"call{'s' if calls != 1 else ''}"
+                          + (f" ({facts['failed_calls']} {facts['not_ok']})"
+                             if facts["failed_calls"] else "")
+                          + f", {facts['tokens']} tokens", style="dim"))
     return Group(*parts, *_interrupted(record, status), *doubt_lines(record, in_doubt))
 
 

@@ -45,7 +45,7 @@ from shoal.cli.interrupt import (
 from shoal.cli.live import LivePause, live_view, show_cursor
 from shoal.cli.render import announce, events_file, events_incomplete
 from shoal.cli.safe import count, one_line, others_to_stderr, safe_str
-from shoal.cli.tree import AgentTree, live_rows, render_tree
+from shoal.cli.tree import AgentTree, live_rows, not_ok_word, render_tree
 from shoal.events import Event, JsonlSink, ModelRetrying, ModelServerStarted, ModelServerStarting
 from shoal.exceptions import (
     AgentError,
@@ -510,10 +510,11 @@ def _summary_line(result: AgentResult[Any]) -> str:
     agents = result.walk()
     calls = sum(len(a.calls) for a in agents)
     failed = sum(a.failed_calls for a in agents)
+    how = not_ok_word(str(c.status) for a in agents for c in a.calls)
     return (f"{result.turns} turn{'s' if result.turns != 1 else ''} by the lead, "
             f"{usage.requests} model request{'s' if usage.requests != 1 else ''}, "
             f"{calls} tool call{'s' if calls != 1 else ''}"
-            + (f" ({failed} failed)" if failed else "")
+            + (f" ({failed} {how})" if failed else "")
             + f", {count(usage.total_tokens)} tokens"
             + (f", ${usage.cost:.4f}" if usage.cost is not None else "")
             + f", {result.duration:.2f} s")

@@ -98,11 +98,26 @@ class Row:
         return not self.is_server and "/" in self.lineage
 
 
-def agent_status(status: str, calls: int, failed: int) -> str:
-    """An agent's status as shown: ``ok, 2/2 calls failed`` when an ok agent's calls failed."""
+def agent_status(status: str, calls: int, failed: int, how: str = "failed") -> str:
+    """An agent's status as shown: ``ok, 2/2 calls failed`` when an ok agent's calls failed.
+
+    ``how``: what became of those calls (:func:`not_ok_word`: ``denied``, ``cancelled``, ...).
+    """
     if failed and status == "ok":
-        return f"ok, {failed}/{calls} call{'s' if calls != 1 else ''} failed"
+        return f"ok, {failed}/{calls} call{'s' if calls != 1 else ''} {how}"
     return status
+
+
+def not_ok_word(statuses: Iterable[str]) -> str:
+    """What became of calls that did not succeed: their one status (``denied``), or ``not ok``.
+
+    A denied or cancelled call is no failure: counted as ``failed``, a person's denial read
+    as the tool breaking.
+    """
+    found = {status for status in statuses if status != "ok"}
+    if len(found) == 1:
+        return one_line(found.pop().replace("_", " "), 20)
+    return "not ok" if found else "failed"
 
 
 # The tree's own events. Every event of a run is on one clock (the outermost run's: the tool
@@ -221,9 +236,16 @@ class AgentTree:
 
     def calls_of(self, lineage: str) -> tuple[int, int]:
         """An agent's calls that ended, and how many of those did not succeed."""
-        ended = [c for c in (self.rows[n] for n in self.rows[lineage].children)
-                 if c.is_call and c.status != "running"]
+        ended = self._ended_calls(lineage)
         return len(ended), sum(1 for c in ended if c.status != "ok")
+
+    def not_ok_of(self, lineage: str) -> str:
+        """What became of an agent's calls that did not succeed (see :func:`not_ok_word`)."""
+        return not_ok_word(c.status for c in self._ended_calls(lineage))
+
+    def _ended_calls(self, lineage: str) -> list[Row]:
+        return [c for c in (self.rows[n] for n in self.rows[lineage].children)
+                if c.is_call and c.status != "running"]
 
     @classmethod
     def replay(cls, events: Iterable[Event]) -> AgentTree:
@@ -279,7 +301,7 @@ def _label(view: AgentTree, row: Row, now: float) -> Text:
                 style="bold" if row.is_agent else "dim" if row.is_server else "")
     status = row.status
     if row.is_agent and status != "running":
-        status = agent_status(status, *view.calls_of(row.lineage))
+        status = agent_status(status, *view.calls_of(row.lineage), view.not_ok_of(row.lineage))
     style = "yellow" if status != row.status else _STYLES.get(row.status, "")
     text.append(f"  {one_line(status, ID_WIDTH)}", style=style)
     took = (row.ended if row.ended is not None else now) - row.started

@@ -202,6 +202,14 @@ def run_call(message: tuple[Any, ...], cpu_seconds: int | None) -> bytes:
             return error_reply(unasked_cancel_error(name, exc))  # tool's own doing
         if isinstance(exc, StopIteration):  # a sync tool's: the error threads give it
             return error_reply(stop_iteration_error(exc))
+        if _files_limit is not None:  # the tool's files reached the limit: say what to give
+            from shoal.limits import files_limit_error
+
+            limit, own = _files_limit
+            reached = files_limit_error(exc, limit, own, f"the worker process running tool "
+                                        f"{name!r}", "the files its tools open", 64)
+            if reached is not None:
+                return error_reply(reached)
         return error_reply(exc)
     del args  # free large arguments before the result is pickled
     unawaited = unawaited_result(name, value)  # a coroutine would not even pickle
@@ -291,9 +299,9 @@ def configure(body: bytes, pipes: tuple[int, int]) -> int | None:
     sys.path[:] = parent_path  # import exactly what the parent would
     if open_files is not None:
         global _files_limit  # set once per worker, before any call
-        probe = os.open(os.devnull, os.O_RDONLY)  # the lowest free descriptor: those below
-        os.close(probe)  # it are the worker's own
-        _files_limit = (open_files, probe)
+        from shoal.limits import lowest_free_descriptor
+
+        _files_limit = (open_files, lowest_free_descriptor())  # those below: the worker's
     apply_limits(memory, open_files)
     return cpu_seconds  # type: ignore[no-any-return]
 

@@ -70,6 +70,7 @@ from shoal.executors.base import Call, Executor
 from shoal.executors.inline import InlineExecutor
 from shoal.executors.thread import PoolJob, ThreadExecutor
 from shoal.instrumentation import RunObserver
+from shoal.limits import within_files_limit
 from shoal.outcome import ErrorInfo, Outcome, RunResult
 from shoal.plan import _ITEM_ID, Node
 from shoal.scheduler.eager import ends_in_first_step
@@ -1713,7 +1714,14 @@ class Driver:
         for value in settling:
             try:
                 record = value.settle(ok)
-            except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C stops the run
+            except KeyboardInterrupt:  # a merge function's: stops the run, as Ctrl-C does
+                task = asyncio.current_task()
+                if task is not None:  # raised to the run's caller from the loop: the task
+                    # that raised it, left unread, was logged as never retrieved, with its
+                    # traceback, when the garbage collector met it
+                    task.add_done_callback(_read_exception)
+                raise
+            except asyncio.CancelledError:
                 raise
             except BaseException as exc:  # SystemExit too: the value's own code fails its
                 # call, as a tool's exit does (escaping, it stopped the run as an internal error)
@@ -2281,7 +2289,9 @@ def _raised(call: Call, exc: BaseException, stopped: bool = False) -> AttemptRes
             return AttemptResult("failed", error=unasked_cancel_error(call.tool.name, exc))
         except Exception as error:  # a hostile one (no reason, say): never unreported
             return _unrecorded(call, f"the {type(exc).__name__} it raised", error)
-    return AttemptResult("failed", error=exc)  # incl. SystemExit: it fails the call, not the run
+    # incl. SystemExit: it fails the call, not the run; in an agent's process with an
+    # open_files limit, a tool's "Too many open files" says which limit it reached
+    return AttemptResult("failed", error=within_files_limit(exc))
 
 
 def _suspended(call: Call, coro: Coroutine[Any, Any, Any]) -> AttemptResult:
@@ -2289,3 +2299,9 @@ def _suspended(call: Call, coro: Coroutine[Any, Any, Any]) -> AttemptResult:
     coro.close()
     return AttemptResult("failed", error=RuntimeError(
         f"tool {call.tool.name!r} suspended in a step that cannot suspend"))
+
+
+def _read_exception(task: asyncio.Task[Any]) -> None:
+    """Read a task's end, so that asyncio does not log it as never retrieved."""
+    if not task.cancelled():
+        task.exception()

@@ -52,6 +52,7 @@ __all__ = [
     "StoredOutcome",
     "canonical_json",
     "idempotency_key",
+    "nested_run_ids",
 ]
 
 RunStatus = Literal["running", "finished", "cancelled", "interrupted"]
@@ -117,6 +118,19 @@ class RunRecord:
 _RUN_FIELDS = tuple(f.name for f in fields(RunRecord))
 _RUN_VALUES = operator.attrgetter(*_RUN_FIELDS)
 _RUN_INDEX = {name: i for i, name in enumerate(_RUN_FIELDS)}
+
+
+def nested_run_ids(store: Store, run_id: str) -> list[str]:
+    """The ids of the runs nested in ``run_id`` (starting ``f"{run_id}/"``), in id order.
+
+    A store's own ``nested_run_ids`` reads only those (SQLite: through the index of run
+    ids); a store of your own without one is asked for every run, and they are picked out.
+    """
+    read = getattr(store, "nested_run_ids", None)
+    if callable(read):
+        return list(read(run_id))
+    prefix = f"{run_id}/"
+    return sorted(r.run_id for r in store.list_runs(2**62) if r.run_id.startswith(prefix))
 
 
 def run_record_with(record: RunRecord, **changes: Any) -> RunRecord:

@@ -238,6 +238,12 @@ class MemoryStore:
         records.sort(key=lambda r: r.started_at, reverse=True)
         return records[:limit]
 
+    def nested_run_ids(self, run_id: str) -> list[str]:
+        """The ids of the runs nested in ``run_id`` (starting ``f"{run_id}/"``), in id order."""
+        prefix = f"{run_id}/"
+        with self._lock:
+            return sorted(rid for rid in self._runs if rid.startswith(prefix))
+
     def outcomes(self, run_id: str, *, decode: bool = True) -> dict[str, StoredOutcome]:
         """Each node's latest outcome, in plan order (values are the objects the run produced)."""
         with self._lock:

@@ -571,6 +571,21 @@ class SQLiteStore:
                           (min(limit, _MAX_SQL_INT),))  # SQLite's ints stop at 2**63 - 1
         return [_run_record(row) for row in rows]
 
+    def nested_run_ids(self, run_id: str) -> list[str]:
+        """The ids of the runs nested in ``run_id`` (starting ``f"{run_id}/"``), in id order.
+
+        Read through the index of run ids (a range: every id starting ``RUN/`` sorts from
+        ``RUN/`` up to ``RUN0``), not by listing every run of the journal; ids with lone
+        surrogates, kept as BLOBs, sort after all text and are read as a range of their own.
+        """
+        low, high = f"{run_id}/", f"{run_id}0"  # '0' is the character after '/'
+        as_bytes = [text.encode("utf-8", "surrogatepass") for text in (low, high)]
+        as_text = list(_bind((low, high)))
+        bounds = [*as_text, *as_bytes] if isinstance(as_text[0], str) else as_bytes * 2
+        rows = self._read("SELECT run_id FROM runs WHERE run_id >= ? AND run_id < ? UNION ALL "
+                          "SELECT run_id FROM runs WHERE run_id >= ? AND run_id < ?", bounds)
+        return sorted({_str(row[0]) for row in rows})
+
     def outcomes(self, run_id: str, *, decode: bool = True) -> dict[str, StoredOutcome]:
         """Each node's latest outcome, in plan order; ``decode=False`` never unpickles."""
         columns = _OUTCOME_COLUMNS.replace("ran_on", self._column("outcomes", "ran_on")).replace(

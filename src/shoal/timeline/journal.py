@@ -26,6 +26,7 @@ from shoal.store.base import (
     RunStatus,
     Store,
     StoredOutcome,
+    nested_run_ids,
 )
 from shoal.timeline.model import (
     TREE_OUTPUT_WIDTH,
@@ -65,9 +66,7 @@ def step_of(root: str, run_id: str) -> tuple[str, str]:
 
 def nested_runs(store: Store, run_id: str) -> list[RunRecord]:
     """The runs nested in ``run_id`` (ids starting ``f"{run_id}/"``), oldest first."""
-    prefix = f"{run_id}/"
-    found = [r.run_id for r in store.list_runs(2**62) if r.run_id.startswith(prefix)]
-    records = [store.get_run(r) for r in found]
+    records = [store.get_run(r) for r in nested_run_ids(store, run_id)]
     return sorted((r for r in records if r is not None), key=lambda r: (r.started_at, r.run_id))
 
 
