@@ -110,7 +110,7 @@ def test_a_pattern_run_id_journaled_already_says_what_a_pattern_user_can_do(
                                             run_id="r1")
     again = _two_steps(["A"], ["B"])
     with pytest.raises(shoal.ConfigError, match=(
-            r"pipeline pipeline: run 'r1' is in the journal already; run\(\) starts a new run, "
+            r"pipeline: run 'r1' is in the journal already; run\(\) starts a new run, "
             r"so give another run_id \(or none\)\. .* plan = shoal.Plan\(name='pipeline'\); "
             r"plan.add\(pattern, .* node_id='pipeline'\); runtime.resume\('r1', plan\)")):
         again.run_sync("go", runtime=shoal.Runtime(store=store), run_id="r1")

@@ -143,6 +143,11 @@ class Pattern:
         # a str subclass's own __eq__/__hash__/__str__ would run wherever the name is used
         self.name = self.kind if name is None else plain_text(name)
 
+    @property
+    def called(self) -> str:
+        """The pattern as messages name it: ``reflect``, or ``reflect review`` if named."""
+        return self.kind if self.name == self.kind else f"{self.kind} {self.name}"
+
     # -- as a node --------------------------------------------------------------------------
 
     @functools.cached_property
@@ -150,9 +155,8 @@ class Pattern:
         """The tool that runs this pattern as a plan node: ``plan.call(pattern, task=...)``."""
         # Idempotent in the resume sense: a pattern node that was running when its run stopped
         # runs again on resume and continues its nested runs, whose finished steps replay.
-        called = self.kind if self.name == self.kind else f"{self.kind} {self.name}"
         return Tool(partial(_pattern_node, self), name=self.name,
-                    description=f"Run the {called}: {self.describe()}",
+                    description=f"Run the {self.called}: {self.describe()}",
                     policy=ToolPolicy(isolation="inline", idempotent=True))
 
     def describe(self) -> str:
@@ -194,7 +198,7 @@ class Pattern:
         if run_id is not None:  # its inner runs are named under it by '/'
             check_run_id(run_id)
         if runtime is not None and not isinstance(runtime, Runtime):
-            raise ConfigError(f"{self.kind} {self.name}: runtime= takes a shoal.Runtime, got "
+            raise ConfigError(f"{self.called}: runtime= takes a shoal.Runtime, got "
                               f"{type(runtime).__name__} {shown(runtime)}")
         own = runtime is None
         active = runtime if runtime is not None else Runtime()
@@ -207,7 +211,7 @@ class Pattern:
             if run_id is not None and active.store is not None and active.store.get_run(
                     run_id) is not None:  # (the runtime's own words name a plan this has not)
                 raise ConfigError(
-                    f"{self.kind} {self.name}: run {run_id!r} is in the journal already; "
+                    f"{self.called}: run {run_id!r} is in the journal already; "
                     "run() starts a new run, so give another run_id (or none). To continue "
                     f"that run, resume the one-node plan run() made: plan = shoal.Plan(name="
                     f"{self.name!r}); plan.add(pattern, {{'task': task, **the same context}}, "
@@ -224,7 +228,7 @@ class Pattern:
         scope = handle.scope
         found = scope.shared.get(SHARED_KEY) if scope is not None else None
         error = found.errors.get(self.name) if isinstance(found, Composition) else None
-        raise error or PatternError(f"{self.kind} {self.name} ended {outcome.status}: "
+        raise error or PatternError(f"{self.called} ended {outcome.status}: "
                                     f"{outcome.error or outcome.reason}")
 
     def run_sync(self, task: Any, **options: Any) -> Any:
@@ -363,7 +367,7 @@ class Pipeline(Pattern):
 
     def __init__(self, steps: Iterable[Step], name: str | None = None) -> None:
         super().__init__(name)
-        self.steps = _steps(f"pipeline {self.name}", steps, "step")
+        self.steps = _steps(self.called, steps, "step")
 
     def describe(self) -> str:
         """``a, then b, then c``."""
@@ -393,9 +397,9 @@ class FanOut(Pattern):
     def __init__(self, workers: Iterable[Step], aggregate: Step | None = None,
                  name: str | None = None) -> None:
         super().__init__(name)
-        self.workers = _steps(f"fan_out {self.name}", workers, "worker")
+        self.workers = _steps(self.called, workers, "worker")
         self.aggregate = None if aggregate is None else _check_step(
-            f"fan_out {self.name} aggregate", aggregate)
+            f"{self.called} aggregate", aggregate)
 
     def describe(self) -> str:
         """``a, b and c at once, then agg``."""
@@ -436,16 +440,16 @@ class Reflect(Pattern):
     def __init__(self, worker: Step, critic: Step, max_rounds: int = 3,
                  must_accept: bool = False, name: str | None = None) -> None:
         super().__init__(name)
-        self.worker = _check_step(f"reflect {self.name} worker", worker)
-        self.critic = _check_step(f"reflect {self.name} critic", critic)
+        self.worker = _check_step(f"{self.called} worker", worker)
+        self.critic = _check_step(f"{self.called} critic", critic)
         rounds = (int.__int__(max_rounds)  # an int subclass's own comparisons left out
                   if isinstance(max_rounds, int) and not isinstance(max_rounds, bool) else 0)
         if not 1 <= rounds <= MAX_ROUNDS:
-            raise ConfigError(f"reflect {self.name}: max_rounds must be a whole number from 1 to "
+            raise ConfigError(f"{self.called}: max_rounds must be a whole number from 1 to "
                               f"{MAX_ROUNDS}, got {shown(max_rounds)}; a loop that never "
                               "converges is bounded by it (and by a Budget)")
         if not isinstance(must_accept, bool):  # 'no' would be taken as true
-            raise ConfigError(f"reflect {self.name}: must_accept must be True or False, got "
+            raise ConfigError(f"{self.called}: must_accept must be True or False, got "
                               f"{shown(must_accept)}")
         self.max_rounds = rounds
         self.must_accept = must_accept
