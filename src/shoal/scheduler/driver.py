@@ -40,7 +40,6 @@ import itertools
 import logging
 import math
 import operator
-import os
 import socket
 import time
 from collections import deque
@@ -95,7 +94,7 @@ from shoal.store.base import (
     Store,
     run_record_with,
 )
-from shoal.store.claims import this_process_start
+from shoal.store.claims import this_process
 from shoal.store.journal import Journal
 from shoal.store.resume import Resumption
 from shoal.tools import Tool
@@ -1793,15 +1792,15 @@ class Driver:
         # other processes compare it with; the host is the machine's name, which they compare
         # with theirs to tell whether they can look the pid up (not HOST: a Ray agent's
         # process names its node there, for outcomes)
-        heartbeat, pid, host = time.time(), os.getpid(), socket.gethostname()
+        heartbeat = time.time()
+        pid, host, start = this_process()  # (read once per process: a run per agent asks)
         if isinstance(record, RunStart):  # a new run (its first session)
             self._journal.add(record.started(self._epoch, heartbeat=heartbeat, pid=pid,
-                                             host=host, pid_start=this_process_start()))
+                                             host=host, pid_start=start))
             return
         self._journal.add(run_record_with(
             record, started_at=self._epoch, status="running", sessions=self._session,
-            finished_at=None, heartbeat=heartbeat, pid=pid, host=host,
-            pid_start=this_process_start()))
+            finished_at=None, heartbeat=heartbeat, pid=pid, host=host, pid_start=start))
 
     def _journal_decisions(self, d: Decisions) -> asyncio.Future[None] | None:
         """Journal ``d``'s outcomes and starts; return what the starts must wait for."""
