@@ -188,7 +188,7 @@ class Driver:
         "_executor_for", "_executors", "_finished", "_given_clock", "_graced", "_handed",
         "_handing", "_hosts", "_internal", "_journal", "_journaled_early", "_late", "_lean_due",
         "_loop",
-        "_observer", "_on_pool", "_origin_epoch",
+        "_observer", "_on_end", "_on_pool", "_origin_epoch",
         "_pool_returned", "_quick",
         "_resume",
         "_run_approvals", "_run_record", "_session", "_settling", "_shift", "_sink_failures",
@@ -321,7 +321,9 @@ class Driver:
         self._epoch = 0.0
         self._finished: asyncio.Future[None] | None = None
         # started by start_here (no task): where its result goes, and what to call at its end
-        self._taskless: tuple[asyncio.Future[RunResult], Callable[[], None]] | None = None
+        # (two fields, not a pair: a swarm holds a run per agent, each pair one more object)
+        self._taskless: asyncio.Future[RunResult] | None = None
+        self._on_end: Callable[[Driver], None] | None = None
         self._before_start: list[Decisions] | None = None
         # position -> who waits for its outcome: one future (most nodes: the agent that added
         # it), a list only once there are more (a swarm holds one per agent in flight)
@@ -403,18 +405,20 @@ class Driver:
         finally:  # a run cancelled from outside publishes no RunFinished: its spans end here
             observer.close()
 
-    def start_here(self, ended: asyncio.Future[RunResult], on_end: Callable[[], None]) -> None:
+    def start_here(self, ended: asyncio.Future[RunResult],
+                   on_end: Callable[[Driver], None]) -> None:
         """Start the run now, without a task of its own; ``ended`` gets its result.
 
         What :meth:`run` does, for a run whose end needs no task of its own (a nested open
         run, not instrumented: an agent's steps): it starts now, in the calling task, and
         its nodes start as they are added. Once it has ended (see :meth:`_end_here`), its
-        result is set on ``ended`` and ``on_end()`` is called; its end is carried out where
+        result is set on ``ended`` and ``on_end(driver)`` is called (the caller's bound method
+        serves every run: no partial per run); its end is carried out where
         it ended, or, when it must be awaited (an approval desk to drain, a durable journal
         to close, an error to stop on), in a task made then.
         """
         self._start()
-        self._taskless = (ended, on_end)
+        self._taskless, self._on_end = ended, on_end
         try:
             self._begin()
         except Exception as exc:  # (as in _run: stopped and journaled at its end)
@@ -438,9 +442,10 @@ class Driver:
         Here and now when nothing needs awaiting (most ends: a memory journal, no approval
         asked): what :meth:`_run` does after its run finished. Otherwise in a task.
         """
-        here, self._taskless = self._taskless, None
-        assert here is not None and self._finished is not None and self._loop is not None
-        ended, on_end = here
+        ended, on_end = self._taskless, self._on_end
+        self._taskless = self._on_end = None
+        assert ended is not None and on_end is not None
+        assert self._finished is not None and self._loop is not None
         finished = self._finished
         if (finished.cancelled() or finished.exception() is not None or self._desk.asked
                 or (self._journal is not None and self._journal.durable)):
@@ -461,10 +466,10 @@ class Driver:
             if not ended.done():
                 ended.set_result(result)
         finally:
-            on_end()
+            on_end(self)
 
     async def _end_in_task(self, ended: asyncio.Future[RunResult],
-                           on_end: Callable[[], None]) -> None:
+                           on_end: Callable[[Driver], None]) -> None:
         """:meth:`_end_here` for an end that must be awaited: what :meth:`_run` does."""
         try:
             result = await self._finish(begin=False)
@@ -480,7 +485,7 @@ class Driver:
             if not ended.done():
                 ended.set_result(result)
         finally:
-            on_end()
+            on_end(self)
 
     async def _run(self) -> RunResult:
         self._start()

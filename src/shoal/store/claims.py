@@ -72,13 +72,20 @@ class RunClaim(Protocol):
 class _NoClaim:
     """Stands for a claim that was not needed or not possible (``force``)."""
 
+    __slots__ = ()
+
     def release(self) -> None:
         """Nothing to let go."""
 
 
+#: The claim that holds nothing: it keeps no state, so every run that needs none shares it
+#: (each nested run, an agent's steps, would otherwise make one and hold it to its end).
+NO_CLAIM: RunClaim = _NoClaim()
+
+
 def claim_run_nothing() -> RunClaim:
     """A claim that holds nothing (a run without a journal)."""
-    return _NoClaim()
+    return NO_CLAIM
 
 
 def claim_run(store: Store, run_id: str, *, force: bool = False) -> RunClaim:

@@ -68,7 +68,9 @@ class Journal:
         self._on_cancel = on_cancel
         self._on_failure = on_failure
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._buffer: list[Record] = []
+        # this loop iteration's records for the writer thread: only a durable journal has one
+        # (a memory store's journal writes at once, and a swarm keeps one per agent's steps)
+        self._buffer: list[Record] | tuple[()] = [] if self.durable else ()
         self._buffer_done: asyncio.Future[None] | None = None
         self._last_sent: asyncio.Future[None] | None = None  # the newest batch not committed
         self._writer: _Writer | None = None  # a durable store's, shared with its other runs
@@ -93,11 +95,13 @@ class Journal:
             except Exception as exc:
                 self._fail(exc)
             return
-        if not self._buffer:
+        buffer = self._buffer
+        if not buffer:
             assert self._loop is not None
             self._buffer_done = self._loop.create_future()
             self._loop.call_soon(self._send)
-        self._buffer.append(record)
+        assert isinstance(buffer, list)  # a durable journal's
+        buffer.append(record)
 
     def add_many(self, records: Iterable[Record]) -> None:
         """Journal several records; a memory store gets them in writes of ``WRITE_CHUNK``.
