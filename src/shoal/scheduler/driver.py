@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import itertools
 import logging
 import math
 import operator
@@ -86,7 +85,6 @@ from shoal.store.base import (
     CancelRequest,
     EventRecord,
     OutcomeRecord,
-    Record,
     RunEnded,
     RunRecord,
     RunStart,
@@ -1910,12 +1908,9 @@ class Driver:
         ended = RunEnded(self.state.run_id, status, self._epoch_now(), self._counts(),
                          result.makespan)
         if not self._streaming and not self._ends_each:
-            outcomes, orders = self.state.ended_in_order()  # (records made at C speed)
-            records: Iterable[Record] = map(
-                OutcomeRecord, itertools.repeat(self.state.run_id), outcomes, orders)
+            outcomes, orders = self.state.ended_in_order()  # (no record per node for memory)
             # a journal that failed already journals no end (after the outcomes, or with them)
-            journal.add_many(records if journal.failed is not None
-                             else itertools.chain(records, (ended,)))
+            journal.add_outcomes(outcomes, orders, None if journal.failed is not None else ended)
         elif journal.failed is None:
             journal.add(ended)
         return journal

@@ -36,7 +36,8 @@ from collections.abc import Callable, Iterable
 from typing import cast
 
 from shoal.exceptions import StoreError
-from shoal.store.base import CancelRequest, Record, Store
+from shoal.outcome import Outcome
+from shoal.store.base import CancelRequest, OutcomeRecord, Record, Store
 
 __all__ = ["HEARTBEAT_INTERVAL", "POLL_INTERVAL", "STALE_AFTER", "Journal"]
 
@@ -116,6 +117,28 @@ class Journal:
         try:
             while chunk := list(itertools.islice(rest, WRITE_CHUNK)):
                 self.store.write(chunk)
+        except Exception as exc:
+            self._fail(exc)
+
+    def add_outcomes(self, outcomes: Iterable[Outcome], positions: Iterable[int],
+                     then: Record | None = None) -> None:
+        """Journal an :class:`OutcomeRecord` for each outcome, at its position, then ``then``.
+
+        A memory store that takes outcomes whole (``write_outcomes``) gets them in chunks of
+        ``WRITE_CHUNK`` with no record made per outcome; any other store, the records.
+        """
+        write = None if self.durable else getattr(self.store, "write_outcomes", None)
+        if write is None:
+            records: Iterable[Record] = map(OutcomeRecord, itertools.repeat(self.run_id),
+                                            outcomes, positions)
+            self.add_many(records if then is None else itertools.chain(records, (then,)))
+            return
+        ended, places = iter(outcomes), iter(positions)
+        try:
+            while chunk := list(itertools.islice(ended, WRITE_CHUNK)):
+                write(self.run_id, chunk, list(itertools.islice(places, len(chunk))))
+            if then is not None:
+                self.store.write((then,))
         except Exception as exc:
             self._fail(exc)
 
