@@ -273,3 +273,33 @@ def test_a_steps_run_that_ends_as_it_closes_is_not_waited_for(
     result = asyncio.run(lead.run("go"))
     assert result.ok and result.children[0].ok and result.output == "done"
     assert waited == []
+
+
+def test_a_steps_run_opens_without_a_decision_and_runs_what_is_added_later(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # an open run opening empty (every agent's steps run) has nothing to queue or start: it
+    # is marked begun without the state machine's begin(); its steps still run as added
+    from shoal.scheduler.state import SchedulerState
+
+    begun: list[int] = []
+    begin = SchedulerState.begin
+
+    def counted(self: SchedulerState, now: float) -> Any:
+        begun.append(len(self.graph.nodes))
+        return begin(self, now)
+
+    monkeypatch.setattr(SchedulerState, "begin", counted)
+    worker = shoal.Agent(name="worker", model=ScriptedModel([[call("lookup", key="a")], "ok"]),
+                         tools=[lookup])
+    lead = shoal.Agent(name="lead", subagents=[worker], model=ScriptedModel(
+        [[call("worker", task="t")], "done"]))
+    result = asyncio.run(lead.run("go"))
+    assert result.ok and result.children[0].output == "ok"
+    assert result.children[0].calls[0].message.content == "aa"
+    assert begun == []
+
+    async def opened_with_a_node() -> Any:  # one with a node before it starts: as before
+        async with shoal.Runtime().open_run("p") as run:
+            return await run.value(run.call(lookup, key="b"))
+
+    assert asyncio.run(opened_with_a_node()) == "bb"

@@ -582,7 +582,8 @@ class Driver:
             self._set_timer(self.now() + self._deadline, "deadline", -1)
         if self._resume is not None:
             self._restore(self._resume)
-        self._apply(self.state.begin(self.now()))
+        if not self.state.begin_empty():  # (an agent's steps run opens empty: nothing to do)
+            self._apply(self.state.begin(self.now()))
 
     def cancel(self, node_ids: Iterable[str] | None, reason: str) -> None:
         """Cancel some nodes, or the whole run (``None``); outcomes are recorded as usual."""
