@@ -249,3 +249,57 @@ def test_a_subagents_steps_run_without_a_task_is_journaled_whole_in_a_durable_jo
         assert [node_id.split(":")[0] for node_id in store.outcomes(run_id)] == [
             "model-1", "lookup#1", "model-2"]
         assert all(s.outcome.status == "ok" for s in store.outcomes(run_id).values())
+
+
+def test_a_steps_run_that_ends_as_it_closes_is_not_waited_for(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # a memory journal's steps run ends as its agent closes it: its end has nothing to await
+    # (no waiter made per agent); one that fails as it ends still raises its error
+    from shoal.agents import run as agent_run
+    from shoal.agents import toolcalls
+
+    waited: list[object] = []
+    settled = toolcalls._settled
+
+    def counted(handle: Any) -> Any:
+        waited.append(handle)
+        return settled(handle)
+
+    monkeypatch.setattr(agent_run, "_settled", counted)
+    worker = shoal.Agent(name="worker", model=ScriptedModel([[call("lookup", key="a")], "ok"]),
+                         tools=[lookup])
+    lead = shoal.Agent(name="lead", subagents=[worker], model=ScriptedModel(
+        [[call("worker", task="t")], "done"]))
+    result = asyncio.run(lead.run("go"))
+    assert result.ok and result.children[0].ok and result.output == "done"
+    assert waited == []
+
+
+def test_a_steps_run_opens_without_a_decision_and_runs_what_is_added_later(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # an open run opening empty (every agent's steps run) has nothing to queue or start: it
+    # is marked begun without the state machine's begin(); its steps still run as added
+    from shoal.scheduler.state import SchedulerState
+
+    begun: list[int] = []
+    begin = SchedulerState.begin
+
+    def counted(self: SchedulerState, now: float) -> Any:
+        begun.append(len(self.graph.nodes))
+        return begin(self, now)
+
+    monkeypatch.setattr(SchedulerState, "begin", counted)
+    worker = shoal.Agent(name="worker", model=ScriptedModel([[call("lookup", key="a")], "ok"]),
+                         tools=[lookup])
+    lead = shoal.Agent(name="lead", subagents=[worker], model=ScriptedModel(
+        [[call("worker", task="t")], "done"]))
+    result = asyncio.run(lead.run("go"))
+    assert result.ok and result.children[0].output == "ok"
+    assert result.children[0].calls[0].message.content == "aa"
+    assert begun == []
+
+    async def opened_with_a_node() -> Any:  # one with a node before it starts: as before
+        async with shoal.Runtime().open_run("p") as run:
+            return await run.value(run.call(lookup, key="b"))
+
+    assert asyncio.run(opened_with_a_node()) == "bb"

@@ -124,6 +124,45 @@ def test_every_store_records_the_start_of_the_process_running_the_run(tmp_path: 
         assert record.pid_start
 
 
+@shoal.tool
+async def step() -> str:
+    """Return at once."""
+    return "done"
+
+
+def one_step_plan() -> shoal.Plan:
+    plan = shoal.Plan("one")
+    plan.call(step)
+    return plan
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_records_its_own_pid_and_start_not_its_parents() -> None:
+    # the process's pid, host and start are read once per process (each run's record holds
+    # them): a fork is another process, whose runs must not be recorded as its parent's
+    parent = claims.this_process()
+    assert parent == (os.getpid(), HOST, this_process_start())
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            store = MemoryStore()
+            shoal.Runtime(store=store).run_sync(one_step_plan(), run_id="forked")
+            record = store.get_run("forked")
+            assert record is not None
+            os.write(writer, json.dumps([record.pid, record.pid_start, os.getpid(),
+                                         process_start(os.getpid())]).encode())
+        finally:
+            os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader, "rb") as pipe:
+        reported = pipe.read()
+    os.waitpid(child, 0)
+    pid, start, own_pid, own_start = json.loads(reported)
+    assert (pid, start) == (own_pid, own_start) and pid != parent[0] and start != parent[2]
+    assert claims.this_process() == parent  # the parent's own, still
+
+
 # ---- a dead run's pid taken by another process -----------------------------------------------
 
 

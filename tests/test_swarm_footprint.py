@@ -31,11 +31,12 @@ from shoal.store.memory import MemoryStore
 from shoal.testing import ScriptedModel, call
 
 WORKERS = 200
-#: Upper bounds per idle subagent. Measured: 93 objects and 18.6 KiB (103 and 20.2 KiB while a
-#: subagent's steps run had a task of its own and each model turn's attempt one too; 167 and
-#: 26 KiB before a turn's run shed its rarely used containers, cycles, finalizers and
-#: coroutine levels).
-MAX_OBJECTS = 100
+#: Upper bounds per idle subagent. Measured: 87 objects and 18.6 KiB (93 while each steps run
+#: held a claim, a partial and a pair for its end, a journal buffer and a gated-backends set of
+#: its own; 103 and 20.2 KiB while a subagent's steps run had a task of its own and each model
+#: turn's attempt one too; 167 and 26 KiB before a turn's run shed its rarely used containers,
+#: cycles, finalizers and coroutine levels).
+MAX_OBJECTS = 90
 MAX_BYTES = 24 * 1024
 
 

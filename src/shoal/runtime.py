@@ -52,7 +52,7 @@ from shoal.scheduler.gates import SharedLimits
 from shoal.scheduler.scope import RunScope
 from shoal.scheduler.state import SchedulerState
 from shoal.store.base import RunRecord, RunStart, Store
-from shoal.store.claims import RunClaim, claim_run, claim_run_nothing
+from shoal.store.claims import NO_CLAIM, RunClaim, claim_run, claim_run_nothing
 from shoal.store.fingerprint import LazyDescription, describe_plan, fingerprint
 from shoal.store.open import StoreLike, open_store
 from shoal.store.resume import Resumption, check_settling, prepare_resume
@@ -683,14 +683,18 @@ class Runtime:
         ended: asyncio.Future[RunResult] = loop.create_future()
         driver.adopt(self._executors)
         self._track(driver, ended)
+        # a nested run's claim is the shared one that holds nothing (see _journal_for): its
+        # end only tells the runtime, through a method every such run shares (no partial)
+        on_end = (self._run_ended if claim is NO_CLAIM
+                  else functools.partial(self._ended_here, claim))
         try:
-            driver.start_here(ended, functools.partial(self._ended_here, driver, claim))
+            driver.start_here(ended, on_end)
         except BaseException:
-            self._ended_here(driver, claim)
+            on_end(driver)
             raise
         return RunHandle(driver, ended)
 
-    def _ended_here(self, driver: Driver, claim: RunClaim) -> None:
+    def _ended_here(self, claim: RunClaim, driver: Driver) -> None:
         """What :meth:`_drive` does once a run has ended, for a run started without a task."""
         claim.release()
         self._run_ended(driver)

@@ -770,6 +770,10 @@ class AgentRun:
         # cycle for the collector's next full pass
         self._steps = self._model_tool = None
         run.close()
+        ended = run.handle.as_future()
+        if ended.done():  # ended as it closed (a memory journal's, most runs): nothing to await
+            ended.result()  # (its error, raised, as awaiting it would)
+            return
         _, cancelled = await _settled(run.handle)
         if cancelled:
             raise asyncio.CancelledError

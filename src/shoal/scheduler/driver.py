@@ -36,11 +36,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import itertools
 import logging
 import math
 import operator
-import os
 import socket
 import time
 from collections import deque
@@ -88,7 +86,6 @@ from shoal.store.base import (
     CancelRequest,
     EventRecord,
     OutcomeRecord,
-    Record,
     RunEnded,
     RunRecord,
     RunStart,
@@ -96,7 +93,7 @@ from shoal.store.base import (
     Store,
     run_record_with,
 )
-from shoal.store.claims import this_process_start
+from shoal.store.claims import this_process
 from shoal.store.journal import Journal
 from shoal.store.resume import Resumption
 from shoal.tools import Tool
@@ -190,7 +187,7 @@ class Driver:
         "_executor_for", "_executors", "_finished", "_given_clock", "_graced", "_handed",
         "_handing", "_hosts", "_internal", "_journal", "_journaled_early", "_late", "_lean_due",
         "_loop",
-        "_observer", "_on_pool", "_origin_epoch",
+        "_observer", "_on_end", "_on_pool", "_origin_epoch",
         "_pool_returned", "_quick",
         "_resume",
         "_run_approvals", "_run_record", "_session", "_settling", "_shift", "_sink_failures",
@@ -323,7 +320,9 @@ class Driver:
         self._epoch = 0.0
         self._finished: asyncio.Future[None] | None = None
         # started by start_here (no task): where its result goes, and what to call at its end
-        self._taskless: tuple[asyncio.Future[RunResult], Callable[[], None]] | None = None
+        # (two fields, not a pair: a swarm holds a run per agent, each pair one more object)
+        self._taskless: asyncio.Future[RunResult] | None = None
+        self._on_end: Callable[[Driver], None] | None = None
         self._before_start: list[Decisions] | None = None
         # position -> who waits for its outcome: one future (most nodes: the agent that added
         # it), a list only once there are more (a swarm holds one per agent in flight)
@@ -405,18 +404,20 @@ class Driver:
         finally:  # a run cancelled from outside publishes no RunFinished: its spans end here
             observer.close()
 
-    def start_here(self, ended: asyncio.Future[RunResult], on_end: Callable[[], None]) -> None:
+    def start_here(self, ended: asyncio.Future[RunResult],
+                   on_end: Callable[[Driver], None]) -> None:
         """Start the run now, without a task of its own; ``ended`` gets its result.
 
         What :meth:`run` does, for a run whose end needs no task of its own (a nested open
         run, not instrumented: an agent's steps): it starts now, in the calling task, and
         its nodes start as they are added. Once it has ended (see :meth:`_end_here`), its
-        result is set on ``ended`` and ``on_end()`` is called; its end is carried out where
+        result is set on ``ended`` and ``on_end(driver)`` is called (the caller's bound method
+        serves every run: no partial per run); its end is carried out where
         it ended, or, when it must be awaited (an approval desk to drain, a durable journal
         to close, an error to stop on), in a task made then.
         """
         self._start()
-        self._taskless = (ended, on_end)
+        self._taskless, self._on_end = ended, on_end
         try:
             self._begin()
         except Exception as exc:  # (as in _run: stopped and journaled at its end)
@@ -440,9 +441,10 @@ class Driver:
         Here and now when nothing needs awaiting (most ends: a memory journal, no approval
         asked): what :meth:`_run` does after its run finished. Otherwise in a task.
         """
-        here, self._taskless = self._taskless, None
-        assert here is not None and self._finished is not None and self._loop is not None
-        ended, on_end = here
+        ended, on_end = self._taskless, self._on_end
+        self._taskless = self._on_end = None
+        assert ended is not None and on_end is not None
+        assert self._finished is not None and self._loop is not None
         finished = self._finished
         if (finished.cancelled() or finished.exception() is not None or self._desk.asked
                 or (self._journal is not None and self._journal.durable)):
@@ -463,10 +465,10 @@ class Driver:
             if not ended.done():
                 ended.set_result(result)
         finally:
-            on_end()
+            on_end(self)
 
     async def _end_in_task(self, ended: asyncio.Future[RunResult],
-                           on_end: Callable[[], None]) -> None:
+                           on_end: Callable[[Driver], None]) -> None:
         """:meth:`_end_here` for an end that must be awaited: what :meth:`_run` does."""
         try:
             result = await self._finish(begin=False)
@@ -482,7 +484,7 @@ class Driver:
             if not ended.done():
                 ended.set_result(result)
         finally:
-            on_end()
+            on_end(self)
 
     async def _run(self) -> RunResult:
         self._start()
@@ -581,7 +583,8 @@ class Driver:
             self._set_timer(self.now() + self._deadline, "deadline", -1)
         if self._resume is not None:
             self._restore(self._resume)
-        self._apply(self.state.begin(self.now()))
+        if not self.state.begin_empty():  # (an agent's steps run opens empty: nothing to do)
+            self._apply(self.state.begin(self.now()))
 
     def cancel(self, node_ids: Iterable[str] | None, reason: str) -> None:
         """Cancel some nodes, or the whole run (``None``); outcomes are recorded as usual."""
@@ -1801,15 +1804,15 @@ class Driver:
         # other processes compare it with; the host is the machine's name, which they compare
         # with theirs to tell whether they can look the pid up (not HOST: a Ray agent's
         # process names its node there, for outcomes)
-        heartbeat, pid, host = time.time(), os.getpid(), socket.gethostname()
+        heartbeat = time.time()
+        pid, host, start = this_process()  # (read once per process: a run per agent asks)
         if isinstance(record, RunStart):  # a new run (its first session)
             self._journal.add(record.started(self._epoch, heartbeat=heartbeat, pid=pid,
-                                             host=host, pid_start=this_process_start()))
+                                             host=host, pid_start=start))
             return
         self._journal.add(run_record_with(
             record, started_at=self._epoch, status="running", sessions=self._session,
-            finished_at=None, heartbeat=heartbeat, pid=pid, host=host,
-            pid_start=this_process_start()))
+            finished_at=None, heartbeat=heartbeat, pid=pid, host=host, pid_start=start))
 
     def _journal_decisions(self, d: Decisions) -> asyncio.Future[None] | None:
         """Journal ``d``'s outcomes and starts; return what the starts must wait for."""
@@ -1914,12 +1917,9 @@ class Driver:
         ended = RunEnded(self.state.run_id, status, self._epoch_now(), self._counts(),
                          result.makespan)
         if not self._streaming and not self._ends_each:
-            outcomes, orders = self.state.ended_in_order()  # (records made at C speed)
-            records: Iterable[Record] = map(
-                OutcomeRecord, itertools.repeat(self.state.run_id), outcomes, orders)
+            outcomes, orders = self.state.ended_in_order()  # (no record per node for memory)
             # a journal that failed already journals no end (after the outcomes, or with them)
-            journal.add_many(records if journal.failed is not None
-                             else itertools.chain(records, (ended,)))
+            journal.add_outcomes(outcomes, orders, None if journal.failed is not None else ended)
         elif journal.failed is None:
             journal.add(ended)
         return journal

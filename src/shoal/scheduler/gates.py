@@ -92,6 +92,22 @@ class SharedLimits:
                 waiting.pop(run, None)
 
 
+#: The sets of gated backends made so far, by their names in order: every run of a runtime
+#: has the same (its thread and process workers), and a swarm keeps a run per agent.
+_GATED: dict[tuple[str, ...], frozenset[str]] = {}
+
+
+def _gated(caps: Mapping[str, int]) -> frozenset[str]:
+    """``frozenset(caps)``, one shared set for each set of names (it is never changed)."""
+    names = tuple(caps)
+    found = _GATED.get(names)
+    if found is None:
+        found = frozenset(names)
+        if len(_GATED) < 64:  # (a few runtimes' settings; a program making more gets its own)
+            _GATED[names] = found
+    return found
+
+
 class Gates:
     """Creates gates on first use and keeps the nodes parked on each."""
 
@@ -109,7 +125,7 @@ class Gates:
         #: The backends with a gate of their own, and whether resource limits apply (they
         #: depend on each call's arguments): without these, a call of a tool without a limit
         #: of its own passes no gate (read by the state machine to skip :meth:`for_call`).
-        self.gated_backends = frozenset(self._executor_caps)
+        self.gated_backends = _gated(self._executor_caps)
         self.by_arguments = bool(self._resource_limits)
         self._tool_limits = self.shared.tool_limits
         self._key_limits = self.shared.key_limits

@@ -672,6 +672,18 @@ class SchedulerState:
             self._sorted = _NONE_SORTED
         return d
 
+    def begin_empty(self) -> bool:
+        """:meth:`begin` for an open run with no node yet and nothing decided: whether it was one.
+
+        Such a run (an open run as it opens: every agent's steps run) has nothing to queue,
+        start or ask about: it is only marked begun, with no decision made and carried out.
+        Otherwise nothing is done, and :meth:`begin` is the caller's to call.
+        """
+        if self.closed or self._slots or self._spare is not None or self._asking:
+            return False  # (a closed run with no node ends as it begins: begin() says so)
+        self._begun = True
+        return True
+
     def _queue_ready(self, queued: list[tuple[float, int]], now: float, d: Decisions) -> None:
         """begin(): make every node without dependencies ready (into ``queued``, sorted later).
 

@@ -72,13 +72,20 @@ class RunClaim(Protocol):
 class _NoClaim:
     """Stands for a claim that was not needed or not possible (``force``)."""
 
+    __slots__ = ()
+
     def release(self) -> None:
         """Nothing to let go."""
 
 
+#: The claim that holds nothing: it keeps no state, so every run that needs none shares it
+#: (each nested run, an agent's steps, would otherwise make one and hold it to its end).
+NO_CLAIM: RunClaim = _NoClaim()
+
+
 def claim_run_nothing() -> RunClaim:
     """A claim that holds nothing (a run without a journal)."""
-    return _NoClaim()
+    return NO_CLAIM
 
 
 def claim_run(store: Store, run_id: str, *, force: bool = False) -> RunClaim:
@@ -183,6 +190,35 @@ def this_process_start() -> str:
     if start is None:
         start = _OWN_START[pid] = process_start(pid)
     return start
+
+
+#: This process's pid, its machine's name and its start (see :func:`this_process`); ``None``
+#: until first asked, and again in a forked child (it is another process).
+_IDENTITY: tuple[int, str, str] | None = None
+
+
+def this_process() -> tuple[int, str, str]:
+    """The pid of this process, the name of its machine and its start, read once.
+
+    The start is :func:`process_start`'s. Every run's journal record holds them, and a swarm
+    opens a run per agent: three system calls each (the pid, the host name, the start's
+    lookup) for what a process never changes. A forked child forgets them (see
+    ``os.register_at_fork`` below).
+    """
+    global _IDENTITY
+    known = _IDENTITY
+    if known is None:
+        known = _IDENTITY = (os.getpid(), socket.gethostname(), this_process_start())
+    return known
+
+
+def _forget_identity() -> None:
+    global _IDENTITY
+    _IDENTITY = None
+
+
+if hasattr(os, "register_at_fork"):  # (not on Windows, which does not fork)
+    os.register_at_fork(after_in_child=_forget_identity)
 
 
 @functools.cache

@@ -36,7 +36,8 @@ from collections.abc import Callable, Iterable
 from typing import cast
 
 from shoal.exceptions import StoreError
-from shoal.store.base import CancelRequest, Record, Store
+from shoal.outcome import Outcome
+from shoal.store.base import CancelRequest, OutcomeRecord, Record, Store
 
 __all__ = ["HEARTBEAT_INTERVAL", "POLL_INTERVAL", "STALE_AFTER", "Journal"]
 
@@ -68,7 +69,9 @@ class Journal:
         self._on_cancel = on_cancel
         self._on_failure = on_failure
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._buffer: list[Record] = []
+        # this loop iteration's records for the writer thread: only a durable journal has one
+        # (a memory store's journal writes at once, and a swarm keeps one per agent's steps)
+        self._buffer: list[Record] | tuple[()] = [] if self.durable else ()
         self._buffer_done: asyncio.Future[None] | None = None
         self._last_sent: asyncio.Future[None] | None = None  # the newest batch not committed
         self._writer: _Writer | None = None  # a durable store's, shared with its other runs
@@ -93,11 +96,13 @@ class Journal:
             except Exception as exc:
                 self._fail(exc)
             return
-        if not self._buffer:
+        buffer = self._buffer
+        if not buffer:
             assert self._loop is not None
             self._buffer_done = self._loop.create_future()
             self._loop.call_soon(self._send)
-        self._buffer.append(record)
+        assert isinstance(buffer, list)  # a durable journal's
+        buffer.append(record)
 
     def add_many(self, records: Iterable[Record]) -> None:
         """Journal several records; a memory store gets them in writes of ``WRITE_CHUNK``.
@@ -112,6 +117,28 @@ class Journal:
         try:
             while chunk := list(itertools.islice(rest, WRITE_CHUNK)):
                 self.store.write(chunk)
+        except Exception as exc:
+            self._fail(exc)
+
+    def add_outcomes(self, outcomes: Iterable[Outcome], positions: Iterable[int],
+                     then: Record | None = None) -> None:
+        """Journal an :class:`OutcomeRecord` for each outcome, at its position, then ``then``.
+
+        A memory store that takes outcomes whole (``write_outcomes``) gets them in chunks of
+        ``WRITE_CHUNK`` with no record made per outcome; any other store, the records.
+        """
+        write = None if self.durable else getattr(self.store, "write_outcomes", None)
+        if write is None:
+            records: Iterable[Record] = map(OutcomeRecord, itertools.repeat(self.run_id),
+                                            outcomes, positions)
+            self.add_many(records if then is None else itertools.chain(records, (then,)))
+            return
+        ended, places = iter(outcomes), iter(positions)
+        try:
+            while chunk := list(itertools.islice(ended, WRITE_CHUNK)):
+                write(self.run_id, chunk, list(itertools.islice(places, len(chunk))))
+            if then is not None:
+                self.store.write((then,))
         except Exception as exc:
             self._fail(exc)
 
