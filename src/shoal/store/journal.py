@@ -127,7 +127,10 @@ class Journal:
         A memory store that takes outcomes whole (``write_outcomes``) gets them in chunks of
         ``WRITE_CHUNK`` with no record made per outcome; any other store, the records.
         """
-        write = None if self.durable else getattr(self.store, "write_outcomes", None)
+        # not for a store whose write() is its own (a mirror): it gets the records, the end
+        # with them in one write, as from any other run
+        whole = not self.durable and getattr(self.store, "takes_outcomes_whole", False)
+        write = getattr(self.store, "write_outcomes", None) if whole else None
         if write is None:
             records: Iterable[Record] = map(OutcomeRecord, itertools.repeat(self.run_id),
                                             outcomes, positions)

@@ -133,6 +133,14 @@ class MemoryStore:
             for record in records:
                 _WRITERS[type(record)](self, record)
 
+    @property
+    def takes_outcomes_whole(self) -> bool:
+        """Whether :meth:`write_outcomes` may stand for records: not when ``write`` is a subclass's.
+
+        A store whose ``write`` is its own (a mirror) gets every record through it.
+        """
+        return type(self).write is MemoryStore.write
+
     def write_outcomes(self, run_id: str, outcomes: Sequence[Outcome],
                        positions: Sequence[int]) -> None:
         """``write`` of an :class:`OutcomeRecord` for each outcome, at its node's position.
@@ -141,7 +149,7 @@ class MemoryStore:
         ``Journal.add_outcomes``), without a record, a look-up and a call per outcome: a
         swarm ends a steps run per agent. A store whose ``write`` is its own gets the records.
         """
-        if type(self).write is not MemoryStore.write:
+        if not self.takes_outcomes_whole:
             self.write([OutcomeRecord(run_id, o, p) for o, p in zip(outcomes, positions,
                                                                       strict=True)])
             return
