@@ -1011,6 +1011,34 @@ def test_rules_match_non_string_arguments_as_json() -> None:
     assert [d.verdict for d in got] == ["approve", "deny"]
 
 
+def test_an_allow_rule_glob_does_not_reach_past_a_parent_segment_or_a_control_char() -> None:
+    # "*" matched "/" and newlines: args={"path": "/tmp/*"} allowed "/tmp/../etc/passwd"
+    rules = RulesApprover([Rule("allow", "read", args={"path": "/tmp/*"})])
+    refused = ["/tmp/../etc/passwd", "/tmp/a/../../etc", "/tmp/x\n/etc/passwd", "/tmp/..",
+               "/tmp/a\\..\\..\\etc", "/tmp/x\r", "/tmp/x\x00", "/tmp/\x1b[2Jx",
+               "/tmp/x\x85", "/tmp/x\u2028"]
+    allowed = ["/tmp/a", "/tmp/a/b.txt", "/tmp/..a", "/tmp/a..b/c", "/tmp/.../x",
+               "/tmp/%2e%2e/etc/passwd"]  # literal text, not decoded: a file named so
+    got = review(rules, *(request("read", path=p) for p in refused + allowed))
+    assert [d.verdict for d in got] == ["deny"] * len(refused) + ["approve"] * len(allowed)
+    # JSON values: each string in them is checked, keys too
+    json_rules = RulesApprover([Rule("allow", "read", args={"paths": '["/tmp/*'})])
+    got = review(json_rules, request("read", paths=["/tmp/a", "/tmp/../x"]),
+                 request("read", paths=["/tmp/a\n"]), request("read", paths=["/tmp/a"]))
+    assert [d.verdict for d in got] == ["deny", "deny", "approve"]
+    # a pattern that has the segment or the character itself allows it
+    own = RulesApprover([Rule("allow", "read", args={"path": "/srv/../tmp/*"}),
+                         Rule("allow", "note", args={"text": "*\n*"})])
+    got = review(own, request("read", path="/srv/../tmp/a"), request("note", text="a\nb"),
+                 request("note", text="a\rb\nc"))
+    assert [d.verdict for d in got] == ["approve", "approve", "deny"]
+    # a deny rule's glob matches more, not less: a newline does not slip past it
+    deny = RulesApprover([Rule("deny", "read", args={"path": "*passwd*"})], otherwise="allow")
+    got = review(deny, request("read", path="/tmp/x\n/etc/passwd"),
+                 request("read", path="/tmp/../etc/passwd"), request("read", path="/tmp/a"))
+    assert [d.verdict for d in got] == ["deny", "deny", "approve"]
+
+
 def test_rules_pass_what_they_do_not_match_to_another_approver() -> None:
     fallback = Recorder(lambda r: Decision.deny("asked a person"))
     rules = RulesApprover(allow=["read_*"], otherwise=fallback)

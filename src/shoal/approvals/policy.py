@@ -18,6 +18,8 @@ import asyncio
 import inspect
 import itertools
 import json
+import re
+import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -332,13 +334,61 @@ def _value_text(value: Any) -> str:
     return value if isinstance(value, str) else canonical_json(value)
 
 
+_SEGMENTS = re.compile(r"[/\\]")
+
+
+def _has_parent_segment(text: str) -> bool:
+    """Whether ``text`` has a ``..`` path segment (between slashes or backslashes, or at an end)."""
+    return ".." in text and ".." in _SEGMENTS.split(text)
+
+
+def _is_control(char: str) -> bool:
+    """A control character or a line/paragraph separator (newline, NUL, ESC, DEL, C1...)."""
+    return unicodedata.category(char) in ("Cc", "Zl", "Zp")
+
+
+def _strings(value: Any) -> Iterable[str]:
+    """The strings in an argument: itself, or those of a JSON value (keys too)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _strings(key)
+            yield from _strings(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _strings(item)
+
+
+def _allow_glob(value: Any, pattern: str) -> bool:
+    """Whether an allow rule's argument pattern matches ``value``.
+
+    ``*`` and ``?`` match any character, ``/`` and newlines too, so ``"/tmp/*"`` matched
+    ``"/tmp/../etc/passwd"``: a value with a ``..`` path segment, or with a control character
+    (in any string of it, for a JSON value), is not matched unless the pattern has that
+    segment or character itself. Text is matched as written (``%2e%2e`` is not decoded);
+    deny rules match plain globs (matching more).
+    """
+    if not fnmatchcase(_value_text(value), pattern):
+        return False
+    parent_ok = _has_parent_segment(pattern)
+    for text in _strings(value):
+        if not parent_ok and _has_parent_segment(text):
+            return False
+        if any(_is_control(c) and c not in pattern for c in set(text)):
+            return False
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
     """Allow or deny the calls it matches.
 
     ``tool`` and ``lineage`` are glob patterns (``"read_*"``, ``"lead/researcher#*"``);
     ``args`` maps argument names to globs over the argument's text (strings as they are,
-    other values as JSON), all of which must match; ``when`` is an optional predicate over the
+    other values as JSON), all of which must match (an allow rule's globs do not match a
+    value with a ``..`` path segment or a control character unless the pattern has it);
+    ``when`` is an optional predicate over the
     arguments. ``reason`` is stored with the decision (and shown to an agent on a denial).
     """
 
@@ -386,9 +436,16 @@ class Rule:
             raise ValueError("the call's arguments could not be read as JSON (too deep, "
                              "holding themselves, or a key JSON cannot hold), so its argument "
                              "patterns cannot be checked")
+        # an allow rule confines: its globs do not reach past a ``..`` segment or a control
+        # character the pattern does not have; a deny rule's plain glob matches more
         for name, pattern in self.args.items():
-            if name not in request.args or not fnmatchcase(_value_text(request.args[name]),
-                                                           pattern):
+            if name not in request.args:
+                return False
+            value = request.args[name]
+            if self.action == "allow":
+                if not _allow_glob(value, pattern):
+                    return False
+            elif not fnmatchcase(_value_text(value), pattern):
                 return False
         if self.when is None:
             return True
