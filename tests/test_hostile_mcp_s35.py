@@ -23,7 +23,7 @@ pytest.importorskip("mcp", reason="the mcp extra is not installed: pip install -
 
 import shoal
 from shoal.exceptions import MCPServerError
-from shoal.testing import ScriptedModel
+from shoal.testing import ScriptedModel, call
 from tests.conftest import arun
 
 SERVER = [sys.executable, str(Path(__file__).parent / "mcp_hostile_s35_server.py")]
@@ -451,3 +451,113 @@ def test_a_call_in_a_session_the_http_server_forgot_goes_to_a_new_session() -> N
         web.shutdown()
         web.server_close()
     assert _ForgetfulHTTP.calls == ["s0", "s1", "s1"]  # each call ran once
+
+
+class _StatusHTTP(_OffProtocolHTTP):
+    """An MCP server over HTTP that answers a call with the status its URL's path names."""
+
+    def do_POST(self) -> None:
+        """Answer the handshake and the listing; a call gets an error status, in plain text."""
+        message = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)))
+        if "id" not in message:
+            self.send_response(202)
+            self.end_headers()
+            return
+        answer: dict[str, Any] = {"jsonrpc": "2.0", "id": message["id"]}
+        if message["method"] == "initialize":
+            answer["result"] = {"protocolVersion": message["params"]["protocolVersion"],
+                                "capabilities": {"tools": {}},
+                                "serverInfo": {"name": "garbler", "version": "1"}}
+        elif message["method"] == "tools/list":
+            answer["result"] = {"tools": [{"name": "t", "inputSchema": {"type": "object"},
+                                           "annotations": {"readOnlyHint": True}}]}
+        else:
+            body = b"upstream fell over"
+            self.send_response(int(self.path.strip("/")))
+            self.send_header("content-type", "text/plain")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        self._send(json.dumps(answer).encode())
+
+
+@pytest.mark.parametrize(("status", "phrase"), [(500, "Internal Server Error"),
+                                                (502, "Bad Gateway"), (401, "Unauthorized")])
+def test_an_http_error_status_to_a_call_is_a_server_error_naming_it(status: int,
+                                                                    phrase: str) -> None:
+    # it failed the call as MCPToolError "the server refused the call: Server returned an
+    # error response (error -32603)": the status was lost, and the tool was blamed
+    web = ThreadingHTTPServer(("127.0.0.1", 0), _StatusHTTP)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{web.server_address[1]}/{status}"
+
+    async def main() -> None:
+        (tool,) = await shoal.mcp.tools(url=url, timeout=30)
+        plan = shoal.Plan()
+        called = [plan.call(tool), plan.call(tool)]  # two at once: each names its own
+        result = await shoal.run(plan)
+        for ref in called:
+            error = result[ref].error
+            assert error is not None and error.type == "shoal.exceptions.MCPServerError"
+            assert error.message == (f"MCP server 'garbler' ({url}): answered HTTP {status} "
+                                     f"({phrase}) while calling 't'")
+
+    try:
+        arun(main(), timeout=SLOW)
+    finally:
+        web.shutdown()
+        web.server_close()
+
+
+class _UnreadableListingHTTP(_OffProtocolHTTP):
+    """An MCP server over HTTP whose second listing of its tools holds a lone surrogate."""
+
+    listings: ClassVar[list[str]] = []
+
+    def do_POST(self) -> None:
+        """Answer the handshake, the listings (the second unreadable) and calls."""
+        message = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)))
+        if "id" not in message:
+            self.send_response(202)
+            self.end_headers()
+            return
+        answer: dict[str, Any] = {"jsonrpc": "2.0", "id": message["id"]}
+        if message["method"] == "initialize":
+            answer["result"] = {"protocolVersion": message["params"]["protocolVersion"],
+                                "capabilities": {"tools": {}},
+                                "serverInfo": {"name": "lister", "version": "1"}}
+        elif message["method"] == "tools/list":
+            self.listings.append("listed")
+            described = "\ud800" if len(self.listings) == 2 else "fine"  # an escape, in JSON
+            answer["result"] = {"tools": [{"name": "t", "description": described,
+                                           "inputSchema": {"type": "object"},
+                                           "annotations": {"readOnlyHint": True}}]}
+        else:
+            answer["result"] = {"content": [{"type": "text", "text": "called"}]}
+        self._send(json.dumps(answer).encode())
+
+
+def test_an_unreadable_listing_ends_the_session_so_the_next_call_starts_a_fresh_one() -> None:
+    # the listing failed (MCPServerError, off-protocol) but the session lived on, holding the
+    # failed listing: every later call of the run on it failed the same way, for good
+    web = ThreadingHTTPServer(("127.0.0.1", 0), _UnreadableListingHTTP)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{web.server_address[1]}/mcp"
+
+    async def main() -> None:
+        tools = await shoal.mcp.tools(url=url, timeout=30)  # the first listing: readable
+        model = ScriptedModel([[call("t")], [call("t")], "done"])
+        result = await shoal.Agent(name="a", model=model, tools=tools).run(prompt="go")
+        first, second = (c.outcome for c in result.calls)
+        assert first is not None and first.error is not None
+        assert first.error.type == "shoal.exceptions.MCPServerError"
+        assert "answered off-protocol while listing its tools" in first.error.message
+        assert second is not None and second.value == "called"
+
+    try:
+        arun(main(), timeout=SLOW)
+    finally:
+        web.shutdown()
+        web.server_close()
+    assert len(_UnreadableListingHTTP.listings) == 3  # the second session listed again

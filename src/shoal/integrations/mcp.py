@@ -284,7 +284,7 @@ class MCPServer:
 
     def _client(self, errlog: TextIO, session: _Session) -> Client:
         if self.url is not None:
-            return Client(self._http_transport(), cache=None)
+            return Client(_http_statuses(self, session), cache=None)
         # bytes that are not UTF-8 read as U+FFFD: strictly decoded, they ended the SDK's
         # reader in a drain that lasts as long as the server, and every call waited for good
         params = StdioServerParameters(command=self.command[0], args=list(self.command[1:]),
@@ -294,15 +294,16 @@ class MCPServer:
 
         return Client(_watched(stdio_client(params, errlog=errlog), session), cache=None)
 
-    def _http_transport(self) -> Any:
+    def _http_transport(self, http_client: Any) -> Any:
         from mcp.client.streamable_http import streamable_http_client
 
-        if not self.headers:
-            return streamable_http_client(str(self.url))
-        import httpx2  # what the mcp SDK speaks HTTP with
+        return streamable_http_client(str(self.url), http_client=http_client)
 
-        return streamable_http_client(str(self.url), http_client=httpx2.AsyncClient(
-            headers=dict(self.headers), follow_redirects=False))
+    def _http_client(self) -> Any:
+        """The HTTP client of a session: the MCP SDK's timeouts, no redirects, the headers."""
+        from mcp.shared._httpx_utils import create_mcp_http_client
+
+        return create_mcp_http_client(headers=dict(self.headers) if self.headers else None)
 
     def _session_for(self, scope: RunScope | None) -> tuple[_Session, bool]:
         """The session a call uses, and whether the call must close it itself.
@@ -380,6 +381,8 @@ class _Session:
         # the listing of its tools made once it started (see open())
         self._listing: asyncio.Future[list[mcp_types.Tool]] | None = None
         self.terminated = False  # an HTTP server ended it, unread request and all (404)
+        # the HTTP status (and its phrase) each request the server failed got, by request id
+        self.http_failed: dict[Any, tuple[int, str]] = {}
 
     @property
     def dead(self) -> bool:
@@ -540,6 +543,9 @@ class _Session:
                 self._end(f"answered the listing of its tools with an error: {exc.message} "
                           f"(error {exc.code})")
                 raise self._error() from None
+            except MCPServerError as exc:  # off-protocol, say: the session ends with it, so
+                self._end(exc.cause)  # that the next call starts a fresh one, not fails alike
+                raise self._error() from None
             found += page.tools
             cursor = page.next_cursor
             if not cursor:
@@ -579,6 +585,9 @@ class _Session:
                 self._end("the server no longer knows the session (it answered 404 to its "
                           "id: it restarted, or let the session expire)")
                 raise self._error(f" (while {doing})") from None
+            if exc.data == _HTTP_FAILED:  # a status for an answer (500, 401 ...): no tool's
+                raise MCPServerError(self.server.described, f"answered {exc.message} while "
+                                     f"{doing}") from None
             if exc.data == _UNREADABLE or (  # or the SDK's HTTP client could not read it
                     exc.code == mcp_types.PARSE_ERROR and exc.data is None
                     and exc.message.startswith(_HTTP_UNREADABLE)):
@@ -789,6 +798,65 @@ class _WatchedWriter(_Watched):
     def close(self) -> None:
         """Close the stream at once."""
         self._inner.close()
+
+
+#: The ``data`` of the error that stands for an HTTP status a request was answered with.
+_HTTP_FAILED = "shoal: the server answered with an HTTP error status"
+#: The MCP SDK's stand-in for such an answer, which names no status (code -32603).
+_HTTP_STAND_IN = "Server returned an error response"
+
+
+@contextlib.asynccontextmanager
+async def _http_statuses(srv: MCPServer, session: _Session) -> AsyncIterator[tuple[Any, Any]]:
+    """An HTTP transport whose answers to a failed request name its HTTP status.
+
+    The MCP SDK answers a request whose POST got an error status (other than 404) with its
+    stand-in, "Server returned an error response": the status was lost, and the error, an
+    ``MCPError``, read as the tool refusing the call. Each status is noted by request id as it
+    comes, and the stand-in for that request is replaced by one that names it.
+    """
+    http_client = srv._http_client()
+
+    async def noted(response: Any) -> None:
+        if response.status_code < 400 or response.request.method != "POST":
+            return
+        try:
+            sent = json.loads(response.request.content)
+        except (ValueError, RecursionError):
+            return
+        request = sent.get("id") if isinstance(sent, dict) else None
+        if isinstance(request, int | str) and not isinstance(request, bool):
+            session.http_failed[request] = (response.status_code, response.reason_phrase)
+
+    http_client.event_hooks["response"].append(noted)
+    async with http_client, srv._http_transport(http_client) as (read, write):
+        yield _StatusReader(read, session), write
+
+
+class _StatusReader(_Watched):
+    """An HTTP transport's read stream: the SDK's stand-in for a status is made to name it."""
+
+    def __aiter__(self) -> _StatusReader:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            item = await self._inner.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+        message = getattr(item, "message", None)
+        if not isinstance(message, mcp_types.JSONRPCError):
+            return item
+        status = self._session.http_failed.pop(message.id, None)
+        if (status is None or message.error.message != _HTTP_STAND_IN
+                or message.error.data is not None):
+            return item
+        code, phrase = status
+        said = mcp_types.ErrorData(code=message.error.code, data=_HTTP_FAILED,
+                                   message=f"HTTP {code}" + (f" ({phrase})" if phrase else ""))
+        from mcp.shared.message import SessionMessage
+
+        return SessionMessage(mcp_types.JSONRPCError(jsonrpc="2.0", id=message.id, error=said))
 
 
 # -- tools ----------------------------------------------------------------------------------
