@@ -561,3 +561,70 @@ def test_an_unreadable_listing_ends_the_session_so_the_next_call_starts_a_fresh_
         web.shutdown()
         web.server_close()
     assert len(_UnreadableListingHTTP.listings) == 3  # the second session listed again
+
+
+class _NoisyHTTP(_OffProtocolHTTP):
+    """An MCP server over HTTP whose tools' names and descriptions hold control characters."""
+
+    tools: ClassVar[list[dict[str, Any]]] = []
+
+    def do_POST(self) -> None:
+        """Answer the handshake and the listing."""
+        message = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)))
+        if "id" not in message:
+            self.send_response(202)
+            self.end_headers()
+            return
+        answer: dict[str, Any] = {"jsonrpc": "2.0", "id": message["id"]}
+        if message["method"] == "initialize":
+            answer["result"] = {"protocolVersion": message["params"]["protocolVersion"],
+                                "capabilities": {"tools": {}},
+                                "serverInfo": {"name": "noisy", "version": "1"}}
+        else:
+            answer["result"] = {"tools": self.tools}
+        self._send(json.dumps(answer).encode())
+
+
+def test_control_characters_of_a_server_do_not_reach_prompts() -> None:
+    # descriptions (the tool's and its arguments') went into the tool schemas sent to models and
+    # into the planner's prompt as the server wrote them: ANSI escapes, NUL, bidi overrides
+    from shoal.agents.planprompts import plan_prompt
+    from shoal.models.base import ToolSpec
+
+    said = ("Reads\x1b[2J a \x1b[31mfile\x1b[0m.\r\nSecond\rline\tkept\x00\x07 end\u202e"
+            "\x1b]0;title\x07 \x9b1mdone\u2028last")
+    _NoisyHTTP.tools = [
+        {"name": "read\x1b[31m", "description": said,
+         "inputSchema": {"type": "object", "title": "T\x1b[1m", "properties": {
+             "path": {"type": "string", "description": "where\x00\x1b[0m", "default": "a\x1b"},
+             "description": {"type": "string", "title": "about\x07"}}}},
+        {"name": "keyed", "inputSchema": {"type": "object", "properties": {
+            "a\nb": {"type": "string"}}}},
+    ]
+    web = ThreadingHTTPServer(("127.0.0.1", 0), _NoisyHTTP)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{web.server_address[1]}/mcp"
+
+    async def main() -> None:
+        (read,) = await shoal.mcp.tools(url=url, only=["read\x1b[31m"])
+        assert read.description == "Reads a file.\nSecond\nline\tkept end done\nlast"
+        assert read.name.startswith("read__") and read.remote.name == "read\x1b[31m"
+        schema = read.json_schema()
+        assert schema["title"] == "T"
+        assert schema["properties"]["path"] == {"type": "string", "description": "where",
+                                                "default": "a\x1b"}  # a value: as it is
+        assert schema["properties"]["description"]["title"] == "about"
+        prompt = plan_prompt([ToolSpec(read.name, read.description, schema)])
+        assert not [
+            c for c in prompt if not c.isprintable() and c not in "\n"]
+        with pytest.raises(shoal.ToolDefinitionError) as caught:
+            await shoal.mcp.tools(url=url, only=["keyed"])
+        assert str(caught.value) == (
+            f"MCP server 'noisy' ({url}): tool 'keyed' has an input schema with a key holding "
+            "control characters ('a\\nb'); leave it out with only=[...]")
+
+    try:
+        arun(main(), timeout=SLOW)
+    finally:
+        web.shutdown()
+        web.server_close()

@@ -896,9 +896,92 @@ def _remote(srv: MCPServer, listed: mcp_types.Tool) -> RemoteTool:
         raise ToolDefinitionError(f"MCP server {srv.described}: tool {listed.name!r} has an "
                                   f"argument named {_SCOPE_PARAM!r}, a name shoal keeps for "
                                   "handing a call its run; leave it out with only=[...]")
-    return RemoteTool(srv, listed.name, bounded_text(listed.description or "", 20_000),
+    keyed = _control_key(schema)
+    if keyed is not None:  # a property's name goes into prompts (the planner's) as it is
+        raise ToolDefinitionError(f"MCP server {srv.described}: tool {listed.name!r} has an "
+                                  f"input schema with a key holding control characters "
+                                  f"({bounded_text(repr(keyed), 100)}); leave it out with "
+                                  "only=[...]")
+    schema = _described_plainly(schema)
+    return RemoteTool(srv, listed.name,
+                      bounded_text(_prompt_text(listed.description or ""), 20_000),
                       schema, hints.read_only_hint, hints.destructive_hint,
                       hints.idempotent_hint, hints.open_world_hint, listed.output_schema)
+
+
+#: An ANSI escape sequence: CSI (ESC [ or U+009B ... final byte), OSC (ESC ] ... BEL or ESC \\),
+#: or ESC and one byte.
+_ANSI = re.compile(r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]|(?:\x1b\]|\x9d)[^\x07\x1b\x9c]*"
+                   r"(?:\x07|\x1b\\|\x9c)?|\x1b[@-_]?")
+#: Line breaks other than a newline, which read as one.
+_BREAKS = re.compile("\r\n?|[\u2028\u2029\x85]")
+#: Control characters other than newline and tab, and bidi embeddings, overrides, isolates.
+_UNSHOWN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+#: What a schema's key may not hold: control characters (newline and tab too), other line
+#: breaks, bidi controls.
+_CONTROL_IN_KEY = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _prompt_text(text: str) -> str:
+    """A server's text as it may go into a model's prompt: no control characters.
+
+    A tool's description (and its arguments') goes into the tool schemas sent to models and
+    into the planner's prompt: ANSI escapes, NUL, carriage returns or bidi overrides went there
+    as the server wrote them. Escape sequences are dropped whole, other line breaks become
+    newlines, and the other control characters are dropped; newlines and tabs stay.
+    """
+    if text.isprintable():
+        return text
+    return _UNSHOWN.sub("", _BREAKS.sub("\n", _ANSI.sub("", text)))
+
+
+def _control_key(value: Any) -> str | None:
+    """A key of a JSON schema (a property's name, say) holding a control character, if any."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Mapping):
+            for key, inner in item.items():
+                if isinstance(key, str) and _CONTROL_IN_KEY.search(key):
+                    return key
+                stack.append(inner)
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
+
+
+def _described_plainly(schema: Any, named: bool = False) -> Any:
+    """``schema`` with its ``description`` and ``title`` texts made plain (:func:`_prompt_text`).
+
+    What it accepts is unchanged.
+
+    ``named``: ``schema`` maps names to schemas (``properties``, ``$defs`` ...), whose keys
+    are names, not keywords.
+    """
+    if isinstance(schema, list):
+        return [_described_plainly(item) for item in schema]
+    if not isinstance(schema, Mapping):
+        return schema
+    if named:
+        return {key: _described_plainly(inner) for key, inner in schema.items()}
+    out: dict[Any, Any] = {}
+    for key, inner in schema.items():
+        if key in _VALUES:  # values, not words: as they are
+            out[key] = inner
+        elif key in _WORDS and isinstance(inner, str):
+            out[key] = _prompt_text(inner)
+        else:
+            out[key] = _described_plainly(inner, key in _NAMED)
+    return out
+
+
+#: A schema's keywords whose text is words about it, those whose content is values, and
+#: those that map names to schemas.
+_WORDS = frozenset({"description", "title"})
+_VALUES = frozenset({"default", "const", "enum", "examples"})
+_NAMED = frozenset({"properties", "patternProperties", "$defs", "definitions",
+                    "dependentSchemas"})
 
 
 def _once_each(srv: MCPServer, listed: list[mcp_types.Tool]) -> list[mcp_types.Tool]:
