@@ -399,3 +399,41 @@ def test_an_openai_stream_line_that_is_no_json_before_more_lines_is_not_retried(
     result, server = run_agent(RawOpenAI, [stream, None])
     assert isinstance(result, ModelError) and not isinstance(result, ModelConnectionError)
     assert "malformed stream data" in str(result) and len(server.requests) == 1
+
+
+@pytest.mark.parametrize("prompt", ["", "   ", " \n\t"], ids=["empty", "spaces", "blank"])
+def test_an_anthropic_models_blank_prompt_is_refused_before_the_request(prompt: str) -> None:
+    # the API answered HTTP 400 ("text content blocks must contain non-whitespace text", or
+    # for an empty one, left out, "messages: at least one message is required")
+    with AnthropicWireServer(text_reply("done")) as server:
+        model = server.model()
+        agent = shoal.Agent(name="a", model=model)
+
+        async def main() -> Any:
+            try:
+                return await agent.run(prompt)
+            finally:
+                await model.aclose()
+
+        with pytest.raises(ModelError) as raised:
+            arun(main(), timeout=60)
+        assert not server.requests  # refused before anything was sent
+    blank = "empty" if not prompt else "only whitespace"
+    assert raised.value.detail == (f"the prompt is {blank}: the Anthropic API refuses a user "
+                                   "message without text; give it a task")
+    assert not isinstance(raised.value, ModelHTTPError)
+
+
+def test_an_openai_models_blank_prompt_is_sent_as_its_api_takes_it() -> None:
+    # the rule is Anthropic's: chat completions take a user message of empty text
+    with OpenAIWireServer(text_reply("done")) as server:
+        model = server.model()
+
+        async def main() -> Any:
+            try:
+                return await shoal.Agent(name="a", model=model).run(" ")
+            finally:
+                await model.aclose()
+
+        assert arun(main(), timeout=60).output == "done"
+        assert not server.errors and len(server.requests) == 1

@@ -228,6 +228,7 @@ class AnthropicModel(Model):
         await self._clients.aclose()
 
     def _params(self, request: ModelRequest) -> dict[str, Any]:
+        self._check_user_text(request.messages)
         settings = request.settings
         params: dict[str, Any] = {
             "model": self.model,
@@ -247,6 +248,20 @@ class AnthropicModel(Model):
         if extra:
             params["extra_body"] = extra
         return params
+
+    def _check_user_text(self, messages: Sequence[Message]) -> None:
+        """Refuse a user message with no text but whitespace, before the request is sent.
+
+        The API answers it with HTTP 400 ("text content blocks must contain non-whitespace
+        text", or, an empty one being left out, "messages: at least one message is required"),
+        which named no cause a caller could act on; a blank prompt has no task to do.
+        """
+        for n, message in enumerate((m for m in messages if isinstance(m, UserMessage)), 1):
+            if not message.content.strip():
+                which = "the prompt" if n == 1 else f"user message {n} of the conversation"
+                blank = "empty" if not message.content else "only whitespace"
+                raise ModelError(self.name, f"{which} is {blank}: the Anthropic API refuses a "
+                                            "user message without text; give it a task")
 
     def _response(self, message: AnthropicMessage) -> ModelResponse:
         """The SDK's message as shoal's response; one of the wrong shape is a ModelError.
