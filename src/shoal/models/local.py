@@ -369,6 +369,9 @@ class LocalModelServer:
         #: how many times a server process was started (fallback restarts included)
         self.starts = 0
         self._lock = threading.RLock()
+        # set by stop(): a start in progress on another thread gives up at once rather than
+        # wait up to startup_timeout for a model that is still loading (Ctrl-C while it loads)
+        self._abort = threading.Event()
         self._proc: subprocess.Popen[bytes] | None = None
         self._exited = threading.Event()
         self._reaping = threading.Lock()  # held while the server is reaped (see _keep)
@@ -410,6 +413,7 @@ class LocalModelServer:
             if self.running:
                 return self
             self._cleanup()
+            self._abort.clear()
             began = time.monotonic()
             deadline = began + self.startup_timeout
             ubatch = self.n_ubatch
@@ -424,6 +428,10 @@ class LocalModelServer:
                     self._cleanup()
                     raise
                 except _NotReady as problem:
+                    if self._abort.is_set():
+                        self.stop()
+                        raise ModelError(self.alias, "the local model server was stopped "
+                                                     "while it started") from None
                     error = self._failure(str(problem))
                     if isinstance(problem, _Died):
                         if "address already in use" in self.log_tail().lower() and attempt < 3:
@@ -448,8 +456,18 @@ class LocalModelServer:
             return self
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the server: SIGTERM, then SIGKILL after ``timeout`` seconds (idempotent)."""
-        with self._lock:
+        """Stop the server: SIGTERM, then SIGKILL after ``timeout`` seconds (idempotent).
+
+        A :meth:`start` in progress on another thread is cut short: the server still loading
+        is killed at once, and that start raises :class:`~shoal.exceptions.ModelError`.
+        """
+        self._abort.set()
+        if not self._lock.acquire(blocking=False):  # a start holds it: end the server it waits on
+            proc, exited, reaping = self._proc, self._exited, self._reaping
+            if proc is not None:
+                _kill_group(proc.pid, exited, os.getpid(), reaping)
+            self._lock.acquire()
+        try:
             proc = self._proc
             if proc is not None and not self._exited.is_set():
                 kill = functools.partial(_kill_group, proc.pid, self._exited, os.getpid(),
@@ -459,6 +477,8 @@ class LocalModelServer:
                     kill(signal.SIGKILL)
                     self._exited.wait(timeout)
             self._cleanup()
+        finally:
+            self._lock.release()
 
     def log_tail(self, lines: int = 25) -> str:
         """The last lines the server wrote (stdout and stderr), for error messages."""
@@ -550,6 +570,8 @@ class LocalModelServer:
         class docstring): a server that lists its model but dies on a prompt is not ready.
         """
         while not self._get("/models"):
+            if self._abort.is_set():
+                raise _NotReady("stopped while starting")
             if self._exited.wait(0.05):
                 raise _Died(proc.wait())
             if time.monotonic() > deadline:

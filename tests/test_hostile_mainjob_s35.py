@@ -1,0 +1,102 @@
+"""Hostile tests of the main job as a new user meets it: ``shoal run`` on the local model.
+
+The tests that construct a local model are skipped when the ``local`` extra is not installed,
+as in ``tests/test_local_model.py``; none of them loads the model itself: a stand-in command
+plays a server that is slow to load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import time
+
+import psutil
+import pytest
+
+from shoal.exceptions import MissingDependencyError, ModelError
+from shoal.models.base import ModelRequest, UserMessage
+from shoal.models.local import LocalModel, LocalModelServer
+from tests.conftest import arun, wait_until
+
+
+def _missing_extra() -> str | None:
+    try:
+        LocalModelServer()  # checks the packages and the model file; starts nothing
+    except MissingDependencyError as exc:
+        return str(exc)
+    return None
+
+
+MISSING = _missing_extra()
+needs_model = pytest.mark.skipif(
+    MISSING is not None, reason=f"the local extra is not installed ({MISSING})")
+
+# A "server" that never answers: a model that takes minutes to load.
+_LOADING = [sys.executable, "-c", "import time; time.sleep(120)"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _loading(server: LocalModelServer) -> None:
+    server._command = lambda port, ubatch: list(_LOADING)  # type: ignore[method-assign]
+
+
+# -- Ctrl-C while the local model loads ------------------------------------------------------
+
+
+@needs_model
+def test_stop_cuts_a_start_in_progress_short() -> None:
+    # stop() from another thread (an agent run ending on Ctrl-C closes its model so) waited
+    # for the start's lock: until the model had loaded, or startup_timeout had passed.
+    server = LocalModelServer(startup_timeout=60)
+    _loading(server)
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            server.start()
+        except BaseException as exc:
+            errors.append(exc)
+
+    starting = threading.Thread(target=start)
+    starting.start()
+    assert wait_until(lambda: server.pid is not None, timeout=10)
+    pid = server.pid
+    assert pid is not None
+    began = time.monotonic()
+    server.stop()
+    starting.join(timeout=20)
+    assert not starting.is_alive()
+    assert time.monotonic() - began < 10
+    assert not _alive(pid)
+    assert len(errors) == 1 and isinstance(errors[0], ModelError)
+    assert "stopped while it started" in str(errors[0])
+    assert not server.running
+
+
+@needs_model
+def test_a_request_cancelled_while_the_model_loads_closes_at_once() -> None:
+    model = LocalModel(startup_timeout=60)
+    _loading(model.server)
+
+    async def main() -> float:
+        request = ModelRequest(instructions="", messages=(UserMessage("hi"),))
+        asking = asyncio.ensure_future(model.request(request))
+        assert await asyncio.to_thread(wait_until, lambda: model.server.pid is not None, 10)
+        asking.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asking
+        began = time.monotonic()
+        await model.aclose()
+        return time.monotonic() - began
+
+    assert arun(main(), timeout=40) < 10
+    assert not model.server.running
+
