@@ -15,9 +15,12 @@ import time
 import psutil
 import pytest
 
+import shoal
+from shoal.events import AgentFinished, Event
 from shoal.exceptions import MissingDependencyError, ModelError
 from shoal.models.base import ModelRequest, UserMessage
 from shoal.models.local import LocalModel, LocalModelServer
+from shoal.testing import ScriptedModel
 from tests.conftest import arun, wait_until
 
 
@@ -100,3 +103,29 @@ def test_a_request_cancelled_while_the_model_loads_closes_at_once() -> None:
     assert arun(main(), timeout=40) < 10
     assert not model.server.running
 
+
+# -- Ctrl-C mid-run: what a cancelled reader says ----------------------------------------------
+
+
+def test_an_agent_cancelled_with_its_plan_node_says_so_in_words() -> None:
+    # It said "agent review/reader#1[0] was its plan node was cancelled".
+    agent = shoal.Agent(name="reader", model=ScriptedModel(["never"], latency=60.0))
+    plan = shoal.Plan("review")
+    plan.call(agent, task="read")
+    finished: list[AgentFinished] = []
+
+    def sink(event: Event) -> None:
+        if isinstance(event, AgentFinished):
+            finished.append(event)
+
+    async def main() -> None:
+        async with shoal.Runtime() as runtime:
+            handle = runtime.start(plan, on_event=sink)
+            await asyncio.sleep(1.0)
+            handle.cancel(reason="interrupted (Ctrl-C)")
+            await handle
+
+    arun(main(), virtual=True)
+    assert [e.status for e in finished] == ["cancelled"]
+    assert "was its plan node" not in finished[0].error
+    assert finished[0].error.endswith("was cancelled with its plan node")
