@@ -8,20 +8,27 @@ plays a server that is slow to load.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import sys
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import pytest
 
 import shoal
 from shoal.events import AgentFinished, Event
-from shoal.exceptions import MissingDependencyError, ModelError
+from shoal.exceptions import ConfigError, MissingDependencyError, ModelError
 from shoal.models.base import ModelRequest, UserMessage
 from shoal.models.local import LocalModel, LocalModelServer
 from shoal.testing import ScriptedModel
+from tests.cli_process import run_cli
 from tests.conftest import arun, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+MAIN_JOB = "examples/literature_review/agents.py:review"
 
 
 def _missing_extra() -> str | None:
@@ -129,3 +136,42 @@ def test_an_agent_cancelled_with_its_plan_node_says_so_in_words() -> None:
     assert [e.status for e in finished] == ["cancelled"]
     assert "was its plan node" not in finished[0].error
     assert finished[0].error.endswith("was cancelled with its plan node")
+
+
+# -- a model file that is no model ---------------------------------------------------------------
+
+
+@needs_model
+@pytest.mark.parametrize(("content", "said"), [
+    (b"", "is empty"), (b"not a model at all", "starts with b'not '"), (b"GG", "starts with")])
+def test_a_file_that_is_not_gguf_is_refused_before_a_server_starts(
+        tmp_path: Path, content: bytes, said: str) -> None:
+    # It started a server, which died a few seconds later with a traceback as its message.
+    path = tmp_path / "model.gguf"
+    path.write_bytes(content)
+    for make in (LocalModelServer, LocalModel):
+        with pytest.raises(ConfigError, match="is not a GGUF model file") as raised:
+            make(path)
+        assert said in str(raised.value)
+
+
+@needs_model
+def test_a_gguf_file_is_taken(tmp_path: Path) -> None:
+    path = tmp_path / "model.gguf"
+    path.write_bytes(b"GGUF\x03\x00\x00\x00")
+    assert LocalModelServer(path).gguf == path  # starts nothing
+
+
+def test_shoal_run_on_a_model_object_of_no_gguf_says_so_in_one_line(tmp_path: Path) -> None:
+    if MISSING is not None:
+        pytest.skip(f"the local extra is not installed ({MISSING})")
+    (tmp_path / "empty.gguf").write_bytes(b"")
+    models = tmp_path / "mymodels.py"
+    models.write_text("from shoal.models.local import LocalModel\n"
+                      f"model = LocalModel({str(tmp_path / 'empty.gguf')!r})\n")
+    done = run_cli(["run", MAIN_JOB, "q", "--model", f"{models}:model", "--no-store", "--json"],
+                   cwd=ROOT, env=os.environ, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "is not a GGUF model file (it is empty)" in done.stderr
+    assert json.loads(done.stdout)["error"] == "config"

