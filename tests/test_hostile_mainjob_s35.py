@@ -175,3 +175,16 @@ def test_shoal_run_on_a_model_object_of_no_gguf_says_so_in_one_line(tmp_path: Pa
     assert "Traceback" not in done.stderr
     assert "is not a GGUF model file (it is empty)" in done.stderr
     assert json.loads(done.stdout)["error"] == "config"
+
+
+# -- prompts ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prompt", ["", "   ", "\t\n", "\u3000"])
+def test_a_blank_prompt_is_refused_before_the_run(prompt: str) -> None:
+    # Whitespace alone ran the whole main job on no question (exit 0, journaled).
+    done = run_cli(["run", MAIN_JOB, prompt, "--model", "tests/agent_models.py:main_job_model",
+                    "--no-store", "--json"], cwd=ROOT, env=os.environ, timeout=60)
+    assert done.returncode == 2, done.stdout
+    assert done.stderr.startswith("error: give the prompt after the agent")
+    assert json.loads(done.stdout)["error"] == "config"

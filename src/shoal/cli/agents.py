@@ -200,7 +200,7 @@ def _exec(loader: Any, module: Any, where: str) -> None:
 
 def run_agent_target(options: AgentOptions, console: Console, live: bool) -> int:
     """Run the agent and print the outcome; return the exit code."""
-    if not options.prompt:
+    if not options.prompt or not options.prompt.strip():  # blank: a whole run on no question
         raise ConfigError(f"give the prompt after the agent: shoal run {options.target} "
                           "\"your question\"")
     with others_to_stderr(options.as_json):  # a module printing as it imports
