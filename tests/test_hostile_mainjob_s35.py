@@ -188,3 +188,17 @@ def test_a_blank_prompt_is_refused_before_the_run(prompt: str) -> None:
     assert done.returncode == 2, done.stdout
     assert done.stderr.startswith("error: give the prompt after the agent")
     assert json.loads(done.stdout)["error"] == "config"
+
+
+# -- --model -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", [":", " : ", ":model"])
+def test_a_model_option_naming_no_module_is_an_unknown_model(spec: str) -> None:
+    # ':' was imported as a module named '': "importing '' failed: ValueError: Empty module
+    # name", which says nothing of what --model takes.
+    done = run_cli(["run", MAIN_JOB, "q", "--model", spec, "--no-store"], cwd=ROOT,
+                   env=os.environ, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"error: unknown model {spec!r}."), done.stderr
+    assert "'local'" in done.stderr and "Empty module name" not in done.stderr

@@ -136,9 +136,11 @@ def model_option(spec: str, modules: Sequence[str] | None = None) -> str | Model
     ``modules`` allows (see :func:`load_agent`).
     """
     provider, sep, _ = spec.partition(":")
-    if not sep or provider in ("openai", "anthropic", "local"):
-        return spec
     module_name, _, attr = spec.rpartition(":")
+    if not sep or provider in ("openai", "anthropic", "local") or not module_name.strip() \
+            or not attr.isidentifier():
+        return spec  # a model string, or no module:name either (':'): said as a model string's
+
     found = getattr(_import(module_name, modules, spec), attr, None)
     if callable(found) and not isinstance(found, Model):
         found = found()
