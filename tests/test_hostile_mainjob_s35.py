@@ -8,6 +8,8 @@ plays a server that is slow to load.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
 import os
 import sys
@@ -19,8 +21,10 @@ import psutil
 import pytest
 
 import shoal
-from shoal.events import AgentFinished, Event
-from shoal.exceptions import ConfigError, MissingDependencyError, ModelError
+from shoal.cli.agents import notice_lines
+from shoal.cli.tree import AgentTree
+from shoal.events import AgentFinished, Event, ModelServerStarted
+from shoal.exceptions import AgentError, ConfigError, MissingDependencyError, ModelError
 from shoal.models.base import ModelRequest, UserMessage
 from shoal.models.local import LocalModel, LocalModelServer
 from shoal.testing import ScriptedModel
@@ -202,3 +206,35 @@ def test_a_model_option_naming_no_module_is_an_unknown_model(spec: str) -> None:
     assert done.returncode == 2
     assert done.stderr.startswith(f"error: unknown model {spec!r}."), done.stderr
     assert "'local'" in done.stderr and "Empty module name" not in done.stderr
+
+
+@needs_model
+def test_a_run_cancelled_while_the_model_loads_shows_the_start_cancelled() -> None:
+    # The tree said "local model server  failed  CancelledError", and stderr "the server did
+    # not start: CancelledError", for a Ctrl-C while the model loaded.
+    model = LocalModel(startup_timeout=60)
+    _loading(model.server)
+    agent = shoal.Agent(name="lead", model=model)
+    events: list[Event] = []
+    tree = AgentTree()
+
+    async def main() -> None:
+        handle = agent.start("hi", on_event=[events.append, tree])
+        assert await asyncio.to_thread(wait_until, lambda: model.server.pid is not None, 10)
+        handle.cancel(reason="interrupted (Ctrl-C)")
+        try:
+            with pytest.raises(AgentError, match="interrupted"):
+                await handle
+        finally:
+            await model.aclose()
+
+    arun(main(), timeout=40)
+    started = [e for e in events if isinstance(e, ModelServerStarted)]
+    assert len(started) == 1 and started[0].cancelled
+    assert "CancelledError" not in started[0].error
+    server_rows = [r for r in tree.rows.values() if r.is_server]
+    assert [r.status for r in server_rows] == ["cancelled"]
+    said = io.StringIO()
+    with contextlib.redirect_stderr(said):
+        notice_lines(started[0])
+    assert said.getvalue() == "shoal: lead: local:smollm2-135m: the server's start was cancelled\n"

@@ -280,7 +280,8 @@ def notice_lines(event: Event) -> None:
     elif isinstance(event, ModelServerStarting):
         line = f"{event.model}: {event.detail}…"
     elif isinstance(event, ModelServerStarted):
-        line = (f"{event.model}: the server did not start: {event.error}" if event.error
+        line = (f"{event.model}: the server's start was cancelled" if event.cancelled
+                else f"{event.model}: the server did not start: {event.error}" if event.error
                 else f"{event.model}: the server is up after {event.duration:.1f} s")
     else:
         return

@@ -815,6 +815,12 @@ class LocalModel(Model):
         began = time.monotonic()
         try:
             await asyncio.to_thread(self.server.start)
+        except asyncio.CancelledError:  # the run was: the start goes on in its thread until
+            # aclose() stops it (at once, see LocalModelServer.stop)
+            notify(ModelServerStarted(run_id="", time=0.0, model=self.name,
+                                      duration=time.monotonic() - began,
+                                      error="cancelled while it started", cancelled=True))
+            raise
         except BaseException as exc:
             notify(ModelServerStarted(run_id="", time=0.0, model=self.name,
                                       duration=time.monotonic() - began,
