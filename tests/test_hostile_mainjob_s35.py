@@ -25,6 +25,7 @@ from shoal.cli.agents import notice_lines
 from shoal.cli.tree import AgentTree
 from shoal.events import AgentFinished, Event, ModelServerStarted
 from shoal.exceptions import AgentError, ConfigError, MissingDependencyError, ModelError
+from shoal.models import check_model_spec
 from shoal.models.base import ModelRequest, UserMessage
 from shoal.models.local import LocalModel, LocalModelServer
 from shoal.testing import ScriptedModel
@@ -238,3 +239,21 @@ def test_a_run_cancelled_while_the_model_loads_shows_the_start_cancelled() -> No
     with contextlib.redirect_stderr(said):
         notice_lines(started[0])
     assert said.getvalue() == "shoal: lead: local:smollm2-135m: the server's start was cancelled\n"
+
+
+@pytest.mark.parametrize(("spec", "path"), [
+    ("/no/such/model.gguf", "/no/such/model.gguf"), ("local:my.GGUF", "my.GGUF"),
+    (" models/x.gguf ", "models/x.gguf")])
+def test_a_gguf_file_as_a_model_string_says_how_to_run_one(spec: str, path: str) -> None:
+    # It said only "unknown model '/no/such/model.gguf'." and listed the model strings.
+    with pytest.raises(ConfigError) as raised:
+        check_model_spec(spec)
+    assert f"pass LocalModel({path!r}) from shoal.models.local" in str(raised.value)
+    assert "--model FILE.py:NAME" in str(raised.value)
+
+
+def test_shoal_run_with_a_gguf_path_for_model_says_how_to_run_one() -> None:
+    done = run_cli(["run", MAIN_JOB, "q", "--model", "/no/such/model.gguf", "--no-store"],
+                   cwd=ROOT, env=os.environ, timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "LocalModel('/no/such/model.gguf')" in done.stderr
