@@ -26,7 +26,7 @@ from shoal.cli.tree import AgentTree
 from shoal.events import AgentFinished, Event, ModelServerStarted
 from shoal.exceptions import AgentError, ConfigError, MissingDependencyError, ModelError
 from shoal.models import check_model_spec
-from shoal.models.base import ModelRequest, UserMessage
+from shoal.models.base import ModelRequest, ModelResponse, ModelSettings, ToolSpec, UserMessage
 from shoal.models.local import LocalModel, LocalModelServer
 from shoal.testing import ScriptedModel
 from tests.cli_process import run_cli
@@ -257,3 +257,47 @@ def test_shoal_run_with_a_gguf_path_for_model_says_how_to_run_one() -> None:
                    cwd=ROOT, env=os.environ, timeout=60)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "LocalModel('/no/such/model.gguf')" in done.stderr
+
+
+# -- a reply cut off by max_tokens -------------------------------------------------------------
+
+
+class _Inner:
+    """Stands for the OpenAI adapter in front of the server: answers one fixed reply."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    async def request(self, request: ModelRequest) -> ModelResponse:
+        return ModelResponse(self.text, stop_reason="length")
+
+
+ADD = ToolSpec("add", "Add two integers.", {
+    "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+    "required": ["a", "b"]})
+
+
+@needs_model
+def test_tool_calls_cut_off_by_max_tokens_are_an_error_not_the_answer(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The cut-off JSON became the agent's answer, status ok:
+    # '{ "tool_calls": [{"name": "add", "arguments": { "a": 2,'
+    model = LocalModel()
+    cut = '{ "tool_calls": [{"name": "add", "arguments": { "a": 2,'
+
+    async def ready() -> _Inner:
+        return _Inner(cut)
+
+    monkeypatch.setattr(model, "_ready", ready)
+    request = ModelRequest(instructions="", messages=(UserMessage("2+3?"),), tools=(ADD,),
+                           settings=ModelSettings(max_tokens=24))
+    with pytest.raises(ModelError, match=r"cut off by max_tokens \(24\) in the middle of its "
+                                         r"tool calls: raise the agent's ModelSettings"):
+        arun(model.request(request))
+    # an answer cut off is still salvaged, as before
+    monkeypatch.setattr(model, "_ready", lambda: _ready_with('{"answer": "It is fi'))
+    assert arun(model.request(request)).text == "It is fi"
+
+
+async def _ready_with(text: str) -> _Inner:
+    return _Inner(text)

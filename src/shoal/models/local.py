@@ -745,6 +745,12 @@ class LocalModel(Model):
         if not _json_protocol(request):
             return response
         text, calls = _parse_reply(response.text, structured=request.output_schema is not None)
+        if not calls and response.stop_reason == "length" and _CUT_CALLS.match(text):
+            # the JSON of its tool calls, cut off: no call to make, and no answer either
+            raise ModelError(self.name, f"the reply was cut off by max_tokens "
+                                        f"({sent.settings.max_tokens}) in the middle of its "
+                                        "tool calls: raise the agent's "
+                                        "ModelSettings(max_tokens=...)")
         return replace(response, text=text, tool_calls=calls,
                        stop_reason="tool_calls" if calls else response.stop_reason)
 
@@ -1077,6 +1083,10 @@ def _parse_reply(text: str, *, structured: bool) -> tuple[str, tuple[ToolCall, .
         return (answer if isinstance(answer, str) and not structured
                 else json.dumps(answer)), ()
     return text, ()
+
+
+# the start of a reply of tool calls (see _reply_schema): cut off, it is no answer
+_CUT_CALLS = re.compile(r'\s*\{\s*"tool_calls"')
 
 
 def _salvage(text: str) -> str:
