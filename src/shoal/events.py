@@ -281,11 +281,16 @@ class ModelServerStarting(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModelServerStarted(Event):
-    """The model's server is up after ``duration`` seconds, or, with an ``error``, is not."""
+    """The model's server is up after ``duration`` seconds, or, with an ``error``, is not.
+
+    ``cancelled``: its start was given up because the run asking for it was cancelled (a
+    Ctrl-C while the model loads); ``error`` then says so. Not a failure of the server.
+    """
 
     model: str
     duration: float
     error: str = ""
+    cancelled: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

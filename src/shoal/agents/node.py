@@ -276,7 +276,7 @@ async def _run_agent(shared: Composition, run: AgentRun) -> AgentResult[Any]:
     try:
         return await run_observed(
             _settled_agent(run),
-            lambda: shared.ctx.cancel(run.lineage, "its plan node was cancelled"))
+            lambda: shared.ctx.cancel(run.lineage, "cancelled with its plan node"))
     finally:
         await shared.leave()
 

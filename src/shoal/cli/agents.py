@@ -136,9 +136,11 @@ def model_option(spec: str, modules: Sequence[str] | None = None) -> str | Model
     ``modules`` allows (see :func:`load_agent`).
     """
     provider, sep, _ = spec.partition(":")
-    if not sep or provider in ("openai", "anthropic", "local"):
-        return spec
     module_name, _, attr = spec.rpartition(":")
+    if not sep or provider in ("openai", "anthropic", "local") or not module_name.strip() \
+            or not attr.isidentifier():
+        return spec  # a model string, or no module:name either (':'): said as a model string's
+
     found = getattr(_import(module_name, modules, spec), attr, None)
     if callable(found) and not isinstance(found, Model):
         found = found()
@@ -200,7 +202,7 @@ def _exec(loader: Any, module: Any, where: str) -> None:
 
 def run_agent_target(options: AgentOptions, console: Console, live: bool) -> int:
     """Run the agent and print the outcome; return the exit code."""
-    if not options.prompt:
+    if not options.prompt or not options.prompt.strip():  # blank: a whole run on no question
         raise ConfigError(f"give the prompt after the agent: shoal run {options.target} "
                           "\"your question\"")
     with others_to_stderr(options.as_json):  # a module printing as it imports
@@ -278,7 +280,8 @@ def notice_lines(event: Event) -> None:
     elif isinstance(event, ModelServerStarting):
         line = f"{event.model}: {event.detail}…"
     elif isinstance(event, ModelServerStarted):
-        line = (f"{event.model}: the server did not start: {event.error}" if event.error
+        line = (f"{event.model}: the server's start was cancelled" if event.cancelled
+                else f"{event.model}: the server did not start: {event.error}" if event.error
                 else f"{event.model}: the server is up after {event.duration:.1f} s")
     else:
         return

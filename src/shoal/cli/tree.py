@@ -209,7 +209,8 @@ class AgentTree:
         else:
             server.label = server.label.rstrip("…").removeprefix("starting ").removeprefix(
                 "restarting ")
-            server.status = "failed" if event.error else "ok"
+            server.status = ("cancelled" if event.cancelled else "failed" if event.error
+                             else "ok")
             server.ended, server.detail = event.time, event.error
 
     def _row(self, lineage: str) -> Row:

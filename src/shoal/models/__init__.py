@@ -100,6 +100,11 @@ def check_model_spec(spec: object) -> None:
             return
         raise ConfigError(f"model {spec!r} names no model: write '{provider}:<model id>', "
                           f"e.g. '{provider}:{_PROVIDERS[provider]}' (accepted: {_FORMS})")
+    if spec.strip().lower().endswith(".gguf"):  # a model file: LocalModel serves it
+        path = model_id if provider == "local" else spec.strip()
+        raise ConfigError(f"unknown model {spec!r}: a GGUF file is not a model string; pass "
+                          f"LocalModel({path!r}) from shoal.models.local as the model "
+                          "(on the command line, --model FILE.py:NAME naming one made so)")
     fixed = _close_match(spec.strip(), provider, model_id, bool(colon))
     hint = f": did you mean {fixed!r}?" if fixed else "."
     raise ConfigError(f"unknown model {spec!r}{hint} Accepted: {_FORMS}")

