@@ -24,29 +24,18 @@ import shoal
 from shoal.cli.agents import notice_lines
 from shoal.cli.tree import AgentTree
 from shoal.events import AgentFinished, Event, ModelServerStarted
-from shoal.exceptions import AgentError, ConfigError, MissingDependencyError, ModelError
+from shoal.exceptions import AgentError, ConfigError, ModelError
 from shoal.models import check_model_spec
 from shoal.models.base import ModelRequest, ModelResponse, ModelSettings, ToolSpec, UserMessage
 from shoal.models.local import LocalModel, LocalModelServer
 from shoal.testing import ScriptedModel
 from tests.cli_process import run_cli
 from tests.conftest import arun, wait_until
+from tests.test_local_model import MISSING, needs_model
 
 ROOT = Path(__file__).resolve().parent.parent
 MAIN_JOB = "examples/literature_review/agents.py:review"
 
-
-def _missing_extra() -> str | None:
-    try:
-        LocalModelServer()  # checks the packages and the model file; starts nothing
-    except MissingDependencyError as exc:
-        return str(exc)
-    return None
-
-
-MISSING = _missing_extra()
-needs_model = pytest.mark.skipif(
-    MISSING is not None, reason=f"the local extra is not installed ({MISSING})")
 
 # A "server" that never answers: a model that takes minutes to load.
 _LOADING = [sys.executable, "-c", "import time; time.sleep(120)"]

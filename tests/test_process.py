@@ -329,20 +329,6 @@ def test_a_memory_limit_makes_a_big_allocation_fail_with_memory_error() -> None:
     assert error is not None and error.type == "MemoryError"
 
 
-def test_an_open_files_limit_makes_opening_many_files_fail() -> None:
-    limited = pt.open_many.options(limits={"open_files": 32})
-    plan = Plan()
-    few = plan.call(limited, count=5)
-    many = plan.call(limited, count=100, after=few)
-    result = shoal.run_sync(plan, process_workers=1)
-    assert result[few].value == 5
-    assert result[many].status == "failed"
-    error = result[many].error
-    assert error is not None
-    assert error.type == "shoal.exceptions.OpenFilesLimitError"  # naming the limit reached
-    assert "Too many open files" in error.message and "open_files=32" in error.message
-
-
 def test_a_cpu_limit_kills_a_busy_loop() -> None:
     plan = Plan()
     ref = plan.call(pt.busy_forever.options(limits={"cpu_seconds": 1}))
