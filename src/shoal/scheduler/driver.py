@@ -1360,7 +1360,11 @@ class Driver:
                 await asyncio.sleep(0)
             executor = self._executors.get(call.isolation) or await self._new_executor(call)
             if barrier is not None:  # the journal holds what released this call, and its start
-                await barrier
+                # shielded: the calls a decision starts share the one future, and a task
+                # cancelled while awaiting a future cancels it (a sibling cancelled at that
+                # moment failed every other call of the batch, and released the approvals
+                # waiting on it before the journal held their run)
+                await asyncio.shield(barrier)
             if barrier is not None and self._journal is not None and (
                     self._journal.failed is not None):
                 result = AttemptResult("cancelled", unstarted=True)  # stopping: never run it
