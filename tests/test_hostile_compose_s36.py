@@ -13,7 +13,9 @@ import sqlite3
 from pathlib import Path
 
 import shoal
+from shoal.patterns import reflect
 from shoal.store.sqlite import SQLiteStore
+from shoal.testing import ScriptedModel
 from tests.conftest import arun
 
 
@@ -66,3 +68,61 @@ def test_cancelling_a_call_waiting_for_the_journal_leaves_its_batch_alone(
     assert [(o.node_id, o.status) for o in result] == [
         ("slow#1", "cancelled"), ("sibling#1", "ok")]
     assert result.value("sibling#1") == "kept"
+
+
+# -- a deeply nested value beside a ref --------------------------------------------------------
+
+
+def nested(depth: int) -> object:
+    """A list ``depth`` levels deep (past Python's recursion limit)."""
+    value: object = "bottom"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def bottom(value: object) -> object:
+    """What a :func:`nested` value holds at its bottom (walked without recursion)."""
+    while isinstance(value, list):
+        value = value[0]
+    return value
+
+
+@shoal.tool
+def first() -> int:
+    """A value for a ref."""
+    return 1
+
+
+@shoal.tool
+def both(deep: object, near: object) -> str:
+    """What the deep argument holds at its bottom, and the ref's value."""
+    return f"{bottom(deep)} {near}"
+
+
+def test_a_deep_argument_holding_no_ref_beside_a_ref_is_passed_as_when_alone() -> None:
+    # with a ref in another argument, every argument was walked to put refs' values in, and
+    # the deep one (no ref in it) failed the call: "argument 'deep' holds refs nested deeper
+    # than Python's recursion limit"; alone, the same value ran. A reflect loop's critic
+    # (task and a ref to the draft) failed so for a deep task, after the worker had run
+    plan = shoal.Plan()
+    alone = plan.call(both, deep=nested(10_000), near=0)
+    beside = plan.call(both, deep=nested(10_000), near=plan.call(first))
+    result = shoal.run_sync(plan)
+    assert result.value(alone) == "bottom 0"
+    assert result.value(beside) == "bottom 1"
+    # a deep argument that does hold a ref still fails its call, saying so
+    deep_ref = shoal.Plan()
+    value: object = deep_ref.call(first)
+    for _ in range(10_000):
+        value = [value]
+    failing = deep_ref.call(both, deep=value, near=0)
+    outcome = shoal.run_sync(deep_ref)[failing]
+    assert outcome.status == "failed" and "holds refs nested deeper" in str(outcome.error)
+
+
+def test_a_reflect_loop_on_a_deeply_nested_task_runs_its_critic() -> None:
+    writer = shoal.Agent(name="writer", model=ScriptedModel.per_prompt({"*": ["a draft"]}))
+    critic = shoal.Agent(name="critic", model=ScriptedModel.per_prompt({"*": ["ACCEPT"]}))
+    done = reflect(writer, critic).run_sync(nested(10_000))
+    assert (done.output, done.accepted, done.rounds) == ("a draft", True, 1)

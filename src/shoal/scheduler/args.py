@@ -25,7 +25,7 @@ from typing import Any, cast
 import pydantic
 
 from shoal.exceptions import ToolArgumentError
-from shoal.plan import Ref
+from shoal.plan import Ref, find_refs
 
 __all__ = ["IMMUTABLE", "isolate", "isolate_all", "resolve_arguments"]
 
@@ -231,8 +231,12 @@ def _rebuilt(value: Any, each: Callable[[Any], Any]) -> Any:
 def _resolved_tracked(name: str, value: Any, lookup: Callable[[Ref], Any], tool: str) -> Any:
     """:func:`_resolve` of argument ``name``, noting each container met (see _resolve_tracked).
 
-    A value that holds itself ends so; one nested too deep for this walk too fails the call.
+    A value that holds itself ends so; one nested too deep for this walk too fails the call,
+    if it holds a ref: one that holds none is passed as any other value too deep to walk is
+    (a node with a ref in one argument failed for a deep task in another, which alone ran).
     """
+    if not find_refs(value):  # (walked without recursion)
+        return isolate(value)
     try:
         return _resolve_tracked(value, lookup, {})
     except RecursionError:
