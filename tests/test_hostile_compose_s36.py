@@ -11,9 +11,15 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 import shoal
+from shoal.exceptions import ConfigError
+from shoal.models.base import ToolSpec
 from shoal.patterns import reflect
+from shoal.plangrammar import plan_grammar
 from shoal.store.sqlite import SQLiteStore
 from shoal.testing import ScriptedModel
 from tests.conftest import arun
@@ -126,3 +132,59 @@ def test_a_reflect_loop_on_a_deeply_nested_task_runs_its_critic() -> None:
     critic = shoal.Agent(name="critic", model=ScriptedModel.per_prompt({"*": ["ACCEPT"]}))
     done = reflect(writer, critic).run_sync(nested(10_000))
     assert (done.output, done.accepted, done.rounds) == ("a draft", True, 1)
+
+
+# -- a plan grammar given what is no spec, or call bounds of the wrong kind --------------------
+
+
+@shoal.tool
+def search(query: str, limit: int = 3) -> str:
+    """Search for the query."""
+    return query
+
+
+def test_a_plan_grammar_over_tools_lets_the_plan_pass_their_arguments() -> None:
+    # a Tool's .parameters (a set of names) was read as an empty schema: the grammar let a
+    # model write search() only, never search(query=...), which the tool needs
+    rule = next(line for line in plan_grammar([search], max_calls=1).splitlines()
+                if line.startswith("tool-1-at-1 ::="))
+    assert '"query=" string' in rule
+    assert plan_grammar([search]) == plan_grammar([
+        ToolSpec(search.name, search.description, search.json_schema())])
+    assert plan_grammar(s for s in [search]) == plan_grammar([search])  # any iterable
+
+
+@pytest.mark.parametrize(("specs", "message"), [
+    ("search", "takes a list of tool specs .* got str 'search'"),
+    ({"search": search}, "takes a list of tool specs .* got dict"),
+    (5, "takes a list of tool specs .* got int 5"),
+    (["search"], "each tool is a shoal.models.ToolSpec.* got str 'search'"),
+    ([ToolSpec(["s"], "", {})], "each tool is a shoal.models.ToolSpec"),  # type: ignore[arg-type]
+])
+def test_a_plan_grammar_over_what_is_no_tool_is_a_config_error(specs: Any, message: str) -> None:
+    # an AttributeError ('str' object has no attribute 'name'), or for a dict its keys read
+    with pytest.raises(ConfigError, match=message):
+        plan_grammar(specs)
+
+
+@pytest.mark.parametrize("bound", [2.0, 10.5, "10", None, True],
+                         ids=["2.0", "10.5", "str", "None", "True"])
+def test_plan_grammar_call_bounds_of_the_wrong_kind_are_config_errors(bound: Any) -> None:
+    # max_calls=2.0 raised TypeError "'float' object cannot be interpreted as an integer",
+    # "10" and None a TypeError of '<='; True (and min_calls=2.0) were taken as numbers
+    for name in ("max_calls", "min_calls"):
+        with pytest.raises(ConfigError, match=f"{name} is a whole number of calls, got "):
+            plan_grammar([search], **{name: bound})
+    with pytest.raises(ConfigError, match="max_calls=<a whole number of about 5,001 digits>"):
+        plan_grammar([search], max_calls=10**5000)
+
+
+def test_a_schema_naming_a_number_too_long_to_write_takes_any_value() -> None:
+    # an enum or const of an int past 4,300 digits raised ValueError ("Exceeds the limit for
+    # integer string conversion"); a list among the required names raised "unhashable type"
+    for schema in ({"enum": [10**5000]}, {"const": -(10**5000)}):
+        spec = ToolSpec("pick", "Pick.", {"type": "object", "properties": {"n": schema},
+                                          "required": ["n", ["n"]]})
+        rule = next(line for line in plan_grammar([spec], max_calls=1).splitlines()
+                    if line.startswith("tool-1-at-1 ::="))
+        assert rule == 'tool-1-at-1 ::= "pick(" "n=" value-at-1 ")"'

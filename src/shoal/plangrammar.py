@@ -38,13 +38,18 @@ from __future__ import annotations
 
 import json
 import keyword
+import numbers
+import operator
 import re
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from shoal.exceptions import ConfigError
+from shoal.merge import shown
 from shoal.models.base import ToolSpec
+from shoal.plandata import too_many_digits
+from shoal.tools import Tool
 
 __all__ = ["plan_grammar"]
 
@@ -93,35 +98,68 @@ _TYPE_RULES = {"integer": "int", "number": "number", "string": "string", "boolea
                "null": "none", "array": "list", "object": "dict"}
 
 
-def plan_grammar(specs: Sequence[ToolSpec], *, max_calls: int = 10, min_calls: int = 1) -> str:
+def plan_grammar(specs: Iterable[ToolSpec | Tool[..., Any]], *, max_calls: int = 10,
+                 min_calls: int = 1) -> str:
     """Return a GBNF grammar that only allows a plan over ``specs`` (see the module docstring).
 
     Args:
-        specs: the tools the plan may call.
+        specs: the tools the plan may call (:class:`ToolSpec` or :class:`~shoal.Tool`).
         max_calls: the most calls the plan may have (at most 999); it bounds the reply, so
             generation ends.
         min_calls: the fewest calls (a planner is asked for a plan because tools are needed).
 
     Raises:
-        ConfigError: no tools, two tools with one name, a tool or required parameter whose
-            name cannot be written in plan text, or call bounds that allow no plan.
+        ConfigError: no tools, what is no tool, two tools with one name, a tool or required
+            parameter whose name cannot be written in plan text, or call bounds that are no
+            whole numbers or allow no plan.
     """
-    if not specs:
+    found = _specs(specs)
+    if not found:
         raise ConfigError("a plan grammar needs at least one tool to call")
+    min_calls, max_calls = _calls("min_calls", min_calls), _calls("max_calls", max_calls)
     if not 0 <= min_calls <= max_calls or not 1 <= max_calls <= _MAX_CALLS:
         raise ConfigError(f"a plan grammar needs 0 <= min_calls <= max_calls and 1 <= "
-                          f"max_calls <= {_MAX_CALLS}, got min_calls={min_calls}, "
-                          f"max_calls={max_calls}")
-    names = [spec.name for spec in specs]
+                          f"max_calls <= {_MAX_CALLS}, got min_calls={shown(min_calls)}, "
+                          f"max_calls={shown(max_calls)}")
+    names = [spec.name for spec in found]
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
         raise ConfigError(f"two or more tools are named {', '.join(map(repr, twice))}; a plan "
                           "names tools, so give each tool its own name")
     lines = ["root ::= step-1", *_steps(min_calls, max_calls, join_is_a_tool="join" in names)]
-    first, later = _call_rules(specs, refs=False), _call_rules(specs, refs=True)
+    first, later = _call_rules(found, refs=False), _call_rules(found, refs=True)
     for step in range(1, max_calls + 1):
         lines += _for_step(first if step == 1 else later, step)
     return "\n".join(lines) + "\n" + _SHARED.lstrip("\n")
+
+
+def _specs(given: object) -> list[ToolSpec]:
+    """The tools a plan may call, as specs: a :class:`ToolSpec` as it is, a tool its spec.
+
+    A :class:`~shoal.Tool` was read as a spec with no parameters (its ``parameters`` are
+    names, not a schema): the grammar let the plan call it with no arguments only.
+    """
+    if isinstance(given, str | bytes | Mapping) or not isinstance(given, Iterable):
+        raise ConfigError(f"plan_grammar takes a list of tool specs (shoal.models.ToolSpec) or "
+                          f"tools, got {type(given).__name__} {shown(given)}")
+    specs = []
+    for spec in given:
+        if isinstance(spec, Tool):
+            spec = ToolSpec(spec.name, spec.description, spec.json_schema())
+        if not isinstance(spec, ToolSpec) or not isinstance(spec.name, str):
+            raise ConfigError(f"plan_grammar: each tool is a shoal.models.ToolSpec(name, "
+                              f"description, parameters) or a shoal.Tool, got "
+                              f"{type(spec).__name__} {shown(spec)}")
+        specs.append(spec)
+    return specs
+
+
+def _calls(name: str, value: object) -> int:
+    """A bound on the plan's calls: a whole number (``True`` and ``2.0`` are refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(f"plan_grammar: {name} is a whole number of calls, got "
+                          f"{type(value).__name__} {shown(value)}")
+    return int.__index__(value) if isinstance(value, int) else operator.index(value)
 
 
 def _steps(min_calls: int, max_calls: int, *, join_is_a_tool: bool) -> list[str]:
@@ -233,7 +271,8 @@ def _parameters(spec: ToolSpec, refs: bool = True) -> list[tuple[str, bool, str]
     properties = schema.get("properties")
     required = schema.get("required")
     properties = properties if isinstance(properties, Mapping) else {}
-    needed = set(required) if isinstance(required, list) else set()
+    # (names that are no text name no parameter: a list among them is no key of a set)
+    needed = {n for n in required if isinstance(n, str)} if isinstance(required, list) else set()
     params = []
     for name, prop in properties.items():
         problem = _unwritable(name) if isinstance(name, str) else "is not a string"
@@ -320,6 +359,8 @@ def _python_literal(value: Any) -> str | None:
     """A JSON value as a grammar literal of its Python spelling (None: not writable)."""
     if value is None or isinstance(value, bool):
         return _literal(repr(value))
+    if isinstance(value, int) and too_many_digits(value):  # its text cannot be made
+        return None
     if isinstance(value, int | float) and value == value and abs(value) != float("inf"):
         return _literal(repr(value))
     if isinstance(value, str) and _is_text(value):
