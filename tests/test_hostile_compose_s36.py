@@ -18,10 +18,10 @@ import pytest
 import shoal
 from shoal.exceptions import ConfigError
 from shoal.models.base import ToolSpec
-from shoal.patterns import reflect
+from shoal.patterns import fan_out, reflect
 from shoal.plangrammar import plan_grammar
 from shoal.store.sqlite import SQLiteStore
-from shoal.testing import ScriptedModel
+from shoal.testing import ScriptedModel, call
 from tests.conftest import arun
 
 
@@ -188,3 +188,33 @@ def test_a_schema_naming_a_number_too_long_to_write_takes_any_value() -> None:
         rule = next(line for line in plan_grammar([spec], max_calls=1).splitlines()
                     if line.startswith("tool-1-at-1 ::="))
         assert rule == 'tool-1-at-1 ::= "pick(" "n=" value-at-1 ")"'
+
+
+# -- a merge function raising KeyboardInterrupt inside an agent's tree --------------------------
+
+
+def _interrupting(merged: object, value: object) -> object:
+    raise KeyboardInterrupt
+
+
+@shoal.tool
+def note(fact: str, board: shoal.BoardHandle) -> str:
+    """Note a fact on the board."""
+    board.write("facts", fact)
+    return "noted"
+
+
+def test_a_merge_functions_keyboard_interrupt_stops_an_agents_tree_at_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # the interrupt left the driver before the call's end was recorded: the agent's steps
+    # run still counted the call as running, and stopping the tree waited 5 s for it, then
+    # logged "tool 'reader' of node reader#1 ignored its cancellation for 5 s" (and the same
+    # of the fan-out) and "task(s) that ignore their cancellation were abandoned"
+    readers = [shoal.Agent(name=f"reader{i}", tools=[note], model=ScriptedModel.per_prompt(
+        {"*": [[call("note", fact=f"fact {i}")], "done"]})) for i in range(3)]
+    board = shoal.Board(facts=shoal.merge.using(_interrupting))
+    with pytest.raises(KeyboardInterrupt):
+        fan_out(*readers).run_sync("read", board=board)
+    assert "ignored its cancellation" not in caplog.text
+    assert "abandoned" not in caplog.text
+    assert board["facts"] is None  # nothing was merged

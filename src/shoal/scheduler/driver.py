@@ -1653,8 +1653,9 @@ class Driver:
             if self._task_of:
                 self._task_of.pop(call.pos, None)
             settling = self._settling.pop(call.pos, None) if self._settling else None
+            interrupted: KeyboardInterrupt | None = None
             if settling:
-                result = self._settle(settling, result)
+                result, interrupted = self._settle(settling, result)
             if call.began_at is not None:
                 began = self._began(call.began_at)
                 if began is not None:
@@ -1677,6 +1678,9 @@ class Driver:
                     call.args.pop(name, None)
         except Exception as exc:
             self._internal_error(call.node_id, exc)
+            return
+        if interrupted is not None:  # raised once the call's end is in the books (see _settle)
+            raise interrupted
 
     def _ended(self, call: Call) -> float | None:
         """When ``call``'s work really ended (run time), if its backend stamped it (see _began)."""
@@ -1710,24 +1714,31 @@ class Driver:
                 self._hosts[call.isolation] = here
         return here
 
-    def _settle(self, settling: list[Settles], result: AttemptResult) -> AttemptResult:
+    def _settle(self, settling: list[Settles], result: AttemptResult) -> tuple[
+            AttemptResult, KeyboardInterrupt | None]:
         """Tell a call's injected values how its attempt ended; journal what they did.
 
         A board handle then commits its writes (or drops them). The records join this loop
         iteration's batch, which the outcome joins too: one transaction, so a resume replays
-        both or neither. A commit that fails fails the call.
+        both or neither. A commit that fails fails the call. Also returns a merge function's
+        ``KeyboardInterrupt``, for the caller to raise once the call's end is recorded.
         """
         ok = result.status == "ok"
+        interrupted: KeyboardInterrupt | None = None
         for value in settling:
             try:
                 record = value.settle(ok)
-            except KeyboardInterrupt:  # a merge function's: stops the run, as Ctrl-C does
+            except KeyboardInterrupt as exc:  # a merge function's: stops the run, as Ctrl-C
+                # does, but only once the call has ended: raised from here, its attempt was
+                # still running as far as the run knew, and a run stopping waited for it (an
+                # agent's tree: 5 s, blaming its tools for ignoring their cancellation)
                 task = asyncio.current_task()
                 if task is not None:  # raised to the run's caller from the loop: the task
                     # that raised it, left unread, was logged as never retrieved, with its
                     # traceback, when the garbage collector met it
                     task.add_done_callback(_read_exception)
-                raise
+                result, ok, interrupted = AttemptResult("failed", error=exc), False, exc
+                continue
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:  # SystemExit too: the value's own code fails its
@@ -1736,7 +1747,7 @@ class Driver:
                 continue
             if record is not None and self._journal is not None:
                 self._journal.add(record)
-        return result
+        return result, interrupted
 
     def _set_timer(self, when: float, kind: str, pos: int) -> None:
         assert self._clock is not None
