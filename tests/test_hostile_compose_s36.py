@@ -218,3 +218,72 @@ def test_a_merge_functions_keyboard_interrupt_stops_an_agents_tree_at_once(
     assert "ignored its cancellation" not in caplog.text
     assert "abandoned" not in caplog.text
     assert board["facts"] is None  # nothing was merged
+
+
+# -- a cancel of the wait for an open run's end ------------------------------------------------
+
+
+@shoal.tool
+async def quick() -> str:
+    """Done at once."""
+    return "done"
+
+
+def test_a_timeout_firing_while_an_open_run_ends_keeps_every_outcome() -> None:
+    # the block's end awaited the run's own task: the timeout's cancel cancelled that task,
+    # the run ended with no result, and run.result said "has not ended yet" (quick#1's 'ok'
+    # lost with the rest)
+    async def block(opened: list[shoal.OpenRun]) -> None:
+        async with asyncio.timeout(2), shoal.Runtime().open_run() as run:
+            opened.append(run)
+            run.call(quick)
+            run.call(slow)
+
+    async def main() -> shoal.OpenRun:
+        opened: list[shoal.OpenRun] = []
+        with pytest.raises(TimeoutError):
+            await block(opened)
+        return opened[0]
+
+    run = arun(main(), virtual=True)
+    assert [(o.node_id, o.status) for o in run.result] == [
+        ("quick#1", "ok"), ("slow#1", "cancelled")]
+    assert "the wait for the open run's end was cancelled" in run.result["slow#1"].reason
+
+
+def test_a_second_cancel_while_an_open_run_stops_leaves_its_result_to_read() -> None:
+    # Ctrl-C twice: the first stops the run (its nodes cancelled, each saying why); the
+    # second, while the block waited for them, cancelled the run's task: no result at all
+    @shoal.tool
+    async def lingering() -> str:
+        """Takes a while to stop."""
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            await asyncio.sleep(1)  # cleaning up
+            raise
+        return "never"
+
+    async def body(opened: asyncio.Future[shoal.OpenRun]) -> None:
+        async with shoal.Runtime().open_run() as run:
+            run.call(quick)
+            run.call(lingering)
+            opened.set_result(run)
+            await asyncio.sleep(3600)
+
+    async def main() -> shoal.OpenRun:
+        opened: asyncio.Future[shoal.OpenRun] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(body(opened))
+        run = await opened
+        await asyncio.sleep(0.5)
+        task.cancel()  # the first Ctrl-C
+        await asyncio.sleep(0.5)
+        task.cancel()  # the second, while lingering#1 cleans up
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.wait_for(asyncio.shield(run.handle.as_future()), 3)
+        return run
+
+    run = arun(main(), virtual=True)
+    assert [(o.node_id, o.status) for o in run.result] == [
+        ("quick#1", "ok"), ("lingering#1", "cancelled")]

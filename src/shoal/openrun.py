@@ -85,6 +85,11 @@ class OpenRun:
     @property
     def result(self) -> RunResult:
         """Every node's outcome, once the run has ended (after the ``async with`` block)."""
+        if self._result is None and self._handle.done():  # ended while nobody waited: a
+            # second cancel (Ctrl-C twice) stopped the wait for it, not the run
+            ended = self._handle.as_future()
+            if not ended.cancelled() and ended.exception() is None:
+                self._result = ended.result()
         if self._result is None:
             raise RunNotEndedError(f"open run {self.run_id} has not ended yet: read its result "
                                    "after its 'async with' block, or after 'await run' (which "
@@ -243,7 +248,7 @@ class OpenRun:
             handle.observe(sink)
 
             async def result() -> RunResult:  # read on another loop too: handed over
-                return await self._from_run_loop(lambda: handle)
+                return await self._from_run_loop(self._ended)
 
             return Started(result, self._stop)
 
@@ -338,9 +343,26 @@ class OpenRun:
         if running_loop() is self._loop:  # perhaps a node's wait: refused before the run
             self._handle.whole_run_wait()  # is closed
         self.close()
-        handle = self._handle
-        self._result = await self._from_run_loop(lambda: handle)
+        self._result = await self._from_run_loop(self._ended)
         return self._result
+
+    async def _ended(self) -> RunResult:
+        """The run's result once every node has ended (on the run's loop).
+
+        The run's task is shielded from this wait: awaited as it is, a cancel of the waiter
+        (a timeout around the block, Ctrl-C) cancelled that task, and the run ended with no
+        result (``run.result`` said it had not ended, every outcome lost). The waiter
+        cancelled stops the run as :meth:`cancel` does, waits for each node's outcome, and
+        then raises its cancellation.
+        """
+        ended = self._handle.as_future()
+        try:
+            return await asyncio.shield(ended)
+        except asyncio.CancelledError:
+            if not ended.done():
+                self._handle.cancel(reason=_WAIT_CANCELLED)
+                self._result = await asyncio.shield(ended)  # a second cancel: not waited for
+            raise
 
     async def __aenter__(self) -> OpenRun:
         return self
@@ -370,6 +392,7 @@ class OpenRun:
                 raise
 
 
+_WAIT_CANCELLED = "the wait for the open run's end was cancelled (a timeout, Ctrl-C)"
 _REASON_CHARS = 500  # of the block's error, in each outcome's reason (journaled with each)
 
 
