@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -287,3 +289,34 @@ def test_a_second_cancel_while_an_open_run_stops_leaves_its_result_to_read() -> 
     run = arun(main(), virtual=True)
     assert [(o.node_id, o.status) for o in run.result] == [
         ("quick#1", "ok"), ("lingering#1", "cancelled")]
+
+
+# -- a model request cancelled while the price data loads ---------------------------------------
+
+
+_PRICES_LOADING = """
+import asyncio
+from shoal.models.prices import catalog_loading
+
+async def main() -> None:
+    cancelled, kept = catalog_loading(), catalog_loading()  # two agents' first requests
+    assert cancelled is not None and kept is not None
+    waits = [asyncio.ensure_future(asyncio.wait_for(f, 60)) for f in (cancelled, kept)]
+    await asyncio.sleep(0)
+    waits[0].cancel()  # one agent of a fan-out cancelled
+    await waits[1]
+    print("kept")
+
+asyncio.run(main())
+"""
+
+
+def test_a_request_cancelled_while_the_price_data_loads_leaves_the_others_waiting() -> None:
+    # each request's wait was chained to the one load: a cancel of one cancelled the load,
+    # so a sibling agent's request failed with CancelledError (nothing had cancelled it),
+    # and the loading thread died on stderr with InvalidStateError: CANCELLED (in a fresh
+    # process: the data loads once per process)
+    done = subprocess.run([sys.executable, "-c", _PRICES_LOADING], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert (done.returncode, done.stdout.strip()) == (0, "kept"), done.stderr
+    assert "InvalidStateError" not in done.stderr

@@ -118,6 +118,10 @@ def catalog_loading() -> asyncio.Future[None] | None:
     with _load_lock:
         if _loaded is None:
             _loaded = concurrent.futures.Future()
+            # running from now on, so it cannot be cancelled: each caller's wrapper passed a
+            # cancel of its own on to it (a model request cancelled while the data loaded),
+            # which cancelled every other caller's wait, and the loader died setting it
+            _loaded.set_running_or_notify_cancel()
             threading.Thread(target=_load, args=(_loaded,), name="shoal-prices",
                              daemon=True).start()
     return asyncio.wrap_future(_loaded)
