@@ -320,3 +320,38 @@ def test_a_request_cancelled_while_the_price_data_loads_leaves_the_others_waitin
                           text=True, timeout=120, check=False)
     assert (done.returncode, done.stdout.strip()) == (0, "kept"), done.stderr
     assert "InvalidStateError" not in done.stderr
+
+
+# -- an argument made of shared parts ----------------------------------------------------------
+
+
+def shared(levels: int) -> list[object]:
+    """Lists nine wide holding one list nine times, ``levels`` deep: few objects, 9**n items."""
+    value: list[object] = ["lol"] * 9
+    for _ in range(levels):
+        value = [value] * 9
+    return value
+
+
+@shoal.tool
+def size(value: object, also: object = None) -> int:
+    """How many leaves ``value`` holds (counted once per distinct list: 9 per level)."""
+    count = 1
+    while isinstance(value, list):
+        count, value = count * len(value), value[0]
+    return count
+
+
+@pytest.mark.timeout(60)
+def test_an_argument_of_shared_parts_costs_its_parts_not_its_expansion() -> None:
+    # plan.call walked about ten million items for refs (8 s each call, on the caller's
+    # thread), and a call with a ref beside it put the refs' values in by walking the
+    # whole expansion, 390 million items, on the event loop (minutes: the run hung); a
+    # list seen twice is now walked once, as when the value is copied for the call
+    plan = shoal.Plan()
+    alone = plan.call(size, value=shared(8))
+    beside = plan.call(size, value=shared(8), also=plan.call(first))
+    within = plan.call(size, value=[shared(8), plan.call(first)])
+    result = shoal.run_sync(plan)
+    assert result.value(alone) == result.value(beside) == 9**9
+    assert result.value(within) == 2 * 9**9

@@ -224,25 +224,30 @@ def find_refs(value: Any) -> list[Ref]:
         return _find_refs_tracked(value, keys=True)
     found: list[Ref] = []
     stack = [value]
-    left = _CONTAINERS_UNTRACKED  # past this many, a value may hold itself: walk it tracked
+    # past this many items, a value may hold itself or share its parts ([x] * 9 nine levels
+    # deep: 9**9 items walked so, 81 tracked): walk it tracked. Items, not containers: each
+    # of a million lists of nine strings was as cheap to count, and took seconds to walk
+    left = _ITEMS_UNTRACKED
     while stack:
         item = stack.pop()
         if isinstance(item, Ref):
             found.append(item)
         elif isinstance(item, dict):
+            size = len(stack)  # the items pushed, counted on the stack: no __len__ of theirs
             stack.extend(item.values())
-            left -= 1
+            left -= len(stack) - size + 1
             if left < 0:
                 return _find_refs_tracked(value)
         elif isinstance(item, _WALKED):
+            size = len(stack)
             stack.extend(item)
-            left -= 1
+            left -= len(stack) - size + 1
             if left < 0:
                 return _find_refs_tracked(value)
     return found
 
 
-_CONTAINERS_UNTRACKED = 1_000_000  # about a tenth of a second of walking
+_ITEMS_UNTRACKED = 100_000  # a few hundredths of a second of walking
 
 
 def _find_refs_tracked(value: Any, *, keys: bool = False) -> list[Ref]:

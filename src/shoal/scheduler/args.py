@@ -190,30 +190,44 @@ def resolve_arguments(args: dict[str, Any], lookup: Callable[[Ref], Any],
             resolved[name] = value
         else:
             # most values are small trees, walked without noting the containers met (the
-            # per-call path); one that recursed past the limit is walked again, noting them
+            # per-call path); one that recursed past the limit, or met more containers than
+            # a tree that size has (parts shared: [x] * 9 nine levels deep is 9**9 lists
+            # walked so, 9 noted), is walked again, noting them
             try:
-                resolved[name] = _resolve(value, lookup)
-            except RecursionError:
+                resolved[name] = _resolve(value, lookup, [_UNTRACKED])
+            except (RecursionError, _TooMany):
                 resolved[name] = _resolved_tracked(name, value, lookup, tool)
     return resolved
 
 
-def _resolve(value: Any, lookup: Callable[[Ref], Any]) -> Any:
+#: Containers of one argument walked without noting them: past this many, it is walked again,
+#: each container once (a value of shared parts is a tree of many more than it holds).
+_UNTRACKED = 100_000
+
+
+class _TooMany(Exception):
+    """An argument met more than :data:`_UNTRACKED` containers while walked untracked."""
+
+
+def _resolve(value: Any, lookup: Callable[[Ref], Any], left: list[int]) -> Any:
     kind = type(value)
     if kind in _SCALARS:
         return value
     if kind is Ref:
         return isolate(lookup(value))
+    left[0] -= 1
+    if left[0] < 0:
+        raise _TooMany
     if kind is dict:
-        return {k: _resolve(v, lookup) for k, v in value.items()}
+        return {k: _resolve(v, lookup, left) for k, v in value.items()}
     if kind is list:
-        return [_resolve(v, lookup) for v in value]
+        return [_resolve(v, lookup, left) for v in value]
     if kind is tuple:
-        return tuple(_resolve(v, lookup) for v in value)
+        return tuple(_resolve(v, lookup, left) for v in value)
     if kind is set or kind is frozenset:
-        return kind(_resolve(v, lookup) for v in value)
+        return kind(_resolve(v, lookup, left) for v in value)
     if isinstance(value, _WALKED):
-        return _rebuilt(value, lambda v: _resolve(v, lookup))
+        return _rebuilt(value, lambda v: _resolve(v, lookup, left))
     return isolate(value)
 
 
