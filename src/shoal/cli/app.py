@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import json
 import os
 import sys
 import traceback
@@ -71,7 +70,7 @@ from shoal.exceptions import (
     ToolDefinitionError,
     bounded_text,
 )
-from shoal.outcome import RunResult
+from shoal.outcome import RunResult, json_text
 from shoal.plan import Plan
 from shoal.plandata import DataError, read_text
 from shoal.planfile import check_import, load_plan
@@ -425,8 +424,8 @@ def _journal_stopped(exc: JournalWriteError, as_json: bool) -> int:
     message = str(exc)
     sys.stderr.write(f"error: {clean(bounded_text(message, USAGE_ERROR_WIDTH), newlines=True)}\n")
     if as_json:
-        sys.stdout.write(json.dumps({"error": "journal", "message": message,
-                                     "result": exc.result.to_dict()}, indent=2) + "\n")
+        sys.stdout.write(json_text({"error": "journal", "message": message,
+                                    "result": exc.result.to_dict()}, indent=2) + "\n")
     else:
         safe_console().print(render_result(exc.result))
     sys.stdout.flush()
@@ -550,7 +549,7 @@ def _print_result(result: RunResult, as_json: bool, console: Console,
         data = result.to_dict()
         if sink is not None:
             data["events_file"] = events_file(sink)
-        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        sys.stdout.write(json_text(data, indent=2) + "\n")
     else:
         console.print(render_result(result))
         incomplete = events_incomplete(sink)
@@ -577,7 +576,7 @@ def _bad_plan(exc: PlanError, as_json: bool) -> int:
     sys.stderr.write(f"error: {plan_problems(exc)}\n")
     if as_json:
         problems = [{"code": p.code, "node": p.node, "message": p.message} for p in exc.problems]
-        sys.stdout.write(json.dumps({"error": "plan", "problems": problems}, indent=2) + "\n")
+        sys.stdout.write(json_text({"error": "plan", "problems": problems}, indent=2) + "\n")
     return EXIT_BAD_INPUT
 
 
@@ -585,7 +584,7 @@ def _bad_input(kind: str, message: str, as_json: bool) -> int:
     # the message may quote a file or an option at any length: --json has it whole
     sys.stderr.write(f"error: {clean(bounded_text(message, USAGE_ERROR_WIDTH), newlines=True)}\n")
     if as_json:
-        sys.stdout.write(json.dumps({"error": kind, "message": message}, indent=2) + "\n")
+        sys.stdout.write(json_text({"error": kind, "message": message}, indent=2) + "\n")
     return EXIT_BAD_INPUT
 
 

@@ -43,7 +43,7 @@ from shoal.exceptions import (
     StoreVersionError,
     bounded_text,
 )
-from shoal.outcome import STATUSES, Outcome, jsonable
+from shoal.outcome import STATUSES, Outcome, json_text, jsonable
 from shoal.plandata import DataError, read_text
 from shoal.store.base import ApprovalRecord, AttemptRecord, RunRecord, StoredOutcome
 from shoal.store.claims import lock_names
@@ -185,7 +185,7 @@ def _fail(message: str, as_json: bool, kind: str = "journal") -> int:
     # the message may quote a run id or a path at any length: --json has it whole
     sys.stderr.write(f"error: {clean(bounded_text(message, ERROR_WIDTH), newlines=True)}\n")
     if as_json:
-        sys.stdout.write(json.dumps({"error": kind, "message": message}, indent=2) + "\n")
+        sys.stdout.write(json_text({"error": kind, "message": message}, indent=2) + "\n")
     return EXIT_BAD_INPUT
 
 
@@ -285,7 +285,7 @@ def runs_command(store: StoreOption = DEFAULT_PATH, as_json: JsonOption = False,
     except ShoalError as exc:
         raise typer.Exit(_fail(str(exc), as_json)) from None
     if as_json:
-        sys.stdout.write(json.dumps([_run_dict(r) for r in records], indent=2) + "\n")
+        sys.stdout.write(json_text([_run_dict(r) for r in records], indent=2) + "\n")
         return
     if not records:
         _console().print(Text(f"no runs in {clean(str(store))}"))
@@ -382,7 +382,7 @@ def show_command(run_id: Annotated[str, typer.Argument(metavar="RUN_ID", show_de
         if record is None and nested_runs(journal, run_id):  # an agent tree run from code
             view = from_journal(journal, run_id, status=_tree_status(journal, run_id))
             if as_json:
-                sys.stdout.write(json.dumps(_tree_dict(view), indent=2) + "\n")
+                sys.stdout.write(json_text(_tree_dict(view), indent=2) + "\n")
             else:
                 _console().print(_tree_view(view))
             return
@@ -394,7 +394,7 @@ def show_command(run_id: Annotated[str, typer.Argument(metavar="RUN_ID", show_de
             doubtful = _open_doubts(journal, run_id, status)
             if as_json:
                 data = _run_dict(record) | agent_journal.show_dict(record, events, doubtful)
-                sys.stdout.write(json.dumps(data, indent=2) + "\n")
+                sys.stdout.write(json_text(data, indent=2) + "\n")
             else:
                 _console().print(agent_journal.show_view(record, events, status, doubtful))
             return
@@ -405,7 +405,7 @@ def show_command(run_id: Annotated[str, typer.Argument(metavar="RUN_ID", show_de
         raise typer.Exit(_fail(str(exc), as_json)) from None
     if as_json:
         data = _show_dict(record, outcomes, attempts, approvals)
-        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        sys.stdout.write(json_text(data, indent=2) + "\n")
         return
     console = _console()
     rows = _node_rows(record, outcomes, attempts)
@@ -442,9 +442,9 @@ def _write_timeline(journal: SQLiteStore, run_id: str, record: RunRecord | None,
         raise ShoalError(f"cannot write the timeline to {str(path)!r}: "
                          f"{exc.strerror or exc}") from None
     if as_json:
-        sys.stdout.write(json.dumps({"run_id": run_id, "html": str(path),
-                                     "calls": view.calls, "drawn": len(view.bars),
-                                     "lanes": len(view.lanes)}, indent=2) + "\n")
+        sys.stdout.write(json_text({"run_id": run_id, "html": str(path),
+                                    "calls": view.calls, "drawn": len(view.bars),
+                                    "lanes": len(view.lanes)}, indent=2) + "\n")
         return
     drawn = f", {len(view.bars)} drawn" if len(view.bars) < view.calls else ""
     _console().print(Text(f"timeline of run {clean(run_id)} ({view.calls} calls{drawn} on "

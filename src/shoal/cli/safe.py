@@ -18,8 +18,8 @@ ids, tool names, values, errors, reasons, arguments) goes through this module:
 - :func:`console` makes a rich console whose size stays sane whatever ``COLUMNS`` and
   ``LINES`` say (negative, zero, huge, not a number).
 
-JSON output (``--json``, ``--events``) needs none of this: ``json.dumps`` with its default
-``ensure_ascii=True`` writes pure ASCII, every control character escaped.
+JSON output (``--json``, ``--events``) needs none of this: :func:`shoal.outcome.json_text`
+writes pure ASCII, every control character escaped, each lone surrogate written out as text.
 """
 
 from __future__ import annotations

@@ -1,0 +1,95 @@
+"""The journal, resume, the command line and what they show, attacked again (sweep 36).
+
+Each case runs the real ``shoal`` command in a subprocess (or real code on a real SQLite file)
+and is one defect found: the test fails without its fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from tests.cli_process import run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shoal_cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``shoal ARGS`` in ``cwd``, its output captured."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    return run_cli(args, cwd=cwd, env=env, timeout=timeout)
+
+
+def texts(data: Any) -> list[str]:
+    """Every key and string in JSON data."""
+    found: list[str] = []
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            found.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            found.append(item)
+    return found
+
+
+def unicode_json(text: str) -> Any:
+    """``text`` read as JSON every reader agrees on: no lone surrogate in any string."""
+    assert text.isascii()
+    data = json.loads(text)
+    for item in texts(data):
+        item.encode("utf-8")  # raises on a lone surrogate: jq reads U+FFFD there
+    return data
+
+
+SURROGATES = '''
+import shoal
+
+@shoal.tool
+def odd(n: int = 0) -> object:
+    """Text decoded with surrogateescape, as a file name that is not UTF-8 is."""
+    return {"text": "a\\udcffb", "list": ["\\ud800", "ok"], "raw": b"\\xff"}
+
+@shoal.tool
+def key(n: int = 0) -> object:
+    return {"name\\udc80": "x"}
+
+@shoal.tool
+def err(n: int = 0) -> object:
+    raise ValueError("bad \\udcff value")
+'''
+
+
+def test_json_output_writes_a_lone_surrogate_as_text_every_reader_takes(tmp_path: Path) -> None:
+    (tmp_path / "odd_text.py").write_text(SURROGATES)
+    nodes = [{"id": name, "tool": f"odd_text:{name}"} for name in ("odd", "key", "err")]
+    (tmp_path / "plan.json").write_text(json.dumps({"nodes": nodes}))
+    proc = shoal_cli("run", "plan.json", "--json", "--events", "events.jsonl", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    ran = unicode_json(proc.stdout)
+    values = {o["node_id"]: o for o in ran["outcomes"]}
+    # the six characters \udcff say what stood there (json.dumps wrote a lone \udcff escape)
+    assert values["odd"]["value"] == {"text": "a\\udcffb", "list": ["\\ud800", "ok"],
+                                      "raw": "_w=="}
+    assert values["err"]["error"]["message"] == "bad \\udcff value"
+    for line in (tmp_path / "events.jsonl").read_text().splitlines():
+        unicode_json(line)
+    shown = unicode_json(shoal_cli("show", ran["run_id"], "--json", cwd=tmp_path).stdout)
+    assert {o["node_id"]: o for o in shown["outcomes"]}["err"]["error"]["message"] == \
+        "bad \\udcff value"
+    # a key with a lone surrogate: the value as data (the whole value was a repr's text)
+    assert values["key"]["value"] == {"name\\udc80": "x"}
+
+
+def test_a_key_with_a_lone_surrogate_binds_an_approval_to_itself_not_its_text() -> None:
+    from shoal.approvals.ledger import approval_hash
+
+    # bytes make the arguments more than plain JSON: jsonable writes them, keys and all
+    assert approval_hash("t", {"a": {"k\udc80": b"\xff"}}) != \
+        approval_hash("t", {"a": {"k\\udc80": b"\xff"}})
