@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 from pathlib import Path
 from typing import Any
 
 from tests.cli_process import run_cli
+from tests.test_journal_hardening import journal_with_a_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,3 +95,24 @@ def test_a_key_with_a_lone_surrogate_binds_an_approval_to_itself_not_its_text() 
     # bytes make the arguments more than plain JSON: jsonable writes them, keys and all
     assert approval_hash("t", {"a": {"k\udc80": b"\xff"}}) != \
         approval_hash("t", {"a": {"k\\udc80": b"\xff"}})
+
+
+def test_text_cells_that_are_not_utf8_are_shown_escaped_not_the_whole_journal_refused(
+        tmp_path: Path) -> None:
+    path = journal_with_a_run(tmp_path, "r1")
+    journal_with_a_run(tmp_path, "r2")
+    with sqlite3.connect(path) as conn:  # a damaged file, or another program's write
+        conn.execute("UPDATE runs SET name = CAST(x'61ff62' AS TEXT) WHERE run_id = 'r1'")
+        conn.execute("UPDATE runs SET name = x'63fe' WHERE run_id = 'r2'")  # a BLOB
+        conn.execute("UPDATE outcomes SET tool = CAST(x'80' AS TEXT) WHERE run_id = 'r1'")
+    conn.close()
+    listed = shoal_cli("runs", "--store", "runs.db", "--json", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr  # one such cell refused every run
+    names = {r["run_id"]: r["name"] for r in unicode_json(listed.stdout)}
+    assert names == {"r1": "a\\udcffb", "r2": "c\\udcfe"}
+    shown = shoal_cli("show", "r1", "--store", "runs.db", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "\\udc80" in shown.stdout
+    data = unicode_json(shoal_cli("show", "r1", "--store", "runs.db", "--json",
+                                  cwd=tmp_path).stdout)
+    assert data["outcomes"][0]["tool"] == "\\udc80"
