@@ -15,6 +15,7 @@ from typing import Any
 
 from tests.cli_process import run_cli
 from tests.test_journal_hardening import journal_with_a_run
+from tests.test_resume import _crash_in_a_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,3 +117,29 @@ def test_text_cells_that_are_not_utf8_are_shown_escaped_not_the_whole_journal_re
     data = unicode_json(shoal_cli("show", "r1", "--store", "runs.db", "--json",
                                   cwd=tmp_path).stdout)
     assert data["outcomes"][0]["tool"] == "\\udc80"
+
+
+def test_a_killed_run_took_until_its_last_heartbeat_not_until_whenever_one_looks(
+        tmp_path: Path) -> None:
+    from shoal.store.sqlite import SQLiteStore
+    from shoal.timeline import from_journal
+
+    db, run_id = _crash_in_a_tool(tmp_path, "tool:n2_2:before")  # SIGKILL in a tool
+    with sqlite3.connect(db) as conn:  # as if it was killed an hour ago, two seconds in
+        conn.execute("UPDATE runs SET started_at = started_at - 3600, "
+                     "heartbeat = started_at - 3598")
+    conn.close()
+    listed = unicode_json(shoal_cli("runs", "--store", str(db), "--json", cwd=tmp_path).stdout)
+    assert listed[0]["status"] == "interrupted"
+    assert 2 <= listed[0]["duration"] < 60  # was an hour: the time since it started
+    shown = shoal_cli("show", run_id, "--store", str(db), cwd=tmp_path).stdout
+    assert "took 1h" not in shown and "took 2." in shown
+    store = SQLiteStore(db, read_only=True)
+    try:
+        view = from_journal(store, run_id, status="interrupted")
+    finally:
+        store.close()
+    assert view.duration < 60  # its page was an hour long, the calls a sliver at its start
+    cut = [bar for bar in view.bars if bar.node_id == "n2_2"]
+    assert [bar.status for bar in cut] == ["interrupted"]  # was "running", an hour later
+    assert all(bar.status in ("ok", "interrupted", "not run") for bar in view.bars)

@@ -204,7 +204,15 @@ def _when(epoch: float | None) -> str:
 
 
 def _duration(record: RunRecord) -> float:
-    return record.makespan if record.finished_at else max(0.0, time.time() - record.started_at)
+    """How long the run went: its makespan once it ended; until now while it runs.
+
+    One whose process died went until its last heartbeat: counted until now, a run killed
+    after a second was shown as taking longer every time one looked.
+    """
+    if record.finished_at:
+        return record.makespan
+    end = time.time() if live_status(record) == "running" else record.heartbeat
+    return max(0.0, end - record.started_at)
 
 
 def _status_text(status: str) -> Text:
