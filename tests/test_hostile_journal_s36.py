@@ -10,6 +10,7 @@ import json
 import os
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +144,58 @@ def test_a_killed_run_took_until_its_last_heartbeat_not_until_whenever_one_looks
     cut = [bar for bar in view.bars if bar.node_id == "n2_2"]
     assert [bar.status for bar in cut] == ["interrupted"]  # was "running", an hour later
     assert all(bar.status in ("ok", "interrupted", "not run") for bar in view.bars)
+
+
+NAP = """
+import time, shoal
+
+@shoal.tool
+def nap(n: float) -> float:
+    time.sleep(n)
+    return n
+"""
+
+
+def in_a_window(args: list[str], cwd: Path, columns: int, lines: int) -> tuple[int, bytes]:
+    """``shoal ARGS`` on a pseudo-terminal of that size (COLUMNS and LINES unset)."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", lines, columns, 0, 0))
+    environ = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    environ |= {"PYTHONPATH": str(ROOT), "TERM": "xterm"}
+    proc = subprocess.Popen([sys.executable, "-m", "shoal.cli.app", *args], cwd=cwd,
+                            env=environ, stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    seen = b""
+    try:
+        while proc.poll() is None or select.select([master], [], [], 0.2)[0]:
+            if select.select([master], [], [], 0.2)[0]:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # the process ended and closed the terminal
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+        return proc.wait(timeout=60), seen
+    finally:
+        os.close(master)
+
+
+def test_a_one_column_window_gets_the_result_at_the_least_width_and_no_live_view(
+        tmp_path: Path) -> None:
+    (tmp_path / "naps.py").write_text(NAP)
+    nodes = [{"id": f"nap{i}", "tool": "naps:nap", "args": {"n": 0.5}} for i in range(3)]
+    (tmp_path / "plan.json").write_text(json.dumps({"nodes": nodes}))
+    code, seen = in_a_window(["run", "plan.json", "--no-store"], tmp_path, 1, 3)
+    assert code == 0, seen
+    # the live view drew one character per line and moved up over rows the window wrapped
+    assert b"\x1b[1A" not in seen and b"\x1b[?25l" not in seen
+    assert b"3 ok" in seen and b"critical path" in seen  # the end, 20 columns wide
+    code, seen = in_a_window(["run", "plan.json", "--no-store"], tmp_path, 100, 40)
+    assert code == 0 and b"\x1b[?25l" in seen  # a window of a sane size has the live view

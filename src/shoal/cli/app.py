@@ -56,7 +56,7 @@ from shoal.cli.render import (
     plan_problems,
     render_result,
 )
-from shoal.cli.safe import clean, install_log_handler, one_line, others_to_stderr
+from shoal.cli.safe import clean, install_log_handler, live_fits, one_line, others_to_stderr
 from shoal.cli.safe import console as safe_console
 from shoal.events import JsonlSink
 from shoal.exceptions import (
@@ -360,7 +360,7 @@ def run_agent(target: str, prompt: str | None, model: str | None, as_json: bool,
     sink = _open_events(events)
     if isinstance(sink, str):
         return _bad_input("events", sink, as_json)
-    live = not as_json and sys.stdout.isatty()
+    live = not as_json and live_fits(sys.stdout)  # not in a 1-column window
     console = safe_console()  # a sane size whatever COLUMNS and LINES say
     pause = LivePause() if live else None
     try:
@@ -436,7 +436,7 @@ def _journal_stopped(exc: JournalWriteError, as_json: bool) -> int:
 
 def _run_checked(options: RunOptions) -> int:
     _put_cwd_on_path()
-    live = not options.as_json and sys.stdout.isatty()
+    live = not options.as_json and live_fits(sys.stdout)
     pause = LivePause() if live else None
     runtime = options.runtime(pause)
     with others_to_stderr(options.as_json):  # a tool module printing as it imports
