@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.cli_process import run_cli
 from tests.test_journal_hardening import journal_with_a_run
 from tests.test_resume import _crash_in_a_tool
@@ -199,3 +201,13 @@ def test_a_one_column_window_gets_the_result_at_the_least_width_and_no_live_view
     assert b"3 ok" in seen and b"critical path" in seen  # the end, 20 columns wide
     code, seen = in_a_window(["run", "plan.json", "--no-store"], tmp_path, 100, 40)
     assert code == 0 and b"\x1b[?25l" in seen  # a window of a sane size has the live view
+
+
+def test_an_otel_attribute_writes_a_lone_surrogate_as_the_other_views_do() -> None:
+    pytest.importorskip("opentelemetry.sdk")
+    from shoal.integrations._otel import Cleaner
+
+    cleaner = Cleaner(1000)
+    assert cleaner.text("name\udcff.txt") == "name\\udcff.txt"  # was 'name?.txt'
+    # JSON text, as --json writes it: each reads back as the six characters
+    assert cleaner.json({"k\udc80": "\ud800"}) == r'{"k\\udc80": "\\ud800"}'

@@ -222,7 +222,7 @@ def _number_text(value: float | int) -> str:
     return huge_int_text(value)
 
 
-def json_text(data: Any, indent: int | None = 2) -> str:
+def json_text(data: Any, indent: int | None = 2, *, ascii: bool = True) -> str:
     r"""JSON-ready ``data`` as a JSON document every reader takes the same way.
 
     Pure ASCII (``json.dumps``'s default). A lone surrogate (text decoded with
@@ -231,11 +231,13 @@ def json_text(data: Any, indent: int | None = 2) -> str:
     ``jq`` and Go read as U+FFFD and strict readers may refuse, so a document holding
     one meant different things to different readers. Here each becomes the six characters
     ``\udcff`` (as the terminal views show it): the text says what stood there.
+    ``ascii=False`` writes other characters as they are (``é``), as ``ensure_ascii=False``.
     """
-    text = json.dumps(data, indent=indent)
-    if "\\ud" not in text:  # no surrogate escape in it (the common case: one C pass)
+    text = json.dumps(data, indent=indent, ensure_ascii=ascii)
+    # the common case, one pass in C: no surrogate (escaped, or as it is) in the text
+    if ("\\ud" not in text) if ascii else (text.isascii() or _SURROGATE.search(text) is None):
         return text
-    return json.dumps(_surrogates_shown(data), indent=indent)
+    return json.dumps(_surrogates_shown(data), indent=indent, ensure_ascii=ascii)
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
