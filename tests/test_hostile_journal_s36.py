@@ -11,6 +11,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -211,3 +212,29 @@ def test_an_otel_attribute_writes_a_lone_surrogate_as_the_other_views_do() -> No
     assert cleaner.text("name\udcff.txt") == "name\\udcff.txt"  # was 'name?.txt'
     # JSON text, as --json writes it: each reads back as the six characters
     assert cleaner.json({"k\udc80": "\ud800"}) == r'{"k\\udc80": "\\ud800"}'
+
+
+def test_a_journal_locked_elsewhere_stops_the_run_after_its_wait_not_three_times_it(
+        tmp_path: Path) -> None:
+    import shoal
+    from shoal.exceptions import JournalWriteError
+    from shoal.store.sqlite import SQLiteStore
+    from tests.test_journal_hardening import echo
+
+    path = journal_with_a_run(tmp_path)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process mid-write, for longer than we wait
+    holder.execute("UPDATE runs SET name = name")
+    plan = shoal.Plan(name="p")
+    plan.add(echo, {"text": "x"}, node_id="a")
+    wait = 2.0
+    started = time.monotonic()
+    try:
+        with pytest.raises(JournalWriteError, match="database is locked"):
+            shoal.Runtime(store=SQLiteStore(path, timeout=wait)).run_sync(plan, run_id="r2")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    # one wait for the commit, one for the records of the stop: the failed commit was tried
+    # again and each heartbeat after it waited as long (five waits)
+    assert time.monotonic() - started < 3.5 * wait
