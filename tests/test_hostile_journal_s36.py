@@ -238,3 +238,26 @@ def test_a_journal_locked_elsewhere_stops_the_run_after_its_wait_not_three_times
     # one wait for the commit, one for the records of the stop: the failed commit was tried
     # again and each heartbeat after it waited as long (five waits)
     assert time.monotonic() - started < 3.5 * wait
+
+
+def test_resume_and_show_say_how_to_settle_calls_in_doubt_whose_reason_the_table_cuts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shoal
+    from shoal.cli.render import render_result
+    from shoal.cli.safe import console
+    from tests.crash_tools import build_plan
+
+    db, run_id = _crash_in_a_tool(tmp_path, "tool:n2_2:before")  # not idempotent: in doubt
+    monkeypatch.setenv("SHOAL_SWEEP_DIR", str(tmp_path))
+    result = shoal.Runtime(store=db, executor="thread").resume_sync(run_id, build_plan())
+    assert result["n2_2"].status == "in_doubt"
+    out = console()
+    with out.capture() as captured:
+        out.print(render_result(result))  # what shoal resume ends with
+    shown = shoal_cli("show", run_id, "--store", str(db), cwd=tmp_path).stdout
+    for text in (captured.get(), shown):  # the reason's advice was cut: '... idempotent: it …'
+        said = " ".join(text.split())
+        hint = said[said.index("in doubt (may have taken effect): "):]
+        assert "n2_2" in hint.split(";")[0]  # with the others in flight at the crash
+        assert f"settle each with: shoal resume {run_id} --rerun-in-doubt NODE (it did not " \
+            "take effect) or --mark-done NODE=VALUE (it did)" in hint

@@ -30,7 +30,15 @@ from rich.text import Text
 
 from shoal.cli import agent_journal, tree_nodes
 from shoal.cli.agent_journal import is_agent_record
-from shoal.cli.render import ID_WIDTH, STATUS_STYLES, FitToWidth, detail, id_width, seconds
+from shoal.cli.render import (
+    ID_WIDTH,
+    STATUS_STYLES,
+    FitToWidth,
+    detail,
+    id_width,
+    seconds,
+    settle_hint,
+)
 from shoal.cli.safe import clean, one_line, shorten
 from shoal.cli.safe import console as safe_console
 from shoal.cli.safe import text as safe_text
@@ -581,6 +589,10 @@ def _footer(record: RunRecord, status: str, outcomes: Mapping[str, StoredOutcome
     if status == "interrupted":
         parts.append(Text(f"the process running it stopped; continue with: shoal resume "
                           f"{clean(record.run_id)}", style="yellow"))
+    hint = settle_hint(record.run_id, [n for n, s in outcomes.items()
+                                       if s.outcome.status == "in_doubt" and not s.damaged])
+    if hint is not None:
+        parts.append(hint)
     damage = [record.damaged, *(s.damaged for s in outcomes.values()),
               *(a.damaged for a in attempts)]
     if any(damage):
