@@ -261,3 +261,15 @@ def test_resume_and_show_say_how_to_settle_calls_in_doubt_whose_reason_the_table
         assert "n2_2" in hint.split(";")[0]  # with the others in flight at the crash
         assert f"settle each with: shoal resume {run_id} --rerun-in-doubt NODE (it did not " \
             "take effect) or --mark-done NODE=VALUE (it did)" in hint
+
+
+def test_a_count_below_zero_in_the_journal_is_damage_not_shown_as_tries_minus_five(
+        tmp_path: Path) -> None:
+    path = journal_with_a_run(tmp_path, "r1")
+    with sqlite3.connect(path) as conn:  # a hand edit, a flipped sign bit
+        conn.execute("UPDATE outcomes SET attempts = -5 WHERE run_id = 'r1'")
+    conn.close()
+    shown = shoal_cli("show", "r1", "--store", "runs.db", "--json", cwd=tmp_path)
+    (outcome,) = unicode_json(shown.stdout)["outcomes"]
+    assert outcome["status"] == "damaged" or outcome.get("damaged"), outcome
+    assert "outcomes.attempts: expected a whole number, 0 or more, found -5" in json.dumps(outcome)

@@ -1085,8 +1085,9 @@ def _number(cell: Any, column: str, *, optional: bool = False) -> Any:
 
 
 def _int(cell: Any, column: str) -> int:
-    if type(cell) is not int:
-        raise _Damaged(f"{column}: expected a whole number, found {_shown(cell)}")
+    # every integer column is a count, a flag or a pid: shown as "tries -5", one below 0 hid
+    if type(cell) is not int or cell < 0:
+        raise _Damaged(f"{column}: expected a whole number, 0 or more, found {_shown(cell)}")
     return cell
 
 
