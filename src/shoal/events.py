@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import inspect
-import json
 import logging
 import os
 import shlex
@@ -33,7 +32,7 @@ from pydantic_core import to_jsonable_python
 
 from shoal.exceptions import ConfigError
 from shoal.merge import error_text, shown
-from shoal.outcome import _strict
+from shoal.outcome import _strict, json_text
 
 __all__ = [
     "ApprovalDecided",
@@ -569,7 +568,7 @@ class JsonlSink:
             self.lost += 1
             return
         try:
-            self._file.write(json.dumps(event.to_dict()) + "\n")
+            self._file.write(json_text(event.to_dict(), indent=None) + "\n")
         except OSError as exc:
             self.lost += 1
             self._failed(exc)

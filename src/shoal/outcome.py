@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import reprlib
 import sys
 import traceback as tb
@@ -22,7 +23,8 @@ if TYPE_CHECKING:
     from shoal.plan import Node, Ref
 
 __all__ = [
-    "STATUSES", "ErrorInfo", "Outcome", "RunResult", "Status", "jsonable", "measured_critical_path",
+    "STATUSES", "ErrorInfo", "Outcome", "RunResult", "Status", "json_text", "jsonable",
+    "measured_critical_path",
 ]  # fmt: skip
 
 Status = Literal["ok", "failed", "timed_out", "cancelled", "skipped", "denied", "in_doubt"]
@@ -135,21 +137,51 @@ def _holds_itself(value: Any) -> bool:
 
 
 def jsonable(value: Any) -> Any:
-    """``value`` as JSON-ready data; never raises.
+    r"""``value`` as JSON-ready data; never raises.
 
     Types JSON cannot hold become their ``repr``. Bytes are text when they are UTF-8; a value
     holding bytes that are not is converted again with every bytes object in it as (URL-safe)
-    base64. A value that still cannot be converted, or that would be too large as JSON, holds
-    itself or holds an iterator (see :data:`JSON_ITEMS`), becomes a bounded repr.
+    base64. A key holding a lone surrogate (which pydantic cannot write) is written out as
+    :func:`json_text` writes one (``"name\udc80"``), the rest converted as any value is. A
+    value that still cannot be converted, or that would be too large as JSON, holds itself or
+    holds an iterator (see :data:`JSON_ITEMS`), becomes a bounded repr.
     """
     if not _converts_in_bounds(value):
         return _safe_repr(value)
+    data = _converted(value)
+    if data is _FAILED:  # perhaps a key with a lone surrogate: not the whole value as a repr
+        with contextlib.suppress(Exception):  # RecursionError of a value nested deep
+            data = _converted(_keys_shown(value))
+    return _safe_repr(value) if data is _FAILED else data
+
+
+_FAILED: Any = object()
+
+
+def _converted(value: Any) -> Any:
+    """``value`` as JSON-ready data, or ``_FAILED``."""
     with contextlib.suppress(Exception):  # bytes that are not UTF-8: base64 below
         return _strict(to_jsonable_python(value, fallback=_safe_repr))
-    try:
+    with contextlib.suppress(Exception):
         return _strict(to_jsonable_python(value, fallback=_safe_repr, bytes_mode="base64"))
-    except Exception:
-        return _safe_repr(value)
+    return _FAILED
+
+
+def has_surrogate_key(value: Any) -> bool:
+    """Whether ``value`` is a mapping with a text key holding a lone surrogate."""
+    return isinstance(value, Mapping) and any(
+        isinstance(key, str) and not key.isascii() and _SURROGATE.search(key) is not None
+        for key in value)
+
+
+def _keys_shown(value: Any) -> Any:
+    """``value`` with its plain containers copied and their keys' lone surrogates written out."""
+    if isinstance(value, dict):
+        return {_shown_text(k) if isinstance(k, str) else k: _keys_shown(v)
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_keys_shown(item) for item in value]
+    return value
 
 
 def _strict(data: Any) -> Any:
@@ -188,6 +220,55 @@ def _number_text(value: float | int) -> str:
     if isinstance(value, float):
         return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
     return huge_int_text(value)
+
+
+def json_text(data: Any, indent: int | None = 2, *, ascii: bool = True) -> str:
+    r"""JSON-ready ``data`` as a JSON document every reader takes the same way.
+
+    Pure ASCII (``json.dumps``'s default). A lone surrogate (text decoded with
+    ``surrogateescape``: a file name or a program's output that is not UTF-8, or a model's
+    ``"\udcff"``) is no character: ``json.dumps`` writes it as the escape ``\udcff``, which
+    ``jq`` and Go read as U+FFFD and strict readers may refuse, so a document holding
+    one meant different things to different readers. Here each becomes the six characters
+    ``\udcff`` (as the terminal views show it): the text says what stood there.
+    ``ascii=False`` writes other characters as they are (``é``), as ``ensure_ascii=False``.
+    """
+    text = json.dumps(data, indent=indent, ensure_ascii=ascii)
+    # the common case, one pass in C: no surrogate (escaped, or as it is) in the text
+    if ("\\ud" not in text) if ascii else (text.isascii() or _SURROGATE.search(text) is None):
+        return text
+    return json.dumps(_surrogates_shown(data), indent=indent, ensure_ascii=ascii)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _shown_text(value: str) -> str:
+    if value.isascii() or _SURROGATE.search(value) is None:
+        return value
+    return value.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
+
+
+def _surrogates_shown(data: Any) -> Any:
+    """A copy of JSON-ready ``data`` with each lone surrogate written out (iterative: any depth)."""
+    if not isinstance(data, (dict, list)):
+        return _shown_text(data) if isinstance(data, str) else data
+    top: dict[Any, Any] | list[Any] = {} if isinstance(data, dict) else []
+    stack: list[tuple[Any, dict[Any, Any] | list[Any]]] = [(data, top)]
+    while stack:
+        source, copy = stack.pop()
+        items = source.items() if isinstance(source, dict) else enumerate(source)
+        for key, child in items:
+            if isinstance(child, (dict, list)):
+                value: Any = {} if isinstance(child, dict) else []
+                stack.append((child, value))
+            else:
+                value = _shown_text(child) if isinstance(child, str) else child
+            if isinstance(copy, dict):
+                copy[_shown_text(key) if isinstance(key, str) else key] = value
+            else:
+                copy.append(value)
+    return top
 
 
 def huge_int_text(value: int) -> str:
@@ -432,8 +513,8 @@ class RunResult:
         }  # fmt: skip
 
     def to_json(self, indent: int | None = 2) -> str:
-        """The whole result as a JSON document."""
-        return json.dumps(self.to_dict(), indent=indent)
+        """The whole result as a JSON document (see :func:`json_text`)."""
+        return json_text(self.to_dict(), indent=indent)
 
     def timeline(self, path: str | os.PathLike[str] | None = None, *, title: str = "") -> str:
         """The run as a self-contained HTML timeline (see :mod:`shoal.timeline`).

@@ -27,7 +27,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from shoal.exceptions import exception_message
-from shoal.outcome import _converts_in_bounds, _odd_number, _safe_repr, jsonable
+from shoal.outcome import _converts_in_bounds, _odd_number, _safe_repr, has_surrogate_key, jsonable
 from shoal.store.base import ApprovalRecord, canonical_json
 from shoal.store.base import Decision as StoredDecision
 
@@ -158,7 +158,7 @@ def _lossy(value: Any) -> bool:
     So it is for values too large, too deep or self-containing to convert, which become a
     bounded repr (the caller also checks for that repr), and for numbers JSON cannot hold,
     which become text (``NaN`` reads as the string ``"NaN"``; every integer of one bit length
-    too long to write out reads the same).
+    too long to write out reads the same), and for keys holding a lone surrogate.
     """
     if not _converts_in_bounds(value):
         return True
@@ -168,6 +168,8 @@ def _lossy(value: Any) -> bool:
         if _odd_number(item):
             return True
         if isinstance(item, Mapping):
+            if has_surrogate_key(item):  # written out as text: "\\udc80" reads the same
+                return True
             stack.extend(item.values())
         elif isinstance(item, (list, tuple, set, frozenset)):
             stack.extend(item)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import importlib.util
-import json
 import sys
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
@@ -61,7 +60,7 @@ from shoal.exceptions import (
 )
 from shoal.models import resolve_model
 from shoal.models.base import Model
-from shoal.outcome import _strict
+from shoal.outcome import _strict, json_text
 from shoal.planfile import check_import
 from shoal.runtime import Runtime, new_run_id, run_blocking
 
@@ -489,7 +488,7 @@ def _print(result: AgentResult[Any] | None, error: BaseException | None, as_json
         if events is not None:
             data["events_file"] = events_file(events)
         # strict JSON: a model may report a NaN cost or a count too long to write out
-        sys.stdout.write(json.dumps(_strict(data), indent=2) + "\n")
+        sys.stdout.write(json_text(_strict(data), indent=2) + "\n")
         sys.stdout.flush()
         return
     title = f"shoal · agent run {result.run_id}" if result is not None else "shoal"

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import json
 import os
 import sys
 import traceback
@@ -57,7 +56,7 @@ from shoal.cli.render import (
     plan_problems,
     render_result,
 )
-from shoal.cli.safe import clean, install_log_handler, one_line, others_to_stderr
+from shoal.cli.safe import clean, install_log_handler, live_fits, one_line, others_to_stderr
 from shoal.cli.safe import console as safe_console
 from shoal.events import JsonlSink
 from shoal.exceptions import (
@@ -71,7 +70,7 @@ from shoal.exceptions import (
     ToolDefinitionError,
     bounded_text,
 )
-from shoal.outcome import RunResult
+from shoal.outcome import RunResult, json_text
 from shoal.plan import Plan
 from shoal.plandata import DataError, read_text
 from shoal.planfile import check_import, load_plan
@@ -361,7 +360,7 @@ def run_agent(target: str, prompt: str | None, model: str | None, as_json: bool,
     sink = _open_events(events)
     if isinstance(sink, str):
         return _bad_input("events", sink, as_json)
-    live = not as_json and sys.stdout.isatty()
+    live = not as_json and live_fits(sys.stdout)  # not in a 1-column window
     console = safe_console()  # a sane size whatever COLUMNS and LINES say
     pause = LivePause() if live else None
     try:
@@ -425,8 +424,8 @@ def _journal_stopped(exc: JournalWriteError, as_json: bool) -> int:
     message = str(exc)
     sys.stderr.write(f"error: {clean(bounded_text(message, USAGE_ERROR_WIDTH), newlines=True)}\n")
     if as_json:
-        sys.stdout.write(json.dumps({"error": "journal", "message": message,
-                                     "result": exc.result.to_dict()}, indent=2) + "\n")
+        sys.stdout.write(json_text({"error": "journal", "message": message,
+                                    "result": exc.result.to_dict()}, indent=2) + "\n")
     else:
         safe_console().print(render_result(exc.result))
     sys.stdout.flush()
@@ -437,7 +436,7 @@ def _journal_stopped(exc: JournalWriteError, as_json: bool) -> int:
 
 def _run_checked(options: RunOptions) -> int:
     _put_cwd_on_path()
-    live = not options.as_json and sys.stdout.isatty()
+    live = not options.as_json and live_fits(sys.stdout)
     pause = LivePause() if live else None
     runtime = options.runtime(pause)
     with others_to_stderr(options.as_json):  # a tool module printing as it imports
@@ -550,7 +549,7 @@ def _print_result(result: RunResult, as_json: bool, console: Console,
         data = result.to_dict()
         if sink is not None:
             data["events_file"] = events_file(sink)
-        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        sys.stdout.write(json_text(data, indent=2) + "\n")
     else:
         console.print(render_result(result))
         incomplete = events_incomplete(sink)
@@ -577,7 +576,7 @@ def _bad_plan(exc: PlanError, as_json: bool) -> int:
     sys.stderr.write(f"error: {plan_problems(exc)}\n")
     if as_json:
         problems = [{"code": p.code, "node": p.node, "message": p.message} for p in exc.problems]
-        sys.stdout.write(json.dumps({"error": "plan", "problems": problems}, indent=2) + "\n")
+        sys.stdout.write(json_text({"error": "plan", "problems": problems}, indent=2) + "\n")
     return EXIT_BAD_INPUT
 
 
@@ -585,7 +584,7 @@ def _bad_input(kind: str, message: str, as_json: bool) -> int:
     # the message may quote a file or an option at any length: --json has it whole
     sys.stderr.write(f"error: {clean(bounded_text(message, USAGE_ERROR_WIDTH), newlines=True)}\n")
     if as_json:
-        sys.stdout.write(json.dumps({"error": kind, "message": message}, indent=2) + "\n")
+        sys.stdout.write(json_text({"error": kind, "message": message}, indent=2) + "\n")
     return EXIT_BAD_INPUT
 
 

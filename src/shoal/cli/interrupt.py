@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -275,6 +274,7 @@ def stopped_by_a_call(run_id: str, journaled: bool, as_json: bool) -> int:
     (``run_id``) can be shown and resumed. Returns the exit code, 130.
     """
     from shoal.cli.safe import clean  # rich and the rest only when it comes to this
+    from shoal.outcome import json_text
 
     run_id = clean(run_id)
     message = ("a call raised KeyboardInterrupt, which stops a run as Ctrl-C does: its calls "
@@ -283,6 +283,6 @@ def stopped_by_a_call(run_id: str, journaled: bool, as_json: bool) -> int:
         message += f"; {resume_hint(run_id)}"
     sys.stderr.write(f"error: {message}\n")
     if as_json:
-        sys.stdout.write(json.dumps({"error": "interrupted", "run_id": run_id or None,
-                                     "message": message}, indent=2) + "\n")
+        sys.stdout.write(json_text({"error": "interrupted", "run_id": run_id or None,
+                                    "message": message}, indent=2) + "\n")
     return EXIT_INTERRUPTED

@@ -30,7 +30,15 @@ from rich.text import Text
 
 from shoal.cli import agent_journal, tree_nodes
 from shoal.cli.agent_journal import is_agent_record
-from shoal.cli.render import ID_WIDTH, STATUS_STYLES, FitToWidth, detail, id_width, seconds
+from shoal.cli.render import (
+    ID_WIDTH,
+    STATUS_STYLES,
+    FitToWidth,
+    detail,
+    id_width,
+    seconds,
+    settle_hint,
+)
 from shoal.cli.safe import clean, one_line, shorten
 from shoal.cli.safe import console as safe_console
 from shoal.cli.safe import text as safe_text
@@ -43,7 +51,7 @@ from shoal.exceptions import (
     StoreVersionError,
     bounded_text,
 )
-from shoal.outcome import STATUSES, Outcome, jsonable
+from shoal.outcome import STATUSES, Outcome, json_text, jsonable
 from shoal.plandata import DataError, read_text
 from shoal.store.base import ApprovalRecord, AttemptRecord, RunRecord, StoredOutcome
 from shoal.store.claims import lock_names
@@ -185,7 +193,7 @@ def _fail(message: str, as_json: bool, kind: str = "journal") -> int:
     # the message may quote a run id or a path at any length: --json has it whole
     sys.stderr.write(f"error: {clean(bounded_text(message, ERROR_WIDTH), newlines=True)}\n")
     if as_json:
-        sys.stdout.write(json.dumps({"error": kind, "message": message}, indent=2) + "\n")
+        sys.stdout.write(json_text({"error": kind, "message": message}, indent=2) + "\n")
     return EXIT_BAD_INPUT
 
 
@@ -204,7 +212,15 @@ def _when(epoch: float | None) -> str:
 
 
 def _duration(record: RunRecord) -> float:
-    return record.makespan if record.finished_at else max(0.0, time.time() - record.started_at)
+    """How long the run went: its makespan once it ended; until now while it runs.
+
+    One whose process died went until its last heartbeat: counted until now, a run killed
+    after a second was shown as taking longer every time one looked.
+    """
+    if record.finished_at:
+        return record.makespan
+    end = time.time() if live_status(record) == "running" else record.heartbeat
+    return max(0.0, end - record.started_at)
 
 
 def _status_text(status: str) -> Text:
@@ -285,7 +301,7 @@ def runs_command(store: StoreOption = DEFAULT_PATH, as_json: JsonOption = False,
     except ShoalError as exc:
         raise typer.Exit(_fail(str(exc), as_json)) from None
     if as_json:
-        sys.stdout.write(json.dumps([_run_dict(r) for r in records], indent=2) + "\n")
+        sys.stdout.write(json_text([_run_dict(r) for r in records], indent=2) + "\n")
         return
     if not records:
         _console().print(Text(f"no runs in {clean(str(store))}"))
@@ -382,7 +398,7 @@ def show_command(run_id: Annotated[str, typer.Argument(metavar="RUN_ID", show_de
         if record is None and nested_runs(journal, run_id):  # an agent tree run from code
             view = from_journal(journal, run_id, status=_tree_status(journal, run_id))
             if as_json:
-                sys.stdout.write(json.dumps(_tree_dict(view), indent=2) + "\n")
+                sys.stdout.write(json_text(_tree_dict(view), indent=2) + "\n")
             else:
                 _console().print(_tree_view(view))
             return
@@ -394,7 +410,7 @@ def show_command(run_id: Annotated[str, typer.Argument(metavar="RUN_ID", show_de
             doubtful = _open_doubts(journal, run_id, status)
             if as_json:
                 data = _run_dict(record) | agent_journal.show_dict(record, events, doubtful)
-                sys.stdout.write(json.dumps(data, indent=2) + "\n")
+                sys.stdout.write(json_text(data, indent=2) + "\n")
             else:
                 _console().print(agent_journal.show_view(record, events, status, doubtful))
             return
@@ -405,7 +421,7 @@ def show_command(run_id: Annotated[str, typer.Argument(metavar="RUN_ID", show_de
         raise typer.Exit(_fail(str(exc), as_json)) from None
     if as_json:
         data = _show_dict(record, outcomes, attempts, approvals)
-        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        sys.stdout.write(json_text(data, indent=2) + "\n")
         return
     console = _console()
     rows = _node_rows(record, outcomes, attempts)
@@ -442,9 +458,9 @@ def _write_timeline(journal: SQLiteStore, run_id: str, record: RunRecord | None,
         raise ShoalError(f"cannot write the timeline to {str(path)!r}: "
                          f"{exc.strerror or exc}") from None
     if as_json:
-        sys.stdout.write(json.dumps({"run_id": run_id, "html": str(path),
-                                     "calls": view.calls, "drawn": len(view.bars),
-                                     "lanes": len(view.lanes)}, indent=2) + "\n")
+        sys.stdout.write(json_text({"run_id": run_id, "html": str(path),
+                                    "calls": view.calls, "drawn": len(view.bars),
+                                    "lanes": len(view.lanes)}, indent=2) + "\n")
         return
     drawn = f", {len(view.bars)} drawn" if len(view.bars) < view.calls else ""
     _console().print(Text(f"timeline of run {clean(run_id)} ({view.calls} calls{drawn} on "
@@ -573,6 +589,10 @@ def _footer(record: RunRecord, status: str, outcomes: Mapping[str, StoredOutcome
     if status == "interrupted":
         parts.append(Text(f"the process running it stopped; continue with: shoal resume "
                           f"{clean(record.run_id)}", style="yellow"))
+    hint = settle_hint(record.run_id, [n for n, s in outcomes.items()
+                                       if s.outcome.status == "in_doubt" and not s.damaged])
+    if hint is not None:
+        parts.append(hint)
     damage = [record.damaged, *(s.damaged for s in outcomes.values()),
               *(a.damaged for a in attempts)]
     if any(damage):

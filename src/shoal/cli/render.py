@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rich import box
@@ -21,7 +21,7 @@ from shoal.outcome import Outcome, RunResult, _map_items
 __all__ = [
     "ID_WIDTH", "STATUS_STYLES", "FitToWidth", "announce", "detail", "errors", "events_file",
     "events_incomplete", "id_width", "outcome_table", "plan_problems", "render_result",
-    "seconds", "summary",
+    "seconds", "settle_hint", "summary",
 ]
 
 STATUS_STYLES = {
@@ -204,6 +204,21 @@ def errors(result: RunResult, limit: int = ERRORS_SHOWN) -> Text | None:
     return Text("\n").join(lines)
 
 
+def settle_hint(run_id: str, in_doubt: Sequence[str]) -> Text | None:
+    """How to settle the calls in doubt (``None`` for none): the table cuts their reason short.
+
+    Said after ``shoal resume`` and ``shoal show`` alike: without it the advice was cut off
+    (``... is not idempotent: it …``), and what to do next was nowhere in sight.
+    """
+    if not in_doubt:
+        return None
+    named = ", ".join(one_line(n, ID_WIDTH) for n in in_doubt[:ERRORS_SHOWN]) + (
+        f" and {len(in_doubt) - ERRORS_SHOWN} more" if len(in_doubt) > ERRORS_SHOWN else "")
+    return Text(f"in doubt (may have taken effect): {named}; settle each with: shoal resume "
+                f"{clean(run_id)} --rerun-in-doubt NODE (it did not take effect) or "
+                "--mark-done NODE=VALUE (it did)", style=STATUS_STYLES["in_doubt"])
+
+
 def render_result(result: RunResult) -> RenderableType:
     """The final table, the errors in full, the summary and, if the run was stopped, why."""
     if not len(result):
@@ -211,6 +226,10 @@ def render_result(result: RunResult) -> RenderableType:
     failures = errors(result)
     parts: list[RenderableType] = [FitToWidth(lambda width: outcome_table(result, width))]
     parts += [failures, summary(result)] if failures is not None else [summary(result)]
+    hint = settle_hint(result.run_id, [o.node_id for o in result if o.status == "in_doubt"]
+                       ) if result.counts.get("in_doubt") else None
+    if hint is not None:
+        parts.append(hint)
     if result.cancelled_reason:
         parts.append(Text(f"run stopped: {one_line(result.cancelled_reason, ERROR_WIDTH)}",
                           style="yellow"))

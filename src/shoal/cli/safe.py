@@ -18,8 +18,8 @@ ids, tool names, values, errors, reasons, arguments) goes through this module:
 - :func:`console` makes a rich console whose size stays sane whatever ``COLUMNS`` and
   ``LINES`` say (negative, zero, huge, not a number).
 
-JSON output (``--json``, ``--events``) needs none of this: ``json.dumps`` with its default
-``ensure_ascii=True`` writes pure ASCII, every control character escaped.
+JSON output (``--json``, ``--events``) needs none of this: :func:`shoal.outcome.json_text`
+writes pure ASCII, every control character escaped, each lone surrogate written out as text.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_HEIGHT", "MAX_WIDTH", "MIN_HEIGHT", "MIN_WIDTH", "PLAIN_WIDTH", "SafeFormatter",
     "SPACE_RUN", "clean", "console", "console_size", "count", "exact_json_view",
-    "install_log_handler", "is_safe", "json_view", "one_line", "others_to_stderr", "safe_repr",
+    "install_log_handler", "is_safe", "json_view", "live_fits", "one_line", "others_to_stderr",
+    "safe_repr",
     "safe_str", "shorten", "text", "view_text",
 ]
 
@@ -340,28 +341,51 @@ def console_size(stream: IO[str]) -> tuple[int | None, int | None]:
 
     ``COLUMNS`` and ``LINES`` win when they hold a positive count (clamped to sane bounds);
     a bad value (``-5``, ``0``, ``abc``) is ignored. On a terminal an unset value is left to
-    rich, which follows the window as it is resized; elsewhere the width is
+    rich, which follows the window as it is resized, unless the window is smaller than
+    :data:`MIN_WIDTH` x :data:`MIN_HEIGHT` (then that); elsewhere the width is
     :data:`PLAIN_WIDTH`.
     """
     width = _size_from_env("COLUMNS", MIN_WIDTH, MAX_WIDTH)
     height = _size_from_env("LINES", MIN_HEIGHT, MAX_HEIGHT)
-    try:
-        tty = stream.isatty()
-    except (OSError, ValueError):
-        tty = False
-    if tty:
-        try:
-            real = os.get_terminal_size(stream.fileno())  # 0 x 0 for a fresh pseudo-terminal
-            fallback_width, fallback_height = real.columns or PLAIN_WIDTH, real.lines or 25
-        except (OSError, ValueError):
-            fallback_width, fallback_height = PLAIN_WIDTH, 25
-        # rich itself reads COLUMNS / LINES when given None, and takes "0" at its word
-        if width is None and "COLUMNS" in os.environ:
+    real = _terminal_size(stream)
+    if real is not None:
+        fallback_width, fallback_height = real[0] or PLAIN_WIDTH, real[1] or 25
+        # rich itself reads COLUMNS / LINES when given None, and takes "0" at its word; a
+        # window smaller than the least (1 column) would get one character per line
+        if width is None and ("COLUMNS" in os.environ or fallback_width < MIN_WIDTH):
             width = min(max(fallback_width, MIN_WIDTH), MAX_WIDTH)
-        if height is None and "LINES" in os.environ:
+        if height is None and ("LINES" in os.environ or fallback_height < MIN_HEIGHT):
             height = min(max(fallback_height, MIN_HEIGHT), MAX_HEIGHT)
         return width, height
     return width or PLAIN_WIDTH, height or 25
+
+
+def _terminal_size(stream: IO[str]) -> tuple[int, int] | None:
+    """The size of the terminal ``stream`` is (0 x 0: unknown), or ``None`` if it is none."""
+    try:
+        if not stream.isatty():
+            return None
+    except (OSError, ValueError):
+        return None
+    try:
+        real = os.get_terminal_size(stream.fileno())  # 0 x 0 for a fresh pseudo-terminal
+    except (OSError, ValueError):
+        return 0, 0
+    return real.columns, real.lines
+
+
+def live_fits(stream: IO[str]) -> bool:
+    """Whether a live view may be drawn on ``stream``: a terminal of at least the least size.
+
+    In a smaller window (1 column, 3 lines) each line of the view wraps into many rows, so
+    its redraw, which moves up by the lines it drew, erases the wrong ones: the run prints
+    its result once at the end instead, as when its output is piped.
+    """
+    real = _terminal_size(stream)
+    if real is None:
+        return False
+    columns, lines = real
+    return (not columns or columns >= MIN_WIDTH) and (not lines or lines >= MIN_HEIGHT)
 
 
 def console(*, stderr: bool = False) -> Console:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import json
 import logging
 import re
 import threading
@@ -57,7 +56,7 @@ from shoal.events import (
     ToolCallRejected,
 )
 from shoal.executors.base import Call
-from shoal.outcome import Outcome, jsonable
+from shoal.outcome import Outcome, json_text, jsonable
 from shoal.scheduler.driver import Driver
 
 if TYPE_CHECKING:
@@ -104,13 +103,14 @@ class Cleaner:
             cut = len(text) - self.limit
             text = f"{text[:self.limit]}... [{cut} more characters]"
         # lone surrogates (from surrogateescape'd bytes, say) are not UTF-8: protobuf refuses
-        text = text.encode("utf-8", "replace").decode("utf-8")
+        # them; each is written out as the other views write it (\udcff), not as a bare '?'
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
         return _CONTROL.sub("\ufffd", text)
 
     def json(self, value: Any) -> str:
         """``value`` as bounded JSON text (what JSON cannot hold, as its ``repr``)."""
         try:
-            text = json.dumps(jsonable(value), ensure_ascii=False, default=repr)
+            text = json_text(jsonable(value), indent=None, ascii=False)
         except Exception:  # a value jsonable cannot take (a hostile __repr__ ...)
             text = self.text(value)
         return self.text(text)

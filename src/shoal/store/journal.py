@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import queue
 import threading
 import time
@@ -304,10 +305,13 @@ class _Writer:
     def _commit(self, batches: list[tuple[Journal, _Batch]]) -> None:
         try:
             self.store.write([record for _, (batch, _) in batches for record in batch])
-        except Exception:  # tell each run its own: one run's refused record fails no other
+        except Exception as exc:  # tell each run its own: one run's refused record fails no other
             by_journal: dict[int, list[tuple[Journal, _Batch]]] = {}
             for entry in batches:
                 by_journal.setdefault(id(entry[0]), []).append(entry)
+            if len(by_journal) == 1:  # the same write again would fail the same way, and a
+                self._committed(batches, exc)  # file locked elsewhere made the run wait twice
+                return
             for own in by_journal.values():
                 self._commit_one(own)
             return
@@ -327,6 +331,8 @@ class _Writer:
         for journal, (_, done) in batches:
             by_journal.setdefault(id(journal), (journal, []))[1].append(done)
         for journal, futures in by_journal.values():
+            if error is not None:  # its run stops: no more heartbeats, each of which would
+                journal._next_beat = math.inf  # wait as long on a file another process locks
             journal._call_loop(journal._committed, futures, error)
 
     def _leave(self, leaving: list[Journal]) -> bool:
@@ -345,8 +351,8 @@ class _Writer:
 
     def _upkeep(self) -> None:
         """Look for cancel requests; write the heartbeats that are due."""
-        with _LOCK:
-            journals = list(self.journals)
+        with _LOCK:  # not those whose writes failed (see _committed)
+            journals = [journal for journal in self.journals if journal._next_beat != math.inf]
         waiting = self._runs_with_cancels()
         for journal in journals:
             journal._upkeep(waiting is None or journal.run_id in waiting)

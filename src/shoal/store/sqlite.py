@@ -434,7 +434,7 @@ class SQLiteStore:
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         try:
             with self._lock:
-                return self._conn.execute(sql, _bind(params)).fetchall()
+                return _fetch_all(self._conn, sql, params)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read the journal {self.path!r}: {exc}"
                              f"{self._busy_note(exc) or _damage_note(self.path, exc)}"
@@ -613,10 +613,11 @@ class SQLiteStore:
         prefix = f"{run_id}/"
         try:
             with self._lock:
-                rows = self._conn.execute(
+                rows = _fetch_all(
+                    self._conn,
                     "SELECT run_id, node_id, kind, encoding, value, view FROM effects WHERE "
                     "run_id = ? OR (? AND substr(run_id, 1, ?) = ?) ORDER BY id",
-                    _bind((run_id, nested, len(prefix), prefix))).fetchall()
+                    (run_id, nested, len(prefix), prefix))
         except sqlite3.OperationalError as exc:
             if "no such table" in str(exc):  # a read-only file from before effects existed
                 return []
@@ -1022,10 +1023,46 @@ def _sql_text(text: str) -> str | bytes:
 
 
 def _str(cell: Any) -> Any:
-    """A text cell as written: bytes (text with lone surrogates) back to text."""
+    r"""A text cell as written: bytes (text with lone surrogates) back to text.
+
+    Bytes no shoal wrote (not UTF-8 even with surrogates: a damaged file, another program's
+    write) are read as ``surrogateescape`` reads a file name: each byte that is not UTF-8 a
+    lone surrogate (0xff as ``"\udcff"``), which every view shows as the escape it is.
+    """
     if type(cell) is bytes:
-        return cell.decode("utf-8", "surrogatepass")
+        try:
+            return cell.decode("utf-8", "surrogatepass")
+        except UnicodeDecodeError:
+            return cell.decode("utf-8", "surrogateescape")
     return cell
+
+
+def _fetch_all(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Any]:
+    """The rows of a query; text cells that are not UTF-8 read as :func:`_str` reads bytes.
+
+    SQLite text is meant to be UTF-8, but a damaged file or another program can hold other
+    bytes in a TEXT cell; Python's ``sqlite3`` then refuses the whole query, so one such
+    cell (a run's name) made ``shoal runs`` fail for every run. The query is read again with
+    such cells as bytes only then: the usual read keeps the C decoder.
+    """
+    try:
+        return conn.execute(sql, _bind(params)).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "Could not decode to UTF-8" not in str(exc):
+            raise
+    conn.text_factory = _text_or_bytes  # the caller holds the store's lock
+    try:
+        return conn.execute(sql, _bind(params)).fetchall()
+    finally:
+        conn.text_factory = str
+
+
+def _text_or_bytes(cell: bytes) -> str | bytes:
+    """A TEXT cell's UTF-8 bytes as text; other bytes as they are (see :func:`_str`)."""
+    try:
+        return cell.decode("utf-8")
+    except UnicodeDecodeError:
+        return cell
 
 
 class _Damaged(Exception):
@@ -1048,8 +1085,9 @@ def _number(cell: Any, column: str, *, optional: bool = False) -> Any:
 
 
 def _int(cell: Any, column: str) -> int:
-    if type(cell) is not int:
-        raise _Damaged(f"{column}: expected a whole number, found {_shown(cell)}")
+    # every integer column is a count, a flag or a pid: shown as "tries -5", one below 0 hid
+    if type(cell) is not int or cell < 0:
+        raise _Damaged(f"{column}: expected a whole number, 0 or more, found {_shown(cell)}")
     return cell
 
 

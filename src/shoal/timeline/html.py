@@ -358,7 +358,8 @@ section h3 { margin: 0 0 8px; font-size: 14px; }
     var drawn = waits.filter(function (w) { return DRAWN.indexOf(w[0]) >= 0; });
     var from = started ? b[F.start] : firstAt(b);
     drawn.forEach(function (w) { if (has(w[1])) from = Math.min(from, w[1]); });
-    var to = has(b[F.end]) ? b[F.end] : (b[F.status] === "running" ? total : from);
+    var to = has(b[F.end]) ? b[F.end] : (b[F.status] === "running" ||
+      b[F.status] === "interrupted" ? total : from);  // interrupted: cut off at the run's end
     var top = num(b[F.row]) * 22 + 5;
     waits.forEach(function (w) {  // waits for inputs or a limit: a line leading to the bar
       if (!WAITS[w[0]] || drawn.indexOf(w) >= 0 || !has(w[1]) || !has(w[2]) ||

@@ -14,7 +14,7 @@ import itertools
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from shoal.events import placement
@@ -138,6 +138,11 @@ def from_journal(store: Store, run_id: str, *, status: str | None = None,
             raise RunNotFoundError(run_id)
         root = tree_record(run_id, nested, store)
     runs = [_load(store, r, run_id) for r in [root, *nested]]
+    alive = (status or root.status) == "running"
+    if not alive:  # its process died: what it left unended was cut off, not running now
+        for run in runs:
+            if run.record.status == "running":
+                run.record = replace(run.record, status="interrupted")
     # a damaged row reads as started at 0: it must not stretch the page over decades
     origin = min((r.record.started_at for r in runs if r.record.started_at > 0), default=0.0)
     lanes: list[Lane] = []
@@ -167,11 +172,15 @@ def from_journal(store: Store, run_id: str, *, status: str | None = None,
     _describe_lanes(lanes, agents, bars)
     if agents is None and any(lane.kind == "agent" for lane in lanes):
         agents = _lane_tree(lanes, bars)
-    still = (time.time() if now is None else now) - origin
+    # a run whose process died ran until its last heartbeat (and its calls' last marks, which
+    # finish() takes in), not until now: its page would grow for as long as it lies there
+    last = (time.time() if now is None else now) if alive else max(
+        max(run.record.heartbeat, run.record.started_at) for run in runs)
+    still = last - origin
     timeline = Timeline(root.name or run_id, run_id, status or root.status, origin,
                         root.makespan if root.finished_at else max(0.0, still), lanes, bars,
                         agents=agents, answer=_answer(agents))
-    if root.status == "running":
+    if alive and root.status == "running":
         timeline.duration = max(timeline.duration, still)
     finish(timeline, turn_links(bars))
     if not bars:
@@ -267,9 +276,9 @@ def _bar(run: _Run, node_id: str, key: str, lane: int, offset: float,
     tool = str(facts[0]) if isinstance(facts, list) and facts else (
         tries[0].tool if tries else "?")
     running = [s for s in spans if s.end is None]
-    if running:
-        return Bar(key, node_id, tool, lane, "running", start=spans[0].start, attempts=spans,
-                   executor=tries[-1].executor)
+    if running:  # in flight: still, or when its process died (drawn to the run's last mark)
+        return Bar(key, node_id, tool, lane, running[-1].status, start=spans[0].start,
+                   attempts=spans, executor=tries[-1].executor)
     return Bar(key, node_id, tool, lane, "waiting" if run.record.status == "running"
                else "not run", attempts=spans)
 

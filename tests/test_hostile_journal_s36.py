@@ -1,0 +1,275 @@
+"""The journal, resume, the command line and what they show, attacked again (sweep 36).
+
+Each case runs the real ``shoal`` command in a subprocess (or real code on a real SQLite file)
+and is one defect found: the test fails without its fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cli_process import run_cli
+from tests.test_journal_hardening import journal_with_a_run
+from tests.test_resume import _crash_in_a_tool
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shoal_cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``shoal ARGS`` in ``cwd``, its output captured."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    return run_cli(args, cwd=cwd, env=env, timeout=timeout)
+
+
+def texts(data: Any) -> list[str]:
+    """Every key and string in JSON data."""
+    found: list[str] = []
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            found.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            found.append(item)
+    return found
+
+
+def unicode_json(text: str) -> Any:
+    """``text`` read as JSON every reader agrees on: no lone surrogate in any string."""
+    assert text.isascii()
+    data = json.loads(text)
+    for item in texts(data):
+        item.encode("utf-8")  # raises on a lone surrogate: jq reads U+FFFD there
+    return data
+
+
+SURROGATES = '''
+import shoal
+
+@shoal.tool
+def odd(n: int = 0) -> object:
+    """Text decoded with surrogateescape, as a file name that is not UTF-8 is."""
+    return {"text": "a\\udcffb", "list": ["\\ud800", "ok"], "raw": b"\\xff"}
+
+@shoal.tool
+def key(n: int = 0) -> object:
+    return {"name\\udc80": "x"}
+
+@shoal.tool
+def err(n: int = 0) -> object:
+    raise ValueError("bad \\udcff value")
+'''
+
+
+def test_json_output_writes_a_lone_surrogate_as_text_every_reader_takes(tmp_path: Path) -> None:
+    (tmp_path / "odd_text.py").write_text(SURROGATES)
+    nodes = [{"id": name, "tool": f"odd_text:{name}"} for name in ("odd", "key", "err")]
+    (tmp_path / "plan.json").write_text(json.dumps({"nodes": nodes}))
+    proc = shoal_cli("run", "plan.json", "--json", "--events", "events.jsonl", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    ran = unicode_json(proc.stdout)
+    values = {o["node_id"]: o for o in ran["outcomes"]}
+    # the six characters \udcff say what stood there (json.dumps wrote a lone \udcff escape)
+    assert values["odd"]["value"] == {"text": "a\\udcffb", "list": ["\\ud800", "ok"],
+                                      "raw": "_w=="}
+    assert values["err"]["error"]["message"] == "bad \\udcff value"
+    for line in (tmp_path / "events.jsonl").read_text().splitlines():
+        unicode_json(line)
+    shown = unicode_json(shoal_cli("show", ran["run_id"], "--json", cwd=tmp_path).stdout)
+    assert {o["node_id"]: o for o in shown["outcomes"]}["err"]["error"]["message"] == \
+        "bad \\udcff value"
+    # a key with a lone surrogate: the value as data (the whole value was a repr's text)
+    assert values["key"]["value"] == {"name\\udc80": "x"}
+
+
+def test_a_key_with_a_lone_surrogate_binds_an_approval_to_itself_not_its_text() -> None:
+    from shoal.approvals.ledger import approval_hash
+
+    # bytes make the arguments more than plain JSON: jsonable writes them, keys and all
+    assert approval_hash("t", {"a": {"k\udc80": b"\xff"}}) != \
+        approval_hash("t", {"a": {"k\\udc80": b"\xff"}})
+
+
+def test_text_cells_that_are_not_utf8_are_shown_escaped_not_the_whole_journal_refused(
+        tmp_path: Path) -> None:
+    path = journal_with_a_run(tmp_path, "r1")
+    journal_with_a_run(tmp_path, "r2")
+    with sqlite3.connect(path) as conn:  # a damaged file, or another program's write
+        conn.execute("UPDATE runs SET name = CAST(x'61ff62' AS TEXT) WHERE run_id = 'r1'")
+        conn.execute("UPDATE runs SET name = x'63fe' WHERE run_id = 'r2'")  # a BLOB
+        conn.execute("UPDATE outcomes SET tool = CAST(x'80' AS TEXT) WHERE run_id = 'r1'")
+    conn.close()
+    listed = shoal_cli("runs", "--store", "runs.db", "--json", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr  # one such cell refused every run
+    names = {r["run_id"]: r["name"] for r in unicode_json(listed.stdout)}
+    assert names == {"r1": "a\\udcffb", "r2": "c\\udcfe"}
+    shown = shoal_cli("show", "r1", "--store", "runs.db", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "\\udc80" in shown.stdout
+    data = unicode_json(shoal_cli("show", "r1", "--store", "runs.db", "--json",
+                                  cwd=tmp_path).stdout)
+    assert data["outcomes"][0]["tool"] == "\\udc80"
+
+
+def test_a_killed_run_took_until_its_last_heartbeat_not_until_whenever_one_looks(
+        tmp_path: Path) -> None:
+    from shoal.store.sqlite import SQLiteStore
+    from shoal.timeline import from_journal
+
+    db, run_id = _crash_in_a_tool(tmp_path, "tool:n2_2:before")  # SIGKILL in a tool
+    with sqlite3.connect(db) as conn:  # as if it was killed an hour ago, two seconds in
+        conn.execute("UPDATE runs SET started_at = started_at - 3600, "
+                     "heartbeat = started_at - 3598")
+    conn.close()
+    listed = unicode_json(shoal_cli("runs", "--store", str(db), "--json", cwd=tmp_path).stdout)
+    assert listed[0]["status"] == "interrupted"
+    assert 2 <= listed[0]["duration"] < 60  # was an hour: the time since it started
+    shown = shoal_cli("show", run_id, "--store", str(db), cwd=tmp_path).stdout
+    assert "took 1h" not in shown and "took 2." in shown
+    store = SQLiteStore(db, read_only=True)
+    try:
+        view = from_journal(store, run_id, status="interrupted")
+    finally:
+        store.close()
+    assert view.duration < 60  # its page was an hour long, the calls a sliver at its start
+    cut = [bar for bar in view.bars if bar.node_id == "n2_2"]
+    assert [bar.status for bar in cut] == ["interrupted"]  # was "running", an hour later
+    assert all(bar.status in ("ok", "interrupted", "not run") for bar in view.bars)
+
+
+NAP = """
+import time, shoal
+
+@shoal.tool
+def nap(n: float) -> float:
+    time.sleep(n)
+    return n
+"""
+
+
+def in_a_window(args: list[str], cwd: Path, columns: int, lines: int) -> tuple[int, bytes]:
+    """``shoal ARGS`` on a pseudo-terminal of that size (COLUMNS and LINES unset)."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", lines, columns, 0, 0))
+    environ = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    environ |= {"PYTHONPATH": str(ROOT), "TERM": "xterm"}
+    proc = subprocess.Popen([sys.executable, "-m", "shoal.cli.app", *args], cwd=cwd,
+                            env=environ, stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    seen = b""
+    try:
+        while proc.poll() is None or select.select([master], [], [], 0.2)[0]:
+            if select.select([master], [], [], 0.2)[0]:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # the process ended and closed the terminal
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+        return proc.wait(timeout=60), seen
+    finally:
+        os.close(master)
+
+
+def test_a_one_column_window_gets_the_result_at_the_least_width_and_no_live_view(
+        tmp_path: Path) -> None:
+    (tmp_path / "naps.py").write_text(NAP)
+    nodes = [{"id": f"nap{i}", "tool": "naps:nap", "args": {"n": 0.5}} for i in range(3)]
+    (tmp_path / "plan.json").write_text(json.dumps({"nodes": nodes}))
+    code, seen = in_a_window(["run", "plan.json", "--no-store"], tmp_path, 1, 3)
+    assert code == 0, seen
+    # the live view drew one character per line and moved up over rows the window wrapped
+    assert b"\x1b[1A" not in seen and b"\x1b[?25l" not in seen
+    assert b"3 ok" in seen and b"critical path" in seen  # the end, 20 columns wide
+    code, seen = in_a_window(["run", "plan.json", "--no-store"], tmp_path, 100, 40)
+    assert code == 0 and b"\x1b[?25l" in seen  # a window of a sane size has the live view
+
+
+def test_an_otel_attribute_writes_a_lone_surrogate_as_the_other_views_do() -> None:
+    pytest.importorskip("opentelemetry.sdk")
+    from shoal.integrations._otel import Cleaner
+
+    cleaner = Cleaner(1000)
+    assert cleaner.text("name\udcff.txt") == "name\\udcff.txt"  # was 'name?.txt'
+    # JSON text, as --json writes it: each reads back as the six characters
+    assert cleaner.json({"k\udc80": "\ud800"}) == r'{"k\\udc80": "\\ud800"}'
+
+
+def test_a_journal_locked_elsewhere_stops_the_run_after_its_wait_not_three_times_it(
+        tmp_path: Path) -> None:
+    import shoal
+    from shoal.exceptions import JournalWriteError
+    from shoal.store.sqlite import SQLiteStore
+    from tests.test_journal_hardening import echo
+
+    path = journal_with_a_run(tmp_path)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process mid-write, for longer than we wait
+    holder.execute("UPDATE runs SET name = name")
+    plan = shoal.Plan(name="p")
+    plan.add(echo, {"text": "x"}, node_id="a")
+    wait = 2.0
+    started = time.monotonic()
+    try:
+        with pytest.raises(JournalWriteError, match="database is locked"):
+            shoal.Runtime(store=SQLiteStore(path, timeout=wait)).run_sync(plan, run_id="r2")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    # one wait for the commit, one for the records of the stop: the failed commit was tried
+    # again and each heartbeat after it waited as long (five waits)
+    assert time.monotonic() - started < 3.5 * wait
+
+
+def test_resume_and_show_say_how_to_settle_calls_in_doubt_whose_reason_the_table_cuts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shoal
+    from shoal.cli.render import render_result
+    from shoal.cli.safe import console
+    from tests.crash_tools import build_plan
+
+    db, run_id = _crash_in_a_tool(tmp_path, "tool:n2_2:before")  # not idempotent: in doubt
+    monkeypatch.setenv("SHOAL_SWEEP_DIR", str(tmp_path))
+    result = shoal.Runtime(store=db, executor="thread").resume_sync(run_id, build_plan())
+    assert result["n2_2"].status == "in_doubt"
+    out = console()
+    with out.capture() as captured:
+        out.print(render_result(result))  # what shoal resume ends with
+    shown = shoal_cli("show", run_id, "--store", str(db), cwd=tmp_path).stdout
+    for text in (captured.get(), shown):  # the reason's advice was cut: '... idempotent: it …'
+        said = " ".join(text.split())
+        hint = said[said.index("in doubt (may have taken effect): "):]
+        assert "n2_2" in hint.split(";")[0]  # with the others in flight at the crash
+        assert f"settle each with: shoal resume {run_id} --rerun-in-doubt NODE (it did not " \
+            "take effect) or --mark-done NODE=VALUE (it did)" in hint
+
+
+def test_a_count_below_zero_in_the_journal_is_damage_not_shown_as_tries_minus_five(
+        tmp_path: Path) -> None:
+    path = journal_with_a_run(tmp_path, "r1")
+    with sqlite3.connect(path) as conn:  # a hand edit, a flipped sign bit
+        conn.execute("UPDATE outcomes SET attempts = -5 WHERE run_id = 'r1'")
+    conn.close()
+    shown = shoal_cli("show", "r1", "--store", "runs.db", "--json", cwd=tmp_path)
+    (outcome,) = unicode_json(shown.stdout)["outcomes"]
+    assert outcome["status"] == "damaged" or outcome.get("damaged"), outcome
+    assert "outcomes.attempts: expected a whole number, 0 or more, found -5" in json.dumps(outcome)
