@@ -814,6 +814,48 @@ def test_requests_that_become_pending_together_form_one_batch() -> None:
     assert {r.node_id for r in approver.batches[1]} == {x.node for x in later}
 
 
+def test_an_unanswered_request_holds_back_only_itself() -> None:
+    """A function approver that never answers one request (a person who left it open): the
+    other requests of its batch start as soon as they are answered, and so do later batches;
+    only the unanswered one waits, until the approval timeout denies it (virtual clock).
+    """
+    async def decide(request: ApprovalRequest) -> bool:
+        if request.args["path"] == "stuck":
+            await asyncio.Event().wait()  # never answered, never withdrawn
+        await asyncio.sleep(0.1)
+        return True
+
+    plan = Plan()
+    stuck = plan.call(delete, path="stuck")
+    siblings = [plan.call(delete, path=f"a{i}") for i in range(3)]
+    gate = plan.call(free, i=0, delay=0.05)
+    later = plan.call(delete, path="later", after=[gate])  # asked while the first batch waits
+    result = run(plan, approver=decide, approval_timeout=3, virtual=True)
+    for sibling in siblings:
+        assert result[sibling].status == "ok"
+        assert result[sibling].started_at == pytest.approx(0.1, abs=1e-9)
+    assert result[later].status == "ok"
+    assert result[later].started_at == pytest.approx(0.15, abs=1e-9)
+    assert result[stuck].status == "denied" and "no decision within 3 s" in result[stuck].reason
+    assert result[stuck].finished_at == pytest.approx(3.0, abs=1e-9)
+
+
+def test_a_rules_approver_answers_what_its_rules_decide_without_its_fallback() -> None:
+    """The calls a rule decides start at once; only those given to ``otherwise`` wait for it."""
+    async def decide(request: ApprovalRequest) -> bool:
+        await asyncio.Event().wait()  # the fallback never answers
+        return True
+
+    plan = Plan()
+    allowed = plan.call(delete, path="docs/a")
+    asked = plan.call(delete, path="other")
+    approver = RulesApprover([Rule("allow", "delete", args={"path": "docs/*"})],
+                             otherwise=CallbackApprover(decide))
+    result = run(plan, approver=approver, approval_timeout=3, virtual=True)
+    assert result[allowed].status == "ok" and result[allowed].started_at == pytest.approx(0.0)
+    assert result[asked].status == "denied" and "no decision within 3 s" in result[asked].reason
+
+
 def test_subagents_reach_the_same_approver_with_their_lineage() -> None:
     approver = Recorder(True)
 

@@ -198,6 +198,34 @@ def test_approvals_reach_the_root_approver_bound_to_their_arguments(tmp_path: Pa
     assert text == "yes" and int(pid) != os.getpid()  # ran once, in the mailer's process
 
 
+def test_a_process_agents_approved_call_runs_while_its_batch_mate_waits(tmp_path: Path) -> None:
+    """The root's approver answers one call of the agent's batch and holds the other until
+    the first has run: the answer given goes to the agent's process at once (before, the
+    agent waited for both, so each waited for the other until the approval timeout).
+    """
+    out = tmp_path / "out.txt"
+    model = ScriptedModel.per_prompt({
+        "go": [[call("mailer", task="m")], "done"],
+        "m": [[call("send", path=str(out), text="yes"), call("send", path=str(out), text="no")],
+              "mailed"],
+    })
+    mailer = shoal.Agent(name="mailer", model=model, tools=[send], isolation="process")
+    lead = shoal.Agent(name="lead", model=model, subagents=[mailer])
+
+    async def approver(request: shoal.ApprovalRequest) -> shoal.Decision:
+        if request.args["text"] == "yes":
+            return shoal.Decision.approve()
+        await until(out.exists, within=60)  # answered only once the approved call has run
+        return shoal.Decision.deny("after yes")
+
+    runtime = shoal.Runtime(approver=approver, approval_timeout=10)
+    result = lead.run_sync("go", runtime=runtime)
+    calls = {c.lineage: c for c in result.children[0].calls}
+    assert calls["lead/mailer#1/send#1"].status == "ok"
+    assert calls["lead/mailer#1/send#2"].status == "denied"
+    assert "after yes" in calls["lead/mailer#1/send#2"].message.content
+
+
 def test_without_an_approver_a_process_agent_denies_as_inline_does(tmp_path: Path) -> None:
     out = tmp_path / "out.txt"
     model = ScriptedModel.per_prompt({

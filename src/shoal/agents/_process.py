@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from shoal.agents.remote import HEADER, _plain_message, _plain_tool_call
@@ -235,13 +236,28 @@ def remote_gates(link: Link, retry: Any) -> ModelGates:
 
 def remote_approver(link: Link) -> Approver:
     """An approver that asks the root's approver."""
-    from shoal.approvals import ApprovalRequest, Approver, Decision
+    from shoal.approvals import ApprovalRequest, Approver, Decision, answer_now
+
+    def _answered(request: ApprovalRequest, answer: asyncio.Future[Any]) -> None:
+        """Hand the root's decision on at once (see :func:`~shoal.approvals.answer_now`)."""
+        if not answer.cancelled() and answer.exception() is None:
+            answer_now(request, answer.result()[0])
 
     class RemoteApprover(Approver):
+        @property
+        def serial(self) -> bool:
+            return False  # the root's desk asks its approver one batch at a time if it must
+
         async def review(self, batch: Sequence[ApprovalRequest]) -> Sequence[Decision]:
-            answer: Sequence[Decision] = await asyncio.wrap_future(
-                link.request("review", list(batch)))
-            return answer
+            # one request each: each decision comes back, and its call starts, as the root
+            # makes it (the root's desk batches them again); one asked of the whole batch
+            # held every answer back until the last (or the approval timeout) came
+            asking = [asyncio.wrap_future(link.request("review", [request]))
+                      for request in batch]
+            for request, answer in zip(batch, asking, strict=True):
+                answer.add_done_callback(partial(_answered, request))
+            answers = await asyncio.gather(*asking)
+            return [decisions[0] for decisions in answers]
 
         def withdrawn(self, requests: Sequence[ApprovalRequest]) -> None:
             # the root's desk stops asking about them (its approver is told in turn)
