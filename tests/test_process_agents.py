@@ -170,6 +170,54 @@ def test_a_requests_budget_is_charged_through_the_root() -> None:
     assert result.children[0].turns == 2  # the lead's first turn and two of the reader's
 
 
+#: a lead that spends no tokens, so a test's token figures are its subagents' alone
+FREE = shoal.Usage(requests=1)
+
+
+@pytest.mark.parametrize("isolation", ["inline", "process"])
+def test_agents_streaming_together_stop_at_the_first_token_over_the_tree_budget(
+        isolation: str) -> None:
+    """Two agents stream 1,200 characters each (75 tokens at least) under ``tokens=100``:
+    each alone fits, together they do not. Each streamed token is charged to the root's
+    budget, so the tree stops at the 101st, however the streams interleave (before, a process
+    agent's stream counted its own tokens only, and the tree went on to 150).
+    """
+    breach = two_writers_over_budget(isolation)
+    assert (breach.limit, breach.used, breach.allowed) == ("tokens", 101, 100)
+
+
+def two_writers_over_budget(isolation: str) -> shoal.BudgetExceeded:
+    """Two agents streaming 75 tokens each under ``Budget(tokens=100)``: the breach."""
+    lead_model = ScriptedModel.per_prompt(
+        {"go": [[call("writer", task="w1"), call("writer", task="w2")], "done"]}, usage=FREE)
+    writer_model = ScriptedModel.per_prompt(
+        {"w1": ["a" * 1200], "w2": ["b" * 1200]},
+        usage=shoal.Usage(output_tokens=75, requests=1), tokens_per_second=2000)
+    writer = shoal.Agent(name="writer", model=writer_model,
+                         isolation=isolation)  # type: ignore[arg-type]
+    lead = shoal.Agent(name="lead", model=lead_model, subagents=[writer])
+    with pytest.raises(shoal.BudgetExceeded) as caught:
+        lead.run_sync("go", budget=shoal.Budget(tokens=100))
+    return caught.value
+
+
+@pytest.mark.parametrize("isolation", ["inline", "process"])
+def test_a_requests_output_cap_is_what_the_whole_tree_left(isolation: str) -> None:
+    """An agent's request asks for no more output than the tree's budget leaves: what its
+    siblings in other processes spent counts (before, a process agent counted its own)."""
+    lead_model = ScriptedModel.per_prompt(
+        {"go": [[call("spender", task="s")], [call("capped", task="c")], "done"]}, usage=FREE)
+    spender = shoal.Agent(name="spender", isolation=isolation,  # type: ignore[arg-type]
+                          model=ScriptedModel.per_prompt(
+                              {"s": ["spent"]}, usage=shoal.Usage(output_tokens=60, requests=1)))
+    capped = shoal.Agent(name="capped", isolation=isolation,  # type: ignore[arg-type]
+                         model=ScriptedModel.per_prompt(
+                             {"c": [lambda request: f"cap {request.token_cap}"]}, usage=FREE))
+    lead = shoal.Agent(name="lead", model=lead_model, subagents=[spender, capped])
+    result = lead.run_sync("go", budget=shoal.Budget(tokens=100))
+    assert [child.output for child in result.children] == ["spent", "cap 40"]
+
+
 def test_approvals_reach_the_root_approver_bound_to_their_arguments(tmp_path: Path) -> None:
     out = tmp_path / "out.txt"
     model = ScriptedModel.per_prompt({

@@ -43,6 +43,7 @@ from tests.test_process_agents import (
     _texts,
     board_written_as_inline,
     send,
+    two_writers_over_budget,
     where,
 )
 
@@ -109,6 +110,14 @@ def test_remote_subagents_give_the_same_results_lineages_and_events_as_inline(
     assert remote.usage == inline.usage and remote.usage.requests == 7
     others = _pids(remote)
     assert os.getpid() not in others and len(others) == 2  # readers p1 and p2, one each
+
+
+def test_ray_agents_streaming_together_stop_at_the_first_token_over_the_tree_budget(
+        ray_cluster: str) -> None:
+    """As with process agents: each token two Ray agents stream is charged to the root's
+    budget, so the tree stops at the 101st of ``tokens=100`` (before: at 150)."""
+    breach = two_writers_over_budget("ray")
+    assert (breach.limit, breach.used, breach.allowed) == ("tokens", 101, 100)
 
 
 def test_a_subagent_budget_holds_exactly_across_remote_agents(isolation: str) -> None:

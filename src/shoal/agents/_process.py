@@ -171,6 +171,9 @@ def remote_tracker(link: Link, ctx: TreeContext) -> BudgetTracker:
     from shoal.models.base import Usage
 
     class RemoteTracker(BudgetTracker):
+        #: the tokens the whole tree had spent at the last charge (see tokens_left)
+        tree_spent = 0
+
         def _asked(self, op: str, *args: Any) -> Any:
             try:
                 return link.ask(op, *args)
@@ -179,8 +182,25 @@ def remote_tracker(link: Link, ctx: TreeContext) -> BudgetTracker:
 
         def start_request(self, where: str) -> None:
             self.check_tree()
-            self._asked("start_request", where)
+            # the root answers with what the whole tree spent: the request's output cap
+            # (tokens_left, asked next) is what the tree left, not what this agent did
+            self.tree_spent = int(self._asked("start_request", where) or 0)
             self.requests += 1
+
+        def tokens_left(self) -> int | None:
+            tokens = self.budget.tokens
+            return None if tokens is None else max(tokens - self.tree_spent, 1)
+
+        def charge_streamed(self, tokens: int, where: str) -> None:
+            # each new token of a reply streaming goes to the root's budget, one way (no
+            # round trip per piece): it stops the whole tree there, this agent with it,
+            # once the replies streaming anywhere in the tree surely pass the budget
+            if self.budget.tokens is not None and self.streaming.get(where, 0) != tokens:
+                if tokens:
+                    self.streaming[where] = tokens
+                else:
+                    del self.streaming[where]
+                link.send(("streamed", where, tokens))
 
         def refund_request(self, where: str) -> None:
             self._asked("refund_request", where)  # the root's count, which the tree shares
@@ -193,6 +213,7 @@ def remote_tracker(link: Link, ctx: TreeContext) -> BudgetTracker:
                           int(usage.requests), None if usage.cost is None else float(usage.cost),
                           int(usage.cache_read_tokens), int(usage.cache_write_tokens))
             self.usage = self.usage + usage
+            self.streaming.pop(where, None)  # the root settles what it streamed
             self._asked("add_usage", usage, where)
 
         def take_subagent(self, depth: int, where: str) -> BudgetExceeded | None:

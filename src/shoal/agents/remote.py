@@ -9,8 +9,10 @@ worker_env`: provider keys pass by name only, ``Agent(env=[...])``) and its OS l
 one socket:
 
 * **budgets**: each model request, each response's usage and each subagent start is charged
-  by the root's tracker (``start_request``, ``add_usage``, ``take_subagent``), so limits stay
-  exact across processes and nothing is spent twice;
+  by the root's tracker (``start_request``, whose answer is what the tree spent, so the
+  request's output cap is what the tree left; ``add_usage``, ``take_subagent``), and so is
+  what a reply streamed so far (``streamed``, one way), so limits stay exact across
+  processes and nothing is spent twice;
 * **model gates**: before each request the child takes a slot of the root's gate for its model
   (``gate_enter``; ``gate_exit`` gives it back), and a ``Retry-After`` it meets closes the root's
   gate for the whole tree (``gate_pause``): one rate-limit gate per model across the tree;
@@ -56,6 +58,8 @@ reason, breach)`` (``breach``: the tree's :class:`~shoal.exceptions.BudgetExceed
 ``None`` when a person or a timeout cancelled the agent). The child sends ``("call", id,
 op, args)``, ``("event", event)``, ``("gate_exit", name)``, ``("gate_pause", name,
 seconds)``, ``("withdraw", request_ids)`` (approval requests it no longer needs),
+``("streamed", lineage, tokens)`` (the tokens a reply streaming there surely spent so far;
+``0``: it ended without usage),
 ``("journal", [(run_id, pickled records), ...])`` (the steps it finished, with the
 in-memory journal) and last
 ``("done", result)`` (or ``("error", text)`` when it cannot even load the agent's
@@ -102,6 +106,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from shoal.events import AgentFinished, AgentStarted, Event
 from shoal.exceptions import (
     AgentError,
+    BudgetExceeded,
     ConfigError,
     SerializationError,
     ShoalError,
@@ -132,7 +137,6 @@ if TYPE_CHECKING:
     from shoal.agents.result import AgentResult, AgentStatus
     from shoal.agents.run import AgentRun
     from shoal.board import Board
-    from shoal.exceptions import BudgetExceeded
     from shoal.executors._process_ref import ProcessRef
     from shoal.limits import ProcessLimits
     from shoal.models.base import Model
@@ -385,6 +389,7 @@ _SHAPES: dict[str, tuple[int, Any]] = {
     "gate_pause": (3, lambda m: isinstance(m[1], str) and type(m[2]) in (int, float)
                    and 0 <= m[2] < float("inf")),
     "withdraw": (2, lambda m: isinstance(m[1], list | tuple)),
+    "streamed": (3, lambda m: isinstance(m[1], str) and type(m[2]) is int and m[2] >= 0),
     "journal": (2, lambda m: True),  # checked as it is kept (see TreeServer.mirror)
     "here": (3, lambda m: True),  # a Ray actor's first (checked by its channel)
 }
@@ -805,6 +810,9 @@ class TreeServer:
         # journal writes of board commits under way: let finish, never cancelled (a commit
         # applied to the board is journaled, whatever became of the agent that made it)
         self._journaling: set[asyncio.Task[None]] = set()
+        #: lineages whose replies it charged while streaming: forgotten when it ends (a
+        #: process that died mid-reply sends no usage to settle them)
+        self._streaming: set[str] = set()
         self._claims: dict[int, RunClaim] = {}  # run claims held for the agent's journal
         self._next_claim = 0
         #: run ids of this agent's subtree (the only runs it may journal or commit for)
@@ -844,6 +852,8 @@ class TreeServer:
                 gate.pause(min(message[2], gate.retry.max_retry_after))
             elif kind == "withdraw":
                 self._withdraw(message[1])
+            elif kind == "streamed":
+                self._streamed(message[1], message[2])
             elif kind == "journal":
                 self.mirror(message[1])
         raise _Gone
@@ -886,6 +896,7 @@ class TreeServer:
                 tracker.start_request(*args)
                 self.requests += 1
                 self.turns += args[0] == self.lineage  # as AgentRun.start_turn counts them
+                value = tracker.spent()  # the agent caps its request's output to what is left
             elif op == "refund_request":  # a turn stopped before it asked its model
                 tracker.refund_request(*args)
                 self.requests -= 1
@@ -907,6 +918,19 @@ class TreeServer:
             self._reply(call_id, op, False, exc)
             return
         self._reply(call_id, op, True, value)
+
+    def _streamed(self, where: str, tokens: int) -> None:
+        """Charge the tokens a reply of the agent's subtree streamed so far to the tree.
+
+        One way, nothing answered: a breach stops the tree (this agent with it) from here.
+        """
+        if where != self.lineage and not where.startswith(f"{self.lineage}/"):
+            log.warning("agent %s charged tokens streamed by %s, not of its subtree: dropped",
+                        self.lineage, _cut(where))
+            return
+        self._streaming.add(where)
+        with contextlib.suppress(BudgetExceeded):  # the tree is told (see BudgetTracker.stop)
+            self.ctx.tracker.charge_streamed(tokens, where)
 
     def _subagent_at(self, args: tuple[Any, ...]) -> tuple[int, str]:
         """The depth and lineage of a subagent the agent asks to start, if its subtree's.
@@ -1173,6 +1197,9 @@ class TreeServer:
         for claim in self._claims.values():
             claim.release()
         self._claims.clear()
+        for where in self._streaming:  # replies it never ended (it died): no longer streaming
+            self.ctx.tracker.charge_streamed(0, where)
+        self._streaming.clear()
 
 
 def _entry(entry: Any) -> bool:

@@ -173,9 +173,9 @@ class Approver(ABC):
 
     ``review`` may take as long as a person needs; the runtime's ``approval_timeout`` turns
     a late answer into a denial. Unless its :attr:`serial` is false, it is never called twice
-    at once by one runtime (the next batch waits), but one approver may serve several runtimes; a review cancelled (every
-    request of its batch withdrawn) that ignores its cancellation for a second no longer
-    holds up the next batch.
+    at once by one runtime (the next batch waits), but one approver may serve several
+    runtimes; a review cancelled (every request of its batch answered or withdrawn) that
+    ignores its cancellation for a second no longer holds up the next batch.
     """
 
     @property
