@@ -17,6 +17,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -32,7 +33,7 @@ from shoal.executors._template import fork_supported
 from shoal.models.retry import ModelGates
 from shoal.testing import ScriptedModel, call
 from shoal.testing.conformance import peak_overlap
-from tests.conftest import pid_gone, until
+from tests.conftest import pid_gone, until, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -445,6 +446,45 @@ def test_a_subagent_process_killed_mid_turn_fails_its_call_naming_the_signal() -
     assert first.status == "failed" and "killed by signal SIGKILL" in first.message.content
     finished = [e for e in events if e.kind == "AgentFinished" and e.lineage == doomed.lineage]
     assert len(finished) == 1 and "SIGKILL" in finished[0].error  # type: ignore[attr-defined]
+
+
+def test_a_stopped_subagent_process_is_ended_naming_the_cause(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An agent process stopped with SIGSTOP (no deadline, no wall clock) answers nothing:
+    its parent notices its state, ends it after the grace and fails its call saying so, and
+    its sibling finishes (before, the tree waited for good).
+    """
+    from shoal.agents import remote
+
+    monkeypatch.setattr(remote, "STOPPED_GRACE", 0.5)
+    monkeypatch.setattr(remote, "STOPPED_CHECK", 0.05)
+    pid_file = tmp_path / "pid"
+    model = ScriptedModel.per_prompt({
+        "go": [[call("reader", task="stuck"), call("reader", task="fine")], "lead done"],
+        "stuck": [[call("slow", path=str(pid_file))], "never"],
+        "fine": [[call("where", tag="f")], "fine done"],
+    })
+    reader = shoal.Agent(name="reader", model=model, tools=[slow, where], isolation="process")
+    lead = shoal.Agent(name="lead", model=model, subagents=[reader])
+
+    def stop_it() -> None:
+        assert wait_until(pid_file.exists, timeout=60)
+        os.kill(int(pid_file.read_text()), signal.SIGSTOP)
+
+    stopper = threading.Thread(target=stop_it)
+    stopper.start()
+    try:
+        result = lead.run_sync("go")
+    finally:
+        stopper.join()
+    pid = int(pid_file.read_text())
+    assert result.output == "lead done"
+    stuck, fine = result.children
+    assert fine.status == "ok"
+    assert stuck.status == "failed"
+    assert f"process {pid}" in str(stuck.error) and "stopped (SIGSTOP" in str(stuck.error)
+    assert "did not answer for 0.5 s" in result.calls[0].message.content
+    assert pid_gone(pid)
 
 
 @pytest.mark.parametrize("again", [False, True])

@@ -114,7 +114,7 @@ from shoal.exceptions import (
 )
 from shoal.executors._reaper import kill_tree
 from shoal.executors._shipping import dumps
-from shoal.executors.process import _Process, _ref_of, describe_exit, worker_env
+from shoal.executors.process import _Process, _ref_of, describe_exit, process_state, worker_env
 from shoal.executors.results import (
     Refused,
     allowed_result_types,
@@ -152,6 +152,14 @@ __all__ = ["CANCEL_GRACE", "PARENT_EVENTS", "PARENT_MEMORY", "PARENT_MEMORY_EVEN
 
 #: Seconds a cancelled agent process gets to record its end before it is killed.
 CANCEL_GRACE = 0.5
+#: Seconds an agent process may stay stopped (``SIGSTOP``, ``SIGTSTP``) before its parent
+#: kills it and fails its call: stopped, it answers nothing, and with no deadline its tree
+#: waited for good. Only its state counts, never how long it takes to answer, so an agent
+#: busy for hours is never ended for it.
+STOPPED_GRACE = 30.0
+#: Seconds between two checks of the state of a tree's agent processes (one read of
+#: ``/proc`` each, by one task for all of them).
+STOPPED_CHECK = 1.0
 #: The ``StartSpec.store`` of an agent whose journal is its parent's (see
 #: :class:`~shoal.agents._process.ParentStore`), without and with the run's events.
 PARENT_STORE, PARENT_EVENTS = "parent", "parent+events"
@@ -252,6 +260,8 @@ class ProcessChannel(Channel):
         #: hold once this one has been reaped
         self.ref = _ref_of(proc)
         self.lineage = ""  # the agent's, for messages
+        #: why its parent killed it, when it was found stopped (see :class:`_StopWatch`)
+        self.stalled: str | None = None
         self._reader = reader
         self._writer = writer
 
@@ -323,6 +333,10 @@ class ProcessChannel(Channel):
 
     async def ended(self) -> str:
         """How the process ended (it closed its socket: it is gone or going)."""
+        if self.stalled is not None:  # killed here for it: the SIGKILL is not the cause
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.proc.wait(), 2.0)
+            return self.stalled
         try:
             code = await asyncio.wait_for(self.proc.wait(), 2.0)
         except TimeoutError:  # closed its socket yet lingers: not ours to wait for
@@ -784,6 +798,64 @@ def _by_value(modules: set[str]) -> Iterator[None]:
 
 class _Gone(Exception):
     """The agent's channel ended before its result came."""
+
+
+class _StopWatch:
+    """Ends the agent processes of one event loop found stopped for :data:`STOPPED_GRACE` s.
+
+    One task checks them all every :data:`STOPPED_CHECK` s, while there are any: a process
+    stopped (state ``T``) answers nothing, its socket stays open and its call would wait for
+    good. One stopped by a debugger (``t``) is left alone: someone is looking at it.
+    """
+
+    _of_loop: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _StopWatch]] = (
+        weakref.WeakKeyDictionary())
+
+    def __init__(self) -> None:
+        self._since: dict[ProcessChannel, float | None] = {}  # when first seen stopped
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def watch(cls, channel: ProcessChannel) -> None:
+        """Watch ``channel``'s process until :meth:`forget`."""
+        loop = asyncio.get_running_loop()
+        watch = cls._of_loop.get(loop)
+        if watch is None:
+            watch = cls._of_loop[loop] = cls()
+        watch._since[channel] = None
+        if watch._task is None:
+            watch._task = loop.create_task(watch._run())
+
+    @classmethod
+    def forget(cls, channel: ProcessChannel) -> None:
+        """Stop watching ``channel``'s process (its agent ended)."""
+        watch = cls._of_loop.get(asyncio.get_running_loop())
+        if watch is not None:
+            watch._since.pop(channel, None)
+            if not watch._since and watch._task is not None:  # none left: no task lingers
+                watch._task.cancel()
+                watch._task = None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._since:
+            await asyncio.sleep(STOPPED_CHECK)
+            self._check(loop.time())
+        self._task = None
+
+    def _check(self, now: float) -> None:
+        for channel, since in list(self._since.items()):
+            if process_state(channel.pid) != b"T":
+                self._since[channel] = None
+            elif since is None:
+                self._since[channel] = now
+            elif now - since >= STOPPED_GRACE:
+                del self._since[channel]
+                channel.stalled = (
+                    f"agent process {channel.pid} stopped (SIGSTOP or SIGTSTP) and did not "
+                    f"answer for {STOPPED_GRACE:g} s: it was killed")
+                log.warning("agent %s: %s", channel.lineage, channel.stalled)
+                channel.kill()
 
 
 class TreeServer:
@@ -1409,6 +1481,7 @@ async def run_elsewhere(run: AgentRun) -> AgentResult[Any]:
     server = TreeServer(ctx, channel, run.lineage, run.depth)
     serving = asyncio.ensure_future(server.serve())
     deadlines: list[asyncio.TimerHandle] = []
+    _StopWatch.watch(channel)
 
     def stop(reason: str, breach: BudgetExceeded | None) -> None:
         channel.send(("cancel", reason, breach))
@@ -1431,13 +1504,15 @@ async def run_elsewhere(run: AgentRun) -> AgentResult[Any]:
             else:
                 cause = await channel.ended()
                 _fail(run, "failed", AgentError(
-                    f"the process running agent {run.lineage} died: {cause}"), server)
+                    f"agent {run.lineage}: {cause}" if channel.stalled is not None
+                    else f"the process running agent {run.lineage} died: {cause}"), server)
         except Exception as exc:  # it could not load the agent; a reply that does not load
             if deadlines and isinstance(exc, SerializationError):  # cut short by the kill
                 _stopped(run, server)
             else:
                 _fail(run, "failed", exc, server)
     finally:
+        _StopWatch.forget(channel)
         for timer in deadlines:
             timer.cancel()
         ctx.untrack_remote(run.lineage)
