@@ -1251,6 +1251,34 @@ def test_console_runs_alongside_a_run_and_is_withdrawn_from() -> None:
     assert "no longer needed" in out.getvalue()
 
 
+def test_a_call_the_console_approved_one_by_one_starts_before_the_rest_are_answered() -> None:
+    """The person approves the first call of two and never answers the second: the first
+    runs at once (before, it waited with the second until the approval timeout denied both).
+    """
+    from rich.console import Console
+
+    read, write = os.pipe()
+    out = io.StringIO()
+    stream = os.fdopen(read, "r")
+    approver = ConsoleApprover(Console(file=out, width=120, color_system=None), stream)
+    plan = Plan()
+    first = plan.call(delete, path="first")
+    second = plan.call(delete, path="second")
+    os.write(write, b"o\ny\n")  # one by one; yes to the first; nothing more
+
+    async def main() -> RunResult:
+        async with Runtime(approver=approver, approval_timeout=1.0) as runtime:
+            return await runtime.run(plan)
+
+    try:
+        result = arun(main())
+    finally:
+        os.close(write)
+        stream.close()
+    assert statuses(result) == {first.node: "ok", second.node: "denied"}
+    assert "no decision within 1 s" in result[second].reason
+
+
 # ---- the command line -------------------------------------------------------------------------
 
 CLI_TOOLS = textwrap.dedent('''
