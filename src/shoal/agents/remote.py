@@ -101,7 +101,7 @@ from collections import Counter, deque
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field, fields, replace
 from functools import partial
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from shoal.events import AgentFinished, AgentStarted, Event
 from shoal.exceptions import (
@@ -146,8 +146,9 @@ if TYPE_CHECKING:
     from shoal.store.claims import RunClaim
 
 __all__ = ["CANCEL_GRACE", "PARENT_EVENTS", "PARENT_MEMORY", "PARENT_MEMORY_EVENTS",
-           "PARENT_STORE", "STORE_METHODS", "Channel", "Mirrored", "ProcessChannel",
-           "StartSpec", "TreeServer", "load_message", "load_mirrored", "routed_store",
+           "PARENT_STORE", "STOPPED_CHECK", "STOPPED_GRACE", "STORE_METHODS", "Channel",
+           "Mirrored", "ProcessChannel", "StartSpec", "StopWatch", "TreeServer", "Watched",
+           "load_message", "load_mirrored", "routed_store",
            "run_elsewhere", "start_spec", "without_refused"]
 
 #: Seconds a cancelled agent process gets to record its end before it is killed.
@@ -260,7 +261,7 @@ class ProcessChannel(Channel):
         #: hold once this one has been reaped
         self.ref = _ref_of(proc)
         self.lineage = ""  # the agent's, for messages
-        #: why its parent killed it, when it was found stopped (see :class:`_StopWatch`)
+        #: why its parent killed it, when it was found stopped (see :class:`StopWatch`)
         self.stalled: str | None = None
         self._reader = reader
         self._writer = writer
@@ -800,7 +801,21 @@ class _Gone(Exception):
     """The agent's channel ended before its result came."""
 
 
-class _StopWatch:
+class Watched(Protocol):
+    """What :class:`StopWatch` watches: an agent's channel to a process on this machine."""
+
+    lineage: str
+    stalled: str | None  # why it was killed, once it was
+
+    @property
+    def pid(self) -> int:
+        """The agent's process, on this machine (alive while the channel is open)."""
+
+    def kill(self) -> None:
+        """End the agent now, and everything it started."""
+
+
+class StopWatch:
     """Ends the agent processes of one event loop found stopped for :data:`STOPPED_GRACE` s.
 
     One task checks them all every :data:`STOPPED_CHECK` s, while there are any: a process
@@ -808,15 +823,15 @@ class _StopWatch:
     good. One stopped by a debugger (``t``) is left alone: someone is looking at it.
     """
 
-    _of_loop: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _StopWatch]] = (
+    _of_loop: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, StopWatch]] = (
         weakref.WeakKeyDictionary())
 
     def __init__(self) -> None:
-        self._since: dict[ProcessChannel, float | None] = {}  # when first seen stopped
+        self._since: dict[Watched, float | None] = {}  # when first seen stopped
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
-    def watch(cls, channel: ProcessChannel) -> None:
+    def watch(cls, channel: Watched) -> None:
         """Watch ``channel``'s process until :meth:`forget`."""
         loop = asyncio.get_running_loop()
         watch = cls._of_loop.get(loop)
@@ -827,7 +842,7 @@ class _StopWatch:
             watch._task = loop.create_task(watch._run())
 
     @classmethod
-    def forget(cls, channel: ProcessChannel) -> None:
+    def forget(cls, channel: Watched) -> None:
         """Stop watching ``channel``'s process (its agent ended)."""
         watch = cls._of_loop.get(asyncio.get_running_loop())
         if watch is not None:
@@ -1481,7 +1496,7 @@ async def run_elsewhere(run: AgentRun) -> AgentResult[Any]:
     server = TreeServer(ctx, channel, run.lineage, run.depth)
     serving = asyncio.ensure_future(server.serve())
     deadlines: list[asyncio.TimerHandle] = []
-    _StopWatch.watch(channel)
+    StopWatch.watch(channel)
 
     def stop(reason: str, breach: BudgetExceeded | None) -> None:
         channel.send(("cancel", reason, breach))
@@ -1512,7 +1527,7 @@ async def run_elsewhere(run: AgentRun) -> AgentResult[Any]:
             else:
                 _fail(run, "failed", exc, server)
     finally:
-        _StopWatch.forget(channel)
+        StopWatch.forget(channel)
         for timer in deadlines:
             timer.cancel()
         ctx.untrack_remote(run.lineage)
