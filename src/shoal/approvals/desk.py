@@ -96,6 +96,10 @@ class _Lane:
     reviews: dict[asyncio.Task[None], set[_Pending]] = field(default_factory=dict)
     flush_soon: asyncio.Handle | None = None
     rate_timer: asyncio.TimerHandle | None = None
+    # decisions handed on early (answer_now), ruled together at the loop's next turn: those
+    # that come at once (a thousand async answers) are kept in one commit, not one each
+    early: list[tuple[_Pending, Decision, str]] = field(default_factory=list)
+    early_soon: asyncio.Handle | None = None
 
 
 class _Rulings:
@@ -469,8 +473,16 @@ class ApprovalDesk:
         if not isinstance(decision, Decision):  # quoted in bounds, as in _ask
             decision = Decision.deny(f"the approver answered {_safe_repr(decision)}, "
                                      "not a Decision")
+        lane.early.append((pending, decision, _name_of(approver)))
+        if lane.early_soon is None:
+            lane.early_soon = asyncio.get_running_loop().call_soon(self._rule_early, lane)
+
+    def _rule_early(self, lane: _Lane) -> None:
+        """Rule the decisions handed on early since the last turn of the loop, in one lot."""
+        early, lane.early, lane.early_soon = lane.early, [], None
         with self.together():
-            self._decide(lane, pending, decision, _name_of(approver))
+            for pending, decision, by in early:
+                self._decide(lane, pending, decision, by)
 
     def _decide(self, lane: _Lane, pending: _Pending, decision: Decision, by: str) -> None:
         """Rule a request the approver answered, unless it is closed or its time ran out."""
