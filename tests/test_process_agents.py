@@ -487,6 +487,32 @@ def test_a_stopped_subagent_process_is_ended_naming_the_cause(
     assert pid_gone(pid)
 
 
+@shoal.tool
+def spin(seconds: float) -> str:
+    """Keep this process busy (no sleep, no I/O) for ``seconds``."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+    return "spun"
+
+
+def test_a_busy_subagent_process_is_never_taken_for_a_stopped_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a stopped state counts, never how long an agent takes: one busy four times the
+    grace (in a tool that holds its thread, and then sleeping in another) finishes."""
+    from shoal.agents import remote
+
+    monkeypatch.setattr(remote, "STOPPED_GRACE", 0.25)
+    monkeypatch.setattr(remote, "STOPPED_CHECK", 0.05)
+    model = ScriptedModel.per_prompt({
+        "go": [[call("worker", task="w")], "lead done"],
+        "w": [[call("spin", seconds=1.0)], [call("nap", seconds=1.0)], "worked"],
+    })
+    worker = shoal.Agent(name="worker", model=model, tools=[spin, nap], isolation="process")
+    result = shoal.Agent(name="lead", model=model, subagents=[worker]).run_sync("go")
+    assert result.output == "lead done" and result.children[0].output == "worked"
+
+
 @pytest.mark.parametrize("again", [False, True])
 def test_a_tree_killed_mid_run_resumes_without_repeating_the_process_agents_work(
         tmp_path: Path, again: bool) -> None:
