@@ -814,6 +814,48 @@ def test_requests_that_become_pending_together_form_one_batch() -> None:
     assert {r.node_id for r in approver.batches[1]} == {x.node for x in later}
 
 
+def test_an_unanswered_request_holds_back_only_itself() -> None:
+    """A function approver that never answers one request (a person who left it open): the
+    other requests of its batch start as soon as they are answered, and so do later batches;
+    only the unanswered one waits, until the approval timeout denies it (virtual clock).
+    """
+    async def decide(request: ApprovalRequest) -> bool:
+        if request.args["path"] == "stuck":
+            await asyncio.Event().wait()  # never answered, never withdrawn
+        await asyncio.sleep(0.1)
+        return True
+
+    plan = Plan()
+    stuck = plan.call(delete, path="stuck")
+    siblings = [plan.call(delete, path=f"a{i}") for i in range(3)]
+    gate = plan.call(free, i=0, delay=0.05)
+    later = plan.call(delete, path="later", after=[gate])  # asked while the first batch waits
+    result = run(plan, approver=decide, approval_timeout=3, virtual=True)
+    for sibling in siblings:
+        assert result[sibling].status == "ok"
+        assert result[sibling].started_at == pytest.approx(0.1, abs=1e-9)
+    assert result[later].status == "ok"
+    assert result[later].started_at == pytest.approx(0.15, abs=1e-9)
+    assert result[stuck].status == "denied" and "no decision within 3 s" in result[stuck].reason
+    assert result[stuck].finished_at == pytest.approx(3.0, abs=1e-9)
+
+
+def test_a_rules_approver_answers_what_its_rules_decide_without_its_fallback() -> None:
+    """The calls a rule decides start at once; only those given to ``otherwise`` wait for it."""
+    async def decide(request: ApprovalRequest) -> bool:
+        await asyncio.Event().wait()  # the fallback never answers
+        return True
+
+    plan = Plan()
+    allowed = plan.call(delete, path="docs/a")
+    asked = plan.call(delete, path="other")
+    approver = RulesApprover([Rule("allow", "delete", args={"path": "docs/*"})],
+                             otherwise=CallbackApprover(decide))
+    result = run(plan, approver=approver, approval_timeout=3, virtual=True)
+    assert result[allowed].status == "ok" and result[allowed].started_at == pytest.approx(0.0)
+    assert result[asked].status == "denied" and "no decision within 3 s" in result[asked].reason
+
+
 def test_subagents_reach_the_same_approver_with_their_lineage() -> None:
     approver = Recorder(True)
 
@@ -1207,6 +1249,34 @@ def test_console_runs_alongside_a_run_and_is_withdrawn_from() -> None:
         stream.close()
     assert statuses(result) == {a.node: "denied", b.node: "ok"}
     assert "no longer needed" in out.getvalue()
+
+
+def test_a_call_the_console_approved_one_by_one_starts_before_the_rest_are_answered() -> None:
+    """The person approves the first call of two and never answers the second: the first
+    runs at once (before, it waited with the second until the approval timeout denied both).
+    """
+    from rich.console import Console
+
+    read, write = os.pipe()
+    out = io.StringIO()
+    stream = os.fdopen(read, "r")
+    approver = ConsoleApprover(Console(file=out, width=120, color_system=None), stream)
+    plan = Plan()
+    first = plan.call(delete, path="first")
+    second = plan.call(delete, path="second")
+    os.write(write, b"o\ny\n")  # one by one; yes to the first; nothing more
+
+    async def main() -> RunResult:
+        async with Runtime(approver=approver, approval_timeout=1.0) as runtime:
+            return await runtime.run(plan)
+
+    try:
+        result = arun(main())
+    finally:
+        os.close(write)
+        stream.close()
+    assert statuses(result) == {first.node: "ok", second.node: "denied"}
+    assert "no decision within 1 s" in result[second].reason
 
 
 # ---- the command line -------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -32,7 +33,7 @@ from shoal.executors._template import fork_supported
 from shoal.models.retry import ModelGates
 from shoal.testing import ScriptedModel, call
 from shoal.testing.conformance import peak_overlap
-from tests.conftest import pid_gone, until
+from tests.conftest import pid_gone, until, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -170,6 +171,54 @@ def test_a_requests_budget_is_charged_through_the_root() -> None:
     assert result.children[0].turns == 2  # the lead's first turn and two of the reader's
 
 
+#: a lead that spends no tokens, so a test's token figures are its subagents' alone
+FREE = shoal.Usage(requests=1)
+
+
+@pytest.mark.parametrize("isolation", ["inline", "process"])
+def test_agents_streaming_together_stop_at_the_first_token_over_the_tree_budget(
+        isolation: str) -> None:
+    """Two agents stream 1,200 characters each (75 tokens at least) under ``tokens=100``:
+    each alone fits, together they do not. Each streamed token is charged to the root's
+    budget, so the tree stops at the 101st, however the streams interleave (before, a process
+    agent's stream counted its own tokens only, and the tree went on to 150).
+    """
+    breach = two_writers_over_budget(isolation)
+    assert (breach.limit, breach.used, breach.allowed) == ("tokens", 101, 100)
+
+
+def two_writers_over_budget(isolation: str) -> shoal.BudgetExceeded:
+    """Two agents streaming 75 tokens each under ``Budget(tokens=100)``: the breach."""
+    lead_model = ScriptedModel.per_prompt(
+        {"go": [[call("writer", task="w1"), call("writer", task="w2")], "done"]}, usage=FREE)
+    writer_model = ScriptedModel.per_prompt(
+        {"w1": ["a" * 1200], "w2": ["b" * 1200]},
+        usage=shoal.Usage(output_tokens=75, requests=1), tokens_per_second=2000)
+    writer = shoal.Agent(name="writer", model=writer_model,
+                         isolation=isolation)  # type: ignore[arg-type]
+    lead = shoal.Agent(name="lead", model=lead_model, subagents=[writer])
+    with pytest.raises(shoal.BudgetExceeded) as caught:
+        lead.run_sync("go", budget=shoal.Budget(tokens=100))
+    return caught.value
+
+
+@pytest.mark.parametrize("isolation", ["inline", "process"])
+def test_a_requests_output_cap_is_what_the_whole_tree_left(isolation: str) -> None:
+    """An agent's request asks for no more output than the tree's budget leaves: what its
+    siblings in other processes spent counts (before, a process agent counted its own)."""
+    lead_model = ScriptedModel.per_prompt(
+        {"go": [[call("spender", task="s")], [call("capped", task="c")], "done"]}, usage=FREE)
+    spender = shoal.Agent(name="spender", isolation=isolation,  # type: ignore[arg-type]
+                          model=ScriptedModel.per_prompt(
+                              {"s": ["spent"]}, usage=shoal.Usage(output_tokens=60, requests=1)))
+    capped = shoal.Agent(name="capped", isolation=isolation,  # type: ignore[arg-type]
+                         model=ScriptedModel.per_prompt(
+                             {"c": [lambda request: f"cap {request.token_cap}"]}, usage=FREE))
+    lead = shoal.Agent(name="lead", model=lead_model, subagents=[spender, capped])
+    result = lead.run_sync("go", budget=shoal.Budget(tokens=100))
+    assert [child.output for child in result.children] == ["spent", "cap 40"]
+
+
 def test_approvals_reach_the_root_approver_bound_to_their_arguments(tmp_path: Path) -> None:
     out = tmp_path / "out.txt"
     model = ScriptedModel.per_prompt({
@@ -196,6 +245,34 @@ def test_approvals_reach_the_root_approver_bound_to_their_arguments(tmp_path: Pa
     assert "not that one" in calls["lead/mailer#1/send#2"].message.content
     text, pid = out.read_text().strip().rsplit("@", 1)
     assert text == "yes" and int(pid) != os.getpid()  # ran once, in the mailer's process
+
+
+def test_a_process_agents_approved_call_runs_while_its_batch_mate_waits(tmp_path: Path) -> None:
+    """The root's approver answers one call of the agent's batch and holds the other until
+    the first has run: the answer given goes to the agent's process at once (before, the
+    agent waited for both, so each waited for the other until the approval timeout).
+    """
+    out = tmp_path / "out.txt"
+    model = ScriptedModel.per_prompt({
+        "go": [[call("mailer", task="m")], "done"],
+        "m": [[call("send", path=str(out), text="yes"), call("send", path=str(out), text="no")],
+              "mailed"],
+    })
+    mailer = shoal.Agent(name="mailer", model=model, tools=[send], isolation="process")
+    lead = shoal.Agent(name="lead", model=model, subagents=[mailer])
+
+    async def approver(request: shoal.ApprovalRequest) -> shoal.Decision:
+        if request.args["text"] == "yes":
+            return shoal.Decision.approve()
+        await until(out.exists, within=60)  # answered only once the approved call has run
+        return shoal.Decision.deny("after yes")
+
+    runtime = shoal.Runtime(approver=approver, approval_timeout=10)
+    result = lead.run_sync("go", runtime=runtime)
+    calls = {c.lineage: c for c in result.children[0].calls}
+    assert calls["lead/mailer#1/send#1"].status == "ok"
+    assert calls["lead/mailer#1/send#2"].status == "denied"
+    assert "after yes" in calls["lead/mailer#1/send#2"].message.content
 
 
 def test_without_an_approver_a_process_agent_denies_as_inline_does(tmp_path: Path) -> None:
@@ -369,6 +446,71 @@ def test_a_subagent_process_killed_mid_turn_fails_its_call_naming_the_signal() -
     assert first.status == "failed" and "killed by signal SIGKILL" in first.message.content
     finished = [e for e in events if e.kind == "AgentFinished" and e.lineage == doomed.lineage]
     assert len(finished) == 1 and "SIGKILL" in finished[0].error  # type: ignore[attr-defined]
+
+
+def test_a_stopped_subagent_process_is_ended_naming_the_cause(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An agent process stopped with SIGSTOP (no deadline, no wall clock) answers nothing:
+    its parent notices its state, ends it after the grace and fails its call saying so, and
+    its sibling finishes (before, the tree waited for good).
+    """
+    from shoal.agents import remote
+
+    monkeypatch.setattr(remote, "STOPPED_GRACE", 0.5)
+    monkeypatch.setattr(remote, "STOPPED_CHECK", 0.05)
+    pid_file = tmp_path / "pid"
+    model = ScriptedModel.per_prompt({
+        "go": [[call("reader", task="stuck"), call("reader", task="fine")], "lead done"],
+        "stuck": [[call("slow", path=str(pid_file))], "never"],
+        "fine": [[call("where", tag="f")], "fine done"],
+    })
+    reader = shoal.Agent(name="reader", model=model, tools=[slow, where], isolation="process")
+    lead = shoal.Agent(name="lead", model=model, subagents=[reader])
+
+    def stop_it() -> None:
+        assert wait_until(pid_file.exists, timeout=60)
+        os.kill(int(pid_file.read_text()), signal.SIGSTOP)
+
+    stopper = threading.Thread(target=stop_it)
+    stopper.start()
+    try:
+        result = lead.run_sync("go")
+    finally:
+        stopper.join()
+    pid = int(pid_file.read_text())
+    assert result.output == "lead done"
+    stuck, fine = result.children
+    assert fine.status == "ok"
+    assert stuck.status == "failed"
+    assert f"process {pid}" in str(stuck.error) and "stopped (SIGSTOP" in str(stuck.error)
+    assert "did not answer for 0.5 s" in result.calls[0].message.content
+    assert pid_gone(pid)
+
+
+@shoal.tool
+def spin(seconds: float) -> str:
+    """Keep this process busy (no sleep, no I/O) for ``seconds``."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+    return "spun"
+
+
+def test_a_busy_subagent_process_is_never_taken_for_a_stopped_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a stopped state counts, never how long an agent takes: one busy four times the
+    grace (in a tool that holds its thread, and then sleeping in another) finishes."""
+    from shoal.agents import remote
+
+    monkeypatch.setattr(remote, "STOPPED_GRACE", 0.25)
+    monkeypatch.setattr(remote, "STOPPED_CHECK", 0.05)
+    model = ScriptedModel.per_prompt({
+        "go": [[call("worker", task="w")], "lead done"],
+        "w": [[call("spin", seconds=1.0)], [call("nap", seconds=1.0)], "worked"],
+    })
+    worker = shoal.Agent(name="worker", model=model, tools=[spin, nap], isolation="process")
+    result = shoal.Agent(name="lead", model=model, subagents=[worker]).run_sync("go")
+    assert result.output == "lead done" and result.children[0].output == "worked"
 
 
 @pytest.mark.parametrize("again", [False, True])

@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -33,7 +34,7 @@ from shoal.exceptions import ConfigError
 from shoal.models.retry import ModelGates
 from shoal.testing import ScriptedModel, call
 from shoal.testing.conformance import peak_overlap
-from tests.conftest import ONE_AT_A_TIME, pid_gone, until
+from tests.conftest import ONE_AT_A_TIME, pid_gone, until, wait_until
 from tests.test_process_agents import (
     _logged,
     _pid_in,
@@ -43,6 +44,7 @@ from tests.test_process_agents import (
     _texts,
     board_written_as_inline,
     send,
+    two_writers_over_budget,
     where,
 )
 
@@ -109,6 +111,54 @@ def test_remote_subagents_give_the_same_results_lineages_and_events_as_inline(
     assert remote.usage == inline.usage and remote.usage.requests == 7
     others = _pids(remote)
     assert os.getpid() not in others and len(others) == 2  # readers p1 and p2, one each
+
+
+def test_ray_agents_streaming_together_stop_at_the_first_token_over_the_tree_budget(
+        ray_cluster: str) -> None:
+    """As with process agents: each token two Ray agents stream is charged to the root's
+    budget, so the tree stops at the 101st of ``tokens=100`` (before: at 150)."""
+    breach = two_writers_over_budget("ray")
+    assert (breach.limit, breach.used, breach.allowed) == ("tokens", 101, 100)
+
+
+def test_a_stopped_ray_agent_on_this_machine_is_ended_naming_the_cause(
+        ray_cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As with a process agent: a Ray actor on this machine stopped with SIGSTOP is found
+    stopped, killed after the grace, and its call fails saying so; its sibling finishes."""
+    from shoal.agents import remote
+
+    monkeypatch.setattr(remote, "STOPPED_GRACE", 0.5)
+    monkeypatch.setattr(remote, "STOPPED_CHECK", 0.05)
+    pid_file = tmp_path / "pid"
+    model = ScriptedModel.per_prompt({
+        "go": [[call("reader", task="stuck"), call("reader", task="fine")], "lead done"],
+        "stuck": [[call("slow", path=str(pid_file))], "never"],
+        "fine": [[call("where", tag="f")], "fine done"],
+    })
+    reader = shoal.Agent(name="reader", model=model, tools=[slow, where], isolation="ray")
+    lead = shoal.Agent(name="lead", model=model, subagents=[reader])
+
+    def stop_it() -> None:
+        assert wait_until(pid_file.exists, timeout=60)
+        os.kill(int(pid_file.read_text()), signal.SIGSTOP)
+
+    stopper = threading.Thread(target=stop_it)
+    stopper.start()
+    try:
+        result = lead.run_sync("go")
+    finally:
+        stopper.join()
+    pid = int(pid_file.read_text())
+    assert result.output == "lead done"
+    stuck, fine = result.children
+    assert fine.status == "ok" and stuck.status == "failed"
+    assert f"process {pid}" in str(stuck.error) and "stopped (SIGSTOP" in str(stuck.error)
+    assert until_gone(pid)
+
+
+def until_gone(pid: int) -> bool:
+    """Whether ``pid`` ends within 30 s (Ray kills an actor's process a moment later)."""
+    return wait_until(lambda: pid_gone(pid), timeout=30)
 
 
 def test_a_subagent_budget_holds_exactly_across_remote_agents(isolation: str) -> None:

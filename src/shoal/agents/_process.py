@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from shoal.agents.remote import HEADER, _plain_message, _plain_tool_call
@@ -170,6 +171,9 @@ def remote_tracker(link: Link, ctx: TreeContext) -> BudgetTracker:
     from shoal.models.base import Usage
 
     class RemoteTracker(BudgetTracker):
+        #: the tokens the whole tree had spent at the last charge (see tokens_left)
+        tree_spent = 0
+
         def _asked(self, op: str, *args: Any) -> Any:
             try:
                 return link.ask(op, *args)
@@ -178,8 +182,25 @@ def remote_tracker(link: Link, ctx: TreeContext) -> BudgetTracker:
 
         def start_request(self, where: str) -> None:
             self.check_tree()
-            self._asked("start_request", where)
+            # the root answers with what the whole tree spent: the request's output cap
+            # (tokens_left, asked next) is what the tree left, not what this agent did
+            self.tree_spent = int(self._asked("start_request", where) or 0)
             self.requests += 1
+
+        def tokens_left(self) -> int | None:
+            tokens = self.budget.tokens
+            return None if tokens is None else max(tokens - self.tree_spent, 1)
+
+        def charge_streamed(self, tokens: int, where: str) -> None:
+            # each new token of a reply streaming goes to the root's budget, one way (no
+            # round trip per piece): it stops the whole tree there, this agent with it,
+            # once the replies streaming anywhere in the tree surely pass the budget
+            if self.budget.tokens is not None and self.streaming.get(where, 0) != tokens:
+                if tokens:
+                    self.streaming[where] = tokens
+                else:
+                    del self.streaming[where]
+                link.send(("streamed", where, tokens))
 
         def refund_request(self, where: str) -> None:
             self._asked("refund_request", where)  # the root's count, which the tree shares
@@ -192,6 +213,7 @@ def remote_tracker(link: Link, ctx: TreeContext) -> BudgetTracker:
                           int(usage.requests), None if usage.cost is None else float(usage.cost),
                           int(usage.cache_read_tokens), int(usage.cache_write_tokens))
             self.usage = self.usage + usage
+            self.streaming.pop(where, None)  # the root settles what it streamed
             self._asked("add_usage", usage, where)
 
         def take_subagent(self, depth: int, where: str) -> BudgetExceeded | None:
@@ -235,13 +257,28 @@ def remote_gates(link: Link, retry: Any) -> ModelGates:
 
 def remote_approver(link: Link) -> Approver:
     """An approver that asks the root's approver."""
-    from shoal.approvals import ApprovalRequest, Approver, Decision
+    from shoal.approvals import ApprovalRequest, Approver, Decision, answer_now
+
+    def _answered(request: ApprovalRequest, answer: asyncio.Future[Any]) -> None:
+        """Hand the root's decision on at once (see :func:`~shoal.approvals.answer_now`)."""
+        if not answer.cancelled() and answer.exception() is None:
+            answer_now(request, answer.result()[0])
 
     class RemoteApprover(Approver):
+        @property
+        def serial(self) -> bool:
+            return False  # the root's desk asks its approver one batch at a time if it must
+
         async def review(self, batch: Sequence[ApprovalRequest]) -> Sequence[Decision]:
-            answer: Sequence[Decision] = await asyncio.wrap_future(
-                link.request("review", list(batch)))
-            return answer
+            # one request each: each decision comes back, and its call starts, as the root
+            # makes it (the root's desk batches them again); one asked of the whole batch
+            # held every answer back until the last (or the approval timeout) came
+            asking = [asyncio.wrap_future(link.request("review", [request]))
+                      for request in batch]
+            for request, answer in zip(batch, asking, strict=True):
+                answer.add_done_callback(partial(_answered, request))
+            answers = await asyncio.gather(*asking)
+            return [decisions[0] for decisions in answers]
 
         def withdrawn(self, requests: Sequence[ApprovalRequest]) -> None:
             # the root's desk stops asking about them (its approver is told in turn)

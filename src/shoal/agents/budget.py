@@ -37,13 +37,14 @@ class Budget:
     counts under the same names, summed over the whole tree.
 
     Args:
-        tokens: input plus output tokens of every model request in the tree (a reply still
-            streaming counts a token per 16 characters at least, so one that never ends is
-            stopped too; each request asks for no more output than is left, so a reply that
-            is not streamed is bounded too: in a process or Ray agent, by what is left after
-            that agent's own spending; the OpenAI adapter, with no ``max_tokens`` set, asks
-            so only once at most 4,096 are left, as providers refuse a request asking for
-            more output than the model writes).
+        tokens: input plus output tokens of every model request in the tree (each reply
+            still streaming counts a token per 16 characters at least, all of them together,
+            so one that never ends is stopped too, and replies streaming at once in several
+            agents cannot pass it together; each request asks for no more output than the
+            whole tree left, so a reply that is not streamed is bounded too; agents in
+            processes and on Ray are charged by the root as inline ones are; the OpenAI
+            adapter, with no ``max_tokens`` set, asks so only once at most 4,096 are left, as
+            providers refuse a request asking for more output than the model writes).
         cost: US dollars, for models with a known price.
         requests: model requests across the tree (each agent turn is one request; an agent's
             own ``max_turns`` bounds its requests alone).
@@ -117,6 +118,10 @@ class BudgetTracker:
         self.usage = Usage()
         self.requests = 0
         self.subagents = 0
+        #: the tokens each reply still streaming has surely spent (its characters / 16), by
+        #: the lineage of the agent asking; settled by its usage (see :meth:`add_usage`)
+        self.streaming: dict[str, int] = {}
+        self.streamed = 0  # their sum
         self.breach: BudgetExceeded | None = None
         self._on_breach = on_breach
 
@@ -158,7 +163,12 @@ class BudgetTracker:
         self.start_request(where)
 
     def add_usage(self, usage: Usage, where: str) -> None:
-        """Record a response's usage; going over ``tokens`` or ``cost`` stops the tree."""
+        """Record a response's usage; going over ``tokens`` or ``cost`` stops the tree.
+
+        It settles what the reply counted while it streamed (see :meth:`check_streamed`).
+        """
+        if self.streaming:
+            self.streamed -= self.streaming.pop(where, 0)
         self.usage = self.usage + usage
         tokens, cost = self.budget.tokens, self.budget.cost
         if tokens is not None and self.usage.total_tokens > tokens:
@@ -173,20 +183,40 @@ class BudgetTracker:
         not streamed is counted only once it has come, whatever its length.
         """
         tokens = self.budget.tokens
-        return None if tokens is None else max(tokens - self.usage.total_tokens, 1)
+        return None if tokens is None else max(tokens - self.spent(), 1)
+
+    def spent(self) -> int:
+        """The tokens the tree surely spent: its replies' usage, and what is still streaming."""
+        return self.usage.total_tokens + self.streamed
 
     def check_streamed(self, chars: int, where: str) -> None:
-        """Stop the tree once a reply still streaming has surely gone over ``tokens``.
+        """Charge a reply still streaming; stop the tree once it has surely gone over ``tokens``.
 
         A reply's usage is known only when it ends, which an endless stream never does; its
         ``chars`` so far count as at least one token per :data:`MOST_CHARS_PER_TOKEN` (a
-        generous bound: no reply within the budget is stopped for it).
+        generous bound: no reply within the budget is stopped for it), until its usage
+        settles them. Every reply of the tree streaming at once counts, so several agents
+        cannot pass the budget together before any of their replies ends.
         """
-        tokens = self.budget.tokens
-        if tokens is not None:
-            spent = self.usage.total_tokens + chars // MOST_CHARS_PER_TOKEN
-            if spent > tokens:
-                self.stop(BudgetExceeded("tokens", spent, tokens, where))
+        self.charge_streamed(chars // MOST_CHARS_PER_TOKEN, where)
+
+    def charge_streamed(self, tokens: int, where: str) -> None:
+        """Count ``tokens`` as spent so far by the reply ``where`` is streaming.
+
+        ``0`` forgets it (a reply that ended with no usage to settle it: it failed, or was
+        cancelled), and never stops the tree.
+        """
+        limit = self.budget.tokens
+        if limit is None:
+            return
+        self.streamed += tokens - self.streaming.get(where, 0)
+        if not tokens:
+            self.streaming.pop(where, None)
+            return
+        self.streaming[where] = tokens
+        spent = self.usage.total_tokens + self.streamed
+        if spent > limit:
+            self.stop(BudgetExceeded("tokens", spent, limit, where))
 
     def fan_out_refusal(self, index: int, where: str) -> BudgetExceeded | None:
         """The error for the ``index``-th call (0-based) of one turn, if over ``fan_out``."""

@@ -656,19 +656,24 @@ class _PlanReader:
                 self._restarted = True
             agent_run._model_event(event)
 
-        async for event in gate.stream(model, request, on_event=on_event,
-                                       retry_after_text=True):
-            if self._restarted:
-                self._restart()
-                streamed.clear()
-            if isinstance(event, TextDelta):
-                chars += len(event.text)  # a retried stream's text counts again: it was sent
-                tracker.check_streamed(chars, self.planner.lineage)
-                streamed.append(event.text)
-                self.feed(event.text)
-                agent_run.text_streamed(event.text)
-            elif isinstance(event, ResponseDone):
-                response = event.response
+        try:
+            async for event in gate.stream(model, request, on_event=on_event,
+                                           retry_after_text=True):
+                if self._restarted:
+                    self._restart()
+                    streamed.clear()
+                if isinstance(event, TextDelta):
+                    chars += len(event.text)  # a retried stream's text counts again: sent
+                    tracker.check_streamed(chars, self.planner.lineage)
+                    streamed.append(event.text)
+                    self.feed(event.text)
+                    agent_run.text_streamed(event.text)
+                elif isinstance(event, ResponseDone):
+                    response = event.response
+        except BaseException:
+            if chars:  # no usage will settle what it streamed: it no longer streams
+                tracker.charge_streamed(0, self.planner.lineage)
+            raise
         if response is None:
             raise ModelError(model.name, "the stream ended without a complete reply")
         self.finish(response, "".join(streamed))

@@ -68,6 +68,7 @@ from shoal.agents.remote import (
     HEADER,
     Channel,
     StartSpec,
+    StopWatch,
     TreeServer,
     _adopt,
     _by_value,
@@ -133,6 +134,8 @@ class RayChannel(Channel):
         self.where = ""
         #: the actor's process id (on its node), as it said when it connected
         self.pid = 0
+        #: why its parent killed it, when it was found stopped (see ``StopWatch``)
+        self.stalled: str | None = None
         self._reader = reader
         self._writer = writer
 
@@ -497,6 +500,9 @@ async def run_on_ray(run: AgentRun) -> AgentResult[Any]:
     server = RayTreeServer(ctx, channel, run.lineage, run.depth)
     serving = asyncio.ensure_future(server.serve())
     deadlines: list[asyncio.TimerHandle] = []
+    watched = bool(channel.where) and channel.where == _here()  # its state can be read here
+    if watched:
+        StopWatch.watch(channel)
 
     def stop(reason: str, breach: BudgetExceeded | None) -> None:
         channel.send(("cancel", reason, breach))
@@ -510,6 +516,8 @@ async def run_on_ray(run: AgentRun) -> AgentResult[Any]:
     try:
         await _serve(run, channel, serving, server, deadlines)
     finally:
+        if watched:
+            StopWatch.forget(channel)
         for timer in deadlines:
             timer.cancel()
         ctx.untrack_remote(run.lineage)
@@ -550,9 +558,10 @@ async def _serve(run: AgentRun, channel: RayChannel, serving: asyncio.Future[Any
         if deadlines:  # killed when it did not stop in time: stopped, not crashed
             _stopped(run, server)
         else:
-            cause = await channel.ended()
+            cause = channel.stalled or await channel.ended()
             _fail(run, "failed", AgentError(
-                f"the Ray actor running agent {run.lineage} died: {cause}"), server)
+                f"agent {run.lineage}: {cause}" if channel.stalled is not None
+                else f"the Ray actor running agent {run.lineage} died: {cause}"), server)
     except Exception as exc:  # it could not load the agent; a reply that does not load
         _fail(run, "failed", exc, server)
 

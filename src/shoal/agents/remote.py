@@ -9,8 +9,10 @@ worker_env`: provider keys pass by name only, ``Agent(env=[...])``) and its OS l
 one socket:
 
 * **budgets**: each model request, each response's usage and each subagent start is charged
-  by the root's tracker (``start_request``, ``add_usage``, ``take_subagent``), so limits stay
-  exact across processes and nothing is spent twice;
+  by the root's tracker (``start_request``, whose answer is what the tree spent, so the
+  request's output cap is what the tree left; ``add_usage``, ``take_subagent``), and so is
+  what a reply streamed so far (``streamed``, one way), so limits stay exact across
+  processes and nothing is spent twice;
 * **model gates**: before each request the child takes a slot of the root's gate for its model
   (``gate_enter``; ``gate_exit`` gives it back), and a ``Retry-After`` it meets closes the root's
   gate for the whole tree (``gate_pause``): one rate-limit gate per model across the tree;
@@ -56,6 +58,8 @@ reason, breach)`` (``breach``: the tree's :class:`~shoal.exceptions.BudgetExceed
 ``None`` when a person or a timeout cancelled the agent). The child sends ``("call", id,
 op, args)``, ``("event", event)``, ``("gate_exit", name)``, ``("gate_pause", name,
 seconds)``, ``("withdraw", request_ids)`` (approval requests it no longer needs),
+``("streamed", lineage, tokens)`` (the tokens a reply streaming there surely spent so far;
+``0``: it ended without usage),
 ``("journal", [(run_id, pickled records), ...])`` (the steps it finished, with the
 in-memory journal) and last
 ``("done", result)`` (or ``("error", text)`` when it cannot even load the agent's
@@ -97,11 +101,12 @@ from collections import Counter, deque
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field, fields, replace
 from functools import partial
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from shoal.events import AgentFinished, AgentStarted, Event
 from shoal.exceptions import (
     AgentError,
+    BudgetExceeded,
     ConfigError,
     SerializationError,
     ShoalError,
@@ -109,7 +114,7 @@ from shoal.exceptions import (
 )
 from shoal.executors._reaper import kill_tree
 from shoal.executors._shipping import dumps
-from shoal.executors.process import _Process, _ref_of, describe_exit, worker_env
+from shoal.executors.process import _Process, _ref_of, describe_exit, process_state, worker_env
 from shoal.executors.results import (
     Refused,
     allowed_result_types,
@@ -132,7 +137,6 @@ if TYPE_CHECKING:
     from shoal.agents.result import AgentResult, AgentStatus
     from shoal.agents.run import AgentRun
     from shoal.board import Board
-    from shoal.exceptions import BudgetExceeded
     from shoal.executors._process_ref import ProcessRef
     from shoal.limits import ProcessLimits
     from shoal.models.base import Model
@@ -142,12 +146,21 @@ if TYPE_CHECKING:
     from shoal.store.claims import RunClaim
 
 __all__ = ["CANCEL_GRACE", "PARENT_EVENTS", "PARENT_MEMORY", "PARENT_MEMORY_EVENTS",
-           "PARENT_STORE", "STORE_METHODS", "Channel", "Mirrored", "ProcessChannel",
-           "StartSpec", "TreeServer", "load_message", "load_mirrored", "routed_store",
+           "PARENT_STORE", "STOPPED_CHECK", "STOPPED_GRACE", "STORE_METHODS", "Channel",
+           "Mirrored", "ProcessChannel", "StartSpec", "StopWatch", "TreeServer", "Watched",
+           "load_message", "load_mirrored", "routed_store",
            "run_elsewhere", "start_spec", "without_refused"]
 
 #: Seconds a cancelled agent process gets to record its end before it is killed.
 CANCEL_GRACE = 0.5
+#: Seconds an agent process may stay stopped (``SIGSTOP``, ``SIGTSTP``) before its parent
+#: kills it and fails its call: stopped, it answers nothing, and with no deadline its tree
+#: waited for good. Only its state counts, never how long it takes to answer, so an agent
+#: busy for hours is never ended for it.
+STOPPED_GRACE = 30.0
+#: Seconds between two checks of the state of a tree's agent processes (one read of
+#: ``/proc`` each, by one task for all of them).
+STOPPED_CHECK = 1.0
 #: The ``StartSpec.store`` of an agent whose journal is its parent's (see
 #: :class:`~shoal.agents._process.ParentStore`), without and with the run's events.
 PARENT_STORE, PARENT_EVENTS = "parent", "parent+events"
@@ -248,6 +261,8 @@ class ProcessChannel(Channel):
         #: hold once this one has been reaped
         self.ref = _ref_of(proc)
         self.lineage = ""  # the agent's, for messages
+        #: why its parent killed it, when it was found stopped (see :class:`StopWatch`)
+        self.stalled: str | None = None
         self._reader = reader
         self._writer = writer
 
@@ -319,6 +334,10 @@ class ProcessChannel(Channel):
 
     async def ended(self) -> str:
         """How the process ended (it closed its socket: it is gone or going)."""
+        if self.stalled is not None:  # killed here for it: the SIGKILL is not the cause
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.proc.wait(), 2.0)
+            return self.stalled
         try:
             code = await asyncio.wait_for(self.proc.wait(), 2.0)
         except TimeoutError:  # closed its socket yet lingers: not ours to wait for
@@ -385,6 +404,7 @@ _SHAPES: dict[str, tuple[int, Any]] = {
     "gate_pause": (3, lambda m: isinstance(m[1], str) and type(m[2]) in (int, float)
                    and 0 <= m[2] < float("inf")),
     "withdraw": (2, lambda m: isinstance(m[1], list | tuple)),
+    "streamed": (3, lambda m: isinstance(m[1], str) and type(m[2]) is int and m[2] >= 0),
     "journal": (2, lambda m: True),  # checked as it is kept (see TreeServer.mirror)
     "here": (3, lambda m: True),  # a Ray actor's first (checked by its channel)
 }
@@ -781,6 +801,78 @@ class _Gone(Exception):
     """The agent's channel ended before its result came."""
 
 
+class Watched(Protocol):
+    """What :class:`StopWatch` watches: an agent's channel to a process on this machine."""
+
+    lineage: str
+    stalled: str | None  # why it was killed, once it was
+
+    @property
+    def pid(self) -> int:
+        """The agent's process, on this machine (alive while the channel is open)."""
+
+    def kill(self) -> None:
+        """End the agent now, and everything it started."""
+
+
+class StopWatch:
+    """Ends the agent processes of one event loop found stopped for :data:`STOPPED_GRACE` s.
+
+    One task checks them all every :data:`STOPPED_CHECK` s, while there are any: a process
+    stopped (state ``T``) answers nothing, its socket stays open and its call would wait for
+    good. One stopped by a debugger (``t``) is left alone: someone is looking at it.
+    """
+
+    _of_loop: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, StopWatch]] = (
+        weakref.WeakKeyDictionary())
+
+    def __init__(self) -> None:
+        self._since: dict[Watched, float | None] = {}  # when first seen stopped
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def watch(cls, channel: Watched) -> None:
+        """Watch ``channel``'s process until :meth:`forget`."""
+        loop = asyncio.get_running_loop()
+        watch = cls._of_loop.get(loop)
+        if watch is None:
+            watch = cls._of_loop[loop] = cls()
+        watch._since[channel] = None
+        if watch._task is None:
+            watch._task = loop.create_task(watch._run())
+
+    @classmethod
+    def forget(cls, channel: Watched) -> None:
+        """Stop watching ``channel``'s process (its agent ended)."""
+        watch = cls._of_loop.get(asyncio.get_running_loop())
+        if watch is not None:
+            watch._since.pop(channel, None)
+            if not watch._since and watch._task is not None:  # none left: no task lingers
+                watch._task.cancel()
+                watch._task = None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._since:
+            await asyncio.sleep(STOPPED_CHECK)
+            self._check(loop.time())
+        self._task = None
+
+    def _check(self, now: float) -> None:
+        for channel, since in list(self._since.items()):
+            if process_state(channel.pid) != b"T":
+                self._since[channel] = None
+            elif since is None:
+                self._since[channel] = now
+            elif now - since >= STOPPED_GRACE:
+                del self._since[channel]
+                channel.stalled = (
+                    f"agent process {channel.pid} stopped (SIGSTOP or SIGTSTP) and did not "
+                    f"answer for {STOPPED_GRACE:g} s: it was killed")
+                log.warning("agent %s: %s", channel.lineage, channel.stalled)
+                channel.kill()
+
+
 class TreeServer:
     """Answers one remote agent's requests from the tree's context (see the module docstring).
 
@@ -805,6 +897,9 @@ class TreeServer:
         # journal writes of board commits under way: let finish, never cancelled (a commit
         # applied to the board is journaled, whatever became of the agent that made it)
         self._journaling: set[asyncio.Task[None]] = set()
+        #: lineages whose replies it charged while streaming: forgotten when it ends (a
+        #: process that died mid-reply sends no usage to settle them)
+        self._streaming: set[str] = set()
         self._claims: dict[int, RunClaim] = {}  # run claims held for the agent's journal
         self._next_claim = 0
         #: run ids of this agent's subtree (the only runs it may journal or commit for)
@@ -844,6 +939,8 @@ class TreeServer:
                 gate.pause(min(message[2], gate.retry.max_retry_after))
             elif kind == "withdraw":
                 self._withdraw(message[1])
+            elif kind == "streamed":
+                self._streamed(message[1], message[2])
             elif kind == "journal":
                 self.mirror(message[1])
         raise _Gone
@@ -886,6 +983,7 @@ class TreeServer:
                 tracker.start_request(*args)
                 self.requests += 1
                 self.turns += args[0] == self.lineage  # as AgentRun.start_turn counts them
+                value = tracker.spent()  # the agent caps its request's output to what is left
             elif op == "refund_request":  # a turn stopped before it asked its model
                 tracker.refund_request(*args)
                 self.requests -= 1
@@ -907,6 +1005,19 @@ class TreeServer:
             self._reply(call_id, op, False, exc)
             return
         self._reply(call_id, op, True, value)
+
+    def _streamed(self, where: str, tokens: int) -> None:
+        """Charge the tokens a reply of the agent's subtree streamed so far to the tree.
+
+        One way, nothing answered: a breach stops the tree (this agent with it) from here.
+        """
+        if where != self.lineage and not where.startswith(f"{self.lineage}/"):
+            log.warning("agent %s charged tokens streamed by %s, not of its subtree: dropped",
+                        self.lineage, _cut(where))
+            return
+        self._streaming.add(where)
+        with contextlib.suppress(BudgetExceeded):  # the tree is told (see BudgetTracker.stop)
+            self.ctx.tracker.charge_streamed(tokens, where)
 
     def _subagent_at(self, args: tuple[Any, ...]) -> tuple[int, str]:
         """The depth and lineage of a subagent the agent asks to start, if its subtree's.
@@ -1173,6 +1284,9 @@ class TreeServer:
         for claim in self._claims.values():
             claim.release()
         self._claims.clear()
+        for where in self._streaming:  # replies it never ended (it died): no longer streaming
+            self.ctx.tracker.charge_streamed(0, where)
+        self._streaming.clear()
 
 
 def _entry(entry: Any) -> bool:
@@ -1382,6 +1496,7 @@ async def run_elsewhere(run: AgentRun) -> AgentResult[Any]:
     server = TreeServer(ctx, channel, run.lineage, run.depth)
     serving = asyncio.ensure_future(server.serve())
     deadlines: list[asyncio.TimerHandle] = []
+    StopWatch.watch(channel)
 
     def stop(reason: str, breach: BudgetExceeded | None) -> None:
         channel.send(("cancel", reason, breach))
@@ -1404,13 +1519,15 @@ async def run_elsewhere(run: AgentRun) -> AgentResult[Any]:
             else:
                 cause = await channel.ended()
                 _fail(run, "failed", AgentError(
-                    f"the process running agent {run.lineage} died: {cause}"), server)
+                    f"agent {run.lineage}: {cause}" if channel.stalled is not None
+                    else f"the process running agent {run.lineage} died: {cause}"), server)
         except Exception as exc:  # it could not load the agent; a reply that does not load
             if deadlines and isinstance(exc, SerializationError):  # cut short by the kill
                 _stopped(run, server)
             else:
                 _fail(run, "failed", exc, server)
     finally:
+        StopWatch.forget(channel)
         for timer in deadlines:
             timer.cancel()
         ctx.untrack_remote(run.lineage)

@@ -526,6 +526,9 @@ class AgentRun:
         """Forget the model turn in flight, whatever its end; a turn never asked is no turn."""
         self.ctx.untrack_handle(self.lineage, asking)
         self._asking = None
+        if asking.chars and (outcome is None or outcome.status != "ok"):
+            # a stream that ended with no usage to settle it no longer counts as streaming
+            self.ctx.tracker.charge_streamed(0, self.lineage)
         if not asking.asked and (outcome is None or outcome.status != "ok"):
             self._unstart_turn()  # its run stopped before it asked: not a turn (an ok
             # outcome unasked is a resumed turn's, replayed from the journal)

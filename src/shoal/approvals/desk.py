@@ -39,7 +39,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from shoal.approvals.ledger import ApprovalLedger, MemoryLedger, RunLedger, batched, batches
-from shoal.approvals.policy import ApprovalRequest, Approver, Decision, reviewed, stopped
+from shoal.approvals.policy import _ANSWER, ApprovalRequest, Approver, Decision, reviewed, stopped
 from shoal.approvals.policy import request_id as request_id_of  # its parameters are ids
 from shoal.clock import running_loop
 from shoal.exceptions import describe_exception, exception_message
@@ -72,6 +72,7 @@ class _Pending:
     deadline: float | None = None  # loop time past which an answer comes too late
     open: bool = True
     sent: bool = False  # handed to the approver
+    review: asyncio.Task[None] | None = None  # the review it is part of, once sent
 
 
 @dataclass(slots=True, eq=False)
@@ -87,14 +88,18 @@ class _Lane:
     # a deque: taken from the front one by one (a list's pop(0) moved the rest each time)
     queue: deque[_Pending] = field(default_factory=deque)
     open: dict[str, _Pending] = field(default_factory=dict)
-    # the batch under review, as a set of those of its requests still open: a request
+    # each review under way, with those of its batch's requests still open: a request
     # closed is taken out, and the review of a batch with none left is cancelled (a list
     # looked through, comparing field by field, made withdrawing a batch of 20,000 take
-    # minutes)
-    batch: set[_Pending] = field(default_factory=set)
-    review: asyncio.Task[None] | None = None
+    # minutes). One at a time for a serial approver (a person); several for one that
+    # decides each request on its own, so a request it never answers holds back no other
+    reviews: dict[asyncio.Task[None], set[_Pending]] = field(default_factory=dict)
     flush_soon: asyncio.Handle | None = None
     rate_timer: asyncio.TimerHandle | None = None
+    # decisions handed on early (answer_now), ruled together at the loop's next turn: those
+    # that come at once (a thousand async answers) are kept in one commit, not one each
+    early: list[tuple[_Pending, Decision, str]] = field(default_factory=list)
+    early_soon: asyncio.Handle | None = None
 
 
 class _Rulings:
@@ -256,10 +261,10 @@ class ApprovalDesk:
             return
         for pending in [p for p in lane.open.values() if p.request.run_id == run_id]:
             self.withdraw(pending.request.id)
-        review = lane.review
-        if review is not None and review.cancelling():
+        stopping = {review for review in lane.reviews if review.cancelling()}
+        if stopping:
             # bounded: an approver that ignores cancellation must not hold the run open
-            await asyncio.wait({review}, timeout=DRAIN_GRACE)
+            await asyncio.wait(stopping, timeout=DRAIN_GRACE)
 
     async def aclose(self) -> None:
         """Withdraw everything and stop the reviews in progress (each on its own loop)."""
@@ -275,12 +280,12 @@ class ApprovalDesk:
                     loop.call_soon_threadsafe(self._stop_lane, lane)
 
     async def _close_lane(self, lane: _Lane) -> None:
-        review = self._stop_lane(lane)
-        if review is not None:
-            await asyncio.wait({review}, timeout=DRAIN_GRACE)
+        reviews = self._stop_lane(lane)
+        if reviews:
+            await asyncio.wait(reviews, timeout=DRAIN_GRACE)
 
-    def _stop_lane(self, lane: _Lane) -> asyncio.Task[None] | None:
-        """Withdraw a lane's requests and cancel its review (on its loop); the review, if any."""
+    def _stop_lane(self, lane: _Lane) -> set[asyncio.Task[None]]:
+        """Withdraw a lane's requests and cancel its reviews (on its loop); those still on."""
         for request_id in list(lane.open):
             pending = self._close(lane, request_id)
             if pending is not None and pending.sent and self.approver is not None:
@@ -289,11 +294,10 @@ class ApprovalDesk:
             if handle is not None:
                 handle.cancel()
         lane.flush_soon = lane.rate_timer = None
-        review = lane.review
-        if review is None or review.done():
-            return None
-        review.cancel()
-        return review
+        reviews = {review for review in lane.reviews if not review.done()}
+        for review in reviews:
+            review.cancel()
+        return reviews
 
     # ---- internals ------------------------------------------------------------------------
 
@@ -333,10 +337,11 @@ class ApprovalDesk:
         pending.open = False
         if pending.timer is not None:
             pending.timer.cancel()
-        if lane.review is not None and pending in lane.batch:
-            lane.batch.discard(pending)
-            if not lane.batch:
-                review = lane.review
+        review = pending.review
+        batch = lane.reviews.get(review) if review is not None else None
+        if review is not None and batch is not None:
+            batch.discard(pending)
+            if not batch:  # every request of it answered or withdrawn: nobody needs it
                 review.cancel()
                 # one that ignores its cancellation must not hold the lane (the next batch,
                 # of this run or another, waited for it, for good without approval_timeout)
@@ -350,12 +355,13 @@ class ApprovalDesk:
         dropped. The next batch is reviewed meanwhile (the approver, which ignored the
         cancellation, is then asked while its old review goes on).
         """
-        if lane.review is not review or review.done():
+        if review not in lane.reviews or review.done():
             return
         log.warning("approver %s ignored the cancellation of a review whose requests were all "
-                    "withdrawn, for %g s: the next batch is reviewed without waiting for it",
+                    "answered or withdrawn, for %g s: the next batch is reviewed without "
+                    "waiting for it",
                     _name_of(self.approver) if self.approver is not None else "?", DRAIN_GRACE)
-        lane.review, lane.batch = None, set()
+        del lane.reviews[review]
         if lane.queue and lane.flush_soon is None:
             lane.flush_soon = review.get_loop().call_soon(self._flush, lane)
 
@@ -372,15 +378,17 @@ class ApprovalDesk:
     def _flush(self, lane: _Lane) -> None:
         """Pass queued requests on as one batch, within the budget and the rate."""
         lane.flush_soon = None
-        if lane.review is not None:
+        if lane.reviews and _serial(self.approver):
             return  # the review in progress flushes again when it ends
         # the denials made here (no approver, the budget spent) are kept in one commit
         with self.together():
             batch = self._take_batch(lane)
         if batch:  # on the lane's loop: this runs there (a handle or a timer of its own)
-            lane.batch = set(batch)
-            lane.review = asyncio.get_running_loop().create_task(self._run_review(lane, batch))
-            lane.review.add_done_callback(_retrieved)
+            review = asyncio.get_running_loop().create_task(self._run_review(lane, batch))
+            lane.reviews[review] = set(batch)
+            for pending in batch:
+                pending.review = review
+            review.add_done_callback(_retrieved)
 
     def _take_batch(self, lane: _Lane) -> list[_Pending]:
         """The queued requests the approver gets now; deny those it never will get."""
@@ -436,6 +444,11 @@ class ApprovalDesk:
     async def _run_review(self, lane: _Lane, batch: list[_Pending]) -> None:
         approver = self.approver
         assert approver is not None
+        review = asyncio.current_task()  # this review's task, as _flush made it
+        assert review is not None
+        # what the approver hands on early (answer_now) is ruled at once, in this task's
+        # context only: another review's approver cannot answer for this one's requests
+        _ANSWER.set(partial(self._answer_early, lane, review, approver))
         try:
             decisions = await self._ask(approver, [p.request for p in batch])
         except asyncio.CancelledError:
@@ -444,22 +457,44 @@ class ApprovalDesk:
             loop = asyncio._get_running_loop()  # the review's task runs on the lane's loop
             # (none: its coroutine closed as garbage, its loop gone); a review abandoned
             # (see _abandon_review) no longer holds the lane: another's may be under way
-            if loop is not None and lane.review is asyncio.current_task():
-                lane.review, lane.batch = None, set()
-                if lane.queue and lane.flush_soon is None and not loop.is_closed():
-                    lane.flush_soon = loop.call_soon(self._flush, lane)
-        now = asyncio.get_running_loop().time()
+            if (loop is not None and lane.reviews.pop(review, None) is not None
+                    and lane.queue and lane.flush_soon is None and not loop.is_closed()):
+                lane.flush_soon = loop.call_soon(self._flush, lane)
         with self.together():  # the batch's decisions: one commit (per ledger) for them all
             for pending, decision in zip(batch, decisions, strict=True):
-                if not pending.open:
-                    continue
-                if pending.deadline is not None and now >= pending.deadline:
-                    # answered after the timeout, whose timer could not run meanwhile (a sync
-                    # approver holding the loop): the timeout's denial stands, not the answer
-                    self._expire(lane, pending.request.id, answered=True)
-                    continue
-                self._close(lane, pending.request.id)
-                self._rule(pending, decision, _name_of(approver))
+                self._decide(lane, pending, decision, _name_of(approver))
+
+    def _answer_early(self, lane: _Lane, review: asyncio.Task[Any], approver: Approver,
+                      request: ApprovalRequest, decision: Decision) -> None:
+        """Rule one request of ``review``'s batch now (see :func:`~shoal.approvals.answer_now`)."""
+        pending = lane.open.get(request.id) if isinstance(request, ApprovalRequest) else None
+        if pending is None or pending.review is not review:  # not this review's (any more)
+            return
+        if not isinstance(decision, Decision):  # quoted in bounds, as in _ask
+            decision = Decision.deny(f"the approver answered {_safe_repr(decision)}, "
+                                     "not a Decision")
+        lane.early.append((pending, decision, _name_of(approver)))
+        if lane.early_soon is None:
+            lane.early_soon = asyncio.get_running_loop().call_soon(self._rule_early, lane)
+
+    def _rule_early(self, lane: _Lane) -> None:
+        """Rule the decisions handed on early since the last turn of the loop, in one lot."""
+        early, lane.early, lane.early_soon = lane.early, [], None
+        with self.together():
+            for pending, decision, by in early:
+                self._decide(lane, pending, decision, by)
+
+    def _decide(self, lane: _Lane, pending: _Pending, decision: Decision, by: str) -> None:
+        """Rule a request the approver answered, unless it is closed or its time ran out."""
+        if not pending.open:
+            return
+        if pending.deadline is not None and asyncio.get_running_loop().time() >= pending.deadline:
+            # answered after the timeout, whose timer could not run meanwhile (a sync
+            # approver holding the loop): the timeout's denial stands, not the answer
+            self._expire(lane, pending.request.id, answered=True)
+            return
+        self._close(lane, pending.request.id)
+        self._rule(pending, decision, by)
 
     async def _ask(self, approver: Approver, requests: list[ApprovalRequest]) -> list[Decision]:
         """The approver's decisions, one per request; a failing approver denies them all."""
@@ -535,6 +570,17 @@ def _retrieved(review: asyncio.Task[None]) -> None:
     """
     if not review.cancelled():
         review.exception()
+
+
+def _serial(approver: Approver | None) -> bool:
+    """Whether ``approver`` reviews one batch at a time (its ``serial``; a failing one: yes)."""
+    if approver is None:
+        return True
+    try:
+        return bool(approver.serial)
+    except Exception:  # a property of the user's that fails: the safe, old way
+        log.exception("approver %s: its serial property failed", _name_of(approver))
+        return True
 
 
 def _name_of(approver: Approver) -> str:

@@ -15,6 +15,7 @@ approver, which asks a person on the terminal, is part of the command line
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import itertools
 import json
@@ -44,6 +45,7 @@ __all__ = [
     "Rule",
     "RulesApprover",
     "Verdict",
+    "answer_now",
     "approval_reason",
     "as_approver",
     "request_id",
@@ -170,10 +172,10 @@ class Approver(ABC):
     """Decides on batches of pending calls. Subclass it and implement :meth:`review`.
 
     ``review`` may take as long as a person needs; the runtime's ``approval_timeout`` turns
-    a late answer into a denial. It is never called twice at once by one runtime (the next
-    batch waits), but one approver may serve several runtimes; a review cancelled (every
-    request of its batch withdrawn) that ignores its cancellation for a second no longer
-    holds up the next batch.
+    a late answer into a denial. Unless its :attr:`serial` is false, it is never called twice
+    at once by one runtime (the next batch waits), but one approver may serve several
+    runtimes; a review cancelled (every request of its batch answered or withdrawn) that
+    ignores its cancellation for a second no longer holds up the next batch.
     """
 
     @property
@@ -181,9 +183,23 @@ class Approver(ABC):
         """Who decided, as stored with each decision (default: the class name)."""
         return type(self).__name__
 
+    @property
+    def serial(self) -> bool:
+        """Whether it reviews one batch at a time (the default: a person at one prompt).
+
+        An approver that decides each request on its own (a function, a tree's root desk)
+        says ``False``: the next batch is then passed on while a review goes on, so a
+        request it never answers holds back no later one.
+        """
+        return True
+
     @abstractmethod
     async def review(self, batch: Sequence[ApprovalRequest]) -> Sequence[Decision]:
-        """One decision per request, in the batch's order."""
+        """One decision per request, in the batch's order.
+
+        A decision made before the others may be handed on at once with :func:`answer_now`
+        (its call starts then); the one returned for it later is ignored.
+        """
 
     def withdrawn(self, requests: Sequence[ApprovalRequest]) -> None:
         """These requests no longer need an answer (their calls were cancelled or timed out).
@@ -192,6 +208,24 @@ class Approver(ABC):
         then runs as a task of its own (what it raises is logged).
         """
         return None
+
+
+#: Set by the desk in each review's task: hands one decision of the batch on at once.
+_ANSWER: contextvars.ContextVar[Callable[[ApprovalRequest, Decision], None] | None] = (
+    contextvars.ContextVar("shoal_approval_answer", default=None))
+
+
+def answer_now(request: ApprovalRequest, decision: Decision) -> None:
+    """Give ``request`` of the batch under review its decision now, before the review ends.
+
+    For an :meth:`Approver.review` that decides its requests one by one: each call starts as
+    its decision is made, instead of waiting for the slowest (or a never answered) request
+    of its batch. Called from the review (or a task it started); elsewhere, or for a request
+    answered, withdrawn or timed out already, it does nothing.
+    """
+    answer = _ANSWER.get()
+    if answer is not None:
+        answer(request, decision)
 
 
 CallbackResult = Decision | bool | None
@@ -223,15 +257,24 @@ class CallbackApprover(Approver):
         """The function's name (or the one given)."""
         return self._name
 
+    @property
+    def serial(self) -> bool:
+        """``False``: the function decides each request on its own."""
+        return False
+
     async def review(self, batch: Sequence[ApprovalRequest]) -> Sequence[Decision]:
-        """Ask the function about every request in ``batch``."""
+        """Ask the function about every request in ``batch``; each answer is used as it comes."""
         answers = [self._call(r) for r in batch]
         waiting = [i for i, a in enumerate(answers) if inspect.isawaitable(a)]
         if waiting:  # only async answers need the loop: sync ones cost no task
+            for request, answer in zip(batch, answers, strict=True):
+                if not inspect.isawaitable(answer):  # its call need not wait for the others
+                    answer_now(request, _as_decision(answer))
             # a task each, known by its request: withdrawn, it is cancelled (see withdrawn);
             # else a function that never answers a request nobody needs any more (a person
-            # who walked away) held back the answers of the whole batch for good
-            asking = {batch[i].id: asyncio.ensure_future(self._await(answers[i]))
+            # who walked away) held back the answers of the whole batch for good. Each task
+            # hands its answer on as it comes (one never answered holds back only itself)
+            asking = {batch[i].id: asyncio.ensure_future(self._await(answers[i], batch[i]))
                       for i in waiting}
             self._asking.update(asking)
             try:
@@ -268,17 +311,19 @@ class CallbackApprover(Approver):
             return _raised(exc)
 
     @staticmethod
-    async def _await(answer: Any) -> object:
+    async def _await(answer: Any, request: ApprovalRequest) -> object:
         try:
-            return await answer
+            decided = _as_decision(await answer)
         except KeyboardInterrupt:
             raise
         except asyncio.CancelledError as exc:
             if stopped():
                 raise
-            return _raised(exc)  # as in _call
+            decided = _raised(exc)  # as in _call
         except BaseException as exc:  # sys.exit too, as in _call
-            return _raised(exc)
+            decided = _raised(exc)
+        answer_now(request, decided)
+        return decided
 
 
 async def reviewed(approver: Approver, batch: Sequence[ApprovalRequest]) -> Any:
@@ -511,11 +556,19 @@ class RulesApprover(Approver):
                 return rule.decision()
         return None
 
+    @property
+    def serial(self) -> bool:
+        """Whether ``otherwise`` reviews one batch at a time (rules alone never wait)."""
+        return isinstance(self.otherwise, Approver) and self.otherwise.serial
+
     async def review(self, batch: Sequence[ApprovalRequest]) -> Sequence[Decision]:
         """Decide by rules; pass the unmatched requests to ``otherwise``."""
         decided = [self.decide(r) for r in batch]
         rest = [r for r, d in zip(batch, decided, strict=True) if d is None]
         if rest and isinstance(self.otherwise, Approver):
+            for request, decision in zip(batch, decided, strict=True):
+                if decision is not None:  # a rule's call need not wait for the fallback
+                    answer_now(request, decision)
             answers = iter(await self._otherwise(rest))  # one each, in order
             return [d if d is not None else next(answers) for d in decided]
         fallback = (Decision.approve("allowed: no rule matched") if self.otherwise == "allow"

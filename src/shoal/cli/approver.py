@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, TextIO
 
-from shoal.approvals.policy import ApprovalRequest, Approver, Decision
+from shoal.approvals.policy import ApprovalRequest, Approver, Decision, answer_now
 from shoal.cli.safe import clean, exact_json_view, one_line, safe_repr, text, view_text
 from shoal.cli.safe import console as safe_console
 from shoal.exceptions import ConfigError
@@ -196,7 +196,9 @@ class ConsoleApprover(Approver):
         for i, call in enumerate(calls, 1):
             if len(calls) > 1:  # the table may have scrolled away: show this call again
                 self.console.print(call.text(title=f"#{i} "))
-            decisions.append(await self._ask_one(i, call))
+            decision = await self._ask_one(i, call)
+            answer_now(call.request, decision)  # its call starts now, not after the last
+            decisions.append(decision)
         return decisions
 
     async def _choose_batch(self, calls: Sequence[_Shown]) -> str | None:

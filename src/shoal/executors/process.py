@@ -189,6 +189,32 @@ def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-P", "-m", module, *args]
 
 
+def process_state(pid: int) -> bytes | None:
+    """The state letter of process ``pid``; ``None`` if it cannot be read (gone, no ``/proc``).
+
+    ``b"T"``: stopped, ``b"t"``: stopped by a tracer, ``b"Z"``: ended, not reaped... For a
+    child of ours not reaped yet: its pid is still its own. One read of ``/proc``, cheap
+    enough to check many processes every second.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            text = stat.read()
+    except OSError:  # gone meanwhile, or no /proc (macOS)
+        return _psutil_state(pid) if sys.platform == "darwin" else None
+    return text[text.rfind(b")") + 2:][:1] or None
+
+
+def _psutil_state(pid: int) -> bytes | None:
+    """:func:`process_state` where there is no ``/proc``: only stopped (``T``) or not."""
+    import psutil
+
+    try:
+        status = psutil.Process(pid).status()
+    except psutil.Error:
+        return None
+    return b"T" if status == psutil.STATUS_STOPPED else b"R"
+
+
 def describe_exit(returncode: int, limits: ProcessLimits | None = None) -> str:
     """How a worker ended, for an error message: ``exit code 1``, ``killed by signal ...``."""
     if returncode >= 0:
@@ -557,14 +583,8 @@ class _TemplateHandle:
     def _frozen(self) -> bool:
         """Whether the template is stopped (``SIGSTOP``, ``SIGTSTP``): it answers nothing."""
         proc = self.proc
-        if proc is None:
-            return False
-        try:  # not reaped yet (ours to reap), so its pid is still its own
-            with open(f"/proc/{proc.pid}/stat", "rb") as stat:
-                text = stat.read()
-        except OSError:  # no /proc (macOS forks no template), or gone meanwhile
-            return False
-        return text[text.rfind(b")") + 2:][:1] in (b"T", b"t")
+        # not reaped yet (ours to reap), so its pid is still its own
+        return proc is not None and process_state(proc.pid) in (b"T", b"t")
 
     def stop(self, *, gone: bool = False) -> int | None:
         """Kill the template and reap it (its workers die with it); how it ended.
