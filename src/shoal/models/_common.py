@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import time
 import weakref
@@ -46,6 +47,8 @@ from shoal.models.prices import Price, cost
 __all__ = [
     "LOCAL_API_KEY",
     "UNNAMED",
+    "cut_short",
+    "sent_tool_name",
     "Pace",
     "PerLoop",
     "check_base_url",
@@ -81,7 +84,36 @@ LOCAL_API_KEY = "shoal-local-no-key"
 #: the whole conversation with it (the call itself was answered "no tool named ''").
 UNNAMED = "unnamed_tool"
 
+# What both APIs accept as a tool name (OpenAI's limit, the stricter one, is 64 characters).
+_TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+_NOT_IN_A_TOOL_NAME = re.compile(r"[^a-zA-Z0-9_-]+")
+
 _LOCAL_NAMES = {"localhost", "host.docker.internal"}
+
+
+def sent_tool_name(name: str) -> str:
+    """A model's tool call's name as the history sent back to the provider may carry it.
+
+    A model can call a tool by a name no tool has (markup, control characters, a name too
+    long); the call was answered with an error naming what it used, but the name itself,
+    sent back as written, made the API refuse every later request of the conversation.
+    Characters outside ``[a-zA-Z0-9_-]`` become ``_`` and the name is cut to 64; an empty
+    one is :data:`UNNAMED`. A name the APIs accept goes back as it is.
+    """
+    if _TOOL_NAME.fullmatch(name):
+        return name
+    return _NOT_IN_A_TOOL_NAME.sub("_", name)[:64] or UNNAMED
+
+
+def cut_short(name: str, missing: str) -> ModelConnectionError:
+    """The error for a stream that ended cleanly before the provider said it was complete.
+
+    ``missing`` names the signal that never came. A connection closed early by a server or a
+    proxy that fell over ends the stream like a finished one; taken as it stood, a final
+    answer cut mid-text came back as the agent's answer. Transient, as a lost connection is.
+    """
+    return ModelConnectionError(name, f"the stream ended before the provider said it was "
+                                      f"complete ({missing}): the reply may be cut short")
 
 
 def is_local_url(url: str | None) -> bool:
