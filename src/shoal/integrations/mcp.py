@@ -44,7 +44,6 @@ import contextlib
 import contextvars
 import copy
 import functools
-import hashlib
 import json
 import logging
 import math
@@ -76,7 +75,7 @@ from shoal.merge import shown
 from shoal.policy import ApprovalRule, ToolPolicy, policy_from
 from shoal.scheduler.scope import RunScope, register_injector
 from shoal.schema import model_facts
-from shoal.tools import Tool
+from shoal.tools import Tool, api_tool_name
 
 try:
     import anyio  # what the mcp SDK's transports run on
@@ -1008,10 +1007,7 @@ def _shoal_names(wanted: Sequence[str]) -> list[str]:
     """
     out: list[str] = []
     for name in wanted:
-        made = name
-        if not NAME_PATTERN.fullmatch(name):
-            digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-            made = (re.sub(r"[^A-Za-z0-9_-]", "_", name)[:55] or "tool") + "_" + digest
+        made = api_tool_name(name)
         while made in out:
             made = made[:60] + "_" + str(len(out))
         out.append(made)

@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import os
-import re
 import socket
 import time
 import weakref
@@ -43,6 +42,7 @@ from shoal.exceptions import (
 from shoal.merge import shown
 from shoal.models.base import Message, ModelRequest, ToolCall, Usage
 from shoal.models.prices import Price, cost
+from shoal.tools import api_tool_name
 
 __all__ = [
     "LOCAL_API_KEY",
@@ -84,10 +84,6 @@ LOCAL_API_KEY = "shoal-local-no-key"
 #: the whole conversation with it (the call itself was answered "no tool named ''").
 UNNAMED = "unnamed_tool"
 
-# What both APIs accept as a tool name (OpenAI's limit, the stricter one, is 64 characters).
-_TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
-_NOT_IN_A_TOOL_NAME = re.compile(r"[^a-zA-Z0-9_-]+")
-
 _LOCAL_NAMES = {"localhost", "host.docker.internal"}
 
 
@@ -96,13 +92,11 @@ def sent_tool_name(name: str) -> str:
 
     A model can call a tool by a name no tool has (markup, control characters, a name too
     long); the call was answered with an error naming what it used, but the name itself,
-    sent back as written, made the API refuse every later request of the conversation.
-    Characters outside ``[a-zA-Z0-9_-]`` become ``_`` and the name is cut to 64; an empty
-    one is :data:`UNNAMED`. A name the APIs accept goes back as it is.
+    sent back as written, made the API refuse every later request of the conversation. It
+    goes back as :func:`~shoal.tools.api_tool_name` makes it; an empty one is
+    :data:`UNNAMED`.
     """
-    if _TOOL_NAME.fullmatch(name):
-        return name
-    return _NOT_IN_A_TOOL_NAME.sub("_", name)[:64] or UNNAMED
+    return api_tool_name(name) if name else UNNAMED
 
 
 def cut_short(name: str, missing: str) -> ModelConnectionError:
