@@ -10,7 +10,8 @@ refuses (so in every process started later), and marks PATH again for each call 
 ``reserved_name`` lists a tool whose argument has the name shoal hands a call its run under;
 ``pages_in_a_loop`` pages its listing with the same cursor over and over, and
 ``pages_without_end`` pages it without end; ``listed_twice`` lists ``echo`` twice alike,
-``two_different`` a second, different ``echo``.
+``two_different`` a second, different ``echo``; ``wide_schema N`` lists one tool of N
+properties.
 """
 
 import asyncio
@@ -57,6 +58,11 @@ async def on_list(ctx: Any, params: Any) -> mcp_types.ListToolsResult:
         return mcp_types.ListToolsResult(tools=[mcp_types.Tool(
             name=f"page{at}", input_schema={"type": "object"}, annotations=READ_ONLY)],
             next_cursor="1" if MODE == "pages_in_a_loop" else str(at + 1))
+    if MODE == "wide_schema":  # a schema of N properties, each described
+        return mcp_types.ListToolsResult(tools=[mcp_types.Tool(name="wide", input_schema={
+            "type": "object", "properties": {f"p{n}": {"type": "string", "description": "x"}
+                                             for n in range(int(sys.argv[2]))}},
+            annotations=READ_ONLY)])
     sneaky = [mcp_types.Tool(name="sneaky", input_schema={
         "type": "object", "properties": {"_shoal_mcp_scope": {"type": "string"}}},
         annotations=READ_ONLY)] if MODE == "reserved_name" else []

@@ -147,7 +147,8 @@ def _sweep_case(tmp: Path, index: int, kill: str, after: int,
     assert store.integrity_check() == "ok"
     store.close()
     return {"kill": kill or f"after {after} outcomes", "completed": len(completed),
-            "in_flight": len(in_flight), "in_doubt": len(in_doubt)}
+            "in_flight": len(in_flight), "in_doubt": len(in_doubt),
+            "in_first_layer": not {node_id(0, i) for i in range(WIDTH)} <= completed}
 
 
 @pytest.mark.slow
@@ -167,7 +168,9 @@ def test_crash_sweep(tmp_path: Path) -> None:
     assert len(reports) == 20
     # the sweep covers what it claims: crashes with calls in flight, some in doubt, early/late
     assert sum(1 for r in reports if r["in_doubt"]) >= 5
-    assert min(r["completed"] for r in reports) == 0
+    # a crash before the first layer was all committed: how many of its outcomes were is a
+    # race with the kill (0 on an idle machine, more on a loaded one), which no case decides
+    assert any(r["in_first_layer"] for r in reports)
     assert max(r["completed"] for r in reports) >= 90
     elapsed = time.monotonic() - started
     print(f"\ncrash sweep: 20 kills in {elapsed:.1f} s")

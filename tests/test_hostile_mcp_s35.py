@@ -22,7 +22,8 @@ import pytest
 pytest.importorskip("mcp", reason="the mcp extra is not installed: pip install -e '.[mcp]'")
 
 import shoal
-from shoal.exceptions import MCPServerError
+from shoal.exceptions import MCPServerError, ToolDefinitionError
+from shoal.integrations.mcp import MAX_SCHEMA_OBJECTS
 from shoal.testing import ScriptedModel, call
 from tests.conftest import arun
 
@@ -454,7 +455,12 @@ def test_a_call_in_a_session_the_http_server_forgot_goes_to_a_new_session() -> N
 
 
 class _StatusHTTP(_OffProtocolHTTP):
-    """An MCP server over HTTP that answers a call with the status its URL's path names."""
+    """An MCP server over HTTP that answers a call with the status its URL's path names.
+
+    ``phrase``: the reason phrase sent with it (``None``: the standard one).
+    """
+
+    phrase: ClassVar[str | None] = None
 
     def do_POST(self) -> None:
         """Answer the handshake and the listing; a call gets an error status, in plain text."""
@@ -473,7 +479,7 @@ class _StatusHTTP(_OffProtocolHTTP):
                                            "annotations": {"readOnlyHint": True}}]}
         else:
             body = b"upstream fell over"
-            self.send_response(int(self.path.strip("/")))
+            self.send_response(int(self.path.strip("/")), self.phrase)
             self.send_header("content-type", "text/plain")
             self.send_header("content-length", str(len(body)))
             self.end_headers()
@@ -502,6 +508,32 @@ def test_an_http_error_status_to_a_call_is_a_server_error_naming_it(status: int,
             assert error is not None and error.type == "shoal.exceptions.MCPServerError"
             assert error.message == (f"MCP server 'garbler' ({url}): answered HTTP {status} "
                                      f"({phrase}) while calling 't'")
+
+    try:
+        arun(main(), timeout=SLOW)
+    finally:
+        web.shutdown()
+        web.server_close()
+
+
+def test_a_hostile_http_reason_phrase_is_cut_and_cleaned_in_the_error() -> None:
+    # the server's phrase went into the error as it came: 20,000 characters, with tabs and a
+    # C1 control character (U+009B, an escape sequence to a terminal)
+    class Hostile(_StatusHTTP):
+        phrase = "Bad\tGateway \x9b31m" + "z" * 20_000
+
+    web = ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{web.server_address[1]}/502"
+
+    async def main() -> None:
+        (tool,) = await shoal.mcp.tools(url=url, timeout=30)
+        with pytest.raises(MCPServerError) as caught:
+            await tool()
+        said = str(caught.value)
+        assert "answered HTTP 502 (Bad Gateway 31mzzz" in said, said
+        assert "characters left out" in said and len(said) < 300
+        assert "\t" not in said and "\x9b" not in said
 
     try:
         arun(main(), timeout=SLOW)
@@ -628,3 +660,24 @@ def test_control_characters_of_a_server_do_not_reach_prompts() -> None:
     finally:
         web.shutdown()
         web.server_close()
+
+
+def test_a_tool_schema_of_20000_properties_is_refused_at_once_naming_the_cap() -> None:
+    # checking it against the JSON schema meta-schema took 7 s and more, on every listing
+    async def main() -> None:
+        with pytest.raises(ToolDefinitionError) as caught:
+            await shoal.mcp.tools(command=[*SERVER, "wide_schema", "20000"], name="wide")
+        said = str(caught.value)
+        assert said.startswith("MCP server 'wide' (") and "tool 'wide'" in said
+        assert f"more than {MAX_SCHEMA_OBJECTS:,} JSON objects" in said
+        assert "leave it out with only=[...]" in said
+
+    arun(main(), timeout=SLOW)
+
+
+def test_a_tool_schema_of_a_few_hundred_properties_is_listed() -> None:
+    async def main() -> None:
+        (wide,) = await shoal.mcp.tools(command=[*SERVER, "wide_schema", "300"])
+        assert len(wide.json_schema()["properties"]) == 300
+
+    arun(main(), timeout=SLOW)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
 import math
@@ -972,21 +973,38 @@ def test_a_server_ending_itself_mid_call_fails_that_call_and_its_sibling_still_a
 def test_a_server_that_closes_its_output_fails_its_calls_at_once_and_others_go_on() -> None:
     # the call waited for its timeout, for good without one (the server lives on, and its
     # closed output was taken for a crash, if at all)
+    # "at once": while a call of the same run is still in flight, waiting for it to end (it
+    # compared the end with a 3 s sleep's, which a loaded machine starting the server lost)
+    ended = asyncio.Event()
+
+    def sink(event: Any) -> None:
+        if isinstance(event, shoal.events.NodeFinished) and event.node_id == "hung":
+            ended.set()
+
+    @shoal.tool
+    async def in_flight() -> bool:
+        """Wait for the hung call to end, 40 s at most; whether it did."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(40):  # a bound for the failure only
+                await ended.wait()
+        return ended.is_set()
+
     async def main() -> None:
         hostile = by_name(await shoal.mcp.tools(command=HOSTILE, name="hostile"))  # no timeout
         awkward = by_name(await shoal.mcp.tools(command=AWKWARD, name="awkward"))
         plan = shoal.Plan()
         up = plan.call(awkward["slow"], seconds=0)  # the other server is up once this answers
-        hung = plan.call(hostile["hang_up"], after=up)
-        sibling = plan.call(awkward["slow"], seconds=3, after=up)  # in flight meanwhile
-        result = await shoal.run(plan)
+        hung = plan.call(hostile["hang_up"], after=up, node_id="hung")
+        sibling = plan.call(awkward["slow"], seconds=1, after=up)  # the other server goes on
+        watcher = plan.call(in_flight, after=up)
+        result = await shoal.run(plan, on_event=sink)
         error = result[hung].error
         assert result[hung].status == "failed" and error is not None
         assert error.type.endswith("MCPServerError") and "'hostile'" in error.message
         assert "its output (stdout) ended" in error.message
         assert "its stderr ends: hanging up (while calling 'hang_up')" in error.message
-        assert result[sibling].value == {"result": "slept 3.0"}
-        assert (result[hung].finished_at or 0) < (result[sibling].finished_at or 0)
+        assert result[sibling].value == {"result": "slept 1.0"}
+        assert result[watcher].value is True  # it failed while the run went on, not at its end
 
     arun(main(), timeout=SLOW)  # a bound for a hang only: the call has no timeout
     assert not servers("mcp_hostile_server.py")

@@ -23,6 +23,49 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # ------------------------------------------------------------------------------------ prices
 
+#: A process out of file descriptors (none left under its open_files limit) loads the prices
+#: and prices a reply, then has descriptors again and prices one more.
+OUT_OF_FILES = """
+import asyncio, os, resource, sys
+from shoal.models._common import priced_usage
+from shoal.models.prices import catalog_loading, provider_for_url
+assert "genai_prices" not in sys.modules
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+async def main() -> None:
+    held = []
+    try:
+        while True:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError:
+        pass
+    await (catalog_loading() or asyncio.sleep(0))
+    url = provider_for_url("https://api.groq.com/openai/v1", "openai")
+    print("out of files:", priced_usage("gpt-4.1-mini", "", 1000, 1000, None).cost, url)
+    for fd in held:
+        os.close(fd)
+    print("again:", priced_usage("gpt-4.1-mini", "", 1000, 1000, None).cost,
+          provider_for_url("https://api.groq.com/openai/v1", "openai"))
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="resource limits are POSIX")
+def test_prices_that_cannot_load_for_want_of_files_are_unknown_with_one_warning_line(
+        ) -> None:
+    # loading genai-prices logged a traceback, and pricing the reply raised the import's
+    # OSError ("Too many open files") out of the model call
+    done = subprocess.run([sys.executable, "-c", OUT_OF_FILES], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines() == ["out of files: None openai", "again: 0.002 groq"]
+    assert "Traceback" not in done.stderr
+    (warning,) = done.stderr.splitlines()
+    assert "genai-prices' price data could not be loaded (OSError: " in warning
+    assert "Too many open files" in warning and "model costs are unknown" in warning
+
+
 @pytest.mark.parametrize(("model_id", "expected"), [
     ("gpt-4.1-mini", Price(0.40, 1.60, 0.10)),
     ("openai:gpt-4.1-mini", Price(0.40, 1.60, 0.10)),

@@ -139,6 +139,27 @@ def test_a_connection_reset_mid_stream_says_it_was_lost_not_never_reached(
     assert "connection lost" in str(error) and "cannot reach" not in str(error)
 
 
+@pytest.mark.parametrize(("server_class", "events", "missing"), [
+    (OpenAIWireServer, [sse({"choices": [{"index": 0, "delta": {"content": "The answer"}}]})],
+     "no finish_reason and no [DONE]"),
+    (AnthropicWireServer, [
+        sse({"type": "message_start", "message": {
+            "model": "c", "usage": {"input_tokens": 1, "output_tokens": 1}}}, "message_start"),
+        sse({"type": "content_block_start", "index": 0,
+             "content_block": {"type": "text", "text": "The answer"}}, "content_block_start")],
+     "no message_stop event"),
+], ids=["openai", "anthropic"])
+def test_a_stream_closed_cleanly_before_it_was_complete_is_a_connection_error(
+        server_class: type[Any], events: list[str], missing: str) -> None:
+    # the server closed the connection after some text, without the provider's end of the
+    # reply: the cut text came back as a whole reply (and an agent's answer, status ok)
+    answer = RawReply("".join(events).encode(), "text/event-stream")
+    error = ask(server_class, answer, stream=True)
+    assert isinstance(error, ModelConnectionError), repr(error)
+    assert "ended before the provider said it was complete" in str(error)
+    assert missing in str(error)
+
+
 @pytest.mark.parametrize("server_class", SERVERS)
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 def test_a_model_without_a_timeout_still_answers(server_class: type[Any], stream: bool) -> None:

@@ -9,6 +9,7 @@ call may run twice, and no sibling's result may be lost.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -136,7 +137,24 @@ def test_a_ten_megabyte_argument_reaches_the_tool() -> None:
     assert result.output == "done" and ran == [big]
 
 
-@pytest.mark.parametrize("name", ["nope", "ec\x00ho", "ec\ud800ho", "<b>echo</b>", ""])
+UNKNOWN_NAMES = ["nope", "ec\x00ho", "ec\ud800ho", "<b>echo</b>", "", "x" * 200,
+                 "ta\u0308b.le"]
+#: What the APIs accept as a tool name (OpenAI: 64 characters at most; Anthropic: 128).
+API_TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+
+
+def names_sent_back(server: Any) -> list[str]:
+    """The tool call names in the history of every request after the first."""
+    names = []
+    for request in server.requests[1:]:
+        for message in request.body["messages"]:
+            names += [c["function"]["name"] for c in message.get("tool_calls") or ()]
+            content = message["content"] if isinstance(message["content"], list) else []
+            names += [b["name"] for b in content if b["type"] == "tool_use"]
+    return names
+
+
+@pytest.mark.parametrize("name", UNKNOWN_NAMES)
 def test_a_tool_not_offered_is_answered_with_an_error_and_the_run_goes_on(name: str) -> None:
     stream = openai_stream(opening(0, "call_a", name, "{}"),
                            opening(1, "call_b", "echo", '{"x": 2}'))
@@ -144,12 +162,36 @@ def test_a_tool_not_offered_is_answered_with_an_error_and_the_run_goes_on(name: 
     assert result.output == "done", result
     assert ran == [2]
     assert "there is no tool named" in sent_back(server)
+    # the name went back as written, which the API refuses (and every later request)
+    names = names_sent_back(server)
+    assert len(names) == 2 and all(API_TOOL_NAME.fullmatch(n) for n in names), names
+    if name == "x" * 200:  # the model is still told the name it used, cut
+        assert "xxxxxxxxxx" in sent_back(server)
 
 
-def test_a_stream_that_ends_without_a_finish_reason_or_done_still_ends() -> None:
-    stream = openai_stream(opening(0, "call_a", "echo", '{"x": 1}'), finish=None, done=False)
-    result, _ = run_agent(RawOpenAI, [stream])
+def test_a_stream_that_ends_without_a_finish_reason_or_done_is_retried_as_cut() -> None:
+    # it was taken as it stood: a reply cut by a closed connection came back whole. The
+    # retry streams the call again; the agent keeps the one it started, which ran once.
+    call = opening(0, "call_a", "echo", '{"x": 1}')
+    result, server = run_agent(RawOpenAI, [openai_stream(call, finish=None, done=False),
+                                           openai_stream(call)])
     assert result.output == "done" and ran == [1]
+    assert len(server.requests) == 3  # the cut one, its retry, the turn after the call
+
+
+def test_a_stream_with_a_finish_reason_but_no_done_is_complete() -> None:
+    # some compatible servers never send [DONE] (llama.cpp before 2024-09): the finish
+    # reason says the reply is whole
+    stream = openai_stream(opening(0, "call_a", "echo", '{"x": 1}'), done=False)
+    result, server = run_agent(RawOpenAI, [stream])
+    assert result.output == "done" and ran == [1] and len(server.requests) == 2
+
+
+def test_a_final_answer_cut_mid_text_is_retried_not_taken_as_the_answer() -> None:
+    # the connection closed after some text: the cut answer was the run's output, status ok
+    cut = [chunk({"role": "assistant", "content": ""}), chunk({"content": "The answer is 4"})]
+    result, server = run_agent(RawOpenAI, [cut])
+    assert result.output == "done" and len(server.requests) == 2, repr(result)
 
 
 def test_an_sse_line_that_is_not_json_is_a_typed_model_error() -> None:
@@ -307,19 +349,35 @@ def test_anthropic_a_block_started_again_before_its_stop_is_a_typed_model_error(
     assert "started again before it stopped" in str(result)
 
 
-@pytest.mark.parametrize("name", ["nope", "ec\x00ho", "ec\ud800ho", "<b>echo</b>", ""])
+@pytest.mark.parametrize("name", UNKNOWN_NAMES)
 def test_anthropic_a_tool_not_offered_is_answered_and_the_run_goes_on(name: str) -> None:
     stream = [message_start(), *tool_block(0, "toolu_a", "{}", name=name),
               *tool_block(1, "toolu_b", '{"x": 2}'), *message_end()]
     result, server = run_agent(RawAnthropic, [stream])
     assert result.output == "done", result
     assert ran == [2] and "there is no tool named" in sent_back(server)
+    names = names_sent_back(server)
+    assert len(names) == 2 and all(API_TOOL_NAME.fullmatch(n) for n in names), names
 
 
-def test_anthropic_a_stream_cut_before_message_stop_still_ends() -> None:
+def test_anthropic_a_stream_cut_before_message_stop_is_retried_as_cut() -> None:
+    # it was taken as it stood; the retry streams the call again, which runs once
     stream = [message_start(), *tool_block(0, "toolu_a", '{"x": 1}')]
-    result, _ = run_agent(RawAnthropic, [stream])
+    result, server = run_agent(RawAnthropic, [stream, [*stream, *message_end()]])
     assert result.output == "done" and ran == [1]
+    assert len(server.requests) == 3  # the cut one, its retry, the turn after the call
+
+
+def test_anthropic_a_final_answer_cut_mid_text_is_retried_not_taken_as_it_is() -> None:
+    # the connection closed after some text: the cut answer was the run's output, status ok
+    cut = [message_start(),
+           sse({"type": "content_block_start", "index": 0,
+                "content_block": {"type": "text", "text": ""}}, "content_block_start"),
+           sse({"type": "content_block_delta", "index": 0,
+                "delta": {"type": "text_delta", "text": "The answer is 4"}},
+               "content_block_delta")]
+    result, server = run_agent(RawAnthropic, [cut])
+    assert result.output == "done" and len(server.requests) == 2, repr(result)
 
 
 def test_anthropic_a_block_never_stopped_still_runs_once() -> None:

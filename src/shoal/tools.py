@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import inspect
 import re
 import string
@@ -479,6 +480,20 @@ class _Schema(GenerateJsonSchema):
 
 
 _API_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # tool names OpenAI and Anthropic accept
+
+
+def api_tool_name(name: str) -> str:
+    """``name`` if model APIs accept it as a tool name, else one they do, told apart by a hash.
+
+    OpenAI and Anthropic take 1-64 letters, digits, ``_`` and ``-``. Any other character
+    becomes ``_``, the name is cut to 55, and a short hash of the original follows, so that
+    two names differing only in the characters replaced stay apart (and apart from a tool
+    whose name is the cleaned one).
+    """
+    if _API_NAME.fullmatch(name):
+        return name
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return (re.sub(r"[^A-Za-z0-9_-]", "_", name)[:55] or "tool") + "_" + digest
 _FIELD_NAME = re.compile(r"[^.\[]*")  # the argument a key's field starts from: 'x' of 'x.y[0]'
 
 

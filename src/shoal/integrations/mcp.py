@@ -44,7 +44,6 @@ import contextlib
 import contextvars
 import copy
 import functools
-import hashlib
 import json
 import logging
 import math
@@ -76,7 +75,7 @@ from shoal.merge import shown
 from shoal.policy import ApprovalRule, ToolPolicy, policy_from
 from shoal.scheduler.scope import RunScope, register_injector
 from shoal.schema import model_facts
-from shoal.tools import Tool
+from shoal.tools import Tool, api_tool_name
 
 try:
     import anyio  # what the mcp SDK's transports run on
@@ -826,11 +825,26 @@ async def _http_statuses(srv: MCPServer, session: _Session) -> AsyncIterator[tup
             return
         request = sent.get("id") if isinstance(sent, dict) else None
         if isinstance(request, int | str) and not isinstance(request, bool):
-            session.http_failed[request] = (response.status_code, response.reason_phrase)
+            session.http_failed[request] = (response.status_code,
+                                            _reason_phrase(response.reason_phrase))
 
     http_client.event_hooks["response"].append(noted)
     async with http_client, srv._http_transport(http_client) as (read, write):
         yield _StatusReader(read, session), write
+
+
+#: The most characters of an HTTP reason phrase an error quotes (the standard ones are short).
+REASON_PHRASE_CHARS = 100
+
+
+def _reason_phrase(phrase: str) -> str:
+    r"""A server's HTTP reason phrase as an error may quote it: one line, plain, short.
+
+    The phrase is the server's own text: a hostile one of kilobytes, with tabs and C1 control
+    characters (``\x9b``: an escape sequence to a terminal), went into the error as it was.
+    """
+    plain = " ".join(_prompt_text(phrase).split())  # tabs and line breaks: one space
+    return bounded_text(plain, REASON_PHRASE_CHARS)
 
 
 class _StatusReader(_Watched):
@@ -885,6 +899,12 @@ def _remote(srv: MCPServer, listed: mcp_types.Tool) -> RemoteTool:
                                   f"input schema that is not an object schema: "
                                   f"{bounded_text(repr(schema), 300)}; leave it out with "
                                   "only=[...]")
+    if _objects_past(schema, MAX_SCHEMA_OBJECTS):
+        raise ToolDefinitionError(f"MCP server {srv.described}: tool {listed.name!r} has an "
+                                  f"input schema of more than {MAX_SCHEMA_OBJECTS:,} JSON "
+                                  "objects (each property's schema is one), past what shoal "
+                                  "takes from a server: checking it would take seconds on "
+                                  "each listing; leave it out with only=[...]")
     try:
         jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator
                                             ).check_schema(schema)
@@ -934,6 +954,32 @@ def _prompt_text(text: str) -> str:
     if text.isprintable():
         return text
     return _UNSHOWN.sub("", _BREAKS.sub("\n", _ANSI.sub("", text)))
+
+
+#: The most JSON objects (each property's schema is one) a listed tool's input schema may
+#: hold. Checking a schema costs about half a millisecond an object (jsonschema's check of
+#: draft 2020-12 follows several references for each), on every listing: 20,000 properties
+#: took 7 s and more. Real schemas hold tens, at most a few thousand.
+MAX_SCHEMA_OBJECTS = 5_000
+
+
+def _objects_past(schema: Mapping[str, Any], limit: int) -> bool:
+    """Whether ``schema`` holds more than ``limit`` JSON objects (itself included).
+
+    The walk stops at the first object past ``limit``: its own cost is bounded too.
+    """
+    stack: list[Any] = [schema]
+    objects = 0
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Mapping):
+            objects += 1
+            if objects > limit:
+                return True
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def _control_key(value: Any) -> str | None:
@@ -1008,10 +1054,7 @@ def _shoal_names(wanted: Sequence[str]) -> list[str]:
     """
     out: list[str] = []
     for name in wanted:
-        made = name
-        if not NAME_PATTERN.fullmatch(name):
-            digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-            made = (re.sub(r"[^A-Za-z0-9_-]", "_", name)[:55] or "tool") + "_" + digest
+        made = api_tool_name(name)
         while made in out:
             made = made[:60] + "_" + str(len(out))
         out.append(made)

@@ -42,10 +42,13 @@ from shoal.exceptions import (
 from shoal.merge import shown
 from shoal.models.base import Message, ModelRequest, ToolCall, Usage
 from shoal.models.prices import Price, cost
+from shoal.tools import api_tool_name
 
 __all__ = [
     "LOCAL_API_KEY",
     "UNNAMED",
+    "cut_short",
+    "sent_tool_name",
     "Pace",
     "PerLoop",
     "check_base_url",
@@ -82,6 +85,29 @@ LOCAL_API_KEY = "shoal-local-no-key"
 UNNAMED = "unnamed_tool"
 
 _LOCAL_NAMES = {"localhost", "host.docker.internal"}
+
+
+def sent_tool_name(name: str) -> str:
+    """A model's tool call's name as the history sent back to the provider may carry it.
+
+    A model can call a tool by a name no tool has (markup, control characters, a name too
+    long); the call was answered with an error naming what it used, but the name itself,
+    sent back as written, made the API refuse every later request of the conversation. It
+    goes back as :func:`~shoal.tools.api_tool_name` makes it; an empty one is
+    :data:`UNNAMED`.
+    """
+    return api_tool_name(name) if name else UNNAMED
+
+
+def cut_short(name: str, missing: str) -> ModelConnectionError:
+    """The error for a stream that ended cleanly before the provider said it was complete.
+
+    ``missing`` names the signal that never came. A connection closed early by a server or a
+    proxy that fell over ends the stream like a finished one; taken as it stood, a final
+    answer cut mid-text came back as the agent's answer. Transient, as a lost connection is.
+    """
+    return ModelConnectionError(name, f"the stream ended before the provider said it was "
+                                      f"complete ({missing}): the reply may be cut short")
 
 
 def is_local_url(url: str | None) -> bool:

@@ -31,10 +31,10 @@ from shoal.exceptions import (
 )
 from shoal.merge import shown
 from shoal.models._common import (
-    UNNAMED,
     Pace,
     PerLoop,
     check_timeout,
+    cut_short,
     describe_cause,
     http_error,
     not_a_reply,
@@ -42,6 +42,7 @@ from shoal.models._common import (
     priced_usage,
     resolve_credentials,
     sendable,
+    sent_tool_name,
     text_field,
     token_count,
     too_deep,
@@ -171,7 +172,9 @@ class AnthropicModel(Model):
     async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
         """Stream a messages request: text and complete tool calls as they arrive, then all.
 
-        A tool call is complete at its ``content_block_stop``.
+        A tool call is complete at its ``content_block_stop``. A stream that ends before its
+        ``message_stop`` was cut short: a :class:`~shoal.exceptions.ModelConnectionError`
+        (retried).
         """
         from anthropic import APIConnectionError
 
@@ -207,6 +210,8 @@ class AnthropicModel(Model):
                                                       f"streamed: {describe_cause(exc)}") from exc
             finally:
                 pace.close()
+        if not state.stopped:  # the connection closed early: the reply may be cut mid-text
+            raise cut_short(self.name, "no message_stop event")
         if prices is not None:
             await prices
         yield ResponseDone(self._finish(state))
@@ -378,6 +383,7 @@ class _StreamState:
     cache_write_tokens: int = 0
     model: str = ""
     stop_reason: str = ""
+    stopped: bool = False  # message_stop seen: the message is complete
     finished: list[tuple[int, ToolCall]] = field(default_factory=list)  # complete, unreported
 
     def add(self, event: RawMessageStreamEvent) -> str:
@@ -403,6 +409,8 @@ class _StreamState:
                 call = self.calls[position]
                 self.finished.append((position, ToolCall(call.id, call.name,
                                                          "".join(call.arguments) or "{}")))
+        elif event.type == "message_stop":
+            self.stopped = True
         elif event.type == "message_delta":
             self.stop_reason = (text_field(event.delta.stop_reason, "stop_reason")
                                 or self.stop_reason)
@@ -461,7 +469,7 @@ def _blocks(message: Message) -> tuple[str, list[dict[str, Any]]]:
     if isinstance(message, UserMessage):
         return "user", _text_blocks(message.content)
     if isinstance(message, AssistantMessage):
-        uses = [{"type": "tool_use", "id": c.id, "name": c.name or UNNAMED, "input": _input(c)}
+        uses = [{"type": "tool_use", "id": c.id, "name": sent_tool_name(c.name), "input": _input(c)}
                 for c in message.tool_calls]
         # text of nothing but whitespace ("\n\n" before a call, a blank answer sent back as
         # empty) is left out: the API refuses it ("text content blocks must contain

@@ -30,16 +30,17 @@ from shoal.exceptions import (
 from shoal.merge import shown
 from shoal.models._common import (
     ERROR_BODY_CHARS,
-    UNNAMED,
     Pace,
     PerLoop,
     check_timeout,
+    cut_short,
     http_error,
     not_a_reply,
     not_a_stream,
     priced_usage,
     resolve_credentials,
     sendable,
+    sent_tool_name,
     text_field,
     too_deep,
     transport_error,
@@ -162,9 +163,12 @@ class OpenAIModel(Model):
         """Stream a chat completion: text and complete tool calls as they arrive, then all.
 
         A tool call is complete when the next call begins (calls stream one after another),
-        or when the stream ends. A stream off the protocol (a chunk of the wrong shape, data
-        that is not JSON) is a :class:`~shoal.exceptions.ModelError`; one whose last line is
-        cut short broke off mid-event: a :class:`~shoal.exceptions.ModelConnectionError`
+        or when the stream ends. A stream that ends before a chunk gave a ``finish_reason``
+        (or ``[DONE]`` came) was cut short: a
+        :class:`~shoal.exceptions.ModelConnectionError` (retried). A stream off the protocol
+        (a chunk of the wrong shape, data that is not JSON) is a
+        :class:`~shoal.exceptions.ModelError`; one whose last line is cut short broke off
+        mid-event: a :class:`~shoal.exceptions.ModelConnectionError`
         (transient: retried).
         """
         client = self._client()
@@ -210,6 +214,10 @@ class OpenAIModel(Model):
             finally:
                 pace.close()
                 await opening.__aexit__(None, None, None)
+        if not (state.done or state.finish_reason):
+            # Neither [DONE] nor a finish reason: the connection closed early. Not [DONE]
+            # alone: some compatible servers never send it (llama.cpp before 2024-09).
+            raise cut_short(self.name, "no finish_reason and no [DONE]")
         for index, done in state.complete(final=True):
             yield ToolCallDone(index, done)
         if prices is not None:
@@ -515,7 +523,7 @@ def _assistant(message: AssistantMessage) -> dict[str, Any]:
     if not message.tool_calls:
         return {"role": "assistant", "content": message.content}
     calls = [{"id": c.id, "type": "function",
-              "function": {"name": c.name or UNNAMED, "arguments": c.arguments}}
+              "function": {"name": sent_tool_name(c.name), "arguments": c.arguments}}
              for c in message.tool_calls]
     # null, not "", is the API's "no text": some servers render "" as an empty turn
     return {"role": "assistant", "content": message.content or None, "tool_calls": calls}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import math
 import re
@@ -29,7 +30,7 @@ from decimal import Decimal
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from shoal.exceptions import ConfigError
+from shoal.exceptions import ConfigError, bounded_text
 from shoal.merge import shown
 
 if TYPE_CHECKING:
@@ -92,15 +93,40 @@ def _from_table(model_id: str, table: Mapping[str, Price]) -> Price | None:
     return None
 
 
-def _snapshot() -> DataSnapshot:
-    """The price data genai-prices ships (or one its user installed); imported on first use."""
-    from genai_prices.data_snapshot import get_snapshot
+class _Unavailable(LookupError):
+    """genai-prices' data could not be loaded: every price is unknown (``None``) for now."""
 
-    return get_snapshot()
+
+def _snapshot() -> DataSnapshot:
+    """The price data genai-prices ships (or one its user installed); imported on first use.
+
+    Raises ``_Unavailable`` (a ``LookupError``: the price is unknown) when it cannot be loaded
+    now, saying why in one warning line, once a process: a process out of file descriptors
+    (its ``open_files`` limit) failed to import the package, which logged a traceback and
+    then failed the model call being priced with ``OSError``. A later call tries again.
+    """
+    try:
+        from genai_prices.data_snapshot import get_snapshot
+
+        return get_snapshot()
+    except Exception as exc:  # costs are a report, never a reason for a call to fail
+        _say_unavailable(exc)
+        raise _Unavailable(str(exc)) from None
 
 
 _load_lock = threading.Lock()
 _loaded: concurrent.futures.Future[None] | None = None
+_said_unavailable = False
+
+
+def _say_unavailable(exc: Exception) -> None:
+    global _said_unavailable
+    with _load_lock:
+        if _said_unavailable:
+            return
+        _said_unavailable = True
+    log.warning("genai-prices' price data could not be loaded (%s: %s); model costs are "
+                "unknown until it can be", type(exc).__name__, bounded_text(str(exc), 300))
 
 
 def catalog_loading() -> asyncio.Future[None] | None:
@@ -128,10 +154,8 @@ def catalog_loading() -> asyncio.Future[None] | None:
 
 
 def _load(done: concurrent.futures.Future[None]) -> None:
-    try:
+    with contextlib.suppress(_Unavailable):  # said; the prices are unknown meanwhile
         _snapshot()
-    except Exception:  # pricing then fails the same way on the loop, and says why there
-        log.exception("loading genai-prices' data failed")
     done.set_result(None)
 
 
@@ -142,23 +166,32 @@ def _catalog_ref(model_id: str, provider: str | None) -> tuple[str, str | None]:
     any other colon belongs to the model's name (``llama3:8b``). ``LookupError`` for an id
     too long to be one.
     """
-    from genai_prices.data_snapshot import find_provider_by_id
-
     if len(model_id) > _LONGEST_ID:
         raise LookupError(f"no model id is {len(model_id)} characters long")
+    providers = _snapshot().providers  # imports the package: first
+    from genai_prices.data_snapshot import find_provider_by_id
+
     head, colon, rest = model_id.partition(":")
-    if colon and find_provider_by_id(_snapshot().providers, head) is not None:
+    if colon and find_provider_by_id(providers, head) is not None:
         return rest, head
     return model_id, provider
 
 
-@cache
 def provider_for_url(base_url: str | None, default: str) -> str:
     """The provider serving the API at ``base_url``, as genai-prices names it.
 
     ``default`` (the adapter's own provider) for no URL and for a URL no provider claims: a
-    local server or a proxy in front of the provider.
+    local server or a proxy in front of the provider; also while genai-prices' data cannot be
+    loaded (its prices are unknown then anyway).
     """
+    try:
+        return _provider_for_url(base_url, default)
+    except _Unavailable:  # not cached: the next call looks again
+        return default
+
+
+@cache
+def _provider_for_url(base_url: str | None, default: str) -> str:
     if base_url:
         for provider in _snapshot().providers:
             if re.match(provider.api_pattern, base_url):
@@ -215,13 +248,16 @@ def _check_counts(counts: Mapping[str, int]) -> None:
 
 def _catalog_cost(model_id: str, provider: str | None, input_tokens: int, output_tokens: int,
                   cache_read_tokens: int, cache_write_tokens: int) -> float | None:
+    try:
+        ref, provider = _catalog_ref(model_id, provider)  # loads the package first
+    except LookupError:  # unknown here, or genai-prices cannot be loaded
+        return None
     import genai_prices
 
     usage = genai_prices.Usage(input_tokens=input_tokens, output_tokens=output_tokens,
                                cache_read_tokens=cache_read_tokens,
                                cache_write_tokens=cache_write_tokens)
     try:
-        ref, provider = _catalog_ref(model_id, provider)
         return float(genai_prices.calc_price(usage, ref, provider_id=provider).total_price)
     except (LookupError, ValueError):  # unknown here, or not priced by the token
         return None
