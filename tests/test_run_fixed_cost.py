@@ -168,13 +168,13 @@ def test_a_throwaway_runtime_makes_no_ledger_and_awaits_nothing_to_close(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # shoal.run makes a runtime per run: its approval desk's ledger and thread-local are made
     # on first use, and closing awaits no backend, desk or composition that holds nothing
-    from shoal.approvals import desk as desk_module
+    from shoal.approvals.ledger import MemoryLedger
     from shoal.runtime import Runtime
     from shoal.scheduler.scope import RunScope
 
     made: list[str] = []
 
-    class Ledger(desk_module.MemoryLedger):
+    class Ledger(MemoryLedger):
         def __init__(self) -> None:
             made.append("ledger")
             super().__init__()
@@ -190,7 +190,7 @@ def test_a_throwaway_runtime_makes_no_ledger_and_awaits_nothing_to_close(
 
         monkeypatch.setattr(cls, name, wrapper)
 
-    monkeypatch.setattr(desk_module, "MemoryLedger", Ledger)
+    monkeypatch.setattr("shoal.approvals.desk.MemoryLedger", Ledger)
     for cls, name in ((RunScope, "end"), (Runtime, "_end_runs"), (Runtime, "_close_backends"),
                       (ApprovalDesk, "aclose")):
         counting(cls, name)
@@ -205,3 +205,30 @@ def test_a_throwaway_runtime_makes_no_ledger_and_awaits_nothing_to_close(
     assert "_close_backends" in awaited and "aclose" in awaited
     desk = ApprovalDesk(None)
     assert desk.ledger is desk.ledger and made == ["ledger", "ledger"]
+
+
+def test_a_node_after_nodes_the_plan_has_is_validated_without_the_general_check(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    checked: list[str] = []
+    general = shoal.Plan._node_problems
+
+    def counted(self: shoal.Plan, node: Any) -> Any:
+        checked.append(node.id)
+        return general(self, node)
+
+    monkeypatch.setattr(shoal.Plan, "_node_problems", counted)
+    plan = shoal.Plan("after")
+    a = plan.call(echo, x=1, node_id="a")
+    plan.call(echo, x=2, after=[a], node_id="b")
+    plan.call(echo, x=3, after=["a", "b"], node_id="c")
+    plan.validate()
+    assert checked == []
+    assert all(node.checked is node.args for node in plan.nodes)  # as the general check sets
+    # an after naming no node, or the node itself, is still found and said
+    plan.call(echo, x=4, after=["nowhere"], node_id="d")
+    plan.call(echo, x=5, after=["e"], node_id="e")
+    with pytest.raises(shoal.PlanError) as raised:
+        plan.validate()
+    assert [(p.code, p.node) for p in raised.value.problems] == [
+        ("bad_after", "d"), ("self_ref", "e")]
+    assert checked == ["d", "e"]

@@ -733,13 +733,19 @@ class Plan:
     def problems(self) -> list[PlanProblem]:
         """Every problem with the plan (empty when it is valid)."""
         found: list[PlanProblem] = []
-        for node in self._nodes.values():
+        nodes = self._nodes
+        for node in nodes.values():
             tool = node.tool
-            if (node.refs or node.after or node.map is not None or tool.has_default_factory
+            if (node.refs or node.map is not None or tool.has_default_factory
                     or not tool.keeps(node.args) or node.id.endswith("]")):
                 found += self._node_problems(node)
-            else:  # most nodes of a large plan: no refs, and arguments the schema keeps as is
-                node.checked = node.args  # (what _node_problems finds for them, sooner)
+                continue
+            for dep in node.after:  # each names another node of the plan (else: which is not)
+                if dep == node.id or dep not in nodes:
+                    found += self._node_problems(node)
+                    break
+            else:  # most nodes: no refs, nodes it comes after that it has, and arguments the
+                node.checked = node.args  # schema keeps as is (what _node_problems finds)
         for node in self._duplicates:  # checked too, so that none of its problems is hidden
             found.append(PlanProblem("duplicate_id", "another node already has this id; give "
                                                      "every node its own id", node.id))

@@ -1157,10 +1157,7 @@ class Runtime:
 
 def _to_close(executors: Mapping[str, Executor]) -> bool:
     """Whether one of ``executors`` has a close of its own (the inline backend's is a no-op)."""
-    for executor in executors.values():
-        if type(executor).close is not Executor.close:
-            return True
-    return False
+    return any(type(executor).close is not Executor.close for executor in executors.values())
 
 
 def _close_run(driver: Driver) -> None:
