@@ -125,3 +125,110 @@ def test_only_a_run_of_a_desk_that_was_asked_drains_it(monkeypatch: pytest.Monke
     asked.call(guarded, x=1)
     result = shoal.run_sync(asked, approver=lambda request: True)
     assert result.ok and len(drained) == 1
+
+
+def test_a_node_given_its_id_and_a_list_after_is_made_in_call_itself(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # a plan built as a plan file's or a benchmark's is (ids of its own, after= lists): its
+    # nodes are made by call()'s own path, not the general one, and come out the same
+    general: list[str | None] = []
+    make = shoal.Plan._make_node
+
+    def counted(self: shoal.Plan, *args: Any) -> Any:
+        general.append(args[3])
+        return make(self, *args)
+
+    monkeypatch.setattr(shoal.Plan, "_make_node", counted)
+    plan = shoal.Plan("ids")
+    a = plan.call(echo, x=1, node_id="a")
+    b = plan.call(echo, x=a, after=[a], node_id="b")
+    plan.call(echo, x=2, after=("a", b), node_id="c")
+    plan.call(echo, x=3, after=[])
+    assert general == []
+    assert [(n.id, n.after, n.index) for n in plan.nodes] == [
+        ("a", (), 0), ("b", ("a",), 1), ("c", ("a", "b"), 2), ("echo#1", (), 3)]
+    assert [r.node for r in plan.node("b").refs] == ["a"]
+    assert shoal.run_sync(plan).ok
+    # what call() does not take goes the general way, and is refused or kept as before
+    plan.call(echo, x=4, node_id="a")  # taken: kept aside, reported by validate()
+    plan.call(echo, x=5, node_id="m[1]")
+    plan.call(echo, x=6, after=a)  # one ref, not a list
+    assert general == ["a", "m[1]", None]
+    with pytest.raises(shoal.PlanError) as raised:
+        plan.validate()
+    assert [p.code for p in raised.value.problems] == ["duplicate_id"]
+    other = shoal.Plan("other").call(echo, x=1)
+    with pytest.raises(shoal.PlanError, match="another plan"):
+        plan.call(echo, x=7, after=[other], node_id="d")
+    with pytest.raises(shoal.PlanError, match="/"):
+        plan.call(echo, x=8, node_id="a/b")
+
+
+def test_a_throwaway_runtime_makes_no_ledger_and_awaits_nothing_to_close(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # shoal.run makes a runtime per run: its approval desk's ledger and thread-local are made
+    # on first use, and closing awaits no backend, desk or composition that holds nothing
+    from shoal.approvals.ledger import MemoryLedger
+    from shoal.runtime import Runtime
+    from shoal.scheduler.scope import RunScope
+
+    made: list[str] = []
+
+    class Ledger(MemoryLedger):
+        def __init__(self) -> None:
+            made.append("ledger")
+            super().__init__()
+
+    awaited: list[str] = []
+
+    def counting(cls: Any, name: str) -> None:
+        original = getattr(cls, name)
+
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            awaited.append(name)
+            return await original(*args, **kwargs)
+
+        monkeypatch.setattr(cls, name, wrapper)
+
+    monkeypatch.setattr("shoal.approvals.desk.MemoryLedger", Ledger)
+    for cls, name in ((RunScope, "end"), (Runtime, "_end_runs"), (Runtime, "_close_backends"),
+                      (ApprovalDesk, "aclose")):
+        counting(cls, name)
+    plain = shoal.Plan("plain")
+    plain.call(echo, x=1)
+    assert shoal.run_sync(plain).ok
+    assert (made, awaited) == ([], [])
+    asked = shoal.Plan("asked")
+    asked.call(guarded, x=1)
+    result = shoal.run_sync(asked, approver=lambda request: True)
+    assert result.ok and made == ["ledger"]  # made once asked: one for the runtime
+    assert "_close_backends" in awaited and "aclose" in awaited
+    desk = ApprovalDesk(None)
+    assert desk.ledger is desk.ledger and made == ["ledger", "ledger"]
+
+
+def test_a_node_after_nodes_the_plan_has_is_validated_without_the_general_check(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    checked: list[str] = []
+    general = shoal.Plan._node_problems
+
+    def counted(self: shoal.Plan, node: Any) -> Any:
+        checked.append(node.id)
+        return general(self, node)
+
+    monkeypatch.setattr(shoal.Plan, "_node_problems", counted)
+    plan = shoal.Plan("after")
+    a = plan.call(echo, x=1, node_id="a")
+    plan.call(echo, x=2, after=[a], node_id="b")
+    plan.call(echo, x=3, after=["a", "b"], node_id="c")
+    plan.validate()
+    assert checked == []
+    assert all(node.checked is node.args for node in plan.nodes)  # as the general check sets
+    # an after naming no node, or the node itself, is still found and said
+    plan.call(echo, x=4, after=["nowhere"], node_id="d")
+    plan.call(echo, x=5, after=["e"], node_id="e")
+    with pytest.raises(shoal.PlanError) as raised:
+        plan.validate()
+    assert [(p.code, p.node) for p in raised.value.problems] == [
+        ("bad_after", "d"), ("self_ref", "e")]
+    assert checked == ["d", "e"]

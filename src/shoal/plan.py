@@ -437,21 +437,37 @@ class Plan:
         # add()'s body: a plan of many small calls spends a good part of its time here. ``args``
         # is a dict made for this call alone: the node keeps it as it is (no copy)
         nodes = self._nodes
-        if (node_id is None and type(after) is tuple and not after and isinstance(tool, Tool)
-                and not self._duplicates):
+        if isinstance(tool, Tool) and not self._duplicates:
             # the usual call, inlined (_make_node, _next_id, _refs_in, insert): a tool, the
-            # next id of its name free, no after. An id like "name#3" cannot be a map item's
-            name = tool.name
-            count = self._counts.get(name, 0) + 1
-            new_id = f"{name}#{count}"
-            if new_id not in nodes:
-                self._counts[name] = count
+            # next id of its name free or a plain id of the caller's that is free (a plan file's,
+            # a benchmark's), no after or a list of them. An id like "name#3" cannot be a map
+            # item's; one given that could ("m[1]"), or is bad, goes the general way
+            new_id: str | None = None
+            if node_id is None:
+                name = tool.name
+                count = self._counts.get(name, 0) + 1
+                new_id = f"{name}#{count}"
+                if new_id in nodes:  # taken by a node given that id: _make_node finds the next
+                    new_id = None
+            elif (type(node_id) is str and node_id and "/" not in node_id
+                  and not node_id.endswith("]") and node_id not in nodes):
+                new_id = node_id
+            after_ids: tuple[str, ...] | None = None  # (None: another kind, read the general way)
+            if new_id is not None:
+                kind = type(after)
+                if kind is tuple and not after:
+                    after_ids = ()
+                elif kind is list or kind is tuple:
+                    after_ids = self._listed_after(after)  # type: ignore[arg-type]
+            if new_id is not None and after_ids is not None:
+                if node_id is None:
+                    self._counts[name] = count
                 refs: tuple[Ref, ...] = ()
                 for value in args.values():
                     if type(value) not in _NO_REFS:
                         refs = self._shared_refs(tuple(find_refs(args)))
                         break
-                nodes[new_id] = Node(new_id, tool, args, (), len(nodes), refs)
+                nodes[new_id] = Node(new_id, tool, args, after_ids, len(nodes), refs)
                 return owned_ref(new_id, self.serial)
         node = self._make_node(tool, args, after, node_id, None)
         self._insert(node)
@@ -580,9 +596,7 @@ class Plan:
         if kind is tuple and not after:
             after_ids = ()
         elif kind is list or kind is tuple:  # most after=: no ABC check, no generator
-            serial = self.serial
-            after_ids = tuple([a.node if isinstance(a, Ref) and a._plan in (0, serial)
-                               else a if type(a) is str else _after_id(a, self) for a in after])
+            after_ids = self._listed_after(after)  # type: ignore[arg-type]
         else:
             after_ids = _other_after(after, self)
         refs = _refs_in(arguments)
@@ -590,6 +604,12 @@ class Plan:
             refs = self._shared_refs(refs)
         return Node(node_id, resolved_tool, arguments, after_ids,  # (positional: sooner)
                     len(self._nodes) + len(self._duplicates), refs, None, map_spec)
+
+    def _listed_after(self, after: list[Ref | str] | tuple[Ref | str, ...]) -> tuple[str, ...]:
+        """The ids an ``after=`` given as a list or tuple names (most are: no ABC check)."""
+        serial = self.serial
+        return tuple([a.node if isinstance(a, Ref) and a._plan in (0, serial)
+                      else a if type(a) is str else _after_id(a, self) for a in after])
 
     def fresh_node(self, tool: Tool[..., Any], arguments: dict[str, Any]) -> Node | None:
         """:meth:`_make_node`'s usual case, sooner: ``tool``'s next id, no ``after``, no map.
@@ -718,13 +738,19 @@ class Plan:
     def problems(self) -> list[PlanProblem]:
         """Every problem with the plan (empty when it is valid)."""
         found: list[PlanProblem] = []
-        for node in self._nodes.values():
+        nodes = self._nodes
+        for node in nodes.values():
             tool = node.tool
-            if (node.refs or node.after or node.map is not None or tool.has_default_factory
+            if (node.refs or node.map is not None or tool.has_default_factory
                     or not tool.keeps(node.args) or node.id.endswith("]")):
                 found += self._node_problems(node)
-            else:  # most nodes of a large plan: no refs, and arguments the schema keeps as is
-                node.checked = node.args  # (what _node_problems finds for them, sooner)
+                continue
+            for dep in node.after:  # each names another node of the plan (else: which is not)
+                if dep == node.id or dep not in nodes:
+                    found += self._node_problems(node)
+                    break
+            else:  # most nodes: no refs, nodes it comes after that it has, and arguments the
+                node.checked = node.args  # schema keeps as is (what _node_problems finds)
         for node in self._duplicates:  # checked too, so that none of its problems is hidden
             found.append(PlanProblem("duplicate_id", "another node already has this id; give "
                                                      "every node its own id", node.id))

@@ -491,9 +491,12 @@ class Runtime:
         if executor is not None and (not isinstance(executor, str)
                                      or executor not in ISOLATIONS):
             raise ConfigError(f"executor must be one of {ISOLATIONS}, got {shown(executor)}")
-        check_deadline(deadline)
-        _check_resource_limits(resource_limits)
-        _check_flag("fail_fast", fail_fast)
+        if deadline is not None:  # (the defaults need no check: a runtime per shoal.run)
+            check_deadline(deadline)
+        if resource_limits is not None:
+            _check_resource_limits(resource_limits)
+        if fail_fast is not False:
+            _check_flag("fail_fast", fail_fast)
         self.max_concurrency = max_concurrency
         self.executor = executor
         self.thread_workers = thread_workers if thread_workers is not None else max(
@@ -510,11 +513,12 @@ class Runtime:
                               f"got {process_sandbox!r}")
         self.process_sandbox = process_sandbox
         self.ray_address = ray_address
-        self._custom: dict[str, Executor] = _custom_executors(executors)
+        self._custom: dict[str, Executor] = {} if executors is None else _custom_executors(
+            executors)
         self.resource_limits = dict(resource_limits or {})
         self.fail_fast = fail_fast
         self.deadline = deadline
-        self._sinks = _sink_list(on_event)
+        self._sinks = [] if on_event is None else _sink_list(on_event)
         # unseeded runtimes share one generator: seeding a new one reads the OS's entropy, which
         # cost a small run a tenth of its time (shoal.run makes a runtime per call)
         self._rng = random.Random(seed) if seed is not None else _UNSEEDED
@@ -720,9 +724,11 @@ class Runtime:
         ``within`` as in :meth:`start`; ``run_id`` must pass :func:`check_run_id`.
         """
         self._check_ids(run_id, None, within)
-        driver, claim = self._driver(plan, deadline, fail_fast, on_event, run_id,
-                                     _Journaling(source=source), lineage,
-                                     _Sharing(board, budget, within))
+        driver, claim = self._driver(
+            plan, deadline, fail_fast, on_event, run_id,
+            _FRESH if source is None else _Journaling(source=source), lineage,
+            _ALONE if board is None and budget is None and within is None
+            else _Sharing(board, budget, within))
         self._track(driver, asyncio.get_running_loop().create_future())  # _drive sets it
         return await self._drive(driver, claim)
 
@@ -823,7 +829,8 @@ class Runtime:
         keep the backends, which the last of them to end closes; this loop's runs end here.
         """
         here = asyncio.get_running_loop()
-        await self._end_runs(everywhere=False)
+        if self._runs:  # (none left: a runtime per run_sync, its one run ended)
+            await self._end_runs(everywhere=False)
         # Looked at, and the backends taken, at once with respect to runs starting (which
         # register under the same lock): a run another thread starts meanwhile is not
         # cancelled as aclose() would, and either keeps these backends or makes its own.
@@ -833,7 +840,8 @@ class Runtime:
             for executor in {id(e): e for e in self._executors.values()}.values():
                 await executor.leave()  # what this loop holds: it ends with this call
             return
-        await self._close_backends(executors)
+        if self.approvals.asked or _to_close(executors):  # (else no coroutine: most)
+            await self._close_backends(executors)
 
     def _runs_elsewhere(self, here: asyncio.AbstractEventLoop) -> bool:
         """Whether runs of another thread's loop (still open) go on with this runtime."""
@@ -901,7 +909,7 @@ class Runtime:
             # an agent's steps: a person names its calls as shoal show does, by lineage
             resumption.shown_as = f"{lineage}/"
         try:
-            sharing = sharing or _Sharing()
+            sharing = sharing or _ALONE
             within = sharing.within.shared if sharing.within is not None else None
             driver = self._make_driver(graph, run_id, record, resumption, deadline, fail_fast,
                                        on_event, lineage, open_run, within)
@@ -1052,7 +1060,8 @@ class Runtime:
             claim.release()
             scope = driver.scope
             try:
-                if scope is not None and scope.outermost:  # what the composition held: close it
+                # what the composition held: closed (no coroutine when it holds nothing)
+                if scope is not None and scope.outermost and scope.ends_with_hooks:
                     await scope.end()
             finally:
                 self._run_ended(driver)
@@ -1095,11 +1104,13 @@ class Runtime:
         threads go on with it), to be released by the next ``aclose()``.
         """
         try:
-            await self._end_runs()
+            if self._runs:  # (none left: a runtime per shoal.run, its one run ended)
+                await self._end_runs()
         finally:  # no await since the last run ended: a run started now makes its own backends
             with self._making:  # not while another thread makes one into the old table
                 executors = self._take_executors()
-            await self._close_backends(executors)
+            if self.approvals.asked or _to_close(executors):  # (else no coroutine: most)
+                await self._close_backends(executors)
 
     async def _end_runs(self, *, everywhere: bool = True) -> None:
         """Cancel and close every run still going, and wait until each has ended.
@@ -1142,6 +1153,11 @@ class Runtime:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         await self.aclose()
+
+
+def _to_close(executors: Mapping[str, Executor]) -> bool:
+    """Whether one of ``executors`` has a close of its own (the inline backend's is a no-op)."""
+    return any(type(executor).close is not Executor.close for executor in executors.values())
 
 
 def _close_run(driver: Driver) -> None:
@@ -1241,10 +1257,18 @@ class _Journaling:
     force: bool = False  # resume even if another process seems to run the run
 
 
+#: A run that shares nothing, and a fresh run with no source: one of each for every such run
+#: (``shoal.run`` makes a runtime and a run per call; neither is written after it is made)
+_ALONE = _Sharing()
+_FRESH = _Journaling()
+
+
 def _approval_desk(approver: Approver | Callback | None, timeout: float | None,
                    rate: str | Rate | tuple[float, float] | None,
                    budget: int | None) -> ApprovalDesk:
     """The runtime's approval desk, from its checked settings."""
+    if approver is None and timeout is None and rate is None and budget is None:
+        return ApprovalDesk(None)  # (the default: nothing to check, a runtime per shoal.run)
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(
             timeout, numbers.Real) or not timeout > 0):
         raise ConfigError(f"approval_timeout must be positive seconds, got {timeout!r}")

@@ -184,7 +184,8 @@ class ApprovalDesk:
         self.approver = approver
         self.timeout = timeout
         self.budget = budget
-        self.ledger: ApprovalLedger = ledger if ledger is not None else MemoryLedger()
+        # the default ledger is made on first use (see ledger): most runtimes never ask anything
+        self._ledger = ledger
         self._limiter = RateLimiter("approval requests", rate) if rate is not None else None
         self.requested = 0  # requests passed to the approver (what the budget counts)
         # the budget and the rate are checked and taken under this lock: lanes of several
@@ -196,13 +197,23 @@ class ApprovalDesk:
         # run), and a weak dictionary costs more to make than the rest of the desk
         self._lanes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Lane] | None = None
         # the decisions being made together on each thread (see rulings): stored in one
-        # transaction per ledger, acted on once committed
-        self._rulings = threading.local()
+        # transaction per ledger, acted on once committed. Made by the first lot (see
+        # together): a thread-local costs more to make than the rest of the desk
+        self._rulings: threading.local | None = None
+
+    @property
+    def ledger(self) -> ApprovalLedger:
+        """Where decisions are kept: the one given, else a :class:`MemoryLedger` (made once)."""
+        if self._ledger is None:
+            with self._shared:  # one for every thread that asks first at once
+                if self._ledger is None:
+                    self._ledger = MemoryLedger()
+        return self._ledger
 
     @property
     def rulings(self) -> _Rulings | None:
         """The decisions this thread is making together, if it is (see :meth:`together`)."""
-        found: _Rulings | None = getattr(self._rulings, "open", None)
+        found: _Rulings | None = getattr(self._rulings, "open", None)  # (None: no lot yet)
         return found
 
     @contextlib.contextmanager
@@ -211,14 +222,20 @@ class ApprovalDesk:
         if self.rulings is not None:  # within one already: it commits them all
             yield
             return
-        rulings = self._rulings.open = _Rulings()
+        local = self._rulings
+        if local is None:
+            with self._shared:  # one for every thread: each thread's lot is its attribute
+                if self._rulings is None:
+                    self._rulings = threading.local()
+                local = self._rulings
+        rulings = local.open = _Rulings()
         try:
             yield
         except BaseException as exc:
-            self._rulings.open = None
+            local.open = None
             rulings.close(exc)
             raise
-        self._rulings.open = None
+        local.open = None
         rulings.close()
 
     def pending(self, run_id: str | None = None) -> list[ApprovalRequest]:

@@ -394,8 +394,9 @@ class Driver:
         (Await it. Not a coroutine function itself: an uninstrumented run is awaited directly,
         one coroutine less for each of a swarm's runs in flight.)
         """
-        if self._observer is None:
-            return self._run()
+        if self._observer is None:  # started here, its end awaited: no coroutine around both
+            self._start()
+            return self._finish()
         return self._run_observed(self._observer)
 
     async def _run_observed(self, observer: RunObserver) -> RunResult:

@@ -90,6 +90,11 @@ class RunScope:
         """
         self.shared.setdefault(_AT_END, []).append(hook)
 
+    @property
+    def ends_with_hooks(self) -> bool:
+        """Whether :meth:`at_end` was given a hook (else :meth:`end` has nothing to await)."""
+        return _AT_END in self.shared
+
     async def end(self) -> None:
         """Run the hooks of :meth:`at_end` (the runtime calls it as the outermost run ends)."""
         hooks = self.shared.pop(_AT_END, [])
