@@ -1,0 +1,72 @@
+"""A hostile user of tool calls and the backends that run them (sweep 36).
+
+Each test here failed before the fix it names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import shoal
+from shoal import Plan
+
+# ---- an argument made of shared parts: 2**60 paths, 61 lists -------------------------------
+
+
+class _Leaf:
+    """A value that counts how often it is shown, and refuses past :data:`SHOWN` times.
+
+    A resource key's text that copies it 2**60 times then fails (a value that cannot be
+    written counts as any key): the count shows whether the run tried, in a run that ends.
+    """
+
+    SHOWN = 10_000
+    shown = 0
+
+    def __repr__(self) -> str:
+        _Leaf.shown += 1
+        if _Leaf.shown > self.SHOWN:
+            raise RuntimeError("shown too often")
+        return "leaf"
+
+
+def _shared_parts(levels: int) -> list[Any]:
+    """``[x, x]`` of ``[y, y]`` ... ``levels`` deep: each level doubles the paths, not the size."""
+    value: list[Any] = [_Leaf()]
+    for _ in range(levels):
+        value = [value, value]
+    return value
+
+
+@shoal.tool
+def _kind(value: Any) -> str:
+    return type(value).__name__
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("where", ["journal", "resource_key"])
+def test_an_argument_made_of_shared_parts_runs_its_call(where: str, tmp_path: Path) -> None:
+    # was: the run never started: the journal's digest of the plan's arguments (journal) and
+    # the text of a resource key filled in with it (resource_key) copied each shared part every
+    # time it appears, 2**60 of them
+    _Leaf.shown = 0
+    plan = Plan()
+    tool = _kind.options(reads="doc:{value}") if where == "resource_key" else _kind
+    call = plan.call(tool, value=_shared_parts(60))
+    other = plan.call(_kind.options(writes="doc:{value}"), value="a")
+    store = f"sqlite:///{tmp_path / 'runs.db'}" if where == "journal" else None
+    result = shoal.run_sync(plan, store=store)
+    assert result[call].value == "list" and result[other].value == "str"
+    assert _Leaf.shown < _Leaf.SHOWN
+
+
+@pytest.mark.timeout(60)
+def test_the_digest_of_an_argument_of_shared_parts_is_the_same_each_time() -> None:
+    from shoal.store.fingerprint import _args_digest
+
+    first = _args_digest({"value": _shared_parts(60)})
+    assert first == _args_digest({"value": _shared_parts(60)})
+    assert first != _args_digest({"value": _shared_parts(59)})
