@@ -12,6 +12,7 @@ import pytest
 
 import shoal
 from shoal import Plan
+from tests import hostile_exec_s36_tools as st
 
 # ---- an argument made of shared parts: 2**60 paths, 61 lists -------------------------------
 
@@ -70,3 +71,53 @@ def test_the_digest_of_an_argument_of_shared_parts_is_the_same_each_time() -> No
     first = _args_digest({"value": _shared_parts(60)})
     assert first == _args_digest({"value": _shared_parts(60)})
     assert first != _args_digest({"value": _shared_parts(59)})
+
+
+# ---- a process worker gives each call the state it started with -------------------------------
+
+
+def test_a_call_on_a_process_worker_never_sees_what_an_earlier_call_changed(
+        tmp_path: Path) -> None:
+    # was: the next call on that worker ran in the directory the earlier one moved to, with
+    # its environment, its file mode mask and its replaced sys.stdout (prints went nowhere)
+    plan = Plan()
+    before = plan.call(st.worker_state)
+    changed = plan.call(st.change_the_worker, directory=str(tmp_path), after=[before])
+    after = plan.call(st.worker_state, after=[changed])
+    result = shoal.run_sync(plan, process_workers=1)
+    assert result[after].value["pid"] == result[changed].value  # the same worker
+    assert result[after].value == result[before].value
+    assert result[after].value["path"] and result[after].value["left"] is None
+
+
+# ---- an argument's name that is no text ---------------------------------------------------------
+
+
+@shoal.tool
+def _number(n: int) -> int:
+    return n
+
+
+def test_an_argument_name_holding_a_lone_surrogate_is_named_in_the_error() -> None:
+    # was: "argument '': Input should be a valid string ...": pydantic found no argument to
+    # blame (the name itself is what fails), and the message named an empty one
+    with pytest.raises(shoal.ToolArgumentError) as caught:
+        _number.validate({"n": 1, "\udc80": 2})
+    assert "an argument's name '\\udc80'" in str(caught.value)
+    assert "argument ''" not in str(caught.value)
+
+
+# ---- the CPU limit of a later call on the same worker -----------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_a_call_that_ignored_the_cpu_limit_signal_leaves_the_next_call_its_limit() -> None:
+    # was: the next call on that worker spun 5 s of CPU past its cpu_seconds=1 and returned
+    # (SIGXCPU, whose default action is the limit, was still ignored)
+    plan = Plan()
+    ignored = plan.call(st.ignore_cpu_limit_signal)
+    spun = plan.call(st.spin, seconds=5, after=[ignored])
+    result = shoal.run_sync(plan, process_workers=1)
+    assert result[ignored].status == "ok"
+    error = result[spun].error
+    assert error is not None and "SIGXCPU" in error.message, result[spun]

@@ -117,9 +117,13 @@ def cpu_budget(seconds: int | None) -> None:
     action ends the process. The hard limit stays open so that it can be moved again.
     """
     import resource
+    import signal
 
     if seconds is None:
         return
+    # SIGXCPU's default action is the limit: an earlier call's handler for it (or its
+    # SIG_IGN) would let this one run on past its limit
+    signal.signal(signal.SIGXCPU, signal.SIG_DFL)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     used = int(usage.ru_utime + usage.ru_stime) + 1
     _, hard = resource.getrlimit(resource.RLIMIT_CPU)
@@ -306,6 +310,46 @@ def configure(body: bytes, pipes: tuple[int, int]) -> int | None:
     return cpu_seconds  # type: ignore[no-any-return]
 
 
+#: What every call starts with, as the worker was when it said "ready": its working directory,
+#: file mode mask and environment (see :func:`restore_state`).
+_start_state: tuple[str, int, dict[bytes, bytes]] | None = None
+
+
+def note_state() -> None:
+    """Note the state :func:`restore_state` gives each call back (once, before "ready")."""
+    global _start_state
+    mask = os.umask(0o022)  # reading the mask means setting it: set it back at once
+    os.umask(mask)
+    _start_state = (os.getcwd(), mask, dict(_environ_data()))
+
+
+def _environ_data() -> dict[bytes, bytes]:
+    """``os.environ``'s own bytes: comparing them takes a microsecond, its text 70 times that."""
+    return os.environ._data  # type: ignore[attr-defined,no-any-return]
+
+
+def restore_state() -> None:
+    """Give the next call the worker's directory, mask, environment and standard streams.
+
+    A worker serves many calls: a tool's ``os.chdir`` (a build tool's, say), its
+    ``os.environ`` or ``os.umask`` changes, or a ``sys.stdout`` it replaced and never put
+    back would otherwise meet whichever call the worker runs next, so that a relative path
+    named another file, or a print went nowhere, depending on which worker a call got.
+    """
+    assert _start_state is not None
+    cwd, mask, environ = _start_state
+    os.umask(mask)
+    with contextlib.suppress(OSError):  # a tool removed it: nothing to go back to
+        if os.getcwd() != cwd:
+            os.chdir(cwd)
+    if _environ_data() != environ:
+        os.environ.clear()  # through os.environ: putenv/unsetenv keep the C level in step
+        os.environ.update({os.fsdecode(k): os.fsdecode(v) for k, v in environ.items()})
+    for name in ("stdin", "stdout", "stderr"):
+        if getattr(sys, name) is not getattr(sys, f"__{name}__"):
+            setattr(sys, name, getattr(sys, f"__{name}__"))
+
+
 def main(argv: list[str]) -> int:
     """Serve calls until the parent closes the command pipe."""
     faulthandler.enable()  # a crash prints the Python stack to stderr before the worker dies
@@ -321,6 +365,7 @@ def main(argv: list[str]) -> int:
         write_message(replies, error_reply(exc))
         return 1
     start_watchdog(cmd_fd)
+    note_state()
     me = os.getpid()
     write_message(replies, pickle.dumps(("ready", me)))
     while (body := read_message(commands)) is not None:
@@ -333,6 +378,7 @@ def main(argv: list[str]) -> int:
         flush_output()
         write_message(replies, reply, ended=ended)
         del reply
+        restore_state()  # after the reply: the caller need not wait for it
     return 0
 
 

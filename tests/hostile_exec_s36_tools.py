@@ -1,0 +1,49 @@
+"""Tools for :mod:`tests.test_hostile_exec_s36`; worker processes import them from here."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from shoal.tools import tool
+
+
+@tool(isolation="process")
+def change_the_worker(directory: str) -> int:
+    """Change what a process keeps between calls, and put none of it back; the worker's pid."""
+    os.chdir(directory)
+    os.environ["SHOAL_S36_LEFT"] = "by an earlier call"
+    os.environ.pop("PATH", None)
+    os.umask(0o077)
+    sys.stdout = io.StringIO()
+    return os.getpid()
+
+
+@tool(isolation="process")
+def worker_state() -> dict[str, Any]:
+    """What a call finds: directory, environment, mask, whether print reaches the real stdout."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return {"cwd": os.getcwd(), "left": os.environ.get("SHOAL_S36_LEFT"),
+            "path": "PATH" in os.environ, "umask": mask,
+            "stdout": sys.stdout is sys.__stdout__, "pid": os.getpid()}
+
+
+@tool(isolation="process", limits={"cpu_seconds": 1})
+def ignore_cpu_limit_signal() -> int:
+    """Ignore ``SIGXCPU`` (the signal of the CPU limit) and return; the worker's pid."""
+    signal.signal(signal.SIGXCPU, signal.SIG_IGN)
+    return os.getpid()
+
+
+@tool(isolation="process", limits={"cpu_seconds": 1})
+def spin(seconds: float) -> int:
+    """Use ``seconds`` of CPU time; the worker's pid."""
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+    return os.getpid()
