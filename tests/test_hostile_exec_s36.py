@@ -121,3 +121,15 @@ def test_a_call_that_ignored_the_cpu_limit_signal_leaves_the_next_call_its_limit
     assert result[ignored].status == "ok"
     error = result[spun].error
     assert error is not None and "SIGXCPU" in error.message, result[spun]
+
+
+# ---- a rate whose wait between starts no float holds ------------------------------------------
+
+
+@pytest.mark.parametrize("rate", [(5e-324, 1.0), (1e-200, 1e200)])
+def test_a_rate_with_no_finite_wait_between_starts_is_refused_when_given(
+        rate: tuple[float, float]) -> None:
+    # was: accepted; the second call waited for ever (1 / 5e-324 is infinity; 1e-200 / 1e200
+    # refills nothing), and on the virtual clock the run hung
+    with pytest.raises(shoal.ConfigError, match="longer between two starts"):
+        _number.options(rate=rate)
