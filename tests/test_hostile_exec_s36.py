@@ -133,3 +133,26 @@ def test_a_rate_with_no_finite_wait_between_starts_is_refused_when_given(
     # refills nothing), and on the virtual clock the run hung
     with pytest.raises(shoal.ConfigError, match="longer between two starts"):
         _number.options(rate=rate)
+
+
+# ---- an option the tool's isolation never applies ---------------------------------------------
+
+
+def _sync(n: int) -> int:
+    return n
+
+
+@pytest.mark.parametrize(("isolation", "options", "named"), [
+    ("thread", {"limits": {"memory": "1GiB"}}, "limits="),
+    ("thread", {"env": ["HOME"]}, "env="),
+    ("ray", {"limits": {"open_files": 64}}, "limits="),
+    ("process", {"resources": {"num_cpus": 2}}, "resources="),
+    ("process", {"labels": {"zone": "b"}}, "labels="),
+])
+def test_an_option_the_tools_isolation_never_applies_is_refused(
+        isolation: str, options: dict[str, Any], named: str) -> None:
+    # was: accepted, and ignored: a thread tool given limits={"memory": "1GiB"} ran with none
+    with pytest.raises(shoal.ToolDefinitionError, match=f"{named} does nothing with"):
+        shoal.tool(isolation=isolation, **options)(_sync)
+    with pytest.raises(shoal.ToolDefinitionError, match=f"{named} does nothing with"):
+        shoal.tool(_sync).options(isolation=isolation, **options)
