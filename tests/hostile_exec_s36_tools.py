@@ -11,6 +11,10 @@ from typing import Any
 
 from shoal.tools import tool
 
+# set when a worker imports this module: it stays for every call of its tools there, as for a
+# library that sets a variable of its own when imported
+os.environ.setdefault("SHOAL_S36_SET_ON_IMPORT", "yes")
+
 
 @tool(isolation="process")
 def change_the_worker(directory: str) -> int:
@@ -29,6 +33,7 @@ def worker_state() -> dict[str, Any]:
     mask = os.umask(0o022)
     os.umask(mask)
     return {"cwd": os.getcwd(), "left": os.environ.get("SHOAL_S36_LEFT"),
+            "on_import": os.environ.get("SHOAL_S36_SET_ON_IMPORT"),
             "path": "PATH" in os.environ, "umask": mask,
             "stdout": sys.stdout is sys.__stdout__, "pid": os.getpid()}
 

@@ -88,6 +88,7 @@ def test_a_call_on_a_process_worker_never_sees_what_an_earlier_call_changed(
     assert result[after].value["pid"] == result[changed].value  # the same worker
     assert result[after].value == result[before].value
     assert result[after].value["path"] and result[after].value["left"] is None
+    assert result[after].value["on_import"] == "yes"  # what importing the tools set up stays
 
 
 # ---- an argument's name that is no text ---------------------------------------------------------

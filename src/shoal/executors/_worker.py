@@ -144,6 +144,8 @@ def function_for(fn_blob: bytes) -> Callable[..., Any]:
             fn = _functions[fn_blob] = loads_callable(fn_blob)
         except OSError as exc:
             raise short_of_files(exc) from None
+        if _start_state is not None:  # what importing the tool's module set up (an
+            note_state()  # os.environ.setdefault at its top) stays for the calls that follow
     return fn
 
 
@@ -310,8 +312,9 @@ def configure(body: bytes, pipes: tuple[int, int]) -> int | None:
     return cpu_seconds  # type: ignore[no-any-return]
 
 
-#: What every call starts with, as the worker was when it said "ready": its working directory,
-#: file mode mask and environment (see :func:`restore_state`).
+#: What every call starts with, as the worker was when it said "ready" or last imported a
+#: tool's module: its working directory, file mode mask and environment (see
+#: :func:`restore_state`).
 _start_state: tuple[str, int, dict[bytes, bytes]] | None = None
 
 
