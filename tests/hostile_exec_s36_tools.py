@@ -52,3 +52,13 @@ def spin(seconds: float) -> int:
     while time.process_time() < end:
         pass
     return os.getpid()
+
+
+@tool(isolation="process")
+def work_in_a_removed_directory() -> int:
+    """Move into a temporary directory, then remove it (and stay there); the worker's pid."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as directory:
+        os.chdir(directory)
+    return os.getpid()

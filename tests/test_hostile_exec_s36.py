@@ -91,6 +91,17 @@ def test_a_call_on_a_process_worker_never_sees_what_an_earlier_call_changed(
     assert result[after].value["on_import"] == "yes"  # what importing the tools set up stays
 
 
+def test_a_call_after_one_that_removed_its_directory_runs_in_the_workers_own() -> None:
+    # was: the next call's os.getcwd() raised FileNotFoundError (the worker stayed in the
+    # removed directory)
+    plan = Plan()
+    removed = plan.call(st.work_in_a_removed_directory)
+    after = plan.call(st.worker_state, after=[removed])
+    result = shoal.run_sync(plan, process_workers=1)
+    assert result[after].value["pid"] == result[removed].value  # the same worker
+    assert result[after].value["cwd"] == str(Path.cwd())
+
+
 # ---- an argument's name that is no text ---------------------------------------------------------
 
 

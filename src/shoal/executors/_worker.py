@@ -315,7 +315,7 @@ def configure(body: bytes, pipes: tuple[int, int]) -> int | None:
 #: What every call starts with, as the worker was when it said "ready" or last imported a
 #: tool's module: its working directory, file mode mask and environment (see
 #: :func:`restore_state`).
-_start_state: tuple[str, int, dict[bytes, bytes]] | None = None
+_start_state: tuple[str, int, Any, dict[bytes, bytes]] | None = None
 
 
 def note_state() -> None:
@@ -323,7 +323,11 @@ def note_state() -> None:
     global _start_state
     mask = os.umask(0o022)  # reading the mask means setting it: set it back at once
     os.umask(mask)
-    _start_state = (os.getcwd(), mask, dict(_environ_data()))
+    try:
+        cwd = os.getcwd()
+    except OSError:  # an import removed it: keep the one noted before
+        cwd = _start_state[0] if _start_state is not None else "/"
+    _start_state = (cwd, mask, os.environ, dict(_environ_data()))
 
 
 def _environ_data() -> dict[bytes, bytes]:
@@ -334,20 +338,27 @@ def _environ_data() -> dict[bytes, bytes]:
 def restore_state() -> None:
     """Give the next call the worker's directory, mask, environment and standard streams.
 
-    A worker serves many calls: a tool's ``os.chdir`` (a build tool's, say), its
-    ``os.environ`` or ``os.umask`` changes, or a ``sys.stdout`` it replaced and never put
-    back would otherwise meet whichever call the worker runs next, so that a relative path
-    named another file, or a print went nowhere, depending on which worker a call got.
+    A worker serves many calls: a tool's ``os.chdir`` (a build tool's, say, or into a
+    temporary directory it then removed), its ``os.environ`` or ``os.umask`` changes, or a
+    ``sys.stdout`` it replaced and never put back would otherwise meet whichever call the
+    worker runs next, so that a relative path named another file, ``os.getcwd()`` failed or
+    a print went nowhere, depending on which worker a call got.
     """
     assert _start_state is not None
-    cwd, mask, environ = _start_state
+    cwd, mask, environ, data = _start_state
     os.umask(mask)
-    with contextlib.suppress(OSError):  # a tool removed it: nothing to go back to
-        if os.getcwd() != cwd:
+    try:
+        here: str | None = os.getcwd()
+    except OSError:  # the tool removed the directory it moved to
+        here = None
+    if here != cwd:
+        with contextlib.suppress(OSError):  # a tool removed it: nothing to go back to
             os.chdir(cwd)
-    if _environ_data() != environ:
+    if os.environ is not environ:  # a tool replaced the mapping itself: its own again (the
+        os.environ = environ  # noqa: B003  C level is put back from it just below)
+    if _environ_data() != data:
         os.environ.clear()  # through os.environ: putenv/unsetenv keep the C level in step
-        os.environ.update({os.fsdecode(k): os.fsdecode(v) for k, v in environ.items()})
+        os.environ.update({os.fsdecode(k): os.fsdecode(v) for k, v in data.items()})
     for name in ("stdin", "stdout", "stderr"):
         if getattr(sys, name) is not getattr(sys, f"__{name}__"):
             setattr(sys, name, getattr(sys, f"__{name}__"))
