@@ -62,3 +62,23 @@ def work_in_a_removed_directory() -> int:
     with tempfile.TemporaryDirectory() as directory:
         os.chdir(directory)
     return os.getpid()
+
+
+@tool(isolation="process")
+def close_stdout() -> int:
+    """Close descriptor 1, then open a file that takes its number; the worker's pid."""
+    sys.stdout.flush()
+    os.close(1)
+    global _KEPT
+    _KEPT = open(os.devnull, "rb")  # noqa: SIM115  # takes number 1, kept open
+    return os.getpid()
+
+
+_KEPT: Any = None
+
+
+@tool(isolation="process")
+def print_line(text: str) -> int:
+    """Print ``text`` (and flush it); the worker's pid."""
+    print(text, flush=True)
+    return os.getpid()

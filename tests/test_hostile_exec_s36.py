@@ -91,6 +91,16 @@ def test_a_call_on_a_process_worker_never_sees_what_an_earlier_call_changed(
     assert result[after].value["on_import"] == "yes"  # what importing the tools set up stays
 
 
+def test_a_call_after_one_that_closed_stdout_can_still_print() -> None:
+    # was: its print failed with OSError [Errno 9] Bad file descriptor (or, as here, where a
+    # file the earlier call opened took descriptor 1, with EBADF from writing a read-only file)
+    plan = Plan()
+    closed = plan.call(st.close_stdout)
+    printed = plan.call(st.print_line, text="still here", after=[closed])
+    result = shoal.run_sync(plan, process_workers=1)
+    assert result[printed].value == result[closed].value, result[printed]  # the same worker
+
+
 def test_a_call_after_one_that_removed_its_directory_runs_in_the_workers_own() -> None:
     # was: the next call's os.getcwd() raised FileNotFoundError (the worker stayed in the
     # removed directory)

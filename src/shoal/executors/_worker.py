@@ -328,6 +328,37 @@ def note_state() -> None:
     except OSError:  # an import removed it: keep the one noted before
         cwd = _start_state[0] if _start_state is not None else "/"
     _start_state = (cwd, mask, os.environ, dict(_environ_data()))
+    global _streams
+    _streams = tuple(_file_of(fd) for fd in (0, 1, 2))
+
+
+#: What the standard descriptors 0, 1 and 2 named when :func:`note_state` last ran (the
+#: device and inode of each, ``None`` if it was closed).
+_streams: tuple[tuple[int, int] | None, ...] = ()
+
+
+def _file_of(fd: int) -> tuple[int, int] | None:
+    """The device and inode descriptor ``fd`` names, or ``None`` when it is closed."""
+    try:
+        info = os.fstat(fd)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _restore_streams() -> None:
+    """Point a standard descriptor a call closed or replaced at ``/dev/null``.
+
+    What it named is gone (a tool's ``os.close(1)``; or a file the tool opened took its
+    number): later calls' prints would fail with ``EBADF``, or write into that file.
+    """
+    for fd, was in enumerate(_streams):
+        if was is not None and _file_of(fd) != was:
+            with contextlib.suppress(OSError):
+                null = os.open(os.devnull, os.O_RDWR)
+                if null != fd:
+                    os.dup2(null, fd)
+                    os.close(null)
 
 
 def _environ_data() -> dict[bytes, bytes]:
@@ -337,6 +368,9 @@ def _environ_data() -> dict[bytes, bytes]:
 
 def restore_state() -> None:
     """Give the next call the worker's directory, mask, environment and standard streams.
+
+    A standard descriptor a call closed or replaced (``os.close(1)``) names ``/dev/null``
+    from then on: what it named is gone.
 
     A worker serves many calls: a tool's ``os.chdir`` (a build tool's, say, or into a
     temporary directory it then removed), its ``os.environ`` or ``os.umask`` changes, or a
@@ -362,6 +396,7 @@ def restore_state() -> None:
     for name in ("stdin", "stdout", "stderr"):
         if getattr(sys, name) is not getattr(sys, f"__{name}__"):
             setattr(sys, name, getattr(sys, f"__{name}__"))
+    _restore_streams()
 
 
 def main(argv: list[str]) -> int:
