@@ -29,6 +29,7 @@ from typing import Any, Literal, NamedTuple
 
 from shoal.exceptions import ConfigError
 from shoal.merge import shown
+from shoal.outcome import _converts_in_bounds
 from shoal.plan import Node, Plan, find_refs, hard_predecessors
 
 __all__ = ["Edge", "EdgeKind", "Graph", "analyze", "render_key"]
@@ -232,14 +233,17 @@ def _field_text(field_name: str, spec: str | None, conversion: str | None,
 
     Such a key counts as any key that starts as far as it got: the call is ordered against
     every use that may be the same key, never against none. (No such argument, a spec that
-    does not fit the value's type, an int too long to write out, a value whose own
-    ``__getattr__``, ``__format__`` or ``__repr__`` raises: ``SystemExit`` too, user code
-    ends no run.)
+    does not fit the value's type, an int too long to write out, a container whose text
+    would exceed :data:`~shoal.outcome.JSON_ITEMS` items, a value whose own ``__getattr__``,
+    ``__format__`` or ``__repr__`` raises: ``SystemExit`` too, user code ends no run.)
     """
     try:
         value, _ = _formatter.get_field(field_name, (), values)
         if find_refs(value):  # known once that node has run
             return None
+        if isinstance(value, _CONTAINERS) and not _converts_in_bounds(value):
+            return None  # its text would be too long to write: shared parts, as [x, x] of
+            # [y, y] ... 60 levels deep, repeat in it 2**60 times (the run never started)
         text = _formatter.format_field(_formatter.convert_field(value, conversion), spec or "")
     except KeyboardInterrupt:
         raise
@@ -247,6 +251,8 @@ def _field_text(field_name: str, spec: str | None, conversion: str | None,
         return None
     return text if type(text) is str else None
 
+
+_CONTAINERS = (dict, list, tuple, set, frozenset)  # whose text holds their items' text
 
 #: A use of a resource key by a node: the key, the node's position, the mode.
 _Use = tuple["_Key", int, str]

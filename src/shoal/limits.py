@@ -54,6 +54,15 @@ class Rate:
             # __repr__ may fail (or call sys.exit())
             raise ConfigError(f"a rate needs a positive, finite count and period, "
                               f"got count={shown(self.count)}, period={shown(self.period)}")
+        # a start every period / count seconds: past a float (count=5e-324) the wait is
+        # infinite, and a count / period of 0 refills nothing: no second call ever started (a
+        # virtual clock, whose time would have to reach infinity, hung the run)
+        if not finite(float(self.period) / float(self.count)) or not (
+                float(self.count) / float(self.period) > 0):
+            raise ConfigError(
+                f"a rate of {shown(self.count)} per {shown(self.period)} s leaves longer "
+                "between two starts than a number of seconds can hold; give a larger count "
+                "or a shorter period")
 
     def __str__(self) -> str:
         return f"{self.count:g}/{self.period:g}s"

@@ -422,6 +422,7 @@ def check_policy(name: str, is_async: bool, p: ToolPolicy) -> None:
             f"tool {name!r} is a sync function: running it inline would block the event "
             "loop; use isolation='thread' (the default for sync tools) or 'process'"
         )
+    _check_placement_options(name, p)
     if p.timeout is not None and not (_is_number(p.timeout) and p.timeout > 0):
         raise ToolDefinitionError(
             f"tool {name!r}: timeout must be positive: a finite number of seconds, or None; "
@@ -457,3 +458,26 @@ def check_policy(name: str, is_async: bool, p: ToolPolicy) -> None:
         raise ToolDefinitionError(f"tool {name!r}: approval takes a plain predicate over the "
                                   f"arguments (it decides at once), got an async function "
                                   f"{shown(p.approval)}")
+
+
+def _check_placement_options(name: str, p: ToolPolicy) -> None:
+    """Refuse options the tool's own isolation never applies, rather than ignore them.
+
+    ``limits`` and ``env`` shape a process worker, ``resources`` and ``labels`` a Ray task: a
+    tool that names another isolation (``"thread"`` shares this process's limits and
+    environment) would run without them, as if they held. With no isolation named, the
+    runtime's ``executor`` decides, and only the backend that applies them reads them.
+    """
+    if p.isolation is None or p.isolation not in ISOLATIONS:
+        return
+    given = [option for option, value in (("limits", p.limits), ("env", p.env))
+             if value] if p.isolation != "process" else []
+    given += [option for option, value in (("resources", p.resources), ("labels", p.labels))
+              if value] if p.isolation != "ray" else []
+    if given:
+        where = " and ".join(f"{option}=" for option in given)
+        wanted = ("isolation='process'" if given[0] in ("limits", "env") else "isolation='ray'")
+        raise ToolDefinitionError(
+            f"tool {name!r}: {where} {'do' if len(given) > 1 else 'does'} nothing with "
+            f"isolation={p.isolation!r} (limits= and env= shape a process worker, resources= "
+            f"and labels= a Ray task); use {wanted}, or leave {where} out")

@@ -542,6 +542,8 @@ def describe_errors(errors: Sequence[Any]) -> tuple[str, str]:
         got = f" (got {shown(err['input'])})" if err["type"] != "missing" else ""
         if err["type"] == "extra_forbidden":
             parts.append(f"unexpected argument {loc!r}")
+        elif not err["loc"]:  # of no argument: an argument's name itself, such as "\udc80"
+            parts.append(f"an argument's name {shown(err['input'])}: {err['msg']}")
         else:
             parts.append(f"argument {loc!r}: {err['msg']}{got}")
     return first, "; ".join(parts)

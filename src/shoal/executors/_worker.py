@@ -117,9 +117,13 @@ def cpu_budget(seconds: int | None) -> None:
     action ends the process. The hard limit stays open so that it can be moved again.
     """
     import resource
+    import signal
 
     if seconds is None:
         return
+    # SIGXCPU's default action is the limit: an earlier call's handler for it (or its
+    # SIG_IGN) would let this one run on past its limit
+    signal.signal(signal.SIGXCPU, signal.SIG_DFL)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     used = int(usage.ru_utime + usage.ru_stime) + 1
     _, hard = resource.getrlimit(resource.RLIMIT_CPU)
@@ -140,6 +144,8 @@ def function_for(fn_blob: bytes) -> Callable[..., Any]:
             fn = _functions[fn_blob] = loads_callable(fn_blob)
         except OSError as exc:
             raise short_of_files(exc) from None
+        if _start_state is not None:  # what importing the tool's module set up (an
+            note_state()  # os.environ.setdefault at its top) stays for the calls that follow
     return fn
 
 
@@ -306,6 +312,93 @@ def configure(body: bytes, pipes: tuple[int, int]) -> int | None:
     return cpu_seconds  # type: ignore[no-any-return]
 
 
+#: What every call starts with, as the worker was when it said "ready" or last imported a
+#: tool's module: its working directory, file mode mask and environment (see
+#: :func:`restore_state`).
+_start_state: tuple[str, int, Any, dict[bytes, bytes]] | None = None
+
+
+def note_state() -> None:
+    """Note the state :func:`restore_state` gives each call back (once, before "ready")."""
+    global _start_state
+    mask = os.umask(0o022)  # reading the mask means setting it: set it back at once
+    os.umask(mask)
+    try:
+        cwd = os.getcwd()
+    except OSError:  # an import removed it: keep the one noted before
+        cwd = _start_state[0] if _start_state is not None else "/"
+    _start_state = (cwd, mask, os.environ, dict(_environ_data()))
+    global _streams
+    _streams = tuple(_file_of(fd) for fd in (0, 1, 2))
+
+
+#: What the standard descriptors 0, 1 and 2 named when :func:`note_state` last ran (the
+#: device and inode of each, ``None`` if it was closed).
+_streams: tuple[tuple[int, int] | None, ...] = ()
+
+
+def _file_of(fd: int) -> tuple[int, int] | None:
+    """The device and inode descriptor ``fd`` names, or ``None`` when it is closed."""
+    try:
+        info = os.fstat(fd)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _restore_streams() -> None:
+    """Point a standard descriptor a call closed or replaced at ``/dev/null``.
+
+    What it named is gone (a tool's ``os.close(1)``; or a file the tool opened took its
+    number): later calls' prints would fail with ``EBADF``, or write into that file.
+    """
+    for fd, was in enumerate(_streams):
+        if was is not None and _file_of(fd) != was:
+            with contextlib.suppress(OSError):
+                null = os.open(os.devnull, os.O_RDWR)
+                if null != fd:
+                    os.dup2(null, fd)
+                    os.close(null)
+
+
+def _environ_data() -> dict[bytes, bytes]:
+    """``os.environ``'s own bytes: comparing them takes a microsecond, its text 70 times that."""
+    return os.environ._data  # type: ignore[attr-defined,no-any-return]
+
+
+def restore_state() -> None:
+    """Give the next call the worker's directory, mask, environment and standard streams.
+
+    A standard descriptor a call closed or replaced (``os.close(1)``) names ``/dev/null``
+    from then on: what it named is gone.
+
+    A worker serves many calls: a tool's ``os.chdir`` (a build tool's, say, or into a
+    temporary directory it then removed), its ``os.environ`` or ``os.umask`` changes, or a
+    ``sys.stdout`` it replaced and never put back would otherwise meet whichever call the
+    worker runs next, so that a relative path named another file, ``os.getcwd()`` failed or
+    a print went nowhere, depending on which worker a call got.
+    """
+    assert _start_state is not None
+    cwd, mask, environ, data = _start_state
+    os.umask(mask)
+    try:
+        here: str | None = os.getcwd()
+    except OSError:  # the tool removed the directory it moved to
+        here = None
+    if here != cwd:
+        with contextlib.suppress(OSError):  # a tool removed it: nothing to go back to
+            os.chdir(cwd)
+    if os.environ is not environ:  # a tool replaced the mapping itself: its own again (the
+        os.environ = environ  # noqa: B003  C level is put back from it just below)
+    if _environ_data() != data:
+        os.environ.clear()  # through os.environ: putenv/unsetenv keep the C level in step
+        os.environ.update({os.fsdecode(k): os.fsdecode(v) for k, v in data.items()})
+    for name in ("stdin", "stdout", "stderr"):
+        if getattr(sys, name) is not getattr(sys, f"__{name}__"):
+            setattr(sys, name, getattr(sys, f"__{name}__"))
+    _restore_streams()
+
+
 def main(argv: list[str]) -> int:
     """Serve calls until the parent closes the command pipe."""
     faulthandler.enable()  # a crash prints the Python stack to stderr before the worker dies
@@ -321,6 +414,7 @@ def main(argv: list[str]) -> int:
         write_message(replies, error_reply(exc))
         return 1
     start_watchdog(cmd_fd)
+    note_state()
     me = os.getpid()
     write_message(replies, pickle.dumps(("ready", me)))
     while (body := read_message(commands)) is not None:
@@ -333,6 +427,7 @@ def main(argv: list[str]) -> int:
         flush_output()
         write_message(replies, reply, ended=ended)
         del reply
+        restore_state()  # after the reply: the caller need not wait for it
     return 0
 
 

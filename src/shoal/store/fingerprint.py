@@ -28,6 +28,9 @@ __all__ = [
 FORMAT = 1  # bump when the description's shape changes
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))  # made once: dumps() is slow
 _FLAT = (str, int, float, bool, type(None))
+#: The most containers :func:`canonical` converts for an argument digest (about 0.3 s): past
+#: them, the exact digest, which visits each container once however often it appears.
+_CONVERTED = 100_000
 
 
 def _digest(data: Any) -> str:
@@ -41,14 +44,18 @@ def _hash(text: str) -> str:
 def _args_digest(args: Mapping[str, Any]) -> str:
     """A digest of a node's arguments; flat arguments (the common case) skip JSON.
 
-    Arguments nested too deep for :func:`canonical`, holding themselves, or holding an
-    integer too long to write out are digested exactly instead (iteratively, sets sorted).
+    Arguments nested too deep for :func:`canonical`, holding themselves, holding an integer
+    too long to write out, or expanding past :data:`_CONVERTED` containers (shared parts count
+    each time they appear) are digested exactly instead (iteratively, each container once,
+    sets sorted).
     """
     try:
         if all(type(v) in _FLAT for v in args.values()):
             return _hash(repr(sorted(args.items())))  # reprs of these types are stable
-        return _digest(canonical(args))
-    except (RecursionError, ValueError):  # ValueError: an int past the limit on its digits
+        return _digest(_convert(args, [_CONVERTED]))
+    except (RecursionError, ValueError):  # ValueError: an int past the limit on its digits,
+        # or a value that expands past _CONVERTED (shared parts: a list [x, x] of [y, y] ...
+        # of 60 levels has 2**60 paths; converting it never ended, nor did the run's start)
         from shoal.approvals.ledger import exact_digest  # iterative; imports the store
 
         return "x" + exact_digest(dict(args))[:16]
@@ -61,22 +68,39 @@ def canonical(value: Any) -> Any:
     and objects JSON cannot hold become their type's name: a repr often holds a memory
     address, which would make every process see a different plan.
     """
+    return _convert(value, None)
+
+
+class _TooManyItems(ValueError):
+    """A value expands to more containers than :func:`_convert` was given to visit."""
+
+
+def _convert(value: Any, left: list[int] | None) -> Any:
+    """:func:`canonical`, visiting at most ``left[0]`` containers (``None``: any number).
+
+    Each container it enters takes one from ``left`` (a shared one each time it appears, as
+    the JSON copies it); past the last, :class:`_TooManyItems`.
+    """
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, Ref):
         return f"$ref:{value!r}"
+    if left is not None and isinstance(value, Mapping | list | tuple | set | frozenset):
+        left[0] -= 1
+        if left[0] < 0:
+            raise _TooManyItems
     if isinstance(value, Mapping):
-        return {str(k): canonical(v) for k, v in value.items()}
+        return {str(k): _convert(v, left) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [canonical(v) for v in value]
+        return [_convert(v, left) for v in value]
     if isinstance(value, set | frozenset):
-        items = [canonical(v) for v in value]
+        items = [_convert(v, left) for v in value]
         return sorted(items, key=lambda v: json.dumps(v, sort_keys=True))
     try:
         converted = to_jsonable_python(value, fallback=_type_name)
     except Exception:
         return _type_name(value)
-    return converted if isinstance(converted, str) else canonical(converted)
+    return converted if isinstance(converted, str) else _convert(converted, left)
 
 
 def _type_name(value: Any) -> str:
