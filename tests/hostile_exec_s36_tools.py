@@ -82,3 +82,10 @@ def print_line(text: str) -> int:
     """Print ``text`` (and flush it); the worker's pid."""
     print(text, flush=True)
     return os.getpid()
+
+
+@tool(env=["SHOAL_S36_ASKED"])  # no isolation named: env= only a process worker applies
+def environment_seen() -> dict[str, Any]:
+    """The process the call ran in, and the two variables it could see."""
+    return {"pid": os.getpid(), "asked": os.environ.get("SHOAL_S36_ASKED"),
+            "secret": os.environ.get("SHOAL_S36_SECRET")}

@@ -5,6 +5,7 @@ Each test here failed before the fix it names.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -178,3 +179,27 @@ def test_an_option_the_tools_isolation_never_applies_is_refused(
         shoal.tool(isolation=isolation, **options)(_sync)
     with pytest.raises(shoal.ToolDefinitionError, match=f"{named} does nothing with"):
         shoal.tool(_sync).options(isolation=isolation, **options)
+
+
+def test_a_tool_given_env_and_no_isolation_runs_in_a_process_worker_without_the_secrets(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # was: run on a thread of this process (the runtime's default for sync tools): env= kept
+    # nothing from it, it read every secret the process holds, and limits= held nothing
+    monkeypatch.setenv("SHOAL_S36_ASKED", "asked for")
+    monkeypatch.setenv("SHOAL_S36_SECRET", "not for tools")
+    assert repr(st.environment_seen) == "<Tool environment_seen (sync, process)>"
+    for executor in (None, "thread"):  # the runtime's default chooses no more for it
+        plan = Plan()
+        seen = plan.call(st.environment_seen)
+        outcome = shoal.run_sync(plan, executor=executor)[seen]
+        assert outcome.executor == "process"
+        assert outcome.value["pid"] != os.getpid()
+        assert outcome.value["asked"] == "asked for"
+        assert outcome.value["secret"] is None
+
+
+def test_process_and_ray_options_on_a_tool_naming_no_isolation_are_refused_together() -> None:
+    with pytest.raises(shoal.ToolDefinitionError, match="keep the options of one"):
+        shoal.tool(env=["HOME"], resources={"num_cpus": 1})(_sync)
+    with pytest.raises(shoal.ToolDefinitionError, match="keep the options of one"):
+        shoal.tool(_sync).options(limits={"open_files": 64}, labels={"zone": "b"})

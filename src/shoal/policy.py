@@ -460,15 +460,37 @@ def check_policy(name: str, is_async: bool, p: ToolPolicy) -> None:
                                   f"{shown(p.approval)}")
 
 
+def placed_by_options(p: ToolPolicy) -> Isolation | None:
+    """The backend a tool naming no isolation runs on for its options, if they need one.
+
+    ``limits`` and ``env`` only a process worker applies, ``resources`` and ``labels`` only a
+    Ray task: such a tool runs there whatever the runtime's ``executor`` (on a thread, a tool
+    given ``env=`` to keep the process's secrets from it saw them all, and its ``limits``
+    held nothing).
+    """
+    if p.limits or p.env:
+        return "process"
+    if p.resources or p.labels:
+        return "ray"
+    return None
+
+
 def _check_placement_options(name: str, p: ToolPolicy) -> None:
     """Refuse options the tool's own isolation never applies, rather than ignore them.
 
     ``limits`` and ``env`` shape a process worker, ``resources`` and ``labels`` a Ray task: a
     tool that names another isolation (``"thread"`` shares this process's limits and
     environment) would run without them, as if they held. With no isolation named, the
-    runtime's ``executor`` decides, and only the backend that applies them reads them.
+    options choose it (:func:`placed_by_options`), so they cannot ask for both.
     """
-    if p.isolation is None or p.isolation not in ISOLATIONS:
+    if p.isolation is None:
+        if (p.limits or p.env) and (p.resources or p.labels):
+            raise ToolDefinitionError(
+                f"tool {name!r}: limits= and env= shape a process worker, resources= and "
+                f"labels= a Ray task, and one call runs on one of them; keep the options of "
+                f"one, with isolation='process' or isolation='ray'")
+        return
+    if p.isolation not in ISOLATIONS:
         return
     given = [option for option, value in (("limits", p.limits), ("env", p.env))
              if value] if p.isolation != "process" else []

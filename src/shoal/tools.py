@@ -38,6 +38,7 @@ from shoal.policy import (
     RetryPolicy,
     ToolPolicy,
     check_policy,
+    placed_by_options,
     policy_from,
 )
 from shoal.schema import (
@@ -166,7 +167,8 @@ class Tool(Generic[P, R]):
         return self.fn(*args, **kwargs)
 
     def __repr__(self) -> str:
-        where = self.policy.isolation or self.default_isolation
+        where = (self.policy.isolation or placed_by_options(self.policy)
+                 or self.default_isolation)
         return f"<Tool {self.name} ({'async' if self.is_async else 'sync'}, {where})>"
 
     def options(self, **overrides: Any) -> Tool[P, R]:

@@ -61,6 +61,7 @@ from shoal.executors.base import Call, new_call
 from shoal.limits import ConcurrencyLimit, RateLimiter
 from shoal.outcome import STATUSES, ErrorInfo, Outcome, Status, jsonable
 from shoal.plan import Node, Ref
+from shoal.policy import placed_by_options
 from shoal.scheduler.args import IMMUTABLE, isolate_all, resolve_arguments
 from shoal.scheduler.gates import Gates, SharedLimits
 from shoal.scheduler.priority import CriticalPath
@@ -509,12 +510,18 @@ def _left_running(slot: _Slot) -> str:
 
 
 def choose_executor(tool: Tool[..., Any], default: Isolation | None) -> Isolation:
-    """The backend for ``tool``: its own isolation, else the run's default, else by kind.
+    """The backend for ``tool``: its own isolation, else its options', else the run's default.
 
+    Its options' is where its ``limits``, ``env``, ``resources`` or ``labels`` apply
+    (:func:`~shoal.policy.placed_by_options`); with none of them and no default, by kind.
     A sync tool never runs inline, whatever the default, because it would block the loop.
     """
-    if tool.policy.isolation is not None:
-        return tool.policy.isolation
+    policy = tool.policy
+    if policy.isolation is not None:
+        return policy.isolation
+    placed = placed_by_options(policy)
+    if placed is not None:
+        return placed
     if default is None or (default == "inline" and not tool.is_async):
         return tool.default_isolation
     return default
