@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator
 from typing import Any, Self, TypeVar
 
 import psutil
@@ -271,6 +271,32 @@ def pytest_configure(config: pytest.Config) -> None:
     folder = tempfile.mkdtemp(prefix="shoal-mypy-")
     os.environ[SHARED_FOLDER] = folder
     config.add_cleanup(functools.partial(shutil.rmtree, folder, ignore_errors=True))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item,
+                               call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
+    """Make a report's text UTF-8, its lone surrogates as ``\\udcff`` escapes.
+
+    Many tests here pass lone surrogates around; one of them failing put its value in the
+    report, which pytest-xdist could not send from its worker ("strings must be utf-8
+    encodable"): the whole run stopped with an INTERNALERROR, every other result lost.
+    """
+    del item, call
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    report.sections = [(name, _utf8(text)) for name, text in report.sections]
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple):  # a skip: (path, line, reason)
+        report.longrepr = (longrepr[0], longrepr[1], _utf8(longrepr[2]))
+    elif longrepr is not None:
+        text = str(longrepr)
+        if _utf8(text) != text:
+            report.longrepr = _utf8(text)
+
+
+def _utf8(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 #: The tests that read the suite's one strict mypy run (``tests/mypy_run.py``).
