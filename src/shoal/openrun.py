@@ -84,11 +84,19 @@ class OpenRun:
 
     @property
     def result(self) -> RunResult:
-        """Every node's outcome, once the run has ended (after the ``async with`` block)."""
+        """Every node's outcome, once the run has ended (after the ``async with`` block).
+
+        A run that ended with an error of its own (its journal could not be written, a sink
+        or shoal itself failed) has no result: that error is raised, as awaiting the run
+        raised it; :meth:`~shoal.runtime.RunHandle.partial_result` has the outcomes recorded.
+        """
         if self._result is None and self._handle.done():  # ended while nobody waited: a
             # second cancel (Ctrl-C twice) stopped the wait for it, not the run
             ended = self._handle.as_future()
-            if not ended.cancelled() and ended.exception() is None:
+            if not ended.cancelled():
+                failed = ended.exception()
+                if failed is not None:  # not "has not ended yet": it ended, and how
+                    raise _ended_with(failed, self.run_id)
                 self._result = ended.result()
         if self._result is None:
             raise RunNotEndedError(f"open run {self.run_id} has not ended yet: read its result "
@@ -394,6 +402,15 @@ class OpenRun:
 
 _WAIT_CANCELLED = "the wait for the open run's end was cancelled (a timeout, Ctrl-C)"
 _REASON_CHARS = 500  # of the block's error, in each outcome's reason (journaled with each)
+
+
+def _ended_with(error: BaseException, run_id: str) -> BaseException:
+    """``error``, which ended open run ``run_id``, noted (once) as why it has no result."""
+    note = (f"open run {run_id} ended with this error, so it has no result: "
+            f"run.handle.partial_result() has the outcomes recorded")
+    if note not in getattr(error, "__notes__", ()):  # read twice, noted once
+        error.add_note(note)
+    return error
 
 
 def _raised(exc: BaseException) -> str:
