@@ -485,3 +485,46 @@ def test_plan_text_wrong_for_another_reason_too_keeps_pythons_message() -> None:
     with pytest.raises(PlanError, match="cannot parse") as raised:
         parse_plan_text('1. search(query="a\rb",, limit=1)\n2. join()', [search])
     assert "carriage return" not in str(raised.value)
+
+
+# -- a board merge that yields --------------------------------------------------------------
+
+
+def yielded(total: int, value: int) -> Any:
+    """A merge written with ``yield``: calling it runs nothing."""
+    yield total + value
+
+
+class YieldingMerge:
+    """A merge object whose ``__call__`` yields."""
+
+    def __call__(self, total: int, value: int) -> Any:
+        """Yield the sum instead of returning it."""
+        yield total + value
+
+
+@pytest.mark.parametrize("merge_fn", [yielded, YieldingMerge()], ids=["function", "__call__"])
+def test_a_generator_merge_function_is_refused_when_the_board_is_declared(merge_fn: Any) -> None:
+    # it was taken: the key then held a generator never run (not the sum), and every call
+    # writing to it succeeded, as an async merge function once did
+    with pytest.raises(ConfigError, match=r"board key 'total'.*generator function.*return the "
+                                          r"value instead of yielding it"):
+        shoal.Board(total=merge_fn)
+    with pytest.raises(TypeError, match="generator function"):
+        shoal.merge.using(merge_fn, initial=0)
+
+
+def test_a_merge_function_returning_a_generator_fails_the_call_and_keeps_the_board() -> None:
+    board = shoal.Board(total=shoal.merge.using(lambda total, value: (n for n in [total, value]),
+                                                initial=0))
+
+    @shoal.tool
+    def add(board: shoal.BoardHandle) -> None:
+        board.write("total", 1)
+
+    plan = shoal.Plan()
+    plan.call(add)
+    error = shoal.run_sync(plan, board=board)["add#1"].error
+    assert error is not None and error.type == "shoal.exceptions.BoardValueError"
+    assert "returned a generator (generator), not the merged value" in error.message
+    assert board["total"] == 0
