@@ -528,3 +528,22 @@ def test_a_merge_function_returning_a_generator_fails_the_call_and_keeps_the_boa
     assert error is not None and error.type == "shoal.exceptions.BoardValueError"
     assert "returned a generator (generator), not the merged value" in error.message
     assert board["total"] == 0
+
+
+def test_an_open_runs_stream_ended_by_its_journal_says_so_in_its_result() -> None:
+    # the stream raised the StoreError, and its result then said "the stream has not ended
+    # yet: read it after 'async for item in stream' ends", which it had
+    async def main() -> shoal.EventStream[shoal.RunResult]:
+        run = shoal.Runtime(store=UnwritableJournal()).open_run()
+        stream = run.events()
+        run.call(sibling)
+        run.close()
+        with pytest.raises(StoreError, match="disk full"):
+            async for _ in stream:
+                pass
+        return stream
+
+    stream = arun(main())
+    with pytest.raises(StoreError, match="disk full") as raised:
+        stream.result  # noqa: B018  # the property raises
+    assert "the stream's run ended with this error" in raised.value.__notes__[-1]

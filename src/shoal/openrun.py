@@ -35,6 +35,7 @@ from shoal.exceptions import (
     RunNotEndedError,
     UpstreamFailedError,
     bounded_text,
+    ended_with,
 )
 from shoal.merge import error_text, shown
 from shoal.nodeids import plain_text
@@ -96,7 +97,9 @@ class OpenRun:
             if not ended.cancelled():
                 failed = ended.exception()
                 if failed is not None:  # not "has not ended yet": it ended, and how
-                    raise _ended_with(failed, self.run_id)
+                    raise ended_with(failed, f"open run {self.run_id} ended with this "
+                                     "error, so it has no result: "
+                                     "run.handle.partial_result() has the outcomes recorded")
                 self._result = ended.result()
         if self._result is None:
             raise RunNotEndedError(f"open run {self.run_id} has not ended yet: read its result "
@@ -402,15 +405,6 @@ class OpenRun:
 
 _WAIT_CANCELLED = "the wait for the open run's end was cancelled (a timeout, Ctrl-C)"
 _REASON_CHARS = 500  # of the block's error, in each outcome's reason (journaled with each)
-
-
-def _ended_with(error: BaseException, run_id: str) -> BaseException:
-    """``error``, which ended open run ``run_id``, noted (once) as why it has no result."""
-    note = (f"open run {run_id} ended with this error, so it has no result: "
-            f"run.handle.partial_result() has the outcomes recorded")
-    if note not in getattr(error, "__notes__", ()):  # read twice, noted once
-        error.add_note(note)
-    return error
 
 
 def _raised(exc: BaseException) -> str:
