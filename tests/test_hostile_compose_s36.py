@@ -547,3 +547,21 @@ def test_an_open_runs_stream_ended_by_its_journal_says_so_in_its_result() -> Non
     with pytest.raises(StoreError, match="disk full") as raised:
         stream.result  # noqa: B018  # the property raises
     assert "the stream's run ended with this error" in raised.value.__notes__[-1]
+
+
+# -- patterns nested deep --------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_a_pipeline_nested_past_the_recursion_limit_passes_on_its_last_steps_output() -> None:
+    # what a pipeline passes on was found by recursing into its last step: a pipeline of a
+    # pipeline of ... 1,100 deep failed its run with a bare RecursionError (a fan-out or a
+    # reflect loop nested as deep ran); the path is now found by a loop
+    writer = shoal.Agent(name="writer", model=ScriptedModel.per_prompt({"*": ["a draft"]}))
+    critic = shoal.Agent(name="critic", model=ScriptedModel.per_prompt({"*": ["ACCEPT"]}))
+    step: Any = reflect(writer, critic)
+    for _ in range(1_100):
+        step = shoal.patterns.pipeline(step)
+    assert step.output_path == ("output",)  # the draft of the reflect loop at the bottom
+    done = step.run_sync("write")  # each level's task is the level below's draft
+    assert (done.output, done.accepted) == ("a draft", True)
