@@ -565,3 +565,19 @@ def test_a_pipeline_nested_past_the_recursion_limit_passes_on_its_last_steps_out
     assert step.output_path == ("output",)  # the draft of the reflect loop at the bottom
     done = step.run_sync("write")  # each level's task is the level below's draft
     assert (done.output, done.accepted) == ("a draft", True)
+
+
+def test_an_open_run_left_open_when_its_loop_ended_says_it_was_stopped() -> None:
+    # never closed, the run's task was cancelled as its loop ended; run.result said it
+    # "has not ended yet: read its result after its 'async with' block", which never comes
+    async def main() -> shoal.OpenRun:
+        run = shoal.Runtime().open_run()
+        run.call(slow)
+        return run  # the loop ends with the run open
+
+    run = arun(main(), virtual=True, check_tasks=False)
+    assert run.handle.done()
+    with pytest.raises(shoal.RunNotEndedError, match=r"was stopped before its end: its task "
+                                                     r"was cancelled .*partial_result\(\)"):
+        run.result  # noqa: B018  # the property raises
+    assert run.handle.partial_result()["slow#1"].status == "cancelled"
