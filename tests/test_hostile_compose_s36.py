@@ -581,3 +581,14 @@ def test_an_open_run_left_open_when_its_loop_ended_says_it_was_stopped() -> None
                                                      r"was cancelled .*partial_result\(\)"):
         run.result  # noqa: B018  # the property raises
     assert run.handle.partial_result()["slow#1"].status == "cancelled"
+
+
+@pytest.mark.parametrize("char", ["\x00", "\ud800"], ids=["NUL", "surrogate"])
+def test_plan_text_with_an_unwritable_character_between_arguments_says_to_remove_it(
+        char: str) -> None:
+    # outside any string nothing can hold it: the problem does not say it is in a string,
+    # nor to escape it there
+    with pytest.raises(PlanError, match=r"line 1: a (NUL|lone surrogate \\ud800) outside any "
+                                        r"quoted string, after 'search\(query=\"a\",': "
+                                        r"remove it$"):
+        parse_plan_text(f'1. search(query="a",{char} limit=1)\n2. join()', [search])

@@ -345,6 +345,11 @@ class _Scanner:
         """
         return len(self._quote) == 3
 
+    @property
+    def quoted(self) -> bool:
+        """Whether the text so far ends inside a string (of any quotes)."""
+        return bool(self._quote)
+
     def code(self, pieces: int | None = None) -> str:
         """The text scanned so far (its first ``pieces``), refs quoted and comments removed."""
         return "".join(self._out[:pieces])
@@ -457,6 +462,10 @@ def _unwritable(pending: _Pending, code: str) -> str:
     what, fix = _UNWRITABLE_NAMES.get(char, (
         f"a lone surrogate \\u{ord(char):04x}",
         "it is half of a character, which no value may hold; write the character itself"))
+    scanner = _Scanner()
+    scanner.feed(before)
+    if not scanner.quoted:  # between the arguments: nothing there holds it
+        return f"{what} outside any quoted string{at}, after {after!r}: remove it"
     return f"{what} inside a quoted string{at}, after {after!r}: {fix}"
 
 
