@@ -592,3 +592,35 @@ def test_plan_text_with_an_unwritable_character_between_arguments_says_to_remove
                                         r"quoted string, after 'search\(query=\"a\",': "
                                         r"remove it$"):
         parse_plan_text(f'1. search(query="a",{char} limit=1)\n2. join()', [search])
+
+
+# -- flags of the wrong kind -----------------------------------------------------------------
+
+
+def test_force_or_here_that_is_no_flag_is_a_config_error() -> None:
+    # force="no" was taken as true: a resume went ahead over a run that another process
+    # seemed to run (the very case force= exists to guard); here="no" started the run
+    # without a task of its own
+    runtime = shoal.Runtime(store=MemoryStore())
+    plan = shoal.Plan("flags")
+    plan.call(sibling)
+    done = runtime.run_sync(plan)
+    for flag in ("no", 1, None):
+        with pytest.raises(ConfigError, match=r"force takes True or False, got "):
+            runtime.resume_sync(done.run_id, plan, force=flag)
+
+    async def main(**flags: Any) -> None:
+        async with runtime.open_run(**flags) as run:
+            run.call(sibling)
+
+    for name in ("force", "here"):
+        with pytest.raises(ConfigError, match=f"{name} takes True or False, got str 'no'"):
+            arun(main(**{name: "no"}))
+
+    agent = shoal.Agent(name="writer", model=ScriptedModel(["done"]))
+
+    async def resumed() -> None:
+        await agent.resume("some-run", "write", runtime=runtime, force="no")
+
+    with pytest.raises(ConfigError, match="force takes True or False, got str 'no'"):
+        arun(resumed())
