@@ -624,3 +624,12 @@ def test_force_or_here_that_is_no_flag_is_a_config_error() -> None:
 
     with pytest.raises(ConfigError, match="force takes True or False, got str 'no'"):
         arun(resumed())
+
+
+def test_a_board_key_declared_in_the_mapping_and_as_a_keyword_is_refused() -> None:
+    # the keyword's rule silently replaced the mapping's: a key meant to collect every
+    # finding (append) kept a counter, and writes of findings failed as "not a number"
+    with pytest.raises(ConfigError, match="board key 'count' is declared twice"):
+        shoal.Board({"count": shoal.merge.append}, count=shoal.merge.counter)
+    board = shoal.Board({"found": shoal.merge.append}, count=shoal.merge.counter)
+    assert set(board.rules) == {"found", "count"}

@@ -187,7 +187,12 @@ class Board:
             raise ConfigError(f"Board takes keys with their rules, as Board(count="
                               f"shoal.merge.counter) or Board({{'count': ...}}); got "
                               f"{shown(rules)}")
-        declared = {**(rules or {}), **more}
+        given = {**(rules or {})}
+        twice = sorted(key for key in more if key in given)
+        if twice:  # one rule would silently replace the other
+            raise ConfigError(f"board key {twice[0]!r} is declared twice, in the mapping and "
+                              "as a keyword; declare each key once, with its one rule")
+        declared = {**given, **more}
         bad = [k for k in declared if not isinstance(k, str) or not k]
         if bad:
             raise ConfigError(f"board keys are non-empty strings, got {shown(bad[0])}")
