@@ -712,7 +712,7 @@ class LocalModel(Model):
             raise ConfigError(f"max_concurrency must be at least 1, got {max_concurrency}")
         # the bound every plan request's grammar gets: a wrong one is refused here, not at
         # the first plan request
-        check_call_bounds(plan_calls, name="plan_calls")
+        plan_calls = check_call_bounds(plan_calls, name="plan_calls")[1]  # a plain int
         self._owns_server = server is None
         if server is None:
             alias = "smollm2-135m" if gguf is None else Path(gguf).stem.lower()
