@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import re
 import sqlite3
 import subprocess
@@ -633,3 +634,26 @@ def test_a_board_key_declared_in_the_mapping_and_as_a_keyword_is_refused() -> No
         shoal.Board({"count": shoal.merge.append}, count=shoal.merge.counter)
     board = shoal.Board({"found": shoal.merge.append}, count=shoal.merge.counter)
     assert set(board.rules) == {"found", "count"}
+
+
+@pytest.mark.parametrize("writer", [b"seed", 5, None], ids=["bytes", "int", "None"])
+def test_a_board_writer_that_is_no_text_is_refused(writer: Any) -> None:
+    # it was kept as a side of the conflicts it took part in: to_dict(), "JSON-ready", then
+    # failed (Object of type bytes is not JSON serializable)
+    board = shoal.Board(verdict=shoal.merge.last_writer)
+    with pytest.raises(shoal.exceptions.ArgumentTypeError, match="writer= names who wrote, "
+                                                                 "as text"):
+        board.write("verdict", "ship", writer=writer)
+    assert board["verdict"] is None and not board.conflicts  # nothing was written
+
+
+def test_a_board_writer_of_a_str_subclass_is_its_text() -> None:
+    class Name(str):
+        """A name with code of its own."""
+
+    board = shoal.Board(verdict=shoal.merge.last_writer)
+    board.write("verdict", "ship", writer=Name("seed"))
+    board.write("verdict", "wait", writer="judge")
+    [conflict] = board.conflicts
+    assert conflict.writers == ("seed", "judge") and type(conflict.writers[0]) is str
+    json.dumps(conflict.to_dict())
