@@ -509,7 +509,7 @@ def _local_model() -> Any:
 def test_a_plan_request_sends_the_grammar_and_no_json_protocol() -> None:
     model = _local_model()
     for bad in (0, 1000):
-        with pytest.raises(ConfigError, match="plan_calls must be from 1 to 999"):
+        with pytest.raises(ConfigError, match="1 <= plan_calls <= 999"):
             type(model)(plan_calls=bad)
     request = ModelRequest("Plan.", [UserMessage("Weather in Paris?")], plan_tools=SPECS,
                            settings=ModelSettings(max_tokens=99, extra={"seed": 7}))

@@ -530,8 +530,9 @@ def test_every_kind_of_bad_line_is_a_rejection_the_joiner_reads() -> None:
     assert "not a literal" in by_id["10"].message.content
     assert "not closed" in by_id["11"].message.content
     assert "lone surrogate" in by_id["13"].message.content
-    assert "surrogates not allowed" in by_id["14"].message.content
-    assert "null bytes" in by_id["15"].message.content
+    assert "a lone surrogate \\ud800 inside a quoted string" in by_id["14"].message.content
+    assert "a NUL inside a quoted string" in by_id["15"].message.content
+    assert "write it as \\x00" in by_id["15"].message.content
     assert ran == ["ok", "bell\x07 tab\t"]
     joiner = _said(model.requests[1])
     joiner.encode("utf-8")  # sendable: the raw surrogate of the plan is not sent back

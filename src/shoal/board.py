@@ -42,8 +42,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shoal import merge
-from shoal.exceptions import BoardError, BoardKeyError, BoardValueError, ConfigError, StoreError
+from shoal.exceptions import (
+    ArgumentTypeError,
+    BoardError,
+    BoardKeyError,
+    BoardValueError,
+    ConfigError,
+    StoreError,
+)
 from shoal.merge import Rule, shown, using
+from shoal.nodeids import plain_text
 from shoal.scheduler.scope import register_injector, register_replayer
 from shoal.store.base import EffectRecord
 
@@ -187,7 +195,12 @@ class Board:
             raise ConfigError(f"Board takes keys with their rules, as Board(count="
                               f"shoal.merge.counter) or Board({{'count': ...}}); got "
                               f"{shown(rules)}")
-        declared = {**(rules or {}), **more}
+        given = {**(rules or {})}
+        twice = sorted(key for key in more if key in given)
+        if twice:  # one rule would silently replace the other
+            raise ConfigError(f"board key {twice[0]!r} is declared twice, in the mapping and "
+                              "as a keyword; declare each key once, with its one rule")
+        declared = {**given, **more}
         bad = [k for k in declared if not isinstance(k, str) or not k]
         if bad:
             raise ConfigError(f"board keys are non-empty strings, got {shown(bad[0])}")
@@ -238,6 +251,8 @@ class Board:
         Not journaled; a call's writes go through its :class:`BoardHandle` instead.
         Returns the conflict this write caused, if any.
         """
+        if type(writer) is not str:  # it names a side of each conflict, in JSON and events
+            writer = _writer_text(writer)
         rule = self._slot(key).rule
         problem = rule.check(value, lambda: self[key])
         if problem:
@@ -426,6 +441,14 @@ class Board:
                               f"{record.node_id!r} do not merge into this board ({exc}); "
                               "resume with the board the run started with (the same keys "
                               "and merge rules)") from exc
+
+
+def _writer_text(writer: object) -> str:
+    """A ``writer=`` given to :meth:`Board.write` as plain text; what is no text is refused."""
+    if not isinstance(writer, str):
+        raise ArgumentTypeError(f"Board.write: writer= names who wrote, as text (a lineage "
+                                f"such as 'seed'), got {type(writer).__name__} {shown(writer)}")
+    return plain_text(writer)
 
 
 def _digest_of(record: EffectRecord) -> str:

@@ -189,6 +189,17 @@ def exception_message(exc: BaseException) -> str:
     return message if isinstance(message, str) else ""
 
 
+def ended_with(error: BaseException, note: str) -> BaseException:
+    """``error``, which ended a run that so has no result, with ``note`` saying so (once).
+
+    Raised again each time the result is read, as awaiting the run raised it: the note is
+    added the first time only.
+    """
+    if note not in getattr(error, "__notes__", ()):
+        error.add_note(note)
+    return error
+
+
 def bounded_text(text: str, limit: int) -> str:
     """``text``, or its start and end with a note of how much of the middle was left out."""
     if len(text) <= limit:

@@ -410,6 +410,10 @@ def using(fn: Callable[[Any, Any], Any], *, initial: Any = None,
         raise TypeError(f"merge.using takes a plain function (merged, value) -> merged, got "
                         f"the async function {shown(fn)}: a board merges as it commits, "
                         "without awaiting; make it a def")
+    if _is_generator(fn):  # its merge would give a generator never run, kept as the value
+        raise TypeError(f"merge.using takes a function returning the merged value, got the "
+                        f"generator function {shown(fn)}: its merge would be a generator, "
+                        "never run; return the value instead of yielding it")
     try:
         inspect.signature(fn).bind(None, None)
     except TypeError as exc:  # found now, not at the first write, where it fails a call
@@ -438,21 +442,39 @@ def _is_async(fn: Callable[..., Any]) -> bool:
         return False
 
 
-def _not_awaitable(fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
-    """``fn``, refusing a result that must be awaited (a function returning a coroutine).
+def _is_generator(fn: Callable[..., Any]) -> bool:
+    """Whether calling ``fn`` gives a generator (it yields), not a value.
 
-    Kept as the merged value, a coroutine would never run: the board would hold garbage,
-    and the journal could not keep it.
+    Its own ``__call__`` counts, and an object whose attribute lookups fail is taken for a
+    plain callable, as in :func:`_is_async`.
+    """
+    try:
+        call = getattr(fn, "__call__", None)  # noqa: B004 - an object's own generator __call__
+        return any(inspect.isgeneratorfunction(f) for f in (fn, call) if f is not None)
+    except Exception:
+        return False
+
+
+def _not_awaitable(fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    """``fn``, refusing a result that must be awaited or iterated to be a value.
+
+    Kept as the merged value, a coroutine or a generator (a function returning one) would
+    never run: the board would hold garbage, and the journal could not keep it.
     """
     def fold(merged: Any, value: Any) -> Any:
         result = fn(merged, value)
-        if inspect.isawaitable(result):
+        if inspect.isawaitable(result) or inspect.isgenerator(result):
             close = getattr(result, "close", None)
             if callable(close):
                 close()  # no "never awaited" warning: the error says it all
-            raise TypeError(f"the merge function {shown(fn)} returned an awaitable "
-                            f"({type(result).__name__}), not the merged value; a board "
-                            "merges without awaiting: make it a plain function")
+            raise TypeError(f"the merge function {shown(fn)} returned "
+                            f"{_lazy(result)} ({type(result).__name__}), not the merged "
+                            "value; a board merges as it commits: return the value itself")
         return result
 
     return fold
+
+
+def _lazy(result: object) -> str:
+    """What a merge function gave instead of a value: something to await, or to iterate."""
+    return "a generator" if inspect.isgenerator(result) else "an awaitable"

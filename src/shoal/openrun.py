@@ -35,6 +35,7 @@ from shoal.exceptions import (
     RunNotEndedError,
     UpstreamFailedError,
     bounded_text,
+    ended_with,
 )
 from shoal.merge import error_text, shown
 from shoal.nodeids import plain_text
@@ -84,12 +85,28 @@ class OpenRun:
 
     @property
     def result(self) -> RunResult:
-        """Every node's outcome, once the run has ended (after the ``async with`` block)."""
+        """Every node's outcome, once the run has ended (after the ``async with`` block).
+
+        A run that ended with an error of its own (its journal could not be written, shoal
+        itself failed) has no result: that error is raised, as awaiting the run raised it.
+        A run whose task was cancelled (its event loop ended while it was open) has none
+        either: :class:`~shoal.exceptions.RunNotEndedError` says so. In both,
+        :meth:`~shoal.runtime.RunHandle.partial_result` has the outcomes recorded.
+        """
         if self._result is None and self._handle.done():  # ended while nobody waited: a
             # second cancel (Ctrl-C twice) stopped the wait for it, not the run
             ended = self._handle.as_future()
-            if not ended.cancelled() and ended.exception() is None:
-                self._result = ended.result()
+            if ended.cancelled():  # not "has not ended yet": it was stopped, for good
+                raise RunNotEndedError(
+                    f"open run {self.run_id} was stopped before its end: its task was "
+                    "cancelled (its event loop ended while it was open: close it with "
+                    "'async with' or 'await run' before then), so it has no result"
+                    f"{_OUTCOMES}")
+            failed = ended.exception()
+            if failed is not None:  # not "has not ended yet": it ended, and how
+                raise ended_with(failed, f"open run {self.run_id} ended with this error, "
+                                 f"so it has no result{_OUTCOMES}")
+            self._result = ended.result()
         if self._result is None:
             raise RunNotEndedError(f"open run {self.run_id} has not ended yet: read its result "
                                    "after its 'async with' block, or after 'await run' (which "
@@ -392,6 +409,7 @@ class OpenRun:
                 raise
 
 
+_OUTCOMES = ": run.handle.partial_result() has the outcomes recorded"
 _WAIT_CANCELLED = "the wait for the open run's end was cancelled (a timeout, Ctrl-C)"
 _REASON_CHARS = 500  # of the block's error, in each outcome's reason (journaled with each)
 

@@ -169,8 +169,24 @@ class Pattern:
 
     @property
     def output_path(self) -> tuple[str | int, ...]:
-        """Where, in this pattern's value, the output a next step gets is (``()``: all of it)."""
+        """Where, in this pattern's value, the output a next step gets is (``()``: all of it).
+
+        Found by a loop down the steps each pattern passes on (a pipeline its last step's):
+        patterns nested thousands deep run, and recursing here failed them with a bare
+        RecursionError from about 1,000 deep.
+        """
+        step: Step | None = self
+        while isinstance(step, Pattern):
+            if step is not self and type(step).output_path is not Pattern.output_path:
+                return step.output_path  # a pattern subclass that says it in its own way
+            path, step = step._passes_on()
+            if path:
+                return path
         return ()
+
+    def _passes_on(self) -> tuple[tuple[str | int, ...], Step | None]:
+        """The path in this pattern's value to what it passes on, or the step it passes on."""
+        return (), None
 
     async def _run(self, node: NodeContext, task: Any, context: Mapping[str, Any]) -> Any:
         raise NotImplementedError
@@ -373,11 +389,9 @@ class Pipeline(Pattern):
         """``a, then b, then c``."""
         return ", then ".join(s.name for s in self.steps)
 
-    @property
-    def output_path(self) -> tuple[str | int, ...]:
+    def _passes_on(self) -> tuple[tuple[str | int, ...], Step | None]:
         """A pipeline passes on what its last step passes on."""
-        last = self.steps[-1]
-        return last.output_path if isinstance(last, Pattern) else ()
+        return (), self.steps[-1]
 
     async def _run(self, node: NodeContext, task: Any, context: Mapping[str, Any]) -> Any:
         plan = _plan(node)
@@ -407,11 +421,9 @@ class FanOut(Pattern):
         text = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]} at once"
         return text if self.aggregate is None else f"{text}, then {self.aggregate.name}"
 
-    @property
-    def output_path(self) -> tuple[str | int, ...]:
+    def _passes_on(self) -> tuple[tuple[str | int, ...], Step | None]:
         """A fan-out passes on what its aggregator passes on (or the list of outputs)."""
-        agg = self.aggregate
-        return agg.output_path if isinstance(agg, Pattern) else ()
+        return (), self.aggregate
 
     def _worker_nodes(self, plan: Plan, task: Any, context: Mapping[str, Any]) -> list[Ref]:
         """Add the workers' nodes; refs to their outputs, in order.
@@ -459,10 +471,9 @@ class Reflect(Pattern):
         return (f"{self.worker.name} drafts and {self.critic.name} reviews, up to "
                 f"{self.max_rounds} round{'s' if self.max_rounds > 1 else ''}")
 
-    @property
-    def output_path(self) -> tuple[str | int, ...]:
+    def _passes_on(self) -> tuple[tuple[str | int, ...], Step | None]:
         """A reflect loop passes on its draft, ``Reflection.output``."""
-        return ("output",)
+        return ("output",), None
 
     async def _run(self, node: NodeContext, task: Any, context: Mapping[str, Any]) -> Any:
         taken = sorted(_LOOP_ARGUMENTS.intersection(context))

@@ -384,9 +384,22 @@ def as_tool(obj: Callee) -> Tool[..., Any]:
     if made is None:
         node = getattr(type(obj), "__shoal_node__", None)
         if node is not None:
-            return cast(Tool[..., Any], node(obj))
+            return _node_tool(obj, node(obj))
         fn = cast(Callable[..., Any], obj)
         made = _wrapped[fn] = tool(fn)
+    return made
+
+
+def _node_tool(obj: object, made: object) -> Tool[..., Any]:
+    """What ``obj.__shoal_node__()`` returned, which a plan runs: it must be a :class:`Tool`.
+
+    Anything else failed later, far from the object, as an AttributeError of the scheduler.
+    """
+    if not isinstance(made, Tool):
+        raise ToolDefinitionError(
+            f"{type(obj).__name__} {shown(obj)}: its __shoal_node__() returned "
+            f"{type(made).__name__} {shown(made)}, not a shoal.Tool; it must return the tool "
+            f"that runs the object as a plan node")
     return made
 
 

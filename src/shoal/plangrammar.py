@@ -51,7 +51,7 @@ from shoal.models.base import ToolSpec
 from shoal.plandata import too_many_digits
 from shoal.tools import Tool
 
-__all__ = ["plan_grammar"]
+__all__ = ["check_call_bounds", "plan_grammar"]
 
 # The rules every plan grammar shares: thoughts and the parts of values that hold no reference.
 _SHARED = r"""
@@ -116,11 +116,7 @@ def plan_grammar(specs: Iterable[ToolSpec | Tool[..., Any]], *, max_calls: int =
     found = _specs(specs)
     if not found:
         raise ConfigError("a plan grammar needs at least one tool to call")
-    min_calls, max_calls = _calls("min_calls", min_calls), _calls("max_calls", max_calls)
-    if not 0 <= min_calls <= max_calls or not 1 <= max_calls <= _MAX_CALLS:
-        raise ConfigError(f"a plan grammar needs 0 <= min_calls <= max_calls and 1 <= "
-                          f"max_calls <= {_MAX_CALLS}, got min_calls={shown(min_calls)}, "
-                          f"max_calls={shown(max_calls)}")
+    min_calls, max_calls = check_call_bounds(max_calls, min_calls)
     names = [spec.name for spec in found]
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
@@ -154,10 +150,32 @@ def _specs(given: object) -> list[ToolSpec]:
     return specs
 
 
+def check_call_bounds(max_calls: object, min_calls: object = 1, *,
+                      name: str = "max_calls") -> tuple[int, int]:
+    """``(min_calls, max_calls)`` checked as a plan grammar needs them, as ints.
+
+    A model that writes plans under the grammar (:class:`~shoal.models.LocalModel`'s
+    ``plan_calls``) checks its bound with this when it is made, not at its first plan
+    request. ``name`` is what the caller calls ``max_calls`` in its messages.
+
+    Raises:
+        ConfigError: a bound is no whole number (``True`` and ``2.0`` are refused), or
+            ``max_calls`` is not from 1 to 999, or ``min_calls`` not from 0 to ``max_calls``.
+    """
+    low, high = _calls("min_calls", min_calls), _calls(name, max_calls)
+    if not 1 <= high <= _MAX_CALLS:
+        raise ConfigError(f"a plan grammar needs 1 <= {name} <= {_MAX_CALLS}, got "
+                          f"{name}={shown(high)}")
+    if not 0 <= low <= high:
+        raise ConfigError(f"a plan grammar needs 0 <= min_calls <= {name}, got "
+                          f"min_calls={shown(low)}, {name}={high}")
+    return low, high
+
+
 def _calls(name: str, value: object) -> int:
     """A bound on the plan's calls: a whole number (``True`` and ``2.0`` are refused)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ConfigError(f"plan_grammar: {name} is a whole number of calls, got "
+        raise ConfigError(f"{name} is a whole number of calls, got "
                           f"{type(value).__name__} {shown(value)}")
     return int.__index__(value) if isinstance(value, int) else operator.index(value)
 

@@ -59,6 +59,12 @@ _STARTS_CALL = re.compile(rf"\s*{_MARK}[0-9]+\s*\.{_MARK}\s*`?\w+\s*\(")
 _THOUGHT = re.compile(rf"\s*[*_>#]*\s*thought{_MARK}\s*:", re.IGNORECASE)
 _CALL_NAME = re.compile(r"\s*(\w+)\s*\(")
 _END_OF_PLAN = "<END_OF_PLAN>"
+# Characters a string of plan text cannot hold raw, and how to write them (see _unwritable).
+_UNWRITABLE = re.compile("[\r\x00\ud800-\udfff]")
+_UNWRITABLE_NAMES = {
+    "\r": ("a raw carriage return", "plan text cannot hold it raw; write it as \\r"),
+    "\x00": ("a NUL", "plan text cannot hold it raw; write it as \\x00"),
+}
 # after a call's closing bracket, on its line: the start of the next call (or of the end)
 _BETWEEN_CALLS = " \t\r;,`"  # a lone \r ended lines on old Macs: some models still send it
 _NEXT_ON_LINE = re.compile(rf"[ \t\r;,`]*(?:{_MARK}[0-9]+\s*\.{_MARK}\s*`?\w+\s*\(|<END_OF_PLAN>)")
@@ -339,6 +345,11 @@ class _Scanner:
         """
         return len(self._quote) == 3
 
+    @property
+    def quoted(self) -> bool:
+        """Whether the text so far ends inside a string (of any quotes)."""
+        return bool(self._quote)
+
     def code(self, pieces: int | None = None) -> str:
         """The text scanned so far (its first ``pieces``), refs quoted and comments removed."""
         return "".join(self._out[:pieces])
@@ -410,10 +421,11 @@ def _parse_call(pending: _Pending, code: str) -> tuple[ParsedCall | None, list[s
         tree = ast.parse(code.strip(), mode="eval")
     except SyntaxError as exc:
         at = f" (line {pending.line + (exc.lineno or 1) - 1})" if "\n" in code.strip() else ""
-        return None, [f"cannot parse {pending.text.strip()!r:.80}: {exc.msg}{at}; write "
-                      "N. tool(arg, name=value)"]
-    except (ValueError, RecursionError, MemoryError) as exc:  # null bytes, absurd nesting
-        return None, [f"cannot parse {pending.text.strip()!r:.80}: {exc}"]
+        return None, [_unwritable(pending, code) or f"cannot parse {pending.text.strip()!r:.80}: "
+                      f"{exc.msg}{at}; write N. tool(arg, name=value)"]
+    except (ValueError, RecursionError, MemoryError) as exc:  # lone surrogates, absurd nesting
+        return None, [_unwritable(pending, code)
+                      or f"cannot parse {pending.text.strip()!r:.80}: {exc}"]
     call = tree.body
     if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Name):
         return None, [f"expected a call such as search(\"x\"), got {pending.text.strip()!r:.80}"]
@@ -429,6 +441,32 @@ def _parse_call(pending: _Pending, code: str) -> tuple[ParsedCall | None, list[s
         else:
             kwargs[keyword.arg] = _argument(keyword.value, f"argument {keyword.arg!r}", errors)
     return ParsedCall(pending.id, call.func.id, args, kwargs, pending.line), errors
+
+
+def _unwritable(pending: _Pending, code: str) -> str:
+    r"""What to change when only raw ``\r``, NUL or lone surrogates keep ``code`` from parsing.
+
+    Python reads a raw carriage return in a string as the line's end, and refuses NUL and
+    lone surrogates in source at all: its own message ("unterminated string literal", a
+    codec's error) does not say which character to escape. "" when the call has none of
+    them, or is wrong for another reason as well (called on a call that failed only).
+    """
+    found = _UNWRITABLE.search(pending.text)
+    if found is None or not _is_python(_UNWRITABLE.sub(" ", code)):
+        return ""
+    char = found.group()
+    before = pending.text[:found.start()]
+    lines = before.count("\n")  # the problem names the call's first line; this may be later
+    at = f" (line {pending.line + lines})" if lines else ""
+    after = before[before.rfind("\n") + 1:][-30:].lstrip()
+    what, fix = _UNWRITABLE_NAMES.get(char, (
+        f"a lone surrogate \\u{ord(char):04x}",
+        "it is half of a character, which no value may hold; write the character itself"))
+    scanner = _Scanner()
+    scanner.feed(before)
+    if not scanner.quoted:  # between the arguments: nothing there holds it
+        return f"{what} outside any quoted string{at}, after {after!r}: remove it"
+    return f"{what} inside a quoted string{at}, after {after!r}: {fix}"
 
 
 def _argument(node: ast.expr, where: str, errors: list[str]) -> Any:

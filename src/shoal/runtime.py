@@ -655,6 +655,8 @@ class Runtime:
 
         loop = _loop_for("open_run()", "async with runtime.open_run() as run: ...")
         self._check_ids(run_id, resume, within)
+        if here is not False:
+            _check_flag("here", here)
         plan = Plan(name)
         # none given (every agent's steps run): nothing to check, once per subagent started
         rerun = (() if type(rerun_in_doubt) is tuple and not rerun_in_doubt and mark_done is None
@@ -897,6 +899,9 @@ class Runtime:
             check_deadline(deadline)
         if fail_fast is not None:
             _check_flag("fail_fast", fail_fast)
+        if journaling.force is not False:
+            # force="no" was taken as true: a run another process runs was resumed anyway
+            _check_flag("force", journaling.force)
         if len(plan):
             plan.validate()
             graph = analyze(plan)

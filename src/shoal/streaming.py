@@ -55,7 +55,7 @@ from shoal.events import (
     NodeStarted,
     TextDelta,
 )
-from shoal.exceptions import ConfigError, RunNotEndedError
+from shoal.exceptions import ConfigError, RunNotEndedError, ended_with
 from shoal.merge import shown
 
 __all__ = ["DEFAULT_BUFFER", "EventStream", "Started", "check_buffer"]
@@ -250,8 +250,18 @@ class EventStream(Generic[R]):
 
     @property
     def result(self) -> R:
-        """The run's result, once the stream has yielded it."""
+        """The run's result, once the stream has yielded it.
+
+        A run that ended with an error of its own (its journal could not be written) has no
+        result: that error is raised again, as the stream raised it.
+        """
         if not self._run.ended:
+            task = self._run.task
+            if task is not None and task.done() and not task.cancelled():
+                failed = task.exception()
+                if failed is not None:  # not "has not ended yet": it ended, and how
+                    raise ended_with(failed, "the stream's run ended with this error, so it "
+                                             "has no result")
             raise RunNotEndedError("the stream has not ended yet: its last item is the result; "
                                    "read it after 'async for item in stream' ends")
         return self._run.result  # type: ignore[return-value]  # set with ended

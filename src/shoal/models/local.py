@@ -105,7 +105,7 @@ from shoal.models.base import (
     ToolSpec,
     UserMessage,
 )
-from shoal.plangrammar import plan_grammar
+from shoal.plangrammar import check_call_bounds, plan_grammar
 
 if TYPE_CHECKING:
     from shoal.models.openai import OpenAIModel
@@ -696,7 +696,8 @@ class LocalModel(Model):
 
     Raises:
         MissingDependencyError: the ``local`` extra is not installed.
-        ConfigError: ``gguf`` is not a file, or not a GGUF file.
+        ConfigError: ``gguf`` is not a file, or not a GGUF file; ``plan_calls`` is no whole
+            number from 1 to 999.
     """
 
     def __init__(self, gguf: str | os.PathLike[str] | None = None, *, n_ctx: int = 4096,
@@ -709,8 +710,9 @@ class LocalModel(Model):
         _require_local(need_smollm2=gguf is None and server is None)
         if max_concurrency < 1:
             raise ConfigError(f"max_concurrency must be at least 1, got {max_concurrency}")
-        if not 1 <= plan_calls <= 999:
-            raise ConfigError(f"plan_calls must be from 1 to 999, got {plan_calls}")
+        # the bound every plan request's grammar gets: a wrong one is refused here, not at
+        # the first plan request
+        plan_calls = check_call_bounds(plan_calls, name="plan_calls")[1]  # a plain int
         self._owns_server = server is None
         if server is None:
             alias = "smollm2-135m" if gguf is None else Path(gguf).stem.lower()
