@@ -67,6 +67,21 @@ def finite(value: float | numbers.Real) -> bool:
         return False
 
 
+def fits_a_float(number: float) -> bool:
+    """Whether ``number`` is a float, or an int that can be one (one of 400 digits cannot).
+
+    Infinity stands: a deadline or a ``wall_clock`` that never comes. Seconds and dollars
+    are worked with as floats (a timer's due time is one), so an int too large for a float
+    must be refused where it is given, not fail with an ``OverflowError`` in the middle of
+    a run.
+    """
+    try:
+        float(number)
+    except OverflowError:
+        return False
+    return True
+
+
 def _positive(value: object) -> bool:
     """Whether ``value`` is a positive, finite real number (``bool`` is not taken for one)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from shoal.exceptions import BudgetExceeded, ConfigError
+from shoal.limits import fits_a_float
 from shoal.merge import shown
 from shoal.models.base import Usage
 
@@ -96,12 +97,18 @@ def _check_whole(name: str, value: object, *, least: int) -> None:
 def _check_amount(name: str, value: object) -> None:
     """Refuse an amount (dollars, seconds) that is not a positive number (``None`` passes).
 
-    Infinity passes, as a runtime's ``deadline`` does: no limit, as ``None`` is.
+    Infinity passes, as a runtime's ``deadline`` does: no limit, as ``None`` is. An int too
+    large for a float does not: ``wall_clock=10**400`` is a timer no loop can set (the run
+    failed with an ``OverflowError`` as it started); ``math.inf`` says "no limit".
     """
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
-                              or not value > 0):  # NaN compares false
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise ConfigError(f"budget {name} must be a positive number (None for no limit); "
-                          f"got {type(value).__name__} {shown(value)}")
+                          f"got {type(value).__name__} {shown(value)}")  # NaN compares false
+    if not fits_a_float(value):
+        raise ConfigError(f"budget {name} must be a number a float can hold (None or "
+                          f"math.inf for no limit); got int {shown(value)}")
 
 
 #: The most characters a token of a model's reply holds on average, to bound a reply still
