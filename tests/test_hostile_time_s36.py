@@ -6,11 +6,13 @@ Each test here failed before the fix it names; time runs on the virtual clock of
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 
 import shoal
-from shoal import ConfigError
-from shoal.testing import ScriptedModel, run_virtual
+from shoal import BudgetExceeded, ConfigError
+from shoal.testing import ScriptedModel, call, run_virtual
 
 
 @pytest.mark.parametrize("limit", ["wall_clock", "cost"])
@@ -22,6 +24,33 @@ def test_a_budget_amount_too_large_for_a_float_is_refused_when_made(limit: str) 
 
 
 def test_a_wall_clock_that_fits_a_float_still_runs() -> None:
-    lead = shoal.Agent(name="lead", model=ScriptedModel(["hi"]),
+    free = shoal.Usage(input_tokens=1, output_tokens=1, requests=1, cost=0.0)
+    lead = shoal.Agent(name="lead", model=ScriptedModel(["hi"], usage=free),
                        budget=shoal.Budget(wall_clock=10**300, cost=10**300))
     assert run_virtual(lead.run("go")).output == "hi"
+
+
+def test_a_cost_budget_with_a_model_of_unknown_price_stops_the_tree_saying_so() -> None:
+    # was: a reply of unknown price (Usage.cost None) counted as nothing, so a cost budget
+    # over a tree with an unpriced model was never reached: the lead and both subagents
+    # ran to their answers under Budget(cost=0.001) whatever they spent
+    priced = shoal.Usage(input_tokens=10, output_tokens=10, requests=1, cost=0.0001)
+    sub = shoal.Agent(name="sub", model=ScriptedModel.per_prompt({"*": ["sub done"]}))
+    lead = shoal.Agent(name="lead", subagents=[sub], model=ScriptedModel(
+        [[call("sub", task="a"), call("sub", task="b")], "lead done"], usage=priced))
+    with pytest.raises(BudgetExceeded, match=r"budget cost limit of 0\.001 cannot be held: a "
+                       r"model reply came with no cost .* give the model its price") as caught:
+        run_virtual(lead.run("go", budget=shoal.Budget(cost=0.001)))
+    breach = caught.value
+    assert (breach.limit, breach.allowed) == ("cost", 0.001) and breach.unheld
+    assert pickle.loads(pickle.dumps(breach)).args == breach.args  # as agent processes send it
+    calls = breach.result.calls
+    assert [c.call.name for c in calls] == ["sub", "sub"]
+    assert all(c.outcome is not None and c.outcome.status in ("ok", "failed", "cancelled")
+               for c in calls)  # each call ends in a recorded outcome
+
+
+def test_a_cost_budget_holds_over_a_model_priced_at_nothing() -> None:
+    free = shoal.Usage(input_tokens=10, output_tokens=10, requests=1, cost=0.0)
+    lead = shoal.Agent(name="lead", model=ScriptedModel(["hi"], usage=free))
+    assert run_virtual(lead.run("go", budget=shoal.Budget(cost=0.001))).output == "hi"

@@ -45,7 +45,10 @@ class Budget:
             that agent's own spending; the OpenAI adapter, with no ``max_tokens`` set, asks
             so only once at most 4,096 are left, as providers refuse a request asking for
             more output than the model writes).
-        cost: US dollars, for models with a known price.
+        cost: US dollars. Every model of the tree must have a known price: a reply whose
+            cost is unknown (``Usage.cost`` is ``None``) stops the tree as a breach does,
+            with a :class:`~shoal.exceptions.BudgetExceeded` saying the limit cannot be held
+            (counted as nothing, it would never be reached).
         requests: model requests across the tree (each agent turn is one request; an agent's
             own ``max_turns`` bounds its requests alone).
         subagents: subagent runs across the tree.
@@ -116,6 +119,11 @@ def _check_amount(name: str, value: object) -> None:
 MOST_CHARS_PER_TOKEN = 16
 
 
+_UNPRICED = ("a model reply came with no cost (its model's price is unknown); give the model "
+             "its price (prices={'model-id': shoal.models.Price(input=..., output=...)}, "
+             "Price(0, 0) for a free one) or set no cost budget")
+
+
 class BudgetTracker:
     """Counts a tree's usage against its :class:`Budget`; the first tree-wide breach sticks."""
 
@@ -170,8 +178,12 @@ class BudgetTracker:
         tokens, cost = self.budget.tokens, self.budget.cost
         if tokens is not None and self.usage.total_tokens > tokens:
             self.stop(BudgetExceeded("tokens", self.usage.total_tokens, tokens, where))
-        if cost is not None and (self.usage.cost or 0.0) > cost:
-            self.stop(BudgetExceeded("cost", self.usage.cost or 0.0, cost, where))
+        if cost is not None:
+            if usage.cost is None:  # counted as nothing, the limit would never be reached
+                self.stop(BudgetExceeded("cost", self.usage.cost or 0.0, cost, where,
+                                         unheld=_UNPRICED))
+            if (self.usage.cost or 0.0) > cost:
+                self.stop(BudgetExceeded("cost", self.usage.cost or 0.0, cost, where))
 
     def tokens_left(self) -> int | None:
         """The tokens the tree may still spend (at least 1), ``None`` without ``tokens``.
