@@ -6,12 +6,15 @@ Each test here failed before the fix it names; time runs on the virtual clock of
 
 from __future__ import annotations
 
+import asyncio
 import pickle
+from typing import Any
 
 import pytest
 
 import shoal
 from shoal import BudgetExceeded, ConfigError
+from shoal.models.base import ModelRequest
 from shoal.testing import ScriptedModel, call, run_virtual
 
 
@@ -54,3 +57,58 @@ def test_a_cost_budget_holds_over_a_model_priced_at_nothing() -> None:
     free = shoal.Usage(input_tokens=10, output_tokens=10, requests=1, cost=0.0)
     lead = shoal.Agent(name="lead", model=ScriptedModel(["hi"], usage=free))
     assert run_virtual(lead.run("go", budget=shoal.Budget(cost=0.001))).output == "hi"
+
+
+def _three_levels(budget: shoal.Budget, sent: list[str] | None = None) -> shoal.Agent[str]:
+    """A lead calling 3 mids at once, each calling 3 leaves at once: 12 subagents wanted.
+
+    A leaf's request takes half a second; ``sent`` gets the task of each one sent.
+    """
+    async def answer(request: ModelRequest) -> str:
+        if sent is not None:
+            sent.append(str(request.messages[0].content))
+        await asyncio.sleep(0.5)
+        return "leaf"
+
+    scripts: dict[str, list[Any]] = {
+        "go": [[call("mid", task=f"m{i}") for i in range(3)], "lead done"]}
+    for i in range(3):
+        scripts[f"m{i}"] = [[call("leaf", task=f"l{i}{j}") for j in range(3)], f"mid {i}"]
+        for j in range(3):
+            scripts[f"l{i}{j}"] = [answer]
+    model = ScriptedModel.per_prompt(scripts)
+    leaf = shoal.Agent(name="leaf", model=model)
+    mid = shoal.Agent(name="mid", model=model, subagents=[leaf])
+    return shoal.Agent(name="lead", model=model, subagents=[mid], budget=budget)
+
+
+def _calls(result: shoal.AgentResult[Any]) -> list[Any]:
+    """Every tool call of the tree, depth first."""
+    found = list(result.calls)
+    for child in result.children:
+        found += _calls(child)
+    return found
+
+
+def test_siblings_racing_for_the_last_subagents_get_exactly_them_and_hear_how_to_raise() -> None:
+    # the count held (exactly 7 of 12 ran); the refusal did not say how to allow more
+    result = run_virtual(_three_levels(shoal.Budget(subagents=7)).run("go"))
+    calls = _calls(result)
+    ran = [c for c in calls if c.status == "ok"]
+    refused = [c for c in calls if c.status != "ok"]
+    assert (len(ran), len(refused)) == (7, 5)
+    for record in refused:
+        assert record.status == "rejected"
+        assert ("budget exceeded: subagents limit is 7, reached (at lead/mid#"
+                in record.message.content)
+        assert record.message.content.endswith("raise Budget(subagents=) to allow more")
+
+
+def test_three_levels_of_parallel_subagents_make_exactly_the_requests_allowed() -> None:
+    sent: list[str] = []
+    with pytest.raises(BudgetExceeded, match=r"requests limit is 9, reached .*raise Budget\("
+                       r"requests=\)") as caught:
+        run_virtual(_three_levels(shoal.Budget(requests=9), sent).run("go"))
+    assert len(sent) == 9 - 4  # the lead's and the 3 mids' first requests, then 5 leaves'
+    assert (caught.value.used, caught.value.allowed) == (9, 9)
+    assert all(c.outcome is not None for c in _calls(caught.value.result))

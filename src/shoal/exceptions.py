@@ -704,8 +704,10 @@ class BudgetExceeded(AgentError):
             super().__init__(f"budget {limit} limit of {allowed:g} cannot be held: "
                              f"{unheld}{at}")
         else:
+            # the fix, for whoever reads the outcome: which argument of which class to raise
             super().__init__(f"budget exceeded: {limit} limit is {allowed:g}, "
-                             f"{'reached' if used <= allowed else f'used {used:g}'}{at}")
+                             f"{'reached' if used <= allowed else f'used {used:g}'}{at}; "
+                             f"raise Budget({limit}=) to allow more")
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (BudgetExceeded, (self.limit, self.used, self.allowed, self.where, self.unheld))
