@@ -13,9 +13,14 @@ from typing import Any
 import pytest
 
 import shoal
-from shoal import BudgetExceeded, ConfigError
+from shoal import BudgetExceeded, ConfigError, ToolDefinitionError
 from shoal.models.base import ModelRequest
 from shoal.testing import ScriptedModel, call, run_virtual
+
+
+def _flaky() -> int:
+    """A tool that is never run here: only made."""
+    return 1
 
 
 @pytest.mark.parametrize("limit", ["wall_clock", "cost"])
@@ -112,3 +117,38 @@ def test_three_levels_of_parallel_subagents_make_exactly_the_requests_allowed() 
     assert len(sent) == 9 - 4  # the lead's and the 3 mids' first requests, then 5 leaves'
     assert (caught.value.used, caught.value.allowed) == (9, 9)
     assert all(c.outcome is not None for c in _calls(caught.value.result))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: shoal.tool(retries=2, backoff=30.0)(_flaky),
+    lambda: shoal.tool(_flaky, retries=2).options(backoff=0.5, max_backoff=0.2),
+    lambda: shoal.RetryPolicy(retries=2, backoff=30),
+])
+def test_a_tool_backoff_above_its_max_backoff_is_refused_when_made(make: Any) -> None:
+    # was: @tool(backoff=30) waited 10 s (the default max_backoff) before every retry,
+    # silently: each wait is min(max_backoff, backoff * 2 ** (n - 1))
+    with pytest.raises(ToolDefinitionError, match=r"backoff=\S+ is more than max_backoff=\S+ "
+                       r".*every wait would be \S+ s; give max_backoff=\S+ or more too"):
+        make()
+
+
+def test_a_model_backoff_above_its_max_backoff_is_refused_when_made() -> None:
+    with pytest.raises(ConfigError, match=r"ModelRetry: backoff=60 is more than "
+                       r"max_backoff=30 .*give max_backoff=60 or more too"):
+        shoal.models.ModelRetry(backoff=60)
+
+
+def test_a_backoff_equal_to_its_max_backoff_waits_it_on_the_virtual_clock() -> None:
+    starts: list[float] = []
+
+    @shoal.tool(retries=2, backoff=30.0, max_backoff=30.0, jitter=0.0)
+    async def down() -> None:
+        """Fail each time, noting when."""
+        starts.append(asyncio.get_running_loop().time())
+        raise ConnectionError("down")
+
+    plan = shoal.Plan()
+    plan.call(down)
+    outcome = run_virtual(shoal.run(plan)).outcomes["down#1"]
+    assert (outcome.status, outcome.attempts) == ("failed", 3)
+    assert [round(s - starts[0], 9) for s in starts] == [0.0, 30.0, 60.0]
