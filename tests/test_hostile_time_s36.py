@@ -7,6 +7,8 @@ Each test here failed before the fix it names; time runs on the virtual clock of
 from __future__ import annotations
 
 import asyncio
+import bisect
+import itertools
 import pickle
 from typing import Any
 
@@ -152,3 +154,24 @@ def test_a_backoff_equal_to_its_max_backoff_waits_it_on_the_virtual_clock() -> N
     outcome = run_virtual(shoal.run(plan)).outcomes["down#1"]
     assert (outcome.status, outcome.attempts) == ("failed", 3)
     assert [round(s - starts[0], 9) for s in starts] == [0.0, 30.0, 60.0]
+
+
+def test_a_burst_of_a_thousand_calls_under_a_rate_is_spaced_exactly() -> None:
+    # what Rate's docstring now says (it said "at most count starts per period", which a
+    # token bucket does not hold: a window opening with a full bucket holds 2 * count - 1)
+    @shoal.tool(rate="10/s")
+    async def hit(i: int) -> int:
+        """Return ``i``."""
+        return i
+
+    plan = shoal.Plan()
+    for i in range(1000):
+        plan.call(hit, i=i)
+    result = run_virtual(shoal.run(plan))
+    starts = sorted(o.started_at for o in result.outcomes.values() if o.started_at is not None)
+    assert len(starts) == 1000 and all(o.ok for o in result.outcomes.values())
+    assert starts[:10] == [0.0] * 10  # the bucket's burst
+    assert all(b - a == pytest.approx(0.1) for a, b in itertools.pairwise(starts[9:]))
+    assert starts[-1] == pytest.approx(99.0)
+    most = max(bisect.bisect_left(starts, s + 1.0 - 1e-9) - i for i, s in enumerate(starts))
+    assert most == 2 * 10 - 1

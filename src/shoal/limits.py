@@ -43,7 +43,13 @@ _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)?\s*([a-z]+)\s*$")
 
 @dataclass(frozen=True, slots=True)
 class Rate:
-    """At most ``count`` starts per ``period`` seconds (a token bucket of size ``count``)."""
+    """``count`` starts per ``period`` seconds, as a token bucket of size ``count``.
+
+    A burst of ``count`` starts at once, then one every ``period / count`` seconds: so a
+    window of ``period`` seconds that opens with a full bucket holds up to
+    ``2 * count - 1`` starts (``"10/s"``: 10 at 0 s, then one each 0.1 s), and any longer
+    stretch of time averages ``count`` per ``period``.
+    """
 
     count: float
     period: float
