@@ -118,6 +118,9 @@ def test_three_levels_of_parallel_subagents_make_exactly_the_requests_allowed() 
         run_virtual(_three_levels(shoal.Budget(requests=9), sent).run("go"))
     assert len(sent) == 9 - 4  # the lead's and the 3 mids' first requests, then 5 leaves'
     assert (caught.value.used, caught.value.allowed) == (9, 9)
+    # was 4: the 5 leaves' requests, sent and cancelled in flight as the tree stopped,
+    # counted in their turns and the budget but not in usage (turns 1, own requests 0)
+    assert caught.value.result.usage.requests == 9
     assert all(c.outcome is not None for c in _calls(caught.value.result))
 
 
