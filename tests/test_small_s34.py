@@ -154,7 +154,7 @@ async def _deadline_between_attempts(backoff: float) -> shoal.Outcome:
     # one slot: the retry of the failed call is due at `backoff`, but the other call holds
     # the slot until after the deadline (at 1 s)
     made = shoal.tool(_fails_then_waits, max_concurrency=1, retries=1, backoff=backoff,
-                      jitter=0)
+                      max_backoff=backoff, jitter=0)
     plan = shoal.Plan()
     retried = plan.call(made, hold=0)
     plan.call(made, hold=60)  # started second (same priority): when the first has failed

@@ -698,20 +698,30 @@ class BudgetExceeded(AgentError):
 
     ``limit`` is one of ``tokens``, ``cost``, ``requests``, ``subagents``, ``depth``,
     ``fan_out``, ``wall_clock``; ``used`` and ``allowed`` give the figures. New calls stop at
-    once.
+    once. ``unheld`` says why the limit cannot be held at all (a ``cost`` limit with a model
+    reply of unknown price), when that is what stopped the tree: it is stopped as for a
+    breach, since what it spends can no longer be counted.
     """
 
-    def __init__(self, limit: str, used: float, allowed: float, where: str = "") -> None:
+    def __init__(self, limit: str, used: float, allowed: float, where: str = "",
+                 unheld: str = "") -> None:
         self.limit = limit
         self.used = used
         self.allowed = allowed
         self.where = where
+        self.unheld = unheld
         at = f" (at {where})" if where else ""
-        super().__init__(f"budget exceeded: {limit} limit is {allowed:g}, "
-                         f"{'reached' if used <= allowed else f'used {used:g}'}{at}")
+        if unheld:
+            super().__init__(f"budget {limit} limit of {allowed:g} cannot be held: "
+                             f"{unheld}{at}")
+        else:
+            # the fix, for whoever reads the outcome: which argument of which class to raise
+            super().__init__(f"budget exceeded: {limit} limit is {allowed:g}, "
+                             f"{'reached' if used <= allowed else f'used {used:g}'}{at}; "
+                             f"raise Budget({limit}=) to allow more")
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (BudgetExceeded, (self.limit, self.used, self.allowed, self.where))
+        return (BudgetExceeded, (self.limit, self.used, self.allowed, self.where, self.unheld))
 
 
 class MaxTurnsExceeded(AgentError):

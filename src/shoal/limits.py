@@ -43,7 +43,13 @@ _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)?\s*([a-z]+)\s*$")
 
 @dataclass(frozen=True, slots=True)
 class Rate:
-    """At most ``count`` starts per ``period`` seconds (a token bucket of size ``count``)."""
+    """``count`` starts per ``period`` seconds, as a token bucket of size ``count``.
+
+    A burst of ``count`` starts at once, then one every ``period / count`` seconds: so a
+    window of ``period`` seconds that opens with a full bucket holds up to
+    ``2 * count - 1`` starts (``"10/s"``: 10 at 0 s, then one each 0.1 s), and any longer
+    stretch of time averages ``count`` per ``period``.
+    """
 
     count: float
     period: float
@@ -74,6 +80,21 @@ def finite(value: float | numbers.Real) -> bool:
         return math.isfinite(value)
     except OverflowError:
         return False
+
+
+def fits_a_float(number: float) -> bool:
+    """Whether ``number`` is a float, or an int that can be one (one of 400 digits cannot).
+
+    Infinity stands: a deadline or a ``wall_clock`` that never comes. Seconds and dollars
+    are worked with as floats (a timer's due time is one), so an int too large for a float
+    must be refused where it is given, not fail with an ``OverflowError`` in the middle of
+    a run.
+    """
+    try:
+        float(number)
+    except OverflowError:
+        return False
+    return True
 
 
 def _positive(value: object) -> bool:

@@ -123,7 +123,9 @@ class RetryPolicy:
     ``on``. The wait before attempt ``n`` (counting from 1 for the first retry) is
     ``min(max_backoff, backoff * 2 ** (n - 1))`` seconds, scaled by a random factor in
     ``[1 - jitter, 1]`` so that many failing calls do not retry in lock-step. These are the
-    names ``@tool(retries=, backoff=, max_backoff=, jitter=)`` takes too.
+    names ``@tool(retries=, backoff=, max_backoff=, jitter=)`` takes too. A ``backoff`` above
+    ``max_backoff`` (``@tool(backoff=30)`` with the default ``max_backoff`` of 10) is a
+    :class:`~shoal.exceptions.ToolDefinitionError`: its waits would all be ``max_backoff``.
 
     An attempt that timed out while its work could not be stopped (a sync tool's thread, a
     task ignoring its cancellation) is *abandoned*, still running. A call is retried after one
@@ -155,6 +157,11 @@ class RetryPolicy:
             if not _is_number(value) or not 0 <= value <= MAX_BACKOFF_SECONDS:
                 raise ToolDefinitionError(f"{what} must be a number of seconds from 0 to "
                                           f"{MAX_BACKOFF_SECONDS:g}, got {_short(value)}")
+        if backoff > max_backoff:  # min(max_backoff, ...) would take the smaller, silently
+            raise ToolDefinitionError(
+                f"backoff={float(backoff):g} is more than max_backoff={float(max_backoff):g} "
+                f"(the longest wait, {_MAX_BACKOFF:g} s unless given): every wait would be "
+                f"{float(max_backoff):g} s; give max_backoff={float(backoff):g} or more too")
         if not _is_number(jitter) or not 0.0 <= jitter <= 1.0:
             raise ToolDefinitionError(f"jitter must be a number within [0, 1], got {shown(jitter)}")
         # frozen: the dataclass way to set fields in __init__; seconds and fractions as floats

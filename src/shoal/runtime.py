@@ -42,7 +42,7 @@ from shoal.exceptions import (
 from shoal.executors.base import Call, Executor, check_count
 from shoal.executors.inline import InlineExecutor
 from shoal.executors.thread import DEFAULT_THREAD_WORKERS, ThreadExecutor
-from shoal.limits import Rate, env_names, parse_rate
+from shoal.limits import Rate, env_names, fits_a_float, parse_rate
 from shoal.merge import _is_async, shown
 from shoal.nodeids import plain_text
 from shoal.outcome import Outcome, RunResult
@@ -1518,21 +1518,9 @@ def _check_plan(plan: object) -> None:
 def check_deadline(deadline: float | None) -> None:
     """Refuse a deadline that is not a positive number of seconds (NaN compares false)."""
     if deadline is not None and (isinstance(deadline, bool) or not isinstance(
-            deadline, int | float) or not deadline > 0 or not _fits_a_float(deadline)):
+            deadline, int | float) or not deadline > 0 or not fits_a_float(deadline)):
         raise ConfigError(f"deadline must be positive (a number of seconds), got "
                           f"{type(deadline).__name__} {shown(deadline)}")
-
-
-def _fits_a_float(number: float) -> bool:
-    """Whether ``number`` is a float, or an int that can be one (one of 400 digits cannot).
-
-    Infinity stands: a deadline that never comes, as the command line's ``--deadline inf``.
-    """
-    try:
-        float(number)
-    except OverflowError:
-        return False
-    return True
 
 
 def _custom_executors(executors: object) -> dict[str, Executor]:

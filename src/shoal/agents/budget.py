@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from shoal.exceptions import BudgetExceeded, ConfigError
+from shoal.limits import fits_a_float
 from shoal.merge import shown
 from shoal.models.base import Usage
 
@@ -45,7 +46,10 @@ class Budget:
             processes and on Ray are charged by the root as inline ones are; the OpenAI
             adapter, with no ``max_tokens`` set, asks so only once at most 4,096 are left, as
             providers refuse a request asking for more output than the model writes).
-        cost: US dollars, for models with a known price.
+        cost: US dollars. Every model of the tree must have a known price: a reply whose
+            cost is unknown (``Usage.cost`` is ``None``) stops the tree as a breach does,
+            with a :class:`~shoal.exceptions.BudgetExceeded` saying the limit cannot be held
+            (counted as nothing, it would never be reached).
         requests: model requests across the tree (each agent turn is one request; an agent's
             own ``max_turns`` bounds its requests alone).
         subagents: subagent runs across the tree.
@@ -97,17 +101,28 @@ def _check_whole(name: str, value: object, *, least: int) -> None:
 def _check_amount(name: str, value: object) -> None:
     """Refuse an amount (dollars, seconds) that is not a positive number (``None`` passes).
 
-    Infinity passes, as a runtime's ``deadline`` does: no limit, as ``None`` is.
+    Infinity passes, as a runtime's ``deadline`` does: no limit, as ``None`` is. An int too
+    large for a float does not: ``wall_clock=10**400`` is a timer no loop can set (the run
+    failed with an ``OverflowError`` as it started); ``math.inf`` says "no limit".
     """
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
-                              or not value > 0):  # NaN compares false
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise ConfigError(f"budget {name} must be a positive number (None for no limit); "
-                          f"got {type(value).__name__} {shown(value)}")
+                          f"got {type(value).__name__} {shown(value)}")  # NaN compares false
+    if not fits_a_float(value):
+        raise ConfigError(f"budget {name} must be a number a float can hold (None or "
+                          f"math.inf for no limit); got int {shown(value)}")
 
 
 #: The most characters a token of a model's reply holds on average, to bound a reply still
 #: streaming (see :meth:`BudgetTracker.check_streamed`): tokenizers average about 4.
 MOST_CHARS_PER_TOKEN = 16
+
+
+_UNPRICED = ("a model reply came with no cost (its model's price is unknown); give the model "
+             "its price (prices={'model-id': shoal.models.Price(input=..., output=...)}, "
+             "Price(0, 0) for a free one) or set no cost budget")
 
 
 class BudgetTracker:
@@ -173,8 +188,12 @@ class BudgetTracker:
         tokens, cost = self.budget.tokens, self.budget.cost
         if tokens is not None and self.usage.total_tokens > tokens:
             self.stop(BudgetExceeded("tokens", self.usage.total_tokens, tokens, where))
-        if cost is not None and (self.usage.cost or 0.0) > cost:
-            self.stop(BudgetExceeded("cost", self.usage.cost or 0.0, cost, where))
+        if cost is not None:
+            if usage.cost is None:  # counted as nothing, the limit would never be reached
+                self.stop(BudgetExceeded("cost", self.usage.cost or 0.0, cost, where,
+                                         unheld=_UNPRICED))
+            if (self.usage.cost or 0.0) > cost:
+                self.stop(BudgetExceeded("cost", self.usage.cost or 0.0, cost, where))
 
     def tokens_left(self) -> int | None:
         """The tokens the tree may still spend (at least 1), ``None`` without ``tokens``.

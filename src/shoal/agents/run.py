@@ -529,9 +529,13 @@ class AgentRun:
         if asking.chars and (outcome is None or outcome.status != "ok"):
             # a stream that ended with no usage to settle it no longer counts as streaming
             self.ctx.tracker.charge_streamed(0, self.lineage)
-        if not asking.asked and (outcome is None or outcome.status != "ok"):
-            self._unstart_turn()  # its run stopped before it asked: not a turn (an ok
-            # outcome unasked is a resumed turn's, replayed from the journal)
+        if outcome is None or outcome.status != "ok":
+            if not asking.asked:
+                self._unstart_turn()  # its run stopped before it asked: not a turn (an ok
+                # outcome unasked is a resumed turn's, replayed from the journal)
+            else:  # asked, never answered (cancelled in flight, failed): still a request,
+                # as the turn and the tree's requests budget count it; its tokens unknown
+                self.result.own_usage = self.result.own_usage + _UNANSWERED
 
     def _answered(self, asking: _Asking, outcome: Outcome | None) -> ModelResponse:
         """The turn's reply (or its error, raised), its usage counted and, if heard, told."""
@@ -932,6 +936,10 @@ def _why_abandoned(exc: BaseException) -> str:
     if isinstance(exc, BudgetExceeded):
         return str(exc)
     return f"the model turn that asked for these calls failed: {exception_message(exc)}"
+
+
+#: The usage of a model request sent but never answered: one request, no tokens known.
+_UNANSWERED = Usage(0, 0, 1)
 
 
 def _one_request(usage: Usage) -> Usage:

@@ -94,7 +94,8 @@ class ModelRetry:
     ``Retry-After`` is still honoured, never shortened, up to ``max_retry_after`` seconds: a
     provider (or a proxy) that asks for more (a day, say, for a spent daily quota) is not
     waited for, silently, with every agent on that model: the request fails at once with
-    the provider's error, saying how long it asked for.
+    the provider's error, saying how long it asked for. A ``backoff`` above ``max_backoff`` is
+    a :class:`~shoal.exceptions.ConfigError`: its waits would all be ``max_backoff``.
 
     ``attempts``, the former setting that counted every try (``attempts=8`` is ``retries=7``),
     is still accepted and readable for one release, with a :class:`DeprecationWarning`.
@@ -119,6 +120,11 @@ class ModelRetry:
             if not _seconds(value):
                 raise ConfigError(f"ModelRetry: {what} must be a finite number of seconds, 0 "
                                   f"or more, got {shown(value)}")
+        if backoff > max_backoff:  # min(max_backoff, ...) would take the smaller, silently
+            raise ConfigError(f"ModelRetry: backoff={float(backoff):g} is more than "
+                              f"max_backoff={float(max_backoff):g} (the longest wait, 30 s "
+                              f"unless given): every wait would be {float(max_backoff):g} s; "
+                              f"give max_backoff={float(backoff):g} or more too")
         if not _seconds(jitter) or jitter > 1:
             raise ConfigError(f"ModelRetry: jitter must be a number within [0, 1], "
                               f"got {shown(jitter)}")
