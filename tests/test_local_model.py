@@ -239,6 +239,7 @@ def test_a_chat_request_returns_real_text(server: LocalModelServer) -> None:
     response = arun(go(), timeout=60)
     assert response.text.strip() and not response.tool_calls
     assert response.usage.input_tokens > 5 and 0 < response.usage.output_tokens <= 32
+    assert response.usage.cost == 0.0  # known, and nothing: a Budget(cost=) holds over it
     assert server.running  # a server passed in is not stopped by aclose
 
 
@@ -357,8 +358,10 @@ def test_an_agent_runs_end_to_end_on_the_local_model(no_child_process_leak: None
     agent = shoal.Agent(name="lead", model="local", instructions="You are a helpful assistant.",
                         tools=[add], settings=ModelSettings(temperature=0.0, max_tokens=64),
                         max_turns=4)
-    result = agent.run_sync("What is 17 + 25?")
+    # a cost budget holds over a local model (its replies are priced: at nothing)
+    result = agent.run_sync("What is 17 + 25?", budget=shoal.Budget(cost=0.01))
     assert result.status == "ok", result.error
+    assert result.usage.cost == 0.0
     assert isinstance(result.output, str) and result.output.strip()
     assert result.usage.requests == result.turns >= 2
     # SmolLM2 asked for the tool (the reply grammar makes the call fit the schema) and the

@@ -105,6 +105,7 @@ from shoal.models.base import (
     ToolSpec,
     UserMessage,
 )
+from shoal.models.prices import Price
 from shoal.plangrammar import check_call_bounds, plan_grammar
 
 if TYPE_CHECKING:
@@ -809,9 +810,12 @@ class LocalModel(Model):
 
                 if self._inner is not None:
                     await self._inner.aclose()
+                # its replies cost nothing, and say so (a cost None is an unknown price, which
+                # a tree's Budget(cost=) cannot hold: the tree would stop at the first reply)
                 self._inner = OpenAIModel(self.server.alias, base_url=url,
                                           api_key=self.server.api_key, name=self.name,
-                                          timeout=self.timeout)
+                                          timeout=self.timeout,
+                                          prices={self.server.alias: Price(0.0, 0.0)})
                 self._inner_url = url
             return self._inner
 
