@@ -83,7 +83,7 @@ def test_json_output_writes_a_lone_surrogate_as_text_every_reader_takes(tmp_path
     values = {o["node_id"]: o for o in ran["outcomes"]}
     # the six characters \udcff say what stood there (json.dumps wrote a lone \udcff escape)
     assert values["odd"]["value"] == {"text": "a\\udcffb", "list": ["\\ud800", "ok"],
-                                      "raw": "_w=="}
+                                      "raw": {"$bytes": "_w=="}}
     assert values["err"]["error"]["message"] == "bad \\udcff value"
     for line in (tmp_path / "events.jsonl").read_text().splitlines():
         unicode_json(line)
@@ -273,3 +273,28 @@ def test_a_count_below_zero_in_the_journal_is_damage_not_shown_as_tries_minus_fi
     (outcome,) = unicode_json(shown.stdout)["outcomes"]
     assert outcome["status"] == "damaged" or outcome.get("damaged"), outcome
     assert "outcomes.attempts: expected a whole number, 0 or more, found -5" in json.dumps(outcome)
+
+
+BYTES = '''
+import shoal
+
+@shoal.tool
+def blobs(n: int = 0) -> object:
+    return {"blob": b"\\xff\\xfe", "text": b"hello", "many": (b"\\x00\\xff", bytearray(b"\\xfe"))}
+'''
+
+
+def test_bytes_that_are_not_utf8_are_written_one_way_in_every_json_document(
+        tmp_path: Path) -> None:
+    (tmp_path / "blobs.py").write_text(BYTES)
+    (tmp_path / "plan.json").write_text(json.dumps({"nodes": [{"id": "b",
+                                                                "tool": "blobs:blobs"}]}))
+    proc = shoal_cli("run", "plan.json", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    ran = unicode_json(proc.stdout)
+    tagged = {"blob": {"$bytes": "__4="}, "text": {"$bytes": "aGVsbG8="},
+              "many": [{"$bytes": "AP8="}, {"$bytes": "_g=="}]}
+    # run --json wrote plain base64 ("__4="), which reads back as the text "__4="
+    assert ran["outcomes"][0]["value"] == tagged
+    shown = unicode_json(shoal_cli("show", ran["run_id"], "--json", cwd=tmp_path).stdout)
+    assert shown["outcomes"][0]["value"] == tagged  # as show --json writes them
