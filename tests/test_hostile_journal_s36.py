@@ -298,3 +298,32 @@ def test_bytes_that_are_not_utf8_are_written_one_way_in_every_json_document(
     assert ran["outcomes"][0]["value"] == tagged
     shown = unicode_json(shoal_cli("show", ran["run_id"], "--json", cwd=tmp_path).stdout)
     assert shown["outcomes"][0]["value"] == tagged  # as show --json writes them
+
+
+def test_a_run_waiting_for_a_journal_locked_elsewhere_says_so_then_runs_once_it_is_free(
+        tmp_path: Path) -> None:
+    path = journal_with_a_run(tmp_path)
+    (tmp_path / "plan.yaml").write_text(
+        "nodes:\n  - {id: a, tool: 'tests.test_journal_hardening:echo', args: {text: hi}}\n")
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process mid-write
+    holder.execute("UPDATE runs SET name = name")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    proc = subprocess.Popen([sys.executable, "-m", "shoal.cli.app", "run", "plan.yaml",
+                             "--store", "runs.db"], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stderr is not None
+        # it said nothing for the whole wait (30 s), then failed
+        said = ""
+        while "waiting" not in said and (line := proc.stderr.readline()):
+            said += line
+        assert "waiting for the journal runs.db: another process holds it locked; waiting " \
+            "up to 30 s" in said, said
+    finally:
+        holder.execute("ROLLBACK")  # the other process is done: the run goes on
+        holder.close()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "1 ok" in out and "waiting" not in err
+
