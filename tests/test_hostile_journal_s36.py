@@ -327,3 +327,67 @@ def test_a_run_waiting_for_a_journal_locked_elsewhere_says_so_then_runs_once_it_
     assert proc.returncode == 0, err
     assert "1 ok" in out and "waiting" not in err
 
+
+STOPPABLE = '''
+import asyncio
+import os
+from pathlib import Path
+
+import shoal
+
+@shoal.tool
+async def once(n: int = 0) -> str:
+    """Not idempotent: stopped while it runs, it is in doubt."""
+    Path(f"once-{os.getpid()}").touch()
+    await asyncio.sleep(120)
+    return "done"
+
+@shoal.tool(idempotent=True)
+async def wait(n: int = 0) -> str:
+    Path(f"wait-{os.getpid()}").touch()
+    await asyncio.sleep(120)
+    return "done"
+'''
+
+
+def ctrl_c_when_running(args: list[str], cwd: Path, marks: tuple[str, ...],
+                        ) -> subprocess.CompletedProcess[str]:
+    """``shoal ARGS``, sent SIGINT once each of ``marks`` is a file its tools made."""
+    env = {**os.environ, "PYTHONPATH": f"{cwd}{os.pathsep}{ROOT}", "COLUMNS": "200"}
+    proc = subprocess.Popen([sys.executable, "-m", "shoal.cli.app", *args], cwd=cwd, env=env,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not all((cwd / f"{mark}-{proc.pid}").exists() for mark in marks):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(2)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+
+def test_a_resume_stopped_by_ctrl_c_names_the_calls_still_in_doubt_and_how_to_settle_them(
+        tmp_path: Path) -> None:
+    (tmp_path / "stoppable.py").write_text(STOPPABLE)
+    (tmp_path / "plan.yaml").write_text(
+        "nodes:\n  - {id: first, tool: 'stoppable:once'}\n"
+        "  - {id: later, tool: 'stoppable:wait'}\n")
+    ran = ctrl_c_when_running(["run", "plan.yaml", "--store", "runs.db", "--json"], tmp_path,
+                              ("once", "wait"))
+    assert ran.returncode == 130, ran.stderr
+    run_id = json.loads(ran.stdout)["run_id"]
+    assert "call first was stopped while its tool ran" in " ".join(ran.stderr.split())
+    again = ctrl_c_when_running(["resume", run_id, "--store", "runs.db", "--json"], tmp_path,
+                                ("wait",))
+    assert again.returncode == 130, again.stderr
+    resumed = {o["node_id"]: o["status"] for o in json.loads(again.stdout)["outcomes"]}
+    assert resumed == {"first": "in_doubt", "later": "cancelled"}
+    said = " ".join(again.stderr.split())
+    # it named this session's calls only: 'first', in doubt since the first Ctrl-C, not at all
+    assert f"still in doubt from an earlier session: first; settle each with: shoal resume " \
+        f"{run_id} --rerun-in-doubt NODE (it did not take effect) or --mark-done NODE=VALUE " \
+        "(it did)" in said, said
