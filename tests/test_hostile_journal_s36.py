@@ -391,3 +391,32 @@ def test_a_resume_stopped_by_ctrl_c_names_the_calls_still_in_doubt_and_how_to_se
     assert f"still in doubt from an earlier session: first; settle each with: shoal resume " \
         f"{run_id} --rerun-in-doubt NODE (it did not take effect) or --mark-done NODE=VALUE " \
         "(it did)" in said, said
+
+
+@pytest.mark.parametrize(("edit", "said"), [
+    ("UPDATE outcomes SET finished_at = started_at - 5",  # was shown as taking -5.00s
+     "outcomes.finished_at: -4.9"),
+    ("UPDATE outcomes SET finished_at = 9e999",  # show --json wrote Infinity, which is no JSON
+     "outcomes.finished_at: expected a finite number, found inf"),
+    ("UPDATE runs SET started_at = -9e999",
+     "runs.started_at: expected a finite number, found -inf"),
+])
+def test_a_time_no_clock_gives_is_damage_said_as_such_not_shown_or_written_as_no_json(
+        tmp_path: Path, edit: str, said: str) -> None:
+    path = journal_with_a_run(tmp_path, "r1")
+    with sqlite3.connect(path) as conn:  # a hand edit, a flipped sign bit
+        conn.execute(edit)
+    conn.close()
+    shown = shoal_cli("show", "r1", "--store", "runs.db", "--json", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert said in json.dumps(unicode_json_strict(shown.stdout))
+    table = shoal_cli("show", "r1", "--store", "runs.db", cwd=tmp_path).stdout
+    assert "damaged" in table and "-5.00s" not in table
+
+
+def unicode_json_strict(text: str) -> Any:
+    """``text`` read as JSON that strict readers take: no NaN or Infinity in it."""
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+    unicode_json(text)
+    return json.loads(text, parse_constant=refuse)

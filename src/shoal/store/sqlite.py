@@ -19,6 +19,7 @@ import dataclasses
 import errno
 import json
 import logging
+import math
 import os
 import socket
 import sqlite3
@@ -1002,6 +1003,7 @@ def _stored_outcome(row: Sequence[Any], decode: bool) -> StoredOutcome:
             _number(started_at, "started_at", optional=True),
             _number(finished_at, "finished_at", optional=True), _text(executor, "executor"),
             bool(_int(abandoned, "abandoned")), _loose_text(where))
+        _check_order(outcome)
         said = _loose_text(interrupted)
         if outcome.status in _STOPPED and said != "0" and (said or outcome.attempts):
             # '1' (or damaged: it may have run); none at all: journaled before outcomes said,
@@ -1014,6 +1016,17 @@ def _stored_outcome(row: Sequence[Any], decode: bool) -> StoredOutcome:
                                      reason=f"damaged in the journal: {what}"),
                              False, "repr", damaged=what)
     return StoredOutcome(outcome, real, encoding)
+
+
+def _check_order(outcome: Outcome) -> None:
+    """Refuse a call that finished before it started: shown as taking ``-5.00s`` otherwise.
+
+    Both times come from one clock of one session, and the scheduler keeps the end at or
+    after the start, so the other order is damage.
+    """
+    started, finished = outcome.started_at, outcome.finished_at
+    if started is not None and finished is not None and finished < started:
+        raise _Damaged(f"finished_at: {finished:g}, before started_at {started:g}")
 
 
 def _value(encoding: str, payload: Any, view: Any, decode: bool) -> tuple[Any, bool]:
@@ -1149,8 +1162,10 @@ def _text(cell: Any, column: str) -> str:
 def _number(cell: Any, column: str, *, optional: bool = False) -> Any:
     if cell is None and optional:
         return None
-    if type(cell) not in (int, float):
-        raise _Damaged(f"{column}: expected a number, found {_shown(cell)}")
+    # every real column is a time or a length of time: shoal writes none infinite, and one
+    # would be written out by show --json as Infinity, which JSON readers refuse
+    if type(cell) not in (int, float) or not math.isfinite(cell):
+        raise _Damaged(f"{column}: expected a finite number, found {_shown(cell)}")
     return float(cell)
 
 
@@ -1203,4 +1218,4 @@ def _loose_text(cell: Any) -> str:
 
 
 def _loose_number(cell: Any) -> float:
-    return float(cell) if type(cell) in (int, float) else 0.0
+    return float(cell) if type(cell) in (int, float) and math.isfinite(cell) else 0.0
