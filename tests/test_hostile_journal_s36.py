@@ -400,6 +400,8 @@ def test_a_resume_stopped_by_ctrl_c_names_the_calls_still_in_doubt_and_how_to_se
      "outcomes.finished_at: expected a finite number, found inf"),
     ("UPDATE runs SET started_at = -9e999",
      "runs.started_at: expected a finite number, found -inf"),
+    ("UPDATE runs SET makespan = -5",  # the run 'took -5.00s'
+     "runs.makespan: expected a length of time, 0 or more, found -5"),
 ])
 def test_a_time_no_clock_gives_is_damage_said_as_such_not_shown_or_written_as_no_json(
         tmp_path: Path, edit: str, said: str) -> None:

@@ -945,7 +945,7 @@ def _run_record(row: Sequence[Any]) -> RunRecord:
             _json(source, "source", dict), _text(name, "name"),
             _choice(status, "status", RUN_STATUSES),
             _number(finished_at, "finished_at", optional=True), _json(counts, "counts", dict),
-            _number(makespan, "makespan"), _int(sessions, "sessions"),
+            _length(makespan, "makespan"), _int(sessions, "sessions"),
             _number(heartbeat, "heartbeat"), _int(pid, "pid"), _text(host, "host"),
             pid_start=_text(pid_start, "pid_start"))
     except _Damaged as exc:
@@ -1167,6 +1167,14 @@ def _number(cell: Any, column: str, *, optional: bool = False) -> Any:
     if type(cell) not in (int, float) or not math.isfinite(cell):
         raise _Damaged(f"{column}: expected a finite number, found {_shown(cell)}")
     return float(cell)
+
+
+def _length(cell: Any, column: str) -> float:
+    """A length of time: one below 0 is damage (shown as 'took -5.00s' otherwise)."""
+    length: float = _number(cell, column)
+    if length < 0:
+        raise _Damaged(f"{column}: expected a length of time, 0 or more, found {_shown(cell)}")
+    return length
 
 
 def _int(cell: Any, column: str) -> int:
