@@ -422,3 +422,23 @@ def unicode_json_strict(text: str) -> Any:
         raise ValueError(f"{name} is not JSON")
     unicode_json(text)
     return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("when", ["'soon'", "X'ff00'", "9e999"])
+def test_an_approval_decided_at_no_time_is_shown_not_a_traceback(tmp_path: Path,
+                                                                  when: str) -> None:
+    path = journal_with_a_run(tmp_path, "r1")
+    with sqlite3.connect(path) as conn:  # a hand edit of the time it was decided
+        conn.execute(
+            "INSERT INTO approvals (run_id, node_id, tool, args_hash, arguments, kind, "
+            "requested_at, decision, decided_by, decided_at, reason, used) VALUES ('r1', 'a', "
+            f"'echo', 'h', '{{}}', 'call', 1.0, 'approved', 'me', {when}, '', 1)")
+    conn.close()
+    # show --json raised 'Object of type bytes is not JSON serializable', --html a
+    # TypeError subtracting the run's start from text: each a traceback
+    shown = shoal_cli("show", "r1", "--store", "runs.db", "--json", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    (approval,) = unicode_json_strict(shown.stdout)["approvals"]
+    assert approval["decision"] == "approved" and approval["decided_by"] == "me"
+    page = shoal_cli("show", "r1", "--store", "runs.db", "--html", "t.html", cwd=tmp_path)
+    assert page.returncode == 0 and "Traceback" not in page.stderr, page.stderr

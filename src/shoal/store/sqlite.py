@@ -1062,7 +1062,8 @@ def _approval(row: Sequence[Any]) -> ApprovalRecord:
     return ApprovalRecord(_loose_text(run_id), _loose_text(node_id), _loose_text(tool),
                           _loose_text(args_hash), shown, _loose_text(kind),
                           _loose_number(requested_at), decision if decision in DECISIONS
-                          else "denied", _loose_text(decided_by), decided_at,
+                          else "denied", _loose_text(decided_by),
+                          None if decided_at is None else _loose_number(decided_at),
                           _loose_text(reason), bool(used))
 
 
