@@ -442,3 +442,21 @@ def test_an_approval_decided_at_no_time_is_shown_not_a_traceback(tmp_path: Path,
     assert approval["decision"] == "approved" and approval["decided_by"] == "me"
     page = shoal_cli("show", "r1", "--store", "runs.db", "--html", "t.html", cwd=tmp_path)
     assert page.returncode == 0 and "Traceback" not in page.stderr, page.stderr
+
+
+@pytest.mark.parametrize("counts", ['{"ok": "x"}', '{"ok": -3}', '{"ok": 1e999}',
+                                    '{"ok": 1.5}'])
+def test_a_run_count_by_status_that_is_no_count_is_damage_not_a_traceback_or_minus_three(
+        tmp_path: Path, counts: str) -> None:
+    path = journal_with_a_run(tmp_path, "r1")
+    with sqlite3.connect(path) as conn:  # a hand edit
+        conn.execute("UPDATE runs SET counts = ?", (counts,))
+    conn.close()
+    # 'x': shoal runs raised a TypeError; -3: '-3 ok'; 1e999: 'inf' nodes, Infinity in --json
+    listed = shoal_cli("runs", "--store", "runs.db", "--json", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    (run,) = unicode_json_strict(listed.stdout)
+    assert run["status"] == "damaged"
+    assert "runs.counts['ok']: expected a whole number, 0 or more" in run["damaged"]
+    table = shoal_cli("runs", "--store", "runs.db", cwd=tmp_path)
+    assert table.returncode == 0 and "damaged" in table.stdout, table.stderr

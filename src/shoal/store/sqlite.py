@@ -944,7 +944,7 @@ def _run_record(row: Sequence[Any]) -> RunRecord:
             _text(fingerprint, "fingerprint"), _plan(plan),
             _json(source, "source", dict), _text(name, "name"),
             _choice(status, "status", RUN_STATUSES),
-            _number(finished_at, "finished_at", optional=True), _json(counts, "counts", dict),
+            _number(finished_at, "finished_at", optional=True), _counts(counts),
             _length(makespan, "makespan"), _int(sessions, "sessions"),
             _number(heartbeat, "heartbeat"), _int(pid, "pid"), _text(host, "host"),
             pid_start=_text(pid_start, "pid_start"))
@@ -1168,6 +1168,18 @@ def _number(cell: Any, column: str, *, optional: bool = False) -> Any:
     if type(cell) not in (int, float) or not math.isfinite(cell):
         raise _Damaged(f"{column}: expected a finite number, found {_shown(cell)}")
     return float(cell)
+
+
+def _counts(cell: Any) -> dict[str, int]:
+    """A run's outcomes by status: each a whole number, 0 or more.
+
+    Summed and shown as they are (``shoal runs`` raised a TypeError on a count that was
+    text, and showed ``-3 ok``, ``inf`` nodes and ``Infinity`` in ``--json``).
+    """
+    counts: dict[str, Any] = _json(cell, "counts", dict)
+    for status, count in counts.items():
+        _int(count, f"counts[{_shown(status)}]")
+    return counts
 
 
 def _length(cell: Any, column: str) -> float:
