@@ -460,3 +460,19 @@ def test_a_run_count_by_status_that_is_no_count_is_damage_not_a_traceback_or_min
     assert "runs.counts['ok']: expected a whole number, 0 or more" in run["damaged"]
     table = shoal_cli("runs", "--store", "runs.db", cwd=tmp_path)
     assert table.returncode == 0 and "damaged" in table.stdout, table.stderr
+
+
+def test_a_running_run_whose_pid_no_process_can_have_is_damage_not_an_overflow_traceback(
+        tmp_path: Path) -> None:
+    path = journal_with_a_run(tmp_path, "r1")
+    with sqlite3.connect(path) as conn:  # a hand edit
+        conn.execute("UPDATE runs SET pid = 9223372036854775807, status = 'running'")
+    conn.close()
+    # each raised OverflowError: signed integer is greater than maximum (checking the pid)
+    for args in (["runs"], ["show", "r1"], ["show", "r1", "--json"]):
+        done = shoal_cli(*args, "--store", "runs.db", cwd=tmp_path)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+        assert "runs.pid: expected a process id, found 9223372036854775807" in " ".join(
+            done.stdout.split()) or "expected a process id" in done.stdout
+    resumed = shoal_cli("resume", "r1", "--store", "runs.db", cwd=tmp_path)
+    assert resumed.returncode == 2 and "runs.pid: expected a process id" in resumed.stderr

@@ -946,7 +946,7 @@ def _run_record(row: Sequence[Any]) -> RunRecord:
             _choice(status, "status", RUN_STATUSES),
             _number(finished_at, "finished_at", optional=True), _counts(counts),
             _length(makespan, "makespan"), _int(sessions, "sessions"),
-            _number(heartbeat, "heartbeat"), _int(pid, "pid"), _text(host, "host"),
+            _number(heartbeat, "heartbeat"), _pid(pid), _text(host, "host"),
             pid_start=_text(pid_start, "pid_start"))
     except _Damaged as exc:
         return RunRecord(_loose_text(run_id), _loose_number(started_at), 0, "", {}, {},
@@ -1180,6 +1180,17 @@ def _counts(cell: Any) -> dict[str, int]:
     for status, count in counts.items():
         _int(count, f"counts[{_shown(status)}]")
     return counts
+
+
+def _pid(cell: Any) -> int:
+    """A process id: one past what the system's pids hold is damage (os.kill overflowed)."""
+    pid = _int(cell, "pid")
+    if pid > _PID_MAX:
+        raise _Damaged(f"pid: expected a process id, found {_shown(cell)}")
+    return pid
+
+
+_PID_MAX = 2**31 - 1  # pid_t is a signed 32-bit int where shoal runs (Linux, macOS)
 
 
 def _length(cell: Any, column: str) -> float:
