@@ -83,7 +83,7 @@ def test_json_output_writes_a_lone_surrogate_as_text_every_reader_takes(tmp_path
     values = {o["node_id"]: o for o in ran["outcomes"]}
     # the six characters \udcff say what stood there (json.dumps wrote a lone \udcff escape)
     assert values["odd"]["value"] == {"text": "a\\udcffb", "list": ["\\ud800", "ok"],
-                                      "raw": "_w=="}
+                                      "raw": {"$bytes": "_w=="}}
     assert values["err"]["error"]["message"] == "bad \\udcff value"
     for line in (tmp_path / "events.jsonl").read_text().splitlines():
         unicode_json(line)
@@ -273,3 +273,206 @@ def test_a_count_below_zero_in_the_journal_is_damage_not_shown_as_tries_minus_fi
     (outcome,) = unicode_json(shown.stdout)["outcomes"]
     assert outcome["status"] == "damaged" or outcome.get("damaged"), outcome
     assert "outcomes.attempts: expected a whole number, 0 or more, found -5" in json.dumps(outcome)
+
+
+BYTES = '''
+import shoal
+
+@shoal.tool
+def blobs(n: int = 0) -> object:
+    return {"blob": b"\\xff\\xfe", "text": b"hello", "many": (b"\\x00\\xff", bytearray(b"\\xfe"))}
+'''
+
+
+def test_bytes_that_are_not_utf8_are_written_one_way_in_every_json_document(
+        tmp_path: Path) -> None:
+    (tmp_path / "blobs.py").write_text(BYTES)
+    (tmp_path / "plan.json").write_text(json.dumps({"nodes": [{"id": "b",
+                                                                "tool": "blobs:blobs"}]}))
+    proc = shoal_cli("run", "plan.json", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    ran = unicode_json(proc.stdout)
+    tagged = {"blob": {"$bytes": "__4="}, "text": {"$bytes": "aGVsbG8="},
+              "many": [{"$bytes": "AP8="}, {"$bytes": "_g=="}]}
+    # run --json wrote plain base64 ("__4="), which reads back as the text "__4="
+    assert ran["outcomes"][0]["value"] == tagged
+    shown = unicode_json(shoal_cli("show", ran["run_id"], "--json", cwd=tmp_path).stdout)
+    assert shown["outcomes"][0]["value"] == tagged  # as show --json writes them
+
+
+def test_a_run_waiting_for_a_journal_locked_elsewhere_says_so_then_runs_once_it_is_free(
+        tmp_path: Path) -> None:
+    path = journal_with_a_run(tmp_path)
+    (tmp_path / "plan.yaml").write_text(
+        "nodes:\n  - {id: a, tool: 'tests.test_journal_hardening:echo', args: {text: hi}}\n")
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process mid-write
+    holder.execute("UPDATE runs SET name = name")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    proc = subprocess.Popen([sys.executable, "-m", "shoal.cli.app", "run", "plan.yaml",
+                             "--store", "runs.db"], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stderr is not None
+        # it said nothing for the whole wait (30 s), then failed
+        said = ""
+        while "waiting" not in said and (line := proc.stderr.readline()):
+            said += line
+        assert "waiting for the journal runs.db: another process holds it locked; waiting " \
+            "up to 30 s" in said, said
+    finally:
+        holder.execute("ROLLBACK")  # the other process is done: the run goes on
+        holder.close()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "1 ok" in out and "waiting" not in err
+
+
+STOPPABLE = '''
+import asyncio
+import os
+from pathlib import Path
+
+import shoal
+
+@shoal.tool
+async def once(n: int = 0) -> str:
+    """Not idempotent: stopped while it runs, it is in doubt."""
+    Path(f"once-{os.getpid()}").touch()
+    await asyncio.sleep(120)
+    return "done"
+
+@shoal.tool(idempotent=True)
+async def wait(n: int = 0) -> str:
+    Path(f"wait-{os.getpid()}").touch()
+    await asyncio.sleep(120)
+    return "done"
+'''
+
+
+def ctrl_c_when_running(args: list[str], cwd: Path, marks: tuple[str, ...],
+                        ) -> subprocess.CompletedProcess[str]:
+    """``shoal ARGS``, sent SIGINT once each of ``marks`` is a file its tools made."""
+    env = {**os.environ, "PYTHONPATH": f"{cwd}{os.pathsep}{ROOT}", "COLUMNS": "200"}
+    proc = subprocess.Popen([sys.executable, "-m", "shoal.cli.app", *args], cwd=cwd, env=env,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not all((cwd / f"{mark}-{proc.pid}").exists() for mark in marks):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(2)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+
+def test_a_resume_stopped_by_ctrl_c_names_the_calls_still_in_doubt_and_how_to_settle_them(
+        tmp_path: Path) -> None:
+    (tmp_path / "stoppable.py").write_text(STOPPABLE)
+    (tmp_path / "plan.yaml").write_text(
+        "nodes:\n  - {id: first, tool: 'stoppable:once'}\n"
+        "  - {id: later, tool: 'stoppable:wait'}\n")
+    ran = ctrl_c_when_running(["run", "plan.yaml", "--store", "runs.db", "--json"], tmp_path,
+                              ("once", "wait"))
+    assert ran.returncode == 130, ran.stderr
+    run_id = json.loads(ran.stdout)["run_id"]
+    assert "call first was stopped while its tool ran" in " ".join(ran.stderr.split())
+    again = ctrl_c_when_running(["resume", run_id, "--store", "runs.db", "--json"], tmp_path,
+                                ("wait",))
+    assert again.returncode == 130, again.stderr
+    resumed = {o["node_id"]: o["status"] for o in json.loads(again.stdout)["outcomes"]}
+    assert resumed == {"first": "in_doubt", "later": "cancelled"}
+    said = " ".join(again.stderr.split())
+    # it named this session's calls only: 'first', in doubt since the first Ctrl-C, not at all
+    assert f"still in doubt from an earlier session: first; settle each with: shoal resume " \
+        f"{run_id} --rerun-in-doubt NODE (it did not take effect) or --mark-done NODE=VALUE " \
+        "(it did)" in said, said
+
+
+@pytest.mark.parametrize(("edit", "said"), [
+    ("UPDATE outcomes SET finished_at = started_at - 5",  # was shown as taking -5.00s
+     "outcomes.finished_at: -4.9"),
+    ("UPDATE outcomes SET finished_at = 9e999",  # show --json wrote Infinity, which is no JSON
+     "outcomes.finished_at: expected a finite number, found inf"),
+    ("UPDATE runs SET started_at = -9e999",
+     "runs.started_at: expected a finite number, found -inf"),
+    ("UPDATE runs SET makespan = -5",  # the run 'took -5.00s'
+     "runs.makespan: expected a length of time, 0 or more, found -5"),
+])
+def test_a_time_no_clock_gives_is_damage_said_as_such_not_shown_or_written_as_no_json(
+        tmp_path: Path, edit: str, said: str) -> None:
+    path = journal_with_a_run(tmp_path, "r1")
+    with sqlite3.connect(path) as conn:  # a hand edit, a flipped sign bit
+        conn.execute(edit)
+    conn.close()
+    shown = shoal_cli("show", "r1", "--store", "runs.db", "--json", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert said in json.dumps(unicode_json_strict(shown.stdout))
+    table = shoal_cli("show", "r1", "--store", "runs.db", cwd=tmp_path).stdout
+    assert "damaged" in table and "-5.00s" not in table
+
+
+def unicode_json_strict(text: str) -> Any:
+    """``text`` read as JSON that strict readers take: no NaN or Infinity in it."""
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+    unicode_json(text)
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("when", ["'soon'", "X'ff00'", "9e999"])
+def test_an_approval_decided_at_no_time_is_shown_not_a_traceback(tmp_path: Path,
+                                                                  when: str) -> None:
+    path = journal_with_a_run(tmp_path, "r1")
+    with sqlite3.connect(path) as conn:  # a hand edit of the time it was decided
+        conn.execute(
+            "INSERT INTO approvals (run_id, node_id, tool, args_hash, arguments, kind, "
+            "requested_at, decision, decided_by, decided_at, reason, used) VALUES ('r1', 'a', "
+            f"'echo', 'h', '{{}}', 'call', 1.0, 'approved', 'me', {when}, '', 1)")
+    conn.close()
+    # show --json raised 'Object of type bytes is not JSON serializable', --html a
+    # TypeError subtracting the run's start from text: each a traceback
+    shown = shoal_cli("show", "r1", "--store", "runs.db", "--json", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    (approval,) = unicode_json_strict(shown.stdout)["approvals"]
+    assert approval["decision"] == "approved" and approval["decided_by"] == "me"
+    page = shoal_cli("show", "r1", "--store", "runs.db", "--html", "t.html", cwd=tmp_path)
+    assert page.returncode == 0 and "Traceback" not in page.stderr, page.stderr
+
+
+@pytest.mark.parametrize("counts", ['{"ok": "x"}', '{"ok": -3}', '{"ok": 1e999}',
+                                    '{"ok": 1.5}'])
+def test_a_run_count_by_status_that_is_no_count_is_damage_not_a_traceback_or_minus_three(
+        tmp_path: Path, counts: str) -> None:
+    path = journal_with_a_run(tmp_path, "r1")
+    with sqlite3.connect(path) as conn:  # a hand edit
+        conn.execute("UPDATE runs SET counts = ?", (counts,))
+    conn.close()
+    # 'x': shoal runs raised a TypeError; -3: '-3 ok'; 1e999: 'inf' nodes, Infinity in --json
+    listed = shoal_cli("runs", "--store", "runs.db", "--json", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    (run,) = unicode_json_strict(listed.stdout)
+    assert run["status"] == "damaged"
+    assert "runs.counts['ok']: expected a whole number, 0 or more" in run["damaged"]
+    table = shoal_cli("runs", "--store", "runs.db", cwd=tmp_path)
+    assert table.returncode == 0 and "damaged" in table.stdout, table.stderr
+
+
+def test_a_running_run_whose_pid_no_process_can_have_is_damage_not_an_overflow_traceback(
+        tmp_path: Path) -> None:
+    path = journal_with_a_run(tmp_path, "r1")
+    with sqlite3.connect(path) as conn:  # a hand edit
+        conn.execute("UPDATE runs SET pid = 9223372036854775807, status = 'running'")
+    conn.close()
+    # each raised OverflowError: signed integer is greater than maximum (checking the pid)
+    for args in (["runs"], ["show", "r1"], ["show", "r1", "--json"]):
+        done = shoal_cli(*args, "--store", "runs.db", cwd=tmp_path)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+        assert "runs.pid: expected a process id, found 9223372036854775807" in " ".join(
+            done.stdout.split()) or "expected a process id" in done.stdout
+    resumed = shoal_cli("resume", "r1", "--store", "runs.db", cwd=tmp_path)
+    assert resumed.returncode == 2 and "runs.pid: expected a process id" in resumed.stderr

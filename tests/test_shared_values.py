@@ -93,4 +93,4 @@ def test_jsonable_is_bounded_and_consumes_nothing() -> None:
     loop.append(loop)
     assert isinstance(jsonable(loop), str)
     assert time.perf_counter() - start < 5.0
-    assert jsonable({"a": [1, (2, 3)], "b": b"\xff"}) == {"a": [1, [2, 3]], "b": "_w=="}
+    assert jsonable({"a": [1, (2, 3)], "b": b"\xff"}) == {"a": [1, [2, 3]], "b": {"$bytes": "_w=="}}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -140,31 +141,41 @@ def jsonable(value: Any) -> Any:
     r"""``value`` as JSON-ready data; never raises.
 
     Types JSON cannot hold become their ``repr``. Bytes are text when they are UTF-8; a value
-    holding bytes that are not is converted again with every bytes object in it as (URL-safe)
-    base64. A key holding a lone surrogate (which pydantic cannot write) is written out as
+    holding bytes that are not is converted again with every bytes object in its plain
+    containers as :func:`bytes_tagged` writes it (``{"$bytes": URL-safe base64}``, as
+    ``shoal show --json`` writes bytes: told apart from text on reading). A key holding a lone
+    surrogate (which pydantic cannot write) is written out as
     :func:`json_text` writes one (``"name\udc80"``), the rest converted as any value is. A
     value that still cannot be converted, or that would be too large as JSON, holds itself or
     holds an iterator (see :data:`JSON_ITEMS`), becomes a bounded repr.
     """
     if not _converts_in_bounds(value):
         return _safe_repr(value)
-    data = _converted(value)
-    if data is _FAILED:  # perhaps a key with a lone surrogate: not the whole value as a repr
-        with contextlib.suppress(Exception):  # RecursionError of a value nested deep
-            data = _converted(_keys_shown(value))
-    return _safe_repr(value) if data is _FAILED else data
+    with contextlib.suppress(Exception):  # bytes that are not UTF-8, or a key with a
+        return _strict(to_jsonable_python(value, fallback=_safe_repr))  # lone surrogate
+    with contextlib.suppress(Exception):  # RecursionError of a value nested deep
+        # bytes inside a model or dataclass (not reached by the copy) stay plain base64
+        return _strict(to_jsonable_python(_keys_shown(value), fallback=_safe_repr,
+                                          bytes_mode="base64"))
+    return _safe_repr(value)
 
 
-_FAILED: Any = object()
+#: how JSON documents and journal views write bytes: ``{"$bytes": URL-safe base64}``
+BYTES_TAG = "$bytes"
 
 
-def _converted(value: Any) -> Any:
-    """``value`` as JSON-ready data, or ``_FAILED``."""
-    with contextlib.suppress(Exception):  # bytes that are not UTF-8: base64 below
-        return _strict(to_jsonable_python(value, fallback=_safe_repr))
-    with contextlib.suppress(Exception):
-        return _strict(to_jsonable_python(value, fallback=_safe_repr, bytes_mode="base64"))
-    return _FAILED
+def bytes_tagged(value: bytes | bytearray | memoryview, limit: int | None = None,
+                 ) -> dict[str, Any]:
+    """Bytes as a :data:`BYTES_TAG` object, so that a reader tells them apart from text.
+
+    With a ``limit``, only that many bytes are written and ``"size"`` says how many there
+    were.
+    """
+    data = bytes(value if limit is None else value[:limit])
+    shown: dict[str, Any] = {BYTES_TAG: base64.urlsafe_b64encode(data).decode("ascii")}
+    if limit is not None and len(value) > limit:
+        shown["size"] = len(value)
+    return shown
 
 
 def has_surrogate_key(value: Any) -> bool:
@@ -175,12 +186,17 @@ def has_surrogate_key(value: Any) -> bool:
 
 
 def _keys_shown(value: Any) -> Any:
-    """``value`` with its plain containers copied and their keys' lone surrogates written out."""
+    """``value`` with its plain containers copied, keys' lone surrogates written out, bytes tagged.
+
+    Bytes that are keys stay bytes (pydantic writes them as base64: a key cannot be an object).
+    """
     if isinstance(value, dict):
         return {_shown_text(k) if isinstance(k, str) else k: _keys_shown(v)
                 for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, (list, tuple, set, frozenset)):
         return [_keys_shown(item) for item in value]
+    if isinstance(value, (bytes, bytearray)):
+        return bytes_tagged(value)
     return value
 
 

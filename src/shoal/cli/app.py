@@ -469,7 +469,8 @@ def _run_checked(options: RunOptions) -> int:
     if ctrl_c.interrupted and started and runtime.store is not None and not result.ok:
         # after the table: the last thing a user sees
         say_stopped(started[0], ctrl_c.reason, stopped_in_doubt(result, {
-            node.tool.name: node.tool.policy.idempotent for node in plan.nodes}))
+            node.tool.name: node.tool.policy.idempotent for node in plan.nodes}),
+            earlier=[o.node_id for o in result if o.status == "in_doubt"])
     code = ctrl_c.exit_code if ctrl_c.interrupted else (EXIT_OK if result.ok else EXIT_FAILED)
     if result.abandoned:
         _exit_leaving_threads(result, code)

@@ -219,18 +219,23 @@ def resume_hint(run_id: str) -> str:
 
 
 def say_stopped(run_id: str, reason: str, in_doubt: Sequence[str] = (), *,
-                agent: bool = False) -> None:
+                agent: bool = False, earlier: Sequence[str] = ()) -> None:
     """Tell on stderr that a signal stopped the journaled run ``run_id``, and how to resume it.
 
     ``in_doubt``: the calls stopped while their tool ran (not idempotent), which resume holds
     in doubt: each is named, with how to settle it (``agent``: an agent tree's, whose model
-    is told instead).
+    is told instead). ``earlier``: the calls a resume found in doubt from an earlier session
+    and left so, named with the commands that settle them (a second Ctrl-C said nothing of
+    them: the line ended with this session's calls only).
     """
-    from shoal.cli.safe import clean  # rich and the rest only when it comes to this
+    from shoal.cli.render import settle_text  # rich and the rest only when it comes to this
+    from shoal.cli.safe import clean
 
+    still = (f"; still in doubt from an earlier session: {settle_text(run_id, earlier)}"
+             if earlier else "")
     run_id = clean(run_id)
     sys.stderr.write(f"run {run_id} {reason.split(' (')[0]}; {resume_hint(run_id)}"
-                     f"{clean(doubt_hint(in_doubt, agent=agent))}\n")
+                     f"{clean(doubt_hint(in_doubt, agent=agent))}{still}\n")
     sys.stderr.flush()
 
 

@@ -21,7 +21,7 @@ from shoal.outcome import Outcome, RunResult, _map_items
 __all__ = [
     "ID_WIDTH", "STATUS_STYLES", "FitToWidth", "announce", "detail", "errors", "events_file",
     "events_incomplete", "id_width", "outcome_table", "plan_problems", "render_result",
-    "seconds", "settle_hint", "summary",
+    "seconds", "settle_hint", "settle_text", "summary",
 ]
 
 STATUS_STYLES = {
@@ -212,11 +212,16 @@ def settle_hint(run_id: str, in_doubt: Sequence[str]) -> Text | None:
     """
     if not in_doubt:
         return None
+    return Text(f"in doubt (may have taken effect): {settle_text(run_id, in_doubt)}",
+                style=STATUS_STYLES["in_doubt"])
+
+
+def settle_text(run_id: str, in_doubt: Sequence[str]) -> str:
+    """The calls ``in_doubt`` named, then the commands that settle each (plain text)."""
     named = ", ".join(one_line(n, ID_WIDTH) for n in in_doubt[:ERRORS_SHOWN]) + (
         f" and {len(in_doubt) - ERRORS_SHOWN} more" if len(in_doubt) > ERRORS_SHOWN else "")
-    return Text(f"in doubt (may have taken effect): {named}; settle each with: shoal resume "
-                f"{clean(run_id)} --rerun-in-doubt NODE (it did not take effect) or "
-                "--mark-done NODE=VALUE (it did)", style=STATUS_STYLES["in_doubt"])
+    return (f"{named}; settle each with: shoal resume {clean(run_id)} --rerun-in-doubt NODE "
+            "(it did not take effect) or --mark-done NODE=VALUE (it did)")
 
 
 def render_result(result: RunResult) -> RenderableType:

@@ -46,7 +46,7 @@ from typing import Any, Literal
 
 from pydantic_core import to_jsonable_python
 
-from shoal.outcome import huge_int_text, itself_text
+from shoal.outcome import BYTES_TAG, bytes_tagged, huge_int_text, itself_text
 
 __all__ = [
     "BYTES_TAG", "ENCODE_TIMEOUT", "MAX_VALUE_BYTES", "VIEW_ITEMS", "VIEW_TEXT",
@@ -56,7 +56,6 @@ __all__ = [
 
 Encoding = Literal["json", "pickle", "repr"]
 
-BYTES_TAG = "$bytes"  # a view's bytes: {"$bytes": URL-safe base64, "size": n when cut}
 MAX_VALUE_BYTES = 64 * 2**20  # a stored value's limit: bigger ones are kept as a note only
 ENCODE_TIMEOUT = 10.0  # seconds a value's own code (pickling, its view) may take
 VIEW_ITEMS = 2000  # items (containers and scalars) a view shows at most
@@ -261,7 +260,7 @@ def _viewable(value: Any, depth: int, left: list[int], path: set[int]) -> Any:
     if kind is int:
         return value if -_BIG < value < _BIG else huge_int_text(value)
     if kind in (bytes, bytearray):
-        return _bytes_view(value)
+        return bytes_tagged(value, VIEW_TEXT)
     if kind in _CONTAINERS:
         if depth >= VIEW_DEPTH:
             return "…"
@@ -284,13 +283,6 @@ def _viewable(value: Any, depth: int, left: list[int], path: set[int]) -> Any:
     return _viewable(data, depth, left, path) if depth < VIEW_DEPTH else "…"
 
 
-def _bytes_view(value: bytes | bytearray) -> dict[str, Any]:
-    """Bytes as a :data:`BYTES_TAG` object, so that a view tells them apart from text."""
-    shown: dict[str, Any] = {
-        BYTES_TAG: base64.urlsafe_b64encode(bytes(value[:VIEW_TEXT])).decode("ascii")}
-    if len(value) > VIEW_TEXT:
-        shown["size"] = len(value)
-    return shown
 
 
 def _container_view(value: Any, depth: int, left: list[int], path: set[int]) -> Any:

@@ -18,15 +18,17 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
+import logging
+import math
 import os
 import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from shoal import __version__
 from shoal.events import Event
@@ -64,6 +66,10 @@ from shoal.store.codec import DamagedValueError, decode_value, encode_value, vie
 __all__ = ["DEFAULT_PATH", "SCHEMA_VERSION", "SQLiteStore"]
 
 DEFAULT_PATH = Path(".shoal") / "runs.db"
+#: seconds SQLite waits for a lock per try: after the first, a wait is said (see _patiently)
+LOCK_NOTICE = 1.0
+log = logging.getLogger("shoal")
+_T = TypeVar("_T")
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -180,13 +186,14 @@ class SQLiteStore:
         self._timeout = timeout
         self._lock = threading.RLock()
         self._depth = 0  # transactions and savepoints open (on the thread holding _lock)
+        self._said_wait = False  # a wait for a lock held elsewhere was said (_waiting)
         self._claims = LocalClaims()  # for ":memory:", which no other process can open
         # columns of _ADDED_COLUMNS that a file opened read-only lacks (older files: _setup)
         self._lacking: set[tuple[str, str]] = set()
         if self.path != ":memory:":
             self._check_path()
-        try:
-            self._conn = self._connect(timeout)
+        try:  # a short wait per try: a longer one is said (see _patiently)
+            self._conn = self._connect(min(timeout, LOCK_NOTICE))
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the journal {self.path!r}: {exc}") from exc
         try:
@@ -253,11 +260,8 @@ class SQLiteStore:
         try:
             # before WAL mode is set (it stays set in the file): another program's database,
             # or a newer shoal's journal, is refused without being changed at all
-            found = self._schema_version(_Bound(self._conn))
-            self._refuse_newer(found)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-            if found is not None and not self._outdated(_Bound(self._conn)):
+            found, outdated = self._patiently(self._prepare)
+            if found is not None and not outdated:
                 # nothing to write: no write lock is taken, so a journal another process
                 # holds locked for a long while (a stopped shoal run, a long commit) still
                 # opens at once for shoal runs and shoal show, which only read it
@@ -279,6 +283,14 @@ class SQLiteStore:
                                    "DEFAULT ''")
         except sqlite3.DatabaseError as exc:
             raise self._unusable(exc) from exc
+
+    def _prepare(self) -> tuple[int | None, bool]:
+        """WAL mode on; the journal's schema version and whether it lacks newer tables."""
+        found = self._schema_version(_Bound(self._conn))
+        self._refuse_newer(found)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        return found, found is not None and self._outdated(_Bound(self._conn))
 
     def _outdated(self, db: _Bound) -> bool:
         """Whether a journal of this version lacks a table or columns added since it was made."""
@@ -308,7 +320,7 @@ class SQLiteStore:
     def _check_readable(self) -> None:
         """The version check of :meth:`_setup`, for a file this store only reads."""
         try:
-            found = self._schema_version(_Bound(self._conn))
+            found = self._patiently(lambda: self._schema_version(_Bound(self._conn)))
         except sqlite3.DatabaseError as exc:
             raise self._unusable(exc) from exc
         if found is None:
@@ -388,7 +400,7 @@ class SQLiteStore:
             if self._depth:
                 yield from self._savepoint()
                 return
-            self._conn.execute("BEGIN IMMEDIATE")
+            self._patiently(self._begin)
             self._depth = 1
             try:
                 yield _Bound(self._conn)
@@ -397,7 +409,57 @@ class SQLiteStore:
                 self._conn.execute("ROLLBACK")
                 raise
             self._depth = 0
-            self._conn.execute("COMMIT")
+            try:  # SQLite keeps the transaction open when COMMIT is busy: tried again
+                self._patiently(self._commit)
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+
+    def _begin(self) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+
+    def _commit(self) -> None:
+        self._conn.execute("COMMIT")
+
+    def _patiently(self, step: Callable[[], _T]) -> _T:
+        """``step()``, tried again while another process holds the file locked, saying so.
+
+        Each try waits :data:`LOCK_NOTICE` seconds at most (SQLite's busy timeout), so a wait
+        longer than that is said on the ``shoal`` logger (stderr in the CLI) rather than
+        silent; the tries stop once the store's ``timeout`` has passed. A step that finds no
+        lock runs once, with nothing more done.
+        """
+        try:
+            return step()
+        except sqlite3.OperationalError as exc:
+            if not _held_elsewhere(exc) or self._timeout <= LOCK_NOTICE:
+                raise
+        return self._waiting(step, time.monotonic() - min(self._timeout, LOCK_NOTICE))
+
+    def _waiting(self, step: Callable[[], _T], started: float) -> _T:
+        """The tries of :meth:`_patiently` after its first, until ``timeout`` has passed."""
+        if not self._said_wait:  # once until a wait ends well: a stopping run's last
+            self._said_wait = True  # records wait again, and need not say it twice
+            log.warning("waiting for the journal %s: another process holds it locked; "
+                        "waiting up to %g s", self.path, self._timeout)
+        while (left := self._timeout - (time.monotonic() - started)) > LOCK_NOTICE:
+            try:
+                done = step()
+            except sqlite3.OperationalError as exc:
+                if not _held_elsewhere(exc):
+                    raise
+            else:
+                self._said_wait = False
+                return done
+        # the last try waits only what is left, so that the whole wait is the timeout
+        self._conn.execute(f"PRAGMA busy_timeout = {max(int(left * 1000), 1)}")
+        try:
+            done = step()
+        finally:
+            self._conn.execute(f"PRAGMA busy_timeout = {int(LOCK_NOTICE * 1000)}")
+        self._said_wait = False
+        return done
 
     def _savepoint(self) -> Iterator[_Bound]:
         """A savepoint in the transaction of the batch this thread holds (under the lock)."""
@@ -434,7 +496,7 @@ class SQLiteStore:
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         try:
             with self._lock:
-                return _fetch_all(self._conn, sql, params)
+                return self._patiently(lambda: _fetch_all(self._conn, sql, params))
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read the journal {self.path!r}: {exc}"
                              f"{self._busy_note(exc) or _damage_note(self.path, exc)}"
@@ -613,11 +675,11 @@ class SQLiteStore:
         prefix = f"{run_id}/"
         try:
             with self._lock:
-                rows = _fetch_all(
+                rows = self._patiently(lambda: _fetch_all(
                     self._conn,
                     "SELECT run_id, node_id, kind, encoding, value, view FROM effects WHERE "
                     "run_id = ? OR (? AND substr(run_id, 1, ?) = ?) ORDER BY id",
-                    (run_id, nested, len(prefix), prefix))
+                    (run_id, nested, len(prefix), prefix)))
         except sqlite3.OperationalError as exc:
             if "no such table" in str(exc):  # a read-only file from before effects existed
                 return []
@@ -788,6 +850,15 @@ def _busy(exc: BaseException) -> bool:
     return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "is locked" in str(exc)
 
 
+def _held_elsewhere(exc: sqlite3.OperationalError) -> bool:
+    """Whether SQLite gave up waiting for a lock another connection holds (worth a new try).
+
+    Not ``SQLITE_LOCKED`` (a conflict inside this connection), which no wait ends.
+    """
+    name = getattr(exc, "sqlite_errorname", "")
+    return name.startswith("SQLITE_BUSY") or (not name and str(exc) == "database is locked")
+
+
 def _read_only_note(path: str) -> str:
     """Why a journal cannot be written, when the reason is that it is read-only."""
     where = Path(path)
@@ -873,9 +944,9 @@ def _run_record(row: Sequence[Any]) -> RunRecord:
             _text(fingerprint, "fingerprint"), _plan(plan),
             _json(source, "source", dict), _text(name, "name"),
             _choice(status, "status", RUN_STATUSES),
-            _number(finished_at, "finished_at", optional=True), _json(counts, "counts", dict),
-            _number(makespan, "makespan"), _int(sessions, "sessions"),
-            _number(heartbeat, "heartbeat"), _int(pid, "pid"), _text(host, "host"),
+            _number(finished_at, "finished_at", optional=True), _counts(counts),
+            _length(makespan, "makespan"), _int(sessions, "sessions"),
+            _number(heartbeat, "heartbeat"), _pid(pid), _text(host, "host"),
             pid_start=_text(pid_start, "pid_start"))
     except _Damaged as exc:
         return RunRecord(_loose_text(run_id), _loose_number(started_at), 0, "", {}, {},
@@ -932,6 +1003,7 @@ def _stored_outcome(row: Sequence[Any], decode: bool) -> StoredOutcome:
             _number(started_at, "started_at", optional=True),
             _number(finished_at, "finished_at", optional=True), _text(executor, "executor"),
             bool(_int(abandoned, "abandoned")), _loose_text(where))
+        _check_order(outcome)
         said = _loose_text(interrupted)
         if outcome.status in _STOPPED and said != "0" and (said or outcome.attempts):
             # '1' (or damaged: it may have run); none at all: journaled before outcomes said,
@@ -944,6 +1016,17 @@ def _stored_outcome(row: Sequence[Any], decode: bool) -> StoredOutcome:
                                      reason=f"damaged in the journal: {what}"),
                              False, "repr", damaged=what)
     return StoredOutcome(outcome, real, encoding)
+
+
+def _check_order(outcome: Outcome) -> None:
+    """Refuse a call that finished before it started: shown as taking ``-5.00s`` otherwise.
+
+    Both times come from one clock of one session, and the scheduler keeps the end at or
+    after the start, so the other order is damage.
+    """
+    started, finished = outcome.started_at, outcome.finished_at
+    if started is not None and finished is not None and finished < started:
+        raise _Damaged(f"finished_at: {finished:g}, before started_at {started:g}")
 
 
 def _value(encoding: str, payload: Any, view: Any, decode: bool) -> tuple[Any, bool]:
@@ -979,7 +1062,8 @@ def _approval(row: Sequence[Any]) -> ApprovalRecord:
     return ApprovalRecord(_loose_text(run_id), _loose_text(node_id), _loose_text(tool),
                           _loose_text(args_hash), shown, _loose_text(kind),
                           _loose_number(requested_at), decision if decision in DECISIONS
-                          else "denied", _loose_text(decided_by), decided_at,
+                          else "denied", _loose_text(decided_by),
+                          None if decided_at is None else _loose_number(decided_at),
                           _loose_text(reason), bool(used))
 
 
@@ -1079,9 +1163,42 @@ def _text(cell: Any, column: str) -> str:
 def _number(cell: Any, column: str, *, optional: bool = False) -> Any:
     if cell is None and optional:
         return None
-    if type(cell) not in (int, float):
-        raise _Damaged(f"{column}: expected a number, found {_shown(cell)}")
+    # every real column is a time or a length of time: shoal writes none infinite, and one
+    # would be written out by show --json as Infinity, which JSON readers refuse
+    if type(cell) not in (int, float) or not math.isfinite(cell):
+        raise _Damaged(f"{column}: expected a finite number, found {_shown(cell)}")
     return float(cell)
+
+
+def _counts(cell: Any) -> dict[str, int]:
+    """A run's outcomes by status: each a whole number, 0 or more.
+
+    Summed and shown as they are (``shoal runs`` raised a TypeError on a count that was
+    text, and showed ``-3 ok``, ``inf`` nodes and ``Infinity`` in ``--json``).
+    """
+    counts: dict[str, Any] = _json(cell, "counts", dict)
+    for status, count in counts.items():
+        _int(count, f"counts[{_shown(status)}]")
+    return counts
+
+
+def _pid(cell: Any) -> int:
+    """A process id: one past what the system's pids hold is damage (os.kill overflowed)."""
+    pid = _int(cell, "pid")
+    if pid > _PID_MAX:
+        raise _Damaged(f"pid: expected a process id, found {_shown(cell)}")
+    return pid
+
+
+_PID_MAX = 2**31 - 1  # pid_t is a signed 32-bit int where shoal runs (Linux, macOS)
+
+
+def _length(cell: Any, column: str) -> float:
+    """A length of time: one below 0 is damage (shown as 'took -5.00s' otherwise)."""
+    length: float = _number(cell, column)
+    if length < 0:
+        raise _Damaged(f"{column}: expected a length of time, 0 or more, found {_shown(cell)}")
+    return length
 
 
 def _int(cell: Any, column: str) -> int:
@@ -1133,4 +1250,4 @@ def _loose_text(cell: Any) -> str:
 
 
 def _loose_number(cell: Any) -> float:
-    return float(cell) if type(cell) in (int, float) else 0.0
+    return float(cell) if type(cell) in (int, float) and math.isfinite(cell) else 0.0
