@@ -319,7 +319,9 @@ def test_a_run_sync_that_ends_leaves_a_run_another_thread_just_started_alone() -
     paused, resume = threading.Event(), threading.Event()
 
     def hold_at_end_runs(frame: Any, event: str, _: Any) -> Any:
-        if (event == "call" and frame.f_code.co_name == "_end_runs"
+        # (at the start of the close, before it looks for runs: a close with none of its own
+        # left no longer calls _end_runs, where this held A before)
+        if (event == "call" and frame.f_code.co_name == "_close_after_sync"
                 and not paused.is_set()):
             paused.set()  # A is about to end the runs it must end: B starts one now
             resume.wait(30.0)
