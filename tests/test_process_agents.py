@@ -21,7 +21,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psutil
 import pytest
@@ -454,6 +454,17 @@ def test_a_stopped_subagent_process_is_ended_naming_the_cause(
     its parent notices its state, ends it after the grace and fails its call saying so, and
     its sibling finishes (before, the tree waited for good).
     """
+    result, pid = stopped_agent_tree("process", tmp_path, monkeypatch)
+    assert "did not answer for 0.5 s" in result.calls[0].message.content
+    assert pid_gone(pid)
+
+
+def stopped_agent_tree(isolation: Literal["process", "ray"], tmp_path: Path,
+                       monkeypatch: pytest.MonkeyPatch) -> tuple[shoal.AgentResult[Any], int]:
+    """A lead's two subagents of ``isolation``, one stopped with SIGSTOP mid-call: the
+    lead's result (checked: the sibling finished, the stopped one failed naming its process
+    and the signal) and the stopped process's id. The stop's grace is cut to 0.5 s.
+    """
     from shoal.agents import remote
 
     monkeypatch.setattr(remote, "STOPPED_GRACE", 0.5)
@@ -464,7 +475,7 @@ def test_a_stopped_subagent_process_is_ended_naming_the_cause(
         "stuck": [[call("slow", path=str(pid_file))], "never"],
         "fine": [[call("where", tag="f")], "fine done"],
     })
-    reader = shoal.Agent(name="reader", model=model, tools=[slow, where], isolation="process")
+    reader = shoal.Agent(name="reader", model=model, tools=[slow, where], isolation=isolation)
     lead = shoal.Agent(name="lead", model=model, subagents=[reader])
 
     def stop_it() -> None:
@@ -480,11 +491,9 @@ def test_a_stopped_subagent_process_is_ended_naming_the_cause(
     pid = int(pid_file.read_text())
     assert result.output == "lead done"
     stuck, fine = result.children
-    assert fine.status == "ok"
-    assert stuck.status == "failed"
+    assert fine.status == "ok" and stuck.status == "failed"
     assert f"process {pid}" in str(stuck.error) and "stopped (SIGSTOP" in str(stuck.error)
-    assert "did not answer for 0.5 s" in result.calls[0].message.content
-    assert pid_gone(pid)
+    return result, pid
 
 
 @shoal.tool

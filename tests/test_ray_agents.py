@@ -18,7 +18,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -44,6 +43,7 @@ from tests.test_process_agents import (
     _texts,
     board_written_as_inline,
     send,
+    stopped_agent_tree,
     two_writers_over_budget,
     where,
 )
@@ -125,34 +125,7 @@ def test_a_stopped_ray_agent_on_this_machine_is_ended_naming_the_cause(
         ray_cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """As with a process agent: a Ray actor on this machine stopped with SIGSTOP is found
     stopped, killed after the grace, and its call fails saying so; its sibling finishes."""
-    from shoal.agents import remote
-
-    monkeypatch.setattr(remote, "STOPPED_GRACE", 0.5)
-    monkeypatch.setattr(remote, "STOPPED_CHECK", 0.05)
-    pid_file = tmp_path / "pid"
-    model = ScriptedModel.per_prompt({
-        "go": [[call("reader", task="stuck"), call("reader", task="fine")], "lead done"],
-        "stuck": [[call("slow", path=str(pid_file))], "never"],
-        "fine": [[call("where", tag="f")], "fine done"],
-    })
-    reader = shoal.Agent(name="reader", model=model, tools=[slow, where], isolation="ray")
-    lead = shoal.Agent(name="lead", model=model, subagents=[reader])
-
-    def stop_it() -> None:
-        assert wait_until(pid_file.exists, timeout=60)
-        os.kill(int(pid_file.read_text()), signal.SIGSTOP)
-
-    stopper = threading.Thread(target=stop_it)
-    stopper.start()
-    try:
-        result = lead.run_sync("go")
-    finally:
-        stopper.join()
-    pid = int(pid_file.read_text())
-    assert result.output == "lead done"
-    stuck, fine = result.children
-    assert fine.status == "ok" and stuck.status == "failed"
-    assert f"process {pid}" in str(stuck.error) and "stopped (SIGSTOP" in str(stuck.error)
+    _, pid = stopped_agent_tree("ray", tmp_path, monkeypatch)
     assert until_gone(pid)
 
 
