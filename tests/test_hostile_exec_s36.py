@@ -203,3 +203,15 @@ def test_process_and_ray_options_on_a_tool_naming_no_isolation_are_refused_toget
         shoal.tool(env=["HOME"], resources={"num_cpus": 1})(_sync)
     with pytest.raises(shoal.ToolDefinitionError, match="keep the options of one"):
         shoal.tool(_sync).options(limits={"open_files": 64}, labels={"zone": "b"})
+
+
+@pytest.mark.parametrize(("text", "count", "seconds"), [
+    (".5/s", 0.5, 1.0), ("1e3/s", 1000.0, 1.0), ("2.5e-1/min", 0.25, 60.0), ("3/1e2s", 3.0, 100.0),
+])
+def test_a_rate_written_as_python_writes_a_float_is_read(text: str, count: float,
+                                                         seconds: float) -> None:
+    # was: "cannot read rate '.5/s'" (only digits with an optional fraction were read)
+    from shoal.limits import parse_rate
+
+    assert parse_rate(text) == shoal.Rate(count, seconds)
+    assert shoal.tool(rate=text)(_sync).policy.rate == shoal.Rate(count, seconds)
