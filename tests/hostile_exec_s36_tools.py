@@ -89,3 +89,9 @@ def environment_seen() -> dict[str, Any]:
     """The process the call ran in, and the two variables it could see."""
     return {"pid": os.getpid(), "asked": os.environ.get("SHOAL_S36_ASKED"),
             "secret": os.environ.get("SHOAL_S36_SECRET")}
+
+
+@tool
+def raise_huge(size: int) -> int:
+    """Raise a ValueError whose message is ``size`` characters long."""
+    raise ValueError("x" * (size - 3) + "end")

@@ -215,3 +215,16 @@ def test_a_rate_written_as_python_writes_a_float_is_read(text: str, count: float
 
     assert parse_rate(text) == shoal.Rate(count, seconds)
     assert shoal.tool(rate=text)(_sync).policy.rate == shoal.Rate(count, seconds)
+
+
+def test_an_error_of_fifty_megabytes_is_kept_bounded_in_its_outcome() -> None:
+    # was: kept whole, in the outcome, its events and the journal, and again in the traceback
+    from shoal.outcome import ERROR_TEXT_LIMIT
+
+    plan = Plan()
+    huge = plan.call(st.raise_huge, size=50_000_000)
+    error = shoal.run_sync(plan)[huge].error
+    assert error is not None and error.type == "ValueError"
+    assert len(error.message) <= ERROR_TEXT_LIMIT and "characters left out" in error.message
+    assert error.message.startswith("xxx") and error.message.endswith("end")
+    assert len(error.traceback) <= ERROR_TEXT_LIMIT

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic_core import to_jsonable_python
 
-from shoal.exceptions import RemoteToolError
+from shoal.exceptions import RemoteToolError, bounded_text
 
 if TYPE_CHECKING:
     from shoal.board import BoardConflict
@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     from shoal.plan import Node, Ref
 
 __all__ = [
-    "STATUSES", "ErrorInfo", "Outcome", "RunResult", "Status", "json_text", "jsonable",
-    "measured_critical_path",
+    "ERROR_TEXT_LIMIT", "STATUSES", "ErrorInfo", "Outcome", "RunResult", "Status", "json_text",
+    "jsonable", "measured_critical_path",
 ]  # fmt: skip
 
 Status = Literal["ok", "failed", "timed_out", "cancelled", "skipped", "denied", "in_doubt"]
@@ -316,9 +316,17 @@ def _safe(render: Callable[[], str], fallback: str) -> str:
         return fallback
 
 
+#: The most characters of an error's message, and of its traceback, an :class:`ErrorInfo`
+#: keeps (its start and end, with a note of how much of the middle was left out).
+ERROR_TEXT_LIMIT = 1_000_000
+
+
 @dataclass(frozen=True, slots=True)
 class ErrorInfo:
-    """An error as data: the exception's type name, its message and the traceback text."""
+    """An error as data: the exception's type name, its message and the traceback text.
+
+    Made from an exception, each text is kept up to :data:`ERROR_TEXT_LIMIT` characters.
+    """
 
     type: str
     message: str
@@ -332,13 +340,18 @@ class ErrorInfo:
         travel as itself) is described as the original exception it stands for.
         """
         if isinstance(exc, RemoteToolError):
-            return cls(exc.type_name, exc.message,
-                       exc.traceback_text if with_traceback else "")
+            return cls(exc.type_name, bounded_text(exc.message, ERROR_TEXT_LIMIT),
+                       bounded_text(exc.traceback_text, ERROR_TEXT_LIMIT)
+                       if with_traceback else "")
         kind = type(exc)
         name = kind.__qualname__ if kind.__module__ == "builtins" else (
             f"{kind.__module__}.{kind.__qualname__}")
-        return cls(name, _safe(lambda: str(exc), f"<unprintable {kind.__qualname__}>"),
-                   _safe(lambda: "".join(tb.format_exception(exc)), "") if with_traceback else "")
+        # bounded: a tool's ValueError of 50 MB was kept whole, in the outcome, its events and
+        # the journal (and again in the traceback, which quotes the message)
+        message = _safe(lambda: str(exc), f"<unprintable {kind.__qualname__}>")
+        trace = _safe(lambda: "".join(tb.format_exception(exc)), "") if with_traceback else ""
+        return cls(name, bounded_text(message, ERROR_TEXT_LIMIT),
+                   bounded_text(trace, ERROR_TEXT_LIMIT))
 
     def __str__(self) -> str:
         return f"{self.type}: {self.message}" if self.message else self.type
