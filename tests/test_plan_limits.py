@@ -384,7 +384,7 @@ def test_duplicate_step_does_not_hide_other_problems_in_text() -> None:
     ("0x" + "f" * 3000, f"more than {MAX_INT_DIGITS} digits"),
     ("1" * 5000, "cannot parse"),
     ("'\\ud800'", "lone surrogate"),
-    ("\x00", "cannot parse"),
+    ("\x00", "a NUL outside any quoted string"),
 ])
 def test_plan_text_arguments_python_cannot_hold(argument: str, fragment: str) -> None:
     with pytest.raises(PlanError) as info:
