@@ -519,8 +519,9 @@ def choose_executor(tool: Tool[..., Any], default: Isolation | None) -> Isolatio
     policy = tool.policy
     if policy.isolation is not None:
         return policy.isolation
-    placed = placed_by_options(policy)
-    if placed is not None:
+    if policy.limits or policy.env or policy.resources or policy.labels:  # (no call: most)
+        placed = placed_by_options(policy)
+        assert placed is not None  # one of them is set
         return placed
     if default is None or (default == "inline" and not tool.is_async):
         return tool.default_isolation
