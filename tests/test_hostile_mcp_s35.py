@@ -145,28 +145,51 @@ class _OffProtocolHTTP(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_POST(self) -> None:
-        """Answer one JSON-RPC message."""
-        message = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)))
-        if "id" not in message:  # a notification
-            self.send_response(202)
-            self.end_headers()
-            return
-        method, answer = message["method"], {"jsonrpc": "2.0", "id": message["id"]}
-        if method == "initialize":
+    #: the name the server gives in its handshake
+    server_name: ClassVar[str] = "garbler"
+
+    def _read(self) -> dict[str, Any]:
+        """The JSON-RPC message posted."""
+        message: dict[str, Any] = json.loads(
+            self.rfile.read(int(self.headers.get("content-length") or 0)))
+        return message
+
+    def _notified(self, message: dict[str, Any]) -> bool:
+        """Whether ``message`` is a notification (answered here: 202, no body)."""
+        if "id" in message:
+            return False
+        self.send_response(202)
+        self.end_headers()
+        return True
+
+    def _listed_tools(self) -> list[dict[str, Any]]:
+        """What ``tools/list`` answers: one read-only tool ``t`` taking nothing."""
+        return [{"name": "t", "inputSchema": {"type": "object"},
+                 "annotations": {"readOnlyHint": True}}]
+
+    def _answered(self, message: dict[str, Any]) -> dict[str, Any]:
+        """``message``'s answer: its handshake or listing filled in, else no result yet."""
+        answer: dict[str, Any] = {"jsonrpc": "2.0", "id": message["id"]}
+        if message["method"] == "initialize":
             answer["result"] = {"protocolVersion": message["params"]["protocolVersion"],
                                 "capabilities": {"tools": {}},
-                                "serverInfo": {"name": "garbler", "version": "1"}}
-        elif method == "tools/list":
-            answer["result"] = {"tools": [{"name": "t", "inputSchema": {"type": "object"},
-                                           "annotations": {"readOnlyHint": True}}]}
+                                "serverInfo": {"name": self.server_name, "version": "1"}}
+        elif message["method"] == "tools/list":
+            answer["result"] = {"tools": self._listed_tools()}
+        return answer
+
+    def do_POST(self) -> None:
+        """Answer one JSON-RPC message: a call with garbage."""
+        message = self._read()
+        if self._notified(message):
+            return
+        answer = self._answered(message)
+        if "result" in answer:
+            self._send(json.dumps(answer).encode())
         elif self.path == "/sse":
             self._send(b"data: garbage\n\n", "text/event-stream")
-            return
         else:
             self._send(b"{not json")
-            return
-        self._send(json.dumps(answer).encode())
 
     def do_GET(self) -> None:
         """No stream of the server's own messages."""
@@ -387,6 +410,7 @@ class _ForgetfulHTTP(_OffProtocolHTTP):
     for a session it no longer knows.
     """
 
+    server_name = "forgetful"
     generation = 0
     calls: ClassVar[list[str]] = []  # the session id each call came with
 
@@ -397,29 +421,20 @@ class _ForgetfulHTTP(_OffProtocolHTTP):
 
     def do_POST(self) -> None:
         """Answer one JSON-RPC message within a session."""
-        message = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)))
+        message = self._read()
         known = self.headers.get("mcp-session-id")
         if known is not None and known != f"s{self.generation}":
             self.send_response(404)
             self.send_header("content-length", "0")
             self.end_headers()
             return
-        if "id" not in message:
-            self.send_response(202)
-            self.end_headers()
+        if self._notified(message):
             return
-        answer: dict[str, Any] = {"jsonrpc": "2.0", "id": message["id"]}
-        if message["method"] == "initialize":
-            answer["result"] = {"protocolVersion": message["params"]["protocolVersion"],
-                                "capabilities": {"tools": {}},
-                                "serverInfo": {"name": "forgetful", "version": "1"}}
-        elif message["method"] == "tools/list":
-            answer["result"] = {"tools": [{"name": "t", "inputSchema": {"type": "object"},
-                                           "annotations": {"readOnlyHint": True}}]}
-        elif message["method"] == "tools/call":
+        answer = self._answered(message)
+        if message["method"] == "tools/call":
             self.calls.append(str(known))
             answer["result"] = {"content": [{"type": "text", "text": f"in {known}"}]}
-        else:
+        elif "result" not in answer:
             answer["error"] = {"code": -32601, "message": "Method not found"}
         body = json.dumps(answer).encode()
         self.send_response(200)
@@ -464,20 +479,11 @@ class _StatusHTTP(_OffProtocolHTTP):
 
     def do_POST(self) -> None:
         """Answer the handshake and the listing; a call gets an error status, in plain text."""
-        message = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)))
-        if "id" not in message:
-            self.send_response(202)
-            self.end_headers()
+        message = self._read()
+        if self._notified(message):
             return
-        answer: dict[str, Any] = {"jsonrpc": "2.0", "id": message["id"]}
-        if message["method"] == "initialize":
-            answer["result"] = {"protocolVersion": message["params"]["protocolVersion"],
-                                "capabilities": {"tools": {}},
-                                "serverInfo": {"name": "garbler", "version": "1"}}
-        elif message["method"] == "tools/list":
-            answer["result"] = {"tools": [{"name": "t", "inputSchema": {"type": "object"},
-                                           "annotations": {"readOnlyHint": True}}]}
-        else:
+        answer = self._answered(message)
+        if "result" not in answer:
             body = b"upstream fell over"
             self.send_response(int(self.path.strip("/")), self.phrase)
             self.send_header("content-type", "text/plain")
@@ -545,28 +551,21 @@ def test_a_hostile_http_reason_phrase_is_cut_and_cleaned_in_the_error() -> None:
 class _UnreadableListingHTTP(_OffProtocolHTTP):
     """An MCP server over HTTP whose second listing of its tools holds a lone surrogate."""
 
+    server_name = "lister"
     listings: ClassVar[list[str]] = []
+
+    def _listed_tools(self) -> list[dict[str, Any]]:
+        self.listings.append("listed")
+        described = "\ud800" if len(self.listings) == 2 else "fine"  # an escape, in JSON
+        return [{**tool, "description": described} for tool in super()._listed_tools()]
 
     def do_POST(self) -> None:
         """Answer the handshake, the listings (the second unreadable) and calls."""
-        message = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)))
-        if "id" not in message:
-            self.send_response(202)
-            self.end_headers()
+        message = self._read()
+        if self._notified(message):
             return
-        answer: dict[str, Any] = {"jsonrpc": "2.0", "id": message["id"]}
-        if message["method"] == "initialize":
-            answer["result"] = {"protocolVersion": message["params"]["protocolVersion"],
-                                "capabilities": {"tools": {}},
-                                "serverInfo": {"name": "lister", "version": "1"}}
-        elif message["method"] == "tools/list":
-            self.listings.append("listed")
-            described = "\ud800" if len(self.listings) == 2 else "fine"  # an escape, in JSON
-            answer["result"] = {"tools": [{"name": "t", "description": described,
-                                           "inputSchema": {"type": "object"},
-                                           "annotations": {"readOnlyHint": True}}]}
-        else:
-            answer["result"] = {"content": [{"type": "text", "text": "called"}]}
+        answer = self._answered(message)
+        answer.setdefault("result", {"content": [{"type": "text", "text": "called"}]})
         self._send(json.dumps(answer).encode())
 
 
@@ -598,23 +597,11 @@ def test_an_unreadable_listing_ends_the_session_so_the_next_call_starts_a_fresh_
 class _NoisyHTTP(_OffProtocolHTTP):
     """An MCP server over HTTP whose tools' names and descriptions hold control characters."""
 
+    server_name = "noisy"
     tools: ClassVar[list[dict[str, Any]]] = []
 
-    def do_POST(self) -> None:
-        """Answer the handshake and the listing."""
-        message = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)))
-        if "id" not in message:
-            self.send_response(202)
-            self.end_headers()
-            return
-        answer: dict[str, Any] = {"jsonrpc": "2.0", "id": message["id"]}
-        if message["method"] == "initialize":
-            answer["result"] = {"protocolVersion": message["params"]["protocolVersion"],
-                                "capabilities": {"tools": {}},
-                                "serverInfo": {"name": "noisy", "version": "1"}}
-        else:
-            answer["result"] = {"tools": self.tools}
-        self._send(json.dumps(answer).encode())
+    def _listed_tools(self) -> list[dict[str, Any]]:
+        return self.tools
 
 
 def test_control_characters_of_a_server_do_not_reach_prompts() -> None:
