@@ -191,6 +191,27 @@ def remote_tracker(link: Link, ctx: TreeContext) -> BudgetTracker:
             tokens = self.budget.tokens
             return None if tokens is None else max(tokens - self.tree_spent, 1)
 
+        async def reserve(self, where: str, most: int) -> int | None:
+            # held in the root's tracker, with every request of the tree: a hold granted
+            # after this request was cancelled goes straight back
+            if self.budget.tokens is None:
+                return None
+            self.check_tree()
+            future = link.request("reserve", where, most)
+            try:
+                cap: int = await asyncio.shield(asyncio.wrap_future(future))
+            except asyncio.CancelledError:
+                future.add_done_callback(partial(_give_back, link, where))
+                raise
+            except BudgetExceeded as exc:  # the tree broke its budget: stop here too
+                self.stop(exc)
+            self.held[where] = cap
+            return cap
+
+        def release(self, where: str) -> None:
+            if self.held.pop(where, None) is not None:
+                link.send(("release", where))
+
         def charge_streamed(self, tokens: int, where: str) -> None:
             # each new token of a reply streaming goes to the root's budget, one way (no
             # round trip per piece): it stops the whole tree there, this agent with it,
@@ -214,6 +235,7 @@ def remote_tracker(link: Link, ctx: TreeContext) -> BudgetTracker:
                           int(usage.cache_read_tokens), int(usage.cache_write_tokens))
             self.usage = self.usage + usage
             self.streaming.pop(where, None)  # the root settles what it streamed
+            self.held.pop(where, None)  # and what its request held
             self._asked("add_usage", usage, where)
 
         def take_subagent(self, depth: int, where: str) -> BudgetExceeded | None:
@@ -223,6 +245,12 @@ def remote_tracker(link: Link, ctx: TreeContext) -> BudgetTracker:
             return refusal
 
     return RemoteTracker(ctx.tracker.budget, breach_stopper(ctx))  # not a cycle with ctx
+
+
+def _give_back(link: Link, where: str, future: concurrent.futures.Future[Any]) -> None:
+    """Give back the tokens a request held that was cancelled before the hold came."""
+    if not future.cancelled() and future.exception() is None:
+        link.send(("release", where))
 
 
 def remote_gates(link: Link, retry: Any) -> ModelGates:

@@ -17,6 +17,7 @@ Two kinds of breach:
 
 from __future__ import annotations
 
+import asyncio
 import numbers
 import warnings
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from shoal.limits import fits_a_float
 from shoal.merge import shown
 from shoal.models.base import Usage
 
-__all__ = ["Budget", "BudgetTracker"]
+__all__ = ["HELD_BY_DEFAULT", "Budget", "BudgetTracker"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,11 +42,12 @@ class Budget:
         tokens: input plus output tokens of every model request in the tree (each reply
             still streaming counts a token per 16 characters at least, all of them together,
             so one that never ends is stopped too, and replies streaming at once in several
-            agents cannot pass it together; each request asks for no more output than the
-            whole tree left, so a reply that is not streamed is bounded too; agents in
-            processes and on Ray are charged by the root as inline ones are; the OpenAI
-            adapter, with no ``max_tokens`` set, asks so only once at most 4,096 are left, as
-            providers refuse a request asking for more output than the model writes).
+            agents cannot pass it together; each request holds the output it asks for, the
+            lesser of its ``max_tokens`` (:data:`HELD_BY_DEFAULT` when none is set) and what
+            neither the tree spent nor other requests in flight hold, so replies not streamed
+            and running at once cannot pass it together either (see
+            :meth:`BudgetTracker.reserve`); agents in processes and on Ray are charged by the
+            root as inline ones are, their caps what the tree left, not held).
         cost: US dollars. Every model of the tree must have a known price: a reply whose
             cost is unknown (``Usage.cost`` is ``None``) stops the tree as a breach does,
             with a :class:`~shoal.exceptions.BudgetExceeded` saying the limit cannot be held
@@ -120,6 +122,11 @@ def _check_amount(name: str, value: object) -> None:
 MOST_CHARS_PER_TOKEN = 16
 
 
+#: The most output tokens a request holds of ``Budget(tokens=)`` when its settings give no
+#: ``max_tokens`` (see :meth:`BudgetTracker.reserve`); it is then the reply's cap too.
+HELD_BY_DEFAULT = 4_096
+
+
 _UNPRICED = ("a model reply came with no cost (its model's price is unknown); give the model "
              "its price (prices={'model-id': shoal.models.Price(input=..., output=...)}, "
              "Price(0, 0) for a free one) or set no cost budget")
@@ -137,6 +144,10 @@ class BudgetTracker:
         #: the lineage of the agent asking; settled by its usage (see :meth:`add_usage`)
         self.streaming: dict[str, int] = {}
         self.streamed = 0  # their sum
+        #: the output tokens each request in flight was promised (its cap), by the lineage of
+        #: the agent asking: what is left for another request is what none of them holds
+        self.held: dict[str, int] = {}
+        self._waiting: list[asyncio.Future[None]] = []  # requests waiting for tokens held
         self.breach: BudgetExceeded | None = None
         self._on_breach = on_breach
 
@@ -185,6 +196,8 @@ class BudgetTracker:
         if self.streaming:
             self.streamed -= self.streaming.pop(where, 0)
         self.usage = self.usage + usage
+        if self.held:  # the reply's usage replaces what its request held
+            self.release(where)
         tokens, cost = self.budget.tokens, self.budget.cost
         if tokens is not None and self.usage.total_tokens > tokens:
             self.stop(BudgetExceeded("tokens", self.usage.total_tokens, tokens, where))
@@ -198,11 +211,60 @@ class BudgetTracker:
     def tokens_left(self) -> int | None:
         """The tokens the tree may still spend (at least 1), ``None`` without ``tokens``.
 
-        A request's output is capped to it (see ``ModelRequest.token_cap``): a reply that is
-        not streamed is counted only once it has come, whatever its length.
+        A request is made with it as its output cap, lowered to what the request holds
+        when it is sent (see :meth:`reserve`).
         """
         tokens = self.budget.tokens
         return None if tokens is None else max(tokens - self.spent(), 1)
+
+    async def reserve(self, where: str, most: int) -> int | None:
+        """Hold output tokens for the request ``where`` sends; its cap (``None``: no ``tokens``).
+
+        The cap is the lesser of ``most`` and what the tree has left that no other request
+        in flight holds, so requests running at once never promise more output than is left.
+        With nothing left unheld, the request waits until a request in flight gives back
+        what its reply did not use (:meth:`release`); with nothing held either, the tree is
+        at its limit and the request asks for one token (its usage then stops the tree).
+        """
+        limit = self.budget.tokens
+        if limit is None:
+            return None
+        self.held.pop(where, None)  # a request asked again holds anew
+        while True:
+            self.check_tree()
+            free = limit - self.committed()
+            if free >= 1 or not self.held:
+                cap = max(min(most, free), 1)
+                self.held[where] = cap
+                return cap
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiting.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiting:  # cancelled while it waited
+                    self._waiting.remove(waiter)
+
+    def release(self, where: str) -> None:
+        """Give back what the request ``where`` held (its reply came, or it ended without).
+
+        Every request waiting for tokens looks again.
+        """
+        if self.held.pop(where, None) is None:
+            return
+        waiting, self._waiting = self._waiting, []
+        for waiter in waiting:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def committed(self) -> int:
+        """The tokens spent, streaming, or held by requests in flight beyond what they streamed.
+
+        A request's reply streams within its cap: what it streamed counts once, not twice.
+        """
+        held = sum(max(cap - self.streaming.get(where, 0), 0)
+                   for where, cap in self.held.items())
+        return self.usage.total_tokens + self.streamed + held
 
     def spent(self) -> int:
         """The tokens the tree surely spent: its replies' usage, and what is still streaming."""

@@ -59,7 +59,8 @@ reason, breach)`` (``breach``: the tree's :class:`~shoal.exceptions.BudgetExceed
 op, args)``, ``("event", event)``, ``("gate_exit", name)``, ``("gate_pause", name,
 seconds)``, ``("withdraw", request_ids)`` (approval requests it no longer needs),
 ``("streamed", lineage, tokens)`` (the tokens a reply streaming there surely spent so far;
-``0``: it ended without usage),
+``0``: it ended without usage), ``("release", lineage)`` (the output tokens a request held
+of ``Budget(tokens=)``, given back: it ended without usage),
 ``("journal", [(run_id, pickled records), ...])`` (the steps it finished, with the
 in-memory journal) and last
 ``("done", result)`` (or ``("error", text)`` when it cannot even load the agent's
@@ -405,6 +406,7 @@ _SHAPES: dict[str, tuple[int, Any]] = {
                    and 0 <= m[2] < float("inf")),
     "withdraw": (2, lambda m: isinstance(m[1], list | tuple)),
     "streamed": (3, lambda m: isinstance(m[1], str) and type(m[2]) is int and m[2] >= 0),
+    "release": (2, lambda m: isinstance(m[1], str)),
     "journal": (2, lambda m: True),  # checked as it is kept (see TreeServer.mirror)
     "here": (3, lambda m: True),  # a Ray actor's first (checked by its channel)
 }
@@ -900,6 +902,8 @@ class TreeServer:
         #: lineages whose replies it charged while streaming: forgotten when it ends (a
         #: process that died mid-reply sends no usage to settle them)
         self._streaming: set[str] = set()
+        #: lineages whose requests hold output tokens of the tree's budget (see _reserve)
+        self._holding: set[str] = set()
         self._claims: dict[int, RunClaim] = {}  # run claims held for the agent's journal
         self._next_claim = 0
         #: run ids of this agent's subtree (the only runs it may journal or commit for)
@@ -941,6 +945,8 @@ class TreeServer:
                 self._withdraw(message[1])
             elif kind == "streamed":
                 self._streamed(message[1], message[2])
+            elif kind == "release":
+                self._unhold(message[1])
             elif kind == "journal":
                 self.mirror(message[1])
         raise _Gone
@@ -967,7 +973,7 @@ class TreeServer:
             forward(kept)
 
     def _call(self, call_id: int, op: str, args: tuple[Any, ...]) -> None:
-        if op in ("gate_enter", "review"):
+        if op in ("gate_enter", "review", "reserve"):
             self._later(self._answer_later(call_id, op, args))
             return
         if op in ("store", "store_claim", "store_release"):
@@ -983,7 +989,9 @@ class TreeServer:
                 tracker.start_request(*args)
                 self.requests += 1
                 self.turns += args[0] == self.lineage  # as AgentRun.start_turn counts them
-                value = tracker.spent()  # the agent caps its request's output to what is left
+                # the agent caps its request's output to what is left: neither spent nor
+                # held by a request in flight
+                value = tracker.committed()
             elif op == "refund_request":  # a turn stopped before it asked its model
                 tracker.refund_request(*args)
                 self.requests -= 1
@@ -995,6 +1003,7 @@ class TreeServer:
                                      "which no model reply has (counts from 0 up)")
                 self.usage = self.usage + usage
                 tracker.add_usage(*args)
+                self._holding.discard(args[-1])  # its usage replaced what it held
             elif op == "take_subagent":
                 value = tracker.take_subagent(*self._subagent_at(args))
             elif op.startswith("board_"):
@@ -1011,7 +1020,7 @@ class TreeServer:
 
         One way, nothing answered: a breach stops the tree (this agent with it) from here.
         """
-        if where != self.lineage and not where.startswith(f"{self.lineage}/"):
+        if not self._in_subtree(where):
             log.warning("agent %s charged tokens streamed by %s, not of its subtree: dropped",
                         self.lineage, _cut(where))
             return
@@ -1197,6 +1206,8 @@ class TreeServer:
                 await self.ctx.gates.for_name(args[0]).acquire()
                 self._held[args[0]] += 1
                 value: Any = None
+            elif op == "reserve":
+                value = await self._reserve(args)
             else:
                 value = await self._review(args[0])
         except Exception as exc:
@@ -1263,6 +1274,31 @@ class TreeServer:
             if isinstance(request_id, str) and self._asked[request_id] > 0:
                 self.ctx.runtime.approvals.withdraw(request_id)
 
+    async def _reserve(self, args: tuple[Any, ...]) -> int | None:
+        """Hold output tokens of the tree's budget for a request of the agent's subtree.
+
+        The cap it holds (see ``BudgetTracker.reserve``) is given back by the request's usage
+        or a ``release`` message, or when the agent ends.
+        """
+        where, most = args if len(args) == 2 else (None, None)
+        if not (isinstance(where, str) and self._in_subtree(where)
+                and type(most) is int and most >= 1):
+            raise ShoalError(f"agent {self.lineage} asked to hold {_cut(shown(args))} of the "
+                             "token budget: not a lineage of its subtree and a count from 1")
+        cap = await self.ctx.tracker.reserve(where, most)
+        self._holding.add(where)
+        return cap
+
+    def _unhold(self, where: str) -> None:
+        """Give back what a request of the agent's subtree held (it ended without usage)."""
+        if where in self._holding:  # only its own: never another agent's hold
+            self._holding.discard(where)
+            self.ctx.tracker.release(where)
+
+    def _in_subtree(self, where: str) -> bool:
+        """Whether ``where`` is the lineage of this agent or of one of its subagents."""
+        return where == self.lineage or where.startswith(f"{self.lineage}/")
+
     def _release(self, name: str) -> None:
         if self._held[name] > 0:
             self._held[name] -= 1
@@ -1287,6 +1323,9 @@ class TreeServer:
         for where in self._streaming:  # replies it never ended (it died): no longer streaming
             self.ctx.tracker.charge_streamed(0, where)
         self._streaming.clear()
+        for where in self._holding:  # requests it never ended: what they held goes back
+            self.ctx.tracker.release(where)
+        self._holding.clear()
 
 
 def _entry(entry: Any) -> bool:

@@ -28,6 +28,7 @@ from functools import cache, partial
 from json.encoder import encode_basestring_ascii
 from typing import TYPE_CHECKING, Any
 
+from shoal.agents.budget import HELD_BY_DEFAULT
 from shoal.agents.context import TreeContext
 from shoal.agents.result import AgentResult, AgentStatus
 from shoal.agents.toolcalls import (
@@ -526,9 +527,13 @@ class AgentRun:
         """Forget the model turn in flight, whatever its end; a turn never asked is no turn."""
         self.ctx.untrack_handle(self.lineage, asking)
         self._asking = None
-        if asking.chars and (outcome is None or outcome.status != "ok"):
-            # a stream that ended with no usage to settle it no longer counts as streaming
-            self.ctx.tracker.charge_streamed(0, self.lineage)
+        tracker = self.ctx.tracker
+        if outcome is None or outcome.status != "ok":
+            if asking.chars:
+                # a stream that ended with no usage to settle it no longer counts as streaming
+                tracker.charge_streamed(0, self.lineage)
+            if tracker.held:  # no usage will replace what its request held
+                tracker.release(self.lineage)
         if outcome is None or outcome.status != "ok":
             if not asking.asked:
                 self._unstart_turn()  # its run stopped before it asked: not a turn (an ok
@@ -613,6 +618,8 @@ class AgentRun:
         if asking is None:  # only a turn in progress runs its node
             raise AssertionError(f"agent {self.lineage} has no model turn in progress")
         request, model = asking.request, self.model
+        if request.token_cap is not None:  # Budget(tokens=): the output its reply may use
+            request = await self._hold_tokens(request)
         asking.asked = True
         if model.changes_requests:
             # a private copy per attempt, as the runtime gives any call: the model may
@@ -652,6 +659,17 @@ class AgentRun:
         except Exception as exc:  # kept whole: the outcome only keeps its type name
             asking.raised = exc
             raise
+
+    async def _hold_tokens(self, request: ModelRequest) -> ModelRequest:
+        """The request, its output capped to what the tree holds for it (see ``reserve``).
+
+        Without ``max_tokens`` set, a request holds at most :data:`HELD_BY_DEFAULT`: holding
+        all that is left would make the requests of other agents at the same time wait.
+        """
+        most = request.settings.max_tokens
+        cap = await self.ctx.tracker.reserve(self.lineage,
+                                             HELD_BY_DEFAULT if most is None else most)
+        return request if cap == request.token_cap else replace(request, token_cap=cap)
 
     def text_streamed(self, text: str) -> None:
         """Hand a piece of the reply's text to the sinks that asked for text."""

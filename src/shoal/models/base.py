@@ -262,12 +262,13 @@ class ModelRequest:
             tools (they are described in the instructions, and ``tools`` is empty so that
             the model writes text); a model that can constrain its output to a grammar does
             so.
-        token_cap: the most tokens the tree's ``Budget(tokens=)`` leaves for this reply
-            (``None``: no such budget). An adapter asks for no more output than the lesser of
-            it and ``settings.max_tokens`` (see :meth:`output_tokens`): a reply that is not
-            streamed is counted only once it has come, so only the provider can stop it in
-            time (the OpenAI adapter sends a cap that only it sets when it is at most
-            4,096: a larger one may be more than the model writes, which providers refuse).
+        token_cap: the most tokens the tree's ``Budget(tokens=)`` holds for this reply
+            (``None``: no such budget; see ``BudgetTracker.reserve``). An adapter asks for
+            no more output than the lesser of it and ``settings.max_tokens`` (see
+            :meth:`output_tokens`): a reply that is not streamed is counted only once it has
+            come, so only the provider can stop it in time (the OpenAI adapter sends a cap
+            that only it sets when it is at most 4,096: a larger one may be more than the
+            model writes, which providers refuse).
             Not part of the request's identity in the journal.
 
     ``copy.deepcopy`` of a request copies the mutable parts (tool schemas, settings, output

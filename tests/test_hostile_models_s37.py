@@ -1,0 +1,115 @@
+"""Models and agents against a hostile user and hostile models (session 37).
+
+Over the real SDKs and HTTP (the strict wire servers of :mod:`tests.wire`) and through
+:class:`~shoal.testing.ScriptedModel`, on the virtual clock where time matters: what a model
+sends, and what is done to an agent, must end in a typed error or a recorded outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import shoal
+from shoal.models import Model, ModelRequest, ModelResponse, Usage
+from shoal.testing import ScriptedModel
+from shoal.testing import call as scripted_call
+from tests.conftest import arun, until
+
+#: each reply of these tests: 100 tokens
+HUNDRED = Usage(input_tokens=60, output_tokens=40, requests=1)
+
+
+def _capped(caps: list[tuple[float, int | None]], task: str) -> Any:
+    """A scripted step that notes when its reply came and the output cap it was asked with."""
+    def step(request: ModelRequest) -> str:
+        caps.append((asyncio.get_running_loop().time(), request.token_cap))
+        return f"read {task}"
+    return step
+
+
+@pytest.mark.parametrize("max_tokens", [None, 700])
+def test_requests_in_flight_together_never_promise_more_tokens_than_the_budget_left(
+        max_tokens: int | None) -> None:
+    # two subagents asked at once, replies not streamed: each request's output cap was what
+    # the tree had left when it started (900 each of the 900 left), so together they could
+    # write 1,800 tokens under Budget(tokens=1000) before either reply was counted
+    caps: list[tuple[float, int | None]] = []
+    settings = shoal.ModelSettings(max_tokens=max_tokens)
+    reader = shoal.Agent(name="reader", settings=settings, stream_dispatch=False,
+                         model=ScriptedModel.per_prompt(
+                             {task: [_capped(caps, task)] for task in "abc"},
+                             latency=1.0, usage=HUNDRED))
+    lead = shoal.Agent(name="lead", subagents=[reader], stream_dispatch=False,
+                       model=ScriptedModel.per_prompt({"go": [
+                           [scripted_call("reader", task=t) for t in "abc"], "done"]},
+                           usage=HUNDRED))
+
+    async def main() -> Any:
+        return await lead.run("go", budget=shoal.Budget(tokens=1000))
+
+    result = arun(main(), virtual=True)
+    assert result.output == "done"
+    _fit_the_budget(caps)
+
+
+def _fit_the_budget(caps: list[tuple[float, int | None]]) -> None:
+    """Check the readers' caps: those asked at once fit in what was left (1,000 in all)."""
+    # every reply takes a second: those that came at the same moment were in flight
+    # together, and their caps fit in what the replies before them left (the lead's first
+    # reply spent 100: 900 left when the three readers were asked)
+    for moment in {when for when, _ in caps}:
+        before = sum(when < moment for when, _ in caps)
+        promised = sum(cap or 0 for when, cap in caps if when == moment)
+        assert promised <= 1000 - 100 * (1 + before), caps
+    assert len(caps) == 3 and all(cap is not None and cap >= 1 for _, cap in caps), caps
+
+
+
+class _HoldsUntil(Model):
+    """Answers only once ``path`` exists (its request in flight until then); notes its cap."""
+
+    name = "holds"
+    changes_requests = False
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.caps: list[int | None] = []
+
+    async def request(self, request: ModelRequest) -> ModelResponse:
+        self.caps.append(request.token_cap)
+        await until(self.path.exists)  # written by another process: nothing to await
+        return ModelResponse("held", usage=HUNDRED)
+
+
+def _cap_then_touch(path: Path) -> Any:
+    """A scripted step (run in the agent's process): say its cap, then let the holder end."""
+    def step(request: ModelRequest) -> str:
+        path.touch()
+        return f"cap {request.token_cap}"
+    return step
+
+
+def test_an_agent_in_a_process_is_capped_by_what_the_roots_requests_in_flight_hold(
+        tmp_path: Path) -> None:
+    # the agent in a process was given what the whole tree had left when it was charged
+    # (900), though an inline sibling's request in flight had 700 of it promised already
+    flag = tmp_path / "asked"
+    holder_model = _HoldsUntil(flag)
+    settings = shoal.ModelSettings(max_tokens=700)
+    holder = shoal.Agent(name="holder", model=holder_model, settings=settings)
+    reader = shoal.Agent(name="reader", isolation="process", settings=settings,
+                         model=ScriptedModel.per_prompt({"r": [_cap_then_touch(flag)]},
+                                                        usage=HUNDRED))
+    lead = shoal.Agent(name="lead", subagents=[holder, reader], model=ScriptedModel.per_prompt(
+        {"go": [[scripted_call("holder", task="h"), scripted_call("reader", task="r")],
+                "done"]}, usage=HUNDRED))
+    result = lead.run_sync("go", budget=shoal.Budget(tokens=1000))
+    assert result.output == "done"
+    # the lead's first reply spent 100; the holder holds 700 of the 900 left, from its start
+    # (inline) until the reader has answered
+    assert holder_model.caps == [700]
+    assert [child.output for child in result.children] == ["held", "cap 200"]
