@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 import shoal
+from shoal.exceptions import ModelError
 from shoal.models import Model, ModelRequest, ModelResponse, Usage
 from shoal.testing import ScriptedModel
 from shoal.testing import call as scripted_call
@@ -113,3 +114,52 @@ def test_an_agent_in_a_process_is_capped_by_what_the_roots_requests_in_flight_ho
     # (inline) until the reader has answered
     assert holder_model.caps == [700]
     assert [child.output for child in result.children] == ["held", "cap 200"]
+
+
+def _refuse(request: ModelRequest) -> str:
+    """A scripted step whose request fails: its reply never comes, nor its usage."""
+    raise ModelError("scripted", f"refused (asked for {request.token_cap})")
+
+
+def test_a_request_that_fails_gives_back_what_it_held_to_the_one_waiting() -> None:
+    # the reader that fails holds all 900 tokens left; its sibling waits for them, and gets
+    # them though no usage comes to replace the hold (else it, and the run, would wait for good)
+    caps: list[tuple[float, int | None]] = []
+    reader = shoal.Agent(name="reader", settings=shoal.ModelSettings(max_tokens=900),
+                         model=ScriptedModel.per_prompt(
+                             {"a": [_refuse], "b": [_capped(caps, "b")]},
+                             latency=1.0, usage=HUNDRED))
+    lead = shoal.Agent(name="lead", subagents=[reader], model=ScriptedModel.per_prompt(
+        {"go": [[scripted_call("reader", task="a"), scripted_call("reader", task="b")],
+                "done"]}, usage=HUNDRED))
+
+    async def main() -> Any:
+        return await lead.run("go", budget=shoal.Budget(tokens=1000))
+
+    result = arun(main(), virtual=True)
+    assert result.output == "done"
+    assert [child.status for child in result.children] == ["failed", "ok"]
+    assert caps == [(2.0, 900)]  # asked once the first gave its 900 back, at 1 s
+
+
+def test_a_request_waiting_for_tokens_held_is_stopped_with_its_tree_and_recorded() -> None:
+    # one reader holds all that is left for 10 s; the other waits for it when the tree's
+    # wall clock runs out: both end, recorded, and the one that waited made no request
+    reader = shoal.Agent(name="reader", settings=shoal.ModelSettings(max_tokens=900),
+                         model=ScriptedModel.per_prompt({"*": ["never"]}, latency=10.0,
+                                                        usage=HUNDRED))
+    lead = shoal.Agent(name="lead", subagents=[reader], model=ScriptedModel.per_prompt(
+        {"go": [[scripted_call("reader", task="a"), scripted_call("reader", task="b")],
+                "done"]}, usage=HUNDRED))
+
+    async def main() -> shoal.BudgetExceeded:
+        with pytest.raises(shoal.BudgetExceeded) as info:
+            await lead.run("go", budget=shoal.Budget(tokens=1000, wall_clock=2.0))
+        return info.value
+
+    breach = arun(main(), virtual=True)
+    assert breach.limit == "wall_clock" and breach.result is not None
+    children = breach.result.children
+    assert [child.status for child in children] == ["budget_exceeded"] * 2
+    # the one that held was asked (a request whose usage never came); the other never was
+    assert sorted(child.usage.requests for child in children) == [0, 1]
