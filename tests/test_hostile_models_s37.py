@@ -8,6 +8,7 @@ sends, and what is done to an agent, must end in a typed error or a recorded out
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from shoal.models import Model, ModelRequest, ModelResponse, Usage
 from shoal.testing import ScriptedModel
 from shoal.testing import call as scripted_call
 from tests.conftest import arun, until
+from tests.wire import AnthropicWireServer, OpenAIWireServer, call, tool_call_reply
 
 #: each reply of these tests: 100 tokens
 HUNDRED = Usage(input_tokens=60, output_tokens=40, requests=1)
@@ -163,3 +165,80 @@ def test_a_request_waiting_for_tokens_held_is_stopped_with_its_tree_and_recorded
     assert [child.status for child in children] == ["budget_exceeded"] * 2
     # the one that held was asked (a request whose usage never came); the other never was
     assert sorted(child.usage.requests for child in children) == [0, 1]
+
+
+@shoal.tool
+def echo(x: int) -> int:
+    """Return ``x``."""
+    return x
+
+
+
+def _odd_usage(event: str, usage: dict[str, Any]) -> str:
+    """``event`` (an SSE event) with each ``usage`` object in its data replaced by ``usage``."""
+    head, _, data = event.partition("data: ")
+    if '"usage"' not in data:
+        return event
+    payload = json.loads(data)
+    for place in (payload, payload.get("message") or {}):
+        if "usage" in place:
+            place["usage"] = usage
+    return f"{head}data: {json.dumps(payload)}\n\n"
+
+
+class _OddOpenAI(OpenAIWireServer):
+    """An OpenAI-compatible server whose usage counts are what :attr:`usage` says."""
+
+    usage: dict[str, Any]  # set before it is asked
+
+    def render_json(self, body: dict[str, Any], reply: Any) -> dict[str, Any]:
+        return {**super().render_json(body, reply), "usage": self.usage}
+
+    def render_events(self, body: dict[str, Any], reply: Any) -> Any:
+        return (_odd_usage(event, self.usage) for event in super().render_events(body, reply))
+
+
+class _OddAnthropic(AnthropicWireServer):
+    """An Anthropic-compatible server whose usage counts are what :attr:`usage` says."""
+
+    usage: dict[str, Any]  # set before it is asked
+
+    def render_json(self, body: dict[str, Any], reply: Any) -> dict[str, Any]:
+        return {**super().render_json(body, reply), "usage": self.usage}
+
+    def render_events(self, body: dict[str, Any], reply: Any) -> Any:
+        return (_odd_usage(event, self.usage) for event in super().render_events(body, reply))
+
+
+@pytest.mark.parametrize("stream_dispatch", [True, False])
+@pytest.mark.parametrize(("server_class", "tokens_in", "tokens_out"), [
+    (_OddOpenAI, "prompt_tokens", "completion_tokens"),
+    (_OddAnthropic, "input_tokens", "output_tokens")])
+@pytest.mark.parametrize("count", ["many", -5, 12.5, None, [3], "missing"])
+def test_an_output_count_that_is_no_count_is_charged_at_least_what_the_reply_says(
+        count: Any, server_class: Any, tokens_in: str, tokens_out: str,
+        stream_dispatch: bool) -> None:
+    # a server reporting its input tokens but an output count of the wrong kind (a string, a
+    # negative, a fraction, a null, none) had the reply counted as no output at all: 20,000
+    # characters a turn and Budget(tokens=5_000) never stopped the run until max_turns
+    long_text = "word " * 4_000  # 1,250 tokens at the least
+    usage = {tokens_in: 10} if count == "missing" else {tokens_in: 10, tokens_out: count}
+    with server_class(tool_call_reply(call("echo", {"x": 1}), text=long_text)) as server:
+        server.usage = usage
+        model = server.model()
+        agent = shoal.Agent(name="a", model=model, tools=[echo], max_turns=50,
+                            stream_dispatch=stream_dispatch)
+
+        async def main() -> Any:
+            try:
+                return await agent.run("go", budget=shoal.Budget(tokens=5_000))
+            finally:
+                await model.aclose()
+
+        with pytest.raises(shoal.BudgetExceeded) as raised:
+            arun(main(), timeout=60)
+    assert raised.value.limit == "tokens"
+    assert 2 <= len(server.requests) <= 4  # not until max_turns
+    result = raised.value.result
+    assert result is not None and result.usage.output_tokens >= 1_250
+    assert result.usage.input_tokens >= 10  # what the server did report stands

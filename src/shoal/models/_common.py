@@ -68,6 +68,8 @@ __all__ = [
     "resolve_credentials",
     "sendable",
     "token_count",
+    "counted_tokens",
+    "reported_count",
     "transport_error",
     "unreachable",
     "unreported_tokens",
@@ -544,11 +546,35 @@ def token_count(value: object) -> int:
 
     Compatible servers send nulls, floats, strings and negatives; none of them may end a run.
     """
+    return reported_count(value) or 0
+
+
+def reported_count(value: object) -> int | None:
+    """A token count a server reported, if it is one (a whole number 0 or more), else ``None``.
+
+    A whole float (``12.0``) counts; a string, a negative, a fraction, a null do not.
+    """
     if isinstance(value, bool):
-        return 0
+        return None
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         value = int(value)
-    return value if isinstance(value, int) and value > 0 else 0
+    return value if isinstance(value, int) and value >= 0 else None
+
+
+def counted_tokens(tokens_in: object, tokens_out: object, request: ModelRequest, text: str,
+                   calls: Sequence[ToolCall]) -> tuple[int, int]:
+    """The input and output tokens of a reply: as its server reported them, or at least.
+
+    A count that is none (missing, a null, a string, a negative) is the lower bound
+    :func:`unreported_tokens` puts on it: counted as no tokens, a reply of 20,000 characters
+    never reached a ``Budget(tokens=)``, which then held nothing.
+    """
+    counted_in, counted_out = reported_count(tokens_in), reported_count(tokens_out)
+    if counted_in is None or counted_out is None:
+        least_in, least_out = unreported_tokens(request, text, calls)
+        counted_in = least_in if counted_in is None else counted_in
+        counted_out = least_out if counted_out is None else counted_out
+    return counted_in, counted_out
 
 
 def priced_usage(model: str, served_by: str, tokens_in: object, tokens_out: object,

@@ -34,12 +34,14 @@ from shoal.models._common import (
     Pace,
     PerLoop,
     check_timeout,
+    counted_tokens,
     cut_short,
     describe_cause,
     http_error,
     not_a_reply,
     not_a_stream,
     priced_usage,
+    reported_count,
     resolve_credentials,
     sendable,
     sent_tool_name,
@@ -167,7 +169,7 @@ class AnthropicModel(Model):
                     self.name, f"no answer within {self.timeout:g} s") from None
         if prices is not None:
             await prices
-        return self._response(message)
+        return self._response(message, request)
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
         """Stream a messages request: text and complete tool calls as they arrive, then all.
@@ -214,7 +216,7 @@ class AnthropicModel(Model):
             raise cut_short(self.name, "no message_stop event")
         if prices is not None:
             await prices
-        yield ResponseDone(self._finish(state))
+        yield ResponseDone(self._finish(state, request))
 
     def _take(self, state: _StreamState, event: RawMessageStreamEvent) -> str:
         """``state.add(event)``; an event off the protocol is a :class:`ModelError`."""
@@ -268,7 +270,7 @@ class AnthropicModel(Model):
                 raise ModelError(self.name, f"{which} is {blank}: the Anthropic API refuses a "
                                             "user message without text; give it a task")
 
-    def _response(self, message: AnthropicMessage) -> ModelResponse:
+    def _response(self, message: AnthropicMessage, request: ModelRequest) -> ModelResponse:
         """The SDK's message as shoal's response; one of the wrong shape is a ModelError.
 
         The SDK builds responses unchecked: a server off the protocol (content as text, no
@@ -277,11 +279,11 @@ class AnthropicModel(Model):
         if isinstance(message, str):  # the SDK's answer to a body that is no JSON
             raise not_a_reply(self.name, message)
         try:
-            return self._read(message)
+            return self._read(message, request)
         except (AttributeError, TypeError) as exc:
             raise ModelError(self.name, f"malformed response ({exc})") from None
 
-    def _read(self, message: AnthropicMessage) -> ModelResponse:
+    def _read(self, message: AnthropicMessage, request: ModelRequest) -> ModelResponse:
         texts: list[str] = []
         calls: list[ToolCall] = []
         for block in message.content:
@@ -294,22 +296,32 @@ class AnthropicModel(Model):
                                                  optional=False), json.dumps(block.input)))
         state = _StreamState()
         state.take_usage(message.usage)
-        return ModelResponse(text="".join(texts), tool_calls=tuple(calls),
-                             usage=self._usage(state, message.model),
+        text = "".join(texts)
+        return ModelResponse(text=text, tool_calls=tuple(calls),
+                             usage=self._usage(state, message.model, request, text, calls),
                              model=text_field(message.model, "model") or self.model,
                              stop_reason=text_field(message.stop_reason, "stop_reason"))
 
-    def _finish(self, state: _StreamState) -> ModelResponse:
+    def _finish(self, state: _StreamState, request: ModelRequest) -> ModelResponse:
         calls = tuple(ToolCall(c.id, c.name, "".join(c.arguments) or "{}")
                       for c in state.calls)
-        return ModelResponse(text="".join(state.text), tool_calls=calls,
-                             usage=self._usage(state, state.model),
+        text = "".join(state.text)
+        return ModelResponse(text=text, tool_calls=calls,
+                             usage=self._usage(state, state.model, request, text, calls),
                              model=state.model or self.model, stop_reason=state.stop_reason)
 
-    def _usage(self, state: _StreamState, served_by: str) -> Usage:
+    def _usage(self, state: _StreamState, served_by: str, request: ModelRequest, text: str,
+               calls: Sequence[ToolCall]) -> Usage:
+        """The reply's usage; a count the server did not report is charged at least.
+
+        See :func:`counted_tokens`: the cached input tokens count among the input's.
+        """
         read, write = state.cache_read_tokens, state.cache_write_tokens
-        return priced_usage(self.model, served_by, state.input_tokens + read + write,
-                            state.output_tokens, self._prices, cache_read=read,
+        tokens_in = None if state.input_tokens is None else state.input_tokens + read + write
+        tokens_in, tokens_out = counted_tokens(tokens_in, state.output_tokens, request, text,
+                                               calls)
+        return priced_usage(self.model, served_by, max(tokens_in, read + write),
+                            tokens_out, self._prices, cache_read=read,
                             cache_write=write,
                             provider=provider_for_url(self._pricing_url, "anthropic"))
 
@@ -377,8 +389,9 @@ class _StreamState:
     calls: list[_PartialCall] = field(default_factory=list)  # in the order their blocks began
     open: dict[int, int] = field(default_factory=dict)  # a tool block's index -> its position
     started: set[int] = field(default_factory=set)  # every block index begun (text too)
-    input_tokens: int = 0  # not read from or written to the prompt cache
-    output_tokens: int = 0
+    #: not read from or written to the prompt cache (``None``: the server said no count)
+    input_tokens: int | None = 0
+    output_tokens: int | None = 0
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
     model: str = ""
@@ -414,7 +427,7 @@ class _StreamState:
         elif event.type == "message_delta":
             self.stop_reason = (text_field(event.delta.stop_reason, "stop_reason")
                                 or self.stop_reason)
-            self.output_tokens = token_count(event.usage.output_tokens)  # cumulative
+            self.output_tokens = reported_count(event.usage.output_tokens)  # cumulative
         return ""
 
     def _start(self, index: int, block: Any) -> str:
@@ -436,8 +449,8 @@ class _StreamState:
 
     def take_usage(self, usage: AnthropicUsage) -> None:
         """Take the counts of a message's usage (Anthropic counts cached input apart)."""
-        self.input_tokens = token_count(usage.input_tokens)
-        self.output_tokens = token_count(usage.output_tokens)
+        self.input_tokens = reported_count(usage.input_tokens)
+        self.output_tokens = reported_count(usage.output_tokens)
         self.cache_read_tokens = token_count(usage.cache_read_input_tokens)
         self.cache_write_tokens = token_count(usage.cache_creation_input_tokens)
 

@@ -33,6 +33,7 @@ from shoal.models._common import (
     Pace,
     PerLoop,
     check_timeout,
+    counted_tokens,
     cut_short,
     http_error,
     not_a_reply,
@@ -45,7 +46,6 @@ from shoal.models._common import (
     too_deep,
     transport_error,
     unreachable,
-    unreported_tokens,
 )
 from shoal.models.base import (
     AssistantMessage,
@@ -313,7 +313,9 @@ class OpenAIModel(Model):
         text = _as_text(choice.message.content) or _as_text(choice.message.refusal)
         served_by = text_field(completion.model, "model")
         return ModelResponse(text=text, tool_calls=calls,
-                             usage=self._usage(usage.model_dump() if usage else None,
+                             # its counts as sent, warning of none of the wrong type
+                             usage=self._usage(usage.model_dump(warnings=False) if usage
+                                               else None,
                                                served_by, request, text, calls),
                              model=served_by or self.model,
                              stop_reason=text_field(choice.finish_reason, "finish_reason"))
@@ -330,14 +332,15 @@ class OpenAIModel(Model):
                text: str, calls: Sequence[ToolCall]) -> Usage:
         """Usage from the API's ``usage`` object; cached prompt tokens are among the prompt's.
 
-        A server that reports no token counts (some compatible servers send no usage, or
-        nulls) is charged a lower bound instead (see :func:`unreported_tokens`): counted as
-        none, its replies never reached a ``Budget(tokens=)``, which then held nothing.
+        A count the server does not report (some compatible servers send no usage, nulls,
+        strings or negatives) is charged a lower bound instead (see :func:`counted_tokens`):
+        counted as none, its replies never reached a ``Budget(tokens=)``, which then held
+        nothing.
         """
         usage = usage or {}
-        tokens_in, tokens_out = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        if tokens_in is None and tokens_out is None:
-            tokens_in, tokens_out = unreported_tokens(request, text, calls)
+        tokens_in, tokens_out = counted_tokens(usage.get("prompt_tokens"),
+                                               usage.get("completion_tokens"),
+                                               request, text, calls)
         details = usage.get("prompt_tokens_details")
         cached = details.get("cached_tokens") if isinstance(details, Mapping) else None
         return priced_usage(self.model, served_by, tokens_in, tokens_out, self._prices,
