@@ -15,12 +15,25 @@ from typing import Any
 import pytest
 
 import shoal
-from shoal.exceptions import ModelError
-from shoal.models import Model, ModelRequest, ModelResponse, Usage
+from shoal.exceptions import ConfigError, ModelError
+from shoal.models import (
+    AnthropicModel,
+    Model,
+    ModelRequest,
+    ModelResponse,
+    OpenAIModel,
+    Price,
+    Usage,
+)
 from shoal.testing import ScriptedModel
 from shoal.testing import call as scripted_call
 from tests.conftest import arun, until
-from tests.wire import AnthropicWireServer, OpenAIWireServer, call, tool_call_reply
+from tests.wire import (
+    AnthropicWireServer,
+    OpenAIWireServer,
+    call,
+    tool_call_reply,
+)
 
 #: each reply of these tests: 100 tokens
 HUNDRED = Usage(input_tokens=60, output_tokens=40, requests=1)
@@ -242,3 +255,26 @@ def test_an_output_count_that_is_no_count_is_charged_at_least_what_the_reply_say
     result = raised.value.result
     assert result is not None and result.usage.output_tokens >= 1_250
     assert result.usage.input_tokens >= 10  # what the server did report stands
+
+
+@pytest.mark.parametrize("model_class", [OpenAIModel, AnthropicModel])
+@pytest.mark.parametrize(("options", "said"), [
+    ({"model": 5}, "model must be the provider's model id, a non-empty str; got int 5"),
+    ({"model": None}, "model must be the provider's model id"),
+    ({"model": "  "}, "model must be the provider's model id"),
+    ({"base_url": 5}, "base_url must be a str (or None); got int 5"),
+    ({"api_key": 12345}, "api_key must be a str (or None); got int"),
+    ({"name": ["m"]}, "name must be a str (or None); got list"),
+    ({"prices": [Price(1, 2)]}, "prices must map model ids to shoal.models.Price("),
+    ({"prices": {"m": 5}}, "prices must map model ids to shoal.models.Price("),
+])
+def test_a_models_option_of_the_wrong_kind_is_refused_where_the_model_is_made(
+        model_class: Any, options: dict[str, Any], said: str) -> None:
+    # OpenAIModel(5) made a model named 'openai:5' (AnthropicModel(None): 'anthropic:None'),
+    # a base_url of 5 failed with Python's AttributeError, prices={"m": 5} failed every reply
+    # as a "malformed response" of the server's, and a list of prices was never read
+    options = {"model": "m", "api_key": "k", **options}
+    with pytest.raises(ConfigError) as raised:
+        model_class(options.pop("model"), **options)
+    assert said in str(raised.value) and model_class.__name__ in str(raised.value)
+

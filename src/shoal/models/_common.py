@@ -52,6 +52,7 @@ __all__ = [
     "Pace",
     "PerLoop",
     "check_base_url",
+    "check_model_options",
     "check_timeout",
     "not_a_reply",
     "not_a_stream",
@@ -158,6 +159,30 @@ def check_base_url(url: str, where: str) -> None:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"{where} {url!r} is not a URL: give the API root as "
                           "http(s)://host[:port][/path], e.g. http://localhost:8080/v1")
+
+
+def check_model_options(kind: str, model: object, *, name: object, base_url: object,
+                        api_key: object, prices: object) -> None:
+    """Refuse options of the wrong kind where a provider's model is made.
+
+    ``kind`` is the class (``OpenAIModel``). Taken as they came, a model id that is no text
+    made a model named ``openai:5`` or ``anthropic:None``, a ``base_url`` that is no text
+    failed with Python's ``AttributeError``, and an entry of ``prices`` that is no
+    :class:`~shoal.models.prices.Price` failed every reply as a "malformed response" of the
+    server's (a list of prices was quietly never read).
+    """
+    if not isinstance(model, str) or not model.strip():
+        raise ConfigError(f"{kind}'s model must be the provider's model id, a non-empty str; "
+                          f"got {type(model).__name__} {shown(model)}")
+    for option, value in (("name", name), ("base_url", base_url), ("api_key", api_key)):
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{kind} {model!r}: {option} must be a str (or None); got "
+                              f"{type(value).__name__} {shown(value)}")
+    if prices is not None and (not isinstance(prices, Mapping) or not all(
+            isinstance(key, str) and isinstance(price, Price) for key, price in prices.items())):
+        raise ConfigError(f"{kind} {model!r}: prices must map model ids to "
+                          "shoal.models.Price(input=..., output=...) (US dollars per million "
+                          f"tokens); got {type(prices).__name__} {shown(prices)}")
 
 
 def check_timeout(name: str, timeout: object) -> None:

@@ -33,6 +33,7 @@ from shoal.merge import shown
 from shoal.models._common import (
     Pace,
     PerLoop,
+    check_model_options,
     check_timeout,
     counted_tokens,
     cut_short,
@@ -125,6 +126,8 @@ class AnthropicModel(Model):
                  max_tokens: int = DEFAULT_MAX_TOKENS, client: AsyncAnthropic | None = None,
                  prices: Mapping[str, Price] | None = None) -> None:
         _require_sdk()
+        check_model_options("AnthropicModel", model, name=name, base_url=base_url, api_key=api_key,
+                            prices=prices)
         self.model = model
         self.name = name or f"anthropic:{model}"
         check_timeout(self.name, timeout)

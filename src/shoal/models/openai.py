@@ -32,6 +32,7 @@ from shoal.models._common import (
     ERROR_BODY_CHARS,
     Pace,
     PerLoop,
+    check_model_options,
     check_timeout,
     counted_tokens,
     cut_short,
@@ -112,6 +113,8 @@ class OpenAIModel(Model):
                  client: AsyncOpenAI | None = None,
                  prices: Mapping[str, Price] | None = None) -> None:
         _require_sdk()
+        check_model_options("OpenAIModel", model, name=name, base_url=base_url, api_key=api_key,
+                            prices=prices)
         self.model = model
         self.name = name or f"openai:{model}"
         check_timeout(self.name, timeout)
