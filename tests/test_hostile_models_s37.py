@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 import shoal
+from shoal.agents.budget import BudgetTracker
 from shoal.exceptions import ConfigError, ModelError
 from shoal.models import (
     AnthropicModel,
@@ -278,3 +279,22 @@ def test_a_models_option_of_the_wrong_kind_is_refused_where_the_model_is_made(
         model_class(options.pop("model"), **options)
     assert said in str(raised.value) and model_class.__name__ in str(raised.value)
 
+
+
+def test_what_a_request_holds_counts_once_with_what_its_reply_streamed() -> None:
+    # a hold and the reply streaming within it are one promise: counted twice, the requests
+    # after it were given less than was left (or waited), counted never, more
+    tracker = BudgetTracker(shoal.Budget(tokens=1000), lambda breach: None)
+
+    async def main() -> list[int | None]:
+        caps = [await tracker.reserve("a", 600)]
+        tracker.charge_streamed(250, "a")  # within a's 600: 400 still left for others
+        caps.append(await tracker.reserve("b", 4096))
+        tracker.charge_streamed(0, "a")  # a's stream failed: its hold alone stands
+        tracker.release("a")  # and goes back
+        caps.append(await tracker.reserve("c", 4096))
+        tracker.add_usage(Usage(10, 300, 1), "b")  # b's usage replaces its hold
+        caps.append(tracker.committed())
+        return caps
+
+    assert arun(main(), virtual=True) == [600, 400, 600, 910]

@@ -147,6 +147,7 @@ class BudgetTracker:
         #: the output tokens each request in flight was promised (its cap), by the lineage of
         #: the agent asking: what is left for another request is what none of them holds
         self.held: dict[str, int] = {}
+        self.held_out = 0  # what they hold beyond what their replies streamed so far, summed
         self._waiting: list[asyncio.Future[None]] = []  # requests waiting for tokens held
         self.breach: BudgetExceeded | None = None
         self._on_breach = on_breach
@@ -193,11 +194,11 @@ class BudgetTracker:
 
         It settles what the reply counted while it streamed (see :meth:`check_streamed`).
         """
+        if self.held:  # the reply's usage replaces what its request held (and streamed)
+            self.release(where)
         if self.streaming:
             self.streamed -= self.streaming.pop(where, 0)
         self.usage = self.usage + usage
-        if self.held:  # the reply's usage replaces what its request held
-            self.release(where)
         tokens, cost = self.budget.tokens, self.budget.cost
         if tokens is not None and self.usage.total_tokens > tokens:
             self.stop(BudgetExceeded("tokens", self.usage.total_tokens, tokens, where))
@@ -229,13 +230,14 @@ class BudgetTracker:
         limit = self.budget.tokens
         if limit is None:
             return None
-        self.held.pop(where, None)  # a request asked again holds anew
+        self.release(where)  # a request asked again holds anew
         while True:
             self.check_tree()
             free = limit - self.committed()
             if free >= 1 or not self.held:
                 cap = max(min(most, free), 1)
                 self.held[where] = cap
+                self.held_out += self._beyond(where, cap)
                 return cap
             waiter = asyncio.get_running_loop().create_future()
             self._waiting.append(waiter)
@@ -250,8 +252,10 @@ class BudgetTracker:
 
         Every request waiting for tokens looks again.
         """
-        if self.held.pop(where, None) is None:
+        cap = self.held.pop(where, None)
+        if cap is None:
             return
+        self.held_out -= self._beyond(where, cap)
         waiting, self._waiting = self._waiting, []
         for waiter in waiting:
             if not waiter.done():
@@ -262,9 +266,11 @@ class BudgetTracker:
 
         A request's reply streams within its cap: what it streamed counts once, not twice.
         """
-        held = sum(max(cap - self.streaming.get(where, 0), 0)
-                   for where, cap in self.held.items())
-        return self.usage.total_tokens + self.streamed + held
+        return self.usage.total_tokens + self.streamed + self.held_out
+
+    def _beyond(self, where: str, cap: int) -> int:
+        """What the request ``where`` holds beyond what its reply streamed so far."""
+        return max(cap - self.streaming.get(where, 0), 0)
 
     def spent(self) -> int:
         """The tokens the tree surely spent: its replies' usage, and what is still streaming."""
@@ -290,7 +296,11 @@ class BudgetTracker:
         limit = self.budget.tokens
         if limit is None:
             return
-        self.streamed += tokens - self.streaming.get(where, 0)
+        before = self.streaming.get(where, 0)
+        self.streamed += tokens - before
+        cap = self.held.get(where) if self.held else None
+        if cap is not None:  # its hold counts only beyond what it streamed
+            self.held_out += max(cap - tokens, 0) - max(cap - before, 0)
         if not tokens:
             self.streaming.pop(where, None)
             return
