@@ -46,8 +46,8 @@ class Budget:
             lesser of its ``max_tokens`` (:data:`HELD_BY_DEFAULT` when none is set) and what
             neither the tree spent nor other requests in flight hold, so replies not streamed
             and running at once cannot pass it together either (see
-            :meth:`BudgetTracker.reserve`); agents in processes and on Ray are charged by the
-            root as inline ones are, their caps what the tree left, not held).
+            :meth:`BudgetTracker.reserve`); agents in processes and on Ray are charged, and
+            hold their caps, in the root's tracker as inline ones do).
         cost: US dollars. Every model of the tree must have a known price: a reply whose
             cost is unknown (``Usage.cost`` is ``None``) stops the tree as a breach does,
             with a :class:`~shoal.exceptions.BudgetExceeded` saying the limit cannot be held

@@ -9,9 +9,10 @@ worker_env`: provider keys pass by name only, ``Agent(env=[...])``) and its OS l
 one socket:
 
 * **budgets**: each model request, each response's usage and each subagent start is charged
-  by the root's tracker (``start_request``, whose answer is what the tree spent, so the
-  request's output cap is what the tree left; ``add_usage``, ``take_subagent``), and so is
-  what a reply streamed so far (``streamed``, one way), so limits stay exact across
+  by the root's tracker (``start_request``; ``reserve``, which holds the request's output cap
+  of ``Budget(tokens=)`` with every request of the tree, waiting while nothing is left
+  unheld, and ``release``, one way, which gives it back; ``add_usage``, ``take_subagent``),
+  and so is what a reply streamed so far (``streamed``, one way), so limits stay exact across
   processes and nothing is spent twice;
 * **model gates**: before each request the child takes a slot of the root's gate for its model
   (``gate_enter``; ``gate_exit`` gives it back), and a ``Retry-After`` it meets closes the root's
