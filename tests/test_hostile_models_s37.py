@@ -298,3 +298,37 @@ def test_what_a_request_holds_counts_once_with_what_its_reply_streamed() -> None
         return caps
 
     assert arun(main(), virtual=True) == [600, 400, 600, 910]
+
+
+@shoal.tool
+def hold_for(lineage: str, most: Any) -> str:
+    """Ask the root's tracker to hold tokens for ``lineage``, as this agent's process may."""
+    import gc
+
+    from shoal.agents._process import Link
+
+    [link] = [found for found in gc.get_objects() if isinstance(found, Link)]
+    try:
+        return f"held {link.ask('reserve', lineage, most)}"
+    except shoal.ShoalError as exc:
+        return f"refused: {exc}"
+
+
+def test_an_agent_process_holds_tokens_only_for_its_own_requests() -> None:
+    # a hold for the lead (no request of its subtree) would take what the tree left from the
+    # lead for good; a count of no tokens is no request's cap
+    model = ScriptedModel.per_prompt({
+        "go": [[scripted_call("reader", task="t")], "done"],
+        "t": [[scripted_call("hold_for", lineage="lead", most=500),
+               scripted_call("hold_for", lineage="lead/reader#1", most=-5),
+               scripted_call("hold_for", lineage="lead/reader#1/x#1", most=5)], "read"]},
+        usage=HUNDRED)
+    reader = shoal.Agent(name="reader", model=model, tools=[hold_for], isolation="process")
+    lead = shoal.Agent(name="lead", model=model, subagents=[reader])
+    result = lead.run_sync("go", budget=shoal.Budget(tokens=10_000))
+    [child] = result.children
+    said = [call.message.content for call in child.calls]
+    assert said[0].startswith("refused: agent lead/reader#1 asked to hold"), said
+    assert said[1].startswith("refused: agent lead/reader#1 asked to hold"), said
+    assert said[2] == "held 5", said  # a request of its subtree's: taken
+    assert result.output == "done"
