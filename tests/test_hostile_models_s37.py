@@ -33,6 +33,7 @@ from tests.wire import (
     AnthropicWireServer,
     OpenAIWireServer,
     call,
+    text_reply,
     tool_call_reply,
 )
 
@@ -332,3 +333,21 @@ def test_an_agent_process_holds_tokens_only_for_its_own_requests() -> None:
     assert said[1].startswith("refused: agent lead/reader#1 asked to hold"), said
     assert said[2] == "held 5", said  # a request of its subtree's: taken
     assert result.output == "done"
+
+
+def test_a_models_own_max_tokens_is_what_its_requests_hold_of_a_large_budget() -> None:
+    # AnthropicModel(max_tokens=8192) was asked for 4,096 under Budget(tokens=200_000): what
+    # a request with no max_tokens of its own holds, though its model says more
+    with AnthropicWireServer(text_reply("done")) as server:
+        model = server.model(max_tokens=8192)
+        agent = shoal.Agent(name="a", model=model)
+
+        async def main() -> Any:
+            try:
+                return await agent.run("go", budget=shoal.Budget(tokens=200_000))
+            finally:
+                await model.aclose()
+
+        result = arun(main(), timeout=60)
+        asked = [r.body.get("max_tokens") for r in server.requests]
+    assert result.output == "done" and asked == [8192]

@@ -43,9 +43,9 @@ class Budget:
             still streaming counts a token per 16 characters at least, all of them together,
             so one that never ends is stopped too, and replies streaming at once in several
             agents cannot pass it together; each request holds the output it asks for, the
-            lesser of its ``max_tokens`` (:data:`HELD_BY_DEFAULT` when none is set) and what
-            neither the tree spent nor other requests in flight hold, so replies not streamed
-            and running at once cannot pass it together either (see
+            lesser of its ``max_tokens`` (its model's own, else :data:`HELD_BY_DEFAULT`, when
+            none is set) and what neither the tree spent nor other requests in flight hold,
+            so replies not streamed and running at once cannot pass it together either (see
             :meth:`BudgetTracker.reserve`); agents in processes and on Ray are charged, and
             hold their caps, in the root's tracker as inline ones do).
         cost: US dollars. Every model of the tree must have a known price: a reply whose

@@ -663,12 +663,15 @@ class AgentRun:
     async def _hold_tokens(self, request: ModelRequest) -> ModelRequest:
         """The request, its output capped to what the tree holds for it (see ``reserve``).
 
-        Without ``max_tokens`` set, a request holds at most :data:`HELD_BY_DEFAULT`: holding
-        all that is left would make the requests of other agents at the same time wait.
+        It holds its settings' ``max_tokens``, else its model's own (``AnthropicModel`` and
+        ``LocalModel`` have one), else :data:`HELD_BY_DEFAULT`: holding all that is left
+        would make the requests of other agents at the same time wait.
         """
         most = request.settings.max_tokens
-        cap = await self.ctx.tracker.reserve(self.lineage,
-                                             HELD_BY_DEFAULT if most is None else most)
+        if most is None:
+            own = getattr(self.model, "max_tokens", None)
+            most = own if type(own) is int and own >= 1 else HELD_BY_DEFAULT
+        cap = await self.ctx.tracker.reserve(self.lineage, most)
         return request if cap == request.token_cap else replace(request, token_cap=cap)
 
     def text_streamed(self, text: str) -> None:
