@@ -42,3 +42,15 @@ def imports_and_signals() -> dict[str, Any]:
 def raise_keyboard_interrupt() -> int:
     """Raise ``KeyboardInterrupt`` from the tool's own code (no Ctrl-C was pressed)."""
     raise KeyboardInterrupt("raised by the tool")
+
+
+@tool(isolation="process")
+async def raise_keyboard_interrupt_async() -> int:
+    """Raise ``KeyboardInterrupt`` from an async tool's own code."""
+    raise KeyboardInterrupt("raised by the tool")
+
+
+@tool(isolation="process")
+def echo(value: str) -> str:
+    """Return ``value``."""
+    return value

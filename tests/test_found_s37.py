@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
 import shoal
 from shoal import Plan
 from tests import found_s37_tools as ft
+from tests.conftest import ONE_AT_A_TIME
 
 # ---- a process worker gives every call its signal handlers, import path and modules back ---
 
@@ -20,3 +25,60 @@ def test_a_call_after_one_that_changed_signals_and_imports_finds_the_workers_own
     result = shoal.run_sync(plan, process_workers=1)
     assert result[after].value["pid"] == result[changed].value  # the same worker
     assert result[after].value == result[before].value
+
+
+# ---- a tool's own KeyboardInterrupt off the main thread fails its call, on every backend ----
+
+_INTERRUPTS = {
+    "thread-sync": ft.raise_keyboard_interrupt.options(isolation="thread"),
+    "thread-async": ft.raise_keyboard_interrupt_async.options(isolation="thread"),
+    "process-sync": ft.raise_keyboard_interrupt,
+    "process-async": ft.raise_keyboard_interrupt_async,
+}
+
+
+def _assert_the_tools_interrupt_failed_its_call(result: shoal.RunResult, bad: Any,
+                                                sibling: Any) -> None:
+    """The call failed with the same error on every backend; the run went on."""
+    out = result[bad]
+    assert out.status == "failed" and out.error is not None, out
+    assert out.error.type == "shoal.exceptions.ToolDefinitionError", out.error
+    assert "raised KeyboardInterrupt away from the main thread" in out.error.message
+    assert "raised by the tool" in out.error.traceback  # the tool's own, as the cause
+    assert result.value(sibling) == "kept"
+
+
+@pytest.mark.parametrize("where", sorted(_INTERRUPTS))
+def test_a_tools_keyboard_interrupt_off_the_main_thread_fails_its_call(where: str) -> None:
+    # was: on a thread, the KeyboardInterrupt stopped the whole run (raised to the caller as
+    # a Ctrl-C), while in a process worker the same tool's call failed with 'KeyboardInterrupt'
+    plan = Plan()
+    bad = plan.call(_INTERRUPTS[where])
+    sibling = plan.call(ft.echo.options(isolation=where.split("-")[0]), value="kept")
+    result = shoal.run_sync(plan, process_workers=1)
+    _assert_the_tools_interrupt_failed_its_call(result, bad, sibling)
+
+
+@ONE_AT_A_TIME
+@pytest.mark.usefixtures("ray_cluster")
+@pytest.mark.parametrize("resources", [{}, {"num_cpus": 0}], ids=["task", "actor-pool"])
+def test_a_tools_keyboard_interrupt_on_ray_fails_its_call_as_elsewhere(
+        resources: dict[str, Any]) -> None:
+    # was: as a Ray task, ExecutorError 'raised KeyboardInterrupt, or something outside shoal
+    # cancelled its Ray task'; on the actor pool, 'KeyboardInterrupt' (as in a process)
+    pytest.importorskip("ray")
+    ray = {"isolation": "ray", "resources": resources, "timeout": 60.0}
+    for tool in (ft.raise_keyboard_interrupt, ft.raise_keyboard_interrupt_async):
+        plan = Plan()
+        bad = plan.call(tool.options(**ray))
+        sibling = plan.call(ft.echo.options(**ray), value="kept")
+        _assert_the_tools_interrupt_failed_its_call(shoal.run_sync(plan), bad, sibling)
+
+
+def test_a_keyboard_interrupt_on_the_main_thread_still_stops_the_run() -> None:
+    # the other side of the rule: an async tool on the loop (the main thread here) cannot be
+    # told from a Ctrl-C, which stops the run
+    plan = Plan()
+    plan.call(ft.raise_keyboard_interrupt_async.options(isolation="inline"))
+    with pytest.raises(KeyboardInterrupt):
+        shoal.run_sync(plan)

@@ -58,6 +58,7 @@ from shoal.executors._errors import error_reply
 from shoal.executors._results import (
     run_coroutine,
     stop_iteration_error,
+    tool_interrupt_error,
     unasked_cancel_error,
     unawaited_result,
 )
@@ -209,6 +210,8 @@ def run_call(message: tuple[Any, ...], cpu_seconds: int | None) -> bytes:
             return error_reply(unasked_cancel_error(name, exc))  # tool's own doing
         if isinstance(exc, StopIteration):  # a sync tool's: the error threads give it
             return error_reply(stop_iteration_error(exc))
+        if isinstance(exc, KeyboardInterrupt):  # the tool's: no Ctrl-C reaches a worker (it
+            return error_reply(tool_interrupt_error(name, exc))  # has a session of its own)
         if _files_limit is not None:  # the tool's files reached the limit: say what to give
             from shoal.limits import files_limit_error
 

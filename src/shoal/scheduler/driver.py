@@ -1168,9 +1168,7 @@ class Driver:
                         self._internal_error(call.node_id, exc)
                 return
             result = _returned_value(call, value)
-        elif isinstance(error, KeyboardInterrupt):
-            raise error  # as from its task; the run's stop reports the call cancelled
-        else:
+        else:  # a KeyboardInterrupt too, as the tool's own error (see tool_interrupt_error)
             result = _raised(call, error)
         del self._on_pool[call.pos]
         self._pool_batch_end()
