@@ -82,3 +82,44 @@ def test_a_keyboard_interrupt_on_the_main_thread_still_stops_the_run() -> None:
     plan.call(ft.raise_keyboard_interrupt_async.options(isolation="inline"))
     with pytest.raises(KeyboardInterrupt):
         shoal.run_sync(plan)
+
+
+# ---- merge.minimum / maximum refuse a first value that cannot be ordered --------------------
+
+
+class _Unordered:
+    """A plain object: equal to itself, ordered with nothing."""
+
+
+@pytest.mark.parametrize("rule", [shoal.merge.minimum, shoal.merge.maximum])
+@pytest.mark.parametrize("first", [{"a": 1}, _Unordered()], ids=["dict", "object"])
+def test_a_first_value_that_cannot_be_ordered_is_refused_at_its_write(
+        rule: shoal.merge.Rule, first: object) -> None:
+    # was: taken as the key's value; the next write (a plain 3) was then blamed for it
+    # ("3 cannot be compared with the value so far"), and a lone write was never refused
+    board = shoal.Board(k=rule)
+    with pytest.raises(shoal.BoardValueError, match=r"cannot be ordered \(TypeError"):
+        board.write("k", first)
+    assert board["k"] is None  # intact
+    board.write("k", 3)
+    assert board["k"] == 3
+
+
+@shoal.tool
+async def _writes_then_returns(value: Any, board: shoal.BoardHandle) -> str:
+    board.write("k", value)
+    return "written"
+
+
+def test_a_calls_first_value_that_cannot_be_ordered_fails_that_call_alone() -> None:
+    board = shoal.Board(k=shoal.merge.minimum)
+    plan = Plan()
+    bad = plan.call(_writes_then_returns, value={"a": 1})
+    good = plan.call(_writes_then_returns, value=5)
+    result = shoal.run_sync(plan, board=board)
+    out = result[bad]
+    assert out.status == "failed" and out.error is not None, out
+    assert out.error.type == "shoal.exceptions.BoardValueError"
+    assert "{'a': 1} cannot be ordered" in out.error.message
+    assert result[good].status == "ok"
+    assert board["k"] == 5  # whichever committed first: the dict never reached the board
