@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
 import shoal
 from shoal import Plan
+from shoal.testing import ScriptedModel
 from tests import found_s37_tools as ft
 from tests.conftest import ONE_AT_A_TIME
 
@@ -123,3 +125,31 @@ def test_a_calls_first_value_that_cannot_be_ordered_fails_that_call_alone() -> N
     assert "{'a': 1} cannot be ordered" in out.error.message
     assert result[good].status == "ok"
     assert board["k"] == 5  # whichever committed first: the dict never reached the board
+
+
+# ---- a flag that is not a bool is refused where it is given --------------------------------
+
+
+@pytest.mark.parametrize("flag", ["force", "resume"])
+def test_an_agents_start_refuses_a_flag_that_is_not_a_bool_at_the_call(flag: str) -> None:
+    # was: force='no' was refused only when the tree's first step run started (the handle
+    # came back, and awaiting it raised); resume='no' was taken for true, silently
+    lead = shoal.Agent(name="lead", model=ScriptedModel(["done"]))
+
+    wrong: dict[str, Any] = {flag: "no"}
+    right: dict[str, Any] = {flag: False}
+
+    async def main() -> None:
+        with pytest.raises(shoal.ConfigError, match=f"{flag} takes True or False, got str 'no'"):
+            lead.start("hi", **wrong)  # no handle: refused before anything is made
+        assert (await lead.start("hi", **right)).output == "done"
+
+    asyncio.run(main())
+
+
+def test_the_local_model_refuses_parallel_calls_that_is_not_a_bool() -> None:
+    # was: kept as given ('no' read as true), whichever way the model was set up
+    from shoal.models.local import LocalModel
+
+    with pytest.raises(shoal.ConfigError, match="parallel_calls takes True or False"):
+        LocalModel(parallel_calls="no")  # type: ignore[arg-type]

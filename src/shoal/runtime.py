@@ -496,7 +496,7 @@ class Runtime:
         if resource_limits is not None:
             _check_resource_limits(resource_limits)
         if fail_fast is not False:
-            _check_flag("fail_fast", fail_fast)
+            check_flag("fail_fast", fail_fast)
         self.max_concurrency = max_concurrency
         self.executor = executor
         self.thread_workers = thread_workers if thread_workers is not None else max(
@@ -656,7 +656,7 @@ class Runtime:
         loop = _loop_for("open_run()", "async with runtime.open_run() as run: ...")
         self._check_ids(run_id, resume, within)
         if here is not False:
-            _check_flag("here", here)
+            check_flag("here", here)
         plan = Plan(name)
         # none given (every agent's steps run): nothing to check, once per subagent started
         rerun = (() if type(rerun_in_doubt) is tuple and not rerun_in_doubt and mark_done is None
@@ -898,10 +898,10 @@ class Runtime:
         if deadline is not None:
             check_deadline(deadline)
         if fail_fast is not None:
-            _check_flag("fail_fast", fail_fast)
+            check_flag("fail_fast", fail_fast)
         if journaling.force is not False:
             # force="no" was taken as true: a run another process runs was resumed anyway
-            _check_flag("force", journaling.force)
+            check_flag("force", journaling.force)
         if len(plan):
             plan.validate()
             graph = analyze(plan)
@@ -1340,8 +1340,12 @@ def _check_resource_limits(limits: object) -> None:
         check_count(f"resource limit {key!r}", cap)
 
 
-def _check_flag(name: str, value: object) -> None:
-    """Refuse a flag that is not ``True`` or ``False`` (``'no'`` would count as true)."""
+def check_flag(name: str, value: object) -> None:
+    """Refuse a flag that is not ``True`` or ``False`` (``'no'`` would count as true).
+
+    Every public entry point checks its flags with this as it is called, so a wrong one is a
+    :class:`~shoal.exceptions.ConfigError` there, not a failure once the run is under way.
+    """
     if not isinstance(value, bool):
         raise ConfigError(f"{name} takes True or False, got {type(value).__name__} "
                           f"{shown(value)}")
