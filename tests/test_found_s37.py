@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import shoal
 from shoal import Plan
+from shoal.store.claims import write_lock_holder
+from shoal.store.sqlite import SQLiteStore
 from shoal.testing import ScriptedModel
 from tests import found_s37_tools as ft
 from tests.conftest import ONE_AT_A_TIME
@@ -153,3 +158,29 @@ def test_the_local_model_refuses_parallel_calls_that_is_not_a_bool() -> None:
 
     with pytest.raises(shoal.ConfigError, match="parallel_calls takes True or False"):
         LocalModel(parallel_calls="no")  # type: ignore[arg-type]
+
+
+# ---- the notice of a wait for the journal's write lock names who holds it --------------------
+
+
+def test_the_journals_write_lock_holder_is_named_without_writing_anything(
+        tmp_path: Path) -> None:
+    # was: "another process holds it locked", naming nobody; now the pid from /proc/locks
+    # (the lock on the write byte of runs.db-shm) and the run its lock file names
+    if not Path("/proc/locks").exists():
+        pytest.skip("needs Linux's /proc/locks")
+    store = SQLiteStore(tmp_path / "runs.db")
+    assert write_lock_holder(store.path, store.lock_folder) == ""  # nobody writes
+    claim = store.claim_run("r-held")
+    holder = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # mid-write, as a run's commit is
+        said = write_lock_holder(store.path, store.lock_folder)
+        assert said == f"pid {os.getpid()}, running run r-held; it is alive", said
+        claim.release()
+        said = write_lock_holder(store.path, store.lock_folder)
+        assert said == f"pid {os.getpid()}, running no run of this journal; it is alive", said
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        store.close()
