@@ -14,9 +14,9 @@ import shoal
 from shoal import Plan
 from shoal.store.claims import write_lock_holder
 from shoal.store.sqlite import SQLiteStore
-from shoal.testing import ScriptedModel
+from shoal.testing import ScriptedModel, call
 from tests import found_s37_tools as ft
-from tests.conftest import ONE_AT_A_TIME
+from tests.conftest import ONE_AT_A_TIME, arun
 
 # ---- a process worker gives every call its signal handlers, import path and modules back ---
 
@@ -184,3 +184,33 @@ def test_the_journals_write_lock_holder_is_named_without_writing_anything(
         holder.execute("ROLLBACK")
         holder.close()
         store.close()
+
+
+# ---- a wall_clock budget that runs out times out what was under way, as a deadline does ------
+
+
+@shoal.tool
+async def _slow(key: str) -> str:
+    """Take a long time (on the virtual clock)."""
+    await asyncio.sleep(30)
+    return key
+
+
+def test_a_wall_clock_budget_running_out_times_out_the_calls_under_way() -> None:
+    # was: they ended 'cancelled', while the same calls stopped by the run's deadline or
+    # their own timeout= end 'timed_out' (tokens or cost spent still cancel them: an
+    # overspend, see test_agents.py); the reason says which limit fired
+    model = ScriptedModel([[call("_slow", key="a"), call("_slow", key="b")], "never"])
+    agent = shoal.Agent(name="lead", model=model, tools=[_slow])
+
+    async def main() -> list[tuple[str, str]]:
+        with pytest.raises(shoal.BudgetExceeded, match="wall_clock") as caught:
+            await agent.run("go", budget=shoal.Budget(wall_clock=1))
+        result = caught.value.result
+        assert result is not None
+        return [(c.status, c.outcome.reason if c.outcome else "") for c in result.calls]
+
+    ends = arun(main(), virtual=True)
+    assert [status for status, _ in ends] == ["timed_out", "timed_out"], ends
+    assert all("wall_clock" in reason for _, reason in ends), ends
+
