@@ -214,3 +214,23 @@ def test_a_wall_clock_budget_running_out_times_out_the_calls_under_way() -> None
     assert [status for status, _ in ends] == ["timed_out", "timed_out"], ends
     assert all("wall_clock" in reason for _, reason in ends), ends
 
+
+
+def test_a_run_handle_cancelled_for_a_time_limit_times_out_what_is_under_way() -> None:
+    # the option the wall_clock budget uses, for a time limit of the caller's own
+    plan = Plan()
+    slow = plan.call(_slow, key="a")
+    after = plan.call(_slow, key=slow)
+
+    async def main() -> shoal.RunResult:
+        async with shoal.Runtime() as runtime:
+            handle = runtime.start(plan)
+            with pytest.raises(shoal.ConfigError, match="timed_out takes True or False"):
+                handle.cancel(reason="mine", timed_out="yes")  # type: ignore[arg-type]
+            await asyncio.sleep(1)
+            handle.cancel(reason="my own time limit", timed_out=True)
+            return await handle
+
+    result = arun(main(), virtual=True)
+    assert (result[slow].status, result[slow].reason) == ("timed_out", "my own time limit")
+    assert result[after].status == "cancelled"  # it never started
