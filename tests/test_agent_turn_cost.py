@@ -375,7 +375,7 @@ class _Step:
     def __init__(self) -> None:
         self.reason: str | None = None
 
-    def cancel(self, node: None = None, *, reason: str) -> None:
+    def cancel(self, node: None = None, *, reason: str, timed_out: bool = False) -> None:
         self.reason = reason
 
 

@@ -19,6 +19,7 @@ from shoal.agents.toolcalls import CallRecord, error_text
 from shoal.exceptions import ConfigError, MissingDependencyError
 from shoal.models.base import ToolCall
 from shoal.testing import ScriptedModel, call
+from tests.conftest import arun
 
 
 @shoal.tool
@@ -87,15 +88,19 @@ def test_approver_with_your_own_runtime_is_refused_with_what_to_do() -> None:
         agent.run_sync("go", runtime=shoal.Runtime(), approver=lambda r: True)
 
 
-def test_a_call_cancelled_by_the_budget_says_so() -> None:
+def test_a_call_stopped_by_the_budget_says_so() -> None:
     model = ScriptedModel([[call("slow", url="x")], "never"])
     agent = shoal.Agent(name="lead", model=model, tools=[slow.options(timeout=None)])
-    with pytest.raises(shoal.BudgetExceeded) as stopped:
-        agent.run_sync("go", budget=shoal.Budget(wall_clock=0.1))
-    assert stopped.value.result is not None
-    (record,) = stopped.value.result.calls
-    assert record.status == "cancelled"
-    assert record.message.content.startswith("slow was cancelled: budget exceeded: wall_clock")
+
+    async def main() -> list[CallRecord]:  # virtual time: the call started before 0.1 s
+        with pytest.raises(shoal.BudgetExceeded) as stopped:
+            await agent.run("go", budget=shoal.Budget(wall_clock=0.1))
+        assert stopped.value.result is not None
+        return list(stopped.value.result.calls)
+
+    (record,) = arun(main(), virtual=True)
+    assert record.status == "timed_out"  # the wall_clock is the tree's deadline
+    assert record.message.content.startswith("slow timed out: budget exceeded: wall_clock")
 
 
 def test_skipped_and_other_statuses_read_as_sentences() -> None:

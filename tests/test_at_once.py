@@ -371,20 +371,18 @@ def test_stopped_sync_calls_are_cancelled_or_abandoned_as_before() -> None:
 
 
 @shoal.tool
-def interrupts() -> int:
-    """A sync tool that raises KeyboardInterrupt on its thread."""
-    raise KeyboardInterrupt
-
-
-@shoal.tool
 async def interrupts_at_once() -> int:
     """An instant async tool that raises KeyboardInterrupt."""
     raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("tool", [interrupts, interrupts_at_once])
+@pytest.mark.parametrize("tool", [interrupts_at_once])
 def test_a_keyboard_interrupt_in_a_call_without_a_task_stops_the_run(tool: Any) -> None:
-    """It reaches the caller, as from a task, and the run ends without waiting on the call."""
+    """It reaches the caller, as from a task, and the run ends without waiting on the call.
+
+    On the main thread only: a sync tool's on its thread fails its call (see
+    ``tests/test_found_s37.py``).
+    """
     gate.clear()
     plan = shoal.Plan()
     plan.call(tool)

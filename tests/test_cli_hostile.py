@@ -488,7 +488,7 @@ def test_a_call_raising_keyboard_interrupt_says_what_stopped_the_run(tmp_path: P
     (tmp_path / "kbtools.py").write_text(textwrap.dedent('''
         import time
 
-        def interrupt() -> None:
+        async def interrupt() -> None:  # on the main thread: on a thread it fails its call
             raise KeyboardInterrupt
 
         def nap() -> str:
@@ -514,7 +514,7 @@ def test_an_agents_call_raising_keyboard_interrupt_says_what_stopped_the_run(
         from shoal.testing import ScriptedModel, call
 
         @shoal.tool
-        def boom() -> str:
+        async def boom() -> str:  # on the main thread: on a thread it fails its call
             """Raise KeyboardInterrupt."""
             raise KeyboardInterrupt
 

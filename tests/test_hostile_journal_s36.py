@@ -325,8 +325,10 @@ def test_a_run_waiting_for_a_journal_locked_elsewhere_says_so_then_runs_once_it_
         said = ""
         while "waiting" not in said and (line := proc.stderr.readline()):
             said += line
-        assert "waiting for the journal runs.db: another process holds it locked; waiting " \
-            "up to 30 s" in said, said
+        # and who: this process (found in /proc/locks), which runs no run of the journal
+        assert "waiting for the journal runs.db: another process holds it locked (pid " \
+            f"{os.getpid()}, running no run of this journal; it is alive); waiting up to 30 s" \
+            in said, said
     finally:
         holder.execute("ROLLBACK")  # the other process is done: the run goes on
         holder.close()

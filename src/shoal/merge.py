@@ -326,15 +326,25 @@ def _is_nan(value: Any) -> bool:
 
 
 def _comparable(pick: Callable[[Any, Any], Any]) -> Callable[[Any, Callable[[], Any]], str]:
+    """``check`` for :data:`minimum` / :data:`maximum`: ``value`` must order with what is there.
+
+    The first value has nothing to be compared with, so it is compared with itself: a dict or
+    a plain object, which cannot be ordered at all, is refused at its write, rather than kept
+    as the key's value and blamed on whichever value is written after it (or never noticed).
+    """
     def check(value: Any, current: Callable[[], Any]) -> str:
         if value is None:
             return "None cannot be compared; write a value"
         if _is_nan(value):  # neither smaller nor larger: the result would depend on order
             return f"{shown(value)} cannot be compared (it is neither smaller nor larger than " \
                    "any number); write a number"
+        merged = current()
         try:
-            pick(current(), value)
+            pick(value if merged is None else merged, value)
         except Exception as exc:  # TypeError, or a comparison of the value's own that raises
+            if merged is None:
+                return (f"{shown(value)} cannot be ordered ({error_text(exc)}); write values "
+                        "that compare with each other (numbers, strings, tuples of them)")
             return (f"{shown(value)} cannot be compared with the value so far "
                     f"({error_text(exc)})")
         return ""

@@ -331,14 +331,14 @@ class OpenRun:
         return ref.pick(outcome.value) if isinstance(ref, Ref) else outcome.value
 
     def cancel(self, node: Ref | str | Iterable[Ref | str] | None = None, *,
-               reason: str = "cancelled by the user") -> None:
+               reason: str = "cancelled by the user", timed_out: bool = False) -> None:
         """Cancel one node, several, or the whole run (see :meth:`shoal.RunHandle.cancel`)."""
         from shoal.runtime import node_ids  # (the runtime imports this module when used)
 
         plan = self._plan
         # another run's ref is refused, not taken for this run's node of the same id
         ids = None if node is None else node_ids(node, lambda ref: _node_id(ref, plan))
-        self._handle.cancel(ids, reason=reason)
+        self._handle.cancel(ids, reason=reason, timed_out=timed_out)
 
     def _stop(self, reason: str) -> None:
         """Cancel the whole run and take no more nodes (its event stream was left)."""

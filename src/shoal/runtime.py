@@ -50,7 +50,7 @@ from shoal.plan import Node, Plan, Ref
 from shoal.scheduler.driver import Driver, Snapshot, end_tasks
 from shoal.scheduler.gates import SharedLimits
 from shoal.scheduler.scope import RunScope
-from shoal.scheduler.state import SchedulerState
+from shoal.scheduler.state import SchedulerState, StopStatus
 from shoal.store.base import RunRecord, RunStart, Store
 from shoal.store.claims import NO_CLAIM, RunClaim, claim_run, claim_run_nothing
 from shoal.store.fingerprint import LazyDescription, describe_plan, fingerprint
@@ -248,13 +248,18 @@ class RunHandle:
         return self._driver.epoch
 
     def cancel(self, node: Ref | str | Iterable[Ref | str] | None = None, *,
-               reason: str = "cancelled by the user") -> None:
+               reason: str = "cancelled by the user", timed_out: bool = False) -> None:
         """Cancel one node, several, or (with no argument) the whole run.
 
         Running calls are cancelled; queued ones end ``cancelled``; dependents are skipped.
         Every outcome is still recorded and the awaited result holds them all. Safe to call
         from any thread: from another than the run's, the cancel is handed to its loop.
+        ``timed_out=True``: a time limit of yours ran out (an agent tree's ``wall_clock``
+        budget uses it): calls under way end ``timed_out``, as at the run's ``deadline``,
+        with ``reason``; those that never started still end ``cancelled``.
         """
+        if timed_out is not False:
+            check_flag("timed_out", timed_out)
         if not isinstance(reason, str):  # it becomes each outcome's reason, and is journaled
             raise ArgumentTypeError(f"cancel()'s reason must be text, got "
                                     f"{type(reason).__name__} {shown(reason)}")
@@ -266,18 +271,19 @@ class RunHandle:
             unknown = [i for i in ids if i not in self._driver.graph.position]
             if unknown:
                 raise KeyError(f"no node(s) {unknown} in run {self.run_id}")
+        status: StopStatus = "timed_out" if timed_out else "cancelled"
         loop = self._task.get_loop()
         if _get_running_loop() is loop:
-            self._driver.cancel(ids, reason)
+            self._driver.cancel(ids, reason, status=status)
             return
         # another thread: the driver is the loop's alone, and the loop may be asleep (waiting
         # on a long timer) with nothing else to wake it
         with contextlib.suppress(RuntimeError):  # a closed loop: the run is over anyway
-            loop.call_soon_threadsafe(self._cancel_soon, ids, reason)
+            loop.call_soon_threadsafe(self._cancel_soon, ids, reason, status)
 
-    def _cancel_soon(self, ids: list[str] | None, reason: str) -> None:
+    def _cancel_soon(self, ids: list[str] | None, reason: str, status: StopStatus) -> None:
         if not self._task.done():
-            self._driver.cancel(ids, reason)
+            self._driver.cancel(ids, reason, status=status)
 
     def observe(self, sink: EventSink) -> None:
         """Send the run's events to ``sink`` too; only before the run has started.
@@ -496,7 +502,7 @@ class Runtime:
         if resource_limits is not None:
             _check_resource_limits(resource_limits)
         if fail_fast is not False:
-            _check_flag("fail_fast", fail_fast)
+            check_flag("fail_fast", fail_fast)
         self.max_concurrency = max_concurrency
         self.executor = executor
         self.thread_workers = thread_workers if thread_workers is not None else max(
@@ -656,7 +662,7 @@ class Runtime:
         loop = _loop_for("open_run()", "async with runtime.open_run() as run: ...")
         self._check_ids(run_id, resume, within)
         if here is not False:
-            _check_flag("here", here)
+            check_flag("here", here)
         plan = Plan(name)
         # none given (every agent's steps run): nothing to check, once per subagent started
         rerun = (() if type(rerun_in_doubt) is tuple and not rerun_in_doubt and mark_done is None
@@ -898,10 +904,10 @@ class Runtime:
         if deadline is not None:
             check_deadline(deadline)
         if fail_fast is not None:
-            _check_flag("fail_fast", fail_fast)
+            check_flag("fail_fast", fail_fast)
         if journaling.force is not False:
             # force="no" was taken as true: a run another process runs was resumed anyway
-            _check_flag("force", journaling.force)
+            check_flag("force", journaling.force)
         if len(plan):
             plan.validate()
             graph = analyze(plan)
@@ -1340,8 +1346,12 @@ def _check_resource_limits(limits: object) -> None:
         check_count(f"resource limit {key!r}", cap)
 
 
-def _check_flag(name: str, value: object) -> None:
-    """Refuse a flag that is not ``True`` or ``False`` (``'no'`` would count as true)."""
+def check_flag(name: str, value: object) -> None:
+    """Refuse a flag that is not ``True`` or ``False`` (``'no'`` would count as true).
+
+    Every public entry point checks its flags with this as it is called, so a wrong one is a
+    :class:`~shoal.exceptions.ConfigError` there, not a failure once the run is under way.
+    """
     if not isinstance(value, bool):
         raise ConfigError(f"{name} takes True or False, got {type(value).__name__} "
                           f"{shown(value)}")

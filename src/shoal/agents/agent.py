@@ -464,7 +464,13 @@ class Agent(Generic[T]):
         ``rerun_in_doubt`` and ``mark_done`` settle calls in doubt when resuming (see
         :meth:`resume`).
         """
-        from shoal.runtime import Runtime, check_resume_id, check_run_id, new_run_id
+        from shoal.runtime import (
+            Runtime,
+            check_flag,
+            check_resume_id,
+            check_run_id,
+            new_run_id,
+        )
         from shoal.store.claims import claim_run, claim_run_nothing
 
         try:  # first: nothing (a claim, a runtime, a template process) is made for nothing
@@ -474,6 +480,11 @@ class Agent(Generic[T]):
                                "and there is none: call it from async code (or use "
                                "run_sync(prompt) from synchronous code)") from None
         prompt = self._check_prompt(prompt)
+        # here, not when the tree's first step run starts (force='no' failed only there, and
+        # resume='no' was taken for true)
+        for flag, value in (("resume", resume), ("force", force)):
+            if value is not False:
+                check_flag(flag, value)
         if run_id is not None and not resume:  # the tree's step runs hang under it by '/'
             check_run_id(run_id)
 

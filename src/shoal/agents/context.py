@@ -59,8 +59,11 @@ DEFAULT_MODEL = DefaultModel("local")
 class Stoppable(Protocol):
     """A step in flight that its tree can stop: a run's handle, a model turn, a tool phase."""
 
-    def cancel(self, node: None = None, *, reason: str) -> None:
-        """Cancel the step; every call of it still ends with an outcome saying why."""
+    def cancel(self, node: None = None, *, reason: str, timed_out: bool = False) -> None:
+        """Cancel the step; every call of it still ends with an outcome saying why.
+
+        ``timed_out``: the tree's ``wall_clock`` ran out: calls under way end ``timed_out``.
+        """
 
 
 def is_within(lineage: str, root: str) -> bool:
@@ -361,7 +364,7 @@ class TreeContext:
         with contextlib.suppress(BudgetExceeded):
             self.tracker.stop(over)
         if spared:  # the first breach wins the record, but the clock still stops them
-            self._cancel_within("", str(over))
+            self._cancel_within("", str(over), timed_out=True)
 
     def stop_clock(self) -> None:
         """Disarm the ``wall_clock`` timer (the root ended)."""
@@ -452,17 +455,19 @@ class TreeContext:
         # an agent whose turn brings its final answer keeps it. Every other breach is an
         # overspend, and stops the turns in flight too.
         spared = self._turns if breach.limit == "requests" else set()
-        self._cancel_within("", str(breach), spared)
+        # The wall_clock is the tree's deadline: what was under way ran out of time, and ends
+        # timed_out as at a run's deadline; every other breach is an overspend: cancelled
+        self._cancel_within("", str(breach), spared, timed_out=breach.limit == "wall_clock")
 
-    def _cancel_within(self, root: str, reason: str,
-                       spared: set[Stoppable] | None = None) -> None:
+    def _cancel_within(self, root: str, reason: str, spared: set[Stoppable] | None = None, *,
+                       timed_out: bool = False) -> None:
         # Deepest agents first, so each call's outcome gets this reason rather than the
         # "parent was cancelled" that a parent's cancellation would give it a moment later.
         for where in sorted(self._handles, key=lambda w: -w.count("/")):
             if not root or is_within(where, root):
                 for handle in self.in_flight(where):
                     if spared is None or handle not in spared:
-                        handle.cancel(reason=reason)
+                        handle.cancel(reason=reason, timed_out=timed_out)
         for where, stop in list(self._remotes.items()):  # they spare their own turns
             if not root or is_within(where, root):
                 stop(reason, self.tracker.breach)

@@ -292,9 +292,13 @@ class _Asking:
                 self.chars += len(event.text)
                 self.bound(self.chars)
 
-    def cancel(self, node: None = None, *, reason: str) -> None:
-        """Cancel the turn's node (it still ends with an outcome saying why)."""
-        del node
+    def cancel(self, node: None = None, *, reason: str, timed_out: bool = False) -> None:
+        """Cancel the turn's node (it still ends with an outcome saying why).
+
+        Always ``cancelled``, ``timed_out`` or not: the turn is the agent's own step, which
+        then ends with the tree's breach; a turn that timed out reads as the model's failure.
+        """
+        del node, timed_out
         self.handle.cancel(self.node_id, reason=reason)
 
 

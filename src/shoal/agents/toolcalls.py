@@ -146,7 +146,8 @@ def error_text(name: str, outcome: Outcome) -> str:
 
     ``fetch failed: ValueError: bad url``, ``fetch timed out after 1 s``, ``fetch was denied:
     <reason>``, ``fetch was skipped because search failed``, ``fetch was cancelled: <reason>``
-    (a budget that ran out is such a reason). Module paths and tracebacks stay on the outcome.
+    (a budget spent is such a reason), ``fetch timed out: <reason>`` (the run's deadline, or
+    the tree's ``wall_clock`` budget). Module paths and tracebacks stay on the outcome.
     """
     status, reason, error = outcome.status, outcome.reason, outcome.error
     if status == "failed":
@@ -154,9 +155,10 @@ def error_text(name: str, outcome: Outcome) -> str:
             return f"{name} failed" + (f": {reason}" if reason else "")
         kind = error.type.rsplit(".", 1)[-1]
         return f"{name} failed: {kind}" + (f": {error.message}" if error.message else "")
-    if status == "timed_out":
+    if status == "timed_out":  # its own timeout, or (its reason) the run's or tree's time
         found = _TIMEOUT.search(error.message) if error is not None else None
-        return f"{name} timed out" + (f" after {found.group(1)} s" if found else "")
+        return f"{name} timed out" + (f" after {found.group(1)} s" if found
+                                      else f": {reason}" if reason else "")
     if status == "denied":
         return f"{name} was denied: {reason or 'a person declined this call'}"
     if status == "skipped":
@@ -635,20 +637,21 @@ class CallStream:
             await self.finish(self.taken, on_records)
 
 
-    def cancel(self, node: None = None, *, reason: str) -> None:
+    def cancel(self, node: None = None, *, reason: str, timed_out: bool = False) -> None:
         """Cancel this turn's calls: those started so far, and (a shared run) any added later.
 
-        A run of the turn's own is cancelled as a whole.
+        A run of the turn's own is cancelled as a whole. ``timed_out``: see
+        :meth:`shoal.RunHandle.cancel` (calls added later never started: ``cancelled``).
         """
         del node
         if self._shared is None:
             if self._run is not None:
-                self._run.cancel(reason=reason)
+                self._run.cancel(reason=reason, timed_out=timed_out)
             return
         if self._stopped is None:
             self._stopped = reason
         if self._run is not None and self._planned:
-            self._run.cancel(list(self._planned), reason=reason)
+            self._run.cancel(list(self._planned), reason=reason, timed_out=timed_out)
 
 
 class SharedRun(Protocol):

@@ -113,6 +113,23 @@ def unasked_cancel_error(tool: str, exc: BaseException) -> ToolDefinitionError:
     return error
 
 
+def tool_interrupt_error(tool: str, exc: BaseException) -> ToolDefinitionError:
+    """The error a call fails with when its tool raised ``KeyboardInterrupt`` off the main thread.
+
+    Python delivers Ctrl-C to the main thread alone, where shoal stops the run for it: one
+    raised on a worker thread, in a worker process or on a Ray worker is the tool's own raise
+    (or a library's it called), not a person's interrupt. It fails that call, the same on
+    every backend, and the run goes on; retries apply as to any failure. ``exc`` is kept as
+    the cause, so the traceback shows where it came from.
+    """
+    error = ToolDefinitionError(
+        f"tool {tool!r} raised KeyboardInterrupt away from the main thread (on a worker thread "
+        "or process), where no Ctrl-C reaches it, so it is the tool's own raise and fails the "
+        "call; raise an ordinary exception to fail a call (a Ctrl-C still stops the run)")
+    error.__cause__ = exc
+    return error
+
+
 def call_on_thread(fn: Callable[..., Any], args: dict[str, Any]) -> Any:
     """``fn(**args)`` for a thread whose result an asyncio future will carry.
 

@@ -38,10 +38,12 @@ Imports stay few on purpose: starting a worker is paid for by the call that need
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # no stubs: signal.py wraps it
 import contextlib
 import faulthandler
 import os
 import pickle
+import signal
 import struct
 import sys
 import threading
@@ -56,6 +58,7 @@ from shoal.executors._errors import error_reply
 from shoal.executors._results import (
     run_coroutine,
     stop_iteration_error,
+    tool_interrupt_error,
     unasked_cancel_error,
     unawaited_result,
 )
@@ -117,7 +120,6 @@ def cpu_budget(seconds: int | None) -> None:
     action ends the process. The hard limit stays open so that it can be moved again.
     """
     import resource
-    import signal
 
     if seconds is None:
         return
@@ -208,6 +210,8 @@ def run_call(message: tuple[Any, ...], cpu_seconds: int | None) -> bytes:
             return error_reply(unasked_cancel_error(name, exc))  # tool's own doing
         if isinstance(exc, StopIteration):  # a sync tool's: the error threads give it
             return error_reply(stop_iteration_error(exc))
+        if isinstance(exc, KeyboardInterrupt):  # the tool's: no Ctrl-C reaches a worker (it
+            return error_reply(tool_interrupt_error(name, exc))  # has a session of its own)
         if _files_limit is not None:  # the tool's files reached the limit: say what to give
             from shoal.limits import files_limit_error
 
@@ -266,8 +270,6 @@ def exit_with_group() -> None:
     process group, so processes a tool started would otherwise outlive it. Only a worker that
     leads its own group (the parent starts it in a session of its own) may kill the group.
     """
-    import signal
-
     from shoal.executors._reaper import kill_tree
 
     kill_tree(os.getpid(), include_root=False)  # those that left the group too
@@ -317,6 +319,16 @@ def configure(body: bytes, pipes: tuple[int, int]) -> int | None:
 #: :func:`restore_state`).
 _start_state: tuple[str, int, Any, dict[bytes, bytes]] | None = None
 
+#: The rest of that state, for :func:`restore_imports` and :func:`restore_signals`: the
+#: ``sys.path`` list and a copy of its entries, a copy of ``sys.modules``, the signal numbers
+#: and their handlers (as ``_signal`` gives them: its ``getsignal`` takes a microsecond for
+#: them all, ``signal.getsignal`` fifty, turning each into an enum) and the blocked signals.
+_start_path: tuple[list[str], list[str]] = ([], [])
+_start_modules: dict[str, Any] = {}
+_signals: list[int] = []
+_start_handlers: list[Any] = []
+_start_mask: set[Any] = set()
+
 
 def note_state() -> None:
     """Note the state :func:`restore_state` gives each call back (once, before "ready")."""
@@ -330,6 +342,17 @@ def note_state() -> None:
     _start_state = (cwd, mask, os.environ, dict(_environ_data()))
     global _streams
     _streams = tuple(_file_of(fd) for fd in (0, 1, 2))
+    note_imports_and_signals()
+
+
+def note_imports_and_signals() -> None:
+    """Note what :func:`restore_imports` and :func:`restore_signals` give back."""
+    global _start_path, _start_modules, _signals, _start_handlers, _start_mask
+    _start_path = (sys.path, list(sys.path))
+    _start_modules = dict(sys.modules)
+    _signals = [int(number) for number in signal.valid_signals()]
+    _start_handlers = list(map(_signal.getsignal, _signals))
+    _start_mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
 
 
 #: What the standard descriptors 0, 1 and 2 named when :func:`note_state` last ran (the
@@ -367,7 +390,10 @@ def _environ_data() -> dict[bytes, bytes]:
 
 
 def restore_state() -> None:
-    """Give the next call the worker's directory, mask, environment and standard streams.
+    """Give the next call the worker's state as it was noted (see :func:`note_state`).
+
+    That is its directory, mask, environment, standard streams, import path and modules, and
+    signal handlers (see :func:`restore_imports` and :func:`restore_signals`).
 
     A standard descriptor a call closed or replaced (``os.close(1)``) names ``/dev/null``
     from then on: what it named is gone.
@@ -397,6 +423,51 @@ def restore_state() -> None:
         if getattr(sys, name) is not getattr(sys, f"__{name}__"):
             setattr(sys, name, getattr(sys, f"__{name}__"))
     _restore_streams()
+    restore_imports()
+    restore_signals()
+
+
+def restore_imports() -> None:
+    """Give the next call the worker's ``sys.path``, and the modules a call replaced or removed.
+
+    A tool that appends to ``sys.path`` (or replaces it) would change what every later call on
+    the worker imports; one that puts its own object in ``sys.modules`` (a fake ``json``, say)
+    or removes an entry would change what their imports find. A module a call imported for
+    the first time stays: keeping imports between calls is what a worker is for, and nothing
+    that was there before changed.
+    """
+    path, entries = _start_path
+    if sys.path is not path:
+        sys.path = path
+    if path != entries:
+        path[:] = entries
+    try:
+        same = _start_modules.items() <= sys.modules.items()  # 4 us for 250 modules
+    except Exception:  # an entry whose == raises: put every one back
+        same = False
+    if not same:
+        for name, module in _start_modules.items():
+            if sys.modules.get(name) is not module:
+                sys.modules[name] = module
+
+
+def restore_signals() -> None:
+    """Give the next call the worker's signal handlers and mask, and no alarm set.
+
+    A tool that installs a ``SIGTERM`` or ``SIGINT`` handler (or ignores one), blocks a
+    signal or sets an alarm would otherwise change how the worker meets a later call's
+    stop, interrupt or timer: an alarm left by one call kills the worker during another,
+    which then fails as a crash of a tool that did nothing wrong.
+    """
+    if list(map(_signal.getsignal, _signals)) != _start_handlers:
+        for number, handler in zip(_signals, _start_handlers, strict=True):
+            if handler is not None and _signal.getsignal(number) != handler:
+                with contextlib.suppress(OSError, ValueError):  # SIGKILL, SIGSTOP: never set
+                    signal.signal(number, handler)
+    if signal.pthread_sigmask(signal.SIG_BLOCK, ()) != _start_mask:
+        signal.pthread_sigmask(signal.SIG_SETMASK, _start_mask)
+    if signal.getitimer(signal.ITIMER_REAL) != (0.0, 0.0):
+        signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 def main(argv: list[str]) -> int:

@@ -91,6 +91,7 @@ from shoal.executors._results import (
     call_on_thread,
     run_coroutine,
     stop_iteration_error,
+    tool_interrupt_error,
     unasked_cancel_error,
     unawaited_result,
 )
@@ -203,10 +204,11 @@ def _take_sigint() -> None:
 def run_task(call: bytes) -> tuple[bytes, str]:
     """One call (from :func:`_pack`) as a Ray task: its reply (bytes) and the node it ran on.
 
-    Every outcome becomes a reply; ``KeyboardInterrupt`` (how ``ray.cancel`` stops a task)
-    propagates. A ``CancelledError`` is the tool's own: ``ray.cancel`` never raises one here
-    (its interrupt is a ``KeyboardInterrupt`` in an async tool too), so it fails the call as
-    on the other backends. An async tool runs as in a process worker (see
+    Every outcome becomes a reply, a ``KeyboardInterrupt`` the tool raised too (the same
+    error as on the other backends: ``ray.cancel`` raises one as well, but only once shoal
+    stopped waiting for the reply). A ``CancelledError`` is the tool's own: ``ray.cancel``
+    never raises one here (its interrupt is a ``KeyboardInterrupt`` in an async tool too), so
+    it fails the call as on the other backends. An async tool runs as in a process worker (see
     :func:`~shoal.executors._results.run_coroutine`): tasks it leaves that ignore their
     cancellation do not hold its reply.
     """
@@ -220,8 +222,9 @@ def run_task(call: bytes) -> tuple[bytes, str]:
     try:
         with joined(trace):
             value = run_coroutine(fn(**args)) if is_async else fn(**args)
-    except KeyboardInterrupt:
-        raise
+    except KeyboardInterrupt as exc:  # the tool's, or ray.cancel's: shoal's own cancel ended
+        # the call's wait first (its reply goes unread), so it is the tool's, as elsewhere
+        return error_reply(tool_interrupt_error(name, exc)), _here()
     except asyncio.CancelledError as exc:
         return error_reply(unasked_cancel_error(name, exc)), _here()
     except StopIteration as exc:  # a sync tool's (Python turns a coroutine's into RuntimeError)
@@ -260,6 +263,15 @@ def _on_pool_thread(fn: Callable[..., Any], args: dict[str, Any]) -> Any:
         return _Raised(exc)
 
 
+def _tool_raised(tool: str, exc: BaseException) -> BaseException:
+    """The error a call fails with when its tool raised ``exc``.
+
+    A ``KeyboardInterrupt`` is the tool's own (see
+    :func:`~shoal.executors._results.tool_interrupt_error`).
+    """
+    return tool_interrupt_error(tool, exc) if isinstance(exc, KeyboardInterrupt) else exc
+
+
 class PoolWorker:
     """shoal's long-lived async actor: runs calls that reserve no resources, many at once."""
 
@@ -287,13 +299,13 @@ class PoolWorker:
                         self._threads, functools.partial(contextvars.copy_context().run,
                                                          _on_pool_thread, fn, args))
                     if type(value) is _Raised:
-                        return error_reply(value.error), _here()
+                        return error_reply(_tool_raised(name, value.error)), _here()
         except asyncio.CancelledError as exc:
             if _cancel_asked():
                 raise
             return error_reply(unasked_cancel_error(name, exc)), _here()
         except BaseException as exc:
-            return error_reply(exc), _here()
+            return error_reply(_tool_raised(name, exc)), _here()
         try:
             return _ok_reply(name, value), _here()
         except BaseException as exc:  # pickling the value raised KeyboardInterrupt (its

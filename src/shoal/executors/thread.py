@@ -53,7 +53,7 @@ from functools import partial
 from typing import Any, Literal
 
 from shoal.exceptions import NoThreadError, describe_exception
-from shoal.executors._results import stop_iteration_error
+from shoal.executors._results import stop_iteration_error, tool_interrupt_error
 from shoal.executors.base import Call, Executor, check_count
 
 __all__ = ["DEFAULT_THREAD_WORKERS", "PoolJob", "ThreadExecutor"]
@@ -565,7 +565,9 @@ def _run(job: PoolJob) -> None:
             job.value = job.context.run(tool.fn, **call.args)
     except StopIteration as exc:  # a future refuses it (see stop_iteration_error)
         job.error = stop_iteration_error(exc)
-    except BaseException as exc:  # the tool's to report, KeyboardInterrupt too (on the loop)
+    except KeyboardInterrupt as exc:  # not a Ctrl-C: that reaches the main thread alone
+        job.error = tool_interrupt_error(tool.name, exc)
+    except BaseException as exc:  # the tool's to report (SystemExit too)
         job.error = exc
     # when it really ended: its end may wait for a busy loop (a journal's commits, thousands
     # of other ends), which is no part of the call's duration

@@ -708,6 +708,9 @@ class LocalModel(Model):
                  plan_calls: int = 10, max_concurrency: int = 1, timeout: float = 120.0,
                  startup_timeout: float = 120.0, server: LocalModelServer | None = None,
                  name: str | None = None) -> None:
+        from shoal.runtime import check_flag
+
+        check_flag("parallel_calls", parallel_calls)  # "no" would read as true
         _require_local(need_smollm2=gguf is None and server is None)
         if max_concurrency < 1:
             raise ConfigError(f"max_concurrency must be at least 1, got {max_concurrency}")

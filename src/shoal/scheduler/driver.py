@@ -79,6 +79,7 @@ from shoal.scheduler.state import (
     AttemptStatus,
     Decisions,
     SchedulerState,
+    StopStatus,
 )
 from shoal.store.base import (
     AttemptEnded,
@@ -587,13 +588,18 @@ class Driver:
         if not self.state.begin_empty():  # (an agent's steps run opens empty: nothing to do)
             self._apply(self.state.begin(self.now()))
 
-    def cancel(self, node_ids: Iterable[str] | None, reason: str) -> None:
-        """Cancel some nodes, or the whole run (``None``); outcomes are recorded as usual."""
+    def cancel(self, node_ids: Iterable[str] | None, reason: str, *,
+               status: StopStatus = "cancelled") -> None:
+        """Cancel some nodes, or the whole run (``None``); outcomes are recorded as usual.
+
+        ``status``: as :meth:`SchedulerState.cancel
+        <shoal.scheduler.state.SchedulerState.cancel>`'s.
+        """
         if self.state.finished:  # every outcome is in: a late cancel changes nothing
             return
         if node_ids is None:
             self.cancelled_reason = self.cancelled_reason or reason
-        decisions = self.state.cancel(node_ids, reason, self.now())
+        decisions = self.state.cancel(node_ids, reason, self.now(), status=status)
         if self._loop is None:  # not started: nothing runs yet, so only events are pending
             self._pending(decisions)
         else:
@@ -1168,9 +1174,7 @@ class Driver:
                         self._internal_error(call.node_id, exc)
                 return
             result = _returned_value(call, value)
-        elif isinstance(error, KeyboardInterrupt):
-            raise error  # as from its task; the run's stop reports the call cancelled
-        else:
+        else:  # a KeyboardInterrupt too, as the tool's own error (see tool_interrupt_error)
             result = _raised(call, error)
         del self._on_pool[call.pos]
         self._pool_batch_end()

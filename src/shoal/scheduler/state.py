@@ -127,6 +127,8 @@ TRANSITIONS: Mapping[Phase, frozenset[Phase]] = {
 }
 
 AttemptStatus = Literal["ok", "failed", "timed_out", "cancelled"]
+#: How a stop ends the calls under way: ``timed_out`` when a time limit stopped them.
+StopStatus = Literal["cancelled", "timed_out"]
 
 
 @dataclass(slots=True)
@@ -912,10 +914,13 @@ class SchedulerState:
         self._dispatch(now, d)
         return d
 
-    def cancel(self, node_ids: Iterable[str] | None, reason: str, now: float) -> Decisions:
+    def cancel(self, node_ids: Iterable[str] | None, reason: str, now: float, *,
+               status: StopStatus = "cancelled") -> Decisions:
         """Cancel the named nodes (all when ``None``); dependents of cancelled nodes are skipped.
 
-        Cancelling the whole run also stops dispatching anything new.
+        Cancelling the whole run also stops dispatching anything new. ``status="timed_out"``:
+        the nodes under way end ``timed_out``, as at the run's deadline (a time limit of the
+        caller's ran out), and those that never started ``cancelled``.
         """
         d = Decisions()
         if node_ids is None:
@@ -925,7 +930,7 @@ class SchedulerState:
         else:
             targets = [self._slots[self.graph.position[nid]] for nid in node_ids]
         for slot in targets:
-            self._cancel_slot(slot, reason, "cancelled", now, d)
+            self._cancel_slot(slot, reason, status, now, d)
         self._dispatch(now, d)
         return d
 

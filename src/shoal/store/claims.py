@@ -54,7 +54,7 @@ except ImportError:  # pragma: no cover - Windows
 
 __all__ = ["HEARTBEAT_STALE", "FileClaim", "LocalClaims", "RunClaim", "claim_run",
            "claim_run_nothing", "lock_names", "lock_path", "process_alive", "process_start",
-           "record_beats", "record_is_live", "this_process_start"]
+           "record_beats", "record_is_live", "this_process_start", "write_lock_holder"]
 
 log = logging.getLogger("shoal")
 
@@ -382,3 +382,71 @@ def _holder(path: Path) -> dict[str, Any]:
     except (OSError, ValueError, RecursionError):  # a lock file someone wrote over
         return {}
     return data if isinstance(data, dict) else {}
+
+
+#: The byte of a WAL journal's shared-memory file (``<journal>-shm``) that a writer locks for
+#: its whole transaction (SQLite's ``WAL_WRITE_LOCK``, the first lock at offset 120).
+WAL_WRITE_BYTE = 120
+#: Lock files read at most to name the runs of the process holding a journal's write lock.
+MAX_LOCK_FILES_READ = 1000
+
+
+def write_lock_holder(journal: str, folder: Path) -> str:
+    """Who holds ``journal``'s write lock, for a person: ``''`` where that cannot be read.
+
+    Nothing is written to know it (no record per node or per commit): Linux lists every POSIX
+    lock in ``/proc/locks`` with its holder's pid, and the one on the write byte of
+    ``<journal>-shm`` is the writer's. Its runs on this journal are those whose lock files in
+    ``folder`` name that pid. Asked only while a write waits for the lock, to say so.
+    """
+    pid = _wal_writer(journal)
+    if pid is None:
+        return ""
+    runs = _runs_of(folder, pid)
+    doing = (f", running run {runs[0]}" if len(runs) == 1 else
+             f", running runs {', '.join(runs[:3])}{' ...' if len(runs) > 3 else ''}" if runs
+             else ", running no run of this journal")
+    return f"pid {pid}{doing}; it is {'alive' if process_alive(pid) else 'dead'}"
+
+
+def _wal_writer(journal: str) -> int | None:
+    """The pid holding the write byte of ``<journal>-shm``, from ``/proc/locks`` (Linux)."""
+    try:
+        info = os.stat(f"{journal}-shm")
+        with open("/proc/locks", encoding="ascii", errors="replace") as locks:
+            lines = locks.read().splitlines()
+    except OSError:  # not Linux, no shared-memory file: nobody to name
+        return None
+    where = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    for line in lines:
+        # "1: POSIX  ADVISORY  WRITE 1234 fe:00:6392206 120 120"; "1: -> POSIX ..." waits
+        fields = line.split()
+        if len(fields) < 8 or fields[1] == "->" or fields[-3] != where:
+            continue
+        start, end = fields[-2], fields[-1]
+        try:
+            covers = int(start) <= WAL_WRITE_BYTE and (
+                end == "EOF" or int(end) >= WAL_WRITE_BYTE)
+            pid = int(fields[-4])
+        except ValueError:
+            continue
+        if covers and fields[-5] == "WRITE" and pid > 0:
+            return pid
+    return None
+
+
+def _runs_of(folder: Path, pid: int) -> list[str]:
+    """The runs whose lock files in ``folder`` name process ``pid`` on this host."""
+    host = socket.gethostname()
+    runs: list[str] = []
+    try:
+        with os.scandir(folder) as entries:
+            for count, entry in enumerate(entries):
+                if count >= MAX_LOCK_FILES_READ:
+                    break
+                held = _holder(Path(entry.path))
+                if held.get("pid") == pid and held.get("host") == host:
+                    runs.append(str(held.get("run_id")))
+    except OSError:  # no runs claimed yet
+        return []
+    return sorted(runs)

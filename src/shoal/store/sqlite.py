@@ -60,7 +60,13 @@ from shoal.store.base import (
     StoredEffect,
     StoredOutcome,
 )
-from shoal.store.claims import FileClaim, LocalClaims, RunClaim, record_beats
+from shoal.store.claims import (
+    FileClaim,
+    LocalClaims,
+    RunClaim,
+    record_beats,
+    write_lock_holder,
+)
 from shoal.store.codec import DamagedValueError, decode_value, encode_value, view_value
 
 __all__ = ["DEFAULT_PATH", "SCHEMA_VERSION", "SQLiteStore"]
@@ -441,8 +447,10 @@ class SQLiteStore:
         """The tries of :meth:`_patiently` after its first, until ``timeout`` has passed."""
         if not self._said_wait:  # once until a wait ends well: a stopping run's last
             self._said_wait = True  # records wait again, and need not say it twice
-            log.warning("waiting for the journal %s: another process holds it locked; "
-                        "waiting up to %g s", self.path, self._timeout)
+            holder = write_lock_holder(self.path, self.lock_folder)  # read only now
+            log.warning("waiting for the journal %s: another process holds it locked%s; "
+                        "waiting up to %g s", self.path, f" ({holder})" if holder else "",
+                        self._timeout)
         while (left := self._timeout - (time.monotonic() - started)) > LOCK_NOTICE:
             try:
                 done = step()
