@@ -11,6 +11,10 @@ import shoal
 from shoal.exceptions import PlanError
 from shoal.plantext import parse_plan_text
 from shoal.testing import ScriptedModel, run_virtual
+from tests.conftest import arun
+from tests.test_models_hostile_stream import RawAnthropic, RawOpenAI, message_start, openai_stream
+from tests.wire import text_reply
+from tests.wire.base import sse
 
 FINISH = "Thought: done.\nAction: Finish(done)"
 
@@ -71,3 +75,72 @@ def test_the_planner_rejects_a_call_whose_string_holds_a_raw_carriage_return() -
     (first, second) = _calls(result)
     assert first[:2] == ("1", "rejected") and "write it as \\r" in first[2]
     assert second == ("2", "ok", "'ok'")
+
+
+# -- a character streamed in two halves -------------------------------------------------------
+
+PLAN = "1. echo('😀 é')\n2. join()"
+HALF = PLAN.index("😀")
+# the emoji's two UTF-16 halves in two events (the JSON escapes \ud83d and \ude00)
+HALVES = [PLAN[:HALF] + "\ud83d", "\ude00" + PLAN[HALF + 1:]]
+
+
+def _anthropic_text(*pieces: str) -> list[str]:
+    """A messages API stream of one text block streamed in ``pieces``."""
+    events = [message_start(), sse({"type": "content_block_start", "index": 0, "content_block": {
+        "type": "text", "text": ""}}, "content_block_start")]
+    events += [sse({"type": "content_block_delta", "index": 0, "delta": {
+        "type": "text_delta", "text": piece}}, "content_block_delta") for piece in pieces]
+    return [*events, sse({"type": "content_block_stop", "index": 0}, "content_block_stop"),
+            sse({"type": "message_delta", "delta": {"stop_reason": "end_turn",
+                                                    "stop_sequence": None},
+                 "usage": {"output_tokens": 9}}, "message_delta"),
+            sse({"type": "message_stop"}, "message_stop")]
+
+
+def _planned(server_class: type[Any], raw: list[str]) -> tuple[Any, list[str]]:
+    """A planner over a server streaming ``raw``, then finishing; its result and text pieces."""
+    with server_class([text_reply("unused"), text_reply(FINISH)]) as server:
+        server.raw = [raw]
+        model = server.model()
+        agent = shoal.Agent(name="p", model=model, tools=[echo], mode="plan")
+
+        async def main() -> tuple[Any, list[str]]:
+            pieces: list[str] = []
+            try:
+                async for item in agent.stream("go"):
+                    if isinstance(item, shoal.events.TextDelta):
+                        pieces.append(item.text)
+                    elif isinstance(item, shoal.AgentResult):
+                        return item, pieces
+            finally:
+                await model.aclose()
+            raise AssertionError("the stream ended without its result")
+
+        result: tuple[Any, list[str]] = arun(main(), timeout=60)
+        return result
+
+
+@pytest.mark.parametrize("server_class", [RawOpenAI, RawAnthropic], ids=["openai", "anthropic"])
+def test_a_character_streamed_in_two_halves_reaches_the_plan_whole(server_class: Any) -> None:
+    # each half decoded alone is a lone surrogate: the call was rejected, "a lone surrogate
+    # \ud83d inside a quoted string: ... write the character itself", which the model did
+    raw = (openai_stream(*({"content": half} for half in HALVES), finish="stop")
+           if server_class is RawOpenAI else _anthropic_text(*HALVES))
+    result, pieces = _planned(server_class, raw)
+    assert _calls(result) == [("1", "ok", "'😀 é'")]
+    assert result.plans == [PLAN]
+    assert "".join(pieces).startswith(PLAN)  # the pieces streamed add up to the reply's text
+
+
+@pytest.mark.parametrize("server_class", [RawOpenAI, RawAnthropic], ids=["openai", "anthropic"])
+def test_a_first_half_that_ends_the_stream_is_kept_and_refused_by_the_plan(
+        server_class: Any) -> None:
+    # held back for a second half that never comes, it is still the reply's last character
+    text = "1. echo('a')\n2. join()\nThought: \ud83d"
+    raw = (openai_stream({"content": text}, finish="stop") if server_class is RawOpenAI
+           else _anthropic_text(text))
+    result, pieces = _planned(server_class, raw)
+    assert _calls(result) == [("1", "ok", "'a'")]
+    assert result.plans == [text]
+    assert "".join(pieces).startswith(text)
