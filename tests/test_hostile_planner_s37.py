@@ -144,3 +144,24 @@ def test_a_first_half_that_ends_the_stream_is_kept_and_refused_by_the_plan(
     assert _calls(result) == [("1", "ok", "'a'")]
     assert result.plans == [text]
     assert "".join(pieces).startswith(text)
+
+
+# -- the numbers a new plan is told to use --------------------------------------------------------
+
+
+def test_a_replan_after_a_twelve_digit_step_is_told_a_free_number_and_its_refs_follow() -> None:
+    # numbers of 12 digits or more were left out of "the largest so far": after a plan had
+    # numbered on from 99999999999 as told, the next was told to number from 100000000000
+    # again; the call written so was rejected ("another node already has this id") and
+    # $100000000000 read the earlier plan's result in its place
+    steps = ["99999999999. echo('a')\n100000000000. join()", "Action: Replan(one more)",
+             "100000000000. echo('b')\n100000000001. join()", "Action: Replan(and again)",
+             "100000000000. echo('c')\n100000000001. echo($100000000000)\n"
+             "100000000002. join()", FINISH]
+    model = ScriptedModel(steps)
+    agent = shoal.Agent(name="p", model=model, tools=[echo], mode="plan", max_replans=2)
+    result = run_virtual(agent.run("go"))
+    assert _calls(result) == [("99999999999", "ok", "'a'"), ("100000000000", "ok", "'b'"),
+                              ("100000000001", "ok", "'c'"), ("100000000002", "ok", "\"'c'\"")]
+    told = [m.content for m in model.requests[4].messages if "Number the new calls" in m.content]
+    assert told[-1].endswith("Number the new calls from 100000000001 on.")

@@ -185,6 +185,8 @@ class _PlanCalls:
         self.calls: dict[str, ToolCall] = {}  # node id -> the call as recorded
         self.written: dict[str, str] = {}  # node id -> the call's text, for calls started
         self.numbers: set[str] = set()  # every number a plan has used, started or not
+        self._top = 0  # the largest of them short enough to count (see next_id)
+        self._free = 1  # no number from _top + 1 up to this one is free (see next_id)
         self.refused: dict[str, str] = {}  # number -> why, for numbers no call started under
         self.round_of: dict[str, int] = {}  # node id -> the round that started it
         self.reported: set[str] = set()  # node ids whose records are in the agent's calls
@@ -200,15 +202,29 @@ class _PlanCalls:
 
     @property
     def next_id(self) -> int:
-        """The number the next plan's first call gets."""
-        numbers = [int(n) for n in self.numbers if n.isdigit() and len(n) < 12]
-        return max(numbers, default=0) + 1
+        """The number the next plan's first call gets: the first free one after the largest.
+
+        Numbers of 12 digits or more do not count as the largest (a plan may number a step
+        with thousands of digits: the next plan numbers on from its other steps), but are
+        not free either: a plan numbered on from 99999999999 has taken 100000000000.
+        """
+        free = max(self._free, self._top + 1)
+        while str(free) in self.numbers:  # each number is passed over once: it stays taken
+            free += 1
+        self._free = free
+        return free
+
+    def _use(self, number: str) -> None:
+        """Note that a plan used ``number`` (a call's id)."""
+        self.numbers.add(number)
+        if len(number) < 12 and number.isdigit():
+            self._top = max(self._top, int(number))
 
     def take(self, call: ParsedCall, round_: _Round) -> None:
         """Start ``call`` in the plan run, or record in ``round_`` why it cannot run."""
         call = _renumbered(call, round_.renumbered)
         text = _call_text(call)
-        self.numbers.add(call.id)
+        self._use(call.id)
         known = self.written.get(call.id)
         if known is not None and known != text and (
                 self.round_of[call.id] < round_.number
@@ -217,7 +233,7 @@ class _PlanCalls:
             # (and so does one whose number such a call got meanwhile)
             new = round_.renumbered[call.id] = str(self.next_id)
             call = replace(call, id=new)  # its refs were renumbered above, once
-            self.numbers.add(call.id)
+            self._use(call.id)
             known = None
         if known is not None:
             if known == text:  # a retried stream, or the call of an earlier plan: it stands
@@ -320,7 +336,7 @@ class _PlanCalls:
     def refuse(self, call: ParsedCall, why: str, round_: _Round) -> None:
         """Record ``call`` as rejected for ``why`` without reading it (its number is used)."""
         call = _renumbered(call, round_.renumbered)
-        self.numbers.add(call.id)
+        self._use(call.id)
         self._reject(round_, call, why)
 
     def _first_time(self, key: tuple[str, str]) -> bool:
@@ -343,7 +359,7 @@ class _PlanCalls:
                               "taken, give each call its own number)")
         record = _rejected(ToolCall(problem.node, "", "{}"),
                            _child(self.agent_run.lineage, "plan?"), problem.message)
-        self.numbers.add(problem.node)
+        self._use(problem.node)
         self.refused.setdefault(problem.node, problem.message)
         round_.entries.append(record)
         if self._first_time((node, problem.message)):
