@@ -67,6 +67,16 @@ def test_line_ends_and_escapes_around_a_triple_quoted_string_still_read_as_writt
     assert plan.nodes[0].args == {"x": "a\nb", "y": "c\rd"}
 
 
+def test_a_raw_carriage_return_before_a_line_end_in_a_string_is_refused_not_dropped() -> None:
+    # "\r\r\n" ended the line with both: the string's own \r vanished without a word
+    with pytest.raises(PlanError, match=r"line 1: a raw carriage return inside a quoted string, "
+                                        r"after 'echo\(\"\"\"a': .* write it as \\r$"):
+        parse_plan_text('1. echo("""a\r\r\nb""")\r\n2. join()', [echo])
+    # between calls it is only more of the line's end
+    plan = parse_plan_text('1. echo("a")\r\r\n2. echo($1)\r\r\n3. join()', [echo])
+    assert [node.args for node in plan.nodes] == [{"x": "a"}, {"x": shoal.Ref("1")}]
+
+
 def test_the_planner_rejects_a_call_whose_string_holds_a_raw_carriage_return() -> None:
     plan = '1. echo("""a\rb""")\n2. echo("ok")\n3. join()'
     agent = shoal.Agent(name="p", model=ScriptedModel([plan, FINISH]), tools=[echo],

@@ -201,7 +201,8 @@ class PlanTextParser:
 
     def _read_line(self, line: str) -> list[ParsedCall]:
         self._line_no += 1
-        line = line.rstrip("\r")
+        # one \r: the \r of a \r\n line end (a string's raw \r before it is its own)
+        line = line.removesuffix("\r")
         if self._line_no == 1:  # a byte order mark, as some editors write, is not text
             line = line.removeprefix("\ufeff")
         if self._done:
