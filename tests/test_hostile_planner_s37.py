@@ -175,3 +175,23 @@ def test_a_replan_after_a_twelve_digit_step_is_told_a_free_number_and_its_refs_f
                               ("100000000001", "ok", "'c'"), ("100000000002", "ok", "\"'c'\"")]
     told = [m.content for m in model.requests[4].messages if "Number the new calls" in m.content]
     assert told[-1].endswith("Number the new calls from 100000000001 on.")
+
+
+# -- a dict that gives a key twice ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("written", "key"), [
+    ('{"a": 1, "a": 2}', "'a'"),
+    ('[{"k": {"b": 1, "b": 2}}]', "'b'"),  # at any depth
+    ("{1: 'one', True: 'true'}", "True"),  # equal keys written two ways
+])
+def test_a_dict_argument_that_gives_a_key_twice_is_refused_naming_it(written: str,
+                                                                        key: str) -> None:
+    # Python keeps the value written last without a word: the tool got {"a": 2}; a plan
+    # file's mapping with a key twice, and an argument given twice by name, are refused
+    with pytest.raises(PlanError) as raised:
+        parse_plan_text(f"1. echo({written})\n2. echo(y={{'c': 1, 'd': 1}})\n3. join()", [echo])
+    (problem,) = raised.value.problems
+    assert problem.message == (f"line 1: positional argument 1: the key {key} is given twice "
+                               "in one dict (the value written last would silently win); "
+                               "give it once")

@@ -504,9 +504,27 @@ def _argument(node: ast.expr, where: str, errors: list[str]) -> Any:
     if bad is not None:  # too deep, too big or not text: unsafe to walk or to run
         errors.append(f"{where}: {bad.message}")
         return None
+    twice = _key_twice(node)
+    if twice:  # as a plan file's mapping, and an argument given twice by name, are refused
+        errors.append(f"{where}: the key {twice} is given twice in one dict (the value "
+                      "written last would silently win); give it once")
+        return None
     converted, ref_errors = convert_refs(value, where)
     errors += ref_errors
     return _numbered_refs(converted)
+
+
+def _key_twice(node: ast.expr) -> str:
+    """A key that a dict written in ``node`` gives twice (``1`` and ``True`` are one), or ""."""
+    for inner in ast.walk(node):
+        if isinstance(inner, ast.Dict) and len(inner.keys) > 1:
+            seen: set[Any] = set()
+            for key in inner.keys:  # each one evaluated as part of the whole already
+                value = ast.literal_eval(key) if key is not None else None
+                if value in seen:
+                    return f"{value!r:.60}"
+                seen.add(value)
+    return ""
 
 
 def _unticked(text: str) -> str:
