@@ -9,6 +9,7 @@ import pytest
 
 import shoal
 from shoal.exceptions import PlanError
+from shoal.models.base import ModelResponse, ToolCall
 from shoal.plantext import parse_plan_text
 from shoal.testing import ScriptedModel, run_virtual
 from tests.conftest import arun
@@ -195,3 +196,20 @@ def test_a_dict_argument_that_gives_a_key_twice_is_refused_naming_it(written: st
     assert problem.message == (f"line 1: positional argument 1: the key {key} is given twice "
                                "in one dict (the value written last would silently win); "
                                "give it once")
+
+
+@pytest.mark.parametrize(("arguments", "why"), [
+    ('{"x": 1, "x": 2}', "the key 'x' appears twice in one object"),  # ran with x=2
+    ('{"x": NaN}', "NaN is not JSON (JSON numbers are finite); pass it as text"),
+    ('{"x": 1' + "0" * 5000 + "}", "an integer has more than 1000 digits"),  # "no JSON object"
+], ids=["key-twice", "nan", "huge-int"])
+def test_native_plan_calls_follow_a_plan_files_json_rules_saying_which_broke(
+        arguments: str, why: str) -> None:
+    reply = ModelResponse(text="1. echo('a')\n", tool_calls=(ToolCall("c", "echo", arguments),))
+    agent = shoal.Agent(name="p", model=ScriptedModel([reply, FINISH]), tools=[echo],
+                        mode="plan")
+    result = run_virtual(agent.run("go"))
+    (first, native) = _calls(result)
+    assert first == ("1", "ok", "'a'")
+    assert native[:2] == ("2", "rejected")
+    assert native[2].startswith(f"Error: line 2: echo's arguments cannot be passed: {why}")

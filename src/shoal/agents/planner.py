@@ -104,6 +104,7 @@ from shoal.models.base import (
     UserMessage,
 )
 from shoal.plan import Ref, find_refs
+from shoal.plandata import DataError, parse_json
 from shoal.plantext import ParsedCall, PlanTextParser
 
 if TYPE_CHECKING:
@@ -785,11 +786,14 @@ def _native_call(call: ToolCall) -> tuple[str, str | None]:
     Arguments must be a JSON object whose keys are names: a key such as ``"x=1, y"`` would
     otherwise be read as two arguments.
     """
-    try:
-        args = json.loads(call.arguments or "{}")
-    except (ValueError, RecursionError):
-        args = None
     raw = f"{call.arguments[:200]!r}"
+    try:  # with a plan file's rules: no key twice, no NaN, no 5000-digit number, said so
+        args = parse_json(call.arguments or "{}")
+    except DataError as exc:
+        if not exc.message.startswith("invalid JSON"):  # JSON, but no arguments to pass
+            return (f"{call.name}(<arguments that cannot be passed: {raw}>)",
+                    f"{call.name}'s arguments cannot be passed: {exc}")
+        args = None
     if not isinstance(args, dict):
         return (f"{call.name}(<arguments that are not a JSON object: {raw}>)",
                 f"{call.name}'s arguments are not a JSON object ({raw}); send them as a JSON "
