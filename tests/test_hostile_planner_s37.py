@@ -213,3 +213,18 @@ def test_native_plan_calls_follow_a_plan_files_json_rules_saying_which_broke(
     assert first == ("1", "ok", "'a'")
     assert native[:2] == ("2", "rejected")
     assert native[2].startswith(f"Error: line 2: echo's arguments cannot be passed: {why}")
+
+
+def test_a_fenced_plans_problems_name_the_lines_of_the_reply() -> None:
+    # the fence lines were dropped before the parser counted lines: each problem after a
+    # fence named the line above the one it was about
+    plan = "Here it is:\n```\n1. echo('a')\n2. nosuch($1)\n```\n```text\n3. echo(\n4. join()"
+    agent = shoal.Agent(name="p", model=ScriptedModel([plan, FINISH]), tools=[echo],
+                        mode="plan")
+    result = run_virtual(agent.run("go"))
+    (first, unknown, unclosed) = _calls(result)
+    assert first == ("1", "ok", "'a'")
+    assert unknown[2].startswith("Error: line 4: no tool named 'nosuch'")
+    assert plan.splitlines()[3].startswith("2. nosuch")
+    assert unclosed[2].startswith("Error: line 7: the call's brackets or quotes are not closed")
+    assert plan.splitlines()[6] == "3. echo("

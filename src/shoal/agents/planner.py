@@ -713,8 +713,9 @@ class _PlanReader:
         *lines, rest = "".join([*self._line, text]).split("\n")
         self._line = [rest] if rest else []
         for line in lines:
-            if not _FENCE.match(line) or self._parser.in_string:  # a fence in a string is text
-                self._take(self._parser.feed(line + "\n"))
+            if _FENCE.match(line) and not self._parser.in_string:  # a fence in a string is text
+                line = ""  # a blank line in its place: the lines after it keep their numbers
+            self._take(self._parser.feed(line + "\n"))
 
     def finish(self, response: ModelResponse, streamed: str = "") -> None:
         """The reply has ended: read what of it did not stream (all of a replayed one).
