@@ -9,7 +9,8 @@ import pytest
 
 import shoal
 from shoal.exceptions import PlanError
-from shoal.models.base import ModelResponse, ToolCall
+from shoal.models.base import ModelResponse, ToolCall, ToolSpec
+from shoal.plangrammar import _literal, plan_grammar
 from shoal.plantext import parse_plan_text
 from shoal.testing import ScriptedModel, run_virtual
 from tests.conftest import arun
@@ -228,3 +229,23 @@ def test_a_fenced_plans_problems_name_the_lines_of_the_reply() -> None:
     assert plan.splitlines()[3].startswith("2. nosuch")
     assert unclosed[2].startswith("Error: line 7: the call's brackets or quotes are not closed")
     assert plan.splitlines()[6] == "3. echo("
+
+
+# -- a plan grammar's fixed values as plan text reads them ----------------------------------------
+
+
+@pytest.mark.parametrize("schema", [{"enum": ["$USD", "EUR"]}, {"const": "$USD"}],
+                         ids=["enum", "const"])
+def test_a_grammars_fixed_text_that_starts_with_a_dollar_is_written_as_the_text(
+        schema: dict[str, Any]) -> None:
+    # the grammar let the model write only currency="$USD", which plan text reads as a
+    # reference to a step "USD": every plan the grammar allowed with it was rejected
+    def pay(currency: str) -> str:
+        return currency
+
+    spec = ToolSpec("pay", "Pay.", {"type": "object", "properties": {"currency": schema},
+                                    "required": ["currency"]})
+    grammar = plan_grammar([spec], max_calls=2)
+    assert _literal('"$$USD"') in grammar and _literal('"$USD"') not in grammar
+    plan = parse_plan_text('1. pay(currency="$$USD")\n2. join()', {"pay": shoal.tool(pay)})
+    assert plan.nodes[0].args == {"currency": "$USD"}
