@@ -249,3 +249,34 @@ def test_a_grammars_fixed_text_that_starts_with_a_dollar_is_written_as_the_text(
     assert _literal('"$$USD"') in grammar and _literal('"$USD"') not in grammar
     plan = parse_plan_text('1. pay(currency="$$USD")\n2. join()', {"pay": shoal.tool(pay)})
     assert plan.nodes[0].args == {"currency": "$USD"}
+
+
+# -- a failed call a new plan writes again --------------------------------------------------------
+
+
+def test_a_replan_that_restates_a_failed_call_is_told_it_did_not_run_again() -> None:
+    # the restated call stands with its earlier outcome (no call runs twice), but the joiner
+    # read the same failure with no word of that, as if the retry had failed too
+    tries: list[str] = []
+
+    @shoal.tool
+    async def flaky(x: str) -> str:
+        """Fail the first time."""
+        tries.append(x)
+        if len(tries) == 1:
+            raise RuntimeError("a passing glitch")
+        return "fine"
+
+    steps = ["1. flaky('a')\n2. join()", "Action: Replan(flaky failed: try it again)",
+             "1. flaky('a')\n2. join()", "Action: Replan(it failed again)",
+             "2. flaky('a')\n3. join()", FINISH]
+    model = ScriptedModel(steps)
+    agent = shoal.Agent(name="p", model=model, tools=[flaky], mode="plan", max_replans=2)
+    result = run_virtual(agent.run("go"))
+    assert tries == ["a", "a"]  # once in the first plan, once under the new number
+    assert [(c.call.id, c.status) for c in result.calls] == [("1", "failed"), ("2", "ok")]
+    judged = model.requests[3].messages[-1].content
+    assert ("Note: line 1: step 1 is the same call as an earlier plan's step 1, so it did not "
+            "run again: its result is that call's; to run it again, give it a new number (the "
+            "next free one is 2)") in judged
+    assert "same call" not in model.requests[1].messages[-1].content  # the first plan's own

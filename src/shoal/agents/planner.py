@@ -240,6 +240,12 @@ class _PlanCalls:
             if known == text:  # a retried stream, or the call of an earlier plan: it stands
                 if call.id not in round_.entries:
                     round_.entries.append(call.id)
+                    if self.round_of[call.id] < round_.number:  # else its result reads as new
+                        round_.notes.append(
+                            f"line {call.line}: step {call.id} is the same call as an earlier "
+                            f"plan's step {call.id}, so it did not run again: its result is "
+                            "that call's; to run it again, give it a new number (the next "
+                            f"free one is {self.next_id})")
             else:
                 taken = self.calls[call.id]
                 if call.id in round_.carried:
