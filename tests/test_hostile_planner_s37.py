@@ -280,3 +280,18 @@ def test_a_replan_that_restates_a_failed_call_is_told_it_did_not_run_again() -> 
             "run again: its result is that call's; to run it again, give it a new number (the "
             "next free one is 2)") in judged
     assert "same call" not in model.requests[1].messages[-1].content  # the first plan's own
+
+
+def test_native_calls_after_the_plans_end_are_noted_as_not_run() -> None:
+    # a text plan ended by join() with native calls in the same reply: they were dropped
+    # without a word, and the joiner judged as if the model had asked for nothing more
+    reply = ModelResponse(text="1. echo('a')\n2. join()",
+                          tool_calls=(ToolCall("c1", "echo", '{"x": "b"}'),
+                                      ToolCall("c2", "echo", '{"x": "c"}')))
+    model = ScriptedModel([reply, FINISH])
+    agent = shoal.Agent(name="p", model=model, tools=[echo], mode="plan")
+    result = run_virtual(agent.run("go"))
+    assert _calls(result) == [("1", "ok", "'a'")]
+    assert ("Note: the reply's tool calls (echo) came after the plan's end, so none of them "
+            "ran; write every call as a numbered line before the end"
+            ) in model.requests[1].messages[-1].content

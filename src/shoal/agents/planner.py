@@ -736,11 +736,17 @@ class _PlanReader:
             self._restart()
             self.feed(text)
         self.text = text
-        if response.tool_calls and not self._parser.done:
+        if response.tool_calls:
             if self._line:  # the text's last line first: its number comes before theirs
                 self.feed("\n")
-            lines = self._native(response.tool_calls)
-            self.text = f"{text.rstrip()}\n{lines}" if text.strip() else lines
+            if self._parser.done:  # the model asked for them: say why they did not run
+                names = ", ".join(dict.fromkeys(c.name for c in response.tool_calls))
+                self.round.notes.append(
+                    f"the reply's tool calls ({names[:200]}) came after the plan's end, so "
+                    "none of them ran; write every call as a numbered line before the end")
+            else:
+                lines = self._native(response.tool_calls)
+                self.text = f"{text.rstrip()}\n{lines}" if text.strip() else lines
         self._close()
         if response.stop_reason in _CUT_OFF and not self._parser.done:
             # else the joiner only read that the last line's brackets never close, say
