@@ -450,7 +450,8 @@ def _parse_call(pending: _Pending, code: str) -> tuple[ParsedCall | None, list[s
     if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Name):
         return None, [f"expected a call such as search(\"x\"), got {pending.text.strip()!r:.80}"]
     errors: list[str] = []
-    args = tuple(_argument(node, f"positional argument {i + 1}", errors)
+    dicts = "{" in code  # no dict is written without one: then no dict need be looked for
+    args = tuple(_argument(node, f"positional argument {i + 1}", errors, dicts)
                  for i, node in enumerate(call.args))
     kwargs: dict[str, Any] = {}
     for keyword in call.keywords:
@@ -459,7 +460,8 @@ def _parse_call(pending: _Pending, code: str) -> tuple[ParsedCall | None, list[s
         elif keyword.arg in kwargs:  # Python's compiler refuses it; ast.parse lets it through
             errors.append(f"argument {keyword.arg!r} is given twice; give it once")
         else:
-            kwargs[keyword.arg] = _argument(keyword.value, f"argument {keyword.arg!r}", errors)
+            kwargs[keyword.arg] = _argument(keyword.value, f"argument {keyword.arg!r}", errors,
+                                            dicts)
     return ParsedCall(pending.id, call.func.id, args, kwargs, pending.line), errors
 
 
@@ -494,7 +496,7 @@ def _unwritable_at(pending: _Pending, index: int) -> str:
     return f"{what} inside a quoted string{at}, after {after!r}: {fix}"
 
 
-def _argument(node: ast.expr, where: str, errors: list[str]) -> Any:
+def _argument(node: ast.expr, where: str, errors: list[str], dicts: bool = True) -> Any:
     try:
         value = ast.literal_eval(node)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
@@ -504,7 +506,7 @@ def _argument(node: ast.expr, where: str, errors: list[str]) -> Any:
     if bad is not None:  # too deep, too big or not text: unsafe to walk or to run
         errors.append(f"{where}: {bad.message}")
         return None
-    twice = _key_twice(node)
+    twice = _key_twice(node) if dicts else ""
     if twice:  # as a plan file's mapping, and an argument given twice by name, are refused
         errors.append(f"{where}: the key {twice} is given twice in one dict (the value "
                       "written last would silently win); give it once")
@@ -516,14 +518,20 @@ def _argument(node: ast.expr, where: str, errors: list[str]) -> Any:
 
 def _key_twice(node: ast.expr) -> str:
     """A key that a dict written in ``node`` gives twice (``1`` and ``True`` are one), or ""."""
-    for inner in ast.walk(node):
-        if isinstance(inner, ast.Dict) and len(inner.keys) > 1:
+    stack = [node]
+    while stack:  # only through containers: a key holds no dict, a number or a text none
+        inner = stack.pop()
+        if isinstance(inner, ast.Dict):
             seen: set[Any] = set()
             for key in inner.keys:  # each one evaluated as part of the whole already
-                value = ast.literal_eval(key) if key is not None else None
+                value = key.value if isinstance(key, ast.Constant) else (
+                    ast.literal_eval(key) if key is not None else None)
                 if value in seen:
                     return f"{value!r:.60}"
                 seen.add(value)
+            stack += inner.values
+        elif isinstance(inner, ast.List | ast.Tuple | ast.Set):
+            stack += inner.elts
     return ""
 
 
