@@ -20,7 +20,8 @@ r"""A llama.cpp grammar (GBNF) that only lets a model write a well-formed plan o
   type, or a reference ``"$N"`` to the output of a call written before it (each step has its
   own copy of the value rules, whose references name steps 1 to N-1 only: the first call has
   none; a string parameter takes any string, references with paths such as ``"$1.title"``
-  included). Other constraints
+  included; an enum's or const's text that starts with ``$`` is written ``"$$..."``, as plan
+  text reads it). Other constraints
   (``minimum``, ``pattern``...) are left to the tool's own validation of the plan.
 * The plan has ``min_calls`` to ``max_calls`` calls and ends with ``N. join()`` (or with a
   line ``<END_OF_PLAN>`` when one of the tools is itself named ``join``, as the parser
@@ -382,8 +383,10 @@ def _python_literal(value: Any) -> str | None:
     if isinstance(value, int | float) and value == value and abs(value) != float("inf"):
         return _literal(repr(value))
     if isinstance(value, str) and _is_text(value):
+        # plan text reads a string that starts with "$" as a reference, "$$" as a "$"
+        written = "$" + value if value.startswith("$") else value
         # json.dumps writes only escapes that Python string literals read the same way
-        return _literal(json.dumps(value, ensure_ascii=False))
+        return _literal(json.dumps(written, ensure_ascii=False))
     return None
 
 

@@ -201,7 +201,8 @@ class PlanTextParser:
 
     def _read_line(self, line: str) -> list[ParsedCall]:
         self._line_no += 1
-        line = line.rstrip("\r")
+        # one \r: the \r of a \r\n line end (a string's raw \r before it is its own)
+        line = line.removesuffix("\r")
         if self._line_no == 1:  # a byte order mark, as some editors write, is not text
             line = line.removeprefix("\ufeff")
         if self._done:
@@ -308,11 +309,12 @@ def _starts_over(line: str) -> bool:
 
 # runs of characters that change nothing: outside strings, and inside each kind of string
 _CODE_RUN = re.compile(r"[^'\"#$()\[\]{}]+")
+# (a raw \r ends a run too: Python reads it as a line's end, see _Scanner.raw_cr)
 _STRING_RUN = {
-    "'": re.compile(r"[^'\\\n]+"),
-    '"': re.compile(r'[^"\\\n]+'),
-    "'''": re.compile(r"[^'\\]+"),
-    '"""': re.compile(r'[^"\\]+'),
+    "'": re.compile(r"[^'\\\n\r]+"),
+    '"': re.compile(r'[^"\\\n\r]+'),
+    "'''": re.compile(r"[^'\\\r]+"),
+    '"""': re.compile(r'[^"\\\r]+'),
 }
 
 
@@ -323,7 +325,8 @@ class _Scanner:
     state between pieces is the open string's quote, a pending backslash, and the depth.
     """
 
-    __slots__ = ("_escape", "_out", "_quote", "_stopped", "closed_at", "depth", "tail")
+    __slots__ = ("_escape", "_fed", "_out", "_quote", "_stopped", "closed_at", "depth", "raw_cr",
+                 "tail")
 
     def __init__(self) -> None:
         self._out: list[str] = []  # the text with unquoted refs quoted and comments removed
@@ -336,6 +339,11 @@ class _Scanner:
         self._stopped = False
         self.closed_at: int | None = None  # pieces of the output when that happened
         self.tail: str | None = None
+        self._fed = 0  # characters of text scanned before the current piece
+        # Where (in the text fed) the first raw carriage return inside a string is, if any.
+        # Python reads it as a line's end: in a triple-quoted string it would become "\n",
+        # after a backslash it would vanish with it, and elsewhere the string is "unterminated".
+        self.raw_cr: int | None = None
 
     @property
     def in_string(self) -> bool:
@@ -364,6 +372,7 @@ class _Scanner:
         """Scan the next piece of text."""
         i = 0
         if self._escape and text:  # a backslash ended the last piece: it escapes this char
+            self._saw_cr(text[0], 0)
             self._out.append(text[0])
             self._escape, i = False, 1
         while i < len(text):
@@ -371,7 +380,9 @@ class _Scanner:
             if self._stopped:
                 self._stopped = False
                 self.tail = text[i:]
+                self._fed += i
                 return
+        self._fed += len(text)
 
     def _in_string(self, text: str, i: int) -> int:
         run = _STRING_RUN[self._quote].match(text, i)
@@ -381,16 +392,23 @@ class _Scanner:
         if text[i] == "\\":
             piece = text[i:i + 2]
             self._escape = len(piece) == 1
+            self._saw_cr(piece[-1], i + 1)
         elif text.startswith(self._quote, i):
             piece, self._quote = self._quote, ""
         elif text[i] == "\n":
             # a one-line string left open: Python rejects it and ast will say so; end it here
             # so that the following lines are not swallowed into it
             piece, self._quote = "\n", ""
-        else:  # a lone quote inside a triple-quoted string
+        else:  # a lone quote inside a triple-quoted string, or a raw carriage return
             piece = text[i]
+            self._saw_cr(piece, i)
         self._out.append(piece)
         return i + len(piece)
+
+    def _saw_cr(self, char: str, i: int) -> None:
+        """Note the first raw carriage return in a string (``char``, at ``i`` of this piece)."""
+        if char == "\r" and self.raw_cr is None:
+            self.raw_cr = self._fed + i
 
     def _in_code(self, text: str, i: int) -> int:
         run = _CODE_RUN.match(text, i)
@@ -426,11 +444,14 @@ def _parse_call(pending: _Pending, code: str) -> tuple[ParsedCall | None, list[s
     except (ValueError, RecursionError, MemoryError) as exc:  # lone surrogates, absurd nesting
         return None, [_unwritable(pending, code)
                       or f"cannot parse {pending.text.strip()!r:.80}: {exc}"]
+    if pending.scanner.raw_cr is not None:  # it parsed, but not into what is written
+        return None, [_unwritable_at(pending, pending.scanner.raw_cr)]
     call = tree.body
     if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Name):
         return None, [f"expected a call such as search(\"x\"), got {pending.text.strip()!r:.80}"]
     errors: list[str] = []
-    args = tuple(_argument(node, f"positional argument {i + 1}", errors)
+    dicts = "{" in code  # no dict is written without one: then no dict need be looked for
+    args = tuple(_argument(node, f"positional argument {i + 1}", errors, dicts)
                  for i, node in enumerate(call.args))
     kwargs: dict[str, Any] = {}
     for keyword in call.keywords:
@@ -439,7 +460,8 @@ def _parse_call(pending: _Pending, code: str) -> tuple[ParsedCall | None, list[s
         elif keyword.arg in kwargs:  # Python's compiler refuses it; ast.parse lets it through
             errors.append(f"argument {keyword.arg!r} is given twice; give it once")
         else:
-            kwargs[keyword.arg] = _argument(keyword.value, f"argument {keyword.arg!r}", errors)
+            kwargs[keyword.arg] = _argument(keyword.value, f"argument {keyword.arg!r}", errors,
+                                            dicts)
     return ParsedCall(pending.id, call.func.id, args, kwargs, pending.line), errors
 
 
@@ -454,8 +476,13 @@ def _unwritable(pending: _Pending, code: str) -> str:
     found = _UNWRITABLE.search(pending.text)
     if found is None or not _is_python(_UNWRITABLE.sub(" ", code)):
         return ""
-    char = found.group()
-    before = pending.text[:found.start()]
+    return _unwritable_at(pending, found.start())
+
+
+def _unwritable_at(pending: _Pending, index: int) -> str:
+    r"""The problem with the raw ``\r``, NUL or lone surrogate at ``index`` of the call's text."""
+    char = pending.text[index]
+    before = pending.text[:index]
     lines = before.count("\n")  # the problem names the call's first line; this may be later
     at = f" (line {pending.line + lines})" if lines else ""
     after = before[before.rfind("\n") + 1:][-30:].lstrip()
@@ -469,7 +496,7 @@ def _unwritable(pending: _Pending, code: str) -> str:
     return f"{what} inside a quoted string{at}, after {after!r}: {fix}"
 
 
-def _argument(node: ast.expr, where: str, errors: list[str]) -> Any:
+def _argument(node: ast.expr, where: str, errors: list[str], dicts: bool = True) -> Any:
     try:
         value = ast.literal_eval(node)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
@@ -479,9 +506,33 @@ def _argument(node: ast.expr, where: str, errors: list[str]) -> Any:
     if bad is not None:  # too deep, too big or not text: unsafe to walk or to run
         errors.append(f"{where}: {bad.message}")
         return None
+    twice = _key_twice(node) if dicts else ""
+    if twice:  # as a plan file's mapping, and an argument given twice by name, are refused
+        errors.append(f"{where}: the key {twice} is given twice in one dict (the value "
+                      "written last would silently win); give it once")
+        return None
     converted, ref_errors = convert_refs(value, where)
     errors += ref_errors
     return _numbered_refs(converted)
+
+
+def _key_twice(node: ast.expr) -> str:
+    """A key that a dict written in ``node`` gives twice (``1`` and ``True`` are one), or ""."""
+    stack = [node]
+    while stack:  # only through containers: a key holds no dict, a number or a text none
+        inner = stack.pop()
+        if isinstance(inner, ast.Dict):
+            seen: set[Any] = set()
+            for key in inner.keys:  # each one evaluated as part of the whole already
+                value = key.value if isinstance(key, ast.Constant) else (
+                    ast.literal_eval(key) if key is not None else None)
+                if value in seen:
+                    return f"{value!r:.60}"
+                seen.add(value)
+            stack += inner.values
+        elif isinstance(inner, ast.List | ast.Tuple | ast.Set):
+            stack += inner.elts
+    return ""
 
 
 def _unticked(text: str) -> str:

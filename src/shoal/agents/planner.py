@@ -104,6 +104,7 @@ from shoal.models.base import (
     UserMessage,
 )
 from shoal.plan import Ref, find_refs
+from shoal.plandata import DataError, parse_json
 from shoal.plantext import ParsedCall, PlanTextParser
 
 if TYPE_CHECKING:
@@ -185,6 +186,8 @@ class _PlanCalls:
         self.calls: dict[str, ToolCall] = {}  # node id -> the call as recorded
         self.written: dict[str, str] = {}  # node id -> the call's text, for calls started
         self.numbers: set[str] = set()  # every number a plan has used, started or not
+        self._top = 0  # the largest of them short enough to count (see next_id)
+        self._free = 1  # no number from _top + 1 up to this one is free (see next_id)
         self.refused: dict[str, str] = {}  # number -> why, for numbers no call started under
         self.round_of: dict[str, int] = {}  # node id -> the round that started it
         self.reported: set[str] = set()  # node ids whose records are in the agent's calls
@@ -200,15 +203,29 @@ class _PlanCalls:
 
     @property
     def next_id(self) -> int:
-        """The number the next plan's first call gets."""
-        numbers = [int(n) for n in self.numbers if n.isdigit() and len(n) < 12]
-        return max(numbers, default=0) + 1
+        """The number the next plan's first call gets: the first free one after the largest.
+
+        Numbers of 12 digits or more do not count as the largest (a plan may number a step
+        with thousands of digits: the next plan numbers on from its other steps), but are
+        not free either: a plan numbered on from 99999999999 has taken 100000000000.
+        """
+        free = max(self._free, self._top + 1)
+        while str(free) in self.numbers:  # each number is passed over once: it stays taken
+            free += 1
+        self._free = free
+        return free
+
+    def _use(self, number: str) -> None:
+        """Note that a plan used ``number`` (a call's id)."""
+        self.numbers.add(number)
+        if len(number) < 12 and number.isdigit():
+            self._top = max(self._top, int(number))
 
     def take(self, call: ParsedCall, round_: _Round) -> None:
         """Start ``call`` in the plan run, or record in ``round_`` why it cannot run."""
         call = _renumbered(call, round_.renumbered)
         text = _call_text(call)
-        self.numbers.add(call.id)
+        self._use(call.id)
         known = self.written.get(call.id)
         if known is not None and known != text and (
                 self.round_of[call.id] < round_.number
@@ -217,12 +234,18 @@ class _PlanCalls:
             # (and so does one whose number such a call got meanwhile)
             new = round_.renumbered[call.id] = str(self.next_id)
             call = replace(call, id=new)  # its refs were renumbered above, once
-            self.numbers.add(call.id)
+            self._use(call.id)
             known = None
         if known is not None:
             if known == text:  # a retried stream, or the call of an earlier plan: it stands
                 if call.id not in round_.entries:
                     round_.entries.append(call.id)
+                    if self.round_of[call.id] < round_.number:  # else its result reads as new
+                        round_.notes.append(
+                            f"line {call.line}: step {call.id} is the same call as an earlier "
+                            f"plan's step {call.id}, so it did not run again: its result is "
+                            "that call's; to run it again, give it a new number (the next "
+                            f"free one is {self.next_id})")
             else:
                 taken = self.calls[call.id]
                 if call.id in round_.carried:
@@ -320,7 +343,7 @@ class _PlanCalls:
     def refuse(self, call: ParsedCall, why: str, round_: _Round) -> None:
         """Record ``call`` as rejected for ``why`` without reading it (its number is used)."""
         call = _renumbered(call, round_.renumbered)
-        self.numbers.add(call.id)
+        self._use(call.id)
         self._reject(round_, call, why)
 
     def _first_time(self, key: tuple[str, str]) -> bool:
@@ -343,7 +366,7 @@ class _PlanCalls:
                               "taken, give each call its own number)")
         record = _rejected(ToolCall(problem.node, "", "{}"),
                            _child(self.agent_run.lineage, "plan?"), problem.message)
-        self.numbers.add(problem.node)
+        self._use(problem.node)
         self.refused.setdefault(problem.node, problem.message)
         round_.entries.append(record)
         if self._first_time((node, problem.message)):
@@ -696,8 +719,9 @@ class _PlanReader:
         *lines, rest = "".join([*self._line, text]).split("\n")
         self._line = [rest] if rest else []
         for line in lines:
-            if not _FENCE.match(line) or self._parser.in_string:  # a fence in a string is text
-                self._take(self._parser.feed(line + "\n"))
+            if _FENCE.match(line) and not self._parser.in_string:  # a fence in a string is text
+                line = ""  # a blank line in its place: the lines after it keep their numbers
+            self._take(self._parser.feed(line + "\n"))
 
     def finish(self, response: ModelResponse, streamed: str = "") -> None:
         """The reply has ended: read what of it did not stream (all of a replayed one).
@@ -712,11 +736,17 @@ class _PlanReader:
             self._restart()
             self.feed(text)
         self.text = text
-        if response.tool_calls and not self._parser.done:
+        if response.tool_calls:
             if self._line:  # the text's last line first: its number comes before theirs
                 self.feed("\n")
-            lines = self._native(response.tool_calls)
-            self.text = f"{text.rstrip()}\n{lines}" if text.strip() else lines
+            if self._parser.done:  # the model asked for them: say why they did not run
+                names = ", ".join(dict.fromkeys(c.name for c in response.tool_calls))
+                self.round.notes.append(
+                    f"the reply's tool calls ({names[:200]}) came after the plan's end, so "
+                    "none of them ran; write every call as a numbered line before the end")
+            else:
+                lines = self._native(response.tool_calls)
+                self.text = f"{text.rstrip()}\n{lines}" if text.strip() else lines
         self._close()
         if response.stop_reason in _CUT_OFF and not self._parser.done:
             # else the joiner only read that the last line's brackets never close, say
@@ -769,11 +799,14 @@ def _native_call(call: ToolCall) -> tuple[str, str | None]:
     Arguments must be a JSON object whose keys are names: a key such as ``"x=1, y"`` would
     otherwise be read as two arguments.
     """
-    try:
-        args = json.loads(call.arguments or "{}")
-    except (ValueError, RecursionError):
-        args = None
     raw = f"{call.arguments[:200]!r}"
+    try:  # with a plan file's rules: no key twice, no NaN, no 5000-digit number, said so
+        args = parse_json(call.arguments or "{}")
+    except DataError as exc:
+        if not exc.message.startswith("invalid JSON"):  # JSON, but no arguments to pass
+            return (f"{call.name}(<arguments that cannot be passed: {raw}>)",
+                    f"{call.name}'s arguments cannot be passed: {exc}")
+        args = None
     if not isinstance(args, dict):
         return (f"{call.name}(<arguments that are not a JSON object: {raw}>)",
                 f"{call.name}'s arguments are not a JSON object ({raw}); send them as a JSON "

@@ -46,6 +46,7 @@ from shoal.tools import api_tool_name
 
 __all__ = [
     "LOCAL_API_KEY",
+    "StreamedText",
     "UNNAMED",
     "cut_short",
     "sent_tool_name",
@@ -88,6 +89,48 @@ LOCAL_API_KEY = "shoal-local-no-key"
 UNNAMED = "unnamed_tool"
 
 _LOCAL_NAMES = {"localhost", "host.docker.internal"}
+
+
+class StreamedText:
+    r"""A reply's text as it streams in pieces, no character split between two of them.
+
+    A server that writes its stream as JSON with ASCII escapes sends a character beyond
+    U+FFFF (an emoji) as two escapes, ``\ud83d\ude00``: when one event ends between them,
+    each piece decodes to a lone surrogate, and the two never make the character again
+    (a plan then read "a lone surrogate", where the model wrote an emoji). The first half
+    is held back until the next piece comes, and joined to the second half there.
+    """
+
+    __slots__ = ("_held", "pieces")
+
+    def __init__(self) -> None:
+        self.pieces: list[str] = []  # the text, as given out
+        self._held = ""  # a high surrogate the last piece ended with
+
+    def add(self, piece: str) -> str:
+        """Take the next piece of text; return the text it completes (to stream now)."""
+        if self._held:
+            piece, self._held = self._held + piece, ""
+            if len(piece) > 1 and "\udc00" <= piece[1] <= "\udfff":  # the second half
+                piece = piece[:2].encode("utf-16-le", "surrogatepass").decode(
+                    "utf-16-le") + piece[2:]
+        if piece and "\ud800" <= piece[-1] <= "\udbff":  # a first half: its second may follow
+            piece, self._held = piece[:-1], piece[-1]
+        if piece:
+            self.pieces.append(piece)
+        return piece
+
+    def end(self) -> str:
+        """The stream has ended: the text still held back (a lone first half, kept as is)."""
+        rest, self._held = self._held, ""
+        if rest:
+            self.pieces.append(rest)
+        return rest
+
+    @property
+    def text(self) -> str:
+        """The text given out so far, whole."""
+        return "".join(self.pieces)
 
 
 def sent_tool_name(name: str) -> str:

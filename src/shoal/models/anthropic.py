@@ -33,6 +33,7 @@ from shoal.merge import shown
 from shoal.models._common import (
     Pace,
     PerLoop,
+    StreamedText,
     check_model_options,
     check_timeout,
     counted_tokens,
@@ -217,6 +218,8 @@ class AnthropicModel(Model):
                 pace.close()
         if not state.stopped:  # the connection closed early: the reply may be cut mid-text
             raise cut_short(self.name, "no message_stop event")
+        if rest := state.text.end():  # a first half that no second followed
+            yield TextDelta(rest)
         if prices is not None:
             await prices
         yield ResponseDone(self._finish(state, request))
@@ -308,7 +311,7 @@ class AnthropicModel(Model):
     def _finish(self, state: _StreamState, request: ModelRequest) -> ModelResponse:
         calls = tuple(ToolCall(c.id, c.name, "".join(c.arguments) or "{}")
                       for c in state.calls)
-        text = "".join(state.text)
+        text = state.text.text
         return ModelResponse(text=text, tool_calls=calls,
                              usage=self._usage(state, state.model, request, text, calls),
                              model=state.model or self.model, stop_reason=state.stop_reason)
@@ -388,7 +391,7 @@ class _StreamState:
     stopped twice is reported once.
     """
 
-    text: list[str] = field(default_factory=list)
+    text: StreamedText = field(default_factory=StreamedText)
     calls: list[_PartialCall] = field(default_factory=list)  # in the order their blocks began
     open: dict[int, int] = field(default_factory=dict)  # a tool block's index -> its position
     started: set[int] = field(default_factory=set)  # every block index begun (text too)
@@ -458,9 +461,7 @@ class _StreamState:
         self.cache_write_tokens = token_count(usage.cache_creation_input_tokens)
 
     def _text(self, text: str) -> str:
-        if text:
-            self.text.append(text)
-        return text
+        return self.text.add(text)
 
 
 def anthropic_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:

@@ -32,6 +32,7 @@ from shoal.models._common import (
     ERROR_BODY_CHARS,
     Pace,
     PerLoop,
+    StreamedText,
     check_model_options,
     check_timeout,
     counted_tokens,
@@ -221,6 +222,8 @@ class OpenAIModel(Model):
             # Neither [DONE] nor a finish reason: the connection closed early. Not [DONE]
             # alone: some compatible servers never send it (llama.cpp before 2024-09).
             raise cut_short(self.name, "no finish_reason and no [DONE]")
+        if rest := state.text.end():  # a first half that no second followed
+            yield TextDelta(rest)
         for index, done in state.complete(final=True):
             yield ToolCallDone(index, done)
         if prices is not None:
@@ -326,7 +329,7 @@ class OpenAIModel(Model):
     def _finish(self, state: _StreamState, request: ModelRequest) -> ModelResponse:
         calls = tuple(ToolCall(c.id or _call_id(), c.name, "".join(c.arguments) or "{}")
                       for c in state.calls)
-        text = "".join(state.text)
+        text = state.text.text
         return ModelResponse(text=text, tool_calls=calls,
                              usage=self._usage(state.usage, state.model, request, text, calls),
                              model=state.model or self.model, stop_reason=state.finish_reason)
@@ -414,7 +417,7 @@ class _StreamState:
     of calls already reported complete (which then ran twice, and the new one never).
     """
 
-    text: list[str] = field(default_factory=list)
+    text: StreamedText = field(default_factory=StreamedText)
     calls: list[_PartialCall] = field(default_factory=list)  # in the order they began
     at: dict[int, int] = field(default_factory=dict)  # a delta's index -> its call's position
     usage: dict[str, Any] | None = None
@@ -440,10 +443,7 @@ class _StreamState:
         delta = _expect(choice.get("delta"), dict, "delta")
         for part in _expect(delta.get("tool_calls"), list, "delta.tool_calls"):
             self._add_call(_expect(part, dict, "a tool call delta"))
-        text = _as_text(delta.get("content")) or _as_text(delta.get("refusal"))
-        if text:
-            self.text.append(text)
-        return text
+        return self.text.add(_as_text(delta.get("content")) or _as_text(delta.get("refusal")))
 
     def complete(self, *, final: bool) -> list[tuple[int, ToolCall]]:
         """The calls completed since the last look, with their positions.
