@@ -613,3 +613,49 @@ def test_a_fan_outs_nodes_share_one_refs_tuple_and_a_chains_do_not() -> None:
     assert plan.node(chained).refs == (fanned[0],)
     result = shoal.run_sync(plan)
     assert [result.value(ref) for ref in (*fanned, given, chained)] == [2, 2, 2, 2, 3]
+
+
+# ---- the order check rides along validation -------------------------------------------------
+
+
+def test_validation_learns_whether_the_plan_points_back_without_a_second_walk(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """validate() reads each node's ``after=`` anyway: whether every node names only earlier
+    ones (the analysis then needs no topological sort) is found on the same walk, and agrees
+    with a walk of its own. A small run paid a second walk of its plan for it."""
+    from shoal import plan as plan_module
+
+    walked: list[int] = []
+    walk = plan_module.points_back
+
+    def counted(nodes: Any) -> bool:
+        walked.append(len(nodes))
+        return walk(nodes)
+
+    monkeypatch.setattr(plan_module, "points_back", counted)
+    chain = Plan()
+    first = chain.call(take, node_id="a", n=1)
+    chain.call(take, node_id="b", n=2, after=[first])
+    chain.call(take, node_id="c", value=Ref("b"), after=["a", "b"])  # refs: the general way
+    chain.validate()
+    assert chain.points_back() is True and walked == []
+    forward = Plan()  # "a" comes after a later node: no cycle, but no plan order either
+    forward.call(take, node_id="a", n=1, after=["b"])
+    forward.call(take, node_id="b", n=2)
+    forward.validate()
+    assert forward.points_back() is False
+    result = shoal.run_sync(forward)
+    assert result.ok and result["a"].started_at >= result["b"].finished_at  # type: ignore[operator]
+
+
+def test_a_forward_after_behind_a_missing_one_still_counts_against_plan_order() -> None:
+    plan = Plan()  # the missing id is found first; the later node named after it still counts
+    plan.call(take, node_id="a", n=1, after=["nope", "b"])
+    plan.call(take, node_id="b", n=2)
+    assert [p.code for p in problems_of(plan)] == ["bad_after"]
+    assert plan.points_back() is False
+    plan2 = Plan()  # a ref to a later node (made by hand), on the general way
+    plan2.call(take, node_id="a", value=Ref("b"))
+    plan2.call(take, node_id="b", n=2)
+    plan2.validate()
+    assert plan2.points_back() is False

@@ -752,23 +752,33 @@ class Plan:
         """Every problem with the plan (empty when it is valid)."""
         found: list[PlanProblem] = []
         nodes = self._nodes
+        # whether the plan points back (see points_back), found on the way: each node's
+        # ``after`` is read here anyway, and a second pass cost a small run as much again
+        back = True
         for node in nodes.values():
             tool = node.tool
             if (node.refs or node.map is not None or tool.has_default_factory
                     or not tool.keeps(node.args) or node.id.endswith("]")):
                 found += self._node_problems(node)
+                back = back and _node_points_back(node, nodes)
                 continue
+            index = node.index
             for dep in node.after:  # each names another node of the plan (else: which is not)
-                if dep == node.id or dep not in nodes:
+                other = nodes.get(dep)
+                if other is None or other is node:
                     found += self._node_problems(node)
+                    back = back and _node_points_back(node, nodes)
                     break
+                if other.index > index:
+                    back = False
             else:  # most nodes: no refs, nodes it comes after that it has, and arguments the
                 node.checked = node.args  # schema keeps as is (what _node_problems finds)
         for node in self._duplicates:  # checked too, so that none of its problems is hidden
             found.append(PlanProblem("duplicate_id", "another node already has this id; give "
                                                      "every node its own id", node.id))
             found += self._node_problems(node)
-        if not self.points_back():  # else acyclic; the analysis reuses the answer
+        # kept for points_back(), which the analysis asks: else acyclic
+        if not self.memo("points_back", lambda: back):
             found += [PlanProblem("cycle", text) for text in find_cycles(self._nodes)]
         return found
 
@@ -1039,16 +1049,20 @@ def points_back(nodes: Mapping[str, Node]) -> bool:
     Then the index order is topological and there is no cycle. A ref to itself or to no node
     of ``nodes`` does not count (they are problems of their own, not cycles).
     """
-    for node in nodes.values():
-        index = node.index
-        for ref in node.refs:
-            other = nodes.get(ref.node)
-            if other is not None and other.index > index:
-                return False
-        for dep in node.after:
-            other = nodes.get(dep)
-            if other is not None and other.index > index:
-                return False
+    return all(_node_points_back(node, nodes) for node in nodes.values())
+
+
+def _node_points_back(node: Node, nodes: Mapping[str, Node]) -> bool:
+    """Whether ``node``'s refs and ``after`` name only nodes of a lower index (or none)."""
+    index = node.index
+    for ref in node.refs:
+        other = nodes.get(ref.node)
+        if other is not None and other.index > index:
+            return False
+    for dep in node.after:
+        other = nodes.get(dep)
+        if other is not None and other.index > index:
+            return False
     return True
 
 
