@@ -32,7 +32,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import partial
@@ -516,7 +516,12 @@ class ApprovalDesk:
     async def _ask(self, approver: Approver, requests: list[ApprovalRequest]) -> list[Decision]:
         """The approver's decisions, one per request; a failing approver denies them all."""
         try:  # no more answers than requests are read: an endless iterator must not hang
-            answers = list(itertools.islice(await reviewed(approver, requests), len(requests)))
+            answer = await reviewed(approver, requests)
+            wrong = _not_decisions(answer)
+            if wrong is not None:
+                log.warning("approver %s %s", _name_of(approver), wrong)
+                return [Decision.deny(f"the approver {wrong}") for _ in requests]
+            answers = list(itertools.islice(answer, len(requests)))
         except KeyboardInterrupt:
             raise  # Ctrl-C keeps its meaning
         except GeneratorExit:
@@ -577,6 +582,30 @@ def _told(approver: Approver, telling: asyncio.Future[Any]) -> None:
     if failed is not None:
         log.error("approver %s failed on withdrawn requests", _name_of(approver),
                   exc_info=failed)
+
+
+#: What iterates but is no list of decisions: read as one, text gave a character per request
+_NOT_A_LIST = (str, bytes, bytearray, memoryview, Mapping, Decision)
+
+
+def _not_decisions(answer: object) -> str | None:
+    """What is wrong with a review's ``answer`` when it is plainly no list of decisions.
+
+    ``"yes"`` was read as one answer per character (``the approver answered 'y'``), a dict
+    as its keys, ``None`` (no ``return``) logged a ``TypeError`` traceback, and a coroutine
+    a review returned unawaited was never run (Python warned of it at collection); each
+    now denies its batch saying what came.
+    """
+    if inspect.isawaitable(answer):
+        if inspect.iscoroutine(answer):
+            answer.close()  # never run: closed, so it is not reported as never awaited
+        return (f"answered {_safe_repr(answer)}, an awaitable it did not await, not "
+                "decisions (await it in review)")
+    if isinstance(answer, _NOT_A_LIST) or not (isinstance(answer, Iterable)
+                                               or hasattr(answer, "__getitem__")):
+        return (f"answered {_safe_repr(answer)}, not a list of decisions (one per request, "
+                "in the batch's order)")
+    return None
 
 
 def _retrieved(review: asyncio.Task[None]) -> None:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, TextIO
 from shoal.approvals.policy import ApprovalRequest, Approver, Decision, answer_now
 from shoal.cli.safe import clean, exact_json_view, one_line, safe_repr, text, view_text
 from shoal.cli.safe import console as safe_console
-from shoal.exceptions import ConfigError
+from shoal.exceptions import ConfigError, describe_exception
 from shoal.merge import shown as merge_shown
 
 if TYPE_CHECKING:
@@ -41,8 +41,10 @@ class _Lines:
     cannot be stopped, and a daemon one does not keep the process alive at exit.
     """
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO | None) -> None:
         self._stream = stream
+        #: why no more answers come, once none do: the reason each call left is denied with
+        self.ended = _NO_INPUT if stream is not None else _NO_STDIN
         self._lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
@@ -50,14 +52,33 @@ class _Lines:
 
     def _read(self) -> None:
         while True:
-            try:
-                line: str | None = self._stream.readline() or None
-            except (OSError, ValueError):  # closed underneath us: the same as end of input
-                line = None
+            line = self._read_one()
             self._lines.put(line)
             self._wake()
             if line is None:
                 return
+
+    def _read_one(self) -> str | None:
+        """The next line; ``None`` at the end of input, or when no more can be read.
+
+        Any failure ends the input, saying why (:attr:`ended`): this thread dying of it left
+        the prompt waiting for good, and its calls with it (no standard input at all, as
+        under ``0<&-``, gave ``None.readline``).
+        """
+        if self._stream is None:
+            return None
+        try:
+            line: object = self._stream.readline()
+        except Exception as exc:  # closed underneath us, undecodable, a stream's own bug
+            why = one_line(describe_exception(exc), 200)  # a stream's message may be huge
+            self.ended = f"no answer: reading the input failed ({why})"
+            return None
+        if not isinstance(line, str):  # a binary stream: rstrip("\r\n") failed on the loop
+            if line:
+                self.ended = (f"no answer: the input gave {type(line).__name__}, not text "
+                              "(open it in text mode)")
+            return None
+        return line or None
 
     def _wake(self) -> None:
         with self._lock:
@@ -190,7 +211,7 @@ class ConsoleApprover(Approver):
             if choice == "a":
                 return [Decision.approve("approved by a person (all)") for _ in calls]
             if choice != "o":  # "d", or end of input
-                reason = "denied by a person (all)" if choice == "d" else _NO_INPUT
+                reason = "denied by a person (all)" if choice == "d" else self._lines.ended
                 return [Decision.deny(reason) for _ in calls]
         decisions: list[Decision] = []
         for i, call in enumerate(calls, 1):
@@ -228,7 +249,7 @@ class ConsoleApprover(Approver):
                 if decision is not None:
                     return decision
             elif choice is None:
-                return Decision.deny(_NO_INPUT)
+                return Decision.deny(self._lines.ended)
             else:
                 reason = await self._prompt("reason (optional): ")
                 return Decision.deny(f"denied by a person: {reason}" if reason
@@ -251,7 +272,7 @@ class ConsoleApprover(Approver):
         while True:
             text = await self._prompt("new arguments as a JSON object (Enter keeps them): ")
             if text is None:
-                return Decision.deny(_NO_INPUT)
+                return Decision.deny(self._lines.ended)
             if not text.strip():
                 if not call.whole:
                     self._must_view(call)
@@ -339,3 +360,4 @@ TOOL_SHOWN = 80  # characters of a tool's name shown before the rest waits for "
 
 
 _NO_INPUT = "no answer: the input ended"
+_NO_STDIN = "no answer: there is no standard input to read answers from (it is closed)"

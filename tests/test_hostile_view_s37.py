@@ -1,0 +1,162 @@
+"""Found by attacking shoal's approvals and transparency, session 37: a console approver with no
+standard input, review answers of the wrong shape, and more.
+"""
+
+from __future__ import annotations
+
+import gc
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from shoal import ApprovalRequest, Approver, ConsoleApprover, Decision, Plan, Runtime, tool
+from shoal.cli.app import approver_for
+from shoal.outcome import RunResult
+from tests.conftest import arun
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@tool(approval=True)
+def launch(target: str) -> str:
+    """Needs a person's yes every time."""
+    return f"launched {target}"
+
+
+def gated_run(approver: Approver, calls: int = 2) -> RunResult:
+    """``calls`` gated calls under ``approver``, bounded in real time (a hang fails, not waits)."""
+    plan = Plan()
+    for i in range(calls):
+        plan.call(launch, target=f"t{i}")
+
+    async def main() -> RunResult:
+        async with Runtime(approver=approver) as runtime:
+            return await runtime.run(plan)
+
+    return arun(main(), timeout=30)
+
+
+def reasons(result: RunResult) -> set[tuple[str, str]]:
+    """Each call's status and reason."""
+    return {(o.status, o.reason) for o in result.outcomes.values()}
+
+
+# ---- the console approver with no input to read -----------------------------------------------
+
+
+class Unreadable(io.StringIO):
+    """A text stream whose reading fails as no stream of the standard library's does."""
+
+    def readline(self, size: int | None = -1, /) -> str:  # type: ignore[override]
+        raise RuntimeError("the device went away")
+
+
+@pytest.mark.parametrize(("stream", "why"), [
+    (None, "no answer: there is no standard input to read answers from (it is closed)"),
+    (Unreadable(), "no answer: reading the input failed (RuntimeError: the device went away)"),
+    (io.BytesIO(b"a\n"), "no answer: the input gave bytes, not text (open it in text mode)"),
+], ids=["no-stdin", "read-raises", "binary"])
+def test_a_console_approver_that_cannot_read_answers_denies_saying_why(
+        stream: Any, why: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # with no standard input (``0<&-``: sys.stdin is None) its reading thread died of
+    # AttributeError ('NoneType' object has no attribute 'readline') and the prompt waited
+    # for an answer for good, its calls with it; a stream raising anything but OSError or
+    # ValueError did the same; a binary one failed the batch with a logged TypeError
+    monkeypatch.setattr(sys, "stdin", stream)
+    approver = ConsoleApprover(console=Console(file=io.StringIO(), width=100))
+    result = gated_run(approver)
+    assert reasons(result) == {("denied", why)}
+
+
+def test_no_standard_input_means_no_console_approver_by_default(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # ``shoal run`` with descriptor 0 closed ended in a traceback ('NoneType' object has no
+    # attribute 'isatty'), and with sys.stdin closed in ValueError, before running anything
+    for stdin in (None, io.StringIO()):
+        if stdin is not None:
+            stdin.close()
+        monkeypatch.setattr(sys, "stdin", stdin)
+        assert approver_for(None) is None  # gated calls are denied, saying how to approve
+
+
+def test_shoal_run_asking_on_the_console_with_stdin_closed_denies_and_ends(
+        tmp_path: Path) -> None:
+    (tmp_path / "gated.py").write_text(textwrap.dedent('''
+        from shoal import tool
+
+        @tool(approval=True)
+        def rm(path: str) -> str:
+            """Remove ``path``."""
+            return f"removed {path}"
+    '''))
+    (tmp_path / "plan.json").write_text(json.dumps({"nodes": [
+        {"id": "a", "tool": "gated:rm", "args": {"path": "/etc/passwd"}}]}))
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    for approve in ([], ["--approve", "console"]):
+        # a real interpreter: only one started with descriptor 0 closed has sys.stdin None
+        proc = subprocess.run(
+            ["sh", "-c", 'exec "$0" -m shoal.cli.app run plan.json --json "$@" 0<&-',
+             sys.executable, *approve], cwd=tmp_path, env=env, capture_output=True, text=True,
+            timeout=60, check=False)
+        assert proc.returncode == 1, proc.stderr  # a call denied: not ok, and no traceback
+        (outcome,) = json.loads(proc.stdout)["outcomes"]
+        assert outcome["status"] == "denied"
+        assert ("no standard input" in outcome["reason"]) == bool(approve)
+        assert "Traceback" not in proc.stderr
+
+
+# ---- a review answering with something that is no list of decisions -------------------------
+
+
+async def _decisions() -> list[Decision]:
+    return [Decision.approve(), Decision.approve()]
+
+
+class Answering(Approver):
+    """Answers every batch with what ``make`` gives."""
+
+    def __init__(self, make: Any) -> None:
+        self.make = make
+
+    async def review(self, batch: Sequence[ApprovalRequest]) -> Sequence[Decision]:
+        answer: Sequence[Decision] = self.make()
+        return answer
+
+
+@pytest.mark.parametrize(("make", "shown"), [
+    (lambda: "yes", "'yes'"),
+    (lambda: b"yy", "b'yy'"),
+    (lambda: {"t0": Decision.approve(), "t1": Decision.approve()}, "{'t0': Decision("),
+    (Decision.approve, "Decision(verdict='approve'"),
+    (lambda: None, "None"),
+    (lambda: 1, "1"),
+], ids=["text", "bytes", "mapping", "one-decision", "none", "number"])
+def test_a_review_answering_no_list_of_decisions_denies_quoting_the_answer_whole(
+        make: Any, shown: str) -> None:
+    # "yes" was read as one answer per character: the calls were denied with "the approver
+    # answered 'y'" and "... 'e'", a dict as its keys; None or 1 logged a TypeError traceback
+    result = gated_run(Answering(make))
+    ((status, reason),) = reasons(result)
+    assert status == "denied"
+    assert reason.startswith(f"the approver answered {shown}")
+    assert reason.endswith("not a list of decisions (one per request, in the batch's order)")
+
+
+def test_a_review_returning_a_coroutine_unawaited_denies_and_leaves_no_warning() -> None:
+    # the inner coroutine was never awaited: "TypeError: 'coroutine' object is not iterable"
+    # logged with a traceback, then Python's "coroutine ... was never awaited" when collected
+    # (an error under this suite's filterwarnings once the garbage collector met it)
+    result = gated_run(Answering(_decisions))
+    ((status, reason),) = reasons(result)
+    assert status == "denied"
+    assert "an awaitable it did not await" in reason and "await it in review" in reason
+    gc.collect()
