@@ -4,6 +4,7 @@ standard input, review answers of the wrong shape, and more.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import io
 import json
@@ -19,6 +20,7 @@ import pytest
 from rich.console import Console
 
 from shoal import ApprovalRequest, Approver, ConsoleApprover, Decision, Plan, Runtime, tool
+from shoal.approvals import answer_now
 from shoal.cli.app import approver_for
 from shoal.outcome import RunResult
 from tests.conftest import arun
@@ -160,3 +162,49 @@ def test_a_review_returning_a_coroutine_unawaited_denies_and_leaves_no_warning()
     assert status == "denied"
     assert "an awaitable it did not await" in reason and "await it in review" in reason
     gc.collect()
+
+
+# ---- answer_now from a thread the review started ----------------------------------------------
+
+
+class ThreadedDesk(Approver):
+    """Decides each request on a worker thread and hands it on there, at once.
+
+    The review then waits for the first call to have run: only an early answer lets it.
+    """
+
+    def __init__(self) -> None:
+        self.ran = asyncio.Event()
+
+    async def review(self, batch: Sequence[ApprovalRequest]) -> Sequence[Decision]:
+        def decide(request: ApprovalRequest) -> Decision:
+            decision = Decision.approve(f"approved on a thread: {request.args['target']}")
+            answer_now(request, decision)  # asyncio.to_thread carries the review's context
+            return decision
+
+        decisions = [await asyncio.to_thread(decide, request) for request in batch]
+        await self.ran.wait()  # the first call started before this review ended
+        return [Decision.deny("too late") for _ in decisions]
+
+
+def test_answer_now_from_a_thread_the_review_started_approves_at_once() -> None:
+    # it ruled the request on that thread: "RuntimeError: no running event loop" failed the
+    # whole review, and every call a person had approved was denied
+    approver = ThreadedDesk()
+
+    @tool(approval=True)
+    async def first(target: str) -> str:
+        """Tell the review that a call approved early ran."""
+        approver.ran.set()
+        return target
+
+    plan = Plan()
+    gated = [plan.call(first, target=f"t{i}") for i in range(3)]
+
+    async def main() -> RunResult:
+        async with Runtime(approver=approver) as runtime:
+            return await runtime.run(plan)
+
+    result = arun(main(), timeout=30)
+    assert [result[call].status for call in gated] == ["ok"] * 3
+    assert [result[call].value for call in gated] == ["t0", "t1", "t2"]

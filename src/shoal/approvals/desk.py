@@ -483,7 +483,18 @@ class ApprovalDesk:
 
     def _answer_early(self, lane: _Lane, review: asyncio.Task[Any], approver: Approver,
                       request: ApprovalRequest, decision: Decision) -> None:
-        """Rule one request of ``review``'s batch now (see :func:`~shoal.approvals.answer_now`)."""
+        """Rule one request of ``review``'s batch now (see :func:`~shoal.approvals.answer_now`).
+
+        From a thread the review started (``asyncio.to_thread`` carries its context), it is
+        handed to the review's loop: made there, it failed the whole batch (``no running event
+        loop``), denying calls a person had approved.
+        """
+        loop = review.get_loop()
+        if running_loop() is not loop:
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits there
+                loop.call_soon_threadsafe(self._answer_early, lane, review, approver, request,
+                                          decision)
+            return
         pending = lane.open.get(request.id) if isinstance(request, ApprovalRequest) else None
         if pending is None or pending.review is not review:  # not this review's (any more)
             return
@@ -492,7 +503,7 @@ class ApprovalDesk:
                                      "not a Decision")
         lane.early.append((pending, decision, _name_of(approver)))
         if lane.early_soon is None:
-            lane.early_soon = asyncio.get_running_loop().call_soon(self._rule_early, lane)
+            lane.early_soon = loop.call_soon(self._rule_early, lane)
 
     def _rule_early(self, lane: _Lane) -> None:
         """Rule the decisions handed on early since the last turn of the loop, in one lot."""

@@ -220,8 +220,9 @@ def answer_now(request: ApprovalRequest, decision: Decision) -> None:
 
     For an :meth:`Approver.review` that decides its requests one by one: each call starts as
     its decision is made, instead of waiting for the slowest (or a never answered) request
-    of its batch. Called from the review (or a task it started); elsewhere, or for a request
-    answered, withdrawn or timed out already, it does nothing.
+    of its batch. Called from the review, a task it started, or a thread it started with its
+    context (``asyncio.to_thread``: the decision is handed to the review's loop); elsewhere,
+    or for a request answered, withdrawn or timed out already, it does nothing.
     """
     answer = _ANSWER.get()
     if answer is not None:
