@@ -9,6 +9,7 @@ import gc
 import io
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -21,8 +22,11 @@ from rich.console import Console
 
 from shoal import ApprovalRequest, Approver, ConsoleApprover, Decision, Plan, Runtime, tool
 from shoal.approvals import answer_now
+from shoal.approvals.desk import NAME_LIMIT
+from shoal.approvals.policy import REASON_LIMIT
 from shoal.cli.app import approver_for
 from shoal.outcome import RunResult
+from shoal.store.sqlite import SQLiteStore
 from tests.conftest import arun
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -208,3 +212,40 @@ def test_answer_now_from_a_thread_the_review_started_approves_at_once() -> None:
     result = arun(main(), timeout=30)
     assert [result[call].status for call in gated] == ["ok"] * 3
     assert [result[call].value for call in gated] == ["t0", "t1", "t2"]
+
+
+# ---- a decision's reason, and its approver's name, of megabytes -------------------------------
+
+
+class Verbose(Approver):
+    """Denies quoting megabytes (as one quoting a call's arguments may), under a long name."""
+
+    @property
+    def name(self) -> str:
+        return "desk-" + "n" * 1_000_000
+
+    async def review(self, batch: Sequence[ApprovalRequest]) -> Sequence[Decision]:
+        return [Decision.deny("refused: " + "x" * 5_000_000 + " (the end)") for _ in batch]
+
+
+def test_a_reason_and_a_name_of_megabytes_are_kept_in_bounds(tmp_path: Path) -> None:
+    # each was kept whole, in the ledger, the outcome and the events: 20 such denials made
+    # 703 MB of journal and took 7 s
+    plan = Plan()
+    calls = [plan.call(launch, target=f"t{i}") for i in range(3)]
+
+    async def main() -> RunResult:
+        store = SQLiteStore(tmp_path / "runs.db", keep_events=True)
+        async with Runtime(approver=Verbose(), store=store) as runtime:
+            return await runtime.run(plan)
+
+    result = arun(main(), timeout=60)
+    for call in calls:
+        reason = result[call].reason
+        assert len(reason) <= REASON_LIMIT
+        assert reason.startswith("refused: xxx") and reason.endswith("x (the end)")
+        assert "characters left out" in reason  # never looks whole when it is not
+    assert (tmp_path / "runs.db").stat().st_size < 5_000_000
+    with sqlite3.connect(tmp_path / "runs.db") as db:
+        ((longest,),) = db.execute("SELECT max(length(decided_by)) FROM approvals").fetchall()
+    assert longest <= NAME_LIMIT

@@ -42,7 +42,7 @@ from shoal.approvals.ledger import ApprovalLedger, MemoryLedger, RunLedger, batc
 from shoal.approvals.policy import _ANSWER, ApprovalRequest, Approver, Decision, reviewed, stopped
 from shoal.approvals.policy import request_id as request_id_of  # its parameters are ids
 from shoal.clock import running_loop
-from shoal.exceptions import describe_exception, exception_message
+from shoal.exceptions import bounded_text, describe_exception, exception_message
 from shoal.limits import Rate, RateLimiter
 from shoal.outcome import _safe_repr
 from shoal.scheduler.state import Ask, Withdraw
@@ -56,6 +56,8 @@ __all__ = ["DRAIN_GRACE", "NO_APPROVER", "ApprovalDesk", "RunApprovals", "Ruling
 log = logging.getLogger("shoal")
 
 DRAIN_GRACE = 1.0  # seconds a cancelled review gets to end when its run ends
+#: The most characters of an approver's ``name`` kept with each decision it makes.
+NAME_LIMIT = 200
 
 NO_APPROVER = ("this tool needs approval and the runtime has no approver "
                "(Runtime(approver=...), or shoal run --approve ...)")
@@ -644,7 +646,8 @@ def _name_of(approver: Approver) -> str:
     """Who decided, as stored: the approver's ``name``, or its class's if that is not text.
 
     A ``name`` that raises must not leave the batch it decided unanswered; one that is not
-    text could not be journaled, and the approval would be lost.
+    text could not be journaled, and the approval would be lost; a huge one is cut (it was
+    stored whole with each decision, as the reason of each denial was).
     """
     try:
         name = approver.name
@@ -653,7 +656,9 @@ def _name_of(approver: Approver) -> str:
     except BaseException:  # sys.exit too: the approver's code ends no run
         log.exception("approver %s: its name failed", type(approver).__name__)
         name = None
-    return name if isinstance(name, str) and name else type(approver).__name__
+    if not isinstance(name, str) or not name:
+        return type(approver).__name__
+    return bounded_text(name, NAME_LIMIT)  # stored with every decision it makes
 
 
 class RunApprovals:

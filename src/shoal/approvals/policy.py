@@ -28,7 +28,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from shoal.exceptions import ConfigError, describe_exception
+from shoal.exceptions import ConfigError, bounded_text, describe_exception
 from shoal.merge import _is_async, shown
 from shoal.outcome import _safe_repr
 from shoal.store.base import canonical_json
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from shoal.tools import Tool
 
 __all__ = [
+    "REASON_LIMIT",
     "ApprovalRequest",
     "Approver",
     "Callback",
@@ -130,6 +131,11 @@ def _ascii(name: str) -> str:
     return json.dumps(str(name))[1:-1]
 
 
+#: The most characters of a decision's reason kept (its start and end, with a note of how
+#: much of the middle was left out): a reason is journaled and shown to agents with its call.
+REASON_LIMIT = 10_000
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     """An approver's answer to one request: :meth:`approve`, :meth:`deny` or :meth:`edit`."""
@@ -151,6 +157,9 @@ class Decision:
             object.__setattr__(self, "reason", "")
         elif not isinstance(self.reason, str):  # it is journaled, and shown to agents, as text
             raise ConfigError(f"a decision's reason is text, got {shown(self.reason)}")
+        elif len(self.reason) > REASON_LIMIT:  # kept in the ledger, the outcome and events:
+            # a 5 MB reason (one quoting a call's arguments, say) made 35 MB of journal a call
+            object.__setattr__(self, "reason", bounded_text(self.reason, REASON_LIMIT))
 
     @classmethod
     def approve(cls, reason: str = "") -> Decision:
