@@ -25,6 +25,7 @@ from shoal.approvals import answer_now
 from shoal.approvals.desk import NAME_LIMIT
 from shoal.approvals.policy import REASON_LIMIT
 from shoal.cli.app import approver_for
+from shoal.cli.approver import GONE_SHOWN
 from shoal.outcome import RunResult
 from shoal.store.sqlite import SQLiteStore
 from tests.conftest import arun
@@ -249,3 +250,32 @@ def test_a_reason_and_a_name_of_megabytes_are_kept_in_bounds(tmp_path: Path) -> 
     with sqlite3.connect(tmp_path / "runs.db") as db:
         ((longest,),) = db.execute("SELECT max(length(decided_by)) FROM approvals").fetchall()
     assert longest <= NAME_LIMIT
+
+
+# ---- 200 requests timed out at once, while a person is asked -------------------------------
+
+
+def test_two_hundred_calls_timed_out_at_once_are_said_in_a_few_lines() -> None:
+    # each was said on a line of its own: 200 lines pushed the question still being asked
+    # off the screen
+    read, write = os.pipe()
+    out = io.StringIO()
+    stream = os.fdopen(read, "r")
+    approver = ConsoleApprover(Console(file=out, width=120, color_system=None), stream)
+    plan = Plan()
+    calls = [plan.call(launch, target=f"t{i}") for i in range(200)]
+
+    async def main() -> RunResult:
+        async with Runtime(approver=approver, approval_timeout=60) as runtime:
+            return await runtime.run(plan)
+
+    try:  # on the virtual clock: nobody answers, so the minute passes at once
+        result = arun(main(), virtual=True, timeout=600)
+    finally:
+        os.close(write)
+        stream.close()
+    assert {result[call].status for call in calls} == {"denied"}
+    said = [line for line in out.getvalue().splitlines() if "no longer needed" in line]
+    assert len(said) <= 2 * (GONE_SHOWN + 1)  # a batch or two, each named in part, counted
+    assert said[GONE_SHOWN] == f"no longer needed: {200 - GONE_SHOWN:,} more calls"
+    assert all(line.startswith("no longer needed: ") for line in said)  # not after a question

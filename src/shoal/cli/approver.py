@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, TextIO
 from shoal.approvals.policy import ApprovalRequest, Approver, Decision, answer_now
 from shoal.cli.safe import clean, exact_json_view, one_line, safe_repr, text, view_text
 from shoal.cli.safe import console as safe_console
+from shoal.clock import running_loop
 from shoal.exceptions import ConfigError, describe_exception
 from shoal.merge import shown as merge_shown
 
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.text import Text
 
-__all__ = ["TOOL_SHOWN", "ConsoleApprover"]
+__all__ = ["GONE_SHOWN", "TOOL_SHOWN", "ConsoleApprover"]
 
 
 class _Lines:
@@ -163,6 +164,10 @@ class ConsoleApprover(Approver):
         self.pause = pause
         self.shown = max(shown, 1)
         self._busy: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+        self._gone: list[ApprovalRequest] = []  # withdrawn, to be said (see withdrawn)
+        self._gone_soon = False
+        self._asking: str | None = None  # the question waiting for its answer, if one is
+        self._open: set[str] = set()  # ids of the batch under review not withdrawn
 
     @property
     def console(self) -> Console:
@@ -184,6 +189,7 @@ class ConsoleApprover(Approver):
             with self._paused():
                 self._lines.discard_typed_ahead()
                 calls = [_Shown(r, self.shown) for r in batch]
+                self._open = {r.id for r in batch}  # those withdrawn are taken out
                 self._show(calls)
                 return await self._ask(calls)
 
@@ -303,13 +309,41 @@ class ConsoleApprover(Approver):
     async def _prompt(self, text: str) -> str | None:
         self.console.print(text, end="", markup=False, highlight=False)
         self.console.file.flush()
-        return await self._lines.readline()
+        self._asking = text
+        try:
+            return await self._lines.readline()
+        finally:
+            self._asking = None
 
     def withdrawn(self, requests: Sequence[ApprovalRequest]) -> None:
-        """Say which calls no longer need an answer."""
-        for request in requests:
+        """Say which calls no longer need an answer: at most :data:`GONE_SHOWN` lines at once.
+
+        Those withdrawn in one turn of the event loop are said together: 200 requests timed
+        out at once printed 200 lines, which pushed the question still asked off the screen.
+        """
+        self._gone.extend(requests)
+        loop = running_loop()
+        if loop is None:  # not told on a loop: said at once
+            self._say_gone()
+        elif not self._gone_soon:
+            self._gone_soon = True
+            loop.call_soon(self._say_gone)
+
+    def _say_gone(self) -> None:
+        gone, self._gone, self._gone_soon = self._gone, [], False
+        asking = self._asking
+        if asking is not None:  # said on lines of their own, not after the open question
+            self.console.print()
+        for request in gone[:GONE_SHOWN]:
             self.console.print(text(f"no longer needed: {one_line(request.tool, 80)} "
                                     f"({one_line(request.lineage, 200)})", "dim"))
+        if len(gone) > GONE_SHOWN:
+            self.console.print(text(f"no longer needed: {len(gone) - GONE_SHOWN:,} more calls",
+                                    "dim"))
+        self._open.difference_update(r.id for r in gone)
+        if asking is not None and self._open:  # the question waits for its answer: ask again
+            self.console.print(asking, end="", markup=False, highlight=False)
+            self.console.file.flush()
 
 
 class _Shown:
@@ -357,6 +391,7 @@ class _Shown:
 
 
 TOOL_SHOWN = 80  # characters of a tool's name shown before the rest waits for "v"
+GONE_SHOWN = 5  # withdrawn calls named one by one at a time; the rest are counted
 
 
 _NO_INPUT = "no answer: the input ended"
