@@ -20,7 +20,16 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from shoal import ApprovalRequest, Approver, ConsoleApprover, Decision, Plan, Runtime, tool
+from shoal import (
+    ApprovalRequest,
+    Approver,
+    CallbackApprover,
+    ConsoleApprover,
+    Decision,
+    Plan,
+    Runtime,
+    tool,
+)
 from shoal.approvals import answer_now
 from shoal.approvals.desk import NAME_LIMIT
 from shoal.approvals.policy import REASON_LIMIT
@@ -279,3 +288,26 @@ def test_two_hundred_calls_timed_out_at_once_are_said_in_a_few_lines() -> None:
     assert len(said) <= 2 * (GONE_SHOWN + 1)  # a batch or two, each named in part, counted
     assert said[GONE_SHOWN] == f"no longer needed: {200 - GONE_SHOWN:,} more calls"
     assert all(line.startswith("no longer needed: ") for line in said)  # not after a question
+
+
+# ---- an edit that does not fit the tool, on a journaled run ---------------------------------
+
+
+def test_a_misfit_edit_on_a_journaled_run_is_not_said_to_be_the_journals_fault(
+        tmp_path: Path) -> None:
+    # the edit was checked inside the journal's transaction, whose error handling took its
+    # ValueError for SQLite's: "cannot write to the journal '...': the edited arguments do
+    # not fit tool 'launch'", as if the disk were full or the file locked
+    plan = Plan()
+    call = plan.call(launch, target="prod")
+
+    async def main() -> RunResult:
+        store = SQLiteStore(tmp_path / "runs.db")
+        approver = CallbackApprover(lambda request: Decision.edit({"target": ["a", "list"]}))
+        async with Runtime(approver=approver, store=store) as runtime:
+            return await runtime.run(plan)
+
+    result = arun(main())
+    assert result[call].status == "denied"
+    assert result[call].reason.startswith("the edited arguments do not fit tool 'launch': ")
+    assert "journal" not in result[call].reason
