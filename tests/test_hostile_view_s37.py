@@ -311,3 +311,25 @@ def test_a_misfit_edit_on_a_journaled_run_is_not_said_to_be_the_journals_fault(
     assert result[call].status == "denied"
     assert result[call].reason.startswith("the edited arguments do not fit tool 'launch': ")
     assert "journal" not in result[call].reason
+
+
+# ---- a person's edit that JSON does not hold as written --------------------------------------
+
+
+@pytest.mark.parametrize(("typed", "said"), [
+    ('{"target": NaN}', "not JSON (NaN is not JSON"),
+    ('{"target": 1e999}', "not usable JSON (the number 1e999 is too large for a float"),
+    ('{"target": "prod", "target": "staging"}', "the key 'target' appears twice"),
+], ids=["nan", "infinite", "key-twice"])
+def test_an_edit_typed_at_the_console_is_strict_json(typed: str, said: str) -> None:
+    # Python's json took NaN and 1e999 (as inf) and kept the last of a key given twice: the
+    # call ran with what the person had not written (a float infinity for a number, or
+    # "staging" where they may have read "prod")
+    out = io.StringIO()
+    approver = ConsoleApprover(Console(file=out, width=200, color_system=None),
+                               io.StringIO(f"e\n{typed}\n{{\"target\": \"dev\"}}\n"))
+    request = ApprovalRequest("r1", "run", "n1", "launch", {"target": "prod"}, "h", "n1",
+                              "needs approval")
+    (decision,) = arun(approver.review([request]))
+    assert decision.verdict == "edit" and decision.args == {"target": "dev"}
+    assert said in out.getvalue() and "try again" in out.getvalue()

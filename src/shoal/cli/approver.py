@@ -27,6 +27,7 @@ from shoal.cli.safe import console as safe_console
 from shoal.clock import running_loop
 from shoal.exceptions import ConfigError, describe_exception
 from shoal.merge import shown as merge_shown
+from shoal.plandata import DataError, parse_json
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -284,14 +285,12 @@ class ConsoleApprover(Approver):
                     self._must_view(call)
                     return None
                 return Decision.approve("approved by a person")
-            try:
-                args = json.loads(text)
-            except json.JSONDecodeError as exc:
-                self.console.print(f"not JSON ({exc.msg}); try again", markup=False)
-                continue
-            except (ValueError, RecursionError) as exc:  # too many digits, nested too deep
-                why = one_line(str(exc) or type(exc).__name__, 120)
-                self.console.print(f"not usable JSON ({why}); try again", markup=False)
+            try:  # strict: NaN, 1e999 (inf) or a key given twice ran as what nobody wrote
+                args = parse_json(text)
+            except DataError as exc:  # not JSON, a key twice, too deep, too many digits
+                what = "not JSON" if exc.code == "syntax" else "not usable JSON"
+                self.console.print(f"{what} ({one_line(exc.message, 200)}); try again",
+                                   markup=False)
                 continue
             if isinstance(args, dict):
                 return Decision.edit(args, "edited by a person")
