@@ -333,3 +333,29 @@ def test_an_edit_typed_at_the_console_is_strict_json(typed: str, said: str) -> N
     (decision,) = arun(approver.review([request]))
     assert decision.verdict == "edit" and decision.args == {"target": "dev"}
     assert said in out.getvalue() and "try again" in out.getvalue()
+
+
+# ---- answers from a file or a pipe, for batches asked one after another ----------------------
+
+
+def test_scripted_answers_reach_every_batch_not_only_the_first() -> None:
+    # the lines read ahead while the first batch was answered were dropped as "typed before
+    # the prompt" when the second came: its calls were denied ("the input ended"), so
+    # `printf 'y\ny\n' | shoal run plan --approve console` approved one call of two
+    out = io.StringIO()
+    approver = ConsoleApprover(Console(file=out, width=200, color_system=None),
+                               io.StringIO("y\ny\n"))
+
+    def asked(number: int) -> ApprovalRequest:
+        return ApprovalRequest(f"r{number}", "run", f"n{number}", "launch",
+                               {"target": f"t{number}"}, "h", f"n{number}", "needs approval")
+
+    async def main() -> list[str]:
+        (first,) = await approver.review([asked(1)])
+        reader = approver._lines._thread  # every line read ahead, the end too: as the race
+        assert reader is not None        # goes when a person is slow to answer the first
+        await asyncio.to_thread(reader.join, 10)
+        (second,) = await approver.review([asked(2)])
+        return [first.verdict, second.verdict]
+
+    assert arun(main()) == ["approve", "approve"]

@@ -22,7 +22,15 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, TextIO
 
 from shoal.approvals.policy import ApprovalRequest, Approver, Decision, answer_now
-from shoal.cli.safe import clean, exact_json_view, one_line, safe_repr, text, view_text
+from shoal.cli.safe import (
+    clean,
+    exact_json_view,
+    is_terminal,
+    one_line,
+    safe_repr,
+    text,
+    view_text,
+)
 from shoal.cli.safe import console as safe_console
 from shoal.clock import running_loop
 from shoal.exceptions import ConfigError, describe_exception
@@ -47,6 +55,8 @@ class _Lines:
         self._stream = stream
         #: why no more answers come, once none do: the reason each call left is denied with
         self.ended = _NO_INPUT if stream is not None else _NO_STDIN
+        # a person types at a terminal; lines from a file or a pipe are a script, all answers
+        self._typed = is_terminal(stream)
         self._lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
@@ -91,7 +101,14 @@ class _Lines:
                 loop.call_soon_threadsafe(_resolve, future)
 
     def discard_typed_ahead(self) -> None:
-        """Drop lines typed before the prompt: they answered a question that is gone."""
+        """Drop lines typed at a terminal before the prompt: they answered a question now gone.
+
+        Lines from a file or a pipe are kept: they are the answers of a script, and the
+        second batch's were read ahead while the first was answered, then dropped (its calls
+        denied: ``the input ended``).
+        """
+        if not self._typed:
+            return
         while True:
             try:
                 line = self._lines.get_nowait()
