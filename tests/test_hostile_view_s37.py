@@ -27,15 +27,18 @@ from shoal import (
     ConsoleApprover,
     Decision,
     Plan,
+    Rule,
+    RulesApprover,
     Runtime,
     tool,
 )
-from shoal.approvals import answer_now
+from shoal.approvals import answer_now, policy
 from shoal.approvals.desk import NAME_LIMIT
 from shoal.approvals.policy import REASON_LIMIT
 from shoal.cli.app import approver_for
 from shoal.cli.approver import GONE_SHOWN
 from shoal.outcome import RunResult
+from shoal.store.base import canonical_json
 from shoal.store.sqlite import SQLiteStore
 from tests.conftest import arun
 
@@ -359,3 +362,30 @@ def test_scripted_answers_reach_every_batch_not_only_the_first() -> None:
         return [first.verdict, second.verdict]
 
     assert arun(main()) == ["approve", "approve"]
+
+
+# ---- rules with argument patterns over a large value ----------------------------------------
+
+
+def test_rules_make_a_values_json_once_per_request_not_once_per_rule(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # each rule made the value's canonical JSON again: 50 deny rules with argument patterns
+    # over a 1.4 MB list took about 10 s a call (100 such calls: over 15 minutes)
+    made: list[int] = []
+    real = canonical_json
+
+    def counted(value: Any) -> str:  # the real conversion, counted
+        made.append(1)
+        return real(value)
+
+    monkeypatch.setattr(policy, "canonical_json", counted)
+    rules = RulesApprover([*(Rule("deny", "put", args={"data": f"*secret{i}*"})
+                             for i in range(50)), Rule("allow", "put")])
+    data = [{"name": f"row {i}"} for i in range(1000)]
+    request = ApprovalRequest("r1", "run", "n1", "put", {"data": data}, "h", "n1", "why")
+    decision = rules.decide(request)
+    assert decision is not None and decision.verdict == "approve"
+    assert len(made) == 1
+    data.append({"name": "secret7 inside"})  # a value changed is matched as it is now
+    denied = rules.decide(request)
+    assert denied is not None and denied.verdict == "deny"
